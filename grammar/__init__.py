@@ -1,0 +1,1 @@
+"""The Tensor Program grammar, shipped as package data (``tensorprog.grammar``)."""

@@ -1,0 +1,680 @@
+"""Text to IR: parse with lark (LALR), then lower the expressions to one instruction per value.
+
+Two steps, both reporting errors with a span:
+
+1. :class:`_ToAst`, a lark Transformer whose methods are the grammar's aliases, turns the parse tree
+   into statements holding small expression trees.
+2. :class:`_Lowering` walks the statements in order, resolves names and dims, checks shapes, and
+   emits IR instructions; nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes
+   ``h1_1 = W1 @ x`` and ``h1 = h1_1 + b1``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from .errors import Collector, Diagnostic, ParseError, SemanticError, Span, TensorProgWarning
+from .ir import (
+    MUL,
+    NONLINEARITIES,
+    Dim,
+    Dot,
+    Input,
+    LinComb,
+    MatMul,
+    Nonlin,
+    Param,
+    Program,
+    Width,
+    verify,
+)
+
+FUNCTIONS = NONLINEARITIES + ("dot",)
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = resources.files("tensorprog.grammar").joinpath("tensorprog.lark").read_text()
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+# --- AST ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Num:
+    value: Fraction
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str
+    left: object
+    right: object
+    span: Span
+
+
+@dataclass(frozen=True)
+class Neg:
+    arg: object
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str
+    args: tuple
+    span: Span
+    fn_span: Span
+
+
+@dataclass(frozen=True)
+class Stmt:
+    kind: str  # width, dim, input, param, assign, output_assign, output_mark
+    name: str
+    value: object
+    span: Span
+    name_span: Span
+
+
+class _ToAst(Transformer):
+    """Parse tree -> statements. One method per grammar alias; anything else is a bug."""
+
+    def __init__(self, source: str, filename: str):
+        super().__init__()
+        self.source, self.filename = source, filename
+
+    def span(self, node) -> Span:
+        return Span(node.line, node.column, node.end_line, node.end_column, self.source,
+                    self.filename)
+
+    def __default__(self, data, children, meta):
+        raise AssertionError(f"grammar rule {data!r} has no handler in _ToAst")
+
+    def start(self, children):
+        return list(children)
+
+    def shape(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def width_decl(self, meta, c):
+        return Stmt("width", str(c[0]), int(c[1]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def dim_decl(self, meta, c):
+        return Stmt("dim", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_decl(self, meta, c):
+        return Stmt("input", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def param_decl(self, meta, c):
+        return Stmt("param", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def assign(self, meta, c):
+        return Stmt("assign", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def output_assign(self, meta, c):
+        return Stmt("output_assign", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def output_mark(self, meta, c):
+        return Stmt("output_mark", str(c[0]), None, self.span(meta), self.span(c[0]))
+
+    # dims are kept as (kind, tokens) and resolved by the lowering, which knows the declared dims
+    def dim_int(self, c):
+        return ("int", c)
+
+    def dim_name(self, c):
+        return ("name", c)
+
+    def dim_scaled(self, c):
+        return ("scaled", [c[1], c[0]])
+
+    def dim_scaled_right(self, c):
+        return ("scaled", c)
+
+    def dim_divided(self, c):
+        return ("divided", c)
+
+    @v_args(meta=True)
+    def add(self, meta, c):
+        return BinOp("+", c[0], c[1], self.span(meta))
+
+    @v_args(meta=True)
+    def sub(self, meta, c):
+        return BinOp("-", c[0], c[1], self.span(meta))
+
+    @v_args(meta=True)
+    def mul(self, meta, c):
+        return BinOp("*", c[0], c[1], self.span(meta))
+
+    @v_args(meta=True)
+    def div(self, meta, c):
+        return BinOp("/", c[0], c[1], self.span(meta))
+
+    @v_args(meta=True)
+    def matmul(self, meta, c):
+        return BinOp("@", c[0], c[1], self.span(meta))
+
+    @v_args(meta=True)
+    def neg(self, meta, c):
+        return Neg(c[0], self.span(meta))
+
+    def var(self, c):
+        return Var(str(c[0]), self.span(c[0]))
+
+    def number(self, c):
+        return Num(Fraction(str(c[0])), self.span(c[0]))
+
+    @v_args(meta=True)
+    def call(self, meta, c):
+        return Call(str(c[0]), tuple(x for x in c[1:] if x is not None), self.span(meta),
+                    self.span(c[0]))
+
+
+# --- syntax errors --------------------------------------------------------------------------------
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "an integer", "NUMBER": "a number", "_NL": "end of line",
+    "EQUAL": "'='", "COLON": "':'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','",
+    "LPAR": "'('", "RPAR": "')'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+    "__ANON_0": "'@'", "AT": "'@'", "$END": "end of file",
+}
+
+
+def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: str) -> ParseError:
+    line, col = max(err.line, 1), max(err.column, 1)
+    width = 1
+    if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type != "$END":
+        got = repr(str(err.token)) if err.token.type != "_NL" else "end of line"
+        width = max(len(str(err.token).splitlines()[0]) if str(err.token).strip() else 1, 1)
+    elif isinstance(err, lark.exceptions.UnexpectedCharacters):
+        got = repr(source.splitlines()[line - 1][col - 1]) if source.splitlines() else "?"
+    else:
+        got = "end of file"
+    expected = sorted({_TOKEN_WORDS.get(t, repr(t.lower())) for t in (err.expected or [])
+                       if not t.startswith("__ANON") or t == "__ANON_0"})
+    span = Span(line, col, line, col + width, source, filename)
+    msg = f"syntax error: unexpected {got}"
+    help_ = f"expected {', '.join(expected)}" if expected else None
+    if got in ("'['", "'{'"):
+        help_ = "vectors are declared with a shape, e.g. `input x : [d_in]`; " + (help_ or "")
+    return ParseError(Diagnostic(msg, span, help_))
+
+
+def _line_end_span(source: str, filename: str) -> Span:
+    lines = source.splitlines() or [""]
+    return Span(len(lines), 1, len(lines), len(lines[-1]) + 1, source, filename)
+
+
+# --- lowering -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    name: str
+
+
+@dataclass(frozen=True)
+class _Vec:
+    """A pending linear combination of named values, all of one dim (None = scalar)."""
+
+    terms: tuple[tuple[Fraction, str], ...]
+    dim: str | None
+
+
+class _Lowering:
+    def __init__(self, stmts: list[Stmt], source: str, filename: str):
+        self.stmts, self.source, self.filename = stmts, source, filename
+        self.errors = Collector()
+        self.width: Width | None = None
+        self.dims: dict[str, Dim] = {}
+        self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
+        self.matrices: dict[str, Param] = {}
+        self.defined_at: dict[str, Span] = {}
+        self.inputs: list[Input] = []
+        self.params: list[Param] = []
+        self.body: list = []
+        self.outputs: list[str] = []
+        self.output_spans: list[Span] = []
+        self.later = {s.name: s for s in reversed(stmts)}  # first definition of every name
+        self.used_names = {s.name for s in stmts}
+        self.fresh_counter: dict[str, int] = {}
+
+    # names ------------------------------------------------------------------------------------
+    def known(self) -> list[str]:
+        return list(self.values) + list(self.matrices) + list(self.dims)
+
+    def define(self, name: str, span: Span) -> bool:
+        if name in self.defined_at:
+            first = self.defined_at[name]
+            self.errors.error(f"'{name}' is already defined (line {first.line})", span,
+                              "every name is defined once; pick a new name for this value")
+            return False
+        if name in FUNCTIONS:
+            self.errors.error(f"'{name}' is a built-in function and cannot name a value", span,
+                              "pick another name")
+            return False
+        self.defined_at[name] = span
+        return True
+
+    def fresh(self, base: str) -> str:
+        while True:
+            k = self.fresh_counter.get(base, 0) + 1
+            self.fresh_counter[base] = k
+            name = f"{base}_{k}"
+            if name not in self.used_names and name not in self.defined_at:
+                self.used_names.add(name)
+                return name
+
+    def undefined(self, name: str, span: Span) -> None:
+        first = self.later.get(name)
+        if first is not None and first.span.line >= span.line and first.kind != "width":
+            self.errors.error(
+                f"'{name}' is used before it is defined (line {first.span.line})", span,
+                "a Tensor Program is a straight line, so it cannot contain a cycle: define values "
+                "before using them, and unroll a recurrence by reusing its weight "
+                "(h1 = W @ x0, h2 = W @ relu(h1))")
+            return
+        close = difflib.get_close_matches(name, self.known(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        self.errors.error(f"undefined name '{name}'", span,
+                          f"declare it with `input`/`param`, or define it before this line{hint}")
+
+    # dims -------------------------------------------------------------------------------------
+    def dim_ref(self, tok: Token, span: Span) -> Dim | None:
+        name = str(tok)
+        if name in self.dims:
+            return self.dims[name]
+        close = difflib.get_close_matches(name, list(self.dims), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        self.errors.error(f"undeclared dim '{name}'", span,
+                          f"declare it first, e.g. `dim {name} = 10` or `dim {name} = 4 * n`{hint}")
+        return None
+
+    def tok_span(self, tok: Token) -> Span:
+        return Span(tok.line, tok.column, tok.end_line, tok.end_column, self.source, self.filename)
+
+    def dim_value(self, name: str, expr, span: Span) -> Dim | None:
+        kind, toks = expr
+        if kind == "int":
+            size = int(toks[0])
+            if size <= 0:
+                self.errors.error(f"dim {name} must be positive", span)
+                return None
+            return Dim(name, size=size, span=span)
+        ref = self.dim_ref(toks[0], self.tok_span(toks[0]))
+        if ref is None:
+            return None
+        k = Fraction(int(toks[1])) if kind != "name" else Fraction(1)
+        if kind == "divided":
+            if int(toks[1]) == 0:
+                self.errors.error("division of a dim by zero", span)
+                return None
+            k = 1 / k
+        if ref.infinite:
+            return Dim(name, mult=ref.mult * k, span=span)
+        size = ref.size * k
+        if size.denominator != 1 or size <= 0:
+            self.errors.error(f"dim {name} = {size} is not a positive integer", span)
+            return None
+        return Dim(name, size=int(size), span=span)
+
+    def same_dim(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return a is b
+        return self.dims[a].key() == self.dims[b].key()
+
+    def dim_text(self, d: str | None) -> str:
+        return "a scalar" if d is None else f"[{d}]"
+
+    # statements -------------------------------------------------------------------------------
+    def run(self) -> Program:
+        for st in self.stmts:
+            getattr(self, f"stmt_{st.kind}")(st)
+        if self.width is None:
+            self.errors.error("the program declares no width", _line_end_span(self.source,
+                              self.filename), "add a line `width n = 256` (256: the base width)")
+        if not self.outputs and self.width is not None:
+            self.errors.error("the program has no output", _line_end_span(self.source,
+                              self.filename),
+                              "mark the result, e.g. `output y = W3 @ x2` or `output y`")
+        self.errors.raise_if_any(SemanticError)
+        used = {n for ins in self.body for n in ins.operands}
+        used |= {ins.weight for ins in self.body if isinstance(ins, MatMul)}
+        for p in self.params:
+            if p.name not in used:
+                warnings.warn(TensorProgWarning(Diagnostic(
+                    f"param '{p.name}' is never used", p.span,
+                    "remove it, or use it; the engine ignores it", "warning")), stacklevel=4)
+        return verify(Program(self.width, tuple(self.dims[d] for d in self.dims
+                                                if d != self.width.name),
+                              tuple(self.inputs), tuple(self.params), tuple(self.body),
+                              tuple(self.outputs), tuple(self.output_spans),
+                              Path(self.filename).stem))
+
+    def stmt_width(self, st: Stmt) -> None:
+        if self.width is not None:
+            self.errors.error("the width is declared twice", st.span,
+                              "a program has exactly one width, the dim that goes to infinity")
+            return
+        if st.value <= 0:
+            self.errors.error("the base width must be positive", st.span)
+            return
+        if self.define(st.name, st.name_span):
+            self.width = Width(st.name, st.value, st.span)
+            self.dims[st.name] = Dim(st.name, mult=Fraction(1), span=st.span)
+
+    def stmt_dim(self, st: Stmt) -> None:
+        d = self.dim_value(st.name, st.value, st.span)
+        if d is not None and self.define(st.name, st.name_span):
+            self.dims[st.name] = d
+
+    def check_shape(self, shape: tuple, span: Span) -> tuple[str, ...] | None:
+        ok = True
+        for tok in shape:
+            if self.dim_ref(tok, self.tok_span(tok)) is None:
+                ok = False
+        return tuple(str(t) for t in shape) if ok else None
+
+    def stmt_input(self, st: Stmt) -> None:
+        shape = self.check_shape(st.value, st.span)
+        if shape is None:
+            return
+        if len(shape) != 1:
+            self.errors.error(f"input {st.name} must be a vector: one dim, got {len(shape)}",
+                              st.span, "inputs are vectors, e.g. `input x : [d_in]`")
+            return
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, shape[0], st.span))
+            self.values[st.name] = shape[0]
+
+    def stmt_param(self, st: Stmt) -> None:
+        shape = self.check_shape(st.value, st.span)
+        if shape is None:
+            return
+        if len(shape) > 2:
+            self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors or "
+                              "matrices", st.span, "write a matrix as [fan_out, fan_in]")
+            return
+        if self.define(st.name, st.name_span):
+            p = Param(st.name, shape, st.span)
+            self.params.append(p)
+            if len(shape) == 2:
+                self.matrices[st.name] = p
+            else:
+                self.values[st.name] = shape[0]
+
+    def stmt_assign(self, st: Stmt) -> None:
+        self.assign(st)
+
+    def stmt_output_assign(self, st: Stmt) -> None:
+        if self.assign(st):
+            self.mark_output(st.name, st.name_span)
+
+    def stmt_output_mark(self, st: Stmt) -> None:
+        if st.name in self.matrices:
+            self.errors.error(f"'{st.name}' is a matrix param, not a vector", st.name_span,
+                              "output the vector it computes, e.g. `output y = W @ x`")
+        elif st.name not in self.values:
+            self.undefined(st.name, st.name_span)
+        else:
+            self.mark_output(st.name, st.name_span)
+
+    def mark_output(self, name: str, span: Span) -> None:
+        if name in self.outputs:
+            self.errors.error(f"'{name}' is marked as an output twice", span)
+            return
+        self.outputs.append(name)
+        self.output_spans.append(span)
+
+    def assign(self, st: Stmt) -> bool:
+        n_errors, n_body = len(self.errors.errors), len(self.body)
+        if st.name in self.defined_at:
+            self.define(st.name, st.name_span)
+            return False
+        self.target = st.name
+        value = self.expr(st.value)
+        if value is None or len(self.errors.errors) > n_errors:
+            del self.body[n_body:]
+            return False
+        if isinstance(value, _Scalar):
+            self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
+                              "scale a vector instead, e.g. `y = 0.5 * x`")
+            return False
+        if isinstance(value, _Matrix):
+            self.errors.error(f"'{st.name}' would alias the matrix param {value.name}", st.span,
+                              "params cannot be renamed; use the param directly")
+            return False
+        last = self.body[-1] if len(self.body) > n_body else None
+        if (last is not None and len(value.terms) == 1 and value.terms[0] == (1, last.out)):
+            # the top-level instruction takes the statement's name instead of a fresh one
+            self.body[-1] = _renamed(last, st.name, st.span)
+            self.values.pop(last.out)
+        else:
+            self.body.append(LinComb(st.name, value.terms, st.span))
+        self.values[st.name] = value.dim
+        self.define(st.name, st.name_span)
+        return True
+
+    # expressions ------------------------------------------------------------------------------
+    def name_of(self, v: _Vec, span: Span) -> str:
+        """A single name for a pending combination, emitting a LinComb if it is not one already."""
+        if len(v.terms) == 1 and v.terms[0][0] == 1:
+            return v.terms[0][1]
+        return self.emit(LinComb(self.fresh(self.target), v.terms, span), v.dim)
+
+    def emit(self, ins, dim: str | None) -> str:
+        self.body.append(ins)
+        self.values[ins.out] = dim
+        return ins.out
+
+    def expr(self, node):
+        return getattr(self, f"expr_{type(node).__name__}")(node)
+
+    def expr_Num(self, node: Num):
+        return _Scalar(node.value)
+
+    def expr_Var(self, node: Var):
+        if node.name in self.values:
+            return _Vec(((Fraction(1), node.name),), self.values[node.name])
+        if node.name in self.matrices:
+            return _Matrix(node.name)
+        if node.name in self.dims:
+            self.errors.error(f"'{node.name}' is a dim, not a vector", node.span,
+                              "dims appear only in shapes; width-dependent constants are derived "
+                              "by the engine, not written")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
+    def expr_Neg(self, node: Neg):
+        v = self.expr(node.arg)
+        return self.scale(v, Fraction(-1), node.span)
+
+    def scale(self, v, k: Fraction, span: Span):
+        if v is None:
+            return None
+        if isinstance(v, _Scalar):
+            return _Scalar(v.value * k)
+        if isinstance(v, _Matrix):
+            self.errors.error(f"cannot scale the matrix {v.name} directly", span,
+                              f"scale the product instead: `k * ({v.name} @ x)`")
+            return None
+        return _Vec(tuple((c * k, n) for c, n in v.terms if c * k != 0), v.dim)
+
+    def expr_BinOp(self, node: BinOp):
+        left, right = self.expr(node.left), self.expr(node.right)
+        if left is None or right is None:
+            return None
+        return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
+                              "@": "op_matmul"}[node.op])(left, right, node)
+
+    def matrix_misuse(self, m: _Matrix, node) -> None:
+        self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
+                          f"write `{m.name} @ x` for a vector x of its fan-in dim")
+
+    def op_add(self, a, b, node, sign=Fraction(1)):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if isinstance(a, _Scalar) and isinstance(b, _Scalar):
+            return _Scalar(a.value + sign * b.value)
+        if isinstance(a, _Scalar) or isinstance(b, _Scalar):
+            self.errors.error("cannot add a constant to a vector", node.span,
+                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
+            return None
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
+                              f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
+                              "both sides of an elementwise sum need the same dim")
+            return None
+        merged: dict[str, Fraction] = {}
+        for c, n in a.terms + tuple((sign * c, n) for c, n in b.terms):
+            merged[n] = merged.get(n, Fraction(0)) + c
+        terms = tuple((c, n) for n, c in merged.items() if c != 0)
+        if not terms:
+            self.errors.error("this sum cancels to zero", node.span, "remove it")
+            return None
+        return _Vec(terms, a.dim)
+
+    def op_sub(self, a, b, node):
+        return self.op_add(a, b, node, Fraction(-1))
+
+    def op_mul(self, a, b, node):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if isinstance(a, _Scalar):
+            return self.scale(b, a.value, node.span)
+        if isinstance(b, _Scalar):
+            return self.scale(a, b.value, node.span)
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
+                              f"{self.dim_text(b.dim)}", node.span,
+                              "an elementwise product needs two vectors of the same dim")
+            return None
+        names = (self.name_of(a, node.span), self.name_of(b, node.span))
+        out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
+        return _Vec(((Fraction(1), out),), a.dim)
+
+    def op_div(self, a, b, node):
+        if isinstance(b, _Scalar):
+            if b.value == 0:
+                self.errors.error("division by zero", node.span)
+                return None
+            if isinstance(a, _Matrix):
+                self.matrix_misuse(a, node)
+                return None
+            return self.scale(a, 1 / b.value, node.span)
+        self.errors.error("only division by a number is supported", node.span,
+                          "write a product with an elementwise function instead")
+        return None
+
+    def op_matmul(self, a, b, node):
+        if not isinstance(a, _Matrix):
+            self.errors.error("the left side of @ must be a matrix param", node.span,
+                              "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
+            return None
+        if not isinstance(b, _Vec):
+            self.errors.error("the right side of @ must be a vector", node.span)
+            return None
+        fan_out, fan_in = self.matrices[a.name].shape
+        if not self.same_dim(b.dim, fan_in):
+            self.errors.error(
+                f"shape mismatch in '@': {a.name} is [{fan_out}, {fan_in}] but the vector is "
+                f"{self.dim_text(b.dim)}", node.span,
+                f"the vector's dim must equal {a.name}'s last dim ({fan_in})")
+            return None
+        arg = self.name_of(b, node.span)
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span), fan_out)
+        return _Vec(((Fraction(1), out),), fan_out)
+
+    def expr_Call(self, node: Call):
+        if node.fn not in FUNCTIONS:
+            close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
+                              f"{hint}known functions: {', '.join(FUNCTIONS)}")
+            return None
+        arity = 2 if node.fn == "dot" else 1
+        if len(node.args) != arity:
+            self.errors.error(f"{node.fn} takes {arity} argument{'s' * (arity > 1)}, "
+                              f"got {len(node.args)}", node.span)
+            return None
+        args = [self.expr(a) for a in node.args]
+        if any(a is None for a in args):
+            return None
+        for a in args:
+            if not isinstance(a, _Vec):
+                what = "a matrix" if isinstance(a, _Matrix) else "a constant"
+                self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
+                return None
+        if node.fn == "dot":
+            if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
+                self.errors.error(
+                    f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
+                    f"{self.dim_text(args[1].dim)}", node.span,
+                    "dot contracts two vectors of the same dim into a scalar")
+                return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span), None)
+            return _Vec(((Fraction(1), out),), None)
+        arg = self.name_of(args[0], node.span)
+        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
+        return _Vec(((Fraction(1), out),), args[0].dim)
+
+
+def _renamed(ins, name: str, span: Span):
+    kwargs = dict(ins.__dict__)
+    kwargs.pop("operands", None)
+    kwargs.update(out=name, span=span)
+    return type(ins)(**{k: kwargs[k] for k in ins.__dataclass_fields__})
+
+
+def parse(source: str, filename: str = "<program>") -> Program:
+    """Parse a Tensor Program; raise :class:`ParseError`/:class:`SemanticError` with positions."""
+    try:
+        tree = _parser().parse(source if source.endswith("\n") else source + "\n")
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, source, filename) from None
+    stmts = _ToAst(source, filename).transform(tree)
+    return _Lowering(stmts, source, filename).run()
+
+
+def parse_file(path: str | Path) -> Program:
+    path = Path(path)
+    try:
+        source = path.read_text()
+    except OSError as err:
+        raise ParseError(f"cannot read {path}: {err.strerror}",
+                         help="check the path of the program file") from None
+    return parse(source, str(path))
