@@ -1,0 +1,309 @@
+"""Exponent propagation through the forward and backward program, and classification.
+
+Given every param's (a, b, c), :class:`Analysis` computes for every vector v, exactly:
+
+* ``init[v]``: its coordinate size at initialisation, n^init;
+* ``change[v]``: the size of its change after training (t >= 2), n^change;
+* ``grad[v]``: the size of df/dv during training.
+
+The three depend on each other (updates need gradients, gradients need the trained weights), so the
+passes repeat until nothing moves. Every quantity is a max of sums of finitely many exponents and
+the sizes used inside updates are capped at Θ(1), so the loop is monotone, bounded and ends.
+A change that blows up is reported at its first-order size, not compounded step after step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .errors import EngineError
+from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, emax, power
+from .ir import MatMul, Program
+from .optimizers import Optimizer
+from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
+
+
+@dataclass(frozen=True)
+class ABC:
+    a: Exp
+    b: Exp
+    c: Exp
+
+    def as_dict(self) -> dict[str, str]:
+        return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}
+
+
+class Analysis:
+    """Exponents of every vector under given param exponents S (init) and U (update entries)."""
+
+    def __init__(self, program: Program, optimizer: Optimizer):
+        self.program, self.optimizer = program, optimizer
+        self.vector_params = {p.name for p in program.params if len(p.shape) == 1}
+        self.S: dict[str, Exp] = {}
+        self.U: dict[str, Exp] = {}
+        self.V: dict[str, Exp] = {}
+        inputs = {i.name for i in program.inputs}
+        self.init_: dict[str, Exp] = {n: ZERO for n in inputs}
+        self.change_: dict[str, Exp] = {n: NEG_INF for n in inputs}
+        self.train_: dict[str, Exp] = {n: ZERO for n in inputs}
+        self.grad_: dict[str, Exp] = {}
+        self.init_terms: dict[str, list[tuple[Term, Exp]]] = {}
+        self.change_terms: dict[str, list[tuple[Term, Exp]]] = {}
+        self.updates: dict[str, list[tuple[str, Term, Exp]]] = {}  # param -> its update terms
+
+    # --- the Sizes protocol the rules ask -----------------------------------------------------
+    def init(self, name: str) -> list[Mono]:
+        if name in self.vector_params:
+            return [Mono(ZERO, (("S", name),))]
+        return [Mono(self.init_[name])]
+
+    def change(self, name: str) -> list[Mono]:
+        if name in self.vector_params:
+            return [Mono(ZERO, (("U", name),))]
+        return [Mono(self.change_[name])]
+
+    def train(self, name: str) -> list[Mono]:
+        if name in self.vector_params:
+            return [Mono(ZERO, (("S", name),)), Mono(ZERO, (("U", name),))]
+        return [Mono(self.train_[name])]
+
+    def grad(self, name: str) -> Exp:
+        return self.grad_.get(name, NEG_INF)
+
+    @cached_property
+    def _ancestry(self) -> dict[str, frozenset[str]]:
+        """The params every value depends on (a vector param depends on itself)."""
+        anc: dict[str, frozenset[str]] = {i.name: frozenset() for i in self.program.inputs}
+        anc.update({p: frozenset((p,)) for p in self.vector_params})
+        for ins in self.program.body:
+            deps = set().union(*(anc[o] for o in ins.operands))
+            if isinstance(ins, MatMul):
+                deps.add(ins.weight)
+            anc[ins.out] = frozenset(deps)
+        return anc
+
+    def centred_apart(self, u: str, v: str) -> bool:
+        """True if u's or v's initial coordinates are centred and independent of the other's.
+
+        That holds for a fresh iid param, or a matmul by a weight, that the other side does not
+        depend on, and for sums of such. Anything else (shared inputs, relu's nonzero mean) is
+        treated as correlated, which can only overestimate.
+        """
+        return self._fresh(u, self._ancestry[v]) or self._fresh(v, self._ancestry[u])
+
+    def _fresh(self, u: str, others: frozenset[str]) -> bool:
+        if u in self.vector_params:
+            return u not in others
+        ins = self.program.producer.get(u)
+        if isinstance(ins, MatMul):
+            return ins.weight not in others
+        if ins is not None and type(ins).__name__ == "LinComb":
+            return all(self._fresh(o, others) for o in ins.operands)
+        return False
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def slot(self, kind: str, param: str) -> Exp | None:
+        return {"S": self.S, "U": self.U, "V": self.V}[kind].get(param, NEG_INF)
+
+    def value(self, t: Term) -> Exp:
+        parts = [t.const] + [self.slot(k, p) for k, p in t.slots]
+        v = add(*parts)
+        if t.clamp is not None and v > t.clamp:
+            v = t.clamp
+        return v
+
+    def forward_init(self) -> None:
+        for ins in self.program.body:
+            ts = [(t, self.value(t)) for t in INIT[type(ins)](ins, self)]
+            self.init_terms[ins.out] = ts
+            self.init_[ins.out] = emax(v for _, v in ts)
+
+    def forward_change(self) -> None:
+        self.updates = {}
+        for ins in self.program.body:
+            ts = [(t, self.value(t)) for t in CHANGE[type(ins)](ins, self)]
+            self.change_terms[ins.out] = ts
+            for t, v in ts:
+                for k, p in set(t.slots):
+                    if k == "U":
+                        self.updates.setdefault(p, []).append((ins.out, t, v))
+            d = emax(v for _, v in ts)
+            self.change_[ins.out] = d
+            # inside later updates a blown-up change counts at Θ(1): first-order sizes only
+            self.train_[ins.out] = max(self.init_[ins.out], min(d, ZERO))
+        self.V = {p: add(u, -max(ZERO, self.largest_update(p))) for p, u in self.U.items()}
+
+    def largest_update(self, param: str) -> Exp:
+        """The largest change this param's update causes anywhere (0 = Θ(1): maximal)."""
+        return emax(v for _, _, v in self.update_terms(param))
+
+    def backward(self) -> None:
+        grad: dict[str, Exp] = {o: ZERO for o in self.program.outputs}
+        self.grad_ = grad
+        for ins in reversed(self.program.body):
+            for target, t in GRAD[type(ins)](ins, self):
+                v = self.value(t)
+                if v > grad.get(target, NEG_INF):
+                    grad[target] = v
+
+    def sources(self, param: str) -> list[tuple[Exp, Exp]]:
+        """(e(df/dy), e(x)) for every use of a param: what its gradient is built from."""
+        if param in self.vector_params:
+            return [(self.grad(param), ZERO)]
+        return [(self.grad(ins.out), emax(self.value(Term(m.const, m.slots, "", "", "flow"))
+                                          for m in self.train(ins.arg)))
+                for ins in self.program.body
+                if isinstance(ins, MatMul) and ins.weight == param]
+
+    def update_terms(self, param: str) -> list[tuple[str, Term, Exp]]:
+        """Every term, in every instruction's change, that carries this param's update."""
+        return self.updates.get(param, [])
+
+    def run(self, abc: dict[str, ABC], max_rounds: int | None = None) -> Analysis:
+        """Fixed point of forward, backward and update passes for the given parametrization."""
+        self.S = {p: -(x.a + x.b) if x.b is not INF else NEG_INF for p, x in abc.items()}
+        self.U = {p: NEG_INF for p in abc}
+        self.forward_init()
+        self.forward_change()
+        rounds = max_rounds or 4 * len(self.program.body) + 20
+        for _ in range(rounds):
+            self.backward()
+            new_u = {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p))
+                     for p in abc}
+            before = (dict(self.change_), dict(self.U))
+            self.U = new_u
+            self.forward_change()
+            if (self.change_, self.U) == before:
+                self.backward()
+                return self
+        raise EngineError("the exponent propagation did not settle; this is a bug, please report "
+                          "the program")
+
+
+# --- classification ---------------------------------------------------------------------------
+
+
+@dataclass
+class Violation:
+    condition: str  # stability_init | stability_training | vanishing_init | maximal_update | ...
+    tensor: str
+    exponent: Exp
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"condition": self.condition, "tensor": self.tensor,
+                "exponent": as_str(self.exponent), "message": self.message}
+
+
+@dataclass
+class ParamResult:
+    name: str
+    shape: tuple[str, ...]
+    role: str
+    abc: ABC
+    init: Exp  # exponent of initial entries, -(a+b)
+    update: Exp  # exponent of update entries
+    r: Exp  # -(largest change its update causes); 0 = updated maximally
+    dominant: str  # the term that realises r
+
+
+@dataclass
+class Classification:
+    program: Program
+    optimizer: Optimizer
+    analysis: Analysis
+    params: dict[str, ParamResult]
+    violations: list[Violation] = field(default_factory=list)
+    r: Exp = INF
+    stable: bool = True
+    nontrivial: bool = False
+
+    @property
+    def regime(self) -> str:
+        if not self.stable:
+            return "unstable"
+        if not self.nontrivial:
+            return "trivial"
+        return "feature_learning" if self.r == 0 else "kernel"
+
+    @property
+    def all_maximal(self) -> bool:
+        return all(p.r == 0 for p in self.params.values())
+
+
+def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
+    best = None
+    for t, v in terms:
+        if best is None or v > best[1]:
+            best = (t, v)
+    return best
+
+
+def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
+    """Evaluate stability, nontriviality, r and the regime of a given parametrization (TP4 §3)."""
+    used = _used_params(program)
+    missing = sorted(used - set(abc))
+    if missing:
+        raise EngineError(f"no (a, b, c) given for param(s) {', '.join(missing)}",
+                          help="give every param of the program its exponents")
+    abc = {p: abc[p] for p in used}
+    an = Analysis(program, optimizer).run(abc)
+    result = Classification(program, optimizer, an, {})
+    for name in sorted(used, key=[p.name for p in program.params].index):
+        ups = an.update_terms(name)
+        top = max(ups, key=lambda x: x[2]) if ups else None
+        r = -top[2] if top else INF
+        result.params[name] = ParamResult(
+            name, program.param_table[name].shape, role(program, name), abc[name], an.S[name],
+            an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
+    outputs = set(program.outputs)
+    for ins in program.body:
+        v = ins.out
+        e0, d = an.init_[v], an.change_[v]
+        if e0 > 0:
+            t = _dominant(an.init_terms[v])
+            result.violations.append(Violation(
+                "stability_init", v, e0,
+                f"{v} blows up at init as {power(e0)} (dominant term {t[0].what}: {t[0].why})"))
+        elif program.is_infinite(v) and NEG_INF < e0 < 0 and v not in outputs:
+            result.violations.append(Violation(
+                "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0)}: its coordinates "
+                "should be Θ(1)"))
+        if d > 0:
+            t = _dominant(an.change_terms[v])
+            result.violations.append(Violation(
+                "stability_training", v, d,
+                f"{v} blows up during training as {power(d)} (dominant term {t[0].what}: "
+                f"{t[0].why})"))
+    result.stable = not result.violations
+    result.nontrivial = any(an.change_[o] >= 0 for o in program.outputs)
+    features = [an.change_[ins.out] for ins in program.body if program.is_infinite(ins.out)]
+    result.r = -emax(features) if features else INF
+    if result.stable and not result.nontrivial:
+        for o in program.outputs:
+            result.violations.append(Violation(
+                "nontrivial", o, an.change_[o],
+                f"output {o} moves only as {power(an.change_[o])} during training: it freezes"))
+    for p in result.params.values():
+        if result.stable and p.r > 0:
+            result.violations.append(Violation(
+                "maximal_update", p.name, -p.r,
+                f"{p.name} is not updated maximally: its update moves features by "
+                f"{power(-p.r)} ({p.dominant}); they freeze as n grows"))
+    return result
+
+
+def _used_params(program: Program) -> set[str]:
+    used = {n for ins in program.body for n in ins.operands}
+    used |= {ins.weight for ins in program.body if isinstance(ins, MatMul)}
+    return {p.name for p in program.params if p.name in used}
+
+
+def used_params(program: Program) -> list[str]:
+    used = _used_params(program)
+    return [p.name for p in program.params if p.name in used]
+
+
+__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "used_params",
+           "fan_dims"]

@@ -1,0 +1,212 @@
+"""Derive µP: the desiderata as linear conditions in every param's (a, b, c), solved exactly.
+
+The desiderata (THEORY.md §4): every vector O(1) at init and during training, every (pre)activation
+Θ(1), and every param as large as that allows, at init and in its update ("maximal").
+
+1. **Bounds.** Walking the program forward, each rule term that carries a param's initial entries
+   S(p) = -(a+b) or its update entries U(p) must stay <= 0. Each is linear, so it bounds the slot;
+   maximality takes the tightest bound with equality. A param used several times takes the min over
+   its uses; the walk repeats until the bounds settle.
+2. **Gradients.** With every S and U fixed, the backward pass gives each vector's gradient size.
+3. **Equations.** Per param: ``a + b = -S`` (init), the optimizer's ``c + k·a = rhs`` (update) and the
+   convention's equation, which picks one member of the abc-symmetry family. The system is solved
+   exactly over the rationals (sympy's DomainMatrix over QQ).
+4. **Verification.** The solution is classified from scratch; anything short of stable feature
+   learning with every param maximal is an :class:`EngineError` naming the tensor and exponent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sympy import QQ
+from sympy.polys.matrices import DomainMatrix
+
+from .analysis import ABC, Analysis, Classification, classify, used_params
+from .errors import EngineError
+from .exponents import HALF, NEG_INF, ZERO, Exp, canon
+from .ir import Program
+from .optimizers import Optimizer
+from .rules import CHANGE, INIT, Term, fan_dims
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``slot(param) <= value``, from one rule term of one instruction."""
+
+    param: str
+    slot: str  # "S" | "U"
+    value: Exp
+    instruction: str
+    term: Term
+
+
+@dataclass(frozen=True)
+class Equation:
+    """``coefs · (a, b, c) = rhs`` for one param, with its reason."""
+
+    param: str
+    coefs: tuple[int, int, int]
+    rhs: Exp
+    reason: str
+
+    def render(self) -> str:
+        parts = []
+        for k, var in zip(self.coefs, "abc"):
+            if k:
+                sym = f"{var}_{self.param}"
+                parts.append(sym if k == 1 else f"{k}·{sym}")
+        return f"{' + '.join(parts)} = {self.rhs}"
+
+
+# --- conventions: which member of the symmetry family to print ------------------------------------
+
+def _fan_in_infinite(program: Program, param: str) -> bool:
+    fin, _ = fan_dims(program, param)
+    return fin is not None and program.dim_table[fin].infinite
+
+
+def _table3(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
+    return (1, 0, 0), ZERO, "convention table3: every forward multiplier is 1 (a = 0)"
+
+
+def _mup(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
+    # a param initialised below its fan-in (CLT) scale keeps a width-independent init and takes
+    # the rest as a forward multiplier, as the mup package does for the readout (TP5 Table 8)
+    clt = HALF if _fan_in_infinite(program, param) else ZERO
+    if -size > clt:
+        return (0, 1, 0), ZERO, ("convention mup: initialised below its fan-in scale, so the init is "
+                                 "width-independent (b = 0) and the multiplier carries the scaling")
+    return (1, 0, 0), ZERO, "convention mup: multiplier 1 (a = 0)"
+
+
+def _tp4(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
+    return (0, 1, 0), HALF, "convention tp4: every init is N(0, σ²/n) (b = 1/2), as in TP4 Table 1"
+
+
+CONVENTIONS = {"table3": _table3, "mup": _mup, "tp4": _tp4}
+
+
+# --- the derivation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Derivation:
+    program: Program
+    optimizer: Optimizer
+    convention: str
+    abc: dict[str, ABC]
+    bounds: list[Bound]
+    equations: list[Equation]
+    analysis: Analysis
+    check: Classification
+    chosen: dict[str, dict[str, Bound]] = field(default_factory=dict)  # param -> slot -> bound
+
+
+def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:
+    """Solve every term ``<= 0`` for each slot it carries, the other slots taken as known."""
+    found = []
+    for t in terms:
+        for kind, p in set(t.slots):
+            others = [s for s in t.slots if s != (kind, p)]
+            mult = t.slots.count((kind, p))
+            rest = an.value(Term(t.const, tuple(others), "", "", "flow"))
+            if rest is NEG_INF or any(an.slot(k, q) is None for k, q in others):
+                continue
+            found.append(Bound(p, kind, -rest / mult, out, t))
+    return found
+
+
+def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bound]:
+    an.S = {p: None for p in params}
+    an.U = {p: None for p in params}
+    for _ in range(len(program.body) + 5):
+        before = (dict(an.S), dict(an.U))
+        bounds: list[Bound] = []
+        for ins in program.body:
+            ts = INIT[type(ins)](ins, an) + CHANGE[type(ins)](ins, an)
+            new = _bounds_for(an, ins.out, ts)
+            bounds += new
+            for b in new:
+                table = an.S if b.slot == "S" else an.U
+                if table[b.param] is None or b.value < table[b.param]:
+                    table[b.param] = b.value
+            init = [(t, an.value(t)) for t in INIT[type(ins)](ins, an)]
+            change = [(t, an.value(t)) for t in CHANGE[type(ins)](ins, an)]
+            an.init_terms[ins.out], an.change_terms[ins.out] = init, change
+            an.init_[ins.out] = max([v for _, v in init], default=NEG_INF)
+            d = max([v for _, v in change], default=NEG_INF)
+            an.change_[ins.out] = d
+            an.train_[ins.out] = max(an.init_[ins.out], min(d, ZERO))
+        if (an.S, an.U) == before:
+            return bounds
+    raise EngineError("the init and update bounds did not settle (a param's uses keep tightening "
+                      "each other)", help="check for a parameter that feeds its own scale")
+
+
+def derive(program: Program, optimizer: Optimizer, convention: str = "table3") -> Derivation:
+    """The µP parametrization of a program for an optimizer, in a convention."""
+    if convention not in CONVENTIONS:
+        raise EngineError(f"unknown convention '{convention}'",
+                          help=f"choose one of {', '.join(CONVENTIONS)}")
+    params = used_params(program)
+    an = Analysis(program, optimizer)
+    bounds = _settle_bounds(program, an, params)
+    unset = [f"{p} ({'init' if an.S[p] is None else 'update'})" for p in params
+             if an.S[p] is None or an.U[p] is None]
+    if unset:
+        raise EngineError(f"no condition fixes the scale of {', '.join(unset)}",
+                          help="each param must reach an output through something it can move")
+    an.V = dict(an.U)
+    an.backward()
+    chosen: dict[str, dict[str, Bound]] = {}
+    for b in bounds:
+        table = an.S if b.slot == "S" else an.U
+        if b.value == table[b.param]:
+            chosen.setdefault(b.param, {}).setdefault(b.slot, b)
+
+    equations: list[Equation] = []
+    for p in params:
+        s_bound, u_bound = chosen[p]["S"], chosen[p]["U"]
+        equations.append(Equation(p, (1, 1, 0), -an.S[p],
+                                  f"init maximal: {s_bound.term.what} in {s_bound.instruction} "
+                                  f"is Θ(1) at most"))
+        k, rhs = optimizer.equation(an.U[p], an.sources(p))
+        equations.append(Equation(p, (k, 0, 1), rhs,
+                                  f"update maximal ({optimizer.name}): {u_bound.term.what} in "
+                                  f"{u_bound.instruction} is Θ(1)"))
+        coefs, value, why = CONVENTIONS[convention](program, p, an.S[p])
+        equations.append(Equation(p, coefs, value, why))
+    abc = _solve(params, equations)
+    check = classify(program, optimizer, abc)
+    if check.violations:
+        raise EngineError(
+            "no parametrization makes every vector Θ(1) with maximal updates:\n  "
+            + "\n  ".join(v.message for v in check.violations),
+            help="every width-dependent sum needs a param (or a scale) that can absorb it")
+    return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
+
+
+def _solve(params: list[str], equations: list[Equation]) -> dict[str, ABC]:
+    """Solve all equations at once, exactly, over QQ; the system must determine every unknown."""
+    index = {(p, v): 3 * i + j for i, p in enumerate(params) for j, v in enumerate("abc")}
+    n = len(index)
+    rows: dict[int, dict[int, object]] = {}
+    for r, eq in enumerate(equations):
+        row = {index[(eq.param, v)]: QQ(k) for k, v in zip(eq.coefs, "abc") if k}
+        row[n] = QQ(int(eq.rhs.p), int(eq.rhs.q))
+        rows[r] = row
+    system = DomainMatrix(rows, (len(equations), n + 1), QQ)
+    reduced, pivots = system.rref()
+    if len(pivots) < n or n in pivots:
+        raise EngineError("the conditions do not determine every exponent",
+                          help="this is a bug in a convention; please report it")
+    solution = reduced.to_sdm()
+    values = {}
+    for r, col in enumerate(pivots):
+        q = solution.get(r, {}).get(n, QQ(0))
+        values[col] = canon(f"{q.numerator}/{q.denominator}")
+    return {p: ABC(values[index[(p, "a")]], values[index[(p, "b")]], values[index[(p, "c")]])
+            for p in params}
+
+

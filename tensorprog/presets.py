@@ -1,0 +1,45 @@
+"""Named parametrizations to classify: TP4 Table 1's forms, generalised by each param's fan-in.
+
+* ``sp``  (standard): a = 0, b = 1/2·[fan_in infinite], one global c (default 0: a constant LR);
+* ``ntp`` (neural tangent): a = 1/2·[fan_in infinite], b = 0, one global c (default 0);
+* ``mup``: µP as the engine derives it in TP4's style (b = 1/2 everywhere), per-param c;
+* ``mfp`` (mean field): µP shifted along the abc-symmetry by θ = 1/2.
+
+``c`` (an exact exponent) overrides every param's c, as TP4 Table 1 uses one global c.
+"""
+
+from __future__ import annotations
+
+from .analysis import ABC, used_params
+from .derive import derive
+from .errors import UsageError
+from .exponents import HALF, ZERO, Exp
+from .ir import Program
+from .optimizers import Optimizer
+from .rules import fan_dims
+
+
+def _fan_in_infinite(program: Program, param: str) -> bool:
+    fin, _ = fan_dims(program, param)
+    return fin is not None and program.dim_table[fin].infinite
+
+
+def preset(name: str, program: Program, optimizer: Optimizer, c: Exp | None = None) -> dict[str, ABC]:
+    params = used_params(program)
+    if name in ("sp", "ntp"):
+        c = ZERO if c is None else c
+        out = {}
+        for p in params:
+            half = HALF if _fan_in_infinite(program, p) else ZERO
+            out[p] = ABC(ZERO, half, c) if name == "sp" else ABC(half, ZERO, c)
+        return out
+    if name in ("mup", "mfp"):
+        theta = ZERO if name == "mup" else HALF
+        k = optimizer.a_coef
+        base = derive(program, optimizer, "tp4").abc
+        return {p: ABC(x.a + theta, x.b - theta, (x.c - k * theta) if c is None else c)
+                for p, x in base.items()}
+    raise UsageError(f"unknown preset '{name}'", help="choose one of sp, ntp, mup, mfp")
+
+
+PRESETS = ("sp", "ntp", "mup", "mfp")

@@ -1,0 +1,149 @@
+"""Render derivations and classifications: a table for people, JSON for programs, an explanation.
+
+Exponents in JSON are strings sympy parses ("1/2", "-1", "oo"); W = n^-a·w, w ~ N(0, (σ·n^-b)²),
+and the learning rate is η·n^-c.
+"""
+
+from __future__ import annotations
+
+from .analysis import Classification
+from .derive import Derivation
+from .exponents import INF, Exp, as_str, power, scaled
+from .ir import Program, render_instruction
+from .rules import fan_dims, role
+
+CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"
+
+
+def _shape(program: Program, name: str) -> str:
+    return "[" + ", ".join(program.param_table[name].shape) + "]"
+
+
+def _fan(dim: str | None) -> str:
+    return "1" if dim is None else dim
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def param_formulas(a: Exp, b: Exp, c: Exp) -> dict[str, str]:
+    return {"init_std": scaled("σ", -b) if b is not INF else "0",
+            "multiplier": power(-a), "lr": scaled("η", -c)}
+
+
+# --- derive ---------------------------------------------------------------------------------------
+
+def derive_json(d: Derivation) -> dict:
+    p = d.program
+    params = {}
+    for name, x in d.abc.items():
+        fin, fout = fan_dims(p, name)
+        params[name] = {"shape": list(p.param_table[name].shape), "role": role(p, name),
+                        "fan_in": _fan(fin), "fan_out": _fan(fout), **x.as_dict(),
+                        **param_formulas(x.a, x.b, x.c)}
+    an = d.check.analysis
+    vectors = {ins.out: {"dim": p.value_dims[ins.out] or "scalar",
+                         "init": as_str(an.init_[ins.out]), "update": as_str(an.change_[ins.out]),
+                         "grad": as_str(an.grad(ins.out))} for ins in p.body}
+    return {
+        "program": p.name, "width": {"name": p.width.name, "base": p.width.base},
+        "optimizer": d.optimizer.name, "convention": d.convention,
+        "parametrization": CONVENTION_LINE, "symmetry": d.optimizer.symmetry(),
+        "parameters": params, "vectors": vectors,
+        "conditions": [{"param": e.param, "equation": e.render(), "reason": e.reason}
+                       for e in d.equations],
+        "regime": d.check.regime, "r": as_str(d.check.r),
+    }
+
+
+def derive_table(d: Derivation) -> str:
+    p = d.program
+    head = (f"µP for {p.name}: optimizer {d.optimizer.name}, convention {d.convention}, "
+            f"width {p.width.name} (base {p.width.base})")
+    rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c"]]
+    for name, x in d.abc.items():
+        f = param_formulas(x.a, x.b, x.c)
+        rows.append([name, _shape(p, name), role(p, name), f["init_std"], f["multiplier"],
+                     f["lr"], as_str(x.a), as_str(x.b), as_str(x.c)])
+    an = d.check.analysis
+    vec_rows = [["vector", "dim", "at init", "change", "gradient"]]
+    for ins in p.body:
+        v = ins.out
+        vec_rows.append([v, p.value_dims[v] or "scalar", power(an.init_[v]),
+                         power(an.change_[v]), power(an.grad(v))])
+    return "\n".join([
+        head, CONVENTION_LINE, "", _table(rows), "",
+        f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
+        f"maximally.",
+        f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
+        "", "Coordinate sizes (Θ of):", _table(vec_rows), ""])
+
+
+def explain(d: Derivation) -> str:
+    """The derivation in words, instruction by instruction, then the equations and solution."""
+    p, an = d.program, d.analysis
+    out = [f"Derivation of µP for {p.name} under {d.optimizer.name} ({d.optimizer.summary}).",
+           "S(p) = -(a+b) is the size of p's initial entries, U(p) that of its update entries; "
+           "every term must stay O(1), and maximality takes the largest allowed.", ""]
+    chosen = {(b.instruction, b.param, b.slot, b.term) for per in d.chosen.values()
+              for b in per.values()}
+    for ins in p.body:
+        out.append(render_instruction(ins))
+        for label, ts in (("init", an.init_terms[ins.out]), ("change", an.change_terms[ins.out])):
+            for t, v in ts:
+                line = f"  {label:6} {t.what} = {power(v)}: {t.why}"
+                for k, q in sorted(set(t.slots)):
+                    if (ins.out, q, k, t) in chosen:
+                        slot = "a+b" if k == "S" else "its update entries"
+                        line += (f"; this fixes {q}: {'-(a+b)' if k == 'S' else 'U'} = "
+                                 f"{an.S[q] if k == 'S' else an.U[q]} (the largest keeping "
+                                 f"{ins.out} O(1), so {slot} is maximal)")
+                out.append(line)
+        out.append(f"  so {ins.out} is {power(an.init_[ins.out])} at init and moves by "
+                   f"{power(an.change_[ins.out])}")
+    out += ["", "Gradients (backward pass, during training):"]
+    out += [f"  d{ins.out} = {power(an.grad(ins.out))}" for ins in p.body]
+    out += ["", f"Conditions, linear in (a, b, c), solved exactly ({d.convention} convention):"]
+    out += [f"  {e.render():28} {e.reason}" for e in d.equations]
+    out += ["", "Solution:"]
+    out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
+    out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
+            f"{d.check.r} and every param updated maximally.",
+            f"Symmetry: {d.optimizer.symmetry()}."]
+    return "\n".join(out) + "\n"
+
+
+# --- classify -------------------------------------------------------------------------------------
+
+def classify_json(c: Classification) -> dict:
+    an = c.analysis
+    return {
+        "program": c.program.name, "optimizer": c.optimizer.name,
+        "stable": c.stable, "nontrivial": c.nontrivial, "regime": c.regime, "r": as_str(c.r),
+        "all_maximal": c.all_maximal,
+        "params": {n: {"shape": list(x.shape), "role": x.role, **x.abc.as_dict(),
+                       "r": as_str(x.r), "maximal": x.r == 0,
+                       "init_entries": as_str(x.init), "update_entries": as_str(x.update)}
+                   for n, x in c.params.items()},
+        "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
+                              "update": as_str(an.change_[ins.out])} for ins in c.program.body},
+        "violations": [v.as_dict() for v in c.violations],
+    }
+
+
+def classify_text(c: Classification, label: str) -> str:
+    rows = [["param", "shape", "role", "a", "b", "c", "r", "maximal"]]
+    for n, x in c.params.items():
+        rows.append([n, "[" + ", ".join(x.shape) + "]", x.role, as_str(x.abc.a), as_str(x.abc.b),
+                     as_str(x.abc.c), as_str(x.r), "yes" if x.r == 0 else "no"])
+    out = [f"{label} for {c.program.name} under {c.optimizer.name}", "", _table(rows), "",
+           f"stable: {'yes' if c.stable else 'no'}   nontrivial: "
+           f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
+    if c.violations:
+        out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
+    return "\n".join(out) + "\n"
+

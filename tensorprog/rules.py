@@ -1,0 +1,275 @@
+"""Scaling rules, one per IR instruction and per question (TP4 §3; THEORY.md §3).
+
+Each rule turns one instruction into *terms*: the exponents of the pieces its output is the sum of.
+A term is a number plus the exponents of some params' entries, written as slots:
+
+* ``S(p)`` = exponent of p's initial entries, ``-(a_p + b_p)``;
+* ``U(p)`` = exponent of p's update entries after training (set by the optimizer's rule);
+* ``V(p)`` = U(p) capped at the largest update that keeps p's outputs O(1) (equal when stable).
+
+So a term is linear in the slots. The analysis evaluates terms with numbers for every slot (to
+classify a parametrization); the derivation solves ``term <= 0`` for a slot (to find µP). Nothing here
+knows a layer's role: input, hidden and output weights differ only in which of their dims are
+infinite, and that decides CLT (+1/2) against LLN (+1) below.
+
+Three tables, each keyed by IR class: ``INIT`` (the output at initialisation), ``CHANGE`` (its change
+after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back to each operand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Protocol
+
+from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
+from .ir import MUL, Dot, LinComb, MatMul, Nonlin, Program
+
+Slot = tuple[str, str]  # ("S" | "U" | "V", param name)
+
+
+@dataclass(frozen=True)
+class Mono:
+    """A number plus slots: one alternative for the size of an operand."""
+
+    const: Exp
+    slots: tuple[Slot, ...] = ()
+
+
+@dataclass(frozen=True)
+class Term:
+    """One piece of a sum: its exponent (``const`` + slots) and why it has that size."""
+
+    const: Exp
+    slots: tuple[Slot, ...]
+    what: str  # e.g. "ΔW2·x1"
+    why: str  # e.g. "n correlated terms (LLN)"
+    kind: str  # "init" | "cross" (p_0 meets a change) | "update" (Δp) | "flow" (no param here)
+    clamp: Exp | None = None  # a bounded nonlinearity caps the size at n^clamp
+
+    def params(self, slot_kind: str) -> list[str]:
+        return [p for k, p in self.slots if k == slot_kind]
+
+
+class Sizes(Protocol):
+    """What a rule may ask about operands (the analysis provides it)."""
+
+    program: Program
+
+    def init(self, name: str) -> list[Mono]: ...
+    def change(self, name: str) -> list[Mono]: ...
+    def train(self, name: str) -> list[Mono]: ...
+    def grad(self, name: str) -> Exp: ...
+    def centred_apart(self, u: str, v: str) -> bool: ...
+
+
+def terms(what: str, why: str, kind: str, *parts: list[Mono], const: Exp = ZERO,
+          clamp: Exp | None = None) -> list[Term]:
+    """All terms of a product of sums: one Term per choice of alternative in each part."""
+    out = []
+    for choice in product(*parts):
+        c = add(const, *(m.const for m in choice))
+        slots = tuple(s for m in choice for s in m.slots)
+        if c is NEG_INF:
+            continue  # an exact zero contributes nothing
+        has_update = any(k == "U" for k, _ in slots)
+        has_init = any(k == "S" for k, _ in slots)
+        k = kind
+        if kind == "auto":
+            k = "update" if has_update else ("cross" if has_init else "flow")
+        out.append(Term(c, slots, what, why, k, clamp))
+    return out
+
+
+def _inf(program: Program, dim: str | None) -> bool:
+    return dim is not None and program.dim_table[dim].infinite
+
+
+def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
+    """A param's (fan_in, fan_out) dims as its uses show them; None means 1.
+
+    A matrix [out, in] is used with @. A vector is a bias or gain (fed the constant 1: fan_in 1)
+    unless it is contracted by ``dot`` (then it is a readout vector: fan_in its dim, fan_out 1).
+    """
+    shape = program.param_table[param].shape
+    if len(shape) == 2:
+        return shape[1], shape[0]
+    if any(isinstance(i, Dot) for i in program.uses(param)):
+        return shape[0], None
+    return None, shape[0]
+
+
+def role(program: Program, param: str) -> str:
+    """input / hidden / output / finite, from which fans are infinite (never declared)."""
+    fin, fout = (_inf(program, d) for d in fan_dims(program, param))
+    return {(False, True): "input", (True, True): "hidden", (True, False): "output",
+            (False, False): "finite"}[(fin, fout)]
+
+
+# --- MatMul ---------------------------------------------------------------------------------------
+
+def _clt(program: Program, dim: str) -> tuple[Exp, str]:
+    if _inf(program, dim):
+        return HALF, f"the sum runs over {dim} iid terms (CLT: +1/2)"
+    return ZERO, f"the sum runs over a finite {dim} (+0)"
+
+
+def init_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
+    fan_out, fan_in = sz.program.param_table[ins.weight].shape
+    k, why = _clt(sz.program, fan_in)
+    w = [Mono(ZERO, (("S", ins.weight),))]
+    return terms(f"{ins.weight}₀·{ins.arg}₀", why, "init", w, sz.init(ins.arg), const=k)
+
+
+def change_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
+    p = sz.program
+    fan_out, fan_in = p.param_table[ins.weight].shape
+    w0, dw = [Mono(ZERO, (("S", ins.weight),))], [Mono(ZERO, (("U", ins.weight),))]
+    if not _inf(p, fan_in):
+        k_cross, why_cross = ZERO, f"a finite sum over {fan_in} (+0)"
+        k_upd, why_upd = ZERO, f"a finite sum over {fan_in} (+0)"
+    else:
+        k_upd, why_upd = ONE, (f"the update is built from the vectors it meets, so its sum over "
+                               f"{fan_in} has correlated terms (LLN: +1)")
+        if _inf(p, fan_out):
+            k_cross, why_cross = HALF, (f"{ins.weight}₀ is a square-ish iid matrix: its sum over "
+                                        f"{fan_in} behaves as a CLT sum even on a vector built from "
+                                        f"{ins.weight}₀ᵀ (+1/2)")
+        else:
+            k_cross, why_cross = ONE, (f"the change of {ins.arg} is built from {ins.weight}₀ᵀ "
+                                       f"(backprop through a finite fan-out), so the sum over "
+                                       f"{fan_in} is correlated (LLN: +1)")
+    return (terms(f"{ins.weight}₀·Δ{ins.arg}", why_cross, "cross", w0, sz.change(ins.arg),
+                  const=k_cross)
+            + terms(f"Δ{ins.weight}·{ins.arg}", why_upd, "update", dw, sz.train(ins.arg),
+                    const=k_upd))
+
+
+def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
+    p = sz.program
+    fan_out, _ = p.param_table[ins.weight].shape
+    g = [Mono(sz.grad(ins.out))]
+    # Through an infinite fan-out the update counts at most at its stable size (slot V): first
+    # order, so a blow-up already reported upstream does not compound layer after layer. A finite
+    # fan-out (readout) update is driven by the output's gradient alone and counts in full (TP4).
+    w0 = [Mono(ZERO, (("S", ins.weight),))]
+    dw = [Mono(ZERO, (("V" if _inf(p, fan_out) else "U", ins.weight),))]
+    if _inf(p, fan_out):
+        k0, why0 = HALF, f"{ins.weight}₀ᵀ sums {fan_out} iid terms (CLT: +1/2)"
+        k1, why1 = ONE, f"Δ{ins.weight}ᵀ sums {fan_out} terms correlated with the gradient (LLN: +1)"
+    else:
+        k0 = k1 = ZERO
+        why0 = why1 = f"a finite sum over {fan_out} (+0)"
+    return [(ins.arg, t) for t in
+            terms(f"{ins.weight}₀ᵀ·d{ins.out}", why0, "init", w0, g, const=k0)
+            + terms(f"Δ{ins.weight}ᵀ·d{ins.out}", why1, "update", dw, g, const=k1)]
+
+
+# --- LinComb --------------------------------------------------------------------------------------
+
+def init_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
+    return [t for _, v in ins.terms for t in
+            terms(f"{v}₀", "a sum is as large as its largest term", "auto", sz.init(v))]
+
+
+def change_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
+    return [t for _, v in ins.terms for t in
+            terms(f"Δ{v}", "a sum changes as much as its largest term", "auto", sz.change(v))]
+
+
+def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(v, t) for _, v in ins.terms
+            for t in terms(f"d{ins.out}", "a sum passes its gradient through", "flow", g)]
+
+
+# --- Nonlin ---------------------------------------------------------------------------------------
+
+#: How a coordinatewise function maps the exponent of its input. "linear": phi(x) ~ x both near 0
+#: and at infinity (relu, gelu, silu, identity: size passes through); "bounded": phi(x) ~ x near 0
+#: but saturates (tanh); "offset": phi(0) != 0 and bounded (sigmoid: Theta(1) whatever the input).
+NONLIN_SHAPE = {"relu": "linear", "gelu": "linear", "silu": "linear", "identity": "linear",
+                "tanh": "bounded", "sigmoid": "offset"}
+
+
+def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if ins.fn == MUL:
+        u, v = ins.args
+        return terms(f"{u}₀⊙{v}₀", "a coordinatewise product adds exponents", "auto",
+                     sz.init(u), sz.init(v))
+    (h,) = ins.args
+    shape = NONLIN_SHAPE[ins.fn]
+    if shape == "offset":
+        return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn}(0) ≠ 0 and {ins.fn} is bounded",
+                     "flow")]
+    why = f"{ins.fn}(x) ≈ x for small x" + (" and is bounded" if shape == "bounded" else
+                                            ", and grows like x")
+    return terms(f"{ins.fn}({h}₀)", why, "auto", sz.init(h),
+                 clamp=ZERO if shape == "bounded" else None)
+
+
+def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if ins.fn == MUL:
+        u, v = ins.args
+        return (terms(f"Δ{u}⊙{v}", "a product changes with either factor", "auto",
+                      sz.change(u), sz.train(v))
+                + terms(f"{u}⊙Δ{v}", "a product changes with either factor", "auto",
+                        sz.train(u), sz.change(v)))
+    (h,) = ins.args
+    bounded = NONLIN_SHAPE[ins.fn] != "linear"
+    return terms(f"{ins.fn}′·Δ{h}", f"{ins.fn}′ = Θ(1), so a change passes through", "auto",
+                 sz.change(h), clamp=ZERO if bounded else None)
+
+
+def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    if ins.fn == MUL:
+        u, v = ins.args
+        return ([(u, t) for t in terms(f"d{ins.out}⊙{v}", "the other factor scales it", "auto",
+                                       g, sz.train(v))]
+                + [(v, t) for t in terms(f"d{ins.out}⊙{u}", "the other factor scales it",
+                                         "auto", g, sz.train(u))])
+    return [(ins.args[0], t) for t in terms(f"{ins.fn}′⊙d{ins.out}", f"{ins.fn}′ = Θ(1)", "flow",
+                                            g)]
+
+
+# --- Dot ------------------------------------------------------------------------------------------
+
+def init_dot(ins: Dot, sz: Sizes) -> list[Term]:
+    dim = sz.program.value_dims[ins.left]
+    if not _inf(sz.program, dim):
+        k, why = ZERO, f"a finite sum over {dim} (+0)"
+    elif sz.centred_apart(ins.left, ins.right):
+        k, why = HALF, (f"{ins.left}₀ and {ins.right}₀ are independent and centred, so the sum "
+                        f"over {dim} is a CLT sum (+1/2)")
+    else:
+        k, why = ONE, (f"{ins.left}₀ and {ins.right}₀ are correlated (shared inputs or nonzero "
+                       f"means), so the sum over {dim} is an LLN sum (+1)")
+    return terms(f"{ins.left}₀·{ins.right}₀", why, "auto", sz.init(ins.left), sz.init(ins.right),
+                 const=k)
+
+
+def change_dot(ins: Dot, sz: Sizes) -> list[Term]:
+    dim = sz.program.value_dims[ins.left]
+    u, v = ins.left, ins.right
+    if _inf(sz.program, dim):
+        k, why = ONE, (f"after training each side has moved along the other (its gradient is the "
+                       f"other side), so the sum over {dim} is correlated (LLN: +1)")
+    else:
+        k, why = ZERO, f"a finite sum over {dim} (+0)"
+    return (terms(f"Δ{u}·{v}", why, "auto", sz.change(u), sz.train(v), const=k)
+            + terms(f"{u}·Δ{v}", why, "auto", sz.train(u), sz.change(v), const=k))
+
+
+def grad_dot(ins: Dot, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    u, v = ins.left, ins.right
+    return ([(u, t) for t in terms(f"d{ins.out}·{v}", f"d{u} = d{ins.out}·{v}", "auto", g,
+                                   sz.train(v))]
+            + [(v, t) for t in terms(f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u}", "auto", g,
+                                     sz.train(u))])
+
+
+INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot}
+CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot}
+GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot}
