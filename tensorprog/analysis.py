@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .errors import EngineError
-from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, emax, power
+from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, emax, emin, gt, power
 from .ir import MatMul, Program
 from .optimizers import Optimizer
 from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
@@ -109,7 +109,7 @@ class Analysis:
     def value(self, t: Term) -> Exp:
         parts = [t.const] + [self.slot(k, p) for k, p in t.slots]
         v = add(*parts)
-        if t.clamp is not None and v > t.clamp:
+        if t.clamp is not None and gt(v, t.clamp):
             v = t.clamp
         return v
 
@@ -131,8 +131,8 @@ class Analysis:
             d = emax(v for _, v in ts)
             self.change_[ins.out] = d
             # inside later updates a blown-up change counts at Θ(1): first-order sizes only
-            self.train_[ins.out] = max(self.init_[ins.out], min(d, ZERO))
-        self.V = {p: add(u, -max(ZERO, self.largest_update(p))) for p, u in self.U.items()}
+            self.train_[ins.out] = emax((self.init_[ins.out], emin(d, ZERO)))
+        self.V = {p: add(u, -emax((ZERO, self.largest_update(p)))) for p, u in self.U.items()}
 
     def largest_update(self, param: str) -> Exp:
         """The largest change this param's update causes anywhere (0 = Θ(1): maximal)."""
@@ -144,7 +144,7 @@ class Analysis:
         for ins in reversed(self.program.body):
             for target, t in GRAD[type(ins)](ins, self):
                 v = self.value(t)
-                if v > grad.get(target, NEG_INF):
+                if gt(v, grad.get(target, NEG_INF)):
                     grad[target] = v
 
     def sources(self, param: str) -> list[tuple[Exp, Exp]]:
@@ -235,7 +235,7 @@ class Classification:
 def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
     best = None
     for t, v in terms:
-        if best is None or v > best[1]:
+        if best is None or gt(v, best[1]):
             best = (t, v)
     return best
 
@@ -252,7 +252,10 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
     result = Classification(program, optimizer, an, {})
     for name in sorted(used, key=[p.name for p in program.params].index):
         ups = an.update_terms(name)
-        top = max(ups, key=lambda x: x[2]) if ups else None
+        top = None
+        for entry in ups:
+            if top is None or gt(entry[2], top[2]):
+                top = entry
         r = -top[2] if top else INF
         result.params[name] = ParamResult(
             name, program.param_table[name].shape, role(program, name), abc[name], an.S[name],
@@ -261,23 +264,23 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
     for ins in program.body:
         v = ins.out
         e0, d = an.init_[v], an.change_[v]
-        if e0 > 0:
+        if gt(e0, ZERO):
             t = _dominant(an.init_terms[v])
             result.violations.append(Violation(
                 "stability_init", v, e0,
                 f"{v} blows up at init as {power(e0)} (dominant term {t[0].what}: {t[0].why})"))
-        elif program.is_infinite(v) and NEG_INF < e0 < 0 and v not in outputs:
+        elif program.is_infinite(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
             result.violations.append(Violation(
                 "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0)}: its coordinates "
                 "should be Θ(1)"))
-        if d > 0:
+        if gt(d, ZERO):
             t = _dominant(an.change_terms[v])
             result.violations.append(Violation(
                 "stability_training", v, d,
                 f"{v} blows up during training as {power(d)} (dominant term {t[0].what}: "
                 f"{t[0].why})"))
     result.stable = not result.violations
-    result.nontrivial = any(an.change_[o] >= 0 for o in program.outputs)
+    result.nontrivial = any(not gt(ZERO, an.change_[o]) for o in program.outputs)
     features = [an.change_[ins.out] for ins in program.body if program.is_infinite(ins.out)]
     result.r = -emax(features) if features else INF
     if result.stable and not result.nontrivial:
@@ -286,7 +289,7 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
                 "nontrivial", o, an.change_[o],
                 f"output {o} moves only as {power(an.change_[o])} during training: it freezes"))
     for p in result.params.values():
-        if result.stable and p.r > 0:
+        if result.stable and gt(p.r, ZERO):
             result.violations.append(Violation(
                 "maximal_update", p.name, -p.r,
                 f"{p.name} is not updated maximally: its update moves features by "

@@ -24,7 +24,7 @@ from sympy.polys.matrices import DomainMatrix
 
 from .analysis import ABC, Analysis, Classification, classify, used_params
 from .errors import EngineError
-from .exponents import HALF, NEG_INF, ZERO, Exp, canon
+from .exponents import HALF, NEG_INF, ZERO, Exp, canon, emax, emin, gt
 from .ir import Program
 from .optimizers import Optimizer
 from .rules import CHANGE, INIT, Term, fan_dims
@@ -74,7 +74,7 @@ def _mup(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int],
     # a param initialised below its fan-in (CLT) scale keeps a width-independent init and takes
     # the rest as a forward multiplier, as the mup package does for the readout (TP5 Table 8)
     clt = HALF if _fan_in_infinite(program, param) else ZERO
-    if -size > clt:
+    if gt(-size, clt):
         return (0, 1, 0), ZERO, ("convention mup: initialised below its fan-in scale, so the init is "
                                  "width-independent (b = 0) and the multiplier carries the scaling")
     return (1, 0, 0), ZERO, "convention mup: multiplier 1 (a = 0)"
@@ -129,15 +129,15 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
             bounds += new
             for b in new:
                 table = an.S if b.slot == "S" else an.U
-                if table[b.param] is None or b.value < table[b.param]:
+                if table[b.param] is None or gt(table[b.param], b.value):
                     table[b.param] = b.value
             init = [(t, an.value(t)) for t in INIT[type(ins)](ins, an)]
             change = [(t, an.value(t)) for t in CHANGE[type(ins)](ins, an)]
             an.init_terms[ins.out], an.change_terms[ins.out] = init, change
-            an.init_[ins.out] = max([v for _, v in init], default=NEG_INF)
-            d = max([v for _, v in change], default=NEG_INF)
+            an.init_[ins.out] = emax(v for _, v in init)
+            d = emax(v for _, v in change)
             an.change_[ins.out] = d
-            an.train_[ins.out] = max(an.init_[ins.out], min(d, ZERO))
+            an.train_[ins.out] = emax((an.init_[ins.out], emin(d, ZERO)))
         if (an.S, an.U) == before:
             return bounds
     raise EngineError("the init and update bounds did not settle (a param's uses keep tightening "

@@ -50,11 +50,28 @@ def add(*xs: Exp) -> Exp:
     return total
 
 
+def gt(x: Exp, y: Exp) -> bool:
+    """x > y for exact exponents, without sympy's general (slow) relational machinery."""
+    if x is y or x is NEG_INF or y is INF:
+        return False
+    if x is INF or y is NEG_INF:
+        return True
+    return x.p * y.q > y.p * x.q
+
+
 def emax(xs: Iterable[Exp]) -> Exp:
     """Max of exponents (a sum of terms); -oo for no terms (an exact zero)."""
     best = NEG_INF
     for x in xs:
-        if x > best:
+        if gt(x, best):
+            best = x
+    return best
+
+
+def emin(*xs: Exp) -> Exp:
+    best = INF
+    for x in xs:
+        if gt(best, x):
             best = x
     return best
 

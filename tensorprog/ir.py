@@ -213,8 +213,17 @@ class Program:
         d = self.value_dims[value]
         return d is not None and self.dim_table[d].infinite
 
+    @cached_property
+    def _uses(self) -> dict[str, list[Instruction]]:
+        table: dict[str, list[Instruction]] = {}
+        for ins in self.body:
+            for name in dict.fromkeys(_mentions(ins)):
+                table.setdefault(name, []).append(ins)
+        return table
+
     def uses(self, name: str) -> list[Instruction]:
-        return [ins for ins in self.body if name in _mentions(ins)]
+        """The instructions that read a value or apply a param, in program order."""
+        return self._uses.get(name, [])
 
 
 def _mentions(ins: Instruction) -> tuple[str, ...]:
