@@ -31,7 +31,8 @@ __version__ = "0.1.0"
 
 def _optimizer(name):
     if name not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {name!r}", help=f"choose one of {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"unknown optimizer {name!r}",
+                         help=f"choose one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name]
 
 

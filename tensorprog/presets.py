@@ -24,7 +24,8 @@ def _fan_in_infinite(program: Program, param: str) -> bool:
     return fin is not None and program.dim_table[fin].infinite
 
 
-def preset(name: str, program: Program, optimizer: Optimizer, c: Exp | None = None) -> dict[str, ABC]:
+def preset(name: str, program: Program, optimizer: Optimizer,
+           c: Exp | None = None) -> dict[str, ABC]:
     params = used_params(program)
     if name in ("sp", "ntp"):
         c = ZERO if c is None else c

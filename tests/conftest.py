@@ -1,0 +1,31 @@
+"""Shared helpers: example paths and generated MLPs of any depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
+
+
+def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:
+    """An MLP with ``depth`` hidden layers: W1 input, W2..W_depth hidden, W_{depth+1} readout."""
+    lines = [f"width n = {width}", "dim d_in = 5", "dim d_out = 3", "input x : [d_in]",
+             "param W1 : [n, d_in]"]
+    lines += [f"param W{k} : [n, n]" for k in range(2, depth + 1)]
+    lines += [f"param b{k} : [n]" for k in range(1, depth + 1) if biases]
+    lines.append(f"param W{depth + 1} : [d_out, n]")
+    prev = "x"
+    for k in range(1, depth + 1):
+        bias = f" + b{k}" if biases else ""
+        lines += [f"h{k} = W{k} @ {prev}{bias}", f"x{k} = relu(h{k})"]
+        prev = f"x{k}"
+    lines.append(f"output f = W{depth + 1} @ {prev}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(params=[p.name for p in EXAMPLES])
+def example(request) -> Path:
+    return ROOT / "examples" / request.param

@@ -1,0 +1,105 @@
+"""Beyond the MLP: each structure must come out right from composing the rules, no special case.
+
+Expected values are worked out by hand from THEORY.md §3 (and agree with TP5 Table 3's roles).
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from sympy import Rational
+
+import tensorprog as tp
+
+HALF = Rational(1, 2)
+IN = {"sgd": (0, 0, -1), "adam": (0, 0, 0)}
+HID = {"sgd": (0, HALF, 0), "adam": (0, HALF, 1)}
+OUT = {"sgd": (0, 1, 1), "adam": (0, 1, 1)}
+
+CASES = {
+    # product of two branches: silu(Wa x1) * (Wb x1) is Θ(1), both weights hidden
+    "gated_mlp.tp": {"W0": IN, "Wa": HID, "Wb": HID, "Wo": OUT},
+    # width -> 2·width: d_ff = 2n is infinite, so Wup/Wdown are hidden and Wo an output weight
+    "mlp_expand.tp": {"W0": IN, "Wup": HID, "Wdown": HID, "Wo": OUT},
+    # weights reused across time steps
+    "rnn.tp": {"U": IN, "W": HID, "b": IN, "Wo": OUT},
+    # residual sums and a gain
+    "mlp_resnet.tp": {"Win": IN, "W1": HID, "W2": HID, "g": IN, "Wo": OUT},
+    # a dot readout with a trained vector
+    "dot_readout.tp": {"W1": IN, "W2": HID, "v": OUT},
+}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_structures_derive_as_expected(name, optimizer):
+    d = tp.derive(tp.parse_file(ROOT / "examples" / name), optimizer)
+    got = {p: (x.a, x.b, x.c) for p, x in d.abc.items()}
+    assert got == {p: exp[optimizer] for p, exp in CASES[name].items()}
+    assert d.check.regime == "feature_learning" and d.check.all_maximal
+
+
+def test_every_vector_is_order_one_and_moves():
+    d = tp.derive(tp.parse_file(ROOT / "examples" / "mlp_resnet.tp"), "adam")
+    an = d.check.analysis
+    for ins in d.program.body:
+        if d.program.is_infinite(ins.out):
+            assert (an.init_[ins.out], an.change_[ins.out]) == (0, 0), ins.out
+    assert an.init_["y"] == -HALF and an.change_["y"] == 0  # feature learning forces f_0 -> 0
+
+
+def test_dot_readout_in_mup_convention_gets_the_output_multiplier():
+    d = tp.derive(tp.parse_file(ROOT / "examples" / "dot_readout.tp"), "adam", "mup")
+    assert (d.abc["v"].a, d.abc["v"].b, d.abc["v"].c) == (1, 0, 0)
+
+
+def test_dot_of_two_independent_hidden_vectors_is_clt_at_init_and_lln_after():
+    src = """
+width n = 64
+dim d = 8
+input x : [d]
+param Wq : [n, d]
+param Wk : [n, d]
+q = Wq @ x
+k = Wk @ x
+output s = dot(q, k)
+"""
+    result = tp.classify(tp.parse(src), "adam", abc={
+        "Wq": tp.ABC(Rational(0), Rational(0), Rational(0)),
+        "Wk": tp.ABC(Rational(0), Rational(0), Rational(0))})
+    an = result.analysis
+    assert an.init_["s"] == HALF  # independent, centred: a √n sum
+    assert an.change_["s"] == 1  # correlated after training: an n sum
+    assert not result.stable
+
+
+def test_unfixable_program_is_an_engine_error_naming_the_tensor():
+    src = """
+width n = 64
+dim d = 8
+input x : [d]
+param W : [n, d]
+h = relu(W @ x)
+output s = dot(h, h)
+"""
+    with pytest.raises(tp.EngineError, match=r"s blows up at init as n"):
+        tp.derive(tp.parse(src), "adam")
+
+
+def test_finite_bottleneck_is_reported_not_silently_wrong():
+    src = """
+width n = 64
+dim d = 8
+dim k = 3
+input x : [d]
+param W1 : [n, d]
+param Wa : [k, n]
+param Wb : [n, k]
+param Wo : [k, n]
+x1 = relu(W1 @ x)
+z = Wa @ x1
+x2 = relu(Wb @ z)
+output y = Wo @ x2
+"""
+    with pytest.raises(tp.EngineError, match="vanishes at init"):
+        tp.derive(tp.parse(src), "adam")

@@ -1,0 +1,35 @@
+"""Golden files: every example's derived table (adam and sgd) and its IR text form.
+
+Refresh after an intended change with ``UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and read the
+diff in review.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tensorprog as tp
+from tensorprog.report import derive_table
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _check(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path.name}: run UPDATE_GOLDEN=1 pytest"
+    assert text == path.read_text(), f"{path.name} changed; UPDATE_GOLDEN=1 refreshes it"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_derived_table(example, optimizer):
+    d = tp.derive(tp.parse_file(example), optimizer)
+    _check(f"{example.stem}.{optimizer}.txt", derive_table(d))
+
+
+def test_ir_text(example):
+    _check(f"{example.stem}.ir.tp", tp.to_text(tp.parse_file(example)))
