@@ -14,11 +14,12 @@ A change that blows up is reported at its first-order size, not compounded step 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .errors import EngineError
-from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, emax, emin, gt, power
+from .errors import Diagnostic, EngineError, TensorProgWarning
+from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
 from .ir import MatMul, Program
 from .optimizers import Optimizer
 from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
@@ -26,9 +27,15 @@ from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
 
 @dataclass(frozen=True)
 class ABC:
+    """One param's exponents: W = n^-a·w, w ~ N(0, (σ·n^-b)²), LR η·n^-c; b = oo is zero init."""
+
     a: Exp
     b: Exp
     c: Exp
+
+    def __post_init__(self) -> None:
+        for k in "abc":  # accept ints, Fractions and strings; store canonical sympy numbers
+            object.__setattr__(self, k, canon(getattr(self, k)))
 
     def as_dict(self) -> dict[str, str]:
         return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}
@@ -297,10 +304,26 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
     return result
 
 
+def live_values(program: Program) -> set[str]:
+    """Every value and param some output depends on (walking the program backwards)."""
+    live = set(program.outputs)
+    for ins in reversed(program.body):
+        if ins.out in live:
+            live.update(ins.operands)
+            if isinstance(ins, MatMul):
+                live.add(ins.weight)
+    return live
+
+
 def _used_params(program: Program) -> set[str]:
-    used = {n for ins in program.body for n in ins.operands}
-    used |= {ins.weight for ins in program.body if isinstance(ins, MatMul)}
-    return {p.name for p in program.params if p.name in used}
+    """Params that reach an output; one that feeds only dead values is left out, with a warning."""
+    live = live_values(program)
+    dead = [p for p in program.params if p.name not in live and program.uses(p.name)]
+    for p in dead:
+        warnings.warn(TensorProgWarning(Diagnostic(
+            f"param '{p.name}' does not reach any output, so it is left out", p.span,
+            "use what it computes in an output, or remove it", "warning")), stacklevel=3)
+    return {p.name for p in program.params if p.name in live}
 
 
 def used_params(program: Program) -> list[str]:

@@ -88,9 +88,16 @@ def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TensorProgWarning)
-        program = parse_file(args.program)
-    for w in caught:
-        print(str(w.message), file=sys.stderr)
+        try:
+            return _run(args)
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught
+                                         if issubclass(w.category, TensorProgWarning)):
+                print(message, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    program = parse_file(args.program)
     optimizer = OPTIMIZERS[args.optimizer]
     if args.command == "derive":
         if args.dump == "ir":

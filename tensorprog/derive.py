@@ -8,9 +8,9 @@ The desiderata (THEORY.md §4): every vector O(1) at init and during training, e
    maximality takes the tightest bound with equality. A param used several times takes the min over
    its uses; the walk repeats until the bounds settle.
 2. **Gradients.** With every S and U fixed, the backward pass gives each vector's gradient size.
-3. **Equations.** Per param: ``a + b = -S`` (init), the optimizer's ``c + k·a = rhs`` (update) and the
-   convention's equation, which picks one member of the abc-symmetry family. The system is solved
-   exactly over the rationals (sympy's DomainMatrix over QQ).
+3. **Equations.** Per param: ``a + b = -S`` (init), the optimizer's ``c + k·a = rhs`` (update) and
+   the convention's equation, which picks one member of the abc-symmetry family. The system is
+   solved exactly over the rationals (sympy's DomainMatrix over QQ).
 4. **Verification.** The solution is classified from scratch; anything short of stable feature
    learning with every param maximal is an :class:`EngineError` naming the tensor and exponent.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 
-from .analysis import ABC, Analysis, Classification, classify, used_params
+from .analysis import ABC, Analysis, Classification, classify, live_values, used_params
 from .errors import EngineError
 from .exponents import HALF, NEG_INF, ZERO, Exp, canon, emax, emin, gt
 from .ir import Program
@@ -52,7 +52,7 @@ class Equation:
 
     def render(self) -> str:
         parts = []
-        for k, var in zip(self.coefs, "abc"):
+        for k, var in zip(self.coefs, "abc", strict=True):
             if k:
                 sym = f"{var}_{self.param}"
                 parts.append(sym if k == 1 else f"{k}·{sym}")
@@ -75,8 +75,9 @@ def _mup(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int],
     # the rest as a forward multiplier, as the mup package does for the readout (TP5 Table 8)
     clt = HALF if _fan_in_infinite(program, param) else ZERO
     if gt(-size, clt):
-        return (0, 1, 0), ZERO, ("convention mup: initialised below its fan-in scale, so the init is "
-                                 "width-independent (b = 0) and the multiplier carries the scaling")
+        return (0, 1, 0), ZERO, ("convention mup: initialised below its fan-in scale, so the init "
+                                 "is width-independent (b = 0) and the multiplier carries the "
+                                 "scaling")
     return (1, 0, 0), ZERO, "convention mup: multiplier 1 (a = 0)"
 
 
@@ -87,7 +88,7 @@ def _tp4(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int],
 CONVENTIONS = {"table3": _table3, "mup": _mup, "tp4": _tp4}
 
 
-# --- the derivation ---------------------------------------------------------------------------------
+# --- the derivation -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -125,7 +126,8 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
         bounds: list[Bound] = []
         for ins in program.body:
             ts = INIT[type(ins)](ins, an) + CHANGE[type(ins)](ins, an)
-            new = _bounds_for(an, ins.out, ts)
+            # a param that reaches no output is left out (used_params warned about it)
+            new = [b for b in _bounds_for(an, ins.out, ts) if b.param in an.S]
             bounds += new
             for b in new:
                 table = an.S if b.slot == "S" else an.U
@@ -150,6 +152,11 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3") -
         raise EngineError(f"unknown convention '{convention}'",
                           help=f"choose one of {', '.join(CONVENTIONS)}")
     params = used_params(program)
+    live = live_values(program)
+    if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
+        raise EngineError(f"no output of {program.name} depends on a vector of width "
+                          f"{program.width.name}: there is nothing to scale",
+                          help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
     unset = [f"{p} ({'init' if an.S[p] is None else 'update'})" for p in params
@@ -193,7 +200,7 @@ def _solve(params: list[str], equations: list[Equation]) -> dict[str, ABC]:
     n = len(index)
     rows: dict[int, dict[int, object]] = {}
     for r, eq in enumerate(equations):
-        row = {index[(eq.param, v)]: QQ(k) for k, v in zip(eq.coefs, "abc") if k}
+        row = {index[(eq.param, v)]: QQ(k) for k, v in zip(eq.coefs, "abc", strict=True) if k}
         row[n] = QQ(int(eq.rhs.p), int(eq.rhs.q))
         rows[r] = row
     system = DomainMatrix(rows, (len(equations), n + 1), QQ)

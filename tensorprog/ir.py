@@ -1,8 +1,8 @@
 """The Tensor Program IR: a closed vocabulary of frozen dataclasses.
 
-A program has one width ``n`` (the dimension that goes to infinity), dims that are either finite or a
-fixed multiple of ``n``, inputs (vectors), params (vectors or matrices) and a straight-line body of
-instructions, each defining one new value:
+A program has one width ``n`` (the dimension that goes to infinity), dims that are either finite or
+a fixed multiple of ``n``, inputs (vectors), params (vectors or matrices) and a straight-line body
+of instructions, each defining one new value:
 
 ==========  ==================  ===========================================================
 IR class    surface syntax      finite-width meaning
@@ -194,7 +194,7 @@ class Program:
 
     @cached_property
     def value_dims(self) -> dict[str, str | None]:
-        """The dim name of every vector (inputs, vector params, instruction outputs); None = scalar."""
+        """The dim of every vector (inputs, vector params, instruction outputs); None: a scalar."""
         dims: dict[str, str | None] = {i.name: i.dim for i in self.inputs}
         dims.update({p.name: p.shape[0] for p in self.params if len(p.shape) == 1})
         for ins in self.body:
@@ -345,7 +345,8 @@ def verify(program: Program) -> Program:
                 errors.error("elementwise operands must have the same dim", ins.span)
             out = ops[0]
         define(ins.out, out, ins.span)
-    for name, span in zip(program.outputs, program.output_spans or [None] * len(program.outputs)):
+    spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
+    for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):
         if name not in defined or name in matrices:
             errors.error(f"output '{name}' is not a defined vector", span)
     if not program.outputs:

@@ -46,8 +46,8 @@ class Optimizer:
 
     def symmetry(self) -> str:
         shift = "c-2θ" if self.a_coef == 2 else "c-θ"
-        return (f"(a, b, c) -> (a+θ, b-θ, {shift}) for any θ, per param, leaves the network and its "
-                f"{self.name} training trajectory unchanged")
+        return (f"(a, b, c) -> (a+θ, b-θ, {shift}) for any θ, per param, leaves the network and "
+                f"its {self.name} training trajectory unchanged")
 
 
 SGD = Optimizer("sgd", 2, True, "SGD: update = -η·n^-c·∂f/∂w")

@@ -8,12 +8,12 @@ A term is a number plus the exponents of some params' entries, written as slots:
 * ``V(p)`` = U(p) capped at the largest update that keeps p's outputs O(1) (equal when stable).
 
 So a term is linear in the slots. The analysis evaluates terms with numbers for every slot (to
-classify a parametrization); the derivation solves ``term <= 0`` for a slot (to find µP). Nothing here
-knows a layer's role: input, hidden and output weights differ only in which of their dims are
+classify a parametrization); the derivation solves ``term <= 0`` for a slot (to find µP). Nothing
+here knows a layer's role: input, hidden and output weights differ only in which of their dims are
 infinite, and that decides CLT (+1/2) against LLN (+1) below.
 
-Three tables, each keyed by IR class: ``INIT`` (the output at initialisation), ``CHANGE`` (its change
-after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back to each operand).
+Three tables, each keyed by IR class: ``INIT`` (the output at initialisation), ``CHANGE`` (its
+change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back to each operand).
 """
 
 from __future__ import annotations
@@ -132,9 +132,9 @@ def change_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
         k_upd, why_upd = ONE, (f"the update is built from the vectors it meets, so its sum over "
                                f"{fan_in} has correlated terms (LLN: +1)")
         if _inf(p, fan_out):
-            k_cross, why_cross = HALF, (f"{ins.weight}₀ is a square-ish iid matrix: its sum over "
-                                        f"{fan_in} behaves as a CLT sum even on a vector built from "
-                                        f"{ins.weight}₀ᵀ (+1/2)")
+            k_cross, why_cross = HALF, (f"{ins.weight}₀ is an iid matrix with both dims infinite: "
+                                        f"its sum over {fan_in} acts as a CLT sum even on a "
+                                        f"vector built from {ins.weight}₀ᵀ (+1/2)")
         else:
             k_cross, why_cross = ONE, (f"the change of {ins.arg} is built from {ins.weight}₀ᵀ "
                                        f"(backprop through a finite fan-out), so the sum over "
@@ -156,7 +156,8 @@ def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
     dw = [Mono(ZERO, (("V" if _inf(p, fan_out) else "U", ins.weight),))]
     if _inf(p, fan_out):
         k0, why0 = HALF, f"{ins.weight}₀ᵀ sums {fan_out} iid terms (CLT: +1/2)"
-        k1, why1 = ONE, f"Δ{ins.weight}ᵀ sums {fan_out} terms correlated with the gradient (LLN: +1)"
+        k1, why1 = ONE, (f"Δ{ins.weight}ᵀ sums {fan_out} terms correlated with the gradient "
+                         "(LLN: +1)")
     else:
         k0 = k1 = ZERO
         why0 = why1 = f"a finite sum over {fan_out} (+0)"

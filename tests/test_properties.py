@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,10 +63,12 @@ def programs(draw) -> str:
 @given(src=programs(), optimizer=st.sampled_from(["sgd", "adam"]))
 def test_random_programs_never_crash(src, optimizer):
     program = tp.parse(src)
+    warnings.simplefilter("ignore", tp.TensorProgWarning)  # dead branches are warned about
     try:
         d = tp.derive(program, optimizer)
     except tp.EngineError as err:
-        assert "blows up" in str(err) or "vanishes" in str(err) or "fixes the scale" in str(err)
+        assert any(s in str(err) for s in ("blows up", "vanishes", "fixes the scale",
+                                           "nothing to scale"))
     else:
         assert d.check.regime == "feature_learning" and d.check.all_maximal
         assert all(x.a == 0 for x in d.abc.values())  # table3 convention
@@ -122,6 +125,7 @@ def _summary(program, optimizer, rename=None):
 def test_reordering_and_renaming_change_nothing(src, seed, optimizer):
     rng = random.Random(seed)
     program = tp.parse(src)
+    warnings.simplefilter("ignore", tp.TensorProgWarning)
     shuffled = tp.verify(_permuted(program, rng))
     mapping = {ins.out: f"r{k}_{ins.out}" for k, ins in enumerate(program.body)}
     renamed = tp.verify(_renamed(shuffled, mapping))
