@@ -160,8 +160,7 @@ class Analysis:
             return [(self.grad(param), ZERO)]
         return [(self.grad(ins.out), emax(self.value(Term(m.const, m.slots, "", "", "flow"))
                                           for m in self.train(ins.arg)))
-                for ins in self.program.body
-                if isinstance(ins, MatMul) and ins.weight == param]
+                for ins in self.program.uses(param) if isinstance(ins, MatMul)]
 
     def update_terms(self, param: str) -> list[tuple[str, Term, Exp]]:
         """Every term, in every instruction's change, that carries this param's update."""
@@ -249,15 +248,15 @@ def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
 
 def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
     """Evaluate stability, nontriviality, r and the regime of a given parametrization (TP4 §3)."""
-    used = _used_params(program)
-    missing = sorted(used - set(abc))
+    used = used_params(program)
+    missing = [p for p in used if p not in abc]
     if missing:
         raise EngineError(f"no (a, b, c) given for param(s) {', '.join(missing)}",
                           help="give every param of the program its exponents")
     abc = {p: abc[p] for p in used}
     an = Analysis(program, optimizer).run(abc)
     result = Classification(program, optimizer, an, {})
-    for name in sorted(used, key=[p.name for p in program.params].index):
+    for name in used:
         ups = an.update_terms(name)
         top = None
         for entry in ups:
@@ -315,20 +314,16 @@ def live_values(program: Program) -> set[str]:
     return live
 
 
-def _used_params(program: Program) -> set[str]:
-    """Params that reach an output; one that feeds only dead values is left out, with a warning."""
+def used_params(program: Program) -> list[str]:
+    """Params that reach an output, in declaration order; one that feeds only dead values is left
+    out, with a warning."""
     live = live_values(program)
     dead = [p for p in program.params if p.name not in live and program.uses(p.name)]
     for p in dead:
         warnings.warn(TensorProgWarning(Diagnostic(
             f"param '{p.name}' does not reach any output, so it is left out", p.span,
             "use what it computes in an output, or remove it", "warning")), stacklevel=3)
-    return {p.name for p in program.params if p.name in live}
-
-
-def used_params(program: Program) -> list[str]:
-    used = _used_params(program)
-    return [p.name for p in program.params if p.name in used]
+    return [p.name for p in program.params if p.name in live]
 
 
 __all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "used_params",
