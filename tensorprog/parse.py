@@ -213,7 +213,8 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: s
         got = repr(source.splitlines()[line - 1][col - 1]) if source.splitlines() else "?"
     else:
         got = "end of file"
-    expected = sorted({_TOKEN_WORDS.get(t, repr(t.lower())) for t in (err.expected or [])
+    allowed = getattr(err, "expected", None) or getattr(err, "allowed", None) or []
+    expected = sorted({_TOKEN_WORDS.get(t, repr(t.lower())) for t in allowed
                        if not t.startswith("__ANON") or t == "__ANON_0"})
     span = Span(line, col, line, col + width, source, filename)
     msg = f"syntax error: unexpected {got}"
@@ -266,6 +267,7 @@ class _Lowering:
         self.later = {s.name: s for s in reversed(stmts)}  # first definition of every name
         self.used_names = {s.name for s in stmts}
         self.fresh_counter: dict[str, int] = {}
+        self.poisoned: set[str] = set()  # names whose definition failed: no follow-up errors
 
     # names ------------------------------------------------------------------------------------
     def known(self) -> list[str]:
@@ -335,14 +337,16 @@ class _Lowering:
         k = Fraction(int(toks[1])) if kind != "name" else Fraction(1)
         if kind == "divided":
             if int(toks[1]) == 0:
-                self.errors.error("division of a dim by zero", span)
+                self.errors.error("division of a dim by zero", span,
+                                  "divide by a positive integer, e.g. `dim h = n / 2`")
                 return None
             k = 1 / k
         if ref.infinite:
             return Dim(name, mult=ref.mult * k, span=span)
         size = ref.size * k
         if size.denominator != 1 or size <= 0:
-            self.errors.error(f"dim {name} = {size} is not a positive integer", span)
+            self.errors.error(f"dim {name} = {size} is not a positive integer", span,
+                              "a finite dim must divide exactly; pick sizes that do")
             return None
         return Dim(name, size=int(size), span=span)
 
@@ -361,7 +365,7 @@ class _Lowering:
         if self.width is None:
             self.errors.error("the program declares no width", _line_end_span(self.source,
                               self.filename), "add a line `width n = 256` (256: the base width)")
-        if not self.outputs and self.width is not None:
+        if not self.outputs and self.width is not None and not self.errors.errors:
             self.errors.error("the program has no output", _line_end_span(self.source,
                               self.filename),
                               "mark the result, e.g. `output y = W3 @ x2` or `output y`")
@@ -439,6 +443,8 @@ class _Lowering:
             self.mark_output(st.name, st.name_span)
 
     def stmt_output_mark(self, st: Stmt) -> None:
+        if st.name in self.poisoned:
+            return
         if st.name in self.matrices:
             self.errors.error(f"'{st.name}' is a matrix param, not a vector", st.name_span,
                               "output the vector it computes, e.g. `output y = W @ x`")
@@ -449,7 +455,8 @@ class _Lowering:
 
     def mark_output(self, name: str, span: Span) -> None:
         if name in self.outputs:
-            self.errors.error(f"'{name}' is marked as an output twice", span)
+            self.errors.error(f"'{name}' is marked as an output twice", span,
+                              "mark each output once")
             return
         self.outputs.append(name)
         self.output_spans.append(span)
@@ -463,6 +470,8 @@ class _Lowering:
         value = self.expr(st.value)
         if value is None or len(self.errors.errors) > n_errors:
             del self.body[n_body:]
+            self.poisoned.add(st.name)
+            self.defined_at.setdefault(st.name, st.name_span)
             return False
         if isinstance(value, _Scalar):
             self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
@@ -502,6 +511,8 @@ class _Lowering:
         return _Scalar(node.value)
 
     def expr_Var(self, node: Var):
+        if node.name in self.poisoned:
+            return None  # its definition already reported an error
         if node.name in self.values:
             return _Vec(((Fraction(1), node.name),), self.values[node.name])
         if node.name in self.matrices:
@@ -627,8 +638,9 @@ class _Lowering:
             return None
         arity = 2 if node.fn == "dot" else 1
         if len(node.args) != arity:
+            usage = "dot(u, v)" if node.fn == "dot" else f"{node.fn}(h)"
             self.errors.error(f"{node.fn} takes {arity} argument{'s' * (arity > 1)}, "
-                              f"got {len(node.args)}", node.span)
+                              f"got {len(node.args)}", node.span, f"write {usage}")
             return None
         args = [self.expr(a) for a in node.args]
         if any(a is None for a in args):
