@@ -33,3 +33,16 @@ def test_derived_table(example, optimizer):
 
 def test_ir_text(example):
     _check(f"{example.stem}.ir.tp", tp.to_text(tp.parse_file(example)))
+
+
+def test_examples_say_what_they_show(example):
+    first = example.read_text().splitlines()[0]
+    assert first.startswith("# ") and len(first) > 20
+
+
+def test_docs_table_covers_every_instruction():
+    from tensorprog.ir import INSTRUCTIONS
+
+    text = (Path(__file__).parent.parent / "docs" / "language.md").read_text()
+    for cls in INSTRUCTIONS:
+        assert f"| `{cls.__name__}`" in text, cls.__name__
