@@ -27,7 +27,7 @@ from .errors import EngineError
 from .exponents import HALF, NEG_INF, ZERO, Exp, canon, emax, emin, gt
 from .ir import Program
 from .optimizers import Optimizer
-from .rules import CHANGE, INIT, Term, fan_dims
+from .rules import CHANGE, INIT, Term, fan_in_infinite
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ class Equation:
 
 # --- conventions: which member of the symmetry family to print ------------------------------------
 
-def _fan_in_infinite(program: Program, param: str) -> bool:
-    fin, _ = fan_dims(program, param)
-    return fin is not None and program.dim_table[fin].infinite
-
-
 def _table3(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
     return (1, 0, 0), ZERO, "convention table3: every forward multiplier is 1 (a = 0)"
 
@@ -73,7 +68,7 @@ def _table3(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, in
 def _mup(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
     # a param initialised below its fan-in (CLT) scale keeps a width-independent init and takes
     # the rest as a forward multiplier, as the mup package does for the readout (TP5 Table 8)
-    clt = HALF if _fan_in_infinite(program, param) else ZERO
+    clt = HALF if fan_in_infinite(program, param) else ZERO
     if gt(-size, clt):
         return (0, 1, 0), ZERO, ("convention mup: initialised below its fan-in scale, so the init "
                                  "is width-independent (b = 0) and the multiplier carries the "

@@ -16,12 +16,7 @@ from .errors import UsageError
 from .exponents import HALF, ZERO, Exp
 from .ir import Program
 from .optimizers import Optimizer
-from .rules import fan_dims
-
-
-def _fan_in_infinite(program: Program, param: str) -> bool:
-    fin, _ = fan_dims(program, param)
-    return fin is not None and program.dim_table[fin].infinite
+from .rules import fan_in_infinite
 
 
 def preset(name: str, program: Program, optimizer: Optimizer,
@@ -31,7 +26,7 @@ def preset(name: str, program: Program, optimizer: Optimizer,
         c = ZERO if c is None else c
         out = {}
         for p in params:
-            half = HALF if _fan_in_infinite(program, p) else ZERO
+            half = HALF if fan_in_infinite(program, p) else ZERO
             out[p] = ABC(ZERO, half, c) if name == "sp" else ABC(half, ZERO, c)
         return out
     if name in ("mup", "mfp"):

@@ -99,6 +99,11 @@ def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
     return None, shape[0]
 
 
+def fan_in_infinite(program: Program, param: str) -> bool:
+    fin, _ = fan_dims(program, param)
+    return _inf(program, fin)
+
+
 def role(program: Program, param: str) -> str:
     """input / hidden / output / finite, from which fans are infinite (never declared)."""
     fin, fout = (_inf(program, d) for d in fan_dims(program, param))
