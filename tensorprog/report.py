@@ -96,18 +96,18 @@ def explain(d: Derivation) -> str:
         out.append(render_instruction(ins))
         for label, ts in (("init", an.init_terms[ins.out]), ("change", an.change_terms[ins.out])):
             for t, v in ts:
-                line = f"  {label:6} {t.what} = {power(v)}: {t.why}"
+                line = f"  {label:6} {t.what} = Θ({power(v)}): {t.why}"
                 for k, q in sorted(set(t.slots)):
                     if (ins.out, q, k, t) in chosen:
-                        slot = "a+b" if k == "S" else "its update entries"
+                        slot = "its init" if k == "S" else "its update"
                         line += (f"; this fixes {q}: {'-(a+b)' if k == 'S' else 'U'} = "
                                  f"{an.S[q] if k == 'S' else an.U[q]} (the largest keeping "
                                  f"{ins.out} O(1), so {slot} is maximal)")
                 out.append(line)
-        out.append(f"  so {ins.out} is {power(an.init_[ins.out])} at init and moves by "
-                   f"{power(an.change_[ins.out])}")
+        out.append(f"  so {ins.out} is Θ({power(an.init_[ins.out])}) at init and moves by "
+                   f"Θ({power(an.change_[ins.out])})")
     out += ["", "Gradients (backward pass, during training):"]
-    out += [f"  d{ins.out} = {power(an.grad(ins.out))}" for ins in p.body]
+    out += [f"  d{ins.out} = Θ({power(an.grad(ins.out))})" for ins in p.body]
     out += ["", f"Conditions, linear in (a, b, c), solved exactly ({d.convention} convention):"]
     out += [f"  {e.render():28} {e.reason}" for e in d.equations]
     out += ["", "Solution:"]
