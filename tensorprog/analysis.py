@@ -36,6 +36,8 @@ class ABC:
     def __post_init__(self) -> None:
         for k in "abc":  # accept ints, Fractions and strings; store canonical sympy numbers
             object.__setattr__(self, k, canon(getattr(self, k)))
+        if not self.a.is_Rational or self.b is NEG_INF or self.c is NEG_INF:
+            raise ValueError("a must be finite, and b and c finite or oo (zero init, zero LR)")
 
     def as_dict(self) -> dict[str, str]:
         return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}

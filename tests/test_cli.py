@@ -85,6 +85,7 @@ def test_classify_abc_file(capsys, tmp_path):
     ('{"W1": {"a": 0}}', "needs exactly the keys a, b, c"),
     ('{"W1": {"a": "x", "b": 0, "c": 0}}', "not an exact exponent"),
     ('{"W9": {"a": 0, "b": 0, "c": 0}}', "no param named W9"),
+    ('{"W1": {"a": "oo", "b": 0, "c": 0}}', "a must be finite"),
     ('{"W1": {"a": 0, "b": 0, "c": 0}}', "no \\(a, b, c\\) given for param"),
 ])
 def test_classify_bad_abc_file(capsys, tmp_path, content, message):
