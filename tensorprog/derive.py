@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 
-from .analysis import ABC, Analysis, Classification, classify, live_values, used_params
+from .analysis import (
+    ABC,
+    Analysis,
+    Classification,
+    classify,
+    live_values,
+    paused_gc,
+    used_params,
+)
 from .errors import EngineError
 from .exponents import HALF, NEG_INF, ZERO, Exp, canon, emax, emin, gt
 from .ir import Program
@@ -143,6 +151,11 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
 
 def derive(program: Program, optimizer: Optimizer, convention: str = "table3") -> Derivation:
     """The µP parametrization of a program for an optimizer, in a convention."""
+    with paused_gc():
+        return _derive(program, optimizer, convention)
+
+
+def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivation:
     if convention not in CONVENTIONS:
         raise EngineError(f"unknown convention '{convention}'",
                           help=f"choose one of {', '.join(CONVENTIONS)}")
