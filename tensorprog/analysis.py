@@ -116,34 +116,44 @@ class Analysis:
 
     # --- evaluation ---------------------------------------------------------------------------
     def slot(self, kind: str, param: str) -> Exp | None:
+        """A slot's value; None while the derivation has not bounded it yet."""
         return {"S": self.S, "U": self.U, "V": self.V}[kind].get(param, NEG_INF)
 
     def value(self, t: Term) -> Exp:
-        parts = [t.const] + [self.slot(k, p) for k, p in t.slots]
+        slots = (self.slot(k, p) for k, p in t.slots)
+        parts = [t.const] + [NEG_INF if x is None else x for x in slots]
         v = add(*parts)
         if t.clamp is not None and gt(v, t.clamp):
             v = t.clamp
         return v
 
+    def record_init(self, out: str, terms: list[Term]) -> None:
+        """Evaluate an instruction's init terms and store its init exponent."""
+        ts = [(t, self.value(t)) for t in terms]
+        self.init_terms[out] = ts
+        self.init_[out] = emax(v for _, v in ts)
+
+    def record_change(self, out: str, terms: list[Term]) -> None:
+        """Evaluate an instruction's change terms; store its change and its size in training."""
+        ts = [(t, self.value(t)) for t in terms]
+        self.change_terms[out] = ts
+        for t, v in ts:
+            for k, p in set(t.slots):
+                if k == "U":
+                    self.updates.setdefault(p, []).append((out, t, v))
+        d = emax(v for _, v in ts)
+        self.change_[out] = d
+        # inside later updates a blown-up change counts at Θ(1): first-order sizes only
+        self.train_[out] = emax((self.init_[out], emin(d, ZERO)))
+
     def forward_init(self) -> None:
         for ins in self.program.body:
-            ts = [(t, self.value(t)) for t in INIT[type(ins)](ins, self)]
-            self.init_terms[ins.out] = ts
-            self.init_[ins.out] = emax(v for _, v in ts)
+            self.record_init(ins.out, INIT[type(ins)](ins, self))
 
     def forward_change(self) -> None:
         self.updates = {}
         for ins in self.program.body:
-            ts = [(t, self.value(t)) for t in CHANGE[type(ins)](ins, self)]
-            self.change_terms[ins.out] = ts
-            for t, v in ts:
-                for k, p in set(t.slots):
-                    if k == "U":
-                        self.updates.setdefault(p, []).append((ins.out, t, v))
-            d = emax(v for _, v in ts)
-            self.change_[ins.out] = d
-            # inside later updates a blown-up change counts at Θ(1): first-order sizes only
-            self.train_[ins.out] = emax((self.init_[ins.out], emin(d, ZERO)))
+            self.record_change(ins.out, CHANGE[type(ins)](ins, self))
         self.V = {p: add(u, -emax((ZERO, self.largest_update(p)))) for p, u in self.U.items()}
 
     def largest_update(self, param: str) -> Exp:

@@ -32,7 +32,7 @@ from .analysis import (
     used_params,
 )
 from .errors import EngineError
-from .exponents import HALF, NEG_INF, ZERO, Exp, canon, emax, emin, gt
+from .exponents import HALF, NEG_INF, ZERO, Exp, canon, gt
 from .ir import Program
 from .optimizers import Optimizer
 from .rules import CHANGE, INIT, Term, fan_in_infinite
@@ -127,22 +127,19 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
     for _ in range(len(program.body) + 5):
         before = (dict(an.S), dict(an.U))
         bounds: list[Bound] = []
+        an.updates = {}
         for ins in program.body:
-            ts = INIT[type(ins)](ins, an) + CHANGE[type(ins)](ins, an)
+            init, change = INIT[type(ins)](ins, an), CHANGE[type(ins)](ins, an)
             # a param that reaches no output is left out (used_params warned about it)
-            new = [b for b in _bounds_for(an, ins.out, ts) if b.param in an.S]
+            new = [b for b in _bounds_for(an, ins.out, init + change) if b.param in an.S]
             bounds += new
             for b in new:
                 table = an.S if b.slot == "S" else an.U
                 if table[b.param] is None or gt(table[b.param], b.value):
                     table[b.param] = b.value
-            init = [(t, an.value(t)) for t in INIT[type(ins)](ins, an)]
-            change = [(t, an.value(t)) for t in CHANGE[type(ins)](ins, an)]
-            an.init_terms[ins.out], an.change_terms[ins.out] = init, change
-            an.init_[ins.out] = emax(v for _, v in init)
-            d = emax(v for _, v in change)
-            an.change_[ins.out] = d
-            an.train_[ins.out] = emax((an.init_[ins.out], emin(d, ZERO)))
+            # the terms do not depend on the slots, only their values do: evaluate them now
+            an.record_init(ins.out, init)
+            an.record_change(ins.out, change)
         if (an.S, an.U) == before:
             return bounds
     raise EngineError("the init and update bounds did not settle (a param's uses keep tightening "
