@@ -14,13 +14,11 @@ A change that blows up is reported at its first-order size, not compounded step 
 
 from __future__ import annotations
 
-import gc
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ._gc import paused_gc
 from .errors import Diagnostic, EngineError, TensorProgWarning
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
 from .ir import MatMul, Program
@@ -200,23 +198,6 @@ class Analysis:
                 return self
         raise EngineError("the exponent propagation did not settle; this is a bug, please report "
                           "the program")
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one engine run.
-
-    The passes allocate many short-lived, acyclic objects (terms, sympy numbers). The collector's
-    full passes rescan every live object, so on 10,000-instruction programs they made the run
-    superlinear (about a fifth of the time); reference counting still frees everything here.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # --- classification ---------------------------------------------------------------------------

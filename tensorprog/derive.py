@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 
+from ._gc import paused_gc
 from .analysis import (
     ABC,
     Analysis,
     Classification,
     classify,
     live_values,
-    paused_gc,
     used_params,
 )
 from .errors import EngineError

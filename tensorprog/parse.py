@@ -22,6 +22,7 @@ from pathlib import Path
 import lark
 from lark import Lark, Token, Transformer, v_args
 
+from ._gc import paused_gc
 from .errors import Collector, Diagnostic, ParseError, SemanticError, Span, TensorProgWarning
 from .ir import (
     MUL,
@@ -675,11 +676,13 @@ def _renamed(ins, name: str, span: Span):
 def parse(source: str, filename: str = "<program>") -> Program:
     """Parse a Tensor Program; raise :class:`ParseError`/:class:`SemanticError` with positions."""
     try:
-        tree = _parser().parse(source if source.endswith("\n") else source + "\n")
+        with paused_gc():
+            tree = _parser().parse(source if source.endswith("\n") else source + "\n")
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, source, filename) from None
-    stmts = _ToAst(source, filename).transform(tree)
-    return _Lowering(stmts, source, filename).run()
+    with paused_gc():
+        stmts = _ToAst(source, filename).transform(tree)
+        return _Lowering(stmts, source, filename).run()
 
 
 def parse_file(path: str | Path) -> Program:
