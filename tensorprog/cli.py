@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--explain", action="store_true", help="walk the derivation in words")
     out.add_argument("--dump", choices=["ir"], help="print a pipeline stage and stop")
+    d.add_argument("-o", "--output", metavar="OUT.py",
+                   help="write a PyTorch module with this parametrization (imports only torch)")
+    d.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
+                   help="the parametrization to emit with -o (default: the derived µP)")
+    d.add_argument("--readout-zero-init", action="store_true",
+                   help="with -o: initialise output weights (derived role) to zero")
+    d.add_argument("--base-width", type=int, metavar="N",
+                   help="with -o: the width at which the module equals SP (default: the program's)")
 
     c = sub.add_parser("classify", help="classify a parametrization: stable? feature learning?")
     c.add_argument("program", help="a .tp file")
@@ -104,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(to_text(program))
             return 0
         d = derive(program, optimizer, args.convention)
+        if args.output:
+            return _write_module(args, program, optimizer, d)
         if args.json:
             print(json.dumps(derive_json(d), indent=2, ensure_ascii=False))
         elif args.explain:
@@ -126,6 +136,36 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(classify_json(result), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(classify_text(result, label))
+    return 0
+
+
+def _write_module(args, program, optimizer, d) -> int:
+    from .codegen import emit
+    from .rules import role
+
+    if args.param == "mup":
+        abc, label = d.abc, f"µP ({args.convention} convention) for {optimizer.name}"
+    else:
+        abc = preset(args.param, program, optimizer)
+        label = f"{args.param.upper()} (constant LR) for {optimizer.name}"
+    if args.readout_zero_init:
+        abc = {p: ABC(x.a, "oo", x.c) if role(program, p) == "output" else x
+               for p, x in abc.items()}
+        label += ", readout zero-initialised"
+    if args.base_width is not None and args.base_width <= 0:
+        raise UsageError("--base-width must be a positive integer")
+    flags = [f"--param {args.param}", f"--optimizer {optimizer.name}",
+             f"--convention {args.convention}"]
+    flags += ["--readout-zero-init"] if args.readout_zero_init else []
+    flags += [f"--base-width {args.base_width}"] if args.base_width else []
+    command = f"tensorprog derive {Path(args.program).name} -o {Path(args.output).name}"
+    emitted = emit(program, abc, optimizer=optimizer.name, label=label,
+                   command=command + "\n    " + " ".join(flags), base_width=args.base_width)
+    try:
+        Path(args.output).write_text(emitted.source)
+    except OSError as err:
+        raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
+    print(f"wrote {args.output}: {label}", file=sys.stderr)
     return 0
 
 

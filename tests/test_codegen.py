@@ -1,0 +1,130 @@
+"""The emitted PyTorch module: golden files, an ordinary nn.Module, and the scaling it promises."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import ROOT  # noqa: E402
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.cli import main  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _write(tmp_path, example="mlp.tp", *flags) -> Path:
+    out = tmp_path / f"{Path(example).stem}_{len(flags)}.py"
+    with pytest.raises(SystemExit) as exit_:
+        main(["derive", str(ROOT / "examples" / example), "-o", str(out), *flags])
+    assert exit_.value.code == 0
+    return out
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_golden_module(example, tmp_path):
+    text = _write(tmp_path, example.name).read_text()
+    golden = GOLDEN / f"{example.stem}_mup.py"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden.name} changed; UPDATE_GOLDEN=1 refreshes it"
+
+
+def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
+    m = _load(_write(tmp_path, example.name))
+    model = m.Model(64, dtype=torch.float64)
+    inputs = model.example_inputs(3, generator=torch.Generator().manual_seed(0))
+    out = model(*inputs)
+    vectors = model.vectors(*inputs)
+    program = tp.parse_file(example)
+    assert set(vectors) == {ins.out for ins in program.body}
+    clone = copy.deepcopy(model)
+    assert torch.equal(clone(*inputs), out)
+    fresh = m.Model(64, dtype=torch.float64)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(*inputs), out)
+    assert {n for n, _ in model.named_parameters()} <= {p.name for p in program.params}
+    assert not any(vars(p) for p in model.parameters())  # nothing hung on parameters
+
+
+def test_lr_and_init_scale_as_derived(tmp_path):
+    # µP, Adam, table3: c = (0, 0, 1, 0, 1) and b = (0, 0, ½, 0, 1) for W1, b1, W2, b2, W3
+    m = _load(_write(tmp_path, "mlp.tp"))
+    small, big = m.Model(256), m.Model(4096)
+    lr = {g["name"]: g["lr"] for g in m.param_groups(big, 1.0)}
+    assert lr["W1"] == pytest.approx(1.0) and lr["W2"] == pytest.approx(1 / 16)
+    assert lr["W3"] == pytest.approx(1 / 16) and lr["b1"] == pytest.approx(1.0)
+    torch.manual_seed(0)
+    big.reset_parameters()
+    assert big.W2.std().item() == pytest.approx(small.W2.std().item() / 4, rel=0.05)
+    assert big.W3.std().item() == pytest.approx(1 / 16 / 16, rel=0.05)
+
+
+def test_mup_equals_sp_at_the_base_width(tmp_path):
+    mup, sp = _load(_write(tmp_path, "mlp.tp")), _load(_write(tmp_path, "mlp.tp", "--param", "sp"))
+    a, b = mup.Model(256), sp.Model(256)
+    b.load_state_dict(a.state_dict())
+    x = a.example_inputs(2)
+    assert torch.equal(a(*x), b(*x))
+    lrs = [[g["lr"] for g in m.param_groups(model, 0.1)] for m, model in ((mup, a), (sp, b))]
+    assert lrs[0] == lrs[1]
+    for name in mup.SCALING:
+        assert mup.SCALING[name]["base_std"] == sp.SCALING[name]["base_std"]
+
+
+def _trajectory(module, width, steps=5):
+    torch.manual_seed(0)
+    model = module.Model(width, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    inputs = model.example_inputs(8, generator=gen)
+    target = torch.randn(8, 10, generator=gen, dtype=torch.float64)
+    opt = module.make_optimizer(model, 0.05, optimizer="sgd")
+    outs = []
+    for _ in range(steps):
+        loss = ((model(*inputs) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        outs.append(model(*inputs).detach())
+    return torch.stack(outs)
+
+
+def test_conventions_give_the_same_network_and_trajectory(tmp_path):
+    table3 = _load(_write(tmp_path, "mlp.tp", "--optimizer", "sgd"))
+    mup = _load(_write(tmp_path, "mlp.tp", "--optimizer", "sgd", "--convention", "mup"))
+    # same draws: the mup form stores W3 / ratio as w (b = 0) and multiplies it back
+    a = _trajectory(table3, 512)
+    torch.manual_seed(0)
+    ref = table3.Model(512, dtype=torch.float64)
+    torch.manual_seed(0)
+    alt = mup.Model(512, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in alt.named_parameters():
+            ratio = 512 / 256
+            shift = mup.SCALING[name]["a"] - table3.SCALING[name]["a"]
+            p.copy_(getattr(ref, name) * ratio**shift)
+    gen = torch.Generator().manual_seed(1)
+    inputs = ref.example_inputs(8, generator=gen)
+    target = torch.randn(8, 10, generator=gen, dtype=torch.float64)
+    opt = mup.make_optimizer(alt, 0.05, optimizer="sgd")
+    outs = []
+    for _ in range(5):
+        loss = ((alt(*inputs) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        outs.append(alt(*inputs).detach())
+    b = torch.stack(outs)
+    assert torch.allclose(a, b, rtol=1e-6, atol=0)
