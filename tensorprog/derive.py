@@ -1,7 +1,8 @@
 """Derive µP: the desiderata as linear conditions in every param's (a, b, c), solved exactly.
 
-The desiderata (THEORY.md §4): every vector O(1) at init and during training, every (pre)activation
-Θ(1), and every param as large as that allows, at init and in its update ("maximal").
+The desiderata (TP4 §3; docs/theory.md): every vector O(1) at init and during training, every
+(pre)activation Θ(1), and every param as large as that allows, at init and in its update
+("maximal").
 
 1. **Bounds.** Walking the program forward, each rule term that carries a param's initial entries
    S(p) = -(a+b) or its update entries U(p) must stay <= 0. Each is linear, so it bounds the slot;

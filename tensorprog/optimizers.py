@@ -1,4 +1,4 @@
-"""Optimizers as update rules: the exponent of a param's update entries (THEORY.md §3).
+"""Optimizers as update rules: the exponent of a param's update entries (TP4 §3, TP4b).
 
 W = n^-a w, and w moves by -η n^-c times the optimizer's step. So the effective weight W moves by
 n^-a times that:

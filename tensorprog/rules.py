@@ -1,4 +1,4 @@
-"""Scaling rules, one per IR instruction and per question (TP4 §3; THEORY.md §3).
+"""Scaling rules, one per IR instruction and per question (TP4 §3; docs/theory.md).
 
 Each rule turns one instruction into *terms*: the exponents of the pieces its output is the sum of.
 A term is a number plus the exponents of some params' entries, written as slots:

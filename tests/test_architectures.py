@@ -1,6 +1,6 @@
 """Beyond the MLP: each structure must come out right from composing the rules, no special case.
 
-Expected values are worked out by hand from THEORY.md §3 (and agree with TP5 Table 3's roles).
+Expected values are worked out by hand from TP4 §3's rules (and agree with TP5 Table 3's roles).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def test_tp5_table8_mup_convention(optimizer, depth):
         assert (x.a, x.b, x.c) == TABLE8[optimizer][_expected_role(name, depth)], name
 
 
-# --- Adam under SP and NTP (TP4b / THEORY §6): constant LR blows up ----------------------------
+# --- Adam under SP (TP4b; TP5's coordinate checks): a constant LR blows up ---------------------
 def test_adam_sp_constant_lr_hidden_and_output_blow_up():
     result = tp.classify(_mlp(2), "adam", preset="sp")
     blown = {v.tensor: v.exponent for v in result.violations

@@ -1,5 +1,5 @@
 """The abc-symmetry: (a+θ, b-θ, c-2θ) under SGD, (a+θ, b-θ, c-θ) under Adam, per param, changes
-nothing the engine reports (THEORY.md §1). Checked on every example, for µP and for SP/NTP."""
+nothing the engine reports (TP4 §3). Checked on every example, for µP and for SP/NTP."""
 
 from __future__ import annotations
 
