@@ -5,14 +5,20 @@ The public surface::
     program = tensorprog.parse_file("mlp.tp")
     d = tensorprog.derive(program, "adam")            # µP, exactly, as (a, b, c) per param
     c = tensorprog.classify(program, "sgd", preset="sp")
+    r = tensorprog.check(program, "adam", param="sp")  # coordinate check (imports torch)
+    assert not r.passed, r.failures
+
+Only ``check`` and ``measure`` import torch, and only when called.
 """
 
 from __future__ import annotations
 
 from . import analysis as _analysis
+from . import check as _check
 from . import derive as _derive
 from . import presets as _presets
 from .analysis import ABC, Classification
+from .check import CheckResult, Measurements
 from .derive import CONVENTIONS, Derivation
 from .errors import (
     EngineError,
@@ -52,8 +58,33 @@ def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = N
     return _analysis.classify(program, opt, abc)
 
 
+def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
+          against: str = "mup", **options) -> CheckResult:
+    """Coordinate check: emit ``program`` under ``param`` (mup, sp, ntp), train it a few steps at
+    several widths and judge every vector's log-log slope ``against`` what µP requires or what
+    the engine predicts. ``options``: convention, readout_zero_init, base_width, widths, steps,
+    seeds, lr, batch_size, device, tolerance, progress."""
+    return _check.coord_check(program, _optimizer(optimizer), param=param, against=against,
+                              **options)
+
+
+def judge(program: Program, measurements: Measurements, optimizer: str = "adam", *,
+          against: str = "mup", param: str = "mup", abc: dict[str, ABC] | None = None,
+          tolerance: float = _check.TOLERANCE) -> CheckResult:
+    """Judge measurements from your own training loop (see :class:`Measurements`).
+
+    ``against="mup"`` asks whether they behave as µP requires; ``against="predicted"`` compares
+    them with the engine's prediction for ``abc`` (or the preset ``param``)."""
+    opt = _optimizer(optimizer)
+    if abc is None:
+        abc = (_derive.derive(program, opt).abc if param == "mup"
+               else _presets.preset(param, program, opt))
+    return _check.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
+
+
 __all__ = [
-    "ABC", "CONVENTIONS", "Classification", "Derivation", "EngineError", "OPTIMIZERS",
-    "ParseError", "Program", "SemanticError", "TensorProgError", "TensorProgWarning",
-    "UsageError", "classify", "derive", "parse", "parse_file", "to_text", "verify",
+    "ABC", "CONVENTIONS", "CheckResult", "Classification", "Derivation", "EngineError",
+    "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
+    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "parse",
+    "parse_file", "to_text", "verify",
 ]

@@ -1,6 +1,8 @@
-"""The ``tensorprog`` command: derive µP for a program, or classify a parametrization.
+"""The ``tensorprog`` command: derive µP for a program, classify a parametrization, or check one
+numerically.
 
-User errors print a positioned message and exit with status 2; nothing here imports torch.
+User errors print a positioned message and exit with status 2; a failed check exits with 1.
+Only ``check`` imports torch.
 """
 
 from __future__ import annotations
@@ -59,7 +61,45 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--c", dest="global_c", metavar="EXPR",
                    help="one global c for every param, e.g. 1 or 1/2 (overrides the preset's)")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+
+    k = sub.add_parser("check", help="coordinate check: train the emitted module at several widths "
+                                     "and judge every vector's scaling (needs torch)")
+    k.add_argument("program", help="a .tp file")
+    k.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
+                   help="the parametrization to check (default: the derived µP)")
+    k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3")
+    k.add_argument("--readout-zero-init", action="store_true",
+                   help="initialise output weights (derived role) to zero")
+    k.add_argument("--base-width", type=int, metavar="N",
+                   help="the width at which the module equals SP (default: the program's)")
+    k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
+                   help="widths to train (default: 64,128,256,512,1024,2048)")
+    k.add_argument("--steps", type=int, default=3, help="training steps per run (default: 3)")
+    k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
+    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd, "
+                                            "0.01 for adam and adamw)")
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    k.add_argument("--against", choices=["mup", "predicted"], default="mup",
+                   help="judge against what µP requires (default), or against the engine's "
+                        "prediction for this parametrization")
+    k.add_argument("--tolerance", type=float, default=0.15,
+                   help="allowed |slope - expected exponent| (default: 0.15)")
+    k.add_argument("--plot", metavar="FILE.png", help="draw the coordinate-check figure")
+    k.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.replace(" ", "").split(",") if w]
+    except ValueError:
+        raise UsageError(f"--widths: expected comma-separated integers, got {text!r}",
+                         help="e.g. --widths 64,128,256,512") from None
+    if len(set(widths)) < 2 or min(widths) < 1:
+        raise UsageError("--widths: give at least two different positive widths")
+    return widths
 
 
 def _read_abc(path: str) -> dict[str, ABC]:
@@ -107,6 +147,8 @@ def run(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     program = parse_file(args.program)
     optimizer = OPTIMIZERS[args.optimizer]
+    if args.command == "check":
+        return _check(args, program, optimizer)
     if args.command == "derive":
         if args.dump == "ir":
             sys.stdout.write(to_text(program))
@@ -139,19 +181,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_module(args, program, optimizer, d) -> int:
-    from .codegen import emit
-    from .rules import role
+def _check(args, program, optimizer) -> int:
+    # torch, tqdm and matplotlib load only here: derive and classify stay light
+    from .check import coord_check, render
 
-    if args.param == "mup":
-        abc, label = d.abc, f"µP ({args.convention} convention) for {optimizer.name}"
+    if args.base_width is not None and args.base_width <= 0:
+        raise UsageError("--base-width must be a positive integer")
+    result = coord_check(program, optimizer, param=args.param, convention=args.convention,
+                         readout_zero_init=args.readout_zero_init, base_width=args.base_width,
+                         widths=_widths(args.widths), steps=args.steps, seeds=args.seeds,
+                         lr=args.lr, batch_size=args.batch_size, device=args.device,
+                         against=args.against, tolerance=args.tolerance,
+                         progress=sys.stderr.isatty())
+    if args.plot:
+        from .plots import coord_plot
+
+        coord_plot(result, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     else:
-        abc = preset(args.param, program, optimizer)
-        label = f"{args.param.upper()} (constant LR) for {optimizer.name}"
-    if args.readout_zero_init:
-        abc = {p: ABC(x.a, "oo", x.c) if role(program, p) == "output" else x
-               for p, x in abc.items()}
-        label += ", readout zero-initialised"
+        sys.stdout.write(render(result))
+    return 0 if result.passed else 1
+
+
+def _write_module(args, program, optimizer, d) -> int:
+    from .codegen import emit, parametrization
+
+    abc, label = parametrization(program, optimizer, args.param, args.convention,
+                                 args.readout_zero_init)
     if args.base_width is not None and args.base_width <= 0:
         raise UsageError("--base-width must be a positive integer")
     flags = [f"--param {args.param}", f"--optimizer {optimizer.name}",

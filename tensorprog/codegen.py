@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .analysis import ABC
+from .derive import derive
+from .errors import UsageError
 from .exponents import INF
 from .ir import MUL, Dot, LinComb, MatMul, Nonlin, Program
-from .rules import fan_dims
+from .optimizers import Optimizer
+from .presets import preset
+from .rules import fan_dims, role
 
 _TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
              "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}
@@ -31,6 +35,32 @@ _RESERVED = {"self", "torch", "math", "width", "base_width", "device", "dtype", 
 class Emitted:
     source: str
     imports: tuple[str, ...] = ("torch",)
+
+
+PARAMS = ("mup", "sp", "ntp")
+
+
+def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
+                    convention: str = "table3",
+                    readout_zero_init: bool = False) -> tuple[dict[str, ABC], str]:
+    """The (a, b, c) of every used param for ``param``, and a label for the module's header.
+
+    ``mup`` is the derived µP in ``convention``; ``sp`` and ``ntp`` are the presets at a
+    constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output.
+    """
+    if param == "mup":
+        abc = derive(program, optimizer, convention).abc
+        label = f"µP ({convention} convention) for {optimizer.name}"
+    elif param in PARAMS:
+        abc = preset(param, program, optimizer)
+        label = f"{param.upper()} (constant LR) for {optimizer.name}"
+    else:
+        raise UsageError(f"unknown parametrization {param!r}", help=f"choose one of {PARAMS}")
+    if readout_zero_init:
+        abc = {p: ABC(x.a, "oo", x.c) if role(program, p) == "output" else x
+               for p, x in abc.items()}
+        label += ", readout zero-initialised"
+    return abc, label
 
 
 def _local(name: str) -> str:

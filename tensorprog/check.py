@@ -1,0 +1,397 @@
+"""The coordinate check: train the emitted module at several widths and compare every vector's
+log-log slope against width with the exponent the engine requires or predicts.
+
+For each (seed, width) the module is built, fed fixed synthetic data and trained a few steps. At
+step 0 the RMS of every program vector is recorded, after step t the RMS of its change since
+step 0 on the same inputs. Regressing log RMS on log width gives a slope per vector and step;
+the spread is the standard deviation of the per-seed slopes.
+
+Two references (``against``):
+
+* ``"mup"``: what µP requires of this program, i.e. the exponents the engine predicts under its
+  own derived µP, except that a vector of finite dim (an output) need only be O(1) at init. A
+  parametrization passes iff it behaves like µP; SP and NTP fail and the failures are named.
+* ``"predicted"``: the engine's prediction for the parametrization being checked, so the check
+  tests the engine itself on any parametrization, µP or not.
+
+Step-1 changes are measured and shown but not judged: THEORY §3 notes that the first step can
+scale differently (SP's first step; a zero-initialised readout blocks every other gradient).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .analysis import ABC, classify
+from .codegen import Emitted
+from .derive import derive
+from .errors import UsageError
+from .exponents import NEG_INF, ZERO, Exp, as_str, gt
+from .ir import Program
+from .optimizers import Optimizer
+
+DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
+# A slope within ±0.15 of the expected exponent passes. Measured with the defaults below (widths
+# 64..2048, 3 seeds, 3 steps): under µP the largest deviation over every example and both
+# optimizers is 0.13 (gated_mlp, SGD, its output), typically below 0.03; the smallest departure
+# a non-µP parametrization shows is 0.43 (NTP's frozen features, exponent -1/2), and SP's
+# blow-ups are 0.6 and more. 0.15 passes the first and catches the second with room on both
+# sides; finite widths below 64 drift more (docs/check.md).
+TOLERANCE = 0.15
+# Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The exponent a measured slope must match (``exact``), stay under (``at_most``) or, for a
+    predicted blow-up, exceed 0 (``grows``: the engine's exponent is the first-order rate as n ->
+    oo; at finite widths lower-order terms with large constants still compete, and higher-order
+    ones join in, so only the direction is checked)."""
+
+    exponent: Exp
+    bound: str = "exact"  # "exact" | "at_most" | "grows"
+
+    def render(self) -> str:
+        if self.bound == "grows":
+            return f"> 0 (n^{as_str(self.exponent)} as n->oo)"
+        return ("<= " if self.bound == "at_most" else "") + as_str(self.exponent)
+
+
+def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
+                 against: str = "mup") -> dict[tuple[str, str], Expectation]:
+    """(vector, "init" | "change") -> what its slope must be."""
+    if against == "predicted":
+        an = classify(program, optimizer, abc).analysis
+    elif against == "mup":
+        an = derive(program, optimizer).check.analysis
+    else:
+        raise UsageError(f"unknown reference {against!r}", help="choose mup or predicted")
+
+    def expect(e: Exp) -> Expectation:
+        return Expectation(e, "grows" if gt(e, ZERO) else "exact")
+
+    out = {}
+    for ins in program.body:
+        v = ins.out
+        if against == "mup" and not program.is_infinite(v):
+            out[(v, "init")] = Expectation(ZERO, "at_most")  # desideratum: outputs O(1)
+        else:
+            out[(v, "init")] = expect(an.init_[v])
+        out[(v, "change")] = expect(an.change_[v])
+    return out
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+class Measurements:
+    """RMS of every vector at init (step 0) and of its change after each step, per width and seed.
+
+    Feed it from any training loop: ``record(width, 0, model.vectors(*x))`` before training, then
+    ``record(width, t, model.vectors(*x))`` after step t on the same inputs.
+    """
+
+    def __init__(self) -> None:
+        self.rms: dict[tuple[str, int, int, int], float] = {}  # (vector, step, width, seed)
+        self._start: dict[tuple[int, int], dict] = {}
+
+    def record(self, width: int, step: int, vectors: dict, seed: int = 0) -> None:
+        vectors = {k: v.detach().double() for k, v in vectors.items()}
+        if step == 0:
+            self._start[(width, seed)] = vectors
+        elif (width, seed) not in self._start:
+            raise UsageError(f"record step 0 for width {width}, seed {seed} before step {step}")
+        start = self._start[(width, seed)]
+        for name, v in vectors.items():
+            delta = v if step == 0 else v - start[name]
+            self.rms[(name, step, width, seed)] = float(delta.pow(2).mean().sqrt())
+
+    def axis(self, k: int) -> list:
+        return sorted({key[k] for key in self.rms})
+
+    @property
+    def vectors(self) -> list[str]:
+        seen = dict.fromkeys(key[0] for key in self.rms)
+        return list(seen)
+
+
+@dataclass
+class TensorResult:
+    """One vector at one step: measured slope, expectation, verdict."""
+
+    name: str
+    step: int  # 0: size at init; t >= 1: size of the change after t steps
+    slope: float  # mean over seeds of the fitted log-log slope; -inf when exactly zero
+    spread: float  # std over seeds
+    rms: dict[int, float]  # width -> mean RMS over seeds
+    expected: Expectation | None
+    judged: bool
+    ok: bool
+    verdict: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "step": self.step, "slope": _finite(self.slope),
+                "spread": _finite(self.spread),
+                "expected": self.expected.render() if self.expected else None,
+                "judged": self.judged, "ok": self.ok, "verdict": self.verdict,
+                "rms": {str(w): _finite(r) for w, r in self.rms.items()}}
+
+
+def _finite(x: float) -> float | str:
+    return x if math.isfinite(x) else ("-inf" if x < 0 else "inf")
+
+
+@dataclass
+class CheckResult:
+    results: list[TensorResult]
+    tolerance: float
+    against: str
+    widths: list[int]
+    seeds: list[int]
+    steps: int
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> dict[str, list[TensorResult]]:
+        """Failing vectors and their failing entries, in program order."""
+        out: dict[str, list[TensorResult]] = {}
+        for r in self.results:
+            if not r.ok:
+                out.setdefault(r.name, []).append(r)
+        return out
+
+    def slope(self, name: str, step: int) -> float:
+        return next(r.slope for r in self.results if r.name == name and r.step == step)
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "against": self.against, "tolerance": self.tolerance,
+                "widths": self.widths, "seeds": self.seeds, "steps": self.steps,
+                **self.settings, "failures": list(self.failures),
+                "tensors": [r.as_dict() for r in self.results]}
+
+
+def _fit(widths: Sequence[int], values: Sequence[float]) -> float:
+    """Least-squares slope of log value on log width; -inf for a quantity that is exactly 0."""
+    if all(v <= ZERO_RMS for v in values):
+        return -math.inf
+    xs = [math.log(w) for w in widths]
+    ys = [math.log(max(v, ZERO_RMS)) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+            / sum((x - mx) ** 2 for x in xs))
+
+
+def _judge(slope: float, exp: Expectation, tol: float, step: int) -> tuple[bool, str]:
+    e = exp.exponent
+    what = "at init" if step == 0 else "in its change"
+    if slope == -math.inf:
+        if e is NEG_INF or exp.bound == "at_most":
+            return True, f"exactly zero {what}"
+        return False, f"exactly zero {what}: frozen, expected {exp.render()}"
+    if e is NEG_INF:
+        return False, f"nonzero {what} (slope {slope:+.2f}), expected exactly zero"
+    target = float(e)
+    if exp.bound == "grows":
+        if slope > tol:
+            return True, f"blows up {what}, as predicted (slope {slope:+.2f})"
+        return False, f"does not blow up {what}: slope {slope:+.2f}, expected {exp.render()}"
+    if exp.bound == "at_most" and slope <= target + tol:
+        return True, f"O(n^{as_str(e)}) {what}"
+    if abs(slope - target) <= tol:
+        return True, f"n^{as_str(e)} {what}"
+    if slope > target:
+        grows = "blows up" if target >= 0 else "shrinks too slowly"
+        return False, f"{grows} {what}: slope {slope:+.2f}, expected {exp.render()}"
+    frozen = "freezes" if step else "vanishes"
+    return False, f"{frozen} {what}: slope {slope:+.2f}, expected {exp.render()}"
+
+
+def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
+          measurements: Measurements, *, against: str = "mup",
+          tolerance: float = TOLERANCE) -> CheckResult:
+    """Fit every vector's slope per step and compare it with the engine's expectation."""
+    if tolerance <= 0:
+        raise UsageError("the tolerance must be positive")
+    widths, steps, seeds = (measurements.axis(k) for k in (2, 1, 3))
+    if len(widths) < 2:
+        raise UsageError("a slope needs at least two widths")
+    expected = expectations(program, optimizer, abc, against)
+    last = max(steps)
+    judged_steps = {0} | {t for t in steps if t >= 2 or last == 1}
+    results = []
+    for name in measurements.vectors:
+        for t in steps:
+            per_seed = [_fit(widths, [measurements.rms[(name, t, w, s)] for w in widths])
+                        for s in seeds]
+            finite = [x for x in per_seed if math.isfinite(x)]
+            slope = sum(finite) / len(finite) if len(finite) == len(per_seed) else -math.inf
+            spread = (math.sqrt(sum((x - slope) ** 2 for x in finite) / (len(finite) - 1))
+                      if len(finite) > 1 and math.isfinite(slope) else 0.0)
+            rms = {w: sum(measurements.rms[(name, t, w, s)] for s in seeds) / len(seeds)
+                   for w in widths}
+            exp = expected.get((name, "init" if t == 0 else "change"))
+            judged = exp is not None and t in judged_steps
+            ok, verdict = (_judge(slope, exp, tolerance, t) if exp
+                           else (True, "not a program vector"))
+            if not judged:
+                ok, verdict = True, f"{verdict} (step 1: not judged)"
+            results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))
+    return CheckResult(results, tolerance, against, widths, seeds, last)
+
+
+# --- running the emitted module -----------------------------------------------------------------
+
+
+def load_module(emitted: Emitted, name: str) -> types.ModuleType:
+    """Execute emitted source as a fresh module (nothing is written to disk)."""
+    module = types.ModuleType(name)
+    exec(compile(emitted.source, f"<tensorprog {name}>", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available", help="use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"unknown device {device!r}", help="choose auto, cpu or cuda")
+    return device
+
+
+def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
+            seeds: Iterable[int] = (0, 1, 2), lr: float, optimizer: str | None = None,
+            device: str = "cpu", batch_size: int = 16, progress: bool = False) -> Measurements:
+    """Train ``module.Model`` a few steps at every width and seed on fixed synthetic data.
+
+    The loss is linear in the outputs, L = mean(f · g) with a fixed random g, so dL/df is the
+    same at every width and step, as the engine assumes (a Θ(1) output gradient): the slopes
+    show how the parametrization propagates updates and nothing else. A regression loss feeds
+    the output's init size back into its gradient, and under µP that size shrinks as n^-1/2,
+    so at small widths the gradient drifts with width (measured on examples/mlp.tp with SGD:
+    change slopes near -0.25 with a squared error, +0.03 with this loss).
+    Init and data come from CPU generators seeded per seed (the same data at every width where
+    the input dims are finite), so results do not depend on the device's random streams.
+    """
+    import torch
+    from tqdm import tqdm
+
+    widths, seeds = list(widths), list(seeds)
+    trials = [(s, w) for s in seeds for w in widths]
+    m = Measurements()
+    for seed, width in tqdm(trials, desc="coordinate check", unit="run", disable=not progress,
+                            leave=False):
+        model = module.Model(width)
+        model.reset_parameters(generator=torch.Generator().manual_seed(seed))
+        data = torch.Generator().manual_seed(10_000 + seed)
+        inputs = model.example_inputs(batch_size, generator=data)
+        with torch.no_grad():
+            outs = model(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        directions = [torch.randn(o.shape, generator=data) for o in outs]
+        model.to(device)
+        inputs = [x.to(device) for x in inputs]
+        directions = [g.to(device) for g in directions]
+        opt = module.make_optimizer(model, lr, optimizer=optimizer)
+        with torch.no_grad():
+            m.record(width, 0, model.vectors(*inputs), seed)
+        for t in range(1, steps + 1):
+            opt.zero_grad(set_to_none=True)
+            outs = model(*inputs)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            loss = sum((o * g).mean() for o, g in zip(outs, directions, strict=True))
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                m.record(width, t, model.vectors(*inputs), seed)
+    return m
+
+
+def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
+                convention: str = "table3", readout_zero_init: bool = False,
+                base_width: int | None = None, widths: Sequence[int] = DEFAULT_WIDTHS,
+                steps: int = 3, seeds: int = 3, lr: float | None = None, batch_size: int = 16,
+                device: str = "auto", against: str = "mup", tolerance: float = TOLERANCE,
+                progress: bool = False) -> CheckResult:
+    """Emit ``program`` under ``param``, train it at every width and judge every vector."""
+    from .codegen import emit, parametrization
+
+    widths = sorted(set(widths))
+    if len(widths) < 2 or widths[0] < 1:
+        raise UsageError("give at least two positive widths", help="e.g. --widths 64,128,256")
+    if steps < 1 or seeds < 1 or batch_size < 1:
+        raise UsageError("steps, seeds and the batch size must be at least 1")
+    lr = DEFAULT_LR[optimizer.name] if lr is None else lr
+    if not lr > 0:
+        raise UsageError(f"the learning rate must be positive, not {lr}")
+    device = pick_device(device)
+    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init)
+    emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
+                   base_width=base_width)
+    module = load_module(emitted, f"{program.name}_{param}")
+    m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
+                device=device, batch_size=batch_size, progress=progress)
+    result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance)
+    result.settings = {"program": program.name, "param": param, "label": label,
+                       "optimizer": optimizer.name, "lr": lr, "batch_size": batch_size,
+                       "device": device, "base_width": base_width or program.width.base}
+    return result
+
+
+def render(result: CheckResult) -> str:
+    """The check as a table: per vector the init slope and the change slope after each step."""
+    s = result.settings
+    steps = range(1, result.steps + 1)
+    ref = "what µP requires" if result.against == "mup" else "the engine's prediction"
+    lines = [f"coordinate check of {s.get('program', 'the module')}: {s.get('label', '')}",
+             f"widths {', '.join(map(str, result.widths))} x {len(result.seeds)} seed(s), "
+             f"{result.steps} step(s) of {s.get('optimizer', '?')} at lr {s.get('lr', '?')}, "
+             f"batch {s.get('batch_size', '?')}, on {s.get('device', '?')}",
+             f"slope of log RMS against log width (± spread over seeds), against {ref}, "
+             f"tolerance ±{result.tolerance}", ""]
+    by = {(r.name, r.step): r for r in result.results}
+    names = list(dict.fromkeys(r.name for r in result.results))
+    header = ["vector", "init", "expected"] + [f"change t={t}" for t in steps] + ["expected", ""]
+    rows = []
+    for name in names:
+        init = by[(name, 0)]
+        last = by[(name, result.steps)]
+        row = [name, _cell(init), init.expected.render() if init.expected else "-"]
+        row += [_cell(by[(name, t)]) + ("" if by[(name, t)].judged else "*") for t in steps]
+        bad = [r for r in result.results if r.name == name and not r.ok]
+        row += [last.expected.render() if last.expected else "-", "FAIL" if bad else "ok"]
+        rows.append(row)
+    sizes = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, sizes, strict=True)).rstrip())
+    if result.steps >= 2:
+        lines.append("(* step 1 is shown but not judged: a first step can scale differently)")
+    lines.append("")
+    failures = result.failures
+    how = "µP requires" if result.against == "mup" else "predicted"
+    if not failures:
+        lines.append(f"PASS: every vector scales as {how}")
+    else:
+        lines.append(f"FAIL: {len(failures)} vector(s) do not scale as {how}:")
+        for name, entries in failures.items():
+            worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
+            when = "at init" if worst.step == 0 else f"after step {worst.step}"
+            lines.append(f"  {name}: {worst.verdict} ({when})")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(r: TensorResult) -> str:
+    if r.slope == -math.inf:
+        return "zero"
+    return f"{r.slope:+.2f}±{r.spread:.2f}"

@@ -1,0 +1,75 @@
+"""Figures: the coordinate check as log-log panels (matplotlib, drawn off-screen)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .check import CheckResult
+from .errors import UsageError
+
+
+def coord_plot(results: CheckResult | list[CheckResult], path: str | Path) -> Path:
+    """One panel for init and one per step: mean RMS over seeds against width, a line per vector.
+
+    Several results (e.g. µP, SP, NTP of one program) are drawn as rows of one figure.
+
+    Each legend entry gives the fitted slope. Failing vectors are drawn thick, and dashed in
+    the panels where they fail.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen needed; the figure only goes to a file
+    import matplotlib.pyplot as plt
+
+    results = results if isinstance(results, list) else [results]
+    steps = list(range(max(r.steps for r in results) + 1))
+    fig, axes = plt.subplots(len(results), len(steps), sharex=True, squeeze=False,
+                             figsize=(3.2 * len(steps), 3.4 * len(results)))
+    for row, result in zip(axes, results, strict=True):
+        _row(row, result, steps)
+    fig.tight_layout()
+    out = Path(path)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as err:
+        raise UsageError(f"cannot write {out}: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _row(axes, result: CheckResult, steps: list[int]) -> None:
+    import matplotlib.pyplot as plt
+
+    failing = set(result.failures)
+    names = list(dict.fromkeys(r.name for r in result.results))
+    colors = plt.get_cmap("tab10")
+    for ax, t in zip(axes, steps, strict=True):
+        drawn: list[float] = []
+        for k, name in enumerate(names):
+            r = next((x for x in result.results if x.name == name and x.step == t), None)
+            if r is None:
+                continue
+            ws = [w for w, v in r.rms.items() if v > 0 and math.isfinite(v)]
+            if not ws:
+                continue
+            drawn += [r.rms[w] for w in ws]
+            label = f"{name} ({r.slope:+.2f})" if math.isfinite(r.slope) else name
+            ax.loglog(ws, [r.rms[w] for w in ws], marker="o", markersize=3,
+                      linewidth=2.0 if name in failing else 0.9,
+                      linestyle="-" if r.ok else "--", color=colors(k % 10), label=label)
+        if drawn:  # at least two decades, so that a flat line looks flat
+            lo, hi = min(drawn), max(drawn)
+            pad = max(1.0, math.sqrt(100 * lo / hi))
+            ax.set_ylim(lo / pad, hi * pad)
+        ax.set_xscale("log", base=2)
+        ax.set_title("init" if t == 0 else f"change after step {t}", fontsize=10)
+        ax.set_xlabel("width")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    axes[0].set_ylabel("RMS of coordinates")
+    s = result.settings
+    verdict = "PASS" if result.passed else f"FAIL ({', '.join(sorted(failing))})"
+    axes[0].set_title("")
+    axes[0].set_title(f"{s.get('label', '')}: {verdict}\ninit", fontsize=9, loc="left")
