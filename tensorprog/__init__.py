@@ -14,11 +14,11 @@ Only ``check`` and ``measure`` import torch, and only when called.
 from __future__ import annotations
 
 from . import analysis as _analysis
-from . import check as _check
+from . import coordcheck as _check
 from . import derive as _derive
 from . import presets as _presets
 from .analysis import ABC, Classification
-from .check import CheckResult, Measurements
+from .coordcheck import CheckResult, Measurements
 from .derive import CONVENTIONS, Derivation
 from .errors import (
     EngineError,

@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
-    from .check import coord_check, render
+    from .coordcheck import coord_check, render
 
     if args.base_width is not None and args.base_width <= 0:
         raise UsageError("--base-width must be a positive integer")

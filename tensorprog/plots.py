@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .check import CheckResult
+from .coordcheck import CheckResult
 from .errors import UsageError
 
 

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorprog
-from tensorprog.check import TOLERANCE, Measurements, judge, load_module, measure
 from tensorprog.cli import run
 from tensorprog.codegen import emit, parametrization
+from tensorprog.coordcheck import TOLERANCE, Measurements, _fit, judge, load_module, measure
 from tensorprog.optimizers import OPTIMIZERS
 
 torch = pytest.importorskip("torch")
@@ -202,7 +202,6 @@ def test_fit_recovers_an_exact_power_law(exponent, scale):
     m = Measurements()
     for w in (64, 128, 512, 4096):
         m.rms[("v", 0, w, 0)] = scale * w ** float(exponent)
-    from tensorprog.check import _fit
 
     assert _fit(m.axis(2), [m.rms[("v", 0, w, 0)] for w in m.axis(2)]) == pytest.approx(
         float(exponent), abs=1e-9)

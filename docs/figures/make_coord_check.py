@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tensorprog.check import DEFAULT_WIDTHS, coord_check, render
+from tensorprog.coordcheck import DEFAULT_WIDTHS, coord_check, render
 from tensorprog.optimizers import OPTIMIZERS
 from tensorprog.parse import parse_file
 from tensorprog.plots import coord_plot
