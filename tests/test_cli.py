@@ -99,11 +99,12 @@ def test_classify_bad_abc_file(capsys, tmp_path, content, message):
     assert re.search(message, err)
 
 
-def test_derive_does_not_import_torch():
+def test_derive_and_classify_do_not_import_torch_matplotlib_or_tqdm():
     code = (f"import sys; from tensorprog.cli import run; run(['derive', {MLP!r}]); "
-            "print('torch' in sys.modules)")
+            f"run(['classify', {MLP!r}, '--preset', 'sp']); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().endswith("False")
+    assert out.stdout.strip().endswith("[]")
 
 
 def test_console_script_runs():
