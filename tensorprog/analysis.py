@@ -21,7 +21,7 @@ from functools import cached_property
 from ._gc import paused_gc
 from .errors import Diagnostic, EngineError, TensorProgWarning
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
-from .ir import MatMul, Program
+from .ir import MUL, MatMul, Nonlin, Program
 from .optimizers import Optimizer
 from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
 
@@ -49,7 +49,9 @@ class Analysis:
 
     def __init__(self, program: Program, optimizer: Optimizer):
         self.program, self.optimizer = program, optimizer
-        self.vector_params = {p.name for p in program.params if len(p.shape) == 1}
+        # params used as operands: vectors (biases, gains) and scales (constant multipliers)
+        self.vector_params = {p.name for p in program.params if len(p.shape) < 2}
+        self.scales = {p.name for p in program.params if p.is_scale}
         self.S: dict[str, Exp] = {}
         self.U: dict[str, Exp] = {}
         self.V: dict[str, Exp] = {}
@@ -69,11 +71,15 @@ class Analysis:
         return [Mono(self.init_[name])]
 
     def change(self, name: str) -> list[Mono]:
+        if name in self.scales:
+            return [Mono(NEG_INF)]  # a scale is a constant: it never changes
         if name in self.vector_params:
             return [Mono(ZERO, (("U", name),))]
         return [Mono(self.change_[name])]
 
     def train(self, name: str) -> list[Mono]:
+        if name in self.scales:
+            return [Mono(ZERO, (("S", name),))]
         if name in self.vector_params:
             return [Mono(ZERO, (("S", name),)), Mono(ZERO, (("U", name),))]
         return [Mono(self.train_[name])]
@@ -93,6 +99,20 @@ class Analysis:
             anc[ins.out] = frozenset(deps)
         return anc
 
+    @cached_property
+    def _matmul_uses(self) -> dict[str, frozenset[tuple[str, bool]]]:
+        """(weight, transposed) of every MatMul each value is built through."""
+        uses: dict[str, frozenset[tuple[str, bool]]] = {}
+        for ins in self.program.body:
+            deps = set().union(*(uses.get(o, frozenset()) for o in ins.operands))
+            if isinstance(ins, MatMul):
+                deps.add((ins.weight, ins.transposed))
+            uses[ins.out] = frozenset(deps)
+        return uses
+
+    def built_with(self, value: str, weight: str, transposed: bool) -> bool:
+        return (weight, transposed) in self._matmul_uses.get(value, frozenset())
+
     def centred_apart(self, u: str, v: str) -> bool:
         """True if u's or v's initial coordinates are centred and independent of the other's.
 
@@ -103,8 +123,8 @@ class Analysis:
         return self._fresh(u, self._ancestry[v]) or self._fresh(v, self._ancestry[u])
 
     def _fresh(self, u: str, others: frozenset[str]) -> bool:
-        if u in self.vector_params:
-            return u not in others
+        if u in self.vector_params:  # iid and centred, unless given a constant init (a gain)
+            return u not in others and self.program.param_table[u].base is None
         ins = self.program.producer.get(u)
         if isinstance(ins, MatMul):
             return ins.weight not in others
@@ -285,8 +305,11 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
             name, program.param_table[name].shape, role(program, name), abc[name], an.S[name],
             an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
     outputs = set(program.outputs)
+    absorbed = prescaled(program)
     for ins in program.body:
         v = ins.out
+        if v in absorbed:
+            continue
         e0, d = an.init_[v], an.change_[v]
         if gt(e0, ZERO):
             t = _dominant(an.init_terms[v])
@@ -305,7 +328,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
                 f"{t[0].why})"))
     result.stable = not result.violations
     result.nontrivial = any(not gt(ZERO, an.change_[o]) for o in program.outputs)
-    features = [an.change_[ins.out] for ins in program.body if program.is_infinite(ins.out)]
+    features = [an.change_[ins.out] for ins in program.body
+                if program.is_infinite(ins.out) and ins.out not in absorbed]
     result.r = -emax(features) if features else INF
     if result.stable and not result.nontrivial:
         for o in program.outputs:
@@ -313,12 +337,26 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
                 "nontrivial", o, an.change_[o],
                 f"output {o} moves only as {power(an.change_[o])} during training: it freezes"))
     for p in result.params.values():
-        if result.stable and gt(p.r, ZERO):
+        if result.stable and gt(p.r, ZERO) and p.role != "scale":  # a scale is never trained
             result.violations.append(Violation(
                 "maximal_update", p.name, -p.r,
                 f"{p.name} is not updated maximally: its update moves features by "
                 f"{power(-p.r)} ({p.dominant}); they freeze as n grows"))
     return result
+
+
+def prescaled(program: Program) -> set[str]:
+    """Values used only as a factor of a ``scale``: the raw attention dot, a tied unembedding's
+    raw logits. Their size is what the scale absorbs, so they bound nothing themselves and are
+    not held to the desiderata; the scaled product is."""
+    scales = {p.name for p in program.params if p.is_scale}
+    out = set()
+    for ins in program.body:
+        uses = program.uses(ins.out)
+        if uses and all(isinstance(u, Nonlin) and u.fn == MUL and scales & set(u.args)
+                        for u in uses):
+            out.add(ins.out)
+    return out
 
 
 def live_values(program: Program) -> set[str]:

@@ -75,11 +75,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="the width at which the module equals SP (default: the program's)")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
-    k.add_argument("--steps", type=int, default=3, help="training steps per run (default: 3)")
+    k.add_argument("--steps", type=int, default=3,
+                   help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
     k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd, "
                                             "0.01 for adam and adamw)")
-    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--batch-size", type=int,
+                   help="samples per step (default: 16, or 16 tokens' worth of sequences)")
     k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     k.add_argument("--against", choices=["mup", "predicted"], default="mup",
                    help="judge against what µP requires (default), or against the engine's "
@@ -187,6 +189,10 @@ def _check(args, program, optimizer) -> int:
 
     if args.base_width is not None and args.base_width <= 0:
         raise UsageError("--base-width must be a positive integer")
+    if args.plot:
+        from .plots import check_plot_path
+
+        check_plot_path(args.plot)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, base_width=args.base_width,
                          widths=_widths(args.widths), steps=args.steps, seeds=args.seeds,

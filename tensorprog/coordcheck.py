@@ -25,7 +25,7 @@ import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .analysis import ABC, classify
+from .analysis import ABC, classify, prescaled
 from .codegen import Emitted
 from .derive import derive
 from .errors import UsageError
@@ -43,6 +43,11 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+# Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
+# weight about 1/sqrt(k) against a CLT remainder, so the widths must be well above k before the
+# exponents show; 16 keeps them there from width 64 on. A sequence program feeds batch x tokens
+# vectors (and attention compares tokens pairwise), so its batch shrinks to keep about 16.
+VECTORS_PER_STEP = 16
 ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
 
 
@@ -76,9 +81,10 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         return Expectation(e, "grows" if gt(e, ZERO) else "exact")
 
     out = {}
+    absorbed = prescaled(program)  # a raw dot or raw logits: the scale after them takes the size
     for ins in program.body:
         v = ins.out
-        if against == "mup" and not program.is_infinite(v):
+        if against == "mup" and not program.is_infinite(v) and v not in absorbed:
             out[(v, "init")] = Expectation(ZERO, "at_most")  # desideratum: outputs O(1)
         else:
             out[(v, "init")] = expect(an.init_[v])
@@ -142,7 +148,9 @@ class TensorResult:
                 "rms": {str(w): _finite(r) for w, r in self.rms.items()}}
 
 
-def _finite(x: float) -> float | str:
+def _finite(x: float) -> float | str | None:
+    if math.isnan(x):
+        return None
     return x if math.isfinite(x) else ("-inf" if x < 0 else "inf")
 
 
@@ -180,19 +188,34 @@ class CheckResult:
 
 
 def _fit(widths: Sequence[int], values: Sequence[float]) -> float:
-    """Least-squares slope of log value on log width; -inf for a quantity that is exactly 0."""
-    if all(v <= ZERO_RMS for v in values):
+    """Least-squares slope of log value on log width.
+
+    -inf for a quantity exactly 0 at every width; nan when some widths are exactly 0 and others
+    not, or when a run diverged (inf or nan): no power law describes either.
+    """
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
+    zero = [v <= ZERO_RMS for v in values]
+    if all(zero):
         return -math.inf
+    if any(zero):
+        return math.nan
     xs = [math.log(w) for w in widths]
-    ys = [math.log(max(v, ZERO_RMS)) for v in values]
+    ys = [math.log(v) for v in values]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
             / sum((x - mx) ** 2 for x in xs))
 
 
-def _judge(slope: float, exp: Expectation, tol: float, step: int) -> tuple[bool, str]:
+def _judge(slope: float, exp: Expectation, tol: float, step: int,
+           rms: dict[int, float]) -> tuple[bool, str]:
     e = exp.exponent
     what = "at init" if step == 0 else "in its change"
+    if math.isnan(slope):
+        bad = [w for w, r in rms.items() if not math.isfinite(r)]
+        if bad:
+            return False, f"diverged {what}: inf or nan at width {', '.join(map(str, bad))}"
+        return False, f"exactly zero {what} at some widths or seeds but not others"
     if slope == -math.inf:
         if e is NEG_INF or exp.bound == "at_most":
             return True, f"exactly zero {what}"
@@ -226,21 +249,28 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         raise UsageError("a slope needs at least two widths")
     expected = expectations(program, optimizer, abc, against)
     last = max(steps)
-    judged_steps = {0} | {t for t in steps if t >= 2 or last == 1}
+    if last < 2:
+        raise UsageError("the check judges changes from step 2 on (a first step can scale "
+                         "differently): train at least 2 steps")
+    judged_steps = {0} | {t for t in steps if t >= 2}
     results = []
     for name in measurements.vectors:
         for t in steps:
             per_seed = [_fit(widths, [measurements.rms[(name, t, w, s)] for w in widths])
                         for s in seeds]
-            finite = [x for x in per_seed if math.isfinite(x)]
-            slope = sum(finite) / len(finite) if len(finite) == len(per_seed) else -math.inf
-            spread = (math.sqrt(sum((x - slope) ** 2 for x in finite) / (len(finite) - 1))
-                      if len(finite) > 1 and math.isfinite(slope) else 0.0)
+            if all(x == -math.inf for x in per_seed):
+                slope = -math.inf
+            elif all(math.isfinite(x) for x in per_seed):
+                slope = sum(per_seed) / len(per_seed)
+            else:  # diverged somewhere, or zero for some seeds only
+                slope = math.nan
+            spread = (math.sqrt(sum((x - slope) ** 2 for x in per_seed) / (len(per_seed) - 1))
+                      if len(per_seed) > 1 and math.isfinite(slope) else math.nan)
             rms = {w: sum(measurements.rms[(name, t, w, s)] for s in seeds) / len(seeds)
                    for w in widths}
             exp = expected.get((name, "init" if t == 0 else "change"))
             judged = exp is not None and t in judged_steps
-            ok, verdict = (_judge(slope, exp, tolerance, t) if exp
+            ok, verdict = (_judge(slope, exp, tolerance, t, rms) if exp
                            else (True, "not a program vector"))
             if not judged:
                 ok, verdict = True, f"{verdict} (step 1: not judged)"
@@ -249,6 +279,13 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
 
 
 # --- running the emitted module -----------------------------------------------------------------
+
+
+def default_batch_size(program: Program) -> int:
+    """About VECTORS_PER_STEP vectors a step: 16 samples, or 16 tokens over the sequences."""
+    if program.seq is None:
+        return VECTORS_PER_STEP
+    return max(1, VECTORS_PER_STEP // program.dim_table[program.seq].size)
 
 
 def load_module(emitted: Emitted, name: str) -> types.ModuleType:
@@ -264,7 +301,8 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available", help="use --device cpu")
+        raise UsageError(f"--device {device}: no CUDA device is available",
+                         help="use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"unknown device {device!r}", help="choose auto, cpu or cuda")
     return device
@@ -321,7 +359,8 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
 def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                 convention: str = "table3", readout_zero_init: bool = False,
                 base_width: int | None = None, widths: Sequence[int] = DEFAULT_WIDTHS,
-                steps: int = 3, seeds: int = 3, lr: float | None = None, batch_size: int = 16,
+                steps: int = 3, seeds: int = 3, lr: float | None = None,
+                batch_size: int | None = None,
                 device: str = "auto", against: str = "mup", tolerance: float = TOLERANCE,
                 progress: bool = False) -> CheckResult:
     """Emit ``program`` under ``param``, train it at every width and judge every vector."""
@@ -330,11 +369,16 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
         raise UsageError("give at least two positive widths", help="e.g. --widths 64,128,256")
-    if steps < 1 or seeds < 1 or batch_size < 1:
-        raise UsageError("steps, seeds and the batch size must be at least 1")
+    if steps < 2:
+        raise UsageError("the check judges changes from step 2 on (a first step can scale "
+                         "differently)", help="use --steps 2 or more (default: 3)")
+    if batch_size is None:
+        batch_size = default_batch_size(program)
+    if seeds < 1 or batch_size < 1:
+        raise UsageError("seeds and the batch size must be at least 1")
     lr = DEFAULT_LR[optimizer.name] if lr is None else lr
-    if not lr > 0:
-        raise UsageError(f"the learning rate must be positive, not {lr}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
     abc, label = parametrization(program, optimizer, param, convention, readout_zero_init)
     emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
@@ -394,4 +438,6 @@ def render(result: CheckResult) -> str:
 def _cell(r: TensorResult) -> str:
     if r.slope == -math.inf:
         return "zero"
-    return f"{r.slope:+.2f}±{r.spread:.2f}"
+    if math.isnan(r.slope):
+        return "n/a"
+    return f"{r.slope:+.2f}" + (f"±{r.spread:.2f}" if math.isfinite(r.spread) else "")

@@ -30,6 +30,7 @@ from .analysis import (
     Classification,
     classify,
     live_values,
+    prescaled,
     used_params,
 )
 from .errors import EngineError
@@ -123,6 +124,7 @@ def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:
 
 
 def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bound]:
+    absorbed = prescaled(program)  # a scale downstream takes their size: no bounds from them
     an.S = {p: None for p in params}
     an.U = {p: None for p in params}
     for _ in range(len(program.body) + 5):
@@ -132,7 +134,8 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
         for ins in program.body:
             init, change = INIT[type(ins)](ins, an), CHANGE[type(ins)](ins, an)
             # a param that reaches no output is left out (used_params warned about it)
-            new = [b for b in _bounds_for(an, ins.out, init + change) if b.param in an.S]
+            new = ([] if ins.out in absorbed else
+                   [b for b in _bounds_for(an, ins.out, init + change) if b.param in an.S])
             bounds += new
             for b in new:
                 table = an.S if b.slot == "S" else an.U
@@ -166,7 +169,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
     unset = [f"{p} ({'init' if an.S[p] is None else 'update'})" for p in params
-             if an.S[p] is None or an.U[p] is None]
+             if an.S[p] is None or (an.U[p] is None and not program.param_table[p].is_scale)]
     if unset:
         raise EngineError(f"no condition fixes the scale of {', '.join(unset)}",
                           help="each param must reach an output through something it can move")
@@ -179,7 +182,14 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
             chosen.setdefault(b.param, {}).setdefault(b.slot, b)
 
     equations: list[Equation] = []
+    scales = {p for p in params if program.param_table[p].is_scale}
     for p in params:
+        if p in scales:
+            s_bound = chosen[p]["S"]
+            equations.append(Equation(p, (1, 0, 0), -an.S[p],
+                                      f"scale: its multiplier n^-a takes {s_bound.term.what} in "
+                                      f"{s_bound.instruction} to Θ(1) at most (never trained)"))
+            continue
         s_bound, u_bound = chosen[p]["S"], chosen[p]["U"]
         equations.append(Equation(p, (1, 1, 0), -an.S[p],
                                   f"init maximal: {s_bound.term.what} in {s_bound.instruction} "
@@ -190,7 +200,10 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
                                   f"{u_bound.instruction} is Θ(1)"))
         coefs, value, why = CONVENTIONS[convention](program, p, an.S[p])
         equations.append(Equation(p, coefs, value, why))
-    abc = _solve(params, equations)
+    abc = _solve([p for p in params if p not in scales],
+                 [e for e in equations if e.param not in scales])
+    abc.update({p: ABC(-an.S[p], ZERO, "oo") for p in params if p in scales})
+    abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
         raise EngineError(

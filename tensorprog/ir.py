@@ -4,14 +4,24 @@ A program has one width ``n`` (the dimension that goes to infinity), dims that a
 a fixed multiple of ``n``, inputs (vectors), params (vectors or matrices) and a straight-line body
 of instructions, each defining one new value:
 
-==========  ==================  ===========================================================
-IR class    surface syntax      finite-width meaning
-==========  ==================  ===========================================================
-MatMul      ``y = W @ x``       ``y_i = sum_j W_ij x_j`` (W is a matrix param)
-LinComb     ``y = 2*u - v + b`` ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
-Nonlin      ``y = relu(h)``     ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul``
-Dot         ``s = dot(u, v)``   ``s = sum_i u_i v_i``, a scalar (an inner product over a dim)
-==========  ==================  ===========================================================
+==========  ====================  =========================================================
+IR class    surface syntax        finite-width meaning
+==========  ====================  =========================================================
+MatMul      ``y = W @ x``         ``y_i = sum_j W_ij x_j`` (W a matrix param; ``W.T @ x`` uses
+                                  its transpose, e.g. a tied unembedding)
+LinComb     ``y = 2*u - v + b``   ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
+Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul``;
+                                  layernorm/rmsnorm normalise over the vector's dim,
+                                  softmax/causal_softmax over the key tokens
+Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
+                                  of dim dh and per (query, key) token pair (attention logits)
+Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+==========  ====================  =========================================================
+
+A program may carry a finite sequence axis (token and position inputs): every vector then has one
+value per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a param
+with no axes that is never trained: a width-dependent constant multiplier the engine derives
+(attention's 1/d, a tied unembedding's 1/n).
 
 Each instruction carries its source span (excluded from equality, so a program printed with
 :func:`to_text` and parsed again compares equal). This module imports nothing else from the package
@@ -26,8 +36,11 @@ from functools import cached_property
 
 from .errors import Collector, SemanticError, Span
 
-#: Elementwise functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin.
-NONLINEARITIES = ("relu", "gelu", "tanh", "sigmoid", "silu", "identity")
+#: Functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin. The norms
+#: act over the vector's dim and the softmaxes over the key-token axis of attention logits.
+NONLINEARITIES = ("relu", "gelu", "tanh", "sigmoid", "silu", "identity", "layernorm", "rmsnorm",
+                  "softmax", "causal_softmax")
+INPUT_KINDS = ("vector", "tokens", "positions")
 MUL = "mul"
 
 
@@ -78,18 +91,30 @@ class Dim:
 
 @dataclass(frozen=True)
 class Input:
+    """An input: a vector of dim ``dim`` (``vector``), token ids over a vocabulary ``dim`` at each
+    of ``seq`` positions (``tokens``, a one-hot vector per token), or the positions 0..seq-1
+    themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward)."""
+
     name: str
     dim: str
     span: Span | None = _span()
+    kind: str = "vector"
+    seq: str | None = None
 
 
 @dataclass(frozen=True)
 class Param:
-    """A trained tensor: a vector ``[d]`` (bias, gain, readout vector) or a matrix ``[out, in]``."""
+    """A trained vector ``[d]`` (bias, gain, readout vector) or matrix ``[out, in]``; or, with no
+    axes, a ``scale``: a constant multiplier ``base·(n/base_width)^-a``, never trained."""
 
     name: str
     shape: tuple[str, ...]
     span: Span | None = _span()
+    base: Fraction | None = None  # a scale's value at the base width, or a vector's constant init
+
+    @property
+    def is_scale(self) -> bool:
+        return not self.shape
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,7 @@ class MatMul:
     weight: str
     arg: str
     span: Span | None = _span()
+    transposed: bool = False  # ``W.T @ x``: the fan-in is W's first axis
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -156,14 +182,53 @@ class Dot:
     left: str
     right: str
     span: Span | None = _span()
+    over: str | None = None  # per head: the head dim summed over; heads = dim(left) / over
 
     @property
     def operands(self) -> tuple[str, ...]:
         return (self.left, self.right)
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot)
+@dataclass(frozen=True)
+class Mix:
+    """``out = mix(weights, values)``: per head, ``out_t = sum_s weights_ts values_s``.
+
+    The token-mixing half of attention: a finite sum over tokens with Θ(1) weights, so exponents
+    add as in a product (e(p) + e(v); changes from either side).
+    """
+
+    out: str
+    weights: str
+    values: str
+    span: Span | None = _span()
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.weights, self.values)
+
+
+Instruction = MatMul | LinComb | Nonlin | Dot | Mix
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix)
+
+
+def heads_dim_name(dim: str, over: str) -> str:
+    """The name of the heads axis of ``dot(q, k, over)`` for q, k of dim ``dim``."""
+    return f"{dim}/{over}"
+
+
+def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
+    """Heads = dim / over: finite when both are infinite (fixed head count) or both finite,
+    infinite when only ``dim`` is (fixed head dim); None if over does not divide dim."""
+    d, o = dims[dim], dims[over]
+    name = heads_dim_name(dim, over)
+    if d.infinite and o.infinite:
+        ratio = d.mult / o.mult
+        return Dim(name, size=int(ratio)) if ratio.denominator == 1 and ratio > 0 else None
+    if d.infinite:
+        return Dim(name, mult=d.mult / o.size)
+    if o.infinite:
+        return None
+    return Dim(name, size=d.size // o.size) if d.size % o.size == 0 else None
 
 
 @dataclass(frozen=True)
@@ -180,9 +245,21 @@ class Program:
     # --- lookups (computed once; the dataclass stays immutable) -------------------------------
     @cached_property
     def dim_table(self) -> dict[str, Dim]:
+        """Declared dims, the width, and the heads axis of every ``dot(q, k, dh)``."""
         table = {self.width.name: Dim(self.width.name, mult=Fraction(1), span=self.width.span)}
         table.update({d.name: d for d in self.dims})
+        dims = self.value_dims
+        for ins in self.body:
+            if isinstance(ins, Dot) and ins.over is not None and dims.get(ins.left) in table:
+                h = heads_dim(table, dims[ins.left], ins.over)
+                if h is not None:
+                    table[h.name] = h
         return table
+
+    @cached_property
+    def seq(self) -> str | None:
+        """The sequence dim, if the program has token or position inputs."""
+        return next((i.seq for i in self.inputs if i.seq is not None), None)
 
     @cached_property
     def param_table(self) -> dict[str, Param]:
@@ -194,16 +271,23 @@ class Program:
 
     @cached_property
     def value_dims(self) -> dict[str, str | None]:
-        """The dim of every vector (inputs, vector params, instruction outputs); None: a scalar."""
+        """The dim of every vector (inputs, vector params, instruction outputs); None: a scalar
+        (a scale, or a dot over the whole dim)."""
         dims: dict[str, str | None] = {i.name: i.dim for i in self.inputs}
-        dims.update({p.name: p.shape[0] for p in self.params if len(p.shape) == 1})
+        dims.update({p.name: (p.shape[0] if p.shape else None) for p in self.params
+                     if len(p.shape) < 2})
         for ins in self.body:
             if isinstance(ins, MatMul):
-                dims[ins.out] = self.param_table[ins.weight].shape[0]
+                shape = self.param_table[ins.weight].shape
+                dims[ins.out] = shape[1] if ins.transposed else shape[0]
             elif isinstance(ins, Dot):
-                dims[ins.out] = None
-            else:
-                dims[ins.out] = dims[ins.operands[0]]
+                left = dims[ins.left]
+                dims[ins.out] = None if ins.over is None else heads_dim_name(left, ins.over)
+            elif isinstance(ins, Mix):
+                dims[ins.out] = dims[ins.values]
+            else:  # elementwise: a scalar factor (a scale) takes the other operand's dim
+                dims[ins.out] = next((dims[o] for o in ins.operands if dims[o] is not None),
+                                     None)
         return dims
 
     def dim(self, name: str | None) -> Dim | None:
@@ -240,9 +324,12 @@ def _coef(c: Fraction) -> str:
 def render_instruction(ins: Instruction) -> str:
     """One instruction as one line of the surface language."""
     if isinstance(ins, MatMul):
-        rhs = f"{ins.weight} @ {ins.arg}"
+        rhs = f"{ins.weight}{'.T' if ins.transposed else ''} @ {ins.arg}"
     elif isinstance(ins, Dot):
-        rhs = f"dot({ins.left}, {ins.right})"
+        over = f", {ins.over}" if ins.over is not None else ""
+        rhs = f"dot({ins.left}, {ins.right}{over})"
+    elif isinstance(ins, Mix):
+        rhs = f"mix({ins.weights}, {ins.values})"
     elif isinstance(ins, Nonlin):
         rhs = " * ".join(ins.args) if ins.fn == MUL else f"{ins.fn}({', '.join(ins.args)})"
     else:
@@ -259,13 +346,28 @@ def render_instruction(ins: Instruction) -> str:
     return f"{ins.out} = {rhs}"
 
 
+def render_input(i: Input) -> str:
+    if i.kind == "tokens":
+        return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
+    if i.kind == "positions":
+        return f"input {i.name} : positions[{i.seq}]"
+    return f"input {i.name} : [{i.dim}]"
+
+
+def render_param(p: Param) -> str:
+    value = f" = {float(p.base)!r}" if p.base is not None else ""
+    if p.is_scale:
+        return f"scale {p.name}{value}"
+    return f"param {p.name} : [{', '.join(p.shape)}]{value}"
+
+
 def to_text(program: Program) -> str:
     """The IR as a program in the surface language, one instruction a line; parses back equal."""
     w = program.width
     lines = [f"width {w.name} = {w.base}"]
     lines += [f"dim {d.name} = {d.expr(w.name)}" for d in program.dims]
-    lines += [f"input {i.name} : [{i.dim}]" for i in program.inputs]
-    lines += [f"param {p.name} : [{', '.join(p.shape)}]" for p in program.params]
+    lines += [render_input(i) for i in program.inputs]
+    lines += [render_param(p) for p in program.params]
     lines += [render_instruction(ins) for ins in program.body]
     lines += [f"output {o}" for o in program.outputs]
     return "\n".join(lines) + "\n"
@@ -293,23 +395,30 @@ def verify(program: Program) -> Program:
         if d.infinite == (d.size is not None):
             errors.error(f"dim {d.name} must be either finite or a multiple of the width", d.span)
     for i in program.inputs:
-        if i.dim not in dims:
+        if i.dim not in dims or (i.seq is not None and i.seq not in dims):
             errors.error(f"undeclared dim '{i.dim}'", i.span)
+        if i.kind not in INPUT_KINDS or (i.kind == "vector") != (i.seq is None):
+            errors.error(f"input {i.name}: a {i.kind} input needs a sequence dim exactly when it "
+                         "is tokens or positions", i.span)
+        elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
+            errors.error(f"input {i.name}: the sequence dim {i.seq} must be finite", i.span)
         define(i.name, i.dim, i.span)
+    if len({i.seq for i in program.inputs if i.seq is not None}) > 1:
+        errors.error("all token and position inputs must share one sequence dim")
     matrices = set()
     for p in program.params:
         for d in p.shape:
             if d not in dims:
                 errors.error(f"undeclared dim '{d}'", p.span)
-        if len(p.shape) not in (1, 2):
-            errors.error(f"param {p.name} must be a vector or a matrix", p.span)
+        if len(p.shape) not in (0, 1, 2):
+            errors.error(f"param {p.name} must be a scale, a vector or a matrix", p.span)
         if len(p.shape) == 2:
             matrices.add(p.name)
             if p.name in defined or p.name in dims:
                 errors.error(f"'{p.name}' is defined twice", p.span)
             defined[p.name] = "<matrix>"
         else:
-            define(p.name, p.shape[0], p.span)
+            define(p.name, p.shape[0] if p.shape else None, p.span)
     if errors.errors:
         errors.raise_if_any(SemanticError)
 
@@ -328,22 +437,40 @@ def verify(program: Program) -> Program:
             if shape is None:
                 errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
                 break
-            if key(ops[0]) != key(shape[1]):
-                errors.error(f"{ins.weight} @ {ins.arg}: fan-in {shape[1]} does not match {ops[0]}",
+            fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape
+            if key(ops[0]) != key(fan_in):
+                errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
                              ins.span)
-            out = shape[0]
+            out = fan_out
         elif isinstance(ins, Dot):
             if ops[0] is None or key(ops[0]) != key(ops[1]):
                 errors.error("dot needs two vectors of the same dim", ins.span)
             out = None
+            if ins.over is not None:
+                out = heads_dim_name(ops[0], ins.over)
+                if ins.over not in dims or out not in dims:
+                    errors.error(f"dot over {ins.over}: it must be a dim that divides "
+                                 f"{ops[0]}", ins.span)
+                if program.seq is None:
+                    errors.error("a per-head dot needs a sequence (token or position inputs)",
+                                 ins.span)
+        elif isinstance(ins, Mix):
+            heads = ops[0]
+            if heads is None or "/" not in heads or heads.split("/")[0] not in dims \
+                    or key(heads.split("/")[0]) != key(ops[1]):
+                errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
+                             "same dim as v", ins.span)
+            out = ops[1]
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1
                 if ins.fn != MUL and ins.fn not in NONLINEARITIES or len(ins.args) != arity:
                     errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
-            if len({key(o) for o in ops}) != 1:
+            vectors = [o for o in ops if o is not None]
+            scalar_factor = isinstance(ins, Nonlin) and ins.fn == MUL and len(vectors) < len(ops)
+            if len({key(o) for o in ops}) != 1 and not scalar_factor:
                 errors.error("elementwise operands must have the same dim", ins.span)
-            out = ops[0]
+            out = vectors[0] if vectors else None
         define(ins.out, out, ins.span)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
     for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):

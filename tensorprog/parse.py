@@ -32,14 +32,16 @@ from .ir import (
     Input,
     LinComb,
     MatMul,
+    Mix,
     Nonlin,
     Param,
     Program,
     Width,
+    heads_dim,
     verify,
 )
 
-FUNCTIONS = NONLINEARITIES + ("dot",)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix")
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +70,12 @@ class BinOp:
     op: str
     left: object
     right: object
+    span: Span
+
+
+@dataclass(frozen=True)
+class Transpose:
+    name: str
     span: Span
 
 
@@ -127,8 +135,22 @@ class _ToAst(Transformer):
         return Stmt("input", str(c[0]), c[1], self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
+    def input_tokens(self, meta, c):
+        return Stmt("input", str(c[0]), ("tokens", c[1], c[2]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_positions(self, meta, c):
+        return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
     def param_decl(self, meta, c):
-        return Stmt("param", str(c[0]), c[1], self.span(meta), self.span(c[0]))
+        value = Fraction(str(c[2])) if len(c) > 2 else None
+        return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def scale_decl(self, meta, c):
+        value = Fraction(str(c[1])) if len(c) > 1 and c[1] is not None else None
+        return Stmt("scale", str(c[0]), value, self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
     def assign(self, meta, c):
@@ -184,6 +206,10 @@ class _ToAst(Transformer):
 
     def var(self, c):
         return Var(str(c[0]), self.span(c[0]))
+
+    @v_args(meta=True)
+    def transpose(self, meta, c):
+        return Transpose(str(c[0]), self.span(meta))
 
     def number(self, c):
         return Num(Fraction(str(c[0])), self.span(c[0]))
@@ -241,6 +267,7 @@ class _Scalar:
 @dataclass(frozen=True)
 class _Matrix:
     name: str
+    transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,6 +284,7 @@ class _Lowering:
         self.errors = Collector()
         self.width: Width | None = None
         self.dims: dict[str, Dim] = {}
+        self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -354,7 +382,8 @@ class _Lowering:
     def same_dim(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
             return a is b
-        return self.dims[a].key() == self.dims[b].key()
+        dims = {**self.dims, **self.heads_dims}
+        return dims[a].key() == dims[b].key()
 
     def dim_text(self, d: str | None) -> str:
         return "a scalar" if d is None else f"[{d}]"
@@ -409,6 +438,8 @@ class _Lowering:
         return tuple(str(t) for t in shape) if ok else None
 
     def stmt_input(self, st: Stmt) -> None:
+        if st.value and not isinstance(st.value[0], Token):
+            return self.stmt_sequence_input(st)
         shape = self.check_shape(st.value, st.span)
         if shape is None:
             return
@@ -420,16 +451,54 @@ class _Lowering:
             self.inputs.append(Input(st.name, shape[0], st.span))
             self.values[st.name] = shape[0]
 
+    def stmt_sequence_input(self, st: Stmt) -> None:
+        kind, seq_tok, *rest = st.value
+        dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
+        if any(d is None for d in dims):
+            return
+        seq = dims[0]
+        if seq.infinite:
+            self.errors.error(f"the sequence dim {seq.name} must be finite", st.span,
+                              "declare it as a number of tokens, e.g. `dim T = 16`")
+            return
+        known = {i.seq for i in self.inputs if i.seq is not None}
+        if known and seq.name not in known:
+            self.errors.error(f"input {st.name} uses sequence dim {seq.name}, but another input "
+                              f"uses {known.pop()}", st.span, "a program has one sequence axis")
+            return
+        if kind == "tokens" and dims[1].infinite:
+            self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
+                              "a token id indexes a finite vocabulary")
+            return
+        dim = dims[1].name if kind == "tokens" else seq.name
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
+            self.values[st.name] = dim
+
+    def stmt_scale(self, st: Stmt) -> None:
+        if st.value is not None and st.value <= 0:
+            self.errors.error(f"scale {st.name} must be positive", st.span,
+                              "give its value at the base width, e.g. `scale tau = 0.125`")
+            return
+        if self.define(st.name, st.name_span):
+            self.params.append(Param(st.name, (), st.span, st.value))
+            self.values[st.name] = None
+
     def stmt_param(self, st: Stmt) -> None:
-        shape = self.check_shape(st.value, st.span)
+        shape_toks, value = st.value
+        shape = self.check_shape(shape_toks, st.span)
         if shape is None:
             return
         if len(shape) > 2:
             self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors or "
                               "matrices", st.span, "write a matrix as [fan_out, fan_in]")
             return
+        if value is not None and len(shape) != 1:
+            self.errors.error(f"only a vector param can have a constant init, not {st.name}",
+                              st.span, "e.g. a LayerNorm gain: `param g : [n] = 1`")
+            return
         if self.define(st.name, st.name_span):
-            p = Param(st.name, shape, st.span)
+            p = Param(st.name, shape, st.span, value)
             self.params.append(p)
             if len(shape) == 2:
                 self.matrices[st.name] = p
@@ -526,6 +595,16 @@ class _Lowering:
         self.undefined(node.name, node.span)
         return None
 
+    def expr_Transpose(self, node: Transpose):
+        if node.name in self.matrices:
+            return _Matrix(node.name, transposed=True)
+        if node.name in self.values or node.name in self.dims:
+            self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
+                              "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
     def expr_Neg(self, node: Neg):
         v = self.expr(node.arg)
         return self.scale(v, Fraction(-1), node.span)
@@ -589,6 +668,11 @@ class _Lowering:
             return self.scale(b, a.value, node.span)
         if isinstance(b, _Scalar):
             return self.scale(a, b.value, node.span)
+        if (a.dim is None) != (b.dim is None):  # a scale (or a scalar) times a vector
+            names = (self.name_of(a, node.span), self.name_of(b, node.span))
+            dim = a.dim if a.dim is not None else b.dim
+            out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
+            return _Vec(((Fraction(1), out),), dim)
         if not self.same_dim(a.dim, b.dim):
             self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
                               f"{self.dim_text(b.dim)}", node.span,
@@ -620,15 +704,43 @@ class _Lowering:
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
         fan_out, fan_in = self.matrices[a.name].shape
+        if a.transposed:
+            fan_out, fan_in = fan_in, fan_out
         if not self.same_dim(b.dim, fan_in):
+            which = "first" if a.transposed else "last"
             self.errors.error(
-                f"shape mismatch in '@': {a.name} is [{fan_out}, {fan_in}] but the vector is "
-                f"{self.dim_text(b.dim)}", node.span,
-                f"the vector's dim must equal {a.name}'s last dim ({fan_in})")
+                f"shape mismatch in '@': {a.name}{'.T' * a.transposed} is [{fan_out}, {fan_in}] "
+                f"but the vector is {self.dim_text(b.dim)}", node.span,
+                f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
             return None
         arg = self.name_of(b, node.span)
-        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span), fan_out)
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
+                        fan_out)
         return _Vec(((Fraction(1), out),), fan_out)
+
+    def head_dim(self, node) -> str | None:
+        if isinstance(node, Var) and node.name in self.dims:
+            if self.seq() is None:
+                self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
+                                  node.span, "declare token inputs: `input tok : tokens[T, V]`")
+                return None
+            return node.name
+        self.errors.error("the third argument of dot must be the head dim", node.span,
+                          "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
+        return None
+
+    def seq(self) -> str | None:
+        return next((i.seq for i in self.inputs if i.seq is not None), None)
+
+    def heads(self, dim: str, over: str, node) -> str | None:
+        h = heads_dim(self.dims, dim, over)
+        if h is None:
+            self.errors.error(f"the head dim {over} does not divide {dim}", node.span,
+                              "heads = dim / head dim must be a whole number (fixed head count: "
+                              "dh = n / H; fixed head dim: dh = 64)")
+            return None
+        self.heads_dims.setdefault(h.name, h)
+        return h.name
 
     def expr_Call(self, node: Call):
         if node.fn not in FUNCTIONS:
@@ -637,13 +749,20 @@ class _Lowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None
-        arity = 2 if node.fn == "dot" else 1
-        if len(node.args) != arity:
-            usage = "dot(u, v)" if node.fn == "dot" else f"{node.fn}(h)"
-            self.errors.error(f"{node.fn} takes {arity} argument{'s' * (arity > 1)}, "
+        arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
+        if len(node.args) not in arity:
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
+                node.fn, f"{node.fn}(h)")
+            n = " or ".join(map(str, arity))
+            self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
             return None
-        args = [self.expr(a) for a in node.args]
+        over = None
+        if node.fn == "dot" and len(node.args) == 3:
+            over = self.head_dim(node.args[2])
+            if over is None:
+                return None
+        args = [self.expr(a) for a in (node.args[:2] if over is not None else node.args)]
         if any(a is None for a in args):
             return None
         for a in args:
@@ -658,9 +777,26 @@ class _Lowering:
                     f"{self.dim_text(args[1].dim)}", node.span,
                     "dot contracts two vectors of the same dim into a scalar")
                 return None
+            dim = None
+            if over is not None:
+                dim = self.heads(args[0].dim, over, node)
+                if dim is None:
+                    return None
             names = [self.name_of(a, node.span) for a in args]
-            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span), None)
-            return _Vec(((Fraction(1), out),), None)
+            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
+                            dim)
+            return _Vec(((Fraction(1), out),), dim)
+        if node.fn == "mix":
+            p, v = args
+            if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
+                self.errors.error(
+                    f"mix(p, v) needs attention weights p over the heads of v's dim, got "
+                    f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
+                    "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
+                return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
+            return _Vec(((Fraction(1), out),), v.dim)
         arg = self.name_of(args[0], node.span)
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
         return _Vec(((Fraction(1), out),), args[0].dim)

@@ -9,6 +9,20 @@ from .coordcheck import CheckResult
 from .errors import UsageError
 
 
+def check_plot_path(path: str | Path) -> Path:
+    """Refuse, before any training, a figure path matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise UsageError(f"cannot draw {out}: unknown figure format {out.suffix or '(none)'!r}",
+                         help=f"use one of {', '.join('.' + f for f in sorted(formats))}")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: no directory {out.parent}")
+    return out
+
+
 def coord_plot(results: CheckResult | list[CheckResult], path: str | Path) -> Path:
     """One panel for init and one per step: mean RMS over seeds against width, a line per vector.
 
@@ -32,8 +46,8 @@ def coord_plot(results: CheckResult | list[CheckResult], path: str | Path) -> Pa
     out = Path(path)
     try:
         fig.savefig(out, dpi=110)
-    except OSError as err:
-        raise UsageError(f"cannot write {out}: {err.strerror}") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from None
     finally:
         plt.close(fig)
     return out

@@ -5,6 +5,10 @@
 * ``mup``: µP as the engine derives it in TP4's style (b = 1/2 everywhere), per-param c;
 * ``mfp`` (mean field): µP shifted along the abc-symmetry by θ = 1/2.
 
+A ``scale`` is not trained (c = oo, b = 0). Under sp and ntp it is the usual normalisation of what
+it multiplies: 1/√d (a = 1/2) for an inner product over an infinite dim, as attention's 1/√d_head,
+and 1 (a = 0) otherwise, as an untied or tied unembedding with no multiplier.
+
 ``c`` (an exact exponent) overrides every param's c, as TP4 Table 1 uses one global c.
 """
 
@@ -14,9 +18,22 @@ from .analysis import ABC, used_params
 from .derive import derive
 from .errors import UsageError
 from .exponents import HALF, ZERO, Exp
-from .ir import Program
+from .ir import Dot, Program
 from .optimizers import Optimizer
 from .rules import fan_in_infinite
+
+
+def _standard_scale(program: Program, scale: str) -> ABC:
+    """1/√d for a product with an inner product over an infinite dim, else 1; never trained."""
+    dims = program.dim_table
+    for use in program.uses(scale):
+        for other in use.operands:
+            ins = program.producer.get(other)
+            if isinstance(ins, Dot):
+                summed = ins.over or program.value_dims[ins.left]
+                if dims[summed].infinite:
+                    return ABC(HALF, ZERO, "oo")
+    return ABC(ZERO, ZERO, "oo")
 
 
 def preset(name: str, program: Program, optimizer: Optimizer,
@@ -26,6 +43,9 @@ def preset(name: str, program: Program, optimizer: Optimizer,
         c = ZERO if c is None else c
         out = {}
         for p in params:
+            if program.param_table[p].is_scale:
+                out[p] = _standard_scale(program, p)
+                continue
             half = HALF if fan_in_infinite(program, p) else ZERO
             out[p] = ABC(ZERO, half, c) if name == "sp" else ABC(half, ZERO, c)
         return out
@@ -33,7 +53,8 @@ def preset(name: str, program: Program, optimizer: Optimizer,
         theta = ZERO if name == "mup" else HALF
         k = optimizer.a_coef
         base = derive(program, optimizer, "tp4").abc
-        return {p: ABC(x.a + theta, x.b - theta, (x.c - k * theta) if c is None else c)
+        return {p: x if program.param_table[p].is_scale else
+                ABC(x.a + theta, x.b - theta, (x.c - k * theta) if c is None else c)
                 for p, x in base.items()}
     raise UsageError(f"unknown preset '{name}'", help="choose one of sp, ntp, mup, mfp")
 

@@ -32,8 +32,9 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def param_formulas(a: Exp, b: Exp, c: Exp) -> dict[str, str]:
-    return {"init_std": scaled("σ", -b) if b is not INF else "0",
-            "multiplier": power(-a), "lr": scaled("η", -c)}
+    """A scale (c = oo, never trained) shows only its multiplier: its value is fixed."""
+    return {"init_std": "-" if c is INF else (scaled("σ", -b) if b is not INF else "0"),
+            "multiplier": power(-a), "lr": "-" if c is INF else scaled("η", -c)}
 
 
 # --- derive ---------------------------------------------------------------------------------------
@@ -98,7 +99,10 @@ def explain(d: Derivation) -> str:
             for t, v in ts:
                 line = f"  {label:6} {t.what} = Θ({power(v)}): {t.why}"
                 for k, q in sorted(set(t.slots)):
-                    if (ins.out, q, k, t) in chosen:
+                    if (ins.out, q, k, t) in chosen and p.param_table[q].is_scale:
+                        line += (f"; this fixes the scale {q}: -a = {an.S[q]} (the largest "
+                                 f"keeping {ins.out} O(1) at init and in training)")
+                    elif (ins.out, q, k, t) in chosen:
                         slot = "its init" if k == "S" else "its update"
                         line += (f"; this fixes {q}: {'-(a+b)' if k == 'S' else 'U'} = "
                                  f"{an.S[q] if k == 'S' else an.U[q]} (the largest keeping "

@@ -23,7 +23,7 @@ from itertools import product
 from typing import Protocol
 
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
-from .ir import MUL, Dot, LinComb, MatMul, Nonlin, Program
+from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
 
 Slot = tuple[str, str]  # ("S" | "U" | "V", param name)
 
@@ -61,6 +61,7 @@ class Sizes(Protocol):
     def train(self, name: str) -> list[Mono]: ...
     def grad(self, name: str) -> Exp: ...
     def centred_apart(self, u: str, v: str) -> bool: ...
+    def built_with(self, value: str, weight: str, transposed: bool) -> bool: ...
 
 
 def terms(what: str, why: str, kind: str, *parts: list[Mono], const: Exp = ZERO,
@@ -88,10 +89,13 @@ def _inf(program: Program, dim: str | None) -> bool:
 def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
     """A param's (fan_in, fan_out) dims as its uses show them; None means 1.
 
-    A matrix [out, in] is used with @. A vector is a bias or gain (fed the constant 1: fan_in 1)
-    unless it is contracted by ``dot`` (then it is a readout vector: fan_in its dim, fan_out 1).
+    A matrix [out, in] is used with @ (a tied matrix is also used transposed; its declared shape
+    decides). A vector is a bias or gain (fed the constant 1: fan_in 1) unless it is contracted
+    by ``dot`` (then it is a readout vector: fan_in its dim, fan_out 1). A scale has no fans.
     """
     shape = program.param_table[param].shape
+    if not shape:
+        return None, None
     if len(shape) == 2:
         return shape[1], shape[0]
     if any(isinstance(i, Dot) for i in program.uses(param)):
@@ -106,6 +110,8 @@ def fan_in_infinite(program: Program, param: str) -> bool:
 
 def role(program: Program, param: str) -> str:
     """input / hidden / output / finite, from which fans are infinite (never declared)."""
+    if program.param_table[param].is_scale:
+        return "scale"
     fin, fout = (_inf(program, d) for d in fan_dims(program, param))
     return {(False, True): "input", (True, True): "hidden", (True, False): "output",
             (False, False): "finite"}[(fin, fout)]
@@ -119,16 +125,27 @@ def _clt(program: Program, dim: str) -> tuple[Exp, str]:
     return ZERO, f"the sum runs over a finite {dim} (+0)"
 
 
+def _fans(program: Program, ins: MatMul) -> tuple[str, str]:
+    """(fan_out, fan_in) of this use: ``W.T @ x`` swaps the declared [out, in]."""
+    out, in_ = program.param_table[ins.weight].shape
+    return (in_, out) if ins.transposed else (out, in_)
+
+
 def init_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
-    fan_out, fan_in = sz.program.param_table[ins.weight].shape
+    fan_out, fan_in = _fans(sz.program, ins)
     k, why = _clt(sz.program, fan_in)
+    if _inf(sz.program, fan_in) and sz.built_with(ins.arg, ins.weight, not ins.transposed):
+        # W.T meets a vector built from W (a tied unembedding reading the embedding it wrote):
+        # the diagonal terms W_ij·W_ij add up coherently
+        k, why = ONE, (f"{ins.arg}₀ is built from {ins.weight}₀ used the other way round, so "
+                       f"the sum over {fan_in} is correlated (LLN: +1)")
     w = [Mono(ZERO, (("S", ins.weight),))]
     return terms(f"{ins.weight}₀·{ins.arg}₀", why, "init", w, sz.init(ins.arg), const=k)
 
 
 def change_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
     p = sz.program
-    fan_out, fan_in = p.param_table[ins.weight].shape
+    fan_out, fan_in = _fans(p, ins)
     w0, dw = [Mono(ZERO, (("S", ins.weight),))], [Mono(ZERO, (("U", ins.weight),))]
     if not _inf(p, fan_in):
         k_cross, why_cross = ZERO, f"a finite sum over {fan_in} (+0)"
@@ -152,7 +169,7 @@ def change_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
 
 def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
     p = sz.program
-    fan_out, _ = p.param_table[ins.weight].shape
+    fan_out, _ = _fans(p, ins)
     g = [Mono(sz.grad(ins.out))]
     # Through an infinite fan-out the update counts at most at its stable size (slot V): first
     # order, so a blow-up already reported upstream does not compound layer after layer. A finite
@@ -191,11 +208,20 @@ def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
 
 # --- Nonlin ---------------------------------------------------------------------------------------
 
-#: How a coordinatewise function maps the exponent of its input. "linear": phi(x) ~ x both near 0
-#: and at infinity (relu, gelu, silu, identity: size passes through); "bounded": phi(x) ~ x near 0
-#: but saturates (tanh); "offset": phi(0) != 0 and bounded (sigmoid: Theta(1) whatever the input).
+#: How a function maps the exponent of its input. "linear": phi(x) ~ x both near 0 and at
+#: infinity (relu, gelu, silu, identity: size passes through); "bounded": phi(x) ~ x near 0 but
+#: saturates (tanh); "offset": phi(0) != 0 and bounded (sigmoid, and a softmax over finitely many
+#: tokens: Θ(1) whatever the input); "normalize": divides by the input's own RMS (layernorm,
+#: rmsnorm: Θ(1) output, a change counted relative to the input's size).
 NONLIN_SHAPE = {"relu": "linear", "gelu": "linear", "silu": "linear", "identity": "linear",
-                "tanh": "bounded", "sigmoid": "offset"}
+                "tanh": "bounded", "sigmoid": "offset", "softmax": "offset",
+                "causal_softmax": "offset", "layernorm": "normalize", "rmsnorm": "normalize"}
+
+
+def _size(monos: list[Mono]) -> Exp:
+    """The exponent of a vector's size when it is a plain number (not a param's slot)."""
+    size = max((m.const for m in monos if not m.slots), default=ZERO, key=float)
+    return ZERO if size is NEG_INF else size  # a normalised zero vector: nothing to divide
 
 
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
@@ -208,6 +234,9 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if shape == "offset":
         return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn}(0) ≠ 0 and {ins.fn} is bounded",
                      "flow")]
+    if shape == "normalize":
+        return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn} divides by the RMS of {h}: Θ(1) "
+                     "whatever its size", "flow")]
     why = f"{ins.fn}(x) ≈ x for small x" + (" and is bounded" if shape == "bounded" else
                                             ", and grows like x")
     return terms(f"{ins.fn}({h}₀)", why, "auto", sz.init(h),
@@ -222,6 +251,9 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
                 + terms(f"{u}⊙Δ{v}", "a product changes with either factor", "auto",
                         sz.train(u), sz.change(v)))
     (h,) = ins.args
+    if NONLIN_SHAPE[ins.fn] == "normalize":
+        return terms(f"Δ{h}/|{h}|", f"{ins.fn} sees the change relative to {h}'s own size",
+                     "auto", sz.change(h), const=-_size(sz.init(h)), clamp=ZERO)
     bounded = NONLIN_SHAPE[ins.fn] != "linear"
     return terms(f"{ins.fn}′·Δ{h}", f"{ins.fn}′ = Θ(1), so a change passes through", "auto",
                  sz.change(h), clamp=ZERO if bounded else None)
@@ -235,14 +267,23 @@ def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                        g, sz.train(v))]
                 + [(v, t) for t in terms(f"d{ins.out}⊙{u}", "the other factor scales it",
                                          "auto", g, sz.train(u))])
+    if NONLIN_SHAPE[ins.fn] == "normalize":
+        (h,) = ins.args
+        return [(h, t) for t in terms(f"d{ins.out}/|{h}|", f"{ins.fn} divides by {h}'s size",
+                                      "flow", g, const=-_size(sz.init(h)))]
     return [(ins.args[0], t) for t in terms(f"{ins.fn}′⊙d{ins.out}", f"{ins.fn}′ = Θ(1)", "flow",
                                             g)]
 
 
 # --- Dot ------------------------------------------------------------------------------------------
 
+def _summed(ins: Dot, sz: Sizes) -> str:
+    """The dim a dot sums over: the vectors' dim, or the head dim of a per-head dot."""
+    return ins.over if ins.over is not None else sz.program.value_dims[ins.left]
+
+
 def init_dot(ins: Dot, sz: Sizes) -> list[Term]:
-    dim = sz.program.value_dims[ins.left]
+    dim = _summed(ins, sz)
     if not _inf(sz.program, dim):
         k, why = ZERO, f"a finite sum over {dim} (+0)"
     elif sz.centred_apart(ins.left, ins.right):
@@ -256,7 +297,7 @@ def init_dot(ins: Dot, sz: Sizes) -> list[Term]:
 
 
 def change_dot(ins: Dot, sz: Sizes) -> list[Term]:
-    dim = sz.program.value_dims[ins.left]
+    dim = _summed(ins, sz)
     u, v = ins.left, ins.right
     if _inf(sz.program, dim):
         k, why = ONE, (f"after training each side has moved along the other (its gradient is the "
@@ -276,6 +317,45 @@ def grad_dot(ins: Dot, sz: Sizes) -> list[tuple[str, Term]]:
                                      sz.train(u))])
 
 
-INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot}
-CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot}
-GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot}
+# --- Mix ------------------------------------------------------------------------------------------
+# o_t = sum_s p_ts v_s over finitely many tokens, with p a softmax (Θ(1) weights): sizes multiply
+# as in a product, and a change comes from either side.
+
+def init_mix(ins: Mix, sz: Sizes) -> list[Term]:
+    p, v = ins.weights, ins.values
+    return terms(f"{p}₀·{v}₀", "a finite sum over tokens of weights times values", "auto",
+                 sz.init(p), sz.init(v))
+
+
+def change_mix(ins: Mix, sz: Sizes) -> list[Term]:
+    p, v = ins.weights, ins.values
+    why = "a finite sum over tokens changes with the weights or the values"
+    return (terms(f"Δ{p}·{v}", why, "auto", sz.change(p), sz.train(v))
+            + terms(f"{p}·Δ{v}", why, "auto", sz.train(p), sz.change(v)))
+
+
+def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    p, v = ins.weights, ins.values
+    # dp_ts = sum over the head dim of do_t · v_s: a sum over a width-sized axis when the head dim
+    # is infinite, CLT against v₀ (independent of the gradient), LLN against Δv (built from it)
+    heads = sz.program.dim_table[sz.program.value_dims[p]]
+    half, one = (ZERO, ZERO) if heads.infinite else (HALF, ONE)
+    where = "over a finite head dim (+0)" if heads.infinite else "over the head dim"
+    return ([(p, t) for t in terms(f"d{ins.out}·{v}₀", f"the sum {where} meets {v}₀, "
+                                   "independent of the gradient (CLT: +1/2)" if half else
+                                   f"the sum runs {where}", "auto", g, sz.init(v), const=half)]
+            + [(p, t) for t in terms(f"d{ins.out}·Δ{v}", f"the sum {where} meets Δ{v}, built "
+                                     "from this gradient (LLN: +1)" if one else
+                                     f"the sum runs {where}", "auto", g, sz.change(v),
+                                     const=one)]
+            + [(v, t) for t in terms(f"{p}ᵀ·d{ins.out}", "a finite sum over tokens, weights "
+                                     "Θ(1)", "auto", g, sz.train(p))])
+
+
+INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
+        Mix: init_mix}
+CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
+          Mix: change_mix}
+GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
+        Mix: grad_mix}

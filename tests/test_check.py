@@ -171,8 +171,11 @@ def test_cli_check_exit_status_json_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--widths", "64"], "at least two different"),
     (["--widths", "64,abc"], "comma-separated integers"),
-    (["--steps", "0"], "at least 1"),
-    (["--lr", "-1"], "must be positive"),
+    (["--steps", "1"], "judges changes from step 2 on"),
+    (["--lr", "-1"], "must be a positive number"),
+    (["--lr", "inf"], "must be a positive number"),
+    (["--plot", "coord.txt"], "unknown figure format"),
+    (["--plot", "no/such/dir/coord.png"], "no directory"),
     (["--tolerance", "0"], "tolerance must be positive"),
 ])
 def test_cli_check_usage_errors(args, message, capsys):
@@ -236,6 +239,20 @@ def test_judge_names_blow_ups_freezes_and_frozen_zeros():
     # step 1 is measured but not judged
     lenient = judge(program, opt, abc, _synthetic(program, {("h2", 1): 0.9, ("y", 0): -0.5}))
     assert lenient.passed
+
+
+def test_judge_reports_divergence_and_partial_zeros_instead_of_a_slope():
+    program = example("mlp")
+    opt = OPTIMIZERS["adam"]
+    abc = tensorprog.derive(program, "adam").abc
+    m = _synthetic(program, {("y", 0): -0.5})
+    m.rms[("h2", 2, 1024, 0)] = math.inf
+    m.rms[("x2", 2, 64, 1)] = 0.0
+    bad = judge(program, opt, abc, m)
+    verdicts = {name: entries[0].verdict for name, entries in bad.failures.items()}
+    assert verdicts["h2"] == "diverged in its change: inf or nan at width 1024"
+    assert verdicts["x2"].startswith("exactly zero in its change at some widths")
+    assert set(verdicts) == {"h2", "x2"}
 
 
 def test_measurements_need_step_zero_first():

@@ -14,6 +14,8 @@ from tensorprog.cli import main
 HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
         "param b : [n]\n")  # 7 lines; the bad line below is line 8
 P, S = tp.ParseError, tp.SemanticError
+SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
+       "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 
 # id: (program, error class, message regex, (line, column) of the first error)
 CATALOGUE = {
@@ -41,7 +43,22 @@ CATALOGUE = {
                          r"unknown function 'rellu'(.|\n)*did you mean 'relu'", (8, 5)),
     "nonlin-arity": (HEAD + "h = relu(W @ x, b)\noutput y = V @ h\n", S,
                      r"relu takes 1 argument, got 2", (8, 5)),
-    "dot-arity": (HEAD + "output s = dot(b)\n", S, r"dot takes 2 arguments, got 1", (8, 12)),
+    "dot-arity": (HEAD + "output s = dot(b)\n", S, r"dot takes 2 or 3 arguments, got 1", (8, 12)),
+    "transpose-vector": (HEAD + "output y = b.T @ x\n", S, r"only a matrix param can be "
+                         r"transposed", (8, 12)),
+    "transpose-shape": (HEAD + "output y = W.T @ x\n", S,
+                        r"W.T is \[d, n\] but the vector is \[d\](.|\n)*first dim", (8, 12)),
+    "head-dot-without-sequence": (HEAD + "output s = dot(b, b, k)\n", S,
+                                  r"compares tokens, but the program has no sequence", (8, 22)),
+    "head-dot-not-a-dim": (SEQ + "output s = dot(h, h, h)\n", S,
+                           r"third argument of dot must be the head dim", (8, 22)),
+    "head-dim-does-not-divide": (SEQ + "output s = dot(tok, tok, dh)\n", S,
+                                 r"head dim dh does not divide V", (8, 12)),
+    "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
+                          r"mix\(p, v\) needs attention weights p", (8, 12)),
+    "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
+                          r"sequence dim n must be finite", (3, 1)),
+    "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
     "no-width": ("dim d = 3\ninput x : [d]\n", S, r"declares no width", (2, 1)),
     "width-twice": ("width n = 8\nwidth m = 8\n", S, r"width is declared twice", (2, 1)),
