@@ -99,19 +99,19 @@ class Analysis:
             anc[ins.out] = frozenset(deps)
         return anc
 
-    @cached_property
-    def _matmul_uses(self) -> dict[str, frozenset[tuple[str, bool]]]:
-        """(weight, transposed) of every MatMul each value is built through."""
-        uses: dict[str, frozenset[tuple[str, bool]]] = {}
-        for ins in self.program.body:
-            deps = set().union(*(uses.get(o, frozenset()) for o in ins.operands))
-            if isinstance(ins, MatMul):
-                deps.add((ins.weight, ins.transposed))
-            uses[ins.out] = frozenset(deps)
-        return uses
-
     def built_with(self, value: str, weight: str, transposed: bool) -> bool:
-        return (weight, transposed) in self._matmul_uses.get(value, frozenset())
+        """Is ``value`` computed through ``weight`` applied this way round? (A walk up the
+        program; asked only for tied matrices.)"""
+        seen, todo = set(), [value]
+        while todo:
+            ins = self.program.producer.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and (ins.weight, ins.transposed) == (weight, transposed):
+                return True
+            todo.extend(ins.operands)
+        return False
 
     def centred_apart(self, u: str, v: str) -> bool:
         """True if u's or v's initial coordinates are centred and independent of the other's.

@@ -131,10 +131,16 @@ def _fans(program: Program, ins: MatMul) -> tuple[str, str]:
     return (in_, out) if ins.transposed else (out, in_)
 
 
+def _tied(program: Program, weight: str) -> bool:
+    """Is the matrix used both as W @ and as W.T @ ?"""
+    return len({u.transposed for u in program.uses(weight) if isinstance(u, MatMul)}) == 2
+
+
 def init_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
     fan_out, fan_in = _fans(sz.program, ins)
     k, why = _clt(sz.program, fan_in)
-    if _inf(sz.program, fan_in) and sz.built_with(ins.arg, ins.weight, not ins.transposed):
+    if (_inf(sz.program, fan_in) and _tied(sz.program, ins.weight)
+            and sz.built_with(ins.arg, ins.weight, not ins.transposed)):
         # W.T meets a vector built from W (a tied unembedding reading the embedding it wrote):
         # the diagonal terms W_ij·W_ij add up coherently
         k, why = ONE, (f"{ins.arg}₀ is built from {ins.weight}₀ used the other way round, so "
