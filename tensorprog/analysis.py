@@ -268,7 +268,7 @@ class Classification:
 
     @property
     def all_maximal(self) -> bool:
-        return all(p.r == 0 for p in self.params.values())
+        return all(p.r == 0 for p in self.params.values() if p.role != "scale")
 
 
 def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
@@ -294,8 +294,9 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
     abc = {p: abc[p] for p in used}
     an = Analysis(program, optimizer).run(abc)
     result = Classification(program, optimizer, an, {})
+    absorbed = prescaled(program)  # sizes a scale takes back: not where an update shows
     for name in used:
-        ups = an.update_terms(name)
+        ups = [u for u in an.update_terms(name) if u[0] not in absorbed]
         top = None
         for entry in ups:
             if top is None or gt(entry[2], top[2]):

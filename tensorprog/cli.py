@@ -16,12 +16,20 @@ from pathlib import Path
 from .analysis import ABC, classify
 from .derive import CONVENTIONS, derive
 from .errors import TensorProgError, TensorProgWarning, UsageError
-from .exponents import canon
+from .exponents import as_str, canon
 from .ir import to_text
 from .optimizers import OPTIMIZERS
 from .parse import parse_file
-from .presets import PRESETS, preset
-from .report import classify_json, classify_text, derive_json, derive_table, explain
+from .presets import PRESETS, preset, zero_init
+from .report import (
+    classify_json,
+    classify_text,
+    derive_json,
+    derive_table,
+    explain,
+    zero_init_effects,
+    zero_init_text,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
                    help="the parametrization to emit with -o (default: the derived µP)")
     d.add_argument("--readout-zero-init", action="store_true",
-                   help="with -o: initialise output weights (derived role) to zero")
+                   help="initialise output weights (derived role) to zero; the table then says "
+                        "what that does to the vectors at init")
+    d.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
+                   help="initialise these weights to zero (e.g. the attention queries)")
     d.add_argument("--base-width", type=int, metavar="N",
                    help="with -o: the width at which the module equals SP (default: the program's)")
 
@@ -71,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3")
     k.add_argument("--readout-zero-init", action="store_true",
                    help="initialise output weights (derived role) to zero")
+    k.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
+                   help="initialise these weights to zero (e.g. the attention queries)")
     k.add_argument("--base-width", type=int, metavar="N",
                    help="the width at which the module equals SP (default: the program's)")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
@@ -91,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--plot", metavar="FILE.png", help="draw the coordinate-check figure")
     k.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _widths(text: str) -> list[int]:
@@ -158,12 +175,23 @@ def _run(args: argparse.Namespace) -> int:
         d = derive(program, optimizer, args.convention)
         if args.output:
             return _write_module(args, program, optimizer, d)
+        zeroed = None
+        if args.zero_init or args.readout_zero_init:
+            zeroed = zero_init(program, d.abc, args.zero_init, args.readout_zero_init)
+            names = sorted(p for p in zeroed if zeroed[p] != d.abc[p])
         if args.json:
-            print(json.dumps(derive_json(d), indent=2, ensure_ascii=False))
+            data = derive_json(d)
+            if zeroed is not None:
+                data["zero_init"] = {"params": names, "init": {
+                    v: {"before": as_str(b), "after": as_str(a)}
+                    for v, b, a in zero_init_effects(d, zeroed)}}
+            print(json.dumps(data, indent=2, ensure_ascii=False))
         elif args.explain:
             sys.stdout.write(explain(d))
         else:
             sys.stdout.write(derive_table(d))
+            if zeroed is not None:
+                sys.stdout.write("\n" + zero_init_text(d, zeroed, names))
         return 0
     c_override = _global_c(args.global_c)
     if args.preset:
@@ -194,7 +222,8 @@ def _check(args, program, optimizer) -> int:
 
         check_plot_path(args.plot)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
-                         readout_zero_init=args.readout_zero_init, base_width=args.base_width,
+                         readout_zero_init=args.readout_zero_init, zero=args.zero_init,
+                         base_width=args.base_width,
                          widths=_widths(args.widths), steps=args.steps, seeds=args.seeds,
                          lr=args.lr, batch_size=args.batch_size, device=args.device,
                          against=args.against, tolerance=args.tolerance,
@@ -215,12 +244,13 @@ def _write_module(args, program, optimizer, d) -> int:
     from .codegen import emit, parametrization
 
     abc, label = parametrization(program, optimizer, args.param, args.convention,
-                                 args.readout_zero_init)
+                                 args.readout_zero_init, args.zero_init)
     if args.base_width is not None and args.base_width <= 0:
         raise UsageError("--base-width must be a positive integer")
     flags = [f"--param {args.param}", f"--optimizer {optimizer.name}",
              f"--convention {args.convention}"]
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
+    flags += [f"--zero-init {','.join(args.zero_init)}"] if args.zero_init else []
     flags += [f"--base-width {args.base_width}"] if args.base_width else []
     command = f"tensorprog derive {Path(args.program).name} -o {Path(args.output).name}"
     emitted = emit(program, abc, optimizer=optimizer.name, label=label,

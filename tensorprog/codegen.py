@@ -21,8 +21,8 @@ from .errors import UsageError
 from .exponents import INF
 from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
 from .optimizers import Optimizer
-from .presets import preset
-from .rules import fan_dims, role
+from .presets import preset, zero_init
+from .rules import fan_dims
 
 _TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
              "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}
@@ -42,11 +42,13 @@ PARAMS = ("mup", "sp", "ntp")
 
 def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
                     convention: str = "table3",
-                    readout_zero_init: bool = False) -> tuple[dict[str, ABC], str]:
+                    readout_zero_init: bool = False,
+                    zero: tuple[str, ...] = ()) -> tuple[dict[str, ABC], str]:
     """The (a, b, c) of every used param for ``param``, and a label for the module's header.
 
     ``mup`` is the derived µP in ``convention``; ``sp`` and ``ntp`` are the presets at a
-    constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output.
+    constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output,
+    ``zero`` the named ones (e.g. the query weights).
     """
     if param == "mup":
         abc = derive(program, optimizer, convention).abc
@@ -56,10 +58,11 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
         label = f"{param.upper()} (constant LR) for {optimizer.name}"
     else:
         raise UsageError(f"unknown parametrization {param!r}", help=f"choose one of {PARAMS}")
+    abc = zero_init(program, abc, zero, readout_zero_init)
     if readout_zero_init:
-        abc = {p: ABC(x.a, "oo", x.c) if role(program, p) == "output" else x
-               for p, x in abc.items()}
         label += ", readout zero-initialised"
+    if zero:
+        label += f", {', '.join(zero)} zero-initialised"
     return abc, label
 
 

@@ -9,8 +9,9 @@ the spread is the standard deviation of the per-seed slopes.
 Two references (``against``):
 
 * ``"mup"``: what µP requires of this program, i.e. the exponents the engine predicts under its
-  own derived µP, except that a vector of finite dim (an output) need only be O(1) at init. A
-  parametrization passes iff it behaves like µP; SP and NTP fail and the failures are named.
+  own derived µP, except at init: a vector of finite dim (an output) need only be O(1), and one
+  that the checked parametrization zero-initialises (a readout, the queries) must be exactly 0.
+  A parametrization passes iff it behaves like µP; SP and NTP fail and the failures are named.
 * ``"predicted"``: the engine's prediction for the parametrization being checked, so the check
   tests the engine itself on any parametrization, µP or not.
 
@@ -64,14 +65,17 @@ class Expectation:
     def render(self) -> str:
         if self.bound == "grows":
             return f"> 0 (n^{as_str(self.exponent)} as n->oo)"
+        if self.exponent is NEG_INF:
+            return "zero"
         return ("<= " if self.bound == "at_most" else "") + as_str(self.exponent)
 
 
 def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                  against: str = "mup") -> dict[tuple[str, str], Expectation]:
     """(vector, "init" | "change") -> what its slope must be."""
+    own = classify(program, optimizer, abc).analysis
     if against == "predicted":
-        an = classify(program, optimizer, abc).analysis
+        an = own
     elif against == "mup":
         an = derive(program, optimizer).check.analysis
     else:
@@ -84,7 +88,9 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
     absorbed = prescaled(program)  # a raw dot or raw logits: the scale after them takes the size
     for ins in program.body:
         v = ins.out
-        if against == "mup" and not program.is_infinite(v) and v not in absorbed:
+        if against == "mup" and own.init_[v] is NEG_INF:
+            out[(v, "init")] = Expectation(NEG_INF)  # zero init (a readout, the queries) is µP
+        elif against == "mup" and not program.is_infinite(v) and v not in absorbed:
             out[(v, "init")] = Expectation(ZERO, "at_most")  # desideratum: outputs O(1)
         else:
             out[(v, "init")] = expect(an.init_[v])
@@ -358,6 +364,7 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
 
 def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                 convention: str = "table3", readout_zero_init: bool = False,
+                zero: tuple[str, ...] = (),
                 base_width: int | None = None, widths: Sequence[int] = DEFAULT_WIDTHS,
                 steps: int = 3, seeds: int = 3, lr: float | None = None,
                 batch_size: int | None = None,
@@ -380,7 +387,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
-    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init)
+    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
     emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
                    base_width=base_width)
     module = load_module(emitted, f"{program.name}_{param}")

@@ -60,3 +60,18 @@ def preset(name: str, program: Program, optimizer: Optimizer,
 
 
 PRESETS = ("sp", "ntp", "mup", "mfp")
+
+
+def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = (),
+              readout: bool = False) -> dict[str, ABC]:
+    """``abc`` with the named params (and, with ``readout``, every output weight) initialised to
+    zero (b = oo); the learning rates and multipliers stay as they are."""
+    from .rules import role
+
+    known = {p.name for p in program.params if not p.is_scale}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--zero-init: no weight named {', '.join(unknown)}",
+                         help=f"choose among {', '.join(sorted(known))}")
+    chosen = set(names) | ({p for p in abc if role(program, p) == "output"} if readout else set())
+    return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}

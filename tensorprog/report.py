@@ -6,9 +6,9 @@ and the learning rate is η·n^-c.
 
 from __future__ import annotations
 
-from .analysis import Classification
+from .analysis import Classification, classify
 from .derive import Derivation
-from .exponents import INF, Exp, as_str, power, scaled
+from .exponents import INF, NEG_INF, Exp, as_str, power, scaled
 from .ir import Program, render_instruction
 from .rules import fan_dims, role
 
@@ -83,6 +83,24 @@ def derive_table(d: Derivation) -> str:
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
         "", "Coordinate sizes (Θ of):", _table(vec_rows), ""])
+
+
+def zero_init_effects(d: Derivation, abc: dict) -> list[tuple[str, Exp, Exp]]:
+    """(vector, init exponent under the derived µP, under ``abc``) wherever zero init changes it."""
+    after = classify(d.program, d.optimizer, abc).analysis
+    before = d.check.analysis
+    return [(ins.out, before.init_[ins.out], after.init_[ins.out]) for ins in d.program.body
+            if before.init_[ins.out] != after.init_[ins.out]]
+
+
+def zero_init_text(d: Derivation, abc: dict, names: list[str]) -> str:
+    c = classify(d.program, d.optimizer, abc)
+    lines = [f"Zero init of {', '.join(names)}: the same exponents otherwise; at init",
+             *(f"  {v}: Θ({power(b)}) -> {'exactly 0' if a is NEG_INF else f'Θ({power(a)})'}"
+               for v, b, a in zero_init_effects(d, abc)),
+             f"and the parametrization is still {c.regime.replace('_', ' ')}"
+             + (" (every param updated maximally)." if c.all_maximal else ".")]
+    return "\n".join(lines) + "\n"
 
 
 def explain(d: Derivation) -> str:

@@ -134,3 +134,25 @@ def test_emitted_decoder_takes_token_ids_and_builds_positions(tmp_path):
     changed = tok.clone()
     changed[:, -1] = (changed[:, -1] + 1) % 64
     assert torch.allclose(model(changed)[:, :-1], logits[:, :-1])
+
+
+def test_zero_init_of_queries_and_readout_is_reported_and_checked(capsys):
+    from tensorprog.cli import run
+
+    assert run(["derive", str(HEADS), "--readout-zero-init", "--zero-init", "Wq1,Wq2",
+                "--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)["zero_init"]
+    assert data["params"] == ["U", "Wq1", "Wq2"]
+    assert data["init"]["s1"] == {"before": "0", "after": "-oo"}  # the attention logits
+    assert data["init"]["logits"] == {"before": "-1/2", "after": "-oo"}
+    result = tp.check(tp.parse_file(HEADS), "adam", readout_zero_init=True,
+                      zero=("Wq1", "Wq2"), widths=WIDTHS, seeds=2)
+    assert result.passed, result.failures
+    assert result.slope("s1", 0) == -math.inf and abs(result.slope("s1", 3)) <= TOLERANCE
+
+
+def test_zero_init_of_an_unknown_weight_is_a_usage_error():
+    with pytest.raises(tp.UsageError, match="no weight named Wx"):
+        tp.check(tp.parse_file(HEADS), "adam", zero=("Wx",))
