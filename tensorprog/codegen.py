@@ -94,12 +94,17 @@ def _exp(e) -> str:
 
 
 def _base_std(program: Program, param: str) -> float:
+    """1/sqrt(fan-in at the base width); a kernel's fan-in counts its kh x kw window too."""
     fan_in, _ = fan_dims(program, param)
     size = 1 if fan_in is None else program.dim_table[fan_in].size_at(program.width.base)
+    for d in program.param_table[param].shape[2:]:
+        size *= program.dim_table[d].size
     return 1.0 / size**0.5
 
 
 _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
+          "avgpool": "_avgpool({x})",
+          "global_pool": "{x}.mean(dim=(-3, -2))",
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}
@@ -117,6 +122,15 @@ _HELPERS = {
         '    """Per head, out_t = sum_s p_ts v_s; heads are v\'s dim split as p has them."""',
         "    v = v.unflatten(-1, (p.shape[-3], -1))",
         '    return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)'],
+    "_conv": [
+        "def _conv(x, kernel):",
+        '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
+        '    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel, padding="same")',
+        "    return y.movedim(-3, -1)"],
+    "_avgpool": [
+        "def _avgpool(x):",
+        '    """2 x 2 average pooling of a channels-last image."""',
+        "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
     "_causal_softmax": [
         "def _causal_softmax(s):",
         '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',
@@ -149,7 +163,10 @@ class _Emitter:
 
     def MatMul(self, ins: MatMul) -> str:
         w = f"self.{ins.weight}" + (".t()" if ins.transposed else "")
-        if self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
+        if len(self.program.param_table[ins.weight].shape) == 4:
+            self.helpers.add("_conv")
+            rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
             rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
         else:
             rhs = f"torch.nn.functional.linear({self.ref(ins.arg)}, {w})"
@@ -170,8 +187,8 @@ class _Emitter:
         if ins.fn == "identity":
             return x
         if ins.fn in _NORMS:
-            if ins.fn == "causal_softmax":
-                self.helpers.add("_causal_softmax")
+            if ins.fn in ("causal_softmax", "avgpool"):
+                self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"
 
@@ -218,9 +235,13 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
         x = abc[p.name]
         shape = "(" + "".join(f"{json.dumps(d)}, " for d in p.shape).rstrip(" ") + ")"
         init = f', "init": {float(p.base)!r}' if p.base is not None else ""
-        lines.append(f'    "{p.name}": {{"shape": {shape}, "a": {_exp(x.a)}, '
-                     f'"b": {_exp(x.b)}, "c": {_exp(x.c)}, '
-                     f'"base_std": {_base_std(program, p.name)!r}{init}}},')
+        head = (f'    "{p.name}": {{"shape": {shape}, "a": {_exp(x.a)}, "b": {_exp(x.b)}, '
+                f'"c": {_exp(x.c)},')
+        tail = f'"base_std": {_base_std(program, p.name)!r}{init}}},'
+        if len(head) + 1 + len(tail) <= 100:
+            lines.append(f"{head} {tail}")
+        else:  # keep the emitted file within 100 columns
+            lines += [head, " " * (len(p.name) + 7) + tail]
     lines.append("}")
     if scales:
         lines.append("SCALES = {")
@@ -282,13 +303,21 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
     lines.append("        return {")
     lines += [f"            {json.dumps(ins.out)}: {_local(ins.out)}," for ins in program.body]
     lines.append("        }")
-    what = "(batch, seq) token ids or a (batch, dim) tensor" if program.seq else \
-        "one (batch_size, dim) tensor"
+    what = ("(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
+            "a (batch, height, width, channels) image" if any(i.kind == "image"
+                                                             for i in program.inputs)
+            else "one (batch_size, dim) tensor")
     lines += ["", "    def example_inputs(self, batch_size, generator=None):",
               f'        """Random valid inputs: {what} per input."""',
               "        like = next(self.parameters())",
               "        return ("]
     for i in fed:
+        if i.kind == "image":  # channels last, so that matmuls, biases and norms act per pixel
+            h, w = (em.dim(d) for d in i.spatial)
+            lines.append(f"            torch.randn(batch_size, {h}, {w}, {em.dim(i.dim)}, "
+                         "generator=generator,")
+            lines.append("                        device=like.device, dtype=like.dtype),")
+            continue
         if i.kind == "tokens":
             lines.append(f"            torch.randint(0, {em.dim(i.dim)}, (batch_size, "
                          f"{em.dim(i.seq)}), generator=generator,")

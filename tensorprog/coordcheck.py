@@ -288,10 +288,16 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
 
 
 def default_batch_size(program: Program) -> int:
-    """About VECTORS_PER_STEP vectors a step: 16 samples, or 16 tokens over the sequences."""
-    if program.seq is None:
-        return VECTORS_PER_STEP
-    return max(1, VECTORS_PER_STEP // program.dim_table[program.seq].size)
+    """About VECTORS_PER_STEP vectors a step: 16 samples, or 16 tokens over the sequences; an
+    image has one vector per pixel, so an image program gets a batch of 1."""
+    per_sample = 1
+    if program.seq is not None:
+        per_sample = program.dim_table[program.seq].size
+    for i in program.inputs:
+        if i.spatial is not None:
+            per_sample = max(per_sample, program.dim_table[i.spatial[0]].size
+                             * program.dim_table[i.spatial[1]].size)
+    return max(1, VECTORS_PER_STEP // per_sample)
 
 
 def load_module(emitted: Emitted, name: str) -> types.ModuleType:

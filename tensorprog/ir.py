@@ -39,8 +39,10 @@ from .errors import Collector, SemanticError, Span
 #: Functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin. The norms
 #: act over the vector's dim and the softmaxes over the key-token axis of attention logits.
 NONLINEARITIES = ("relu", "gelu", "tanh", "sigmoid", "silu", "identity", "layernorm", "rmsnorm",
-                  "softmax", "causal_softmax")
-INPUT_KINDS = ("vector", "tokens", "positions")
+                  "softmax", "causal_softmax", "avgpool", "global_pool")
+INPUT_KINDS = ("vector", "tokens", "positions", "image")
+#: functions that change an image's spatial size: 2x2 average pooling, and the global average
+POOLS = {"avgpool": 2, "global_pool": None}
 MUL = "mul"
 
 
@@ -92,20 +94,23 @@ class Dim:
 @dataclass(frozen=True)
 class Input:
     """An input: a vector of dim ``dim`` (``vector``), token ids over a vocabulary ``dim`` at each
-    of ``seq`` positions (``tokens``, a one-hot vector per token), or the positions 0..seq-1
-    themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward)."""
+    of ``seq`` positions (``tokens``, a one-hot vector per token), the positions 0..seq-1
+    themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), or an
+    image with ``dim`` channels at every pixel of ``spatial`` (``image``)."""
 
     name: str
     dim: str
     span: Span | None = _span()
     kind: str = "vector"
     seq: str | None = None
+    spatial: tuple[str, str] | None = None  # an image's finite height and width dims
 
 
 @dataclass(frozen=True)
 class Param:
-    """A trained vector ``[d]`` (bias, gain, readout vector) or matrix ``[out, in]``; or, with no
-    axes, a ``scale``: a constant multiplier ``base·(n/base_width)^-a``, never trained."""
+    """A trained vector ``[d]`` (bias, gain, readout vector) or matrix ``[out, in]``, or a
+    convolution kernel ``[out, in, kh, kw]`` (finite kh, kw); or, with no axes, a ``scale``: a
+    constant multiplier ``base·(n/base_width)^-a``, never trained."""
 
     name: str
     shape: tuple[str, ...]
@@ -257,6 +262,23 @@ class Program:
         return table
 
     @cached_property
+    def spatial(self) -> dict[str, tuple[int, int] | None]:
+        """Height and width of every image-valued vector (None: no spatial axes)."""
+        out: dict[str, tuple[int, int] | None] = {}
+        for i in self.inputs:
+            out[i.name] = (tuple(self.dim_table[d].size for d in i.spatial)
+                           if i.spatial is not None else None)
+        for p in self.params:
+            out[p.name] = None
+        for ins in self.body:
+            sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
+            if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
+                k = POOLS[ins.fn]
+                sizes = None if k is None else (sizes[0] // k, sizes[1] // k)
+            out[ins.out] = sizes
+        return out
+
+    @cached_property
     def seq(self) -> str | None:
         """The sequence dim, if the program has token or position inputs."""
         return next((i.seq for i in self.inputs if i.seq is not None), None)
@@ -275,7 +297,7 @@ class Program:
         (a scale, or a dot over the whole dim)."""
         dims: dict[str, str | None] = {i.name: i.dim for i in self.inputs}
         dims.update({p.name: (p.shape[0] if p.shape else None) for p in self.params
-                     if len(p.shape) < 2})
+                     if len(p.shape) < 2})  # matrices and kernels are not values
         for ins in self.body:
             if isinstance(ins, MatMul):
                 shape = self.param_table[ins.weight].shape
@@ -347,6 +369,8 @@ def render_instruction(ins: Instruction) -> str:
 
 
 def render_input(i: Input) -> str:
+    if i.kind == "image":
+        return f"input {i.name} : image[{i.dim}, {i.spatial[0]}, {i.spatial[1]}]"
     if i.kind == "tokens":
         return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
     if i.kind == "positions":
@@ -397,7 +421,7 @@ def verify(program: Program) -> Program:
     for i in program.inputs:
         if i.dim not in dims or (i.seq is not None and i.seq not in dims):
             errors.error(f"undeclared dim '{i.dim}'", i.span)
-        if i.kind not in INPUT_KINDS or (i.kind == "vector") != (i.seq is None):
+        if i.kind not in INPUT_KINDS or (i.kind in ("vector", "image")) != (i.seq is None):
             errors.error(f"input {i.name}: a {i.kind} input needs a sequence dim exactly when it "
                          "is tokens or positions", i.span)
         elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
@@ -410,9 +434,11 @@ def verify(program: Program) -> Program:
         for d in p.shape:
             if d not in dims:
                 errors.error(f"undeclared dim '{d}'", p.span)
-        if len(p.shape) not in (0, 1, 2):
-            errors.error(f"param {p.name} must be a scale, a vector or a matrix", p.span)
-        if len(p.shape) == 2:
+        if len(p.shape) not in (0, 1, 2, 4):
+            errors.error(f"param {p.name} must be a scale, a vector, a matrix or a kernel", p.span)
+        if len(p.shape) == 4 and any(d in dims and dims[d].infinite for d in p.shape[2:]):
+            errors.error(f"kernel {p.name}: its spatial size must be finite", p.span)
+        if len(p.shape) >= 2:
             matrices.add(p.name)
             if p.name in defined or p.name in dims:
                 errors.error(f"'{p.name}' is defined twice", p.span)
@@ -437,7 +463,10 @@ def verify(program: Program) -> Program:
             if shape is None:
                 errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
                 break
-            fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape
+            fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
+            if len(shape) == 4 and program.spatial.get(ins.arg) is None:
+                errors.error(f"{ins.weight} is a convolution kernel, but {ins.arg} is not an image",
+                             ins.span)
             if key(ops[0]) != key(fan_in):
                 errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
                              ins.span)

@@ -139,6 +139,11 @@ class _ToAst(Transformer):
         return Stmt("input", str(c[0]), ("tokens", c[1], c[2]), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
+    def input_image(self, meta, c):
+        return Stmt("input", str(c[0]), ("image", c[1], c[2], c[3]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def input_positions(self, meta, c):
         return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
 
@@ -285,6 +290,7 @@ class _Lowering:
         self.width: Width | None = None
         self.dims: dict[str, Dim] = {}
         self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
+        self.images: set[str] = set()  # values with an image's spatial axes
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -451,7 +457,25 @@ class _Lowering:
             self.inputs.append(Input(st.name, shape[0], st.span))
             self.values[st.name] = shape[0]
 
+    def stmt_image_input(self, st: Stmt) -> None:
+        _, *toks = st.value
+        dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
+        if any(d is None for d in dims):
+            return
+        if any(d.infinite for d in dims[1:]):
+            self.errors.error(f"image {st.name}: height and width must be finite", st.span,
+                              "the channels may grow with the width, the image size does not: "
+                              "image[C, H, W] with H, W finite")
+            return
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, dims[0].name, st.span, "image", None,
+                                     (dims[1].name, dims[2].name)))
+            self.values[st.name] = dims[0].name
+            self.images.add(st.name)
+
     def stmt_sequence_input(self, st: Stmt) -> None:
+        if st.value[0] == "image":
+            return self.stmt_image_input(st)
         kind, seq_tok, *rest = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):
@@ -489,9 +513,15 @@ class _Lowering:
         shape = self.check_shape(shape_toks, st.span)
         if shape is None:
             return
-        if len(shape) > 2:
-            self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors or "
-                              "matrices", st.span, "write a matrix as [fan_out, fan_in]")
+        if len(shape) in (3, 5) or len(shape) > 5:
+            self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors, "
+                              "matrices or convolution kernels", st.span,
+                              "write a matrix as [fan_out, fan_in], a kernel as "
+                              "[out, in, kh, kw]")
+            return
+        if len(shape) == 4 and any(self.dims[d].infinite for d in shape[2:]):
+            self.errors.error(f"kernel {st.name}: its spatial size must be finite", st.span,
+                              "e.g. `dim k = 3` and `param K : [n, n, k, k]`")
             return
         if value is not None and len(shape) != 1:
             self.errors.error(f"only a vector param can have a constant init, not {st.name}",
@@ -500,7 +530,7 @@ class _Lowering:
         if self.define(st.name, st.name_span):
             p = Param(st.name, shape, st.span, value)
             self.params.append(p)
-            if len(shape) == 2:
+            if len(shape) >= 2:
                 self.matrices[st.name] = p
             else:
                 self.values[st.name] = shape[0]
@@ -556,8 +586,12 @@ class _Lowering:
             # the top-level instruction takes the statement's name instead of a fresh one
             self.body[-1] = _renamed(last, st.name, st.span)
             self.values.pop(last.out)
+            if last.out in self.images:
+                self.images.add(st.name)
         else:
             self.body.append(LinComb(st.name, value.terms, st.span))
+            if any(n in self.images for _, n in value.terms):
+                self.images.add(st.name)
         self.values[st.name] = value.dim
         self.define(st.name, st.name_span)
         return True
@@ -572,6 +606,9 @@ class _Lowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
+        if any(o in self.images for o in ins.operands) and getattr(ins, "fn", None) != \
+                "global_pool":
+            self.images.add(ins.out)  # still has an image's spatial axes
         return ins.out
 
     def expr(self, node):
@@ -703,7 +740,7 @@ class _Lowering:
         if not isinstance(b, _Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
-        fan_out, fan_in = self.matrices[a.name].shape
+        fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
             fan_out, fan_in = fan_in, fan_out
         if not self.same_dim(b.dim, fan_in):
@@ -714,6 +751,11 @@ class _Lowering:
                 f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
             return None
         arg = self.name_of(b, node.span)
+        if len(self.matrices[a.name].shape) == 4 and arg not in self.images:
+            self.errors.error(f"{a.name} is a convolution kernel, but {arg} is not an image",
+                              node.span, "apply kernels to values computed from an `image` "
+                              "input, before global_pool; use a matrix [out, in] otherwise")
+            return None
         out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
                         fan_out)
         return _Vec(((Fraction(1), out),), fan_out)

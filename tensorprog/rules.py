@@ -96,7 +96,7 @@ def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
     shape = program.param_table[param].shape
     if not shape:
         return None, None
-    if len(shape) == 2:
+    if len(shape) >= 2:
         return shape[1], shape[0]
     if any(isinstance(i, Dot) for i in program.uses(param)):
         return shape[0], None
@@ -127,7 +127,7 @@ def _clt(program: Program, dim: str) -> tuple[Exp, str]:
 
 def _fans(program: Program, ins: MatMul) -> tuple[str, str]:
     """(fan_out, fan_in) of this use: ``W.T @ x`` swaps the declared [out, in]."""
-    out, in_ = program.param_table[ins.weight].shape
+    out, in_ = program.param_table[ins.weight].shape[:2]  # a kernel's [kh, kw] are finite
     return (in_, out) if ins.transposed else (out, in_)
 
 
@@ -221,7 +221,8 @@ def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
 #: rmsnorm: Θ(1) output, a change counted relative to the input's size).
 NONLIN_SHAPE = {"relu": "linear", "gelu": "linear", "silu": "linear", "identity": "linear",
                 "tanh": "bounded", "sigmoid": "offset", "softmax": "offset",
-                "causal_softmax": "offset", "layernorm": "normalize", "rmsnorm": "normalize"}
+                "causal_softmax": "offset", "layernorm": "normalize", "rmsnorm": "normalize",
+                "avgpool": "linear", "global_pool": "linear"}
 
 
 def _size(monos: list[Mono]) -> Exp:

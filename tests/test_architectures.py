@@ -103,3 +103,24 @@ output y = Wo @ x2
 """
     with pytest.raises(tp.EngineError, match="vanishes at init"):
         tp.derive(tp.parse(src), "adam")
+
+
+# --- convolutions -------------------------------------------------------------------------------
+
+def test_resnet_kernels_take_the_roles_of_their_channel_fans():
+    """A kernel [out, in, k, k] is a matmul over in·k·k: the stem (3 input channels) is an input
+    weight, the block kernels hidden, the readout after the global pool an output weight."""
+    for optimizer in ("sgd", "adam"):
+        d = tp.derive(tp.parse_file(ROOT / "examples" / "resnet.tp"), optimizer)
+        got = {p: (x.a, x.b, x.c) for p, x in d.abc.items()}
+        assert got == {"K0": IN[optimizer], "b0": IN[optimizer], "K1": HID[optimizer],
+                       "K2": HID[optimizer], "K3": HID[optimizer], "K4": HID[optimizer],
+                       "W": OUT[optimizer]}
+
+
+def test_images_keep_their_spatial_size_through_pools():
+    program = tp.parse_file(ROOT / "examples" / "resnet.tp")
+    assert program.spatial["h1"] == (32, 32)
+    assert program.spatial["p1"] == (16, 16)
+    assert program.spatial["y_1"] is None  # the global pool
+    assert tp.parse(tp.to_text(program)) == program

@@ -272,3 +272,14 @@ def test_check_on_cuda_matches_cpu():
     for a, b in zip(gpu.results, cpu.results, strict=True):
         if math.isfinite(a.slope):
             assert a.slope == pytest.approx(b.slope, abs=0.02)
+
+
+def test_resnet_passes_under_mup_and_sp_fails():
+    """Each step's update sums over 1,024 pixels: at the default LR the features move far from
+    init within 3 steps, so this check uses lr 1e-3 (docs/check.md)."""
+    program = example("resnet")
+    kw = dict(widths=(32, 64, 128, 256), seeds=2, lr=1e-3)
+    assert tensorprog.check(program, "adam", **kw).passed
+    sp = tensorprog.check(program, "adam", param="sp", **kw)
+    assert {"h2", "y"} <= set(sp.failures)
+    assert sp.slope("y", 3) > 1.0

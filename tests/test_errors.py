@@ -59,6 +59,13 @@ CATALOGUE = {
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
+    "kernel-on-a-vector": (HEAD + "dim kk = 3\nparam K : [n, d, kk, kk]\nh = K @ x + b\n"
+                           "output y = V @ (W @ x + h)\n",
+                           S, r"K is a convolution kernel, but x is not an image", (10, 5)),
+    "infinite-kernel": (HEAD + "param K : [n, n, n, n]\n", S,
+                        r"kernel K: its spatial size must be finite", (8, 1)),
+    "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
+                       r"height and width must be finite", (3, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
     "no-width": ("dim d = 3\ninput x : [d]\n", S, r"declares no width", (2, 1)),
     "width-twice": ("width n = 8\nwidth m = 8\n", S, r"width is declared twice", (2, 1)),
