@@ -103,6 +103,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="allowed |slope - expected exponent| (default: 0.15)")
     k.add_argument("--plot", metavar="FILE.png", help="draw the coordinate-check figure")
     k.add_argument("--json", action="store_true", help="machine-readable output")
+
+    t = sub.add_parser("transfer", help="µTransfer sweep: the loss against a hyperparameter at "
+                                        "several widths, µP against SP, on real data")
+    t.add_argument("program", help="a .tp file")
+    t.add_argument("--data", required=True, metavar="NAME",
+                   help="digits (scikit-learn's), text (CPython's pydoc topics, by character) "
+                        "or a FILE.pt")
+    t.add_argument("--param", type=_names, default=("mup", "sp"), metavar="mup,sp",
+                   help="parametrizations to compare (default: mup,sp; also ntp)")
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...")
+    t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr")
+    t.add_argument("--values", metavar="V1,V2,...",
+                   help="HP values (default: powers of 2 around the usual optimum)")
+    t.add_argument("--steps", type=int, help="training steps per trial (default: 300, 400 "
+                                             "for text)")
+    t.add_argument("--seeds", type=int, default=1)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="the learning rate when --hp is not lr")
+    t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    t.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core)")
+    t.add_argument("--cache", default=".tensorprog-cache",
+                   help="directory of per-trial results, so a sweep resumes (default: "
+                        ".tensorprog-cache; 'none' to disable)")
+    t.add_argument("--plot", metavar="FILE.png", help="draw loss against the HP per width")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
 
 
@@ -168,6 +194,8 @@ def _run(args: argparse.Namespace) -> int:
     optimizer = OPTIMIZERS[args.optimizer]
     if args.command == "check":
         return _check(args, program, optimizer)
+    if args.command == "transfer":
+        return _transfer(args, program, optimizer)
     if args.command == "derive":
         if args.dump == "ir":
             sys.stdout.write(to_text(program))
@@ -238,6 +266,47 @@ def _check(args, program, optimizer) -> int:
     else:
         sys.stdout.write(render(result))
     return 0 if result.passed else 1
+
+
+def _transfer(args, program, optimizer) -> int:
+    from .coordcheck import pick_device
+    from .transfer import render, sweep
+
+    unknown = [p for p in args.param if p not in ("mup", "sp", "ntp")]
+    if unknown or not args.param:
+        raise UsageError(f"--param: unknown parametrization {', '.join(unknown)}",
+                         help="choose among mup, sp, ntp, e.g. --param mup,sp")
+    values = None
+    if args.values:
+        try:
+            values = [float(v) for v in args.values.split(",") if v.strip()]
+        except ValueError:
+            raise UsageError(f"--values: expected comma-separated numbers, got {args.values!r}",
+                             help="e.g. --values 1e-4,3e-4,1e-3") from None
+    for name, value in (("--steps", args.steps), ("--seeds", args.seeds),
+                        ("--batch-size", args.batch_size), ("--jobs", args.jobs)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1")
+    if args.plot:
+        from .plots import check_plot_path
+
+        check_plot_path(args.plot)
+    result = sweep(program, optimizer, args.data, params=args.param, hp=args.hp,
+                   widths=_widths(args.widths), values=values, steps=args.steps,
+                   seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
+                   device=pick_device(args.device), jobs=args.jobs,
+                   cache=None if args.cache.lower() == "none" else args.cache,
+                   progress=sys.stderr.isatty())
+    if args.plot:
+        from .plots import transfer_plot
+
+        transfer_plot(result, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(render(result))
+    return 0
 
 
 def _write_module(args, program, optimizer, d) -> int:

@@ -1,4 +1,5 @@
-"""Figures: the coordinate check as log-log panels (matplotlib, drawn off-screen)."""
+"""Figures: the coordinate check as log-log panels, and µTransfer sweeps (matplotlib, drawn
+off-screen)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,47 @@ def _row(axes, result: CheckResult, steps: list[int]) -> None:
     verdict = "PASS" if result.passed else f"FAIL ({', '.join(sorted(failing))})"
     axes[0].set_title("")
     axes[0].set_title(f"{s.get('label', '')}: {verdict}\ninit", fontsize=9, loc="left")
+
+
+def transfer_plot(sweep, path: str | Path) -> Path:
+    """Loss against log2(HP), one curve per width (darker = wider), a panel per
+    parametrization, with each width's fitted optimum marked: the µP paper's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = list(sweep.losses)
+    fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 3.8), sharey=True,
+                             squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    xs = [math.log2(v) for v in sweep.values]
+    for ax, param in zip(axes[0], params, strict=True):
+        for k, w in enumerate(sweep.widths):
+            color = cmap(0.9 - 0.8 * k / max(1, len(sweep.widths) - 1))
+            ys = [sweep.losses[param][w][v] for v in sweep.values]
+            ax.plot(xs, [y if math.isfinite(y) else float("nan") for y in ys], marker="o",
+                    markersize=3, color=color, label=f"width {w}")
+            best, _ = sweep.optimum(param, w)
+            if best is not None:
+                ax.axvline(best, color=color, linewidth=0.6, linestyle=":")
+        drift = sweep.drift(param)
+        ax.set_title(f"{param}: optimum drift {'n/a' if drift is None else f'{drift:.2f}'} "
+                     f"(log2)", fontsize=10)
+        ax.set_xlabel(f"log2 {sweep.hp}")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("training loss")
+    st = sweep.settings
+    fig.suptitle(f"{st.get('program', '')} on {st.get('data', '')}, {st.get('optimizer', '')}",
+                 fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    try:
+        fig.savefig(out, dpi=110)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from None
+    finally:
+        plt.close(fig)
+    return out

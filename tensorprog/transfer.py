@@ -1,0 +1,343 @@
+"""µTransfer sweeps: train the emitted module for every (parametrization, width, HP value, seed)
+on real data and report where the optimal HP sits at each width.
+
+The µP claim (TP5) is that the optimum stays put as the width grows under µP and moves under SP.
+Per width the optimum is the vertex of a parabola through the grid minimum and its two
+neighbours in log2(HP) (the grid argmin where that is not possible); the drift is the spread of
+those optima across widths, in log2 units (1.0 = a factor of 2). "Wider is better" holds when, at
+every HP value, the loss does not rise (by more than 1%) as the width grows.
+
+Trials run in worker processes, each result cached as one JSON file, so an interrupted sweep
+resumes where it stopped. A run whose loss turns inf or nan is recorded as diverged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .codegen import emit, parametrization
+from .data import Dataset, load
+from .errors import UsageError
+from .ir import Program, verify
+from .optimizers import Optimizer
+
+HPS = ("lr", "init_std", "output_mult")
+DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
+# grids in log2 units, wide enough to bracket the optimum at every width under SP and µP
+DEFAULT_LOG2 = {("lr", "adam"): range(-14, -3), ("lr", "adamw"): range(-14, -3),
+                ("lr", "sgd"): range(-9, 2), ("init_std", None): range(-4, 3),
+                ("output_mult", None): range(-6, 3)}
+BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "sgd": 2.0 ** -4}  # when the HP is not lr
+WIDER_TOLERANCE = 0.01  # "wider is better" allows a 1% rise (seed noise)
+
+
+def default_values(hp: str, optimizer: str) -> list[float]:
+    grid = DEFAULT_LOG2.get((hp, optimizer)) or DEFAULT_LOG2[(hp, None)]
+    return [2.0 ** k for k in grid]
+
+
+# --- fitting the program to the data --------------------------------------------------------------
+
+
+def fit_to_data(program: Program, data: Dataset) -> tuple[Program, list[str]]:
+    """The program with its finite input and output dims set by the data, and what changed."""
+    dims = {d.name: d for d in program.dims}
+    notes: list[str] = []
+
+    def set_dim(name: str, size: int, what: str) -> None:
+        d = dims.get(name, program.dim_table[name])
+        if d.infinite:
+            raise UsageError(f"the data's {what} ({size}) cannot set {name}, which grows with "
+                             "the width")
+        if d.size != size:
+            notes.append(f"{what}: {name} = {size} (the program says {d.size})")
+            dims[name] = replace(d, size=size)
+
+    outputs = [program.value_dims[o] for o in program.outputs]
+    if len(outputs) != 1 or outputs[0] is None:
+        raise UsageError("a transfer sweep needs one output with a dim (the logits)")
+    if data.is_text:
+        tokens = [i for i in program.inputs if i.kind == "tokens"]
+        if len(tokens) != 1:
+            raise UsageError(f"--data {data.name} is a token stream: the program needs one "
+                             "token input (`input tok : tokens[T, V]`)")
+        set_dim(tokens[0].dim, data.vocab, "vocabulary")
+        set_dim(outputs[0], data.vocab, "output classes")
+    else:
+        vectors = [i for i in program.inputs if i.kind == "vector"]
+        if len(vectors) != 1 or len(program.inputs) != 1:
+            raise UsageError(f"--data {data.name} is a labelled set: the program needs exactly "
+                             "one vector input")
+        set_dim(vectors[0].dim, int(data.x.shape[1]), "input features")
+        set_dim(outputs[0], data.vocab, "output classes")
+    fitted = replace(program, dims=tuple(dims[d.name] for d in program.dims))
+    return verify(fitted), notes
+
+
+# --- one trial ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    param: str
+    width: int
+    value: float
+    seed: int
+
+    def key(self, context: str) -> str:
+        text = json.dumps([context, self.param, self.width, repr(self.value), self.seed])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+_WORKER: dict = {}  # per process: loaded data sets and modules
+
+
+def run_trial(job: dict) -> dict:
+    """Train one model; runs in a worker process. Returns the final training loss."""
+    import torch
+
+    from .codegen import Emitted
+    from .coordcheck import load_module
+
+    torch.set_num_threads(job["threads"])
+    data = _WORKER.get(("data", job["data"]))
+    if data is None:
+        data = _WORKER[("data", job["data"])] = load(job["data"])
+    module = _WORKER.get(("module", job["source_key"]))
+    if module is None:
+        module = load_module(Emitted(job["source"]), job["param"])
+        _WORKER[("module", job["source_key"])] = module
+    hp, value, device = job["hp"], job["value"], job["device"]
+    model = module.Model(job["width"])
+    model.reset_parameters(generator=torch.Generator().manual_seed(job["seed"]))
+    if hp == "init_std":  # scale every random init, not the constant ones (gains, zero biases)
+        with torch.no_grad():
+            for name, spec in module.SCALING.items():
+                if "init" not in spec:
+                    getattr(model, name).mul_(value)
+    model.to(device)
+    lr = value if hp == "lr" else job["base_lr"]
+    opt = module.make_optimizer(model, lr, optimizer=job["optimizer"])
+    out_mult = value if hp == "output_mult" else 1.0
+    batches = torch.Generator().manual_seed(1_000_003 + job["seed"])
+    losses: list[float] = []
+    for _ in range(job["steps"]):
+        x, y = data.batch(job["batch_size"], batches, job.get("seq"))
+        x, y = x.to(device), y.to(device)
+        logits = model(x) * out_mult
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y.reshape(-1))
+        value_now = float(loss.detach())
+        if not math.isfinite(value_now):
+            return {"loss": None, "diverged": True, "steps": len(losses)}
+        losses.append(value_now)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    tail = losses[-max(1, len(losses) // 10):]  # the last 10% of steps, for a steadier figure
+    return {"loss": sum(tail) / len(tail), "diverged": False, "steps": len(losses)}
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    hp: str
+    widths: list[int]
+    values: list[float]
+    seeds: int
+    losses: dict[str, dict[int, dict[float, float]]]  # param -> width -> value -> loss (inf)
+    settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def optimum(self, param: str, width: int) -> tuple[float | None, bool]:
+        """(log2 of the fitted optimal value, whether it sits at the edge of the grid)."""
+        xs = [math.log2(v) for v in self.values]
+        ys = [self.losses[param][width][v] for v in self.values]
+        finite = [i for i, y in enumerate(ys) if math.isfinite(y)]
+        if not finite:
+            return None, True
+        k = min(finite, key=lambda i: ys[i])
+        if k == 0 or k == len(xs) - 1 or not (math.isfinite(ys[k - 1])
+                                                and math.isfinite(ys[k + 1])):
+            return xs[k], True
+        return _vertex(xs[k - 1:k + 2], ys[k - 1:k + 2]), False
+
+    def drift(self, param: str) -> float | None:
+        optima = [self.optimum(param, w)[0] for w in self.widths]
+        if any(o is None for o in optima):
+            return None
+        return max(optima) - min(optima)
+
+    def wider_is_better(self, param: str) -> bool:
+        for v in self.values:
+            seq = [self.losses[param][w][v] for w in self.widths]
+            for narrow, wide in zip(seq, seq[1:], strict=False):
+                if math.isinf(wide) and math.isfinite(narrow):
+                    return False
+                if math.isfinite(wide) and wide > narrow + WIDER_TOLERANCE * abs(narrow):
+                    return False
+        return True
+
+    def as_dict(self) -> dict:
+        out = {}
+        for param in self.losses:
+            optima = {str(w): self.optimum(param, w)[0] for w in self.widths}
+            out[param] = {
+                "optimal_log2_hp": optima,
+                "at_grid_edge": {str(w): self.optimum(param, w)[1] for w in self.widths},
+                "drift_log2": self.drift(param),
+                "wider_is_better": self.wider_is_better(param),
+                "losses": {str(w): {repr(v): (None if math.isinf(loss) else loss)
+                                    for v, loss in row.items()}
+                           for w, row in self.losses[param].items()}}
+        return {"hp": self.hp, "widths": self.widths, "values": self.values, "seeds": self.seeds,
+                **self.settings, "notes": self.notes, "parametrizations": out}
+
+
+def _vertex(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The minimum of the parabola through three points (equally spaced or not)."""
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    if a <= 0:
+        return x1
+    return min(max(-b / (2 * a), x0), x2)
+
+
+def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
+          params: Sequence[str] = ("mup", "sp"), hp: str = "lr",
+          widths: Sequence[int] = DEFAULT_WIDTHS, values: Sequence[float] | None = None,
+          steps: int | None = None, seeds: int = 1, batch_size: int | None = None,
+          lr: float | None = None, device: str = "cpu", jobs: int | None = None,
+          cache: str | Path | None = ".tensorprog-cache", progress: bool = False) -> Sweep:
+    """Train every (param, width, value, seed) and collect the final training losses."""
+    from tqdm import tqdm
+
+    if hp not in HPS:
+        raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
+    data = load(data_name)
+    fitted, notes = fit_to_data(program, data)
+    values = sorted(values or default_values(hp, optimizer.name))
+    if any(not (math.isfinite(v) and v > 0) for v in values) or len(values) < 3:
+        raise UsageError("give at least 3 positive HP values", help="e.g. --values 1e-4,1e-3,1e-2")
+    widths = sorted(set(widths))
+    if len(widths) < 2 or widths[0] < 1:
+        raise UsageError("give at least two positive widths")
+    steps = steps or (400 if data.is_text else 300)
+    batch_size = batch_size or (32 if data.is_text else 64)
+    seq = fitted.dim_table[fitted.seq].size if fitted.seq else None
+    base_lr = lr if lr is not None else BASE_LR[optimizer.name]
+    sources = {}
+    for param in params:
+        abc, label = parametrization(fitted, optimizer, param)
+        sources[param] = emit(fitted, abc, optimizer=optimizer.name, label=label,
+                              command="tensorprog transfer").source
+    context = json.dumps([data_name, hp, steps, batch_size, optimizer.name, base_lr, device])
+    trials = [Trial(p, w, v, s) for p in params for w in widths for v in values
+              for s in range(seeds)]
+    cache_dir = Path(cache) / "transfer" if cache else None
+    if cache_dir:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[Trial, dict] = {}
+    todo = []
+    for t in trials:
+        key = t.key(context + sources[t.param])
+        path = cache_dir / f"{key}.json" if cache_dir else None
+        if path and path.is_file():
+            results[t] = json.loads(path.read_text())
+        else:
+            todo.append((t, path))
+    jobs = jobs or (1 if device != "cpu" else max(1, os.cpu_count() or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def job(t: Trial) -> dict:
+        return {"source": sources[t.param], "source_key": hashlib.sha256(
+                    sources[t.param].encode()).hexdigest(), "param": t.param, "width": t.width,
+                "value": t.value, "seed": t.seed, "hp": hp, "data": data_name, "steps": steps,
+                "batch_size": batch_size, "seq": seq, "optimizer": optimizer.name,
+                "base_lr": base_lr, "device": device, "threads": threads}
+
+    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="transfer sweep",
+               unit="run", disable=not progress)
+    try:
+        if jobs == 1:
+            for t, path in todo:
+                _store(results, t, path, run_trial(job(t)), bar)
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")  # no forked torch state
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(run_trial, job(t)): (t, path) for t, path in todo}
+                for f in as_completed(futures):
+                    t, path = futures[f]
+                    _store(results, t, path, f.result(), bar)
+    finally:
+        bar.close()
+    losses: dict[str, dict[int, dict[float, float]]] = {}
+    for p in params:
+        losses[p] = {}
+        for w in widths:
+            losses[p][w] = {}
+            for v in values:
+                runs = [results[Trial(p, w, v, s)] for s in range(seeds)]
+                ok = [r["loss"] for r in runs if not r["diverged"]]
+                losses[p][w][v] = sum(ok) / len(ok) if len(ok) == len(runs) else math.inf
+    settings = {"program": program.name, "data": data_name, "data_about": data.about,
+                "optimizer": optimizer.name, "steps": steps, "batch_size": batch_size,
+                "base_lr": base_lr if hp != "lr" else None, "device": device, "jobs": jobs,
+                "trials": len(trials), "cached": len(trials) - len(todo)}
+    return Sweep(hp, widths, values, seeds, losses, settings, notes)
+
+
+def _store(results, t: Trial, path: Path | None, result: dict, bar) -> None:
+    results[t] = result
+    if path:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)  # a trial is cached whole or not at all
+    bar.update()
+
+
+def render(s: Sweep) -> str:
+    """Loss against the HP per width, then the optima, drift and wider-is-better."""
+    st = s.settings
+    lines = [f"µTransfer sweep of {st['program']} on {st['data']} ({st['data_about']})",
+             f"{st['optimizer']}, {st['steps']} steps, batch {st['batch_size']}, {s.seeds} "
+             f"seed(s), {st['trials']} trials ({st['cached']} from the cache), on {st['device']}"]
+    lines += [f"data sets {n}" for n in s.notes]
+    for param, rows in s.losses.items():
+        lines += ["", f"{param}: final training loss against log2({s.hp})  (* = grid minimum)"]
+        head = ["log2 " + s.hp] + [f"w={w}" for w in s.widths]
+        table = [head]
+        for v in s.values:
+            row = [f"{math.log2(v):+.2f}"]
+            for w in s.widths:
+                loss = rows[w][v]
+                best = min(rows[w].values())
+                cell = "diverged" if math.isinf(loss) else f"{loss:.4f}"
+                row.append(cell + ("*" if loss == best and math.isfinite(loss) else ""))
+            table.append(row)
+        sizes = [max(len(r[i]) for r in table) for i in range(len(head))]
+        lines += ["  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in table]
+        optima = []
+        for w in s.widths:
+            o, edge = s.optimum(param, w)
+            optima.append(f"{w}: {'none' if o is None else f'{o:+.2f}'}" + (" (edge)" if edge
+                                                                            else ""))
+        drift = s.drift(param)
+        lines += [f"optimal log2({s.hp}): " + ", ".join(optima),
+                  f"drift across widths: {'n/a' if drift is None else f'{drift:.2f}'} (log2; "
+                  f"{'n/a' if drift is None else f'x{2 ** drift:.2f}'}), wider is better at "
+                  f"every value: {'yes' if s.wider_is_better(param) else 'no'}"]
+    return "\n".join(lines) + "\n"
