@@ -117,9 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr")
     t.add_argument("--values", metavar="V1,V2,...",
                    help="HP values (default: powers of 2 around the usual optimum)")
-    t.add_argument("--steps", type=int, help="training steps per trial (default: 300, 400 "
-                                             "for text)")
-    t.add_argument("--seeds", type=int, default=1)
+    t.add_argument("--steps", type=int, help="training steps per trial (default: 60 for "
+                                             "digits, 200 for text)")
+    t.add_argument("--seeds", type=int, default=2, help="seeds per trial (default: 2)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="the learning rate when --hp is not lr")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

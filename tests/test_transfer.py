@@ -105,7 +105,8 @@ def test_a_divergent_trial_is_recorded_not_raised():
 
 
 def test_sweep_caches_every_trial_and_resumes(tmp_path):
-    kw = dict(widths=(32, 64), values=[1e-3, 1e-2, 1e-1], steps=10, jobs=1, cache=tmp_path)
+    kw = dict(widths=(32, 64), values=[1e-3, 1e-2, 1e-1], steps=10, seeds=1, jobs=1,
+              cache=tmp_path)
     first = sweep(tp.parse_file(MLP), OPTIMIZERS["adam"], "digits", **kw)
     assert first.settings["cached"] == 0 and len(list((tmp_path / "transfer").glob("*.json"))) == 12
     second = sweep(tp.parse_file(MLP), OPTIMIZERS["adam"], "digits", **kw)
