@@ -256,16 +256,21 @@ def _check(args, program, optimizer) -> int:
                          lr=args.lr, batch_size=args.batch_size, device=args.device,
                          against=args.against, tolerance=args.tolerance,
                          progress=sys.stderr.isatty())
-    if args.plot:
-        from .plots import coord_plot
+    from .plots import coord_plot
 
-        coord_plot(result, args.plot)
+    _report(args, result, render, coord_plot)
+    return 0 if result.passed else 1
+
+
+def _report(args, result, render, draw) -> None:
+    """The figure (if asked), then JSON or the table: what check and transfer print."""
+    if args.plot:
+        draw(result, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(render(result))
-    return 0 if result.passed else 1
 
 
 def _transfer(args, program, optimizer) -> int:
@@ -297,15 +302,9 @@ def _transfer(args, program, optimizer) -> int:
                    device=pick_device(args.device), jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty())
-    if args.plot:
-        from .plots import transfer_plot
+    from .plots import transfer_plot
 
-        transfer_plot(result, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
-    else:
-        sys.stdout.write(render(result))
+    _report(args, result, render, transfer_plot)
     return 0
 
 

@@ -43,6 +43,12 @@ def coord_plot(results: CheckResult | list[CheckResult], path: str | Path) -> Pa
                              figsize=(3.2 * len(steps), 3.4 * len(results)))
     for row, result in zip(axes, results, strict=True):
         _row(row, result, steps)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     try:
@@ -123,12 +129,4 @@ def transfer_plot(sweep, path: str | Path) -> Path:
     st = sweep.settings
     fig.suptitle(f"{st.get('program', '')} on {st.get('data', '')}, {st.get('optimizer', '')}",
                  fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    try:
-        fig.savefig(out, dpi=110)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from None
-    finally:
-        plt.close(fig)
-    return out
+    return _save(fig, path)

@@ -111,7 +111,6 @@ def test_sweep_caches_every_trial_and_resumes(tmp_path):
     assert first.settings["cached"] == 0 and len(list((tmp_path / "transfer").glob("*.json"))) == 12
     second = sweep(tp.parse_file(MLP), OPTIMIZERS["adam"], "digits", **kw)
     assert second.settings["cached"] == 12 and second.losses == first.losses
-    # µP and SP coincide at the base width (256 here is not swept, so compare at the cache level)
     assert set(first.losses) == {"mup", "sp"}
 
 
