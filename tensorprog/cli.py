@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     except TensorProgError as err:
         print(err.render(), file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:
+        print("interrupted (a transfer sweep resumes from its cache)", file=sys.stderr)
+        code = 130
     sys.exit(code)
 
 

@@ -44,7 +44,7 @@ class Dataset:
         if not self.is_text:
             idx = torch.randint(0, len(self.y), (batch_size,), generator=generator)
             return self.x[idx], self.y[idx]
-        starts = torch.randint(0, len(self.tokens) - seq - 1, (batch_size,), generator=generator)
+        starts = torch.randint(0, len(self.tokens) - seq, (batch_size,), generator=generator)
         window = starts[:, None] + torch.arange(seq + 1)
         chunk = self.tokens[window]
         return chunk[:, :-1], chunk[:, 1:]
@@ -79,15 +79,42 @@ def load(name: str) -> Dataset:
     if path.suffix == ".pt":
         if not path.is_file():
             raise UsageError(f"--data {name}: no such file")
-        blob = torch.load(path, weights_only=True)
-        if isinstance(blob, dict) and {"x", "y"} <= set(blob):
-            y = blob["y"].long()
-            return Dataset(path.stem, x=blob["x"].float(), y=y, vocab=int(y.max()) + 1,
-                           about=f"{path.name}: {len(y):,} labelled rows")
-        if isinstance(blob, dict) and "tokens" in blob:
-            t = blob["tokens"].long()
-            return Dataset(path.stem, tokens=t, vocab=int(t.max()) + 1,
-                           about=f"{path.name}: {len(t):,} tokens")
-        raise UsageError(f"--data {name}: expected a dict with x and y, or with tokens")
+        try:
+            blob = torch.load(path, weights_only=True)
+        except Exception as err:  # any unreadable file: say so instead of a traceback
+            why = str(err).split("\n")[0]
+            raise UsageError(f"--data {name}: cannot read it as a torch file ({why})",
+                             help='save it with torch.save({"x": x, "y": y}, path)') from None
+        return _from_tensors(path, blob)
     raise UsageError(f"unknown data set {name!r}",
                      help=f"choose {', '.join(DATASETS)}, or give a FILE.pt")
+
+
+def _from_tensors(path: Path, blob) -> Dataset:
+    import torch
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"--data {path}: {why}", help='expected {"x": float (N, d_in), "y": '
+                          'integer labels (N,)} or {"tokens": integer ids (N,)}')
+
+    if not isinstance(blob, dict):
+        raise bad("not a dict of tensors")
+    if {"x", "y"} <= set(blob):
+        x, y = blob["x"], blob["y"]
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise bad("x and y must be tensors")
+        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
+            raise bad(f"x must be (N, d_in) and y (N,) with N > 0, got {tuple(x.shape)} and "
+                      f"{tuple(y.shape)}")
+        if y.is_floating_point() or int(y.min()) < 0:
+            raise bad("y must hold non-negative integer labels")
+        return Dataset(path.stem, x=x.float(), y=y.long(), vocab=int(y.max()) + 1,
+                       about=f"{path.name}: {len(y):,} labelled rows")
+    if "tokens" in blob:
+        t = blob["tokens"]
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or \
+                len(t) < 2 or int(t.min()) < 0:
+            raise bad("tokens must be a 1-d tensor of at least 2 non-negative integer ids")
+        return Dataset(path.stem, tokens=t.long(), vocab=int(t.max()) + 1,
+                       about=f"{path.name}: {len(t):,} tokens")
+    raise bad("expected a dict with x and y, or with tokens")

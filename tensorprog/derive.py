@@ -184,6 +184,17 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     equations: list[Equation] = []
     scales = {p for p in params if program.param_table[p].is_scale}
     for p in params:
+        need = ("S",) if p in scales else ("S", "U")
+        missing = [k for k in need if k not in chosen.get(p, {})]
+        if missing:  # e.g. a matrix used both ways whose two uses bound each other in a circle
+            what = " and ".join("init" if k == "S" else "update" for k in missing)
+            raise EngineError(
+                f"no single condition fixes the {what} of {p}: its uses only bound it through "
+                "each other",
+                span=program.param_table[p].span,
+                help="tie a matrix only as an embedding (W @ one-hot) and a scaled "
+                     "unembedding (s * (W.T @ h)), or give each use its own param")
+    for p in params:
         if p in scales:
             s_bound = chosen[p]["S"]
             equations.append(Equation(p, (1, 0, 0), -an.S[p],

@@ -278,6 +278,20 @@ class Program:
             out[ins.out] = sizes
         return out
 
+    def width_problem(self, width: int) -> str | None:
+        """Why the program has no network at this width (a dim or head count that is not a
+        whole number), or None."""
+        for d in self.dim_table.values():
+            if d.infinite and (d.mult * width).denominator != 1:
+                return f"dim {d.name} = {d.mult} x {width} is not a whole number"
+        for ins in self.body:
+            if isinstance(ins, Dot) and ins.over is not None:
+                total = self.dim_table[self.value_dims[ins.left]].size_at(width)
+                head = self.dim_table[ins.over].size_at(width)
+                if total % head:
+                    return f"the head dim {ins.over} = {head} does not divide {total}"
+        return None
+
     @cached_property
     def seq(self) -> str | None:
         """The sequence dim, if the program has token or position inputs."""

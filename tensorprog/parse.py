@@ -290,7 +290,7 @@ class _Lowering:
         self.width: Width | None = None
         self.dims: dict[str, Dim] = {}
         self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
-        self.images: set[str] = set()  # values with an image's spatial axes
+        self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -377,6 +377,12 @@ class _Lowering:
                 return None
             k = 1 / k
         if ref.infinite:
+            base = self.width.base if self.width else 1
+            if (ref.mult * k * base).denominator != 1:
+                self.errors.error(f"dim {name} = {ref.mult * k} x {base} is not a whole number "
+                                  "at the base width", span,
+                                  "pick a base width the divisor divides")
+                return None
             return Dim(name, mult=ref.mult * k, span=span)
         size = ref.size * k
         if size.denominator != 1 or size <= 0:
@@ -459,6 +465,9 @@ class _Lowering:
 
     def stmt_image_input(self, st: Stmt) -> None:
         _, *toks = st.value
+        if any(i.seq is not None for i in self.inputs):
+            self.errors.error("a program has either a sequence or images, not both", st.span)
+            return
         dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
         if any(d is None for d in dims):
             return
@@ -471,7 +480,7 @@ class _Lowering:
             self.inputs.append(Input(st.name, dims[0].name, st.span, "image", None,
                                      (dims[1].name, dims[2].name)))
             self.values[st.name] = dims[0].name
-            self.images.add(st.name)
+            self.pixels[st.name] = (dims[1].size, dims[2].size)
 
     def stmt_sequence_input(self, st: Stmt) -> None:
         if st.value[0] == "image":
@@ -586,12 +595,13 @@ class _Lowering:
             # the top-level instruction takes the statement's name instead of a fresh one
             self.body[-1] = _renamed(last, st.name, st.span)
             self.values.pop(last.out)
-            if last.out in self.images:
-                self.images.add(st.name)
+            if last.out in self.pixels:
+                self.pixels[st.name] = self.pixels[last.out]
         else:
             self.body.append(LinComb(st.name, value.terms, st.span))
-            if any(n in self.images for _, n in value.terms):
-                self.images.add(st.name)
+            sizes = [self.pixels[n] for _, n in value.terms if n in self.pixels]
+            if sizes:
+                self.pixels[st.name] = sizes[0]
         self.values[st.name] = value.dim
         self.define(st.name, st.name_span)
         return True
@@ -606,9 +616,11 @@ class _Lowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
-        if any(o in self.images for o in ins.operands) and getattr(ins, "fn", None) != \
-                "global_pool":
-            self.images.add(ins.out)  # still has an image's spatial axes
+        sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
+        fn = getattr(ins, "fn", None)
+        if sizes and fn != "global_pool":  # still has an image's spatial axes
+            (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
+            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
         return ins.out
 
     def expr(self, node):
@@ -633,6 +645,10 @@ class _Lowering:
         return None
 
     def expr_Transpose(self, node: Transpose):
+        if node.name in self.matrices and len(self.matrices[node.name].shape) == 4:
+            self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
+                              node.span, "tie only matrices [m, k]")
+            return None
         if node.name in self.matrices:
             return _Matrix(node.name, transposed=True)
         if node.name in self.values or node.name in self.dims:
@@ -668,11 +684,27 @@ class _Lowering:
         self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
                           f"write `{m.name} @ x` for a vector x of its fan-in dim")
 
+    def pixel_clash(self, vecs, node) -> bool:
+        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
+        params = {p.name for p in self.params}
+        sizes = {self.pixels.get(n) for v in vecs if isinstance(v, _Vec) for _, n in v.terms
+                 if n not in params}
+        if len(sizes) > 1:
+            text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
+                             for z in sorted(sizes, key=str))
+            self.errors.error(f"these values have different spatial sizes ({text})", node.span,
+                              "combine values of the same image size; pool first, or "
+                              "global_pool both")
+            return True
+        return False
+
     def op_add(self, a, b, node, sign=Fraction(1)):
         for v in (a, b):
             if isinstance(v, _Matrix):
                 self.matrix_misuse(v, node)
                 return None
+        if self.pixel_clash((a, b), node):
+            return None
         if isinstance(a, _Scalar) and isinstance(b, _Scalar):
             return _Scalar(a.value + sign * b.value)
         if isinstance(a, _Scalar) or isinstance(b, _Scalar):
@@ -701,6 +733,8 @@ class _Lowering:
             if isinstance(v, _Matrix):
                 self.matrix_misuse(v, node)
                 return None
+        if self.pixel_clash((a, b), node):
+            return None
         if isinstance(a, _Scalar):
             return self.scale(b, a.value, node.span)
         if isinstance(b, _Scalar):
@@ -751,7 +785,7 @@ class _Lowering:
                 f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
             return None
         arg = self.name_of(b, node.span)
-        if len(self.matrices[a.name].shape) == 4 and arg not in self.images:
+        if len(self.matrices[a.name].shape) == 4 and arg not in self.pixels:
             self.errors.error(f"{a.name} is a convolution kernel, but {arg} is not an image",
                               node.span, "apply kernels to values computed from an `image` "
                               "input, before global_pool; use a matrix [out, in] otherwise")
@@ -780,6 +814,14 @@ class _Lowering:
             self.errors.error(f"the head dim {over} does not divide {dim}", node.span,
                               "heads = dim / head dim must be a whole number (fixed head count: "
                               "dh = n / H; fixed head dim: dh = 64)")
+            return None
+        base = self.width.base
+        total, head = self.dims[dim].size_at(base), self.dims[over].size_at(base)
+        if total % head:
+            self.errors.error(f"at the base width {base}, the head dim {over} = {head} does not "
+                              f"divide {dim} = {total}", node.span,
+                              "pick a head dim that divides the width (or a base width that "
+                              "the head dim divides)")
             return None
         self.heads_dims.setdefault(h.name, h)
         return h.name
@@ -840,6 +882,16 @@ class _Lowering:
             out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
             return _Vec(((Fraction(1), out),), v.dim)
         arg = self.name_of(args[0], node.span)
+        if node.fn in ("avgpool", "global_pool"):
+            size = self.pixels.get(arg)
+            if size is None:
+                self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
+                                  "pool values computed from an `image` input")
+                return None
+            if node.fn == "avgpool" and min(size) < 2:
+                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
+                                  node.span, "pool fewer times, or use global_pool")
+                return None
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
         return _Vec(((Fraction(1), out),), args[0].dim)
 

@@ -73,5 +73,10 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
     if unknown:
         raise UsageError(f"--zero-init: no weight named {', '.join(unknown)}",
                          help=f"choose among {', '.join(sorted(known))}")
-    chosen = set(names) | ({p for p in abc if role(program, p) == "output"} if readout else set())
+    readouts = {p for p in abc if role(program, p) == "output"}
+    if readout and not readouts:
+        raise UsageError("--readout-zero-init: no param has the role of an output weight",
+                         help="a tied unembedding (E.T @ h) is also the embedding; zero it "
+                              "with --zero-init only if you mean both")
+    chosen = set(names) | (readouts if readout else set())
     return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}

@@ -227,24 +227,36 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)
-    values = sorted(values or default_values(hp, optimizer.name))
+    values = sorted(set(values or default_values(hp, optimizer.name)))
     if any(not (math.isfinite(v) and v > 0) for v in values) or len(values) < 3:
         raise UsageError("give at least 3 positive HP values", help="e.g. --values 1e-4,1e-3,1e-2")
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
         raise UsageError("give at least two positive widths")
+    for w in widths:
+        problem = fitted.width_problem(w)
+        if problem:
+            raise UsageError(f"width {w}: {problem}", help="choose widths the dims divide")
     # digits: about two epochs; past that the MLP memorises the 1,797 images, every loss near the
     # optimum is ~1e-3 and the optimum is noise (measured: 300 steps, docs/transfer.md)
     steps = steps or (200 if data.is_text else 60)
     batch_size = batch_size or (32 if data.is_text else 64)
     seq = fitted.dim_table[fitted.seq].size if fitted.seq else None
     base_lr = lr if lr is not None else BASE_LR[optimizer.name]
+    if not (math.isfinite(base_lr) and base_lr > 0):
+        raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
         abc, label = parametrization(fitted, optimizer, param)
         sources[param] = emit(fitted, abc, optimizer=optimizer.name, label=label,
                               command="tensorprog transfer").source
-    context = json.dumps([data_name, hp, steps, batch_size, optimizer.name, base_lr, device])
+    if data.is_text and len(data.tokens) <= (seq or 0):
+        raise UsageError(f"--data {data_name}: {len(data.tokens)} tokens are fewer than one "
+                         f"sequence of {seq}")
+    # a user's file is keyed by its contents, so editing it never reuses stale results
+    content = (hashlib.sha256(Path(data_name).read_bytes()).hexdigest()
+               if Path(data_name).suffix == ".pt" else data_name)
+    context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device])
     trials = [Trial(p, w, v, s) for p in params for w in widths for v in values
               for s in range(seeds)]
     cache_dir = Path(cache) / "transfer" if cache else None

@@ -14,6 +14,8 @@ from tensorprog.cli import main
 HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
         "param b : [n]\n")  # 7 lines; the bad line below is line 8
 P, S = tp.ParseError, tp.SemanticError
+IMG = ("width n = 8\ndim c = 3\ndim s = 8\ndim k = 3\ninput img : image[c, s, s]\n"
+       "param K : [n, c, k, k]\nparam R : [c, n]\n")  # 7 lines; the bad line below is line 8
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 
@@ -64,6 +66,19 @@ CATALOGUE = {
                            S, r"K is a convolution kernel, but x is not an image", (10, 5)),
     "infinite-kernel": (HEAD + "param K : [n, n, n, n]\n", S,
                         r"kernel K: its spatial size must be finite", (8, 1)),
+    "head-dim-at-base": ("width n = 64\ndim V = 5\ndim t = 3\ndim dh = 24\n"
+                         "input tok : tokens[t, V]\nparam E : [n, V]\nh = E @ tok\n"
+                         "output s = dot(h, h, dh)\n", S,
+                         r"at the base width 64, the head dim dh = 24 does not divide n = 64",
+                         (8, 12)),
+    "fractional-dim": ("width n = 64\ndim h = n / 3\n", S,
+                       r"dim h = 1/3 x 64 is not a whole number", (2, 1)),
+    "pool-a-vector": (HEAD + "output y = V @ avgpool(W @ x)\n", S,
+                      r"avgpool needs an image, but y_1 has no pixels", (8, 16)),
+    "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
+                          r"a convolution kernel cannot be transposed", (8, 28)),
+    "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
+                    r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
     "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
                        r"height and width must be finite", (3, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
@@ -109,6 +124,15 @@ def test_catalogue(src, cls, pattern, where):
     assert first[2].strip().startswith("^")  # the caret line
     assert first[2].index("^") - 4 == col - 1  # under the right column
     assert first[-1].startswith("help: "), text
+
+
+def test_a_matrix_tied_in_a_circle_is_a_positioned_engine_error():
+    program = tp.parse("width n = 8\ndim d = 3\ninput x : [d]\nparam W : [n, d]\n"
+                       "output y = W.T @ (W @ x)\n", "bad.tp")
+    with pytest.raises(tp.EngineError, match="no single condition fixes the init and update of W"
+                       ) as info:
+        tp.derive(program)
+    assert info.value.render().startswith("bad.tp:4:1: error: ")
 
 
 def test_catalogue_is_large_enough():

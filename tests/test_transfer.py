@@ -46,6 +46,13 @@ def test_tensor_files_load(tmp_path):
     assert stream.is_text and stream.vocab == 7
     with pytest.raises(tp.UsageError, match="unknown data set"):
         load("cifar")
+    torch.save({"x": torch.randn(5, 2), "y": torch.tensor([0.5] * 5)}, tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    torch.save({"x": torch.randn(5, 2), "y": torch.arange(4)}, tmp_path / "short.pt")
+    for name, why in (("bad", "non-negative integer labels"), ("junk", "cannot read it"),
+                      ("short", "x must be \\(N, d_in\\)")):
+        with pytest.raises(tp.UsageError, match=why):
+            load(str(tmp_path / f"{name}.pt"))
 
 
 def test_the_data_sets_the_programs_finite_dims_and_says_so():
