@@ -382,10 +382,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
         raise UsageError("give at least two positive widths", help="e.g. --widths 64,128,256")
-    for w in widths:
-        problem = program.width_problem(w)
-        if problem:
-            raise UsageError(f"width {w}: {problem}", help="choose widths the dims divide")
+    program.check_widths(widths)
     if steps < 2:
         raise UsageError("the check judges changes from step 2 on (a first step can scale "
                          "differently)", help="use --steps 2 or more (default: 3)")

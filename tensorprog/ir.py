@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 
-from .errors import Collector, SemanticError, Span
+from .errors import Collector, SemanticError, Span, UsageError
 
 #: Functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin. The norms
 #: act over the vector's dim and the softmaxes over the key-token axis of attention logits.
@@ -291,6 +291,13 @@ class Program:
                 if total % head:
                     return f"the head dim {ins.over} = {head} does not divide {total}"
         return None
+
+    def check_widths(self, widths) -> None:
+        """Raise a UsageError for the first width at which the program has no network."""
+        for w in widths:
+            problem = self.width_problem(w)
+            if problem:
+                raise UsageError(f"width {w}: {problem}", help="choose widths the dims divide")
 
     @cached_property
     def seq(self) -> str | None:

@@ -233,10 +233,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
         raise UsageError("give at least two positive widths")
-    for w in widths:
-        problem = fitted.width_problem(w)
-        if problem:
-            raise UsageError(f"width {w}: {problem}", help="choose widths the dims divide")
+    fitted.check_widths(widths)
     # digits: about two epochs; past that the MLP memorises the 1,797 images, every loss near the
     # optimum is ~1e-3 and the optimum is noise (measured: 300 steps, docs/transfer.md)
     steps = steps or (200 if data.is_text else 60)
