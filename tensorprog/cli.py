@@ -2,7 +2,7 @@
 numerically.
 
 User errors print a positioned message and exit with status 2; a failed check exits with 1.
-Only ``check`` imports torch.
+Only ``check`` and ``transfer`` import torch.
 """
 
 from __future__ import annotations
@@ -51,15 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--dump", choices=["ir"], help="print a pipeline stage and stop")
     d.add_argument("-o", "--output", metavar="OUT.py",
                    help="write a PyTorch module with this parametrization (imports only torch)")
-    d.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
-                   help="the parametrization to emit with -o (default: the derived µP)")
-    d.add_argument("--readout-zero-init", action="store_true",
-                   help="initialise output weights (derived role) to zero; the table then says "
-                        "what that does to the vectors at init")
-    d.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
-                   help="initialise these weights to zero (e.g. the attention queries)")
-    d.add_argument("--base-width", type=int, metavar="N",
-                   help="with -o: the width at which the module equals SP (default: the program's)")
+    _module_options(d, "the table then says what zero init does to the vectors at init")
 
     c = sub.add_parser("classify", help="classify a parametrization: stable? feature learning?")
     c.add_argument("program", help="a .tp file")
@@ -76,16 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="coordinate check: train the emitted module at several widths "
                                      "and judge every vector's scaling (needs torch)")
     k.add_argument("program", help="a .tp file")
-    k.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
-                   help="the parametrization to check (default: the derived µP)")
     k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3")
-    k.add_argument("--readout-zero-init", action="store_true",
-                   help="initialise output weights (derived role) to zero")
-    k.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
-                   help="initialise these weights to zero (e.g. the attention queries)")
-    k.add_argument("--base-width", type=int, metavar="N",
-                   help="the width at which the module equals SP (default: the program's)")
+    _module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
     k.add_argument("--steps", type=int, default=3,
@@ -130,6 +115,36 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", metavar="FILE.png", help="draw loss against the HP per width")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     return ap
+
+
+def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
+    """The options that pick the emitted module's parametrization (derive -o and check)."""
+    p.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
+                   help="the parametrization to emit or check (default: the derived µP)")
+    p.add_argument("--readout-zero-init", action="store_true",
+                   help=f"initialise output weights (derived role) to zero; {zero_note}")
+    p.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
+                   help="initialise these weights to zero (e.g. the attention queries)")
+    p.add_argument("--base-width", type=_positive, metavar="N",
+                   help="the width at which the module equals SP (default: the program's)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _check_plot(args) -> None:
+    """Refuse an unwritable figure path before any training."""
+    if args.plot:
+        from .plots import check_plot_path
+
+        check_plot_path(args.plot)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -200,9 +215,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.dump == "ir":
             sys.stdout.write(to_text(program))
             return 0
+        if args.output:  # the module's own parametrization derives what it needs
+            return _write_module(args, program, optimizer)
         d = derive(program, optimizer, args.convention)
-        if args.output:
-            return _write_module(args, program, optimizer, d)
         zeroed = None
         if args.zero_init or args.readout_zero_init:
             zeroed = zero_init(program, d.abc, args.zero_init, args.readout_zero_init)
@@ -243,12 +258,7 @@ def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
     from .coordcheck import coord_check, render
 
-    if args.base_width is not None and args.base_width <= 0:
-        raise UsageError("--base-width must be a positive integer")
-    if args.plot:
-        from .plots import check_plot_path
-
-        check_plot_path(args.plot)
+    _check_plot(args)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,
@@ -292,10 +302,7 @@ def _transfer(args, program, optimizer) -> int:
                         ("--batch-size", args.batch_size), ("--jobs", args.jobs)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1")
-    if args.plot:
-        from .plots import check_plot_path
-
-        check_plot_path(args.plot)
+    _check_plot(args)
     result = sweep(program, optimizer, args.data, params=args.param, hp=args.hp,
                    widths=_widths(args.widths), values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
@@ -308,13 +315,11 @@ def _transfer(args, program, optimizer) -> int:
     return 0
 
 
-def _write_module(args, program, optimizer, d) -> int:
+def _write_module(args, program, optimizer) -> int:
     from .codegen import emit, parametrization
 
     abc, label = parametrization(program, optimizer, args.param, args.convention,
                                  args.readout_zero_init, args.zero_init)
-    if args.base_width is not None and args.base_width <= 0:
-        raise UsageError("--base-width must be a positive integer")
     flags = [f"--param {args.param}", f"--optimizer {optimizer.name}",
              f"--convention {args.convention}"]
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
