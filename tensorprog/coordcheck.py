@@ -50,6 +50,11 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
 # vectors (and attention compares tokens pairwise), so its batch shrinks to keep about 16.
 VECTORS_PER_STEP = 16
 ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
+# A stable run's change grows about linearly in the steps (x1.5 from step 2 to step 3). A change
+# that grows more than this factor in one step, from step 3 on, and is larger than the vector
+# itself at init, marks a run that diverges at this learning rate: its slopes measure the blow-up,
+# whatever the parametrization (examples/resnet.tp under SGD at lr 0.1: x18 and x25).
+UNSTABLE_GROWTH = 4.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ class CheckResult:
     seeds: list[int]
     steps: int
     settings: dict = field(default_factory=dict)
+    # (vector, width, step, growth): changes that accelerate as a diverging run's do
+    unstable: list[tuple[str, int, int, float]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -190,6 +197,8 @@ class CheckResult:
         return {"passed": self.passed, "against": self.against, "tolerance": self.tolerance,
                 "widths": self.widths, "seeds": self.seeds, "steps": self.steps,
                 **self.settings, "failures": list(self.failures),
+                "unstable": [{"vector": v, "width": w, "step": t, "growth": g}
+                             for v, w, t, g in self.unstable],
                 "tensors": [r.as_dict() for r in self.results]}
 
 
@@ -281,7 +290,26 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             if not judged:
                 ok, verdict = True, f"{verdict} (step 1: not judged)"
             results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))
-    return CheckResult(results, tolerance, against, widths, seeds, last)
+    return CheckResult(results, tolerance, against, widths, seeds, last,
+                       unstable=_unstable(results))
+
+
+def _unstable(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:
+    """Changes that grow more than UNSTABLE_GROWTH-fold in one step (from step 3 on) and exceed
+    the vector's own size at init: the run diverges, so its slopes say nothing about scaling."""
+    by = {(r.name, r.step): r.rms for r in results}
+    out = []
+    for (name, t), rms in by.items():
+        if t < 3 or (name, t - 1) not in by:
+            continue
+        before, init = by[(name, t - 1)], by.get((name, 0), {})
+        for w, now in rms.items():
+            prev = before.get(w, 0.0)
+            if not (math.isfinite(now) and math.isfinite(prev)) or prev <= ZERO_RMS:
+                continue
+            if now > UNSTABLE_GROWTH * prev and now > init.get(w, 0.0):
+                out.append((name, w, t, now / prev))
+    return out
 
 
 # --- running the emitted module -----------------------------------------------------------------
@@ -436,6 +464,16 @@ def render(result: CheckResult) -> str:
     if result.steps >= 2:
         lines.append("(* step 1 is shown but not judged: a first step can scale differently)")
     lines.append("")
+    if result.unstable:
+        name, width, t, growth = max(result.unstable, key=lambda u: u[3])
+        vectors = len({u[0] for u in result.unstable})
+        lr = s.get("lr")
+        hint = f" (e.g. --lr {lr / 10:g})" if isinstance(lr, float) else ""
+        lines += [f"WARNING: training diverges: the change of {name} grew x{growth:.0f} from step "
+                  f"{t - 1} to step {t} at width {width}",
+                  f"  ({vectors} vector(s) accelerate like this); the slopes then measure the "
+                  "run's blow-up,",
+                  f"  not the parametrization: lower the learning rate{hint}", ""]
     failures = result.failures
     how = "µP requires" if result.against == "mup" else "predicted"
     if not failures:

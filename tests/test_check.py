@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import tensorprog
 from tensorprog.cli import run
 from tensorprog.codegen import emit, parametrization
-from tensorprog.coordcheck import TOLERANCE, Measurements, _fit, judge, load_module, measure
+from tensorprog.coordcheck import TOLERANCE, Measurements, _fit, judge, load_module, measure, render
 from tensorprog.optimizers import OPTIMIZERS
 
 torch = pytest.importorskip("torch")
@@ -145,6 +145,7 @@ def test_readout_zero_init_passes_with_an_exactly_zero_output_at_init():
 def test_every_example_passes_under_its_derived_mup(name, optimizer):
     result = tensorprog.check(example(name), optimizer)
     assert result.passed, result.failures
+    assert not result.unstable, result.unstable
 
 
 # --- the CLI ------------------------------------------------------------------------------------
@@ -275,11 +276,44 @@ def test_check_on_cuda_matches_cpu():
 
 
 def test_resnet_passes_under_mup_and_sp_fails():
-    """Each step's update sums over 1,024 pixels: at the default LR the features move far from
-    init within 3 steps, so this check uses lr 1e-3 (docs/check.md)."""
+    """Each step's update sums over 1,024 pixels: at the default LR and small widths the features
+    move far from init within 3 steps, so this check uses lr 1e-3 (docs/check.md)."""
     program = example("resnet")
     kw = dict(widths=(32, 64, 128, 256), seeds=2, lr=1e-3)
     assert tensorprog.check(program, "adam", **kw).passed
     sp = tensorprog.check(program, "adam", param="sp", **kw)
     assert {"h2", "y"} <= set(sp.failures)
     assert sp.slope("y", 3) > 1.0
+
+
+def test_resnet_passes_under_mup_with_sgd_at_a_stable_learning_rate():
+    """At lr 0.1 SGD diverges within 3 steps at every width (the check warns, next test); at
+    lr 0.01 it passes. Widths from 64: over 32..256 the second block drifts to +0.16."""
+    result = tensorprog.check(example("resnet"), "sgd", lr=0.01, widths=(64, 128, 256, 512),
+                              seeds=2)
+    assert result.passed, result.failures
+    assert not result.unstable
+
+
+def test_a_diverging_run_is_named_and_a_lower_learning_rate_suggested():
+    """Synthetic measurements: every change grows linearly in the steps except h2's, which grows
+    x20 from step 2 to step 3 and passes its init size. Only h2 is flagged, at every width."""
+    program = example("mlp")
+    opt = OPTIMIZERS["adam"]
+    abc = tensorprog.derive(program, "adam").abc
+    m = Measurements()
+    for w in (64, 256, 1024):
+        for ins in program.body:
+            for step in range(4):
+                m.rms[(ins.out, step, w, 0)] = 1.0 if step == 0 else 0.1 * step
+        m.rms[("h2", 3, w, 0)] = 4.0
+    result = judge(program, opt, abc, m)
+    assert [(v, w, t) for v, w, t, _ in result.unstable] == [("h2", 64, 3), ("h2", 256, 3),
+                                                              ("h2", 1024, 3)]
+    assert result.unstable[0][3] == pytest.approx(20.0)
+    result.settings["lr"] = 0.1
+    text = render(result)
+    assert "training diverges: the change of h2 grew x20 from step 2 to step 3" in text
+    assert "--lr 0.01" in text
+    assert result.as_dict()["unstable"][0] == {"vector": "h2", "width": 64, "step": 3,
+                                               "growth": pytest.approx(20.0)}
