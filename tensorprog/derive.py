@@ -33,7 +33,7 @@ from .analysis import (
     prescaled,
     used_params,
 )
-from .errors import EngineError
+from .errors import Diagnostic, EngineError, Span
 from .exponents import HALF, NEG_INF, ZERO, Exp, canon, gt
 from .ir import Program
 from .optimizers import Optimizer
@@ -217,11 +217,21 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
-        raise EngineError(
-            "no parametrization makes every vector Θ(1) with maximal updates:\n  "
-            + "\n  ".join(v.message for v in check.violations),
-            help="every width-dependent sum needs a param (or a scale) that can absorb it")
+        # one diagnostic per violation, pointing at the instruction (or param) concerned
+        help_ = "every width-dependent sum needs a param (or a scale) that can absorb it"
+        raise EngineError([
+            Diagnostic(f"no parametrization makes every vector Θ(1) with maximal updates: "
+                       f"{v.message}", _span_of(program, v.tensor), help_)
+            for v in check.violations])
     return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
+
+
+def _span_of(program: Program, tensor: str) -> Span | None:
+    """Where a vector is computed or a param declared, for an error's position."""
+    if tensor in program.param_table:
+        return program.param_table[tensor].span
+    ins = program.producer.get(tensor)
+    return ins.span if ins is not None else None
 
 
 def _solve(params: list[str], equations: list[Equation]) -> dict[str, ABC]:
