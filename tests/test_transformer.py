@@ -104,6 +104,24 @@ def test_mup_with_sgd_passes_with_a_fixed_head_dim():
     assert result.passed, result.failures
 
 
+def test_sgd_attention_logits_reach_their_theta_one_change_only_at_second_order():
+    """The open gap of docs/check.md, pinned down. With a head dim that grows with n, the Θ(1)
+    part of the logits' change under SGD is an LLN sum built from an earlier update, so its size
+    goes as (lr · gradient)^2, while the CLT part against the initial keys goes as lr · gradient
+    · n^-1/2. At the default lr the second dominates (slope near -1/2: the check fails); raising
+    the lr moves block 1's logits towards the predicted 0, which a true n^-1/2 law would not do.
+    Block 2's queries also move at first order through the residual stream, so its logits stay
+    near -1/2 at these widths."""
+    program = tp.parse_file(TIED)
+    low = tp.check(program, "sgd", seeds=2)
+    high = tp.check(program, "sgd", lr=3.0, seeds=2)
+    assert not low.passed and {"s1", "s2"} <= set(low.failures)
+    assert low.slope("s1", 3) < -0.3
+    assert abs(high.slope("s1", 3)) <= TOLERANCE  # measured -0.41 at lr 0.1, -0.12 at lr 3
+    assert high.slope("s1", 3) > low.slope("s1", 3) + 0.2
+    assert high.slope("s2", 3) < -0.3
+
+
 def test_sp_fails_naming_attention_logits_and_output_logits():
     result = tp.check(tp.parse_file(TIED), "adam", param="sp", widths=WIDTHS, seeds=2)
     assert not result.passed
