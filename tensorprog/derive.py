@@ -168,11 +168,14 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
                           help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
-    unset = [f"{p} ({'init' if an.S[p] is None else 'update'})" for p in params
+    unset = [p for p in params
              if an.S[p] is None or (an.U[p] is None and not program.param_table[p].is_scale)]
     if unset:
-        raise EngineError(f"no condition fixes the scale of {', '.join(unset)}",
-                          help="each param must reach an output through something it can move")
+        raise EngineError([
+            Diagnostic(f"no condition fixes the {'init' if an.S[p] is None else 'update'} "
+                       f"scale of {p}", program.param_table[p].span,
+                       "each param must reach an output through something it can move")
+            for p in unset])
     an.V = dict(an.U)
     an.backward()
     chosen: dict[str, dict[str, Bound]] = {}
