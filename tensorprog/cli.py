@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("derive", help="derive the µP parametrization of a program")
     d.add_argument("program", help="a .tp file")
-    d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                   help="default: adam")
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="classify a parametrization: stable? feature learning?")
     c.add_argument("program", help="a .tp file")
-    c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
+                   help="default: sgd (TP4's setting for the presets)")
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=PRESETS)
     which.add_argument("--abc", metavar="FILE.json",
@@ -68,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="coordinate check: train the emitted module at several widths "
                                      "and judge every vector's scaling (needs torch)")
     k.add_argument("program", help="a .tp file")
-    k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                   help="default: adam")
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3")
     _module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
@@ -97,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                         "or a FILE.pt")
     t.add_argument("--param", type=_names, default=("mup", "sp"), metavar="mup,sp",
                    help="parametrizations to compare (default: mup,sp; also ntp)")
-    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                   help="default: adam")
     t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr")
     t.add_argument("--values", metavar="V1,V2,...",
@@ -315,6 +320,13 @@ def _transfer(args, program, optimizer) -> int:
     return 0
 
 
+def _shown(path: str) -> str:
+    """A path for the emitted module's "Regenerate with" line: as the user typed it when relative
+    (so the line can be pasted from the same directory), the bare name when absolute (no
+    machine's directories end up in generated code)."""
+    return Path(path).name if Path(path).is_absolute() else Path(path).as_posix()
+
+
 def _write_module(args, program, optimizer) -> int:
     from .codegen import emit, parametrization
 
@@ -325,7 +337,7 @@ def _write_module(args, program, optimizer) -> int:
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
     flags += [f"--zero-init {','.join(args.zero_init)}"] if args.zero_init else []
     flags += [f"--base-width {args.base_width}"] if args.base_width else []
-    command = f"tensorprog derive {Path(args.program).name} -o {Path(args.output).name}"
+    command = f"tensorprog derive {_shown(args.program)} -o {_shown(args.output)} \\"
     emitted = emit(program, abc, optimizer=optimizer.name, label=label,
                    command=command + "\n    " + " ".join(flags), base_width=args.base_width)
     try:
@@ -345,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted (a transfer sweep resumes from its cache)", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # the reader went away (`tensorprog ... | head`): stop quietly, as the Python docs advise,
+        # pointing stdout at devnull so that the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     sys.exit(code)
 
 

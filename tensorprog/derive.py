@@ -220,12 +220,15 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
-        # one diagnostic per violation, pointing at the instruction (or param) concerned
-        help_ = "every width-dependent sum needs a param (or a scale) that can absorb it"
-        raise EngineError([
-            Diagnostic(f"no parametrization makes every vector Θ(1) with maximal updates: "
-                       f"{v.message}", _span_of(program, v.tensor), help_)
-            for v in check.violations])
+        # a headline, then one diagnostic per violation at the instruction (or param) concerned
+        last = len(check.violations) - 1
+        found = [Diagnostic(v.message, _span_of(program, v.tensor),
+                            "every width-dependent sum needs a param (or a scale) that can "
+                            "absorb it" if i == last else None)
+                 for i, v in enumerate(check.violations)]
+        raise EngineError(
+            [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
+            + found)
     return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
 
 

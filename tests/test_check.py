@@ -135,6 +135,7 @@ def test_readout_zero_init_passes_with_an_exactly_zero_output_at_init():
     result = tensorprog.check(example("mlp"), "adam", readout_zero_init=True,
                               widths=(64, 256, 1024), seeds=2)
     assert result.passed, result.failures
+    assert not result.unstable  # late starters accelerate, but a zero init is not flagged
     y0 = next(r for r in result.results if r.name == "y" and r.step == 0)
     assert y0.slope == -math.inf and y0.verdict.startswith("exactly zero")
 
@@ -296,8 +297,10 @@ def test_resnet_passes_under_mup_with_sgd_at_a_stable_learning_rate():
 
 
 def test_a_diverging_run_is_named_and_a_lower_learning_rate_suggested():
-    """Synthetic measurements: every change grows linearly in the steps except h2's, which grows
-    x20 from step 2 to step 3 and passes its init size. Only h2 is flagged, at every width."""
+    """Synthetic measurements: every change grows linearly in the steps except three. h2 grows
+    x20 from step 2 to step 3 past its init size: flagged at every width. x2 overflows at one
+    width: flagged with growth inf. y starts at exactly 0 (a zero-initialised readout) and its
+    change accelerates as a late starter's does: not flagged."""
     program = example("mlp")
     opt = OPTIMIZERS["adam"]
     abc = tensorprog.derive(program, "adam").abc
@@ -307,13 +310,27 @@ def test_a_diverging_run_is_named_and_a_lower_learning_rate_suggested():
             for step in range(4):
                 m.rms[(ins.out, step, w, 0)] = 1.0 if step == 0 else 0.1 * step
         m.rms[("h2", 3, w, 0)] = 4.0
+        m.rms.update({("y", 0, w, 0): 0.0, ("y", 1, w, 0): 0.01, ("y", 2, w, 0): 0.1,
+                      ("y", 3, w, 0): 2.0})
+    m.rms[("x2", 3, 1024, 0)] = math.inf
     result = judge(program, opt, abc, m)
-    assert [(v, w, t) for v, w, t, _ in result.unstable] == [("h2", 64, 3), ("h2", 256, 3),
-                                                              ("h2", 1024, 3)]
-    assert result.unstable[0][3] == pytest.approx(20.0)
+    flagged = [(v, w, t) for v, w, t, _ in result.unstable]
+    assert flagged == [("h2", 64, 3), ("h2", 256, 3), ("h2", 1024, 3), ("x2", 1024, 3)]
+    assert result.unstable[0][3] == pytest.approx(20.0) and result.unstable[-1][3] == math.inf
     result.settings["lr"] = 0.1
     text = render(result)
-    assert "training diverges: the change of h2 grew x20 from step 2 to step 3" in text
+    assert "x2 overflowed to inf or nan from step 2 to step 3 at width 1024" in text
     assert "--lr 0.01" in text
-    assert result.as_dict()["unstable"][0] == {"vector": "h2", "width": 64, "step": 3,
-                                               "growth": pytest.approx(20.0)}
+    d = result.as_dict()["unstable"]
+    assert d[0] == {"vector": "h2", "width": 64, "step": 3, "growth": pytest.approx(20.0)}
+    assert d[-1]["growth"] == "inf"
+    json.dumps(result.as_dict(), allow_nan=False)  # valid JSON
+
+
+def test_the_resnet_under_sgd_at_lr_0_1_is_named_as_diverging():
+    """The motivating case: the second block's change grows x18 from step 2 to 3 at width 64
+    with the default widths (docs/check.md); two small widths show it too."""
+    result = tensorprog.check(example("resnet"), "sgd", lr=0.1, widths=(32, 64), seeds=1)
+    assert {"h2", "y"} <= {v for v, *_ in result.unstable}
+    result.settings["lr"] = 0.1
+    assert "WARNING: training may be diverging" in render(result)
