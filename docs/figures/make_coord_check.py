@@ -10,6 +10,7 @@ Prints each check's table too, for the README.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tensorprog.coordcheck import DEFAULT_WIDTHS, coord_check, render
@@ -32,7 +33,7 @@ def main() -> None:
     results = []
     for param, opt in CASES:
         r = coord_check(program, OPTIMIZERS[opt], param=param, widths=widths,
-                        device=args.device, progress=True)
+                        device=args.device, progress=sys.stderr.isatty())
         print(render(r))
         results.append(r)
     print(f"wrote {coord_plot(results, args.out)}")
