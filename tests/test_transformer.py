@@ -175,3 +175,35 @@ def test_zero_init_of_queries_and_readout_is_reported_and_checked(capsys):
 def test_zero_init_of_an_unknown_weight_is_a_usage_error():
     with pytest.raises(tp.UsageError, match="no weight named Wx"):
         tp.check(tp.parse_file(HEADS), "adam", zero=("Wx",))
+
+
+# --- a LLaMA-style decoder: RMSNorm gains, a SwiGLU MLP ------------------------------------------
+
+LLAMA = ROOT / "examples" / "llama.tp"  # RMSNorm, SwiGLU (d_ff = 3n), head dim 16, untied
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_rmsnorm_gains_derive_like_biases_and_the_gate_branches_as_hidden(optimizer):
+    abc = derive(LLAMA, optimizer).abc
+    lr_in = -1 if optimizer == "sgd" else 0  # TP5 Table 3: input-like LR n (SGD) or Θ(1) (Adam)
+    for p in ("E", "P", "ga1", "gm1", "ga2", "gm2", "gf"):
+        assert (abc[p].a + abc[p].b, abc[p].c) == (0, lr_in), p
+    hidden_lr = 0 if optimizer == "sgd" else 1
+    for p in ("Wq1", "Wg1", "Wu1", "Wd1", "Wo2", "Wg2", "Wu2", "Wd2"):
+        assert (abc[p].a + abc[p].b, abc[p].c) == (HALF, hidden_lr), p
+    assert (abc["U"].a + abc["U"].b, abc["U"].c) == (1, 1)  # the untied readout
+    assert abc["attn"].a == 0  # a fixed head dim: the scale keeps its base value
+
+
+def test_llama_passes_under_mup_and_sp_fails_naming_the_logits():
+    """Under SGD the readout's init term U0·Δf is a CLT sum (n^-1/2) with a large constant at
+    widths 64 and 128 (output logits -0.17 over the default widths, and a pass over 128..2048);
+    a zero-initialised readout, as TP5 advises, removes it (docs/check.md)."""
+    program = tp.parse_file(LLAMA)
+    assert tp.check(program, "adam", widths=WIDTHS, seeds=2).passed
+    sgd = tp.check(program, "sgd", readout_zero_init=True, widths=WIDTHS, seeds=2)
+    assert sgd.passed, sgd.failures
+    sp = tp.check(program, "adam", param="sp", widths=WIDTHS, seeds=2)
+    assert {"s1", "s2", "logits"} <= set(sp.failures)
+    for name in ("s1", "s2", "logits"):
+        assert sp.slope(name, 3) > 0.5 and "blows up" in sp.failures[name][-1].verdict
