@@ -349,6 +349,7 @@ def render(s: Sweep) -> str:
         drift = s.drift(param)
         lines += [f"optimal log2({s.hp}): " + ", ".join(optima),
                   f"drift across widths: {'n/a' if drift is None else f'{drift:.2f}'} (log2; "
-                  f"{'n/a' if drift is None else f'x{2 ** drift:.2f}'}), wider is better at "
+                  f"{'n/a' if drift is None else f'x{2 ** drift:.2f}'}), wider is no worse (within "
+                  f"{WIDER_TOLERANCE:.0%}) at "
                   f"every value: {'yes' if s.wider_is_better(param) else 'no'}"]
     return "\n".join(lines) + "\n"
