@@ -1,13 +1,23 @@
-"""Shared helpers: example paths and generated MLPs of any depth."""
+"""Shared helpers: example paths, generated MLPs of any depth, importing emitted modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
+
+
+def import_file(path: Path, name: str | None = None) -> types.ModuleType:
+    """Import a generated module from its file, as a user's script would."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:

@@ -6,12 +6,11 @@ Every run uses fixed seeds; the tolerance is the documented default (±0.15, see
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, import_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,9 +100,7 @@ def test_every_measured_slope_agrees_with_classify(three_way):
 def test_used_by_plain_training_loop_through_the_public_api(tmp_path):
     out = tmp_path / "mlp_mup.py"
     assert run(["derive", str(MLP), "-o", str(out)]) == 0
-    spec = importlib.util.spec_from_file_location("mlp_mup_user", out)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_file(out, "mlp_mup_user")
 
     measurements = tensorprog.Measurements()
     for width in (64, 256, 1024):

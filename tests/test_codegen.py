@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli import main  # noqa: E402
@@ -27,13 +26,6 @@ def _write(tmp_path, example="mlp.tp", *flags) -> Path:
     return out
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_golden_module(example, tmp_path):
     text = _write(tmp_path, example.name).read_text()
     golden = GOLDEN / f"{example.stem}_mup.py"
@@ -43,7 +35,7 @@ def test_golden_module(example, tmp_path):
 
 
 def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
-    m = _load(_write(tmp_path, example.name))
+    m = import_file(_write(tmp_path, example.name))
     model = m.Model(64, dtype=torch.float64)
     inputs = model.example_inputs(3, generator=torch.Generator().manual_seed(0))
     out = model(*inputs)
@@ -61,7 +53,7 @@ def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
 
 def test_lr_and_init_scale_as_derived(tmp_path):
     # µP, Adam, table3: c = (0, 0, 1, 0, 1) and b = (0, 0, ½, 0, 1) for W1, b1, W2, b2, W3
-    m = _load(_write(tmp_path, "mlp.tp"))
+    m = import_file(_write(tmp_path, "mlp.tp"))
     small, big = m.Model(256), m.Model(4096)
     lr = {g["name"]: g["lr"] for g in m.param_groups(big, 1.0)}
     assert lr["W1"] == pytest.approx(1.0) and lr["W2"] == pytest.approx(1 / 16)
@@ -73,7 +65,8 @@ def test_lr_and_init_scale_as_derived(tmp_path):
 
 
 def test_mup_equals_sp_at_the_base_width(tmp_path):
-    mup, sp = _load(_write(tmp_path, "mlp.tp")), _load(_write(tmp_path, "mlp.tp", "--param", "sp"))
+    mup = import_file(_write(tmp_path, "mlp.tp"))
+    sp = import_file(_write(tmp_path, "mlp.tp", "--param", "sp"))
     a, b = mup.Model(256), sp.Model(256)
     b.load_state_dict(a.state_dict())
     x = a.example_inputs(2)
@@ -102,8 +95,8 @@ def _trajectory(module, width, steps=5):
 
 
 def test_conventions_give_the_same_network_and_trajectory(tmp_path):
-    table3 = _load(_write(tmp_path, "mlp.tp", "--optimizer", "sgd"))
-    mup = _load(_write(tmp_path, "mlp.tp", "--optimizer", "sgd", "--convention", "mup"))
+    table3 = import_file(_write(tmp_path, "mlp.tp", "--optimizer", "sgd"))
+    mup = import_file(_write(tmp_path, "mlp.tp", "--optimizer", "sgd", "--convention", "mup"))
     # same draws: the mup form stores W3 / ratio as w (b = 0) and multiplies it back
     a = _trajectory(table3, 512)
     torch.manual_seed(0)
@@ -133,7 +126,7 @@ def test_conventions_give_the_same_network_and_trajectory(tmp_path):
 # torch's own compile stack touches a deprecated torch.jit API on import; not ours to fix
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_sees_an_ordinary_module(tmp_path):
-    m = _load(_write(tmp_path, "mlp.tp"))
+    m = import_file(_write(tmp_path, "mlp.tp"))
     model = m.Model(64)
     (x,) = model.example_inputs(4, generator=torch.Generator().manual_seed(0))
     compiled = torch.compile(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, import_file
 from sympy import Rational
 
 import tensorprog as tp
@@ -136,11 +136,7 @@ def test_emitted_decoder_takes_token_ids_and_builds_positions(tmp_path):
     from tensorprog.cli import run
 
     assert run(["derive", str(TIED), "-o", str(out)]) == 0
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tf_user", out)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = import_file(out, "tf_user")
     model = mod.Model(256)
     (tok,) = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
     assert tok.dtype == torch.int64 and tok.shape == (2, 4) and int(tok.max()) < 64
