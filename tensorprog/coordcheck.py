@@ -118,6 +118,8 @@ class Measurements:
 
     def __init__(self) -> None:
         self.rms: dict[tuple[str, int, int, int], float] = {}  # (vector, step, width, seed)
+        # (width, seed) -> (step, why): runs that could not go on (an optimizer step overflowed)
+        self.stopped: dict[tuple[int, int], tuple[int, str]] = {}
         self._start: dict[tuple[int, int], dict] = {}
 
     def record(self, width: int, step: int, vectors: dict, seed: int = 0) -> None:
@@ -130,6 +132,16 @@ class Measurements:
         for name, v in vectors.items():
             delta = v if step == 0 else v - start[name]
             self.rms[(name, step, width, seed)] = float(delta.pow(2).mean().sqrt())
+
+    def stop(self, width: int, step: int, last: int, why: str, seed: int = 0) -> None:
+        """Record that the run at (width, seed) could not take step ``step``: every vector's
+        change from there to step ``last`` is nan, which the judge reports as a divergence."""
+        if (width, seed) not in self._start:
+            raise UsageError(f"record step 0 for width {width}, seed {seed} before step {step}")
+        self.stopped[(width, seed)] = (step, why)
+        for name in self._start[(width, seed)]:
+            for t in range(step, last + 1):
+                self.rms[(name, t, width, seed)] = math.nan
 
     def axis(self, k: int) -> list:
         return sorted({key[k] for key in self.rms})
@@ -179,10 +191,14 @@ class CheckResult:
     settings: dict = field(default_factory=dict)
     # (vector, width, step, growth): changes that accelerate as a diverging run's do
     unstable: list[tuple[str, int, int, float]] = field(default_factory=list)
+    # (vector, width, seed, step, why): per run that overflowed, the first vector (in program
+    # order) that went inf or nan and the step where it did; vector "" where the run stopped
+    # before any did (the loss overflowed, or the optimizer refused the step)
+    diverged: list[tuple[str, int, int, int, str]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(r.ok for r in self.results)
+        return not self.diverged and all(r.ok for r in self.results)
 
     @property
     def failures(self) -> dict[str, list[TensorResult]]:
@@ -202,7 +218,66 @@ class CheckResult:
                 **self.settings, "failures": list(self.failures),
                 "unstable": [{"vector": v, "width": w, "step": t, "growth": _finite(g)}
                              for v, w, t, g in self.unstable],
+                "diverged": [{"vector": v, "width": w, "seed": s, "step": t, "why": why}
+                             for v, w, s, t, why in self.diverged],
                 "tensors": [r.as_dict() for r in self.results]}
+
+    def __repr__(self) -> str:
+        s = self.settings
+        what = " ".join(str(s[k]) for k in ("program", "param", "optimizer") if k in s)
+        return (f"<CheckResult {what + ': ' if what else ''}{self._verdict()}, widths "
+                f"{_span(self.widths)} x {len(self.seeds)} seed(s), {self.steps} steps>")
+
+    def __str__(self) -> str:
+        """What was checked, the verdict, each failing vector's worst entry and any warning."""
+        s = self.settings
+        ref = "what µP requires" if self.against == "mup" else "the engine's prediction"
+        lr = f"lr {s['lr']:g}, " if isinstance(s.get("lr"), (int, float)) else ""
+        under = s.get("label") or " + ".join(str(s[k]) for k in ("param", "optimizer") if k in s)
+        lines = [f"coordinate check of {s.get('program', 'a program')}"
+                 + (f" under {under}" if under else ""),
+                 f"  {lr}widths {', '.join(map(str, self.widths))} x {len(self.seeds)} seed(s), "
+                 f"{self.steps} steps, against {ref} (±{self.tolerance:g})",
+                 f"  {self._verdict()}"]
+        detail = _failure_lines(self)
+        if self.diverged:  # every vector then fails; the runs say why
+            detail = detail[:len(self.diverged)]
+        lines += [f"    {line}" for line in detail[:_SHOWN]]
+        if len(detail) > _SHOWN:
+            lines.append(f"    ... and {len(detail) - _SHOWN} more")
+        for v, w, t, g in self.unstable[:3]:
+            grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
+            lines.append(f"  unstable: the change of {v} {grew} from step {t - 1} to {t} at "
+                         f"width {w}")
+        if len(self.unstable) > 3:
+            lines.append(f"  unstable: {len(self.unstable) - 3} more")
+        return "\n".join(lines)
+
+    def _verdict(self) -> str:
+        if self.diverged:
+            return f"DIVERGED: {len(self.diverged)} run(s) went inf or nan"
+        if self.passed:
+            return "PASS"
+        names = list(self.failures)
+        more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+        return f"FAIL: {', '.join(names[:4])}{more}"
+
+
+_SHOWN = 12  # failing vectors listed by str(CheckResult); render lists them all
+
+
+def _span(widths: Sequence[int]) -> str:
+    return f"{widths[0]}..{widths[-1]}" if len(widths) > 2 else ",".join(map(str, widths))
+
+
+def _failure_lines(result: CheckResult) -> list[str]:
+    """One line per diverged run, then one per failing vector: its worst entry."""
+    lines = [f"width {w}, seed {s}: {why}" for _, w, s, _, why in result.diverged]
+    for name, entries in result.failures.items():
+        worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
+        when = "at init" if worst.step == 0 else f"after step {worst.step}"
+        lines.append(f"{name}: {worst.verdict} ({when})")
+    return lines
 
 
 def _fit(widths: Sequence[int], values: Sequence[float]) -> float:
@@ -290,11 +365,33 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             judged = exp is not None and t in judged_steps
             ok, verdict = (_judge(slope, exp, tolerance, t, rms) if exp
                            else (True, "not a program vector"))
-            if not judged:
+            if not judged and all(math.isfinite(r) for r in rms.values()):
                 ok, verdict = True, f"{verdict} (step 1: not judged)"
             results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))
     return CheckResult(results, tolerance, against, widths, seeds, last,
-                       unstable=_unstable(results))
+                       settings={"program": program.name, "optimizer": optimizer.name},
+                       unstable=_unstable(results), diverged=_diverged(measurements))
+
+
+def _diverged(m: Measurements) -> list[tuple[str, int, int, int, str]]:
+    """Per run with an inf or nan RMS: the first step where one appears and the first vector
+    (in program order) that has it there, so that the report names where the overflow began."""
+    out = []
+    names, steps = m.vectors, m.axis(1)
+    for width in m.axis(2):
+        for seed in m.axis(3):
+            bad = next(((t, v) for t in steps for v in names
+                        if not math.isfinite(m.rms.get((v, t, width, seed), 0.0))), None)
+            if bad is None:
+                continue
+            t, v = bad
+            stop = m.stopped.get((width, seed))
+            if stop and stop[0] == t:  # the run stopped before any vector went inf or nan
+                out.append(("", width, seed, t, stop[1]))
+            else:
+                out.append((v, width, seed, t, f"{v} is the first vector to go inf or nan "
+                                               f"(step {t})"))
+    return out
 
 
 def _unstable(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:
@@ -395,8 +492,19 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
             outs = model(*inputs)
             outs = outs if isinstance(outs, tuple) else (outs,)
             loss = sum((o * g).mean() for o, g in zip(outs, directions, strict=True))
+            if not torch.isfinite(loss):
+                m.stop(width, t, steps, f"the loss is {float(loss)} before step {t}", seed)
+                break
             loss.backward()
-            opt.step()
+            try:
+                opt.step()
+            except RuntimeError as err:
+                # torch refuses a step size that overflows float32 (Adam at lr 1e38); any other
+                # failure is a bug and propagates
+                if "overflow" not in str(err):
+                    raise
+                m.stop(width, t, steps, f"the optimizer's step size overflows at step {t}", seed)
+                break
             with torch.no_grad():
                 m.record(width, t, model.vectors(*inputs), seed)
     return m
@@ -484,15 +592,21 @@ def render(result: CheckResult) -> str:
                   f"  not the parametrization: lower the learning rate{hint}", ""]
     failures = result.failures
     how = "µP requires" if result.against == "mup" else "predicted"
-    if not failures:
+    if result.diverged:
+        lr = s.get("lr")
+        hint = f" (e.g. --lr {lr / 10:g})" if isinstance(lr, (int, float)) else ""
+        runs = len(result.diverged)
+        lines.append(f"DIVERGED: {runs} run(s) overflowed to inf or nan, so no slope "
+                     f"can be judged; lower the learning rate{hint}:")
+        lines += [f"  {line}" for line in _failure_lines(result)[:runs]]
+        if failures:
+            lines.append(f"  ({len(failures)} vector(s) fail as a result)")
+    elif not failures:
         caveat = " (but see the warning above)" if result.unstable else ""
         lines.append(f"PASS: every vector scales as {how}{caveat}")
     else:
         lines.append(f"FAIL: {len(failures)} vector(s) do not scale as {how}:")
-        for name, entries in failures.items():
-            worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
-            when = "at init" if worst.step == 0 else f"after step {worst.step}"
-            lines.append(f"  {name}: {worst.verdict} ({when})")
+        lines += [f"  {line}" for line in _failure_lines(result)]
     return "\n".join(lines) + "\n"
 
 
