@@ -29,30 +29,54 @@ def coord_plot(results: CheckResult | list[CheckResult], path: str | Path) -> Pa
 
     Several results (e.g. µP, SP, NTP of one program) are drawn as rows of one figure.
 
-    Each legend entry gives the fitted slope. Failing vectors are drawn thick, and dashed in
-    the panels where they fail.
+    Each row has its legend in a column of its own, right of the panels, with each vector's
+    slope at init and after the last step; the panels grow with the number of vectors so that
+    the legend fits. Vectors are told apart by colour, marker and line style together (20
+    colours, 6 markers and 2 line styles: 240 distinct styles). A failing vector is drawn thick
+    and opaque, its name in red in the legend, and dashed in the panels where it fails; passing
+    ones are thin and faded. A key under the legend says so.
     """
     import matplotlib
 
     matplotlib.use("Agg")  # no screen needed; the figure only goes to a file
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     results = results if isinstance(results, list) else [results]
     steps = list(range(max(r.steps for r in results) + 1))
-    fig, axes = plt.subplots(len(results), len(steps), sharex=True, squeeze=False,
-                             figsize=(3.2 * len(steps), 3.4 * len(results)))
+    count = max(len(_names(r)) for r in results)
+    columns = 1 if count <= _PER_COLUMN else 2
+    # a legend line is about 0.16 in at 7 pt, plus its title; a label about 0.06 in a character
+    height = max(3.4, 0.16 * (math.ceil(count / columns) + 2) + 0.9)
+    chars = max(len(_label(r, n)) for r in results for n in _names(r))
+    legend_width = columns * (0.45 + 0.058 * chars) + 0.1
+    fig, axes = plt.subplots(
+        len(results), len(steps) + 1, squeeze=False,
+        figsize=(3.2 * len(steps) + legend_width, height * len(results)),
+        gridspec_kw={"width_ratios": [3.2] * len(steps) + [legend_width]})
     for row, result in zip(axes, results, strict=True):
-        _row(row, result, steps)
-    return _save(fig, path)
+        _row(row[:-1], row[-1], result, steps, columns)
+    key = [(Line2D([], [], color="0.3", linewidth=0.8, alpha=0.55), "passes (thin, faded)"),
+           (Line2D([], [], color="0.3", linewidth=2.0),
+            "a failing vector (thick; its name in red)"),
+           (Line2D([], [], color="0.3", linewidth=2.0, linestyle=(0, (4, 2))),
+            "dashed: fails in that panel")]
+    fig.tight_layout()
+    fig.legend(*zip(*key, strict=True), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=3, fontsize=8, frameon=False, handlelength=3)
+    return _save(fig, path, tight=True)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, tight: bool = False) -> Path:
+    """Write the figure; ``tight``: the layout is done and the page grows to artists outside
+    the panels (a key under them)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if not tight:
+        fig.tight_layout()
     out = Path(path)
     try:
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=110, bbox_inches="tight" if tight else None)
     except (OSError, ValueError) as err:
         raise UsageError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from None
     finally:
@@ -60,40 +84,100 @@ def _save(fig, path: str | Path) -> Path:
     return out
 
 
-def _row(axes, result: CheckResult, steps: list[int]) -> None:
+_PER_COLUMN = 30  # legend entries per column before a second one
+_MARKERS = "osD^vX"
+
+
+def _names(result: CheckResult) -> list[str]:
+    return list(dict.fromkeys(r.name for r in result.results))
+
+
+def _style(k: int) -> dict:
+    """The k-th vector's colour, marker and line style: tab20's 20 colours, cycled against 6
+    markers (20 and 6 share the factor 2, hence the shift every 60 and the line style that
+    flips every 120) so that no two of the first 240 vectors look the same. The 10 strong
+    colours come first and then their light pairs, so that neighbours in program order differ
+    in hue."""
     import matplotlib.pyplot as plt
 
+    c = k % 20
+    return {"color": plt.get_cmap("tab20")(2 * c if c < 10 else 2 * (c - 10) + 1),
+            "marker": _MARKERS[(k + k // 60) % 6],
+            "dashes": (None if (k // 120) % 2 == 0 else (1, 1))}
+
+
+def _row(axes, key_ax, result: CheckResult, steps: list[int], columns: int) -> None:
+    from matplotlib.lines import Line2D
+
     failing = set(result.failures)
-    names = list(dict.fromkeys(r.name for r in result.results))
-    colors = plt.get_cmap("tab10")
+    names = _names(result)
+    by = {(r.name, r.step): r for r in result.results}
     for ax, t in zip(axes, steps, strict=True):
         drawn: list[float] = []
         for k, name in enumerate(names):
-            r = next((x for x in result.results if x.name == name and x.step == t), None)
+            r = by.get((name, t))
             if r is None:
                 continue
             ws = [w for w, v in r.rms.items() if v > 0 and math.isfinite(v)]
             if not ws:
                 continue
             drawn += [r.rms[w] for w in ws]
-            label = f"{name} ({r.slope:+.2f})" if math.isfinite(r.slope) else name
-            ax.loglog(ws, [r.rms[w] for w in ws], marker="o", markersize=3,
-                      linewidth=2.0 if name in failing else 0.9,
-                      linestyle="-" if r.ok else "--", color=colors(k % 10), label=label)
+            style = _style(k)
+            bad = name in failing
+            ax.loglog(ws, [r.rms[w] for w in ws], marker=style["marker"],
+                      markersize=3.5 if bad else 2.5, color=style["color"],
+                      linewidth=2.0 if bad else 0.8, alpha=1.0 if bad else 0.55,
+                      linestyle=(0, (4, 2)) if not r.ok else
+                      ("-" if style["dashes"] is None else (0, style["dashes"])),
+                      zorder=3 if bad else 2)
         if drawn:  # at least two decades, so that a flat line looks flat
             lo, hi = min(drawn), max(drawn)
             pad = max(1.0, math.sqrt(100 * lo / hi))
             ax.set_ylim(lo / pad, hi * pad)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(result.widths, [str(w) for w in result.widths], fontsize=7)
+        ax.minorticks_off()
         ax.set_title("init" if t == 0 else f"change after step {t}", fontsize=10)
         ax.set_xlabel("width")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
     axes[0].set_ylabel("RMS of coordinates")
     s = result.settings
-    verdict = "PASS" if result.passed else f"FAIL ({', '.join(sorted(failing))})"
+    named = list(result.failures)
+    verdict = ("DIVERGED" if result.diverged else "PASS" if result.passed
+               else f"FAIL ({', '.join(named)})" if len(named) <= 4
+               else f"FAIL: {len(named)} vectors")
     axes[0].set_title("")
-    axes[0].set_title(f"{s.get('label', '')}: {verdict}\ninit", fontsize=9, loc="left")
+    axes[0].set_title(f"{s.get('label', s.get('program', ''))}: {verdict}\ninit", fontsize=9,
+                      loc="left")
+
+    handles = []
+    for k, name in enumerate(names):
+        style = _style(k)
+        bad = name in failing
+        handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
+                              markersize=3.5, linewidth=2.0 if bad else 0.8,
+                              alpha=1.0 if bad else 0.7))
+    key_ax.axis("off")
+    legend = key_ax.legend(handles, [_label(result, n) for n in names], loc="upper left",
+                           fontsize=7, ncol=columns, frameon=False, borderaxespad=0.0,
+                           handlelength=2.2, columnspacing=0.8,
+                           title=f"vector, slope at init / after step {result.steps}",
+                           title_fontsize=7, alignment="left")
+    for text, name in zip(legend.get_texts(), names, strict=True):
+        if name in failing:
+            text.set_color("tab:red")
+            text.set_fontweight("bold")
+
+
+def _label(result: CheckResult, name: str) -> str:
+    by = {(r.name, r.step): r for r in result.results if r.name == name}
+    return f"{name}  {_slope(by.get((name, 0)))} / {_slope(by.get((name, result.steps)))}"
+
+
+def _slope(r) -> str:
+    if r is None or math.isnan(r.slope):
+        return "n/a"
+    return "zero" if r.slope == -math.inf else f"{r.slope:+.2f}"
 
 
 def transfer_plot(sweep, path: str | Path) -> Path:
