@@ -90,13 +90,17 @@ def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
     """A param's (fan_in, fan_out) dims as its uses show them; None means 1.
 
     A matrix [out, in] is used with @ (a tied matrix is also used transposed; its declared shape
-    decides). A vector is a bias or gain (fed the constant 1: fan_in 1) unless it is contracted
-    by ``dot`` (then it is a readout vector: fan_in its dim, fan_out 1). A scale has no fans.
+    decides); one used only transposed (W.T @ x) sums over its first dim, so its fans are swapped.
+    A vector is a bias or gain (fed the constant 1: fan_in 1) unless it is contracted by ``dot``
+    (then it is a readout vector: fan_in its dim, fan_out 1). A scale has no fans.
     """
     shape = program.param_table[param].shape
     if not shape:
         return None, None
     if len(shape) >= 2:
+        uses = [u for u in program.uses(param) if isinstance(u, MatMul)]
+        if uses and all(u.transposed for u in uses):
+            return shape[0], shape[1]
         return shape[1], shape[0]
     if any(isinstance(i, Dot) for i in program.uses(param)):
         return shape[0], None
