@@ -176,7 +176,8 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
                        f"scale of {p}", program.param_table[p].span,
                        "each param must reach an output through something it can move")
             for p in unset])
-    an.V = dict(an.U)
+    an.V = dict(an.U)  # stable by construction: capped and first-order updates are U
+    an.F = dict(an.U)
     an.backward()
     chosen: dict[str, dict[str, Bound]] = {}
     for b in bounds:
