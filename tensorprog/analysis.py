@@ -359,7 +359,18 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
         return _classify(program, optimizer, abc)
 
 
+def require_width(program: Program) -> None:
+    """Refuse a program none of whose outputs depends on a vector of infinite dim: it has no
+    width limit, so neither a derivation nor a regime means anything."""
+    live = live_values(program)
+    if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
+        raise EngineError(f"no output of {program.name} depends on a vector of width "
+                          f"{program.width.name}: there is nothing to scale",
+                          help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
+
+
 def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
+    require_width(program)
     used = used_params(program)
     missing = [p for p in used if p not in abc]
     if missing:
@@ -457,5 +468,5 @@ def used_params(program: Program) -> list[str]:
     return [p.name for p in program.params if p.name in live]
 
 
-__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "used_params",
-           "fan_dims"]
+__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "require_width",
+           "used_params", "fan_dims"]
