@@ -7,9 +7,9 @@ Given every param's (a, b, c), :class:`Analysis` computes for every vector v, ex
 * ``grad[v]``: the size of df/dv during training.
 
 The three depend on each other (updates need gradients, gradients need the trained weights), so the
-passes repeat until nothing moves. Every quantity is a max of sums of finitely many exponents and
-the sizes used inside updates are capped at Θ(1), so the loop is monotone, bounded and ends.
-A change that blows up is reported at its first-order size, not compounded step after step.
+passes repeat until nothing moves. A change that blows up is reported at its first-order size, not
+compounded step after step: whatever a gradient is built from counts at most at its stable size
+(see :meth:`Analysis.run` for why that makes the loop end).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Analysis:
         self.S: dict[str, Exp] = {}
         self.U: dict[str, Exp] = {}
         self.V: dict[str, Exp] = {}
+        self.F: dict[str, Exp] = {}
         inputs = {i.name for i in program.inputs}
         self.init_: dict[str, Exp] = {n: ZERO for n in inputs}
         self.change_: dict[str, Exp] = {n: NEG_INF for n in inputs}
@@ -86,6 +87,30 @@ class Analysis:
 
     def grad(self, name: str) -> Exp:
         return self.grad_.get(name, NEG_INF)
+
+    # What a gradient is built from, at first order: a vector's change capped at Θ(1) (as in
+    # train_) and a param's update at its stable size V, or, read through a finite fan-out (a
+    # readout), at the size first-order gradients give it (F). Nothing uncapped enters a gradient,
+    # which is what bounds the fixed point in run().
+    def first_order_train(self, name: str) -> list[Mono]:
+        if name in self.scales:
+            return [Mono(ZERO, (("S", name),))]
+        if name in self.vector_params:
+            return [Mono(ZERO, (("S", name),)), Mono(ZERO, ((self._moved(name), name),))]
+        return [Mono(self.train_[name])]
+
+    def first_order_change(self, name: str) -> list[Mono]:
+        if name in self.scales:
+            return [Mono(NEG_INF)]
+        if name in self.vector_params:
+            return [Mono(ZERO, ((self._moved(name), name),))]
+        return [Mono(emin(self.change_[name], ZERO))]
+
+    def _moved(self, param: str) -> str:
+        """The slot a vector param's update takes inside a gradient: F for a readout vector
+        (finite fan-out, counted in full as TP4 counts the readout), V for a bias or gain."""
+        _, fan_out = fan_dims(self.program, param)
+        return "V" if fan_out is not None and self.program.dim_table[fan_out].infinite else "F"
 
     @cached_property
     def _ancestry(self) -> dict[str, frozenset[str]]:
@@ -135,7 +160,7 @@ class Analysis:
     # --- evaluation ---------------------------------------------------------------------------
     def slot(self, kind: str, param: str) -> Exp | None:
         """A slot's value; None while the derivation has not bounded it yet."""
-        return {"S": self.S, "U": self.U, "V": self.V}[kind].get(param, NEG_INF)
+        return {"S": self.S, "U": self.U, "V": self.V, "F": self.F}[kind].get(param, NEG_INF)
 
     def value(self, t: Term) -> Exp:
         slots = (self.slot(k, p) for k, p in t.slots)
@@ -172,11 +197,24 @@ class Analysis:
         self.updates = {}
         for ins in self.program.body:
             self.record_change(ins.out, CHANGE[type(ins)](ins, self))
-        self.V = {p: add(u, -emax((ZERO, self.largest_update(p)))) for p, u in self.U.items()}
+        self.V = {p: self.stable_update(p) for p in self.U}
 
-    def largest_update(self, param: str) -> Exp:
-        """The largest change this param's update causes anywhere (0 = Θ(1): maximal)."""
-        return emax(v for _, _, v in self.update_terms(param))
+    def stable_update(self, param: str) -> Exp:
+        """U(param) capped at the largest update entries that keep every term it feeds O(1).
+
+        Each term is m·U + rest (<= 0 wanted), so the cap is the min over terms of -rest/m; it is
+        computed from the rest, not as U - largest, so that it stays right when U is +oo. A term
+        a bounded function clamps at or below Θ(1) never needs a cap."""
+        cap = self.U[param]
+        for _, t, _ in self.update_terms(param):
+            if t.clamp is not None and not gt(t.clamp, ZERO):
+                continue
+            m = t.slots.count(("U", param))
+            rest = self.value(Term(t.const, tuple(s for s in t.slots if s != ("U", param)), "",
+                                   "", "flow"))
+            if rest is not NEG_INF:
+                cap = emin(cap, -rest / m)
+        return cap
 
     def backward(self) -> None:
         grad: dict[str, Exp] = {o: ZERO for o in self.program.outputs}
@@ -191,33 +229,69 @@ class Analysis:
         """(e(df/dy), e(x)) for every use of a param: what its gradient is built from."""
         if param in self.vector_params:
             return [(self.grad(param), ZERO)]
-        return [(self.grad(ins.out), emax(self.value(Term(m.const, m.slots, "", "", "flow"))
-                                          for m in self.train(ins.arg)))
+        return [(self.grad(ins.out),
+                 emax(self.value(Term(m.const, m.slots, "", "", "flow"))
+                      for m in self.first_order_train(ins.arg)))
                 for ins in self.program.uses(param) if isinstance(ins, MatMul)]
 
     def update_terms(self, param: str) -> list[tuple[str, Term, Exp]]:
         """Every term, in every instruction's change, that carries this param's update."""
         return self.updates.get(param, [])
 
+    def _gradients(self, abc: dict[str, ABC]) -> dict[str, Exp]:
+        """Backward pass for the current updates; returns the update entries it implies.
+
+        A readout's update (slot F) counts in full in the backward, as TP4 counts the output
+        weight's trained entries; but it is the update that a first-order backward builds, one
+        in which every update counts at most at its stable size V. Otherwise a readout whose
+        gradient runs through its own update (a tied matrix, or one used twice) would feed its
+        update back into itself, compounding it step after step, round after round."""
+        self.F = dict(self.V)
+        self.backward()
+        self.F = {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p))
+                  for p in abc}
+        self.backward()
+        return {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p)) for p in abc}
+
     def run(self, abc: dict[str, ABC], max_rounds: int | None = None) -> Analysis:
-        """Fixed point of forward, backward and update passes for the given parametrization."""
+        """Fixed point of forward, backward and update passes for the given parametrization.
+
+        Why it ends. Inside a gradient every size is first order (a change capped at Θ(1), an
+        update at its stable size V, a readout's update at F, itself built from such gradients),
+        so no update can feed on its own growth; the updates are bounded and take finitely many
+        values (sums of the given exponents, 1/2 and 1 with bounded coefficients). The plain
+        iteration settles in a few rounds for the usual parametrizations, but it is not monotone
+        (V shrinks as the changes it is capped by grow), and for some odd ones it cycles. On a
+        repeated state, or after ``max_rounds``, the updates may only grow (each round takes the
+        max with the last): a bounded, monotone sequence in a finite set, which ends at a
+        conservative answer (sizes at least what the gradients give). Should that still run
+        long, an update that keeps growing is taken as unbounded (+oo): each such round sends one
+        more param to +oo, so at most one round per param follows.
+        """
         self.S = {p: -(x.a + x.b) if x.b is not INF else NEG_INF for p, x in abc.items()}
         self.U = {p: NEG_INF for p in abc}
         self.forward_init()
         self.forward_change()
-        rounds = max_rounds or 4 * len(self.program.body) + 20
-        for _ in range(rounds):
-            self.backward()
-            new_u = {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p))
-                     for p in abc}
-            before = (dict(self.change_), dict(self.U))
+        limit = max_rounds or 4 * len(self.program.body) + 20
+        seen: set[tuple[Exp, ...]] = set()
+        mode, rounds = "plain", 0
+        while True:
+            new_u = self._gradients(abc)
+            if mode != "plain":
+                new_u = {p: emax((u, self.U[p])) for p, u in new_u.items()}
+            if mode == "widen":
+                new_u = {p: INF if gt(u, self.U[p]) else u for p, u in new_u.items()}
+            if new_u == self.U:
+                return self
             self.U = new_u
             self.forward_change()
-            if (self.change_, self.U) == before:
-                self.backward()
-                return self
-        raise EngineError("the exponent propagation did not settle; this is a bug, please report "
-                          "the program")
+            rounds += 1
+            state = tuple(new_u.values())
+            if mode == "plain" and (state in seen or rounds >= limit):
+                mode, rounds = "grow", 0
+            elif mode == "grow" and rounds >= limit:
+                mode = "widen"
+            seen.add(state)
 
 
 # --- classification ---------------------------------------------------------------------------
@@ -285,7 +359,18 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
         return _classify(program, optimizer, abc)
 
 
+def require_width(program: Program) -> None:
+    """Refuse a program none of whose outputs depends on a vector of infinite dim: it has no
+    width limit, so neither a derivation nor a regime means anything."""
+    live = live_values(program)
+    if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
+        raise EngineError(f"no output of {program.name} depends on a vector of width "
+                          f"{program.width.name}: there is nothing to scale",
+                          help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
+
+
 def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
+    require_width(program)
     used = used_params(program)
     missing = [p for p in used if p not in abc]
     if missing:
@@ -383,5 +468,5 @@ def used_params(program: Program) -> list[str]:
     return [p.name for p in program.params if p.name in live]
 
 
-__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "used_params",
-           "fan_dims"]
+__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "require_width",
+           "used_params", "fan_dims"]

@@ -29,8 +29,8 @@ from .analysis import (
     Analysis,
     Classification,
     classify,
-    live_values,
     prescaled,
+    require_width,
     used_params,
 )
 from .errors import Diagnostic, EngineError, Span
@@ -160,12 +160,8 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     if convention not in CONVENTIONS:
         raise EngineError(f"unknown convention '{convention}'",
                           help=f"choose one of {', '.join(CONVENTIONS)}")
+    require_width(program)
     params = used_params(program)
-    live = live_values(program)
-    if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
-        raise EngineError(f"no output of {program.name} depends on a vector of width "
-                          f"{program.width.name}: there is nothing to scale",
-                          help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
     unset = [p for p in params
@@ -176,7 +172,8 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
                        f"scale of {p}", program.param_table[p].span,
                        "each param must reach an output through something it can move")
             for p in unset])
-    an.V = dict(an.U)
+    an.V = dict(an.U)  # stable by construction: capped and first-order updates are U
+    an.F = dict(an.U)
     an.backward()
     chosen: dict[str, dict[str, Bound]] = {}
     for b in bounds:

@@ -33,8 +33,8 @@ class Optimizer:
         base = add(-c, -self.a_coef * a)
         if self.uses_gradient_scale:
             return add(base, emax(add(g, e) for g, e in sources))
-        if emax(g for g, _ in sources) is NEG_INF:
-            return NEG_INF  # no gradient reaches the param: it never moves
+        if emax(add(g, e) for g, e in sources) is NEG_INF:
+            return NEG_INF  # its gradient is exactly zero (none reaches it, or x = 0): no move
         return base
 
     def equation(self, u: Exp, sources: list[tuple[Exp, Exp]]) -> tuple[int, Exp]:

@@ -5,7 +5,9 @@ A term is a number plus the exponents of some params' entries, written as slots:
 
 * ``S(p)`` = exponent of p's initial entries, ``-(a_p + b_p)``;
 * ``U(p)`` = exponent of p's update entries after training (set by the optimizer's rule);
-* ``V(p)`` = U(p) capped at the largest update that keeps p's outputs O(1) (equal when stable).
+* ``V(p)`` = U(p) capped at the largest update that keeps p's outputs O(1) (equal when stable);
+* ``F(p)`` = the update entries that first-order gradients (every update at most V) give p: how a
+  readout's update enters the backward pass (equal to U(p) when stable).
 
 So a term is linear in the slots. The analysis evaluates terms with numbers for every slot (to
 classify a parametrization); the derivation solves ``term <= 0`` for a slot (to find µP). Nothing
@@ -25,7 +27,7 @@ from typing import Protocol
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
 
-Slot = tuple[str, str]  # ("S" | "U" | "V", param name)
+Slot = tuple[str, str]  # ("S" | "U" | "V" | "F", param name)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Sizes(Protocol):
     def change(self, name: str) -> list[Mono]: ...
     def train(self, name: str) -> list[Mono]: ...
     def grad(self, name: str) -> Exp: ...
+    def first_order_train(self, name: str) -> list[Mono]: ...
+    def first_order_change(self, name: str) -> list[Mono]: ...
     def centred_apart(self, u: str, v: str) -> bool: ...
     def built_with(self, value: str, weight: str, transposed: bool) -> bool: ...
 
@@ -90,13 +94,17 @@ def fan_dims(program: Program, param: str) -> tuple[str | None, str | None]:
     """A param's (fan_in, fan_out) dims as its uses show them; None means 1.
 
     A matrix [out, in] is used with @ (a tied matrix is also used transposed; its declared shape
-    decides). A vector is a bias or gain (fed the constant 1: fan_in 1) unless it is contracted
-    by ``dot`` (then it is a readout vector: fan_in its dim, fan_out 1). A scale has no fans.
+    decides); one used only transposed (W.T @ x) sums over its first dim, so its fans are swapped.
+    A vector is a bias or gain (fed the constant 1: fan_in 1) unless it is contracted by ``dot``
+    (then it is a readout vector: fan_in its dim, fan_out 1). A scale has no fans.
     """
     shape = program.param_table[param].shape
     if not shape:
         return None, None
     if len(shape) >= 2:
+        uses = [u for u in program.uses(param) if isinstance(u, MatMul)]
+        if uses and all(u.transposed for u in uses):
+            return shape[0], shape[1]
         return shape[1], shape[0]
     if any(isinstance(i, Dot) for i in program.uses(param)):
         return shape[0], None
@@ -179,9 +187,12 @@ def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     # Through an infinite fan-out the update counts at most at its stable size (slot V): first
     # order, so a blow-up already reported upstream does not compound layer after layer. A finite
-    # fan-out (readout) update is driven by the output's gradient alone and counts in full (TP4).
+    # fan-out (readout) update counts in full, as TP4 counts the output weight's trained entries,
+    # at the size first-order gradients give it (slot F): were it the update this very gradient
+    # builds (U), a readout whose gradient runs through its own update (a tied unembedding, a
+    # matrix used twice) would compound without end.
     w0 = [Mono(ZERO, (("S", ins.weight),))]
-    dw = [Mono(ZERO, (("V" if _inf(p, fan_out) else "U", ins.weight),))]
+    dw = [Mono(ZERO, (("V" if _inf(p, fan_out) else "F", ins.weight),))]
     if _inf(p, fan_out):
         k0, why0 = HALF, f"{ins.weight}₀ᵀ sums {fan_out} iid terms (CLT: +1/2)"
         k1, why1 = ONE, (f"Δ{ins.weight}ᵀ sums {fan_out} terms correlated with the gradient "
@@ -271,9 +282,9 @@ def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     if ins.fn == MUL:
         u, v = ins.args
         return ([(u, t) for t in terms(f"d{ins.out}⊙{v}", "the other factor scales it", "auto",
-                                       g, sz.train(v))]
+                                       g, sz.first_order_train(v))]
                 + [(v, t) for t in terms(f"d{ins.out}⊙{u}", "the other factor scales it",
-                                         "auto", g, sz.train(u))])
+                                         "auto", g, sz.first_order_train(u))])
     if NONLIN_SHAPE[ins.fn] == "normalize":
         (h,) = ins.args
         return [(h, t) for t in terms(f"d{ins.out}/|{h}|", f"{ins.fn} divides by {h}'s size",
@@ -319,9 +330,9 @@ def grad_dot(ins: Dot, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     u, v = ins.left, ins.right
     return ([(u, t) for t in terms(f"d{ins.out}·{v}", f"d{u} = d{ins.out}·{v}", "auto", g,
-                                   sz.train(v))]
+                                   sz.first_order_train(v))]
             + [(v, t) for t in terms(f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u}", "auto", g,
-                                     sz.train(u))])
+                                     sz.first_order_train(u))])
 
 
 # --- Mix ------------------------------------------------------------------------------------------
@@ -354,10 +365,11 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
                                    f"the sum runs {where}", "auto", g, sz.init(v), const=half)]
             + [(p, t) for t in terms(f"d{ins.out}·Δ{v}", f"the sum {where} meets Δ{v}, built "
                                      "from this gradient (LLN: +1)" if one else
-                                     f"the sum runs {where}", "auto", g, sz.change(v),
+                                     f"the sum runs {where}", "auto", g,
+                                     sz.first_order_change(v),
                                      const=one)]
             + [(v, t) for t in terms(f"{p}ᵀ·d{ins.out}", "a finite sum over tokens, weights "
-                                     "Θ(1)", "auto", g, sz.train(p))])
+                                     "Θ(1)", "auto", g, sz.first_order_train(p))])
 
 
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,

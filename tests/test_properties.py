@@ -74,8 +74,12 @@ def test_random_programs_never_crash(src, optimizer):
         assert d.check.regime == "feature_learning" and d.check.all_maximal
         assert all(x.a == 0 for x in d.abc.values())  # table3 convention
     for preset in ("sp", "ntp"):
-        result = tp.classify(program, optimizer, preset=preset)
-        assert result.regime in ("feature_learning", "kernel", "unstable", "trivial")
+        try:
+            result = tp.classify(program, optimizer, preset=preset)
+        except tp.EngineError as err:  # an output that no infinite-width vector reaches
+            assert "nothing to scale" in str(err)
+        else:
+            assert result.regime in ("feature_learning", "kernel", "unstable", "trivial")
 
 
 def _permuted(program, rng: random.Random):
