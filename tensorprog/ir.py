@@ -30,6 +30,7 @@ but ``errors``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -44,6 +45,16 @@ INPUT_KINDS = ("vector", "tokens", "positions", "image")
 #: functions that change an image's spatial size: 2x2 average pooling, and the global average
 POOLS = {"avgpool": 2, "global_pool": None}
 MUL = "mul"
+#: The largest size (a base width, a dim at the base width) and integer factor a program may
+#: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
+MAX_SIZE = 2**53
+#: The magnitudes a nonzero number (a coefficient, an init, a scale) may have: a float's normal
+#: range, so that converting it neither overflows to inf nor underflows towards 0.
+FLOAT_MIN, FLOAT_MAX = sys.float_info.min, sys.float_info.max
+
+
+def in_float_range(x: Fraction) -> bool:
+    return x == 0 or FLOAT_MIN <= abs(x) <= FLOAT_MAX
 
 
 def _span() -> Span | None:

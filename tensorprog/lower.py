@@ -20,6 +20,9 @@ from lark import Token
 
 from .errors import Collector, Diagnostic, SemanticError, Span, TensorProgWarning
 from .ir import (
+    FLOAT_MAX,
+    FLOAT_MIN,
+    MAX_SIZE,
     MUL,
     NONLINEARITIES,
     Dim,
@@ -33,6 +36,7 @@ from .ir import (
     Program,
     Width,
     heads_dim,
+    in_float_range,
     verify,
 )
 
@@ -60,12 +64,26 @@ class _Matrix:
     transposed: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Vec:
-    """A pending linear combination of named values, all of one dim (None = scalar)."""
+    """A pending linear combination of named values, all of one dim (None = scalar): the
+    coefficient of each name, in order of first appearance, and the image sizes of its non-param
+    terms (None: no pixels). Owned by the one expression node that consumes it, which may extend
+    it in place, so a sum of k terms costs O(k) rather than O(k^2)."""
 
-    terms: tuple[tuple[Fraction, str], ...]
+    terms: dict[str, Fraction]
     dim: str | None
+    pixels: frozenset
+
+    def items(self) -> tuple[tuple[Fraction, str], ...]:
+        return tuple((c, n) for n, c in self.terms.items())
+
+    def single(self) -> str | None:
+        """The name, if this is one value with coefficient 1."""
+        if len(self.terms) == 1:
+            ((n, c),) = self.terms.items()
+            return n if c == 1 else None
+        return None
 
 
 class _Lowering:
@@ -81,6 +99,7 @@ class _Lowering:
         self.defined_at: dict[str, Span] = {}
         self.inputs: list[Input] = []
         self.params: list[Param] = []
+        self.param_names: set[str] = set()
         self.body: list = []
         self.outputs: list[str] = []
         self.output_spans: list[Span] = []
@@ -148,7 +167,9 @@ class _Lowering:
         if kind == "int":
             size = int(toks[0])
             if size <= 0:
-                self.errors.error(f"dim {name} must be positive", span)
+                self.errors.error(f"dim {name} must be positive", span,
+                                  "a dim counts coordinates: give it at least 1, e.g. "
+                                  f"`dim {name} = 10`")
                 return None
             return Dim(name, size=size, span=span)
         ref = self.dim_ref(toks[0], self.tok_span(toks[0]))
@@ -161,6 +182,10 @@ class _Lowering:
                                   "divide by a positive integer, e.g. `dim h = n / 2`")
                 return None
             k = 1 / k
+        if k == 0:
+            self.errors.error(f"dim {name} = 0 x {ref.name} has no coordinates", span,
+                              f"multiply by a positive integer, e.g. `dim {name} = 4 * {ref.name}`")
+            return None
         if ref.infinite:
             base = self.width.base if self.width else 1
             if (ref.mult * k * base).denominator != 1:
@@ -168,17 +193,29 @@ class _Lowering:
                                   "at the base width", span,
                                   "pick a base width the divisor divides")
                 return None
+            if ref.mult * k * base > MAX_SIZE:
+                self.errors.error(f"dim {name} = {ref.mult * k} x {base} is too large at the base "
+                                  "width", span, f"sizes go up to 2**53 = {MAX_SIZE}, the largest "
+                                  "integer a float holds exactly")
+                return None
             return Dim(name, mult=ref.mult * k, span=span)
         size = ref.size * k
         if size.denominator != 1 or size <= 0:
             self.errors.error(f"dim {name} = {size} is not a positive integer", span,
                               "a finite dim must divide exactly; pick sizes that do")
             return None
+        if size > MAX_SIZE:
+            self.errors.error(f"dim {name} = {size} is too large", span,
+                              f"sizes go up to 2**53 = {MAX_SIZE}, the largest integer a float "
+                              "holds exactly")
+            return None
         return Dim(name, size=int(size), span=span)
 
     def same_dim(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
             return a is b
+        if (a in self.heads_dims) != (b in self.heads_dims):
+            return False  # logits' last axis is key tokens, whatever their head count
         dims = {**self.dims, **self.heads_dims}
         return dims[a].key() == dims[b].key()
 
@@ -189,7 +226,7 @@ class _Lowering:
     def run(self) -> Program:
         for st in self.stmts:
             getattr(self, f"stmt_{st.kind}")(st)
-        if self.width is None:
+        if not any(st.kind == "width" for st in self.stmts):
             self.errors.error("the program declares no width", _line_end_span(self.source,
                               self.filename), "add a line `width n = 256` (256: the base width)")
         if not self.outputs and self.width is not None and not self.errors.errors:
@@ -216,7 +253,9 @@ class _Lowering:
                               "a program has exactly one width, the dim that goes to infinity")
             return
         if st.value <= 0:
-            self.errors.error("the base width must be positive", st.span)
+            self.errors.error("the base width must be positive", st.span,
+                              "give the width where hyperparameters are tuned, e.g. "
+                              f"`width {st.name} = 256`")
             return
         if self.define(st.name, st.name_span):
             self.width = Width(st.name, st.value, st.span)
@@ -300,6 +339,7 @@ class _Lowering:
             return
         if self.define(st.name, st.name_span):
             self.params.append(Param(st.name, (), st.span, st.value))
+            self.param_names.add(st.name)
             self.values[st.name] = None
 
     def stmt_param(self, st: Stmt) -> None:
@@ -324,6 +364,7 @@ class _Lowering:
         if self.define(st.name, st.name_span):
             p = Param(st.name, shape, st.span, value)
             self.params.append(p)
+            self.param_names.add(st.name)
             if len(shape) >= 2:
                 self.matrices[st.name] = p
             else:
@@ -376,15 +417,16 @@ class _Lowering:
                               "params cannot be renamed; use the param directly")
             return False
         last = self.body[-1] if len(self.body) > n_body else None
-        if (last is not None and len(value.terms) == 1 and value.terms[0] == (1, last.out)):
+        if last is not None and value.single() == last.out:
             # the top-level instruction takes the statement's name instead of a fresh one
             self.body[-1] = _renamed(last, st.name, st.span)
             self.values.pop(last.out)
             if last.out in self.pixels:
                 self.pixels[st.name] = self.pixels[last.out]
         else:
-            self.body.append(LinComb(st.name, value.terms, st.span))
-            sizes = [self.pixels[n] for _, n in value.terms if n in self.pixels]
+            self.check_coefficients(value, st.span)
+            self.body.append(LinComb(st.name, value.items(), st.span))
+            sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[st.name] = sizes[0]
         self.values[st.name] = value.dim
@@ -394,9 +436,24 @@ class _Lowering:
     # expressions ------------------------------------------------------------------------------
     def name_of(self, v: _Vec, span: Span) -> str:
         """A single name for a pending combination, emitting a LinComb if it is not one already."""
-        if len(v.terms) == 1 and v.terms[0][0] == 1:
-            return v.terms[0][1]
-        return self.emit(LinComb(self.fresh(self.target), v.terms, span), v.dim)
+        name = v.single()
+        if name is not None:
+            return name
+        self.check_coefficients(v, span)
+        return self.emit(LinComb(self.fresh(self.target), v.items(), span), v.dim)
+
+    def check_coefficients(self, v: _Vec, span: Span) -> None:
+        """Coefficients multiply out exactly; later stages need them as floats."""
+        bad = next((c for c in v.terms.values() if not in_float_range(c)), None)
+        if bad is not None:
+            self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range",
+                              span, f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
+                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+
+    def vec(self, name: str, dim: str | None) -> _Vec:
+        """One named value as a pending combination."""
+        pixels = frozenset() if name in self.param_names else frozenset((self.pixels.get(name),))
+        return _Vec({name: Fraction(1)}, dim, pixels)
 
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
@@ -408,17 +465,41 @@ class _Lowering:
             self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
         return ins.out
 
-    def expr(self, node):
-        return getattr(self, f"expr_{type(node).__name__}")(node)
+    def expr(self, root):
+        """Lower an expression tree bottom-up: operands first, left to right, then the node.
 
-    def expr_Num(self, node: Num):
+        An explicit stack instead of recursion: a sum of thousands of terms, or a thousand nested
+        calls, is a tree that deep. ``enter_<Class>`` names a node's operands (and any state its
+        ``expr_<Class>`` needs); ``expr_<Class>(node, operands, state)`` combines their values.
+        """
+        results: list = []
+        stack: list = [(root, None, None)]  # (node, operands or None before entering, state)
+        while stack:
+            node, operands, state = stack.pop()
+            kind = type(node).__name__
+            if operands is None:
+                enter = getattr(self, f"enter_{kind}", None)
+                operands, state = enter(node) if enter is not None else ((), None)
+                if operands is None:  # refused before its operands were looked at
+                    results.append(None)
+                    continue
+                stack.append((node, operands, state))
+                stack.extend((op, None, None) for op in reversed(operands))
+                continue
+            values = results[len(results) - len(operands):]
+            del results[len(results) - len(operands):]
+            results.append(getattr(self, f"expr_{kind}")(node, values, state))
+        (value,) = results
+        return value
+
+    def expr_Num(self, node: Num, _values, _state):
         return _Scalar(node.value)
 
-    def expr_Var(self, node: Var):
+    def expr_Var(self, node: Var, _values, _state):
         if node.name in self.poisoned:
             return None  # its definition already reported an error
         if node.name in self.values:
-            return _Vec(((Fraction(1), node.name),), self.values[node.name])
+            return self.vec(node.name, self.values[node.name])
         if node.name in self.matrices:
             return _Matrix(node.name)
         if node.name in self.dims:
@@ -429,7 +510,7 @@ class _Lowering:
         self.undefined(node.name, node.span)
         return None
 
-    def expr_Transpose(self, node: Transpose):
+    def expr_Transpose(self, node: Transpose, _values, _state):
         if node.name in self.matrices and len(self.matrices[node.name].shape) == 4:
             self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
                               node.span, "tie only matrices [m, k]")
@@ -443,11 +524,14 @@ class _Lowering:
         self.undefined(node.name, node.span)
         return None
 
-    def expr_Neg(self, node: Neg):
-        v = self.expr(node.arg)
-        return self.scale(v, Fraction(-1), node.span)
+    def enter_Neg(self, node: Neg):
+        return (node.arg,), None
+
+    def expr_Neg(self, node: Neg, values, _state):
+        return self.scale(values[0], Fraction(-1), node.span)
 
     def scale(self, v, k: Fraction, span: Span):
+        """``k * v``: a constant folds, a combination's coefficients multiply."""
         if v is None:
             return None
         if isinstance(v, _Scalar):
@@ -456,10 +540,18 @@ class _Lowering:
             self.errors.error(f"cannot scale the matrix {v.name} directly", span,
                               f"scale the product instead: `k * ({v.name} @ x)`")
             return None
-        return _Vec(tuple((c * k, n) for c, n in v.terms if c * k != 0), v.dim)
+        if k == 0:
+            self.errors.error("multiplying by 0 gives a zero vector", span,
+                              "remove the term: a zero vector carries nothing for the engine "
+                              "to scale")
+            return None
+        return _Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
 
-    def expr_BinOp(self, node: BinOp):
-        left, right = self.expr(node.left), self.expr(node.right)
+    def enter_BinOp(self, node: BinOp):
+        return (node.left, node.right), None
+
+    def expr_BinOp(self, node: BinOp, values, _state):
+        left, right = values
         if left is None or right is None:
             return None
         return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
@@ -471,9 +563,7 @@ class _Lowering:
 
     def pixel_clash(self, vecs, node) -> bool:
         """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
-        params = {p.name for p in self.params}
-        sizes = {self.pixels.get(n) for v in vecs if isinstance(v, _Vec) for _, n in v.terms
-                 if n not in params}
+        sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, _Vec)))
         if len(sizes) > 1:
             text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
                              for z in sorted(sizes, key=str))
@@ -501,14 +591,17 @@ class _Lowering:
                               f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
                               "both sides of an elementwise sum need the same dim")
             return None
-        merged: dict[str, Fraction] = {}
-        for c, n in a.terms + tuple((sign * c, n) for c, n in b.terms):
-            merged[n] = merged.get(n, Fraction(0)) + c
-        terms = tuple((c, n) for n, c in merged.items() if c != 0)
-        if not terms:
+        merged = a.terms  # a is consumed here: extend it in place
+        for n, c in b.terms.items():
+            total = merged.get(n, 0) + sign * c
+            if total:
+                merged[n] = total
+            else:
+                merged.pop(n, None)
+        if not merged:
             self.errors.error("this sum cancels to zero", node.span, "remove it")
             return None
-        return _Vec(terms, a.dim)
+        return _Vec(merged, a.dim, a.pixels | b.pixels)
 
     def op_sub(self, a, b, node):
         return self.op_add(a, b, node, Fraction(-1))
@@ -528,7 +621,7 @@ class _Lowering:
             names = (self.name_of(a, node.span), self.name_of(b, node.span))
             dim = a.dim if a.dim is not None else b.dim
             out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
-            return _Vec(((Fraction(1), out),), dim)
+            return self.vec(out, dim)
         if not self.same_dim(a.dim, b.dim):
             self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
                               f"{self.dim_text(b.dim)}", node.span,
@@ -536,7 +629,7 @@ class _Lowering:
             return None
         names = (self.name_of(a, node.span), self.name_of(b, node.span))
         out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
-        return _Vec(((Fraction(1), out),), a.dim)
+        return self.vec(out, a.dim)
 
     def op_div(self, a, b, node):
         if isinstance(b, _Scalar):
@@ -577,7 +670,7 @@ class _Lowering:
             return None
         out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
                         fan_out)
-        return _Vec(((Fraction(1), out),), fan_out)
+        return self.vec(out, fan_out)
 
     def head_dim(self, node) -> str | None:
         if type(node).__name__ == "Var" and node.name in self.dims:
@@ -590,6 +683,51 @@ class _Lowering:
                           "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
         return None
 
+    def in_domain(self, fn: str, v: _Vec, node) -> bool:
+        """Whether the engine's rule for ``fn`` describes what the emitted module computes on
+        ``v``. Normalising functions act over the last axis of the value: a vector's dim, the key
+        tokens of attention logits, and the batch (or tokens) of a scalar; the rules hold only
+        where that axis is the one the docs name (see docs/language.md)."""
+        logits = v.dim in self.heads_dims
+        size = None if v.dim is None or logits else self.dims[v.dim].size  # None: infinite
+        what = ("a scalar" if v.dim is None else "attention logits" if logits
+                else f"a vector {self.dim_text(v.dim)}")
+        problem = help_ = None
+        if fn == "softmax" and not logits:
+            if v.dim is None:
+                problem = ("softmax of a scalar would normalise over the batch (or the tokens), "
+                           "which the engine does not model")
+            elif size is None:
+                problem = (f"softmax over the width-proportional dim {v.dim} makes every entry "
+                           "Θ(1/n), which the engine does not model")
+            elif size < 2:
+                problem = f"softmax over the single entry of {v.dim} is the constant 1"
+            help_ = ("softmax normalises attention logits over key tokens (`softmax(tau * "
+                     "dot(q, k, dh))`) or a vector of a finite dim of 2 or more (class "
+                     "probabilities: `softmax(W @ h)` with `W : [d_out, n]`); for a bounded "
+                     "coordinatewise function use sigmoid or tanh")
+        elif fn == "causal_softmax" and not logits:
+            problem = ("causal_softmax masks future key tokens, so it needs attention logits "
+                       f"(one value per head and token pair), not {what}")
+            help_ = ("write `causal_softmax(tau * dot(q, k, dh))`; for a finite dim's "
+                     "probabilities use softmax")
+        elif fn in ("layernorm", "rmsnorm"):
+            if v.dim is None or logits:
+                axis = "key tokens" if logits else "the batch (or the tokens)"
+                problem = (f"{fn} of {what} would normalise over {axis}, not over a vector's "
+                           "dim as the engine models")
+                help_ = (f"normalise vectors of a declared dim, e.g. `{fn}(h)`; "
+                         "use softmax or causal_softmax on attention logits")
+            elif size is not None and size < 2:
+                result = "0" if fn == "layernorm" else "the sign of its input"
+                problem = (f"{fn} over the single coordinate of {v.dim} is {result}: it never "
+                           "changes, which the engine does not model")
+                help_ = "normalise over a dim of 2 or more coordinates, or drop the norm"
+        if problem is None:
+            return True
+        self.errors.error(problem, node.span, help_)
+        return False
+
     def seq(self) -> str | None:
         return next((i.seq for i in self.inputs if i.seq is not None), None)
 
@@ -600,7 +738,7 @@ class _Lowering:
                               "heads = dim / head dim must be a whole number (fixed head count: "
                               "dh = n / H; fixed head dim: dh = 64)")
             return None
-        base = self.width.base
+        base = self.width.base if self.width else 1  # no width: every dim is finite
         total, head = self.dims[dim].size_at(base), self.dims[over].size_at(base)
         if total % head:
             self.errors.error(f"at the base width {base}, the head dim {over} = {head} does not "
@@ -611,13 +749,15 @@ class _Lowering:
         self.heads_dims.setdefault(h.name, h)
         return h.name
 
-    def expr_Call(self, node: Call):
+    def enter_Call(self, node: Call):
+        """The operands to lower, or None when the call is wrong whatever they are; the state is
+        the head dim of a ``dot(q, k, dh)``."""
         if node.fn not in FUNCTIONS:
             close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
-            return None
+            return None, None
         arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
         if len(node.args) not in arity:
             usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
@@ -625,13 +765,13 @@ class _Lowering:
             n = " or ".join(map(str, arity))
             self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
-            return None
-        over = None
+            return None, None
         if node.fn == "dot" and len(node.args) == 3:
             over = self.head_dim(node.args[2])
-            if over is None:
-                return None
-        args = [self.expr(a) for a in (node.args[:2] if over is not None else node.args)]
+            return (None, None) if over is None else (node.args[:2], over)
+        return node.args, None
+
+    def expr_Call(self, node: Call, args, over):
         if any(a is None for a in args):
             return None
         for a in args:
@@ -640,6 +780,12 @@ class _Lowering:
                 self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
                 return None
         if node.fn == "dot":
+            if any(a.dim in self.heads_dims for a in args):
+                self.errors.error("dot contracts a vector's dim, but attention logits or weights "
+                                  "hold one value per head and (query, key) token pair",
+                                  node.span, "combine attention weights with values by "
+                                  "mix(p, v); dot applies to vectors of a declared dim")
+                return None
             if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
                 self.errors.error(
                     f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
@@ -654,7 +800,7 @@ class _Lowering:
             names = [self.name_of(a, node.span) for a in args]
             out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
                             dim)
-            return _Vec(((Fraction(1), out),), dim)
+            return self.vec(out, dim)
         if node.fn == "mix":
             p, v = args
             if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
@@ -665,7 +811,9 @@ class _Lowering:
                 return None
             names = [self.name_of(a, node.span) for a in args]
             out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
-            return _Vec(((Fraction(1), out),), v.dim)
+            return self.vec(out, v.dim)
+        if not self.in_domain(node.fn, args[0], node):
+            return None
         arg = self.name_of(args[0], node.span)
         if node.fn in ("avgpool", "global_pool"):
             size = self.pixels.get(arg)
@@ -678,7 +826,13 @@ class _Lowering:
                                   node.span, "pool fewer times, or use global_pool")
                 return None
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
-        return _Vec(((Fraction(1), out),), args[0].dim)
+        return self.vec(out, args[0].dim)
+
+
+def _magnitude(x: Fraction) -> str:
+    """A number too large or small for a float, as a power of ten (from its digit counts)."""
+    exponent = len(str(abs(x.numerator))) - len(str(x.denominator))
+    return f"{'-' if x < 0 else ''}1e{exponent}"
 
 
 def _renamed(ins, name: str, span: Span):

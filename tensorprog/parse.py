@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import codecs
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -16,12 +18,16 @@ from importlib import resources
 from pathlib import Path
 
 import lark
-from lark import Lark, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from ._gc import paused_gc
-from .errors import Diagnostic, ParseError, Span
-from .ir import Program
+from .errors import Collector, Diagnostic, ParseError, Span, source_lines
+from .ir import FLOAT_MAX, FLOAT_MIN, MAX_SIZE, Program
 from .lower import lower
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...{text[-8:]} ({len(text)} characters)"
 
 
 @lru_cache(maxsize=1)
@@ -82,12 +88,45 @@ class Stmt:
     name_span: Span
 
 
-class _ToAst(Transformer):
-    """Parse tree -> statements. One method per grammar alias; anything else is a bug."""
+class _ToAst(Transformer_NonRecursive):
+    """Parse tree -> statements. One method per grammar alias; anything else is a bug.
+
+    Non-recursive, so a sum of thousands of terms or a thousand nested calls (a parse tree that
+    deep) transforms without hitting Python's recursion limit. Numbers are range-checked here,
+    where their token is: later stages convert them to floats."""
 
     def __init__(self, source: str, filename: str):
         super().__init__()
         self.source, self.filename = source, filename
+        self.errors = Collector()
+
+    def size(self, tok: Token) -> int:
+        """An integer literal used as a size (a width, a dim or its factor)."""
+        if len(tok) > len(str(MAX_SIZE)) or int(tok) > MAX_SIZE:
+            self.errors.error(f"the size {_short(tok)} is too large", self.span(tok),
+                              f"sizes go up to 2**53 = {MAX_SIZE}, the largest integer a float "
+                              "holds exactly")
+            return 1
+        return int(tok)
+
+    def value(self, tok: Token) -> Fraction:
+        """A number literal (a coefficient, an init or a scale), exactly as written."""
+        text = str(tok)
+        if not any(ch in "123456789" for ch in text.lower().split("e")[0]):
+            return Fraction(0)
+        f = float(text)  # never raises on the grammar's NUMBER/INT; inf or 0.0 out of range
+        if not (math.isfinite(f) and abs(f) >= FLOAT_MIN):
+            self.errors.error(f"the number {_short(text)} is out of range", self.span(tok),
+                              f"a nonzero number must lie between {FLOAT_MIN:.3g} and "
+                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+            return Fraction(1)
+        try:
+            return Fraction(text)
+        except ValueError:  # more digits than int's string conversion allows
+            self.errors.error(f"the number {_short(text)} has too many digits", self.span(tok),
+                              "write it with at most 17 significant digits and an exponent, "
+                              "e.g. 1.25e-3")
+            return Fraction(1)
 
     def span(self, node) -> Span:
         return Span(node.line, node.column, node.end_line, node.end_column, self.source,
@@ -104,7 +143,7 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def width_decl(self, meta, c):
-        return Stmt("width", str(c[0]), int(c[1]), self.span(meta), self.span(c[0]))
+        return Stmt("width", str(c[0]), self.size(c[1]), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
     def dim_decl(self, meta, c):
@@ -129,12 +168,12 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def param_decl(self, meta, c):
-        value = Fraction(str(c[2])) if len(c) > 2 else None
+        value = self.value(c[2]) if len(c) > 2 else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
     def scale_decl(self, meta, c):
-        value = Fraction(str(c[1])) if len(c) > 1 and c[1] is not None else None
+        value = self.value(c[1]) if len(c) > 1 and c[1] is not None else None
         return Stmt("scale", str(c[0]), value, self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
@@ -149,20 +188,25 @@ class _ToAst(Transformer):
     def output_mark(self, meta, c):
         return Stmt("output_mark", str(c[0]), None, self.span(meta), self.span(c[0]))
 
-    # dims are kept as (kind, tokens) and resolved by the lowering, which knows the declared dims
+    # dims are kept as (kind, tokens) and resolved by the lowering, which knows the declared dims;
+    # their integers are range-checked here
     def dim_int(self, c):
+        self.size(c[0])
         return ("int", c)
 
     def dim_name(self, c):
         return ("name", c)
 
     def dim_scaled(self, c):
+        self.size(c[0])
         return ("scaled", [c[1], c[0]])
 
     def dim_scaled_right(self, c):
+        self.size(c[1])
         return ("scaled", c)
 
     def dim_divided(self, c):
+        self.size(c[1])
         return ("divided", c)
 
     @v_args(meta=True)
@@ -197,7 +241,7 @@ class _ToAst(Transformer):
         return Transpose(str(c[0]), self.span(meta))
 
     def number(self, c):
-        return Num(Fraction(str(c[0])), self.span(c[0]))
+        return Num(self.value(c[0]), self.span(c[0]))
 
     @v_args(meta=True)
     def call(self, meta, c):
@@ -217,12 +261,17 @@ _TOKEN_WORDS = {
 
 def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: str) -> ParseError:
     line, col = max(err.line, 1), max(err.column, 1)
+    lines = source_lines(source)  # split as lark counts lines, so the caret lands where it says
+    text = lines[line - 1] if line <= len(lines) else ""
     width = 1
+    kind = None
     if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type != "$END":
-        got = repr(str(err.token)) if err.token.type != "_NL" else "end of line"
-        width = max(len(str(err.token).splitlines()[0]) if str(err.token).strip() else 1, 1)
+        kind = err.token.type
+        got = repr(str(err.token)) if kind != "_NL" else "end of line"
+        width = max(len(source_lines(str(err.token))[0]) if str(err.token).strip() else 1, 1)
     elif isinstance(err, lark.exceptions.UnexpectedCharacters):
-        got = repr(source.splitlines()[line - 1][col - 1]) if source.splitlines() else "?"
+        kind = "CHAR"
+        got = repr(text[col - 1]) if col <= len(text) else "end of line"
     else:
         got = "end of file"
     allowed = getattr(err, "expected", None) or getattr(err, "allowed", None) or []
@@ -233,7 +282,40 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: s
     help_ = f"expected {', '.join(expected)}" if expected else None
     if got in ("'['", "'{'"):
         help_ = "vectors are declared with a shape, e.g. `input x : [d_in]`; " + (help_ or "")
+    hint = _hint(text[: col - 1], got, kind, set(allowed))
+    if hint:
+        hint = hint[0].upper() + hint[1:]
+        help_ = f"{help_}. {hint}" if help_ else hint
     return ParseError(Diagnostic(msg, span, help_))
+
+
+def _hint(before: str, got: str, kind: str | None, allowed: set[str]) -> str | None:
+    """What to do about a common mistake, judged from the line up to the error and what the
+    parser would have accepted there."""
+    words = before.split()
+    first = words[0] if words else ""
+    if first in ("input", "param") and ":" in before and "[" in before.rsplit(":", 1)[1] \
+            and "]" not in before.rsplit("[", 1)[1]:
+        return ("a shape lists declared dims by name, without arithmetic: declare the size "
+                "first, e.g. `dim m = 4 * n`, then write `[m, n]`")
+    if first == "dim" and "=" in before:
+        return ("a dim is a positive whole number or one other dim times or divided by a whole "
+                "number: `dim m = 64`, `dim m = 4 * n`, `dim m = n / 2` (not n * n, a sum or a "
+                "fraction like 0.5 * n, which the engine does not model)")
+    if first == "width" and "=" in before:
+        return "the width is declared with its base value, a positive whole number: `width n = 256`"
+    if first == "width" and kind == "_NL":
+        return "give the width its base value (where hyperparameters are tuned): `width n = 256`"
+    if got == "'*'" and before.rstrip().endswith("*") or got == "'^'":
+        return "there is no power operator: write a product, `x * x`"
+    if got == "'.'":
+        return "the only attribute is the transpose of a matrix param, written `W.T`"
+    if kind in ("NAME", "INT", "NUMBER", "LPAR") and allowed & {"PLUS", "STAR", "__ANON_0"}:
+        return ("two values stand side by side: put an operator between them, `W @ x` for a "
+                "matmul, `a * b` for a product")
+    if kind == "_NL" and "=" in before and allowed & {"NAME", "NUMBER"}:
+        return "the expression ends early: complete it, or remove the trailing operator"
+    return None
 
 
 def _syntax(source: str, filename: str) -> lark.Tree:
@@ -247,15 +329,35 @@ def parse(source: str, filename: str = "<program>") -> Program:
     """Parse a Tensor Program; raise :class:`ParseError`/:class:`SemanticError` with positions."""
     with paused_gc():
         tree = _syntax(source, filename)
-        stmts = _ToAst(source, filename).transform(tree)
+        to_ast = _ToAst(source, filename)
+        stmts = to_ast.transform(tree)
+        to_ast.errors.raise_if_any(ParseError)
         return lower(stmts, source, filename)
 
 
 def parse_file(path: str | Path) -> Program:
+    """Parse the program in a UTF-8 file (a byte-order mark is skipped; a '\\r\\n' or lone '\\r'
+    ends a line, as in Python's text mode)."""
     path = Path(path)
     try:
-        source = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ParseError(f"cannot read {path}: {err.strerror}",
                          help="check the path of the program file") from None
-    return parse(source, str(path))
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(err, data, str(path)) from None
+    return parse(source.replace("\r\n", "\n").replace("\r", "\n"), str(path))
+
+
+def _not_utf8(err: UnicodeDecodeError, data: bytes, filename: str) -> ParseError:
+    """Where the first byte that is not UTF-8 is, as a line and a column of characters."""
+    line_start = data.rfind(b"\n", 0, err.start) + 1
+    line = data.count(b"\n", 0, err.start) + 1
+    column = len(data[line_start:err.start].decode("utf-8", errors="replace")) + 1
+    shown = data.decode("utf-8", errors="replace")  # the bad byte prints as U+FFFD
+    span = Span(line, column, line, column + 1, shown, filename)
+    return ParseError(f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be "
+                      "decoded", span, "save the program as UTF-8")
