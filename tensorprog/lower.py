@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 from lark import Token
 
-from .errors import Collector, Diagnostic, SemanticError, Span, TensorProgWarning
+from .errors import (
+    Collector,
+    Diagnostic,
+    SemanticError,
+    Span,
+    TensorProgWarning,
+    source_lines,
+)
 from .ir import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -46,7 +53,7 @@ if TYPE_CHECKING:
 FUNCTIONS = NONLINEARITIES + ("dot", "mix")
 
 def _line_end_span(source: str, filename: str) -> Span:
-    lines = source.splitlines() or [""]
+    lines = source_lines(source) or [""]
     return Span(len(lines), 1, len(lines), len(lines[-1]) + 1, source, filename)
 
 
