@@ -13,7 +13,38 @@ imports nothing else from the package.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+
+
+def source_lines(source: str) -> list[str]:
+    """The lines of a program as the lexer counts them: split at '\\n' only.
+
+    ``str.splitlines`` also splits at '\\r', '\\v', '\\f', U+0085, U+2028 and U+2029, which the
+    grammar treats as ordinary characters (inside a comment, or as whitespace), so its line numbers
+    would disagree with the positions lark reports. A '\\r' before the '\\n' (CRLF) is dropped.
+    """
+    lines = source.split("\n")
+    if lines and lines[-1] == "" and len(lines) > 1:
+        lines.pop()  # the empty "line" after the final newline
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _shown(ch: str) -> str:
+    """A character as it is printed in a rendered source line: controls and the Unicode line
+    and paragraph separators would move the terminal's cursor, so they print as a space."""
+    if ch == "\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp"):
+        return ch
+    return " "
+
+
+def _pad(ch: str) -> str:
+    """What goes under a printed character to keep the caret aligned with it."""
+    if ch == "\t":
+        return "\t"
+    if unicodedata.combining(ch):
+        return ""
+    return "  " if unicodedata.east_asian_width(ch) in ("W", "F") else " "
 
 
 @dataclass(frozen=True)
@@ -27,13 +58,22 @@ class Span:
     source: str = field(default="", repr=False, compare=False)
     filename: str = field(default="<program>", compare=False)
 
-    def source_line(self) -> str:
-        lines = self.source.splitlines()
+    def _raw_line(self) -> str:
+        lines = source_lines(self.source)
         return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
 
+    def source_line(self) -> str:
+        """The span's first line, printable (see :func:`_shown`); columns are unchanged."""
+        return "".join(map(_shown, self._raw_line()))
+
     def caret(self) -> str:
-        width = self.end_column - self.column if self.end_line == self.line else 1
-        return " " * (self.column - 1) + "^" * max(width, 1)
+        line = self._raw_line()
+        start = max(self.column - 1, 0)
+        end = self.end_column - 1 if self.end_line == self.line else start + 1
+        pad = "".join(_pad(ch) for ch in line[:start]) + " " * max(start - len(line), 0)
+        under = line[start:end]
+        width = sum(max(len(_pad(ch)), 1) for ch in under) + max(end - start - len(under), 0)
+        return pad + "^" * max(width, 1)
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.line}:{self.column}"

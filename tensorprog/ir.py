@@ -12,7 +12,8 @@ MatMul      ``y = W @ x``         ``y_i = sum_j W_ij x_j`` (W a matrix param; ``
 LinComb     ``y = 2*u - v + b``   ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
 Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul``;
                                   layernorm/rmsnorm normalise over the vector's dim,
-                                  softmax/causal_softmax over the key tokens
+                                  softmax/causal_softmax over the key tokens (softmax
+                                  also over a finite dim)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
@@ -30,6 +31,7 @@ but ``errors``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -37,13 +39,24 @@ from functools import cached_property
 from .errors import Collector, SemanticError, Span, UsageError
 
 #: Functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin. The norms
-#: act over the vector's dim and the softmaxes over the key-token axis of attention logits.
+#: act over the vector's dim and the softmaxes over the key-token axis of attention logits (softmax
+#: also over a finite dim); the lowering refuses the other uses, which the rules do not model.
 NONLINEARITIES = ("relu", "gelu", "tanh", "sigmoid", "silu", "identity", "layernorm", "rmsnorm",
                   "softmax", "causal_softmax", "avgpool", "global_pool")
 INPUT_KINDS = ("vector", "tokens", "positions", "image")
 #: functions that change an image's spatial size: 2x2 average pooling, and the global average
 POOLS = {"avgpool": 2, "global_pool": None}
 MUL = "mul"
+#: The largest size (a base width, a dim at the base width) and integer factor a program may
+#: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
+MAX_SIZE = 2**53
+#: The magnitudes a nonzero number (a coefficient, an init, a scale) may have: a float's normal
+#: range, so that converting it neither overflows to inf nor underflows towards 0.
+FLOAT_MIN, FLOAT_MAX = sys.float_info.min, sys.float_info.max
+
+
+def in_float_range(x: Fraction) -> bool:
+    return x == 0 or FLOAT_MIN <= abs(x) <= FLOAT_MAX
 
 
 def _span() -> Span | None:

@@ -1,18 +1,16 @@
-"""Text to IR: parse with lark (LALR), then lower the expressions to one instruction per value.
+"""Text to IR: the pipeline's front end, and the driver that names its passes in order.
 
-Two steps, both reporting errors with a span:
-
-1. :class:`_ToAst`, a lark Transformer whose methods are the grammar's aliases, turns the parse tree
-   into statements holding small expression trees.
-2. :class:`_Lowering` walks the statements in order, resolves names and dims, checks shapes, and
-   emits IR instructions; nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes
-   ``h1_1 = W1 @ x`` and ``h1 = h1_1 + b1``).
+1. :func:`_syntax` parses with lark (LALR) and renders a syntax error with its position.
+2. :class:`_ToAst`, a lark Transformer whose methods are the grammar's aliases, turns the parse tree
+   into statements holding small expression trees (the dataclasses below).
+3. :func:`tensorprog.lower.lower` resolves names and dims, checks shapes and emits the IR, which
+   :func:`tensorprog.ir.verify` checks.
 """
 
 from __future__ import annotations
 
-import difflib
-import warnings
+import codecs
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -20,28 +18,16 @@ from importlib import resources
 from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 
 from ._gc import paused_gc
-from .errors import Collector, Diagnostic, ParseError, SemanticError, Span, TensorProgWarning
-from .ir import (
-    MUL,
-    NONLINEARITIES,
-    Dim,
-    Dot,
-    Input,
-    LinComb,
-    MatMul,
-    Mix,
-    Nonlin,
-    Param,
-    Program,
-    Width,
-    heads_dim,
-    verify,
-)
+from .errors import Collector, Diagnostic, ParseError, Span, source_lines
+from .ir import FLOAT_MAX, FLOAT_MIN, MAX_SIZE, Program
+from .lower import lower
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix")
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...{text[-8:]} ({len(text)} characters)"
 
 
 @lru_cache(maxsize=1)
@@ -102,12 +88,45 @@ class Stmt:
     name_span: Span
 
 
-class _ToAst(Transformer):
-    """Parse tree -> statements. One method per grammar alias; anything else is a bug."""
+class _ToAst(Transformer_NonRecursive):
+    """Parse tree -> statements. One method per grammar alias; anything else is a bug.
+
+    Non-recursive, so a sum of thousands of terms or a thousand nested calls (a parse tree that
+    deep) transforms without hitting Python's recursion limit. Numbers are range-checked here,
+    where their token is: later stages convert them to floats."""
 
     def __init__(self, source: str, filename: str):
         super().__init__()
         self.source, self.filename = source, filename
+        self.errors = Collector()
+
+    def size(self, tok: Token) -> int:
+        """An integer literal used as a size (a width, a dim or its factor)."""
+        if len(tok) > len(str(MAX_SIZE)) or int(tok) > MAX_SIZE:
+            self.errors.error(f"the size {_short(tok)} is too large", self.span(tok),
+                              f"sizes go up to 2**53 = {MAX_SIZE}, the largest integer a float "
+                              "holds exactly")
+            return 1
+        return int(tok)
+
+    def value(self, tok: Token) -> Fraction:
+        """A number literal (a coefficient, an init or a scale), exactly as written."""
+        text = str(tok)
+        if not any(ch in "123456789" for ch in text.lower().split("e")[0]):
+            return Fraction(0)
+        f = float(text)  # never raises on the grammar's NUMBER/INT; inf or 0.0 out of range
+        if not (math.isfinite(f) and abs(f) >= FLOAT_MIN):
+            self.errors.error(f"the number {_short(text)} is out of range", self.span(tok),
+                              f"a nonzero number must lie between {FLOAT_MIN:.3g} and "
+                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+            return Fraction(1)
+        try:
+            return Fraction(text)
+        except ValueError:  # more digits than int's string conversion allows
+            self.errors.error(f"the number {_short(text)} has too many digits", self.span(tok),
+                              "write it with at most 17 significant digits and an exponent, "
+                              "e.g. 1.25e-3")
+            return Fraction(1)
 
     def span(self, node) -> Span:
         return Span(node.line, node.column, node.end_line, node.end_column, self.source,
@@ -124,7 +143,7 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def width_decl(self, meta, c):
-        return Stmt("width", str(c[0]), int(c[1]), self.span(meta), self.span(c[0]))
+        return Stmt("width", str(c[0]), self.size(c[1]), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
     def dim_decl(self, meta, c):
@@ -149,12 +168,12 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def param_decl(self, meta, c):
-        value = Fraction(str(c[2])) if len(c) > 2 else None
+        value = self.value(c[2]) if len(c) > 2 else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
     def scale_decl(self, meta, c):
-        value = Fraction(str(c[1])) if len(c) > 1 and c[1] is not None else None
+        value = self.value(c[1]) if len(c) > 1 and c[1] is not None else None
         return Stmt("scale", str(c[0]), value, self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
@@ -169,20 +188,25 @@ class _ToAst(Transformer):
     def output_mark(self, meta, c):
         return Stmt("output_mark", str(c[0]), None, self.span(meta), self.span(c[0]))
 
-    # dims are kept as (kind, tokens) and resolved by the lowering, which knows the declared dims
+    # dims are kept as (kind, tokens) and resolved by the lowering, which knows the declared dims;
+    # their integers are range-checked here
     def dim_int(self, c):
+        self.size(c[0])
         return ("int", c)
 
     def dim_name(self, c):
         return ("name", c)
 
     def dim_scaled(self, c):
+        self.size(c[0])
         return ("scaled", [c[1], c[0]])
 
     def dim_scaled_right(self, c):
+        self.size(c[1])
         return ("scaled", c)
 
     def dim_divided(self, c):
+        self.size(c[1])
         return ("divided", c)
 
     @v_args(meta=True)
@@ -217,7 +241,7 @@ class _ToAst(Transformer):
         return Transpose(str(c[0]), self.span(meta))
 
     def number(self, c):
-        return Num(Fraction(str(c[0])), self.span(c[0]))
+        return Num(self.value(c[0]), self.span(c[0]))
 
     @v_args(meta=True)
     def call(self, meta, c):
@@ -237,12 +261,17 @@ _TOKEN_WORDS = {
 
 def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: str) -> ParseError:
     line, col = max(err.line, 1), max(err.column, 1)
+    lines = source_lines(source)  # split as lark counts lines, so the caret lands where it says
+    text = lines[line - 1] if line <= len(lines) else ""
     width = 1
+    kind = None
     if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type != "$END":
-        got = repr(str(err.token)) if err.token.type != "_NL" else "end of line"
-        width = max(len(str(err.token).splitlines()[0]) if str(err.token).strip() else 1, 1)
+        kind = err.token.type
+        got = repr(str(err.token)) if kind != "_NL" else "end of line"
+        width = max(len(source_lines(str(err.token))[0]) if str(err.token).strip() else 1, 1)
     elif isinstance(err, lark.exceptions.UnexpectedCharacters):
-        got = repr(source.splitlines()[line - 1][col - 1]) if source.splitlines() else "?"
+        kind = "CHAR"
+        got = repr(text[col - 1]) if col <= len(text) else "end of line"
     else:
         got = "end of file"
     allowed = getattr(err, "expected", None) or getattr(err, "allowed", None) or []
@@ -253,673 +282,82 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str, filename: s
     help_ = f"expected {', '.join(expected)}" if expected else None
     if got in ("'['", "'{'"):
         help_ = "vectors are declared with a shape, e.g. `input x : [d_in]`; " + (help_ or "")
+    hint = _hint(text[: col - 1], got, kind, set(allowed))
+    if hint:
+        hint = hint[0].upper() + hint[1:]
+        help_ = f"{help_}. {hint}" if help_ else hint
     return ParseError(Diagnostic(msg, span, help_))
 
 
-def _line_end_span(source: str, filename: str) -> Span:
-    lines = source.splitlines() or [""]
-    return Span(len(lines), 1, len(lines), len(lines[-1]) + 1, source, filename)
+def _hint(before: str, got: str, kind: str | None, allowed: set[str]) -> str | None:
+    """What to do about a common mistake, judged from the line up to the error and what the
+    parser would have accepted there."""
+    words = before.split()
+    first = words[0] if words else ""
+    if first in ("input", "param") and ":" in before and "[" in before.rsplit(":", 1)[1] \
+            and "]" not in before.rsplit("[", 1)[1]:
+        return ("a shape lists declared dims by name, without arithmetic: declare the size "
+                "first, e.g. `dim m = 4 * n`, then write `[m, n]`")
+    if first == "dim" and "=" in before:
+        return ("a dim is a positive whole number or one other dim times or divided by a whole "
+                "number: `dim m = 64`, `dim m = 4 * n`, `dim m = n / 2` (not n * n, a sum or a "
+                "fraction like 0.5 * n, which the engine does not model)")
+    if first == "width" and "=" in before:
+        return "the width is declared with its base value, a positive whole number: `width n = 256`"
+    if first == "width" and kind == "_NL":
+        return "give the width its base value (where hyperparameters are tuned): `width n = 256`"
+    if got == "'*'" and before.rstrip().endswith("*") or got == "'^'":
+        return "there is no power operator: write a product, `x * x`"
+    if got == "'.'":
+        return "the only attribute is the transpose of a matrix param, written `W.T`"
+    if kind in ("NAME", "INT", "NUMBER", "LPAR") and allowed & {"PLUS", "STAR", "__ANON_0"}:
+        return ("two values stand side by side: put an operator between them, `W @ x` for a "
+                "matmul, `a * b` for a product")
+    if kind == "_NL" and "=" in before and allowed & {"NAME", "NUMBER"}:
+        return "the expression ends early: complete it, or remove the trailing operator"
+    return None
 
 
-# --- lowering -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Scalar:
-    value: Fraction
-
-
-@dataclass(frozen=True)
-class _Matrix:
-    name: str
-    transposed: bool = False
-
-
-@dataclass(frozen=True)
-class _Vec:
-    """A pending linear combination of named values, all of one dim (None = scalar)."""
-
-    terms: tuple[tuple[Fraction, str], ...]
-    dim: str | None
-
-
-class _Lowering:
-    def __init__(self, stmts: list[Stmt], source: str, filename: str):
-        self.stmts, self.source, self.filename = stmts, source, filename
-        self.errors = Collector()
-        self.width: Width | None = None
-        self.dims: dict[str, Dim] = {}
-        self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
-        self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
-        self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
-        self.matrices: dict[str, Param] = {}
-        self.defined_at: dict[str, Span] = {}
-        self.inputs: list[Input] = []
-        self.params: list[Param] = []
-        self.body: list = []
-        self.outputs: list[str] = []
-        self.output_spans: list[Span] = []
-        self.later = {s.name: s for s in reversed(stmts)}  # first definition of every name
-        self.used_names = {s.name for s in stmts}
-        self.fresh_counter: dict[str, int] = {}
-        self.poisoned: set[str] = set()  # names whose definition failed: no follow-up errors
-
-    # names ------------------------------------------------------------------------------------
-    def known(self) -> list[str]:
-        return list(self.values) + list(self.matrices) + list(self.dims)
-
-    def define(self, name: str, span: Span) -> bool:
-        if name in self.defined_at:
-            first = self.defined_at[name]
-            self.errors.error(f"'{name}' is already defined (line {first.line})", span,
-                              "every name is defined once; pick a new name for this value")
-            return False
-        if name in FUNCTIONS:
-            self.errors.error(f"'{name}' is a built-in function and cannot name a value", span,
-                              "pick another name")
-            return False
-        self.defined_at[name] = span
-        return True
-
-    def fresh(self, base: str) -> str:
-        while True:
-            k = self.fresh_counter.get(base, 0) + 1
-            self.fresh_counter[base] = k
-            name = f"{base}_{k}"
-            if name not in self.used_names and name not in self.defined_at:
-                self.used_names.add(name)
-                return name
-
-    def undefined(self, name: str, span: Span) -> None:
-        first = self.later.get(name)
-        if first is not None and first.span.line >= span.line and first.kind != "width":
-            self.errors.error(
-                f"'{name}' is used before it is defined (line {first.span.line})", span,
-                "a Tensor Program is a straight line, so it cannot contain a cycle: define values "
-                "before using them, and unroll a recurrence by reusing its weight "
-                "(h1 = W @ x0, h2 = W @ relu(h1))")
-            return
-        close = difflib.get_close_matches(name, self.known(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        self.errors.error(f"undefined name '{name}'", span,
-                          f"declare it with `input`/`param`, or define it before this line{hint}")
-
-    # dims -------------------------------------------------------------------------------------
-    def dim_ref(self, tok: Token, span: Span) -> Dim | None:
-        name = str(tok)
-        if name in self.dims:
-            return self.dims[name]
-        close = difflib.get_close_matches(name, list(self.dims), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        self.errors.error(f"undeclared dim '{name}'", span,
-                          f"declare it first, e.g. `dim {name} = 10` or `dim {name} = 4 * n`{hint}")
-        return None
-
-    def tok_span(self, tok: Token) -> Span:
-        return Span(tok.line, tok.column, tok.end_line, tok.end_column, self.source, self.filename)
-
-    def dim_value(self, name: str, expr, span: Span) -> Dim | None:
-        kind, toks = expr
-        if kind == "int":
-            size = int(toks[0])
-            if size <= 0:
-                self.errors.error(f"dim {name} must be positive", span)
-                return None
-            return Dim(name, size=size, span=span)
-        ref = self.dim_ref(toks[0], self.tok_span(toks[0]))
-        if ref is None:
-            return None
-        k = Fraction(int(toks[1])) if kind != "name" else Fraction(1)
-        if kind == "divided":
-            if int(toks[1]) == 0:
-                self.errors.error("division of a dim by zero", span,
-                                  "divide by a positive integer, e.g. `dim h = n / 2`")
-                return None
-            k = 1 / k
-        if ref.infinite:
-            base = self.width.base if self.width else 1
-            if (ref.mult * k * base).denominator != 1:
-                self.errors.error(f"dim {name} = {ref.mult * k} x {base} is not a whole number "
-                                  "at the base width", span,
-                                  "pick a base width the divisor divides")
-                return None
-            return Dim(name, mult=ref.mult * k, span=span)
-        size = ref.size * k
-        if size.denominator != 1 or size <= 0:
-            self.errors.error(f"dim {name} = {size} is not a positive integer", span,
-                              "a finite dim must divide exactly; pick sizes that do")
-            return None
-        return Dim(name, size=int(size), span=span)
-
-    def same_dim(self, a: str | None, b: str | None) -> bool:
-        if a is None or b is None:
-            return a is b
-        dims = {**self.dims, **self.heads_dims}
-        return dims[a].key() == dims[b].key()
-
-    def dim_text(self, d: str | None) -> str:
-        return "a scalar" if d is None else f"[{d}]"
-
-    # statements -------------------------------------------------------------------------------
-    def run(self) -> Program:
-        for st in self.stmts:
-            getattr(self, f"stmt_{st.kind}")(st)
-        if self.width is None:
-            self.errors.error("the program declares no width", _line_end_span(self.source,
-                              self.filename), "add a line `width n = 256` (256: the base width)")
-        if not self.outputs and self.width is not None and not self.errors.errors:
-            self.errors.error("the program has no output", _line_end_span(self.source,
-                              self.filename),
-                              "mark the result, e.g. `output y = W3 @ x2` or `output y`")
-        self.errors.raise_if_any(SemanticError)
-        used = {n for ins in self.body for n in ins.operands}
-        used |= {ins.weight for ins in self.body if isinstance(ins, MatMul)}
-        for p in self.params:
-            if p.name not in used:
-                warnings.warn(TensorProgWarning(Diagnostic(
-                    f"param '{p.name}' is never used", p.span,
-                    "remove it, or use it; the engine ignores it", "warning")), stacklevel=4)
-        return verify(Program(self.width, tuple(self.dims[d] for d in self.dims
-                                                if d != self.width.name),
-                              tuple(self.inputs), tuple(self.params), tuple(self.body),
-                              tuple(self.outputs), tuple(self.output_spans),
-                              Path(self.filename).stem))
-
-    def stmt_width(self, st: Stmt) -> None:
-        if self.width is not None:
-            self.errors.error("the width is declared twice", st.span,
-                              "a program has exactly one width, the dim that goes to infinity")
-            return
-        if st.value <= 0:
-            self.errors.error("the base width must be positive", st.span)
-            return
-        if self.define(st.name, st.name_span):
-            self.width = Width(st.name, st.value, st.span)
-            self.dims[st.name] = Dim(st.name, mult=Fraction(1), span=st.span)
-
-    def stmt_dim(self, st: Stmt) -> None:
-        d = self.dim_value(st.name, st.value, st.span)
-        if d is not None and self.define(st.name, st.name_span):
-            self.dims[st.name] = d
-
-    def check_shape(self, shape: tuple, span: Span) -> tuple[str, ...] | None:
-        ok = True
-        for tok in shape:
-            if self.dim_ref(tok, self.tok_span(tok)) is None:
-                ok = False
-        return tuple(str(t) for t in shape) if ok else None
-
-    def stmt_input(self, st: Stmt) -> None:
-        if st.value and not isinstance(st.value[0], Token):
-            return self.stmt_sequence_input(st)
-        shape = self.check_shape(st.value, st.span)
-        if shape is None:
-            return
-        if len(shape) != 1:
-            self.errors.error(f"input {st.name} must be a vector: one dim, got {len(shape)}",
-                              st.span, "inputs are vectors, e.g. `input x : [d_in]`")
-            return
-        if self.define(st.name, st.name_span):
-            self.inputs.append(Input(st.name, shape[0], st.span))
-            self.values[st.name] = shape[0]
-
-    def stmt_image_input(self, st: Stmt) -> None:
-        _, *toks = st.value
-        if any(i.seq is not None for i in self.inputs):
-            self.errors.error("a program has either a sequence or images, not both", st.span)
-            return
-        dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
-        if any(d is None for d in dims):
-            return
-        if any(d.infinite for d in dims[1:]):
-            self.errors.error(f"image {st.name}: height and width must be finite", st.span,
-                              "the channels may grow with the width, the image size does not: "
-                              "image[C, H, W] with H, W finite")
-            return
-        if self.define(st.name, st.name_span):
-            self.inputs.append(Input(st.name, dims[0].name, st.span, "image", None,
-                                     (dims[1].name, dims[2].name)))
-            self.values[st.name] = dims[0].name
-            self.pixels[st.name] = (dims[1].size, dims[2].size)
-
-    def stmt_sequence_input(self, st: Stmt) -> None:
-        if st.value[0] == "image":
-            return self.stmt_image_input(st)
-        kind, seq_tok, *rest = st.value
-        dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
-        if any(d is None for d in dims):
-            return
-        seq = dims[0]
-        if seq.infinite:
-            self.errors.error(f"the sequence dim {seq.name} must be finite", st.span,
-                              "declare it as a number of tokens, e.g. `dim T = 16`")
-            return
-        known = {i.seq for i in self.inputs if i.seq is not None}
-        if known and seq.name not in known:
-            self.errors.error(f"input {st.name} uses sequence dim {seq.name}, but another input "
-                              f"uses {known.pop()}", st.span, "a program has one sequence axis")
-            return
-        if kind == "tokens" and dims[1].infinite:
-            self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
-                              "a token id indexes a finite vocabulary")
-            return
-        dim = dims[1].name if kind == "tokens" else seq.name
-        if self.define(st.name, st.name_span):
-            self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
-            self.values[st.name] = dim
-
-    def stmt_scale(self, st: Stmt) -> None:
-        if st.value is not None and st.value <= 0:
-            self.errors.error(f"scale {st.name} must be positive", st.span,
-                              "give its value at the base width, e.g. `scale tau = 0.125`")
-            return
-        if self.define(st.name, st.name_span):
-            self.params.append(Param(st.name, (), st.span, st.value))
-            self.values[st.name] = None
-
-    def stmt_param(self, st: Stmt) -> None:
-        shape_toks, value = st.value
-        shape = self.check_shape(shape_toks, st.span)
-        if shape is None:
-            return
-        if len(shape) in (3, 5) or len(shape) > 5:
-            self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors, "
-                              "matrices or convolution kernels", st.span,
-                              "write a matrix as [fan_out, fan_in], a kernel as "
-                              "[out, in, kh, kw]")
-            return
-        if len(shape) == 4 and any(self.dims[d].infinite for d in shape[2:]):
-            self.errors.error(f"kernel {st.name}: its spatial size must be finite", st.span,
-                              "e.g. `dim k = 3` and `param K : [n, n, k, k]`")
-            return
-        if value is not None and len(shape) != 1:
-            self.errors.error(f"only a vector param can have a constant init, not {st.name}",
-                              st.span, "e.g. a LayerNorm gain: `param g : [n] = 1`")
-            return
-        if self.define(st.name, st.name_span):
-            p = Param(st.name, shape, st.span, value)
-            self.params.append(p)
-            if len(shape) >= 2:
-                self.matrices[st.name] = p
-            else:
-                self.values[st.name] = shape[0]
-
-    def stmt_assign(self, st: Stmt) -> None:
-        self.assign(st)
-
-    def stmt_output_assign(self, st: Stmt) -> None:
-        if self.assign(st):
-            self.mark_output(st.name, st.name_span)
-
-    def stmt_output_mark(self, st: Stmt) -> None:
-        if st.name in self.poisoned:
-            return
-        if st.name in self.matrices:
-            self.errors.error(f"'{st.name}' is a matrix param, not a vector", st.name_span,
-                              "output the vector it computes, e.g. `output y = W @ x`")
-        elif st.name not in self.values:
-            self.undefined(st.name, st.name_span)
-        else:
-            self.mark_output(st.name, st.name_span)
-
-    def mark_output(self, name: str, span: Span) -> None:
-        if name in self.outputs:
-            self.errors.error(f"'{name}' is marked as an output twice", span,
-                              "mark each output once")
-            return
-        self.outputs.append(name)
-        self.output_spans.append(span)
-
-    def assign(self, st: Stmt) -> bool:
-        n_errors, n_body = len(self.errors.errors), len(self.body)
-        if st.name in self.defined_at:
-            self.define(st.name, st.name_span)
-            return False
-        self.target = st.name
-        value = self.expr(st.value)
-        if value is None or len(self.errors.errors) > n_errors:
-            del self.body[n_body:]
-            self.poisoned.add(st.name)
-            self.defined_at.setdefault(st.name, st.name_span)
-            return False
-        if isinstance(value, _Scalar):
-            self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
-                              "scale a vector instead, e.g. `y = 0.5 * x`")
-            return False
-        if isinstance(value, _Matrix):
-            self.errors.error(f"'{st.name}' would alias the matrix param {value.name}", st.span,
-                              "params cannot be renamed; use the param directly")
-            return False
-        last = self.body[-1] if len(self.body) > n_body else None
-        if (last is not None and len(value.terms) == 1 and value.terms[0] == (1, last.out)):
-            # the top-level instruction takes the statement's name instead of a fresh one
-            self.body[-1] = _renamed(last, st.name, st.span)
-            self.values.pop(last.out)
-            if last.out in self.pixels:
-                self.pixels[st.name] = self.pixels[last.out]
-        else:
-            self.body.append(LinComb(st.name, value.terms, st.span))
-            sizes = [self.pixels[n] for _, n in value.terms if n in self.pixels]
-            if sizes:
-                self.pixels[st.name] = sizes[0]
-        self.values[st.name] = value.dim
-        self.define(st.name, st.name_span)
-        return True
-
-    # expressions ------------------------------------------------------------------------------
-    def name_of(self, v: _Vec, span: Span) -> str:
-        """A single name for a pending combination, emitting a LinComb if it is not one already."""
-        if len(v.terms) == 1 and v.terms[0][0] == 1:
-            return v.terms[0][1]
-        return self.emit(LinComb(self.fresh(self.target), v.terms, span), v.dim)
-
-    def emit(self, ins, dim: str | None) -> str:
-        self.body.append(ins)
-        self.values[ins.out] = dim
-        sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
-        fn = getattr(ins, "fn", None)
-        if sizes and fn != "global_pool":  # still has an image's spatial axes
-            (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
-            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
-        return ins.out
-
-    def expr(self, node):
-        return getattr(self, f"expr_{type(node).__name__}")(node)
-
-    def expr_Num(self, node: Num):
-        return _Scalar(node.value)
-
-    def expr_Var(self, node: Var):
-        if node.name in self.poisoned:
-            return None  # its definition already reported an error
-        if node.name in self.values:
-            return _Vec(((Fraction(1), node.name),), self.values[node.name])
-        if node.name in self.matrices:
-            return _Matrix(node.name)
-        if node.name in self.dims:
-            self.errors.error(f"'{node.name}' is a dim, not a vector", node.span,
-                              "dims appear only in shapes; width-dependent constants are derived "
-                              "by the engine, not written")
-            return None
-        self.undefined(node.name, node.span)
-        return None
-
-    def expr_Transpose(self, node: Transpose):
-        if node.name in self.matrices and len(self.matrices[node.name].shape) == 4:
-            self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
-                              node.span, "tie only matrices [m, k]")
-            return None
-        if node.name in self.matrices:
-            return _Matrix(node.name, transposed=True)
-        if node.name in self.values or node.name in self.dims:
-            self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
-                              "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
-            return None
-        self.undefined(node.name, node.span)
-        return None
-
-    def expr_Neg(self, node: Neg):
-        v = self.expr(node.arg)
-        return self.scale(v, Fraction(-1), node.span)
-
-    def scale(self, v, k: Fraction, span: Span):
-        if v is None:
-            return None
-        if isinstance(v, _Scalar):
-            return _Scalar(v.value * k)
-        if isinstance(v, _Matrix):
-            self.errors.error(f"cannot scale the matrix {v.name} directly", span,
-                              f"scale the product instead: `k * ({v.name} @ x)`")
-            return None
-        return _Vec(tuple((c * k, n) for c, n in v.terms if c * k != 0), v.dim)
-
-    def expr_BinOp(self, node: BinOp):
-        left, right = self.expr(node.left), self.expr(node.right)
-        if left is None or right is None:
-            return None
-        return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
-                              "@": "op_matmul"}[node.op])(left, right, node)
-
-    def matrix_misuse(self, m: _Matrix, node) -> None:
-        self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
-                          f"write `{m.name} @ x` for a vector x of its fan-in dim")
-
-    def pixel_clash(self, vecs, node) -> bool:
-        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
-        params = {p.name for p in self.params}
-        sizes = {self.pixels.get(n) for v in vecs if isinstance(v, _Vec) for _, n in v.terms
-                 if n not in params}
-        if len(sizes) > 1:
-            text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
-                             for z in sorted(sizes, key=str))
-            self.errors.error(f"these values have different spatial sizes ({text})", node.span,
-                              "combine values of the same image size; pool first, or "
-                              "global_pool both")
-            return True
-        return False
-
-    def op_add(self, a, b, node, sign=Fraction(1)):
-        for v in (a, b):
-            if isinstance(v, _Matrix):
-                self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
-            return None
-        if isinstance(a, _Scalar) and isinstance(b, _Scalar):
-            return _Scalar(a.value + sign * b.value)
-        if isinstance(a, _Scalar) or isinstance(b, _Scalar):
-            self.errors.error("cannot add a constant to a vector", node.span,
-                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
-            return None
-        if not self.same_dim(a.dim, b.dim):
-            self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
-                              f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
-                              "both sides of an elementwise sum need the same dim")
-            return None
-        merged: dict[str, Fraction] = {}
-        for c, n in a.terms + tuple((sign * c, n) for c, n in b.terms):
-            merged[n] = merged.get(n, Fraction(0)) + c
-        terms = tuple((c, n) for n, c in merged.items() if c != 0)
-        if not terms:
-            self.errors.error("this sum cancels to zero", node.span, "remove it")
-            return None
-        return _Vec(terms, a.dim)
-
-    def op_sub(self, a, b, node):
-        return self.op_add(a, b, node, Fraction(-1))
-
-    def op_mul(self, a, b, node):
-        for v in (a, b):
-            if isinstance(v, _Matrix):
-                self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
-            return None
-        if isinstance(a, _Scalar):
-            return self.scale(b, a.value, node.span)
-        if isinstance(b, _Scalar):
-            return self.scale(a, b.value, node.span)
-        if (a.dim is None) != (b.dim is None):  # a scale (or a scalar) times a vector
-            names = (self.name_of(a, node.span), self.name_of(b, node.span))
-            dim = a.dim if a.dim is not None else b.dim
-            out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
-            return _Vec(((Fraction(1), out),), dim)
-        if not self.same_dim(a.dim, b.dim):
-            self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
-                              f"{self.dim_text(b.dim)}", node.span,
-                              "an elementwise product needs two vectors of the same dim")
-            return None
-        names = (self.name_of(a, node.span), self.name_of(b, node.span))
-        out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
-        return _Vec(((Fraction(1), out),), a.dim)
-
-    def op_div(self, a, b, node):
-        if isinstance(b, _Scalar):
-            if b.value == 0:
-                self.errors.error("division by zero", node.span)
-                return None
-            if isinstance(a, _Matrix):
-                self.matrix_misuse(a, node)
-                return None
-            return self.scale(a, 1 / b.value, node.span)
-        self.errors.error("only division by a number is supported", node.span,
-                          "write a product with an elementwise function instead")
-        return None
-
-    def op_matmul(self, a, b, node):
-        if not isinstance(a, _Matrix):
-            self.errors.error("the left side of @ must be a matrix param", node.span,
-                              "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
-            return None
-        if not isinstance(b, _Vec):
-            self.errors.error("the right side of @ must be a vector", node.span)
-            return None
-        fan_out, fan_in = self.matrices[a.name].shape[:2]
-        if a.transposed:
-            fan_out, fan_in = fan_in, fan_out
-        if not self.same_dim(b.dim, fan_in):
-            which = "first" if a.transposed else "last"
-            self.errors.error(
-                f"shape mismatch in '@': {a.name}{'.T' * a.transposed} is [{fan_out}, {fan_in}] "
-                f"but the vector is {self.dim_text(b.dim)}", node.span,
-                f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
-            return None
-        arg = self.name_of(b, node.span)
-        if len(self.matrices[a.name].shape) == 4 and arg not in self.pixels:
-            self.errors.error(f"{a.name} is a convolution kernel, but {arg} is not an image",
-                              node.span, "apply kernels to values computed from an `image` "
-                              "input, before global_pool; use a matrix [out, in] otherwise")
-            return None
-        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
-                        fan_out)
-        return _Vec(((Fraction(1), out),), fan_out)
-
-    def head_dim(self, node) -> str | None:
-        if isinstance(node, Var) and node.name in self.dims:
-            if self.seq() is None:
-                self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
-                                  node.span, "declare token inputs: `input tok : tokens[T, V]`")
-                return None
-            return node.name
-        self.errors.error("the third argument of dot must be the head dim", node.span,
-                          "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
-        return None
-
-    def seq(self) -> str | None:
-        return next((i.seq for i in self.inputs if i.seq is not None), None)
-
-    def heads(self, dim: str, over: str, node) -> str | None:
-        h = heads_dim(self.dims, dim, over)
-        if h is None:
-            self.errors.error(f"the head dim {over} does not divide {dim}", node.span,
-                              "heads = dim / head dim must be a whole number (fixed head count: "
-                              "dh = n / H; fixed head dim: dh = 64)")
-            return None
-        base = self.width.base
-        total, head = self.dims[dim].size_at(base), self.dims[over].size_at(base)
-        if total % head:
-            self.errors.error(f"at the base width {base}, the head dim {over} = {head} does not "
-                              f"divide {dim} = {total}", node.span,
-                              "pick a head dim that divides the width (or a base width that "
-                              "the head dim divides)")
-            return None
-        self.heads_dims.setdefault(h.name, h)
-        return h.name
-
-    def expr_Call(self, node: Call):
-        if node.fn not in FUNCTIONS:
-            close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
-                              f"{hint}known functions: {', '.join(FUNCTIONS)}")
-            return None
-        arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
-        if len(node.args) not in arity:
-            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
-                node.fn, f"{node.fn}(h)")
-            n = " or ".join(map(str, arity))
-            self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
-                              f"got {len(node.args)}", node.span, f"write {usage}")
-            return None
-        over = None
-        if node.fn == "dot" and len(node.args) == 3:
-            over = self.head_dim(node.args[2])
-            if over is None:
-                return None
-        args = [self.expr(a) for a in (node.args[:2] if over is not None else node.args)]
-        if any(a is None for a in args):
-            return None
-        for a in args:
-            if not isinstance(a, _Vec):
-                what = "a matrix" if isinstance(a, _Matrix) else "a constant"
-                self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
-                return None
-        if node.fn == "dot":
-            if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
-                self.errors.error(
-                    f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
-                    f"{self.dim_text(args[1].dim)}", node.span,
-                    "dot contracts two vectors of the same dim into a scalar")
-                return None
-            dim = None
-            if over is not None:
-                dim = self.heads(args[0].dim, over, node)
-                if dim is None:
-                    return None
-            names = [self.name_of(a, node.span) for a in args]
-            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
-                            dim)
-            return _Vec(((Fraction(1), out),), dim)
-        if node.fn == "mix":
-            p, v = args
-            if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
-                self.errors.error(
-                    f"mix(p, v) needs attention weights p over the heads of v's dim, got "
-                    f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
-                    "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
-                return None
-            names = [self.name_of(a, node.span) for a in args]
-            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
-            return _Vec(((Fraction(1), out),), v.dim)
-        arg = self.name_of(args[0], node.span)
-        if node.fn in ("avgpool", "global_pool"):
-            size = self.pixels.get(arg)
-            if size is None:
-                self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
-                                  "pool values computed from an `image` input")
-                return None
-            if node.fn == "avgpool" and min(size) < 2:
-                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
-                                  node.span, "pool fewer times, or use global_pool")
-                return None
-        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
-        return _Vec(((Fraction(1), out),), args[0].dim)
-
-
-def _renamed(ins, name: str, span: Span):
-    kwargs = dict(ins.__dict__)
-    kwargs.pop("operands", None)
-    kwargs.update(out=name, span=span)
-    return type(ins)(**{k: kwargs[k] for k in ins.__dataclass_fields__})
+def _syntax(source: str, filename: str) -> lark.Tree:
+    try:
+        return _parser().parse(source if source.endswith("\n") else source + "\n")
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, source, filename) from None
 
 
 def parse(source: str, filename: str = "<program>") -> Program:
     """Parse a Tensor Program; raise :class:`ParseError`/:class:`SemanticError` with positions."""
-    try:
-        with paused_gc():
-            tree = _parser().parse(source if source.endswith("\n") else source + "\n")
-    except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, source, filename) from None
     with paused_gc():
-        stmts = _ToAst(source, filename).transform(tree)
-        return _Lowering(stmts, source, filename).run()
+        tree = _syntax(source, filename)
+        to_ast = _ToAst(source, filename)
+        stmts = to_ast.transform(tree)
+        to_ast.errors.raise_if_any(ParseError)
+        return lower(stmts, source, filename)
 
 
 def parse_file(path: str | Path) -> Program:
+    """Parse the program in a UTF-8 file (a byte-order mark is skipped; a '\\r\\n' or lone '\\r'
+    ends a line, as in Python's text mode)."""
     path = Path(path)
     try:
-        source = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ParseError(f"cannot read {path}: {err.strerror}",
                          help="check the path of the program file") from None
-    return parse(source, str(path))
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(err, data, str(path)) from None
+    return parse(source.replace("\r\n", "\n").replace("\r", "\n"), str(path))
+
+
+def _not_utf8(err: UnicodeDecodeError, data: bytes, filename: str) -> ParseError:
+    """Where the first byte that is not UTF-8 is, as a line and a column of characters."""
+    line_start = data.rfind(b"\n", 0, err.start) + 1
+    line = data.count(b"\n", 0, err.start) + 1
+    column = len(data[line_start:err.start].decode("utf-8", errors="replace")) + 1
+    shown = data.decode("utf-8", errors="replace")  # the bad byte prints as U+FFFD
+    span = Span(line, column, line, column + 1, shown, filename)
+    return ParseError(f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be "
+                      "decoded", span, "save the program as UTF-8")

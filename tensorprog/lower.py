@@ -1,0 +1,857 @@
+"""AST to IR: resolve names and dims, check shapes, and emit one instruction per value.
+
+:class:`_Lowering` walks the statements that :mod:`tensorprog.parse` produced, in order, one method
+per statement kind (``stmt_<kind>``) and per expression node (``expr_<Class>``), and collects its
+errors to raise them once. Nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes
+``h1_1 = W1 @ x`` and ``h1 = h1_1 + b1``). The AST classes are only named here, never imported at
+run time, so imports flow one way: parse -> lower -> ir.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lark import Token
+
+from .errors import (
+    Collector,
+    Diagnostic,
+    SemanticError,
+    Span,
+    TensorProgWarning,
+    source_lines,
+)
+from .ir import (
+    FLOAT_MAX,
+    FLOAT_MIN,
+    MAX_SIZE,
+    MUL,
+    NONLINEARITIES,
+    Dim,
+    Dot,
+    Input,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Param,
+    Program,
+    Width,
+    heads_dim,
+    in_float_range,
+    verify,
+)
+
+if TYPE_CHECKING:
+    from .parse import BinOp, Call, Neg, Num, Stmt, Transpose, Var
+
+FUNCTIONS = NONLINEARITIES + ("dot", "mix")
+
+def _line_end_span(source: str, filename: str) -> Span:
+    lines = source_lines(source) or [""]
+    return Span(len(lines), 1, len(lines), len(lines[-1]) + 1, source, filename)
+
+
+# --- lowering -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    name: str
+    transposed: bool = False
+
+
+@dataclass
+class _Vec:
+    """A pending linear combination of named values, all of one dim (None = scalar): the
+    coefficient of each name, in order of first appearance, and the image sizes of its non-param
+    terms (None: no pixels). Owned by the one expression node that consumes it, which may extend
+    it in place, so a sum of k terms costs O(k) rather than O(k^2)."""
+
+    terms: dict[str, Fraction]
+    dim: str | None
+    pixels: frozenset
+
+    def items(self) -> tuple[tuple[Fraction, str], ...]:
+        return tuple((c, n) for n, c in self.terms.items())
+
+    def single(self) -> str | None:
+        """The name, if this is one value with coefficient 1."""
+        if len(self.terms) == 1:
+            ((n, c),) = self.terms.items()
+            return n if c == 1 else None
+        return None
+
+
+class _Lowering:
+    def __init__(self, stmts: list[Stmt], source: str, filename: str):
+        self.stmts, self.source, self.filename = stmts, source, filename
+        self.errors = Collector()
+        self.width: Width | None = None
+        self.dims: dict[str, Dim] = {}
+        self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
+        self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
+        self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
+        self.matrices: dict[str, Param] = {}
+        self.defined_at: dict[str, Span] = {}
+        self.inputs: list[Input] = []
+        self.params: list[Param] = []
+        self.param_names: set[str] = set()
+        self.body: list = []
+        self.outputs: list[str] = []
+        self.output_spans: list[Span] = []
+        self.later = {s.name: s for s in reversed(stmts)}  # first definition of every name
+        self.used_names = {s.name for s in stmts}
+        self.fresh_counter: dict[str, int] = {}
+        self.poisoned: set[str] = set()  # names whose definition failed: no follow-up errors
+
+    # names ------------------------------------------------------------------------------------
+    def known(self) -> list[str]:
+        return list(self.values) + list(self.matrices) + list(self.dims)
+
+    def define(self, name: str, span: Span) -> bool:
+        if name in self.defined_at:
+            first = self.defined_at[name]
+            self.errors.error(f"'{name}' is already defined (line {first.line})", span,
+                              "every name is defined once; pick a new name for this value")
+            return False
+        if name in FUNCTIONS:
+            self.errors.error(f"'{name}' is a built-in function and cannot name a value", span,
+                              "pick another name")
+            return False
+        self.defined_at[name] = span
+        return True
+
+    def fresh(self, base: str) -> str:
+        while True:
+            k = self.fresh_counter.get(base, 0) + 1
+            self.fresh_counter[base] = k
+            name = f"{base}_{k}"
+            if name not in self.used_names and name not in self.defined_at:
+                self.used_names.add(name)
+                return name
+
+    def undefined(self, name: str, span: Span) -> None:
+        first = self.later.get(name)
+        if first is not None and first.span.line >= span.line and first.kind != "width":
+            self.errors.error(
+                f"'{name}' is used before it is defined (line {first.span.line})", span,
+                "a Tensor Program is a straight line, so it cannot contain a cycle: define values "
+                "before using them, and unroll a recurrence by reusing its weight "
+                "(h1 = W @ x0, h2 = W @ relu(h1))")
+            return
+        close = difflib.get_close_matches(name, self.known(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        self.errors.error(f"undefined name '{name}'", span,
+                          f"declare it with `input`/`param`, or define it before this line{hint}")
+
+    # dims -------------------------------------------------------------------------------------
+    def dim_ref(self, tok: Token, span: Span) -> Dim | None:
+        name = str(tok)
+        if name in self.dims:
+            return self.dims[name]
+        close = difflib.get_close_matches(name, list(self.dims), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        self.errors.error(f"undeclared dim '{name}'", span,
+                          f"declare it first, e.g. `dim {name} = 10` or `dim {name} = 4 * n`{hint}")
+        return None
+
+    def tok_span(self, tok: Token) -> Span:
+        return Span(tok.line, tok.column, tok.end_line, tok.end_column, self.source, self.filename)
+
+    def dim_value(self, name: str, expr, span: Span) -> Dim | None:
+        kind, toks = expr
+        if kind == "int":
+            size = int(toks[0])
+            if size <= 0:
+                self.errors.error(f"dim {name} must be positive", span,
+                                  "a dim counts coordinates: give it at least 1, e.g. "
+                                  f"`dim {name} = 10`")
+                return None
+            return Dim(name, size=size, span=span)
+        ref = self.dim_ref(toks[0], self.tok_span(toks[0]))
+        if ref is None:
+            return None
+        k = Fraction(int(toks[1])) if kind != "name" else Fraction(1)
+        if kind == "divided":
+            if int(toks[1]) == 0:
+                self.errors.error("division of a dim by zero", span,
+                                  "divide by a positive integer, e.g. `dim h = n / 2`")
+                return None
+            k = 1 / k
+        if k == 0:
+            self.errors.error(f"dim {name} = 0 x {ref.name} has no coordinates", span,
+                              f"multiply by a positive integer, e.g. `dim {name} = 4 * {ref.name}`")
+            return None
+        if ref.infinite:
+            base = self.width.base if self.width else 1
+            if (ref.mult * k * base).denominator != 1:
+                self.errors.error(f"dim {name} = {ref.mult * k} x {base} is not a whole number "
+                                  "at the base width", span,
+                                  "pick a base width the divisor divides")
+                return None
+            if ref.mult * k * base > MAX_SIZE:
+                self.errors.error(f"dim {name} = {ref.mult * k} x {base} is too large at the base "
+                                  "width", span, f"sizes go up to 2**53 = {MAX_SIZE}, the largest "
+                                  "integer a float holds exactly")
+                return None
+            return Dim(name, mult=ref.mult * k, span=span)
+        size = ref.size * k
+        if size.denominator != 1 or size <= 0:
+            self.errors.error(f"dim {name} = {size} is not a positive integer", span,
+                              "a finite dim must divide exactly; pick sizes that do")
+            return None
+        if size > MAX_SIZE:
+            self.errors.error(f"dim {name} = {size} is too large", span,
+                              f"sizes go up to 2**53 = {MAX_SIZE}, the largest integer a float "
+                              "holds exactly")
+            return None
+        return Dim(name, size=int(size), span=span)
+
+    def same_dim(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return a is b
+        if (a in self.heads_dims) != (b in self.heads_dims):
+            return False  # logits' last axis is key tokens, whatever their head count
+        dims = {**self.dims, **self.heads_dims}
+        return dims[a].key() == dims[b].key()
+
+    def dim_text(self, d: str | None) -> str:
+        return "a scalar" if d is None else f"[{d}]"
+
+    # statements -------------------------------------------------------------------------------
+    def run(self) -> Program:
+        for st in self.stmts:
+            getattr(self, f"stmt_{st.kind}")(st)
+        if not any(st.kind == "width" for st in self.stmts):
+            self.errors.error("the program declares no width", _line_end_span(self.source,
+                              self.filename), "add a line `width n = 256` (256: the base width)")
+        if not self.outputs and self.width is not None and not self.errors.errors:
+            self.errors.error("the program has no output", _line_end_span(self.source,
+                              self.filename),
+                              "mark the result, e.g. `output y = W3 @ x2` or `output y`")
+        self.errors.raise_if_any(SemanticError)
+        used = {n for ins in self.body for n in ins.operands}
+        used |= {ins.weight for ins in self.body if isinstance(ins, MatMul)}
+        for p in self.params:
+            if p.name not in used:
+                warnings.warn(TensorProgWarning(Diagnostic(
+                    f"param '{p.name}' is never used", p.span,
+                    "remove it, or use it; the engine ignores it", "warning")), stacklevel=4)
+        return verify(Program(self.width, tuple(self.dims[d] for d in self.dims
+                                                if d != self.width.name),
+                              tuple(self.inputs), tuple(self.params), tuple(self.body),
+                              tuple(self.outputs), tuple(self.output_spans),
+                              Path(self.filename).stem))
+
+    def stmt_width(self, st: Stmt) -> None:
+        if self.width is not None:
+            self.errors.error("the width is declared twice", st.span,
+                              "a program has exactly one width, the dim that goes to infinity")
+            return
+        if st.value <= 0:
+            self.errors.error("the base width must be positive", st.span,
+                              "give the width where hyperparameters are tuned, e.g. "
+                              f"`width {st.name} = 256`")
+            return
+        if self.define(st.name, st.name_span):
+            self.width = Width(st.name, st.value, st.span)
+            self.dims[st.name] = Dim(st.name, mult=Fraction(1), span=st.span)
+
+    def stmt_dim(self, st: Stmt) -> None:
+        d = self.dim_value(st.name, st.value, st.span)
+        if d is not None and self.define(st.name, st.name_span):
+            self.dims[st.name] = d
+
+    def check_shape(self, shape: tuple, span: Span) -> tuple[str, ...] | None:
+        ok = True
+        for tok in shape:
+            if self.dim_ref(tok, self.tok_span(tok)) is None:
+                ok = False
+        return tuple(str(t) for t in shape) if ok else None
+
+    def stmt_input(self, st: Stmt) -> None:
+        if st.value and not isinstance(st.value[0], Token):
+            return self.stmt_sequence_input(st)
+        shape = self.check_shape(st.value, st.span)
+        if shape is None:
+            return
+        if len(shape) != 1:
+            self.errors.error(f"input {st.name} must be a vector: one dim, got {len(shape)}",
+                              st.span, "inputs are vectors, e.g. `input x : [d_in]`")
+            return
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, shape[0], st.span))
+            self.values[st.name] = shape[0]
+
+    def stmt_image_input(self, st: Stmt) -> None:
+        _, *toks = st.value
+        if any(i.seq is not None for i in self.inputs):
+            self.errors.error("a program has either a sequence or images, not both", st.span)
+            return
+        dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
+        if any(d is None for d in dims):
+            return
+        if any(d.infinite for d in dims[1:]):
+            self.errors.error(f"image {st.name}: height and width must be finite", st.span,
+                              "the channels may grow with the width, the image size does not: "
+                              "image[C, H, W] with H, W finite")
+            return
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, dims[0].name, st.span, "image", None,
+                                     (dims[1].name, dims[2].name)))
+            self.values[st.name] = dims[0].name
+            self.pixels[st.name] = (dims[1].size, dims[2].size)
+
+    def stmt_sequence_input(self, st: Stmt) -> None:
+        if st.value[0] == "image":
+            return self.stmt_image_input(st)
+        kind, seq_tok, *rest = st.value
+        dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
+        if any(d is None for d in dims):
+            return
+        seq = dims[0]
+        if seq.infinite:
+            self.errors.error(f"the sequence dim {seq.name} must be finite", st.span,
+                              "declare it as a number of tokens, e.g. `dim T = 16`")
+            return
+        known = {i.seq for i in self.inputs if i.seq is not None}
+        if known and seq.name not in known:
+            self.errors.error(f"input {st.name} uses sequence dim {seq.name}, but another input "
+                              f"uses {known.pop()}", st.span, "a program has one sequence axis")
+            return
+        if kind == "tokens" and dims[1].infinite:
+            self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
+                              "a token id indexes a finite vocabulary")
+            return
+        dim = dims[1].name if kind == "tokens" else seq.name
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
+            self.values[st.name] = dim
+
+    def stmt_scale(self, st: Stmt) -> None:
+        if st.value is not None and st.value <= 0:
+            self.errors.error(f"scale {st.name} must be positive", st.span,
+                              "give its value at the base width, e.g. `scale tau = 0.125`")
+            return
+        if self.define(st.name, st.name_span):
+            self.params.append(Param(st.name, (), st.span, st.value))
+            self.param_names.add(st.name)
+            self.values[st.name] = None
+
+    def stmt_param(self, st: Stmt) -> None:
+        shape_toks, value = st.value
+        shape = self.check_shape(shape_toks, st.span)
+        if shape is None:
+            return
+        if len(shape) in (3, 5) or len(shape) > 5:
+            self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors, "
+                              "matrices or convolution kernels", st.span,
+                              "write a matrix as [fan_out, fan_in], a kernel as "
+                              "[out, in, kh, kw]")
+            return
+        if len(shape) == 4 and any(self.dims[d].infinite for d in shape[2:]):
+            self.errors.error(f"kernel {st.name}: its spatial size must be finite", st.span,
+                              "e.g. `dim k = 3` and `param K : [n, n, k, k]`")
+            return
+        if value is not None and len(shape) != 1:
+            self.errors.error(f"only a vector param can have a constant init, not {st.name}",
+                              st.span, "e.g. a LayerNorm gain: `param g : [n] = 1`")
+            return
+        if self.define(st.name, st.name_span):
+            p = Param(st.name, shape, st.span, value)
+            self.params.append(p)
+            self.param_names.add(st.name)
+            if len(shape) >= 2:
+                self.matrices[st.name] = p
+            else:
+                self.values[st.name] = shape[0]
+
+    def stmt_assign(self, st: Stmt) -> None:
+        self.assign(st)
+
+    def stmt_output_assign(self, st: Stmt) -> None:
+        if self.assign(st):
+            self.mark_output(st.name, st.name_span)
+
+    def stmt_output_mark(self, st: Stmt) -> None:
+        if st.name in self.poisoned:
+            return
+        if st.name in self.matrices:
+            self.errors.error(f"'{st.name}' is a matrix param, not a vector", st.name_span,
+                              "output the vector it computes, e.g. `output y = W @ x`")
+        elif st.name not in self.values:
+            self.undefined(st.name, st.name_span)
+        else:
+            self.mark_output(st.name, st.name_span)
+
+    def mark_output(self, name: str, span: Span) -> None:
+        if name in self.outputs:
+            self.errors.error(f"'{name}' is marked as an output twice", span,
+                              "mark each output once")
+            return
+        self.outputs.append(name)
+        self.output_spans.append(span)
+
+    def assign(self, st: Stmt) -> bool:
+        n_errors, n_body = len(self.errors.errors), len(self.body)
+        if st.name in self.defined_at:
+            self.define(st.name, st.name_span)
+            return False
+        self.target = st.name
+        value = self.expr(st.value)
+        if value is None or len(self.errors.errors) > n_errors:
+            del self.body[n_body:]
+            self.poisoned.add(st.name)
+            self.defined_at.setdefault(st.name, st.name_span)
+            return False
+        if isinstance(value, _Scalar):
+            self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
+                              "scale a vector instead, e.g. `y = 0.5 * x`")
+            return False
+        if isinstance(value, _Matrix):
+            self.errors.error(f"'{st.name}' would alias the matrix param {value.name}", st.span,
+                              "params cannot be renamed; use the param directly")
+            return False
+        last = self.body[-1] if len(self.body) > n_body else None
+        if last is not None and value.single() == last.out:
+            # the top-level instruction takes the statement's name instead of a fresh one
+            self.body[-1] = _renamed(last, st.name, st.span)
+            self.values.pop(last.out)
+            if last.out in self.pixels:
+                self.pixels[st.name] = self.pixels[last.out]
+        else:
+            self.check_coefficients(value, st.span)
+            self.body.append(LinComb(st.name, value.items(), st.span))
+            sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
+            if sizes:
+                self.pixels[st.name] = sizes[0]
+        self.values[st.name] = value.dim
+        self.define(st.name, st.name_span)
+        return True
+
+    # expressions ------------------------------------------------------------------------------
+    def name_of(self, v: _Vec, span: Span) -> str:
+        """A single name for a pending combination, emitting a LinComb if it is not one already."""
+        name = v.single()
+        if name is not None:
+            return name
+        self.check_coefficients(v, span)
+        return self.emit(LinComb(self.fresh(self.target), v.items(), span), v.dim)
+
+    def check_coefficients(self, v: _Vec, span: Span) -> None:
+        """Coefficients multiply out exactly; later stages need them as floats."""
+        bad = next((c for c in v.terms.values() if not in_float_range(c)), None)
+        if bad is not None:
+            self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range",
+                              span, f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
+                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+
+    def vec(self, name: str, dim: str | None) -> _Vec:
+        """One named value as a pending combination."""
+        pixels = frozenset() if name in self.param_names else frozenset((self.pixels.get(name),))
+        return _Vec({name: Fraction(1)}, dim, pixels)
+
+    def emit(self, ins, dim: str | None) -> str:
+        self.body.append(ins)
+        self.values[ins.out] = dim
+        sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
+        fn = getattr(ins, "fn", None)
+        if sizes and fn != "global_pool":  # still has an image's spatial axes
+            (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
+            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
+        return ins.out
+
+    def expr(self, root):
+        """Lower an expression tree bottom-up: operands first, left to right, then the node.
+
+        An explicit stack instead of recursion: a sum of thousands of terms, or a thousand nested
+        calls, is a tree that deep. ``enter_<Class>`` names a node's operands (and any state its
+        ``expr_<Class>`` needs); ``expr_<Class>(node, operands, state)`` combines their values.
+        """
+        results: list = []
+        stack: list = [(root, None, None)]  # (node, operands or None before entering, state)
+        while stack:
+            node, operands, state = stack.pop()
+            kind = type(node).__name__
+            if operands is None:
+                enter = getattr(self, f"enter_{kind}", None)
+                operands, state = enter(node) if enter is not None else ((), None)
+                if operands is None:  # refused before its operands were looked at
+                    results.append(None)
+                    continue
+                stack.append((node, operands, state))
+                stack.extend((op, None, None) for op in reversed(operands))
+                continue
+            values = results[len(results) - len(operands):]
+            del results[len(results) - len(operands):]
+            results.append(getattr(self, f"expr_{kind}")(node, values, state))
+        (value,) = results
+        return value
+
+    def expr_Num(self, node: Num, _values, _state):
+        return _Scalar(node.value)
+
+    def expr_Var(self, node: Var, _values, _state):
+        if node.name in self.poisoned:
+            return None  # its definition already reported an error
+        if node.name in self.values:
+            return self.vec(node.name, self.values[node.name])
+        if node.name in self.matrices:
+            return _Matrix(node.name)
+        if node.name in self.dims:
+            self.errors.error(f"'{node.name}' is a dim, not a vector", node.span,
+                              "dims appear only in shapes; width-dependent constants are derived "
+                              "by the engine, not written")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
+    def expr_Transpose(self, node: Transpose, _values, _state):
+        if node.name in self.matrices and len(self.matrices[node.name].shape) == 4:
+            self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
+                              node.span, "tie only matrices [m, k]")
+            return None
+        if node.name in self.matrices:
+            return _Matrix(node.name, transposed=True)
+        if node.name in self.values or node.name in self.dims:
+            self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
+                              "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
+    def enter_Neg(self, node: Neg):
+        return (node.arg,), None
+
+    def expr_Neg(self, node: Neg, values, _state):
+        return self.scale(values[0], Fraction(-1), node.span)
+
+    def scale(self, v, k: Fraction, span: Span):
+        """``k * v``: a constant folds, a combination's coefficients multiply."""
+        if v is None:
+            return None
+        if isinstance(v, _Scalar):
+            return _Scalar(v.value * k)
+        if isinstance(v, _Matrix):
+            self.errors.error(f"cannot scale the matrix {v.name} directly", span,
+                              f"scale the product instead: `k * ({v.name} @ x)`")
+            return None
+        if k == 0:
+            self.errors.error("multiplying by 0 gives a zero vector", span,
+                              "remove the term: a zero vector carries nothing for the engine "
+                              "to scale")
+            return None
+        return _Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
+
+    def enter_BinOp(self, node: BinOp):
+        return (node.left, node.right), None
+
+    def expr_BinOp(self, node: BinOp, values, _state):
+        left, right = values
+        if left is None or right is None:
+            return None
+        return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
+                              "@": "op_matmul"}[node.op])(left, right, node)
+
+    def matrix_misuse(self, m: _Matrix, node) -> None:
+        self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
+                          f"write `{m.name} @ x` for a vector x of its fan-in dim")
+
+    def pixel_clash(self, vecs, node) -> bool:
+        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
+        sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, _Vec)))
+        if len(sizes) > 1:
+            text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
+                             for z in sorted(sizes, key=str))
+            self.errors.error(f"these values have different spatial sizes ({text})", node.span,
+                              "combine values of the same image size; pool first, or "
+                              "global_pool both")
+            return True
+        return False
+
+    def op_add(self, a, b, node, sign=Fraction(1)):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if self.pixel_clash((a, b), node):
+            return None
+        if isinstance(a, _Scalar) and isinstance(b, _Scalar):
+            return _Scalar(a.value + sign * b.value)
+        if isinstance(a, _Scalar) or isinstance(b, _Scalar):
+            self.errors.error("cannot add a constant to a vector", node.span,
+                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
+            return None
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
+                              f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
+                              "both sides of an elementwise sum need the same dim")
+            return None
+        merged = a.terms  # a is consumed here: extend it in place
+        for n, c in b.terms.items():
+            total = merged.get(n, 0) + sign * c
+            if total:
+                merged[n] = total
+            else:
+                merged.pop(n, None)
+        if not merged:
+            self.errors.error("this sum cancels to zero", node.span, "remove it")
+            return None
+        return _Vec(merged, a.dim, a.pixels | b.pixels)
+
+    def op_sub(self, a, b, node):
+        return self.op_add(a, b, node, Fraction(-1))
+
+    def op_mul(self, a, b, node):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if self.pixel_clash((a, b), node):
+            return None
+        if isinstance(a, _Scalar):
+            return self.scale(b, a.value, node.span)
+        if isinstance(b, _Scalar):
+            return self.scale(a, b.value, node.span)
+        if (a.dim is None) != (b.dim is None):  # a scale (or a scalar) times a vector
+            names = (self.name_of(a, node.span), self.name_of(b, node.span))
+            dim = a.dim if a.dim is not None else b.dim
+            out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
+            return self.vec(out, dim)
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
+                              f"{self.dim_text(b.dim)}", node.span,
+                              "an elementwise product needs two vectors of the same dim")
+            return None
+        names = (self.name_of(a, node.span), self.name_of(b, node.span))
+        out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
+        return self.vec(out, a.dim)
+
+    def op_div(self, a, b, node):
+        if isinstance(b, _Scalar):
+            if b.value == 0:
+                self.errors.error("division by zero", node.span)
+                return None
+            if isinstance(a, _Matrix):
+                self.matrix_misuse(a, node)
+                return None
+            return self.scale(a, 1 / b.value, node.span)
+        self.errors.error("only division by a number is supported", node.span,
+                          "write a product with an elementwise function instead")
+        return None
+
+    def op_matmul(self, a, b, node):
+        if not isinstance(a, _Matrix):
+            self.errors.error("the left side of @ must be a matrix param", node.span,
+                              "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
+            return None
+        if not isinstance(b, _Vec):
+            self.errors.error("the right side of @ must be a vector", node.span)
+            return None
+        fan_out, fan_in = self.matrices[a.name].shape[:2]
+        if a.transposed:
+            fan_out, fan_in = fan_in, fan_out
+        if not self.same_dim(b.dim, fan_in):
+            which = "first" if a.transposed else "last"
+            self.errors.error(
+                f"shape mismatch in '@': {a.name}{'.T' * a.transposed} is [{fan_out}, {fan_in}] "
+                f"but the vector is {self.dim_text(b.dim)}", node.span,
+                f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
+            return None
+        arg = self.name_of(b, node.span)
+        if len(self.matrices[a.name].shape) == 4 and arg not in self.pixels:
+            self.errors.error(f"{a.name} is a convolution kernel, but {arg} is not an image",
+                              node.span, "apply kernels to values computed from an `image` "
+                              "input, before global_pool; use a matrix [out, in] otherwise")
+            return None
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
+                        fan_out)
+        return self.vec(out, fan_out)
+
+    def head_dim(self, node) -> str | None:
+        if type(node).__name__ == "Var" and node.name in self.dims:
+            if self.seq() is None:
+                self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
+                                  node.span, "declare token inputs: `input tok : tokens[T, V]`")
+                return None
+            return node.name
+        self.errors.error("the third argument of dot must be the head dim", node.span,
+                          "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
+        return None
+
+    def in_domain(self, fn: str, v: _Vec, node) -> bool:
+        """Whether the engine's rule for ``fn`` describes what the emitted module computes on
+        ``v``. Normalising functions act over the last axis of the value: a vector's dim, the key
+        tokens of attention logits, and the batch (or tokens) of a scalar; the rules hold only
+        where that axis is the one the docs name (see docs/language.md)."""
+        logits = v.dim in self.heads_dims
+        size = None if v.dim is None or logits else self.dims[v.dim].size  # None: infinite
+        what = ("a scalar" if v.dim is None else "attention logits" if logits
+                else f"a vector {self.dim_text(v.dim)}")
+        problem = help_ = None
+        if fn == "softmax" and not logits:
+            if v.dim is None:
+                problem = ("softmax of a scalar would normalise over the batch (or the tokens), "
+                           "which the engine does not model")
+            elif size is None:
+                problem = (f"softmax over the width-proportional dim {v.dim} makes every entry "
+                           "Θ(1/n), which the engine does not model")
+            elif size < 2:
+                problem = f"softmax over the single entry of {v.dim} is the constant 1"
+            help_ = ("softmax normalises attention logits over key tokens (`softmax(tau * "
+                     "dot(q, k, dh))`) or a vector of a finite dim of 2 or more (class "
+                     "probabilities: `softmax(W @ h)` with `W : [d_out, n]`); for a bounded "
+                     "coordinatewise function use sigmoid or tanh")
+        elif fn == "causal_softmax" and not logits:
+            problem = ("causal_softmax masks future key tokens, so it needs attention logits "
+                       f"(one value per head and token pair), not {what}")
+            help_ = ("write `causal_softmax(tau * dot(q, k, dh))`; for a finite dim's "
+                     "probabilities use softmax")
+        elif fn in ("layernorm", "rmsnorm"):
+            if v.dim is None or logits:
+                axis = "key tokens" if logits else "the batch (or the tokens)"
+                problem = (f"{fn} of {what} would normalise over {axis}, not over a vector's "
+                           "dim as the engine models")
+                help_ = (f"normalise vectors of a declared dim, e.g. `{fn}(h)`; "
+                         "use softmax or causal_softmax on attention logits")
+            elif size is not None and size < 2:
+                result = "0" if fn == "layernorm" else "the sign of its input"
+                problem = (f"{fn} over the single coordinate of {v.dim} is {result}: it never "
+                           "changes, which the engine does not model")
+                help_ = "normalise over a dim of 2 or more coordinates, or drop the norm"
+        if problem is None:
+            return True
+        self.errors.error(problem, node.span, help_)
+        return False
+
+    def seq(self) -> str | None:
+        return next((i.seq for i in self.inputs if i.seq is not None), None)
+
+    def heads(self, dim: str, over: str, node) -> str | None:
+        h = heads_dim(self.dims, dim, over)
+        if h is None:
+            self.errors.error(f"the head dim {over} does not divide {dim}", node.span,
+                              "heads = dim / head dim must be a whole number (fixed head count: "
+                              "dh = n / H; fixed head dim: dh = 64)")
+            return None
+        base = self.width.base if self.width else 1  # no width: every dim is finite
+        total, head = self.dims[dim].size_at(base), self.dims[over].size_at(base)
+        if total % head:
+            self.errors.error(f"at the base width {base}, the head dim {over} = {head} does not "
+                              f"divide {dim} = {total}", node.span,
+                              "pick a head dim that divides the width (or a base width that "
+                              "the head dim divides)")
+            return None
+        self.heads_dims.setdefault(h.name, h)
+        return h.name
+
+    def enter_Call(self, node: Call):
+        """The operands to lower, or None when the call is wrong whatever they are; the state is
+        the head dim of a ``dot(q, k, dh)``."""
+        if node.fn not in FUNCTIONS:
+            close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
+                              f"{hint}known functions: {', '.join(FUNCTIONS)}")
+            return None, None
+        arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
+        if len(node.args) not in arity:
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
+                node.fn, f"{node.fn}(h)")
+            n = " or ".join(map(str, arity))
+            self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
+                              f"got {len(node.args)}", node.span, f"write {usage}")
+            return None, None
+        if node.fn == "dot" and len(node.args) == 3:
+            over = self.head_dim(node.args[2])
+            return (None, None) if over is None else (node.args[:2], over)
+        return node.args, None
+
+    def expr_Call(self, node: Call, args, over):
+        if any(a is None for a in args):
+            return None
+        for a in args:
+            if not isinstance(a, _Vec):
+                what = "a matrix" if isinstance(a, _Matrix) else "a constant"
+                self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
+                return None
+        if node.fn == "dot":
+            if any(a.dim in self.heads_dims for a in args):
+                self.errors.error("dot contracts a vector's dim, but attention logits or weights "
+                                  "hold one value per head and (query, key) token pair",
+                                  node.span, "combine attention weights with values by "
+                                  "mix(p, v); dot applies to vectors of a declared dim")
+                return None
+            if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
+                self.errors.error(
+                    f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
+                    f"{self.dim_text(args[1].dim)}", node.span,
+                    "dot contracts two vectors of the same dim into a scalar")
+                return None
+            dim = None
+            if over is not None:
+                dim = self.heads(args[0].dim, over, node)
+                if dim is None:
+                    return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
+                            dim)
+            return self.vec(out, dim)
+        if node.fn == "mix":
+            p, v = args
+            if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
+                self.errors.error(
+                    f"mix(p, v) needs attention weights p over the heads of v's dim, got "
+                    f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
+                    "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
+                return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
+            return self.vec(out, v.dim)
+        if not self.in_domain(node.fn, args[0], node):
+            return None
+        arg = self.name_of(args[0], node.span)
+        if node.fn in ("avgpool", "global_pool"):
+            size = self.pixels.get(arg)
+            if size is None:
+                self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
+                                  "pool values computed from an `image` input")
+                return None
+            if node.fn == "avgpool" and min(size) < 2:
+                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
+                                  node.span, "pool fewer times, or use global_pool")
+                return None
+        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
+        return self.vec(out, args[0].dim)
+
+
+def _magnitude(x: Fraction) -> str:
+    """A number too large or small for a float, as a power of ten (from its digit counts)."""
+    exponent = len(str(abs(x.numerator))) - len(str(x.denominator))
+    return f"{'-' if x < 0 else ''}1e{exponent}"
+
+
+def _renamed(ins, name: str, span: Span):
+    kwargs = dict(ins.__dict__)
+    kwargs.pop("operands", None)
+    kwargs.update(out=name, span=span)
+    return type(ins)(**{k: kwargs[k] for k in ins.__dataclass_fields__})
+
+
+
+def lower(stmts: list[Stmt], source: str, filename: str) -> Program:
+    """The statements of one program as a verified IR :class:`Program`; raise
+    :class:`SemanticError` with every name, dim and shape problem found."""
+    return _Lowering(stmts, source, filename).run()
+
