@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Derive and check how a network's init, multipliers and learning rates must "
                     "scale with width (µP), from the network written as a Tensor Program.")
     ap.add_argument("--version", action=_Version, help="print the version and exit")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("derive", help="derive the µP parametrization of a program")
     d.add_argument("program", help="a .tp file")
@@ -437,6 +437,11 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for option, path in (("program", args.program), ("-o", getattr(args, "output", None)),
+                         ("--plot", getattr(args, "plot", None)),
+                         ("--abc", getattr(args, "abc", None))):
+        if path is not None and not path.strip():
+            raise UsageError(f"{option}: the path is empty", help="give a file name")
     _check_numbers(args)
     program = parse_file(args.program)
     if getattr(args, "base_width", None):
@@ -454,7 +459,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.dump == "ir":
             _out(to_text(program))
             return 0
-        if args.output:  # the module's own parametrization derives what it needs
+        if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
         d = derive(program, optimizer, args.convention)
         zeroed = None

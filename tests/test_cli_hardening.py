@@ -421,6 +421,9 @@ def test_version(capsys):
     (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
     (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
     (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),
+    (["derive", ""], "program: the path is empty"),
+    (["derive", MLP, "-o", ""], "-o: the path is empty"),
+    (["check", MLP, "--plot", " "], "--plot: the path is empty"),
 ])
 def test_odd_paths(capsys, tmp_path, argv, message):
     (tmp_path / "empty.tp").write_text("")
