@@ -192,13 +192,20 @@ def join_negative_values(argv: list[str]) -> list[str]:
         token = argv[i]
         if token == "--":
             return out + argv[i:]
-        if token in NUMBER_OPTIONS and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
+        if _number_option(token) and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
             out.append(f"{token}={argv[i + 1]}")
             i += 2
             continue
         out.append(token)
         i += 1
     return out
+
+
+def _number_option(token: str) -> bool:
+    """A number option, or an abbreviation argparse may expand to one (``--tol``): joining a value
+    to an option with "=" means the same to argparse whichever option it resolves to."""
+    return token.startswith("--") and len(token) > 2 and "=" not in token and any(
+        option.startswith(token) for option in NUMBER_OPTIONS)
 
 
 def _positive(text: str) -> int:
@@ -264,7 +271,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--tolerance {args.tolerance}: the tolerance must be positive and "
                          "below 1/2",
                          help="exponents differ by multiples of 1/2 or less, so a tolerance of "
-                              "1/2 cannot tell n^(1/2) from n^0 (default: 0.15)")
+                              "1/2 cannot tell n^(1/2) from n^0")
 
 
 def _check_lr(option: str, lr: float) -> None:

@@ -46,6 +46,7 @@ def _main(capsys, *argv) -> tuple[int, str, str]:
     (["--c", "--json"], ["--c", "--json"]),  # an option is not a value: argparse says so
     (["--plot", "-1.png"], ["--plot", "-1.png"]),  # not a number option
     (["--", "--c", "-1"], ["--", "--c", "-1"]),
+    (["--tol", "-1", "--lr=-2"], ["--tol=-1", "--lr=-2"]),  # an abbreviation argparse expands
 ])
 def test_negative_values_are_joined_to_their_option(argv, joined):
     assert join_negative_values(argv) == joined
