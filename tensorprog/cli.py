@@ -8,8 +8,11 @@ Only ``check`` and ``transfer`` import torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 from .analysis import ABC, classify
 from .derive import CONVENTIONS, derive
 from .errors import TensorProgError, TensorProgWarning, UsageError
-from .exponents import as_str, canon
+from .exponents import NEG_INF, as_str, canon
 from .ir import to_text
 from .optimizers import OPTIMIZERS
 from .parse import parse_file
@@ -33,11 +36,32 @@ from .report import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse ignores a failed write of the help text; this one reports it like any output."""
+
+    def print_help(self, file=None) -> None:
+        if file is None or file is sys.stdout:
+            _out(self.format_help())
+        else:
+            super().print_help(file)
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        _out(f"tensorprog {_version()}\n")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="tensorprog",
         description="Derive and check how a network's init, multipliers and learning rates must "
                     "scale with width (µP), from the network written as a Tensor Program.")
+    ap.add_argument("--version", action=_Version, help="print the version and exit")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("derive", help="derive the µP parametrization of a program")
@@ -60,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="default: sgd (TP4's setting for the presets)")
     which = c.add_mutually_exclusive_group(required=True)
-    which.add_argument("--preset", choices=PRESETS)
+    which.add_argument("--preset", choices=PRESETS,
+                       help="a named parametrization: sp (standard), ntp (neural tangent), mup, "
+                            "mfp (mean field)")
     which.add_argument("--abc", metavar="FILE.json",
                        help='per-param exponents: {"W1": {"a": "0", "b": "1/2", "c": "1"}, ...}; '
                             '"oo" for b means zero init')
@@ -73,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("program", help="a .tp file")
     k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
-    k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3")
+    k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
+                   help="which member of the abc-symmetry family to emit (default: table3)")
     _module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
@@ -103,14 +130,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="parametrizations to compare (default: mup,sp; also ntp)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
-    t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...")
-    t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr")
+    t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
+                   help="widths to train (default: 64,128,256,512,1024)")
+    t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
+                   help="the hyperparameter to sweep (default: lr)")
     t.add_argument("--values", metavar="V1,V2,...",
                    help="HP values (default: powers of 2 around the usual optimum)")
     t.add_argument("--steps", type=int, help="training steps per trial (default: 60 for "
                                              "digits, 200 for text)")
     t.add_argument("--seeds", type=int, default=2, help="seeds per trial (default: 2)")
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int,
+                   help="samples per step (default: 64 rows, or 32 sequences for text)")
     t.add_argument("--lr", type=float, help="the learning rate when --hp is not lr")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core)")
@@ -134,6 +164,50 @@ def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
                    help="the width at which the module equals SP (default: the program's)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tensorprog")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+# options whose value is a number, a rational or a list of numbers: argparse reads a value that
+# starts with "-" as an option unless it looks like a plain negative number ("-1", not "-1/2"
+# nor "-1e-3"), so such values are joined to their option ("--c=-1/2") before parsing
+NUMBER_OPTIONS = ("--c", "--lr", "--tolerance", "--steps", "--seeds", "--batch-size",
+                  "--base-width", "--widths", "--values", "--jobs")
+_NEGATIVE = re.compile(r"-(\d|\.\d|oo\b|inf|nan)", re.IGNORECASE)
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``argv`` with each negative value of a number option joined to it: ``--c -1/2`` becomes
+    ``--c=-1/2``. Tokens after ``--`` are left alone."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return out + argv[i:]
+        if _number_option(token) and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _number_option(token: str) -> bool:
+    """A number option, or an abbreviation argparse may expand to one (``--tol``): joining a value
+    to an option with "=" means the same to argparse whichever option it resolves to."""
+    return token.startswith("--") and len(token) > 2 and "=" not in token and any(
+        option.startswith(token) for option in NUMBER_OPTIONS)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -145,15 +219,67 @@ def _positive(text: str) -> int:
 
 
 def _check_plot(args) -> None:
-    """Refuse an unwritable figure path before any training."""
+    """Refuse, before any training, a figure path that cannot be written."""
     if args.plot:
         from .plots import check_plot_path
 
-        check_plot_path(args.plot)
+        out = check_plot_path(args.plot)
+        if out.is_dir():
+            raise UsageError(f"--plot {out}: is a directory", help="give a file name, e.g. "
+                             f"{out / 'figure.png'}")
+        existed = out.exists()
+        try:  # append mode: an existing figure is neither truncated nor replaced yet
+            with open(out, "ab"):
+                pass
+        except OSError as err:
+            raise UsageError(f"--plot {out}: cannot write it: {err.strerror}",
+                             help="choose a path in a directory you can write") from None
+        if not existed:
+            out.unlink()
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+MAX_WIDTHS = 32  # a slope is fitted through the widths; more only adds run time
+# the numeric options' allowed ranges, with why: (option, attribute, lowest, highest, why)
+MAX_LR = 1e6
+_RANGES = {
+    "check": (("--steps", "steps", 2, 1000, "the check judges changes from step 2 on (a first "
+               "step can scale differently); it is about the first steps, so beyond 1000 a run "
+               "only costs time"),
+              ("--seeds", "seeds", 1, 100, "the mean over seeds steadies after a few"),
+              ("--batch-size", "batch_size", 1, 65536, "every sample's vectors are kept in "
+               "memory")),
+    "transfer": (("--steps", "steps", 1, 100_000, "each of the sweep's trials trains this long"),
+                 ("--seeds", "seeds", 1, 100, "the mean over seeds steadies after a few"),
+                 ("--batch-size", "batch_size", 1, 65536, "a batch is held in memory"),
+                 ("--jobs", "jobs", 1, 256, "each worker process loads its own torch")),
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numeric options before any work, saying the range and why."""
+    for option, attr, low, high, why in _RANGES.get(args.command, ()):
+        value = getattr(args, attr)
+        if value is not None and not low <= value <= high:
+            raise UsageError(f"{option} {value}: must be from {low} to {high}", help=why)
+    if getattr(args, "lr", None) is not None:
+        _check_lr("--lr", args.lr)
+    if args.command == "check" and not (0 < args.tolerance < 0.5):  # also refuses nan
+        raise UsageError(f"--tolerance {args.tolerance}: the tolerance must be positive and "
+                         "below 1/2",
+                         help="exponents differ by multiples of 1/2 or less, so a tolerance of "
+                              "1/2 cannot tell n^(1/2) from n^0")
+
+
+def _check_lr(option: str, lr: float) -> None:
+    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise UsageError(f"{option} {lr}: the learning rate must be a positive number, at most "
+                         f"{MAX_LR:g}",
+                         help="larger rates diverge at every width, and near float32's range "
+                              "(3.4e38) the optimizer itself overflows")
 
 
 def _widths(text: str) -> list[int]:
@@ -163,42 +289,150 @@ def _widths(text: str) -> list[int]:
         raise UsageError(f"--widths: expected comma-separated integers, got {text!r}",
                          help="e.g. --widths 64,128,256,512") from None
     if len(set(widths)) < 2 or min(widths) < 1:
-        raise UsageError("--widths: give at least two different positive widths")
-    return widths
+        raise UsageError("--widths: give at least two different positive widths",
+                         help="e.g. --widths 64,128,256,512")
+    repeated = sorted({w for w in widths if widths.count(w) > 1})
+    if repeated:
+        raise UsageError(f"--widths: {', '.join(map(str, repeated))} given twice",
+                         help="give each width once (a typo for another width?)")
+    if len(widths) > MAX_WIDTHS:
+        raise UsageError(f"--widths: {len(widths)} widths, at most {MAX_WIDTHS}",
+                         help="the slopes are fitted through the widths, and a few spread over "
+                              "a factor of 8 or more fix them; each extra width is a full run")
+    return sorted(widths)
+
+
+def _memory(device: str) -> tuple[int, str] | None:
+    """(bytes, what) of the memory the device has, or None when it cannot be told."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
+                             "device(s)", help="use --device cuda (the first one)")
+        return torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+
+
+def _check_memory(program, widths: list[int], device: str) -> None:
+    """Refuse widths whose params alone, with their gradients and two optimizer moments in
+    float32 (16 bytes per weight), need more than the device's memory."""
+    dims = program.dim_table
+
+    def need(width: int) -> int:
+        return 16 * sum(math.prod(dims[d].size_at(width) for d in p.shape)
+                        for p in program.params)
+
+    have = _memory(device)
+    width = max(widths)
+    if have is not None and need(width) > have[0]:
+        low, high = 0, width  # the widest that fits: need() grows with the width
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if need(mid) <= have[0] else (low, mid)
+        raise UsageError(f"--widths: width {width} has {need(width) // 16:,} weights: with "
+                         f"gradients and optimizer state about {need(width) / 2 ** 30:.3g} GiB, "
+                         f"more than {have[1]} ({have[0] / 2 ** 30:.3g} GiB)",
+                         help=f"use widths of at most about {low}")
 
 
 def _read_abc(path: str) -> dict[str, ABC]:
+    example = 'e.g. {"W2": {"a": "0", "b": "1/2", "c": "1"}} ("oo" for b: zero init)'
     try:
-        data = json.loads(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+        raise UsageError(f"--abc {path}: cannot read it: {err.strerror}",
+                         help="check the path of the exponents file") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--abc {path}: not UTF-8 text (byte {err.start})",
+                         help="save the file as UTF-8 JSON") from None
+
+    def pairs(items: list[tuple]) -> dict:
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UsageError(f"--abc {path}: {', '.join(map(repr, twice))} given twice",
+                             help="give each param, and each of its a, b, c, once")
+        return dict(items)
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+        raise UsageError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}",
+                         help=example) from None
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected an object mapping param names to {{a, b, c}}")
+        raise UsageError(f"{path}: expected an object mapping param names to {{a, b, c}}, "
+                         f"not a JSON {type(data).__name__}", help=example)
     out = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or set(entry) != {"a", "b", "c"}:
-            raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c",
+            have = sorted(entry) if isinstance(entry, dict) else None
+            missing = sorted({"a", "b", "c"} - set(have or ()))
+            extra = sorted(set(have or ()) - {"a", "b", "c"})
+            why = (f"got a JSON {type(entry).__name__}" if have is None else
+                   "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
+                             + [f"unknown {', '.join(map(repr, extra))}"] * bool(extra)))
+            raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c ({why})",
                              help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}')
+        exps = [_exponent(entry[k], f"{path}: param {name!r}, key {k!r}") for k in "abc"]
         try:
-            out[name] = ABC(*(canon(str(entry[k])) for k in "abc"))
+            out[name] = ABC(*exps)
         except ValueError as err:
-            raise UsageError(f"{path}: param {name!r}: {err}") from None
+            raise UsageError(f"{path}: param {name!r}: {err}", help=example) from None
     return out
+
+
+def _exponent(value, where: str):
+    """An exact exponent from a JSON value: a string ("1/2", "-1", "oo") or an integer."""
+    help = 'an exact rational as a string, e.g. "1/2", "-1", "0", or "oo" (b: zero init)'
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise UsageError(f"{where}: not an exponent: {json.dumps(value)}", help=help)
+    try:
+        return canon(str(value))
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{where}: not an exact exponent: {json.dumps(value)}",
+                         help=help) from None
 
 
 def _global_c(text: str | None):
     if text is None:
         return None
+    c = _exponent(text, "--c")
+    if c is NEG_INF:
+        raise UsageError(f"--c {text}: a learning rate cannot scale as n^oo",
+                         help="c is a rational, e.g. 1 or 1/2, or oo for no training")
+    return c
+
+
+class _OutputError(Exception):
+    """Standard output could not be written (a closed pipe, a full disk)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror)
+        self.error = error
+
+
+def _out(text: str) -> None:
+    """Write to stdout; a failed write is told apart from every other OSError."""
     try:
-        return canon(text)
-    except ValueError as err:
-        raise UsageError(f"--c: {err}") from None
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as err:
+        raise _OutputError(err) from None
+
+
+def _out_json(data: dict) -> None:
+    _out(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(join_negative_values(argv))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TensorProgWarning)
         try:
@@ -210,7 +444,19 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for option, path in (("program", args.program), ("-o", getattr(args, "output", None)),
+                         ("--plot", getattr(args, "plot", None)),
+                         ("--abc", getattr(args, "abc", None))):
+        if path is not None and not path.strip():
+            raise UsageError(f"{option}: the path is empty", help="give a file name")
+    _check_numbers(args)
     program = parse_file(args.program)
+    if getattr(args, "base_width", None):
+        problem = program.width_problem(args.base_width)
+        if problem:
+            raise UsageError(f"--base-width {args.base_width}: {problem}",
+                             help="the module equals SP at its base width, so the program "
+                                  "must have a network there: choose a width the dims divide")
     optimizer = OPTIMIZERS[args.optimizer]
     if args.command == "check":
         return _check(args, program, optimizer)
@@ -218,9 +464,9 @@ def _run(args: argparse.Namespace) -> int:
         return _transfer(args, program, optimizer)
     if args.command == "derive":
         if args.dump == "ir":
-            sys.stdout.write(to_text(program))
+            _out(to_text(program))
             return 0
-        if args.output:  # the module's own parametrization derives what it needs
+        if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
         d = derive(program, optimizer, args.convention)
         zeroed = None
@@ -233,13 +479,13 @@ def _run(args: argparse.Namespace) -> int:
                 data["zero_init"] = {"params": names, "init": {
                     v: {"before": as_str(b), "after": as_str(a)}
                     for v, b, a in zero_init_effects(d, zeroed)}}
-            print(json.dumps(data, indent=2, ensure_ascii=False))
+            _out_json(data)
         elif args.explain:
-            sys.stdout.write(explain(d))
+            _out(explain(d))
         else:
-            sys.stdout.write(derive_table(d))
+            _out(derive_table(d))
             if zeroed is not None:
-                sys.stdout.write("\n" + zero_init_text(d, zeroed, names))
+                _out("\n" + zero_init_text(d, zeroed, names))
         return 0
     c_override = _global_c(args.global_c)
     if args.preset:
@@ -248,27 +494,32 @@ def _run(args: argparse.Namespace) -> int:
         abc, label = _read_abc(args.abc), args.abc
         unknown = sorted(set(abc) - {p.name for p in program.params})
         if unknown:
-            raise UsageError(f"{args.abc}: no param named {', '.join(unknown)} in the program")
+            raise UsageError(f"{args.abc}: no param named {', '.join(unknown)} in the program",
+                             help="the program's params: "
+                                  + ", ".join(p.name for p in program.params))
         if c_override is not None:
             abc = {p: ABC(x.a, x.b, c_override) for p, x in abc.items()}
     result = classify(program, optimizer, abc)
     if args.json:
-        print(json.dumps(classify_json(result), indent=2, ensure_ascii=False))
+        _out_json(classify_json(result))
     else:
-        sys.stdout.write(classify_text(result, label))
+        _out(classify_text(result, label))
     return 0
 
 
 def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
-    from .coordcheck import coord_check, render
+    from .coordcheck import coord_check, pick_device, render
 
     _check_plot(args)
+    widths = _widths(args.widths)
+    device = pick_device(args.device)
+    _check_memory(program, widths, device)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,
-                         widths=_widths(args.widths), steps=args.steps, seeds=args.seeds,
-                         lr=args.lr, batch_size=args.batch_size, device=args.device,
+                         widths=widths, steps=args.steps, seeds=args.seeds,
+                         lr=args.lr, batch_size=args.batch_size, device=device,
                          against=args.against, tolerance=args.tolerance,
                          progress=sys.stderr.isatty())
     from .plots import coord_plot
@@ -278,40 +529,59 @@ def _check(args, program, optimizer) -> int:
 
 
 def _report(args, result, render, draw) -> None:
-    """The figure (if asked), then JSON or the table: what check and transfer print."""
-    if args.plot:
-        draw(result, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+    """JSON or the table, then the figure (if asked): what check and transfer print. The results
+    come first, so that a figure that cannot be written loses nothing."""
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        _out_json(result.as_dict())
     else:
-        sys.stdout.write(render(result))
+        _out(render(result))
+    if args.plot:
+        try:
+            draw(result, args.plot)
+        except OSError as err:
+            raise UsageError(f"--plot {args.plot}: cannot write it: {err.strerror or err}",
+                             help="the results are printed above; choose another path") from None
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _values(text: str | None, hp: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--values: expected comma-separated numbers, got {text!r}",
+                         help="e.g. --values 1e-4,3e-4,1e-3") from None
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise UsageError(f"--values: {bad[0]} is not a positive number",
+                         help="every HP value is a positive multiplier or rate; the sweep "
+                              "compares them on a log scale")
+    if hp == "lr":
+        for v in values:
+            _check_lr("--values", v)
+    return values
 
 
 def _transfer(args, program, optimizer) -> int:
     from .coordcheck import pick_device
     from .transfer import render, sweep
 
-    unknown = [p for p in args.param if p not in ("mup", "sp", "ntp")]
-    if unknown or not args.param:
-        raise UsageError(f"--param: unknown parametrization {', '.join(unknown)}",
+    params = tuple(dict.fromkeys(args.param))
+    unknown = [p for p in params if p not in ("mup", "sp", "ntp")]
+    if unknown or not params:
+        raise UsageError(f"--param: unknown parametrization {', '.join(unknown)}" if unknown
+                         else "--param: no parametrization given",
                          help="choose among mup, sp, ntp, e.g. --param mup,sp")
-    values = None
-    if args.values:
-        try:
-            values = [float(v) for v in args.values.split(",") if v.strip()]
-        except ValueError:
-            raise UsageError(f"--values: expected comma-separated numbers, got {args.values!r}",
-                             help="e.g. --values 1e-4,3e-4,1e-3") from None
-    for name, value in (("--steps", args.steps), ("--seeds", args.seeds),
-                        ("--batch-size", args.batch_size), ("--jobs", args.jobs)):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be at least 1")
+    values = _values(args.values, args.hp)
     _check_plot(args)
-    result = sweep(program, optimizer, args.data, params=args.param, hp=args.hp,
-                   widths=_widths(args.widths), values=values, steps=args.steps,
+    widths = _widths(args.widths)
+    device = pick_device(args.device)
+    _check_memory(program, widths, device)
+    result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
+                   widths=widths, values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
-                   device=pick_device(args.device), jobs=args.jobs,
+                   device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty())
     from .plots import transfer_plot
@@ -351,18 +621,38 @@ def _write_module(args, program, optimizer) -> int:
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
+    except SystemExit as exit_:  # argparse: --help, --version or a malformed command line
+        code = exit_.code
     except TensorProgError as err:
         print(err.render(), file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted (a transfer sweep resumes from its cache)", file=sys.stderr)
         code = 130
-    except BrokenPipeError:
-        # the reader went away (`tensorprog ... | head`): stop quietly, as the Python docs advise,
-        # pointing stdout at devnull so that the interpreter's final flush does not fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
+    except _OutputError as err:
+        sys.exit(_output_failed(err.error))
+    try:  # what is still buffered, e.g. the --help text (argparse ignores a failed write)
+        sys.stdout.flush()
+    except OSError as err:
+        code = _output_failed(err)
     sys.exit(code)
+
+
+def _output_failed(err: OSError) -> int:
+    """A write to stdout failed: stop quietly if the reader went away (`tensorprog ... | head`,
+    as the Python docs advise), else say why; then point stdout at devnull so that the
+    interpreter's final flush does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured, or already closed)
+        pass
+    if err.errno == errno.EPIPE:
+        return 1
+    print(f"error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+    print("help: " + ("free some disk space, or send the output elsewhere"
+                      if err.errno == errno.ENOSPC else "send the output elsewhere"),
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -78,16 +78,21 @@ def load(name: str) -> Dataset:
     path = Path(name)
     if path.suffix == ".pt":
         if not path.is_file():
-            raise UsageError(f"--data {name}: no such file")
-        try:
-            blob = torch.load(path, weights_only=True)
+            raise UsageError(f"--data {name}: " + ("is a directory" if path.is_dir()
+                                                    else "no such file"),
+                             help='give a file saved with torch.save({"x": x, "y": y}, path)')
+        try:  # weights_only: a data file is never allowed to run code while it loads
+            blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # any unreadable file: say so instead of a traceback
-            why = str(err).split("\n")[0]
+            why = str(err).strip().split("\n")[0]
             raise UsageError(f"--data {name}: cannot read it as a torch file ({why})",
                              help='save it with torch.save({"x": x, "y": y}, path)') from None
         return _from_tensors(path, blob)
     raise UsageError(f"unknown data set {name!r}",
                      help=f"choose {', '.join(DATASETS)}, or give a FILE.pt")
+
+
+MAX_CLASSES = 1 << 20  # the output layer has a row per class (or token id)
 
 
 def _from_tensors(path: Path, blob) -> Dataset:
@@ -98,23 +103,78 @@ def _from_tensors(path: Path, blob) -> Dataset:
                           'integer labels (N,)} or {"tokens": integer ids (N,)}')
 
     if not isinstance(blob, dict):
-        raise bad("not a dict of tensors")
+        raise bad(f"not a dict of tensors but a {type(blob).__name__}")
+    if {"x", "y"} <= set(blob) and "tokens" in blob:
+        raise bad("holds both x, y and tokens: which set is meant is unclear")
     if {"x", "y"} <= set(blob):
-        x, y = blob["x"], blob["y"]
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-            raise bad("x and y must be tensors")
-        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
-            raise bad(f"x must be (N, d_in) and y (N,) with N > 0, got {tuple(x.shape)} and "
-                      f"{tuple(y.shape)}")
-        if y.is_floating_point() or int(y.min()) < 0:
-            raise bad("y must hold non-negative integer labels")
-        return Dataset(path.stem, x=x.float(), y=y.long(), vocab=int(y.max()) + 1,
+        x, y = _tensor(blob["x"], "x", bad), _tensor(blob["y"], "y", bad)
+        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(y) == 0 or x.shape[1] == 0:
+            raise bad(f"x must be (N, d_in) and y (N,) with N > 0 and d_in > 0, got "
+                      f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if x.is_complex():
+            raise bad(f"x holds complex numbers ({x.dtype}): the features must be real")
+        if x.is_floating_point():
+            _all_finite(x, "x", bad)
+        x = x.float()
+        _all_finite(x, "x", bad, " once converted to float32")
+        classes = _ids(y, "y", "labels", bad)
+        if len(torch.unique(y)) < 2:
+            raise bad(f"y holds one class only ({int(y[0])}): the loss is 0 at every setting, so "
+                      "the sweep has nothing to compare")
+        return Dataset(path.stem, x=x, y=y.long(), vocab=classes,
                        about=f"{path.name}: {len(y):,} labelled rows")
     if "tokens" in blob:
-        t = blob["tokens"]
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or \
-                len(t) < 2 or int(t.min()) < 0:
-            raise bad("tokens must be a 1-d tensor of at least 2 non-negative integer ids")
-        return Dataset(path.stem, tokens=t.long(), vocab=int(t.max()) + 1,
+        t = _tensor(blob["tokens"], "tokens", bad)
+        if t.dim() != 1 or len(t) < 2:
+            raise bad(f"tokens must be a 1-d tensor of at least 2 ids, got shape {tuple(t.shape)}")
+        vocab = _ids(t, "tokens", "ids", bad)
+        if bool((t == t[0]).all()):
+            raise bad(f"every token is {int(t[0])}: the next token is always known, so the loss "
+                      "is 0 at every setting")
+        return Dataset(path.stem, tokens=t.long(), vocab=vocab,
                        about=f"{path.name}: {len(t):,} tokens")
-    raise bad("expected a dict with x and y, or with tokens")
+    raise bad(f"expected a dict with x and y, or with tokens; got the keys "
+              f"{', '.join(map(repr, blob)) or '(none)'}")
+
+
+def _tensor(value, name: str, bad):
+    """A dense CPU tensor with data, or the reason it is not one."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise bad(f"{name} is a {type(value).__name__}, not a tensor")
+    if value.is_meta:
+        raise bad(f"{name} is a meta tensor: it has a shape but no data")
+    if value.layout != torch.strided:
+        raise bad(f"{name} is a {value.layout} tensor, not a dense one (save {name}.to_dense())")
+    if value.is_quantized:
+        raise bad(f"{name} is a quantized tensor (save {name}.dequantize())")
+    return value.detach()
+
+
+def _all_finite(x, name: str, bad, note: str = "") -> None:
+    import torch
+
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        where = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise bad(f"{name}[{', '.join(map(str, where))}] is {float(x[where])}{note}: the data "
+                  "must be finite (every loss would be nan)")
+
+
+def _ids(t, name: str, what: str, bad) -> int:
+    """The number of classes (or token ids) of integer ``t``, which must be 0..K-1 for a
+    sensible K."""
+    import torch
+
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise bad(f"{name} must hold non-negative integer {what}, not {t.dtype}")
+    low, high = int(t.min()), int(t.max())
+    if low < 0:
+        first = int((t < 0).nonzero()[0, 0])
+        raise bad(f"{name}[{first}] is {int(t[first])}: {what} must be non-negative integers")
+    if high >= MAX_CLASSES:
+        first = int((t == high).nonzero()[0, 0])
+        raise bad(f"{name}[{first}] is {high}: the output layer would need {high + 1:,} rows, "
+                  f"one per id (at most {MAX_CLASSES:,}); number the {what} from 0")
+    return high + 1

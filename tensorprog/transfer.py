@@ -5,7 +5,8 @@ The µP claim (TP5) is that the optimum stays put as the width grows under µP a
 Per width the optimum is the vertex of a parabola through the grid minimum and its two
 neighbours in log2(HP) (the grid argmin where that is not possible); the drift is the spread of
 those optima across widths, in log2 units (1.0 = a factor of 2). "Wider is better" holds when, at
-every HP value, the loss does not rise (by more than 1%) as the width grows.
+every HP value, the loss does not rise (by more than 1%) as the width grows. Neither is claimed
+from fewer than 3 finite losses: the report then says "undetermined" and why.
 
 Trials run in worker processes, each result cached as one JSON file, so an interrupted sweep
 resumes where it stopped. A run whose loss turns inf or nan is recorded as diverged.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from .codegen import emit, parametrization
 from .data import Dataset, load
-from .errors import UsageError
+from .errors import Diagnostic, TensorProgWarning, UsageError
 from .ir import Program, verify
 from .optimizers import Optimizer
 
@@ -36,6 +38,7 @@ DEFAULT_LOG2 = {("lr", "adam"): range(-14, -3), ("lr", "adamw"): range(-14, -3),
                 ("output_mult", None): range(-6, 3)}
 BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "sgd": 2.0 ** -4}  # when the HP is not lr
 WIDER_TOLERANCE = 0.01  # "wider is better" allows a 1% rise (seed noise)
+MIN_FINITE = 3  # the fewest finite losses an optimum (a parabola) or a verdict rests on
 
 
 def default_values(hp: str, optimizer: str) -> list[float]:
@@ -50,12 +53,20 @@ def fit_to_data(program: Program, data: Dataset) -> tuple[Program, list[str]]:
     """The program with its finite input and output dims set by the data, and what changed."""
     dims = {d.name: d for d in program.dims}
     notes: list[str] = []
+    set_by: dict[str, tuple[str, int]] = {}
 
     def set_dim(name: str, size: int, what: str) -> None:
         d = dims.get(name, program.dim_table[name])
         if d.infinite:
             raise UsageError(f"the data's {what} ({size}) cannot set {name}, which grows with "
                              "the width")
+        if name in set_by and set_by[name][1] != size:
+            first, before = set_by[name]
+            raise UsageError(f"--data {data.name}: the program's input and output share the dim "
+                             f"{name}, but the data has {before} {first} and {size} {what}",
+                             help="give the input and the output dims of their own, e.g. "
+                                  "`dim d_in = 64` and `dim d_out = 10`")
+        set_by[name] = (what, size)
         if d.size != size:
             notes.append(f"{what}: {name} = {size} (the program says {d.size})")
             dims[name] = replace(d, size=size)
@@ -159,11 +170,12 @@ class Sweep:
     notes: list[str] = field(default_factory=list)
 
     def optimum(self, param: str, width: int) -> tuple[float | None, bool]:
-        """(log2 of the fitted optimal value, whether it sits at the edge of the grid)."""
+        """(log2 of the fitted optimal value, whether it sits at the edge of the grid); None when
+        fewer than ``MIN_FINITE`` values trained without diverging at this width."""
         xs = [math.log2(v) for v in self.values]
         ys = [self.losses[param][width][v] for v in self.values]
         finite = [i for i, y in enumerate(ys) if math.isfinite(y)]
-        if not finite:
+        if len(finite) < MIN_FINITE:
             return None, True
         k = min(finite, key=lambda i: ys[i])
         if k == 0 or k == len(xs) - 1 or not (math.isfinite(ys[k - 1])
@@ -177,15 +189,35 @@ class Sweep:
             return None
         return max(optima) - min(optima)
 
-    def wider_is_better(self, param: str) -> bool:
+    def wider_is_better(self, param: str) -> bool | None:
+        """False on any counterexample; None (undetermined) when fewer than ``MIN_FINITE`` HP
+        values trained without diverging at every width, since then too little was compared."""
+        whole = 0
         for v in self.values:
             seq = [self.losses[param][w][v] for w in self.widths]
             for narrow, wide in zip(seq, seq[1:], strict=False):
-                if math.isinf(wide) and math.isfinite(narrow):
+                if not math.isfinite(wide) and math.isfinite(narrow):
                     return False
                 if math.isfinite(wide) and wide > narrow + WIDER_TOLERANCE * abs(narrow):
                     return False
-        return True
+            whole += all(math.isfinite(x) for x in seq)
+        return True if whole >= MIN_FINITE else None
+
+    def undetermined(self, param: str) -> list[str]:
+        """Why an optimum, the drift or wider-is-better could not be told, in words."""
+        why = []
+        rows = self.losses[param]
+        counts = {w: sum(math.isfinite(x) for x in rows[w].values()) for w in self.widths}
+        if not any(counts.values()):
+            return ["every trial diverged: lower the HP values (or check the data)"]
+        short = [w for w, k in counts.items() if k < MIN_FINITE]
+        if short:
+            why.append(f"at width {', '.join(map(str, short))} fewer than {MIN_FINITE} HP "
+                       "values trained without diverging: no optimum can be fitted")
+        if self.wider_is_better(param) is None:
+            why.append(f"fewer than {MIN_FINITE} HP values trained at every width: "
+                       "wider-is-better is undetermined")
+        return why
 
     def as_dict(self) -> dict:
         out = {}
@@ -196,6 +228,7 @@ class Sweep:
                 "at_grid_edge": {str(w): self.optimum(param, w)[1] for w in self.widths},
                 "drift_log2": self.drift(param),
                 "wider_is_better": self.wider_is_better(param),
+                "undetermined": self.undetermined(param),
                 "losses": {str(w): {repr(v): (None if math.isinf(loss) else loss)
                                     for v, loss in row.items()}
                            for w, row in self.losses[param].items()}}
@@ -225,6 +258,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
 
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
+    cache_dir = _cache_dir(cache) if cache else None  # before the data: a bad path fails fast
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)
     values = sorted(set(values or default_values(hp, optimizer.name)))
@@ -238,6 +272,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     # optimum is ~1e-3 and the optimum is noise (measured: 300 steps, docs/transfer.md)
     steps = steps or (200 if data.is_text else 60)
     batch_size = batch_size or (32 if data.is_text else 64)
+    if min(steps, seeds, batch_size) < 1:
+        raise UsageError("steps, seeds and the batch size must be at least 1")
     seq = fitted.dim_table[fitted.seq].size if fitted.seq else None
     base_lr = lr if lr is not None else BASE_LR[optimizer.name]
     if not (math.isfinite(base_lr) and base_lr > 0):
@@ -256,19 +292,26 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device])
     trials = [Trial(p, w, v, s) for p in params for w in widths for v in values
               for s in range(seeds)]
-    cache_dir = Path(cache) / "transfer" if cache else None
-    if cache_dir:
-        cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[Trial, dict] = {}
     todo = []
+    stale: list[str] = []
     for t in trials:
         key = t.key(context + sources[t.param])
         path = cache_dir / f"{key}.json" if cache_dir else None
-        if path and path.is_file():
-            results[t] = json.loads(path.read_text())
+        cached, why = _cached(path, t, key, steps) if path and path.exists() else (None, None)
+        if cached is not None:
+            results[t] = cached
         else:
+            stale += [f"{path.name}: {why}"] if why else []
             todo.append((t, path))
+    if stale:
+        warnings.warn(TensorProgWarning(Diagnostic(
+            f"{len(stale)} cached trial(s) in {cache_dir} do not fit the trial they are filed "
+            f"under and are trained again (first: {stale[0]})", severity="warning",
+            help="a cache entry is only ever written by tensorprog; delete the directory if "
+                 "it was edited")), stacklevel=2)
     jobs = jobs or (1 if device != "cpu" else max(1, os.cpu_count() or 1))
+    jobs = max(1, min(jobs, len(todo)))  # no worker without a trial to run
     threads = max(1, (os.cpu_count() or 1) // jobs)
 
     def job(t: Trial) -> dict:
@@ -280,10 +323,11 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
 
     bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="transfer sweep",
                unit="run", disable=not progress)
+    failed: list[OSError] = []  # a cache write that failed: the sweep goes on without the cache
     try:
         if jobs == 1:
             for t, path in todo:
-                _store(results, t, path, run_trial(job(t)), bar)
+                _store(results, t, path, run_trial(job(t)), bar, failed)
         else:
             import multiprocessing
 
@@ -292,7 +336,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
                 futures = {pool.submit(run_trial, job(t)): (t, path) for t, path in todo}
                 for f in as_completed(futures):
                     t, path = futures[f]
-                    _store(results, t, path, f.result(), bar)
+                    _store(results, t, path, f.result(), bar, failed)
     finally:
         bar.close()
     losses: dict[str, dict[int, dict[float, float]]] = {}
@@ -311,13 +355,68 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     return Sweep(hp, widths, values, seeds, losses, settings, notes)
 
 
-def _store(results, t: Trial, path: Path | None, result: dict, bar) -> None:
+def _cache_dir(cache: str | Path) -> Path:
+    """The cache's trial directory, made and tried for writing before any training."""
+    root = Path(cache)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--cache {cache}: is a file, not a directory",
+                         help="choose a directory for the trial cache, or --cache none")
+    out = root / "transfer"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"--cache {cache}: cannot write the trial cache there "
+                         f"({err.strerror or err})",
+                         help="choose a directory you can write, or --cache none") from None
+    return out
+
+
+def _cached(path: Path, t: Trial, key: str, steps: int) -> tuple[dict | None, str | None]:
+    """(the cached result of trial ``t``, None), or (None, why it cannot be used): unreadable,
+    truncated, written for another trial or settings, or of the wrong form."""
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"unreadable ({type(err).__name__})"
+    if not isinstance(entry, dict):
+        return None, "not a JSON object"
+    if entry.get("key") != key or entry.get("trial") != _identity(t):
+        return None, "written for another trial or other settings"
+    loss, diverged, ran = entry.get("loss"), entry.get("diverged"), entry.get("steps")
+    if not isinstance(diverged, bool) or isinstance(ran, bool) or not isinstance(ran, int):
+        return None, "diverged or steps of the wrong type"
+    if diverged:
+        ok = loss is None and 0 <= ran < steps
+    else:
+        ok = (isinstance(loss, (int, float)) and not isinstance(loss, bool)
+              and math.isfinite(loss) and loss >= 0 and ran == steps)
+    if not ok:
+        return None, f"loss {loss!r} and {ran!r} steps do not fit a run of {steps} steps"
+    return {"loss": loss, "diverged": diverged, "steps": ran}, None
+
+
+def _identity(t: Trial) -> list:
+    return [t.param, t.width, repr(t.value), t.seed]
+
+
+def _store(results, t: Trial, path: Path | None, result: dict, bar, failed: list) -> None:
     results[t] = result
-    if path:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)  # a trial is cached whole or not at all
     bar.update()
+    if path and not failed:
+        entry = {**result, "key": path.stem, "trial": _identity(t)}
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(entry))
+            tmp.replace(path)  # a trial is cached whole or not at all
+        except OSError as err:
+            failed.append(err)
+            warnings.warn(TensorProgWarning(Diagnostic(
+                f"cannot write the trial cache ({err.strerror or err}): the sweep goes on "
+                "without it, and an interrupted sweep will start over", severity="warning",
+                help="free some disk space, or use --cache none")), stacklevel=2)
 
 
 def render(s: Sweep) -> str:
@@ -344,12 +443,14 @@ def render(s: Sweep) -> str:
         optima = []
         for w in s.widths:
             o, edge = s.optimum(param, w)
-            optima.append(f"{w}: {'none' if o is None else f'{o:+.2f}'}" + (" (edge)" if edge
-                                                                            else ""))
-        drift = s.drift(param)
+            optima.append(f"{w}: undetermined" if o is None else
+                          f"{w}: {o:+.2f}" + (" (edge)" if edge else ""))
+        drift, wider = s.drift(param), s.wider_is_better(param)
+        verdict = {True: "yes", False: "no", None: "undetermined"}[wider]
         lines += [f"optimal log2({s.hp}): " + ", ".join(optima),
-                  f"drift across widths: {'n/a' if drift is None else f'{drift:.2f}'} (log2; "
-                  f"{'n/a' if drift is None else f'x{2 ** drift:.2f}'}), wider is no worse (within "
-                  f"{WIDER_TOLERANCE:.0%}) at "
-                  f"every value: {'yes' if s.wider_is_better(param) else 'no'}"]
+                  "drift across widths: "
+                  + ("undetermined" if drift is None else f"{drift:.2f} (log2; x{2 ** drift:.2f})")
+                  + f", wider is no worse (within {WIDER_TOLERANCE:.0%}) at every value: "
+                  + verdict]
+        lines += [f"  undetermined: {why}" for why in s.undetermined(param)]
     return "\n".join(lines) + "\n"
