@@ -10,6 +10,10 @@ The three depend on each other (updates need gradients, gradients need the train
 passes repeat until nothing moves. A change that blows up is reported at its first-order size, not
 compounded step after step: whatever a gradient is built from counts at most at its stable size
 (see :meth:`Analysis.run` for why that makes the loop end).
+
+A block's Stream reads its back edge (the return value of the previous repetition) before the
+instruction that computes it, so each pass over a program with a ``repeat`` runs round after round,
+starting from nothing (-oo) on every back edge, until the back edges stop moving.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from functools import cached_property
 from ._gc import paused_gc
 from .errors import Diagnostic, EngineError, TensorProgWarning
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
-from .ir import MUL, MatMul, Nonlin, Program
+from .ir import MUL, MatMul, Nonlin, Program, Stream
 from .optimizers import Optimizer
 from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
 
@@ -44,6 +48,32 @@ class ABC:
         return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}
 
 
+#: Rounds of a pass over the program after which a back edge that still grows is taken as unbounded.
+#: The passes are monotone (sizes only grow from -oo), so they settle unless a repetition feeds its
+#: own growth: the block then multiplies its input's size by a power of n at every repetition, a
+#: blow-up that compounds with the depth, with no bound at any depth beyond the rounds run. A
+#: bounded function can still stop such a climb from below Θ(1); twelve rounds leave it room.
+STREAM_ROUNDS = 12
+
+
+def settle_back_edges(program: Program, one_round, tables: list[dict[str, Exp]]) -> None:
+    """Run ``one_round`` (a pass that fills ``tables``) until every back edge holds still; one
+    still growing after :data:`STREAM_ROUNDS` rounds is set to +oo, and a last round run."""
+    backs = [s.back for s in program.streams if s.loops]
+    main = tables[0]
+    for _ in range(STREAM_ROUNDS):
+        before = [main.get(b, NEG_INF) for b in backs]
+        one_round()
+        after = [main.get(b, NEG_INF) for b in backs]
+        if after == before:
+            return
+    for b, x, y in zip(backs, before, after, strict=True):
+        if gt(y, x):  # compounding over the repetitions: see STREAM_ROUNDS
+            for table in tables:
+                table[b] = INF
+    one_round()
+
+
 class Analysis:
     """Exponents of every vector under given param exponents S (init) and U (update entries)."""
 
@@ -64,6 +94,10 @@ class Analysis:
         self.init_terms: dict[str, list[tuple[Term, Exp]]] = {}
         self.change_terms: dict[str, list[tuple[Term, Exp]]] = {}
         self.updates: dict[str, list[tuple[str, Term, Exp]]] = {}  # param -> its update terms
+        for s in program.streams:  # a back edge is read before it is computed: nothing yet
+            if s.loops and s.back not in self.vector_params:
+                for table in (self.init_, self.change_, self.train_):
+                    table.setdefault(s.back, NEG_INF)
 
     # --- the Sizes protocol the rules ask -----------------------------------------------------
     def init(self, name: str) -> list[Mono]:
@@ -114,15 +148,25 @@ class Analysis:
 
     @cached_property
     def _ancestry(self) -> dict[str, frozenset[str]]:
-        """The params every value depends on (a vector param depends on itself)."""
-        anc: dict[str, frozenset[str]] = {i.name: frozenset() for i in self.program.inputs}
-        anc.update({p: frozenset((p,)) for p in self.vector_params})
-        for ins in self.program.body:
-            deps = set().union(*(anc[o] for o in ins.operands))
-            if isinstance(ins, MatMul):
-                deps.add(ins.weight)
-            anc[ins.out] = frozenset(deps)
-        return anc
+        """The params every value depends on (a vector param depends on itself). Through a back
+        edge, a value depends on the previous repetitions' params: the block's own are fresh in
+        each repetition (other matrices than this repetition's), so only the shared ones count."""
+        program = self.program
+        anc: dict[str, frozenset[str]] = {}
+        while True:
+            before = dict(anc)
+            anc.update({i.name: frozenset() for i in program.inputs})
+            anc.update({p: frozenset((p,)) for p in self.vector_params})
+            for ins in program.body:
+                deps = set().union(*(anc[o] for o in ins.operands))
+                if isinstance(ins, MatMul):
+                    deps.add(ins.weight)
+                if isinstance(ins, Stream) and ins.loops:
+                    own = set(program.block_table[ins.block].params)
+                    deps |= before.get(ins.back, frozenset()) - own
+                anc[ins.out] = frozenset(deps)
+            if anc == before:  # sets only grow, within the finite set of params
+                return anc
 
     def built_with(self, value: str, weight: str, transposed: bool) -> bool:
         """Is ``value`` computed through ``weight`` applied this way round? (A walk up the
@@ -136,6 +180,9 @@ class Analysis:
             if isinstance(ins, MatMul) and (ins.weight, ins.transposed) == (weight, transposed):
                 return True
             todo.extend(ins.operands)
+            if isinstance(ins, Stream) and ins.loops and \
+                    self.program.owner.get(weight) != ins.block:  # see _ancestry
+                todo.append(ins.back)
         return False
 
     def centred_apart(self, u: str, v: str) -> bool:
@@ -190,13 +237,19 @@ class Analysis:
         self.train_[out] = emax((self.init_[out], emin(d, ZERO)))
 
     def forward_init(self) -> None:
-        for ins in self.program.body:
-            self.record_init(ins.out, INIT[type(ins)](ins, self))
+        def one_round() -> None:
+            for ins in self.program.body:
+                self.record_init(ins.out, INIT[type(ins)](ins, self))
+
+        settle_back_edges(self.program, one_round, [self.init_])
 
     def forward_change(self) -> None:
-        self.updates = {}
-        for ins in self.program.body:
-            self.record_change(ins.out, CHANGE[type(ins)](ins, self))
+        def one_round() -> None:
+            self.updates = {}
+            for ins in self.program.body:
+                self.record_change(ins.out, CHANGE[type(ins)](ins, self))
+
+        settle_back_edges(self.program, one_round, [self.change_, self.train_])
         self.V = {p: self.stable_update(p) for p in self.U}
 
     def stable_update(self, param: str) -> Exp:
@@ -217,13 +270,26 @@ class Analysis:
         return cap
 
     def backward(self) -> None:
-        grad: dict[str, Exp] = {o: ZERO for o in self.program.outputs}
-        self.grad_ = grad
-        for ins in reversed(self.program.body):
-            for target, t in GRAD[type(ins)](ins, self):
-                v = self.value(t)
-                if gt(v, grad.get(target, NEG_INF)):
-                    grad[target] = v
+        # a back edge's gradient comes from the Stream, which the reversed walk meets after the
+        # back edge's own instruction: each round starts from the last round's
+        carried: dict[str, Exp] = {}
+
+        def one_round() -> None:
+            grad: dict[str, Exp] = {o: ZERO for o in self.program.outputs}
+            for b, v in carried.items():
+                if gt(v, grad.get(b, NEG_INF)):
+                    grad[b] = v
+            self.grad_ = grad
+            for ins in reversed(self.program.body):
+                for target, t in GRAD[type(ins)](ins, self):
+                    v = self.value(t)
+                    if gt(v, grad.get(target, NEG_INF)):
+                        grad[target] = v
+            carried.clear()
+            carried.update({s.back: grad.get(s.back, NEG_INF) for s in self.program.streams
+                            if s.loops})
+
+        settle_back_edges(self.program, one_round, [carried])
 
     def sources(self, param: str) -> list[tuple[Exp, Exp]]:
         """(e(df/dy), e(x)) for every use of a param: what its gradient is built from."""

@@ -26,6 +26,7 @@ from sympy.polys.matrices import DomainMatrix
 from ._gc import paused_gc
 from .analysis import (
     ABC,
+    STREAM_ROUNDS,
     Analysis,
     Classification,
     classify,
@@ -34,7 +35,7 @@ from .analysis import (
     used_params,
 )
 from .errors import Diagnostic, EngineError, Span
-from .exponents import HALF, NEG_INF, ZERO, Exp, canon, gt
+from .exponents import HALF, INF, NEG_INF, ZERO, Exp, canon, gt
 from .ir import Program
 from .optimizers import Optimizer
 from .rules import CHANGE, INIT, Term, fan_in_infinite
@@ -127,8 +128,14 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
     absorbed = prescaled(program)  # a scale downstream takes their size: no bounds from them
     an.S = {p: None for p in params}
     an.U = {p: None for p in params}
-    for _ in range(len(program.body) + 5):
-        before = (dict(an.S), dict(an.U))
+    backs = [s.back for s in program.streams if s.loops]
+
+    def back_sizes() -> list[tuple[Exp, Exp]]:
+        return [(an.init_.get(b, NEG_INF), an.change_.get(b, NEG_INF)) for b in backs]
+
+    for rounds in range(len(program.body) + 5 + STREAM_ROUNDS):
+        # a back edge is read before it is computed, so it holds the previous round's size
+        before = (dict(an.S), dict(an.U), back_sizes())
         bounds: list[Bound] = []
         an.updates = {}
         for ins in program.body:
@@ -144,8 +151,14 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
             # the terms do not depend on the slots, only their values do: evaluate them now
             an.record_init(ins.out, init)
             an.record_change(ins.out, change)
-        if (an.S, an.U) == before:
+        if (an.S, an.U, back_sizes()) == before:
             return bounds
+        if rounds >= STREAM_ROUNDS:  # a back edge still growing compounds: see STREAM_ROUNDS
+            for b, (i0, c0), (i1, c1) in zip(backs, before[2], back_sizes(), strict=True):
+                if gt(i1, i0):
+                    an.init_[b] = INF
+                if gt(c1, c0):
+                    an.change_[b] = an.train_[b] = INF
     raise EngineError("the init and update bounds did not settle (a param's uses keep tightening "
                       "each other)", help="check for a parameter that feeds its own scale")
 

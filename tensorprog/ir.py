@@ -17,7 +17,16 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
+                                  previous repetition's return value afterwards
 ==========  ====================  =========================================================
+
+A ``depth`` and blocks describe a stack of repeated blocks without unrolling it: the block's
+body is inlined once, as one generic repetition whose names are qualified by the block's
+(``res.u``, params ``res.W1``), after a :class:`Stream` that feeds it and before an identity that
+names the last repetition's return value. :class:`Block` records which values and params belong
+to the block. The Stream's back edge (the return value, computed after it) is the one place where
+a value is read before the instruction that defines it.
 
 A program may carry a finite sequence axis (token and position inputs): every vector then has one
 value per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a param
@@ -69,6 +78,36 @@ class Width:
 
     name: str
     base: int
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Depth:
+    """The depth ``L``: how many times ``repeat L`` applies a block; ``base`` is the depth at
+    which hyperparameters are tuned. Like the width, it may go to infinity."""
+
+    name: str
+    base: int
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block as applied in the program, inlined once as one generic repetition.
+
+    ``arg`` is its argument (the value a :class:`Stream` defines), ``ret`` its return value,
+    ``result`` the identity after the body that names the last repetition's return value,
+    ``params`` its own params (fresh in every repetition) and ``values`` the outputs of the body
+    instructions between the Stream and the result, in program order. All but ``name`` are
+    qualified names (``res.W1``), except ``ret`` when the block returns an outer value and
+    ``result``, a name of the enclosing program."""
+
+    name: str
+    arg: str
+    ret: str
+    result: str
+    params: tuple[str, ...]
+    values: tuple[str, ...]
     span: Span | None = _span()
 
 
@@ -225,8 +264,42 @@ class Mix:
         return (self.weights, self.values)
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot | Mix
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix)
+@dataclass(frozen=True)
+class Stream:
+    """``out`` = the input of block ``block``: ``init`` at the first repetition, ``back`` (the
+    block's return value, computed after this instruction) at every later one.
+
+    ``count`` is the depth's name (``repeat L``), a whole number (``repeat 3``) or None (a block
+    applied once, ``blk(h0)``, which has no back edge). The engine analyses this one generic
+    repetition, never L copies.
+
+    Scaling at any fixed depth: a sum of L residual branches has the size of one branch, so
+    init(out) = max(init(init), init(back)), likewise for its change, and the gradient of ``out``
+    flows to ``init`` and to ``back``. ``back`` is read before it is computed, so the passes
+    iterate to a fixed point; a back edge whose size grows round after round compounds through
+    the repetitions and is taken as unbounded. (Exponents in L, Depth-µP / CompleteP: Tensor
+    Programs VI, arXiv 2310.02244, are not derived yet.)
+    """
+
+    out: str
+    init: str
+    back: str
+    block: str
+    count: str | int | None
+    span: Span | None = _span()
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.init,)  # the back edge is read from the previous repetition
+
+    @property
+    def loops(self) -> bool:
+        """Whether a later repetition reads the back edge (count other than None and 1)."""
+        return self.count is not None and self.count != 1
+
+
+Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream)
 
 
 def heads_dim_name(dim: str, over: str) -> str:
@@ -259,6 +332,8 @@ class Program:
     outputs: tuple[str, ...]
     output_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
     name: str = field(default="program", compare=False)
+    depth: Depth | None = None
+    blocks: tuple[Block, ...] = ()
 
     # --- lookups (computed once; the dataclass stays immutable) -------------------------------
     @cached_property
@@ -354,6 +429,19 @@ class Program:
         return d is not None and self.dim_table[d].infinite
 
     @cached_property
+    def streams(self) -> tuple[Stream, ...]:
+        return tuple(ins for ins in self.body if isinstance(ins, Stream))
+
+    @cached_property
+    def block_table(self) -> dict[str, Block]:
+        return {b.name: b for b in self.blocks}
+
+    @cached_property
+    def owner(self) -> dict[str, str]:
+        """The block each block-owned param belongs to."""
+        return {p: b.name for b in self.blocks for p in b.params}
+
+    @cached_property
     def _uses(self) -> dict[str, list[Instruction]]:
         table: dict[str, list[Instruction]] = {}
         for ins in self.body:
@@ -367,6 +455,8 @@ class Program:
 
 
 def _mentions(ins: Instruction) -> tuple[str, ...]:
+    if isinstance(ins, Stream):
+        return ins.operands + ((ins.back,) if ins.loops else ())
     return ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ())
 
 
@@ -377,29 +467,37 @@ def _coef(c: Fraction) -> str:
     return str(c.numerator) if c.denominator == 1 else f"{c.numerator}/{c.denominator}"
 
 
-def render_instruction(ins: Instruction) -> str:
-    """One instruction as one line of the surface language."""
+def _count(count: str | int | None) -> str:
+    return "" if count is None else f"repeat {count} "
+
+
+def render_instruction(ins: Instruction, show=str) -> str:
+    """One instruction as one line of the surface language; ``show`` maps a name to the text
+    written for it (inside a block, a qualified name loses its block prefix)."""
     if isinstance(ins, MatMul):
-        rhs = f"{ins.weight}{'.T' if ins.transposed else ''} @ {ins.arg}"
+        rhs = f"{show(ins.weight)}{'.T' if ins.transposed else ''} @ {show(ins.arg)}"
     elif isinstance(ins, Dot):
         over = f", {ins.over}" if ins.over is not None else ""
-        rhs = f"dot({ins.left}, {ins.right}{over})"
+        rhs = f"dot({show(ins.left)}, {show(ins.right)}{over})"
     elif isinstance(ins, Mix):
-        rhs = f"mix({ins.weights}, {ins.values})"
+        rhs = f"mix({show(ins.weights)}, {show(ins.values)})"
+    elif isinstance(ins, Stream):  # in a program's text, the block call it starts
+        rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
     elif isinstance(ins, Nonlin):
-        rhs = " * ".join(ins.args) if ins.fn == MUL else f"{ins.fn}({', '.join(ins.args)})"
+        args = [show(a) for a in ins.args]
+        rhs = " * ".join(args) if ins.fn == MUL else f"{ins.fn}({', '.join(args)})"
     else:
         parts = []
         for k, (c, name) in enumerate(ins.terms):
             sign = "-" if c < 0 else "+"
             mag = abs(c)
-            text = name if mag == 1 else f"{_coef(mag)} * {name}"
+            text = show(name) if mag == 1 else f"{_coef(mag)} * {show(name)}"
             if k == 0:
                 parts.append(("-" if c < 0 else "") + text)
             else:
                 parts.append(f"{sign} {text}")
         rhs = " ".join(parts)
-    return f"{ins.out} = {rhs}"
+    return f"{show(ins.out)} = {rhs}"
 
 
 def render_input(i: Input) -> str:
@@ -412,21 +510,48 @@ def render_input(i: Input) -> str:
     return f"input {i.name} : [{i.dim}]"
 
 
-def render_param(p: Param) -> str:
+def render_param(p: Param, show=str) -> str:
     value = f" = {float(p.base)!r}" if p.base is not None else ""
     if p.is_scale:
-        return f"scale {p.name}{value}"
-    return f"param {p.name} : [{', '.join(p.shape)}]{value}"
+        return f"scale {show(p.name)}{value}"
+    return f"param {show(p.name)} : [{', '.join(p.shape)}]{value}"
+
+
+def _local(block: str):
+    """How names read inside a block's text: its own names without the block prefix."""
+    prefix = f"{block}."
+    return lambda name: name.removeprefix(prefix)
 
 
 def to_text(program: Program) -> str:
-    """The IR as a program in the surface language, one instruction a line; parses back equal."""
+    """The IR as a program in the surface language, one instruction a line; parses back equal.
+
+    A block is written where it is applied: its definition (params, body, ``return``), then
+    ``result = repeat count block(init)``, which stands for the Stream, the body and the identity
+    naming the result."""
     w = program.width
     lines = [f"width {w.name} = {w.base}"]
+    if program.depth is not None:
+        lines.append(f"depth {program.depth.name} = {program.depth.base}")
     lines += [f"dim {d.name} = {d.expr(w.name)}" for d in program.dims]
     lines += [render_input(i) for i in program.inputs]
-    lines += [render_param(p) for p in program.params]
-    lines += [render_instruction(ins) for ins in program.body]
+    owned = program.owner
+    lines += [render_param(p) for p in program.params if p.name not in owned]
+    skip: set[str] = set()
+    for ins in program.body:
+        if ins.out in skip:
+            continue
+        if not isinstance(ins, Stream):
+            lines.append(render_instruction(ins))
+            continue
+        b = program.block_table[ins.block]
+        show = _local(b.name)
+        lines.append(f"block {b.name}({show(b.arg)}) {{")
+        lines += ["    " + render_param(program.param_table[p], show) for p in b.params]
+        lines += ["    " + render_instruction(program.producer[v], show) for v in b.values]
+        lines += [f"    return {show(b.ret)}", "}"]
+        lines.append(f"{b.result} = {_count(ins.count)}{b.name}({ins.init})")
+        skip.update(b.values + (b.result,))
     lines += [f"output {o}" for o in program.outputs]
     return "\n".join(lines) + "\n"
 
@@ -492,7 +617,11 @@ def verify(program: Program) -> Program:
         if errors.errors:
             break
         ops = [defined[o] for o in ins.operands]
-        if isinstance(ins, MatMul):
+        if isinstance(ins, Stream):
+            out = ops[0]
+            if out is None:
+                errors.error(f"stream {ins.out}: a block's argument must be a vector", ins.span)
+        elif isinstance(ins, MatMul):
             shape = program.param_table.get(ins.weight).shape if ins.weight in matrices else None
             if shape is None:
                 errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
@@ -535,6 +664,7 @@ def verify(program: Program) -> Program:
                 errors.error("elementwise operands must have the same dim", ins.span)
             out = vectors[0] if vectors else None
         define(ins.out, out, ins.span)
+    _verify_blocks(program, defined, key, errors)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
     for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):
         if name not in defined or name in matrices:
@@ -543,3 +673,42 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_blocks(program: Program, defined: dict, key, errors: Collector) -> None:
+    """Each block: one Stream, its values right after it, the back edge its return value, of
+    the argument's dim, and the result an identity of it right after the body."""
+    if len({b.name for b in program.blocks}) != len(program.blocks):
+        errors.error("a block is recorded twice")
+    streams = {s.block: s for s in program.streams}
+    if set(streams) != {b.name for b in program.blocks} or len(streams) != len(program.streams):
+        errors.error("every block needs exactly one Stream, and every Stream a block")
+        return
+    index = {ins.out: k for k, ins in enumerate(program.body)}
+    params = set(program.param_table)
+    for b in program.blocks:
+        s = streams[b.name]
+        if isinstance(s.count, str) and (program.depth is None or s.count != program.depth.name):
+            errors.error(f"block {b.name} repeats over '{s.count}', which is not the depth", s.span)
+        if isinstance(s.count, int) and s.count < 1:
+            errors.error(f"block {b.name} repeats {s.count} times", s.span)
+        if s.out != b.arg or s.back != b.ret:
+            errors.error(f"block {b.name}: its Stream must define its argument and read its "
+                         "return value", s.span)
+        start = index[s.out]
+        if tuple(ins.out for ins in program.body[start + 1: start + 1 + len(b.values)]) \
+                != b.values:
+            errors.error(f"block {b.name}: its values must follow its Stream", s.span)
+            continue
+        res = program.body[start + 1 + len(b.values)] if start + 1 + len(b.values) < len(
+            program.body) else None
+        if not (isinstance(res, LinComb) and res.out == b.result
+                and res.terms == ((Fraction(1), b.ret),)):
+            errors.error(f"block {b.name}: its result must be an identity of its return value "
+                         "right after its body", s.span)
+        if any(p not in params for p in b.params):
+            errors.error(f"block {b.name}: it names a param the program does not declare", s.span)
+        if b.ret not in defined or defined[b.ret] == "<matrix>" or b.arg not in defined \
+                or key(defined[b.ret]) != key(defined[b.arg]):
+            errors.error(f"block {b.name}: its return value must be a vector of its argument's "
+                         "dim", s.span)

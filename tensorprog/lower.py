@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,8 @@ from .ir import (
     MAX_SIZE,
     MUL,
     NONLINEARITIES,
+    Block,
+    Depth,
     Dim,
     Dot,
     Input,
@@ -41,6 +43,7 @@ from .ir import (
     Nonlin,
     Param,
     Program,
+    Stream,
     Width,
     heads_dim,
     in_float_range,
@@ -48,7 +51,7 @@ from .ir import (
 )
 
 if TYPE_CHECKING:
-    from .parse import BinOp, Call, Neg, Num, Stmt, Transpose, Var
+    from .parse import BinOp, Call, Neg, Num, Repeat, Stmt, Transpose, Var
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix")
 
@@ -114,15 +117,24 @@ class _Lowering:
         self.used_names = {s.name for s in stmts}
         self.fresh_counter: dict[str, int] = {}
         self.poisoned: set[str] = set()  # names whose definition failed: no follow-up errors
+        self.depth: Depth | None = None
+        self.block_defs: dict[str, Stmt] = {}  # well-formed block definitions, by name
+        self.blocks: list[Block] = []  # blocks as applied, in program order
+        self.block_params: list[Param] = []  # listed after the program's own params
+        self.block: str | None = None  # the block being inlined
+        self.scope: dict[str, str] = {}  # inside it: local name -> qualified name
+        self.target = ""
 
     # names ------------------------------------------------------------------------------------
     def known(self) -> list[str]:
-        return list(self.values) + list(self.matrices) + list(self.dims)
+        outer = [n for n in (*self.values, *self.matrices, *self.dims) if "." not in n]
+        return outer + list(self.scope)
 
     def define(self, name: str, span: Span) -> bool:
         if name in self.defined_at:
             first = self.defined_at[name]
-            self.errors.error(f"'{name}' is already defined (line {first.line})", span,
+            shown = name.split(".", 1)[-1]
+            self.errors.error(f"'{shown}' is already defined (line {first.line})", span,
                               "every name is defined once; pick a new name for this value")
             return False
         if name in FUNCTIONS:
@@ -233,6 +245,12 @@ class _Lowering:
     def run(self) -> Program:
         for st in self.stmts:
             getattr(self, f"stmt_{st.kind}")(st)
+        for name, st in self.block_defs.items():
+            if name not in {b.name for b in self.blocks}:
+                warnings.warn(TensorProgWarning(Diagnostic(
+                    f"block '{name}' is never applied, so it is neither checked nor used",
+                    st.name_span, f"apply it, e.g. `h = repeat L {name}(h0)`, or remove it",
+                    "warning")), stacklevel=4)
         if not any(st.kind == "width" for st in self.stmts):
             self.errors.error("the program declares no width", _line_end_span(self.source,
                               self.filename), "add a line `width n = 256` (256: the base width)")
@@ -243,6 +261,8 @@ class _Lowering:
         self.errors.raise_if_any(SemanticError)
         used = {n for ins in self.body for n in ins.operands}
         used |= {ins.weight for ins in self.body if isinstance(ins, MatMul)}
+        used |= {ins.back for ins in self.body if isinstance(ins, Stream)}
+        self.params += self.block_params
         for p in self.params:
             if p.name not in used:
                 warnings.warn(TensorProgWarning(Diagnostic(
@@ -252,7 +272,7 @@ class _Lowering:
                                                 if d != self.width.name),
                               tuple(self.inputs), tuple(self.params), tuple(self.body),
                               tuple(self.outputs), tuple(self.output_spans),
-                              Path(self.filename).stem))
+                              Path(self.filename).stem, self.depth, tuple(self.blocks)))
 
     def stmt_width(self, st: Stmt) -> None:
         if self.width is not None:
@@ -267,6 +287,181 @@ class _Lowering:
         if self.define(st.name, st.name_span):
             self.width = Width(st.name, st.value, st.span)
             self.dims[st.name] = Dim(st.name, mult=Fraction(1), span=st.span)
+
+    def stmt_depth(self, st: Stmt) -> None:
+        if self.depth is not None:
+            self.errors.error("the depth is declared twice", st.span,
+                              "a program has at most one depth, the number of repetitions that "
+                              "may go to infinity; repeat other blocks a fixed number of times, "
+                              "`repeat 3 blk(h)`")
+            return
+        if st.value <= 0:
+            self.errors.error("the base depth must be positive", st.span,
+                              "give the number of blocks where hyperparameters are tuned, e.g. "
+                              f"`depth {st.name} = 4`")
+            return
+        if self.define(st.name, st.name_span):
+            self.depth = Depth(st.name, st.value, st.span)
+
+    #: what each statement kind is told inside a block, where only params, values and the return
+    #: belong
+    _NOT_IN_BLOCK = {
+        "width": "declare the width outside the block",
+        "depth": "declare the depth outside the block",
+        "dim": "declare dims outside the block",
+        "input": "declare inputs outside the block",
+        "scale": "declare scales outside the block: they are constants, shared by every repetition",
+        "output_assign": "a block hands its result on with `return`; mark outputs outside it",
+        "output_mark": "a block hands its result on with `return`; mark outputs outside it",
+        "block": "blocks do not nest: define this block outside the other",
+    }
+
+    def stmt_block(self, st: Stmt) -> None:
+        _, _, inner = st.value
+        ok = True
+        for k, s in enumerate(inner):
+            if s.kind in self._NOT_IN_BLOCK:
+                what = s.kind.split("_")[0]
+                article = "an" if what in ("input", "output") else "a"
+                self.errors.error(f"a block cannot contain {article} `{what}` statement", s.span,
+                                  self._NOT_IN_BLOCK[s.kind])
+                ok = False
+            elif s.kind == "return" and k != len(inner) - 1:
+                self.errors.error("statements after `return`", inner[k + 1].span,
+                                  "`return` ends the block: move them before it")
+                ok = False
+        if not inner or inner[-1].kind != "return":
+            self.errors.error(f"block {st.name} has no return", st.span,
+                              "end it with `return expr`, the vector handed to the next "
+                              "repetition, e.g. `return h + W2 @ relu(W1 @ h)`")
+            ok = False
+        if self.define(st.name, st.name_span) and ok:
+            self.block_defs[st.name] = st
+        else:
+            self.poisoned.add(st.name)
+
+    def local(self, name: str, span: Span) -> str | None:
+        """The qualified name of a value or param defined here (inside a block: ``blk.name``);
+        None, with an error, for a block name that would hide a name of the program."""
+        if self.block is None:
+            return name
+        if name in self.defined_at and "." not in name:
+            first = self.defined_at[name]
+            what = "param" if name in self.param_names else "name"
+            self.errors.error(f"'{name}' is already defined outside block {self.block} "
+                              f"(line {first.line})", span,
+                              f"a block's own {what}s are fresh in every repetition and may not "
+                              "hide the program's: to share the outer one, use it without "
+                              "declaring it; otherwise pick a new name")
+            return None
+        return f"{self.block}.{name}"
+
+    def resolve(self, name: str) -> str:
+        return self.scope.get(name, name)
+
+    def apply_block(self, name: str, name_span: Span, arg, count, node) -> _Vec | None:
+        """Inline block ``name`` once, as the generic repetition fed by a Stream (see ir.Block)."""
+        if self.block is not None:
+            if name == self.block:
+                self.errors.error(f"block {name} calls itself", node.span,
+                                  "blocks do not recurse: to apply a block several times, write "
+                                  f"`repeat L {name}(h0)` outside it")
+            else:
+                self.errors.error(f"block {self.block} calls block {name}", node.span,
+                                  "blocks do not nest yet: apply both outside any block, one "
+                                  "after the other")
+            return None
+        st = self.block_defs.get(name)
+        if st is None:
+            return None  # its definition already reported an error
+        if arg is None:
+            return None
+        if not isinstance(arg, _Vec) or arg.dim is None or arg.dim in self.heads_dims:
+            what = ("a matrix" if isinstance(arg, _Matrix) else "a constant"
+                    if isinstance(arg, _Scalar) else "a scalar" if arg.dim is None
+                    else "attention logits")
+            self.errors.error(f"block {name} needs a vector argument, got {what}", node.span,
+                              "apply a block to a vector of a declared dim, e.g. the residual "
+                              "stream `h0 = W_in @ x`")
+            return None
+        if name in {b.name for b in self.blocks}:
+            first = next(b for b in self.blocks if b.name == name)
+            self.errors.error(f"block {name} is already applied (line {first.span.line})",
+                              node.span, "each block is applied once (a `repeat` is one "
+                              "application); for a second stack, define a second block")
+            return None
+        init = self.name_of(arg, node.span)
+        arg_name, arg_span, inner = st.value
+        prefix = f"{name}."
+        out = prefix + arg_name
+        self.used_names |= {out} | {prefix + s.name for s in inner}
+        start, n_errors, target = len(self.body), len(self.errors.errors), self.target
+        self.body.append(Stream(out, init, out, name, count, node.span))  # back edge set below
+        self.values[out] = arg.dim
+        if init in self.pixels:
+            self.pixels[out] = self.pixels[init]
+        self.defined_at[out] = arg_span
+        n_params = len(self.block_params)
+        self.block, self.scope = name, {arg_name: out}
+        try:
+            for s in inner[:-1]:
+                getattr(self, f"stmt_{s.kind}")(s)
+            ret = self.block_return(inner[-1], out, arg_name) \
+                if len(self.errors.errors) == n_errors else None
+        finally:
+            self.block, self.scope, self.target = None, {}, target
+        if ret is None:
+            return None
+        values = tuple(ins.out for ins in self.body[start + 1:])
+        self.body[start] = Stream(out, init, ret, name, count, node.span)
+        result = self.emit(LinComb(self.fresh(self.target), ((Fraction(1), ret),), node.span),
+                           arg.dim)
+        self.blocks.append(Block(name, out, ret, result,
+                                 tuple(p.name for p in self.block_params[n_params:]), values,
+                                 node.span))
+        return self.vec(result, arg.dim)
+
+    def block_return(self, st: Stmt, arg: str, arg_name: str) -> str | None:
+        """Lower ``return expr``: its value, named ``blk.out`` unless it is one name already."""
+        self.target = f"{self.block}.out"
+        if self.target in self.used_names:
+            self.target = self.fresh(self.target)
+        n_errors, n_body = len(self.errors.errors), len(self.body)
+        value = self.expr(st.value)
+        if value is None or len(self.errors.errors) > n_errors:
+            return None
+        if not isinstance(value, _Vec):
+            what = "a matrix" if isinstance(value, _Matrix) else "a constant"
+            self.errors.error(f"block {self.block} returns {what}", st.span,
+                              f"return a vector of its argument {arg_name}'s dim")
+            return None
+        if not self.same_dim(value.dim, self.values[arg]) or value.dim in self.heads_dims:
+            self.errors.error(
+                f"block {self.block} returns {self.dim_text(value.dim)}, but its argument "
+                f"{arg_name} is {self.dim_text(self.values[arg])}", st.span,
+                "each repetition's return value is the next one's argument: return a vector of "
+                f"the argument's dim, e.g. `return {arg_name} + W2 @ relu(W1 @ {arg_name})`")
+            return None
+        last = self.body[-1] if len(self.body) > n_body else None
+        single = value.single()
+        if last is not None and single == last.out:
+            self.body[-1] = _renamed(last, self.target, st.span)
+            self.values.pop(last.out)
+            if last.out in self.pixels:
+                self.pixels[self.target] = self.pixels[last.out]
+            ret = self.target
+        elif single is not None:
+            ret = single
+        else:
+            self.check_coefficients(value, st.span)
+            ret = self.emit(LinComb(self.target, value.items(), st.span), value.dim)
+        self.values[ret] = value.dim
+        if self.pixels.get(ret) != self.pixels.get(arg):
+            self.errors.error(f"block {self.block} changes the image size of its argument",
+                              st.span, "return a vector of the argument's pixels: pool "
+                              "outside the block")
+            return None
+        return ret
 
     def stmt_dim(self, st: Stmt) -> None:
         d = self.dim_value(st.name, st.value, st.span)
@@ -368,14 +563,17 @@ class _Lowering:
             self.errors.error(f"only a vector param can have a constant init, not {st.name}",
                               st.span, "e.g. a LayerNorm gain: `param g : [n] = 1`")
             return
-        if self.define(st.name, st.name_span):
-            p = Param(st.name, shape, st.span, value)
-            self.params.append(p)
-            self.param_names.add(st.name)
+        name = self.local(st.name, st.name_span)
+        if name is not None and self.define(name, st.name_span):
+            p = Param(name, shape, st.span, value)
+            (self.params if self.block is None else self.block_params).append(p)
+            self.param_names.add(name)
+            if self.block is not None:
+                self.scope[st.name] = name
             if len(shape) >= 2:
-                self.matrices[st.name] = p
+                self.matrices[name] = p
             else:
-                self.values[st.name] = shape[0]
+                self.values[name] = shape[0]
 
     def stmt_assign(self, st: Stmt) -> None:
         self.assign(st)
@@ -404,16 +602,22 @@ class _Lowering:
         self.output_spans.append(span)
 
     def assign(self, st: Stmt) -> bool:
-        n_errors, n_body = len(self.errors.errors), len(self.body)
-        if st.name in self.defined_at:
-            self.define(st.name, st.name_span)
+        n_errors, n_body, n_blocks = len(self.errors.errors), len(self.body), len(self.blocks)
+        name = self.local(st.name, st.name_span)
+        if name is None:
             return False
-        self.target = st.name
+        if name in self.defined_at:
+            self.define(name, st.name_span)
+            return False
+        self.target = name
         value = self.expr(st.value)
+        if self.block is not None:
+            self.scope[st.name] = name
         if value is None or len(self.errors.errors) > n_errors:
             del self.body[n_body:]
-            self.poisoned.add(st.name)
-            self.defined_at.setdefault(st.name, st.name_span)
+            del self.blocks[n_blocks:]
+            self.poisoned.add(name)
+            self.defined_at.setdefault(name, st.name_span)
             return False
         if isinstance(value, _Scalar):
             self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
@@ -426,18 +630,20 @@ class _Lowering:
         last = self.body[-1] if len(self.body) > n_body else None
         if last is not None and value.single() == last.out:
             # the top-level instruction takes the statement's name instead of a fresh one
-            self.body[-1] = _renamed(last, st.name, st.span)
+            self.body[-1] = _renamed(last, name, st.span)
             self.values.pop(last.out)
             if last.out in self.pixels:
-                self.pixels[st.name] = self.pixels[last.out]
+                self.pixels[name] = self.pixels[last.out]
+            if self.blocks and self.blocks[-1].result == last.out:  # a block's result
+                self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:
             self.check_coefficients(value, st.span)
-            self.body.append(LinComb(st.name, value.items(), st.span))
+            self.body.append(LinComb(name, value.items(), st.span))
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
-                self.pixels[st.name] = sizes[0]
-        self.values[st.name] = value.dim
-        self.define(st.name, st.name_span)
+                self.pixels[name] = sizes[0]
+        self.values[name] = value.dim
+        self.define(name, st.name_span)
         return True
 
     # expressions ------------------------------------------------------------------------------
@@ -503,12 +709,21 @@ class _Lowering:
         return _Scalar(node.value)
 
     def expr_Var(self, node: Var, _values, _state):
-        if node.name in self.poisoned:
+        name = self.resolve(node.name)
+        if name in self.poisoned:
             return None  # its definition already reported an error
-        if node.name in self.values:
-            return self.vec(node.name, self.values[node.name])
-        if node.name in self.matrices:
-            return _Matrix(node.name)
+        if name in self.values:
+            return self.vec(name, self.values[name])
+        if name in self.matrices:
+            return _Matrix(name)
+        if self.depth is not None and name == self.depth.name:
+            self.errors.error(f"'{name}' is the depth, not a vector", node.span,
+                              f"the depth only counts repetitions: `repeat {name} blk(h0)`")
+            return None
+        if name in self.block_defs:
+            self.errors.error(f"'{name}' is a block, not a vector", node.span,
+                              f"apply it: `{name}(h0)` once, or `repeat L {name}(h0)`")
+            return None
         if node.name in self.dims:
             self.errors.error(f"'{node.name}' is a dim, not a vector", node.span,
                               "dims appear only in shapes; width-dependent constants are derived "
@@ -518,12 +733,13 @@ class _Lowering:
         return None
 
     def expr_Transpose(self, node: Transpose, _values, _state):
-        if node.name in self.matrices and len(self.matrices[node.name].shape) == 4:
+        name = self.resolve(node.name)
+        if name in self.matrices and len(self.matrices[name].shape) == 4:
             self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
                               node.span, "tie only matrices [m, k]")
             return None
-        if node.name in self.matrices:
-            return _Matrix(node.name, transposed=True)
+        if name in self.matrices:
+            return _Matrix(name, transposed=True)
         if node.name in self.values or node.name in self.dims:
             self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
                               "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
@@ -759,6 +975,19 @@ class _Lowering:
     def enter_Call(self, node: Call):
         """The operands to lower, or None when the call is wrong whatever they are; the state is
         the head dim of a ``dot(q, k, dh)``."""
+        if node.fn in self.block_defs or node.fn in self.poisoned and node.fn in self.later \
+                and self.later[node.fn].kind == "block":
+            if len(node.args) != 1:
+                self.errors.error(f"block {node.fn} takes 1 argument, got {len(node.args)}",
+                                  node.span, f"write {node.fn}(h)")
+                return None, None
+            return node.args, "block"
+        later = self.later.get(node.fn)
+        if later is not None and later.kind == "block":
+            self.errors.error(f"block {node.fn} is used before it is defined (line "
+                              f"{later.span.line})", node.fn_span,
+                              "define a block before the statement that applies it")
+            return None, None
         if node.fn not in FUNCTIONS:
             close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
@@ -779,6 +1008,8 @@ class _Lowering:
         return node.args, None
 
     def expr_Call(self, node: Call, args, over):
+        if over == "block":
+            return self.apply_block(node.fn, node.fn_span, args[0], None, node)
         if any(a is None for a in args):
             return None
         for a in args:
@@ -834,6 +1065,43 @@ class _Lowering:
                 return None
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
         return self.vec(out, args[0].dim)
+
+
+    def enter_Repeat(self, node: Repeat):
+        if isinstance(node.count, int):
+            if node.count == 0:
+                self.errors.error("`repeat 0` applies the block no times", node.count_span,
+                                  "repeat at least once, or use the argument itself")
+                return None, None
+        elif self.depth is None or node.count != self.depth.name:
+            what = ("the width" if self.width is not None and node.count == self.width.name
+                    else "a dim" if node.count in self.dims else "not declared")
+            declared = (f"the depth is {self.depth.name}" if self.depth is not None
+                        else "the program declares no depth")
+            self.errors.error(f"`repeat {node.count}`: {node.count} is not the depth ({what}; "
+                              f"{declared})", node.count_span,
+                              "repeat over the depth, declared once as `depth L = 4` (its base "
+                              "value), or a fixed number of times, `repeat 3 blk(h0)`")
+            return None, None
+        if node.block not in self.block_defs:
+            later = self.later.get(node.block)
+            if node.block in self.poisoned:
+                pass  # its definition already reported an error
+            elif later is not None and later.kind == "block":
+                self.errors.error(f"block {node.block} is used before it is defined (line "
+                                  f"{later.span.line})", node.block_span,
+                                  "define a block before the statement that applies it")
+            else:
+                close = difflib.get_close_matches(node.block, list(self.block_defs), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.errors.error(f"unknown block '{node.block}'", node.block_span,
+                                  f"define it first: `block {node.block}(h) {{ ... return ... }}`"
+                                  f"{hint}")
+            return None, None
+        return (node.arg,), None
+
+    def expr_Repeat(self, node: Repeat, values, _state):
+        return self.apply_block(node.block, node.block_span, values[0], node.count, node)
 
 
 def _magnitude(x: Fraction) -> str:

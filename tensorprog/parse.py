@@ -80,8 +80,22 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """``repeat count block(arg)``: count is the depth's name (str) or a whole number (int)."""
+
+    count: str | int
+    count_span: Span
+    block: str
+    block_span: Span
+    arg: object
+    span: Span
+
+
+@dataclass(frozen=True)
 class Stmt:
-    kind: str  # width, dim, input, param, assign, output_assign, output_mark
+    # width, depth, dim, input, param, scale, assign, output_assign, output_mark, block (value:
+    # the argument's name, its span and the inner statements), return (value: the expression)
+    kind: str
     name: str
     value: object
     span: Span
@@ -144,6 +158,20 @@ class _ToAst(Transformer_NonRecursive):
     @v_args(meta=True)
     def width_decl(self, meta, c):
         return Stmt("width", str(c[0]), self.size(c[1]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def depth_decl(self, meta, c):
+        return Stmt("depth", str(c[0]), self.size(c[1]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def block_def(self, meta, c):
+        return Stmt("block", str(c[0]), (str(c[1]), self.span(c[1]), list(c[2:])),
+                    self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def return_stmt(self, meta, c):
+        span = self.span(meta)
+        return Stmt("return", "return", c[0], span, span)
 
     @v_args(meta=True)
     def dim_decl(self, meta, c):
@@ -240,6 +268,16 @@ class _ToAst(Transformer_NonRecursive):
     def transpose(self, meta, c):
         return Transpose(str(c[0]), self.span(meta))
 
+    @v_args(meta=True)
+    def repeat_depth(self, meta, c):
+        return Repeat(str(c[0]), self.span(c[0]), str(c[1]), self.span(c[1]), c[2],
+                      self.span(meta))
+
+    @v_args(meta=True)
+    def repeat_fixed(self, meta, c):
+        return Repeat(self.size(c[0]), self.span(c[0]), str(c[1]), self.span(c[1]), c[2],
+                      self.span(meta))
+
     def number(self, c):
         return Num(self.value(c[0]), self.span(c[0]))
 
@@ -254,7 +292,8 @@ class _ToAst(Transformer_NonRecursive):
 _TOKEN_WORDS = {
     "NAME": "a name", "INT": "an integer", "NUMBER": "a number", "_NL": "end of line",
     "EQUAL": "'='", "COLON": "':'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','",
-    "LPAR": "'('", "RPAR": "')'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+    "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "PLUS": "'+'",
+    "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
     "__ANON_0": "'@'", "AT": "'@'", "$END": "end of file",
 }
 

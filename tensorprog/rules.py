@@ -25,7 +25,7 @@ from itertools import product
 from typing import Protocol
 
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
-from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
+from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 
 Slot = tuple[str, str]  # ("S" | "U" | "V" | "F", param name)
 
@@ -372,9 +372,40 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
                                      "Θ(1)", "auto", g, sz.first_order_train(p))])
 
 
+# --- Stream ---------------------------------------------------------------------------------------
+# A block's input: its argument at the first repetition, the previous repetition's return value
+# (the back edge) at every later one. At a fixed finite depth, the residual stream after L blocks
+# is a sum of L branches, which has the size of its largest: so the generic repetition's input is
+# as large as the larger of the two. (How the sizes grow with L, CLT over independent branches at
+# init and LLN over correlated updates, is the depth exponents' business, not derived yet.)
+
+_FIXED_DEPTH = "at a fixed depth, a sum of L branches is as large as its largest"
+
+
+def _sides(ins: Stream) -> tuple[str, ...]:
+    return (ins.init, ins.back) if ins.loops else (ins.init,)
+
+
+def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
+    return [t for v in _sides(ins) for t in
+            terms(f"{v}₀", _FIXED_DEPTH, "auto", sz.init(v))]
+
+
+def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
+    return [t for v in _sides(ins) for t in
+            terms(f"Δ{v}", _FIXED_DEPTH, "auto", sz.change(v))]
+
+
+def grad_stream(ins: Stream, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(v, t) for v in _sides(ins)
+            for t in terms(f"d{ins.out}", "the block's input passes its gradient back to what "
+                           "fed it: the argument, and the previous repetition", "flow", g)]
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix}
+        Mix: init_mix, Stream: init_stream}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix}
+          Mix: change_mix, Stream: change_stream}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix}
+        Mix: grad_mix, Stream: grad_stream}
