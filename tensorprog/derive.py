@@ -163,6 +163,22 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
                       "each other)", help="check for a parameter that feeds its own scale")
 
 
+def _refuse_compounding(program: Program, an: Analysis) -> None:
+    """A back edge the bounds left unbounded: the block grows its input at every repetition
+    whatever the params, so no parametrization holds the stream Θ(1) at any depth above 1."""
+    found = []
+    for s in program.streams:
+        if s.loops and INF in (an.init_.get(s.back), an.change_.get(s.back)):
+            when = "at init" if an.init_.get(s.back) is INF else "during training"
+            found.append(Diagnostic(
+                f"block {s.block} multiplies the size of its input by a power of "
+                f"{program.width.name} {when}, so its repetitions compound it without bound",
+                s.span, "route the block's branch through a param that can absorb its size, "
+                "e.g. `return h + W @ relu(h)`"))
+    if found:
+        raise EngineError(found)
+
+
 def derive(program: Program, optimizer: Optimizer, convention: str = "table3") -> Derivation:
     """The µP parametrization of a program for an optimizer, in a convention."""
     with paused_gc():
@@ -177,6 +193,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
     params = used_params(program)
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
+    _refuse_compounding(program, an)
     unset = [p for p in params
              if an.S[p] is None or (an.U[p] is None and not program.param_table[p].is_scale)]
     if unset:

@@ -245,12 +245,6 @@ class _Lowering:
     def run(self) -> Program:
         for st in self.stmts:
             getattr(self, f"stmt_{st.kind}")(st)
-        for name, st in self.block_defs.items():
-            if name not in {b.name for b in self.blocks}:
-                warnings.warn(TensorProgWarning(Diagnostic(
-                    f"block '{name}' is never applied, so it is neither checked nor used",
-                    st.name_span, f"apply it, e.g. `h = repeat L {name}(h0)`, or remove it",
-                    "warning")), stacklevel=4)
         if not any(st.kind == "width" for st in self.stmts):
             self.errors.error("the program declares no width", _line_end_span(self.source,
                               self.filename), "add a line `width n = 256` (256: the base width)")
@@ -259,6 +253,12 @@ class _Lowering:
                               self.filename),
                               "mark the result, e.g. `output y = W3 @ x2` or `output y`")
         self.errors.raise_if_any(SemanticError)
+        for name, st in self.block_defs.items():
+            if name not in {b.name for b in self.blocks}:
+                warnings.warn(TensorProgWarning(Diagnostic(
+                    f"block '{name}' is never applied, so it is neither checked nor used",
+                    st.name_span, f"apply it, e.g. `h = repeat L {name}(h0)`, or remove it",
+                    "warning")), stacklevel=4)
         used = {n for ins in self.body for n in ins.operands}
         used |= {ins.weight for ins in self.body if isinstance(ins, MatMul)}
         used |= {ins.back for ins in self.body if isinstance(ins, Stream)}
@@ -330,8 +330,8 @@ class _Lowering:
                 self.errors.error("statements after `return`", inner[k + 1].span,
                                   "`return` ends the block: move them before it")
                 ok = False
-        if not inner or inner[-1].kind != "return":
-            self.errors.error(f"block {st.name} has no return", st.span,
+        if not any(s.kind == "return" for s in inner):
+            self.errors.error(f"block {st.name} has no return", st.name_span,
                               "end it with `return expr`, the vector handed to the next "
                               "repetition, e.g. `return h + W2 @ relu(W1 @ h)`")
             ok = False

@@ -37,6 +37,28 @@ def param_formulas(a: Exp, b: Exp, c: Exp) -> dict[str, str]:
             "multiplier": power(-a), "lr": "-" if c is INF else scaled("η", -c)}
 
 
+def depth_note(p: Program) -> str | None:
+    """What a declared depth means for the exponents shown: nothing yet, said plainly."""
+    if p.depth is None:
+        return None
+    L = p.depth.name
+    return (f"depth {L} (base {p.depth.base}): exponents in {L} not derived yet (no depth scaling "
+            f"is applied; the width exponents hold at any fixed depth)")
+
+
+def depth_json(p: Program) -> dict | None:
+    """The depth, with ``"exponents": null``: depth exponents are not derived yet."""
+    if p.depth is None:
+        return None
+    return {"name": p.depth.name, "base": p.depth.base, "exponents": None,
+            "note": depth_note(p)}
+
+
+def blocks_json(p: Program) -> dict:
+    counts = {s.block: s.count for s in p.streams}
+    return {b.name: {"repeat": counts[b.name], "params": list(b.params)} for b in p.blocks}
+
+
 # --- derive ---------------------------------------------------------------------------------------
 
 def derive_json(d: Derivation) -> dict:
@@ -53,6 +75,7 @@ def derive_json(d: Derivation) -> dict:
                          "grad": as_str(an.grad(ins.out))} for ins in p.body}
     return {
         "program": p.name, "width": {"name": p.width.name, "base": p.width.base},
+        "depth": depth_json(p), "blocks": blocks_json(p),
         "optimizer": d.optimizer.name, "convention": d.convention,
         "parametrization": CONVENTION_LINE, "symmetry": d.optimizer.symmetry(),
         "parameters": params, "vectors": vectors,
@@ -77,8 +100,9 @@ def derive_table(d: Derivation) -> str:
         v = ins.out
         vec_rows.append([v, p.value_dims[v] or "scalar", power(an.init_[v]),
                          power(an.change_[v]), power(an.grad(v))])
+    note = [depth_note(p)] if p.depth is not None else []
     return "\n".join([
-        head, CONVENTION_LINE, "", _table(rows), "",
+        head, CONVENTION_LINE, *note, "", _table(rows), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
@@ -108,7 +132,8 @@ def explain(d: Derivation) -> str:
     p, an = d.program, d.analysis
     out = [f"Derivation of µP for {p.name} under {d.optimizer.name} ({d.optimizer.summary}).",
            "S(p) = -(a+b) is the size of p's initial entries, U(p) that of its update entries; "
-           "every term must stay O(1), and maximality takes the largest allowed.", ""]
+           "every term must stay O(1), and maximality takes the largest allowed.",
+           *([depth_note(p)] if p.depth is not None else []), ""]
     chosen = {(b.instruction, b.param, b.slot, b.term) for per in d.chosen.values()
               for b in per.values()}
     for ins in p.body:
@@ -146,6 +171,7 @@ def classify_json(c: Classification) -> dict:
     an = c.analysis
     return {
         "program": c.program.name, "optimizer": c.optimizer.name,
+        "depth": depth_json(c.program),
         "stable": c.stable, "nontrivial": c.nontrivial, "regime": c.regime, "r": as_str(c.r),
         "all_maximal": c.all_maximal,
         "params": {n: {"shape": list(x.shape), "role": x.role, **x.abc.as_dict(),
@@ -163,7 +189,8 @@ def classify_text(c: Classification, label: str) -> str:
     for n, x in c.params.items():
         rows.append([n, "[" + ", ".join(x.shape) + "]", x.role, as_str(x.abc.a), as_str(x.abc.b),
                      as_str(x.abc.c), as_str(x.r), "yes" if x.r == 0 else "no"])
-    out = [f"{label} for {c.program.name} under {c.optimizer.name}", "", _table(rows), "",
+    note = [depth_note(c.program)] if c.program.depth is not None else []
+    out = [f"{label} for {c.program.name} under {c.optimizer.name}", *note, "", _table(rows), "",
            f"stable: {'yes' if c.stable else 'no'}   nontrivial: "
            f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
     if c.violations:

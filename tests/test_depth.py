@@ -1,0 +1,242 @@
+"""Blocks, `repeat` and the depth: the language, the IR's one generic repetition, and the width
+exponents at a fixed depth, which must be those of the same network unrolled by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+from conftest import ROOT
+
+import tensorprog as tp
+from tensorprog.cli import main
+from tensorprog.ir import Block, Depth, LinComb, Stream
+
+# the core of the issue, exactly as written there
+RESMLP = """\
+width n = 128
+depth L = 4                  # blocks at the base; like the width, it may go to infinity
+dim d_in = 64
+dim d_out = 10
+input x : [d_in]
+param W_in : [n, d_in]
+param W_out : [d_out, n]
+
+block res(h) {               # params declared inside are fresh in every repetition
+    param W1 : [n, n]
+    param W2 : [n, n]
+    u = W1 @ h               # names inside are local to each repetition
+    return h + W2 @ relu(u)
+}
+
+h0 = W_in @ x
+hL = repeat L res(h0)        # res applied L times, each output feeding the next
+output y = W_out @ hL
+"""
+
+# the same network with its two blocks copied out by hand
+UNROLLED = """\
+width n = 128
+dim d_in = 64
+dim d_out = 10
+input x : [d_in]
+param W_in : [n, d_in]
+param W_out : [d_out, n]
+param W1_a : [n, n]
+param W2_a : [n, n]
+param W1_b : [n, n]
+param W2_b : [n, n]
+h0 = W_in @ x
+h1 = h0 + W2_a @ relu(W1_a @ h0)
+h2 = h1 + W2_b @ relu(W1_b @ h1)
+output y = W_out @ h2
+"""
+
+
+def test_the_core_parses_as_written():
+    p = tp.parse(RESMLP)
+    assert p.depth == Depth("L", 4)
+    assert [q.name for q in p.params] == ["W_in", "W_out", "res.W1", "res.W2"]
+    (block,) = p.blocks
+    assert block == Block("res", "res.h", "res.out", "hL", ("res.W1", "res.W2"),
+                          ("res.u", "res.out_1", "res.out_2", "res.out"))
+    (stream,) = p.streams
+    assert stream == Stream("res.h", "h0", "res.out", "res", "L")
+    assert p.producer["hL"] == LinComb("hL", ((1, "res.out"),))
+    assert len(p.body) == 8  # one repetition, never L
+
+
+SHARED = """\
+width n = 16
+dim d = 3
+input x : [d]
+param Wi : [n, d]
+param Wo : [d, n]
+param Wt : [n, n]
+block mlp(h) {
+    param g : [n] = 1
+    return h + Wt @ (g * relu(h))
+}
+block head(z) {
+    param W : [n, n]
+    return W @ z
+}
+h0 = Wi @ x
+h3 = repeat 3 mlp(h0)
+output y = Wo @ relu(head(h3))
+"""
+
+
+@pytest.mark.parametrize("source", [RESMLP, SHARED, RESMLP.replace("hL = repeat L res(h0)",
+                                                                   "hL = res(W_in @ x)")])
+def test_the_text_form_parses_back_equal(source):
+    p = tp.parse(source)
+    assert tp.parse(tp.to_text(p)) == p
+
+
+def test_outer_params_are_shared_and_inner_ones_fresh():
+    p = tp.parse(SHARED)
+    assert [q.name for q in p.params] == ["Wi", "Wo", "Wt", "mlp.g", "head.W"]
+    assert {s.block: s.count for s in p.streams} == {"mlp": 3, "head": None}
+    # a block applied inside an expression still names its result, as a fresh value
+    assert p.block_table["head"].result == "y_1"
+    assert not p.block_table["head"].values[-1:] == ("y_1",)
+
+
+HEAD = "width n = 8\ndepth L = 4\ndim d = 3\ninput x : [d]\nparam Wi : [n, d]\nparam Wo : [d, n]\n"
+RES = "block res(h) {\n    param W : [n, n]\n    return h + W @ relu(h)\n}\n"  # lines 7-10
+TAIL = "h0 = Wi @ x\nhL = repeat L res(h0)\noutput y = Wo @ hL\n"
+
+
+def _blk(*lines, name="res"):
+    return f"block {name}(h) {{\n" + "".join(f"    {x}\n" for x in lines) + "}\n"
+
+
+BLOCK_ERRORS = {
+    "returns another dim": (HEAD + _blk("param W : [d, n]", "return W @ h") + TAIL, 9,
+                            r"block res returns \[d\], but its argument h is \[n\]"),
+    "recursion": (HEAD + _blk("param W : [n, n]", "return h + W @ res(h)") + TAIL, 9,
+                  r"block res calls itself(.|\n)*blocks do not recurse"),
+    "a block calling a block": (HEAD + RES + _blk("return res(h)", name="b2")
+                                + TAIL.replace("res(h0)", "b2(h0)"), 12,
+                                "block b2 calls block res"),
+    "param redeclared": (HEAD + _blk("param W : [n, n]", "param W : [n, n]", "return h + W @ h")
+                         + TAIL, 9, r"'W' is already defined \(line 8\)"),
+    "param hiding an outer one": (HEAD + _blk("param Wi : [n, n]", "return h + Wi @ h") + TAIL,
+                                  8, "'Wi' is already defined outside block res"),
+    "repeat over a dim": (HEAD + RES + TAIL.replace("repeat L", "repeat d"), 12,
+                          r"`repeat d`: d is not the depth \(a dim; the depth is L\)"),
+    "repeat over the width": (HEAD + RES + TAIL.replace("repeat L", "repeat n"), 12,
+                              "n is not the depth"),
+    "repeat with no depth": (HEAD.replace("depth L = 4\n", "") + RES + TAIL, 11,
+                             "the program declares no depth"),
+    "a second depth": (HEAD + "depth K = 3\n" + RES + TAIL, 7, "the depth is declared twice"),
+    "unknown block": (HEAD + RES + TAIL.replace("res(h0)", "ress(h0)"), 12,
+                      r"unknown block 'ress'(.|\n)*did you mean 'res'"),
+    "repeat 0": (HEAD + RES + TAIL.replace("repeat L", "repeat 0"), 12,
+                 "`repeat 0` applies the block no times"),
+    "no return": (HEAD + _blk("param W : [n, n]", "u = W @ h") + TAIL, 7,
+                  "block res has no return"),
+    "statements after return": (HEAD + _blk("return h", "u = h") + TAIL, 9,
+                                "statements after `return`"),
+    "a dim inside a block": (HEAD + _blk("dim e = 4", "return h") + TAIL, 8,
+                             "a block cannot contain a `dim` statement"),
+    "applied twice": (HEAD + RES + "h0 = Wi @ x\nh1 = repeat L res(h0)\nh2 = res(h1)\n"
+                      "output y = Wo @ h2\n", 13, r"block res is already applied \(line 12\)"),
+    "used before its definition": (HEAD + "h0 = Wi @ x\nhL = repeat L res(h0)\n" + RES
+                                   + "output y = Wo @ hL\n", 8,
+                                   r"block res is used before it is defined \(line 9\)"),
+    "the depth as a vector": (HEAD + RES + TAIL.replace("Wo @ hL", "Wo @ (hL + L)"), 13,
+                              "'L' is the depth, not a vector"),
+    "a scalar argument": (HEAD + RES + TAIL.replace("res(h0)", "res(dot(h0, h0))"), 12,
+                          "block res needs a vector argument, got a scalar"),
+    "a zero depth": (HEAD.replace("L = 4", "L = 0") + RES + TAIL, 2,
+                     "the base depth must be positive"),
+}
+
+
+@pytest.mark.parametrize("case", BLOCK_ERRORS)
+def test_block_errors_are_positioned(case):
+    source, line, message = BLOCK_ERRORS[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)
+        with pytest.raises(tp.SemanticError, match=message) as err:
+            tp.parse(source, "p.tp")
+    assert err.value.diagnostics[0].span.line == line
+    assert "help:" in str(err.value)
+
+
+def test_an_unused_block_is_a_warning():
+    with pytest.warns(tp.TensorProgWarning, match="block 'b2' is never applied"):
+        tp.parse(HEAD + RES + _blk("return h", name="b2") + TAIL)
+
+
+def test_a_compounding_block_is_refused_not_looped_on():
+    source = HEAD + _blk("return h + dot(h, h) * h") + TAIL
+    with pytest.raises(tp.EngineError, match="repetitions compound it without bound"):
+        tp.derive(tp.parse(source), "adam")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_exponents_equal_the_unrolled_networks(optimizer):
+    blocks = tp.derive(tp.parse(RESMLP), optimizer)
+    unrolled = tp.derive(tp.parse(UNROLLED), optimizer)
+    copies = {"W_in": ["W_in"], "W_out": ["W_out"], "res.W1": ["W1_a", "W1_b"],
+              "res.W2": ["W2_a", "W2_b"]}
+    for name, twins in copies.items():
+        for twin in twins:
+            assert blocks.abc[name] == unrolled.abc[twin], (name, twin)
+    a, b = blocks.check.analysis, unrolled.check.analysis
+    for mine, theirs in (("res.h", "h1"), ("hL", "h2"), ("y", "y")):
+        assert (a.init_[mine], a.change_[mine], a.grad(mine)) == \
+            (b.init_[theirs], b.change_[theirs], b.grad(theirs))
+    assert blocks.check.regime == "feature_learning"
+
+
+def test_gpt_example_equals_the_two_block_transformer():
+    gpt = tp.derive(tp.parse_file(ROOT / "examples" / "gpt.tp"), "adam")
+    two = tp.derive(tp.parse_file(ROOT / "examples" / "transformer.tp"), "adam")
+    for name, x in gpt.abc.items():
+        local = name.removeprefix("layer.")
+        twins = [local] if local == name else [f"{local}1", f"{local}2"]
+        for twin in twins:
+            assert x == two.abc[twin], (name, twin)
+
+
+@pytest.mark.parametrize("preset", ["sp", "ntp", "mup", "mfp"])
+def test_presets_classify_as_on_the_unrolled_network(preset):
+    mine = tp.classify(tp.parse(RESMLP), "sgd", preset=preset)
+    theirs = tp.classify(tp.parse(UNROLLED), "sgd", preset=preset)
+    assert (mine.regime, mine.r) == (theirs.regime, theirs.r)
+    assert mine.params["res.W1"].r == theirs.params["W1_a"].r
+
+
+def test_the_depth_does_not_unroll():
+    shallow = tp.parse(RESMLP.replace("depth L = 4", "depth L = 2"))
+    deep = tp.parse(RESMLP.replace("depth L = 4", "depth L = 48"))
+    assert shallow.body == deep.body
+    assert tp.derive(shallow).abc == tp.derive(deep).abc
+
+
+def test_derive_says_depth_exponents_are_not_derived(tmp_path, capsys):
+    path = tmp_path / "resmlp.tp"
+    path.write_text(RESMLP)
+    for flags in ([], ["--json"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["derive", str(path), *flags])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        if flags:
+            data = json.loads(out)
+            assert data["depth"]["exponents"] is None and data["depth"]["base"] == 4
+            assert data["blocks"] == {"res": {"repeat": "L", "params": ["res.W1", "res.W2"]}}
+            assert set(data["parameters"]) == {"W_in", "W_out", "res.W1", "res.W2"}
+        else:
+            assert re.search(r"depth L \(base 4\): exponents in L not derived yet \(no depth "
+                             r"scaling is applied", out)
+    fixed = tp.derive(tp.parse(SHARED), "adam")
+    from tensorprog.report import derive_json, derive_table
+
+    assert derive_json(fixed)["depth"] is None and "not derived" not in derive_table(fixed)
