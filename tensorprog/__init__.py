@@ -21,6 +21,7 @@ from .analysis import ABC, Classification
 from .coordcheck import CheckResult, Measurements
 from .derive import CONVENTIONS, Derivation
 from .errors import (
+    CodegenError,
     EngineError,
     ParseError,
     SemanticError,
@@ -83,7 +84,8 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
 
 
 __all__ = [
-    "ABC", "CONVENTIONS", "CheckResult", "Classification", "Derivation", "EngineError",
+    "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
+    "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
     "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "parse",
     "parse_file", "to_text", "verify",

@@ -602,14 +602,15 @@ def _write_module(args, program, optimizer) -> int:
 
     abc, label = parametrization(program, optimizer, args.param, args.convention,
                                  args.readout_zero_init, args.zero_init)
-    flags = [f"--param {args.param}", f"--optimizer {optimizer.name}",
-             f"--convention {args.convention}"]
+    flags = ["--param", args.param, "--optimizer", optimizer.name,
+             "--convention", args.convention]
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
-    flags += [f"--zero-init {','.join(args.zero_init)}"] if args.zero_init else []
-    flags += [f"--base-width {args.base_width}"] if args.base_width else []
-    command = f"tensorprog derive {_shown(args.program)} -o {_shown(args.output)} \\"
+    flags += ["--zero-init", ",".join(args.zero_init)] if args.zero_init else []
+    flags += ["--base-width", str(args.base_width)] if args.base_width else []
+    # argv words: codegen quotes them for the shell and escapes them for the docstring
+    command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
     emitted = emit(program, abc, optimizer=optimizer.name, label=label,
-                   command=command + "\n    " + " ".join(flags), base_width=args.base_width)
+                   command=[command, flags], base_width=args.base_width)
     try:
         Path(args.output).write_text(emitted.source)
     except OSError as err:

@@ -10,14 +10,19 @@ then transfer). Output is deterministic byte for byte.
 
 from __future__ import annotations
 
+import builtins
 import json
 import keyword
+import math
+import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .analysis import ABC
 from .derive import derive
-from .errors import UsageError
+from .errors import CodegenError, Span, UsageError
 from .exponents import INF
 from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
 from .optimizers import Optimizer
@@ -26,15 +31,67 @@ from .rules import fan_dims
 
 _TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
              "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}
-# names the emitted methods use for themselves
-_RESERVED = {"self", "torch", "math", "width", "base_width", "device", "dtype", "generator",
-             "batch_size", "ratio", "out", "values", "name", "spec", "param", "model", "lr"}
+
+# Every attribute a torch.nn.Module has (its methods, and what its __init__ sets): a param of
+# that name would replace or be refused by the module's own machinery. Pinned here, not read
+# from torch at emit time, so that the emitted text does not depend on the torch version; a test
+# checks that it covers the installed torch.
+NN_MODULE_ATTRS = frozenset({
+    "T_destination", "_apply", "_backward_hooks", "_backward_pre_hooks", "_buffers",
+    "_call_impl", "_compiled_call_impl", "_forward_hooks", "_forward_hooks_always_called",
+    "_forward_hooks_with_kwargs", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+    "_get_backward_hooks", "_get_backward_pre_hooks", "_get_name", "_is_full_backward_hook",
+    "_load_from_state_dict", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
+    "_maybe_warn_non_full_backward_hook", "_modules", "_named_members",
+    "_non_persistent_buffers_set", "_parameters", "_register_load_state_dict_pre_hook",
+    "_register_state_dict_hook", "_replicate_for_data_parallel", "_save_to_state_dict",
+    "_slow_forward", "_state_dict_hooks", "_state_dict_pre_hooks", "_version",
+    "_wrapped_call_impl", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
+    "children", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr",
+    "float", "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule",
+    "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers", "named_children",
+    "named_modules", "named_parameters", "parameters", "register_backward_hook",
+    "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook",
+    "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+    "register_module", "register_parameter", "register_state_dict_post_hook",
+    "register_state_dict_pre_hook", "requires_grad_", "set_extra_state", "set_submodule",
+    "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
+    "zero_grad",
+})
+# what the emitted Model defines on itself besides the program's params
+_MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs"}
+# the emitted module's own globals (helpers are added by name below)
+_GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "SCALING", "SCALES", "WIDTH_RULES",
+            "Model", "param_groups", "make_optimizer", "_check_widths"}
+
+
+class _Namespace:
+    """Python identifiers for program names, none clashing with a keyword, a reserved name or
+    another name drawn here (torch.fx's ``_Namespace``). A name that is already safe is kept;
+    a clashing one gets ``_`` appended until it is free (``class`` -> ``class_``), and a name
+    that is no identifier at all has its other characters replaced. Deterministic: the same
+    names asked in the same order give the same answers."""
+
+    def __init__(self, reserved) -> None:
+        self._taken = set(reserved)
+
+    def create(self, name: str) -> str:
+        base = re.sub(r"\W", "_", name, flags=re.ASCII) or "_"
+        if base[0].isdigit():
+            base = "_" + base
+        candidate = base
+        while (candidate in self._taken or keyword.iskeyword(candidate)
+               or (candidate.startswith("__") and candidate.endswith("__"))):
+            candidate += "_"
+        self._taken.add(candidate)
+        return candidate
 
 
 @dataclass(frozen=True)
 class Emitted:
     source: str
-    imports: tuple[str, ...] = ("torch",)
+    imports: tuple[str, ...] = ("math", "operator", "torch")
 
 
 PARAMS = ("mup", "sp", "ntp")
@@ -66,41 +123,110 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     return abc, label
 
 
-def _local(name: str) -> str:
-    """A Python identifier for a program value that cannot clash with keywords or our names."""
-    if keyword.iskeyword(name) or name in _RESERVED or name in dir(__builtins__):
-        return f"{name}_"
-    return name
+def module_name(*parts: str) -> str:
+    """A module name for emitted source run in-process: a plain identifier whatever the program
+    file was called."""
+    return _Namespace(()).create("_".join(parts))
 
 
-def _num(x: Fraction) -> str:
-    return repr(float(x))
+def _doc(text: str) -> str:
+    """``text`` as it may stand inside a triple-quoted docstring with its value unchanged:
+    backslashes and double quotes escaped, unprintable characters written as escapes, so that no
+    file or program name can end the string (or the line) early."""
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])  # \n, \x1b, \u2028, ...
+    return "".join(out)
 
 
-def _dim_expr(program: Program, dim: str) -> str:
+def _command_lines(command: str | Sequence[Sequence[str]]) -> list[str]:
+    """The "Regenerate with" lines: a string as it is, or lines of argv words shell-quoted and
+    joined by continuation backslashes (which the docstring keeps as line continuations)."""
+    if isinstance(command, str):
+        return [_doc(command)]
+    lines = [_doc(shlex.join(words)) for words in command]
+    continued = [line + " \\" for line in lines[:-1]] + lines[-1:]
+    return continued[:1] + [f"    {line}" for line in continued[1:]]
+
+
+def _str(text: str) -> str:
+    """A double-quoted Python string literal (JSON's escapes are Python's too)."""
+    return json.dumps(text)
+
+
+def _finite(x: Fraction, what: str, span: Span | None) -> float:
+    """``x`` as the float the module computes with; refuse what a float cannot hold."""
+    try:
+        f = float(x)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f) or (f == 0 and x != 0):
+        raise CodegenError(f"{what} = {x} is {'too large' if f else 'too small'} for a float "
+                           "in the emitted module", span,
+                           help="use a value between 1e-300 and 1e300 in size")
+    return f
+
+
+def _num(x: Fraction, what: str = "the constant", span: Span | None = None) -> str:
+    """An exact rational as Python source: a float literal when the float is exact (0.5, 3.0),
+    ``p / q`` for a short fraction (1 / 3), else the nearest float's shortest repr."""
+    f = _finite(x, what, span)
+    if f == x or len(str(x.numerator)) + len(str(x.denominator)) > 12:
+        return repr(f)
+    return f"{x.numerator} / {x.denominator}"
+
+
+def _dim_expr(program: Program, dim: str, width: str = "width") -> str:
+    """A dim's size in Python; a fraction of the width uses //, exact once the width passed
+    _check_widths."""
     d = program.dim_table[dim]
     if not d.infinite:
         return str(d.size)
     m = d.mult
     if m == 1:
-        return "width"
+        return width
     if m.denominator == 1:
-        return f"{m.numerator} * width"
-    return f"width * {m.numerator} // {m.denominator}"
+        return f"{m.numerator} * {width}"
+    if m.numerator == 1:
+        return f"{width} // {m.denominator}"
+    return f"{width} * {m.numerator} // {m.denominator}"
 
 
-def _exp(e) -> str:
-    return "math.inf" if e is INF else repr(float(e))
+def _exp(e, param: str, span: Span | None) -> str:
+    if e is INF:
+        return "math.inf"
+    return _num(Fraction(int(e.p), int(e.q)), f"the exponent of {param}", span)
 
 
-def _base_std(program: Program, param: str) -> float:
+def _base_std(program: Program, param: str, base: int) -> float:
     """1/sqrt(fan-in at the base width); a kernel's fan-in counts its kh x kw window too."""
     fan_in, _ = fan_dims(program, param)
-    size = 1 if fan_in is None else program.dim_table[fan_in].size_at(program.width.base)
+    size = 1 if fan_in is None else program.dim_table[fan_in].size_at(base)
     for d in program.param_table[param].shape[2:]:
         size *= program.dim_table[d].size
-    return 1.0 / size**0.5
+    return 1.0 / math.sqrt(_finite(Fraction(size), f"the fan-in of {param}",
+                                   program.param_table[param].span))
 
+
+def _width_rules(program: Program) -> list[tuple[str, int]]:
+    """(rule, step) for every dim that is a fraction of the width: it is a whole number
+    exactly when the width is a multiple of step (the fraction's denominator). Heads of a
+    per-head dot are dims too, so a head dim that must divide the width is here."""
+    w = program.width.name
+    rules = []
+    for d in program.dim_table.values():
+        if d.infinite and d.mult.denominator != 1:
+            m = d.mult
+            rule = (f"{w} / {m.denominator}" if m.numerator == 1
+                    else f"{m.numerator} * {w} / {m.denominator}")
+            name = f"the head count {d.name}" if "/" in d.name else f"dim {d.name}"
+            rules.append((f"{name} = {rule}", m.denominator))
+    return rules
 
 _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "avgpool": "_avgpool({x})",
@@ -138,31 +264,55 @@ _HELPERS = {
         "    future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)",
         '    return torch.softmax(s.masked_fill(future, float("-inf")), dim=-1)'],
 }
+_GLOBALS |= set(_HELPERS)
+
+# always emitted: the check that Model(width) has a network at that width
+_CHECK_WIDTHS = [
+    "def _check_widths(width, base_width):",
+    '    """width and base_width as ints; ValueError unless both are positive integers and every',
+    '    dim that is a fraction of the width is a whole number (WIDTH_RULES)."""',
+    '    for name, value in (("width", width), ("base_width", base_width)):',
+    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
+    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
+    "    width, base_width = operator.index(width), operator.index(base_width)",
+    "    step = math.lcm(*(s for _, s in WIDTH_RULES))",
+    "    for rule, s in WIDTH_RULES:",
+    "        if width % s:",
+    "            near = [w for w in (width // step * step, (width // step + 1) * step) if w > 0]",
+    '            raise ValueError(f"width {width}: {rule} must be a whole number; use a "',
+    '                             f"multiple of {step}: {\' or \'.join(map(str, near))}")',
+    "    return width, base_width"]
 
 
 class _Emitter:
     """One method per IR class turns an instruction into a Python expression (the rule table
-    of the codegen stage); ``ref`` renders an operand with its multiplier."""
+    of the codegen stage); ``ref`` renders an operand with its multiplier. ``attrs`` and
+    ``local`` map program names to the Model's attributes and to ``vectors``' local names."""
 
-    def __init__(self, program: Program, abc: dict[str, ABC]):
+    def __init__(self, program: Program, abc: dict[str, ABC], attrs: dict[str, str],
+                 mults: dict[str, str], local: dict[str, str]):
         self.program, self.abc = program, abc
+        self.attrs, self.mults, self.local = attrs, mults, local
         self.helpers: set[str] = set()
         self.kinds = {i.name: i.kind for i in program.inputs}
 
     def ref(self, name: str) -> str:
         p = self.program.param_table.get(name)
         if p is not None and p.is_scale:
-            return f"self.mult_{name}"
+            return f"self.{self.mults[name]}"
         if p is not None:
-            w = f"self.{name}"
-            return f"{w} * self.mult_{name}" if self.abc[name].a != 0 else w
-        return _local(name)
+            w = f"self.{self.attrs[name]}"
+            return f"{w} * self.{self.mults[name]}" if name in self.mults else w
+        return self.local[name]
 
     def dim(self, name: str) -> str:
-        return _dim_expr(self.program, name).replace("width", "self.width")
+        return _dim_expr(self.program, name, "self.width")
+
+    def _times_mult(self, weight: str) -> str:
+        return f" * self.{self.mults[weight]}" if weight in self.mults else ""
 
     def MatMul(self, ins: MatMul) -> str:
-        w = f"self.{ins.weight}" + (".t()" if ins.transposed else "")
+        w = f"self.{self.attrs[ins.weight]}" + (".t()" if ins.transposed else "")
         if len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
@@ -170,12 +320,13 @@ class _Emitter:
             rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
         else:
             rhs = f"torch.nn.functional.linear({self.ref(ins.arg)}, {w})"
-        return rhs + (f" * self.mult_{ins.weight}" if self.abc[ins.weight].a != 0 else "")
+        return rhs + self._times_mult(ins.weight)
 
     def LinComb(self, ins: LinComb) -> str:
         parts = []
         for k, (c, v) in enumerate(ins.terms):
-            term = self.ref(v) if abs(c) == 1 else f"{_num(abs(c))} * ({self.ref(v)})"
+            mag = _num(abs(c), f"the coefficient of {v}", ins.span)
+            term = self.ref(v) if abs(c) == 1 else f"{mag} * ({self.ref(v)})"
             parts.append(("-" if c < 0 else "") + term if k == 0 else
                          f"{'-' if c < 0 else '+'} {term}")
         return " ".join(parts)
@@ -203,28 +354,80 @@ class _Emitter:
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
 
 
-def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, command: str,
-         base_width: int | None = None) -> Emitted:
-    """The module's source for ``program`` under ``abc`` (one entry per used param)."""
-    base = base_width or program.width.base
+def _computable(program: Program, abc: dict[str, ABC]) -> list:
+    """The instructions the module computes: those whose params all have an (a, b, c) and whose
+    operands are computed. A param the engine left out (it reaches no output, and derive warned)
+    takes the values built from it along; every output is still computed."""
+    available = {i.name for i in program.inputs} | set(abc)
+    body = []
+    for ins in program.body:
+        needs = ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ())
+        if all(n in available for n in needs):
+            body.append(ins)
+            available.add(ins.out)
+    missing = [o for o in program.outputs if o not in available]
+    if missing:
+        absent = [p.name for p in program.params if p.name not in abc]
+        raise CodegenError(f"output {missing[0]} needs a param with no (a, b, c): "
+                           f"{', '.join(absent)}",
+                           help="give every param an output depends on its exponents")
+    return body
+
+
+def _check_base_width(program: Program, base_width) -> int:
+    if base_width is None:
+        return program.width.base
+    if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
+        raise UsageError(f"the base width must be a positive integer, not {base_width!r}")
+    problem = program.width_problem(base_width)
+    if problem:
+        raise UsageError(f"base width {base_width}: {problem}",
+                         help="choose a base width the dims divide")
+    return base_width
+
+
+def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
+         command: str | Sequence[Sequence[str]], base_width: int | None = None) -> Emitted:
+    """The module's source for ``program`` under ``abc`` (one entry per used param).
+
+    ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
+    quoted here). Every name from the program or the caller reaches the source as a string
+    literal, an escaped docstring, or an identifier drawn from a namespace that cannot clash.
+    """
+    base = _check_base_width(program, base_width)
+    body = _computable(program, abc)
     used = [p for p in program.params if p.name in abc]
     params = [p for p in used if not p.is_scale]
     scales = [p for p in used if p.is_scale]
     constant = any(p.base is not None for p in params)
+    multiplied = [p for p in params if abc[p.name].a != 0]
+
+    names = _Namespace(NN_MODULE_ATTRS | _MODEL_ATTRS)
+    attrs = {p.name: names.create(p.name) for p in params}  # params first: they keep their names
+    mults = {p.name: names.create(f"mult_{p.name}") for p in multiplied + scales}
+    renamed = any(attrs[p] != p for p in attrs)
+    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | {"self", "values"})
+    local = {i.name: local_names.create(i.name) for i in program.inputs}
+    local.update({ins.out: local_names.create(ins.out) for ins in body})
+
+    name = _doc(program.name)
     lines = [
-        f'"""{program.name}: {label}, generated by tensorprog.',
+        f'"""{name}: {_doc(label)}, generated by tensorprog.',
         "",
         "Regenerate with:",
-        *(f"    {part}" for part in command.split("\n")),
+        *(f"    {line}" for line in _command_lines(command)),
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained."]
           if scales else []),
+        *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
+          if renamed else []),
         '"""',
         "",
         "import math",
+        "import operator",
         "",
         "import torch",
         "",
@@ -233,48 +436,62 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
     ]
     for p in params:
         x = abc[p.name]
-        shape = "(" + "".join(f"{json.dumps(d)}, " for d in p.shape).rstrip(" ") + ")"
-        init = f', "init": {float(p.base)!r}' if p.base is not None else ""
-        head = (f'    "{p.name}": {{"shape": {shape}, "a": {_exp(x.a)}, "b": {_exp(x.b)}, '
-                f'"c": {_exp(x.c)},')
-        tail = f'"base_std": {_base_std(program, p.name)!r}{init}}},'
+        shape = "(" + "".join(f"{_str(d)}, " for d in p.shape).rstrip(" ") + ")"
+        init = (f', "init": {_finite(p.base, f"the init of {p.name}", p.span)!r}'
+                if p.base is not None else "")
+        attr = f', "attr": {_str(attrs[p.name])}' if attrs[p.name] != p.name else ""
+        head = (f"    {_str(p.name)}: {{\"shape\": {shape}, \"a\": {_exp(x.a, p.name, p.span)}, "
+                f"\"b\": {_exp(x.b, p.name, p.span)}, \"c\": {_exp(x.c, p.name, p.span)},")
+        tail = f'"base_std": {_base_std(program, p.name, base)!r}{init}{attr}}},'
         if len(head) + 1 + len(tail) <= 100:
             lines.append(f"{head} {tail}")
         else:  # keep the emitted file within 100 columns
-            lines += [head, " " * (len(p.name) + 7) + tail]
+            lines += [head, " " * (len(_str(p.name)) + 5) + tail]
     lines.append("}")
     if scales:
         lines.append("SCALES = {")
-        lines += [f'    "{p.name}": {{"a": {_exp(abc[p.name].a)}, '
-                  f'"base": {float(p.base if p.base is not None else 1)!r}}},' for p in scales]
+        for p in scales:
+            value = _finite(p.base if p.base is not None else Fraction(1),
+                            f"the scale {p.name}", p.span)
+            lines.append(f"    {_str(p.name)}: {{\"a\": {_exp(abc[p.name].a, p.name, p.span)}, "
+                         f"\"base\": {value!r}}},")
         lines.append("}")
+    rules = _width_rules(program)
+    lines.append("# dims that are a fraction of the width: whole numbers at multiples of the step")
+    lines.append("WIDTH_RULES = (" + ("" if rules else ")"))
+    for rule, step in rules:
+        lines.append(f"    ({_str(rule)}, {step}),")
+    if rules:
+        lines.append(")")
     lines += ["", "", "class Model(torch.nn.Module):",
-              f'    """{program.name}; parameters are named as in the program."""',
+              f'    """{name}; parameters are named as in the program."""',
               "",
               "    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):",
               "        super().__init__()",
+              "        width, base_width = _check_widths(width, base_width)",
               "        self.width = width",
               "        self.base_width = base_width",
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     for p in params:
         dims = ", ".join(_dim_expr(program, d) for d in p.shape)
-        lines.append(f"        self.{p.name} = torch.nn.Parameter(torch.empty({dims}, **factory))")
-    multiplied = [p for p in params if abc[p.name].a != 0]
+        lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
+                     "**factory))")
     for p in multiplied:
-        lines.append(f"        self.mult_{p.name} = ratio ** -SCALING[\"{p.name}\"][\"a\"]  "
+        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
     for p in scales:
-        lines.append(f"        self.mult_{p.name} = SCALES[\"{p.name}\"][\"base\"] * ratio ** "
-                     f"-SCALES[\"{p.name}\"][\"a\"]")
+        lines.append(f"        self.{mults[p.name]} = SCALES[{_str(p.name)}][\"base\"] * ratio ** "
+                     f"-SCALES[{_str(p.name)}][\"a\"]")
     if not multiplied and not scales:
         lines.append("        del ratio  # every forward multiplier is 1")
+    attr_of = "spec.get(\"attr\", name)" if renamed else "name"
     lines += ["        self.reset_parameters()", "",
               "    def reset_parameters(self, generator=None):",
               "        ratio = self.width / self.base_width",
               "        with torch.no_grad():",
               "            for name, spec in SCALING.items():",
-              "                param = getattr(self, name)",
+              f"                param = getattr(self, {attr_of})",
               "                if spec[\"b\"] == math.inf:",
               "                    param.zero_()"]
     if constant:
@@ -283,25 +500,32 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
     lines += ["                else:",
               "                    std = spec[\"base_std\"] * ratio ** -spec[\"b\"]",
               "                    param.normal_(0.0, std, generator=generator)", ""]
+    em = _Emitter(program, abc, attrs, mults, local)
+    device = "next(self.parameters()).device" if params else "None"
     fed = [i for i in program.inputs if i.kind != "positions"]  # positions are built inside
-    args = ", ".join(_local(i.name) for i in fed)
-    results = [f"values[{json.dumps(o)}]" for o in program.outputs]
+    args = ", ".join(local[i.name] for i in fed)
+    computed = {ins.out for ins in body}
+    positions = [i for i in program.inputs if i.kind == "positions"]
+
+    def build_positions(names: set[str]) -> list[str]:
+        return [f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, device={device})"
+                for i in positions if i.name in names]
+
+    results = [f"values[{_str(o)}]" if o in computed else em.ref(o) for o in program.outputs]
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
-    lines += [f"    def forward(self, {args}):",
-              f"        values = self.vectors({args})",
+    lines += [f"    def forward(self, {args}):" if args else "    def forward(self):",
+              *build_positions(set(program.outputs) - computed),
+              *([f"        values = self.vectors({args})"] if computed & set(program.outputs)
+                else []),
               f"        return {result}",
               "",
-              f"    def vectors(self, {args}):",
-              '        """Every named vector of the program, batch axis first."""']
-    em = _Emitter(program, abc)
-    for i in program.inputs:
-        if i.kind == "positions":
-            lines.append(f"        {_local(i.name)} = torch.arange({em.dim(i.seq)}, "
-                         "device=next(self.parameters()).device)")
-    for ins in program.body:
-        lines.append(f"        {_local(ins.out)} = {getattr(em, type(ins).__name__)(ins)}")
+              f"    def vectors(self, {args}):" if args else "    def vectors(self):",
+              '        """Every named vector of the program, batch axis first."""',
+              *build_positions({i.name for i in positions})]
+    for ins in body:
+        lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
     lines.append("        return {")
-    lines += [f"            {json.dumps(ins.out)}: {_local(ins.out)}," for ins in program.body]
+    lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in body]
     lines.append("        }")
     what = ("(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
             "a (batch, height, width, channels) image" if any(i.kind == "image"
@@ -309,7 +533,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
             else "one (batch_size, dim) tensor")
     lines += ["", "    def example_inputs(self, batch_size, generator=None):",
               f'        """Random valid inputs: {what} per input."""',
-              "        like = next(self.parameters())",
+              "        like = next(self.parameters())" if params else
+              "        like = torch.empty(0)  # no parameters: the default device and dtype",
               "        return ("]
     for i in fed:
         if i.kind == "image":  # channels last, so that matmuls, biases and norms act per pixel
@@ -326,11 +551,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
         lines.append(f"            torch.randn(batch_size, {em.dim(i.dim)}, generator=generator,")
         lines.append("                        device=like.device, dtype=like.dtype),")
     lines += ["        )", ""]
-    for name in sorted(em.helpers):
-        lines += ["", *_HELPERS[name], ""]
+    for helper in sorted(em.helpers):
+        lines += ["", *_HELPERS[helper], ""]
+    lines += ["", *_CHECK_WIDTHS, ""]
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
-              '    """One optimizer group per param with lr * ratio**-c.',
+              '    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).',
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
               "    lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False",
@@ -339,9 +565,11 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str, c
               "    ratio = model.width / model.base_width",
               "    groups = []",
               "    for name, spec in SCALING.items():",
-              "        scale = ratio ** -spec[\"c\"]",
+              "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
+              "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
-              "        groups.append({\"params\": [getattr(model, name)], \"lr\": lr * scale,",
+              f"        groups.append({{\"params\": [getattr(model, {attr_of})], "
+              "\"lr\": lr * scale,",
               "                       \"weight_decay\": wd, \"name\": name})",
               "    return groups",
               "", "",

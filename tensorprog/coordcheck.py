@@ -432,7 +432,11 @@ def default_batch_size(program: Program) -> int:
 
 
 def load_module(emitted: Emitted, name: str) -> types.ModuleType:
-    """Execute emitted source as a fresh module (nothing is written to disk)."""
+    """Execute emitted source as a fresh module (nothing is written to disk), under a name that
+    is a plain identifier whatever the program file was called."""
+    from .codegen import module_name
+
+    name = module_name(name)
     module = types.ModuleType(name)
     exec(compile(emitted.source, f"<tensorprog {name}>", "exec"), module.__dict__)  # noqa: S102
     return module

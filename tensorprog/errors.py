@@ -137,6 +137,12 @@ class EngineError(TensorProgError):
     stage = "engine"
 
 
+class CodegenError(TensorProgError):
+    """The program has no faithful PyTorch module (e.g. a constant no float can hold)."""
+
+    stage = "codegen"
+
+
 class UsageError(TensorProgError):
     """A command-line or API argument is invalid (e.g. a malformed ``--abc`` file)."""
 

@@ -132,7 +132,7 @@ def run_trial(job: dict) -> dict:
         with torch.no_grad():
             for name, spec in module.SCALING.items():
                 if "init" not in spec:
-                    getattr(model, name).mul_(value)
+                    getattr(model, spec.get("attr", name)).mul_(value)  # "attr": a renamed param
     model.to(device)
     lr = value if hp == "lr" else job["base_lr"]
     opt = module.make_optimizer(model, lr, optimizer=job["optimizer"])

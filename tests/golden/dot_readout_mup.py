@@ -8,6 +8,7 @@ N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * rati
 """
 
 import math
+import operator
 
 import torch
 
@@ -17,6 +18,8 @@ SCALING = {
     "W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
     "v": {"shape": ("n",), "a": 0.0, "b": 1.0, "c": 1.0, "base_std": 0.08838834764831843},
 }
+# dims that are a fraction of the width: whole numbers at multiples of the step
+WIDTH_RULES = ()
 
 
 class Model(torch.nn.Module):
@@ -24,6 +27,7 @@ class Model(torch.nn.Module):
 
     def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):
         super().__init__()
+        width, base_width = _check_widths(width, base_width)
         self.width = width
         self.base_width = base_width
         ratio = width / base_width
@@ -73,8 +77,24 @@ class Model(torch.nn.Module):
         )
 
 
+def _check_widths(width, base_width):
+    """width and base_width as ints; ValueError unless both are positive integers and every
+    dim that is a fraction of the width is a whole number (WIDTH_RULES)."""
+    for name, value in (("width", width), ("base_width", base_width)):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    width, base_width = operator.index(width), operator.index(base_width)
+    step = math.lcm(*(s for _, s in WIDTH_RULES))
+    for rule, s in WIDTH_RULES:
+        if width % s:
+            near = [w for w in (width // step * step, (width // step + 1) * step) if w > 0]
+            raise ValueError(f"width {width}: {rule} must be a whole number; use a "
+                             f"multiple of {step}: {' or '.join(map(str, near))}")
+    return width, base_width
+
+
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c.
+    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -83,7 +103,8 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
     ratio = model.width / model.base_width
     groups = []
     for name, spec in SCALING.items():
-        scale = ratio ** -spec["c"]
+        # c = inf: never trained (ratio ** -inf would be inf below the base width)
+        scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
         groups.append({"params": [getattr(model, name)], "lr": lr * scale,
                        "weight_decay": wd, "name": name})

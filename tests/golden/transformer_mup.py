@@ -10,6 +10,7 @@ Each scale s is a plain float multiplier, base * ratio**-a, never trained.
 """
 
 import math
+import operator
 
 import torch
 
@@ -44,6 +45,10 @@ SCALES = {
     "attn": {"a": 1.0, "base": 0.1767766952966369},
     "tie": {"a": 1.0, "base": 1.0},
 }
+# dims that are a fraction of the width: whole numbers at multiples of the step
+WIDTH_RULES = (
+    ("dim dh = n / 4", 4),
+)
 
 
 class Model(torch.nn.Module):
@@ -51,6 +56,7 @@ class Model(torch.nn.Module):
 
     def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):
         super().__init__()
+        width, base_width = _check_widths(width, base_width)
         self.width = width
         self.base_width = base_width
         ratio = width / base_width
@@ -111,7 +117,7 @@ class Model(torch.nn.Module):
         a1 = a1_2 + self.ba1
         s1_1 = torch.nn.functional.linear(a1, self.Wq1)
         s1_2 = torch.nn.functional.linear(a1, self.Wk1)
-        s1_3 = _heads_dot(s1_1, s1_2, self.width * 1 // 4)
+        s1_3 = _heads_dot(s1_1, s1_2, self.width // 4)
         s1 = (self.mult_attn) * (s1_3)
         h1_1 = _causal_softmax(s1)
         h1_2 = torch.nn.functional.linear(a1, self.Wv1)
@@ -130,7 +136,7 @@ class Model(torch.nn.Module):
         a2 = a2_2 + self.ba2
         s2_1 = torch.nn.functional.linear(a2, self.Wq2)
         s2_2 = torch.nn.functional.linear(a2, self.Wk2)
-        s2_3 = _heads_dot(s2_1, s2_2, self.width * 1 // 4)
+        s2_3 = _heads_dot(s2_1, s2_2, self.width // 4)
         s2 = (self.mult_attn) * (s2_3)
         h2_1 = _causal_softmax(s2)
         h2_2 = torch.nn.functional.linear(a2, self.Wv2)
@@ -227,8 +233,24 @@ def _mix(p, v):
     return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)
 
 
+def _check_widths(width, base_width):
+    """width and base_width as ints; ValueError unless both are positive integers and every
+    dim that is a fraction of the width is a whole number (WIDTH_RULES)."""
+    for name, value in (("width", width), ("base_width", base_width)):
+        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    width, base_width = operator.index(width), operator.index(base_width)
+    step = math.lcm(*(s for _, s in WIDTH_RULES))
+    for rule, s in WIDTH_RULES:
+        if width % s:
+            near = [w for w in (width // step * step, (width // step + 1) * step) if w > 0]
+            raise ValueError(f"width {width}: {rule} must be a whole number; use a "
+                             f"multiple of {step}: {' or '.join(map(str, near))}")
+    return width, base_width
+
+
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c.
+    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -237,7 +259,8 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
     ratio = model.width / model.base_width
     groups = []
     for name, spec in SCALING.items():
-        scale = ratio ** -spec["c"]
+        # c = inf: never trained (ratio ** -inf would be inf below the base width)
+        scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
         groups.append({"params": [getattr(model, name)], "lr": lr * scale,
                        "weight_decay": wd, "name": name})
