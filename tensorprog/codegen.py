@@ -24,7 +24,7 @@ from .analysis import ABC
 from .derive import derive
 from .errors import CodegenError, Span, UsageError
 from .exponents import INF
-from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
+from .ir import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .optimizers import Optimizer
 from .presets import preset, zero_init
 from .rules import fan_dims
@@ -60,10 +60,12 @@ NN_MODULE_ATTRS = frozenset({
     "zero_grad",
 })
 # what the emitted Model defines on itself besides the program's params
-_MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs"}
+_MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs", "depth",
+                "base_depth", "_tensors"}
 # the emitted module's own globals (helpers are added by name below)
-_GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "SCALING", "SCALES", "WIDTH_RULES",
-            "Model", "param_groups", "make_optimizer", "_check_widths"}
+_GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
+            "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
+            "_check_depth"}
 
 
 class _Namespace:
@@ -284,6 +286,15 @@ _CHECK_WIDTHS = [
     "    return width, base_width"]
 
 
+_CHECK_DEPTH = [
+    "def _check_depth(depth, base_depth):",
+    '    """depth and base_depth as ints; ValueError unless both are positive integers."""',
+    '    for name, value in (("depth", depth), ("base_depth", base_depth)):',
+    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
+    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
+    "    return operator.index(depth), operator.index(base_depth)"]
+
+
 class _Emitter:
     """One method per IR class turns an instruction into a Python expression (the rule table
     of the codegen stage); ``ref`` renders an operand with its multiplier. ``attrs`` and
@@ -311,8 +322,11 @@ class _Emitter:
     def _times_mult(self, weight: str) -> str:
         return f" * self.{self.mults[weight]}" if weight in self.mults else ""
 
+    def weight(self, name: str) -> str:
+        return f"self.{self.attrs[name]}"
+
     def MatMul(self, ins: MatMul) -> str:
-        w = f"self.{self.attrs[ins.weight]}" + (".t()" if ins.transposed else "")
+        w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
         if len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
@@ -352,6 +366,28 @@ class _Emitter:
     def Mix(self, ins: Mix) -> str:
         self.helpers.add("_mix")
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
+
+
+class _BlockEmitter(_Emitter):
+    """The emitter inside one repetition's module: its own params are its attributes, and what it
+    reads from outside (values, shared params with their multipliers, scales) comes in as
+    arguments of its forward."""
+
+    def __init__(self, program: Program, abc: dict[str, ABC], attrs: dict[str, str],
+                 mults: dict[str, str], local: dict[str, str], own: set[str]):
+        super().__init__(program, abc, attrs, mults, local)
+        self.own = own
+
+    def ref(self, name: str) -> str:
+        if name in self.own:
+            return super().ref(name)
+        return self.local[name]
+
+    def weight(self, name: str) -> str:
+        return super().weight(name) if name in self.own else self.local[name]
+
+    def _times_mult(self, weight: str) -> str:
+        return super()._times_mult(weight) if weight in self.own else ""
 
 
 def _computable(program: Program, abc: dict[str, ABC]) -> list:
@@ -400,15 +436,22 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     params = [p for p in used if not p.is_scale]
     scales = [p for p in used if p.is_scale]
     constant = any(p.base is not None for p in params)
-    multiplied = [p for p in params if abc[p.name].a != 0]
+    owned = program.owner  # a block's own params live in its repetitions' modules
+    multiplied = [p for p in params if abc[p.name].a != 0 and p.name not in owned]
+    blocks = [b for b in program.blocks if b.result in {ins.out for ins in body}]
 
     names = _Namespace(NN_MODULE_ATTRS | _MODEL_ATTRS)
-    attrs = {p.name: names.create(p.name) for p in params}  # params first: they keep their names
+    attrs = {p.name: names.create(p.name) for p in params  # params first: they keep their names
+             if p.name not in owned}
+    block_attrs = {b.name: names.create(b.name) for b in blocks}
     mults = {p.name: names.create(f"mult_{p.name}") for p in multiplied + scales}
     renamed = any(attrs[p] != p for p in attrs)
-    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | {"self", "values"})
+    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | {"self", "values", "_record"})
     local = {i.name: local_names.create(i.name) for i in program.inputs}
-    local.update({ins.out: local_names.create(ins.out) for ins in body})
+    inner = {v for b in blocks for v in b.values}
+    local.update({ins.out: local_names.create(ins.out) for ins in body if ins.out not in inner})
+    classes = _Namespace(set(dir(builtins)) | _GLOBALS | set(_HELPERS))
+    block_code = {b.name: _emit_block(program, abc, b, base, classes) for b in blocks}
 
     name = _doc(program.name)
     lines = [
@@ -434,12 +477,19 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         f"BASE_WIDTH = {base}",
         "SCALING = {",
     ]
+    if program.depth is not None:
+        lines.insert(lines.index("SCALING = {"), f"BASE_DEPTH = {program.depth.base}")
     for p in params:
         x = abc[p.name]
         shape = "(" + "".join(f"{_str(d)}, " for d in p.shape).rstrip(" ") + ")"
         init = (f', "init": {_finite(p.base, f"the init of {p.name}", p.span)!r}'
                 if p.base is not None else "")
-        attr = f', "attr": {_str(attrs[p.name])}' if attrs[p.name] != p.name else ""
+        if p.name in owned:
+            block = owned[p.name]
+            attr = (f', "block": {_str(block_attrs[block])}, '
+                    f'"attr": {_str(block_code[block].attrs[p.name])}')
+        else:
+            attr = f', "attr": {_str(attrs[p.name])}' if attrs[p.name] != p.name else ""
         head = (f"    {_str(p.name)}: {{\"shape\": {shape}, \"a\": {_exp(x.a, p.name, p.span)}, "
                 f"\"b\": {_exp(x.b, p.name, p.span)}, \"c\": {_exp(x.c, p.name, p.span)},")
         tail = f'"base_std": {_base_std(program, p.name, base)!r}{init}{attr}}},'
@@ -463,20 +513,44 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines.append(f"    ({_str(rule)}, {step}),")
     if rules:
         lines.append(")")
+    for b in blocks:
+        lines += ["", "", *block_code[b.name].lines]
+    depth = program.depth is not None
     lines += ["", "", "class Model(torch.nn.Module):",
-              f'    """{name}; parameters are named as in the program."""',
+              f'    """{name}; parameters are named as in the program'
+              + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
               "",
-              "    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):",
+              ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
+               "base_depth=BASE_DEPTH,\n                 device=None, dtype=None):" if depth else
+               "    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):"),
               "        super().__init__()",
               "        width, base_width = _check_widths(width, base_width)",
+              *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
               "        self.width = width",
               "        self.base_width = base_width",
+              *(["        self.depth = depth",
+                 "        self.base_depth = base_depth  # no depth scaling is derived yet"]
+                if depth else []),
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
+    counts = {s.block: s.count for s in program.streams}
+    block_lines = []
+    for b in blocks:
+        make = f"{block_code[b.name].cls}(width, base_width, factory)"
+        count = counts[b.name]
+        if count is None:
+            block_lines.append(f"        self.{block_attrs[b.name]} = {make}")
+        else:
+            times = "depth" if isinstance(count, str) else str(count)
+            block_lines.append(f"        self.{block_attrs[b.name]} = torch.nn.ModuleList(")
+            block_lines.append(f"            {make} for _ in range({times}))")
     for p in params:
+        if p.name in owned:
+            continue
         dims = ", ".join(_dim_expr(program, d) for d in p.shape)
         lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
+    lines += block_lines
     for p in multiplied:
         lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
@@ -490,17 +564,34 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "    def reset_parameters(self, generator=None):",
               "        ratio = self.width / self.base_width",
               "        with torch.no_grad():",
-              "            for name, spec in SCALING.items():",
-              f"                param = getattr(self, {attr_of})",
-              "                if spec[\"b\"] == math.inf:",
-              "                    param.zero_()"]
+              "            for name, spec in SCALING.items():"]
+    pad = ""
+    if blocks:  # a block's param is one tensor per repetition
+        lines.append("                for param in self._tensors(name, spec):")
+        pad = "    "
+    else:
+        lines.append(f"                param = getattr(self, {attr_of})")
+    lines += [f"{pad}                if spec[\"b\"] == math.inf:",
+              f"{pad}                    param.zero_()"]
     if constant:
-        lines += ["                elif \"init\" in spec:",
-                  "                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
-    lines += ["                else:",
-              "                    std = spec[\"base_std\"] * ratio ** -spec[\"b\"]",
-              "                    param.normal_(0.0, std, generator=generator)", ""]
+        lines += [f"{pad}                elif \"init\" in spec:",
+                  f"{pad}                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
+    lines += [f"{pad}                else:",
+              f"{pad}                    std = spec[\"base_std\"] * ratio ** -spec[\"b\"]",
+              f"{pad}                    param.normal_(0.0, std, generator=generator)", ""]
+    if blocks:
+        lines += ["    def _tensors(self, name, spec):",
+                  '        """The tensors of one SCALING entry: a block\'s param has one per '
+                  'repetition."""',
+                  "        if \"block\" not in spec:",
+                  f"            return [getattr(self, {attr_of})]",
+                  "        blocks = getattr(self, spec[\"block\"])",
+                  "        if not isinstance(blocks, torch.nn.ModuleList):",
+                  "            blocks = [blocks]",
+                  "        return [getattr(block, spec[\"attr\"]) for block in blocks]", ""]
     em = _Emitter(program, abc, attrs, mults, local)
+    for code in block_code.values():
+        em.helpers |= code.helpers
     device = "next(self.parameters()).device" if params else "None"
     fed = [i for i in program.inputs if i.kind != "positions"]  # positions are built inside
     args = ", ".join(local[i.name] for i in fed)
@@ -513,20 +604,46 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
 
     results = [f"values[{_str(o)}]" if o in computed else em.ref(o) for o in program.outputs]
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
+    record = ", _record=False" if blocks else ""
+    signature = ", ".join(([args] if args else []) + (["*, _record=True"] if blocks else []))
     lines += [f"    def forward(self, {args}):" if args else "    def forward(self):",
               *build_positions(set(program.outputs) - computed),
-              *([f"        values = self.vectors({args})"] if computed & set(program.outputs)
-                else []),
+              *([f"        values = self.vectors({args}{record})"]
+                if computed & set(program.outputs) else []),
               f"        return {result}",
               "",
-              f"    def vectors(self, {args}):" if args else "    def vectors(self):",
-              '        """Every named vector of the program, batch axis first."""',
+              f"    def vectors(self, {signature}):" if signature else "    def vectors(self):",
+              *(['        """Every named vector of the program, batch axis first; in repetition i',
+                  "        of a block, its value u is named block.i.u (a block applied once: "
+                  "block.u).",
+                  '        _record=False leaves the blocks\' values out."""'] if blocks else
+                ['        """Every named vector of the program, batch axis first."""']),
               *build_positions({i.name for i in positions})]
+    if blocks:
+        lines.append("        values = {}")
+    results_of = {b.result: b for b in blocks}
+    streams = {s.block: s for s in program.streams}
     for ins in body:
-        lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
-    lines.append("        return {")
-    lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in body]
-    lines.append("        }")
+        if ins.out in inner:
+            continue
+        if isinstance(ins, Stream):
+            lines += _call_block(program, block_code[ins.block], block_attrs[ins.block], ins,
+                                 em, local)
+        elif ins.out in results_of:  # the last repetition's return value, carried by the stream
+            carried = local[streams[results_of[ins.out].name].out]
+            lines.append(f"        {local[ins.out]} = {carried}")
+        else:
+            lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
+    outer = [ins for ins in body if ins.out not in inner]
+    if blocks:
+        lines.append("        values.update({")
+        lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in outer
+                  if not isinstance(ins, Stream)]
+        lines += ["        })", "        return values"]
+    else:
+        lines.append("        return {")
+        lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in body]
+        lines.append("        }")
     what = ("(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
             "a (batch, height, width, channels) image" if any(i.kind == "image"
                                                              for i in program.inputs)
@@ -554,6 +671,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     for helper in sorted(em.helpers):
         lines += ["", *_HELPERS[helper], ""]
     lines += ["", *_CHECK_WIDTHS, ""]
+    if depth:
+        lines += ["", *_CHECK_DEPTH, ""]
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
               '    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).',
@@ -568,8 +687,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
               "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
-              f"        groups.append({{\"params\": [getattr(model, {attr_of})], "
-              "\"lr\": lr * scale,",
+              (f"        groups.append({{\"params\": [getattr(model, {attr_of})], "
+               "\"lr\": lr * scale,") if not blocks else
+              "        groups.append({\"params\": model._tensors(name, spec), \"lr\": lr * scale,",
               "                       \"weight_decay\": wd, \"name\": name})",
               "    return groups",
               "", "",
@@ -580,3 +700,98 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "\"adamw\": torch.optim.AdamW}[name]",
               "    return cls(param_groups(model, lr, weight_decay), lr=lr, **kwargs)", ""]
     return Emitted("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class _BlockCode:
+    cls: str  # the class of one repetition
+    lines: list[str]
+    attrs: dict[str, str]  # own param -> its attribute in a repetition's module
+    shared: list[str]  # what its forward takes after the argument: program names
+    helpers: set[str]
+
+
+def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
+                classes: _Namespace) -> _BlockCode:
+    """One repetition of a block as an nn.Module: its own params, and a forward that computes
+    one repetition from its argument and what it shares with the program."""
+    own = [program.param_table[p] for p in block.params if p in abc]
+    prefix = f"{block.name}."
+    names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width"})
+    attrs = {p.name: names.create(p.name.removeprefix(prefix)) for p in own if not p.is_scale}
+    multiplied = [p for p in own if not p.is_scale and abc[p.name].a != 0]
+    mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
+    values = [program.producer[v] for v in block.values]
+    mine = {block.arg, *block.values, *(p.name for p in own)}
+    shared: list[str] = []
+    for ins in values:
+        for n in ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ()):
+            if n not in mine and n not in shared:
+                shared.append(n)
+    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | set(_HELPERS)
+                             | {"self", "record"})
+    local = {block.arg: local_names.create(block.arg.removeprefix(prefix))}
+    local.update({n: local_names.create(n) for n in shared})
+    local.update({v: local_names.create(v.removeprefix(prefix)) for v in block.values})
+    em = _BlockEmitter(program, abc, attrs, mults, local, set(attrs))
+    cls = classes.create(f"Block_{block.name}")
+    lines = [f"class {cls}(torch.nn.Module):",
+             f'    """One repetition of block {block.name}: its own params. What it shares with '
+             "the",
+             '    program (values, shared params, scales) comes in to forward."""',
+             "",
+             "    def __init__(self, width, base_width, factory):",
+             "        super().__init__()",
+             "        self.width = width",
+             "        self.base_width = base_width"]
+    if multiplied:
+        lines.append("        ratio = width / base_width")
+    for p in own:
+        if p.is_scale:
+            continue
+        dims = ", ".join(_dim_expr(program, d) for d in p.shape)
+        lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
+                     "**factory))")
+    for p in multiplied:
+        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
+                     "# a plain float")
+    args = ", ".join([local[block.arg]] + [local[n] for n in shared] + ["record=False"])
+    lines += ["", f"    def forward(self, {args}):"]
+    for ins in values:
+        lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
+    ret = local[block.ret] if block.ret in local else em.ref(block.ret)
+    lines += ["        if record:",
+              f"            return {ret}, {{"]
+    lines += [f"                {_str(v.removeprefix(prefix))}: {local[v]},"
+              for v in (block.arg, *block.values)]
+    lines += ["            }", f"        return {ret}"]
+    return _BlockCode(cls, lines, attrs, shared, em.helpers)
+
+
+def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, em: _Emitter,
+                local: dict[str, str]) -> list[str]:
+    """The Model's lines that run a block: over its repetitions, each output feeding the next,
+    recording each repetition's values as block.i.name."""
+    def passed(name: str) -> str:
+        if name in program.param_table and len(program.param_table[name].shape) >= 2:
+            return em.weight(name) + em._times_mult(name)
+        return em.ref(name)
+
+    x = local[stream.out]
+    call = ", ".join([x] + [passed(n) for n in code.shared])
+    name = stream.block
+    lines = [f"        {x} = {em.ref(stream.init)}"]
+    if stream.count is None:
+        return lines + ["        if _record:",
+                        f"            {x}, inner = self.{attr}({call}, record=True)",
+                        f'            values.update({{f"{name}.{{k}}": v for k, v in '
+                        "inner.items()})",
+                        "        else:",
+                        f"            {x} = self.{attr}({call})"]
+    return lines + [f"        for i, block in enumerate(self.{attr}):",
+                    "            if _record:",
+                    f"                {x}, inner = block({call}, record=True)",
+                    f'                values.update({{f"{name}.{{i}}.{{k}}": v for k, v in '
+                    "inner.items()})",
+                    "            else:",
+                    f"                {x} = block({call})"]
