@@ -103,6 +103,18 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         else:
             out[(v, "init")] = expect(an.init_[v])
         out[(v, "change")] = expect(an.change_[v])
+    # the emitted module records repetition i of a repeated block as block.i.name (at its base
+    # depth): each repetition is held to the generic one's exponents, which hold at any depth
+    for stream in program.streams:
+        if stream.count is None:
+            continue  # applied once: recorded under the program's own names
+        block = program.block_table[stream.block]
+        count = program.depth.base if isinstance(stream.count, str) else stream.count
+        for v in (block.arg, *block.values):
+            local = v.removeprefix(f"{block.name}.")
+            for i in range(count):
+                for kind in ("init", "change"):
+                    out[(f"{block.name}.{i}.{local}", kind)] = out[(v, kind)]
     return out
 
 

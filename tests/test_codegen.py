@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,34 @@ def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
     out = model(*inputs)
     vectors = model.vectors(*inputs)
     program = tp.parse_file(example)
-    assert set(vectors) == {ins.out for ins in program.body}
+    assert set(vectors) == _vector_names(program)
     clone = copy.deepcopy(model)
     assert torch.equal(clone(*inputs), out)
     fresh = m.Model(64, dtype=torch.float64)
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh(*inputs), out)
-    assert {n for n, _ in model.named_parameters()} <= {p.name for p in program.params}
+    # repetition i's params are block.i.name; the program has one block.name for them all
+    generic = {re.sub(r"^(\w+)\.\d+\.", r"\1.", n) for n, _ in model.named_parameters()}
+    assert generic <= {p.name for p in program.params}
     assert not any(vars(p) for p in model.parameters())  # nothing hung on parameters
+
+
+def _vector_names(program: tp.Program) -> set[str]:
+    """What vectors() returns at the base depth: a block's values once per repetition (res.i.u),
+    its Stream being the repetition's argument."""
+    from tensorprog.ir import Stream
+
+    names = {ins.out for ins in program.body if not isinstance(ins, Stream)}
+    for s in program.streams:
+        block = program.block_table[s.block]
+        local = [v.removeprefix(f"{s.block}.") for v in (block.arg, *block.values)]
+        names -= set(block.values)
+        if s.count is None:
+            names |= {f"{s.block}.{v}" for v in local}
+            continue
+        count = program.depth.base if isinstance(s.count, str) else s.count
+        names |= {f"{s.block}.{i}.{v}" for i in range(count) for v in local}
+    return names
 
 
 def test_lr_and_init_scale_as_derived(tmp_path):

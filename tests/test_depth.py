@@ -240,3 +240,79 @@ def test_derive_says_depth_exponents_are_not_derived(tmp_path, capsys):
     from tensorprog.report import derive_json, derive_table
 
     assert derive_json(fixed)["depth"] is None and "not derived" not in derive_table(fixed)
+
+
+# --- the emitted module ---------------------------------------------------------------------------
+
+
+def _module(tmp_path, source: str, name: str):
+    torch = pytest.importorskip("torch")
+    from conftest import import_file
+
+    from tensorprog.codegen import emit
+
+    program = tp.parse(source)
+    abc = tp.derive(program, "adam").abc
+    path = tmp_path / f"{name}.py"
+    path.write_text(emit(program, abc, optimizer="adam", label="µP", command="test").source)
+    return torch, import_file(path, name)
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+def test_the_emitted_resmlp_trains_a_step_at_any_depth(tmp_path, depth):
+    import copy
+
+    torch, m = _module(tmp_path, RESMLP, f"resmlp_{depth}")
+    model = m.Model(32, depth, dtype=torch.float64)
+    assert len(model.res) == depth and model.res[depth - 1].W1.shape == (32, 32)
+    assert (model.depth, model.base_depth, m.BASE_DEPTH) == (depth, 4, 4)
+    x = model.example_inputs(4, generator=torch.Generator().manual_seed(0))
+    opt = m.make_optimizer(model, 1e-2)
+    before = model.res[depth - 1].W1.detach().clone()
+    model(*x).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.res[depth - 1].W1)
+    groups = {g["name"]: g for g in m.param_groups(model, 1.0)}
+    assert len(groups["res.W1"]["params"]) == depth  # one group over every repetition
+    vectors = model.vectors(*x)
+    assert {f"res.{i}.u" for i in range(depth)} <= set(vectors) and "res.u" not in vectors
+    assert torch.equal(vectors["res.1.h"], vectors["res.0.out"])  # each output feeds the next
+    clone = copy.deepcopy(model)
+    fresh = m.Model(32, depth, dtype=torch.float64)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(clone(*x), model(*x)) and torch.equal(fresh(*x), model(*x))
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        m.Model(32, 0)
+
+
+def test_the_emitted_blocks_compute_the_unrolled_network(tmp_path):
+    torch, blocks = _module(tmp_path, RESMLP, "resmlp_blocks")
+    _, unrolled = _module(tmp_path, UNROLLED, "resmlp_unrolled")
+    a = blocks.Model(32, 2, dtype=torch.float64)
+    b = unrolled.Model(32, dtype=torch.float64)
+    state = {"W_in": a.W_in, "W_out": a.W_out, "W1_a": a.res[0].W1, "W2_a": a.res[0].W2,
+             "W1_b": a.res[1].W1, "W2_b": a.res[1].W2}
+    b.load_state_dict({k: v.detach() for k, v in state.items()})
+    x = a.example_inputs(4, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a(*x), b(*x))
+    assert torch.allclose(a.vectors(*x)["res.1.h"], b.vectors(*x)["h1"])
+
+
+def test_fixed_repeats_and_single_calls(tmp_path):
+    torch, m = _module(tmp_path, SHARED, "shared")
+    model = m.Model(16)  # no depth declared: no depth argument
+    assert len(model.mlp) == 3 and isinstance(model.head, torch.nn.Module)
+    assert not isinstance(model.head, torch.nn.ModuleList)
+    names = {n for n, _ in model.named_parameters()}
+    assert {"Wt", "mlp.0.g", "mlp.2.g", "head.W"} <= names  # the shared Wt is the model's
+    x = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    vectors = model.vectors(*x)
+    assert {"mlp.2.out", "head.z", "head.out"} <= set(vectors)
+
+
+def test_check_records_every_repetition():
+    pytest.importorskip("torch")
+    source = RESMLP.replace("width n = 128", "width n = 8").replace("L = 4", "L = 2")
+    result = tp.check(tp.parse(source), "adam", widths=(8, 16), steps=2, seeds=1, batch_size=4)
+    judged = {r.name for r in result.results if r.expected is not None}
+    assert {"res.0.u", "res.1.u", "res.1.out", "hL"} <= judged
