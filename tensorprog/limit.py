@@ -51,7 +51,7 @@ ORDER = 32
 _SQRT2 = math.sqrt(2.0)
 
 
-# --- univariate functions --------------------------------------------------------------------------
+# --- univariate functions -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ _AT_ZERO = {"identity": 0.0, "relu": 0.0, "gelu": 0.0, "tanh": 0.0, "sigmoid": 0
 ID = _FNS["identity"]
 
 
-# --- Gaussian sources, linear combinations, monomials ------------------------------------------
+# --- Gaussian sources, linear combinations, monomials ---------------------------------------------
 
 
 @dataclass(eq=False)
