@@ -432,9 +432,13 @@ class _Lowering:
             self.values.pop(last.out)
             if last.out in self.pixels:
                 self.pixels[st.name] = self.pixels[last.out]
+            if last.out in self.tokenwise:
+                self.tokenwise.add(st.name)
         else:
             self.check_coefficients(value, st.span)
             self.body.append(LinComb(st.name, value.items(), st.span))
+            if self.tokenwise.intersection(value.terms):
+                self.tokenwise.add(st.name)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[st.name] = sizes[0]
