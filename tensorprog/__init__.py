@@ -83,10 +83,19 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
     return _check.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
 
 
+def nngp_kernel(program: Program, inputs, **options):
+    """The NNGP kernel at init of ``program``'s outputs over ``inputs`` in the infinite-width
+    limit (see :func:`tensorprog.limit.nngp_kernel`; ``options``: param, optimizer, convention,
+    order, all_vectors). Imports numpy and scipy when called."""
+    from .limit import nngp_kernel as kernel
+
+    return kernel(program, inputs, **options)
+
+
 __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
     "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
-    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "parse",
-    "parse_file", "to_text", "verify",
+    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "nngp_kernel",
+    "parse", "parse_file", "to_text", "verify",
 ]

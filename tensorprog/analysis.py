@@ -430,8 +430,10 @@ def require_width(program: Program) -> None:
     width limit, so neither a derivation nor a regime means anything."""
     live = live_values(program)
     if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
+        # point at the first output: it is what fails to reach the width
+        span = next((s for s in program.output_spans if s is not None), program.width.span)
         raise EngineError(f"no output of {program.name} depends on a vector of width "
-                          f"{program.width.name}: there is nothing to scale",
+                          f"{program.width.name}: there is nothing to scale", span=span,
                           help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
 
 

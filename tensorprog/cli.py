@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                         ".tensorprog-cache; 'none' to disable)")
     t.add_argument("--plot", metavar="FILE.png", help="draw loss against the HP per width")
     t.add_argument("--json", action="store_true", help="machine-readable output")
+    _limit_parser(sub)
     return ap
 
 
@@ -451,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{option}: the path is empty", help="give a file name")
     _check_numbers(args)
     program = parse_file(args.program)
+    if args.command == "limit":
+        return _limit(args, program)
     if getattr(args, "base_width", None):
         problem = program.width_problem(args.base_width)
         if problem:
@@ -616,6 +619,62 @@ def _write_module(args, program, optimizer) -> int:
     except OSError as err:
         raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
     print(f"wrote {args.output}: {label}", file=sys.stderr)
+    return 0
+
+
+def _limit_parser(sub) -> None:
+    m = sub.add_parser("limit", help="the infinite-width limit of a program at init: its NNGP "
+                                     "kernel over a set of inputs")
+    m.add_argument("program", help="a .tp file")
+    m.add_argument("--kernel", action="store_true", required=True,
+                   help="compute the NNGP kernel of the outputs (the one limit implemented)")
+    m.add_argument("--inputs", required=True, metavar="X.pt",
+                   help="a (P, dim) tensor (.pt or .npy), or for several inputs a .pt dict "
+                        "{name: (P, dim) tensor}")
+    m.add_argument("--param", choices=["sp", "mup", "ntp"], default="sp",
+                   help="whose init: the module `derive -o --param` emits (default: sp)")
+    m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
+                   help="µP's readout init follows the optimizer's derivation (default: sgd)")
+    m.add_argument("--order", type=_positive, default=32,
+                   help="Gauss-Hermite points per axis where no closed form exists")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.add_argument("-o", "--output", metavar="K.pt",
+                   help="also save {output: kernel tensor} with exponents and method")
+
+
+def _limit(args, program) -> int:
+    import numpy as np
+    import torch
+
+    from .limit import nngp_kernel
+
+    try:
+        if args.inputs.endswith(".npy"):
+            data = np.load(args.inputs, allow_pickle=False)
+        else:
+            data = torch.load(args.inputs, weights_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"cannot read {args.inputs}: {err}",
+                         help="save a tensor with torch.save(x, 'X.pt') or numpy.save") from None
+    if isinstance(data, dict):
+        data = {str(k): np.asarray(v) for k, v in data.items()}
+    elif isinstance(data, torch.Tensor | np.ndarray):
+        data = np.asarray(data)
+    else:
+        raise UsageError(f"{args.inputs} holds a {type(data).__name__}",
+                         help="save a tensor, or a dict of tensors, one per input")
+    k = nngp_kernel(program, data, param=args.param, optimizer=args.optimizer, order=args.order)
+    if args.output:
+        try:
+            torch.save({"kernels": {o: torch.as_tensor(v) for o, v in k.kernels.items()},
+                        "exponents": {o: None if e is None else str(e)
+                                      for o, e in k.exponents.items()},
+                        "error": k.error, "parametrization": k.parametrization},
+                       args.output)
+        except OSError as err:
+            raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+    _out((k.to_json() if args.json else k.describe()) + "\n")
     return 0
 
 

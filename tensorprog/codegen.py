@@ -82,9 +82,12 @@ class _Namespace:
         base = re.sub(r"\W", "_", name, flags=re.ASCII) or "_"
         if base[0].isdigit():
             base = "_" + base
+        if base.startswith("__"):
+            # Python reserves dunders and mangles other "__" names inside a class body, and
+            # appending "_" keeps a dunder one: keep one underscore each side instead
+            base = f"_{base.strip('_') or 'v'}_"
         candidate = base
-        while (candidate in self._taken or keyword.iskeyword(candidate)
-               or (candidate.startswith("__") and candidate.endswith("__"))):
+        while candidate in self._taken or keyword.iskeyword(candidate):
             candidate += "_"
         self._taken.add(candidate)
         return candidate
@@ -316,6 +319,10 @@ class _Emitter:
             return f"{w} * self.{self.mults[name]}" if name in self.mults else w
         return self.local[name]
 
+    def _is_scale(self, name: str) -> bool:
+        p = self.program.param_table.get(name)
+        return p is not None and p.is_scale
+
     def dim(self, name: str) -> str:
         return _dim_expr(self.program, name, "self.width")
 
@@ -347,7 +354,14 @@ class _Emitter:
 
     def Nonlin(self, ins: Nonlin) -> str:
         if ins.fn == MUL:
-            return " * ".join(f"({self.ref(a)})" for a in ins.args)
+            # a scalar (a whole-dim dot: one value per example) scales every coordinate of a
+            # vector, so it needs a trailing axis; a scale is a plain float and needs none
+            dims = self.program.value_dims
+            vector = any(dims.get(a) is not None for a in ins.args)
+            return " * ".join(
+                f"({self.ref(a)}).unsqueeze(-1)"
+                if vector and dims.get(a) is None and not self._is_scale(a) else f"({self.ref(a)})"
+                for a in ins.args)
         x = self.ref(ins.args[0])
         if ins.fn == "identity":
             return x

@@ -104,6 +104,7 @@ class _Lowering:
         self.dims: dict[str, Dim] = {}
         self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
         self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
+        self.tokenwise: set[str] = set()  # values with a sequence axis (built from token inputs)
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -400,6 +401,8 @@ class _Lowering:
         self.values[out] = arg.dim
         if init in self.pixels:
             self.pixels[out] = self.pixels[init]
+        if init in self.tokenwise:
+            self.tokenwise.add(out)
         self.defined_at[out] = arg_span
         n_params = len(self.block_params)
         self.block, self.scope = name, {arg_name: out}
@@ -449,6 +452,8 @@ class _Lowering:
             self.values.pop(last.out)
             if last.out in self.pixels:
                 self.pixels[self.target] = self.pixels[last.out]
+            if last.out in self.tokenwise:
+                self.tokenwise.add(self.target)
             ret = self.target
         elif single is not None:
             ret = single
@@ -532,6 +537,7 @@ class _Lowering:
         dim = dims[1].name if kind == "tokens" else seq.name
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
+            self.tokenwise.add(st.name)
             self.values[st.name] = dim
 
     def stmt_scale(self, st: Stmt) -> None:
@@ -634,11 +640,15 @@ class _Lowering:
             self.values.pop(last.out)
             if last.out in self.pixels:
                 self.pixels[name] = self.pixels[last.out]
+            if last.out in self.tokenwise:
+                self.tokenwise.add(name)
             if self.blocks and self.blocks[-1].result == last.out:  # a block's result
                 self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:
             self.check_coefficients(value, st.span)
             self.body.append(LinComb(name, value.items(), st.span))
+            if self.tokenwise.intersection(value.terms):
+                self.tokenwise.add(name)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[name] = sizes[0]
@@ -671,6 +681,8 @@ class _Lowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
+        if any(o in self.tokenwise for o in ins.operands):
+            self.tokenwise.add(ins.out)
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
@@ -895,6 +907,17 @@ class _Lowering:
                         fan_out)
         return self.vec(out, fan_out)
 
+    def compares_tokens(self, args, node) -> bool:
+        """Attention (a per-head dot, mix) pairs tokens, so each side must vary over them: a
+        value built from params alone has no sequence axis to compare."""
+        flat = [a for a in args if not any(t in self.tokenwise for t in a.terms)]
+        if flat:
+            self.errors.error(f"{node.fn} pairs tokens, but an argument does not depend on any "
+                              "token or position input", node.span,
+                              "build queries, keys and values from the token stream (e.g. "
+                              "from the embedding of a `tokens` input)")
+        return not flat
+
     def head_dim(self, node) -> str | None:
         if type(node).__name__ == "Var" and node.name in self.dims:
             if self.seq() is None:
@@ -1032,6 +1055,8 @@ class _Lowering:
                 return None
             dim = None
             if over is not None:
+                if not self.compares_tokens(args, node):
+                    return None
                 dim = self.heads(args[0].dim, over, node)
                 if dim is None:
                     return None
@@ -1046,6 +1071,8 @@ class _Lowering:
                     f"mix(p, v) needs attention weights p over the heads of v's dim, got "
                     f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
                     "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
+                return None
+            if not self.compares_tokens(args, node):
                 return None
             names = [self.name_of(a, node.span) for a in args]
             out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
