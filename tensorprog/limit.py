@@ -42,7 +42,7 @@ from scipy.special import erf
 
 from .analysis import ABC
 from .errors import EngineError, Span, UsageError
-from .ir import INSTRUCTIONS, MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program
+from .ir import INSTRUCTIONS, MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 
 #: Gauss–Hermite order of the 2-D quadrature (points per axis); its error is estimated by
 #: comparing with half the order.
@@ -649,9 +649,17 @@ def _mix(ev: _Limit, ins: Mix) -> tuple[Value, str]:
                   "the kernel is computed for dense programs", ins.span)
 
 
+def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
+    # the IR holds one generic repetition; its kernel depends on every repetition before it
+    raise _Refuse(f"block {ins.block} has no NNGP rule here: the kernel of a repeated block "
+                  "needs its repetitions, which the program does not unroll",
+                  "write the repetitions out as separate statements to get their kernel",
+                  ins.span)
+
+
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
-    MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix,
+    MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 
