@@ -13,7 +13,6 @@ import pytest
 from conftest import ROOT
 
 import tensorprog
-from tensorprog.cli import run
 from tensorprog.coordcheck import Measurements, judge, render
 from tensorprog.optimizers import OPTIMIZERS
 
