@@ -152,8 +152,10 @@ def test_clashing_names_emit_import_and_train(where, tmp_path):
 
 
 def test_module_attrs_cover_the_installed_torch():
+    # "__" names are never emitted (the namespace rewrites them), and torch.compile adds
+    # "___" attributes to the class at run time
     live = {n for n in set(dir(torch.nn.Module)) | set(vars(torch.nn.Module()))
-            if not (n.startswith("__") and n.endswith("__"))}
+            if not n.startswith("__")}
     assert live <= NN_MODULE_ATTRS, sorted(live - NN_MODULE_ATTRS)
 
 

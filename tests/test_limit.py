@@ -148,8 +148,8 @@ REFUSED = [
      "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
      "h = A @ x\nu = relu(relu(h) + W @ h)\noutput y = u\n", "not a function of one Gaussian"),
-    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\n"
-     "h = A @ x\nu = softmax(h)\noutput y = u\n", "softmax has no NNGP rule"),
+    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
+     "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
 ]
 
 
