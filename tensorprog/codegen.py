@@ -262,6 +262,17 @@ _HELPERS = {
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',
         "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_attention": [
+        "def _attention(q, k, v, head_dim, scale, is_causal):",
+        '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',
+        "    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels",
+        '    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""',
+        "    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)",
+        "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
+        "                                                         is_causal=is_causal)",
+        "    return y.transpose(-3, -2).flatten(-2)"],
     "_causal_softmax": [
         "def _causal_softmax(s):",
         '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',
@@ -381,6 +392,27 @@ class _Emitter:
         self.helpers.add("_mix")
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
 
+    def attention(self, ins: Mix, att: _Attention) -> str:
+        self.helpers.add("_attention")
+        scale = " * ".join(self.ref(s) for s in att.scales) or "1.0"
+        return (f"_attention({self.ref(att.q)}, {self.ref(att.k)}, {self.ref(ins.values)}, "
+                f"{self.dim(att.over)}, {scale}, {att.causal})")
+
+    def lines(self, body: Sequence, indent: str = "        ",
+              attentions: dict[str, _Attention] | None = None) -> list[str]:
+        """Assignments computing ``body`` in order; with ``attentions``, each fused Mix is one
+        attention call and its chain is not computed."""
+        fused = attentions or {}
+        skip = {v for att in fused.values() for v in att.chain}
+        out = []
+        for ins in body:
+            if ins.out in skip:
+                continue
+            expr = (self.attention(ins, fused[ins.out]) if ins.out in fused
+                    else getattr(self, type(ins).__name__)(ins))
+            out.append(f"{indent}{self.local[ins.out]} = {expr}")
+        return out
+
 
 class _BlockEmitter(_Emitter):
     """The emitter inside one repetition's module: its own params are its attributes, and what it
@@ -424,6 +456,69 @@ def _computable(program: Program, abc: dict[str, ABC]) -> list:
     return body
 
 
+@dataclass(frozen=True)
+class _Attention:
+    """``mix(softmax(scales * dot(q, k, over)), values)``, which ``forward`` computes in one
+    ``scaled_dot_product_attention`` call; ``chain`` are the values it never materialises."""
+
+    q: str
+    k: str
+    over: str
+    scales: tuple[str, ...]
+    causal: bool
+    chain: tuple[str, ...]
+
+
+def _attentions(program: Program, body: Sequence) -> dict[str, _Attention]:
+    """The Mix instructions ``forward`` fuses into attention, by output. Fused only where the
+    probabilities, the logits and the per-head dot are read by nothing else (``vectors`` still
+    computes and returns them all), so the fused call is the same function."""
+    producer = {ins.out: ins for ins in body}
+    kept = set(program.outputs) | {b.ret for b in program.blocks}
+
+    def only_feeds(value: str, user) -> bool:
+        return value not in kept and program.uses(value) == [user]
+
+    found = {}
+    for mix in body:
+        if not isinstance(mix, Mix):
+            continue
+        soft = producer.get(mix.weights)
+        if not (isinstance(soft, Nonlin) and soft.fn in ("softmax", "causal_softmax")
+                and only_feeds(soft.out, mix)):
+            continue
+        logits = producer.get(soft.args[0])
+        scales: tuple[str, ...] = ()
+        dot = logits
+        if isinstance(logits, Nonlin) and logits.fn == MUL and only_feeds(logits.out, soft):
+            scaled = [a for a in logits.args if program.param_table.get(a) is None
+                      or not program.param_table[a].is_scale]
+            if len(scaled) != 1:
+                continue
+            scales = tuple(a for a in logits.args if a not in scaled)
+            dot = producer.get(scaled[0])
+        if not (isinstance(dot, Dot) and dot.over is not None and only_feeds(
+                dot.out, logits if scales else soft)):
+            continue
+        chain = tuple(dict.fromkeys((soft.out, logits.out, dot.out)))
+        found[mix.out] = _Attention(dot.left, dot.right, dot.over, scales,
+                                    soft.fn == "causal_softmax", chain)
+    return found
+
+
+def _needed(body: Sequence, results: Sequence[str], attentions: dict[str, _Attention],
+            mentions) -> set[str]:
+    """The outputs of ``body`` that ``results`` depend on, reading a fused attention's q, k,
+    values and scales in place of its chain; ``mentions(ins)`` names what an instruction reads."""
+    need = set(results)
+    for ins in reversed(body):
+        if ins.out not in need:
+            continue
+        att = attentions.get(ins.out)
+        need.update((att.q, att.k, ins.values, *att.scales) if att else mentions(ins))
+    return need
+
+
 def _check_base_width(program: Program, base_width) -> int:
     if base_width is None:
         return program.width.base
@@ -460,7 +555,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     block_attrs = {b.name: names.create(b.name) for b in blocks}
     mults = {p.name: names.create(f"mult_{p.name}") for p in multiplied + scales}
     renamed = any(attrs[p] != p for p in attrs)
-    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | {"self", "values", "_record"})
+    # the loop variables of vectors and forward are taken too
+    local_names = _Namespace(set(dir(builtins)) | _GLOBALS
+                             | {"self", "values", "inner", "block", "i"})
     local = {i.name: local_names.create(i.name) for i in program.inputs}
     inner = {v for b in blocks for v in b.values}
     local.update({ins.out: local_names.create(ins.out) for ins in body if ins.out not in inner})
@@ -616,39 +713,49 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         return [f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, device={device})"
                 for i in positions if i.name in names]
 
-    results = [f"values[{_str(o)}]" if o in computed else em.ref(o) for o in program.outputs]
+    outer = [ins for ins in body if ins.out not in inner]
+    results_of = {b.result: b for b in blocks}
+    streams = {s.block: s for s in program.streams}
+
+    def mentions(ins) -> tuple[str, ...]:
+        if isinstance(ins, Stream):  # the block reads what it shares with the program too
+            return (ins.init, *block_code[ins.block].shared)
+        if ins.out in results_of:  # the last repetition's return value, carried by the stream
+            return (streams[results_of[ins.out].name].out,)
+        return ins.operands
+
+    def body_lines(instructions: list, fused: dict[str, _Attention], record: bool) -> list[str]:
+        out = []
+        for ins in instructions:
+            if isinstance(ins, Stream):
+                out += _call_block(program, block_code[ins.block], block_attrs[ins.block], ins,
+                                   em, local, record)
+            elif ins.out in results_of:
+                out.append(f"        {local[ins.out]} = {local[mentions(ins)[0]]}")
+            else:
+                out += em.lines([ins], attentions=fused)
+        return out
+
+    # forward computes what the outputs need, attention fused; vectors computes and names
+    # every value, attention written out, for the check
+    fused = _attentions(program, outer)
+    need = _needed(outer, program.outputs, fused, mentions)
+    results = [local[o] if o in computed else em.ref(o) for o in program.outputs]
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
-    record = ", _record=False" if blocks else ""
-    signature = ", ".join(([args] if args else []) + (["*, _record=True"] if blocks else []))
     lines += [f"    def forward(self, {args}):" if args else "    def forward(self):",
-              *build_positions(set(program.outputs) - computed),
-              *([f"        values = self.vectors({args}{record})"]
-                if computed & set(program.outputs) else []),
+              *build_positions(need),
+              *body_lines([ins for ins in outer if ins.out in need], fused, record=False),
               f"        return {result}",
               "",
-              f"    def vectors(self, {signature}):" if signature else "    def vectors(self):",
+              f"    def vectors(self, {args}):" if args else "    def vectors(self):",
               *(['        """Every named vector of the program, batch axis first; in repetition i',
                   "        of a block, its value u is named block.i.u (a block applied once: "
-                  "block.u).",
-                  '        _record=False leaves the blocks\' values out."""'] if blocks else
+                  'block.u)."""'] if blocks else
                 ['        """Every named vector of the program, batch axis first."""']),
               *build_positions({i.name for i in positions})]
     if blocks:
         lines.append("        values = {}")
-    results_of = {b.result: b for b in blocks}
-    streams = {s.block: s for s in program.streams}
-    for ins in body:
-        if ins.out in inner:
-            continue
-        if isinstance(ins, Stream):
-            lines += _call_block(program, block_code[ins.block], block_attrs[ins.block], ins,
-                                 em, local)
-        elif ins.out in results_of:  # the last repetition's return value, carried by the stream
-            carried = local[streams[results_of[ins.out].name].out]
-            lines.append(f"        {local[ins.out]} = {carried}")
-        else:
-            lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
-    outer = [ins for ins in body if ins.out not in inner]
+    lines += body_lines(outer, {}, record=True)
     if blocks:
         lines.append("        values.update({")
         lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in outer
@@ -731,7 +838,7 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     one repetition from its argument and what it shares with the program."""
     own = [program.param_table[p] for p in block.params if p in abc]
     prefix = f"{block.name}."
-    names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width"})
+    names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width", "vectors"})
     attrs = {p.name: names.create(p.name.removeprefix(prefix)) for p in own if not p.is_scale}
     multiplied = [p for p in own if not p.is_scale and abc[p.name].a != 0]
     mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
@@ -769,23 +876,31 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     for p in multiplied:
         lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
-    args = ", ".join([local[block.arg]] + [local[n] for n in shared] + ["record=False"])
-    lines += ["", f"    def forward(self, {args}):"]
-    for ins in values:
-        lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
+    args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
-    lines += ["        if record:",
-              f"            return {ret}, {{"]
-    lines += [f"                {_str(v.removeprefix(prefix))}: {local[v]},"
+    fused = _attentions(program, values)
+    need = _needed(values, [block.ret], fused, lambda ins: ins.operands)
+    lines += ["", f"    def forward(self, {args}, record=False):",
+              "        if record:",
+              f"            return self.vectors({args})",
+              *em.lines([ins for ins in values if ins.out in need], attentions=fused),
+              f"        return {ret}",
+              "",
+              f"    def vectors(self, {args}):",
+              '        """This repetition\'s output and every value it computes, by name',
+              '        (attention written out: its logits and probabilities are values)."""',
+              *em.lines(values),
+              f"        return {ret}, {{"]
+    lines += [f"            {_str(v.removeprefix(prefix))}: {local[v]},"
               for v in (block.arg, *block.values)]
-    lines += ["            }", f"        return {ret}"]
+    lines += ["        }"]
     return _BlockCode(cls, lines, attrs, shared, em.helpers)
 
 
 def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, em: _Emitter,
-                local: dict[str, str]) -> list[str]:
-    """The Model's lines that run a block: over its repetitions, each output feeding the next,
-    recording each repetition's values as block.i.name."""
+                local: dict[str, str], record: bool) -> list[str]:
+    """The Model's lines that run a block: over its repetitions, each output feeding the next;
+    with ``record`` (in ``vectors``), each repetition's values are recorded as block.i.name."""
     def passed(name: str) -> str:
         if name in program.param_table and len(program.param_table[name].shape) >= 2:
             return em.weight(name) + em._times_mult(name)
@@ -796,16 +911,15 @@ def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, e
     name = stream.block
     lines = [f"        {x} = {em.ref(stream.init)}"]
     if stream.count is None:
-        return lines + ["        if _record:",
-                        f"            {x}, inner = self.{attr}({call}, record=True)",
-                        f'            values.update({{f"{name}.{{k}}": v for k, v in '
-                        "inner.items()})",
-                        "        else:",
-                        f"            {x} = self.{attr}({call})"]
+        if not record:
+            return lines + [f"        {x} = self.{attr}({call})"]
+        return lines + [f"        {x}, inner = self.{attr}({call}, record=True)",
+                        f'        values.update({{f"{name}.{{k}}": v for k, v in '
+                        "inner.items()})"]
+    if not record:
+        return lines + [f"        for block in self.{attr}:",
+                        f"            {x} = block({call})"]
     return lines + [f"        for i, block in enumerate(self.{attr}):",
-                    "            if _record:",
-                    f"                {x}, inner = block({call}, record=True)",
-                    f'                values.update({{f"{name}.{{i}}.{{k}}": v for k, v in '
-                    "inner.items()})",
-                    "            else:",
-                    f"                {x} = block({call})"]
+                    f"            {x}, inner = block({call}, record=True)",
+                    f'            values.update({{f"{name}.{{i}}.{{k}}": v for k, v in '
+                    "inner.items()})"]

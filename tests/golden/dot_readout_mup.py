@@ -50,8 +50,12 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x):
-        values = self.vectors(x)
-        return values["y"]
+        x1_1 = torch.nn.functional.linear(x, self.W1)
+        x1 = torch.relu(x1_1)
+        x2_1 = torch.nn.functional.linear(x1, self.W2)
+        x2 = torch.relu(x2_1)
+        y = ((self.v) * (x2)).sum(-1)
+        return y
 
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""

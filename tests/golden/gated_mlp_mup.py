@@ -52,8 +52,14 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x):
-        values = self.vectors(x)
-        return values["y"]
+        x1_1 = torch.nn.functional.linear(x, self.W0)
+        x1 = torch.relu(x1_1)
+        g_1 = torch.nn.functional.linear(x1, self.Wa)
+        g_2 = torch.nn.functional.silu(g_1)
+        g_3 = torch.nn.functional.linear(x1, self.Wb)
+        g = (g_2) * (g_3)
+        y = torch.nn.functional.linear(g, self.Wo)
+        return y
 
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""

@@ -72,6 +72,29 @@ class Block_layer(torch.nn.Module):
         self.Wp = torch.nn.Parameter(torch.empty(width, 4 * width, **factory))
 
     def forward(self, h, attn, record=False):
+        if record:
+            return self.vectors(h, attn)
+        a_1 = torch.nn.functional.layer_norm(h, h.shape[-1:])
+        a_2 = (self.ga) * (a_1)
+        a = a_2 + self.ba
+        s_1 = torch.nn.functional.linear(a, self.Wq)
+        s_2 = torch.nn.functional.linear(a, self.Wk)
+        r_2 = torch.nn.functional.linear(a, self.Wv)
+        r_3 = _attention(s_1, s_2, r_2, self.width // 4, attn, True)
+        r_4 = torch.nn.functional.linear(r_3, self.Wo)
+        r = h + r_4
+        m_1 = torch.nn.functional.layer_norm(r, r.shape[-1:])
+        m_2 = (self.gm) * (m_1)
+        m = m_2 + self.bm
+        out_1 = torch.nn.functional.linear(m, self.Wi)
+        out_2 = torch.nn.functional.gelu(out_1)
+        out_3 = torch.nn.functional.linear(out_2, self.Wp)
+        out = r + out_3
+        return out
+
+    def vectors(self, h, attn):
+        """This repetition's output and every value it computes, by name
+        (attention written out: its logits and probabilities are values)."""
         a_1 = torch.nn.functional.layer_norm(h, h.shape[-1:])
         a_2 = (self.ga) * (a_1)
         a = a_2 + self.ba
@@ -91,30 +114,28 @@ class Block_layer(torch.nn.Module):
         out_2 = torch.nn.functional.gelu(out_1)
         out_3 = torch.nn.functional.linear(out_2, self.Wp)
         out = r + out_3
-        if record:
-            return out, {
-                "h": h,
-                "a_1": a_1,
-                "a_2": a_2,
-                "a": a,
-                "s_1": s_1,
-                "s_2": s_2,
-                "s_3": s_3,
-                "s": s,
-                "r_1": r_1,
-                "r_2": r_2,
-                "r_3": r_3,
-                "r_4": r_4,
-                "r": r,
-                "m_1": m_1,
-                "m_2": m_2,
-                "m": m,
-                "out_1": out_1,
-                "out_2": out_2,
-                "out_3": out_3,
-                "out": out,
-            }
-        return out
+        return out, {
+            "h": h,
+            "a_1": a_1,
+            "a_2": a_2,
+            "a": a,
+            "s_1": s_1,
+            "s_2": s_2,
+            "s_3": s_3,
+            "s": s,
+            "r_1": r_1,
+            "r_2": r_2,
+            "r_3": r_3,
+            "r_4": r_4,
+            "r": r,
+            "m_1": m_1,
+            "m_2": m_2,
+            "m": m,
+            "out_1": out_1,
+            "out_2": out_2,
+            "out_3": out_3,
+            "out": out,
+        }
 
 
 class Model(torch.nn.Module):
@@ -164,13 +185,24 @@ class Model(torch.nn.Module):
         return [getattr(block, spec["attr"]) for block in blocks]
 
     def forward(self, tok):
-        values = self.vectors(tok, _record=False)
-        return values["logits"]
+        pos = torch.arange(4, device=next(self.parameters()).device)
+        h0_1 = torch.nn.functional.embedding(tok, self.E.t())
+        h0_2 = torch.nn.functional.embedding(pos, self.P.t())
+        h0 = h0_1 + h0_2
+        layer_h = h0
+        for block in self.layer:
+            layer_h = block(layer_h, self.mult_attn)
+        hL = layer_h
+        f_1 = torch.nn.functional.layer_norm(hL, hL.shape[-1:])
+        f_2 = (self.gf) * (f_1)
+        f = f_2 + self.bf
+        logits_1 = torch.nn.functional.linear(f, self.E.t())
+        logits = (self.mult_tie) * (logits_1)
+        return logits
 
-    def vectors(self, tok, *, _record=True):
+    def vectors(self, tok):
         """Every named vector of the program, batch axis first; in repetition i
-        of a block, its value u is named block.i.u (a block applied once: block.u).
-        _record=False leaves the blocks' values out."""
+        of a block, its value u is named block.i.u (a block applied once: block.u)."""
         pos = torch.arange(4, device=next(self.parameters()).device)
         values = {}
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
@@ -178,11 +210,8 @@ class Model(torch.nn.Module):
         h0 = h0_1 + h0_2
         layer_h = h0
         for i, block in enumerate(self.layer):
-            if _record:
-                layer_h, inner = block(layer_h, self.mult_attn, record=True)
-                values.update({f"layer.{i}.{k}": v for k, v in inner.items()})
-            else:
-                layer_h = block(layer_h, self.mult_attn)
+            layer_h, inner = block(layer_h, self.mult_attn, record=True)
+            values.update({f"layer.{i}.{k}": v for k, v in inner.items()})
         hL = layer_h
         f_1 = torch.nn.functional.layer_norm(hL, hL.shape[-1:])
         f_2 = (self.gf) * (f_1)
@@ -209,6 +238,18 @@ class Model(torch.nn.Module):
             torch.randint(0, 64, (batch_size, 4), generator=generator,
                           device=like.device),
         )
+
+
+def _attention(q, k, v, head_dim, scale, is_causal):
+    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens
+    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels
+    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""
+    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                         is_causal=is_causal)
+    return y.transpose(-3, -2).flatten(-2)
 
 
 def _causal_softmax(s):

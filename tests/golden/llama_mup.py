@@ -97,8 +97,46 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, tok):
-        values = self.vectors(tok)
-        return values["logits"]
+        pos = torch.arange(4, device=next(self.parameters()).device)
+        h0_1 = torch.nn.functional.embedding(tok, self.E.t())
+        h0_2 = torch.nn.functional.embedding(pos, self.P.t())
+        h0 = h0_1 + h0_2
+        a1_1 = h0 * torch.rsqrt(h0.pow(2).mean(-1, keepdim=True) + 1e-6)
+        a1 = (self.ga1) * (a1_1)
+        s1_1 = torch.nn.functional.linear(a1, self.Wq1)
+        s1_2 = torch.nn.functional.linear(a1, self.Wk1)
+        h1_2 = torch.nn.functional.linear(a1, self.Wv1)
+        h1_3 = _attention(s1_1, s1_2, h1_2, 16, self.mult_attn, True)
+        h1_4 = torch.nn.functional.linear(h1_3, self.Wo1)
+        h1 = h0 + h1_4
+        m1_1 = h1 * torch.rsqrt(h1.pow(2).mean(-1, keepdim=True) + 1e-6)
+        m1 = (self.gm1) * (m1_1)
+        r1_1 = torch.nn.functional.linear(m1, self.Wg1)
+        r1_2 = torch.nn.functional.silu(r1_1)
+        r1_3 = torch.nn.functional.linear(m1, self.Wu1)
+        r1_4 = (r1_2) * (r1_3)
+        r1_5 = torch.nn.functional.linear(r1_4, self.Wd1)
+        r1 = h1 + r1_5
+        a2_1 = r1 * torch.rsqrt(r1.pow(2).mean(-1, keepdim=True) + 1e-6)
+        a2 = (self.ga2) * (a2_1)
+        s2_1 = torch.nn.functional.linear(a2, self.Wq2)
+        s2_2 = torch.nn.functional.linear(a2, self.Wk2)
+        h2_2 = torch.nn.functional.linear(a2, self.Wv2)
+        h2_3 = _attention(s2_1, s2_2, h2_2, 16, self.mult_attn, True)
+        h2_4 = torch.nn.functional.linear(h2_3, self.Wo2)
+        h2 = r1 + h2_4
+        m2_1 = h2 * torch.rsqrt(h2.pow(2).mean(-1, keepdim=True) + 1e-6)
+        m2 = (self.gm2) * (m2_1)
+        r2_1 = torch.nn.functional.linear(m2, self.Wg2)
+        r2_2 = torch.nn.functional.silu(r2_1)
+        r2_3 = torch.nn.functional.linear(m2, self.Wu2)
+        r2_4 = (r2_2) * (r2_3)
+        r2_5 = torch.nn.functional.linear(r2_4, self.Wd2)
+        r2 = h2 + r2_5
+        f_1 = r2 * torch.rsqrt(r2.pow(2).mean(-1, keepdim=True) + 1e-6)
+        f = (self.gf) * (f_1)
+        logits = torch.nn.functional.linear(f, self.U)
+        return logits
 
     def vectors(self, tok):
         """Every named vector of the program, batch axis first."""
@@ -201,6 +239,18 @@ class Model(torch.nn.Module):
             torch.randint(0, 64, (batch_size, 4), generator=generator,
                           device=like.device),
         )
+
+
+def _attention(q, k, v, head_dim, scale, is_causal):
+    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens
+    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels
+    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""
+    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                         is_causal=is_causal)
+    return y.transpose(-3, -2).flatten(-2)
 
 
 def _causal_softmax(s):

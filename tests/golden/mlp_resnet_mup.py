@@ -54,8 +54,16 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x):
-        values = self.vectors(x)
-        return values["y"]
+        h0 = torch.nn.functional.linear(x, self.Win)
+        h1_1 = torch.relu(h0)
+        h1_2 = torch.nn.functional.linear(h1_1, self.W1)
+        h1 = h0 + h1_2
+        h2_1 = (self.g) * (h1)
+        h2_2 = torch.relu(h2_1)
+        h2_3 = torch.nn.functional.linear(h2_2, self.W2)
+        h2 = h1 + h2_3
+        y = torch.nn.functional.linear(h2, self.Wo)
+        return y
 
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""

@@ -66,8 +66,21 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, img):
-        values = self.vectors(img)
-        return values["y"]
+        h0_1 = _conv(img, self.K0)
+        h0_2 = h0_1 + self.b0
+        h0 = torch.relu(h0_2)
+        h1_1 = _conv(h0, self.K1)
+        h1_2 = torch.relu(h1_1)
+        h1_3 = _conv(h1_2, self.K2)
+        h1 = h0 + h1_3
+        p1 = _avgpool(h1)
+        h2_1 = _conv(p1, self.K3)
+        h2_2 = torch.relu(h2_1)
+        h2_3 = _conv(h2_2, self.K4)
+        h2 = p1 + h2_3
+        y_1 = h2.mean(dim=(-3, -2))
+        y = torch.nn.functional.linear(y_1, self.W)
+        return y
 
     def vectors(self, img):
         """Every named vector of the program, batch axis first."""

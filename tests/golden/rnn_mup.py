@@ -52,8 +52,18 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x1, x2):
-        values = self.vectors(x1, x2)
-        return values["y"]
+        h1_1 = torch.nn.functional.linear(x1, self.U)
+        h1_2 = h1_1 + self.b
+        h1 = torch.tanh(h1_2)
+        h2_1 = torch.nn.functional.linear(h1, self.W)
+        h2_2 = torch.nn.functional.linear(x2, self.U)
+        h2_3 = h2_1 + h2_2 + self.b
+        h2 = torch.tanh(h2_3)
+        h3_1 = torch.nn.functional.linear(h2, self.W)
+        h3_2 = h3_1 + self.b
+        h3 = torch.tanh(h3_2)
+        y = torch.nn.functional.linear(h3, self.Wo)
+        return y
 
     def vectors(self, x1, x2):
         """Every named vector of the program, batch axis first."""
