@@ -61,11 +61,11 @@ NN_MODULE_ATTRS = frozenset({
 })
 # what the emitted Model defines on itself besides the program's params
 _MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs", "depth",
-                "base_depth", "_tensors"}
+                "base_depth", "_tensors", "_base_std"}
 # the emitted module's own globals (helpers are added by name below)
 _GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
             "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
-            "_check_depth"}
+            "_check_depth", "_base_stds", "_overrides"}
 
 
 class _Namespace:
@@ -208,14 +208,28 @@ def _exp(e, param: str, span: Span | None) -> str:
     return _num(Fraction(int(e.p), int(e.q)), f"the exponent of {param}", span)
 
 
-def _base_std(program: Program, param: str, base: int) -> float:
-    """1/sqrt(fan-in at the base width); a kernel's fan-in counts its kh x kw window too."""
+def _fan_in(program: Program, param: str) -> tuple[Fraction, int]:
+    """A param's fan-in as (k, p): k * base_width**p at the base width, whose -1/2 power is the
+    param's base std (so every preactivation starts with unit-size coordinates at the base). A
+    kernel's fan-in counts its kh x kw window too. A matrix applied to a one-hot input (tokens,
+    positions) is a lookup: each output reads one column, so its fan-in is 1 in effect and its
+    base std 1 (1/sqrt(vocab) would shrink embeddings, and tied logits, with the vocabulary)."""
+    one_hot = {i.name for i in program.inputs if i.kind in ("tokens", "positions")}
+    if any(isinstance(u, MatMul) and not u.transposed and u.arg in one_hot
+           for u in program.uses(param)):
+        return Fraction(1), 0
     fan_in, _ = fan_dims(program, param)
-    size = 1 if fan_in is None else program.dim_table[fan_in].size_at(base)
+    k, power = Fraction(1), 0
+    if fan_in is not None:
+        d = program.dim_table[fan_in]
+        if d.infinite:
+            k, power = d.mult, 1
+        else:
+            k = Fraction(d.size)
     for d in program.param_table[param].shape[2:]:
-        size *= program.dim_table[d].size
-    return 1.0 / math.sqrt(_finite(Fraction(size), f"the fan-in of {param}",
-                                   program.param_table[param].span))
+        k *= program.dim_table[d].size
+    _finite(k, f"the fan-in of {param}", program.param_table[param].span)
+    return k, power
 
 
 def _width_rules(program: Program) -> list[tuple[str, int]]:
@@ -298,6 +312,39 @@ _CHECK_WIDTHS = [
     '            raise ValueError(f"width {width}: {rule} must be a whole number; use a "',
     '                             f"multiple of {step}: {\' or \'.join(map(str, near))}")',
     "    return width, base_width"]
+
+
+# always emitted: the base constants a user tunes at the base width, set from Python
+_OVERRIDES = [
+    "def _overrides(what, given, known, positive=True):",
+    '    """given (name -> value) as floats; ValueError for a name not in known or a value that',
+    '    is not a finite number (a positive one, with positive)."""',
+    "    given = dict(given or {})",
+    "    for name, value in given.items():",
+    "        if name not in known:",
+    '            raise ValueError(f"{what}: no entry {name!r}; choose from "',
+    '                             f"{\', \'.join(sorted(known)) or \'nothing here\'}")',
+    "        if (isinstance(value, bool) or not isinstance(value, (int, float))",
+    "                or not math.isfinite(value) or (positive and value <= 0)):",
+    '            kind = "positive" if positive else "finite"',
+    '            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")',
+    "    return {name: float(value) for name, value in given.items()}",
+    "",
+    "",
+    "def _base_stds(base_width, init_std):",
+    '    """The std at the base width of every normally initialised param: init_std\'s value for',
+    "    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets",
+    '    its own."""',
+    "    normal = {name for name, spec in SCALING.items() if \"init\" not in spec",
+    "              and spec[\"b\"] != math.inf}",
+    "    blocks = {name.partition(\".\")[0] for name in normal if \"block\" in SCALING[name]}",
+    "    given = _overrides(\"init_std\", init_std, normal | blocks)",
+    "    stds = {}",
+    "    for name in normal:",
+    "        k, p = SCALING[name][\"fan_in\"]",
+    "        block = name.partition(\".\")[0] if \"block\" in SCALING[name] else None",
+    "        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))",
+    "    return stds"]
 
 
 _CHECK_DEPTH = [
@@ -572,10 +619,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         *(f"    {line}" for line in _command_lines(command)),
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
+        "base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where",
+        "fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
-        *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained."]
-          if scales else []),
+        *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
+           "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
           if renamed else []),
         '"""',
@@ -603,7 +652,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
             attr = f', "attr": {_str(attrs[p.name])}' if attrs[p.name] != p.name else ""
         head = (f"    {_str(p.name)}: {{\"shape\": {shape}, \"a\": {_exp(x.a, p.name, p.span)}, "
                 f"\"b\": {_exp(x.b, p.name, p.span)}, \"c\": {_exp(x.c, p.name, p.span)},")
-        tail = f'"base_std": {_base_std(program, p.name, base)!r}{init}{attr}}},'
+        k, power = _fan_in(program, p.name)
+        fan = f"({_num(k, f'the fan-in of {p.name}', p.span)}, {power})"
+        tail = f'"fan_in": {fan}{init}{attr}}},'
         if len(head) + 1 + len(tail) <= 100:
             lines.append(f"{head} {tail}")
         else:  # keep the emitted file within 100 columns
@@ -632,8 +683,10 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
               "",
               ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
-               "base_depth=BASE_DEPTH,\n                 device=None, dtype=None):" if depth else
-               "    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):"),
+               "base_depth=BASE_DEPTH,\n                 init_std=None, mult=None, device=None, "
+               "dtype=None):" if depth else
+               "    def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,\n"
+               "                 device=None, dtype=None):"),
               "        super().__init__()",
               "        width, base_width = _check_widths(width, base_width)",
               *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
@@ -642,6 +695,11 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               *(["        self.depth = depth",
                  "        self.base_depth = base_depth  # no depth scaling is derived yet"]
                 if depth else []),
+              "        self._base_std = _base_stds(base_width, init_std)",
+              *(["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
+                 "                **_overrides(\"mult\", mult, SCALES, positive=False)}"]
+                if scales else
+                ["        _overrides(\"mult\", mult, (), positive=False)  # no scale to set"]),
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
@@ -666,7 +724,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
     for p in scales:
-        lines.append(f"        self.{mults[p.name]} = SCALES[{_str(p.name)}][\"base\"] * ratio ** "
+        lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
                      f"-SCALES[{_str(p.name)}][\"a\"]")
     if not multiplied and not scales:
         lines.append("        del ratio  # every forward multiplier is 1")
@@ -688,7 +746,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines += [f"{pad}                elif \"init\" in spec:",
                   f"{pad}                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
     lines += [f"{pad}                else:",
-              f"{pad}                    std = spec[\"base_std\"] * ratio ** -spec[\"b\"]",
+              f"{pad}                    std = self._base_std[name] * ratio ** -spec[\"b\"]",
               f"{pad}                    param.normal_(0.0, std, generator=generator)", ""]
     if blocks:
         lines += ["    def _tensors(self, name, spec):",
@@ -791,28 +849,36 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     lines += ["        )", ""]
     for helper in sorted(em.helpers):
         lines += ["", *_HELPERS[helper], ""]
-    lines += ["", *_CHECK_WIDTHS, ""]
+    lines += ["", *_CHECK_WIDTHS, "", "", *_OVERRIDES, ""]
     if depth:
         lines += ["", *_CHECK_DEPTH, ""]
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
-              '    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).',
+              '    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)',
+              "    and weight decay share one, so torch's multi-tensor kernels see few groups.",
+              '    A group\'s "entries" are its SCALING names; its "name" shows the first few.',
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
               "    lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False",
               "    rescales wd so that",
               '    lr_p * wd_p = lr * wd at every width."""',
               "    ratio = model.width / model.base_width",
-              "    groups = []",
+              "    groups = {}",
               "    for name, spec in SCALING.items():",
               "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
               "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
-              (f"        groups.append({{\"params\": [getattr(model, {attr_of})], "
-               "\"lr\": lr * scale,") if not blocks else
-              "        groups.append({\"params\": model._tensors(name, spec), \"lr\": lr * scale,",
-              "                       \"weight_decay\": wd, \"name\": name})",
-              "    return groups",
+              "        group = groups.setdefault((spec[\"c\"], wd), {",
+              "            \"params\": [], \"lr\": lr * scale, \"weight_decay\": wd, "
+              "\"entries\": []})",
+              ("        group[\"params\"] += model._tensors(name, spec)" if blocks else
+               f"        group[\"params\"].append(getattr(model, {attr_of}))"),
+              "        group[\"entries\"].append(name)",
+              "    for (c, _), group in groups.items():",
+              "        names = group[\"entries\"]",
+              "        more = f\" (+{len(names) - 3} more)\" if len(names) > 3 else \"\"",
+              "        group[\"name\"] = f\"c={c:g}: {', '.join(names[:3])}{more}\"",
+              "    return list(groups.values())",
               "", "",
               "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):",
               '    """A torch.optim optimizer over param_groups (default: the derived one)."""',

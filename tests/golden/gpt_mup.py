@@ -5,8 +5,11 @@ Regenerate with:
         --param mup --optimizer adam --convention table3
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
+base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
+fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
-Each scale s is a plain float multiplier, base * ratio**-a, never trained.
+Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
+sets its base.
 """
 
 import math
@@ -17,30 +20,30 @@ import torch
 BASE_WIDTH = 128
 BASE_DEPTH = 24
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.125},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.5},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 0.0},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
     "layer.ga": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 1.0, "block": "layer", "attr": "ga"},
+               "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "ga"},
     "layer.ba": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 0.0, "block": "layer", "attr": "ba"},
+               "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "ba"},
     "layer.Wq": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wq"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wq"},
     "layer.Wk": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wk"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wk"},
     "layer.Wv": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wv"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wv"},
     "layer.Wo": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wo"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wo"},
     "layer.gm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 1.0, "block": "layer", "attr": "gm"},
+               "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "gm"},
     "layer.bm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 0.0, "block": "layer", "attr": "bm"},
+               "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "bm"},
     "layer.Wi": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wi"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wi"},
     "layer.Wp": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.044194173824159216, "block": "layer", "attr": "Wp"},
+               "fan_in": (4.0, 1), "block": "layer", "attr": "Wp"},
 }
 SCALES = {
     "attn": {"a": 1.0, "base": 0.1767766952966369},
@@ -142,7 +145,7 @@ class Model(torch.nn.Module):
     """gpt; parameters are named as in the program; a block's are in its repetitions' modules."""
 
     def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, base_depth=BASE_DEPTH,
-                 device=None, dtype=None):
+                 init_std=None, mult=None, device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         depth, base_depth = _check_depth(depth, base_depth)
@@ -150,6 +153,9 @@ class Model(torch.nn.Module):
         self.base_width = base_width
         self.depth = depth
         self.base_depth = base_depth  # no depth scaling is derived yet
+        self._base_std = _base_stds(base_width, init_std)
+        mult = {**{name: spec["base"] for name, spec in SCALES.items()},
+                **_overrides("mult", mult, SCALES, positive=False)}
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 64, **factory))
@@ -158,8 +164,8 @@ class Model(torch.nn.Module):
         self.bf = torch.nn.Parameter(torch.empty(width, **factory))
         self.layer = torch.nn.ModuleList(
             Block_layer(width, base_width, factory) for _ in range(depth))
-        self.mult_attn = SCALES["attn"]["base"] * ratio ** -SCALES["attn"]["a"]
-        self.mult_tie = SCALES["tie"]["base"] * ratio ** -SCALES["tie"]["a"]
+        self.mult_attn = mult["attn"] * ratio ** -SCALES["attn"]["a"]
+        self.mult_tie = mult["tie"] * ratio ** -SCALES["tie"]["a"]
         self.reset_parameters()
 
     def reset_parameters(self, generator=None):
@@ -172,7 +178,7 @@ class Model(torch.nn.Module):
                     elif "init" in spec:
                         param.fill_(spec["init"] * ratio ** -spec["b"])
                     else:
-                        std = spec["base_std"] * ratio ** -spec["b"]
+                        std = self._base_std[name] * ratio ** -spec["b"]
                         param.normal_(0.0, std, generator=generator)
 
     def _tensors(self, name, spec):
@@ -288,6 +294,37 @@ def _check_widths(width, base_width):
     return width, base_width
 
 
+def _overrides(what, given, known, positive=True):
+    """given (name -> value) as floats; ValueError for a name not in known or a value that
+    is not a finite number (a positive one, with positive)."""
+    given = dict(given or {})
+    for name, value in given.items():
+        if name not in known:
+            raise ValueError(f"{what}: no entry {name!r}; choose from "
+                             f"{', '.join(sorted(known)) or 'nothing here'}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or (positive and value <= 0)):
+            kind = "positive" if positive else "finite"
+            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")
+    return {name: float(value) for name, value in given.items()}
+
+
+def _base_stds(base_width, init_std):
+    """The std at the base width of every normally initialised param: init_std's value for
+    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets
+    its own."""
+    normal = {name for name, spec in SCALING.items() if "init" not in spec
+              and spec["b"] != math.inf}
+    blocks = {name.partition(".")[0] for name in normal if "block" in SCALING[name]}
+    given = _overrides("init_std", init_std, normal | blocks)
+    stds = {}
+    for name in normal:
+        k, p = SCALING[name]["fan_in"]
+        block = name.partition(".")[0] if "block" in SCALING[name] else None
+        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))
+    return stds
+
+
 def _check_depth(depth, base_depth):
     """depth and base_depth as ints; ValueError unless both are positive integers."""
     for name, value in (("depth", depth), ("base_depth", base_depth)):
@@ -297,21 +334,29 @@ def _check_depth(depth, base_depth):
 
 
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
+    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
+    and weight decay share one, so torch's multi-tensor kernels see few groups.
+    A group's "entries" are its SCALING names; its "name" shows the first few.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
     rescales wd so that
     lr_p * wd_p = lr * wd at every width."""
     ratio = model.width / model.base_width
-    groups = []
+    groups = {}
     for name, spec in SCALING.items():
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        groups.append({"params": model._tensors(name, spec), "lr": lr * scale,
-                       "weight_decay": wd, "name": name})
-    return groups
+        group = groups.setdefault((spec["c"], wd), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        group["params"] += model._tensors(name, spec)
+        group["entries"].append(name)
+    for (c, _), group in groups.items():
+        names = group["entries"]
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
+    return list(groups.values())
 
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
