@@ -61,11 +61,11 @@ NN_MODULE_ATTRS = frozenset({
 })
 # what the emitted Model defines on itself besides the program's params
 _MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs", "depth",
-                "base_depth", "_tensors"}
+                "base_depth", "_tensors", "_base_std"}
 # the emitted module's own globals (helpers are added by name below)
 _GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
             "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
-            "_check_depth"}
+            "_check_depth", "_base_stds", "_overrides"}
 
 
 class _Namespace:
@@ -208,14 +208,28 @@ def _exp(e, param: str, span: Span | None) -> str:
     return _num(Fraction(int(e.p), int(e.q)), f"the exponent of {param}", span)
 
 
-def _base_std(program: Program, param: str, base: int) -> float:
-    """1/sqrt(fan-in at the base width); a kernel's fan-in counts its kh x kw window too."""
+def _fan_in(program: Program, param: str) -> tuple[Fraction, int]:
+    """A param's fan-in as (k, p): k * base_width**p at the base width, whose -1/2 power is the
+    param's base std (so every preactivation starts with unit-size coordinates at the base). A
+    kernel's fan-in counts its kh x kw window too. A matrix applied to a one-hot input (tokens,
+    positions) is a lookup: each output reads one column, so its fan-in is 1 in effect and its
+    base std 1 (1/sqrt(vocab) would shrink embeddings, and tied logits, with the vocabulary)."""
+    one_hot = {i.name for i in program.inputs if i.kind in ("tokens", "positions")}
+    if any(isinstance(u, MatMul) and not u.transposed and u.arg in one_hot
+           for u in program.uses(param)):
+        return Fraction(1), 0
     fan_in, _ = fan_dims(program, param)
-    size = 1 if fan_in is None else program.dim_table[fan_in].size_at(base)
+    k, power = Fraction(1), 0
+    if fan_in is not None:
+        d = program.dim_table[fan_in]
+        if d.infinite:
+            k, power = d.mult, 1
+        else:
+            k = Fraction(d.size)
     for d in program.param_table[param].shape[2:]:
-        size *= program.dim_table[d].size
-    return 1.0 / math.sqrt(_finite(Fraction(size), f"the fan-in of {param}",
-                                   program.param_table[param].span))
+        k *= program.dim_table[d].size
+    _finite(k, f"the fan-in of {param}", program.param_table[param].span)
+    return k, power
 
 
 def _width_rules(program: Program) -> list[tuple[str, int]]:
@@ -262,6 +276,17 @@ _HELPERS = {
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',
         "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_attention": [
+        "def _attention(q, k, v, head_dim, scale, is_causal):",
+        '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',
+        "    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels",
+        '    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""',
+        "    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)",
+        "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
+        "                                                         is_causal=is_causal)",
+        "    return y.transpose(-3, -2).flatten(-2)"],
     "_causal_softmax": [
         "def _causal_softmax(s):",
         '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',
@@ -287,6 +312,39 @@ _CHECK_WIDTHS = [
     '            raise ValueError(f"width {width}: {rule} must be a whole number; use a "',
     '                             f"multiple of {step}: {\' or \'.join(map(str, near))}")',
     "    return width, base_width"]
+
+
+# always emitted: the base constants a user tunes at the base width, set from Python
+_OVERRIDES = [
+    "def _overrides(what, given, known, positive=True):",
+    '    """given (name -> value) as floats; ValueError for a name not in known or a value that',
+    '    is not a finite number (a positive one, with positive)."""',
+    "    given = dict(given or {})",
+    "    for name, value in given.items():",
+    "        if name not in known:",
+    '            raise ValueError(f"{what}: no entry {name!r}; choose from "',
+    '                             f"{\', \'.join(sorted(known)) or \'nothing here\'}")',
+    "        if (isinstance(value, bool) or not isinstance(value, (int, float))",
+    "                or not math.isfinite(value) or (positive and value <= 0)):",
+    '            kind = "positive" if positive else "finite"',
+    '            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")',
+    "    return {name: float(value) for name, value in given.items()}",
+    "",
+    "",
+    "def _base_stds(base_width, init_std):",
+    '    """The std at the base width of every normally initialised param: init_std\'s value for',
+    "    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets",
+    '    its own."""',
+    "    normal = {name for name, spec in SCALING.items() if \"init\" not in spec",
+    "              and spec[\"b\"] != math.inf}",
+    "    blocks = {name.partition(\".\")[0] for name in normal if \"block\" in SCALING[name]}",
+    "    given = _overrides(\"init_std\", init_std, normal | blocks)",
+    "    stds = {}",
+    "    for name in normal:",
+    "        k, p = SCALING[name][\"fan_in\"]",
+    "        block = name.partition(\".\")[0] if \"block\" in SCALING[name] else None",
+    "        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))",
+    "    return stds"]
 
 
 _CHECK_DEPTH = [
@@ -381,6 +439,27 @@ class _Emitter:
         self.helpers.add("_mix")
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
 
+    def attention(self, ins: Mix, att: _Attention) -> str:
+        self.helpers.add("_attention")
+        scale = " * ".join(self.ref(s) for s in att.scales) or "1.0"
+        return (f"_attention({self.ref(att.q)}, {self.ref(att.k)}, {self.ref(ins.values)}, "
+                f"{self.dim(att.over)}, {scale}, {att.causal})")
+
+    def lines(self, body: Sequence, indent: str = "        ",
+              attentions: dict[str, _Attention] | None = None) -> list[str]:
+        """Assignments computing ``body`` in order; with ``attentions``, each fused Mix is one
+        attention call and its chain is not computed."""
+        fused = attentions or {}
+        skip = {v for att in fused.values() for v in att.chain}
+        out = []
+        for ins in body:
+            if ins.out in skip:
+                continue
+            expr = (self.attention(ins, fused[ins.out]) if ins.out in fused
+                    else getattr(self, type(ins).__name__)(ins))
+            out.append(f"{indent}{self.local[ins.out]} = {expr}")
+        return out
+
 
 class _BlockEmitter(_Emitter):
     """The emitter inside one repetition's module: its own params are its attributes, and what it
@@ -424,6 +503,69 @@ def _computable(program: Program, abc: dict[str, ABC]) -> list:
     return body
 
 
+@dataclass(frozen=True)
+class _Attention:
+    """``mix(softmax(scales * dot(q, k, over)), values)``, which ``forward`` computes in one
+    ``scaled_dot_product_attention`` call; ``chain`` are the values it never materialises."""
+
+    q: str
+    k: str
+    over: str
+    scales: tuple[str, ...]
+    causal: bool
+    chain: tuple[str, ...]
+
+
+def _attentions(program: Program, body: Sequence) -> dict[str, _Attention]:
+    """The Mix instructions ``forward`` fuses into attention, by output. Fused only where the
+    probabilities, the logits and the per-head dot are read by nothing else (``vectors`` still
+    computes and returns them all), so the fused call is the same function."""
+    producer = {ins.out: ins for ins in body}
+    kept = set(program.outputs) | {b.ret for b in program.blocks}
+
+    def only_feeds(value: str, user) -> bool:
+        return value not in kept and program.uses(value) == [user]
+
+    found = {}
+    for mix in body:
+        if not isinstance(mix, Mix):
+            continue
+        soft = producer.get(mix.weights)
+        if not (isinstance(soft, Nonlin) and soft.fn in ("softmax", "causal_softmax")
+                and only_feeds(soft.out, mix)):
+            continue
+        logits = producer.get(soft.args[0])
+        scales: tuple[str, ...] = ()
+        dot = logits
+        if isinstance(logits, Nonlin) and logits.fn == MUL and only_feeds(logits.out, soft):
+            scaled = [a for a in logits.args if program.param_table.get(a) is None
+                      or not program.param_table[a].is_scale]
+            if len(scaled) != 1:
+                continue
+            scales = tuple(a for a in logits.args if a not in scaled)
+            dot = producer.get(scaled[0])
+        if not (isinstance(dot, Dot) and dot.over is not None and only_feeds(
+                dot.out, logits if scales else soft)):
+            continue
+        chain = tuple(dict.fromkeys((soft.out, logits.out, dot.out)))
+        found[mix.out] = _Attention(dot.left, dot.right, dot.over, scales,
+                                    soft.fn == "causal_softmax", chain)
+    return found
+
+
+def _needed(body: Sequence, results: Sequence[str], attentions: dict[str, _Attention],
+            mentions) -> set[str]:
+    """The outputs of ``body`` that ``results`` depend on, reading a fused attention's q, k,
+    values and scales in place of its chain; ``mentions(ins)`` names what an instruction reads."""
+    need = set(results)
+    for ins in reversed(body):
+        if ins.out not in need:
+            continue
+        att = attentions.get(ins.out)
+        need.update((att.q, att.k, ins.values, *att.scales) if att else mentions(ins))
+    return need
+
+
 def _check_base_width(program: Program, base_width) -> int:
     if base_width is None:
         return program.width.base
@@ -460,7 +602,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     block_attrs = {b.name: names.create(b.name) for b in blocks}
     mults = {p.name: names.create(f"mult_{p.name}") for p in multiplied + scales}
     renamed = any(attrs[p] != p for p in attrs)
-    local_names = _Namespace(set(dir(builtins)) | _GLOBALS | {"self", "values", "_record"})
+    # the loop variables of vectors and forward are taken too
+    local_names = _Namespace(set(dir(builtins)) | _GLOBALS
+                             | {"self", "values", "inner", "block", "i"})
     local = {i.name: local_names.create(i.name) for i in program.inputs}
     inner = {v for b in blocks for v in b.values}
     local.update({ins.out: local_names.create(ins.out) for ins in body if ins.out not in inner})
@@ -475,10 +619,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         *(f"    {line}" for line in _command_lines(command)),
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
+        "base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where",
+        "fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
-        *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained."]
-          if scales else []),
+        *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
+           "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
           if renamed else []),
         '"""',
@@ -506,7 +652,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
             attr = f', "attr": {_str(attrs[p.name])}' if attrs[p.name] != p.name else ""
         head = (f"    {_str(p.name)}: {{\"shape\": {shape}, \"a\": {_exp(x.a, p.name, p.span)}, "
                 f"\"b\": {_exp(x.b, p.name, p.span)}, \"c\": {_exp(x.c, p.name, p.span)},")
-        tail = f'"base_std": {_base_std(program, p.name, base)!r}{init}{attr}}},'
+        k, power = _fan_in(program, p.name)
+        fan = f"({_num(k, f'the fan-in of {p.name}', p.span)}, {power})"
+        tail = f'"fan_in": {fan}{init}{attr}}},'
         if len(head) + 1 + len(tail) <= 100:
             lines.append(f"{head} {tail}")
         else:  # keep the emitted file within 100 columns
@@ -535,8 +683,10 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
               "",
               ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
-               "base_depth=BASE_DEPTH,\n                 device=None, dtype=None):" if depth else
-               "    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):"),
+               "base_depth=BASE_DEPTH,\n                 init_std=None, mult=None, device=None, "
+               "dtype=None):" if depth else
+               "    def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,\n"
+               "                 device=None, dtype=None):"),
               "        super().__init__()",
               "        width, base_width = _check_widths(width, base_width)",
               *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
@@ -545,6 +695,11 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               *(["        self.depth = depth",
                  "        self.base_depth = base_depth  # no depth scaling is derived yet"]
                 if depth else []),
+              "        self._base_std = _base_stds(base_width, init_std)",
+              *(["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
+                 "                **_overrides(\"mult\", mult, SCALES, positive=False)}"]
+                if scales else
+                ["        _overrides(\"mult\", mult, (), positive=False)  # no scale to set"]),
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
@@ -569,7 +724,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
     for p in scales:
-        lines.append(f"        self.{mults[p.name]} = SCALES[{_str(p.name)}][\"base\"] * ratio ** "
+        lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
                      f"-SCALES[{_str(p.name)}][\"a\"]")
     if not multiplied and not scales:
         lines.append("        del ratio  # every forward multiplier is 1")
@@ -591,7 +746,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines += [f"{pad}                elif \"init\" in spec:",
                   f"{pad}                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
     lines += [f"{pad}                else:",
-              f"{pad}                    std = spec[\"base_std\"] * ratio ** -spec[\"b\"]",
+              f"{pad}                    std = self._base_std[name] * ratio ** -spec[\"b\"]",
               f"{pad}                    param.normal_(0.0, std, generator=generator)", ""]
     if blocks:
         lines += ["    def _tensors(self, name, spec):",
@@ -616,39 +771,49 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         return [f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, device={device})"
                 for i in positions if i.name in names]
 
-    results = [f"values[{_str(o)}]" if o in computed else em.ref(o) for o in program.outputs]
+    outer = [ins for ins in body if ins.out not in inner]
+    results_of = {b.result: b for b in blocks}
+    streams = {s.block: s for s in program.streams}
+
+    def mentions(ins) -> tuple[str, ...]:
+        if isinstance(ins, Stream):  # the block reads what it shares with the program too
+            return (ins.init, *block_code[ins.block].shared)
+        if ins.out in results_of:  # the last repetition's return value, carried by the stream
+            return (streams[results_of[ins.out].name].out,)
+        return ins.operands
+
+    def body_lines(instructions: list, fused: dict[str, _Attention], record: bool) -> list[str]:
+        out = []
+        for ins in instructions:
+            if isinstance(ins, Stream):
+                out += _call_block(program, block_code[ins.block], block_attrs[ins.block], ins,
+                                   em, local, record)
+            elif ins.out in results_of:
+                out.append(f"        {local[ins.out]} = {local[mentions(ins)[0]]}")
+            else:
+                out += em.lines([ins], attentions=fused)
+        return out
+
+    # forward computes what the outputs need, attention fused; vectors computes and names
+    # every value, attention written out, for the check
+    fused = _attentions(program, outer)
+    need = _needed(outer, program.outputs, fused, mentions)
+    results = [local[o] if o in computed else em.ref(o) for o in program.outputs]
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
-    record = ", _record=False" if blocks else ""
-    signature = ", ".join(([args] if args else []) + (["*, _record=True"] if blocks else []))
     lines += [f"    def forward(self, {args}):" if args else "    def forward(self):",
-              *build_positions(set(program.outputs) - computed),
-              *([f"        values = self.vectors({args}{record})"]
-                if computed & set(program.outputs) else []),
+              *build_positions(need),
+              *body_lines([ins for ins in outer if ins.out in need], fused, record=False),
               f"        return {result}",
               "",
-              f"    def vectors(self, {signature}):" if signature else "    def vectors(self):",
+              f"    def vectors(self, {args}):" if args else "    def vectors(self):",
               *(['        """Every named vector of the program, batch axis first; in repetition i',
                   "        of a block, its value u is named block.i.u (a block applied once: "
-                  "block.u).",
-                  '        _record=False leaves the blocks\' values out."""'] if blocks else
+                  'block.u)."""'] if blocks else
                 ['        """Every named vector of the program, batch axis first."""']),
               *build_positions({i.name for i in positions})]
     if blocks:
         lines.append("        values = {}")
-    results_of = {b.result: b for b in blocks}
-    streams = {s.block: s for s in program.streams}
-    for ins in body:
-        if ins.out in inner:
-            continue
-        if isinstance(ins, Stream):
-            lines += _call_block(program, block_code[ins.block], block_attrs[ins.block], ins,
-                                 em, local)
-        elif ins.out in results_of:  # the last repetition's return value, carried by the stream
-            carried = local[streams[results_of[ins.out].name].out]
-            lines.append(f"        {local[ins.out]} = {carried}")
-        else:
-            lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
-    outer = [ins for ins in body if ins.out not in inner]
+    lines += body_lines(outer, {}, record=True)
     if blocks:
         lines.append("        values.update({")
         lines += [f"            {_str(ins.out)}: {local[ins.out]}," for ins in outer
@@ -684,28 +849,36 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     lines += ["        )", ""]
     for helper in sorted(em.helpers):
         lines += ["", *_HELPERS[helper], ""]
-    lines += ["", *_CHECK_WIDTHS, ""]
+    lines += ["", *_CHECK_WIDTHS, "", "", *_OVERRIDES, ""]
     if depth:
         lines += ["", *_CHECK_DEPTH, ""]
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
-              '    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).',
+              '    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)',
+              "    and weight decay share one, so torch's multi-tensor kernels see few groups.",
+              '    A group\'s "entries" are its SCALING names; its "name" shows the first few.',
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
               "    lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False",
               "    rescales wd so that",
               '    lr_p * wd_p = lr * wd at every width."""',
               "    ratio = model.width / model.base_width",
-              "    groups = []",
+              "    groups = {}",
               "    for name, spec in SCALING.items():",
               "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
               "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
-              (f"        groups.append({{\"params\": [getattr(model, {attr_of})], "
-               "\"lr\": lr * scale,") if not blocks else
-              "        groups.append({\"params\": model._tensors(name, spec), \"lr\": lr * scale,",
-              "                       \"weight_decay\": wd, \"name\": name})",
-              "    return groups",
+              "        group = groups.setdefault((spec[\"c\"], wd), {",
+              "            \"params\": [], \"lr\": lr * scale, \"weight_decay\": wd, "
+              "\"entries\": []})",
+              ("        group[\"params\"] += model._tensors(name, spec)" if blocks else
+               f"        group[\"params\"].append(getattr(model, {attr_of}))"),
+              "        group[\"entries\"].append(name)",
+              "    for (c, _), group in groups.items():",
+              "        names = group[\"entries\"]",
+              "        more = f\" (+{len(names) - 3} more)\" if len(names) > 3 else \"\"",
+              "        group[\"name\"] = f\"c={c:g}: {', '.join(names[:3])}{more}\"",
+              "    return list(groups.values())",
               "", "",
               "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):",
               '    """A torch.optim optimizer over param_groups (default: the derived one)."""',
@@ -731,7 +904,7 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     one repetition from its argument and what it shares with the program."""
     own = [program.param_table[p] for p in block.params if p in abc]
     prefix = f"{block.name}."
-    names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width"})
+    names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width", "vectors"})
     attrs = {p.name: names.create(p.name.removeprefix(prefix)) for p in own if not p.is_scale}
     multiplied = [p for p in own if not p.is_scale and abc[p.name].a != 0]
     mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
@@ -769,23 +942,31 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     for p in multiplied:
         lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
                      "# a plain float")
-    args = ", ".join([local[block.arg]] + [local[n] for n in shared] + ["record=False"])
-    lines += ["", f"    def forward(self, {args}):"]
-    for ins in values:
-        lines.append(f"        {local[ins.out]} = {getattr(em, type(ins).__name__)(ins)}")
+    args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
-    lines += ["        if record:",
-              f"            return {ret}, {{"]
-    lines += [f"                {_str(v.removeprefix(prefix))}: {local[v]},"
+    fused = _attentions(program, values)
+    need = _needed(values, [block.ret], fused, lambda ins: ins.operands)
+    lines += ["", f"    def forward(self, {args}, record=False):",
+              "        if record:",
+              f"            return self.vectors({args})",
+              *em.lines([ins for ins in values if ins.out in need], attentions=fused),
+              f"        return {ret}",
+              "",
+              f"    def vectors(self, {args}):",
+              '        """This repetition\'s output and every value it computes, by name',
+              '        (attention written out: its logits and probabilities are values)."""',
+              *em.lines(values),
+              f"        return {ret}, {{"]
+    lines += [f"            {_str(v.removeprefix(prefix))}: {local[v]},"
               for v in (block.arg, *block.values)]
-    lines += ["            }", f"        return {ret}"]
+    lines += ["        }"]
     return _BlockCode(cls, lines, attrs, shared, em.helpers)
 
 
 def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, em: _Emitter,
-                local: dict[str, str]) -> list[str]:
-    """The Model's lines that run a block: over its repetitions, each output feeding the next,
-    recording each repetition's values as block.i.name."""
+                local: dict[str, str], record: bool) -> list[str]:
+    """The Model's lines that run a block: over its repetitions, each output feeding the next;
+    with ``record`` (in ``vectors``), each repetition's values are recorded as block.i.name."""
     def passed(name: str) -> str:
         if name in program.param_table and len(program.param_table[name].shape) >= 2:
             return em.weight(name) + em._times_mult(name)
@@ -796,16 +977,15 @@ def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, e
     name = stream.block
     lines = [f"        {x} = {em.ref(stream.init)}"]
     if stream.count is None:
-        return lines + ["        if _record:",
-                        f"            {x}, inner = self.{attr}({call}, record=True)",
-                        f'            values.update({{f"{name}.{{k}}": v for k, v in '
-                        "inner.items()})",
-                        "        else:",
-                        f"            {x} = self.{attr}({call})"]
+        if not record:
+            return lines + [f"        {x} = self.{attr}({call})"]
+        return lines + [f"        {x}, inner = self.{attr}({call}, record=True)",
+                        f'        values.update({{f"{name}.{{k}}": v for k, v in '
+                        "inner.items()})"]
+    if not record:
+        return lines + [f"        for block in self.{attr}:",
+                        f"            {x} = block({call})"]
     return lines + [f"        for i, block in enumerate(self.{attr}):",
-                    "            if _record:",
-                    f"                {x}, inner = block({call}, record=True)",
-                    f'                values.update({{f"{name}.{{i}}.{{k}}": v for k, v in '
-                    "inner.items()})",
-                    "            else:",
-                    f"                {x} = block({call})"]
+                    f"            {x}, inner = block({call}, record=True)",
+                    f'            values.update({{f"{name}.{{i}}.{{k}}": v for k, v in '
+                    "inner.items()})"]

@@ -112,7 +112,7 @@ def _train(module, width: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        names = {g["name"] for g in module.param_groups(model, 1e-3)}
+        names = {n for g in module.param_groups(model, 1e-3) for n in g["entries"]}
     except StageFailure:
         raise
     except Exception as err:  # noqa: BLE001 -- any other exception is the finding

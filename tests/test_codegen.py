@@ -76,7 +76,7 @@ def test_lr_and_init_scale_as_derived(tmp_path):
     # µP, Adam, table3: c = (0, 0, 1, 0, 1) and b = (0, 0, ½, 0, 1) for W1, b1, W2, b2, W3
     m = import_file(_write(tmp_path, "mlp.tp"))
     small, big = m.Model(256), m.Model(4096)
-    lr = {g["name"]: g["lr"] for g in m.param_groups(big, 1.0)}
+    lr = {n: g["lr"] for g in m.param_groups(big, 1.0) for n in g["entries"]}
     assert lr["W1"] == pytest.approx(1.0) and lr["W2"] == pytest.approx(1 / 16)
     assert lr["W3"] == pytest.approx(1 / 16) and lr["b1"] == pytest.approx(1.0)
     torch.manual_seed(0)
@@ -92,10 +92,10 @@ def test_mup_equals_sp_at_the_base_width(tmp_path):
     b.load_state_dict(a.state_dict())
     x = a.example_inputs(2)
     assert torch.equal(a(*x), b(*x))
-    lrs = [[g["lr"] for g in m.param_groups(model, 0.1)] for m, model in ((mup, a), (sp, b))]
+    lrs = [{n: g["lr"] for g in m.param_groups(model, 0.1) for n in g["entries"]}
+           for m, model in ((mup, a), (sp, b))]
     assert lrs[0] == lrs[1]
-    for name in mup.SCALING:
-        assert mup.SCALING[name]["base_std"] == sp.SCALING[name]["base_std"]
+    assert a._base_std == b._base_std
 
 
 def _trajectory(module, width, steps=5):

@@ -5,6 +5,8 @@ Regenerate with:
         --param mup --optimizer adam --convention table3
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
+base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
+fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).
 """
 
 import math
@@ -14,10 +16,10 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "W0": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.25},
-    "Wa": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wb": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wo": {"shape": ("d_out", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "base_std": 0.08838834764831843},
+    "W0": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (16.0, 0)},
+    "Wa": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wb": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wo": {"shape": ("d_out", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (1.0, 1)},
 }
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = ()
@@ -26,11 +28,14 @@ WIDTH_RULES = ()
 class Model(torch.nn.Module):
     """gated_mlp; parameters are named as in the program."""
 
-    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):
+    def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,
+                 device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         self.width = width
         self.base_width = base_width
+        self._base_std = _base_stds(base_width, init_std)
+        _overrides("mult", mult, (), positive=False)  # no scale to set
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.W0 = torch.nn.Parameter(torch.empty(width, 16, **factory))
@@ -48,12 +53,18 @@ class Model(torch.nn.Module):
                 if spec["b"] == math.inf:
                     param.zero_()
                 else:
-                    std = spec["base_std"] * ratio ** -spec["b"]
+                    std = self._base_std[name] * ratio ** -spec["b"]
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x):
-        values = self.vectors(x)
-        return values["y"]
+        x1_1 = torch.nn.functional.linear(x, self.W0)
+        x1 = torch.relu(x1_1)
+        g_1 = torch.nn.functional.linear(x1, self.Wa)
+        g_2 = torch.nn.functional.silu(g_1)
+        g_3 = torch.nn.functional.linear(x1, self.Wb)
+        g = (g_2) * (g_3)
+        y = torch.nn.functional.linear(g, self.Wo)
+        return y
 
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""
@@ -99,22 +110,61 @@ def _check_widths(width, base_width):
     return width, base_width
 
 
+def _overrides(what, given, known, positive=True):
+    """given (name -> value) as floats; ValueError for a name not in known or a value that
+    is not a finite number (a positive one, with positive)."""
+    given = dict(given or {})
+    for name, value in given.items():
+        if name not in known:
+            raise ValueError(f"{what}: no entry {name!r}; choose from "
+                             f"{', '.join(sorted(known)) or 'nothing here'}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or (positive and value <= 0)):
+            kind = "positive" if positive else "finite"
+            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")
+    return {name: float(value) for name, value in given.items()}
+
+
+def _base_stds(base_width, init_std):
+    """The std at the base width of every normally initialised param: init_std's value for
+    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets
+    its own."""
+    normal = {name for name, spec in SCALING.items() if "init" not in spec
+              and spec["b"] != math.inf}
+    blocks = {name.partition(".")[0] for name in normal if "block" in SCALING[name]}
+    given = _overrides("init_std", init_std, normal | blocks)
+    stds = {}
+    for name in normal:
+        k, p = SCALING[name]["fan_in"]
+        block = name.partition(".")[0] if "block" in SCALING[name] else None
+        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))
+    return stds
+
+
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
+    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
+    and weight decay share one, so torch's multi-tensor kernels see few groups.
+    A group's "entries" are its SCALING names; its "name" shows the first few.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
     rescales wd so that
     lr_p * wd_p = lr * wd at every width."""
     ratio = model.width / model.base_width
-    groups = []
+    groups = {}
     for name, spec in SCALING.items():
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        groups.append({"params": [getattr(model, name)], "lr": lr * scale,
-                       "weight_decay": wd, "name": name})
-    return groups
+        group = groups.setdefault((spec["c"], wd), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        group["params"].append(getattr(model, name))
+        group["entries"].append(name)
+    for (c, _), group in groups.items():
+        names = group["entries"]
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
+    return list(groups.values())
 
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):

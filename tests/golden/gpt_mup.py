@@ -5,8 +5,11 @@ Regenerate with:
         --param mup --optimizer adam --convention table3
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
+base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
+fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
-Each scale s is a plain float multiplier, base * ratio**-a, never trained.
+Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
+sets its base.
 """
 
 import math
@@ -17,30 +20,30 @@ import torch
 BASE_WIDTH = 128
 BASE_DEPTH = 24
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.125},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.5},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 0.0},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
     "layer.ga": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 1.0, "block": "layer", "attr": "ga"},
+               "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "ga"},
     "layer.ba": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 0.0, "block": "layer", "attr": "ba"},
+               "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "ba"},
     "layer.Wq": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wq"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wq"},
     "layer.Wk": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wk"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wk"},
     "layer.Wv": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wv"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wv"},
     "layer.Wo": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wo"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wo"},
     "layer.gm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 1.0, "block": "layer", "attr": "gm"},
+               "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "gm"},
     "layer.bm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0,
-               "base_std": 1.0, "init": 0.0, "block": "layer", "attr": "bm"},
+               "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "bm"},
     "layer.Wi": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.08838834764831843, "block": "layer", "attr": "Wi"},
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wi"},
     "layer.Wp": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "base_std": 0.044194173824159216, "block": "layer", "attr": "Wp"},
+               "fan_in": (4.0, 1), "block": "layer", "attr": "Wp"},
 }
 SCALES = {
     "attn": {"a": 1.0, "base": 0.1767766952966369},
@@ -72,6 +75,29 @@ class Block_layer(torch.nn.Module):
         self.Wp = torch.nn.Parameter(torch.empty(width, 4 * width, **factory))
 
     def forward(self, h, attn, record=False):
+        if record:
+            return self.vectors(h, attn)
+        a_1 = torch.nn.functional.layer_norm(h, h.shape[-1:])
+        a_2 = (self.ga) * (a_1)
+        a = a_2 + self.ba
+        s_1 = torch.nn.functional.linear(a, self.Wq)
+        s_2 = torch.nn.functional.linear(a, self.Wk)
+        r_2 = torch.nn.functional.linear(a, self.Wv)
+        r_3 = _attention(s_1, s_2, r_2, self.width // 4, attn, True)
+        r_4 = torch.nn.functional.linear(r_3, self.Wo)
+        r = h + r_4
+        m_1 = torch.nn.functional.layer_norm(r, r.shape[-1:])
+        m_2 = (self.gm) * (m_1)
+        m = m_2 + self.bm
+        out_1 = torch.nn.functional.linear(m, self.Wi)
+        out_2 = torch.nn.functional.gelu(out_1)
+        out_3 = torch.nn.functional.linear(out_2, self.Wp)
+        out = r + out_3
+        return out
+
+    def vectors(self, h, attn):
+        """This repetition's output and every value it computes, by name
+        (attention written out: its logits and probabilities are values)."""
         a_1 = torch.nn.functional.layer_norm(h, h.shape[-1:])
         a_2 = (self.ga) * (a_1)
         a = a_2 + self.ba
@@ -91,37 +117,35 @@ class Block_layer(torch.nn.Module):
         out_2 = torch.nn.functional.gelu(out_1)
         out_3 = torch.nn.functional.linear(out_2, self.Wp)
         out = r + out_3
-        if record:
-            return out, {
-                "h": h,
-                "a_1": a_1,
-                "a_2": a_2,
-                "a": a,
-                "s_1": s_1,
-                "s_2": s_2,
-                "s_3": s_3,
-                "s": s,
-                "r_1": r_1,
-                "r_2": r_2,
-                "r_3": r_3,
-                "r_4": r_4,
-                "r": r,
-                "m_1": m_1,
-                "m_2": m_2,
-                "m": m,
-                "out_1": out_1,
-                "out_2": out_2,
-                "out_3": out_3,
-                "out": out,
-            }
-        return out
+        return out, {
+            "h": h,
+            "a_1": a_1,
+            "a_2": a_2,
+            "a": a,
+            "s_1": s_1,
+            "s_2": s_2,
+            "s_3": s_3,
+            "s": s,
+            "r_1": r_1,
+            "r_2": r_2,
+            "r_3": r_3,
+            "r_4": r_4,
+            "r": r,
+            "m_1": m_1,
+            "m_2": m_2,
+            "m": m,
+            "out_1": out_1,
+            "out_2": out_2,
+            "out_3": out_3,
+            "out": out,
+        }
 
 
 class Model(torch.nn.Module):
     """gpt; parameters are named as in the program; a block's are in its repetitions' modules."""
 
     def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, base_depth=BASE_DEPTH,
-                 device=None, dtype=None):
+                 init_std=None, mult=None, device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         depth, base_depth = _check_depth(depth, base_depth)
@@ -129,6 +153,9 @@ class Model(torch.nn.Module):
         self.base_width = base_width
         self.depth = depth
         self.base_depth = base_depth  # no depth scaling is derived yet
+        self._base_std = _base_stds(base_width, init_std)
+        mult = {**{name: spec["base"] for name, spec in SCALES.items()},
+                **_overrides("mult", mult, SCALES, positive=False)}
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 64, **factory))
@@ -137,8 +164,8 @@ class Model(torch.nn.Module):
         self.bf = torch.nn.Parameter(torch.empty(width, **factory))
         self.layer = torch.nn.ModuleList(
             Block_layer(width, base_width, factory) for _ in range(depth))
-        self.mult_attn = SCALES["attn"]["base"] * ratio ** -SCALES["attn"]["a"]
-        self.mult_tie = SCALES["tie"]["base"] * ratio ** -SCALES["tie"]["a"]
+        self.mult_attn = mult["attn"] * ratio ** -SCALES["attn"]["a"]
+        self.mult_tie = mult["tie"] * ratio ** -SCALES["tie"]["a"]
         self.reset_parameters()
 
     def reset_parameters(self, generator=None):
@@ -151,7 +178,7 @@ class Model(torch.nn.Module):
                     elif "init" in spec:
                         param.fill_(spec["init"] * ratio ** -spec["b"])
                     else:
-                        std = spec["base_std"] * ratio ** -spec["b"]
+                        std = self._base_std[name] * ratio ** -spec["b"]
                         param.normal_(0.0, std, generator=generator)
 
     def _tensors(self, name, spec):
@@ -164,13 +191,24 @@ class Model(torch.nn.Module):
         return [getattr(block, spec["attr"]) for block in blocks]
 
     def forward(self, tok):
-        values = self.vectors(tok, _record=False)
-        return values["logits"]
+        pos = torch.arange(4, device=next(self.parameters()).device)
+        h0_1 = torch.nn.functional.embedding(tok, self.E.t())
+        h0_2 = torch.nn.functional.embedding(pos, self.P.t())
+        h0 = h0_1 + h0_2
+        layer_h = h0
+        for block in self.layer:
+            layer_h = block(layer_h, self.mult_attn)
+        hL = layer_h
+        f_1 = torch.nn.functional.layer_norm(hL, hL.shape[-1:])
+        f_2 = (self.gf) * (f_1)
+        f = f_2 + self.bf
+        logits_1 = torch.nn.functional.linear(f, self.E.t())
+        logits = (self.mult_tie) * (logits_1)
+        return logits
 
-    def vectors(self, tok, *, _record=True):
+    def vectors(self, tok):
         """Every named vector of the program, batch axis first; in repetition i
-        of a block, its value u is named block.i.u (a block applied once: block.u).
-        _record=False leaves the blocks' values out."""
+        of a block, its value u is named block.i.u (a block applied once: block.u)."""
         pos = torch.arange(4, device=next(self.parameters()).device)
         values = {}
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
@@ -178,11 +216,8 @@ class Model(torch.nn.Module):
         h0 = h0_1 + h0_2
         layer_h = h0
         for i, block in enumerate(self.layer):
-            if _record:
-                layer_h, inner = block(layer_h, self.mult_attn, record=True)
-                values.update({f"layer.{i}.{k}": v for k, v in inner.items()})
-            else:
-                layer_h = block(layer_h, self.mult_attn)
+            layer_h, inner = block(layer_h, self.mult_attn, record=True)
+            values.update({f"layer.{i}.{k}": v for k, v in inner.items()})
         hL = layer_h
         f_1 = torch.nn.functional.layer_norm(hL, hL.shape[-1:])
         f_2 = (self.gf) * (f_1)
@@ -209,6 +244,18 @@ class Model(torch.nn.Module):
             torch.randint(0, 64, (batch_size, 4), generator=generator,
                           device=like.device),
         )
+
+
+def _attention(q, k, v, head_dim, scale, is_causal):
+    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens
+    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels
+    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""
+    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                         is_causal=is_causal)
+    return y.transpose(-3, -2).flatten(-2)
 
 
 def _causal_softmax(s):
@@ -247,6 +294,37 @@ def _check_widths(width, base_width):
     return width, base_width
 
 
+def _overrides(what, given, known, positive=True):
+    """given (name -> value) as floats; ValueError for a name not in known or a value that
+    is not a finite number (a positive one, with positive)."""
+    given = dict(given or {})
+    for name, value in given.items():
+        if name not in known:
+            raise ValueError(f"{what}: no entry {name!r}; choose from "
+                             f"{', '.join(sorted(known)) or 'nothing here'}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or (positive and value <= 0)):
+            kind = "positive" if positive else "finite"
+            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")
+    return {name: float(value) for name, value in given.items()}
+
+
+def _base_stds(base_width, init_std):
+    """The std at the base width of every normally initialised param: init_std's value for
+    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets
+    its own."""
+    normal = {name for name, spec in SCALING.items() if "init" not in spec
+              and spec["b"] != math.inf}
+    blocks = {name.partition(".")[0] for name in normal if "block" in SCALING[name]}
+    given = _overrides("init_std", init_std, normal | blocks)
+    stds = {}
+    for name in normal:
+        k, p = SCALING[name]["fan_in"]
+        block = name.partition(".")[0] if "block" in SCALING[name] else None
+        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))
+    return stds
+
+
 def _check_depth(depth, base_depth):
     """depth and base_depth as ints; ValueError unless both are positive integers."""
     for name, value in (("depth", depth), ("base_depth", base_depth)):
@@ -256,21 +334,29 @@ def _check_depth(depth, base_depth):
 
 
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
+    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
+    and weight decay share one, so torch's multi-tensor kernels see few groups.
+    A group's "entries" are its SCALING names; its "name" shows the first few.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
     rescales wd so that
     lr_p * wd_p = lr * wd at every width."""
     ratio = model.width / model.base_width
-    groups = []
+    groups = {}
     for name, spec in SCALING.items():
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        groups.append({"params": model._tensors(name, spec), "lr": lr * scale,
-                       "weight_decay": wd, "name": name})
-    return groups
+        group = groups.setdefault((spec["c"], wd), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        group["params"] += model._tensors(name, spec)
+        group["entries"].append(name)
+    for (c, _), group in groups.items():
+        names = group["entries"]
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
+    return list(groups.values())
 
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):

@@ -5,8 +5,11 @@ Regenerate with:
         --param mup --optimizer adam --convention table3
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
+base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
+fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
-Each scale s is a plain float multiplier, base * ratio**-a, never trained.
+Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
+sets its base.
 """
 
 import math
@@ -16,28 +19,28 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.125},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 0.5},
-    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "base_std": 0.08838834764831843},
-    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "Wg1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wu1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wd1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.051031036307982884},
-    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
-    "Wg2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wu2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.08838834764831843},
-    "Wd2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "base_std": 0.051031036307982884},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "base_std": 1.0, "init": 1.0},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
+    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (1.0, 1)},
+    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "Wg1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wu1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wd1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (3.0, 1)},
+    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "Wg2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wu2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
+    "Wd2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (3.0, 1)},
+    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
 }
 SCALES = {
     "attn": {"a": 0.0, "base": 0.25},
@@ -51,11 +54,15 @@ WIDTH_RULES = (
 class Model(torch.nn.Module):
     """llama; parameters are named as in the program."""
 
-    def __init__(self, width, *, base_width=BASE_WIDTH, device=None, dtype=None):
+    def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,
+                 device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         self.width = width
         self.base_width = base_width
+        self._base_std = _base_stds(base_width, init_std)
+        mult = {**{name: spec["base"] for name, spec in SCALES.items()},
+                **_overrides("mult", mult, SCALES, positive=False)}
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 64, **factory))
@@ -80,7 +87,7 @@ class Model(torch.nn.Module):
         self.Wu2 = torch.nn.Parameter(torch.empty(3 * width, width, **factory))
         self.Wd2 = torch.nn.Parameter(torch.empty(width, 3 * width, **factory))
         self.gf = torch.nn.Parameter(torch.empty(width, **factory))
-        self.mult_attn = SCALES["attn"]["base"] * ratio ** -SCALES["attn"]["a"]
+        self.mult_attn = mult["attn"] * ratio ** -SCALES["attn"]["a"]
         self.reset_parameters()
 
     def reset_parameters(self, generator=None):
@@ -93,12 +100,50 @@ class Model(torch.nn.Module):
                 elif "init" in spec:
                     param.fill_(spec["init"] * ratio ** -spec["b"])
                 else:
-                    std = spec["base_std"] * ratio ** -spec["b"]
+                    std = self._base_std[name] * ratio ** -spec["b"]
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, tok):
-        values = self.vectors(tok)
-        return values["logits"]
+        pos = torch.arange(4, device=next(self.parameters()).device)
+        h0_1 = torch.nn.functional.embedding(tok, self.E.t())
+        h0_2 = torch.nn.functional.embedding(pos, self.P.t())
+        h0 = h0_1 + h0_2
+        a1_1 = h0 * torch.rsqrt(h0.pow(2).mean(-1, keepdim=True) + 1e-6)
+        a1 = (self.ga1) * (a1_1)
+        s1_1 = torch.nn.functional.linear(a1, self.Wq1)
+        s1_2 = torch.nn.functional.linear(a1, self.Wk1)
+        h1_2 = torch.nn.functional.linear(a1, self.Wv1)
+        h1_3 = _attention(s1_1, s1_2, h1_2, 16, self.mult_attn, True)
+        h1_4 = torch.nn.functional.linear(h1_3, self.Wo1)
+        h1 = h0 + h1_4
+        m1_1 = h1 * torch.rsqrt(h1.pow(2).mean(-1, keepdim=True) + 1e-6)
+        m1 = (self.gm1) * (m1_1)
+        r1_1 = torch.nn.functional.linear(m1, self.Wg1)
+        r1_2 = torch.nn.functional.silu(r1_1)
+        r1_3 = torch.nn.functional.linear(m1, self.Wu1)
+        r1_4 = (r1_2) * (r1_3)
+        r1_5 = torch.nn.functional.linear(r1_4, self.Wd1)
+        r1 = h1 + r1_5
+        a2_1 = r1 * torch.rsqrt(r1.pow(2).mean(-1, keepdim=True) + 1e-6)
+        a2 = (self.ga2) * (a2_1)
+        s2_1 = torch.nn.functional.linear(a2, self.Wq2)
+        s2_2 = torch.nn.functional.linear(a2, self.Wk2)
+        h2_2 = torch.nn.functional.linear(a2, self.Wv2)
+        h2_3 = _attention(s2_1, s2_2, h2_2, 16, self.mult_attn, True)
+        h2_4 = torch.nn.functional.linear(h2_3, self.Wo2)
+        h2 = r1 + h2_4
+        m2_1 = h2 * torch.rsqrt(h2.pow(2).mean(-1, keepdim=True) + 1e-6)
+        m2 = (self.gm2) * (m2_1)
+        r2_1 = torch.nn.functional.linear(m2, self.Wg2)
+        r2_2 = torch.nn.functional.silu(r2_1)
+        r2_3 = torch.nn.functional.linear(m2, self.Wu2)
+        r2_4 = (r2_2) * (r2_3)
+        r2_5 = torch.nn.functional.linear(r2_4, self.Wd2)
+        r2 = h2 + r2_5
+        f_1 = r2 * torch.rsqrt(r2.pow(2).mean(-1, keepdim=True) + 1e-6)
+        f = (self.gf) * (f_1)
+        logits = torch.nn.functional.linear(f, self.U)
+        return logits
 
     def vectors(self, tok):
         """Every named vector of the program, batch axis first."""
@@ -203,6 +248,18 @@ class Model(torch.nn.Module):
         )
 
 
+def _attention(q, k, v, head_dim, scale, is_causal):
+    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens
+    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels
+    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""
+    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                         is_causal=is_causal)
+    return y.transpose(-3, -2).flatten(-2)
+
+
 def _causal_softmax(s):
     """Softmax over key tokens, each query seeing itself and earlier tokens only."""
     t = s.shape[-1]
@@ -239,22 +296,61 @@ def _check_widths(width, base_width):
     return width, base_width
 
 
+def _overrides(what, given, known, positive=True):
+    """given (name -> value) as floats; ValueError for a name not in known or a value that
+    is not a finite number (a positive one, with positive)."""
+    given = dict(given or {})
+    for name, value in given.items():
+        if name not in known:
+            raise ValueError(f"{what}: no entry {name!r}; choose from "
+                             f"{', '.join(sorted(known)) or 'nothing here'}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or (positive and value <= 0)):
+            kind = "positive" if positive else "finite"
+            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")
+    return {name: float(value) for name, value in given.items()}
+
+
+def _base_stds(base_width, init_std):
+    """The std at the base width of every normally initialised param: init_std's value for
+    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets
+    its own."""
+    normal = {name for name, spec in SCALING.items() if "init" not in spec
+              and spec["b"] != math.inf}
+    blocks = {name.partition(".")[0] for name in normal if "block" in SCALING[name]}
+    given = _overrides("init_std", init_std, normal | blocks)
+    stds = {}
+    for name in normal:
+        k, p = SCALING[name]["fan_in"]
+        block = name.partition(".")[0] if "block" in SCALING[name] else None
+        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))
+    return stds
+
+
 def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
-    """One optimizer group per param with lr * ratio**-c (lr 0 where c is inf).
+    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
+    and weight decay share one, so torch's multi-tensor kernels see few groups.
+    A group's "entries" are its SCALING names; its "name" shows the first few.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
     rescales wd so that
     lr_p * wd_p = lr * wd at every width."""
     ratio = model.width / model.base_width
-    groups = []
+    groups = {}
     for name, spec in SCALING.items():
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        groups.append({"params": [getattr(model, name)], "lr": lr * scale,
-                       "weight_decay": wd, "name": name})
-    return groups
+        group = groups.setdefault((spec["c"], wd), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        group["params"].append(getattr(model, name))
+        group["entries"].append(name)
+    for (c, _), group in groups.items():
+        names = group["entries"]
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
+    return list(groups.values())
 
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):

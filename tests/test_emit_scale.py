@@ -1,0 +1,187 @@
+"""Emitted modules at scale: fused attention equals the written-out one, few optimizer groups,
+init constants (one-hot lookups, a new base width, values set from Python), and the torch
+machinery large runs use: meta init, FSDP2, torch.compile, bf16 autocast, checkpointing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, import_file
+
+import tensorprog as tp
+from tensorprog.codegen import emit
+
+torch = pytest.importorskip("torch")
+
+# gpt.tp at 8 tokens: long enough that the causal mask matters
+GPT = (ROOT / "examples" / "gpt.tp").read_text().replace("dim T = 4 ", "dim T = 8 ")
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    program = tp.parse(GPT, "gpt.tp")
+    path = tmp_path_factory.mktemp("emit") / "gpt_scale.py"
+    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer="adam",
+                         label="µP", command="test").source)
+    return import_file(path, "gpt_scale")
+
+
+def _batch(model, n=4):
+    return model.example_inputs(n, generator=torch.Generator().manual_seed(1))
+
+
+def test_fused_attention_equals_the_written_out_one(gpt):
+    torch.manual_seed(0)
+    model = gpt.Model(32, 2, dtype=torch.float64)
+    (tok,) = _batch(model)
+    fused = model(tok)
+    written = model.vectors(tok)["logits"]
+    assert torch.allclose(fused, written, rtol=1e-10, atol=1e-10)
+    assert "_attention(" in (ROOT / "tests" / "golden" / "gpt_mup.py").read_text()
+    # the check still sees the logits and the probabilities, causal: no weight on the future
+    p = model.vectors(tok)["layer.1.r_1"]
+    assert p.shape == (4, 4, 8, 8) and torch.equal(p.triu(1), torch.zeros_like(p))
+
+
+def test_a_deep_gpt_has_two_groups_each_param_once_with_its_lr(gpt):
+    model = gpt.Model(64, 24)
+    groups = gpt.param_groups(model, 0.01)
+    assert len(groups) == 2
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
+    for g in groups:
+        for name in g["entries"]:
+            assert g["lr"] == pytest.approx(0.01 * 0.5 ** -gpt.SCALING[name]["c"])
+    assert any(g["name"].startswith("c=1: layer.Wq, layer.Wk, layer.Wv (+3 more)")
+               for g in groups)
+
+
+def test_lookups_get_base_std_one_and_a_new_base_width_its_own_stds(gpt):
+    torch.manual_seed(0)
+    model = gpt.Model(256, 1)
+    assert model.E.std().item() == pytest.approx(1.0, rel=0.05)  # not 1/sqrt(vocab)
+    assert model.layer[0].Wq.std().item() == pytest.approx(256**-0.5, rel=0.05)
+    rebased = gpt.Model(256, 1, base_width=64)  # SP at its own base: 1/sqrt(64) * (1/4)**0.5
+    assert rebased._base_std["layer.Wp"] == pytest.approx((4 * 64) ** -0.5)
+    assert rebased.layer[0].Wq.std().item() == pytest.approx(64**-0.5 * 0.5, rel=0.05)
+
+
+def test_base_constants_are_set_from_python(gpt):
+    torch.manual_seed(0)
+    model = gpt.Model(256, 2, init_std={"E": 0.02, "layer": 0.03, "layer.Wp": 0.01},
+                      mult={"attn": 0.5})
+    assert model.E.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.layer[1].Wq.std().item() == pytest.approx(0.03 / 2**0.5, rel=0.05)
+    assert model.layer[1].Wp.std().item() == pytest.approx(0.01 / 2**0.5, rel=0.05)
+    assert model.mult_attn == 0.25 and model.mult_tie == 0.5
+    with pytest.raises(ValueError, match="init_std: no entry 'gf'"):
+        gpt.Model(32, 1, init_std={"gf": 1.0})  # a constant init has no std
+    with pytest.raises(ValueError, match=r"mult\['attn'\] must be a finite number"):
+        gpt.Model(32, 1, mult={"attn": float("nan")})
+    with pytest.raises(ValueError, match="no entry 'att'; choose from attn, tie"):
+        gpt.Model(32, 1, mult={"att": 1.0})
+
+
+def test_meta_build_then_to_empty_and_reset_gives_the_mup_init(gpt):
+    torch.manual_seed(0)
+    model = gpt.Model(512, 2, device="meta")
+    assert model.layer[0].Wq.is_meta
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    assert model.layer[1].Wq.std().item() == pytest.approx(128**-0.5 * 0.5, rel=0.05)
+    assert model.layer[1].Wp.std().item() == pytest.approx((4 * 128) ** -0.5 * 0.5, rel=0.05)
+    assert model.E.std().item() == pytest.approx(1.0, rel=0.05)
+    assert torch.equal(model.layer[0].ga, torch.ones(512))
+
+
+def test_bf16_autocast_and_checkpointing_per_repetition_run(gpt):
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = gpt.Model(32, 2)
+    (tok,) = _batch(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tok)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for block in model.layer:  # each repetition recomputed in backward
+        block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(
+            block.forward)
+    model(tok).sum().backward()
+    model.zero_grad()
+    plain = gpt.Model(32, 2)
+    plain.load_state_dict(model.state_dict())
+    (a,) = torch.autograd.grad(plain(tok).sum(), [plain.layer[0].Wq])
+    for block in model.layer:
+        del block.forward
+    model(tok).sum().backward()
+    assert len(grads) == len(list(model.parameters()))
+    assert torch.allclose(model.layer[0].Wq.grad, a, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_fullgraph_captures_without_a_graph_break(gpt):
+    torch.manual_seed(0)
+    model = gpt.Model(32, 2)
+    (tok,) = _batch(model)
+    # Dynamo's capture decides graph breaks; the "eager" backend skips code generation
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(tok), model(tok), rtol=1e-6, atol=1e-6)
+
+
+_FSDP = textwrap.dedent('''
+    import json, sys
+    import torch, torch.distributed as dist, torch.multiprocessing as mp
+    from torch.distributed.fsdp import fully_shard
+    sys.path.insert(0, sys.argv[1])
+    import gpt_scale as gpt
+
+    def train(rank, world, out):
+        torch.manual_seed(0)
+        model = gpt.Model(32, 2, dtype=torch.float64)
+        (tok,) = model.example_inputs(8, generator=torch.Generator().manual_seed(1))
+        if world > 1:
+            dist.init_process_group("gloo", init_method="file://" + out + ".rdzv",
+                                    rank=rank, world_size=world)
+            for block in model.layer:
+                fully_shard(block)
+            fully_shard(model)
+            tok = tok.chunk(world)[rank]  # data parallel: each rank half the batch
+        opt = gpt.make_optimizer(model, 1e-2)
+        losses = []
+        for _ in range(5):
+            loss = model(tok).logsumexp(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if world > 1:
+                loss = loss.detach().clone()
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            losses.append(loss.item())
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(losses, f)
+        if world > 1:
+            dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        train(0, 1, sys.argv[2] + ".one")
+        mp.spawn(train, args=(2, sys.argv[2] + ".two"), nprocs=2)
+''')
+
+
+def test_fsdp2_on_every_repetition_trains_as_one_process(gpt, tmp_path):
+    script = tmp_path / "fsdp.py"
+    script.write_text(_FSDP)
+    run = subprocess.run([sys.executable, str(script), str(Path(gpt.__file__).parent),
+                          str(tmp_path / "losses")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    one = json.loads((tmp_path / "losses.one").read_text())
+    two = json.loads((tmp_path / "losses.two").read_text())
+    assert one[0] != one[-1] and two == pytest.approx(one, rel=1e-5)
