@@ -211,13 +211,10 @@ def _exp(e, param: str, span: Span | None) -> str:
 def _fan_in(program: Program, param: str) -> tuple[Fraction, int]:
     """A param's fan-in as (k, p): k * base_width**p at the base width, whose -1/2 power is the
     param's base std (so every preactivation starts with unit-size coordinates at the base). A
-    kernel's fan-in counts its kh x kw window too. A matrix applied to a one-hot input (tokens,
-    positions) is a lookup: each output reads one column, so its fan-in is 1 in effect and its
-    base std 1 (1/sqrt(vocab) would shrink embeddings, and tied logits, with the vocabulary)."""
-    one_hot = {i.name for i in program.inputs if i.kind in ("tokens", "positions")}
-    if any(isinstance(u, MatMul) and not u.transposed and u.arg in one_hot
-           for u in program.uses(param)):
-        return Fraction(1), 0
+    kernel's fan-in counts its kh x kw window too. A token or position lookup keeps the
+    declared fan-in (the vocabulary) for now: base std 1 shrank its tied decoder's attention and
+    output changes at widths 64-1024 (s2 -0.30, logits -0.18 in the coordinate check), so that
+    rule waits for a measurement that explains it; `Model(init_std=...)` sets it meanwhile."""
     fan_in, _ = fan_dims(program, param)
     k, power = Fraction(1), 0
     if fan_in is not None:
@@ -620,7 +617,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
         "base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where",
-        "fan_in (k, p) is k * base_width**p (1 for a lookup of a one-hot input).",
+        "fan_in (k, p) is k * base_width**p.",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
