@@ -404,7 +404,7 @@ def over_depth(ins: Stream, sz: Sizes) -> bool:
     return ins.loops and isinstance(ins.count, str) and sz.infinite(ins.count)
 
 
-def _summed(t: Term, k: Exp, why: str) -> Term:
+def _over_depth_sum(t: Term, k: Exp, why: str) -> Term:
     clamp = None if t.clamp is None else add(t.clamp, k)
     return Term(add(t.const, k), t.slots, f"Σ {t.what}", why, t.kind, clamp)
 
@@ -425,7 +425,7 @@ def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
             k, why = ONE, (f"the {L} branches {b}₀ are not known to be independent and centred "
                            f"(no fresh weight of {ins.block} makes them): an LLN sum over {L} "
                            "(+1)")
-        out += [_summed(t, k, why) for t in INIT[type(prod)](prod, sz)]
+        out += [_over_depth_sum(t, k, why) for t in INIT[type(prod)](prod, sz)]
     return out
 
 
@@ -442,10 +442,10 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
             own = CHANGE[type(prod)](prod, sz)
         with sz.channel("stream"):
             passed = [t for t in CHANGE[type(prod)](prod, sz) if not t.params("U")]
-        out += [_summed(t, ONE, f"each repetition's own updates (in {b}) are driven by the same "
+        out += [_over_depth_sum(t, ONE, f"each repetition's own updates (in {b}) are driven by the same "
                         f"output gradient, so the {L} of them add coherently (LLN over {L}: +1)")
                 for t in own]
-        out += [_summed(t, HALF, f"the change of the stream that {b} passes on goes through the "
+        out += [_over_depth_sum(t, HALF, f"the change of the stream that {b} passes on goes through the "
                         f"independent initial weights of each repetition (CLT over {L}: +1/2)")
                 for t in passed]
     return out
