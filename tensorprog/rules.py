@@ -442,12 +442,12 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
             own = CHANGE[type(prod)](prod, sz)
         with sz.channel("stream"):
             passed = [t for t in CHANGE[type(prod)](prod, sz) if not t.params("U")]
-        out += [_over_depth_sum(t, ONE, f"each repetition's own updates (in {b}) are driven by the same "
-                        f"output gradient, so the {L} of them add coherently (LLN over {L}: +1)")
-                for t in own]
-        out += [_over_depth_sum(t, HALF, f"the change of the stream that {b} passes on goes through the "
-                        f"independent initial weights of each repetition (CLT over {L}: +1/2)")
-                for t in passed]
+        lln = (f"each repetition's own updates (in {b}) are driven by the same output gradient, "
+               f"so the {L} of them add coherently (LLN over {L}: +1)")
+        clt = (f"the change of the stream that {b} passes on goes through the independent initial "
+               f"weights of each repetition (CLT over {L}: +1/2)")
+        out += [_over_depth_sum(t, ONE, lln) for t in own]
+        out += [_over_depth_sum(t, HALF, clt) for t in passed]
     return out
 
 
