@@ -19,15 +19,16 @@ starting from nothing (-oo) on every back edge, until the back edges stop moving
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from ._gc import paused_gc
 from .errors import Diagnostic, EngineError, TensorProgWarning
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
-from .ir import MUL, MatMul, Nonlin, Program, Stream
+from .ir import MUL, LinComb, MatMul, Nonlin, Program, Stream
 from .optimizers import Optimizer
-from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, role
+from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, role
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,19 @@ class ABC:
 STREAM_ROUNDS = 12
 
 
-def settle_back_edges(program: Program, one_round, tables: list[dict[str, Exp]]) -> None:
-    """Run ``one_round`` (a pass that fills ``tables``) until every back edge holds still; one
-    still growing after :data:`STREAM_ROUNDS` rounds is set to +oo, and a last round run."""
+def settle_back_edges(program: Program, one_round, tables: list[dict[str, Exp]],
+                      also=lambda: ()) -> None:
+    """Run ``one_round`` (a pass that fills ``tables``) until every back edge holds still (and
+    ``also()``, what else a round reads from the previous one); one still growing after
+    :data:`STREAM_ROUNDS` rounds is set to +oo, and a last round run."""
     backs = [s.back for s in program.streams if s.loops]
     main = tables[0]
     for _ in range(STREAM_ROUNDS):
         before = [main.get(b, NEG_INF) for b in backs]
+        extra = also()
         one_round()
         after = [main.get(b, NEG_INF) for b in backs]
-        if after == before:
+        if after == before and also() == extra:
             return
     for b, x, y in zip(backs, before, after, strict=True):
         if gt(y, x):  # compounding over the repetitions: see STREAM_ROUNDS
@@ -74,11 +78,55 @@ def settle_back_edges(program: Program, one_round, tables: list[dict[str, Exp]])
     one_round()
 
 
-class Analysis:
-    """Exponents of every vector under given param exponents S (init) and U (update entries)."""
+def residual_branches(program: Program, stream: Stream) -> list[str]:
+    """The branches of a repeated block whose return is its argument plus branches
+    (``return h + f(h)``, or a chain of them such as ``r = h + f(h); return r + g(r)``).
 
-    def __init__(self, program: Program, optimizer: Optimizer):
+    Any other return compounds over the repetitions (a factor 2·h gives 2^L) and has no power
+    law in the depth: refused with the Stream's position."""
+    block = program.block_table[stream.block]
+
+    def walk(v: str) -> list[str] | None:
+        if v == stream.out:
+            return []
+        ins = program.producer.get(v)
+        if not isinstance(ins, LinComb) or v not in block.values:
+            return None
+        for c, o in ins.terms:
+            rest = walk(o) if c == 1 else None
+            if rest is not None:
+                return rest + [w for d, w in ins.terms if w != o]
+        return None
+
+    found = walk(block.ret)
+    if not found:
+        raise EngineError(
+            f"block {block.name} does not return its argument plus a branch, so over "
+            f"{stream.count} repetitions it compounds and has no power law in {stream.count}: "
+            "its depth exponents cannot be derived", span=stream.span,
+            help=f"write the block as a residual one, e.g. `return {block.arg.split('.')[-1]} "
+                 "+ W @ relu(...)`")
+    return found
+
+
+class Analysis:
+    """Exponents of every vector under given param exponents S (init) and U (update entries).
+
+    In the width pass (the default) the width dims are infinite and the depth fixed; in the depth
+    pass (``depth_pass``) no width dim is infinite and only the depth is: every exponent is then
+    one in L, and a ``repeat L`` Stream sums its branches over the repetitions."""
+
+    def __init__(self, program: Program, optimizer: Optimizer, depth_pass: bool = False):
         self.program, self.optimizer = program, optimizer
+        self.width_limit = not depth_pass
+        self._mode: str | None = None  # the change channel being computed, in the depth pass
+        self.depth_streams = [s for s in program.streams if over_depth(s, self)]
+        self._branches = {s.out: residual_branches(program, s) for s in self.depth_streams}
+        self.own_: dict[str, Exp] = {}
+        self.stream_: dict[str, Exp] = {}
+        self._stream_of = {v: s for s in self.depth_streams
+                           for v in program.block_table[s.block].values}
+        self._stream_out = {s.out: s for s in self.depth_streams}
         # params used as operands: vectors (biases, gains) and scales (constant multipliers)
         self.vector_params = {p.name for p in program.params if len(p.shape) < 2}
         self.scales = {p.name for p in program.params if p.is_scale}
@@ -98,25 +146,81 @@ class Analysis:
             if s.loops and s.back not in self.vector_params:
                 for table in (self.init_, self.change_, self.train_):
                     table.setdefault(s.back, NEG_INF)
+        for v in self._stream_of:  # the depth pass reads the branches before computing them
+            for table in (self.init_, self.change_, self.train_, self.own_, self.stream_):
+                table.setdefault(v, NEG_INF)
+
+    # --- which sums are infinite, and the depth pass's change channels ------------------------
+    def infinite(self, dim: str | None) -> bool:
+        if dim is None:
+            return False
+        if self.width_limit:
+            return dim in self.program.dim_table and self.program.dim_table[dim].infinite
+        return self.program.depth is not None and dim == self.program.depth.name
+
+    def branches(self, stream: Stream) -> list[str]:
+        return self._branches[stream.out]
+
+    @contextmanager
+    def channel(self, which: str):
+        """Read changes inside a repeated block through one channel: ``own`` (this repetition's
+        own updates; the stream's change set to zero) or ``stream`` (the stream's change only)."""
+        before, self._mode = self._mode, which
+        try:
+            yield
+        finally:
+            self._mode = before
+
+    def record_channels(self) -> None:
+        """Each block value's change through each channel, from this round's sizes."""
+        for s in self.depth_streams:
+            values = self.program.block_table[s.block].values
+            for which, table in (("own", self.own_), ("stream", self.stream_)):
+                with self.channel(which):
+                    for v in values:
+                        ins = self.program.producer[v]
+                        ts = [t for t in CHANGE[type(ins)](ins, self)
+                              if which == "own" or not t.params("U")]
+                        table[v] = emax(self.value(t) for t in ts)
+
+    def channels_state(self) -> tuple:
+        return tuple(self.own_.values()) + tuple(self.stream_.values())
+
+    def _read(self, name: str, table: dict[str, Exp]) -> Exp:
+        """A value's size as later instructions read it. A stream summed over L is read at most
+        at Θ(1) (or its argument's size if larger): its blow-up is reported where it happens, at
+        first order, instead of compounding through the repetitions round after round."""
+        s = self._stream_out.get(name)
+        if s is None:
+            return table[name]
+        return emin(table[name], emax((table[s.init], ZERO)))
 
     # --- the Sizes protocol the rules ask -----------------------------------------------------
     def init(self, name: str) -> list[Mono]:
         if name in self.vector_params:
             return [Mono(ZERO, (("S", name),))]
-        return [Mono(self.init_[name])]
+        return [Mono(self._read(name, self.init_))]
 
     def change(self, name: str) -> list[Mono]:
+        if self._mode is not None:
+            if any(name == s.out for s in self.depth_streams):
+                return [Mono(NEG_INF if self._mode == "own" else self._read(name, self.change_))]
+            if name in self._stream_of:
+                return [Mono((self.own_ if self._mode == "own" else self.stream_)[name])]
         if name in self.scales:
             return [Mono(NEG_INF)]  # a scale is a constant: it never changes
         if name in self.vector_params:
             return [Mono(ZERO, (("U", name),))]
-        return [Mono(self.change_[name])]
+        return [Mono(self._read(name, self.change_))]
 
     def train(self, name: str) -> list[Mono]:
         if name in self.scales:
             return [Mono(ZERO, (("S", name),))]
         if name in self.vector_params:
             return [Mono(ZERO, (("S", name),)), Mono(ZERO, (("U", name),))]
+        if name in self._stream_out:
+            return [Mono(emax((self._read(name, self.init_),
+                               emin(self._read(name, self.change_), ZERO))))]
         return [Mono(self.train_[name])]
 
     def grad(self, name: str) -> Exp:
@@ -144,7 +248,7 @@ class Analysis:
         """The slot a vector param's update takes inside a gradient: F for a readout vector
         (finite fan-out, counted in full as TP4 counts the readout), V for a bias or gain."""
         _, fan_out = fan_dims(self.program, param)
-        return "V" if fan_out is not None and self.program.dim_table[fan_out].infinite else "F"
+        return "V" if self.infinite(fan_out) else "F"
 
     @cached_property
     def _ancestry(self) -> dict[str, frozenset[str]]:
@@ -241,15 +345,24 @@ class Analysis:
             for ins in self.program.body:
                 self.record_init(ins.out, INIT[type(ins)](ins, self))
 
-        settle_back_edges(self.program, one_round, [self.init_])
+        settle_back_edges(self.program, one_round, [self.init_], also=self._carried)
+
+    def _carried(self) -> tuple:
+        """What the depth pass reads from the previous round besides the back edges: the block's
+        values (a Stream sums its branches) and their change channels."""
+        vs = list(self._stream_of)
+        return (tuple(self.init_.get(v, NEG_INF) for v in vs)
+                + tuple(self.change_.get(v, NEG_INF) for v in vs) + self.channels_state())
 
     def forward_change(self) -> None:
         def one_round() -> None:
             self.updates = {}
             for ins in self.program.body:
                 self.record_change(ins.out, CHANGE[type(ins)](ins, self))
+            self.record_channels()
 
-        settle_back_edges(self.program, one_round, [self.change_, self.train_])
+        settle_back_edges(self.program, one_round, [self.change_, self.train_],
+                          also=self._carried)
         self.V = {p: self.stable_update(p) for p in self.U}
 
     def stable_update(self, param: str) -> Exp:
@@ -425,6 +538,28 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
         return _classify(program, optimizer, abc)
 
 
+def classify_depth(program: Program, optimizer: Optimizer,
+                   abc: dict[str, ABC]) -> Classification:
+    """The same, in the depth L, for the depth exponents (a_L, b_L, c_L) of every param: the
+    depth pass, where no width dim is infinite and only the repetitions of a ``repeat L`` are."""
+    require_depth_pass(program, optimizer)
+    with paused_gc():
+        return _classify(program, optimizer, abc, depth_pass=True)
+
+
+def require_depth_pass(program: Program, optimizer: Optimizer) -> None:
+    """Refuse what the depth pass does not cover, rather than give exponents it cannot vouch for."""
+    if program.depth is None or not any(
+            s.loops and s.count == program.depth.name for s in program.streams):
+        raise EngineError(f"{program.name} repeats no block over a depth, so it has no depth "
+                          "exponents", help="declare `depth L = ...` and use `repeat L blk(...)`")
+    if optimizer.uses_gradient_scale:
+        raise EngineError(
+            f"depth exponents under {optimizer.name} are not derived yet: its update size follows "
+            "the gradient's size in L, which the depth pass does not track",
+            help="use --optimizer adam (or adamw), whose update entries do not depend on it")
+
+
 def require_width(program: Program) -> None:
     """Refuse a program none of whose outputs depends on a vector of infinite dim: it has no
     width limit, so neither a derivation nor a regime means anything."""
@@ -437,7 +572,8 @@ def require_width(program: Program) -> None:
                           help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
 
 
-def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
+def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
+              depth_pass: bool = False) -> Classification:
     require_width(program)
     used = used_params(program)
     missing = [p for p in used if p not in abc]
@@ -445,8 +581,13 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
         raise EngineError(f"no (a, b, c) given for param(s) {', '.join(missing)}",
                           help="give every param of the program its exponents")
     abc = {p: abc[p] for p in used}
-    an = Analysis(program, optimizer).run(abc)
+    an = Analysis(program, optimizer, depth_pass).run(abc)
     result = Classification(program, optimizer, an, {})
+    base = "n" if an.width_limit else program.depth.name
+    # In L, every vector is Θ(1) but a residual branch, which the depth scaling shrinks so that
+    # the sum of L of them is Θ(1): the sizes the depth desiderata hold a vector to.
+    held = (program.is_infinite if an.width_limit else
+            (lambda v: v not in {b for s in an.depth_streams for b in an.branches(s)}))
     absorbed = prescaled(program)  # sizes a scale takes back: not where an update shows
     for name in used:
         ups = [u for u in an.update_terms(name) if u[0] not in absorbed]
@@ -469,33 +610,35 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cl
             t = _dominant(an.init_terms[v])
             result.violations.append(Violation(
                 "stability_init", v, e0,
-                f"{v} blows up at init as {power(e0)} (dominant term {t[0].what}: {t[0].why})"))
-        elif program.is_infinite(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
+                f"{v} blows up at init as {power(e0, base)} (dominant term {t[0].what}: "
+                f"{t[0].why})"))
+        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
             result.violations.append(Violation(
-                "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0)}: its coordinates "
-                "should be Θ(1)"))
+                "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0, base)}: its "
+                "coordinates should be Θ(1)"))
         if gt(d, ZERO):
             t = _dominant(an.change_terms[v])
             result.violations.append(Violation(
                 "stability_training", v, d,
-                f"{v} blows up during training as {power(d)} (dominant term {t[0].what}: "
+                f"{v} blows up during training as {power(d, base)} (dominant term {t[0].what}: "
                 f"{t[0].why})"))
     result.stable = not result.violations
     result.nontrivial = any(not gt(ZERO, an.change_[o]) for o in program.outputs)
     features = [an.change_[ins.out] for ins in program.body
-                if program.is_infinite(ins.out) and ins.out not in absorbed]
+                if held(ins.out) and ins.out not in absorbed]
     result.r = -emax(features) if features else INF
     if result.stable and not result.nontrivial:
         for o in program.outputs:
             result.violations.append(Violation(
                 "nontrivial", o, an.change_[o],
-                f"output {o} moves only as {power(an.change_[o])} during training: it freezes"))
+                f"output {o} moves only as {power(an.change_[o], base)} during training: it "
+                "freezes"))
     for p in result.params.values():
         if result.stable and gt(p.r, ZERO) and p.role != "scale":  # a scale is never trained
             result.violations.append(Violation(
                 "maximal_update", p.name, -p.r,
                 f"{p.name} is not updated maximally: its update moves features by "
-                f"{power(-p.r)} ({p.dominant}); they freeze as n grows"))
+                f"{power(-p.r, base)} ({p.dominant}); they freeze as {base} grows"))
     return result
 
 
@@ -536,5 +679,6 @@ def used_params(program: Program) -> list[str]:
     return [p.name for p in program.params if p.name in live]
 
 
-__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "require_width",
+__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "classify_depth",
+           "require_depth_pass", "require_width",
            "used_params", "fan_dims"]

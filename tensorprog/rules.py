@@ -20,6 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import product
 from typing import Protocol
@@ -57,6 +58,7 @@ class Sizes(Protocol):
     """What a rule may ask about operands (the analysis provides it)."""
 
     program: Program
+    width_limit: bool  # the width pass (width dims infinite), or the depth pass (only L is)
 
     def init(self, name: str) -> list[Mono]: ...
     def change(self, name: str) -> list[Mono]: ...
@@ -66,6 +68,9 @@ class Sizes(Protocol):
     def first_order_change(self, name: str) -> list[Mono]: ...
     def centred_apart(self, u: str, v: str) -> bool: ...
     def built_with(self, value: str, weight: str, transposed: bool) -> bool: ...
+    def infinite(self, dim: str | None) -> bool: ...
+    def branches(self, stream: Stream) -> list[str]: ...
+    def channel(self, which: str) -> AbstractContextManager: ...
 
 
 def terms(what: str, why: str, kind: str, *parts: list[Mono], const: Exp = ZERO,
@@ -127,8 +132,8 @@ def role(program: Program, param: str) -> str:
 
 # --- MatMul ---------------------------------------------------------------------------------------
 
-def _clt(program: Program, dim: str) -> tuple[Exp, str]:
-    if _inf(program, dim):
+def _clt(sz: Sizes, dim: str) -> tuple[Exp, str]:
+    if sz.infinite(dim):
         return HALF, f"the sum runs over {dim} iid terms (CLT: +1/2)"
     return ZERO, f"the sum runs over a finite {dim} (+0)"
 
@@ -146,8 +151,8 @@ def _tied(program: Program, weight: str) -> bool:
 
 def init_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
     fan_out, fan_in = _fans(sz.program, ins)
-    k, why = _clt(sz.program, fan_in)
-    if (_inf(sz.program, fan_in) and _tied(sz.program, ins.weight)
+    k, why = _clt(sz, fan_in)
+    if (sz.infinite(fan_in) and _tied(sz.program, ins.weight)
             and sz.built_with(ins.arg, ins.weight, not ins.transposed)):
         # W.T meets a vector built from W (a tied unembedding reading the embedding it wrote):
         # the diagonal terms W_ij·W_ij add up coherently
@@ -161,13 +166,13 @@ def change_matmul(ins: MatMul, sz: Sizes) -> list[Term]:
     p = sz.program
     fan_out, fan_in = _fans(p, ins)
     w0, dw = [Mono(ZERO, (("S", ins.weight),))], [Mono(ZERO, (("U", ins.weight),))]
-    if not _inf(p, fan_in):
+    if not sz.infinite(fan_in):
         k_cross, why_cross = ZERO, f"a finite sum over {fan_in} (+0)"
         k_upd, why_upd = ZERO, f"a finite sum over {fan_in} (+0)"
     else:
         k_upd, why_upd = ONE, (f"the update is built from the vectors it meets, so its sum over "
                                f"{fan_in} has correlated terms (LLN: +1)")
-        if _inf(p, fan_out):
+        if sz.infinite(fan_out):
             k_cross, why_cross = HALF, (f"{ins.weight}₀ is an iid matrix with both dims infinite: "
                                         f"its sum over {fan_in} acts as a CLT sum even on a "
                                         f"vector built from {ins.weight}₀ᵀ (+1/2)")
@@ -192,8 +197,8 @@ def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
     # builds (U), a readout whose gradient runs through its own update (a tied unembedding, a
     # matrix used twice) would compound without end.
     w0 = [Mono(ZERO, (("S", ins.weight),))]
-    dw = [Mono(ZERO, (("V" if _inf(p, fan_out) else "F", ins.weight),))]
-    if _inf(p, fan_out):
+    dw = [Mono(ZERO, (("V" if sz.infinite(fan_out) else "F", ins.weight),))]
+    if sz.infinite(fan_out):
         k0, why0 = HALF, f"{ins.weight}₀ᵀ sums {fan_out} iid terms (CLT: +1/2)"
         k1, why1 = ONE, (f"Δ{ins.weight}ᵀ sums {fan_out} terms correlated with the gradient "
                          "(LLN: +1)")
@@ -302,7 +307,7 @@ def _summed(ins: Dot, sz: Sizes) -> str:
 
 def init_dot(ins: Dot, sz: Sizes) -> list[Term]:
     dim = _summed(ins, sz)
-    if not _inf(sz.program, dim):
+    if not sz.infinite(dim):
         k, why = ZERO, f"a finite sum over {dim} (+0)"
     elif sz.centred_apart(ins.left, ins.right):
         k, why = HALF, (f"{ins.left}₀ and {ins.right}₀ are independent and centred, so the sum "
@@ -317,7 +322,7 @@ def init_dot(ins: Dot, sz: Sizes) -> list[Term]:
 def change_dot(ins: Dot, sz: Sizes) -> list[Term]:
     dim = _summed(ins, sz)
     u, v = ins.left, ins.right
-    if _inf(sz.program, dim):
+    if sz.infinite(dim):
         k, why = ONE, (f"after training each side has moved along the other (its gradient is the "
                        f"other side), so the sum over {dim} is correlated (LLN: +1)")
     else:
@@ -357,9 +362,11 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
     p, v = ins.weights, ins.values
     # dp_ts = sum over the head dim of do_t · v_s: a sum over a width-sized axis when the head dim
     # is infinite, CLT against v₀ (independent of the gradient), LLN against Δv (built from it)
-    heads = sz.program.dim_table[sz.program.value_dims[p]]
-    half, one = (ZERO, ZERO) if heads.infinite else (HALF, ONE)
-    where = "over a finite head dim (+0)" if heads.infinite else "over the head dim"
+    # the head dim is width-sized exactly when the heads axis is finite; no width dim is infinite
+    # in the depth pass
+    finite = sz.program.dim_table[sz.program.value_dims[p]].infinite or not sz.width_limit
+    half, one = (ZERO, ZERO) if finite else (HALF, ONE)
+    where = "over a finite head dim (+0)" if finite else "over the head dim"
     return ([(p, t) for t in terms(f"d{ins.out}·{v}₀", f"the sum {where} meets {v}₀, "
                                    "independent of the gradient (CLT: +1/2)" if half else
                                    f"the sum runs {where}", "auto", g, sz.init(v), const=half)]
@@ -374,10 +381,16 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
 
 # --- Stream ---------------------------------------------------------------------------------------
 # A block's input: its argument at the first repetition, the previous repetition's return value
-# (the back edge) at every later one. At a fixed finite depth, the residual stream after L blocks
-# is a sum of L branches, which has the size of its largest: so the generic repetition's input is
-# as large as the larger of the two. (How the sizes grow with L, CLT over independent branches at
-# init and LLN over correlated updates, is the depth exponents' business, not derived yet.)
+# (the back edge) at every later one. At a fixed finite depth (the width pass, and any `repeat 3`),
+# the residual stream after L blocks is a sum of L branches, which has the size of its largest: so
+# the generic repetition's input is as large as the larger of the two.
+#
+# In the depth pass (no width dim infinite, the depth L is) the stream is h_l = h_0 + Σ_{k<=l}
+# branch_k, a sum over L repetitions (TP6, arXiv 2310.02244; CompleteP, arXiv 2505.01618): at init
+# the branches are independent and centred (a fresh weight in each), so they add as a CLT sum
+# (+1/2); their changes split in two channels: each repetition's own updates, all driven by the
+# same output gradient, add coherently (LLN, +1); what the branch passes on of its input's change
+# goes through independent W₀ of each repetition (CLT, +1/2).
 
 _FIXED_DEPTH = "at a fixed depth, a sum of L branches is as large as its largest"
 
@@ -386,17 +399,61 @@ def _sides(ins: Stream) -> tuple[str, ...]:
     return (ins.init, ins.back) if ins.loops else (ins.init,)
 
 
+def over_depth(ins: Stream, sz: Sizes) -> bool:
+    """Does this Stream sum over infinitely many repetitions in this pass?"""
+    return ins.loops and isinstance(ins.count, str) and sz.infinite(ins.count)
+
+
+def _over_depth_sum(t: Term, k: Exp, why: str) -> Term:
+    clamp = None if t.clamp is None else add(t.clamp, k)
+    return Term(add(t.const, k), t.slots, f"Σ {t.what}", why, t.kind, clamp)
+
+
 def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
-    return [t for v in _sides(ins) for t in
-            terms(f"{v}₀", _FIXED_DEPTH, "auto", sz.init(v))]
+    if not over_depth(ins, sz):
+        return [t for v in _sides(ins) for t in
+                terms(f"{v}₀", _FIXED_DEPTH, "auto", sz.init(v))]
+    L, p = ins.count, sz.program
+    out = terms(f"{ins.init}₀", "the stream starts from the block's argument", "auto",
+                sz.init(ins.init))
+    for b in sz.branches(ins):
+        prod = p.producer[b]
+        if isinstance(prod, MatMul) and p.owner.get(prod.weight) == ins.block:
+            k, why = HALF, (f"the {L} branches {b}₀ are independent and centred (a fresh "
+                            f"{prod.weight} in each repetition): a CLT sum over {L} (+1/2)")
+        else:  # not known to be centred: the conservative LLN sum
+            k, why = ONE, (f"the {L} branches {b}₀ are not known to be independent and centred "
+                           f"(no fresh weight of {ins.block} makes them): an LLN sum over {L} "
+                           "(+1)")
+        out += [_over_depth_sum(t, k, why) for t in INIT[type(prod)](prod, sz)]
+    return out
 
 
 def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
-    return [t for v in _sides(ins) for t in
-            terms(f"Δ{v}", _FIXED_DEPTH, "auto", sz.change(v))]
+    if not over_depth(ins, sz):
+        return [t for v in _sides(ins) for t in
+                terms(f"Δ{v}", _FIXED_DEPTH, "auto", sz.change(v))]
+    L, p = ins.count, sz.program
+    out = terms(f"Δ{ins.init}", "the stream starts from the block's argument", "auto",
+                sz.change(ins.init))
+    for b in sz.branches(ins):
+        prod = p.producer[b]
+        with sz.channel("own"):
+            own = CHANGE[type(prod)](prod, sz)
+        with sz.channel("stream"):
+            passed = [t for t in CHANGE[type(prod)](prod, sz) if not t.params("U")]
+        lln = (f"each repetition's own updates (in {b}) are driven by the same output gradient, "
+               f"so the {L} of them add coherently (LLN over {L}: +1)")
+        clt = (f"the change of the stream that {b} passes on goes through the independent initial "
+               f"weights of each repetition (CLT over {L}: +1/2)")
+        out += [_over_depth_sum(t, ONE, lln) for t in own]
+        out += [_over_depth_sum(t, HALF, clt) for t in passed]
+    return out
 
 
 def grad_stream(ins: Stream, sz: Sizes) -> list[tuple[str, Term]]:
+    # In the depth pass this gives only which gradients are nonzero, not their size in L: it is
+    # run only for optimizers whose update entries do not depend on the gradient's size (Adam).
     g = [Mono(sz.grad(ins.out))]
     return [(v, t) for v in _sides(ins)
             for t in terms(f"d{ins.out}", "the block's input passes its gradient back to what "
