@@ -467,6 +467,9 @@ def _run(args: argparse.Namespace) -> int:
         return _transfer(args, program, optimizer)
     if args.command == "derive":
         if args.dump == "ir":
+            if args.output is not None:
+                raise UsageError("--dump ir prints the program's IR, and -o writes a module: "
+                                 "they do not go together", help="give one of them")
             _out(to_text(program))
             return 0
         if args.output is not None:  # the module derives its own parametrization

@@ -146,6 +146,11 @@ def test_check_refuses_out_of_range_numbers(capsys, args, message):
     assert code == 2 and re.search(message, err), err
 
 
+def test_dump_and_a_module_output_are_not_taken_together(capsys, tmp_path):
+    code, _, err = _main(capsys, "derive", MLP, "--dump", "ir", "-o", str(tmp_path / "m.py"))
+    assert code == 2 and "do not go together" in err and not (tmp_path / "m.py").exists()
+
+
 def test_a_base_width_at_which_the_program_has_no_network(capsys):
     code, _, err = _main(capsys, "check", HEADS, "--base-width", "7")
     assert code == 2 and "--base-width 7: dim" in err and "not a whole number" in err
