@@ -219,7 +219,8 @@ def classify_depth_text(program: Program, exps: dict[str, ABC], c: Classificatio
            *(f"note: {n}" for n in notes)]
     if c is not None:
         out.append(f"stable: {'yes' if c.stable else 'no'}   feature learning in {L}: "
-                   f"{'yes' if c.regime == 'feature_learning' else 'no'}   regime: {c.regime}")
+                   f"{'yes' if c.regime == 'feature_learning' else 'no'}   every param updated "
+                   f"maximally: {'yes' if c.all_maximal else 'no'}   regime: {c.regime}")
         if c.violations:
             out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}"
                                           for v in c.violations]
@@ -234,6 +235,7 @@ def classify_depth_json(program: Program, exps: dict[str, ABC], c: Classificatio
             "exponents": {p: x.as_dict() for p, x in exps.items()},
             "stable": None if c is None else c.stable,
             "feature_learning": None if c is None else c.regime == "feature_learning",
+            "all_maximal": None if c is None else c.all_maximal,
             "regime": None if c is None else c.regime,
             "violations": [] if c is None else [v.as_dict() for v in c.violations],
             "notes": notes}
