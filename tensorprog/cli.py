@@ -376,9 +376,10 @@ def _read_abc(path: str) -> tuple[dict[str, ABC], dict[str, ABC]]:
     for name, entry in data.items():
         why = _keys_problem(entry, optional={"depth"})
         if why:
-            raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c, and "
-                             f"optionally depth ({why})",
-                             help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}')
+            raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c ({why})",
+                             help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}; a program that '
+                                  'repeats a block over its depth also takes "depth": '
+                                  '{"a": ..., "b": ..., "c": ...}')
         out[name] = _abc(entry, f"{path}: param {name!r}", example)
         if "depth" in entry:
             where = f"{path}: param {name!r}, key 'depth'"

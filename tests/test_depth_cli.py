@@ -100,8 +100,9 @@ def test_an_unknown_key_beside_a_b_c_names_depth_as_allowed(tmp_path):
     abc = json.loads(path.read_text())
     abc["res.W1"]["deep"] = {}
     path.write_text(json.dumps(abc))
-    with pytest.raises(UsageError, match=r"a, b, c, and optionally depth \(unknown 'deep'\)"):
+    with pytest.raises(UsageError, match=r"keys a, b, c \(unknown 'deep'\)") as err:
         run(["classify", *args])
+    assert 'also takes "depth"' in str(err.value)
 
 
 def test_depth_keys_for_a_program_without_depth_exit_2(capsys, tmp_path):
