@@ -17,15 +17,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from .analysis import ABC, classify
+from .analysis import ABC, classify, classify_depth
 from .derive import CONVENTIONS, derive
-from .errors import TensorProgError, TensorProgWarning, UsageError
-from .exponents import NEG_INF, as_str, canon
+from .errors import EngineError, TensorProgError, TensorProgWarning, UsageError
+from .exponents import INF, NEG_INF, as_str, canon
 from .ir import to_text
 from .optimizers import OPTIMIZERS
 from .parse import parse_file
 from .presets import PRESETS, preset, zero_init
 from .report import (
+    classify_depth_json,
+    classify_depth_text,
     classify_json,
     classify_text,
     derive_json,
@@ -341,7 +343,9 @@ def _check_memory(program, widths: list[int], device: str) -> None:
                          help=f"use widths of at most about {low}")
 
 
-def _read_abc(path: str) -> dict[str, ABC]:
+def _read_abc(path: str) -> tuple[dict[str, ABC], dict[str, ABC]]:
+    """The width exponents of each param in the file, and the depth exponents of those that give
+    a ``"depth"`` object."""
     example = 'e.g. {"W2": {"a": "0", "b": "1/2", "c": "1"}} ("oo" for b: zero init)'
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -368,23 +372,47 @@ def _read_abc(path: str) -> dict[str, ABC]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected an object mapping param names to {{a, b, c}}, "
                          f"not a JSON {type(data).__name__}", help=example)
-    out = {}
+    out, depth = {}, {}
     for name, entry in data.items():
-        if not isinstance(entry, dict) or set(entry) != {"a", "b", "c"}:
-            have = sorted(entry) if isinstance(entry, dict) else None
-            missing = sorted({"a", "b", "c"} - set(have or ()))
-            extra = sorted(set(have or ()) - {"a", "b", "c"})
-            why = (f"got a JSON {type(entry).__name__}" if have is None else
-                   "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
-                             + [f"unknown {', '.join(map(repr, extra))}"] * bool(extra)))
+        why = _keys_problem(entry, optional={"depth"})
+        if why:
             raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c ({why})",
-                             help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}')
-        exps = [_exponent(entry[k], f"{path}: param {name!r}, key {k!r}") for k in "abc"]
-        try:
-            out[name] = ABC(*exps)
-        except ValueError as err:
-            raise UsageError(f"{path}: param {name!r}: {err}", help=example) from None
-    return out
+                             help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}; a program that '
+                                  'repeats a block over its depth also takes "depth": '
+                                  '{"a": ..., "b": ..., "c": ...}')
+        out[name] = _abc(entry, f"{path}: param {name!r}", example)
+        if "depth" in entry:
+            where = f"{path}: param {name!r}, key 'depth'"
+            why = _keys_problem(entry["depth"])
+            if why:
+                raise UsageError(f"{where} needs exactly the keys a, b, c ({why})",
+                                 help=DEPTH_EXAMPLE)
+            depth[name] = _abc(entry["depth"], where, DEPTH_EXAMPLE)
+    return out, depth
+
+
+DEPTH_EXAMPLE = ('e.g. "res.W2": {"a": "0", "b": "0", "c": "0", "depth": {"a": "1", "b": "0", '
+                 '"c": "0"}}: W = n^-a L^-a_L w, w ~ N(0, (n^-b L^-b_L)^2), LR n^-c L^-c_L')
+
+
+def _keys_problem(entry, optional: set[str] = frozenset()) -> str | None:
+    """Why a JSON value is not an object with the keys a, b, c (and some of ``optional``)."""
+    if not isinstance(entry, dict):
+        return f"got a JSON {type(entry).__name__}"
+    missing = sorted({"a", "b", "c"} - set(entry))
+    extra = sorted(set(entry) - {"a", "b", "c"} - optional)
+    if not missing and not extra:
+        return None
+    return "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
+                     + [f"unknown {', '.join(map(repr, extra))}"] * bool(extra))
+
+
+def _abc(entry: dict, where: str, example: str) -> ABC:
+    exps = [_exponent(entry[k], f"{where}, key {k!r}") for k in "abc"]
+    try:
+        return ABC(*exps)
+    except ValueError as err:
+        raise UsageError(f"{where}: {err}", help=example) from None
 
 
 def _exponent(value, where: str):
@@ -496,21 +524,54 @@ def _run(args: argparse.Namespace) -> int:
     c_override = _global_c(args.global_c)
     if args.preset:
         abc, label = preset(args.preset, program, optimizer, c_override), args.preset
+        depth = {}
+        notes = [f"the preset {args.preset} has no depth form: it applies no depth scaling"]
     else:
-        abc, label = _read_abc(args.abc), args.abc
+        (abc, depth), label, notes = _read_abc(args.abc), args.abc, []
         unknown = sorted(set(abc) - {p.name for p in program.params})
         if unknown:
             raise UsageError(f"{args.abc}: no param named {', '.join(unknown)} in the program",
                              help="the program's params: "
                                   + ", ".join(p.name for p in program.params))
+        if depth and not _repeats_over_depth(program):
+            raise UsageError(f"{args.abc}: depth exponents given (for {', '.join(depth)}), but "
+                             f"{program.name} repeats no block over a depth",
+                             help="drop the \"depth\" keys, or declare `depth L = ...` and use "
+                                  "`repeat L blk(...)`")
         if c_override is not None:
             abc = {p: ABC(x.a, x.b, c_override) for p, x in abc.items()}
     result = classify(program, optimizer, abc)
+    data = classify_json(result) if args.json else None
+    if not args.json:
+        _out(classify_text(result, label, depth_pass=_repeats_over_depth(program)))
+    if _repeats_over_depth(program):
+        # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth
+        exps = {p.name: _at_depth(abc.get(p.name), depth.get(p.name, ABC(0, 0, 0)))
+                for p in program.params}
+        try:
+            verdict = classify_depth(program, optimizer, exps)
+        except EngineError as err:  # the depth pass refuses: the width verdict still stands
+            verdict = None
+            notes += [d.message + (f" ({d.help})" if d.help else "") for d in err.diagnostics]
+        if args.json:
+            data["depth"] = classify_depth_json(program, exps, verdict, notes)
+        else:
+            _out("\n" + classify_depth_text(program, exps, verdict, notes))
     if args.json:
-        _out_json(classify_json(result))
-    else:
-        _out(classify_text(result, label))
+        _out_json(data)
     return 0
+
+
+def _repeats_over_depth(program) -> bool:
+    """The program has a depth pass: it declares a depth and repeats a block over it."""
+    return program.depth is not None and any(
+        s.loops and s.count == program.depth.name for s in program.streams)
+
+
+def _at_depth(width: ABC | None, depth: ABC) -> ABC:
+    if width is None:
+        return depth
+    return ABC(depth.a, INF if width.b is INF else depth.b, INF if width.c is INF else depth.c)
 
 
 def _check(args, program, optimizer) -> int:

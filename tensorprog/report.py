@@ -6,7 +6,7 @@ and the learning rate is η·n^-c.
 
 from __future__ import annotations
 
-from .analysis import Classification, classify
+from .analysis import ABC, Classification, classify
 from .derive import Derivation
 from .exponents import INF, NEG_INF, Exp, as_str, power, scaled
 from .ir import Program, render_instruction
@@ -184,16 +184,59 @@ def classify_json(c: Classification) -> dict:
     }
 
 
-def classify_text(c: Classification, label: str) -> str:
+def classify_text(c: Classification, label: str, depth_pass: bool = False) -> str:
     rows = [["param", "shape", "role", "a", "b", "c", "r", "maximal"]]
     for n, x in c.params.items():
         rows.append([n, "[" + ", ".join(x.shape) + "]", x.role, as_str(x.abc.a), as_str(x.abc.b),
                      as_str(x.abc.c), as_str(x.r), "yes" if x.r == 0 else "no"])
-    note = [depth_note(c.program)] if c.program.depth is not None else []
+    d = c.program.depth
+    note = ([] if d is None else
+            [f"depth {d.name} (base {d.base}): the width verdict holds at any fixed depth; the "
+             f"verdict as {d.name} grows follows it"] if depth_pass else [depth_note(c.program)])
     out = [f"{label} for {c.program.name} under {c.optimizer.name}", *note, "", _table(rows), "",
            f"stable: {'yes' if c.stable else 'no'}   nontrivial: "
            f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
     if c.violations:
         out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
     return "\n".join(out) + "\n"
+
+
+def _depth_given(exps: dict[str, ABC]) -> str:
+    nonzero = {p: x for p, x in exps.items() if (x.a, x.b, x.c) != (0, 0, 0)}
+    if not nonzero:
+        return "none (a_L = b_L = c_L = 0 for every param: no depth scaling)"
+    return ", ".join(f"{p} ({as_str(x.a)}, {as_str(x.b)}, {as_str(x.c)})"
+                     for p, x in nonzero.items()) + "; 0, 0, 0 for the others" * (
+        len(nonzero) < len(exps))
+
+
+def classify_depth_text(program: Program, exps: dict[str, ABC], c: Classification | None,
+                        notes: list[str]) -> str:
+    """The depth pass's section of ``classify``: its verdict as L grows, or why it has none
+    (``c`` None: the pass refused, and ``notes`` say why)."""
+    L = program.depth.name
+    out = [f"Depth ({L} → ∞)", f"depth exponents (a_L, b_L, c_L): {_depth_given(exps)}",
+           *(f"note: {n}" for n in notes)]
+    if c is not None:
+        out.append(f"stable: {'yes' if c.stable else 'no'}   feature learning in {L}: "
+                   f"{'yes' if c.regime == 'feature_learning' else 'no'}   every param updated "
+                   f"maximally: {'yes' if c.all_maximal else 'no'}   regime: {c.regime}")
+        if c.violations:
+            out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}"
+                                          for v in c.violations]
+    return "\n".join(out) + "\n"
+
+
+def classify_depth_json(program: Program, exps: dict[str, ABC], c: Classification | None,
+                        notes: list[str]) -> dict:
+    """The ``"depth"`` object of ``classify --json``: the depth exponents used and the depth
+    pass's verdict (null where it refused; ``notes`` say why)."""
+    return {"name": program.depth.name, "base": program.depth.base,
+            "exponents": {p: x.as_dict() for p, x in exps.items()},
+            "stable": None if c is None else c.stable,
+            "feature_learning": None if c is None else c.regime == "feature_learning",
+            "all_maximal": None if c is None else c.all_maximal,
+            "regime": None if c is None else c.regime,
+            "violations": [] if c is None else [v.as_dict() for v in c.violations],
+            "notes": notes}
 
