@@ -43,9 +43,12 @@ def _optimizer(name):
     return OPTIMIZERS[name]
 
 
-def derive(program: Program, optimizer: str = "adam", convention: str = "table3") -> Derivation:
-    """µP for ``program``: every param's exact (a, b, c) under ``optimizer`` in ``convention``."""
-    return _derive.derive(program, _optimizer(optimizer), convention)
+def derive(program: Program, optimizer: str = "adam", convention: str = "table3",
+           depth_convention: str = "completep") -> Derivation:
+    """µP for ``program``: every param's exact (a, b, c) under ``optimizer`` in ``convention``;
+    for a program repeating a block over its depth, also (a_L, b_L, c_L) (``.depth``), a free
+    one resolved by ``depth_convention`` (completep or depth-mup)."""
+    return _derive.derive(program, _optimizer(optimizer), convention, depth_convention)
 
 
 def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = None,

@@ -30,7 +30,9 @@ from .analysis import (
     Analysis,
     Classification,
     classify,
+    classify_depth,
     prescaled,
+    require_depth_pass,
     require_width,
     used_params,
 )
@@ -60,12 +62,13 @@ class Equation:
     coefs: tuple[int, int, int]
     rhs: Exp
     reason: str
+    dim: str = ""  # "" for the width exponents, the depth's name for the depth exponents
 
     def render(self) -> str:
         parts = []
         for k, var in zip(self.coefs, "abc", strict=True):
             if k:
-                sym = f"{var}_{self.param}"
+                sym = f"{var}_{self.dim + '_' if self.dim else ''}{self.param}"
                 parts.append(sym if k == 1 else f"{k}·{sym}")
         return f"{' + '.join(parts)} = {self.rhs}"
 
@@ -94,6 +97,24 @@ def _tp4(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int],
 CONVENTIONS = {"table3": _table3, "mup": _mup, "tp4": _tp4}
 
 
+#: How a free depth exponent is resolved: where S_L (the init entries' size in L) sits in
+#: [U_L, tightest bound]. completep: init as small as its update (S_L = U_L: CompleteP, arXiv
+#: 2505.01618); depth-mup: init as large as stability allows (Depth-µP, TP6 arXiv 2310.02244).
+DEPTH_CONVENTIONS = ("completep", "depth-mup")
+
+
+@dataclass
+class DepthDerivation:
+    """The depth exponents (a_L, b_L, c_L) of every param, from the depth pass's desiderata."""
+
+    convention: str
+    abc: dict[str, ABC]
+    free: dict[str, tuple[Exp, Exp]]  # param -> the range of a_L + b_L the desiderata leave
+    equations: list[Equation]
+    analysis: Analysis
+    check: Classification
+
+
 # --- the derivation -------------------------------------------------------------------------------
 
 
@@ -108,6 +129,8 @@ class Derivation:
     analysis: Analysis
     check: Classification
     chosen: dict[str, dict[str, Bound]] = field(default_factory=dict)  # param -> slot -> bound
+    depth: DepthDerivation | None = None
+    depth_refused: str | None = None  # why a program with a depth has no depth exponents
 
 
 def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:
@@ -135,7 +158,7 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
 
     for rounds in range(len(program.body) + 5 + STREAM_ROUNDS):
         # a back edge is read before it is computed, so it holds the previous round's size
-        before = (dict(an.S), dict(an.U), back_sizes())
+        before = (dict(an.S), dict(an.U), back_sizes(), an.channels_state())
         bounds: list[Bound] = []
         an.updates = {}
         for ins in program.body:
@@ -151,7 +174,10 @@ def _settle_bounds(program: Program, an: Analysis, params: list[str]) -> list[Bo
             # the terms do not depend on the slots, only their values do: evaluate them now
             an.record_init(ins.out, init)
             an.record_change(ins.out, change)
-        if (an.S, an.U, back_sizes()) == before:
+        # the depth pass's Stream reads each block value's change per channel (its own updates,
+        # the stream's change): a no-op in the width pass, which has no stream over the depth
+        an.record_channels()
+        if (an.S, an.U, back_sizes(), an.channels_state()) == before:
             return bounds
         if rounds >= STREAM_ROUNDS:  # a back edge still growing compounds: see STREAM_ROUNDS
             for b, (i0, c0), (i1, c1) in zip(backs, before[2], back_sizes(), strict=True):
@@ -179,16 +205,37 @@ def _refuse_compounding(program: Program, an: Analysis) -> None:
         raise EngineError(found)
 
 
-def derive(program: Program, optimizer: Optimizer, convention: str = "table3") -> Derivation:
-    """The µP parametrization of a program for an optimizer, in a convention."""
+def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
+           depth_convention: str = "completep") -> Derivation:
+    """The µP parametrization of a program for an optimizer, in a convention; with its depth
+    exponents when it repeats a block over a depth."""
     with paused_gc():
-        return _derive(program, optimizer, convention)
+        d = _derive(program, optimizer, convention, depth_convention)
+        if repeats_over_depth(program):
+            if optimizer.uses_gradient_scale:
+                try:
+                    require_depth_pass(program, optimizer)
+                except EngineError as err:
+                    d.depth_refused = err.diagnostics[0].message
+            else:
+                d.depth = _derive_depth(program, optimizer, depth_convention)
+        return d
 
 
-def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivation:
+def repeats_over_depth(program: Program) -> bool:
+    """The program has a depth pass: it declares a depth and repeats a block over it."""
+    return program.depth is not None and any(
+        s.loops and s.count == program.depth.name for s in program.streams)
+
+
+def _derive(program: Program, optimizer: Optimizer, convention: str,
+            depth_convention: str = "completep") -> Derivation:
     if convention not in CONVENTIONS:
         raise EngineError(f"unknown convention '{convention}'",
                           help=f"choose one of {', '.join(CONVENTIONS)}")
+    if depth_convention not in DEPTH_CONVENTIONS:
+        raise EngineError(f"unknown depth convention '{depth_convention}'",
+                          help=f"choose one of {', '.join(DEPTH_CONVENTIONS)}")
     require_width(program)
     params = used_params(program)
     an = Analysis(program, optimizer)
@@ -257,6 +304,72 @@ def _derive(program: Program, optimizer: Optimizer, convention: str) -> Derivati
             [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
             + found)
     return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
+
+
+def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> DepthDerivation:
+    """The depth exponents, from the depth pass's desiderata (the same bounds as in the width,
+    with only the depth infinite): every term O(1) in L; every update maximal in L (its tightest
+    bound, with equality); and every init at least as large as its own update in L (S_L >= U_L),
+    so that no weight is dominated by its accumulated update. The init is then anywhere in
+    [U_L, its tightest bound]: a range of more than one point is a free exponent, which the depth
+    convention resolves. The symmetry (a_L+θ, b_L-θ, c_L-θ) is fixed by b_L = 0."""
+    require_depth_pass(program, optimizer)
+    L = program.depth.name
+    params = used_params(program)
+    an = Analysis(program, optimizer, depth_pass=True)
+    _settle_bounds(program, an, params)
+    _refuse_compounding(program, an)
+    scales = {p for p in params if program.param_table[p].is_scale}
+    unset = [p for p in params if an.S[p] is None or (an.U[p] is None and p not in scales)]
+    if unset:
+        raise EngineError([
+            Diagnostic(f"no condition in {L} fixes the {'init' if an.S[p] is None else 'update'} "
+                       f"scale of {p}", program.param_table[p].span,
+                       "each param must reach an output through something it can move")
+            for p in unset])
+    free: dict[str, tuple[Exp, Exp]] = {}
+    equations: list[Equation] = []
+    for p in params:
+        if p in scales:
+            equations.append(Equation(p, (1, 0, 0), -an.S[p], f"scale: its multiplier "
+                                      f"{L}^-a_{L} takes its term to Θ(1) in {L} at most", L))
+            continue
+        top, low = an.S[p], an.U[p]  # U_L <= S_L <= top
+        if gt(low, top):
+            raise EngineError(
+                f"{p}'s update is maximal in {L} only above the largest init stability allows "
+                f"({L}^{low} > {L}^{top}): the weight would be dominated by its own update",
+                span=program.param_table[p].span,
+                help="route the block's branch through a param that can absorb its size")
+        if gt(top, low):
+            free[p] = (-top, -low)
+        s_l = low if convention == "completep" else top
+        why = (f"init not below its update in {L} (S_{L} = U_{L})" if s_l == low and s_l != top
+               else f"init at its tightest bound in {L}" if s_l != low
+               else f"init bound in {L} = its update (S_{L} = U_{L})")
+        equations.append(Equation(p, (1, 1, 0), -s_l, f"{why}; convention {convention}"
+                                  if p in free else why, L))
+        k, rhs = optimizer.equation(an.U[p], [])
+        equations.append(Equation(p, (k, 0, 1), rhs, f"update maximal in {L} ({optimizer.name})",
+                                  L))
+        equations.append(Equation(p, (0, 1, 0), ZERO, f"the multiplier carries the depth scaling "
+                                  f"(b_{L} = 0), as TP6 and CompleteP do", L))
+    abc = _solve([p for p in params if p not in scales],
+                 [e for e in equations if e.param not in scales])
+    abc.update({p: ABC(-an.S[p], ZERO, INF) for p in params if p in scales})
+    abc = {p: abc[p] for p in params}
+    check = classify_depth(program, optimizer, abc)
+    if check.violations or check.regime != "feature_learning":
+        last = len(check.violations) - 1
+        found = [Diagnostic(v.message, _span_of(program, v.tensor),
+                            "this is a bug in the depth derivation; please report it"
+                            if i == last else None)
+                 for i, v in enumerate(check.violations)]
+        raise EngineError(
+            [Diagnostic(f"the derived depth exponents are not feature learning with every param "
+                        f"updated maximally as {L} grows (regime: {check.regime})",
+                        program.depth.span)] + found)
+    return DepthDerivation(convention, abc, free, equations, an, check)
 
 
 def _span_of(program: Program, tensor: str) -> Span | None:
