@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from .analysis import ABC, classify, classify_depth
-from .derive import CONVENTIONS, derive
+from .derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from .errors import EngineError, TensorProgError, TensorProgWarning, UsageError
 from .exponents import INF, NEG_INF, as_str, canon
 from .ir import to_text
@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")
+    d.add_argument("--depth-convention", choices=list(DEPTH_CONVENTIONS), default="completep",
+                   help="how to resolve a depth exponent the desiderata leave free (a one-layer "
+                        "block's branch): completep, init as small as its update (aL+bL at the "
+                        "top of its range), or depth-mup, init as large as stability allows "
+                        "(default: completep)")
     out = d.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--explain", action="store_true", help="walk the derivation in words")
@@ -502,7 +507,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
-        d = derive(program, optimizer, args.convention)
+        d = derive(program, optimizer, args.convention, args.depth_convention)
         zeroed = None
         if args.zero_init or args.readout_zero_init:
             zeroed = zero_init(program, d.abc, args.zero_init, args.readout_zero_init)

@@ -46,12 +46,47 @@ def depth_note(p: Program) -> str | None:
             f"is applied; the width exponents hold at any fixed depth)")
 
 
-def depth_json(p: Program) -> dict | None:
-    """The depth, with ``"exponents": null``: depth exponents are not derived yet."""
+def derived_depth_note(d: Derivation) -> str | None:
+    """The depth line of ``derive``: the depth convention the exponents in L were derived in, or
+    why there are none."""
+    p = d.program
     if p.depth is None:
         return None
-    return {"name": p.depth.name, "base": p.depth.base, "exponents": None,
-            "note": depth_note(p)}
+    L = p.depth.name
+    if d.depth_refused is not None:
+        return f"depth {L} (base {p.depth.base}): exponents in {L} not derived: {d.depth_refused}"
+    if d.depth is None:
+        return depth_note(p)
+    return (f"depth {L} (base {p.depth.base}): exponents in {L} derived in the depth convention "
+            f"{d.depth.convention} (W ∝ {L}^-a{L}, init std ∝ {L}^-b{L}, LR ∝ {L}^-c{L}; "
+            f"b{L} = 0: the multiplier carries the depth scaling); derive -o still emits a "
+            f"module that applies no depth scaling")
+
+
+def free_depth_lines(d: Derivation) -> list[str]:
+    """Each exponent the depth desiderata leave free, its range, and how it was resolved."""
+    if d.depth is None:
+        return []
+    L = d.program.depth.name
+    return [f"free in {L}: a{L} + b{L} of {q} anywhere in [{lo}, {hi}] (stable, maximal, init "
+            f"not below its update); {d.depth.convention} takes "
+            f"{hi if d.depth.convention == 'completep' else lo} (completep: {hi}, depth-mup: "
+            f"{lo}; --depth-convention completep|depth-mup)"
+            for q, (lo, hi) in d.depth.free.items()]
+
+
+def depth_json(p: Program, d: Derivation | None = None) -> dict | None:
+    """The depth; ``"exponents": null`` unless a derivation gives them (per param, under
+    ``"depth"``), with the depth convention and the free exponents it resolved."""
+    if p.depth is None:
+        return None
+    if d is None or d.depth is None:
+        return {"name": p.depth.name, "base": p.depth.base, "exponents": None,
+                "note": depth_note(p) if d is None else derived_depth_note(d)}
+    return {"name": p.depth.name, "base": p.depth.base,
+            "exponents": {"convention": d.depth.convention, "free": {
+                q: {"a+b": [as_str(lo), as_str(hi)]} for q, (lo, hi) in d.depth.free.items()}},
+            "note": derived_depth_note(d)}
 
 
 def blocks_json(p: Program) -> dict:
@@ -69,13 +104,15 @@ def derive_json(d: Derivation) -> dict:
         params[name] = {"shape": list(p.param_table[name].shape), "role": role(p, name),
                         "fan_in": _fan(fin), "fan_out": _fan(fout), **x.as_dict(),
                         **param_formulas(x.a, x.b, x.c)}
+        if d.depth is not None:
+            params[name]["depth"] = d.depth.abc[name].as_dict()
     an = d.check.analysis
     vectors = {ins.out: {"dim": p.value_dims[ins.out] or "scalar",
                          "init": as_str(an.init_[ins.out]), "update": as_str(an.change_[ins.out]),
                          "grad": as_str(an.grad(ins.out))} for ins in p.body}
     return {
         "program": p.name, "width": {"name": p.width.name, "base": p.width.base},
-        "depth": depth_json(p), "blocks": blocks_json(p),
+        "depth": depth_json(p, d), "blocks": blocks_json(p),
         "optimizer": d.optimizer.name, "convention": d.convention,
         "parametrization": CONVENTION_LINE, "symmetry": d.optimizer.symmetry(),
         "parameters": params, "vectors": vectors,
@@ -89,18 +126,22 @@ def derive_table(d: Derivation) -> str:
     p = d.program
     head = (f"µP for {p.name}: optimizer {d.optimizer.name}, convention {d.convention}, "
             f"width {p.width.name} (base {p.width.base})")
-    rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c"]]
+    L = p.depth.name if d.depth is not None else None
+    rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c",
+             *([f"a{L}", f"b{L}", f"c{L}"] if L else [])]]
     for name, x in d.abc.items():
         f = param_formulas(x.a, x.b, x.c)
+        y = d.depth.abc[name] if L else None
         rows.append([name, _shape(p, name), role(p, name), f["init_std"], f["multiplier"],
-                     f["lr"], as_str(x.a), as_str(x.b), as_str(x.c)])
+                     f["lr"], as_str(x.a), as_str(x.b), as_str(x.c),
+                     *([as_str(y.a), as_str(y.b), as_str(y.c)] if y else [])])
     an = d.check.analysis
     vec_rows = [["vector", "dim", "at init", "change", "gradient"]]
     for ins in p.body:
         v = ins.out
         vec_rows.append([v, p.value_dims[v] or "scalar", power(an.init_[v]),
                          power(an.change_[v]), power(an.grad(v))])
-    note = [depth_note(p)] if p.depth is not None else []
+    note = [derived_depth_note(d), *free_depth_lines(d)] if p.depth is not None else []
     return "\n".join([
         head, CONVENTION_LINE, *note, "", _table(rows), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
@@ -162,6 +203,17 @@ def explain(d: Derivation) -> str:
     out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
             f"{d.check.r} and every param updated maximally.",
             f"Symmetry: {d.optimizer.symmetry()}."]
+    if d.depth is not None:
+        L = p.depth.name
+        out += ["", f"Depth: the same rules with only {L} infinite (a sum over the {L} branches "
+                f"is a CLT sum, +1/2, at init and an LLN sum, +1, for their own updates); "
+                f"conditions in (a{L}, b{L}, c{L}):"]
+        out += [f"  {e.render():28} {e.reason}" for e in d.depth.equations]
+        out += free_depth_lines(d)
+        out += [f"  {name}: a{L} = {x.a}, b{L} = {x.b}, c{L} = {x.c}"
+                for name, x in d.depth.abc.items()]
+        out += [f"Check in {L}: classified from scratch the solution is {d.depth.check.regime} "
+                f"with every param updated maximally."]
     return "\n".join(out) + "\n"
 
 

@@ -220,7 +220,7 @@ def test_the_depth_does_not_unroll():
     assert tp.derive(shallow).abc == tp.derive(deep).abc
 
 
-def test_derive_says_depth_exponents_are_not_derived(tmp_path, capsys):
+def test_derive_states_its_depth_convention(tmp_path, capsys):
     path = tmp_path / "resmlp.tp"
     path.write_text(RESMLP)
     for flags in ([], ["--json"]):
@@ -230,12 +230,13 @@ def test_derive_says_depth_exponents_are_not_derived(tmp_path, capsys):
         out = capsys.readouterr().out
         if flags:
             data = json.loads(out)
-            assert data["depth"]["exponents"] is None and data["depth"]["base"] == 4
+            assert data["depth"]["exponents"] == {"convention": "completep", "free": {}}
+            assert data["depth"]["base"] == 4
             assert data["blocks"] == {"res": {"repeat": "L", "params": ["res.W1", "res.W2"]}}
             assert set(data["parameters"]) == {"W_in", "W_out", "res.W1", "res.W2"}
         else:
-            assert re.search(r"depth L \(base 4\): exponents in L not derived yet \(no depth "
-                             r"scaling is applied", out)
+            assert re.search(r"depth L \(base 4\): exponents in L derived in the depth "
+                             r"convention completep", out)
     fixed = tp.derive(tp.parse(SHARED), "adam")
     from tensorprog.report import derive_json, derive_table
 

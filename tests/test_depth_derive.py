@@ -1,0 +1,113 @@
+"""`derive` in the depth L: the depth exponents follow from the depth desiderata (stable, every
+update maximal in L, init not below its update), checked against TP6 (arXiv 2310.02244) and
+CompleteP (arXiv 2505.01618), never tabulated in the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_depth import RESMLP
+from test_depth_exponents import ONE_LAYER
+
+import tensorprog as tp
+from tensorprog.analysis import ABC
+from tensorprog.cli import run
+from tensorprog.exponents import canon
+
+GPT = (Path(__file__).parent.parent / "examples" / "gpt.tp").read_text()
+
+
+def _depth(source: str, optimizer="adam", **kw) -> tp.Derivation:
+    return tp.derive(tp.parse(source), optimizer, **kw)
+
+
+def _abc(*x) -> ABC:
+    return ABC(*map(canon, x))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_two_layer_blocks_derive_completep_with_nothing_free(optimizer):
+    d = _depth(RESMLP, optimizer).depth
+    assert d.abc == {"W_in": _abc(0, 0, 0), "W_out": _abc(0, 0, 0), "res.W1": _abc(0, 0, 0),
+                     "res.W2": _abc(1, 0, 0)}
+    assert d.free == {}
+    assert d.check.regime == "feature_learning" and d.check.all_maximal
+    # the convention only resolves free exponents: with none, it changes nothing
+    assert _depth(RESMLP, optimizer, depth_convention="depth-mup").depth.abc == d.abc
+
+
+def test_one_layer_blocks_leave_the_branch_free_and_the_convention_resolves_it():
+    complete = _depth(ONE_LAYER).depth
+    assert complete.free == {"res.W": (canon("1/2"), canon(1))}
+    assert complete.abc["res.W"] == _abc(1, 0, 0)
+    mup = _depth(ONE_LAYER, depth_convention="depth-mup").depth
+    assert mup.free == complete.free
+    assert mup.abc["res.W"] == _abc("1/2", 0, "1/2")
+    for d in (complete, mup):
+        assert d.abc["W_in"] == d.abc["W_out"] == _abc(0, 0, 0)
+        assert d.check.regime == "feature_learning" and d.check.all_maximal
+
+
+def test_gpt_blocks_scale_their_last_weights_only():
+    d = _depth(GPT).depth
+    assert d.free == {}
+    last = {p for p, x in d.abc.items() if x != _abc(0, 0, 0)
+            and not tp.parse(GPT).param_table[p].is_scale}
+    assert last == {"layer.Wo", "layer.Wp"}
+    assert d.abc["layer.Wo"] == d.abc["layer.Wp"] == _abc(1, 0, 0)
+
+
+def test_sgd_keeps_the_width_exponents_and_says_why_depth_has_none():
+    d = _depth(RESMLP, "sgd")
+    assert d.depth is None and "under sgd are not derived yet" in d.depth_refused
+    assert d.abc["res.W2"] == _abc(0, "1/2", 0)  # the width derivation still stands (SGD µP)
+
+
+def test_a_fixed_repeat_has_no_depth_exponents():
+    fixed = RESMLP.replace("repeat L", "repeat 3")
+    d = _depth(fixed)
+    assert d.depth is None and d.depth_refused is None
+
+
+def test_unknown_depth_convention_is_an_engine_error():
+    with pytest.raises(tp.EngineError, match="unknown depth convention"):
+        _depth(RESMLP, depth_convention="sqrt")
+
+
+def _cli(tmp_path, capsys, source: str, *flags: str) -> str:
+    path = tmp_path / "net.tp"
+    path.write_text(source)
+    assert run(["derive", str(path), *flags]) == 0
+    return capsys.readouterr().out
+
+
+def test_derive_table_and_json_carry_the_depth_exponents(tmp_path, capsys):
+    out = _cli(tmp_path, capsys, ONE_LAYER, "--depth-convention", "depth-mup")
+    assert "exponents in L derived in the depth convention depth-mup" in out
+    assert "free in L: aL + bL of res.W anywhere in [1/2, 1]" in out
+    assert "applies no depth scaling" in out and "not derived yet" not in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("res.W "))
+    assert row[-3:] == ["1/2", "0", "1/2"]
+    data = json.loads(_cli(tmp_path, capsys, ONE_LAYER, "--json"))
+    assert data["parameters"]["res.W"]["depth"] == {"a": "1", "b": "0", "c": "0"}
+    assert data["depth"]["exponents"] == {"convention": "completep",
+                                          "free": {"res.W": {"a+b": ["1/2", "1"]}}}
+
+
+def test_derive_without_a_depth_has_no_depth_columns(tmp_path, capsys):
+    out = _cli(tmp_path, capsys, RESMLP.replace("repeat L", "repeat 3"))
+    assert " aL " not in out.splitlines()[4]
+    data = json.loads(_cli(tmp_path, capsys, RESMLP.replace("repeat L", "repeat 3"), "--json"))
+    assert "depth" not in data["parameters"]["res.W1"]
+
+
+def test_the_emitted_module_still_applies_no_depth_scaling(tmp_path):
+    from tensorprog.codegen import emit
+
+    program = tp.parse(RESMLP)
+    d = tp.derive(program, "adam")
+    assert d.depth is not None
+    source = emit(program, d.abc, optimizer="adam", label="µP", command="test").source
+    assert "no depth scaling is derived yet" in source
