@@ -277,8 +277,9 @@ class Stream:
     init(out) = max(init(init), init(back)), likewise for its change, and the gradient of ``out``
     flows to ``init`` and to ``back``. ``back`` is read before it is computed, so the passes
     iterate to a fixed point; a back edge whose size grows round after round compounds through
-    the repetitions and is taken as unbounded. (Exponents in L, Depth-µP / CompleteP: Tensor
-    Programs VI, arXiv 2310.02244, are not derived yet.)
+    the repetitions and is taken as unbounded. In the depth pass (only L infinite) the branches
+    add over the repetitions instead: +1/2 at init (CLT), +1 for each repetition's own updates
+    and +1/2 for the stream's change (Tensor Programs VI, arXiv 2310.02244; CompleteP).
     """
 
     out: str
