@@ -1,5 +1,5 @@
-"""Emitted modules at scale: fused attention equals the written-out one, few optimizer groups,
-init constants (a new base width, values set from Python), and the torch
+"""Emitted modules at scale: fused attention and LayerNorm equal the written-out ones, few
+optimizer groups, init constants (a new base width, values set from Python), and the torch
 machinery large runs use: meta init, FSDP2, torch.compile, bf16 autocast, checkpointing."""
 
 from __future__ import annotations
