@@ -436,23 +436,27 @@ class _Emitter:
         self.helpers.add("_mix")
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
 
-    def attention(self, ins: Mix, att: _Attention) -> str:
+    def fused(self, f: _Attention | _Norm) -> str:
+        if isinstance(f, _Norm):  # the explicit path's eps: layer_norm's default
+            x = self.ref(f.x)
+            bias = f", {self.ref(f.bias)}" if f.bias else ""
+            return f"torch.nn.functional.layer_norm({x}, {x}.shape[-1:], {self.ref(f.gain)}{bias})"
         self.helpers.add("_attention")
-        scale = " * ".join(self.ref(s) for s in att.scales) or "1.0"
-        return (f"_attention({self.ref(att.q)}, {self.ref(att.k)}, {self.ref(ins.values)}, "
-                f"{self.dim(att.over)}, {scale}, {att.causal})")
+        scale = " * ".join(self.ref(s) for s in f.scales) or "1.0"
+        return (f"_attention({self.ref(f.q)}, {self.ref(f.k)}, {self.ref(f.values)}, "
+                f"{self.dim(f.over)}, {scale}, {f.causal})")
 
     def lines(self, body: Sequence, indent: str = "        ",
-              attentions: dict[str, _Attention] | None = None) -> list[str]:
-        """Assignments computing ``body`` in order; with ``attentions``, each fused Mix is one
-        attention call and its chain is not computed."""
-        fused = attentions or {}
-        skip = {v for att in fused.values() for v in att.chain}
+              fused: dict[str, _Attention | _Norm] | None = None) -> list[str]:
+        """Assignments computing ``body`` in order; with ``fused`` (from ``_fusions``), each
+        fused instruction is one call and its chain is not computed."""
+        fused = fused or {}
+        skip = {v for f in fused.values() for v in f.chain}
         out = []
         for ins in body:
             if ins.out in skip:
                 continue
-            expr = (self.attention(ins, fused[ins.out]) if ins.out in fused
+            expr = (self.fused(fused[ins.out]) if ins.out in fused
                     else getattr(self, type(ins).__name__)(ins))
             out.append(f"{indent}{self.local[ins.out]} = {expr}")
         return out
@@ -507,26 +511,81 @@ class _Attention:
 
     q: str
     k: str
+    values: str
     over: str
     scales: tuple[str, ...]
     causal: bool
     chain: tuple[str, ...]
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.q, self.k, self.values, *self.scales)
 
-def _attentions(program: Program, body: Sequence) -> dict[str, _Attention]:
-    """The Mix instructions ``forward`` fuses into attention, by output. Fused only where the
-    probabilities, the logits and the per-head dot are read by nothing else (``vectors`` still
-    computes and returns them all), so the fused call is the same function."""
+
+@dataclass(frozen=True)
+class _Norm:
+    """``gain * layernorm(x) [+ bias]``, which ``forward`` computes in one ``layer_norm`` call
+    (as ``nn.LayerNorm`` does: one op saving its input, not three); ``chain`` as above."""
+
+    x: str
+    gain: str
+    bias: str | None
+    chain: tuple[str, ...]
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.x, self.gain) + ((self.bias,) if self.bias else ())
+
+
+def _fusions(program: Program, body: Sequence) -> dict[str, _Attention | _Norm]:
+    """The instructions ``forward`` computes fused, by output: attention (a Mix) and a
+    LayerNorm's gain and bias (the sum, or the product where no bias is added). Fused only
+    where every value of the chain is read by nothing else (``vectors`` still computes and
+    returns them all), so the fused call is the same function."""
     producer = {ins.out: ins for ins in body}
     kept = set(program.outputs) | {b.ret for b in program.blocks}
+    dims = program.value_dims
 
     def only_feeds(value: str, user) -> bool:
         return value not in kept and program.uses(value) == [user]
 
-    found = {}
-    for mix in body:
-        if not isinstance(mix, Mix):
+    def vector_param(name: str, like: str) -> bool:
+        """A trained vector param of ``like``'s dim: a gain or bias layer_norm can take."""
+        p = program.param_table.get(name)
+        return (p is not None and not p.is_scale and len(p.shape) == 1
+                and dims.get(like) is not None and p.shape[0] == dims[like])
+
+    def norm(product) -> tuple[str, str, str] | None:
+        """(x, gain, layernorm's output) where ``product`` is gain * layernorm(x)."""
+        if not (isinstance(product, Nonlin) and product.fn == MUL and len(product.args) == 2):
+            return None
+        for ln_out, gain in (product.args, product.args[::-1]):
+            ln = producer.get(ln_out)
+            if (isinstance(ln, Nonlin) and ln.fn == "layernorm" and vector_param(gain, ln.out)
+                    and only_feeds(ln.out, product)):
+                return ln.args[0], gain, ln.out
+        return None
+
+    found: dict[str, _Attention | _Norm] = {}
+    for ins in body:
+        if isinstance(ins, LinComb) and len(ins.terms) == 2 and all(
+                c == 1 for c, _ in ins.terms):
+            for (_, prod), (_, bias) in (ins.terms, ins.terms[::-1]):
+                product = producer.get(prod)
+                ln = norm(product)
+                if (ln and prod != bias and vector_param(bias, prod)
+                        and only_feeds(prod, ins)):
+                    found[ins.out] = _Norm(ln[0], ln[1], bias, (prod, ln[2]))
+                    break
             continue
+        if isinstance(ins, Nonlin):
+            ln = norm(ins)
+            if ln:
+                found[ins.out] = _Norm(ln[0], ln[1], None, (ln[2],))
+            continue
+        if not isinstance(ins, Mix):
+            continue
+        mix = ins
         soft = producer.get(mix.weights)
         if not (isinstance(soft, Nonlin) and soft.fn in ("softmax", "causal_softmax")
                 and only_feeds(soft.out, mix)):
@@ -545,21 +604,23 @@ def _attentions(program: Program, body: Sequence) -> dict[str, _Attention]:
                 dot.out, logits if scales else soft)):
             continue
         chain = tuple(dict.fromkeys((soft.out, logits.out, dot.out)))
-        found[mix.out] = _Attention(dot.left, dot.right, dot.over, scales,
+        found[mix.out] = _Attention(dot.left, dot.right, mix.values, dot.over, scales,
                                     soft.fn == "causal_softmax", chain)
-    return found
+    # a product fused alone whose sum with a bias is fused too is part of that chain
+    inner = {v for f in found.values() for v in f.chain}
+    return {out: f for out, f in found.items() if out not in inner}
 
 
-def _needed(body: Sequence, results: Sequence[str], attentions: dict[str, _Attention],
+def _needed(body: Sequence, results: Sequence[str], fused: dict[str, _Attention | _Norm],
             mentions) -> set[str]:
-    """The outputs of ``body`` that ``results`` depend on, reading a fused attention's q, k,
-    values and scales in place of its chain; ``mentions(ins)`` names what an instruction reads."""
+    """The outputs of ``body`` that ``results`` depend on, reading a fused instruction's
+    ``reads`` in place of its chain; ``mentions(ins)`` names what an instruction reads."""
     need = set(results)
     for ins in reversed(body):
         if ins.out not in need:
             continue
-        att = attentions.get(ins.out)
-        need.update((att.q, att.k, ins.values, *att.scales) if att else mentions(ins))
+        f = fused.get(ins.out)
+        need.update(f.reads if f else mentions(ins))
     return need
 
 
@@ -779,7 +840,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
             return (streams[results_of[ins.out].name].out,)
         return ins.operands
 
-    def body_lines(instructions: list, fused: dict[str, _Attention], record: bool) -> list[str]:
+    def body_lines(instructions: list, fused: dict[str, _Attention | _Norm],
+                   record: bool) -> list[str]:
         out = []
         for ins in instructions:
             if isinstance(ins, Stream):
@@ -788,12 +850,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
             elif ins.out in results_of:
                 out.append(f"        {local[ins.out]} = {local[mentions(ins)[0]]}")
             else:
-                out += em.lines([ins], attentions=fused)
+                out += em.lines([ins], fused=fused)
         return out
 
-    # forward computes what the outputs need, attention fused; vectors computes and names
-    # every value, attention written out, for the check
-    fused = _attentions(program, outer)
+    # forward computes what the outputs need, attention and LayerNorm fused; vectors computes
+    # and names every value, written out, for the check
+    fused = _fusions(program, outer)
     need = _needed(outer, program.outputs, fused, mentions)
     results = [local[o] if o in computed else em.ref(o) for o in program.outputs]
     result = results[0] if len(results) == 1 else "(" + ", ".join(results) + ")"
@@ -941,12 +1003,12 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
                      "# a plain float")
     args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
-    fused = _attentions(program, values)
+    fused = _fusions(program, values)
     need = _needed(values, [block.ret], fused, lambda ins: ins.operands)
     lines += ["", f"    def forward(self, {args}, record=False):",
               "        if record:",
               f"            return self.vectors({args})",
-              *em.lines([ins for ins in values if ins.out in need], attentions=fused),
+              *em.lines([ins for ins in values if ins.out in need], fused=fused),
               f"        return {ret}",
               "",
               f"    def vectors(self, {args}):",

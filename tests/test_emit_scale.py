@@ -1,5 +1,5 @@
-"""Emitted modules at scale: fused attention equals the written-out one, few optimizer groups,
-init constants (a new base width, values set from Python), and the torch
+"""Emitted modules at scale: fused attention and LayerNorm equal the written-out ones, few
+optimizer groups, init constants (a new base width, values set from Python), and the torch
 machinery large runs use: meta init, FSDP2, torch.compile, bf16 autocast, checkpointing."""
 
 from __future__ import annotations
@@ -35,17 +35,68 @@ def _batch(model, n=4):
     return model.example_inputs(n, generator=torch.Generator().manual_seed(1))
 
 
-def test_fused_attention_equals_the_written_out_one(gpt):
+def test_fused_attention_and_layernorm_equal_the_written_out_ones(gpt):
     torch.manual_seed(0)
     model = gpt.Model(32, 2, dtype=torch.float64)
+    with torch.no_grad():  # gains 1 and biases 0 would hide a dropped or swapped one
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_()
     (tok,) = _batch(model)
     fused = model(tok)
     written = model.vectors(tok)["logits"]
     assert torch.allclose(fused, written, rtol=1e-10, atol=1e-10)
-    assert "_attention(" in (ROOT / "tests" / "golden" / "gpt_mup.py").read_text()
+    golden = (ROOT / "tests" / "golden" / "gpt_mup.py").read_text()
+    assert "_attention(" in golden and "layer_norm(h, h.shape[-1:], self.ga, self.ba)" in golden
     # the check still sees the logits and the probabilities, causal: no weight on the future
     p = model.vectors(tok)["layer.1.r_1"]
     assert p.shape == (4, 4, 8, 8) and torch.equal(p.triu(1), torch.zeros_like(p))
+
+
+# gain and bias either side, a gain alone, and a LayerNorm read twice (left written out)
+NORMS = """
+width n = 32
+dim d_in = 8
+dim d_out = 4
+input x : [d_in]
+param W1 : [n, d_in]
+param g1 : [n] = 1
+param b1 : [n] = 0
+param g2 : [n] = 1
+param g3 : [n] = 1
+param b3 : [n] = 0
+param W2 : [d_out, n]
+h = W1 @ x
+a = b1 + layernorm(h) * g1
+c = g2 * layernorm(relu(a))
+u = layernorm(c)
+e = g3 * u + b3
+s = e + u
+output y = W2 @ s
+"""
+
+
+def test_layernorm_gain_and_bias_fuse_only_where_nothing_else_reads_them(tmp_path):
+    program = tp.parse(NORMS, "norms.tp")
+    abc = dict(tp.derive(program, "adam").abc)
+    abc["g1"] = type(abc["g1"])("1/2", abc["g1"].b, abc["g1"].c)  # a multiplier on a gain
+    source = emit(program, abc, optimizer="adam", label="µP", command="test").source
+    forward = source[source.index("def forward"):source.index("def vectors")]
+    assert "layer_norm(h, h.shape[-1:], self.g1 * self.mult_g1, self.b1)" in forward
+    assert "layer_norm(c_1, c_1.shape[-1:], self.g2)\n" in forward
+    assert "layer_norm(c, c.shape[-1:])\n" in forward and "e_1 = (self.g3) * (u)" in forward
+    path = tmp_path / "norms.py"
+    path.write_text(source)
+    module = import_file(path, "norms")
+    torch.manual_seed(0)
+    model = module.Model(128, dtype=torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_()
+    (x,) = model.example_inputs(5, generator=torch.Generator().manual_seed(1))
+    assert model.mult_g1 == 0.5
+    assert torch.allclose(model(x), model.vectors(x)["y"], rtol=1e-10, atol=1e-10)
 
 
 def test_a_deep_gpt_has_two_groups_each_param_once_with_its_lr(gpt):

@@ -77,18 +77,14 @@ class Block_layer(torch.nn.Module):
     def forward(self, h, attn, record=False):
         if record:
             return self.vectors(h, attn)
-        a_1 = torch.nn.functional.layer_norm(h, h.shape[-1:])
-        a_2 = (self.ga) * (a_1)
-        a = a_2 + self.ba
+        a = torch.nn.functional.layer_norm(h, h.shape[-1:], self.ga, self.ba)
         s_1 = torch.nn.functional.linear(a, self.Wq)
         s_2 = torch.nn.functional.linear(a, self.Wk)
         r_2 = torch.nn.functional.linear(a, self.Wv)
         r_3 = _attention(s_1, s_2, r_2, self.width // 4, attn, True)
         r_4 = torch.nn.functional.linear(r_3, self.Wo)
         r = h + r_4
-        m_1 = torch.nn.functional.layer_norm(r, r.shape[-1:])
-        m_2 = (self.gm) * (m_1)
-        m = m_2 + self.bm
+        m = torch.nn.functional.layer_norm(r, r.shape[-1:], self.gm, self.bm)
         out_1 = torch.nn.functional.linear(m, self.Wi)
         out_2 = torch.nn.functional.gelu(out_1)
         out_3 = torch.nn.functional.linear(out_2, self.Wp)
@@ -199,9 +195,7 @@ class Model(torch.nn.Module):
         for block in self.layer:
             layer_h = block(layer_h, self.mult_attn)
         hL = layer_h
-        f_1 = torch.nn.functional.layer_norm(hL, hL.shape[-1:])
-        f_2 = (self.gf) * (f_1)
-        f = f_2 + self.bf
+        f = torch.nn.functional.layer_norm(hL, hL.shape[-1:], self.gf, self.bf)
         logits_1 = torch.nn.functional.linear(f, self.E.t())
         logits = (self.mult_tie) * (logits_1)
         return logits
