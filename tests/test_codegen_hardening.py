@@ -317,3 +317,13 @@ def test_frozen_params_get_no_learning_rate_at_any_width():
         groups = module.param_groups(module.Model(width), 0.1)
         lr = {n: g["lr"] for g in groups for n in g["entries"]}
         assert lr["W"] == 0.0 and lr["R"] == pytest.approx(0.1)
+
+
+def test_make_optimizer_names_the_optimizers_it_knows(tmp_path):
+    path = tmp_path / "opt_mup.py"
+    path.write_text(_build(tp.parse(MLP)).source)
+    module = import_file(path, "opt_mup")
+    model = module.Model(32)
+    with pytest.raises(ValueError, match="one of sgd, adam, adamw, not 'rmsprop'"):
+        module.make_optimizer(model, 0.01, optimizer="rmsprop")
+    assert isinstance(module.make_optimizer(model, 0.01, optimizer="adamw"), torch.optim.AdamW)

@@ -353,7 +353,15 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
 
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
-    """A torch.optim optimizer over param_groups (default: the derived one)."""
+    """A torch.optim optimizer over param_groups (default: the derived one).
+    optimizer is 'sgd', 'adam' or 'adamw': the learning-rate exponents are derived
+    for one of those update rules, so another optimizer class is refused; use
+    param_groups(model, lr) with your own optimizer instead."""
     name = optimizer or 'adam'
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return cls(param_groups(model, lr, weight_decay), lr=lr, **kwargs)
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in classes:
+        raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
+                         f"{name!r}; for another optimizer pass "
+                         "param_groups(model, lr) to it")
+    groups = param_groups(model, lr, weight_decay)
+    return classes[name](groups, lr=lr, **kwargs)
