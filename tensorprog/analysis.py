@@ -99,14 +99,47 @@ def residual_branches(program: Program, stream: Stream) -> list[str]:
         return None
 
     found = walk(block.ret)
+    arg = block.arg.split('.')[-1]
     if not found:
         raise EngineError(
             f"block {block.name} does not return its argument plus a branch, so over "
             f"{stream.count} repetitions it compounds and has no power law in {stream.count}: "
             "its depth exponents cannot be derived", span=stream.span,
-            help=f"write the block as a residual one, e.g. `return {block.arg.split('.')[-1]} "
-                 "+ W @ relu(...)`")
+            help=f"write the block as a residual one, e.g. `return {arg} + W @ relu(...)`")
+    for b in found:
+        problem = _branch_problem(program, stream, block, b)
+        if problem:
+            raise EngineError(
+                f"block {block.name}: the branch {b} {problem}, so the depth rules (one sum of "
+                f"{stream.count} branches, each scaled by the block's own params) do not "
+                "describe it: its depth exponents cannot be derived", span=stream.span,
+                help=f"return the argument once plus branches that each end in a matmul by one "
+                     f"of the block's params, e.g. `return {arg} + W2 @ relu(W1 @ {arg})`")
     return found
+
+
+def _branch_problem(program: Program, stream: Stream, block, branch: str) -> str | None:
+    """Why a residual branch is outside what the depth pass models, or None."""
+    if branch == stream.out or branch not in block.values:
+        return "is not computed inside the block (the argument itself, a param or an outer value)"
+    sums = [branch]  # the sum a branch is must not add the argument in again (a scaled stream)
+    while sums:
+        ins = program.producer.get(sums.pop())
+        if isinstance(ins, LinComb):
+            if stream.out in ins.operands:
+                return "adds the block's argument again"
+            sums.extend(o for o in ins.operands if o in block.values)
+    own, todo, seen = False, [branch], set()
+    while todo and not own:  # up to the argument: some param of this block must scale it
+        v = todo.pop()
+        ins = program.producer.get(v)
+        if v in seen or ins is None or v == stream.out:
+            continue
+        seen.add(v)
+        weights = (ins.weight,) if isinstance(ins, MatMul) else ()
+        own = any(o in block.params for o in ins.operands + weights)
+        todo.extend(o for o in ins.operands if o in block.values)
+    return None if own else "uses none of the block's own params"
 
 
 class Analysis:

@@ -218,7 +218,10 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                 except EngineError as err:
                     d.depth_refused = err.diagnostics[0].message
             else:
-                d.depth = _derive_depth(program, optimizer, depth_convention)
+                try:
+                    d.depth = _derive_depth(program, optimizer, depth_convention)
+                except EngineError as err:  # the width exponents stand at any fixed depth
+                    d.depth_refused = err.diagnostics[0].message
         return d
 
 
@@ -362,7 +365,8 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
     if check.violations or check.regime != "feature_learning":
         last = len(check.violations) - 1
         found = [Diagnostic(v.message, _span_of(program, v.tensor),
-                            "this is a bug in the depth derivation; please report it"
+                            "the depth rules do not cover this block's form (e.g. a "
+                            "nonlinearity on the branch's output)"
                             if i == last else None)
                  for i, v in enumerate(check.violations)]
         raise EngineError(

@@ -5,6 +5,7 @@ CompleteP (arXiv 2505.01618), never tabulated in the engine."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,27 @@ def test_the_emitted_module_still_applies_no_depth_scaling(tmp_path):
     assert d.depth is not None
     source = emit(program, d.abc, optimizer="adam", label="µP", command="test").source
     assert "no depth scaling is derived yet" in source
+
+
+_BLOCK = RESMLP.replace("    u = W1 @ h               # names inside are local to each repetition\n"
+                        "    return h + W2 @ relu(u)\n", "{body}")
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("    param b2 : [n] = 0\n    return h + W2 @ relu(W1 @ h) + b2\n",
+     "not computed inside the block"),
+    ("    r = h + W2 @ relu(W1 @ h)\n    return r - h\n", "not computed inside the block"),
+    ("    v = 0.5 * h + W2 @ relu(W1 @ h)\n    return h + v\n", "adds the block's argument again"),
+    ("    return h + relu(h)\n", "uses none of the block's own params"),
+    ("    return h + relu(W2 @ relu(W1 @ h))\n", "not feature learning"),
+])
+def test_block_forms_outside_the_depth_rules_keep_their_width_exponents(body, why):
+    # each once crashed (KeyError, RecursionError) or called itself a bug: now the depth part is
+    # refused with the reason and the width exponents, which hold at any fixed depth, stand
+    source = _BLOCK.replace("{body}", body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)  # W1, W2 unused in one case
+        d = _depth(source)
+    assert d.depth is None and why in d.depth_refused
+    if "W2" in body:
+        assert d.abc["res.W2"] == _abc(0, "1/2", 1)
