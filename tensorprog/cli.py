@@ -715,6 +715,7 @@ def _limit(args, program) -> int:
     import numpy as np
     import torch
 
+    from .data import _all_finite, _tensor
     from .limit import nngp_kernel
 
     try:
@@ -725,10 +726,23 @@ def _limit(args, program) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot read {args.inputs}: {err}",
                          help="save a tensor with torch.save(x, 'X.pt') or numpy.save") from None
+    def bad(why: str) -> UsageError:
+        return UsageError(f"--inputs {args.inputs}: {why}",
+                          help="save a dense, finite (P, dim) tensor, or a dict of them, one per "
+                               "input")
+
+    def checked(value, name: str):  # the checks transfer's data files get
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            value = torch.from_numpy(value)
+        t = _tensor(value, name, bad)
+        if t.is_floating_point():
+            _all_finite(t, name, bad, then="the kernel would be nan")
+        return t.numpy()
+
     if isinstance(data, dict):
-        data = {str(k): np.asarray(v) for k, v in data.items()}
+        data = {str(k): checked(v, str(k)) for k, v in data.items()}
     elif isinstance(data, torch.Tensor | np.ndarray):
-        data = np.asarray(data)
+        data = checked(data, "X")
     else:
         raise UsageError(f"{args.inputs} holds a {type(data).__name__}",
                          help="save a tensor, or a dict of tensors, one per input")

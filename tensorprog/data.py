@@ -152,14 +152,14 @@ def _tensor(value, name: str, bad):
     return value.detach()
 
 
-def _all_finite(x, name: str, bad, note: str = "") -> None:
+def _all_finite(x, name: str, bad, note: str = "", then: str = "every loss would be nan") -> None:
     import torch
 
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         where = tuple(int(i) for i in (~finite).nonzero()[0])
         raise bad(f"{name}[{', '.join(map(str, where))}] is {float(x[where])}{note}: the data "
-                  "must be finite (every loss would be nan)")
+                  f"must be finite ({then})")
 
 
 def _ids(t, name: str, what: str, bad) -> int:

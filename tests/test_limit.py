@@ -5,6 +5,7 @@ and the emitted module at finite widths."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -323,3 +324,19 @@ def test_mu_limit_refuses_deeper_networks_and_other_parametrizations():
     assert e.value.span is not None
     with pytest.raises(UsageError, match=r"targets: expected a finite \(2, 1\) array"):
         mu_limit(one_layer("tanh", bias=False), points(2, 4), np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda t: t.to_sparse(), r"X is a torch.sparse_coo tensor, not a dense one"),
+    (lambda t: t.index_fill(0, t.new_tensor([1], dtype=int), float("nan")),
+     r"X\[1, 0\] is nan: the data must be finite \(the kernel would be nan\)"),
+    (lambda t: {"x": t.to("meta")}, "x is a meta tensor"),
+])
+def test_cli_inputs_get_the_checks_data_files_get(capsys, tmp_path, make, message):
+    import torch
+
+    torch.save(make(torch.as_tensor(points(3, 5))), tmp_path / "X.pt")
+    (tmp_path / "mlp.tp").write_text(mlp_source(2))
+    code, _, err = _cli(capsys, "limit", str(tmp_path / "mlp.tp"), "--kernel", "--inputs",
+                        str(tmp_path / "X.pt"))
+    assert code == 2 and re.search(message, err), err
