@@ -244,14 +244,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
     _refuse_compounding(program, an)
-    unset = [p for p in params
-             if an.S[p] is None or (an.U[p] is None and not program.param_table[p].is_scale)]
-    if unset:
-        raise EngineError([
-            Diagnostic(f"no condition fixes the {'init' if an.S[p] is None else 'update'} "
-                       f"scale of {p}", program.param_table[p].span,
-                       "each param must reach an output through something it can move")
-            for p in unset])
+    _require_fixed(program, an, params)
     an.V = dict(an.U)  # stable by construction: capped and first-order updates are U
     an.F = dict(an.U)
     an.backward()
@@ -309,6 +302,18 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
 
 
+def _require_fixed(program: Program, an: Analysis, params: list[str], where: str = "") -> None:
+    """Every param's init, and every trained param's update, must be bounded by some term."""
+    unset = [p for p in params
+             if an.S[p] is None or (an.U[p] is None and not program.param_table[p].is_scale)]
+    if unset:
+        raise EngineError([
+            Diagnostic(f"no condition{where} fixes the {'init' if an.S[p] is None else 'update'} "
+                       f"scale of {p}", program.param_table[p].span,
+                       "each param must reach an output through something it can move")
+            for p in unset])
+
+
 def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> DepthDerivation:
     """The depth exponents, from the depth pass's desiderata (the same bounds as in the width,
     with only the depth infinite): every term O(1) in L; every update maximal in L (its tightest
@@ -323,13 +328,7 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
     _settle_bounds(program, an, params)
     _refuse_compounding(program, an)
     scales = {p for p in params if program.param_table[p].is_scale}
-    unset = [p for p in params if an.S[p] is None or (an.U[p] is None and p not in scales)]
-    if unset:
-        raise EngineError([
-            Diagnostic(f"no condition in {L} fixes the {'init' if an.S[p] is None else 'update'} "
-                       f"scale of {p}", program.param_table[p].span,
-                       "each param must reach an output through something it can move")
-            for p in unset])
+    _require_fixed(program, an, params, f" in {L}")
     free: dict[str, tuple[Exp, Exp]] = {}
     equations: list[Equation] = []
     for p in params:
