@@ -553,7 +553,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
     abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
-    emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
+    emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width)
     module = load_module(emitted, f"{program.name}_{param}")
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,

@@ -281,7 +281,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     sources = {}
     for param in params:
         abc, label = parametrization(fitted, optimizer, param)
-        sources[param] = emit(fitted, abc, optimizer=optimizer.name, label=label,
+        sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
                               command="tensorprog transfer").source
     if data.is_text and len(data.tokens) <= (seq or 0):
         raise UsageError(f"--data {data_name}: {len(data.tokens)} tokens are fewer than one "
