@@ -43,7 +43,8 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 # sides; finite widths below 64 drift more (docs/check.md).
 TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01, "adamw": 0.01, "lion": 0.001,
+              "muon": 0.01}
 # Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
 # weight about 1/sqrt(k) against a CLT remainder, so the widths must be well above k before the
 # exponents show; 16 keeps them there from width 64 on. A sequence program feeds batch x tokens
