@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
                         "block's branch): completep, init as small as its update (aL+bL at the "
                         "top of its range), or depth-mup, init as large as stability allows "
                         "(default: completep)")
+    d.add_argument("--weight-decay", choices=["coupled", "decoupled", "independent"],
+                   help="add a column saying how a fixed weight decay λ acts on each param as the "
+                        "width (and depth) grow under this semantics: coupled (L2 in the "
+                        "gradient), decoupled (torch's AdamW: lr·λ·w per step), independent "
+                        "(λ·w per step); --json always gives all three")
     out = d.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--explain", action="store_true", help="walk the derivation in words")
@@ -542,7 +547,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.explain:
             _out(explain(d))
         else:
-            _out(derive_table(d))
+            _out(derive_table(d, args.weight_decay))
             if zeroed is not None:
                 _out("\n" + zero_init_text(d, zeroed, names))
         return 0

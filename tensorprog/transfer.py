@@ -35,7 +35,8 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 # grids in log2 units, wide enough to bracket the optimum at every width under SP and µP
 DEFAULT_LOG2 = {("lr", "adam"): range(-14, -3), ("lr", "adamw"): range(-14, -3),
                 ("lr", "lion"): range(-16, -5), ("lr", "muon"): range(-12, -1),
-                ("lr", "sgd"): range(-9, 2), ("lr", "momentum"): range(-11, 0), ("init_std", None): range(-4, 3),
+                ("lr", "sgd"): range(-9, 2), ("lr", "momentum"): range(-11, 0),
+                ("init_std", None): range(-4, 3),
                 ("output_mult", None): range(-6, 3)}
 BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "lion": 2.0 ** -11, "muon": 2.0 ** -7,
            "sgd": 2.0 ** -4, "momentum": 2.0 ** -6}  # when the HP is not lr
