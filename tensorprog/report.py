@@ -160,6 +160,8 @@ def derive_json(d: Derivation) -> dict:
 
 def _update_name(d: Derivation, name: str) -> str:
     """Which optimizer steps the param, for an optimizer with a rule per shape (Muon)."""
+    if d.abc[name].c is INF:
+        return "-"  # a scale, never trained
     spectral = d.optimizer.rule_for(d.check.analysis.shape(name)).spectral
     return d.optimizer.name if spectral else "adamw"
 
