@@ -261,3 +261,14 @@ def test_cli_classify_muon_for_every_example(capsys):
         "sp",
     )
     assert "regime: unstable" in out
+
+
+def test_check_muon_passes_mup_and_fails_unscaled_muon_on_the_mlp():
+    """The coordinate check: derived µP under Muon keeps every slope flat; Muon with no width
+    scaling (sp: every c = 0) lets the AdamW readout move the output as n (slope ≈ +0.8 over
+    64..1024 after 3 steps). One seed, fixed; tolerance ±0.15 as the command's."""
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    options = {"widths": (64, 256, 1024), "seeds": 1, "steps": 3}
+    assert tp.check(program, "muon", **options).passed
+    unscaled = tp.check(program, "muon", param="sp", **options)
+    assert not unscaled.passed and list(unscaled.failures) == ["y"]
