@@ -138,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
-    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd, "
-                                            "0.01 for adam and adamw)")
+    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd and "
+                                            "momentum, 0.01 for adam, adamw and muon, 0.001 "
+                                            "for lion)")
     k.add_argument("--batch-size", type=int,
                    help="samples per step (default: 16, or 16 tokens' worth of sequences)")
     k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
