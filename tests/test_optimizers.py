@@ -18,6 +18,7 @@ from tensorprog.cli import main  # noqa: E402
 from tensorprog.codegen import emit, muon_params, parametrization  # noqa: E402
 from tensorprog.coordcheck import load_module  # noqa: E402
 from tensorprog.derive import derive  # noqa: E402
+from tensorprog.exponents import canon  # noqa: E402
 from tensorprog.optimizers import OPTIMIZERS, muon  # noqa: E402
 from tensorprog.rules import fan_dims  # noqa: E402
 
@@ -272,3 +273,21 @@ def test_check_muon_passes_mup_and_fails_unscaled_muon_on_the_mlp():
     assert tp.check(program, "muon", **options).passed
     unscaled = tp.check(program, "muon", param="sp", **options)
     assert not unscaled.passed and list(unscaled.failures) == ["y"]
+
+
+def test_derive_states_how_weight_decay_scales_per_param():
+    """Adam µP (table3): the hidden W2 has lr η/n, so decoupled decay shrinks it by η·λ/n per
+    step; independent keeps λ; coupled λw meets W2's gradient (entries 1/n, w entries 1/√n)
+    with weight √n inside the normaliser. A depth program states the power of L too."""
+    from tensorprog.report import derive_json, derive_table
+
+    d = derive(tp.parse_file(ROOT / "examples" / "mlp.tp"), OPTIMIZERS["adam"])
+    wd = derive_json(d)["parameters"]["W2"]["weight_decay"]
+    assert (wd["decoupled"]["width"], wd["independent"]["width"]) == ("-1", "0")
+    assert wd["coupled"]["width"] == "1/2" and "normaliser" in wd["coupled"]["meaning"]
+    sgd = derive(tp.parse_file(ROOT / "examples" / "mlp.tp"), OPTIMIZERS["sgd"])
+    assert derive_json(sgd)["parameters"]["W2"]["weight_decay"]["coupled"]["width"] == "0"
+    assert "wd (independent)" in derive_table(d, "independent")
+    deep = derive(tp.parse_file(ROOT / "examples" / "gpt.tp"), OPTIMIZERS["adam"])
+    wo = derive_json(deep)["parameters"]["layer.Wo"]
+    assert wo["weight_decay"]["decoupled"]["depth"] == str(-canon(wo["depth"]["c"]))
