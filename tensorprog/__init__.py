@@ -5,6 +5,7 @@ The public surface::
     program = tensorprog.parse_file("mlp.tp")
     d = tensorprog.derive(program, "adam")            # µP, exactly, as (a, b, c) per param
     c = tensorprog.classify(program, "sgd", preset="sp")
+    m = tensorprog.derive(program, tensorprog.muon(io=True))  # Muon on every matrix
     r = tensorprog.check(program, "adam", param="sp")  # coordinate check (imports torch)
     assert not r.passed, r.failures
 
@@ -30,13 +31,16 @@ from .errors import (
     UsageError,
 )
 from .ir import Program, to_text, verify
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, Optimizer, muon
 from .parse import parse, parse_file
 
 __version__ = "0.1.0"
 
 
 def _optimizer(name):
+    """An optimizer by name ("muon", "adam", ...), or an Optimizer as given (e.g. muon(io=True))."""
+    if isinstance(name, Optimizer):
+        return name
     if name not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {name!r}",
                          help=f"choose one of {', '.join(OPTIMIZERS)}")
@@ -99,6 +103,7 @@ __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
     "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
-    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "nngp_kernel",
+    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "muon",
+    "nngp_kernel",
     "parse", "parse_file", "to_text", "verify",
 ]

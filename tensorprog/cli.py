@@ -22,7 +22,7 @@ from .derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from .errors import EngineError, TensorProgError, TensorProgWarning, UsageError
 from .exponents import INF, NEG_INF, as_str, canon
 from .ir import to_text
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, muon
 from .parse import parse_file
 from .presets import PRESETS, preset, zero_init
 from .report import (
@@ -58,6 +58,22 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _muon_io(parser) -> None:
+    parser.add_argument("--muon-io", action="store_true",
+                        help="with --optimizer muon: orthogonalise the input and output matrices "
+                             "too (default: hidden matrices only; token and position lookups, "
+                             "vectors and scalars always take AdamW)")
+
+
+def _optimizer(args):
+    if not getattr(args, "muon_io", False):
+        return OPTIMIZERS[args.optimizer]
+    if args.optimizer != "muon":
+        raise UsageError(f"--muon-io chooses Muon's matrices, but the optimizer is "
+                         f"{args.optimizer}", help="add --optimizer muon, or drop --muon-io")
+    return muon(io=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="tensorprog",
@@ -70,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("program", help="a .tp file")
     d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(d)
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")
@@ -78,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
                         "block's branch): completep, init as small as its update (aL+bL at the "
                         "top of its range), or depth-mup, init as large as stability allows "
                         "(default: completep)")
+    d.add_argument("--weight-decay", choices=["coupled", "decoupled", "independent"],
+                   help="add a column saying how a fixed weight decay λ acts on each param as the "
+                        "width (and depth) grow under this semantics: coupled (L2 in the "
+                        "gradient), decoupled (torch's AdamW: lr·λ·w per step), independent "
+                        "(λ·w per step); --json always gives all three")
     out = d.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--explain", action="store_true", help="walk the derivation in words")
@@ -90,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("program", help="a .tp file")
     c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="default: sgd (TP4's setting for the presets)")
+    _muon_io(c)
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=PRESETS,
                        help="a named parametrization: sp (standard), ntp (neural tangent), mup, "
@@ -106,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("program", help="a .tp file")
     k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(k)
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to emit (default: table3)")
     _module_options(k, "the check then expects those vectors to start at exactly 0")
@@ -114,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
-    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd, "
-                                            "0.01 for adam and adamw)")
+    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd and "
+                                            "momentum, 0.01 for adam, adamw and muon, 0.001 "
+                                            "for lion)")
     k.add_argument("--batch-size", type=int,
                    help="samples per step (default: 16, or 16 tokens' worth of sequences)")
     k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -137,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="parametrizations to compare (default: mup,sp; also ntp)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(t)
     t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
@@ -493,7 +519,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--base-width {args.base_width}: {problem}",
                              help="the module equals SP at its base width, so the program "
                                   "must have a network there: choose a width the dims divide")
-    optimizer = OPTIMIZERS[args.optimizer]
+    optimizer = _optimizer(args)
     if args.command == "check":
         return _check(args, program, optimizer)
     if args.command == "transfer":
@@ -522,7 +548,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.explain:
             _out(explain(d))
         else:
-            _out(derive_table(d))
+            _out(derive_table(d, args.weight_decay))
             if zeroed is not None:
                 _out("\n" + zero_init_text(d, zeroed, names))
         return 0
@@ -676,12 +702,13 @@ def _write_module(args, program, optimizer) -> int:
                                  args.readout_zero_init, args.zero_init)
     flags = ["--param", args.param, "--optimizer", optimizer.name,
              "--convention", args.convention]
+    flags += ["--muon-io"] if args.muon_io else []
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
     flags += ["--zero-init", ",".join(args.zero_init)] if args.zero_init else []
     flags += ["--base-width", str(args.base_width)] if args.base_width else []
     # argv words: codegen quotes them for the shell and escapes them for the docstring
     command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
-    emitted = emit(program, abc, optimizer=optimizer.name, label=label,
+    emitted = emit(program, abc, optimizer=optimizer, label=label,
                    command=[command, flags], base_width=args.base_width)
     try:
         Path(args.output).write_text(emitted.source)

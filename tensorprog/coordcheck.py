@@ -43,7 +43,8 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 # sides; finite widths below 64 drift more (docs/check.md).
 TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01, "adamw": 0.01, "lion": 0.001,
+              "muon": 0.01}
 # Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
 # weight about 1/sqrt(k) against a CLT remainder, so the widths must be well above k before the
 # exponents show; 16 keeps them there from width 64 on. A sequence program feeds batch x tokens
@@ -553,7 +554,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
     abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
-    emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
+    emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width)
     module = load_module(emitted, f"{program.name}_{param}")
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
