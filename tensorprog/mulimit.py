@@ -413,3 +413,21 @@ def finite_training(program: Program, inputs, targets, width: int, *, steps: int
         for h in net.pre:
             moves[h].append(move[h])
     return np.stack(out), {h: np.array(v) for h, v in moves.items()}
+
+
+def describe(result: TrainingLimit, program: Program) -> str:
+    """The limit as a table: per step, the loss and the outputs on the batch, then how far
+    each matmul output has moved from init (Θ(1): feature learning)."""
+    loss = result.to_json()["loss"]
+    out = result.outputs.reshape(len(result.outputs), -1)
+    shown = min(out.shape[1], 6)
+    more = f" … ({out.shape[1]} values)" if out.shape[1] > shown else ""
+    lines = [f"µ-limit of {program.name} under µP, SGD at lr {result.lr:g} on "
+             f"{result.outputs.shape[1]} inputs: {result.method}",
+             f"{'step':>4}  {'loss':>10}  outputs (f(ξ_1), f(ξ_2), …)"]
+    for t, (lo, f) in enumerate(zip(loss, out, strict=True)):
+        lines.append(f"{t:>4}  {lo:>10.5f}  " + " ".join(f"{v:+.4f}" for v in f[:shown]) + more)
+    lines.append("feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as "
+                 "n^-1/2):")
+    lines += [f"  {h}: {v[-1]:.4f}" for h, v in result.feature_change.items()]
+    return "\n".join(lines)
