@@ -62,7 +62,7 @@ class Net:
     body: tuple
     output: str
     d_out: int
-    pre: tuple[str, ...]  # the matmul outputs of infinite dim: the features reported
+    pre: tuple[str, ...]  # what the nonlinearities read: the features reported
 
 
 def _network(program: Program) -> Net:
@@ -105,6 +105,13 @@ def _network(program: Program) -> Net:
         elif not (isinstance(ins, Nonlin) and (ins.fn in _FNS or ins.fn == MUL)):
             what = ins.fn if isinstance(ins, Nonlin) else type(ins).__name__
             raise _refuse(f"{what} has no µ-limit rule here", ins.span)
+        else:
+            for a in ins.args:
+                if a in program.param_table or a == x:
+                    raise _refuse(f"{a} is a {'param' if a != x else 'input'} inside "
+                                  f"{ins.fn}: only computed vectors are implemented there",
+                                  ins.span, "gains and scales have no µ-limit rule here; "
+                                  "drop the gain to get the limit of the network without it")
         if ins.out != out and not program.is_infinite(ins.out):
             raise _refuse(f"{ins.out} has a finite dim inside the network", ins.span)
     if "readout" not in roles.values():
@@ -112,7 +119,7 @@ def _network(program: Program) -> Net:
                       program.body[-1].span)
     if sum(r == "readout" for r in roles.values()) > 1:
         raise _refuse("more than one readout", program.body[-1].span)
-    pre = tuple(i.out for i in program.body if isinstance(i, MatMul) and i.out != out)
+    pre = tuple(dict.fromkeys(a for i in program.body if isinstance(i, Nonlin) for a in i.args))
     d_out = program.dim(program.value_dims[out]).size
     return Net(x, roles, tuple(program.body), out, d_out, pre)
 
@@ -149,7 +156,7 @@ def _targets(targets, count: int, d_out: int) -> np.ndarray:
 class TrainingLimit:
     """``outputs[t]``: the limit of f_t on the training batch (steps + 1, B, d_out);
     ``feature_change[h][t]``: RMS over coordinates and inputs of Z^{h_t} - Z^{h_0} for every
-    matmul output h (Θ(1) under µP: feature learning)."""
+    vector h a nonlinearity reads (Θ(1) under µP: feature learning)."""
 
     outputs: np.ndarray
     feature_change: dict[str, np.ndarray]
@@ -376,7 +383,7 @@ def finite_training(program: Program, inputs, targets, width: int, *, steps: int
                     lr: float = 0.1, seeds=range(4),
                     param: str = "mup") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The emitted module trained the same way at a finite width: its outputs (seeds,
-    steps + 1, B, d_out) and, for every matmul output h, the RMS of h_t - h_0 (seeds,
+    steps + 1, B, d_out) and, for every vector h a nonlinearity reads, the RMS of h_t - h_0 (seeds,
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
     import torch
 
@@ -417,7 +424,7 @@ def finite_training(program: Program, inputs, targets, width: int, *, steps: int
 
 def describe(result: TrainingLimit, program: Program) -> str:
     """The limit as a table: per step, the loss and the outputs on the batch, then how far
-    each matmul output has moved from init (Θ(1): feature learning)."""
+    each pre-activation has moved from init (Θ(1): feature learning)."""
     loss = result.to_json()["loss"]
     out = result.outputs.reshape(len(result.outputs), -1)
     shown = min(out.shape[1], 6)
