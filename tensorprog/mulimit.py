@@ -20,8 +20,8 @@ The Ẑ^{W x} are jointly Gaussian with Cov = σ² E[Z^x Z^x'], the Ẑ^{Wᵀ g}
 the two families and different matrices independent. Every expectation is a Monte Carlo mean
 over ``samples`` draws of all the Gaussians (error O(samples^-1/2), stated in the result); the
 partial derivatives ∂Z/∂Ẑ are exact per draw (torch autograd, with every expectation held
-constant). For a linear one-hidden-layer network, :func:`linear_limit` is TP4's exact limit, a
-recursion on the moments E[vuᵀ], E[vvᵀ], E[uuᵀ] (the oracle of the tests).
+constant). For linear networks, :mod:`tensorprog.linlimit` computes TP4's exact limit without
+sampling (the oracle of the tests).
 
 Refused, with the position: a weight used twice or transposed (reuse brings more Ż terms),
 attention, norms, dots, blocks, several inputs or outputs, parametrizations other than µP
@@ -347,36 +347,6 @@ def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0
 
 def _add(g: dict, name: str, value) -> None:
     g[name] = value if name not in g else g[name] + value
-
-
-def linear_limit(program: Program, inputs, targets, *, steps: int = 5,
-                 lr: float = 0.1) -> np.ndarray:
-    """TP4's exact µ-limit of the linear one-hidden-layer network ``y = V @ (U @ x)``:
-    f = √base M ξ with M = E[v uᵀ], Q = E[v vᵀ], S = E[u uᵀ] updated in closed form."""
-    net = _network(program)
-    roles = sorted(net.roles.values())
-    linear = all(isinstance(i, MatMul) or (isinstance(i, Nonlin) and i.fn == "identity")
-                 for i in net.body)
-    if roles != ["input", "readout"] or not linear:
-        raise EngineError("linear_limit needs y = V @ (U @ x), φ = identity, no bias",
-                          program.body[0].span, help="use mu_limit for the general case")
-    xi = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi), net.d_out)
-    rb = math.sqrt(program.width.base)
-    d = xi.shape[1]
-    m, q, s = np.zeros((net.d_out, d)), np.eye(net.d_out), np.eye(d) / d
-    a, c = lr * rb, lr / rb
-    outs = []
-    for t in range(steps + 1):
-        f = rb * xi @ m.T
-        outs.append(f)
-        if t == steps:
-            break
-        g = ((f - y) / len(xi)).T @ xi  # Σ_b χ_b ξ_bᵀ
-        m, q, s = (m - c * q @ g - a * g @ s + a * c * g @ m.T @ g,
-                   q - a * (g @ m.T + m @ g.T) + a * a * g @ s @ g.T,
-                   s - c * (g.T @ m + m.T @ g) + c * c * g.T @ q @ g)
-    return np.stack(outs)
 
 
 def finite_training(program: Program, inputs, targets, width: int, *, steps: int = 5,

@@ -13,7 +13,8 @@ from conftest import ROOT, mlp_source
 
 import tensorprog as tp
 from tensorprog.errors import EngineError, UsageError
-from tensorprog.mulimit import finite_training, linear_limit, mu_limit
+from tensorprog.linlimit import exact_linear_limit, linear_limit
+from tensorprog.mulimit import finite_training, mu_limit
 
 EX = ROOT / "examples"
 
@@ -57,6 +58,27 @@ def test_linear_network_matches_tp4s_exact_moment_recursion():
     assert np.abs(exact[-1] - exact[0]).max() > 0.5  # it learns something
     # Monte Carlo error: √base · sd(v z) / √samples ≈ 4 / 256
     np.testing.assert_allclose(mc.outputs, exact, atol=0.05)
+
+
+def test_exact_linear_limit_is_tp4s_recursion_at_depth_one():
+    program = tp.parse(ONE_LAYER)
+    x, y = batch(3, 4, 2)
+    np.testing.assert_allclose(exact_linear_limit(program, x, y, steps=5, lr=0.2),
+                               linear_limit(program, x, y, steps=5, lr=0.2), atol=1e-12)
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_monte_carlo_agrees_with_the_exact_limit_of_a_deep_linear_network(biases):
+    """3 hidden layers, 3 steps at lr 0.02. Monte Carlo over 2^15 draws: over Monte Carlo seeds
+    0..4 the largest error was 0.03 to 0.07 (0.05 to 0.11 with biases) for outputs that move by
+    1; it shrinks as samples^-1/2 (0.44, 0.125, 0.02 at 2^14, 2^16, 2^18 for a faster-moving
+    case)."""
+    program = tp.parse(mlp_source(3, biases=biases, width=16).replace("relu", "identity"))
+    x, y = batch(4, 5, 3)
+    exact = exact_linear_limit(program, x, y, steps=3, lr=0.02)
+    mc = mu_limit(program, x, y, steps=3, lr=0.02, samples=2**15).outputs
+    assert np.abs(exact[-1] - exact[0]).max() > 0.9  # it learns
+    np.testing.assert_allclose(mc, exact, atol=0.15)
 
 
 def test_deep_linear_network_finite_widths_converge_and_the_z_dot_terms_matter():
