@@ -39,6 +39,7 @@ import numpy as np
 from .errors import EngineError, UsageError
 from .ir import MUL, LinComb, MatMul, Nonlin, Program
 from .limit import _FNS, _frac, _inputs
+from .mulimit_engine import _Dynamics
 
 #: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
 #: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
@@ -173,59 +174,6 @@ class TrainingLimit:
                          for f in self.outputs]}
 
 
-class _Family:
-    """The jointly Gaussian Ẑ^{W u} of one matrix and one side (W or Wᵀ): each new block of
-    columns is drawn conditionally on the earlier ones, with Cov = σ² E[Z^u Z^u']."""
-
-    def __init__(self, torch, gen):
-        self.torch, self.gen = torch, gen
-        self.sources: list = []  # the Z^u (detached), one (N, B) block per draw
-        self.leaves: list = []  # the Ẑ, leaves of autograd
-
-    def draw(self, u):
-        torch = self.torch
-        u = u.detach()
-        n = len(u)
-        new = u.T @ u / n
-        z = torch.randn(u.shape, generator=self.gen, dtype=u.dtype)
-        if self.sources:
-            old_u = torch.cat(self.sources, 1)
-            old_z = torch.cat([leaf.detach() for leaf in self.leaves], 1)
-            k_oo, k_no = old_u.T @ old_u / n, u.T @ old_u / n
-            a = k_no @ torch.linalg.pinv(k_oo, hermitian=True, rtol=1e-10)
-            mean, new = old_z @ a.T, new - a @ k_no.T
-        else:
-            mean = 0
-        vals, vecs = torch.linalg.eigh((new + new.T) / 2)
-        root = vecs * vals.clamp(min=0).sqrt()
-        leaf = (mean + z @ root.T).requires_grad_(True)
-        self.sources.append(u)
-        self.leaves.append(leaf)
-        return leaf
-
-
-def _expected_grad(torch, target, leaves) -> list:
-    """E[∂target[:, b] / ∂leaf[:, b']] as a (B', B) matrix per leaf: one autograd pass per b,
-    the draws being independent (every expectation in the graph is a constant)."""
-    b_count = target.shape[1]
-    out = [torch.zeros(leaf.shape[1], b_count, dtype=target.dtype) for leaf in leaves]
-    if not leaves or not target.requires_grad:
-        return out
-    for b in range(b_count):
-        grads = torch.autograd.grad(target[:, b].sum(), leaves, retain_graph=True,
-                                    allow_unused=True)
-        for k, g in enumerate(grads):
-            if g is not None:
-                out[k][:, b] = g.mean(0)
-    return out
-
-
-def _torch_fn(torch, fn: str):
-    f = torch.nn.functional
-    return {"identity": lambda h: h, "relu": torch.relu, "gelu": f.gelu, "tanh": torch.tanh,
-            "sigmoid": torch.sigmoid, "silu": f.silu}[fn]
-
-
 def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0.1,
              samples: int = 2**14, seed: int = 0, progress: bool = False) -> TrainingLimit:
     """The µ-limit of ``steps`` full-batch SGD steps on a fixed batch (loss ½ mean ‖f - y‖²)
@@ -244,51 +192,14 @@ def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0
     if steps < 0 or samples < 2 or not math.isfinite(lr):
         raise UsageError(f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
                          "samples ≥ 2 and a finite lr")
-    dt = torch.float64
-    gen = torch.Generator().manual_seed(seed)
-    xi, yt = torch.as_tensor(xi_np, dtype=dt), torch.as_tensor(y, dtype=dt)
-    batch, base, n = len(xi), program.width.base, samples
-    rb = math.sqrt(base)
-    particles = {}  # per-coordinate params: input rows, biases, readout columns
-    for p, role in net.roles.items():
-        if role == "input":
-            d = program.dim(program.param_table[p].shape[1]).size
-            particles[p] = torch.randn((n, d), generator=gen, dtype=dt) / math.sqrt(d)
-        elif role == "bias":
-            particles[p] = torch.randn((n, 1), generator=gen, dtype=dt)
-        elif role == "readout":
-            particles[p] = torch.randn((n, net.d_out), generator=gen, dtype=dt)
-    fwd = {p: _Family(torch, gen) for p, r in net.roles.items() if r == "hidden"}
-    bwd = {p: _Family(torch, gen) for p in fwd}
-    hist: dict[str, list] = {p: [] for p in fwd}  # (Z^{x_s}, Z^{g_s}) of each hidden W
+    dyn = _Dynamics(program, net, xi_np, lr, samples, seed)
+    yt = torch.as_tensor(y, dtype=dyn.dt)
     outs, start, moves = [], {}, {h: [] for h in net.pre}
     from tqdm import tqdm
 
     for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress,
                   leave=False):
-        z = {net.x: None}
-        for ins in net.body:
-            if isinstance(ins, MatMul):
-                role, w = net.roles[ins.weight], ins.weight
-                if role == "input":
-                    z[ins.out] = particles[w] @ xi.T
-                elif role == "readout":
-                    f = rb * (particles[w].T @ z[ins.arg]).T / n  # (B, d_out)
-                    z[ins.out] = f
-                else:
-                    u = z[ins.arg]
-                    h = fwd[w].draw(u)
-                    dots = _expected_grad(torch, u, bwd[w].leaves)
-                    for (xs, gs), d in zip(hist[w], dots, strict=True):
-                        h = h + gs @ d - lr * gs @ (xs.detach().T @ u.detach() / n)
-                    z[ins.out] = h
-            elif isinstance(ins, LinComb):
-                z[ins.out] = sum(float(c) * (particles[v] if v in particles else z[v])
-                                 for c, v in ins.terms)
-            elif ins.fn == MUL:
-                z[ins.out] = z[ins.args[0]] * z[ins.args[1]]
-            else:
-                z[ins.out] = _torch_fn(torch, ins.fn)(z[ins.args[0]])
+        z = dyn.forward()
         f = z[net.output].detach()
         outs.append(f.numpy().copy())
         for h in net.pre:
@@ -296,57 +207,11 @@ def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0
             moves[h].append(float((z[h].detach() - start[h]).pow(2).mean().sqrt()))
         if t == steps:
             break
-        chi = (f - yt) / batch  # (B, d_out)
-        g: dict = {}
-        grads: dict = {}
-        for ins in reversed(net.body):
-            go = g.get(ins.out)
-            if isinstance(ins, MatMul):
-                role, w = net.roles[ins.weight], ins.weight
-                if role == "readout":
-                    g[ins.arg] = rb * particles[w] @ chi.T
-                    grads[w] = z[ins.arg] @ chi
-                elif go is None:
-                    continue
-                elif role == "input":
-                    grads[w] = go @ xi
-                else:
-                    back = bwd[w].draw(go)
-                    xs_all = [xs for xs, _ in hist[w]] + [z[ins.arg]]
-                    for xs, d in zip(xs_all, _expected_grad(torch, go, fwd[w].leaves),
-                                     strict=True):
-                        back = back + xs @ d
-                    for xs, gs in hist[w]:
-                        back = back - lr * xs @ (gs.detach().T @ go.detach() / n)
-                    hist[w].append((z[ins.arg], go))
-                    _add(g, ins.arg, back)
-            elif go is None:
-                continue
-            elif isinstance(ins, LinComb):
-                for c, v in ins.terms:
-                    if v in particles:
-                        grads[v] = float(c) * go.sum(1, keepdim=True)
-                    else:
-                        _add(g, v, float(c) * go)
-            else:
-                # the local derivative, kept differentiable: ∂Z^g/∂Ẑ passes through φ'
-                args = [z[a] if z[a].requires_grad else z[a].detach().requires_grad_(True)
-                        for a in ins.args]
-                out = args[0] * args[1] if ins.fn == MUL else _torch_fn(torch, ins.fn)(args[0])
-                local = torch.autograd.grad(out, args, go, create_graph=True, allow_unused=True)
-                for a, d in zip(ins.args, local, strict=True):
-                    if d is not None:
-                        _add(g, a, d)
-        for p, dp in grads.items():
-            scale = lr * base / rb if net.roles[p] == "readout" else lr / base
-            particles[p] = particles[p] - scale * dp
+        _, grads = dyn.backward(z, (f - yt) / len(y))  # χ_b = (f(ξ_b) - y_b) / B
+        dyn.update(grads)
     return TrainingLimit(np.stack(outs), {h: np.array(v) for h, v in moves.items()}, samples,
                          f"Monte Carlo over {samples} draws of the Z-variables "
                          f"(error O(1/√{samples}))", lr, y)
-
-
-def _add(g: dict, name: str, value) -> None:
-    g[name] = value if name not in g else g[name] + value
 
 
 def finite_training(program: Program, inputs, targets, width: int, *, steps: int = 5,
