@@ -7,7 +7,8 @@ Two programs: a 3-hidden-layer relu MLP with biases (base width 64, two hidden n
 and examples/gated_mlp.tp; 8 fixed inputs and targets, 5 full-batch SGD steps, float64. Left:
 the RMS distance of one network's outputs at steps 0..5 to the limit (Monte Carlo over
 ``--samples`` draws), mean over seeds. Right: the RMS change of the last pre-activation after 5
-steps, under µP and NTP, and the limit's. Prints the tables.
+steps, under µP and NTP, and the limit's. Right: NTP's outputs against the kernel regime
+(the NTK limit, tensorprog.ntklimit, from each network's own f_0). Prints the tables.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.mulimit import finite_training, mu_limit  # noqa: E402
+from tensorprog.ntklimit import ntk_limit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MLP3 = """width n = 64
@@ -63,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(1)
     widths = [int(w) for w in args.widths.split(",")]
     steps = 5
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for row, (name, source, d, o, lr, feature) in zip(axes, CASES, strict=True):
         program = tp.parse(source)
         rng = np.random.default_rng(0)
@@ -71,28 +73,35 @@ def main() -> None:
         start = time.perf_counter()
         limit = mu_limit(program, x, y, steps=steps, lr=lr, samples=args.samples)
         took = time.perf_counter() - start
-        errors, moves = [], {"mup": [], "ntp": []}
+        ntk = ntk_limit(program, x, samples=args.samples)
+        errors, moves, ntp_errors = [], {"mup": [], "ntp": []}, []
         for n in widths:
             out, move = finite_training(program, x, y, n, steps=steps, lr=lr,
                                         seeds=range(args.seeds))
             errors.append(rms_per_seed(out, limit.outputs))
             moves["mup"].append(float(move[feature].mean(0)[-1]))
-            _, move = finite_training(program, x, y, n, steps=steps, lr=lr,
-                                      seeds=range(args.seeds), param="ntp")
+            out, move = finite_training(program, x, y, n, steps=steps, lr=lr,
+                                        seeds=range(args.seeds), param="ntp")
             moves["ntp"].append(float(move[feature].mean(0)[-1]))
+            kernel = np.stack([ntk.outputs(o[0], y, steps=steps, lr=lr) for o in out])
+            ntp_errors.append(rms_per_seed(out, kernel))
         slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
         ntp_slope = np.polyfit(np.log(widths), np.log(moves["ntp"]), 1)[0]
+        ntk_slope = np.polyfit(np.log(widths), np.log(ntp_errors), 1)[0]
         lim_move = limit.feature_change[feature][-1]
         print(f"## {name}: lr {lr}, limit over {args.samples} draws in {took:.1f} s")
         print(f"limit loss, steps 0..{steps}: "
               + ", ".join(f"{v:.4f}" for v in limit.to_json()["loss"]))
         print(f"limit change of {feature} after {steps} steps: {lim_move:.4f}")
-        print("| width | µP output error | µP feature change | NTP feature change |")
-        print("|---:|---:|---:|---:|")
-        for n, e, m, t in zip(widths, errors, moves["mup"], moves["ntp"], strict=True):
-            print(f"| {n} | {e:.4f} | {m:.4f} | {t:.5f} |")
-        print(f"slopes: µP output error {slope:.3f}, NTP feature change {ntp_slope:.3f}\n")
-        a, b = row
+        print("| width | µP output error | µP feature change | NTP feature change | "
+              "NTP output error vs. NTK |")
+        print("|---:|---:|---:|---:|---:|")
+        for n, e, m, t, k in zip(widths, errors, moves["mup"], moves["ntp"], ntp_errors,
+                                 strict=True):
+            print(f"| {n} | {e:.4f} | {m:.4f} | {t:.5f} | {k:.4f} |")
+        print(f"slopes: µP output error {slope:.3f}, NTP feature change {ntp_slope:.3f}, "
+              f"NTP output error vs. the kernel regime {ntk_slope:.3f}\n")
+        a, b, c = row
         a.loglog(widths, errors, "o-", label=f"µP, SGD: slope {slope:.2f}")
         a.loglog(widths, errors[0] * (np.array(widths) / widths[0]) ** -0.5, "k--", lw=1,
                  label="n^-1/2")
@@ -107,6 +116,13 @@ def main() -> None:
         b.set_ylabel(f"RMS({feature}_{steps} − {feature}_0)")
         b.set_title("features: learned under µP, frozen under NTP")
         b.legend()
+        c.loglog(widths, ntp_errors, "s-", color="C1", label=f"NTP, SGD: slope {ntk_slope:.2f}")
+        c.loglog(widths, ntp_errors[0] * (np.array(widths) / widths[0]) ** -0.5, "k--", lw=1,
+                 label="n^-1/2")
+        c.set_xlabel("width n")
+        c.set_ylabel(f"RMS(f_t − f_t^NTK), t ≤ {steps}")
+        c.set_title("NTP: outputs follow the NTK")
+        c.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
