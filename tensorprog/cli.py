@@ -797,17 +797,14 @@ def _limit(args, program) -> int:
 
 
 def _train_limit(args, program) -> int:
-    import json
-
     import torch
 
     from .mulimit import describe, mu_limit
 
-    if args.param not in (None, "mup"):
-        raise UsageError(f"--train --param {args.param}: the µ-limit of training is µP's",
-                         help="under NTP the limit is the kernel regime (the features stay at "
-                              "init) and under SP the outputs blow up with the width; drop "
-                              "--param")
+    if args.param == "sp":
+        raise UsageError("--train --param sp: SGD at a fixed LR has no finite limit under SP",
+                         help="its updates blow up with the width; use --param mup (the "
+                              "µ-limit, the default) or ntp (the kernel regime)")
     if args.optimizer != "sgd":
         raise UsageError(f"--train --optimizer {args.optimizer}: only SGD's limit is implemented",
                          help="Adam's limit (TP4b) needs the nonlinear-update master theorem, "
@@ -818,6 +815,8 @@ def _train_limit(args, program) -> int:
     targets = _load_array(args.targets, "--targets", "the limit would be nan")
     if isinstance(targets, dict):
         raise UsageError(f"--targets {args.targets} holds a dict", help="save one tensor")
+    if args.param == "ntp":
+        return _kernel_regime(args, program, inputs, targets)
     result = mu_limit(program, inputs, targets, steps=args.steps, lr=args.lr,
                       samples=args.samples, seed=args.seed, progress=sys.stderr.isatty())
     if args.output:
@@ -825,6 +824,38 @@ def _train_limit(args, program) -> int:
                "samples": result.samples, "method": result.method}, args.output)
     text = (json.dumps({"program": program.name, **result.to_json()}, indent=1)
             if args.json else describe(result, program))
+    _out(text + "\n")
+    return 0
+
+
+def _kernel_regime(args, program, inputs, targets) -> int:
+    """--train --param ntp: NTP's limit, the NTK and the outputs' mean and spread over inits."""
+    import numpy as np
+    import torch
+
+    from .ntklimit import ntk_limit
+
+    regime = ntk_limit(program, inputs, samples=args.samples, seed=args.seed)
+    mean, std = regime.distribution(program, inputs, targets, steps=args.steps, lr=args.lr)
+    if args.output:
+        _save({"ntk": torch.as_tensor(regime.ntk), "mean": torch.as_tensor(mean),
+               "std": torch.as_tensor(std), "lr": args.lr, "method": regime.method},
+              args.output)
+    if args.json:
+        text = json.dumps({"program": program.name, "regime": "kernel (NTP)", "lr": args.lr,
+                           "ntk": regime.ntk.tolist(), "mean": mean.tolist(),
+                           "std": std.tolist(), "feature_change": 0.0,
+                           "method": regime.method}, indent=1)
+    else:
+        rows = [f"kernel regime of {program.name} under NTP, SGD at lr {args.lr:g} on "
+                f"{len(mean[0])} inputs: NTK by {regime.method}; the features stay at init",
+                "f_0 is a Gaussian process, so each output is Gaussian: mean ± std per input "
+                "(first output coordinate)",
+                f"{'step':>4}  outputs"]
+        rows += [f"{t:>4}  " + " ".join(f"{m:+.3f}±{s:.3f}" for m, s in zip(
+            mean[t, :6, 0], std[t, :6], strict=True)) for t in range(len(mean))]
+        rows.append("NTK diagonal: " + " ".join(f"{v:.4g}" for v in np.diag(regime.ntk)[:6]))
+        text = "\n".join(rows)
     _out(text + "\n")
     return 0
 

@@ -52,6 +52,26 @@ class KernelRegime:
             outs.append(y + step @ (outs[-1] - y))
         return np.stack(outs)
 
+    def distribution(self, program: Program, inputs, targets, *, steps: int,
+                     lr: float) -> tuple[np.ndarray, np.ndarray]:
+        """The limit over inits: f_0 is a Gaussian process with the NNGP kernel K of the
+        output (per coordinate), and f_t = y + A^t (f_0 - y) with A = I - ηΘ/B is linear in
+        it, so E[f_t] = y - A^t y and Var f_t(ξ_b) = (A^t K A^tᵀ)_bb: (steps + 1, B, d_out)
+        means and (steps + 1, B) standard deviations."""
+        from .limit import nngp_kernel
+
+        kernel = nngp_kernel(program, inputs, param="ntp", optimizer="sgd")
+        (k,) = kernel.kernels.values()
+        y = _targets(targets, len(self.ntk), program.dim(
+            program.value_dims[program.outputs[0]]).size)
+        a = np.eye(len(self.ntk)) - lr * self.ntk / len(self.ntk)
+        means, stds, power = [], [], np.eye(len(self.ntk))
+        for _ in range(steps + 1):
+            means.append(y - power @ y)
+            stds.append(np.sqrt(np.clip(np.diag(power @ k @ power.T), 0, None)))
+            power = a @ power
+        return np.stack(means), np.stack(stds)
+
 
 def ntk_limit(program: Program, inputs, *, samples: int = 2**14,
               seed: int = 0) -> KernelRegime:

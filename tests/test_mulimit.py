@@ -195,9 +195,23 @@ def test_cli_train_text_json_and_saved_outputs(capsys, tmp_path):
     np.testing.assert_allclose(saved.numpy(), data["outputs"])  # one seed, one answer
 
 
+def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
+    x, y = batch(3, 16, 4)
+    np.save(tmp_path / "X.npy", x)
+    np.save(tmp_path / "Y.npy", y)
+    code, out, _ = _cli(capsys, "limit", str(EX / "gated_mlp.tp"), "--train", "--param", "ntp",
+                        "--inputs", str(tmp_path / "X.npy"), "--targets",
+                        str(tmp_path / "Y.npy"), "--samples", "1024", "--lr", "0.05", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["regime"] == "kernel (NTP)" and np.shape(data["ntk"]) == (3, 3)
+    mean, std = np.array(data["mean"]), np.array(data["std"])
+    assert np.all(mean[0] == 0) and np.all(std[0] > 0)  # f_0: a centred Gaussian process
+    assert np.abs(mean[-1] - y).mean() < np.abs(y).mean()  # the mean moves towards y
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--optimizer", "adam"], "only SGD's limit is implemented"),
-    (["--param", "ntp"], "the µ-limit of training is µP's"),
+    (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
     (["--steps", "99"], "--steps 99: must be from 0 to 50"),
     (["--kernel"], "not allowed with argument"),
 ])
