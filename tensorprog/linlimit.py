@@ -51,16 +51,20 @@ class _Gaussians:
         return a @ self.sigma @ b.T
 
 
-def exact_linear_limit(program: Program, inputs, targets, *, steps: int = 5,
-                       lr: float = 0.1) -> np.ndarray:
+def exact_linear_limit(
+    program: Program, inputs, targets, *, steps: int = 5, lr: float = 0.1
+) -> np.ndarray:
     """The exact µ-limit of a linear MLP-family program (every nonlinearity the identity, any
     depth, biases allowed) after t = 0..steps SGD steps: (steps + 1, B, d_out)."""
     net = _network(program)
     for ins in net.body:
         if isinstance(ins, Nonlin) and ins.fn != "identity":
-            raise EngineError(f"{ins.fn} is not linear: the exact limit needs every "
-                              "nonlinearity to be the identity", ins.span,
-                              help="use mu_limit (Monte Carlo) for nonlinear networks")
+            raise EngineError(
+                f"{ins.fn} is not linear: the exact limit needs every "
+                "nonlinearity to be the identity",
+                ins.span,
+                help="use mu_limit (Monte Carlo) for nonlinear networks",
+            )
     xi = _inputs(program, inputs)[net.x]
     y = _targets(targets, len(xi), net.d_out)
     base, batch = program.width.base, len(xi)
@@ -98,8 +102,10 @@ def exact_linear_limit(program: Program, inputs, targets, *, steps: int = 5,
                     fwd[w].append((new, x))
                     z[ins.out] = h
             elif isinstance(ins, LinComb):
-                z[ins.out] = sum(float(c) * gs.pad(particles[v] if v in particles else z[v])
-                                 for c, v in ins.terms)
+                z[ins.out] = sum(
+                    float(c) * gs.pad(particles[v] if v in particles else z[v])
+                    for c, v in ins.terms
+                )
             else:
                 z[ins.out] = z[ins.args[0]]
         f = z[net.output]
@@ -144,17 +150,22 @@ def exact_linear_limit(program: Program, inputs, targets, *, steps: int = 5,
     return np.stack(outs)
 
 
-def linear_limit(program: Program, inputs, targets, *, steps: int = 5,
-                 lr: float = 0.1) -> np.ndarray:
+def linear_limit(
+    program: Program, inputs, targets, *, steps: int = 5, lr: float = 0.1
+) -> np.ndarray:
     """TP4's closed-form µ-limit of the linear one-hidden-layer network ``y = V @ (U @ x)``:
     f = √base M ξ with M = E[v uᵀ], Q = E[v vᵀ], S = E[u uᵀ] updated in closed form."""
     net = _network(program)
     roles = sorted(net.roles.values())
-    linear = all(isinstance(i, MatMul) or (isinstance(i, Nonlin) and i.fn == "identity")
-                 for i in net.body)
+    linear = all(
+        isinstance(i, MatMul) or (isinstance(i, Nonlin) and i.fn == "identity") for i in net.body
+    )
     if roles != ["input", "readout"] or not linear:
-        raise EngineError("linear_limit needs y = V @ (U @ x), φ = identity, no bias",
-                          program.body[0].span, help="use exact_linear_limit for deeper ones")
+        raise EngineError(
+            "linear_limit needs y = V @ (U @ x), φ = identity, no bias",
+            program.body[0].span,
+            help="use exact_linear_limit for deeper ones",
+        )
     xi = _inputs(program, inputs)[net.x]
     y = _targets(targets, len(xi), net.d_out)
     rb = math.sqrt(program.width.base)
@@ -168,7 +179,9 @@ def linear_limit(program: Program, inputs, targets, *, steps: int = 5,
         if t == steps:
             break
         g = ((f - y) / len(xi)).T @ xi  # Σ_b χ_b ξ_bᵀ
-        m, q, s = (m - c * q @ g - a * g @ s + a * c * g @ m.T @ g,
-                   q - a * (g @ m.T + m @ g.T) + a * a * g @ s @ g.T,
-                   s - c * (g.T @ m + m.T @ g) + c * c * g.T @ q @ g)
+        m, q, s = (
+            m - c * q @ g - a * g @ s + a * c * g @ m.T @ g,
+            q - a * (g @ m.T + m @ g.T) + a * a * g @ s @ g.T,
+            s - c * (g.T @ m + m.T @ g) + c * c * g.T @ q @ g,
+        )
     return np.stack(outs)

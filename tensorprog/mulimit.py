@@ -43,11 +43,17 @@ from .mulimit_engine import _Dynamics
 
 #: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
 #: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
-_MU = {"input": (Fraction(0), Fraction(-1)), "bias": (Fraction(0), Fraction(-1)),
-       "hidden": (Fraction(1, 2), Fraction(0)), "readout": (Fraction(1), Fraction(1))}
-_SCOPE = ("the µ-limit of training is implemented for MLP-family programs: one input read by "
-          "W @ x, hidden n × n matmuls, bias vectors, elementwise nonlinearities and products, "
-          "one readout")
+_MU = {
+    "input": (Fraction(0), Fraction(-1)),
+    "bias": (Fraction(0), Fraction(-1)),
+    "hidden": (Fraction(1, 2), Fraction(0)),
+    "readout": (Fraction(1), Fraction(1)),
+}
+_SCOPE = (
+    "the µ-limit of training is implemented for MLP-family programs: one input read by "
+    "W @ x, hidden n × n matmuls, bias vectors, elementwise nonlinearities and products, "
+    "one readout"
+)
 
 
 def _refuse(message: str, span, help: str = "") -> EngineError:
@@ -69,8 +75,10 @@ class Net:
 def _network(program: Program) -> Net:
     """The program's roles, or a positioned refusal of what the limit does not cover."""
     if len(program.inputs) != 1 or program.inputs[0].kind != "vector":
-        raise _refuse("the µ-limit needs exactly one vector input", program.inputs[0].span
-                      if program.inputs else None)
+        raise _refuse(
+            "the µ-limit needs exactly one vector input",
+            program.inputs[0].span if program.inputs else None,
+        )
     if len(program.outputs) != 1:
         raise _refuse("the µ-limit needs exactly one output", program.body[-1].span)
     x, (out,) = program.inputs[0].name, program.outputs
@@ -79,11 +87,17 @@ def _network(program: Program) -> Net:
         if isinstance(ins, MatMul):
             w = program.param_table[ins.weight]
             if ins.transposed or len(program.uses(ins.weight)) > 1:
-                raise _refuse(f"{ins.weight} is used more than once or transposed", ins.span,
-                              "a reused weight brings more Ż terms than are implemented; "
-                              "untie it into one param per use")
-            fan_in, fan_out = (program.dim(d).infinite for d in w.shape[::-1]) \
-                if len(w.shape) == 2 else (None, None)
+                raise _refuse(
+                    f"{ins.weight} is used more than once or transposed",
+                    ins.span,
+                    "a reused weight brings more Ż terms than are implemented; "
+                    "untie it into one param per use",
+                )
+            fan_in, fan_out = (
+                (program.dim(d).infinite for d in w.shape[::-1])
+                if len(w.shape) == 2
+                else (None, None)
+            )
             if fan_in is False and fan_out and ins.arg == x:
                 roles[ins.weight] = "input"
             elif fan_in and fan_out:
@@ -91,17 +105,25 @@ def _network(program: Program) -> Net:
             elif fan_in and fan_out is False and ins.out == out:
                 roles[ins.weight] = "readout"
             else:
-                raise _refuse(f"{ins.weight} @ {ins.arg} is not an input layer (finite fan-in "
-                              f"reading {x}), a hidden n × n matmul or the readout", ins.span)
+                raise _refuse(
+                    f"{ins.weight} @ {ins.arg} is not an input layer (finite fan-in "
+                    f"reading {x}), a hidden n × n matmul or the readout",
+                    ins.span,
+                )
         elif isinstance(ins, LinComb):
             for _, name in ins.terms:
                 p = program.param_table.get(name)
                 if p is None:
                     continue
-                if (len(p.shape) != 1 or not program.dim(p.shape[0]).infinite
-                        or p.base is not None or len(program.uses(name)) > 1):
-                    raise _refuse(f"{name} is not a Gaussian bias vector of infinite dim used "
-                                  "once", ins.span)
+                if (
+                    len(p.shape) != 1
+                    or not program.dim(p.shape[0]).infinite
+                    or p.base is not None
+                    or len(program.uses(name)) > 1
+                ):
+                    raise _refuse(
+                        f"{name} is not a Gaussian bias vector of infinite dim used once", ins.span
+                    )
                 roles[name] = "bias"
         elif not (isinstance(ins, Nonlin) and (ins.fn in _FNS or ins.fn == MUL)):
             what = ins.fn if isinstance(ins, Nonlin) else type(ins).__name__
@@ -109,15 +131,19 @@ def _network(program: Program) -> Net:
         else:
             for a in ins.args:
                 if a in program.param_table or a == x:
-                    raise _refuse(f"{a} is a {'param' if a != x else 'input'} inside "
-                                  f"{ins.fn}: only computed vectors are implemented there",
-                                  ins.span, "gains and scales have no µ-limit rule here; "
-                                  "drop the gain to get the limit of the network without it")
+                    raise _refuse(
+                        f"{a} is a {'param' if a != x else 'input'} inside "
+                        f"{ins.fn}: only computed vectors are implemented there",
+                        ins.span,
+                        "gains and scales have no µ-limit rule here; "
+                        "drop the gain to get the limit of the network without it",
+                    )
         if ins.out != out and not program.is_infinite(ins.out):
             raise _refuse(f"{ins.out} has a finite dim inside the network", ins.span)
     if "readout" not in roles.values():
-        raise _refuse("the output is not a readout matmul of a hidden vector",
-                      program.body[-1].span)
+        raise _refuse(
+            "the output is not a readout matmul of a hidden vector", program.body[-1].span
+        )
     if sum(r == "readout" for r in roles.values()) > 1:
         raise _refuse("more than one readout", program.body[-1].span)
     pre = tuple(dict.fromkeys(a for i in program.body if isinstance(i, Nonlin) for a in i.args))
@@ -139,17 +165,21 @@ def _check_mup(program: Program, net: Net, abc) -> None:
                 f"{tuple(str(v) for v in _MU[role])}: the limit computed here is µP's",
                 program.param_table[p].span,
                 help="compute it for the module emitted with --param mup --optimizer sgd; "
-                     "under NTP the limit is the kernel regime, where the features do not move")
+                "under NTP the limit is the kernel regime, where the features do not move",
+            )
 
 
 def _targets(targets, count: int, d_out: int) -> np.ndarray:
-    y = np.asarray(targets.detach().cpu().numpy() if hasattr(targets, "detach") else targets,
-                   dtype=np.float64)
+    y = np.asarray(
+        targets.detach().cpu().numpy() if hasattr(targets, "detach") else targets, dtype=np.float64
+    )
     if y.ndim == 1 and d_out == 1:
         y = y[:, None]
     if y.shape != (count, d_out) or not np.all(np.isfinite(y)):
-        raise UsageError(f"targets: expected a finite ({count}, {d_out}) array, got shape "
-                         f"{tuple(y.shape)}", help="one row of targets per input point")
+        raise UsageError(
+            f"targets: expected a finite ({count}, {d_out}) array, got shape {tuple(y.shape)}",
+            help="one row of targets per input point",
+        )
     return y
 
 
@@ -167,15 +197,27 @@ class TrainingLimit:
     targets: np.ndarray = field(repr=False)
 
     def to_json(self) -> dict:
-        return {"outputs": self.outputs.tolist(), "lr": self.lr, "samples": self.samples,
-                "method": self.method,
-                "feature_change": {h: v.tolist() for h, v in self.feature_change.items()},
-                "loss": [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean())
-                         for f in self.outputs]}
+        return {
+            "outputs": self.outputs.tolist(),
+            "lr": self.lr,
+            "samples": self.samples,
+            "method": self.method,
+            "feature_change": {h: v.tolist() for h, v in self.feature_change.items()},
+            "loss": [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean()) for f in self.outputs],
+        }
 
 
-def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0.1,
-             samples: int = 2**14, seed: int = 0, progress: bool = False) -> TrainingLimit:
+def mu_limit(
+    program: Program,
+    inputs,
+    targets,
+    *,
+    steps: int = 5,
+    lr: float = 0.1,
+    samples: int = 2**14,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainingLimit:
     """The µ-limit of ``steps`` full-batch SGD steps on a fixed batch (loss ½ mean ‖f - y‖²)
     for an MLP-family program under µP, by Monte Carlo over ``samples`` draws of the
     Z-variables (see the module docstring). Imports torch."""
@@ -190,15 +232,16 @@ def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0
     xi_np = _inputs(program, inputs)[net.x]
     y = _targets(targets, len(xi_np), net.d_out)
     if steps < 0 or samples < 2 or not math.isfinite(lr):
-        raise UsageError(f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
-                         "samples ≥ 2 and a finite lr")
+        raise UsageError(
+            f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
+            "samples ≥ 2 and a finite lr"
+        )
     dyn = _Dynamics(program, net, xi_np, lr, samples, seed)
     yt = torch.as_tensor(y, dtype=dyn.dt)
     outs, start, moves = [], {}, {h: [] for h in net.pre}
     from tqdm import tqdm
 
-    for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress,
-                  leave=False):
+    for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress, leave=False):
         z = dyn.forward()
         f = z[net.output].detach()
         outs.append(f.numpy().copy())
@@ -209,14 +252,27 @@ def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0
             break
         _, grads = dyn.backward(z, (f - yt) / len(y))  # χ_b = (f(ξ_b) - y_b) / B
         dyn.update(grads)
-    return TrainingLimit(np.stack(outs), {h: np.array(v) for h, v in moves.items()}, samples,
-                         f"Monte Carlo over {samples} draws of the Z-variables "
-                         f"(error O(1/√{samples}))", lr, y)
+    return TrainingLimit(
+        np.stack(outs),
+        {h: np.array(v) for h, v in moves.items()},
+        samples,
+        f"Monte Carlo over {samples} draws of the Z-variables (error O(1/√{samples}))",
+        lr,
+        y,
+    )
 
 
-def finite_training(program: Program, inputs, targets, width: int, *, steps: int = 5,
-                    lr: float = 0.1, seeds=range(4),
-                    param: str = "mup") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def finite_training(
+    program: Program,
+    inputs,
+    targets,
+    width: int,
+    *,
+    steps: int = 5,
+    lr: float = 0.1,
+    seeds=range(4),
+    param: str = "mup",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The emitted module trained the same way at a finite width: its outputs (seeds,
     steps + 1, B, d_out) and, for every vector h a nonlinearity reads, the RMS of h_t - h_0 (seeds,
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
@@ -230,8 +286,10 @@ def finite_training(program: Program, inputs, targets, width: int, *, steps: int
     xi = torch.as_tensor(_inputs(program, inputs)[net.x])
     y = torch.as_tensor(_targets(targets, len(xi), net.d_out))
     abc, label = parametrization(program, OPTIMIZERS["sgd"], param)
-    module = load_module(emit(program, abc, optimizer="sgd", label=label,
-                              command="tensorprog limit"), f"mulimit_{program.name}")
+    module = load_module(
+        emit(program, abc, optimizer="sgd", label=label, command="tensorprog limit"),
+        f"mulimit_{program.name}",
+    )
     out, moves = [], {h: [] for h in net.pre}
     for seed in seeds:
         model = module.Model(width, dtype=torch.float64)
@@ -264,12 +322,15 @@ def describe(result: TrainingLimit, program: Program) -> str:
     out = result.outputs.reshape(len(result.outputs), -1)
     shown = min(out.shape[1], 6)
     more = f" … ({out.shape[1]} values)" if out.shape[1] > shown else ""
-    lines = [f"µ-limit of {program.name} under µP, SGD at lr {result.lr:g} on "
-             f"{result.outputs.shape[1]} inputs: {result.method}",
-             f"{'step':>4}  {'loss':>10}  outputs (f(ξ_1), f(ξ_2), …)"]
+    lines = [
+        f"µ-limit of {program.name} under µP, SGD at lr {result.lr:g} on "
+        f"{result.outputs.shape[1]} inputs: {result.method}",
+        f"{'step':>4}  {'loss':>10}  outputs (f(ξ_1), f(ξ_2), …)",
+    ]
     for t, (lo, f) in enumerate(zip(loss, out, strict=True)):
         lines.append(f"{t:>4}  {lo:>10.5f}  " + " ".join(f"{v:+.4f}" for v in f[:shown]) + more)
-    lines.append("feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as "
-                 "n^-1/2):")
+    lines.append(
+        "feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as n^-1/2):"
+    )
     lines += [f"  {h}: {v[-1]:.4f}" for h, v in result.feature_change.items()]
     return "\n".join(lines)

@@ -54,8 +54,9 @@ def _expected_grad(torch, target, leaves) -> list:
     if not leaves or not target.requires_grad:
         return out
     for b in range(b_count):
-        grads = torch.autograd.grad(target[:, b].sum(), leaves, retain_graph=True,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(
+            target[:, b].sum(), leaves, retain_graph=True, allow_unused=True
+        )
         for k, g in enumerate(grads):
             if g is not None:
                 out[k][:, b] = g.mean(0)
@@ -64,10 +65,14 @@ def _expected_grad(torch, target, leaves) -> list:
 
 def _torch_fn(torch, fn: str):
     f = torch.nn.functional
-    return {"identity": lambda h: h, "relu": torch.relu, "gelu": f.gelu, "tanh": torch.tanh,
-            "sigmoid": torch.sigmoid, "silu": f.silu}[fn]
-
-
+    return {
+        "identity": lambda h: h,
+        "relu": torch.relu,
+        "gelu": f.gelu,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "silu": f.silu,
+    }[fn]
 
 
 def _add(g: dict, name: str, value) -> None:
@@ -91,13 +96,13 @@ class _Dynamics:
         for p, role in net.roles.items():
             if role == "input":  # base_std² = 1/fan_in, a + b = 0
                 d = self.xi.shape[1]
-                self.particles[p] = torch.randn((samples, d), generator=gen,
-                                                dtype=self.dt) / math.sqrt(d)
+                self.particles[p] = torch.randn(
+                    (samples, d), generator=gen, dtype=self.dt
+                ) / math.sqrt(d)
             elif role == "bias":
                 self.particles[p] = torch.randn((samples, 1), generator=gen, dtype=self.dt)
             elif role == "readout":  # the column of W · n/√base
-                self.particles[p] = torch.randn((samples, net.d_out), generator=gen,
-                                                dtype=self.dt)
+                self.particles[p] = torch.randn((samples, net.d_out), generator=gen, dtype=self.dt)
         self.fwd = {p: _Family(torch, gen) for p, r in net.roles.items() if r == "hidden"}
         self.bwd = {p: _Family(torch, gen) for p in self.fwd}
         self.hist: dict[str, list] = {p: [] for p in self.fwd}
@@ -121,8 +126,10 @@ class _Dynamics:
                         h = h + gs @ d - lr * gs @ (xs.detach().T @ u.detach() / n)
                     z[ins.out] = h
             elif isinstance(ins, LinComb):
-                z[ins.out] = sum(float(c) * (self.particles[v] if v in self.particles else z[v])
-                                 for c, v in ins.terms)
+                z[ins.out] = sum(
+                    float(c) * (self.particles[v] if v in self.particles else z[v])
+                    for c, v in ins.terms
+                )
             elif ins.fn == MUL:
                 z[ins.out] = z[ins.args[0]] * z[ins.args[1]]
             else:
@@ -149,8 +156,9 @@ class _Dynamics:
                 else:
                     back = self.bwd[w].draw(go)
                     xs_all = [xs for xs, _ in self.hist[w]] + [z[ins.arg]]
-                    for xs, d in zip(xs_all, _expected_grad(torch, go, self.fwd[w].leaves),
-                                     strict=True):
+                    for xs, d in zip(
+                        xs_all, _expected_grad(torch, go, self.fwd[w].leaves), strict=True
+                    ):
                         back = back + xs @ d
                     for xs, gs in self.hist[w]:
                         back = back - lr * xs @ (gs.detach().T @ go.detach() / n)
@@ -167,8 +175,10 @@ class _Dynamics:
                         _add(g, v, float(c) * go)
             else:
                 # the local derivative, kept differentiable: ∂Z^g/∂Ẑ passes through φ'
-                args = [z[a] if z[a].requires_grad else z[a].detach().requires_grad_(True)
-                        for a in ins.args]
+                args = [
+                    z[a] if z[a].requires_grad else z[a].detach().requires_grad_(True)
+                    for a in ins.args
+                ]
                 out = args[0] * args[1] if ins.fn == MUL else _torch_fn(torch, ins.fn)(args[0])
                 local = torch.autograd.grad(out, args, go, create_graph=True, allow_unused=True)
                 for a, d in zip(ins.args, local, strict=True):

@@ -30,8 +30,12 @@ from .mulimit import _network, _targets
 from .mulimit_engine import _Dynamics
 
 #: (a + b, 2a + c) under NTP for SGD: init 1/√fan_in and updates that move features by O(n^-1/2)
-_NTP = {"input": (Fraction(0), Fraction(0)), "bias": (Fraction(0), Fraction(0)),
-        "hidden": (Fraction(1, 2), Fraction(1)), "readout": (Fraction(1, 2), Fraction(1))}
+_NTP = {
+    "input": (Fraction(0), Fraction(0)),
+    "bias": (Fraction(0), Fraction(0)),
+    "hidden": (Fraction(1, 2), Fraction(1)),
+    "readout": (Fraction(1, 2), Fraction(1)),
+}
 
 
 @dataclass
@@ -52,8 +56,9 @@ class KernelRegime:
             outs.append(y + step @ (outs[-1] - y))
         return np.stack(outs)
 
-    def distribution(self, program: Program, inputs, targets, *, steps: int,
-                     lr: float) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(
+        self, program: Program, inputs, targets, *, steps: int, lr: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The limit over inits: f_0 is a Gaussian process with the NNGP kernel K of the
         output (per coordinate), and f_t = y + A^t (f_0 - y) with A = I - ηΘ/B is linear in
         it, so E[f_t] = y - A^t y and Var f_t(ξ_b) = (A^t K A^tᵀ)_bb: (steps + 1, B, d_out)
@@ -62,8 +67,9 @@ class KernelRegime:
 
         kernel = nngp_kernel(program, inputs, param="ntp", optimizer="sgd")
         (k,) = kernel.kernels.values()
-        y = _targets(targets, len(self.ntk), program.dim(
-            program.value_dims[program.outputs[0]]).size)
+        y = _targets(
+            targets, len(self.ntk), program.dim(program.value_dims[program.outputs[0]]).size
+        )
         a = np.eye(len(self.ntk)) - lr * self.ntk / len(self.ntk)
         means, stds, power = [], [], np.eye(len(self.ntk))
         for _ in range(steps + 1):
@@ -73,8 +79,7 @@ class KernelRegime:
         return np.stack(means), np.stack(stds)
 
 
-def ntk_limit(program: Program, inputs, *, samples: int = 2**14,
-              seed: int = 0) -> KernelRegime:
+def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) -> KernelRegime:
     """Θ of the module emitted with ``--param ntp --optimizer sgd``, by Monte Carlo over
     ``samples`` draws of the Z-variables at init. Imports torch."""
     import torch
@@ -88,8 +93,11 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14,
         x = abc[p]
         a, b, c = (_frac(v) for v in (x.a, x.b, x.c))
         if None in (a, b, c) or (a + b, 2 * a + c) != _NTP[role]:
-            raise EngineError(f"{p} ({role}) is not in NTP's kernel regime",
-                              program.param_table[p].span, help="the NTK is NTP's")
+            raise EngineError(
+                f"{p} ({role}) is not in NTP's kernel regime",
+                program.param_table[p].span,
+                help="the NTK is NTP's",
+            )
     if samples < 2:
         raise UsageError(f"samples {samples}: need at least 2")
     xi = _inputs(program, inputs)[net.x]
@@ -116,5 +124,6 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14,
         elif isinstance(ins, LinComb) and ins.out in g:
             gg = second(g[ins.out]) / base
             theta += sum(float(c) ** 2 for c, v in ins.terms if v in dyn.particles) * gg
-    return KernelRegime(theta, samples, f"Monte Carlo over {samples} draws at init "
-                                        f"(error O(1/√{samples}))")
+    return KernelRegime(
+        theta, samples, f"Monte Carlo over {samples} draws at init (error O(1/√{samples}))"
+    )

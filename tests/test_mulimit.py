@@ -64,8 +64,11 @@ def test_linear_network_matches_tp4s_exact_moment_recursion():
 def test_exact_linear_limit_is_tp4s_recursion_at_depth_one():
     program = tp.parse(ONE_LAYER)
     x, y = batch(3, 4, 2)
-    np.testing.assert_allclose(exact_linear_limit(program, x, y, steps=5, lr=0.2),
-                               linear_limit(program, x, y, steps=5, lr=0.2), atol=1e-12)
+    np.testing.assert_allclose(
+        exact_linear_limit(program, x, y, steps=5, lr=0.2),
+        linear_limit(program, x, y, steps=5, lr=0.2),
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("biases", [False, True])
@@ -89,8 +92,10 @@ def test_deep_linear_network_finite_widths_converge_and_the_z_dot_terms_matter()
     program = tp.parse(mlp_source(3, width=16).replace("relu", "identity"))
     x, y = batch(4, 5, 3)
     limit = mu_limit(program, x, y, steps=3, lr=0.05, samples=2**14)
-    err = [rms(finite_training(program, x, y, n, steps=3, lr=0.05, seeds=range(4))[0],
-               limit.outputs) for n in (128, 1024)]
+    err = [
+        rms(finite_training(program, x, y, n, steps=3, lr=0.05, seeds=range(4))[0], limit.outputs)
+        for n in (128, 1024)
+    ]
     assert err[1] < err[0] / 2 and err[1] < 0.1, err
 
 
@@ -106,8 +111,9 @@ def test_deep_relu_mlp_converges_its_features_move_and_ntp_freezes_them():
         out, mv = finite_training(program, x, y, n, steps=3, lr=0.1, seeds=range(3))
         err[n] = rms(out, limit.outputs)
         move["mup", n] = mv["h2"].mean(0)[-1]
-        move["ntp", n] = finite_training(program, x, y, n, steps=3, lr=0.1, seeds=range(3),
-                                         param="ntp")[1]["h2"].mean(0)[-1]
+        move["ntp", n] = finite_training(
+            program, x, y, n, steps=3, lr=0.1, seeds=range(3), param="ntp"
+        )[1]["h2"].mean(0)[-1]
     assert err[1024] < err[128] / 2, err
     assert abs(move["mup", 1024] / limit.feature_change["h2"][-1] - 1) < 0.15
     assert 0.25 < move["ntp", 1024] / move["ntp", 128] < 0.5  # n^-1/2: 0.35
@@ -117,8 +123,10 @@ def test_gated_mlp_converges_to_its_limit():
     program = tp.parse((EX / "gated_mlp.tp").read_text())
     x, y = batch(3, 16, 4)
     limit = mu_limit(program, x, y, steps=2, lr=0.1, samples=2**14)
-    err = [rms(finite_training(program, x, y, n, steps=2, lr=0.1, seeds=range(3))[0],
-               limit.outputs) for n in (128, 1024)]
+    err = [
+        rms(finite_training(program, x, y, n, steps=2, lr=0.1, seeds=range(3))[0], limit.outputs)
+        for n in (128, 1024)
+    ]
     assert err[1] < err[0] / 2, err  # n^-1/2: 2.8
 
 
@@ -131,8 +139,7 @@ def test_ntp_outputs_follow_the_ntk_of_the_kernel_regime():
     regime = ntk_limit(program, x, samples=2**14)
     err = []
     for n in (128, 1024):
-        out, _ = finite_training(program, x, y, n, steps=4, lr=0.05, seeds=range(3),
-                                 param="ntp")
+        out, _ = finite_training(program, x, y, n, steps=4, lr=0.05, seeds=range(3), param="ntp")
         kernel = np.stack([regime.outputs(o[0], y, steps=4, lr=0.05) for o in out])
         assert np.abs(out[:, -1] - out[:, 0]).mean() > 0.2  # the outputs move by Θ(1)
         err.append(rms(out, kernel))
@@ -140,18 +147,27 @@ def test_ntp_outputs_follow_the_ntk_of_the_kernel_regime():
 
 
 REFUSED = [
-    ("reuse", "W2 : [n, n]", "z2 = relu(W2 @ relu(W1 @ x))\noutput y = W3 @ relu(W2 @ z2)",
-     "W2 is used more than once or transposed"),
-    ("transposed", "W2 : [n, n]", "output y = W3 @ relu(W2.T @ relu(W1 @ x))",
-     "W2 is used more than once or transposed"),
+    (
+        "reuse",
+        "W2 : [n, n]",
+        "z2 = relu(W2 @ relu(W1 @ x))\noutput y = W3 @ relu(W2 @ z2)",
+        "W2 is used more than once or transposed",
+    ),
+    (
+        "transposed",
+        "W2 : [n, n]",
+        "output y = W3 @ relu(W2.T @ relu(W1 @ x))",
+        "W2 is used more than once or transposed",
+    ),
     ("norm", "", "output y = W3 @ layernorm(W1 @ x)", "layernorm has no µ-limit"),
     ("gain", "g : [n]", "output y = W3 @ relu(g * (W1 @ x))", "g is a param inside mul"),
     ("dot", "v : [n]", "output y = dot(v, relu(W1 @ x))", "Dot has no µ-limit"),
 ]
 
 
-@pytest.mark.parametrize(("param", "body", "message"), [r[1:] for r in REFUSED],
-                         ids=[r[0] for r in REFUSED])
+@pytest.mark.parametrize(
+    ("param", "body", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
+)
 def test_programs_outside_the_mlp_family_are_refused_with_a_position(param, body, message):
     head = "width n = 16\ndim d = 4\ndim o = 2\ninput x : [d]\nparam W1 : [n, d]\n"
     if "W3" in body:
@@ -183,8 +199,19 @@ def test_cli_train_text_json_and_saved_outputs(capsys, tmp_path):
     x, y = batch(3, 16, 4)
     torch.save(torch.as_tensor(x), tmp_path / "X.pt")
     np.save(tmp_path / "Y.npy", y)
-    base = ["limit", str(EX / "gated_mlp.tp"), "--train", "--inputs", str(tmp_path / "X.pt"),
-            "--targets", str(tmp_path / "Y.npy"), "--steps", "2", "--samples", "512"]
+    base = [
+        "limit",
+        str(EX / "gated_mlp.tp"),
+        "--train",
+        "--inputs",
+        str(tmp_path / "X.pt"),
+        "--targets",
+        str(tmp_path / "Y.npy"),
+        "--steps",
+        "2",
+        "--samples",
+        "512",
+    ]
     code, out, _ = _cli(capsys, *base, "-o", str(tmp_path / "F.pt"))
     assert code == 0 and "µ-limit of gated_mlp under µP" in out and "g_1:" in out, out
     code, out, _ = _cli(capsys, *base, "--json")
@@ -199,9 +226,23 @@ def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
     x, y = batch(3, 16, 4)
     np.save(tmp_path / "X.npy", x)
     np.save(tmp_path / "Y.npy", y)
-    code, out, _ = _cli(capsys, "limit", str(EX / "gated_mlp.tp"), "--train", "--param", "ntp",
-                        "--inputs", str(tmp_path / "X.npy"), "--targets",
-                        str(tmp_path / "Y.npy"), "--samples", "1024", "--lr", "0.05", "--json")
+    code, out, _ = _cli(
+        capsys,
+        "limit",
+        str(EX / "gated_mlp.tp"),
+        "--train",
+        "--param",
+        "ntp",
+        "--inputs",
+        str(tmp_path / "X.npy"),
+        "--targets",
+        str(tmp_path / "Y.npy"),
+        "--samples",
+        "1024",
+        "--lr",
+        "0.05",
+        "--json",
+    )
     data = json.loads(out)
     assert code == 0 and data["regime"] == "kernel (NTP)" and np.shape(data["ntk"]) == (3, 3)
     mean, std = np.array(data["mean"]), np.array(data["std"])
@@ -209,15 +250,27 @@ def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
     assert np.abs(mean[-1] - y).mean() < np.abs(y).mean()  # the mean moves towards y
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--optimizer", "adam"], "only SGD's limit is implemented"),
-    (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
-    (["--steps", "99"], "--steps 99: must be from 0 to 50"),
-    (["--kernel"], "not allowed with argument"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--optimizer", "adam"], "only SGD's limit is implemented"),
+        (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
+        (["--steps", "99"], "--steps 99: must be from 0 to 50"),
+        (["--kernel"], "not allowed with argument"),
+    ],
+)
 def test_cli_train_refusals_exit_2(capsys, tmp_path, extra, message):
     np.save(tmp_path / "X.npy", batch(2, 16, 4)[0])
     np.save(tmp_path / "Y.npy", batch(2, 16, 4)[1])
-    code, _, err = _cli(capsys, "limit", str(EX / "gated_mlp.tp"), "--train", "--inputs",
-                        str(tmp_path / "X.npy"), "--targets", str(tmp_path / "Y.npy"), *extra)
+    code, _, err = _cli(
+        capsys,
+        "limit",
+        str(EX / "gated_mlp.tp"),
+        "--train",
+        "--inputs",
+        str(tmp_path / "X.npy"),
+        "--targets",
+        str(tmp_path / "Y.npy"),
+        *extra,
+    )
     assert code == 2 and message in err, err
