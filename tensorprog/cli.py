@@ -717,8 +717,8 @@ def _limit_parser(sub) -> None:
                    help="--train: Monte Carlo draws of the Z-variables (default: 16384)")
     m.add_argument("--seed", type=int, default=0, help="--train: the Monte Carlo seed")
     m.add_argument("--param", choices=["sp", "mup", "ntp"],
-                   help="whose init: the module `derive -o --param` emits (default: sp for "
-                        "--kernel; --train computes µP's limit)")
+                   help="whose module: the one `derive -o --param` emits (default: sp for "
+                        "--kernel; mup for --train, where ntp gives the kernel regime)")
     m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="µP's readout init follows the optimizer's derivation (default: sgd; "
                         "--train: sgd only)")
@@ -785,6 +785,8 @@ def _limit(args, program) -> int:
 
     if args.train:
         return _train_limit(args, program)
+    if args.targets is not None:
+        raise UsageError("--targets is for --train", help="--kernel needs only --inputs")
     data = _load_array(args.inputs, "--inputs", "the kernel would be nan")
     k = nngp_kernel(program, data, param=args.param or "sp", optimizer=args.optimizer,
                     order=args.order)
