@@ -99,11 +99,19 @@ def nngp_kernel(program: Program, inputs, **options):
     return kernel(program, inputs, **options)
 
 
+def training_limit(program: Program, inputs, targets, **options):
+    """The µ-limit of SGD on a fixed batch for an MLP-family program under µP: its outputs
+    after t = 0..steps steps as n → ∞ (see :func:`tensorprog.mulimit.mu_limit`; ``options``:
+    steps, lr, samples, seed, progress). Imports torch when called."""
+    from .mulimit import mu_limit
+
+    return mu_limit(program, inputs, targets, **options)
+
+
 __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
     "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
     "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "muon",
-    "nngp_kernel",
-    "parse", "parse_file", "to_text", "verify",
+    "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",
 ]
