@@ -27,6 +27,7 @@ from .trace import Traced, convert, export, strip_prefix
 @dataclass
 class Patch:
     """A forward multiplier (width/base)^-exponent on a module's output (rows: its query block)."""
+
     module: str
     node: str
     exponent: Fraction
@@ -66,9 +67,16 @@ class MuP:
             if "q" in info:
                 self._fold_query(name, info, delta, k)
             else:
-                self.patches.append(Patch(info["module"], info["node"], delta, None,
-                                          f"tied unembedding {info['tied']}: multiplier "
-                                          f"(n/base)^-{delta} (its matrix is also the lookup)"))
+                self.patches.append(
+                    Patch(
+                        info["module"],
+                        info["node"],
+                        delta,
+                        None,
+                        f"tied unembedding {info['tied']}: multiplier "
+                        f"(n/base)^-{delta} (its matrix is also the lookup)",
+                    )
+                )
         self._hooks: dict[int, list] = {}
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
@@ -79,13 +87,21 @@ class MuP:
                 if p:
                     self.init_exp[p] += delta
                     self.lr_exp[p] += k * delta
-            self.folded.append(f"{scale}: (n/base)^-{delta} folded into the init and LR of "
-                               f"{use.target}" + (f" and {self.traced.params[b].target}"
-                                                  if b else ""))
+            self.folded.append(
+                f"{scale}: (n/base)^-{delta} folded into the init and LR of "
+                f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
+            )
         else:
-            self.patches.append(Patch(use.module, use.node, delta, use.rows,
-                                      f"{scale}: query rows of fused {use.target} times "
-                                      f"(n/base)^-{delta} (its LR is shared with k and v)"))
+            self.patches.append(
+                Patch(
+                    use.module,
+                    use.node,
+                    delta,
+                    use.rows,
+                    f"{scale}: query rows of fused {use.target} times "
+                    f"(n/base)^-{delta} (its LR is shared with k and v)",
+                )
+            )
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
@@ -102,8 +118,10 @@ class MuP:
                         size *= use.rows[1] - use.rows[0]
                     found.add(size / dim.mult)
         if len(found) != 1 or next(iter(found)).denominator != 1:
-            raise UsageError(f"cannot tell this model's width: its params give {sorted(found)}",
-                             help="pass a model built by the traced build(width)")
+            raise UsageError(
+                f"cannot tell this model's width: its params give {sorted(found)}",
+                help="pass a model built by the traced build(width)",
+            )
         return int(next(iter(found)))
 
     def _view(self, model, use):
@@ -135,15 +153,20 @@ class MuP:
                 current = float(view.double().std())
                 if current > 0:
                     view.mul_(target / current)
-                report.lines.append(f"init {use.target}{_rows(use)}: std {current:.4g} -> "
-                                    f"{target:.4g} (base {sigma:.4g} x (n/base)^"
-                                    f"-{self.init_exp[name]})")
+                report.lines.append(
+                    f"init {use.target}{_rows(use)}: std {current:.4g} -> "
+                    f"{target:.4g} (base {sigma:.4g} x (n/base)^"
+                    f"-{self.init_exp[name]})"
+                )
         report.lines += [f"folded {f}" for f in self.folded]
         self.remove_patches(model)
         handles = []
         for p in self.patches:
-            handles.append(model.get_submodule(p.module).register_forward_hook(
-                _hook(r ** -float(p.exponent), p.rows)))
+            handles.append(
+                model.get_submodule(p.module).register_forward_hook(
+                    _hook(r ** -float(p.exponent), p.rows)
+                )
+            )
             report.patched.append(p.module)
             report.lines.append(f"patched forward of {p.module or 'the model'}: {p.why}")
         self._hooks[id(model)] = handles
@@ -160,9 +183,11 @@ class MuP:
         for name, use in self.traced.params.items():
             m = r ** -float(self.lr_exp[name])
             if use.target in out and not math.isclose(out[use.target], m):
-                raise UsageError(f"{use.target}: its row blocks need different LRs "
-                                 f"({out[use.target]:g} and {m:g})",
-                                 help="split the fused layer into separate nn.Linear layers")
+                raise UsageError(
+                    f"{use.target}: its row blocks need different LRs "
+                    f"({out[use.target]:g} and {m:g})",
+                    help="split the fused layer into separate nn.Linear layers",
+                )
             out[use.target] = m
         return out
 
@@ -189,17 +214,30 @@ class MuP:
             if handles:
                 self._hooks[id(model)] = handles
                 self._reregister(model)
-        trace = convert(ep, {"m." + k: v for k, v in self.traced.base.items()},
-                        torch.zeros_like(inputs[0]))
+        trace = convert(
+            ep, {"m." + k: v for k, v in self.traced.base.items()}, torch.zeros_like(inputs[0])
+        )
         if trace.decls + trace.stmts != self.traced.templates:
-            raise UsageError("this model's graph differs from the traced one",
-                             help="probe a model built by the traced build(width)")
+            raise UsageError(
+                "this model's graph differs from the traced one",
+                help="probe a model built by the traced build(width)",
+            )
         r = self.width_of(model) / self.traced.base_width
-        patches = {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches} \
-            if id(model) in self._hooks else {}
+        patches = (
+            {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
+            if id(model) in self._hooks
+            else {}
+        )
         # the program's query is W_q x without the multiplier that moved onto it
-        unfold = {} if id(model) not in self._hooks else {info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
-                  for s, info in self.traced.scales.items() if "q" in info}
+        unfold = (
+            {}
+            if id(model) not in self._hooks
+            else {
+                info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
+                for s, info in self.traced.scales.items()
+                if "q" in info
+            }
+        )
         wanted = {}
         for vec, (node, kind) in trace.vectors.items():
             wanted.setdefault(node, []).append((vec, kind, unfold.get(vec, 1.0)))
@@ -208,9 +246,11 @@ class MuP:
     def _reregister(self, model) -> None:
         r = self.width_of(model) / self.traced.base_width
         self._hooks[id(model)] = [
-            model.get_submodule(p.module).register_forward_hook(_hook(r ** -float(p.exponent),
-                                                                      p.rows))
-            for p in self.patches]
+            model.get_submodule(p.module).register_forward_hook(
+                _hook(r ** -float(p.exponent), p.rows)
+            )
+            for p in self.patches
+        ]
 
 
 def _rows(use) -> str:
@@ -230,6 +270,7 @@ def _scale_rows(out, factor: float, rows):
 def _hook(factor: float, rows):
     def hook(module, args, out):
         return _scale_rows(out, factor, rows)
+
     return hook
 
 
@@ -270,8 +311,18 @@ def _run(ep, model, inputs, wanted: dict, patches: dict) -> dict:
     return found
 
 
-def coord_check(mup: MuP, widths, *, steps: int = 3, seeds=(0, 1), lr: float = 1e-2,
-                apply: bool = True, batch: int = 4, tolerance: float | None = None):
+def coord_check(
+    mup: MuP,
+    widths,
+    *,
+    steps: int = 3,
+    seeds=(0, 1),
+    lr: float = 1e-2,
+    apply: bool = True,
+    batch: int = 4,
+    tolerance: float | None = None,
+    eps: float = 1e-12,
+):
     """The coordinate check of the user's own model: build it at each width (µP applied, or
     as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
     (next-token cross-entropy) and judge every program vector's slope against µP."""
@@ -295,8 +346,11 @@ def coord_check(mup: MuP, widths, *, steps: int = 3, seeds=(0, 1), lr: float = 1
                 groups = mup.param_groups(model, lr)
             else:
                 groups = [{"params": list(model.parameters()), "lr": lr}]
-            opt = (torch.optim.SGD(groups, lr=lr) if mup.derivation.optimizer.name == "sgd"
-                   else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0))
+            opt = (
+                torch.optim.SGD(groups, lr=lr)
+                if mup.derivation.optimizer.name == "sgd"
+                else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, eps=eps)
+            )
             probe = mup.probe(model, (x,))
             m.record(w, 0, probe(), seed)
             model.train()
@@ -308,8 +362,7 @@ def coord_check(mup: MuP, widths, *, steps: int = 3, seeds=(0, 1), lr: float = 1
                 opt.step()
                 m.record(w, t, probe(), seed)
             mup.remove_patches(model)
-    return judge(mup.program, m, mup.derivation.optimizer.name,
-                 tolerance=tolerance or TOLERANCE)
+    return judge(mup.program, m, mup.derivation.optimizer.name, tolerance=tolerance or TOLERANCE)
 
 
 def _logits(out):

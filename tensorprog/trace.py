@@ -25,19 +25,48 @@ from fractions import Fraction
 from .errors import Span, TraceError, UsageError
 from .lower import FUNCTIONS
 
-_RESERVED = {"width", "depth", "dim", "input", "param", "scale", "output", "block", "return",
-             "repeat", "tokens", "positions", "image", "n", "tok", "pos"} | set(FUNCTIONS)
-_IDENTITY_OPS = {"contiguous", "alias", "clone", "dropout", "detach", "to", "type_as",
-                 "_to_copy", "feature_dropout", "lift_fresh_copy"}
+_RESERVED = {
+    "width",
+    "depth",
+    "dim",
+    "input",
+    "param",
+    "scale",
+    "output",
+    "block",
+    "return",
+    "repeat",
+    "tokens",
+    "positions",
+    "image",
+    "n",
+    "tok",
+    "pos",
+} | set(FUNCTIONS)
+_IDENTITY_OPS = {
+    "contiguous",
+    "alias",
+    "clone",
+    "dropout",
+    "detach",
+    "to",
+    "type_as",
+    "_to_copy",
+    "feature_dropout",
+    "lift_fresh_copy",
+}
+_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
 
 
 # --- the abstract values ------------------------------------------------------------------------
 
+
 @dataclass
 class Vec:
     """A program vector; ``tags`` name each torch axis: 'tok' (batch or sequence), 'F' (the
     vector's dim), or 'H' and 'dh' (its heads and head dim)."""
+
     name: str
     tags: tuple
     dim: int  # the flat dim's size
@@ -47,6 +76,7 @@ class Vec:
 @dataclass
 class PRef:
     """A param, or a row slice of one, as a matrix in its torch layout (``t``: transposed)."""
+
     target: str
     shape: tuple
     t: bool = False
@@ -61,6 +91,7 @@ class Tok:
 @dataclass
 class Conc:
     """A value computed from inputs and constants only, known on the CPU."""
+
     value: object
 
 
@@ -72,6 +103,7 @@ class Aux:
 @dataclass
 class Pointwise:
     """f(src) coordinatewise; identified by its values when something else consumes it."""
+
     src: Vec
     f: Callable
     node: str = ""  # the node whose value this is
@@ -80,6 +112,7 @@ class Pointwise:
 @dataclass
 class Affine:
     """W @ x + b, emitted when consumed (a split along its rows makes it several)."""
+
     x: Vec
     w: PRef
     b: PRef | None
@@ -102,6 +135,7 @@ class MeanSq:
 @dataclass
 class Scores:
     """Attention logits factor * dot(q, k, dh), before the softmax."""
+
     q: Vec
     k: Vec
     factor: float
@@ -118,9 +152,11 @@ class Probs:
 
 # --- what the trace gives ---------------------------------------------------------------------
 
+
 @dataclass
 class ParamUse:
     """One program param: which torch tensor (and rows) it is, and its program shape's dims."""
+
     target: str
     rows: tuple[Fraction, Fraction] | None  # the block of the torch rows (of the out axis)
     transposed: bool  # program layout [fan_out, fan_in] is the torch tensor transposed
@@ -131,6 +167,7 @@ class ParamUse:
 @dataclass
 class Trace:
     """One width's conversion: statements as templates with size slots."""
+
     decls: list[str] = field(default_factory=list)
     stmts: list[str] = field(default_factory=list)
     slots: list[tuple[str, float]] = field(default_factory=list)
@@ -162,9 +199,13 @@ def _user_span(node) -> Span | None:
 def _refuse(node, what: str, help: str | None = None) -> TraceError:
     module = _module(node)
     where = f" (in {module})" if module else ""
-    return TraceError(f"cannot trace {what}{where}", _user_span(node),
-                      help or "the Tensor Program language has no such op; rewrite this part "
-                              "with supported ops (docs/torch.md lists them)")
+    return TraceError(
+        f"cannot trace {what}{where}",
+        _user_span(node),
+        help
+        or "the Tensor Program language has no such op; rewrite this part "
+        "with supported ops (docs/torch.md lists them)",
+    )
 
 
 def _module(node) -> str:
@@ -178,9 +219,14 @@ def _identify(f: Callable) -> tuple[str, float] | None:
 
     t = torch.linspace(-4, 4, 161, dtype=torch.float64)
     y = f(t)
-    fns = {"identity": t, "relu": torch.relu(t), "gelu": torch.nn.functional.gelu(t),
-           "silu": torch.nn.functional.silu(t), "tanh": torch.tanh(t),
-           "sigmoid": torch.sigmoid(t)}
+    fns = {
+        "identity": t,
+        "relu": torch.relu(t),
+        "gelu": torch.nn.functional.gelu(t),
+        "silu": torch.nn.functional.silu(t),
+        "tanh": torch.tanh(t),
+        "sigmoid": torch.sigmoid(t),
+    }
     for name, ref in fns.items():
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
@@ -201,6 +247,7 @@ class _Converter:
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
         self._rows: dict[str, tuple[int, int] | None] = {}  # program param -> torch rows
+        self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
     # -- slots and names ---------------------------------------------------------------------
     def dim(self, size: int) -> str:
@@ -227,9 +274,10 @@ class _Converter:
         for name, use in self.out.params.items():
             if use.target == ref.target and self._rows.get(name) == ref.rows:
                 return name, use.transposed != as_applied_t
-        part = sum(u.target == ref.target for u in self.out.params.values())
-        name = self.fresh(strip_prefix(ref.target).replace(".", "_")
-                          + (f"_part{part}" if ref.rows else ""))
+        part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
+        name = self.fresh(
+            strip_prefix(ref.target).replace(".", "_") + (f"_part{part}" if ref.rows else "")
+        )
         torch_shape = list(ref.shape)
         prog = torch_shape[::-1] if as_applied_t else list(torch_shape)
         if ref.rows:
@@ -240,8 +288,9 @@ class _Converter:
             total = torch_shape[1] if as_applied_t else torch_shape[0]
             rows = (Fraction(ref.rows[0], total), Fraction(ref.rows[1], total))
         self._rows[name] = ref.rows
-        self.out.params[name] = ParamUse(ref.target, rows, as_applied_t,
-                                         strip_prefix(_module(node)), node.name)
+        self.out.params[name] = ParamUse(
+            ref.target, rows, as_applied_t, strip_prefix(_module(node)), node.name
+        )
         dims = [self.dim(s) for s in prog]
         init = self.base.get(ref.target, ("normal", 1.0))
         tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
@@ -256,13 +305,19 @@ class _Converter:
     def vec(self, v, node) -> Vec:
         if isinstance(v, Vec):
             return v
-        if isinstance(v, Affine):
-            return self.emit_affine(v, v.node)
+        if isinstance(v, Affine):  # once per value, however many times it is consumed
+            if v.node not in self._made:
+                self._made[v.node] = self.emit_affine(v, v.node)
+            made = self._made[v.node]
+            return Vec(made.name, v.tags, made.dim, made.dh)
         if isinstance(v, Pointwise):
             found = _identify(v.f)
             if found is None:
-                raise _refuse(node, "a coordinatewise function that is none of identity, relu, "
-                                    "gelu, silu, tanh, sigmoid")
+                raise _refuse(
+                    node,
+                    "a coordinatewise function that is none of identity, relu, "
+                    "gelu, silu, tanh, sigmoid",
+                )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
             if abs(c - 1) > 1e-9:
@@ -274,8 +329,10 @@ class _Converter:
             self.out.vectors[name] = (v.node, "out")
             return Vec(name, v.src.tags, v.src.dim, v.src.dh)
         if isinstance(v, Probs):
-            raise _refuse(node, f"{node.target} on attention weights (only a matmul with the "
-                                "values is supported)")
+            raise _refuse(
+                node,
+                f"{node.target} on attention weights (only a matmul with the values is supported)",
+            )
         raise _refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
@@ -287,9 +344,12 @@ class _Converter:
             self.out.slots.append(("scale", 1.0))
             sc = self.fresh(f"tie_{node_name}")
             self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-            self.out.scales[sc] = {"tied": w, "slot": len(self.out.slots) - 1,
-                                   "module": strip_prefix(_module(self._node(a.layer or a.node))),
-                                   "node": a.layer or a.node}
+            self.out.scales[sc] = {
+                "tied": w,
+                "slot": len(self.out.slots) - 1,
+                "module": strip_prefix(_module(self._node(a.layer or a.node))),
+                "node": a.layer or a.node,
+            }
             expr = f"{sc} * ({expr})"
         bias = self.vector_param(a.b, self._node(a.layer or a.node)) if a.b is not None else None
         if bias:
@@ -318,9 +378,11 @@ class _Converter:
                     self.env[node.name] = PRef(spec.target, tuple(val.shape))
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
-                        raise TraceError(f"input {node.name} is {val.dtype}: only token ids "
-                                         "(integer tensors) can be traced for now",
-                                         help="pass token ids as the example inputs")
+                        raise TraceError(
+                            f"input {node.name} is {val.dtype}: only token ids "
+                            "(integer tensors) can be traced for now",
+                            help="pass token ids as the example inputs",
+                        )
                     self.env[node.name] = Tok(("tok",) * val.dim())
                     self.tokens_seq = int(val.shape[-1])
                 else:
@@ -344,6 +406,7 @@ class _Converter:
             if isinstance(a, (list, tuple)):
                 return type(a)(get(x) for x in a)
             return a
+
         return [get(a) for a in node.args], {k: get(v) for k, v in node.kwargs.items()}
 
     def call(self, node):
@@ -358,17 +421,29 @@ class _Converter:
             raise _refuse(node, "indexing a traced value")
         op = getattr(node.target, "_overloadpacket", None)
         op = op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
-        flat = [x for a in list(args) + list(kwargs.values())
-                for x in (a if isinstance(a, (list, tuple)) else [a])]
-        symbolic = [x for x in flat if isinstance(x, (Vec, PRef, Tok, Pointwise, Affine, Scores,
-                                                      Probs, MeanSq, Parts))]
-        if not symbolic or (op not in ("embedding",) and all(isinstance(x, Tok) for x in symbolic)
-                            and op not in _IDENTITY_OPS):
+        flat = [
+            x
+            for a in list(args) + list(kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
+        symbolic = [
+            x
+            for x in flat
+            if isinstance(x, (Vec, PRef, Tok, Pointwise, Affine, Scores, Probs, MeanSq, Parts))
+        ]
+        if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
+            if op in _VIEW_OPS | _IDENTITY_OPS and isinstance(args[0], Tok):
+                return Tok(("tok",) * len(self._shape(node)))
+            return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
+        if not symbolic:
             return self.concrete(node, args, kwargs)
+        if op in _CHECKS:
+            return None
         method = getattr(self, f"op_{op}", None)
         if op in _IDENTITY_OPS:
-            if op == "to" and any(isinstance(x, torch.dtype) and not x.is_floating_point
-                                  for x in flat):
+            if op == "to" and any(
+                isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
+            ):
                 raise _refuse(node, "a cast to an integer type")
             return args[0]
         if op in _VIEW_OPS:
@@ -380,8 +455,11 @@ class _Converter:
     def concrete(self, node, args, kwargs):
         import torch
 
-        flat = [x for a in list(args) + list(kwargs.values())
-                for x in (a if isinstance(a, (list, tuple)) else [a])]
+        flat = [
+            x
+            for a in list(args) + list(kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
         if any(isinstance(x, Aux) for x in flat):
             return Aux()
 
@@ -395,9 +473,11 @@ class _Converter:
             if isinstance(a, (list, tuple)):
                 return type(a)(val(x) for x in a)
             return a
+
         try:
-            return Conc(node.target(*[val(a) for a in args],
-                                    **{k: val(v) for k, v in kwargs.items()}))
+            return Conc(
+                node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+            )
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
 
@@ -417,14 +497,19 @@ class _Converter:
             if math.prod(shape[:-1]) != math.prod(lead):
                 raise _refuse(node, f"a view from {list(old)} to {list(shape)}")
             return self._retag(v, new)
-        if tags[-1] == "F" and len(shape) == len(old) + 1 and shape[:-2] == tuple(old[:-1]) \
-                and shape[-2] * shape[-1] == old[-1]:
+        if (
+            tags[-1] == "F"
+            and len(shape) == len(old) + 1
+            and shape[:-2] == tuple(old[:-1])
+            and shape[-2] * shape[-1] == old[-1]
+        ):
             v = self.vec(v, node)
             return Vec(v.name, ("tok",) * (len(shape) - 2) + ("H", "dh"), v.dim, shape[-1])
         if tags[-2:] == ("H", "dh") and len(shape) == len(old) - 1 and shape[-1] == math.prod(feat):
             return Vec(v.name, ("tok",) * (len(shape) - 1) + ("F",), v.dim)
         if tags == tuple("tok" if i != len(tags) - 1 else "dh" for i in range(len(tags))) or (
-                shape == tuple(old)):
+            shape == tuple(old)
+        ):
             return v
         raise _refuse(node, f"a view from {list(old)} to {list(shape)}")
 
@@ -469,8 +554,11 @@ class _Converter:
             self.positions = int(idx.value.shape[-1])
             src, tags = "pos", ("tok",) * idx.value.dim()
         else:
-            raise _refuse(node, "an embedding lookup of ids that are neither the token input "
-                                "nor the positions 0..T-1")
+            raise _refuse(
+                node,
+                "an embedding lookup of ids that are neither the token input "
+                "nor the positions 0..T-1",
+            )
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {table} @ {src}")
         self.out.vectors[name] = (node.name, "out")
@@ -505,8 +593,11 @@ class _Converter:
     op_bmm = op_matmul
 
     def op_split(self, node, v, size, dim=-1):
-        sizes = [size] * (self._shape(node.args[0])[dim] // size) if isinstance(size, int) \
+        sizes = (
+            [size] * (self._shape(node.args[0])[dim] // size)
+            if isinstance(size, int)
             else list(size)
+        )
         return self._split(node, v, sizes, dim)
 
     def op_split_with_sizes(self, node, v, sizes, dim=-1):
@@ -544,8 +635,9 @@ class _Converter:
             return Pointwise(p.src, lambda t, f=p.f: first * f(t) + sign * c)
         if isinstance(u, Scores) and isinstance(v, Conc):
             return self._masked(node, u, v.value, additive=True)
-        if isinstance(u, Pointwise) and isinstance(v, Pointwise) and u.src.name == v.src.name:
-            return Pointwise(u.src, lambda t, f=u.f, g=v.f: f(t) + alpha * g(t))
+        pair = self._same_source(node, u, v)
+        if pair:
+            return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
             if isinstance(x, PRef):
@@ -563,6 +655,16 @@ class _Converter:
         self.out.stmts.append(f"{name} = {expr}")
         self.out.vectors[name] = (node.name, "out")
         return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def _same_source(self, node, u, v):
+        """Both operands as functions of one vector, when one is already such a function."""
+        kinds = (Vec, Affine, Pointwise)
+        if not (isinstance(u, kinds) and isinstance(v, kinds)) or not (
+            isinstance(u, Pointwise) or isinstance(v, Pointwise)
+        ):
+            return None
+        pu, pv = self.pointwise(node, u), self.pointwise(node, v)
+        return (pu, pv) if pu.src.name == pv.src.name else None
 
     def pointwise(self, node, x) -> Pointwise:
         if isinstance(x, Pointwise):
@@ -586,17 +688,14 @@ class _Converter:
                 self.out.stmts.append(f"{name} = rmsnorm({a.name})")
                 self.out.vectors[name] = (node.name, "out")
                 return Vec(name, a.tags, a.dim)
-        if isinstance(u, Pointwise) and isinstance(v, Pointwise) and u.src.name == v.src.name:
-            return Pointwise(u.src, lambda t, f=u.f, g=v.f: f(t) * g(t))
-        if isinstance(u, Pointwise) and isinstance(v, (Vec, Affine)) or (
-                isinstance(v, Pointwise) and isinstance(u, (Vec, Affine))):
-            pw, other = (u, v) if isinstance(u, Pointwise) else (v, u)
-            if self.vec(other, node).name == pw.src.name:
-                return Pointwise(pw.src, lambda t, f=pw.f: f(t) * t)
+        pair = self._same_source(node, u, v)
+        if pair:
+            return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
         names = []
         for x in (u, v):
-            names.append(self.vector_param(x, node) if isinstance(x, PRef)
-                         else self.vec(x, node).name)
+            names.append(
+                self.vector_param(x, node) if isinstance(x, PRef) else self.vec(x, node).name
+            )
         vec = next(self.vec(x, node) for x in (u, v) if not isinstance(x, PRef))
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {names[0]} * {names[1]}")
@@ -683,7 +782,10 @@ class _Converter:
 
         t = mask.shape[-1]
         causal = torch.ones(t, t, dtype=torch.bool).tril()
-        keep = (mask > -1e4) if additive else ~mask if mask.dtype == torch.bool else None
+        if mask.dtype == torch.bool:  # sdpa keeps True entries, masked_fill drops them
+            keep = mask if additive else ~mask
+        else:
+            keep = (mask > -1e4) if additive else None
         if keep is None or not bool((keep == causal).all()):
             raise _refuse(node, "an attention mask that is not the causal mask")
         return Scores(s.q, s.k, s.factor, s.node, s.tags, True)
@@ -718,28 +820,39 @@ class _Converter:
         self.out.vectors[name] = (node.name, "out")
         return Vec(name, v.tags, v.dim, v.dh)
 
-    def op_scaled_dot_product_attention(self, node, q, k, v, attn_mask=None, dropout_p=0.0,
-                                        is_causal=False, scale=None, enable_gqa=False):
+    def op_scaled_dot_product_attention(
+        self,
+        node,
+        q,
+        k,
+        v,
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=False,
+    ):
         q, k, v = (self.vec(x, node) for x in (q, k, v))
         if enable_gqa or not (q.dim == k.dim == v.dim):
-            raise _refuse(node, "grouped-query attention (fewer key/value heads than query "
-                                "heads)", "the language pairs every query head with its own "
-                                          "key and value head")
-        factor = scale if scale is not None else q.dh ** -0.5
+            raise _refuse(
+                node,
+                "grouped-query attention (fewer key/value heads than query heads)",
+                "the language pairs every query head with its own key and value head",
+            )
+        factor = scale if scale is not None else q.dh**-0.5
         s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))
         if attn_mask is not None:
             if not isinstance(attn_mask, Conc):
                 raise _refuse(node, "an attention mask that depends on params or buffers")
             m = attn_mask.value
-            s = self._masked(node, s, m, additive=m.dtype != __import__("torch").bool)
+            s = self._masked(node, s, m, additive=True)
         logits = self.logits(q, k, factor, node.name, "sdpa_logits")
         prob = f"{'causal_' if s.causal else ''}softmax({logits})"
         return self.mix(node, Probs(s, prob), v)
 
 
-
-
 # --- from two widths to one program ----------------------------------------------------------
+
 
 class _Wrapped:
     """Calls the user's model and returns one tensor: its output, or the ``logits`` of a
@@ -754,8 +867,11 @@ class _Wrapped:
             def __init__(self, m):
                 super().__init__()
                 self.m = m
-                self.kw = ({"use_cache": False}
-                           if "use_cache" in inspect.signature(m.forward).parameters else {})
+                self.kw = (
+                    {"use_cache": False}
+                    if "use_cache" in inspect.signature(m.forward).parameters
+                    else {}
+                )
 
             def forward(self, *args):
                 out = self.m(*args, **self.kw)
@@ -797,17 +913,22 @@ def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[
         return f"f{s1}", f"{s1}"
     mult = Fraction(s1, w1)
     if Fraction(s2, w2) != mult:
-        raise TraceError(f"a dim is {s1} at width {w1} and {s2} at width {w2}: neither finite "
-                         "nor proportional to the width", help="build(width) must scale every "
-                         "width dim in proportion to the width (e.g. 4 * width, width // heads)")
+        raise TraceError(
+            f"a dim is {s1} at width {w1} and {s2} at width {w2}: neither finite "
+            "nor proportional to the width",
+            help="build(width) must scale every "
+            "width dim in proportion to the width (e.g. 4 * width, width // heads)",
+        )
     if mult == 1:
         return "n", "n"
     if mult.denominator == 1:
         return f"n_x{mult.numerator}", f"{mult.numerator} * n"
     if mult.numerator == 1:
         return f"n_by{mult.denominator}", f"n / {mult.denominator}"
-    raise TraceError(f"a dim of {mult} times the width", help="the language takes whole multiples "
-                     "or fractions 1/k of the width")
+    raise TraceError(
+        f"a dim of {mult} times the width",
+        help="the language takes whole multiples or fractions 1/k of the width",
+    )
 
 
 @dataclass
@@ -849,13 +970,15 @@ def _base_stats(model) -> dict:
     for name, p in model.named_parameters(remove_duplicate=False):
         v = p.detach().double()
         first = v.flatten()[0]
-        stats["m." + name] = (("const", float(first)) if bool((v == first).all())
-                              else ("normal", float(v.std())))
+        stats["m." + name] = (
+            ("const", float(first)) if bool((v == first).all()) else ("normal", float(v.std()))
+        )
     return stats
 
 
-def from_torch(build: Callable, widths: tuple[int, int] = (128, 256),
-               example_inputs: Callable | None = None) -> Traced:
+def from_torch(
+    build: Callable, widths: tuple[int, int] = (128, 256), example_inputs: Callable | None = None
+) -> Traced:
     """Trace ``build(width)`` at two widths on the meta device into a Tensor Program.
 
     ``example_inputs(model)`` returns the forward's positional inputs (token ids); the first
@@ -864,8 +987,10 @@ def from_torch(build: Callable, widths: tuple[int, int] = (128, 256),
 
     w1, w2 = (int(w) for w in widths)
     if not 0 < w1 < w2:
-        raise UsageError(f"widths {widths}: give two increasing positive widths",
-                         help="e.g. widths=(128, 256); the first is the base width")
+        raise UsageError(
+            f"widths {widths}: give two increasing positive widths",
+            help="e.g. widths=(128, 256); the first is the base width",
+        )
     if example_inputs is None:
         raise UsageError("example_inputs is required: a function of the model giving its inputs")
     with torch.device("cpu"):
@@ -877,8 +1002,10 @@ def from_torch(build: Callable, widths: tuple[int, int] = (128, 256),
             model = build(w)
         given = tuple(example_inputs(model))
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in given)
-        tok = [torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x
-               for x in inputs]
+        tok = [
+            torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x
+            for x in inputs
+        ]
         ep = export(model, inputs)
         traces.append(convert(ep, base, tok[0] if tok else None))
     return _combine(traces, (w1, w2), base, build, example_inputs)
@@ -888,11 +1015,19 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
     t1, t2 = traces
     w1, w2 = widths
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
-        diff = next((f"{a!r} at {w1}, {b!r} at {w2}" for a, b in
-                     zip(t1.decls + t1.stmts, t2.decls + t2.stmts, strict=False) if a != b), "")
-        raise TraceError(f"the model's graph differs between widths {w1} and {w2}",
-                         help=f"build(width) must build the same layers at every width; first "
-                              f"difference: {diff}")
+        diff = next(
+            (
+                f"{a!r} at {w1}, {b!r} at {w2}"
+                for a, b in zip(t1.decls + t1.stmts, t2.decls + t2.stmts, strict=False)
+                if a != b
+            ),
+            "",
+        )
+        raise TraceError(
+            f"the model's graph differs between widths {w1} and {w2}",
+            help=f"build(width) must build the same layers at every width; first "
+            f"difference: {diff}",
+        )
     values, dims, scales = {}, {}, {}
     for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
         if kind == "dim":
@@ -919,8 +1054,19 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
     for info in t1.scales.values():
         exp, value = scales[info["slot"]]
         info.update(model_a=exp, value=value)
-    params = {k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in
-              t1.params.items()}
+    params = {
+        k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
+    }
     base = {strip_prefix(k): v for k, v in base.items()}
-    return Traced(source, (w1, w2), params, t1.vectors, t1.scales, t1.producers, base, build,
-                  example_inputs, t1.decls + t1.stmts)
+    return Traced(
+        source,
+        (w1, w2),
+        params,
+        t1.vectors,
+        t1.scales,
+        t1.producers,
+        base,
+        build,
+        example_inputs,
+        t1.decls + t1.stmts,
+    )
