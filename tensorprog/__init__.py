@@ -90,7 +90,7 @@ def from_torch(build, widths=(128, 256), example_inputs=None):
     """Trace ``build(width)`` (a PyTorch model) at two widths on the meta device into a Tensor
     Program; ``.source`` is its text, ``.mup(optimizer)`` derives µP and applies it to the model
     (see docs/torch.md). Imports torch when called."""
-    from .trace import from_torch as trace
+    from .fromtorch import from_torch as trace
 
     return trace(build, widths, example_inputs)
 

@@ -9,8 +9,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from tensorprog import TensorProgError, derive  # noqa: E402
-from tensorprog.apply import coord_check  # noqa: E402
-from tensorprog.trace import from_torch  # noqa: E402
+from tensorprog.fromtorch import coord_check, from_torch  # noqa: E402
 
 
 class Block(nn.Module):

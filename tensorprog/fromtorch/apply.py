@@ -17,11 +17,12 @@ own init and the LR given, so hyperparameters tuned there transfer.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from .errors import UsageError
-from .trace import Traced, convert, export, strip_prefix
+from ..errors import UsageError
+from .trace import Traced
 
 
 @dataclass
@@ -49,7 +50,7 @@ class MuP:
     """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``."""
 
     def __init__(self, traced: Traced, optimizer: str = "adam", convention: str = "table3"):
-        from . import derive
+        from .. import derive
 
         self.traced = traced
         self.program = traced.program
@@ -77,7 +78,9 @@ class MuP:
                         f"(n/base)^-{delta} (its matrix is also the lookup)",
                     )
                 )
-        self._hooks: dict[int, list] = {}
+        self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
+        # (width, input shapes) -> (exported graph, its trace), reused by check.probe
+        self.graphs: dict = {}
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         w, b = self.traced.producers[info["q"]]
@@ -160,16 +163,10 @@ class MuP:
                 )
         report.lines += [f"folded {f}" for f in self.folded]
         self.remove_patches(model)
-        handles = []
-        for p in self.patches:
-            handles.append(
-                model.get_submodule(p.module).register_forward_hook(
-                    _hook(r ** -float(p.exponent), p.rows)
-                )
-            )
-            report.patched.append(p.module)
-            report.lines.append(f"patched forward of {p.module or 'the model'}: {p.why}")
-        self._hooks[id(model)] = handles
+        report.patched = self._register(model, r)
+        report.lines += [
+            f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
+        ]
         return report
 
     def remove_patches(self, model) -> None:
@@ -201,63 +198,56 @@ class MuP:
         return [{"params": ps, "lr": lr * m, **options} for m, ps in sorted(groups.items())]
 
     # -- measuring the model's own vectors -----------------------------------------------------
-    def probe(self, model, inputs):
-        """A function returning {program vector: tensor} for the model's current params on
-        ``inputs``, through the model's own graph (with the forward patches)."""
-        import torch
+    def patched(self, model) -> bool:
+        """Whether ``apply`` registered its forward patches on this model."""
+        return id(model) in self._hooks
 
-        handles = self._hooks.get(id(model), [])
+    @contextmanager
+    def unpatched(self, model):
+        """The model without its forward patches for the duration (to export its graph)."""
+        had = self.patched(model)
         self.remove_patches(model)
         try:
-            ep = export(model, inputs)
+            yield model
         finally:
-            if handles:
-                self._hooks[id(model)] = handles
-                self._reregister(model)
-        trace = convert(
-            ep, {"m." + k: v for k, v in self.traced.base.items()}, torch.zeros_like(inputs[0])
-        )
-        if trace.decls + trace.stmts != self.traced.templates:
-            raise UsageError(
-                "this model's graph differs from the traced one",
-                help="probe a model built by the traced build(width)",
-            )
-        r = self.width_of(model) / self.traced.base_width
-        patches = (
-            {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
-            if id(model) in self._hooks
-            else {}
-        )
-        # the program's query is W_q x without the multiplier that moved onto it
-        unfold = (
-            {}
-            if id(model) not in self._hooks
-            else {
-                info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
-                for s, info in self.traced.scales.items()
-                if "q" in info
-            }
-        )
-        wanted = {}
-        for vec, (node, kind) in trace.vectors.items():
-            wanted.setdefault(node, []).append((vec, kind, unfold.get(vec, 1.0)))
-        return lambda: _run(ep, model, inputs, wanted, patches)
+            if had:
+                r = self.width_of(model) / self.traced.base_width
+                self._register(model, r)
 
-    def _reregister(self, model) -> None:
+    def _register(self, model, r: float) -> list[str]:
+        handles, modules = [], []
+        for p in self.patches:
+            module = model.get_submodule(p.module)
+            handles.append(module.register_forward_hook(_hook(r ** -float(p.exponent), p.rows)))
+            modules.append(p.module)
+        self._hooks[id(model)] = handles
+        return modules
+
+    def unfolded(self, model) -> dict[str, float]:
+        """Per query vector of the program: the factor that undoes the attention multiplier
+        folded into it (the program's query is W_q x without it)."""
+        if not self.patched(model):
+            return {}
         r = self.width_of(model) / self.traced.base_width
-        self._hooks[id(model)] = [
-            model.get_submodule(p.module).register_forward_hook(
-                _hook(r ** -float(p.exponent), p.rows)
-            )
-            for p in self.patches
-        ]
+        return {
+            info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
+            for s, info in self.traced.scales.items()
+            if "q" in info
+        }
+
+    def patch_factors(self, model) -> dict[str, tuple]:
+        """Graph node -> (factor, rows) of each forward patch registered on the model."""
+        if not self.patched(model):
+            return {}
+        r = self.width_of(model) / self.traced.base_width
+        return {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
 
 
 def _rows(use) -> str:
     return f"[{use.rows[0]}:{use.rows[1]} of rows]" if use.rows else ""
 
 
-def _scale_rows(out, factor: float, rows):
+def scale_rows(out, factor: float, rows):
     if rows is None:
         return out * factor
     size = out.shape[-1]
@@ -269,103 +259,6 @@ def _scale_rows(out, factor: float, rows):
 
 def _hook(factor: float, rows):
     def hook(module, args, out):
-        return _scale_rows(out, factor, rows)
+        return scale_rows(out, factor, rows)
 
     return hook
-
-
-def _run(ep, model, inputs, wanted: dict, patches: dict) -> dict:
-    import torch
-    import torch.fx
-
-    values = []
-    users = iter(inputs)
-    for spec in ep.graph_signature.input_specs:
-        kind = spec.kind.name
-        if kind == "PARAMETER":
-            values.append(model.get_parameter(strip_prefix(spec.target)))
-        elif kind == "BUFFER":
-            values.append(model.get_buffer(strip_prefix(spec.target)))
-        elif kind == "CONSTANT_TENSOR":
-            values.append(ep.constants[spec.target])
-        else:
-            values.append(next(users))
-    found: dict = {}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in patches:
-                out = _scale_rows(out, *patches[n.name])
-            for vec, kind, unfold in wanted.get(n.name, []):
-                if kind == "sdpa_logits":
-                    q, k = (self.env[a] for a in n.args[:2])
-                    scale = n.kwargs.get("scale") or q.shape[-1] ** -0.5
-                    found[vec] = scale * q @ k.transpose(-2, -1)
-                else:
-                    found[vec] = out * unfold
-            return out
-
-    with torch.no_grad():
-        Recorder(ep.graph_module).run(*values)
-    return found
-
-
-def coord_check(
-    mup: MuP,
-    widths,
-    *,
-    steps: int = 3,
-    seeds=(0, 1),
-    lr: float = 1e-2,
-    apply: bool = True,
-    batch: int = 4,
-    tolerance: float | None = None,
-    eps: float = 1e-12,
-):
-    """The coordinate check of the user's own model: build it at each width (µP applied, or
-    as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
-    (next-token cross-entropy) and judge every program vector's slope against µP."""
-    import torch
-
-    from . import judge
-    from .coordcheck import TOLERANCE, Measurements
-
-    traced = mup.traced
-    seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
-    m = Measurements()
-    for seed in seeds:
-        g = torch.Generator().manual_seed(1000 + seed)
-        x = torch.randint(vocab, (batch, seq), generator=g)
-        y = torch.randint(vocab, (batch, seq), generator=g)
-        for w in widths:
-            torch.manual_seed(seed)
-            model = traced.build(w)
-            if apply:
-                mup.apply(model)
-                groups = mup.param_groups(model, lr)
-            else:
-                groups = [{"params": list(model.parameters()), "lr": lr}]
-            opt = (
-                torch.optim.SGD(groups, lr=lr)
-                if mup.derivation.optimizer.name == "sgd"
-                else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, eps=eps)
-            )
-            probe = mup.probe(model, (x,))
-            m.record(w, 0, probe(), seed)
-            model.train()
-            for t in range(1, steps + 1):
-                logits = _logits(model(x))
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                m.record(w, t, probe(), seed)
-            mup.remove_patches(model)
-    return judge(mup.program, m, mup.derivation.optimizer.name, tolerance=tolerance or TOLERANCE)
-
-
-def _logits(out):
-    if hasattr(out, "logits"):
-        return out.logits
-    return out[0] if isinstance(out, (tuple, list)) else out
