@@ -1,5 +1,6 @@
 """from_torch: a PyTorch model traced to a Tensor Program, its µP derived and applied in place."""
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -138,3 +139,77 @@ def test_hf_gpt2_traces_and_applies():
     mup = traced.mup("adam")
     report = mup.apply(build(256))
     assert "lm_head" in report.patched
+
+
+# --- the command: tensorprog trace FILE.py:FUNCTION ------------------------------------------
+
+_MODEL_FILE = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.h, self.o = nn.Embedding(16, n), nn.Linear(n, 2 * n), nn.Linear(2 * n, 16)
+
+    def forward(self, idx):
+        return self.o(torch.relu(self.h(self.e(idx))))
+
+
+class Bad(Net):
+    def forward(self, idx):
+        return self.o(torch.relu(self.h(self.e(idx))).cumsum(1))
+
+
+def build(n):
+    return Net(n)
+
+
+def bad(n):
+    return Bad(n)
+
+
+def broken(n):
+    return Net(n // 0)
+'''
+
+
+def _cli(capsys, tmp_path, *argv):
+    from tensorprog.cli import main
+
+    (tmp_path / "net.py").write_text(_MODEL_FILE)
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def test_trace_command_writes_a_program(capsys, tmp_path):
+    from tensorprog import parse_file
+
+    out = tmp_path / "net.tp"
+    code, stdout, err = _cli(
+        capsys, tmp_path, "trace", f"{tmp_path}/net.py:build", "--widths", "32,64", "-o", str(out)
+    )
+    assert (code, err) == (0, "")
+    assert "param h_weight : [n_x2, n]" in out.read_text()
+    abc = derive(parse_file(str(out)), "adam").abc
+    assert (abc["h_weight"].b, abc["h_weight"].c) == (Fraction(1, 2), 1)  # hidden, Adam
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("missing.py:build", r"missing.py: no such file"),
+        ("net.py", r"expected FILE.py:FUNCTION"),
+        ("net.py:nope", r"has no function 'nope' .*\n.*there: Bad, Net, bad, broken, build$"),
+        ("net.py:broken", r"net.py:29:5: error: broken\(32\) failed: ZeroDivisionError"),
+        ("net.py:bad", r"net.py:17:9: error: cannot trace the op cumsum \(in the model\)"),
+    ],
+)
+def test_trace_command_errors(capsys, tmp_path, target, message):
+    code, _, err = _cli(capsys, tmp_path, "trace", f"{tmp_path}/{target}", "--widths", "32,64")
+    assert code == 2
+    assert re.search(message, err, re.M), err
+    assert "Traceback" not in err

@@ -7,7 +7,7 @@ from ..errors import UsageError
 from .apply import MuP, scale_rows
 from .convert import convert
 from .trace import export
-from .walk import strip_prefix
+from .where import strip_prefix
 
 
 def probe(mup: MuP, model, inputs):

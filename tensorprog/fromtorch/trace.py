@@ -17,7 +17,7 @@ from fractions import Fraction
 from ..errors import TraceError, UsageError
 from .convert import convert
 from .values import ParamUse, Trace
-from .walk import strip_prefix
+from .where import exception_span, strip_prefix
 
 
 class _Wrapped:
@@ -56,6 +56,14 @@ def export(model, inputs: Sequence):
     model.eval()
     try:
         return torch.export.export(_Wrapped(model), tuple(inputs), strict=False)
+    except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise TraceError(
+            f"torch.export cannot trace the model: {type(err).__name__}: {first}",
+            exception_span(err),
+            help="the forward must be traceable by torch.export (no data-dependent "
+            "Python control flow); docs/torch.md says what is supported",
+        ) from None
     finally:
         model.train(was)
 

@@ -26,7 +26,7 @@ from .values import (
     Vec,
     identify,
 )
-from .where import module_of, refuse
+from .where import module_of, refuse, strip_prefix
 
 _RESERVED = {
     "width",
@@ -60,11 +60,6 @@ _IDENTITY_OPS = {
 }
 _CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
-
-
-def strip_prefix(target: str) -> str:
-    """The user's param name: export names them under the wrapper's ``m.``."""
-    return target[2:] if target.startswith("m.") else target
 
 
 class Walker:
@@ -122,9 +117,7 @@ class Walker:
             total = torch_shape[1] if as_applied_t else torch_shape[0]
             rows = (Fraction(ref.rows[0], total), Fraction(ref.rows[1], total))
         self._rows[name] = ref.rows
-        self.out.params[name] = ParamUse(
-            ref.target, rows, as_applied_t, strip_prefix(module_of(node)), node.name
-        )
+        self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
         dims = [self.dim(s) for s in prog]
         init = self.base.get(ref.target, ("normal", 1.0))
         tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
@@ -181,7 +174,7 @@ class Walker:
             self.out.scales[sc] = {
                 "tied": w,
                 "slot": len(self.out.slots) - 1,
-                "module": strip_prefix(module_of(self._node(a.layer or a.node))),
+                "module": module_of(self._node(a.layer or a.node)),
                 "node": a.layer or a.node,
             }
             expr = f"{sc} * ({expr})"
