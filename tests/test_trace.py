@@ -116,34 +116,62 @@ def test_unsupported_op_is_refused_at_the_users_line():
         from_torch(Cumsum, (32, 64), _tokens)
 
 
-def test_hf_gpt2_traces_and_applies():
+def _gpt2(n, layers=2):
     transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_embd=n,
+        n_layer=layers,
+        n_head=4,
+        vocab_size=64,
+        n_positions=8,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return transformers.GPT2LMHeadModel(cfg)
 
-    def build(n):
-        cfg = transformers.GPT2Config(
-            n_embd=n,
-            n_layer=1,
-            n_head=4,
-            vocab_size=64,
-            n_positions=8,
-            use_cache=False,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return transformers.GPT2LMHeadModel(cfg)
 
-    traced = from_torch(build, (64, 128), _tokens)
+@pytest.fixture(scope="module")
+def gpt2():
+    pytest.importorskip("transformers")
+    return from_torch(_gpt2, (64, 128), _tokens)
+
+
+def test_hf_gpt2_traces_and_applies(gpt2):
     # Conv1D stores [in, out]: the program still reads [fan_out, fan_in]
-    assert "param transformer_h_0_mlp_c_fc_weight : [n_x4, n]" in traced.source
-    assert "gelu(addmm_2)" in traced.source  # HF's hand-written tanh GELU, identified
-    mup = traced.mup("adam")
-    report = mup.apply(build(256))
-    assert "lm_head" in report.patched
+    assert "param transformer_h_0_mlp_c_fc_weight : [n_x4, n]" in gpt2.source
+    assert "gelu(addmm_2)" in gpt2.source  # HF's hand-written tanh GELU, identified
+    mup = gpt2.mup("adam")
+    model = _gpt2(256)
+    report = mup.apply(model)
+    assert set(report.patched) == {
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.1.attn.c_attn",
+        "lm_head",
+    }
+    # HF's c_proj init 0.02/sqrt(2 n_layer), kept at the base and scaled as any hidden weight
+    std = float(model.transformer.h[0].attn.c_proj.weight.detach().std())
+    assert std == pytest.approx(gpt2.base["transformer.h.0.attn.c_proj.weight"][1] / 2, rel=0.02)
+
+
+def test_hf_gpt2_coordinate_check(gpt2):
+    # µP applied: every vector passes at widths 256..1024 (2 seeds, 3 AdamW steps at lr 0.01,
+    # +-0.25 as for nanoGPT). At 128..512 the second block's attention logits still read -0.32
+    # (the engine's own module of this program: -0.40); the slope shrinks as widths grow.
+    mup = gpt2.mup("adam")
+    good = coord_check(mup, (256, 512, 1024), tolerance=0.25)
+    assert good.passed, list(good.failures)
+    # as it comes (SP): the attention and output logits blow up (slopes +2 and more)
+    bad = coord_check(mup, (128, 256), seeds=(0,), apply=False, tolerance=0.25)
+    assert {"scaled_dot_product_attention_logits", "linear"} <= set(bad.failures)
 
 
 # --- the command: tensorprog trace FILE.py:FUNCTION ------------------------------------------
 
-_MODEL_FILE = '''
+_MODEL_FILE = """
 import torch
 from torch import nn
 
@@ -172,7 +200,7 @@ def bad(n):
 
 def broken(n):
     return Net(n // 0)
-'''
+"""
 
 
 def _cli(capsys, tmp_path, *argv):
