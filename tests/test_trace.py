@@ -169,6 +169,69 @@ def test_hf_gpt2_coordinate_check(gpt2):
     assert {"scaled_dot_product_attention_logits", "linear"} <= set(bad.failures)
 
 
+# --- the mup package, for the same model --------------------------------------------------------
+
+
+class Untied(nn.Module):
+    """nanoGPT's layout with separate q, k, v and an untied readout (``readout``: nn.Linear, or
+    mup's MuReadout for the mup version of the same model)."""
+
+    def __init__(self, n, readout=nn.Linear, vocab=64, seq=8, heads=4):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n), nn.Embedding(seq, n)
+        self.ln1, self.ln2, self.lnf = nn.LayerNorm(n), nn.LayerNorm(n), nn.LayerNorm(n)
+        self.q, self.k, self.v, self.proj = (nn.Linear(n, n) for _ in range(4))
+        self.fc, self.out = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+        self.head = readout(n, vocab)
+        self.heads = heads
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        b, t, c = x.shape
+        h = self.ln1(x)
+        q, k, v = (
+            z(h).view(b, t, self.heads, -1).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        x = x + self.out(F.gelu(self.fc(self.ln2(x))))
+        return self.head(self.lnf(x))
+
+
+def test_derived_ratios_equal_the_mup_packages():
+    mup = pytest.importorskip("mup")
+    traced = from_torch(Untied, (64, 128), _tokens).mup("adamw")
+    model = Untied(512)
+    traced.apply(model)  # hooks none: q is its own layer, the readout untied
+    ours_lr = traced.lr_multipliers(model)
+    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0)
+    ours_wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    base = traced.traced.base
+
+    theirs = Untied(512, readout=mup.MuReadout)
+    mup.set_base_shapes(theirs, Untied(64, mup.MuReadout), delta=Untied(128, mup.MuReadout))
+    opt = mup.MuAdamW(theirs.parameters(), lr=1.0, weight_decay=1.0)
+    mup_lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    mup_wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    r = 512 / 64
+    for name, p in theirs.named_parameters():
+        scales = []  # mup's init: the std its initialisers give this param, relative to base
+        mup.init.constant_std_init_(p, lambda t, scale=1.0, s=scales: s.append(scale))
+        init, lr = scales[0], mup_lr[id(p)]
+        if name.startswith("head."):  # MuReadout's forward multiplier 1/width_mult, folded
+            if name == "head.weight":  # (Adam: init and LR both times it)
+                init, lr = init / r, lr / r
+        if name == "q.weight" or name == "q.bias":  # attention 1/d, by hand as mup asks
+            init, lr = init * r**-0.5, lr * r**-0.5
+        if base[name][0] == "normal":
+            ours = float(model.get_parameter(name).detach().std())
+            assert ours / base[name][1] == pytest.approx(init, rel=0.05), name
+        assert ours_lr[name] == pytest.approx(lr), name
+        # AdamW's decay factor (1 - lr * wd) a step: width-independent in both
+        ours = ours_lr[name] * ours_wd[id(model.get_parameter(name))]
+        assert ours == pytest.approx(mup_lr[id(p)] * mup_wd[id(p)]) == pytest.approx(1.0), name
+
+
 # --- the command: tensorprog trace FILE.py:FUNCTION ------------------------------------------
 
 _MODEL_FILE = """

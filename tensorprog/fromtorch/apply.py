@@ -189,13 +189,26 @@ class MuP:
         return out
 
     def param_groups(self, model, lr: float, **options) -> list[dict]:
-        """torch.optim param groups: one per LR multiplier, ``lr`` times it; ``options`` (e.g.
-        weight_decay) go to every group. Params outside the program keep ``lr``."""
+        """torch.optim param groups: one per LR multiplier, ``lr`` times it; ``options`` go to
+        every group. Params outside the program keep ``lr``.
+
+        Under ``adamw`` a ``weight_decay`` is divided by the group's LR multiplier: AdamW shrinks
+        each weight by (1 - lr * weight_decay) a step, and that factor must not change with the
+        width (else the decay of hidden weights, whose LR goes as 1/n, vanishes at large n);
+        the mup package does the same. Under Adam and SGD it is an L2 term in the gradient and
+        is passed as given."""
         mult = self.lr_multipliers(model)
         groups: dict[float, list] = {}
         for name, p in model.named_parameters():
             groups.setdefault(mult.get(name, 1.0), []).append(p)
-        return [{"params": ps, "lr": lr * m, **options} for m, ps in sorted(groups.items())]
+        decoupled = self.derivation.optimizer.name == "adamw" and "weight_decay" in options
+        out = []
+        for m, ps in sorted(groups.items()):
+            group = {"params": ps, "lr": lr * m, **options}
+            if decoupled:
+                group["weight_decay"] = options["weight_decay"] / m
+            out.append(group)
+        return out
 
     # -- measuring the model's own vectors -----------------------------------------------------
     def patched(self, model) -> bool:
