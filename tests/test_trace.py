@@ -169,6 +169,44 @@ def test_hf_gpt2_coordinate_check(gpt2):
     assert {"scaled_dot_product_attention_logits", "linear"} <= set(bad.failures)
 
 
+def _llama(n, layers=2, kv_heads=4):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=n,
+        intermediate_size=2 * n,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=64,
+        max_position_embeddings=8,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def test_hf_llama_rotary_swiglu_and_its_coordinate_check():
+    pytest.importorskip("transformers")
+    traced = from_torch(_llama, (64, 128), _tokens)
+    # rotary: an exact rotation of coordinate pairs, said in the source; q and k are the rotated
+    assert "# linear: rotary embedding" in traced.source
+    assert "dot(linear, linear_1, n_by4)" in traced.source
+    assert "mul_11 = v_silu * linear_5" in traced.source  # SwiGLU: silu(gate) * up
+    assert "mul_3 = rmsnorm(embedding)" in traced.source  # Llama's RMSNorm, written by hand
+    mup = traced.mup("adam")
+    good = coord_check(mup, (256, 512, 1024), tolerance=0.25)  # 128..512: logits -0.27, -0.46
+    assert good.passed, list(good.failures)
+    bad = coord_check(mup, (128, 256), seeds=(0,), apply=False, tolerance=0.25)
+    assert {"scaled_dot_product_attention_logits", "linear_14"} <= set(bad.failures)
+
+
+def test_hf_llama_grouped_query_attention_is_refused():
+    with pytest.raises(TensorProgError, match=r"cannot trace grouped-query attention"):
+        from_torch(lambda n: _llama(n, layers=1, kv_heads=2), (64, 128), _tokens)
+
+
 # --- the mup package, for the same model --------------------------------------------------------
 
 

@@ -10,11 +10,12 @@ from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
+from .ops_rotary import RotaryOps
 from .values import Trace
 from .walk import Walker
 
 
-class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps):
+class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 

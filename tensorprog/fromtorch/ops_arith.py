@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .values import Affine, Conc, MeanSq, Pointwise, PRef, Scores, Vec
+from .values import Affine, Conc, Half, MeanSq, Pointwise, PRef, RopeTerm, Scores, Trig, Vec
 from .where import refuse
 
 
@@ -17,6 +17,8 @@ class ArithOps:
         return self._lincomb(node, u, v, -alpha)
 
     def _lincomb(self, node, u, v, alpha):
+        if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
+            return self.rope_sum(node, u, v, alpha)
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
             c = u if isinstance(u, (int, float)) else v
             x = v if isinstance(u, (int, float)) else u
@@ -66,6 +68,11 @@ class ArithOps:
         return Pointwise(x, lambda t: t)
 
     def op_mul(self, node, u, v):
+        for a, b in ((u, v), (v, u)):
+            if isinstance(b, Trig):
+                return self.rope_term(node, a, b)
+            if isinstance(a, Half) and b in (1, -1):  # rotate_half's negated half
+                return Half(a.src, a.part, a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
             if isinstance(x, Scores):

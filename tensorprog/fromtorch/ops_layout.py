@@ -95,3 +95,13 @@ class LayoutOps:
             items.append(Affine(v.x, wr, br, v.node, v.tags, v.layer or v.node))
             start += s
         return Parts(items)
+
+    def op_unsqueeze(self, node, v, dim):
+        if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
+            raise refuse(
+                node,
+                "grouped-query attention (key/value heads repeated for several query heads)",
+                "the language pairs every query head with its own key and value head: build "
+                "the model with num_key_value_heads = num_attention_heads to trace it",
+            )
+        raise refuse(node, "an added axis on a per-token vector")

@@ -200,7 +200,12 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
             exponent = -math.log(b / a) / math.log(w2 / w1)
             scales[i] = (Fraction(exponent).limit_denominator(8), a)
     seq, vocab = t1.tokens
-    lines = [f"# traced from PyTorch at widths {w1} and {w2}", f"width n = {w1}"]
+    lines = [f"# traced from PyTorch at widths {w1} and {w2}"]
+    lines += [
+        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
+        for v in t1.rotary
+    ]
+    lines.append(f"width n = {w1}")
     for name, rhs in sorted(dims.items(), key=lambda kv: kv[0] != "n"):
         if name != "n":
             lines.append(f"dim {name} = {rhs}")

@@ -98,6 +98,43 @@ class Probs:
     name: str
 
 
+# --- rotary embeddings: an exact rotation of each pair of a head's coordinates ------------------
+
+
+@dataclass
+class Trig:
+    """cos or sin of a param-free table of angles (a buffer, or constants): the same ``angle``
+    node under both makes ``x * cos + rotate_half(x) * sin`` a rotation."""
+
+    kind: str  # "cos" or "sin"
+    angle: str
+
+
+@dataclass
+class Half:
+    """The first (``part`` 0) or second half of a head vector's coordinates, times ``sign``."""
+
+    src: Vec
+    part: int
+    sign: int = 1
+
+
+@dataclass
+class Rotated:
+    """rotate_half(src): the halves swapped, the new first one negated."""
+
+    src: Vec
+
+
+@dataclass
+class RopeTerm:
+    """``src * cos(angle)`` (kind "cos") or ``rotate_half(src) * sin(angle)`` (kind "sin")."""
+
+    src: Vec
+    kind: str
+    angle: str
+
+
 # --- what the trace gives ---------------------------------------------------------------------
 
 
@@ -126,6 +163,7 @@ class Trace:
     # vector -> (weight, bias) of the W @ x + b that made it
     producers: dict[str, tuple] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
 
 
 def identify(f: Callable) -> tuple[str, float] | None:

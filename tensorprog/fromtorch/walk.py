@@ -14,15 +14,19 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    Half,
     MeanSq,
     ParamUse,
     Parts,
     Pointwise,
     PRef,
     Probs,
+    RopeTerm,
+    Rotated,
     Scores,
     Tok,
     Trace,
+    Trig,
     Vec,
     identify,
 )
@@ -58,6 +62,29 @@ _IDENTITY_OPS = {
     "feature_dropout",
     "lift_fresh_copy",
 }
+# ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+SYMBOLIC = (
+    Vec,
+    PRef,
+    Tok,
+    Pointwise,
+    Affine,
+    Scores,
+    Probs,
+    MeanSq,
+    Parts,
+    Half,
+    Rotated,
+    RopeTerm,
+)
+
+
+def _op_name(node) -> str:
+    op = getattr(node.target, "_overloadpacket", None)
+    return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
+
+
 _CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
 
@@ -151,10 +178,13 @@ class Walker:
                 expr = f"{c!r} * {expr}"
             if expr == v.src.name:
                 return v.src
-            name = self.fresh(v.node)
-            self.out.stmts.append(f"{name} = {expr}")
-            self.out.vectors[name] = (v.node, "out")
-            return Vec(name, v.src.tags, v.src.dim, v.src.dh)
+            key = (v.node, expr)  # once per value, however many times it is consumed
+            if key not in self._made:
+                name = self.fresh(v.node)
+                self.out.stmts.append(f"{name} = {expr}")
+                self.out.vectors[name] = (v.node, "out")
+                self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+            return self._made[key]
         if isinstance(v, Probs):
             raise refuse(
                 node,
@@ -246,18 +276,13 @@ class Walker:
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
             raise refuse(node, "indexing a traced value")
-        op = getattr(node.target, "_overloadpacket", None)
-        op = op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
+        op = _op_name(node)
         flat = [
             x
             for a in list(args) + list(kwargs.values())
             for x in (a if isinstance(a, (list, tuple)) else [a])
         ]
-        symbolic = [
-            x
-            for x in flat
-            if isinstance(x, (Vec, PRef, Tok, Pointwise, Affine, Scores, Probs, MeanSq, Parts))
-        ]
+        symbolic = [x for x in flat if isinstance(x, SYMBOLIC)]
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
             if op in _VIEW_OPS | _IDENTITY_OPS and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
@@ -287,6 +312,9 @@ class Walker:
             for a in list(args) + list(kwargs.values())
             for x in (a if isinstance(a, (list, tuple)) else [a])
         ]
+        trig = self._trig(node, args, flat)
+        if trig is not False:
+            return trig
         if any(isinstance(x, Aux) for x in flat):
             return Aux()
 
@@ -307,3 +335,18 @@ class Walker:
             )
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
+
+    def _trig(self, node, args, flat):
+        """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
+        False when the node is no such thing."""
+        op = _op_name(node)
+        if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
+            return Trig(op, node.args[0].name)
+        tables = [x for x in flat if isinstance(x, Trig)]
+        if not tables:
+            return False
+        if op in _CHECKS:
+            return None
+        others = [x for x in flat if isinstance(x, (Aux, Conc))]
+        carried = op in _TRIG_CARRIERS or (op == "mul" and 1 in flat)  # 1.0 == 1
+        return tables[0] if len(tables) == 1 and not others and carried else Aux()
