@@ -342,3 +342,17 @@ def test_trace_command_errors(capsys, tmp_path, target, message):
     assert code == 2
     assert re.search(message, err, re.M), err
     assert "Traceback" not in err
+
+
+def test_example_hf_gpt2_mup_runs(capsys):
+    pytest.importorskip("transformers")
+    from conftest import ROOT, import_file
+
+    example = import_file(ROOT / "examples" / "hf_gpt2_mup.py")
+    out = example.main(
+        ["--widths", "32,64", "--lrs", "0.001,0.01", "--steps", "3", "--layers", "1"]
+    )
+    rows = [line.split() for line in out.splitlines() if line.split()[0] in ("32", "64")]
+    assert len(rows) == 4  # mup and sp, two widths each
+    assert all(2.0 < float(v) < 6.0 for row in rows for v in row[1:3])  # ln(96) = 4.56 at start
+    assert rows[0] == rows[2]  # at the base width µP is the model as it comes
