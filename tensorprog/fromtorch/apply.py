@@ -149,8 +149,8 @@ class MuP:
         with torch.no_grad():
             for name, use in self.traced.params.items():
                 kind, sigma = self.traced.base.get(use.target, ("normal", None))
-                if kind == "const" or sigma is None:
-                    continue
+                if kind == "const" or sigma is None or width == self.traced.base_width:
+                    continue  # at the base width the model keeps its own init, exactly
                 view = self._view(model, use)
                 target = sigma * r ** -float(self.init_exp[name])
                 current = float(view.double().std())
