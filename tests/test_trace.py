@@ -270,6 +270,29 @@ def test_derived_ratios_equal_the_mup_packages():
         assert ours == pytest.approx(mup_lr[id(p)] * mup_wd[id(p)]) == pytest.approx(1.0), name
 
 
+def test_mups_tied_embedding_rescale_against_ours(nano):
+    # docs/torch.md: mup's set_base_shapes rescales a MuSharedReadout's weight by
+    # sqrt(width_mult), and with it the embedding it shares; µP keeps the lookup's init
+    mup = pytest.importorskip("mup")
+
+    class Tied(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.e = nn.Embedding(64, n)
+            self.o = mup.MuSharedReadout(self.e.weight, bias=False)
+
+    torch.manual_seed(0)
+    theirs = Tied(512)
+    before = float(theirs.e.weight.detach().std())
+    mup.set_base_shapes(theirs, Tied(64), delta=Tied(128))
+    assert float(theirs.e.weight.detach().std()) / before == pytest.approx(8**0.5, rel=1e-3)
+
+    model = NanoGPT(512)
+    nano.mup("adam").apply(model)
+    std = float(model.wte.weight.detach().std())
+    assert std == pytest.approx(nano.base["wte.weight"][1], rel=1e-3)
+
+
 # --- the command: tensorprog trace FILE.py:FUNCTION ------------------------------------------
 
 _MODEL_FILE = """

@@ -16,7 +16,8 @@ def probe(mup: MuP, model, inputs):
     exported once per width and input shape, then reused (an export takes about a second)."""
     import torch
 
-    key = (mup.width_of(model), tuple(tuple(x.shape) for x in inputs))
+    shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    key = (mup.width_of(model), shapes, tuple(tuple(x.shape) for x in inputs))
     if key not in mup.graphs:
         with mup.unpatched(model):
             ep = export(model, inputs)
