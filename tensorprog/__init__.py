@@ -90,6 +90,15 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
     return _check.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
 
 
+def from_torch(build, widths=(128, 256), example_inputs=None):
+    """Trace ``build(width)`` (a PyTorch model) at two widths on the meta device into a Tensor
+    Program; ``.source`` is its text, ``.mup(optimizer)`` derives µP and applies it to the model
+    (see docs/torch.md). Imports torch when called."""
+    from .fromtorch import from_torch as trace
+
+    return trace(build, widths, example_inputs)
+
+
 def nngp_kernel(program: Program, inputs, **options):
     """The NNGP kernel at init of ``program``'s outputs over ``inputs`` in the infinite-width
     limit (see :func:`tensorprog.limit.nngp_kernel`; ``options``: param, optimizer, convention,
@@ -112,6 +121,6 @@ __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
     "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
-    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "muon",
-    "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",
+    "TensorProgWarning", "UsageError", "check", "classify", "derive", "from_torch", "judge",
+    "muon", "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",
 ]

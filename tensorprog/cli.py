@@ -2,7 +2,7 @@
 numerically.
 
 User errors print a positioned message and exit with status 2; a failed check exits with 1.
-Only ``check`` and ``transfer`` import torch.
+Only ``check``, ``transfer`` and ``trace`` import torch.
 """
 
 from __future__ import annotations
@@ -183,7 +183,26 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", metavar="FILE.png", help="draw loss against the HP per width")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     _limit_parser(sub)
+    _trace_parser(sub)
     return ap
+
+
+def _trace_parser(sub) -> None:
+    r = sub.add_parser("trace", help="trace a PyTorch model (FILE.py:FUNCTION, a function of the "
+                                     "width returning the model) into a .tp program")
+    r.add_argument("target", metavar="FILE.py:FUNCTION",
+                   help="the Python file and its function build(width) returning the model")
+    r.add_argument("--widths", default="128,256", metavar="W1,W2",
+                   help="the two widths to trace at; the first is the base width "
+                        "(default: 128,256)")
+    r.add_argument("--inputs", metavar="FUNCTION",
+                   help="a function of the model in the same file returning its forward's "
+                        "inputs (default: example_inputs if the file defines it, else token "
+                        "ids of shape [2, --seq-len])")
+    r.add_argument("--seq-len", type=_positive, default=8,
+                   help="sequence length of the default token ids (default: 8)")
+    r.add_argument("-o", "--output", metavar="FILE.tp", help="write the program there "
+                                                             "(default: standard output)")
 
 
 def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
@@ -473,6 +492,21 @@ def _global_c(text: str | None):
     return c
 
 
+def _trace(args: argparse.Namespace) -> int:
+    """Imports torch and the user's file; see tensorprog/fromtorch/command.py."""
+    if args.output is not None and not args.output.strip():
+        raise UsageError("-o: the path is empty", help="give a file name")
+    from .fromtorch.command import trace_command
+
+    source = trace_command(args.target, _widths(args.widths), args.output, args.inputs,
+                           args.seq_len)
+    if args.output is None:
+        _out(source)
+    else:
+        _out(f"wrote {args.output}\n")
+    return 0
+
+
 class _OutputError(Exception):
     """Standard output could not be written (a closed pipe, a full disk)."""
 
@@ -508,6 +542,8 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "trace":
+        return _trace(args)
     for option, path in (("program", args.program), ("-o", getattr(args, "output", None)),
                          ("--plot", getattr(args, "plot", None)),
                          ("--abc", getattr(args, "abc", None))):

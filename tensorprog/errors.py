@@ -143,6 +143,13 @@ class CodegenError(TensorProgError):
     stage = "codegen"
 
 
+class TraceError(TensorProgError):
+    """A PyTorch model cannot be turned into a Tensor Program (an op outside the language, a dim
+    that does not scale with the width); the span points into the user's Python source."""
+
+    stage = "trace"
+
+
 class UsageError(TensorProgError):
     """A command-line or API argument is invalid (e.g. a malformed ``--abc`` file)."""
 

@@ -22,3 +22,4 @@ def test_wheel_contains_the_grammar(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tensorprog/grammar/tensorprog.lark" in names
     assert "tensorprog/parse.py" in names
+    assert "tensorprog/fromtorch/trace.py" in names

@@ -1,0 +1,277 @@
+"""Apply a traced model's µP to the model itself: init in place, LR per param group, and the
+forward multipliers folded into init and LR wherever the abc-symmetry allows.
+
+A forward multiplier n^-θ on a param is, exactly (for the function and the whole training
+trajectory), an init exponent b + θ and an LR exponent c + kθ (k = 1 for Adam/AdamW, 2 for SGD;
+THEORY.md §1). So every derived (a, b, c) folds to a = 0: init std ∝ n^-(a+b), LR ∝ n^-(c+ka).
+A derived `scale` (attention's 1/d against the model's own 1/√d) is a multiplier on the logits,
+which are linear in the query: it folds into the query weight and bias when they are tensors of
+their own. Where it cannot fold (a query that is a row block of a fused qkv weight, whose LR
+cannot differ from k's and v's; a tied unembedding, whose matrix is also the embedding) a forward
+hook multiplies the module's output (or its query rows) instead, and the report says so.
+
+Everything is relative to the base width (the first traced width): there the model keeps its
+own init and the LR given, so hyperparameters tuned there transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from ..errors import UsageError
+from .trace import Traced
+
+
+@dataclass
+class Patch:
+    """A forward multiplier (width/base)^-exponent on a module's output (rows: its query block)."""
+
+    module: str
+    node: str
+    exponent: Fraction
+    rows: tuple[Fraction, Fraction] | None
+    why: str
+
+
+@dataclass
+class Report:
+    width: int
+    lines: list[str] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join([f"µP applied at width {self.width}:", *self.lines])
+
+
+class MuP:
+    """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``."""
+
+    def __init__(self, traced: Traced, optimizer: str = "adam", convention: str = "table3"):
+        from .. import derive
+
+        self.traced = traced
+        self.program = traced.program
+        self.derivation = derive(self.program, optimizer, convention)
+        k = self.derivation.optimizer.a_coef
+        abc = self.derivation.abc
+        self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
+        self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params}
+        self.folded: list[str] = []
+        self.patches: list[Patch] = []
+        for name, info in traced.scales.items():
+            delta = Fraction(str(abc[name].a)) - info["model_a"]
+            if delta == 0:
+                continue
+            if "q" in info:
+                self._fold_query(name, info, delta, k)
+            else:
+                self.patches.append(
+                    Patch(
+                        info["module"],
+                        info["node"],
+                        delta,
+                        None,
+                        f"tied unembedding {info['tied']}: multiplier "
+                        f"(n/base)^-{delta} (its matrix is also the lookup)",
+                    )
+                )
+        self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
+        # (width, input shapes) -> (exported graph, its trace), reused by check.probe
+        self.graphs: dict = {}
+
+    def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
+        w, b = self.traced.producers[info["q"]]
+        use = self.traced.params[w]
+        if use.rows is None:
+            for p in (w, b):
+                if p:
+                    self.init_exp[p] += delta
+                    self.lr_exp[p] += k * delta
+            self.folded.append(
+                f"{scale}: (n/base)^-{delta} folded into the init and LR of "
+                f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
+            )
+        else:
+            self.patches.append(
+                Patch(
+                    use.module,
+                    use.node,
+                    delta,
+                    use.rows,
+                    f"{scale}: query rows of fused {use.target} times "
+                    f"(n/base)^-{delta} (its LR is shared with k and v)",
+                )
+            )
+
+    # -- the model's width -------------------------------------------------------------------
+    def width_of(self, model) -> int:
+        found = set()
+        for name, use in self.traced.params.items():
+            shape = self.program.param_table[name].shape
+            tensor = model.get_parameter(use.target)
+            tshape = list(tensor.shape)[::-1] if use.transposed else list(tensor.shape)
+            for axis, d in enumerate(shape):
+                dim = self.program.dim_table[d]
+                if dim.infinite:
+                    size = Fraction(tshape[axis])
+                    if axis == 0 and use.rows:
+                        size *= use.rows[1] - use.rows[0]
+                    found.add(size / dim.mult)
+        if len(found) != 1 or next(iter(found)).denominator != 1:
+            raise UsageError(
+                f"cannot tell this model's width: its params give {sorted(found)}",
+                help="pass a model built by the traced build(width)",
+            )
+        return int(next(iter(found)))
+
+    def _view(self, model, use):
+        t = model.get_parameter(use.target)
+        if use.rows is None:
+            return t
+        axis = 1 if use.transposed and t.dim() == 2 else 0
+        size = t.shape[axis]
+        lo, hi = (int(r * size) for r in use.rows)
+        return t.narrow(axis, lo, hi - lo)
+
+    # -- init, forward patches, LR ------------------------------------------------------------
+    def apply(self, model) -> Report:
+        """Re-scale every normally initialised param to its µP std at this model's width (the
+        model's own std at the base width times (n/base)^-(a+b)), and register the forward
+        patches that cannot fold. Idempotent per model."""
+        import torch
+
+        width = self.width_of(model)
+        r = width / self.traced.base_width
+        report = Report(width)
+        with torch.no_grad():
+            for name, use in self.traced.params.items():
+                kind, sigma = self.traced.base.get(use.target, ("normal", None))
+                if kind == "const" or sigma is None or width == self.traced.base_width:
+                    continue  # at the base width the model keeps its own init, exactly
+                view = self._view(model, use)
+                target = sigma * r ** -float(self.init_exp[name])
+                current = float(view.double().std())
+                if current > 0:
+                    view.mul_(target / current)
+                report.lines.append(
+                    f"init {use.target}{_rows(use)}: std {current:.4g} -> "
+                    f"{target:.4g} (base {sigma:.4g} x (n/base)^"
+                    f"-{self.init_exp[name]})"
+                )
+        report.lines += [f"folded {f}" for f in self.folded]
+        self.remove_patches(model)
+        report.patched = self._register(model, r)
+        report.lines += [
+            f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
+        ]
+        return report
+
+    def remove_patches(self, model) -> None:
+        for h in self._hooks.pop(id(model), []):
+            h.remove()
+
+    def lr_multipliers(self, model) -> dict[str, float]:
+        """Per torch param name: the factor on the base LR at this model's width."""
+        r = self.width_of(model) / self.traced.base_width
+        out: dict[str, float] = {}
+        for name, use in self.traced.params.items():
+            m = r ** -float(self.lr_exp[name])
+            if use.target in out and not math.isclose(out[use.target], m):
+                raise UsageError(
+                    f"{use.target}: its row blocks need different LRs "
+                    f"({out[use.target]:g} and {m:g})",
+                    help="split the fused layer into separate nn.Linear layers",
+                )
+            out[use.target] = m
+        return out
+
+    def param_groups(self, model, lr: float, **options) -> list[dict]:
+        """torch.optim param groups: one per LR multiplier, ``lr`` times it; ``options`` go to
+        every group. Params outside the program keep ``lr``.
+
+        Under ``adamw`` a ``weight_decay`` is divided by the group's LR multiplier: AdamW shrinks
+        each weight by (1 - lr * weight_decay) a step, and that factor must not change with the
+        width (else the decay of hidden weights, whose LR goes as 1/n, vanishes at large n);
+        the mup package does the same. Under Adam and SGD it is an L2 term in the gradient and
+        is passed as given."""
+        mult = self.lr_multipliers(model)
+        groups: dict[float, list] = {}
+        for name, p in model.named_parameters():
+            groups.setdefault(mult.get(name, 1.0), []).append(p)
+        decoupled = self.derivation.optimizer.name == "adamw" and "weight_decay" in options
+        out = []
+        for m, ps in sorted(groups.items()):
+            group = {"params": ps, "lr": lr * m, **options}
+            if decoupled:
+                group["weight_decay"] = options["weight_decay"] / m
+            out.append(group)
+        return out
+
+    # -- measuring the model's own vectors -----------------------------------------------------
+    def patched(self, model) -> bool:
+        """Whether ``apply`` registered its forward patches on this model."""
+        return id(model) in self._hooks
+
+    @contextmanager
+    def unpatched(self, model):
+        """The model without its forward patches for the duration (to export its graph)."""
+        had = self.patched(model)
+        self.remove_patches(model)
+        try:
+            yield model
+        finally:
+            if had:
+                r = self.width_of(model) / self.traced.base_width
+                self._register(model, r)
+
+    def _register(self, model, r: float) -> list[str]:
+        handles, modules = [], []
+        for p in self.patches:
+            module = model.get_submodule(p.module)
+            handles.append(module.register_forward_hook(_hook(r ** -float(p.exponent), p.rows)))
+            modules.append(p.module)
+        self._hooks[id(model)] = handles
+        return modules
+
+    def unfolded(self, model) -> dict[str, float]:
+        """Per query vector of the program: the factor that undoes the attention multiplier
+        folded into it (the program's query is W_q x without it)."""
+        if not self.patched(model):
+            return {}
+        r = self.width_of(model) / self.traced.base_width
+        return {
+            info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
+            for s, info in self.traced.scales.items()
+            if "q" in info
+        }
+
+    def patch_factors(self, model) -> dict[str, tuple]:
+        """Graph node -> (factor, rows) of each forward patch registered on the model."""
+        if not self.patched(model):
+            return {}
+        r = self.width_of(model) / self.traced.base_width
+        return {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
+
+
+def _rows(use) -> str:
+    return f"[{use.rows[0]}:{use.rows[1]} of rows]" if use.rows else ""
+
+
+def scale_rows(out, factor: float, rows):
+    if rows is None:
+        return out * factor
+    size = out.shape[-1]
+    lo, hi = (int(r * size) for r in rows)
+    scale = out.new_ones(size)
+    scale[lo:hi] = factor
+    return out * scale
+
+
+def _hook(factor: float, rows):
+    def hook(module, args, out):
+        return scale_rows(out, factor, rows)
+
+    return hook

@@ -1,0 +1,138 @@
+"""The coordinate check of the user's own model: its program vectors read from its own graph
+(:func:`probe`), trained a few steps at several widths and judged (:func:`coord_check`)."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .apply import MuP, scale_rows
+from .convert import convert
+from .trace import export
+from .where import strip_prefix
+
+
+def probe(mup: MuP, model, inputs):
+    """A function returning {program vector: tensor} for the model's current params on
+    ``inputs``, through the model's own graph (with its forward patches). The graph is
+    exported once per width and input shape, then reused (an export takes about a second)."""
+    import torch
+
+    shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    key = (mup.width_of(model), shapes, tuple(tuple(x.shape) for x in inputs))
+    if key not in mup.graphs:
+        with mup.unpatched(model):
+            ep = export(model, inputs)
+        trace = convert(
+            ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(inputs[0])
+        )
+        if trace.decls + trace.stmts != mup.traced.templates:
+            raise UsageError(
+                "this model's graph differs from the traced one",
+                help="probe a model built by the traced build(width)",
+            )
+        mup.graphs[key] = (ep, trace)
+    ep, trace = mup.graphs[key]
+    unfold = mup.unfolded(model)
+    wanted: dict = {}
+    for vec, (node, kind) in trace.vectors.items():
+        wanted.setdefault(node, []).append((vec, kind, unfold.get(vec, 1.0)))
+    patches = mup.patch_factors(model)
+    return lambda: _run(ep, model, inputs, wanted, patches)
+
+
+def _run(ep, model, inputs, wanted: dict, patches: dict) -> dict:
+    import torch
+    import torch.fx
+
+    values = []
+    users = iter(inputs)
+    for spec in ep.graph_signature.input_specs:
+        kind = spec.kind.name
+        if kind == "PARAMETER":
+            values.append(model.get_parameter(strip_prefix(spec.target)))
+        elif kind == "BUFFER":
+            values.append(model.get_buffer(strip_prefix(spec.target)))
+        elif kind == "CONSTANT_TENSOR":
+            values.append(ep.constants[spec.target])
+        else:
+            values.append(next(users))
+    found: dict = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in patches:
+                out = scale_rows(out, *patches[n.name])
+            for vec, kind, unfold in wanted.get(n.name, []):
+                if kind == "sdpa_logits":
+                    q, k = (self.env[a] for a in n.args[:2])
+                    scale = n.kwargs.get("scale") or q.shape[-1] ** -0.5
+                    found[vec] = scale * q @ k.transpose(-2, -1)
+                else:
+                    found[vec] = out * unfold
+            return out
+
+    with torch.no_grad():
+        Recorder(ep.graph_module).run(*values)
+    return found
+
+
+def coord_check(
+    mup: MuP,
+    widths,
+    *,
+    steps: int = 3,
+    seeds=(0, 1),
+    lr: float = 1e-2,
+    apply: bool = True,
+    batch: int | None = None,
+    tolerance: float | None = None,
+    eps: float = 1e-12,
+):
+    """The coordinate check of the user's own model: build it at each width (µP applied, or
+    as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
+    (next-token cross-entropy) and judge every program vector's slope against µP."""
+    import torch
+
+    from .. import judge
+    from ..coordcheck import TOLERANCE, Measurements, default_batch_size
+
+    traced = mup.traced
+    seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
+    m = Measurements()
+    # about 16 token vectors a step, as the engine's own check (coordcheck.VECTORS_PER_STEP)
+    batch = batch or default_batch_size(traced.program)
+    for seed in seeds:
+        g = torch.Generator().manual_seed(1000 + seed)
+        x = torch.randint(vocab, (batch, seq), generator=g)
+        y = torch.randint(vocab, (batch, seq), generator=g)
+        for w in widths:
+            torch.manual_seed(seed)
+            model = traced.build(w)
+            if apply:
+                mup.apply(model)
+                groups = mup.param_groups(model, lr)
+            else:
+                groups = [{"params": list(model.parameters()), "lr": lr}]
+            opt = (
+                torch.optim.SGD(groups, lr=lr)
+                if mup.derivation.optimizer.name == "sgd"
+                else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, eps=eps)
+            )
+            read = probe(mup, model, (x,))
+            m.record(w, 0, read(), seed)
+            model.eval()  # dropout's noise is no width effect: the check trains without it
+            for t in range(1, steps + 1):
+                logits = _logits(model(x))
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                m.record(w, t, read(), seed)
+            mup.remove_patches(model)
+    return judge(mup.program, m, mup.derivation.optimizer.name, tolerance=tolerance or TOLERANCE)
+
+
+def _logits(out):
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0] if isinstance(out, (tuple, list)) else out

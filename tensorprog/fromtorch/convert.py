@@ -1,0 +1,29 @@
+"""One exported graph converted to one width's statements: the walker with its op table.
+
+Each aten op family is one mixin (layout, linear, arithmetic, norms and attention); the walker
+dispatches a node to ``op_<name>``. An op with no method is refused at the user's line.
+"""
+
+from __future__ import annotations
+
+from .ops_arith import ArithOps
+from .ops_attention import AttentionOps
+from .ops_layout import LayoutOps
+from .ops_linear import LinearOps
+from .ops_rotary import RotaryOps
+from .values import Trace
+from .walk import Walker
+
+
+class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
+    """The abstract interpreter of one graph (see values.py for what its values are)."""
+
+
+def convert(ep, base: dict, tok_value) -> Trace:
+    """The statements of exported program ``ep``; ``base``: each param's init at the base width,
+    ``tok_value``: the token ids on the CPU (constants such as masks are computed from them)."""
+    conv = Converter(ep, base)
+    conv.tok_value = tok_value
+    trace = conv.run()
+    trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
+    return trace

@@ -1,0 +1,157 @@
+"""Sums, products and coordinatewise functions of per-token vectors."""
+
+from __future__ import annotations
+
+from .values import Affine, Conc, Half, MeanSq, Pointwise, PRef, RopeTerm, Scores, Trig, Vec
+from .where import refuse
+
+
+class ArithOps:
+    """Sums, products and coordinatewise functions of per-token vectors."""
+
+    # -- sums and products -------------------------------------------------------------------
+    def op_add(self, node, u, v, alpha=1):
+        return self._lincomb(node, u, v, alpha)
+
+    def op_sub(self, node, u, v, alpha=1):
+        return self._lincomb(node, u, v, -alpha)
+
+    def _lincomb(self, node, u, v, alpha):
+        if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
+            return self.rope_sum(node, u, v, alpha)
+        if isinstance(u, (int, float)) or isinstance(v, (int, float)):
+            c = u if isinstance(u, (int, float)) else v
+            x = v if isinstance(u, (int, float)) else u
+            if isinstance(x, MeanSq):
+                return x  # + eps under a root
+            p = self.pointwise(node, x)
+            sign = alpha if x is u else 1
+            first = 1 if x is u else alpha
+            return Pointwise(p.src, lambda t, f=p.f: first * f(t) + sign * c)
+        if isinstance(u, Scores) and isinstance(v, Conc):
+            return self._masked(node, u, v.value, additive=True)
+        pair = self._same_source(node, u, v)
+        if pair:
+            return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
+        terms = []
+        for x, c in ((u, 1), (v, alpha)):
+            if isinstance(x, PRef):
+                terms.append((c, self.vector_param(x, node)))
+            else:
+                terms.append((c, self.vec(x, node)))
+        vec = next(t for _, t in terms if isinstance(t, Vec))
+        expr = ""
+        for c, t in terms:
+            name = t.name if isinstance(t, Vec) else t
+            sign = "-" if c < 0 else "+"
+            coef = "" if abs(c) == 1 else f"{abs(c)!r} * "
+            expr += f" {sign} {coef}{name}" if expr else f"{'-' if c < 0 else ''}{coef}{name}"
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def _same_source(self, node, u, v):
+        """Both operands as functions of one vector, when one is already such a function."""
+        kinds = (Vec, Affine, Pointwise)
+        if not (isinstance(u, kinds) and isinstance(v, kinds)) or not (
+            isinstance(u, Pointwise) or isinstance(v, Pointwise)
+        ):
+            return None
+        pu, pv = self.pointwise(node, u), self.pointwise(node, v)
+        return (pu, pv) if pu.src.name == pv.src.name else None
+
+    def pointwise(self, node, x) -> Pointwise:
+        if isinstance(x, Pointwise):
+            return x
+        x = self.vec(x, node)
+        return Pointwise(x, lambda t: t)
+
+    def op_mul(self, node, u, v):
+        for a, b in ((u, v), (v, u)):
+            if isinstance(b, Trig):
+                return self.rope_term(node, a, b)
+            if isinstance(a, Half) and b in (1, -1):  # rotate_half's negated half
+                return Half(a.src, a.part, a.sign * int(b))
+        if isinstance(v, (int, float)) or isinstance(u, (int, float)):
+            c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
+            if isinstance(x, Scores):
+                return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
+            p = self.pointwise(node, x)
+            return Pointwise(p.src, lambda t, f=p.f: c * f(t))
+        for a, b in ((u, v), (v, u)):
+            if isinstance(b, MeanSq) and b.inv:
+                a = self.vec(a, node)
+                if a.name != b.src.name:
+                    raise refuse(node, "a product with another vector's inverse RMS")
+                name = self.fresh(node.name)
+                self.out.stmts.append(f"{name} = rmsnorm({a.name})")
+                self.out.vectors[name] = (node.name, "out")
+                return Vec(name, a.tags, a.dim)
+        pair = self._same_source(node, u, v)
+        if pair:
+            return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
+        names = []
+        for x in (u, v):
+            names.append(
+                self.vector_param(x, node) if isinstance(x, PRef) else self.vec(x, node).name
+            )
+        vec = next(self.vec(x, node) for x in (u, v) if not isinstance(x, PRef))
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {names[0]} * {names[1]}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def op_div(self, node, u, v):
+        if not isinstance(v, (int, float)):
+            raise refuse(node, "a division by a tensor")
+        return self.op_mul(node, u, 1.0 / v)
+
+    def op_neg(self, node, u):
+        return self.op_mul(node, u, -1.0)
+
+    def _apply(self, node, x, fn):
+        p = self.pointwise(node, x)
+        return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
+
+    def op_gelu(self, node, x, approximate="none"):
+        import torch
+
+        return self._apply(node, x, lambda t: torch.nn.functional.gelu(t, approximate=approximate))
+
+    def op_relu(self, node, x):
+        return self._apply(node, x, lambda t: t.clamp(min=0))
+
+    def op_silu(self, node, x):
+        return self._apply(node, x, lambda t: t * t.sigmoid())
+
+    def op_tanh(self, node, x):
+        return self._apply(node, x, lambda t: t.tanh())
+
+    def op_sigmoid(self, node, x):
+        return self._apply(node, x, lambda t: t.sigmoid())
+
+    def op_erf(self, node, x):
+        return self._apply(node, x, lambda t: t.erf())
+
+    def op_pow(self, node, x, e):
+        if e == 2 and isinstance(x, (Vec, Affine)):
+            p = self.pointwise(node, x)
+            return Pointwise(p.src, lambda t, f=p.f: f(t) ** 2)
+        p = self.pointwise(node, x)
+        return Pointwise(p.src, lambda t, f=p.f: f(t) ** e)
+
+    def op_mean(self, node, x, dims, keepdim=False):
+        ndim = len(self._shape(node.args[0]))
+        if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
+            import torch
+
+            t = torch.linspace(-3, 3, 13, dtype=torch.float64)
+            if torch.allclose(x.f(t), t * t):
+                return MeanSq(x.src)
+        raise refuse(node, "a mean over a vector's coordinates other than RMSNorm's mean square")
+
+    def op_rsqrt(self, node, x):
+        if isinstance(x, MeanSq):
+            return MeanSq(x.src, inv=True)
+        raise refuse(node, "rsqrt of anything but a mean square")

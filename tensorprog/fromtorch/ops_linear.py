@@ -1,0 +1,60 @@
+"""Params applied: embedding lookups and linear layers (any weight layout)."""
+
+from __future__ import annotations
+
+from .values import Affine, Conc, PRef, Probs, Scores, Tok, Vec
+from .where import refuse
+
+
+class LinearOps:
+    """Params applied: embedding lookups and linear layers (any weight layout)."""
+
+    # -- params applied ----------------------------------------------------------------------
+    def op_embedding(self, node, w, idx, *rest):
+        if not isinstance(w, PRef):
+            raise refuse(node, "an embedding whose table is not a param")
+        table, _ = self.param(w, node, lookup=True)
+        if isinstance(idx, Tok):
+            self.tokens_vocab = w.shape[0]
+            src, tags = "tok", idx.tags
+        elif isinstance(idx, Conc) and self._is_positions(idx.value):
+            self.positions = int(idx.value.shape[-1])
+            src, tags = "pos", ("tok",) * idx.value.dim()
+        else:
+            raise refuse(
+                node,
+                "an embedding lookup of ids that are neither the token input "
+                "nor the positions 0..T-1",
+            )
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {table} @ {src}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, tags + ("F",), w.shape[1])
+
+    def _is_positions(self, value) -> bool:
+        import torch
+
+        t = value.shape[-1]
+        return bool((value == torch.arange(t)).all()) and t == self.tokens_seq
+
+    def op_linear(self, node, x, w, b=None):
+        if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
+            raise refuse(node, "a linear layer whose weight is not a param")
+        x = self.vec(x, node)
+        return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
+
+    def op_addmm(self, node, b, x, w):
+        return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows), b)
+
+    def op_matmul(self, node, x, w):
+        if isinstance(w, PRef):
+            return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows))
+        if isinstance(x, Probs):
+            return self.mix(node, x, self.vec(w, node))
+        x, w = self.vec(x, node), self.vec(w, node)
+        if x.tags[-1] == "dh" and w.tags[-2] == "dh" and x.tags[-3] == "H":
+            return Scores(x, w, 1.0, node.name, x.tags[:-1] + ("tok",))
+        raise refuse(node, "a matmul of two vectors that is not attention's q @ k.T")
+
+    op_mm = op_matmul
+    op_bmm = op_matmul

@@ -1,0 +1,238 @@
+"""Trace a PyTorch model into a Tensor Program: ``from_torch(build, widths, example_inputs)``.
+
+The model is exported (``torch.export``, non-strict) on the meta device at two widths; each
+width's aten graph is converted (convert.py) into the same statements with different sizes; a
+size that changes in proportion to the width is a width dim, one that stays is finite, anything
+else is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..errors import TraceError, UsageError
+from .convert import convert
+from .values import ParamUse, Trace
+from .where import exception_span, strip_prefix
+
+
+class _Wrapped:
+    """Calls the user's model and returns one tensor: its output, or the ``logits`` of a
+    Hugging Face output (with ``use_cache=False`` where the model takes it)."""
+
+    def __new__(cls, model):
+        import inspect
+
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+                self.kw = (
+                    {"use_cache": False}
+                    if "use_cache" in inspect.signature(m.forward).parameters
+                    else {}
+                )
+
+            def forward(self, *args):
+                out = self.m(*args, **self.kw)
+                if hasattr(out, "logits"):
+                    return out.logits
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+        return Wrapped(model)
+
+
+def export(model, inputs: Sequence):
+    """The model's aten graph (``torch.export``, non-strict), in eval mode (no dropout)."""
+    import torch
+
+    was = model.training
+    model.eval()
+    try:
+        return torch.export.export(_Wrapped(model), tuple(inputs), strict=False)
+    except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise TraceError(
+            f"torch.export cannot trace the model: {type(err).__name__}: {first}",
+            exception_span(err),
+            help="the forward must be traceable by torch.export (no data-dependent "
+            "Python control flow); docs/torch.md says what is supported",
+        ) from None
+    finally:
+        model.train(was)
+
+
+def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[str, str]:
+    """(name, declaration rhs) of the dim of size s1 at width w1 and s2 at w2."""
+    if s1 == s2:
+        return f"f{s1}", f"{s1}"
+    mult = Fraction(s1, w1)
+    if Fraction(s2, w2) != mult:
+        raise TraceError(
+            f"a dim is {s1} at width {w1} and {s2} at width {w2}: neither finite "
+            "nor proportional to the width",
+            help="build(width) must scale every "
+            "width dim in proportion to the width (e.g. 4 * width, width // heads)",
+        )
+    if mult == 1:
+        return "n", "n"
+    if mult.denominator == 1:
+        return f"n_x{mult.numerator}", f"{mult.numerator} * n"
+    if mult.numerator == 1:
+        return f"n_by{mult.denominator}", f"n / {mult.denominator}"
+    raise TraceError(
+        f"a dim of {mult} times the width",
+        help="the language takes whole multiples or fractions 1/k of the width",
+    )
+
+
+@dataclass
+class Traced:
+    """A model traced at two widths: ``source`` (the .tp text), ``program``, and per program
+    name what it is in the model (``params``: torch tensor and rows; ``vectors``: graph node)."""
+
+    source: str
+    widths: tuple[int, int]
+    params: dict[str, ParamUse]
+    vectors: dict[str, tuple[str, str]]
+    scales: dict[str, dict]  # scale -> {q, model exponent, value}
+    producers: dict[str, tuple]
+    base: dict  # torch target -> ("const", v) | ("normal", std) at the base width
+    build: Callable
+    example_inputs: Callable
+    templates: list[str]
+
+    @property
+    def program(self):
+        from ..parse import parse
+
+        return parse(self.source, "traced.tp")
+
+    @property
+    def base_width(self) -> int:
+        return self.widths[0]
+
+    def mup(self, optimizer: str = "adam", convention: str = "table3"):
+        """Derive µP for the traced program; the result applies it to the user's model."""
+        from .apply import MuP  # apply builds on this module: imported when asked
+
+        return MuP(self, optimizer, convention)
+
+
+def _base_stats(model) -> dict:
+    """Per param at the base width: a constant init (LayerNorm gains, zero biases) or the std."""
+    stats = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        v = p.detach().double()
+        first = v.flatten()[0]
+        stats["m." + name] = (
+            ("const", float(first)) if bool((v == first).all()) else ("normal", float(v.std()))
+        )
+    return stats
+
+
+def from_torch(
+    build: Callable, widths: tuple[int, int] = (128, 256), example_inputs: Callable | None = None
+) -> Traced:
+    """Trace ``build(width)`` at two widths on the meta device into a Tensor Program.
+
+    ``example_inputs(model)`` returns the forward's positional inputs (token ids); the first
+    width is the base width (where hyperparameters are tuned)."""
+    import torch
+
+    w1, w2 = (int(w) for w in widths)
+    if not 0 < w1 < w2:
+        raise UsageError(
+            f"widths {widths}: give two increasing positive widths",
+            help="e.g. widths=(128, 256); the first is the base width",
+        )
+    if example_inputs is None:
+        raise UsageError("example_inputs is required: a function of the model giving its inputs")
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        base = _base_stats(build(w1))
+    traces = []
+    for w in (w1, w2):
+        with torch.device("meta"):
+            model = build(w)
+        given = tuple(example_inputs(model))
+        inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in given)
+        tok = [
+            torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x
+            for x in inputs
+        ]
+        ep = export(model, inputs)
+        traces.append(convert(ep, base, tok[0] if tok else None))
+    return _combine(traces, (w1, w2), base, build, example_inputs)
+
+
+def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced:
+    t1, t2 = traces
+    w1, w2 = widths
+    if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
+        diff = next(
+            (
+                f"{a!r} at {w1}, {b!r} at {w2}"
+                for a, b in zip(t1.decls + t1.stmts, t2.decls + t2.stmts, strict=False)
+                if a != b
+            ),
+            "",
+        )
+        raise TraceError(
+            f"the model's graph differs between widths {w1} and {w2}",
+            help=f"build(width) must build the same layers at every width; first "
+            f"difference: {diff}",
+        )
+    values, dims, scales = {}, {}, {}
+    for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
+        if kind == "dim":
+            name, rhs = _dim_name(a, b, w1, w2)
+            dims[name] = rhs
+            values[f"s{i}"] = name
+        else:
+            values[f"s{i}"] = repr(float(a))
+            exponent = -math.log(b / a) / math.log(w2 / w1)
+            scales[i] = (Fraction(exponent).limit_denominator(8), a)
+    seq, vocab = t1.tokens
+    lines = [f"# traced from PyTorch at widths {w1} and {w2}"]
+    lines += [
+        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
+        for v in t1.rotary
+    ]
+    lines.append(f"width n = {w1}")
+    for name, rhs in sorted(dims.items(), key=lambda kv: kv[0] != "n"):
+        if name != "n":
+            lines.append(f"dim {name} = {rhs}")
+    if vocab is not None:
+        lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    if any(" @ pos" in s for s in t1.stmts):
+        lines.append("input pos : positions[T]")
+    lines += [d.format(**values) for d in t1.decls]
+    lines += [s.format(**values) for s in t1.stmts]
+    lines += [f"output {o}" for o in t1.outputs]
+    source = "\n".join(lines) + "\n"
+    for info in t1.scales.values():
+        exp, value = scales[info["slot"]]
+        info.update(model_a=exp, value=value)
+    params = {
+        k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
+    }
+    base = {strip_prefix(k): v for k, v in base.items()}
+    return Traced(
+        source,
+        (w1, w2),
+        params,
+        t1.vectors,
+        t1.scales,
+        t1.producers,
+        base,
+        build,
+        example_inputs,
+        t1.decls + t1.stmts,
+    )

@@ -1,0 +1,187 @@
+"""The abstract values of the trace: what each torch tensor of the graph is to the language,
+and what one width's walk produces (:class:`Trace`, :class:`ParamUse`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+# --- the abstract values ------------------------------------------------------------------------
+
+
+@dataclass
+class Vec:
+    """A program vector; ``tags`` name each torch axis: 'tok' (batch or sequence), 'F' (the
+    vector's dim), or 'H' and 'dh' (its heads and head dim)."""
+
+    name: str
+    tags: tuple
+    dim: int  # the flat dim's size
+    dh: int | None = None
+
+
+@dataclass
+class PRef:
+    """A param, or a row slice of one, as a matrix in its torch layout (``t``: transposed)."""
+
+    target: str
+    shape: tuple
+    t: bool = False
+    rows: tuple[int, int] | None = None  # a slice of the param's first program axis
+
+
+@dataclass
+class Tok:
+    tags: tuple
+
+
+@dataclass
+class Conc:
+    """A value computed from inputs and constants only, known on the CPU."""
+
+    value: object
+
+
+@dataclass
+class Aux:
+    """A value free of params whose entries are unknown here (from a buffer)."""
+
+
+@dataclass
+class Pointwise:
+    """f(src) coordinatewise; identified by its values when something else consumes it."""
+
+    src: Vec
+    f: Callable
+    node: str = ""  # the node whose value this is
+
+
+@dataclass
+class Affine:
+    """W @ x + b, emitted when consumed (a split along its rows makes it several)."""
+
+    x: Vec
+    w: PRef
+    b: PRef | None
+    node: str  # the node whose value this is (a split's getitem)
+    tags: tuple
+    layer: str = ""  # the node that applies the weight
+
+
+@dataclass
+class Parts:
+    items: list
+
+
+@dataclass
+class MeanSq:
+    src: Vec
+    inv: bool = False  # rsqrt taken
+
+
+@dataclass
+class Scores:
+    """Attention logits factor * dot(q, k, dh), before the softmax."""
+
+    q: Vec
+    k: Vec
+    factor: float
+    node: str
+    tags: tuple
+    causal: bool = False
+
+
+@dataclass
+class Probs:
+    scores: Scores
+    name: str
+
+
+# --- rotary embeddings: an exact rotation of each pair of a head's coordinates ------------------
+
+
+@dataclass
+class Trig:
+    """cos or sin of a param-free table of angles (a buffer, or constants): the same ``angle``
+    node under both makes ``x * cos + rotate_half(x) * sin`` a rotation."""
+
+    kind: str  # "cos" or "sin"
+    angle: str
+
+
+@dataclass
+class Half:
+    """The first (``part`` 0) or second half of a head vector's coordinates, times ``sign``."""
+
+    src: Vec
+    part: int
+    sign: int = 1
+
+
+@dataclass
+class Rotated:
+    """rotate_half(src): the halves swapped, the new first one negated."""
+
+    src: Vec
+
+
+@dataclass
+class RopeTerm:
+    """``src * cos(angle)`` (kind "cos") or ``rotate_half(src) * sin(angle)`` (kind "sin")."""
+
+    src: Vec
+    kind: str
+    angle: str
+
+
+# --- what the trace gives ---------------------------------------------------------------------
+
+
+@dataclass
+class ParamUse:
+    """One program param: which torch tensor (and rows) it is, and its program shape's dims."""
+
+    target: str
+    rows: tuple[Fraction, Fraction] | None  # the block of the torch rows (of the out axis)
+    transposed: bool  # program layout [fan_out, fan_in] is the torch tensor transposed
+    module: str  # the module that applies it (for a forward patch)
+    node: str
+
+
+@dataclass
+class Trace:
+    """One width's conversion: statements as templates with size slots."""
+
+    decls: list[str] = field(default_factory=list)
+    stmts: list[str] = field(default_factory=list)
+    slots: list[tuple[str, float]] = field(default_factory=list)
+    params: dict[str, ParamUse] = field(default_factory=dict)
+    param_dims: dict[str, list[str]] = field(default_factory=dict)
+    vectors: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (node, kind)
+    scales: dict[str, dict] = field(default_factory=dict)  # scale -> {q: vector, slot: i}
+    # vector -> (weight, bias) of the W @ x + b that made it
+    producers: dict[str, tuple] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
+
+
+def identify(f: Callable) -> tuple[str, float] | None:
+    """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4], or None."""
+    import torch
+
+    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    y = f(t)
+    fns = {
+        "identity": t,
+        "relu": torch.relu(t),
+        "gelu": torch.nn.functional.gelu(t),
+        "silu": torch.nn.functional.silu(t),
+        "tanh": torch.tanh(t),
+        "sigmoid": torch.sigmoid(t),
+    }
+    for name, ref in fns.items():
+        c = float((y @ ref) / (ref @ ref))
+        if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
+            return name, c
+    return None

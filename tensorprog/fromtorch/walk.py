@@ -1,0 +1,352 @@
+"""The walk of one exported graph: dispatch of each node to its op handler, the program's names,
+size slots and params, and the materialising of lazy values into program statements."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import re
+from fractions import Fraction
+
+from ..errors import TraceError
+from ..lower import FUNCTIONS
+from .values import (
+    Affine,
+    Aux,
+    Conc,
+    Half,
+    MeanSq,
+    ParamUse,
+    Parts,
+    Pointwise,
+    PRef,
+    Probs,
+    RopeTerm,
+    Rotated,
+    Scores,
+    Tok,
+    Trace,
+    Trig,
+    Vec,
+    identify,
+)
+from .where import module_of, refuse, strip_prefix
+
+_RESERVED = {
+    "width",
+    "depth",
+    "dim",
+    "input",
+    "param",
+    "scale",
+    "output",
+    "block",
+    "return",
+    "repeat",
+    "tokens",
+    "positions",
+    "image",
+    "n",
+    "tok",
+    "pos",
+} | set(FUNCTIONS)
+_IDENTITY_OPS = {
+    "contiguous",
+    "alias",
+    "clone",
+    "dropout",
+    "detach",
+    "to",
+    "type_as",
+    "_to_copy",
+    "feature_dropout",
+    "lift_fresh_copy",
+}
+# ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+SYMBOLIC = (
+    Vec,
+    PRef,
+    Tok,
+    Pointwise,
+    Affine,
+    Scores,
+    Probs,
+    MeanSq,
+    Parts,
+    Half,
+    Rotated,
+    RopeTerm,
+)
+
+
+def _op_name(node) -> str:
+    op = getattr(node.target, "_overloadpacket", None)
+    return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
+
+
+_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
+_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
+
+
+class Walker:
+    """Walks one exported graph: names, size slots, params, lazy values, and the dispatch of
+    each aten op to its ``op_<name>`` method (defined by the op mixins, see convert.py)."""
+
+    def __init__(self, ep, base_params: dict):
+        self.ep = ep
+        self.base = base_params  # target -> ("const", value) | ("normal", std) at the base
+        self.out = Trace()
+        self.env: dict = {}
+        self.names: set[str] = set(_RESERVED)
+        self.declared_params: set[str] = set()
+        self.tokens_vocab: int | None = None
+        self.tokens_seq: int | None = None
+        self._rows: dict[str, tuple[int, int] | None] = {}  # program param -> torch rows
+        self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
+
+    # -- slots and names ---------------------------------------------------------------------
+    def dim(self, size: int) -> str:
+        self.out.slots.append(("dim", size))
+        return f"{{s{len(self.out.slots) - 1}}}"
+
+    def fresh(self, base: str) -> str:
+        name = re.sub(r"\W", "_", base).strip("_") or "v"
+        if name[0].isdigit() or name in self.names:
+            name = f"v_{name}"
+        k, cand = 1, name
+        while cand in self.names:
+            k, cand = k + 1, f"{name}_{k}"
+        self.names.add(cand)
+        return cand
+
+    # -- params ------------------------------------------------------------------------------
+    def param(self, ref: PRef, node, *, lookup: bool = False) -> tuple[str, bool]:
+        """The program param for a torch matrix applied as W @ x (program layout [out, in]);
+        returns (name, transposed use)."""
+        shape = ref.shape if not ref.t else ref.shape[::-1]  # the matrix as applied: [in, out]?
+        # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
+        as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
+        for name, use in self.out.params.items():
+            if use.target == ref.target and self._rows.get(name) == ref.rows:
+                return name, use.transposed != as_applied_t
+        part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
+        name = self.fresh(
+            strip_prefix(ref.target).replace(".", "_") + (f"_part{part}" if ref.rows else "")
+        )
+        torch_shape = list(ref.shape)
+        prog = torch_shape[::-1] if as_applied_t else list(torch_shape)
+        if ref.rows:
+            prog[0] = ref.rows[1] - ref.rows[0]
+        del shape
+        rows = None
+        if ref.rows:  # as fractions of the rows, which scale with the width
+            total = torch_shape[1] if as_applied_t else torch_shape[0]
+            rows = (Fraction(ref.rows[0], total), Fraction(ref.rows[1], total))
+        self._rows[name] = ref.rows
+        self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
+        dims = [self.dim(s) for s in prog]
+        init = self.base.get(ref.target, ("normal", 1.0))
+        tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
+        self.out.decls.append(f"param {name} : [{', '.join(dims)}]{tail}")
+        return name, False
+
+    def vector_param(self, ref: PRef, node) -> str:
+        name, _ = self.param(ref, node)
+        return name
+
+    # -- materialising lazy values ------------------------------------------------------------
+    def vec(self, v, node) -> Vec:
+        if isinstance(v, Vec):
+            return v
+        if isinstance(v, Affine):  # once per value, however many times it is consumed
+            if v.node not in self._made:
+                self._made[v.node] = self.emit_affine(v, v.node)
+            made = self._made[v.node]
+            return Vec(made.name, v.tags, made.dim, made.dh)
+        if isinstance(v, Pointwise):
+            found = identify(v.f)
+            if found is None:
+                raise refuse(
+                    node,
+                    "a coordinatewise function that is none of identity, relu, "
+                    "gelu, silu, tanh, sigmoid",
+                )
+            fn, c = found
+            expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
+            if abs(c - 1) > 1e-9:
+                expr = f"{c!r} * {expr}"
+            if expr == v.src.name:
+                return v.src
+            key = (v.node, expr)  # once per value, however many times it is consumed
+            if key not in self._made:
+                name = self.fresh(v.node)
+                self.out.stmts.append(f"{name} = {expr}")
+                self.out.vectors[name] = (v.node, "out")
+                self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+            return self._made[key]
+        if isinstance(v, Probs):
+            raise refuse(
+                node,
+                f"{node.target} on attention weights (only a matmul with the values is supported)",
+            )
+        raise refuse(node, f"{node.target} on a value that is not a per-token vector")
+
+    def emit_affine(self, a: Affine, node_name: str) -> Vec:
+        w, trans = self.param(a.w, self._node(a.layer or a.node))
+        rows = a.w.rows
+        dim = (rows[1] - rows[0]) if rows else (a.w.shape[1] if a.w.t else a.w.shape[0])
+        expr = f"{w}{'.T' if trans else ''} @ {a.x.name}"
+        if trans:  # a tied matrix read back: its multiplier differs from the lookup's
+            self.out.slots.append(("scale", 1.0))
+            sc = self.fresh(f"tie_{node_name}")
+            self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
+            self.out.scales[sc] = {
+                "tied": w,
+                "slot": len(self.out.slots) - 1,
+                "module": module_of(self._node(a.layer or a.node)),
+                "node": a.layer or a.node,
+            }
+            expr = f"{sc} * ({expr})"
+        bias = self.vector_param(a.b, self._node(a.layer or a.node)) if a.b is not None else None
+        if bias:
+            expr += f" + {bias}"
+        name = self.fresh(node_name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node_name, "out")
+        self.out.producers[name] = (w, bias)
+        return Vec(name, a.tags, dim)
+
+    def _node(self, name):
+        return self.by_name[name]
+
+    # -- the walk ----------------------------------------------------------------------------
+    def run(self) -> Trace:
+        import torch
+
+        sig = self.ep.graph_signature
+        kinds = {s.arg.name: s for s in sig.input_specs}
+        self.by_name = {n.name: n for n in self.ep.graph.nodes}
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                spec = kinds[node.name]
+                val = node.meta["val"]
+                if spec.kind.name == "PARAMETER":
+                    self.env[node.name] = PRef(spec.target, tuple(val.shape))
+                elif spec.kind.name == "USER_INPUT":
+                    if val.dtype not in (torch.long, torch.int32, torch.int64):
+                        raise TraceError(
+                            f"input {node.name} is {val.dtype}: only token ids "
+                            "(integer tensors) can be traced for now",
+                            help="pass token ids as the example inputs",
+                        )
+                    self.env[node.name] = Tok(("tok",) * val.dim())
+                    self.tokens_seq = int(val.shape[-1])
+                else:
+                    self.env[node.name] = Aux()
+            elif node.op == "call_function":
+                value = self.call(node)
+                if isinstance(value, Pointwise):
+                    value = Pointwise(value.src, value.f, node.name)
+                self.env[node.name] = value
+            elif node.op == "output":
+                outs = [a for a in node.args[0] if a is not None]
+                for a in outs[:1]:
+                    v = self.vec(self.env[a.name], node)
+                    self.out.outputs.append(v.name)
+        return self.out
+
+    def args(self, node):
+        def get(a):
+            if hasattr(a, "name") and a.name in self.env:
+                return self.env[a.name]
+            if isinstance(a, (list, tuple)):
+                return type(a)(get(x) for x in a)
+            return a
+
+        return [get(a) for a in node.args], {k: get(v) for k, v in node.kwargs.items()}
+
+    def call(self, node):
+        import torch
+
+        args, kwargs = self.args(node)
+        if node.target is operator.getitem:
+            if isinstance(args[0], Parts):
+                return dataclasses.replace(args[0].items[args[1]], node=node.name)
+            if isinstance(args[0], (Conc, Aux)):
+                return self.concrete(node, args, kwargs)
+            raise refuse(node, "indexing a traced value")
+        op = _op_name(node)
+        flat = [
+            x
+            for a in list(args) + list(kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
+        symbolic = [x for x in flat if isinstance(x, SYMBOLIC)]
+        if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
+            if op in _VIEW_OPS | _IDENTITY_OPS and isinstance(args[0], Tok):
+                return Tok(("tok",) * len(self._shape(node)))
+            return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
+        if not symbolic:
+            return self.concrete(node, args, kwargs)
+        if op in _CHECKS:
+            return None
+        method = getattr(self, f"op_{op}", None)
+        if op in _IDENTITY_OPS:
+            if op == "to" and any(
+                isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
+            ):
+                raise refuse(node, "a cast to an integer type")
+            return args[0]
+        if op in _VIEW_OPS:
+            return self.view(node, args[0])
+        if method is None:
+            raise refuse(node, f"the op {op}")
+        return method(node, *args, **kwargs)
+
+    def concrete(self, node, args, kwargs):
+        import torch
+
+        flat = [
+            x
+            for a in list(args) + list(kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
+        trig = self._trig(node, args, flat)
+        if trig is not False:
+            return trig
+        if any(isinstance(x, Aux) for x in flat):
+            return Aux()
+
+        def val(a):
+            if isinstance(a, Conc):
+                return a.value
+            if isinstance(a, Tok):
+                return self.tok_value
+            if isinstance(a, torch.device):
+                return torch.device("cpu")
+            if isinstance(a, (list, tuple)):
+                return type(a)(val(x) for x in a)
+            return a
+
+        try:
+            return Conc(
+                node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+            )
+        except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
+            return Aux()
+
+    def _trig(self, node, args, flat):
+        """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
+        False when the node is no such thing."""
+        op = _op_name(node)
+        if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
+            return Trig(op, node.args[0].name)
+        tables = [x for x in flat if isinstance(x, Trig)]
+        if not tables:
+            return False
+        if op in _CHECKS:
+            return None
+        others = [x for x in flat if isinstance(x, (Aux, Conc))]
+        carried = op in _TRIG_CARRIERS or (op == "mul" and 1 in flat)  # 1.0 == 1
+        return tables[0] if len(tables) == 1 and not others and carried else Aux()

@@ -1,0 +1,62 @@
+"""Where a graph node comes from: the user's source line and module, for positioned errors."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import traceback
+
+from ..errors import Span, TraceError
+
+
+def user_span(node) -> Span | None:
+    """The innermost frame of the node's stack outside torch: the user's line."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    return line_span([(path, int(line)) for path, line in frames])
+
+
+def exception_span(err: BaseException, path: str | None = None) -> Span | None:
+    """The innermost line of ``err``'s traceback outside torch (in ``path`` when given)."""
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(err.__traceback__)]
+    if path is not None:
+        frames = [f for f in frames if os.path.realpath(f[0]) == os.path.realpath(path)]
+    return line_span(frames)
+
+
+def line_span(frames: list[tuple[str, int]]) -> Span | None:
+    """A span over the whole line of the innermost (file, line) outside torch."""
+    for path, line in reversed(frames):
+        if "/torch/" in path or path.startswith("<"):
+            continue
+        text = linecache.getline(path, line)
+        if not text:
+            continue
+        lines = linecache.getlines(path)
+        col = len(text) - len(text.lstrip()) + 1
+        return Span(line, col, line, len(text.rstrip("\n")) + 1, "".join(lines), path)
+    return None
+
+
+def refuse(node, what: str, help: str | None = None) -> TraceError:
+    module = module_of(node)
+    where = f" (in {module})" if module else " (in the model)"
+    return TraceError(
+        f"cannot trace {what}{where}",
+        user_span(node),
+        help
+        or "the Tensor Program language has no such op; rewrite this part "
+        "with supported ops (docs/torch.md lists them)",
+    )
+
+
+def module_of(node) -> str:
+    """The user's name of the module that ran the node ("" for the model itself)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return strip_prefix(list(stack.values())[-1][0]) if stack else ""
+
+
+def strip_prefix(target: str) -> str:
+    """The user's name of a param or module: export names them under the wrapper's ``m``."""
+    return "" if target == "m" else target.removeprefix("m.")

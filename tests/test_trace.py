@@ -1,0 +1,381 @@
+"""from_torch: a PyTorch model traced to a Tensor Program, its µP derived and applied in place."""
+
+import re
+from fractions import Fraction
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog.fromtorch import coord_check, from_torch  # noqa: E402
+
+
+class Block(nn.Module):
+    def __init__(self, n, heads=4):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(n), nn.LayerNorm(n)
+        self.attn, self.proj = nn.Linear(n, 3 * n), nn.Linear(n, n)
+        self.fc, self.out = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.attn(self.ln1(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class NanoGPT(nn.Module):
+    """nanoGPT's layout: fused qkv, sdpa, learned positions, tied unembedding."""
+
+    def __init__(self, n, vocab=64, seq=8, layers=2):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n), nn.Embedding(seq, n)
+        self.blocks = nn.ModuleList(Block(n) for _ in range(layers))
+        self.lnf = nn.LayerNorm(n)
+        self.head = nn.Linear(n, vocab, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.lnf(x))
+
+
+def _tokens(model):
+    return (torch.zeros(2, 8, dtype=torch.long),)
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return from_torch(NanoGPT, widths=(64, 128), example_inputs=_tokens)
+
+
+def test_nanogpt_source_derives_mup(nano):
+    assert "dot(getitem, getitem_1, n_by4)" in nano.source
+    assert "tie_linear_8 * (head_weight.T @ layer_norm_4)" in nano.source
+    d = derive(nano.program, "adam")
+    hidden = d.abc["blocks_0_fc_weight"]
+    assert (hidden.a, hidden.b, hidden.c) == (0, Fraction(1, 2), 1)  # TP5 Table 3, Adam
+    assert d.abc["attn_scaled_dot_product_attention"].a == 1  # 1/d, not the model's 1/sqrt(d)
+    assert nano.scales["attn_scaled_dot_product_attention"]["model_a"] == Fraction(1, 2)
+    assert d.abc["tie_linear_8"].a == 1
+
+
+def test_apply_and_param_groups(nano):
+    mup = nano.mup("adam")
+    torch.manual_seed(0)
+    model = NanoGPT(256)
+    report = mup.apply(model)
+    assert report.width == 256
+    assert set(report.patched) == {"blocks.0.attn", "blocks.1.attn", "head"}
+    std = float(model.blocks[0].fc.weight.detach().std())
+    assert std == pytest.approx(nano.base["blocks.0.fc.weight"][1] * 4**-0.5, rel=1e-3)
+    lrs = {
+        p: g["lr"] for g in mup.param_groups(model, lr=1e-3, weight_decay=0.1) for p in g["params"]
+    }
+    assert lrs[model.blocks[0].fc.weight] == pytest.approx(1e-3 / 4)  # hidden: 1/n
+    assert lrs[model.wte.weight] == pytest.approx(1e-3)  # embedding: width-independent
+    logits = model(torch.zeros(1, 8, dtype=torch.long))
+    assert logits.shape == (1, 8, 64)
+
+
+def test_coordinate_check_of_the_users_model(nano):
+    # widths 128..512, 2 seeds, 3 Adam steps; the emitted module of the same program drifts by
+    # up to 0.25 at these widths too, hence the tolerance. SP misses by 0.8 to 1.5.
+    mup = nano.mup("adam")
+    good = coord_check(mup, (128, 256, 512), tolerance=0.25)
+    assert good.passed, list(good.failures)
+    bad = coord_check(mup, (128, 256, 512), apply=False, tolerance=0.25)
+    assert "scaled_dot_product_attention_logits" in bad.failures
+    assert "linear_8" in bad.failures  # the output logits
+
+
+class Cumsum(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(16, n)
+        self.o = nn.Linear(n, 16)
+
+    def forward(self, idx):
+        return self.o(self.e(idx).cumsum(1))
+
+
+def test_unsupported_op_is_refused_at_the_users_line():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_trace.py:\d+:\d+: error: cannot trace the "
+        r"op cumsum",
+    ):
+        from_torch(Cumsum, (32, 64), _tokens)
+
+
+def _gpt2(n, layers=2):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_embd=n,
+        n_layer=layers,
+        n_head=4,
+        vocab_size=64,
+        n_positions=8,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    pytest.importorskip("transformers")
+    return from_torch(_gpt2, (64, 128), _tokens)
+
+
+def test_hf_gpt2_traces_and_applies(gpt2):
+    # Conv1D stores [in, out]: the program still reads [fan_out, fan_in]
+    assert "param transformer_h_0_mlp_c_fc_weight : [n_x4, n]" in gpt2.source
+    assert "gelu(addmm_2)" in gpt2.source  # HF's hand-written tanh GELU, identified
+    mup = gpt2.mup("adam")
+    model = _gpt2(256)
+    report = mup.apply(model)
+    assert set(report.patched) == {
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.1.attn.c_attn",
+        "lm_head",
+    }
+    # HF's c_proj init 0.02/sqrt(2 n_layer), kept at the base and scaled as any hidden weight
+    std = float(model.transformer.h[0].attn.c_proj.weight.detach().std())
+    assert std == pytest.approx(gpt2.base["transformer.h.0.attn.c_proj.weight"][1] / 2, rel=0.02)
+
+
+def test_hf_gpt2_coordinate_check(gpt2):
+    # µP applied: every vector passes at widths 256..1024 (2 seeds, 3 AdamW steps at lr 0.01,
+    # +-0.25 as for nanoGPT). At 128..512 the second block's attention logits still read -0.32
+    # (the engine's own module of this program: -0.40); the slope shrinks as widths grow.
+    mup = gpt2.mup("adam")
+    good = coord_check(mup, (256, 512, 1024), tolerance=0.25)
+    assert good.passed, list(good.failures)
+    # as it comes (SP): the attention and output logits blow up (slopes +2 and more)
+    bad = coord_check(mup, (128, 256), seeds=(0,), apply=False, tolerance=0.25)
+    assert {"scaled_dot_product_attention_logits", "linear"} <= set(bad.failures)
+
+
+def _llama(n, layers=2, kv_heads=4):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=n,
+        intermediate_size=2 * n,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=64,
+        max_position_embeddings=8,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def test_hf_llama_rotary_swiglu_and_its_coordinate_check():
+    pytest.importorskip("transformers")
+    traced = from_torch(_llama, (64, 128), _tokens)
+    # rotary: an exact rotation of coordinate pairs, said in the source; q and k are the rotated
+    assert "# linear: rotary embedding" in traced.source
+    assert "dot(linear, linear_1, n_by4)" in traced.source
+    assert "mul_11 = v_silu * linear_5" in traced.source  # SwiGLU: silu(gate) * up
+    assert "mul_3 = rmsnorm(embedding)" in traced.source  # Llama's RMSNorm, written by hand
+    mup = traced.mup("adam")
+    good = coord_check(mup, (256, 512, 1024), tolerance=0.25)  # 128..512: logits -0.27, -0.46
+    assert good.passed, list(good.failures)
+    bad = coord_check(mup, (128, 256), seeds=(0,), apply=False, tolerance=0.25)
+    assert {"scaled_dot_product_attention_logits", "linear_14"} <= set(bad.failures)
+
+
+def test_hf_llama_grouped_query_attention_is_refused():
+    with pytest.raises(TensorProgError, match=r"cannot trace grouped-query attention"):
+        from_torch(lambda n: _llama(n, layers=1, kv_heads=2), (64, 128), _tokens)
+
+
+# --- the mup package, for the same model --------------------------------------------------------
+
+
+class Untied(nn.Module):
+    """nanoGPT's layout with separate q, k, v and an untied readout (``readout``: nn.Linear, or
+    mup's MuReadout for the mup version of the same model)."""
+
+    def __init__(self, n, readout=nn.Linear, vocab=64, seq=8, heads=4):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n), nn.Embedding(seq, n)
+        self.ln1, self.ln2, self.lnf = nn.LayerNorm(n), nn.LayerNorm(n), nn.LayerNorm(n)
+        self.q, self.k, self.v, self.proj = (nn.Linear(n, n) for _ in range(4))
+        self.fc, self.out = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+        self.head = readout(n, vocab)
+        self.heads = heads
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        b, t, c = x.shape
+        h = self.ln1(x)
+        q, k, v = (
+            z(h).view(b, t, self.heads, -1).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        x = x + self.out(F.gelu(self.fc(self.ln2(x))))
+        return self.head(self.lnf(x))
+
+
+def test_derived_ratios_equal_the_mup_packages():
+    mup = pytest.importorskip("mup")
+    traced = from_torch(Untied, (64, 128), _tokens).mup("adamw")
+    model = Untied(512)
+    traced.apply(model)  # hooks none: q is its own layer, the readout untied
+    ours_lr = traced.lr_multipliers(model)
+    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0)
+    ours_wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    base = traced.traced.base
+
+    theirs = Untied(512, readout=mup.MuReadout)
+    mup.set_base_shapes(theirs, Untied(64, mup.MuReadout), delta=Untied(128, mup.MuReadout))
+    opt = mup.MuAdamW(theirs.parameters(), lr=1.0, weight_decay=1.0)
+    mup_lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    mup_wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    r = 512 / 64
+    for name, p in theirs.named_parameters():
+        scales = []  # mup's init: the std its initialisers give this param, relative to base
+        mup.init.constant_std_init_(p, lambda t, scale=1.0, s=scales: s.append(scale))
+        init, lr = scales[0], mup_lr[id(p)]
+        if name.startswith("head."):  # MuReadout's forward multiplier 1/width_mult, folded
+            if name == "head.weight":  # (Adam: init and LR both times it)
+                init, lr = init / r, lr / r
+        if name == "q.weight" or name == "q.bias":  # attention 1/d, by hand as mup asks
+            init, lr = init * r**-0.5, lr * r**-0.5
+        if base[name][0] == "normal":
+            ours = float(model.get_parameter(name).detach().std())
+            assert ours / base[name][1] == pytest.approx(init, rel=0.05), name
+        assert ours_lr[name] == pytest.approx(lr), name
+        # AdamW's decay factor (1 - lr * wd) a step: width-independent in both
+        ours = ours_lr[name] * ours_wd[id(model.get_parameter(name))]
+        assert ours == pytest.approx(mup_lr[id(p)] * mup_wd[id(p)]) == pytest.approx(1.0), name
+
+
+def test_mups_tied_embedding_rescale_against_ours(nano):
+    # docs/torch.md: mup's set_base_shapes rescales a MuSharedReadout's weight by
+    # sqrt(width_mult), and with it the embedding it shares; µP keeps the lookup's init
+    mup = pytest.importorskip("mup")
+
+    class Tied(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.e = nn.Embedding(64, n)
+            self.o = mup.MuSharedReadout(self.e.weight, bias=False)
+
+    torch.manual_seed(0)
+    theirs = Tied(512)
+    before = float(theirs.e.weight.detach().std())
+    mup.set_base_shapes(theirs, Tied(64), delta=Tied(128))
+    assert float(theirs.e.weight.detach().std()) / before == pytest.approx(8**0.5, rel=1e-3)
+
+    model = NanoGPT(512)
+    nano.mup("adam").apply(model)
+    std = float(model.wte.weight.detach().std())
+    assert std == pytest.approx(nano.base["wte.weight"][1], rel=1e-3)
+
+
+# --- the command: tensorprog trace FILE.py:FUNCTION ------------------------------------------
+
+_MODEL_FILE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.h, self.o = nn.Embedding(16, n), nn.Linear(n, 2 * n), nn.Linear(2 * n, 16)
+
+    def forward(self, idx):
+        return self.o(torch.relu(self.h(self.e(idx))))
+
+
+class Bad(Net):
+    def forward(self, idx):
+        return self.o(torch.relu(self.h(self.e(idx))).cumsum(1))
+
+
+def build(n):
+    return Net(n)
+
+
+def bad(n):
+    return Bad(n)
+
+
+def broken(n):
+    return Net(n // 0)
+"""
+
+
+def _cli(capsys, tmp_path, *argv):
+    from tensorprog.cli import main
+
+    (tmp_path / "net.py").write_text(_MODEL_FILE)
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def test_trace_command_writes_a_program(capsys, tmp_path):
+    from tensorprog import parse_file
+
+    out = tmp_path / "net.tp"
+    code, stdout, err = _cli(
+        capsys, tmp_path, "trace", f"{tmp_path}/net.py:build", "--widths", "32,64", "-o", str(out)
+    )
+    assert (code, err) == (0, "")
+    assert "param h_weight : [n_x2, n]" in out.read_text()
+    abc = derive(parse_file(str(out)), "adam").abc
+    assert (abc["h_weight"].b, abc["h_weight"].c) == (Fraction(1, 2), 1)  # hidden, Adam
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("missing.py:build", r"missing.py: no such file"),
+        ("net.py", r"expected FILE.py:FUNCTION"),
+        ("net.py:nope", r"has no function 'nope' .*\n.*there: Bad, Net, bad, broken, build$"),
+        ("net.py:broken", r"net.py:29:5: error: broken\(32\) failed: ZeroDivisionError"),
+        ("net.py:bad", r"net.py:17:9: error: cannot trace the op cumsum \(in the model\)"),
+    ],
+)
+def test_trace_command_errors(capsys, tmp_path, target, message):
+    code, _, err = _cli(capsys, tmp_path, "trace", f"{tmp_path}/{target}", "--widths", "32,64")
+    assert code == 2
+    assert re.search(message, err, re.M), err
+    assert "Traceback" not in err
+
+
+def test_example_hf_gpt2_mup_runs(capsys):
+    pytest.importorskip("transformers")
+    from conftest import ROOT, import_file
+
+    example = import_file(ROOT / "examples" / "hf_gpt2_mup.py")
+    out = example.main(
+        ["--widths", "32,64", "--lrs", "0.001,0.01", "--steps", "3", "--layers", "1"]
+    )
+    rows = [line.split() for line in out.splitlines() if line.split()[0] in ("32", "64")]
+    assert len(rows) == 4  # mup and sp, two widths each
+    assert all(2.0 < float(v) < 6.0 for row in rows for v in row[1:3])  # ln(96) = 4.56 at start
+    assert rows[0] == rows[2]  # at the base width µP is the model as it comes
