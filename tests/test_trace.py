@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog import TensorProgError, UsageError, derive  # noqa: E402
 from tensorprog.fromtorch import coord_check, from_torch  # noqa: E402
 
 
@@ -77,9 +77,12 @@ def test_apply_and_param_groups(nano):
     assert set(report.patched) == {"blocks.0.attn", "blocks.1.attn", "head"}
     std = float(model.blocks[0].fc.weight.detach().std())
     assert std == pytest.approx(nano.base["blocks.0.fc.weight"][1] * 4**-0.5, rel=1e-3)
-    lrs = {
-        p: g["lr"] for g in mup.param_groups(model, lr=1e-3, weight_decay=0.1) for p in g["params"]
-    }
+    groups = mup.param_groups(model, lr=1e-3, weight_decay=0.1, decay="independent")
+    lrs = {p: g["lr"] for g in groups for p in g["params"]}
+    # independent decay: every group's lr * weight_decay is 0.1, whatever its lr
+    assert [g["lr"] * g["weight_decay"] for g in groups] == pytest.approx([0.1] * len(groups))
+    with pytest.raises(UsageError, match="say what weight_decay means"):
+        mup.param_groups(model, lr=1e-3, weight_decay=0.1)
     assert lrs[model.blocks[0].fc.weight] == pytest.approx(1e-3 / 4)  # hidden: 1/n
     assert lrs[model.wte.weight] == pytest.approx(1e-3)  # embedding: width-independent
     logits = model(torch.zeros(1, 8, dtype=torch.long))
@@ -242,7 +245,8 @@ def test_derived_ratios_equal_the_mup_packages():
     model = Untied(512)
     traced.apply(model)  # hooks none: q is its own layer, the readout untied
     ours_lr = traced.lr_multipliers(model)
-    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0)
+    # mup's MuAdamW keeps lr·wd per step at every width: independent decay of λ = lr·wd
+    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0, decay="independent")
     ours_wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     base = traced.traced.base
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ..errors import UsageError
+from ..report import DECAY_MODES
 from .trace import Traced
 
 
@@ -188,26 +189,33 @@ class MuP:
             out[use.target] = m
         return out
 
-    def param_groups(self, model, lr: float, **options) -> list[dict]:
+    def param_groups(self, model, lr: float, weight_decay: float = 0.0, decay: str | None = None,
+                     **options) -> list[dict]:
         """torch.optim param groups: one per LR multiplier, ``lr`` times it; ``options`` go to
         every group. Params outside the program keep ``lr``.
 
-        Under ``adamw`` a ``weight_decay`` is divided by the group's LR multiplier: AdamW shrinks
-        each weight by (1 - lr * weight_decay) a step, and that factor must not change with the
-        width (else the decay of hidden weights, whose LR goes as 1/n, vanishes at large n);
-        the mup package does the same. Under Adam and SGD it is an L2 term in the gradient and
-        is passed as given."""
+        ``decay`` says what ``weight_decay`` (λ) means, as in an emitted module's param_groups
+        (required when λ is not 0; lr_p is the group's lr): ``"coupled"`` and ``"decoupled"``
+        pass λ as given, for an optimizer that adds λw to the gradient (torch's SGD, Adam) or
+        shrinks w by lr_p·λ a step (torch's AdamW); ``"independent"`` sets the group's
+        weight_decay to λ/lr_p, so that AdamW shrinks every weight by λ a step at every width
+        (the mup package's MuAdamW is this mode with λ = lr·weight_decay)."""
+        if decay is None and weight_decay:
+            raise UsageError(
+                "say what weight_decay means: decay='coupled' (L2 in the gradient), "
+                "'decoupled' (torch AdamW: w shrinks by lr_p * wd a step) or 'independent' "
+                "(w shrinks by wd a step at every width)")
+        if decay is not None and decay not in DECAY_MODES:
+            raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
         mult = self.lr_multipliers(model)
         groups: dict[float, list] = {}
         for name, p in model.named_parameters():
             groups.setdefault(mult.get(name, 1.0), []).append(p)
-        decoupled = self.derivation.optimizer.name == "adamw" and "weight_decay" in options
         out = []
         for m, ps in sorted(groups.items()):
-            group = {"params": ps, "lr": lr * m, **options}
-            if decoupled:
-                group["weight_decay"] = options["weight_decay"] / m
-            out.append(group)
+            lr_p = lr * m
+            wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
+            out.append({"params": ps, "lr": lr_p, "weight_decay": wd, **options})
         return out
 
     # -- measuring the model's own vectors -----------------------------------------------------
