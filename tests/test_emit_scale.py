@@ -186,8 +186,19 @@ def test_compile_fullgraph_captures_without_a_graph_break(gpt):
     assert torch.allclose(compiled(tok), model(tok), rtol=1e-6, atol=1e-6)
 
 
+# Teardown is where this test was flaky: one child in many aborted on a loaded machine after
+# training ("terminate called without an active exception", SIGABRT). After
+# destroy_process_group gloo's worker and transport threads are still running (4 threads per
+# rank before it, 4 after, 4 after deleting the model and collecting: measured), so they are
+# torn down during interpreter shutdown; a worker thread that drops the
+# last reference to a tensor Python still tracks must take the GIL then, and CPython ends such a
+# thread with a forced unwind that C++ turns into std::terminate (the race torch's own c10d
+# discussion describes for gloo at exit). So each rank, once every collective is done (the
+# barrier: neither closes its connections while the other still reads) and the group destroyed,
+# leaves with os._exit: a failure while training still raises and fails mp.spawn, a hung
+# collective times out after COLLECTIVE_TIMEOUT s, and no teardown race is left to lose.
 _FSDP = textwrap.dedent('''
-    import json, sys
+    import datetime, json, os, sys
     import torch, torch.distributed as dist, torch.multiprocessing as mp
     from torch.distributed.fsdp import fully_shard
     sys.path.insert(0, sys.argv[1])
@@ -199,7 +210,8 @@ _FSDP = textwrap.dedent('''
         (tok,) = model.example_inputs(8, generator=torch.Generator().manual_seed(1))
         if world > 1:
             dist.init_process_group("gloo", init_method="file://" + out + ".rdzv",
-                                    rank=rank, world_size=world)
+                                    rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=int(sys.argv[3])))
             for block in model.layer:
                 fully_shard(block)
             fully_shard(model)
@@ -219,19 +231,29 @@ _FSDP = textwrap.dedent('''
             with open(out, "w") as f:
                 json.dump(losses, f)
         if world > 1:
+            dist.barrier()
             dist.destroy_process_group()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     if __name__ == "__main__":
         train(0, 1, sys.argv[2] + ".one")
+        if os.path.exists(sys.argv[2] + ".two.rdzv"):  # a stale one sends ranks to dead ports
+            os.remove(sys.argv[2] + ".two.rdzv")
         mp.spawn(train, args=(2, sys.argv[2] + ".two"), nprocs=2)
 ''')
+# a loaded 2-core machine has taken 40 s of wall time for the whole script; a hang fails
+# inside a child (gloo's timeout) well before the test's own limit
+COLLECTIVE_TIMEOUT = 300
 
 
 def test_fsdp2_on_every_repetition_trains_as_one_process(gpt, tmp_path):
     script = tmp_path / "fsdp.py"
     script.write_text(_FSDP)
     run = subprocess.run([sys.executable, str(script), str(Path(gpt.__file__).parent),
-                          str(tmp_path / "losses")], capture_output=True, text=True, timeout=120)
+                          str(tmp_path / "losses"), str(COLLECTIVE_TIMEOUT)],
+                         capture_output=True, text=True, timeout=2 * COLLECTIVE_TIMEOUT)
     assert run.returncode == 0, run.stderr[-2000:]
     one = json.loads((tmp_path / "losses.one").read_text())
     two = json.loads((tmp_path / "losses.two").read_text())
