@@ -208,23 +208,49 @@ def _exp(e, param: str, span: Span | None) -> str:
     return _num(Fraction(int(e.p), int(e.q)), f"the exponent of {param}", span)
 
 
+def _sums(program: Program, param: str) -> list[tuple[Fraction, int]]:
+    """The nonzero coordinates that reach each sum the param takes part in, as (k, p): k *
+    base_width**p. A matrix used as W @ x sums over its last axis, W.T @ x over its first;
+    a lookup of a one-hot input (``tokens``, ``positions``) has one nonzero coordinate
+    whatever the vocabulary. A kernel's kh x kw window counts too."""
+    shape = program.param_table[param].shape
+    kinds = {i.name: i.kind for i in program.inputs}
+    sums = []
+    for u in program.uses(param):
+        if not isinstance(u, MatMul) or len(shape) < 2:
+            continue
+        if kinds.get(u.arg) in ("tokens", "positions"):
+            sums.append((Fraction(1), 0))
+            continue
+        d = program.dim_table[shape[0] if u.transposed else shape[1]]
+        k, p = (d.mult, 1) if d.infinite else (Fraction(d.size), 0)
+        for w in shape[2:]:
+            k *= program.dim_table[w].size
+        sums.append((k, p))
+    return sums
+
+
 def _fan_in(program: Program, param: str) -> tuple[Fraction, int]:
     """A param's fan-in as (k, p): k * base_width**p at the base width, whose -1/2 power is the
-    param's base std (so every preactivation starts with unit-size coordinates at the base). A
-    kernel's fan-in counts its kh x kw window too. A token or position lookup keeps the
-    declared fan-in (the vocabulary) for now: base std 1 shrank its tied decoder's attention and
-    output changes at widths 64-1024 (s2 -0.30, logits -0.18 in the coordinate check), so that
-    rule waits for a measurement that explains it; `Model(init_std=...)` sets it meanwhile."""
-    fan_in, _ = fan_dims(program, param)
-    k, power = Fraction(1), 0
-    if fan_in is not None:
-        d = program.dim_table[fan_in]
-        if d.infinite:
-            k, power = d.mult, 1
-        else:
-            k = Fraction(d.size)
-    for d in program.param_table[param].shape[2:]:
-        k *= program.dim_table[d].size
+    param's base std: the largest number of nonzero coordinates that reach one of its sums,
+    so none of them starts above unit size at the base. A lookup of a one-hot input gets 1
+    (base std 1, as a bias fed the constant 1), not the vocabulary: 1/sqrt(vocab) starts a
+    GPT-2-sized embedding at 0.0045. A tied embedding is also summed over the width by its
+    transposed use, so it starts at 1/sqrt(width) there: its readout then starts at unit
+    size with a tie multiplier of 1 at the base, as an untied readout does. A vector (bias,
+    gain, readout vector) keeps its fan-in from ``fan_dims``."""
+    sums = _sums(program, param)
+    if sums:
+        base = program.width.base
+        k, power = max(sums, key=lambda s: (s[0] * base ** s[1], s[1]))
+    else:
+        fan_in, _ = fan_dims(program, param)
+        k, power = Fraction(1), 0
+        if fan_in is not None:
+            d = program.dim_table[fan_in]
+            k, power = (d.mult, 1) if d.infinite else (Fraction(d.size), 0)
+        for w in program.param_table[param].shape[2:]:
+            k *= program.dim_table[w].size
     _finite(k, f"the fan-in of {param}", program.param_table[param].span)
     return k, power
 
@@ -678,7 +704,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
         "base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where",
-        "fan_in (k, p) is k * base_width**p.",
+        "fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds",
+        "(1 for a lookup of a one-hot input).",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "

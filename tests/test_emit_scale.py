@@ -5,6 +5,7 @@ machinery large runs use: meta init, FSDP2, torch.compile, bf16 autocast, checkp
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -115,11 +116,38 @@ def test_a_deep_gpt_has_two_groups_each_param_once_with_its_lr(gpt):
 def test_a_new_base_width_gets_its_own_stds(gpt):
     torch.manual_seed(0)
     model = gpt.Model(256, 1)
-    assert model.E.std().item() == pytest.approx(64**-0.5, rel=0.05)  # 1/sqrt(vocab), for now
+    assert model.E.std().item() == pytest.approx(128**-0.5, rel=0.05)  # tied: summed over n
     assert model.layer[0].Wq.std().item() == pytest.approx(256**-0.5, rel=0.05)
     rebased = gpt.Model(256, 1, base_width=64)  # SP at its own base: 1/sqrt(64) * (1/4)**0.5
     assert rebased._base_std["layer.Wp"] == pytest.approx((4 * 64) ** -0.5)
+    assert rebased._base_std["E"] == pytest.approx(64**-0.5)
+    assert rebased._base_std["P"] == 1.0  # a lookup of one-hot positions, at any base
     assert rebased.layer[0].Wq.std().item() == pytest.approx(64**-0.5 * 0.5, rel=0.05)
+
+
+# GPT-2's vocabulary: 1/sqrt(vocab) started the tied embedding at 0.0045 and the logits near 0
+WIDE_VOCAB = GPT.replace("dim V = 64 ", "dim V = 50304 ")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_lookup_counts_one_nonzero_coordinate_not_the_vocabulary(tmp_path, tied):
+    source = WIDE_VOCAB if tied else re.sub(r"scale tie = .*\n", "param U : [V, n]\n",
+                                             WIDE_VOCAB).replace("tie * (E.T @ f)", "U @ f")
+    program = tp.parse(source, "gpt.tp")
+    path = tmp_path / f"gpt_vocab_{tied}.py"
+    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer="adam",
+                         label="µP", command="test").source)
+    module = import_file(path)
+    torch.manual_seed(0)
+    model = module.Model(128, 1)
+    # untied: one nonzero coordinate reaches each lookup's sum, base std 1 (a bias's); tied:
+    # the readout's sum over the width is the largest, base std 1/sqrt(128)
+    assert model._base_std["E"] == (128**-0.5 if tied else 1.0)
+    assert model._base_std["P"] == 1.0
+    (tok,) = _batch(model)
+    with torch.no_grad():
+        rms = model(tok).pow(2).mean().sqrt().item()
+    assert 0.5 < rms < 2  # unit-size logits at the base width (0.05 with 1/sqrt(vocab))
 
 
 def test_base_constants_are_set_from_python(gpt):
@@ -146,7 +174,7 @@ def test_meta_build_then_to_empty_and_reset_gives_the_mup_init(gpt):
     model.reset_parameters()
     assert model.layer[1].Wq.std().item() == pytest.approx(128**-0.5 * 0.5, rel=0.05)
     assert model.layer[1].Wp.std().item() == pytest.approx((4 * 128) ** -0.5 * 0.5, rel=0.05)
-    assert model.E.std().item() == pytest.approx(64**-0.5, rel=0.05)
+    assert model.E.std().item() == pytest.approx(128**-0.5, rel=0.05)
     assert torch.equal(model.layer[0].ga, torch.ones(512))
 
 

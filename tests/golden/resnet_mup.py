@@ -6,7 +6,8 @@ Regenerate with:
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
-fan_in (k, p) is k * base_width**p.
+fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds
+(1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
 """
 

@@ -6,7 +6,8 @@ Regenerate with:
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
-fan_in (k, p) is k * base_width**p.
+fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds
+(1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
 Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
 sets its base.
@@ -19,8 +20,8 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (64.0, 0)},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (4.0, 0)},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 1)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
     "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
     "ba1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
     "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
