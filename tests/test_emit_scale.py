@@ -150,6 +150,14 @@ def test_a_lookup_counts_one_nonzero_coordinate_not_the_vocabulary(tmp_path, tie
     assert 0.5 < rms < 2  # unit-size logits at the base width (0.05 with 1/sqrt(vocab))
 
 
+def test_a_base_width_whose_dims_are_fractional_is_refused_at_construction(gpt):
+    with pytest.raises(ValueError, match=r"base_width 130: dim dh = n / 4 must be a whole "
+                                         r"number; use a multiple of 4: 128 or 132"):
+        gpt.Model(128, 1, base_width=130)
+    with pytest.raises(ValueError, match=r"^width 130: dim dh"):
+        gpt.Model(130, 1)
+
+
 def test_base_constants_are_set_from_python(gpt):
     torch.manual_seed(0)
     model = gpt.Model(256, 2, init_std={"E": 0.02, "layer": 0.03, "layer.Wp": 0.01},
