@@ -372,6 +372,22 @@ _OVERRIDES = [
     "    return stds"]
 
 
+def _mult_lines(scales: bool, multiplied: list[str]) -> list[str]:
+    """Model.__init__'s ``mult``: every base multiplier a user tunes at the base width, a scale's
+    (its declared value by default) and a param's forward multiplier (1 by default; the mup
+    convention's output multiplier, TP5's alpha_output). A block's params keep theirs."""
+    names = "".join(f", {_str(n)}" for n in multiplied)
+    known = f"(*SCALES{names})" if scales and multiplied else (
+        "SCALES" if scales else f"({names[2:]},)" if multiplied else "()")
+    given = f"_overrides(\"mult\", mult, {known}, positive=False)"
+    if scales:
+        return ["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
+                f"                **{given}}}"]
+    if multiplied:
+        return [f"        mult = {given}"]
+    return [f"        {given}  # no scale to set"]
+
+
 _CHECK_DEPTH = [
     "def _check_depth(depth, base_depth):",
     '    """depth and base_depth as ints; ValueError unless both are positive integers."""',
@@ -783,10 +799,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
                  "        self.base_depth = base_depth  # no depth scaling is derived yet"]
                 if depth else []),
               "        self._base_std = _base_stds(base_width, init_std)",
-              *(["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
-                 "                **_overrides(\"mult\", mult, SCALES, positive=False)}"]
-                if scales else
-                ["        _overrides(\"mult\", mult, (), positive=False)  # no scale to set"]),
+              *_mult_lines(bool(scales), [p.name for p in multiplied]),
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
@@ -808,8 +821,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
                      "**factory))")
     lines += block_lines
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
+                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
     for p in scales:
         lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
                      f"-SCALES[{_str(p.name)}][\"a\"]")
@@ -1036,8 +1049,8 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
         lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
+                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
     args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
     fused = _fusions(program, values)

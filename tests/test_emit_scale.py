@@ -174,6 +174,20 @@ def test_base_constants_are_set_from_python(gpt):
         gpt.Model(32, 1, mult={"att": 1.0})
 
 
+def test_a_params_forward_multiplier_is_set_from_python(tmp_path):
+    # the mup convention's readout multiplier 1/n: TP5's output multiplier, tuned at the base
+    program = tp.parse_file(ROOT / "examples" / "transformer_heads.tp")
+    abc = tp.derive(program, "adam", "mup").abc
+    path = tmp_path / "heads_mupconv.py"
+    path.write_text(emit(program, abc, optimizer="adam", label="µP", command="test").source)
+    module = import_file(path)
+    assert module.Model(256).mult_U == 0.5
+    model = module.Model(256, mult={"U": 3.0, "attn": 0.5})
+    assert (model.mult_U, model.mult_attn) == (1.5, 0.5)
+    with pytest.raises(ValueError, match="no entry 'W'; choose from U, attn"):
+        module.Model(256, mult={"W": 1.0})
+
+
 def test_meta_build_then_to_empty_and_reset_gives_the_mup_init(gpt):
     torch.manual_seed(0)
     model = gpt.Model(512, 2, device="meta")
