@@ -1,20 +1,29 @@
-"""Training-step time and saved activations of the emitted GPT against one written by hand.
+"""Training-step time and saved activations of the emitted GPT against one written by hand
+and the mup package's version.
 
     python benchmarks/bench_gpt.py [--width 512] [--blocks 4] [--tokens 256] [--batch 8]
                                    [--vocab 64] [--rounds 5] [--build]
 
 examples/gpt.tp (pre-LN decoder, tied embedding, causal attention, 4 heads) emitted by tensorprog,
 against a nanoGPT-style model of the same shape written here (fused qkv, SDPA, nn.LayerNorm),
-each stepped with AdamW (forward, backward, step). The versions run interleaved, round after
-round, and the table gives medians over rounds. Memory: the bytes autograd saves for backward in
-one forward (counted with saved_tensors_hooks, storages counted once): params and optimizer
-state are the same in both, so this is where the peaks differ. --build also times building a
-1.4B-param model (24 blocks, width 2048) on the meta device and in memory.
+and the same model made µP with the mup package (MuSharedReadout for the tied unembedding,
+attention 1/d_head, set_base_shapes from base and delta models, MuAdamW), each stepped with
+AdamW (forward, backward, step). The versions run interleaved, round after round, and the table
+gives medians over rounds. Memory: the bytes autograd saves for backward in one forward (counted
+with saved_tensors_hooks, storages counted once): params and optimizer state are the same in
+all, so this is where the peaks differ. --build also times building a 1.4B-param model (24
+blocks, width 2048): the emitted one on the meta device and in memory, mup's in memory with its
+base and delta models and set_base_shapes.
+
+mup is not a dependency; its column is left out without it. Its package requires torchvision,
+which pulls another torch build: install it without dependencies, with the two it imports:
+``pip install --no-deps mup pyyaml tqdm``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import platform
 import statistics
@@ -79,6 +88,42 @@ class HandGPT(torch.nn.Module):
         return F.linear(self.ln(x), self.wte.weight)
 
 
+def mup_models(d: int, blocks: int, tokens: int, vocab: int, base_width: int):
+    """The hand-written GPT made µP with the mup package, as its README does it: the tied
+    readout a MuSharedReadout, attention 1/d_head, shapes from a base and a delta model. None
+    without mup."""
+    try:
+        import mup
+    except ImportError:
+        return None
+
+    class MuGPT(HandGPT):
+        def __init__(self, d: int):
+            super().__init__(d, blocks, tokens, vocab)
+            self.scale = 1 / (d // 4)  # mup: 1/d, not 1/sqrt(d)
+            self.readout = mup.MuSharedReadout(self.wte.weight, bias=False)
+
+        def forward(self, tok):
+            x = self.wte(tok) + self.wpe(torch.arange(tok.shape[-1], device=tok.device))
+            for block in self.blocks:
+                x = block(x, self.scale)
+            return self.readout(self.ln(x))
+
+    def build(width: int):
+        model = MuGPT(width)
+        mup.set_base_shapes(model, MuGPT(base_width), delta=MuGPT(2 * base_width))
+        return model
+
+    return build, mup.MuAdamW
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
 def saved_bytes(model, tok) -> int:
     seen: dict[int, int] = {}
 
@@ -111,6 +156,12 @@ def main() -> None:
               "hand-written": HandGPT(args.width, args.blocks, args.tokens, args.vocab)}
     opts = {"emitted": torch.optim.AdamW(gpt.param_groups(models["emitted"], 1e-4), lr=1e-4),
             "hand-written": torch.optim.AdamW(models["hand-written"].parameters(), lr=1e-4)}
+    mup = mup_models(args.width, args.blocks, args.tokens, args.vocab, gpt.BASE_WIDTH)
+    if mup is None:
+        print("mup is not installed (pip install --no-deps mup pyyaml tqdm): no mup column")
+    else:
+        models["mup"] = mup[0](args.width)
+        opts["mup"] = mup[1](models["mup"].parameters(), lr=1e-4)
     tok = torch.randint(0, args.vocab, (args.batch, args.tokens))
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(args.rounds + 1):  # the first round warms up
@@ -135,14 +186,26 @@ def main() -> None:
         print(f"| {name} | {1e3 * t:.0f} | {t / hand_t:.2f} | {m / 2**20:.0f} | "
               f"{m / hand_m:.2f} | {len(opts[name].param_groups)} |")
     if args.build:
-        big = emitted_module(1024, 50304)
-        for device in ("meta", "cpu"):
-            start = time.perf_counter()
-            model = big.Model(2048, 24, device=device)
-            took = time.perf_counter() - start
-            count = sum(p.numel() for p in model.parameters())
-            print(f"build {count / 1e9:.2f}B params on {device}: {took:.2f} s")
-            del model
+        build(mup_models(2048, 24, 1024, 50304, gpt.BASE_WIDTH))
+
+
+def build(mup) -> None:
+    """Build the 24-block, width-2048 GPT one way at a time: time and resident memory added."""
+    big = emitted_module(1024, 50304)
+    ways = [(f"emitted, {device}", lambda device=device: big.Model(2048, 24, device=device))
+            for device in ("meta", "cpu")]
+    if mup is not None:
+        ways.append(("mup: model, base, delta, set_base_shapes", lambda: mup[0](2048)))
+    for name, make in ways:
+        gc.collect()
+        before = rss_mib()
+        start = time.perf_counter()
+        model = make()
+        took = time.perf_counter() - start
+        count = sum(p.numel() for p in model.parameters())
+        print(f"build {count / 1e9:.2f}B params, {name}: {took:.2f} s, "
+              f"+{rss_mib() - before:.0f} MiB resident")
+        del model
 
 
 if __name__ == "__main__":

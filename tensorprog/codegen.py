@@ -209,23 +209,49 @@ def _exp(e, param: str, span: Span | None) -> str:
     return _num(Fraction(int(e.p), int(e.q)), f"the exponent of {param}", span)
 
 
+def _sums(program: Program, param: str) -> list[tuple[Fraction, int]]:
+    """The nonzero coordinates that reach each sum the param takes part in, as (k, p): k *
+    base_width**p. A matrix used as W @ x sums over its last axis, W.T @ x over its first;
+    a lookup of a one-hot input (``tokens``, ``positions``) has one nonzero coordinate
+    whatever the vocabulary. A kernel's kh x kw window counts too."""
+    shape = program.param_table[param].shape
+    kinds = {i.name: i.kind for i in program.inputs}
+    sums = []
+    for u in program.uses(param):
+        if not isinstance(u, MatMul) or len(shape) < 2:
+            continue
+        if kinds.get(u.arg) in ("tokens", "positions"):
+            sums.append((Fraction(1), 0))
+            continue
+        d = program.dim_table[shape[0] if u.transposed else shape[1]]
+        k, p = (d.mult, 1) if d.infinite else (Fraction(d.size), 0)
+        for w in shape[2:]:
+            k *= program.dim_table[w].size
+        sums.append((k, p))
+    return sums
+
+
 def _fan_in(program: Program, param: str) -> tuple[Fraction, int]:
     """A param's fan-in as (k, p): k * base_width**p at the base width, whose -1/2 power is the
-    param's base std (so every preactivation starts with unit-size coordinates at the base). A
-    kernel's fan-in counts its kh x kw window too. A token or position lookup keeps the
-    declared fan-in (the vocabulary) for now: base std 1 shrank its tied decoder's attention and
-    output changes at widths 64-1024 (s2 -0.30, logits -0.18 in the coordinate check), so that
-    rule waits for a measurement that explains it; `Model(init_std=...)` sets it meanwhile."""
-    fan_in, _ = fan_dims(program, param)
-    k, power = Fraction(1), 0
-    if fan_in is not None:
-        d = program.dim_table[fan_in]
-        if d.infinite:
-            k, power = d.mult, 1
-        else:
-            k = Fraction(d.size)
-    for d in program.param_table[param].shape[2:]:
-        k *= program.dim_table[d].size
+    param's base std: the largest number of nonzero coordinates that reach one of its sums,
+    so none of them starts above unit size at the base. A lookup of a one-hot input gets 1
+    (base std 1, as a bias fed the constant 1), not the vocabulary: 1/sqrt(vocab) starts a
+    GPT-2-sized embedding at 0.0045. A tied embedding is also summed over the width by its
+    transposed use, so it starts at 1/sqrt(width) there: its readout then starts at unit
+    size with a tie multiplier of 1 at the base, as an untied readout does. A vector (bias,
+    gain, readout vector) keeps its fan-in from ``fan_dims``."""
+    sums = _sums(program, param)
+    if sums:
+        base = program.width.base
+        k, power = max(sums, key=lambda s: (s[0] * base ** s[1], s[1]))
+    else:
+        fan_in, _ = fan_dims(program, param)
+        k, power = Fraction(1), 0
+        if fan_in is not None:
+            d = program.dim_table[fan_in]
+            k, power = (d.mult, 1) if d.infinite else (Fraction(d.size), 0)
+        for w in program.param_table[param].shape[2:]:
+            k *= program.dim_table[w].size
     _finite(k, f"the fan-in of {param}", program.param_table[param].span)
     return k, power
 
@@ -298,17 +324,19 @@ _GLOBALS |= set(_HELPERS)
 _CHECK_WIDTHS = [
     "def _check_widths(width, base_width):",
     '    """width and base_width as ints; ValueError unless both are positive integers and every',
-    '    dim that is a fraction of the width is a whole number (WIDTH_RULES)."""',
+    '    dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base',
+    '    model is the one tuned, so it must exist too."""',
     '    for name, value in (("width", width), ("base_width", base_width)):',
     '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
     '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
     "    width, base_width = operator.index(width), operator.index(base_width)",
     "    step = math.lcm(*(s for _, s in WIDTH_RULES))",
-    "    for rule, s in WIDTH_RULES:",
-    "        if width % s:",
-    "            near = [w for w in (width // step * step, (width // step + 1) * step) if w > 0]",
-    '            raise ValueError(f"width {width}: {rule} must be a whole number; use a "',
-    '                             f"multiple of {step}: {\' or \'.join(map(str, near))}")',
+    '    for name, value in (("width", width), ("base_width", base_width)):',
+    "        for rule, s in WIDTH_RULES:",
+    "            if value % s:",
+    "                near = [w for w in (value // step * step, (value // step + 1) * step) if w]",
+    '                raise ValueError(f"{name} {value}: {rule} must be a whole number; use a "',
+    '                                 f"multiple of {step}: {\' or \'.join(map(str, near))}")',
     "    return width, base_width"]
 
 
@@ -343,6 +371,22 @@ _OVERRIDES = [
     "        block = name.partition(\".\")[0] if \"block\" in SCALING[name] else None",
     "        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))",
     "    return stds"]
+
+
+def _mult_lines(scales: bool, multiplied: list[str]) -> list[str]:
+    """Model.__init__'s ``mult``: every base multiplier a user tunes at the base width, a scale's
+    (its declared value by default) and a param's forward multiplier (1 by default; the mup
+    convention's output multiplier, TP5's alpha_output). A block's params keep theirs."""
+    names = "".join(f", {_str(n)}" for n in multiplied)
+    known = f"(*SCALES{names})" if scales and multiplied else (
+        "SCALES" if scales else f"({names[2:]},)" if multiplied else "()")
+    given = f"_overrides(\"mult\", mult, {known}, positive=False)"
+    if scales:
+        return ["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
+                f"                **{given}}}"]
+    if multiplied:
+        return [f"        mult = {given}"]
+    return [f"        {given}  # no scale to set"]
 
 
 _CHECK_DEPTH = [
@@ -681,7 +725,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
         "With ratio = width / base_width, each param W is used as ratio**-a * W, initialised",
         "N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.",
         "base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where",
-        "fan_in (k, p) is k * base_width**p.",
+        "fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds",
+        "(1 for a lookup of a one-hot input).",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
@@ -757,10 +802,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
                  "        self.base_depth = base_depth  # no depth scaling is derived yet"]
                 if depth else []),
               "        self._base_std = _base_stds(base_width, init_std)",
-              *(["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
-                 "                **_overrides(\"mult\", mult, SCALES, positive=False)}"]
-                if scales else
-                ["        _overrides(\"mult\", mult, (), positive=False)  # no scale to set"]),
+              *_mult_lines(bool(scales), [p.name for p in multiplied]),
               "        ratio = width / base_width",
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
@@ -782,8 +824,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
                      "**factory))")
     lines += block_lines
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
+                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
     for p in scales:
         lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
                      f"-SCALES[{_str(p.name)}][\"a\"]")
@@ -969,8 +1011,8 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
         lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
+                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
     args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
     fused = _fusions(program, values)

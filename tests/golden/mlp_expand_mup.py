@@ -6,7 +6,8 @@ Regenerate with:
 With ratio = width / base_width, each param W is used as ratio**-a * W, initialised
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
-fan_in (k, p) is k * base_width**p.
+fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds
+(1 for a lookup of a one-hot input).
 """
 
 import math
@@ -99,17 +100,19 @@ class Model(torch.nn.Module):
 
 def _check_widths(width, base_width):
     """width and base_width as ints; ValueError unless both are positive integers and every
-    dim that is a fraction of the width is a whole number (WIDTH_RULES)."""
+    dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base
+    model is the one tuned, so it must exist too."""
     for name, value in (("width", width), ("base_width", base_width)):
         if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
     width, base_width = operator.index(width), operator.index(base_width)
     step = math.lcm(*(s for _, s in WIDTH_RULES))
-    for rule, s in WIDTH_RULES:
-        if width % s:
-            near = [w for w in (width // step * step, (width // step + 1) * step) if w > 0]
-            raise ValueError(f"width {width}: {rule} must be a whole number; use a "
-                             f"multiple of {step}: {' or '.join(map(str, near))}")
+    for name, value in (("width", width), ("base_width", base_width)):
+        for rule, s in WIDTH_RULES:
+            if value % s:
+                near = [w for w in (value // step * step, (value // step + 1) * step) if w]
+                raise ValueError(f"{name} {value}: {rule} must be a whole number; use a "
+                                 f"multiple of {step}: {' or '.join(map(str, near))}")
     return width, base_width
 
 
