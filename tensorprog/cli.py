@@ -162,8 +162,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
     """The options that pick the emitted module's parametrization (derive -o and check)."""
-    p.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
-                   help="the parametrization to emit or check (default: the derived µP)")
+    p.add_argument("--param", choices=["mup", "sp", "ntp", "mup-width"], default="mup",
+                   help="the parametrization to emit or check (default: the derived µP, with "
+                        "its depth exponents where the program repeats a block over a depth; "
+                        "mup-width: the same µP with no depth scaling)")
     p.add_argument("--readout-zero-init", action="store_true",
                    help=f"initialise output weights (derived role) to zero; {zero_note}")
     p.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
@@ -670,19 +672,22 @@ def _shown(path: str) -> str:
 
 
 def _write_module(args, program, optimizer) -> int:
-    from .codegen import emit, parametrization
+    from .codegen import emit, full_parametrization
 
-    abc, label = parametrization(program, optimizer, args.param, args.convention,
-                                 args.readout_zero_init, args.zero_init)
+    abc, depth_abc, label = full_parametrization(program, optimizer, args.param, args.convention,
+                                                 args.readout_zero_init, args.zero_init,
+                                                 args.depth_convention)
     flags = ["--param", args.param, "--optimizer", optimizer.name,
              "--convention", args.convention]
+    flags += (["--depth-convention", args.depth_convention]
+              if depth_abc and args.depth_convention != "completep" else [])
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
     flags += ["--zero-init", ",".join(args.zero_init)] if args.zero_init else []
     flags += ["--base-width", str(args.base_width)] if args.base_width else []
     # argv words: codegen quotes them for the shell and escapes them for the docstring
     command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
     emitted = emit(program, abc, optimizer=optimizer.name, label=label,
-                   command=[command, flags], base_width=args.base_width)
+                   command=[command, flags], base_width=args.base_width, depth_abc=depth_abc)
     try:
         Path(args.output).write_text(emitted.source)
     except OSError as err:

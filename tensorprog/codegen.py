@@ -5,7 +5,9 @@ Python floats, never on parameters: deepcopy, state_dict round trips and wrapper
 ``torch.nn.Module``. With ratio = width / base_width, each param is used in the forward pass as
 ``ratio^-a · W``, initialised N(0, (base_std · ratio^-b)²) and trained with ``lr · ratio^-c``.
 At width == base_width every factor is 1, so µP and SP modules coincide there (tune at the base,
-then transfer). Output is deterministic byte for byte.
+then transfer). A program with a depth L scales the same way in depth_ratio = depth / base_depth
+with its depth exponents (a_L, b_L, c_L): multiplier depth_ratio^-a_L, init std depth_ratio^-b_L,
+LR depth_ratio^-c_L, every factor 1 at the base depth. Output is deterministic byte for byte.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class Emitted:
     imports: tuple[str, ...] = ("math", "operator", "torch")
 
 
-PARAMS = ("mup", "sp", "ntp")
+PARAMS = ("mup", "sp", "ntp", "mup-width")
 
 
 def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
@@ -112,9 +114,11 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output,
     ``zero`` the named ones (e.g. the query weights).
     """
-    if param == "mup":
+    if param in ("mup", "mup-width"):  # the same width exponents; depth_parametrization differs
         abc = derive(program, optimizer, convention).abc
         label = f"µP ({convention} convention) for {optimizer.name}"
+        if param == "mup-width":
+            label = f"width-only {label}"
     elif param in PARAMS:
         abc = preset(param, program, optimizer)
         label = f"{param.upper()} (constant LR) for {optimizer.name}"
@@ -126,6 +130,37 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     if zero:
         label += f", {', '.join(zero)} zero-initialised"
     return abc, label
+
+
+def depth_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
+                          depth_convention: str = "completep") -> tuple[dict[str, ABC], str]:
+    """The depth exponents (a_L, b_L, c_L) of every used param for ``param``, and a label.
+
+    ``mup`` takes the derived ones (in ``depth_convention``) where the program repeats a block over
+    its depth and the depth pass derives them; ``mup-width`` is the same width µP with no depth
+    scaling, the baseline that depth transfer is measured against; the presets have no depth form.
+    Empty (every factor 1) where there is nothing to apply.
+    """
+    if program.depth is None:
+        return {}, ""
+    L = program.depth.name
+    if param != "mup":
+        return {}, "no depth scaling"
+    d = derive(program, optimizer, depth_convention=depth_convention)
+    if d.depth is None:
+        return {}, "no depth scaling"  # derive says why (refused, or no repeat over the depth)
+    return d.depth.abc, f"{depth_convention} in depth {L}"
+
+
+def full_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
+                         convention: str = "table3", readout_zero_init: bool = False,
+                         zero: tuple[str, ...] = (), depth_convention: str = "completep",
+                         ) -> tuple[dict[str, ABC], dict[str, ABC], str]:
+    """``parametrization`` and ``depth_parametrization`` together: (abc, depth abc, label), the
+    label naming the depth scaling where the program declares a depth."""
+    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
+    depth_abc, depth_label = depth_parametrization(program, optimizer, param, depth_convention)
+    return abc, depth_abc, f"{label}, {depth_label}" if depth_label else label
 
 
 def module_name(*parts: str) -> str:
@@ -637,8 +672,10 @@ def _check_base_width(program: Program, base_width) -> int:
 
 
 def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
-         command: str | Sequence[Sequence[str]], base_width: int | None = None) -> Emitted:
-    """The module's source for ``program`` under ``abc`` (one entry per used param).
+         command: str | Sequence[Sequence[str]], base_width: int | None = None,
+         depth_abc: dict[str, ABC] | None = None) -> Emitted:
+    """The module's source for ``program`` under ``abc`` (one entry per used param), and, for a
+    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0).
 
     ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
     quoted here). Every name from the program or the caller reaches the source as a string
@@ -646,12 +683,15 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     """
     base = _check_base_width(program, base_width)
     body = _computable(program, abc)
+    depth = program.depth is not None
+    dabc = {p: depth_abc.get(p, ABC(0, 0, 0)) if depth_abc else ABC(0, 0, 0) for p in abc}
     used = [p for p in program.params if p.name in abc]
     params = [p for p in used if not p.is_scale]
     scales = [p for p in used if p.is_scale]
     constant = any(p.base is not None for p in params)
     owned = program.owner  # a block's own params live in its repetitions' modules
-    multiplied = [p for p in params if abc[p.name].a != 0 and p.name not in owned]
+    multiplied = [p for p in params if (abc[p.name].a != 0 or dabc[p.name].a != 0)
+                  and p.name not in owned]
     blocks = [b for b in program.blocks if b.result in {ins.out for ins in body}]
 
     names = _Namespace(NN_MODULE_ATTRS | _MODEL_ATTRS)
@@ -667,7 +707,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     inner = {v for b in blocks for v in b.values}
     local.update({ins.out: local_names.create(ins.out) for ins in body if ins.out not in inner})
     classes = _Namespace(set(dir(builtins)) | _GLOBALS | set(_HELPERS))
-    block_code = {b.name: _emit_block(program, abc, b, base, classes) for b in blocks}
+    block_code = {b.name: _emit_block(program, abc, dabc, b, classes) for b in blocks}
 
     name = _doc(program.name)
     lines = [
@@ -681,6 +721,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         "fan_in (k, p) is k * base_width**p.",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
+        *(["With depth_ratio = depth / base_depth, these factors are multiplied by depth_ratio**-aL,",
+           "depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base depth)."]
+          if depth else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
            "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
@@ -713,18 +756,27 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         k, power = _fan_in(program, p.name)
         fan = f"({_num(k, f'the fan-in of {p.name}', p.span)}, {power})"
         tail = f'"fan_in": {fan}{init}{attr}}},'
-        if len(head) + 1 + len(tail) <= 100:
-            lines.append(f"{head} {tail}")
-        else:  # keep the emitted file within 100 columns
-            lines += [head, " " * (len(_str(p.name)) + 5) + tail]
+        parts = [head]
+        if depth:
+            parts.append(" ".join(f'"{k}L": {_exp(getattr(dabc[p.name], k), p.name, p.span)},'
+                                  for k in "abc"))
+        parts.append(tail)
+        for part in parts[1:]:  # keep the emitted file within 100 columns
+            if len(parts[0]) + 1 + len(part) <= 100:
+                parts[0] = f"{parts[0]} {part}"
+            else:
+                lines.append(parts[0])
+                parts[0] = " " * (len(_str(p.name)) + 5) + part
+        lines.append(parts[0])
     lines.append("}")
     if scales:
         lines.append("SCALES = {")
         for p in scales:
             value = _finite(p.base if p.base is not None else Fraction(1),
                             f"the scale {p.name}", p.span)
+            aL = (f'"aL": {_exp(dabc[p.name].a, p.name, p.span)}, ' if depth else "")
             lines.append(f"    {_str(p.name)}: {{\"a\": {_exp(abc[p.name].a, p.name, p.span)}, "
-                         f"\"base\": {value!r}}},")
+                         f"{aL}\"base\": {value!r}}},")
         lines.append("}")
     rules = _width_rules(program)
     lines.append("# dims that are a fraction of the width: whole numbers at multiples of the step")
@@ -735,7 +787,6 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines.append(")")
     for b in blocks:
         lines += ["", "", *block_code[b.name].lines]
-    depth = program.depth is not None
     lines += ["", "", "class Model(torch.nn.Module):",
               f'    """{name}; parameters are named as in the program'
               + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
@@ -751,7 +802,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "        self.width = width",
               "        self.base_width = base_width",
               *(["        self.depth = depth",
-                 "        self.base_depth = base_depth  # no depth scaling is derived yet"]
+                 "        self.base_depth = base_depth"]
                 if depth else []),
               "        self._base_std = _base_stds(base_width, init_std)",
               *(["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
@@ -759,11 +810,13 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
                 if scales else
                 ["        _overrides(\"mult\", mult, (), positive=False)  # no scale to set"]),
               "        ratio = width / base_width",
+              *(["        depth_ratio = depth / base_depth"] if depth else []),
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
     block_lines = []
     for b in blocks:
-        make = f"{block_code[b.name].cls}(width, base_width, factory)"
+        make = (f"{block_code[b.name].cls}(width, base_width, "
+                + ("depth, base_depth, " if depth else "") + "factory)")
         count = counts[b.name]
         if count is None:
             block_lines.append(f"        self.{block_attrs[b.name]} = {make}")
@@ -779,17 +832,18 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
                      "**factory))")
     lines += block_lines
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines += _mult_lines(f"self.{mults[p.name]}", "", f"SCALING[{_str(p.name)}]", depth)
     for p in scales:
-        lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
-                     f"-SCALES[{_str(p.name)}][\"a\"]")
+        lines += _mult_lines(f"self.{mults[p.name]}", f"mult[{_str(p.name)}] * ",
+                             f"SCALES[{_str(p.name)}]", depth)
     if not multiplied and not scales:
-        lines.append("        del ratio  # every forward multiplier is 1")
+        lines.append("        del ratio" + (", depth_ratio" if depth else "")
+                     + "  # every forward multiplier is 1")
     attr_of = "spec.get(\"attr\", name)" if renamed else "name"
     lines += ["        self.reset_parameters()", "",
               "    def reset_parameters(self, generator=None):",
               "        ratio = self.width / self.base_width",
+              *(["        depth_ratio = self.depth / self.base_depth"] if depth else []),
               "        with torch.no_grad():",
               "            for name, spec in SCALING.items():"]
     pad = ""
@@ -798,13 +852,17 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         pad = "    "
     else:
         lines.append(f"                param = getattr(self, {attr_of})")
-    lines += [f"{pad}                if spec[\"b\"] == math.inf:",
+    lines += [f"{pad}                if spec[\"b\"] == math.inf"
+              + (" or spec[\"bL\"] == math.inf:" if depth else ":"),
               f"{pad}                    param.zero_()"]
     if constant:
         lines += [f"{pad}                elif \"init\" in spec:",
                   f"{pad}                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
+        if depth:
+            lines.append(f"{pad}                    param.mul_(depth_ratio ** -spec[\"bL\"])")
     lines += [f"{pad}                else:",
               f"{pad}                    std = self._base_std[name] * ratio ** -spec[\"b\"]",
+              *([f"{pad}                    std *= depth_ratio ** -spec[\"bL\"]"] if depth else []),
               f"{pad}                    param.normal_(0.0, std, generator=generator)", ""]
     if blocks:
         lines += ["    def _tensors(self, name, spec):",
@@ -913,8 +971,11 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines += ["", *_CHECK_DEPTH, ""]
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
-              '    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)',
-              "    and weight decay share one, so torch's multi-tensor kernels see few groups.",
+              *(['    """Optimizer groups: params with the same lr * ratio**-c * depth_ratio**-cL',
+                 "    (lr 0 where c or cL is inf) and weight decay share one, so torch's multi-tensor",
+                 "    kernels see few groups."] if depth else
+                ['    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)',
+                 "    and weight decay share one, so torch's multi-tensor kernels see few groups."]),
               '    A group\'s "entries" are its SCALING names; its "name" shows the first few.',
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
@@ -922,21 +983,28 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "    rescales wd so that",
               '    lr_p * wd_p = lr * wd at every width."""',
               "    ratio = model.width / model.base_width",
+              *(["    depth_ratio = model.depth / model.base_depth"] if depth else []),
               "    groups = {}",
               "    for name, spec in SCALING.items():",
               "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
               "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
+              *(["        scale = 0.0 if spec[\"cL\"] == math.inf else scale * depth_ratio ** "
+                 "-spec[\"cL\"]"] if depth else []),
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
-              "        group = groups.setdefault((spec[\"c\"], wd), {",
+              "        group = groups.setdefault((spec[\"c\"], "
+              + ("spec[\"cL\"], " if depth else "") + "wd), {",
               "            \"params\": [], \"lr\": lr * scale, \"weight_decay\": wd, "
               "\"entries\": []})",
               ("        group[\"params\"] += model._tensors(name, spec)" if blocks else
                f"        group[\"params\"].append(getattr(model, {attr_of}))"),
               "        group[\"entries\"].append(name)",
-              "    for (c, _), group in groups.items():",
+              ("    for (c, cL, _), group in groups.items():" if depth else
+               "    for (c, _), group in groups.items():"),
               "        names = group[\"entries\"]",
               "        more = f\" (+{len(names) - 3} more)\" if len(names) > 3 else \"\"",
-              "        group[\"name\"] = f\"c={c:g}: {', '.join(names[:3])}{more}\"",
+              ("        group[\"name\"] = f\"c={c:g}, cL={cL:g}: {', '.join(names[:3])}{more}\""
+               if depth else
+               "        group[\"name\"] = f\"c={c:g}: {', '.join(names[:3])}{more}\""),
               "    return list(groups.values())",
               "", "",
               "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):",
@@ -965,7 +1033,7 @@ class _BlockCode:
     helpers: set[str]
 
 
-def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
+def _emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], block: Block,
                 classes: _Namespace) -> _BlockCode:
     """One repetition of a block as an nn.Module: its own params, and a forward that computes
     one repetition from its argument and what it shares with the program."""
@@ -973,7 +1041,9 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     prefix = f"{block.name}."
     names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width", "vectors"})
     attrs = {p.name: names.create(p.name.removeprefix(prefix)) for p in own if not p.is_scale}
-    multiplied = [p for p in own if not p.is_scale and abc[p.name].a != 0]
+    multiplied = [p for p in own if not p.is_scale
+                  and (abc[p.name].a != 0 or dabc[p.name].a != 0)]
+    depth = program.depth is not None
     mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
     values = [program.producer[v] for v in block.values]
     mine = {block.arg, *block.values, *(p.name for p in own)}
@@ -994,12 +1064,15 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
              "the",
              '    program (values, shared params, scales) comes in to forward."""',
              "",
-             "    def __init__(self, width, base_width, factory):",
+             ("    def __init__(self, width, base_width, depth, base_depth, factory):" if depth
+              else "    def __init__(self, width, base_width, factory):"),
              "        super().__init__()",
              "        self.width = width",
              "        self.base_width = base_width"]
     if multiplied:
         lines.append("        ratio = width / base_width")
+        if depth:
+            lines.append("        depth_ratio = depth / base_depth")
     for p in own:
         if p.is_scale:
             continue
@@ -1007,8 +1080,7 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
         lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = ratio ** -SCALING[{_str(p.name)}][\"a\"]  "
-                     "# a plain float")
+        lines += _mult_lines(f"self.{mults[p.name]}", "", f"SCALING[{_str(p.name)}]", depth)
     args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
     fused = _fusions(program, values)
@@ -1028,6 +1100,14 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
               for v in (block.arg, *block.values)]
     lines += ["        }"]
     return _BlockCode(cls, lines, attrs, shared, em.helpers)
+
+
+def _mult_lines(attr: str, base: str, spec: str, depth: bool) -> list[str]:
+    """A forward multiplier at the module's width, then its depth factor (a plain float)."""
+    lines = [f"        {attr} = {base}ratio ** -{spec}[\"a\"]" + ("" if base else "  # a plain float")]
+    if depth:
+        lines.append(f"        {attr} *= depth_ratio ** -{spec}[\"aL\"]")
+    return lines
 
 
 def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, em: _Emitter,

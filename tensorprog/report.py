@@ -59,8 +59,8 @@ def derived_depth_note(d: Derivation) -> str | None:
         return depth_note(p)
     return (f"depth {L} (base {p.depth.base}): exponents in {L} derived in the depth convention "
             f"{d.depth.convention} (W ∝ {L}^-a{L}, init std ∝ {L}^-b{L}, LR ∝ {L}^-c{L}; "
-            f"b{L} = 0: the multiplier carries the depth scaling); derive -o still emits a "
-            f"module that applies no depth scaling")
+            f"b{L} = 0: the multiplier carries the depth scaling); derive -o emits a module "
+            f"that applies them, each factor 1 at the base depth")
 
 
 def free_depth_lines(d: Derivation) -> list[str]:
