@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     _module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
+    _depth_options(k, "check")
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
@@ -139,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: adam")
     t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
+    _depth_options(t, "sweep")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
                    help="the hyperparameter to sweep (default: lr)")
     t.add_argument("--values", metavar="V1,V2,...",
@@ -292,24 +294,47 @@ def _check_lr(option: str, lr: float) -> None:
                               "(3.4e38) the optimizer itself overflows")
 
 
-def _widths(text: str) -> list[int]:
+def _widths(text: str, what: str = "width") -> list[int]:
+    option, eg = f"--{what}s", ("64,128,256,512" if what == "width" else "2,4,8,16")
     try:
         widths = [int(w) for w in text.replace(" ", "").split(",") if w]
     except ValueError:
-        raise UsageError(f"--widths: expected comma-separated integers, got {text!r}",
-                         help="e.g. --widths 64,128,256,512") from None
+        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}",
+                         help=f"e.g. {option} {eg}") from None
     if len(set(widths)) < 2 or min(widths) < 1:
-        raise UsageError("--widths: give at least two different positive widths",
-                         help="e.g. --widths 64,128,256,512")
+        raise UsageError(f"{option}: give at least two different positive {what}s",
+                         help=f"e.g. {option} {eg}")
     repeated = sorted({w for w in widths if widths.count(w) > 1})
     if repeated:
-        raise UsageError(f"--widths: {', '.join(map(str, repeated))} given twice",
-                         help="give each width once (a typo for another width?)")
+        raise UsageError(f"{option}: {', '.join(map(str, repeated))} given twice",
+                         help=f"give each {what} once (a typo for another {what}?)")
     if len(widths) > MAX_WIDTHS:
-        raise UsageError(f"--widths: {len(widths)} widths, at most {MAX_WIDTHS}",
-                         help="the slopes are fitted through the widths, and a few spread over "
-                              "a factor of 8 or more fix them; each extra width is a full run")
+        raise UsageError(f"{option}: {len(widths)} {what}s, at most {MAX_WIDTHS}",
+                         help=f"the slopes are fitted through the {what}s, and a few spread over "
+                              f"a factor of 8 or more fix them; each extra {what} is a full run")
     return sorted(widths)
+
+
+def _depth_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--depths and --width: the depth axis of check and transfer."""
+    p.add_argument("--depths", metavar="L1,L2,...",
+                   help=f"{what} at these depths instead of widths, at one width (--width); the "
+                        "program must repeat a block over its depth")
+    p.add_argument("--width", type=_positive, metavar="N",
+                   help="the width of every run with --depths (default: the program's base width)")
+    p.add_argument("--depth-convention", choices=list(DEPTH_CONVENTIONS), default="completep",
+                   help="how a free depth exponent is resolved in the emitted module "
+                        "(default: completep)")
+
+
+def _axis(args) -> tuple[list[int], list[int] | None, int | None]:
+    """(widths, depths, width) from --widths, or --depths and --width."""
+    if args.depths is None:
+        if args.width is not None:
+            raise UsageError("--width sets the width of a depth sweep: it needs --depths",
+                             help="give --depths L1,L2,..., or --widths for a width sweep")
+        return _widths(args.widths), None, None
+    return [], _widths(args.depths, "depth"), args.width
 
 
 def _memory(device: str) -> tuple[int, str] | None:
@@ -586,16 +611,17 @@ def _check(args, program, optimizer) -> int:
     from .coordcheck import coord_check, pick_device, render
 
     _check_plot(args)
-    widths = _widths(args.widths)
+    widths, depths, width = _axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths, device)
+    _check_memory(program, widths or [width or program.width.base], device)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,
                          widths=widths, steps=args.steps, seeds=args.seeds,
                          lr=args.lr, batch_size=args.batch_size, device=device,
                          against=args.against, tolerance=args.tolerance,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), depths=depths, width=width,
+                         depth_convention=args.depth_convention)
     from .plots import coord_plot
 
     _report(args, result, render, coord_plot)
@@ -642,22 +668,23 @@ def _transfer(args, program, optimizer) -> int:
     from .transfer import render, sweep
 
     params = tuple(dict.fromkeys(args.param))
-    unknown = [p for p in params if p not in ("mup", "sp", "ntp")]
+    unknown = [p for p in params if p not in ("mup", "sp", "ntp", "mup-width")]
     if unknown or not params:
         raise UsageError(f"--param: unknown parametrization {', '.join(unknown)}" if unknown
                          else "--param: no parametrization given",
-                         help="choose among mup, sp, ntp, e.g. --param mup,sp")
+                         help="choose among mup, sp, ntp, mup-width, e.g. --param mup,sp")
     values = _values(args.values, args.hp)
     _check_plot(args)
-    widths = _widths(args.widths)
+    widths, depths, width = _axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths, device)
+    _check_memory(program, widths or [width or program.width.base], device)
     result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
                    widths=widths, values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
                    device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), depths=depths, width=width,
+                   depth_convention=args.depth_convention)
     from .plots import transfer_plot
 
     _report(args, result, render, transfer_plot)

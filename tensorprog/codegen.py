@@ -721,9 +721,10 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         "fan_in (k, p) is k * base_width**p.",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
-        *(["With depth_ratio = depth / base_depth, these factors are multiplied by depth_ratio**-aL,",
-           "depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base depth)."]
-          if depth else []),
+        *(["With depth_ratio = depth / base_depth, these factors are multiplied by "
+           "depth_ratio**-aL,",
+           "depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base "
+           "depth)."] if depth else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
            "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
@@ -972,10 +973,13 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     lines += ["",
               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
               *(['    """Optimizer groups: params with the same lr * ratio**-c * depth_ratio**-cL',
-                 "    (lr 0 where c or cL is inf) and weight decay share one, so torch's multi-tensor",
+                 "    (lr 0 where c or cL is inf) and weight decay share one, so torch's "
+                 "multi-tensor",
                  "    kernels see few groups."] if depth else
-                ['    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)',
-                 "    and weight decay share one, so torch's multi-tensor kernels see few groups."]),
+                ['    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is '
+                 "inf)",
+                 "    and weight decay share one, so torch's multi-tensor kernels see few "
+                 "groups."]),
               '    A group\'s "entries" are its SCALING names; its "name" shows the first few.',
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
@@ -1104,7 +1108,8 @@ def _emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], blo
 
 def _mult_lines(attr: str, base: str, spec: str, depth: bool) -> list[str]:
     """A forward multiplier at the module's width, then its depth factor (a plain float)."""
-    lines = [f"        {attr} = {base}ratio ** -{spec}[\"a\"]" + ("" if base else "  # a plain float")]
+    note = "" if base else "  # a plain float"
+    lines = [f"        {attr} = {base}ratio ** -{spec}[\"a\"]{note}"]
     if depth:
         lines.append(f"        {attr} *= depth_ratio ** -{spec}[\"aL\"]")
     return lines
