@@ -268,6 +268,12 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
 
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
+    if depths is not None:
+        from .coordcheck import looped_blocks
+
+        if not looped_blocks(program):
+            raise UsageError(f"--depths: {program.name} repeats no block over a depth",
+                             help="declare `depth L = ...` and use `repeat L block(...)`")
     cache_dir = _cache_dir(cache) if cache else None  # before the data: a bad path fails fast
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)
@@ -275,11 +281,6 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     if any(not (math.isfinite(v) and v > 0) for v in values) or len(values) < 3:
         raise UsageError("give at least 3 positive HP values", help="e.g. --values 1e-4,1e-3,1e-2")
     if depths is not None:
-        from .coordcheck import looped_blocks
-
-        if not looped_blocks(program):
-            raise UsageError(f"--depths: {program.name} repeats no block over a depth",
-                             help="declare `depth L = ...` and use `repeat L block(...)`")
         width = width or program.width.base
         fitted.check_widths([width])
         widths = depths
