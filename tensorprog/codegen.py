@@ -788,9 +788,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         lines.append(")")
     for b in blocks:
         lines += ["", "", *block_code[b.name].lines]
+    doc = f'    """{name}; parameters are named as in the program'
+    if blocks:  # within 100 columns
+        more = "; a block's are in its repetitions' modules"
+        doc += more if len(doc) + len(more) + 4 <= 100 else f";\n    {more[2:]}"
     lines += ["", "", "class Model(torch.nn.Module):",
-              f'    """{name}; parameters are named as in the program'
-              + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
+              doc + '."""',
               "",
               ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
                "base_depth=BASE_DEPTH,\n                 init_std=None, mult=None, device=None, "

@@ -73,7 +73,8 @@ class Block_res(torch.nn.Module):
 
 
 class Model(torch.nn.Module):
-    """resmlp_deep; parameters are named as in the program; a block's are in its repetitions' modules."""
+    """resmlp_deep; parameters are named as in the program;
+    a block's are in its repetitions' modules."""
 
     def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, base_depth=BASE_DEPTH,
                  init_std=None, mult=None, device=None, dtype=None):
