@@ -701,9 +701,9 @@ def _shown(path: str) -> str:
 def _write_module(args, program, optimizer) -> int:
     from .codegen import emit, full_parametrization
 
-    abc, depth_abc, label = full_parametrization(program, optimizer, args.param, args.convention,
-                                                 args.readout_zero_init, args.zero_init,
-                                                 args.depth_convention)
+    abc, depth_abc, label, eps = full_parametrization(
+        program, optimizer, args.param, args.convention, args.readout_zero_init, args.zero_init,
+        args.depth_convention)
     flags = ["--param", args.param, "--optimizer", optimizer.name,
              "--convention", args.convention]
     flags += (["--depth-convention", args.depth_convention]
@@ -714,7 +714,8 @@ def _write_module(args, program, optimizer) -> int:
     # argv words: codegen quotes them for the shell and escapes them for the docstring
     command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
     emitted = emit(program, abc, optimizer=optimizer.name, label=label,
-                   command=[command, flags], base_width=args.base_width, depth_abc=depth_abc)
+                   command=[command, flags], base_width=args.base_width, depth_abc=depth_abc,
+                   eps=eps)
     try:
         Path(args.output).write_text(emitted.source)
     except OSError as err:

@@ -21,11 +21,12 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 from .analysis import ABC
 from .derive import derive
 from .errors import CodegenError, Span, UsageError
-from .exponents import INF
+from .exponents import INF, ZERO, Exp
 from .ir import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .optimizers import Optimizer
 from .presets import preset, zero_init
@@ -132,35 +133,41 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     return abc, label
 
 
-def depth_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
-                          depth_convention: str = "completep") -> tuple[dict[str, ABC], str]:
-    """The depth exponents (a_L, b_L, c_L) of every used param for ``param``, and a label.
+class Parametrization(NamedTuple):
+    """What ``emit`` needs: the width exponents, the depth exponents (empty: no depth scaling),
+    the label, and Adam's ε exponents per param as (in n, in L) (empty: a fixed ε)."""
 
-    ``mup`` takes the derived ones (in ``depth_convention``) where the program repeats a block over
-    its depth and the depth pass derives them; ``mup-width`` is the same width µP with no depth
-    scaling, the baseline that depth transfer is measured against; the presets have no depth form.
-    Empty (every factor 1) where there is nothing to apply.
-    """
-    if program.depth is None:
-        return {}, ""
-    L = program.depth.name
-    if param != "mup":
-        return {}, "no depth scaling"
-    d = derive(program, optimizer, depth_convention=depth_convention)
-    if d.depth is None:
-        return {}, "no depth scaling"  # derive says why (refused, or no repeat over the depth)
-    return d.depth.abc, f"{depth_convention} in depth {L}"
+    abc: dict[str, ABC]
+    depth_abc: dict[str, ABC]
+    label: str
+    eps: dict[str, tuple[Exp, Exp]]
 
 
 def full_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
                          convention: str = "table3", readout_zero_init: bool = False,
                          zero: tuple[str, ...] = (), depth_convention: str = "completep",
-                         ) -> tuple[dict[str, ABC], dict[str, ABC], str]:
-    """``parametrization`` and ``depth_parametrization`` together: (abc, depth abc, label), the
-    label naming the depth scaling where the program declares a depth."""
+                         ) -> Parametrization:
+    """``parametrization``, with the depth exponents and Adam's ε exponents.
+
+    ``mup`` takes the derived depth exponents (in ``depth_convention``) where the program repeats
+    a block over its depth and the depth pass derives them; ``mup-width`` is the same width µP
+    with no depth scaling, the baseline that depth transfer is measured against; the presets have
+    no depth form. Under Adam and AdamW, ``mup`` and ``mup-width`` scale ε with each param's
+    gradient entries (derive's eps columns; in L only with the depth exponents); the presets keep
+    it fixed, as their usual recipes do.
+    """
     abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
-    depth_abc, depth_label = depth_parametrization(program, optimizer, param, depth_convention)
-    return abc, depth_abc, f"{label}, {depth_label}" if depth_label else label
+    if param not in ("mup", "mup-width"):
+        return Parametrization(abc, {}, label + (", no depth scaling" if program.depth else ""),
+                               {})
+    d = derive(program, optimizer, convention, depth_convention)
+    by_depth = param == "mup" and d.depth is not None
+    depth_abc = d.depth.abc if by_depth else {}
+    eps = {p: (e, d.eps_depth.get(p, ZERO) if by_depth else ZERO) for p, e in d.eps.items()}
+    if program.depth is not None:  # derive says why there is none (refused, or no repeat)
+        label += f", {depth_convention} in depth {program.depth.name}" if by_depth else \
+            ", no depth scaling"
+    return Parametrization(abc, depth_abc, label, eps)
 
 
 def module_name(*parts: str) -> str:
@@ -673,9 +680,11 @@ def _check_base_width(program: Program, base_width) -> int:
 
 def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
          command: str | Sequence[Sequence[str]], base_width: int | None = None,
-         depth_abc: dict[str, ABC] | None = None) -> Emitted:
+         depth_abc: dict[str, ABC] | None = None,
+         eps: dict[str, tuple[Exp, Exp]] | None = None) -> Emitted:
     """The module's source for ``program`` under ``abc`` (one entry per used param), and, for a
-    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0).
+    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0). With
+    ``eps`` (param -> Adam's ε exponents in n and L), ``param_groups`` gives each group its ε.
 
     ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
     quoted here). Every name from the program or the caller reaches the source as a string
@@ -725,6 +734,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
            "depth_ratio**-aL,",
            "depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base "
            "depth)."] if depth else []),
+        *(["Adam's eps is eps * ratio**-eps" + (" * depth_ratio**-epsL" if depth else "")
+           + " per param (param_groups' eps at the base),", "so that it stays below the "
+           "param's gradient entries, which scale so."] if eps else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
            "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
@@ -761,6 +773,10 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
         if depth:
             parts.append(" ".join(f'"{k}L": {_exp(getattr(dabc[p.name], k), p.name, p.span)},'
                                   for k in "abc"))
+        if eps and p.name in eps:
+            e, eL = eps[p.name]
+            parts.append(f'"eps": {_exp(e, p.name, p.span)},'
+                         + (f' "epsL": {_exp(eL, p.name, p.span)},' if depth else ""))
         parts.append(tail)
         for part in parts[1:]:  # keep the emitted file within 100 columns
             if len(parts[0]) + 1 + len(part) <= 100:
@@ -974,7 +990,9 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
     if depth:
         lines += ["", *_CHECK_DEPTH, ""]
     lines += ["",
-              "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):",
+              ("def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):"
+               if eps else
+               "def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):"),
               *(['    """Optimizer groups: params with the same lr * ratio**-c * depth_ratio**-cL',
                  "    (lr 0 where c or cL is inf) and weight decay share one, so torch's "
                  "multi-tensor",
@@ -984,6 +1002,11 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
                  "    and weight decay share one, so torch's multi-tensor kernels see few "
                  "groups."]),
               '    A group\'s "entries" are its SCALING names; its "name" shows the first few.',
+              *(["    Each group also has one eps: Adam's eps scaled as its params' gradient "
+                 "entries",
+                 "    (SCALING's eps" + (" and epsL" if depth else "") + "), eps itself at the "
+                 "base."]
+                if eps else []),
               "",
               "    With decay_with_lr (torch's convention), AdamW's decay per step is",
               "    lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False",
@@ -998,15 +1021,18 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               *(["        scale = 0.0 if spec[\"cL\"] == math.inf else scale * depth_ratio ** "
                  "-spec[\"cL\"]"] if depth else []),
               "        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale",
+              *(["        eps_p = eps * ratio ** -spec.get(\"eps\", 0.0)"] if eps else []),
+              *(["        eps_p *= depth_ratio ** -spec.get(\"epsL\", 0.0)"] if eps and depth
+                else []),
               "        group = groups.setdefault((spec[\"c\"], "
-              + ("spec[\"cL\"], " if depth else "") + "wd), {",
+              + ("spec[\"cL\"], " if depth else "") + ("wd, eps_p), {" if eps else "wd), {"),
               "            \"params\": [], \"lr\": lr * scale, \"weight_decay\": wd, "
-              "\"entries\": []})",
+              + ("\"eps\": eps_p, " if eps else "") + "\"entries\": []})",
               ("        group[\"params\"] += model._tensors(name, spec)" if blocks else
                f"        group[\"params\"].append(getattr(model, {attr_of}))"),
               "        group[\"entries\"].append(name)",
-              ("    for (c, cL, _), group in groups.items():" if depth else
-               "    for (c, _), group in groups.items():"),
+              ("    for (c, cL, *_), group in groups.items():" if depth else
+               "    for (c, *_), group in groups.items():"),
               "        names = group[\"entries\"]",
               "        more = f\" (+{len(names) - 3} more)\" if len(names) > 3 else \"\"",
               ("        group[\"name\"] = f\"c={c:g}, cL={cL:g}: {', '.join(names[:3])}{more}\""
@@ -1026,7 +1052,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str, label: str,
               "        raise ValueError(f\"optimizer must be one of {', '.join(classes)}, not \"",
               "                         f\"{name!r}; for another optimizer pass \"",
               "                         \"param_groups(model, lr) to it\")",
-              "    groups = param_groups(model, lr, weight_decay)",
+              ("    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop(\"eps\", 1e-8))"
+               if eps else "    groups = param_groups(model, lr, weight_decay)"),
               "    return classes[name](groups, lr=lr, **kwargs)", ""]
     return Emitted("\n".join(lines))
 

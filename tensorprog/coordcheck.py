@@ -658,10 +658,10 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
-    abc, depth_abc, label = full_parametrization(program, optimizer, param, convention,
-                                                 readout_zero_init, zero, depth_convention)
+    abc, depth_abc, label, eps = full_parametrization(program, optimizer, param, convention,
+                                                      readout_zero_init, zero, depth_convention)
     emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
-                   base_width=base_width, depth_abc=depth_abc)
+                   base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")
     looped = looped_blocks(program) if depths is not None else ()
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,

@@ -302,10 +302,11 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
-        abc, depth_abc, label = full_parametrization(fitted, optimizer, param,
-                                                     depth_convention=depth_convention)
+        abc, depth_abc, label, eps = full_parametrization(fitted, optimizer, param,
+                                                          depth_convention=depth_convention)
         sources[param] = emit(fitted, abc, optimizer=optimizer.name, label=label,
-                              command="tensorprog transfer", depth_abc=depth_abc).source
+                              command="tensorprog transfer", depth_abc=depth_abc,
+                              eps=eps).source
     if data.is_text and len(data.tokens) <= (seq or 0):
         raise UsageError(f"--data {data_name}: {len(data.tokens)} tokens are fewer than one "
                          f"sequence of {seq}")

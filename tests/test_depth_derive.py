@@ -109,7 +109,7 @@ def test_the_emitted_module_carries_the_depth_exponents(tmp_path):
     from tensorprog.optimizers import OPTIMIZERS
 
     program = tp.parse(RESMLP)
-    abc, depth_abc, label = full_parametrization(program, OPTIMIZERS["adam"])
+    abc, depth_abc, label, _ = full_parametrization(program, OPTIMIZERS["adam"])
     assert label.endswith("completep in depth L")
     source = emit(program, abc, optimizer="adam", label=label, command="test",
                   depth_abc=depth_abc).source

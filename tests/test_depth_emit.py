@@ -23,10 +23,10 @@ torch = pytest.importorskip("torch")
 
 def _module(tmp_path, param="mup", depth_abc=None, name="resmlp"):
     program = tp.parse(RESMLP)
-    abc, derived, label = full_parametrization(program, OPTIMIZERS["adam"], param)
+    abc, derived, label, eps = full_parametrization(program, OPTIMIZERS["adam"], param)
     path = tmp_path / f"{name}.py"
     path.write_text(emit(program, abc, optimizer="adam", label=label, command="t",
-                         depth_abc=derived if depth_abc is None else depth_abc).source)
+                         depth_abc=derived if depth_abc is None else depth_abc, eps=eps).source)
     return import_file(path, name)
 
 
@@ -42,7 +42,7 @@ def test_the_derived_exponents_scale_the_branch_with_the_depth(tmp_path):
     assert m.Model(16, 4).res[0].mult_W2 == 1.0  # every factor is 1 at the base depth
     assert _lr(m, deep, "res.W2") == _lr(m, m.Model(16, 4), "res.W2")  # cL = 0 under Adam
     names = [g["name"] for g in m.param_groups(deep, 1.0)]
-    assert names == ["c=0, cL=0: W_in", "c=1, cL=0: W_out, res.W1, res.W2"]
+    assert names == ["c=0, cL=0: W_in", "c=1, cL=0: W_out", "c=1, cL=0: res.W1, res.W2"]
 
 
 def test_init_std_and_lr_follow_their_depth_exponents(tmp_path):
@@ -130,3 +130,59 @@ def test_transfer_sweeps_across_depths():
     assert s.widths == [2, 4] and s.settings["axis"] == "depth"
     assert all(math.isfinite(x) for row in s.losses["mup"].values() for x in row.values())
     assert "drift across depths" in render(s) and "L=4" in render(s)
+
+
+# --- Adam's ε ----------------------------------------------------------------------------------
+
+
+def test_eps_follows_the_gradient_entries_in_width_and_depth():
+    # by hand: df/dW = (df/dy) xᵀ; under µP with Adam every hidden vector's gradient is 1/n and
+    # the readout's is 1, so W_in, W1, W2 have entries 1/n and W_out Θ(1); in L (CompleteP) the
+    # branch's multiplier 1/L reaches W2's gradient and, through W2ᵀ, W1's: both 1/L
+    d = tp.derive(tp.parse(RESMLP), "adam")
+    assert {p: str(e) for p, e in d.eps.items()} == {
+        "W_in": "1", "W_out": "0", "res.W1": "1", "res.W2": "1"}
+    assert {p: str(e) for p, e in d.eps_depth.items()} == {
+        "W_in": "0", "W_out": "0", "res.W1": "1", "res.W2": "1"}
+    assert tp.derive(tp.parse(RESMLP), "sgd").eps == {}  # SGD has no ε
+
+
+def test_eps_of_a_param_shared_by_the_repetitions_is_not_derived_in_depth(tmp_path, capsys):
+    shared = RESMLP.replace("param W_out : [d_out, n]", "param W_out : [d_out, n]\nparam g : [n]")
+    shared = shared.replace("u = W1 @ h ", "u = W1 @ (g * h)")
+    d = tp.derive(tp.parse(shared), "adam")
+    assert "g" in d.eps and "g" not in d.eps_depth and "sums over the depth" in d.eps_depth_refused["g"]
+    path = tmp_path / "shared.tp"
+    path.write_text(shared)
+    assert main_code(["derive", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["parameters"]
+    assert data["res.W1"]["eps"] == "1" and data["res.W1"]["depth"]["eps"] == "1"
+    assert "eps" not in data["g"]["depth"]
+
+
+def test_each_group_gets_its_eps_and_the_gradients_scale_so(tmp_path):
+    m = _module(tmp_path)
+    assert m.SCALING["res.W1"]["eps"] == 1.0 and m.SCALING["W_out"]["epsL"] == 0.0
+
+    def grads(width, depth):
+        # base depth 1: each branch starts 1/L small, so the finite-depth terms (in the L^-1/2
+        # sums over the repetitions) start small too; with the base at 4 they took W_in's
+        # gradient slope from depth 4 to 16 to -0.43 (its exponent 0 holds as L -> oo)
+        model = m.Model(width, depth, base_depth=1, dtype=torch.float64)
+        model.reset_parameters(generator=torch.Generator().manual_seed(0))
+        x = model.example_inputs(16, generator=torch.Generator().manual_seed(1))
+        y = model(*x)
+        (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))).mean().backward()
+        rms = {n: torch.cat([t.grad.flatten() for t in model._tensors(n, s)]).pow(2).mean().sqrt()
+               for n, s in m.SCALING.items()}
+        eps = {n: g["eps"] for g in m.param_groups(model, 1.0) for n in g["entries"]}
+        return rms, eps
+
+    (g0, e0), (gw, ew), (gd, ed) = grads(128, 4), grads(512, 4), grads(128, 16)
+    for name, spec in m.SCALING.items():  # gradient RMS and ε move together, x4 in each
+        assert ew[name] / e0[name] == 4.0 ** -spec["eps"]
+        assert ed[name] / e0[name] == 4.0 ** -spec["epsL"]
+        assert math.log(gw[name] / g0[name], 4) == pytest.approx(-spec["eps"], abs=0.2), name
+        assert math.log(gd[name] / g0[name], 4) == pytest.approx(-spec["epsL"], abs=0.3), name
+    opt = m.make_optimizer(m.Model(128, 16), 1e-3, eps=1e-6)
+    assert {g["eps"] for g in opt.param_groups} == {1e-6 / 4, 1e-6}

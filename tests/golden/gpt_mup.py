@@ -10,6 +10,8 @@ fan_in (k, p) is k * base_width**p.
 A param with an "init" value starts at init * ratio**-b instead.
 With depth_ratio = depth / base_depth, these factors are multiplied by depth_ratio**-aL,
 depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base depth).
+Adam's eps is eps * ratio**-eps * depth_ratio**-epsL per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
 sets its base.
 """
@@ -23,33 +25,43 @@ BASE_WIDTH = 128
 BASE_DEPTH = 24
 SCALING = {
     "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-        "fan_in": (64.0, 0)},
+        "eps": 1.0, "epsL": 0.0, "fan_in": (64.0, 0)},
     "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-        "fan_in": (4.0, 0)},
+        "eps": 1.0, "epsL": 0.0, "fan_in": (4.0, 0)},
     "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-         "fan_in": (1.0, 0), "init": 1.0},
+         "eps": 1.0, "epsL": 0.0, "fan_in": (1.0, 0), "init": 1.0},
     "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-         "fan_in": (1.0, 0), "init": 0.0},
+         "eps": 1.0, "epsL": 0.0, "fan_in": (1.0, 0), "init": 0.0},
     "layer.ga": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
+               "eps": 1.0, "epsL": 1.0,
                "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "ga"},
     "layer.ba": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
+               "eps": 1.0, "epsL": 1.0,
                "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "ba"},
     "layer.Wq": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 0.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1), "block": "layer", "attr": "Wq"},
+               "aL": 0.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wq"},
     "layer.Wk": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 0.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1), "block": "layer", "attr": "Wk"},
+               "aL": 0.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wk"},
     "layer.Wv": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 0.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1), "block": "layer", "attr": "Wv"},
+               "aL": 0.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wv"},
     "layer.Wo": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 1.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1), "block": "layer", "attr": "Wo"},
+               "aL": 1.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wo"},
     "layer.gm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
+               "eps": 1.0, "epsL": 1.0,
                "fan_in": (1.0, 0), "init": 1.0, "block": "layer", "attr": "gm"},
     "layer.bm": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
+               "eps": 1.0, "epsL": 1.0,
                "fan_in": (1.0, 0), "init": 0.0, "block": "layer", "attr": "bm"},
     "layer.Wi": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 0.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1), "block": "layer", "attr": "Wi"},
+               "aL": 0.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (1.0, 1), "block": "layer", "attr": "Wi"},
     "layer.Wp": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0,
-               "aL": 1.0, "bL": 0.0, "cL": 0.0, "fan_in": (4.0, 1), "block": "layer", "attr": "Wp"},
+               "aL": 1.0, "bL": 0.0, "cL": 0.0, "eps": 1.0, "epsL": 1.0,
+               "fan_in": (4.0, 1), "block": "layer", "attr": "Wp"},
 }
 SCALES = {
     "attn": {"a": 1.0, "aL": 0.0, "base": 0.1767766952966369},
@@ -345,11 +357,13 @@ def _check_depth(depth, base_depth):
     return operator.index(depth), operator.index(base_depth)
 
 
-def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
+def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c * depth_ratio**-cL
     (lr 0 where c or cL is inf) and weight decay share one, so torch's multi-tensor
     kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
+    Each group's eps is Adam's eps scaled as its params' gradient entries (SCALING's
+    eps and epsL), eps itself at the base.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -363,11 +377,13 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         scale = 0.0 if spec["cL"] == math.inf else scale * depth_ratio ** -spec["cL"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        group = groups.setdefault((spec["c"], spec["cL"], wd), {
-            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        eps_p *= depth_ratio ** -spec.get("epsL", 0.0)
+        group = groups.setdefault((spec["c"], spec["cL"], wd, eps_p), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"] += model._tensors(name, spec)
         group["entries"].append(name)
-    for (c, cL, _), group in groups.items():
+    for (c, cL, *_), group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
         group["name"] = f"c={c:g}, cL={cL:g}: {', '.join(names[:3])}{more}"
@@ -385,5 +401,5 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay)
+    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop("eps", 1e-8))
     return classes[name](groups, lr=lr, **kwargs)

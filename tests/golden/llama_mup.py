@@ -8,6 +8,8 @@ N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * rati
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
 fan_in (k, p) is k * base_width**p.
 A param with an "init" value starts at init * ratio**-b instead.
+Adam's eps is eps * ratio**-eps per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
 sets its base.
 """
@@ -19,28 +21,33 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (64.0, 0)},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (4.0, 0)},
-    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (1.0, 1)},
-    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "Wg1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wu1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wd1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (3.0, 1)},
-    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "Wg2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wu2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wd2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (3.0, 1)},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (64.0, 0)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (4.0, 0)},
+    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
+    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "Wg1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wu1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wd1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (3.0, 1)},
+    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "Wg2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wu2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wd2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (3.0, 1)},
+    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 1.0},
 }
 SCALES = {
     "attn": {"a": 0.0, "base": 0.25},
@@ -327,10 +334,12 @@ def _base_stds(base_width, init_std):
     return stds
 
 
-def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
+def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
     and weight decay share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
+    Each group's eps is Adam's eps scaled as its params' gradient entries (SCALING's
+    eps), eps itself at the base.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -342,11 +351,12 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        group = groups.setdefault((spec["c"], wd), {
-            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        group = groups.setdefault((spec["c"], wd, eps_p), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"].append(getattr(model, name))
         group["entries"].append(name)
-    for (c, _), group in groups.items():
+    for (c, *_), group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
         group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
@@ -364,5 +374,5 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay)
+    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop("eps", 1e-8))
     return classes[name](groups, lr=lr, **kwargs)

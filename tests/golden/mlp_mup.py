@@ -7,6 +7,8 @@ With ratio = width / base_width, each param W is used as ratio**-a * W, initiali
 N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * ratio**-c.
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
 fan_in (k, p) is k * base_width**p.
+Adam's eps is eps * ratio**-eps per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 """
 
 import math
@@ -16,11 +18,12 @@ import torch
 
 BASE_WIDTH = 256
 SCALING = {
-    "W1": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (3072.0, 0)},
-    "b1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
-    "W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "b2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
-    "W3": {"shape": ("d_out", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (1.0, 1)},
+    "W1": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (3072.0, 0)},
+    "b1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "b2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "W3": {"shape": ("d_out", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
 }
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = ()
@@ -143,10 +146,12 @@ def _base_stds(base_width, init_std):
     return stds
 
 
-def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
+def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
     and weight decay share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
+    Each group's eps is Adam's eps scaled as its params' gradient entries (SCALING's
+    eps), eps itself at the base.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -158,11 +163,12 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        group = groups.setdefault((spec["c"], wd), {
-            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        group = groups.setdefault((spec["c"], wd, eps_p), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"].append(getattr(model, name))
         group["entries"].append(name)
-    for (c, _), group in groups.items():
+    for (c, *_), group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
         group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
@@ -180,5 +186,5 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay)
+    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop("eps", 1e-8))
     return classes[name](groups, lr=lr, **kwargs)

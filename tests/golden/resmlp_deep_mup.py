@@ -9,6 +9,8 @@ base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5,
 fan_in (k, p) is k * base_width**p.
 With depth_ratio = depth / base_depth, these factors are multiplied by depth_ratio**-aL,
 depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base depth).
+Adam's eps is eps * ratio**-eps * depth_ratio**-epsL per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 """
 
 import math
@@ -20,13 +22,13 @@ BASE_WIDTH = 128
 BASE_DEPTH = 4
 SCALING = {
     "W_in": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-           "fan_in": (64.0, 0)},
+           "eps": 1.0, "epsL": 0.0, "fan_in": (64.0, 0)},
     "W_out": {"shape": ("d_out", "n",), "a": 0.0, "b": 1.0, "c": 1.0,
-            "aL": 0.0, "bL": 0.0, "cL": 0.0, "fan_in": (1.0, 1)},
+            "aL": 0.0, "bL": 0.0, "cL": 0.0, "eps": 0.0, "epsL": 0.0, "fan_in": (1.0, 1)},
     "res.W1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
-             "fan_in": (1.0, 1), "block": "res", "attr": "W1"},
+             "eps": 1.0, "epsL": 1.0, "fan_in": (1.0, 1), "block": "res", "attr": "W1"},
     "res.W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "aL": 1.0, "bL": 0.0, "cL": 0.0,
-             "fan_in": (1.0, 1), "block": "res", "attr": "W2"},
+             "eps": 1.0, "epsL": 1.0, "fan_in": (1.0, 1), "block": "res", "attr": "W2"},
 }
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = ()
@@ -210,11 +212,13 @@ def _check_depth(depth, base_depth):
     return operator.index(depth), operator.index(base_depth)
 
 
-def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
+def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c * depth_ratio**-cL
     (lr 0 where c or cL is inf) and weight decay share one, so torch's multi-tensor
     kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
+    Each group's eps is Adam's eps scaled as its params' gradient entries (SCALING's
+    eps and epsL), eps itself at the base.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
@@ -228,11 +232,13 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True):
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
         scale = 0.0 if spec["cL"] == math.inf else scale * depth_ratio ** -spec["cL"]
         wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
-        group = groups.setdefault((spec["c"], spec["cL"], wd), {
-            "params": [], "lr": lr * scale, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        eps_p *= depth_ratio ** -spec.get("epsL", 0.0)
+        group = groups.setdefault((spec["c"], spec["cL"], wd, eps_p), {
+            "params": [], "lr": lr * scale, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"] += model._tensors(name, spec)
         group["entries"].append(name)
-    for (c, cL, _), group in groups.items():
+    for (c, cL, *_), group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
         group["name"] = f"c={c:g}, cL={cL:g}: {', '.join(names[:3])}{more}"
@@ -250,5 +256,5 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay)
+    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop("eps", 1e-8))
     return classes[name](groups, lr=lr, **kwargs)
