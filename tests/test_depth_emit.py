@@ -151,7 +151,8 @@ def test_eps_of_a_param_shared_by_the_repetitions_is_not_derived_in_depth(tmp_pa
     shared = RESMLP.replace("param W_out : [d_out, n]", "param W_out : [d_out, n]\nparam g : [n]")
     shared = shared.replace("u = W1 @ h ", "u = W1 @ (g * h)")
     d = tp.derive(tp.parse(shared), "adam")
-    assert "g" in d.eps and "g" not in d.eps_depth and "sums over the depth" in d.eps_depth_refused["g"]
+    assert "g" in d.eps and "g" not in d.eps_depth
+    assert "sums over the depth" in d.eps_depth_refused["g"]
     path = tmp_path / "shared.tp"
     path.write_text(shared)
     assert main_code(["derive", str(path), "--json"]) == 0
