@@ -25,8 +25,17 @@ def _module(tmp_path, param="mup", depth_abc=None, name="resmlp"):
     program = tp.parse(RESMLP)
     abc, derived, label, eps = full_parametrization(program, OPTIMIZERS["adam"], param)
     path = tmp_path / f"{name}.py"
-    path.write_text(emit(program, abc, optimizer="adam", label=label, command="t",
-                         depth_abc=derived if depth_abc is None else depth_abc, eps=eps).source)
+    path.write_text(
+        emit(
+            program,
+            abc,
+            optimizer="adam",
+            label=label,
+            command="t",
+            depth_abc=derived if depth_abc is None else depth_abc,
+            eps=eps,
+        ).source
+    )
     return import_file(path, name)
 
 
@@ -56,9 +65,9 @@ def test_init_std_and_lr_follow_their_depth_exponents(tmp_path):
     def std(model, attr):
         return torch.cat([getattr(b, attr).flatten() for b in model.res]).std().item()
 
-    assert std(deep, "W2") / std(base, "W2") == pytest.approx(4.0 ** -1, rel=0.05)
-    assert std(deep, "W1") / std(base, "W1") == pytest.approx(4.0 ** -0.5, rel=0.05)
-    assert _lr(m, deep, "res.W2") / _lr(m, base, "res.W2") == pytest.approx(4.0 ** -2)
+    assert std(deep, "W2") / std(base, "W2") == pytest.approx(4.0**-1, rel=0.05)
+    assert std(deep, "W1") / std(base, "W1") == pytest.approx(4.0**-0.5, rel=0.05)
+    assert _lr(m, deep, "res.W2") / _lr(m, base, "res.W2") == pytest.approx(4.0**-2)
     assert _lr(m, deep, "res.W1") == _lr(m, base, "res.W1")
     assert _lr(m, deep, "W_in") == _lr(m, base, "W_in")  # absent: no depth scaling
 
@@ -76,8 +85,18 @@ def test_at_the_base_depth_the_module_is_width_only_mup(tmp_path):
 def _slopes(param: str) -> dict[str, float]:
     """Change slopes against L (after step 2) at width 32, depths 2..16, one seed."""
     program = tp.parse(RESMLP)
-    result = tp.check(program, "adam", param=param, depths=(2, 4, 8, 16), width=32, steps=2,
-                      seeds=1, lr=1e-3, batch_size=8, device="cpu")
+    result = tp.check(
+        program,
+        "adam",
+        param=param,
+        depths=(2, 4, 8, 16),
+        width=32,
+        steps=2,
+        seeds=1,
+        lr=1e-3,
+        batch_size=8,
+        device="cpu",
+    )
     assert result.settings["axis"] == "depth" and result.widths == [2, 4, 8, 16]
     return {name: result.slope(name, 2) for name in ("hL", "res.*.h", "res.*.u")}
 
@@ -94,8 +113,25 @@ def test_completep_keeps_the_stream_and_features_moving_at_every_depth():
 def test_check_depths_judges_the_depth_exponents(tmp_path, capsys):
     path = tmp_path / "res.tp"
     path.write_text(RESMLP)
-    code = main_code(["check", str(path), "--depths", "2,4,8", "--width", "16", "--steps", "2",
-                      "--seeds", "1", "--lr", "1e-3", "--json", "--device", "cpu"])
+    code = main_code(
+        [
+            "check",
+            str(path),
+            "--depths",
+            "2,4,8",
+            "--width",
+            "16",
+            "--steps",
+            "2",
+            "--seeds",
+            "1",
+            "--lr",
+            "1e-3",
+            "--json",
+            "--device",
+            "cpu",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code in (0, 1) and data["axis"] == "depth" and data["widths"] == [2, 4, 8]
     expected = {t["name"]: t["expected"] for t in data["tensors"] if t["step"] == 2}
@@ -108,13 +144,18 @@ def main_code(argv) -> int:
     return exit_.value.code
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["check", "examples/mlp.tp", "--depths", "2,4"], "repeats no block over a depth"),
-    (["check", "examples/resmlp_deep.tp", "--width", "64"], "--width sets the width"),
-    (["check", "examples/resmlp_deep.tp", "--depths", "4"], "at least two different positive"),
-    (["transfer", "examples/mlp.tp", "--data", "digits", "--depths", "2,4"],
-     "repeats no block over a depth"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "examples/mlp.tp", "--depths", "2,4"], "repeats no block over a depth"),
+        (["check", "examples/resmlp_deep.tp", "--width", "64"], "--width sets the width"),
+        (["check", "examples/resmlp_deep.tp", "--depths", "4"], "at least two different positive"),
+        (
+            ["transfer", "examples/mlp.tp", "--data", "digits", "--depths", "2,4"],
+            "repeats no block over a depth",
+        ),
+    ],
+)
 def test_depth_axis_errors(argv, message, capsys):
     argv = [str(ROOT / a) if a.endswith(".tp") else a for a in argv]
     assert main_code(argv) == 2
@@ -125,8 +166,20 @@ def test_transfer_sweeps_across_depths():
     from tensorprog.transfer import render, sweep
 
     program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
-    s = sweep(program, OPTIMIZERS["adam"], "digits", params=("mup",), depths=(2, 4), width=16,
-              values=(1e-3, 4e-3, 1.6e-2), steps=3, seeds=1, batch_size=8, jobs=1, cache=None)
+    s = sweep(
+        program,
+        OPTIMIZERS["adam"],
+        "digits",
+        params=("mup",),
+        depths=(2, 4),
+        width=16,
+        values=(1e-3, 4e-3, 1.6e-2),
+        steps=3,
+        seeds=1,
+        batch_size=8,
+        jobs=1,
+        cache=None,
+    )
     assert s.widths == [2, 4] and s.settings["axis"] == "depth"
     assert all(math.isfinite(x) for row in s.losses["mup"].values() for x in row.values())
     assert "drift across depths" in render(s) and "L=4" in render(s)
@@ -141,9 +194,17 @@ def test_eps_follows_the_gradient_entries_in_width_and_depth():
     # branch's multiplier 1/L reaches W2's gradient and, through W2ᵀ, W1's: both 1/L
     d = tp.derive(tp.parse(RESMLP), "adam")
     assert {p: str(e) for p, e in d.eps.items()} == {
-        "W_in": "1", "W_out": "0", "res.W1": "1", "res.W2": "1"}
+        "W_in": "1",
+        "W_out": "0",
+        "res.W1": "1",
+        "res.W2": "1",
+    }
     assert {p: str(e) for p, e in d.eps_depth.items()} == {
-        "W_in": "0", "W_out": "0", "res.W1": "1", "res.W2": "1"}
+        "W_in": "0",
+        "W_out": "0",
+        "res.W1": "1",
+        "res.W2": "1",
+    }
     assert tp.derive(tp.parse(RESMLP), "sgd").eps == {}  # SGD has no ε
 
 
@@ -174,8 +235,10 @@ def test_each_group_gets_its_eps_and_the_gradients_scale_so(tmp_path):
         x = model.example_inputs(16, generator=torch.Generator().manual_seed(1))
         y = model(*x)
         (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))).mean().backward()
-        rms = {n: torch.cat([t.grad.flatten() for t in model._tensors(n, s)]).pow(2).mean().sqrt()
-               for n, s in m.SCALING.items()}
+        rms = {
+            n: torch.cat([t.grad.flatten() for t in model._tensors(n, s)]).pow(2).mean().sqrt()
+            for n, s in m.SCALING.items()
+        }
         eps = {n: g["eps"] for g in m.param_groups(model, 1.0) for n in g["entries"]}
         return rms, eps
 
