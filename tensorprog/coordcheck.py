@@ -44,6 +44,9 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+# The check over depth (Adam only): 0.01 made CompleteP's changes on examples/resmlp_deep.tp grow
+# x13 from step 2 to 3 at depth 32 (width 128), a diverging run; at 1e-3 none does (docs/check.md).
+DEFAULT_DEPTH_LR = {"adam": 1e-3, "adamw": 1e-3}
 # Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
 # weight about 1/sqrt(k) against a CLT remainder, so the widths must be well above k before the
 # exponents show; 16 keeps them there from width 64 on. A sequence program feeds batch x tokens
@@ -321,7 +324,8 @@ class CheckResult:
         under = s.get("label") or " + ".join(str(s[k]) for k in ("param", "optimizer") if k in s)
         lines = [f"coordinate check of {s.get('program', 'a program')}"
                  + (f" under {under}" if under else ""),
-                 f"  {lr}widths {', '.join(map(str, self.widths))} x {len(self.seeds)} seed(s), "
+                 f"  {lr}{s.get('axis', 'width')}s {', '.join(map(str, self.widths))} x "
+                 f"{len(self.seeds)} seed(s), "
                  f"{self.steps} steps, against {ref} (±{self.tolerance:g})",
                  f"  {self._verdict()}"]
         detail = _failure_lines(self)
@@ -333,7 +337,7 @@ class CheckResult:
         for v, w, t, g in self.unstable[:3]:
             grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
             lines.append(f"  unstable: the change of {v} {grew} from step {t - 1} to {t} at "
-                         f"width {w}")
+                         f"{self.settings.get('axis', 'width')} {w}")
         if len(self.unstable) > 3:
             lines.append(f"  unstable: {len(self.unstable) - 3} more")
         return "\n".join(lines)
@@ -357,7 +361,8 @@ def _span(widths: Sequence[int]) -> str:
 
 def _failure_lines(result: CheckResult) -> list[str]:
     """One line per diverged run, then one per failing vector: its worst entry."""
-    lines = [f"width {w}, seed {s}: {why}" for _, w, s, _, why in result.diverged]
+    axis = result.settings.get("axis", "width")
+    lines = [f"{axis} {w}, seed {s}: {why}" for _, w, s, _, why in result.diverged]
     for name, entries in result.failures.items():
         worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
         when = "at init" if worst.step == 0 else f"after step {worst.step}"
@@ -628,7 +633,10 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     """Emit ``program`` under ``param``, train it at every width and judge every vector.
 
     With ``depths``, train at one width (``width``, default the base width) and every depth,
-    and judge every vector's slope against the depth with the depth pass's exponents."""
+    and judge every vector's slope against the depth with the depth pass's exponents. The module
+    is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
+    (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
+    be (docs/check.md)."""
     from .codegen import emit, full_parametrization
 
     if depths is not None:
@@ -654,7 +662,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
         batch_size = default_batch_size(program)
     if seeds < 1 or batch_size < 1:
         raise UsageError("seeds and the batch size must be at least 1")
-    lr = DEFAULT_LR[optimizer.name] if lr is None else lr
+    if lr is None:
+        lr = (DEFAULT_DEPTH_LR if depths is not None else DEFAULT_LR).get(optimizer.name, 0.1)
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
@@ -667,7 +676,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
                 device=device, batch_size=batch_size, progress=progress,
                 width=width if depths is not None else None, looped=looped,
-                base_depth=depths[0] if depths is not None else None)
+                base_depth=1 if depths is not None else None)
     expected = (depth_expectations(program, optimizer, abc, depth_abc, against)
                 if depths is not None else None)
     result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance,
@@ -676,7 +685,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                        "optimizer": optimizer.name, "lr": lr, "batch_size": batch_size,
                        "device": device, "base_width": base_width or program.width.base}
     if depths is not None:
-        result.settings.update(axis="depth", width=width, base_depth=depths[0])
+        result.settings.update(axis="depth", width=width, base_depth=1)
     return result
 
 
@@ -721,7 +730,7 @@ def render(result: CheckResult) -> str:
         grew = ("overflowed to inf or nan" if growth == math.inf
                 else f"grew x{growth:.1f}" if growth < 10 else f"grew x{growth:.0f}")
         lines += [f"WARNING: training may be diverging: the change of {name} {grew} from step "
-                  f"{t - 1} to step {t} at width {width}",
+                  f"{t - 1} to step {t} at {s.get('axis', 'width')} {width}",
                   f"  ({vectors} vector(s), sub-expressions included); the slopes then measure "
                   "the run's blow-up,",
                   f"  not the parametrization: lower the learning rate{hint}", ""]

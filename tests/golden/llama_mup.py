@@ -338,8 +338,8 @@ def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
     and weight decay share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
-    Each group's eps is Adam's eps scaled as its params' gradient entries (SCALING's
-    eps), eps itself at the base.
+    Each group also has one eps: Adam's eps scaled as its params' gradient entries
+    (SCALING's eps), eps itself at the base.
 
     With decay_with_lr (torch's convention), AdamW's decay per step is
     lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
