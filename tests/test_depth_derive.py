@@ -90,9 +90,9 @@ def test_derive_table_and_json_carry_the_depth_exponents(tmp_path, capsys):
     assert "free in L: aL + bL of res.W anywhere in [1/2, 1]" in out
     assert "emits a module that applies them" in out and "not derived yet" not in out
     row = next(line.split() for line in out.splitlines() if line.startswith("res.W "))
-    assert row[-3:] == ["1/2", "0", "1/2"]
+    assert row[-4:] == ["1/2", "0", "1/2", "1/2"]  # aL bL cL, and Adam's epsL
     data = json.loads(_cli(tmp_path, capsys, ONE_LAYER, "--json"))
-    assert data["parameters"]["res.W"]["depth"] == {"a": "1", "b": "0", "c": "0"}
+    assert data["parameters"]["res.W"]["depth"] == {"a": "1", "b": "0", "c": "0", "eps": "1"}
     assert data["depth"]["exponents"] == {"convention": "completep",
                                           "free": {"res.W": {"a+b": ["1/2", "1"]}}}
 
