@@ -673,12 +673,13 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                    base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")
     looped = looped_blocks(program) if depths is not None else ()
+    # before training: the depth pass refuses what it cannot analyse (SGD) without a run wasted
+    expected = (depth_expectations(program, optimizer, abc, depth_abc, against)
+                if depths is not None else None)
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
                 device=device, batch_size=batch_size, progress=progress,
                 width=width if depths is not None else None, looped=looped,
                 base_depth=1 if depths is not None else None)
-    expected = (depth_expectations(program, optimizer, abc, depth_abc, against)
-                if depths is not None else None)
     result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance,
                    expected=expected)
     result.settings = {"program": program.name, "param": param, "label": label,
