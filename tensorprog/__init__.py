@@ -5,6 +5,7 @@ The public surface::
     program = tensorprog.parse_file("mlp.tp")
     d = tensorprog.derive(program, "adam")            # µP, exactly, as (a, b, c) per param
     c = tensorprog.classify(program, "sgd", preset="sp")
+    m = tensorprog.derive(program, tensorprog.muon(io=True))  # Muon on every matrix
     r = tensorprog.check(program, "adam", param="sp")  # coordinate check (imports torch)
     assert not r.passed, r.failures
 
@@ -30,13 +31,16 @@ from .errors import (
     UsageError,
 )
 from .ir import Program, to_text, verify
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, Optimizer, muon
 from .parse import parse, parse_file
 
 __version__ = "0.1.0"
 
 
 def _optimizer(name):
+    """An optimizer by name ("muon", "adam", ...), or an Optimizer as given (e.g. muon(io=True))."""
+    if isinstance(name, Optimizer):
+        return name
     if name not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {name!r}",
                          help=f"choose one of {', '.join(OPTIMIZERS)}")
@@ -96,10 +100,19 @@ def nngp_kernel(program: Program, inputs, **options):
     return kernel(program, inputs, **options)
 
 
+def training_limit(program: Program, inputs, targets, **options):
+    """The µ-limit of SGD on a fixed batch for an MLP-family program under µP: its outputs
+    after t = 0..steps steps as n → ∞ (see :func:`tensorprog.mulimit.mu_limit`; ``options``:
+    steps, lr, samples, seed, progress). Imports torch when called."""
+    from .mulimit import mu_limit
+
+    return mu_limit(program, inputs, targets, **options)
+
+
 __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
     "EngineError",
     "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
-    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "nngp_kernel",
-    "parse", "parse_file", "to_text", "verify",
+    "TensorProgWarning", "UsageError", "check", "classify", "derive", "judge", "muon",
+    "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",
 ]

@@ -27,8 +27,8 @@ from ._gc import paused_gc
 from .errors import Diagnostic, EngineError, TensorProgWarning
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
 from .ir import MUL, LinComb, MatMul, Nonlin, Program, Stream
-from .optimizers import Optimizer
-from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, role
+from .optimizers import Optimizer, ParamShape
+from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, param_shape, role
 
 
 @dataclass(frozen=True)
@@ -446,6 +446,11 @@ class Analysis:
                       for m in self.first_order_train(ins.arg)))
                 for ins in self.program.uses(param) if isinstance(ins, MatMul)]
 
+    def shape(self, param: str) -> ParamShape:
+        """The param's shape as this pass sees it (which fans are infinite), for shape-aware
+        update rules (Muon's)."""
+        return param_shape(self.program, param, self.infinite)
+
     def update_terms(self, param: str) -> list[tuple[str, Term, Exp]]:
         """Every term, in every instruction's change, that carries this param's update."""
         return self.updates.get(param, [])
@@ -460,10 +465,11 @@ class Analysis:
         update back into itself, compounding it step after step, round after round."""
         self.F = dict(self.V)
         self.backward()
-        self.F = {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p))
-                  for p in abc}
+        self.F = {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p),
+                                                 self.shape(p)) for p in abc}
         self.backward()
-        return {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p)) for p in abc}
+        return {p: self.optimizer.update_entry(abc[p].a, abc[p].c, self.sources(p), self.shape(p))
+                for p in abc}
 
     def run(self, abc: dict[str, ABC], max_rounds: int | None = None) -> Analysis:
         """Fixed point of forward, backward and update passes for the given parametrization.

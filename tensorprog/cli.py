@@ -22,7 +22,7 @@ from .derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from .errors import EngineError, TensorProgError, TensorProgWarning, UsageError
 from .exponents import INF, NEG_INF, as_str, canon
 from .ir import to_text
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, muon
 from .parse import parse_file
 from .presets import PRESETS, preset, zero_init
 from .report import (
@@ -58,6 +58,22 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _muon_io(parser) -> None:
+    parser.add_argument("--muon-io", action="store_true",
+                        help="with --optimizer muon: orthogonalise the input and output matrices "
+                             "too (default: hidden matrices only; token and position lookups, "
+                             "vectors and scalars always take AdamW)")
+
+
+def _optimizer(args):
+    if not getattr(args, "muon_io", False):
+        return OPTIMIZERS[args.optimizer]
+    if args.optimizer != "muon":
+        raise UsageError(f"--muon-io chooses Muon's matrices, but the optimizer is "
+                         f"{args.optimizer}", help="add --optimizer muon, or drop --muon-io")
+    return muon(io=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="tensorprog",
@@ -70,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("program", help="a .tp file")
     d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(d)
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")
@@ -78,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
                         "block's branch): completep, init as small as its update (aL+bL at the "
                         "top of its range), or depth-mup, init as large as stability allows "
                         "(default: completep)")
+    d.add_argument("--weight-decay", choices=["coupled", "decoupled", "independent"],
+                   help="add a column saying how a fixed weight decay λ acts on each param as the "
+                        "width (and depth) grow under this semantics: coupled (L2 in the "
+                        "gradient), decoupled (torch's AdamW: lr·λ·w per step), independent "
+                        "(λ·w per step); --json always gives all three")
     out = d.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--explain", action="store_true", help="walk the derivation in words")
@@ -90,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("program", help="a .tp file")
     c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="default: sgd (TP4's setting for the presets)")
+    _muon_io(c)
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=PRESETS,
                        help="a named parametrization: sp (standard), ntp (neural tangent), mup, "
@@ -106,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("program", help="a .tp file")
     k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(k)
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to emit (default: table3)")
     _module_options(k, "the check then expects those vectors to start at exactly 0")
@@ -115,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
-    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd, "
-                                            "0.01 for adam and adamw)")
+    k.add_argument("--lr", type=float, help="base learning rate (default: 0.1 for sgd and "
+                                            "momentum, 0.01 for adam, adamw and muon, 0.001 "
+                                            "for lion)")
     k.add_argument("--batch-size", type=int,
                    help="samples per step (default: 16, or 16 tokens' worth of sequences)")
     k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -138,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="parametrizations to compare (default: mup,sp; also ntp)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
+    _muon_io(t)
     t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
     _depth_options(t, "sweep")
@@ -268,6 +294,10 @@ _RANGES = {
                  ("--seeds", "seeds", 1, 100, "the mean over seeds steadies after a few"),
                  ("--batch-size", "batch_size", 1, 65536, "a batch is held in memory"),
                  ("--jobs", "jobs", 1, 256, "each worker process loads its own torch")),
+    "limit": (("--steps", "steps", 0, 50, "the µ-limit's cost grows with the square of the "
+               "steps"),
+              ("--samples", "samples", 2, 2**24, "every draw's Z-variables of every step are "
+               "kept in memory")),
 }
 
 
@@ -520,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--base-width {args.base_width}: {problem}",
                              help="the module equals SP at its base width, so the program "
                                   "must have a network there: choose a width the dims divide")
-    optimizer = OPTIMIZERS[args.optimizer]
+    optimizer = _optimizer(args)
     if args.command == "check":
         return _check(args, program, optimizer)
     if args.command == "transfer":
@@ -549,7 +579,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.explain:
             _out(explain(d))
         else:
-            _out(derive_table(d))
+            _out(derive_table(d, args.weight_decay))
             if zeroed is not None:
                 _out("\n" + zero_init_text(d, zeroed, names))
         return 0
@@ -708,12 +738,13 @@ def _write_module(args, program, optimizer) -> int:
              "--convention", args.convention]
     flags += (["--depth-convention", args.depth_convention]
               if depth_abc and args.depth_convention != "completep" else [])
+    flags += ["--muon-io"] if args.muon_io else []
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
     flags += ["--zero-init", ",".join(args.zero_init)] if args.zero_init else []
     flags += ["--base-width", str(args.base_width)] if args.base_width else []
     # argv words: codegen quotes them for the shell and escapes them for the docstring
     command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
-    emitted = emit(program, abc, optimizer=optimizer.name, label=label,
+    emitted = emit(program, abc, optimizer=optimizer, label=label,
                    command=[command, flags], base_width=args.base_width, depth_abc=depth_abc,
                    eps=eps)
     try:
@@ -725,72 +756,169 @@ def _write_module(args, program, optimizer) -> int:
 
 
 def _limit_parser(sub) -> None:
-    m = sub.add_parser("limit", help="the infinite-width limit of a program at init: its NNGP "
-                                     "kernel over a set of inputs")
+    m = sub.add_parser("limit", help="the infinite-width limit of a program: its NNGP kernel at "
+                                     "init (--kernel) or its µ-limit after SGD steps (--train)")
     m.add_argument("program", help="a .tp file")
-    m.add_argument("--kernel", action="store_true", required=True,
-                   help="compute the NNGP kernel of the outputs (the one limit implemented)")
+    what = m.add_mutually_exclusive_group(required=True)
+    what.add_argument("--kernel", action="store_true",
+                      help="compute the NNGP kernel of the outputs at init")
+    what.add_argument("--train", action="store_true",
+                      help="compute the µ-limit of the outputs after --steps full-batch SGD "
+                           "steps on (--inputs, --targets), under µP (MLP-family programs)")
     m.add_argument("--inputs", required=True, metavar="X.pt",
                    help="a (P, dim) tensor (.pt or .npy), or for several inputs a .pt dict "
                         "{name: (P, dim) tensor}")
-    m.add_argument("--param", choices=["sp", "mup", "ntp"], default="sp",
-                   help="whose init: the module `derive -o --param` emits (default: sp)")
+    m.add_argument("--targets", metavar="Y.pt",
+                   help="--train: a (P, d_out) tensor (.pt or .npy) of regression targets")
+    m.add_argument("--steps", type=int, default=5, help="--train: SGD steps (default: 5)")
+    m.add_argument("--lr", type=float, default=0.1,
+                   help="--train: the learning rate of the emitted module (default: 0.1)")
+    m.add_argument("--samples", type=_positive, default=2**14,
+                   help="--train: Monte Carlo draws of the Z-variables (default: 16384)")
+    m.add_argument("--seed", type=int, default=0, help="--train: the Monte Carlo seed")
+    m.add_argument("--param", choices=["sp", "mup", "ntp"],
+                   help="whose module: the one `derive -o --param` emits (default: sp for "
+                        "--kernel; mup for --train, where ntp gives the kernel regime)")
     m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
-                   help="µP's readout init follows the optimizer's derivation (default: sgd)")
+                   help="µP's readout init follows the optimizer's derivation (default: sgd; "
+                        "--train: sgd only)")
     m.add_argument("--order", type=_positive, default=32,
                    help="Gauss-Hermite points per axis where no closed form exists")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.add_argument("-o", "--output", metavar="K.pt",
-                   help="also save {output: kernel tensor} with exponents and method")
+                   help="also save the result: {output: kernel tensor} with exponents and "
+                        "method, or --train's outputs (steps + 1, P, d_out)")
 
 
-def _limit(args, program) -> int:
+def _load_array(path: str, option: str, then: str):
+    """A dense, finite tensor (or a dict of them) from a .pt or .npy file, as numpy arrays:
+    the checks transfer's data files get."""
     import numpy as np
     import torch
 
     from .data import _all_finite, _tensor
-    from .limit import nngp_kernel
 
     try:
-        if args.inputs.endswith(".npy"):
-            data = np.load(args.inputs, allow_pickle=False)
+        if path.endswith(".npy"):
+            data = np.load(path, allow_pickle=False)
         else:
-            data = torch.load(args.inputs, weights_only=True)
+            data = torch.load(path, weights_only=True)
     except (OSError, ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot read {args.inputs}: {err}",
+        raise UsageError(f"cannot read {path}: {err}",
                          help="save a tensor with torch.save(x, 'X.pt') or numpy.save") from None
+
     def bad(why: str) -> UsageError:
-        return UsageError(f"--inputs {args.inputs}: {why}",
+        return UsageError(f"{option} {path}: {why}",
                           help="save a dense, finite (P, dim) tensor, or a dict of them, one per "
                                "input")
 
-    def checked(value, name: str):  # the checks transfer's data files get
+    def checked(value, name: str):
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             value = torch.from_numpy(value)
         t = _tensor(value, name, bad)
         if t.is_floating_point():
-            _all_finite(t, name, bad, then="the kernel would be nan")
+            _all_finite(t, name, bad, then=then)
         return t.numpy()
 
     if isinstance(data, dict):
-        data = {str(k): checked(v, str(k)) for k, v in data.items()}
-    elif isinstance(data, torch.Tensor | np.ndarray):
-        data = checked(data, "X")
-    else:
-        raise UsageError(f"{args.inputs} holds a {type(data).__name__}",
-                         help="save a tensor, or a dict of tensors, one per input")
-    k = nngp_kernel(program, data, param=args.param, optimizer=args.optimizer, order=args.order)
+        return {str(k): checked(v, str(k)) for k, v in data.items()}
+    if isinstance(data, torch.Tensor | np.ndarray):
+        return checked(data, "X" if option == "--inputs" else "Y")
+    raise UsageError(f"{path} holds a {type(data).__name__}",
+                     help="save a tensor, or a dict of tensors, one per input")
+
+
+def _save(obj, path: str) -> None:
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _limit(args, program) -> int:
+    import torch
+
+    from .limit import nngp_kernel
+
+    if args.train:
+        return _train_limit(args, program)
+    if args.targets is not None:
+        raise UsageError("--targets is for --train", help="--kernel needs only --inputs")
+    data = _load_array(args.inputs, "--inputs", "the kernel would be nan")
+    k = nngp_kernel(program, data, param=args.param or "sp", optimizer=args.optimizer,
+                    order=args.order)
     if args.output:
-        try:
-            torch.save({"kernels": {o: torch.as_tensor(v) for o, v in k.kernels.items()},
-                        "exponents": {o: None if e is None else str(e)
-                                      for o, e in k.exponents.items()},
-                        "error": k.error, "parametrization": k.parametrization},
-                       args.output)
-        except OSError as err:
-            raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
-        print(f"wrote {args.output}", file=sys.stderr)
+        _save({"kernels": {o: torch.as_tensor(v) for o, v in k.kernels.items()},
+               "exponents": {o: None if e is None else str(e) for o, e in k.exponents.items()},
+               "error": k.error, "parametrization": k.parametrization}, args.output)
     _out((k.to_json() if args.json else k.describe()) + "\n")
+    return 0
+
+
+def _train_limit(args, program) -> int:
+    import torch
+
+    from .mulimit import describe, mu_limit
+
+    if args.param == "sp":
+        raise UsageError("--train --param sp: SGD at a fixed LR has no finite limit under SP",
+                         help="its updates blow up with the width; use --param mup (the "
+                              "µ-limit, the default) or ntp (the kernel regime)")
+    if args.optimizer != "sgd":
+        raise UsageError(f"--train --optimizer {args.optimizer}: only SGD's limit is implemented",
+                         help="Adam's limit (TP4b) needs the nonlinear-update master theorem, "
+                              "which is not implemented; see docs/limits.md")
+    if args.targets is None:
+        raise UsageError("--train needs --targets Y.pt", help="a (P, d_out) tensor of targets")
+    inputs = _load_array(args.inputs, "--inputs", "the limit would be nan")
+    targets = _load_array(args.targets, "--targets", "the limit would be nan")
+    if isinstance(targets, dict):
+        raise UsageError(f"--targets {args.targets} holds a dict", help="save one tensor")
+    if args.param == "ntp":
+        return _kernel_regime(args, program, inputs, targets)
+    result = mu_limit(program, inputs, targets, steps=args.steps, lr=args.lr,
+                      samples=args.samples, seed=args.seed, progress=sys.stderr.isatty())
+    if args.output:
+        _save({"outputs": torch.as_tensor(result.outputs), "lr": args.lr,
+               "samples": result.samples, "method": result.method}, args.output)
+    text = (json.dumps({"program": program.name, **result.to_json()}, indent=1)
+            if args.json else describe(result, program))
+    _out(text + "\n")
+    return 0
+
+
+def _kernel_regime(args, program, inputs, targets) -> int:
+    """--train --param ntp: NTP's limit, the NTK and the outputs' mean and spread over inits."""
+    import numpy as np
+    import torch
+
+    from .ntklimit import ntk_limit
+
+    regime = ntk_limit(program, inputs, samples=args.samples, seed=args.seed)
+    mean, std = regime.distribution(program, inputs, targets, steps=args.steps, lr=args.lr)
+    if args.output:
+        _save({"ntk": torch.as_tensor(regime.ntk), "mean": torch.as_tensor(mean),
+               "std": torch.as_tensor(std), "lr": args.lr, "method": regime.method},
+              args.output)
+    if args.json:
+        text = json.dumps({"program": program.name, "regime": "kernel (NTP)", "lr": args.lr,
+                           "ntk": regime.ntk.tolist(), "mean": mean.tolist(),
+                           "std": std.tolist(), "feature_change": 0.0,
+                           "method": regime.method}, indent=1)
+    else:
+        rows = [f"kernel regime of {program.name} under NTP, SGD at lr {args.lr:g} on "
+                f"{len(mean[0])} inputs: NTK by {regime.method}; the features stay at init",
+                "f_0 is a Gaussian process, so each output is Gaussian: mean ± std per input "
+                "(first output coordinate)",
+                f"{'step':>4}  outputs"]
+        rows += [f"{t:>4}  " + " ".join(f"{m:+.3f}±{s:.3f}" for m, s in zip(
+            mean[t, :6, 0], std[t, :6], strict=True)) for t in range(len(mean))]
+        rows.append("NTK diagonal: " + " ".join(f"{v:.4g}" for v in np.diag(regime.ntk)[:6]))
+        text = "\n".join(rows)
+    _out(text + "\n")
     return 0
 
 

@@ -43,7 +43,8 @@ DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 # sides; finite widths below 64 drift more (docs/check.md).
 TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
-DEFAULT_LR = {"sgd": 0.1, "adam": 0.01, "adamw": 0.01}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01, "adamw": 0.01, "lion": 0.001,
+              "muon": 0.01}
 # The check over depth (Adam only): 0.01 made CompleteP's changes on examples/resmlp_deep.tp grow
 # x13 from step 2 to 3 at depth 32 (width 128), a diverging run; at 1e-3 none does (docs/check.md).
 DEFAULT_DEPTH_LR = {"adam": 1e-3, "adamw": 1e-3}
@@ -663,13 +664,15 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if seeds < 1 or batch_size < 1:
         raise UsageError("seeds and the batch size must be at least 1")
     if lr is None:
-        lr = (DEFAULT_DEPTH_LR if depths is not None else DEFAULT_LR).get(optimizer.name, 0.1)
+        lr = DEFAULT_LR[optimizer.name]
+        if depths is not None:
+            lr = DEFAULT_DEPTH_LR.get(optimizer.name, lr)
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
     abc, depth_abc, label, eps = full_parametrization(program, optimizer, param, convention,
                                                       readout_zero_init, zero, depth_convention)
-    emitted = emit(program, abc, optimizer=optimizer.name, label=label, command="tensorprog check",
+    emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")
     looped = looped_blocks(program) if depths is not None else ()

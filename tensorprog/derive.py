@@ -227,7 +227,7 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                     d.depth = _derive_depth(program, optimizer, depth_convention)
                 except EngineError as err:  # the width exponents stand at any fixed depth
                     d.depth_refused = err.diagnostics[0].message
-        if not optimizer.uses_gradient_scale:
+        if optimizer.name in ("adam", "adamw"):  # the optimizers with an ε in their step
             d.eps = eps_exponents(d.check.analysis, d.abc)
             if d.depth is not None:
                 shared = _shared_by_repetitions(program)
@@ -328,7 +328,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
         equations.append(Equation(p, (1, 1, 0), -an.S[p],
                                   f"init maximal: {s_bound.term.what} in {s_bound.instruction} "
                                   f"is Θ(1) at most"))
-        k, rhs = optimizer.equation(an.U[p], an.sources(p))
+        k, rhs = optimizer.equation(an.U[p], an.sources(p), an.shape(p))
         equations.append(Equation(p, (k, 0, 1), rhs,
                                   f"update maximal ({optimizer.name}): {u_bound.term.what} in "
                                   f"{u_bound.instruction} is Θ(1)"))
@@ -401,7 +401,7 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
                else f"init bound in {L} = its update (S_{L} = U_{L})")
         equations.append(Equation(p, (1, 1, 0), -s_l, f"{why}; convention {convention}"
                                   if p in free else why, L))
-        k, rhs = optimizer.equation(an.U[p], [])
+        k, rhs = optimizer.equation(an.U[p], [], an.shape(p))
         equations.append(Equation(p, (k, 0, 1), rhs, f"update maximal in {L} ({optimizer.name})",
                                   L))
         equations.append(Equation(p, (0, 1, 0), ZERO, f"the multiplier carries the depth scaling "

@@ -1,233 +1,336 @@
-"""The µ-limit of training: a one-hidden-layer MLP's outputs after t SGD steps as n → ∞ under µP.
+"""The µ-limit of training: an MLP-family program's outputs after t SGD steps as n → ∞ under µP.
 
-For ``h = W1 @ x (+ b1); z = φ(h); y = W2 @ z`` under the µP the emitted module uses (SGD, table3:
-W1 and b1 at init variance 1/fan_in and LR η·n/base, W2 at init variance base/n² and LR
-η·base/n), every hidden coordinate i is a *particle* (u_i, β_i, v_i) = (row i of W1, b1_i,
-column i of W2 · n/√base), iid at init with u ~ N(0, I/d), β ~ N(0, 1), v ~ N(0, I). Then
+The program is read from its IR: input weights (finite fan-in, reading the input), hidden n × n
+weights, bias vectors, elementwise nonlinearities and products, sums, and one readout. Under µP
+for SGD (checked on every param: the combinations a + b and 2a + c the abc-symmetry leaves
+alone) every vector of the trained network has iid coordinates in the limit, distributed as a
+Z-variable, and the master theorem (TP4 §§5–7 and its appendix on deep MLPs) builds them, step
+by step, on a fixed batch ξ_1..ξ_B (loss ½ mean_b ‖f(ξ_b) - y_b‖², χ_b = (f(ξ_b) - y_b) / B).
+With g the backward vectors n·∂L/∂h and W of init variance σ²/n (σ² = 1: 1/fan_in at the base
+width, times ratio^-1):
 
-    f(ξ) = √base · E[v φ(u·ξ + β)]                       (+ O(n^-1/2) at a finite width)
-    χ_b = (f(ξ_b) - y_b) / B                               (loss ½ mean_b ‖f(ξ_b) - y_b‖²)
-    Δv = -η √base Σ_b χ_b φ(h_b),   Δu = -η/√base Σ_b (χ_b·v) φ'(h_b) ξ_b,   Δβ likewise with 1,
+    input weight:  Z^{U_t ξ} = Z^u·ξ - η/base Σ_{s<t,b} Z^{g_sb} ξ_b·ξ       (u a particle)
+    hidden W:      Z^{W_t x_t} = Ẑ^{W x_t} + Ż^{W x_t} - η Σ_{s<t,b} Z^{g_sb} E[Z^{x_sb} Z^{x_t}]
+                   Ż^{W x_t}   = σ² Σ_{s<t,b} Z^{g_sb} E[∂Z^{x_t} / ∂Ẑ^{Wᵀ g_sb}]
+    backward:      Z^{W_tᵀ g_t} = Ẑ^{Wᵀ g_t} + σ² Σ_{s≤t,b} Z^{x_sb} E[∂Z^{g_t} / ∂Ẑ^{W x_sb}]
+                                  - η Σ_{s<t,b} Z^{x_sb} E[Z^{g_sb} Z^{g_t}]
+    readout:       f_t(ξ) = √base E[Z^v Z^{x_t(ξ)}],  Δv = -η √base Σ_b χ_b Z^{x_b}
 
-with no width left in it: this is the master theorem's limit (TP4 §5–6) of a network whose only
-n × n-free matrices are the input and output weights, so every Z-variable is a function of the
-particle and no Ż correction appears. It is computed by Monte Carlo over ``samples`` particles
-(error O(samples^-1/2), stated). For φ = identity without bias, :func:`linear_limit` gives TP4's
-exact limit of the linear network as a recursion on the moments E[vuᵀ], E[vvᵀ], E[uuᵀ].
+The Ẑ^{W x} are jointly Gaussian with Cov = σ² E[Z^x Z^x'], the Ẑ^{Wᵀ g} likewise with the g's,
+the two families and different matrices independent. Every expectation is a Monte Carlo mean
+over ``samples`` draws of all the Gaussians (error O(samples^-1/2), stated in the result); the
+partial derivatives ∂Z/∂Ẑ are exact per draw (torch autograd, with every expectation held
+constant). For linear networks, :mod:`tensorprog.linlimit` computes TP4's exact limit without
+sampling (the oracle of the tests).
 
-Deeper MLPs (whose n × n weights bring TP4's Ż terms) are refused.
+Refused, with the position: a weight used twice or transposed (reuse brings more Ż terms),
+attention, norms, dots, blocks, several inputs or outputs, parametrizations other than µP
+(NTP's limit is the kernel regime: its features do not move), and optimizers other than SGD.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 from .errors import EngineError, UsageError
-from .ir import LinComb, MatMul, Nonlin, Program
+from .ir import MUL, LinComb, MatMul, Nonlin, Program
 from .limit import _FNS, _frac, _inputs
+from .mulimit_engine import _Dynamics
+
+#: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
+#: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
+_MU = {
+    "input": (Fraction(0), Fraction(-1)),
+    "bias": (Fraction(0), Fraction(-1)),
+    "hidden": (Fraction(1, 2), Fraction(0)),
+    "readout": (Fraction(1), Fraction(1)),
+}
+_SCOPE = (
+    "the µ-limit of training is implemented for MLP-family programs: one input read by "
+    "W @ x, hidden n × n matmuls, bias vectors, elementwise nonlinearities and products, "
+    "one readout"
+)
+
+
+def _refuse(message: str, span, help: str = "") -> EngineError:
+    return EngineError(message, span, help=help or _SCOPE)
 
 
 @dataclass
-class MLP1:
-    """The parts of a one-hidden-layer MLP program."""
+class Net:
+    """An MLP-family program as the limit reads it: each param's role and the instructions."""
 
     x: str
-    w1: str
-    bias: str | None
-    fn: str
-    w2: str
+    roles: dict[str, str]  # param → input | bias | hidden | readout
+    body: tuple
+    output: str
     d_out: int
+    pre: tuple[str, ...]  # what the nonlinearities read: the features reported
 
 
-def _shape(program: Program) -> MLP1:
-    body = list(program.body)
-    refuse = EngineError(
-        "the µ-limit of training is implemented for one-hidden-layer MLPs only: "
-        "h = W1 @ x (+ b); z = φ(h); output y = W2 @ z",
-        body[0].span if body else None,
-        help="deeper MLPs need TP4's Ż terms, which are not implemented; use nngp_kernel for "
-             "the limit at init")
-    if len(program.inputs) != 1 or not 3 <= len(body) <= 4:
-        raise refuse
-    x = program.inputs[0].name
-    first, *mid, act, last = body
-    bias = None
-    if mid:
-        (lc,) = mid
-        names = [n for _, n in lc.terms] if isinstance(lc, LinComb) else []
-        if (len(names) != 2 or names[0] != first.out or any(c != 1 for c, _ in lc.terms)
-                or names[1] not in program.param_table):
-            raise refuse
-        bias = names[1]
-    pre = mid[0].out if mid else getattr(first, "out", None)
-    ok = (isinstance(first, MatMul) and first.arg == x and not first.transposed
-          and isinstance(act, Nonlin) and act.fn in _FNS and act.args == (pre,)
-          and isinstance(last, MatMul) and last.arg == act.out and not last.transposed
-          and program.outputs == (last.out,) and last.weight != first.weight
-          and program.is_infinite(first.out) and not program.is_infinite(last.out))
-    if not ok:
-        raise refuse
-    d_out = program.dim(program.value_dims[last.out]).size
-    return MLP1(x, first.weight, bias, act.fn, last.weight, d_out)
+def _network(program: Program) -> Net:
+    """The program's roles, or a positioned refusal of what the limit does not cover."""
+    if len(program.inputs) != 1 or program.inputs[0].kind != "vector":
+        raise _refuse(
+            "the µ-limit needs exactly one vector input",
+            program.inputs[0].span if program.inputs else None,
+        )
+    if len(program.outputs) != 1:
+        raise _refuse("the µ-limit needs exactly one output", program.body[-1].span)
+    x, (out,) = program.inputs[0].name, program.outputs
+    roles: dict[str, str] = {}
+    for ins in program.body:
+        if isinstance(ins, MatMul):
+            w = program.param_table[ins.weight]
+            if ins.transposed or len(program.uses(ins.weight)) > 1:
+                raise _refuse(
+                    f"{ins.weight} is used more than once or transposed",
+                    ins.span,
+                    "a reused weight brings more Ż terms than are implemented; "
+                    "untie it into one param per use",
+                )
+            fan_in, fan_out = (
+                (program.dim(d).infinite for d in w.shape[::-1])
+                if len(w.shape) == 2
+                else (None, None)
+            )
+            if fan_in is False and fan_out and ins.arg == x:
+                roles[ins.weight] = "input"
+            elif fan_in and fan_out:
+                roles[ins.weight] = "hidden"
+            elif fan_in and fan_out is False and ins.out == out:
+                roles[ins.weight] = "readout"
+            else:
+                raise _refuse(
+                    f"{ins.weight} @ {ins.arg} is not an input layer (finite fan-in "
+                    f"reading {x}), a hidden n × n matmul or the readout",
+                    ins.span,
+                )
+        elif isinstance(ins, LinComb):
+            for _, name in ins.terms:
+                p = program.param_table.get(name)
+                if p is None:
+                    continue
+                if (
+                    len(p.shape) != 1
+                    or not program.dim(p.shape[0]).infinite
+                    or p.base is not None
+                    or len(program.uses(name)) > 1
+                ):
+                    raise _refuse(
+                        f"{name} is not a Gaussian bias vector of infinite dim used once", ins.span
+                    )
+                roles[name] = "bias"
+        elif not (isinstance(ins, Nonlin) and (ins.fn in _FNS or ins.fn == MUL)):
+            what = ins.fn if isinstance(ins, Nonlin) else type(ins).__name__
+            raise _refuse(f"{what} has no µ-limit rule here", ins.span)
+        else:
+            for a in ins.args:
+                if a in program.param_table or a == x:
+                    raise _refuse(
+                        f"{a} is a {'param' if a != x else 'input'} inside "
+                        f"{ins.fn}: only computed vectors are implemented there",
+                        ins.span,
+                        "gains and scales have no µ-limit rule here; "
+                        "drop the gain to get the limit of the network without it",
+                    )
+        if ins.out != out and not program.is_infinite(ins.out):
+            raise _refuse(f"{ins.out} has a finite dim inside the network", ins.span)
+    if "readout" not in roles.values():
+        raise _refuse(
+            "the output is not a readout matmul of a hidden vector", program.body[-1].span
+        )
+    if sum(r == "readout" for r in roles.values()) > 1:
+        raise _refuse("more than one readout", program.body[-1].span)
+    pre = tuple(dict.fromkeys(a for i in program.body if isinstance(i, Nonlin) for a in i.args))
+    d_out = program.dim(program.value_dims[out]).size
+    return Net(x, roles, tuple(program.body), out, d_out, pre)
 
 
-def _check_mup(program: Program, net: MLP1, abc) -> None:
-    """The particle dynamics above is µP's (SGD, table3): refuse other exponents."""
-    want = {net.w1: (0, 0, -1), net.w2: (0, 1, 1)}
-    if net.bias:
-        want[net.bias] = (0, 0, -1)
-    for p, (a, b, c) in want.items():
+def _check_mup(program: Program, net: Net, abc) -> None:
+    """The Z-dynamics above are µP's for SGD: refuse any other (a + b, 2a + c)."""
+    for p, role in net.roles.items():
         x = abc[p]
-        got = tuple(_frac(v) for v in (x.a, x.b, x.c))
-        # an abc-symmetric equivalent (a + θ, b - θ, c - 2θ) gives the same dynamics
-        theta = got[0] - a if None not in got else None
-        if theta is None or got != (a + theta, b - theta, c - 2 * theta):
-            raise EngineError(f"{p} has (a, b, c) = {tuple(str(v) for v in got)}, not µP's for "
-                              "SGD: the µ-limit computed here is µP's",
-                              program.param_table[p].span,
-                              help="compute it for the module emitted with --param mup "
-                                   "--optimizer sgd")
+        a, b, c = (_frac(v) for v in (x.a, x.b, x.c))
+        got = None if None in (a, b, c) else (a + b, 2 * a + c)
+        if got != _MU[role]:
+            shown = tuple(str(v) for v in (x.a, x.b, x.c))
+            raise EngineError(
+                f"{p} ({role}) has (a, b, c) = {shown}, so (a + b, 2a + c) = "
+                f"{'undefined' if got is None else tuple(str(v) for v in got)}; µP for SGD has "
+                f"{tuple(str(v) for v in _MU[role])}: the limit computed here is µP's",
+                program.param_table[p].span,
+                help="compute it for the module emitted with --param mup --optimizer sgd; "
+                "under NTP the limit is the kernel regime, where the features do not move",
+            )
 
 
 def _targets(targets, count: int, d_out: int) -> np.ndarray:
-    y = np.asarray(targets.detach().cpu().numpy() if hasattr(targets, "detach") else targets,
-                   dtype=np.float64)
+    y = np.asarray(
+        targets.detach().cpu().numpy() if hasattr(targets, "detach") else targets, dtype=np.float64
+    )
     if y.ndim == 1 and d_out == 1:
         y = y[:, None]
     if y.shape != (count, d_out) or not np.all(np.isfinite(y)):
-        raise UsageError(f"targets: expected a finite ({count}, {d_out}) array, got shape "
-                         f"{tuple(y.shape)}", help="one row of targets per input point")
+        raise UsageError(
+            f"targets: expected a finite ({count}, {d_out}) array, got shape {tuple(y.shape)}",
+            help="one row of targets per input point",
+        )
     return y
-
-
-def _derivative(fn: str):
-    d = {"identity": lambda h: np.ones_like(h),
-         "relu": lambda h: (h > 0).astype(h.dtype),
-         "tanh": lambda h: 1.0 - np.tanh(h) ** 2}
-    if fn in d:
-        return d[fn]
-    f = _FNS[fn].f
-    return lambda h: (f(h + 1e-5) - f(h - 1e-5)) / 2e-5  # smooth: central differences
 
 
 @dataclass
 class TrainingLimit:
-    """``outputs[t]``: the limit of f_t on the training batch, t = 0..steps; ``feature_change``
-    [t]: RMS over particles and inputs of h_t - h_0 (Θ(1): feature learning)."""
+    """``outputs[t]``: the limit of f_t on the training batch (steps + 1, B, d_out);
+    ``feature_change[h][t]``: RMS over coordinates and inputs of Z^{h_t} - Z^{h_0} for every
+    vector h a nonlinearity reads (Θ(1) under µP: feature learning)."""
 
     outputs: np.ndarray
-    feature_change: np.ndarray
+    feature_change: dict[str, np.ndarray]
     samples: int
     method: str
+    lr: float
+    targets: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "outputs": self.outputs.tolist(),
+            "lr": self.lr,
+            "samples": self.samples,
+            "method": self.method,
+            "feature_change": {h: v.tolist() for h, v in self.feature_change.items()},
+            "loss": [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean()) for f in self.outputs],
+        }
 
 
-def mu_limit(program: Program, inputs, targets, *, steps: int = 5, lr: float = 0.1,
-             samples: int = 2**16, seed: int = 0) -> TrainingLimit:
-    """The µ-limit of SGD on a fixed batch (full-batch steps, loss ½ mean ‖f - y‖²) for a
-    one-hidden-layer MLP under µP, by Monte Carlo over ``samples`` particles."""
+def mu_limit(
+    program: Program,
+    inputs,
+    targets,
+    *,
+    steps: int = 5,
+    lr: float = 0.1,
+    samples: int = 2**14,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainingLimit:
+    """The µ-limit of ``steps`` full-batch SGD steps on a fixed batch (loss ½ mean ‖f - y‖²)
+    for an MLP-family program under µP, by Monte Carlo over ``samples`` draws of the
+    Z-variables (see the module docstring). Imports torch."""
+    import torch
+
     from .codegen import parametrization
     from .optimizers import OPTIMIZERS
 
-    net = _shape(program)
+    net = _network(program)
     abc, _ = parametrization(program, OPTIMIZERS["sgd"], "mup")
     _check_mup(program, net, abc)
-    xi = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi), net.d_out)
-    base = program.width.base
-    rng = np.random.default_rng(seed)
-    d = xi.shape[1]
-    u = rng.standard_normal((samples, d)) / math.sqrt(d)
-    beta = rng.standard_normal(samples) if net.bias else np.zeros(samples)
-    v = rng.standard_normal((samples, net.d_out))
-    phi, dphi = _FNS[net.fn].f, _derivative(net.fn)
-    h0 = xi @ u.T + beta  # (B, N)
-    outs, moves = [], []
-    for t in range(steps + 1):
-        h = xi @ u.T + beta
-        z = phi(h)
-        f = math.sqrt(base) * z @ v / samples  # (B, d_out)
-        outs.append(f)
-        moves.append(float(np.sqrt(np.mean((h - h0) ** 2))))
+    xi_np = _inputs(program, inputs)[net.x]
+    y = _targets(targets, len(xi_np), net.d_out)
+    if steps < 0 or samples < 2 or not math.isfinite(lr):
+        raise UsageError(
+            f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
+            "samples ≥ 2 and a finite lr"
+        )
+    dyn = _Dynamics(program, net, xi_np, lr, samples, seed)
+    yt = torch.as_tensor(y, dtype=dyn.dt)
+    outs, start, moves = [], {}, {h: [] for h in net.pre}
+    from tqdm import tqdm
+
+    for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress, leave=False):
+        z = dyn.forward()
+        f = z[net.output].detach()
+        outs.append(f.numpy().copy())
+        for h in net.pre:
+            start.setdefault(h, z[h].detach())
+            moves[h].append(float((z[h].detach() - start[h]).pow(2).mean().sqrt()))
         if t == steps:
             break
-        chi = (f - y) / len(xi)  # (B, d_out)
-        back = (chi @ v.T) * dphi(h)  # (B, N): χ_b·v_i φ'(h_bi)
-        v = v - lr * math.sqrt(base) * z.T @ chi
-        u = u - lr / math.sqrt(base) * back.T @ xi
-        if net.bias:
-            beta = beta - lr / math.sqrt(base) * back.sum(0)
-    return TrainingLimit(np.stack(outs), np.array(moves), samples,
-                         f"Monte Carlo over {samples} particles (error O(1/√{samples}))")
+        _, grads = dyn.backward(z, (f - yt) / len(y))  # χ_b = (f(ξ_b) - y_b) / B
+        dyn.update(grads)
+    return TrainingLimit(
+        np.stack(outs),
+        {h: np.array(v) for h, v in moves.items()},
+        samples,
+        f"Monte Carlo over {samples} draws of the Z-variables (error O(1/√{samples}))",
+        lr,
+        y,
+    )
 
 
-def linear_limit(program: Program, inputs, targets, *, steps: int = 5,
-                 lr: float = 0.1) -> np.ndarray:
-    """TP4's exact µ-limit of the linear one-hidden-layer network (φ = identity, no bias):
-    f = √base M ξ with M = E[v uᵀ], Q = E[v vᵀ], S = E[u uᵀ] updated in closed form."""
-    net = _shape(program)
-    if net.fn != "identity" or net.bias:
-        raise EngineError("linear_limit needs φ = identity and no bias",
-                          program.body[0].span, help="use mu_limit for the general case")
-    xi = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi), net.d_out)
-    rb = math.sqrt(program.width.base)
-    d = xi.shape[1]
-    m, q, s = np.zeros((net.d_out, d)), np.eye(net.d_out), np.eye(d) / d
-    a, c = lr * rb, lr / rb
-    outs = []
-    for t in range(steps + 1):
-        f = rb * xi @ m.T
-        outs.append(f)
-        if t == steps:
-            break
-        g = ((f - y) / len(xi)).T @ xi  # Σ_b χ_b ξ_bᵀ
-        m, q, s = (m - c * q @ g - a * g @ s + a * c * g @ m.T @ g,
-                   q - a * (g @ m.T + m @ g.T) + a * a * g @ s @ g.T,
-                   s - c * (g.T @ m + m.T @ g) + c * c * g.T @ q @ g)
-    return np.stack(outs)
-
-
-def finite_training(program: Program, inputs, targets, width: int, *, steps: int = 5,
-                    lr: float = 0.1, seeds=range(4),
-                    param: str = "mup") -> tuple[np.ndarray, np.ndarray]:
-    """The emitted module trained the same way at a finite width: its outputs (seeds, steps + 1,
-    B, d_out) and the RMS change of its pre-activations h_t - h_0 (seeds, steps + 1), for
-    comparison with :func:`mu_limit`. Imports torch."""
+def finite_training(
+    program: Program,
+    inputs,
+    targets,
+    width: int,
+    *,
+    steps: int = 5,
+    lr: float = 0.1,
+    seeds=range(4),
+    param: str = "mup",
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The emitted module trained the same way at a finite width: its outputs (seeds,
+    steps + 1, B, d_out) and, for every vector h a nonlinearity reads, the RMS of h_t - h_0 (seeds,
+    steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
     import torch
 
     from .codegen import emit, parametrization
     from .coordcheck import load_module
     from .optimizers import OPTIMIZERS
 
-    net = _shape(program)
+    net = _network(program)
     xi = torch.as_tensor(_inputs(program, inputs)[net.x])
     y = torch.as_tensor(_targets(targets, len(xi), net.d_out))
     abc, label = parametrization(program, OPTIMIZERS["sgd"], param)
-    module = load_module(emit(program, abc, optimizer="sgd", label=label,
-                              command="tensorprog limit"), f"mulimit_{program.name}")
-    pre = program.body[1].out if net.bias else program.body[0].out
-    out, moves = [], []
+    module = load_module(
+        emit(program, abc, optimizer="sgd", label=label, command="tensorprog limit"),
+        f"mulimit_{program.name}",
+    )
+    out, moves = [], {h: [] for h in net.pre}
     for seed in seeds:
         model = module.Model(width, dtype=torch.float64)
         model.reset_parameters(generator=torch.Generator().manual_seed(int(seed)))
         opt = module.make_optimizer(model, lr, "sgd")
-        run, move, h0 = [], [], None
+        run, move, h0 = [], {h: [] for h in net.pre}, {}
         for t in range(steps + 1):
             values = model.vectors(xi)
-            f = values[program.outputs[0]]
-            h = values[pre].detach()
-            h0 = h if h0 is None else h0
+            f = values[net.output]
             run.append(f.detach().numpy())
-            move.append(float((h - h0).pow(2).mean().sqrt()))
+            for h in net.pre:
+                v = values[h].detach()
+                h0.setdefault(h, v)
+                move[h].append(float((v - h0[h]).pow(2).mean().sqrt()))
             if t == steps:
                 break
             opt.zero_grad()
             (0.5 * ((f - y) ** 2).sum(-1).mean()).backward()
             opt.step()
         out.append(np.stack(run))
-        moves.append(move)
-    return np.stack(out), np.array(moves)
+        for h in net.pre:
+            moves[h].append(move[h])
+    return np.stack(out), {h: np.array(v) for h, v in moves.items()}
 
+
+def describe(result: TrainingLimit, program: Program) -> str:
+    """The limit as a table: per step, the loss and the outputs on the batch, then how far
+    each pre-activation has moved from init (Θ(1): feature learning)."""
+    loss = result.to_json()["loss"]
+    out = result.outputs.reshape(len(result.outputs), -1)
+    shown = min(out.shape[1], 6)
+    more = f" … ({out.shape[1]} values)" if out.shape[1] > shown else ""
+    lines = [
+        f"µ-limit of {program.name} under µP, SGD at lr {result.lr:g} on "
+        f"{result.outputs.shape[1]} inputs: {result.method}",
+        f"{'step':>4}  {'loss':>10}  outputs (f(ξ_1), f(ξ_2), …)",
+    ]
+    for t, (lo, f) in enumerate(zip(loss, out, strict=True)):
+        lines.append(f"{t:>4}  {lo:>10.5f}  " + " ".join(f"{v:+.4f}" for v in f[:shown]) + more)
+    lines.append(
+        "feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as n^-1/2):"
+    )
+    lines += [f"  {h}: {v[-1]:.4f}" for h, v in result.feature_change.items()]
+    return "\n".join(lines)

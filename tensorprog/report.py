@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .analysis import ABC, Classification, classify
 from .derive import Derivation
-from .exponents import INF, NEG_INF, Exp, as_str, power, scaled
+from .exponents import INF, NEG_INF, Exp, as_str, canon, power, scaled
 from .ir import Program, render_instruction
 from .rules import fan_dims, role
 
@@ -94,6 +94,39 @@ def blocks_json(p: Program) -> dict:
     return {b.name: {"repeat": counts[b.name], "params": list(b.params)} for b in p.blocks}
 
 
+# --- weight decay ---------------------------------------------------------------------------------
+
+DECAY_MODES = ("coupled", "decoupled", "independent")
+
+
+def weight_decay_scaling(d: Derivation, name: str, mode: str) -> dict:
+    """How a fixed weight decay λ acts on one param as the width (and depth) grow, under ``mode``.
+
+    decoupled shrinks w by η·λ·n^-c per step, independent by λ; coupled adds λw to the gradient:
+    under SGD that is decoupled's shrink, under a normalising update (Adam, Lion, Muon) it competes
+    with the gradient inside the normaliser, with weight n^(e(w) - e(∂f/∂w)) against it."""
+    x = d.abc[name]
+    y = d.depth.abc[name] if d.depth is not None else None
+    an = d.check.analysis
+    rule = d.optimizer.rule_for(an.shape(name))
+    if x.c is INF:
+        return {"per_step": "-", "width": None, "depth": None, "meaning": "never trained"}
+    if mode == "independent":
+        return {"per_step": "λ", "width": "0", "depth": "0" if y else None,
+                "meaning": "shrink of w per step"}
+    if mode == "decoupled" or rule.uses_gradient_scale:
+        return {"per_step": scaled("η·λ", -x.c), "width": as_str(-x.c),
+                "depth": as_str(-y.c) if y else None, "meaning": "shrink of w per step"}
+    grads = [g + e for g, e in an.sources(name)]
+    grad = max(grads) - x.a if grads else NEG_INF
+    if x.b is INF or grad is NEG_INF:
+        return {"per_step": "-", "width": None, "depth": None,
+                "meaning": "no weight or no gradient to compare"}
+    rel = -x.b - grad
+    return {"per_step": scaled("λ", rel) + " vs ∂f/∂w", "width": as_str(rel), "depth": None,
+            "meaning": "λw against the gradient inside the normaliser"}
+
+
 # --- derive ---------------------------------------------------------------------------------------
 
 def _eps(exps: dict[str, Exp], name: str) -> str:
@@ -128,6 +161,9 @@ def derive_json(d: Derivation) -> dict:
             params[name]["depth"] = d.depth.abc[name].as_dict()
             if name in d.eps_depth:
                 params[name]["depth"]["eps"] = as_str(d.eps_depth[name])
+        if d.optimizer.matrix_rule is not None:
+            params[name]["update"] = _update_name(d, name)
+        params[name]["weight_decay"] = {m: weight_decay_scaling(d, name, m) for m in DECAY_MODES}
     an = d.check.analysis
     vectors = {ins.out: {"dim": p.value_dims[ins.out] or "scalar",
                          "init": as_str(an.init_[ins.out]), "update": as_str(an.change_[ins.out]),
@@ -144,7 +180,15 @@ def derive_json(d: Derivation) -> dict:
     }
 
 
-def derive_table(d: Derivation) -> str:
+def _update_name(d: Derivation, name: str) -> str:
+    """Which optimizer steps the param, for an optimizer with a rule per shape (Muon)."""
+    if d.abc[name].c is INF:
+        return "-"  # a scale, never trained
+    spectral = d.optimizer.rule_for(d.check.analysis.shape(name)).spectral
+    return d.optimizer.name if spectral else "adamw"
+
+
+def derive_table(d: Derivation, decay: str | None = None) -> str:
     p = d.program
     head = (f"µP for {p.name}: optimizer {d.optimizer.name}, convention {d.convention}, "
             f"width {p.width.name} (base {p.width.base})")
@@ -153,6 +197,11 @@ def derive_table(d: Derivation) -> str:
     rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c",
              *(["eps"] if eps else []), *([f"a{L}", f"b{L}", f"c{L}"] if L else []),
              *([f"eps{L}"] if eps and L else [])]]
+    mixed = d.optimizer.matrix_rule is not None
+    if mixed:
+        rows[0].insert(3, "update")
+    if decay:
+        rows[0] += [f"wd ({decay})"] + ([f"wd in {L}"] if L else [])
     for name, x in d.abc.items():
         f = param_formulas(x.a, x.b, x.c)
         y = d.depth.abc[name] if L else None
@@ -161,6 +210,12 @@ def derive_table(d: Derivation) -> str:
                      *([_eps(d.eps, name)] if eps else []),
                      *([as_str(y.a), as_str(y.b), as_str(y.c)] if y else []),
                      *([_eps(d.eps_depth, name)] if eps and L else [])])
+        if mixed:
+            rows[-1].insert(3, _update_name(d, name))
+        if decay:
+            w = weight_decay_scaling(d, name, decay)
+            rows[-1] += [w["per_step"]] + ([power(canon(w["depth"]), L) if w["depth"] else "-"]
+                                           if L else [])
     an = d.check.analysis
     vec_rows = [["vector", "dim", "at init", "change", "gradient"]]
     for ins in p.body:

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from .optimizers import ParamShape
 
 Slot = tuple[str, str]  # ("S" | "U" | "V" | "F", param name)
 
@@ -128,6 +129,20 @@ def role(program: Program, param: str) -> str:
     fin, fout = (_inf(program, d) for d in fan_dims(program, param))
     return {(False, True): "input", (True, True): "hidden", (True, False): "output",
             (False, False): "finite"}[(fin, fout)]
+
+
+def param_shape(program: Program, param: str, infinite) -> ParamShape:
+    """What an optimizer's rule may read of a param besides its gradient: its role, whether it
+    is a matrix an orthogonalising optimizer can take (2-D, used only as a matmul weight, never
+    on a token or position lookup, which is an embedding), and which fans ``infinite`` (the
+    pass's own test: the width, or the depth) calls infinite."""
+    decl = program.param_table[param]
+    lookups = {i.name for i in program.inputs if i.kind in ("tokens", "positions")}
+    uses = program.uses(param)
+    matrix = len(decl.shape) == 2 and bool(uses) and all(
+        isinstance(u, MatMul) and u.weight == param and u.arg not in lookups for u in uses)
+    fin, fout = fan_dims(program, param)
+    return ParamShape(role(program, param), matrix, infinite(fin), infinite(fout))
 
 
 # --- MatMul ---------------------------------------------------------------------------------------

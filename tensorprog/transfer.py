@@ -34,9 +34,12 @@ HPS = ("lr", "init_std", "output_mult")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 # grids in log2 units, wide enough to bracket the optimum at every width under SP and µP
 DEFAULT_LOG2 = {("lr", "adam"): range(-14, -3), ("lr", "adamw"): range(-14, -3),
-                ("lr", "sgd"): range(-9, 2), ("init_std", None): range(-4, 3),
+                ("lr", "lion"): range(-16, -5), ("lr", "muon"): range(-12, -1),
+                ("lr", "sgd"): range(-9, 2), ("lr", "momentum"): range(-11, 0),
+                ("init_std", None): range(-4, 3),
                 ("output_mult", None): range(-6, 3)}
-BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "sgd": 2.0 ** -4}  # when the HP is not lr
+BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "lion": 2.0 ** -11, "muon": 2.0 ** -7,
+           "sgd": 2.0 ** -4, "momentum": 2.0 ** -6}  # when the HP is not lr
 WIDER_TOLERANCE = 0.01  # "wider is better" allows a 1% rise (seed noise)
 MIN_FINITE = 3  # the fewest finite losses an optimum (a parabola) or a verdict rests on
 
@@ -304,7 +307,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     for param in params:
         abc, depth_abc, label, eps = full_parametrization(fitted, optimizer, param,
                                                           depth_convention=depth_convention)
-        sources[param] = emit(fitted, abc, optimizer=optimizer.name, label=label,
+        sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
                               command="tensorprog transfer", depth_abc=depth_abc,
                               eps=eps).source
     if data.is_text and len(data.tokens) <= (seq or 0):

@@ -324,6 +324,6 @@ def test_make_optimizer_names_the_optimizers_it_knows(tmp_path):
     path.write_text(_build(tp.parse(MLP)).source)
     module = import_file(path, "opt_mup")
     model = module.Model(32)
-    with pytest.raises(ValueError, match="one of sgd, adam, adamw, not 'rmsprop'"):
+    with pytest.raises(ValueError, match="one of sgd, momentum, adam, adamw, not .rmsprop."):
         module.make_optimizer(model, 0.01, optimizer="rmsprop")
     assert isinstance(module.make_optimizer(model, 0.01, optimizer="adamw"), torch.optim.AdamW)

@@ -1,4 +1,4 @@
-"""Golden files: every example's derived table (adam and sgd) and its IR text form.
+"""Golden files: every example's derived table (adam, sgd and muon) and its IR text form.
 
 Refresh after an intended change with ``UPDATE_GOLDEN=1 pytest tests/test_golden.py`` and read the
 diff in review.
@@ -25,7 +25,7 @@ def _check(name: str, text: str) -> None:
     assert text == path.read_text(), f"{path.name} changed; UPDATE_GOLDEN=1 refreshes it"
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "muon"])
 def test_derived_table(example, optimizer):
     d = tp.derive(tp.parse_file(example), optimizer)
     _check(f"{example.stem}.{optimizer}.txt", derive_table(d))

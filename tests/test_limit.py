@@ -264,68 +264,6 @@ def test_cli_refusals_exit_2(capsys, tmp_path):
     assert code == 2 and "transformer.tp:" in err and "tokens inputs" in err
 
 
-# --- the µ-limit of training ---------------------------------------------------------------------
-
-ONE_LAYER = """width n = 16
-dim d = 4
-dim o = {o}
-input x : [d]
-param W1 : [n, d]
-{bias_param}param W2 : [o, n]
-h = W1 @ x{bias}
-z = {fn}(h)
-output y = W2 @ z
-"""
-
-
-def one_layer(fn: str, bias: bool, outputs: int = 1) -> tp.Program:
-    return tp.parse(ONE_LAYER.format(o=outputs, fn=fn, bias=" + b1" if bias else "",
-                                     bias_param="param b1 : [n]\n" if bias else ""))
-
-
-def test_mu_limit_of_a_linear_network_matches_the_exact_moment_recursion():
-    from tensorprog.mulimit import linear_limit, mu_limit
-
-    program = one_layer("identity", bias=False, outputs=2)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 2))
-    exact = linear_limit(program, x, y, steps=5, lr=0.2)
-    mc = mu_limit(program, x, y, steps=5, lr=0.2, samples=2**18)
-    assert np.abs(exact[-1] - exact[0]).max() > 0.5  # it learns something
-    # Monte Carlo error: √base · sd(v z) / √samples ≈ 4 / 512
-    np.testing.assert_allclose(mc.outputs, exact, atol=0.04)
-
-
-def test_mu_limit_is_what_finite_mup_networks_converge_to_and_ntp_freezes_features():
-    from tensorprog.mulimit import finite_training, mu_limit
-
-    program = one_layer("relu", bias=True)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((4, 4)), rng.standard_normal((4, 1))
-    limit = mu_limit(program, x, y, steps=4, lr=0.05, samples=2**18)
-    assert limit.feature_change[-1] > 0.01  # the limit learns features
-    errors, moves = [], {}
-    for n in (256, 4096):
-        out, move = finite_training(program, x, y, n, steps=4, lr=0.05, seeds=range(4))
-        errors.append(np.sqrt(np.mean((out - limit.outputs) ** 2)))
-        moves["mup", n] = move.mean(0)[-1]
-        moves["ntp", n] = finite_training(program, x, y, n, steps=4, lr=0.05, seeds=range(4),
-                                          param="ntp")[1].mean(0)[-1]
-    assert errors[1] < errors[0] / 2.5  # n^-1/2 would give 4
-    assert abs(moves["mup", 4096] / limit.feature_change[-1] - 1) < 0.15
-    assert 0.15 < moves["ntp", 4096] / moves["ntp", 256] < 0.4  # n^-1/2: 0.25
-
-
-def test_mu_limit_refuses_deeper_networks_and_other_parametrizations():
-    from tensorprog.mulimit import mu_limit
-
-    with pytest.raises(EngineError, match="one-hidden-layer MLPs only") as e:
-        mu_limit(tp.parse(mlp_source(2)), points(2, 5), np.zeros((2, 3)))
-    assert e.value.span is not None
-    with pytest.raises(UsageError, match=r"targets: expected a finite \(2, 1\) array"):
-        mu_limit(one_layer("tanh", bias=False), points(2, 4), np.zeros((2, 3)))
-
-
 @pytest.mark.parametrize(("make", "message"), [
     (lambda t: t.to_sparse(), r"X is a torch.sparse_coo tensor, not a dense one"),
     (lambda t: t.index_fill(0, t.new_tensor([1], dtype=int), float("nan")),

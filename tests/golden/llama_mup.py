@@ -334,45 +334,70 @@ def _base_stds(base_width, init_std):
     return stds
 
 
-def param_groups(model, lr, weight_decay=0.0, decay_with_lr=True, eps=1e-8):
-    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf)
-    and weight decay share one, so torch's multi-tensor kernels see few groups.
-    A group's "entries" are its SCALING names; its "name" shows the first few.
-    Each group also has one eps: Adam's eps scaled as its params' gradient entries
-    (SCALING's eps), eps itself at the base.
+DECAY_MODES = ("coupled", "decoupled", "independent")
 
-    With decay_with_lr (torch's convention), AdamW's decay per step is
-    lr_p * wd * w, so it shrinks with width wherever lr_p does; decay_with_lr=False
-    rescales wd so that
-    lr_p * wd_p = lr * wd at every width."""
+
+def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
+    """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf), weight
+    decay and update rule share one, so torch's multi-tensor kernels see few groups.
+    A group's "entries" are its SCALING names; its "name" shows the first few.
+
+    decay says what weight_decay means (required when it is not 0; lr_p is the group's lr):
+    'coupled': L2 in the gradient, wd * w added to it (torch's SGD and Adam): under Adam
+    its weight against the gradient changes with width; 'decoupled': w shrinks by
+    lr_p * wd * w per step (torch's AdamW and Muon), so by less wherever lr_p shrinks with
+    width; 'independent': w shrinks by wd * w per step at every width, not multiplied by
+    lr_p (a schedule that scales the group's lr scales it too).
+
+    Each group also has one eps: Adam's eps scaled as its params' gradient entries
+    (eps * ratio**-eps from SCALING), eps itself at the base.
+    """
+    if decay is None and weight_decay:
+        raise ValueError("say what weight_decay means: decay='coupled', "
+                         "'decoupled' or 'independent'")
+    if decay is not None and decay not in DECAY_MODES:
+        raise ValueError(f"decay must be one of {', '.join(DECAY_MODES)}, not "
+                         f"{decay!r}")
     ratio = model.width / model.base_width
     groups = {}
     for name, spec in SCALING.items():
         # c = inf: never trained (ratio ** -inf would be inf below the base width)
         scale = 0.0 if spec["c"] == math.inf else ratio ** -spec["c"]
-        wd = weight_decay if decay_with_lr or scale == 0 else weight_decay / scale
+        lr_p = lr * scale
+        wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
+        tensors = [getattr(model, name)]
         eps_p = eps * ratio ** -spec.get("eps", 0.0)
         group = groups.setdefault((spec["c"], wd, eps_p), {
-            "params": [], "lr": lr * scale, "weight_decay": wd, "eps": eps_p, "entries": []})
-        group["params"].append(getattr(model, name))
+            "params": [], "lr": lr_p, "weight_decay": wd, "eps": eps_p, "entries": []})
+        group["params"] += tensors
         group["entries"].append(name)
-    for (c, *_), group in groups.items():
+    for key, group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
-        group["name"] = f"c={c:g}: {', '.join(names[:3])}{more}"
+        group["name"] = f"c={key[0]:g}: {', '.join(names[:3])}{more}"
     return list(groups.values())
 
 
-def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, **kwargs):
-    """A torch.optim optimizer over param_groups (default: the derived one).
-    optimizer is 'sgd', 'adam' or 'adamw': the learning-rate exponents are derived
-    for one of those update rules, so another optimizer class is refused; use
-    param_groups(model, lr) with your own optimizer instead."""
+def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):
+    """A torch.optim optimizer over param_groups (default: the derived one);
+    weight_decay and decay as in param_groups. optimizer is one of those
+    the learning-rate exponents can be derived for (momentum is SGD with momentum
+    0.9 unless given); use param_groups(model, lr) with your own optimizer
+    instead."""
     name = optimizer or 'adam'
-    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    classes = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adam": torch.optim.Adam,
+               "adamw": torch.optim.AdamW}
     if name not in classes:
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay, eps=kwargs.pop("eps", 1e-8))
+    groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8))
+    if name in ("adam", "adamw") and decay is not None:
+        # torch's Adam adds the decay to the gradient, its AdamW decouples it
+        name = "adam" if decay == "coupled" else "adamw"
+    if decay == "coupled" and name in ("lion", "muon"):
+        raise ValueError(f"{name} decays decoupled only: use decay='decoupled' or "
+                         "'independent'")
+    if name == "momentum":
+        kwargs.setdefault("momentum", 0.9)
     return classes[name](groups, lr=lr, **kwargs)

@@ -1,0 +1,550 @@
+"""Expressions to IR: one ``expr_<Class>`` per expression node, and the ``op_<operator>`` rules.
+
+Lowering an expression gives a pending value: a constant, a matrix param (only ``@`` applies it), or
+a linear combination of named vectors that the consuming node may extend. Split from
+:mod:`tensorprog.lower`, whose statement lowering inherits :class:`ExpressionLowering`; the state
+these methods read (names, dims, the body being built) is set up there.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from .errors import Span
+from .ir import (
+    FLOAT_MAX,
+    FLOAT_MIN,
+    MUL,
+    NONLINEARITIES,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    heads_dim,
+    in_float_range,
+)
+
+if TYPE_CHECKING:
+    from .parse import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+
+FUNCTIONS = NONLINEARITIES + ("dot", "mix")
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    name: str
+    transposed: bool = False
+
+
+@dataclass
+class _Vec:
+    """A pending linear combination of named values, all of one dim (None = scalar): the
+    coefficient of each name, in order of first appearance, and the image sizes of its non-param
+    terms (None: no pixels). Owned by the one expression node that consumes it, which may extend
+    it in place, so a sum of k terms costs O(k) rather than O(k^2)."""
+
+    terms: dict[str, Fraction]
+    dim: str | None
+    pixels: frozenset
+
+    def items(self) -> tuple[tuple[Fraction, str], ...]:
+        return tuple((c, n) for n, c in self.terms.items())
+
+    def single(self) -> str | None:
+        """The name, if this is one value with coefficient 1."""
+        if len(self.terms) == 1:
+            ((n, c),) = self.terms.items()
+            return n if c == 1 else None
+        return None
+
+
+class ExpressionLowering:
+    """The expression half of the lowering (a mixin of :class:`tensorprog.lower._Lowering`)."""
+
+    def name_of(self, v: _Vec, span: Span) -> str:
+        """A single name for a pending combination, emitting a LinComb if it is not one already."""
+        name = v.single()
+        if name is not None:
+            return name
+        self.check_coefficients(v, span)
+        return self.emit(LinComb(self.fresh(self.target), v.items(), span), v.dim)
+
+    def check_coefficients(self, v: _Vec, span: Span) -> None:
+        """Coefficients multiply out exactly; later stages need them as floats."""
+        bad = next((c for c in v.terms.values() if not in_float_range(c)), None)
+        if bad is not None:
+            self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range",
+                              span, f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
+                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+
+    def vec(self, name: str, dim: str | None) -> _Vec:
+        """One named value as a pending combination."""
+        pixels = frozenset() if name in self.param_names else frozenset((self.pixels.get(name),))
+        return _Vec({name: Fraction(1)}, dim, pixels)
+
+    def emit(self, ins, dim: str | None) -> str:
+        self.body.append(ins)
+        self.values[ins.out] = dim
+        if any(o in self.tokenwise for o in ins.operands):
+            self.tokenwise.add(ins.out)
+        sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
+        fn = getattr(ins, "fn", None)
+        if sizes and fn != "global_pool":  # still has an image's spatial axes
+            (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
+            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
+        return ins.out
+
+    def expr(self, root):
+        """Lower an expression tree bottom-up: operands first, left to right, then the node.
+
+        An explicit stack instead of recursion: a sum of thousands of terms, or a thousand nested
+        calls, is a tree that deep. ``enter_<Class>`` names a node's operands (and any state its
+        ``expr_<Class>`` needs); ``expr_<Class>(node, operands, state)`` combines their values.
+        """
+        results: list = []
+        stack: list = [(root, None, None)]  # (node, operands or None before entering, state)
+        while stack:
+            node, operands, state = stack.pop()
+            kind = type(node).__name__
+            if operands is None:
+                enter = getattr(self, f"enter_{kind}", None)
+                operands, state = enter(node) if enter is not None else ((), None)
+                if operands is None:  # refused before its operands were looked at
+                    results.append(None)
+                    continue
+                stack.append((node, operands, state))
+                stack.extend((op, None, None) for op in reversed(operands))
+                continue
+            values = results[len(results) - len(operands):]
+            del results[len(results) - len(operands):]
+            results.append(getattr(self, f"expr_{kind}")(node, values, state))
+        (value,) = results
+        return value
+
+    def expr_Num(self, node: Num, _values, _state):
+        return _Scalar(node.value)
+
+    def expr_Var(self, node: Var, _values, _state):
+        name = self.resolve(node.name)
+        if name in self.poisoned:
+            return None  # its definition already reported an error
+        if name in self.values:
+            return self.vec(name, self.values[name])
+        if name in self.matrices:
+            return _Matrix(name)
+        if self.depth is not None and name == self.depth.name:
+            self.errors.error(f"'{name}' is the depth, not a vector", node.span,
+                              f"the depth only counts repetitions: `repeat {name} blk(h0)`")
+            return None
+        if name in self.block_defs:
+            self.errors.error(f"'{name}' is a block, not a vector", node.span,
+                              f"apply it: `{name}(h0)` once, or `repeat L {name}(h0)`")
+            return None
+        if node.name in self.dims:
+            self.errors.error(f"'{node.name}' is a dim, not a vector", node.span,
+                              "dims appear only in shapes; width-dependent constants are derived "
+                              "by the engine, not written")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
+    def expr_Transpose(self, node: Transpose, _values, _state):
+        name = self.resolve(node.name)
+        if name in self.matrices and len(self.matrices[name].shape) == 4:
+            self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
+                              node.span, "tie only matrices [m, k]")
+            return None
+        if name in self.matrices:
+            return _Matrix(name, transposed=True)
+        if node.name in self.values or node.name in self.dims:
+            self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
+                              "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
+            return None
+        self.undefined(node.name, node.span)
+        return None
+
+    def enter_Neg(self, node: Neg):
+        return (node.arg,), None
+
+    def expr_Neg(self, node: Neg, values, _state):
+        return self.scale(values[0], Fraction(-1), node.span)
+
+    def scale(self, v, k: Fraction, span: Span):
+        """``k * v``: a constant folds, a combination's coefficients multiply."""
+        if v is None:
+            return None
+        if isinstance(v, _Scalar):
+            return _Scalar(v.value * k)
+        if isinstance(v, _Matrix):
+            self.errors.error(f"cannot scale the matrix {v.name} directly", span,
+                              f"scale the product instead: `k * ({v.name} @ x)`")
+            return None
+        if k == 0:
+            self.errors.error("multiplying by 0 gives a zero vector", span,
+                              "remove the term: a zero vector carries nothing for the engine "
+                              "to scale")
+            return None
+        return _Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
+
+    def enter_BinOp(self, node: BinOp):
+        return (node.left, node.right), None
+
+    def expr_BinOp(self, node: BinOp, values, _state):
+        left, right = values
+        if left is None or right is None:
+            return None
+        return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
+                              "@": "op_matmul"}[node.op])(left, right, node)
+
+    def matrix_misuse(self, m: _Matrix, node) -> None:
+        self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
+                          f"write `{m.name} @ x` for a vector x of its fan-in dim")
+
+    def pixel_clash(self, vecs, node) -> bool:
+        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
+        sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, _Vec)))
+        if len(sizes) > 1:
+            text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
+                             for z in sorted(sizes, key=str))
+            self.errors.error(f"these values have different spatial sizes ({text})", node.span,
+                              "combine values of the same image size; pool first, or "
+                              "global_pool both")
+            return True
+        return False
+
+    def op_add(self, a, b, node, sign=Fraction(1)):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if self.pixel_clash((a, b), node):
+            return None
+        if isinstance(a, _Scalar) and isinstance(b, _Scalar):
+            return _Scalar(a.value + sign * b.value)
+        if isinstance(a, _Scalar) or isinstance(b, _Scalar):
+            self.errors.error("cannot add a constant to a vector", node.span,
+                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
+            return None
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
+                              f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
+                              "both sides of an elementwise sum need the same dim")
+            return None
+        merged = a.terms  # a is consumed here: extend it in place
+        for n, c in b.terms.items():
+            total = merged.get(n, 0) + sign * c
+            if total:
+                merged[n] = total
+            else:
+                merged.pop(n, None)
+        if not merged:
+            self.errors.error("this sum cancels to zero", node.span, "remove it")
+            return None
+        return _Vec(merged, a.dim, a.pixels | b.pixels)
+
+    def op_sub(self, a, b, node):
+        return self.op_add(a, b, node, Fraction(-1))
+
+    def op_mul(self, a, b, node):
+        for v in (a, b):
+            if isinstance(v, _Matrix):
+                self.matrix_misuse(v, node)
+                return None
+        if self.pixel_clash((a, b), node):
+            return None
+        if isinstance(a, _Scalar):
+            return self.scale(b, a.value, node.span)
+        if isinstance(b, _Scalar):
+            return self.scale(a, b.value, node.span)
+        if (a.dim is None) != (b.dim is None):  # a scale (or a scalar) times a vector
+            names = (self.name_of(a, node.span), self.name_of(b, node.span))
+            dim = a.dim if a.dim is not None else b.dim
+            out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
+            return self.vec(out, dim)
+        if not self.same_dim(a.dim, b.dim):
+            self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
+                              f"{self.dim_text(b.dim)}", node.span,
+                              "an elementwise product needs two vectors of the same dim")
+            return None
+        names = (self.name_of(a, node.span), self.name_of(b, node.span))
+        out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
+        return self.vec(out, a.dim)
+
+    def op_div(self, a, b, node):
+        if isinstance(b, _Scalar):
+            if b.value == 0:
+                self.errors.error("division by zero", node.span)
+                return None
+            if isinstance(a, _Matrix):
+                self.matrix_misuse(a, node)
+                return None
+            return self.scale(a, 1 / b.value, node.span)
+        self.errors.error("only division by a number is supported", node.span,
+                          "write a product with an elementwise function instead")
+        return None
+
+    def op_matmul(self, a, b, node):
+        if not isinstance(a, _Matrix):
+            self.errors.error("the left side of @ must be a matrix param", node.span,
+                              "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
+            return None
+        if not isinstance(b, _Vec):
+            self.errors.error("the right side of @ must be a vector", node.span)
+            return None
+        fan_out, fan_in = self.matrices[a.name].shape[:2]
+        if a.transposed:
+            fan_out, fan_in = fan_in, fan_out
+        if not self.same_dim(b.dim, fan_in):
+            which = "first" if a.transposed else "last"
+            self.errors.error(
+                f"shape mismatch in '@': {a.name}{'.T' * a.transposed} is [{fan_out}, {fan_in}] "
+                f"but the vector is {self.dim_text(b.dim)}", node.span,
+                f"the vector's dim must equal {a.name}'s {which} dim ({fan_in})")
+            return None
+        arg = self.name_of(b, node.span)
+        if len(self.matrices[a.name].shape) == 4 and arg not in self.pixels:
+            self.errors.error(f"{a.name} is a convolution kernel, but {arg} is not an image",
+                              node.span, "apply kernels to values computed from an `image` "
+                              "input, before global_pool; use a matrix [out, in] otherwise")
+            return None
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
+                        fan_out)
+        return self.vec(out, fan_out)
+
+    def compares_tokens(self, args, node) -> bool:
+        """Attention (a per-head dot, mix) pairs tokens, so each side must vary over them: a
+        value built from params alone has no sequence axis to compare."""
+        flat = [a for a in args if not any(t in self.tokenwise for t in a.terms)]
+        if flat:
+            self.errors.error(f"{node.fn} pairs tokens, but an argument does not depend on any "
+                              "token or position input", node.span,
+                              "build queries, keys and values from the token stream (e.g. "
+                              "from the embedding of a `tokens` input)")
+        return not flat
+
+    def head_dim(self, node) -> str | None:
+        if type(node).__name__ == "Var" and node.name in self.dims:
+            if self.seq() is None:
+                self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
+                                  node.span, "declare token inputs: `input tok : tokens[T, V]`")
+                return None
+            return node.name
+        self.errors.error("the third argument of dot must be the head dim", node.span,
+                          "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
+        return None
+
+    def in_domain(self, fn: str, v: _Vec, node) -> bool:
+        """Whether the engine's rule for ``fn`` describes what the emitted module computes on
+        ``v``. Normalising functions act over the last axis of the value: a vector's dim, the key
+        tokens of attention logits, and the batch (or tokens) of a scalar; the rules hold only
+        where that axis is the one the docs name (see docs/language.md)."""
+        logits = v.dim in self.heads_dims
+        size = None if v.dim is None or logits else self.dims[v.dim].size  # None: infinite
+        what = ("a scalar" if v.dim is None else "attention logits" if logits
+                else f"a vector {self.dim_text(v.dim)}")
+        problem = help_ = None
+        if fn == "softmax" and not logits:
+            if v.dim is None:
+                problem = ("softmax of a scalar would normalise over the batch (or the tokens), "
+                           "which the engine does not model")
+            elif size is None:
+                problem = (f"softmax over the width-proportional dim {v.dim} makes every entry "
+                           "Θ(1/n), which the engine does not model")
+            elif size < 2:
+                problem = f"softmax over the single entry of {v.dim} is the constant 1"
+            help_ = ("softmax normalises attention logits over key tokens (`softmax(tau * "
+                     "dot(q, k, dh))`) or a vector of a finite dim of 2 or more (class "
+                     "probabilities: `softmax(W @ h)` with `W : [d_out, n]`); for a bounded "
+                     "coordinatewise function use sigmoid or tanh")
+        elif fn == "causal_softmax" and not logits:
+            problem = ("causal_softmax masks future key tokens, so it needs attention logits "
+                       f"(one value per head and token pair), not {what}")
+            help_ = ("write `causal_softmax(tau * dot(q, k, dh))`; for a finite dim's "
+                     "probabilities use softmax")
+        elif fn in ("layernorm", "rmsnorm"):
+            if v.dim is None or logits:
+                axis = "key tokens" if logits else "the batch (or the tokens)"
+                problem = (f"{fn} of {what} would normalise over {axis}, not over a vector's "
+                           "dim as the engine models")
+                help_ = (f"normalise vectors of a declared dim, e.g. `{fn}(h)`; "
+                         "use softmax or causal_softmax on attention logits")
+            elif size is not None and size < 2:
+                result = "0" if fn == "layernorm" else "the sign of its input"
+                problem = (f"{fn} over the single coordinate of {v.dim} is {result}: it never "
+                           "changes, which the engine does not model")
+                help_ = "normalise over a dim of 2 or more coordinates, or drop the norm"
+        if problem is None:
+            return True
+        self.errors.error(problem, node.span, help_)
+        return False
+
+    def seq(self) -> str | None:
+        return next((i.seq for i in self.inputs if i.seq is not None), None)
+
+    def heads(self, dim: str, over: str, node) -> str | None:
+        h = heads_dim(self.dims, dim, over)
+        if h is None:
+            self.errors.error(f"the head dim {over} does not divide {dim}", node.span,
+                              "heads = dim / head dim must be a whole number (fixed head count: "
+                              "dh = n / H; fixed head dim: dh = 64)")
+            return None
+        base = self.width.base if self.width else 1  # no width: every dim is finite
+        total, head = self.dims[dim].size_at(base), self.dims[over].size_at(base)
+        if total % head:
+            self.errors.error(f"at the base width {base}, the head dim {over} = {head} does not "
+                              f"divide {dim} = {total}", node.span,
+                              "pick a head dim that divides the width (or a base width that "
+                              "the head dim divides)")
+            return None
+        self.heads_dims.setdefault(h.name, h)
+        return h.name
+
+    def enter_Call(self, node: Call):
+        """The operands to lower, or None when the call is wrong whatever they are; the state is
+        the head dim of a ``dot(q, k, dh)``."""
+        if node.fn in self.block_defs or node.fn in self.poisoned and node.fn in self.later \
+                and self.later[node.fn].kind == "block":
+            if len(node.args) != 1:
+                self.errors.error(f"block {node.fn} takes 1 argument, got {len(node.args)}",
+                                  node.span, f"write {node.fn}(h)")
+                return None, None
+            return node.args, "block"
+        later = self.later.get(node.fn)
+        if later is not None and later.kind == "block":
+            self.errors.error(f"block {node.fn} is used before it is defined (line "
+                              f"{later.span.line})", node.fn_span,
+                              "define a block before the statement that applies it")
+            return None, None
+        if node.fn not in FUNCTIONS:
+            close = difflib.get_close_matches(node.fn, FUNCTIONS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
+                              f"{hint}known functions: {', '.join(FUNCTIONS)}")
+            return None, None
+        arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
+        if len(node.args) not in arity:
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
+                node.fn, f"{node.fn}(h)")
+            n = " or ".join(map(str, arity))
+            self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
+                              f"got {len(node.args)}", node.span, f"write {usage}")
+            return None, None
+        if node.fn == "dot" and len(node.args) == 3:
+            over = self.head_dim(node.args[2])
+            return (None, None) if over is None else (node.args[:2], over)
+        return node.args, None
+
+    def expr_Call(self, node: Call, args, over):
+        if over == "block":
+            return self.apply_block(node.fn, node.fn_span, args[0], None, node)
+        if any(a is None for a in args):
+            return None
+        for a in args:
+            if not isinstance(a, _Vec):
+                what = "a matrix" if isinstance(a, _Matrix) else "a constant"
+                self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
+                return None
+        if node.fn == "dot":
+            if any(a.dim in self.heads_dims for a in args):
+                self.errors.error("dot contracts a vector's dim, but attention logits or weights "
+                                  "hold one value per head and (query, key) token pair",
+                                  node.span, "combine attention weights with values by "
+                                  "mix(p, v); dot applies to vectors of a declared dim")
+                return None
+            if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
+                self.errors.error(
+                    f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
+                    f"{self.dim_text(args[1].dim)}", node.span,
+                    "dot contracts two vectors of the same dim into a scalar")
+                return None
+            dim = None
+            if over is not None:
+                if not self.compares_tokens(args, node):
+                    return None
+                dim = self.heads(args[0].dim, over, node)
+                if dim is None:
+                    return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
+                            dim)
+            return self.vec(out, dim)
+        if node.fn == "mix":
+            p, v = args
+            if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
+                self.errors.error(
+                    f"mix(p, v) needs attention weights p over the heads of v's dim, got "
+                    f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
+                    "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
+                return None
+            if not self.compares_tokens(args, node):
+                return None
+            names = [self.name_of(a, node.span) for a in args]
+            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
+            return self.vec(out, v.dim)
+        if not self.in_domain(node.fn, args[0], node):
+            return None
+        arg = self.name_of(args[0], node.span)
+        if node.fn in ("avgpool", "global_pool"):
+            size = self.pixels.get(arg)
+            if size is None:
+                self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
+                                  "pool values computed from an `image` input")
+                return None
+            if node.fn == "avgpool" and min(size) < 2:
+                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
+                                  node.span, "pool fewer times, or use global_pool")
+                return None
+        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
+        return self.vec(out, args[0].dim)
+
+
+    def enter_Repeat(self, node: Repeat):
+        if isinstance(node.count, int):
+            if node.count == 0:
+                self.errors.error("`repeat 0` applies the block no times", node.count_span,
+                                  "repeat at least once, or use the argument itself")
+                return None, None
+        elif self.depth is None or node.count != self.depth.name:
+            what = ("the width" if self.width is not None and node.count == self.width.name
+                    else "a dim" if node.count in self.dims else "not declared")
+            declared = (f"the depth is {self.depth.name}" if self.depth is not None
+                        else "the program declares no depth")
+            self.errors.error(f"`repeat {node.count}`: {node.count} is not the depth ({what}; "
+                              f"{declared})", node.count_span,
+                              "repeat over the depth, declared once as `depth L = 4` (its base "
+                              "value), or a fixed number of times, `repeat 3 blk(h0)`")
+            return None, None
+        if node.block not in self.block_defs:
+            later = self.later.get(node.block)
+            if node.block in self.poisoned:
+                pass  # its definition already reported an error
+            elif later is not None and later.kind == "block":
+                self.errors.error(f"block {node.block} is used before it is defined (line "
+                                  f"{later.span.line})", node.block_span,
+                                  "define a block before the statement that applies it")
+            else:
+                close = difflib.get_close_matches(node.block, list(self.block_defs), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.errors.error(f"unknown block '{node.block}'", node.block_span,
+                                  f"define it first: `block {node.block}(h) {{ ... return ... }}`"
+                                  f"{hint}")
+            return None, None
+        return (node.arg,), None
+
+    def expr_Repeat(self, node: Repeat, values, _state):
+        return self.apply_block(node.block, node.block_span, values[0], node.count, node)
+
+
+def _magnitude(x: Fraction) -> str:
+    """A number too large or small for a float, as a power of ten (from its digit counts)."""
+    exponent = len(str(abs(x.numerator))) - len(str(x.denominator))
+    return f"{'-' if x < 0 else ''}1e{exponent}"
