@@ -68,10 +68,11 @@ def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = N
 
 def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
           against: str = "mup", **options) -> CheckResult:
-    """Coordinate check: emit ``program`` under ``param`` (mup, sp, ntp), train it a few steps at
-    several widths and judge every vector's log-log slope ``against`` what µP requires or what
-    the engine predicts. ``options``: convention, readout_zero_init, base_width, widths, steps,
-    seeds, lr, batch_size, device, tolerance, progress."""
+    """Coordinate check: emit ``program`` under ``param`` (mup, sp, ntp, mup-width), train it a few
+    steps at several widths and judge every vector's log-log slope ``against`` what µP requires
+    or what the engine predicts. ``options``: convention, readout_zero_init, base_width, widths,
+    steps, seeds, lr, batch_size, device, tolerance, progress; or depths, width and
+    depth_convention to check against the depth at one width."""
     return _check.coord_check(program, _optimizer(optimizer), param=param, against=against,
                               **options)
 

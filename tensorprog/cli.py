@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     _module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
+    _depth_options(k, "check")
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     _muon_io(t)
     t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
+    _depth_options(t, "sweep")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
                    help="the hyperparameter to sweep (default: lr)")
     t.add_argument("--values", metavar="V1,V2,...",
@@ -207,8 +209,10 @@ def _trace_parser(sub) -> None:
 
 def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
     """The options that pick the emitted module's parametrization (derive -o and check)."""
-    p.add_argument("--param", choices=["mup", "sp", "ntp"], default="mup",
-                   help="the parametrization to emit or check (default: the derived µP)")
+    p.add_argument("--param", choices=["mup", "sp", "ntp", "mup-width"], default="mup",
+                   help="the parametrization to emit or check (default: the derived µP, with "
+                        "its depth exponents where the program repeats a block over a depth; "
+                        "mup-width: the same µP with no depth scaling)")
     p.add_argument("--readout-zero-init", action="store_true",
                    help=f"initialise output weights (derived role) to zero; {zero_note}")
     p.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
@@ -339,24 +343,47 @@ def _check_lr(option: str, lr: float) -> None:
                               "(3.4e38) the optimizer itself overflows")
 
 
-def _widths(text: str) -> list[int]:
+def _widths(text: str, what: str = "width") -> list[int]:
+    option, eg = f"--{what}s", ("64,128,256,512" if what == "width" else "2,4,8,16")
     try:
         widths = [int(w) for w in text.replace(" ", "").split(",") if w]
     except ValueError:
-        raise UsageError(f"--widths: expected comma-separated integers, got {text!r}",
-                         help="e.g. --widths 64,128,256,512") from None
+        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}",
+                         help=f"e.g. {option} {eg}") from None
     if len(set(widths)) < 2 or min(widths) < 1:
-        raise UsageError("--widths: give at least two different positive widths",
-                         help="e.g. --widths 64,128,256,512")
+        raise UsageError(f"{option}: give at least two different positive {what}s",
+                         help=f"e.g. {option} {eg}")
     repeated = sorted({w for w in widths if widths.count(w) > 1})
     if repeated:
-        raise UsageError(f"--widths: {', '.join(map(str, repeated))} given twice",
-                         help="give each width once (a typo for another width?)")
+        raise UsageError(f"{option}: {', '.join(map(str, repeated))} given twice",
+                         help=f"give each {what} once (a typo for another {what}?)")
     if len(widths) > MAX_WIDTHS:
-        raise UsageError(f"--widths: {len(widths)} widths, at most {MAX_WIDTHS}",
-                         help="the slopes are fitted through the widths, and a few spread over "
-                              "a factor of 8 or more fix them; each extra width is a full run")
+        raise UsageError(f"{option}: {len(widths)} {what}s, at most {MAX_WIDTHS}",
+                         help=f"the slopes are fitted through the {what}s, and a few spread over "
+                              f"a factor of 8 or more fix them; each extra {what} is a full run")
     return sorted(widths)
+
+
+def _depth_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--depths and --width: the depth axis of check and transfer."""
+    p.add_argument("--depths", metavar="L1,L2,...",
+                   help=f"{what} at these depths instead of widths, at one width (--width); the "
+                        "program must repeat a block over its depth")
+    p.add_argument("--width", type=_positive, metavar="N",
+                   help="the width of every run with --depths (default: the program's base width)")
+    p.add_argument("--depth-convention", choices=list(DEPTH_CONVENTIONS), default="completep",
+                   help="how a free depth exponent is resolved in the emitted module "
+                        "(default: completep)")
+
+
+def _axis(args) -> tuple[list[int], list[int] | None, int | None]:
+    """(widths, depths, width) from --widths, or --depths and --width."""
+    if args.depths is None:
+        if args.width is not None:
+            raise UsageError("--width sets the width of a depth sweep: it needs --depths",
+                             help="give --depths L1,L2,..., or --widths for a width sweep")
+        return _widths(args.widths), None, None
+    return [], _widths(args.depths, "depth"), args.width
 
 
 def _memory(device: str) -> tuple[int, str] | None:
@@ -650,16 +677,17 @@ def _check(args, program, optimizer) -> int:
     from .coordcheck import coord_check, pick_device, render
 
     _check_plot(args)
-    widths = _widths(args.widths)
+    widths, depths, width = _axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths, device)
+    _check_memory(program, widths or [width or program.width.base], device)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,
                          widths=widths, steps=args.steps, seeds=args.seeds,
                          lr=args.lr, batch_size=args.batch_size, device=device,
                          against=args.against, tolerance=args.tolerance,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), depths=depths, width=width,
+                         depth_convention=args.depth_convention)
     from .plots import coord_plot
 
     _report(args, result, render, coord_plot)
@@ -706,22 +734,23 @@ def _transfer(args, program, optimizer) -> int:
     from .transfer import render, sweep
 
     params = tuple(dict.fromkeys(args.param))
-    unknown = [p for p in params if p not in ("mup", "sp", "ntp")]
+    unknown = [p for p in params if p not in ("mup", "sp", "ntp", "mup-width")]
     if unknown or not params:
         raise UsageError(f"--param: unknown parametrization {', '.join(unknown)}" if unknown
                          else "--param: no parametrization given",
-                         help="choose among mup, sp, ntp, e.g. --param mup,sp")
+                         help="choose among mup, sp, ntp, mup-width, e.g. --param mup,sp")
     values = _values(args.values, args.hp)
     _check_plot(args)
-    widths = _widths(args.widths)
+    widths, depths, width = _axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths, device)
+    _check_memory(program, widths or [width or program.width.base], device)
     result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
                    widths=widths, values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
                    device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), depths=depths, width=width,
+                   depth_convention=args.depth_convention)
     from .plots import transfer_plot
 
     _report(args, result, render, transfer_plot)
@@ -736,12 +765,15 @@ def _shown(path: str) -> str:
 
 
 def _write_module(args, program, optimizer) -> int:
-    from .codegen import emit, parametrization
+    from .codegen import emit, full_parametrization
 
-    abc, label = parametrization(program, optimizer, args.param, args.convention,
-                                 args.readout_zero_init, args.zero_init)
+    abc, depth_abc, label, eps = full_parametrization(
+        program, optimizer, args.param, args.convention, args.readout_zero_init, args.zero_init,
+        args.depth_convention)
     flags = ["--param", args.param, "--optimizer", optimizer.name,
              "--convention", args.convention]
+    flags += (["--depth-convention", args.depth_convention]
+              if depth_abc and args.depth_convention != "completep" else [])
     flags += ["--muon-io"] if args.muon_io else []
     flags += ["--readout-zero-init"] if args.readout_zero_init else []
     flags += ["--zero-init", ",".join(args.zero_init)] if args.zero_init else []
@@ -749,7 +781,8 @@ def _write_module(args, program, optimizer) -> int:
     # argv words: codegen quotes them for the shell and escapes them for the docstring
     command = ["tensorprog", "derive", _shown(args.program), "-o", _shown(args.output)]
     emitted = emit(program, abc, optimizer=optimizer, label=label,
-                   command=[command, flags], base_width=args.base_width)
+                   command=[command, flags], base_width=args.base_width, depth_abc=depth_abc,
+                   eps=eps)
     try:
         Path(args.output).write_text(emitted.source)
     except OSError as err:

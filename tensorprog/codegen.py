@@ -5,7 +5,9 @@ Python floats, never on parameters: deepcopy, state_dict round trips and wrapper
 ``torch.nn.Module``. With ratio = width / base_width, each param is used in the forward pass as
 ``ratio^-a · W``, initialised N(0, (base_std · ratio^-b)²) and trained with ``lr · ratio^-c``.
 At width == base_width every factor is 1, so µP and SP modules coincide there (tune at the base,
-then transfer). Output is deterministic byte for byte.
+then transfer). A program with a depth L scales the same way in depth_ratio = depth / base_depth
+with its depth exponents (a_L, b_L, c_L): multiplier depth_ratio^-a_L, init std depth_ratio^-b_L,
+LR depth_ratio^-c_L, every factor 1 at the base depth. Output is deterministic byte for byte.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 from .analysis import ABC
 from .derive import derive
 from .errors import CodegenError, Span, UsageError
-from .exponents import INF
+from .exponents import INF, ZERO, Exp
 from .ir import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .optimizers import OPTIMIZERS, Optimizer
 from .presets import preset, zero_init
@@ -100,7 +103,7 @@ class Emitted:
     imports: tuple[str, ...] = ("math", "operator", "torch")
 
 
-PARAMS = ("mup", "sp", "ntp")
+PARAMS = ("mup", "sp", "ntp", "mup-width")
 
 
 def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
@@ -113,9 +116,11 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output,
     ``zero`` the named ones (e.g. the query weights).
     """
-    if param == "mup":
+    if param in ("mup", "mup-width"):  # the same width exponents; depth_parametrization differs
         abc = derive(program, optimizer, convention).abc
         label = f"µP ({convention} convention) for {optimizer.name}"
+        if param == "mup-width":
+            label = f"width-only {label}"
     elif param in PARAMS:
         abc = preset(param, program, optimizer)
         label = f"{param.upper()} (constant LR) for {optimizer.name}"
@@ -127,6 +132,43 @@ def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
     if zero:
         label += f", {', '.join(zero)} zero-initialised"
     return abc, label
+
+
+class Parametrization(NamedTuple):
+    """What ``emit`` needs: the width exponents, the depth exponents (empty: no depth scaling),
+    the label, and Adam's ε exponents per param as (in n, in L) (empty: a fixed ε)."""
+
+    abc: dict[str, ABC]
+    depth_abc: dict[str, ABC]
+    label: str
+    eps: dict[str, tuple[Exp, Exp]]
+
+
+def full_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
+                         convention: str = "table3", readout_zero_init: bool = False,
+                         zero: tuple[str, ...] = (), depth_convention: str = "completep",
+                         ) -> Parametrization:
+    """``parametrization``, with the depth exponents and Adam's ε exponents.
+
+    ``mup`` takes the derived depth exponents (in ``depth_convention``) where the program repeats
+    a block over its depth and the depth pass derives them; ``mup-width`` is the same width µP
+    with no depth scaling, the baseline that depth transfer is measured against; the presets have
+    no depth form. Under Adam and AdamW, ``mup`` and ``mup-width`` scale ε with each param's
+    gradient entries (derive's eps columns; in L only with the depth exponents); the presets keep
+    it fixed, as their usual recipes do.
+    """
+    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
+    if param not in ("mup", "mup-width"):
+        return Parametrization(abc, {}, label + (", no depth scaling" if program.depth else ""),
+                               {})
+    d = derive(program, optimizer, convention, depth_convention)
+    by_depth = param == "mup" and d.depth is not None
+    depth_abc = d.depth.abc if by_depth else {}
+    eps = {p: (e, d.eps_depth.get(p, ZERO) if by_depth else ZERO) for p, e in d.eps.items()}
+    if program.depth is not None:  # derive says why there is none (refused, or no repeat)
+        label += f", {depth_convention} in depth {program.depth.name}" if by_depth else \
+            ", no depth scaling"
+    return Parametrization(abc, depth_abc, label, eps)
 
 
 def module_name(*parts: str) -> str:
@@ -373,7 +415,7 @@ _OVERRIDES = [
     "    return stds"]
 
 
-def _mult_lines(scales: bool, multiplied: list[str]) -> list[str]:
+def _mult_override_lines(scales: bool, multiplied: list[str]) -> list[str]:
     """Model.__init__'s ``mult``: every base multiplier a user tunes at the base width, a scale's
     (its declared value by default) and a param's forward multiplier (1 by default; the mup
     convention's output multiplier, TP5's alpha_output). A block's params keep theirs."""
@@ -682,8 +724,12 @@ def _check_base_width(program: Program, base_width) -> int:
 
 
 def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, label: str,
-         command: str | Sequence[Sequence[str]], base_width: int | None = None) -> Emitted:
-    """The module's source for ``program`` under ``abc`` (one entry per used param).
+         command: str | Sequence[Sequence[str]], base_width: int | None = None,
+         depth_abc: dict[str, ABC] | None = None,
+         eps: dict[str, tuple[Exp, Exp]] | None = None) -> Emitted:
+    """The module's source for ``program`` under ``abc`` (one entry per used param), and, for a
+    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0). With
+    ``eps`` (param -> Adam's ε exponents in n and L), ``param_groups`` gives each group its ε.
 
     ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
     quoted here). Every name from the program or the caller reaches the source as a string
@@ -693,12 +739,15 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
     if isinstance(optimizer, str):
         optimizer = OPTIMIZERS[optimizer]
     body = _computable(program, abc)
+    depth = program.depth is not None
+    dabc = {p: depth_abc.get(p, ABC(0, 0, 0)) if depth_abc else ABC(0, 0, 0) for p in abc}
     used = [p for p in program.params if p.name in abc]
     params = [p for p in used if not p.is_scale]
     scales = [p for p in used if p.is_scale]
     constant = any(p.base is not None for p in params)
     owned = program.owner  # a block's own params live in its repetitions' modules
-    multiplied = [p for p in params if abc[p.name].a != 0 and p.name not in owned]
+    multiplied = [p for p in params if (abc[p.name].a != 0 or dabc[p.name].a != 0)
+                  and p.name not in owned]
     blocks = [b for b in program.blocks if b.result in {ins.out for ins in body}]
 
     names = _Namespace(NN_MODULE_ATTRS | _MODEL_ATTRS)
@@ -714,7 +763,7 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
     inner = {v for b in blocks for v in b.values}
     local.update({ins.out: local_names.create(ins.out) for ins in body if ins.out not in inner})
     classes = _Namespace(set(dir(builtins)) | _GLOBALS | set(_HELPERS))
-    block_code = {b.name: _emit_block(program, abc, b, base, classes) for b in blocks}
+    block_code = {b.name: _emit_block(program, abc, dabc, b, classes) for b in blocks}
 
     name = _doc(program.name)
     lines = [
@@ -729,6 +778,13 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
         "(1 for a lookup of a one-hot input).",
         *(["A param with an \"init\" value starts at init * ratio**-b instead."] if constant
           else []),
+        *(["With depth_ratio = depth / base_depth, these factors are multiplied by "
+           "depth_ratio**-aL,",
+           "depth_ratio**-bL and depth_ratio**-cL, the exponents in the depth (1 at the base "
+           "depth)."] if depth else []),
+        *(["Adam's eps is eps * ratio**-eps" + (" * depth_ratio**-epsL" if depth else "")
+           + " per param (param_groups' eps at the base),", "so that it stays below the "
+           "param's gradient entries, which scale so."] if eps else []),
         *(["Each scale s is a plain float multiplier, base * ratio**-a, never trained; "
            "Model(mult=...)", "sets its base."] if scales else []),
         *(["A param whose name Python or torch.nn.Module reserves is the attribute \"attr\"."]
@@ -761,18 +817,31 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
         k, power = _fan_in(program, p.name)
         fan = f"({_num(k, f'the fan-in of {p.name}', p.span)}, {power})"
         tail = f'"fan_in": {fan}{init}{attr}}},'
-        if len(head) + 1 + len(tail) <= 100:
-            lines.append(f"{head} {tail}")
-        else:  # keep the emitted file within 100 columns
-            lines += [head, " " * (len(_str(p.name)) + 5) + tail]
+        parts = [head]
+        if depth:
+            parts.append(" ".join(f'"{k}L": {_exp(getattr(dabc[p.name], k), p.name, p.span)},'
+                                  for k in "abc"))
+        if eps and p.name in eps:
+            e, eL = eps[p.name]
+            parts.append(f'"eps": {_exp(e, p.name, p.span)},'
+                         + (f' "epsL": {_exp(eL, p.name, p.span)},' if depth else ""))
+        parts.append(tail)
+        for part in parts[1:]:  # keep the emitted file within 100 columns
+            if len(parts[0]) + 1 + len(part) <= 100:
+                parts[0] = f"{parts[0]} {part}"
+            else:
+                lines.append(parts[0])
+                parts[0] = " " * (len(_str(p.name)) + 5) + part
+        lines.append(parts[0])
     lines.append("}")
     if scales:
         lines.append("SCALES = {")
         for p in scales:
             value = _finite(p.base if p.base is not None else Fraction(1),
                             f"the scale {p.name}", p.span)
+            aL = (f'"aL": {_exp(dabc[p.name].a, p.name, p.span)}, ' if depth else "")
             lines.append(f"    {_str(p.name)}: {{\"a\": {_exp(abc[p.name].a, p.name, p.span)}, "
-                         f"\"base\": {value!r}}},")
+                         f"{aL}\"base\": {value!r}}},")
         lines.append("}")
     rules = _width_rules(program)
     lines.append("# dims that are a fraction of the width: whole numbers at multiples of the step")
@@ -783,10 +852,12 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
         lines.append(")")
     for b in blocks:
         lines += ["", "", *block_code[b.name].lines]
-    depth = program.depth is not None
+    doc = f'    """{name}; parameters are named as in the program'
+    if blocks:  # within 100 columns
+        more = "; a block's are in its repetitions' modules"
+        doc += more if len(doc) + len(more) + 4 <= 100 else f";\n    {more[2:]}"
     lines += ["", "", "class Model(torch.nn.Module):",
-              f'    """{name}; parameters are named as in the program'
-              + ("; a block's are in its repetitions' modules" if blocks else "") + '."""',
+              doc + '."""',
               "",
               ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
                "base_depth=BASE_DEPTH,\n                 init_std=None, mult=None, device=None, "
@@ -799,16 +870,18 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
               "        self.width = width",
               "        self.base_width = base_width",
               *(["        self.depth = depth",
-                 "        self.base_depth = base_depth  # no depth scaling is derived yet"]
+                 "        self.base_depth = base_depth"]
                 if depth else []),
               "        self._base_std = _base_stds(base_width, init_std)",
-              *_mult_lines(bool(scales), [p.name for p in multiplied]),
+              *_mult_override_lines(bool(scales), [p.name for p in multiplied]),
               "        ratio = width / base_width",
+              *(["        depth_ratio = depth / base_depth"] if depth else []),
               "        factory = {\"device\": device, \"dtype\": dtype}"]
     counts = {s.block: s.count for s in program.streams}
     block_lines = []
     for b in blocks:
-        make = f"{block_code[b.name].cls}(width, base_width, factory)"
+        make = (f"{block_code[b.name].cls}(width, base_width, "
+                + ("depth, base_depth, " if depth else "") + "factory)")
         count = counts[b.name]
         if count is None:
             block_lines.append(f"        self.{block_attrs[b.name]} = {make}")
@@ -824,17 +897,19 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
                      "**factory))")
     lines += block_lines
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
-                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
+        lines += _multiplier_lines(f"self.{mults[p.name]}", f"mult.get({_str(p.name)}, 1.0) * ",
+                                   f"SCALING[{_str(p.name)}]", depth)
     for p in scales:
-        lines.append(f"        self.{mults[p.name]} = mult[{_str(p.name)}] * ratio ** "
-                     f"-SCALES[{_str(p.name)}][\"a\"]")
+        lines += _multiplier_lines(f"self.{mults[p.name]}", f"mult[{_str(p.name)}] * ",
+                             f"SCALES[{_str(p.name)}]", depth)
     if not multiplied and not scales:
-        lines.append("        del ratio  # every forward multiplier is 1")
+        lines.append("        del ratio" + (", depth_ratio" if depth else "")
+                     + "  # every forward multiplier is 1")
     attr_of = "spec.get(\"attr\", name)" if renamed else "name"
     lines += ["        self.reset_parameters()", "",
               "    def reset_parameters(self, generator=None):",
               "        ratio = self.width / self.base_width",
+              *(["        depth_ratio = self.depth / self.base_depth"] if depth else []),
               "        with torch.no_grad():",
               "            for name, spec in SCALING.items():"]
     pad = ""
@@ -843,13 +918,17 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
         pad = "    "
     else:
         lines.append(f"                param = getattr(self, {attr_of})")
-    lines += [f"{pad}                if spec[\"b\"] == math.inf:",
+    lines += [f"{pad}                if spec[\"b\"] == math.inf"
+              + (" or spec[\"bL\"] == math.inf:" if depth else ":"),
               f"{pad}                    param.zero_()"]
     if constant:
         lines += [f"{pad}                elif \"init\" in spec:",
                   f"{pad}                    param.fill_(spec[\"init\"] * ratio ** -spec[\"b\"])"]
+        if depth:
+            lines.append(f"{pad}                    param.mul_(depth_ratio ** -spec[\"bL\"])")
     lines += [f"{pad}                else:",
               f"{pad}                    std = self._base_std[name] * ratio ** -spec[\"b\"]",
+              *([f"{pad}                    std *= depth_ratio ** -spec[\"bL\"]"] if depth else []),
               f"{pad}                    param.normal_(0.0, std, generator=generator)", ""]
     if blocks:
         lines += ["    def _tensors(self, name, spec):",
@@ -956,7 +1035,8 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
     lines += ["", *_CHECK_WIDTHS, "", "", *_OVERRIDES, ""]
     if depth:
         lines += ["", *_CHECK_DEPTH, ""]
-    lines += ["", *_optimizer_code(program, optimizer, blocks, attr_of, base)]
+    lines += ["", *_optimizer_code(program, optimizer, blocks, attr_of, base, depth,
+                                   bool(eps))]
     return Emitted("\n".join(lines))
 
 
@@ -969,7 +1049,7 @@ class _BlockCode:
     helpers: set[str]
 
 
-def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
+def _emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], block: Block,
                 classes: _Namespace) -> _BlockCode:
     """One repetition of a block as an nn.Module: its own params, and a forward that computes
     one repetition from its argument and what it shares with the program."""
@@ -977,7 +1057,9 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
     prefix = f"{block.name}."
     names = _Namespace(NN_MODULE_ATTRS | {"width", "base_width", "vectors"})
     attrs = {p.name: names.create(p.name.removeprefix(prefix)) for p in own if not p.is_scale}
-    multiplied = [p for p in own if not p.is_scale and abc[p.name].a != 0]
+    multiplied = [p for p in own if not p.is_scale
+                  and (abc[p.name].a != 0 or dabc[p.name].a != 0)]
+    depth = program.depth is not None
     mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
     values = [program.producer[v] for v in block.values]
     mine = {block.arg, *block.values, *(p.name for p in own)}
@@ -998,12 +1080,15 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
              "the",
              '    program (values, shared params, scales) comes in to forward."""',
              "",
-             "    def __init__(self, width, base_width, factory):",
+             ("    def __init__(self, width, base_width, depth, base_depth, factory):" if depth
+              else "    def __init__(self, width, base_width, factory):"),
              "        super().__init__()",
              "        self.width = width",
              "        self.base_width = base_width"]
     if multiplied:
         lines.append("        ratio = width / base_width")
+        if depth:
+            lines.append("        depth_ratio = depth / base_depth")
     for p in own:
         if p.is_scale:
             continue
@@ -1011,8 +1096,7 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
         lines.append(f"        self.{attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
     for p in multiplied:
-        lines.append(f"        self.{mults[p.name]} = mult.get({_str(p.name)}, 1.0) * ratio ** "
-                     f"-SCALING[{_str(p.name)}][\"a\"]  # a plain float")
+        lines += _multiplier_lines(f"self.{mults[p.name]}", "", f"SCALING[{_str(p.name)}]", depth)
     args = ", ".join([local[block.arg]] + [local[n] for n in shared])
     ret = local[block.ret] if block.ret in local else em.ref(block.ret)
     fused = _fusions(program, values)
@@ -1032,6 +1116,15 @@ def _emit_block(program: Program, abc: dict[str, ABC], block: Block, base: int,
               for v in (block.arg, *block.values)]
     lines += ["        }"]
     return _BlockCode(cls, lines, attrs, shared, em.helpers)
+
+
+def _multiplier_lines(attr: str, base: str, spec: str, depth: bool) -> list[str]:
+    """A forward multiplier at the module's width, then its depth factor (a plain float)."""
+    note = "" if base else "  # a plain float"
+    lines = [f"        {attr} = {base}ratio ** -{spec}[\"a\"]{note}"]
+    if depth:
+        lines.append(f"        {attr} *= depth_ratio ** -{spec}[\"aL\"]")
+    return lines
 
 
 def _call_block(program: Program, code: _BlockCode, attr: str, stream: Stream, em: _Emitter,
@@ -1180,8 +1273,10 @@ def muon_params(program: Program, optimizer: Optimizer, params: Sequence[str]) -
 
 
 def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_of: str,
-                    base: int) -> list[str]:
-    """param_groups and make_optimizer, with Muon's and Lion's classes where derived for them."""
+                    base: int, depth: bool = False, eps: bool = False) -> list[str]:
+    """param_groups and make_optimizer, with Muon's and Lion's classes where derived for them;
+    with ``depth``, each group's lr carries depth_ratio**-cL too; with ``eps``, each group has
+    Adam's eps scaled as its params' gradient entries (SCALING's eps and epsL)."""
     names = [p.name for p in program.params if not p.is_scale]
     muon = muon_params(program, optimizer, names) if optimizer.matrix_rule else []
     out = []
@@ -1200,9 +1295,14 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
     out += [
         'DECAY_MODES = ("coupled", "decoupled", "independent")',
         "", "",
-        ("def param_groups(model, lr, weight_decay=0.0, decay=None, adamw_lr=None):" if muon
-         else "def param_groups(model, lr, weight_decay=0.0, decay=None):"),
+        "def param_groups(model, lr, weight_decay=0.0, decay=None"
+        + (", adamw_lr=None" if muon else "") + (", eps=1e-8" if eps else "") + "):",
         *_PARAM_GROUPS_DOC, *(_MUON_GROUP_DOC if muon else []),
+        *(["", "    With a depth, a group's lr is also multiplied by depth_ratio**-cL",
+           "    (depth_ratio = depth / base_depth)."] if depth else []),
+        *(["", "    Each group also has one eps: Adam's eps scaled as its params' gradient entries",
+           "    (eps * ratio**-eps" + (" * depth_ratio**-epsL" if depth else "")
+           + " from SCALING), eps itself at the base."] if eps else []),
         '    """',
         "    if decay is None and weight_decay:",
         "        raise ValueError(\"say what weight_decay means: decay='coupled', \"",
@@ -1211,15 +1311,22 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
         "        raise ValueError(f\"decay must be one of {', '.join(DECAY_MODES)}, not \"",
         "                         f\"{decay!r}\")",
         "    ratio = model.width / model.base_width",
+        *(["    depth_ratio = model.depth / model.base_depth"] if depth else []),
         "    groups = {}",
         "    for name, spec in SCALING.items():",
         "        # c = inf: never trained (ratio ** -inf would be inf below the base width)",
         "        scale = 0.0 if spec[\"c\"] == math.inf else ratio ** -spec[\"c\"]",
+        *(["        scale = 0.0 if spec[\"cL\"] == math.inf else scale * depth_ratio ** "
+           "-spec[\"cL\"]"] if depth else []),
         ("        lr_p = (lr if name in MUON or adamw_lr is None else adamw_lr) * scale" if muon
          else "        lr_p = lr * scale"),
         "        wd = weight_decay / lr_p if decay == \"independent\" and lr_p else weight_decay",
         f"        tensors = {tensors}",
+        *(["        eps_p = eps * ratio ** -spec.get(\"eps\", 0.0)"] if eps else []),
+        *(["        eps_p *= depth_ratio ** -spec.get(\"epsL\", 0.0)"] if eps and depth else []),
     ]
+    key = "(spec[\"c\"], " + ("spec[\"cL\"], " if depth else "")
+    more = "\"eps\": eps_p, " if eps else ""
     if muon:
         out += [
             "        spectral = name in MUON",
@@ -1227,14 +1334,16 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
             "            rows, cols = tensors[0].shape",
             "            k = math.sqrt(max(1.0, rows / cols)) / MUON[name]",
             "            lr_p, wd = lr_p / k, wd * k",
-            "        group = groups.setdefault((spec[\"c\"], lr_p, wd, spectral), {",
+            f"        group = groups.setdefault({key}lr_p, wd, spectral"
+            + (", eps_p" if eps else "") + "), {",
             "            \"params\": [], \"lr\": lr_p, \"weight_decay\": wd, \"muon\": spectral, "
-            "\"entries\": []})",
+            f"{more}\"entries\": []}})",
         ]
     else:
         out += [
-            "        group = groups.setdefault((spec[\"c\"], wd), {",
-            "            \"params\": [], \"lr\": lr_p, \"weight_decay\": wd, \"entries\": []})",
+            f"        group = groups.setdefault({key}wd" + (", eps_p" if eps else "") + "), {",
+            "            \"params\": [], \"lr\": lr_p, \"weight_decay\": wd, "
+            f"{more}\"entries\": []}})",
         ]
     out += [
         "        group[\"params\"] += tensors",
@@ -1242,7 +1351,9 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
         "    for key, group in groups.items():",
         "        names = group[\"entries\"]",
         "        more = f\" (+{len(names) - 3} more)\" if len(names) > 3 else \"\"",
-        "        group[\"name\"] = f\"c={key[0]:g}: {', '.join(names[:3])}{more}\"",
+        ("        group[\"name\"] = f\"c={key[0]:g}, cL={key[1]:g}: {', '.join(names[:3])}{more}\""
+         if depth else
+         "        group[\"name\"] = f\"c={key[0]:g}: {', '.join(names[:3])}{more}\""),
         "    return list(groups.values())",
         "", "",
     ]
@@ -1262,8 +1373,9 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
         "        raise ValueError(f\"optimizer must be one of {', '.join(classes)}, not \"",
         "                         f\"{name!r}; for another optimizer pass \"",
         "                         \"param_groups(model, lr) to it\")",
-        ("    groups = param_groups(model, lr, weight_decay, decay, kwargs.pop(\"adamw_lr\", None))"
-         if muon else "    groups = param_groups(model, lr, weight_decay, decay)"),
+        "    groups = param_groups(model, lr, weight_decay, decay"
+        + (", kwargs.pop(\"adamw_lr\", None)" if muon else "")
+        + (", eps=kwargs.pop(\"eps\", 1e-8)" if eps else "") + ")",
         "    if name in (\"adam\", \"adamw\") and decay is not None:",
         "        # torch's Adam adds the decay to the gradient, its AdamW decouples it",
         "        name = \"adam\" if decay == \"coupled\" else \"adamw\"",

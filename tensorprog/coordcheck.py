@@ -30,7 +30,7 @@ from .analysis import ABC, classify, prescaled
 from .codegen import Emitted
 from .derive import derive
 from .errors import UsageError
-from .exponents import NEG_INF, ZERO, Exp, as_str, gt
+from .exponents import INF, NEG_INF, ZERO, Exp, as_str, gt
 from .ir import Program
 from .optimizers import Optimizer
 
@@ -45,6 +45,9 @@ TOLERANCE = 0.15
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01, "adamw": 0.01, "lion": 0.001,
               "muon": 0.01}
+# The check over depth (Adam only): 0.01 made CompleteP's changes on examples/resmlp_deep.tp grow
+# x13 from step 2 to 3 at depth 32 (width 128), a diverging run; at 1e-3 none does (docs/check.md).
+DEFAULT_DEPTH_LR = {"adam": 1e-3, "adamw": 1e-3}
 # Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
 # weight about 1/sqrt(k) against a CLT remainder, so the widths must be well above k before the
 # exponents show; 16 keeps them there from width 64 on. A sequence program feeds batch x tokens
@@ -70,10 +73,11 @@ class Expectation:
 
     exponent: Exp
     bound: str = "exact"  # "exact" | "at_most" | "grows"
+    var: str = "n"  # what the slope is against: the width n, or the depth L
 
     def render(self) -> str:
         if self.bound == "grows":
-            return f"> 0 (n^{as_str(self.exponent)} as n->oo)"
+            return f"> 0 ({self.var}^{as_str(self.exponent)} as {self.var}->oo)"
         if self.exponent is NEG_INF:
             return "zero"
         return ("<= " if self.bound == "at_most" else "") + as_str(self.exponent)
@@ -116,6 +120,78 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             for i in range(count):
                 for kind in ("init", "change"):
                     out[(f"{block.name}.{i}.{local}", kind)] = out[(v, kind)]
+    return out
+
+
+def looped_blocks(program: Program) -> tuple[str, ...]:
+    """The blocks repeated over the program's depth: their number of repetitions is the depth."""
+    if program.depth is None:
+        return ()
+    return tuple(s.block for s in program.streams if s.loops and s.count == program.depth.name)
+
+
+def depth_expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
+                       depth_abc: dict[str, ABC], against: str = "mup",
+                       ) -> dict[tuple[str, str], Expectation]:
+    """(vector, "init" | "change") -> what its slope against the depth L must be: the depth
+    pass's exponents, for the derived depth exponents (``mup``) or for ``depth_abc``
+    (``predicted``). A repeated block's value v is measured over all its repetitions at once,
+    as ``block.*.v`` (their RMS together), since the repetitions differ from depth to depth."""
+    from .analysis import classify_depth
+
+    def at_depth(name: str) -> ABC:
+        # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth
+        w, d = abc.get(name), depth_abc.get(name, ABC(0, 0, 0))
+        if w is None:
+            return d
+        return ABC(d.a, INF if w.b is INF else d.b, INF if w.c is INF else d.c)
+
+    exps = {p: at_depth(p) for p in abc}
+    own = classify_depth(program, optimizer, exps).analysis
+    if against == "predicted":
+        an = own
+    elif against == "mup":
+        d = derive(program, optimizer).depth
+        if d is None:
+            raise UsageError(f"{program.name} has no derived depth exponents to check against",
+                             help="use --against predicted, or see `tensorprog derive`")
+        an = d.check.analysis
+    else:
+        raise UsageError(f"unknown reference {against!r}", help="choose mup or predicted")
+    L = program.depth.name
+
+    def expect(e: Exp) -> Expectation:
+        return Expectation(e, "grows" if gt(e, ZERO) else "exact", L)
+
+    out = {}
+    looped = {program.block_table[b].name: program.block_table[b] for b in looped_blocks(program)}
+    inner = {v: b for b in looped.values() for v in (b.arg, *b.values)}
+    for ins in program.body:
+        v = ins.out
+        if v in inner:
+            v_name = f"{inner[v].name}.*.{v.removeprefix(inner[v].name + '.')}"
+        else:
+            v_name = v
+        init = Expectation(NEG_INF, var=L) if own.init_[v] is NEG_INF else expect(an.init_[v])
+        out[(v_name, "init")] = init
+        out[(v_name, "change")] = expect(an.change_[v])
+    return out
+
+
+def collapse_repetitions(vectors: dict, blocks: Sequence[str]) -> dict:
+    """``vectors()`` with each repeated block's ``block.i.v`` stacked into one ``block.*.v``
+    (so that an RMS is over every repetition), the other names as they are."""
+    import torch
+
+    out, stacked = {}, {}
+    for name, v in vectors.items():
+        block, _, rest = name.partition(".")
+        index, _, local = rest.partition(".")
+        if block in blocks and index.isdigit() and local:
+            stacked.setdefault(f"{block}.*.{local}", []).append(v)
+        else:
+            out[name] = v
+    out.update({k: torch.stack(vs, dim=-1) for k, vs in stacked.items()})
     return out
 
 
@@ -249,7 +325,8 @@ class CheckResult:
         under = s.get("label") or " + ".join(str(s[k]) for k in ("param", "optimizer") if k in s)
         lines = [f"coordinate check of {s.get('program', 'a program')}"
                  + (f" under {under}" if under else ""),
-                 f"  {lr}widths {', '.join(map(str, self.widths))} x {len(self.seeds)} seed(s), "
+                 f"  {lr}{s.get('axis', 'width')}s {', '.join(map(str, self.widths))} x "
+                 f"{len(self.seeds)} seed(s), "
                  f"{self.steps} steps, against {ref} (±{self.tolerance:g})",
                  f"  {self._verdict()}"]
         detail = _failure_lines(self)
@@ -261,7 +338,7 @@ class CheckResult:
         for v, w, t, g in self.unstable[:3]:
             grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
             lines.append(f"  unstable: the change of {v} {grew} from step {t - 1} to {t} at "
-                         f"width {w}")
+                         f"{self.settings.get('axis', 'width')} {w}")
         if len(self.unstable) > 3:
             lines.append(f"  unstable: {len(self.unstable) - 3} more")
         return "\n".join(lines)
@@ -285,7 +362,8 @@ def _span(widths: Sequence[int]) -> str:
 
 def _failure_lines(result: CheckResult) -> list[str]:
     """One line per diverged run, then one per failing vector: its worst entry."""
-    lines = [f"width {w}, seed {s}: {why}" for _, w, s, _, why in result.diverged]
+    axis = result.settings.get("axis", "width")
+    lines = [f"{axis} {w}, seed {s}: {why}" for _, w, s, _, why in result.diverged]
     for name, entries in result.failures.items():
         worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
         when = "at init" if worst.step == 0 else f"after step {worst.step}"
@@ -333,10 +411,11 @@ def _judge(slope: float, exp: Expectation, tol: float, step: int,
         if slope > tol:
             return True, f"blows up {what}, as predicted (slope {slope:+.2f})"
         return False, f"does not blow up {what}: slope {slope:+.2f}, expected {exp.render()}"
+    n = exp.var
     if exp.bound == "at_most" and slope <= target + tol:
-        return True, f"O(n^{as_str(e)}) {what}"
+        return True, f"O({n}^{as_str(e)}) {what}"
     if abs(slope - target) <= tol:
-        return True, f"n^{as_str(e)} {what}"
+        return True, f"{n}^{as_str(e)} {what}"
     if slope > target:
         grows = "blows up" if target >= 0 else "shrinks too slowly"
         return False, f"{grows} {what}: slope {slope:+.2f}, expected {exp.render()}"
@@ -346,14 +425,17 @@ def _judge(slope: float, exp: Expectation, tol: float, step: int,
 
 def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
           measurements: Measurements, *, against: str = "mup",
-          tolerance: float = TOLERANCE) -> CheckResult:
-    """Fit every vector's slope per step and compare it with the engine's expectation."""
+          tolerance: float = TOLERANCE,
+          expected: dict[tuple[str, str], Expectation] | None = None) -> CheckResult:
+    """Fit every vector's slope per step and compare it with the engine's expectation (or
+    ``expected``'s, e.g. the depth's: the measurements' "width" axis is then the depth)."""
     if tolerance <= 0:
         raise UsageError("the tolerance must be positive")
     widths, steps, seeds = (measurements.axis(k) for k in (2, 1, 3))
     if len(widths) < 2:
         raise UsageError("a slope needs at least two widths")
-    expected = expectations(program, optimizer, abc, against)
+    if expected is None:
+        expected = expectations(program, optimizer, abc, against)
     last = max(steps)
     if last < 2:
         raise UsageError("the check judges changes from step 2 on (a first step can scale "
@@ -470,8 +552,14 @@ def pick_device(device: str) -> str:
 
 def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
             seeds: Iterable[int] = (0, 1, 2), lr: float, optimizer: str | None = None,
-            device: str = "cpu", batch_size: int = 16, progress: bool = False) -> Measurements:
+            device: str = "cpu", batch_size: int = 16, progress: bool = False,
+            width: int | None = None, looped: Sequence[str] = (),
+            base_depth: int | None = None) -> Measurements:
     """Train ``module.Model`` a few steps at every width and seed on fixed synthetic data.
+
+    With ``width``, ``widths`` are depths instead: ``Model(width, depth, base_depth=base_depth)``
+    for each, recorded under the depth, each block of ``looped`` recorded as ``block.*.v``
+    (collapse_repetitions).
 
     The loss is linear in the outputs, L = mean(f · g) with a fixed random g, so dL/df is the
     same at every width and step, as the engine assumes (a Θ(1) output gradient): the slopes
@@ -488,9 +576,16 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
     widths, seeds = list(widths), list(seeds)
     trials = [(s, w) for s in seeds for w in widths]
     m = Measurements()
+    fixed = width
+
+    def vectors(model, inputs) -> dict:
+        return collapse_repetitions(model.vectors(*inputs), looped) if looped else \
+            model.vectors(*inputs)
+
     for seed, width in tqdm(trials, desc="coordinate check", unit="run", disable=not progress,
                             leave=False):
-        model = module.Model(width)
+        model = (module.Model(width) if fixed is None else
+                 module.Model(fixed, width, base_depth=base_depth or module.BASE_DEPTH))
         model.reset_parameters(generator=torch.Generator().manual_seed(seed))
         data = torch.Generator().manual_seed(10_000 + seed)
         inputs = model.example_inputs(batch_size, generator=data)
@@ -503,7 +598,7 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
         directions = [g.to(device) for g in directions]
         opt = module.make_optimizer(model, lr, optimizer=optimizer)
         with torch.no_grad():
-            m.record(width, 0, model.vectors(*inputs), seed)
+            m.record(width, 0, vectors(model, inputs), seed)
         for t in range(1, steps + 1):
             opt.zero_grad(set_to_none=True)
             outs = model(*inputs)
@@ -523,7 +618,7 @@ def measure(module: types.ModuleType, widths: Iterable[int], *, steps: int = 3,
                 m.stop(width, t, steps, f"the optimizer's step size overflows at step {t}", seed)
                 break
             with torch.no_grad():
-                m.record(width, t, model.vectors(*inputs), seed)
+                m.record(width, t, vectors(model, inputs), seed)
     return m
 
 
@@ -534,14 +629,33 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                 steps: int = 3, seeds: int = 3, lr: float | None = None,
                 batch_size: int | None = None,
                 device: str = "auto", against: str = "mup", tolerance: float = TOLERANCE,
-                progress: bool = False) -> CheckResult:
-    """Emit ``program`` under ``param``, train it at every width and judge every vector."""
-    from .codegen import emit, parametrization
+                progress: bool = False, depths: Sequence[int] | None = None,
+                width: int | None = None, depth_convention: str = "completep") -> CheckResult:
+    """Emit ``program`` under ``param``, train it at every width and judge every vector.
 
+    With ``depths``, train at one width (``width``, default the base width) and every depth,
+    and judge every vector's slope against the depth with the depth pass's exponents. The module
+    is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
+    (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
+    be (docs/check.md)."""
+    from .codegen import emit, full_parametrization
+
+    if depths is not None:
+        if not looped_blocks(program):
+            raise UsageError(f"--depths: {program.name} repeats no block over a depth",
+                             help="declare `depth L = ...` and use `repeat L block(...)`, or "
+                                  "check against the width with --widths")
+        depths = sorted(set(depths))
+        if len(depths) < 2 or depths[0] < 1:
+            raise UsageError("give at least two positive depths", help="e.g. --depths 2,4,8,16")
+        width = width or program.width.base
+        program.check_widths([width])
+        widths = depths
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
         raise UsageError("give at least two positive widths", help="e.g. --widths 64,128,256")
-    program.check_widths(widths)
+    if depths is None:
+        program.check_widths(widths)
     if steps < 2:
         raise UsageError("the check judges changes from step 2 on (a first step can scale "
                          "differently)", help="use --steps 2 or more (default: 3)")
@@ -549,20 +663,33 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
         batch_size = default_batch_size(program)
     if seeds < 1 or batch_size < 1:
         raise UsageError("seeds and the batch size must be at least 1")
-    lr = DEFAULT_LR[optimizer.name] if lr is None else lr
+    if lr is None:
+        lr = DEFAULT_LR[optimizer.name]
+        if depths is not None:
+            lr = DEFAULT_DEPTH_LR.get(optimizer.name, lr)
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
-    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
+    abc, depth_abc, label, eps = full_parametrization(program, optimizer, param, convention,
+                                                      readout_zero_init, zero, depth_convention)
     emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
-                   base_width=base_width)
+                   base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")
+    looped = looped_blocks(program) if depths is not None else ()
+    # before training: the depth pass refuses what it cannot analyse (SGD) without a run wasted
+    expected = (depth_expectations(program, optimizer, abc, depth_abc, against)
+                if depths is not None else None)
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
-                device=device, batch_size=batch_size, progress=progress)
-    result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance)
+                device=device, batch_size=batch_size, progress=progress,
+                width=width if depths is not None else None, looped=looped,
+                base_depth=1 if depths is not None else None)
+    result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance,
+                   expected=expected)
     result.settings = {"program": program.name, "param": param, "label": label,
                        "optimizer": optimizer.name, "lr": lr, "batch_size": batch_size,
                        "device": device, "base_width": base_width or program.width.base}
+    if depths is not None:
+        result.settings.update(axis="depth", width=width, base_depth=1)
     return result
 
 
@@ -571,11 +698,15 @@ def render(result: CheckResult) -> str:
     s = result.settings
     steps = range(1, result.steps + 1)
     ref = "what µP requires" if result.against == "mup" else "the engine's prediction"
+    depth = s.get("axis") == "depth"
+    axis = (f"depths {', '.join(map(str, result.widths))} at width {s.get('width')}" if depth
+            else f"widths {', '.join(map(str, result.widths))}")
     lines = [f"coordinate check of {s.get('program', 'the module')}: {s.get('label', '')}",
-             f"widths {', '.join(map(str, result.widths))} x {len(result.seeds)} seed(s), "
+             f"{axis} x {len(result.seeds)} seed(s), "
              f"{result.steps} step(s) of {s.get('optimizer', '?')} at lr {s.get('lr', '?')}, "
              f"batch {s.get('batch_size', '?')}, on {s.get('device', '?')}",
-             f"slope of log RMS against log width (± spread over seeds), against {ref}, "
+             f"slope of log RMS against log {'depth' if depth else 'width'} (± spread over "
+             f"seeds), against {ref}, "
              f"tolerance ±{result.tolerance}", ""]
     by = {(r.name, r.step): r for r in result.results}
     names = list(dict.fromkeys(r.name for r in result.results))
@@ -603,7 +734,7 @@ def render(result: CheckResult) -> str:
         grew = ("overflowed to inf or nan" if growth == math.inf
                 else f"grew x{growth:.1f}" if growth < 10 else f"grew x{growth:.0f}")
         lines += [f"WARNING: training may be diverging: the change of {name} {grew} from step "
-                  f"{t - 1} to step {t} at width {width}",
+                  f"{t - 1} to step {t} at {s.get('axis', 'width')} {width}",
                   f"  ({vectors} vector(s), sub-expressions included); the slopes then measure "
                   "the run's blow-up,",
                   f"  not the parametrization: lower the learning rate{hint}", ""]

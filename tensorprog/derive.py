@@ -37,7 +37,7 @@ from .analysis import (
     used_params,
 )
 from .errors import Diagnostic, EngineError, Span
-from .exponents import HALF, INF, NEG_INF, ZERO, Exp, canon, gt
+from .exponents import HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
 from .ir import Program
 from .optimizers import Optimizer
 from .rules import CHANGE, INIT, Term, fan_in_infinite
@@ -131,6 +131,11 @@ class Derivation:
     chosen: dict[str, dict[str, Bound]] = field(default_factory=dict)  # param -> slot -> bound
     depth: DepthDerivation | None = None
     depth_refused: str | None = None  # why a program with a depth has no depth exponents
+    # Adam's ε per param as eps·n^-e (·L^-e_L): e where ε stays below the gradient entries;
+    # empty under SGD (no ε); a param missing from eps_depth is explained in eps_depth_refused
+    eps: dict[str, Exp] = field(default_factory=dict)
+    eps_depth: dict[str, Exp] = field(default_factory=dict)
+    eps_depth_refused: dict[str, str] = field(default_factory=dict)
 
 
 def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:
@@ -222,7 +227,52 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                     d.depth = _derive_depth(program, optimizer, depth_convention)
                 except EngineError as err:  # the width exponents stand at any fixed depth
                     d.depth_refused = err.diagnostics[0].message
+        if optimizer.name in ("adam", "adamw"):  # the optimizers with an ε in their step
+            d.eps = eps_exponents(d.check.analysis, d.abc)
+            if d.depth is not None:
+                shared = _shared_by_repetitions(program)
+                d.eps_depth_refused = {
+                    p: f"{p} is shared by every repetition of {shared[p]}: its gradient sums "
+                       "over the depth, which the depth pass does not track" for p in shared
+                    if p in d.eps}
+                exps = eps_exponents(d.depth.check.analysis, d.depth.abc)
+                d.eps_depth = {p: e for p, e in exps.items() if p not in shared}
         return d
+
+
+def eps_exponents(an: Analysis, abc: dict[str, ABC]) -> dict[str, Exp]:
+    """Adam's ε per trained param as ε·n^-e: e = minus the exponent of the entries of the
+    gradient Adam sees, ∂f/∂w = n^-a ∂f/∂W, whose entries are n^-a times the largest
+    e(df/dy) + e(x) over the param's uses (as SGD's update, optimizers.py). With ε ∝ those
+    entries, ε/√v is the same at every width: ε never swamps the gradient (at large width a
+    fixed ε does, wherever the entries shrink, and Adam turns into SGD with a tiny LR) nor
+    vanishes relative to it. A param no gradient reaches, or never trained, has none."""
+    out = {}
+    for p, x in abc.items():
+        if x.c is INF:
+            continue
+        g = emax(add(gy, e) for gy, e in an.sources(p))
+        if g is NEG_INF:
+            continue
+        out[p] = canon(-add(-x.a, g))
+    return out
+
+
+def _shared_by_repetitions(program: Program) -> dict[str, str]:
+    """Params used inside a block repeated over the depth but not its own (a tied matrix):
+    param -> block."""
+    out = {}
+    for s in program.streams:
+        if not (s.loops and s.count == program.depth.name):
+            continue
+        block = program.block_table[s.block]
+        own = set(block.params)
+        for v in block.values:
+            ins = program.producer[v]
+            for n in (getattr(ins, "weight", None), *ins.operands):
+                if n in program.param_table and n not in own:
+                    out[n] = block.name
+    return out
 
 
 def repeats_over_depth(program: Program) -> bool:

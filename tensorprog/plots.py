@@ -138,7 +138,7 @@ def _row(axes, key_ax, result: CheckResult, steps: list[int], columns: int) -> N
         ax.set_xticks(result.widths, [str(w) for w in result.widths], fontsize=7)
         ax.minorticks_off()
         ax.set_title("init" if t == 0 else f"change after step {t}", fontsize=10)
-        ax.set_xlabel("width")
+        ax.set_xlabel(result.settings.get("axis", "width"))
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("RMS of coordinates")
     s = result.settings
@@ -181,7 +181,7 @@ def _slope(r) -> str:
 
 
 def transfer_plot(sweep, path: str | Path) -> Path:
-    """Loss against log2(HP), one curve per width (darker = wider), a panel per
+    """Loss against log2(HP), one curve per width or depth (darker = larger), a panel per
     parametrization, with each width's fitted optimum marked: the µP paper's figure."""
     import matplotlib
 
@@ -193,12 +193,13 @@ def transfer_plot(sweep, path: str | Path) -> Path:
                              squeeze=False)
     cmap = plt.get_cmap("viridis")
     xs = [math.log2(v) for v in sweep.values]
+    axis = sweep.settings.get("axis", "width")  # a depth sweep keeps its depths in .widths
     for ax, param in zip(axes[0], params, strict=True):
         for k, w in enumerate(sweep.widths):
             color = cmap(0.9 - 0.8 * k / max(1, len(sweep.widths) - 1))
             ys = [sweep.losses[param][w][v] for v in sweep.values]
             ax.plot(xs, [y if math.isfinite(y) else float("nan") for y in ys], marker="o",
-                    markersize=3, color=color, label=f"width {w}")
+                    markersize=3, color=color, label=f"{axis} {w}")
             best, _ = sweep.optimum(param, w)
             if best is not None:
                 ax.axvline(best, color=color, linewidth=0.6, linestyle=":")

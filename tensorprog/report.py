@@ -59,8 +59,8 @@ def derived_depth_note(d: Derivation) -> str | None:
         return depth_note(p)
     return (f"depth {L} (base {p.depth.base}): exponents in {L} derived in the depth convention "
             f"{d.depth.convention} (W ∝ {L}^-a{L}, init std ∝ {L}^-b{L}, LR ∝ {L}^-c{L}; "
-            f"b{L} = 0: the multiplier carries the depth scaling); derive -o still emits a "
-            f"module that applies no depth scaling")
+            f"b{L} = 0: the multiplier carries the depth scaling); derive -o emits a module "
+            f"that applies them, each factor 1 at the base depth")
 
 
 def free_depth_lines(d: Derivation) -> list[str]:
@@ -129,6 +129,24 @@ def weight_decay_scaling(d: Derivation, name: str, mode: str) -> dict:
 
 # --- derive ---------------------------------------------------------------------------------------
 
+def _eps(exps: dict[str, Exp], name: str) -> str:
+    return as_str(exps[name]) if name in exps else "-"
+
+
+def eps_lines(d: Derivation) -> list[str]:
+    """What the eps columns mean (Adam and AdamW), and any depth exponent left out."""
+    if not d.eps:
+        return []
+    n = d.program.width.name
+    L = d.program.depth.name if d.depth is not None else None
+    scale = f"{n}^-eps" + (f"·{L}^-eps{L}" if L else "")
+    lines = ["", f"Adam's eps: eps·{scale} per param, as its gradient entries scale, so that "
+                 "eps stays below them at every size (a fixed eps swamps them as they shrink); "
+                 "'-': no gradient reaches it."]
+    lines += [f"  eps{L} of {p}: not derived: {why}" for p, why in d.eps_depth_refused.items()]
+    return lines
+
+
 def derive_json(d: Derivation) -> dict:
     p = d.program
     params = {}
@@ -137,8 +155,12 @@ def derive_json(d: Derivation) -> dict:
         params[name] = {"shape": list(p.param_table[name].shape), "role": role(p, name),
                         "fan_in": _fan(fin), "fan_out": _fan(fout), **x.as_dict(),
                         **param_formulas(x.a, x.b, x.c)}
+        if name in d.eps:
+            params[name]["eps"] = as_str(d.eps[name])
         if d.depth is not None:
             params[name]["depth"] = d.depth.abc[name].as_dict()
+            if name in d.eps_depth:
+                params[name]["depth"]["eps"] = as_str(d.eps_depth[name])
         if d.optimizer.matrix_rule is not None:
             params[name]["update"] = _update_name(d, name)
         params[name]["weight_decay"] = {m: weight_decay_scaling(d, name, m) for m in DECAY_MODES}
@@ -171,8 +193,10 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
     head = (f"µP for {p.name}: optimizer {d.optimizer.name}, convention {d.convention}, "
             f"width {p.width.name} (base {p.width.base})")
     L = p.depth.name if d.depth is not None else None
+    eps = bool(d.eps)  # Adam and AdamW: ε's exponent, "-" for a param no gradient reaches
     rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c",
-             *([f"a{L}", f"b{L}", f"c{L}"] if L else [])]]
+             *(["eps"] if eps else []), *([f"a{L}", f"b{L}", f"c{L}"] if L else []),
+             *([f"eps{L}"] if eps and L else [])]]
     mixed = d.optimizer.matrix_rule is not None
     if mixed:
         rows[0].insert(3, "update")
@@ -183,7 +207,9 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
         y = d.depth.abc[name] if L else None
         rows.append([name, _shape(p, name), role(p, name), f["init_std"], f["multiplier"],
                      f["lr"], as_str(x.a), as_str(x.b), as_str(x.c),
-                     *([as_str(y.a), as_str(y.b), as_str(y.c)] if y else [])])
+                     *([_eps(d.eps, name)] if eps else []),
+                     *([as_str(y.a), as_str(y.b), as_str(y.c)] if y else []),
+                     *([_eps(d.eps_depth, name)] if eps and L else [])])
         if mixed:
             rows[-1].insert(3, _update_name(d, name))
         if decay:
@@ -198,7 +224,7 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
                          power(an.change_[v]), power(an.grad(v))])
     note = [derived_depth_note(d), *free_depth_lines(d)] if p.depth is not None else []
     return "\n".join([
-        head, CONVENTION_LINE, *note, "", _table(rows), "",
+        head, CONVENTION_LINE, *note, "", _table(rows), *eps_lines(d), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",

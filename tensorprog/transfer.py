@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .codegen import emit, parametrization
+from .codegen import emit, full_parametrization
 from .data import Dataset, load
 from .errors import Diagnostic, TensorProgWarning, UsageError
 from .ir import Program, verify
@@ -129,13 +129,17 @@ def run_trial(job: dict) -> dict:
         module = load_module(Emitted(job["source"]), job["param"])
         _WORKER[("module", job["source_key"])] = module
     hp, value, device = job["hp"], job["value"], job["device"]
-    model = module.Model(job["width"])
+    fixed = job.get("fixed_width")  # a depth sweep: "width" is the depth
+    model = module.Model(job["width"]) if fixed is None else module.Model(fixed, job["width"])
     model.reset_parameters(generator=torch.Generator().manual_seed(job["seed"]))
     if hp == "init_std":  # scale every random init, not the constant ones (gains, zero biases)
         with torch.no_grad():
             for name, spec in module.SCALING.items():
                 if "init" not in spec:
-                    getattr(model, spec.get("attr", name)).mul_(value)  # "attr": a renamed param
+                    tensors = (model._tensors(name, spec) if hasattr(model, "_tensors")
+                               else [getattr(model, spec.get("attr", name))])  # a renamed param
+                    for tensor in tensors:
+                        tensor.mul_(value)
     model.to(device)
     lr = value if hp == "lr" else job["base_lr"]
     opt = module.make_optimizer(model, lr, optimizer=job["optimizer"])
@@ -255,22 +259,40 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
           widths: Sequence[int] = DEFAULT_WIDTHS, values: Sequence[float] | None = None,
           steps: int | None = None, seeds: int = 2, batch_size: int | None = None,
           lr: float | None = None, device: str = "cpu", jobs: int | None = None,
-          cache: str | Path | None = ".tensorprog-cache", progress: bool = False) -> Sweep:
-    """Train every (param, width, value, seed) and collect the final training losses."""
+          cache: str | Path | None = ".tensorprog-cache", progress: bool = False,
+          depths: Sequence[int] | None = None, width: int | None = None,
+          depth_convention: str = "completep") -> Sweep:
+    """Train every (param, width, value, seed) and collect the final training losses.
+
+    With ``depths``, every run has one width (``width``, default the base width) and the sweep's
+    axis is the depth: ``Sweep.widths`` then holds the depths, and ``settings["axis"]`` is
+    ``"depth"``."""
     from tqdm import tqdm
 
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
+    if depths is not None:
+        from .coordcheck import looped_blocks
+
+        if not looped_blocks(program):
+            raise UsageError(f"--depths: {program.name} repeats no block over a depth",
+                             help="declare `depth L = ...` and use `repeat L block(...)`")
     cache_dir = _cache_dir(cache) if cache else None  # before the data: a bad path fails fast
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)
     values = sorted(set(values or default_values(hp, optimizer.name)))
     if any(not (math.isfinite(v) and v > 0) for v in values) or len(values) < 3:
         raise UsageError("give at least 3 positive HP values", help="e.g. --values 1e-4,1e-3,1e-2")
+    if depths is not None:
+        width = width or program.width.base
+        fitted.check_widths([width])
+        widths = depths
     widths = sorted(set(widths))
     if len(widths) < 2 or widths[0] < 1:
-        raise UsageError("give at least two positive widths")
-    fitted.check_widths(widths)
+        raise UsageError("give at least two positive widths" if depths is None
+                         else "give at least two positive depths")
+    if depths is None:
+        fitted.check_widths(widths)
     # digits: about two epochs; past that the MLP memorises the 1,797 images, every loss near the
     # optimum is ~1e-3 and the optimum is noise (measured: 300 steps, docs/transfer.md)
     steps = steps or (200 if data.is_text else 60)
@@ -283,16 +305,19 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
-        abc, label = parametrization(fitted, optimizer, param)
+        abc, depth_abc, label, eps = full_parametrization(fitted, optimizer, param,
+                                                          depth_convention=depth_convention)
         sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
-                              command="tensorprog transfer").source
+                              command="tensorprog transfer", depth_abc=depth_abc,
+                              eps=eps).source
     if data.is_text and len(data.tokens) <= (seq or 0):
         raise UsageError(f"--data {data_name}: {len(data.tokens)} tokens are fewer than one "
                          f"sequence of {seq}")
     # a user's file is keyed by its contents, so editing it never reuses stale results
     content = (hashlib.sha256(Path(data_name).read_bytes()).hexdigest()
                if Path(data_name).suffix == ".pt" else data_name)
-    context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device])
+    context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device]
+                         + ([width] if depths is not None else []))
     trials = [Trial(p, w, v, s) for p in params for w in widths for v in values
               for s in range(seeds)]
     results: dict[Trial, dict] = {}
@@ -322,7 +347,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
                     sources[t.param].encode()).hexdigest(), "param": t.param, "width": t.width,
                 "value": t.value, "seed": t.seed, "hp": hp, "data": data_name, "steps": steps,
                 "batch_size": batch_size, "seq": seq, "optimizer": optimizer.name,
-                "base_lr": base_lr, "device": device, "threads": threads}
+                "base_lr": base_lr, "device": device, "threads": threads,
+                "fixed_width": width if depths is not None else None}
 
     bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="transfer sweep",
                unit="run", disable=not progress)
@@ -355,6 +381,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
                 "optimizer": optimizer.name, "steps": steps, "batch_size": batch_size,
                 "base_lr": base_lr if hp != "lr" else None, "device": device, "jobs": jobs,
                 "trials": len(trials), "cached": len(trials) - len(todo)}
+    if depths is not None:
+        settings.update(axis="depth", width=width, base_depth=program.depth.base)
     return Sweep(hp, widths, values, seeds, losses, settings, notes)
 
 
@@ -429,9 +457,13 @@ def render(s: Sweep) -> str:
              f"{st['optimizer']}, {st['steps']} steps, batch {st['batch_size']}, {s.seeds} "
              f"seed(s), {st['trials']} trials ({st['cached']} from the cache), on {st['device']}"]
     lines += [f"data sets {n}" for n in s.notes]
+    depth = st.get("axis") == "depth"
+    if depth:
+        lines.append(f"across depths, at width {st['width']} (base depth {st['base_depth']})")
+    axis, key = ("depth", "L") if depth else ("width", "w")
     for param, rows in s.losses.items():
         lines += ["", f"{param}: final training loss against log2({s.hp})  (* = grid minimum)"]
-        head = ["log2 " + s.hp] + [f"w={w}" for w in s.widths]
+        head = ["log2 " + s.hp] + [f"{key}={w}" for w in s.widths]
         table = [head]
         for v in s.values:
             row = [f"{math.log2(v):+.2f}"]
@@ -451,9 +483,10 @@ def render(s: Sweep) -> str:
         drift, wider = s.drift(param), s.wider_is_better(param)
         verdict = {True: "yes", False: "no", None: "undetermined"}[wider]
         lines += [f"optimal log2({s.hp}): " + ", ".join(optima),
-                  "drift across widths: "
+                  f"drift across {axis}s: "
                   + ("undetermined" if drift is None else f"{drift:.2f} (log2; x{2 ** drift:.2f})")
-                  + f", wider is no worse (within {WIDER_TOLERANCE:.0%}) at every value: "
+                  + f", {'deeper' if depth else 'wider'} is no worse (within "
+                  f"{WIDER_TOLERANCE:.0%}) at every value: "
                   + verdict]
         lines += [f"  undetermined: {why}" for why in s.undetermined(param)]
     return "\n".join(lines) + "\n"

@@ -88,11 +88,11 @@ def test_derive_table_and_json_carry_the_depth_exponents(tmp_path, capsys):
     out = _cli(tmp_path, capsys, ONE_LAYER, "--depth-convention", "depth-mup")
     assert "exponents in L derived in the depth convention depth-mup" in out
     assert "free in L: aL + bL of res.W anywhere in [1/2, 1]" in out
-    assert "applies no depth scaling" in out and "not derived yet" not in out
+    assert "emits a module that applies them" in out and "not derived yet" not in out
     row = next(line.split() for line in out.splitlines() if line.startswith("res.W "))
-    assert row[-3:] == ["1/2", "0", "1/2"]
+    assert row[-4:] == ["1/2", "0", "1/2", "1/2"]  # aL bL cL, and Adam's epsL
     data = json.loads(_cli(tmp_path, capsys, ONE_LAYER, "--json"))
-    assert data["parameters"]["res.W"]["depth"] == {"a": "1", "b": "0", "c": "0"}
+    assert data["parameters"]["res.W"]["depth"] == {"a": "1", "b": "0", "c": "0", "eps": "1"}
     assert data["depth"]["exponents"] == {"convention": "completep",
                                           "free": {"res.W": {"a+b": ["1/2", "1"]}}}
 
@@ -104,14 +104,18 @@ def test_derive_without_a_depth_has_no_depth_columns(tmp_path, capsys):
     assert "depth" not in data["parameters"]["res.W1"]
 
 
-def test_the_emitted_module_still_applies_no_depth_scaling(tmp_path):
-    from tensorprog.codegen import emit
+def test_the_emitted_module_carries_the_depth_exponents(tmp_path):
+    from tensorprog.codegen import emit, full_parametrization
+    from tensorprog.optimizers import OPTIMIZERS
 
     program = tp.parse(RESMLP)
-    d = tp.derive(program, "adam")
-    assert d.depth is not None
-    source = emit(program, d.abc, optimizer="adam", label="µP", command="test").source
-    assert "no depth scaling is derived yet" in source
+    abc, depth_abc, label, _ = full_parametrization(program, OPTIMIZERS["adam"])
+    assert label.endswith("completep in depth L")
+    source = emit(program, abc, optimizer="adam", label=label, command="test",
+                  depth_abc=depth_abc).source
+    assert '"res.W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "aL": 1.0, "bL": 0.0, ' \
+           '"cL": 0.0,' in source
+    assert "no depth scaling" not in source
 
 
 _BLOCK = RESMLP.replace("    u = W1 @ h               # names inside are local to each repetition\n"

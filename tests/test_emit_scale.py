@@ -109,7 +109,7 @@ def test_a_deep_gpt_has_two_groups_each_param_once_with_its_lr(gpt):
     for g in groups:
         for name in g["entries"]:
             assert g["lr"] == pytest.approx(0.01 * 0.5 ** -gpt.SCALING[name]["c"])
-    assert any(g["name"].startswith("c=1: layer.Wq, layer.Wk, layer.Wv (+3 more)")
+    assert any(g["name"].startswith("c=1, cL=0: layer.Wq, layer.Wk, layer.Wv (+3 more)")
                for g in groups)
 
 

@@ -8,6 +8,8 @@ N(0, (base_std * ratio**-b)**2) (zero where b is inf) and trained with lr * rati
 base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5, where
 fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds
 (1 for a lookup of a one-hot input).
+Adam's eps is eps * ratio**-eps per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 """
 
 import math
@@ -17,10 +19,12 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "W0": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (16.0, 0)},
-    "Wup": {"shape": ("d_ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wdown": {"shape": ("n", "d_ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (2.0, 1)},
-    "Wo": {"shape": ("d_out", "d_ff",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (2.0, 1)},
+    "W0": {"shape": ("n", "d_in",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (16.0, 0)},
+    "Wup": {"shape": ("d_ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wdown": {"shape": ("n", "d_ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0,
+            "fan_in": (2.0, 1)},
+    "Wo": {"shape": ("d_out", "d_ff",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0,
+         "fan_in": (2.0, 1)},
 }
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = ()
@@ -150,7 +154,7 @@ def _base_stds(base_width, init_std):
 DECAY_MODES = ("coupled", "decoupled", "independent")
 
 
-def param_groups(model, lr, weight_decay=0.0, decay=None):
+def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf), weight
     decay and update rule share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
@@ -161,6 +165,9 @@ def param_groups(model, lr, weight_decay=0.0, decay=None):
     lr_p * wd * w per step (torch's AdamW and Muon), so by less wherever lr_p shrinks with
     width; 'independent': w shrinks by wd * w per step at every width, not multiplied by
     lr_p (a schedule that scales the group's lr scales it too).
+
+    Each group also has one eps: Adam's eps scaled as its params' gradient entries
+    (eps * ratio**-eps from SCALING), eps itself at the base.
     """
     if decay is None and weight_decay:
         raise ValueError("say what weight_decay means: decay='coupled', "
@@ -176,8 +183,9 @@ def param_groups(model, lr, weight_decay=0.0, decay=None):
         lr_p = lr * scale
         wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
         tensors = [getattr(model, name)]
-        group = groups.setdefault((spec["c"], wd), {
-            "params": [], "lr": lr_p, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        group = groups.setdefault((spec["c"], wd, eps_p), {
+            "params": [], "lr": lr_p, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"] += tensors
         group["entries"].append(name)
     for key, group in groups.items():
@@ -200,7 +208,7 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kw
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay, decay)
+    groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8))
     if name in ("adam", "adamw") and decay is not None:
         # torch's Adam adds the decay to the gradient, its AdamW decouples it
         name = "adam" if decay == "coupled" else "adamw"

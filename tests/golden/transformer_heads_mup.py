@@ -9,6 +9,8 @@ base_std is Model(init_std=...)'s value for W (or its block), else fan_in**-0.5,
 fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums adds
 (1 for a lookup of a one-hot input).
 A param with an "init" value starts at init * ratio**-b instead.
+Adam's eps is eps * ratio**-eps per param (param_groups' eps at the base),
+so that it stays below the param's gradient entries, which scale so.
 Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
 sets its base.
 """
@@ -20,31 +22,41 @@ import torch
 
 BASE_WIDTH = 128
 SCALING = {
-    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
-    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "fan_in": (1.0, 1)},
-    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0)},
-    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "ba1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
-    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "bm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
-    "Wi1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wp1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (4.0, 1)},
-    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "ba2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
-    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "bm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
-    "Wi2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (1.0, 1)},
-    "Wp2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "fan_in": (4.0, 1)},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 1.0},
-    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "fan_in": (1.0, 0), "init": 0.0},
+    "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
+    "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "ga1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "ba1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 0.0},
+    "Wq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wk1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wv1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wo1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "gm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "bm1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 0.0},
+    "Wi1": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wp1": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (4.0, 1)},
+    "ga2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "ba2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 0.0},
+    "Wq2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wk2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wv2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wo2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "gm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 1.0},
+    "bm2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+          "fan_in": (1.0, 0), "init": 0.0},
+    "Wi2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wp2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (4.0, 1)},
+    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 1.0},
+    "bf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 0.0},
 }
 SCALES = {
     "attn": {"a": 0.0, "base": 0.25},
@@ -332,7 +344,7 @@ def _base_stds(base_width, init_std):
 DECAY_MODES = ("coupled", "decoupled", "independent")
 
 
-def param_groups(model, lr, weight_decay=0.0, decay=None):
+def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf), weight
     decay and update rule share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
@@ -343,6 +355,9 @@ def param_groups(model, lr, weight_decay=0.0, decay=None):
     lr_p * wd * w per step (torch's AdamW and Muon), so by less wherever lr_p shrinks with
     width; 'independent': w shrinks by wd * w per step at every width, not multiplied by
     lr_p (a schedule that scales the group's lr scales it too).
+
+    Each group also has one eps: Adam's eps scaled as its params' gradient entries
+    (eps * ratio**-eps from SCALING), eps itself at the base.
     """
     if decay is None and weight_decay:
         raise ValueError("say what weight_decay means: decay='coupled', "
@@ -358,8 +373,9 @@ def param_groups(model, lr, weight_decay=0.0, decay=None):
         lr_p = lr * scale
         wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
         tensors = [getattr(model, name)]
-        group = groups.setdefault((spec["c"], wd), {
-            "params": [], "lr": lr_p, "weight_decay": wd, "entries": []})
+        eps_p = eps * ratio ** -spec.get("eps", 0.0)
+        group = groups.setdefault((spec["c"], wd, eps_p), {
+            "params": [], "lr": lr_p, "weight_decay": wd, "eps": eps_p, "entries": []})
         group["params"] += tensors
         group["entries"].append(name)
     for key, group in groups.items():
@@ -382,7 +398,7 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kw
         raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
                          f"{name!r}; for another optimizer pass "
                          "param_groups(model, lr) to it")
-    groups = param_groups(model, lr, weight_decay, decay)
+    groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8))
     if name in ("adam", "adamw") and decay is not None:
         # torch's Adam adds the decay to the gradient, its AdamW decouples it
         name = "adam" if decay == "coupled" else "adamw"
