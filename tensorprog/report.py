@@ -38,12 +38,12 @@ def param_formulas(a: Exp, b: Exp, c: Exp) -> dict[str, str]:
 
 
 def depth_note(p: Program) -> str | None:
-    """What a declared depth means for the exponents shown: nothing yet, said plainly."""
+    """What a declared depth means for width exponents shown without depth ones, said plainly."""
     if p.depth is None:
         return None
     L = p.depth.name
-    return (f"depth {L} (base {p.depth.base}): exponents in {L} not derived yet (no depth scaling "
-            f"is applied; the width exponents hold at any fixed depth)")
+    return (f"depth {L} (base {p.depth.base}): no exponents in {L} here (no depth scaling; the "
+            f"width exponents hold at any fixed depth)")
 
 
 def derived_depth_note(d: Derivation) -> str | None:
@@ -255,7 +255,7 @@ def explain(d: Derivation) -> str:
     out = [f"Derivation of µP for {p.name} under {d.optimizer.name} ({d.optimizer.summary}).",
            "S(p) = -(a+b) is the size of p's initial entries, U(p) that of its update entries; "
            "every term must stay O(1), and maximality takes the largest allowed.",
-           *([depth_note(p)] if p.depth is not None else []), ""]
+           *([derived_depth_note(d)] if p.depth is not None else []), ""]
     chosen = {(b.instruction, b.param, b.slot, b.term) for per in d.chosen.values()
               for b in per.values()}
     for ins in p.body:

@@ -89,6 +89,9 @@ def test_derive_table_and_json_carry_the_depth_exponents(tmp_path, capsys):
     assert "exponents in L derived in the depth convention depth-mup" in out
     assert "free in L: aL + bL of res.W anywhere in [1/2, 1]" in out
     assert "emits a module that applies them" in out and "not derived yet" not in out
+    explained = _cli(tmp_path, capsys, ONE_LAYER, "--explain")
+    assert "exponents in L derived in the depth convention completep" in explained
+    assert "no exponents in L" not in explained
     row = next(line.split() for line in out.splitlines() if line.startswith("res.W "))
     assert row[-4:] == ["1/2", "0", "1/2", "1/2"]  # aL bL cL, and Adam's epsL
     data = json.loads(_cli(tmp_path, capsys, ONE_LAYER, "--json"))
