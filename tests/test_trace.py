@@ -472,6 +472,13 @@ class Detached(TwoHeads):
         return self.l2(torch.relu(self.h(self.e(idx))).detach())
 
 
+class NoGrad(TwoHeads):
+    def forward(self, idx):
+        with torch.no_grad():
+            u = self.e(idx)
+        return self.l2(u)
+
+
 class TokenMean(TwoHeads):
     def forward(self, idx):
         return self.l2(self.e(idx).mean(1))
@@ -483,6 +490,8 @@ def test_gradient_stops_and_token_means_are_refused_at_the_users_line():
         match=r"test_trace.py:\d+:\d+: error: cannot trace detach: no gradient flows through it",
     ):
         from_torch(Detached, (32, 64), _tokens)
+    with pytest.raises(TensorProgError, match=r"cannot trace torch.no_grad: no gradient flows"):
+        from_torch(NoGrad, (32, 64), _tokens)
     with pytest.raises(
         TensorProgError,
         match=r"test_trace.py:\d+:\d+: error: cannot trace a mean over axis 1 \(a token axis",
