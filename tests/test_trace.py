@@ -383,3 +383,117 @@ def test_example_hf_gpt2_mup_runs(capsys):
     assert len(rows) == 4  # mup and sp, two widths each
     assert all(2.0 < float(v) < 6.0 for row in rows for v in row[1:3])  # ln(96) = 4.56 at start
     assert rows[0] == rows[2]  # at the base width µP is the model as it comes
+
+
+# --- several heads, gradient stops, Adam's eps, the base init, what a refusal says ------------
+
+
+class TwoHeads(nn.Module):
+    """Two readouts of one hidden vector, and a layer the forward never uses."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.h = nn.Embedding(16, n), nn.Linear(n, n)
+        self.l2, self.l3 = nn.Linear(n, 16), nn.Linear(n, 10)
+        self.unused = nn.Linear(n, n)
+
+    def forward(self, idx):
+        u = torch.relu(self.h(self.e(idx)))
+        return self.l2(u), self.l3(u)
+
+
+@pytest.fixture(scope="module")
+def two():
+    return from_torch(TwoHeads, (32, 64), _tokens)
+
+
+def test_every_output_is_traced(two):
+    assert re.findall(r"^output (\w+)$", two.source, re.M) == ["linear_1", "linear_2"]
+    mup = two.mup("adam")
+    torch.manual_seed(0)
+    model = TwoHeads(128)
+    report = str(mup.apply(model))
+    # the second head is a readout as the first: init (n/base)^-1 from the base (Table 3)
+    std = float(model.l3.weight.detach().std())
+    assert std == pytest.approx(two.base["l3.weight"][1] / 4, rel=1e-6)
+    assert "init l3.weight" in report
+    assert "not in the program: unused.weight keeps its init and the LR given" in report
+    assert "not in the program: unused.bias" in report
+    with pytest.warns(UserWarning, match=r"keep lr 0\.01 unchanged.*unused\.weight, unused\.bias"):
+        groups = mup.param_groups(model, lr=1e-2)
+    lrs = {p: g["lr"] for g in groups for p in g["params"]}
+    assert lrs[model.l3.weight] == lrs[model.l2.weight] == pytest.approx(1e-2 / 4)
+    assert lrs[model.unused.weight] == 1e-2
+
+
+def test_adam_eps_per_group_scales_as_the_gradient_entries(two):
+    # µP for Adam (Table 3): ∂f/∂h is Θ(1/n) and the inputs Θ(1), so the gradient entries of the
+    # embedding, the hidden weight and its bias are Θ(1/n); a readout's are Θ(1)
+    mup = two.mup("adam")
+    model = TwoHeads(128)
+    mup.apply(model)
+    with pytest.warns(UserWarning):
+        groups = mup.param_groups(model, lr=1e-2, eps=1e-6)
+    eps = {p: g["eps"] for g in groups for p in g["params"]}
+    for p in (model.e.weight, model.h.weight, model.h.bias):
+        assert eps[p] == pytest.approx(1e-6 / 4)
+    for p in (model.l2.weight, model.l2.bias, model.l3.weight, model.l3.bias):
+        assert eps[p] == pytest.approx(1e-6)
+    assert eps[model.unused.weight] == 1e-6
+    assert len({(g["lr"], g["eps"]) for g in groups}) == len(groups)
+    with pytest.warns(UserWarning):  # at the base width: eps itself, every group
+        base = mup.param_groups(TwoHeads(32), lr=1e-2)
+    assert {g["eps"] for g in base} == {1e-8}
+    with pytest.warns(UserWarning):  # SGD has no eps
+        assert all("eps" not in g for g in two.mup("sgd").param_groups(model, lr=1e-2))
+
+
+def test_base_std_is_the_init_law_or_pooled(two):
+    # nn.Linear: kaiming-uniform, bound 1/sqrt(fan_in), std bound/sqrt(3), for the 10-entry
+    # bias too (one draw of it read 0.105 here, the law 0.102); nn.Embedding: N(0, 1)
+    assert two.base["l3.bias"] == ("normal", 1 / (3 * 32) ** 0.5)
+    assert two.base["h.weight"] == ("normal", 1 / (3 * 32) ** 0.5)
+    assert two.base["e.weight"] == ("normal", 1.0)
+
+    class Reinit(TwoHeads):  # re-initialised as HF does: no law of torch's, pooled over builds
+        def __init__(self, n):
+            super().__init__(n)
+            for lin in (self.h, self.l3):
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.normal_(lin.bias, std=0.02)
+
+    base = from_torch(Reinit, (32, 64), _tokens).base
+    assert base["h.weight"][1] == pytest.approx(0.02, rel=0.03)
+    assert base["l3.bias"][1] == pytest.approx(0.02, rel=0.15)  # 32 draws of 10 entries
+
+
+class Detached(TwoHeads):
+    def forward(self, idx):
+        return self.l2(torch.relu(self.h(self.e(idx))).detach())
+
+
+class NoGrad(TwoHeads):
+    def forward(self, idx):
+        with torch.no_grad():
+            u = self.e(idx)
+        return self.l2(u)
+
+
+class TokenMean(TwoHeads):
+    def forward(self, idx):
+        return self.l2(self.e(idx).mean(1))
+
+
+def test_gradient_stops_and_token_means_are_refused_at_the_users_line():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_trace.py:\d+:\d+: error: cannot trace detach: no gradient flows through it",
+    ):
+        from_torch(Detached, (32, 64), _tokens)
+    with pytest.raises(TensorProgError, match=r"cannot trace torch.no_grad: no gradient flows"):
+        from_torch(NoGrad, (32, 64), _tokens)
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_trace.py:\d+:\d+: error: cannot trace a mean over axis 1 \(a token axis",
+    ):
+        from_torch(TokenMean, (32, 64), _tokens)

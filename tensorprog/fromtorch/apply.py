@@ -17,6 +17,7 @@ own init and the LR given, so hyperparameters tuned there transfer.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -60,6 +61,12 @@ class MuP:
         abc = self.derivation.abc
         self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
         self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params}
+        # Adam's ε ∝ the entries of the param's gradient, n^-e for the program's param, whose
+        # multiplier n^-a is in the forward; folded into the param, its gradient is n^a times
+        # that: ε ∝ n^-(e - a). Empty under SGD.
+        self.eps_exp = {
+            p: Fraction(str(e)) - Fraction(str(abc[p].a)) for p, e in self.derivation.eps.items()
+        }
         self.folded: list[str] = []
         self.patches: list[Patch] = []
         for name, info in traced.scales.items():
@@ -91,6 +98,8 @@ class MuP:
                 if p:
                     self.init_exp[p] += delta
                     self.lr_exp[p] += k * delta
+                    if p in self.eps_exp:
+                        self.eps_exp[p] -= delta
             self.folded.append(
                 f"{scale}: (n/base)^-{delta} folded into the init and LR of "
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
@@ -163,6 +172,10 @@ class MuP:
                     f"-{self.init_exp[name]})"
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        report.lines += [
+            f"not in the program: {name} keeps its init and the LR given (µP does not reach it)"
+            for name in self.uncovered(model)
+        ]
         self.remove_patches(model)
         report.patched = self._register(model, r)
         report.lines += [
@@ -173,6 +186,30 @@ class MuP:
     def remove_patches(self, model) -> None:
         for h in self._hooks.pop(id(model), []):
             h.remove()
+
+    def uncovered(self, model) -> list[str]:
+        """The model's params that the program has not: a part of the forward the trace does
+        not reach (or a param the forward never uses). µP says nothing about them."""
+        covered = {id(model.get_parameter(u.target)) for u in self.traced.params.values()}
+        return [name for name, p in model.named_parameters() if id(p) not in covered]
+
+    def eps_multipliers(self, model) -> dict[str, float]:
+        """Per torch param name: the factor on Adam's base eps at this model's width (empty
+        under SGD; 1 for a param no gradient reaches)."""
+        r = self.width_of(model) / self.traced.base_width
+        out: dict[str, float] = {}
+        for name, use in self.traced.params.items():
+            m = r ** -float(self.eps_exp.get(name, 0))
+            if name not in self.eps_exp:
+                continue
+            if use.target in out and not math.isclose(out[use.target], m):
+                raise UsageError(
+                    f"{use.target}: its row blocks need different Adam eps "
+                    f"({out[use.target]:g} and {m:g})",
+                    help="split the fused layer into separate nn.Linear layers",
+                )
+            out[use.target] = m
+        return out
 
     def lr_multipliers(self, model) -> dict[str, float]:
         """Per torch param name: the factor on the base LR at this model's width."""
@@ -189,10 +226,22 @@ class MuP:
             out[use.target] = m
         return out
 
-    def param_groups(self, model, lr: float, weight_decay: float = 0.0, decay: str | None = None,
-                     **options) -> list[dict]:
-        """torch.optim param groups: one per LR multiplier, ``lr`` times it; ``options`` go to
-        every group. Params outside the program keep ``lr``.
+    def param_groups(
+        self,
+        model,
+        lr: float,
+        weight_decay: float = 0.0,
+        decay: str | None = None,
+        eps: float = 1e-8,
+        **options,
+    ) -> list[dict]:
+        """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
+        ``lr`` times it; ``options`` go to every group. Params outside the program keep ``lr``
+        (and ``eps``), with a warning naming them.
+
+        Under Adam/AdamW each group's ``eps`` is ``eps`` scaled as its params' gradient entries
+        (derive's eps exponents, the forward multipliers folded): ``eps`` itself at the base
+        width, so that it stays as small against the gradient at every width.
 
         ``decay`` says what ``weight_decay`` (λ) means, as in an emitted module's param_groups
         (required when λ is not 0; lr_p is the group's lr): ``"coupled"`` and ``"decoupled"``
@@ -204,18 +253,35 @@ class MuP:
             raise UsageError(
                 "say what weight_decay means: decay='coupled' (L2 in the gradient), "
                 "'decoupled' (torch AdamW: w shrinks by lr_p * wd a step) or 'independent' "
-                "(w shrinks by wd a step at every width)")
+                "(w shrinks by wd a step at every width)"
+            )
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
+        outside = self.uncovered(model)
+        if outside:
+            warnings.warn(
+                f"not in the traced program, so they keep lr {lr:g} unchanged at every width: "
+                + ", ".join(outside),
+                stacklevel=2,
+            )
         mult = self.lr_multipliers(model)
-        groups: dict[float, list] = {}
-        for name, p in model.named_parameters():
-            groups.setdefault(mult.get(name, 1.0), []).append(p)
+        adam = self.derivation.optimizer.name in ("adam", "adamw")
+        eps_mult = self.eps_multipliers(model) if adam else {}
+        # by tensor: a tied one is named once in named_parameters, maybe not as in the program
+        mult = {id(model.get_parameter(k)): m for k, m in mult.items()}
+        eps_mult = {id(model.get_parameter(k)): m for k, m in eps_mult.items()}
+        groups: dict[tuple, list] = {}
+        for p in model.parameters():
+            key = (mult.get(id(p), 1.0), eps_mult.get(id(p), 1.0))
+            groups.setdefault(key, []).append(p)
         out = []
-        for m, ps in sorted(groups.items()):
+        for (m, e), ps in sorted(groups.items()):
             lr_p = lr * m
             wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
-            out.append({"params": ps, "lr": lr_p, "weight_decay": wd, **options})
+            group = {"params": ps, "lr": lr_p, "weight_decay": wd, **options}
+            if adam:
+                group["eps"] = eps * e
+            out.append(group)
         return out
 
     # -- measuring the model's own vectors -----------------------------------------------------

@@ -110,7 +110,7 @@ def coord_check(
             model = traced.build(w)
             if apply:
                 mup.apply(model)
-                groups = mup.param_groups(model, lr)
+                groups = mup.param_groups(model, lr, eps=eps)
             else:
                 groups = [{"params": list(model.parameters()), "lr": lr}]
             opt = (

@@ -149,7 +149,27 @@ class ArithOps:
             t = torch.linspace(-3, 3, 13, dtype=torch.float64)
             if torch.allclose(x.f(t), t * t):
                 return MeanSq(x.src)
-        raise refuse(node, "a mean over a vector's coordinates other than RMSNorm's mean square")
+        axes = sorted(d % ndim for d in dims)
+        tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
+        said = {
+            "tok": "a token axis, batch or sequence",
+            "F": "the vector's coordinates",
+            "H": "the heads",
+            "dh": "a head's coordinates",
+        }
+        what = ", ".join(
+            f"axis {d} ({said.get(tags[d], tags[d]) if tags and d < len(tags) else 'unknown'})"
+            for d in axes
+        )
+        if tags and any(d < len(tags) and tags[d] == "tok" for d in axes):
+            raise refuse(
+                node,
+                f"a mean over {what}: the language's vectors are per token, and pooling over "
+                "tokens is not one of its ops",
+                help="keep the forward per token (e.g. read out every token's logits, and pool "
+                "the loss instead)",
+            )
+        raise refuse(node, f"a mean over {what} other than RMSNorm's mean square of the last axis")
 
     def op_rsqrt(self, node, x):
         if isinstance(x, MeanSq):

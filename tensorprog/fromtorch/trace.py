@@ -21,8 +21,9 @@ from .where import exception_span, strip_prefix
 
 
 class _Wrapped:
-    """Calls the user's model and returns one tensor: its output, or the ``logits`` of a
-    Hugging Face output (with ``use_cache=False`` where the model takes it)."""
+    """Calls the user's model and returns its output tensors: every tensor of a tuple or list
+    (each traced as an output of the program), or the ``logits`` of a Hugging Face output (with
+    ``use_cache=False`` where the model takes it)."""
 
     def __new__(cls, model):
         import inspect
@@ -43,7 +44,9 @@ class _Wrapped:
                 out = self.m(*args, **self.kw)
                 if hasattr(out, "logits"):
                     return out.logits
-                return out[0] if isinstance(out, (tuple, list)) else out
+                if isinstance(out, (tuple, list)):  # every head, not the first only
+                    return tuple(x for x in out if isinstance(x, torch.Tensor))
+                return out
 
         return Wrapped(model)
 
@@ -125,16 +128,74 @@ class Traced:
         return MuP(self, optimizer, convention)
 
 
-def _base_stats(model) -> dict:
-    """Per param at the base width: a constant init (LayerNorm gains, zero biases) or the std."""
-    stats = {}
+# a param with no init law of torch's is pooled over builds until it has this many entries
+_POOLED_ENTRIES = 10_000
+_MAX_DRAWS = 32
+
+
+def _law(model, name: str, p):
+    """The std torch's own module initialises the param with (nn.Linear's kaiming-uniform weight
+    and bias: bound 1/sqrt(fan_in), std bound/sqrt(3); nn.Embedding: N(0, 1)), or None."""
+    import torch
+
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
+        return 1 / math.sqrt(3 * module.in_features)
+    if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
+        return 1.0
+    return None
+
+
+def _base_stats(build, width: int) -> dict:
+    """Per param name at the base width: a constant init (LayerNorm gains, zero biases) or its
+    std (one for a tensor shared by several names, as a tied unembedding).
+
+    The std is torch's own law where the param's module has one and the model kept it (the
+    drawn std agrees with the law within three standard errors; a bias, when its weight's
+    does too); otherwise the std pooled over several builds (seeds 0, 1, ...), so that a small
+    tensor (a 10-entry bias) is no noisy estimate from one draw."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build(width)
+    names: dict[int, list[str]] = {}  # tensor -> its names
     for name, p in model.named_parameters(remove_duplicate=False):
-        v = p.detach().double()
-        first = v.flatten()[0]
-        stats["m." + name] = (
-            ("const", float(first)) if bool((v == first).all()) else ("normal", float(v.std()))
-        )
-    return stats
+        names.setdefault(id(p), []).append(name)
+    stats, pooled, kept = {}, {}, set()
+    for name, p in model.named_parameters():  # each tensor once, under its first name
+        v = p.detach().double().flatten()
+        if bool((v == v[0]).all()):
+            stats.update({k: ("const", float(v[0])) for k in names[id(p)]})
+            continue
+        for alias in names[id(p)]:
+            law = _law(model, alias, p)
+            # a drawn std's relative standard error is under 0.75/sqrt(N) for these laws; a
+            # bias is too small to tell a re-init from: it keeps the law with its weight
+            module, _, attr = alias.rpartition(".")
+            if law is not None and (
+                abs(float(v.std()) / law - 1) < 3 * 0.75 / math.sqrt(v.numel())
+                and (attr != "bias" or module in kept)
+            ):
+                stats.update({k: ("normal", law) for k in names[id(p)]})
+                kept.add(module)
+                break
+        else:
+            pooled[name] = [float(v.var())]
+    if pooled:
+        sizes = {name: p.numel() for name, p in model.named_parameters()}
+        draws = min(_MAX_DRAWS, max(math.ceil(_POOLED_ENTRIES / sizes[n]) for n in pooled))
+        with torch.random.fork_rng():
+            for seed in range(1, draws):
+                torch.manual_seed(seed)
+                for name, p in build(width).named_parameters():
+                    if name in pooled:
+                        pooled[name].append(float(p.detach().double().var()))
+        for name, variances in pooled.items():
+            std = math.sqrt(sum(variances) / len(variances))
+            p = model.get_parameter(name)
+            stats.update({k: ("normal", std) for k in names[id(p)]})
+    return {"m." + k: v for k, v in stats.items()}
 
 
 def from_torch(
@@ -155,8 +216,7 @@ def from_torch(
     if example_inputs is None:
         raise UsageError("example_inputs is required: a function of the model giving its inputs")
     with torch.device("cpu"):
-        torch.manual_seed(0)
-        base = _base_stats(build(w1))
+        base = _base_stats(build, w1)
     traces = []
     for w in (w1, w2):
         with torch.device("meta"):

@@ -55,7 +55,6 @@ _IDENTITY_OPS = {
     "alias",
     "clone",
     "dropout",
-    "detach",
     "to",
     "type_as",
     "_to_copy",
@@ -63,6 +62,9 @@ _IDENTITY_OPS = {
     "lift_fresh_copy",
 }
 # ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
+# ops through which no gradient flows: as identity, derive would claim updates for the params
+# before them, which never get a gradient
+_GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
 _TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
 SYMBOLIC = (
     Vec,
@@ -250,10 +252,16 @@ class Walker:
                     value = Pointwise(value.src, value.f, node.name)
                 self.env[node.name] = value
             elif node.op == "output":
+                # every output the params reach is one of the program's (a second head left
+                # out would keep its SP init and LR); param-free ones (masks, ids) have no µP
                 outs = [a for a in node.args[0] if a is not None]
-                for a in outs[:1]:
-                    v = self.vec(self.env[a.name], node)
-                    self.out.outputs.append(v.name)
+                for a in outs:
+                    value = self.env[a.name]
+                    if isinstance(value, (Tok, Conc, Aux)) or value is None:
+                        continue
+                    v = self.vec(value, node)
+                    if v.name not in self.out.outputs:
+                        self.out.outputs.append(v.name)
         return self.out
 
     def args(self, node):
@@ -284,7 +292,7 @@ class Walker:
         ]
         symbolic = [x for x in flat if isinstance(x, SYMBOLIC)]
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
-            if op in _VIEW_OPS | _IDENTITY_OPS and isinstance(args[0], Tok):
+            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
@@ -292,6 +300,15 @@ class Walker:
         if op in _CHECKS:
             return None
         method = getattr(self, f"op_{op}", None)
+        if op in _GRAD_STOPS:
+            raise refuse(
+                node,
+                f"{'torch.no_grad' if op.startswith('wrap') else op}: no gradient flows "
+                "through it, so the params before it get none from this path, which the "
+                "program cannot say (µP would claim they are trained)",
+                help="remove the detach (or torch.no_grad) from the forward, or trace the model "
+                "without the detached part",
+            )
         if op in _IDENTITY_OPS:
             if op == "to" and any(
                 isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
