@@ -497,3 +497,18 @@ def test_gradient_stops_and_token_means_are_refused_at_the_users_line():
         match=r"test_trace.py:\d+:\d+: error: cannot trace a mean over axis 1 \(a token axis",
     ):
         from_torch(TokenMean, (32, 64), _tokens)
+
+
+def test_a_position_table_longer_than_the_sequence_reads_positions_0_to_t():
+    # nanoGPT's block size: a table of 16 positions, traced on 8 tokens; the program's
+    # one-hot positions are over T = 8, so its text parses and derives
+    class Longer(NanoGPT):
+        def __init__(self, n):
+            super().__init__(n)
+            self.wpe = nn.Embedding(16, n)
+
+    traced = from_torch(Longer, (64, 128), _tokens)
+    assert "param wpe_weight : [n, T]" in traced.source
+    model = Longer(256)
+    traced.mup("adam").apply(model)
+    assert float(model.wpe.weight.detach().std()) == pytest.approx(1.0, rel=0.05)

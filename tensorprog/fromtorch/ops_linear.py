@@ -13,11 +13,14 @@ class LinearOps:
     def op_embedding(self, node, w, idx, *rest):
         if not isinstance(w, PRef):
             raise refuse(node, "an embedding whose table is not a param")
-        table, _ = self.param(w, node, lookup=True)
         if isinstance(idx, Tok):
+            table, _ = self.param(w, node, lookup=True)
             self.tokens_vocab = w.shape[0]
             src, tags = "tok", idx.tags
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
+            # a table of more rows than the sequence (a block size) is read at rows 0..T-1: the
+            # program's one-hot positions are over T, and the unread rows never move
+            table, _ = self.param(w, node, lookup=True, fan_in="T")
             self.positions = int(idx.value.shape[-1])
             src, tags = "pos", ("tok",) * idx.value.dim()
         else:

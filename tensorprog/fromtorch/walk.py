@@ -123,9 +123,11 @@ class Walker:
         return cand
 
     # -- params ------------------------------------------------------------------------------
-    def param(self, ref: PRef, node, *, lookup: bool = False) -> tuple[str, bool]:
+    def param(self, ref: PRef, node, *, lookup: bool = False,
+              fan_in: str | None = None) -> tuple[str, bool]:
         """The program param for a torch matrix applied as W @ x (program layout [out, in]);
-        returns (name, transposed use)."""
+        returns (name, transposed use). ``fan_in`` names the dim it is applied over when that is
+        not its own size (a position table read at positions 0..T-1 only)."""
         shape = ref.shape if not ref.t else ref.shape[::-1]  # the matrix as applied: [in, out]?
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
@@ -148,6 +150,8 @@ class Walker:
         self._rows[name] = ref.rows
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
         dims = [self.dim(s) for s in prog]
+        if fan_in is not None:
+            dims[-1] = fan_in
         init = self.base.get(ref.target, ("normal", 1.0))
         tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
         self.out.decls.append(f"param {name} : [{', '.join(dims)}]{tail}")
