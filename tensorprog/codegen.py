@@ -1247,13 +1247,28 @@ _MUON_WITH_ADAMW = [
 ]
 
 
-def _make_optimizer_doc(muon: bool) -> list[str]:
+def _make_optimizer_doc(muon: bool, derived: str, same: Sequence[str]) -> list[str]:
     passed = " (and adamw_lr, passed on when given)" if muon else ""
+    names = " or ".join(same)
     return ['    """A torch.optim optimizer over param_groups (default: the derived one);',
-            f"    weight_decay and decay{passed} as in param_groups. optimizer is one of those",
-            "    the learning-rate exponents can be derived for (momentum is SGD with momentum",
-            "    0.9 unless given); use param_groups(model, lr) with your own optimizer",
-            '    instead."""']
+            f"    weight_decay and decay{passed} as in param_groups. optimizer is {names}:",
+            f"    the exponents here are derived for {derived}, and another optimizer needs",
+            "    its own (tensorprog derive --optimizer NAME emits its module)"
+            + ("; momentum is SGD with" if "momentum" in same else "."),
+            *(["    momentum 0.9 unless given."] if "momentum" in same else []),
+            "    param_groups(model, lr) feeds an optimizer of your own that scales as",
+            f'    {derived} does."""']
+
+
+# optimizers whose steps scale alike, so that one's exponents hold for the other: Adam and AdamW
+# differ only in where the decay goes (param_groups' decay), SGD and momentum in averaging
+# gradients of the same scale (optimizers.py)
+SAME_EXPONENTS = {"sgd": ("sgd", "momentum"), "momentum": ("sgd", "momentum"),
+                  "adam": ("adam", "adamw"), "adamw": ("adam", "adamw"),
+                  "lion": ("lion",), "muon": ("muon",)}
+_TORCH_CLASSES = {"sgd": "torch.optim.SGD", "momentum": "torch.optim.SGD",
+                  "adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW",
+                  "lion": "Lion", "muon": "MuonWithAdamW"}
 
 
 def _base_size(program: Program, dim: str | None, base: int) -> Fraction:
@@ -1361,29 +1376,32 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
         optimizer.name)
     if own:
         out += [*own[1], "", ""]
-    known = ['"sgd": torch.optim.SGD', '"momentum": torch.optim.SGD', '"adam": torch.optim.Adam',
-             '"adamw": torch.optim.AdamW'] + ([f'"{optimizer.name}": {own[0]}'] if own else [])
+    same = SAME_EXPONENTS[optimizer.name]
+    classes = ", ".join(f"{_str(n)}: {_TORCH_CLASSES[n]}" for n in same)
     out += [
         "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):",
-        *_make_optimizer_doc(bool(muon)),
+        *_make_optimizer_doc(bool(muon), optimizer.name, same),
         f"    name = optimizer or {optimizer.name!r}",
-        "    classes = {" + ", ".join(known[:3]) + ",",
-        "               " + ", ".join(known[3:]) + "}",
+        f"    classes = {{{classes}}}",
         "    if name not in classes:",
-        "        raise ValueError(f\"optimizer must be one of {', '.join(classes)}, not \"",
-        "                         f\"{name!r}; for another optimizer pass \"",
-        "                         \"param_groups(model, lr) to it\")",
+        f"        raise ValueError(\"this module's exponents are derived for {optimizer.name}, \"",
+        f"                         f\"not {{name!r}} (use {' or '.join(same)}): emit one for \"",
+        "                         f\"{name} with 'tensorprog derive --optimizer {name}', or \"",
+        "                         \"pass param_groups(model, lr) to an optimizer that scales \"",
+        f"                         \"as {optimizer.name} does\")",
         "    groups = param_groups(model, lr, weight_decay, decay"
         + (", kwargs.pop(\"adamw_lr\", None)" if muon else "")
         + (", eps=kwargs.pop(\"eps\", 1e-8)" if eps else "") + ")",
-        "    if name in (\"adam\", \"adamw\") and decay is not None:",
-        "        # torch's Adam adds the decay to the gradient, its AdamW decouples it",
-        "        name = \"adam\" if decay == \"coupled\" else \"adamw\"",
-        "    if decay == \"coupled\" and name in (\"lion\", \"muon\"):",
-        "        raise ValueError(f\"{name} decays decoupled only: use decay='decoupled' or \"",
-        "                         \"'independent'\")",
-        "    if name == \"momentum\":",
-        "        kwargs.setdefault(\"momentum\", 0.9)",
+        *(["    if decay is not None:",
+           "        # torch's Adam adds the decay to the gradient, its AdamW decouples it",
+           "        name = \"adam\" if decay == \"coupled\" else \"adamw\""]
+          if "adam" in same else []),
+        *(["    if decay == \"coupled\":",
+           f"        raise ValueError(\"{optimizer.name} decays decoupled only: use \"",
+           "                         \"decay='decoupled' or 'independent'\")"]
+          if optimizer.name in ("lion", "muon") else []),
+        *(["    if name == \"momentum\":",
+           "        kwargs.setdefault(\"momentum\", 0.9)"] if "momentum" in same else []),
         "    return classes[name](groups, lr=lr, **kwargs)",
         "",
     ]
