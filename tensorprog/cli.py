@@ -605,6 +605,10 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
+        if args.weight_decay == "coupled" and optimizer.name in ("lion", "muon"):
+            # the emitted make_optimizer refuses it too: their steps decay w decoupled only
+            raise UsageError(f"{optimizer.name} decays decoupled only: use --weight-decay "
+                             "decoupled or independent")
         d = derive(program, optimizer, args.convention, args.depth_convention)
         zeroed = None
         if args.zero_init or args.readout_zero_init:

@@ -291,3 +291,17 @@ def test_derive_states_how_weight_decay_scales_per_param():
     deep = derive(tp.parse_file(ROOT / "examples" / "gpt.tp"), OPTIMIZERS["adam"])
     wo = derive_json(deep)["parameters"]["layer.Wo"]
     assert wo["weight_decay"]["decoupled"]["depth"] == str(-canon(wo["depth"]["c"]))
+
+
+@pytest.mark.parametrize("name", ["lion", "muon"])
+def test_derive_refuses_coupled_decay_for_decoupled_only_optimizers(name, capsys):
+    """Lion's and Muon's steps decay w decoupled: a "wd (coupled)" column would describe a
+    decay the emitted make_optimizer refuses."""
+    argv = ["derive", str(ROOT / "examples" / "mlp.tp"), "--optimizer", name]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--weight-decay", "coupled"])
+    assert exit_.value.code == 2
+    assert f"{name} decays decoupled only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--weight-decay", "decoupled"])
+    assert exit_.value.code == 0 and "wd (decoupled)" in capsys.readouterr().out
