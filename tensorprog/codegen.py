@@ -1315,7 +1315,8 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
         *_PARAM_GROUPS_DOC, *(_MUON_GROUP_DOC if muon else []),
         *(["", "    With a depth, a group's lr is also multiplied by depth_ratio**-cL",
            "    (depth_ratio = depth / base_depth)."] if depth else []),
-        *(["", "    Each group also has one eps: Adam's eps scaled as its params' gradient entries",
+        *(["", "    Each " + ("AdamW " if muon else "")
+           + "group also has one eps: Adam's eps scaled as its params' gradient entries",
            "    (eps * ratio**-eps" + (" * depth_ratio**-epsL" if depth else "")
            + " from SCALING), eps itself at the base."] if eps else []),
         '    """',
@@ -1352,7 +1353,9 @@ def _optimizer_code(program: Program, optimizer: Optimizer, blocks: list, attr_o
             f"        group = groups.setdefault({key}lr_p, wd, spectral"
             + (", eps_p" if eps else "") + "), {",
             "            \"params\": [], \"lr\": lr_p, \"weight_decay\": wd, \"muon\": spectral, "
-            f"{more}\"entries\": []}})",
+            "\"entries\": []})",
+            *(["        if not spectral:  # torch's Muon has an eps of its own, not Adam's",
+               "            group[\"eps\"] = eps_p"] if eps else []),
         ]
     else:
         out += [

@@ -391,7 +391,7 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kw
     name = optimizer or 'adam'
     classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in classes:
-        raise ValueError(f"this module's exponents are derived for adam, "
+        raise ValueError("this module's exponents are derived for adam, "
                          f"not {name!r} (use adam or adamw): emit one for "
                          f"{name} with 'tensorprog derive --optimizer {name}', or "
                          "pass param_groups(model, lr) to an optimizer that scales "
