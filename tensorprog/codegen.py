@@ -69,7 +69,7 @@ _MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_i
 _GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
             "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
             "DECAY_MODES", "MUON", "Lion", "MuonWithAdamW",
-            "_check_depth", "_base_stds", "_overrides"}
+            "_check_depth", "_base_stds", "_overrides", "_positive_ints"}
 
 
 class _Namespace:
@@ -364,14 +364,19 @@ _GLOBALS |= set(_HELPERS)
 
 # always emitted: the check that Model(width) has a network at that width
 _CHECK_WIDTHS = [
+    "def _positive_ints(**values):",
+    '    """The values as ints; ValueError naming the first that is not a positive integer."""',
+    "    for name, value in values.items():",
+    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
+    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
+    "    return tuple(operator.index(value) for value in values.values())",
+    "",
+    "",
     "def _check_widths(width, base_width):",
     '    """width and base_width as ints; ValueError unless both are positive integers and every',
     '    dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base',
     '    model is the one tuned, so it must exist too."""',
-    '    for name, value in (("width", width), ("base_width", base_width)):',
-    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
-    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
-    "    width, base_width = operator.index(width), operator.index(base_width)",
+    "    width, base_width = _positive_ints(width=width, base_width=base_width)",
     "    step = math.lcm(*(s for _, s in WIDTH_RULES))",
     '    for name, value in (("width", width), ("base_width", base_width)):',
     "        for rule, s in WIDTH_RULES:",
@@ -434,10 +439,7 @@ def _mult_override_lines(scales: bool, multiplied: list[str]) -> list[str]:
 _CHECK_DEPTH = [
     "def _check_depth(depth, base_depth):",
     '    """depth and base_depth as ints; ValueError unless both are positive integers."""',
-    '    for name, value in (("depth", depth), ("base_depth", base_depth)):',
-    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
-    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
-    "    return operator.index(depth), operator.index(base_depth)"]
+    "    return _positive_ints(depth=depth, base_depth=base_depth)"]
 
 
 class _Emitter:

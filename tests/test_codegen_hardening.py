@@ -336,7 +336,10 @@ def test_make_optimizer_refuses_an_optimizer_of_other_exponents(tmp_path, derive
     # the lr (and eps) exponents hold for the optimizer they were derived for and its exact
     # equivalents only: a Muon module under Adam would scale its hidden lr wrongly, silently
     path = tmp_path / f"opt_{derived}_mup.py"
-    path.write_text(_build(tp.parse(MLP), optimizer=derived).source)
+    source = _build(tp.parse(MLP), optimizer=derived).source
+    # the coupled-decay refusal is emitted where it can fire only
+    assert ("decays decoupled only" in source) == (derived in ("lion", "muon"))
+    path.write_text(source)
     module = import_file(path, f"opt_{derived}_mup")
     model = module.Model(32)
     with pytest.raises(ValueError, match=f"derived for {derived}, not .{other}. .use {same}.*"

@@ -158,14 +158,19 @@ class Model(torch.nn.Module):
         )
 
 
+def _positive_ints(**values):
+    """The values as ints; ValueError naming the first that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return tuple(operator.index(value) for value in values.values())
+
+
 def _check_widths(width, base_width):
     """width and base_width as ints; ValueError unless both are positive integers and every
     dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base
     model is the one tuned, so it must exist too."""
-    for name, value in (("width", width), ("base_width", base_width)):
-        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    width, base_width = operator.index(width), operator.index(base_width)
+    width, base_width = _positive_ints(width=width, base_width=base_width)
     step = math.lcm(*(s for _, s in WIDTH_RULES))
     for name, value in (("width", width), ("base_width", base_width)):
         for rule, s in WIDTH_RULES:
@@ -209,10 +214,7 @@ def _base_stds(base_width, init_std):
 
 def _check_depth(depth, base_depth):
     """depth and base_depth as ints; ValueError unless both are positive integers."""
-    for name, value in (("depth", depth), ("base_depth", base_depth)):
-        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return operator.index(depth), operator.index(base_depth)
+    return _positive_ints(depth=depth, base_depth=base_depth)
 
 
 DECAY_MODES = ("coupled", "decoupled", "independent")
