@@ -15,7 +15,8 @@ from conftest import ROOT  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli import main  # noqa: E402
-from tensorprog.codegen import emit, muon_params, parametrization  # noqa: E402
+from tensorprog.codegen import emit, parametrization  # noqa: E402
+from tensorprog.codegen_optim import muon_params  # noqa: E402
 from tensorprog.coordcheck import load_module  # noqa: E402
 from tensorprog.derive import derive  # noqa: E402
 from tensorprog.exponents import canon  # noqa: E402
