@@ -133,8 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to emit (default: table3)")
     _module_options(k, "the check then expects those vectors to start at exactly 0")
-    k.add_argument("--widths", default="64,128,256,512,1024,2048", metavar="W1,W2,...",
+    k.add_argument("--widths", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
+    k.set_defaults(default_widths="64,128,256,512,1024,2048")
     _depth_options(k, "check")
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
@@ -164,8 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
     _muon_io(t)
-    t.add_argument("--widths", default="64,128,256,512,1024", metavar="W1,W2,...",
+    t.add_argument("--widths", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
+    t.set_defaults(default_widths="64,128,256,512,1024")
     _depth_options(t, "sweep")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
                    help="the hyperparameter to sweep (default: lr)")
@@ -382,7 +384,10 @@ def _axis(args) -> tuple[list[int], list[int] | None, int | None]:
         if args.width is not None:
             raise UsageError("--width sets the width of a depth sweep: it needs --depths",
                              help="give --depths L1,L2,..., or --widths for a width sweep")
-        return _widths(args.widths), None, None
+        return _widths(args.widths or args.default_widths), None, None
+    if args.widths is not None:  # a depth sweep runs at one width: --widths would go unused
+        raise UsageError("--widths sets a width sweep; --depths runs at one width",
+                         help="give that width as --width N (default: the program's base width)")
     return [], _widths(args.depths, "depth"), args.width
 
 
@@ -600,6 +605,10 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
+        if args.weight_decay == "coupled" and optimizer.name in ("lion", "muon"):
+            # the emitted make_optimizer refuses it too: their steps decay w decoupled only
+            raise UsageError(f"{optimizer.name} decays decoupled only: use --weight-decay "
+                             "decoupled or independent")
         d = derive(program, optimizer, args.convention, args.depth_convention)
         zeroed = None
         if args.zero_init or args.readout_zero_init:

@@ -227,8 +227,10 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                     d.depth = _derive_depth(program, optimizer, depth_convention)
                 except EngineError as err:  # the width exponents stand at any fixed depth
                     d.depth_refused = err.diagnostics[0].message
-        if optimizer.name in ("adam", "adamw"):  # the optimizers with an ε in their step
-            d.eps = eps_exponents(d.check.analysis, d.abc)
+        # the optimizers with Adam's ε in their step: Adam, AdamW, and the AdamW that steps
+        # what Muon does not orthogonalise (its input matrix's gradient entries shrink as 1/n)
+        if optimizer.name in ("adam", "adamw") or optimizer.matrix_rule is not None:
+            d.eps = _adam_stepped(d, eps_exponents(d.check.analysis, d.abc))
             if d.depth is not None:
                 shared = _shared_by_repetitions(program)
                 d.eps_depth_refused = {
@@ -236,8 +238,15 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                        "over the depth, which the depth pass does not track" for p in shared
                     if p in d.eps}
                 exps = eps_exponents(d.depth.check.analysis, d.depth.abc)
-                d.eps_depth = {p: e for p, e in exps.items() if p not in shared}
+                d.eps_depth = _adam_stepped(d, {p: e for p, e in exps.items() if p not in shared})
         return d
+
+
+def _adam_stepped(d: Derivation, eps: dict[str, Exp]) -> dict[str, Exp]:
+    """eps without the params Muon orthogonalises: its step has no Adam ε (torch's Muon's own
+    eps only guards the orthogonalisation's normalisation)."""
+    an = d.check.analysis
+    return {p: e for p, e in eps.items() if not d.optimizer.rule_for(an.shape(p)).spectral}
 
 
 def eps_exponents(an: Analysis, abc: dict[str, ABC]) -> dict[str, Exp]:

@@ -142,7 +142,9 @@ def eps_lines(d: Derivation) -> list[str]:
     scale = f"{n}^-eps" + (f"·{L}^-eps{L}" if L else "")
     lines = ["", f"Adam's eps: eps·{scale} per param, as its gradient entries scale, so that "
                  "eps stays below them at every size (a fixed eps swamps them as they shrink); "
-                 "'-': no gradient reaches it."]
+                 "'-': no gradient reaches it"
+                 + (f", or {d.optimizer.name} steps it (no Adam eps: those are AdamW's)."
+                    if d.optimizer.matrix_rule is not None else ".")]
     lines += [f"  eps{L} of {p}: not derived: {why}" for p, why in d.eps_depth_refused.items()]
     return lines
 

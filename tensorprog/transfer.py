@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .analysis import require_depth_pass
 from .codegen import emit, full_parametrization
 from .data import Dataset, load
 from .errors import Diagnostic, TensorProgWarning, UsageError
@@ -277,6 +278,9 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         if not looped_blocks(program):
             raise UsageError(f"--depths: {program.name} repeats no block over a depth",
                              help="declare `depth L = ...` and use `repeat L block(...)`")
+        # as check --depths: without derived depth exponents the "mup" runs would be width-only
+        # µP under that label, swept across depths it does not scale for
+        require_depth_pass(program, optimizer)
     cache_dir = _cache_dir(cache) if cache else None  # before the data: a bad path fails fast
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)

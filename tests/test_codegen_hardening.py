@@ -324,6 +324,26 @@ def test_make_optimizer_names_the_optimizers_it_knows(tmp_path):
     path.write_text(_build(tp.parse(MLP)).source)
     module = import_file(path, "opt_mup")
     model = module.Model(32)
-    with pytest.raises(ValueError, match="one of sgd, momentum, adam, adamw, not .rmsprop."):
+    with pytest.raises(ValueError, match="derived for adam, not .rmsprop. .use adam or adamw"):
         module.make_optimizer(model, 0.01, optimizer="rmsprop")
     assert isinstance(module.make_optimizer(model, 0.01, optimizer="adamw"), torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("derived, other, same", [
+    ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
+    ("muon", "adam", "muon"), ("lion", "adamw", "lion")])
+def test_make_optimizer_refuses_an_optimizer_of_other_exponents(tmp_path, derived, other, same):
+    # the lr (and eps) exponents hold for the optimizer they were derived for and its exact
+    # equivalents only: a Muon module under Adam would scale its hidden lr wrongly, silently
+    path = tmp_path / f"opt_{derived}_mup.py"
+    source = _build(tp.parse(MLP), optimizer=derived).source
+    # the coupled-decay refusal is emitted where it can fire only
+    assert ("decays decoupled only" in source) == (derived in ("lion", "muon"))
+    path.write_text(source)
+    module = import_file(path, f"opt_{derived}_mup")
+    model = module.Model(32)
+    with pytest.raises(ValueError, match=f"derived for {derived}, not .{other}. .use {same}.*"
+                                         f"tensorprog derive --optimizer {other}"):
+        module.make_optimizer(model, 0.01, optimizer=other)
+    for name in same.split(" or "):
+        module.make_optimizer(model, 0.01, optimizer=name)

@@ -154,6 +154,38 @@ def main_code(argv) -> int:
             ["transfer", "examples/mlp.tp", "--data", "digits", "--depths", "2,4"],
             "repeats no block over a depth",
         ),
+        # SGD's depth exponents are not derived: transfer refuses as check does, rather than
+        # sweep width-only µP across depths under the label "mup"
+        (
+            [
+                "transfer",
+                "examples/resmlp_deep.tp",
+                "--data",
+                "digits",
+                "--optimizer",
+                "sgd",
+                "--depths",
+                "2,4",
+            ],
+            "depth exponents under sgd are not derived",
+        ),
+        (
+            ["check", "examples/resmlp_deep.tp", "--depths", "2,4", "--widths", "64,128"],
+            "--widths sets a width sweep",
+        ),
+        (
+            [
+                "transfer",
+                "examples/resmlp_deep.tp",
+                "--data",
+                "digits",
+                "--depths",
+                "2,4",
+                "--widths",
+                "64,128",
+            ],
+            "--widths sets a width sweep",
+        ),
     ],
 )
 def test_depth_axis_errors(argv, message, capsys):

@@ -15,7 +15,8 @@ from conftest import ROOT  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli import main  # noqa: E402
-from tensorprog.codegen import emit, muon_params, parametrization  # noqa: E402
+from tensorprog.codegen import emit, parametrization  # noqa: E402
+from tensorprog.codegen_optim import muon_params  # noqa: E402
 from tensorprog.coordcheck import load_module  # noqa: E402
 from tensorprog.derive import derive  # noqa: E402
 from tensorprog.exponents import canon  # noqa: E402
@@ -291,3 +292,39 @@ def test_derive_states_how_weight_decay_scales_per_param():
     deep = derive(tp.parse_file(ROOT / "examples" / "gpt.tp"), OPTIMIZERS["adam"])
     wo = derive_json(deep)["parameters"]["layer.Wo"]
     assert wo["weight_decay"]["decoupled"]["depth"] == str(-canon(wo["depth"]["c"]))
+
+
+@pytest.mark.parametrize("name", ["lion", "muon"])
+def test_derive_refuses_coupled_decay_for_decoupled_only_optimizers(name, capsys):
+    """Lion's and Muon's steps decay w decoupled: a "wd (coupled)" column would describe a
+    decay the emitted make_optimizer refuses."""
+    argv = ["derive", str(ROOT / "examples" / "mlp.tp"), "--optimizer", name]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--weight-decay", "coupled"])
+    assert exit_.value.code == 2
+    assert f"{name} decays decoupled only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--weight-decay", "decoupled"])
+    assert exit_.value.code == 0 and "wd (decoupled)" in capsys.readouterr().out
+
+
+def test_muon_module_scales_adamw_eps_and_leaves_muon_eps_alone():
+    """Under Muon the params it does not orthogonalise take AdamW, whose ε must shrink with their
+    gradient entries as Adam's does (W1's shrink as 1/n, mlp.tp); Muon's own groups carry no
+    eps, so torch's Muon keeps its orthogonalisation eps."""
+    from tensorprog.codegen import full_parametrization
+
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    d = derive(program, OPTIMIZERS["muon"])
+    assert d.eps["W1"] == 1 and d.eps["W3"] == 0 and "W2" not in d.eps
+    par = full_parametrization(program, OPTIMIZERS["muon"])
+    m = load_module(emit(program, par.abc, optimizer="muon", label=par.label, command="t",
+                         eps=par.eps), "optim_muon_eps")
+    base = m.Model(256)
+    groups = m.param_groups(m.Model(1024), 0.01, eps=1e-8)
+    eps = {n: g.get("eps") for g in groups for n in g["entries"]}
+    assert eps["W1"] == pytest.approx(1e-8 / 4) and eps["W3"] == pytest.approx(1e-8)
+    assert eps["W2"] is None
+    opt = m.make_optimizer(base, 0.01)
+    muon_opt = next(o for o in opt.optimizers if isinstance(o, torch.optim.Muon))
+    assert muon_opt.param_groups[0]["eps"] == muon_opt.defaults["eps"]

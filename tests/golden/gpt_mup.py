@@ -303,14 +303,19 @@ def _mix(p, v):
     return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)
 
 
+def _positive_ints(**values):
+    """The values as ints; ValueError naming the first that is not a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return tuple(operator.index(value) for value in values.values())
+
+
 def _check_widths(width, base_width):
     """width and base_width as ints; ValueError unless both are positive integers and every
     dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base
     model is the one tuned, so it must exist too."""
-    for name, value in (("width", width), ("base_width", base_width)):
-        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    width, base_width = operator.index(width), operator.index(base_width)
+    width, base_width = _positive_ints(width=width, base_width=base_width)
     step = math.lcm(*(s for _, s in WIDTH_RULES))
     for name, value in (("width", width), ("base_width", base_width)):
         for rule, s in WIDTH_RULES:
@@ -354,10 +359,7 @@ def _base_stds(base_width, init_std):
 
 def _check_depth(depth, base_depth):
     """depth and base_depth as ints; ValueError unless both are positive integers."""
-    for name, value in (("depth", depth), ("base_depth", base_depth)):
-        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return operator.index(depth), operator.index(base_depth)
+    return _positive_ints(depth=depth, base_depth=base_depth)
 
 
 DECAY_MODES = ("coupled", "decoupled", "independent")
@@ -412,24 +414,21 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
 
 def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):
     """A torch.optim optimizer over param_groups (default: the derived one);
-    weight_decay and decay as in param_groups. optimizer is one of those
-    the learning-rate exponents can be derived for (momentum is SGD with momentum
-    0.9 unless given); use param_groups(model, lr) with your own optimizer
-    instead."""
+    weight_decay and decay as in param_groups. optimizer is adam or adamw:
+    the exponents here are derived for adam, and another optimizer needs
+    its own (tensorprog derive --optimizer NAME emits its module).
+    param_groups(model, lr) feeds an optimizer of your own that scales as
+    adam does."""
     name = optimizer or 'adam'
-    classes = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "adam": torch.optim.Adam,
-               "adamw": torch.optim.AdamW}
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in classes:
-        raise ValueError(f"optimizer must be one of {', '.join(classes)}, not "
-                         f"{name!r}; for another optimizer pass "
-                         "param_groups(model, lr) to it")
+        raise ValueError("this module's exponents are derived for adam, "
+                         f"not {name!r} (use adam or adamw): emit one for "
+                         f"{name} with 'tensorprog derive --optimizer {name}', or "
+                         "pass param_groups(model, lr) to an optimizer that scales "
+                         "as adam does")
     groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8))
-    if name in ("adam", "adamw") and decay is not None:
+    if decay is not None:
         # torch's Adam adds the decay to the gradient, its AdamW decouples it
         name = "adam" if decay == "coupled" else "adamw"
-    if decay == "coupled" and name in ("lion", "muon"):
-        raise ValueError(f"{name} decays decoupled only: use decay='decoupled' or "
-                         "'independent'")
-    if name == "momentum":
-        kwargs.setdefault("momentum", 0.9)
     return classes[name](groups, lr=lr, **kwargs)
