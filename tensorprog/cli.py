@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="digits (scikit-learn's), text (CPython's pydoc topics, by character) "
                         "or a FILE.pt")
     t.add_argument("--param", type=_names, default=("mup", "sp"), metavar="mup,sp",
-                   help="parametrizations to compare (default: mup,sp; also ntp)")
+                   help="parametrizations to compare (default: mup,sp; also ntp, and mup-width: "
+                        "µP with no depth scaling, for --depths)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
     _muon_io(t)

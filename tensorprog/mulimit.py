@@ -196,8 +196,15 @@ class TrainingLimit:
     lr: float
     targets: np.ndarray = field(repr=False)
 
+    def diverged(self) -> bool:
+        """Whether the loss blew up along the steps (non-finite, or 10x its start): the limit of a
+        learning rate too large for these inputs, not a finite-width effect."""
+        loss = [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean()) for f in self.outputs]
+        return not np.isfinite(loss[-1]) or loss[-1] > 10 * loss[0]
+
     def to_json(self) -> dict:
         return {
+            "diverged": self.diverged(),
             "outputs": self.outputs.tolist(),
             "lr": self.lr,
             "samples": self.samples,
@@ -333,4 +340,8 @@ def describe(result: TrainingLimit, program: Program) -> str:
         "feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as n^-1/2):"
     )
     lines += [f"  {h}: {v[-1]:.4f}" for h, v in result.feature_change.items()]
+    if result.diverged():
+        lines.append(f"warning: the loss grows from {loss[0]:.4g} to {loss[-1]:.4g}: at lr "
+                     f"{result.lr:g} SGD diverges in the limit too; lower --lr (or normalise "
+                     "the inputs, whose scale sets the step's size)")
     return "\n".join(lines)

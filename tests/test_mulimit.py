@@ -217,9 +217,11 @@ def test_cli_train_text_json_and_saved_outputs(capsys, tmp_path):
     code, out, _ = _cli(capsys, *base, "--json")
     data = json.loads(out)
     assert code == 0 and np.shape(data["outputs"]) == (3, 3, 4) and data["samples"] == 512
-    assert data["loss"][2] < data["loss"][0]
+    assert data["loss"][2] < data["loss"][0] and not data["diverged"]
     saved = torch.load(tmp_path / "F.pt", weights_only=True)["outputs"]
     np.testing.assert_allclose(saved.numpy(), data["outputs"])  # one seed, one answer
+    code, out, _ = _cli(capsys, *base, "--lr", "1000")  # a step far too large: said, not hidden
+    assert code == 0 and "warning: the loss grows from" in out and "lower --lr" in out, out
 
 
 def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
