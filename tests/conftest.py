@@ -46,6 +46,16 @@ def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run the ``tensorprog`` command in-process: (exit status, stdout, stderr)."""
+    from tensorprog.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
 @pytest.fixture(params=[p.name for p in EXAMPLES])
 def example(request) -> Path:
     return ROOT / "examples" / request.param

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, mlp_source
+from conftest import ROOT, mlp_source, run_cli
 
 import tensorprog as tp
 from tensorprog.errors import EngineError, UsageError
@@ -224,15 +224,6 @@ def test_agrees_with_neural_tangents_residual_mlp():
     assert math.isfinite(float(ours.sum()))
 
 
-def _cli(capsys, *argv):
-    from tensorprog.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
-
-
 def test_cli_kernel_json_and_saved_tensor(capsys, tmp_path):
     import json
 
@@ -242,24 +233,24 @@ def test_cli_kernel_json_and_saved_tensor(capsys, tmp_path):
     program = tmp_path / "mlp.tp"
     program.write_text(mlp_source(2))
     torch.save(torch.as_tensor(x), tmp_path / "X.pt")
-    code, out, _ = _cli(capsys, "limit", str(program), "--kernel", "--inputs",
+    code, out, _ = run_cli(capsys, "limit", str(program), "--kernel", "--inputs",
                         str(tmp_path / "X.pt"), "--json", "-o", str(tmp_path / "K.pt"))
     assert code == 0
     expected = nngp_kernel(tp.parse(mlp_source(2)), x).kernels["f"]
     np.testing.assert_allclose(json.loads(out)["outputs"]["f"]["kernel"], expected)
     saved = torch.load(tmp_path / "K.pt", weights_only=True)
     np.testing.assert_allclose(saved["kernels"]["f"].numpy(), expected)
-    code, out, _ = _cli(capsys, "limit", str(program), "--kernel", "--inputs",
+    code, out, _ = run_cli(capsys, "limit", str(program), "--kernel", "--inputs",
                         str(tmp_path / "X.pt"), "--param", "mup")
     assert code == 0 and "vanishes at init" in out and "arc-cosine" in out
 
 
 def test_cli_refusals_exit_2(capsys, tmp_path):
-    code, _, err = _cli(capsys, "limit", str(EX / "mlp.tp"), "--kernel", "--inputs",
+    code, _, err = run_cli(capsys, "limit", str(EX / "mlp.tp"), "--kernel", "--inputs",
                         str(tmp_path / "missing.pt"))
     assert code == 2 and "cannot read" in err
     np.save(tmp_path / "X.npy", points(2, 8))
-    code, _, err = _cli(capsys, "limit", str(EX / "transformer.tp"), "--kernel", "--inputs",
+    code, _, err = run_cli(capsys, "limit", str(EX / "transformer.tp"), "--kernel", "--inputs",
                         str(tmp_path / "X.npy"))
     assert code == 2 and "transformer.tp:" in err and "tokens inputs" in err
 
@@ -275,6 +266,6 @@ def test_cli_inputs_get_the_checks_data_files_get(capsys, tmp_path, make, messag
 
     torch.save(make(torch.as_tensor(points(3, 5))), tmp_path / "X.pt")
     (tmp_path / "mlp.tp").write_text(mlp_source(2))
-    code, _, err = _cli(capsys, "limit", str(tmp_path / "mlp.tp"), "--kernel", "--inputs",
+    code, _, err = run_cli(capsys, "limit", str(tmp_path / "mlp.tp"), "--kernel", "--inputs",
                         str(tmp_path / "X.pt"))
     assert code == 2 and re.search(message, err), err

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, mlp_source
+from conftest import ROOT, mlp_source, run_cli
 
 import tensorprog as tp
 from tensorprog.errors import EngineError, UsageError
@@ -184,15 +184,6 @@ def test_bad_targets_are_usage_errors():
         mu_limit(tp.parse(ONE_LAYER), batch(2, 4, 2)[0], np.zeros((2, 3)))
 
 
-def _cli(capsys, *argv):
-    from tensorprog.cli import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
-
-
 def test_cli_train_text_json_and_saved_outputs(capsys, tmp_path):
     import torch
 
@@ -212,15 +203,15 @@ def test_cli_train_text_json_and_saved_outputs(capsys, tmp_path):
         "--samples",
         "512",
     ]
-    code, out, _ = _cli(capsys, *base, "-o", str(tmp_path / "F.pt"))
+    code, out, _ = run_cli(capsys, *base, "-o", str(tmp_path / "F.pt"))
     assert code == 0 and "µ-limit of gated_mlp under µP" in out and "g_1:" in out, out
-    code, out, _ = _cli(capsys, *base, "--json")
+    code, out, _ = run_cli(capsys, *base, "--json")
     data = json.loads(out)
     assert code == 0 and np.shape(data["outputs"]) == (3, 3, 4) and data["samples"] == 512
     assert data["loss"][2] < data["loss"][0] and not data["diverged"]
     saved = torch.load(tmp_path / "F.pt", weights_only=True)["outputs"]
     np.testing.assert_allclose(saved.numpy(), data["outputs"])  # one seed, one answer
-    code, out, _ = _cli(capsys, *base, "--lr", "1000")  # a step far too large: said, not hidden
+    code, out, _ = run_cli(capsys, *base, "--lr", "1000")  # a step far too large: said, not hidden
     assert code == 0 and "warning: the loss grows from" in out and "lower --lr" in out, out
 
 
@@ -228,7 +219,7 @@ def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
     x, y = batch(3, 16, 4)
     np.save(tmp_path / "X.npy", x)
     np.save(tmp_path / "Y.npy", y)
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         capsys,
         "limit",
         str(EX / "gated_mlp.tp"),
@@ -264,7 +255,7 @@ def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
 def test_cli_train_refusals_exit_2(capsys, tmp_path, extra, message):
     np.save(tmp_path / "X.npy", batch(2, 16, 4)[0])
     np.save(tmp_path / "Y.npy", batch(2, 16, 4)[1])
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys,
         "limit",
         str(EX / "gated_mlp.tp"),
