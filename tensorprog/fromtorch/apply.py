@@ -195,31 +195,26 @@ class MuP:
 
     def eps_multipliers(self, model) -> dict[str, float]:
         """Per torch param name: the factor on Adam's base eps at this model's width (empty
-        under SGD; 1 for a param no gradient reaches)."""
-        r = self.width_of(model) / self.traced.base_width
-        out: dict[str, float] = {}
-        for name, use in self.traced.params.items():
-            m = r ** -float(self.eps_exp.get(name, 0))
-            if name not in self.eps_exp:
-                continue
-            if use.target in out and not math.isclose(out[use.target], m):
-                raise UsageError(
-                    f"{use.target}: its row blocks need different Adam eps "
-                    f"({out[use.target]:g} and {m:g})",
-                    help="split the fused layer into separate nn.Linear layers",
-                )
-            out[use.target] = m
-        return out
+        under SGD; a param without an eps exponent, none of its gradient reaching it, is left
+        out and keeps the base eps)."""
+        return self._per_tensor(model, self.eps_exp, "Adam eps")
 
     def lr_multipliers(self, model) -> dict[str, float]:
         """Per torch param name: the factor on the base LR at this model's width."""
+        return self._per_tensor(model, self.lr_exp, "LRs")
+
+    def _per_tensor(self, model, exponents: dict, what: str) -> dict[str, float]:
+        """(width/base)^-e per torch tensor, for the program params that have an exponent e; the
+        row blocks of one fused tensor must agree, since a tensor has one optimizer group."""
         r = self.width_of(model) / self.traced.base_width
         out: dict[str, float] = {}
         for name, use in self.traced.params.items():
-            m = r ** -float(self.lr_exp[name])
+            if name not in exponents:
+                continue
+            m = r ** -float(exponents[name])
             if use.target in out and not math.isclose(out[use.target], m):
                 raise UsageError(
-                    f"{use.target}: its row blocks need different LRs "
+                    f"{use.target}: its row blocks need different {what} "
                     f"({out[use.target]:g} and {m:g})",
                     help="split the fused layer into separate nn.Linear layers",
                 )
