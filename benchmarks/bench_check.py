@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog import coordcheck as check_module
-from tensorprog.codegen import emit, parametrization
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.emit.module import emit, parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics import coordcheck as check_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import tensorprog as tp
-from tensorprog.codegen import emit, parametrization
-from tensorprog.coordcheck import load_module
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.emit.module import emit, parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.coordcheck import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import tensorprog as tp
-from tensorprog.limit import nngp_kernel
+from tensorprog.limits.nngp import nngp_kernel
 
 
 def mlp(layers: int, fn: str) -> str:

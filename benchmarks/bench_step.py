@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog.codegen import emit, parametrization
-from tensorprog.coordcheck import load_module, pick_device
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.emit.module import emit, parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.coordcheck import load_module, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog.optimizers import OPTIMIZERS
-from tensorprog.transfer import sweep
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.transfer import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import tensorprog as tp
-from tensorprog.data import load
+from tensorprog.numerics.data import load
 
 SEQ = 32
 

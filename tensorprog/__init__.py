@@ -14,13 +14,13 @@ Only ``check`` and ``measure`` import torch, and only when called.
 
 from __future__ import annotations
 
-from . import analysis as _analysis
-from . import coordcheck as _check
-from . import derive as _derive
-from . import presets as _presets
-from .analysis import ABC, Classification
-from .coordcheck import CheckResult, Measurements
-from .derive import CONVENTIONS, Derivation
+from .engine import derive as _derive
+from .engine import parametrization as _presets
+from .engine import propagate as _analysis
+from .engine.derive import CONVENTIONS, Derivation
+from .engine.optimizers import OPTIMIZERS, Optimizer, muon
+from .engine.optimizers import resolve as _resolve
+from .engine.propagate import ABC, Classification
 from .errors import (
     CodegenError,
     EngineError,
@@ -30,21 +30,12 @@ from .errors import (
     TensorProgWarning,
     UsageError,
 )
-from .ir import Program, to_text, verify
-from .optimizers import OPTIMIZERS, Optimizer, muon
-from .parse import parse, parse_file
+from .ir.program import Program, to_text, verify
+from .lang.parse import parse, parse_file
+from .numerics import coordcheck as _check
+from .numerics.coordcheck import CheckResult, Measurements
 
 __version__ = "0.1.0"
-
-
-def _optimizer(name):
-    """An optimizer by name ("muon", "adam", ...), or an Optimizer as given (e.g. muon(io=True))."""
-    if isinstance(name, Optimizer):
-        return name
-    if name not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {name!r}",
-                         help=f"choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
 
 
 def derive(program: Program, optimizer: str = "adam", convention: str = "table3",
@@ -52,13 +43,13 @@ def derive(program: Program, optimizer: str = "adam", convention: str = "table3"
     """µP for ``program``: every param's exact (a, b, c) under ``optimizer`` in ``convention``;
     for a program repeating a block over its depth, also (a_L, b_L, c_L) (``.depth``), a free
     one resolved by ``depth_convention`` (completep or depth-mup)."""
-    return _derive.derive(program, _optimizer(optimizer), convention, depth_convention)
+    return _derive.derive(program, _resolve(optimizer), convention, depth_convention)
 
 
 def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = None,
              abc: dict[str, ABC] | None = None, c=None) -> Classification:
     """Stability, nontriviality, r and regime of a preset (sp, ntp, mup, mfp) or given ``abc``."""
-    opt = _optimizer(optimizer)
+    opt = _resolve(optimizer)
     if (preset is None) == (abc is None):
         raise UsageError("give exactly one of preset= or abc=")
     if preset is not None:
@@ -73,7 +64,7 @@ def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
     or what the engine predicts. ``options``: convention, readout_zero_init, base_width, widths,
     steps, seeds, lr, batch_size, device, tolerance, progress; or depths, width and
     depth_convention to check against the depth at one width."""
-    return _check.coord_check(program, _optimizer(optimizer), param=param, against=against,
+    return _check.coord_check(program, _resolve(optimizer), param=param, against=against,
                               **options)
 
 
@@ -84,7 +75,7 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
 
     ``against="mup"`` asks whether they behave as µP requires; ``against="predicted"`` compares
     them with the engine's prediction for ``abc`` (or the preset ``param``)."""
-    opt = _optimizer(optimizer)
+    opt = _resolve(optimizer)
     if abc is None:
         abc = (_derive.derive(program, opt).abc if param == "mup"
                else _presets.preset(param, program, opt))
@@ -102,26 +93,26 @@ def from_torch(build, widths=(128, 256), example_inputs=None):
 
 def nngp_kernel(program: Program, inputs, **options):
     """The NNGP kernel at init of ``program``'s outputs over ``inputs`` in the infinite-width
-    limit (see :func:`tensorprog.limit.nngp_kernel`; ``options``: param, optimizer, convention,
-    order, all_vectors). Imports numpy and scipy when called."""
-    from .limit import nngp_kernel as kernel
+    limit (see :func:`tensorprog.limits.nngp.nngp_kernel`; ``options``: param, optimizer,
+    convention, order, all_vectors). Imports numpy and scipy when called."""
+    from .limits.nngp import nngp_kernel as kernel
 
     return kernel(program, inputs, **options)
 
 
 def training_limit(program: Program, inputs, targets, **options):
     """The µ-limit of SGD on a fixed batch for an MLP-family program under µP: its outputs
-    after t = 0..steps steps as n → ∞ (see :func:`tensorprog.mulimit.mu_limit`; ``options``:
+    after t = 0..steps steps as n → ∞ (see :func:`tensorprog.limits.mu.mu_limit`; ``options``:
     steps, lr, samples, seed, progress). Imports torch when called."""
-    from .mulimit import mu_limit
+    from .limits.mu import mu_limit
 
     return mu_limit(program, inputs, targets, **options)
 
 
 __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
-    "EngineError",
-    "Measurements", "OPTIMIZERS", "ParseError", "Program", "SemanticError", "TensorProgError",
+    "EngineError", "Measurements", "OPTIMIZERS", "Optimizer", "ParseError", "Program",
+    "SemanticError", "TensorProgError",
     "TensorProgWarning", "UsageError", "check", "classify", "derive", "from_torch", "judge",
     "muon", "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",
 ]

@@ -48,7 +48,7 @@ def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """Run the ``tensorprog`` command in-process: (exit status, stdout, stderr)."""
-    from tensorprog.cli import main
+    from tensorprog.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))

@@ -19,9 +19,15 @@ import torch
 from conftest import import_file
 
 import tensorprog as tp
-from tensorprog.codegen import emit, parametrization
-from tensorprog.optimizers import OPTIMIZERS
-from tensorprog.report import classify_json, classify_text, derive_json, derive_table, explain
+from tensorprog.emit.module import emit, parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.report import (
+    classify_json,
+    classify_text,
+    derive_json,
+    derive_table,
+    explain,
+)
 
 # a model bigger than this (elements over all params) is emitted and imported but not run: a
 # fuzzed finite dim of 10**9 is a legal program, not one a test can allocate

@@ -15,10 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorprog
-from tensorprog.cli import run
-from tensorprog.codegen import emit, parametrization
-from tensorprog.coordcheck import TOLERANCE, Measurements, _fit, judge, load_module, measure, render
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.cli.main import run
+from tensorprog.emit.module import emit, parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.coordcheck import (
+    TOLERANCE,
+    Measurements,
+    _fit,
+    judge,
+    load_module,
+    measure,
+    render,
+)
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -179,7 +187,7 @@ def test_cli_check_exit_status_json_and_plot(tmp_path, capsys):
 ])
 def test_cli_check_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        from tensorprog.cli import main
+        from tensorprog.cli.main import main
         main(["check", str(MLP), *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
@@ -187,7 +195,7 @@ def test_cli_check_usage_errors(args, message, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_cli_check_cuda_without_a_device(capsys):
-    from tensorprog.cli import main
+    from tensorprog.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["check", str(MLP), "--device", "cuda"])

@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT
 
 import tensorprog
-from tensorprog.coordcheck import Measurements, judge, render
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.coordcheck import Measurements, judge, render
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -98,7 +98,7 @@ def test_judged_measurements_print_the_program_and_optimizer(mlp):
 
 
 def test_the_figure_draws_fifty_vectors_with_distinct_styles(mlp, tmp_path):
-    from tensorprog.plots import _style, coord_plot
+    from tensorprog.numerics.plots import _style, coord_plot
 
     styles = [_style(k) for k in range(240)]
     keys = {(s["color"], s["marker"], s["dashes"]) for s in styles}

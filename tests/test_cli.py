@@ -10,7 +10,7 @@ import pytest
 import sympy
 from conftest import ROOT
 
-from tensorprog.cli import main
+from tensorprog.cli.main import main
 
 MLP = str(ROOT / "examples" / "mlp.tp")
 
@@ -100,7 +100,7 @@ def test_classify_bad_abc_file(capsys, tmp_path, content, message):
 
 
 def test_derive_and_classify_do_not_import_torch_matplotlib_or_tqdm():
-    code = (f"import sys; from tensorprog.cli import run; run(['derive', {MLP!r}]); "
+    code = (f"import sys; from tensorprog.cli.main import run; run(['derive', {MLP!r}]); "
             f"run(['classify', {MLP!r}, '--preset', 'sp']); "
             "print(sorted(m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

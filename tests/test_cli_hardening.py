@@ -17,8 +17,8 @@ import pytest
 from conftest import ROOT
 
 import tensorprog
-from tensorprog.cli import NUMBER_OPTIONS, _parser, join_negative_values, main
-from tensorprog.transfer import MIN_FINITE, Sweep
+from tensorprog.cli.main import NUMBER_OPTIONS, _parser, join_negative_values, main
+from tensorprog.numerics.transfer import MIN_FINITE, Sweep
 
 MLP = str(ROOT / "examples" / "mlp.tp")
 HEADS = str(ROOT / "examples" / "transformer_heads.tp")
@@ -318,7 +318,7 @@ def _sweep(losses: dict[int, list[float]]) -> Sweep:
 
 
 def test_a_sweep_that_all_diverged_claims_nothing():
-    from tensorprog.transfer import render
+    from tensorprog.numerics.transfer import render
 
     s = _sweep({8: [math.inf] * 5, 16: [math.inf] * 5})
     assert s.wider_is_better("mup") is None and s.drift("mup") is None

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.cli import main  # noqa: E402
+from tensorprog.cli.main import main  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -57,7 +57,7 @@ def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
 def _vector_names(program: tp.Program) -> set[str]:
     """What vectors() returns at the base depth: a block's values once per repetition (res.i.u),
     its Stream being the repetition's argument."""
-    from tensorprog.ir import Stream
+    from tensorprog.ir.program import Stream
 
     names = {ins.out for ins in program.body if not isinstance(ins, Stream)}
     for s in program.streams:

@@ -18,19 +18,19 @@ torch = pytest.importorskip("torch")
 from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.analysis import ABC  # noqa: E402
-from tensorprog.cli import main  # noqa: E402
-from tensorprog.codegen import (  # noqa: E402
+from tensorprog.cli.main import main  # noqa: E402
+from tensorprog.emit.module import (  # noqa: E402
     NN_MODULE_ATTRS,
     Emitted,
     emit,
     module_name,
     parametrization,
 )
-from tensorprog.coordcheck import coord_check, load_module  # noqa: E402
+from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
+from tensorprog.engine.propagate import ABC  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402
-from tensorprog.ir import LinComb  # noqa: E402
-from tensorprog.optimizers import OPTIMIZERS  # noqa: E402
+from tensorprog.ir.program import LinComb  # noqa: E402
+from tensorprog.numerics.coordcheck import coord_check, load_module  # noqa: E402
 
 MLP = ("width n = 16\ndim d = 3\ndim o = 2\ninput x : [d]\nparam W : [n, d]\nparam R : [o, n]\n"
        "output f = R @ relu(W @ x)\n")

@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT
 
 import tensorprog as tp
-from tensorprog.cli import main
-from tensorprog.ir import Block, Depth, LinComb, Stream
+from tensorprog.cli.main import main
+from tensorprog.ir.program import Block, Depth, LinComb, Stream
 
 # the core of the issue, exactly as written there
 RESMLP = """\
@@ -238,7 +238,7 @@ def test_derive_states_its_depth_convention(tmp_path, capsys):
             assert re.search(r"depth L \(base 4\): exponents in L derived in the depth "
                              r"convention completep", out)
     fixed = tp.derive(tp.parse(SHARED), "adam")
-    from tensorprog.report import derive_json, derive_table
+    from tensorprog.engine.report import derive_json, derive_table
 
     assert derive_json(fixed)["depth"] is None and "not derived" not in derive_table(fixed)
 
@@ -250,7 +250,7 @@ def _module(tmp_path, source: str, name: str):
     torch = pytest.importorskip("torch")
     from conftest import import_file
 
-    from tensorprog.codegen import emit
+    from tensorprog.emit.module import emit
 
     program = tp.parse(source)
     abc = tp.derive(program, "adam").abc

@@ -8,7 +8,7 @@ import json
 import pytest
 from test_depth import RESMLP
 
-from tensorprog.cli import main, run
+from tensorprog.cli.main import main, run
 from tensorprog.errors import UsageError
 
 # µP's width exponents under Adam, so that the width verdict is the same in every test

@@ -13,9 +13,9 @@ from test_depth import RESMLP
 from test_depth_exponents import ONE_LAYER
 
 import tensorprog as tp
-from tensorprog.analysis import ABC
-from tensorprog.cli import run
-from tensorprog.exponents import canon
+from tensorprog.cli.main import run
+from tensorprog.engine.exponents import canon
+from tensorprog.engine.propagate import ABC
 
 GPT = (Path(__file__).parent.parent / "examples" / "gpt.tp").read_text()
 
@@ -108,8 +108,8 @@ def test_derive_without_a_depth_has_no_depth_columns(tmp_path, capsys):
 
 
 def test_the_emitted_module_carries_the_depth_exponents(tmp_path):
-    from tensorprog.codegen import emit, full_parametrization
-    from tensorprog.optimizers import OPTIMIZERS
+    from tensorprog.emit.module import emit, full_parametrization
+    from tensorprog.engine.optimizers import OPTIMIZERS
 
     program = tp.parse(RESMLP)
     abc, depth_abc, label, _ = full_parametrization(program, OPTIMIZERS["adam"])

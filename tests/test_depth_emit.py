@@ -13,10 +13,10 @@ from conftest import ROOT, import_file
 from test_depth import RESMLP
 
 import tensorprog as tp
-from tensorprog.analysis import ABC
-from tensorprog.cli import main
-from tensorprog.codegen import emit, full_parametrization
-from tensorprog.optimizers import OPTIMIZERS
+from tensorprog.cli.main import main
+from tensorprog.emit.module import emit, full_parametrization
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.propagate import ABC
 
 torch = pytest.importorskip("torch")
 
@@ -195,7 +195,7 @@ def test_depth_axis_errors(argv, message, capsys):
 
 
 def test_transfer_sweeps_across_depths():
-    from tensorprog.transfer import render, sweep
+    from tensorprog.numerics.transfer import render, sweep
 
     program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
     s = sweep(

@@ -7,9 +7,9 @@ import pytest
 from test_depth import RESMLP
 
 import tensorprog as tp
-from tensorprog.analysis import ABC, classify_depth
-from tensorprog.exponents import canon
-from tensorprog.optimizers import ADAM, SGD
+from tensorprog.engine.exponents import canon
+from tensorprog.engine.optimizers import ADAM, SGD
+from tensorprog.engine.propagate import ABC, classify_depth
 
 ONE_LAYER = RESMLP.replace("""    param W1 : [n, n]
     param W2 : [n, n]

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, import_file
 
 import tensorprog as tp
-from tensorprog.codegen import emit
+from tensorprog.emit.module import emit
 
 torch = pytest.importorskip("torch")
 

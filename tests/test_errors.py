@@ -9,7 +9,7 @@ import re
 import pytest
 
 import tensorprog as tp
-from tensorprog.cli import main
+from tensorprog.cli.main import main
 
 HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
         "param b : [n]\n")  # 7 lines; the bad line below is line 8

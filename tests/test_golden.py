@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tensorprog as tp
-from tensorprog.report import derive_table
+from tensorprog.engine.report import derive_table
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -41,7 +41,7 @@ def test_examples_say_what_they_show(example):
 
 
 def test_docs_table_covers_every_instruction():
-    from tensorprog.ir import INSTRUCTIONS
+    from tensorprog.ir.program import INSTRUCTIONS
 
     text = (Path(__file__).parent.parent / "docs" / "language.md").read_text()
     for cls in INSTRUCTIONS:

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 import tensorprog as tp
-from tensorprog.ir import INSTRUCTIONS, LinComb, MatMul
+from tensorprog.ir.program import INSTRUCTIONS, LinComb, MatMul
 
 
 def test_text_form_round_trips(example):
@@ -49,7 +49,7 @@ def test_verifier_rejects_bad_api_built_programs():
 
 
 def test_every_instruction_has_a_rule_in_every_table():
-    from tensorprog import rules
+    from tensorprog.engine import rules
 
     for table in (rules.INIT, rules.CHANGE, rules.GRAD):
         assert set(table) == set(INSTRUCTIONS)

@@ -13,8 +13,8 @@ from conftest import ROOT, mlp_source, run_cli
 
 import tensorprog as tp
 from tensorprog.errors import EngineError, UsageError
-from tensorprog.ir import INSTRUCTIONS
-from tensorprog.limit import RULES, finite_kernels, nngp_kernel
+from tensorprog.ir.program import INSTRUCTIONS
+from tensorprog.limits.nngp import RULES, finite_kernels, nngp_kernel
 
 EX = ROOT / "examples"
 

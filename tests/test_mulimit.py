@@ -13,9 +13,9 @@ from conftest import ROOT, mlp_source, run_cli
 
 import tensorprog as tp
 from tensorprog.errors import EngineError, UsageError
-from tensorprog.linlimit import exact_linear_limit, linear_limit
-from tensorprog.mulimit import finite_training, mu_limit
-from tensorprog.ntklimit import ntk_limit
+from tensorprog.limits.linear import exact_linear_limit, linear_limit
+from tensorprog.limits.mu import finite_training, mu_limit
+from tensorprog.limits.ntk import ntk_limit
 
 EX = ROOT / "examples"
 

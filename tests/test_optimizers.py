@@ -14,14 +14,14 @@ torch = pytest.importorskip("torch")
 from conftest import ROOT  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.cli import main  # noqa: E402
-from tensorprog.codegen import emit, parametrization  # noqa: E402
-from tensorprog.codegen_optim import muon_params  # noqa: E402
-from tensorprog.coordcheck import load_module  # noqa: E402
-from tensorprog.derive import derive  # noqa: E402
-from tensorprog.exponents import canon  # noqa: E402
-from tensorprog.optimizers import OPTIMIZERS, muon  # noqa: E402
-from tensorprog.rules import fan_dims  # noqa: E402
+from tensorprog.cli.main import main  # noqa: E402
+from tensorprog.emit.module import emit, parametrization  # noqa: E402
+from tensorprog.emit.optim import muon_params  # noqa: E402
+from tensorprog.engine.derive import derive  # noqa: E402
+from tensorprog.engine.exponents import canon  # noqa: E402
+from tensorprog.engine.optimizers import OPTIMIZERS, muon  # noqa: E402
+from tensorprog.engine.rules import fan_dims  # noqa: E402
+from tensorprog.numerics.coordcheck import load_module  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 DEEP_MLP = (
@@ -280,7 +280,7 @@ def test_derive_states_how_weight_decay_scales_per_param():
     """Adam µP (table3): the hidden W2 has lr η/n, so decoupled decay shrinks it by η·λ/n per
     step; independent keeps λ; coupled λw meets W2's gradient (entries 1/n, w entries 1/√n)
     with weight √n inside the normaliser. A depth program states the power of L too."""
-    from tensorprog.report import derive_json, derive_table
+    from tensorprog.engine.report import derive_json, derive_table
 
     d = derive(tp.parse_file(ROOT / "examples" / "mlp.tp"), OPTIMIZERS["adam"])
     wd = derive_json(d)["parameters"]["W2"]["weight_decay"]
@@ -312,7 +312,7 @@ def test_muon_module_scales_adamw_eps_and_leaves_muon_eps_alone():
     """Under Muon the params it does not orthogonalise take AdamW, whose ε must shrink with their
     gradient entries as Adam's does (W1's shrink as 1/n, mlp.tp); Muon's own groups carry no
     eps, so torch's Muon keeps its orthogonalisation eps."""
-    from tensorprog.codegen import full_parametrization
+    from tensorprog.emit.module import full_parametrization
 
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
     d = derive(program, OPTIMIZERS["muon"])

@@ -20,6 +20,7 @@ def test_wheel_contains_the_grammar(tmp_path):
                     "-q", "-w", str(out), str(src)], check=True, capture_output=True)
     (wheel,) = out.glob("tensorprog-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "tensorprog/grammar/tensorprog.lark" in names
-    assert "tensorprog/parse.py" in names
+    assert "tensorprog/lang/grammar.lark" in names
+    assert "tensorprog/lang/parse.py" in names
+    assert "tensorprog/cli/main.py" in names
     assert "tensorprog/fromtorch/trace.py" in names

@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 import tensorprog as tp
-from tensorprog.cli import main
+from tensorprog.cli.main import main
 
 HEAD = "width n = 8\ninput x : [n]\nparam W : [n, n]\n"  # 3 lines; the bad line below is line 4
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"

@@ -332,7 +332,7 @@ def broken(n):
 
 
 def _cli(capsys, tmp_path, *argv):
-    from tensorprog.cli import main
+    from tensorprog.cli.main import main
 
     (tmp_path / "net.py").write_text(_MODEL_FILE)
     with pytest.raises(SystemExit) as exit_:

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorprog as tp
-from tensorprog.cli import run
-from tensorprog.data import load
-from tensorprog.optimizers import OPTIMIZERS
-from tensorprog.transfer import Sweep, _vertex, fit_to_data, run_trial, sweep
+from tensorprog.cli.main import run
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.numerics.data import load
+from tensorprog.numerics.transfer import Sweep, _vertex, fit_to_data, run_trial, sweep
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -100,7 +100,7 @@ def test_optima_drift_and_wider_is_better_on_known_curves():
 
 def test_a_divergent_trial_is_recorded_not_raised():
     program, _ = fit_to_data(tp.parse_file(MLP), load("digits"))
-    from tensorprog.codegen import emit, parametrization
+    from tensorprog.emit.module import emit, parametrization
 
     abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
     source = emit(program, abc, optimizer="sgd", label=label, command="t").source
@@ -144,7 +144,7 @@ def test_cli_transfer_json_in_parallel_processes(tmp_path, capsys):
     (["--data", "digits", "--hp", "momentum"], "invalid choice"),
 ])
 def test_cli_transfer_usage_errors(args, message, capsys):
-    from tensorprog.cli import main
+    from tensorprog.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["transfer", str(MLP), *args])

@@ -13,7 +13,7 @@ from conftest import ROOT, import_file
 from sympy import Rational
 
 import tensorprog as tp
-from tensorprog.coordcheck import TOLERANCE, default_batch_size
+from tensorprog.numerics.coordcheck import TOLERANCE, default_batch_size
 
 HALF = Rational(1, 2)
 TIED = ROOT / "examples" / "transformer.tp"  # head dim ∝ n (4 heads), tied embeddings
@@ -58,7 +58,7 @@ def test_tied_unembedding_multiplier_is_the_embeddings_over_n():
 
 
 def test_explain_says_why_attention_needs_one_over_d():
-    from tensorprog.report import explain
+    from tensorprog.engine.report import explain
 
     text = explain(derive(TIED))
     assert "independent and centred, so the sum over dh is a CLT sum (+1/2)" in text
@@ -133,7 +133,7 @@ def test_sp_fails_naming_attention_logits_and_output_logits():
 
 def test_emitted_decoder_takes_token_ids_and_builds_positions(tmp_path):
     out = tmp_path / "tf.py"
-    from tensorprog.cli import run
+    from tensorprog.cli.main import run
 
     assert run(["derive", str(TIED), "-o", str(out)]) == 0
     mod = import_file(out, "tf_user")
@@ -151,7 +151,7 @@ def test_emitted_decoder_takes_token_ids_and_builds_positions(tmp_path):
 
 
 def test_zero_init_of_queries_and_readout_is_reported_and_checked(capsys):
-    from tensorprog.cli import run
+    from tensorprog.cli.main import run
 
     assert run(["derive", str(HEADS), "--readout-zero-init", "--zero-init", "Wq1,Wq2",
                 "--json"]) == 0

@@ -13,10 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tensorprog.coordcheck import DEFAULT_WIDTHS, coord_check, render
-from tensorprog.optimizers import OPTIMIZERS
-from tensorprog.parse import parse_file
-from tensorprog.plots import coord_plot
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.lang.parse import parse_file
+from tensorprog.numerics.coordcheck import DEFAULT_WIDTHS, coord_check, render
+from tensorprog.numerics.plots import coord_plot
 
 HERE = Path(__file__).resolve().parent
 CASES = (("mup", "adam"), ("sp", "adam"), ("ntp", "sgd"))

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.limit import finite_kernels, nngp_kernel  # noqa: E402
+from tensorprog.limits.nngp import finite_kernels, nngp_kernel  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent.parent / "examples"

@@ -1,5 +1,5 @@
 """Draw docs/figures/mulimit_convergence.png: finite µP networks trained by SGD converge to the
-µ-limit that tensorprog.mulimit computes from the program; NTP's features freeze.
+µ-limit that tensorprog.limits.mu computes from the program; NTP's features freeze.
 
     python docs/figures/make_mulimit.py [--widths 64,...] [--seeds 8] [--samples 262144]
 
@@ -8,7 +8,7 @@ and examples/gated_mlp.tp; 8 fixed inputs and targets, 5 full-batch SGD steps, f
 the RMS distance of one network's outputs at steps 0..5 to the limit (Monte Carlo over
 ``--samples`` draws), mean over seeds. Right: the RMS change of the last pre-activation after 5
 steps, under µP and NTP, and the limit's. Right: NTP's outputs against the kernel regime
-(the NTK limit, tensorprog.ntklimit, from each network's own f_0). Prints the tables.
+(the NTK limit, tensorprog.limits.ntk, from each network's own f_0). Prints the tables.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.mulimit import finite_training, mu_limit  # noqa: E402
-from tensorprog.ntklimit import ntk_limit  # noqa: E402
+from tensorprog.limits.mu import finite_training, mu_limit  # noqa: E402
+from tensorprog.limits.ntk import ntk_limit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MLP3 = """width n = 64

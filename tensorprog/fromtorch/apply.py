@@ -22,8 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from ..engine.derive import derive
+from ..engine.optimizers import resolve
+from ..engine.report import DECAY_MODES
 from ..errors import UsageError
-from ..report import DECAY_MODES
 from .trace import Traced
 
 
@@ -52,11 +54,9 @@ class MuP:
     """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``."""
 
     def __init__(self, traced: Traced, optimizer: str = "adam", convention: str = "table3"):
-        from .. import derive
-
         self.traced = traced
         self.program = traced.program
-        self.derivation = derive(self.program, optimizer, convention)
+        self.derivation = derive(self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
         self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}

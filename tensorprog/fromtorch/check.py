@@ -94,7 +94,7 @@ def coord_check(
     import torch
 
     from .. import judge
-    from ..coordcheck import TOLERANCE, Measurements, default_batch_size
+    from ..numerics.coordcheck import TOLERANCE, Measurements, default_batch_size
 
     traced = mup.traced
     seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))

@@ -113,7 +113,7 @@ class Traced:
 
     @property
     def program(self):
-        from ..parse import parse
+        from ..lang.parse import parse
 
         return parse(self.source, "traced.tp")
 

@@ -9,7 +9,7 @@ import re
 from fractions import Fraction
 
 from ..errors import TraceError
-from ..lower import FUNCTIONS
+from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,

@@ -6,10 +6,10 @@ and the learning rate is η·n^-c.
 
 from __future__ import annotations
 
-from .analysis import ABC, Classification, classify
+from ..ir.program import Program, render_instruction
 from .derive import Derivation
 from .exponents import INF, NEG_INF, Exp, as_str, canon, power, scaled
-from .ir import Program, render_instruction
+from .propagate import ABC, Classification, classify
 from .rules import fan_dims, role
 
 CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"

@@ -24,12 +24,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .analysis import require_depth_pass
-from .codegen import emit, full_parametrization
+from ..emit.module import emit, full_parametrization
+from ..engine.optimizers import Optimizer
+from ..engine.propagate import require_depth_pass
+from ..errors import Diagnostic, TensorProgWarning, UsageError
+from ..ir.program import Program, verify
 from .data import Dataset, load
-from .errors import Diagnostic, TensorProgWarning, UsageError
-from .ir import Program, verify
-from .optimizers import Optimizer
 
 HPS = ("lr", "init_std", "output_mult")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
@@ -118,7 +118,7 @@ def run_trial(job: dict) -> dict:
     """Train one model; runs in a worker process. Returns the final training loss."""
     import torch
 
-    from .codegen import Emitted
+    from ..emit.module import Emitted
     from .coordcheck import load_module
 
     torch.set_num_threads(job["threads"])
@@ -273,9 +273,7 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
     if depths is not None:
-        from .coordcheck import looped_blocks
-
-        if not looped_blocks(program):
+        if not program.repeats_over_depth:
             raise UsageError(f"--depths: {program.name} repeats no block over a depth",
                              help="declare `depth L = ...` and use `repeat L block(...)`")
         # as check --depths: without derived depth exponents the "mup" runs would be width-only

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 
-from .errors import Collector, SemanticError, Span, UsageError
+from ..errors import Collector, SemanticError, Span, UsageError
 
 #: Functions of one argument. ``mul`` (the product of two vectors) is the other Nonlin. The norms
 #: act over the vector's dim and the softmaxes over the key-token axis of attention logits (softmax
@@ -337,6 +337,20 @@ class Program:
     blocks: tuple[Block, ...] = ()
 
     # --- lookups (computed once; the dataclass stays immutable) -------------------------------
+    @cached_property
+    def depth_blocks(self) -> tuple[str, ...]:
+        """The blocks repeated over the declared depth (``repeat L blk(...)``): their number of
+        repetitions is the depth. Empty when the program declares no depth or repeats nothing
+        over it."""
+        if self.depth is None:
+            return ()
+        return tuple(s.block for s in self.streams if s.loops and s.count == self.depth.name)
+
+    @property
+    def repeats_over_depth(self) -> bool:
+        """Whether the program has a depth pass: it repeats a block over its declared depth."""
+        return bool(self.depth_blocks)
+
     @cached_property
     def dim_table(self) -> dict[str, Dim]:
         """Declared dims, the width, and the heads axis of every ``dot(q, k, dh)``."""

@@ -20,7 +20,7 @@ The Ẑ^{W x} are jointly Gaussian with Cov = σ² E[Z^x Z^x'], the Ẑ^{Wᵀ g}
 the two families and different matrices independent. Every expectation is a Monte Carlo mean
 over ``samples`` draws of all the Gaussians (error O(samples^-1/2), stated in the result); the
 partial derivatives ∂Z/∂Ẑ are exact per draw (torch autograd, with every expectation held
-constant). For linear networks, :mod:`tensorprog.linlimit` computes TP4's exact limit without
+constant). For linear networks, :mod:`tensorprog.limits.linear` computes TP4's exact limit without
 sampling (the oracle of the tests).
 
 Refused, with the position: a weight used twice or transposed (reuse brings more Ż terms),
@@ -36,10 +36,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import EngineError, UsageError
-from .ir import MUL, LinComb, MatMul, Nonlin, Program
-from .limit import _FNS, _frac, _inputs
-from .mulimit_engine import _Dynamics
+from ..errors import EngineError, UsageError
+from ..ir.program import MUL, LinComb, MatMul, Nonlin, Program
+from .dynamics import _Dynamics
+from .nngp import _FNS, _frac, _inputs
 
 #: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
 #: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
@@ -230,8 +230,8 @@ def mu_limit(
     Z-variables (see the module docstring). Imports torch."""
     import torch
 
-    from .codegen import parametrization
-    from .optimizers import OPTIMIZERS
+    from ..emit.module import parametrization
+    from ..engine.optimizers import OPTIMIZERS
 
     net = _network(program)
     abc, _ = parametrization(program, OPTIMIZERS["sgd"], "mup")
@@ -285,9 +285,9 @@ def finite_training(
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
     import torch
 
-    from .codegen import emit, parametrization
-    from .coordcheck import load_module
-    from .optimizers import OPTIMIZERS
+    from ..emit.module import emit, parametrization
+    from ..engine.optimizers import OPTIMIZERS
+    from ..numerics.coordcheck import load_module
 
     net = _network(program)
     xi = torch.as_tensor(_inputs(program, inputs)[net.x])

@@ -1,9 +1,9 @@
 """AST to IR: resolve names and dims, check shapes, and emit one instruction per value.
 
-:class:`_Lowering` walks the statements that :mod:`tensorprog.parse` produced, in order, one method
-per statement kind (``stmt_<kind>``); the expression nodes (``expr_<Class>``) are lowered by the
-mixin in :mod:`tensorprog.lower_expr`. It collects its errors to raise them once. Nested
-expressions get fresh names (``h1 = W1 @ x + b1`` becomes ``h1_1 = W1 @ x`` and
+:class:`_Lowering` walks the statements that :mod:`tensorprog.lang.parse` produced, in order,
+one method per statement kind (``stmt_<kind>``); the expression nodes (``expr_<Class>``) are
+lowered by the mixin in :mod:`tensorprog.lang.lower_expr`. It collects its errors to raise them
+once. Nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes ``h1_1 = W1 @ x`` and
 ``h1 = h1_1 + b1``). The AST classes are only named here, never imported at run time, so imports
 flow one way: parse -> lower -> lower_expr -> ir.
 """
@@ -19,15 +19,8 @@ from typing import TYPE_CHECKING
 
 from lark import Token
 
-from .errors import (
-    Collector,
-    Diagnostic,
-    SemanticError,
-    Span,
-    TensorProgWarning,
-    source_lines,
-)
-from .ir import (
+from ..errors import Collector, Diagnostic, SemanticError, Span, TensorProgWarning, source_lines
+from ..ir.program import (
     MAX_SIZE,
     Block,
     Depth,

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
-from .analysis import ABC
-from .codegen_optim import optimizer_code
-from .derive import derive
-from .errors import CodegenError, Span, UsageError
-from .exponents import INF, ZERO, Exp
-from .ir import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
-from .optimizers import OPTIMIZERS, Optimizer
-from .presets import preset, zero_init
-from .rules import fan_dims
+from ..engine.derive import derive
+from ..engine.exponents import INF, ZERO, Exp
+from ..engine.optimizers import OPTIMIZERS, Optimizer
+from ..engine.parametrization import preset, zero_init
+from ..engine.propagate import ABC
+from ..engine.rules import fan_dims
+from ..errors import CodegenError, Span, UsageError
+from ..ir.program import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from .optim import optimizer_code
 
 _TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
              "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}

@@ -14,12 +14,12 @@ and 1 (a = 0) otherwise, as an untied or tied unembedding with no multiplier.
 
 from __future__ import annotations
 
-from .analysis import ABC, used_params
+from ..errors import UsageError
+from ..ir.program import Dot, Program
 from .derive import derive
-from .errors import UsageError
 from .exponents import HALF, ZERO, Exp
-from .ir import Dot, Program
 from .optimizers import Optimizer
+from .propagate import ABC, used_params
 from .rules import fan_in_infinite
 
 

@@ -1,6 +1,6 @@
 """TP4's exact µ-limit of linear networks: no Monte Carlo, every Z-variable a linear form.
 
-When every nonlinearity is the identity, every Z-variable of :mod:`tensorprog.mulimit`'s
+When every nonlinearity is the identity, every Z-variable of :mod:`tensorprog.limits.mu`'s
 dynamics is a linear combination of finitely many Gaussians: the input rows u, the biases β,
 the readout columns v and the Ẑ^{W x}, Ẑ^{Wᵀ g} of every hidden matrix. Keeping each Z as its
 vector of coefficients c over those Gaussians (whose covariance Σ is built as they appear) makes
@@ -16,10 +16,10 @@ import math
 
 import numpy as np
 
-from .errors import EngineError
-from .ir import LinComb, MatMul, Nonlin, Program
-from .limit import _inputs
-from .mulimit import _network, _targets
+from ..errors import EngineError
+from ..ir.program import LinComb, MatMul, Nonlin, Program
+from .mu import _network, _targets
+from .nngp import _inputs
 
 
 class _Gaussians:

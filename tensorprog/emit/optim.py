@@ -11,9 +11,9 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
-from .ir import Program
-from .optimizers import Optimizer
-from .rules import fan_dims, param_shape
+from ..engine.optimizers import Optimizer
+from ..engine.rules import fan_dims, param_shape
+from ..ir.program import Program
 
 
 def _str(text: str) -> str:

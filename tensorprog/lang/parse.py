@@ -3,8 +3,8 @@
 1. :func:`_syntax` parses with lark (LALR) and renders a syntax error with its position.
 2. :class:`_ToAst`, a lark Transformer whose methods are the grammar's aliases, turns the parse tree
    into statements holding small expression trees (the dataclasses below).
-3. :func:`tensorprog.lower.lower` resolves names and dims, checks shapes and emits the IR, which
-   :func:`tensorprog.ir.verify` checks.
+3. :func:`tensorprog.lang.lower.lower` resolves names and dims, checks shapes and emits the IR,
+   which :func:`tensorprog.ir.program.verify` checks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 
-from ._gc import paused_gc
-from .errors import Collector, Diagnostic, ParseError, Span, source_lines
-from .ir import FLOAT_MAX, FLOAT_MIN, MAX_SIZE, Program
+from .._gc import paused_gc
+from ..errors import Collector, Diagnostic, ParseError, Span, source_lines
+from ..ir.program import FLOAT_MAX, FLOAT_MIN, MAX_SIZE, Program
 from .lower import lower
 
 
@@ -32,7 +32,7 @@ def _short(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    text = resources.files("tensorprog.grammar").joinpath("tensorprog.lark").read_text()
+    text = resources.files("tensorprog.lang").joinpath("grammar.lark").read_text()
     return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False)
 
 

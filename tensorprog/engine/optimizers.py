@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from .exponents import HALF, NEG_INF, ZERO, Exp, add, emax
 
 
@@ -148,3 +149,15 @@ def muon(io: bool = False) -> Optimizer:
 
 
 OPTIMIZERS = {o.name: o for o in (SGD, MOMENTUM, ADAM, ADAMW, LION, MUON)}
+
+
+def resolve(optimizer: str | Optimizer, *, io: bool = False) -> Optimizer:
+    """The one place an optimizer's name becomes its :class:`Optimizer` (an Optimizer is returned
+    as given, e.g. ``muon(io=True)``); ``io`` asks for Muon on the input and output matrices too.
+    Everything past argv and the facade takes the Optimizer."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}",
+                         help=f"choose one of {', '.join(OPTIMIZERS)}")
+    return muon(io=True) if io and optimizer == "muon" else OPTIMIZERS[optimizer]

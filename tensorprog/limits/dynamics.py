@@ -1,5 +1,5 @@
 """The Z-variables of an MLP-family program under µP + SGD, step by step (see
-:mod:`tensorprog.mulimit` for the equations): a forward pass, a backward pass and an update,
+:mod:`tensorprog.limits.mu` for the equations): a forward pass, a backward pass and an update,
 each a Monte Carlo draw of every Z-variable, one row per draw.
 
 Every Z is a torch tensor of shape (samples, B), one column per input of the batch. The Gaussians
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .ir import MUL, LinComb, MatMul
+from ..ir.program import MUL, LinComb, MatMul
 
 
 class _Family:

@@ -26,13 +26,13 @@ import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .analysis import ABC, classify, prescaled
-from .codegen import Emitted
-from .derive import derive
-from .errors import UsageError
-from .exponents import INF, NEG_INF, ZERO, Exp, as_str, gt
-from .ir import Program
-from .optimizers import Optimizer
+from ..emit.module import Emitted
+from ..engine.derive import derive
+from ..engine.exponents import INF, NEG_INF, ZERO, Exp, as_str, gt
+from ..engine.optimizers import Optimizer
+from ..engine.propagate import ABC, classify, prescaled
+from ..errors import UsageError
+from ..ir.program import Program
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 # A slope within ±0.15 of the expected exponent passes. Measured with the defaults below (widths
@@ -123,13 +123,6 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
     return out
 
 
-def looped_blocks(program: Program) -> tuple[str, ...]:
-    """The blocks repeated over the program's depth: their number of repetitions is the depth."""
-    if program.depth is None:
-        return ()
-    return tuple(s.block for s in program.streams if s.loops and s.count == program.depth.name)
-
-
 def depth_expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                        depth_abc: dict[str, ABC], against: str = "mup",
                        ) -> dict[tuple[str, str], Expectation]:
@@ -137,7 +130,7 @@ def depth_expectations(program: Program, optimizer: Optimizer, abc: dict[str, AB
     pass's exponents, for the derived depth exponents (``mup``) or for ``depth_abc``
     (``predicted``). A repeated block's value v is measured over all its repetitions at once,
     as ``block.*.v`` (their RMS together), since the repetitions differ from depth to depth."""
-    from .analysis import classify_depth
+    from ..engine.propagate import classify_depth
 
     def at_depth(name: str) -> ABC:
         # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth
@@ -164,7 +157,7 @@ def depth_expectations(program: Program, optimizer: Optimizer, abc: dict[str, AB
         return Expectation(e, "grows" if gt(e, ZERO) else "exact", L)
 
     out = {}
-    looped = {program.block_table[b].name: program.block_table[b] for b in looped_blocks(program)}
+    looped = {program.block_table[b].name: program.block_table[b] for b in program.depth_blocks}
     inner = {v: b for b in looped.values() for v in (b.arg, *b.values)}
     for ins in program.body:
         v = ins.out
@@ -529,7 +522,7 @@ def default_batch_size(program: Program) -> int:
 def load_module(emitted: Emitted, name: str) -> types.ModuleType:
     """Execute emitted source as a fresh module (nothing is written to disk), under a name that
     is a plain identifier whatever the program file was called."""
-    from .codegen import module_name
+    from ..emit.module import module_name
 
     name = module_name(name)
     module = types.ModuleType(name)
@@ -638,10 +631,10 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
     (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
     be (docs/check.md)."""
-    from .codegen import emit, full_parametrization
+    from ..emit.module import emit, full_parametrization
 
     if depths is not None:
-        if not looped_blocks(program):
+        if not program.repeats_over_depth:
             raise UsageError(f"--depths: {program.name} repeats no block over a depth",
                              help="declare `depth L = ...` and use `repeat L block(...)`, or "
                                   "check against the width with --widths")
@@ -675,7 +668,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")
-    looped = looped_blocks(program) if depths is not None else ()
+    looped = program.depth_blocks if depths is not None else ()
     # before training: the depth pass refuses what it cannot analyse (SGD) without a run wasted
     expected = (depth_expectations(program, optimizer, abc, depth_abc, against)
                 if depths is not None else None)

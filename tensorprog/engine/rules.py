@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Protocol
 
+from ..ir.program import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
-from .ir import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .optimizers import ParamShape
 
 Slot = tuple[str, str]  # ("S" | "U" | "V" | "F", param name)

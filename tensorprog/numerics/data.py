@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DATASETS = ("digits", "text")
 _PRINTABLE = [chr(c) for c in range(32, 127)] + ["\n"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..errors import UsageError
 from .coordcheck import CheckResult
-from .errors import UsageError
 
 
 def check_plot_path(path: str | Path) -> Path:

@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ._gc import paused_gc
-from .errors import Diagnostic, EngineError, TensorProgWarning
+from .._gc import paused_gc
+from ..errors import Diagnostic, EngineError, TensorProgWarning
+from ..ir.program import MUL, LinComb, MatMul, Nonlin, Program, Stream
 from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
-from .ir import MUL, LinComb, MatMul, Nonlin, Program, Stream
 from .optimizers import Optimizer, ParamShape
 from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, param_shape, role
 
@@ -588,8 +588,7 @@ def classify_depth(program: Program, optimizer: Optimizer,
 
 def require_depth_pass(program: Program, optimizer: Optimizer) -> None:
     """Refuse what the depth pass does not cover, rather than give exponents it cannot vouch for."""
-    if program.depth is None or not any(
-            s.loops and s.count == program.depth.name for s in program.streams):
+    if not program.repeats_over_depth:
         raise EngineError(f"{program.name} repeats no block over a depth, so it has no depth "
                           "exponents", help="declare `depth L = ...` and use `repeat L blk(...)`")
     if optimizer.uses_gradient_scale:

@@ -2,8 +2,8 @@
 
 Lowering an expression gives a pending value: a constant, a matrix param (only ``@`` applies it), or
 a linear combination of named vectors that the consuming node may extend. Split from
-:mod:`tensorprog.lower`, whose statement lowering inherits :class:`ExpressionLowering`; the state
-these methods read (names, dims, the body being built) is set up there.
+:mod:`tensorprog.lang.lower`, whose statement lowering inherits :class:`ExpressionLowering`; the
+state these methods read (names, dims, the body being built) is set up there.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from .errors import Span
-from .ir import (
+from ..errors import Span
+from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
     MUL,
@@ -68,7 +68,7 @@ class _Vec:
 
 
 class ExpressionLowering:
-    """The expression half of the lowering (a mixin of :class:`tensorprog.lower._Lowering`)."""
+    """The expression half of the lowering (a mixin of :class:`tensorprog.lang.lower._Lowering`)."""
 
     def name_of(self, v: _Vec, span: Span) -> str:
         """A single name for a pending combination, emitting a LinComb if it is not one already."""

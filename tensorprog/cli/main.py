@@ -17,15 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from .analysis import ABC, classify, classify_depth
-from .derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
-from .errors import EngineError, TensorProgError, TensorProgWarning, UsageError
-from .exponents import INF, NEG_INF, as_str, canon
-from .ir import to_text
-from .optimizers import OPTIMIZERS, muon
-from .parse import parse_file
-from .presets import PRESETS, preset, zero_init
-from .report import (
+from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
+from ..engine.exponents import INF, NEG_INF, as_str, canon
+from ..engine.optimizers import OPTIMIZERS, muon
+from ..engine.parametrization import PRESETS, preset, zero_init
+from ..engine.propagate import ABC, classify, classify_depth
+from ..engine.report import (
     classify_depth_json,
     classify_depth_text,
     classify_json,
@@ -36,6 +33,9 @@ from .report import (
     zero_init_effects,
     zero_init_text,
 )
+from ..errors import EngineError, TensorProgError, TensorProgWarning, UsageError
+from ..ir.program import to_text
+from ..lang.parse import parse_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -230,7 +230,7 @@ def _version() -> str:
     try:
         return version("tensorprog")
     except PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
@@ -281,7 +281,7 @@ def _positive(text: str) -> int:
 def _check_plot(args) -> None:
     """Refuse, before any training, a figure path that cannot be written."""
     if args.plot:
-        from .plots import check_plot_path
+        from ..numerics.plots import check_plot_path
 
         out = check_plot_path(args.plot)
         if out.is_dir():
@@ -529,7 +529,7 @@ def _trace(args: argparse.Namespace) -> int:
     """Imports torch and the user's file; see tensorprog/fromtorch/command.py."""
     if args.output is not None and not args.output.strip():
         raise UsageError("-o: the path is empty", help="give a file name")
-    from .fromtorch.command import trace_command
+    from ..fromtorch.command import trace_command
 
     source = trace_command(args.target, _widths(args.widths), args.output, args.inputs,
                            args.seq_len)
@@ -641,7 +641,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.abc}: no param named {', '.join(unknown)} in the program",
                              help="the program's params: "
                                   + ", ".join(p.name for p in program.params))
-        if depth and not _repeats_over_depth(program):
+        if depth and not program.repeats_over_depth:
             raise UsageError(f"{args.abc}: depth exponents given (for {', '.join(depth)}), but "
                              f"{program.name} repeats no block over a depth",
                              help="drop the \"depth\" keys, or declare `depth L = ...` and use "
@@ -651,8 +651,8 @@ def _run(args: argparse.Namespace) -> int:
     result = classify(program, optimizer, abc)
     data = classify_json(result) if args.json else None
     if not args.json:
-        _out(classify_text(result, label, depth_pass=_repeats_over_depth(program)))
-    if _repeats_over_depth(program):
+        _out(classify_text(result, label, depth_pass=program.repeats_over_depth))
+    if program.repeats_over_depth:
         # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth
         exps = {p.name: _at_depth(abc.get(p.name), depth.get(p.name, ABC(0, 0, 0)))
                 for p in program.params}
@@ -670,12 +670,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _repeats_over_depth(program) -> bool:
-    """The program has a depth pass: it declares a depth and repeats a block over it."""
-    return program.depth is not None and any(
-        s.loops and s.count == program.depth.name for s in program.streams)
-
-
 def _at_depth(width: ABC | None, depth: ABC) -> ABC:
     if width is None:
         return depth
@@ -684,7 +678,7 @@ def _at_depth(width: ABC | None, depth: ABC) -> ABC:
 
 def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
-    from .coordcheck import coord_check, pick_device, render
+    from ..numerics.coordcheck import coord_check, pick_device, render
 
     _check_plot(args)
     widths, depths, width = _axis(args)
@@ -698,7 +692,7 @@ def _check(args, program, optimizer) -> int:
                          against=args.against, tolerance=args.tolerance,
                          progress=sys.stderr.isatty(), depths=depths, width=width,
                          depth_convention=args.depth_convention)
-    from .plots import coord_plot
+    from ..numerics.plots import coord_plot
 
     _report(args, result, render, coord_plot)
     return 0 if result.passed else 1
@@ -740,8 +734,8 @@ def _values(text: str | None, hp: str) -> list[float] | None:
 
 
 def _transfer(args, program, optimizer) -> int:
-    from .coordcheck import pick_device
-    from .transfer import render, sweep
+    from ..numerics.coordcheck import pick_device
+    from ..numerics.transfer import render, sweep
 
     params = tuple(dict.fromkeys(args.param))
     unknown = [p for p in params if p not in ("mup", "sp", "ntp", "mup-width")]
@@ -761,7 +755,7 @@ def _transfer(args, program, optimizer) -> int:
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty(), depths=depths, width=width,
                    depth_convention=args.depth_convention)
-    from .plots import transfer_plot
+    from ..numerics.plots import transfer_plot
 
     _report(args, result, render, transfer_plot)
     return 0
@@ -775,7 +769,7 @@ def _shown(path: str) -> str:
 
 
 def _write_module(args, program, optimizer) -> int:
-    from .codegen import emit, full_parametrization
+    from ..emit.module import emit, full_parametrization
 
     abc, depth_abc, label, eps = full_parametrization(
         program, optimizer, args.param, args.convention, args.readout_zero_init, args.zero_init,
@@ -842,7 +836,7 @@ def _load_array(path: str, option: str, then: str):
     import numpy as np
     import torch
 
-    from .data import _all_finite, _tensor
+    from ..numerics.data import _all_finite, _tensor
 
     try:
         if path.endswith(".npy"):
@@ -887,7 +881,7 @@ def _save(obj, path: str) -> None:
 def _limit(args, program) -> int:
     import torch
 
-    from .limit import nngp_kernel
+    from ..limits.nngp import nngp_kernel
 
     if args.train:
         return _train_limit(args, program)
@@ -907,7 +901,7 @@ def _limit(args, program) -> int:
 def _train_limit(args, program) -> int:
     import torch
 
-    from .mulimit import describe, mu_limit
+    from ..limits.mu import describe, mu_limit
 
     if args.param == "sp":
         raise UsageError("--train --param sp: SGD at a fixed LR has no finite limit under SP",
@@ -941,7 +935,7 @@ def _kernel_regime(args, program, inputs, targets) -> int:
     import numpy as np
     import torch
 
-    from .ntklimit import ntk_limit
+    from ..limits.ntk import ntk_limit
 
     regime = ntk_limit(program, inputs, samples=args.samples, seed=args.seed)
     mean, std = regime.distribution(program, inputs, targets, steps=args.steps, lr=args.lr)

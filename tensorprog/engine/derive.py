@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 
-from ._gc import paused_gc
-from .analysis import (
+from .._gc import paused_gc
+from ..errors import Diagnostic, EngineError, Span
+from ..ir.program import Program
+from .exponents import HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
+from .optimizers import Optimizer
+from .propagate import (
     ABC,
     STREAM_ROUNDS,
     Analysis,
@@ -36,10 +40,6 @@ from .analysis import (
     require_width,
     used_params,
 )
-from .errors import Diagnostic, EngineError, Span
-from .exponents import HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
-from .ir import Program
-from .optimizers import Optimizer
 from .rules import CHANGE, INIT, Term, fan_in_infinite
 
 
@@ -216,7 +216,7 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
     exponents when it repeats a block over a depth."""
     with paused_gc():
         d = _derive(program, optimizer, convention, depth_convention)
-        if repeats_over_depth(program):
+        if program.repeats_over_depth:
             if optimizer.uses_gradient_scale:
                 try:
                     require_depth_pass(program, optimizer)
@@ -282,12 +282,6 @@ def _shared_by_repetitions(program: Program) -> dict[str, str]:
                 if n in program.param_table and n not in own:
                     out[n] = block.name
     return out
-
-
-def repeats_over_depth(program: Program) -> bool:
-    """The program has a depth pass: it declares a depth and repeats a block over it."""
-    return program.depth is not None and any(
-        s.loops and s.count == program.depth.name for s in program.streams)
 
 
 def _derive(program: Program, optimizer: Optimizer, convention: str,

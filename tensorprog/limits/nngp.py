@@ -40,9 +40,9 @@ from fractions import Fraction
 import numpy as np
 from scipy.special import erf
 
-from .analysis import ABC
-from .errors import EngineError, Span, UsageError
-from .ir import INSTRUCTIONS, MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..engine.propagate import ABC
+from ..errors import EngineError, Span, UsageError
+from ..ir.program import INSTRUCTIONS, MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 
 #: Gauss–Hermite order of the 2-D quadrature (points per axis); its error is estimated by
 #: comparing with half the order.
@@ -716,8 +716,8 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     module ``tensorprog derive -o`` emits for ``param`` (sp, ntp or mup; µP's init does not
     depend on the optimizer except through the readout). ``all_vectors`` also keeps the kernel
     of every computed vector; ``order`` is the Gauss–Hermite order. See :class:`Kernel`."""
-    from .codegen import parametrization
-    from .optimizers import OPTIMIZERS
+    from ..emit.module import parametrization
+    from ..engine.optimizers import OPTIMIZERS
 
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {optimizer!r}", help=f"choose one of "
@@ -750,7 +750,7 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
 
 
 def _line(ins) -> str:
-    from .ir import render_instruction
+    from ..ir.program import render_instruction
 
     return render_instruction(ins)
 
@@ -764,9 +764,9 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     """
     import torch
 
-    from .codegen import emit, parametrization
-    from .coordcheck import load_module
-    from .optimizers import OPTIMIZERS
+    from ..emit.module import emit, parametrization
+    from ..engine.optimizers import OPTIMIZERS
+    from ..numerics.coordcheck import load_module
 
     data = _inputs(program, inputs)
     abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)

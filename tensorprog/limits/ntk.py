@@ -8,7 +8,7 @@ neural tangent kernel Θ (Jacot et al. 2018; TP2 for general programs). For full
     f_{t+1} = f_t - (η / B) Θ (f_t - y),   so   f_t = y + (I - ηΘ/B)^t (f_0 - y),
 
 where f_0 is the network's output at init (a Gaussian process in the limit). Θ is read from the
-same Z-variables as the µ-limit (:mod:`tensorprog.mulimit_engine`, at init): with ĝ = √n ∂f/∂h
+same Z-variables as the µ-limit (:mod:`tensorprog.limits.dynamics`, at init): with ĝ = √n ∂f/∂h
 and x the vector a weight reads, each param contributes its squared gradient times its
 learning-rate multiplier, whose powers of n cancel exactly under NTP:
 
@@ -23,11 +23,11 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import EngineError, UsageError
-from .ir import LinComb, MatMul, Program
-from .limit import _frac, _inputs
-from .mulimit import _network, _targets
-from .mulimit_engine import _Dynamics
+from ..errors import EngineError, UsageError
+from ..ir.program import LinComb, MatMul, Program
+from .dynamics import _Dynamics
+from .mu import _network, _targets
+from .nngp import _frac, _inputs
 
 #: (a + b, 2a + c) under NTP for SGD: init 1/√fan_in and updates that move features by O(n^-1/2)
 _NTP = {
@@ -63,7 +63,7 @@ class KernelRegime:
         output (per coordinate), and f_t = y + A^t (f_0 - y) with A = I - ηΘ/B is linear in
         it, so E[f_t] = y - A^t y and Var f_t(ξ_b) = (A^t K A^tᵀ)_bb: (steps + 1, B, d_out)
         means and (steps + 1, B) standard deviations."""
-        from .limit import nngp_kernel
+        from .nngp import nngp_kernel
 
         kernel = nngp_kernel(program, inputs, param="ntp", optimizer="sgd")
         (k,) = kernel.kernels.values()
@@ -84,8 +84,8 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) 
     ``samples`` draws of the Z-variables at init. Imports torch."""
     import torch
 
-    from .codegen import parametrization
-    from .optimizers import OPTIMIZERS
+    from ..emit.module import parametrization
+    from ..engine.optimizers import OPTIMIZERS
 
     net = _network(program)
     abc, _ = parametrization(program, OPTIMIZERS["sgd"], "ntp")

@@ -1,1 +1,0 @@
-"""The Tensor Program grammar, shipped as package data (``tensorprog.grammar``)."""

@@ -1,0 +1,1 @@
+"""The ``tensorprog`` command: argv, dispatch and exit codes, one module per command."""

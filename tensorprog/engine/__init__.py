@@ -1,0 +1,1 @@
+"""The scaling engine: exponents propagated through the program, derived (µP) and classified."""

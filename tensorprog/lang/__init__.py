@@ -1,0 +1,1 @@
+"""The language: program text -> syntax tree -> AST -> lowered, verified IR."""

@@ -1,0 +1,1 @@
+"""Finite-width runs: the coordinate check, µTransfer sweeps, their data and figures."""
