@@ -14,13 +14,14 @@ Only ``check`` and ``measure`` import torch, and only when called.
 
 from __future__ import annotations
 
+from .engine import classify as _classify
 from .engine import derive as _derive
 from .engine import parametrization as _presets
-from .engine import propagate as _analysis
+from .engine.classify import Classification
 from .engine.derive import CONVENTIONS, Derivation
+from .engine.exponents import ABC
 from .engine.optimizers import OPTIMIZERS, Optimizer, muon
 from .engine.optimizers import resolve as _resolve
-from .engine.propagate import ABC, Classification
 from .errors import (
     CodegenError,
     EngineError,
@@ -30,7 +31,9 @@ from .errors import (
     TensorProgWarning,
     UsageError,
 )
-from .ir.program import Program, to_text, verify
+from .ir.program import Program
+from .ir.text import to_text
+from .ir.verify import verify
 from .lang.parse import parse, parse_file
 from .numerics import coordcheck as _check
 from .numerics.coordcheck import CheckResult, Measurements
@@ -54,7 +57,7 @@ def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = N
         raise UsageError("give exactly one of preset= or abc=")
     if preset is not None:
         abc = _presets.preset(preset, program, opt, c)
-    return _analysis.classify(program, opt, abc)
+    return _classify.classify(program, opt, abc)
 
 
 def check(program: Program, optimizer: str = "adam", *, param: str = "mup",

@@ -26,8 +26,8 @@ from tensorprog.emit.module import (  # noqa: E402
     module_name,
     parametrization,
 )
+from tensorprog.engine.exponents import ABC  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
-from tensorprog.engine.propagate import ABC  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402
 from tensorprog.ir.program import LinComb  # noqa: E402
 from tensorprog.numerics.coordcheck import coord_check, load_module  # noqa: E402

@@ -14,8 +14,7 @@ from test_depth_exponents import ONE_LAYER
 
 import tensorprog as tp
 from tensorprog.cli.main import run
-from tensorprog.engine.exponents import canon
-from tensorprog.engine.propagate import ABC
+from tensorprog.engine.exponents import ABC, canon
 
 GPT = (Path(__file__).parent.parent / "examples" / "gpt.tp").read_text()
 

@@ -15,8 +15,8 @@ from test_depth import RESMLP
 import tensorprog as tp
 from tensorprog.cli.main import main
 from tensorprog.emit.module import emit, full_parametrization
+from tensorprog.engine.exponents import ABC
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.engine.propagate import ABC
 
 torch = pytest.importorskip("torch")
 

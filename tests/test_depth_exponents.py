@@ -7,9 +7,9 @@ import pytest
 from test_depth import RESMLP
 
 import tensorprog as tp
-from tensorprog.engine.exponents import canon
+from tensorprog.engine.classify import classify_depth
+from tensorprog.engine.exponents import ABC, canon
 from tensorprog.engine.optimizers import ADAM, SGD
-from tensorprog.engine.propagate import ABC, classify_depth
 
 ONE_LAYER = RESMLP.replace("""    param W1 : [n, n]
     param W2 : [n, n]

@@ -11,10 +11,10 @@ from sympy import Rational
 
 import tensorprog as tp
 from tensorprog.cli.main import run as cli
-from tensorprog.engine.exponents import INF, NEG_INF, gt
+from tensorprog.engine.exponents import ABC, INF, NEG_INF, gt
 from tensorprog.engine.optimizers import ADAM, SGD
 from tensorprog.engine.parametrization import preset
-from tensorprog.engine.propagate import ABC, Analysis
+from tensorprog.engine.propagate import Analysis
 
 HALF = Rational(1, 2)
 REGIMES = ("feature_learning", "kernel", "unstable", "trivial")

@@ -40,7 +40,7 @@ def test_a_sum_of_5000_terms_is_one_lincomb():
     start = time.perf_counter()
     program = tp.parse(source)
     assert time.perf_counter() - start < 10  # about 1 s; quadratic merging took minutes
-    assert program.body[0] == tp.ir.LinComb("y", ((5000, "x"),))
+    assert program.body[0] == tp.ir.program.LinComb("y", ((5000, "x"),))
 
 
 def test_a_sum_of_1000_distinct_terms_keeps_their_order():

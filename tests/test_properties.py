@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tensorprog as tp
-from tensorprog.ir.program import LinComb, MatMul, Nonlin, render_instruction
+from tensorprog.ir.program import LinComb, MatMul, Nonlin
+from tensorprog.ir.text import render_instruction
 
 DIMS = {"n": True, "m": True, "d_in": False, "k": False}  # m = 2n; d_in, k finite
 DECLS = "width n = 32\ndim m = 2 * n\ndim d_in = 6\ndim k = 3\ninput x : [d_in]\n"

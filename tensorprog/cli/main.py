@@ -17,11 +17,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..engine.classify import classify, classify_depth
 from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
-from ..engine.exponents import INF, NEG_INF, as_str, canon
+from ..engine.exponents import ABC, INF, NEG_INF, as_str, canon
 from ..engine.optimizers import OPTIMIZERS, muon
 from ..engine.parametrization import PRESETS, preset, zero_init
-from ..engine.propagate import ABC, classify, classify_depth
 from ..engine.report import (
     classify_depth_json,
     classify_depth_text,
@@ -34,7 +34,7 @@ from ..engine.report import (
     zero_init_text,
 )
 from ..errors import EngineError, TensorProgError, TensorProgWarning, UsageError
-from ..ir.program import to_text
+from ..ir.text import to_text
 from ..lang.parse import parse_file
 
 

@@ -26,13 +26,13 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from ..engine.derive import derive
-from ..engine.exponents import INF, ZERO, Exp
+from ..engine.exponents import ABC, INF, ZERO, Exp
 from ..engine.optimizers import OPTIMIZERS, Optimizer
 from ..engine.parametrization import preset, zero_init
-from ..engine.propagate import ABC
 from ..engine.rules import fan_dims
 from ..errors import CodegenError, Span, UsageError
-from ..ir.program import MUL, Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.functions import MUL
+from ..ir.program import Block, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .optim import optimizer_code
 
 _TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",

@@ -26,20 +26,10 @@ from sympy.polys.matrices import DomainMatrix
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
 from ..ir.program import Program
-from .exponents import HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
+from .classify import Classification, classify, classify_depth, require_depth_pass, require_width
+from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
 from .optimizers import Optimizer
-from .propagate import (
-    ABC,
-    STREAM_ROUNDS,
-    Analysis,
-    Classification,
-    classify,
-    classify_depth,
-    prescaled,
-    require_depth_pass,
-    require_width,
-    used_params,
-)
+from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT, Term, fan_in_infinite
 
 

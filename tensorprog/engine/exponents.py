@@ -8,6 +8,7 @@ through :func:`add`, which lets zero absorb (0 * anything = 0), so ``oo - oo`` n
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import sympy
 from sympy import Rational, S
@@ -111,3 +112,21 @@ def scaled(coef: str, e: Exp, base: str = "n") -> str:
     if p.startswith("1/"):
         return f"{coef}{p[1:]}"
     return f"{coef}·{p}"
+
+
+@dataclass(frozen=True)
+class ABC:
+    """One param's exponents: W = n^-a·w, w ~ N(0, (σ·n^-b)²), LR η·n^-c; b = oo is zero init."""
+
+    a: Exp
+    b: Exp
+    c: Exp
+
+    def __post_init__(self) -> None:
+        for k in "abc":  # accept ints, Fractions and strings; store canonical sympy numbers
+            object.__setattr__(self, k, canon(getattr(self, k)))
+        if not self.a.is_Rational or self.b is NEG_INF or self.c is NEG_INF:
+            raise ValueError("a must be finite, and b and c finite or oo (zero init, zero LR)")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}

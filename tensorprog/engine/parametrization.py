@@ -17,9 +17,9 @@ from __future__ import annotations
 from ..errors import UsageError
 from ..ir.program import Dot, Program
 from .derive import derive
-from .exponents import HALF, ZERO, Exp
+from .exponents import ABC, HALF, ZERO, Exp
 from .optimizers import Optimizer
-from .propagate import ABC, used_params
+from .propagate import used_params
 from .rules import fan_in_infinite
 
 

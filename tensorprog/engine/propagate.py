@@ -1,4 +1,4 @@
-"""Exponent propagation through the forward and backward program, and classification.
+"""Exponent propagation through the forward and backward program.
 
 Given every param's (a, b, c), :class:`Analysis` computes for every vector v, exactly:
 
@@ -20,34 +20,14 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cached_property
 
-from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, TensorProgWarning
-from ..ir.program import MUL, LinComb, MatMul, Nonlin, Program, Stream
-from .exponents import INF, NEG_INF, ZERO, Exp, add, as_str, canon, emax, emin, gt, power
+from ..ir.functions import MUL
+from ..ir.program import LinComb, MatMul, Nonlin, Program, Stream
+from .exponents import ABC, INF, NEG_INF, ZERO, Exp, add, emax, emin, gt
 from .optimizers import Optimizer, ParamShape
-from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, param_shape, role
-
-
-@dataclass(frozen=True)
-class ABC:
-    """One param's exponents: W = n^-a·w, w ~ N(0, (σ·n^-b)²), LR η·n^-c; b = oo is zero init."""
-
-    a: Exp
-    b: Exp
-    c: Exp
-
-    def __post_init__(self) -> None:
-        for k in "abc":  # accept ints, Fractions and strings; store canonical sympy numbers
-            object.__setattr__(self, k, canon(getattr(self, k)))
-        if not self.a.is_Rational or self.b is NEG_INF or self.c is NEG_INF:
-            raise ValueError("a must be finite, and b and c finite or oo (zero init, zero LR)")
-
-    def as_dict(self) -> dict[str, str]:
-        return {"a": as_str(self.a), "b": as_str(self.b), "c": as_str(self.c)}
-
+from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, param_shape
 
 #: Rounds of a pass over the program after which a back edge that still grows is taken as unbounded.
 #: The passes are monotone (sizes only grow from -oo), so they settle unless a repetition feeds its
@@ -512,174 +492,6 @@ class Analysis:
             seen.add(state)
 
 
-# --- classification ---------------------------------------------------------------------------
-
-
-@dataclass
-class Violation:
-    condition: str  # stability_init | stability_training | vanishing_init | maximal_update | ...
-    tensor: str
-    exponent: Exp
-    message: str
-
-    def as_dict(self) -> dict:
-        return {"condition": self.condition, "tensor": self.tensor,
-                "exponent": as_str(self.exponent), "message": self.message}
-
-
-@dataclass
-class ParamResult:
-    name: str
-    shape: tuple[str, ...]
-    role: str
-    abc: ABC
-    init: Exp  # exponent of initial entries, -(a+b)
-    update: Exp  # exponent of update entries
-    r: Exp  # -(largest change its update causes); 0 = updated maximally
-    dominant: str  # the term that realises r
-
-
-@dataclass
-class Classification:
-    program: Program
-    optimizer: Optimizer
-    analysis: Analysis
-    params: dict[str, ParamResult]
-    violations: list[Violation] = field(default_factory=list)
-    r: Exp = INF
-    stable: bool = True
-    nontrivial: bool = False
-
-    @property
-    def regime(self) -> str:
-        if not self.stable:
-            return "unstable"
-        if not self.nontrivial:
-            return "trivial"
-        return "feature_learning" if self.r == 0 else "kernel"
-
-    @property
-    def all_maximal(self) -> bool:
-        return all(p.r == 0 for p in self.params.values() if p.role != "scale")
-
-
-def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
-    best = None
-    for t, v in terms:
-        if best is None or gt(v, best[1]):
-            best = (t, v)
-    return best
-
-
-def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Classification:
-    """Evaluate stability, nontriviality, r and the regime of a given parametrization (TP4 §3)."""
-    with paused_gc():
-        return _classify(program, optimizer, abc)
-
-
-def classify_depth(program: Program, optimizer: Optimizer,
-                   abc: dict[str, ABC]) -> Classification:
-    """The same, in the depth L, for the depth exponents (a_L, b_L, c_L) of every param: the
-    depth pass, where no width dim is infinite and only the repetitions of a ``repeat L`` are."""
-    require_depth_pass(program, optimizer)
-    with paused_gc():
-        return _classify(program, optimizer, abc, depth_pass=True)
-
-
-def require_depth_pass(program: Program, optimizer: Optimizer) -> None:
-    """Refuse what the depth pass does not cover, rather than give exponents it cannot vouch for."""
-    if not program.repeats_over_depth:
-        raise EngineError(f"{program.name} repeats no block over a depth, so it has no depth "
-                          "exponents", help="declare `depth L = ...` and use `repeat L blk(...)`")
-    if optimizer.uses_gradient_scale:
-        raise EngineError(
-            f"depth exponents under {optimizer.name} are not derived yet: its update size follows "
-            "the gradient's size in L, which the depth pass does not track",
-            help="use --optimizer adam (or adamw), whose update entries do not depend on it")
-
-
-def require_width(program: Program) -> None:
-    """Refuse a program none of whose outputs depends on a vector of infinite dim: it has no
-    width limit, so neither a derivation nor a regime means anything."""
-    live = live_values(program)
-    if not any(program.is_infinite(ins.out) for ins in program.body if ins.out in live):
-        # point at the first output: it is what fails to reach the width
-        span = next((s for s in program.output_spans if s is not None), program.width.span)
-        raise EngineError(f"no output of {program.name} depends on a vector of width "
-                          f"{program.width.name}: there is nothing to scale", span=span,
-                          help=f"give a hidden layer a dim of {program.width.name} (or a multiple)")
-
-
-def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
-              depth_pass: bool = False) -> Classification:
-    require_width(program)
-    used = used_params(program)
-    missing = [p for p in used if p not in abc]
-    if missing:
-        raise EngineError(f"no (a, b, c) given for param(s) {', '.join(missing)}",
-                          help="give every param of the program its exponents")
-    abc = {p: abc[p] for p in used}
-    an = Analysis(program, optimizer, depth_pass).run(abc)
-    result = Classification(program, optimizer, an, {})
-    base = "n" if an.width_limit else program.depth.name
-    # In L, every vector is Θ(1) but a residual branch, which the depth scaling shrinks so that
-    # the sum of L of them is Θ(1): the sizes the depth desiderata hold a vector to.
-    held = (program.is_infinite if an.width_limit else
-            (lambda v: v not in {b for s in an.depth_streams for b in an.branches(s)}))
-    absorbed = prescaled(program)  # sizes a scale takes back: not where an update shows
-    for name in used:
-        ups = [u for u in an.update_terms(name) if u[0] not in absorbed]
-        top = None
-        for entry in ups:
-            if top is None or gt(entry[2], top[2]):
-                top = entry
-        r = -top[2] if top else INF
-        result.params[name] = ParamResult(
-            name, program.param_table[name].shape, role(program, name), abc[name], an.S[name],
-            an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
-    outputs = set(program.outputs)
-    absorbed = prescaled(program)
-    for ins in program.body:
-        v = ins.out
-        if v in absorbed:
-            continue
-        e0, d = an.init_[v], an.change_[v]
-        if gt(e0, ZERO):
-            t = _dominant(an.init_terms[v])
-            result.violations.append(Violation(
-                "stability_init", v, e0,
-                f"{v} blows up at init as {power(e0, base)} (dominant term {t[0].what}: "
-                f"{t[0].why})"))
-        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
-            result.violations.append(Violation(
-                "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0, base)}: its "
-                "coordinates should be Θ(1)"))
-        if gt(d, ZERO):
-            t = _dominant(an.change_terms[v])
-            result.violations.append(Violation(
-                "stability_training", v, d,
-                f"{v} blows up during training as {power(d, base)} (dominant term {t[0].what}: "
-                f"{t[0].why})"))
-    result.stable = not result.violations
-    result.nontrivial = any(not gt(ZERO, an.change_[o]) for o in program.outputs)
-    features = [an.change_[ins.out] for ins in program.body
-                if held(ins.out) and ins.out not in absorbed]
-    result.r = -emax(features) if features else INF
-    if result.stable and not result.nontrivial:
-        for o in program.outputs:
-            result.violations.append(Violation(
-                "nontrivial", o, an.change_[o],
-                f"output {o} moves only as {power(an.change_[o], base)} during training: it "
-                "freezes"))
-    for p in result.params.values():
-        if result.stable and gt(p.r, ZERO) and p.role != "scale":  # a scale is never trained
-            result.violations.append(Violation(
-                "maximal_update", p.name, -p.r,
-                f"{p.name} is not updated maximally: its update moves features by "
-                f"{power(-p.r, base)} ({p.dominant}); they freeze as {base} grows"))
-    return result
-
-
 def prescaled(program: Program) -> set[str]:
     """Values used only as a factor of a ``scale``: the raw attention dot, a tied unembedding's
     raw logits. Their size is what the scale absorbs, so they bound nothing themselves and are
@@ -717,6 +529,4 @@ def used_params(program: Program) -> list[str]:
     return [p.name for p in program.params if p.name in live]
 
 
-__all__ = ["ABC", "Analysis", "Classification", "Violation", "classify", "classify_depth",
-           "require_depth_pass", "require_width",
-           "used_params", "fan_dims"]
+__all__ = ["Analysis", "live_values", "prescaled", "used_params"]

@@ -6,10 +6,11 @@ and the learning rate is η·n^-c.
 
 from __future__ import annotations
 
-from ..ir.program import Program, render_instruction
+from ..ir.program import Program
+from ..ir.text import render_instruction
+from .classify import Classification, classify
 from .derive import Derivation
-from .exponents import INF, NEG_INF, Exp, as_str, canon, power, scaled
-from .propagate import ABC, Classification, classify
+from .exponents import ABC, INF, NEG_INF, Exp, as_str, canon, power, scaled
 from .rules import fan_dims, role
 
 CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"

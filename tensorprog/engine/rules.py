@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Protocol
 
-from ..ir.program import MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.functions import FUNCTIONS, MUL
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -245,15 +246,9 @@ def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
 
 # --- Nonlin ---------------------------------------------------------------------------------------
 
-#: How a function maps the exponent of its input. "linear": phi(x) ~ x both near 0 and at
-#: infinity (relu, gelu, silu, identity: size passes through); "bounded": phi(x) ~ x near 0 but
-#: saturates (tanh); "offset": phi(0) != 0 and bounded (sigmoid, and a softmax over finitely many
-#: tokens: Θ(1) whatever the input); "normalize": divides by the input's own RMS (layernorm,
-#: rmsnorm: Θ(1) output, a change counted relative to the input's size).
-NONLIN_SHAPE = {"relu": "linear", "gelu": "linear", "silu": "linear", "identity": "linear",
-                "tanh": "bounded", "sigmoid": "offset", "softmax": "offset",
-                "causal_softmax": "offset", "layernorm": "normalize", "rmsnorm": "normalize",
-                "avgpool": "linear", "global_pool": "linear"}
+#: How a function maps the exponent of its input (linear, bounded, offset, normalize): the IR's
+#: function table says, one row per function (see tensorprog.ir.functions for what each means).
+NONLIN_SHAPE = {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
 def _size(monos: list[Mono]) -> Exp:

@@ -4,8 +4,7 @@
 one method per statement kind (``stmt_<kind>``); the expression nodes (``expr_<Class>``) are
 lowered by the mixin in :mod:`tensorprog.lang.lower_expr`. It collects its errors to raise them
 once. Nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes ``h1_1 = W1 @ x`` and
-``h1 = h1_1 + b1``). The AST classes are only named here, never imported at run time, so imports
-flow one way: parse -> lower -> lower_expr -> ir.
+``h1 = h1_1 + b1``). Imports flow one way: parse -> syntax, lower -> lower_expr -> ast -> ir.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import warnings
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lark import Token
 
@@ -32,12 +30,10 @@ from ..ir.program import (
     Program,
     Stream,
     Width,
-    verify,
 )
-from .lower_expr import FUNCTIONS, ExpressionLowering, _Matrix, _Scalar, _Vec
-
-if TYPE_CHECKING:
-    from .parse import Stmt
+from ..ir.verify import verify
+from .ast import Stmt
+from .lower_expr import FUNCTIONS, ExpressionLowering, Matrix, Scalar, Vec
 
 
 def _line_end_span(source: str, filename: str) -> Span:
@@ -311,7 +307,7 @@ class _Lowering(ExpressionLowering):
     def resolve(self, name: str) -> str:
         return self.scope.get(name, name)
 
-    def apply_block(self, name: str, name_span: Span, arg, count, node) -> _Vec | None:
+    def apply_block(self, name: str, name_span: Span, arg, count, node) -> Vec | None:
         """Inline block ``name`` once, as the generic repetition fed by a Stream (see ir.Block)."""
         if self.block is not None:
             if name == self.block:
@@ -328,9 +324,9 @@ class _Lowering(ExpressionLowering):
             return None  # its definition already reported an error
         if arg is None:
             return None
-        if not isinstance(arg, _Vec) or arg.dim is None or arg.dim in self.heads_dims:
-            what = ("a matrix" if isinstance(arg, _Matrix) else "a constant"
-                    if isinstance(arg, _Scalar) else "a scalar" if arg.dim is None
+        if not isinstance(arg, Vec) or arg.dim is None or arg.dim in self.heads_dims:
+            what = ("a matrix" if isinstance(arg, Matrix) else "a constant"
+                    if isinstance(arg, Scalar) else "a scalar" if arg.dim is None
                     else "attention logits")
             self.errors.error(f"block {name} needs a vector argument, got {what}", node.span,
                               "apply a block to a vector of a declared dim, e.g. the residual "
@@ -384,8 +380,8 @@ class _Lowering(ExpressionLowering):
         value = self.expr(st.value)
         if value is None or len(self.errors.errors) > n_errors:
             return None
-        if not isinstance(value, _Vec):
-            what = "a matrix" if isinstance(value, _Matrix) else "a constant"
+        if not isinstance(value, Vec):
+            what = "a matrix" if isinstance(value, Matrix) else "a constant"
             self.errors.error(f"block {self.block} returns {what}", st.span,
                               f"return a vector of its argument {arg_name}'s dim")
             return None
@@ -576,11 +572,11 @@ class _Lowering(ExpressionLowering):
             self.poisoned.add(name)
             self.defined_at.setdefault(name, st.name_span)
             return False
-        if isinstance(value, _Scalar):
+        if isinstance(value, Scalar):
             self.errors.error(f"'{st.name}' is a constant, not a vector", st.span,
                               "scale a vector instead, e.g. `y = 0.5 * x`")
             return False
-        if isinstance(value, _Matrix):
+        if isinstance(value, Matrix):
             self.errors.error(f"'{st.name}' would alias the matrix param {value.name}", st.span,
                               "params cannot be renamed; use the param directly")
             return False

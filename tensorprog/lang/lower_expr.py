@@ -11,14 +11,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 from ..errors import Span
+from ..ir.functions import MUL, NONLINEARITIES
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
-    MUL,
-    NONLINEARITIES,
     Dot,
     LinComb,
     MatMul,
@@ -27,26 +25,24 @@ from ..ir.program import (
     heads_dim,
     in_float_range,
 )
-
-if TYPE_CHECKING:
-    from .parse import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix")
 
 
 @dataclass(frozen=True)
-class _Scalar:
+class Scalar:
     value: Fraction
 
 
 @dataclass(frozen=True)
-class _Matrix:
+class Matrix:
     name: str
     transposed: bool = False
 
 
 @dataclass
-class _Vec:
+class Vec:
     """A pending linear combination of named values, all of one dim (None = scalar): the
     coefficient of each name, in order of first appearance, and the image sizes of its non-param
     terms (None: no pixels). Owned by the one expression node that consumes it, which may extend
@@ -70,7 +66,7 @@ class _Vec:
 class ExpressionLowering:
     """The expression half of the lowering (a mixin of :class:`tensorprog.lang.lower._Lowering`)."""
 
-    def name_of(self, v: _Vec, span: Span) -> str:
+    def name_of(self, v: Vec, span: Span) -> str:
         """A single name for a pending combination, emitting a LinComb if it is not one already."""
         name = v.single()
         if name is not None:
@@ -78,7 +74,7 @@ class ExpressionLowering:
         self.check_coefficients(v, span)
         return self.emit(LinComb(self.fresh(self.target), v.items(), span), v.dim)
 
-    def check_coefficients(self, v: _Vec, span: Span) -> None:
+    def check_coefficients(self, v: Vec, span: Span) -> None:
         """Coefficients multiply out exactly; later stages need them as floats."""
         bad = next((c for c in v.terms.values() if not in_float_range(c)), None)
         if bad is not None:
@@ -86,10 +82,10 @@ class ExpressionLowering:
                               span, f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
                               f"{FLOAT_MAX:.3g} in size (a float's normal range)")
 
-    def vec(self, name: str, dim: str | None) -> _Vec:
+    def vec(self, name: str, dim: str | None) -> Vec:
         """One named value as a pending combination."""
         pixels = frozenset() if name in self.param_names else frozenset((self.pixels.get(name),))
-        return _Vec({name: Fraction(1)}, dim, pixels)
+        return Vec({name: Fraction(1)}, dim, pixels)
 
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
@@ -131,7 +127,7 @@ class ExpressionLowering:
         return value
 
     def expr_Num(self, node: Num, _values, _state):
-        return _Scalar(node.value)
+        return Scalar(node.value)
 
     def expr_Var(self, node: Var, _values, _state):
         name = self.resolve(node.name)
@@ -140,7 +136,7 @@ class ExpressionLowering:
         if name in self.values:
             return self.vec(name, self.values[name])
         if name in self.matrices:
-            return _Matrix(name)
+            return Matrix(name)
         if self.depth is not None and name == self.depth.name:
             self.errors.error(f"'{name}' is the depth, not a vector", node.span,
                               f"the depth only counts repetitions: `repeat {name} blk(h0)`")
@@ -164,7 +160,7 @@ class ExpressionLowering:
                               node.span, "tie only matrices [m, k]")
             return None
         if name in self.matrices:
-            return _Matrix(name, transposed=True)
+            return Matrix(name, transposed=True)
         if node.name in self.values or node.name in self.dims:
             self.errors.error(f"'{node.name}.T': only a matrix param can be transposed", node.span,
                               "write `W.T @ x` for a param `W : [m, k]` and x of dim m")
@@ -182,9 +178,9 @@ class ExpressionLowering:
         """``k * v``: a constant folds, a combination's coefficients multiply."""
         if v is None:
             return None
-        if isinstance(v, _Scalar):
-            return _Scalar(v.value * k)
-        if isinstance(v, _Matrix):
+        if isinstance(v, Scalar):
+            return Scalar(v.value * k)
+        if isinstance(v, Matrix):
             self.errors.error(f"cannot scale the matrix {v.name} directly", span,
                               f"scale the product instead: `k * ({v.name} @ x)`")
             return None
@@ -193,7 +189,7 @@ class ExpressionLowering:
                               "remove the term: a zero vector carries nothing for the engine "
                               "to scale")
             return None
-        return _Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
+        return Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
 
     def enter_BinOp(self, node: BinOp):
         return (node.left, node.right), None
@@ -205,13 +201,13 @@ class ExpressionLowering:
         return getattr(self, {"+": "op_add", "-": "op_sub", "*": "op_mul", "/": "op_div",
                               "@": "op_matmul"}[node.op])(left, right, node)
 
-    def matrix_misuse(self, m: _Matrix, node) -> None:
+    def matrix_misuse(self, m: Matrix, node) -> None:
         self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
                           f"write `{m.name} @ x` for a vector x of its fan-in dim")
 
     def pixel_clash(self, vecs, node) -> bool:
         """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
-        sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, _Vec)))
+        sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, Vec)))
         if len(sizes) > 1:
             text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
                              for z in sorted(sizes, key=str))
@@ -223,14 +219,14 @@ class ExpressionLowering:
 
     def op_add(self, a, b, node, sign=Fraction(1)):
         for v in (a, b):
-            if isinstance(v, _Matrix):
+            if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
                 return None
         if self.pixel_clash((a, b), node):
             return None
-        if isinstance(a, _Scalar) and isinstance(b, _Scalar):
-            return _Scalar(a.value + sign * b.value)
-        if isinstance(a, _Scalar) or isinstance(b, _Scalar):
+        if isinstance(a, Scalar) and isinstance(b, Scalar):
+            return Scalar(a.value + sign * b.value)
+        if isinstance(a, Scalar) or isinstance(b, Scalar):
             self.errors.error("cannot add a constant to a vector", node.span,
                               "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
             return None
@@ -249,21 +245,21 @@ class ExpressionLowering:
         if not merged:
             self.errors.error("this sum cancels to zero", node.span, "remove it")
             return None
-        return _Vec(merged, a.dim, a.pixels | b.pixels)
+        return Vec(merged, a.dim, a.pixels | b.pixels)
 
     def op_sub(self, a, b, node):
         return self.op_add(a, b, node, Fraction(-1))
 
     def op_mul(self, a, b, node):
         for v in (a, b):
-            if isinstance(v, _Matrix):
+            if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
                 return None
         if self.pixel_clash((a, b), node):
             return None
-        if isinstance(a, _Scalar):
+        if isinstance(a, Scalar):
             return self.scale(b, a.value, node.span)
-        if isinstance(b, _Scalar):
+        if isinstance(b, Scalar):
             return self.scale(a, b.value, node.span)
         if (a.dim is None) != (b.dim is None):  # a scale (or a scalar) times a vector
             names = (self.name_of(a, node.span), self.name_of(b, node.span))
@@ -280,11 +276,11 @@ class ExpressionLowering:
         return self.vec(out, a.dim)
 
     def op_div(self, a, b, node):
-        if isinstance(b, _Scalar):
+        if isinstance(b, Scalar):
             if b.value == 0:
                 self.errors.error("division by zero", node.span)
                 return None
-            if isinstance(a, _Matrix):
+            if isinstance(a, Matrix):
                 self.matrix_misuse(a, node)
                 return None
             return self.scale(a, 1 / b.value, node.span)
@@ -293,11 +289,11 @@ class ExpressionLowering:
         return None
 
     def op_matmul(self, a, b, node):
-        if not isinstance(a, _Matrix):
+        if not isinstance(a, Matrix):
             self.errors.error("the left side of @ must be a matrix param", node.span,
                               "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
             return None
-        if not isinstance(b, _Vec):
+        if not isinstance(b, Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
         fan_out, fan_in = self.matrices[a.name].shape[:2]
@@ -342,7 +338,7 @@ class ExpressionLowering:
                           "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
         return None
 
-    def in_domain(self, fn: str, v: _Vec, node) -> bool:
+    def in_domain(self, fn: str, v: Vec, node) -> bool:
         """Whether the engine's rule for ``fn`` describes what the emitted module computes on
         ``v``. Normalising functions act over the last axis of the value: a vector's dim, the key
         tokens of attention logits, and the batch (or tokens) of a scalar; the rules hold only
@@ -449,8 +445,8 @@ class ExpressionLowering:
         if any(a is None for a in args):
             return None
         for a in args:
-            if not isinstance(a, _Vec):
-                what = "a matrix" if isinstance(a, _Matrix) else "a constant"
+            if not isinstance(a, Vec):
+                what = "a matrix" if isinstance(a, Matrix) else "a constant"
                 self.errors.error(f"{node.fn} needs vector arguments, got {what}", node.span)
                 return None
         if node.fn == "dot":

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 
-from ..ir.program import MUL, LinComb, MatMul
+from ..ir.functions import MUL
+from ..ir.program import LinComb, MatMul
 
 
 class _Family:

@@ -37,7 +37,8 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import EngineError, UsageError
-from ..ir.program import MUL, LinComb, MatMul, Nonlin, Program
+from ..ir.functions import MUL
+from ..ir.program import LinComb, MatMul, Nonlin, Program
 from .dynamics import _Dynamics
 from .nngp import _FNS, _frac, _inputs
 

@@ -40,9 +40,10 @@ from fractions import Fraction
 import numpy as np
 from scipy.special import erf
 
-from ..engine.propagate import ABC
+from ..engine.exponents import ABC
 from ..errors import EngineError, Span, UsageError
-from ..ir.program import INSTRUCTIONS, MUL, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.functions import MUL
+from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
 
 #: Gauss–Hermite order of the 2-D quadrature (points per axis); its error is estimated by
 #: comparing with half the order.
@@ -750,7 +751,7 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
 
 
 def _line(ins) -> str:
-    from ..ir.program import render_instruction
+    from ..ir.text import render_instruction
 
     return render_instruction(ins)
 

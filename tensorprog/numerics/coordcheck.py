@@ -27,10 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..emit.module import Emitted
+from ..engine.classify import classify
 from ..engine.derive import derive
-from ..engine.exponents import INF, NEG_INF, ZERO, Exp, as_str, gt
+from ..engine.exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, gt
 from ..engine.optimizers import Optimizer
-from ..engine.propagate import ABC, classify, prescaled
+from ..engine.propagate import prescaled
 from ..errors import UsageError
 from ..ir.program import Program
 
@@ -130,7 +131,7 @@ def depth_expectations(program: Program, optimizer: Optimizer, abc: dict[str, AB
     pass's exponents, for the derived depth exponents (``mup``) or for ``depth_abc``
     (``predicted``). A repeated block's value v is measured over all its repetitions at once,
     as ``block.*.v`` (their RMS together), since the repetitions differ from depth to depth."""
-    from ..engine.propagate import classify_depth
+    from ..engine.classify import classify_depth
 
     def at_depth(name: str) -> ABC:
         # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..emit.module import emit, full_parametrization
+from ..engine.classify import require_depth_pass
 from ..engine.optimizers import Optimizer
-from ..engine.propagate import require_depth_pass
 from ..errors import Diagnostic, TensorProgWarning, UsageError
-from ..ir.program import Program, verify
+from ..ir.program import Program
+from ..ir.verify import verify
 from .data import Dataset, load
 
 HPS = ("lr", "init_std", "output_mult")

@@ -1,0 +1,55 @@
+"""The language's functions of one vector: one row per nonlinearity, the one list every stage reads.
+
+Each row says what the engine needs to know of a function, and what the emitter and the limits
+compute it with:
+
+* ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools: size
+  passes through); ``bounded``: φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and
+  bounded (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
+  ``normalize``: divides by the input's own RMS (layernorm, rmsnorm: Θ(1) output, a change counted
+  relative to the input's size).
+* ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
+  the functions that act over a whole axis (norms, softmaxes, pools).
+* ``torch``: the torch function the emitted module calls for it (the norms and pools are written
+  out by the emitter around it).
+
+Tables elsewhere that name functions (the emitter's expressions, the limits' numpy functions, the
+tracer's recognisers) cover a subset of these rows; a test checks that they agree with this one.
+``mul`` (the product of two vectors) is the other Nonlin: it has two arguments and no row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    scaling: str  # "linear" | "bounded" | "offset" | "normalize"
+    at_zero: float | None
+    torch: str
+
+
+MUL = "mul"
+
+FUNCTIONS: dict[str, Function] = {f.name: f for f in (
+    Function("relu", "linear", 0.0, "torch.relu"),
+    Function("gelu", "linear", 0.0, "torch.nn.functional.gelu"),
+    Function("tanh", "bounded", 0.0, "torch.tanh"),
+    Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
+    Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
+    Function("identity", "linear", 0.0, ""),
+    Function("layernorm", "normalize", None, "torch.nn.functional.layer_norm"),
+    Function("rmsnorm", "normalize", None, "torch.rsqrt"),
+    Function("softmax", "offset", None, "torch.softmax"),
+    Function("causal_softmax", "offset", None, "torch.softmax"),
+    Function("avgpool", "linear", None, "torch.nn.functional.avg_pool2d"),
+    Function("global_pool", "linear", None, ".mean"),
+)}
+
+#: The names, in the order the language lists them.
+NONLINEARITIES = tuple(FUNCTIONS)
+#: functions that change an image's spatial size: 2x2 average pooling, and the global average
+POOLS = {"avgpool": 2, "global_pool": None}

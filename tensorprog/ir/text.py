@@ -1,0 +1,107 @@
+"""The IR's text form: a program printed in the surface language, one instruction a line.
+
+:func:`to_text` writes a whole program (blocks where they are applied); the parser reads it back
+to an equal IR (spans are excluded from equality), which the property tests check.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from .functions import MUL
+from .program import Dot, Input, Instruction, MatMul, Mix, Nonlin, Param, Program, Stream
+
+
+def _coef(c: Fraction) -> str:
+    return str(c.numerator) if c.denominator == 1 else f"{c.numerator}/{c.denominator}"
+
+
+def _count(count: str | int | None) -> str:
+    return "" if count is None else f"repeat {count} "
+
+
+def render_instruction(ins: Instruction, show=str) -> str:
+    """One instruction as one line of the surface language; ``show`` maps a name to the text
+    written for it (inside a block, a qualified name loses its block prefix)."""
+    if isinstance(ins, MatMul):
+        rhs = f"{show(ins.weight)}{'.T' if ins.transposed else ''} @ {show(ins.arg)}"
+    elif isinstance(ins, Dot):
+        over = f", {ins.over}" if ins.over is not None else ""
+        rhs = f"dot({show(ins.left)}, {show(ins.right)}{over})"
+    elif isinstance(ins, Mix):
+        rhs = f"mix({show(ins.weights)}, {show(ins.values)})"
+    elif isinstance(ins, Stream):  # in a program's text, the block call it starts
+        rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
+    elif isinstance(ins, Nonlin):
+        args = [show(a) for a in ins.args]
+        rhs = " * ".join(args) if ins.fn == MUL else f"{ins.fn}({', '.join(args)})"
+    else:
+        parts = []
+        for k, (c, name) in enumerate(ins.terms):
+            sign = "-" if c < 0 else "+"
+            mag = abs(c)
+            text = show(name) if mag == 1 else f"{_coef(mag)} * {show(name)}"
+            if k == 0:
+                parts.append(("-" if c < 0 else "") + text)
+            else:
+                parts.append(f"{sign} {text}")
+        rhs = " ".join(parts)
+    return f"{show(ins.out)} = {rhs}"
+
+
+def render_input(i: Input) -> str:
+    if i.kind == "image":
+        return f"input {i.name} : image[{i.dim}, {i.spatial[0]}, {i.spatial[1]}]"
+    if i.kind == "tokens":
+        return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
+    if i.kind == "positions":
+        return f"input {i.name} : positions[{i.seq}]"
+    return f"input {i.name} : [{i.dim}]"
+
+
+def render_param(p: Param, show=str) -> str:
+    value = f" = {float(p.base)!r}" if p.base is not None else ""
+    if p.is_scale:
+        return f"scale {show(p.name)}{value}"
+    return f"param {show(p.name)} : [{', '.join(p.shape)}]{value}"
+
+
+def _local(block: str):
+    """How names read inside a block's text: its own names without the block prefix."""
+    prefix = f"{block}."
+    return lambda name: name.removeprefix(prefix)
+
+
+def to_text(program: Program) -> str:
+    """The IR as a program in the surface language, one instruction a line; parses back equal.
+
+    A block is written where it is applied: its definition (params, body, ``return``), then
+    ``result = repeat count block(init)``, which stands for the Stream, the body and the identity
+    naming the result."""
+    w = program.width
+    lines = [f"width {w.name} = {w.base}"]
+    if program.depth is not None:
+        lines.append(f"depth {program.depth.name} = {program.depth.base}")
+    lines += [f"dim {d.name} = {d.expr(w.name)}" for d in program.dims]
+    lines += [render_input(i) for i in program.inputs]
+    owned = program.owner
+    lines += [render_param(p) for p in program.params if p.name not in owned]
+    skip: set[str] = set()
+    for ins in program.body:
+        if ins.out in skip:
+            continue
+        if not isinstance(ins, Stream):
+            lines.append(render_instruction(ins))
+            continue
+        b = program.block_table[ins.block]
+        show = _local(b.name)
+        lines.append(f"block {b.name}({show(b.arg)}) {{")
+        lines += ["    " + render_param(program.param_table[p], show) for p in b.params]
+        lines += ["    " + render_instruction(program.producer[v], show) for v in b.values]
+        lines += [f"    return {show(b.ret)}", "}"]
+        lines.append(f"{b.result} = {_count(ins.count)}{b.name}({ins.init})")
+        skip.update(b.values + (b.result,))
+    lines += [f"output {o}" for o in program.outputs]
+    return "\n".join(lines) + "\n"
+
+

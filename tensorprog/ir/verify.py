@@ -1,0 +1,165 @@
+"""The IR verifier: the invariants every pass may rely on, checked after parsing and on programs
+built through the API (names defined once and before use, shapes, blocks well formed)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import Collector, SemanticError, Span
+from .functions import FUNCTIONS, MUL
+from .program import INPUT_KINDS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream, heads_dim_name
+
+
+def verify(program: Program) -> Program:
+    """Check the IR's invariants: names defined once and before use, shapes, outputs defined.
+
+    The parser already reports these with help for the user; the verifier guards programs built
+    through the API and every later pass. Returns the program so passes can chain it.
+    """
+    errors = Collector()
+    dims = program.dim_table
+    defined: dict[str, str | None] = {}
+
+    def define(name: str, dim: str | None, span: Span | None) -> None:
+        if name in defined or name in dims:
+            errors.error(f"'{name}' is defined twice", span)
+        defined[name] = dim
+
+    for d in program.dims:
+        if d.infinite == (d.size is not None):
+            errors.error(f"dim {d.name} must be either finite or a multiple of the width", d.span)
+    for i in program.inputs:
+        if i.dim not in dims or (i.seq is not None and i.seq not in dims):
+            errors.error(f"undeclared dim '{i.dim}'", i.span)
+        if i.kind not in INPUT_KINDS or (i.kind in ("vector", "image")) != (i.seq is None):
+            errors.error(f"input {i.name}: a {i.kind} input needs a sequence dim exactly when it "
+                         "is tokens or positions", i.span)
+        elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
+            errors.error(f"input {i.name}: the sequence dim {i.seq} must be finite", i.span)
+        define(i.name, i.dim, i.span)
+    if len({i.seq for i in program.inputs if i.seq is not None}) > 1:
+        errors.error("all token and position inputs must share one sequence dim")
+    matrices = set()
+    for p in program.params:
+        for d in p.shape:
+            if d not in dims:
+                errors.error(f"undeclared dim '{d}'", p.span)
+        if len(p.shape) not in (0, 1, 2, 4):
+            errors.error(f"param {p.name} must be a scale, a vector, a matrix or a kernel", p.span)
+        if len(p.shape) == 4 and any(d in dims and dims[d].infinite for d in p.shape[2:]):
+            errors.error(f"kernel {p.name}: its spatial size must be finite", p.span)
+        if len(p.shape) >= 2:
+            matrices.add(p.name)
+            if p.name in defined or p.name in dims:
+                errors.error(f"'{p.name}' is defined twice", p.span)
+            defined[p.name] = "<matrix>"
+        else:
+            define(p.name, p.shape[0] if p.shape else None, p.span)
+    if errors.errors:
+        errors.raise_if_any(SemanticError)
+
+    def key(dim: str | None):
+        return None if dim is None else dims[dim].key()
+
+    for ins in program.body:
+        for name in ins.operands:
+            if name not in defined or name in matrices:
+                errors.error(f"'{name}' is not a vector defined before this instruction", ins.span)
+        if errors.errors:
+            break
+        ops = [defined[o] for o in ins.operands]
+        if isinstance(ins, Stream):
+            out = ops[0]
+            if out is None:
+                errors.error(f"stream {ins.out}: a block's argument must be a vector", ins.span)
+        elif isinstance(ins, MatMul):
+            shape = program.param_table.get(ins.weight).shape if ins.weight in matrices else None
+            if shape is None:
+                errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
+                break
+            fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
+            if len(shape) == 4 and program.spatial.get(ins.arg) is None:
+                errors.error(f"{ins.weight} is a convolution kernel, but {ins.arg} is not an image",
+                             ins.span)
+            if key(ops[0]) != key(fan_in):
+                errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
+                             ins.span)
+            out = fan_out
+        elif isinstance(ins, Dot):
+            if ops[0] is None or key(ops[0]) != key(ops[1]):
+                errors.error("dot needs two vectors of the same dim", ins.span)
+            out = None
+            if ins.over is not None:
+                out = heads_dim_name(ops[0], ins.over)
+                if ins.over not in dims or out not in dims:
+                    errors.error(f"dot over {ins.over}: it must be a dim that divides "
+                                 f"{ops[0]}", ins.span)
+                if program.seq is None:
+                    errors.error("a per-head dot needs a sequence (token or position inputs)",
+                                 ins.span)
+        elif isinstance(ins, Mix):
+            heads = ops[0]
+            if heads is None or "/" not in heads or heads.split("/")[0] not in dims \
+                    or key(heads.split("/")[0]) != key(ops[1]):
+                errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
+                             "same dim as v", ins.span)
+            out = ops[1]
+        else:
+            if isinstance(ins, Nonlin):
+                arity = 2 if ins.fn == MUL else 1
+                if ins.fn != MUL and ins.fn not in FUNCTIONS or len(ins.args) != arity:
+                    errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
+            vectors = [o for o in ops if o is not None]
+            scalar_factor = isinstance(ins, Nonlin) and ins.fn == MUL and len(vectors) < len(ops)
+            if len({key(o) for o in ops}) != 1 and not scalar_factor:
+                errors.error("elementwise operands must have the same dim", ins.span)
+            out = vectors[0] if vectors else None
+        define(ins.out, out, ins.span)
+    _verify_blocks(program, defined, key, errors)
+    spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
+    for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):
+        if name not in defined or name in matrices:
+            errors.error(f"output '{name}' is not a defined vector", span)
+    if not program.outputs:
+        errors.error("the program has no output")
+    errors.raise_if_any(SemanticError)
+    return program
+
+
+def _verify_blocks(program: Program, defined: dict, key, errors: Collector) -> None:
+    """Each block: one Stream, its values right after it, the back edge its return value, of
+    the argument's dim, and the result an identity of it right after the body."""
+    if len({b.name for b in program.blocks}) != len(program.blocks):
+        errors.error("a block is recorded twice")
+    streams = {s.block: s for s in program.streams}
+    if set(streams) != {b.name for b in program.blocks} or len(streams) != len(program.streams):
+        errors.error("every block needs exactly one Stream, and every Stream a block")
+        return
+    index = {ins.out: k for k, ins in enumerate(program.body)}
+    params = set(program.param_table)
+    for b in program.blocks:
+        s = streams[b.name]
+        if isinstance(s.count, str) and (program.depth is None or s.count != program.depth.name):
+            errors.error(f"block {b.name} repeats over '{s.count}', which is not the depth", s.span)
+        if isinstance(s.count, int) and s.count < 1:
+            errors.error(f"block {b.name} repeats {s.count} times", s.span)
+        if s.out != b.arg or s.back != b.ret:
+            errors.error(f"block {b.name}: its Stream must define its argument and read its "
+                         "return value", s.span)
+        start = index[s.out]
+        if tuple(ins.out for ins in program.body[start + 1: start + 1 + len(b.values)]) \
+                != b.values:
+            errors.error(f"block {b.name}: its values must follow its Stream", s.span)
+            continue
+        res = program.body[start + 1 + len(b.values)] if start + 1 + len(b.values) < len(
+            program.body) else None
+        if not (isinstance(res, LinComb) and res.out == b.result
+                and res.terms == ((Fraction(1), b.ret),)):
+            errors.error(f"block {b.name}: its result must be an identity of its return value "
+                         "right after its body", s.span)
+        if any(p not in params for p in b.params):
+            errors.error(f"block {b.name}: it names a param the program does not declare", s.span)
+        if b.ret not in defined or defined[b.ret] == "<matrix>" or b.arg not in defined \
+                or key(defined[b.ret]) != key(defined[b.arg]):
+            errors.error(f"block {b.name}: its return value must be a vector of its argument's "
+                         "dim", s.span)
