@@ -66,8 +66,8 @@ def sweep(widths, lrs, steps: int, batch: int = 16, layers: int = 2, seed: int =
     def tokens(model):
         return (torch.zeros(2, SEQ, dtype=torch.long),)
 
-    mup = tp.from_torch(build, widths=(widths[0], 2 * widths[0]), example_inputs=tokens)
-    mup = mup.mup("adamw")
+    traced = tp.from_torch(build, widths=(widths[0], 2 * widths[0]), example_inputs=tokens)
+    mup = tp.MuP(traced, "adamw")
     losses = {}
     for width in widths:
         for lr in lrs:

@@ -31,6 +31,7 @@ from .errors import (
     TensorProgWarning,
     UsageError,
 )
+from .fromtorch.apply import MuP
 from .ir.program import Program
 from .ir.text import to_text
 from .ir.verify import verify
@@ -87,8 +88,8 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
 
 def from_torch(build, widths=(128, 256), example_inputs=None):
     """Trace ``build(width)`` (a PyTorch model) at two widths on the meta device into a Tensor
-    Program; ``.source`` is its text, ``.mup(optimizer)`` derives µP and applies it to the model
-    (see docs/torch.md). Imports torch when called."""
+    Program; ``.source`` is its text, and ``MuP(traced, optimizer)`` derives µP and applies it to
+    the model (see docs/torch.md). Imports torch when called."""
     from .fromtorch import from_torch as trace
 
     return trace(build, widths, example_inputs)
@@ -114,7 +115,7 @@ def training_limit(program: Program, inputs, targets, **options):
 
 __all__ = [
     "ABC", "CONVENTIONS", "CheckResult", "Classification", "CodegenError", "Derivation",
-    "EngineError", "Measurements", "OPTIMIZERS", "Optimizer", "ParseError", "Program",
+    "EngineError", "Measurements", "MuP", "OPTIMIZERS", "Optimizer", "ParseError", "Program",
     "SemanticError", "TensorProgError",
     "TensorProgWarning", "UsageError", "check", "classify", "derive", "from_torch", "judge",
     "muon", "nngp_kernel", "parse", "parse_file", "to_text", "training_limit", "verify",

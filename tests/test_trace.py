@@ -10,7 +10,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from tensorprog import TensorProgError, UsageError, derive  # noqa: E402
-from tensorprog.fromtorch import coord_check, from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 
 class Block(nn.Module):
@@ -69,7 +69,7 @@ def test_nanogpt_source_derives_mup(nano):
 
 
 def test_apply_and_param_groups(nano):
-    mup = nano.mup("adam")
+    mup = MuP(nano, "adam")
     torch.manual_seed(0)
     model = NanoGPT(256)
     report = mup.apply(model)
@@ -92,7 +92,7 @@ def test_apply_and_param_groups(nano):
 def test_coordinate_check_of_the_users_model(nano):
     # widths 128..512, 2 seeds, 3 Adam steps; the emitted module of the same program drifts by
     # up to 0.25 at these widths too, hence the tolerance. SP misses by 0.8 to 1.5.
-    mup = nano.mup("adam")
+    mup = MuP(nano, "adam")
     good = coord_check(mup, (128, 256, 512), tolerance=0.25)
     assert good.passed, list(good.failures)
     bad = coord_check(mup, (128, 256, 512), apply=False, tolerance=0.25)
@@ -147,7 +147,7 @@ def test_hf_gpt2_traces_and_applies(gpt2):
     # Conv1D stores [in, out]: the program still reads [fan_out, fan_in]
     assert "param transformer_h_0_mlp_c_fc_weight : [n_x4, n]" in gpt2.source
     assert "gelu(addmm_2)" in gpt2.source  # HF's hand-written tanh GELU, identified
-    mup = gpt2.mup("adam")
+    mup = MuP(gpt2, "adam")
     model = _gpt2(256)
     report = mup.apply(model)
     assert set(report.patched) == {
@@ -164,7 +164,7 @@ def test_hf_gpt2_coordinate_check(gpt2):
     # µP applied: every vector passes at widths 256..1024 (2 seeds, 3 AdamW steps at lr 0.01,
     # +-0.25 as for nanoGPT). At 128..512 the second block's attention logits still read -0.32
     # (the engine's own module of this program: -0.40); the slope shrinks as widths grow.
-    mup = gpt2.mup("adam")
+    mup = MuP(gpt2, "adam")
     good = coord_check(mup, (256, 512, 1024), tolerance=0.25)
     assert good.passed, list(good.failures)
     # as it comes (SP): the attention and output logits blow up (slopes +2 and more)
@@ -198,7 +198,7 @@ def test_hf_llama_rotary_swiglu_and_its_coordinate_check():
     assert "dot(linear, linear_1, n_by4)" in traced.source
     assert "mul_11 = v_silu * linear_5" in traced.source  # SwiGLU: silu(gate) * up
     assert "mul_3 = rmsnorm(embedding)" in traced.source  # Llama's RMSNorm, written by hand
-    mup = traced.mup("adam")
+    mup = MuP(traced, "adam")
     good = coord_check(mup, (256, 512, 1024), tolerance=0.25)  # 128..512: logits -0.27, -0.46
     assert good.passed, list(good.failures)
     bad = coord_check(mup, (128, 256), seeds=(0,), apply=False, tolerance=0.25)
@@ -241,7 +241,7 @@ class Untied(nn.Module):
 
 def test_derived_ratios_equal_the_mup_packages():
     mup = pytest.importorskip("mup")
-    traced = from_torch(Untied, (64, 128), _tokens).mup("adamw")
+    traced = MuP(from_torch(Untied, (64, 128), _tokens), "adamw")
     model = Untied(512)
     traced.apply(model)  # hooks none: q is its own layer, the readout untied
     ours_lr = traced.lr_multipliers(model)
@@ -292,7 +292,7 @@ def test_mups_tied_embedding_rescale_against_ours(nano):
     assert float(theirs.e.weight.detach().std()) / before == pytest.approx(8**0.5, rel=1e-3)
 
     model = NanoGPT(512)
-    nano.mup("adam").apply(model)
+    MuP(nano, "adam").apply(model)
     std = float(model.wte.weight.detach().std())
     assert std == pytest.approx(nano.base["wte.weight"][1], rel=1e-3)
 
@@ -409,7 +409,7 @@ def two():
 
 def test_every_output_is_traced(two):
     assert re.findall(r"^output (\w+)$", two.source, re.M) == ["linear_1", "linear_2"]
-    mup = two.mup("adam")
+    mup = MuP(two, "adam")
     torch.manual_seed(0)
     model = TwoHeads(128)
     report = str(mup.apply(model))
@@ -429,7 +429,7 @@ def test_every_output_is_traced(two):
 def test_adam_eps_per_group_scales_as_the_gradient_entries(two):
     # µP for Adam (Table 3): ∂f/∂h is Θ(1/n) and the inputs Θ(1), so the gradient entries of the
     # embedding, the hidden weight and its bias are Θ(1/n); a readout's are Θ(1)
-    mup = two.mup("adam")
+    mup = MuP(two, "adam")
     model = TwoHeads(128)
     mup.apply(model)
     with pytest.warns(UserWarning):
@@ -445,7 +445,7 @@ def test_adam_eps_per_group_scales_as_the_gradient_entries(two):
         base = mup.param_groups(TwoHeads(32), lr=1e-2)
     assert {g["eps"] for g in base} == {1e-8}
     with pytest.warns(UserWarning):  # SGD has no eps
-        assert all("eps" not in g for g in two.mup("sgd").param_groups(model, lr=1e-2))
+        assert all("eps" not in g for g in MuP(two, "sgd").param_groups(model, lr=1e-2))
 
 
 def test_base_std_is_the_init_law_or_pooled(two):
@@ -510,5 +510,5 @@ def test_a_position_table_longer_than_the_sequence_reads_positions_0_to_t():
     traced = from_torch(Longer, (64, 128), _tokens)
     assert "param wpe_weight : [n, T]" in traced.source
     model = Longer(256)
-    traced.mup("adam").apply(model)
+    MuP(traced, "adam").apply(model)
     assert float(model.wpe.weight.detach().std()) == pytest.approx(1.0, rel=0.05)

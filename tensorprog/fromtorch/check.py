@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from ..engine.derive import derive
 from ..errors import UsageError
+from ..numerics.coordcheck import TOLERANCE, Measurements, default_batch_size, judge
 from .apply import MuP, scale_rows
 from .convert import convert
 from .trace import export
@@ -93,8 +95,6 @@ def coord_check(
     (next-token cross-entropy) and judge every program vector's slope against µP."""
     import torch
 
-    from .. import judge
-    from ..numerics.coordcheck import TOLERANCE, Measurements, default_batch_size
 
     traced = mup.traced
     seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
@@ -129,7 +129,9 @@ def coord_check(
                 opt.step()
                 m.record(w, t, read(), seed)
             mup.remove_patches(model)
-    return judge(mup.program, m, mup.derivation.optimizer.name, tolerance=tolerance or TOLERANCE)
+    optimizer = mup.derivation.optimizer
+    abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
+    return judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
 
 
 def _logits(out):

@@ -121,12 +121,6 @@ class Traced:
     def base_width(self) -> int:
         return self.widths[0]
 
-    def mup(self, optimizer: str = "adam", convention: str = "table3"):
-        """Derive µP for the traced program; the result applies it to the user's model."""
-        from .apply import MuP  # apply builds on this module: imported when asked
-
-        return MuP(self, optimizer, convention)
-
 
 # a param with no init law of torch's is pooled over builds until it has this many entries
 _POOLED_ENTRIES = 10_000
