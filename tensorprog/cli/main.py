@@ -21,7 +21,7 @@ from ..engine.classify import classify, classify_depth
 from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from ..engine.exponents import ABC, INF, NEG_INF, as_str, canon
 from ..engine.optimizers import OPTIMIZERS, muon
-from ..engine.parametrization import PRESETS, preset, zero_init
+from ..engine.parametrization import PRESETS, preset, zero_init, zero_init_effects, zero_init_text
 from ..engine.report import (
     classify_depth_json,
     classify_depth_text,
@@ -30,8 +30,6 @@ from ..engine.report import (
     derive_json,
     derive_table,
     explain,
-    zero_init_effects,
-    zero_init_text,
 )
 from ..errors import EngineError, TensorProgError, TensorProgWarning, UsageError
 from ..ir.text import to_text

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .._gc import paused_gc
 from ..errors import EngineError
 from ..ir.program import Program
+from . import report
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
@@ -63,6 +64,14 @@ class Classification:
     @property
     def all_maximal(self) -> bool:
         return all(p.r == 0 for p in self.params.values() if p.role != "scale")
+
+    def as_dict(self) -> dict:
+        """classify's JSON (see :func:`tensorprog.engine.report.classify_json`)."""
+        return report.classify_json(self)
+
+    def __str__(self) -> str:
+        """classify's verdict as text, headed "classification" (the command names its preset)."""
+        return report.classify_text(self, "classification")
 
 
 def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:

@@ -26,6 +26,7 @@ from sympy.polys.matrices import DomainMatrix
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
 from ..ir.program import Program
+from . import report
 from .classify import Classification, classify, classify_depth, require_depth_pass, require_width
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
 from .optimizers import Optimizer
@@ -126,6 +127,14 @@ class Derivation:
     eps: dict[str, Exp] = field(default_factory=dict)
     eps_depth: dict[str, Exp] = field(default_factory=dict)
     eps_depth_refused: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """derive's JSON (see :func:`tensorprog.engine.report.derive_json`)."""
+        return report.derive_json(self)
+
+    def __str__(self) -> str:
+        """derive's table (see :func:`tensorprog.engine.report.derive_table`)."""
+        return report.derive_table(self)
 
 
 def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:

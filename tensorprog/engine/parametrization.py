@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..ir.program import Dot, Program
-from .derive import derive
-from .exponents import ABC, HALF, ZERO, Exp
+from .classify import classify
+from .derive import Derivation, derive
+from .exponents import ABC, HALF, NEG_INF, ZERO, Exp, power
 from .optimizers import Optimizer
 from .propagate import used_params
 from .rules import fan_in_infinite
@@ -80,3 +81,21 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
                               "with --zero-init only if you mean both")
     chosen = set(names) | (readouts if readout else set())
     return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}
+
+
+def zero_init_effects(d: Derivation, abc: dict) -> list[tuple[str, Exp, Exp]]:
+    """(vector, init exponent under the derived µP, under ``abc``) wherever zero init changes it."""
+    after = classify(d.program, d.optimizer, abc).analysis
+    before = d.check.analysis
+    return [(ins.out, before.init_[ins.out], after.init_[ins.out]) for ins in d.program.body
+            if before.init_[ins.out] != after.init_[ins.out]]
+
+
+def zero_init_text(d: Derivation, abc: dict, names: list[str]) -> str:
+    c = classify(d.program, d.optimizer, abc)
+    lines = [f"Zero init of {', '.join(names)}: the same exponents otherwise; at init",
+             *(f"  {v}: Θ({power(b)}) -> {'exactly 0' if a is NEG_INF else f'Θ({power(a)})'}"
+               for v, b, a in zero_init_effects(d, abc)),
+             f"and the parametrization is still {c.regime.replace('_', ' ')}"
+             + (" (every param updated maximally)." if c.all_maximal else ".")]
+    return "\n".join(lines) + "\n"

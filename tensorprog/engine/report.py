@@ -1,17 +1,25 @@
 """Render derivations and classifications: a table for people, JSON for programs, an explanation.
 
+A :class:`~tensorprog.engine.derive.Derivation` and a
+:class:`~tensorprog.engine.classify.Classification` follow the results' protocol (``as_dict()``
+for JSON, ``str()`` for people) through the functions here; this module only reads them.
+
 Exponents in JSON are strings sympy parses ("1/2", "-1", "oo"); W = n^-a·w, w ~ N(0, (σ·n^-b)²),
 and the learning rate is η·n^-c.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..ir.program import Program
 from ..ir.text import render_instruction
-from .classify import Classification, classify
-from .derive import Derivation
 from .exponents import ABC, INF, NEG_INF, Exp, as_str, canon, power, scaled
 from .rules import fan_dims, role
+
+if TYPE_CHECKING:  # the results render themselves through this module: named, never imported
+    from .classify import Classification
+    from .derive import Derivation
 
 CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"
 
@@ -232,24 +240,6 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
         "", "Coordinate sizes (Θ of):", _table(vec_rows), ""])
-
-
-def zero_init_effects(d: Derivation, abc: dict) -> list[tuple[str, Exp, Exp]]:
-    """(vector, init exponent under the derived µP, under ``abc``) wherever zero init changes it."""
-    after = classify(d.program, d.optimizer, abc).analysis
-    before = d.check.analysis
-    return [(ins.out, before.init_[ins.out], after.init_[ins.out]) for ins in d.program.body
-            if before.init_[ins.out] != after.init_[ins.out]]
-
-
-def zero_init_text(d: Derivation, abc: dict, names: list[str]) -> str:
-    c = classify(d.program, d.optimizer, abc)
-    lines = [f"Zero init of {', '.join(names)}: the same exponents otherwise; at init",
-             *(f"  {v}: Θ({power(b)}) -> {'exactly 0' if a is NEG_INF else f'Θ({power(a)})'}"
-               for v, b, a in zero_init_effects(d, abc)),
-             f"and the parametrization is still {c.regime.replace('_', ' ')}"
-             + (" (every param updated maximally)." if c.all_maximal else ".")]
-    return "\n".join(lines) + "\n"
 
 
 def explain(d: Derivation) -> str:
