@@ -19,13 +19,8 @@ from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
-from tensorprog.emit.module import (  # noqa: E402
-    NN_MODULE_ATTRS,
-    Emitted,
-    emit,
-    module_name,
-    parametrization,
-)
+from tensorprog.emit.module import Emitted, emit, parametrization  # noqa: E402
+from tensorprog.emit.names import NN_MODULE_ATTRS, module_name  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
 from tensorprog.engine.propagate import ABC  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402

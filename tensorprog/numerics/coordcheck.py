@@ -522,7 +522,7 @@ def default_batch_size(program: Program) -> int:
 def load_module(emitted: Emitted, name: str) -> types.ModuleType:
     """Execute emitted source as a fresh module (nothing is written to disk), under a name that
     is a plain identifier whatever the program file was called."""
-    from ..emit.module import module_name
+    from ..emit.names import module_name
 
     name = module_name(name)
     module = types.ModuleType(name)
