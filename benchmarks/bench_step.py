@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
 from tensorprog.numerics.coordcheck import load_module, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def emitted(width: int, device: str):
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
-    abc, label = parametrization(program, OPTIMIZERS["adam"], "mup")
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"], "mup")
     module = load_module(emit(program, abc, optimizer="adam", label=label, command="bench"),
                          "mlp_mup")
     model = module.Model(width, device=device)

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 import tensorprog
 from tensorprog.cli.main import run
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
 from tensorprog.numerics.coordcheck import (
     TOLERANCE,
     Measurements,
@@ -46,7 +47,7 @@ def three_way():
     out = {}
     for param, opt_name in CASES.items():
         opt = OPTIMIZERS[opt_name]
-        abc, label = parametrization(program, opt, param)
+        abc, _, label, _ = choose(program, opt, param)
         module = load_module(emit(program, abc, optimizer=opt_name, label=label, command="t"),
                              param)
         m = measure(module, WIDTHS, steps=3, seeds=range(3), lr=0.01 if opt_name == "adam"

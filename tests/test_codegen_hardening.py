@@ -19,9 +19,10 @@ from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
-from tensorprog.emit.module import Emitted, emit, parametrization  # noqa: E402
+from tensorprog.emit.module import Emitted, emit  # noqa: E402
 from tensorprog.emit.names import NN_MODULE_ATTRS, module_name  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
+from tensorprog.engine.parametrization import choose  # noqa: E402
 from tensorprog.engine.propagate import ABC  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402
 from tensorprog.ir.program import LinComb  # noqa: E402
@@ -36,7 +37,7 @@ HOSTILE = ['x""";__import__("os").system("touch PWNED");"""y', "back\\slash", "t
 
 
 def _build(program, param="mup", convention="table3", command="t", optimizer="adam"):
-    abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)
+    abc, _, label, _ = choose(program, OPTIMIZERS[optimizer], param, convention)
     return emit(program, abc, optimizer=optimizer, label=label, command=command)
 
 
@@ -231,7 +232,7 @@ def _with_coefficient(c: Fraction):
                                         (Fraction(1, 10**400), "too small")])
 def test_constants_no_float_holds_are_refused_with_a_position(c, message):
     base, program = _with_coefficient(c)
-    abc, label = parametrization(base, OPTIMIZERS["adam"])
+    abc, _, label, _ = choose(base, OPTIMIZERS["adam"])
     with pytest.raises(CodegenError, match=message) as err:
         emit(program, abc, optimizer="adam", label=label, command="t")
     assert err.value.span is not None and err.value.span.line == 7
@@ -240,7 +241,7 @@ def test_constants_no_float_holds_are_refused_with_a_position(c, message):
 def test_exact_fractions_render_exactly():
     base, program = _with_coefficient(Fraction(1, 3))
     abc = {p: ABC(Fraction(1, 3), x.b, x.c) for p, x in
-           parametrization(base, OPTIMIZERS["adam"])[0].items()}
+           choose(base, OPTIMIZERS["adam"]).abc.items()}
     source = emit(program, abc, optimizer="adam", label="l", command="t").source
     assert '"a": 1 / 3' in source and "1 / 3 * (" in source
     model = load_module(Emitted(source), "thirds").Model(32)
@@ -249,7 +250,7 @@ def test_exact_fractions_render_exactly():
 
 def test_a_scale_past_float_range_is_refused():
     program = tp.parse("width n = 16\ninput x : [n]\nscale s = 0.5\noutput f = s * x\n", "s.tp")
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
+    abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
     huge = dataclasses.replace(program, params=(dataclasses.replace(program.params[0],
                                                                     base=Fraction(10**400)),))
     with pytest.raises(CodegenError, match="the scale s") as err:
@@ -298,14 +299,14 @@ def test_transformer_heads_names_its_head_count():
 @pytest.mark.parametrize("base", [0, True, 130])
 def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")
-    abc, label = parametrization(program, OPTIMIZERS["adam"])
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"])
     with pytest.raises(UsageError, match="base width"):
         emit(program, abc, optimizer="adam", label=label, command="t", base_width=base)
 
 
 def test_frozen_params_get_no_learning_rate_at_any_width():
     program = tp.parse(MLP, "m.tp")
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
+    abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
     abc["W"] = ABC(abc["W"].a, abc["W"].b, "oo")
     module = load_module(emit(program, abc, optimizer="sgd", label=label, command="t"), "frozen")
     for width in (8, 16, 32):

@@ -22,12 +22,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
 
-from ..engine.derive import derive
-from ..engine.exponents import ZERO, Exp
+from ..engine.exponents import Exp
 from ..engine.optimizers import OPTIMIZERS, Optimizer
-from ..engine.parametrization import preset, zero_init
 from ..engine.propagate import ABC
 from ..errors import CodegenError, UsageError
 from ..ir.program import Block, MatMul, Param, Program, Stream
@@ -59,75 +56,6 @@ from .templates import (
 class Emitted:
     source: str
     imports: tuple[str, ...] = ("math", "operator", "torch")
-
-
-PARAMS = ("mup", "sp", "ntp", "mup-width")
-
-
-def parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
-                    convention: str = "table3",
-                    readout_zero_init: bool = False,
-                    zero: tuple[str, ...] = ()) -> tuple[dict[str, ABC], str]:
-    """The (a, b, c) of every used param for ``param``, and a label for the module's header.
-
-    ``mup`` is the derived µP in ``convention``; ``sp`` and ``ntp`` are the presets at a
-    constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output,
-    ``zero`` the named ones (e.g. the query weights).
-    """
-    if param in ("mup", "mup-width"):  # the same width exponents; depth_parametrization differs
-        abc = derive(program, optimizer, convention).abc
-        label = f"µP ({convention} convention) for {optimizer.name}"
-        if param == "mup-width":
-            label = f"width-only {label}"
-    elif param in PARAMS:
-        abc = preset(param, program, optimizer)
-        label = f"{param.upper()} (constant LR) for {optimizer.name}"
-    else:
-        raise UsageError(f"unknown parametrization {param!r}", help=f"choose one of {PARAMS}")
-    abc = zero_init(program, abc, zero, readout_zero_init)
-    if readout_zero_init:
-        label += ", readout zero-initialised"
-    if zero:
-        label += f", {', '.join(zero)} zero-initialised"
-    return abc, label
-
-
-class Parametrization(NamedTuple):
-    """What ``emit`` needs: the width exponents, the depth exponents (empty: no depth scaling),
-    the label, and Adam's ε exponents per param as (in n, in L) (empty: a fixed ε)."""
-
-    abc: dict[str, ABC]
-    depth_abc: dict[str, ABC]
-    label: str
-    eps: dict[str, tuple[Exp, Exp]]
-
-
-def full_parametrization(program: Program, optimizer: Optimizer, param: str = "mup",
-                         convention: str = "table3", readout_zero_init: bool = False,
-                         zero: tuple[str, ...] = (), depth_convention: str = "completep",
-                         ) -> Parametrization:
-    """``parametrization``, with the depth exponents and Adam's ε exponents.
-
-    ``mup`` takes the derived depth exponents (in ``depth_convention``) where the program repeats
-    a block over its depth and the depth pass derives them; ``mup-width`` is the same width µP
-    with no depth scaling, the baseline that depth transfer is measured against; the presets have
-    no depth form. Under Adam and AdamW, ``mup`` and ``mup-width`` scale ε with each param's
-    gradient entries (derive's eps columns; in L only with the depth exponents); the presets keep
-    it fixed, as their usual recipes do.
-    """
-    abc, label = parametrization(program, optimizer, param, convention, readout_zero_init, zero)
-    if param not in ("mup", "mup-width"):
-        return Parametrization(abc, {}, label + (", no depth scaling" if program.depth else ""),
-                               {})
-    d = derive(program, optimizer, convention, depth_convention)
-    by_depth = param == "mup" and d.depth is not None
-    depth_abc = d.depth.abc if by_depth else {}
-    eps = {p: (e, d.eps_depth.get(p, ZERO) if by_depth else ZERO) for p, e in d.eps.items()}
-    if program.depth is not None:  # derive says why there is none (refused, or no repeat)
-        label += f", {depth_convention} in depth {program.depth.name}" if by_depth else \
-            ", no depth scaling"
-    return Parametrization(abc, depth_abc, label, eps)
-
 
 
 def _command_lines(command: str | Sequence[Sequence[str]]) -> list[str]:

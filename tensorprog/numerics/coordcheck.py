@@ -631,7 +631,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
     (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
     be (docs/check.md)."""
-    from ..emit.module import emit, full_parametrization
+    from ..emit.module import emit
+    from ..engine.parametrization import choose
 
     if depths is not None:
         if not program.repeats_over_depth:
@@ -663,8 +664,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
-    abc, depth_abc, label, eps = full_parametrization(program, optimizer, param, convention,
-                                                      readout_zero_init, zero, depth_convention)
+    abc, depth_abc, label, eps = choose(program, optimizer, param, convention,
+                                        readout_zero_init, zero, depth_convention)
     emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")

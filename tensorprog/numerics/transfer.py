@@ -24,8 +24,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..emit.module import emit, full_parametrization
+from ..emit.module import emit
 from ..engine.optimizers import Optimizer
+from ..engine.parametrization import choose
 from ..engine.propagate import require_depth_pass
 from ..errors import Diagnostic, TensorProgWarning, UsageError
 from ..ir.program import Program, verify
@@ -307,8 +308,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
-        abc, depth_abc, label, eps = full_parametrization(fitted, optimizer, param,
-                                                          depth_convention=depth_convention)
+        abc, depth_abc, label, eps = choose(fitted, optimizer, param,
+                                            depth_convention=depth_convention)
         sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
                               command="tensorprog transfer", depth_abc=depth_abc,
                               eps=eps).source
