@@ -34,7 +34,7 @@ def _timed(program, param: str, opt: str, widths, seeds: int, device: str):
     optimizer = OPTIMIZERS[opt]
     t0 = time.perf_counter()
     abc, _, label, _ = choose(program, optimizer, param)
-    module = check_module.load_module(emit(program, abc, optimizer=opt, label=label,
+    module = check_module.load_module(emit(program, abc, optimizer=optimizer, label=label,
                                            command="bench"), param)
     t1 = time.perf_counter()
     m = check_module.measure(module, widths, seeds=range(seeds), optimizer=opt, device=device,

@@ -48,8 +48,8 @@ def emitted_module(tokens: int, vocab: int):
                                                                      f"dim T = {tokens} ")
     program = tp.parse(text, "gpt.tp")
     abc, _, label, _ = choose(program, OPTIMIZERS["adam"], "mup")
-    return load_module(emit(program, abc, optimizer="adam", label=label, command="bench"),
-                       "gpt_bench")
+    return load_module(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label,
+                            command="bench"), "gpt_bench")
 
 
 class Block(torch.nn.Module):

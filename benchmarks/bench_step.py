@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def emitted(width: int, device: str):
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
     abc, _, label, _ = choose(program, OPTIMIZERS["adam"], "mup")
-    module = load_module(emit(program, abc, optimizer="adam", label=label, command="bench"),
-                         "mlp_mup")
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label,
+                              command="bench"), "mlp_mup")
     model = module.Model(width, device=device)
     return model, module.make_optimizer(model, lr=1e-3)
 

@@ -158,8 +158,9 @@ def pipeline(text: str, tmp_dir: Path) -> str:
                     _guarded("report", classify_text, c, preset)
                     _guarded("report", _dumps, classify_json, c)
             abc, _, label, _ = _guarded("codegen", choose, program, OPTIMIZERS[name])
-            source = _guarded("codegen", emit, program, abc, optimizer=name, label=label,
-                              command="tensorprog derive fuzz.tp -o fuzz_model.py").source
+            source = _guarded("codegen", emit, program, abc, optimizer=OPTIMIZERS[name],
+                              label=label, command="tensorprog derive fuzz.tp -o fuzz_model.py"
+                              ).source
             path = tmp_dir / f"fuzz_model_{next(_modules)}.py"
             path.write_text(source)
             try:

@@ -48,7 +48,7 @@ def three_way():
     for param, opt_name in CASES.items():
         opt = OPTIMIZERS[opt_name]
         abc, _, label, _ = choose(program, opt, param)
-        module = load_module(emit(program, abc, optimizer=opt_name, label=label, command="t"),
+        module = load_module(emit(program, abc, optimizer=opt, label=label, command="t"),
                              param)
         m = measure(module, WIDTHS, steps=3, seeds=range(3), lr=0.01 if opt_name == "adam"
                     else 0.1, optimizer=opt_name)

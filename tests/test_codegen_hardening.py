@@ -38,7 +38,7 @@ HOSTILE = ['x""";__import__("os").system("touch PWNED");"""y', "back\\slash", "t
 
 def _build(program, param="mup", convention="table3", command="t", optimizer="adam"):
     abc, _, label, _ = choose(program, OPTIMIZERS[optimizer], param, convention)
-    return emit(program, abc, optimizer=optimizer, label=label, command=command)
+    return emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label, command=command)
 
 
 def _train_once(module, width=32):
@@ -234,7 +234,7 @@ def test_constants_no_float_holds_are_refused_with_a_position(c, message):
     base, program = _with_coefficient(c)
     abc, _, label, _ = choose(base, OPTIMIZERS["adam"])
     with pytest.raises(CodegenError, match=message) as err:
-        emit(program, abc, optimizer="adam", label=label, command="t")
+        emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t")
     assert err.value.span is not None and err.value.span.line == 7
 
 
@@ -242,7 +242,7 @@ def test_exact_fractions_render_exactly():
     base, program = _with_coefficient(Fraction(1, 3))
     abc = {p: ABC(Fraction(1, 3), x.b, x.c) for p, x in
            choose(base, OPTIMIZERS["adam"]).abc.items()}
-    source = emit(program, abc, optimizer="adam", label="l", command="t").source
+    source = emit(program, abc, optimizer=OPTIMIZERS["adam"], label="l", command="t").source
     assert '"a": 1 / 3' in source and "1 / 3 * (" in source
     model = load_module(Emitted(source), "thirds").Model(32)
     assert model.mult_W == pytest.approx(2 ** (-1 / 3))
@@ -254,7 +254,7 @@ def test_a_scale_past_float_range_is_refused():
     huge = dataclasses.replace(program, params=(dataclasses.replace(program.params[0],
                                                                     base=Fraction(10**400)),))
     with pytest.raises(CodegenError, match="the scale s") as err:
-        emit(huge, abc, optimizer="sgd", label=label, command="t")
+        emit(huge, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t")
     assert err.value.span.line == 3
 
 
@@ -301,14 +301,15 @@ def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")
     abc, _, label, _ = choose(program, OPTIMIZERS["adam"])
     with pytest.raises(UsageError, match="base width"):
-        emit(program, abc, optimizer="adam", label=label, command="t", base_width=base)
+        emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t", base_width=base)
 
 
 def test_frozen_params_get_no_learning_rate_at_any_width():
     program = tp.parse(MLP, "m.tp")
     abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
     abc["W"] = ABC(abc["W"].a, abc["W"].b, "oo")
-    module = load_module(emit(program, abc, optimizer="sgd", label=label, command="t"), "frozen")
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t"),
+                         "frozen")
     for width in (8, 16, 32):
         groups = module.param_groups(module.Model(width), 0.1)
         lr = {n: g["lr"] for g in groups for n in g["entries"]}

@@ -319,8 +319,8 @@ def test_muon_module_scales_adamw_eps_and_leaves_muon_eps_alone():
     d = derive(program, OPTIMIZERS["muon"])
     assert d.eps["W1"] == 1 and d.eps["W3"] == 0 and "W2" not in d.eps
     par = choose(program, OPTIMIZERS["muon"])
-    m = load_module(emit(program, par.abc, optimizer="muon", label=par.label, command="t",
-                         eps=par.eps), "optim_muon_eps")
+    m = load_module(emit(program, par.abc, optimizer=OPTIMIZERS["muon"], label=par.label,
+                         command="t", eps=par.eps), "optim_muon_eps")
     base = m.Model(256)
     groups = m.param_groups(m.Model(1024), 0.01, eps=1e-8)
     eps = {n: g.get("eps") for g in groups for n in g["entries"]}

@@ -104,7 +104,7 @@ def test_a_divergent_trial_is_recorded_not_raised():
     from tensorprog.engine.parametrization import choose
 
     abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
-    source = emit(program, abc, optimizer="sgd", label=label, command="t").source
+    source = emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t").source
     result = run_trial({"source": source, "source_key": "t", "param": "sp", "width": 64,
                         "value": 1e6, "seed": 0, "hp": "lr", "data": "digits", "steps": 20,
                         "batch_size": 16, "seq": None, "optimizer": "sgd", "base_lr": 0.1,

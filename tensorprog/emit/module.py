@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..engine.exponents import Exp
-from ..engine.optimizers import OPTIMIZERS, Optimizer
+from ..engine.optimizers import Optimizer
 from ..engine.propagate import ABC
 from ..errors import CodegenError, UsageError
 from ..ir.program import Block, MatMul, Param, Program, Stream
@@ -139,7 +139,7 @@ class _Layout:
         return any(p.base is not None for p in self.params)
 
 
-def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, label: str,
+def emit(program: Program, abc: dict[str, ABC], *, optimizer: Optimizer, label: str,
          command: str | Sequence[Sequence[str]], base_width: int | None = None,
          depth_abc: dict[str, ABC] | None = None,
          eps: dict[str, tuple[Exp, Exp]] | None = None) -> Emitted:
@@ -151,8 +151,6 @@ def emit(program: Program, abc: dict[str, ABC], *, optimizer: str | Optimizer, l
     quoted here). Every name from the program or the caller reaches the source as a string
     literal, an escaped docstring, or an identifier drawn from a namespace that cannot clash.
     """
-    if isinstance(optimizer, str):
-        optimizer = OPTIMIZERS[optimizer]
     lay = _layout(program, abc, _check_base_width(program, base_width), depth_abc, eps or {})
     em = Emitter(program, abc, lay.attrs, lay.mults, lay.local)
     for code in lay.block_code.values():

@@ -296,7 +296,7 @@ def finite_training(
     chosen = choose(program, OPTIMIZERS["sgd"], param, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     module = load_module(
-        emit(program, abc, optimizer="sgd", label=label, command="tensorprog limit"),
+        emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="tensorprog limit"),
         f"mulimit_{program.name}",
     )
     out, moves = [], {h: [] for h in net.pre}

@@ -773,7 +773,7 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     data = _inputs(program, inputs)
     chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
-    module = load_module(emit(program, abc, optimizer=optimizer, label=label,
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label,
                               command="tensorprog limit"), f"limit_{program.name}")
     program.check_widths([width])
     model = module.Model(width, dtype=torch.float64)
