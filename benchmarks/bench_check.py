@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
+from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
@@ -34,8 +35,8 @@ def _timed(program, param: str, opt: str, widths, seeds: int, device: str):
     optimizer = OPTIMIZERS[opt]
     t0 = time.perf_counter()
     abc, _, label, _ = choose(program, optimizer, param)
-    module = check_module.load_module(emit(program, abc, optimizer=optimizer, label=label,
-                                           command="bench"), param)
+    module = load_module(emit(program, abc, optimizer=optimizer, label=label,
+                              command="bench"), param)
     t1 = time.perf_counter()
     m = check_module.measure(module, widths, seeds=range(seeds), optimizer=opt, device=device,
                              lr=check_module.DEFAULT_LR[opt])

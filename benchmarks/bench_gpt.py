@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import tensorprog as tp
+from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics.coordcheck import load_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
+from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics.coordcheck import load_module, pick_device
+from tensorprog.numerics.coordcheck import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import tensorprog
 from tensorprog.cli.main import run
+from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
@@ -24,7 +25,6 @@ from tensorprog.numerics.coordcheck import (
     Measurements,
     _fit,
     judge,
-    load_module,
     measure,
     render,
 )

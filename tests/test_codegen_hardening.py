@@ -19,6 +19,7 @@ from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
+from tensorprog.emit.load import load_module  # noqa: E402
 from tensorprog.emit.module import Emitted, emit  # noqa: E402
 from tensorprog.emit.names import NN_MODULE_ATTRS, module_name  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
@@ -26,7 +27,7 @@ from tensorprog.engine.parametrization import choose  # noqa: E402
 from tensorprog.engine.propagate import ABC  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402
 from tensorprog.ir.program import LinComb  # noqa: E402
-from tensorprog.numerics.coordcheck import coord_check, load_module  # noqa: E402
+from tensorprog.numerics.coordcheck import coord_check  # noqa: E402
 
 MLP = ("width n = 16\ndim d = 3\ndim o = 2\ninput x : [d]\nparam W : [n, d]\nparam R : [o, n]\n"
        "output f = R @ relu(W @ x)\n")

@@ -15,6 +15,7 @@ from conftest import ROOT  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
+from tensorprog.emit.load import load_module  # noqa: E402
 from tensorprog.emit.module import emit  # noqa: E402
 from tensorprog.emit.optim import muon_params  # noqa: E402
 from tensorprog.engine.derive import derive  # noqa: E402
@@ -22,7 +23,6 @@ from tensorprog.engine.exponents import canon  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS, muon  # noqa: E402
 from tensorprog.engine.parametrization import choose  # noqa: E402
 from tensorprog.engine.rules import fan_dims  # noqa: E402
-from tensorprog.numerics.coordcheck import load_module  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 DEEP_MLP = (

@@ -285,10 +285,10 @@ def finite_training(
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
     import torch
 
+    from ..emit.load import load_module
     from ..emit.module import emit
     from ..engine.optimizers import OPTIMIZERS
     from ..engine.parametrization import choose
-    from ..numerics.coordcheck import load_module
 
     net = _network(program)
     xi = torch.as_tensor(_inputs(program, inputs)[net.x])

@@ -765,10 +765,10 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     """
     import torch
 
+    from ..emit.load import load_module
     from ..emit.module import emit
     from ..engine.optimizers import OPTIMIZERS
     from ..engine.parametrization import choose
-    from ..numerics.coordcheck import load_module
 
     data = _inputs(program, inputs)
     chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)

@@ -26,7 +26,7 @@ import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..emit.module import Emitted
+from ..emit.load import load_module
 from ..engine.derive import derive
 from ..engine.exponents import INF, NEG_INF, ZERO, Exp, as_str, gt
 from ..engine.optimizers import Optimizer
@@ -517,17 +517,6 @@ def default_batch_size(program: Program) -> int:
             per_sample = max(per_sample, program.dim_table[i.spatial[0]].size
                              * program.dim_table[i.spatial[1]].size)
     return max(1, VECTORS_PER_STEP // per_sample)
-
-
-def load_module(emitted: Emitted, name: str) -> types.ModuleType:
-    """Execute emitted source as a fresh module (nothing is written to disk), under a name that
-    is a plain identifier whatever the program file was called."""
-    from ..emit.names import module_name
-
-    name = module_name(name)
-    module = types.ModuleType(name)
-    exec(compile(emitted.source, f"<tensorprog {name}>", "exec"), module.__dict__)  # noqa: S102
-    return module
 
 
 def pick_device(device: str) -> str:

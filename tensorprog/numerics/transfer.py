@@ -119,8 +119,8 @@ def run_trial(job: dict) -> dict:
     """Train one model; runs in a worker process. Returns the final training loss."""
     import torch
 
+    from ..emit.load import load_module
     from ..emit.module import Emitted
-    from .coordcheck import load_module
 
     torch.set_num_threads(job["threads"])
     data = _WORKER.get(("data", job["data"]))
