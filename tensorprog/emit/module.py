@@ -58,46 +58,30 @@ class Emitted:
     imports: tuple[str, ...] = ("math", "operator", "torch")
 
 
-def _command_lines(command: str | Sequence[Sequence[str]]) -> list[str]:
-    """The "Regenerate with" lines: a string as it is, or lines of argv words shell-quoted and
-    joined by continuation backslashes (which the docstring keeps as line continuations)."""
-    if isinstance(command, str):
-        return [docstring_text(command)]
-    lines = [docstring_text(shlex.join(words)) for words in command]
-    continued = [line + " \\" for line in lines[:-1]] + lines[-1:]
-    return continued[:1] + [f"    {line}" for line in continued[1:]]
+def emit(program: Program, abc: dict[str, ABC], *, optimizer: Optimizer, label: str,
+         command: str | Sequence[Sequence[str]], base_width: int | None = None,
+         depth_abc: dict[str, ABC] | None = None,
+         eps: dict[str, tuple[Exp, Exp]] | None = None) -> Emitted:
+    """The module's source for ``program`` under ``abc`` (one entry per used param), and, for a
+    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0). With
+    ``eps`` (param -> Adam's ε exponents in n and L), ``param_groups`` gives each group its ε.
 
-
-def _check_base_width(program: Program, base_width) -> int:
-    if base_width is None:
-        return program.width.base
-    if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
-        raise UsageError(f"the base width must be a positive integer, not {base_width!r}")
-    problem = program.width_problem(base_width)
-    if problem:
-        raise UsageError(f"base width {base_width}: {problem}",
-                         help="choose a base width the dims divide")
-    return base_width
-
-
-def _computable(program: Program, abc: dict[str, ABC]) -> list:
-    """The instructions the module computes: those whose params all have an (a, b, c) and whose
-    operands are computed. A param the engine left out (it reaches no output, and derive warned)
-    takes the values built from it along; every output is still computed."""
-    available = {i.name for i in program.inputs} | set(abc)
-    body = []
-    for ins in program.body:
-        needs = ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ())
-        if all(n in available for n in needs):
-            body.append(ins)
-            available.add(ins.out)
-    missing = [o for o in program.outputs if o not in available]
-    if missing:
-        absent = [p.name for p in program.params if p.name not in abc]
-        raise CodegenError(f"output {missing[0]} needs a param with no (a, b, c): "
-                           f"{', '.join(absent)}",
-                           help="give every param an output depends on its exponents")
-    return body
+    ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
+    quoted here). Every name from the program or the caller reaches the source as a string
+    literal, an escaped docstring, or an identifier drawn from a namespace that cannot clash.
+    """
+    lay = _layout(program, abc, _check_base_width(program, base_width), depth_abc, eps or {})
+    em = Emitter(program, abc, lay.attrs, lay.mults, lay.local)
+    for code in lay.block_code.values():
+        em.helpers |= code.helpers
+    lines = [*_header(lay, label, command), *_imports(), *_tables(lay), *_block_classes(lay),
+             *_model_init(lay), *_reset_parameters(lay), *_forward_and_vectors(lay, em),
+             *_example_inputs(lay, em)]
+    # after forward and vectors: their instructions decide which helpers the file needs
+    lines += [*_helpers(em.helpers), *_checks(lay),
+              "", *optimizer_code(program, optimizer, lay.blocks, lay.attr_of, lay.base,
+                                  lay.depth, bool(lay.eps))]
+    return Emitted("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -139,34 +123,10 @@ class _Layout:
         return any(p.base is not None for p in self.params)
 
 
-def emit(program: Program, abc: dict[str, ABC], *, optimizer: Optimizer, label: str,
-         command: str | Sequence[Sequence[str]], base_width: int | None = None,
-         depth_abc: dict[str, ABC] | None = None,
-         eps: dict[str, tuple[Exp, Exp]] | None = None) -> Emitted:
-    """The module's source for ``program`` under ``abc`` (one entry per used param), and, for a
-    program with a depth, ``depth_abc``'s exponents in the depth (a param absent: all 0). With
-    ``eps`` (param -> Adam's ε exponents in n and L), ``param_groups`` gives each group its ε.
-
-    ``command`` is shown under "Regenerate with": a line of text, or lines of argv words (shell
-    quoted here). Every name from the program or the caller reaches the source as a string
-    literal, an escaped docstring, or an identifier drawn from a namespace that cannot clash.
-    """
-    lay = _layout(program, abc, _check_base_width(program, base_width), depth_abc, eps or {})
-    em = Emitter(program, abc, lay.attrs, lay.mults, lay.local)
-    for code in lay.block_code.values():
-        em.helpers |= code.helpers
-    lines = [*_header(lay, label, command), *_imports(), *_tables(lay), *_block_classes(lay),
-             *_model_init(lay), *_reset_parameters(lay), *_forward_and_vectors(lay, em),
-             *_example_inputs(lay, em)]
-    # after forward and vectors: their instructions decide which helpers the file needs
-    lines += [*_helpers(em.helpers), *_checks(lay),
-              "", *optimizer_code(program, optimizer, lay.blocks, lay.attr_of, lay.base,
-                                  lay.depth, bool(lay.eps))]
-    return Emitted("\n".join(lines))
-
-
 def _layout(program: Program, abc: dict[str, ABC], base: int,
             depth_abc: dict[str, ABC] | None, eps: dict[str, tuple[Exp, Exp]]) -> _Layout:
+    """The instructions computed, the params sorted by where they live, and every name drawn:
+    params first (they keep their names where they can), then blocks, multipliers and locals."""
     body = _computable(program, abc)
     dabc = {p: depth_abc.get(p, ABC(0, 0, 0)) if depth_abc else ABC(0, 0, 0) for p in abc}
     used = [p for p in program.params if p.name in abc]
@@ -193,6 +153,39 @@ def _layout(program: Program, abc: dict[str, ABC], base: int,
     return _Layout(program, abc, dabc, eps, base, program.depth is not None, body, params,
                    scales, multiplied, owned, blocks, attrs, block_attrs, mults, local, inner,
                    block_code)
+
+
+def _check_base_width(program: Program, base_width) -> int:
+    """The base width asked for (default: the program's), refused unless every dim divides."""
+    if base_width is None:
+        return program.width.base
+    if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
+        raise UsageError(f"the base width must be a positive integer, not {base_width!r}")
+    problem = program.width_problem(base_width)
+    if problem:
+        raise UsageError(f"base width {base_width}: {problem}",
+                         help="choose a base width the dims divide")
+    return base_width
+
+
+def _computable(program: Program, abc: dict[str, ABC]) -> list:
+    """The instructions the module computes: those whose params all have an (a, b, c) and whose
+    operands are computed. A param the engine left out (it reaches no output, and derive warned)
+    takes the values built from it along; every output is still computed."""
+    available = {i.name for i in program.inputs} | set(abc)
+    body = []
+    for ins in program.body:
+        needs = ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ())
+        if all(n in available for n in needs):
+            body.append(ins)
+            available.add(ins.out)
+    missing = [o for o in program.outputs if o not in available]
+    if missing:
+        absent = [p.name for p in program.params if p.name not in abc]
+        raise CodegenError(f"output {missing[0]} needs a param with no (a, b, c): "
+                           f"{', '.join(absent)}",
+                           help="give every param an output depends on its exponents")
+    return body
 
 
 def _header(lay: _Layout, label: str, command: str | Sequence[Sequence[str]]) -> list[str]:
@@ -223,6 +216,16 @@ def _header(lay: _Layout, label: str, command: str | Sequence[Sequence[str]]) ->
           if lay.renamed else []),
         '"""',
     ]
+
+
+def _command_lines(command: str | Sequence[Sequence[str]]) -> list[str]:
+    """The "Regenerate with" lines: a string as it is, or lines of argv words shell-quoted and
+    joined by continuation backslashes (which the docstring keeps as line continuations)."""
+    if isinstance(command, str):
+        return [docstring_text(command)]
+    lines = [docstring_text(shlex.join(words)) for words in command]
+    continued = [line + " \\" for line in lines[:-1]] + lines[-1:]
+    return continued[:1] + [f"    {line}" for line in continued[1:]]
 
 
 def _imports() -> list[str]:
