@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
 from tensorprog.numerics import coordcheck as check_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +34,9 @@ def _timed(program, param: str, opt: str, widths, seeds: int, device: str):
     """The steps of tensorprog.check, timed apart: (total, training, passed)."""
     optimizer = OPTIMIZERS[opt]
     t0 = time.perf_counter()
-    abc, label = parametrization(program, optimizer, param)
-    module = check_module.load_module(emit(program, abc, optimizer=opt, label=label,
-                                           command="bench"), param)
+    abc, _, label, _ = choose(program, optimizer, param)
+    module = load_module(emit(program, abc, optimizer=optimizer, label=label,
+                              command="bench"), param)
     t1 = time.perf_counter()
     m = check_module.measure(module, widths, seeds=range(seeds), optimizer=opt, device=device,
                              lr=check_module.DEFAULT_LR[opt])

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import tensorprog as tp
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import load_module
+from tensorprog.engine.parametrization import choose
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +47,9 @@ def emitted_module(tokens: int, vocab: int):
     text = text.replace("dim V = 64 ", f"dim V = {vocab} ").replace("dim T = 4 ",
                                                                      f"dim T = {tokens} ")
     program = tp.parse(text, "gpt.tp")
-    abc, label = parametrization(program, OPTIMIZERS["adam"], "mup")
-    return load_module(emit(program, abc, optimizer="adam", label=label, command="bench"),
-                       "gpt_bench")
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"], "mup")
+    return load_module(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label,
+                            command="bench"), "gpt_bench")
 
 
 class Block(torch.nn.Module):

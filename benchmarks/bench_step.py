@@ -25,18 +25,20 @@ from pathlib import Path
 import torch
 
 import tensorprog as tp
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import load_module, pick_device
+from tensorprog.engine.parametrization import choose
+from tensorprog.numerics.coordcheck import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def emitted(width: int, device: str):
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
-    abc, label = parametrization(program, OPTIMIZERS["adam"], "mup")
-    module = load_module(emit(program, abc, optimizer="adam", label=label, command="bench"),
-                         "mlp_mup")
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"], "mup")
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label,
+                              command="bench"), "mlp_mup")
     model = module.Model(width, device=device)
     return model, module.make_optimizer(model, lr=1e-3)
 

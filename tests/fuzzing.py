@@ -19,8 +19,9 @@ import torch
 from conftest import import_file
 
 import tensorprog as tp
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
 from tensorprog.engine.report import (
     classify_json,
     classify_text,
@@ -156,9 +157,10 @@ def pipeline(text: str, tmp_dir: Path) -> str:
                 if not isinstance(c, tp.TensorProgError):
                     _guarded("report", classify_text, c, preset)
                     _guarded("report", _dumps, classify_json, c)
-            abc, label = _guarded("codegen", parametrization, program, OPTIMIZERS[name])
-            source = _guarded("codegen", emit, program, abc, optimizer=name, label=label,
-                              command="tensorprog derive fuzz.tp -o fuzz_model.py").source
+            abc, _, label, _ = _guarded("codegen", choose, program, OPTIMIZERS[name])
+            source = _guarded("codegen", emit, program, abc, optimizer=OPTIMIZERS[name],
+                              label=label, command="tensorprog derive fuzz.tp -o fuzz_model.py"
+                              ).source
             path = tmp_dir / f"fuzz_model_{next(_modules)}.py"
             path.write_text(source)
             try:

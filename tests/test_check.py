@@ -16,17 +16,11 @@ from hypothesis import strategies as st
 
 import tensorprog
 from tensorprog.cli.main import run
-from tensorprog.emit.module import emit, parametrization
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import (
-    TOLERANCE,
-    Measurements,
-    _fit,
-    judge,
-    load_module,
-    measure,
-    render,
-)
+from tensorprog.engine.parametrization import choose
+from tensorprog.numerics.coordcheck import TOLERANCE, Measurements, _fit, judge, measure, render
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -46,8 +40,8 @@ def three_way():
     out = {}
     for param, opt_name in CASES.items():
         opt = OPTIMIZERS[opt_name]
-        abc, label = parametrization(program, opt, param)
-        module = load_module(emit(program, abc, optimizer=opt_name, label=label, command="t"),
+        abc, _, label, _ = choose(program, opt, param)
+        module = load_module(emit(program, abc, optimizer=opt, label=label, command="t"),
                              param)
         m = measure(module, WIDTHS, steps=3, seeds=range(3), lr=0.01 if opt_name == "adam"
                     else 0.1, optimizer=opt_name)

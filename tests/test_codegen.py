@@ -152,3 +152,27 @@ def test_torch_compile_sees_an_ordinary_module(tmp_path):
     (x,) = model.example_inputs(4, generator=torch.Generator().manual_seed(0))
     compiled = torch.compile(model)
     assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+def test_a_traceback_through_emitted_code_shows_its_lines():
+    import traceback
+
+    from tensorprog.emit.load import load_module
+    from tensorprog.emit.module import emit
+    from tensorprog.engine.optimizers import OPTIMIZERS
+    from tensorprog.engine.parametrization import choose
+
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    sp = choose(program, OPTIMIZERS["sgd"], "sp")
+    module = load_module(emit(program, sp.abc, optimizer=OPTIMIZERS["sgd"], label=sp.label,
+                              command="t"), "traced_mlp")
+    model = module.Model(64)
+    (x,) = model.example_inputs(2)
+    with pytest.raises(RuntimeError) as err:
+        model(x[:, :-1])  # one input coordinate short: the first matmul fails inside forward
+    frames = [f for f in traceback.extract_tb(err.value.__traceback__)
+              if f.filename.startswith("<tensorprog traced_mlp")]
+    assert [f.name for f in frames] == ["forward"]
+    line = frames[0].line
+    assert "torch.nn.functional.linear(" in line
+    assert line in "".join(traceback.format_exception(err.value))

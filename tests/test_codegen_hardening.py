@@ -19,18 +19,15 @@ from conftest import ROOT, import_file  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
-from tensorprog.emit.module import (  # noqa: E402
-    NN_MODULE_ATTRS,
-    Emitted,
-    emit,
-    module_name,
-    parametrization,
-)
+from tensorprog.emit.load import load_module  # noqa: E402
+from tensorprog.emit.module import Emitted, emit  # noqa: E402
+from tensorprog.emit.names import NN_MODULE_ATTRS, module_name  # noqa: E402
 from tensorprog.engine.exponents import ABC  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS  # noqa: E402
+from tensorprog.engine.parametrization import choose  # noqa: E402
 from tensorprog.errors import CodegenError, UsageError  # noqa: E402
 from tensorprog.ir.program import LinComb  # noqa: E402
-from tensorprog.numerics.coordcheck import coord_check, load_module  # noqa: E402
+from tensorprog.numerics.coordcheck import coord_check  # noqa: E402
 
 MLP = ("width n = 16\ndim d = 3\ndim o = 2\ninput x : [d]\nparam W : [n, d]\nparam R : [o, n]\n"
        "output f = R @ relu(W @ x)\n")
@@ -41,8 +38,8 @@ HOSTILE = ['x""";__import__("os").system("touch PWNED");"""y', "back\\slash", "t
 
 
 def _build(program, param="mup", convention="table3", command="t", optimizer="adam"):
-    abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)
-    return emit(program, abc, optimizer=optimizer, label=label, command=command)
+    abc, _, label, _ = choose(program, OPTIMIZERS[optimizer], param, convention)
+    return emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label, command=command)
 
 
 def _train_once(module, width=32):
@@ -236,17 +233,17 @@ def _with_coefficient(c: Fraction):
                                         (Fraction(1, 10**400), "too small")])
 def test_constants_no_float_holds_are_refused_with_a_position(c, message):
     base, program = _with_coefficient(c)
-    abc, label = parametrization(base, OPTIMIZERS["adam"])
+    abc, _, label, _ = choose(base, OPTIMIZERS["adam"])
     with pytest.raises(CodegenError, match=message) as err:
-        emit(program, abc, optimizer="adam", label=label, command="t")
+        emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t")
     assert err.value.span is not None and err.value.span.line == 7
 
 
 def test_exact_fractions_render_exactly():
     base, program = _with_coefficient(Fraction(1, 3))
     abc = {p: ABC(Fraction(1, 3), x.b, x.c) for p, x in
-           parametrization(base, OPTIMIZERS["adam"])[0].items()}
-    source = emit(program, abc, optimizer="adam", label="l", command="t").source
+           choose(base, OPTIMIZERS["adam"]).abc.items()}
+    source = emit(program, abc, optimizer=OPTIMIZERS["adam"], label="l", command="t").source
     assert '"a": 1 / 3' in source and "1 / 3 * (" in source
     model = load_module(Emitted(source), "thirds").Model(32)
     assert model.mult_W == pytest.approx(2 ** (-1 / 3))
@@ -254,11 +251,11 @@ def test_exact_fractions_render_exactly():
 
 def test_a_scale_past_float_range_is_refused():
     program = tp.parse("width n = 16\ninput x : [n]\nscale s = 0.5\noutput f = s * x\n", "s.tp")
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
+    abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
     huge = dataclasses.replace(program, params=(dataclasses.replace(program.params[0],
                                                                     base=Fraction(10**400)),))
     with pytest.raises(CodegenError, match="the scale s") as err:
-        emit(huge, abc, optimizer="sgd", label=label, command="t")
+        emit(huge, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t")
     assert err.value.span.line == 3
 
 
@@ -303,16 +300,17 @@ def test_transformer_heads_names_its_head_count():
 @pytest.mark.parametrize("base", [0, True, 130])
 def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")
-    abc, label = parametrization(program, OPTIMIZERS["adam"])
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"])
     with pytest.raises(UsageError, match="base width"):
-        emit(program, abc, optimizer="adam", label=label, command="t", base_width=base)
+        emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t", base_width=base)
 
 
 def test_frozen_params_get_no_learning_rate_at_any_width():
     program = tp.parse(MLP, "m.tp")
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
+    abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
     abc["W"] = ABC(abc["W"].a, abc["W"].b, "oo")
-    module = load_module(emit(program, abc, optimizer="sgd", label=label, command="t"), "frozen")
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t"),
+                         "frozen")
     for width in (8, 16, 32):
         groups = module.param_groups(module.Model(width), 0.1)
         lr = {n: g["lr"] for g in groups for n in g["entries"]}

@@ -251,11 +251,13 @@ def _module(tmp_path, source: str, name: str):
     from conftest import import_file
 
     from tensorprog.emit.module import emit
+    from tensorprog.engine.optimizers import OPTIMIZERS
 
     program = tp.parse(source)
     abc = tp.derive(program, "adam").abc
     path = tmp_path / f"{name}.py"
-    path.write_text(emit(program, abc, optimizer="adam", label="µP", command="test").source)
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label="µP",
+                         command="test").source)
     return torch, import_file(path, name)
 
 

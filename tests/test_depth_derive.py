@@ -107,13 +107,14 @@ def test_derive_without_a_depth_has_no_depth_columns(tmp_path, capsys):
 
 
 def test_the_emitted_module_carries_the_depth_exponents(tmp_path):
-    from tensorprog.emit.module import emit, full_parametrization
+    from tensorprog.emit.module import emit
     from tensorprog.engine.optimizers import OPTIMIZERS
+    from tensorprog.engine.parametrization import choose
 
     program = tp.parse(RESMLP)
-    abc, depth_abc, label, _ = full_parametrization(program, OPTIMIZERS["adam"])
+    abc, depth_abc, label, _ = choose(program, OPTIMIZERS["adam"])
     assert label.endswith("completep in depth L")
-    source = emit(program, abc, optimizer="adam", label=label, command="test",
+    source = emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="test",
                   depth_abc=depth_abc).source
     assert '"res.W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "aL": 1.0, "bL": 0.0, ' \
            '"cL": 0.0,' in source

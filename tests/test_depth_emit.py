@@ -14,16 +14,17 @@ from test_depth import RESMLP
 
 import tensorprog as tp
 from tensorprog.cli.main import main
-from tensorprog.emit.module import emit, full_parametrization
+from tensorprog.emit.module import emit
 from tensorprog.engine.exponents import ABC
 from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
 
 torch = pytest.importorskip("torch")
 
 
 def _module(tmp_path, param="mup", depth_abc=None, name="resmlp"):
     program = tp.parse(RESMLP)
-    abc, derived, label, eps = full_parametrization(program, OPTIMIZERS["adam"], param)
+    abc, derived, label, eps = choose(program, OPTIMIZERS["adam"], param)
     path = tmp_path / f"{name}.py"
     path.write_text(
         emit(

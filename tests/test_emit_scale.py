@@ -16,6 +16,7 @@ from conftest import ROOT, import_file
 
 import tensorprog as tp
 from tensorprog.emit.module import emit
+from tensorprog.engine.optimizers import OPTIMIZERS
 
 torch = pytest.importorskip("torch")
 
@@ -27,7 +28,7 @@ GPT = (ROOT / "examples" / "gpt.tp").read_text().replace("dim T = 4 ", "dim T = 
 def gpt(tmp_path_factory):
     program = tp.parse(GPT, "gpt.tp")
     path = tmp_path_factory.mktemp("emit") / "gpt_scale.py"
-    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer="adam",
+    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer=OPTIMIZERS["adam"],
                          label="µP", command="test").source)
     return import_file(path, "gpt_scale")
 
@@ -81,7 +82,7 @@ def test_layernorm_gain_and_bias_fuse_only_where_nothing_else_reads_them(tmp_pat
     program = tp.parse(NORMS, "norms.tp")
     abc = dict(tp.derive(program, "adam").abc)
     abc["g1"] = type(abc["g1"])("1/2", abc["g1"].b, abc["g1"].c)  # a multiplier on a gain
-    source = emit(program, abc, optimizer="adam", label="µP", command="test").source
+    source = emit(program, abc, optimizer=OPTIMIZERS["adam"], label="µP", command="test").source
     forward = source[source.index("def forward"):source.index("def vectors")]
     assert "layer_norm(h, h.shape[-1:], self.g1 * self.mult_g1, self.b1)" in forward
     assert "layer_norm(c_1, c_1.shape[-1:], self.g2)\n" in forward
@@ -135,7 +136,7 @@ def test_a_lookup_counts_one_nonzero_coordinate_not_the_vocabulary(tmp_path, tie
                                              WIDE_VOCAB).replace("tie * (E.T @ f)", "U @ f")
     program = tp.parse(source, "gpt.tp")
     path = tmp_path / f"gpt_vocab_{tied}.py"
-    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer="adam",
+    path.write_text(emit(program, tp.derive(program, "adam").abc, optimizer=OPTIMIZERS["adam"],
                          label="µP", command="test").source)
     module = import_file(path)
     torch.manual_seed(0)
@@ -179,7 +180,8 @@ def test_a_params_forward_multiplier_is_set_from_python(tmp_path):
     program = tp.parse_file(ROOT / "examples" / "transformer_heads.tp")
     abc = tp.derive(program, "adam", "mup").abc
     path = tmp_path / "heads_mupconv.py"
-    path.write_text(emit(program, abc, optimizer="adam", label="µP", command="test").source)
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label="µP",
+                         command="test").source)
     module = import_file(path)
     assert module.Model(256).mult_U == 0.5
     model = module.Model(256, mult={"U": 3.0, "attn": 0.5})

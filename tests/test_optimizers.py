@@ -15,13 +15,14 @@ from conftest import ROOT  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
-from tensorprog.emit.module import emit, parametrization  # noqa: E402
+from tensorprog.emit.load import load_module  # noqa: E402
+from tensorprog.emit.module import emit  # noqa: E402
 from tensorprog.emit.optim import muon_params  # noqa: E402
 from tensorprog.engine.derive import derive  # noqa: E402
 from tensorprog.engine.exponents import canon  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS, muon  # noqa: E402
+from tensorprog.engine.parametrization import choose  # noqa: E402
 from tensorprog.engine.rules import fan_dims  # noqa: E402
-from tensorprog.numerics.coordcheck import load_module  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 DEEP_MLP = (
@@ -132,7 +133,7 @@ def test_torch_orthogonalisation_scales_as_the_spectral_rule(dims, slope_gain):
 
 def _module(source, optimizer, name, param="mup"):
     program = tp.parse(source)
-    abc, label = parametrization(program, optimizer, param)
+    abc, _, label, _ = choose(program, optimizer, param)
     return load_module(emit(program, abc, optimizer=optimizer, label=label, command="t"), name)
 
 
@@ -312,14 +313,14 @@ def test_muon_module_scales_adamw_eps_and_leaves_muon_eps_alone():
     """Under Muon the params it does not orthogonalise take AdamW, whose ε must shrink with their
     gradient entries as Adam's does (W1's shrink as 1/n, mlp.tp); Muon's own groups carry no
     eps, so torch's Muon keeps its orthogonalisation eps."""
-    from tensorprog.emit.module import full_parametrization
+    from tensorprog.engine.parametrization import choose
 
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
     d = derive(program, OPTIMIZERS["muon"])
     assert d.eps["W1"] == 1 and d.eps["W3"] == 0 and "W2" not in d.eps
-    par = full_parametrization(program, OPTIMIZERS["muon"])
-    m = load_module(emit(program, par.abc, optimizer="muon", label=par.label, command="t",
-                         eps=par.eps), "optim_muon_eps")
+    par = choose(program, OPTIMIZERS["muon"])
+    m = load_module(emit(program, par.abc, optimizer=OPTIMIZERS["muon"], label=par.label,
+                         command="t", eps=par.eps), "optim_muon_eps")
     base = m.Model(256)
     groups = m.param_groups(m.Model(1024), 0.01, eps=1e-8)
     eps = {n: g.get("eps") for g in groups for n in g["entries"]}

@@ -100,10 +100,11 @@ def test_optima_drift_and_wider_is_better_on_known_curves():
 
 def test_a_divergent_trial_is_recorded_not_raised():
     program, _ = fit_to_data(tp.parse_file(MLP), load("digits"))
-    from tensorprog.emit.module import emit, parametrization
+    from tensorprog.emit.module import emit
+    from tensorprog.engine.parametrization import choose
 
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], "sp")
-    source = emit(program, abc, optimizer="sgd", label=label, command="t").source
+    abc, _, label, _ = choose(program, OPTIMIZERS["sgd"], "sp")
+    source = emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="t").source
     result = run_trial({"source": source, "source_key": "t", "param": "sp", "width": 64,
                         "value": 1e6, "seed": 0, "hp": "lr", "data": "digits", "steps": 20,
                         "batch_size": 16, "seq": None, "optimizer": "sgd", "base_lr": 0.1,

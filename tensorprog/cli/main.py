@@ -767,9 +767,10 @@ def _shown(path: str) -> str:
 
 
 def _write_module(args, program, optimizer) -> int:
-    from ..emit.module import emit, full_parametrization
+    from ..emit.module import emit
+    from ..engine.parametrization import choose
 
-    abc, depth_abc, label, eps = full_parametrization(
+    abc, depth_abc, label, eps = choose(
         program, optimizer, args.param, args.convention, args.readout_zero_init, args.zero_init,
         args.depth_convention)
     flags = ["--param", args.param, "--optimizer", optimizer.name,

@@ -1,12 +1,11 @@
 """The emitted module's optimizer code: ``param_groups``, ``make_optimizer``, and the optimizer
 classes torch lacks (Lion, and MuonWithAdamW stepping torch's Muon with AdamW).
 
-codegen.py emits the model and calls ``optimizer_code`` for the rest of the file; nothing here
-imports codegen."""
+module.py emits the model and calls ``optimizer_code`` for the rest of the file, which writes
+one emitted table, function or class per function here; nothing here imports module.py."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -14,12 +13,7 @@ from fractions import Fraction
 from ..engine.optimizers import Optimizer
 from ..engine.rules import fan_dims, param_shape
 from ..ir.program import Program
-
-
-def _str(text: str) -> str:
-    """A double-quoted Python string literal (JSON's escapes are Python's too)."""
-    return json.dumps(text)
-
+from .literals import quoted
 
 # --- the optimizer: param_groups, make_optimizer, and the classes torch lacks --------------------
 
@@ -179,22 +173,35 @@ def optimizer_code(
     Adam's eps scaled as its params' gradient entries (SCALING's eps and epsL)."""
     names = [p.name for p in program.params if not p.is_scale]
     muon = muon_params(program, optimizer, names) if optimizer.matrix_rule else []
-    out = []
-    if optimizer.matrix_rule is not None:
-        out += [
-            "# the matrices Muon orthogonalises (the rest take AdamW), and torch's Muon lr",
-            "# factor sqrt(max(1, fan_out / fan_in)) at the base width",
-            "MUON = {" + ("" if muon else "}"),
-        ]
-        for p in muon:
-            fin, fout = fan_dims(program, p)
-            ratio = _base_size(program, fout, base) / _base_size(program, fin, base)
-            out.append(f"    {_str(p)}: {math.sqrt(max(1.0, float(ratio)))!r},")
-        if muon:
-            out.append("}")
-        out += ["", ""]
+    out = _muon_table(program, base, muon) if optimizer.matrix_rule is not None else []
+    out += _param_groups(blocks, attr_of, bool(muon), depth, eps)
+    own = {"lion": _LION, "muon": _MUON_WITH_ADAMW}.get(optimizer.name)
+    if own:
+        out += [*own, "", ""]
+    return out + _make_optimizer(optimizer, bool(muon), eps)
+
+
+def _muon_table(program: Program, base: int, muon: list[str]) -> list[str]:
+    """MUON: the matrices Muon orthogonalises, each with torch's Muon lr factor at the base."""
+    out = [
+        "# the matrices Muon orthogonalises (the rest take AdamW), and torch's Muon lr",
+        "# factor sqrt(max(1, fan_out / fan_in)) at the base width",
+        "MUON = {" + ("" if muon else "}"),
+    ]
+    for p in muon:
+        fin, fout = fan_dims(program, p)
+        ratio = _base_size(program, fout, base) / _base_size(program, fin, base)
+        out.append(f"    {quoted(p)}: {math.sqrt(max(1.0, float(ratio)))!r},")
+    if muon:
+        out.append("}")
+    return out + ["", ""]
+
+
+def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool) -> list[str]:
+    """DECAY_MODES and param_groups: one optimizer group per (c, decay, update rule), each with
+    lr * ratio**-c (and depth_ratio**-cL), Muon's lr factor divided out, and Adam's eps."""
     tensors = "model._tensors(name, spec)" if blocks else f"[getattr(model, {attr_of})]"
-    out += [
+    out = [
         'DECAY_MODES = ("coupled", "decoupled", "independent")',
         "",
         "",
@@ -202,31 +209,7 @@ def optimizer_code(
         + (", adamw_lr=None" if muon else "")
         + (", eps=1e-8" if eps else "")
         + "):",
-        *_PARAM_GROUPS_DOC,
-        *(_MUON_GROUP_DOC if muon else []),
-        *(
-            [
-                "",
-                "    With a depth, a group's lr is also multiplied by depth_ratio**-cL",
-                "    (depth_ratio = depth / base_depth).",
-            ]
-            if depth
-            else []
-        ),
-        *(
-            [
-                "",
-                "    Each "
-                + ("AdamW " if muon else "")
-                + "group also has one eps: Adam's eps scaled as its params' gradient entries",
-                "    (eps * ratio**-eps"
-                + (" * depth_ratio**-epsL" if depth else "")
-                + " from SCALING), eps itself at the base.",
-            ]
-            if eps
-            else []
-        ),
-        '    """',
+        *_param_groups_doc(muon, depth, eps),
         "    if decay is None and weight_decay:",
         "        raise ValueError(\"say what weight_decay means: decay='coupled', \"",
         "                         \"'decoupled' or 'independent'\")",
@@ -285,7 +268,7 @@ def optimizer_code(
             f"        group = groups.setdefault({key}wd" + (", eps_p" if eps else "") + "), {",
             f'            "params": [], "lr": lr_p, "weight_decay": wd, {more}"entries": []}})',
         ]
-    out += [
+    return out + [
         '        group["params"] += tensors',
         '        group["entries"].append(name)',
         "    for key, group in groups.items():",
@@ -300,14 +283,46 @@ def optimizer_code(
         "",
         "",
     ]
-    own = {"lion": ("Lion", _LION), "muon": ("MuonWithAdamW", _MUON_WITH_ADAMW)}.get(optimizer.name)
-    if own:
-        out += [*own[1], "", ""]
+
+
+def _param_groups_doc(muon: bool, depth: bool, eps: bool) -> list[str]:
+    return [
+        *_PARAM_GROUPS_DOC,
+        *(_MUON_GROUP_DOC if muon else []),
+        *(
+            [
+                "",
+                "    With a depth, a group's lr is also multiplied by depth_ratio**-cL",
+                "    (depth_ratio = depth / base_depth).",
+            ]
+            if depth
+            else []
+        ),
+        *(
+            [
+                "",
+                "    Each "
+                + ("AdamW " if muon else "")
+                + "group also has one eps: Adam's eps scaled as its params' gradient entries",
+                "    (eps * ratio**-eps"
+                + (" * depth_ratio**-epsL" if depth else "")
+                + " from SCALING), eps itself at the base.",
+            ]
+            if eps
+            else []
+        ),
+        '    """',
+    ]
+
+
+def _make_optimizer(optimizer: Optimizer, muon: bool, eps: bool) -> list[str]:
+    """make_optimizer: the torch optimizer over param_groups, refusing an optimizer whose steps
+    scale otherwise than the one the exponents are derived for."""
     same = SAME_EXPONENTS[optimizer.name]
-    classes = ", ".join(f"{_str(n)}: {_TORCH_CLASSES[n]}" for n in same)
-    out += [
+    classes = ", ".join(f"{quoted(n)}: {_TORCH_CLASSES[n]}" for n in same)
+    return [
         "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):",
-        *_make_optimizer_doc(bool(muon), optimizer.name, same),
+        *_make_optimizer_doc(muon, optimizer.name, same),
         f"    name = optimizer or {optimizer.name!r}",
         f"    classes = {{{classes}}}",
         "    if name not in classes:",
@@ -346,4 +361,3 @@ def optimizer_code(
         "    return classes[name](groups, lr=lr, **kwargs)",
         "",
     ]
-    return out

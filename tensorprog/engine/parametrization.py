@@ -1,4 +1,7 @@
-"""Named parametrizations to classify: TP4 Table 1's forms, generalised by each param's fan-in.
+"""Choosing a parametrization by name: ``choose`` is the one place a name (mup, mup-width, sp,
+ntp) becomes the exponents a module is emitted, checked or taken to its limit with.
+
+The presets are TP4 Table 1's forms, generalised by each param's fan-in:
 
 * ``sp``  (standard): a = 0, b = 1/2·[fan_in infinite], one global c (default 0: a constant LR);
 * ``ntp`` (neural tangent): a = 1/2·[fan_in infinite], b = 0, one global c (default 0);
@@ -13,6 +16,8 @@ and 1 (a = 0) otherwise, as an untied or tied unembedding with no multiplier.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from ..errors import UsageError
 from ..ir.program import Dot, Program
@@ -99,3 +104,76 @@ def zero_init_text(d: Derivation, abc: dict, names: list[str]) -> str:
              f"and the parametrization is still {c.regime.replace('_', ' ')}"
              + (" (every param updated maximally)." if c.all_maximal else ".")]
     return "\n".join(lines) + "\n"
+
+
+PARAMS = ("mup", "sp", "ntp", "mup-width")
+
+
+class Parametrization(NamedTuple):
+    """What ``emit`` needs: the width exponents, the depth exponents (empty: no depth scaling),
+    the label, and Adam's ε exponents per param as (in n, in L) (empty: a fixed ε)."""
+
+    abc: dict[str, ABC]
+    depth_abc: dict[str, ABC]
+    label: str
+    eps: dict[str, tuple[Exp, Exp]]
+
+
+def choose(program: Program, optimizer: Optimizer, name: str = "mup",
+           convention: str = "table3", readout_zero_init: bool = False,
+           zero: tuple[str, ...] = (), depth_convention: str | None = "completep",
+           ) -> Parametrization:
+    """The parametrization called ``name``: the (a, b, c) of every used param, the depth
+    exponents, Adam's ε exponents, and a label for the module's header.
+
+    ``mup`` is the derived µP in ``convention``; ``sp`` and ``ntp`` are the presets at a
+    constant LR. ``readout_zero_init`` zero-initialises the params whose derived role is output,
+    ``zero`` the named ones (e.g. the query weights).
+
+    ``mup`` takes the derived depth exponents (in ``depth_convention``) where the program repeats
+    a block over its depth and the depth pass derives them; ``mup-width`` is the same width µP
+    with no depth scaling, the baseline that depth transfer is measured against; the presets have
+    no depth form. Under Adam and AdamW, ``mup`` and ``mup-width`` scale ε with each param's
+    gradient entries (derive's eps columns; in L only with the depth exponents); the presets keep
+    it fixed, as their usual recipes do.
+
+    ``depth_convention=None`` asks for the width exponents alone: no depth or ε exponents, and a
+    label that says nothing of a depth (what the infinite-width limits use).
+    """
+    abc, label = _width_parametrization(program, optimizer, name, convention,
+                                        readout_zero_init, zero)
+    if depth_convention is None:
+        return Parametrization(abc, {}, label, {})
+    if name not in ("mup", "mup-width"):
+        return Parametrization(abc, {}, label + (", no depth scaling" if program.depth else ""),
+                               {})
+    d = derive(program, optimizer, convention, depth_convention)
+    by_depth = name == "mup" and d.depth is not None
+    depth_abc = d.depth.abc if by_depth else {}
+    eps = {p: (e, d.eps_depth.get(p, ZERO) if by_depth else ZERO) for p, e in d.eps.items()}
+    if program.depth is not None:  # derive says why there is none (refused, or no repeat)
+        label += f", {depth_convention} in depth {program.depth.name}" if by_depth else \
+            ", no depth scaling"
+    return Parametrization(abc, depth_abc, label, eps)
+
+
+def _width_parametrization(program: Program, optimizer: Optimizer, name: str, convention: str,
+                           readout_zero_init: bool, zero: tuple[str, ...],
+                           ) -> tuple[dict[str, ABC], str]:
+    """The width exponents of every used param for ``name``, and the label's first part."""
+    if name in ("mup", "mup-width"):  # the same width exponents; their depth exponents differ
+        abc = derive(program, optimizer, convention).abc
+        label = f"µP ({convention} convention) for {optimizer.name}"
+        if name == "mup-width":
+            label = f"width-only {label}"
+    elif name in PARAMS:
+        abc = preset(name, program, optimizer)
+        label = f"{name.upper()} (constant LR) for {optimizer.name}"
+    else:
+        raise UsageError(f"unknown parametrization {name!r}", help=f"choose one of {PARAMS}")
+    abc = zero_init(program, abc, zero, readout_zero_init)
+    if readout_zero_init:
+        label += ", readout zero-initialised"
+    if zero:
+        label += f", {', '.join(zero)} zero-initialised"
+    return abc, label

@@ -231,11 +231,11 @@ def mu_limit(
     Z-variables (see the module docstring). Imports torch."""
     import torch
 
-    from ..emit.module import parametrization
     from ..engine.optimizers import OPTIMIZERS
+    from ..engine.parametrization import choose
 
     net = _network(program)
-    abc, _ = parametrization(program, OPTIMIZERS["sgd"], "mup")
+    abc = choose(program, OPTIMIZERS["sgd"], "mup", depth_convention=None).abc
     _check_mup(program, net, abc)
     xi_np = _inputs(program, inputs)[net.x]
     y = _targets(targets, len(xi_np), net.d_out)
@@ -286,16 +286,18 @@ def finite_training(
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
     import torch
 
-    from ..emit.module import emit, parametrization
+    from ..emit.load import load_module
+    from ..emit.module import emit
     from ..engine.optimizers import OPTIMIZERS
-    from ..numerics.coordcheck import load_module
+    from ..engine.parametrization import choose
 
     net = _network(program)
     xi = torch.as_tensor(_inputs(program, inputs)[net.x])
     y = torch.as_tensor(_targets(targets, len(xi), net.d_out))
-    abc, label = parametrization(program, OPTIMIZERS["sgd"], param)
+    chosen = choose(program, OPTIMIZERS["sgd"], param, depth_convention=None)
+    abc, label = chosen.abc, chosen.label
     module = load_module(
-        emit(program, abc, optimizer="sgd", label=label, command="tensorprog limit"),
+        emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="tensorprog limit"),
         f"mulimit_{program.name}",
     )
     out, moves = [], {h: [] for h in net.pre}

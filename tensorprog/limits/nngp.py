@@ -717,8 +717,8 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     module ``tensorprog derive -o`` emits for ``param`` (sp, ntp or mup; µP's init does not
     depend on the optimizer except through the readout). ``all_vectors`` also keeps the kernel
     of every computed vector; ``order`` is the Gauss–Hermite order. See :class:`Kernel`."""
-    from ..emit.module import parametrization
     from ..engine.optimizers import OPTIMIZERS
+    from ..engine.parametrization import choose
 
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {optimizer!r}", help=f"choose one of "
@@ -726,7 +726,8 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     if not isinstance(order, int) or order < 4:
         raise UsageError("the quadrature order must be an integer >= 4")
     data = _inputs(program, inputs)
-    abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)
+    chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
+    abc, label = chosen.abc, chosen.label
     ev = _Limit(program, abc, data, order)
     vectors, vexps = {}, {}
     try:
@@ -765,13 +766,15 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     """
     import torch
 
-    from ..emit.module import emit, parametrization
+    from ..emit.load import load_module
+    from ..emit.module import emit
     from ..engine.optimizers import OPTIMIZERS
-    from ..numerics.coordcheck import load_module
+    from ..engine.parametrization import choose
 
     data = _inputs(program, inputs)
-    abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)
-    module = load_module(emit(program, abc, optimizer=optimizer, label=label,
+    chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
+    abc, label = chosen.abc, chosen.label
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label,
                               command="tensorprog limit"), f"limit_{program.name}")
     program.check_widths([width])
     model = module.Model(width, dtype=torch.float64)

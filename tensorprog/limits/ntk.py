@@ -84,11 +84,11 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) 
     ``samples`` draws of the Z-variables at init. Imports torch."""
     import torch
 
-    from ..emit.module import parametrization
     from ..engine.optimizers import OPTIMIZERS
+    from ..engine.parametrization import choose
 
     net = _network(program)
-    abc, _ = parametrization(program, OPTIMIZERS["sgd"], "ntp")
+    abc = choose(program, OPTIMIZERS["sgd"], "ntp", depth_convention=None).abc
     for p, role in net.roles.items():
         x = abc[p]
         a, b, c = (_frac(v) for v in (x.a, x.b, x.c))

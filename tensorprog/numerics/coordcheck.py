@@ -26,7 +26,7 @@ import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..emit.module import Emitted
+from ..emit.load import load_module
 from ..engine.classify import classify
 from ..engine.derive import derive
 from ..engine.exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, gt
@@ -520,17 +520,6 @@ def default_batch_size(program: Program) -> int:
     return max(1, VECTORS_PER_STEP // per_sample)
 
 
-def load_module(emitted: Emitted, name: str) -> types.ModuleType:
-    """Execute emitted source as a fresh module (nothing is written to disk), under a name that
-    is a plain identifier whatever the program file was called."""
-    from ..emit.module import module_name
-
-    name = module_name(name)
-    module = types.ModuleType(name)
-    exec(compile(emitted.source, f"<tensorprog {name}>", "exec"), module.__dict__)  # noqa: S102
-    return module
-
-
 def pick_device(device: str) -> str:
     import torch
 
@@ -632,7 +621,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
     (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
     be (docs/check.md)."""
-    from ..emit.module import emit, full_parametrization
+    from ..emit.module import emit
+    from ..engine.parametrization import choose
 
     if depths is not None:
         if not program.repeats_over_depth:
@@ -664,8 +654,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
-    abc, depth_abc, label, eps = full_parametrization(program, optimizer, param, convention,
-                                                      readout_zero_init, zero, depth_convention)
+    abc, depth_abc, label, eps = choose(program, optimizer, param, convention,
+                                        readout_zero_init, zero, depth_convention)
     emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
                    base_width=base_width, depth_abc=depth_abc, eps=eps)
     module = load_module(emitted, f"{program.name}_{param}")

@@ -24,9 +24,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..emit.module import emit, full_parametrization
+from ..emit.module import emit
 from ..engine.classify import require_depth_pass
 from ..engine.optimizers import Optimizer
+from ..engine.parametrization import choose
 from ..errors import Diagnostic, TensorProgWarning, UsageError
 from ..ir.program import Program
 from ..ir.verify import verify
@@ -119,8 +120,8 @@ def run_trial(job: dict) -> dict:
     """Train one model; runs in a worker process. Returns the final training loss."""
     import torch
 
+    from ..emit.load import load_module
     from ..emit.module import Emitted
-    from .coordcheck import load_module
 
     torch.set_num_threads(job["threads"])
     data = _WORKER.get(("data", job["data"]))
@@ -308,8 +309,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
         raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
-        abc, depth_abc, label, eps = full_parametrization(fitted, optimizer, param,
-                                                          depth_convention=depth_convention)
+        abc, depth_abc, label, eps = choose(fitted, optimizer, param,
+                                            depth_convention=depth_convention)
         sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
                               command="tensorprog transfer", depth_abc=depth_abc,
                               eps=eps).source

@@ -1,0 +1,132 @@
+"""The per-instruction emitters: one method per IR class turns an instruction into the Python
+expression that computes it (the codegen stage's rule table), with each param's multiplier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..engine.exponents import ABC
+from ..ir.functions import MUL
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program
+from .fusions import Attention, Norm
+from .literals import dim_expr, number_literal
+
+_TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
+             "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}
+
+_NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
+          "avgpool": "_avgpool({x})",
+          "global_pool": "{x}.mean(dim=(-3, -2))",
+          "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
+          "softmax": "torch.softmax({x}, dim=-1)",
+          "causal_softmax": "_causal_softmax({x})"}
+
+
+class Emitter:
+    """One method per IR class turns an instruction into a Python expression (the rule table
+    of the codegen stage); ``ref`` renders an operand with its multiplier. ``attrs`` and
+    ``local`` map program names to the Model's attributes and to ``vectors``' local names."""
+
+    def __init__(self, program: Program, abc: dict[str, ABC], attrs: dict[str, str],
+                 mults: dict[str, str], local: dict[str, str]):
+        self.program, self.abc = program, abc
+        self.attrs, self.mults, self.local = attrs, mults, local
+        self.helpers: set[str] = set()
+        self.kinds = {i.name: i.kind for i in program.inputs}
+
+    def ref(self, name: str) -> str:
+        p = self.program.param_table.get(name)
+        if p is not None and p.is_scale:
+            return f"self.{self.mults[name]}"
+        if p is not None:
+            w = f"self.{self.attrs[name]}"
+            return f"{w} * self.{self.mults[name]}" if name in self.mults else w
+        return self.local[name]
+
+    def _is_scale(self, name: str) -> bool:
+        p = self.program.param_table.get(name)
+        return p is not None and p.is_scale
+
+    def dim(self, name: str) -> str:
+        return dim_expr(self.program, name, "self.width")
+
+    def times_mult(self, weight: str) -> str:
+        return f" * self.{self.mults[weight]}" if weight in self.mults else ""
+
+    def weight(self, name: str) -> str:
+        return f"self.{self.attrs[name]}"
+
+    def MatMul(self, ins: MatMul) -> str:
+        w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
+        if len(self.program.param_table[ins.weight].shape) == 4:
+            self.helpers.add("_conv")
+            rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
+            rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
+        else:
+            rhs = f"torch.nn.functional.linear({self.ref(ins.arg)}, {w})"
+        return rhs + self.times_mult(ins.weight)
+
+    def LinComb(self, ins: LinComb) -> str:
+        parts = []
+        for k, (c, v) in enumerate(ins.terms):
+            mag = number_literal(abs(c), f"the coefficient of {v}", ins.span)
+            term = self.ref(v) if abs(c) == 1 else f"{mag} * ({self.ref(v)})"
+            parts.append(("-" if c < 0 else "") + term if k == 0 else
+                         f"{'-' if c < 0 else '+'} {term}")
+        return " ".join(parts)
+
+    def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == MUL:
+            # a scalar (a whole-dim dot: one value per example) scales every coordinate of a
+            # vector, so it needs a trailing axis; a scale is a plain float and needs none
+            dims = self.program.value_dims
+            vector = any(dims.get(a) is not None for a in ins.args)
+            return " * ".join(
+                f"({self.ref(a)}).unsqueeze(-1)"
+                if vector and dims.get(a) is None and not self._is_scale(a) else f"({self.ref(a)})"
+                for a in ins.args)
+        x = self.ref(ins.args[0])
+        if ins.fn == "identity":
+            return x
+        if ins.fn in _NORMS:
+            if ins.fn in ("causal_softmax", "avgpool"):
+                self.helpers.add(f"_{ins.fn}")
+            return _NORMS[ins.fn].format(x=x)
+        return f"{_TORCH_FN[ins.fn]}({x})"
+
+    def Dot(self, ins: Dot) -> str:
+        if ins.over is None:
+            return f"(({self.ref(ins.left)}) * ({self.ref(ins.right)})).sum(-1)"
+        self.helpers.add("_heads_dot")
+        return f"_heads_dot({self.ref(ins.left)}, {self.ref(ins.right)}, {self.dim(ins.over)})"
+
+    def Mix(self, ins: Mix) -> str:
+        self.helpers.add("_mix")
+        return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
+
+    def fused(self, f: Attention | Norm) -> str:
+        if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default
+            x = self.ref(f.x)
+            bias = f", {self.ref(f.bias)}" if f.bias else ""
+            return f"torch.nn.functional.layer_norm({x}, {x}.shape[-1:], {self.ref(f.gain)}{bias})"
+        self.helpers.add("_attention")
+        scale = " * ".join(self.ref(s) for s in f.scales) or "1.0"
+        return (f"_attention({self.ref(f.q)}, {self.ref(f.k)}, {self.ref(f.values)}, "
+                f"{self.dim(f.over)}, {scale}, {f.causal})")
+
+    def lines(self, body: Sequence, indent: str = "        ",
+              fused: dict[str, Attention | Norm] | None = None) -> list[str]:
+        """Assignments computing ``body`` in order; with ``fused`` (from ``find_fusions``), each
+        fused instruction is one call and its chain is not computed."""
+        fused = fused or {}
+        skip = {v for f in fused.values() for v in f.chain}
+        out = []
+        for ins in body:
+            if ins.out in skip:
+                continue
+            expr = (self.fused(fused[ins.out]) if ins.out in fused
+                    else getattr(self, type(ins).__name__)(ins))
+            out.append(f"{indent}{self.local[ins.out]} = {expr}")
+        return out

@@ -1,0 +1,139 @@
+"""The emitted module's fixed text: the helpers an instruction may need, the checks of Model's
+arguments, the base constants' overrides, and the few lines that differ only by a name.
+
+Nothing here reads the program: each fragment is emitted as it stands (a helper only when an
+instruction needs it, ``CHECK_DEPTH`` only for a program with a depth).
+"""
+
+from __future__ import annotations
+
+from .literals import quoted
+
+# module-level helpers, emitted only when an instruction needs them
+HELPERS = {
+    "_heads_dot": [
+        "def _heads_dot(q, k, head_dim):",
+        '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',
+        "    q = q.unflatten(-1, (-1, head_dim))",
+        "    k = k.unflatten(-1, (-1, head_dim))",
+        '    return torch.einsum("...thd,...shd->...hts", q, k)'],
+    "_mix": [
+        "def _mix(p, v):",
+        '    """Per head, out_t = sum_s p_ts v_s; heads are v\'s dim split as p has them."""',
+        "    v = v.unflatten(-1, (p.shape[-3], -1))",
+        '    return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)'],
+    "_conv": [
+        "def _conv(x, kernel):",
+        '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
+        '    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel, padding="same")',
+        "    return y.movedim(-3, -1)"],
+    "_avgpool": [
+        "def _avgpool(x):",
+        '    """2 x 2 average pooling of a channels-last image."""',
+        "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_attention": [
+        "def _attention(q, k, v, head_dim, scale, is_causal):",
+        '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',
+        "    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels",
+        '    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""',
+        "    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)",
+        "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
+        "                                                         is_causal=is_causal)",
+        "    return y.transpose(-3, -2).flatten(-2)"],
+    "_causal_softmax": [
+        "def _causal_softmax(s):",
+        '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',
+        "    t = s.shape[-1]",
+        "    future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)",
+        '    return torch.softmax(s.masked_fill(future, float("-inf")), dim=-1)'],
+}
+
+# always emitted: the check that Model(width) has a network at that width
+CHECK_WIDTHS = [
+    "def _positive_ints(**values):",
+    '    """The values as ints; ValueError naming the first that is not a positive integer."""',
+    "    for name, value in values.items():",
+    '        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < 1:',
+    '            raise ValueError(f"{name} must be a positive integer, not {value!r}")',
+    "    return tuple(operator.index(value) for value in values.values())",
+    "",
+    "",
+    "def _check_widths(width, base_width):",
+    '    """width and base_width as ints; ValueError unless both are positive integers and every',
+    '    dim that is a fraction of the width is a whole number (WIDTH_RULES) at both: the base',
+    '    model is the one tuned, so it must exist too."""',
+    "    width, base_width = _positive_ints(width=width, base_width=base_width)",
+    "    step = math.lcm(*(s for _, s in WIDTH_RULES))",
+    '    for name, value in (("width", width), ("base_width", base_width)):',
+    "        for rule, s in WIDTH_RULES:",
+    "            if value % s:",
+    "                near = [w for w in (value // step * step, (value // step + 1) * step) if w]",
+    '                raise ValueError(f"{name} {value}: {rule} must be a whole number; use a "',
+    '                                 f"multiple of {step}: {\' or \'.join(map(str, near))}")',
+    "    return width, base_width"]
+
+
+# always emitted: the base constants a user tunes at the base width, set from Python
+OVERRIDES = [
+    "def _overrides(what, given, known, positive=True):",
+    '    """given (name -> value) as floats; ValueError for a name not in known or a value that',
+    '    is not a finite number (a positive one, with positive)."""',
+    "    given = dict(given or {})",
+    "    for name, value in given.items():",
+    "        if name not in known:",
+    '            raise ValueError(f"{what}: no entry {name!r}; choose from "',
+    '                             f"{\', \'.join(sorted(known)) or \'nothing here\'}")',
+    "        if (isinstance(value, bool) or not isinstance(value, (int, float))",
+    "                or not math.isfinite(value) or (positive and value <= 0)):",
+    '            kind = "positive" if positive else "finite"',
+    '            raise ValueError(f"{what}[{name!r}] must be a {kind} number, not {value!r}")',
+    "    return {name: float(value) for name, value in given.items()}",
+    "",
+    "",
+    "def _base_stds(base_width, init_std):",
+    '    """The std at the base width of every normally initialised param: init_std\'s value for',
+    "    its name or its block's, else 1/sqrt(fan-in at base_width), so a new base width gets",
+    '    its own."""',
+    "    normal = {name for name, spec in SCALING.items() if \"init\" not in spec",
+    "              and spec[\"b\"] != math.inf}",
+    "    blocks = {name.partition(\".\")[0] for name in normal if \"block\" in SCALING[name]}",
+    "    given = _overrides(\"init_std\", init_std, normal | blocks)",
+    "    stds = {}",
+    "    for name in normal:",
+    "        k, p = SCALING[name][\"fan_in\"]",
+    "        block = name.partition(\".\")[0] if \"block\" in SCALING[name] else None",
+    "        stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))",
+    "    return stds"]
+
+
+def mult_override_lines(scales: bool, multiplied: list[str]) -> list[str]:
+    """Model.__init__'s ``mult``: every base multiplier a user tunes at the base width, a scale's
+    (its declared value by default) and a param's forward multiplier (1 by default; the mup
+    convention's output multiplier, TP5's alpha_output). A block's params keep theirs."""
+    names = "".join(f", {quoted(n)}" for n in multiplied)
+    known = f"(*SCALES{names})" if scales and multiplied else (
+        "SCALES" if scales else f"({names[2:]},)" if multiplied else "()")
+    given = f"_overrides(\"mult\", mult, {known}, positive=False)"
+    if scales:
+        return ["        mult = {**{name: spec[\"base\"] for name, spec in SCALES.items()},",
+                f"                **{given}}}"]
+    if multiplied:
+        return [f"        mult = {given}"]
+    return [f"        {given}  # no scale to set"]
+
+
+CHECK_DEPTH = [
+    "def _check_depth(depth, base_depth):",
+    '    """depth and base_depth as ints; ValueError unless both are positive integers."""',
+    "    return _positive_ints(depth=depth, base_depth=base_depth)"]
+
+
+def multiplier_lines(attr: str, base: str, spec: str, depth: bool) -> list[str]:
+    """A forward multiplier at the module's width, then its depth factor (a plain float)."""
+    note = "" if base else "  # a plain float"
+    lines = [f"        {attr} = {base}ratio ** -{spec}[\"a\"]{note}"]
+    if depth:
+        lines.append(f"        {attr} *= depth_ratio ** -{spec}[\"aL\"]")
+    return lines
