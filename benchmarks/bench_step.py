@@ -27,7 +27,8 @@ import torch
 import tensorprog as tp
 from tensorprog.emit.module import emit, parametrization
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import load_module, pick_device
+from tensorprog.numerics.coordcheck import load_module
+from tensorprog.numerics.measure import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 import tensorprog
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import Measurements, judge, render
+from tensorprog.numerics.judge import Measurements, judge, render
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"

@@ -676,7 +676,9 @@ def _at_depth(width: ABC | None, depth: ABC) -> ABC:
 
 def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
-    from ..numerics.coordcheck import coord_check, pick_device, render
+    from ..numerics.coordcheck import coord_check
+    from ..numerics.judge import render
+    from ..numerics.measure import pick_device
 
     _check_plot(args)
     widths, depths, width = _axis(args)
@@ -732,7 +734,7 @@ def _values(text: str | None, hp: str) -> list[float] | None:
 
 
 def _transfer(args, program, optimizer) -> int:
-    from ..numerics.coordcheck import pick_device
+    from ..numerics.measure import pick_device
     from ..numerics.transfer import render, sweep
 
     params = tuple(dict.fromkeys(args.param))

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import UsageError
-from .coordcheck import CheckResult
+from .judge import CheckResult
 
 
 def check_plot_path(path: str | Path) -> Path:
