@@ -836,7 +836,7 @@ def _load_array(path: str, option: str, then: str):
     import numpy as np
     import torch
 
-    from ..numerics.data import _all_finite, _tensor
+    from ..numerics.data import check_finite, dense_tensor
 
     try:
         if path.endswith(".npy"):
@@ -855,9 +855,9 @@ def _load_array(path: str, option: str, then: str):
     def checked(value, name: str):
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             value = torch.from_numpy(value)
-        t = _tensor(value, name, bad)
+        t = dense_tensor(value, name, bad)
         if t.is_floating_point():
-            _all_finite(t, name, bad, then=then)
+            check_finite(t, name, bad, then=then)
         return t.numpy()
 
     if isinstance(data, dict):
