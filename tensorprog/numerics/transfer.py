@@ -190,7 +190,7 @@ class Sweep:
         if k == 0 or k == len(xs) - 1 or not (math.isfinite(ys[k - 1])
                                                 and math.isfinite(ys[k + 1])):
             return xs[k], True
-        return _vertex(xs[k - 1:k + 2], ys[k - 1:k + 2]), False
+        return parabola_vertex(xs[k - 1:k + 2], ys[k - 1:k + 2]), False
 
     def drift(self, param: str) -> float | None:
         optima = [self.optimum(param, w)[0] for w in self.widths]
@@ -245,7 +245,7 @@ class Sweep:
                 **self.settings, "notes": self.notes, "parametrizations": out}
 
 
-def _vertex(xs: Sequence[float], ys: Sequence[float]) -> float:
+def parabola_vertex(xs: Sequence[float], ys: Sequence[float]) -> float:
     """The minimum of the parabola through three points (equally spaced or not)."""
     (x0, x1, x2), (y0, y1, y2) = xs, ys
     denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
