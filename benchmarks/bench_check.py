@@ -25,7 +25,9 @@ from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics import coordcheck as check_module
+from tensorprog.numerics.coordcheck import DEFAULT_LR
+from tensorprog.numerics.judge import judge
+from tensorprog.numerics.measure import measure, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +40,10 @@ def _timed(program, param: str, opt: str, widths, seeds: int, device: str):
     module = load_module(emit(program, abc, optimizer=optimizer, label=label,
                               command="bench"), param)
     t1 = time.perf_counter()
-    m = check_module.measure(module, widths, seeds=range(seeds), optimizer=opt, device=device,
-                             lr=check_module.DEFAULT_LR[opt])
+    m = measure(module, widths, seeds=range(seeds), optimizer=opt, device=device,
+                lr=DEFAULT_LR[opt])
     t2 = time.perf_counter()
-    result = check_module.judge(program, optimizer, abc, m)
+    result = judge(program, optimizer, abc, m)
     return time.perf_counter() - t0, t2 - t1, result.passed
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
-    device = check_module.pick_device(args.device)
+    device = pick_device(args.device)
     where = (torch.cuda.get_device_name() if device.startswith("cuda")
              else f"CPU, {os.cpu_count()} cores")
     print(f"machine: {platform.machine()}, {where}, torch {torch.__version__}; widths "

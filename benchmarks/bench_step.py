@@ -29,7 +29,7 @@ from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics.coordcheck import pick_device
+from tensorprog.numerics.measure import pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -37,7 +37,8 @@ from .ir.text import to_text
 from .ir.verify import verify
 from .lang.parse import parse, parse_file
 from .numerics import coordcheck as _check
-from .numerics.coordcheck import CheckResult, Measurements
+from .numerics import judge as _judge
+from .numerics.judge import CheckResult, Measurements
 
 __version__ = "0.1.0"
 
@@ -74,7 +75,7 @@ def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
 
 def judge(program: Program, measurements: Measurements, optimizer: str = "adam", *,
           against: str = "mup", param: str = "mup", abc: dict[str, ABC] | None = None,
-          tolerance: float = _check.TOLERANCE) -> CheckResult:
+          tolerance: float = _judge.TOLERANCE) -> CheckResult:
     """Judge measurements from your own training loop (see :class:`Measurements`).
 
     ``against="mup"`` asks whether they behave as µP requires; ``against="predicted"`` compares
@@ -83,7 +84,7 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
     if abc is None:
         abc = (_derive.derive(program, opt).abc if param == "mup"
                else _presets.preset(param, program, opt))
-    return _check.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
+    return _judge.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
 
 
 def from_torch(build, widths=(128, 256), example_inputs=None):

@@ -20,7 +20,8 @@ from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics.coordcheck import TOLERANCE, Measurements, _fit, judge, measure, render
+from tensorprog.numerics.judge import TOLERANCE, Measurements, fit_slope, judge, render
+from tensorprog.numerics.measure import measure
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -207,7 +208,7 @@ def test_fit_recovers_an_exact_power_law(exponent, scale):
     for w in (64, 128, 512, 4096):
         m.rms[("v", 0, w, 0)] = scale * w ** float(exponent)
 
-    assert _fit(m.axis(2), [m.rms[("v", 0, w, 0)] for w in m.axis(2)]) == pytest.approx(
+    assert fit_slope(m.axis(2), [m.rms[("v", 0, w, 0)] for w in m.axis(2)]) == pytest.approx(
         float(exponent), abs=1e-9)
 
 

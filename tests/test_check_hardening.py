@@ -14,7 +14,7 @@ from conftest import ROOT
 
 import tensorprog
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.coordcheck import Measurements, judge, render
+from tensorprog.numerics.judge import Measurements, judge, render
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -98,9 +98,9 @@ def test_judged_measurements_print_the_program_and_optimizer(mlp):
 
 
 def test_the_figure_draws_fifty_vectors_with_distinct_styles(mlp, tmp_path):
-    from tensorprog.numerics.plots import _style, coord_plot
+    from tensorprog.numerics.plots import coord_plot, vector_style
 
-    styles = [_style(k) for k in range(240)]
+    styles = [vector_style(k) for k in range(240)]
     keys = {(s["color"], s["marker"], s["dashes"]) for s in styles}
     assert len(keys) == 240
     assert all(styles[k]["color"] != styles[k + 1]["color"] for k in range(239))

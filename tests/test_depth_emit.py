@@ -30,7 +30,7 @@ def _module(tmp_path, param="mup", depth_abc=None, name="resmlp"):
         emit(
             program,
             abc,
-            optimizer="adam",
+            optimizer=OPTIMIZERS["adam"],
             label=label,
             command="t",
             depth_abc=derived if depth_abc is None else depth_abc,

@@ -15,7 +15,7 @@ import tensorprog as tp
 from tensorprog.cli.main import run
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.numerics.data import load
-from tensorprog.numerics.transfer import Sweep, _vertex, fit_to_data, run_trial, sweep
+from tensorprog.numerics.transfer import Sweep, fit_to_data, parabola_vertex, run_trial, sweep
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -71,7 +71,7 @@ def test_the_data_sets_the_programs_finite_dims_and_says_so():
 def test_the_optimum_is_the_vertex_of_the_parabola(center, curvature, offset):
     xs = [-1.0, 0.0, 1.0]
     ys = [curvature * (x - center) ** 2 + offset for x in xs]
-    assert _vertex(xs, ys) == pytest.approx(min(max(center, -1.0), 1.0), abs=1e-9)
+    assert parabola_vertex(xs, ys) == pytest.approx(min(max(center, -1.0), 1.0), abs=1e-9)
 
 
 def _synthetic(optima: dict[int, float], diverge: tuple = ()) -> Sweep:

@@ -13,7 +13,8 @@ from conftest import ROOT, import_file
 from sympy import Rational
 
 import tensorprog as tp
-from tensorprog.numerics.coordcheck import TOLERANCE, default_batch_size
+from tensorprog.numerics.judge import TOLERANCE
+from tensorprog.numerics.measure import default_batch_size
 
 HALF = Rational(1, 2)
 TIED = ROOT / "examples" / "transformer.tp"  # head dim ∝ n (4 heads), tied embeddings

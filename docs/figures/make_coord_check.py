@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.lang.parse import parse_file
-from tensorprog.numerics.coordcheck import DEFAULT_WIDTHS, coord_check, render
+from tensorprog.numerics.coordcheck import DEFAULT_WIDTHS, coord_check
+from tensorprog.numerics.judge import render
 from tensorprog.numerics.plots import coord_plot
 
 HERE = Path(__file__).resolve().parent

@@ -676,7 +676,9 @@ def _at_depth(width: ABC | None, depth: ABC) -> ABC:
 
 def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
-    from ..numerics.coordcheck import coord_check, pick_device, render
+    from ..numerics.coordcheck import coord_check
+    from ..numerics.judge import render
+    from ..numerics.measure import pick_device
 
     _check_plot(args)
     widths, depths, width = _axis(args)
@@ -732,7 +734,7 @@ def _values(text: str | None, hp: str) -> list[float] | None:
 
 
 def _transfer(args, program, optimizer) -> int:
-    from ..numerics.coordcheck import pick_device
+    from ..numerics.measure import pick_device
     from ..numerics.transfer import render, sweep
 
     params = tuple(dict.fromkeys(args.param))
@@ -835,7 +837,7 @@ def _load_array(path: str, option: str, then: str):
     import numpy as np
     import torch
 
-    from ..numerics.data import _all_finite, _tensor
+    from ..numerics.data import check_finite, dense_tensor
 
     try:
         if path.endswith(".npy"):
@@ -854,9 +856,9 @@ def _load_array(path: str, option: str, then: str):
     def checked(value, name: str):
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             value = torch.from_numpy(value)
-        t = _tensor(value, name, bad)
+        t = dense_tensor(value, name, bad)
         if t.is_floating_point():
-            _all_finite(t, name, bad, then=then)
+            check_finite(t, name, bad, then=then)
         return t.numpy()
 
     if isinstance(data, dict):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..engine.derive import derive
 from ..errors import UsageError
-from ..numerics.coordcheck import TOLERANCE, Measurements, default_batch_size, judge
+from ..numerics.judge import TOLERANCE, Measurements, judge
+from ..numerics.measure import default_batch_size
 from .apply import MuP, scale_rows
 from .convert import convert
 from .trace import export
@@ -99,7 +100,7 @@ def coord_check(
     traced = mup.traced
     seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
     m = Measurements()
-    # about 16 token vectors a step, as the engine's own check (coordcheck.VECTORS_PER_STEP)
+    # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)

@@ -80,12 +80,12 @@ def _add(g: dict, name: str, value) -> None:
     g[name] = value if name not in g else g[name] + value
 
 
-class _Dynamics:
+class Dynamics:
     """The state of the limit: the particles (input rows, biases, readout columns), each
     hidden matrix's Gaussian families and its history of (Z^{x_s}, Z^{g_s})."""
 
     def __init__(self, program, net, xi, lr: float, samples: int, seed: int):
-        import torch
+        import torch  # heavy: only the limits of training need it, not the kernels at init
 
         self.torch, self.net, self.lr, self.n = torch, net, lr, samples
         self.dt = torch.float64

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import EngineError
 from ..ir.program import LinComb, MatMul, Nonlin, Program
-from .mu import _network, _targets
-from .nngp import _inputs
+from .common import read_inputs
+from .mu import network, read_targets
 
 
 class _Gaussians:
@@ -56,7 +56,7 @@ def exact_linear_limit(
 ) -> np.ndarray:
     """The exact µ-limit of a linear MLP-family program (every nonlinearity the identity, any
     depth, biases allowed) after t = 0..steps SGD steps: (steps + 1, B, d_out)."""
-    net = _network(program)
+    net = network(program)
     for ins in net.body:
         if isinstance(ins, Nonlin) and ins.fn != "identity":
             raise EngineError(
@@ -65,8 +65,8 @@ def exact_linear_limit(
                 ins.span,
                 help="use mu_limit (Monte Carlo) for nonlinear networks",
             )
-    xi = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi), net.d_out)
+    xi = read_inputs(program, inputs)[net.x]
+    y = read_targets(targets, len(xi), net.d_out)
     base, batch = program.width.base, len(xi)
     rb = math.sqrt(base)
     gs = _Gaussians()
@@ -155,7 +155,7 @@ def linear_limit(
 ) -> np.ndarray:
     """TP4's closed-form µ-limit of the linear one-hidden-layer network ``y = V @ (U @ x)``:
     f = √base M ξ with M = E[v uᵀ], Q = E[v vᵀ], S = E[u uᵀ] updated in closed form."""
-    net = _network(program)
+    net = network(program)
     roles = sorted(net.roles.values())
     linear = all(
         isinstance(i, MatMul) or (isinstance(i, Nonlin) and i.fn == "identity") for i in net.body
@@ -166,8 +166,8 @@ def linear_limit(
             program.body[0].span,
             help="use exact_linear_limit for deeper ones",
         )
-    xi = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi), net.d_out)
+    xi = read_inputs(program, inputs)[net.x]
+    y = read_targets(targets, len(xi), net.d_out)
     rb = math.sqrt(program.width.base)
     d = xi.shape[1]
     m, q, s = np.zeros((net.d_out, d)), np.eye(net.d_out), np.eye(d) / d

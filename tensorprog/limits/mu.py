@@ -36,11 +36,15 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..emit.load import load_module
+from ..emit.module import emit
+from ..engine.optimizers import OPTIMIZERS
+from ..engine.parametrization import choose
 from ..errors import EngineError, UsageError
 from ..ir.functions import MUL
 from ..ir.program import LinComb, MatMul, Nonlin, Program
-from .dynamics import _Dynamics
-from .nngp import _FNS, _frac, _inputs
+from .common import FNS, frac, read_inputs
+from .dynamics import Dynamics
 
 #: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
 #: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
@@ -73,7 +77,7 @@ class Net:
     pre: tuple[str, ...]  # what the nonlinearities read: the features reported
 
 
-def _network(program: Program) -> Net:
+def network(program: Program) -> Net:
     """The program's roles, or a positioned refusal of what the limit does not cover."""
     if len(program.inputs) != 1 or program.inputs[0].kind != "vector":
         raise _refuse(
@@ -126,7 +130,7 @@ def _network(program: Program) -> Net:
                         f"{name} is not a Gaussian bias vector of infinite dim used once", ins.span
                     )
                 roles[name] = "bias"
-        elif not (isinstance(ins, Nonlin) and (ins.fn in _FNS or ins.fn == MUL)):
+        elif not (isinstance(ins, Nonlin) and (ins.fn in FNS or ins.fn == MUL)):
             what = ins.fn if isinstance(ins, Nonlin) else type(ins).__name__
             raise _refuse(f"{what} has no µ-limit rule here", ins.span)
         else:
@@ -156,7 +160,7 @@ def _check_mup(program: Program, net: Net, abc) -> None:
     """The Z-dynamics above are µP's for SGD: refuse any other (a + b, 2a + c)."""
     for p, role in net.roles.items():
         x = abc[p]
-        a, b, c = (_frac(v) for v in (x.a, x.b, x.c))
+        a, b, c = (frac(v) for v in (x.a, x.b, x.c))
         got = None if None in (a, b, c) else (a + b, 2 * a + c)
         if got != _MU[role]:
             shown = tuple(str(v) for v in (x.a, x.b, x.c))
@@ -170,7 +174,9 @@ def _check_mup(program: Program, net: Net, abc) -> None:
             )
 
 
-def _targets(targets, count: int, d_out: int) -> np.ndarray:
+def read_targets(targets, count: int, d_out: int) -> np.ndarray:
+    """``targets`` (numpy or torch) as a finite float64 (count, d_out) array, one row per input
+    point; a 1-d array for a one-output network."""
     y = np.asarray(
         targets.detach().cpu().numpy() if hasattr(targets, "detach") else targets, dtype=np.float64
     )
@@ -229,25 +235,22 @@ def mu_limit(
     """The µ-limit of ``steps`` full-batch SGD steps on a fixed batch (loss ½ mean ‖f - y‖²)
     for an MLP-family program under µP, by Monte Carlo over ``samples`` draws of the
     Z-variables (see the module docstring). Imports torch."""
-    import torch
+    import torch  # heavy: imported only when a limit of training is computed
 
-    from ..engine.optimizers import OPTIMIZERS
-    from ..engine.parametrization import choose
-
-    net = _network(program)
+    net = network(program)
     abc = choose(program, OPTIMIZERS["sgd"], "mup", depth_convention=None).abc
     _check_mup(program, net, abc)
-    xi_np = _inputs(program, inputs)[net.x]
-    y = _targets(targets, len(xi_np), net.d_out)
+    xi_np = read_inputs(program, inputs)[net.x]
+    y = read_targets(targets, len(xi_np), net.d_out)
     if steps < 0 or samples < 2 or not math.isfinite(lr):
         raise UsageError(
             f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
             "samples ≥ 2 and a finite lr"
         )
-    dyn = _Dynamics(program, net, xi_np, lr, samples, seed)
+    dyn = Dynamics(program, net, xi_np, lr, samples, seed)
     yt = torch.as_tensor(y, dtype=dyn.dt)
     outs, start, moves = [], {}, {h: [] for h in net.pre}
-    from tqdm import tqdm
+    from tqdm import tqdm  # slow to import: only for this loop's progress bar
 
     for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress, leave=False):
         z = dyn.forward()
@@ -284,16 +287,11 @@ def finite_training(
     """The emitted module trained the same way at a finite width: its outputs (seeds,
     steps + 1, B, d_out) and, for every vector h a nonlinearity reads, the RMS of h_t - h_0 (seeds,
     steps + 1), for comparison with :func:`mu_limit`. Imports torch."""
-    import torch
+    import torch  # heavy: imported only when a finite network is trained
 
-    from ..emit.load import load_module
-    from ..emit.module import emit
-    from ..engine.optimizers import OPTIMIZERS
-    from ..engine.parametrization import choose
-
-    net = _network(program)
-    xi = torch.as_tensor(_inputs(program, inputs)[net.x])
-    y = torch.as_tensor(_targets(targets, len(xi), net.d_out))
+    net = network(program)
+    xi = torch.as_tensor(read_inputs(program, inputs)[net.x])
+    y = torch.as_tensor(read_targets(targets, len(xi), net.d_out))
     chosen = choose(program, OPTIMIZERS["sgd"], param, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     module = load_module(

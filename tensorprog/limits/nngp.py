@@ -17,7 +17,7 @@ table :data:`RULES`) from the kernels of Gaussians: closed forms where they exis
 relu arc-cosine kernel of Cho & Saul 2009; Stein's lemma for identity × relu), 2-D Gauss–Hermite
 quadrature for a pair of inputs otherwise, with its error estimated by halving the order.
 
-Widths enter through the emitted module's init (tensorprog/codegen.py): a param is used as
+Widths enter through the emitted module's init (tensorprog/emit/module.py): a param is used as
 ``ratio^-a · W`` with ``W ~ N(0, (base_std · ratio^-b)²)`` and ``base_std² = 1/fan_in`` at the
 base width, ratio = n / base. A sum over an infinite fan-in of n iid terms then has variance
 ``ratio^(1 - 2(a+b)) · E[Z²]``. Every value is kept as ``ratio^e · Z̃`` with an exact exponent e:
@@ -32,54 +32,22 @@ correction terms), and a nonlinearity of a variable that is not a function of on
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.special import erf
 
+from ..emit.load import load_module
+from ..emit.module import emit
 from ..engine.exponents import ABC
+from ..engine.optimizers import OPTIMIZERS
+from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import MUL
 from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
-
-#: Gauss–Hermite order of the 2-D quadrature (points per axis); its error is estimated by
-#: comparing with half the order.
-ORDER = 32
-
-_SQRT2 = math.sqrt(2.0)
-
-
-# --- univariate functions -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fn:
-    """A function of one Gaussian; ``closed`` names the ones with closed-form kernels."""
-
-    name: str
-    f: Callable[[np.ndarray], np.ndarray] = field(compare=False, repr=False)
-    closed: str | None = None  # "identity" | "relu"
-
-
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
-
-
-_FNS = {
-    "identity": Fn("identity", lambda x: x, "identity"),
-    "relu": Fn("relu", lambda x: np.maximum(x, 0.0), "relu"),
-    "gelu": Fn("gelu", lambda x: 0.5 * x * (1.0 + erf(x / _SQRT2))),  # torch's exact gelu
-    "tanh": Fn("tanh", np.tanh),
-    "sigmoid": Fn("sigmoid", _sigmoid),
-    "silu": Fn("silu", lambda x: x * _sigmoid(x)),
-}
-#: φ(0) for each supported function: the limit of φ of a vanishing vector
-_AT_ZERO = {"identity": 0.0, "relu": 0.0, "gelu": 0.0, "tanh": 0.0, "sigmoid": 0.5, "silu": 0.0}
-ID = _FNS["identity"]
-
+from ..ir.text import render_instruction
+from .common import AT_ZERO, FNS, ID, ORDER, Fn, frac, gaussian_mean, gaussian_pair, read_inputs
 
 # --- Gaussian sources, linear combinations, monomials ---------------------------------------------
 
@@ -158,61 +126,6 @@ def _simplify(monos: list[Mono], ones: np.ndarray) -> tuple[Mono, ...]:
     return tuple(out)
 
 
-# --- Gaussian expectations ------------------------------------------------------------------------
-
-
-def _hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
-    z, w = np.polynomial.hermite_e.hermegauss(order)
-    return z, w / w.sum()
-
-
-def _mean1(fn: Fn, var: np.ndarray, order: int) -> tuple[np.ndarray, float]:
-    """E[f(U)], U ~ N(0, var), per input."""
-    sd = np.sqrt(np.maximum(var, 0.0))
-    if fn.closed == "identity":
-        return np.zeros_like(var), 0.0
-    if fn.closed == "relu":
-        return sd / math.sqrt(2 * math.pi), 0.0
-    z, w = _hermite(4 * order)
-    return fn.f(sd[:, None] * z) @ w, 0.0  # 1-D at 4x the order: exact to rounding
-
-
-def _pair(f: Fn, g: Fn, v1: np.ndarray, v2: np.ndarray, cov: np.ndarray,
-          order: int) -> tuple[np.ndarray, float, str]:
-    """E[f(U) g(V)] for (U, V) centred Gaussian with variances v1[a], v2[b] and covariance
-    cov[a, b], for every pair of inputs (a, b): the value, its error estimate and the method."""
-    s1, s2 = np.sqrt(np.maximum(v1, 0.0)), np.sqrt(np.maximum(v2, 0.0))
-    norm = s1[:, None] * s2[None, :]
-    rho = np.clip(np.divide(cov, norm, out=np.zeros_like(cov), where=norm > 0), -1.0, 1.0)
-    kinds = {f.closed, g.closed}
-    if kinds == {"identity"}:
-        return cov, 0.0, "closed form (identity)"
-    if kinds == {"relu"}:  # Cho & Saul's arc-cosine kernel of degree 1
-        theta = np.arccos(rho)
-        k = norm / (2 * math.pi) * (np.sin(theta) + (math.pi - theta) * np.cos(theta))
-        return k, 0.0, "closed form (arc-cosine kernel)"
-    if kinds == {"identity", "relu"}:  # Stein: E[U relu(V)] = Cov(U, V) P(V > 0)
-        return cov / 2, 0.0, "closed form (Stein's lemma)"
-    fine = _gauss_hermite(f, g, s1, s2, rho, order)
-    coarse = _gauss_hermite(f, g, s1, s2, rho, order // 2)
-    err = float(np.max(np.abs(fine - coarse))) if fine.size else 0.0
-    return fine, err, f"Gauss-Hermite {order}x{order}"
-
-
-def _gauss_hermite(f: Fn, g: Fn, s1, s2, rho, order: int) -> np.ndarray:
-    z, w = _hermite(order)
-    fu = f.f(s1[:, None] * z)  # (P1, m): U = s1 z_i
-    out = np.empty(rho.shape)
-    chunk = max(1, 2**22 // (len(s2) * order * order))
-    for lo in range(0, len(s1), chunk):
-        r = rho[lo:lo + chunk, :, None, None]
-        # V = s2 (ρ z_i + √(1-ρ²) z_j)
-        v = s2[None, :, None, None] * (r * z[:, None] + np.sqrt(1 - r * r) * z[None, :])
-        gv = g.f(v) @ w  # (c, P2, m): integrated over z_j
-        out[lo:lo + chunk] = np.einsum("cpi,ci,i->cp", gv, fu[lo:lo + chunk], w)
-    return out
-
-
 # --- the evaluator --------------------------------------------------------------------------------
 
 
@@ -284,13 +197,6 @@ class Kernel:
                             "kernel": None if self.exponents[o] is None else k.tolist()}
                         for o, k in self.kernels.items()},
         }, indent=1)
-
-
-def _frac(x) -> Fraction | None:
-    """An ABC exponent as a Fraction; None for oo (a zero-initialised param)."""
-    if isinstance(x, str) or not x.is_Rational:
-        return None
-    return Fraction(int(x.p), int(x.q))
 
 
 class _Limit:
@@ -381,14 +287,14 @@ class _Limit:
                               "the NNGP rules here integrate over one Gaussian per input")
             if left and right:
                 (f, u), (g, v) = left[0], right[0]
-                val, err, method = _pair(f, g, self.lin_var(u), self.lin_var(v),
+                val, err, method = gaussian_pair(f, g, self.lin_var(u), self.lin_var(v),
                                          self.lin_cov(u, v), self.order)
                 self.errors.append(err)
                 self.methods.add(method)
                 out = out * val
             else:
                 (f, u), = left or right
-                mean, _ = _mean1(f, self.lin_var(u), self.order)
+                mean, _ = gaussian_mean(f, self.lin_var(u), self.order)
                 out = out * (mean[:, None] if left else mean[None, :])
         return out
 
@@ -405,7 +311,7 @@ class _Limit:
     def param_value(self, name: str, span: Span | None) -> Value:
         p = self.program.param_table[name]
         x = self.abc[name]
-        a, b = _frac(x.a), _frac(x.b)
+        a, b = frac(x.a), frac(x.b)
         if p.is_scale:
             base = float(p.base) if p.base is not None else 1.0
             return Value(-a, (Mono(base * self.ones),))
@@ -453,9 +359,9 @@ class _Limit:
         return Value(u.exp + v.exp, _simplify(monos, self.ones))
 
     def apply(self, fn: str, v: Value, span: Span | None) -> Value:
-        phi = _FNS[fn]
+        phi = FNS[fn]
         if v.zero:
-            c = _AT_ZERO[fn]
+            c = AT_ZERO[fn]
             return Value(Fraction(0), (Mono(c * self.ones),)) if c else Value(None, ())
         if v.exp != 0 and fn not in ("relu", "identity"):
             trend = "vanishes" if v.exp < 0 else "blows up"
@@ -507,7 +413,7 @@ def _neg(f: Fn) -> Fn:
 
 def _relu_of(f: Fn) -> Fn:
     if f is ID:
-        return _FNS["relu"]
+        return FNS["relu"]
     return Fn(f"relu({f.name})", lambda x: np.maximum(f.f(x), 0.0))
 
 
@@ -548,7 +454,7 @@ def _matmul(ev: _Limit, ins: MatMul) -> tuple[Value, str]:
                       "Z-variables need NETSOR⊤'s correction terms, not implemented",
                       "untie the matrices to get the kernel of the untied network", ins.span)
     x = ev.abc[ins.weight]
-    a, b = _frac(x.a), _frac(x.b)
+    a, b = frac(x.a), frac(x.b)
     if b is None:
         return Value(None, ()), "zero (zero-initialised weight)"
     s = a + b
@@ -581,7 +487,7 @@ def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
         return ev.times(u, v), "product"
     if ins.fn in ("layernorm", "rmsnorm"):
         return _norm(ev, ins), f"{ins.fn}: an affine map per input"
-    if ins.fn not in _FNS:
+    if ins.fn not in FNS:
         raise _Refuse(f"{ins.fn} has no NNGP rule here (it acts across coordinates or tokens)",
                       "the kernel is computed for dense programs: matmul, sums, products, dot "
                       "and coordinatewise nonlinearities", ins.span)
@@ -602,7 +508,7 @@ def _norm(ev: _Limit, ins: Nonlin) -> Value:
         for m in v.monos:
             term = m.coef.copy()
             for f, lin in m.factors:
-                term = term * _mean1(f, ev.lin_var(lin), ev.order)[0]
+                term = term * gaussian_mean(f, ev.lin_var(lin), ev.order)[0]
             mean += term
         v = ev.add([(Fraction(1), v), (Fraction(-1), Value(Fraction(0), (Mono(mean),)))])
         second = second - mean**2
@@ -622,7 +528,7 @@ def _dot(ev: _Limit, ins: Dot) -> tuple[Value, str]:
     if params and dim.infinite:  # a readout vector: a 1 x n matrix
         w = params[0]
         other = ins.right if w == ins.left else ins.left
-        a, b = _frac(ev.abc[w].a), _frac(ev.abc[w].b)
+        a, b = frac(ev.abc[w].a), frac(ev.abc[w].b)
         if b is None:
             return Value(None, ()), "zero (zero-initialised readout)"
         u = ev.value(other, ins.span)
@@ -668,47 +574,6 @@ assert set(RULES) == set(INSTRUCTIONS)
 # --- entry point ----------------------------------------------------------------------------------
 
 
-def _inputs(program: Program, inputs) -> dict[str, np.ndarray]:
-    vectors = [i for i in program.inputs]
-    for i in vectors:
-        if i.kind != "vector":
-            raise EngineError(f"input {i.name}: {i.kind} inputs have no NNGP rule here", i.span,
-                              help="the kernel is computed for programs of vector inputs")
-        if program.dim(i.dim).infinite:
-            raise EngineError(f"input {i.name} has an infinite dim, so no fixed data", i.span,
-                              help="declare the input's dim as a finite size")
-    if not isinstance(inputs, dict):
-        if len(vectors) != 1:
-            raise UsageError(f"the program has {len(vectors)} inputs: give a dict "
-                             f"{{name: (P, dim) array}} for {', '.join(i.name for i in vectors)}")
-        inputs = {vectors[0].name: inputs}
-    out, count = {}, None
-    for i in vectors:
-        if i.name not in inputs:
-            raise UsageError(f"no data for input {i.name}",
-                             help=f"give arrays for {', '.join(j.name for j in vectors)}")
-        x = np.asarray(_numpy(inputs[i.name]), dtype=np.float64)
-        size = program.dim(i.dim).size
-        if x.ndim != 2 or x.shape[1] != size or not np.all(np.isfinite(x)):
-            raise UsageError(f"input {i.name}: expected a finite (P, {size}) array, got shape "
-                             f"{tuple(x.shape)}", help="one row per input point")
-        if count is not None and len(x) != count:
-            raise UsageError("every input needs the same number of points (rows)")
-        count = len(x)
-        out[i.name] = x
-    extra = set(inputs) - set(out)
-    if extra:
-        raise UsageError(f"no input named {', '.join(sorted(extra))}",
-                         help=f"the program's inputs: {', '.join(out)}")
-    if not count:
-        raise UsageError("no input points", help="give at least one row")
-    return out
-
-
-def _numpy(x):
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
-
-
 def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str = "sgd",
                 convention: str = "table3", order: int = ORDER,
                 all_vectors: bool = False) -> Kernel:
@@ -717,15 +582,12 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     module ``tensorprog derive -o`` emits for ``param`` (sp, ntp or mup; µP's init does not
     depend on the optimizer except through the readout). ``all_vectors`` also keeps the kernel
     of every computed vector; ``order`` is the Gauss–Hermite order. See :class:`Kernel`."""
-    from ..engine.optimizers import OPTIMIZERS
-    from ..engine.parametrization import choose
-
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {optimizer!r}", help=f"choose one of "
                          f"{', '.join(OPTIMIZERS)}")
     if not isinstance(order, int) or order < 4:
         raise UsageError("the quadrature order must be an integer >= 4")
-    data = _inputs(program, inputs)
+    data = read_inputs(program, inputs)
     chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     ev = _Limit(program, abc, data, order)
@@ -752,8 +614,6 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
 
 
 def _line(ins) -> str:
-    from ..ir.text import render_instruction
-
     return render_instruction(ins)
 
 
@@ -764,14 +624,9 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     infinite dim this is one network's empirical kernel, which tends to the limit as n^-1/2; for
     a finite output it averages only its few coordinates (average over seeds too). Imports torch.
     """
-    import torch
+    import torch  # heavy: the kernels at init are numpy; only the finite network needs it
 
-    from ..emit.load import load_module
-    from ..emit.module import emit
-    from ..engine.optimizers import OPTIMIZERS
-    from ..engine.parametrization import choose
-
-    data = _inputs(program, inputs)
+    data = read_inputs(program, inputs)
     chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     module = load_module(emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label,

@@ -23,11 +23,14 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..engine.optimizers import OPTIMIZERS
+from ..engine.parametrization import choose
 from ..errors import EngineError, UsageError
 from ..ir.program import LinComb, MatMul, Program
-from .dynamics import _Dynamics
-from .mu import _network, _targets
-from .nngp import _frac, _inputs
+from .common import frac, read_inputs
+from .dynamics import Dynamics
+from .mu import network, read_targets
+from .nngp import nngp_kernel
 
 #: (a + b, 2a + c) under NTP for SGD: init 1/√fan_in and updates that move features by O(n^-1/2)
 _NTP = {
@@ -49,7 +52,7 @@ class KernelRegime:
     def outputs(self, f0, targets, *, steps: int, lr: float) -> np.ndarray:
         """f_t for t = 0..steps from the network's own f_0 (B, d_out): (steps + 1, B, d_out)."""
         f = np.asarray(f0, dtype=np.float64)
-        y = _targets(targets, len(self.ntk), f.shape[-1])
+        y = read_targets(targets, len(self.ntk), f.shape[-1])
         step = np.eye(len(self.ntk)) - lr * self.ntk / len(self.ntk)
         outs = [f]
         for _ in range(steps):
@@ -63,11 +66,9 @@ class KernelRegime:
         output (per coordinate), and f_t = y + A^t (f_0 - y) with A = I - ηΘ/B is linear in
         it, so E[f_t] = y - A^t y and Var f_t(ξ_b) = (A^t K A^tᵀ)_bb: (steps + 1, B, d_out)
         means and (steps + 1, B) standard deviations."""
-        from .nngp import nngp_kernel
-
         kernel = nngp_kernel(program, inputs, param="ntp", optimizer="sgd")
         (k,) = kernel.kernels.values()
-        y = _targets(
+        y = read_targets(
             targets, len(self.ntk), program.dim(program.value_dims[program.outputs[0]]).size
         )
         a = np.eye(len(self.ntk)) - lr * self.ntk / len(self.ntk)
@@ -82,16 +83,13 @@ class KernelRegime:
 def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) -> KernelRegime:
     """Θ of the module emitted with ``--param ntp --optimizer sgd``, by Monte Carlo over
     ``samples`` draws of the Z-variables at init. Imports torch."""
-    import torch
+    import torch  # heavy: imported only when the NTK is computed
 
-    from ..engine.optimizers import OPTIMIZERS
-    from ..engine.parametrization import choose
-
-    net = _network(program)
+    net = network(program)
     abc = choose(program, OPTIMIZERS["sgd"], "ntp", depth_convention=None).abc
     for p, role in net.roles.items():
         x = abc[p]
-        a, b, c = (_frac(v) for v in (x.a, x.b, x.c))
+        a, b, c = (frac(v) for v in (x.a, x.b, x.c))
         if None in (a, b, c) or (a + b, 2 * a + c) != _NTP[role]:
             raise EngineError(
                 f"{p} ({role}) is not in NTP's kernel regime",
@@ -100,8 +98,8 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) 
             )
     if samples < 2:
         raise UsageError(f"samples {samples}: need at least 2")
-    xi = _inputs(program, inputs)[net.x]
-    dyn = _Dynamics(program, net, xi, 0.0, samples, seed)
+    xi = read_inputs(program, inputs)[net.x]
+    dyn = Dynamics(program, net, xi, 0.0, samples, seed)
     z = dyn.forward()
     chi = torch.zeros((len(xi), net.d_out), dtype=dyn.dt)
     chi[:, 0] = 1.0  # one output coordinate: ĝ of output 0 at every input

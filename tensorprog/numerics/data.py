@@ -8,7 +8,9 @@
 * any ``FILE.pt`` holding ``{"x": float tensor (N, d_in), "y": long tensor (N,)}`` (a
   classification set) or ``{"tokens": long tensor (N,)}`` (a token stream).
 
-A :class:`Dataset` hands out batches from a seeded generator, so a trial is reproducible.
+A :class:`Dataset` hands out batches from a seeded generator, so a trial is reproducible. torch,
+scikit-learn and the pydoc topics load inside the functions that use them: importing the
+package stays light.
 """
 
 from __future__ import annotations
@@ -107,16 +109,16 @@ def _from_tensors(path: Path, blob) -> Dataset:
     if {"x", "y"} <= set(blob) and "tokens" in blob:
         raise bad("holds both x, y and tokens: which set is meant is unclear")
     if {"x", "y"} <= set(blob):
-        x, y = _tensor(blob["x"], "x", bad), _tensor(blob["y"], "y", bad)
+        x, y = dense_tensor(blob["x"], "x", bad), dense_tensor(blob["y"], "y", bad)
         if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(y) == 0 or x.shape[1] == 0:
             raise bad(f"x must be (N, d_in) and y (N,) with N > 0 and d_in > 0, got "
                       f"{tuple(x.shape)} and {tuple(y.shape)}")
         if x.is_complex():
             raise bad(f"x holds complex numbers ({x.dtype}): the features must be real")
         if x.is_floating_point():
-            _all_finite(x, "x", bad)
+            check_finite(x, "x", bad)
         x = x.float()
-        _all_finite(x, "x", bad, " once converted to float32")
+        check_finite(x, "x", bad, " once converted to float32")
         classes = _ids(y, "y", "labels", bad)
         if len(torch.unique(y)) < 2:
             raise bad(f"y holds one class only ({int(y[0])}): the loss is 0 at every setting, so "
@@ -124,7 +126,7 @@ def _from_tensors(path: Path, blob) -> Dataset:
         return Dataset(path.stem, x=x, y=y.long(), vocab=classes,
                        about=f"{path.name}: {len(y):,} labelled rows")
     if "tokens" in blob:
-        t = _tensor(blob["tokens"], "tokens", bad)
+        t = dense_tensor(blob["tokens"], "tokens", bad)
         if t.dim() != 1 or len(t) < 2:
             raise bad(f"tokens must be a 1-d tensor of at least 2 ids, got shape {tuple(t.shape)}")
         vocab = _ids(t, "tokens", "ids", bad)
@@ -137,7 +139,7 @@ def _from_tensors(path: Path, blob) -> Dataset:
               f"{', '.join(map(repr, blob)) or '(none)'}")
 
 
-def _tensor(value, name: str, bad):
+def dense_tensor(value, name: str, bad):
     """A dense CPU tensor with data, or the reason it is not one."""
     import torch
 
@@ -152,7 +154,9 @@ def _tensor(value, name: str, bad):
     return value.detach()
 
 
-def _all_finite(x, name: str, bad, note: str = "", then: str = "every loss would be nan") -> None:
+def check_finite(x, name: str, bad, note: str = "",
+                 then: str = "every loss would be nan") -> None:
+    """Refuse, with ``bad``, a tensor holding an inf or nan, naming its first such entry."""
     import torch
 
     finite = torch.isfinite(x)

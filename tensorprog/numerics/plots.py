@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import UsageError
-from .coordcheck import CheckResult
+from .judge import CheckResult
 
 
 def check_plot_path(path: str | Path) -> Path:
@@ -92,7 +92,7 @@ def _names(result: CheckResult) -> list[str]:
     return list(dict.fromkeys(r.name for r in result.results))
 
 
-def _style(k: int) -> dict:
+def vector_style(k: int) -> dict:
     """The k-th vector's colour, marker and line style: tab20's 20 colours, cycled against 6
     markers (20 and 6 share the factor 2, hence the shift every 60 and the line style that
     flips every 120) so that no two of the first 240 vectors look the same. The 10 strong
@@ -122,7 +122,7 @@ def _row(axes, key_ax, result: CheckResult, steps: list[int], columns: int) -> N
             if not ws:
                 continue
             drawn += [r.rms[w] for w in ws]
-            style = _style(k)
+            style = vector_style(k)
             bad = name in failing
             ax.loglog(ws, [r.rms[w] for w in ws], marker=style["marker"],
                       markersize=3.5 if bad else 2.5, color=style["color"],
@@ -152,7 +152,7 @@ def _row(axes, key_ax, result: CheckResult, steps: list[int], columns: int) -> N
 
     handles = []
     for k, name in enumerate(names):
-        style = _style(k)
+        style = vector_style(k)
         bad = name in failing
         handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
                               markersize=3.5, linewidth=2.0 if bad else 0.8,

@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..emit.module import emit
+from ..emit.load import load_module
+from ..emit.module import Emitted, emit
 from ..engine.classify import require_depth_pass
 from ..engine.optimizers import Optimizer
 from ..engine.parametrization import choose
@@ -118,10 +119,7 @@ _WORKER: dict = {}  # per process: loaded data sets and modules
 
 def run_trial(job: dict) -> dict:
     """Train one model; runs in a worker process. Returns the final training loss."""
-    import torch
-
-    from ..emit.load import load_module
-    from ..emit.module import Emitted
+    import torch  # heavy: imported only when a trial trains
 
     torch.set_num_threads(job["threads"])
     data = _WORKER.get(("data", job["data"]))
@@ -191,7 +189,7 @@ class Sweep:
         if k == 0 or k == len(xs) - 1 or not (math.isfinite(ys[k - 1])
                                                 and math.isfinite(ys[k + 1])):
             return xs[k], True
-        return _vertex(xs[k - 1:k + 2], ys[k - 1:k + 2]), False
+        return parabola_vertex(xs[k - 1:k + 2], ys[k - 1:k + 2]), False
 
     def drift(self, param: str) -> float | None:
         optima = [self.optimum(param, w)[0] for w in self.widths]
@@ -246,7 +244,7 @@ class Sweep:
                 **self.settings, "notes": self.notes, "parametrizations": out}
 
 
-def _vertex(xs: Sequence[float], ys: Sequence[float]) -> float:
+def parabola_vertex(xs: Sequence[float], ys: Sequence[float]) -> float:
     """The minimum of the parabola through three points (equally spaced or not)."""
     (x0, x1, x2), (y0, y1, y2) = xs, ys
     denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
@@ -270,8 +268,66 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     With ``depths``, every run has one width (``width``, default the base width) and the sweep's
     axis is the depth: ``Sweep.widths`` then holds the depths, and ``settings["axis"]`` is
     ``"depth"``."""
-    from tqdm import tqdm
+    plan = _plan(program, optimizer, data_name, params=params, hp=hp, widths=widths,
+                 values=values, steps=steps, seeds=seeds, batch_size=batch_size, lr=lr,
+                 device=device, cache=cache, depths=depths, width=width,
+                 depth_convention=depth_convention)
+    trials = [Trial(p, w, v, s) for p in plan.params for w in plan.widths for v in plan.values
+              for s in range(plan.seeds)]
+    results, todo = _from_cache(plan, trials)
+    jobs = _run(plan, todo, results, jobs, total=len(trials), progress=progress)
+    settings = {"program": program.name, "data": data_name, "data_about": plan.data.about,
+                "optimizer": optimizer.name, "steps": plan.steps, "batch_size": plan.batch_size,
+                "base_lr": plan.base_lr if hp != "lr" else None, "device": device, "jobs": jobs,
+                "trials": len(trials), "cached": len(trials) - len(todo)}
+    if plan.fixed_width is not None:
+        settings.update(axis="depth", width=plan.fixed_width, base_depth=program.depth.base)
+    return Sweep(hp, plan.widths, plan.values, seeds, _mean_losses(plan, results), settings,
+                 plan.notes)
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """A sweep's settings, checked and filled in before any training, and the emitted source
+    of every parametrization."""
+
+    hp: str
+    params: tuple[str, ...]
+    widths: list[int]  # the depths, in a depth sweep
+    values: list[float]
+    seeds: int
+    steps: int
+    batch_size: int
+    seq: int | None
+    base_lr: float
+    optimizer: str
+    device: str
+    data_name: str
+    data: Dataset
+    notes: list[str]
+    sources: dict[str, str]  # param -> the emitted module's source
+    context: str  # what every trial's cache key depends on besides the trial and the source
+    cache_dir: Path | None
+    fixed_width: int | None  # a depth sweep's one width; None in a width sweep
+
+    def job(self, t: Trial, threads: int) -> dict:
+        """What ``run_trial`` needs of trial ``t``: plain data, sent to a worker process."""
+        source = self.sources[t.param]
+        return {"source": source, "source_key": hashlib.sha256(source.encode()).hexdigest(),
+                "param": t.param, "width": t.width, "value": t.value, "seed": t.seed,
+                "hp": self.hp, "data": self.data_name, "steps": self.steps,
+                "batch_size": self.batch_size, "seq": self.seq, "optimizer": self.optimizer,
+                "base_lr": self.base_lr, "device": self.device, "threads": threads,
+                "fixed_width": self.fixed_width}
+
+
+def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Sequence[str],
+          hp: str, widths: Sequence[int], values: Sequence[float] | None, steps: int | None,
+          seeds: int, batch_size: int | None, lr: float | None, device: str,
+          cache: str | Path | None, depths: Sequence[int] | None, width: int | None,
+          depth_convention: str) -> _Plan:
+    """Check a sweep's arguments against the program and the data, fill in the defaults and
+    emit the module of every parametrization: everything that can fail before training does."""
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
     if depths is not None:
@@ -322,15 +378,23 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
                if Path(data_name).suffix == ".pt" else data_name)
     context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device]
                          + ([width] if depths is not None else []))
-    trials = [Trial(p, w, v, s) for p in params for w in widths for v in values
-              for s in range(seeds)]
+    return _Plan(hp, tuple(params), widths, values, seeds, steps, batch_size, seq, base_lr,
+                 optimizer.name, device, data_name, data, notes, sources, context, cache_dir,
+                 width if depths is not None else None)
+
+
+def _from_cache(plan: _Plan, trials: list[Trial],
+                ) -> tuple[dict[Trial, dict], list[tuple[Trial, Path | None]]]:
+    """The results the cache already holds, and the trials still to run (with the path each
+    result is to be cached at). Warns of cache entries that do not fit their trial."""
     results: dict[Trial, dict] = {}
     todo = []
     stale: list[str] = []
     for t in trials:
-        key = t.key(context + sources[t.param])
-        path = cache_dir / f"{key}.json" if cache_dir else None
-        cached, why = _cached(path, t, key, steps) if path and path.exists() else (None, None)
+        key = t.key(plan.context + plan.sources[t.param])
+        path = plan.cache_dir / f"{key}.json" if plan.cache_dir else None
+        cached, why = (_cached(path, t, key, plan.steps) if path and path.exists()
+                       else (None, None))
         if cached is not None:
             results[t] = cached
         else:
@@ -338,56 +402,57 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
             todo.append((t, path))
     if stale:
         warnings.warn(TensorProgWarning(Diagnostic(
-            f"{len(stale)} cached trial(s) in {cache_dir} do not fit the trial they are filed "
-            f"under and are trained again (first: {stale[0]})", severity="warning",
+            f"{len(stale)} cached trial(s) in {plan.cache_dir} do not fit the trial they are "
+            f"filed under and are trained again (first: {stale[0]})", severity="warning",
             help="a cache entry is only ever written by tensorprog; delete the directory if "
-                 "it was edited")), stacklevel=2)
-    jobs = jobs or (1 if device != "cpu" else max(1, os.cpu_count() or 1))
+                 "it was edited")), stacklevel=3)  # sweep's caller
+    return results, todo
+
+
+def _run(plan: _Plan, todo: list[tuple[Trial, Path | None]], results: dict[Trial, dict],
+         jobs: int | None, *, total: int, progress: bool) -> int:
+    """Run the trials of ``todo`` in ``jobs`` worker processes (in this one for a single job),
+    caching each result as it comes; returns the number of jobs used."""
+    from tqdm import tqdm  # only when trials run: the import is slow
+
+    jobs = jobs or (1 if plan.device != "cpu" else max(1, os.cpu_count() or 1))
     jobs = max(1, min(jobs, len(todo)))  # no worker without a trial to run
     threads = max(1, (os.cpu_count() or 1) // jobs)
-
-    def job(t: Trial) -> dict:
-        return {"source": sources[t.param], "source_key": hashlib.sha256(
-                    sources[t.param].encode()).hexdigest(), "param": t.param, "width": t.width,
-                "value": t.value, "seed": t.seed, "hp": hp, "data": data_name, "steps": steps,
-                "batch_size": batch_size, "seq": seq, "optimizer": optimizer.name,
-                "base_lr": base_lr, "device": device, "threads": threads,
-                "fixed_width": width if depths is not None else None}
-
-    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="transfer sweep",
-               unit="run", disable=not progress)
+    bar = tqdm(total=total, initial=total - len(todo), desc="transfer sweep", unit="run",
+               disable=not progress)
     failed: list[OSError] = []  # a cache write that failed: the sweep goes on without the cache
     try:
         if jobs == 1:
             for t, path in todo:
-                _store(results, t, path, run_trial(job(t)), bar, failed)
+                _store(results, t, path, run_trial(plan.job(t, threads)), bar, failed)
         else:
             import multiprocessing
 
             ctx = multiprocessing.get_context("spawn")  # no forked torch state
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(run_trial, job(t)): (t, path) for t, path in todo}
+                futures = {pool.submit(run_trial, plan.job(t, threads)): (t, path)
+                           for t, path in todo}
                 for f in as_completed(futures):
                     t, path = futures[f]
                     _store(results, t, path, f.result(), bar, failed)
     finally:
         bar.close()
+    return jobs
+
+
+def _mean_losses(plan: _Plan, results: dict[Trial, dict],
+                 ) -> dict[str, dict[int, dict[float, float]]]:
+    """param -> width -> value -> the loss averaged over the seeds; inf when a seed diverged."""
     losses: dict[str, dict[int, dict[float, float]]] = {}
-    for p in params:
+    for p in plan.params:
         losses[p] = {}
-        for w in widths:
+        for w in plan.widths:
             losses[p][w] = {}
-            for v in values:
-                runs = [results[Trial(p, w, v, s)] for s in range(seeds)]
+            for v in plan.values:
+                runs = [results[Trial(p, w, v, s)] for s in range(plan.seeds)]
                 ok = [r["loss"] for r in runs if not r["diverged"]]
                 losses[p][w][v] = sum(ok) / len(ok) if len(ok) == len(runs) else math.inf
-    settings = {"program": program.name, "data": data_name, "data_about": data.about,
-                "optimizer": optimizer.name, "steps": steps, "batch_size": batch_size,
-                "base_lr": base_lr if hp != "lr" else None, "device": device, "jobs": jobs,
-                "trials": len(trials), "cached": len(trials) - len(todo)}
-    if depths is not None:
-        settings.update(axis="depth", width=width, base_depth=program.depth.base)
-    return Sweep(hp, widths, values, seeds, losses, settings, notes)
+    return losses
 
 
 def _cache_dir(cache: str | Path) -> Path:
