@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
-from ..engine.exponents import INF, NEG_INF, as_str, canon
-from ..engine.optimizers import OPTIMIZERS, muon
+from ..engine.exponents import INF, NEG_INF, as_str
+from ..engine.optimizers import OPTIMIZERS, resolve
 from ..engine.parametrization import PRESETS, preset, zero_init
 from ..engine.propagate import ABC, classify, classify_depth
 from ..engine.report import (
@@ -36,6 +36,27 @@ from ..engine.report import (
 from ..errors import EngineError, TensorProgError, TensorProgWarning, UsageError
 from ..ir.program import to_text
 from ..lang.parse import parse_file
+from .abcfile import exponent, read_abc
+from .common import (
+    OutputError,
+    add_depth_options,
+    add_module_options,
+    add_muon_io,
+    axis,
+    check_base_width,
+    check_lr,
+    check_memory,
+    check_muon_io,
+    check_paths,
+    check_plot,
+    check_ranges,
+    names,
+    out,
+    out_json,
+    positive,
+    report,
+    widths,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
     def print_help(self, file=None) -> None:
         if file is None or file is sys.stdout:
-            _out(self.format_help())
+            out(self.format_help())
         else:
             super().print_help(file)
 
@@ -54,24 +75,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        _out(f"tensorprog {_version()}\n")
+        out(f"tensorprog {_version()}\n")
         parser.exit()
-
-
-def _muon_io(parser) -> None:
-    parser.add_argument("--muon-io", action="store_true",
-                        help="with --optimizer muon: orthogonalise the input and output matrices "
-                             "too (default: hidden matrices only; token and position lookups, "
-                             "vectors and scalars always take AdamW)")
-
-
-def _optimizer(args):
-    if not getattr(args, "muon_io", False):
-        return OPTIMIZERS[args.optimizer]
-    if args.optimizer != "muon":
-        raise UsageError(f"--muon-io chooses Muon's matrices, but the optimizer is "
-                         f"{args.optimizer}", help="add --optimizer muon, or drop --muon-io")
-    return muon(io=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("program", help="a .tp file")
     d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
-    _muon_io(d)
+    add_muon_io(d)
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")
@@ -106,13 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--dump", choices=["ir"], help="print a pipeline stage and stop")
     d.add_argument("-o", "--output", metavar="OUT.py",
                    help="write a PyTorch module with this parametrization (imports only torch)")
-    _module_options(d, "the table then says what zero init does to the vectors at init")
+    add_module_options(d, "the table then says what zero init does to the vectors at init")
 
     c = sub.add_parser("classify", help="classify a parametrization: stable? feature learning?")
     c.add_argument("program", help="a .tp file")
     c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="default: sgd (TP4's setting for the presets)")
-    _muon_io(c)
+    add_muon_io(c)
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=PRESETS,
                        help="a named parametrization: sp (standard), ntp (neural tangent), mup, "
@@ -129,14 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("program", help="a .tp file")
     k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
-    _muon_io(k)
+    add_muon_io(k)
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to emit (default: table3)")
-    _module_options(k, "the check then expects those vectors to start at exactly 0")
+    add_module_options(k, "the check then expects those vectors to start at exactly 0")
     k.add_argument("--widths", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024,2048)")
     k.set_defaults(default_widths="64,128,256,512,1024,2048")
-    _depth_options(k, "check")
+    add_depth_options(k, "check")
     k.add_argument("--steps", type=int, default=3,
                    help="training steps per run, at least 2 (default: 3)")
     k.add_argument("--seeds", type=int, default=3, help="seeds per width (default: 3)")
@@ -160,16 +165,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, metavar="NAME",
                    help="digits (scikit-learn's), text (CPython's pydoc topics, by character) "
                         "or a FILE.pt")
-    t.add_argument("--param", type=_names, default=("mup", "sp"), metavar="mup,sp",
+    t.add_argument("--param", type=names, default=("mup", "sp"), metavar="mup,sp",
                    help="parametrizations to compare (default: mup,sp; also ntp, and mup-width: "
                         "µP with no depth scaling, for --depths)")
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="default: adam")
-    _muon_io(t)
+    add_muon_io(t)
     t.add_argument("--widths", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
     t.set_defaults(default_widths="64,128,256,512,1024")
-    _depth_options(t, "sweep")
+    add_depth_options(t, "sweep")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
                    help="the hyperparameter to sweep (default: lr)")
     t.add_argument("--values", metavar="V1,V2,...",
@@ -204,24 +209,10 @@ def _trace_parser(sub) -> None:
                    help="a function of the model in the same file returning its forward's "
                         "inputs (default: example_inputs if the file defines it, else token "
                         "ids of shape [2, --seq-len])")
-    r.add_argument("--seq-len", type=_positive, default=8,
+    r.add_argument("--seq-len", type=positive, default=8,
                    help="sequence length of the default token ids (default: 8)")
     r.add_argument("-o", "--output", metavar="FILE.tp", help="write the program there "
                                                              "(default: standard output)")
-
-
-def _module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
-    """The options that pick the emitted module's parametrization (derive -o and check)."""
-    p.add_argument("--param", choices=["mup", "sp", "ntp", "mup-width"], default="mup",
-                   help="the parametrization to emit or check (default: the derived µP, with "
-                        "its depth exponents where the program repeats a block over a depth; "
-                        "mup-width: the same µP with no depth scaling)")
-    p.add_argument("--readout-zero-init", action="store_true",
-                   help=f"initialise output weights (derived role) to zero; {zero_note}")
-    p.add_argument("--zero-init", metavar="W1,W2", type=_names, default=(),
-                   help="initialise these weights to zero (e.g. the attention queries)")
-    p.add_argument("--base-width", type=_positive, metavar="N",
-                   help="the width at which the module equals SP (default: the program's)")
 
 
 def _version() -> str:
@@ -268,43 +259,7 @@ def _number_option(token: str) -> bool:
         option.startswith(token) for option in NUMBER_OPTIONS)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _check_plot(args) -> None:
-    """Refuse, before any training, a figure path that cannot be written."""
-    if args.plot:
-        from ..numerics.plots import check_plot_path
-
-        out = check_plot_path(args.plot)
-        if out.is_dir():
-            raise UsageError(f"--plot {out}: is a directory", help="give a file name, e.g. "
-                             f"{out / 'figure.png'}")
-        existed = out.exists()
-        try:  # append mode: an existing figure is neither truncated nor replaced yet
-            with open(out, "ab"):
-                pass
-        except OSError as err:
-            raise UsageError(f"--plot {out}: cannot write it: {err.strerror}",
-                             help="choose a path in a directory you can write") from None
-        if not existed:
-            out.unlink()
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-MAX_WIDTHS = 32  # a slope is fitted through the widths; more only adds run time
 # the numeric options' allowed ranges, with why: (option, attribute, lowest, highest, why)
-MAX_LR = 1e6
 _RANGES = {
     "check": (("--steps", "steps", 2, 1000, "the check judges changes from step 2 on (a first "
                "step can scale differently); it is about the first steps, so beyond 1000 a run "
@@ -325,12 +280,7 @@ _RANGES = {
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse out-of-range numeric options before any work, saying the range and why."""
-    for option, attr, low, high, why in _RANGES.get(args.command, ()):
-        value = getattr(args, attr)
-        if value is not None and not low <= value <= high:
-            raise UsageError(f"{option} {value}: must be from {low} to {high}", help=why)
-    if getattr(args, "lr", None) is not None:
-        _check_lr("--lr", args.lr)
+    check_ranges(args, _RANGES.get(args.command, ()))
     if args.command == "check" and not (0 < args.tolerance < 0.5):  # also refuses nan
         raise UsageError(f"--tolerance {args.tolerance}: the tolerance must be positive and "
                          "below 1/2",
@@ -338,187 +288,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
                               "1/2 cannot tell n^(1/2) from n^0")
 
 
-def _check_lr(option: str, lr: float) -> None:
-    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):
-        raise UsageError(f"{option} {lr}: the learning rate must be a positive number, at most "
-                         f"{MAX_LR:g}",
-                         help="larger rates diverge at every width, and near float32's range "
-                              "(3.4e38) the optimizer itself overflows")
-
-
-def _widths(text: str, what: str = "width") -> list[int]:
-    option, eg = f"--{what}s", ("64,128,256,512" if what == "width" else "2,4,8,16")
-    try:
-        widths = [int(w) for w in text.replace(" ", "").split(",") if w]
-    except ValueError:
-        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}",
-                         help=f"e.g. {option} {eg}") from None
-    if len(set(widths)) < 2 or min(widths) < 1:
-        raise UsageError(f"{option}: give at least two different positive {what}s",
-                         help=f"e.g. {option} {eg}")
-    repeated = sorted({w for w in widths if widths.count(w) > 1})
-    if repeated:
-        raise UsageError(f"{option}: {', '.join(map(str, repeated))} given twice",
-                         help=f"give each {what} once (a typo for another {what}?)")
-    if len(widths) > MAX_WIDTHS:
-        raise UsageError(f"{option}: {len(widths)} {what}s, at most {MAX_WIDTHS}",
-                         help=f"the slopes are fitted through the {what}s, and a few spread over "
-                              f"a factor of 8 or more fix them; each extra {what} is a full run")
-    return sorted(widths)
-
-
-def _depth_options(p: argparse.ArgumentParser, what: str) -> None:
-    """--depths and --width: the depth axis of check and transfer."""
-    p.add_argument("--depths", metavar="L1,L2,...",
-                   help=f"{what} at these depths instead of widths, at one width (--width); the "
-                        "program must repeat a block over its depth")
-    p.add_argument("--width", type=_positive, metavar="N",
-                   help="the width of every run with --depths (default: the program's base width)")
-    p.add_argument("--depth-convention", choices=list(DEPTH_CONVENTIONS), default="completep",
-                   help="how a free depth exponent is resolved in the emitted module "
-                        "(default: completep)")
-
-
-def _axis(args) -> tuple[list[int], list[int] | None, int | None]:
-    """(widths, depths, width) from --widths, or --depths and --width."""
-    if args.depths is None:
-        if args.width is not None:
-            raise UsageError("--width sets the width of a depth sweep: it needs --depths",
-                             help="give --depths L1,L2,..., or --widths for a width sweep")
-        return _widths(args.widths or args.default_widths), None, None
-    if args.widths is not None:  # a depth sweep runs at one width: --widths would go unused
-        raise UsageError("--widths sets a width sweep; --depths runs at one width",
-                         help="give that width as --width N (default: the program's base width)")
-    return [], _widths(args.depths, "depth"), args.width
-
-
-def _memory(device: str) -> tuple[int, str] | None:
-    """(bytes, what) of the memory the device has, or None when it cannot be told."""
-    if device.startswith("cuda"):
-        import torch
-
-        index = torch.device(device).index or 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
-                             "device(s)", help="use --device cuda (the first one)")
-        return torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    except (AttributeError, OSError, ValueError):  # not a POSIX system
-        return None
-
-
-def _check_memory(program, widths: list[int], device: str) -> None:
-    """Refuse widths whose params alone, with their gradients and two optimizer moments in
-    float32 (16 bytes per weight), need more than the device's memory."""
-    dims = program.dim_table
-
-    def need(width: int) -> int:
-        return 16 * sum(math.prod(dims[d].size_at(width) for d in p.shape)
-                        for p in program.params)
-
-    have = _memory(device)
-    width = max(widths)
-    if have is not None and need(width) > have[0]:
-        low, high = 0, width  # the widest that fits: need() grows with the width
-        while high - low > 1:
-            mid = (low + high) // 2
-            low, high = (mid, high) if need(mid) <= have[0] else (low, mid)
-        raise UsageError(f"--widths: width {width} has {need(width) // 16:,} weights: with "
-                         f"gradients and optimizer state about {need(width) / 2 ** 30:.3g} GiB, "
-                         f"more than {have[1]} ({have[0] / 2 ** 30:.3g} GiB)",
-                         help=f"use widths of at most about {low}")
-
-
-def _read_abc(path: str) -> tuple[dict[str, ABC], dict[str, ABC]]:
-    """The width exponents of each param in the file, and the depth exponents of those that give
-    a ``"depth"`` object."""
-    example = 'e.g. {"W2": {"a": "0", "b": "1/2", "c": "1"}} ("oo" for b: zero init)'
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as err:
-        raise UsageError(f"--abc {path}: cannot read it: {err.strerror}",
-                         help="check the path of the exponents file") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"--abc {path}: not UTF-8 text (byte {err.start})",
-                         help="save the file as UTF-8 JSON") from None
-
-    def pairs(items: list[tuple]) -> dict:
-        keys = [k for k, _ in items]
-        twice = sorted({k for k in keys if keys.count(k) > 1})
-        if twice:
-            raise UsageError(f"--abc {path}: {', '.join(map(repr, twice))} given twice",
-                             help="give each param, and each of its a, b, c, once")
-        return dict(items)
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}",
-                         help=example) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected an object mapping param names to {{a, b, c}}, "
-                         f"not a JSON {type(data).__name__}", help=example)
-    out, depth = {}, {}
-    for name, entry in data.items():
-        why = _keys_problem(entry, optional={"depth"})
-        if why:
-            raise UsageError(f"{path}: param {name!r} needs exactly the keys a, b, c ({why})",
-                             help='e.g. "W2": {"a": "0", "b": "1/2", "c": "1"}; a program that '
-                                  'repeats a block over its depth also takes "depth": '
-                                  '{"a": ..., "b": ..., "c": ...}')
-        out[name] = _abc(entry, f"{path}: param {name!r}", example)
-        if "depth" in entry:
-            where = f"{path}: param {name!r}, key 'depth'"
-            why = _keys_problem(entry["depth"])
-            if why:
-                raise UsageError(f"{where} needs exactly the keys a, b, c ({why})",
-                                 help=DEPTH_EXAMPLE)
-            depth[name] = _abc(entry["depth"], where, DEPTH_EXAMPLE)
-    return out, depth
-
-
-DEPTH_EXAMPLE = ('e.g. "res.W2": {"a": "0", "b": "0", "c": "0", "depth": {"a": "1", "b": "0", '
-                 '"c": "0"}}: W = n^-a L^-a_L w, w ~ N(0, (n^-b L^-b_L)^2), LR n^-c L^-c_L')
-
-
-def _keys_problem(entry, optional: set[str] = frozenset()) -> str | None:
-    """Why a JSON value is not an object with the keys a, b, c (and some of ``optional``)."""
-    if not isinstance(entry, dict):
-        return f"got a JSON {type(entry).__name__}"
-    missing = sorted({"a", "b", "c"} - set(entry))
-    extra = sorted(set(entry) - {"a", "b", "c"} - optional)
-    if not missing and not extra:
-        return None
-    return "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
-                     + [f"unknown {', '.join(map(repr, extra))}"] * bool(extra))
-
-
-def _abc(entry: dict, where: str, example: str) -> ABC:
-    exps = [_exponent(entry[k], f"{where}, key {k!r}") for k in "abc"]
-    try:
-        return ABC(*exps)
-    except ValueError as err:
-        raise UsageError(f"{where}: {err}", help=example) from None
-
-
-def _exponent(value, where: str):
-    """An exact exponent from a JSON value: a string ("1/2", "-1", "oo") or an integer."""
-    help = 'an exact rational as a string, e.g. "1/2", "-1", "0", or "oo" (b: zero init)'
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
-            isinstance(value, float) and not math.isfinite(value)):
-        raise UsageError(f"{where}: not an exponent: {json.dumps(value)}", help=help)
-    try:
-        return canon(str(value))
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{where}: not an exact exponent: {json.dumps(value)}",
-                         help=help) from None
-
-
 def _global_c(text: str | None):
     if text is None:
         return None
-    c = _exponent(text, "--c")
+    c = exponent(text, "--c")
     if c is NEG_INF:
         raise UsageError(f"--c {text}: a learning rate cannot scale as n^oo",
                          help="c is a rational, e.g. 1 or 1/2, or oo for no training")
@@ -531,34 +304,13 @@ def _trace(args: argparse.Namespace) -> int:
         raise UsageError("-o: the path is empty", help="give a file name")
     from ..fromtorch.command import trace_command
 
-    source = trace_command(args.target, _widths(args.widths), args.output, args.inputs,
+    source = trace_command(args.target, widths(args.widths), args.output, args.inputs,
                            args.seq_len)
     if args.output is None:
-        _out(source)
+        out(source)
     else:
-        _out(f"wrote {args.output}\n")
+        out(f"wrote {args.output}\n")
     return 0
-
-
-class _OutputError(Exception):
-    """Standard output could not be written (a closed pipe, a full disk)."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error.strerror)
-        self.error = error
-
-
-def _out(text: str) -> None:
-    """Write to stdout; a failed write is told apart from every other OSError."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OSError as err:
-        raise _OutputError(err) from None
-
-
-def _out_json(data: dict) -> None:
-    _out(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -577,22 +329,14 @@ def run(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "trace":
         return _trace(args)
-    for option, path in (("program", args.program), ("-o", getattr(args, "output", None)),
-                         ("--plot", getattr(args, "plot", None)),
-                         ("--abc", getattr(args, "abc", None))):
-        if path is not None and not path.strip():
-            raise UsageError(f"{option}: the path is empty", help="give a file name")
+    check_paths(args)
     _check_numbers(args)
     program = parse_file(args.program)
     if args.command == "limit":
         return _limit(args, program)
-    if getattr(args, "base_width", None):
-        problem = program.width_problem(args.base_width)
-        if problem:
-            raise UsageError(f"--base-width {args.base_width}: {problem}",
-                             help="the module equals SP at its base width, so the program "
-                                  "must have a network there: choose a width the dims divide")
-    optimizer = _optimizer(args)
+    check_base_width(args, program)
+    check_muon_io(args)
+    optimizer = resolve(args.optimizer, io=args.muon_io)
     if args.command == "check":
         return _check(args, program, optimizer)
     if args.command == "transfer":
@@ -602,7 +346,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.output is not None:
                 raise UsageError("--dump ir prints the program's IR, and -o writes a module: "
                                  "they do not go together", help="give one of them")
-            _out(to_text(program))
+            out(to_text(program))
             return 0
         if args.output is not None:  # the module derives its own parametrization
             return _write_module(args, program, optimizer)
@@ -621,13 +365,13 @@ def _run(args: argparse.Namespace) -> int:
                 data["zero_init"] = {"params": names, "init": {
                     v: {"before": as_str(b), "after": as_str(a)}
                     for v, b, a in zero_init_effects(d, zeroed)}}
-            _out_json(data)
+            out_json(data)
         elif args.explain:
-            _out(explain(d))
+            out(explain(d))
         else:
-            _out(derive_table(d, args.weight_decay))
+            out(derive_table(d, args.weight_decay))
             if zeroed is not None:
-                _out("\n" + zero_init_text(d, zeroed, names))
+                out("\n" + zero_init_text(d, zeroed, names))
         return 0
     c_override = _global_c(args.global_c)
     if args.preset:
@@ -635,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
         depth = {}
         notes = [f"the preset {args.preset} has no depth form: it applies no depth scaling"]
     else:
-        (abc, depth), label, notes = _read_abc(args.abc), args.abc, []
+        (abc, depth), label, notes = read_abc(args.abc), args.abc, []
         unknown = sorted(set(abc) - {p.name for p in program.params})
         if unknown:
             raise UsageError(f"{args.abc}: no param named {', '.join(unknown)} in the program",
@@ -651,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
     result = classify(program, optimizer, abc)
     data = classify_json(result) if args.json else None
     if not args.json:
-        _out(classify_text(result, label, depth_pass=program.repeats_over_depth))
+        out(classify_text(result, label, depth_pass=program.repeats_over_depth))
     if program.repeats_over_depth:
         # a param zero-initialised (b = oo) or untrained (c = oo) in the width is so at any depth
         exps = {p.name: _at_depth(abc.get(p.name), depth.get(p.name, ABC(0, 0, 0)))
@@ -664,9 +408,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             data["depth"] = classify_depth_json(program, exps, verdict, notes)
         else:
-            _out("\n" + classify_depth_text(program, exps, verdict, notes))
+            out("\n" + classify_depth_text(program, exps, verdict, notes))
     if args.json:
-        _out_json(data)
+        out_json(data)
     return 0
 
 
@@ -680,10 +424,10 @@ def _check(args, program, optimizer) -> int:
     # torch, tqdm and matplotlib load only here: derive and classify stay light
     from ..numerics.coordcheck import coord_check, pick_device, render
 
-    _check_plot(args)
-    widths, depths, width = _axis(args)
+    check_plot(args)
+    widths, depths, width = axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths or [width or program.width.base], device)
+    check_memory(program, widths or [width or program.width.base], device)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,
@@ -694,24 +438,8 @@ def _check(args, program, optimizer) -> int:
                          depth_convention=args.depth_convention)
     from ..numerics.plots import coord_plot
 
-    _report(args, result, render, coord_plot)
+    report(args, result, render, coord_plot)
     return 0 if result.passed else 1
-
-
-def _report(args, result, render, draw) -> None:
-    """JSON or the table, then the figure (if asked): what check and transfer print. The results
-    come first, so that a figure that cannot be written loses nothing."""
-    if args.json:
-        _out_json(result.as_dict())
-    else:
-        _out(render(result))
-    if args.plot:
-        try:
-            draw(result, args.plot)
-        except OSError as err:
-            raise UsageError(f"--plot {args.plot}: cannot write it: {err.strerror or err}",
-                             help="the results are printed above; choose another path") from None
-        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 def _values(text: str | None, hp: str) -> list[float] | None:
@@ -729,7 +457,7 @@ def _values(text: str | None, hp: str) -> list[float] | None:
                               "compares them on a log scale")
     if hp == "lr":
         for v in values:
-            _check_lr("--values", v)
+            check_lr("--values", v)
     return values
 
 
@@ -744,10 +472,10 @@ def _transfer(args, program, optimizer) -> int:
                          else "--param: no parametrization given",
                          help="choose among mup, sp, ntp, mup-width, e.g. --param mup,sp")
     values = _values(args.values, args.hp)
-    _check_plot(args)
-    widths, depths, width = _axis(args)
+    check_plot(args)
+    widths, depths, width = axis(args)
     device = pick_device(args.device)
-    _check_memory(program, widths or [width or program.width.base], device)
+    check_memory(program, widths or [width or program.width.base], device)
     result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
                    widths=widths, values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,
@@ -757,7 +485,7 @@ def _transfer(args, program, optimizer) -> int:
                    depth_convention=args.depth_convention)
     from ..numerics.plots import transfer_plot
 
-    _report(args, result, render, transfer_plot)
+    report(args, result, render, transfer_plot)
     return 0
 
 
@@ -813,7 +541,7 @@ def _limit_parser(sub) -> None:
     m.add_argument("--steps", type=int, default=5, help="--train: SGD steps (default: 5)")
     m.add_argument("--lr", type=float, default=0.1,
                    help="--train: the learning rate of the emitted module (default: 0.1)")
-    m.add_argument("--samples", type=_positive, default=2**14,
+    m.add_argument("--samples", type=positive, default=2**14,
                    help="--train: Monte Carlo draws of the Z-variables (default: 16384)")
     m.add_argument("--seed", type=int, default=0, help="--train: the Monte Carlo seed")
     m.add_argument("--param", choices=["sp", "mup", "ntp"],
@@ -822,7 +550,7 @@ def _limit_parser(sub) -> None:
     m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="µP's readout init follows the optimizer's derivation (default: sgd; "
                         "--train: sgd only)")
-    m.add_argument("--order", type=_positive, default=32,
+    m.add_argument("--order", type=positive, default=32,
                    help="Gauss-Hermite points per axis where no closed form exists")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.add_argument("-o", "--output", metavar="K.pt",
@@ -894,7 +622,7 @@ def _limit(args, program) -> int:
         _save({"kernels": {o: torch.as_tensor(v) for o, v in k.kernels.items()},
                "exponents": {o: None if e is None else str(e) for o, e in k.exponents.items()},
                "error": k.error, "parametrization": k.parametrization}, args.output)
-    _out((k.to_json() if args.json else k.describe()) + "\n")
+    out((k.to_json() if args.json else k.describe()) + "\n")
     return 0
 
 
@@ -926,7 +654,7 @@ def _train_limit(args, program) -> int:
                "samples": result.samples, "method": result.method}, args.output)
     text = (json.dumps({"program": program.name, **result.to_json()}, indent=1)
             if args.json else describe(result, program))
-    _out(text + "\n")
+    out(text + "\n")
     return 0
 
 
@@ -958,7 +686,7 @@ def _kernel_regime(args, program, inputs, targets) -> int:
             mean[t, :6, 0], std[t, :6], strict=True)) for t in range(len(mean))]
         rows.append("NTK diagonal: " + " ".join(f"{v:.4g}" for v in np.diag(regime.ntk)[:6]))
         text = "\n".join(rows)
-    _out(text + "\n")
+    out(text + "\n")
     return 0
 
 
@@ -973,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted (a transfer sweep resumes from its cache)", file=sys.stderr)
         code = 130
-    except _OutputError as err:
+    except OutputError as err:
         sys.exit(_output_failed(err.error))
     try:  # what is still buffered, e.g. the --help text (argparse ignores a failed write)
         sys.stdout.flush()
