@@ -14,6 +14,7 @@ Only ``check`` and ``measure`` import torch, and only when called.
 
 from __future__ import annotations
 
+from ._version import __version__ as __version__
 from .engine import classify as _classify
 from .engine import derive as _derive
 from .engine import parametrization as _presets
@@ -39,8 +40,6 @@ from .lang.parse import parse, parse_file
 from .numerics import coordcheck as _check
 from .numerics import judge as _judge
 from .numerics.judge import CheckResult, Measurements
-
-__version__ = "0.1.0"
 
 
 def derive(program: Program, optimizer: str = "adam", convention: str = "table3",

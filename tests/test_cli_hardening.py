@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 
 import tensorprog
-from tensorprog.cli.main import NUMBER_OPTIONS, _parser, join_negative_values, main
+from tensorprog.cli.main import NUMBER_OPTIONS, build_parser, join_negative_values, main
 from tensorprog.numerics.transfer import MIN_FINITE, Sweep
 
 MLP = str(ROOT / "examples" / "mlp.tp")
@@ -397,7 +397,7 @@ def test_closed_and_full_stdout_of_a_real_process():
 
 
 def _subparsers() -> list[argparse.ArgumentParser]:
-    top = _parser()
+    top = build_parser()
     subs = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
     return [top, *subs[0].choices.values()]
 

@@ -10,7 +10,7 @@ and the learning rate is η·n^-c.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..ir.program import Program
 from ..ir.text import render_instruction
@@ -20,6 +20,24 @@ from .rules import fan_dims, role
 if TYPE_CHECKING:  # the results render themselves through this module: named, never imported
     from .classify import Classification
     from .derive import Derivation
+
+# --- the results' protocol ----------------------------------------------------------------------
+# Every result renders both ways (a derivation, a classification, a coordinate check, a transfer
+# sweep, a limit, the report of applying µP to a model), so the command line prints str(result)
+# or json.dumps(result.as_dict()) and nothing else needs to know how a result is laid out.
+# Exponents appear in as_dict() as strings sympy parses ("1/2", "-1", "oo").
+
+
+@runtime_checkable
+class Result(Protocol):
+    def as_dict(self) -> dict:
+        """The result as plain JSON-serialisable data."""
+        ...
+
+    def __str__(self) -> str:
+        """The result as text for people (what the command line prints)."""
+        ...
+
 
 CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"
 

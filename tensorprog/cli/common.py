@@ -1,0 +1,266 @@
+"""What the commands share: writing to stdout, reading numeric and list options, the checks every
+command makes before any work (empty paths, numeric ranges, --base-width, --muon-io), the
+options of the emitted module and of the depth axis, and the report of check and transfer.
+
+Every refusal is a :class:`UsageError` raised before the work it would spoil, saying the range
+or the form that is allowed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from ..engine.derive import DEPTH_CONVENTIONS
+from ..errors import UsageError
+from ..ir.program import Program
+from ..numerics.plots import check_plot_path
+
+# --- standard output ----------------------------------------------------------------------------
+
+
+class OutputError(Exception):
+    """Standard output could not be written (a closed pipe, a full disk)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror)
+        self.error = error
+
+
+def out(text: str) -> None:
+    """Write to stdout; a failed write is told apart from every other OSError."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as err:
+        raise OutputError(err) from None
+
+
+def out_json(data: dict) -> None:
+    out(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+# --- option values ------------------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    """An argparse type: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def names(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names, blanks dropped."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+MAX_WIDTHS = 32  # a slope is fitted through the widths; more only adds run time
+
+
+def widths(text: str, what: str = "width") -> list[int]:
+    """``--widths`` (or ``--depths`` with ``what="depth"``): at least two different positive
+    integers, each once, sorted."""
+    option, eg = f"--{what}s", ("64,128,256,512" if what == "width" else "2,4,8,16")
+    try:
+        values = [int(w) for w in text.replace(" ", "").split(",") if w]
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated integers, got {text!r}",
+                         help=f"e.g. {option} {eg}") from None
+    if len(set(values)) < 2 or min(values) < 1:
+        raise UsageError(f"{option}: give at least two different positive {what}s",
+                         help=f"e.g. {option} {eg}")
+    repeated = sorted({w for w in values if values.count(w) > 1})
+    if repeated:
+        raise UsageError(f"{option}: {', '.join(map(str, repeated))} given twice",
+                         help=f"give each {what} once (a typo for another {what}?)")
+    if len(values) > MAX_WIDTHS:
+        raise UsageError(f"{option}: {len(values)} {what}s, at most {MAX_WIDTHS}",
+                         help=f"the slopes are fitted through the {what}s, and a few spread over "
+                              f"a factor of 8 or more fix them; each extra {what} is a full run")
+    return sorted(values)
+
+
+# --- checks before any work ---------------------------------------------------------------------
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse an empty path in any of the command's path arguments."""
+    for option, path in (("program", args.program), ("-o", getattr(args, "output", None)),
+                         ("--plot", getattr(args, "plot", None)),
+                         ("--abc", getattr(args, "abc", None))):
+        if path is not None and not path.strip():
+            raise UsageError(f"{option}: the path is empty", help="give a file name")
+
+
+# a command's numeric options with their allowed ranges, and why: (option, attribute, lowest,
+# highest, why)
+Ranges = tuple[tuple[str, str, int, int, str], ...]
+
+MAX_LR = 1e6
+
+
+def check_ranges(args: argparse.Namespace, ranges: Ranges) -> None:
+    """Refuse out-of-range numeric options before any work, saying the range and why."""
+    for option, attr, low, high, why in ranges:
+        value = getattr(args, attr)
+        if value is not None and not low <= value <= high:
+            raise UsageError(f"{option} {value}: must be from {low} to {high}", help=why)
+    if getattr(args, "lr", None) is not None:
+        check_lr("--lr", args.lr)
+
+
+def check_lr(option: str, lr: float) -> None:
+    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise UsageError(f"{option} {lr}: the learning rate must be a positive number, at most "
+                         f"{MAX_LR:g}",
+                         help="larger rates diverge at every width, and near float32's range "
+                              "(3.4e38) the optimizer itself overflows")
+
+
+def check_base_width(args: argparse.Namespace, program: Program) -> None:
+    """Refuse a --base-width at which the program has no network."""
+    if getattr(args, "base_width", None):
+        problem = program.width_problem(args.base_width)
+        if problem:
+            raise UsageError(f"--base-width {args.base_width}: {problem}",
+                             help="the module equals SP at its base width, so the program "
+                                  "must have a network there: choose a width the dims divide")
+
+
+def check_muon_io(args: argparse.Namespace) -> None:
+    """--muon-io only chooses among Muon's matrices."""
+    if args.muon_io and args.optimizer != "muon":
+        raise UsageError(f"--muon-io chooses Muon's matrices, but the optimizer is "
+                         f"{args.optimizer}", help="add --optimizer muon, or drop --muon-io")
+
+
+def check_plot(args: argparse.Namespace) -> None:
+    """Refuse, before any training, a figure path that cannot be written."""
+    if args.plot:
+        path = check_plot_path(args.plot)
+        if path.is_dir():
+            raise UsageError(f"--plot {path}: is a directory", help="give a file name, e.g. "
+                             f"{path / 'figure.png'}")
+        existed = path.exists()
+        try:  # append mode: an existing figure is neither truncated nor replaced yet
+            with open(path, "ab"):
+                pass
+        except OSError as err:
+            raise UsageError(f"--plot {path}: cannot write it: {err.strerror}",
+                             help="choose a path in a directory you can write") from None
+        if not existed:
+            path.unlink()
+
+
+# --- options shared by several commands ---------------------------------------------------------
+
+
+def add_muon_io(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--muon-io", action="store_true",
+                        help="with --optimizer muon: orthogonalise the input and output matrices "
+                             "too (default: hidden matrices only; token and position lookups, "
+                             "vectors and scalars always take AdamW)")
+
+
+def add_module_options(p: argparse.ArgumentParser, zero_note: str) -> None:
+    """The options that pick the emitted module's parametrization (derive -o and check)."""
+    p.add_argument("--param", choices=["mup", "sp", "ntp", "mup-width"], default="mup",
+                   help="the parametrization to emit or check (default: the derived µP, with "
+                        "its depth exponents where the program repeats a block over a depth; "
+                        "mup-width: the same µP with no depth scaling)")
+    p.add_argument("--readout-zero-init", action="store_true",
+                   help=f"initialise output weights (derived role) to zero; {zero_note}")
+    p.add_argument("--zero-init", metavar="W1,W2", type=names, default=(),
+                   help="initialise these weights to zero (e.g. the attention queries)")
+    p.add_argument("--base-width", type=positive, metavar="N",
+                   help="the width at which the module equals SP (default: the program's)")
+
+
+def add_depth_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--depths and --width: the depth axis of check and transfer."""
+    p.add_argument("--depths", metavar="L1,L2,...",
+                   help=f"{what} at these depths instead of widths, at one width (--width); the "
+                        "program must repeat a block over its depth")
+    p.add_argument("--width", type=positive, metavar="N",
+                   help="the width of every run with --depths (default: the program's base width)")
+    p.add_argument("--depth-convention", choices=list(DEPTH_CONVENTIONS), default="completep",
+                   help="how a free depth exponent is resolved in the emitted module "
+                        "(default: completep)")
+
+
+def axis(args: argparse.Namespace) -> tuple[list[int], list[int] | None, int | None]:
+    """(widths, depths, width) from --widths, or --depths and --width."""
+    if args.depths is None:
+        if args.width is not None:
+            raise UsageError("--width sets the width of a depth sweep: it needs --depths",
+                             help="give --depths L1,L2,..., or --widths for a width sweep")
+        return widths(args.widths or args.default_widths), None, None
+    if args.widths is not None:  # a depth sweep runs at one width: --widths would go unused
+        raise UsageError("--widths sets a width sweep; --depths runs at one width",
+                         help="give that width as --width N (default: the program's base width)")
+    return [], widths(args.depths, "depth"), args.width
+
+
+# --- training runs (check and transfer) ---------------------------------------------------------
+
+
+def _memory(device: str) -> tuple[int, str] | None:
+    """(bytes, what) of the memory the device has, or None when it cannot be told."""
+    if device.startswith("cuda"):
+        import torch  # heavy: only check and transfer load it
+
+        index = torch.device(device).index or 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
+                             "device(s)", help="use --device cuda (the first one)")
+        return torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+
+
+def check_memory(program: Program, widths: list[int], device: str) -> None:
+    """Refuse widths whose params alone, with their gradients and two optimizer moments in
+    float32 (16 bytes per weight), need more than the device's memory."""
+    dims = program.dim_table
+
+    def need(width: int) -> int:
+        return 16 * sum(math.prod(dims[d].size_at(width) for d in p.shape)
+                        for p in program.params)
+
+    have = _memory(device)
+    width = max(widths)
+    if have is not None and need(width) > have[0]:
+        low, high = 0, width  # the widest that fits: need() grows with the width
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if need(mid) <= have[0] else (low, mid)
+        raise UsageError(f"--widths: width {width} has {need(width) // 16:,} weights: with "
+                         f"gradients and optimizer state about {need(width) / 2 ** 30:.3g} GiB, "
+                         f"more than {have[1]} ({have[0] / 2 ** 30:.3g} GiB)",
+                         help=f"use widths of at most about {low}")
+
+
+def report(args: argparse.Namespace, result, render, draw) -> None:
+    """JSON or the table, then the figure (if asked): what check and transfer print. The results
+    come first, so that a figure that cannot be written loses nothing."""
+    if args.json:
+        out_json(result.as_dict())
+    else:
+        out(render(result))
+    if args.plot:
+        try:
+            draw(result, args.plot)
+        except OSError as err:
+            raise UsageError(f"--plot {args.plot}: cannot write it: {err.strerror or err}",
+                             help="the results are printed above; choose another path") from None
+        print(f"wrote {args.plot}", file=sys.stderr)

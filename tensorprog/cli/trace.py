@@ -1,0 +1,41 @@
+"""``tensorprog trace``: a PyTorch model (a function of the width in the user's file) traced at two
+widths into a .tp program. Imports torch and the user's file; see
+tensorprog/fromtorch/command.py."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ..fromtorch.command import trace_command
+from . import common
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("trace", help="trace a PyTorch model (FILE.py:FUNCTION, a function of the "
+                                     "width returning the model) into a .tp program")
+    r.add_argument("target", metavar="FILE.py:FUNCTION",
+                   help="the Python file and its function build(width) returning the model")
+    r.add_argument("--widths", default="128,256", metavar="W1,W2",
+                   help="the two widths to trace at; the first is the base width "
+                        "(default: 128,256)")
+    r.add_argument("--inputs", metavar="FUNCTION",
+                   help="a function of the model in the same file returning its forward's "
+                        "inputs (default: example_inputs if the file defines it, else token "
+                        "ids of shape [2, --seq-len])")
+    r.add_argument("--seq-len", type=common.positive, default=8,
+                   help="sequence length of the default token ids (default: 8)")
+    r.add_argument("-o", "--output", metavar="FILE.tp", help="write the program there "
+                                                             "(default: standard output)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output is not None and not args.output.strip():
+        raise UsageError("-o: the path is empty", help="give a file name")
+    source = trace_command(args.target, common.widths(args.widths), args.output, args.inputs,
+                           args.seq_len)
+    if args.output is None:
+        common.out(source)
+    else:
+        common.out(f"wrote {args.output}\n")
+    return 0
