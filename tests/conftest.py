@@ -1,4 +1,5 @@
-"""Shared helpers: example paths, generated MLPs of any depth, importing emitted modules."""
+"""Shared helpers: example paths, generated MLPs of any width and depth, a residual MLP over the
+depth, importing emitted modules, running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -20,6 +21,29 @@ if "torch" in sys.modules:
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
+
+
+# a residual MLP repeating a block over the depth L (the core of the depth issue, as written there)
+RESMLP = """\
+width n = 128
+depth L = 4                  # blocks at the base; like the width, it may go to infinity
+dim d_in = 64
+dim d_out = 10
+input x : [d_in]
+param W_in : [n, d_in]
+param W_out : [d_out, n]
+
+block res(h) {               # params declared inside are fresh in every repetition
+    param W1 : [n, n]
+    param W2 : [n, n]
+    u = W1 @ h               # names inside are local to each repetition
+    return h + W2 @ relu(u)
+}
+
+h0 = W_in @ x
+hL = repeat L res(h0)        # res applied L times, each output feeding the next
+output y = W_out @ hL
+"""
 
 
 def import_file(path: Path, name: str | None = None) -> types.ModuleType:

@@ -8,33 +8,11 @@ import re
 import warnings
 
 import pytest
-from conftest import ROOT
+from conftest import RESMLP, ROOT
 
 import tensorprog as tp
 from tensorprog.cli.main import main
 from tensorprog.ir.program import Block, Depth, LinComb, Stream
-
-# the core of the issue, exactly as written there
-RESMLP = """\
-width n = 128
-depth L = 4                  # blocks at the base; like the width, it may go to infinity
-dim d_in = 64
-dim d_out = 10
-input x : [d_in]
-param W_in : [n, d_in]
-param W_out : [d_out, n]
-
-block res(h) {               # params declared inside are fresh in every repetition
-    param W1 : [n, n]
-    param W2 : [n, n]
-    u = W1 @ h               # names inside are local to each repetition
-    return h + W2 @ relu(u)
-}
-
-h0 = W_in @ x
-hL = repeat L res(h0)        # res applied L times, each output feeding the next
-output y = W_out @ hL
-"""
 
 # the same network with its two blocks copied out by hand
 UNROLLED = """\

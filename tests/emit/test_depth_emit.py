@@ -9,8 +9,7 @@ import json
 import math
 
 import pytest
-from conftest import ROOT, import_file
-from test_depth import RESMLP
+from conftest import RESMLP, ROOT, import_file
 
 import tensorprog as tp
 from tensorprog.cli.main import main

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
-from test_depth import RESMLP
+from conftest import RESMLP, ROOT
 from test_depth_exponents import ONE_LAYER
 
 import tensorprog as tp
@@ -17,7 +16,7 @@ from tensorprog.cli.main import run
 from tensorprog.engine.exponents import canon
 from tensorprog.engine.propagate import ABC
 
-GPT = (Path(__file__).parent.parent / "examples" / "gpt.tp").read_text()
+GPT = (ROOT / "examples" / "gpt.tp").read_text()
 
 
 def _depth(source: str, optimizer="adam", **kw) -> tp.Derivation:
