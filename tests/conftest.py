@@ -54,6 +54,30 @@ def import_file(path: Path, name: str | None = None) -> types.ModuleType:
     return module
 
 
+def emit_program(program, param="mup", convention="table3", command="t", optimizer="adam"):
+    """Emit ``program`` under the parametrization ``param`` for ``optimizer``."""
+    # imported when called, as in run_cli: the package loads after the thread setting above
+    from tensorprog.emit.module import emit, parametrization
+    from tensorprog.engine.optimizers import OPTIMIZERS
+
+    abc, label = parametrization(program, OPTIMIZERS[optimizer], param, convention)
+    return emit(program, abc, optimizer=optimizer, label=label, command=command)
+
+
+def train_once(module, width=32):
+    """Construct, run forward and backward, and take one optimizer step."""
+    import torch  # the suite also runs where torch is not installed
+
+    model = module.Model(width, dtype=torch.float64)
+    inputs = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    out = model(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    opt = module.make_optimizer(model, 0.01)
+    sum(o.sum() for o in outs if o.is_floating_point()).backward()
+    opt.step()
+    return model, inputs
+
+
 def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:
     """An MLP with ``depth`` hidden layers: W1 input, W2..W_depth hidden, W_{depth+1} readout."""
     lines = [f"width n = {width}", "dim d_in = 5", "dim d_out = 3", "input x : [d_in]",

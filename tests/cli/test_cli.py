@@ -1,16 +1,22 @@
-"""The command line: outputs, JSON keys, exit codes, and no torch import for derive."""
+"""The command line: outputs, JSON keys, exit codes, no torch import for derive; errors printed
+with exit status 2, negative numbers as option values, a closed or full stdout, help and version.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import sympy
 from conftest import ROOT
 
-from tensorprog.cli.main import main
+import tensorprog
+from tensorprog.cli.main import NUMBER_OPTIONS, _parser, join_negative_values, main
 
 MLP = str(ROOT / "examples" / "mlp.tp")
 
@@ -80,25 +86,6 @@ def test_classify_abc_file(capsys, tmp_path):
     assert data["vectors"]["y"]["init"] == "-oo"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{", "invalid JSON"),
-    ('{"W1": {"a": 0}}', "needs exactly the keys a, b, c"),
-    ('{"W1": {"a": "x", "b": 0, "c": 0}}', "not an exact exponent"),
-    ('{"W9": {"a": 0, "b": 0, "c": 0}}', "no param named W9"),
-    ('{"W1": {"a": "oo", "b": 0, "c": 0}}', "a must be finite"),
-    ('{"W1": {"a": 0, "b": 0, "c": 0}}', "no \\(a, b, c\\) given for param"),
-])
-def test_classify_bad_abc_file(capsys, tmp_path, content, message):
-    path = tmp_path / "abc.json"
-    path.write_text(content)
-    code, _, err = _run(capsys, "classify", MLP, "--abc", str(path))
-    assert code == 2
-    assert "Traceback" not in err
-    import re
-
-    assert re.search(message, err)
-
-
 def test_derive_and_classify_do_not_import_torch_matplotlib_or_tqdm():
     code = (f"import sys; from tensorprog.cli.main import run; run(['derive', {MLP!r}]); "
             f"run(['classify', {MLP!r}, '--preset', 'sp']); "
@@ -110,3 +97,152 @@ def test_derive_and_classify_do_not_import_torch_matplotlib_or_tqdm():
 def test_console_script_runs():
     out = subprocess.run(["tensorprog", "derive", MLP, "--json"], capture_output=True, text=True)
     assert out.returncode == 0 and json.loads(out.stdout)["program"] == "mlp"
+
+
+# --- errors: printed, exit status 2 ---------------------------------------------------------------
+
+
+HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
+        "param b : [n]\n")  # 7 lines; the bad line below is line 8
+
+
+def _cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_cli_prints_the_error_and_exits_2(capsys, tmp_path):
+    path = tmp_path / "bad.tp"
+    path.write_text(HEAD + "h = W @ b\noutput y = V @ h\n")
+    code, err = _cli(capsys, "derive", str(path))
+    assert code == 2
+    assert f"{path}:8:5: error: shape mismatch" in err and "Traceback" not in err
+
+
+def test_cli_missing_file(capsys, tmp_path):
+    code, err = _cli(capsys, "derive", str(tmp_path / "nope.tp"))
+    assert code == 2 and "cannot read" in err and "Traceback" not in err
+
+
+def test_cli_engine_error_exits_2(capsys, tmp_path):
+    path = tmp_path / "dot.tp"
+    path.write_text("width n = 8\ndim d = 3\ninput x : [d]\nparam W : [n, d]\n"
+                    "h = relu(W @ x)\noutput s = dot(h, h)\n")
+    code, err = _cli(capsys, "derive", str(path))
+    assert code == 2 and "s blows up at init" in err and "Traceback" not in err
+
+
+# --- options, stdout, help and version ------------------------------------------------------------
+
+
+HEADS = str(ROOT / "examples" / "transformer_heads.tp")
+
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return exit_.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(("argv", "joined"), [
+    (["--c", "-1/2"], ["--c=-1/2"]),
+    (["--lr", "-1e-3", "--json"], ["--lr=-1e-3", "--json"]),
+    (["--values", "-.5,1"], ["--values=-.5,1"]),
+    (["--c", "-oo"], ["--c=-oo"]),
+    (["--c", "--json"], ["--c", "--json"]),  # an option is not a value: argparse says so
+    (["--plot", "-1.png"], ["--plot", "-1.png"]),  # not a number option
+    (["--", "--c", "-1"], ["--", "--c", "-1"]),
+    (["--tol", "-1", "--lr=-2"], ["--tol=-1", "--lr=-2"]),  # an abbreviation argparse expands
+])
+def test_negative_values_are_joined_to_their_option(argv, joined):
+    assert join_negative_values(argv) == joined
+
+
+def test_every_number_option_exists():
+    options = {o for sub in _subparsers() for a in sub._actions for o in a.option_strings}
+    assert set(NUMBER_OPTIONS) <= options
+
+
+def test_a_negative_rational_c_is_a_value(capsys):
+    code, out, _ = _main(capsys, "classify", MLP, "--preset", "sp", "--c", "-1/2", "--json")
+    assert code == 0 and json.loads(out)["params"]["W2"]
+
+
+def test_dump_and_a_module_output_are_not_taken_together(capsys, tmp_path):
+    code, _, err = _main(capsys, "derive", MLP, "--dump", "ir", "-o", str(tmp_path / "m.py"))
+    assert code == 2 and "do not go together" in err and not (tmp_path / "m.py").exists()
+
+
+def test_a_base_width_at_which_the_program_has_no_network(capsys):
+    code, _, err = _main(capsys, "check", HEADS, "--base-width", "7")
+    assert code == 2 and "--base-width 7: dim" in err and "not a whole number" in err
+
+
+COMMANDS = [["derive", MLP], ["derive", MLP, "--json"], ["derive", MLP, "--explain"],
+            ["derive", MLP, "--dump", "ir"], ["classify", MLP, "--preset", "sp"],
+            ["--help"], ["--version"]]
+
+
+def _process(argv, stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tensorprog.cli", *argv], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def _closed_pipe():
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte, as `| head -c 0` leaves it
+    return os.fdopen(write, "w")
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_a_closed_stdout_ends_quietly(capsys, monkeypatch, argv):
+    with _closed_pipe() as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code, _, err = _main(capsys, *argv)
+        monkeypatch.undo()
+    assert code == 1 and err == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_a_full_stdout_is_a_clear_error(capsys, monkeypatch, argv):
+    with open("/dev/full", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        code, _, err = _main(capsys, *argv)
+        monkeypatch.undo()
+    assert code == 2 and err.startswith("error: cannot write the output: No space left")
+
+
+def test_closed_and_full_stdout_of_a_real_process():
+    """The interpreter's own final flush must not fail again after the message."""
+    with _closed_pipe() as stdout:
+        out = _process(["derive", MLP], stdout)
+    assert (out.returncode, out.stderr) == (1, "")
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            out = _process(["derive", MLP, "--json"], full)
+        assert out.returncode == 2 and out.stderr == (
+            "error: cannot write the output: No space left on device\n"
+            "help: free some disk space, or send the output elsewhere\n")
+
+
+def _subparsers() -> list[argparse.ArgumentParser]:
+    top = _parser()
+    subs = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return [top, *subs[0].choices.values()]
+
+
+def test_every_option_of_every_subcommand_says_what_it_does():
+    for parser in _subparsers():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (parser.prog, action.dest)
+
+
+def test_version(capsys):
+    code, out, _ = _main(capsys, "--version")
+    assert code == 0 and out == f"tensorprog {tensorprog.__version__}\n"
