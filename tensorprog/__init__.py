@@ -19,7 +19,8 @@ from .engine import classify as _classify
 from .engine import derive as _derive
 from .engine import parametrization as _presets
 from .engine.classify import Classification
-from .engine.derive import CONVENTIONS, Derivation
+from .engine.derivation import Derivation
+from .engine.derive import CONVENTIONS
 from .engine.exponents import ABC
 from .engine.optimizers import OPTIMIZERS, Optimizer, muon
 from .engine.optimizers import resolve as _resolve

@@ -1,4 +1,5 @@
-"""Shared helpers: example paths, generated MLPs of any depth, importing emitted modules."""
+"""Shared helpers: example paths, generated MLPs of any width and depth, a residual MLP over the
+depth, importing emitted modules, running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -22,12 +23,60 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 
 
+# a residual MLP repeating a block over the depth L (the core of the depth issue, as written there)
+RESMLP = """\
+width n = 128
+depth L = 4                  # blocks at the base; like the width, it may go to infinity
+dim d_in = 64
+dim d_out = 10
+input x : [d_in]
+param W_in : [n, d_in]
+param W_out : [d_out, n]
+
+block res(h) {               # params declared inside are fresh in every repetition
+    param W1 : [n, n]
+    param W2 : [n, n]
+    u = W1 @ h               # names inside are local to each repetition
+    return h + W2 @ relu(u)
+}
+
+h0 = W_in @ x
+hL = repeat L res(h0)        # res applied L times, each output feeding the next
+output y = W_out @ hL
+"""
+
+
 def import_file(path: Path, name: str | None = None) -> types.ModuleType:
     """Import a generated module from its file, as a user's script would."""
     spec = importlib.util.spec_from_file_location(name or path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def emit_program(program, param="mup", convention="table3", command="t", optimizer="adam"):
+    """Emit ``program`` under the parametrization ``param`` for ``optimizer``."""
+    # imported when called, as in run_cli: the package loads after the thread setting above
+    from tensorprog.emit.module import emit
+    from tensorprog.engine.optimizers import OPTIMIZERS
+    from tensorprog.engine.parametrization import choose
+
+    abc, _, label, _ = choose(program, OPTIMIZERS[optimizer], param, convention)
+    return emit(program, abc, optimizer=optimizer, label=label, command=command)
+
+
+def train_once(module, width=32):
+    """Construct, run forward and backward, and take one optimizer step."""
+    import torch  # the suite also runs where torch is not installed
+
+    model = module.Model(width, dtype=torch.float64)
+    inputs = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    out = model(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    opt = module.make_optimizer(model, 0.01)
+    sum(o.sum() for o in outs if o.is_floating_point()).backward()
+    opt.step()
+    return model, inputs
 
 
 def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:

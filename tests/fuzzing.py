@@ -20,15 +20,10 @@ from conftest import import_file
 
 import tensorprog as tp
 from tensorprog.emit.module import emit
+from tensorprog.engine.classify import classify_json, classify_text
+from tensorprog.engine.derivation import derive_json, derive_table, explain
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.engine.report import (
-    classify_json,
-    classify_text,
-    derive_json,
-    derive_table,
-    explain,
-)
 
 # a model bigger than this (elements over all params) is emitted and imported but not run: a
 # fuzzed finite dim of 10**9 is a legal program, not one a test can allocate

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import tensorprog as tp  # noqa: E402
+from tensorprog.engine.derivation import derive_json  # noqa: E402
 from tensorprog.engine.exponents import ZERO, as_str  # noqa: E402
-from tensorprog.engine.report import derive_json  # noqa: E402
 
 # the attention examples cost seconds each to classify; their failure is pinned in REGRESSIONS
 CHEAP = [p for p in EXAMPLES if "transformer" not in p.name and "llama" not in p.name]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tensorprog as tp
-from tensorprog.engine.report import derive_table
+from tensorprog.engine.derivation import derive_table
 
 GOLDEN = Path(__file__).parent / "golden"
 

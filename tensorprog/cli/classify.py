@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.classify import classify, classify_depth
+from ..engine.classify import (
+    classify,
+    classify_depth,
+    classify_depth_json,
+    classify_depth_text,
+    classify_json,
+    classify_text,
+)
 from ..engine.exponents import ABC, INF, NEG_INF, Exp
 from ..engine.optimizers import OPTIMIZERS, Optimizer, resolve
 from ..engine.parametrization import PRESETS, preset
-from ..engine.report import classify_depth_json, classify_depth_text, classify_json, classify_text
 from ..errors import EngineError, UsageError
 from ..ir.program import Program
 from ..lang.parse import parse_file

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..emit.module import emit
-from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, Derivation, derive
+from ..engine.derivation import Derivation, derive_json, derive_table, explain
+from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from ..engine.exponents import ABC, as_str
 from ..engine.optimizers import OPTIMIZERS, Optimizer, resolve
 from ..engine.parametrization import choose, zero_init, zero_init_effects, zero_init_text
-from ..engine.report import derive_json, derive_table, explain
 from ..errors import UsageError
 from ..ir.program import Program
 from ..ir.text import to_text

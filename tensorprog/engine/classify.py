@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from .._gc import paused_gc
 from ..errors import EngineError
 from ..ir.program import Program
-from . import report
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
+from .report import depth_note, program_depth_json, table
 from .rules import Term, role
 
 
@@ -66,12 +66,12 @@ class Classification:
         return all(p.r == 0 for p in self.params.values() if p.role != "scale")
 
     def as_dict(self) -> dict:
-        """classify's JSON (see :func:`tensorprog.engine.report.classify_json`)."""
-        return report.classify_json(self)
+        """classify's JSON (see :func:`classify_json`)."""
+        return classify_json(self)
 
     def __str__(self) -> str:
         """classify's verdict as text, headed "classification" (the command names its preset)."""
-        return report.classify_text(self, "classification")
+        return classify_text(self, "classification")
 
 
 def _dominant(terms: list[tuple[Term, Exp]]) -> tuple[Term, Exp] | None:
@@ -189,3 +189,79 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                 f"{p.name} is not updated maximally: its update moves features by "
                 f"{power(-p.r, base)} ({p.dominant}); they freeze as {base} grows"))
     return result
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+def classify_json(c: Classification) -> dict:
+    an = c.analysis
+    return {
+        "program": c.program.name, "optimizer": c.optimizer.name,
+        "depth": program_depth_json(c.program),
+        "stable": c.stable, "nontrivial": c.nontrivial, "regime": c.regime, "r": as_str(c.r),
+        "all_maximal": c.all_maximal,
+        "params": {n: {"shape": list(x.shape), "role": x.role, **x.abc.as_dict(),
+                       "r": as_str(x.r), "maximal": x.r == 0,
+                       "init_entries": as_str(x.init), "update_entries": as_str(x.update)}
+                   for n, x in c.params.items()},
+        "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
+                              "update": as_str(an.change_[ins.out])} for ins in c.program.body},
+        "violations": [v.as_dict() for v in c.violations],
+    }
+
+
+def classify_text(c: Classification, label: str, depth_pass: bool = False) -> str:
+    rows = [["param", "shape", "role", "a", "b", "c", "r", "maximal"]]
+    for n, x in c.params.items():
+        rows.append([n, "[" + ", ".join(x.shape) + "]", x.role, as_str(x.abc.a), as_str(x.abc.b),
+                     as_str(x.abc.c), as_str(x.r), "yes" if x.r == 0 else "no"])
+    d = c.program.depth
+    note = ([] if d is None else
+            [f"depth {d.name} (base {d.base}): the width verdict holds at any fixed depth; the "
+             f"verdict as {d.name} grows follows it"] if depth_pass else [depth_note(c.program)])
+    out = [f"{label} for {c.program.name} under {c.optimizer.name}", *note, "", table(rows), "",
+           f"stable: {'yes' if c.stable else 'no'}   nontrivial: "
+           f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
+    if c.violations:
+        out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
+    return "\n".join(out) + "\n"
+
+
+def _depth_given(exps: dict[str, ABC]) -> str:
+    nonzero = {p: x for p, x in exps.items() if (x.a, x.b, x.c) != (0, 0, 0)}
+    if not nonzero:
+        return "none (a_L = b_L = c_L = 0 for every param: no depth scaling)"
+    return ", ".join(f"{p} ({as_str(x.a)}, {as_str(x.b)}, {as_str(x.c)})"
+                     for p, x in nonzero.items()) + "; 0, 0, 0 for the others" * (
+        len(nonzero) < len(exps))
+
+
+def classify_depth_text(program: Program, exps: dict[str, ABC], c: Classification | None,
+                        notes: list[str]) -> str:
+    """The depth pass's section of ``classify``: its verdict as L grows, or why it has none
+    (``c`` None: the pass refused, and ``notes`` say why)."""
+    L = program.depth.name
+    out = [f"Depth ({L} → ∞)", f"depth exponents (a_L, b_L, c_L): {_depth_given(exps)}",
+           *(f"note: {n}" for n in notes)]
+    if c is not None:
+        out.append(f"stable: {'yes' if c.stable else 'no'}   feature learning in {L}: "
+                   f"{'yes' if c.regime == 'feature_learning' else 'no'}   every param updated "
+                   f"maximally: {'yes' if c.all_maximal else 'no'}   regime: {c.regime}")
+        if c.violations:
+            out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}"
+                                          for v in c.violations]
+    return "\n".join(out) + "\n"
+
+
+def classify_depth_json(program: Program, exps: dict[str, ABC], c: Classification | None,
+                        notes: list[str]) -> dict:
+    """The ``"depth"`` object of ``classify --json``: the depth exponents used and the depth
+    pass's verdict (null where it refused; ``notes`` say why)."""
+    return {"name": program.depth.name, "base": program.depth.base,
+            "exponents": {p: x.as_dict() for p, x in exps.items()},
+            "stable": None if c is None else c.stable,
+            "feature_learning": None if c is None else c.regime == "feature_learning",
+            "all_maximal": None if c is None else c.all_maximal,
+            "regime": None if c is None else c.regime,
+            "violations": [] if c is None else [v.as_dict() for v in c.violations],
+            "notes": notes}

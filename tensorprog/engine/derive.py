@@ -18,53 +18,19 @@ The desiderata (TP4 §3; docs/theory.md): every vector O(1) at init and during t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from sympy import QQ
 from sympy.polys.matrices import DomainMatrix
 
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
 from ..ir.program import Program
-from . import report
-from .classify import Classification, classify, classify_depth, require_depth_pass, require_width
+from .classify import classify, classify_depth, require_depth_pass, require_width
+from .derivation import Bound, DepthDerivation, Derivation, Equation
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT, Term, fan_in_infinite
 
-
-@dataclass(frozen=True)
-class Bound:
-    """``slot(param) <= value``, from one rule term of one instruction."""
-
-    param: str
-    slot: str  # "S" | "U"
-    value: Exp
-    instruction: str
-    term: Term
-
-
-@dataclass(frozen=True)
-class Equation:
-    """``coefs · (a, b, c) = rhs`` for one param, with its reason."""
-
-    param: str
-    coefs: tuple[int, int, int]
-    rhs: Exp
-    reason: str
-    dim: str = ""  # "" for the width exponents, the depth's name for the depth exponents
-
-    def render(self) -> str:
-        parts = []
-        for k, var in zip(self.coefs, "abc", strict=True):
-            if k:
-                sym = f"{var}_{self.dim + '_' if self.dim else ''}{self.param}"
-                parts.append(sym if k == 1 else f"{k}·{sym}")
-        return f"{' + '.join(parts)} = {self.rhs}"
-
-
-# --- conventions: which member of the symmetry family to print ------------------------------------
 
 def _table3(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:
     return (1, 0, 0), ZERO, "convention table3: every forward multiplier is 1 (a = 0)"
@@ -92,49 +58,6 @@ CONVENTIONS = {"table3": _table3, "mup": _mup, "tp4": _tp4}
 #: [U_L, tightest bound]. completep: init as small as its update (S_L = U_L: CompleteP, arXiv
 #: 2505.01618); depth-mup: init as large as stability allows (Depth-µP, TP6 arXiv 2310.02244).
 DEPTH_CONVENTIONS = ("completep", "depth-mup")
-
-
-@dataclass
-class DepthDerivation:
-    """The depth exponents (a_L, b_L, c_L) of every param, from the depth pass's desiderata."""
-
-    convention: str
-    abc: dict[str, ABC]
-    free: dict[str, tuple[Exp, Exp]]  # param -> the range of a_L + b_L the desiderata leave
-    equations: list[Equation]
-    analysis: Analysis
-    check: Classification
-
-
-# --- the derivation -------------------------------------------------------------------------------
-
-
-@dataclass
-class Derivation:
-    program: Program
-    optimizer: Optimizer
-    convention: str
-    abc: dict[str, ABC]
-    bounds: list[Bound]
-    equations: list[Equation]
-    analysis: Analysis
-    check: Classification
-    chosen: dict[str, dict[str, Bound]] = field(default_factory=dict)  # param -> slot -> bound
-    depth: DepthDerivation | None = None
-    depth_refused: str | None = None  # why a program with a depth has no depth exponents
-    # Adam's ε per param as eps·n^-e (·L^-e_L): e where ε stays below the gradient entries;
-    # empty under SGD (no ε); a param missing from eps_depth is explained in eps_depth_refused
-    eps: dict[str, Exp] = field(default_factory=dict)
-    eps_depth: dict[str, Exp] = field(default_factory=dict)
-    eps_depth_refused: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """derive's JSON (see :func:`tensorprog.engine.report.derive_json`)."""
-        return report.derive_json(self)
-
-    def __str__(self) -> str:
-        """derive's table (see :func:`tensorprog.engine.report.derive_table`)."""
-        return report.derive_table(self)
 
 
 def _bounds_for(an: Analysis, out: str, terms: list[Term]) -> list[Bound]:

@@ -22,7 +22,8 @@ from typing import NamedTuple
 from ..errors import UsageError
 from ..ir.program import Dot, Program
 from .classify import classify
-from .derive import Derivation, derive
+from .derivation import Derivation
+from .derive import derive
 from .exponents import ABC, HALF, NEG_INF, ZERO, Exp, power
 from .optimizers import Optimizer
 from .propagate import used_params

@@ -1,25 +1,17 @@
-"""Render derivations and classifications: a table for people, JSON for programs, an explanation.
+"""What every result's rendering shares: the results' protocol (``as_dict()`` for JSON, ``str()``
+for people), the exponent formulas, the table layout and the depth note.
 
-A :class:`~tensorprog.engine.derive.Derivation` and a
-:class:`~tensorprog.engine.classify.Classification` follow the results' protocol (``as_dict()``
-for JSON, ``str()`` for people) through the functions here; this module only reads them.
-
-Exponents in JSON are strings sympy parses ("1/2", "-1", "oo"); W = n^-a·w, w ~ N(0, (σ·n^-b)²),
-and the learning rate is η·n^-c.
+Derivations render in :mod:`tensorprog.engine.derivation`, classifications in
+:mod:`tensorprog.engine.classify`. Exponents in JSON are strings sympy parses ("1/2", "-1",
+"oo"); W = n^-a·w, w ~ N(0, (σ·n^-b)²), and the learning rate is η·n^-c.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..ir.program import Program
-from ..ir.text import render_instruction
-from .exponents import ABC, INF, NEG_INF, Exp, as_str, canon, power, scaled
-from .rules import fan_dims, role
-
-if TYPE_CHECKING:  # the results render themselves through this module: named, never imported
-    from .classify import Classification
-    from .derive import Derivation
+from .exponents import INF, Exp, power, scaled
 
 # --- the results' protocol ----------------------------------------------------------------------
 # Every result renders both ways (a derivation, a classification, a coordinate check, a transfer
@@ -42,15 +34,15 @@ class Result(Protocol):
 CONVENTION_LINE = "W = n^-a·w,  w ~ N(0, (σ·n^-b)²),  learning rate η·n^-c"
 
 
-def _shape(program: Program, name: str) -> str:
+def shape_text(program: Program, name: str) -> str:
     return "[" + ", ".join(program.param_table[name].shape) + "]"
 
 
-def _fan(dim: str | None) -> str:
+def fan_text(dim: str | None) -> str:
     return "1" if dim is None else dim
 
 
-def _table(rows: list[list[str]]) -> str:
+def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
@@ -73,314 +65,8 @@ def depth_note(p: Program) -> str | None:
             f"width exponents hold at any fixed depth)")
 
 
-def derived_depth_note(d: Derivation) -> str | None:
-    """The depth line of ``derive``: the depth convention the exponents in L were derived in, or
-    why there are none."""
-    p = d.program
+def program_depth_json(p: Program) -> dict | None:
+    """A program's depth with no exponents in it (none derived, or a classification's)."""
     if p.depth is None:
         return None
-    L = p.depth.name
-    if d.depth_refused is not None:
-        return f"depth {L} (base {p.depth.base}): exponents in {L} not derived: {d.depth_refused}"
-    if d.depth is None:
-        return depth_note(p)
-    return (f"depth {L} (base {p.depth.base}): exponents in {L} derived in the depth convention "
-            f"{d.depth.convention} (W ∝ {L}^-a{L}, init std ∝ {L}^-b{L}, LR ∝ {L}^-c{L}; "
-            f"b{L} = 0: the multiplier carries the depth scaling); derive -o emits a module "
-            f"that applies them, each factor 1 at the base depth")
-
-
-def free_depth_lines(d: Derivation) -> list[str]:
-    """Each exponent the depth desiderata leave free, its range, and how it was resolved."""
-    if d.depth is None:
-        return []
-    L = d.program.depth.name
-    return [f"free in {L}: a{L} + b{L} of {q} anywhere in [{lo}, {hi}] (stable, maximal, init "
-            f"not below its update); {d.depth.convention} takes "
-            f"{hi if d.depth.convention == 'completep' else lo} (completep: {hi}, depth-mup: "
-            f"{lo}; --depth-convention completep|depth-mup)"
-            for q, (lo, hi) in d.depth.free.items()]
-
-
-def depth_json(p: Program, d: Derivation | None = None) -> dict | None:
-    """The depth; ``"exponents": null`` unless a derivation gives them (per param, under
-    ``"depth"``), with the depth convention and the free exponents it resolved."""
-    if p.depth is None:
-        return None
-    if d is None or d.depth is None:
-        return {"name": p.depth.name, "base": p.depth.base, "exponents": None,
-                "note": depth_note(p) if d is None else derived_depth_note(d)}
-    return {"name": p.depth.name, "base": p.depth.base,
-            "exponents": {"convention": d.depth.convention, "free": {
-                q: {"a+b": [as_str(lo), as_str(hi)]} for q, (lo, hi) in d.depth.free.items()}},
-            "note": derived_depth_note(d)}
-
-
-def blocks_json(p: Program) -> dict:
-    counts = {s.block: s.count for s in p.streams}
-    return {b.name: {"repeat": counts[b.name], "params": list(b.params)} for b in p.blocks}
-
-
-# --- weight decay ---------------------------------------------------------------------------------
-
-DECAY_MODES = ("coupled", "decoupled", "independent")
-
-
-def weight_decay_scaling(d: Derivation, name: str, mode: str) -> dict:
-    """How a fixed weight decay λ acts on one param as the width (and depth) grow, under ``mode``.
-
-    decoupled shrinks w by η·λ·n^-c per step, independent by λ; coupled adds λw to the gradient:
-    under SGD that is decoupled's shrink, under a normalising update (Adam, Lion, Muon) it competes
-    with the gradient inside the normaliser, with weight n^(e(w) - e(∂f/∂w)) against it."""
-    x = d.abc[name]
-    y = d.depth.abc[name] if d.depth is not None else None
-    an = d.check.analysis
-    rule = d.optimizer.rule_for(an.shape(name))
-    if x.c is INF:
-        return {"per_step": "-", "width": None, "depth": None, "meaning": "never trained"}
-    if mode == "independent":
-        return {"per_step": "λ", "width": "0", "depth": "0" if y else None,
-                "meaning": "shrink of w per step"}
-    if mode == "decoupled" or rule.uses_gradient_scale:
-        return {"per_step": scaled("η·λ", -x.c), "width": as_str(-x.c),
-                "depth": as_str(-y.c) if y else None, "meaning": "shrink of w per step"}
-    grads = [g + e for g, e in an.sources(name)]
-    grad = max(grads) - x.a if grads else NEG_INF
-    if x.b is INF or grad is NEG_INF:
-        return {"per_step": "-", "width": None, "depth": None,
-                "meaning": "no weight or no gradient to compare"}
-    rel = -x.b - grad
-    return {"per_step": scaled("λ", rel) + " vs ∂f/∂w", "width": as_str(rel), "depth": None,
-            "meaning": "λw against the gradient inside the normaliser"}
-
-
-# --- derive ---------------------------------------------------------------------------------------
-
-def _eps(exps: dict[str, Exp], name: str) -> str:
-    return as_str(exps[name]) if name in exps else "-"
-
-
-def eps_lines(d: Derivation) -> list[str]:
-    """What the eps columns mean (Adam and AdamW), and any depth exponent left out."""
-    if not d.eps:
-        return []
-    n = d.program.width.name
-    L = d.program.depth.name if d.depth is not None else None
-    scale = f"{n}^-eps" + (f"·{L}^-eps{L}" if L else "")
-    lines = ["", f"Adam's eps: eps·{scale} per param, as its gradient entries scale, so that "
-                 "eps stays below them at every size (a fixed eps swamps them as they shrink); "
-                 "'-': no gradient reaches it"
-                 + (f", or {d.optimizer.name} steps it (no Adam eps: those are AdamW's)."
-                    if d.optimizer.matrix_rule is not None else ".")]
-    lines += [f"  eps{L} of {p}: not derived: {why}" for p, why in d.eps_depth_refused.items()]
-    return lines
-
-
-def derive_json(d: Derivation) -> dict:
-    p = d.program
-    params = {}
-    for name, x in d.abc.items():
-        fin, fout = fan_dims(p, name)
-        params[name] = {"shape": list(p.param_table[name].shape), "role": role(p, name),
-                        "fan_in": _fan(fin), "fan_out": _fan(fout), **x.as_dict(),
-                        **param_formulas(x.a, x.b, x.c)}
-        if name in d.eps:
-            params[name]["eps"] = as_str(d.eps[name])
-        if d.depth is not None:
-            params[name]["depth"] = d.depth.abc[name].as_dict()
-            if name in d.eps_depth:
-                params[name]["depth"]["eps"] = as_str(d.eps_depth[name])
-        if d.optimizer.matrix_rule is not None:
-            params[name]["update"] = _update_name(d, name)
-        params[name]["weight_decay"] = {m: weight_decay_scaling(d, name, m) for m in DECAY_MODES}
-    an = d.check.analysis
-    vectors = {ins.out: {"dim": p.value_dims[ins.out] or "scalar",
-                         "init": as_str(an.init_[ins.out]), "update": as_str(an.change_[ins.out]),
-                         "grad": as_str(an.grad(ins.out))} for ins in p.body}
-    return {
-        "program": p.name, "width": {"name": p.width.name, "base": p.width.base},
-        "depth": depth_json(p, d), "blocks": blocks_json(p),
-        "optimizer": d.optimizer.name, "convention": d.convention,
-        "parametrization": CONVENTION_LINE, "symmetry": d.optimizer.symmetry(),
-        "parameters": params, "vectors": vectors,
-        "conditions": [{"param": e.param, "equation": e.render(), "reason": e.reason}
-                       for e in d.equations],
-        "regime": d.check.regime, "r": as_str(d.check.r),
-    }
-
-
-def _update_name(d: Derivation, name: str) -> str:
-    """Which optimizer steps the param, for an optimizer with a rule per shape (Muon)."""
-    if d.abc[name].c is INF:
-        return "-"  # a scale, never trained
-    spectral = d.optimizer.rule_for(d.check.analysis.shape(name)).spectral
-    return d.optimizer.name if spectral else "adamw"
-
-
-def derive_table(d: Derivation, decay: str | None = None) -> str:
-    p = d.program
-    head = (f"µP for {p.name}: optimizer {d.optimizer.name}, convention {d.convention}, "
-            f"width {p.width.name} (base {p.width.base})")
-    L = p.depth.name if d.depth is not None else None
-    eps = bool(d.eps)  # Adam and AdamW: ε's exponent, "-" for a param no gradient reaches
-    rows = [["param", "shape", "role", "init std", "multiplier", "LR", "a", "b", "c",
-             *(["eps"] if eps else []), *([f"a{L}", f"b{L}", f"c{L}"] if L else []),
-             *([f"eps{L}"] if eps and L else [])]]
-    mixed = d.optimizer.matrix_rule is not None
-    if mixed:
-        rows[0].insert(3, "update")
-    if decay:
-        rows[0] += [f"wd ({decay})"] + ([f"wd in {L}"] if L else [])
-    for name, x in d.abc.items():
-        f = param_formulas(x.a, x.b, x.c)
-        y = d.depth.abc[name] if L else None
-        rows.append([name, _shape(p, name), role(p, name), f["init_std"], f["multiplier"],
-                     f["lr"], as_str(x.a), as_str(x.b), as_str(x.c),
-                     *([_eps(d.eps, name)] if eps else []),
-                     *([as_str(y.a), as_str(y.b), as_str(y.c)] if y else []),
-                     *([_eps(d.eps_depth, name)] if eps and L else [])])
-        if mixed:
-            rows[-1].insert(3, _update_name(d, name))
-        if decay:
-            w = weight_decay_scaling(d, name, decay)
-            rows[-1] += [w["per_step"]] + ([power(canon(w["depth"]), L) if w["depth"] else "-"]
-                                           if L else [])
-    an = d.check.analysis
-    vec_rows = [["vector", "dim", "at init", "change", "gradient"]]
-    for ins in p.body:
-        v = ins.out
-        vec_rows.append([v, p.value_dims[v] or "scalar", power(an.init_[v]),
-                         power(an.change_[v]), power(an.grad(v))])
-    note = [derived_depth_note(d), *free_depth_lines(d)] if p.depth is not None else []
-    return "\n".join([
-        head, CONVENTION_LINE, *note, "", _table(rows), *eps_lines(d), "",
-        f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
-        f"maximally.",
-        f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
-        "", "Coordinate sizes (Θ of):", _table(vec_rows), ""])
-
-
-def explain(d: Derivation) -> str:
-    """The derivation in words, instruction by instruction, then the equations and solution."""
-    p, an = d.program, d.analysis
-    out = [f"Derivation of µP for {p.name} under {d.optimizer.name} ({d.optimizer.summary}).",
-           "S(p) = -(a+b) is the size of p's initial entries, U(p) that of its update entries; "
-           "every term must stay O(1), and maximality takes the largest allowed.",
-           *([derived_depth_note(d)] if p.depth is not None else []), ""]
-    chosen = {(b.instruction, b.param, b.slot, b.term) for per in d.chosen.values()
-              for b in per.values()}
-    for ins in p.body:
-        out.append(render_instruction(ins))
-        for label, ts in (("init", an.init_terms[ins.out]), ("change", an.change_terms[ins.out])):
-            for t, v in ts:
-                line = f"  {label:6} {t.what} = Θ({power(v)}): {t.why}"
-                for k, q in sorted(set(t.slots)):
-                    if (ins.out, q, k, t) in chosen and p.param_table[q].is_scale:
-                        line += (f"; this fixes the scale {q}: -a = {an.S[q]} (the largest "
-                                 f"keeping {ins.out} O(1) at init and in training)")
-                    elif (ins.out, q, k, t) in chosen:
-                        slot = "its init" if k == "S" else "its update"
-                        line += (f"; this fixes {q}: {'-(a+b)' if k == 'S' else 'U'} = "
-                                 f"{an.S[q] if k == 'S' else an.U[q]} (the largest keeping "
-                                 f"{ins.out} O(1), so {slot} is maximal)")
-                out.append(line)
-        out.append(f"  so {ins.out} is Θ({power(an.init_[ins.out])}) at init and moves by "
-                   f"Θ({power(an.change_[ins.out])})")
-    out += ["", "Gradients (backward pass, during training):"]
-    out += [f"  d{ins.out} = Θ({power(an.grad(ins.out))})" for ins in p.body]
-    out += ["", f"Conditions, linear in (a, b, c), solved exactly ({d.convention} convention):"]
-    out += [f"  {e.render():28} {e.reason}" for e in d.equations]
-    out += ["", "Solution:"]
-    out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
-    out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
-            f"{d.check.r} and every param updated maximally.",
-            f"Symmetry: {d.optimizer.symmetry()}."]
-    if d.depth is not None:
-        L = p.depth.name
-        out += ["", f"Depth: the same rules with only {L} infinite (a sum over the {L} branches "
-                f"is a CLT sum, +1/2, at init and an LLN sum, +1, for their own updates); "
-                f"conditions in (a{L}, b{L}, c{L}):"]
-        out += [f"  {e.render():28} {e.reason}" for e in d.depth.equations]
-        out += free_depth_lines(d)
-        out += [f"  {name}: a{L} = {x.a}, b{L} = {x.b}, c{L} = {x.c}"
-                for name, x in d.depth.abc.items()]
-        out += [f"Check in {L}: classified from scratch the solution is {d.depth.check.regime} "
-                f"with every param updated maximally."]
-    return "\n".join(out) + "\n"
-
-
-# --- classify -------------------------------------------------------------------------------------
-
-def classify_json(c: Classification) -> dict:
-    an = c.analysis
-    return {
-        "program": c.program.name, "optimizer": c.optimizer.name,
-        "depth": depth_json(c.program),
-        "stable": c.stable, "nontrivial": c.nontrivial, "regime": c.regime, "r": as_str(c.r),
-        "all_maximal": c.all_maximal,
-        "params": {n: {"shape": list(x.shape), "role": x.role, **x.abc.as_dict(),
-                       "r": as_str(x.r), "maximal": x.r == 0,
-                       "init_entries": as_str(x.init), "update_entries": as_str(x.update)}
-                   for n, x in c.params.items()},
-        "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
-                              "update": as_str(an.change_[ins.out])} for ins in c.program.body},
-        "violations": [v.as_dict() for v in c.violations],
-    }
-
-
-def classify_text(c: Classification, label: str, depth_pass: bool = False) -> str:
-    rows = [["param", "shape", "role", "a", "b", "c", "r", "maximal"]]
-    for n, x in c.params.items():
-        rows.append([n, "[" + ", ".join(x.shape) + "]", x.role, as_str(x.abc.a), as_str(x.abc.b),
-                     as_str(x.abc.c), as_str(x.r), "yes" if x.r == 0 else "no"])
-    d = c.program.depth
-    note = ([] if d is None else
-            [f"depth {d.name} (base {d.base}): the width verdict holds at any fixed depth; the "
-             f"verdict as {d.name} grows follows it"] if depth_pass else [depth_note(c.program)])
-    out = [f"{label} for {c.program.name} under {c.optimizer.name}", *note, "", _table(rows), "",
-           f"stable: {'yes' if c.stable else 'no'}   nontrivial: "
-           f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
-    if c.violations:
-        out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
-    return "\n".join(out) + "\n"
-
-
-def _depth_given(exps: dict[str, ABC]) -> str:
-    nonzero = {p: x for p, x in exps.items() if (x.a, x.b, x.c) != (0, 0, 0)}
-    if not nonzero:
-        return "none (a_L = b_L = c_L = 0 for every param: no depth scaling)"
-    return ", ".join(f"{p} ({as_str(x.a)}, {as_str(x.b)}, {as_str(x.c)})"
-                     for p, x in nonzero.items()) + "; 0, 0, 0 for the others" * (
-        len(nonzero) < len(exps))
-
-
-def classify_depth_text(program: Program, exps: dict[str, ABC], c: Classification | None,
-                        notes: list[str]) -> str:
-    """The depth pass's section of ``classify``: its verdict as L grows, or why it has none
-    (``c`` None: the pass refused, and ``notes`` say why)."""
-    L = program.depth.name
-    out = [f"Depth ({L} → ∞)", f"depth exponents (a_L, b_L, c_L): {_depth_given(exps)}",
-           *(f"note: {n}" for n in notes)]
-    if c is not None:
-        out.append(f"stable: {'yes' if c.stable else 'no'}   feature learning in {L}: "
-                   f"{'yes' if c.regime == 'feature_learning' else 'no'}   every param updated "
-                   f"maximally: {'yes' if c.all_maximal else 'no'}   regime: {c.regime}")
-        if c.violations:
-            out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}"
-                                          for v in c.violations]
-    return "\n".join(out) + "\n"
-
-
-def classify_depth_json(program: Program, exps: dict[str, ABC], c: Classification | None,
-                        notes: list[str]) -> dict:
-    """The ``"depth"`` object of ``classify --json``: the depth exponents used and the depth
-    pass's verdict (null where it refused; ``notes`` say why)."""
-    return {"name": program.depth.name, "base": program.depth.base,
-            "exponents": {p: x.as_dict() for p, x in exps.items()},
-            "stable": None if c is None else c.stable,
-            "feature_learning": None if c is None else c.regime == "feature_learning",
-            "all_maximal": None if c is None else c.all_maximal,
-            "regime": None if c is None else c.regime,
-            "violations": [] if c is None else [v.as_dict() for v in c.violations],
-            "notes": notes}
-
+    return {"name": p.depth.name, "base": p.depth.base, "exponents": None, "note": depth_note(p)}

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
-from ..engine.report import DECAY_MODES
 from ..errors import UsageError
 from .trace import Traced
 

@@ -207,3 +207,27 @@ def test_negative_and_odd_exponents_get_an_answer():
         result = tp.classify(program, optimizer, abc=abc)
         assert result.regime == "unstable"
         assert all(v.exponent.is_Rational for v in result.violations)
+
+
+# --- engine errors and warnings -------------------------------------------------------------------
+
+
+DECLS = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
+         "param b : [n]\n")  # 7 lines; the bad line below is line 8
+
+
+def test_a_matrix_tied_in_a_circle_is_a_positioned_engine_error():
+    program = tp.parse("width n = 8\ndim d = 3\ninput x : [d]\nparam W : [n, d]\n"
+                       "output y = W.T @ (W @ x)\n", "bad.tp")
+    with pytest.raises(tp.EngineError, match="no single condition fixes the init and update of W"
+                       ) as info:
+        tp.derive(program)
+    assert info.value.render().startswith("bad.tp:4:1: error: ")
+
+
+def test_param_reaching_no_output_is_a_warning():
+    src = DECLS + "param U : [n, d]\nh = W @ x + b\ndead = U @ x\noutput y = V @ h\n"
+    program = tp.parse(src, "dead.tp")
+    with pytest.warns(tp.TensorProgWarning, match=r"'U' does not reach any output"):
+        d = tp.derive(program, "adam")
+    assert "U" not in d.abc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_depth import RESMLP
+from conftest import RESMLP
 
 from tensorprog.cli.main import main, run
 from tensorprog.errors import UsageError

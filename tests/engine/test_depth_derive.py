@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
-from test_depth import RESMLP
+from conftest import RESMLP, ROOT
 from test_depth_exponents import ONE_LAYER
 
 import tensorprog as tp
 from tensorprog.cli.main import run
 from tensorprog.engine.exponents import ABC, canon
 
-GPT = (Path(__file__).parent.parent / "examples" / "gpt.tp").read_text()
+GPT = (ROOT / "examples" / "gpt.tp").read_text()
 
 
 def _depth(source: str, optimizer="adam", **kw) -> tp.Derivation:

@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import pytest
-from conftest import ROOT
+from conftest import RESMLP, ROOT
 
 import tensorprog as tp
 from tensorprog.cli.main import main
 from tensorprog.ir.program import Block, Depth, LinComb, Stream
-
-# the core of the issue, exactly as written there
-RESMLP = """\
-width n = 128
-depth L = 4                  # blocks at the base; like the width, it may go to infinity
-dim d_in = 64
-dim d_out = 10
-input x : [d_in]
-param W_in : [n, d_in]
-param W_out : [d_out, n]
-
-block res(h) {               # params declared inside are fresh in every repetition
-    param W1 : [n, n]
-    param W2 : [n, n]
-    u = W1 @ h               # names inside are local to each repetition
-    return h + W2 @ relu(u)
-}
-
-h0 = W_in @ x
-hL = repeat L res(h0)        # res applied L times, each output feeding the next
-output y = W_out @ hL
-"""
 
 # the same network with its two blocks copied out by hand
 UNROLLED = """\
@@ -114,60 +91,6 @@ def _blk(*lines, name="res"):
     return f"block {name}(h) {{\n" + "".join(f"    {x}\n" for x in lines) + "}\n"
 
 
-BLOCK_ERRORS = {
-    "returns another dim": (HEAD + _blk("param W : [d, n]", "return W @ h") + TAIL, 9,
-                            r"block res returns \[d\], but its argument h is \[n\]"),
-    "recursion": (HEAD + _blk("param W : [n, n]", "return h + W @ res(h)") + TAIL, 9,
-                  r"block res calls itself(.|\n)*blocks do not recurse"),
-    "a block calling a block": (HEAD + RES + _blk("return res(h)", name="b2")
-                                + TAIL.replace("res(h0)", "b2(h0)"), 12,
-                                "block b2 calls block res"),
-    "param redeclared": (HEAD + _blk("param W : [n, n]", "param W : [n, n]", "return h + W @ h")
-                         + TAIL, 9, r"'W' is already defined \(line 8\)"),
-    "param hiding an outer one": (HEAD + _blk("param Wi : [n, n]", "return h + Wi @ h") + TAIL,
-                                  8, "'Wi' is already defined outside block res"),
-    "repeat over a dim": (HEAD + RES + TAIL.replace("repeat L", "repeat d"), 12,
-                          r"`repeat d`: d is not the depth \(a dim; the depth is L\)"),
-    "repeat over the width": (HEAD + RES + TAIL.replace("repeat L", "repeat n"), 12,
-                              "n is not the depth"),
-    "repeat with no depth": (HEAD.replace("depth L = 4\n", "") + RES + TAIL, 11,
-                             "the program declares no depth"),
-    "a second depth": (HEAD + "depth K = 3\n" + RES + TAIL, 7, "the depth is declared twice"),
-    "unknown block": (HEAD + RES + TAIL.replace("res(h0)", "ress(h0)"), 12,
-                      r"unknown block 'ress'(.|\n)*did you mean 'res'"),
-    "repeat 0": (HEAD + RES + TAIL.replace("repeat L", "repeat 0"), 12,
-                 "`repeat 0` applies the block no times"),
-    "no return": (HEAD + _blk("param W : [n, n]", "u = W @ h") + TAIL, 7,
-                  "block res has no return"),
-    "statements after return": (HEAD + _blk("return h", "u = h") + TAIL, 9,
-                                "statements after `return`"),
-    "a dim inside a block": (HEAD + _blk("dim e = 4", "return h") + TAIL, 8,
-                             "a block cannot contain a `dim` statement"),
-    "applied twice": (HEAD + RES + "h0 = Wi @ x\nh1 = repeat L res(h0)\nh2 = res(h1)\n"
-                      "output y = Wo @ h2\n", 13, r"block res is already applied \(line 12\)"),
-    "used before its definition": (HEAD + "h0 = Wi @ x\nhL = repeat L res(h0)\n" + RES
-                                   + "output y = Wo @ hL\n", 8,
-                                   r"block res is used before it is defined \(line 9\)"),
-    "the depth as a vector": (HEAD + RES + TAIL.replace("Wo @ hL", "Wo @ (hL + L)"), 13,
-                              "'L' is the depth, not a vector"),
-    "a scalar argument": (HEAD + RES + TAIL.replace("res(h0)", "res(dot(h0, h0))"), 12,
-                          "block res needs a vector argument, got a scalar"),
-    "a zero depth": (HEAD.replace("L = 4", "L = 0") + RES + TAIL, 2,
-                     "the base depth must be positive"),
-}
-
-
-@pytest.mark.parametrize("case", BLOCK_ERRORS)
-def test_block_errors_are_positioned(case):
-    source, line, message = BLOCK_ERRORS[case]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", tp.TensorProgWarning)
-        with pytest.raises(tp.SemanticError, match=message) as err:
-            tp.parse(source, "p.tp")
-    assert err.value.diagnostics[0].span.line == line
-    assert "help:" in str(err.value)
-
-
 def test_an_unused_block_is_a_warning():
     with pytest.warns(tp.TensorProgWarning, match="block 'b2' is never applied"):
         tp.parse(HEAD + RES + _blk("return h", name="b2") + TAIL)
@@ -238,7 +161,7 @@ def test_derive_states_its_depth_convention(tmp_path, capsys):
             assert re.search(r"depth L \(base 4\): exponents in L derived in the depth "
                              r"convention completep", out)
     fixed = tp.derive(tp.parse(SHARED), "adam")
-    from tensorprog.engine.report import derive_json, derive_table
+    from tensorprog.engine.derivation import derive_json, derive_table
 
     assert derive_json(fixed)["depth"] is None and "not derived" not in derive_table(fixed)
 

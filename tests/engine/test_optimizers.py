@@ -281,7 +281,7 @@ def test_derive_states_how_weight_decay_scales_per_param():
     """Adam µP (table3): the hidden W2 has lr η/n, so decoupled decay shrinks it by η·λ/n per
     step; independent keeps λ; coupled λw meets W2's gradient (entries 1/n, w entries 1/√n)
     with weight √n inside the normaliser. A depth program states the power of L too."""
-    from tensorprog.engine.report import derive_json, derive_table
+    from tensorprog.engine.derivation import derive_json, derive_table
 
     d = derive(tp.parse_file(ROOT / "examples" / "mlp.tp"), OPTIMIZERS["adam"])
     wd = derive_json(d)["parameters"]["W2"]["weight_decay"]

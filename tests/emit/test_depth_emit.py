@@ -9,8 +9,7 @@ import json
 import math
 
 import pytest
-from conftest import ROOT, import_file
-from test_depth import RESMLP
+from conftest import RESMLP, ROOT, import_file
 
 import tensorprog as tp
 from tensorprog.cli.main import main
@@ -143,56 +142,6 @@ def main_code(argv) -> int:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     return exit_.value.code
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["check", "examples/mlp.tp", "--depths", "2,4"], "repeats no block over a depth"),
-        (["check", "examples/resmlp_deep.tp", "--width", "64"], "--width sets the width"),
-        (["check", "examples/resmlp_deep.tp", "--depths", "4"], "at least two different positive"),
-        (
-            ["transfer", "examples/mlp.tp", "--data", "digits", "--depths", "2,4"],
-            "repeats no block over a depth",
-        ),
-        # SGD's depth exponents are not derived: transfer refuses as check does, rather than
-        # sweep width-only µP across depths under the label "mup"
-        (
-            [
-                "transfer",
-                "examples/resmlp_deep.tp",
-                "--data",
-                "digits",
-                "--optimizer",
-                "sgd",
-                "--depths",
-                "2,4",
-            ],
-            "depth exponents under sgd are not derived",
-        ),
-        (
-            ["check", "examples/resmlp_deep.tp", "--depths", "2,4", "--widths", "64,128"],
-            "--widths sets a width sweep",
-        ),
-        (
-            [
-                "transfer",
-                "examples/resmlp_deep.tp",
-                "--data",
-                "digits",
-                "--depths",
-                "2,4",
-                "--widths",
-                "64,128",
-            ],
-            "--widths sets a width sweep",
-        ),
-    ],
-)
-def test_depth_axis_errors(argv, message, capsys):
-    argv = [str(ROOT / a) if a.endswith(".tp") else a for a in argv]
-    assert main_code(argv) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_transfer_sweeps_across_depths():

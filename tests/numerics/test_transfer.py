@@ -12,10 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorprog as tp
-from tensorprog.cli.main import run
+from tensorprog.cli.main import main, run
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.numerics.data import load
-from tensorprog.numerics.transfer import Sweep, fit_to_data, parabola_vertex, run_trial, sweep
+from tensorprog.numerics.transfer import (
+    MIN_FINITE,
+    Sweep,
+    fit_to_data,
+    parabola_vertex,
+    run_trial,
+    sweep,
+)
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -137,17 +144,92 @@ def test_cli_transfer_json_in_parallel_processes(tmp_path, capsys):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "nope"], "unknown data set"),
-    (["--data", "digits", "--values", "1e-3,x"], "comma-separated numbers"),
-    (["--data", "digits", "--values", "1e-3,1e-2"], "at least 3 positive"),
-    (["--data", "digits", "--param", "mup,xp"], "unknown parametrization xp"),
-    (["--data", "digits", "--hp", "momentum"], "invalid choice"),
-])
-def test_cli_transfer_usage_errors(args, message, capsys):
-    from tensorprog.cli.main import main
+# --- data that does not fit, wrong cache entries, too few points ----------------------------------
 
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_:
-        main(["transfer", str(MLP), *args])
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+        main(list(argv))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return exit_.value.code, out.out, out.err
+
+
+# an autoencoder-like program: its input and output share the dim d
+SHARED = ("width n = 16\ndim d = 4\ninput x : [d]\nparam W1 : [n, d]\nparam W2 : [d, n]\n"
+          "h = W1 @ x\nz = relu(h)\noutput y = W2 @ z\n")
+
+
+def test_a_program_whose_input_and_output_share_a_dim(capsys, tmp_path):
+    (tmp_path / "shared.tp").write_text(SHARED)
+    torch.save({"x": torch.randn(8, 4), "y": torch.arange(8) % 3}, tmp_path / "set.pt")
+    code, _, err = _main(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
+                         str(tmp_path / "set.pt"), "--cache", "none")
+    assert code == 2
+    assert "input and output share the dim d, but the data has 4 input features and 3" in err
+    torch.save({"x": torch.randn(8, 4), "y": torch.arange(8) % 4}, tmp_path / "square.pt")
+    code, out, _ = _main(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
+                         str(tmp_path / "square.pt"), "--cache", "none", "--param", "mup",
+                         "--widths", "8,16", "--values", "1e-2,1e-1,1", "--steps", "2",
+                         "--seeds", "1", "--jobs", "1", "--json")
+    assert code == 0 and json.loads(out)["trials"] == 6  # as many features as classes: it runs
+
+
+def test_wrong_cache_entries_are_trained_again_with_a_warning(capsys, tmp_path):
+    torch.save({"x": torch.randn(32, 4, generator=torch.Generator().manual_seed(0)),
+                "y": torch.arange(32) % 3}, tmp_path / "set.pt")
+    cache = tmp_path / "cache"
+    argv = ["transfer", str(MLP), "--data", str(tmp_path / "set.pt"), "--param", "mup", "--widths",
+            "8,16", "--values", "1e-3,1e-2,1e-1", "--steps", "2", "--seeds", "1", "--jobs", "1",
+            "--cache", str(cache), "--json"]
+    code, out, err = _main(capsys, *argv)
+    first = json.loads(out)["parametrizations"]["mup"]["losses"]
+    assert code == 0 and "warning" not in err
+    entries = sorted((cache / "transfer").glob("*.json"))
+    assert len(entries) == 6
+    good = json.loads(entries[1].read_text())
+    entries[0].write_text('{"loss": 0.1')  # truncated
+    entries[1].write_text(entries[2].read_text())  # another trial's result, filed under this one
+    entries[2].write_text(json.dumps({**good, "key": entries[2].stem, "loss": "low"}))
+    entries[3].write_text("[1, 2]")  # not an object
+    code, out, err = _main(capsys, *argv)
+    data = json.loads(out)
+    assert code == 0 and data["cached"] == 2
+    assert "4 cached trial(s)" in err and "trained again" in err
+    assert data["parametrizations"]["mup"]["losses"] == first  # the same numbers, recomputed
+    code, out, err = _main(capsys, *argv)
+    assert json.loads(out)["cached"] == 6 and "warning" not in err  # rewritten, now good
+
+
+def _sweep(losses: dict[int, list[float]]) -> Sweep:
+    values = [2.0 ** k for k in range(-4, 1)]
+    return Sweep("lr", sorted(losses), values, 1,
+                 {"mup": {w: dict(zip(values, row, strict=True)) for w, row in losses.items()}},
+                 {"program": "p", "data": "d", "data_about": "", "optimizer": "adam",
+                  "steps": 1, "batch_size": 1, "device": "cpu", "trials": 10, "cached": 0})
+
+
+def test_a_sweep_that_all_diverged_claims_nothing():
+    from tensorprog.numerics.transfer import render
+
+    s = _sweep({8: [math.inf] * 5, 16: [math.inf] * 5})
+    assert s.wider_is_better("mup") is None and s.drift("mup") is None
+    assert s.optimum("mup", 8) == (None, True)
+    text = render(s)
+    assert "at every value: undetermined" in text and "every trial diverged" in text
+    assert "yes" not in text
+    entry = s.as_dict()["parametrizations"]["mup"]
+    assert entry["wider_is_better"] is None and entry["undetermined"]
+
+
+def test_too_few_finite_points_give_no_optimum_and_no_verdict():
+    inf = math.inf
+    s = _sweep({8: [1.0, 0.5, inf, inf, inf], 16: [0.9, 0.4, inf, inf, inf]})
+    assert MIN_FINITE == 3
+    assert s.optimum("mup", 8)[0] is None and s.wider_is_better("mup") is None
+    assert "fewer than 3 HP values" in " ".join(s.undetermined("mup"))
+    # one wider run that diverged where the narrower trained is a counterexample, a clear "no"
+    s = _sweep({8: [1.0, 0.5, 0.7, 0.9, 2.0], 16: [0.9, 0.4, 0.6, 0.8, inf]})
+    assert s.wider_is_better("mup") is False and s.optimum("mup", 16)[0] is not None
+    s = _sweep({8: [1.0, 0.5, 0.7, 0.9, inf], 16: [0.9, 0.4, 0.6, 0.8, inf]})
+    assert s.wider_is_better("mup") is True and s.undetermined("mup") == []

@@ -5,14 +5,13 @@ and the emitted module at finite widths."""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
 from conftest import ROOT, mlp_source, run_cli
 
 import tensorprog as tp
-from tensorprog.errors import EngineError, UsageError
+from tensorprog.errors import UsageError
 from tensorprog.ir.program import INSTRUCTIONS
 from tensorprog.limits.nngp import RULES, finite_kernels, nngp_kernel
 
@@ -142,28 +141,6 @@ def test_residual_mlp_with_a_gaussian_gain_matches_the_module():
             k.vectors[name]).max()
 
 
-REFUSED = [
-    (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
-    (EX / "resnet.tp", "image inputs have no NNGP rule"),
-    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
-     "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
-    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
-     "h = A @ x\nu = relu(relu(h) + W @ h)\noutput y = u\n", "not a function of one Gaussian"),
-    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
-     "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
-]
-
-
-@pytest.mark.parametrize(("program", "message"), REFUSED)
-def test_unsupported_programs_are_refused_with_a_position(program, message):
-    prog = tp.parse_file(program) if not isinstance(program, str) else tp.parse(program)
-    data = {i.name: points(2, prog.dim(i.dim).size) for i in prog.inputs
-            if i.kind == "vector" and not prog.dim(i.dim).infinite}
-    with pytest.raises(EngineError, match=message) as e:
-        nngp_kernel(prog, data or points(2, 3))
-    assert e.value.span is not None and "^" in str(e.value)
-
-
 def test_bad_inputs_are_usage_errors():
     program = tp.parse(mlp_source(2))
     with pytest.raises(UsageError, match=r"expected a finite \(P, 5\) array"):
@@ -255,17 +232,3 @@ def test_cli_refusals_exit_2(capsys, tmp_path):
     assert code == 2 and "transformer.tp:" in err and "tokens inputs" in err
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda t: t.to_sparse(), r"X is a torch.sparse_coo tensor, not a dense one"),
-    (lambda t: t.index_fill(0, t.new_tensor([1], dtype=int), float("nan")),
-     r"X\[1, 0\] is nan: the data must be finite \(the kernel would be nan\)"),
-    (lambda t: {"x": t.to("meta")}, "x is a meta tensor"),
-])
-def test_cli_inputs_get_the_checks_data_files_get(capsys, tmp_path, make, message):
-    import torch
-
-    torch.save(make(torch.as_tensor(points(3, 5))), tmp_path / "X.pt")
-    (tmp_path / "mlp.tp").write_text(mlp_source(2))
-    code, _, err = run_cli(capsys, "limit", str(tmp_path / "mlp.tp"), "--kernel", "--inputs",
-                        str(tmp_path / "X.pt"))
-    assert code == 2 and re.search(message, err), err

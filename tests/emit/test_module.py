@@ -16,7 +16,7 @@ from conftest import ROOT, import_file  # noqa: E402
 import tensorprog as tp  # noqa: E402
 from tensorprog.cli.main import main  # noqa: E402
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = ROOT / "tests" / "golden"
 
 
 def _write(tmp_path, example="mlp.tp", *flags) -> Path:

@@ -59,7 +59,7 @@ def test_tied_unembedding_multiplier_is_the_embeddings_over_n():
 
 
 def test_explain_says_why_attention_needs_one_over_d():
-    from tensorprog.engine.report import explain
+    from tensorprog.engine.derivation import explain
 
     text = explain(derive(TIED))
     assert "independent and centred, so the sum over dh is a CLT sum (+1/2)" in text

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from test_depth import RESMLP
+from conftest import RESMLP
 
 import tensorprog as tp
 from tensorprog.engine.classify import classify_depth

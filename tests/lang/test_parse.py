@@ -1,0 +1,151 @@
+"""Hostile and unusual inputs to the front end: each ends in a positioned error that says what to
+do (exit status 2 from the CLI) or in a correct program, never in a traceback; one error does not
+cascade, and an unused param is a warning. Bad programs and their messages: test_error_catalogue."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+
+import tensorprog as tp
+from tensorprog.cli.main import main
+
+HEAD = "width n = 8\ninput x : [n]\nparam W : [n, n]\n"  # 3 lines; the bad line below is line 4
+SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
+       "param E : [n, V]\nparam Wq : [n, n]\nparam Wk : [n, n]\nscale tau\nh = E @ tok\n"
+       "s = tau * dot(Wq @ h, Wk @ h, dh)\n")  # 11 lines; s holds attention logits
+P, S = tp.ParseError, tp.SemanticError
+
+
+def _cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _error(source: str, cls=tp.TensorProgError) -> tp.TensorProgError:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)
+        with pytest.raises(cls) as info:
+            tp.parse(source, "bad.tp")
+    return info.value
+
+
+# --- deep expressions ---------------------------------------------------------------------------
+
+def test_a_sum_of_5000_terms_is_one_lincomb():
+    source = HEAD + "y = " + " + ".join(["x"] * 5000) + "\noutput z = W @ y\n"
+    start = time.perf_counter()
+    program = tp.parse(source)
+    assert time.perf_counter() - start < 10  # about 1 s; quadratic merging took minutes
+    assert program.body[0] == tp.ir.program.LinComb("y", ((5000, "x"),))
+
+
+def test_a_sum_of_1000_distinct_terms_keeps_their_order():
+    names = [f"x{i}" for i in range(1000)]
+    source = ("width n = 8\n" + "".join(f"input {v} : [n]\n" for v in names)
+              + "param W : [n, n]\ny = " + " - ".join(names) + "\noutput z = W @ y\n")
+    lincomb = tp.parse(source).body[0]
+    assert [v for _, v in lincomb.terms] == names
+    assert [c for c, _ in lincomb.terms] == [1] + [-1] * 999
+
+
+def test_1000_nested_calls_lower_to_a_chain():
+    source = HEAD + "y = " + "relu(" * 1000 + "W @ x" + ")" * 1000 + "\noutput y\n"
+    program = tp.parse(source)
+    assert len(program.body) == 1001
+    assert program.body[-1].out == "y" and program.body[-1].args == ("y_1000",)
+
+
+def test_an_error_deep_inside_a_nested_expression_is_positioned():
+    source = HEAD + "y = " + "tanh(" * 600 + "W @ q" + ")" * 600 + "\noutput y\n"
+    err = _error(source, S)
+    assert err.span.line == 4 and err.span.column == 5 + 5 * 600 + 4
+    assert "undefined name 'q'" in str(err)
+
+
+# --- line separators: the caret lands under the right column of the right line ------------------
+
+SEPARATORS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\r"]
+
+
+@pytest.mark.parametrize("sep", SEPARATORS, ids=[hex(ord(s)) for s in SEPARATORS])
+def test_a_separator_in_a_comment_keeps_the_line_count(sep):
+    err = _error(HEAD + f"# a{sep}b\nh = W @ q\noutput y = h\n", S)
+    lines = str(err).splitlines()
+    assert lines[0].startswith("bad.tp:5:9: error: undefined name 'q'")
+    assert lines[1] == "    h = W @ q" and lines[2] == "            ^"
+
+
+@pytest.mark.parametrize("sep", SEPARATORS, ids=[hex(ord(s)) for s in SEPARATORS])
+def test_a_separator_in_code(sep):
+    source = HEAD + f"h = W @ x{sep}+ q\noutput y = h\n"
+    if sep == "\x0c":  # form feed is whitespace: the error is the undefined name after it
+        err = _error(source, S)
+        where, what = (4, 13), "undefined name 'q'"
+    else:
+        err = _error(source, P)
+        where, what = (4, 10), f"unexpected {sep!r}"
+    rendered = str(err).splitlines()
+    assert (err.span.line, err.span.column) == where and what in rendered[0]
+    assert len(rendered[1]) == len("    h = W @ x + q")  # the separator prints as one space
+    assert rendered[2] == " " * (3 + where[1]) + "^"
+
+
+def test_a_tab_and_a_wide_character_keep_the_caret_aligned():
+    err = _error(HEAD + "#\u6f22\nh =\tW @ q\noutput y = h\n", S)
+    assert str(err).splitlines()[2] == "    " + "   \t" + "    ^"
+
+
+# --- files --------------------------------------------------------------------------------------
+
+def test_a_file_not_in_utf8_names_the_file_line_and_column(tmp_path, capsys):
+    path = tmp_path / "latin1.tp"
+    path.write_bytes(b"width n = 8\n# caf\xe9\ninput x : [n]\n")
+    with pytest.raises(P, match=r"latin1.tp:2:6: error: the file is not UTF-8 text: byte 0xe9"):
+        tp.parse_file(path)
+    code, err = _cli(capsys, "derive", str(path))
+    assert code == 2 and "save the program as UTF-8" in err
+
+
+def test_a_utf8_file_with_a_byte_order_mark_and_crlf_parses(tmp_path):
+    path = tmp_path / "bom.tp"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEAD + "output y = W @ x\n").replace("\n", "\r\n").encode())
+    assert tp.parse_file(path) == tp.parse(HEAD + "output y = W @ x\n")
+
+
+# --- what the rules accept, and numbers kept exact ------------------------------------------------
+
+
+def test_softmax_and_norms_where_their_rules_hold_are_accepted():
+    tp.parse(SEQ + "output y = mix(softmax(s), Wq @ h)\n")
+    tp.parse(SEQ + "output y = mix(causal_softmax(s), Wq @ h)\n")
+    for fn in ("softmax", "layernorm", "rmsnorm"):
+        tp.parse(HEAD + f"dim c = 10\nparam R : [c, n]\noutput y = {fn}(R @ relu(W @ x))\n")
+    tp.parse(HEAD + "output y = layernorm(W @ x)\n")
+
+
+def test_numbers_at_the_edge_of_the_range_are_exact():
+    program = tp.parse(HEAD + "output y = 1e300 * (W @ x) + 0.1 * x\n")
+    assert program.body[-1].terms[0][0] == 10**300
+    assert program.body[-1].terms[1][0] * 10 == 1
+
+
+# --- errors collected, warnings -------------------------------------------------------------------
+
+
+DECLS = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
+         "param b : [n]\n")  # 7 lines; the bad line below is line 8
+
+
+def test_one_error_does_not_cascade():
+    with pytest.raises(tp.SemanticError) as info:
+        tp.parse(DECLS + "h = W @ xx\nz = relu(h)\noutput y = V @ z\n", "bad.tp")
+    assert len(info.value.diagnostics) == 1
+
+
+def test_unused_param_is_a_warning():
+    with pytest.warns(tp.TensorProgWarning, match=r"param 'b' is never used"):
+        tp.parse(DECLS + "output y = V @ (W @ x)\n", "warn.tp")

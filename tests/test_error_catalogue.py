@@ -1,0 +1,856 @@
+"""The error catalogue: every table of (bad input, expected message[, exit status]) in one place,
+by kind of input: program text, command-line arguments, --abc files, data files, caches, and
+the arguments of an emitted module. Every user error is a TensorProgError (or, in an emitted
+module, a ValueError) that says what is wrong and what to do next; a program error points at the
+right line and column and shows the line with a caret; the CLI prints it and exits with status 2,
+never a traceback. To add a case, add a row to its table."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, emit_program, import_file, mlp_source, run_cli
+
+import tensorprog as tp
+from tensorprog.cli.main import main
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
+from tensorprog.errors import EngineError, UsageError
+from tensorprog.limits.mu import mu_limit
+from tensorprog.limits.nngp import nngp_kernel
+
+# --- program text ---------------------------------------------------------------------------------
+
+HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\nparam V : [k, n]\n"
+        "param b : [n]\n")  # 7 lines; the bad line below is line 8
+P, S = tp.ParseError, tp.SemanticError
+IMG = ("width n = 8\ndim c = 3\ndim s = 8\ndim k = 3\ninput img : image[c, s, s]\n"
+       "param K : [n, c, k, k]\nparam R : [c, n]\n")  # 7 lines; the bad line below is line 8
+SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
+       "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
+
+# id: (program, error class, message regex, (line, column) of the first error)
+CATALOGUE = {
+    "missing-equals": ("width n 8\n", P, r"unexpected '8'.*\n.*\n.*\nhelp: expected '='", (1, 9)),
+    "unbalanced-paren": (HEAD + "h = relu((W @ x)\noutput y = V @ h\n", P,
+                         r"unexpected end of line", (8, 17)),
+    "stray-character": (HEAD + "h = W @ x $ b\noutput y = V @ h\n", P, r"unexpected '\$'",
+                        (8, 11)),
+    "shape-not-bracketed": ("width n = 8\ninput x : (n)\n", P, r"unexpected '\('", (2, 11)),
+    "undefined-name": (HEAD + "h = W @ xx\noutput y = V @ h\n", S,
+                       r"undefined name 'xx'(.|\n)*did you mean 'x'\?", (8, 9)),
+    "redefined-name": (HEAD + "h = W @ x\nh = relu(h)\noutput y = V @ h\n", S,
+                       r"'h' is already defined \(line 8\)", (9, 1)),
+    "undeclared-dim": ("width n = 8\ninput x : [d_in]\n", S, r"undeclared dim 'd_in'", (2, 12)),
+    "matmul-shape": (HEAD + "h = W @ b\noutput y = V @ h\n", S,
+                     r"shape mismatch in '@': W is \[n, d\] but the vector is \[n\]", (8, 5)),
+    "sum-shape": (HEAD + "h = W @ x + x\noutput y = V @ h\n", S,
+                  r"shape mismatch in '\+': \[n\] and \[d\]", (8, 5)),
+    "product-shape": (HEAD + "h = (W @ x) * x\noutput y = V @ h\n", S,
+                      r"shape mismatch in '\*'", (8, 5)),
+    "dot-shape": (HEAD + "output s = dot(b, x)\n", S, r"shape mismatch in dot", (8, 12)),
+    "vector-left-of-matmul": (HEAD + "h = x @ b\noutput y = V @ h\n", S,
+                              r"left side of @ must be a matrix param", (8, 5)),
+    "unknown-function": (HEAD + "h = rellu(W @ x)\noutput y = V @ h\n", S,
+                         r"unknown function 'rellu'(.|\n)*did you mean 'relu'", (8, 5)),
+    "nonlin-arity": (HEAD + "h = relu(W @ x, b)\noutput y = V @ h\n", S,
+                     r"relu takes 1 argument, got 2", (8, 5)),
+    "dot-arity": (HEAD + "output s = dot(b)\n", S, r"dot takes 2 or 3 arguments, got 1", (8, 12)),
+    "transpose-vector": (HEAD + "output y = b.T @ x\n", S, r"only a matrix param can be "
+                         r"transposed", (8, 12)),
+    "transpose-shape": (HEAD + "output y = W.T @ x\n", S,
+                        r"W.T is \[d, n\] but the vector is \[d\](.|\n)*first dim", (8, 12)),
+    "head-dot-without-sequence": (HEAD + "output s = dot(b, b, k)\n", S,
+                                  r"compares tokens, but the program has no sequence", (8, 22)),
+    "head-dot-not-a-dim": (SEQ + "output s = dot(h, h, h)\n", S,
+                           r"third argument of dot must be the head dim", (8, 22)),
+    "head-dim-does-not-divide": (SEQ + "output s = dot(tok, tok, dh)\n", S,
+                                 r"head dim dh does not divide V", (8, 12)),
+    "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
+                          r"mix\(p, v\) needs attention weights p", (8, 12)),
+    "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
+                          r"sequence dim n must be finite", (3, 1)),
+    "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
+    "kernel-on-a-vector": (HEAD + "dim kk = 3\nparam K : [n, d, kk, kk]\nh = K @ x + b\n"
+                           "output y = V @ (W @ x + h)\n",
+                           S, r"K is a convolution kernel, but x is not an image", (10, 5)),
+    "infinite-kernel": (HEAD + "param K : [n, n, n, n]\n", S,
+                        r"kernel K: its spatial size must be finite", (8, 1)),
+    "head-dim-at-base": ("width n = 64\ndim V = 5\ndim t = 3\ndim dh = 24\n"
+                         "input tok : tokens[t, V]\nparam E : [n, V]\nh = E @ tok\n"
+                         "output s = dot(h, h, dh)\n", S,
+                         r"at the base width 64, the head dim dh = 24 does not divide n = 64",
+                         (8, 12)),
+    "fractional-dim": ("width n = 64\ndim h = n / 3\n", S,
+                       r"dim h = 1/3 x 64 is not a whole number", (2, 1)),
+    "pool-a-vector": (HEAD + "output y = V @ avgpool(W @ x)\n", S,
+                      r"avgpool needs an image, but y_1 has no pixels", (8, 16)),
+    "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
+                          r"a convolution kernel cannot be transposed", (8, 28)),
+    "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
+                    r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
+    "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
+                       r"height and width must be finite", (3, 1)),
+    "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
+    "no-width": ("dim d = 3\ninput x : [d]\n", S, r"declares no width", (2, 1)),
+    "width-twice": ("width n = 8\nwidth m = 8\n", S, r"width is declared twice", (2, 1)),
+    "cycle": (HEAD + "h = W @ x + g\ng = relu(h)\noutput y = V @ g\n", S,
+              r"'g' is used before it is defined(.|\n)*cannot contain a cycle", (8, 13)),
+    "constant-plus-vector": (HEAD + "h = W @ x + 1\noutput y = V @ h\n", S,
+                             r"cannot add a constant to a vector", (8, 5)),
+    "scaled-matrix": (HEAD + "h = (2 * W) @ x\noutput y = V @ h\n", S,
+                      r"matrix param W can only be applied with @", (8, 6)),
+    "matrix-as-output": (HEAD + "h = W @ x + b\noutput W\n", S,
+                         r"'W' is a matrix param, not a vector", (9, 8)),
+    "output-twice": (HEAD + "output y = V @ (W @ x + b)\noutput y\n", S,
+                     r"marked as an output twice", (9, 8)),
+    "dim-as-vector": (HEAD + "h = W @ x + n\noutput y = V @ h\n", S,
+                      r"'n' is a dim, not a vector", (8, 13)),
+    "vector-division": (HEAD + "h = (W @ x) / b\noutput y = V @ h\n", S,
+                        r"only division by a number", (8, 5)),
+    "dim-divided-by-zero": ("width n = 8\ndim h = n / 0\n", S, r"division of a dim by zero",
+                            (2, 1)),
+    "dim-not-integer": ("width n = 8\ndim a = 3\ndim h = a / 2\n", S,
+                        r"dim h = 3/2 is not a positive integer", (3, 1)),
+    "function-name-as-value": (HEAD + "relu = W @ x\noutput y = V @ relu\n", P,
+                               r"syntax error|built-in function", None),
+}
+
+
+@pytest.mark.parametrize(("src", "cls", "pattern", "where"), CATALOGUE.values(), ids=CATALOGUE)
+def test_catalogue(src, cls, pattern, where):
+    with pytest.raises(tp.TensorProgError) as info:
+        tp.parse(src, "bad.tp")
+    err = info.value
+    text = err.render()
+    assert re.search(pattern, text), text
+    if where is None:
+        return
+    assert isinstance(err, cls)
+    line, col = where
+    assert text.startswith(f"bad.tp:{line}:{col}: error: "), text
+    first = text.split("\n\n")[0].splitlines()
+    assert first[1].strip() == src.splitlines()[line - 1].strip()  # the source line
+    assert first[2].strip().startswith("^")  # the caret line
+    assert first[2].index("^") - 4 == col - 1  # under the right column
+    assert first[-1].startswith("help: "), text
+
+
+def test_catalogue_is_large_enough():
+    assert len(CATALOGUE) >= 20
+
+
+HEAD3 = "width n = 8\ninput x : [n]\nparam W : [n, n]\n"  # 3 lines; the bad line below is line 4
+
+LOGITS_SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
+       "param E : [n, V]\nparam Wq : [n, n]\nparam Wk : [n, n]\nscale tau\nh = E @ tok\n"
+       "s = tau * dot(Wq @ h, Wk @ h, dh)\n")  # 11 lines; s holds attention logits
+
+def _cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _error(source: str, cls=tp.TensorProgError) -> tp.TensorProgError:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)
+        with pytest.raises(cls) as info:
+            tp.parse(source, "bad.tp")
+    return info.value
+
+
+POSITIONED = {
+    # syntax mistakes whose help says what to do
+    "shape-arithmetic": ("width n = 8\ninput x : [4 * n, n]\n", P,
+                         r"unexpected '4'(.|\n)*declare the size first, e\.g\. `dim m = 4 \* n`, "
+                         r"then write `\[m, n\]`", (2, 12)),
+    "shape-arithmetic-right": ("width n = 8\ninput x : [n * 4]\n", P, r"`dim m = 4 \* n`",
+                               (2, 14)),
+    "dim-square": (HEAD3 + "dim m = n * n\n", P, r"unexpected 'n'(.|\n)*not n \* n", (4, 13)),
+    "dim-fraction": (HEAD3 + "dim m = 0.5 * n\n", P, r"`dim m = n / 2`", (4, 10)),  # 0 .5
+    "dim-negative": (HEAD3 + "dim m = -3\n", P, r"positive whole number", (4, 9)),
+    "width-no-base": ("width n\ninput x : [n]\n", P, r"expected '='\. Give the width its base "
+                      r"value(.|\n)*`width n = 256`", (1, 8)),
+    "width-not-whole": ("width n = 256.0\n", P, r"a positive whole number: `width n = 256`",
+                        (1, 14)),  # 256 .0
+    "juxtaposed": (HEAD3 + "output y = W x\n", P, r"unexpected 'x'(.|\n)*put an operator between "
+                   r"them, `W @ x`", (4, 14)),
+    "power": (HEAD3 + "output y = x ** 2\n", P, r"no power operator", (4, 15)),
+    "lower-t": (HEAD3 + "output y = W.t @ x\n", P, r"written `W\.T`", (4, 13)),
+    "trailing-operator": (HEAD3 + "output y = W @\n", P, r"The expression ends early", (4, 15)),
+    # sizes
+    "dim-zero-multiple": (HEAD3 + "dim z = 0 * n\n", S, r"dim z = 0 x n has no coordinates(.|\n)*"
+                          r"`dim z = 4 \* n`", (4, 1)),
+    "dim-zero": (HEAD3 + "dim z = 0\n", S, r"dim z must be positive", (4, 1)),
+    "dim-divided-by-zero": (HEAD3 + "dim z = n / 0\n", S, r"division of a dim by zero", (4, 1)),
+    "finite-dim-zero-multiple": (HEAD3 + "dim d = 3\ndim z = 0 * d\n", S, r"0 x d", (5, 1)),
+    "width-zero": ("width n = 0\n", S, r"the base width must be positive(.|\n)*`width n = 256`"
+                   r"(?!(.|\n)*declares no width)", (1, 1)),
+    # numbers past what a float holds
+    "coefficient-too-large": (HEAD3 + "output y = 1e400 * (W @ x)\n", P,
+                              r"the number 1e400 is out of range(.|\n)*between 2\.23e-308 and "
+                              r"1\.8e\+308", (4, 12)),
+    "coefficient-too-small": (HEAD3 + "output y = 1e-400 * (W @ x)\n", P, r"1e-400 is out of range",
+                              (4, 12)),
+    "huge-exponent": (HEAD3 + "output y = 1e99999999999 * (W @ x)\n", P, r"out of range",
+                      (4, 12)),
+    "many-digits": (HEAD3 + "output y = " + "1" * 5000 + " * (W @ x)\n", P,
+                    r"the number 111111111111\.\.\.11111111 \(5000 characters\) is out of range",
+                    (4, 12)),
+    "many-digits-in-range": (HEAD3 + "output y = " + "1" * 4400 + "e-4390 * (W @ x)\n", P,
+                             r"has too many digits", (4, 12)),
+    "init-too-large": (HEAD3 + "param g : [n] = 1e999\noutput y = g * (W @ x)\n", P,
+                       r"1e999 is out of range", (4, 17)),
+    "scale-too-large": (HEAD3 + "scale s = 1e999\noutput y = s * (W @ x)\n", P, r"out of range",
+                        (4, 11)),
+    "folded-coefficient": (HEAD3 + "output y = 1e200 * 1e200 * (W @ x) + x\n", S,
+                           r"a coefficient here, about 1e400, is out of range", (4, 1)),
+    "width-too-large": ("width n = 99999999999999999999999\n", P,
+                        r"the size 99999999999999999999999 is too large(.|\n)*2\*\*53", (1, 11)),
+    "dim-too-large": (HEAD3 + "dim d = 10000000000000000000000000\n", P, r"too large", (4, 9)),
+    "dim-multiple-too-large": (HEAD3 + "dim z = 9007199254740992 * n\n", S,
+                               r"dim z = 9007199254740992 x 8 is too large", (4, 1)),
+    "derived-dim-too-large": (HEAD3 + "dim d = 9007199254740992\ndim z = 2 * d\n", S,
+                              r"dim z = 18014398509481984 is too large", (5, 1)),
+    "times-zero": (HEAD3 + "y = 0 * (W @ x)\noutput z = W @ y\n", S,
+                   r"multiplying by 0 gives a zero vector", (4, 5)),
+    # functions whose rule does not describe what the module computes
+    "softmax-of-width": (HEAD3 + "output y = softmax(W @ x)\n", S,
+                         r"softmax over the width-proportional dim n makes every entry Θ\(1/n\)"
+                         r"(.|\n)*attention logits over key tokens", (4, 12)),
+    "softmax-of-scalar": (HEAD3 + "output y = softmax(dot(x, W @ x))\n", S,
+                          r"softmax of a scalar", (4, 12)),
+    "softmax-of-one": (HEAD3 + "dim one = 1\nparam R : [one, n]\noutput y = softmax(R @ x)\n", S,
+                       r"single entry of one is the constant 1", (6, 12)),
+    "causal-softmax-of-vector": (HEAD3 + "dim c = 10\nparam R : [c, n]\n"
+                                 "output y = causal_softmax(R @ x)\n", S,
+                                 r"causal_softmax masks future key tokens(.|\n)*not a vector \[c\]",
+                                 (6, 12)),
+    "layernorm-of-scalar": (HEAD3 + "output y = layernorm(dot(x, W @ x))\n", S,
+                            r"layernorm of a scalar would normalise over the batch", (4, 12)),
+    "rmsnorm-of-logits": (LOGITS_SEQ + "output y = rmsnorm(s)\n", S,
+                          r"rmsnorm of attention logits would normalise over key tokens",
+                          (12, 12)),
+    "layernorm-of-one": (HEAD3 + "dim one = 1\nparam R : [one, n]\n"
+                         "output y = layernorm(R @ x)\n", S, r"single coordinate of one is 0",
+                         (6, 12)),
+    "global-pool-of-vector": (HEAD3 + "output y = global_pool(W @ x)\n", S,
+                              r"global_pool needs an image", (4, 12)),
+    "dot-of-logits": (LOGITS_SEQ + "output y = dot(s, s)\n", S,
+                      r"dot contracts a vector's dim, but attention logits", (12, 12)),
+    "head-dot-of-logits": (LOGITS_SEQ + "output y = dot(s, s, dh)\n", S,
+                           r"dot contracts a vector's dim, but attention logits", (12, 12)),
+    "logits-plus-vector": (LOGITS_SEQ.replace("dim dh = n / 2", "dim dh = 2\ndim m = n / 2")
+                           + "param u : [m]\noutput y = s + u\n", S,
+                           r"shape mismatch in '\+': \[n/dh\] and \[m\]", (14, 12)),
+    # names
+    "function-as-name": (HEAD3 + "relu = W @ x\noutput relu\n", S,
+                         r"'relu' is a built-in function and cannot name a value", (4, 1)),
+    "width-as-value": (HEAD3 + "n = W @ x\noutput n\n", S, r"'n' is already defined \(line 1\)",
+                       (4, 1)),
+    # a head dot without a width used to crash looking up the base width
+    "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
+                               "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
+                               "output y = dot(h, h, dh)\n", S, r"declares no width", (8, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(POSITIONED))
+def test_positioned_catalogue(case):
+    source, cls, pattern, (line, column) = POSITIONED[case]
+    err = _error(source, cls)
+    assert re.search(pattern, str(err)), str(err)
+    assert (err.span.line, err.span.column) == (line, column), str(err)
+    assert "Traceback" not in str(err)
+
+
+@pytest.mark.parametrize("case", ["shape-arithmetic", "softmax-of-width", "width-too-large"])
+def test_the_cli_exits_2(case, tmp_path, capsys):
+    path = tmp_path / "bad.tp"
+    path.write_text(POSITIONED[case][0])
+    code, err = _cli(capsys, "derive", str(path))
+    assert code == 2 and "help:" in err and "Traceback" not in err
+
+
+# the programs of the block errors: BHEAD, then a block (BRES), then BTAIL applying it
+BHEAD = "width n = 8\ndepth L = 4\ndim d = 3\ninput x : [d]\nparam Wi : [n, d]\nparam Wo : [d, n]\n"
+
+
+BRES = "block res(h) {\n    param W : [n, n]\n    return h + W @ relu(h)\n}\n"  # lines 7-10
+
+
+BTAIL = "h0 = Wi @ x\nhL = repeat L res(h0)\noutput y = Wo @ hL\n"
+
+
+def _blk(*lines, name="res"):
+    return f"block {name}(h) {{\n" + "".join(f"    {x}\n" for x in lines) + "}\n"
+
+
+BLOCK_ERRORS = {
+    "returns another dim": (BHEAD + _blk("param W : [d, n]", "return W @ h") + BTAIL, 9,
+                            r"block res returns \[d\], but its argument h is \[n\]"),
+    "recursion": (BHEAD + _blk("param W : [n, n]", "return h + W @ res(h)") + BTAIL, 9,
+                  r"block res calls itself(.|\n)*blocks do not recurse"),
+    "a block calling a block": (BHEAD + BRES + _blk("return res(h)", name="b2")
+                                + BTAIL.replace("res(h0)", "b2(h0)"), 12,
+                                "block b2 calls block res"),
+    "param redeclared": (BHEAD + _blk("param W : [n, n]", "param W : [n, n]", "return h + W @ h")
+                         + BTAIL, 9, r"'W' is already defined \(line 8\)"),
+    "param hiding an outer one": (BHEAD + _blk("param Wi : [n, n]", "return h + Wi @ h") + BTAIL,
+                                  8, "'Wi' is already defined outside block res"),
+    "repeat over a dim": (BHEAD + BRES + BTAIL.replace("repeat L", "repeat d"), 12,
+                          r"`repeat d`: d is not the depth \(a dim; the depth is L\)"),
+    "repeat over the width": (BHEAD + BRES + BTAIL.replace("repeat L", "repeat n"), 12,
+                              "n is not the depth"),
+    "repeat with no depth": (BHEAD.replace("depth L = 4\n", "") + BRES + BTAIL, 11,
+                             "the program declares no depth"),
+    "a second depth": (BHEAD + "depth K = 3\n" + BRES + BTAIL, 7, "the depth is declared twice"),
+    "unknown block": (BHEAD + BRES + BTAIL.replace("res(h0)", "ress(h0)"), 12,
+                      r"unknown block 'ress'(.|\n)*did you mean 'res'"),
+    "repeat 0": (BHEAD + BRES + BTAIL.replace("repeat L", "repeat 0"), 12,
+                 "`repeat 0` applies the block no times"),
+    "no return": (BHEAD + _blk("param W : [n, n]", "u = W @ h") + BTAIL, 7,
+                  "block res has no return"),
+    "statements after return": (BHEAD + _blk("return h", "u = h") + BTAIL, 9,
+                                "statements after `return`"),
+    "a dim inside a block": (BHEAD + _blk("dim e = 4", "return h") + BTAIL, 8,
+                             "a block cannot contain a `dim` statement"),
+    "applied twice": (BHEAD + BRES + "h0 = Wi @ x\nh1 = repeat L res(h0)\nh2 = res(h1)\n"
+                      "output y = Wo @ h2\n", 13, r"block res is already applied \(line 12\)"),
+    "used before its definition": (BHEAD + "h0 = Wi @ x\nhL = repeat L res(h0)\n" + BRES
+                                   + "output y = Wo @ hL\n", 8,
+                                   r"block res is used before it is defined \(line 9\)"),
+    "the depth as a vector": (BHEAD + BRES + BTAIL.replace("Wo @ hL", "Wo @ (hL + L)"), 13,
+                              "'L' is the depth, not a vector"),
+    "a scalar argument": (BHEAD + BRES + BTAIL.replace("res(h0)", "res(dot(h0, h0))"), 12,
+                          "block res needs a vector argument, got a scalar"),
+    "a zero depth": (BHEAD.replace("L = 4", "L = 0") + BRES + BTAIL, 2,
+                     "the base depth must be positive"),
+}
+
+
+@pytest.mark.parametrize("case", BLOCK_ERRORS)
+def test_block_errors_are_positioned(case):
+    source, line, message = BLOCK_ERRORS[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)
+        with pytest.raises(tp.SemanticError, match=message) as err:
+            tp.parse(source, "p.tp")
+    assert err.value.diagnostics[0].span.line == line
+    assert "help:" in str(err.value)
+
+
+EX = ROOT / "examples"
+
+
+def points(p: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((p, d))
+
+
+NNGP_REFUSED = [
+    (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
+    (EX / "resnet.tp", "image inputs have no NNGP rule"),
+    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
+     "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
+    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
+     "h = A @ x\nu = relu(relu(h) + W @ h)\noutput y = u\n", "not a function of one Gaussian"),
+    ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
+     "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
+]
+
+
+@pytest.mark.parametrize(("program", "message"), NNGP_REFUSED)
+def test_unsupported_programs_are_refused_with_a_position(program, message):
+    prog = tp.parse_file(program) if not isinstance(program, str) else tp.parse(program)
+    data = {i.name: points(2, prog.dim(i.dim).size) for i in prog.inputs
+            if i.kind == "vector" and not prog.dim(i.dim).infinite}
+    with pytest.raises(EngineError, match=message) as e:
+        nngp_kernel(prog, data or points(2, 3))
+    assert e.value.span is not None and "^" in str(e.value)
+
+
+def batch(p: int, d: int, d_out: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((p, d)), rng.standard_normal((p, d_out))
+
+
+MU_REFUSED = [
+    (
+        "reuse",
+        "W2 : [n, n]",
+        "z2 = relu(W2 @ relu(W1 @ x))\noutput y = W3 @ relu(W2 @ z2)",
+        "W2 is used more than once or transposed",
+    ),
+    (
+        "transposed",
+        "W2 : [n, n]",
+        "output y = W3 @ relu(W2.T @ relu(W1 @ x))",
+        "W2 is used more than once or transposed",
+    ),
+    ("norm", "", "output y = W3 @ layernorm(W1 @ x)", "layernorm has no µ-limit"),
+    ("gain", "g : [n]", "output y = W3 @ relu(g * (W1 @ x))", "g is a param inside mul"),
+    ("dot", "v : [n]", "output y = dot(v, relu(W1 @ x))", "Dot has no µ-limit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("param", "body", "message"), [r[1:] for r in MU_REFUSED], ids=[r[0] for r in MU_REFUSED]
+)
+def test_programs_outside_the_mlp_family_are_refused_with_a_position(param, body, message):
+    head = "width n = 16\ndim d = 4\ndim o = 2\ninput x : [d]\nparam W1 : [n, d]\n"
+    if "W3" in body:
+        head += "param W3 : [o, n]\n"
+    if param:
+        head += f"param {param}\n"
+    with pytest.raises(EngineError, match=message) as e:
+        mu_limit(tp.parse(head + body + "\n"), *batch(2, 4, 2))
+    assert e.value.span is not None
+
+
+# --- command-line arguments -----------------------------------------------------------------------
+
+
+MLP = str(ROOT / "examples" / "mlp.tp")
+
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return exit_.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(("c", "message"), [
+    ("1/0", 'not an exact exponent: "1/0"'), ("nan", "not an exact exponent"),
+    ("-oo", "a learning rate cannot scale as n\\^oo"),
+])
+def test_bad_global_c(capsys, c, message):
+    code, _, err = _main(capsys, "classify", MLP, "--preset", "mup", "--c", c)
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lr", "1e38"], r"--lr 1e\+38: the learning rate must be a positive number, at most"),
+    (["--lr", "0"], "must be a positive number"),
+    (["--lr", "nan"], "must be a positive number"),
+    (["--lr", "-1e-3"], "must be a positive number"),
+    (["--tolerance", "nan"], "tolerance must be positive and below 1/2"),
+    (["--tolerance", "inf"], "tolerance must be positive and below 1/2"),
+    (["--tolerance", "-1"], "tolerance must be positive"),
+    (["--steps", "0"], r"--steps 0: must be from 2 to 1000(.|\n)*judges changes from step 2"),
+    (["--steps", "10000000"], "must be from 2 to 1000"),
+    (["--seeds", "-1"], "--seeds -1: must be from 1 to 100"),
+    (["--batch-size", "0"], "--batch-size 0: must be from 1 to 65536"),
+    (["--widths", "64,64,128"], "64 given twice"),
+    (["--widths", "64,0"], "at least two different positive widths"),
+    (["--widths", "-64,128"], "at least two different positive widths"),
+    (["--widths", "64.5,128"], "comma-separated integers"),
+    (["--widths", "1e9,64"], "comma-separated integers"),
+    (["--widths", ",".join(map(str, range(1, 101)))], "100 widths, at most 32"),
+    (["--widths", "64,1000000000"], r"width 1000000000 has 1,000,00.* weights(.|\n)*at most "
+                                    r"about \d+"),
+    (["--base-width", "0"], "expected a positive integer"),
+    (["--base-width", "-2"], "expected a positive integer"),
+    (["--plot", "."], "is a directory|unknown figure format"),
+])
+def test_check_refuses_out_of_range_numbers(capsys, args, message):
+    code, _, err = _main(capsys, "check", MLP, *args)
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--lr", "inf", "--hp", "init_std"], "must be a positive number"),
+    (["--values", "1e-3,1e-2,1e38"], r"--values 1e\+38: the learning rate"),
+    (["--values", "-1e-3,1e-2,1"], "-0.001 is not a positive number"),
+    (["--values", "nan,1,2"], "nan is not a positive number"),
+    (["--steps", "0"], "--steps 0: must be from 1 to 100000"),
+    (["--seeds", "0"], "--seeds 0: must be from 1 to 100"),
+    (["--jobs", "100000"], "--jobs 100000: must be from 1 to 256"),
+    (["--batch-size", "-3"], "--batch-size -3: must be from 1 to 65536"),
+    (["--widths", "8,8"], "at least two different"),
+    (["--param", ","], "no parametrization given"),
+])
+def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
+    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache", "none", *args)
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["derive", "{tmp}/missing.tp"], "cannot read .*missing.tp: No such file"),
+    (["derive", "{tmp}"], "Is a directory"),
+    (["derive", "{tmp}/empty.tp"], "the program declares no width"),
+    (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "cannot write .*out.py"),
+    (["derive", MLP, "-o", "{tmp}"], "cannot write .*: Is a directory"),
+    (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
+    (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
+    (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),
+    (["derive", ""], "program: the path is empty"),
+    (["derive", MLP, "-o", ""], "-o: the path is empty"),
+    (["check", MLP, "--plot", " "], "--plot: the path is empty"),
+])
+def test_odd_paths(capsys, tmp_path, argv, message):
+    (tmp_path / "empty.tp").write_text("")
+    (tmp_path / "dir.png").mkdir()
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--widths", "64"], "at least two different"),
+    (["--widths", "64,abc"], "comma-separated integers"),
+    (["--steps", "1"], "judges changes from step 2 on"),
+    (["--lr", "-1"], "must be a positive number"),
+    (["--lr", "inf"], "must be a positive number"),
+    (["--plot", "coord.txt"], "unknown figure format"),
+    (["--plot", "no/such/dir/coord.png"], "no directory"),
+    (["--tolerance", "0"], "tolerance must be positive"),
+])
+def test_cli_check_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        from tensorprog.cli.main import main
+        main(["check", str(MLP), *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope"], "unknown data set"),
+    (["--data", "digits", "--values", "1e-3,x"], "comma-separated numbers"),
+    (["--data", "digits", "--values", "1e-3,1e-2"], "at least 3 positive"),
+    (["--data", "digits", "--param", "mup,xp"], "unknown parametrization xp"),
+    (["--data", "digits", "--hp", "momentum"], "invalid choice"),
+])
+def test_cli_transfer_usage_errors(args, message, capsys):
+    from tensorprog.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["transfer", str(MLP), *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def main_code(argv) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "examples/mlp.tp", "--depths", "2,4"], "repeats no block over a depth"),
+        (["check", "examples/resmlp_deep.tp", "--width", "64"], "--width sets the width"),
+        (["check", "examples/resmlp_deep.tp", "--depths", "4"], "at least two different positive"),
+        (
+            ["transfer", "examples/mlp.tp", "--data", "digits", "--depths", "2,4"],
+            "repeats no block over a depth",
+        ),
+        # SGD's depth exponents are not derived: transfer refuses as check does, rather than
+        # sweep width-only µP across depths under the label "mup"
+        (
+            [
+                "transfer",
+                "examples/resmlp_deep.tp",
+                "--data",
+                "digits",
+                "--optimizer",
+                "sgd",
+                "--depths",
+                "2,4",
+            ],
+            "depth exponents under sgd are not derived",
+        ),
+        (
+            ["check", "examples/resmlp_deep.tp", "--depths", "2,4", "--widths", "64,128"],
+            "--widths sets a width sweep",
+        ),
+        (
+            [
+                "transfer",
+                "examples/resmlp_deep.tp",
+                "--data",
+                "digits",
+                "--depths",
+                "2,4",
+                "--widths",
+                "64,128",
+            ],
+            "--widths sets a width sweep",
+        ),
+    ],
+)
+def test_depth_axis_errors(argv, message, capsys):
+    argv = [str(ROOT / a) if a.endswith(".tp") else a for a in argv]
+    assert main_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--optimizer", "adam"], "only SGD's limit is implemented"),
+        (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
+        (["--steps", "99"], "--steps 99: must be from 0 to 50"),
+        (["--kernel"], "not allowed with argument"),
+    ],
+)
+def test_cli_train_refusals_exit_2(capsys, tmp_path, extra, message):
+    np.save(tmp_path / "X.npy", batch(2, 16, 4)[0])
+    np.save(tmp_path / "Y.npy", batch(2, 16, 4)[1])
+    code, _, err = run_cli(
+        capsys,
+        "limit",
+        str(EX / "gated_mlp.tp"),
+        "--train",
+        "--inputs",
+        str(tmp_path / "X.npy"),
+        "--targets",
+        str(tmp_path / "Y.npy"),
+        *extra,
+    )
+    assert code == 2 and message in err, err
+
+
+# --- --abc files ----------------------------------------------------------------------------------
+
+
+ABC_OK = {"W1": {"a": "0", "b": "0", "c": "0"}, "b1": {"a": "0", "b": "0", "c": "0"},
+          "W2": {"a": "0", "b": "1/2", "c": "1"}, "b2": {"a": "0", "b": "0", "c": "0"},
+          "W3": {"a": "0", "b": "oo", "c": "1"}}
+
+
+def _abc(**changes) -> str:
+    return json.dumps({**ABC_OK, **changes})
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (_abc(W1={"a": "1/0", "b": "0", "c": "0"}), r"param 'W1', key 'a': not an exact exponent: "
+                                                r'"1/0"'),
+    (_abc(W2={"a": "0", "b": "abc", "c": "0"}), r"param 'W2', key 'b': not an exact exponent"),
+    (_abc(W2={"a": "0", "b": "0", "c": "nan"}), r"param 'W2', key 'c': not an exact exponent"),
+    (_abc(W2={"a": "0", "b": None, "c": "0"}), r"param 'W2', key 'b': not an exponent: null"),
+    (_abc(W2={"a": True, "b": "0", "c": "0"}), r"param 'W2', key 'a': not an exponent: true"),
+    (_abc(W2={"a": "0", "b": "0"}), r"param 'W2' needs exactly the keys a, b, c \(missing c\)"),
+    (_abc(W2={"a": 0, "b": 0, "c": 0, "d": 0}), r"\(unknown 'd'\)"),
+    (_abc(W2=[0, 0, 0]), r"param 'W2' needs exactly .* \(got a JSON list\)"),
+    (_abc(W9={"a": 0, "b": 0, "c": 0}), r"no param named W9 in the program(.|\n)*W1, b1, W2"),
+    (_abc(W2={"a": "oo", "b": "0", "c": "0"}), r"param 'W2': a must be finite"),
+    ('{"W1": {"a": 1e999, "b": 0, "c": 0}}', r"key 'a': not an exponent: Infinity"),
+    ('{"W1": {"a": 0, "b": 0, "c": 0}, "W1": {"a": 0, "b": 0, "c": 1}}', r"'W1' given twice"),
+    ("[1, 2]", r"expected an object .* not a JSON list"),
+    ('"W1"', r"expected an object .* not a JSON str"),
+    ('{"W1": ', r"invalid JSON"),
+    (b"\xff\xfe{}", r"not UTF-8 text \(byte 0\)"),
+])
+def test_bad_abc_files(capsys, tmp_path, content, message):
+    path = tmp_path / "abc.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+    assert code == 2 and re.search(message, err), err
+
+
+def test_abc_file_that_is_missing_or_a_directory(capsys, tmp_path):
+    for path, why in ((tmp_path / "nope.json", "No such file"), (tmp_path, "Is a directory")):
+        code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+        assert code == 2 and "cannot read it" in err and why in err
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{", "invalid JSON"),
+    ('{"W1": {"a": 0}}', "needs exactly the keys a, b, c"),
+    ('{"W1": {"a": "x", "b": 0, "c": 0}}', "not an exact exponent"),
+    ('{"W9": {"a": 0, "b": 0, "c": 0}}', "no param named W9"),
+    ('{"W1": {"a": "oo", "b": 0, "c": 0}}', "a must be finite"),
+    ('{"W1": {"a": 0, "b": 0, "c": 0}}', "no \\(a, b, c\\) given for param"),
+])
+def test_classify_bad_abc_file(capsys, tmp_path, content, message):
+    path = tmp_path / "abc.json"
+    path.write_text(content)
+    code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+    assert code == 2
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, err)
+
+
+# --- data files -----------------------------------------------------------------------------------
+
+
+torch = pytest.importorskip("torch")
+
+
+def _data_files(tmp_path: Path) -> dict[str, Path]:
+    def y():
+        return torch.arange(16) % 2
+
+    nan = torch.randn(16, 4)
+    nan[3, 2] = math.nan
+    blobs = {
+        "nan": {"x": nan, "y": y()},
+        "inf64": {"x": torch.full((16, 4), 1e300, dtype=torch.float64), "y": y()},
+        "sparse": {"x": torch.randn(16, 4).to_sparse(), "y": y()},
+        "meta": {"x": torch.empty(16, 4, device="meta"), "y": y()},
+        "complex": {"x": torch.randn(16, 4, dtype=torch.complex64), "y": y()},
+        "float_y": {"x": torch.randn(16, 4), "y": y().float()},
+        "bool_y": {"x": torch.randn(16, 4), "y": y() == 0},
+        "huge_y": {"x": torch.randn(16, 4), "y": torch.tensor([0] * 15 + [10 ** 12])},
+        "neg_y": {"x": torch.randn(16, 4), "y": torch.tensor([0] * 15 + [-3])},
+        "one_class": {"x": torch.randn(16, 4), "y": torch.zeros(16, dtype=torch.long)},
+        "empty": {"x": torch.zeros(0, 4), "y": torch.zeros(0, dtype=torch.long)},
+        "no_features": {"x": torch.zeros(16, 0), "y": y()},
+        "shape": {"x": torch.randn(16, 4), "y": torch.arange(15) % 2},
+        "huge_tokens": {"tokens": torch.tensor([1, 2, 10 ** 12])},
+        "one_token": {"tokens": torch.zeros(50, dtype=torch.long)},
+        "both": {"x": torch.randn(16, 4), "y": y(), "tokens": torch.arange(9)},
+        "list": [torch.randn(3)],
+        "tensor": torch.randn(3),
+        "keys": {"w": torch.randn(3)},
+        "x_not_tensor": {"x": [[1.0]], "y": y()},
+    }
+    out = {}
+    for name, blob in blobs.items():
+        torch.save(blob, tmp_path / f"{name}.pt")
+        out[name] = tmp_path / f"{name}.pt"
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02not a torch file")
+    out["junk"] = tmp_path / "junk.pt"
+    return out
+
+
+DATA_ERRORS = {
+    "nan": r"x\[3, 2\] is nan: the data must be finite",
+    "inf64": r"x\[0, 0\] is inf once converted to float32",
+    "sparse": r"x is a torch.sparse_coo tensor, not a dense one",
+    "meta": r"x is a meta tensor",
+    "complex": r"x holds complex numbers",
+    "float_y": r"y must hold non-negative integer labels, not torch.float32",
+    "bool_y": r"y must hold non-negative integer labels, not torch.bool",
+    "huge_y": r"y\[15\] is 1000000000000: the output layer would need",
+    "neg_y": r"y\[15\] is -3: labels must be non-negative",
+    "one_class": r"y holds one class only",
+    "empty": r"N > 0",
+    "no_features": r"d_in > 0",
+    "shape": r"got \(16, 4\) and \(15,\)",
+    "huge_tokens": r"tokens\[2\] is 1000000000000",
+    "one_token": r"every token is 0",
+    "both": r"holds both x, y and tokens",
+    "list": r"not a dict of tensors but a list",
+    "tensor": r"not a dict of tensors but a Tensor",
+    "keys": r"got the keys 'w'",
+    "x_not_tensor": r"x is a list, not a tensor",
+    "junk": r"cannot read it as a torch file",
+}
+
+
+def test_bad_data_files_are_refused_naming_the_array(capsys, tmp_path):
+    files = _data_files(tmp_path)
+    assert set(files) == set(DATA_ERRORS)
+    for name, message in DATA_ERRORS.items():
+        code, _, err = _main(capsys, "transfer", MLP, "--data", str(files[name]), "--cache",
+                             "none")
+        assert code == 2 and re.search(message, err), (name, err)
+        assert f"--data {files[name]}" in err
+
+
+def test_data_path_that_is_missing_or_a_directory(capsys, tmp_path):
+    (tmp_path / "dir.pt").mkdir()
+    for path, why in ((tmp_path / "none.pt", "no such file"), (tmp_path / "dir.pt",
+                                                                "is a directory")):
+        code, _, err = _main(capsys, "transfer", MLP, "--data", str(path), "--cache", "none")
+        assert code == 2 and why in err
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda t: t.to_sparse(), r"X is a torch.sparse_coo tensor, not a dense one"),
+    (lambda t: t.index_fill(0, t.new_tensor([1], dtype=int), float("nan")),
+     r"X\[1, 0\] is nan: the data must be finite \(the kernel would be nan\)"),
+    (lambda t: {"x": t.to("meta")}, "x is a meta tensor"),
+])
+def test_cli_inputs_get_the_checks_data_files_get(capsys, tmp_path, make, message):
+    import torch
+
+    torch.save(make(torch.as_tensor(points(3, 5))), tmp_path / "X.pt")
+    (tmp_path / "mlp.tp").write_text(mlp_source(2))
+    code, _, err = run_cli(capsys, "limit", str(tmp_path / "mlp.tp"), "--kernel", "--inputs",
+                        str(tmp_path / "X.pt"))
+    assert code == 2 and re.search(message, err), err
+
+
+# --- caches ---------------------------------------------------------------------------------------
+
+
+def test_a_cache_path_that_cannot_hold_the_cache(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache",
+                         str(tmp_path / "file"))
+    assert code == 2 and "is a file, not a directory" in err
+    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache",
+                         str(tmp_path / "file" / "below"))
+    assert code == 2 and "cannot write the trial cache there" in err
+
+
+# --- the arguments of an emitted module -----------------------------------------------------------
+
+
+MLP_TEXT = ("width n = 16\ndim d = 3\ndim o = 2\ninput x : [d]\nparam W : [n, d]\n"
+            "param R : [o, n]\noutput f = R @ relu(W @ x)\n")
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    program = tp.parse_file(ROOT / "examples" / "transformer.tp")
+    return load_module(emit_program(program), "transformer_mup")
+
+
+def test_a_width_the_dims_do_not_divide_is_refused_at_construction(transformer):
+    with pytest.raises(ValueError, match=r"width 130: dim dh = n / 4 .* 128 or 132"):
+        transformer.Model(130)
+    with pytest.raises(ValueError, match=r"width 2: .* multiple of 4: 4$"):
+        transformer.Model(2)
+
+
+@pytest.mark.parametrize("width", [0, -4, True, 12.0, "64", None])
+def test_widths_must_be_positive_integers(transformer, width):
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        transformer.Model(width)
+    with pytest.raises(ValueError, match="base_width must be a positive integer"):
+        transformer.Model(64, base_width=width)
+
+
+@pytest.mark.parametrize("base", [0, True, 130])
+def test_emit_refuses_a_bad_base_width(base):
+    program = tp.parse_file(ROOT / "examples" / "transformer.tp")
+    abc, _, label, _ = choose(program, OPTIMIZERS["adam"])
+    with pytest.raises(UsageError, match="base width"):
+        emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t", base_width=base)
+
+
+@pytest.mark.parametrize("derived, other, same", [
+    ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
+    ("muon", "adam", "muon"), ("lion", "adamw", "lion")])
+def test_make_optimizer_refuses_an_optimizer_of_other_exponents(tmp_path, derived, other, same):
+    # the lr (and eps) exponents hold for the optimizer they were derived for and its exact
+    # equivalents only: a Muon module under Adam would scale its hidden lr wrongly, silently
+    path = tmp_path / f"opt_{derived}_mup.py"
+    source = emit_program(tp.parse(MLP_TEXT), optimizer=derived).source
+    # the coupled-decay refusal is emitted where it can fire only
+    assert ("decays decoupled only" in source) == (derived in ("lion", "muon"))
+    path.write_text(source)
+    module = import_file(path, f"opt_{derived}_mup")
+    model = module.Model(32)
+    with pytest.raises(ValueError, match=f"derived for {derived}, not .{other}. .use {same}.*"
+                                         f"tensorprog derive --optimizer {other}"):
+        module.make_optimizer(model, 0.01, optimizer=other)
+    for name in same.split(" or "):
+        module.make_optimizer(model, 0.01, optimizer=name)
