@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import MUL
+from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
 from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
-_TORCH_FN = {"relu": "torch.relu", "gelu": "torch.nn.functional.gelu", "tanh": "torch.tanh",
-             "sigmoid": "torch.sigmoid", "silu": "torch.nn.functional.silu"}
+# a coordinatewise function is a call of its torch function (the IR's table), identity none;
+# the others act over an axis and are written out around theirs
+_TORCH_FN = {name: FUNCTIONS[name].torch for name in COORDINATEWISE if name != "identity"}
 
 _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "avgpool": "_avgpool({x})",

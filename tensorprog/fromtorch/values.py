@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from ..ir.functions import torch_function
+
 # --- the abstract values ------------------------------------------------------------------------
 
 
@@ -166,20 +168,17 @@ class Trace:
     rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
 
 
+#: The coordinatewise functions a traced chain of ops is matched against, in this order.
+RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid")
+
+
 def identify(f: Callable) -> tuple[str, float] | None:
     """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4], or None."""
     import torch
 
     t = torch.linspace(-4, 4, 161, dtype=torch.float64)
     y = f(t)
-    fns = {
-        "identity": t,
-        "relu": torch.relu(t),
-        "gelu": torch.nn.functional.gelu(t),
-        "silu": torch.nn.functional.silu(t),
-        "tanh": torch.tanh(t),
-        "sigmoid": torch.sigmoid(t),
-    }
+    fns = {name: torch_function(torch, name)(t) for name in RECOGNISED}
     for name, ref in fns.items():
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):

@@ -40,7 +40,7 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("tanh", "bounded", 0.0, "torch.tanh"),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
-    Function("identity", "linear", 0.0, ""),
+    Function("identity", "linear", 0.0, ""),  # the input itself: no call
     Function("layernorm", "normalize", None, "torch.nn.functional.layer_norm"),
     Function("rmsnorm", "normalize", None, "torch.rsqrt"),
     Function("softmax", "offset", None, "torch.softmax"),
@@ -51,5 +51,19 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
 
 #: The names, in the order the language lists them.
 NONLINEARITIES = tuple(FUNCTIONS)
+#: The coordinatewise functions: φ applied to each coordinate, with a value at 0.
+COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not None)
 #: functions that change an image's spatial size: 2x2 average pooling, and the global average
 POOLS = {"avgpool": 2, "global_pool": None}
+
+
+def torch_function(torch, name: str):
+    """The torch callable of a coordinatewise function, looked up in ``torch`` (passed in, so this
+    module imports nothing): what the limits' finite networks and the tracer compute it with."""
+    path = FUNCTIONS[name].torch
+    if not path:
+        return lambda x: x
+    fn = torch
+    for part in path.split(".")[1:]:
+        fn = getattr(fn, part)
+    return fn

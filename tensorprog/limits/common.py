@@ -17,6 +17,7 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import EngineError, UsageError
+from ..ir.functions import FUNCTIONS
 from ..ir.program import Program
 
 #: Gauss–Hermite order of the 2-D quadrature (points per axis); its error is estimated by
@@ -51,7 +52,7 @@ FNS = {
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
 }
 #: φ(0) for each supported function: the limit of φ of a vanishing vector
-AT_ZERO = {"identity": 0.0, "relu": 0.0, "gelu": 0.0, "tanh": 0.0, "sigmoid": 0.5, "silu": 0.0}
+AT_ZERO = {name: FUNCTIONS[name].at_zero for name in FNS}
 ID = FNS["identity"]
 
 

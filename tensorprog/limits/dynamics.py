@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir.functions import MUL
+from ..ir.functions import MUL, torch_function
 from ..ir.program import LinComb, MatMul
 
 
@@ -62,18 +62,6 @@ def _expected_grad(torch, target, leaves) -> list:
             if g is not None:
                 out[k][:, b] = g.mean(0)
     return out
-
-
-def _torch_fn(torch, fn: str):
-    f = torch.nn.functional
-    return {
-        "identity": lambda h: h,
-        "relu": torch.relu,
-        "gelu": f.gelu,
-        "tanh": torch.tanh,
-        "sigmoid": torch.sigmoid,
-        "silu": f.silu,
-    }[fn]
 
 
 def _add(g: dict, name: str, value) -> None:
@@ -134,7 +122,7 @@ class Dynamics:
             elif ins.fn == MUL:
                 z[ins.out] = z[ins.args[0]] * z[ins.args[1]]
             else:
-                z[ins.out] = _torch_fn(torch, ins.fn)(z[ins.args[0]])
+                z[ins.out] = torch_function(torch, ins.fn)(z[ins.args[0]])
         return z
 
     def backward(self, z: dict, chi, record: bool = True) -> tuple[dict, dict]:
@@ -180,7 +168,7 @@ class Dynamics:
                     z[a] if z[a].requires_grad else z[a].detach().requires_grad_(True)
                     for a in ins.args
                 ]
-                out = args[0] * args[1] if ins.fn == MUL else _torch_fn(torch, ins.fn)(args[0])
+                out = args[0] * args[1] if ins.fn == MUL else torch_function(torch, ins.fn)(args[0])
                 local = torch.autograd.grad(out, args, go, create_graph=True, allow_unused=True)
                 for a, d in zip(ins.args, local, strict=True):
                     if d is not None:
