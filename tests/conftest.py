@@ -62,7 +62,7 @@ def emit_program(program, param="mup", convention="table3", command="t", optimiz
     from tensorprog.engine.parametrization import choose
 
     abc, _, label, _ = choose(program, OPTIMIZERS[optimizer], param, convention)
-    return emit(program, abc, optimizer=optimizer, label=label, command=command)
+    return emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label, command=command)
 
 
 def train_once(module, width=32):
