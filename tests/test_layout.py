@@ -1,5 +1,6 @@
-"""The package layout (docs: LAYOUT.md): imports flow one way down the pipeline, no module imports
-the facade or another module's private names, and no modules import each other in a circle.
+"""The package layout (README, "How the code is laid out"): imports flow one way down the
+pipeline, no module imports the facade or another module's private names, no modules import each
+other in a circle, and no module or function grows too long to read.
 
 Every import counts: at the top of a module, inside a function (a lazy import still ties the two
 modules together), and under ``if TYPE_CHECKING:``; relative and absolute alike. Failures list

@@ -110,12 +110,14 @@ def test_torch_orthogonalisation_scales_as_the_spectral_rule(dims, slope_gain):
     input aligned with the gradient by √(fan_in/fan_out) (an LLN sum, not a CLT one): the slopes
     the spectral rule and the matmul rule give. Its bf16 rounding, amplified by the iteration,
     adds some small singular values, so entry RMS is not compared directly. Seeded, rank 1;
-    tolerance 0.05 in log-log slope between widths 128 and 1024."""
+    tolerance 0.05 in log-log slope between widths 128 and 512 (the slopes measured there are
+    within 0.003 of those from 128 to 1024; torch iterates in bfloat16, which a CPU without bf16
+    units runs about 100x slower than float32, so 1024 alone took 40 s of the suite)."""
     from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
 
     gen = torch.Generator().manual_seed(0)
     logs = []
-    for n in (128, 1024):
+    for n in (128, 512):
         rows, cols = (n if d == "n" else d for d in dims)
         u, v = torch.randn(rows, 1, generator=gen), torch.randn(cols, 1, generator=gen)
         o = _zeropower_via_newtonschulz(u @ v.T, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, 1e-7)
@@ -268,10 +270,13 @@ def test_cli_classify_muon_for_every_example(capsys):
 
 def test_check_muon_passes_mup_and_fails_unscaled_muon_on_the_mlp():
     """The coordinate check: derived µP under Muon keeps every slope flat; Muon with no width
-    scaling (sp: every c = 0) lets the AdamW readout move the output as n (slope ≈ +0.8 over
-    64..1024 after 3 steps). One seed, fixed; tolerance ±0.15 as the command's."""
+    scaling (sp: every c = 0) lets the AdamW readout move the output as n (slope +0.74 over
+    64..512 after 3 steps). One seed, fixed; tolerance ±0.15 as the command's. Widths up to 512:
+    torch's Muon orthogonalises in bfloat16, about 100x slower than float32 on a CPU without
+    bf16 units, and width 1024 made this test 140 s of the suite (there: +0.8, the same verdicts).
+    """
     program = tp.parse_file(ROOT / "examples" / "mlp.tp")
-    options = {"widths": (64, 256, 1024), "seeds": 1, "steps": 3}
+    options = {"widths": (64, 128, 256, 512), "seeds": 1, "steps": 3}
     assert tp.check(program, "muon", **options).passed
     unscaled = tp.check(program, "muon", param="sp", **options)
     assert not unscaled.passed and list(unscaled.failures) == ["y"]
