@@ -38,7 +38,7 @@ import numpy as np
 
 from ..emit.load import load_module
 from ..emit.module import emit
-from ..engine.optimizers import OPTIMIZERS
+from ..engine.optimizers import SGD
 from ..engine.parametrization import choose
 from ..errors import EngineError, UsageError
 from ..ir.functions import MUL
@@ -238,7 +238,7 @@ def mu_limit(
     import torch  # heavy: imported only when a limit of training is computed
 
     net = network(program)
-    abc = choose(program, OPTIMIZERS["sgd"], "mup", depth_convention=None).abc
+    abc = choose(program, SGD, "mup", depth_convention=None).abc
     _check_mup(program, net, abc)
     xi_np = read_inputs(program, inputs)[net.x]
     y = read_targets(targets, len(xi_np), net.d_out)
@@ -292,10 +292,10 @@ def finite_training(
     net = network(program)
     xi = torch.as_tensor(read_inputs(program, inputs)[net.x])
     y = torch.as_tensor(read_targets(targets, len(xi), net.d_out))
-    chosen = choose(program, OPTIMIZERS["sgd"], param, depth_convention=None)
+    chosen = choose(program, SGD, param, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     module = load_module(
-        emit(program, abc, optimizer=OPTIMIZERS["sgd"], label=label, command="tensorprog limit"),
+        emit(program, abc, optimizer=SGD, label=label, command="tensorprog limit"),
         f"mulimit_{program.name}",
     )
     out, moves = [], {h: [] for h in net.pre}

@@ -41,7 +41,7 @@ import numpy as np
 from ..emit.load import load_module
 from ..emit.module import emit
 from ..engine.exponents import ABC
-from ..engine.optimizers import OPTIMIZERS
+from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import MUL
@@ -582,13 +582,11 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     module ``tensorprog derive -o`` emits for ``param`` (sp, ntp or mup; µP's init does not
     depend on the optimizer except through the readout). ``all_vectors`` also keeps the kernel
     of every computed vector; ``order`` is the Gauss–Hermite order. See :class:`Kernel`."""
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {optimizer!r}", help=f"choose one of "
-                         f"{', '.join(OPTIMIZERS)}")
+    opt = resolve(optimizer)
     if not isinstance(order, int) or order < 4:
         raise UsageError("the quadrature order must be an integer >= 4")
     data = read_inputs(program, inputs)
-    chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
+    chosen = choose(program, opt, param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     ev = _Limit(program, abc, data, order)
     vectors, vexps = {}, {}
@@ -627,9 +625,10 @@ def finite_kernels(program: Program, inputs, width: int, *, seeds=range(8), para
     import torch  # heavy: the kernels at init are numpy; only the finite network needs it
 
     data = read_inputs(program, inputs)
-    chosen = choose(program, OPTIMIZERS[optimizer], param, convention, depth_convention=None)
+    opt = resolve(optimizer)
+    chosen = choose(program, opt, param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
-    module = load_module(emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label,
+    module = load_module(emit(program, abc, optimizer=opt, label=label,
                               command="tensorprog limit"), f"limit_{program.name}")
     program.check_widths([width])
     model = module.Model(width, dtype=torch.float64)

@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..engine.optimizers import OPTIMIZERS
+from ..engine.optimizers import SGD
 from ..engine.parametrization import choose
 from ..errors import EngineError, UsageError
 from ..ir.program import LinComb, MatMul, Program
@@ -86,7 +86,7 @@ def ntk_limit(program: Program, inputs, *, samples: int = 2**14, seed: int = 0) 
     import torch  # heavy: imported only when the NTK is computed
 
     net = network(program)
-    abc = choose(program, OPTIMIZERS["sgd"], "ntp", depth_convention=None).abc
+    abc = choose(program, SGD, "ntp", depth_convention=None).abc
     for p, role in net.roles.items():
         x = abc[p]
         a, b, c = (frac(v) for v in (x.a, x.b, x.c))
