@@ -91,7 +91,7 @@ def main() -> None:
         lim_move = limit.feature_change[feature][-1]
         print(f"## {name}: lr {lr}, limit over {args.samples} draws in {took:.1f} s")
         print(f"limit loss, steps 0..{steps}: "
-              + ", ".join(f"{v:.4f}" for v in limit.to_json()["loss"]))
+              + ", ".join(f"{v:.4f}" for v in limit.as_dict()["loss"]))
         print(f"limit change of {feature} after {steps} steps: {lim_move:.4f}")
         print("| width | µP output error | µP feature change | NTP feature change | "
               "NTP output error vs. NTK |")

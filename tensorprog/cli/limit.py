@@ -81,7 +81,7 @@ def _kernel(args: argparse.Namespace, program: Program) -> int:
         _save({"kernels": {o: torch.as_tensor(v) for o, v in k.kernels.items()},
                "exponents": {o: None if e is None else str(e) for o, e in k.exponents.items()},
                "error": k.error, "parametrization": k.parametrization}, args.output)
-    common.out((k.to_json() if args.json else k.describe()) + "\n")
+    common.out((json.dumps(k.as_dict(), indent=1) if args.json else str(k)) + "\n")
     return 0
 
 
@@ -90,7 +90,7 @@ def _train_limit(args: argparse.Namespace, program: Program) -> int:
     regime)."""
     import torch  # heavy: derive and classify never load it
 
-    from ..limits.mu import describe, mu_limit  # loads numpy and scipy
+    from ..limits.mu import mu_limit  # loads numpy and scipy
 
     if args.param == "sp":
         raise UsageError("--train --param sp: SGD at a fixed LR has no finite limit under SP",
@@ -113,8 +113,8 @@ def _train_limit(args: argparse.Namespace, program: Program) -> int:
     if args.output:
         _save({"outputs": torch.as_tensor(result.outputs), "lr": args.lr,
                "samples": result.samples, "method": result.method}, args.output)
-    text = (json.dumps({"program": program.name, **result.to_json()}, indent=1)
-            if args.json else describe(result, program))
+    text = (json.dumps({"program": program.name, **result.as_dict()}, indent=1)
+            if args.json else str(result))
     common.out(text + "\n")
     return 0
 

@@ -49,6 +49,9 @@ class Report:
     def __str__(self) -> str:
         return "\n".join([f"µP applied at width {self.width}:", *self.lines])
 
+    def as_dict(self) -> dict:
+        return {"width": self.width, "changes": list(self.lines), "patched": list(self.patched)}
+
 
 class MuP:
     """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``."""

@@ -202,6 +202,7 @@ class TrainingLimit:
     method: str
     lr: float
     targets: np.ndarray = field(repr=False)
+    program: str = "program"
 
     def diverged(self) -> bool:
         """Whether the loss blew up along the steps (non-finite, or 10x its start): the limit of a
@@ -209,7 +210,10 @@ class TrainingLimit:
         loss = [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean()) for f in self.outputs]
         return not np.isfinite(loss[-1]) or loss[-1] > 10 * loss[0]
 
-    def to_json(self) -> dict:
+    def __str__(self) -> str:
+        return describe(self)
+
+    def as_dict(self) -> dict:
         return {
             "diverged": self.diverged(),
             "outputs": self.outputs.tolist(),
@@ -270,6 +274,7 @@ def mu_limit(
         f"Monte Carlo over {samples} draws of the Z-variables (error O(1/√{samples}))",
         lr,
         y,
+        program.name,
     )
 
 
@@ -323,15 +328,15 @@ def finite_training(
     return np.stack(out), {h: np.array(v) for h, v in moves.items()}
 
 
-def describe(result: TrainingLimit, program: Program) -> str:
+def describe(result: TrainingLimit) -> str:
     """The limit as a table: per step, the loss and the outputs on the batch, then how far
     each pre-activation has moved from init (Θ(1): feature learning)."""
-    loss = result.to_json()["loss"]
+    loss = result.as_dict()["loss"]
     out = result.outputs.reshape(len(result.outputs), -1)
     shown = min(out.shape[1], 6)
     more = f" … ({out.shape[1]} values)" if out.shape[1] > shown else ""
     lines = [
-        f"µ-limit of {program.name} under µP, SGD at lr {result.lr:g} on "
+        f"µ-limit of {result.program} under µP, SGD at lr {result.lr:g} on "
         f"{result.outputs.shape[1]} inputs: {result.method}",
         f"{'step':>4}  {'loss':>10}  outputs (f(ξ_1), f(ξ_2), …)",
     ]

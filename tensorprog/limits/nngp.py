@@ -31,7 +31,6 @@ correction terms), and a nonlinearity of a variable that is not a function of on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -170,7 +169,7 @@ class Kernel:
         return (f"{trend} at init: the kernel at width n is (n/{self.base_width})^{2 * e} "
                 f"times the one shown (the limit of the rescaled kernel)")
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         lines = [f"NNGP kernel at init of {self.program} under {self.parametrization}, "
                  f"{len(next(iter(self.kernels.values())))} inputs, n → ∞",
                  "", "method per instruction:"]
@@ -184,8 +183,8 @@ class Kernel:
                     lines.append(str(k))
         return "\n".join(lines)
 
-    def to_json(self) -> str:
-        return json.dumps({
+    def as_dict(self) -> dict:
+        return {
             "program": self.program, "parametrization": self.parametrization,
             "base_width": self.base_width,
             "method": [{"instruction": s.line, "method": s.method, "error": s.error}
@@ -196,7 +195,7 @@ class Kernel:
                             "status": self.status(o),
                             "kernel": None if self.exponents[o] is None else k.tolist()}
                         for o, k in self.kernels.items()},
-        }, indent=1)
+        }
 
 
 class _Limit:

@@ -227,6 +227,9 @@ class Sweep:
                        "wider-is-better is undetermined")
         return why
 
+    def __str__(self) -> str:
+        return render(self)
+
     def as_dict(self) -> dict:
         out = {}
         for param in self.losses:

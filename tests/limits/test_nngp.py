@@ -81,7 +81,7 @@ def test_hidden_kernels_agree_under_sp_and_mup_and_the_mup_readout_vanishes():
         np.testing.assert_allclose(mup.vectors[name], sp.vectors[name], rtol=1e-12)
         assert sp.vector_exponents[name] == mup.vector_exponents[name] == 0
     assert sp.exponents["f"] == 0 and mup.exponents["f"] == -0.5
-    assert "vanishes at init" in mup.describe() and "(n/64)^-1" in mup.describe()
+    assert "vanishes at init" in str(mup) and "(n/64)^-1" in str(mup)
     np.testing.assert_allclose(mup.kernels["f"], sp.kernels["f"])  # the rescaled kernel
 
 
@@ -155,7 +155,7 @@ def test_json_states_method_and_error():
     import json
 
     k = nngp_kernel(tp.parse(mlp_source(2)), points(2, 5), param="mup")
-    out = json.loads(k.to_json())
+    out = json.loads(json.dumps(k.as_dict()))
     assert out["outputs"]["f"]["exponent"] == "-1/2"
     assert "vanishes" in out["outputs"]["f"]["status"]
     assert all("method" in s for s in out["method"]) and out["error"] == 0.0
