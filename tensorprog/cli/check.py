@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_base_width(args, program)
     common.check_muon_io(args)
     optimizer = resolve(args.optimizer, io=args.muon_io)
-    common.check_plot(args)
+    common.check_plot(args, args.program)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
     common.check_memory(program, widths or [width or program.width.base], device)

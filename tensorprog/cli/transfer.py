@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     optimizer = resolve(args.optimizer, io=args.muon_io)
     params = _params(args.param)
     values = _values(args.values, args.hp)
-    common.check_plot(args)
+    common.check_plot(args, args.program, args.data)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
     common.check_memory(program, widths or [width or program.width.base], device)
