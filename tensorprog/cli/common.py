@@ -1,7 +1,7 @@
-"""What the commands share: writing to stdout, reading numeric and list options, the checks every
-command makes before any work (empty paths, numeric ranges, --base-width, --muon-io, the files
-it would write), the options of the emitted module and of the depth axis, and the report of check
-and transfer.
+"""What the commands share: writing to stdout (``out`` and ``out_json``, from output.py), reading
+numeric and list options, the checks every command makes before any work (empty paths, numeric
+ranges, --base-width, --muon-io, the files it would write), the options of the emitted module and
+of the depth axis, and the report of check and transfer.
 
 Every refusal is a :class:`UsageError` raised before the work it would spoil, saying the range
 or the form that is allowed and why.
@@ -10,7 +10,6 @@ or the form that is allowed and why.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -22,30 +21,7 @@ from ..engine.derive import DEPTH_CONVENTIONS
 from ..errors import UsageError
 from ..ir.program import Program
 from ..numerics.plots import MARKED_FORMATS, check_plot_path, drawn_here
-
-# --- standard output ----------------------------------------------------------------------------
-
-
-class OutputError(Exception):
-    """Standard output could not be written (a closed pipe, a full disk)."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error.strerror)
-        self.error = error
-
-
-def out(text: str) -> None:
-    """Write to stdout; a failed write is told apart from every other OSError."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OSError as err:
-        raise OutputError(err) from None
-
-
-def out_json(data: dict) -> None:
-    out(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
+from .output import out, out_json
 
 # --- option values ------------------------------------------------------------------------------
 

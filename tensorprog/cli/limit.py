@@ -77,6 +77,11 @@ def _saved_here(path: Path) -> bool:
 RESULT = common.Output("a saved limit", (".pt", ".pth"), _saved_here)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What is true after Ctrl-C (see main.py)."""
+    return "a limit is computed afresh by every run: the same command starts over"
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,51 @@ def test_derive_and_classify_do_not_import_torch_matplotlib_or_tqdm():
             "print(sorted(m for m in ('torch', 'matplotlib', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")
+
+
+def test_the_command_line_loads_the_pipeline_inside_its_ctrl_c_handling():
+    # importing the entry point (and the package) loads nothing heavy: sympy, lark and the
+    # commands load inside main(), where Ctrl-C is caught
+    code = ("import sys, tensorprog.cli.main; "
+            "print(sorted(m for m in ('sympy', 'lark', 'torch', 'tensorprog.engine') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_check_loads_exits_130_with_one_line():
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorprog.cli", "check", MLP], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.5)  # past the interpreter's own start-up, inside the imports or the run
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.startswith("interrupted") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "told"), [
+    (["derive", MLP], "interrupted\n"),
+    (["check", MLP], "interrupted: a check keeps nothing between runs: run it again"),
+    (["transfer", MLP, "--data", "digits", "--cache", "{tmp}/c"],
+     "interrupted: the finished trials are cached in .*c: the same command resumes the sweep"),
+    (["transfer", MLP, "--data", "digits", "--cache", "none"],
+     "interrupted: --cache none kept no trial: the same command runs the whole sweep again"),
+    (["limit", MLP, "--kernel", "--inputs", "X.pt"], "interrupted: a limit is computed afresh"),
+])
+def test_ctrl_c_says_what_is_true_for_the_command(capsys, monkeypatch, tmp_path, argv, told):
+    from tensorprog.cli.main import command
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command(argv[0]), "run", stop)
+    code, _, err = _run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 130 and re.match(told, err) and err.count("\n") == 1, err
+    assert "resumes" not in err or argv[0] == "transfer"
 
 
 def test_console_script_runs():
