@@ -537,6 +537,21 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
+     r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "
+     r"--optimizer\?\n$"),
+    (["derive", MLP, "--optimiser=adam"], r"--optimiser: did you mean --optimizer\?"),
+    (["check", MLP, "--sede", "2"], r"^usage: tensorprog check (.|\n)*did you mean --seeds\?"),
+    (["classify", MLP, "--preset", "sp", "--jsn"], r"--jsn: did you mean --json\?"),
+    (["derive", MLP, "extra.tp"], r"^usage: tensorprog derive (.|\n)*unrecognized arguments: "
+                                  r"extra.tp\n$"),
+])
+def test_an_unknown_argument_gets_the_commands_usage_and_the_closest_flag(capsys, argv, message):
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and re.search(message, err), err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--widths", "64"], "at least two different"),
     (["--widths", "64,abc"], "comma-separated integers"),

@@ -16,6 +16,7 @@ is caught like any other.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import os
@@ -39,7 +40,10 @@ def command(name: str):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse ignores a failed write of the help text; this one reports it like any output."""
+    """argparse ignores a failed write of the help text; this one reports it like any output.
+    The top-level parser keeps its subcommands' parsers in ``commands``."""
+
+    commands: dict[str, argparse.ArgumentParser]
 
     def print_help(self, file=None) -> None:
         if file is None or file is sys.stdout:
@@ -75,7 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         command(name).add_parser(sub)
+    ap.commands = sub.choices
     return ap
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line. argparse leaves the arguments no subcommand option took to the
+    top-level parser, which refuses them with its own usage (not the command's) and no hint; here
+    the command's parser refuses them, suggesting the closest of its options for a misspelled
+    one (``--optimiser``: did you mean --optimizer?)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(join_negative_values(argv))
+    if extra:
+        sub = parser.commands[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        given = [e.split("=")[0] for e in extra if e.startswith("-")]
+        hints = [f"{g}: did you mean {close[0]}?" for g in given
+                 for close in [difflib.get_close_matches(g, options, 1, 0.6)] if close]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}"
+                  + "".join(f"\n  {hint}" for hint in hints))
+    return args
 
 
 # options whose value is a number, a rational or a list of numbers: argparse reads a value that
@@ -119,7 +142,7 @@ class Interrupted(Exception):
 def run(argv: list[str] | None = None) -> int:
     """Parse argv and run its command; TensorProgWarnings are printed once each, on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(join_negative_values(argv))
+    args = parse(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TensorProgWarning)
         module = command(args.command)
