@@ -9,21 +9,17 @@ The public surface::
     r = tensorprog.check(program, "adam", param="sp")  # coordinate check (imports torch)
     assert not r.passed, r.failures
 
-Only ``check`` and ``measure`` import torch, and only when called.
+Only ``check`` and ``measure`` import torch, and only when called. The names below are loaded
+when first used (PEP 562), so that ``import tensorprog`` costs nothing: the command line must be
+able to set up its Ctrl-C handling before sympy and the pipeline load (a second's work).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__ as __version__
-from .engine import classify as _classify
-from .engine import derive as _derive
-from .engine import parametrization as _presets
-from .engine.classify import Classification
-from .engine.derivation import Derivation
-from .engine.derive import CONVENTIONS
-from .engine.exponents import ABC
-from .engine.optimizers import OPTIMIZERS, Optimizer, muon
-from .engine.optimizers import resolve as _resolve
 from .errors import (
     CodegenError,
     EngineError,
@@ -33,14 +29,48 @@ from .errors import (
     TensorProgWarning,
     UsageError,
 )
-from .fromtorch.apply import MuP
-from .ir.program import Program
-from .ir.text import to_text
-from .ir.verify import verify
-from .lang.parse import parse, parse_file
-from .numerics import coordcheck as _check
-from .numerics import judge as _judge
-from .numerics.judge import CheckResult, Measurements
+
+if TYPE_CHECKING:
+    from .engine.classify import Classification
+    from .engine.derivation import Derivation
+    from .engine.exponents import ABC
+    from .engine.optimizers import Optimizer
+    from .ir.program import Program
+    from .numerics.judge import CheckResult, Measurements
+
+# each public name loaded on first use, and the module it comes from
+_LAZY = {
+    "ABC": "engine.exponents", "CONVENTIONS": "engine.derive", "Classification": "engine.classify",
+    "Derivation": "engine.derivation", "OPTIMIZERS": "engine.optimizers",
+    "Optimizer": "engine.optimizers", "muon": "engine.optimizers", "MuP": "fromtorch.apply",
+    "Program": "ir.program", "to_text": "ir.text", "verify": "ir.verify", "parse": "lang.parse",
+    "parse_file": "lang.parse", "CheckResult": "numerics.judge",
+    "Measurements": "numerics.judge",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBPACKAGES:  # ``tensorprog.engine`` without importing it first
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+_SUBPACKAGES = ("cli", "emit", "engine", "fromtorch", "ir", "lang", "limits", "numerics")
+
+
+def _resolve(optimizer: str | Optimizer) -> Optimizer:
+    from .engine.optimizers import resolve
+
+    return resolve(optimizer)
 
 
 def derive(program: Program, optimizer: str = "adam", convention: str = "table3",
@@ -48,18 +78,23 @@ def derive(program: Program, optimizer: str = "adam", convention: str = "table3"
     """µP for ``program``: every param's exact (a, b, c) under ``optimizer`` in ``convention``;
     for a program repeating a block over its depth, also (a_L, b_L, c_L) (``.depth``), a free
     one resolved by ``depth_convention`` (completep or depth-mup)."""
-    return _derive.derive(program, _resolve(optimizer), convention, depth_convention)
+    from .engine.derive import derive as derived
+
+    return derived(program, _resolve(optimizer), convention, depth_convention)
 
 
 def classify(program: Program, optimizer: str = "sgd", *, preset: str | None = None,
              abc: dict[str, ABC] | None = None, c=None) -> Classification:
     """Stability, nontriviality, r and regime of a preset (sp, ntp, mup, mfp) or given ``abc``."""
+    from .engine.classify import classify as classified
+    from .engine.parametrization import preset as preset_abc
+
     opt = _resolve(optimizer)
     if (preset is None) == (abc is None):
         raise UsageError("give exactly one of preset= or abc=")
     if preset is not None:
-        abc = _presets.preset(preset, program, opt, c)
-    return _classify.classify(program, opt, abc)
+        abc = preset_abc(preset, program, opt, c)
+    return classified(program, opt, abc)
 
 
 def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
@@ -69,22 +104,29 @@ def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
     or what the engine predicts. ``options``: convention, readout_zero_init, base_width, widths,
     steps, seeds, lr, batch_size, device, tolerance, progress; or depths, width and
     depth_convention to check against the depth at one width."""
-    return _check.coord_check(program, _resolve(optimizer), param=param, against=against,
-                              **options)
+    from .numerics.coordcheck import coord_check
+
+    return coord_check(program, _resolve(optimizer), param=param, against=against, **options)
 
 
 def judge(program: Program, measurements: Measurements, optimizer: str = "adam", *,
           against: str = "mup", param: str = "mup", abc: dict[str, ABC] | None = None,
-          tolerance: float = _judge.TOLERANCE) -> CheckResult:
+          tolerance: float | None = None) -> CheckResult:
     """Judge measurements from your own training loop (see :class:`Measurements`).
 
     ``against="mup"`` asks whether they behave as µP requires; ``against="predicted"`` compares
-    them with the engine's prediction for ``abc`` (or the preset ``param``)."""
+    them with the engine's prediction for ``abc`` (or the preset ``param``); ``tolerance``: the
+    allowed |slope - expected exponent| (default ``numerics.judge.TOLERANCE``, 0.15)."""
+    from .engine.derive import derive as derived
+    from .engine.parametrization import preset as preset_abc
+    from .numerics.judge import TOLERANCE
+    from .numerics.judge import judge as judged
+
     opt = _resolve(optimizer)
     if abc is None:
-        abc = (_derive.derive(program, opt).abc if param == "mup"
-               else _presets.preset(param, program, opt))
-    return _judge.judge(program, opt, abc, measurements, against=against, tolerance=tolerance)
+        abc = derived(program, opt).abc if param == "mup" else preset_abc(param, program, opt)
+    return judged(program, opt, abc, measurements, against=against,
+                  tolerance=TOLERANCE if tolerance is None else tolerance)
 
 
 def from_torch(build, widths=(128, 256), example_inputs=None):

@@ -490,7 +490,29 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
     (["derive", "{tmp}"], "Is a directory"),
     (["derive", "{tmp}/empty.tp"], "the program declares no width"),
     (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "cannot write .*out.py"),
-    (["derive", MLP, "-o", "{tmp}"], "cannot write .*: Is a directory"),
+    (["derive", MLP, "-o", "{tmp}"], "-o .*: is a directory"),
+    # -o never replaces an input nor a file it did not write (a user's model, program or data)
+    (["derive", "{tmp}/F.tp", "-o", "{tmp}/F.tp"],
+     r"-o .*F.tp: a PyTorch module is written to a .py file(.|\n)*e.g. -o .*F.py"),
+    (["derive", "{tmp}/F.tp", "-o", "{tmp}/link.py"], r"that is the input .*F.tp; writing a "
+                                                      "PyTorch module there would replace it"),
+    (["derive", "{tmp}/F.tp", "-o", "{tmp}/./../{name}/link.py"], "that is the input"),
+    (["derive", MLP, "-o", "{tmp}/m.py"], r"-o .*m.py: the file exists and is not a PyTorch "
+                                          r"module that tensorprog wrote(.|\n)*move the file"),
+    (["trace", "{tmp}/m.py:build", "-o", "{tmp}/m.py"], "a traced program is written to a .tp"),
+    (["trace", "{tmp}/m.py:build", "-o", "{tmp}/mlink.tp"], "that is the input .*m.py"),
+    (["trace", "{tmp}/m.py:build", "-o", "{tmp}/F.tp"],
+     "the file exists and is not a traced program that tensorprog wrote"),
+    (["check", "{tmp}/F.tp", "--plot", "{tmp}/photo.png"],
+     r"--plot .*photo.png: the file exists and is not a figure(.|\n)*\.png, \.ps, \.svg "
+     "figures carry the mark"),
+    (["check", "{tmp}/F.tp", "--plot", "{tmp}/flink.png"], "that is the input .*F.tp"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/X.pt"],
+     "that is the input .*X.pt; writing a saved limit there"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/mine.pt"],
+     "the file exists and is not a saved limit"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/K.npy"],
+     r"a saved limit is written to a .pt or .pth file(.|\n)*e.g. -o .*K.pt"),
     (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
     (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
     (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),
@@ -501,7 +523,31 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
 def test_odd_paths(capsys, tmp_path, argv, message):
     (tmp_path / "empty.tp").write_text("")
     (tmp_path / "dir.png").mkdir()
-    argv = [a.format(tmp=tmp_path) for a in argv]
+    (tmp_path / "F.tp").write_text(mlp_source(2))
+    (tmp_path / "m.py").write_text("def build(width): ...\n")
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "X.pt").write_bytes(b"data")
+    (tmp_path / "mine.pt").write_bytes(b"data")
+    for link, target in (("link.py", "F.tp"), ("mlink.tp", "m.py"), ("flink.png", "F.tp")):
+        (tmp_path / link).symlink_to(tmp_path / target)
+    argv = [a.format(tmp=tmp_path, name=tmp_path.name) for a in argv]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and re.search(message, err), err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
+     r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "
+     r"--optimizer\?\n$"),
+    (["derive", MLP, "--optimiser=adam"], r"--optimiser: did you mean --optimizer\?"),
+    (["check", MLP, "--sede", "2"], r"^usage: tensorprog check (.|\n)*did you mean --seeds\?"),
+    (["classify", MLP, "--preset", "sp", "--jsn"], r"--jsn: did you mean --json\?"),
+    (["derive", MLP, "extra.tp"], r"^usage: tensorprog derive (.|\n)*unrecognized arguments: "
+                                  r"extra.tp\n$"),
+])
+def test_an_unknown_argument_gets_the_commands_usage_and_the_closest_flag(capsys, argv, message):
     code, _, err = _main(capsys, *argv)
     assert code == 2 and re.search(message, err), err
 

@@ -57,6 +57,12 @@ def add_parser(sub) -> None:
     k.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What is true after Ctrl-C (see main.py)."""
+    return ("a check keeps nothing between runs: run it again for the verdict (fewer --widths or "
+            "--seeds run faster)")
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_base_width(args, program)
     common.check_muon_io(args)
     optimizer = resolve(args.optimizer, io=args.muon_io)
-    common.check_plot(args)
+    common.check_plot(args, args.program)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
     common.check_memory(program, widths or [width or program.width.base], device)

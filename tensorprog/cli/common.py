@@ -1,6 +1,7 @@
-"""What the commands share: writing to stdout, reading numeric and list options, the checks every
-command makes before any work (empty paths, numeric ranges, --base-width, --muon-io), the
-options of the emitted module and of the depth axis, and the report of check and transfer.
+"""What the commands share: writing to stdout (``out`` and ``out_json``, from output.py), reading
+numeric and list options, the checks every command makes before any work (empty paths, numeric
+ranges, --base-width, --muon-io, the files it would write), the options of the emitted module and
+of the depth axis, and the report of check and transfer.
 
 Every refusal is a :class:`UsageError` raised before the work it would spoil, saying the range
 or the form that is allowed and why.
@@ -9,39 +10,18 @@ or the form that is allowed and why.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..engine.derive import DEPTH_CONVENTIONS
 from ..errors import UsageError
 from ..ir.program import Program
-from ..numerics.plots import check_plot_path
-
-# --- standard output ----------------------------------------------------------------------------
-
-
-class OutputError(Exception):
-    """Standard output could not be written (a closed pipe, a full disk)."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error.strerror)
-        self.error = error
-
-
-def out(text: str) -> None:
-    """Write to stdout; a failed write is told apart from every other OSError."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except OSError as err:
-        raise OutputError(err) from None
-
-
-def out_json(data: dict) -> None:
-    out(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
+from ..numerics.plots import MARKED_FORMATS, check_plot_path, drawn_here
+from .output import out, out_json
 
 # --- option values ------------------------------------------------------------------------------
 
@@ -142,13 +122,12 @@ def check_muon_io(args: argparse.Namespace) -> None:
                          f"{args.optimizer}", help="add --optimizer muon, or drop --muon-io")
 
 
-def check_plot(args: argparse.Namespace) -> None:
-    """Refuse, before any training, a figure path that cannot be written."""
+def check_plot(args: argparse.Namespace, *inputs: str | None) -> None:
+    """Refuse, before any training, a figure path that cannot be written, or that would replace
+    one of ``inputs`` or a file that is not a figure drawn here."""
     if args.plot:
         path = check_plot_path(args.plot)
-        if path.is_dir():
-            raise UsageError(f"--plot {path}: is a directory", help="give a file name, e.g. "
-                             f"{path / 'figure.png'}")
+        check_output("--plot", args.plot, FIGURE, inputs)
         existed = path.exists()
         try:  # append mode: an existing figure is neither truncated nor replaced yet
             with open(path, "ab"):
@@ -158,6 +137,69 @@ def check_plot(args: argparse.Namespace) -> None:
                              help="choose a path in a directory you can write") from None
         if not existed:
             path.unlink()
+
+
+# --- files a command writes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """A kind of file a command writes: ``what`` it is, the ``suffixes`` its name may end in (the
+    first is suggested; none: the writer checks the name itself), ``ours``, which tells an
+    existing file of this kind written here earlier (safe to replace) from anything else, and a
+    ``note`` on what ``ours`` can recognise."""
+
+    what: str
+    suffixes: tuple[str, ...]
+    ours: Callable[[Path], bool]
+    note: str = ""
+
+
+def first_line(path: Path) -> str:
+    """The first line of a text file ("" if it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline(4096)
+    except OSError:
+        return ""
+
+
+FIGURE = Output("a figure", (), drawn_here,
+                note=f"only {', '.join('.' + f for f in MARKED_FORMATS)} figures carry the mark "
+                     "that tells one drawn here")
+
+
+def check_output(option: str, path: str, kind: Output, inputs: Iterable[str | None]) -> None:
+    """Refuse, before any work, to write ``path`` where writing would destroy something: a
+    directory, a name without the kind's suffix (``derive F.tp -o F.tp`` is a slip for another
+    file), one of the command's own ``inputs`` (compared as files, so that symlinks, hard links
+    and ``./`` spellings count), or an existing file this package did not write (a user's model,
+    program or data). Only a file of the same kind written here earlier is replaced."""
+    out = Path(path)
+    if out.is_dir():
+        name = "out" + kind.suffixes[0] if kind.suffixes else "figure.png"
+        raise UsageError(f"{option} {path}: is a directory",
+                         help=f"give a file name, e.g. {out / name}")
+    if kind.suffixes and out.suffix.lower() not in kind.suffixes:
+        raise UsageError(f"{option} {path}: {kind.what} is written to a "
+                         f"{' or '.join(kind.suffixes)} file",
+                         help=f"e.g. {option} {out.with_suffix(kind.suffixes[0])}")
+    for given in inputs:
+        if given and _same_file(out, Path(given)):
+            raise UsageError(f"{option} {path}: that is the input {given}; writing {kind.what} "
+                             "there would replace it", help="write to another file")
+    if out.exists() and not kind.ours(out):
+        raise UsageError(f"{option} {path}: the file exists and is not {kind.what} that "
+                         "tensorprog wrote",
+                         help="tensorprog replaces only files it wrote: choose another name, or "
+                              "move the file away first" + (f" ({kind.note})" if kind.note else ""))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # follows symlinks; also sees hard links
+    except OSError:  # one of them does not exist (yet): compare the resolved paths
+        return a.resolve() == b.resolve()
 
 
 # --- options shared by several commands ---------------------------------------------------------

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..emit.module import emit
+from ..emit.module import emit, emitted_here
 from ..engine.derivation import Derivation, derive_json, derive_table, explain
 from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from ..engine.exponents import ABC, as_str
@@ -18,6 +18,9 @@ from ..ir.program import Program
 from ..ir.text import to_text
 from ..lang.parse import parse_file
 from . import common
+
+MODULE = common.Output("a PyTorch module", (".py",),
+                       lambda path: emitted_here(common.first_line(path)))
 
 
 def add_parser(sub) -> None:
@@ -50,6 +53,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
+    if args.output is not None and args.dump is None:
+        common.check_output("-o", args.output, MODULE, [args.program])
     program = parse_file(args.program)
     common.check_base_width(args, program)
     common.check_muon_io(args)

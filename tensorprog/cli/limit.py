@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..engine.optimizers import OPTIMIZERS
 from ..errors import UsageError
@@ -57,9 +58,35 @@ def add_parser(sub) -> None:
                         "method, or --train's outputs (steps + 1, P, d_out)")
 
 
+# the keys of each result limit saves (--kernel, --train, --train --param ntp): a .pt holding a
+# dict with exactly these keys was saved here, and may be replaced
+SAVED_KEYS = ({"kernels", "exponents", "error", "parametrization"},
+              {"outputs", "lr", "samples", "method"}, {"ntk", "mean", "std", "lr", "method"})
+
+
+def _saved_here(path: Path) -> bool:
+    import torch  # heavy: derive and classify never load it
+
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - whatever torch cannot read was not saved here
+        return False
+    return isinstance(data, dict) and set(data) in SAVED_KEYS
+
+
+RESULT = common.Output("a saved limit", (".pt", ".pth"), _saved_here)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What is true after Ctrl-C (see main.py)."""
+    return "a limit is computed afresh by every run: the same command starts over"
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
+    if args.output:
+        common.check_output("-o", args.output, RESULT, [args.program, args.inputs, args.targets])
     program = parse_file(args.program)
     if args.train:
         return _train_limit(args, program)

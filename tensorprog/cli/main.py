@@ -5,14 +5,20 @@ This module holds what is not one command's: argv (negative numbers as option va
 top-level parser built from each command module's ``add_parser(sub)``, dispatch to the command's
 ``run(args) -> int``, the version, warnings, error rendering, Ctrl-C and exit codes.
 
-User errors print a positioned message and exit with status 2; a failed check exits with 1.
-Only ``check``, ``transfer``, ``limit`` and ``trace`` import torch.
+User errors print a positioned message and exit with status 2; a failed check exits with 1;
+Ctrl-C prints one line saying what is true for the command, and exits with 130.
+Only ``check``, ``transfer``, ``limit`` and ``trace`` import torch. This module imports only what
+is light (the package's facade loads its names on first use): the commands, and with them sympy
+and the pipeline, load inside ``main``'s handling, so that Ctrl-C in the first second of a run
+is caught like any other.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
+import importlib
 import os
 import re
 import sys
@@ -21,16 +27,23 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .._version import __version__
 from ..errors import TensorProgError, TensorProgWarning
-from . import check, classify, derive, limit, trace, transfer
-from .common import OutputError, out
+from .output import OutputError, out
 
-# the subcommands in the order --help lists them
-COMMANDS = {"derive": derive, "classify": classify, "check": check, "transfer": transfer,
-            "limit": limit, "trace": trace}
+# the subcommands in the order --help lists them, each a module of this package with
+# ``add_parser(sub)``, ``run(args) -> int`` and optionally ``interrupted(args) -> str``
+COMMANDS = ("derive", "classify", "check", "transfer", "limit", "trace")
+
+
+def command(name: str):
+    """The module of the command ``name`` (imported on first use: it loads the pipeline)."""
+    return importlib.import_module(f".{name}", __package__)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse ignores a failed write of the help text; this one reports it like any output."""
+    """argparse ignores a failed write of the help text; this one reports it like any output.
+    The top-level parser keeps its subcommands' parsers in ``commands``."""
+
+    commands: dict[str, argparse.ArgumentParser]
 
     def print_help(self, file=None) -> None:
         if file is None or file is sys.stdout:
@@ -64,9 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "scale with width (µP), from the network written as a Tensor Program.")
     ap.add_argument("--version", action=_Version, help="print the version and exit")
     sub = ap.add_subparsers(dest="command", required=True)
-    for command in COMMANDS.values():
-        command.add_parser(sub)
+    for name in COMMANDS:
+        command(name).add_parser(sub)
+    ap.commands = sub.choices
     return ap
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line. argparse leaves the arguments no subcommand option took to the
+    top-level parser, which refuses them with its own usage (not the command's) and no hint; here
+    the command's parser refuses them, suggesting the closest of its options for a misspelled
+    one (``--optimiser``: did you mean --optimizer?)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(join_negative_values(argv))
+    if extra:
+        sub = parser.commands[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        given = [e.split("=")[0] for e in extra if e.startswith("-")]
+        hints = [f"{g}: did you mean {close[0]}?" for g in given
+                 for close in [difflib.get_close_matches(g, options, 1, 0.6)] if close]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}"
+                  + "".join(f"\n  {hint}" for hint in hints))
+    return args
 
 
 # options whose value is a number, a rational or a list of numbers: argparse reads a value that
@@ -102,14 +134,23 @@ def _number_option(token: str) -> bool:
         option.startswith(token) for option in NUMBER_OPTIONS)
 
 
+class Interrupted(Exception):
+    """Ctrl-C while a command ran, with what is true for that command afterwards (what it kept,
+    whether a rerun resumes)."""
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse argv and run its command; TensorProgWarnings are printed once each, on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(join_negative_values(argv))
+    args = parse(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TensorProgWarning)
+        module = command(args.command)
         try:
-            return COMMANDS[args.command].run(args)
+            return module.run(args)
+        except KeyboardInterrupt:
+            told = getattr(module, "interrupted", None)
+            raise Interrupted(told(args) if told else "") from None
         finally:
             for message in dict.fromkeys(str(w.message) for w in caught
                                          if issubclass(w.category, TensorProgWarning)):
@@ -124,8 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     except TensorProgError as err:
         print(err.render(), file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("interrupted (a transfer sweep resumes from its cache)", file=sys.stderr)
+    except KeyboardInterrupt:  # before a command ran: while the pipeline loaded
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except Interrupted as stop:
+        print(f"interrupted: {stop}" if str(stop) else "interrupted", file=sys.stderr)
         code = 130
     except OutputError as err:
         sys.exit(_output_failed(err.error))

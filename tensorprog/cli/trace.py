@@ -8,7 +8,11 @@ import argparse
 
 from ..errors import UsageError
 from ..fromtorch.command import trace_command
+from ..fromtorch.trace import traced_here
 from . import common
+
+PROGRAM = common.Output("a traced program", (".tp",),
+                        lambda path: traced_here(common.first_line(path)))
 
 
 def add_parser(sub) -> None:
@@ -32,6 +36,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.strip():
         raise UsageError("-o: the path is empty", help="give a file name")
+    if args.output is not None:  # the model's file is the input to keep
+        common.check_output("-o", args.output, PROGRAM, [args.target.rpartition(":")[0]])
     source = trace_command(args.target, common.widths(args.widths), args.output, args.inputs,
                            args.seq_len)
     if args.output is None:

@@ -62,6 +62,13 @@ def add_parser(sub) -> None:
     t.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What is true after Ctrl-C (see main.py): each finished trial was cached as it finished."""
+    if args.cache.lower() == "none":
+        return "--cache none kept no trial: the same command runs the whole sweep again"
+    return f"the finished trials are cached in {args.cache}: the same command resumes the sweep"
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
@@ -70,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     optimizer = resolve(args.optimizer, io=args.muon_io)
     params = _params(args.param)
     values = _values(args.values, args.hp)
-    common.check_plot(args)
+    common.check_plot(args, args.program, args.data)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
     common.check_memory(program, widths or [width or program.width.base], device)

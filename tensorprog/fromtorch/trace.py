@@ -122,6 +122,16 @@ class Traced:
         return self.widths[0]
 
 
+# the start of a traced program's first line: what tells a .tp this package wrote (and may
+# replace) from one a person wrote
+MARK = "# traced from PyTorch at widths"
+
+
+def traced_here(first_line: str) -> bool:
+    """Whether a file's first line is a traced program's (so ``trace -o`` may replace it)."""
+    return first_line.startswith(MARK)
+
+
 # a param with no init law of torch's is pooled over builds until it has this many entries
 _POOLED_ENTRIES = 10_000
 _MAX_DRAWS = 32
@@ -254,7 +264,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
             exponent = -math.log(b / a) / math.log(w2 / w1)
             scales[i] = (Fraction(exponent).limit_denominator(8), a)
     seq, vocab = t1.tokens
-    lines = [f"# traced from PyTorch at widths {w1} and {w2}"]
+    lines = [f"{MARK} {w1} and {w2}"]
     lines += [
         f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
         for v in t1.rotary

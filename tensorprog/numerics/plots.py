@@ -9,6 +9,23 @@ from pathlib import Path
 from ..errors import UsageError
 from .judge import CheckResult
 
+# the Creator every figure is saved with, in the formats whose metadata matplotlib writes: what
+# tells a figure this package drew (and may replace) from any other image
+CREATOR = "tensorprog.numerics.plots"
+MARKED_FORMATS = ("eps", "pdf", "png", "ps", "svg")
+_MAX_FIGURE_BYTES = 64 * 2**20
+
+
+def drawn_here(path: Path) -> bool:
+    """Whether ``path`` is a figure saved here (its format carries the Creator mark)."""
+    if path.suffix.lstrip(".").lower() not in MARKED_FORMATS:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return CREATOR.encode() in f.read(_MAX_FIGURE_BYTES)
+    except OSError:
+        return False
+
 
 def check_plot_path(path: str | Path) -> Path:
     """Refuse, before any training, a figure path matplotlib cannot write."""
@@ -76,7 +93,9 @@ def _save(fig, path: str | Path, tight: bool = False) -> Path:
         fig.tight_layout()
     out = Path(path)
     try:
-        fig.savefig(out, dpi=110, bbox_inches="tight" if tight else None)
+        marked = out.suffix.lstrip(".").lower() in MARKED_FORMATS  # the others refuse metadata
+        fig.savefig(out, dpi=110, bbox_inches="tight" if tight else None,
+                    metadata={"Creator": CREATOR} if marked else None)
     except (OSError, ValueError) as err:
         raise UsageError(f"cannot write {out}: {getattr(err, 'strerror', None) or err}") from None
     finally:

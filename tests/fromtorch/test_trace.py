@@ -350,6 +350,8 @@ def test_trace_command_writes_a_program(capsys, tmp_path):
     )
     assert (code, err) == (0, "")
     assert "param h_weight : [n_x2, n]" in out.read_text()
+    again = _cli(capsys, tmp_path, "trace", f"{tmp_path}/net.py:build", "-o", str(out))
+    assert again[0] == 0  # a program it traced is replaced; any other .tp is refused
     abc = derive(parse_file(str(out)), "adam").abc
     assert (abc["h_weight"].b, abc["h_weight"].c) == (Fraction(1, 2), 1)  # hidden, Adam
 

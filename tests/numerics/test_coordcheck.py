@@ -401,7 +401,7 @@ def test_judged_measurements_print_the_program_and_optimizer(mlp):
 
 
 def test_the_figure_draws_fifty_vectors_with_distinct_styles(mlp, tmp_path):
-    from tensorprog.numerics.plots import coord_plot, vector_style
+    from tensorprog.numerics.plots import coord_plot, drawn_here, vector_style
 
     styles = [vector_style(k) for k in range(240)]
     keys = {(s["color"], s["marker"], s["dashes"]) for s in styles}
@@ -416,3 +416,7 @@ def test_the_figure_draws_fifty_vectors_with_distinct_styles(mlp, tmp_path):
     result = judge(mlp, OPTIMIZERS["adam"], tensorprog.derive(mlp, "adam").abc, m)
     out = coord_plot(result, tmp_path / "fifty.png")
     assert out.stat().st_size > 10_000
+    assert drawn_here(out)  # so --plot may replace it; a photo of the same name it may not
+    for suffix in ("pdf", "svg"):
+        assert drawn_here(coord_plot(result, tmp_path / f"fifty.{suffix}"))
+    assert not drawn_here(coord_plot(result, tmp_path / "fifty.jpg"))  # jpeg takes no metadata
