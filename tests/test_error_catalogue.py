@@ -836,6 +836,40 @@ def test_emit_refuses_a_bad_base_width(base):
         emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t", base_width=base)
 
 
+@pytest.mark.parametrize("derived", ["adam", "sgd", "lion", "muon"])
+@pytest.mark.parametrize(("given", "message"), [
+    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
+    ({"lr": -0.01}, "lr must be a finite number >= 0, not -0.01"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0, not -0.1"),
+    ({"eps": math.nan}, "eps must be a finite number >= 0, not nan"),
+    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
+    ({"adamw_lr": math.inf}, "adamw_lr must be a finite number >= 0, not inf"),
+])
+def test_make_optimizer_refuses_rates_that_make_the_weights_nan(tmp_path, derived, given,
+                                                                 message):
+    # a NaN, infinite or negative rate is multiplied into every group: the weights are NaN (or
+    # climb the loss) from the first step, so param_groups refuses it by name
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    abc, _, label, eps = choose(program, OPTIMIZERS[derived])
+    source = emit(program, abc, optimizer=OPTIMIZERS[derived], label=label, command="t",
+                  eps=eps).source
+    if ("eps" in given and "eps=1e-8" not in source) or (
+            "adamw_lr" in given and derived != "muon"):
+        pytest.skip(f"a module for {derived} takes no {next(iter(given))}")
+    path = tmp_path / f"rates_{derived}_mup.py"
+    path.write_text(source)
+    module = import_file(path, f"rates_{derived}_mup")
+    model = module.Model(64)
+    given = dict(given)  # the table's dict is shared by the optimizers' cases
+    lr = given.pop("lr", 0.01)
+    decay = {"decay": "decoupled"} if "weight_decay" in given else {}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.make_optimizer(model, lr, **given, **decay)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.param_groups(model, lr, **given, **decay)
+
+
 @pytest.mark.parametrize("derived, other, same", [
     ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
     ("muon", "adam", "muon"), ("lion", "adamw", "lion")])

@@ -165,6 +165,15 @@ def _base_stds(base_width, init_std):
     return stds
 
 
+def _check_rates(**values):
+    """ValueError naming the first value (None: not given) that is not a finite number
+    >= 0: NaN, inf or a negative lr, weight decay or eps would make the weights NaN or
+    push them uphill at the first step, in every group."""
+    for name, value in values.items():
+        if value is not None and not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+
+
 DECAY_MODES = ("coupled", "decoupled", "independent")
 
 
@@ -183,6 +192,7 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     Each group also has one eps: Adam's eps scaled as its params' gradient entries
     (eps * ratio**-eps from SCALING), eps itself at the base.
     """
+    _check_rates(lr=lr, weight_decay=weight_decay, eps=eps)
     if decay is None and weight_decay:
         raise ValueError("say what weight_decay means: decay='coupled', "
                          "'decoupled' or 'independent'")
