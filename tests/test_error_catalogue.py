@@ -828,6 +828,48 @@ def test_widths_must_be_positive_integers(transformer, width):
         transformer.Model(64, base_width=width)
 
 
+@pytest.mark.parametrize(("sizes", "message"), [
+    # CompleteP's branch multiplier (depth/base_depth)**-1 is 2.5e11 per block: over 4 blocks the
+    # stream reaches e^105, past float32's e^88.7 (inf, then an all-NaN forward)
+    ({"depth": 4, "base_depth": 10**12}, r"depth 4, base_depth 1000000000000: the multiplier "
+     r"factor of res.W2 \(ratio\*\*0 \* depth_ratio\*\*-1 = e\^26.24, over 4 repetition\(s\) "
+     r"e\^105\) leaves torch.float32's range e\^±88.72; keep the sizes nearer their bases"),
+    # depth/base_depth underflows to 0.0 and a power of it raises OverflowError or
+    # ZeroDivisionError: the factors are taken from the logs of the sizes
+    ({"depth": 2, "base_depth": 10**400}, r"the eps factor of res.W1 .* e\^920.3\)"),
+    ({"depth": 2, "dtype": "float64", "base_depth": 10**400}, "leaves torch.float64's range"),
+])
+def test_sizes_whose_factors_leave_the_float_range_are_refused(tmp_path, sizes, message):
+    import torch
+
+    program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_factors_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived, eps=eps).source)
+    module = import_file(path, "deep_factors_mup")
+    sizes = {**sizes, "dtype": getattr(torch, sizes.get("dtype", "float32"))}
+    with pytest.raises(ValueError, match=message):
+        module.Model(128, device="meta", **sizes)
+
+
+def test_sizes_whose_factors_stay_in_range_build(tmp_path):
+    # 1/depth branches over many blocks shrink, they do not compound; 5e11 over 2 blocks fits
+    import torch
+
+    program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_ok_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived, eps=eps).source)
+    module = import_file(path, "deep_ok_mup")
+    module.Model(128, 1000, device="meta")
+    module.Model(64, 1000, device="meta")  # a width factor undoes the fan-in's: no compounding
+    model = module.Model(16, 2, base_depth=10**12)
+    torch.manual_seed(0)
+    assert torch.isfinite(model(*model.example_inputs(batch_size=2))).all()
+
+
 @pytest.mark.parametrize("base", [0, True, 130])
 def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")

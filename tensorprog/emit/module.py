@@ -43,6 +43,7 @@ from .optim import optimizer_code
 from .tables import fan_in_at_base, width_rules
 from .templates import (
     CHECK_DEPTH,
+    CHECK_FACTORS,
     CHECK_WIDTHS,
     HELPERS,
     OVERRIDES,
@@ -331,6 +332,8 @@ def _model_init(lay: _Layout) -> list[str]:
              "        super().__init__()",
              "        width, base_width = _check_widths(width, base_width)",
              *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
+             ("        _check_factors(width, base_width, depth, base_depth, dtype)" if depth
+              else "        _check_factors(width, base_width, 1, 1, dtype)"),
              "        self.width = width",
              "        self.base_width = base_width",
              *(["        self.depth = depth",
@@ -520,7 +523,7 @@ def _helpers(used: set[str]) -> list[str]:
 
 def _checks(lay: _Layout) -> list[str]:
     """The checks of Model's arguments and the base constants' overrides."""
-    lines = ["", *CHECK_WIDTHS, "", "", *OVERRIDES, ""]
+    lines = ["", *CHECK_WIDTHS, "", "", *CHECK_FACTORS, "", "", *OVERRIDES, ""]
     if lay.depth:
         lines += ["", *CHECK_DEPTH, ""]
     return lines

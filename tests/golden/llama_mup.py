@@ -66,6 +66,7 @@ class Model(torch.nn.Module):
                  device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
+        _check_factors(width, base_width, 1, 1, dtype)
         self.width = width
         self.base_width = base_width
         self._base_std = _base_stds(base_width, init_std)
@@ -309,6 +310,36 @@ def _check_widths(width, base_width):
                 raise ValueError(f"{name} {value}: {rule} must be a whole number; use a "
                                  f"multiple of {step}: {' or '.join(map(str, near))}")
     return width, base_width
+
+
+def _check_factors(width, base_width, depth, base_depth, dtype):
+    """ValueError naming the first factor ratio**-e * depth_ratio**-eL (a param's
+    multiplier a, init std b, lr c or Adam's eps) outside dtype's range, or a block
+    param's depth factor above 1 (depth below base_depth) that, applied once per
+    repetition in series, grows the residual stream by up to factor**depth beyond it (the
+    width factors only undo the fan-in's, µP's point): the forward would overflow to
+    inf and then NaN (or a factor would be 0)."""
+    if dtype is None or not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    limit = math.log(torch.finfo(dtype).max)
+    logs = math.log(width) - math.log(base_width), math.log(depth) - math.log(base_depth)
+    for name, spec in SCALING.items():
+        for e, what in (("a", "multiplier"), ("b", "init std"), ("c", "lr"),
+                        ("eps", "eps")):
+            exps = 0.0 - spec.get(e, 0.0), 0.0 - spec.get(e + "L", 0.0)  # no -0
+            if math.inf in map(abs, exps):  # zero init, or never trained
+                continue
+            log = exps[0] * logs[0] + exps[1] * logs[1]
+            size = abs(log)
+            if "block" in spec and e in "ab" and depth > 1:
+                size = max(size, depth * exps[1] * logs[1])
+            if size > limit:
+                raise ValueError(f"width {width}, base_width {base_width}, depth {depth}, "
+                                 f"base_depth {base_depth}: the {what} factor of {name} "
+                                 f"(ratio**{exps[0]:g} * depth_ratio**{exps[1]:g} = "
+                                 f"e^{log:.4g}, over {depth} repetition(s) e^{size:.4g}) "
+                                 f"leaves {dtype}'s range e^±{limit:.4g}; keep the "
+                                 "sizes nearer their bases")
 
 
 def _overrides(what, given, known, positive=True):
