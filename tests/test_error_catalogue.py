@@ -870,6 +870,53 @@ def test_sizes_whose_factors_stay_in_range_build(tmp_path):
     assert torch.isfinite(model(*model.example_inputs(batch_size=2))).all()
 
 
+REPEATED = ("width n = 64\ndim d = 3\ninput x : [d]\nparam W0 : [n, d]\n"
+            "block res(h) {\n    param W : [n, n]\n    return h + relu(W @ h)\n}\n"
+            "h0 = W0 @ x\noutput y = repeat {count} res(h0)\n")
+
+
+WIDE_BLOCKS = ("width n = 64\ndim d = 3\ndim big = 10000000 * n\ninput x : [d]\n"
+               "param W0 : [n, d]\nblock wide(h) {\n    param U : [big, n]\n"
+               "    param V : [n, big]\n    return h + V @ relu(U @ h)\n}\nh0 = W0 @ x\n"
+               "output y = repeat 6000 wide(h0)\n")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (REPEATED.replace("{count}", "100000000"),
+     r"rep.tp:10:12: error: repeat 100000000 res: the emitted module builds one submodule per "
+     r"repetition, 100,000,000 repetitions, more than the 100,000 submodules"),
+    # fewer repetitions than the limit, but each holds two [n, 10**7 n] matrices: at width 1
+    (WIDE_BLOCKS, r"repeat 6000 wide: .* 120,000,000,000 parameters even at width 1, "
+     r"more than the 100,000,000,000 it can build"),
+])
+def test_emit_refuses_a_repeat_count_no_model_can_have(capsys, tmp_path, source, message):
+    # before: derive -o wrote the module and Model(64) hung building 10**8 submodules
+    (tmp_path / "rep.tp").write_text(source)
+    code, _, err = run_cli(capsys, "derive", str(tmp_path / "rep.tp"), "-o",
+                           str(tmp_path / "rep_mup.py"))
+    assert code == 2 and re.search(message, err), err
+    assert "use fewer repetitions, or a depth" in err and not (tmp_path / "rep_mup.py").exists()
+
+
+def test_model_refuses_sizes_past_the_limits_before_building(tmp_path):
+    path = tmp_path / "rep_size_mup.py"
+    path.write_text(emit_program(tp.parse(REPEATED.replace("{count}", "1000"))).source)
+    module = import_file(path, "rep_size_mup")
+    assert module.REPEATS == {"res": 1000}
+    with pytest.raises(ValueError, match=r"^width 10000: 100,000,030,000 parameters, more than "
+                                         r"the 100,000,000,000 a Model builds; use a smaller"):
+        module.Model(10000)
+    deep = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, _ = choose(deep, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_size_mup.py"
+    path.write_text(emit(deep, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived).source)
+    module = import_file(path, "deep_size_mup")
+    with pytest.raises(ValueError, match=r"^100,000,000 block repetitions \(one submodule each\), "
+                                         r"more than the 100,000 a Model builds"):
+        module.Model(64, 10**8)
+
+
 @pytest.mark.parametrize("base", [0, True, 130])
 def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")

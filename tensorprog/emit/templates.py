@@ -109,6 +109,23 @@ CHECK_FACTORS = [
     '                                 "sizes nearer their bases")']
 
 
+# always emitted after the size tables (tables.size_code): Model's size before it is built
+CHECK_SIZE = [
+    "def _check_size(width, depth):",
+    '    """ValueError when the model would have more than MAX_REPEATS block repetitions (one',
+    "    submodule each) or MAX_PARAMS parameters, counted from the widths and repeat counts",
+    '    before anything is allocated."""',
+    '    repeats = {b: depth if r == "depth" else r for b, r in REPEATS.items()}',
+    "    if sum(repeats.values()) > MAX_REPEATS:",
+    '        raise ValueError(f"{sum(repeats.values()):,} block repetitions (one submodule "',
+    '                         f"each), more than the {MAX_REPEATS:,} a Model builds; use a "',
+    '                         "smaller depth")',
+    "    count = sum(k * width**p * repeats.get(block, 1) for k, p, block in PARAM_COUNT)",
+    "    if count > MAX_PARAMS:",
+    '        raise ValueError(f"width {width}: {count:,.0f} parameters, more than the "',
+    '                         f"{MAX_PARAMS:,} a Model builds; use a smaller width or depth")']
+
+
 # always emitted: the base constants a user tunes at the base width, set from Python
 OVERRIDES = [
     "def _overrides(what, given, known, positive=True):",

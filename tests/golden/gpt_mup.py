@@ -68,6 +68,26 @@ SCALES = {
     "attn": {"a": 1.0, "aL": 0.0, "base": 0.1767766952966369},
     "tie": {"a": 1.0, "aL": 0.0, "base": 1.0},
 }
+MAX_PARAMS = 100000000000
+MAX_REPEATS = 100000
+# the entries of each param: k * width**p, times its block's repetitions
+PARAM_COUNT = (
+    (64.0, 1, None),
+    (4.0, 1, None),
+    (1.0, 1, None),
+    (1.0, 1, None),
+    (1.0, 1, "layer"),
+    (1.0, 1, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 1, "layer"),
+    (1.0, 1, "layer"),
+    (4.0, 2, "layer"),
+    (4.0, 2, "layer"),
+)
+REPEATS = {"layer": "depth"}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
     ("dim dh = n / 4", 4),
@@ -171,6 +191,7 @@ class Model(torch.nn.Module):
         width, base_width = _check_widths(width, base_width)
         depth, base_depth = _check_depth(depth, base_depth)
         _check_factors(width, base_width, depth, base_depth, dtype)
+        _check_size(width, depth)
         self.width = width
         self.base_width = base_width
         self.depth = depth
@@ -355,6 +376,21 @@ def _check_factors(width, base_width, depth, base_depth, dtype):
                                  f"e^{log:.4g}, over {depth} repetition(s) e^{size:.4g}) "
                                  f"leaves {dtype}'s range e^±{limit:.4g}; keep the "
                                  "sizes nearer their bases")
+
+
+def _check_size(width, depth):
+    """ValueError when the model would have more than MAX_REPEATS block repetitions (one
+    submodule each) or MAX_PARAMS parameters, counted from the widths and repeat counts
+    before anything is allocated."""
+    repeats = {b: depth if r == "depth" else r for b, r in REPEATS.items()}
+    if sum(repeats.values()) > MAX_REPEATS:
+        raise ValueError(f"{sum(repeats.values()):,} block repetitions (one submodule "
+                         f"each), more than the {MAX_REPEATS:,} a Model builds; use a "
+                         "smaller depth")
+    count = sum(k * width**p * repeats.get(block, 1) for k, p, block in PARAM_COUNT)
+    if count > MAX_PARAMS:
+        raise ValueError(f"width {width}: {count:,.0f} parameters, more than the "
+                         f"{MAX_PARAMS:,} a Model builds; use a smaller width or depth")
 
 
 def _overrides(what, given, known, positive=True):

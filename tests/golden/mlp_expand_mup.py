@@ -26,6 +26,16 @@ SCALING = {
     "Wo": {"shape": ("d_out", "d_ff",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0,
          "fan_in": (2.0, 1)},
 }
+MAX_PARAMS = 100000000000
+MAX_REPEATS = 100000
+# the entries of each param: k * width**p, times its block's repetitions
+PARAM_COUNT = (
+    (16.0, 1, None),
+    (2.0, 2, None),
+    (2.0, 2, None),
+    (8.0, 1, None),
+)
+REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = ()
 
@@ -38,6 +48,7 @@ class Model(torch.nn.Module):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         _check_factors(width, base_width, 1, 1, dtype)
+        _check_size(width, 1)
         self.width = width
         self.base_width = base_width
         self._base_std = _base_stds(base_width, init_std)
@@ -154,6 +165,21 @@ def _check_factors(width, base_width, depth, base_depth, dtype):
                                  f"e^{log:.4g}, over {depth} repetition(s) e^{size:.4g}) "
                                  f"leaves {dtype}'s range e^±{limit:.4g}; keep the "
                                  "sizes nearer their bases")
+
+
+def _check_size(width, depth):
+    """ValueError when the model would have more than MAX_REPEATS block repetitions (one
+    submodule each) or MAX_PARAMS parameters, counted from the widths and repeat counts
+    before anything is allocated."""
+    repeats = {b: depth if r == "depth" else r for b, r in REPEATS.items()}
+    if sum(repeats.values()) > MAX_REPEATS:
+        raise ValueError(f"{sum(repeats.values()):,} block repetitions (one submodule "
+                         f"each), more than the {MAX_REPEATS:,} a Model builds; use a "
+                         "smaller depth")
+    count = sum(k * width**p * repeats.get(block, 1) for k, p, block in PARAM_COUNT)
+    if count > MAX_PARAMS:
+        raise ValueError(f"width {width}: {count:,.0f} parameters, more than the "
+                         f"{MAX_PARAMS:,} a Model builds; use a smaller width or depth")
 
 
 def _overrides(what, given, known, positive=True):
