@@ -213,7 +213,12 @@ POSITIONED = {
     "scale-too-large": (HEAD3 + "scale s = 1e999\noutput y = s * (W @ x)\n", P, r"out of range",
                         (4, 11)),
     "folded-coefficient": (HEAD3 + "output y = 1e200 * 1e200 * (W @ x) + x\n", S,
-                           r"a coefficient here, about 1e400, is out of range", (4, 1)),
+                           r"a coefficient here, about 1e400, is out of range", (4, 12)),
+    # before: the coefficient 2**-15000 was multiplied out and only checked where it was named,
+    # and its message's str() hit Python's 4,300-digit limit (a traceback)
+    "division-chain": (HEAD3 + "output y = (W @ x)" + " / 2" * 15000 + "\n", S,
+                       r"a coefficient here, about 1e-308, is out of range(.|\n)*2\.23e-308",
+                       (4, 12)),
     "width-too-large": ("width n = 99999999999999999999999\n", P,
                         r"the size 99999999999999999999999 is too large(.|\n)*2\*\*53", (1, 11)),
     "dim-too-large": (HEAD3 + "dim d = 10000000000000000000000000\n", P, r"too large", (4, 9)),
