@@ -964,6 +964,27 @@ def test_make_optimizer_refuses_rates_that_make_the_weights_nan(tmp_path, derive
         module.param_groups(model, lr, **given, **decay)
 
 
+@pytest.mark.parametrize(("given", "message"), [
+    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
+    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
+])
+def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message):
+    # the same refusal as an emitted module's param_groups, for a traced model
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    def build(n):
+        return nn.Sequential(nn.Embedding(16, n), nn.Linear(n, n), nn.ReLU(), nn.Linear(n, 16))
+
+    mup = MuP(from_torch(build, widths=(16, 32),
+                         example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),)), "adam")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
+
+
 @pytest.mark.parametrize("derived, other, same", [
     ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
     ("muon", "adam", "muon"), ("lion", "adamw", "lion")])
