@@ -213,7 +213,12 @@ POSITIONED = {
     "scale-too-large": (HEAD3 + "scale s = 1e999\noutput y = s * (W @ x)\n", P, r"out of range",
                         (4, 11)),
     "folded-coefficient": (HEAD3 + "output y = 1e200 * 1e200 * (W @ x) + x\n", S,
-                           r"a coefficient here, about 1e400, is out of range", (4, 1)),
+                           r"a coefficient here, about 1e400, is out of range", (4, 12)),
+    # before: the coefficient 2**-15000 was multiplied out and only checked where it was named,
+    # and its message's str() hit Python's 4,300-digit limit (a traceback)
+    "division-chain": (HEAD3 + "output y = (W @ x)" + " / 2" * 15000 + "\n", S,
+                       r"a coefficient here, about 1e-308, is out of range(.|\n)*2\.23e-308",
+                       (4, 12)),
     "width-too-large": ("width n = 99999999999999999999999\n", P,
                         r"the size 99999999999999999999999 is too large(.|\n)*2\*\*53", (1, 11)),
     "dim-too-large": (HEAD3 + "dim d = 10000000000000000000000000\n", P, r"too large", (4, 9)),
@@ -874,12 +879,156 @@ def test_widths_must_be_positive_integers(transformer, width):
         transformer.Model(64, base_width=width)
 
 
+@pytest.mark.parametrize(("sizes", "message"), [
+    # CompleteP's branch multiplier (depth/base_depth)**-1 is 2.5e11 per block: over 4 blocks the
+    # stream reaches e^105, past float32's e^88.7 (inf, then an all-NaN forward)
+    ({"depth": 4, "base_depth": 10**12}, r"depth 4, base_depth 1000000000000: the multiplier "
+     r"factor of res.W2 \(ratio\*\*0 \* depth_ratio\*\*-1 = e\^26.24, over 4 repetition\(s\) "
+     r"e\^105\) leaves torch.float32's range e\^±88.72; keep the sizes nearer their bases"),
+    # depth/base_depth underflows to 0.0 and a power of it raises OverflowError or
+    # ZeroDivisionError: the factors are taken from the logs of the sizes
+    ({"depth": 2, "base_depth": 10**400}, r"the eps factor of res.W1 .* e\^920.3\)"),
+    ({"depth": 2, "dtype": "float64", "base_depth": 10**400}, "leaves torch.float64's range"),
+])
+def test_sizes_whose_factors_leave_the_float_range_are_refused(tmp_path, sizes, message):
+    import torch
+
+    program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_factors_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived, eps=eps).source)
+    module = import_file(path, "deep_factors_mup")
+    sizes = {**sizes, "dtype": getattr(torch, sizes.get("dtype", "float32"))}
+    with pytest.raises(ValueError, match=message):
+        module.Model(128, device="meta", **sizes)
+
+
+def test_sizes_whose_factors_stay_in_range_build(tmp_path):
+    # 1/depth branches over many blocks shrink, they do not compound; 5e11 over 2 blocks fits
+    import torch
+
+    program = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_ok_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived, eps=eps).source)
+    module = import_file(path, "deep_ok_mup")
+    module.Model(128, 1000, device="meta")
+    module.Model(64, 1000, device="meta")  # a width factor undoes the fan-in's: no compounding
+    model = module.Model(16, 2, base_depth=10**12)
+    torch.manual_seed(0)
+    assert torch.isfinite(model(*model.example_inputs(batch_size=2))).all()
+
+
+REPEATED = ("width n = 64\ndim d = 3\ninput x : [d]\nparam W0 : [n, d]\n"
+            "block res(h) {\n    param W : [n, n]\n    return h + relu(W @ h)\n}\n"
+            "h0 = W0 @ x\noutput y = repeat {count} res(h0)\n")
+
+
+WIDE_BLOCKS = ("width n = 64\ndim d = 3\ndim big = 10000000 * n\ninput x : [d]\n"
+               "param W0 : [n, d]\nblock wide(h) {\n    param U : [big, n]\n"
+               "    param V : [n, big]\n    return h + V @ relu(U @ h)\n}\nh0 = W0 @ x\n"
+               "output y = repeat 6000 wide(h0)\n")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (REPEATED.replace("{count}", "100000000"),
+     r"rep.tp:10:12: error: repeat 100000000 res: the emitted module builds one submodule per "
+     r"repetition, 100,000,000 repetitions, more than the 100,000 submodules"),
+    # fewer repetitions than the limit, but each holds two [n, 10**7 n] matrices: at width 1
+    (WIDE_BLOCKS, r"repeat 6000 wide: .* 120,000,000,000 parameters even at width 1, "
+     r"more than the 100,000,000,000 it can build"),
+])
+def test_emit_refuses_a_repeat_count_no_model_can_have(capsys, tmp_path, source, message):
+    # before: derive -o wrote the module and Model(64) hung building 10**8 submodules
+    (tmp_path / "rep.tp").write_text(source)
+    code, _, err = run_cli(capsys, "derive", str(tmp_path / "rep.tp"), "-o",
+                           str(tmp_path / "rep_mup.py"))
+    assert code == 2 and re.search(message, err), err
+    assert "use fewer repetitions, or a depth" in err and not (tmp_path / "rep_mup.py").exists()
+
+
+def test_model_refuses_sizes_past_the_limits_before_building(tmp_path):
+    path = tmp_path / "rep_size_mup.py"
+    path.write_text(emit_program(tp.parse(REPEATED.replace("{count}", "1000"))).source)
+    module = import_file(path, "rep_size_mup")
+    assert module.REPEATS == {"res": 1000}
+    with pytest.raises(ValueError, match=r"^width 10000: 100,000,030,000 parameters, more than "
+                                         r"the 100,000,000,000 a Model builds; use a smaller"):
+        module.Model(10000)
+    deep = tp.parse_file(ROOT / "examples" / "resmlp_deep.tp")
+    abc, derived, label, _ = choose(deep, OPTIMIZERS["adam"])
+    path = tmp_path / "deep_size_mup.py"
+    path.write_text(emit(deep, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         depth_abc=derived).source)
+    module = import_file(path, "deep_size_mup")
+    with pytest.raises(ValueError, match=r"^100,000,000 block repetitions \(one submodule each\), "
+                                         r"more than the 100,000 a Model builds"):
+        module.Model(64, 10**8)
+
+
 @pytest.mark.parametrize("base", [0, True, 130])
 def test_emit_refuses_a_bad_base_width(base):
     program = tp.parse_file(ROOT / "examples" / "transformer.tp")
     abc, _, label, _ = choose(program, OPTIMIZERS["adam"])
     with pytest.raises(UsageError, match="base width"):
         emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t", base_width=base)
+
+
+@pytest.mark.parametrize("derived", ["adam", "sgd", "lion", "muon"])
+@pytest.mark.parametrize(("given", "message"), [
+    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
+    ({"lr": -0.01}, "lr must be a finite number >= 0, not -0.01"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0, not -0.1"),
+    ({"eps": math.nan}, "eps must be a finite number >= 0, not nan"),
+    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
+    ({"adamw_lr": math.inf}, "adamw_lr must be a finite number >= 0, not inf"),
+])
+def test_make_optimizer_refuses_rates_that_make_the_weights_nan(tmp_path, derived, given,
+                                                                 message):
+    # a NaN, infinite or negative rate is multiplied into every group: the weights are NaN (or
+    # climb the loss) from the first step, so param_groups refuses it by name
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    abc, _, label, eps = choose(program, OPTIMIZERS[derived])
+    source = emit(program, abc, optimizer=OPTIMIZERS[derived], label=label, command="t",
+                  eps=eps).source
+    if ("eps" in given and "eps=1e-8" not in source) or (
+            "adamw_lr" in given and derived != "muon"):
+        pytest.skip(f"a module for {derived} takes no {next(iter(given))}")
+    path = tmp_path / f"rates_{derived}_mup.py"
+    path.write_text(source)
+    module = import_file(path, f"rates_{derived}_mup")
+    model = module.Model(64)
+    given = dict(given)  # the table's dict is shared by the optimizers' cases
+    lr = given.pop("lr", 0.01)
+    decay = {"decay": "decoupled"} if "weight_decay" in given else {}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.make_optimizer(model, lr, **given, **decay)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.param_groups(model, lr, **given, **decay)
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
+    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
+])
+def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message):
+    # the same refusal as an emitted module's param_groups, for a traced model
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    def build(n):
+        return nn.Sequential(nn.Embedding(16, n), nn.Linear(n, n), nn.ReLU(), nn.Linear(n, 16))
+
+    mup = MuP(from_torch(build, widths=(16, 32),
+                         example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),)), "adam")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
 
 @pytest.mark.parametrize("derived, other, same", [

@@ -40,9 +40,11 @@ from .literals import (
 )
 from .names import MODEL_ATTRS, MODULE_GLOBALS, NN_MODULE_ATTRS, Namespace
 from .optim import optimizer_code
-from .tables import fan_in_at_base, width_rules
+from .tables import fan_in_at_base, size_code, width_rules
 from .templates import (
     CHECK_DEPTH,
+    CHECK_FACTORS,
+    CHECK_SIZE,
     CHECK_WIDTHS,
     HELPERS,
     OVERRIDES,
@@ -261,6 +263,7 @@ def _tables(lay: _Layout) -> list[str]:
             a = exponent_literal(lay.abc[p.name].a, p.name, p.span)
             lines.append(f"    {quoted(p.name)}: {{\"a\": {a}, {aL}\"base\": {value!r}}},")
         lines.append("}")
+    lines += size_code(program, lay.params, {b.name for b in lay.blocks})
     rules = width_rules(program)
     lines.append("# dims that are a fraction of the width: whole numbers at multiples of the step")
     lines.append("WIDTH_RULES = (" + ("" if rules else ")"))
@@ -340,6 +343,9 @@ def _model_init(lay: _Layout) -> list[str]:
              "        super().__init__()",
              "        width, base_width = _check_widths(width, base_width)",
              *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
+             ("        _check_factors(width, base_width, depth, base_depth, dtype)" if depth
+              else "        _check_factors(width, base_width, 1, 1, dtype)"),
+             f"        _check_size(width, {'depth' if depth else 1})",
              "        self.width = width",
              "        self.base_width = base_width",
              *(["        self.depth = depth",
@@ -529,7 +535,8 @@ def _helpers(used: set[str]) -> list[str]:
 
 def _checks(lay: _Layout) -> list[str]:
     """The checks of Model's arguments and the base constants' overrides."""
-    lines = ["", *CHECK_WIDTHS, "", "", *OVERRIDES, ""]
+    lines = ["", *CHECK_WIDTHS, "", "", *CHECK_FACTORS, "", "", *CHECK_SIZE, "", "",
+             *OVERRIDES, ""]
     if lay.depth:
         lines += ["", *CHECK_DEPTH, ""]
     return lines

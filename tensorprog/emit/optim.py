@@ -39,6 +39,20 @@ _MUON_GROUP_DOC = [
     "    width, so the module equals plain Muon there; its decay stays lr_p * wd * w.",
 ]
 
+# emitted before param_groups: a NaN, infinite or negative rate would be multiplied into every
+# group and make every weight NaN (or grow it) at the first step, so it is refused by name
+_CHECK_RATES = [
+    "def _check_rates(**values):",
+    '    """ValueError naming the first value (None: not given) that is not a finite number',
+    "    >= 0: NaN, inf or a negative lr, weight decay or eps would make the weights NaN or",
+    '    push them uphill at the first step, in every group."""',
+    "    for name, value in values.items():",
+    "        if value is not None and not 0 <= value < math.inf:",
+    '            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")',
+    "",
+    "",
+]
+
 _LION = [
     "class Lion(torch.optim.Optimizer):",
     '    """Lion (Chen et al. 2023, arXiv 2302.06675): w -= lr * sign(b1 * m + (1 - b1) * g),',
@@ -202,6 +216,7 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
     lr * ratio**-c (and depth_ratio**-cL), Muon's lr factor divided out, and Adam's eps."""
     tensors = "model._tensors(name, spec)" if blocks else f"[getattr(model, {attr_of})]"
     out = [
+        *_CHECK_RATES,
         'DECAY_MODES = ("coupled", "decoupled", "independent")',
         "",
         "",
@@ -210,6 +225,10 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
         + (", eps=1e-8" if eps else "")
         + "):",
         *_param_groups_doc(muon, depth, eps),
+        "    _check_rates(lr=lr, weight_decay=weight_decay"
+        + (", adamw_lr=adamw_lr" if muon else "")
+        + (", eps=eps" if eps else "")
+        + ")",
         "    if decay is None and weight_decay:",
         "        raise ValueError(\"say what weight_decay means: decay='coupled', \"",
         "                         \"'decoupled' or 'independent'\")",

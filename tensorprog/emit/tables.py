@@ -1,15 +1,18 @@
-"""The numbers of the emitted SCALING and WIDTH_RULES tables that are not exponents: each param's
-fan-in at the base width (whose -1/2 power is its base std), and the steps the width must be a
-multiple of for every dim that is a fraction of it.
+"""The numbers of the emitted SCALING, WIDTH_RULES and size tables that are not exponents: each
+param's fan-in at the base width (whose -1/2 power is its base std), the steps the width must be
+a multiple of for every dim that is a fraction of it, and the model's size against its limits.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection, Sequence
 from fractions import Fraction
 
 from ..engine.rules import fan_dims
-from ..ir.program import MatMul, Program
-from .literals import finite_float
+from ..errors import CodegenError
+from ..ir.program import MatMul, Param, Program
+from .literals import finite_float, quoted
 
 
 def _sums(program: Program, param: str) -> list[tuple[Fraction, int]]:
@@ -73,3 +76,60 @@ def width_rules(program: Program) -> list[tuple[str, int]]:
             name = f"the head count {d.name}" if "/" in d.name else f"dim {d.name}"
             rules.append((f"{name} = {rule}", m.denominator))
     return rules
+
+
+# The most an emitted Model builds, checked before anything is allocated: 10**11 parameters
+# are 400 GB of float32 weights, more than one machine holds; and each block repetition is a
+# Python submodule of its own, about a millisecond to build, so 10**5 take minutes and the
+# 10**8 of ``repeat 100000000`` would never finish.
+MAX_PARAMS = 10**11
+MAX_REPEATS = 10**5
+
+
+def size_code(program: Program, params: Sequence[Param], blocks: Collection[str]) -> list[str]:
+    """The emitted size tables: PARAM_COUNT (each param Model builds, as k * width**p entries,
+    with its block) and REPEATS (each block's repetitions: a number, or "depth"), which
+    ``_check_size`` reads before Model builds anything. Refuses at emit time (CodegenError at
+    the ``repeat``) a program whose repeat counts alone pass the limits at the smallest width
+    any model can have."""
+    counts = {s.block: (1 if s.count is None else s.count) for s in program.streams
+              if s.block in blocks}
+    terms = []
+    for p in params:
+        k, power = Fraction(1), 0
+        for dim in p.shape:
+            d = program.dim_table[dim]
+            k, power = (k * d.mult, power + 1) if d.infinite else (k * d.size, power)
+        terms.append((p.name, k, power, program.owner.get(p.name)))
+    _refuse_fixed_repeats(program, counts, terms)
+    lines = [f"MAX_PARAMS = {MAX_PARAMS}", f"MAX_REPEATS = {MAX_REPEATS}",
+             "# the entries of each param: k * width**p, times its block's repetitions",
+             "PARAM_COUNT = (" + ("" if terms else ")")]
+    for name, k, power, block in terms:
+        where = "None" if block is None else quoted(block)
+        lines.append(f"    ({finite_float(k, f'the size of {name}', None)!r}, {power}, {where}),")
+    if terms:
+        lines.append(")")
+    reps = ", ".join(f"{quoted(b)}: {c if isinstance(c, int) else quoted('depth')}"
+                     for b, c in counts.items())
+    return [*lines, f"REPEATS = {{{reps}}}"]
+
+
+def _refuse_fixed_repeats(program: Program, counts: dict, terms: list) -> None:
+    """A fixed repeat count that alone passes a limit (at the smallest width) has no model."""
+    step = 1
+    for _, s in width_rules(program):
+        step = step * s // math.gcd(step, s)
+    for stream in program.streams:
+        if stream.block not in counts or not isinstance(stream.count, int):
+            continue
+        params = sum(k * step**p for _, k, p, b in terms if b == stream.block) * stream.count
+        if stream.count > MAX_REPEATS or params > MAX_PARAMS:
+            what = (f"{stream.count:,} repetitions, more than the {MAX_REPEATS:,} submodules"
+                    if stream.count > MAX_REPEATS else
+                    f"{math.ceil(params):,} parameters even at width {step}, more than the "
+                    f"{MAX_PARAMS:,}")
+            raise CodegenError(f"repeat {stream.count} {stream.block}: the emitted module builds "
+                               f"one submodule per repetition, {what} it can build", stream.span,
+                               help="use fewer repetitions, or a depth (`depth L = 4`, "
+                                    "`repeat L ...`) to choose at Model(width, depth)")

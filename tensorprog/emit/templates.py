@@ -75,6 +75,57 @@ CHECK_WIDTHS = [
     "    return width, base_width"]
 
 
+# always emitted: Model's sizes checked against the float range before anything is built. Every
+# factor is computed from logs of the (exact) sizes, since depth / base_depth itself may
+# underflow and a power of it overflow (OverflowError) before a dtype is involved.
+CHECK_FACTORS = [
+    "def _check_factors(width, base_width, depth, base_depth, dtype):",
+    '    """ValueError naming the first factor ratio**-e * depth_ratio**-eL (a param\'s',
+    "    multiplier a, init std b, lr c or Adam's eps) outside dtype's range, or a block",
+    "    param's depth factor above 1 (depth below base_depth) that, applied once per",
+    "    repetition in series, grows the residual stream by up to factor**depth beyond it (the",
+    "    width factors only undo the fan-in's, µP's point): the forward would overflow to",
+    '    inf and then NaN (or a factor would be 0)."""',
+    "    if dtype is None or not dtype.is_floating_point:",
+    "        dtype = torch.get_default_dtype()",
+    "    limit = math.log(torch.finfo(dtype).max)",
+    "    logs = math.log(width) - math.log(base_width), math.log(depth) - math.log(base_depth)",
+    "    for name, spec in SCALING.items():",
+    '        for e, what in (("a", "multiplier"), ("b", "init std"), ("c", "lr"),',
+    '                        ("eps", "eps")):',
+    '            exps = 0.0 - spec.get(e, 0.0), 0.0 - spec.get(e + "L", 0.0)  # no -0',
+    "            if math.inf in map(abs, exps):  # zero init, or never trained",
+    "                continue",
+    "            log = exps[0] * logs[0] + exps[1] * logs[1]",
+    "            size = abs(log)",
+    '            if "block" in spec and e in "ab" and depth > 1:',
+    "                size = max(size, depth * exps[1] * logs[1])",
+    "            if size > limit:",
+    '                raise ValueError(f"width {width}, base_width {base_width}, depth {depth}, "',
+    '                                 f"base_depth {base_depth}: the {what} factor of {name} "',
+    '                                 f"(ratio**{exps[0]:g} * depth_ratio**{exps[1]:g} = "',
+    '                                 f"e^{log:.4g}, over {depth} repetition(s) e^{size:.4g}) "',
+    '                                 f"leaves {dtype}\'s range e^±{limit:.4g}; keep the "',
+    '                                 "sizes nearer their bases")']
+
+
+# always emitted after the size tables (tables.size_code): Model's size before it is built
+CHECK_SIZE = [
+    "def _check_size(width, depth):",
+    '    """ValueError when the model would have more than MAX_REPEATS block repetitions (one',
+    "    submodule each) or MAX_PARAMS parameters, counted from the widths and repeat counts",
+    '    before anything is allocated."""',
+    '    repeats = {b: depth if r == "depth" else r for b, r in REPEATS.items()}',
+    "    if sum(repeats.values()) > MAX_REPEATS:",
+    '        raise ValueError(f"{sum(repeats.values()):,} block repetitions (one submodule "',
+    '                         f"each), more than the {MAX_REPEATS:,} a Model builds; use a "',
+    '                         "smaller depth")',
+    "    count = sum(k * width**p * repeats.get(block, 1) for k, p, block in PARAM_COUNT)",
+    "    if count > MAX_PARAMS:",
+    '        raise ValueError(f"width {width}: {count:,.0f} parameters, more than the "',
+    '                         f"{MAX_PARAMS:,} a Model builds; use a smaller width or depth")']
+
+
 # always emitted: the base constants a user tunes at the base width, set from Python
 OVERRIDES = [
     "def _overrides(what, given, known, positive=True):",

@@ -162,6 +162,11 @@ class Analysis:
         for v in self._stream_of:  # the depth pass reads the branches before computing them
             for table in (self.init_, self.change_, self.train_, self.own_, self.stream_):
                 table.setdefault(v, NEG_INF)
+        # a linear branch (h + W @ h) reads the stream itself inside the Stream that computes
+        # it: like a back edge, it holds the previous round's size (nothing in the first)
+        for out in self._stream_out:
+            for table in (self.init_, self.change_, self.train_):
+                table.setdefault(out, NEG_INF)
 
     # --- which sums are infinite, and the depth pass's change channels ------------------------
     def infinite(self, dim: str | None) -> bool:

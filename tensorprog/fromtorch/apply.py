@@ -247,6 +247,11 @@ class MuP:
         shrinks w by lr_p·λ a step (torch's AdamW); ``"independent"`` sets the group's
         weight_decay to λ/lr_p, so that AdamW shrinks every weight by λ a step at every width
         (the mup package's MuAdamW is this mode with λ = lr·weight_decay)."""
+        # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
+        # into every group and makes the weights NaN (or climb the loss) at the first step
+        for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
+            if not 0 <= value < math.inf:
+                raise UsageError(f"{what} must be a finite number >= 0, not {value!r}")
         if decay is None and weight_decay:
             raise UsageError(
                 "say what weight_decay means: decay='coupled' (L2 in the gradient), "

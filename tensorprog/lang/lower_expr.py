@@ -9,6 +9,7 @@ state these methods read (names, dims, the body being built) is set up there.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -76,11 +77,7 @@ class ExpressionLowering:
 
     def check_coefficients(self, v: Vec, span: Span) -> None:
         """Coefficients multiply out exactly; later stages need them as floats."""
-        bad = next((c for c in v.terms.values() if not in_float_range(c)), None)
-        if bad is not None:
-            self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range",
-                              span, f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
-                              f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+        self.in_range(v, v.terms.values(), span)
 
     def vec(self, name: str, dim: str | None) -> Vec:
         """One named value as a pending combination."""
@@ -179,7 +176,7 @@ class ExpressionLowering:
         if v is None:
             return None
         if isinstance(v, Scalar):
-            return Scalar(v.value * k)
+            return self.in_range(Scalar(v.value * k), [v.value * k], span)
         if isinstance(v, Matrix):
             self.errors.error(f"cannot scale the matrix {v.name} directly", span,
                               f"scale the product instead: `k * ({v.name} @ x)`")
@@ -189,7 +186,21 @@ class ExpressionLowering:
                               "remove the term: a zero vector carries nothing for the engine "
                               "to scale")
             return None
-        return Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
+        out = Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
+        return self.in_range(out, out.terms.values(), span)
+
+    def in_range(self, v, coefficients, span: Span):
+        """``v``, or None (reported here) if a coefficient left the float range. Checked at
+        every product, not only where a combination is named: a chain of 15,000 divisions
+        would otherwise multiply out a fraction of thousands of digits, ever slower, before
+        the one check saw it."""
+        bad = next((c for c in coefficients if not in_float_range(c)), None)
+        if bad is None:
+            return v
+        self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range", span,
+                          f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
+                          f"{FLOAT_MAX:.3g} in size (a float's normal range)")
+        return None
 
     def enter_BinOp(self, node: BinOp):
         return (node.left, node.right), None
@@ -541,6 +552,8 @@ class ExpressionLowering:
 
 
 def _magnitude(x: Fraction) -> str:
-    """A number too large or small for a float, as a power of ten (from its digit counts)."""
-    exponent = len(str(abs(x.numerator))) - len(str(x.denominator))
+    """A number too large or small for a float, as a power of ten, from the logs of its integer
+    parts (math.log10 takes any int): never its decimal digits, which past 4,300 of them str()
+    refuses (sys.set_int_max_str_digits)."""
+    exponent = math.floor(math.log10(abs(x.numerator)) - math.log10(x.denominator))
     return f"{'-' if x < 0 else ''}1e{exponent}"

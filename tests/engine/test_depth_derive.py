@@ -49,6 +49,19 @@ def test_one_layer_blocks_leave_the_branch_free_and_the_convention_resolves_it()
         assert d.check.regime == "feature_learning" and d.check.all_maximal
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "lion", "muon"])
+def test_a_linear_branch_derives_as_a_one_layer_block(optimizer):
+    # h + W @ h reads the stream itself inside the Stream that computes it (before: KeyError
+    # in the depth pass): it holds the previous round's size, as a back edge does, and the
+    # branch is the one-layer block's with the identity for tanh
+    linear = ONE_LAYER.replace("W @ tanh(h)", "W @ h")
+    assert linear != ONE_LAYER
+    d, one = _depth(linear, optimizer).depth, _depth(ONE_LAYER, optimizer).depth
+    assert d.free == one.free == {"res.W": (canon("1/2"), canon(1))}
+    assert d.abc == one.abc
+    assert d.check.regime == "feature_learning" and d.check.all_maximal
+
+
 def test_gpt_blocks_scale_their_last_weights_only():
     d = _depth(GPT).depth
     assert d.free == {}

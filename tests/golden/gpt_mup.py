@@ -68,6 +68,26 @@ SCALES = {
     "attn": {"a": 1.0, "aL": 0.0, "base": 0.1767766952966369},
     "tie": {"a": 1.0, "aL": 0.0, "base": 1.0},
 }
+MAX_PARAMS = 100000000000
+MAX_REPEATS = 100000
+# the entries of each param: k * width**p, times its block's repetitions
+PARAM_COUNT = (
+    (64.0, 1, None),
+    (4.0, 1, None),
+    (1.0, 1, None),
+    (1.0, 1, None),
+    (1.0, 1, "layer"),
+    (1.0, 1, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 2, "layer"),
+    (1.0, 1, "layer"),
+    (1.0, 1, "layer"),
+    (4.0, 2, "layer"),
+    (4.0, 2, "layer"),
+)
+REPEATS = {"layer": "depth"}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
     ("dim dh = n / 4", 4),
@@ -170,6 +190,8 @@ class Model(torch.nn.Module):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         depth, base_depth = _check_depth(depth, base_depth)
+        _check_factors(width, base_width, depth, base_depth, dtype)
+        _check_size(width, depth)
         self.width = width
         self.base_width = base_width
         self.depth = depth
@@ -326,6 +348,51 @@ def _check_widths(width, base_width):
     return width, base_width
 
 
+def _check_factors(width, base_width, depth, base_depth, dtype):
+    """ValueError naming the first factor ratio**-e * depth_ratio**-eL (a param's
+    multiplier a, init std b, lr c or Adam's eps) outside dtype's range, or a block
+    param's depth factor above 1 (depth below base_depth) that, applied once per
+    repetition in series, grows the residual stream by up to factor**depth beyond it (the
+    width factors only undo the fan-in's, µP's point): the forward would overflow to
+    inf and then NaN (or a factor would be 0)."""
+    if dtype is None or not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    limit = math.log(torch.finfo(dtype).max)
+    logs = math.log(width) - math.log(base_width), math.log(depth) - math.log(base_depth)
+    for name, spec in SCALING.items():
+        for e, what in (("a", "multiplier"), ("b", "init std"), ("c", "lr"),
+                        ("eps", "eps")):
+            exps = 0.0 - spec.get(e, 0.0), 0.0 - spec.get(e + "L", 0.0)  # no -0
+            if math.inf in map(abs, exps):  # zero init, or never trained
+                continue
+            log = exps[0] * logs[0] + exps[1] * logs[1]
+            size = abs(log)
+            if "block" in spec and e in "ab" and depth > 1:
+                size = max(size, depth * exps[1] * logs[1])
+            if size > limit:
+                raise ValueError(f"width {width}, base_width {base_width}, depth {depth}, "
+                                 f"base_depth {base_depth}: the {what} factor of {name} "
+                                 f"(ratio**{exps[0]:g} * depth_ratio**{exps[1]:g} = "
+                                 f"e^{log:.4g}, over {depth} repetition(s) e^{size:.4g}) "
+                                 f"leaves {dtype}'s range e^±{limit:.4g}; keep the "
+                                 "sizes nearer their bases")
+
+
+def _check_size(width, depth):
+    """ValueError when the model would have more than MAX_REPEATS block repetitions (one
+    submodule each) or MAX_PARAMS parameters, counted from the widths and repeat counts
+    before anything is allocated."""
+    repeats = {b: depth if r == "depth" else r for b, r in REPEATS.items()}
+    if sum(repeats.values()) > MAX_REPEATS:
+        raise ValueError(f"{sum(repeats.values()):,} block repetitions (one submodule "
+                         f"each), more than the {MAX_REPEATS:,} a Model builds; use a "
+                         "smaller depth")
+    count = sum(k * width**p * repeats.get(block, 1) for k, p, block in PARAM_COUNT)
+    if count > MAX_PARAMS:
+        raise ValueError(f"width {width}: {count:,.0f} parameters, more than the "
+                         f"{MAX_PARAMS:,} a Model builds; use a smaller width or depth")
+
+
 def _overrides(what, given, known, positive=True):
     """given (name -> value) as floats; ValueError for a name not in known or a value that
     is not a finite number (a positive one, with positive)."""
@@ -362,6 +429,15 @@ def _check_depth(depth, base_depth):
     return _positive_ints(depth=depth, base_depth=base_depth)
 
 
+def _check_rates(**values):
+    """ValueError naming the first value (None: not given) that is not a finite number
+    >= 0: NaN, inf or a negative lr, weight decay or eps would make the weights NaN or
+    push them uphill at the first step, in every group."""
+    for name, value in values.items():
+        if value is not None and not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+
+
 DECAY_MODES = ("coupled", "decoupled", "independent")
 
 
@@ -383,6 +459,7 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     Each group also has one eps: Adam's eps scaled as its params' gradient entries
     (eps * ratio**-eps * depth_ratio**-epsL from SCALING), eps itself at the base.
     """
+    _check_rates(lr=lr, weight_decay=weight_decay, eps=eps)
     if decay is None and weight_decay:
         raise ValueError("say what weight_decay means: decay='coupled', "
                          "'decoupled' or 'independent'")
