@@ -1036,6 +1036,47 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
         mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
 
+@pytest.mark.parametrize(("decay_params", "message"), [
+    ("matrix", "decay_params must be 'matrices', 'all', a function (name, tensor) -> bool or a "
+               "set of param names, not 'matrix'"),
+    (2, "decay_params must be 'matrices', 'all', a function"),
+    ({"W_1"}, "decay_params names no param of this model: W_1 (its params: "),
+])
+def test_param_groups_refuses_a_bad_decay_params(tmp_path, decay_params, message):
+    # a typo in a name would silently leave that param undecayed: refused, naming the params
+    program = tp.parse_file(ROOT / "examples" / "mlp.tp")
+    abc, _, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "decay_params_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         eps=eps).source)
+    module = import_file(path, "decay_params_mup")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.make_optimizer(module.Model(64), 0.01, weight_decay=0.1, decay="decoupled",
+                              decay_params=decay_params)
+
+
+@pytest.mark.parametrize(("decay_params", "message"), [
+    ("matrix", "decay_params must be 'matrices', 'all', a function (name, param) -> bool or a "
+               "set of the model's param names, not 'matrix'"),
+    ({"1.weight", "2.wieght"}, "decay_params names no param of the model: 2.wieght "
+                               "(see model.named_parameters())"),
+])
+def test_mup_param_groups_refuses_a_bad_decay_params(decay_params, message):
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    def build(n):
+        return nn.Sequential(nn.Embedding(16, n), nn.Linear(n, n), nn.ReLU(), nn.Linear(n, 16))
+
+    mup = MuP(from_torch(build, widths=(16, 32),
+                         example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),)), "adam")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        mup.param_groups(build(64), lr=1e-3, weight_decay=0.1, decay="decoupled",
+                         decay_params=decay_params)
+
+
 @pytest.mark.parametrize("derived, other, same", [
     ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
     ("muon", "adam", "muon"), ("lion", "adamw", "lion")])

@@ -42,7 +42,8 @@ MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_in
 # the emitted module's own globals, and its helpers by name
 MODULE_GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
                   "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
-                  "DECAY_MODES", "MUON", "Lion", "MuonWithAdamW",
+                  "DECAY_MODES", "DECAY_PARAMS", "MUON", "Lion", "MuonWithAdamW",
+                  "_check_rates", "_check_decay_params", "_decayed",
                   "_check_depth", "_base_stds", "_overrides", "_positive_ints"}
 MODULE_GLOBALS |= set(HELPERS)
 

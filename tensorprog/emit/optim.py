@@ -28,6 +28,11 @@ _PARAM_GROUPS_DOC = [
     "    lr_p * wd * w per step (torch's AdamW and Muon), so by less wherever lr_p shrinks with",
     "    width; 'independent': w shrinks by wd * w per step at every width, not multiplied by",
     "    lr_p (a schedule that scales the group's lr scales it too).",
+    "",
+    "    decay_params says which tensors weight_decay reaches (the rest get 0): 'matrices'",
+    "    (default) every param of 2 or more dims, weight matrices and embedding tables, not",
+    "    gains or biases (the GPT-2 convention); 'all' every param; a set of SCALING names;",
+    "    or a function (name, tensor) -> bool.",
 ]
 
 _MUON_GROUP_DOC = [
@@ -49,6 +54,43 @@ _CHECK_RATES = [
     "    for name, value in values.items():",
     "        if value is not None and not 0 <= value < math.inf:",
     '            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")',
+    "",
+    "",
+]
+
+# emitted before param_groups: which tensors weight decay reaches. By default every param of 2
+# or more dims (weight matrices and embedding tables, the GPT-2/nanoGPT convention), not gains,
+# biases or other vectors: decaying a LayerNorm gain pulls it to 0, not to its init of 1, and a
+# bias has no norm that decay keeps in check; the rule needs only each tensor's shape, so the
+# emitted module and a traced model (fromtorch) decide alike.
+_DECAYED = [
+    'DECAY_PARAMS = ("matrices", "all")',
+    "",
+    "",
+    "def _check_decay_params(decay_params, names):",
+    '    """ValueError for a decay_params that is not "matrices", "all", a function or a',
+    '    collection of param names, or that names a param the model does not have."""',
+    "    if callable(decay_params) or decay_params in DECAY_PARAMS:",
+    "        return",
+    "    if isinstance(decay_params, str) or not hasattr(decay_params, \"__iter__\"):",
+    '        raise ValueError("decay_params must be \'matrices\', \'all\', a function "',
+    '                         "(name, tensor) -> bool or a set of param names, not "',
+    '                         f"{decay_params!r}")',
+    "    unknown = sorted(set(decay_params) - set(names))",
+    "    if unknown:",
+    '        raise ValueError("decay_params names no param of this model: "',
+    '                         f"{\', \'.join(unknown)} (its params: {\', \'.join(names)})")',
+    "",
+    "",
+    "def _decayed(decay_params, name, tensor):",
+    '    """Whether weight decay reaches this tensor (see decay_params in param_groups)."""',
+    '    if decay_params == "matrices":',
+    "        return tensor.dim() >= 2",
+    '    if decay_params == "all":',
+    "        return True",
+    "    if callable(decay_params):",
+    "        return bool(decay_params(name, tensor))",
+    "    return name in decay_params",
     "",
     "",
 ]
@@ -126,7 +168,8 @@ def _make_optimizer_doc(muon: bool, derived: str, same: Sequence[str]) -> list[s
     names = " or ".join(same)
     return [
         '    """A torch.optim optimizer over param_groups (default: the derived one);',
-        f"    weight_decay and decay{passed} as in param_groups. optimizer is {names}:",
+        f"    weight_decay, decay and decay_params{passed} as in param_groups. optimizer is",
+        f"    {names}:",
         f"    the exponents here are derived for {derived}, and another optimizer needs",
         "    its own (tensorprog derive --optimizer NAME emits its module)"
         + ("; momentum is SGD with" if "momentum" in same else "."),
@@ -217,13 +260,14 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
     tensors = "model._tensors(name, spec)" if blocks else f"[getattr(model, {attr_of})]"
     out = [
         *_CHECK_RATES,
+        *_DECAYED,
         'DECAY_MODES = ("coupled", "decoupled", "independent")',
         "",
         "",
         "def param_groups(model, lr, weight_decay=0.0, decay=None"
         + (", adamw_lr=None" if muon else "")
         + (", eps=1e-8" if eps else "")
-        + "):",
+        + ', decay_params="matrices"):',
         *_param_groups_doc(muon, depth, eps),
         "    _check_rates(lr=lr, weight_decay=weight_decay"
         + (", adamw_lr=adamw_lr" if muon else "")
@@ -235,6 +279,7 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
         "    if decay is not None and decay not in DECAY_MODES:",
         "        raise ValueError(f\"decay must be one of {', '.join(DECAY_MODES)}, not \"",
         '                         f"{decay!r}")',
+        "    _check_decay_params(decay_params, list(SCALING))",
         "    ratio = model.width / model.base_width",
         *(["    depth_ratio = model.depth / model.base_depth"] if depth else []),
         "    groups = {}",
@@ -260,7 +305,7 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
         *(['        eps_p *= depth_ratio ** -spec.get("epsL", 0.0)'] if eps and depth else []),
     ]
     key = '(spec["c"], ' + ('spec["cL"], ' if depth else "")
-    more = '"eps": eps_p, ' if eps else ""
+    more = ' "eps": eps_p,' if eps else ""
     if muon:
         out += [
             "        spectral = name in MUON",
@@ -268,15 +313,17 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
             "            rows, cols = tensors[0].shape",
             "            k = math.sqrt(max(1.0, rows / cols)) / MUON[name]",
             "            lr_p, wd = lr_p / k, wd * k",
-            f"        group = groups.setdefault({key}lr_p, wd, spectral"
+            "        for tensor in tensors:",
+            "            wd_t = wd if _decayed(decay_params, name, tensor) else 0.0",
+            f"            group = groups.setdefault({key}lr_p, wd_t, spectral"
             + (", eps_p" if eps else "")
             + "), {",
-            '            "params": [], "lr": lr_p, "weight_decay": wd, "muon": spectral, '
-            '"entries": []})',
+            '                "params": [], "lr": lr_p, "weight_decay": wd_t, "muon": spectral,',
+            '                "entries": []})',
             *(
                 [
-                    "        if not spectral:  # torch's Muon has an eps of its own, not Adam's",
-                    '            group["eps"] = eps_p',
+                    "            if not spectral:  # torch's Muon has an eps of its own",
+                    '                group["eps"] = eps_p',
                 ]
                 if eps
                 else []
@@ -284,12 +331,18 @@ def _param_groups(blocks: list, attr_of: str, muon: bool, depth: bool, eps: bool
         ]
     else:
         out += [
-            f"        group = groups.setdefault({key}wd" + (", eps_p" if eps else "") + "), {",
-            f'            "params": [], "lr": lr_p, "weight_decay": wd, {more}"entries": []}})',
+            "        for tensor in tensors:",
+            "            wd_t = wd if _decayed(decay_params, name, tensor) else 0.0",
+            f"            group = groups.setdefault({key}wd_t"
+            + (", eps_p" if eps else "")
+            + "), {",
+            f'                "params": [], "lr": lr_p, "weight_decay": wd_t,{more}',
+            '                "entries": []})',
         ]
     return out + [
-        '        group["params"] += tensors',
-        '        group["entries"].append(name)',
+        '            group["params"].append(tensor)',
+        '            if name not in group["entries"]:',
+        '                group["entries"].append(name)',
         "    for key, group in groups.items():",
         '        names = group["entries"]',
         '        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""',
@@ -340,7 +393,8 @@ def _make_optimizer(optimizer: Optimizer, muon: bool, eps: bool) -> list[str]:
     same = SAME_EXPONENTS[optimizer.name]
     classes = ", ".join(f"{quoted(n)}: {_TORCH_CLASSES[n]}" for n in same)
     return [
-        "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):",
+        "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None,",
+        '                   decay_params="matrices", **kwargs):',
         *_make_optimizer_doc(muon, optimizer.name, same),
         f"    name = optimizer or {optimizer.name!r}",
         f"    classes = {{{classes}}}",
@@ -353,7 +407,8 @@ def _make_optimizer(optimizer: Optimizer, muon: bool, eps: bool) -> list[str]:
         "    groups = param_groups(model, lr, weight_decay, decay"
         + (', kwargs.pop("adamw_lr", None)' if muon else "")
         + (', eps=kwargs.pop("eps", 1e-8)' if eps else "")
-        + ")",
+        + ",",
+        "                          decay_params=decay_params)",
         *(
             [
                 "    if decay is not None:",

@@ -231,6 +231,7 @@ class MuP:
         weight_decay: float = 0.0,
         decay: str | None = None,
         eps: float = 1e-8,
+        decay_params="matrices",
         **options,
     ) -> list[dict]:
         """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
@@ -246,7 +247,13 @@ class MuP:
         pass λ as given, for an optimizer that adds λw to the gradient (torch's SGD, Adam) or
         shrinks w by lr_p·λ a step (torch's AdamW); ``"independent"`` sets the group's
         weight_decay to λ/lr_p, so that AdamW shrinks every weight by λ a step at every width
-        (the mup package's MuAdamW is this mode with λ = lr·weight_decay)."""
+        (the mup package's MuAdamW is this mode with λ = lr·weight_decay).
+
+        ``decay_params`` says which params λ reaches (the rest get weight_decay 0), as in an
+        emitted module: ``"matrices"`` (default) every param of 2 or more dims, weight matrices
+        and embedding tables, not LayerNorm gains or biases (the GPT-2 convention: decay pulls
+        a gain to 0, not to its init 1); ``"all"`` every param; a set of the model's param
+        names (``named_parameters``); or a function ``(name, param) -> bool``."""
         # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
         # into every group and makes the weights NaN (or climb the loss) at the first step
         for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
@@ -260,6 +267,7 @@ class MuP:
             )
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
+        decayed = _decay_rule(model, decay_params)
         outside = self.uncovered(model)
         if outside:
             warnings.warn(
@@ -274,13 +282,16 @@ class MuP:
         mult = {id(model.get_parameter(k)): m for k, m in mult.items()}
         eps_mult = {id(model.get_parameter(k)): m for k, m in eps_mult.items()}
         groups: dict[tuple, list] = {}
-        for p in model.parameters():
-            key = (mult.get(id(p), 1.0), eps_mult.get(id(p), 1.0))
+        for name, p in model.named_parameters():
+            # without decay, decayed and undecayed params share a group (one fewer to step)
+            decays = bool(weight_decay) and decayed(name, p)
+            key = (mult.get(id(p), 1.0), eps_mult.get(id(p), 1.0), decays)
             groups.setdefault(key, []).append(p)
         out = []
-        for (m, e), ps in sorted(groups.items()):
+        for (m, e, decays), ps in sorted(groups.items()):
             lr_p = lr * m
             wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
+            wd = wd if decays else 0.0
             group = {"params": ps, "lr": lr_p, "weight_decay": wd, **options}
             if adam:
                 group["eps"] = eps * e
@@ -352,3 +363,29 @@ def _hook(factor: float, rows):
         return scale_rows(out, factor, rows)
 
     return hook
+
+
+def _decay_rule(model, decay_params):
+    """(name, param) -> whether weight decay reaches it, from param_groups' ``decay_params``;
+    a UsageError for anything else, or for a name the model has no param by (a typo would
+    silently leave that param undecayed)."""
+    if decay_params == "matrices":
+        return lambda name, p: p.dim() >= 2
+    if decay_params == "all":
+        return lambda name, p: True
+    if callable(decay_params):
+        return lambda name, p: bool(decay_params(name, p))
+    if isinstance(decay_params, str) or not hasattr(decay_params, "__iter__"):
+        raise UsageError(
+            "decay_params must be 'matrices', 'all', a function (name, param) -> bool or a set "
+            f"of the model's param names, not {decay_params!r}"
+        )
+    names = dict(model.named_parameters())
+    unknown = sorted(set(decay_params) - set(names))
+    if unknown:
+        raise UsageError(
+            f"decay_params names no param of the model: {', '.join(unknown)} "
+            "(see model.named_parameters())"
+        )
+    chosen = set(decay_params)
+    return lambda name, p: name in chosen

@@ -210,6 +210,32 @@ def test_weight_decay_modes(decay):
     assert type(opt) is (torch.optim.Adam if decay == "coupled" else torch.optim.AdamW)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_weight_decay_reaches_matrices_only_by_default(optimizer):
+    """An emitted module decays the 2-D params (matrices, embedding tables) and leaves gains
+    and biases alone unless decay_params says otherwise: "all", SCALING names, or a predicate."""
+    source = (ROOT / "examples" / "gpt.tp").read_text()
+    m = _module(source, OPTIMIZERS[optimizer], f"optim_wd_params_{optimizer}")
+    model = m.Model(64)
+
+    def decays(**kw):
+        groups = m.param_groups(model, 0.01, 0.1, "decoupled", **kw)
+        wd = {id(t): g["weight_decay"] for g in groups for t in g["params"]}
+        return {name for name, spec in m.SCALING.items()
+                if any(wd[id(t)] for t in model._tensors(name, spec))}
+
+    dims = {name: model._tensors(name, spec)[0].dim() for name, spec in m.SCALING.items()}
+    assert {n for n, d in dims.items() if d < 2}  # gains or biases to leave alone
+    assert decays() == {n for n, d in dims.items() if d >= 2}
+    assert decays(decay_params="all") == set(m.SCALING)
+    one = next(iter(m.SCALING))
+    assert decays(decay_params={one}) == {one}
+    assert decays(decay_params=lambda name, t: t.dim() == 1) == {
+        n for n, d in dims.items() if d == 1}
+    opt = m.make_optimizer(model, 0.01, weight_decay=0.1, decay="decoupled", decay_params="all")
+    assert all(g["weight_decay"] for g in opt.param_groups)
+
+
 def test_weight_decay_needs_its_meaning():
     m = _module(DEEP_MLP, OPTIMIZERS["muon"], "optim_wd_refused")
     model = m.Model(64)

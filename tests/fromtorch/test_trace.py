@@ -77,7 +77,8 @@ def test_apply_and_param_groups(nano):
     assert set(report.patched) == {"blocks.0.attn", "blocks.1.attn", "head"}
     std = float(model.blocks[0].fc.weight.detach().std())
     assert std == pytest.approx(nano.base["blocks.0.fc.weight"][1] * 4**-0.5, rel=1e-3)
-    groups = mup.param_groups(model, lr=1e-3, weight_decay=0.1, decay="independent")
+    groups = mup.param_groups(model, lr=1e-3, weight_decay=0.1, decay="independent",
+                              decay_params="all")
     lrs = {p: g["lr"] for g in groups for p in g["params"]}
     # independent decay: every group's lr * weight_decay is 0.1, whatever its lr
     assert [g["lr"] * g["weight_decay"] for g in groups] == pytest.approx([0.1] * len(groups))
@@ -246,7 +247,8 @@ def test_derived_ratios_equal_the_mup_packages():
     traced.apply(model)  # hooks none: q is its own layer, the readout untied
     ours_lr = traced.lr_multipliers(model)
     # mup's MuAdamW keeps lr·wd per step at every width: independent decay of λ = lr·wd
-    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0, decay="independent")
+    groups = traced.param_groups(model, lr=1.0, weight_decay=1.0, decay="independent",
+                                 decay_params="all")  # MuAdamW decays every param
     ours_wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     base = traced.traced.base
 
@@ -514,3 +516,25 @@ def test_a_position_table_longer_than_the_sequence_reads_positions_0_to_t():
     model = Longer(256)
     MuP(traced, "adam").apply(model)
     assert float(model.wpe.weight.detach().std()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_param_groups_decay_matrices_only_by_default(nano):
+    """Weight decay reaches the 2-D params (matrices, embeddings), not gains or biases, unless
+    decay_params says otherwise: "all", a set of names, or a predicate."""
+    mup = MuP(nano, "adam")
+    model = NanoGPT(256)
+    mup.apply(model)
+
+    def decays(**kw):
+        groups = mup.param_groups(model, lr=1e-3, weight_decay=0.1, decay="decoupled", **kw)
+        wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        return {n for n, p in model.named_parameters() if wd[id(p)]}
+
+    names = {n for n, _ in model.named_parameters()}
+    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert matrices and matrices != names  # the model has gains or biases too
+    assert decays() == matrices
+    assert decays(decay_params="all") == names
+    assert decays(decay_params={"wte.weight"}) == {"wte.weight"}
+    assert decays(decay_params=lambda n, p: n.endswith("fc.weight")) == {
+        n for n in names if n.endswith("fc.weight")}

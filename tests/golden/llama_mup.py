@@ -426,10 +426,39 @@ def _check_rates(**values):
             raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
 
 
+DECAY_PARAMS = ("matrices", "all")
+
+
+def _check_decay_params(decay_params, names):
+    """ValueError for a decay_params that is not "matrices", "all", a function or a
+    collection of param names, or that names a param the model does not have."""
+    if callable(decay_params) or decay_params in DECAY_PARAMS:
+        return
+    if isinstance(decay_params, str) or not hasattr(decay_params, "__iter__"):
+        raise ValueError("decay_params must be 'matrices', 'all', a function "
+                         "(name, tensor) -> bool or a set of param names, not "
+                         f"{decay_params!r}")
+    unknown = sorted(set(decay_params) - set(names))
+    if unknown:
+        raise ValueError("decay_params names no param of this model: "
+                         f"{', '.join(unknown)} (its params: {', '.join(names)})")
+
+
+def _decayed(decay_params, name, tensor):
+    """Whether weight decay reaches this tensor (see decay_params in param_groups)."""
+    if decay_params == "matrices":
+        return tensor.dim() >= 2
+    if decay_params == "all":
+        return True
+    if callable(decay_params):
+        return bool(decay_params(name, tensor))
+    return name in decay_params
+
+
 DECAY_MODES = ("coupled", "decoupled", "independent")
 
 
-def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
+def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8, decay_params="matrices"):
     """Optimizer groups: params with the same lr * ratio**-c (lr 0 where c is inf), weight
     decay and update rule share one, so torch's multi-tensor kernels see few groups.
     A group's "entries" are its SCALING names; its "name" shows the first few.
@@ -441,6 +470,11 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     width; 'independent': w shrinks by wd * w per step at every width, not multiplied by
     lr_p (a schedule that scales the group's lr scales it too).
 
+    decay_params says which tensors weight_decay reaches (the rest get 0): 'matrices'
+    (default) every param of 2 or more dims, weight matrices and embedding tables, not
+    gains or biases (the GPT-2 convention); 'all' every param; a set of SCALING names;
+    or a function (name, tensor) -> bool.
+
     Each group also has one eps: Adam's eps scaled as its params' gradient entries
     (eps * ratio**-eps from SCALING), eps itself at the base.
     """
@@ -451,6 +485,7 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     if decay is not None and decay not in DECAY_MODES:
         raise ValueError(f"decay must be one of {', '.join(DECAY_MODES)}, not "
                          f"{decay!r}")
+    _check_decay_params(decay_params, list(SCALING))
     ratio = model.width / model.base_width
     groups = {}
     for name, spec in SCALING.items():
@@ -460,10 +495,14 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
         wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
         tensors = [getattr(model, name)]
         eps_p = eps * ratio ** -spec.get("eps", 0.0)
-        group = groups.setdefault((spec["c"], wd, eps_p), {
-            "params": [], "lr": lr_p, "weight_decay": wd, "eps": eps_p, "entries": []})
-        group["params"] += tensors
-        group["entries"].append(name)
+        for tensor in tensors:
+            wd_t = wd if _decayed(decay_params, name, tensor) else 0.0
+            group = groups.setdefault((spec["c"], wd_t, eps_p), {
+                "params": [], "lr": lr_p, "weight_decay": wd_t, "eps": eps_p,
+                "entries": []})
+            group["params"].append(tensor)
+            if name not in group["entries"]:
+                group["entries"].append(name)
     for key, group in groups.items():
         names = group["entries"]
         more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
@@ -471,9 +510,11 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8):
     return list(groups.values())
 
 
-def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kwargs):
+def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None,
+                   decay_params="matrices", **kwargs):
     """A torch.optim optimizer over param_groups (default: the derived one);
-    weight_decay and decay as in param_groups. optimizer is adam or adamw:
+    weight_decay, decay and decay_params as in param_groups. optimizer is
+    adam or adamw:
     the exponents here are derived for adam, and another optimizer needs
     its own (tensorprog derive --optimizer NAME emits its module).
     param_groups(model, lr) feeds an optimizer of your own that scales as
@@ -486,7 +527,8 @@ def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None, **kw
                          f"{name} with 'tensorprog derive --optimizer {name}', or "
                          "pass param_groups(model, lr) to an optimizer that scales "
                          "as adam does")
-    groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8))
+    groups = param_groups(model, lr, weight_decay, decay, eps=kwargs.pop("eps", 1e-8),
+                          decay_params=decay_params)
     if decay is not None:
         # torch's Adam adds the decay to the gradient, its AdamW decouples it
         name = "adam" if decay == "coupled" else "adamw"
