@@ -101,6 +101,20 @@ def test_layernorm_gain_and_bias_fuse_only_where_nothing_else_reads_them(tmp_pat
     assert torch.allclose(model(x), model.vectors(x)["y"], rtol=1e-10, atol=1e-10)
 
 
+def test_gpt_base_depth_is_the_smallest_and_base_depth_sets_another():
+    """The example's base depth is the smallest tuned at (2), so a deeper model scales its
+    branches down, never up; Model(..., base_depth=D) names the depth tuned at instead."""
+    # the golden is `derive examples/gpt.tp`'s module, depth exponents included
+    gpt = import_file(ROOT / "tests" / "golden" / "gpt_mup.py", "gpt_depth_golden")
+    assert gpt.BASE_DEPTH == 2
+    base = gpt.Model(64).layer[0].mult_Wo
+    assert gpt.Model(64).depth == 2
+    # (4 / 2) ** -1: CompleteP's aL = 1 on the branch's last weight
+    assert gpt.Model(64, 4).layer[0].mult_Wo == pytest.approx(base / 2)
+    tuned_at_4 = gpt.Model(64, 4, base_depth=4)
+    assert tuned_at_4.base_depth == 4 and tuned_at_4.layer[0].mult_Wo == pytest.approx(base)
+
+
 def test_a_deep_gpt_has_two_groups_each_param_once_with_its_lr(gpt):
     model = gpt.Model(64, 24)
     groups = gpt.param_groups(model, 0.01)

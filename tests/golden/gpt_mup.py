@@ -23,7 +23,7 @@ import operator
 import torch
 
 BASE_WIDTH = 128
-BASE_DEPTH = 24
+BASE_DEPTH = 2
 SCALING = {
     "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "aL": 0.0, "bL": 0.0, "cL": 0.0,
         "eps": 1.0, "epsL": 0.0, "fan_in": (1.0, 1)},
