@@ -1036,6 +1036,24 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
         mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
 
+@pytest.mark.parametrize("method", ["forward", "vectors"])
+def test_a_sequence_longer_than_the_position_table_is_refused(tmp_path, method):
+    # before, positions were arange(T) whatever the input's length: a longer (or shorter)
+    # sequence failed to broadcast inside forward; now shorter ones run, longer are refused
+    program = tp.parse_file(ROOT / "examples" / "gpt.tp")
+    abc, _, label, eps = choose(program, OPTIMIZERS["adam"])
+    path = tmp_path / "seq_mup.py"
+    path.write_text(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                         eps=eps).source)
+    module = import_file(path, f"seq_{method}_mup")
+    model = module.Model(32)
+    tok = torch.zeros(2, 9, dtype=torch.long)
+    message = ("the input has 9 tokens, more than the position table's 4 (dim T = 4): feed at "
+               "most 4, or declare dim T larger in the program and emit it again")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(model, method)(tok)
+
+
 @pytest.mark.parametrize(("decay_params", "message"), [
     ("matrix", "decay_params must be 'matrices', 'all', a function (name, tensor) -> bool or a "
                "set of param names, not 'matrix'"),

@@ -437,8 +437,21 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
     device = "next(self.parameters()).device" if lay.params else "None"
 
     def build_positions(names: set[str]) -> list[str]:
-        return [f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, device={device})"
-                for i in positions if i.name in names]
+        # positions follow the length of the tokens fed on the same sequence dim (up to the
+        # dim's size: templates' _positions), the dim's size where no tokens share it
+        out = []
+        for i in positions:
+            if i.name not in names:
+                continue
+            tokens = next((j for j in fed if j.kind == "tokens" and j.seq == i.seq), None)
+            if tokens is None:
+                out.append(f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, "
+                           f"device={device})")
+                continue
+            em.helpers.add("_positions")
+            out.append(f"        {local[i.name]} = _positions({local[tokens.name]}, "
+                       f"{em.dim(i.seq)}, {quoted(i.seq)})")
+        return out
 
     outer = [ins for ins in lay.body if ins.out not in lay.inner]
     results_of = {b.result: b for b in blocks}

@@ -48,6 +48,21 @@ HELPERS = {
         "    t = s.shape[-1]",
         "    future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)",
         '    return torch.softmax(s.masked_fill(future, float("-inf")), dim=-1)'],
+    # a positions input follows its tokens' length, so one module serves every sequence length
+    # up to its position table's (the dim's size), and a longer one is refused by name rather
+    # than failing to broadcast against the table's rows deep in forward
+    "_positions": [
+        "def _positions(tokens, size, dim):",
+        '    """0, 1, ... up to the tokens\' length (their last axis), on their device, to look',
+        "    up in a position table of size rows (the sequence dim dim); ValueError for a longer",
+        '    sequence, which has no rows to look up."""',
+        "    length = tokens.shape[-1]",
+        "    if length > size:",
+        '        raise ValueError(f"the input has {length} tokens, more than the position "',
+        '                         f"table\'s {size} (dim {dim} = {size}): feed at most {size}, "',
+        '                         f"or declare dim {dim} larger in the program and emit it "',
+        '                         "again")',
+        "    return torch.arange(length, device=tokens.device)"],
 }
 
 # always emitted: the check that Model(width) has a network at that width

@@ -101,6 +101,22 @@ def test_layernorm_gain_and_bias_fuse_only_where_nothing_else_reads_them(tmp_pat
     assert torch.allclose(model(x), model.vectors(x)["y"], rtol=1e-10, atol=1e-10)
 
 
+def test_gpt_positions_follow_the_input_length_up_to_the_table(gpt):
+    """forward and vectors take any sequence up to the position table's T = 8 tokens: causal,
+    so a prefix's logits are the full sequence's first ones."""
+    torch.manual_seed(0)
+    model = gpt.Model(32, 2, dtype=torch.float64)
+    (tok,) = _batch(model)
+    assert tok.shape[-1] == 8
+    full = model(tok)
+    for length in (1, 5):
+        prefix = model(tok[:, :length])
+        assert prefix.shape[-2] == length
+        assert torch.allclose(prefix, full[:, :length], rtol=1e-10, atol=1e-10)
+        assert torch.allclose(model.vectors(tok[:, :length])["logits"], prefix, rtol=1e-10,
+                              atol=1e-10)
+
+
 def test_gpt_base_depth_is_the_smallest_and_base_depth_sets_another():
     """The example's base depth is the smallest tuned at (2), so a deeper model scales its
     branches down, never up; Model(..., base_depth=D) names the depth tuned at instead."""

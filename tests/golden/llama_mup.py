@@ -142,7 +142,7 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, tok):
-        pos = torch.arange(4, device=next(self.parameters()).device)
+        pos = _positions(tok, 4, "T")
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
         h0_2 = torch.nn.functional.embedding(pos, self.P.t())
         h0 = h0_1 + h0_2
@@ -185,7 +185,7 @@ class Model(torch.nn.Module):
 
     def vectors(self, tok):
         """Every named vector of the program, batch axis first."""
-        pos = torch.arange(4, device=next(self.parameters()).device)
+        pos = _positions(tok, 4, "T")
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
         h0_2 = torch.nn.functional.embedding(pos, self.P.t())
         h0 = h0_1 + h0_2
@@ -316,6 +316,19 @@ def _mix(p, v):
     """Per head, out_t = sum_s p_ts v_s; heads are v's dim split as p has them."""
     v = v.unflatten(-1, (p.shape[-3], -1))
     return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)
+
+
+def _positions(tokens, size, dim):
+    """0, 1, ... up to the tokens' length (their last axis), on their device, to look
+    up in a position table of size rows (the sequence dim dim); ValueError for a longer
+    sequence, which has no rows to look up."""
+    length = tokens.shape[-1]
+    if length > size:
+        raise ValueError(f"the input has {length} tokens, more than the position "
+                         f"table's {size} (dim {dim} = {size}): feed at most {size}, "
+                         f"or declare dim {dim} larger in the program and emit it "
+                         "again")
+    return torch.arange(length, device=tokens.device)
 
 
 def _positive_ints(**values):
