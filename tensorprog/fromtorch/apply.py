@@ -3,7 +3,7 @@ forward multipliers folded into init and LR wherever the abc-symmetry allows.
 
 A forward multiplier n^-θ on a param is, exactly (for the function and the whole training
 trajectory), an init exponent b + θ and an LR exponent c + kθ (k = 1 for Adam/AdamW, 2 for SGD;
-THEORY.md §1). So every derived (a, b, c) folds to a = 0: init std ∝ n^-(a+b), LR ∝ n^-(c+ka).
+docs/theory.md). So every derived (a, b, c) folds to a = 0: init std ∝ n^-(a+b), LR ∝ n^-(c+ka).
 A derived `scale` (attention's 1/d against the model's own 1/√d) is a multiplier on the logits,
 which are linear in the query: it folds into the query weight and bias when they are tensors of
 their own. Where it cannot fold (a query that is a row block of a fused qkv weight, whose LR
