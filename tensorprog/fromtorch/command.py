@@ -8,6 +8,7 @@ outside the language are positioned errors, never tracebacks.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def _function(module, path: str, name: str, what: str):
 def _guarded(build, path: str):
     """build(width), with a failure reported at the user's line."""
 
+    @functools.wraps(build)  # errors about what it returns point at the user's build
     def call(width):
         try:
             return build(width)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import os
 import re
@@ -25,10 +26,17 @@ def exception_span(err: BaseException, path: str | None = None) -> Span | None:
     return line_span(frames)
 
 
+# this package's own files: a frame there (the wrapper that calls the user's forward, the
+# guard around build) is never the line the user must change
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
 def line_span(frames: list[tuple[str, int]]) -> Span | None:
-    """A span over the whole line of the innermost (file, line) outside torch."""
+    """A span over the whole line of the innermost (file, line) outside torch and tensorprog."""
     for path, line in reversed(frames):
         if "/torch/" in path or path.startswith("<"):
+            continue
+        if os.path.realpath(path).startswith(_PACKAGE):
             continue
         text = linecache.getline(path, line)
         if not text:
@@ -37,6 +45,18 @@ def line_span(frames: list[tuple[str, int]]) -> Span | None:
         col = len(text) - len(text.lstrip()) + 1
         return Span(line, col, line, len(text.rstrip("\n")) + 1, "".join(lines), path)
     return None
+
+
+def def_span(fn) -> Span | None:
+    """The line defining the user's function ``fn`` (through wrappers that set ``__wrapped__``),
+    for an error about what it returned, which has no traceback to point with."""
+    try:
+        fn = inspect.unwrap(fn)
+        path = inspect.getsourcefile(fn)
+        line = inspect.getsourcelines(fn)[1]
+    except (TypeError, OSError):  # a builtin, a lambda typed at the prompt, a callable object
+        return None
+    return line_span([(path, line)]) if path else None
 
 
 def refuse(node, what: str, help: str | None = None) -> TraceError:
