@@ -542,6 +542,17 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize(("seq_len", "message"), [
+    # before: the trace died in the allocator; now refused before the model's file is imported
+    ("100000000", r"--seq-len 100000000: the token ids and a \[T, T\] attention mask need "
+                  r"about 3.73e\+07 GiB, more than this machine's memory(.|\n)*keep the default"),
+    ("0", "--seq-len"),
+])
+def test_trace_refuses_a_seq_len_no_memory_holds(capsys, tmp_path, seq_len, message):
+    code, out, err = _main(capsys, "trace", f"{tmp_path}/absent.py:build", "--seq-len", seq_len)
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
 # a user's model file for ``tensorprog trace``: Net.forward is defined on line 9, text on 18
 TRACED_MODEL = """import torch
 
