@@ -589,6 +589,9 @@ TRACED_BUILDS = {
     # before: AttributeError: 'str' object has no attribute 'named_parameters'
     ("text", None, r"m.py:18:1: error: text\(16\) returned a str, not a torch.nn.Module"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
+    # before: the ZeroDivisionError's traceback
+    ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
+                                  "ZeroDivisionError"),
     ("build", "lambda m: (None,)", "example_inputs gave no tensor"),
     # before: positioned at tensorprog's own wrapper; now at the forward called with them
     ("build", "lambda m: (torch.zeros(2, 4, dtype=torch.long),) * 2",
