@@ -578,6 +578,8 @@ TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
     "none": "lambda n: build(n, lambda y: None)",
     "names": "lambda n: build(n, lambda y: ('logits', 'loss'))",
+    "layers": "lambda n: torch.nn.Sequential(torch.nn.Embedding(8, n), torch.nn.Softmax(-1))",
+    "plus_one": "lambda n: build(n + 1)",
 }
 
 
@@ -588,6 +590,9 @@ TRACED_BUILDS = {
     ("names", None, r"m.py:9:5: error: Net.forward returned a tuple with no tensor"),
     # before: AttributeError: 'str' object has no attribute 'named_parameters'
     ("text", None, r"m.py:18:1: error: text\(16\) returned a str, not a torch.nn.Module"),
+    # before: unpositioned (or at tensorprog's own wrapper); now at the build, the code to change
+    ("layers", None, r"m.py:\d+:1: error: cannot trace a softmax of anything but attention"),
+    ("plus_one", None, r"m.py:\d+:1: error: a dim is 17 at width 16 and 33 at width 32"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -292,9 +292,24 @@ def from_torch(
         # the token ids, on the CPU (masks are computed from them): the first tensor, which
         # need not be the first input (an optional mask may come first as None)
         tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
-        ep = export(model, inputs)
-        traces.append(convert(ep, base, tok[0] if tok else None))
-    return _combine(traces, (w1, w2), base, build, example_inputs)
+        try:
+            traces.append(convert(export(model, inputs), base, tok[0] if tok else None))
+        except TraceError as err:
+            raise _at_build(err, build) from None
+    try:
+        return _combine(traces, (w1, w2), base, build, example_inputs)
+    except TraceError as err:
+        raise _at_build(err, build) from None
+
+
+def _at_build(err: TraceError, build) -> TraceError:
+    """``err`` with its unpositioned diagnostics at the user's build: where no line of the
+    user's runs the op (a model of torch's layers only, as an nn.Sequential) or the fault is
+    the build's (a dim that does not follow the width), the build is the code to change."""
+    span = def_span(build)
+    if span is None or all(d.span is not None for d in err.diagnostics):
+        return err
+    return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
 def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced:
