@@ -6,6 +6,7 @@ import inspect
 import linecache
 import os
 import re
+import sys
 import traceback
 
 from ..errors import Span, TraceError
@@ -31,12 +32,20 @@ def exception_span(err: BaseException, path: str | None = None) -> Span | None:
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """The directories of torch's and tensorprog's own files: by where torch is installed, not
+    by "/torch/" in a path, which a user's project (~/work/torch/model.py) may have too."""
+    torch = sys.modules.get("torch")
+    where = getattr(torch, "__file__", None)
+    found = [os.path.dirname(os.path.realpath(where)) + os.sep] if where else []
+    return (*found, _PACKAGE)
+
+
 def line_span(frames: list[tuple[str, int]]) -> Span | None:
     """A span over the whole line of the innermost (file, line) outside torch and tensorprog."""
+    libraries = _library_dirs()
     for path, line in reversed(frames):
-        if "/torch/" in path or path.startswith("<"):
-            continue
-        if os.path.realpath(path).startswith(_PACKAGE):
+        if path.startswith("<") or os.path.realpath(path).startswith(libraries):
             continue
         text = linecache.getline(path, line)
         if not text:

@@ -396,6 +396,14 @@ def test_none_or_a_number_among_the_inputs_is_traced_as_a_constant():
     assert "dim T = 8" in lone.source and lone.source.count("input ") == 1
 
 
+def test_a_users_file_under_a_directory_named_torch_is_the_users_line(capsys, tmp_path):
+    # before: any path with "/torch/" in it was taken for torch's own and skipped: no position
+    project = tmp_path / "torch"
+    project.mkdir()
+    code, _, err = _cli(capsys, project, "trace", f"{project}/net.py:bad", "--widths", "32,64")
+    assert code == 2 and re.search(r"torch/net.py:17:9: error: cannot trace the op cumsum", err)
+
+
 def test_example_hf_gpt2_mup_runs(capsys):
     pytest.importorskip("transformers")
     from conftest import ROOT, import_file
