@@ -542,6 +542,77 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize(("seq_len", "message"), [
+    # before: the trace died in the allocator; now refused before the model's file is imported
+    ("100000000", r"--seq-len 100000000: the token ids and a \[T, T\] attention mask need "
+                  r"about 3.73e\+07 GiB, more than this machine's memory(.|\n)*keep the default"),
+    ("0", "--seq-len"),
+])
+def test_trace_refuses_a_seq_len_no_memory_holds(capsys, tmp_path, seq_len, message):
+    code, out, err = _main(capsys, "trace", f"{tmp_path}/absent.py:build", "--seq-len", seq_len)
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
+# a user's model file for ``tensorprog trace``: Net.forward is defined on line 9, text on 18
+TRACED_MODEL = """import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self, n, give=None):
+        super().__init__()
+        self.e, self.o, self.give = torch.nn.Embedding(8, n), torch.nn.Linear(n, 8), give
+
+    def forward(self, idx):
+        y = self.o(self.e(idx))
+        return y if self.give is None else self.give(y)
+
+
+def build(n, give=None):
+    return Net(n, give)
+
+
+def text(n):
+    return "a model"
+"""
+TRACED_BUILDS = {
+    "int": "lambda n: build(n, lambda y: 3)",
+    "none": "lambda n: build(n, lambda y: None)",
+    "names": "lambda n: build(n, lambda y: ('logits', 'loss'))",
+    "layers": "lambda n: torch.nn.Sequential(torch.nn.Embedding(8, n), torch.nn.Softmax(-1))",
+    "plus_one": "lambda n: build(n + 1)",
+}
+
+
+@pytest.mark.parametrize(("function", "inputs", "message"), [
+    # before: AttributeError deep in the walk, or exit 0 with a program of no output
+    ("int", None, r"m.py:9:5: error: Net.forward returned an int: there is no output to trace"),
+    ("none", None, r"m.py:9:5: error: Net.forward returned None: there is no output"),
+    ("names", None, r"m.py:9:5: error: Net.forward returned a tuple with no tensor"),
+    # before: AttributeError: 'str' object has no attribute 'named_parameters'
+    ("text", None, r"m.py:18:1: error: text\(16\) returned a str, not a torch.nn.Module"),
+    # before: unpositioned (or at tensorprog's own wrapper); now at the build, the code to change
+    ("layers", None, r"m.py:\d+:1: error: cannot trace a softmax of anything but attention"),
+    ("plus_one", None, r"m.py:\d+:1: error: a dim is 17 at width 16 and 33 at width 32"),
+    ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
+    # before: the ZeroDivisionError's traceback
+    ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
+                                  "ZeroDivisionError"),
+    ("build", "lambda m: (None,)", "example_inputs gave no tensor"),
+    # before: positioned at tensorprog's own wrapper; now at the forward called with them
+    ("build", "lambda m: (torch.zeros(2, 4, dtype=torch.long),) * 2",
+     r"m.py:9:5: error: torch.export cannot trace the model: TypeError: Net.forward\(\) takes"),
+])
+def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, function, inputs,
+                                                          message):
+    source = TRACED_MODEL + "".join(f"\n{k} = {v}\n" for k, v in TRACED_BUILDS.items())
+    if inputs is not None:
+        source += f"\nexample_inputs = {inputs}\n"
+    (tmp_path / "m.py").write_text(source)
+    code, out, err = _main(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
+    assert (code, out) == (2, "") and re.search(message, err), err
+    assert "tensorprog/" not in err  # the user's file, never the package's
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
      r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "

@@ -292,6 +292,24 @@ def check_memory(program: Program, widths: list[int], device: str) -> None:
                          help=f"use widths of at most about {low}")
 
 
+def check_seq_len(seq_len: int) -> None:
+    """Refuse a trace's --seq-len whose tensors cannot fit this machine's memory, before any
+    is made (else the allocator kills the trace): the token ids (two int64 copies of [2, T])
+    and a [T, T] float32 mask, which a causal model computes from them on the CPU."""
+
+    def need(t: int) -> int:
+        return 32 * t + 4 * t * t
+
+    have = _memory("cpu")
+    if have is not None and need(seq_len) > have[0]:
+        fits = math.isqrt(have[0] // 4)  # the largest T whose [T, T] mask alone fits
+        raise UsageError(f"--seq-len {seq_len}: the token ids and a [T, T] attention mask "
+                         f"need about {need(seq_len) / 2 ** 30:.3g} GiB, more than {have[1]} "
+                         f"({have[0] / 2 ** 30:.3g} GiB)",
+                         help=f"T is a finite dim of the program, the same at any length: "
+                              f"keep the default 8 (at most about {fits:,} fits)")
+
+
 def report(args: argparse.Namespace, result, render, draw) -> None:
     """JSON or the table, then the figure (if asked): what check and transfer print. The results
     come first, so that a figure that cannot be written loses nothing."""

@@ -8,6 +8,7 @@ outside the language are positioned errors, never tracebacks.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -63,19 +64,21 @@ def _function(module, path: str, name: str, what: str):
     return fn
 
 
-def _guarded(build, path: str):
-    """build(width), with a failure reported at the user's line."""
+def _guarded(fn, path: str, shown, help: str):
+    """``fn`` (the user's build or example_inputs), with a failure reported at the user's line;
+    ``shown(arg)``: the call as the message names it."""
 
-    def call(width):
+    @functools.wraps(fn)  # errors about what it returns point at the user's function
+    def call(arg):
         try:
-            return build(width)
+            return fn(arg)
         except TensorProgError:
             raise
-        except Exception as err:  # noqa: BLE001 - the user's build failed: say where
+        except Exception as err:  # noqa: BLE001 - the user's function failed: say where
             raise UsageError(
-                f"{build.__name__}({width}) failed: {type(err).__name__}: {err}",
+                f"{shown(arg)} failed: {type(err).__name__}: {err}",
                 exception_span(err, path) or exception_span(err),
-                help="build(width) must return the model at any width the trace asks for",
+                help=help,
             ) from None
 
     return call
@@ -99,7 +102,16 @@ def trace_command(
         def example_inputs(model):
             return (torch.zeros(2, seq_len, dtype=torch.long),)
 
-    traced = from_torch(_guarded(build, path), tuple(sorted(widths)), example_inputs)
+    else:
+        given = inputs or "example_inputs"  # the name in the user's file (a lambda's too)
+        example_inputs = _guarded(
+            example_inputs, path, lambda model: f"{given}(model)",
+            "it must return the forward's inputs for the model built at any width",
+        )
+    name = spec.rpartition(":")[2]
+    build = _guarded(build, path, lambda width: f"{name}({width})",
+                     "build(width) must return the model at any width the trace asks for")
+    traced = from_torch(build, tuple(sorted(widths)), example_inputs)
     if output is not None:
         try:
             Path(output).write_text(traced.source)

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..errors import TraceError, UsageError
+from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
 from .values import ParamUse, Trace
-from .where import exception_span, strip_prefix
+from .where import def_span, exception_span, strip_prefix
 
 
 class _Wrapped:
@@ -41,14 +41,34 @@ class _Wrapped:
                 )
 
             def forward(self, *args):
-                out = self.m(*args, **self.kw)
+                got = self.m(*args, **self.kw)
+                out = got
                 if hasattr(out, "logits"):
-                    return out.logits
-                if isinstance(out, (tuple, list)):  # every head, not the first only
-                    return tuple(x for x in out if isinstance(x, torch.Tensor))
-                return out
+                    out = out.logits
+                elif isinstance(out, (tuple, list)):  # every head, not the first only
+                    out = tuple(x for x in out if isinstance(x, torch.Tensor))
+                # anything else (an int, None, a tuple of no tensor) is a program with no output
+                # or a crash deep in the walk: refused here, at the user's forward
+                if isinstance(out, torch.Tensor) or (isinstance(out, tuple) and out):
+                    return out
+                raise TraceError(
+                    f"{type(self.m).__name__}.forward returned {_kind(got)}: there is no "
+                    "output to trace",
+                    def_span(type(self.m).forward),
+                    help="the forward must return a tensor, a tuple or list of tensors, or an "
+                    "output with .logits",
+                )
 
         return Wrapped(model)
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} with no tensor"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def export(model, inputs: Sequence):
@@ -59,11 +79,14 @@ def export(model, inputs: Sequence):
     model.eval()
     try:
         return torch.export.export(_Wrapped(model), tuple(inputs), strict=False)
+    except TensorProgError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line
         first = (str(err).strip().splitlines() or [""])[0]
         raise TraceError(
             f"torch.export cannot trace the model: {type(err).__name__}: {first}",
-            exception_span(err),
+            # no user line in the traceback (the forward called with the wrong inputs): its def
+            exception_span(err) or def_span(type(model).forward),
             help="the forward must be traceable by torch.export (no data-dependent "
             "Python control flow); docs/torch.md says what is supported",
         ) from None
@@ -162,7 +185,7 @@ def _base_stats(build, width: int) -> dict:
     import torch
 
     torch.manual_seed(0)
-    model = build(width)
+    model = built(build, width)
     names: dict[int, list[str]] = {}  # tensor -> its names
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
@@ -192,7 +215,7 @@ def _base_stats(build, width: int) -> dict:
         with torch.random.fork_rng():
             for seed in range(1, draws):
                 torch.manual_seed(seed)
-                for name, p in build(width).named_parameters():
+                for name, p in built(build, width).named_parameters():
                     if name in pooled:
                         pooled[name].append(float(p.detach().double().var()))
         for name, variances in pooled.items():
@@ -200,6 +223,45 @@ def _base_stats(build, width: int) -> dict:
             p = model.get_parameter(name)
             stats.update({k: ("normal", std) for k in names[id(p)]})
     return {"m." + k: v for k, v in stats.items()}
+
+
+def built(build: Callable, width: int):
+    """``build(width)``, refused at the user's build unless it is a torch module."""
+    import torch
+
+    model = build(width)
+    if not isinstance(model, torch.nn.Module):
+        name = getattr(build, "__name__", "build")
+        raise UsageError(
+            f"{name}({width}) returned {_kind(model)}, not a torch.nn.Module",
+            def_span(build),
+            help="build(width) must return the model (a torch.nn.Module) built at that width",
+        )
+    return model
+
+
+def _inputs(example_inputs: Callable, model) -> tuple:
+    """The forward's positional inputs: a tuple or list of them (a lone tensor, as itself)."""
+    import torch
+
+    given = example_inputs(model)
+    if isinstance(given, torch.Tensor):  # tuple() would split it into its rows
+        return (given,)
+    if not isinstance(given, (tuple, list)):
+        raise UsageError(
+            f"example_inputs returned {_kind(given)}: expected a tuple of the forward's inputs",
+            def_span(example_inputs),
+            help="return the forward's positional inputs, e.g. (torch.zeros(2, 16, "
+            "dtype=torch.long),)",
+        )
+    if not any(isinstance(x, torch.Tensor) for x in given):
+        raise UsageError(
+            "example_inputs gave no tensor: the token ids to trace the model on are missing",
+            def_span(example_inputs),
+            help="return the forward's positional inputs, token ids first, e.g. "
+            "(torch.zeros(2, 16, dtype=torch.long),)",
+        )
+    return tuple(given)
 
 
 def from_torch(
@@ -224,16 +286,30 @@ def from_torch(
     traces = []
     for w in (w1, w2):
         with torch.device("meta"):
-            model = build(w)
-        given = tuple(example_inputs(model))
+            model = built(build, w)
+        given = _inputs(example_inputs, model)
         inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in given)
-        tok = [
-            torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, torch.Tensor) else x
-            for x in inputs
-        ]
-        ep = export(model, inputs)
-        traces.append(convert(ep, base, tok[0] if tok else None))
-    return _combine(traces, (w1, w2), base, build, example_inputs)
+        # the token ids, on the CPU (masks are computed from them): the first tensor, which
+        # need not be the first input (an optional mask may come first as None)
+        tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
+        try:
+            traces.append(convert(export(model, inputs), base, tok[0] if tok else None))
+        except TraceError as err:
+            raise _at_build(err, build) from None
+    try:
+        return _combine(traces, (w1, w2), base, build, example_inputs)
+    except TraceError as err:
+        raise _at_build(err, build) from None
+
+
+def _at_build(err: TraceError, build) -> TraceError:
+    """``err`` with its unpositioned diagnostics at the user's build: where no line of the
+    user's runs the op (a model of torch's layers only, as an nn.Sequential) or the fault is
+    the build's (a dim that does not follow the width), the build is the code to change."""
+    span = def_span(build)
+    if span is None or all(d.span is not None for d in err.diagnostics):
+        return err
+    return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
 def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced:

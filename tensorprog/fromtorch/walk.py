@@ -239,6 +239,10 @@ class Walker:
                 val = node.meta["val"]
                 if spec.kind.name == "PARAMETER":
                     self.env[node.name] = PRef(spec.target, tuple(val.shape))
+                elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
+                    # None or a number (an optional mask left out): export bakes it into the
+                    # graph as a constant, so it is no input of the program
+                    self.env[node.name] = Aux()
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import os
 import re
+import sys
 import traceback
 
 from ..errors import Span, TraceError
@@ -25,10 +27,25 @@ def exception_span(err: BaseException, path: str | None = None) -> Span | None:
     return line_span(frames)
 
 
+# this package's own files: a frame there (the wrapper that calls the user's forward, the
+# guard around build) is never the line the user must change
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The directories of torch's and tensorprog's own files: by where torch is installed, not
+    by "/torch/" in a path, which a user's project (~/work/torch/model.py) may have too."""
+    torch = sys.modules.get("torch")
+    where = getattr(torch, "__file__", None)
+    found = [os.path.dirname(os.path.realpath(where)) + os.sep] if where else []
+    return (*found, _PACKAGE)
+
+
 def line_span(frames: list[tuple[str, int]]) -> Span | None:
-    """A span over the whole line of the innermost (file, line) outside torch."""
+    """A span over the whole line of the innermost (file, line) outside torch and tensorprog."""
+    libraries = _library_dirs()
     for path, line in reversed(frames):
-        if "/torch/" in path or path.startswith("<"):
+        if path.startswith("<") or os.path.realpath(path).startswith(libraries):
             continue
         text = linecache.getline(path, line)
         if not text:
@@ -37,6 +54,18 @@ def line_span(frames: list[tuple[str, int]]) -> Span | None:
         col = len(text) - len(text.lstrip()) + 1
         return Span(line, col, line, len(text.rstrip("\n")) + 1, "".join(lines), path)
     return None
+
+
+def def_span(fn) -> Span | None:
+    """The line defining the user's function ``fn`` (through wrappers that set ``__wrapped__``),
+    for an error about what it returned, which has no traceback to point with."""
+    try:
+        fn = inspect.unwrap(fn)
+        path = inspect.getsourcefile(fn)
+        line = inspect.getsourcelines(fn)[1]
+    except (TypeError, OSError):  # a builtin, a lambda typed at the prompt, a callable object
+        return None
+    return line_span([(path, line)]) if path else None
 
 
 def refuse(node, what: str, help: str | None = None) -> TraceError:

@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from ..errors import Diagnostic, TensorProgWarning, UsageError
 from ..ir.program import Program
 from ..ir.verify import verify
 from .data import Dataset, load
+from .workers import worker_pool
 
 HPS = ("lr", "init_std", "output_mult")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
@@ -429,10 +430,7 @@ def _run(plan: _Plan, todo: list[tuple[Trial, Path | None]], results: dict[Trial
             for t, path in todo:
                 _store(results, t, path, run_trial(plan.job(t, threads)), bar, failed)
         else:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")  # no forked torch state
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            with worker_pool(jobs) as pool:  # workers that die with this process
                 futures = {pool.submit(run_trial, plan.job(t, threads)): (t, path)
                            for t, path in todo}
                 for f in as_completed(futures):

@@ -375,6 +375,37 @@ def test_trace_command_errors(capsys, tmp_path, target, message):
     assert "Traceback" not in err
 
 
+class Masked(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.o = nn.Embedding(16, n), nn.Linear(n, 16)
+
+    def forward(self, mask, idx=None, scale=1):
+        if idx is None:  # called with the token ids alone
+            mask, idx = None, mask
+        out = self.o(self.e(idx)) * scale
+        return out if mask is None else out.masked_fill(mask, 0.0)
+
+
+def test_none_or_a_number_among_the_inputs_is_traced_as_a_constant():
+    # before: AttributeError ('NoneType' object has no attribute 'dtype') in the walk
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    traced = from_torch(Masked, (16, 32), lambda m: (None, ids, 2))
+    assert traced.source.endswith("mul = 2.0 * linear\noutput mul\n")  # the 2 baked in
+    assert "dim T = 8" in traced.source and traced.source.count("input ") == 1
+    # a lone tensor is the one input, not split by tuple() into rows (a second input)
+    lone = from_torch(lambda n: Masked(n), (16, 32), lambda m: ids)
+    assert "dim T = 8" in lone.source and lone.source.count("input ") == 1
+
+
+def test_a_users_file_under_a_directory_named_torch_is_the_users_line(capsys, tmp_path):
+    # before: any path with "/torch/" in it was taken for torch's own and skipped: no position
+    project = tmp_path / "torch"
+    project.mkdir()
+    code, _, err = _cli(capsys, project, "trace", f"{project}/net.py:bad", "--widths", "32,64")
+    assert code == 2 and re.search(r"torch/net.py:17:9: error: cannot trace the op cumsum", err)
+
+
 def test_example_hf_gpt2_mup_runs(capsys):
     pytest.importorskip("transformers")
     from conftest import ROOT, import_file
