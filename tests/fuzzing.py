@@ -121,6 +121,15 @@ def _train(module, width: int) -> None:
         raise StageFailure(stage, f"{type(err).__name__}: {err}") from err
     if names != set(module.SCALING):
         raise StageFailure(stage, f"param_groups {sorted(names)} != {sorted(module.SCALING)}")
+    if getattr(module, "BASE_DEPTH", None) is not None:  # the depth factors, away from the base
+        try:
+            deeper = module.Model(width, 2 * module.BASE_DEPTH, dtype=torch.float64)
+            out = deeper(*inputs)
+        except Exception as err:  # noqa: BLE001 -- any other exception is the finding
+            raise StageFailure("depth", f"{type(err).__name__}: {err}") from err
+        outs = out if isinstance(out, tuple) else (out,)
+        if not all(torch.isfinite(o).all() for o in outs):
+            raise StageFailure("depth", f"non-finite output at depth {2 * module.BASE_DEPTH}")
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise StageFailure(stage, f"param {name} not finite after one step")
@@ -353,3 +362,43 @@ def random_program(rng: random.Random) -> str:
             body.append(f"output {v}")
     rng.shuffle(params)
     return "\n".join(lines + params + body) + "\n"
+
+
+# --- random programs with blocks, repeat and a depth ---------------------------------------------
+
+BRANCHES = (  # a residual branch of h inside a block: (its params, its expression)
+    ((), "relu(h)"),
+    (("W",), "W @ h"),
+    (("W",), "W @ relu(h)"),
+    (("W",), "W @ tanh(h)"),
+    (("A", "B"), "B @ relu(A @ h)"),
+    (("A", "B"), "B @ gelu(A @ h) + A @ h"),
+    (("g",), "g * layernorm(h)"),
+)
+
+
+def random_block_program(rng: random.Random) -> str:
+    """A random residual network: a declared depth, one or two blocks repeated over it or a fixed
+    number of times, branches drawn from BRANCHES (a block's params fresh per repetition), and
+    sometimes a shape slip, so that both verdicts are exercised."""
+    base = rng.choice((4, 8, 16))
+    depth = rng.choice((1, 2, 3))
+    lines = [f"width n = {base}", f"depth L = {depth}", "dim d_in = 3", "dim d_out = 2",
+             "input x : [d_in]", "param W_in : [n, d_in]", "param W_out : [d_out, n]"]
+    prev = "h0"
+    calls = ["h0 = W_in @ x"]
+    for k in range(rng.randint(1, 2)):
+        params, expr = rng.choice(BRANCHES)
+        body = [f"block b{k}(h) {{"]
+        for p in params:
+            shape = "[n]" if p == "g" else rng.choice(("[n, n]",) * 5 + ("[d_in, n]",))
+            body.append(f"    param {p} : {shape}")
+        body.append(f"    return h + {expr}")
+        body.append("}")
+        lines += body
+        count = rng.choice(("L", "L", str(rng.randint(1, 3))))
+        calls.append(f"h{k + 1} = repeat {count} b{k}({prev})")
+        prev = f"h{k + 1}"
+    lines += calls
+    lines.append(f"output y = W_out @ {prev}")
+    return "\n".join(lines) + "\n"

@@ -57,6 +57,13 @@ def test_random_programs(seed, tmp_path_factory):
     _run(fuzzing.random_program(random.Random(seed)), tmp_path_factory.mktemp("random"))
 
 
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1))
+def test_random_block_programs(seed, tmp_path_factory):
+    """Blocks, repeat and a depth: the depth pass, the emitted blocks and their depth factors."""
+    _run(fuzzing.random_block_program(random.Random(seed)), tmp_path_factory.mktemp("blocks"))
+
+
 def test_the_generators_reach_every_verdict(tmp_path):
     # a fuzzer whose programs are all rejected tests only the parser: make sure some train
     rng = random.Random(0)
@@ -210,3 +217,56 @@ def test_softmax_over_the_width_is_not_called_order_one():
         return
     value = next(ins.out for ins in program.body if getattr(ins, "fn", None) == "softmax")
     assert derive_json(d)["vectors"][value]["init"] != as_str(ZERO), f"{value} derived as Θ(1)"
+
+
+_EMITTED: dict[str, object] = {}
+
+
+def _emitted(optimizer: str, tmp_path_factory):
+    """examples/mlp_resnet.tp's module for ``optimizer``, emitted once per test session."""
+    if optimizer not in _EMITTED:
+        from conftest import ROOT, import_file
+
+        from tensorprog.emit.module import emit
+        from tensorprog.engine.optimizers import OPTIMIZERS
+        from tensorprog.engine.parametrization import choose
+
+        program = tp.parse_file(ROOT / "examples" / "mlp_resnet.tp")
+        abc, _, label, eps = choose(program, OPTIMIZERS[optimizer])
+        path = tmp_path_factory.mktemp("options") / f"options_{optimizer}.py"
+        path.write_text(emit(program, abc, optimizer=OPTIMIZERS[optimizer], label=label,
+                             command="t", eps=eps).source)
+        _EMITTED[optimizer] = import_file(path, f"options_{optimizer}")
+    return _EMITTED[optimizer]
+
+
+RATE = st.sampled_from([0.0, 1e-3, 0.1, -1e-3, float("inf"), float("nan"), 1e300])
+
+
+@FUZZ
+@given(optimizer=st.sampled_from(sorted(tp.OPTIMIZERS)), lr=RATE, weight_decay=RATE,
+       decay=st.sampled_from([None, "coupled", "decoupled", "independent", "other"]),
+       decay_params=st.sampled_from(["matrices", "all", (), ("W_in",), ("nope",), "some"]))
+def test_emitted_optimizer_options(optimizer, lr, weight_decay, decay, decay_params,
+                                   tmp_path_factory):
+    """Every optimizer's emitted make_optimizer and param_groups, over their options: either a
+    ValueError that names what is wrong, or an optimizer whose step keeps every weight finite."""
+    import torch
+
+    module = _emitted(optimizer, tmp_path_factory)
+    model = module.Model(32, dtype=torch.float64)
+    options = {"weight_decay": weight_decay, "decay": decay, "decay_params": decay_params}
+    try:
+        groups = module.param_groups(model, lr, **options)
+    except ValueError as err:
+        assert str(err).strip() and "Traceback" not in str(err)
+        with pytest.raises(ValueError):  # make_optimizer refuses the same options
+            module.make_optimizer(model, lr, **options)
+        return
+    assert {n for g in groups for n in g["entries"]} == set(module.SCALING)
+    opt = module.make_optimizer(model, lr, **options)
+    inputs = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    model(*inputs).pow(2).mean().backward()
+    opt.step()
+    if lr <= 0.1 and weight_decay <= 0.1:  # a huge rate may overflow: that is the user's rate
+        assert all(torch.isfinite(p).all() for p in model.parameters())
