@@ -16,6 +16,16 @@ from ..ir.functions import MUL, torch_function
 from ..ir.program import LinComb, MatMul
 
 
+class Diverged(ArithmeticError):
+    """The Z-variables left float64's range at this step: the limit diverged (an LR too large
+    for these inputs). Raised before a Gaussian is drawn from a covariance with inf or nan
+    entries, which eigh cannot decompose."""
+
+    def __init__(self, step: int = -1):
+        super().__init__(step)
+        self.step = step
+
+
 class _Family:
     """The jointly Gaussian Ẑ^{W u} of one matrix and one side (W or Wᵀ): each new block of
     columns is drawn conditionally on the earlier ones, with Cov = σ² E[Z^u Z^u']."""
@@ -39,7 +49,10 @@ class _Family:
             mean, new = old_z @ a.T, new - a @ k_no.T
         else:
             mean = 0
-        vals, vecs = torch.linalg.eigh((new + new.T) / 2)
+        cov = (new + new.T) / 2
+        if not torch.isfinite(cov).all():  # u, or its second moments, overflowed float64
+            raise Diverged  # eigh would fail on it with a LinAlgError
+        vals, vecs = torch.linalg.eigh(cov)
         root = vecs * vals.clamp(min=0).sqrt()
         leaf = (mean + z @ root.T).requires_grad_(True)
         self.sources.append(u)
