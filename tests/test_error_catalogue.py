@@ -518,6 +518,14 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
      "the file exists and is not a saved limit"),
     (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/K.npy"],
      r"a saved limit is written to a .pt or .pth file(.|\n)*e.g. -o .*K.pt"),
+    # a garbage or empty data file: before, torch.load's UnpicklingError or EOFError
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/mine.pt"],
+     r"--inputs .*mine.pt: not a tensor file that torch.save or numpy.save wrote(.|\n)*it must "
+     r"hold a \(P, dim\) tensor"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/empty.pt"], "--inputs .*empty.pt: not a "
+                                                               "tensor file"),
+    (["limit", MLP, "--train", "--inputs", "{tmp}/empty.npy", "--targets", "{tmp}/empty.pt"],
+     "--inputs .*empty.npy: not a tensor file"),
     (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
     (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
     (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),
@@ -533,6 +541,8 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (tmp_path / "X.pt").write_bytes(b"data")
     (tmp_path / "mine.pt").write_bytes(b"data")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "empty.npy").write_bytes(b"")
     for link, target in (("link.py", "F.tp"), ("mlink.tp", "m.py"), ("flink.png", "F.tp")):
         (tmp_path / link).symlink_to(tmp_path / target)
     argv = [a.format(tmp=tmp_path, name=tmp_path.name) for a in argv]
