@@ -494,7 +494,7 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
     (["derive", "{tmp}/missing.tp"], "cannot read .*missing.tp: No such file"),
     (["derive", "{tmp}"], "Is a directory"),
     (["derive", "{tmp}/empty.tp"], "the program declares no width"),
-    (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "cannot write .*out.py"),
+    (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "-o .*out.py: cannot write it: no directory"),
     (["derive", MLP, "-o", "{tmp}"], "-o .*: is a directory"),
     # -o never replaces an input nor a file it did not write (a user's model, program or data)
     (["derive", "{tmp}/F.tp", "-o", "{tmp}/F.tp"],
@@ -526,6 +526,12 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
                                                                "tensor file"),
     (["limit", MLP, "--train", "--inputs", "{tmp}/empty.npy", "--targets", "{tmp}/empty.pt"],
      "--inputs .*empty.npy: not a tensor file"),
+    # before, torch.save's RuntimeError after the whole computation
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/no/dir/K.pt"],
+     r"-o .*K.pt: cannot write it: no directory .*no/dir(.|\n)*create the directory"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/F.tp/K.pt"],
+     "no directory .*F.tp"),
+    (["trace", "{tmp}/m.py:build", "-o", "{tmp}/no/t.tp"], "-o .*t.tp: cannot write it"),
     (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
     (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
     (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),

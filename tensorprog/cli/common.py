@@ -174,12 +174,16 @@ def check_output(option: str, path: str, kind: Output, inputs: Iterable[str | No
     directory, a name without the kind's suffix (``derive F.tp -o F.tp`` is a slip for another
     file), one of the command's own ``inputs`` (compared as files, so that symlinks, hard links
     and ``./`` spellings count), or an existing file this package did not write (a user's model,
-    program or data). Only a file of the same kind written here earlier is replaced."""
+    program or data), or a file whose directory does not exist. Only a file of the same kind
+    written here earlier is replaced."""
     out = Path(path)
     if out.is_dir():
         name = "out" + kind.suffixes[0] if kind.suffixes else "figure.png"
         raise UsageError(f"{option} {path}: is a directory",
                          help=f"give a file name, e.g. {out / name}")
+    if not out.parent.is_dir():  # writers fail only after the work (torch.save: RuntimeError)
+        raise UsageError(f"{option} {path}: cannot write it: no directory {out.parent}",
+                         help="create the directory first, or write to an existing one")
     if kind.suffixes and out.suffix.lower() not in kind.suffixes:
         raise UsageError(f"{option} {path}: {kind.what} is written to a "
                          f"{' or '.join(kind.suffixes)} file",
