@@ -26,6 +26,7 @@ from tensorprog.engine.parametrization import choose
 from tensorprog.errors import EngineError, UsageError
 from tensorprog.limits.mu import mu_limit
 from tensorprog.limits.nngp import nngp_kernel
+from tensorprog.limits.ntk import ntk_limit
 
 # --- program text ---------------------------------------------------------------------------------
 
@@ -663,12 +664,29 @@ def test_depth_axis_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("which", ["mu", "ntk"])
+def test_a_limits_seed_outside_64_bits_is_refused(which):
+    # before, torch's manual_seed raised ValueError "Overflow when unpacking long long"
+    program = tp.parse("width n = 16\ndim d = 4\ndim o = 2\ninput x : [d]\nparam W1 : [n, d]\n"
+                       "param W2 : [o, n]\noutput y = W2 @ relu(W1 @ x)\n")
+    x, y = batch(2, 4, 2)
+    with pytest.raises(UsageError, match=r"seed 18446744073709551616: must be from 0 to 2\*\*64"):
+        if which == "ntk":
+            ntk_limit(program, x, samples=8, seed=2**64)
+        else:
+            mu_limit(program, x, y, samples=8, seed=2**64)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--optimizer", "adam"], "only SGD's limit is implemented"),
         (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
         (["--steps", "99"], "--steps 99: must be from 0 to 50"),
+        # before, torch's manual_seed raised ValueError "Overflow when unpacking long long"
+        (["--seed", str(2**64)], f"--seed {2**64}: must be from 0 to {2**64 - 1}"),
+        (["--seed", "-1"], f"--seed -1: must be from 0 to {2**64 - 1}"),
+        (["--seed", "-1", "--param", "ntp"], "--seed -1: must be from 0"),
         (["--kernel"], "not allowed with argument"),
     ],
 )

@@ -20,6 +20,8 @@ RANGES: common.Ranges = (
     ("--steps", "steps", 0, 50, "the µ-limit's cost grows with the square of the steps"),
     ("--samples", "samples", 2, 2**24, "every draw's Z-variables of every step are kept in "
      "memory"),
+    ("--seed", "seed", 0, 2**64 - 1, "the Monte Carlo draws come from a torch generator, whose "
+     "seed is a 64-bit unsigned integer"),
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import UsageError
 from ..ir.functions import MUL, torch_function
 from ..ir.program import LinComb, MatMul
 
@@ -88,6 +89,10 @@ class Dynamics:
     def __init__(self, program, net, xi, lr: float, samples: int, seed: int):
         import torch  # heavy: only the limits of training need it, not the kernels at init
 
+        if not 0 <= seed < 2**64:  # torch.Generator.manual_seed raises a bare ValueError
+            raise UsageError(f"seed {seed}: must be from 0 to 2**64 - 1",
+                             help="the draws come from a torch generator, whose seed is a 64-bit "
+                                  "unsigned integer")
         self.torch, self.net, self.lr, self.n = torch, net, lr, samples
         self.dt = torch.float64
         gen = torch.Generator().manual_seed(seed)
