@@ -15,6 +15,7 @@ import math
 from ..errors import UsageError
 from ..ir.functions import MUL, torch_function
 from ..ir.program import LinComb, MatMul
+from ..ir.sizes import check_draws
 
 
 class Diverged(ArithmeticError):
@@ -86,13 +87,14 @@ class Dynamics:
     """The state of the limit: the particles (input rows, biases, readout columns), each
     hidden matrix's Gaussian families and its history of (Z^{x_s}, Z^{g_s})."""
 
-    def __init__(self, program, net, xi, lr: float, samples: int, seed: int):
+    def __init__(self, program, net, xi, lr: float, samples: int, seed: int, steps: int = 0):
         import torch  # heavy: only the limits of training need it, not the kernels at init
 
         if not 0 <= seed < 2**64:  # torch.Generator.manual_seed raises a bare ValueError
             raise UsageError(f"seed {seed}: must be from 0 to 2**64 - 1",
                              help="the draws come from a torch generator, whose seed is a 64-bit "
                                   "unsigned integer")
+        check_draws(samples, len(xi), len(net.body), steps)  # before any draw is allocated
         self.torch, self.net, self.lr, self.n = torch, net, lr, samples
         self.dt = torch.float64
         gen = torch.Generator().manual_seed(seed)

@@ -255,7 +255,7 @@ def mu_limit(
             f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
             "samples ≥ 2 and a finite lr"
         )
-    dyn = Dynamics(program, net, xi_np, lr, samples, seed)
+    dyn = Dynamics(program, net, xi_np, lr, samples, seed, steps)
     yt = torch.as_tensor(y, dtype=dyn.dt)
     outs, start, moves = [], {}, {h: [] for h in net.pre}
     from tqdm import tqdm  # slow to import: only for this loop's progress bar
