@@ -26,6 +26,7 @@ from tensorprog.engine.parametrization import choose
 from tensorprog.errors import EngineError, UsageError
 from tensorprog.limits.mu import mu_limit
 from tensorprog.limits.nngp import nngp_kernel
+from tensorprog.limits.ntk import ntk_limit
 
 # --- program text ---------------------------------------------------------------------------------
 
@@ -491,10 +492,23 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
+    # before, --depths had no estimate: the run died in the allocator
+    (["check", str(ROOT / "examples" / "resmlp_deep.tp"), "--depths", "100000,200000"],
+     r"--depths: depth 200000 has 6,553,609,472 weights: with gradients, optimizer state and the "
+     r"recorded vectors: about \d+ GiB(.|\n)*use depths of at most about \d+"),
+    (["check", MLP, "--widths", "64,1000000"], r"--widths: width 1000000 has 1,003,084,000,000 "
+                                               r"weights(.|\n)*use widths of at most about"),
+])
+def test_sizes_past_memory_are_refused_before_any_work(capsys, argv, message):
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
     (["derive", "{tmp}/missing.tp"], "cannot read .*missing.tp: No such file"),
     (["derive", "{tmp}"], "Is a directory"),
     (["derive", "{tmp}/empty.tp"], "the program declares no width"),
-    (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "cannot write .*out.py"),
+    (["derive", MLP, "-o", "{tmp}/no/dir/out.py"], "-o .*out.py: cannot write it: no directory"),
     (["derive", MLP, "-o", "{tmp}"], "-o .*: is a directory"),
     # -o never replaces an input nor a file it did not write (a user's model, program or data)
     (["derive", "{tmp}/F.tp", "-o", "{tmp}/F.tp"],
@@ -518,6 +532,20 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
      "the file exists and is not a saved limit"),
     (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/K.npy"],
      r"a saved limit is written to a .pt or .pth file(.|\n)*e.g. -o .*K.pt"),
+    # a garbage or empty data file: before, torch.load's UnpicklingError or EOFError
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/mine.pt"],
+     r"--inputs .*mine.pt: not a tensor file that torch.save or numpy.save wrote(.|\n)*it must "
+     r"hold a \(P, dim\) tensor"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/empty.pt"], "--inputs .*empty.pt: not a "
+                                                               "tensor file"),
+    (["limit", MLP, "--train", "--inputs", "{tmp}/empty.npy", "--targets", "{tmp}/empty.pt"],
+     "--inputs .*empty.npy: not a tensor file"),
+    # before, torch.save's RuntimeError after the whole computation
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/no/dir/K.pt"],
+     r"-o .*K.pt: cannot write it: no directory .*no/dir(.|\n)*create the directory"),
+    (["limit", MLP, "--kernel", "--inputs", "{tmp}/X.pt", "-o", "{tmp}/F.tp/K.pt"],
+     "no directory .*F.tp"),
+    (["trace", "{tmp}/m.py:build", "-o", "{tmp}/no/t.tp"], "-o .*t.tp: cannot write it"),
     (["check", MLP, "--plot", "{tmp}/no/dir/c.png"], "no directory"),
     (["check", MLP, "--plot", "{tmp}/dir.png"], "--plot .*dir.png: is a directory"),
     (["transfer", MLP, "--data", "digits", "--plot", "{tmp}/dir.png"], "is a directory"),
@@ -533,6 +561,8 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (tmp_path / "X.pt").write_bytes(b"data")
     (tmp_path / "mine.pt").write_bytes(b"data")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "empty.npy").write_bytes(b"")
     for link, target in (("link.py", "F.tp"), ("mlink.tp", "m.py"), ("flink.png", "F.tp")):
         (tmp_path / link).symlink_to(tmp_path / target)
     argv = [a.format(tmp=tmp_path, name=tmp_path.name) for a in argv]
@@ -718,12 +748,54 @@ def test_depth_axis_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+SMALL_MLP = ("width n = 16\ndim d = 4\ndim o = 1\ninput x : [d]\nparam W1 : [n, d]\n"
+             "param W2 : [n, n]\nparam W3 : [o, n]\noutput y = W3 @ relu(W2 @ relu(W1 @ x))\n")
+
+
+@pytest.mark.parametrize(("which", "points", "message"), [
+    ("mu", 50_000, r"16,384 samples of \d+ Z-variables on 50,000 points over 2 step\(s\): about "
+                   r"\d+ GiB, more than this machine's memory"),
+    ("ntk", 500_000, "on 500,000 points over 1 step"),
+    ("nngp", 200_000, r"200,000 points: \d+ kernel matrices of 200,000 × 200,000: about"),
+])
+def test_a_limit_too_big_for_memory_is_refused_with_its_estimate(which, points, message):
+    # before, the draws or kernels were allocated until numpy or torch ran out of memory
+    program = tp.parse(SMALL_MLP)
+    x, y = np.zeros((points, 4)), np.zeros((points, 1))
+    with pytest.raises(UsageError, match=message):
+        if which == "mu":
+            mu_limit(program, x, y, steps=1)
+        elif which == "ntk":
+            ntk_limit(program, x)
+        else:
+            nngp_kernel(program, x)
+
+
+@pytest.mark.parametrize("which", ["mu", "ntk"])
+def test_a_limits_seed_outside_64_bits_is_refused(which):
+    # before, torch's manual_seed raised ValueError "Overflow when unpacking long long"
+    program = tp.parse("width n = 16\ndim d = 4\ndim o = 2\ninput x : [d]\nparam W1 : [n, d]\n"
+                       "param W2 : [o, n]\noutput y = W2 @ relu(W1 @ x)\n")
+    x, y = batch(2, 4, 2)
+    with pytest.raises(UsageError, match=r"seed 18446744073709551616: must be from 0 to 2\*\*64"):
+        if which == "ntk":
+            ntk_limit(program, x, samples=8, seed=2**64)
+        else:
+            mu_limit(program, x, y, samples=8, seed=2**64)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--optimizer", "adam"], "only SGD's limit is implemented"),
         (["--param", "sp"], "SGD at a fixed LR has no finite limit under SP"),
         (["--steps", "99"], "--steps 99: must be from 0 to 50"),
+        (["--seed", "0", "--steps", "50", "--samples", str(2**24)],
+         "Z-variables on 2 points over 51 step(s): about"),
+        # before, torch's manual_seed raised ValueError "Overflow when unpacking long long"
+        (["--seed", str(2**64)], f"--seed {2**64}: must be from 0 to {2**64 - 1}"),
+        (["--seed", "-1"], f"--seed -1: must be from 0 to {2**64 - 1}"),
+        (["--seed", "-1", "--param", "ntp"], "--seed -1: must be from 0"),
         (["--kernel"], "not allowed with argument"),
     ],
 )

@@ -20,6 +20,8 @@ from pathlib import Path
 from ..engine.derive import DEPTH_CONVENTIONS
 from ..errors import UsageError
 from ..ir.program import Program
+from ..ir.sizes import check_training
+from ..numerics.measure import default_batch_size
 from ..numerics.plots import MARKED_FORMATS, check_plot_path, drawn_here
 from .output import out, out_json
 
@@ -174,12 +176,16 @@ def check_output(option: str, path: str, kind: Output, inputs: Iterable[str | No
     directory, a name without the kind's suffix (``derive F.tp -o F.tp`` is a slip for another
     file), one of the command's own ``inputs`` (compared as files, so that symlinks, hard links
     and ``./`` spellings count), or an existing file this package did not write (a user's model,
-    program or data). Only a file of the same kind written here earlier is replaced."""
+    program or data), or a file whose directory does not exist. Only a file of the same kind
+    written here earlier is replaced."""
     out = Path(path)
     if out.is_dir():
         name = "out" + kind.suffixes[0] if kind.suffixes else "figure.png"
         raise UsageError(f"{option} {path}: is a directory",
                          help=f"give a file name, e.g. {out / name}")
+    if not out.parent.is_dir():  # writers fail only after the work (torch.save: RuntimeError)
+        raise UsageError(f"{option} {path}: cannot write it: no directory {out.parent}",
+                         help="create the directory first, or write to an existing one")
     if kind.suffixes and out.suffix.lower() not in kind.suffixes:
         raise UsageError(f"{option} {path}: {kind.what} is written to a "
                          f"{' or '.join(kind.suffixes)} file",
@@ -254,42 +260,11 @@ def axis(args: argparse.Namespace) -> tuple[list[int], list[int] | None, int | N
 # --- training runs (check and transfer) ---------------------------------------------------------
 
 
-def _memory(device: str) -> tuple[int, str] | None:
-    """(bytes, what) of the memory the device has, or None when it cannot be told."""
-    if device.startswith("cuda"):
-        import torch  # heavy: only check and transfer load it
-
-        index = torch.device(device).index or 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA "
-                             "device(s)", help="use --device cuda (the first one)")
-        return torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    except (AttributeError, OSError, ValueError):  # not a POSIX system
-        return None
-
-
-def check_memory(program: Program, widths: list[int], device: str) -> None:
-    """Refuse widths whose params alone, with their gradients and two optimizer moments in
-    float32 (16 bytes per weight), need more than the device's memory."""
-    dims = program.dim_table
-
-    def need(width: int) -> int:
-        return 16 * sum(math.prod(dims[d].size_at(width) for d in p.shape)
-                        for p in program.params)
-
-    have = _memory(device)
-    width = max(widths)
-    if have is not None and need(width) > have[0]:
-        low, high = 0, width  # the widest that fits: need() grows with the width
-        while high - low > 1:
-            mid = (low + high) // 2
-            low, high = (mid, high) if need(mid) <= have[0] else (low, mid)
-        raise UsageError(f"--widths: width {width} has {need(width) // 16:,} weights: with "
-                         f"gradients and optimizer state about {need(width) / 2 ** 30:.3g} GiB, "
-                         f"more than {have[1]} ({have[0] / 2 ** 30:.3g} GiB)",
-                         help=f"use widths of at most about {low}")
+def check_memory(program: Program, widths: list[int], device: str,
+                 depths: list[int] | None = None, width: int | None = None) -> None:
+    """Refuse widths (or depths) whose run needs more than the device's memory, before the
+    command's other work (see :func:`tensorprog.ir.sizes.check_training`)."""
+    check_training(program, widths, device, depths, width, default_batch_size(program))
 
 
 def check_seq_len(seq_len: int) -> None:

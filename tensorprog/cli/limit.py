@@ -20,6 +20,8 @@ RANGES: common.Ranges = (
     ("--steps", "steps", 0, 50, "the µ-limit's cost grows with the square of the steps"),
     ("--samples", "samples", 2, 2**24, "every draw's Z-variables of every step are kept in "
      "memory"),
+    ("--seed", "seed", 0, 2**64 - 1, "the Monte Carlo draws come from a torch generator, whose "
+     "seed is a 64-bit unsigned integer"),
 )
 
 
@@ -184,14 +186,23 @@ def _load_array(path: str, option: str, then: str):
     import numpy as np  # heavy: derive and classify never load it
     import torch  # heavy: derive and classify never load it
 
+    what = "a (P, dim) tensor, or a dict of them, one per input" if option == "--inputs" else \
+        "a (P, d_out) tensor"
     try:
         if path.endswith(".npy"):
             data = np.load(path, allow_pickle=False)
         else:
             data = torch.load(path, weights_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot read {path}: {err}",
-                         help="save a tensor with torch.save(x, 'X.pt') or numpy.save") from None
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot read it: {err.strerror or err}",
+                         help=f"it must hold {what}") from None
+    except Exception:  # noqa: BLE001 - a garbage, empty or truncated file fails in the
+        # unpickler with whatever it met (UnpicklingError, EOFError, ...); its text would advise
+        # weights_only=False, which lets a file run code: say what the file must be instead
+        raise UsageError(f"{option} {path}: not a tensor file that torch.save or numpy.save "
+                         "wrote (empty, truncated or another format)",
+                         help=f"it must hold {what}: save it with torch.save(x, 'X.pt') or "
+                              "numpy.save('X.npy', x)") from None
 
     def bad(why: str) -> UsageError:
         return UsageError(f"{option} {path}: {why}",

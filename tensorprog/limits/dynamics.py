@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import math
 
+from ..errors import UsageError
 from ..ir.functions import MUL, torch_function
 from ..ir.program import LinComb, MatMul
+from ..ir.sizes import check_draws
+
+
+class Diverged(ArithmeticError):
+    """The Z-variables left float64's range at this step: the limit diverged (an LR too large
+    for these inputs). Raised before a Gaussian is drawn from a covariance with inf or nan
+    entries, which eigh cannot decompose."""
+
+    def __init__(self, step: int = -1):
+        super().__init__(step)
+        self.step = step
 
 
 class _Family:
@@ -39,7 +51,10 @@ class _Family:
             mean, new = old_z @ a.T, new - a @ k_no.T
         else:
             mean = 0
-        vals, vecs = torch.linalg.eigh((new + new.T) / 2)
+        cov = (new + new.T) / 2
+        if not torch.isfinite(cov).all():  # u, or its second moments, overflowed float64
+            raise Diverged  # eigh would fail on it with a LinAlgError
+        vals, vecs = torch.linalg.eigh(cov)
         root = vecs * vals.clamp(min=0).sqrt()
         leaf = (mean + z @ root.T).requires_grad_(True)
         self.sources.append(u)
@@ -72,9 +87,14 @@ class Dynamics:
     """The state of the limit: the particles (input rows, biases, readout columns), each
     hidden matrix's Gaussian families and its history of (Z^{x_s}, Z^{g_s})."""
 
-    def __init__(self, program, net, xi, lr: float, samples: int, seed: int):
+    def __init__(self, program, net, xi, lr: float, samples: int, seed: int, steps: int = 0):
         import torch  # heavy: only the limits of training need it, not the kernels at init
 
+        if not 0 <= seed < 2**64:  # torch.Generator.manual_seed raises a bare ValueError
+            raise UsageError(f"seed {seed}: must be from 0 to 2**64 - 1",
+                             help="the draws come from a torch generator, whose seed is a 64-bit "
+                                  "unsigned integer")
+        check_draws(samples, len(xi), len(net.body), steps)  # before any draw is allocated
         self.torch, self.net, self.lr, self.n = torch, net, lr, samples
         self.dt = torch.float64
         gen = torch.Generator().manual_seed(seed)

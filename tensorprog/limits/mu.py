@@ -44,7 +44,7 @@ from ..errors import EngineError, UsageError
 from ..ir.functions import MUL
 from ..ir.program import LinComb, MatMul, Nonlin, Program
 from .common import FNS, frac, read_inputs
-from .dynamics import Dynamics
+from .dynamics import Diverged, Dynamics
 
 #: the (a + b, 2a + c) of a param under µP for SGD, by how its dims scale: those that make
 #: every update move every vector by Θ(1) (TP4 §5), invariant under the abc-symmetry
@@ -203,12 +203,15 @@ class TrainingLimit:
     lr: float
     targets: np.ndarray = field(repr=False)
     program: str = "program"
+    #: the step whose Z-variables left float64's range (the limit diverged there, and
+    #: ``outputs`` ends at the step before), or None
+    stopped: int | None = None
 
     def diverged(self) -> bool:
         """Whether the loss blew up along the steps (non-finite, or 10x its start): the limit of a
         learning rate too large for these inputs, not a finite-width effect."""
         loss = [float(0.5 * ((f - self.targets) ** 2).sum(-1).mean()) for f in self.outputs]
-        return not np.isfinite(loss[-1]) or loss[-1] > 10 * loss[0]
+        return self.stopped is not None or not np.isfinite(loss[-1]) or loss[-1] > 10 * loss[0]
 
     def __str__(self) -> str:
         return describe(self)
@@ -216,6 +219,7 @@ class TrainingLimit:
     def as_dict(self) -> dict:
         return {
             "diverged": self.diverged(),
+            "stopped": self.stopped,
             "outputs": self.outputs.tolist(),
             "lr": self.lr,
             "samples": self.samples,
@@ -251,22 +255,41 @@ def mu_limit(
             f"steps {steps}, samples {samples}, lr {lr}: need steps ≥ 0, "
             "samples ≥ 2 and a finite lr"
         )
-    dyn = Dynamics(program, net, xi_np, lr, samples, seed)
+    dyn = Dynamics(program, net, xi_np, lr, samples, seed, steps)
     yt = torch.as_tensor(y, dtype=dyn.dt)
     outs, start, moves = [], {}, {h: [] for h in net.pre}
     from tqdm import tqdm  # slow to import: only for this loop's progress bar
 
+    stopped = None
     for t in tqdm(range(steps + 1), desc="µ-limit", unit="step", disable=not progress, leave=False):
-        z = dyn.forward()
-        f = z[net.output].detach()
+        # a diverging limit overflows float64 within a few steps: stop at the first step whose
+        # Z-variables are not finite and keep the finite steps before it, rather than
+        # decompose an inf covariance (LinAlgError) or report nan outputs
+        try:
+            z = dyn.forward()
+            f = z[net.output].detach()
+            if not torch.isfinite(f).all():
+                raise Diverged(t)
+        except Diverged:
+            stopped = t
+            break
         outs.append(f.numpy().copy())
         for h in net.pre:
             start.setdefault(h, z[h].detach())
             moves[h].append(float((z[h].detach() - start[h]).pow(2).mean().sqrt()))
         if t == steps:
             break
-        _, grads = dyn.backward(z, (f - yt) / len(y))  # χ_b = (f(ξ_b) - y_b) / B
+        try:
+            _, grads = dyn.backward(z, (f - yt) / len(y))  # χ_b = (f(ξ_b) - y_b) / B
+        except Diverged:
+            stopped = t + 1
+            break
         dyn.update(grads)
+    if not outs:
+        raise UsageError(
+            "the limit's outputs at init already leave float64's range",
+            help="normalise the inputs (unit variance per coordinate)",
+        )
     return TrainingLimit(
         np.stack(outs),
         {h: np.array(v) for h, v in moves.items()},
@@ -275,6 +298,7 @@ def mu_limit(
         lr,
         y,
         program.name,
+        stopped,
     )
 
 
@@ -346,6 +370,9 @@ def describe(result: TrainingLimit) -> str:
         "feature change RMS(h_t - h_0) at the last step (under NTP it vanishes as n^-1/2):"
     )
     lines += [f"  {h}: {v[-1]:.4f}" for h, v in result.feature_change.items()]
+    if result.stopped is not None:
+        lines.append(f"diverged: the limit's values leave float64's range at step "
+                     f"{result.stopped}, so it stops at step {len(result.outputs) - 1}")
     if result.diverged():
         lines.append(f"warning: the loss grows from {loss[0]:.4g} to {loss[-1]:.4g}: at lr "
                      f"{result.lr:g} SGD diverges in the limit too; lower --lr (or normalise "

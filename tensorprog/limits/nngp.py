@@ -45,6 +45,7 @@ from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import MUL
 from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.sizes import check_kernels
 from ..ir.text import render_instruction
 from .common import AT_ZERO, FNS, ID, ORDER, Fn, frac, gaussian_mean, gaussian_pair, read_inputs
 
@@ -585,6 +586,9 @@ def nngp_kernel(program: Program, inputs, *, param: str = "sp", optimizer: str =
     if not isinstance(order, int) or order < 4:
         raise UsageError("the quadrature order must be an integer >= 4")
     data = read_inputs(program, inputs)
+    # a P x P kernel for every vector and one cross-covariance for every pair of matmuls
+    matmuls = sum(isinstance(ins, MatMul) for ins in program.body)
+    check_kernels(len(next(iter(data.values()))), len(program.body) + matmuls**2)
     chosen = choose(program, opt, param, convention, depth_convention=None)
     abc, label = chosen.abc, chosen.label
     ev = _Limit(program, abc, data, order)

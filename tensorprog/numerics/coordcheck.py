@@ -18,6 +18,7 @@ from ..engine.optimizers import Optimizer
 from ..engine.parametrization import choose
 from ..errors import UsageError
 from ..ir.program import Program
+from ..ir.sizes import check_training
 from .judge import TOLERANCE, CheckResult, depth_expectations, judge
 from .measure import default_batch_size, measure, pick_device
 
@@ -69,6 +70,8 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
         batch_size = default_batch_size(program)
     if seeds < 1 or batch_size < 1:
         raise UsageError("seeds and the batch size must be at least 1")
+    check_training(program, widths if depths is None else [width], pick_device(device), depths,
+                   width, batch_size)
     if lr is None:
         lr = DEFAULT_LR[optimizer.name]
         if depths is not None:

@@ -210,3 +210,38 @@ def test_cli_train_under_ntp_gives_the_kernel_regime(capsys, tmp_path):
     assert np.abs(mean[-1] - y).mean() < np.abs(y).mean()  # the mean moves towards y
 
 
+
+
+DEEP_RELU = """width n = 64
+dim d = 4
+dim o = 1
+input x : [d]
+param W1 : [n, d]
+param W2 : [n, n]
+param W3 : [o, n]
+h1 = W1 @ x
+x1 = relu(h1)
+h2 = W2 @ x1
+x2 = relu(h2)
+output y = W3 @ x2
+"""
+
+
+def test_a_limit_that_leaves_float64_stops_there_and_says_it_diverged(capsys, tmp_path):
+    """At lr 4 the Z-variables overflow float64 within 12 steps: the limit keeps the finite
+    steps and says where it diverged (before, eigh raised LinAlgError on the inf covariance)."""
+    import torch
+
+    program = tmp_path / "deep.tp"
+    program.write_text(DEEP_RELU)
+    gen = torch.Generator().manual_seed(0)
+    torch.save(torch.randn(4, 4, generator=gen), tmp_path / "X.pt")
+    torch.save(torch.randn(4, 1, generator=gen), tmp_path / "Y.pt")
+    args = ["limit", str(program), "--train", "--inputs", str(tmp_path / "X.pt"), "--targets",
+            str(tmp_path / "Y.pt"), "--samples", "256", "--steps", "12", "--lr", "4"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "diverged: the limit's values leave float64's range at step" in out, out
+    code, out, _ = run_cli(capsys, *args, "--json")
+    data = json.loads(out)
+    assert data["diverged"] and data["stopped"] is not None
+    assert len(data["outputs"]) == data["stopped"] and np.all(np.isfinite(data["outputs"]))
