@@ -574,7 +574,7 @@ def test_odd_paths(capsys, tmp_path, argv, message):
 
 @pytest.mark.parametrize(("seq_len", "message"), [
     # before: the trace died in the allocator; now refused before the model's file is imported
-    ("100000000", r"--seq-len 100000000: the token ids and a \[T, T\] attention mask need "
+    ("100000000", r"--seq-len 100000000: the token ids and a \[T, T\] attention mask: "
                   r"about 3.73e\+07 GiB, more than this machine's memory(.|\n)*keep the default"),
     ("0", "--seq-len"),
 ])

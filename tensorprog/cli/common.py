@@ -20,7 +20,7 @@ from pathlib import Path
 from ..engine.derive import DEPTH_CONVENTIONS
 from ..errors import UsageError
 from ..ir.program import Program
-from ..ir.sizes import check_training
+from ..ir.sizes import check_fits, check_training, fits, largest_fitting
 from ..numerics.measure import default_batch_size
 from ..numerics.plots import MARKED_FORMATS, check_plot_path, drawn_here
 from .output import out, out_json
@@ -275,14 +275,11 @@ def check_seq_len(seq_len: int) -> None:
     def need(t: int) -> int:
         return 32 * t + 4 * t * t
 
-    have = _memory("cpu")
-    if have is not None and need(seq_len) > have[0]:
-        fits = math.isqrt(have[0] // 4)  # the largest T whose [T, T] mask alone fits
-        raise UsageError(f"--seq-len {seq_len}: the token ids and a [T, T] attention mask "
-                         f"need about {need(seq_len) / 2 ** 30:.3g} GiB, more than {have[1]} "
-                         f"({have[0] / 2 ** 30:.3g} GiB)",
-                         help=f"T is a finite dim of the program, the same at any length: "
-                              f"keep the default 8 (at most about {fits:,} fits)")
+    if not fits(need(seq_len)):
+        most = largest_fitting(need, seq_len)
+        check_fits(need(seq_len), f"--seq-len {seq_len}: the token ids and a [T, T] attention "
+                   "mask", "T is a finite dim of the program, the same at any length: keep "
+                   f"the default 8 (at most about {most:,} fits)")
 
 
 def report(args: argparse.Namespace, result, render, draw) -> None:
