@@ -102,7 +102,21 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))
     out = capsys.readouterr()
+    assert "Traceback" not in out.err  # every outcome, refusals included, is said in words
     return exit_.value.code, out.out, out.err
+
+
+def parse_error(source: str, cls=None):
+    """The positioned error (a TensorProgError, or ``cls``) that parsing ``source`` raises."""
+    import warnings
+
+    import tensorprog as tp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tp.TensorProgWarning)
+        with pytest.raises(cls or tp.TensorProgError) as info:
+            tp.parse(source, "bad.tp")
+    return info.value
 
 
 @pytest.fixture(params=[p.name for p in EXAMPLES])

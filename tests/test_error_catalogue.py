@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, emit_program, import_file, mlp_source, run_cli
+from conftest import ROOT, emit_program, import_file, mlp_source, parse_error, run_cli
 
 import tensorprog as tp
 from tensorprog.cli.main import main
@@ -156,17 +156,8 @@ LOGITS_SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : to
        "s = tau * dot(Wq @ h, Wk @ h, dh)\n")  # 11 lines; s holds attention logits
 
 def _cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    return exit_.value.code, capsys.readouterr().err
-
-
-def _error(source: str, cls=tp.TensorProgError) -> tp.TensorProgError:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", tp.TensorProgWarning)
-        with pytest.raises(cls) as info:
-            tp.parse(source, "bad.tp")
-    return info.value
+    code, _, err = run_cli(capsys, *argv)
+    return code, err
 
 
 POSITIONED = {
@@ -273,7 +264,7 @@ POSITIONED = {
 @pytest.mark.parametrize("case", list(POSITIONED))
 def test_positioned_catalogue(case):
     source, cls, pattern, (line, column) = POSITIONED[case]
-    err = _error(source, cls)
+    err = parse_error(source, cls)
     assert re.search(pattern, str(err)), str(err)
     assert (err.span.line, err.span.column) == (line, column), str(err)
     assert "Traceback" not in str(err)
@@ -428,20 +419,12 @@ def test_programs_outside_the_mlp_family_are_refused_with_a_position(param, body
 MLP = str(ROOT / "examples" / "mlp.tp")
 
 
-def _main(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err
-    return exit_.value.code, out.out, out.err
-
-
 @pytest.mark.parametrize(("c", "message"), [
     ("1/0", 'not an exact exponent: "1/0"'), ("nan", "not an exact exponent"),
     ("-oo", "a learning rate cannot scale as n\\^oo"),
 ])
 def test_bad_global_c(capsys, c, message):
-    code, _, err = _main(capsys, "classify", MLP, "--preset", "mup", "--c", c)
+    code, _, err = run_cli(capsys, "classify", MLP, "--preset", "mup", "--c", c)
     assert code == 2 and re.search(message, err), err
 
 
@@ -470,7 +453,7 @@ def test_bad_global_c(capsys, c, message):
     (["--plot", "."], "is a directory|unknown figure format"),
 ])
 def test_check_refuses_out_of_range_numbers(capsys, args, message):
-    code, _, err = _main(capsys, "check", MLP, *args)
+    code, _, err = run_cli(capsys, "check", MLP, *args)
     assert code == 2 and re.search(message, err), err
 
 
@@ -487,7 +470,7 @@ def test_check_refuses_out_of_range_numbers(capsys, args, message):
     (["--param", ","], "no parametrization given"),
 ])
 def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
-    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache", "none", *args)
+    code, _, err = run_cli(capsys, "transfer", MLP, "--data", "digits", "--cache", "none", *args)
     assert code == 2 and re.search(message, err), err
 
 
@@ -500,7 +483,7 @@ def test_transfer_refuses_out_of_range_numbers(capsys, args, message):
                                                r"weights(.|\n)*use widths of at most about"),
 ])
 def test_sizes_past_memory_are_refused_before_any_work(capsys, argv, message):
-    code, _, err = _main(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and re.search(message, err), err
 
 
@@ -567,7 +550,7 @@ def test_odd_paths(capsys, tmp_path, argv, message):
         (tmp_path / link).symlink_to(tmp_path / target)
     argv = [a.format(tmp=tmp_path, name=tmp_path.name) for a in argv]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    code, _, err = _main(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and re.search(message, err), err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
@@ -579,7 +562,7 @@ def test_odd_paths(capsys, tmp_path, argv, message):
     ("0", "--seq-len"),
 ])
 def test_trace_refuses_a_seq_len_no_memory_holds(capsys, tmp_path, seq_len, message):
-    code, out, err = _main(capsys, "trace", f"{tmp_path}/absent.py:build", "--seq-len", seq_len)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/absent.py:build", "--seq-len", seq_len)
     assert (code, out) == (2, "") and re.search(message, err), err
 
 
@@ -638,7 +621,7 @@ def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, func
     if inputs is not None:
         source += f"\nexample_inputs = {inputs}\n"
     (tmp_path / "m.py").write_text(source)
-    code, out, err = _main(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
     assert (code, out) == (2, "") and re.search(message, err), err
     assert "tensorprog/" not in err  # the user's file, never the package's
 
@@ -654,7 +637,7 @@ def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, func
                                   r"extra.tp\n$"),
 ])
 def test_an_unknown_argument_gets_the_commands_usage_and_the_closest_flag(capsys, argv, message):
-    code, _, err = _main(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and re.search(message, err), err
 
 
@@ -850,13 +833,13 @@ def _abc(**changes) -> str:
 def test_bad_abc_files(capsys, tmp_path, content, message):
     path = tmp_path / "abc.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+    code, _, err = run_cli(capsys, "classify", MLP, "--abc", str(path))
     assert code == 2 and re.search(message, err), err
 
 
 def test_abc_file_that_is_missing_or_a_directory(capsys, tmp_path):
     for path, why in ((tmp_path / "nope.json", "No such file"), (tmp_path, "Is a directory")):
-        code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+        code, _, err = run_cli(capsys, "classify", MLP, "--abc", str(path))
         assert code == 2 and "cannot read it" in err and why in err
 
 
@@ -871,7 +854,7 @@ def test_abc_file_that_is_missing_or_a_directory(capsys, tmp_path):
 def test_classify_bad_abc_file(capsys, tmp_path, content, message):
     path = tmp_path / "abc.json"
     path.write_text(content)
-    code, _, err = _main(capsys, "classify", MLP, "--abc", str(path))
+    code, _, err = run_cli(capsys, "classify", MLP, "--abc", str(path))
     assert code == 2
     assert "Traceback" not in err
     import re
@@ -951,7 +934,7 @@ def test_bad_data_files_are_refused_naming_the_array(capsys, tmp_path):
     files = _data_files(tmp_path)
     assert set(files) == set(DATA_ERRORS)
     for name, message in DATA_ERRORS.items():
-        code, _, err = _main(capsys, "transfer", MLP, "--data", str(files[name]), "--cache",
+        code, _, err = run_cli(capsys, "transfer", MLP, "--data", str(files[name]), "--cache",
                              "none")
         assert code == 2 and re.search(message, err), (name, err)
         assert f"--data {files[name]}" in err
@@ -961,7 +944,7 @@ def test_data_path_that_is_missing_or_a_directory(capsys, tmp_path):
     (tmp_path / "dir.pt").mkdir()
     for path, why in ((tmp_path / "none.pt", "no such file"), (tmp_path / "dir.pt",
                                                                 "is a directory")):
-        code, _, err = _main(capsys, "transfer", MLP, "--data", str(path), "--cache", "none")
+        code, _, err = run_cli(capsys, "transfer", MLP, "--data", str(path), "--cache", "none")
         assert code == 2 and why in err
 
 
@@ -986,10 +969,10 @@ def test_cli_inputs_get_the_checks_data_files_get(capsys, tmp_path, make, messag
 
 def test_a_cache_path_that_cannot_hold_the_cache(capsys, tmp_path):
     (tmp_path / "file").write_text("")
-    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache",
+    code, _, err = run_cli(capsys, "transfer", MLP, "--data", "digits", "--cache",
                          str(tmp_path / "file"))
     assert code == 2 and "is a file, not a directory" in err
-    code, _, err = _main(capsys, "transfer", MLP, "--data", "digits", "--cache",
+    code, _, err = run_cli(capsys, "transfer", MLP, "--data", "digits", "--cache",
                          str(tmp_path / "file" / "below"))
     assert code == 2 and "cannot write the trial cache there" in err
 

@@ -5,12 +5,11 @@ cascade, and an unused param is a warning. Bad programs and their messages: test
 from __future__ import annotations
 
 import time
-import warnings
 
 import pytest
+from conftest import parse_error, run_cli
 
 import tensorprog as tp
-from tensorprog.cli.main import main
 
 HEAD = "width n = 8\ninput x : [n]\nparam W : [n, n]\n"  # 3 lines; the bad line below is line 4
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
@@ -20,17 +19,8 @@ P, S = tp.ParseError, tp.SemanticError
 
 
 def _cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    return exit_.value.code, capsys.readouterr().err
-
-
-def _error(source: str, cls=tp.TensorProgError) -> tp.TensorProgError:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", tp.TensorProgWarning)
-        with pytest.raises(cls) as info:
-            tp.parse(source, "bad.tp")
-    return info.value
+    code, _, err = run_cli(capsys, *argv)
+    return code, err
 
 
 # --- deep expressions ---------------------------------------------------------------------------
@@ -61,7 +51,7 @@ def test_1000_nested_calls_lower_to_a_chain():
 
 def test_an_error_deep_inside_a_nested_expression_is_positioned():
     source = HEAD + "y = " + "tanh(" * 600 + "W @ q" + ")" * 600 + "\noutput y\n"
-    err = _error(source, S)
+    err = parse_error(source, S)
     assert err.span.line == 4 and err.span.column == 5 + 5 * 600 + 4
     assert "undefined name 'q'" in str(err)
 
@@ -73,7 +63,7 @@ SEPARATORS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\r"]
 
 @pytest.mark.parametrize("sep", SEPARATORS, ids=[hex(ord(s)) for s in SEPARATORS])
 def test_a_separator_in_a_comment_keeps_the_line_count(sep):
-    err = _error(HEAD + f"# a{sep}b\nh = W @ q\noutput y = h\n", S)
+    err = parse_error(HEAD + f"# a{sep}b\nh = W @ q\noutput y = h\n", S)
     lines = str(err).splitlines()
     assert lines[0].startswith("bad.tp:5:9: error: undefined name 'q'")
     assert lines[1] == "    h = W @ q" and lines[2] == "            ^"
@@ -83,10 +73,10 @@ def test_a_separator_in_a_comment_keeps_the_line_count(sep):
 def test_a_separator_in_code(sep):
     source = HEAD + f"h = W @ x{sep}+ q\noutput y = h\n"
     if sep == "\x0c":  # form feed is whitespace: the error is the undefined name after it
-        err = _error(source, S)
+        err = parse_error(source, S)
         where, what = (4, 13), "undefined name 'q'"
     else:
-        err = _error(source, P)
+        err = parse_error(source, P)
         where, what = (4, 10), f"unexpected {sep!r}"
     rendered = str(err).splitlines()
     assert (err.span.line, err.span.column) == where and what in rendered[0]
@@ -95,7 +85,7 @@ def test_a_separator_in_code(sep):
 
 
 def test_a_tab_and_a_wide_character_keep_the_caret_aligned():
-    err = _error(HEAD + "#\u6f22\nh =\tW @ q\noutput y = h\n", S)
+    err = parse_error(HEAD + "#\u6f22\nh =\tW @ q\noutput y = h\n", S)
     assert str(err).splitlines()[2] == "    " + "   \t" + "    ^"
 
 

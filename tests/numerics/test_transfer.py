@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorprog as tp
-from tensorprog.cli.main import main, run
+from tensorprog.cli.main import run
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.numerics.data import load
 from tensorprog.numerics.transfer import (
@@ -148,14 +148,6 @@ def test_cli_transfer_json_in_parallel_processes(tmp_path, capsys):
 # --- data that does not fit, wrong cache entries, too few points ----------------------------------
 
 
-def _main(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_:
-        main(list(argv))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err
-    return exit_.value.code, out.out, out.err
-
-
 # an autoencoder-like program: its input and output share the dim d
 SHARED = ("width n = 16\ndim d = 4\ninput x : [d]\nparam W1 : [n, d]\nparam W2 : [d, n]\n"
           "h = W1 @ x\nz = relu(h)\noutput y = W2 @ z\n")
@@ -164,12 +156,12 @@ SHARED = ("width n = 16\ndim d = 4\ninput x : [d]\nparam W1 : [n, d]\nparam W2 :
 def test_a_program_whose_input_and_output_share_a_dim(capsys, tmp_path):
     (tmp_path / "shared.tp").write_text(SHARED)
     torch.save({"x": torch.randn(8, 4), "y": torch.arange(8) % 3}, tmp_path / "set.pt")
-    code, _, err = _main(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
+    code, _, err = run_cli(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
                          str(tmp_path / "set.pt"), "--cache", "none")
     assert code == 2
     assert "input and output share the dim d, but the data has 4 input features and 3" in err
     torch.save({"x": torch.randn(8, 4), "y": torch.arange(8) % 4}, tmp_path / "square.pt")
-    code, out, _ = _main(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
+    code, out, _ = run_cli(capsys, "transfer", str(tmp_path / "shared.tp"), "--data",
                          str(tmp_path / "square.pt"), "--cache", "none", "--param", "mup",
                          "--widths", "8,16", "--values", "1e-2,1e-1,1", "--steps", "2",
                          "--seeds", "1", "--jobs", "1", "--json")
@@ -183,7 +175,7 @@ def test_wrong_cache_entries_are_trained_again_with_a_warning(capsys, tmp_path):
     argv = ["transfer", str(MLP), "--data", str(tmp_path / "set.pt"), "--param", "mup", "--widths",
             "8,16", "--values", "1e-3,1e-2,1e-1", "--steps", "2", "--seeds", "1", "--jobs", "1",
             "--cache", str(cache), "--json"]
-    code, out, err = _main(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     first = json.loads(out)["parametrizations"]["mup"]["losses"]
     assert code == 0 and "warning" not in err
     entries = sorted((cache / "transfer").glob("*.json"))
@@ -193,12 +185,12 @@ def test_wrong_cache_entries_are_trained_again_with_a_warning(capsys, tmp_path):
     entries[1].write_text(entries[2].read_text())  # another trial's result, filed under this one
     entries[2].write_text(json.dumps({**good, "key": entries[2].stem, "loss": "low"}))
     entries[3].write_text("[1, 2]")  # not an object
-    code, out, err = _main(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     data = json.loads(out)
     assert code == 0 and data["cached"] == 2
     assert "4 cached trial(s)" in err and "trained again" in err
     assert data["parametrizations"]["mup"]["losses"] == first  # the same numbers, recomputed
-    code, out, err = _main(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert json.loads(out)["cached"] == 6 and "warning" not in err  # rewritten, now good
 
 
