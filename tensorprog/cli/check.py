@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..engine.derive import CONVENTIONS
-from ..engine.optimizers import OPTIMIZERS, resolve
+from ..engine.optimizers import resolve
 from ..errors import UsageError
 from ..lang.parse import parse_file
 from ..numerics.coordcheck import coord_check
@@ -29,9 +29,7 @@ def add_parser(sub) -> None:
     k = sub.add_parser("check", help="coordinate check: train the emitted module at several widths "
                                      "and judge every vector's scaling (needs torch)")
     k.add_argument("program", help="a .tp file")
-    k.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
-                   help="default: adam")
-    common.add_muon_io(k)
+    common.add_optimizer(k, "adam")
     k.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to emit (default: table3)")
     common.add_module_options(k, "the check then expects those vectors to start at exactly 0")

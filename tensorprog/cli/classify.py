@@ -15,7 +15,7 @@ from ..engine.classify import (
     classify_text,
 )
 from ..engine.exponents import ABC, INF, NEG_INF, Exp
-from ..engine.optimizers import OPTIMIZERS, Optimizer, resolve
+from ..engine.optimizers import Optimizer, resolve
 from ..engine.parametrization import PRESETS, preset
 from ..errors import EngineError, UsageError
 from ..ir.program import Program
@@ -27,9 +27,7 @@ from .abcfile import exponent, read_abc
 def add_parser(sub) -> None:
     c = sub.add_parser("classify", help="classify a parametrization: stable? feature learning?")
     c.add_argument("program", help="a .tp file")
-    c.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
-                   help="default: sgd (TP4's setting for the presets)")
-    common.add_muon_io(c)
+    common.add_optimizer(c, "sgd", " (TP4's setting for the presets)")
     which = c.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", choices=PRESETS,
                        help="a named parametrization: sp (standard), ntp (neural tangent), mup, "

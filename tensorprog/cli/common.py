@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.derive import DEPTH_CONVENTIONS
+from ..engine.optimizers import OPTIMIZERS
 from ..errors import UsageError
 from ..ir.program import Program
 from ..ir.sizes import check_fits, check_training, fits, largest_fitting
@@ -211,7 +212,11 @@ def _same_file(a: Path, b: Path) -> bool:
 # --- options shared by several commands ---------------------------------------------------------
 
 
-def add_muon_io(parser: argparse.ArgumentParser) -> None:
+def add_optimizer(parser: argparse.ArgumentParser, default: str, note: str = "") -> None:
+    """--optimizer (its default said in the help, with ``note``) and --muon-io, which only
+    means something beside it."""
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=default,
+                        help=f"default: {default}{note}")
     parser.add_argument("--muon-io", action="store_true",
                         help="with --optimizer muon: orthogonalise the input and output matrices "
                              "too (default: hidden matrices only; token and position lookups, "

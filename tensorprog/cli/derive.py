@@ -11,7 +11,7 @@ from ..emit.module import emit, emitted_here
 from ..engine.derivation import Derivation, derive_json, derive_table, explain
 from ..engine.derive import CONVENTIONS, DEPTH_CONVENTIONS, derive
 from ..engine.exponents import ABC, as_str
-from ..engine.optimizers import OPTIMIZERS, Optimizer, resolve
+from ..engine.optimizers import Optimizer, resolve
 from ..engine.parametrization import choose, zero_init, zero_init_effects, zero_init_text
 from ..errors import UsageError
 from ..ir.program import Program
@@ -26,9 +26,7 @@ MODULE = common.Output("a PyTorch module", (".py",),
 def add_parser(sub) -> None:
     d = sub.add_parser("derive", help="derive the µP parametrization of a program")
     d.add_argument("program", help="a .tp file")
-    d.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
-                   help="default: adam")
-    common.add_muon_io(d)
+    common.add_optimizer(d, "adam")
     d.add_argument("--convention", choices=sorted(CONVENTIONS), default="table3",
                    help="which member of the abc-symmetry family to print (default: table3, "
                         "every multiplier 1)")

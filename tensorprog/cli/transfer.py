@@ -8,7 +8,7 @@ import argparse
 import math
 import sys
 
-from ..engine.optimizers import OPTIMIZERS, resolve
+from ..engine.optimizers import resolve
 from ..errors import UsageError
 from ..lang.parse import parse_file
 from ..numerics.measure import pick_device
@@ -36,9 +36,7 @@ def add_parser(sub) -> None:
     t.add_argument("--param", type=common.names, default=("mup", "sp"), metavar="mup,sp",
                    help="parametrizations to compare (default: mup,sp; also ntp, and mup-width: "
                         "µP with no depth scaling, for --depths)")
-    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
-                   help="default: adam")
-    common.add_muon_io(t)
+    common.add_optimizer(t, "adam")
     t.add_argument("--widths", metavar="W1,W2,...",
                    help="widths to train (default: 64,128,256,512,1024)")
     t.set_defaults(default_widths="64,128,256,512,1024")
