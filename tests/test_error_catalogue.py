@@ -902,6 +902,8 @@ def _data_files(tmp_path: Path) -> dict[str, Path]:
         out[name] = tmp_path / f"{name}.pt"
     (tmp_path / "junk.pt").write_bytes(b"\x80\x02not a torch file")
     out["junk"] = tmp_path / "junk.pt"
+    (tmp_path / "zero.pt").write_bytes(b"")
+    out["zero_bytes"] = tmp_path / "zero.pt"
     return out
 
 
@@ -926,7 +928,10 @@ DATA_ERRORS = {
     "tensor": r"not a dict of tensors but a Tensor",
     "keys": r"got the keys 'w'",
     "x_not_tensor": r"x is a list, not a tensor",
-    "junk": r"cannot read it as a torch file",
+    # before, torch's unpickling text, which advises weights_only=False (a file that runs code)
+    "junk": r"not a tensor file that torch.save wrote \(empty, truncated or another format\)"
+            r"(.|\n)*it must hold a dict \{\"x\": float \(N, d_in\)",
+    "zero_bytes": r"zero.pt: not a tensor file that torch.save wrote",
 }
 
 

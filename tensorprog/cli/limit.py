@@ -13,7 +13,7 @@ from ..engine.optimizers import OPTIMIZERS
 from ..errors import UsageError
 from ..ir.program import Program
 from ..lang.parse import parse_file
-from ..numerics.data import check_finite, dense_tensor
+from ..numerics.data import check_finite, dense_tensor, read_tensor_file
 from . import common
 
 RANGES: common.Ranges = (
@@ -188,21 +188,8 @@ def _load_array(path: str, option: str, then: str):
 
     what = "a (P, dim) tensor, or a dict of them, one per input" if option == "--inputs" else \
         "a (P, d_out) tensor"
-    try:
-        if path.endswith(".npy"):
-            data = np.load(path, allow_pickle=False)
-        else:
-            data = torch.load(path, weights_only=True)
-    except OSError as err:
-        raise UsageError(f"{option} {path}: cannot read it: {err.strerror or err}",
-                         help=f"it must hold {what}") from None
-    except Exception:  # noqa: BLE001 - a garbage, empty or truncated file fails in the
-        # unpickler with whatever it met (UnpicklingError, EOFError, ...); its text would advise
-        # weights_only=False, which lets a file run code: say what the file must be instead
-        raise UsageError(f"{option} {path}: not a tensor file that torch.save or numpy.save "
-                         "wrote (empty, truncated or another format)",
-                         help=f"it must hold {what}: save it with torch.save(x, 'X.pt') or "
-                              "numpy.save('X.npy', x)") from None
+    data = read_tensor_file(path, option, what, "torch.save(x, 'X.pt') or numpy.save('X.npy', x)",
+                            npy=True)
 
     def bad(why: str) -> UsageError:
         return UsageError(f"{option} {path}: {why}",

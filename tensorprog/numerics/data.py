@@ -83,15 +83,38 @@ def load(name: str) -> Dataset:
             raise UsageError(f"--data {name}: " + ("is a directory" if path.is_dir()
                                                     else "no such file"),
                              help='give a file saved with torch.save({"x": x, "y": y}, path)')
-        try:  # weights_only: a data file is never allowed to run code while it loads
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unreadable file: say so instead of a traceback
-            why = str(err).strip().split("\n")[0]
-            raise UsageError(f"--data {name}: cannot read it as a torch file ({why})",
-                             help='save it with torch.save({"x": x, "y": y}, path)') from None
+        blob = read_tensor_file(name, "--data", 'a dict {"x": float (N, d_in), "y": integer '
+                                'labels (N,)} or {"tokens": integer ids (N,)}',
+                                'torch.save({"x": x, "y": y}, path)')
         return _from_tensors(path, blob)
     raise UsageError(f"unknown data set {name!r}",
                      help=f"choose {', '.join(DATASETS)}, or give a FILE.pt")
+
+
+def read_tensor_file(path: str, option: str, holds: str, how: str, npy: bool = False):
+    """What a user's tensor file holds (a ``.npy`` file too, with ``npy``), or a UsageError
+    naming ``option`` and the file that says it must hold ``holds``, saved with ``how``: the
+    one reader of the data files transfer and limit take. A garbage, empty or truncated file
+    fails in torch's unpickler with whatever it met (UnpicklingError, EOFError, ...), and its
+    text advises weights_only=False, which lets a file run code: the message says what the
+    file must be instead."""
+    import torch
+
+    try:
+        if npy and path.endswith(".npy"):
+            import numpy as np  # heavy: only for a .npy file
+
+            return np.load(path, allow_pickle=False)
+        # weights_only: a data file is never allowed to run code while it loads
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot read it: {err.strerror or err}",
+                         help=f"it must hold {holds}") from None
+    except Exception:  # noqa: BLE001 - any file torch (or numpy) cannot read: see above
+        writers = "torch.save or numpy.save" if npy else "torch.save"
+        raise UsageError(f"{option} {path}: not a tensor file that {writers} wrote (empty, "
+                         "truncated or another format)",
+                         help=f"it must hold {holds}: save it with {how}") from None
 
 
 MAX_CLASSES = 1 << 20  # the output layer has a row per class (or token id)

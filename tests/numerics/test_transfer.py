@@ -57,7 +57,8 @@ def test_tensor_files_load(tmp_path):
     torch.save({"x": torch.randn(5, 2), "y": torch.tensor([0.5] * 5)}, tmp_path / "bad.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
     torch.save({"x": torch.randn(5, 2), "y": torch.arange(4)}, tmp_path / "short.pt")
-    for name, why in (("bad", "non-negative integer labels"), ("junk", "cannot read it"),
+    for name, why in (("bad", "non-negative integer labels"),
+                      ("junk", "not a tensor file that torch.save wrote"),
                       ("short", "x must be \\(N, d_in\\)")):
         with pytest.raises(tp.UsageError, match=why):
             load(str(tmp_path / f"{name}.pt"))
