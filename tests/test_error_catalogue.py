@@ -487,6 +487,42 @@ def test_sizes_past_memory_are_refused_before_any_work(capsys, argv, message):
     assert code == 2 and re.search(message, err), err
 
 
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    # before, the kernel regime and the µ-limit on 5,000 points ran for hours (their autograd
+    # passes grow with the points squared); now refused with the estimate before any draw
+    (["limit", "{tmp}/small.tp", "--train", "--param", "ntp", "--inputs", "{tmp}/X.npy",
+      "--targets", "{tmp}/Y.npy"], None,
+     r"16,384 samples of 5 Z-variables on 5,000 points over 1 step\(s\): about 7.4 h \(2.7e\+14 "
+     r"floating-point operations at this machine's 10 GFLOP/s\), more than the 30-minute "
+     r"limit(.|\n)*use fewer points(.|\n)*set TENSORPROG_MAX_MINUTES=888 \(or inf\)"),
+    (["limit", "{tmp}/small.tp", "--train", "--samples", "256", "--inputs", "{tmp}/X.npy",
+      "--targets", "{tmp}/Y.npy"], None,
+     r"256 samples of 5 Z-variables on 5,000 points over 6 step\(s\): about 22.8 h"),
+    (["check", MLP, "--widths", "64,8192", "--steps", "1000", "--seeds", "100"], None,
+     r"--widths 64,8192: 100 run\(s\) of 1,000 step\(s\) at each width, the largest with "
+     r"92,372,992 weights: about [\d.]+ h(.|\n)*fewer --steps or fewer runs \(--seeds\)"),
+    (["transfer", MLP, "--data", "digits", "--cache", "none", "--widths", "64,4096", "--steps",
+      "100000"], None, r"--widths 64,4096: 44 run\(s\) of 100,000 step\(s\)(.|\n)*--values"),
+    (["check", MLP], "soon", "TENSORPROG_MAX_MINUTES=soon: not a positive number of minutes"),
+])
+def test_work_past_the_time_limit_is_refused_with_its_estimate(capsys, tmp_path, monkeypatch,
+                                                               argv, env, message):
+    from tensorprog.ir import sizes
+
+    # a machine of 10 GFLOP/s and 1 TiB, so that the numbers are exact and only time refuses
+    monkeypatch.setattr(sizes, "throughput", lambda device="cpu", dtype="float32": 1e10)
+    monkeypatch.setattr(sizes, "device_memory", lambda device="cpu": (2**40, "1 TiB"))
+    if env is None:
+        monkeypatch.delenv(sizes.MAX_MINUTES_VAR, raising=False)
+    else:
+        monkeypatch.setenv(sizes.MAX_MINUTES_VAR, env)
+    (tmp_path / "small.tp").write_text(SMALL_MLP)
+    np.save(tmp_path / "X.npy", points(5000, 4))
+    np.save(tmp_path / "Y.npy", points(5000, 1))
+    code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["derive", "{tmp}/missing.tp"], "cannot read .*missing.tp: No such file"),
     (["derive", "{tmp}"], "Is a directory"),

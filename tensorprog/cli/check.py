@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     common.check_plot(args, args.program)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
-    common.check_memory(program, widths, device, depths, width)
     result = coord_check(program, optimizer, param=args.param, convention=args.convention,
                          readout_zero_init=args.readout_zero_init, zero=args.zero_init,
                          base_width=args.base_width,

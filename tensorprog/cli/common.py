@@ -21,8 +21,6 @@ from ..engine.derive import DEPTH_CONVENTIONS
 from ..engine.optimizers import OPTIMIZERS
 from ..errors import UsageError
 from ..ir.program import Program
-from ..ir.sizes import check_fits, check_training, fits, largest_fitting
-from ..numerics.measure import default_batch_size
 from ..numerics.plots import MARKED_FORMATS, check_plot_path, drawn_here
 from .output import out, out_json
 
@@ -263,28 +261,6 @@ def axis(args: argparse.Namespace) -> tuple[list[int], list[int] | None, int | N
 
 
 # --- training runs (check and transfer) ---------------------------------------------------------
-
-
-def check_memory(program: Program, widths: list[int], device: str,
-                 depths: list[int] | None = None, width: int | None = None) -> None:
-    """Refuse widths (or depths) whose run needs more than the device's memory, before the
-    command's other work (see :func:`tensorprog.ir.sizes.check_training`)."""
-    check_training(program, widths, device, depths, width, default_batch_size(program))
-
-
-def check_seq_len(seq_len: int) -> None:
-    """Refuse a trace's --seq-len whose tensors cannot fit this machine's memory, before any
-    is made (else the allocator kills the trace): the token ids (two int64 copies of [2, T])
-    and a [T, T] float32 mask, which a causal model computes from them on the CPU."""
-
-    def need(t: int) -> int:
-        return 32 * t + 4 * t * t
-
-    if not fits(need(seq_len)):
-        most = largest_fitting(need, seq_len)
-        check_fits(need(seq_len), f"--seq-len {seq_len}: the token ids and a [T, T] attention "
-                   "mask", "T is a finite dim of the program, the same at any length: keep "
-                   f"the default 8 (at most about {most:,} fits)")
 
 
 def report(args: argparse.Namespace, result, render, draw) -> None:

@@ -9,6 +9,7 @@ import argparse
 from ..errors import UsageError
 from ..fromtorch.command import trace_command
 from ..fromtorch.trace import traced_here
+from ..ir.sizes import check_seq_len
 from . import common
 
 PROGRAM = common.Output("a traced program", (".tp",),
@@ -36,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.strip():
         raise UsageError("-o: the path is empty", help="give a file name")
-    common.check_seq_len(args.seq_len)  # before the model's file is even imported
+    check_seq_len(args.seq_len)  # before the model's file is even imported
     if args.output is not None:  # the model's file is the input to keep
         common.check_output("-o", args.output, PROGRAM, [args.target.rpartition(":")[0]])
     source = trace_command(args.target, common.widths(args.widths), args.output, args.inputs,

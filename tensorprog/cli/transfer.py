@@ -78,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     common.check_plot(args, args.program, args.data)
     widths, depths, width = common.axis(args)
     device = pick_device(args.device)
-    common.check_memory(program, widths, device, depths, width)
     result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
                    widths=widths, values=values, steps=args.steps,
                    seeds=args.seeds, batch_size=args.batch_size, lr=args.lr,

@@ -27,6 +27,7 @@ from ..engine.optimizers import SGD
 from ..engine.parametrization import choose
 from ..errors import EngineError, UsageError
 from ..ir.program import LinComb, MatMul, Program
+from ..ir.sizes import check_kernels
 from .common import frac, read_inputs
 from .dynamics import Dynamics
 from .mu import network, read_targets
@@ -66,6 +67,7 @@ class KernelRegime:
         output (per coordinate), and f_t = y + A^t (f_0 - y) with A = I - ηΘ/B is linear in
         it, so E[f_t] = y - A^t y and Var f_t(ξ_b) = (A^t K A^tᵀ)_bb: (steps + 1, B, d_out)
         means and (steps + 1, B) standard deviations."""
+        check_kernels(len(self.ntk), 3, steps)  # Θ, K and A^t, and three B × B products a step
         kernel = nngp_kernel(program, inputs, param="ntp", optimizer="sgd")
         (k,) = kernel.kernels.values()
         y = read_targets(

@@ -71,7 +71,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if seeds < 1 or batch_size < 1:
         raise UsageError("seeds and the batch size must be at least 1")
     check_training(program, widths if depths is None else [width], pick_device(device), depths,
-                   width, batch_size)
+                   width, batch_size, steps=steps, runs=seeds)
     if lr is None:
         lr = DEFAULT_LR[optimizer.name]
         if depths is not None:

@@ -31,6 +31,7 @@ from ..engine.optimizers import Optimizer
 from ..engine.parametrization import choose
 from ..errors import Diagnostic, TensorProgWarning, UsageError
 from ..ir.program import Program
+from ..ir.sizes import check_training
 from ..ir.verify import verify
 from .data import Dataset, load
 from .workers import worker_pool
@@ -363,6 +364,11 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     batch_size = batch_size or (32 if data.is_text else 64)
     if min(steps, seeds, batch_size) < 1:
         raise UsageError("steps, seeds and the batch size must be at least 1")
+    # here rather than in the command, so that a library call is refused as the command is; on
+    # the fitted program, whose dims are the data's
+    check_training(fitted, widths if depths is None else [width], device, depths, width,
+                   batch_size, steps=steps, runs=len(params) * len(values) * seeds,
+                   runs_from="--param, --values, --seeds")
     seq = fitted.dim_table[fitted.seq].size if fitted.seq else None
     base_lr = lr if lr is not None else BASE_LR[optimizer.name]
     if not (math.isfinite(base_lr) and base_lr > 0):

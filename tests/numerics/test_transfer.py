@@ -310,3 +310,20 @@ def test_ctrl_c_stops_a_parallel_sweep_at_once(tmp_path):
     assert driver.returncode == 130 and b"interrupted: the finished trials are cached" in err
     assert b"Traceback" not in err
     assert not any(_alive(w) for w in workers)
+
+
+def test_the_library_sweep_refuses_a_run_too_big_before_training(monkeypatch):
+    # before, only the transfer command checked the sizes: sweep() from Python went on to train
+    from tensorprog.ir import sizes
+
+    monkeypatch.setattr(sizes, "throughput", lambda device="cpu", dtype="float32": 1e10)
+    monkeypatch.delenv(sizes.MAX_MINUTES_VAR, raising=False)
+    # 44 runs: 2 parametrizations x 11 values x 2 seeds; the weights are those of the data's
+    # dims (d_in = 64 from digits, not the program's 3072)
+    weights = 4096 * 64 + 4096 + 4096 * 4096 + 4096 + 10 * 4096
+    with pytest.raises(tp.UsageError, match=rf"--widths 64,4096: 44 run\(s\) of 100,000 step\(s\) "
+                                            rf"at each width, the largest with {weights:,} "
+                                            r"weights: about [\d.]+ h(.|\n)*fewer runs \(--param, "
+                                            r"--values, --seeds\)"):
+        sweep(tp.parse_file(MLP), OPTIMIZERS["adam"], "digits", widths=[64, 4096],
+              steps=100_000, cache=None)
