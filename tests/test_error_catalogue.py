@@ -1215,10 +1215,24 @@ def test_a_sequence_longer_than_the_position_table_is_refused(tmp_path, method):
     module = import_file(path, f"seq_{method}_mup")
     model = module.Model(32)
     tok = torch.zeros(2, 9, dtype=torch.long)
-    message = ("the input has 9 tokens, more than the position table's 4 (dim T = 4): feed at "
-               "most 4, or declare dim T larger in the program and emit it again")
+    message = ("the input has 9 tokens, more than the position table's 4 rows: feed at most 4, "
+               "or build the Model with a seq_len of at least 9")
     with pytest.raises(ValueError, match=re.escape(message)):
         getattr(model, method)(tok)
+    getattr(module.Model(32, seq_len=9), method)(tok)  # a table of 9 rows takes them
+
+
+@pytest.mark.parametrize(("seq_len", "message"), [
+    (0, "seq_len must be a positive integer, not 0"),
+    (-3, "seq_len must be a positive integer, not -3"),
+    (2.0, "seq_len must be a positive integer, not 2.0"),
+    (10**12, "seq_len 1000000000000: the position table would hold 32,000,000,000,000 "
+             "parameters at width 32, more than the 100,000,000,000 a Model builds"),
+])
+def test_a_seq_len_with_no_position_table_is_refused_at_construction(seq_len, message):
+    gpt = import_file(ROOT / "tests" / "golden" / "gpt_mup.py", "gpt_seq_len_golden")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gpt.Model(32, seq_len=seq_len)
 
 
 @pytest.mark.parametrize(("decay_params", "message"), [

@@ -44,6 +44,7 @@ from .tables import fan_in_at_base, size_code, width_rules
 from .templates import (
     CHECK_DEPTH,
     CHECK_FACTORS,
+    CHECK_SEQ_LEN,
     CHECK_SIZE,
     CHECK_WIDTHS,
     HELPERS,
@@ -126,6 +127,21 @@ class _Layout:
     def attr_of(self) -> str:
         """The emitted expression naming a SCALING entry's attribute."""
         return "spec.get(\"attr\", name)" if self.renamed else "name"
+
+    @property
+    def seq(self) -> str | None:
+        """The sequence dim of the positions input, whose size ``Model(seq_len=...)`` sets (the
+        position table's rows, and the tokens' length in example_inputs): None without one, or
+        where a block's param has a row per position (a block is built from the program's
+        sizes)."""
+        dims = {i.seq for i in self.program.inputs if i.kind == "positions"}
+        if len(dims) != 1:
+            return None
+        (dim,) = dims
+        if self.program.dim_table[dim].infinite or any(
+                dim in p.shape for p in self.params if p.name in self.owned):
+            return None
+        return dim
 
     @property
     def constant(self) -> bool:
@@ -249,6 +265,9 @@ def _tables(lay: _Layout) -> list[str]:
     lines = [f"BASE_WIDTH = {lay.base}"]
     if lay.depth:
         lines.append(f"BASE_DEPTH = {program.depth.base}")
+    if lay.seq:
+        lines.append(f"SEQ_LEN = {program.dim_table[lay.seq].size}  # dim {lay.seq}: the "
+                     "position table's rows; Model(seq_len=...) sets another")
     lines.append("SCALING = {")
     for p in lay.params:
         lines += _scaling_entry(lay, p)
@@ -264,6 +283,7 @@ def _tables(lay: _Layout) -> list[str]:
             lines.append(f"    {quoted(p.name)}: {{\"a\": {a}, {aL}\"base\": {value!r}}},")
         lines.append("}")
     lines += size_code(program, lay.params, {b.name for b in lay.blocks})
+    lines += _seq_tables(lay)
     rules = width_rules(program)
     lines.append("# dims that are a fraction of the width: whole numbers at multiples of the step")
     lines.append("WIDTH_RULES = (" + ("" if rules else ")"))
@@ -328,6 +348,7 @@ def _model_init(lay: _Layout) -> list[str]:
     """The Model class line, its docstring and __init__: the checks of its arguments, the params
     (a block's repetitions as submodules) and the forward multipliers at this width."""
     program, depth = lay.program, lay.depth
+    seq = "seq_len=SEQ_LEN, " if lay.seq else ""
     doc = f'    """{docstring_text(program.name)}; parameters are named as in the program'
     if lay.blocks:  # within 100 columns
         more = "; a block's are in its repetitions' modules"
@@ -336,21 +357,23 @@ def _model_init(lay: _Layout) -> list[str]:
              doc + '."""',
              "",
              ("    def __init__(self, width, depth=BASE_DEPTH, *, base_width=BASE_WIDTH, "
-              "base_depth=BASE_DEPTH,\n                 init_std=None, mult=None, device=None, "
-              "dtype=None):" if depth else
+              f"base_depth=BASE_DEPTH,\n                 {seq}init_std=None, mult=None, "
+              "device=None, dtype=None):" if depth else
               "    def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,\n"
-              "                 device=None, dtype=None):"),
+              f"                 {seq}device=None, dtype=None):"),
              "        super().__init__()",
              "        width, base_width = _check_widths(width, base_width)",
              *(["        depth, base_depth = _check_depth(depth, base_depth)"] if depth else []),
              ("        _check_factors(width, base_width, depth, base_depth, dtype)" if depth
               else "        _check_factors(width, base_width, 1, 1, dtype)"),
              f"        _check_size(width, {'depth' if depth else 1})",
+             *(["        seq_len = _check_seq_len(seq_len, width)"] if lay.seq else []),
              "        self.width = width",
              "        self.base_width = base_width",
              *(["        self.depth = depth",
                 "        self.base_depth = base_depth"]
                if depth else []),
+             *(["        self.seq_len = seq_len"] if lay.seq else []),
              "        self._base_std = _base_stds(base_width, init_std)",
              *mult_override_lines(bool(lay.scales), [p.name for p in lay.multiplied]),
              "        ratio = width / base_width",
@@ -359,7 +382,7 @@ def _model_init(lay: _Layout) -> list[str]:
     for p in lay.params:
         if p.name in lay.owned:
             continue
-        dims = ", ".join(dim_expr(program, d) for d in p.shape)
+        dims = ", ".join("seq_len" if d == lay.seq else dim_expr(program, d) for d in p.shape)
         lines.append(f"        self.{lay.attrs[p.name]} = torch.nn.Parameter(torch.empty({dims}, "
                      "**factory))")
     counts = {s.block: s.count for s in program.streams}
@@ -444,13 +467,16 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
             if i.name not in names:
                 continue
             tokens = next((j for j in fed if j.kind == "tokens" and j.seq == i.seq), None)
+            rows = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
             if tokens is None:
-                out.append(f"        {local[i.name]} = torch.arange({em.dim(i.seq)}, "
-                           f"device={device})")
+                out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})")
                 continue
             em.helpers.add("_positions")
-            out.append(f"        {local[i.name]} = _positions({local[tokens.name]}, "
-                       f"{em.dim(i.seq)}, {quoted(i.seq)})")
+            # what sets the table's rows, for the message on a longer input
+            sets = ("build the Model with a seq_len" if i.seq == lay.seq
+                    else f"emit the module again with dim {i.seq} declared a size")
+            out.append(f"        {local[i.name]} = _positions({local[tokens.name]}, {rows}, "
+                       f"{quoted(sets)})")
         return out
 
     outer = [ins for ins in lay.body if ins.out not in lay.inner]
@@ -529,8 +555,9 @@ def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
             lines.append("                        device=like.device, dtype=like.dtype),")
             continue
         if i.kind == "tokens":
+            length = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
             lines.append(f"            torch.randint(0, {em.dim(i.dim)}, (batch_size, "
-                         f"{em.dim(i.seq)}), generator=generator,")
+                         f"{length}), generator=generator,")
             lines.append("                          device=like.device),")
             continue
         lines.append(f"            torch.randn(batch_size, {em.dim(i.dim)}, generator=generator,")
@@ -552,4 +579,29 @@ def _checks(lay: _Layout) -> list[str]:
              *OVERRIDES, ""]
     if lay.depth:
         lines += ["", *CHECK_DEPTH, ""]
+    if lay.seq:
+        lines += ["", *CHECK_SEQ_LEN, ""]
     return lines
+
+
+def _seq_tables(lay: _Layout) -> list[str]:
+    """SEQ_TABLES: the entries of each param with a row per position, as k * width**p *
+    seq_len**q, which ``_check_seq_len`` counts (``_check_size`` counts them at SEQ_LEN)."""
+    if not lay.seq:
+        return []
+    lines = ["# the params with a row per position: k * width**p * seq_len**q entries",
+             "SEQ_TABLES = ("]
+    for p in lay.params:
+        if lay.seq not in p.shape or p.name in lay.owned:
+            continue
+        k, power, rows = Fraction(1), 0, 0
+        for dim in p.shape:
+            d = lay.program.dim_table[dim]
+            if dim == lay.seq:
+                rows += 1
+            elif d.infinite:
+                k, power = k * d.mult, power + 1
+            else:
+                k *= d.size
+        lines.append(f"    ({finite_float(k, f'the size of {p.name}', None)!r}, {power}, {rows}),")
+    return [*lines, ")"]

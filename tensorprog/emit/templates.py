@@ -52,16 +52,15 @@ HELPERS = {
     # up to its position table's (the dim's size), and a longer one is refused by name rather
     # than failing to broadcast against the table's rows deep in forward
     "_positions": [
-        "def _positions(tokens, size, dim):",
+        "def _positions(tokens, size, sets):",
         '    """0, 1, ... up to the tokens\' length (their last axis), on their device, to look',
-        "    up in a position table of size rows (the sequence dim dim); ValueError for a longer",
+        "    up in a position table of size rows (sets: how to set more); ValueError for a longer",
         '    sequence, which has no rows to look up."""',
         "    length = tokens.shape[-1]",
         "    if length > size:",
         '        raise ValueError(f"the input has {length} tokens, more than the position "',
-        '                         f"table\'s {size} (dim {dim} = {size}): feed at most {size}, "',
-        '                         f"or declare dim {dim} larger in the program and emit it "',
-        '                         "again")',
+        '                         f"table\'s {size} rows: feed at most {size}, or {sets} of at "',
+        '                         f"least {length}")',
         "    return torch.arange(length, device=tokens.device)"],
 }
 
@@ -188,6 +187,20 @@ def mult_override_lines(scales: bool, multiplied: list[str]) -> list[str]:
     if multiplied:
         return [f"        mult = {given}"]
     return [f"        {given}  # no scale to set"]
+
+
+# emitted for a program with a positions input: Model(seq_len=...) sizes the position table
+CHECK_SEQ_LEN = [
+    "def _check_seq_len(seq_len, width):",
+    '    """seq_len as an int; ValueError unless it is a positive integer and the tables with a',
+    '    row per position (SEQ_TABLES) stay within MAX_PARAMS parameters at this width."""',
+    "    (seq_len,) = _positive_ints(seq_len=seq_len)",
+    "    count = sum(k * width**p * seq_len**q for k, p, q in SEQ_TABLES)",
+    "    if count > MAX_PARAMS:",
+    '        raise ValueError(f"seq_len {seq_len}: the position table would hold {count:,.0f} "',
+    '                         f"parameters at width {width}, more than the {MAX_PARAMS:,} a "',
+    '                         "Model builds; use a shorter seq_len")',
+    "    return seq_len"]
 
 
 CHECK_DEPTH = [

@@ -117,6 +117,24 @@ def test_gpt_positions_follow_the_input_length_up_to_the_table(gpt):
                               atol=1e-10)
 
 
+def test_gpt_seq_len_sizes_the_position_table_at_construction():
+    """Model(width, seq_len=16) of the example's T = 4 program: a table of 16 rows, drawn at the
+    derived std, that runs a 16-token input; the default is the program's T."""
+    gpt = import_file(ROOT / "tests" / "golden" / "gpt_mup.py", "gpt_seq_len_golden")
+    assert gpt.SEQ_LEN == 4 and gpt.Model(32).P.shape == (32, 4)
+    torch.manual_seed(0)
+    model = gpt.Model(512, seq_len=16)
+    assert model.seq_len == 16 and model.P.shape == (512, 16)
+    (tok,) = _batch(model)
+    assert tok.shape == (4, 16) and model(tok).shape == (4, 16, 64)
+    # a lookup's base std is 1 and P's b is 0 under µP: std 1 at every width and length (the
+    # 8,192 entries' sample std is within 3 % of it)
+    spec = gpt.SCALING["P"]
+    std = model._base_std["P"] * (512 / gpt.BASE_WIDTH) ** -spec["b"]
+    assert spec["b"] == 0 and std == 1.0
+    assert float(model.P.detach().std()) == pytest.approx(std, rel=0.03)
+
+
 def test_gpt_base_depth_is_the_smallest_and_base_depth_sets_another():
     """The example's base depth is the smallest tuned at (2), so a deeper model scales its
     branches down, never up; Model(..., base_depth=D) names the depth tuned at instead."""
