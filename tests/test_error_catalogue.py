@@ -1221,6 +1221,39 @@ def test_mup_param_groups_refuses_a_bad_decay_params(decay_params, message):
                          decay_params=decay_params)
 
 
+@pytest.mark.parametrize(("layers", "base_depth", "message"), [
+    (0, 2, "base_depth is given, but the traced program has no depth (no stack of identical "
+           "layers was rolled into a block: see the notes in its source)"),
+    (2, 0, "base_depth must be a whole number of layers >= 1, not 0"),
+    (2, 1.5, "base_depth must be a whole number of layers >= 1, not 1.5"),
+])
+def test_mup_refuses_a_base_depth_it_cannot_use(layers, base_depth, message):
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.layers = nn.ModuleList(nn.Linear(n, n) for _ in range(layers))
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            for layer in self.layers:
+                h = h + layer(h)
+            return self.out(h)
+
+    traced = from_torch(Net, widths=(16, 32),
+                        example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        MuP(traced, "adam", base_depth=base_depth)
+    if layers:  # the same refusal from apply
+        with pytest.raises(UsageError, match=re.escape(message)):
+            MuP(traced, "adam").apply(Net(16), base_depth=base_depth)
+
+
 @pytest.mark.parametrize("derived, other, same", [
     ("adam", "sgd", "adam or adamw"), ("sgd", "adam", "sgd or momentum"),
     ("muon", "adam", "muon"), ("lion", "adamw", "lion")])
