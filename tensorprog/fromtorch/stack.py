@@ -203,8 +203,18 @@ class _Roller:
         for i in range(2, K):
             if forms[i] != forms[1]:
                 raise _Keep(f"layer {i} computes otherwise than layer 0")
+        self._params_stay_in_their_layer()
         self._same_init()
         return self._build(stream_in, outs)
+
+    def _params_stay_in_their_layer(self) -> None:
+        """A layer's param read outside its layer (tied to the head, say) would be read where
+        the block's param does not exist."""
+        for k, s in enumerate(self.stmts):
+            for n in _IDENT.findall(s.split(" = ", 1)[1]):
+                i = self.param_layer.get(n)
+                if i is not None and not self.segs[i][0] <= k < self.segs[i][1]:
+                    raise _Keep(f"{self.params[n].target} is read outside its layer")
 
     # -- where each layer is ------------------------------------------------------------------
     def _segments(self) -> list[tuple[int, int]]:

@@ -122,7 +122,9 @@ def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[
 @dataclass
 class Traced:
     """A model traced at two widths: ``source`` (the .tp text), ``program``, and per program
-    name what it is in the model (``params``: torch tensor and rows; ``vectors``: graph node)."""
+    name what it is in the model (``params``: torch tensor and rows; ``vectors``: graph node).
+    A param of a rolled block (``stack``) has a target pattern (``model.layers.{i}.mlp...``),
+    and each traced layer's use is in ``stack.layers``."""
 
     source: str
     widths: tuple[int, int]
@@ -376,27 +378,19 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         )
         if isinstance(rolled, str):
             rolled, note = None, rolled
-    rotary = rolled.rotary if rolled else t1.rotary
-    seq, vocab = t1.tokens
-    lines = [f"{MARK} {w1} and {w2}"]
-    lines += [f"# {note}"] if note else []
-    lines += [
-        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
-        for v in rotary
-    ]
-    lines.append(f"width n = {w1}")
-    if rolled:
-        lines.append(rolled.depth_line)
-    for name, rhs in sorted(dims.items(), key=lambda kv: kv[0] != "n"):
-        if name != "n":
-            lines.append(f"dim {name} = {rhs}")
-    if vocab is not None:
-        lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
-    if any(" @ pos" in s for s in t1.stmts):
-        lines.append("input pos : positions[T]")
-    lines += rolled.decls + rolled.stmts if rolled else decls + stmts
-    lines += [f"output {o}" for o in t1.outputs]
-    source = "\n".join(lines) + "\n"
+    if rolled is not None:
+        # the rolled program must be the language's: where it is not (a case stack.py does not
+        # foresee), the unrolled one stands, and says why
+        from ..lang.parse import parse
+
+        try:
+            body = rolled.decls + rolled.stmts
+            parse(_source(w1, w2, t1, body, rolled, None, dims), "traced.tp")
+        except TensorProgError as err:
+            why = err.diagnostics[0].message
+            rolled, note = None, f"the stack is kept unrolled: its block does not parse ({why})"
+    source = _source(w1, w2, t1, rolled.decls + rolled.stmts if rolled else decls + stmts,
+                     rolled, note, dims)
     return Traced(
         source,
         (w1, w2),
@@ -411,3 +405,28 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         rolled.stack if rolled else None,
         rolled.names if rolled else {},
     )
+
+
+def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=None) -> str:
+    """The traced program's text: the header, its dims and inputs, then ``body``."""
+    rotary = rolled.rotary if rolled else t1.rotary
+    seq, vocab = t1.tokens
+    lines = [f"{MARK} {w1} and {w2}"]
+    lines += [f"# {note}"] if note else []
+    lines += [
+        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
+        for v in rotary
+    ]
+    lines.append(f"width n = {w1}")
+    if rolled:
+        lines.append(rolled.depth_line)
+    for name, rhs in sorted((dims or {}).items(), key=lambda kv: kv[0] != "n"):
+        if name != "n":
+            lines.append(f"dim {name} = {rhs}")
+    if vocab is not None:
+        lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    if any(" @ pos" in s for s in t1.stmts):
+        lines.append("input pos : positions[T]")
+    lines += body
+    lines += [f"output {o}" for o in t1.outputs]
+    return "\n".join(lines) + "\n"

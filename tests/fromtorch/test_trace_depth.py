@@ -192,3 +192,28 @@ def test_the_users_coordinate_check_judges_every_layer_by_the_block():
     names = {r.name for r in result.results}
     assert {"layers.0.add", "layers.1.add", "layers.1.h"} <= names
     assert all(r.expected is not None for r in result.results)
+
+
+class BiasedRes(Res):
+    def __init__(self, n):
+        super().__init__(n)
+        self.fc2 = nn.Linear(n, n)  # the branch ends in a bias: outside the depth rules today
+
+
+@pytest.mark.parametrize(("block", "optimizer", "why"), [
+    (BiasedRes, "adam", "the derived depth exponents are not feature learning"),
+    (Res, "sgd", "depth exponents under sgd are not derived yet"),
+])
+def test_without_depth_exponents_apply_says_so_and_gives_the_widths_mup(block, optimizer, why):
+    # no silent depth scaling: derive says why it has none, and so does apply's report; the
+    # width's muP is then the same at every depth
+    traced = from_torch(lambda n: ResMLP(n, block=block), (32, 64), _tokens)
+    assert traced.stack is not None
+    mup = MuP(traced, optimizer)
+    assert mup.derivation.depth is None and why in mup.derivation.depth_refused
+    deep = ResMLP(64, layers=4, block=block)
+    report = str(mup.apply(deep))
+    assert f"no exponents in the depth: {why}" in report
+    hidden = mup.lr_multipliers(deep)
+    assert {hidden[f"layers.{i}.fc1.weight"] for i in range(4)} == {
+        hidden["layers.0.fc1.weight"]}
