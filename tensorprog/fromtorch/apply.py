@@ -194,14 +194,18 @@ class MuP:
             return None
         try:
             layers = model.get_submodule(self.stack.prefix) if self.stack.prefix else model
-            depth = len(layers)
+            depth = len(layers) - self.stack.first  # the first ones stay unrolled
         except (AttributeError, TypeError):
             raise UsageError(
                 f"this model has no stack {self.stack.prefix!r} of layers, as the traced one",
                 help="pass a model built by the traced build(width)",
             ) from None
         if depth < 1:
-            raise UsageError(f"this model's {self.stack.prefix} has no layers")
+            raise UsageError(
+                f"this model's {self.stack.prefix} has {depth + self.stack.first} layers: the "
+                f"traced block's repetitions start at layer {self.stack.first}",
+                help="pass a model built by the traced build(width), with its stack",
+            )
         return depth
 
     def _depth_ratio(self, model, base_depth: int | None) -> float:

@@ -7,7 +7,9 @@ depth L as well (CompleteP's 1/L on a branch's last weight), which the unrolled 
 have. A stack is rolled only when that is the same program:
 
 - its layers are the items of one ``nn.ModuleList`` (or ``nn.Sequential``) of one class, every
-  item reached by the forward, at least two;
+  item reached by the forward; the block is the longest run of alike layers that ends the stack,
+  at least two (first layers that differ stay unrolled before it; layers after a block would
+  move with the depth, so a last layer that differs keeps the whole stack unrolled);
 - layer i's statements (those its modules run, with the statements of the parent that follow
   each layer, e.g. a residual add written around the call) are layer 0's up to renaming: the
   same ops, params of the same shape, init and place in the layer, per-layer scales of the same
@@ -51,12 +53,15 @@ class Stack:
     block: str
     depth: int
     layers: dict[str, list[ParamUse]] = field(default_factory=dict)
+    first: int = 0  # the container's items before the block's (unrolled: they differ)
 
     def item(self, i: int) -> str:
+        """The module path of the block's repetition i (the container's item first + i)."""
+        i += self.first
         return f"{self.prefix}.{i}" if self.prefix else str(i)
 
     def at(self, name: str, i: int) -> ParamUse:
-        """Block param ``name``'s use in layer i (at any depth: the traced layer 0's, moved)."""
+        """Block param ``name``'s use in repetition i (at any depth: the first's, moved)."""
         use = self.layers[name][0]
         zero, item = self.item(0), self.item(i)
         return dataclasses.replace(
@@ -87,6 +92,7 @@ class Rolled:
     producers: dict[str, tuple]
     names: dict[str, tuple[str, ...]]  # unrolled vector -> its names in the rolled program
     rotary: list[str]
+    note: str | None = None  # why the layers before the block's stay unrolled
 
 
 class _Keep(Exception):
@@ -187,33 +193,55 @@ class _Roller:
         segs = self._segments()
         self.segs = segs
         self.defined = {_lhs(s): k for k, s in enumerate(self.stmts)}
-        outs = [self._output(i) for i in range(K)]
-        forms = [None] * K
-        for i in range(1, K):
-            forms[i] = self._canon(i, outs[i - 1], outs[i])
-        ins0 = [
-            v for v in self._external_vectors(0) if self.defined[v] < segs[0][0]
+        self.readers: dict[str, set[int]] = {}  # name -> the statements that read it
+        for k, st in enumerate(self.stmts):
+            for n in _IDENT.findall(st.split(" = ", 1)[1]):
+                self.readers.setdefault(n, set()).add(k)
+        outs = [self._soft(self._output, i) for i in range(K)]
+        if outs[-1] is None:
+            self._output(K - 1)  # says why
+        # layer i as layer 0 would read it: its stream %in, and the last statement before the
+        # stack that it reads (a layer of the block may read only what precedes the block)
+        forms = [None] + [
+            self._soft(self._canon, i, outs[i - 1], outs[i]) if outs[i - 1] else None
+            for i in range(1, K)
         ]
-        for cand in ins0:
-            if self._canon(0, cand, outs[0]) == forms[1]:
-                forms[0], stream_in = forms[1], cand
+        for cand in [v for v in self._external_vectors(0) if self.defined[v] < segs[0][0]]:
+            form = self._soft(self._canon, 0, cand, outs[0]) if outs[0] else None
+            if form is not None and form[0] == forms[1][0]:
+                forms[0], stream_in = form, cand
                 break
-        else:
-            raise _Keep("layer 0 computes otherwise than layer 1")
-        for i in range(2, K):
-            if forms[i] != forms[1]:
-                raise _Keep(f"layer {i} computes otherwise than layer 0")
+        # the maximal run of alike layers that ends the stack (the layers after a block would
+        # move with the depth); the layers before it stay unrolled
+        first = K - 1
+        while first > 0 and forms[first - 1] is not None and forms[first - 1][0] == forms[-1][0]:
+            first -= 1
+        while first < K and any(f[1] >= segs[first][0] for f in forms[first:] if f):
+            first += 1  # a layer of the run reads a vector of a layer before it
+        if forms[-1] is None or K - first < 2:
+            raise _Keep(f"layer {K - 1} computes otherwise than layer {K - 2}")
+        if first > 0:
+            stream_in = outs[first - 1]
+        self.first = first
         self._params_stay_in_their_layer()
         self._same_init()
         return self._build(stream_in, outs)
 
+    @staticmethod
+    def _soft(f, *args):
+        """``f(*args)``, or None where it finds the layer no repetition."""
+        try:
+            return f(*args)
+        except _Keep:
+            return None
+
     def _params_stay_in_their_layer(self) -> None:
-        """A layer's param read outside its layer (tied to the head, say) would be read where
-        the block's param does not exist."""
+        """A param of the block's layers read outside its layer (tied to the head, say) would
+        be read where the block's param does not exist."""
         for k, s in enumerate(self.stmts):
             for n in _IDENT.findall(s.split(" = ", 1)[1]):
                 i = self.param_layer.get(n)
-                if i is not None and not self.segs[i][0] <= k < self.segs[i][1]:
+                if i is not None and i >= self.first and not self.segs[i][0] <= k < self.segs[i][1]:
                     raise _Keep(f"{self.params[n].target} is read outside its layer")
 
     # -- where each layer is ------------------------------------------------------------------
@@ -247,8 +275,10 @@ class _Roller:
         """The one vector of layer i that anything after it reads."""
         a, b = self.segs[i]
         local = {_lhs(s) for s in self.stmts[a:b]}
-        read = {n for s in self.stmts[b:] for n in _IDENT.findall(s.split(" = ", 1)[1])}
-        used = sorted((local & read) | (local & set(self.outputs)))
+        used = sorted(
+            v for v in local
+            if v in self.outputs or any(k >= b for k in self.readers.get(v, ()))
+        )
         if len(used) != 1:
             what = "no vector" if not used else f"{len(used)} vectors ({', '.join(used)})"
             raise _Keep(f"layer {i} hands {what} on, not one")
@@ -268,9 +298,10 @@ class _Roller:
 
     # -- layer i up to renaming ---------------------------------------------------------------
     def _canon(self, i: int, stream: str, out: str) -> tuple:
+        """(layer i up to renaming, the last statement before it that it reads, stream aside)."""
         a, b = self.segs[i]
         ren = {stream: "%in"}
-        lines, own = [], []
+        lines, own, reach = [], [], -1
         for s in self.stmts[a:b]:
             lhs, rhs = s.split(" = ", 1)
             for n in _IDENT.findall(rhs):
@@ -284,8 +315,8 @@ class _Roller:
                 elif n in self.scales and self._own_scale(n, a, b):
                     ren[n] = f"%p{len(own)}"
                     own.append(n)
-                elif n in self.defined and self.defined[n] >= self.segs[0][0]:
-                    raise _Keep(f"layer {i} reads {n}, a vector of another layer")
+                elif n in self.defined and self.defined[n] < a:
+                    reach = max(reach, self.defined[n])
             lines.append(_rename(f"{lhs} = {rhs}", {**ren, lhs: f"%v{len(lines)}"}))
             ren[lhs] = f"%v{len(lines) - 1}"
         decls = []
@@ -300,16 +331,14 @@ class _Roller:
                 if "q" not in info:
                     raise _Keep(f"layer {i}'s scale {n} is not an attention scale")
                 decls.append((decl, info.get("model_a"), ren.get(info["q"])))
-        return tuple(lines), tuple(decls), ren[out]
+        return (tuple(lines), tuple(decls), ren[out]), reach
 
     def _item(self, i: int) -> str:
         return f"{self.prefix}.{i}" if self.prefix else str(i)
 
     def _own_scale(self, name: str, a: int, b: int) -> bool:
         """Whether only statements a..b read scale ``name`` (a per-layer scale)."""
-        return all(
-            a <= k < b for k, s in enumerate(self.stmts) if name in _IDENT.findall(s)
-        )
+        return all(a <= k < b for k in self.readers.get(name, ()))
 
     def _own(self, i: int) -> list[str]:
         """Layer i's params and per-layer scales, in the order its statements first read them."""
@@ -324,22 +353,24 @@ class _Roller:
         return own
 
     def _same_init(self) -> None:
-        """Every layer's params start as layer 0's: a per-layer init (scaled by the layer's
-        index) is no repetition of one block."""
-        zero = [n for n in self._own(0) if n in self.params]
-        for i in range(1, self.K):
+        """Every layer's params start as the block's first's: a per-layer init (scaled by the
+        layer's index) is no repetition of one block."""
+        zero = [n for n in self._own(self.first) if n in self.params]
+        for i in range(self.first + 1, self.K):
             for p0, p in zip(zero, [n for n in self._own(i) if n in self.params], strict=True):
                 k0 = self.base.get(self.params[p0].target)
                 k = self.base.get(self.params[p].target)
                 if k0 is None or k is None or k0[0] != k[0]:
-                    raise _Keep(f"{self.params[p].target} is initialised otherwise than layer 0's")
+                    raise _Keep(f"{self.params[p].target} is initialised otherwise than "
+                                f"{self.params[p0].target}")
                 if k0[0] == "normal" and abs(k[1] / k0[1] - 1) > _SAME_STD:
                     raise _Keep(
-                        f"{self.params[p].target} starts with std {k[1]:.4g}, layer 0's with "
-                        f"{k0[1]:.4g} (a per-layer init)"
+                        f"{self.params[p].target} starts with std {k[1]:.4g}, "
+                        f"{self.params[p0].target} with {k0[1]:.4g} (a per-layer init)"
                     )
                 if k0[0] == "const" and k0[1] != k[1]:
-                    raise _Keep(f"{self.params[p].target} starts otherwise than layer 0's")
+                    raise _Keep(f"{self.params[p].target} starts otherwise than "
+                                f"{self.params[p0].target}")
 
     # -- the rolled program ------------------------------------------------------------------
     def _build(self, stream_in: str, outs: list[str]) -> Rolled:
@@ -356,10 +387,11 @@ class _Roller:
         leaf = re.sub(r"\W", "_", self.prefix.rsplit(".", 1)[-1]) if self.prefix else "layer"
         block = fresh(leaf if leaf and not leaf[0].isdigit() else "layer", taken)
         depth = fresh("L", taken)
-        own0 = self._own(0)
-        seg0 = self._seg(0)
+        f, K = self.first, self.K
+        own0 = self._own(f)
+        seg0 = self._seg(f)
         local_vectors = [_lhs(s) for s in seg0]
-        zero = (self._item(0) + ".").replace(".", "_")
+        zero = (self._item(f) + ".").replace(".", "_")
         ren: dict[str, str] = {}
         inner = set(local_vectors)
         for n in own0:
@@ -373,38 +405,41 @@ class _Roller:
         body = [f"block {block}({arg}) {{"]
         body += [f"    {_rename(self.decl_of[n], ren)}" for n in own0 if n in self.params]
         body += [f"    {_rename(s, ren)}" for s in seg0]
-        body.append(f"    return {outs[0]}")
+        body.append(f"    return {outs[f]}")
         body.append("}")
-        a_end = self.segs[-1][1]
         stmts = (
-            self.stmts[: self.segs[0][0]]
+            self.stmts[: self.segs[f][0]]
             + body
             + [f"{outs[-1]} = repeat {depth} {block}({stream_in})"]
-            + self.stmts[a_end:]
+            + self.stmts[self.segs[-1][1] :]
         )
-        # params and scales of layers 1.. go; layer 0's scales stay, shared by the repetitions
-        gone = {n for i in range(self.K) for n in self._own(i) if i > 0 or n in self.params}
+        # the block's layers' params and their later layers' scales go (the first's scales
+        # stay, shared by the repetitions); the layers before the block stay as they are
+        gone = {n for i in range(f, K) for n in self._own(i) if i > f or n in self.params}
         decls = [d for d in self.decls if d.split()[1] not in gone]
-        stack = Stack(self.prefix, block, self.K)
-        params = {p: u for p, u in self.params.items() if self.param_layer[p] is None}
+        stack = Stack(self.prefix, block, K - f, first=f)
+        params = {
+            p: u for p, u in self.params.items() if self.param_layer[p] is None
+            or self.param_layer[p] < f
+        }
         names: dict[str, tuple[str, ...]] = {}
-        owns = [self._own(i) for i in range(self.K)]
+        owns = [self._own(i) for i in range(K)]
         for k, n in enumerate(own0):
             if n not in self.params:
                 continue
             q = f"{block}.{ren[n]}"
-            stack.layers[q] = [self.params[owns[i][k]] for i in range(self.K)]
-            params[q] = stack.at(q, 0)
+            stack.layers[q] = [self.params[owns[i][k]] for i in range(f, K)]
+            use = stack.layers[q][0]
             params[q] = dataclasses.replace(
-                params[q],
-                target=_pattern(params[q].target, self._item(0), self.prefix),
-                module=_pattern(params[q].module, self._item(0), self.prefix),
+                use,
+                target=_pattern(use.target, self._item(f), self.prefix),
+                module=_pattern(use.module, self._item(f), self.prefix),
             )
-        for i in range(self.K):
+        for i in range(f, K):
             for s0, s in zip(seg0, self._seg(i), strict=True):
-                names[_lhs(s)] = (f"{block}.{i}.{_lhs(s0)}",)
-            first = stream_in if i == 0 else outs[i - 1]
-            names[first] = (*names.get(first, (first,)), f"{block}.{i}.{arg}")
+                names[_lhs(s)] = (f"{block}.{i - f}.{_lhs(s0)}",)
+            first = stream_in if i == f else outs[i - 1]
+            names[first] = (*names.get(first, (first,)), f"{block}.{i - f}.{arg}")
         names[outs[-1]] = (*names[outs[-1]], outs[-1])
         vec0 = {v: f"{block}.{v}" for v in local_vectors}
         scales = {}
@@ -414,20 +449,25 @@ class _Roller:
             scales[s] = dict(info, q=vec0.get(info["q"], info["q"])) if "q" in info else info
         pname = {n: f"{block}.{ren[n]}" for n in own0 if n in self.params}
         producers = {}
-        lo, hi = self.segs[0][0], self.segs[-1][1]
+        lo, hi = self.segs[f][0], self.segs[-1][1]
         for v, wb in self.producers.items():
             if v in vec0:
                 producers[vec0[v]] = tuple(pname.get(p, p) if p else p for p in wb)
-            elif not lo <= self.defined.get(v, -1) < hi:  # layers 1..'s go with their layer
+            elif not lo <= self.defined.get(v, -1) < hi:  # the later layers' go with them
                 producers[v] = wb
         rotary = []
         for v in self.rotary:
             generic = stack.generic(names[v][0]) if v in names else v
             if generic not in rotary:
                 rotary.append(generic)
+        note = (
+            f"layer(s) {', '.join(map(str, range(f)))} of {self.prefix or 'the model'} "
+            f"compute otherwise than the rest: kept unrolled before block {block}"
+            if f else None
+        )
         return Rolled(
-            f"depth {depth} = {self.K}", decls, stmts, stack, params, scales, producers, names,
-            rotary,
+            f"depth {depth} = {K - f}", decls, stmts, stack, params, scales, producers, names,
+            rotary, note,
         )
 
 

@@ -378,6 +378,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         )
         if isinstance(rolled, str):
             rolled, note = None, rolled
+        elif rolled is not None:
+            note = rolled.note
     if rolled is not None:
         # the rolled program must be the language's: where it is not (a case stack.py does not
         # foresee), the unrolled one stands, and says why

@@ -217,3 +217,31 @@ def test_without_depth_exponents_apply_says_so_and_gives_the_widths_mup(block, o
     hidden = mup.lr_multipliers(deep)
     assert {hidden[f"layers.{i}.fc1.weight"] for i in range(4)} == {
         hidden["layers.0.fc1.weight"]}
+
+
+class FirstDiffers(ResMLP):
+    def __init__(self, n, layers=3):
+        super().__init__(n, layers=layers)
+        self.layers[0].fc1 = nn.Linear(n, 2 * n, bias=False)  # layer 0 differs in shape
+        self.layers[0].fc2 = nn.Linear(2 * n, n, bias=False)
+
+
+def test_the_maximal_run_of_alike_layers_ending_the_stack_is_the_block():
+    # layer 0 differs: it stays unrolled, with a note, and layers 1.. are the block; the
+    # model's depth is then its stack's length less 1, and apply finds every layer
+    traced = from_torch(FirstDiffers, (32, 64), _tokens)
+    assert "# layer(s) 0 of layers compute otherwise than the rest" in traced.source
+    assert "depth L = 2" in traced.source and "layers_0_fc1_weight @ emb" in traced.source
+    assert traced.stack.first == 1
+    assert [u.target for u in traced.stack.layers["layers.fc2_weight"]] == [
+        "layers.1.fc2.weight", "layers.2.fc2.weight"]
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = FirstDiffers(32)
+    before = _state(model)
+    assert mup.apply(model).depth == (2, 2)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    deep = FirstDiffers(32, layers=5)
+    assert mup.apply(deep).depth == (4, 2)
+    lr = mup.lr_multipliers(deep)
+    assert [lr[f"layers.{i}.fc2.weight"] for i in range(5)] == [1.0, 0.5, 0.5, 0.5, 0.5]
