@@ -6,10 +6,10 @@ every repetition and ``hL = repeat L blk(h0)``; the engine then derives the expo
 depth L as well (CompleteP's 1/L on a branch's last weight), which the unrolled program cannot
 have. A stack is rolled only when that is the same program:
 
-- its layers are the items of one ``nn.ModuleList`` (or ``nn.Sequential``) of one class, every
-  item reached by the forward; the block is the longest run of alike layers that ends the stack,
-  at least two (first layers that differ stay unrolled before it; layers after a block would
-  move with the depth, so a last layer that differs keeps the whole stack unrolled);
+- its layers are the items of one ``nn.ModuleList`` (or ``nn.Sequential``), every item reached
+  by the forward; the block is the longest run of alike layers (of one class) that ends the
+  stack, at least two (first layers that differ stay unrolled before it; layers after a block
+  would move with the depth, so a last layer that differs keeps the whole stack unrolled);
 - layer i's statements (those its modules run, with the statements of the parent that follow
   each layer, e.g. a residual add written around the call) are layer 0's up to renaming: the
   same ops, params of the same shape, init and place in the layer, per-layer scales of the same
@@ -183,9 +183,6 @@ class _Roller:
         if not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
             raise _Keep(f"{self.prefix} is a {type(container).__name__}, not an nn.ModuleList")
         K = len(container)
-        kinds = {type(m).__name__ for m in container}
-        if len(kinds) > 1:
-            raise _Keep(f"its items are of different classes ({', '.join(sorted(kinds))})")
         if self.items != set(range(K)):
             missing = sorted(set(range(K)) - self.items)
             raise _Keep(f"the forward does not use the params of layer(s) {missing}")
@@ -208,7 +205,7 @@ class _Roller:
         ]
         for cand in [v for v in self._external_vectors(0) if self.defined[v] < segs[0][0]]:
             form = self._soft(self._canon, 0, cand, outs[0]) if outs[0] else None
-            if form is not None and form[0] == forms[1][0]:
+            if form is not None and forms[1] is not None and form[0] == forms[1][0]:
                 forms[0], stream_in = form, cand
                 break
         # the maximal run of alike layers that ends the stack (the layers after a block would
@@ -218,6 +215,8 @@ class _Roller:
             first -= 1
         while first < K and any(f[1] >= segs[first][0] for f in forms[first:] if f):
             first += 1  # a layer of the run reads a vector of a layer before it
+        last = type(container[K - 1])  # and the run's layers are of one class
+        first = max([first, *(i + 1 for i in range(K) if type(container[i]) is not last)])
         if forms[-1] is None or K - first < 2:
             raise _Keep(f"layer {K - 1} computes otherwise than layer {K - 2}")
         if first > 0:
