@@ -161,10 +161,15 @@ def test_hf_llama_traces_into_a_block_and_mup_applies_its_depth():
     assert report.depth == (2, 2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(model(x).logits, out)
-    # depth 4 at the base width: the branches' last weights start at half the std (1/L) and
-    # take half the LR (Adam: cL + aL = 1); every other param keeps its std and LR
+    # the user's base depth: a model at it is the base, bit-identical again
     torch.manual_seed(0)
     deep = _llama(32, layers=4)
+    before = _state(deep)
+    assert mup.apply(deep, base_depth=4).depth == (4, 4)
+    assert all(torch.equal(before[k], v) for k, v in deep.state_dict().items())
+    assert {g["lr"] for g in mup.param_groups(deep, 1e-3, base_depth=4)} == {1e-3}
+    # depth 4 against the traced 2, at the base width: the branches' last weights start at half
+    # the std (1/L) and take half the LR (Adam: cL + aL = 1); the others keep their std and LR
     mup.apply(deep)
     for i in range(4):
         for name in ("self_attn.o_proj", "mlp.down_proj"):
@@ -178,13 +183,6 @@ def test_hf_llama_traces_into_a_block_and_mup_applies_its_depth():
     assert lr["model.layers.3.mlp.down_proj.weight"] == 0.5
     assert lr["model.layers.3.mlp.up_proj.weight"] == 1.0
     assert mup.uncovered(deep) == []
-    # the user's base depth: a model at it is the base, bit-identical again
-    torch.manual_seed(0)
-    deep = _llama(32, layers=4)
-    before = _state(deep)
-    assert mup.apply(deep, base_depth=4).depth == (4, 4)
-    assert all(torch.equal(before[k], v) for k, v in deep.state_dict().items())
-    assert {g["lr"] for g in mup.param_groups(deep, 1e-3, base_depth=4)} == {1e-3}
 
 
 def test_the_users_coordinate_check_judges_every_layer_by_the_block(resmlp):
