@@ -77,6 +77,23 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # grouped-query attention: keys and values of whole heads, in whole groups of query heads
+    "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
+                                 "output s = dot(h, Wk @ h, dh)\n", S,
+                                 r"the keys' dim kv = 3 is not a whole number of heads of dh = 4"
+                                 r"(.|\n)*`dim kv = H \* dh`", (10, 12)),
+    "gqa-group-not-whole": (SEQ.replace("n / 2", "2") + "dim kv = 6\nparam Wk : [kv, n]\n"
+                            "output s = dot(h, Wk @ h, dh)\n", S,
+                            r"the queries' dim n = 8 is not a whole multiple of the keys' dim "
+                            r"kv = 6", (10, 12)),
+    "gqa-more-keys-than-queries": (SEQ.replace("n / 2", "2") + "dim kv = 2 * n\n"
+                                   "param Wk : [kv, n]\noutput s = dot(h, Wk @ h, dh)\n", S,
+                                   r"the queries' dim n = 8 is not a whole multiple of the keys' "
+                                   r"dim kv = 16", (10, 12)),
+    "gqa-values-not-whole-heads": (SEQ + "dim kv = n / 4\nparam Wv : [kv, n]\n"
+                                   "s = dot(h, h, dh)\noutput o = mix(causal_softmax(s), Wv @ h)"
+                                   "\n", S, r"the values' dim kv = 2 is not a whole number of "
+                                   r"heads of dh = 4", (11, 12)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
@@ -363,6 +380,29 @@ NNGP_REFUSED = [
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
      "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
 ]
+
+
+# grouped-query attention whose keys (values) have a finite dim while the query heads grow in
+# number: no µP keeps every vector Θ(1) at init (docs/theory.md), so derive says why, at the dot
+GQA_FIXED_KV = ("width n = 32\ndim V = 5\ndim t = 3\ndim dh = 4\ndim kv = {kv}\n"
+                "input tok : tokens[t, V]\nparam E : [n, V]\nparam Wq : [n, n]\n"
+                "param Wk : [kv, n]\nparam Wv : [kv, n]\nparam Wo : [n, n]\nparam U : [V, n]\n"
+                "scale tau = 0.5\nh = E @ tok\ns = tau * dot(Wq @ h, Wk @ h, dh)\n"
+                "o = h + Wo @ mix(causal_softmax(s), Wv @ h)\noutput y = U @ o\n")
+
+
+@pytest.mark.parametrize("kv", ["dh", "8"], ids=["mqa", "two-kv-heads"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_grouped_attention_with_a_finite_kv_dim_is_refused_by_derive(kv, optimizer):
+    program = tp.parse(GQA_FIXED_KV.format(kv=kv), "gqa.tp")
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, optimizer)
+    keys, values = e.value.diagnostics
+    assert re.search(r"the keys s_2 have the finite dim kv but serve query heads whose number "
+                     r"grows with the width(.|\n)*initialised as a readout", keys.message)
+    assert (keys.span.line, keys.span.column) == (15, 11)
+    assert "the values o_2" in values.message and values.span.line == 16
+    assert "dim kv = n / 2" in str(e.value)  # what to write instead
 
 
 @pytest.mark.parametrize(("program", "message"), NNGP_REFUSED)
