@@ -666,6 +666,58 @@ def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, func
     assert "tensorprog/" not in err  # the user's file, never the package's
 
 
+# key/value heads repeated for grouped-query attention in an order the language does not pair
+# (it pairs key head j with query heads j*g .. j*g + g-1, as HF's repeat_kv): refused where the
+# model repeats them, never traced into a wrong pairing
+GQA_MODEL = """\
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, n, repeat):
+        super().__init__()
+        self.emb, self.q, self.o = nn.Embedding(8, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.k, self.v, self.head = nn.Linear(n, n // 2), nn.Linear(n, n // 2), nn.Linear(n, 8)
+        self.repeat = repeat
+
+    def forward(self, tok):
+        x = self.emb(tok)
+        b, t, n = x.shape
+        q = self.q(x).view(b, t, 4, n // 4).transpose(1, 2)
+        k, v = (self.repeat(z(x).view(b, t, 2, n // 4).transpose(1, 2)) for z in (self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
+
+
+def tiled(z):
+    return z.repeat(1, 2, 1, 1)
+
+
+def before_heads(z):
+    b, h, t, d = z.shape
+    return z[:, None].expand(b, 2, h, t, d).reshape(b, 2 * h, t, d)
+
+
+def example_inputs(model):
+    return (torch.zeros(2, 4, dtype=torch.long),)
+"""
+
+
+@pytest.mark.parametrize(("repeat", "message"), [
+    ("tiled", r"m.py:\d+:\d+: error: cannot trace the op repeat"),
+    ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
+                     r"than right after them(.|\n)*help: repeat each key/value head for "
+                     r"consecutive query heads"),
+])
+def test_trace_refuses_key_value_heads_repeated_in_another_order(capsys, tmp_path, repeat,
+                                                                 message):
+    (tmp_path / "m.py").write_text(GQA_MODEL + f"\n\ndef build(n):\n    return Attention(n, "
+                                   f"{repeat})\n")
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:build", "--widths", "16,32")
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
      r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "
