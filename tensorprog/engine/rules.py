@@ -352,7 +352,9 @@ def _group(sz: Sizes, query: str | None, kv: str | None) -> tuple[Exp, str]:
     has moved along the same output gradient (ΔWo = -η·dh·oᵀ, Δq built from these very
     terms), so the terms share a sign and add up coherently: LLN, +1. A changed key or value
     moves the logits or outputs of all g heads at once, so the loss sees Θ(g) times what one
-    head gives, as for a readout's input. The engine's gradient is the one after training, +1.
+    head gives, as for a readout's input. The engine's gradient is the one after training, +1:
+    the limit's size, reached at second order in the step (measured at widths up to 2048, the
+    CLT part still dominates; docs/theory.md). Only programs derive refuses have such a g.
     """
     if sz.infinite(query) and not sz.infinite(kv):
         return ONE, (f"and sums the {query}/{kv} query heads sharing it, which grow with the "
