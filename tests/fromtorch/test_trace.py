@@ -206,11 +206,6 @@ def test_hf_llama_rotary_swiglu_and_its_coordinate_check():
     assert {"layers.0.scaled_dot_product_attention_logits", "linear_14"} <= set(bad.failures)
 
 
-def test_hf_llama_grouped_query_attention_is_refused():
-    with pytest.raises(TensorProgError, match=r"cannot trace grouped-query attention"):
-        from_torch(lambda n: _llama(n, layers=1, kv_heads=2), (64, 128), _tokens)
-
-
 # --- the mup package, for the same model --------------------------------------------------------
 
 
