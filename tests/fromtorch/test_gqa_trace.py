@@ -33,7 +33,9 @@ def _attention_lines(source):
 
 @pytest.fixture(scope="module")
 def llama():
-    return from_torch(_llama, (32, 64), _tokens)
+    # unrolled, so that its names are those of the one-layer model below (rolling the stack into
+    # a block is tests/fromtorch/test_trace_depth.py's)
+    return from_torch(_llama, (32, 64), _tokens, blocks=False)
 
 
 def _weights(program, optimizer="adam"):
