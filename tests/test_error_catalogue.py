@@ -77,6 +77,23 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # grouped-query attention: keys and values of whole heads, in whole groups of query heads
+    "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
+                                 "output s = dot(h, Wk @ h, dh)\n", S,
+                                 r"the keys' dim kv = 3 is not a whole number of heads of dh = 4"
+                                 r"(.|\n)*`dim kv = H \* dh`", (10, 12)),
+    "gqa-group-not-whole": (SEQ.replace("n / 2", "2") + "dim kv = 6\nparam Wk : [kv, n]\n"
+                            "output s = dot(h, Wk @ h, dh)\n", S,
+                            r"the queries' dim n = 8 is not a whole multiple of the keys' dim "
+                            r"kv = 6", (10, 12)),
+    "gqa-more-keys-than-queries": (SEQ.replace("n / 2", "2") + "dim kv = 2 * n\n"
+                                   "param Wk : [kv, n]\noutput s = dot(h, Wk @ h, dh)\n", S,
+                                   r"the queries' dim n = 8 is not a whole multiple of the keys' "
+                                   r"dim kv = 16", (10, 12)),
+    "gqa-values-not-whole-heads": (SEQ + "dim kv = n / 4\nparam Wv : [kv, n]\n"
+                                   "s = dot(h, h, dh)\noutput o = mix(causal_softmax(s), Wv @ h)"
+                                   "\n", S, r"the values' dim kv = 2 is not a whole number of "
+                                   r"heads of dh = 4", (11, 12)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
@@ -363,6 +380,29 @@ NNGP_REFUSED = [
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
      "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
 ]
+
+
+# grouped-query attention whose keys (values) have a finite dim while the query heads grow in
+# number: no µP keeps every vector Θ(1) at init (docs/theory.md), so derive says why, at the dot
+GQA_FIXED_KV = ("width n = 32\ndim V = 5\ndim t = 3\ndim dh = 4\ndim kv = {kv}\n"
+                "input tok : tokens[t, V]\nparam E : [n, V]\nparam Wq : [n, n]\n"
+                "param Wk : [kv, n]\nparam Wv : [kv, n]\nparam Wo : [n, n]\nparam U : [V, n]\n"
+                "scale tau = 0.5\nh = E @ tok\ns = tau * dot(Wq @ h, Wk @ h, dh)\n"
+                "o = h + Wo @ mix(causal_softmax(s), Wv @ h)\noutput y = U @ o\n")
+
+
+@pytest.mark.parametrize("kv", ["dh", "8"], ids=["mqa", "two-kv-heads"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_grouped_attention_with_a_finite_kv_dim_is_refused_by_derive(kv, optimizer):
+    program = tp.parse(GQA_FIXED_KV.format(kv=kv), "gqa.tp")
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, optimizer)
+    keys, values = e.value.diagnostics
+    assert re.search(r"the keys s_2 have the finite dim kv but serve query heads whose number "
+                     r"grows with the width(.|\n)*initialised as a readout", keys.message)
+    assert (keys.span.line, keys.span.column) == (15, 11)
+    assert "the values o_2" in values.message and values.span.line == 16
+    assert "dim kv = n / 2" in str(e.value)  # what to write instead
 
 
 @pytest.mark.parametrize(("program", "message"), NNGP_REFUSED)
@@ -660,6 +700,58 @@ def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, func
     code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
     assert (code, out) == (2, "") and re.search(message, err), err
     assert "tensorprog/" not in err  # the user's file, never the package's
+
+
+# key/value heads repeated for grouped-query attention in an order the language does not pair
+# (it pairs key head j with query heads j*g .. j*g + g-1, as HF's repeat_kv): refused where the
+# model repeats them, never traced into a wrong pairing
+GQA_MODEL = """\
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, n, repeat):
+        super().__init__()
+        self.emb, self.q, self.o = nn.Embedding(8, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.k, self.v, self.head = nn.Linear(n, n // 2), nn.Linear(n, n // 2), nn.Linear(n, 8)
+        self.repeat = repeat
+
+    def forward(self, tok):
+        x = self.emb(tok)
+        b, t, n = x.shape
+        q = self.q(x).view(b, t, 4, n // 4).transpose(1, 2)
+        k, v = (self.repeat(z(x).view(b, t, 2, n // 4).transpose(1, 2)) for z in (self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
+
+
+def tiled(z):
+    return z.repeat(1, 2, 1, 1)
+
+
+def before_heads(z):
+    b, h, t, d = z.shape
+    return z[:, None].expand(b, 2, h, t, d).reshape(b, 2 * h, t, d)
+
+
+def example_inputs(model):
+    return (torch.zeros(2, 4, dtype=torch.long),)
+"""
+
+
+@pytest.mark.parametrize(("repeat", "message"), [
+    ("tiled", r"m.py:\d+:\d+: error: cannot trace the op repeat"),
+    ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
+                     r"than right after them(.|\n)*help: repeat each key/value head for "
+                     r"consecutive query heads"),
+])
+def test_trace_refuses_key_value_heads_repeated_in_another_order(capsys, tmp_path, repeat,
+                                                                 message):
+    (tmp_path / "m.py").write_text(GQA_MODEL + f"\n\ndef build(n):\n    return Attention(n, "
+                                   f"{repeat})\n")
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:build", "--widths", "16,32")
+    assert (code, out) == (2, "") and re.search(message, err), err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -1274,6 +1366,39 @@ def test_mup_param_groups_refuses_a_bad_decay_params(decay_params, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         mup.param_groups(build(64), lr=1e-3, weight_decay=0.1, decay="decoupled",
                          decay_params=decay_params)
+
+
+@pytest.mark.parametrize(("layers", "base_depth", "message"), [
+    (0, 2, "base_depth is given, but the traced program has no depth (no stack of identical "
+           "layers was rolled into a block: see the notes in its source)"),
+    (2, 0, "base_depth must be a whole number of layers >= 1, not 0"),
+    (2, 1.5, "base_depth must be a whole number of layers >= 1, not 1.5"),
+])
+def test_mup_refuses_a_base_depth_it_cannot_use(layers, base_depth, message):
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.layers = nn.ModuleList(nn.Linear(n, n) for _ in range(layers))
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            for layer in self.layers:
+                h = h + layer(h)
+            return self.out(h)
+
+    traced = from_torch(Net, widths=(16, 32),
+                        example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        MuP(traced, "adam", base_depth=base_depth)
+    if layers:  # the same refusal from apply
+        with pytest.raises(UsageError, match=re.escape(message)):
+            MuP(traced, "adam").apply(Net(16), base_depth=base_depth)
 
 
 @pytest.mark.parametrize("derived, other, same", [

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, split_heads_dim
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -97,24 +97,38 @@ class Emitter:
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"
 
+    def kv(self, query: str, kv: str, over: str) -> str:
+        """``kv`` as the query heads see it: repeated per group when it has fewer heads."""
+        dims = self.program.value_dims
+        table = self.program.dim_table
+        if table[dims[query]].key() == table[dims[kv]].key():
+            return self.ref(kv)
+        self.helpers.add("_repeat_kv")
+        return f"_repeat_kv({self.ref(kv)}, {self.dim(dims[query])}, {self.dim(over)})"
+
     def Dot(self, ins: Dot) -> str:
         if ins.over is None:
             return f"(({self.ref(ins.left)}) * ({self.ref(ins.right)})).sum(-1)"
         self.helpers.add("_heads_dot")
-        return f"_heads_dot({self.ref(ins.left)}, {self.ref(ins.right)}, {self.dim(ins.over)})"
+        k = self.kv(ins.left, ins.right, ins.over)
+        return f"_heads_dot({self.ref(ins.left)}, {k}, {self.dim(ins.over)})"
 
     def Mix(self, ins: Mix) -> str:
         self.helpers.add("_mix")
-        return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
+        over = split_heads_dim(self.program.value_dims[ins.weights])[1]
+        return f"_mix({self.ref(ins.weights)}, {self.kv(ins.out, ins.values, over)})"
 
     def fused(self, f: Attention | Norm) -> str:
         if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default
             x = self.ref(f.x)
             bias = f", {self.ref(f.bias)}" if f.bias else ""
             return f"torch.nn.functional.layer_norm({x}, {x}.shape[-1:], {self.ref(f.gain)}{bias})"
-        self.helpers.add("_attention")
+        dims, table = self.program.value_dims, self.program.dim_table
+        grouped = table[dims[f.q]].key() != table[dims[f.k]].key()
+        helper = "_grouped_attention" if grouped else "_attention"
+        self.helpers.add(helper)
         scale = " * ".join(self.ref(s) for s in f.scales) or "1.0"
-        return (f"_attention({self.ref(f.q)}, {self.ref(f.k)}, {self.ref(f.values)}, "
+        return (f"{helper}({self.ref(f.q)}, {self.ref(f.k)}, {self.ref(f.values)}, "
                 f"{self.dim(f.over)}, {scale}, {f.causal})")
 
     def lines(self, body: Sequence, indent: str = "        ",

@@ -22,6 +22,13 @@ HELPERS = {
         '    """Per head, out_t = sum_s p_ts v_s; heads are v\'s dim split as p has them."""',
         "    v = v.unflatten(-1, (p.shape[-3], -1))",
         '    return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)'],
+    "_repeat_kv": [
+        "def _repeat_kv(x, dim, head_dim):",
+        '    """Grouped-query attention: each head of x serves as many consecutive query heads as',
+        "    dim (the queries' dim) holds groups of x's dim, so it is repeated that many times in",
+        '    place (torch.repeat_interleave, as Hugging Face\'s repeat_kv does)."""',
+        "    x = x.unflatten(-1, (-1, head_dim))",
+        "    return x.repeat_interleave(dim // (x.shape[-2] * head_dim), dim=-2).flatten(-2)"],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
@@ -41,6 +48,18 @@ HELPERS = {
         "    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)",
         "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
         "                                                         is_causal=is_causal)",
+        "    return y.transpose(-3, -2).flatten(-2)"],
+    "_grouped_attention": [
+        "def _grouped_attention(q, k, v, head_dim, scale, is_causal):",
+        '    """_attention with fewer key/value heads than query heads, each serving a group of',
+        "    consecutive query heads (sdpa's enable_gqa repeats them as repeat_interleave",
+        '    does)."""',
+        "    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    v = v.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
+        "                                                         is_causal=is_causal,",
+        "                                                         enable_gqa=True)",
         "    return y.transpose(-3, -2).flatten(-2)"],
     "_causal_softmax": [
         "def _causal_softmax(s):",

@@ -23,7 +23,7 @@ from sympy.polys.matrices import DomainMatrix
 
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
-from ..ir.program import Program
+from ..ir.program import Dot, Mix, Program
 from .classify import classify, classify_depth, require_depth_pass, require_width
 from .derivation import Bound, DepthDerivation, Derivation, Equation
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
@@ -215,6 +215,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
         raise EngineError(f"unknown depth convention '{depth_convention}'",
                           help=f"choose one of {', '.join(DEPTH_CONVENTIONS)}")
     require_width(program)
+    _refuse_shared_finite_heads(program)
     params = used_params(program)
     an = Analysis(program, optimizer)
     bounds = _settle_bounds(program, an, params)
@@ -275,6 +276,44 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
             [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
             + found)
     return Derivation(program, optimizer, convention, abc, bounds, equations, an, check, chosen)
+
+
+def _refuse_shared_finite_heads(program: Program) -> None:
+    """Refuse grouped-query attention whose keys or values have a finite dim while the queries'
+    grows with the width (a fixed number of key/value heads of a fixed head dim, or one such
+    head: MQA), with the reason the desiderata cannot be met.
+
+    Such keys are ``Wk @ a`` with Wk of a finite fan-out: the update of whatever feeds ``a``
+    is then built from Wk₀ᵀ (backprop through a finite fan-out), so Wk₀ meets it in an LLN sum,
+    exactly as a readout meets its input's change (TP4: a_{L+1} + b_{L+1} + r >= 1). Stable
+    feature learning then needs Wk initialised as an output weight (std ∝ 1/n), which leaves the
+    keys, the logits of the g ∝ n query heads sharing them and the attention output vanishing
+    at init, against the desideratum that every vector be Θ(1) there. Measured in a one-block
+    decoder (Adam, MHA's exponents, widths 128..2048): the keys' change grows as n^0.29 and the
+    attention output's as n^0.37; with Wk, Wv at std 1/n both stay flat (docs/theory.md)."""
+    dims = program.value_dims
+    diagnostics = []
+    for ins in program.body:
+        if isinstance(ins, Dot) and ins.over is not None:
+            query, kv, what = dims[ins.left], dims[ins.right], "keys"
+        elif isinstance(ins, Mix):
+            query, kv, what = dims[ins.out], dims[ins.values], "values"
+        else:
+            continue
+        if program.dim(query).infinite and not program.dim(kv).infinite:
+            name = ins.right if what == "keys" else ins.values
+            diagnostics.append(Diagnostic(
+                f"the {what} {name} have the finite dim {kv} but serve query heads whose number "
+                f"grows with the width: what projects them has a finite fan-out, so it must be "
+                "initialised as a readout (std ∝ 1/n) for stable feature learning, and then the "
+                f"{what} and the attention {'logits' if what == 'keys' else 'output'} vanish at "
+                "init, so no µP has every vector Θ(1) at init",
+                ins.span,
+                f"let the {what}' dim grow with the width: a fixed number of heads of a growing "
+                "dim (`dim dh = n / 8` and `dim kv = n / 4`), or heads of a fixed dim growing in "
+                "number (`dim kv = n / 2`); `classify` still judges a given parametrization"))
+    if diagnostics:
+        raise EngineError(diagnostics)
 
 
 def _require_fixed(program: Program, an: Analysis, params: list[str], where: str = "") -> None:

@@ -341,13 +341,36 @@ def change_dot(ins: Dot, sz: Sizes) -> list[Term]:
             + terms(f"{u}·Δ{v}", why, "auto", sz.train(u), sz.change(v), const=k))
 
 
+def _group(sz: Sizes, query: str | None, kv: str | None) -> tuple[Exp, str]:
+    """What a key/value head's gradient gains by summing over the g query heads it serves
+    (grouped-query attention, g = dim(query) / dim(kv)).
+
+    A finite g is a finite sum (+0). A g that grows with the width (dim(query) infinite,
+    dim(kv) finite: one key/value head, or a fixed number of heads of a fixed dim) sums g ∝ n
+    terms, one per query head. At init they are independent across heads (each head's gradient
+    comes through its own columns of the output weight: CLT, +1/2); after training every head
+    has moved along the same output gradient (ΔWo = -η·dh·oᵀ, Δq built from these very
+    terms), so the terms share a sign and add up coherently: LLN, +1. A changed key or value
+    moves the logits or outputs of all g heads at once, so the loss sees Θ(g) times what one
+    head gives, as for a readout's input. The engine's gradient is the one after training, +1:
+    the limit's size, reached at second order in the step (measured at widths up to 2048, the
+    CLT part still dominates; docs/theory.md). Only programs derive refuses have such a g.
+    """
+    if sz.infinite(query) and not sz.infinite(kv):
+        return ONE, (f"and sums the {query}/{kv} query heads sharing it, which grow with the "
+                     "width and move together after training (LLN: +1)")
+    return ZERO, ""
+
+
 def grad_dot(ins: Dot, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     u, v = ins.left, ins.right
+    dims = sz.program.value_dims
+    k, why = _group(sz, dims[u], dims[v]) if ins.over is not None else (ZERO, "")
     return ([(u, t) for t in terms(f"d{ins.out}·{v}", f"d{u} = d{ins.out}·{v}", "auto", g,
                                    sz.first_order_train(v))]
-            + [(v, t) for t in terms(f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u}", "auto", g,
-                                     sz.first_order_train(u))])
+            + [(v, t) for t in terms(f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u} {why}".rstrip(),
+                                     "auto", g, sz.first_order_train(u), const=k)])
 
 
 # --- Mix ------------------------------------------------------------------------------------------
@@ -377,6 +400,7 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
     finite = sz.program.dim_table[sz.program.value_dims[p]].infinite or not sz.width_limit
     half, one = (ZERO, ZERO) if finite else (HALF, ONE)
     where = "over a finite head dim (+0)" if finite else "over the head dim"
+    k_v, why_v = _group(sz, sz.program.value_dims[ins.out], sz.program.value_dims[v])
     return ([(p, t) for t in terms(f"d{ins.out}·{v}₀", f"the sum {where} meets {v}₀, "
                                    "independent of the gradient (CLT: +1/2)" if half else
                                    f"the sum runs {where}", "auto", g, sz.init(v), const=half)]
@@ -385,8 +409,9 @@ def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
                                      f"the sum runs {where}", "auto", g,
                                      sz.first_order_change(v),
                                      const=one)]
-            + [(v, t) for t in terms(f"{p}ᵀ·d{ins.out}", "a finite sum over tokens, weights "
-                                     "Θ(1)", "auto", g, sz.first_order_train(p))])
+            + [(v, t) for t in terms(f"{p}ᵀ·d{ins.out}", f"a finite sum over tokens, weights "
+                                     f"Θ(1) {why_v}".rstrip(), "auto", g,
+                                     sz.first_order_train(p), const=k_v)])
 
 
 # --- Stream ---------------------------------------------------------------------------------------

@@ -27,17 +27,20 @@ from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import UsageError
 from .trace import Traced
+from .values import ParamUse
 
 
 @dataclass
 class Patch:
-    """A forward multiplier (width/base)^-exponent on a module's output (rows: its query block)."""
+    """A forward multiplier (width/base)^-exponent on a module's output (rows: its query block);
+    ``param``: the block param whose module it is (every layer's, ``module`` a pattern)."""
 
     module: str
     node: str
     exponent: Fraction
     rows: tuple[Fraction, Fraction] | None
     why: str
+    param: str | None = None
 
 
 @dataclass
@@ -45,19 +48,38 @@ class Report:
     width: int
     lines: list[str] = field(default_factory=list)
     patched: list[str] = field(default_factory=list)
+    depth: tuple[int, int] | None = None  # (the model's depth, the base depth) for a stack
 
     def __str__(self) -> str:
-        return "\n".join([f"µP applied at width {self.width}:", *self.lines])
+        at = f" and depth {self.depth[0]} (base {self.depth[1]})" if self.depth else ""
+        return "\n".join([f"µP applied at width {self.width}{at}:", *self.lines])
 
     def as_dict(self) -> dict:
-        return {"width": self.width, "changes": list(self.lines), "patched": list(self.patched)}
+        return {
+            "width": self.width,
+            **({"depth": self.depth[0], "base_depth": self.depth[1]} if self.depth else {}),
+            "changes": list(self.lines),
+            "patched": list(self.patched),
+        }
 
 
 class MuP:
-    """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``."""
+    """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``.
 
-    def __init__(self, traced: Traced, optimizer: str = "adam", convention: str = "table3"):
+    For a model whose stack of layers was traced as a block repeated over the depth L, the
+    model's depth is its stack's length, and every factor is (width/base)^-e times
+    (depth/base_depth)^-e_L; ``base_depth`` (here, or per call) defaults to the traced depth."""
+
+    def __init__(
+        self,
+        traced: Traced,
+        optimizer: str = "adam",
+        convention: str = "table3",
+        base_depth: int | None = None,
+    ):
         self.traced = traced
+        self.stack = traced.stack
+        self.base_depth = self._check_base_depth(base_depth)
         self.program = traced.program
         self.derivation = derive(self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
@@ -70,10 +92,16 @@ class MuP:
         self.eps_exp = {
             p: Fraction(str(e)) - Fraction(str(abc[p].a)) for p, e in self.derivation.eps.items()
         }
+        self._depth_exponents(k)
         self.folded: list[str] = []
         self.patches: list[Patch] = []
         for name, info in traced.scales.items():
             delta = Fraction(str(abc[name].a)) - info["model_a"]
+            if self.depth_exp.get(name):
+                raise UsageError(
+                    f"{name} needs a multiplier in the depth, which apply cannot give it yet",
+                    help="trace the model with from_torch(..., blocks=False) for width-only µP",
+                )
             if delta == 0:
                 continue
             if "q" in info:
@@ -116,13 +144,104 @@ class MuP:
                     use.rows,
                     f"{scale}: query rows of fused {use.target} times "
                     f"(n/base)^-{delta} (its LR is shared with k and v)",
+                    w if self.stack and w in self.stack.layers else None,
                 )
             )
+
+    # -- the depth ---------------------------------------------------------------------------
+    def _check_base_depth(self, base_depth) -> int | None:
+        if base_depth is None:
+            return self.stack.depth if self.stack else None
+        if self.stack is None:
+            raise UsageError(
+                "base_depth is given, but the traced program has no depth (no stack of "
+                "identical layers was rolled into a block: see the notes in its source)",
+                help="leave base_depth out",
+            )
+        if isinstance(base_depth, bool) or not isinstance(base_depth, int) or base_depth < 1:
+            raise UsageError(
+                f"base_depth must be a whole number of layers >= 1, not {base_depth!r}",
+                help=f"e.g. base_depth={self.stack.depth} (the traced depth), the depth the "
+                "hyperparameters were tuned at",
+            )
+        return base_depth
+
+    def _depth_exponents(self, k: int) -> None:
+        """Each param's exponents in the depth L, folded as in the width: init std
+        ∝ L^-(aL+bL), LR ∝ L^-(cL+k·aL), Adam's ε ∝ L^-(epsL-aL); none without a stack, or
+        where derive has no depth exponents (under SGD: it says why)."""
+        d = self.derivation.depth
+        self.depth_exp: dict[str, Fraction] = {}  # a scale's aL
+        self.init_exp_L: dict[str, Fraction] = {}
+        self.lr_exp_L: dict[str, Fraction] = {}
+        self.eps_exp_L: dict[str, Fraction] = {}
+        if self.stack is None or d is None:
+            return
+        for p, x in d.abc.items():
+            a = Fraction(str(x.a))
+            if p in self.traced.scales:
+                self.depth_exp[p] = a
+            elif p in self.traced.params:
+                self.init_exp_L[p] = a + Fraction(str(x.b))
+                self.lr_exp_L[p] = Fraction(str(x.c)) + k * a
+        for p, e in self.derivation.eps_depth.items():
+            if p in self.traced.params:
+                self.eps_exp_L[p] = Fraction(str(e)) - Fraction(str(d.abc[p].a))
+
+    def depth_of(self, model) -> int | None:
+        """The model's depth: the length of its traced stack (None: the program has none)."""
+        if self.stack is None:
+            return None
+        try:
+            layers = model.get_submodule(self.stack.prefix) if self.stack.prefix else model
+            depth = len(layers) - self.stack.first  # the first ones stay unrolled
+        except (AttributeError, TypeError):
+            raise UsageError(
+                f"this model has no stack {self.stack.prefix!r} of layers, as the traced one",
+                help="pass a model built by the traced build(width)",
+            ) from None
+        if depth < 1:
+            raise UsageError(
+                f"this model's {self.stack.prefix} has {depth + self.stack.first} layers: the "
+                f"traced block's repetitions start at layer {self.stack.first}",
+                help="pass a model built by the traced build(width), with its stack",
+            )
+        return depth
+
+    def _depth_ratio(self, model, base_depth: int | None) -> float:
+        """depth / base depth (1 without a stack)."""
+        depth = self.depth_of(model)
+        if depth is None:
+            self._check_base_depth(base_depth)  # refuses a base depth for no depth
+            return 1.0
+        base = self._check_base_depth(base_depth) if base_depth is not None else self.base_depth
+        return depth / base
+
+    def _uses(self, model, depth: int | None = None) -> list[tuple[str, ParamUse, int | None]]:
+        """(program param, its use in this model, layer): a block param once per layer."""
+        out = []
+        for name, use in self.traced.params.items():
+            if self.stack is not None and name in self.stack.layers:
+                for i in range(depth if depth is not None else self.depth_of(model)):
+                    out.append((name, self.stack.at(name, i), i))
+            else:
+                out.append((name, use, None))
+        return out
+
+    def _base(self, name: str, use: ParamUse, layer: int | None) -> tuple[str, float | None]:
+        """The param's init at the base width: its own tensor's, or for a layer past the traced
+        depth the traced layers' (their RMS std; stack.py rolled them as one init)."""
+        if layer is None or layer < self.stack.depth:
+            return self.traced.base.get(use.target, ("normal", None))
+        found = [self.traced.base.get(u.target, ("normal", None)) for u in self.stack.layers[name]]
+        if found[0][0] == "const" or any(s is None for _, s in found):
+            return found[0]
+        return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
         found = set()
-        for name, use in self.traced.params.items():
+        for name, use, _ in self._uses(model, depth=1 if self.stack else None):
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
             tshape = list(tensor.shape)[::-1] if use.transposed else list(tensor.shape)
@@ -150,29 +269,37 @@ class MuP:
         return t.narrow(axis, lo, hi - lo)
 
     # -- init, forward patches, LR ------------------------------------------------------------
-    def apply(self, model) -> Report:
+    def apply(self, model, base_depth: int | None = None) -> Report:
         """Re-scale every normally initialised param to its µP std at this model's width (the
-        model's own std at the base width times (n/base)^-(a+b)), and register the forward
-        patches that cannot fold. Idempotent per model."""
+        model's own std at the base width times (n/base)^-(a+b)) and depth (times
+        (L/base_depth)^-(aL+bL) for a traced stack), and register the forward patches that
+        cannot fold. Idempotent per model."""
         import torch
 
         width = self.width_of(model)
         r = width / self.traced.base_width
+        rd = self._depth_ratio(model, base_depth)
+        depth = self.depth_of(model)
         report = Report(width)
+        if depth is not None:
+            report.depth = (depth, round(depth / rd))
+            report.lines += self._depth_lines()
+        at_base = width == self.traced.base_width and rd == 1
         with torch.no_grad():
-            for name, use in self.traced.params.items():
-                kind, sigma = self.traced.base.get(use.target, ("normal", None))
-                if kind == "const" or sigma is None or width == self.traced.base_width:
-                    continue  # at the base width the model keeps its own init, exactly
+            for name, use, layer in self._uses(model):
+                kind, sigma = self._base(name, use, layer)
+                if kind == "const" or sigma is None or at_base:
+                    continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
-                target = sigma * r ** -float(self.init_exp[name])
+                eL = self.init_exp_L.get(name, 0)
+                target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
                 current = float(view.double().std())
                 if current > 0:
                     view.mul_(target / current)
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
                     f"{target:.4g} (base {sigma:.4g} x (n/base)^"
-                    f"-{self.init_exp[name]})"
+                    f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
         report.lines += [
@@ -190,31 +317,46 @@ class MuP:
         for h in self._hooks.pop(id(model), []):
             h.remove()
 
+    def _depth_lines(self) -> list[str]:
+        if self.derivation.depth is None:
+            return [f"no exponents in the depth: {self.derivation.depth_refused}; the width's "
+                    "µP only, the same at every depth"]
+        scaled = [
+            f"depth: {p} init std x (L/base)^-{self.init_exp_L[p]}, LR x (L/base)^-"
+            f"{self.lr_exp_L.get(p, 0)}"
+            for p in self.traced.params
+            if self.init_exp_L.get(p) or self.lr_exp_L.get(p)
+        ]
+        return scaled or ["depth: no param scales with the depth"]
+
     def uncovered(self, model) -> list[str]:
         """The model's params that the program has not: a part of the forward the trace does
         not reach (or a param the forward never uses). µP says nothing about them."""
-        covered = {id(model.get_parameter(u.target)) for u in self.traced.params.values()}
+        covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
         return [name for name, p in model.named_parameters() if id(p) not in covered]
 
-    def eps_multipliers(self, model) -> dict[str, float]:
-        """Per torch param name: the factor on Adam's base eps at this model's width (empty
-        under SGD; a param without an eps exponent, none of its gradient reaching it, is left
-        out and keeps the base eps)."""
-        return self._per_tensor(model, self.eps_exp, "Adam eps")
+    def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
+        """Per torch param name: the factor on Adam's base eps at this model's width and depth
+        (empty under SGD; a param without an eps exponent, none of its gradient reaching it, is
+        left out and keeps the base eps)."""
+        return self._per_tensor(model, self.eps_exp, self.eps_exp_L, "Adam eps", base_depth)
 
-    def lr_multipliers(self, model) -> dict[str, float]:
-        """Per torch param name: the factor on the base LR at this model's width."""
-        return self._per_tensor(model, self.lr_exp, "LRs")
+    def lr_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
+        """Per torch param name: the factor on the base LR at this model's width and depth."""
+        return self._per_tensor(model, self.lr_exp, self.lr_exp_L, "LRs", base_depth)
 
-    def _per_tensor(self, model, exponents: dict, what: str) -> dict[str, float]:
-        """(width/base)^-e per torch tensor, for the program params that have an exponent e; the
-        row blocks of one fused tensor must agree, since a tensor has one optimizer group."""
+    def _per_tensor(self, model, exponents: dict, in_depth: dict, what: str,
+                    base_depth: int | None = None) -> dict[str, float]:
+        """(width/base)^-e (depth/base)^-e_L per torch tensor, for the program params that have
+        an exponent e; the row blocks of one fused tensor must agree, since a tensor has one
+        optimizer group."""
         r = self.width_of(model) / self.traced.base_width
+        rd = self._depth_ratio(model, base_depth)
         out: dict[str, float] = {}
-        for name, use in self.traced.params.items():
+        for name, use, _ in self._uses(model):
             if name not in exponents:
                 continue
-            m = r ** -float(exponents[name])
+            m = r ** -float(exponents[name]) * rd ** -float(in_depth.get(name, 0))
             if use.target in out and not math.isclose(out[use.target], m):
                 raise UsageError(
                     f"{use.target}: its row blocks need different {what} "
@@ -232,6 +374,7 @@ class MuP:
         decay: str | None = None,
         eps: float = 1e-8,
         decay_params="matrices",
+        base_depth: int | None = None,
         **options,
     ) -> list[dict]:
         """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
@@ -253,7 +396,10 @@ class MuP:
         emitted module: ``"matrices"`` (default) every param of 2 or more dims, weight matrices
         and embedding tables, not LayerNorm gains or biases (the GPT-2 convention: decay pulls
         a gain to 0, not to its init 1); ``"all"`` every param; a set of the model's param
-        names (``named_parameters``); or a function ``(name, param) -> bool``."""
+        names (``named_parameters``); or a function ``(name, param) -> bool``.
+
+        For a traced stack, every factor also carries the depth's, (depth/base_depth)^-e_L
+        (``base_depth`` defaults to the MuP's)."""
         # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
         # into every group and makes the weights NaN (or climb the loss) at the first step
         for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
@@ -275,9 +421,9 @@ class MuP:
                 + ", ".join(outside),
                 stacklevel=2,
             )
-        mult = self.lr_multipliers(model)
+        mult = self.lr_multipliers(model, base_depth)
         adam = self.derivation.optimizer.name in ("adam", "adamw")
-        eps_mult = self.eps_multipliers(model) if adam else {}
+        eps_mult = self.eps_multipliers(model, base_depth) if adam else {}
         # by tensor: a tied one is named once in named_parameters, maybe not as in the program
         mult = {id(model.get_parameter(k)): m for k, m in mult.items()}
         eps_mult = {id(model.get_parameter(k)): m for k, m in eps_mult.items()}
@@ -318,9 +464,11 @@ class MuP:
     def _register(self, model, r: float) -> list[str]:
         handles, modules = [], []
         for p in self.patches:
-            module = model.get_submodule(p.module)
-            handles.append(module.register_forward_hook(_hook(r ** -float(p.exponent), p.rows)))
-            modules.append(p.module)
+            for name in self._patched_modules(model, p):
+                module = model.get_submodule(name)
+                hook = _hook(r ** -float(p.exponent), p.rows)
+                handles.append(module.register_forward_hook(hook))
+                modules.append(name)
         self._hooks[id(model)] = handles
         return modules
 
@@ -336,12 +484,23 @@ class MuP:
             if "q" in info
         }
 
+    def _patched_modules(self, model, p: Patch) -> list[str]:
+        """The module of a patch, or of its block param in every layer of the model."""
+        if p.param is None:
+            return [p.module]
+        return [self.stack.at(p.param, i).module for i in range(self.depth_of(model))]
+
     def patch_factors(self, model) -> dict[str, tuple]:
-        """Graph node -> (factor, rows) of each forward patch registered on the model."""
+        """Graph node -> (factor, rows) of each forward patch registered on the model (a block
+        param's in every layer of the traced depth: the graph probed is the traced one)."""
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
-        return {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
+        out = {}
+        for p in self.patches:
+            uses = self.stack.layers[p.param] if p.param else [p]
+            out.update({u.node: (r ** -float(p.exponent), p.rows) for u in uses})
+        return out
 
 
 def _rows(use) -> str:

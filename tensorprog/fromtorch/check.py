@@ -36,8 +36,13 @@ def probe(mup: MuP, model, inputs):
     ep, trace = mup.graphs[key]
     unfold = mup.unfolded(model)
     wanted: dict = {}
+    stack = mup.traced.stack
     for vec, (node, kind) in trace.vectors.items():
-        wanted.setdefault(node, []).append((vec, kind, unfold.get(vec, 1.0)))
+        # a rolled layer's vector is measured as its repetition's (blk.i.v), so that it is
+        # judged by the block's exponents; a folded query's factor is the block's (blk.v)
+        for name in mup.traced.names.get(vec, (vec,)):
+            generic = stack.generic(name) if stack else name
+            wanted.setdefault(node, []).append((name, kind, unfold.get(generic, 1.0)))
     patches = mup.patch_factors(model)
     return lambda: _run(ep, model, inputs, wanted, patches)
 

@@ -1,9 +1,14 @@
-"""Norms and attention: layer_norm, rms_norm, causal masks, softmax, sdpa."""
+"""Norms and attention: layer_norm, rms_norm, causal masks, softmax, sdpa, and grouped-query
+attention's repeated key/value heads (sdpa's enable_gqa, HF's repeat_kv, repeat_interleave)."""
 
 from __future__ import annotations
 
-from .values import Conc, Probs, Scores, Vec
+from .values import Conc, KVRepeat, Probs, Scores, Vec
 from .where import refuse
+
+_GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
+             "(x[:, :, None].expand(b, kv, g, t, d).reshape(b, kv * g, t, d)), "
+             "torch.repeat_interleave(x, g, dim=1) or sdpa's enable_gqa=True do")
 
 
 class AttentionOps:
@@ -68,10 +73,65 @@ class AttentionOps:
         return name
 
     def mix(self, node, p: Probs, v: Vec) -> Vec:
+        q = p.scores.q
+        self.grouped(node, q, v, "values")
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = mix({p.name}, {v.name})")
         self.out.vectors[name] = (node.name, "out")
-        return Vec(name, v.tags, v.dim, v.dh)
+        return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
+
+    def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
+        """Keys (values) with fewer heads than the queries are grouped-query attention when each
+        serves a whole group of consecutive query heads: whole heads of the queries' head dim,
+        in a number that divides theirs (torch checks the repeated shapes; this, the program's
+        own pairing)."""
+        if kv.dim == q.dim:
+            return
+        if kv.dh != q.dh or kv.dim % q.dh or q.dim % kv.dim:
+            raise refuse(node, f"attention whose {what} ({kv.dim} features in heads of {kv.dh}) "
+                         f"do not come in whole groups of the queries' heads ({q.dim} features "
+                         f"in heads of {q.dh})", _GQA_HELP)
+
+    # -- grouped-query attention: HF's repeat_kv, repeat_interleave ------------------------------
+    def repeat_kv_axis(self, node, v, dim):
+        """``x[:, :, None]`` on key/value heads: the axis right after the heads, where HF's
+        repeat_kv expands its copies (anywhere else the copies would interleave otherwise)."""
+        v = v if isinstance(v, Vec) else self.vec(v, node)
+        heads = v.tags.index("H")
+        if dim % (len(v.tags) + 1) != heads + 1 or v.group != 1:
+            raise refuse(node, "an added axis on attention heads other than right after them",
+                         _GQA_HELP)
+        return KVRepeat(v, heads + 1)
+
+    def op_expand(self, node, v, sizes, *rest):
+        old = tuple(node.args[0].meta["val"].shape)
+        new = tuple(node.meta["val"].shape)
+        if not isinstance(v, KVRepeat) or v.group is not None or len(new) != len(old) or any(
+                a != b for i, (a, b) in enumerate(zip(old, new, strict=True)) if i != v.axis):
+            raise refuse(node, "an expand of anything but key/value heads along a new axis "
+                         "after them (HF's repeat_kv)", _GQA_HELP)
+        return KVRepeat(v.src, v.axis, new[v.axis])
+
+    def repeat_kv_merge(self, node, v):
+        """The reshape that ends HF's repeat_kv: the heads and their copies merged into one axis
+        of kv * g heads, head j*g + r being a copy of key/value head j."""
+        old = tuple(node.args[0].meta["val"].shape)
+        new = tuple(node.meta["val"].shape)
+        a = v.axis if isinstance(v, KVRepeat) else None
+        if a is None or v.group is None or new != old[:a - 1] + (old[a - 1] * old[a],) + old[
+                a + 1:]:
+            raise refuse(node, f"a view from {list(old)} to {list(new)} of repeated key/value "
+                         "heads", _GQA_HELP)
+        return Vec(v.src.name, v.src.tags, v.src.dim, v.src.dh, v.group)
+
+    def op_repeat_interleave(self, node, v, repeats, dim=None, *rest):
+        v = self.vec(v, node)
+        tags = v.tags
+        if not isinstance(repeats, int) or dim is None or "H" not in tags or (
+                dim % len(tags) != tags.index("H")) or v.group != 1:
+            raise refuse(node, "a repeat_interleave of anything but attention heads by a "
+                         "whole number", _GQA_HELP)
+        return Vec(v.name, tags, v.dim, v.dh, repeats)
 
     def op_scaled_dot_product_attention(
         self,
@@ -86,12 +146,7 @@ class AttentionOps:
         enable_gqa=False,
     ):
         q, k, v = (self.vec(x, node) for x in (q, k, v))
-        if enable_gqa or not (q.dim == k.dim == v.dim):
-            raise refuse(
-                node,
-                "grouped-query attention (fewer key/value heads than query heads)",
-                "the language pairs every query head with its own key and value head",
-            )
+        self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))
         if attn_mask is not None:

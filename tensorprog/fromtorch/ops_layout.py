@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .values import Affine, Aux, Conc, Parts, Pointwise, PRef, Scores, Vec
+from .values import Affine, Aux, Conc, KVRepeat, Parts, Pointwise, PRef, Scores, Vec
 from .where import refuse
 
 
@@ -18,6 +18,8 @@ class LayoutOps:
             return self.concrete(node, *self.args(node))
         if isinstance(v, PRef):
             raise refuse(node, "a reshaped param")
+        if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention
+            return self.repeat_kv_merge(node, v)
         tags = self._tags(v)
         old = self._shape(node.args[0])
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
@@ -98,10 +100,5 @@ class LayoutOps:
 
     def op_unsqueeze(self, node, v, dim):
         if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
-            raise refuse(
-                node,
-                "grouped-query attention (key/value heads repeated for several query heads)",
-                "the language pairs every query head with its own key and value head: build "
-                "the model with num_key_value_heads = num_attention_heads to trace it",
-            )
+            return self.repeat_kv_axis(node, v, dim)
         raise refuse(node, "an added axis on a per-token vector")

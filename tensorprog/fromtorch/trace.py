@@ -16,8 +16,9 @@ from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
+from .stack import Stack, roll
 from .values import ParamUse, Trace
-from .where import def_span, exception_span, strip_prefix
+from .where import def_span, exception_span, module_of, strip_prefix
 
 
 class _Wrapped:
@@ -121,7 +122,9 @@ def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[
 @dataclass
 class Traced:
     """A model traced at two widths: ``source`` (the .tp text), ``program``, and per program
-    name what it is in the model (``params``: torch tensor and rows; ``vectors``: graph node)."""
+    name what it is in the model (``params``: torch tensor and rows; ``vectors``: graph node).
+    A param of a rolled block (``stack``) has a target pattern (``model.layers.{i}.mlp...``),
+    and each traced layer's use is in ``stack.layers``."""
 
     source: str
     widths: tuple[int, int]
@@ -133,6 +136,10 @@ class Traced:
     build: Callable
     example_inputs: Callable
     templates: list[str]
+    # the stack of identical layers written as a block repeated over the depth (stack.py)
+    stack: Stack | None = None
+    # unrolled vector -> its names in the program (a block's value in layer i: blk.i.v)
+    names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def program(self):
@@ -265,12 +272,19 @@ def _inputs(example_inputs: Callable, model) -> tuple:
 
 
 def from_torch(
-    build: Callable, widths: tuple[int, int] = (128, 256), example_inputs: Callable | None = None
+    build: Callable,
+    widths: tuple[int, int] = (128, 256),
+    example_inputs: Callable | None = None,
+    *,
+    blocks: bool = True,
 ) -> Traced:
     """Trace ``build(width)`` at two widths on the meta device into a Tensor Program.
 
     ``example_inputs(model)`` returns the forward's positional inputs (token ids); the first
-    width is the base width (where hyperparameters are tuned)."""
+    width is the base width (where hyperparameters are tuned). A stack of identical layers (an
+    nn.ModuleList of one class) becomes one ``block`` repeated over the depth ``L`` (its traced
+    layer count), so that derive gives the exponents in the depth too; ``blocks=False`` keeps
+    every layer unrolled."""
     import torch
 
     w1, w2 = (int(w) for w in widths)
@@ -293,11 +307,18 @@ def from_torch(
         # need not be the first input (an optional mask may come first as None)
         tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
         try:
-            traces.append(convert(export(model, inputs), base, tok[0] if tok else None))
+            ep = export(model, inputs)
+            traces.append(convert(ep, base, tok[0] if tok else None))
         except TraceError as err:
             raise _at_build(err, build) from None
+        if w == w1:  # the module that computes each vector, and the model, find its stack
+            nodes = {n.name: n for n in ep.graph.nodes}
+            layout = (
+                {v: module_of(nodes[node]) for v, (node, _) in traces[0].vectors.items()},
+                model,
+            )
     try:
-        return _combine(traces, (w1, w2), base, build, example_inputs)
+        return _combine(traces, (w1, w2), base, build, example_inputs, layout if blocks else None)
     except TraceError as err:
         raise _at_build(err, build) from None
 
@@ -312,7 +333,7 @@ def _at_build(err: TraceError, build) -> TraceError:
     return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
-def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced:
+def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
@@ -339,24 +360,6 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
             values[f"s{i}"] = repr(float(a))
             exponent = -math.log(b / a) / math.log(w2 / w1)
             scales[i] = (Fraction(exponent).limit_denominator(8), a)
-    seq, vocab = t1.tokens
-    lines = [f"{MARK} {w1} and {w2}"]
-    lines += [
-        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
-        for v in t1.rotary
-    ]
-    lines.append(f"width n = {w1}")
-    for name, rhs in sorted(dims.items(), key=lambda kv: kv[0] != "n"):
-        if name != "n":
-            lines.append(f"dim {name} = {rhs}")
-    if vocab is not None:
-        lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
-    if any(" @ pos" in s for s in t1.stmts):
-        lines.append("input pos : positions[T]")
-    lines += [d.format(**values) for d in t1.decls]
-    lines += [s.format(**values) for s in t1.stmts]
-    lines += [f"output {o}" for o in t1.outputs]
-    source = "\n".join(lines) + "\n"
     for info in t1.scales.values():
         exp, value = scales[info["slot"]]
         info.update(model_a=exp, value=value)
@@ -364,15 +367,68 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
         k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
     }
     base = {strip_prefix(k): v for k, v in base.items()}
+    decls = [d.format(**values) for d in t1.decls]
+    stmts = [s.format(**values) for s in t1.stmts]
+    rolled = note = None
+    if layout is not None:
+        modules, model = layout
+        rolled = roll(
+            decls, stmts, params=params, modules=modules, outputs=t1.outputs, scales=t1.scales,
+            producers=t1.producers, rotary=t1.rotary, base=base, model=model,
+        )
+        if isinstance(rolled, str):
+            rolled, note = None, rolled
+        elif rolled is not None:
+            note = rolled.note
+    if rolled is not None:
+        # the rolled program must be the language's: where it is not (a case stack.py does not
+        # foresee), the unrolled one stands, and says why
+        from ..lang.parse import parse
+
+        try:
+            body = rolled.decls + rolled.stmts
+            parse(_source(w1, w2, t1, body, rolled, None, dims), "traced.tp")
+        except TensorProgError as err:
+            why = err.diagnostics[0].message
+            rolled, note = None, f"the stack is kept unrolled: its block does not parse ({why})"
+    source = _source(w1, w2, t1, rolled.decls + rolled.stmts if rolled else decls + stmts,
+                     rolled, note, dims)
     return Traced(
         source,
         (w1, w2),
-        params,
+        rolled.params if rolled else params,
         t1.vectors,
-        t1.scales,
-        t1.producers,
+        rolled.scales if rolled else t1.scales,
+        rolled.producers if rolled else t1.producers,
         base,
         build,
         example_inputs,
         t1.decls + t1.stmts,
+        rolled.stack if rolled else None,
+        rolled.names if rolled else {},
     )
+
+
+def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=None) -> str:
+    """The traced program's text: the header, its dims and inputs, then ``body``."""
+    rotary = rolled.rotary if rolled else t1.rotary
+    seq, vocab = t1.tokens
+    lines = [f"{MARK} {w1} and {w2}"]
+    lines += [f"# {note}"] if note else []
+    lines += [
+        f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
+        for v in rotary
+    ]
+    lines.append(f"width n = {w1}")
+    if rolled:
+        lines.append(rolled.depth_line)
+    for name, rhs in sorted((dims or {}).items(), key=lambda kv: kv[0] != "n"):
+        if name != "n":
+            lines.append(f"dim {name} = {rhs}")
+    if vocab is not None:
+        lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    if any(" @ pos" in s for s in t1.stmts):
+        lines.append("input pos : positions[T]")
+    lines += body
+    lines += [f"output {o}" for o in t1.outputs]
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,9 @@ class Vec:
     tags: tuple
     dim: int  # the flat dim's size
     dh: int | None = None
+    # grouped-query attention: each of its heads serves ``group`` consecutive query heads (HF's
+    # repeat_kv); the torch tensor then has group times the heads of the program vector
+    group: int = 1
 
 
 @dataclass
@@ -31,6 +34,17 @@ class PRef:
     shape: tuple
     t: bool = False
     rows: tuple[int, int] | None = None  # a slice of the param's first program axis
+
+
+@dataclass
+class KVRepeat:
+    """HF's repeat_kv half done: ``src`` (key or value heads) with a new axis right after its
+    heads (``axis``), then expanded to ``group`` copies there; the reshape that merges the two
+    axes makes each key/value head serve ``group`` consecutive query heads."""
+
+    src: Vec
+    axis: int
+    group: int | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from .values import (
     Aux,
     Conc,
     Half,
+    KVRepeat,
     MeanSq,
     ParamUse,
     Parts,
@@ -79,6 +80,7 @@ SYMBOLIC = (
     Half,
     Rotated,
     RopeTerm,
+    KVRepeat,
 )
 
 

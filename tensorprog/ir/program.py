@@ -15,7 +15,8 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   softmax/causal_softmax over the key tokens (softmax
                                   also over a finite dim)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
-                                  of dim dh and per (query, key) token pair (attention logits)
+                                  of dim dh and per (query, key) token pair (attention logits);
+                                  k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
 Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
                                   previous repetition's return value afterwards
@@ -227,6 +228,12 @@ class Dot:
 
     Scaling: independent, centred vectors give a CLT sum (+1/2 over an infinite dim); correlated
     ones, and every change after training, give an LLN sum (+1).
+
+    Per head (``over`` set), ``right`` may have fewer heads than ``left`` (grouped-query
+    attention): dim(left) = g * dim(right), and key head j serves the g consecutive query heads
+    j*g .. j*g + g-1 (torch's ``repeat_interleave``, Hugging Face's ``repeat_kv``). Each logit is
+    still one query head against one key head, so its exponents are MHA's; the key's gradient
+    sums over its g query heads (+1 when g grows with the width, see ``grad_dot``).
     """
 
     out: str
@@ -245,7 +252,9 @@ class Mix:
     """``out = mix(weights, values)``: per head, ``out_t = sum_s weights_ts values_s``.
 
     The token-mixing half of attention: a finite sum over tokens with Θ(1) weights, so exponents
-    add as in a product (e(p) + e(v); changes from either side).
+    add as in a product (e(p) + e(v); changes from either side). The output has the query's dim
+    (the heads of ``weights``); ``values`` may have fewer heads (grouped-query attention), each
+    serving as many consecutive query heads as the dims' ratio says.
     """
 
     out: str
@@ -302,6 +311,12 @@ def heads_dim_name(dim: str, over: str) -> str:
     return f"{dim}/{over}"
 
 
+def split_heads_dim(name: str) -> tuple[str, str]:
+    """(dim, over) of a heads axis named by :func:`heads_dim_name`."""
+    dim, _, over = name.partition("/")
+    return dim, over
+
+
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
     """Heads = dim / over: finite when both are infinite (fixed head count) or both finite,
     infinite when only ``dim`` is (fixed head dim); None if over does not divide dim."""
@@ -347,7 +362,8 @@ class Program:
 
     @cached_property
     def dim_table(self) -> dict[str, Dim]:
-        """Declared dims, the width, and the heads axis of every ``dot(q, k, dh)``."""
+        """Declared dims, the width, and the heads axis of every ``dot(q, k, dh)`` (with grouped
+        keys, also the key heads and the groups: each must be whole at a width)."""
         table = {self.width.name: Dim(self.width.name, mult=Fraction(1), span=self.width.span)}
         table.update({d.name: d for d in self.dims})
         dims = self.value_dims
@@ -356,6 +372,12 @@ class Program:
                 h = heads_dim(table, dims[ins.left], ins.over)
                 if h is not None:
                     table[h.name] = h
+                if dims.get(ins.right) in table and table[dims[ins.right]].key() != table[
+                        dims[ins.left]].key():  # grouped: the key heads and the groups
+                    for g in (heads_dim(table, dims[ins.right], ins.over),
+                              heads_dim(table, dims[ins.left], dims[ins.right])):
+                        if g is not None:
+                            table.setdefault(g.name, g)
         return table
 
     @cached_property
@@ -387,6 +409,10 @@ class Program:
                 head = self.dim_table[ins.over].size_at(width)
                 if total % head:
                     return f"the head dim {ins.over} = {head} does not divide {total}"
+                kv = self.dim_table[self.value_dims[ins.right]].size_at(width)
+                if kv % head or total % kv:  # grouped-query: whole key heads, whole groups
+                    return (f"the keys' dim {self.value_dims[ins.right]} = {kv} is not a whole "
+                            f"number of heads of {head} that divides {total}")
         return None
 
     def check_widths(self, widths) -> None:
@@ -414,6 +440,9 @@ class Program:
         """The dim of every vector (inputs, vector params, instruction outputs); None: a scalar
         (a scale, or a dot over the whole dim)."""
         dims: dict[str, str | None] = {i.name: i.dim for i in self.inputs}
+        # declared dims only: the heads axes (dim_table) are derived from these value dims
+        declared = {self.width.name: Dim(self.width.name, mult=Fraction(1)),
+                    **{d.name: d for d in self.dims}}
         dims.update({p.name: (p.shape[0] if p.shape else None) for p in self.params
                      if len(p.shape) < 2})  # matrices and kernels are not values
         for ins in self.body:
@@ -423,8 +452,12 @@ class Program:
             elif isinstance(ins, Dot):
                 left = dims[ins.left]
                 dims[ins.out] = None if ins.over is None else heads_dim_name(left, ins.over)
-            elif isinstance(ins, Mix):
-                dims[ins.out] = dims[ins.values]
+            elif isinstance(ins, Mix):  # the query's dim: the values' unless they are grouped
+                query = split_heads_dim(dims[ins.weights] or "")[0]
+                values = dims[ins.values]
+                grouped = (query in declared and values in declared
+                           and declared[query].key() != declared[values].key())
+                dims[ins.out] = query if grouped else values
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim
                 dims[ins.out] = next((dims[o] for o in ins.operands if dims[o] is not None),
                                      None)

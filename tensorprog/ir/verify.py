@@ -7,7 +7,27 @@ from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
 from .functions import FUNCTIONS, MUL
-from .program import INPUT_KINDS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream, heads_dim_name
+from .program import (
+    INPUT_KINDS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Program,
+    Stream,
+    heads_dim,
+    heads_dim_name,
+    split_heads_dim,
+)
+
+
+def _grouped(dims: dict, query: str, kv: str | None, over: str | None) -> bool:
+    """Grouped-query attention: kv a whole number of heads of dim ``over``, and of
+    dim(query) / dim(kv) groups."""
+    return (over is not None and over in dims and kv in dims and query in dims
+            and heads_dim(dims, query, kv) is not None
+            and heads_dim(dims, kv, over) is not None)
 
 
 def verify(program: Program) -> Program:
@@ -86,8 +106,10 @@ def verify(program: Program) -> Program:
                              ins.span)
             out = fan_out
         elif isinstance(ins, Dot):
-            if ops[0] is None or key(ops[0]) != key(ops[1]):
-                errors.error("dot needs two vectors of the same dim", ins.span)
+            if ops[0] is None or key(ops[0]) != key(ops[1]) and not _grouped(
+                    dims, ops[0], ops[1], ins.over):
+                errors.error("dot needs two vectors of the same dim (per head, keys may have "
+                             "a whole fraction of the queries' heads)", ins.span)
             out = None
             if ins.over is not None:
                 out = heads_dim_name(ops[0], ins.over)
@@ -99,11 +121,12 @@ def verify(program: Program) -> Program:
                                  ins.span)
         elif isinstance(ins, Mix):
             heads = ops[0]
-            if heads is None or "/" not in heads or heads.split("/")[0] not in dims \
-                    or key(heads.split("/")[0]) != key(ops[1]):
+            query, over = split_heads_dim(heads or "")
+            if heads is None or "/" not in heads or query not in dims or key(query) != key(
+                    ops[1]) and not _grouped(dims, query, ops[1], over):
                 errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
-                             "same dim as v", ins.span)
-            out = ops[1]
+                             "same dim as v, or of whole groups of v's heads", ins.span)
+            out = program.value_dims[ins.out]
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1

@@ -25,6 +25,7 @@ from ..ir.program import (
     Nonlin,
     heads_dim,
     in_float_range,
+    split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
 
@@ -415,6 +416,28 @@ class ExpressionLowering:
         self.heads_dims.setdefault(h.name, h)
         return h.name
 
+    def grouped(self, query: str, kv: str, over: str, node, what: str = "keys") -> bool:
+        """Grouped-query attention: ``kv`` is a whole number of heads of dim ``over``, and each
+        serves a whole group of dim(query) / dim(kv) consecutive query heads (finite, or
+        growing with the width: one key/value head, or a fixed number of them)."""
+        base = self.width.base if self.width else 1
+        sizes = {d: self.dims[d].size_at(base) for d in (query, kv, over)}
+        if heads_dim(self.dims, kv, over) is None or sizes[kv] % sizes[over]:
+            self.errors.error(
+                f"the {what}' dim {kv} = {sizes[kv]} is not a whole number of heads of "
+                f"{over} = {sizes[over]}", node.span,
+                f"give the {what} whole heads: `dim {kv} = H * {over}` for H key/value heads")
+            return False
+        if heads_dim(self.dims, query, kv) is None or sizes[query] % sizes[kv]:
+            self.errors.error(
+                f"the queries' dim {query} = {sizes[query]} is not a whole multiple of the "
+                f"{what}' dim {kv} = {sizes[kv]}", node.span,
+                "grouped-query attention shares each key/value head among a whole group of "
+                f"query heads: dim({query}) = g * dim({kv}), e.g. `dim {kv} = n / 4`, or "
+                f"`dim {kv} = {over}` for a single key/value head")
+            return False
+        return True
+
     def enter_Call(self, node: Call):
         """The operands to lower, or None when the call is wrong whatever they are; the state is
         the head dim of a ``dot(q, k, dh)``."""
@@ -467,7 +490,11 @@ class ExpressionLowering:
                                   node.span, "combine attention weights with values by "
                                   "mix(p, v); dot applies to vectors of a declared dim")
                 return None
-            if args[0].dim is None or not self.same_dim(args[0].dim, args[1].dim):
+            # per head, keys may have fewer heads than the queries (grouped-query attention)
+            grouped = (over is not None and args[1].dim is not None
+                       and not self.same_dim(args[0].dim, args[1].dim))
+            if args[0].dim is None or not grouped and not self.same_dim(args[0].dim,
+                                                                        args[1].dim):
                 self.errors.error(
                     f"shape mismatch in dot: {self.dim_text(args[0].dim)} and "
                     f"{self.dim_text(args[1].dim)}", node.span,
@@ -478,7 +505,8 @@ class ExpressionLowering:
                 if not self.compares_tokens(args, node):
                     return None
                 dim = self.heads(args[0].dim, over, node)
-                if dim is None:
+                if dim is None or grouped and not self.grouped(args[0].dim, args[1].dim, over,
+                                                               node):
                     return None
             names = [self.name_of(a, node.span) for a in args]
             out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
@@ -486,17 +514,23 @@ class ExpressionLowering:
             return self.vec(out, dim)
         if node.fn == "mix":
             p, v = args
-            if p.dim is None or "/" not in p.dim or not self.same_dim(p.dim.split("/")[0], v.dim):
+            query, over = split_heads_dim(p.dim or "")
+            if p.dim not in self.heads_dims or v.dim is None or v.dim in self.heads_dims:
                 self.errors.error(
                     f"mix(p, v) needs attention weights p over the heads of v's dim, got "
                     f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
                     "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
                 return None
+            # values with fewer heads than the weights: each serves a group of query heads
+            grouped = not self.same_dim(query, v.dim)
+            if grouped and not self.grouped(query, v.dim, over, node, "values"):
+                return None
             if not self.compares_tokens(args, node):
                 return None
             names = [self.name_of(a, node.span) for a in args]
-            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), v.dim)
-            return self.vec(out, v.dim)
+            dim = query if grouped else v.dim
+            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), dim)
+            return self.vec(out, dim)
         if not self.in_domain(node.fn, args[0], node):
             return None
         arg = self.name_of(args[0], node.span)
