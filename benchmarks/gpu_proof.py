@@ -24,8 +24,9 @@ rewritten after every part, and a part hands back what it finished after every i
 stopped from outside, or a part stopped at its cap, keeps what it measured. Estimates: building
 and training a model costs about its param count times a rate measured as the run goes (the
 init is drawn on the CPU from seeded generators, so that results do not depend on the device;
-on a GPU host this, not the GPU, dominates the wide checks: about 20 s a build of the 1.7B
-params of gpt.tp and llama.tp at width 8192).
+on a GPU host this, not the GPU, dominates the wide checks: about 11 s a build of the 1.7B
+params of gpt.tp or llama.tp at width 8192, at the 6.5 ns a param measured on a 2-core x86_64
+CPU).
 
 ``--dry`` runs every part's code at widths 32/64 with 1-2 steps and a tiny GPT on the CPU, in
 this process (a process per part costs seconds of imports), in about 10 s of CPU; the CUDA
@@ -66,7 +67,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_proof.md"
 # Seconds per part on the GPU: 50 + 160 + 75 + 90 + 45 = 420 (the default --budget); a part
 # overrunning its cap is stopped GRACE seconds after it, so a run ends within 420 + 15 s plus
 # importing torch (under 8 minutes). The coordinate check's wide decoders (1.7B params at width
-# 8192) cost about 20 s a build on the host's CPU, so it gets the largest share.
+# 8192) cost about 11 s a build on the host's CPU, so it gets the largest share.
 CAPS = {"cuda tests": 50, "coordinate check": 160, "transfer": 75, "bench_gpt": 90, "zoo": 45}
 GRACE = 15.0
 DRY_CAP = 60
@@ -92,9 +93,10 @@ PROGRAMS = ("mlp", "gpt", "llama")
 # a tolerance for the traced Llama as in its test: 0.15 fails its logits at widths 128..512
 ZOO_TOLERANCE = 0.25
 SAFETY = 1.5  # estimates are scaled by this before they are compared with what is left
-# seconds per param of a coordinate check's run (build, init twice on the CPU, a few steps):
-# 23 ns measured for examples/llama.tp at widths 1024 and 2048 on a 2-core x86_64 CPU
-PRIOR_RATE = 25e-9
+# seconds per param of a coordinate check's run before one is measured (numerics.measure.build:
+# 6.5 ns a param of CPU for examples/llama.tp at width 2048 on a 2-core x86_64 CPU, with room
+# for the steps, the move to the GPU and a slower host)
+PRIOR_RATE = 15e-9
 
 
 class Skip(Exception):

@@ -21,7 +21,7 @@ from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
 from tensorprog.numerics.judge import TOLERANCE, Measurements, fit_slope, judge, render
-from tensorprog.numerics.measure import measure
+from tensorprog.numerics.measure import build, measure
 
 torch = pytest.importorskip("torch")
 MLP = ROOT / "examples" / "mlp.tp"
@@ -450,3 +450,17 @@ def test_check_on_cuda_under_bf16_autocast_matches_float32():
     for a, b in zip(bf16.results, fp32.results, strict=True):
         if math.isfinite(a.slope):
             assert a.slope == pytest.approx(b.slope, abs=0.05)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt"])
+def test_a_model_built_on_meta_starts_as_one_built_on_the_cpu(name):
+    program = example(name)
+    abc, depth_abc, label, eps = choose(program, OPTIMIZERS["adam"], "mup")
+    module = load_module(emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label,
+                              command="t", depth_abc=depth_abc, eps=eps), f"{name}_built")
+    fast = build(module, (64,), {}, seed=3)
+    slow = module.Model(64)
+    slow.reset_parameters(generator=torch.Generator().manual_seed(3))
+    assert fast.state_dict().keys() == slow.state_dict().keys()
+    for key, value in slow.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(fast.state_dict()[key], value), key
