@@ -439,6 +439,15 @@ def test_check_under_bf16_autocast_trains_in_bf16_and_records_in_float32():
     assert 0 < max(moved) < 0.05
 
 
+def test_cli_check_autocast_is_in_the_json(capsys):
+    argv = ["check", str(MLP), "--widths", "64,128", "--seeds", "1", "--steps", "2",
+            "--device", "cpu", "--json"]
+    run([*argv, "--autocast", "bf16"])
+    assert json.loads(capsys.readouterr().out)["autocast"] == "bf16"
+    run(argv)  # the default: none
+    assert json.loads(capsys.readouterr().out)["autocast"] is None
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_check_on_cuda_under_bf16_autocast_matches_float32():
