@@ -154,10 +154,11 @@ class Run:
     def checkpoint(self, part: Part) -> None:
         """In a part's own process, hand what it has so far to the parent (which keeps it if
         the part is stopped at its cap); in this process, nothing to do."""
-        if self.save_to:
-            Path(self.save_to).write_text(json.dumps(
-                {"status": part.status, "lines": part.lines, "skipped": part.skipped,
-                 "rates": self.rates}))
+        if self.save_to:  # written whole, then renamed: a part stopped mid-write leaves the last
+            partial = Path(self.save_to + ".partial")
+            partial.write_text(json.dumps({"status": part.status, "lines": part.lines,
+                                           "skipped": part.skipped, "rates": self.rates}))
+            os.replace(partial, self.save_to)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.dry:  # seconds matter in the suite: no process of its own
             execute(run, part, fn)
         else:
-            in_child(run, part)
+            try:
+                in_child(run, part)
+            except Exception as err:  # the process could not start: the next part still runs
+                part.status = f"failed: {type(err).__name__}: {err}"
         part.seconds = time.time() - began
         write(run)
         print(f"{title}: {part.status} ({part.seconds:.1f} s, {_cpu() - cpu:.1f} s of CPU with "
@@ -227,15 +231,16 @@ def in_child(run: Run, part: Part, grace: float = GRACE) -> None:
             if child.is_alive():
                 child.kill()
                 child.join()
-        if path.exists():
+        finished = path.exists()
+        if finished:
             done = json.loads(path.read_text())
             part.status, part.lines, part.skipped = done["status"], done["lines"], done["skipped"]
             run.rates = done["rates"]
+        below = "; what it finished is below" if finished else ""
         if stopped:
-            part.status = (f"stopped at its cap ({part.cap:.0f} s + {grace:.0f} s); what it "
-                           "finished is below")
-        elif not path.exists():
-            part.status = f"failed: its process exited with status {child.exitcode}"
+            part.status = f"stopped at its cap ({part.cap:.0f} s + {grace:.0f} s){below}"
+        elif child.exitcode != 0:  # killed (out of memory) or crashed outside Python
+            part.status = f"failed: its process exited with status {child.exitcode}{below}"
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
