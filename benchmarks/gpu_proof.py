@@ -202,7 +202,7 @@ def execute(run: Run, part: Part, fn) -> None:
     """Run one part, recording a skip or a failure instead of raising."""
     try:
         fn(run, part)
-        part.status = "ok" if not part.skipped else "ok, with items skipped (below)"
+        part.status = "ok" if not part.skipped else "ok, with items not measured (below)"
     except Skip as why:
         part.status = f"skipped: {why}"
     except Exception as err:  # a GPU run must never be lost to one part's crash
@@ -319,9 +319,18 @@ def coordinate_check(run: Run, part: Part) -> None:
                     part.skip(f"{label} (every width)", run.estimate(need(widths)))
                     continue
                 began = time.perf_counter()
-                result = tp.check(program, "adam", param=param, widths=widths,
-                                  seeds=size["seeds"], steps=size["steps"], device=run.device,
-                                  autocast=autocast)
+                try:
+                    result = tp.check(program, "adam", param=param, widths=widths,
+                                      seeds=size["seeds"], steps=size["steps"],
+                                      device=run.device, autocast=autocast)
+                except Exception as err:  # e.g. out of GPU memory: the next check still runs
+                    rows.append(f"| {label} | {widths[0]}–{widths[-1]} | failed: "
+                                f"{type(err).__name__}: {str(err).splitlines()[0][:200]} | | | "
+                                f"{time.perf_counter() - began:.1f} |")
+                    part.skipped.append(f"{label}: failed (its row says why)")
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
                 took = time.perf_counter() - began
                 run.learn(took, need(widths))
                 rows.append(check_row(label, widths, result, took))
@@ -572,7 +581,8 @@ def write(run: Run) -> None:
     for p in run.parts:
         lines += ["", f"## {p.title}", "", f"status: {p.status}", ""]
         if p.skipped:
-            lines += ["skipped to stay within the cap:", ""] + [f"- {s}" for s in p.skipped]
+            lines += ["not measured (over the time cap, or failed):", ""]
+            lines += [f"- {s}" for s in p.skipped]
             lines.append("")
         lines += p.lines
     run.out.parent.mkdir(parents=True, exist_ok=True)
