@@ -2,7 +2,8 @@
 and the mup package's version.
 
     python benchmarks/bench_gpt.py [--width 512] [--blocks 4] [--tokens 256] [--batch 8]
-                                   [--vocab 64] [--rounds 5] [--build]
+                                   [--vocab 64] [--rounds 5] [--build] [--device cuda]
+                                   [--autocast bf16] [--flash] [--compile]
 
 examples/gpt.tp (pre-LN decoder, tied embedding, causal attention, 4 heads) emitted by tensorprog,
 against a nanoGPT-style model of the same shape written here (fused qkv, SDPA, nn.LayerNorm),
@@ -15,6 +16,13 @@ all, so this is where the peaks differ. --build also times building a 1.4B-param
 blocks, width 2048): the emitted one on the meta device and in memory, mup's in memory with its
 base and delta models and set_base_shapes.
 
+On a GPU (``--device cuda``): ``--autocast bf16`` runs forward and loss under bfloat16 autocast
+(params and AdamW state stay float32), ``--flash`` makes every attention call take the flash
+kernel (torch raises where it cannot, e.g. in float32 or with a head dim over 256, instead of
+falling back to a slower kernel unseen), ``--compile`` steps ``torch.compile`` d models (the
+compile happens in the warm-up round, which is not timed). The table then adds the peak
+device memory of each model's steps (params, optimizer state and activations) and tokens/s.
+
 mup is not a dependency; its column is left out without it. Its package requires torchvision,
 which pulls another torch build: install it without dependencies, with the two it imports:
 ``pip install --no-deps mup pyyaml tqdm``.
@@ -23,6 +31,7 @@ which pulls another torch build: install it without dependencies, with the two i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import platform
@@ -140,7 +149,24 @@ def saved_bytes(model, tok) -> int:
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
-def main() -> None:
+def context(args):
+    """What every forward runs under: autocast and the attention kernel the options ask for."""
+    stack = contextlib.ExitStack()
+    if args.autocast == "bf16":
+        stack.enter_context(torch.autocast(torch.device(args.device).type, torch.bfloat16))
+    if args.flash:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel(SDPBackend.FLASH_ATTENTION))
+    return stack
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--blocks", type=int, default=4)
@@ -150,42 +176,69 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--build", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="run forward and loss under bfloat16 autocast (default: none)")
+    ap.add_argument("--flash", action="store_true",
+                    help="require the flash attention kernel (CUDA, with --autocast bf16)")
+    ap.add_argument("--compile", action="store_true", help="time torch.compile'd models")
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     gpt = emitted_module(args.tokens, args.vocab)
     models = {"emitted": gpt.Model(args.width, args.blocks),
               "hand-written": HandGPT(args.width, args.blocks, args.tokens, args.vocab)}
-    opts = {"emitted": torch.optim.AdamW(gpt.param_groups(models["emitted"], 1e-4), lr=1e-4),
-            "hand-written": torch.optim.AdamW(models["hand-written"].parameters(), lr=1e-4)}
     mup = mup_models(args.width, args.blocks, args.tokens, args.vocab, gpt.BASE_WIDTH)
     if mup is None:
         print("mup is not installed (pip install --no-deps mup pyyaml tqdm): no mup column")
     else:
         models["mup"] = mup[0](args.width)
+    for model in models.values():
+        model.to(args.device)
+    opts = {"emitted": torch.optim.AdamW(gpt.param_groups(models["emitted"], 1e-4), lr=1e-4),
+            "hand-written": torch.optim.AdamW(models["hand-written"].parameters(), lr=1e-4)}
+    if mup is not None:
         opts["mup"] = mup[1](models["mup"].parameters(), lr=1e-4)
-    tok = torch.randint(0, args.vocab, (args.batch, args.tokens))
+    # compiled callables share the eager modules' params; saved_bytes hooks the eager ones
+    run = {k: torch.compile(m) if args.compile else m for k, m in models.items()}
+    tok = torch.randint(0, args.vocab, (args.batch, args.tokens)).to(args.device)
+    cuda = args.device.startswith("cuda")
     times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(args.rounds + 1):  # the first round warms up
-        for name, model in models.items():
+    peak: dict[str, float] = {}
+    for _ in range(args.rounds + 1):  # the first round warms up (and compiles)
+        for name in models:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            sync(args.device)
             start = time.perf_counter()
             for _ in range(args.steps):
-                loss = F.cross_entropy(model(tok).flatten(0, 1), tok.flatten())
+                with context(args):
+                    loss = F.cross_entropy(run[name](tok).flatten(0, 1).float(), tok.flatten())
                 opts[name].zero_grad()
                 loss.backward()
                 opts[name].step()
+            sync(args.device)
             times[name].append((time.perf_counter() - start) / args.steps)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; width {args.width}, {args.blocks} blocks, "
-          f"{args.tokens} tokens, batch {args.batch}, vocab {args.vocab}")
+            if cuda:
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+    where = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    print(f"{where}, torch {torch.__version__}, {torch.get_num_threads()} threads; width "
+          f"{args.width}, {args.blocks} blocks, {args.tokens} tokens, batch {args.batch}, vocab "
+          f"{args.vocab}; autocast {args.autocast}, flash {'required' if args.flash else 'no'}, "
+          f"compile {'yes' if args.compile else 'no'}")
     hand_t = statistics.median(times["hand-written"][1:])
-    hand_m = saved_bytes(models["hand-written"], tok)
-    print("| model | step (ms) | × hand | saved for backward (MiB) | × hand | groups |")
-    print("|---|---|---|---|---|---|")
+    with context(args):
+        hand_m = saved_bytes(models["hand-written"], tok)
+    print("| model | step (ms) | × hand | saved for backward (MiB) | × hand | groups "
+          "| peak (MiB) | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, model in models.items():
         t = statistics.median(times[name][1:])
-        m = saved_bytes(model, tok)
+        with context(args):
+            m = saved_bytes(model, tok)
+        mem = f"{peak[name] / 2**20:.0f}" if cuda else "-"
         print(f"| {name} | {1e3 * t:.0f} | {t / hand_t:.2f} | {m / 2**20:.0f} | "
-              f"{m / hand_m:.2f} | {len(opts[name].param_groups)} |")
+              f"{m / hand_m:.2f} | {len(opts[name].param_groups)} | {mem} | "
+              f"{args.batch * args.tokens / t:,.0f} |")
     if args.build:
         build(mup_models(2048, 24, 1024, 50304, gpt.BASE_WIDTH))
 

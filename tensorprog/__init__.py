@@ -102,8 +102,8 @@ def check(program: Program, optimizer: str = "adam", *, param: str = "mup",
     """Coordinate check: emit ``program`` under ``param`` (mup, sp, ntp, mup-width), train it a few
     steps at several widths and judge every vector's log-log slope ``against`` what µP requires
     or what the engine predicts. ``options``: convention, readout_zero_init, base_width, widths,
-    steps, seeds, lr, batch_size, device, tolerance, progress; or depths, width and
-    depth_convention to check against the depth at one width."""
+    steps, seeds, lr, batch_size, device, autocast ("bf16"), tolerance, progress; or depths,
+    width and depth_convention to check against the depth at one width."""
     from .numerics.coordcheck import coord_check
 
     return coord_check(program, _resolve(optimizer), param=param, against=against, **options)

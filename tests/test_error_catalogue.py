@@ -778,6 +778,7 @@ def test_an_unknown_argument_gets_the_commands_usage_and_the_closest_flag(capsys
     (["--plot", "coord.txt"], "unknown figure format"),
     (["--plot", "no/such/dir/coord.png"], "no directory"),
     (["--tolerance", "0"], "tolerance must be positive"),
+    (["--autocast", "fp16"], "invalid choice"),
 ])
 def test_cli_check_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -785,6 +786,11 @@ def test_cli_check_usage_errors(args, message, capsys):
         main(["check", str(MLP), *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_check_refuses_an_unknown_autocast_before_any_work():
+    with pytest.raises(tp.UsageError, match="unknown autocast 'fp16'"):
+        tp.check(tp.parse_file(MLP), "adam", autocast="fp16")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
     k.add_argument("--batch-size", type=int,
                    help="samples per step (default: 16, or 16 tokens' worth of sequences)")
     k.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    k.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                   help="train under bfloat16 autocast (params and optimizer state stay "
+                        "float32; the vectors are recorded in float32); default: none")
     k.add_argument("--against", choices=["mup", "predicted"], default="mup",
                    help="judge against what µP requires (default), or against the engine's "
                         "prediction for this parametrization")
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                          lr=args.lr, batch_size=args.batch_size, device=device,
                          against=args.against, tolerance=args.tolerance,
                          progress=sys.stderr.isatty(), depths=depths, width=width,
-                         depth_convention=args.depth_convention)
+                         depth_convention=args.depth_convention,
+                         autocast=None if args.autocast == "none" else args.autocast)
     common.report(args, result, render, coord_plot)
     return 0 if result.passed else 1

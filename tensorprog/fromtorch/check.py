@@ -95,10 +95,13 @@ def coord_check(
     batch: int | None = None,
     tolerance: float | None = None,
     eps: float = 1e-12,
+    device: str = "cpu",
 ):
     """The coordinate check of the user's own model: build it at each width (µP applied, or
     as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
-    (next-token cross-entropy) and judge every program vector's slope against µP."""
+    (next-token cross-entropy) and judge every program vector's slope against µP. The model is
+    built and initialised on the CPU (the same init on every device), then trained on
+    ``device``."""
     import torch
 
 
@@ -109,13 +112,15 @@ def coord_check(
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
-        x = torch.randint(vocab, (batch, seq), generator=g)
-        y = torch.randint(vocab, (batch, seq), generator=g)
+        x = torch.randint(vocab, (batch, seq), generator=g).to(device)
+        y = torch.randint(vocab, (batch, seq), generator=g).to(device)
         for w in widths:
             torch.manual_seed(seed)
             model = traced.build(w)
             if apply:
                 mup.apply(model)
+            model.to(device)
+            if apply:
                 groups = mup.param_groups(model, lr, eps=eps)
             else:
                 groups = [{"params": list(model.parameters()), "lr": lr}]

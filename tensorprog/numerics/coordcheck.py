@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..ir.program import Program
 from ..ir.sizes import check_training
 from .judge import TOLERANCE, CheckResult, depth_expectations, judge
-from .measure import default_batch_size, measure, pick_device
+from .measure import default_batch_size, measure, pick_device, precision_context
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 # Θ(1) learning rates at the base width; µTransfer tunes these, the check only needs visible steps.
@@ -39,14 +39,17 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
                 batch_size: int | None = None,
                 device: str = "auto", against: str = "mup", tolerance: float = TOLERANCE,
                 progress: bool = False, depths: Sequence[int] | None = None,
-                width: int | None = None, depth_convention: str = "completep") -> CheckResult:
+                width: int | None = None, depth_convention: str = "completep",
+                autocast: str | None = None) -> CheckResult:
     """Emit ``program`` under ``param``, train it at every width and judge every vector.
 
     With ``depths``, train at one width (``width``, default the base width) and every depth,
     and judge every vector's slope against the depth with the depth pass's exponents. The module
     is built with base depth 1: the exponents do not depend on it, but the finite-depth terms
     (the branches' L^-1/2 sums, of relative size base_depth/√L) are then as small as they can
-    be (docs/check.md)."""
+    be (docs/check.md).
+
+    ``autocast="bf16"`` trains under bfloat16 autocast (:func:`.measure.measure`)."""
     if depths is not None:
         if not program.repeats_over_depth:
             raise UsageError(f"--depths: {program.name} repeats no block over a depth",
@@ -79,6 +82,7 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     if not (math.isfinite(lr) and lr > 0):
         raise UsageError(f"the learning rate must be a positive number, not {lr}")
     device = pick_device(device)
+    precision_context(autocast, device)  # an unknown autocast is refused before any work
     abc, depth_abc, label, eps = choose(program, optimizer, param, convention,
                                         readout_zero_init, zero, depth_convention)
     emitted = emit(program, abc, optimizer=optimizer, label=label, command="tensorprog check",
@@ -91,12 +95,13 @@ def coord_check(program: Program, optimizer: Optimizer, *, param: str = "mup",
     m = measure(module, widths, steps=steps, seeds=range(seeds), lr=lr, optimizer=optimizer.name,
                 device=device, batch_size=batch_size, progress=progress,
                 width=width if depths is not None else None, looped=looped,
-                base_depth=1 if depths is not None else None)
+                base_depth=1 if depths is not None else None, autocast=autocast)
     result = judge(program, optimizer, abc, m, against=against, tolerance=tolerance,
                    expected=expected)
     result.settings = {"program": program.name, "param": param, "label": label,
                        "optimizer": optimizer.name, "lr": lr, "batch_size": batch_size,
-                       "device": device, "base_width": base_width or program.width.base}
+                       "device": device, "base_width": base_width or program.width.base,
+                       "autocast": autocast}
     if depths is not None:
         result.settings.update(axis="depth", width=width, base_depth=1)
     return result

@@ -482,7 +482,8 @@ def render(result: CheckResult) -> str:
     lines = [f"coordinate check of {s.get('program', 'the module')}: {s.get('label', '')}",
              f"{axis} x {len(result.seeds)} seed(s), "
              f"{result.steps} step(s) of {s.get('optimizer', '?')} at lr {s.get('lr', '?')}, "
-             f"batch {s.get('batch_size', '?')}, on {s.get('device', '?')}",
+             f"batch {s.get('batch_size', '?')}, on {s.get('device', '?')}"
+             + (f" under {s['autocast']} autocast" if s.get("autocast") else ""),
              f"slope of log RMS against log {'depth' if depth else 'width'} (± spread over "
              f"seeds), against {ref}, "
              f"tolerance ±{result.tolerance}", ""]
