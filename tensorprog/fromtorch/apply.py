@@ -73,7 +73,7 @@ class MuP:
         self.folded: list[str] = []
         self.patches: list[Patch] = []
         for name, info in traced.scales.items():
-            delta = Fraction(str(abc[name].a)) - info["model_a"]
+            delta = self._derived_a(name, info) - info["model_a"]
             if delta == 0:
                 continue
             if "q" in info:
@@ -93,10 +93,17 @@ class MuP:
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
 
+    def _derived_a(self, scale: str, info: dict) -> Fraction:
+        """The program's exponent of a scale: derived, or 0 for a width constant of the forward
+        (the program holds its base value; trace.py)."""
+        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
-        if use.rows is None:
+        # a matrix read twice (a tied embedding) would carry the factor into its other use too
+        alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
+        if use.rows is None and alone:
             for p in (w, b):
                 if p:
                     self.init_exp[p] += delta
@@ -115,7 +122,10 @@ class MuP:
                     delta,
                     use.rows,
                     f"{scale}: query rows of fused {use.target} times "
-                    f"(n/base)^-{delta} (its LR is shared with k and v)",
+                    f"(n/base)^-{delta} (its LR is shared with k and v)"
+                    if use.rows
+                    else f"{scale}: output of {use.target} times (n/base)^-{delta} (the "
+                    "matrix has another use)",
                 )
             )
 
@@ -331,7 +341,7 @@ class MuP:
             return {}
         r = self.width_of(model) / self.traced.base_width
         return {
-            info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
+            info["q"]: r ** float(self._derived_a(s, info) - info["model_a"])
             for s, info in self.traced.scales.items()
             if "q" in info
         }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .values import Affine, Conc, Half, MeanSq, Pointwise, PRef, RopeTerm, Scores, Trig, Vec
+import dataclasses
+
+from .values import Affine, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
 from .where import refuse
 
 
@@ -17,6 +19,10 @@ class ArithOps:
         return self._lincomb(node, u, v, -alpha)
 
     def _lincomb(self, node, u, v, alpha):
+        u, v = _number(u), _number(v)
+        for x, c in ((u, v), (v, u)):
+            if isinstance(x, PRef) and isinstance(c, (int, float)):
+                return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
         if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
             return self.rope_sum(node, u, v, alpha)
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
@@ -51,6 +57,22 @@ class ArithOps:
         self.out.vectors[name] = (node.name, "out")
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
+    def _shifted(self, node, ref: PRef, offset: float, coef) -> PRef:
+        """``w + c``: a param of its own in the program, whose init is w's plus c (Gemma's
+        RMSNorm gain ``1 + w``, w initialised to 0, is a gain of init 1). µP is the gain's, and
+        w's init and LR get it: adding a constant changes neither its updates nor its
+        gradient."""
+        init = self.base.get(ref.target, ("normal", 1.0))
+        if coef != 1 or len(ref.shape) != 1 or init[0] != "const":
+            raise refuse(
+                node,
+                "a constant added to a param other than a vector param of constant init "
+                "(as Gemma's gain 1 + w, w = 0 at init)",
+                help="add the constant to a vector param initialised to a constant, or fold "
+                "the constant into the param's init",
+            )
+        return dataclasses.replace(ref, offset=ref.offset + offset)
+
     def _same_source(self, node, u, v):
         """Both operands as functions of one vector, when one is already such a function."""
         kinds = (Vec, Affine, Pointwise)
@@ -68,11 +90,12 @@ class ArithOps:
         return Pointwise(x, lambda t: t)
 
     def op_mul(self, node, u, v):
+        u, v = _number(u), _number(v)
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
                 return self.rope_term(node, a, b)
-            if isinstance(a, Half) and b in (1, -1):  # rotate_half's negated half
-                return Half(a.src, a.part, a.sign * int(b))
+            if isinstance(a, Sub) and b in (1, -1):  # rotate_half's negated half
+                return dataclasses.replace(a, sign=a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
             if isinstance(x, Scores):
@@ -103,6 +126,7 @@ class ArithOps:
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def op_div(self, node, u, v):
+        v = _number(v)
         if not isinstance(v, (int, float)):
             raise refuse(node, "a division by a tensor")
         return self.op_mul(node, u, 1.0 / v)
@@ -175,3 +199,10 @@ class ArithOps:
         if isinstance(x, MeanSq):
             return MeanSq(x.src, inv=True)
         raise refuse(node, "rsqrt of anything but a mean square")
+
+
+def _number(x):
+    """A one-entry constant tensor (``torch.tensor(d ** 0.5)``) as the number it holds."""
+    if isinstance(x, Conc) and getattr(x.value, "numel", lambda: 0)() == 1:
+        return float(x.value)
+    return x

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -302,6 +303,37 @@ def from_torch(
         raise _at_build(err, build) from None
 
 
+def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dict:
+    """A number the forward computes from the width (an embedding times sqrt(d_model), a
+    logit times 1/sqrt(d)): a at width w1, b at w2, read as a·(n/w1)^-model_a with model_a
+    measured between the two. By the abc-symmetry a multiplier n^-θ on W @ x + b is the same
+    network as W's and b's init exponent + θ and LR exponent + kθ, so the program keeps the
+    base value a and MuP folds the width factor into the params that make the vector (or
+    patches their layer's output where they cannot take it), as for attention's scale."""
+    w1, w2 = widths
+    exponent = -math.log(b / a) / math.log(w2 / w1)
+    model_a = Fraction(exponent).limit_denominator(8)
+    where = info["span"]
+    if abs(float(model_a) - exponent) > 1e-6:
+        raise TraceError(
+            f"a constant {a!r} at width {w1} and {b!r} at {w2}: no power of the width with a "
+            "small denominator", where,
+            help="a constant of the forward may change with the width only as a power of it "
+            "(d ** 0.5, 1 / d)",
+        )
+    x = info["x"]
+    reads = sum(len(re.findall(rf"\b{x}\b", st.partition("=")[2])) for st in trace.stmts)
+    if not x or x not in trace.producers or reads > 1:
+        raise TraceError(
+            f"a constant that changes with the width ({a!r} at width {w1}, {b!r} at {w2}) "
+            "multiplying a value that no layer's weight makes directly for this product "
+            "alone: its width factor cannot move into a param's init and LR", where,
+            help="apply the constant right after a linear layer or an embedding lookup whose "
+            "output nothing else reads, or make it width-independent",
+        )
+    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True}
+
+
 def _at_build(err: TraceError, build) -> TraceError:
     """``err`` with its unpositioned diagnostics at the user's build: where no line of the
     user's runs the op (a model of torch's layers only, as an nn.Sequential) or the fault is
@@ -329,12 +361,16 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
             help=f"build(width) must build the same layers at every width; first "
             f"difference: {diff}",
         )
-    values, dims, scales = {}, {}, {}
+    values, dims, scales, fixed = {}, {}, {}, {}
     for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
         if kind == "dim":
             name, rhs = _dim_name(a, b, w1, w2)
             dims[name] = rhs
             values[f"s{i}"] = name
+        elif kind == "coef":
+            values[f"s{i}"] = repr(float(a))
+            if not math.isclose(a, b, rel_tol=1e-9):
+                fixed[i] = _width_constant(a, b, (w1, w2), t1.coefs[i], t1)
         else:
             values[f"s{i}"] = repr(float(a))
             exponent = -math.log(b / a) / math.log(w2 / w1)
@@ -344,6 +380,12 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
     lines += [
         f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
         for v in t1.rotary
+    ]
+    lines += [
+        f"# {info['q']} times {info['value']!r}: the model's {info['value']:.6g}·(n/{w1})^"
+        f"{-info['model_a']}, written at its base value; the width factor goes into "
+        f"the init and LR of what makes {info['q']}"
+        for info in fixed.values()
     ]
     lines.append(f"width n = {w1}")
     for name, rhs in sorted(dims.items(), key=lambda kv: kv[0] != "n"):
@@ -360,6 +402,17 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
     for info in t1.scales.values():
         exp, value = scales[info["slot"]]
         info.update(model_a=exp, value=value)
+    for info in fixed.values():  # measured, not derived: MuP folds it like a scale's rest
+        t1.scales[f"the width constant on {info['q']}"] = info
+    for k, u in t1.params.items():
+        if u.rows != t2.params[k].rows:
+            raise TraceError(
+                f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
+                f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
+                "a fused layer that is not the same share of its rows at every width",
+                help="slice or chunk a fused layer into blocks that are each a fixed share of "
+                "its outputs (q, k, v of n each), or use separate layers",
+            )
     params = {
         k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
     }
