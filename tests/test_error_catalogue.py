@@ -240,6 +240,18 @@ POSITIONED = {
     "layernorm-of-one": (HEAD3 + "dim one = 1\nparam R : [one, n]\n"
                          "output y = layernorm(R @ x)\n", S, r"single coordinate of one is 0",
                          (6, 12)),
+    "head-norm-not-a-dim": (HEAD3 + "output y = rmsnorm(W @ x, x)\n", S,
+                            r"the second argument of rmsnorm must be the head dim(.|\n)*"
+                            r"rmsnorm\(q, dh\)", (4, 27)),
+    "head-norm-does-not-divide": (HEAD3 + "dim dh = 3\noutput y = rmsnorm(W @ x, dh)\n", S,
+                                  r"the head dim dh = 3 does not divide n = 8", (5, 12)),
+    "head-norm-of-one": (HEAD3 + "dim dh = 1\noutput y = layernorm(W @ x, dh)\n", S,
+                         r"layernorm over heads of 1 coordinate is constant", (5, 29)),
+    "head-norm-arity": (HEAD3 + "output y = rmsnorm(x, x, x)\n", S,
+                        r"rmsnorm takes 1 or 2 arguments, got 3(.|\n)*rmsnorm\(q, dh\)",
+                        (4, 12)),
+    "head-gain-does-not-divide": (HEAD3 + "dim dh = 3\nparam g : [dh]\noutput y = g * (W @ x)\n",
+                                  S, r"the head dim dh = 3 does not divide n = 8", (6, 12)),
     "global-pool-of-vector": (HEAD3 + "output y = global_pool(W @ x)\n", S,
                               r"global_pool needs an image", (4, 12)),
     "dot-of-logits": (LOGITS_SEQ + "output y = dot(s, s)\n", S,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
+from .values import Affine, Aux, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
 from .where import refuse
 
 
@@ -91,6 +91,14 @@ class ArithOps:
 
     def op_mul(self, node, u, v):
         u, v = _number(u), _number(v)
+        if any(isinstance(x, Aux) for x in (u, v)):
+            raise refuse(
+                node,
+                "a product with a buffer, whose value the trace cannot read (it builds the "
+                "model on the meta device)",
+                help="compute a constant in the forward as a number (hidden_size ** 0.5), "
+                "which the trace reads at both widths",
+            )
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
                 return self.rope_term(node, a, b)
@@ -108,9 +116,9 @@ class ArithOps:
                 if a.name != b.src.name:
                     raise refuse(node, "a product with another vector's inverse RMS")
                 name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = rmsnorm({a.name})")
+                self.out.stmts.append(f"{name} = rmsnorm({self.norm_args(a)})")
                 self.out.vectors[name] = (node.name, "out")
-                return Vec(name, a.tags, a.dim)
+                return Vec(name, a.tags, a.dim, a.dh)
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))

@@ -41,7 +41,7 @@ class RotaryOps:
                 for e in (start or 0, size if end is None else end)
             )
             off = v.lo if isinstance(v, Sub) else 0
-            if lo < hi:
+            if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
         raise refuse(
             node,
@@ -50,7 +50,9 @@ class RotaryOps:
         )
 
     def op_cat(self, node, tensors, dim=0):
-        parts = list(tensors)
+        parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
+        if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
+            return parts[0]  # the rest was empty
         if not parts or not all(isinstance(t, Sub) for t in parts):
             parts = []
         src = parts[0].src if parts else None

@@ -157,8 +157,9 @@ def test_a_fused_projection_chunked_gives_the_mup_of_separate_ones(form, separat
         assert mup.patches  # the query rows' 1/sqrt(dh) more cannot fold into a shared LR
 
 
-def test_partial_rotary_is_the_network_without_it(separate):
-    build = lambda n: Decoder(n, rotary=0.5)  # noqa: E731
+@pytest.mark.parametrize("rotary", [0.5, 1.0])  # 1.0: Phi-3's empty pass-through x[..., dh:]
+def test_partial_rotary_is_the_network_without_it(separate, rotary):
+    build = lambda n: Decoder(n, rotary=rotary)  # noqa: E731
     traced = _trace(build)
     assert "rotary embedding" in traced.source
     assert _abc(traced) == _abc(separate)
@@ -219,6 +220,19 @@ def test_a_width_constant_gets_the_exponent_it_has_in_the_model(how):
     assert rms == pytest.approx(base, rel=0.05)  # 13 x 128 entries: a few % of noise
 
 
+def test_a_width_constant_in_a_buffer_is_refused_naming_the_fix():
+    class Buffer(Scaled):  # HF Gemma's embed_scale: its value is unknown on the meta device
+        def __init__(self, n):
+            super().__init__(n)
+            self.register_buffer("scale", torch.tensor(n**0.5), persistent=False)
+
+        def forward(self, idx):
+            return self.out(self.e(idx) * self.scale)
+
+    with pytest.raises(TensorProgError, match=r"a product with a buffer(.|\n)*as a number"):
+        _trace(Buffer)
+
+
 def test_a_width_constant_after_a_nonlinearity_is_refused():
     class After(Scaled):
         def forward(self, idx):
@@ -253,3 +267,47 @@ def test_positions_with_an_offset_a_hand_written_linear_and_a_one_plus_w_gain():
     assert "p_weight @ pos" in traced.source and "param g : [n] = 1" in traced.source
     assert _abc(traced) == _abc(_trace(lambda n: Forms(n, plain=True)))
     _bit_identical_at_base(traced, Forms)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the last axis, as Qwen3's (gain w) or Gemma3's (gain 1 + w, w = 0)."""
+
+    def __init__(self, d, gemma=False):
+        super().__init__()
+        self.gemma = gemma
+        self.w = nn.Parameter(torch.zeros(d) if gemma else torch.ones(d))
+
+    def forward(self, x):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x * (1.0 + self.w) if self.gemma else self.w * x
+
+
+class QKNorm(nn.Module):
+    """Attention with QK-norm over heads of a fixed dim 8 (n/8 heads), a whole-dim RMSNorm."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.norm = HeadRMSNorm(n)
+        self.q, self.k, self.v = (nn.Linear(n, n, bias=False) for _ in range(3))
+        self.q_norm, self.k_norm = HeadRMSNorm(8, gemma=True), HeadRMSNorm(8)
+
+    def forward(self, idx):
+        x = self.norm(self.e(idx))
+        b, t, c = x.shape
+        q = self.q_norm(self.q(x).view(b, t, -1, 8)).transpose(1, 2)
+        k = self.k_norm(self.k(x).view(b, t, -1, 8)).transpose(1, 2)
+        v = self.v(x).view(b, t, -1, 8).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(x + y.transpose(1, 2).reshape(b, t, c))
+
+
+def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
+    traced = _trace(QKNorm)
+    assert "mul_2 = rmsnorm(linear, f8)\nmul_3 = mul_2 * q_norm_w" in traced.source
+    assert "param q_norm_w : [f8] = 1" in traced.source  # Gemma's 1 + w, w = 0
+    d = derive(traced.program, "sgd")
+    # n/8 heads share each gain: its gradient sums over them, so SGD's LR is Θ(1), where the
+    # whole-dim gain's is n
+    assert d.abc["q_norm_w"].c == 0 and d.abc["k_norm_w"].c == 0 and d.abc["norm_w"].c == -1
+    _bit_identical_at_base(traced, QKNorm)
