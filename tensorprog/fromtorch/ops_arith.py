@@ -94,10 +94,10 @@ class ArithOps:
         if any(isinstance(x, Aux) for x in (u, v)):
             raise refuse(
                 node,
-                "a product with a buffer, whose value the trace cannot read (it builds the "
-                "model on the meta device)",
-                help="compute a constant in the forward as a number (hidden_size ** 0.5), "
-                "which the trace reads at both widths",
+                "a product with a buffer of more than one entry (the trace reads one-entry "
+                "buffers, as constants of the width, and no others)",
+                help="multiply by a number or a one-entry buffer (hidden_size ** 0.5), or "
+                "make the buffer a param",
             )
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
@@ -112,8 +112,10 @@ class ArithOps:
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
             if isinstance(b, MeanSq) and b.inv:
+                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and _linear(
+                    a.f, b.k**0.5)
                 a = self.vec(a, node)
-                if a.name != b.src.name:
+                if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
                 name = self.fresh(node.name)
                 self.out.stmts.append(f"{name} = rmsnorm({self.norm_args(a)})")
@@ -179,8 +181,9 @@ class ArithOps:
             import torch
 
             t = torch.linspace(-3, 3, 13, dtype=torch.float64)
-            if torch.allclose(x.f(t), t * t):
-                return MeanSq(x.src)
+            k = float(x.f(torch.ones(1, dtype=torch.float64)))  # (c * x)² = c² x²: Gemma's
+            if k > 0 and torch.allclose(x.f(t), k * t * t):  # embedding times sqrt(d) is normed
+                return MeanSq(x.src, k=k)
         axes = sorted(d % ndim for d in dims)
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         said = {
@@ -205,7 +208,7 @@ class ArithOps:
 
     def op_rsqrt(self, node, x):
         if isinstance(x, MeanSq):
-            return MeanSq(x.src, inv=True)
+            return dataclasses.replace(x, inv=True)
         raise refuse(node, "rsqrt of anything but a mean square")
 
 
@@ -214,3 +217,11 @@ def _number(x):
     if isinstance(x, Conc) and getattr(x.value, "numel", lambda: 0)() == 1:
         return float(x.value)
     return x
+
+
+def _linear(f, c: float) -> bool:
+    """Whether f(t) = ±c·t: the vector a mean square of (c·x)² was taken of."""
+    import torch
+
+    t = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    return bool(torch.allclose(f(t).abs(), c * t.abs(), rtol=1e-9, atol=1e-12))

@@ -294,7 +294,8 @@ def from_torch(
         # need not be the first input (an optional mask may come first as None)
         tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
         try:
-            traces.append(convert(export(model, inputs), base, tok[0] if tok else None))
+            scalars = _scalar_buffers(build, w, model)
+            traces.append(convert(export(model, inputs), base, tok[0] if tok else None, scalars))
         except TraceError as err:
             raise _at_build(err, build) from None
     try:
@@ -332,6 +333,21 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             "output nothing else reads, or make it width-independent",
         )
     return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True}
+
+
+def _scalar_buffers(build, width: int, model) -> dict:
+    """The one-entry float buffers of the model (a constant the build computed from the width,
+    as HF Gemma's embed_scale), read from one build on the CPU: on the meta device they have
+    no value. Keyed by the exported graph's names."""
+    import torch
+
+    names = [n for n, b in model.named_buffers() if b.numel() == 1 and b.is_floating_point()]
+    if not names:
+        return {}
+    with torch.device("cpu"), torch.random.fork_rng():
+        torch.manual_seed(0)
+        cpu = built(build, width)
+    return {"m." + n: cpu.get_buffer(n).detach().clone() for n in names}
 
 
 def _at_build(err: TraceError, build) -> TraceError:

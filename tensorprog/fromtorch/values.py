@@ -81,6 +81,7 @@ class Parts:
 class MeanSq:
     src: Vec
     inv: bool = False  # rsqrt taken
+    k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
 
 
 @dataclass

@@ -253,6 +253,9 @@ class Walker:
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._number(spec.target):
                     # a number the forward made a tensor (torch.tensor(d_model ** 0.5))
                     self.env[node.name] = Conc(self.ep.constants[spec.target])
+                elif spec.kind.name == "BUFFER" and self._scalar(spec.target) is not None:
+                    # a number held in a buffer (HF Gemma's embed_scale, sqrt(hidden_size))
+                    self.env[node.name] = Conc(self._scalar(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -285,6 +288,15 @@ class Walker:
                     if v.name not in self.out.outputs:
                         self.out.outputs.append(v.name)
         return self.out
+
+    def _scalar(self, target):
+        """A one-entry float buffer's value: given (read from a CPU build), or the graph's own
+        where it was exported with real tensors; None if unknown (on the meta device)."""
+        value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
+        ok = value is not None and value.numel() == 1 and value.is_floating_point()
+        return value if ok and value.device.type != "meta" else None
 
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)

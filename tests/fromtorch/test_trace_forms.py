@@ -220,17 +220,27 @@ def test_a_width_constant_gets_the_exponent_it_has_in_the_model(how):
     assert rms == pytest.approx(base, rel=0.05)  # 13 x 128 entries: a few % of noise
 
 
-def test_a_width_constant_in_a_buffer_is_refused_naming_the_fix():
-    class Buffer(Scaled):  # HF Gemma's embed_scale: its value is unknown on the meta device
-        def __init__(self, n):
-            super().__init__(n)
-            self.register_buffer("scale", torch.tensor(n**0.5), persistent=False)
+class Buffer(Scaled):
+    """HF Gemma: the embedding times a one-entry buffer sqrt(n) (unknown on the meta device:
+    read from a CPU build), then an RMSNorm of the product; ``vector``: a buffer of n entries."""
 
-        def forward(self, idx):
-            return self.out(self.e(idx) * self.scale)
+    def __init__(self, n, vector=False):
+        super().__init__(n)
+        self.register_buffer("scale", torch.full((n if vector else 1,), n**0.5),
+                             persistent=False)
 
-    with pytest.raises(TensorProgError, match=r"a product with a buffer(.|\n)*as a number"):
-        _trace(Buffer)
+    def forward(self, idx):
+        x = self.e(idx) * self.scale
+        return self.out(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
+    traced = _trace(Buffer)
+    (info,) = (i for i in traced.scales.values() if i.get("fixed"))
+    assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
+    _bit_identical_at_base(traced, Buffer)
+    with pytest.raises(TensorProgError, match=r"a product with a buffer of more than one entry"):
+        _trace(lambda n: Buffer(n, vector=True))
 
 
 def test_a_width_constant_after_a_nonlinearity_is_refused():
