@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .values import Affine, Aux, Conc, Parts, Pointwise, PRef, Scores, Sub, Vec
@@ -21,6 +22,9 @@ class LayoutOps:
         self._whole(node, v)
         tags = self._tags(v)
         old = self._shape(node.args[0])
+        groups = self._groups(node, v, old, shape)
+        if groups is not None:
+            return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
         lead = [s for s, t in zip(old, tags, strict=True) if t == "tok"]
         if shape[-1] == old[-1] and tags[-1] in ("F", "dh") and "H" not in tags:
@@ -43,6 +47,38 @@ class LayoutOps:
         ):
             return v
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
+
+    def _groups(self, node, v, old, shape) -> Parts | None:
+        """A linear layer's output viewed as (..., k, m) and only ever unbound or indexed along
+        the k axis (``qkv.view(b, t, 3, c).unbind(2)``): k row blocks of m features, as a
+        split gives; None for any other view (a view into heads)."""
+        if not (isinstance(v, Affine) and len(shape) == len(old) + 1
+                and shape[:-2] == tuple(old[:-1]) and shape[-2] * shape[-1] == old[-1]):
+            return None
+        axis = len(shape) - 2
+
+        def along_k(user) -> bool:
+            op = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            return op in ("unbind", "select") and isinstance(dim, int) and dim % len(shape) == axis
+
+        if not node.users or not all(along_k(u) for u in node.users):
+            return None
+        m = shape[-1]
+        return Parts([self.row_block(v, i * m, (i + 1) * m, node.name) for i in range(shape[-2])])
+
+    def op_unbind(self, node, v, dim=0):
+        if isinstance(v, Parts):  # a fused layer's output viewed as its blocks (_groups)
+            return v
+        raise refuse(node, "an unbind of anything but a linear layer's output viewed as "
+                     "(..., blocks, features)", help="chunk or split the layer's output along "
+                     "its features instead")
+
+    def op_select(self, node, v, dim, index):
+        if isinstance(v, Parts):
+            return dataclasses.replace(v.items[index], node=node.name)
+        raise refuse(node, "indexing a traced value along an axis other than a fused layer's "
+                     "blocks")
 
     def _whole(self, node, v):
         if isinstance(v, Sub):  # only a rotary turns a part of each head, then cat puts it back

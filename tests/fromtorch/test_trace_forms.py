@@ -52,8 +52,8 @@ def _bit_identical_at_base(traced, build):
 
 
 class Attention(nn.Module):
-    """q, k, v from one fused layer (``form``: chunk, slice, split) or three (``separate``);
-    ``rotary``: the fraction of each head's coordinates a rotary embedding turns."""
+    """q, k, v from one fused layer (``form``: chunk, slice, split, unbind) or three
+    (``separate``); ``rotary``: the fraction of each head's coordinates a rotary turns."""
 
     def __init__(self, n, form="separate", rotary=0.0):
         super().__init__()
@@ -82,6 +82,8 @@ class Attention(nn.Module):
             q, k, v = self.q(x), self.k(x), self.v(x)
         elif self.form == "chunk":
             q, k, v = self.qkv(x).chunk(3, dim=-1)
+        elif self.form == "unbind":
+            q, k, v = self.qkv(x).view(b, t, 3, c).unbind(2)
         elif self.form == "slice":
             qkv = self.qkv(x)
             q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
@@ -146,7 +148,7 @@ def _as_separate(abc):
     return out
 
 
-@pytest.mark.parametrize("form", ["chunk", "slice", "split"])
+@pytest.mark.parametrize("form", ["chunk", "slice", "split", "unbind"])
 def test_a_fused_projection_chunked_gives_the_mup_of_separate_ones(form, separate):
     build = lambda n: Decoder(n, form)  # noqa: E731
     fused = _trace(build)
