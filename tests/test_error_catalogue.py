@@ -605,6 +605,8 @@ TRACED_BUILDS = {
     "names": "lambda n: build(n, lambda y: ('logits', 'loss'))",
     "layers": "lambda n: torch.nn.Sequential(torch.nn.Embedding(8, n), torch.nn.Softmax(-1))",
     "plus_one": "lambda n: build(n + 1)",
+    "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
+    "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
 }
 
 
@@ -618,6 +620,10 @@ TRACED_BUILDS = {
     # before: unpositioned (or at tensorprog's own wrapper); now at the build, the code to change
     ("layers", None, r"m.py:\d+:1: error: cannot trace a softmax of anything but attention"),
     ("plus_one", None, r"m.py:\d+:1: error: a dim is 17 at width 16 and 33 at width 32"),
+    # a constant of the width folds into a param only right after the layer that makes it
+    ("root_n", None, r"m.py:\d+:\d+: error: a constant that changes with the width "
+                     r"\(4.0 at width 16(.|\n)*help: apply the constant right after a linear"),
+    ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -245,15 +245,6 @@ def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
         _trace(lambda n: Buffer(n, vector=True))
 
 
-def test_a_width_constant_after_a_nonlinearity_is_refused():
-    class After(Scaled):
-        def forward(self, idx):
-            return self.out(F.relu(self.h(self.e(idx))) * self.n**0.5)
-
-    with pytest.raises(TensorProgError, match="no layer's weight makes directly"):
-        _trace(After)
-
-
 class Forms(nn.Module):
     """Positions with an offset (OPT), ``x @ W.T`` by hand and Gemma's gain ``1 + w``, or
     (``plain``) the same network written with nn.Linear, positions 0..T-1 and a gain of 1."""
