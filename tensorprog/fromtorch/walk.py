@@ -187,7 +187,8 @@ class Walker:
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
                 if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
-                    expr = f"{self.coefficient(c, node, v.src.name if fn == 'identity' else '')}"\
+                    at = self.by_name.get(v.node, node)  # the line that multiplies
+                    expr = f"{self.coefficient(c, at, v.src.name if fn == 'identity' else '')}"\
                         f" * {expr}"
                 name = self.fresh(v.node)
                 self.out.stmts.append(f"{name} = {expr}")
