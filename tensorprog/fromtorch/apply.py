@@ -86,7 +86,7 @@ class MuP:
                         delta,
                         None,
                         f"tied unembedding {info['tied']}: multiplier "
-                        f"(n/base)^-{delta} (its matrix is also the lookup)",
+                        f"(n/base)^{-delta} (its matrix is also the lookup)",
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
@@ -111,7 +111,7 @@ class MuP:
                     if p in self.eps_exp:
                         self.eps_exp[p] -= delta
             self.folded.append(
-                f"{scale}: (n/base)^-{delta} folded into the init and LR of "
+                f"{scale}: (n/base)^{-delta} folded into the init and LR of "
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
             )
         else:
@@ -122,9 +122,9 @@ class MuP:
                     delta,
                     use.rows,
                     f"{scale}: query rows of fused {use.target} times "
-                    f"(n/base)^-{delta} (its LR is shared with k and v)"
+                    f"(n/base)^{-delta} (its LR is shared with k and v)"
                     if use.rows
-                    else f"{scale}: output of {use.target} times (n/base)^-{delta} (the "
+                    else f"{scale}: output of {use.target} times (n/base)^{-delta} (the "
                     "matrix has another use)",
                 )
             )
@@ -340,10 +340,20 @@ class MuP:
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
+        scales = [(s, info) for s, info in self.traced.scales.items() if "q" in info]
+        # every multiplier folded into one layer scales each vector it makes: the query's
+        # attention scale and a width constant on it (q * dh ** -0.5) add up
+        folded: dict[str, Fraction] = {}
+        for s, info in scales:
+            layer = self.traced.producers[info["q"]][0]
+            folded[layer] = folded.get(layer, Fraction(0)) + self._derived_a(s, info) - info[
+                "model_a"]
+        # a width constant's output carries the constant's own width factor as well
+        own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         return {
-            info["q"]: r ** float(self._derived_a(s, info) - info["model_a"])
-            for s, info in self.traced.scales.items()
-            if "q" in info
+            info["q"]: r ** float(folded[self.traced.producers[info["q"]][0]]
+                                  + own.get(info["q"], 0))
+            for _, info in scales
         }
 
     def patch_factors(self, model) -> dict[str, tuple]:

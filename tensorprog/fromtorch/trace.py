@@ -332,7 +332,7 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             help="apply the constant right after a linear layer or an embedding lookup whose "
             "output nothing else reads, or make it width-independent",
         )
-    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True}
+    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"]}
 
 
 def _scalar_buffers(build, width: int, model) -> dict:

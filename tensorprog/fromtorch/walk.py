@@ -193,6 +193,12 @@ class Walker:
                 name = self.fresh(v.node)
                 self.out.stmts.append(f"{name} = {expr}")
                 self.out.vectors[name] = (v.node, "out")
+                if abs(c - 1) > 1e-9:
+                    self.out.coefs[len(self.out.slots) - 1]["out"] = name
+                if fn == "identity" and v.src.name in self.out.producers:
+                    # c * (W @ x + b) is linear in W and b too: a multiplier on it (attention's
+                    # scale on a query written q * dh ** -0.5) folds into them as well
+                    self.out.producers[name] = self.out.producers[v.src.name]
                 self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
             return self._made[key]
         if isinstance(v, Probs):

@@ -236,6 +236,37 @@ class Buffer(Scaled):
         return self.out(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
 
 
+class PreScaled(nn.Module):
+    """Attention with 1/sqrt(dh) written on the query (``pre``: q * dh ** -0.5, sdpa's scale
+    1) or left to sdpa; ``dh``: the head dim, n / 4 (a width constant) or fixed."""
+
+    def __init__(self, n, pre=True, dh=None):
+        super().__init__()
+        self.pre, self.dh = pre, dh or n // 4
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v = (nn.Linear(n, n) for _ in range(3))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        q = self.q(x) * self.dh**-0.5 if self.pre else self.q(x)
+        q, k, v = (z.view(b, t, -1, self.dh).transpose(1, 2) for z in (q, self.k(x), self.v(x)))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           scale=1.0 if self.pre else None)
+        return self.out(x + y.transpose(1, 2).reshape(b, t, c))
+
+
+@pytest.mark.parametrize("dh", [None, 8])
+def test_a_query_scaled_by_hand_gets_the_mup_of_sdpas_scale(dh):
+    # a query times dh ** -0.5 (a width constant when dh grows): the number folds with
+    # attention's scale into the query's layer, giving the init and LR of sdpa's own scale
+    build = lambda n: PreScaled(n, dh=dh)  # noqa: E731
+    mup = _bit_identical_at_base(_trace(build), build)
+    plain = MuP(_trace(lambda n: PreScaled(n, pre=False, dh=dh)), "adam")
+    for p in ("q_weight", "q_bias"):
+        assert (mup.init_exp[p], mup.lr_exp[p]) == (plain.init_exp[p], plain.lr_exp[p])
+
+
 def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
     traced = _trace(Buffer)
     (info,) = (i for i in traced.scales.values() if i.get("fixed"))
