@@ -99,6 +99,16 @@ class MuP:
         return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
+        if info["q"] not in self.traced.producers:
+            # a normalised query (QK-norm over a head dim that grows): no layer's init or LR
+            # reaches the logits' size, and no patch is known to be right
+            raise UsageError(
+                f"{scale}: µP needs the attention logits times (n/base)^{-delta} against the "
+                f"model's own scale, but the query {info['q']} is not made by a layer whose "
+                "init and LR could take it (a query normalised per head, as QK-norm does)",
+                help="build the model with a fixed head dim (heads that grow with the width), "
+                "where the scale needs no change",
+            )
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
         # a matrix read twice (a tied embedding) would carry the factor into its other use too
@@ -344,15 +354,15 @@ class MuP:
         # every multiplier folded into one layer scales each vector it makes: the query's
         # attention scale and a width constant on it (q * dh ** -0.5) add up
         folded: dict[str, Fraction] = {}
+        layer_of = {i["q"]: self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
         for s, info in scales:
-            layer = self.traced.producers[info["q"]][0]
+            layer = layer_of[info["q"]]
             folded[layer] = folded.get(layer, Fraction(0)) + self._derived_a(s, info) - info[
                 "model_a"]
         # a width constant's output carries the constant's own width factor as well
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         return {
-            info["q"]: r ** float(folded[self.traced.producers[info["q"]][0]]
-                                  + own.get(info["q"], 0))
+            info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
             for _, info in scales
         }
 
