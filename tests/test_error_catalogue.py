@@ -257,6 +257,18 @@ POSITIONED = {
     "layernorm-of-one": (HEAD3 + "dim one = 1\nparam R : [one, n]\n"
                          "output y = layernorm(R @ x)\n", S, r"single coordinate of one is 0",
                          (6, 12)),
+    "head-norm-not-a-dim": (HEAD3 + "output y = rmsnorm(W @ x, x)\n", S,
+                            r"the second argument of rmsnorm must be the head dim(.|\n)*"
+                            r"rmsnorm\(q, dh\)", (4, 27)),
+    "head-norm-does-not-divide": (HEAD3 + "dim dh = 3\noutput y = rmsnorm(W @ x, dh)\n", S,
+                                  r"the head dim dh = 3 does not divide n = 8", (5, 12)),
+    "head-norm-of-one": (HEAD3 + "dim dh = 1\noutput y = layernorm(W @ x, dh)\n", S,
+                         r"layernorm over heads of 1 coordinate is constant", (5, 29)),
+    "head-norm-arity": (HEAD3 + "output y = rmsnorm(x, x, x)\n", S,
+                        r"rmsnorm takes 1 or 2 arguments, got 3(.|\n)*rmsnorm\(q, dh\)",
+                        (4, 12)),
+    "head-gain-does-not-divide": (HEAD3 + "dim dh = 3\nparam g : [dh]\noutput y = g * (W @ x)\n",
+                                  S, r"the head dim dh = 3 does not divide n = 8", (6, 12)),
     "global-pool-of-vector": (HEAD3 + "output y = global_pool(W @ x)\n", S,
                               r"global_pool needs an image", (4, 12)),
     "dot-of-logits": (LOGITS_SEQ + "output y = dot(s, s)\n", S,
@@ -669,6 +681,8 @@ TRACED_BUILDS = {
     "names": "lambda n: build(n, lambda y: ('logits', 'loss'))",
     "layers": "lambda n: torch.nn.Sequential(torch.nn.Embedding(8, n), torch.nn.Softmax(-1))",
     "plus_one": "lambda n: build(n + 1)",
+    "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
+    "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
 }
 
 
@@ -682,6 +696,10 @@ TRACED_BUILDS = {
     # before: unpositioned (or at tensorprog's own wrapper); now at the build, the code to change
     ("layers", None, r"m.py:\d+:1: error: cannot trace a softmax of anything but attention"),
     ("plus_one", None, r"m.py:\d+:1: error: a dim is 17 at width 16 and 33 at width 32"),
+    # a constant of the width folds into a param only right after the layer that makes it
+    ("root_n", None, r"m.py:\d+:\d+: error: a constant that changes with the width "
+                     r"\(4.0 at width 16(.|\n)*help: apply the constant right after a linear"),
+    ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -71,7 +71,8 @@ def find_fusions(program: Program, body: Sequence) -> dict[str, Attention | Norm
             return None
         for ln_out, gain in (product.args, product.args[::-1]):
             ln = producer.get(ln_out)
-            if (isinstance(ln, Nonlin) and ln.fn == "layernorm" and vector_param(gain, ln.out)
+            if (isinstance(ln, Nonlin) and ln.fn == "layernorm" and ln.over is None
+                    and vector_param(gain, ln.out)
                     and only_feeds(ln.out, product)):
                 return ln.args[0], gain, ln.out
         return None

@@ -84,6 +84,11 @@ class Emitter:
             # vector, so it needs a trailing axis; a scale is a plain float and needs none
             dims = self.program.value_dims
             vector = any(dims.get(a) is not None for a in ins.args)
+            gain = next((a for a in ins.args if dims.get(a) not in (None, dims[ins.out])), None)
+            if gain is not None:  # a head dim's gain: every head of the other factor times it
+                (x,) = (a for a in ins.args if a != gain)
+                self.helpers.add("_heads_gain")
+                return f"_heads_gain({self.ref(x)}, {self.ref(gain)})"
             return " * ".join(
                 f"({self.ref(a)}).unsqueeze(-1)"
                 if vector and dims.get(a) is None and not self._is_scale(a) else f"({self.ref(a)})"
@@ -91,6 +96,9 @@ class Emitter:
         x = self.ref(ins.args[0])
         if ins.fn == "identity":
             return x
+        if ins.over is not None:  # a norm over each head's coordinates (QK-norm)
+            self.helpers.add(f"_heads_{ins.fn}")
+            return f"_heads_{ins.fn}({x}, {self.dim(ins.over)})"
         if ins.fn in _NORMS:
             if ins.fn in ("causal_softmax", "avgpool"):
                 self.helpers.add(f"_{ins.fn}")

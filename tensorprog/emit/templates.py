@@ -17,6 +17,20 @@ HELPERS = {
         "    q = q.unflatten(-1, (-1, head_dim))",
         "    k = k.unflatten(-1, (-1, head_dim))",
         '    return torch.einsum("...thd,...shd->...hts", q, k)'],
+    "_heads_rmsnorm": [
+        "def _heads_rmsnorm(x, head_dim):",
+        '    """RMSNorm over each head\'s head_dim coordinates (QK-norm)."""',
+        "    x = x.unflatten(-1, (-1, head_dim))",
+        "    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).flatten(-2)"],
+    "_heads_layernorm": [
+        "def _heads_layernorm(x, head_dim):",
+        '    """LayerNorm over each head\'s head_dim coordinates (QK-norm)."""',
+        "    x = x.unflatten(-1, (-1, head_dim))",
+        "    return torch.nn.functional.layer_norm(x, x.shape[-1:]).flatten(-2)"],
+    "_heads_gain": [
+        "def _heads_gain(x, gain):",
+        '    """Every head of x times the same gain, of the head dim."""',
+        "    return (x.unflatten(-1, (-1, gain.shape[-1])) * gain).flatten(-2)"],
     "_mix": [
         "def _mix(p, v):",
         '    """Per head, out_t = sum_s p_ts v_s; heads are v\'s dim split as p has them."""',

@@ -26,7 +26,7 @@ from itertools import product
 from typing import Protocol
 
 from ..ir.functions import FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream, per_head
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -292,14 +292,30 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
                  sz.change(h), clamp=ZERO if bounded else None)
 
 
+def _shared_by_heads(ins: Nonlin, factor: str, sz: Sizes) -> tuple[Exp, str]:
+    """A factor of a head dim (a QK-norm's gain) multiplies every head alike, so its gradient
+    entry sums one term per head: over infinitely many heads (a fixed head dim) an LLN sum
+    (+1), an upper bound (the gradient and the normalised vector are correlated once they have
+    trained, as a dot's sides are); over finitely many, +0."""
+    dims = sz.program.value_dims
+    mine, out = dims[factor], dims[ins.out]
+    if mine is None or mine == out or not per_head(sz.program.dim_table, mine, out):
+        return ZERO, "the other factor scales it"
+    if sz.infinite(out) and not sz.infinite(mine):  # heads = out / mine: infinitely many
+        return ONE, (f"{factor} multiplies every head of {out} alike: its gradient sums one "
+                     "term per head, infinitely many and correlated (LLN: +1)")
+    return ZERO, f"{factor} multiplies every head of {out} alike: a finite sum over heads (+0)"
+
+
 def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     if ins.fn == MUL:
         u, v = ins.args
-        return ([(u, t) for t in terms(f"d{ins.out}⊙{v}", "the other factor scales it", "auto",
-                                       g, sz.first_order_train(v))]
-                + [(v, t) for t in terms(f"d{ins.out}⊙{u}", "the other factor scales it",
-                                         "auto", g, sz.first_order_train(u))])
+        (ku, why_u), (kv, why_v) = (_shared_by_heads(ins, a, sz) for a in (u, v))
+        return ([(u, t) for t in terms(f"d{ins.out}⊙{v}", why_u, "auto",
+                                       g, sz.first_order_train(v), const=ku)]
+                + [(v, t) for t in terms(f"d{ins.out}⊙{u}", why_v,
+                                         "auto", g, sz.first_order_train(u), const=kv)])
     if NONLIN_SHAPE[ins.fn] == "normalize":
         (h,) = ins.args
         return [(h, t) for t in terms(f"d{ins.out}/|{h}|", f"{ins.fn} divides by {h}'s size",

@@ -96,7 +96,7 @@ class MuP:
         self.folded: list[str] = []
         self.patches: list[Patch] = []
         for name, info in traced.scales.items():
-            delta = Fraction(str(abc[name].a)) - info["model_a"]
+            delta = self._derived_a(name, info) - info["model_a"]
             if self.depth_exp.get(name):
                 raise UsageError(
                     f"{name} needs a multiplier in the depth, which apply cannot give it yet",
@@ -114,17 +114,34 @@ class MuP:
                         delta,
                         None,
                         f"tied unembedding {info['tied']}: multiplier "
-                        f"(n/base)^-{delta} (its matrix is also the lookup)",
+                        f"(n/base)^{-delta} (its matrix is also the lookup)",
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
 
+    def _derived_a(self, scale: str, info: dict) -> Fraction:
+        """The program's exponent of a scale: derived, or 0 for a width constant of the forward
+        (the program holds its base value; trace.py)."""
+        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
+        if info["q"] not in self.traced.producers:
+            # a normalised query (QK-norm over a head dim that grows): no layer's init or LR
+            # reaches the logits' size, and no patch is known to be right
+            raise UsageError(
+                f"{scale}: µP needs the attention logits times (n/base)^{-delta} against the "
+                f"model's own scale, but the query {info['q']} is not made by a layer whose "
+                "init and LR could take it (a query normalised per head, as QK-norm does)",
+                help="build the model with a fixed head dim (heads that grow with the width), "
+                "where the scale needs no change",
+            )
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
-        if use.rows is None:
+        # a matrix read twice (a tied embedding) would carry the factor into its other use too
+        alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
+        if use.rows is None and alone:
             for p in (w, b):
                 if p:
                     self.init_exp[p] += delta
@@ -132,7 +149,7 @@ class MuP:
                     if p in self.eps_exp:
                         self.eps_exp[p] -= delta
             self.folded.append(
-                f"{scale}: (n/base)^-{delta} folded into the init and LR of "
+                f"{scale}: (n/base)^{-delta} folded into the init and LR of "
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
             )
         else:
@@ -143,7 +160,10 @@ class MuP:
                     delta,
                     use.rows,
                     f"{scale}: query rows of fused {use.target} times "
-                    f"(n/base)^-{delta} (its LR is shared with k and v)",
+                    f"(n/base)^{-delta} (its LR is shared with k and v)"
+                    if use.rows
+                    else f"{scale}: output of {use.target} times (n/base)^{-delta} (the "
+                    "matrix has another use)",
                     w if self.stack and w in self.stack.layers else None,
                 )
             )
@@ -478,10 +498,20 @@ class MuP:
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
+        scales = [(s, info) for s, info in self.traced.scales.items() if "q" in info]
+        # every multiplier folded into one layer scales each vector it makes: the query's
+        # attention scale and a width constant on it (q * dh ** -0.5) add up
+        folded: dict[str, Fraction] = {}
+        layer_of = {i["q"]: self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
+        for s, info in scales:
+            layer = layer_of[info["q"]]
+            folded[layer] = folded.get(layer, Fraction(0)) + self._derived_a(s, info) - info[
+                "model_a"]
+        # a width constant's output carries the constant's own width factor as well
+        own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         return {
-            info["q"]: r ** float(Fraction(str(self.derivation.abc[s].a)) - info["model_a"])
-            for s, info in self.traced.scales.items()
-            if "q" in info
+            info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
+            for _, info in scales
         }
 
     def _patched_modules(self, model, p: Patch) -> list[str]:

@@ -19,11 +19,13 @@ class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps)
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 
-def convert(ep, base: dict, tok_value) -> Trace:
+def convert(ep, base: dict, tok_value, scalars: dict | None = None) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
-    ``tok_value``: the token ids on the CPU (constants such as masks are computed from them)."""
+    ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
+    ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none)."""
     conv = Converter(ep, base)
     conv.tok_value = tok_value
+    conv.scalars = scalars or {}
     trace = conv.run()
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .values import Affine, Conc, Half, MeanSq, Pointwise, PRef, RopeTerm, Scores, Trig, Vec
+import dataclasses
+
+from .values import Affine, Aux, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
 from .where import refuse
 
 
@@ -17,6 +19,10 @@ class ArithOps:
         return self._lincomb(node, u, v, -alpha)
 
     def _lincomb(self, node, u, v, alpha):
+        u, v = _number(u), _number(v)
+        for x, c in ((u, v), (v, u)):
+            if isinstance(x, PRef) and isinstance(c, (int, float)):
+                return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
         if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
             return self.rope_sum(node, u, v, alpha)
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
@@ -51,6 +57,22 @@ class ArithOps:
         self.out.vectors[name] = (node.name, "out")
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
+    def _shifted(self, node, ref: PRef, offset: float, coef) -> PRef:
+        """``w + c``: a param of its own in the program, whose init is w's plus c (Gemma's
+        RMSNorm gain ``1 + w``, w initialised to 0, is a gain of init 1). µP is the gain's, and
+        w's init and LR get it: adding a constant changes neither its updates nor its
+        gradient."""
+        init = self.base.get(ref.target, ("normal", 1.0))
+        if coef != 1 or len(ref.shape) != 1 or init[0] != "const":
+            raise refuse(
+                node,
+                "a constant added to a param other than a vector param of constant init "
+                "(as Gemma's gain 1 + w, w = 0 at init)",
+                help="add the constant to a vector param initialised to a constant, or fold "
+                "the constant into the param's init",
+            )
+        return dataclasses.replace(ref, offset=ref.offset + offset)
+
     def _same_source(self, node, u, v):
         """Both operands as functions of one vector, when one is already such a function."""
         kinds = (Vec, Affine, Pointwise)
@@ -68,11 +90,20 @@ class ArithOps:
         return Pointwise(x, lambda t: t)
 
     def op_mul(self, node, u, v):
+        u, v = _number(u), _number(v)
+        if any(isinstance(x, Aux) for x in (u, v)):
+            raise refuse(
+                node,
+                "a product with a buffer of more than one entry (the trace reads one-entry "
+                "buffers, as constants of the width, and no others)",
+                help="multiply by a number or a one-entry buffer (hidden_size ** 0.5), or "
+                "make the buffer a param",
+            )
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
                 return self.rope_term(node, a, b)
-            if isinstance(a, Half) and b in (1, -1):  # rotate_half's negated half
-                return Half(a.src, a.part, a.sign * int(b))
+            if isinstance(a, Sub) and b in (1, -1):  # rotate_half's negated half
+                return dataclasses.replace(a, sign=a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
             if isinstance(x, Scores):
@@ -81,13 +112,15 @@ class ArithOps:
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
             if isinstance(b, MeanSq) and b.inv:
+                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and _linear(
+                    a.f, b.k**0.5)
                 a = self.vec(a, node)
-                if a.name != b.src.name:
+                if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
                 name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = rmsnorm({a.name})")
+                self.out.stmts.append(f"{name} = rmsnorm({self.norm_args(a)})")
                 self.out.vectors[name] = (node.name, "out")
-                return Vec(name, a.tags, a.dim)
+                return Vec(name, a.tags, a.dim, a.dh)
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
@@ -103,6 +136,7 @@ class ArithOps:
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def op_div(self, node, u, v):
+        v = _number(v)
         if not isinstance(v, (int, float)):
             raise refuse(node, "a division by a tensor")
         return self.op_mul(node, u, 1.0 / v)
@@ -147,8 +181,9 @@ class ArithOps:
             import torch
 
             t = torch.linspace(-3, 3, 13, dtype=torch.float64)
-            if torch.allclose(x.f(t), t * t):
-                return MeanSq(x.src)
+            k = float(x.f(torch.ones(1, dtype=torch.float64)))  # (c * x)² = c² x²: Gemma's
+            if k > 0 and torch.allclose(x.f(t), k * t * t):  # embedding times sqrt(d) is normed
+                return MeanSq(x.src, k=k)
         axes = sorted(d % ndim for d in dims)
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         said = {
@@ -173,5 +208,20 @@ class ArithOps:
 
     def op_rsqrt(self, node, x):
         if isinstance(x, MeanSq):
-            return MeanSq(x.src, inv=True)
+            return dataclasses.replace(x, inv=True)
         raise refuse(node, "rsqrt of anything but a mean square")
+
+
+def _number(x):
+    """A one-entry constant tensor (``torch.tensor(d ** 0.5)``) as the number it holds."""
+    if isinstance(x, Conc) and getattr(x.value, "numel", lambda: 0)() == 1:
+        return float(x.value)
+    return x
+
+
+def _linear(f, c: float) -> bool:
+    """Whether f(t) = ±c·t: the vector a mean square of (c·x)² was taken of."""
+    import torch
+
+    t = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    return bool(torch.allclose(f(t).abs(), c * t.abs(), rtol=1e-9, atol=1e-12))

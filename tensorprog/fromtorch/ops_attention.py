@@ -23,17 +23,25 @@ class AttentionOps:
 
     def _norm(self, node, fn, x, w, b):
         x = self.vec(x, node)
-        if x.tags[-1] != "F":
-            raise refuse(node, f"a {fn} over anything but a vector's own dim")
-        expr = f"{fn}({x.name})"
-        if w is not None:
+        if x.tags[-1] not in ("F", "dh"):
+            raise refuse(node, f"a {fn} over anything but a vector's own dim or a head's")
+        if b is not None and x.tags[-1] == "dh":
+            raise refuse(node, f"a {fn} over each head with a bias (the language's per-head "
+                         "gain has no per-head bias)", help="drop the norm's bias")
+        expr = f"{fn}({self.norm_args(x)})"
+        if w is not None:  # over a head: a gain of the head dim, shared by every head
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {expr}")
         self.out.vectors[name] = (node.name, "out")
-        return Vec(name, x.tags, x.dim)
+        return Vec(name, x.tags, x.dim, x.dh)
+
+    def norm_args(self, x: Vec) -> str:
+        """A norm's arguments: the vector, and the head dim when it normalises each head's
+        coordinates (QK-norm: Qwen3, OLMo2, Gemma3), ``rmsnorm(q, dh)``."""
+        return f"{x.name}, {self.dim(x.dh)}" if x.tags[-1] == "dh" else x.name
 
     def _masked(self, node, s: Scores, mask, additive: bool):
         import torch

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-from .values import Affine, Aux, Conc, KVRepeat, Parts, Pointwise, PRef, Scores, Vec
+from .values import Affine, Aux, Conc, KVRepeat, Parts, Pointwise, PRef, Scores, Sub, Vec
 from .where import refuse
 
 
@@ -20,8 +21,12 @@ class LayoutOps:
             raise refuse(node, "a reshaped param")
         if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention
             return self.repeat_kv_merge(node, v)
+        self._whole(node, v)
         tags = self._tags(v)
         old = self._shape(node.args[0])
+        groups = self._groups(node, v, old, shape)
+        if groups is not None:
+            return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
         lead = [s for s, t in zip(old, tags, strict=True) if t == "tok"]
         if shape[-1] == old[-1] and tags[-1] in ("F", "dh") and "H" not in tags:
@@ -45,6 +50,48 @@ class LayoutOps:
             return v
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
+    def _groups(self, node, v, old, shape) -> Parts | None:
+        """A linear layer's output viewed as (..., k, m) and only ever unbound or indexed along
+        the k axis (``qkv.view(b, t, 3, c).unbind(2)``): k row blocks of m features, as a
+        split gives; None for any other view (a view into heads)."""
+        if not (isinstance(v, Affine) and len(shape) == len(old) + 1
+                and shape[:-2] == tuple(old[:-1]) and shape[-2] * shape[-1] == old[-1]):
+            return None
+        axis = len(shape) - 2
+
+        def along_k(user) -> bool:
+            op = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            return op in ("unbind", "select") and isinstance(dim, int) and dim % len(shape) == axis
+
+        if not node.users or not all(along_k(u) for u in node.users):
+            return None
+        m = shape[-1]
+        return Parts([self.row_block(v, i * m, (i + 1) * m, node.name) for i in range(shape[-2])])
+
+    def op_unbind(self, node, v, dim=0):
+        if isinstance(v, Parts):  # a fused layer's output viewed as its blocks (_groups)
+            return v
+        raise refuse(node, "an unbind of anything but a linear layer's output viewed as "
+                     "(..., blocks, features)", help="chunk or split the layer's output along "
+                     "its features instead")
+
+    def op_select(self, node, v, dim, index):
+        if isinstance(v, Parts):
+            return dataclasses.replace(v.items[index], node=node.name)
+        raise refuse(node, "indexing a traced value along an axis other than a fused layer's "
+                     "blocks")
+
+    def _whole(self, node, v):
+        if isinstance(v, Sub):  # only a rotary turns a part of each head, then cat puts it back
+            raise refuse(
+                node,
+                "a part of each head's coordinates used as a vector (the language's vectors "
+                "are whole; a slice of a head is traced only inside a rotary embedding)",
+                help="use the whole head, or rotate the part and concatenate it back with the "
+                "rest (partial rotary)",
+            )
+
     def _shape(self, a):
         return tuple(a.meta["val"].shape)
 
@@ -61,6 +108,7 @@ class LayoutOps:
     def op_transpose(self, node, v, d0, d1):
         if isinstance(v, PRef):
             return PRef(v.target, v.shape, not v.t, v.rows)
+        self._whole(node, v)
         tags = list(self._tags(v))
         tags[d0], tags[d1] = tags[d1], tags[d0]
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
@@ -68,9 +116,15 @@ class LayoutOps:
     def op_t(self, node, v):
         return self.op_transpose(node, v, 0, 1)
 
+    def op_numpy_T(self, node, v):  # ``W.T`` written by hand: x @ W.T is x's linear layer
+        if isinstance(v, PRef) and len(v.shape) == 2:
+            return self.op_t(node, v)
+        raise refuse(node, "a .T of anything but a weight matrix")
+
     def op_permute(self, node, v, dims):
         if isinstance(v, PRef) and len(dims) == 2:
             return self.op_t(node, v)
+        self._whole(node, v)
         tags = self._tags(v)
         return self._retag(self.vec(v, node), tuple(tags[d] for d in dims))
 
@@ -85,18 +139,46 @@ class LayoutOps:
     def op_split_with_sizes(self, node, v, sizes, dim=-1):
         return self._split(node, v, list(sizes), dim)
 
+    def op_chunk(self, node, v, chunks, dim=0):
+        # torch.chunk's sizes (the last one may be smaller), as the graph computed them
+        sizes = [int(t.shape[dim]) for t in node.meta["val"]]
+        return self._split(node, v, sizes, dim)
+
     def _split(self, node, v, sizes, dim):
         ndim = len(self._shape(node.args[0]))
         if not isinstance(v, Affine) or dim % ndim != ndim - 1:
-            raise refuse(node, "a split of anything but a linear layer's output features")
+            raise refuse(
+                node,
+                "a split of anything but a linear layer's output features",
+                help="split the fused layer's output right after the layer (before any "
+                "activation or view), or use separate layers",
+            )
         items, start = [], 0
         for s in sizes:
-            rows = (start, start + s)
-            wr = PRef(v.w.target, v.w.shape, v.w.t, rows)
-            br = PRef(v.b.target, v.b.shape, v.b.t, rows) if v.b is not None else None
-            items.append(Affine(v.x, wr, br, v.node, v.tags, v.layer or v.node))
+            items.append(self.row_block(v, start, start + s, v.node))  # named by getitem
             start += s
         return Parts(items)
+
+    def row_block(self, v: Affine, lo: int, hi: int, name: str) -> Affine:
+        """Output features lo..hi of a linear layer (of a row block of it): the rows lo..hi of
+        its weight and bias, a param of their own in the program (so a fused projection traces
+        as the separate ones it stands for)."""
+        off = v.w.rows[0] if v.w.rows else 0
+        rows = (off + lo, off + hi)
+        wr = PRef(v.w.target, v.w.shape, v.w.t, rows)
+        br = PRef(v.b.target, v.b.shape, v.b.t, rows) if v.b is not None else None
+        return Affine(v.x, wr, br, name, v.tags, v.layer or v.node)
+
+    def op_slice(self, node, v, dim=0, start=None, end=None, step=1):
+        ndim = len(self._shape(node.args[0]))
+        if isinstance(v, Affine) and dim % ndim == ndim - 1 and step == 1:
+            size = self._shape(node.args[0])[-1]
+            lo, hi = (
+                min(size, max(0, e + size if e < 0 else e))
+                for e in (start or 0, size if end is None else end)
+            )
+            return self.row_block(v, lo, hi, node.name)
+        return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
         if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)

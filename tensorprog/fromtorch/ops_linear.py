@@ -18,8 +18,9 @@ class LinearOps:
             self.tokens_vocab = w.shape[0]
             src, tags = "tok", idx.tags
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
-            # a table of more rows than the sequence (a block size) is read at rows 0..T-1: the
-            # program's one-hot positions are over T, and the unread rows never move
+            # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
+            # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
+            # unread rows never move
             table, _ = self.param(w, node, lookup=True, fan_in="T")
             self.positions = int(idx.value.shape[-1])
             src, tags = "pos", ("tok",) * idx.value.dim()
@@ -27,18 +28,22 @@ class LinearOps:
             raise refuse(
                 node,
                 "an embedding lookup of ids that are neither the token input "
-                "nor the positions 0..T-1",
+                "nor the positions k..k+T-1 (the same for every sequence of the batch)",
             )
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {table} @ {src}")
         self.out.vectors[name] = (node.name, "out")
+        self.out.producers[name] = (table, None)
         return Vec(name, tags + ("F",), w.shape[1])
 
     def _is_positions(self, value) -> bool:
         import torch
 
         t = value.shape[-1]
-        return bool((value == torch.arange(t)).all()) and t == self.tokens_seq
+        if value.numel() == 0 or value.dtype.is_floating_point or t != self.tokens_seq:
+            return False
+        first = value.flatten()[0]  # an offset: positions k..k+T-1 (OPT's learned positions)
+        return bool(first >= 0) and bool((value == torch.arange(t) + first).all())
 
     def op_linear(self, node, x, w, b=None):
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):

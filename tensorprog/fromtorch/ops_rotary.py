@@ -7,40 +7,82 @@ keeps every vector's norm per head and token exactly, and ``q_t · k_s`` becomes
 the width as ``q · k``'s does (coherently when q and k are correlated, which training makes them
 along the rotated directions). So every exponent of the network is that of the same network
 without the rotation, and the program writes the rotated vector as the vector itself; the
-traced source says so in a comment. Anything else built from slices, concatenations or cos/sin
-tables is refused.
+traced source says so in a comment. Partial rotary (HF's ``partial_rotary_factor``: Phi,
+GPT-NeoX, StableLM) rotates the first r coordinates of each head and concatenates the rest back
+unchanged: still an exact rotation of some coordinate pairs, so the same holds. Anything else
+built from slices, concatenations or cos/sin tables is refused.
 """
 
 from __future__ import annotations
 
-from .values import Half, RopeTerm, Rotated, Trig, Vec
+from .values import RopeTerm, Rotated, Sub, Trig, Vec
 from .where import refuse
 
 
-class RotaryOps:
-    """Rotary position embeddings: slices into halves, rotate_half, cos/sin products, their sum."""
+def _key(x) -> tuple:
+    """What a (part of a) head vector is: its name and coordinate range."""
+    return (x.src.name, x.lo, x.hi, x.sign) if isinstance(x, Sub) else (x.name,)
 
-    def op_slice(self, node, v, dim=0, start=None, end=None, step=1):
-        v = self.vec(v, node) if not isinstance(v, Vec) else v
-        last = len(v.tags) - 1
-        if v.tags[-1] == "dh" and dim % len(v.tags) == last and step == 1 and v.dh:
-            lo, hi = start or 0, min(v.dh if end is None else end, v.dh)
-            if (lo, hi) == (0, v.dh // 2):
-                return Half(v, 0)
-            if (lo, hi) == (v.dh // 2, v.dh):
-                return Half(v, 1)
-        raise refuse(node, "a slice of a vector's coordinates (other than rotary's two halves)")
+
+class RotaryOps:
+    """Rotary position embeddings: slices into halves, rotate_half, cos/sin products, their sum;
+    partial rotary (the first r coordinates of each head rotated, the rest passed through) as
+    a part of each head, rotated, and concatenated back with the rest."""
+
+    def head_slice(self, node, v, dim=0, start=None, end=None, step=1):
+        if not isinstance(v, (Vec, Sub)):
+            v = self.vec(v, node)
+        src = v.src if isinstance(v, Sub) else v
+        size = v.hi - v.lo if isinstance(v, Sub) else src.dh
+        last = dim % len(src.tags) == len(src.tags) - 1
+        if src.tags[-1] == "dh" and src.dh and last and step == 1 and getattr(v, "sign", 1) == 1:
+            lo, hi = (
+                min(size, max(0, e + size if e < 0 else e))
+                for e in (start or 0, size if end is None else end)
+            )
+            off = v.lo if isinstance(v, Sub) else 0
+            if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
+                return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
+        raise refuse(
+            node,
+            "a slice of a vector's coordinates (other than a fused layer's output features, "
+            "rotary's halves or a part of each head that a partial rotary turns)",
+        )
 
     def op_cat(self, node, tensors, dim=0):
-        if len(tensors) == 2 and all(isinstance(t, Half) for t in tensors):
-            a, b = tensors
-            same = a.src.name == b.src.name and dim % len(a.src.tags) == len(a.src.tags) - 1
-            if same and (a.part, a.sign, b.part, b.sign) == (1, -1, 0, 1):
-                return Rotated(a.src)
-        raise refuse(node, "a concatenation of vectors (other than rotary's rotate_half)")
+        parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
+        if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
+            return parts[0]  # the rest was empty
+        if not parts or not all(isinstance(t, Sub) for t in parts):
+            parts = []
+        src = parts[0].src if parts else None
+        if parts and all(t.src.name == src.name for t in parts) and (
+            dim % len(src.tags) == len(src.tags) - 1
+        ):
+            if len(parts) == 2 and (parts[0].sign, parts[1].sign) == (-1, 1):
+                (mid, hi), (lo, mid2) = (parts[0].lo, parts[0].hi), (parts[1].lo, parts[1].hi)
+                if mid == mid2 and mid - lo == hi - mid:  # rotate_half of lo..hi
+                    return Rotated(src if (lo, hi) == (0, src.dh) else Sub(src, lo, hi))
+            ranges = [(t.lo, t.hi) for t in parts]
+            # a head's parts back together, in order, is the vector itself (a part a rotary
+            # turned is that part still: rope_sum)
+            if (
+                all(t.sign == 1 for t in parts)
+                and ranges[0][0] == 0
+                and ranges[-1][1] == src.dh
+                and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+            ):
+                return src
+        raise refuse(
+            node,
+            "a concatenation of vectors (other than rotary's rotate_half or a head's parts "
+            "put back together)",
+        )
 
     def rope_term(self, node, x, table: Trig):
-        if table.kind == "cos" and not isinstance(x, (Half, Rotated, RopeTerm)):
+        if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:
+            return RopeTerm(x, "cos", table.angle)
+        if table.kind == "cos" and not isinstance(x, (Sub, Rotated, RopeTerm)):
             x = self.vec(x, node)
             if x.tags[-1] == "dh":
                 return RopeTerm(x, "cos", table.angle)
@@ -48,10 +90,12 @@ class RotaryOps:
             return RopeTerm(x.src, "sin", table.angle)
         raise refuse(node, f"a product with a {table.kind} table outside a rotary embedding")
 
-    def rope_sum(self, node, u: RopeTerm, v: RopeTerm, alpha) -> Vec:
+    def rope_sum(self, node, u: RopeTerm, v: RopeTerm, alpha):
         kinds = {u.kind, v.kind}
-        if u.src.name != v.src.name or u.angle != v.angle or kinds != {"cos", "sin"} or alpha != 1:
+        same = _key(u.src) == _key(v.src) and u.angle == v.angle
+        if not same or kinds != {"cos", "sin"} or alpha != 1:
             raise refuse(node, "a sum of cos and sin terms that is not a rotation of one vector")
-        if u.src.name not in self.out.rotary:
-            self.out.rotary.append(u.src.name)
+        whole = u.src.src if isinstance(u.src, Sub) else u.src
+        if whole.name not in self.out.rotary:
+            self.out.rotary.append(whole.name)
         return u.src

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -308,7 +309,8 @@ def from_torch(
         tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
         try:
             ep = export(model, inputs)
-            traces.append(convert(ep, base, tok[0] if tok else None))
+            scalars = _scalar_buffers(build, w, model)
+            traces.append(convert(ep, base, tok[0] if tok else None, scalars))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -321,6 +323,52 @@ def from_torch(
         return _combine(traces, (w1, w2), base, build, example_inputs, layout if blocks else None)
     except TraceError as err:
         raise _at_build(err, build) from None
+
+
+def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dict:
+    """A number the forward computes from the width (an embedding times sqrt(d_model), a
+    logit times 1/sqrt(d)): a at width w1, b at w2, read as a·(n/w1)^-model_a with model_a
+    measured between the two. By the abc-symmetry a multiplier n^-θ on W @ x + b is the same
+    network as W's and b's init exponent + θ and LR exponent + kθ, so the program keeps the
+    base value a and MuP folds the width factor into the params that make the vector (or
+    patches their layer's output where they cannot take it), as for attention's scale."""
+    w1, w2 = widths
+    exponent = -math.log(b / a) / math.log(w2 / w1)
+    model_a = Fraction(exponent).limit_denominator(8)
+    where = info["span"]
+    if abs(float(model_a) - exponent) > 1e-6:
+        raise TraceError(
+            f"a constant {a!r} at width {w1} and {b!r} at {w2}: no power of the width with a "
+            "small denominator", where,
+            help="a constant of the forward may change with the width only as a power of it "
+            "(d ** 0.5, 1 / d)",
+        )
+    x = info["x"]
+    reads = sum(len(re.findall(rf"\b{x}\b", st.partition("=")[2])) for st in trace.stmts)
+    if not x or x not in trace.producers or reads > 1:
+        raise TraceError(
+            f"a constant that changes with the width ({a!r} at width {w1}, {b!r} at {w2}) "
+            "multiplying a value that no layer's weight makes directly for this product "
+            "alone: its width factor cannot move into a param's init and LR", where,
+            help="apply the constant right after a linear layer or an embedding lookup whose "
+            "output nothing else reads, or make it width-independent",
+        )
+    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"]}
+
+
+def _scalar_buffers(build, width: int, model) -> dict:
+    """The one-entry float buffers of the model (a constant the build computed from the width,
+    as HF Gemma's embed_scale), read from one build on the CPU: on the meta device they have
+    no value. Keyed by the exported graph's names."""
+    import torch
+
+    names = [n for n, b in model.named_buffers() if b.numel() == 1 and b.is_floating_point()]
+    if not names:
+        return {}
+    with torch.device("cpu"), torch.random.fork_rng():
+        torch.manual_seed(0)
+        cpu = built(build, width)
+    return {"m." + n: cpu.get_buffer(n).detach().clone() for n in names}
 
 
 def _at_build(err: TraceError, build) -> TraceError:
@@ -350,12 +398,16 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             help=f"build(width) must build the same layers at every width; first "
             f"difference: {diff}",
         )
-    values, dims, scales = {}, {}, {}
+    values, dims, scales, fixed = {}, {}, {}, {}
     for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
         if kind == "dim":
             name, rhs = _dim_name(a, b, w1, w2)
             dims[name] = rhs
             values[f"s{i}"] = name
+        elif kind == "coef":
+            values[f"s{i}"] = repr(float(a))
+            if not math.isclose(a, b, rel_tol=1e-9):
+                fixed[i] = _width_constant(a, b, (w1, w2), t1.coefs[i], t1)
         else:
             values[f"s{i}"] = repr(float(a))
             exponent = -math.log(b / a) / math.log(w2 / w1)
@@ -363,6 +415,17 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     for info in t1.scales.values():
         exp, value = scales[info["slot"]]
         info.update(model_a=exp, value=value)
+    for info in fixed.values():  # measured, not derived: MuP folds it like a scale's rest
+        t1.scales[f"the width constant on {info['q']}"] = info
+    for k, u in t1.params.items():
+        if u.rows != t2.params[k].rows:
+            raise TraceError(
+                f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
+                f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
+                "a fused layer that is not the same share of its rows at every width",
+                help="slice or chunk a fused layer into blocks that are each a fixed share of "
+                "its outputs (q, k, v of n each), or use separate layers",
+            )
     params = {
         k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
     }
@@ -387,12 +450,12 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
 
         try:
             body = rolled.decls + rolled.stmts
-            parse(_source(w1, w2, t1, body, rolled, None, dims), "traced.tp")
+            parse(_source(w1, w2, t1, body, rolled, None, dims, fixed), "traced.tp")
         except TensorProgError as err:
             why = err.diagnostics[0].message
             rolled, note = None, f"the stack is kept unrolled: its block does not parse ({why})"
     source = _source(w1, w2, t1, rolled.decls + rolled.stmts if rolled else decls + stmts,
-                     rolled, note, dims)
+                     rolled, note, dims, fixed)
     return Traced(
         source,
         (w1, w2),
@@ -409,8 +472,10 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     )
 
 
-def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=None) -> str:
-    """The traced program's text: the header, its dims and inputs, then ``body``."""
+def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=None,
+            fixed=None) -> str:
+    """The traced program's text: the header, its dims and inputs, then ``body``; ``fixed``:
+    the width constants measured (each named in a comment at the top)."""
     rotary = rolled.rotary if rolled else t1.rotary
     seq, vocab = t1.tokens
     lines = [f"{MARK} {w1} and {w2}"]
@@ -418,6 +483,12 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
     lines += [
         f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
         for v in rotary
+    ]
+    lines += [
+        f"# {info['q']} times {info['value']!r}: the model's {info['value']:.6g}·(n/{w1})^"
+        f"{-info['model_a']}, written at its base value; the width factor goes into "
+        f"the init and LR of what makes {info['q']}"
+        for info in (fixed or {}).values()
     ]
     lines.append(f"width n = {w1}")
     if rolled:

@@ -34,6 +34,7 @@ class PRef:
     shape: tuple
     t: bool = False
     rows: tuple[int, int] | None = None  # a slice of the param's first program axis
+    offset: float = 0.0  # a constant added to it: Gemma's gain (1 + w) is a gain of init 1 + w's
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Parts:
 class MeanSq:
     src: Vec
     inv: bool = False  # rsqrt taken
+    k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
 
 
 @dataclass
@@ -127,11 +129,14 @@ class Trig:
 
 
 @dataclass
-class Half:
-    """The first (``part`` 0) or second half of a head vector's coordinates, times ``sign``."""
+class Sub:
+    """Coordinates lo..hi of each head of ``src``, times ``sign``: rotary's halves (rotate_half
+    negates the second), or the part of each head a partial rotary turns (the first r: ``cat``
+    with the rest gives ``src`` back)."""
 
     src: Vec
-    part: int
+    lo: int
+    hi: int
     sign: int = 1
 
 
@@ -139,14 +144,14 @@ class Half:
 class Rotated:
     """rotate_half(src): the halves swapped, the new first one negated."""
 
-    src: Vec
+    src: Vec | Sub
 
 
 @dataclass
 class RopeTerm:
     """``src * cos(angle)`` (kind "cos") or ``rotate_half(src) * sin(angle)`` (kind "sin")."""
 
-    src: Vec
+    src: Vec | Sub
     kind: str
     angle: str
 
@@ -180,6 +185,8 @@ class Trace:
     producers: dict[str, tuple] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
+    # coefficient slot -> {x: the vector it multiplies ('' under a function), span}
+    coefs: dict[int, dict] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.

@@ -14,7 +14,6 @@ from .values import (
     Affine,
     Aux,
     Conc,
-    Half,
     KVRepeat,
     MeanSq,
     ParamUse,
@@ -25,13 +24,14 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Sub,
     Tok,
     Trace,
     Trig,
     Vec,
     identify,
 )
-from .where import module_of, refuse, strip_prefix
+from .where import module_of, refuse, strip_prefix, user_span
 
 _RESERVED = {
     "width",
@@ -77,10 +77,10 @@ SYMBOLIC = (
     Probs,
     MeanSq,
     Parts,
-    Half,
     Rotated,
     RopeTerm,
     KVRepeat,
+    Sub,
 )
 
 
@@ -106,7 +106,7 @@ class Walker:
         self.declared_params: set[str] = set()
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
-        self._rows: dict[str, tuple[int, int] | None] = {}  # program param -> torch rows
+        self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
     # -- slots and names ---------------------------------------------------------------------
@@ -134,7 +134,7 @@ class Walker:
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         for name, use in self.out.params.items():
-            if use.target == ref.target and self._rows.get(name) == ref.rows:
+            if use.target == ref.target and self._rows.get(name) == (ref.rows, ref.offset):
                 return name, use.transposed != as_applied_t
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
         name = self.fresh(
@@ -149,12 +149,14 @@ class Walker:
         if ref.rows:  # as fractions of the rows, which scale with the width
             total = torch_shape[1] if as_applied_t else torch_shape[0]
             rows = (Fraction(ref.rows[0], total), Fraction(ref.rows[1], total))
-        self._rows[name] = ref.rows
+        self._rows[name] = (ref.rows, ref.offset)
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
         dims = [self.dim(s) for s in prog]
         if fan_in is not None:
             dims[-1] = fan_in
         init = self.base.get(ref.target, ("normal", 1.0))
+        if ref.offset:  # the program's param is offset + w: its init is offset + w's
+            init = (init[0], init[1] + ref.offset)
         tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
         self.out.decls.append(f"param {name} : [{', '.join(dims)}]{tail}")
         return name, False
@@ -182,15 +184,23 @@ class Walker:
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
-            if abs(c - 1) > 1e-9:
-                expr = f"{c!r} * {expr}"
-            if expr == v.src.name:
+            if expr == v.src.name and abs(c - 1) <= 1e-9:
                 return v.src
-            key = (v.node, expr)  # once per value, however many times it is consumed
+            key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
+                if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
+                    at = self.by_name.get(v.node, node)  # the line that multiplies
+                    expr = f"{self.coefficient(c, at, v.src.name if fn == 'identity' else '')}"\
+                        f" * {expr}"
                 name = self.fresh(v.node)
                 self.out.stmts.append(f"{name} = {expr}")
                 self.out.vectors[name] = (v.node, "out")
+                if abs(c - 1) > 1e-9:
+                    self.out.coefs[len(self.out.slots) - 1]["out"] = name
+                if fn == "identity" and v.src.name in self.out.producers:
+                    # c * (W @ x + b) is linear in W and b too: a multiplier on it (attention's
+                    # scale on a query written q * dh ** -0.5) folds into them as well
+                    self.out.producers[name] = self.out.producers[v.src.name]
                 self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
             return self._made[key]
         if isinstance(v, Probs):
@@ -199,6 +209,14 @@ class Walker:
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
+
+    def coefficient(self, c: float, node, src: str) -> str:
+        """The slot of a number multiplying ``src`` (or a function of it, ``src`` empty): the
+        same at both widths it is written as it is; one the forward computes from the width
+        (``sqrt(d_model)``) is read at both (trace.py)."""
+        self.out.slots.append(("coef", c))
+        self.out.coefs[len(self.out.slots) - 1] = {"x": src, "span": user_span(node)}
+        return f"{{s{len(self.out.slots) - 1}}}"
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
         w, trans = self.param(a.w, self._node(a.layer or a.node))
@@ -241,6 +259,12 @@ class Walker:
                 val = node.meta["val"]
                 if spec.kind.name == "PARAMETER":
                     self.env[node.name] = PRef(spec.target, tuple(val.shape))
+                elif spec.kind.name == "CONSTANT_TENSOR" and self._number(spec.target):
+                    # a number the forward made a tensor (torch.tensor(d_model ** 0.5))
+                    self.env[node.name] = Conc(self.ep.constants[spec.target])
+                elif spec.kind.name == "BUFFER" and self._scalar(spec.target) is not None:
+                    # a number held in a buffer (HF Gemma's embed_scale, sqrt(hidden_size))
+                    self.env[node.name] = Conc(self._scalar(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -273,6 +297,19 @@ class Walker:
                     if v.name not in self.out.outputs:
                         self.out.outputs.append(v.name)
         return self.out
+
+    def _scalar(self, target):
+        """A one-entry float buffer's value: given (read from a CPU build), or the graph's own
+        where it was exported with real tensors; None if unknown (on the meta device)."""
+        value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
+        ok = value is not None and value.numel() == 1 and value.is_floating_point()
+        return value if ok and value.device.type != "meta" else None
+
+    def _number(self, target) -> bool:
+        value = self.ep.constants.get(target)
+        return value is not None and value.numel() == 1 and value.is_floating_point()
 
     def args(self, node):
         def get(a):

@@ -10,8 +10,10 @@ IR class    surface syntax        finite-width meaning
 MatMul      ``y = W @ x``         ``y_i = sum_j W_ij x_j`` (W a matrix param; ``W.T @ x`` uses
                                   its transpose, e.g. a tied unembedding)
 LinComb     ``y = 2*u - v + b``   ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
-Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul``;
-                                  layernorm/rmsnorm normalise over the vector's dim,
+Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul`` (a
+                                  vector param of a head dim times a vector: per head);
+                                  layernorm/rmsnorm normalise over the vector's dim
+                                  (``rmsnorm(q, dh)``: over each head of dh coordinates),
                                   softmax/causal_softmax over the key tokens (softmax
                                   also over a finite dim)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
@@ -209,13 +211,16 @@ class Nonlin:
     """``out = fn(args)`` coordinatewise: a nonlinearity of one vector, or ``mul`` of two.
 
     Scaling: phi of a Theta(1) vector is Theta(1) and phi' is Theta(1), so changes pass through;
-    a product adds its factors' exponents (a vector param in a product is a gain).
+    a product adds its factors' exponents (a vector param in a product is a gain; one of a head
+    dim multiplies every head alike, so its gradient sums over the heads). A norm divides by
+    the RMS over its group of coordinates (the vector's dim, or each head's ``over``).
     """
 
     out: str
     fn: str
     args: tuple[str, ...]
     span: Span | None = _span()
+    over: str | None = None  # a norm per head: the head dim it normalises over (QK-norm)
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -330,6 +335,13 @@ def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
     if o.infinite:
         return None
     return Dim(name, size=d.size // o.size) if d.size % o.size == 0 else None
+
+
+def per_head(dims: dict[str, Dim], gain: str | None, dim: str | None) -> bool:
+    """Whether a vector of dim ``gain`` times one of dim ``dim`` multiplies each head of ``dim``
+    by the same ``gain`` coordinates (a QK-norm's gain of the head dim): gain divides dim."""
+    return (gain is not None and dim is not None and dims[gain].key() != dims[dim].key()
+            and heads_dim(dims, dim, gain) is not None)
 
 
 @dataclass(frozen=True)
@@ -458,9 +470,12 @@ class Program:
                 grouped = (query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = query if grouped else values
-            else:  # elementwise: a scalar factor (a scale) takes the other operand's dim
-                dims[ins.out] = next((dims[o] for o in ins.operands if dims[o] is not None),
-                                     None)
+            else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
+                # a per-head gain the dim of the heads it multiplies
+                found = [dims[o] for o in ins.operands if dims[o] is not None]
+                if len(found) == 2 and found[0] != found[1] and per_head(declared, *found):
+                    found = found[1:]
+                dims[ins.out] = found[0] if found else None
         return dims
 
     def dim(self, name: str | None) -> Dim | None:

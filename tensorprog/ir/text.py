@@ -34,6 +34,7 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
     elif isinstance(ins, Nonlin):
         args = [show(a) for a in ins.args]
+        args += [ins.over] if ins.over is not None else []
         rhs = " * ".join(args) if ins.fn == MUL else f"{ins.fn}({', '.join(args)})"
     else:
         parts = []

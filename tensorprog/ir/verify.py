@@ -18,6 +18,7 @@ from .program import (
     Stream,
     heads_dim,
     heads_dim_name,
+    per_head,
     split_heads_dim,
 )
 
@@ -134,9 +135,11 @@ def verify(program: Program) -> Program:
                     errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
             vectors = [o for o in ops if o is not None]
             scalar_factor = isinstance(ins, Nonlin) and ins.fn == MUL and len(vectors) < len(ops)
-            if len({key(o) for o in ops}) != 1 and not scalar_factor:
+            gain = _per_head(program, ins, ops, errors)
+            if len({key(o) for o in ops}) != 1 and not scalar_factor and not gain:
                 errors.error("elementwise operands must have the same dim", ins.span)
-            out = vectors[0] if vectors else None
+            out = next((o for o in vectors if o != gain), None) if gain else (
+                vectors[0] if vectors else None)
         define(ins.out, out, ins.span)
     _verify_blocks(program, defined, key, errors)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
@@ -147,6 +150,26 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None:
+    """The head dim of a gain that multiplies every head of the other factor alike (a vector
+    param of a dim dividing the other's), or None; a norm per head must be over a head dim
+    that divides its vector's dim."""
+    if not isinstance(ins, Nonlin):
+        return None
+    dims = program.dim_table
+    if ins.over is not None and (
+        ins.fn not in ("layernorm", "rmsnorm") or ins.over not in dims
+        or ops[0] is None or heads_dim(dims, ops[0], ins.over) is None
+    ):
+        errors.error(f"{ins.fn} per head of {ins.over}: needs a norm and a head dim that "
+                     "divides the vector's dim", ins.span)
+    if ins.fn != MUL or len(ops) != 2:
+        return None
+    return next((d for a, d, other in ((ins.args[0], ops[0], ops[1]),
+                                       (ins.args[1], ops[1], ops[0]))
+                 if a in program.param_table and per_head(dims, d, other)), None)
 
 
 def _verify_blocks(program: Program, defined: dict, key, errors: Collector) -> None:

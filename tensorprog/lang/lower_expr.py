@@ -25,6 +25,7 @@ from ..ir.program import (
     Nonlin,
     heads_dim,
     in_float_range,
+    per_head,
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
@@ -278,6 +279,13 @@ class ExpressionLowering:
             dim = a.dim if a.dim is not None else b.dim
             out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), dim)
             return self.vec(out, dim)
+        gain = self.per_head_gain(a, b)
+        if gain is not None:  # each head times the same gain (QK-norm's): the heads' dim
+            if self.heads(gain, b.dim if gain == a.dim else a.dim, node) is None:
+                return None
+            names = (self.name_of(a, node.span), self.name_of(b, node.span))
+            out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), gain)
+            return self.vec(out, gain)
         if not self.same_dim(a.dim, b.dim):
             self.errors.error(f"shape mismatch in '*': {self.dim_text(a.dim)} and "
                               f"{self.dim_text(b.dim)}", node.span,
@@ -286,6 +294,16 @@ class ExpressionLowering:
         names = (self.name_of(a, node.span), self.name_of(b, node.span))
         out = self.emit(Nonlin(self.fresh(self.target), MUL, names, node.span), a.dim)
         return self.vec(out, a.dim)
+
+    def per_head_gain(self, a: Vec, b: Vec) -> str | None:
+        """The dim of the product when one factor is a vector param of a head dim that divides
+        the other's dim (a per-head gain, as a QK-norm's): every head times the same gain."""
+        if a.dim in self.heads_dims or b.dim in self.heads_dims:
+            return None
+        for g, v in ((a, b), (b, a)):
+            if g.single() in self.param_names and per_head(self.dims, g.dim, v.dim):
+                return v.dim
+        return None
 
     def op_div(self, a, b, node):
         if isinstance(b, Scalar):
@@ -460,10 +478,12 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
-        arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
+        arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2)}.get(
+            node.fn, (1,))
         if len(node.args) not in arity:
             usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
-                node.fn, f"{node.fn}(h)")
+                node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
+                f"{node.fn}(h)")
             n = " or ".join(map(str, arity))
             self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
@@ -471,7 +491,26 @@ class ExpressionLowering:
         if node.fn == "dot" and len(node.args) == 3:
             over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
+        if node.fn in ("layernorm", "rmsnorm") and len(node.args) == 2:
+            over = self.norm_group(node)
+            return (None, None) if over is None else (node.args[:1], ("norm", over))
         return node.args, None
+
+    def norm_group(self, node) -> str | None:
+        """The head dim of ``rmsnorm(q, dh)``: a declared dim of 2 or more coordinates."""
+        arg = node.args[1]
+        if type(arg).__name__ != "Var" or arg.name not in self.dims:
+            self.errors.error(f"the second argument of {node.fn} must be the head dim", arg.span,
+                              f"e.g. `dim dh = 64`, then {node.fn}(q, dh): a norm over each "
+                              "head's dh coordinates")
+            return None
+        size = self.dims[arg.name].size
+        if size is not None and size < 2:
+            self.errors.error(f"{node.fn} over heads of {size} coordinate is constant: it never "
+                              "changes, which the engine does not model", arg.span,
+                              "normalise over heads of 2 or more coordinates, or drop the norm")
+            return None
+        return arg.name
 
     def expr_Call(self, node: Call, args, over):
         if over == "block":
@@ -533,6 +572,9 @@ class ExpressionLowering:
             return self.vec(out, dim)
         if not self.in_domain(node.fn, args[0], node):
             return None
+        group = over[1] if isinstance(over, tuple) else None  # a norm per head
+        if group is not None and self.heads(args[0].dim, group, node) is None:
+            return None
         arg = self.name_of(args[0], node.span)
         if node.fn in ("avgpool", "global_pool"):
             size = self.pixels.get(arg)
@@ -544,7 +586,8 @@ class ExpressionLowering:
                 self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
                                   node.span, "pool fewer times, or use global_pool")
                 return None
-        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span), args[0].dim)
+        out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span, group),
+                        args[0].dim)
         return self.vec(out, args[0].dim)
 
 

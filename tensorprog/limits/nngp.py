@@ -482,6 +482,13 @@ def _lincomb(ev: _Limit, ins: LinComb) -> tuple[Value, str]:
 
 
 def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
+    dims = ev.program.value_dims
+    if ins.over is not None or (
+        ins.fn == MUL and any(dims.get(a) not in (None, dims.get(ins.out)) for a in ins.args)
+    ):  # over a finite head dim the per-head RMS does not concentrate: no Gaussian limit
+        raise _Refuse(f"{ins.fn} per head has no NNGP rule here (a norm or gain over each "
+                      "head's coordinates)", "the kernel is computed for whole-dim norms and "
+                      "gains; write rmsnorm(h) and a gain of the vector's dim", ins.span)
     if ins.fn == MUL:
         u, v = (ev.value(a, ins.span) for a in ins.args)
         return ev.times(u, v), "product"

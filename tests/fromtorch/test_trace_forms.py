@@ -1,0 +1,352 @@
+"""from_torch on the forms of today's decoder LMs: a fused projection chunked or sliced, partial
+rotary, a constant the forward computes from the width, positions with an offset, ``x @ W.T``
+by hand and a gain written ``1 + w``. Each model is traced at widths 32 and 64, derived, applied
+(bit-identical at the base width) and, where it has one, compared with the same model written
+without the form (the oracle)."""
+
+import math
+from fractions import Fraction
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError, UsageError, derive  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+HEADS = 4
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+def _trace(build):
+    return from_torch(build, WIDTHS, _tokens)
+
+
+def _abc(traced, names=None):
+    """Each param's (a, b, c) under Adam, keyed by its torch target (and rows)."""
+    d = derive(traced.program, "adam")
+    return {
+        (u.target, u.rows): (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()
+    }
+
+
+def _bit_identical_at_base(traced, build):
+    """MuP.apply at the base width changes no param and no output, bit for bit."""
+    mup = MuP(traced, "adam")
+    torch.manual_seed(1)
+    model = build(WIDTHS[0])
+    torch.manual_seed(1)
+    plain = build(WIDTHS[0])
+    mup.apply(model)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    tok = _tokens(model)
+    assert torch.equal(model(*tok), plain(*tok))
+    return mup
+
+
+class Attention(nn.Module):
+    """q, k, v from one fused layer (``form``: chunk, slice, split, unbind) or three
+    (``separate``); ``rotary``: the fraction of each head's coordinates a rotary turns."""
+
+    def __init__(self, n, form="separate", rotary=0.0):
+        super().__init__()
+        self.form, self.dh = form, n // HEADS
+        self.r = int(self.dh * rotary)
+        if form == "separate":
+            self.q, self.k, self.v = (nn.Linear(n, n) for _ in range(3))
+        else:
+            self.qkv = nn.Linear(n, 3 * n)
+        self.o = nn.Linear(n, n)
+        if self.r:
+            inv = 1.0 / 10000 ** (torch.arange(0, self.r, 2).float() / self.r)
+            angle = torch.outer(torch.arange(8).float(), inv)
+            self.register_buffer("angle", torch.cat((angle, angle), -1), persistent=False)
+
+    def _rope(self, x):  # HF's partial rotary (Phi, GPT-NeoX, StableLM)
+        x_rot, x_pass = x[..., : self.r], x[..., self.r :]
+        cos, sin = self.angle.cos(), self.angle.sin()
+        half = x_rot[..., : self.r // 2], x_rot[..., self.r // 2 :]
+        rotated = torch.cat((-half[1], half[0]), dim=-1)
+        return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        if self.form == "separate":
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        elif self.form == "chunk":
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        elif self.form == "unbind":
+            q, k, v = self.qkv(x).view(b, t, 3, c).unbind(2)
+        elif self.form == "slice":
+            qkv = self.qkv(x)
+            q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        else:
+            q, k, v = self.qkv(x).split([c, c, c], dim=-1)
+        q, k, v = (z.view(b, t, HEADS, self.dh).transpose(1, 2) for z in (q, k, v))
+        if self.r:
+            q, k = self._rope(q), self._rope(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, n, fused):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.gate_up = nn.Linear(n, 4 * n, bias=False)  # Phi-3's fused gate and up
+        else:
+            self.gate, self.up = nn.Linear(n, 2 * n, bias=False), nn.Linear(n, 2 * n, bias=False)
+        self.down = nn.Linear(2 * n, n, bias=False)
+
+    def forward(self, x):
+        if self.fused:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate(x), self.up(x)
+        return self.down(F.silu(gate) * up)
+
+
+class Decoder(nn.Module):
+    def __init__(self, n, form="separate", rotary=0.0):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.attn = Attention(n, form, rotary)
+        self.mlp = MLP(n, form != "separate")
+        self.ln1, self.ln2 = nn.LayerNorm(n), nn.LayerNorm(n)
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        x = x + self.attn(self.ln1(x))
+        x = x + self.mlp(self.ln2(x))
+        return self.out(x)
+
+
+@pytest.fixture(scope="module")
+def separate():
+    return _trace(Decoder)
+
+
+def _as_separate(abc):
+    """A fused model's exponents under the separate model's keys: row block i of attn.qkv is
+    q, k or v, block i of mlp.gate_up is gate or up."""
+    names = {"attn.qkv": ("attn.q", "attn.k", "attn.v"), "mlp.gate_up": ("mlp.gate", "mlp.up")}
+    out = {}
+    for (target, rows), e in abc.items():
+        layer, _, attr = target.rpartition(".")
+        if rows is not None:
+            layer = names[layer][int(rows[0] * len(names[layer]))]
+        out[(f"{layer}.{attr}", None)] = e
+    return out
+
+
+@pytest.mark.parametrize("form", ["chunk", "slice", "split", "unbind"])
+def test_a_fused_projection_chunked_gives_the_mup_of_separate_ones(form, separate):
+    build = lambda n: Decoder(n, form)  # noqa: E731
+    fused = _trace(build)
+    assert "attn_qkv_weight_part2" in fused.source and "mlp_gate_up_weight_part1" in fused.source
+    assert _as_separate(_abc(fused)) == _abc(separate)
+    if form == "chunk":
+        mup = _bit_identical_at_base(fused, build)
+        assert mup.patches  # the query rows' 1/sqrt(dh) more cannot fold into a shared LR
+
+
+@pytest.mark.parametrize("rotary", [0.5, 1.0])  # 1.0: Phi-3's empty pass-through x[..., dh:]
+def test_partial_rotary_is_the_network_without_it(separate, rotary):
+    build = lambda n: Decoder(n, rotary=rotary)  # noqa: E731
+    traced = _trace(build)
+    assert "rotary embedding" in traced.source
+    assert _abc(traced) == _abc(separate)
+    _bit_identical_at_base(traced, build)
+
+
+def test_a_slice_that_no_rotary_reassembles_is_refused():
+    class Half(Decoder):
+        def forward(self, idx):
+            x = self.e(idx)
+            b, t, c = x.shape
+            q = self.attn.q(x).view(b, t, HEADS, c // HEADS)
+            return self.out(q[..., :2].reshape(b, t, -1).sum(-1, keepdim=True) * x)
+
+    with pytest.raises(TensorProgError, match="a part of each head.s coordinates used as a vector"):
+        _trace(Half)
+
+
+class Scaled(nn.Module):
+    """Gemma's embedding times sqrt(d_model) (``how``: a float or a torch.tensor), and a
+    readout times 1/sqrt(d) computed by the forward (``readout``)."""
+
+    def __init__(self, n, how="float", readout=False):
+        super().__init__()
+        self.n, self.how, self.readout = n, how, readout
+        self.e, self.h, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        if self.how == "float":
+            x = x * self.n**0.5
+        elif self.how == "tensor":
+            x = x * torch.tensor(self.n**0.5)
+        y = self.out(F.relu(self.h(x)))
+        return y / math.sqrt(self.n) if self.readout else y
+
+
+@pytest.mark.parametrize("how", ["float", "tensor"])
+def test_a_width_constant_gets_the_exponent_it_has_in_the_model(how):
+    build = lambda n: Scaled(n, how, readout=True)  # noqa: E731
+    traced = _trace(build)
+    fixed = {i["q"]: i["model_a"] for i in traced.scales.values() if i.get("fixed")}
+    # sqrt(n) on the embedding is n^(1/2) (model_a -1/2), 1/sqrt(n) on the logits n^(-1/2)
+    assert sorted(fixed.values()) == [-0.5, 0.5]
+    plain = MuP(_trace(lambda n: Scaled(n, "none")), "adam")
+    mup = _bit_identical_at_base(traced, build)
+    # the program is the model without the width factors, so the derivation is the plain
+    # model's; apply folds each factor into the param that makes the vector it multiplies
+    assert mup.init_exp["e_weight"] == plain.init_exp["e_weight"] + Fraction(1, 2)
+    assert mup.lr_exp["e_weight"] == plain.lr_exp["e_weight"] + Fraction(1, 2)
+    assert mup.init_exp["out_weight"] == plain.init_exp["out_weight"] - Fraction(1, 2)
+    # numerically: at 4x the base the scaled embedding keeps its base size, as µP's does
+    torch.manual_seed(0)
+    model = build(4 * WIDTHS[0])
+    mup.apply(model)
+    rms = float((model.e.weight.detach() * model.n**0.5).square().mean().sqrt())
+    base = traced.base["e.weight"][1] * WIDTHS[0] ** 0.5
+    assert rms == pytest.approx(base, rel=0.05)  # 13 x 128 entries: a few % of noise
+
+
+class Buffer(Scaled):
+    """HF Gemma: the embedding times a one-entry buffer sqrt(n) (unknown on the meta device:
+    read from a CPU build), then an RMSNorm of the product; ``vector``: a buffer of n entries."""
+
+    def __init__(self, n, vector=False):
+        super().__init__(n)
+        self.register_buffer("scale", torch.full((n if vector else 1,), n**0.5),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.e(idx) * self.scale
+        return self.out(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+class PreScaled(nn.Module):
+    """Attention with 1/sqrt(dh) written on the query (``pre``: q * dh ** -0.5, sdpa's scale
+    1) or left to sdpa; ``dh``: the head dim, n / 4 (a width constant) or fixed."""
+
+    def __init__(self, n, pre=True, dh=None):
+        super().__init__()
+        self.pre, self.dh = pre, dh or n // 4
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v = (nn.Linear(n, n) for _ in range(3))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        q = self.q(x) * self.dh**-0.5 if self.pre else self.q(x)
+        q, k, v = (z.view(b, t, -1, self.dh).transpose(1, 2) for z in (q, self.k(x), self.v(x)))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           scale=1.0 if self.pre else None)
+        return self.out(x + y.transpose(1, 2).reshape(b, t, c))
+
+
+@pytest.mark.parametrize("dh", [None, 8])
+def test_a_query_scaled_by_hand_gets_the_mup_of_sdpas_scale(dh):
+    # a query times dh ** -0.5 (a width constant when dh grows): the number folds with
+    # attention's scale into the query's layer, giving the init and LR of sdpa's own scale
+    build = lambda n: PreScaled(n, dh=dh)  # noqa: E731
+    mup = _bit_identical_at_base(_trace(build), build)
+    plain = MuP(_trace(lambda n: PreScaled(n, pre=False, dh=dh)), "adam")
+    for p in ("q_weight", "q_bias"):
+        assert (mup.init_exp[p], mup.lr_exp[p]) == (plain.init_exp[p], plain.lr_exp[p])
+
+
+def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
+    traced = _trace(Buffer)
+    (info,) = (i for i in traced.scales.values() if i.get("fixed"))
+    assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
+    _bit_identical_at_base(traced, Buffer)
+    with pytest.raises(TensorProgError, match=r"a product with a buffer of more than one entry"):
+        _trace(lambda n: Buffer(n, vector=True))
+
+
+class Forms(nn.Module):
+    """Positions with an offset (OPT), ``x @ W.T`` by hand and Gemma's gain ``1 + w``, or
+    (``plain``) the same network written with nn.Linear, positions 0..T-1 and a gain of 1."""
+
+    def __init__(self, n, plain=False):
+        super().__init__()
+        self.plain = plain
+        self.e, self.p = nn.Embedding(13, n), nn.Embedding(8 if plain else 10, n)
+        self.lin = nn.Linear(n, n, bias=False)
+        self.g = nn.Parameter(torch.ones(n) if plain else torch.zeros(n))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1])
+        x = self.e(idx) + self.p(pos if self.plain else pos + 2)
+        x = self.lin(x) if self.plain else torch.matmul(x, self.lin.weight.T)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.out(x * (self.g if self.plain else 1.0 + self.g))
+
+
+def test_positions_with_an_offset_a_hand_written_linear_and_a_one_plus_w_gain():
+    traced = _trace(Forms)
+    assert "p_weight @ pos" in traced.source and "param g : [n] = 1" in traced.source
+    assert _abc(traced) == _abc(_trace(lambda n: Forms(n, plain=True)))
+    _bit_identical_at_base(traced, Forms)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the last axis, as Qwen3's (gain w) or Gemma3's (gain 1 + w, w = 0)."""
+
+    def __init__(self, d, gemma=False):
+        super().__init__()
+        self.gemma = gemma
+        self.w = nn.Parameter(torch.zeros(d) if gemma else torch.ones(d))
+
+    def forward(self, x):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x * (1.0 + self.w) if self.gemma else self.w * x
+
+
+class QKNorm(nn.Module):
+    """Attention with QK-norm over heads of a fixed dim 8 (n/8 heads), a whole-dim RMSNorm."""
+
+    def __init__(self, n, dh=8):
+        super().__init__()
+        self.dh = dh or n // 4
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.norm = HeadRMSNorm(n)
+        self.q, self.k, self.v = (nn.Linear(n, n, bias=False) for _ in range(3))
+        self.q_norm, self.k_norm = HeadRMSNorm(self.dh, gemma=True), HeadRMSNorm(self.dh)
+
+    def forward(self, idx):
+        x = self.norm(self.e(idx))
+        b, t, c = x.shape
+        q = self.q_norm(self.q(x).view(b, t, -1, self.dh)).transpose(1, 2)
+        k = self.k_norm(self.k(x).view(b, t, -1, self.dh)).transpose(1, 2)
+        v = self.v(x).view(b, t, -1, self.dh).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(x + y.transpose(1, 2).reshape(b, t, c))
+
+
+def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
+    traced = _trace(QKNorm)
+    assert "mul_2 = rmsnorm(linear, f8)\nmul_3 = mul_2 * q_norm_w" in traced.source
+    assert "param q_norm_w : [f8] = 1" in traced.source  # Gemma's 1 + w, w = 0
+    d = derive(traced.program, "sgd")
+    # n/8 heads share each gain: its gradient sums over them, so SGD's LR is Θ(1), where the
+    # whole-dim gain's is n
+    assert d.abc["q_norm_w"].c == 0 and d.abc["k_norm_w"].c == 0 and d.abc["norm_w"].c == -1
+    _bit_identical_at_base(traced, QKNorm)
+    # 4 heads of n/4: µP's 1/d against the model's 1/sqrt(d) cannot fold into a normalised
+    # query, and no patch is known to be right: refused, naming the fix
+    with pytest.raises(UsageError, match=r"not made by a layer(.|\n)*fixed head dim"):
+        MuP(_trace(lambda n: QKNorm(n, dh=None)), "adam")
