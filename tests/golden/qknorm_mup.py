@@ -21,6 +21,7 @@ import operator
 import torch
 
 BASE_WIDTH = 128
+SEQ_LEN = 4  # dim T: the position table's rows; Model(seq_len=...) sets another
 SCALING = {
     "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "P": {"shape": ("n", "T",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
@@ -58,6 +59,10 @@ PARAM_COUNT = (
     (1.0, 1, None),
 )
 REPEATS = {}
+# the params with a row per position: k * width**p * seq_len**q entries
+SEQ_TABLES = (
+    (1.0, 1, 1),
+)
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
     ("the head count n/dh = n / 16", 16),
@@ -68,20 +73,22 @@ class Model(torch.nn.Module):
     """qknorm; parameters are named as in the program."""
 
     def __init__(self, width, *, base_width=BASE_WIDTH, init_std=None, mult=None,
-                 device=None, dtype=None):
+                 seq_len=SEQ_LEN, device=None, dtype=None):
         super().__init__()
         width, base_width = _check_widths(width, base_width)
         _check_factors(width, base_width, 1, 1, dtype)
         _check_size(width, 1)
+        seq_len = _check_seq_len(seq_len, width)
         self.width = width
         self.base_width = base_width
+        self.seq_len = seq_len
         self._base_std = _base_stds(base_width, init_std)
         mult = {**{name: spec["base"] for name, spec in SCALES.items()},
                 **_overrides("mult", mult, SCALES, positive=False)}
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 64, **factory))
-        self.P = torch.nn.Parameter(torch.empty(width, 4, **factory))
+        self.P = torch.nn.Parameter(torch.empty(width, seq_len, **factory))
         self.U = torch.nn.Parameter(torch.empty(64, width, **factory))
         self.ga = torch.nn.Parameter(torch.empty(width, **factory))
         self.Wq = torch.nn.Parameter(torch.empty(width, width, **factory))
@@ -108,7 +115,7 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, tok):
-        pos = _positions(tok, 4, "T")
+        pos = _positions(tok, self.seq_len, "build the Model with a seq_len")
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
         h0_2 = torch.nn.functional.embedding(pos, self.P.t())
         h0 = h0_1 + h0_2
@@ -131,7 +138,7 @@ class Model(torch.nn.Module):
 
     def vectors(self, tok):
         """Every named vector of the program, batch axis first."""
-        pos = _positions(tok, 4, "T")
+        pos = _positions(tok, self.seq_len, "build the Model with a seq_len")
         h0_1 = torch.nn.functional.embedding(tok, self.E.t())
         h0_2 = torch.nn.functional.embedding(pos, self.P.t())
         h0 = h0_1 + h0_2
@@ -181,7 +188,7 @@ class Model(torch.nn.Module):
         """Random valid inputs: (batch, seq) token ids or a (batch, dim) tensor per input."""
         like = next(self.parameters())
         return (
-            torch.randint(0, 64, (batch_size, 4), generator=generator,
+            torch.randint(0, 64, (batch_size, self.seq_len), generator=generator,
                           device=like.device),
         )
 
@@ -229,16 +236,15 @@ def _mix(p, v):
     return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)
 
 
-def _positions(tokens, size, dim):
+def _positions(tokens, size, sets):
     """0, 1, ... up to the tokens' length (their last axis), on their device, to look
-    up in a position table of size rows (the sequence dim dim); ValueError for a longer
+    up in a position table of size rows (sets: how to set more); ValueError for a longer
     sequence, which has no rows to look up."""
     length = tokens.shape[-1]
     if length > size:
         raise ValueError(f"the input has {length} tokens, more than the position "
-                         f"table's {size} (dim {dim} = {size}): feed at most {size}, "
-                         f"or declare dim {dim} larger in the program and emit it "
-                         "again")
+                         f"table's {size} rows: feed at most {size}, or {sets} of at "
+                         f"least {length}")
     return torch.arange(length, device=tokens.device)
 
 
@@ -339,6 +345,18 @@ def _base_stds(base_width, init_std):
         block = name.partition(".")[0] if "block" in SCALING[name] else None
         stds[name] = given.get(name, given.get(block, (k * base_width ** p) ** -0.5))
     return stds
+
+
+def _check_seq_len(seq_len, width):
+    """seq_len as an int; ValueError unless it is a positive integer and the tables with a
+    row per position (SEQ_TABLES) stay within MAX_PARAMS parameters at this width."""
+    (seq_len,) = _positive_ints(seq_len=seq_len)
+    count = sum(k * width**p * seq_len**q for k, p, q in SEQ_TABLES)
+    if count > MAX_PARAMS:
+        raise ValueError(f"seq_len {seq_len}: the position table would hold {count:,.0f} "
+                         f"parameters at width {width}, more than the {MAX_PARAMS:,} a "
+                         "Model builds; use a shorter seq_len")
+    return seq_len
 
 
 def _check_rates(**values):
