@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -106,6 +106,11 @@ class Emitter:
     def Mix(self, ins: Mix) -> str:
         self.helpers.add("_mix")
         return f"_mix({self.ref(ins.weights)}, {self.ref(ins.values)})"
+
+    def Route(self, ins: Route) -> str:
+        self.helpers.add("_route")
+        experts = ", ".join(self.ref(e) for e in ins.experts)
+        return f"_route({self.ref(ins.gates)}, {ins.k}, {ins.normalise}, {experts})"
 
     def fused(self, f: Attention | Norm) -> str:
         if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default

@@ -26,7 +26,7 @@ from itertools import product
 from typing import Protocol
 
 from ..ir.functions import FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, Stream
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -470,9 +470,62 @@ def grad_stream(ins: Stream, sz: Sizes) -> list[tuple[str, Term]]:
                            "fed it: the argument, and the previous repetition", "flow", g)]
 
 
+# --- Route ----------------------------------------------------------------------------------------
+# y = sum over the k largest gates g_e of w_e·y_e, w_e = g_e or g_e / (sum of the k): a mixture of
+# experts (docs/theory.md). Top-k is a coordinatewise mask of the gates (piecewise constant: a
+# selected gate keeps its size, the others are 0), so y is a finite sum of weights times experts
+# and sizes multiply as in mix; normalising divides by the gates' own size, as a norm does.
+
+def _gate_weights(ins: Route, monos: list[Mono], sz: Sizes) -> list[Mono]:
+    if not ins.normalise:
+        return monos
+    shift = -_size(sz.init(ins.gates))
+    return [Mono(add(m.const, shift), m.slots) for m in monos]
+
+
+def init_route(ins: Route, sz: Sizes) -> list[Term]:
+    w = _gate_weights(ins, sz.init(ins.gates), sz)
+    why = f"a finite sum over the {ins.k} selected experts, each times its gate"
+    return [t for e in dict.fromkeys(ins.experts)
+            for t in terms(f"{ins.gates}₀·{e}₀", why, "auto", w, sz.init(e))]
+
+
+def change_route(ins: Route, sz: Sizes) -> list[Term]:
+    g = ins.gates
+    dw = _gate_weights(ins, sz.change(g), sz)
+    w = _gate_weights(ins, sz.train(g), sz)
+    why = "a finite sum over the selected experts changes with the gates or the experts"
+    return [t for e in dict.fromkeys(ins.experts)
+            for t in terms(f"Δ{g}·{e}", why, "auto", dw, sz.train(e))
+            + terms(f"{g}·Δ{e}", why, "auto", w, sz.change(e))]
+
+
+def grad_route(ins: Route, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    gates, w = ins.gates, _gate_weights(ins, sz.first_order_train(ins.gates), sz)
+    shift = -_size(sz.init(gates)) if ins.normalise else ZERO
+    dim = sz.program.value_dims[ins.out]
+    # dg_e = <dy, y_e>: a sum over the experts' dim, CLT against y_e₀ (independent of the
+    # gradient), LLN against Δy_e (built from it), as attention's weights get theirs in mix
+    half, one = (HALF, ONE) if sz.infinite(dim) else (ZERO, ZERO)
+    out = []
+    for e in dict.fromkeys(ins.experts):
+        out += [(gates, t) for t in terms(
+            f"d{ins.out}·{e}₀", f"the sum over {dim} meets {e}₀, independent of the gradient "
+            f"(CLT: +1/2)" if half else f"a finite sum over {dim}", "auto", g, sz.init(e),
+            const=add(half, shift))]
+        out += [(gates, t) for t in terms(
+            f"d{ins.out}·Δ{e}", f"the sum over {dim} meets Δ{e}, built from this gradient "
+            f"(LLN: +1)" if one else f"a finite sum over {dim}", "auto", g,
+            sz.first_order_change(e), const=add(one, shift))]
+        out += [(e, t) for t in terms(f"{gates}·d{ins.out}", "each expert's gradient is the "
+                                      "output's times its gate", "auto", g, w)]
+    return out
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix, Stream: init_stream}
+        Mix: init_mix, Stream: init_stream, Route: init_route}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix, Stream: change_stream}
+          Mix: change_mix, Stream: change_stream, Route: change_route}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix, Stream: grad_stream}
+        Mix: grad_mix, Stream: grad_stream, Route: grad_route}

@@ -7,7 +7,18 @@ from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
 from .functions import FUNCTIONS, MUL
-from .program import INPUT_KINDS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream, heads_dim_name
+from .program import (
+    INPUT_KINDS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Program,
+    Route,
+    Stream,
+    heads_dim_name,
+)
 
 
 def verify(program: Program) -> Program:
@@ -104,6 +115,8 @@ def verify(program: Program) -> Program:
                 errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
                              "same dim as v", ins.span)
             out = ops[1]
+        elif isinstance(ins, Route):
+            out = _verify_route(ins, ops, dims, key, errors)
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1
@@ -124,6 +137,19 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> str | None:
+    """One finite gate per expert, experts of one dim, and 1 <= k <= their number."""
+    gates = dims.get(ops[0]) if ops[0] is not None else None
+    if gates is None or gates.infinite or gates.size != len(ins.experts):
+        errors.error(f"route: the gates {ins.gates} must have one entry per expert (a finite dim "
+                     f"of size {len(ins.experts)})", ins.span)
+    if any(o is None for o in ops[1:]) or len({key(o) for o in ops[1:]}) != 1:
+        errors.error("route: the experts must be vectors of one dim", ins.span)
+    if not 1 <= ins.k <= len(ins.experts):
+        errors.error(f"route: k = {ins.k} must be between 1 and the number of experts", ins.span)
+    return ops[1]
 
 
 def _verify_blocks(program: Program, defined: dict, key, errors: Collector) -> None:

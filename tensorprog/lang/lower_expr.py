@@ -27,8 +27,9 @@ from ..ir.program import (
     in_float_range,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix")
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,8 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
+        if node.fn in ROUTES:  # variadic: lower_route checks its arguments
+            return node.args, None
         arity = {"dot": (2, 3), "mix": (2,)}.get(node.fn, (1,))
         if len(node.args) not in arity:
             usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
@@ -453,6 +456,8 @@ class ExpressionLowering:
     def expr_Call(self, node: Call, args, over):
         if over == "block":
             return self.apply_block(node.fn, node.fn_span, args[0], None, node)
+        if node.fn in ROUTES:
+            return lower_route(self, node, args, Scalar, Vec)
         if any(a is None for a in args):
             return None
         for a in args:
