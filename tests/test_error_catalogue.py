@@ -614,6 +614,7 @@ TRACED_BUILDS = {
     "names": "lambda n: build(n, lambda y: ('logits', 'loss'))",
     "layers": "lambda n: torch.nn.Sequential(torch.nn.Embedding(8, n), torch.nn.Softmax(-1))",
     "plus_one": "lambda n: build(n + 1)",
+    "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
 }
 
 
@@ -627,6 +628,9 @@ TRACED_BUILDS = {
     # before: unpositioned (or at tensorprog's own wrapper); now at the build, the code to change
     ("layers", None, r"m.py:\d+:1: error: cannot trace a softmax of anything but attention"),
     ("plus_one", None, r"m.py:\d+:1: error: a dim is 17 at width 16 and 33 at width 32"),
+    # before: refused at the router's softmax as "a softmax of anything but attention logits"
+    ("router", None, r"m.py:\d+:\d+: error: cannot trace a top-k selection \(a mixture-of-"
+                     r"experts router\)(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
