@@ -273,6 +273,9 @@ POSITIONED = {
     "route-scalar-gates": (MOE + "output y = route(dot(x, x), 1, W @ x)\n", S,
                            r"the gates of route must be a vector with one entry per expert",
                            (7, 12)),
+    "route-norm-of-logits": (MOE + "output y = route_norm(R @ x, 1, W @ x, W @ x)\n", S,
+                             r"route_norm divides the k gates by their sum(.|\n)*not a softmax "
+                             r"or sigmoid", (7, 12)),
     "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
                           r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
     # a head dot without a width used to crash looking up the base width

@@ -18,6 +18,12 @@ ROUTES = ("route", "route_norm")
 _USAGE = "write route(g, k, y1, y2, ...): the gates g = softmax(R @ x), k, then one expert per gate"
 
 
+def _positive(low, gates: str) -> bool:
+    """Whether the gates are a softmax or sigmoid: positive scores."""
+    producer = next((ins for ins in reversed(low.body) if ins.out == gates), None)
+    return getattr(producer, "fn", None) in ("softmax", "sigmoid")
+
+
 def lower_route(low, node: Call, args: list, scalar: type, vec: type):
     """The Route instruction of a ``route``/``route_norm`` call, or None (errors reported);
     ``scalar`` and ``vec`` are the lowering's pending constant and vector types."""
@@ -65,6 +71,15 @@ def lower_route(low, node: Call, args: list, scalar: type, vec: type):
                          "each expert maps the layer's input to the same dim (y_e = W2_e @ ...)")
         return None
     names = [low.name_of(a, node.span) for a in (g, *experts)]
+    if node.fn == "route_norm" and not _positive(low, names[0]):
+        # the rule takes the sum of the k gates to be Θ(1) like each of them, which holds for
+        # positive scores (at least the largest one) but not for gates that can cancel
+        low.errors.error("route_norm divides the k gates by their sum, which the engine takes to "
+                         f"be as large as the gates; {names[0]} is not a softmax or sigmoid, so "
+                         "its entries may cancel", node.span,
+                         "normalise positive scores, route_norm(softmax(R @ h), k, ...) or "
+                         "route_norm(sigmoid(R @ h), k, ...), or use route(g, k, ...)")
+        return None
     out = low.emit(Route(low.fresh(low.target), names[0], int(k.value), tuple(names[1:]),
                          node.span, node.fn == "route_norm"), dim)
     return low.vec(out, dim)

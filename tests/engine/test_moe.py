@@ -115,3 +115,31 @@ def test_router_over_width_proportional_experts_is_refused_at_the_call():
     with pytest.raises(tp.SemanticError, match="width-proportional dim E") as err:
         tp.parse(source)
     assert (err.value.span.line, err.value.span.column) == (18, 12)
+
+
+def test_moe_in_a_repeated_block_derives_in_the_width_and_says_why_not_in_the_depth():
+    source = """width n = 64
+depth L = 2
+dim d_in = 8
+dim d_out = 4
+dim E = 2
+input x : [d_in]
+param W0 : [n, d_in]
+param Wo : [d_out, n]
+block layer(h) {
+    param R : [E, n]
+    param A1 : [n, n]
+    param B1 : [n, n]
+    param A2 : [n, n]
+    param B2 : [n, n]
+    return h + route(softmax(R @ h), 1, B1 @ relu(A1 @ h), B2 @ relu(A2 @ h))
+}
+hL = repeat L layer(relu(W0 @ x))
+output y = Wo @ hL
+"""
+    d = tp.derive(tp.parse(source), "adam")
+    got = {p: (x.a, x.b, x.c) for p, x in d.abc.items()}
+    assert got["layer.R"] == OUT["adam"] and got["layer.B2"] == HID["adam"]
+    # the depth pass bounds a branch through the params of the matmul that makes it; a route's
+    # experts are a step further back, so no depth exponent is derived, and derive says so
+    assert d.depth is None and "not feature learning" in d.depth_refused
