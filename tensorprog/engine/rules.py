@@ -419,6 +419,37 @@ def _over_depth_sum(t: Term, k: Exp, why: str) -> Term:
     return Term(add(t.const, k), t.slots, f"Σ {t.what}", why, t.kind, clamp)
 
 
+def _fresh_branch(p: Program, prod, block: str) -> bool:
+    """Is a branch centred and independent across repetitions: a matmul by a weight of the
+    block (fresh in each repetition), or a route whose every expert is one?"""
+    if isinstance(prod, Route):
+        return all(_fresh_branch(p, p.producer.get(e), block) for e in prod.experts)
+    return isinstance(prod, MatMul) and p.owner.get(prod.weight) == block
+
+
+def _times(terms_: list[Term], monos: list[Mono], gates: str) -> list[Term]:
+    return [Term(add(t.const, m.const), t.slots + m.slots, f"{gates}·{t.what}", t.why, t.kind,
+                 t.clamp) for t in terms_ for m in monos if add(t.const, m.const) is not NEG_INF]
+
+
+def _branch(table: dict, prod, sz: Sizes) -> list[Term]:
+    """A branch's terms for the sums over the depth. A route's are its experts' own terms, each
+    times its gate (and, for a change, the gate's change times the expert), so that the bound
+    on the sum over L reaches the experts' last weights, as it reaches a matmul branch's weight;
+    the route's own terms carry the experts' sizes as numbers, which no param could absorb."""
+    if not isinstance(prod, Route):
+        return table[type(prod)](prod, sz)
+    g, out = prod.gates, []
+    for e in dict.fromkeys(prod.experts):
+        ep = sz.program.producer[e]
+        if table is INIT:
+            out += _times(INIT[type(ep)](ep, sz), _gate_weights(prod, sz.init(g), sz), g)
+        else:
+            out += _times(INIT[type(ep)](ep, sz), _gate_weights(prod, sz.change(g), sz), g)
+            out += _times(CHANGE[type(ep)](ep, sz), _gate_weights(prod, sz.train(g), sz), g)
+    return out
+
+
 def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
     if not over_depth(ins, sz):
         return [t for v in _sides(ins) for t in
@@ -428,14 +459,15 @@ def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
                 sz.init(ins.init))
     for b in sz.branches(ins):
         prod = p.producer[b]
-        if isinstance(prod, MatMul) and p.owner.get(prod.weight) == ins.block:
+        if _fresh_branch(p, prod, ins.block):
+            fresh = getattr(prod, "weight", None) or "weight in every expert"  # a route
             k, why = HALF, (f"the {L} branches {b}₀ are independent and centred (a fresh "
-                            f"{prod.weight} in each repetition): a CLT sum over {L} (+1/2)")
+                            f"{fresh} in each repetition): a CLT sum over {L} (+1/2)")
         else:  # not known to be centred: the conservative LLN sum
             k, why = ONE, (f"the {L} branches {b}₀ are not known to be independent and centred "
                            f"(no fresh weight of {ins.block} makes them): an LLN sum over {L} "
                            "(+1)")
-        out += [_over_depth_sum(t, k, why) for t in INIT[type(prod)](prod, sz)]
+        out += [_over_depth_sum(t, k, why) for t in _branch(INIT, prod, sz)]
     return out
 
 
@@ -449,9 +481,9 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
     for b in sz.branches(ins):
         prod = p.producer[b]
         with sz.channel("own"):
-            own = CHANGE[type(prod)](prod, sz)
+            own = _branch(CHANGE, prod, sz)
         with sz.channel("stream"):
-            passed = [t for t in CHANGE[type(prod)](prod, sz) if not t.params("U")]
+            passed = [t for t in _branch(CHANGE, prod, sz) if not t.params("U")]
         lln = (f"each repetition's own updates (in {b}) are driven by the same output gradient, "
                f"so the {L} of them add coherently (LLN over {L}: +1)")
         clt = (f"the change of the stream that {b} passes on goes through the independent initial "

@@ -117,7 +117,7 @@ def test_router_over_width_proportional_experts_is_refused_at_the_call():
     assert (err.value.span.line, err.value.span.column) == (18, 12)
 
 
-def test_moe_in_a_repeated_block_derives_in_the_width_and_says_why_not_in_the_depth():
+def test_moe_in_a_repeated_block_derives_completep_on_every_experts_last_weight():
     source = """width n = 64
 depth L = 2
 dim d_in = 8
@@ -140,6 +140,9 @@ output y = Wo @ hL
     d = tp.derive(tp.parse(source), "adam")
     got = {p: (x.a, x.b, x.c) for p, x in d.abc.items()}
     assert got["layer.R"] == OUT["adam"] and got["layer.B2"] == HID["adam"]
-    # the depth pass bounds a branch through the params of the matmul that makes it; a route's
-    # experts are a step further back, so no depth exponent is derived, and derive says so
-    assert d.depth is None and "not feature learning" in d.depth_refused
+    # in L the branch is a route: the sum over the L branches reaches each expert's last weight
+    # (aL = 1, CompleteP, as a dense MLP's second weight gets); the router and the experts'
+    # first weights keep aL = 0 (their changes reach the stream through those 1/L multipliers)
+    depth = {p: (x.a, x.b, x.c) for p, x in d.depth.abc.items()}
+    assert depth["layer.B1"] == depth["layer.B2"] == (1, 0, 0)
+    assert depth["layer.A1"] == depth["layer.R"] == (0, 0, 0)
