@@ -171,6 +171,8 @@ HEAD3 = "width n = 8\ninput x : [n]\nparam W : [n, n]\n"  # 3 lines; the bad lin
 LOGITS_SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nparam Wq : [n, n]\nparam Wk : [n, n]\nscale tau\nh = E @ tok\n"
        "s = tau * dot(Wq @ h, Wk @ h, dh)\n")  # 11 lines; s holds attention logits
+MOE = ("width n = 8\ndim E = 2\ninput x : [n]\nparam W : [n, n]\nparam R : [E, n]\n"
+       "g = softmax(R @ x)\n")  # 6 lines; the bad line below is line 7
 
 def _cli(capsys, *argv):
     code, _, err = run_cli(capsys, *argv)
@@ -283,6 +285,28 @@ POSITIONED = {
                          r"'relu' is a built-in function and cannot name a value", (4, 1)),
     "width-as-value": (HEAD3 + "n = W @ x\noutput n\n", S, r"'n' is already defined \(line 1\)",
                        (4, 1)),
+    # a mixture of experts: route(g, k, experts...) where the engine's rules describe it
+    "route-over-width": (MOE + "output y = route(sigmoid(W @ x), 1, W @ x, W @ x)\n", S,
+                         r"route over the width-proportional dim n: per token only k of the "
+                         r"router's rows are read(.|\n)*declare a finite number of experts",
+                         (7, 12)),
+    "route-expert-count": (MOE + "output y = route(g, 1, W @ x, W @ x, W @ x)\n", S,
+                           r"the gates \[E\] have 2 entries but 3 experts are given", (7, 12)),
+    "route-k-too-large": (MOE + "output y = route_norm(g, 3, W @ x, W @ x)\n", S,
+                          r"k = 3 is more than the 2 experts", (7, 12)),
+    "route-k-not-number": (MOE + "output y = route(g, x, W @ x, W @ x)\n", S,
+                           r"the second argument of route must be k, a whole number", (7, 12)),
+    "route-no-expert": (MOE + "output y = route(g, 1)\n", S,
+                        r"route takes the gates, k and at least one expert, got 2 arguments",
+                        (7, 12)),
+    "route-scalar-gates": (MOE + "output y = route(dot(x, x), 1, W @ x)\n", S,
+                           r"the gates of route must be a vector with one entry per expert",
+                           (7, 12)),
+    "route-norm-of-logits": (MOE + "output y = route_norm(R @ x, 1, W @ x, W @ x)\n", S,
+                             r"route_norm divides the k gates by their sum(.|\n)*not a softmax "
+                             r"or sigmoid", (7, 12)),
+    "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
+                          r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -683,6 +707,7 @@ TRACED_BUILDS = {
     "plus_one": "lambda n: build(n + 1)",
     "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
     "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
+    "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
 }
 
 
@@ -700,6 +725,9 @@ TRACED_BUILDS = {
     ("root_n", None, r"m.py:\d+:\d+: error: a constant that changes with the width "
                      r"\(4.0 at width 16(.|\n)*help: apply the constant right after a linear"),
     ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
+    # before: refused at the router's softmax as "a softmax of anything but attention logits"
+    ("router", None, r"m.py:\d+:\d+: error: cannot trace a top-k selection \(a mixture-of-"
+                     r"experts router\)(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, split_heads_dim
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, split_heads_dim
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -125,6 +125,11 @@ class Emitter:
         self.helpers.add("_mix")
         over = split_heads_dim(self.program.value_dims[ins.weights])[1]
         return f"_mix({self.ref(ins.weights)}, {self.kv(ins.out, ins.values, over)})"
+
+    def Route(self, ins: Route) -> str:
+        self.helpers.add("_route")
+        experts = ", ".join(self.ref(e) for e in ins.experts)
+        return f"_route({self.ref(ins.gates)}, {ins.k}, {ins.normalise}, {experts})"
 
     def fused(self, f: Attention | Norm) -> str:
         if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default

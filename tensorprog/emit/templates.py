@@ -43,6 +43,17 @@ HELPERS = {
         '    place (torch.repeat_interleave, as Hugging Face\'s repeat_kv does)."""',
         "    x = x.unflatten(-1, (-1, head_dim))",
         "    return x.repeat_interleave(dim // (x.shape[-2] * head_dim), dim=-2).flatten(-2)"],
+    # dense over the experts: every expert is computed and the unselected ones masked, which
+    # costs E experts' compute instead of k; fine at the sizes a coordinate check runs
+    "_route": [
+        "def _route(g, k, normalise, *experts):",
+        '    """Sum over the k largest gates of gate times expert (normalise: the k gates divided',
+        '    by their sum), every expert computed and the unselected ones given weight 0."""',
+        "    top = torch.topk(g, k, dim=-1)",
+        "    w = torch.zeros_like(g).scatter(-1, top.indices, top.values)",
+        "    if normalise:",
+        "        w = w / top.values.sum(-1, keepdim=True)",
+        '    return torch.einsum("...e,...ed->...d", w, torch.stack(experts, -2))'],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .._gc import paused_gc
 from ..errors import EngineError
-from ..ir.program import Program
+from ..ir.program import Program, Route
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
@@ -88,6 +88,17 @@ def classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC]) -> Cla
         return _classify(program, optimizer, abc)
 
 
+def _depth_scaled(program: Program, an: Analysis) -> set[str]:
+    """The values the depth scaling shrinks: the residual branches, and the experts of a branch
+    that is a route (each carries the branch's 1/L^a_L through its own last weight)."""
+    out = {b for s in an.depth_streams for b in an.branches(s)}
+    for b in list(out):
+        prod = program.producer.get(b)
+        if isinstance(prod, Route):
+            out.update(prod.experts)
+    return out
+
+
 def classify_depth(program: Program, optimizer: Optimizer,
                    abc: dict[str, ABC]) -> Classification:
     """The same, in the depth L, for the depth exponents (a_L, b_L, c_L) of every param: the
@@ -135,8 +146,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
     base = "n" if an.width_limit else program.depth.name
     # In L, every vector is Θ(1) but a residual branch, which the depth scaling shrinks so that
     # the sum of L of them is Θ(1): the sizes the depth desiderata hold a vector to.
-    held = (program.is_infinite if an.width_limit else
-            (lambda v: v not in {b for s in an.depth_streams for b in an.branches(s)}))
+    scaled = _depth_scaled(program, an)
+    held = program.is_infinite if an.width_limit else (lambda v: v not in scaled)
     absorbed = prescaled(program)  # sizes a scale takes back: not where an update shows
     for name in used:
         ups = [u for u in an.update_terms(name) if u[0] not in absorbed]

@@ -26,7 +26,7 @@ from itertools import product
 from typing import Protocol
 
 from ..ir.functions import FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream, per_head
+from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, Stream, per_head
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -460,6 +460,37 @@ def _over_depth_sum(t: Term, k: Exp, why: str) -> Term:
     return Term(add(t.const, k), t.slots, f"Σ {t.what}", why, t.kind, clamp)
 
 
+def _fresh_branch(p: Program, prod, block: str) -> bool:
+    """Is a branch centred and independent across repetitions: a matmul by a weight of the
+    block (fresh in each repetition), or a route whose every expert is one?"""
+    if isinstance(prod, Route):
+        return all(_fresh_branch(p, p.producer.get(e), block) for e in prod.experts)
+    return isinstance(prod, MatMul) and p.owner.get(prod.weight) == block
+
+
+def _times(terms_: list[Term], monos: list[Mono], gates: str) -> list[Term]:
+    return [Term(add(t.const, m.const), t.slots + m.slots, f"{gates}·{t.what}", t.why, t.kind,
+                 t.clamp) for t in terms_ for m in monos if add(t.const, m.const) is not NEG_INF]
+
+
+def _branch(table: dict, prod, sz: Sizes) -> list[Term]:
+    """A branch's terms for the sums over the depth. A route's are its experts' own terms, each
+    times its gate (and, for a change, the gate's change times the expert), so that the bound
+    on the sum over L reaches the experts' last weights, as it reaches a matmul branch's weight;
+    the route's own terms carry the experts' sizes as numbers, which no param could absorb."""
+    if not isinstance(prod, Route):
+        return table[type(prod)](prod, sz)
+    g, out = prod.gates, []
+    for e in dict.fromkeys(prod.experts):
+        ep = sz.program.producer[e]
+        if table is INIT:
+            out += _times(INIT[type(ep)](ep, sz), _gate_weights(prod, sz.init(g), sz), g)
+        else:
+            out += _times(INIT[type(ep)](ep, sz), _gate_weights(prod, sz.change(g), sz), g)
+            out += _times(CHANGE[type(ep)](ep, sz), _gate_weights(prod, sz.train(g), sz), g)
+    return out
+
+
 def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
     if not over_depth(ins, sz):
         return [t for v in _sides(ins) for t in
@@ -469,14 +500,15 @@ def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
                 sz.init(ins.init))
     for b in sz.branches(ins):
         prod = p.producer[b]
-        if isinstance(prod, MatMul) and p.owner.get(prod.weight) == ins.block:
+        if _fresh_branch(p, prod, ins.block):
+            fresh = getattr(prod, "weight", None) or "weight in every expert"  # a route
             k, why = HALF, (f"the {L} branches {b}₀ are independent and centred (a fresh "
-                            f"{prod.weight} in each repetition): a CLT sum over {L} (+1/2)")
+                            f"{fresh} in each repetition): a CLT sum over {L} (+1/2)")
         else:  # not known to be centred: the conservative LLN sum
             k, why = ONE, (f"the {L} branches {b}₀ are not known to be independent and centred "
                            f"(no fresh weight of {ins.block} makes them): an LLN sum over {L} "
                            "(+1)")
-        out += [_over_depth_sum(t, k, why) for t in INIT[type(prod)](prod, sz)]
+        out += [_over_depth_sum(t, k, why) for t in _branch(INIT, prod, sz)]
     return out
 
 
@@ -490,9 +522,9 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
     for b in sz.branches(ins):
         prod = p.producer[b]
         with sz.channel("own"):
-            own = CHANGE[type(prod)](prod, sz)
+            own = _branch(CHANGE, prod, sz)
         with sz.channel("stream"):
-            passed = [t for t in CHANGE[type(prod)](prod, sz) if not t.params("U")]
+            passed = [t for t in _branch(CHANGE, prod, sz) if not t.params("U")]
         lln = (f"each repetition's own updates (in {b}) are driven by the same output gradient, "
                f"so the {L} of them add coherently (LLN over {L}: +1)")
         clt = (f"the change of the stream that {b} passes on goes through the independent initial "
@@ -511,9 +543,62 @@ def grad_stream(ins: Stream, sz: Sizes) -> list[tuple[str, Term]]:
                            "fed it: the argument, and the previous repetition", "flow", g)]
 
 
+# --- Route ----------------------------------------------------------------------------------------
+# y = sum over the k largest gates g_e of w_e·y_e, w_e = g_e or g_e / (sum of the k): a mixture of
+# experts (docs/theory.md). Top-k is a coordinatewise mask of the gates (piecewise constant: a
+# selected gate keeps its size, the others are 0), so y is a finite sum of weights times experts
+# and sizes multiply as in mix; normalising divides by the gates' own size, as a norm does.
+
+def _gate_weights(ins: Route, monos: list[Mono], sz: Sizes) -> list[Mono]:
+    if not ins.normalise:
+        return monos
+    shift = -_size(sz.init(ins.gates))
+    return [Mono(add(m.const, shift), m.slots) for m in monos]
+
+
+def init_route(ins: Route, sz: Sizes) -> list[Term]:
+    w = _gate_weights(ins, sz.init(ins.gates), sz)
+    why = f"a finite sum over the {ins.k} selected experts, each times its gate"
+    return [t for e in dict.fromkeys(ins.experts)
+            for t in terms(f"{ins.gates}₀·{e}₀", why, "auto", w, sz.init(e))]
+
+
+def change_route(ins: Route, sz: Sizes) -> list[Term]:
+    g = ins.gates
+    dw = _gate_weights(ins, sz.change(g), sz)
+    w = _gate_weights(ins, sz.train(g), sz)
+    why = "a finite sum over the selected experts changes with the gates or the experts"
+    return [t for e in dict.fromkeys(ins.experts)
+            for t in terms(f"Δ{g}·{e}", why, "auto", dw, sz.train(e))
+            + terms(f"{g}·Δ{e}", why, "auto", w, sz.change(e))]
+
+
+def grad_route(ins: Route, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    gates, w = ins.gates, _gate_weights(ins, sz.first_order_train(ins.gates), sz)
+    shift = -_size(sz.init(gates)) if ins.normalise else ZERO
+    dim = sz.program.value_dims[ins.out]
+    # dg_e = <dy, y_e>: a sum over the experts' dim, CLT against y_e₀ (independent of the
+    # gradient), LLN against Δy_e (built from it), as attention's weights get theirs in mix
+    half, one = (HALF, ONE) if sz.infinite(dim) else (ZERO, ZERO)
+    out = []
+    for e in dict.fromkeys(ins.experts):
+        out += [(gates, t) for t in terms(
+            f"d{ins.out}·{e}₀", f"the sum over {dim} meets {e}₀, independent of the gradient "
+            f"(CLT: +1/2)" if half else f"a finite sum over {dim}", "auto", g, sz.init(e),
+            const=add(half, shift))]
+        out += [(gates, t) for t in terms(
+            f"d{ins.out}·Δ{e}", f"the sum over {dim} meets Δ{e}, built from this gradient "
+            f"(LLN: +1)" if one else f"a finite sum over {dim}", "auto", g,
+            sz.first_order_change(e), const=add(one, shift))]
+        out += [(e, t) for t in terms(f"{gates}·d{ins.out}", "each expert's gradient is the "
+                                      "output's times its gate", "auto", g, w)]
+    return out
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix, Stream: init_stream}
+        Mix: init_mix, Stream: init_stream, Route: init_route}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix, Stream: change_stream}
+          Mix: change_mix, Stream: change_stream, Route: change_route}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix, Stream: grad_stream}
+        Mix: grad_mix, Stream: grad_stream, Route: grad_route}

@@ -20,6 +20,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
+                                  experts (``route_norm``: the k gates divided by their sum)
 Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
                                   previous repetition's return value afterwards
 ==========  ====================  =========================================================
@@ -307,8 +309,31 @@ class Stream:
         return self.count is not None and self.count != 1
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream)
+@dataclass(frozen=True)
+class Route:
+    """``out = route(gates, k, *experts)``: ``sum over the k largest gates_e of gates_e·experts_e``,
+    a mixture-of-experts layer's combination (``normalise``: the k gates divided by their sum).
+
+    ``gates`` has one entry per expert (a finite dim); every expert is a vector of one dim.
+    Scaling (docs/theory.md, "Mixture-of-experts layers"): top-k is a coordinatewise mask of the
+    gates (a selected gate keeps its size, the others are 0), so this is a finite sum of Θ(1)
+    weights times experts, as in ``mix``; the gates' gradient is a sum over the experts' dim.
+    """
+
+    out: str
+    gates: str
+    k: int
+    experts: tuple[str, ...]
+    span: Span | None = _span()
+    normalise: bool = False
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.gates, *self.experts)
+
+
+Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route)
 
 
 def heads_dim_name(dim: str, over: str) -> str:
@@ -470,6 +495,8 @@ class Program:
                 grouped = (query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = query if grouped else values
+            elif isinstance(ins, Route):
+                dims[ins.out] = dims[ins.experts[0]]
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from .functions import MUL
-from .program import Dot, Input, Instruction, MatMul, Mix, Nonlin, Param, Program, Stream
+from .program import Dot, Input, Instruction, MatMul, Mix, Nonlin, Param, Program, Route, Stream
 
 
 def _coef(c: Fraction) -> str:
@@ -30,6 +30,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"dot({show(ins.left)}, {show(ins.right)}{over})"
     elif isinstance(ins, Mix):
         rhs = f"mix({show(ins.weights)}, {show(ins.values)})"
+    elif isinstance(ins, Route):
+        fn = "route_norm" if ins.normalise else "route"
+        rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
     elif isinstance(ins, Stream):  # in a program's text, the block call it starts
         rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
     elif isinstance(ins, Nonlin):

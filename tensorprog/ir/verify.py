@@ -15,6 +15,7 @@ from .program import (
     Mix,
     Nonlin,
     Program,
+    Route,
     Stream,
     heads_dim,
     heads_dim_name,
@@ -128,6 +129,8 @@ def verify(program: Program) -> Program:
                 errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
                              "same dim as v, or of whole groups of v's heads", ins.span)
             out = program.value_dims[ins.out]
+        elif isinstance(ins, Route):
+            out = _verify_route(ins, ops, dims, key, errors)
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1
@@ -170,6 +173,19 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     return next((d for a, d, other in ((ins.args[0], ops[0], ops[1]),
                                        (ins.args[1], ops[1], ops[0]))
                  if a in program.param_table and per_head(dims, d, other)), None)
+
+
+def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> str | None:
+    """One finite gate per expert, experts of one dim, and 1 <= k <= their number."""
+    gates = dims.get(ops[0]) if ops[0] is not None else None
+    if gates is None or gates.infinite or gates.size != len(ins.experts):
+        errors.error(f"route: the gates {ins.gates} must have one entry per expert (a finite dim "
+                     f"of size {len(ins.experts)})", ins.span)
+    if any(o is None for o in ops[1:]) or len({key(o) for o in ops[1:]}) != 1:
+        errors.error("route: the experts must be vectors of one dim", ins.span)
+    if not 1 <= ins.k <= len(ins.experts):
+        errors.error(f"route: k = {ins.k} must be between 1 and the number of experts", ins.span)
+    return ops[1]
 
 
 def _verify_blocks(program: Program, defined: dict, key, errors: Collector) -> None:

@@ -29,8 +29,9 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix")
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
 
 
 @dataclass(frozen=True)
@@ -478,6 +479,8 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
+        if node.fn in ROUTES:  # variadic: lower_route checks its arguments
+            return node.args, None
         arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2)}.get(
             node.fn, (1,))
         if len(node.args) not in arity:
@@ -515,6 +518,8 @@ class ExpressionLowering:
     def expr_Call(self, node: Call, args, over):
         if over == "block":
             return self.apply_block(node.fn, node.fn_span, args[0], None, node)
+        if node.fn in ROUTES:
+            return lower_route(self, node, args, Scalar, Vec)
         if any(a is None for a in args):
             return None
         for a in args:

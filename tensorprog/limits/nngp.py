@@ -44,7 +44,7 @@ from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import MUL
-from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Stream
+from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, Stream
 from ..ir.sizes import check_kernels
 from ..ir.text import render_instruction
 from .common import AT_ZERO, FNS, ID, ORDER, Fn, frac, gaussian_mean, gaussian_pair, read_inputs
@@ -563,6 +563,12 @@ def _mix(ev: _Limit, ins: Mix) -> tuple[Value, str]:
                   "the kernel is computed for dense programs", ins.span)
 
 
+def _route(ev: _Limit, ins: Route) -> tuple[Value, str]:
+    raise _Refuse("route (a mixture of experts' top-k) has no NNGP rule here: the selection is "
+                  "not a Gaussian computation", "the kernel is computed for dense programs",
+                  ins.span)
+
+
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
     # the IR holds one generic repetition; its kernel depends on every repetition before it
     raise _Refuse(f"block {ins.block} has no NNGP rule here: the kernel of a repeated block "
@@ -574,6 +580,7 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
     MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
+    Route: _route,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 
