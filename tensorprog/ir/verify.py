@@ -61,22 +61,7 @@ def verify(program: Program) -> Program:
         define(i.name, i.dim, i.span)
     if len({i.seq for i in program.inputs if i.seq is not None}) > 1:
         errors.error("all token and position inputs must share one sequence dim")
-    matrices = set()
-    for p in program.params:
-        for d in p.shape:
-            if d not in dims:
-                errors.error(f"undeclared dim '{d}'", p.span)
-        if len(p.shape) not in (0, 1, 2, 4):
-            errors.error(f"param {p.name} must be a scale, a vector, a matrix or a kernel", p.span)
-        if len(p.shape) == 4 and any(d in dims and dims[d].infinite for d in p.shape[2:]):
-            errors.error(f"kernel {p.name}: its spatial size must be finite", p.span)
-        if len(p.shape) >= 2:
-            matrices.add(p.name)
-            if p.name in defined or p.name in dims:
-                errors.error(f"'{p.name}' is defined twice", p.span)
-            defined[p.name] = "<matrix>"
-        else:
-            define(p.name, p.shape[0] if p.shape else None, p.span)
+    matrices = _verify_params(program, dims, defined, define, errors)
     if errors.errors:
         errors.raise_if_any(SemanticError)
 
@@ -153,6 +138,28 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_params(program: Program, dims: dict, defined: dict, define, errors: Collector) -> set:
+    """Each param's dims declared and its rank known; returns the matrix (and kernel) names,
+    which are defined but are no vectors."""
+    matrices = set()
+    for p in program.params:
+        for d in p.shape:
+            if d not in dims:
+                errors.error(f"undeclared dim '{d}'", p.span)
+        if len(p.shape) not in (0, 1, 2, 4):
+            errors.error(f"param {p.name} must be a scale, a vector, a matrix or a kernel", p.span)
+        if len(p.shape) == 4 and any(d in dims and dims[d].infinite for d in p.shape[2:]):
+            errors.error(f"kernel {p.name}: its spatial size must be finite", p.span)
+        if len(p.shape) >= 2:
+            matrices.add(p.name)
+            if p.name in defined or p.name in dims:
+                errors.error(f"'{p.name}' is defined twice", p.span)
+            defined[p.name] = "<matrix>"
+        else:
+            define(p.name, p.shape[0] if p.shape else None, p.span)
+    return matrices
 
 
 def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None:
