@@ -25,7 +25,7 @@ from fractions import Fraction
 from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
-from ..errors import UsageError
+from ..errors import Diagnostic, EngineError, UsageError
 from .trace import Traced
 
 
@@ -59,7 +59,7 @@ class MuP:
     def __init__(self, traced: Traced, optimizer: str = "adam", convention: str = "table3"):
         self.traced = traced
         self.program = traced.program
-        self.derivation = derive(self.program, resolve(optimizer), convention)
+        self.derivation = _derive(traced, self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
         self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
@@ -342,6 +342,19 @@ class MuP:
             return {}
         r = self.width_of(model) / self.traced.base_width
         return {p.node: (r ** -float(p.exponent), p.rows) for p in self.patches}
+
+
+def _derive(traced: Traced, program, optimizer, convention: str):
+    """derive, whose refusal of a traced program also gives the trace's notes (a width dim
+    fixed by the config): they name the cause where the engine sees only its effect, a vector
+    that vanishes at init."""
+    try:
+        return derive(program, optimizer, convention)
+    except EngineError as err:
+        if not traced.notes:
+            raise
+        notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
+        raise EngineError(err.diagnostics + notes) from None
 
 
 def _rows(use) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -133,6 +134,8 @@ class Traced:
     build: Callable
     example_inputs: Callable
     templates: list[str]
+    # what the trace found that makes µP degenerate, for people (also comments in ``source``)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def program(self):
@@ -353,8 +356,11 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
     if any(" @ pos" in s for s in t1.stmts):
         lines.append("input pos : positions[T]")
-    lines += [d.format(**values) for d in t1.decls]
-    lines += [s.format(**values) for s in t1.stmts]
+    decls = [d.format(**values) for d in t1.decls]
+    stmts = [s.format(**values) for s in t1.stmts]
+    notes = fixed_dim_notes(decls, stmts, dims, t1.params)
+    lines[1:1] = [f"# note: {note}" for note in notes]
+    lines += decls + stmts
     lines += [f"output {o}" for o in t1.outputs]
     source = "\n".join(lines) + "\n"
     for info in t1.scales.values():
@@ -375,4 +381,53 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs) -> Traced
         build,
         example_inputs,
         t1.decls + t1.stmts,
+        notes,
     )
+
+
+_PARAM = re.compile(r"param (\w+) : \[(\w+), (\w+)\]")
+
+
+def fixed_dim_notes(decls: list[str], stmts: list[str], dims: dict, params: dict) -> list[str]:
+    """A dim that keeps its size while the width grows, between two width dims: a matrix maps
+    the width to it and another maps it back (an ``intermediate_size`` the config fixes). The
+    layer between is then not widened at all: µP treats the matrix into it as a readout and the
+    one out of it as an input layer of finite fan-in, and may have no solution (a bias-free
+    gated MLP's output vanishes at init as 1/n, and derive refuses it at the matrix after the
+    bottleneck, an effect far from its cause). Said here, at the trace, with the modules and
+    what to change. A token or position table (``E @ tok``) maps a finite one-hot input to the
+    width, which is no bottleneck."""
+    fixed = {d for d, rhs in dims.items() if "n" not in rhs}
+    lookups = {m.group(1) for s in stmts if (m := re.search(r"(\w+) @ (tok|pos)\b", s))}
+    into: dict[str, list[str]] = {}
+    out_of: dict[str, list[str]] = {}
+    for d in decls:
+        m = _PARAM.match(d)
+        if not m:
+            continue
+        name, fan_out, fan_in = m.groups()
+        if fan_out in fixed and fan_in not in fixed:
+            into.setdefault(fan_out, []).append(name)
+        elif fan_in in fixed and fan_out not in fixed and name not in lookups:
+            out_of.setdefault(fan_in, []).append(name)
+
+    def module(name: str) -> str:
+        use = params.get(name)
+        return strip_prefix(use.target).rpartition(".")[0] if use is not None else name
+
+    def modules(names: list[str]) -> str:
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        return module(names[0]) + more
+
+    notes = []
+    for d in sorted(set(into) & set(out_of)):
+        size = dims[d]
+        notes.append(
+            f"dim {d} stays {size} while the width grows: {modules(into[d])} maps the width "
+            f"to {size} and {modules(out_of[d])} maps it back: the layer between is not "
+            "widened, so µP treats the first as a readout and the second as an input layer, "
+            "and may have none (derive then refuses the program after it); if the config fixes "
+            "a size meant to grow with the model, build it in proportion to the width (e.g. "
+            "intermediate_size = 4 * width)"
+        )
+    return notes
