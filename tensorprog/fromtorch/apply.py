@@ -94,6 +94,16 @@ class MuP:
         self.graphs: dict = {}
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
+        if info["q"] not in self.traced.producers:
+            # the query is no linear layer's output (a norm of it: QK-norm), so no weight's init
+            # and LR carry the logits' factor; refused rather than applied to the wrong tensor
+            raise UsageError(
+                f"µP changes the attention scale {scale} by (n/base)^-{delta}, which folds into "
+                f"the query's weight, but the query {info['q']} is not a linear layer's output "
+                "(a norm applied to it, as QK-norm, takes the factor out again)",
+                help="build the model with heads of a fixed dim (head_dim constant, the head "
+                "count growing with the width): its attention scale needs no change",
+            )
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
         if use.rows is None:
