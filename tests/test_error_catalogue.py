@@ -1347,6 +1347,62 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
         mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
 
+def test_mup_refuses_to_fold_the_attention_scale_into_a_normalised_query():
+    # before: KeyError deep in MuP (HF OLMo-2, 4 heads); the factor cannot live in a weight
+    # whose output a norm rescales, so it is refused with what to build instead
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class QKNorm(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+            self.qn = nn.LayerNorm(n)
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            b, t, c = h.shape
+            q, k, v = (z.view(b, t, 4, c // 4).transpose(1, 2)
+                       for z in (self.qn(self.q(h)), self.k(h), self.v(h)))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.head(h + y.transpose(1, 2).reshape(b, t, c))
+
+    traced = from_torch(QKNorm, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not a linear layer's output.*"
+                       r"help: build the model with heads of a fixed dim"):
+        MuP(traced, "adam")
+
+
+def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():
+    # before: only "linear_2 vanishes at init as 1/n", far from the cause (an inner size of 48
+    # at every width); now the trace's note comes with it, naming the dim and the modules
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import EngineError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Gated(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.gate, self.up = nn.Linear(n, 48, bias=False), nn.Linear(n, 48, bias=False)
+            self.down = nn.Linear(48, n, bias=False)
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            return self.head(h + self.down(nn.functional.silu(self.gate(h)) * self.up(h)))
+
+    traced = from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(EngineError, match=r"(?s)vanishes at init as 1/n.*note: the trace noted: "
+                       r"dim f48 stays 48 while the width grows: gate \(and 1 more\) maps the "
+                       r"width to 48 and down maps it back.*intermediate_size = 4 \* width"):
+        MuP(traced, "adam")
+
+
 @pytest.mark.parametrize("method", ["forward", "vectors"])
 def test_a_sequence_longer_than_the_position_table_is_refused(tmp_path, method):
     # before, positions were arange(T) whatever the input's length: a longer (or shorter)

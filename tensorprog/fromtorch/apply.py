@@ -25,7 +25,7 @@ from fractions import Fraction
 from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
-from ..errors import UsageError
+from ..errors import Diagnostic, EngineError, UsageError
 from .trace import Traced
 from .values import ParamUse
 
@@ -81,7 +81,7 @@ class MuP:
         self.stack = traced.stack
         self.base_depth = self._check_base_depth(base_depth)
         self.program = traced.program
-        self.derivation = derive(self.program, resolve(optimizer), convention)
+        self.derivation = _derive(traced, self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
         self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
@@ -531,6 +531,19 @@ class MuP:
             uses = self.stack.layers[p.param] if p.param else [p]
             out.update({u.node: (r ** -float(p.exponent), p.rows) for u in uses})
         return out
+
+
+def _derive(traced: Traced, program, optimizer, convention: str):
+    """derive, whose refusal of a traced program also gives the trace's notes (a width dim
+    fixed by the config): they name the cause where the engine sees only its effect, a vector
+    that vanishes at init."""
+    try:
+        return derive(program, optimizer, convention)
+    except EngineError as err:
+        if not traced.notes:
+            raise
+        notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
+        raise EngineError(err.diagnostics + notes) from None
 
 
 def _rows(use) -> str:

@@ -141,6 +141,8 @@ class Traced:
     stack: Stack | None = None
     # unrolled vector -> its names in the program (a block's value in layer i: blk.i.v)
     names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # what the trace found that makes µP degenerate, for people (also comments in ``source``)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def program(self):
@@ -432,6 +434,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     base = {strip_prefix(k): v for k, v in base.items()}
     decls = [d.format(**values) for d in t1.decls]
     stmts = [s.format(**values) for s in t1.stmts]
+    notes = fixed_dim_notes(decls, stmts, dims, t1.params)
     rolled = note = None
     if layout is not None:
         modules, model = layout
@@ -450,12 +453,12 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
 
         try:
             body = rolled.decls + rolled.stmts
-            parse(_source(w1, w2, t1, body, rolled, None, dims, fixed), "traced.tp")
+            parse(_source(w1, w2, t1, body, rolled, None, dims, fixed, notes), "traced.tp")
         except TensorProgError as err:
             why = err.diagnostics[0].message
             rolled, note = None, f"the stack is kept unrolled: its block does not parse ({why})"
     source = _source(w1, w2, t1, rolled.decls + rolled.stmts if rolled else decls + stmts,
-                     rolled, note, dims, fixed)
+                     rolled, note, dims, fixed, notes)
     return Traced(
         source,
         (w1, w2),
@@ -469,16 +472,19 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         t1.decls + t1.stmts,
         rolled.stack if rolled else None,
         rolled.names if rolled else {},
+        notes,
     )
 
 
 def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=None,
-            fixed=None) -> str:
+            fixed=None, notes=()) -> str:
     """The traced program's text: the header, its dims and inputs, then ``body``; ``fixed``:
-    the width constants measured (each named in a comment at the top)."""
+    the width constants measured (each named in a comment at the top); ``notes``: what makes
+    µP degenerate (fixed_dim_notes)."""
     rotary = rolled.rotary if rolled else t1.rotary
     seq, vocab = t1.tokens
     lines = [f"{MARK} {w1} and {w2}"]
+    lines += [f"# note: {n}" for n in notes]
     lines += [f"# {note}"] if note else []
     lines += [
         f"# {v}: rotary embedding, an exact rotation of coordinate pairs, written as {v} itself"
@@ -503,3 +509,51 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
     lines += body
     lines += [f"output {o}" for o in t1.outputs]
     return "\n".join(lines) + "\n"
+
+
+_PARAM = re.compile(r"param (\w+) : \[(\w+), (\w+)\]")
+
+
+def fixed_dim_notes(decls: list[str], stmts: list[str], dims: dict, params: dict) -> list[str]:
+    """A dim that keeps its size while the width grows, between two width dims: a matrix maps
+    the width to it and another maps it back (an ``intermediate_size`` the config fixes). The
+    layer between is then not widened at all: µP treats the matrix into it as a readout and the
+    one out of it as an input layer of finite fan-in, and may have no solution (a bias-free
+    gated MLP's output vanishes at init as 1/n, and derive refuses it at the matrix after the
+    bottleneck, an effect far from its cause). Said here, at the trace, with the modules and
+    what to change. A token or position table (``E @ tok``) maps a finite one-hot input to the
+    width, which is no bottleneck."""
+    fixed = {d for d, rhs in dims.items() if "n" not in rhs}
+    lookups = {m.group(1) for s in stmts if (m := re.search(r"(\w+) @ (tok|pos)\b", s))}
+    into: dict[str, list[str]] = {}
+    out_of: dict[str, list[str]] = {}
+    for d in decls:
+        m = _PARAM.match(d)
+        if not m:
+            continue
+        name, fan_out, fan_in = m.groups()
+        if fan_out in fixed and fan_in not in fixed:
+            into.setdefault(fan_out, []).append(name)
+        elif fan_in in fixed and fan_out not in fixed and name not in lookups:
+            out_of.setdefault(fan_in, []).append(name)
+
+    def module(name: str) -> str:
+        use = params.get(name)
+        return strip_prefix(use.target).rpartition(".")[0] if use is not None else name
+
+    def modules(names: list[str]) -> str:
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        return module(names[0]) + more
+
+    notes = []
+    for d in sorted(set(into) & set(out_of)):
+        size = dims[d]
+        notes.append(
+            f"dim {d} stays {size} while the width grows: {modules(into[d])} maps the width "
+            f"to {size} and {modules(out_of[d])} maps it back: the layer between is not "
+            "widened, so µP treats the first as a readout and the second as an input layer, "
+            "and may have none (derive then refuses the program after it); if the config fixes "
+            "a size meant to grow with the model, build it in proportion to the width (e.g. "
+            "intermediate_size = 4 * width)"
+        )
+    return notes

@@ -28,7 +28,7 @@ from ..engine.exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, gt
 from ..engine.optimizers import Optimizer
 from ..engine.propagate import prescaled
 from ..errors import UsageError
-from ..ir.program import Program
+from ..ir.program import Dot, Program
 
 # A slope within ±0.15 of the expected exponent passes. Measured with the check's defaults (widths
 # 64..2048, 3 seeds, 3 steps): under µP the largest deviation over every example and both
@@ -46,6 +46,24 @@ ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialise
 # Vectors that start at exactly 0 are left out: they start moving a step late, so their change
 # accelerates at first (a zero-initialised readout's output: x4 under Adam, and stable).
 UNSTABLE_GROWTH = 8.0
+# In the small-update regime a vector's change after t steps grows about linearly in t (by
+# t/(t-1) from step t-1 to t: x1.5 from step 2 to 3), slower once Adam's moments average out, and
+# up to quadratically where two moving factors multiply (a readout's output: 1.5 over linear). A
+# change growing more than ACCELERATING times linearly (from step 3 on) is compounding: the
+# updates change the gradients they come from, and the slopes then mix the width with the
+# learning rate. Measured, 3 Adam steps: HF Llama (2 layers, 4 heads, vocab 256, MLP 4n) traced
+# at 64/128 and checked at 256..1024 grows at most 1.1 over linear at lr 3e-3 (µP passes) and
+# 2.4 at lr 1e-2 (the second block's MLP output; 12 vectors then fail, -0.3 to -0.74); over
+# every example at `tensorprog check`'s defaults the largest is 2.03 (mlp_expand's output, in a
+# passing run).
+ACCELERATING = 2.2
+# Attention logits (a per-head ``dot``) whose RMS reaches this saturate a causal softmax over a
+# few tokens (e^4 ~ 55 between a typical logit and the next): its gradient vanishes and the
+# logits stop moving, a regime no exponent describes. (A readout ``dot`` without heads is no
+# softmax's input: dot_readout's output reaches RMS 4.2 in a passing run.)
+SATURATED_LOGITS = 4.0
+# what a warning suggests: a learning rate this many times lower
+LR_BACKOFF = 3.0
 
 
 @dataclass(frozen=True)
@@ -242,6 +260,44 @@ class CheckResult:
     # order) that went inf or nan and the step where it did; vector "" where the run stopped
     # before any did (the loss overflowed, or the optimizer refused the step)
     diverged: list[tuple[str, int, int, int, str]] = field(default_factory=list)
+    # (vector, width, step, growth over linear): changes that compound (ACCELERATING), and
+    # (vector, width, step, RMS): attention logits that saturate their softmax
+    accelerating: list[tuple[str, int, int, float]] = field(default_factory=list)
+    saturated: list[tuple[str, int, int, float]] = field(default_factory=list)
+    # program vector -> the name a person knows it by (a traced model's module path)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def where(self, name: str) -> str:
+        """The vector's display name: its module path where one is known, and its own name."""
+        shown = self.names.get(name)
+        return f"{shown} ({name})" if shown and shown != name else name
+
+    @property
+    def small_updates(self) -> bool:
+        """Whether the run stayed in the small-update regime its slopes assume."""
+        return not (self.accelerating or self.saturated or self.unstable or self.diverged)
+
+    def regime_warning(self) -> str:
+        """"" for a run in the small-update regime; else what left it, and a lower lr to try."""
+        if self.small_updates or self.diverged:
+            return ""
+        axis = self.settings.get("axis", "width")
+        if self.unstable:
+            v, w, t, g = max(self.unstable, key=lambda u: u[3])
+            grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
+            what = f"the change of {self.where(v)} {grew} from step {t - 1} to {t} at {axis} {w}"
+        elif self.accelerating:
+            v, w, t, g = max(self.accelerating, key=lambda u: u[3])
+            what = (f"the change of {self.where(v)} grew {g:.1f}x faster than linearly from "
+                    f"step {t - 1} to {t} at {axis} {w}")
+        else:
+            v, w, t, r = max(self.saturated, key=lambda u: u[3])
+            what = (f"the attention logits {self.where(v)} reached RMS {r:.1f} after step {t} "
+                    f"at {axis} {w}: the softmax saturates")
+        lr = self.settings.get("lr")
+        hint = f" (e.g. lr {lr / LR_BACKOFF:.2g})" if isinstance(lr, (int, float)) else ""
+        return (f"not in the small-update regime: {what}; the slopes then mix the learning rate "
+                f"with the width: lower the learning rate{hint}")
 
     @property
     def passed(self) -> bool:
@@ -267,6 +323,12 @@ class CheckResult:
                              for v, w, t, g in self.unstable],
                 "diverged": [{"vector": v, "width": w, "seed": s, "step": t, "why": why}
                              for v, w, s, t, why in self.diverged],
+                "accelerating": [{"vector": v, "width": w, "step": t, "over_linear": g}
+                                 for v, w, t, g in self.accelerating],
+                "saturated": [{"vector": v, "width": w, "step": t, "rms": r}
+                              for v, w, t, r in self.saturated],
+                "regime": self.regime_warning() or None,
+                "names": dict(self.names),
                 "tensors": [r.as_dict() for r in self.results]}
 
     def __repr__(self) -> str:
@@ -295,10 +357,12 @@ class CheckResult:
             lines.append(f"    ... and {len(detail) - _SHOWN} more")
         for v, w, t, g in self.unstable[:3]:
             grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
-            lines.append(f"  unstable: the change of {v} {grew} from step {t - 1} to {t} at "
-                         f"{self.settings.get('axis', 'width')} {w}")
+            lines.append(f"  unstable: the change of {self.where(v)} {grew} from step {t - 1} "
+                         f"to {t} at {self.settings.get('axis', 'width')} {w}")
         if len(self.unstable) > 3:
             lines.append(f"  unstable: {len(self.unstable) - 3} more")
+        if not self.unstable and self.regime_warning():
+            lines.append(f"  warning: {self.regime_warning()}")
         return "\n".join(lines)
 
     def _verdict(self) -> str:
@@ -306,7 +370,7 @@ class CheckResult:
             return f"DIVERGED: {len(self.diverged)} run(s) went inf or nan"
         if self.passed:
             return "PASS"
-        names = list(self.failures)
+        names = [self.where(n) for n in self.failures]
         more = f" and {len(names) - 4} more" if len(names) > 4 else ""
         return f"FAIL: {', '.join(names[:4])}{more}"
 
@@ -325,7 +389,7 @@ def _failure_lines(result: CheckResult) -> list[str]:
     for name, entries in result.failures.items():
         worst = max(entries, key=lambda r: abs(r.slope) if math.isfinite(r.slope) else 1e9)
         when = "at init" if worst.step == 0 else f"after step {worst.step}"
-        lines.append(f"{name}: {worst.verdict} ({when})")
+        lines.append(f"{result.where(name)}: {worst.verdict} ({when})")
     return lines
 
 
@@ -423,7 +487,9 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))
     return CheckResult(results, tolerance, against, widths, seeds, last,
                        settings={"program": program.name, "optimizer": optimizer.name},
-                       unstable=_unstable(results), diverged=_diverged(measurements))
+                       unstable=_unstable(results), diverged=_diverged(measurements),
+                       accelerating=_accelerating(results),
+                       saturated=_saturated(program, results))
 
 
 def _diverged(m: Measurements) -> list[tuple[str, int, int, int, str]]:
@@ -465,6 +531,43 @@ def _unstable(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:
                 out.append((name, w, t, math.inf))
             elif start > ZERO_RMS and now > UNSTABLE_GROWTH * prev and now > start:
                 out.append((name, w, t, now / prev))
+    return out
+
+
+def _accelerating(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:
+    """Changes that grow more than ACCELERATING times linearly in one step (from step 3 on),
+    past the vector's own nonzero size at init: the run has left the small-update regime.
+    Vectors that start at exactly 0 start moving a step late and are left out, as in
+    :func:`_unstable`, and so are the growths :func:`_unstable` already reports."""
+    by = {(r.name, r.step): r.rms for r in results}
+    out = []
+    for (name, t), rms in by.items():
+        if t < 3 or (name, t - 1) not in by or (name, 0) not in by:
+            continue
+        for w, now in rms.items():
+            prev, start = by[(name, t - 1)].get(w, 0.0), by[(name, 0)].get(w, 0.0)
+            if not all(math.isfinite(x) and x > ZERO_RMS for x in (now, prev, start)):
+                continue
+            over = now / prev / (t / (t - 1))
+            if over > ACCELERATING and now / prev <= UNSTABLE_GROWTH:
+                out.append((name, w, t, over))
+    return out
+
+
+def _saturated(program: Program, results: list[TensorResult]) -> list[tuple[str, int, int,
+                                                                                float]]:
+    """Attention logits (the outputs of a per-head ``dot``) whose RMS after a step, bounded
+    below by its change less its size at init, reaches SATURATED_LOGITS."""
+    logits = {i.out for i in program.body if isinstance(i, Dot) and i.over is not None}
+    init = {r.name: r.rms for r in results if r.step == 0}
+    out = []
+    for r in results:
+        if r.name not in logits or r.step == 0:
+            continue
+        for w, change in r.rms.items():
+            low = change - init[r.name].get(w, 0.0)
+            if math.isfinite(low) and low >= SATURATED_LOGITS:
+                out.append((r.name, w, r.step, change))
     return out
 
 
@@ -517,6 +620,8 @@ def render(result: CheckResult) -> str:
                   f"  ({vectors} vector(s), sub-expressions included); the slopes then measure "
                   "the run's blow-up,",
                   f"  not the parametrization: lower the learning rate{hint}", ""]
+    if not result.unstable and result.regime_warning():
+        lines += [f"WARNING: {result.regime_warning()}", ""]
     failures = result.failures
     how = "µP requires" if result.against == "mup" else "predicted"
     if result.diverged:

@@ -1,0 +1,108 @@
+"""The zoo's per-family function (benchmarks/zoo.py) on tiny models, and what the user-model
+coordinate check says about a run: module paths for its vectors, and the small-update regime."""
+
+import pytest
+from conftest import ROOT, import_file
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    pytest.importorskip("transformers")
+    return import_file(ROOT / "benchmarks" / "zoo.py", "zoo")
+
+
+def test_zoo_llama_passes_derives_and_applies_bit_identically(zoo):
+    # HF Llama, 4 heads (head dim n/4), built by the zoo's config plumbing, traced at 32/64 and
+    # checked at 128/256 with one seed (128..512 is the smallest range the zoo trusts; at
+    # 64..256 the second block's logits read -0.27, docs/torch.md)
+    r = zoo.run_scaling("llama", "heads", widths=(128, 256), trace_widths=(32, 64), seeds=(0,))
+    assert r["status"] == "pass", r
+    assert r["bit_identical"] and r["notes"] == []
+    assert r["sp"].startswith("fails") and "model.layers." in r["sp"]  # named by module path
+
+
+def test_zoo_gpt2_derives_and_applies_bit_identically(zoo):
+    # GPT-2's fused qkv and tied unembedding are forward patches: at the base width their
+    # factor is exactly 1, so params and logits are bit-identical
+    r = zoo.run_scaling("gpt2", "head_dim", trace_widths=(32, 64), check=False)
+    assert r["status"] == "applied" and r["bit_identical"], r
+
+
+def test_zoo_build_failure_and_config_plumbing(zoo):
+    kw = zoo.config_kwargs(__import__("transformers").GPT2Config, 128, "head_dim")
+    # GPT-2 spells the fields n_embd, n_head, n_layer, n_inner: reached through attribute_map
+    # and the zoo's table of other spellings
+    assert (kw["n_embd"], kw["n_head"], kw["n_layer"], kw["n_inner"]) == (128, 8, 2, 512)
+    assert kw["resid_pdrop"] == 0.0 and kw["vocab_size"] == 256
+    r = zoo.run_scaling("no_such_family", "heads")
+    assert r["status"] == "build"
+
+
+class Tiny(nn.Module):
+    """Embedding, a two-layer MLP block and a readout: the smallest model with hidden weights."""
+
+    def __init__(self, n, vocab=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, n)
+        self.mlp = nn.Sequential(nn.Linear(n, 2 * n), nn.ReLU(), nn.Linear(2 * n, n))
+        self.head = nn.Linear(n, vocab)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        return self.head(h + self.mlp(h))
+
+
+def _tokens(model):
+    return (torch.zeros(2, 8, dtype=torch.long),)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return MuP(from_torch(Tiny, (32, 64), _tokens), "adam")
+
+
+def test_failing_vectors_are_named_by_module_path(tiny):
+    bad = coord_check(tiny, (64, 128, 256), seeds=(0,), apply=False, tolerance=0.25)
+    assert not bad.passed
+    assert {"emb", "mlp.0", "mlp.2", "head"} <= set(bad.names.values()), bad.names
+    # the verdict lines name the module, then the program's vector
+    head = next(v for v, m in bad.names.items() if m == "head")
+    assert f"head ({head}): blows up" in str(bad), str(bad)
+
+
+def test_a_large_learning_rate_is_said_to_leave_the_small_update_regime(tiny):
+    calm = coord_check(tiny, (64, 128, 256), seeds=(0,), tolerance=0.25)
+    assert calm.small_updates and calm.regime_warning() == "", calm
+    # at lr 2 the readout's change grows x3.4 from step 2 to 3 at width 64 (2.25 over linear)
+    wild = coord_check(tiny, (64, 128, 256), seeds=(0,), lr=2.0, tolerance=0.25)
+    assert not wild.small_updates and wild.accelerating[0][:3] == ("linear_2", 64, 3)
+    warning = wild.regime_warning()
+    assert "not in the small-update regime" in warning and "(e.g. lr 0.67)" in warning, warning
+    assert "head (linear_2) grew 2.3x faster than linearly" in warning, warning
+    assert "warning: not in the small-update regime" in str(wild)
+
+
+class Bottleneck(Tiny):
+    """An MLP whose inner size stays 48 at every width (an intermediate_size a config fixes)."""
+
+    def __init__(self, n, vocab=32):
+        super().__init__(n, vocab)
+        self.mlp = nn.Sequential(nn.Linear(n, 48), nn.ReLU(), nn.Linear(48, n))
+
+
+def test_a_width_dim_the_config_fixes_is_named_at_trace_time():
+    traced = from_torch(Bottleneck, (32, 64), _tokens)
+    assert len(traced.notes) == 1
+    note = traced.notes[0]
+    assert "dim f48 stays 48" in note and "mlp.0 maps the width to 48" in note
+    assert "mlp.2 maps it back" in note and f"# note: {note}" in traced.source
+    # with biases this one derives (the note says "may have none"); derive's refusal of a
+    # bias-free gated one names the note too: tests/test_error_catalogue.py
+    MuP(traced, "adam")
+    # a dim that grows with the width is no bottleneck: the same model at 2n has no note
+    assert from_torch(Tiny, (32, 64), _tokens).notes == []
