@@ -158,7 +158,8 @@ def coord_check(
 def module_paths(mup: MuP) -> dict[str, str]:
     """Each program vector's module path in the user's model (``model.layers.1.mlp.down_proj``),
     read from the graph node that computes it (its ``nn_module_stack``); attention logits are
-    named after their attention module with ``logits``. Empty before any graph is exported."""
+    named after their attention module with ``logits``; a rolled layer's vectors under their
+    names in the block (``layers.1.linear_6``). Empty before any graph is exported."""
     if not mup.graphs:
         return {}
     ep, trace = next(iter(mup.graphs.values()))
@@ -167,7 +168,9 @@ def module_paths(mup: MuP) -> dict[str, str]:
     for vec, (node, kind) in trace.vectors.items():
         path = module_of(nodes[node]) if node in nodes else ""
         if path:
-            out[vec] = f"{path} logits" if kind == "sdpa_logits" else path
+            # a rolled layer's vector is judged under its repetition's name (blk.i.v)
+            for name in mup.traced.names.get(vec, (vec,)):
+                out[name] = f"{path} logits" if kind == "sdpa_logits" else path
     return out
 
 
