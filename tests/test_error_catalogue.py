@@ -1371,8 +1371,8 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_normalised_query():
             return self.head(h + y.transpose(1, 2).reshape(b, t, c))
 
     traced = from_torch(QKNorm, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
-    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not a linear layer's output.*"
-                       r"help: build the model with heads of a fixed dim"):
+    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not made by a layer whose init "
+                       r"and LR could take it.*help: build the model with a fixed head dim"):
         MuP(traced, "adam")
 
 
