@@ -360,11 +360,16 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
 
 def _scalar_buffers(build, width: int, model) -> dict:
     """The one-entry float buffers of the model (a constant the build computed from the width,
-    as HF Gemma's embed_scale), read from one build on the CPU: on the meta device they have
-    no value. Keyed by the exported graph's names."""
+    as HF Gemma's embed_scale) and its integer buffers (ids the model makes itself: HF's
+    ``position_ids``, an arange, and ``token_type_ids``, zeros), read from one build on the CPU:
+    on the meta device they have no value. Keyed by the exported graph's names."""
     import torch
 
-    names = [n for n, b in model.named_buffers() if b.numel() == 1 and b.is_floating_point()]
+    names = [
+        n
+        for n, b in model.named_buffers()
+        if (b.numel() == 1 and b.is_floating_point()) or b.dtype in (torch.int64, torch.int32)
+    ]
     if not names:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():

@@ -265,6 +265,11 @@ class Walker:
                 elif spec.kind.name == "BUFFER" and self._scalar(spec.target) is not None:
                     # a number held in a buffer (HF Gemma's embed_scale, sqrt(hidden_size))
                     self.env[node.name] = Conc(self._scalar(spec.target))
+                elif spec.kind.name == "BUFFER" and self._ids(spec.target) is not None:
+                    # ids the model holds itself (HF's position_ids, an arange, and
+                    # token_type_ids, zeros): known constants, so a lookup of them is read as
+                    # positions or as one row of its table (ops_linear.py)
+                    self.env[node.name] = Conc(self._ids(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -305,6 +310,14 @@ class Walker:
         if value is None:
             value = self.ep.state_dict.get(target, self.ep.constants.get(target))
         ok = value is not None and value.numel() == 1 and value.is_floating_point()
+        return value if ok and value.device.type != "meta" else None
+
+    def _ids(self, target):
+        """An integer buffer's value (read from a CPU build, trace.py), or None if unknown."""
+        import torch
+
+        value = getattr(self, "scalars", {}).get(target)
+        ok = value is not None and value.dtype in (torch.int64, torch.int32)
         return value if ok and value.device.type != "meta" else None
 
     def _number(self, target) -> bool:
