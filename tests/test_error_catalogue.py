@@ -698,6 +698,11 @@ def build(n, give=None):
 
 def text(n):
     return "a model"
+
+
+class Segments(Net):
+    def forward(self, idx):  # segment ids that vary along the sequence
+        return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -708,6 +713,7 @@ TRACED_BUILDS = {
     "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
     "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
+    "segments": "lambda n: Segments(n)",
 }
 
 
@@ -728,6 +734,9 @@ TRACED_BUILDS = {
     # before: refused at the router's softmax as "a softmax of anything but attention logits"
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a top-k selection \(a mixture-of-"
                      r"experts router\)(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
+    # ids neither the tokens, nor positions, nor one constant id (token types all 0)
+    ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
+                       r"neither the token input, nor the positions(.|\n)*nor one constant id"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

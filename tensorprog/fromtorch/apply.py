@@ -265,6 +265,8 @@ class MuP:
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
             tshape = list(tensor.shape)[::-1] if use.transposed else list(tensor.shape)
+            if use.index is not None:  # one row of a table: the program's vector is that row
+                tshape = list(tensor.shape[1:])
             for axis, d in enumerate(shape):
                 dim = self.program.dim_table[d]
                 if dim.infinite:
@@ -281,6 +283,8 @@ class MuP:
 
     def _view(self, model, use):
         t = model.get_parameter(use.target)
+        if use.index is not None:  # a lookup of one constant id: the row it reads
+            return t[use.index]
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .values import Affine, Conc, PRef, Probs, Scores, Tok, Vec
-from .where import refuse
+from .values import Affine, Conc, ParamUse, PRef, Probs, Scores, Tok, Vec
+from .where import module_of, refuse, strip_prefix
 
 
 class LinearOps:
@@ -24,17 +24,52 @@ class LinearOps:
             table, _ = self.param(w, node, lookup=True, fan_in="T")
             self.positions = int(idx.value.shape[-1])
             src, tags = "pos", ("tok",) * idx.value.dim()
+        elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
+            return self._row(node, w, row)
         else:
             raise refuse(
                 node,
-                "an embedding lookup of ids that are neither the token input "
-                "nor the positions k..k+T-1 (the same for every sequence of the batch)",
+                "an embedding lookup of ids that are neither the token input, "
+                "nor the positions k..k+T-1 (the same for every sequence of the batch), "
+                "nor one constant id",
+                help="look up the token input, positions or one id the model fixes; "
+                "ids that vary otherwise (segments of the input) are not traced",
             )
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {table} @ {src}")
         self.out.vectors[name] = (node.name, "out")
         self.out.producers[name] = (table, None)
         return Vec(name, tags + ("F",), w.shape[1])
+
+    @staticmethod
+    def _constant_id(w: PRef, value) -> int | None:
+        """The one id every entry of ``value`` holds (BERT's token-type ids, zeros), or None."""
+        if value.numel() == 0 or value.dtype.is_floating_point or w.t or w.rows or w.offset:
+            return None
+        first = int(value.flatten()[0])
+        ok = 0 <= first < w.shape[0] and bool((value == first).all())
+        return first if ok else None
+
+    def _row(self, node, w: PRef, row: int) -> Vec:
+        """A lookup of one constant id: row ``row`` of the table, the same for every token. It
+        is a vector param of its own (fed the constant 1, a bias in the sum it meets), whose
+        exponents the engine derives as a bias's; ParamUse.index maps it back to the row, so
+        apply inits that row and the table takes its LR (the rows never read get no
+        gradient)."""
+        found = [p for p, u in self.out.params.items() if (u.target, u.index) == (w.target, row)]
+        if found:
+            param = found[0]
+        else:
+            param = self.fresh(f"{strip_prefix(w.target).replace('.', '_')}_row{row}")
+            self.out.params[param] = ParamUse(w.target, None, False, module_of(node), node.name,
+                                              index=row)
+            init = self.base.get(w.target, ("normal", 1.0))
+            tail = f" = {init[1]:g}" if init[0] == "const" else ""
+            self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}")
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {param}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
 
     def _is_positions(self, value) -> bool:
         import torch

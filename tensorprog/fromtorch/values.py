@@ -168,6 +168,9 @@ class ParamUse:
     transposed: bool  # program layout [fan_out, fan_in] is the torch tensor transposed
     module: str  # the module that applies it (for a forward patch)
     node: str
+    # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
+    # token-type ids, all 0) reads that row of its table, the same for every token
+    index: int | None = None
 
 
 @dataclass

@@ -313,12 +313,16 @@ class Walker:
         return value if ok and value.device.type != "meta" else None
 
     def _ids(self, target):
-        """An integer buffer's value (read from a CPU build, trace.py), or None if unknown."""
+        """An integer buffer's value: given (read from a CPU build, trace.py), or the graph's
+        own where it was exported with real tensors (the probe of a built model, check.py),
+        on the CPU, where the walk computes constants; None if unknown (on the meta device)."""
         import torch
 
         value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
         ok = value is not None and value.dtype in (torch.int64, torch.int32)
-        return value if ok and value.device.type != "meta" else None
+        return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from tensorprog import derive  # noqa: E402
-from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch, probe  # noqa: E402
 
 WIDTHS = (32, 64)
 T = 8
@@ -66,3 +66,57 @@ def test_position_ids_from_a_buffer_are_positions(form):
     assert "p_weight @ pos" in traced.source
     assert _abc(traced) == _abc(from_torch(lambda n: Positions(n, "plain"), WIDTHS, _tokens))
     _bit_identical_at_base(traced, lambda n: Positions(n, form))
+
+
+class TokenType(nn.Module):
+    """BERT's embeddings: tokens, positions and a token type from a buffer of zeros (``row``
+    the constant id; "plain": the oracle, the same row as a bias param of its own)."""
+
+    def __init__(self, n, row=0):
+        super().__init__()
+        self.row = row
+        self.e, self.p = nn.Embedding(13, n), nn.Embedding(8, n)
+        if row == "plain":
+            self.tt = nn.Parameter(torch.randn(n) * 0.02)
+        else:
+            self.tt = nn.Embedding(2, n)
+            nn.init.normal_(self.tt.weight, std=0.02)
+            self.register_buffer("token_type_ids", torch.full((1, 8), row), persistent=False)
+        self.norm, self.out = nn.LayerNorm(n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx) + self.p(torch.arange(t))
+        if self.row == "plain":
+            x = x + self.tt
+        else:
+            x = x + self.tt(self.token_type_ids[:, :t].expand(b, t))
+        return self.out(self.norm(x))
+
+
+@pytest.mark.parametrize("row", [0, 1])
+def test_a_lookup_of_one_constant_id_is_a_bias_the_tables_row_maps_to(row):
+    traced = from_torch(lambda n: TokenType(n, row), WIDTHS, _tokens)
+    (name,) = (p for p, u in traced.params.items() if u.index is not None)
+    assert traced.params[name].target == "tt.weight" and traced.params[name].index == row
+    assert f"param tt_weight_row{row} : [n]" in traced.source
+    oracle = _abc(from_torch(lambda n: TokenType(n, "plain"), WIDTHS, _tokens))
+    assert _abc(traced) == {("tt.weight" if k == "tt" else k): v for k, v in oracle.items()}
+    mup = _bit_identical_at_base(traced, lambda n: TokenType(n, row))
+    # at 4x the base width apply rescales the row read (to the table's std at the base
+    # times 4^-b, b = 0 for a bias) and leaves the other row as it was; the table takes the
+    # row's LR
+    torch.manual_seed(2)
+    model = TokenType(4 * WIDTHS[0], row)
+    other = model.tt.weight[1 - row].detach().clone()
+    mup.apply(model)
+    assert torch.equal(model.tt.weight[1 - row], other)
+    sigma = traced.base["tt.weight"][1]
+    assert abs(float(model.tt.weight[row].detach().std()) / sigma - 1) < 1e-6
+    lr = mup.lr_multipliers(model)
+    assert lr["tt.weight"] == lr["e.weight"]
+    # the probe (coord_check's) reads the buffer from the built model's own graph
+    (vec,) = (s.split(" = ")[0] for s in traced.source.splitlines() if s.endswith(f"_row{row}"))
+    got = probe(mup, model, _tokens(model))()[vec]
+    assert torch.equal(got, model.tt.weight[row].expand_as(got))
+
