@@ -703,6 +703,14 @@ def text(n):
 class Segments(Net):
     def forward(self, idx):  # segment ids that vary along the sequence
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
+
+
+class InPlace(Net):
+    def forward(self, idx):  # x is read again after x += 1: it would read the updated value
+        x = self.e(idx) * 2.0
+        y = x * 3.0
+        x += 1.0
+        return self.o(x + y)
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -714,6 +722,7 @@ TRACED_BUILDS = {
     "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
+    "in_place": "lambda n: InPlace(n)",
 }
 
 
@@ -737,6 +746,9 @@ TRACED_BUILDS = {
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
+    # an in-place op is traced as its out-of-place op only where nothing else reads its input
+    ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
+                       r"used elsewhere(.|\n)*help: write it out of place"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

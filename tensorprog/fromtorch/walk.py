@@ -364,6 +364,8 @@ class Walker:
         if op in _CHECKS:
             return None
         method = getattr(self, f"op_{op}", None)
+        if method is None and op.endswith("_") and op not in _GRAD_STOPS:
+            method = self._in_place(node, op)
         if op in _GRAD_STOPS:
             raise refuse(
                 node,
@@ -384,6 +386,25 @@ class Walker:
         if method is None:
             raise refuse(node, f"the op {op}")
         return method(node, *args, **kwargs)
+
+    def _in_place(self, node, op: str):
+        """The handler of ``x.add_(y)`` (``x += y``: BERT's embeddings, CTRL's ``*=``): the
+        out-of-place op's, whose value the walk gives this node. That is exact only when
+        nothing reads x after it (those reads would be of the node before, which holds the
+        value before the update, as would a view of x taken before): so x must be a value the
+        forward computed and this its only use; else refused. None: no such op."""
+        method = getattr(self, f"op_{op[:-1]}", None)
+        if method is None:
+            return None
+        target = node.args[0] if node.args else None
+        if getattr(target, "op", None) != "call_function" or set(target.users) != {node}:
+            raise refuse(
+                node,
+                f"an in-place {op} on a value that is used elsewhere (an input, a param, or "
+                "a value read by another op)",
+                help=f"write it out of place (x = x + y rather than x += y; {op[:-1]})",
+            )
+        return method
 
     def concrete(self, node, args, kwargs):
         import torch

@@ -120,3 +120,30 @@ def test_a_lookup_of_one_constant_id_is_a_bias_the_tables_row_maps_to(row):
     got = probe(mup, model, _tokens(model))()[vec]
     assert torch.equal(got, model.tt.weight[row].expand_as(got))
 
+
+
+class InPlace(nn.Module):
+    """BERT's ``embeddings += position_embeddings`` and CTRL's ``x *= 2``, in place, or
+    ("plain", the oracle) out of place."""
+
+    def __init__(self, n, plain=False):
+        super().__init__()
+        self.plain = plain
+        self.e, self.p, self.out = nn.Embedding(13, n), nn.Embedding(8, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx) * 1.0
+        pos = self.p(torch.arange(idx.shape[1]))
+        if self.plain:
+            x = (x + pos) * 2.0
+        else:
+            x += pos
+            x *= 2.0
+        return self.out(torch.relu(x))
+
+
+def test_an_in_place_op_on_a_value_nothing_else_reads_is_the_op():
+    traced = from_torch(InPlace, WIDTHS, _tokens)
+    plain = from_torch(lambda n: InPlace(n, plain=True), WIDTHS, _tokens)
+    assert _abc(traced) == _abc(plain)
+    _bit_identical_at_base(traced, InPlace)
