@@ -122,6 +122,8 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
             kwargs[f] = v[:LAYERS]
     if "use_cache" in fields:
         kwargs["use_cache"] = False
+    if "is_decoder" in fields:  # an encoder family's causal-LM head (BERT's) runs as a decoder
+        kwargs["is_decoder"] = True
     return kwargs
 
 
