@@ -360,6 +360,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _total_minutes(results: dict) -> float:
+    return sum(r[s].get("time", 0) for r in results.values() if r is not None
+               for s in SCALINGS) / 60
+
+
 def report(results: dict, wall: float | None) -> str:
     import torch
     import transformers
@@ -381,7 +386,9 @@ def report(results: dict, wall: float | None) -> str:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"Python {platform.python_version()}; each family in its own process, two at a time."
-        + (f" Wall time of the last full run: {wall / 60:.0f} min." if wall else ""),
+        + (f" Wall time of the last run: {wall / 60:.0f} min (a family cached from an earlier "
+           "run is not run again; each row's time is its own run's)." if wall else "")
+        + f" The families' times add up to {_total_minutes(results):.0f} min.",
         "",
     ]
     missing = [f for f, r in results.items() if r is None]
