@@ -95,6 +95,27 @@ def mlp_source(depth: int, biases: bool = False, width: int = 64) -> str:
     return "\n".join(lines) + "\n"
 
 
+def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
+    """``MuP(traced).apply`` on ``build(base width)`` changes no param and no output, bit for
+    bit, against the same build left alone (``inputs(model)``: the forward's inputs); returns
+    the MuP."""
+    import torch
+
+    from tensorprog.fromtorch import MuP
+
+    mup = MuP(traced, optimizer)
+    torch.manual_seed(1)
+    model = build(traced.base_width)
+    torch.manual_seed(1)
+    plain = build(traced.base_width)
+    mup.apply(model)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    given = inputs(model)
+    assert torch.equal(model(*given), plain(*given))
+    return mup
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """Run the ``tensorprog`` command in-process: (exit status, stdout, stderr)."""
     from tensorprog.cli.main import main

@@ -8,6 +8,7 @@ import math
 from fractions import Fraction
 
 import pytest
+from conftest import apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -37,18 +38,7 @@ def _abc(traced, names=None):
 
 
 def _bit_identical_at_base(traced, build):
-    """MuP.apply at the base width changes no param and no output, bit for bit."""
-    mup = MuP(traced, "adam")
-    torch.manual_seed(1)
-    model = build(WIDTHS[0])
-    torch.manual_seed(1)
-    plain = build(WIDTHS[0])
-    mup.apply(model)
-    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
-        assert torch.equal(p, q), name
-    tok = _tokens(model)
-    assert torch.equal(model(*tok), plain(*tok))
-    return mup
+    return apply_is_bit_identical_at_base(traced, build, _tokens)
 
 
 class Attention(nn.Module):

@@ -5,12 +5,13 @@ applied (bit-identical at the base width) and compared with the same model writt
 buffer (the oracle: positions from ``torch.arange``, the constant row as a bias)."""
 
 import pytest
+from conftest import apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from tensorprog import derive  # noqa: E402
-from tensorprog.fromtorch import MuP, from_torch, probe  # noqa: E402
+from tensorprog.fromtorch import from_torch, probe  # noqa: E402
 
 WIDTHS = (32, 64)
 T = 8
@@ -27,18 +28,7 @@ def _abc(traced):
 
 
 def _bit_identical_at_base(traced, build):
-    """MuP.apply at the base width changes no param and no output, bit for bit."""
-    mup = MuP(traced, "adam")
-    torch.manual_seed(1)
-    model = build(WIDTHS[0])
-    torch.manual_seed(1)
-    plain = build(WIDTHS[0])
-    mup.apply(model)
-    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
-        assert torch.equal(p, q), name
-    tok = _tokens(model)
-    assert torch.equal(model(*tok), plain(*tok))
-    return mup
+    return apply_is_bit_identical_at_base(traced, build, _tokens)
 
 
 class Positions(nn.Module):
