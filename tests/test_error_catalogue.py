@@ -7,6 +7,7 @@ never a traceback. To add a case, add a row to its table."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -1346,14 +1347,9 @@ def test_make_optimizer_refuses_rates_that_make_the_weights_nan(tmp_path, derive
     with pytest.raises(ValueError, match=re.escape(message)):
         module.param_groups(model, lr, **given, **decay)
 
-
-@pytest.mark.parametrize(("given", "message"), [
-    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
-    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
-    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
-])
-def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message):
-    # the same refusal as an emitted module's param_groups, for a traced model
+@functools.cache
+def _traced_mlp():
+    """A traced embedding-MLP-readout and its MuP under Adam (traced once for the MuP rows)."""
     import torch
     from torch import nn
 
@@ -1362,8 +1358,19 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
     def build(n):
         return nn.Sequential(nn.Embedding(16, n), nn.Linear(n, n), nn.ReLU(), nn.Linear(n, 16))
 
-    mup = MuP(from_torch(build, widths=(16, 32),
-                         example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),)), "adam")
+    traced = from_torch(build, widths=(16, 32),
+                        example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    return MuP(traced, "adam"), build
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"lr": math.inf}, "lr must be a finite number >= 0, not inf"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number >= 0, not nan"),
+    ({"eps": -1e-8}, "eps must be a finite number >= 0, not -1e-08"),
+])
+def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message):
+    # the same refusal as an emitted module's param_groups, for a traced model
+    mup, build = _traced_mlp()
     with pytest.raises(UsageError, match=re.escape(message)):
         mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
@@ -1482,16 +1489,7 @@ def test_param_groups_refuses_a_bad_decay_params(tmp_path, decay_params, message
                                "(see model.named_parameters())"),
 ])
 def test_mup_param_groups_refuses_a_bad_decay_params(decay_params, message):
-    import torch
-    from torch import nn
-
-    from tensorprog.fromtorch import MuP, from_torch
-
-    def build(n):
-        return nn.Sequential(nn.Embedding(16, n), nn.Linear(n, n), nn.ReLU(), nn.Linear(n, 16))
-
-    mup = MuP(from_torch(build, widths=(16, 32),
-                         example_inputs=lambda m: (torch.zeros(2, 8, dtype=torch.long),)), "adam")
+    mup, build = _traced_mlp()
     with pytest.raises(UsageError, match=re.escape(message)):
         mup.param_groups(build(64), lr=1e-3, weight_decay=0.1, decay="decoupled",
                          decay_params=decay_params)
