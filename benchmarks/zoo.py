@@ -86,7 +86,14 @@ FIELDS = {
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
+    # a mixture of experts: 4 experts, top-2, each expert's MLP 4n, one group
+    "num_experts": ("num_local_experts", "n_routed_experts", "moe_num_experts",
+                    "num_routed_experts"),
+    "num_experts_per_tok": ("moe_topk", "num_selected_experts", "moe_k"),
+    "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
+                              "moe_ffn_hidden_size"),
 }
+EXPERTS, TOP_K = 4, 2
 
 
 def _fields(cls) -> set[str]:
@@ -140,6 +147,9 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         "intermediate_size": 4 * width,
         "max_position_embeddings": 4 * SEQ,
         "vocab_size": VOCAB,
+        "num_experts": EXPERTS,
+        "num_experts_per_tok": TOP_K,
+        "moe_intermediate_size": 4 * width,
     }
     fields = _fields(cls)
     aliases = getattr(cls, "attribute_map", {}) or {}
@@ -147,7 +157,8 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     for std, value in wanted.items():
         names = {aliases.get(std, std), *FIELDS.get(std, ())}
         kwargs.update({f: value for f in names if f in fields})
-        if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") \
+                and mapping.inputs != "image":  # a convnet has none of these
             kwargs.setdefault(aliases.get(std, std), value)
     try:
         defaults = cls().to_dict()
@@ -160,13 +171,36 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs[f] = 0
         elif f == "layer_types" and isinstance(v, list) and v:
             kwargs[f] = v[:LAYERS]
+        elif f in ("n_group", "topk_group") and isinstance(v, int):
+            kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:
         kwargs["is_decoder"] = True
     if mapping.inputs == "image":
         kwargs.update(_image_fields(defaults, fields, width, heads))
+    kwargs.update(_sub_configs(cls, width, scaling, mapping))
     return kwargs
+
+
+def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
+    """A composite config's parts (a multimodal model's text and vision configs), each made
+    small as a model of its own: a vision part as an image classifier's."""
+    try:
+        default = cls()
+    except Exception:  # noqa: BLE001 - no defaults to read the parts' classes from
+        return {}
+    out = {}
+    for name in getattr(cls, "sub_configs", None) or {}:
+        part = getattr(default, name, None)
+        if part is None or not hasattr(part, "to_dict"):
+            continue
+        sub = mapping._replace(inputs="image") if "vision" in name else mapping
+        try:
+            out[name] = type(part)(**config_kwargs(type(part), width, scaling, sub))
+        except Exception:  # noqa: BLE001 - the part stays as it comes (counted by its size)
+            continue
+    return out
 
 
 def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
@@ -174,18 +208,25 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
     per-stage lists cut to their first two stages (every list as long as ``depths``), channels
     [n, 2n] and, with the head dim fixed, heads doubling with them."""
     out = {f: v for f, v in (("image_size", IMAGE), ("num_channels", 3)) if f in fields}
+    if isinstance(defaults.get("image_size"), list):
+        out["image_size"] = [IMAGE] * len(defaults["image_size"])
     if isinstance(defaults.get("patch_size"), int):
         out["patch_size"] = min(defaults["patch_size"], PATCH)
-    depths = defaults.get("depths")
+    key = "depths" if isinstance(defaults.get("depths"), list) else "depth"
+    depths = defaults.get(key)
     if isinstance(depths, list) and len(depths) >= STAGES:
         for f, v in defaults.items():
             if isinstance(v, list) and len(v) == len(depths):
                 out[f] = v[:STAGES]
-        out["depths"] = [1] * STAGES
+        out[key] = [1] * STAGES
         stages = [width * 2**i for i in range(STAGES)]
-        for f in ("hidden_sizes", "embed_dims", "hidden_dims", "channels"):
-            if isinstance(defaults.get(f), list):
-                out[f] = stages
+        for f in ("hidden_sizes", "embed_dims", "hidden_dims", "channels", "embed_dim"):
+            v = defaults.get(f)
+            if isinstance(v, list):  # a stem's channels first where the list has one more
+                out[f] = stages if len(v) == len(depths) else [width] + stages
+        for f in ("num_encoder_blocks",):
+            if isinstance(defaults.get(f), int):
+                out[f] = STAGES
         if isinstance(defaults.get("num_heads"), list):
             out["num_heads"] = [heads * (2**i if heads != HEADS else 1) for i in range(STAGES)]
         for f in ("num_stages",):
