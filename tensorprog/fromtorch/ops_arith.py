@@ -20,6 +20,9 @@ class ArithOps:
 
     def _lincomb(self, node, u, v, alpha):
         u, v = _number(u), _number(v)
+        centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
+        if centred is not None:
+            return centred
         for x, c in ((u, v), (v, u)):
             if isinstance(x, PRef) and isinstance(c, (int, float)):
                 return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
@@ -91,6 +94,9 @@ class ArithOps:
 
     def op_mul(self, node, u, v):
         u, v = _number(u), _number(v)
+        norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
+        if norm is not None:
+            return norm
         if any(isinstance(x, Aux) for x in (u, v)):
             raise refuse(
                 node,
@@ -137,6 +143,9 @@ class ArithOps:
 
     def op_div(self, node, u, v):
         v = _number(v)
+        norm = self.norm_div(node, u, v)  # x / sqrt(mean(x²) + eps) (ops_norm.py)
+        if norm is not None:
+            return norm
         if not isinstance(v, (int, float)):
             raise refuse(node, "a division by a tensor")
         return self.op_mul(node, u, 1.0 / v)
@@ -169,6 +178,9 @@ class ArithOps:
         return self._apply(node, x, lambda t: t.erf())
 
     def op_pow(self, node, x, e):
+        norm = self.norm_pow(node, x, e)  # Gemma 4's pow(mean(x²) + eps, -0.5) (ops_norm.py)
+        if norm is not None:
+            return norm
         if e == 2 and isinstance(x, (Vec, Affine)):
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: f(t) ** 2)
@@ -177,6 +189,9 @@ class ArithOps:
 
     def op_mean(self, node, x, dims, keepdim=False):
         ndim = len(self._shape(node.args[0]))
+        norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
+        if norm is not None:
+            return norm
         if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
             import torch
 

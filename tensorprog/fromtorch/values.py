@@ -96,6 +96,24 @@ class MeanSq:
     src: Vec
     inv: bool = False  # rsqrt taken
     k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
+    centered: bool = False  # of src minus its mean: a variance (a layer norm written by hand)
+    root: bool = False  # sqrt taken (a division by it is a product with its inverse)
+
+
+@dataclass
+class Mean:
+    """The mean of a vector's coordinates (of each head's), keepdim: a layer norm's centre."""
+
+    src: Vec
+
+
+@dataclass
+class Centered:
+    """``src - mean(src)`` over its coordinates (``sq``: squared), on the way to a layer norm
+    written by hand; nothing else of it is a vector the language has."""
+
+    src: Vec
+    sq: bool = False
 
 
 @dataclass
@@ -207,4 +225,21 @@ def identify(f: Callable) -> tuple[str, float] | None:
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
             return name, c
+    return None
+
+
+def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | None:
+    """(function, coefficient, k) with f(t) = coefficient * function(t)**k on [-4, 4] for an
+    integer k > 1 (relu², x²), or None: what :func:`identify` finds of f's k-th root, checked
+    against f itself."""
+    import torch
+
+    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    y = f(t)
+    for k in powers:
+        for name in RECOGNISED:
+            ref = torch_function(torch, name)(t) ** k
+            c = float((y @ ref) / (ref @ ref))
+            if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
+                return name, c, k
     return None

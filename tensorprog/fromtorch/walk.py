@@ -13,8 +13,10 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Centered,
     Conc,
     KVRepeat,
+    Mean,
     MeanSq,
     ParamUse,
     Parts,
@@ -30,6 +32,7 @@ from .values import (
     Trig,
     Vec,
     identify,
+    identify_power,
 )
 from .where import module_of, refuse, strip_prefix, user_span
 
@@ -81,6 +84,8 @@ SYMBOLIC = (
     RopeTerm,
     KVRepeat,
     Sub,
+    Mean,
+    Centered,
 )
 
 
@@ -176,11 +181,14 @@ class Walker:
             return Vec(made.name, v.tags, made.dim, made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
-            if found is None:
+            power = identify_power(v.f) if found is None else None
+            if power is not None:  # relu(x)², x²: a product of copies (ops_pointwise.py)
+                return self.emit_power(v, node, *power)
+            if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
-                    node,
+                    self.by_name.get(v.node, node),
                     "a coordinatewise function that is none of identity, relu, "
-                    "gelu, silu, tanh, sigmoid",
+                    "gelu, silu, tanh, sigmoid, nor an integer power of one",
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
