@@ -112,6 +112,8 @@ class ArithOps:
                 return dataclasses.replace(a, sign=a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
+            if isinstance(x, Scores) and x.cap is not None:  # c * tanh(logits): the cap's
+                return self.capped_scores(node, x, lambda t: c * t)
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
             p = self.pointwise(node, x)
@@ -154,6 +156,8 @@ class ArithOps:
         return self.op_mul(node, u, -1.0)
 
     def _apply(self, node, x, fn):
+        if isinstance(x, Scores):  # a function of attention logits (a soft-cap)
+            return self.capped_scores(node, x, fn)
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
 

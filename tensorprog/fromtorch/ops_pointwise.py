@@ -16,7 +16,7 @@ use has no place in it (µP would be that of the transformed tensor, which no op
 
 from __future__ import annotations
 
-from .values import Affine, Pointwise, PRef, Vec
+from .values import Affine, Pointwise, PRef, Scores, Vec
 from .where import refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
@@ -80,6 +80,25 @@ class PointwiseOps:
             self.out.coefs[len(self.out.slots) - 1]["out"] = name
         self._made[key] = Vec(name, src.tags, src.dim, src.dh)
         return self._made[key]
+
+    # -- a function of attention logits: Gemma 2's soft-cap ------------------------------------
+    def capped_scores(self, node, s: Scores, fn) -> Scores:
+        """``fn`` of the logits ``s`` (of the function already applied to them): Gemma 2's
+        soft-cap ``c * tanh(logits / c)``. The logits are Θ(1) under µP and a coordinatewise
+        function of them is a Nonlin like any other (the engine's rule for tanh, times a
+        number), so the program writes ``y = c * tanh(attn * dot(q, k, dh))`` and the softmax
+        of y; the attention scale's exponent is derived through it."""
+        f = s.cap[0] if s.cap else (lambda t: t)
+        return Scores(s.q, s.k, s.factor, s.node, s.tags, s.causal,
+                      (lambda t, f=f: fn(f(t)), node.name))
+
+    def capped_logits(self, s: Scores, logits: str) -> str:
+        """The program vector the softmax takes: the logits, or the function of them."""
+        if s.cap is None:
+            return logits
+        f, at = s.cap
+        heads = Vec(logits, s.tags, s.q.dim, None)
+        return self.vec(Pointwise(heads, f, at), self.by_name[at]).name
 
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast

@@ -126,6 +126,9 @@ class Scores:
     node: str
     tags: tuple
     causal: bool = False
+    # a coordinatewise function of them and the node that finishes it: Gemma 2's soft-cap
+    # c * tanh(logits / c), the logits' factor holding the 1 / c (ops_pointwise.py)
+    cap: tuple[Callable, str] | None = None
 
 
 @dataclass
@@ -224,7 +227,7 @@ def identify(f: Callable) -> tuple[str, float] | None:
     for name, ref in fns.items():
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
-            return name, c
+            return name, float(f"{c:.12g}")  # the fit's last bits are rounding (50, not 50.0...1)
     return None
 
 
@@ -241,5 +244,5 @@ def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | No
             ref = torch_function(torch, name)(t) ** k
             c = float((y @ ref) / (ref @ ref))
             if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
-                return name, c, k
+                return name, float(f"{c:.12g}"), k
     return None

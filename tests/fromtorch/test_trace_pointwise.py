@@ -136,3 +136,38 @@ def test_a_function_of_a_param_alone_is_refused():
 
     with pytest.raises(TensorProgError, match="exp.* of a param alone \\(a_log\\)"):
         from_torch(Mamba, WIDTHS, _tokens)
+
+
+class SoftCapped(nn.Module):
+    """Attention by hand with Gemma 2's soft-cap of the logits (``cap`` 0: none)."""
+
+    def __init__(self, n, cap=0.0):
+        super().__init__()
+        self.cap, self.dh = cap, n // 4
+        self.e = nn.Embedding(13, n)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (f(x).view(b, t, 4, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        s = q @ k.transpose(-1, -2) * self.dh**-0.5
+        if self.cap:
+            s = torch.tanh(s / self.cap) * self.cap
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        s = s.masked_fill(~mask, float("-inf"))
+        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, n)
+        return self.out(x + self.o(y))
+
+
+def test_a_soft_cap_of_the_attention_logits_is_a_function_of_them():
+    def build(n):
+        return SoftCapped(n, cap=50.0)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    capped = [s for s in traced.source.splitlines() if "tanh(" in s]
+    assert len(capped) == 1 and capped[0].split(" = ")[1].startswith("50.0 * tanh("), capped
+    plain = from_torch(SoftCapped, WIDTHS, _tokens)
+    assert _abc(traced) == _abc(plain)  # the attention scale's 1/d among them
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)
