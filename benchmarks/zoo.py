@@ -77,6 +77,14 @@ FIELDS = {
                           "inner_hidden_size", "intermediate_dim", "d_inner"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
 }
+# sizes a config fixes apart from the head dim and the width (config plumbing: at their
+# defaults they exceed a small head or width): each keeps its default's proportion to the head
+# dim (partial rotary's rotary_dim, a quarter of CodeGen's and GPT-J's heads; MLA's rope, nope
+# and value head dims: DeepSeek-V3, Youtu, MiniCPM3) or to the width (MLA's low ranks), that
+# proportion rounded to a power of two so that the size stays a whole multiple or fraction of
+# the head dim or the width at every traced width
+PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
 
 
 def _fields(cls) -> set[str]:
@@ -120,11 +128,30 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
             kwargs[f] = 0
         elif f == "layer_types" and isinstance(v, list) and v:
             kwargs[f] = v[:LAYERS]
+    kwargs.update(_proportional(defaults, width, width // heads))
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields:  # an encoder family's causal-LM head (BERT's) runs as a decoder
         kwargs["is_decoder"] = True
     return kwargs
+
+
+def _proportional(defaults: dict, width: int, head: int) -> dict:
+    """The PER_HEAD and PER_WIDTH fields of a config's ``defaults`` at a small ``width`` whose
+    heads are of ``head`` coordinates, in their default proportion (a power of two)."""
+    import math
+
+    hidden = next((defaults[f] for f in ("hidden_size", *FIELDS["hidden_size"])
+                   if isinstance(defaults.get(f), int)), None)
+    n_heads = next((defaults[f] for f in ("num_attention_heads", *FIELDS["num_attention_heads"])
+                    if isinstance(defaults.get(f), int)), None)
+    default_head = defaults.get("head_dim") or (hidden // n_heads if hidden and n_heads else None)
+    out = {}
+    for names, ref, new in ((PER_HEAD, default_head, head), (PER_WIDTH, hidden, width)):
+        for f in names:
+            if isinstance(defaults.get(f), int) and defaults[f] > 0 and ref:
+                out[f] = max(1, round(new * 2 ** round(math.log2(defaults[f] / ref))))
+    return out
 
 
 def builder(family: str, scaling: str, overrides: dict | None = None):
