@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Aux, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
+from .values import (
+    Affine,
+    Aux,
+    Conc,
+    MeanSq,
+    Pointwise,
+    PRef,
+    RopeTerm,
+    Scores,
+    Strided,
+    Sub,
+    Trig,
+    Vec,
+)
 from .where import refuse
 
 
@@ -108,7 +121,7 @@ class ArithOps:
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
                 return self.rope_term(node, a, b)
-            if isinstance(a, Sub) and b in (1, -1):  # rotate_half's negated half
+            if isinstance(a, (Sub, Strided)) and b in (1, -1):  # rotate_half's negated half
                 return dataclasses.replace(a, sign=a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)

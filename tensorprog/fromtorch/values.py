@@ -162,6 +162,24 @@ class Sub:
 
 
 @dataclass
+class Strided:
+    """Every other coordinate of each head of ``src`` from ``start`` (0 or 1), times ``sign``:
+    the halves of each pair (2i, 2i + 1) that an interleaved rotary turns (``x[..., ::2]``)."""
+
+    src: Vec | Sub
+    start: int
+    sign: int = 1
+
+
+@dataclass
+class PairStack:
+    """``stack((-x[..., 1::2], x[..., ::2]), -1)``: rotate_every_two before its flatten, which
+    makes it :class:`Rotated` (GPT-J's, GLM's, Cohere's interleaved rotary)."""
+
+    src: Vec | Sub
+
+
+@dataclass
 class Rotated:
     """rotate_half(src): the halves swapped, the new first one negated."""
 

@@ -18,6 +18,7 @@ from .values import (
     KVRepeat,
     Mean,
     MeanSq,
+    PairStack,
     ParamUse,
     Parts,
     Pointwise,
@@ -26,6 +27,7 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Strided,
     Sub,
     Tok,
     Trace,
@@ -69,7 +71,9 @@ _IDENTITY_OPS = {
 # ops through which no gradient flows: as identity, derive would claim updates for the params
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
-_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
+                  # an interleaved rotary's table: its first half, each angle repeated for a pair
+                  "slice", "repeat_interleave"}
 SYMBOLIC = (
     Vec,
     PRef,
@@ -86,6 +90,8 @@ SYMBOLIC = (
     Sub,
     Mean,
     Centered,
+    Strided,
+    PairStack,
 )
 
 
