@@ -110,6 +110,9 @@ class ArithOps:
         norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
         if norm is not None:
             return norm
+        kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
+        if kept is not None:
+            return kept
         if any(isinstance(x, Aux) for x in (u, v)):
             raise refuse(
                 node,

@@ -16,7 +16,7 @@ use has no place in it (µP would be that of the transformed tensor, which no op
 
 from __future__ import annotations
 
-from .values import Affine, Pointwise, PRef, Scores, Vec
+from .values import Affine, Conc, Pointwise, PRef, Scores, Vec
 from .where import refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
@@ -80,6 +80,24 @@ class PointwiseOps:
             self.out.coefs[len(self.out.slots) - 1]["out"] = name
         self._made[key] = Vec(name, src.tags, src.dim, src.dh)
         return self._made[key]
+
+    def token_mask(self, node, u, v):
+        """``x * mask[..., None]`` with a mask of 0s and 1s per token computed from the inputs
+        (XLM's padding mask): the identity on the tokens it keeps, which the program describes;
+        a dropped token's vector is 0, in no sum over coordinates. None: no such product."""
+        for x, m in ((u, v), (v, u)):
+            value = getattr(m, "value", None)
+            if isinstance(m, Conc) and hasattr(value, "shape") and isinstance(
+                    x, (Vec, Affine, Pointwise)):
+                tags = self._tags(x)
+                ones = bool(((value == 0) | (value == 1)).all())
+                per_token = value.dim() == len(tags) and value.shape[-1] == 1 and all(
+                    s == 1 or t == "tok" for s, t in zip(value.shape, tags, strict=True))
+                if ones and per_token:
+                    return x
+                raise refuse(node, "a product with a constant tensor other than a mask of 0s "
+                             "and 1s per token (a padding mask)")
+        return None
 
     # -- a function of attention logits: Gemma 2's soft-cap ------------------------------------
     def capped_scores(self, node, s: Scores, fn) -> Scores:

@@ -1,9 +1,10 @@
 """from_torch on coordinatewise forms outside the language's named functions and on norms
 written by hand: relu² (Nemotron's, Arcee's) and x³ as products of copies, Cohere's layer norm,
 Gemma 4's ``pow(ms, -0.5)`` and ``x / sqrt(ms)`` as the language's norms, a positions embedding
-``expand_as`` the tokens'; functions of a param alone, an L2 norm and a mean used otherwise are
-refused at their line. Oracle: the same model written with the form's plain counterpart (relu,
-torch's layer_norm and rms_norm) derives the same µP, and apply is bit-identical at the base."""
+``expand_as`` the tokens' or read as ``table[positions]``, a padding mask; functions of a param
+alone, an L2 norm and a mean used otherwise are refused at their line. Oracle: the same model
+written with the form's plain counterpart (relu, torch's layer_norm and rms_norm) derives the
+same µP, and apply is bit-identical at the base."""
 
 import pytest
 from conftest import apply_is_bit_identical_at_base
@@ -63,7 +64,7 @@ def _norm(form, x, w):
 
 
 class Net(nn.Module):
-    def __init__(self, n, act="relu", norm="layer_norm", positions=False):
+    def __init__(self, n, act="relu", norm="layer_norm", positions=None):
         super().__init__()
         self.act, self.norm, self.positions = act, norm, positions
         self.e = nn.Embedding(13, n)
@@ -74,8 +75,11 @@ class Net(nn.Module):
 
     def forward(self, idx):
         x = self.e(idx)
-        if self.positions:  # XLM's
+        if self.positions == "expand_as":  # XLM's, and its padding mask
             x = x + self.p(torch.arange(idx.shape[1])[None]).expand_as(x)
+            x *= (idx != 12).unsqueeze(-1).to(x.dtype)
+        elif self.positions == "index":  # Whisper's
+            x = x + self.p.weight[torch.arange(idx.shape[1], device=idx.device)]
         x = x + self.down(_act(self.act, self.up(_norm(self.norm, x, self.g))))
         return self.out(x)
 
@@ -104,10 +108,12 @@ def test_an_integer_power_of_a_function_is_a_product_of_copies(plain, act, line)
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
 
 
-@pytest.mark.parametrize(("norm", "fn"), [
-    ("cohere", "layernorm"), ("divide", "layernorm"), ("gemma4", "rmsnorm")])
-def test_a_norm_written_by_hand_is_the_languages_norm(plain, norm, fn):
-    build, traced = _trace(norm=norm, positions=True)  # and XLM's positions expand_as
+@pytest.mark.parametrize(("norm", "fn", "positions"), [
+    ("cohere", "layernorm", "expand_as"), ("divide", "layernorm", "index"),
+    ("gemma4", "rmsnorm", "expand_as")])
+def test_a_norm_written_by_hand_is_the_languages_norm(plain, norm, fn, positions):
+    # and a positions embedding, XLM's expand_as, or Whisper's table indexed by the positions
+    build, traced = _trace(norm=norm, positions=positions)
     assert f"= {fn}(add)" in traced.source, traced.source
     assert _abc(traced) == {**plain, "p.weight": plain["e.weight"]}
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
