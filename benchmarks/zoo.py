@@ -94,6 +94,14 @@ FIELDS = {
                               "moe_ffn_hidden_size"),
 }
 EXPERTS, TOP_K = 4, 2
+# sizes a config fixes apart from the head dim and the width (config plumbing: at their
+# defaults they exceed a small head or width): each keeps its default's proportion to the head
+# dim (partial rotary's rotary_dim, a quarter of CodeGen's and GPT-J's heads; MLA's rope, nope
+# and value head dims: DeepSeek-V3, Youtu, MiniCPM3) or to the width (MLA's low ranks), that
+# proportion rounded to a power of two so that the size stays a whole multiple or fraction of
+# the head dim or the width at every traced width
+PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
 
 
 def _fields(cls) -> set[str]:
@@ -173,6 +181,7 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs[f] = v[:LAYERS]
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
+    kwargs.update(_proportional(defaults, width, width // heads))
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:
@@ -237,6 +246,24 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         for f in ("out_features", "out_indices"):
             if f in fields:
                 out[f] = None
+    return out
+
+
+def _proportional(defaults: dict, width: int, head: int) -> dict:
+    """The PER_HEAD and PER_WIDTH fields of a config's ``defaults`` at a small ``width`` whose
+    heads are of ``head`` coordinates, in their default proportion (a power of two)."""
+    import math
+
+    hidden = next((defaults[f] for f in ("hidden_size", *FIELDS["hidden_size"])
+                   if isinstance(defaults.get(f), int)), None)
+    n_heads = next((defaults[f] for f in ("num_attention_heads", *FIELDS["num_attention_heads"])
+                    if isinstance(defaults.get(f), int)), None)
+    default_head = defaults.get("head_dim") or (hidden // n_heads if hidden and n_heads else None)
+    out = {}
+    for names, ref, new in ((PER_HEAD, default_head, head), (PER_WIDTH, hidden, width)):
+        for f in names:
+            if isinstance(defaults.get(f), int) and defaults[f] > 0 and ref:
+                out[f] = max(1, round(new * 2 ** round(math.log2(defaults[f] / ref))))
     return out
 
 

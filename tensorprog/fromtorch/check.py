@@ -150,9 +150,28 @@ def coord_check(
     optimizer = mup.derivation.optimizer
     abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
+    _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
+                          if not p.requires_grad})
     result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
     result.names = module_paths(mup)
     return result
+
+
+def _frozen(result, mup: MuP, frozen: set[str]) -> None:
+    """Marks a vector made by params that never train (``requires_grad=False``: Marian's and
+    Pegasus's sinusoidal position tables) as frozen where its change is exactly zero: the model
+    keeps it fixed on purpose, so a change of slope -inf is what it does, not a failure."""
+    if not frozen:
+        return
+    stack = mup.traced.stack
+    for r in result.results:
+        made = mup.traced.producers.get(stack.generic(r.name) if stack else r.name)
+        if r.step == 0 or r.slope != float("-inf") or not made:
+            continue
+        targets = {strip_prefix(mup.traced.params[p].target) for p in made if p}
+        if targets and targets <= frozen:
+            r.ok, r.verdict = True, ("frozen: its params do not train (requires_grad=False), "
+                                     "so it never changes")
 
 
 def module_paths(mup: MuP) -> dict[str, str]:

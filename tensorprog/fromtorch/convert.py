@@ -11,12 +11,17 @@ from .ops_attention import AttentionOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
+from .ops_norm import NormOps
+from .ops_pointwise import PointwiseOps
 from .ops_rotary import RotaryOps
 from .values import Trace
 from .walk import Walker
 
 
-class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
+class Converter(
+    Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
+    NormOps,
+):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 

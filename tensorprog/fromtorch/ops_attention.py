@@ -54,7 +54,7 @@ class AttentionOps:
             keep = (mask > -1e4) if additive else None
         if keep is None or not bool((keep == causal).all()):
             raise refuse(node, "an attention mask that is not the causal mask")
-        return Scores(s.q, s.k, s.factor, s.node, s.tags, True)
+        return Scores(s.q, s.k, s.factor, s.node, s.tags, True, s.cap)  # a soft-cap kept
 
     def op_masked_fill(self, node, s, mask, value):
         if not isinstance(s, Scores) or not isinstance(mask, Conc) or value > -1e4:
@@ -64,7 +64,7 @@ class AttentionOps:
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
-        logits = self.logits(s.q, s.k, s.factor, s.node, "out")
+        logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out"))
         return Probs(s, f"{'causal_' if s.causal else ''}softmax({logits})")
 
     op__softmax = op_softmax

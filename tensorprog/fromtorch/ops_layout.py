@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .values import Affine, Aux, Conc, KVRepeat, Parts, Pointwise, PRef, Scores, Sub, Vec
+from .values import Affine, Aux, Conc, KVRepeat, PairStack, Parts, Pointwise, PRef, Scores, Sub, Vec
 from .where import refuse
 
 
@@ -15,6 +15,8 @@ class LayoutOps:
     # -- layout ops --------------------------------------------------------------------------
     def view(self, node, v):
         shape = tuple(node.meta["val"].shape)
+        if isinstance(v, PairStack):  # rotate_every_two's flatten (ops_rotary.py)
+            return self.pairs_flattened(node, v)
         if isinstance(v, (Conc, Aux)):
             return self.concrete(node, *self.args(node))
         if isinstance(v, PRef):

@@ -10,6 +10,14 @@ class LinearOps:
     """Params applied: embedding lookups and linear layers (any weight layout)."""
 
     # -- params applied ----------------------------------------------------------------------
+    def op_index(self, node, w, indices):
+        """``table[ids]`` (Whisper's positions, ``self.weight[position_ids]``): the embedding
+        lookup it is, of the table's rows."""
+        if isinstance(w, PRef) and len(indices) == 1 and isinstance(indices[0], (Tok, Conc)):
+            return self.op_embedding(node, w, indices[0])
+        raise refuse(node, "an index of a traced value other than a param table's rows by "
+                     "token ids or positions (an embedding lookup)")
+
     def op_embedding(self, node, w, idx, *rest):
         if not isinstance(w, PRef):
             raise refuse(node, "an embedding whose table is not a param")

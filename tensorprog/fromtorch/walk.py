@@ -13,9 +13,12 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Centered,
     Conc,
     KVRepeat,
+    Mean,
     MeanSq,
+    PairStack,
     ParamUse,
     Parts,
     Pointwise,
@@ -24,12 +27,14 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Strided,
     Sub,
     Tok,
     Trace,
     Trig,
     Vec,
     identify,
+    identify_power,
 )
 from .where import module_of, refuse, strip_prefix, user_span
 
@@ -66,7 +71,9 @@ _IDENTITY_OPS = {
 # ops through which no gradient flows: as identity, derive would claim updates for the params
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
-_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
+                  # an interleaved rotary's table: its first half, each angle repeated for a pair
+                  "slice", "repeat_interleave"}
 SYMBOLIC = (
     Vec,
     PRef,
@@ -81,6 +88,10 @@ SYMBOLIC = (
     RopeTerm,
     KVRepeat,
     Sub,
+    Mean,
+    Centered,
+    Strided,
+    PairStack,
 )
 
 
@@ -176,11 +187,14 @@ class Walker:
             return Vec(made.name, v.tags, made.dim, made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
-            if found is None:
+            power = identify_power(v.f) if found is None else None
+            if power is not None:  # relu(x)², x²: a product of copies (ops_pointwise.py)
+                return self.emit_power(v, node, *power)
+            if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
-                    node,
+                    self.by_name.get(v.node, node),
                     "a coordinatewise function that is none of identity, relu, "
-                    "gelu, silu, tanh, sigmoid",
+                    "gelu, silu, tanh, sigmoid, nor an integer power of one",
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
