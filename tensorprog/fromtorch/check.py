@@ -9,6 +9,7 @@ from ..numerics.judge import TOLERANCE, Measurements, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP, scale_rows
 from .convert import convert
+from .ops_conv import train_norms
 from .trace import export
 from .where import module_of, strip_prefix
 
@@ -113,14 +114,12 @@ def coord_check(
 
 
     traced = mup.traced
-    seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
     m = Measurements()
     # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
-        x = torch.randint(vocab, (batch, seq), generator=g).to(device)
-        y = torch.randint(vocab, (batch, seq), generator=g).to(device)
+        x, y = (t.to(device) for t in _data(traced.program, batch, g))
         for w in widths:
             torch.manual_seed(seed)
             model = traced.build(w)
@@ -139,6 +138,7 @@ def coord_check(
             read = probe(mup, model, (x,))
             m.record(w, 0, read(), seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
+            train_norms(model)  # a batch norm's training forward is the program's
             for t in range(1, steps + 1):
                 logits = _logits(model(x))
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
@@ -153,6 +153,22 @@ def coord_check(
     result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
     result.names = module_paths(mup)
     return result
+
+
+def _data(program, batch: int, g):
+    """A fixed batch and its targets: random token ids and next tokens, or for an image
+    program random N(0, 1) images [B, C, H, W] and a class of the output's dim per image."""
+    import torch
+
+    image = next((i for i in program.inputs if i.kind == "image"), None)
+    if image is None:
+        seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
+        return (torch.randint(vocab, (batch, seq), generator=g),
+                torch.randint(vocab, (batch, seq), generator=g))
+    c, h, w = (program.dim_table[d].size for d in (image.dim, *image.spatial))
+    classes = program.dim_table[program.value_dims[program.outputs[0]]].size
+    return (torch.randn(batch, c, h, w, generator=g),
+            torch.randint(classes, (batch,), generator=g))
 
 
 def module_paths(mup: MuP) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .ops_conv import is_image
 from .values import Affine, Aux, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
 from .where import refuse
 
@@ -176,6 +177,8 @@ class ArithOps:
         return Pointwise(p.src, lambda t, f=p.f: f(t) ** e)
 
     def op_mean(self, node, x, dims, keepdim=False):
+        if is_image(x):  # over the pixels: a global pool (ops_conv.py)
+            return self.image_mean(node, x, dims, keepdim)
         ndim = len(self._shape(node.args[0]))
         if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
             import torch

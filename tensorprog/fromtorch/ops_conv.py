@@ -1,0 +1,200 @@
+"""Images: a float [B, C, H, W] input, convolutions, batch norm and pooling.
+
+An image-valued vector is a ``Vec`` whose torch axes are tagged ('tok', 'F', 'px', 'px'): the
+batch, the channels (the vector's dim, which may grow with the width) and the two finite pixel
+axes. The language's convolution ``K @ h`` is stride 1 and same-padded; a stride-2 one is the
+stride-1 one read at every other pixel, written ``subsample(K @ h)`` (exact, not an
+approximation: output pixel i of a stride-s convolution padded by (k-1)/2 is pixel s·i of the
+stride-1 one).
+"""
+
+from __future__ import annotations
+
+from ..errors import TraceError
+from .values import PRef, Vec
+from .where import refuse, strip_prefix
+
+IMAGE = ("tok", "F", "px", "px")
+POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
+
+
+def is_image(v) -> bool:
+    tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+    return bool(tags) and ("px" in tags or "one" in tags)
+
+
+class ConvOps:
+    """Images: a float [B, C, H, W] input, convolutions, batch norm and pooling."""
+
+    # -- the input -----------------------------------------------------------------------------
+    def float_input(self, node, val) -> Vec:
+        """A float input of shape [B, C, H, W]: an image, ``input img : image[C, H, W]``
+        (channels finite, the pixels finite). Anything else (per-token features, a batch of
+        flat vectors) is refused."""
+        if val.dim() != 4 or getattr(self, "image", None) is not None:
+            raise TraceError(
+                f"input {node.name} is a {val.dtype} tensor of shape {list(val.shape)}: float "
+                "inputs are traced as one image [batch, channels, height, width]",
+                help="pass token ids (an integer tensor) or one image batch [B, C, H, W] as "
+                "the example inputs",
+            )
+        _, c, h, w = (int(s) for s in val.shape)
+        self.image = "img"
+        self.names.add("img")
+        self.out.decls.append(f"input img : image[{self.dim(c)}, {self.dim(h)}, {self.dim(w)}]")
+        return Vec("img", IMAGE, c)
+
+    # -- convolutions --------------------------------------------------------------------------
+    def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+        if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
+            raise refuse(node, "a convolution whose kernel is not a param")
+        x = self.vec(x, node)
+        if not is_image(x) or "one" in x.tags:
+            raise refuse(node, "a convolution of a value that is not an image")
+        k = w.shape[-1]
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        same = isinstance(padding, tuple) and padding == ((k - 1) // 2,) * 2
+        if padding == "same":
+            same = stride == (1, 1)
+        ok = (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1) and groups == 1
+              and stride in ((1, 1), (2, 2)))
+        if not ok:
+            raise refuse(
+                node,
+                f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
+                f"padding {_text(padding)}, dilation {_text(dilation)}, groups {groups} (the "
+                "language's convolution is square, odd-sized, same-padded, stride 1 or 2, "
+                "undilated and ungrouped)",
+                help="use nn.Conv2d(c_in, c_out, k, stride=1 or 2, padding=k // 2) with an odd "
+                "k (3x3, 1x1)",
+            )
+        kernel, _ = self.param(w, node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
+        self.out.stmts.append(f"{name} = {kernel} @ {x.name}" + (f" + {bias}" if bias else ""))
+        self.out.producers[name] = (kernel, bias)
+        if stride == (1, 1):
+            self.out.vectors[name] = (node.name, "out")
+            return Vec(name, IMAGE, w.shape[0])
+        # the stride-1 convolution has no value in the model: only its every other pixel
+        return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def _emit(self, node, expr: str, dim: int, tags) -> Vec:
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, tags, dim)
+
+    # -- batch norm ----------------------------------------------------------------------------
+    def op_batch_norm(self, node, x, w, b, mean, var, training, momentum, eps, *rest):
+        """``batchnorm(x)``, times the gain, plus the bias: each channel normalised over the
+        batch and the pixels, as the module computes it in training mode (the graph is exported
+        with its batch norms in training mode, ``train_norms``). A batch norm the build left in
+        eval mode (frozen statistics) is refused before the walk (``refuse_frozen_norms``)."""
+        x = self.vec(x, node)
+        if isinstance(w, PRef) + isinstance(b, PRef) != (w is not None) + (b is not None):
+            raise refuse(node, "a batch norm whose gain or bias is not a param")
+        expr = f"batchnorm({x.name})"
+        if w is not None:
+            expr = f"{self.vector_param(w, node)} * {expr}"
+        if b is not None:
+            expr += f" + {self.vector_param(b, node)}"
+        return self._emit(node, expr, x.dim, x.tags)
+
+    # -- pooling -------------------------------------------------------------------------------
+    def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+        return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
+
+    def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None):
+        if _pair(kernel) == (1, 1) and _pair(stride) == (2, 2) and _pair(padding) == (0, 0):
+            x = self.vec(x, node)
+            return self._emit(node, f"subsample({x.name})", x.dim, IMAGE)
+        return self._pool(node, x, "avgpool", kernel, stride, padding, 1,
+                          ceil_mode or divisor_override is not None)
+
+    def _pool(self, node, x, fn, kernel, stride, padding, dilation, odd):
+        x = self.vec(x, node)
+        stride = _pair(stride) if stride else _pair(kernel)
+        if _pair(kernel) != (2, 2) or stride != (2, 2) or _pair(padding) != (0, 0) \
+                or _pair(dilation) != (1, 1) or odd:
+            raise refuse(
+                node,
+                f"a {fn[:3]} pool of kernel {_text(_pair(kernel))}, stride {_text(stride)}, "
+                f"padding {_text(_pair(padding))} (the language pools 2x2 blocks, stride 2)",
+                help=f"use nn.{fn[:3].capitalize()}Pool2d(2); a 3x3 stride-2 pool (torchvision's "
+                "stem) has no form in the language",
+            )
+        if not is_image(x) or "one" in x.tags:
+            raise refuse(node, f"a {fn[:3]} pool of a value that is not an image")
+        return self._emit(node, f"{fn}({x.name})", x.dim, IMAGE)
+
+    def op_adaptive_avg_pool2d(self, node, x, size):
+        x = self.vec(x, node)
+        if _pair(size) != (1, 1) or not is_image(x):
+            raise refuse(node, f"an adaptive average pool to {_text(_pair(size))} (the language "
+                         "pools an image to one pixel: global_pool)",
+                         help="use nn.AdaptiveAvgPool2d(1), or x.mean((2, 3))")
+        return self._emit(node, f"global_pool({x.name})", x.dim, POOLED)
+
+    def image_mean(self, node, x, dims, keepdim=False):
+        """``x.mean((2, 3))`` of an image: global_pool; any other mean of one is refused."""
+        axes = sorted(d % 4 for d in dims)
+        x = self.vec(x, node)
+        if axes != [2, 3] or "px" not in x.tags:
+            raise refuse(node, f"a mean of an image over axes {axes} (only the pixels, axes 2 "
+                         "and 3, pool: global_pool)",
+                         help="average over the pixels, x.mean((2, 3))")
+        return self._emit(node, f"global_pool({x.name})", x.dim,
+                          POOLED if keepdim else ("tok", "F"))
+
+    def image_view(self, node, v):
+        """A view of an image-valued value: a pooled image's two axes of size 1 dropped
+        (``flatten(x, 1)``, ``x.view(B, -1)``); any other is refused."""
+        shape = tuple(node.meta["val"].shape)
+        v = self.vec(v, node)
+        old = tuple(node.args[0].meta["val"].shape)
+        if v.tags == POOLED and len(shape) == 2 and shape == old[:2]:
+            return Vec(v.name, ("tok", "F"), v.dim)
+        raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
+                     "is flattened only after a global pool)",
+                     help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")
+
+
+def refuse_frozen_norms(model) -> None:
+    """A batch norm in eval mode at build (its running statistics frozen while the model
+    trains) is an affine map per channel, not the normalisation the trace writes: refused."""
+    import torch
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training \
+                and m.track_running_stats:
+            raise TraceError(
+                f"cannot trace {strip_prefix(name) or 'the model'}: a {type(m).__name__} in "
+                "eval mode (running statistics frozen); the trace writes a batch norm as it "
+                "trains, normalising each channel over the batch",
+                help="build the model in training mode (do not call .eval() in build); a "
+                "frozen batch norm is an affine map the trace does not read",
+            )
+
+
+def train_norms(model) -> None:
+    """Batch norms back in training mode after ``model.eval()`` (which the trace and the check
+    use to turn dropout off): the program is their training forward, each channel normalised
+    over the batch, so the graph must compute that, not the affine map of eval mode."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+
+
+def _pair(a):
+    if isinstance(a, str):
+        return a
+    a = tuple(a) if isinstance(a, (list, tuple)) else (a,)
+    return a * 2 if len(a) == 1 else a
+
+
+def _text(a) -> str:
+    return a if isinstance(a, str) else "x".join(str(i) for i in a)

@@ -1,0 +1,185 @@
+"""Convolutional networks traced: image inputs, conv2d (channels the width, stride 1 or 2), batch
+norm, max/avg pooling, a global pool and a linear head. Oracles: the hand-written examples
+(examples/resnet_bn.tp, examples/resnet.tp) derive the same exponents as the traced networks;
+the emitted helpers compute what torch's layers compute; apply leaves the model bit-identical at
+the base width, and the coordinate check passes µP and fails the model as it comes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.emit.templates import HELPERS  # noqa: E402
+from tensorprog.fromtorch import MuP  # noqa: E402
+from tensorprog.fromtorch.check import coord_check  # noqa: E402
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: two 3x3 convs with batch norm, a 1x1 strided shortcut."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """A torchvision-style ResNet of two stages (channels width and 2·width), 10 classes."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# traced param -> examples/resnet_bn.tp's
+RESNET_BN = {
+    "conv1_weight": "K0", "bn1_weight": "g0", "bn1_bias": "b0",
+    "layer1_conv1_weight": "K1", "layer1_bn1_weight": "g1", "layer1_bn1_bias": "b1",
+    "layer1_conv2_weight": "K2", "layer1_bn2_weight": "g2", "layer1_bn2_bias": "b2",
+    "layer2_conv1_weight": "K3", "layer2_bn1_weight": "g3", "layer2_bn1_bias": "b3",
+    "layer2_conv2_weight": "K4", "layer2_bn2_weight": "g4", "layer2_bn2_bias": "b4",
+    "layer2_downsample_0_weight": "Kd", "layer2_downsample_1_weight": "gd",
+    "layer2_downsample_1_bias": "bd", "fc_weight": "W", "fc_bias": "bW",
+}
+
+
+def images(model=None, batch=2, size=16):
+    return (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return tp.from_torch(ResNet, (8, 16), images)
+
+
+def test_a_resnet_traces_to_convs_batchnorms_pools_and_a_strided_stage(resnet):
+    src = resnet.source
+    assert "input img : image[f3, f16, f16]" in src
+    assert "param layer2_conv1_weight : [n_x2, n, f3, f3]" in src
+    assert "param layer2_downsample_0_weight : [n_x2, n, f1, f1]" in src
+    assert "batch_norm = bn1_weight * batchnorm(conv2d) + bn1_bias" in src
+    assert "max_pool2d = maxpool(v_relu)" in src or "maxpool(" in src
+    assert "conv2d_3 = subsample(conv2d_3_full)" in src  # stride 2: every other pixel
+    assert "global_pool(" in src and "fc_weight @ " in src
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_traced_resnet_derives_what_the_hand_written_example_derives(resnet, optimizer):
+    traced = tp.derive(resnet.program, optimizer).abc
+    written = tp.derive(tp.parse_file(EXAMPLES / "resnet_bn.tp"), optimizer).abc
+    assert set(traced) == set(RESNET_BN)
+    for name, abc in traced.items():
+        assert abc == written[RESNET_BN[name]], name
+    assert str(traced["layer2_conv2_weight"].b) == "1/2"  # a hidden kernel: fan-in n·3·3
+
+
+def test_apply_leaves_the_resnet_bit_identical_at_the_base_width(resnet):
+    apply_is_bit_identical_at_base(resnet, ResNet, images)
+
+
+def test_the_coordinate_check_passes_mup_and_fails_the_resnet_as_it_comes(resnet):
+    # widths 16-64, one seed, 3 Adam steps at lr 3e-3 on 4 random 16x16 images (fixed seeds):
+    # under µP every slope from step 2 on lies in [-0.08, +0.05]; the model as it comes
+    # (PyTorch's init, one LR) fails 12 vectors, layer1.conv1's change at +0.94
+    mup = MuP(resnet, "adam")
+    good = coord_check(mup, (16, 32, 64), seeds=(0,), batch=4, tolerance=0.25)
+    bad = coord_check(mup, (16, 32, 64), seeds=(0,), batch=4, tolerance=0.25, apply=False)
+    assert good.passed, good
+    assert not bad.passed and "layer1.conv1" in str(bad)
+
+
+class SmallResNet(nn.Module):
+    """examples/resnet.tp in torch: a stem with a bias, two residual blocks around a 2x2
+    average pool, the mean over the pixels into a linear readout."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False)
+                                   for _ in range(4))
+        self.head = nn.Linear(width, 10, bias=False)
+
+    def forward(self, img):
+        k1, k2, k3, k4 = self.convs
+        h0 = F.relu(self.stem(img))
+        h1 = h0 + k2(F.relu(k1(h0)))
+        p1 = F.avg_pool2d(h1, 2)
+        h2 = p1 + k4(F.relu(k3(p1)))
+        return self.head(h2.mean((2, 3)))
+
+
+def test_a_plain_cnn_derives_what_examples_resnet_tp_derives():
+    traced = tp.from_torch(SmallResNet, (8, 16), lambda m: images(size=8))
+    got = tp.derive(traced.program, "adam").abc
+    want = tp.derive(tp.parse_file(EXAMPLES / "resnet.tp"), "adam").abc
+    names = {"stem_weight": "K0", "stem_bias": "b0", "convs_0_weight": "K1",
+             "convs_1_weight": "K2", "convs_2_weight": "K3", "convs_3_weight": "K4",
+             "head_weight": "W"}
+    assert {k: got[k] for k in names} == {k: want[v] for k, v in names.items()}
+
+
+def _helper(name):
+    space = {"torch": torch}
+    exec("\n".join(HELPERS[name]), space)  # noqa: S102 - the emitter's own template
+    return space[name]
+
+
+def test_the_emitted_subsample_of_a_convolution_is_the_strided_convolution():
+    # the exactness the tracer relies on: output pixel i of a stride-2 convolution padded by
+    # (k-1)/2 is pixel 2i of the stride-1 one (even and odd image sizes, 3x3 and 1x1)
+    conv, sub = _helper("_conv"), _helper("_subsample")
+    g = torch.Generator().manual_seed(0)
+    for size, k in ((8, 3), (7, 3), (8, 1)):
+        x = torch.randn(2, 4, size, size, generator=g, dtype=torch.float64)
+        w = torch.randn(5, 4, k, k, generator=g, dtype=torch.float64)
+        strided = F.conv2d(x, w, stride=2, padding=k // 2)
+        emitted = sub(conv(x.movedim(1, -1), w)).movedim(-1, 1)
+        torch.testing.assert_close(emitted, strided, rtol=1e-12, atol=1e-12)
+
+
+def test_the_emitted_batchnorm_and_maxpool_are_torchs_in_training_mode():
+    bn, pool = _helper("_batchnorm"), _helper("_maxpool")
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    module = nn.BatchNorm2d(3, affine=False).double().train()
+    torch.testing.assert_close(bn(x.movedim(1, -1)).movedim(-1, 1), module(x))
+    torch.testing.assert_close(pool(x.movedim(1, -1)).movedim(-1, 1), F.max_pool2d(x, 2))
+
+
+def test_a_float_input_other_than_an_image_is_refused():
+    with pytest.raises(tp.TensorProgError, match=r"input \w+ is a torch.float32 tensor of shape "
+                       r"\[2, 16\]: float inputs are traced as one image"):
+        tp.from_torch(lambda n: nn.Linear(16, n), (8, 16), lambda m: (torch.zeros(2, 16),))
