@@ -847,6 +847,19 @@ def frozen(n):
     return net
 
 
+class Patches(nn.Module):
+    def __init__(self, n, unfold=4, rows=4, twice=False):
+        super().__init__()
+        self.proj, self.unfold, self.twice = nn.Linear(3 * unfold * unfold, n), unfold, twice
+        self.pos = nn.Parameter(torch.zeros(1, rows, n))
+        self.conv = nn.Conv2d(3, 3 * unfold * unfold, 3, padding=1)
+
+    def forward(self, x):
+        h = self.proj(nn.functional.unfold(x, self.unfold, stride=4).transpose(1, 2))
+        h = h + self.pos
+        return (h, self.proj(self.conv(x).mean((2, 3)))) if self.twice else h
+
+
 class OnPixels(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -872,6 +885,15 @@ CONV_BUILDS = {
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
                  r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
                  r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+    # an image is cut into patches only whole, without overlap, and only at the input
+    "overlap": ("lambda n: Patches(n, unfold=6)",
+                r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),
+    "one_row": ("lambda n: Patches(n, rows=1)",
+                r"m.py:\d+:\d+: error: cannot trace a param of shape \[1, 1, \d+\] added "
+                r"to per-token vectors(.|\n)*help: add a position table of one row per token"),
+    "twice": ("lambda n: Patches(n, twice=True)",
+              r"m.py:\d+:\d+: error: cannot trace an image cut into patches here and also read "
+              r"otherwise"),
     # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
     "on_pixels": ("lambda n: OnPixels(n)",
                   r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "

@@ -10,7 +10,7 @@ from ..numerics.measure import default_batch_size
 from .apply import MuP, scale_rows
 from .convert import convert
 from .ops_conv import train_norms
-from .trace import export
+from .trace import built, export
 from .where import module_of, strip_prefix
 
 # Adam's default learning rate here: the largest that keeps HF Llama (2 layers, 4 heads, vocab
@@ -119,7 +119,7 @@ def coord_check(
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
-        x, y = (t.to(device) for t in _data(traced.program, batch, g))
+        x, y = (t.to(device) for t in _data(traced, batch, g))
         for w in widths:
             torch.manual_seed(seed)
             model = traced.build(w)
@@ -155,20 +155,25 @@ def coord_check(
     return result
 
 
-def _data(program, batch: int, g):
-    """A fixed batch and its targets: random token ids and next tokens, or for an image
-    program random N(0, 1) images [B, C, H, W] and a class of the output's dim per image."""
+def _data(traced, batch: int, g):
+    """A fixed batch and its targets: random token ids and next tokens, or for a model traced
+    on images (an ``image`` or ``patches`` input) random N(0, 1) images of the example inputs'
+    shape and a class of the output's dim per image (per patch, for per-token outputs)."""
     import torch
 
-    image = next((i for i in program.inputs if i.kind == "image"), None)
-    if image is None:
+    program = traced.program
+    if not any(i.kind in ("image", "patches") for i in program.inputs):
         seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
         return (torch.randint(vocab, (batch, seq), generator=g),
                 torch.randint(vocab, (batch, seq), generator=g))
-    c, h, w = (program.dim_table[d].size for d in (image.dim, *image.spatial))
+    with torch.device("meta"):  # the program has the patches, the model takes the image
+        given = traced.example_inputs(built(traced.build, traced.base_width))
+    given = (given,) if isinstance(given, torch.Tensor) else given
+    shape = next(tuple(x.shape) for x in given if isinstance(x, torch.Tensor))
     classes = program.dim_table[program.value_dims[program.outputs[0]]].size
-    return (torch.randn(batch, c, h, w, generator=g),
-            torch.randint(classes, (batch,), generator=g))
+    tokens = (program.dim_table[program.seq].size,) if program.seq else ()
+    return (torch.randn(batch, *shape[1:], generator=g),
+            torch.randint(classes, (batch, *tokens), generator=g))
 
 
 def module_paths(mup: MuP) -> dict[str, str]:

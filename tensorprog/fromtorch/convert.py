@@ -30,5 +30,6 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None) -> Trace:
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
     trace = conv.run()
+    conv.image_read_once()  # an image cut into patches is read no other way (ops_conv.py)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

@@ -42,7 +42,9 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
-            if isinstance(x, PRef):
+            if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
+                terms.append((c, self.position_table(node, x)))
+            elif isinstance(x, PRef):
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))

@@ -16,11 +16,12 @@ from .where import refuse, strip_prefix
 
 IMAGE = ("tok", "F", "px", "px")
 POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
+GRID = ("tok", "F", "grid", "grid")  # a patch embedding's output: a vector per patch, in a grid
 
 
 def is_image(v) -> bool:
     tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
-    return bool(tags) and ("px" in tags or "one" in tags)
+    return bool(tags) and any(t in tags for t in ("px", "one", "grid"))
 
 
 class ConvOps:
@@ -40,9 +41,32 @@ class ConvOps:
             )
         _, c, h, w = (int(s) for s in val.shape)
         self.image = "img"
-        self.names.add("img")
+        self.names |= {"img", "patch"}
+        self.image_decl = len(self.out.decls)  # replaced where the image is cut into patches
         self.out.decls.append(f"input img : image[{self.dim(c)}, {self.dim(h)}, {self.dim(w)}]")
         return Vec("img", IMAGE, c)
+
+    def patches(self, node, x: Vec, k: int) -> Vec:
+        """The image input cut into non-overlapping k x k patches, as the language's float
+        per-token input ``input patch : patches[T, P]``: T = (H/k)·(W/k) tokens of P = C·k·k
+        values each (a patch embedding is then a matmul of finite fan-in P). Only the image
+        input itself, read only this way, and a size k divides."""
+        shape = tuple(node.args[0].meta["val"].shape)
+        uses = [s for s in self.out.stmts if "img" in s.partition("=")[2].split()]
+        if x.name != "img" or x.tags != IMAGE or uses or shape[2] % k or shape[3] % k:
+            raise refuse(
+                node,
+                f"patches of {k}x{k} pixels cut from a value that is not the image input read "
+                f"only this way, or from an image of {shape[2]}x{shape[3]} pixels that {k} "
+                "does not divide",
+                help="cut the image input into patches once, right at the input (a Conv2d "
+                "with stride equal to its kernel, or unfold with stride equal to its kernel)",
+            )
+        c, t = shape[1], (shape[2] // k) * (shape[3] // k)
+        self.cut = node  # any later read of the image is refused (image_read_once)
+        self.tokens_seq = t  # the program's sequence: one token per patch (trace.py's dim T)
+        self.out.decls[self.image_decl] = f"input patch : patches[T, {self.dim(c * k * k)}]"
+        return Vec("patch", ("tok", "tok", "F"), c * k * k)
 
     # -- convolutions --------------------------------------------------------------------------
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
@@ -53,6 +77,9 @@ class ConvOps:
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
+                and dilation == (1, 1) and groups == 1:
+            return self._patch_embedding(node, x, w, b, k)
         same = isinstance(padding, tuple) and padding == ((k - 1) // 2,) * 2
         if padding == "same":
             same = stride == (1, 1)
@@ -78,6 +105,61 @@ class ConvOps:
             return Vec(name, IMAGE, w.shape[0])
         # the stride-1 convolution has no value in the model: only its every other pixel
         return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def image_read_once(self) -> None:
+        """After the walk: an image cut into patches is the program's ``patches`` input, so no
+        statement may read the image itself (a second branch on its pixels)."""
+        cut = getattr(self, "cut", None)
+        if cut is not None and any("img" in s.partition("=")[2].split() for s in self.out.stmts):
+            raise refuse(cut, "an image cut into patches here and also read otherwise (the "
+                         "program has either the image or its patches)",
+                         help="read the image only through the patch embedding")
+
+    def _patch_embedding(self, node, x: Vec, w: PRef, b, k: int) -> Vec:
+        """A convolution whose stride equals its kernel (a ViT's patch embedding): the same
+        matmul applied to each k x k patch, ``E @ patch + b`` with E [n, C·k·k] (the kernel
+        flattened: a finite fan-in), one vector per patch in the grid of patches."""
+        patch = self.patches(node, x, k)
+        ref = PRef(w.target, (w.shape[0], patch.dim))
+        kernel, _ = self.param(ref, node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self._emit(node, f"{kernel} @ {patch.name}" + (f" + {bias}" if bias else ""),
+                          w.shape[0], GRID)
+        self.out.producers[name.name] = (kernel, bias)
+        return name
+
+    def op_im2col(self, node, x, kernel, dilation, padding, stride):
+        """``F.unfold(img, k, stride=k)``: the image cut into k x k patches, [B, C·k·k, T]."""
+        x = self.vec(x, node)
+        k = _pair(kernel)
+        if k[0] != k[1] or _pair(stride) != k or _pair(padding) != (0, 0) \
+                or _pair(dilation) != (1, 1):
+            raise refuse(node, f"an unfold of kernel {_text(k)}, stride {_text(_pair(stride))}, "
+                         f"padding {_text(_pair(padding))} (the language cuts an image into "
+                         "non-overlapping patches only: stride equal to the kernel, no padding)",
+                         help="unfold with stride equal to the kernel size and no padding")
+        patch = self.patches(node, x, k[0])
+        return Vec(patch.name, ("tok", "F", "tok"), patch.dim)
+
+    def position_table(self, node, ref: PRef) -> Vec:
+        """A learned table of positions added to every sequence (a ViT's ``pos_embed``, a param
+        [1, T, n]): row t added to token t is a lookup of position t, ``P @ pos`` (as an
+        embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
+        seq = getattr(self, "tokens_seq", None)
+        if ref.shape[0] != 1 or ref.shape[1] != seq or ref.t or ref.rows:
+            raise refuse(
+                node,
+                f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
+                f"positions is [1, T, n] with T the {seq} tokens of the input)",
+                help="add a position table of one row per token of the input (a class token "
+                "prepended to the patches is not traced yet)",
+            )
+        table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in="T")
+        self.positions = seq
+        name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed
+        self.out.stmts.append(f"{name} = {table} @ pos")
+        self.out.producers[name] = (table, None)
+        return Vec(name, ("tok", "tok", "F"), ref.shape[2])
 
     def _emit(self, node, expr: str, dim: int, tags) -> Vec:
         name = self.fresh(node.name)
@@ -156,6 +238,8 @@ class ConvOps:
         old = tuple(node.args[0].meta["val"].shape)
         if v.tags == POOLED and len(shape) == 2 and shape == old[:2]:
             return Vec(v.name, ("tok", "F"), v.dim)
+        if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
+            return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
                      "is flattened only after a global pool)",
                      help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")

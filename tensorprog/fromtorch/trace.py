@@ -514,6 +514,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
             lines.append(f"dim {name} = {rhs}")
     if vocab is not None:
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
+        lines.append(f"dim T = {seq}")
     if any(" @ pos" in s for s in t1.stmts):
         lines.append("input pos : positions[T]")
     lines += body

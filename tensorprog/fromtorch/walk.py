@@ -47,6 +47,7 @@ _RESERVED = {
     "tokens",
     "positions",
     "image",
+    "patches",
     "n",
     "tok",
     "pos",

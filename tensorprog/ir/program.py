@@ -54,7 +54,7 @@ from functools import cached_property
 from ..errors import Span, UsageError
 from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches")
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
 MAX_SIZE = 2**53
