@@ -871,9 +871,9 @@ class OnPixels(Net):
 CONV_BUILDS = {
     "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
                r"(.|\n)*help: build the model in training mode"),
-    "stem_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3, 2, 1))",
-                  r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 2x2, "
-                  r"padding 1x1(.|\n)*help: use nn.MaxPool2d\(2\)"),
+    "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
+                  r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
+                  r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
     "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
                  r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
                  r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),

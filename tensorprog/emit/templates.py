@@ -67,6 +67,12 @@ HELPERS = {
         "def _maxpool(x):",
         '    """2 x 2 max pooling of a channels-last image."""',
         "    return torch.nn.functional.max_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_maxpool3": [
+        "def _maxpool3(x):",
+        '    """The max over each pixel\'s 3 x 3 neighbourhood of a channels-last image (stride 1,',
+        '    same-padded)."""',
+        "    y = torch.nn.functional.max_pool2d(x.movedim(-1, -3), 3, 1, 1)",
+        "    return y.movedim(-3, -1)"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',

@@ -198,14 +198,24 @@ class ConvOps:
     def _pool(self, node, x, fn, kernel, stride, padding, dilation, odd):
         x = self.vec(x, node)
         stride = _pair(stride) if stride else _pair(kernel)
+        if fn == "maxpool" and _pair(kernel) == (3, 3) and _pair(padding) == (1, 1) \
+                and stride in ((1, 1), (2, 2)) and _pair(dilation) == (1, 1) and not odd \
+                and x.tags == IMAGE:
+            # a same-padded 3x3 max (torch pads with -inf); at stride 2, torchvision's stem pool,
+            # its every other pixel, exactly
+            if stride == (1, 1):
+                return self._emit(node, f"maxpool3({x.name})", x.dim, IMAGE)
+            full = self.fresh(f"{node.name}_full")  # no value in the model: not probed
+            self.out.stmts.append(f"{full} = maxpool3({x.name})")
+            return self._emit(node, f"subsample({full})", x.dim, IMAGE)
         if _pair(kernel) != (2, 2) or stride != (2, 2) or _pair(padding) != (0, 0) \
                 or _pair(dilation) != (1, 1) or odd:
             raise refuse(
                 node,
                 f"a {fn[:3]} pool of kernel {_text(_pair(kernel))}, stride {_text(stride)}, "
                 f"padding {_text(_pair(padding))} (the language pools 2x2 blocks, stride 2)",
-                help=f"use nn.{fn[:3].capitalize()}Pool2d(2); a 3x3 stride-2 pool (torchvision's "
-                "stem) has no form in the language",
+                help=f"use nn.{fn[:3].capitalize()}Pool2d(2)" + (
+                    ", or nn.MaxPool2d(3, stride=1 or 2, padding=1)" if fn == "maxpool" else ""),
             )
         if not is_image(x) or "one" in x.tags:
             raise refuse(node, f"a {fn[:3]} pool of a value that is not an image")

@@ -171,12 +171,18 @@ def test_the_emitted_subsample_of_a_convolution_is_the_strided_convolution():
         torch.testing.assert_close(emitted, strided, rtol=1e-12, atol=1e-12)
 
 
-def test_the_emitted_batchnorm_and_maxpool_are_torchs_in_training_mode():
-    bn, pool = _helper("_batchnorm"), _helper("_maxpool")
+def test_the_emitted_batchnorm_and_max_pools_are_torchs_in_training_mode():
+    bn, pool, pool3, sub = (_helper(f"_{f}") for f in ("batchnorm", "maxpool", "maxpool3",
+                                                       "subsample"))
     x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     module = nn.BatchNorm2d(3, affine=False).double().train()
-    torch.testing.assert_close(bn(x.movedim(1, -1)).movedim(-1, 1), module(x))
-    torch.testing.assert_close(pool(x.movedim(1, -1)).movedim(-1, 1), F.max_pool2d(x, 2))
+    last = x.movedim(1, -1)
+    torch.testing.assert_close(bn(last).movedim(-1, 1), module(x))
+    torch.testing.assert_close(pool(last).movedim(-1, 1), F.max_pool2d(x, 2))
+    for size in (6, 7):  # torchvision's stem pool is every other pixel of the 3x3 max
+        y = x[..., :size, :size] if size == 6 else F.pad(x, (0, 1, 0, 1))
+        got = sub(pool3(y.movedim(1, -1))).movedim(-1, 1)
+        torch.testing.assert_close(got, F.max_pool2d(y, 3, 2, 1), rtol=0, atol=0)
 
 
 def test_a_float_input_other_than_an_image_is_refused():
@@ -265,3 +271,24 @@ def test_the_patch_net_is_applied_bit_identically_and_passes_its_coordinate_chec
     bad = coord_check(mup, (32, 64, 128), seeds=(0,), batch=2, tolerance=0.25, apply=False)
     assert good.passed, good
     assert not bad.passed and "fc1 (linear)" in str(bad)
+
+
+def test_torchvisions_stem_traces_exactly():
+    # conv 7x7 stride 2 padding 3, batch norm, relu, max pool 3x3 stride 2 padding 1
+    class Stem(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.fc = nn.Linear(width, 10)
+
+        def forward(self, x):
+            x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+            return self.fc(x.mean((2, 3)))
+
+    src = tp.from_torch(Stem, (8, 16), images).source
+    assert "conv2d = subsample(conv2d_full)" in src
+    assert "param conv1_weight : [n, f3, f7, f7]" in src
+    assert "max_pool2d_full = maxpool3(v_relu)" in src
+    assert "max_pool2d = subsample(max_pool2d_full)" in src
