@@ -6,10 +6,11 @@ the base width, and the coordinate check passes µP and fails the model as it co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import apply_is_bit_identical_at_base, run_cli
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -292,3 +293,30 @@ def test_torchvisions_stem_traces_exactly():
     assert "param conv1_weight : [n, f3, f7, f7]" in src
     assert "max_pool2d_full = maxpool3(v_relu)" in src
     assert "max_pool2d = subsample(max_pool2d_full)" in src
+
+
+CLI_MODEL = """import torch
+from torch import nn
+
+
+def build(n):
+    return nn.Sequential(nn.Conv2d(3, n, 3, padding=1), nn.BatchNorm2d(n), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n, 10))
+"""
+
+
+@pytest.mark.parametrize(("image", "message"), [
+    ("3,8,8", None),
+    ("3,8", r"--image 3,8: expected three positive integers C,H,W"),
+    ("3,0,8", r"--image 3,0,8: expected three positive integers"),
+])
+def test_tensorprog_trace_takes_an_image_shape(capsys, tmp_path, image, message):
+    (tmp_path / "m.py").write_text(CLI_MODEL)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:build", "--widths", "8,16",
+                             "--image", image)
+    if message is not None:
+        assert (code, out) == (2, "") and re.search(message, err), err
+        return
+    assert code == 0, err
+    assert "input img : image[f3, f8, f8]" in out and "= global_pool(" in out
+    assert tp.derive(tp.parse(out), "adam").abc["v_5_weight"] == tp.ABC(0, 1, 1)
