@@ -157,12 +157,13 @@ def coord_check(
 
 def _data(traced, batch: int, g):
     """A fixed batch and its targets: random token ids and next tokens, or for a model traced
-    on images (an ``image`` or ``patches`` input) random N(0, 1) images of the example inputs'
-    shape and a class of the output's dim per image (per patch, for per-token outputs)."""
+    on float inputs (an ``image``, ``patches`` or vector input) random N(0, 1) inputs of the
+    example inputs' shape and a class of the output's dim per sample (per token, for per-token
+    outputs)."""
     import torch
 
     program = traced.program
-    if not any(i.kind in ("image", "patches") for i in program.inputs):
+    if not any(i.kind in ("image", "patches", "vector") for i in program.inputs):
         seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
         return (torch.randint(vocab, (batch, seq), generator=g),
                 torch.randint(vocab, (batch, seq), generator=g))

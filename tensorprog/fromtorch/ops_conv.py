@@ -29,16 +29,28 @@ class ConvOps:
 
     # -- the input -----------------------------------------------------------------------------
     def float_input(self, node, val) -> Vec:
-        """A float input of shape [B, C, H, W]: an image, ``input img : image[C, H, W]``
-        (channels finite, the pixels finite). Anything else (per-token features, a batch of
-        flat vectors) is refused."""
-        if val.dim() != 4 or getattr(self, "image", None) is not None:
+        """The forward's one float input: [B, C, H, W] an image, ``input img : image[C, H,
+        W]`` (channels finite, the pixels finite); [B, T, P] per-token float vectors, ``input
+        x : patches[T, P]``; [B, d] one vector per sample, ``input x : [d]``. A second float
+        input, or one of other rank, is refused."""
+        if val.dim() not in (2, 3, 4) or getattr(self, "image", None) is not None:
             raise TraceError(
                 f"input {node.name} is a {val.dtype} tensor of shape {list(val.shape)}: float "
-                "inputs are traced as one image [batch, channels, height, width]",
-                help="pass token ids (an integer tensor) or one image batch [B, C, H, W] as "
-                "the example inputs",
+                "inputs are traced one per model, as an image [batch, channels, height, width], "
+                "per-token vectors [batch, tokens, values] or vectors [batch, values]",
+                help="pass token ids (an integer tensor), or one float tensor of those shapes, "
+                "as the example inputs",
             )
+        if val.dim() < 4:  # a float vector per sample, or per token: no pixels to cut
+            self.image = "x"
+            self.names.add("x")
+            *lead, d = (int(s) for s in val.shape)
+            if len(lead) == 1:
+                self.out.decls.append(f"input x : [{self.dim(d)}]")
+                return Vec("x", ("tok", "F"), d)
+            self.tokens_seq = lead[1]  # the program's sequence (trace.py's dim T)
+            self.out.decls.append(f"input x : patches[T, {self.dim(d)}]")
+            return Vec("x", ("tok", "tok", "F"), d)
         _, c, h, w = (int(s) for s in val.shape)
         self.image = "img"
         self.names |= {"img", "patch"}
