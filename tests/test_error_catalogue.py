@@ -877,6 +877,11 @@ CONV_BUILDS = {
     "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
                  r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
                  r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
+    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
+    # image is cut into patches
+    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
+                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
+                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
     "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
                 r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
                 r"2x2, dilation 2x2"),

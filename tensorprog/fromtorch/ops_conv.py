@@ -1,4 +1,5 @@
-"""Images: a float [B, C, H, W] input, convolutions, batch norm and pooling.
+"""Float inputs (an image, per-token vectors, vectors), convolutions, batch norm, pooling, and
+an image cut into patches (a ViT's patch embedding).
 
 An image-valued vector is a ``Vec`` whose torch axes are tagged ('tok', 'F', 'px', 'px'): the
 batch, the channels (the vector's dim, which may grow with the width) and the two finite pixel
@@ -9,6 +10,8 @@ stride-1 one).
 """
 
 from __future__ import annotations
+
+import re
 
 from ..errors import TraceError
 from .values import PRef, Vec
@@ -25,7 +28,7 @@ def is_image(v) -> bool:
 
 
 class ConvOps:
-    """Images: a float [B, C, H, W] input, convolutions, batch norm and pooling."""
+    """Float inputs, convolutions, batch norm, pooling and patches."""
 
     # -- the input -----------------------------------------------------------------------------
     def float_input(self, node, val) -> Vec:
@@ -33,7 +36,7 @@ class ConvOps:
         W]`` (channels finite, the pixels finite); [B, T, P] per-token float vectors, ``input
         x : patches[T, P]``; [B, d] one vector per sample, ``input x : [d]``. A second float
         input, or one of other rank, is refused."""
-        if val.dim() not in (2, 3, 4) or getattr(self, "image", None) is not None:
+        if val.dim() not in (2, 3, 4) or getattr(self, "float_name", None) is not None:
             raise TraceError(
                 f"input {node.name} is a {val.dtype} tensor of shape {list(val.shape)}: float "
                 "inputs are traced one per model, as an image [batch, channels, height, width], "
@@ -42,7 +45,7 @@ class ConvOps:
                 "as the example inputs",
             )
         if val.dim() < 4:  # a float vector per sample, or per token: no pixels to cut
-            self.image = "x"
+            self.float_name = "x"
             self.names.add("x")
             *lead, d = (int(s) for s in val.shape)
             if len(lead) == 1:
@@ -52,7 +55,7 @@ class ConvOps:
             self.out.decls.append(f"input x : patches[T, {self.dim(d)}]")
             return Vec("x", ("tok", "tok", "F"), d)
         _, c, h, w = (int(s) for s in val.shape)
-        self.image = "img"
+        self.float_name = "img"
         self.names |= {"img", "patch"}
         self.image_decl = len(self.out.decls)  # replaced where the image is cut into patches
         self.out.decls.append(f"input img : image[{self.dim(c)}, {self.dim(h)}, {self.dim(w)}]")
@@ -64,8 +67,8 @@ class ConvOps:
         values each (a patch embedding is then a matmul of finite fan-in P). Only the image
         input itself, read only this way, and a size k divides."""
         shape = tuple(node.args[0].meta["val"].shape)
-        uses = [s for s in self.out.stmts if "img" in s.partition("=")[2].split()]
-        if x.name != "img" or x.tags != IMAGE or uses or shape[2] % k or shape[3] % k:
+        if x.name != "img" or x.tags != IMAGE or _reads_image(self.out.stmts) or shape[2] % k \
+                or shape[3] % k:
             raise refuse(
                 node,
                 f"patches of {k}x{k} pixels cut from a value that is not the image input read "
@@ -85,12 +88,12 @@ class ConvOps:
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
         x = self.vec(x, node)
-        if not is_image(x) or "one" in x.tags:
+        if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
         if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
-                and dilation == (1, 1) and groups == 1:
+                and dilation == (1, 1) and groups == 1 and x.name == "img":
             return self._patch_embedding(node, x, w, b, k)
         same = isinstance(padding, tuple) and padding == ((k - 1) // 2,) * 2
         if padding == "same":
@@ -122,7 +125,7 @@ class ConvOps:
         """After the walk: an image cut into patches is the program's ``patches`` input, so no
         statement may read the image itself (a second branch on its pixels)."""
         cut = getattr(self, "cut", None)
-        if cut is not None and any("img" in s.partition("=")[2].split() for s in self.out.stmts):
+        if cut is not None and _reads_image(self.out.stmts):
             raise refuse(cut, "an image cut into patches here and also read otherwise (the "
                          "program has either the image or its patches)",
                          help="read the image only through the patch embedding")
@@ -201,7 +204,8 @@ class ConvOps:
 
     def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
                       count_include_pad=True, divisor_override=None):
-        if _pair(kernel) == (1, 1) and _pair(stride) == (2, 2) and _pair(padding) == (0, 0):
+        if _pair(kernel) == (1, 1) and _pair(stride) == (2, 2) and _pair(padding) == (0, 0) \
+                and self.vec(x, node).tags == IMAGE:
             x = self.vec(x, node)
             return self._emit(node, f"subsample({x.name})", x.dim, IMAGE)
         return self._pool(node, x, "avgpool", kernel, stride, padding, 1,
@@ -229,13 +233,13 @@ class ConvOps:
                 help=f"use nn.{fn[:3].capitalize()}Pool2d(2)" + (
                     ", or nn.MaxPool2d(3, stride=1 or 2, padding=1)" if fn == "maxpool" else ""),
             )
-        if not is_image(x) or "one" in x.tags:
+        if x.tags != IMAGE:
             raise refuse(node, f"a {fn[:3]} pool of a value that is not an image")
         return self._emit(node, f"{fn}({x.name})", x.dim, IMAGE)
 
     def op_adaptive_avg_pool2d(self, node, x, size):
         x = self.vec(x, node)
-        if _pair(size) != (1, 1) or not is_image(x):
+        if _pair(size) != (1, 1) or x.tags != IMAGE:
             raise refuse(node, f"an adaptive average pool to {_text(_pair(size))} (the language "
                          "pools an image to one pixel: global_pool)",
                          help="use nn.AdaptiveAvgPool2d(1), or x.mean((2, 3))")
@@ -245,7 +249,7 @@ class ConvOps:
         """``x.mean((2, 3))`` of an image: global_pool; any other mean of one is refused."""
         axes = sorted(d % 4 for d in dims)
         x = self.vec(x, node)
-        if axes != [2, 3] or "px" not in x.tags:
+        if axes != [2, 3] or x.tags != IMAGE:
             raise refuse(node, f"a mean of an image over axes {axes} (only the pixels, axes 2 "
                          "and 3, pool: global_pool)",
                          help="average over the pixels, x.mean((2, 3))")
@@ -293,6 +297,11 @@ def train_norms(model) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.train()
+
+
+def _reads_image(stmts) -> bool:
+    """Whether a statement reads the image input ``img``."""
+    return any(re.search(r"\bimg\b", s.partition("=")[2]) for s in stmts)
 
 
 def _pair(a):
