@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_conv import ConvOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
@@ -20,7 +21,7 @@ from .walk import Walker
 
 class Converter(
     Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
-    NormOps,
+    NormOps, ConvOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
@@ -34,5 +35,6 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None) -> Trace:
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
     trace = conv.run()
+    conv.image_read_once()  # an image cut into patches is read no other way (ops_conv.py)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

@@ -17,6 +17,7 @@ from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
+from .ops_conv import refuse_frozen_norms, train_norms
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, strip_prefix
@@ -79,6 +80,7 @@ def export(model, inputs: Sequence):
 
     was = model.training
     model.eval()
+    train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
         return torch.export.export(_Wrapped(model), tuple(inputs), strict=False)
     except TensorProgError:
@@ -179,6 +181,8 @@ def _law(model, name: str, p):
     module = model.get_submodule(module_name)
     if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
         return 1 / math.sqrt(3 * module.in_features)
+    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
+        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
     if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
         return 1.0
     return None
@@ -310,6 +314,7 @@ def from_torch(
         # need not be the first input (an optional mask may come first as None)
         tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
         try:
+            refuse_frozen_norms(model)
             ep = export(model, inputs)
             scalars = _scalar_buffers(build, w, model)
             traces.append(convert(ep, base, tok[0] if tok else None, scalars))
@@ -509,6 +514,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
             lines.append(f"dim {name} = {rhs}")
     if vocab is not None:
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
+        lines.append(f"dim T = {seq}")
     if any(" @ pos" in s for s in t1.stmts):
         lines.append("input pos : positions[T]")
     lines += body

@@ -52,6 +52,7 @@ _RESERVED = {
     "tokens",
     "positions",
     "image",
+    "patches",
     "n",
     "tok",
     "pos",
@@ -288,6 +289,8 @@ class Walker:
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
                     self.env[node.name] = Aux()
+                elif spec.kind.name == "USER_INPUT" and val.dtype.is_floating_point:
+                    self.env[node.name] = self.float_input(node, val)  # an image: ops_conv.py
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(
