@@ -19,6 +19,7 @@ _TORCH_FN = {name: FUNCTIONS[name].torch for name in COORDINATEWISE if name != "
 _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "avgpool": "_avgpool({x})",
           "global_pool": "{x}.mean(dim=(-3, -2))",
+          "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}
