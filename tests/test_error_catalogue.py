@@ -738,6 +738,14 @@ class Padded(Net):
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class OneHead(Net):
+    def forward(self, idx):  # attention over one head of the whole dim
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -764,6 +772,7 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "padded": "lambda n: Padded(n)",
+    "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
 }
@@ -796,6 +805,9 @@ TRACED_BUILDS = {
     ("padded", None, r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
                      r"causal mask nor one that keeps every key(.|\n)*help: trace with example "
                      r"inputs without padding"),
+    # before: a TypeError (no head dim) deep in the walk
+    ("one_head", None, r"m.py:\d+:\d+: error: cannot trace attention over values not split "
+                       r"into heads"),
     # one token read out of the sequence: the first (first(h), BERT's pooler), no other
     ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
     # a param used as a token: the language's tokens are the token input's

@@ -165,6 +165,9 @@ class AttentionOps:
         enable_gqa=False,
     ):
         q, k, v = (self.vec(x, node) for x in (q, k, v))
+        if q.dh is None:  # one head of the whole dim is no view the walk splits into heads
+            raise refuse(node, "attention over values not split into heads (view them as "
+                         "(batch, tokens, heads, head dim) and transpose, with 2 heads or more)")
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))
