@@ -802,9 +802,11 @@ TRACED_BUILDS = {
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
     # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
-    ("padded", None, r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
-                     r"causal mask nor one that keeps every key(.|\n)*help: trace with example "
-                     r"inputs without padding"),
+    # (its input given as a keyword: example_inputs may return a dict)
+    ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
+     r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
+     r"causal mask nor one that keeps every key(.|\n)*help: trace with example inputs without "
+     r"padding"),
     # before: a TypeError (no head dim) deep in the walk
     ("one_head", None, r"m.py:\d+:\d+: error: cannot trace attention over values not split "
                        r"into heads"),
