@@ -317,12 +317,21 @@ POSITIONED = {
     "first-of-logits": (LOGITS_SEQ + "output y = first(s)\n", S,
                         r"first reads a vector of a declared dim at the first token, not "
                         r"attention logits", (12, 12)),
+    "first-of-ids": (SEQ + "output y = E @ first(tok)\n", S,
+                     r"first reads a vector of a declared dim at the first token, not the input "
+                     r"tok \(one-hot ids\)", (8, 16)),
     "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
                           r"y_1 is one token's vector \(read by first\), but h has one value "
                           r"per token(.|\n)*help: compute everything per token first", (8, 12)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
+    "block-returns-first": ("width n = 8\ndepth L = 2\ndim V = 5\ndim t = 3\n"
+                            "input tok : tokens[t, V]\nparam E : [n, V]\nblock res(h) {\n"
+                            "    param W : [n, n]\n    return W @ first(h)\n}\n"
+                            "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
+                            r"block res returns one token's vector \(read by first\), but its "
+                            r"argument h has one value per token", (9, 5)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"

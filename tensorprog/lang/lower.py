@@ -34,6 +34,7 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_expr import FUNCTIONS, ExpressionLowering, Matrix, Scalar, Vec
+from .lower_first import mark_tokens
 
 
 def _line_end_span(source: str, filename: str) -> Span:
@@ -395,6 +396,13 @@ class _Lowering(ExpressionLowering):
                 "each repetition's return value is the next one's argument: return a vector of "
                 f"the argument's dim, e.g. `return {arg_name} + W2 @ relu(W1 @ {arg_name})`")
             return None
+        if arg in self.tokenwise and self.one_token.intersection(value.terms):
+            self.errors.error(
+                f"block {self.block} returns one token's vector (read by first), but its argument "
+                f"{arg_name} has one value per token", st.span,
+                "each repetition's return value is the next one's argument: return per-token "
+                "values, and read the token after the repeat, e.g. `first(hL)`")
+            return None
         last = self.body[-1] if len(self.body) > n_body else None
         single = value.single()
         if last is not None and single == last.out:
@@ -601,7 +609,7 @@ class _Lowering(ExpressionLowering):
         else:
             self.check_coefficients(value, st.span)
             self.body.append(LinComb(name, value.items(), st.span))
-            self.mark_tokens(name, tuple(value.terms), st.span)
+            mark_tokens(self, name, tuple(value.terms), st.span)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[name] = sizes[0]

@@ -29,6 +29,7 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_first import first_readable, mark_tokens
 from .lower_route import ROUTES, lower_route
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
@@ -90,33 +91,13 @@ class ExpressionLowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
-        self.mark_tokens(ins.out, ins.operands, ins.span, getattr(ins, "fn", None) == "first")
+        mark_tokens(self, ins.out, ins.operands, ins.span, getattr(ins, "fn", None) == "first")
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
             (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
             self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
         return ins.out
-
-    def mark_tokens(self, out: str, operands, span: Span, first: bool = False) -> None:
-        """Whether ``out`` has a sequence axis (built from token inputs) or is read at one token
-        (``first``, or built from such a value): combining the two would pair one sequence's
-        vector with every token of another, an axis the emitted module does not have."""
-        if first:
-            self.one_token.add(out)
-            return
-        per_token = [o for o in operands if o in self.tokenwise]
-        one = [o for o in operands if o in self.one_token]
-        if per_token and one:
-            self.errors.error(f"{one[0]} is one token's vector (read by first), but {per_token[0]} "
-                              "has one value per token: they cannot be combined", span,
-                              "compute everything per token first, then read the token with "
-                              "first(h) just before the layers that use it alone (a pooler, a "
-                              "readout)")
-        elif per_token:
-            self.tokenwise.add(out)
-        elif one:
-            self.one_token.add(out)
 
     def expr(self, root):
         """Lower an expression tree bottom-up: operands first, left to right, then the node.
@@ -605,18 +586,7 @@ class ExpressionLowering:
         if group is not None and self.heads(args[0].dim, group, node) is None:
             return None
         arg = self.name_of(args[0], node.span)
-        if node.fn == "first" and arg not in self.tokenwise:
-            what = "one token's vector already" if arg in self.one_token else (
-                "built from params and vector inputs alone")
-            self.errors.error(f"first reads the first token of a sequence, but {arg} has no "
-                              f"tokens ({what})", node.span,
-                              "apply first to a value computed from a `tokens` input, e.g. the "
-                              "last block's output")
-            return None
-        if node.fn == "first" and (args[0].dim is None or args[0].dim in self.heads_dims):
-            self.errors.error("first reads a vector of a declared dim at the first token, not "
-                              f"{'a scalar' if args[0].dim is None else 'attention logits'}",
-                              node.span, "apply first to a vector, e.g. the last block's output")
+        if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
             return None
         if node.fn in ("avgpool", "global_pool"):
             size = self.pixels.get(arg)
