@@ -308,6 +308,30 @@ POSITIONED = {
                              r"or sigmoid", (7, 12)),
     "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
                           r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
+    # first(h) reads one token of a sequence: a value without tokens has none to read, and the
+    # token read has no sequence axis left to combine with per-token values or to attend over
+    "first-without-tokens": (HEAD + "output y = V @ first(W @ x)\n", S,
+                             r"first reads the first token of a sequence, but y_1 has no tokens"
+                             r"(.|\n)*help: apply first to a value computed from a `tokens`",
+                             (8, 16)),
+    "first-of-logits": (LOGITS_SEQ + "output y = first(s)\n", S,
+                        r"first reads a vector of a declared dim at the first token, not "
+                        r"attention logits", (12, 12)),
+    "first-of-ids": (SEQ + "output y = E @ first(tok)\n", S,
+                     r"first reads a vector of a declared dim at the first token, not the input "
+                     r"tok \(one-hot ids\)", (8, 16)),
+    "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
+                          r"y_1 is one token's vector \(read by first\), but h has one value "
+                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+    "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
+                             r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
+                             r"the token with first\(h\) after attention", (9, 12)),
+    "block-returns-first": ("width n = 8\ndepth L = 2\ndim V = 5\ndim t = 3\n"
+                            "input tok : tokens[t, V]\nparam E : [n, V]\nblock res(h) {\n"
+                            "    param W : [n, n]\n    return W @ first(h)\n}\n"
+                            "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
+                            r"block res returns one token's vector \(read by first\), but its "
+                            r"argument h has one value per token", (9, 5)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -712,6 +736,38 @@ class InPlace(Net):
         y = x * 3.0
         x += 1.0
         return self.o(x + y)
+
+
+class Padded(Net):
+    def forward(self, idx):  # two-head attention whose mask hides the last key (padding)
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=keep)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class OneHead(Net):
+    def forward(self, idx):  # attention over one head of the whole dim
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Second(Net):
+    def forward(self, idx):  # the second token's vector
+        return self.o(self.e(idx)[:, 1])
+
+
+class ClassToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
+
+    def forward(self, idx):  # a learned class token prepended to the sequence
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -724,6 +780,10 @@ TRACED_BUILDS = {
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "padded": "lambda n: Padded(n)",
+    "one_head": "lambda n: OneHead(n)",
+    "second": "lambda n: Second(n)",
+    "class_token": "lambda n: ClassToken(n)",
 }
 
 
@@ -750,6 +810,23 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
+    # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
+    # (its input given as a keyword: example_inputs may return a dict)
+    ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
+     r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
+     r"causal mask nor one that keeps every key(.|\n)*help: trace with example inputs without "
+     r"padding"),
+    # before: a TypeError (no head dim) deep in the walk
+    ("one_head", None, r"m.py:\d+:\d+: error: cannot trace attention over values not split "
+                       r"into heads"),
+    # one token read out of the sequence: the first (first(h), BERT's pooler), no other
+    ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
+    # a param used as a token: the language's tokens are the token input's
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
+                          r"the batch, used as a token(.|\n)*help: make the class token a token "
+                          r"id"),
+    ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
+     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -23,6 +23,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "maxpool3": "_maxpool3({x})",
           "subsample": "_subsample({x})",
           "batchnorm": "_batchnorm({x})",
+          "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}

@@ -140,7 +140,10 @@ def coord_check(
             train_norms(model)  # a batch norm's training forward is the program's
             for t in range(1, steps + 1):
                 logits = _logits(model(x))
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
+                # a classifier of the sequence (logits read at one token, BERT's pooled head)
+                # has one target per sequence: the first token's, folded into its classes
+                target = y if logits.dim() > 2 else y[:, 0] % logits.shape[-1]
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

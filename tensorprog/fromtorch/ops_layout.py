@@ -84,8 +84,7 @@ class LayoutOps:
     def op_select(self, node, v, dim, index):
         if isinstance(v, Parts):
             return dataclasses.replace(v.items[index], node=node.name)
-        raise refuse(node, "indexing a traced value along an axis other than a fused layer's "
-                     "blocks")
+        return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
 
     def _whole(self, node, v):
         if isinstance(v, Sub):  # only a rotary turns a part of each head, then cat puts it back

@@ -4,9 +4,10 @@ Each row says what the engine needs to know of a function, and what the emitter 
 compute it with:
 
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
-  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools: size
-  passes through); ``bounded``: φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and
-  bounded (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools, and
+  ``first``, one token's vector read out of a sequence: size passes through); ``bounded``:
+  φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a softmax
+  over finitely many tokens: Θ(1) whatever the input);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm: Θ(1) output, a change counted
   relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -57,6 +58,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # each channel normalised over the batch and the pixels (BatchNorm in training mode): a
     # coordinate's own statistics, so its size divides out as a layernorm's does
     Function("batchnorm", "normalize", None, "torch.nn.functional.batch_norm"),
+    # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
+    # coordinates, as large as any token's, and its gradient reaches that token alone
+    Function("first", "linear", None, ".select"),
 )}
 
 #: The names, in the order the language lists them.

@@ -29,6 +29,7 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_first import first_readable, mark_tokens
 from .lower_route import ROUTES, lower_route
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
@@ -90,8 +91,7 @@ class ExpressionLowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
-        if any(o in self.tokenwise for o in ins.operands):
-            self.tokenwise.add(ins.out)
+        mark_tokens(self, ins.out, ins.operands, ins.span, getattr(ins, "fn", None) == "first")
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
@@ -351,7 +351,12 @@ class ExpressionLowering:
         """Attention (a per-head dot, mix) pairs tokens, so each side must vary over them: a
         value built from params alone has no sequence axis to compare."""
         flat = [a for a in args if not any(t in self.tokenwise for t in a.terms)]
-        if flat:
+        one = next((t for a in flat for t in a.terms if t in self.one_token), None)
+        if one is not None:
+            self.errors.error(f"{node.fn} pairs tokens, but {one} is one token's vector (read "
+                              "by first): it has no tokens to pair", node.span,
+                              "read the token with first(h) after attention, not before")
+        elif flat:
             self.errors.error(f"{node.fn} pairs tokens, but an argument does not depend on any "
                               "token or position input", node.span,
                               "build queries, keys and values from the token stream (e.g. "
@@ -585,6 +590,8 @@ class ExpressionLowering:
         if group is not None and self.heads(args[0].dim, group, node) is None:
             return None
         arg = self.name_of(args[0], node.span)
+        if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
+            return None
         if node.fn in POOLS:
             size = self.pixels.get(arg)
             if size is None:
