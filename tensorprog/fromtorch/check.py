@@ -141,8 +141,10 @@ def coord_check(
             for t in range(1, steps + 1):
                 logits = _logits(model(x))
                 # a classifier of the sequence (logits read at one token, BERT's pooled head)
-                # has one target per sequence: the first token's, folded into its classes
-                target = y if logits.dim() > 2 else y[:, 0] % logits.shape[-1]
+                # has one target per sequence: the first token's, folded into its classes (an
+                # image classifier's targets, one per image, come as they are: _data)
+                per_token = logits.dim() > 2 or y.dim() == 1
+                target = y if per_token else y[:, 0] % logits.shape[-1]
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
                 opt.zero_grad()
                 loss.backward()
