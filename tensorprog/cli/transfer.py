@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     t.add_argument("--lr", type=float, help="the learning rate when --hp is not lr")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core)")
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="run every trial on this Ray cluster ('auto': this machine's; "
+                        "'local': start one) instead of local worker processes")
     t.add_argument("--cache", default=".tensorprog-cache",
                    help="directory of per-trial results, so a sweep resumes (default: "
                         ".tensorprog-cache; 'none' to disable)")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                    device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty(), depths=depths, width=width,
-                   depth_convention=args.depth_convention)
+                   depth_convention=args.depth_convention, ray_address=args.ray_address)
     common.report(args, result, render, transfer_plot)
     return 0
 

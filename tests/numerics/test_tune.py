@@ -1,0 +1,117 @@
+"""``tensorprog tune``: the search space made from the derivation (role groups, never names), a
+tiny study end to end (the JSON, the loader, the emitted module taking the values, resuming),
+pruning, and the local backend shared with transfer. Every study here trains an MLP of width 16
+for a few steps, in this process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, run_cli
+
+import tensorprog as tp
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import emit
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
+from tensorprog.numerics.backend import backend
+from tensorprog.numerics.data import load
+from tensorprog.numerics.transfer import fit_to_data, run_trial
+from tensorprog.numerics.tune import load_config, search_space
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("optuna")
+MLP = ROOT / "examples" / "mlp.tp"
+TIED = ROOT / "examples" / "transformer.tp"
+
+
+def _module(program, convention="table3", param="mup"):
+    abc, depth_abc, label, eps = choose(program, OPTIMIZERS["adam"], param, convention)
+    source = emit(program, abc, optimizer=OPTIMIZERS["adam"], label=label, command="t",
+                  depth_abc=depth_abc, eps=eps).source
+    return load_module(tp.emit.module.Emitted(source), param)
+
+
+def _space(text_or_path, convention="table3"):
+    program = (tp.parse_file(text_or_path) if not isinstance(text_or_path, str)
+               else tp.parse(text_or_path))
+    return search_space(program, _module(program, convention), "adam")
+
+
+def test_role_groups_come_from_the_derivation_not_the_names():
+    space = _space(MLP)
+    assert space.sigma == {"sigma_input": ("W1",), "sigma_vector": ("b1", "b2"),
+                           "sigma_hidden": ("W2",), "sigma_output": ("W3",)}
+    assert space.mult == {}  # table3: no forward multiplier to tune
+    # the same network with its names shuffled: the groups follow the fans, not the names
+    renamed = MLP.read_text().replace("W1", "Zout").replace("W3", "Win").replace("W2", "Wq")
+    assert _space(renamed).sigma == {"sigma_input": ("Zout",), "sigma_vector": ("b1", "b2"),
+                                     "sigma_hidden": ("Wq",), "sigma_output": ("Win",)}
+    # the mup convention gives the readout a multiplier: it is tuned, as the output group's
+    assert _space(MLP, "mup").mult == {"mult_output": ("W3",)}
+    # a decoder: gains and biases (constant inits) have no σ; the attention and the tied
+    # unembedding scales are tuned each by its program name, from its declared base value
+    dec = _space(TIED)
+    assert set(dec.mult) == {"mult_attn", "mult_tie"} and dec.base_mult["attn"] > 0
+    assert dec.sigma["sigma_input"] == ("E", "P")
+    assert set(dec.sigma) == {"sigma_input", "sigma_hidden"}
+
+
+def test_a_pruned_trial_stops_at_the_step_it_was_told(tmp_path):
+    program, _ = fit_to_data(tp.parse_file(MLP), load("digits"))
+    module_source = emit(program, choose(program, OPTIMIZERS["adam"], "mup").abc,
+                         optimizer=OPTIMIZERS["adam"], label="t", command="t").source
+    seen = []
+
+    def report(step, loss):
+        seen.append((step, loss))
+        return step >= 4
+
+    job = {"source": module_source, "source_key": "p", "param": "mup", "width": 16,
+           "value": 1.0, "seed": 0, "hp": "tune", "data": "digits", "steps": 10,
+           "batch_size": 8, "seq": None, "optimizer": "adam", "base_lr": 1e-3, "device": "cpu",
+           "threads": 1, "report_every": 2, "init_std": {"W2": 0.5}}
+    result = run_trial(job, report)
+    assert result == {"loss": None, "diverged": False, "steps": 4, "pruned": True}
+    assert [s for s, _ in seen] == [2, 4]
+    with backend(run_trial, 1) as runner:  # the backend both commands share, in this process
+        runner.submit("a", {**job, "report_every": None})
+        tag, whole = runner.next_done()
+    assert tag == "a" and whole["steps"] == 10 and not whole["diverged"]
+
+
+def test_a_study_writes_values_the_emitted_module_takes_and_resumes(tmp_path, capsys):
+    out = tmp_path / "best.json"
+    args = ["tune", str(MLP), "--data", "digits", "--width", "16", "--trials", "3", "--steps",
+            "6", "--batch-size", "16", "--cache", str(tmp_path), "-o", str(out)]
+    code, text, _ = run_cli(capsys, *args)
+    assert code == 0 and "3 complete" in text and "sigma_hidden" in text
+    config = load_config(out)
+    saved = json.loads(out.read_text())
+    assert saved["trials"] == {"complete": 3} and saved["width"] == 16
+    assert saved["flops"] > 0 and saved["trial_seconds"] > 0
+    # the values are the Model's: the fitted program's module (d_in = 64) takes them as they are
+    program, _ = fit_to_data(tp.parse_file(MLP), load("digits"))
+    module = _module(program)
+    model = module.Model(16, **config.model_kwargs(module))
+    assert model._base_std["W2"] == pytest.approx(config.init_std["W2"])
+    module.make_optimizer(model, **config.optimizer_kwargs())
+    # the same command resumes the study: nothing to train; one more trial adds one
+    code, text, _ = run_cli(capsys, *args)
+    assert code == 0 and "3 complete" in text
+    code, text, _ = run_cli(capsys, *args[:6], "--trials", "4", *args[8:], "--json")
+    assert code == 0 and sum(json.loads(text)["trials"].values()) == 4
+
+
+def test_values_tuned_in_another_convention_are_refused_by_name(tmp_path, capsys):
+    out = tmp_path / "mup.json"
+    code, _, _ = run_cli(capsys, "tune", str(MLP), "--data", "digits", "--width", "16",
+                         "--trials", "1", "--steps", "3", "--batch-size", "8", "--convention",
+                         "mup", "--cache", str(tmp_path), "-o", str(out))
+    assert code == 0 and set(load_config(out).mult) == {"W3"}
+    program, _ = fit_to_data(tp.parse_file(MLP), load("digits"))
+    with pytest.raises(tp.UsageError, match=r"set W3, which this module does not have"
+                                            r"(.|\n)*--convention mup"):
+        load_config(out).model_kwargs(_module(program, "table3"))
+    assert load_config(out).model_kwargs(_module(program, "mup"))["mult"]["W3"] > 0
