@@ -22,13 +22,14 @@ scheduler prunes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import socket
+import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from ..engine.rules import role
 from ..errors import UsageError
 from ..ir.program import Program
 from ..ir.sizes import check_training, training_flops
-from .backend import backend
+from .backend import backend, connect_ray
 from .transfer import DEFAULT_LOG2, Trial, fit_to_data, run_trial, trial_plan
 
 PRUNERS = ("median", "asha", "none")
@@ -129,6 +130,18 @@ def _pruner(kind: str, steps: int, every: int):
     return optuna.pruners.NopPruner()
 
 
+_STORAGES: dict = {}  # per process: URL -> Optuna storage (each costs a connection and a check)
+
+
+def open_storage(url: str):
+    """The Optuna storage at ``url``, made once per process."""
+    import optuna
+
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url)
+    return _STORAGES[url]
+
+
 def tune_trial(job: dict) -> dict:
     """One study trial (in this process or a worker): ``run_trial`` reporting its running loss to
     the study in the storage, which prunes it; adds the trial's seconds."""
@@ -136,7 +149,7 @@ def tune_trial(job: dict) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = job["study"]
-    study = optuna.load_study(study_name=t["name"], storage=t["storage"],
+    study = optuna.load_study(study_name=t["name"], storage=open_storage(t["storage"]),
                               pruner=_pruner(t["pruner"], job["steps"], job["report_every"]))
     trial = optuna.trial.Trial(study, t["trial_id"])
 
@@ -216,7 +229,7 @@ def _open_study(url: str, name: str, seed: int, pruner):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.create_study(storage=url, study_name=name, direction="minimize",
+        return optuna.create_study(storage=open_storage(url), study_name=name, direction="minimize",
                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner,
                                    load_if_exists=True)
     except (ArgumentError, OperationalError, ImportError, ValueError) as err:
@@ -234,6 +247,7 @@ def _here() -> str:
 def _fail_orphans(study) -> int:
     """Mark FAIL the trials an earlier driver on this machine left running when it was killed
     (its pid is gone), so they count as tried; another machine's running trials are left alone."""
+    import optuna
     from optuna.trial import TrialState
 
     host = socket.gethostname()
@@ -242,6 +256,7 @@ def _fail_orphans(study) -> int:
         who = t.user_attrs.get("driver", "")
         h, _, pid = who.rpartition(":")
         if h == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
             study.tell(t.number, state=TrialState.FAIL)
             count += 1
     return count
@@ -276,14 +291,13 @@ def tune(program: Program, optimizer: Optimizer, data_name: str, *, width: int |
     notes = list(plan.notes)
     orphans = _fail_orphans(study)
     if orphans:
-        notes.append(f"{orphans} trial(s) left running by an interrupted run were marked failed")
+        notes.append(f"{orphans} trial(s) left running by an interrupted run were marked failed "
+                     "and are trained again")
     # every trial trains with the same seed: the study compares HPs, not draws
     base_job = {**plan.job(Trial(param, width, 1.0, seed), 1), "report_every": every}
     if ray_address:
-        from .tune_ray import run_on_ray
-
-        run_on_ray(study, space, base_job, url, name, trials, pruner, seed, ray_address,
-                   cache, progress)
+        _run_on_ray(study, space, base_job, url, name, trials, pruner, seed, ray_address,
+                    cache, progress)
     else:
         _run_local(study, space, base_job, url, name, trials, pruner, jobs, progress)
     return _result(study, space, fitted, plan, module, width, param, convention, notes,
@@ -293,10 +307,13 @@ def tune(program: Program, optimizer: Optimizer, data_name: str, *, width: int |
 
 
 def finished(study) -> int:
+    """The trials that count towards ``--trials``: every finished one but those an interrupted
+    run left behind (they are trained again)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                        TrialState.FAIL)))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.FAIL))
+    return sum(not t.user_attrs.get("interrupted") for t in done)
 
 
 def _run_local(study, space: Space, base_job: dict, url: str, name: str, trials: int,
@@ -345,6 +362,85 @@ def _run_local(study, space: Space, base_job: dict, url: str, name: str, trials:
         bar.close()
 
 
+def _ray_trainable(config: dict, job: dict, space: Space) -> None:
+    """One trial on a Ray worker: ``run_trial`` reporting its running loss to Ray Tune, whose
+    scheduler may stop it; its steps and seconds are kept on the study's trial as it goes."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray import tune as ray_tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t = job["study"]
+    study = optuna.load_study(study_name=t["name"], storage=open_storage(t["storage"]))
+    # the trial OptunaSearch asked for this config: running, with exactly these params
+    ours = [x for x in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if x.params == config]
+    trial = optuna.trial.Trial(study, ours[0]._trial_id) if ours else None
+    values = space.module_values(config)
+    start = time.perf_counter()
+
+    def keep(step: int) -> None:
+        if trial is not None:
+            trial.set_user_attr("steps", step)
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            trial.set_user_attr("driver", t["driver"])
+
+    def report(step: int, loss: float) -> bool:
+        keep(step)
+        ray_tune.report({"loss": loss, "step": step})
+        return False  # Ray's scheduler stops a trial itself
+
+    result = run_trial({**job, "hp": "tune", "base_lr": values["lr"],
+                        "init_std": values["init_std"], "mult": values["mult"]}, report)
+    keep(result["steps"])
+    if result["diverged"]:
+        if trial is not None:
+            trial.set_user_attr("diverged", True)
+        ray_tune.report({"loss": math.inf, "step": result["steps"]})
+    else:
+        ray_tune.report({"loss": result["loss"], "step": result["steps"]})
+
+
+def _run_on_ray(study, space: Space, base_job: dict, url: str, name: str, trials: int,
+                pruner: str, seed: int, address: str, cache, progress: bool) -> None:
+    """The study driven by Ray Tune: Optuna's TPE as its search algorithm (on this study's
+    storage), Ray's ASHA or median-stopping scheduler as the pruner, one CPU a trial."""
+    todo = trials - finished(study)
+    if todo <= 0:
+        return
+    # Ctrl-C must reach the command (which says what is kept), not Ray Tune's own handler,
+    # which would stop the trials and return as if the study had finished
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    connect_ray(address)
+    import optuna
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search.optuna import OptunaSearch
+
+    steps, every = base_job["steps"], base_job["report_every"]
+    goal = {"metric": "loss", "mode": "min"}
+    scheduler = {"asha": lambda: ASHAScheduler(time_attr="step", max_t=steps, **goal,
+                                               grace_period=every, reduction_factor=3),
+                 "median": lambda: MedianStoppingRule(time_attr="step", grace_period=every,
+                                                      min_samples_required=5, **goal),
+                 "none": FIFOScheduler}[pruner]()
+    searcher = OptunaSearch(space=space.distributions(), metric="loss", mode="min",
+                            sampler=optuna.samplers.TPESampler(seed=seed), study_name=name,
+                            storage=open_storage(url))
+    job = {**base_job, "study": {"name": name, "storage": url, "driver": _here()}}
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(_ray_trainable, job=job, space=space), {"cpu": 1})
+    root = Path(cache or ".tensorprog-cache").resolve() / "ray"
+    tuner = ray_tune.Tuner(
+        trainable,
+        tune_config=ray_tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=todo),
+        run_config=ray_tune.RunConfig(name=name, storage_path=str(root),
+                                      verbose=1 if progress else 0))
+    with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's tables are for people: stdout
+        tuner.fit()                               # holds the result (and --json) alone
+
+
 def _result(study, space: Space, fitted: Program, plan, module, width: int, param: str,
             convention: str, notes: list[str], settings: dict) -> Tuned:
     from optuna.trial import TrialState
@@ -352,12 +448,18 @@ def _result(study, space: Space, fitted: Program, plan, module, width: int, para
     states: dict[str, int] = {}
     seconds = 0.0
     flops = 0.0
+    complete = []
     for t in study.get_trials(deepcopy=False):
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        state = t.state.name.lower()
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("steps") != plan.steps:
+            state = "pruned"  # stopped by Ray's scheduler, which tells its last loss as final
+        elif t.state == TrialState.COMPLETE and not math.isfinite(t.value):
+            state = "fail"  # diverged on Ray
+        elif t.state == TrialState.COMPLETE:
+            complete.append(t)
+        states[state] = states.get(state, 0) + 1
         seconds += t.user_attrs.get("seconds", 0.0)
         flops += training_flops(fitted, width, None, plan.batch_size, t.user_attrs.get("steps", 0))
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("steps", plan.steps) == plan.steps]
     if not complete:
         raise UsageError("no trial of the study trained to its last step without diverging: "
                          "there is no best value to give",
@@ -381,6 +483,26 @@ def render(t: Tuned) -> str:
              f"lr  {t.values['lr']:.4g}"]
     lines += [f"{k}  x{v:.3g}" for k, v in t.factors.items() if k != "lr"]
     return "\n".join(lines) + "\n"
+
+
+def train_once(program: Program, optimizer: Optimizer, data_name: str, values: dict, *,
+               width: int, param: str = "mup", convention: str = "table3",
+               steps: int | None = None, batch_size: int | None = None, seed: int = 0,
+               device: str = "cpu") -> dict:
+    """One run at ``width`` with tuned ``values`` (``{"lr", "init_std", "mult"}``): the step a
+    study's values are for (train the wide model once). Returns the trial's result with its
+    ``seconds`` and ``flops``."""
+    plan = trial_plan(program, optimizer, data_name, param=param, width=width, steps=steps,
+                      batch_size=batch_size, device=device, convention=convention)
+    fitted, _ = fit_to_data(program, plan.data)
+    job = {**plan.job(Trial(param, width, 1.0, seed), max(1, os.cpu_count() or 1)),
+           "hp": "tune", "base_lr": values["lr"], "init_std": values["init_std"],
+           "mult": values["mult"]}
+    start = time.perf_counter()
+    result = run_trial(job)
+    return {**result, "seconds": time.perf_counter() - start,
+            "flops": float(training_flops(fitted, width, None, plan.batch_size,
+                                          result["steps"]))}
 
 
 # --- reading the values back ----------------------------------------------------------------------
@@ -452,10 +574,3 @@ def check_fits_module(config: Config, module) -> None:
                          f"{src.get('convention')} convention, {src.get('param')})",
                          help=f"emit the module with `tensorprog derive PROGRAM -o FILE "
                               f"--convention {src.get('convention')}` for the same program")
-
-
-def flops_of(program: Program, width: int, batch_size: int, steps: int,
-             runs: Sequence[int] = (1,)) -> float:
-    """Training FLOPs of ``sum(runs)`` runs of ``steps`` steps at ``width`` (``sizes.py``'s
-    estimate: 6 per weight per sample and step)."""
-    return float(training_flops(program, width, None, batch_size, steps) * sum(runs))

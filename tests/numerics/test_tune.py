@@ -6,6 +6,7 @@ for a few steps, in this process."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -115,3 +116,57 @@ def test_values_tuned_in_another_convention_are_refused_by_name(tmp_path, capsys
                                             r"(.|\n)*--convention mup"):
         load_config(out).model_kwargs(_module(program, "table3"))
     assert load_config(out).model_kwargs(_module(program, "mup"))["mult"]["W3"] > 0
+
+
+def test_the_benchmark_runs_in_quick_mode(capsys):
+    # benchmarks/bench_tune.py: tune small and train once, against tuning at the large width,
+    # and SP as the contrast, at tiny sizes (no Ray)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tune",
+                                                  ROOT / "benchmarks" / "bench_tune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "| µP, tuned at 16, trained once |" in out and "| µP, tuned directly at 32 |" in out
+    assert "| SP, tuned at 16, trained once |" in out
+
+
+@pytest.mark.slow  # a driver and two workers, each importing torch: the pool itself is tested
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")  # by transfer's
+def test_a_killed_study_leaves_no_worker_and_its_rerun_trains_the_lost_trials(tmp_path, capsys):
+    # kill -9 of the driver: its two workers die with it (workers.py); the trials it left
+    # running in the study are marked failed on the next run and trained again
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_transfer import _alive, _children
+
+    study = ["--study", "killed", "--cache", str(tmp_path), "--width", "16",
+             "--batch-size", "8"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tensorprog.cli", "tune", str(MLP), "--data", "digits",
+         "--trials", "4", "--steps", "100000", "--jobs", "2", *study],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, workers = time.monotonic() + 90, []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = [p for p in _children(driver.pid)
+                   if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(workers) == 2, "the study started no two workers in 90 s"
+    time.sleep(3)  # past their start: training
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate()
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)
+    code, text, _ = run_cli(capsys, "tune", str(MLP), "--data", "digits", "--trials", "1",
+                            "--steps", "2", *study)
+    assert code == 0 and "2 trial(s) left running by an interrupted run" in text
+    assert "1 complete, 2 fail" in text
