@@ -895,6 +895,17 @@ def test_cli_tune_usage_errors(args, message, capsys, tmp_path):
     assert message in err and ("help:" in err or "usage:" in err) and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["tune", "transfer"])
+def test_ray_address_without_ray_installed(command, capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run_cli(capsys, command, MLP, "--data", "digits", "--cache", str(tmp_path),
+                           "--ray-address", "auto")
+    assert code == 2 and "--ray-address: Ray is not installed" in err
+    assert "pip install 'tensorprog[ray]'" in err
+
+
 @pytest.mark.parametrize("text, message", [
     ("{", "not JSON"),
     ('{"lr": 0.1}', 'not a file of tuned values (no "format"'),

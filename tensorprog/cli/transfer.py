@@ -11,6 +11,7 @@ import sys
 from ..engine.optimizers import resolve
 from ..errors import UsageError
 from ..lang.parse import parse_file
+from ..numerics.backend import import_ray
 from ..numerics.measure import pick_device
 from ..numerics.plots import transfer_plot
 from ..numerics.transfer import render, sweep
@@ -73,6 +74,8 @@ def interrupted(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
+    if args.ray_address:
+        import_ray()  # an optional extra: refused before any work when it is missing
     program = parse_file(args.program)
     common.check_muon_io(args)
     optimizer = resolve(args.optimizer, io=args.muon_io)

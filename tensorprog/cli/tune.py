@@ -11,6 +11,7 @@ import sys
 from ..engine.optimizers import resolve
 from ..errors import UsageError
 from ..lang.parse import parse_file
+from ..numerics.backend import import_ray
 from ..numerics.measure import pick_device
 from ..numerics.tune import PRUNERS, render, tune
 from . import common
@@ -77,6 +78,8 @@ def interrupted(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
+    if args.ray_address:
+        import_ray()  # an optional extra: refused before any work when it is missing
     if args.output and not args.output.endswith(".json"):
         raise UsageError(f"-o {args.output}: the tuned values are written as JSON",
                          help="give a file name ending in .json")
