@@ -6,7 +6,8 @@ of running trials on Ray against the local worker pool.
 
 1. Overhead: one transfer sweep of examples/mlp.tp on digits (widths 32 and 64, 4 learning
    rates, 1 seed, no cache) in 2 local worker processes, then as Ray tasks on a local Ray
-   instance of 2 CPUs (its start timed apart). ``--no-ray`` leaves it out.
+   instance of 2 CPUs (its start timed apart), alternated ``--rounds`` times. ``--no-ray``
+   leaves it out.
 2. TP5: per repeat (the sampler's seed), a study of ``--trials`` trials of µP at ``--small``,
    then one run at each ``--large`` width with its values; against a study of the same number
    of trials directly at the largest width; and SP tuned at ``--small`` and used at the largest
@@ -35,27 +36,30 @@ ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "examples" / "mlp.tp"
 
 
-def overhead(jobs: int, steps: int, widths=(32, 64)) -> dict[str, float]:
-    """Seconds of one small sweep on the local pool and on a local Ray instance."""
+def overhead(jobs: int, steps: int, rounds: int, widths=(32, 64)) -> dict:
+    """Seconds of one small sweep on the local pool and on a local Ray instance, alternated
+    ``rounds`` times (the pool starts its workers each time; Ray's stay up after the first)."""
+    import ray
+
     program = tp.parse_file(MLP)
     kw = dict(params=("mup",), widths=widths, values=[1e-3, 3e-3, 1e-2, 3e-2], steps=steps,
               seeds=1, cache=None)
     t0 = time.perf_counter()
-    sweep(program, OPTIMIZERS["adam"], "digits", jobs=jobs, **kw)
-    pool = time.perf_counter() - t0
-    import ray
-
-    t0 = time.perf_counter()
     ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    start = time.perf_counter() - t0
+    times: dict = {"trials": len(widths) * 4, "ray_start": time.perf_counter() - t0,
+                   "pool": [], "ray": []}
     try:
-        t0 = time.perf_counter()
-        sweep(program, OPTIMIZERS["adam"], "digits", ray_address="local", **kw)
-        on_ray = time.perf_counter() - t0
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            sweep(program, OPTIMIZERS["adam"], "digits", jobs=jobs, **kw)
+            times["pool"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sweep(program, OPTIMIZERS["adam"], "digits", ray_address="local", **kw)
+            times["ray"].append(time.perf_counter() - t0)
     finally:
         ray.shutdown()
-    return {"trials": len(widths) * 4, "pool": pool, "ray_start": start, "ray": on_ray}
+    return times
 
 
 def comparison(args, storage_dir: str) -> dict[str, list[dict]]:
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--pruner", default="median")
     ap.add_argument("--no-ray", action="store_true", help="leave out the overhead figure")
+    ap.add_argument("--rounds", type=int, default=2, help="pool/Ray rounds of the overhead")
     ap.add_argument("--no-tp5", action="store_true", help="leave out the TP5 comparison")
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes (2 trials, widths 16 and 32, 3 steps, no Ray)")
@@ -138,10 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
           f"python {platform.python_version()}")
     if not args.no_ray:
-        o = overhead(args.jobs, args.steps)
-        print(f"overhead: {o['trials']} trials of {args.steps} steps: local pool "
-              f"({args.jobs} workers) {o['pool']:.1f} s; local Ray ({args.jobs} CPUs) "
-              f"{o['ray']:.1f} s after a start of {o['ray_start']:.1f} s")
+        o = overhead(args.jobs, args.steps, args.rounds)
+        print(f"overhead: {o['trials']} trials of {args.steps} steps, seconds per round: local "
+              f"pool ({args.jobs} workers) {', '.join(f'{t:.1f}' for t in o['pool'])}; local "
+              f"Ray ({args.jobs} CPUs) {', '.join(f'{t:.1f}' for t in o['ray'])}, after a "
+              f"start of {o['ray_start']:.1f} s")
     if not args.no_tp5:
         with tempfile.TemporaryDirectory() as storage:
             start = time.perf_counter()
