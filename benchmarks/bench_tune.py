@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="pool/Ray rounds of the overhead")
     ap.add_argument("--no-tp5", action="store_true", help="leave out the TP5 comparison")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny sizes (2 trials, widths 16 and 32, 3 steps, no Ray)")
+                    help="tiny sizes (1 trial, widths 16 and 32, 2 steps, no Ray)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.trials, args.repeats, args.small, args.large = 2, 1, 16, "32"
-        args.steps, args.batch_size, args.jobs, args.no_ray = 3, 8, 1, True
+        args.trials, args.repeats, args.small, args.large = 1, 1, 16, "32"
+        args.steps, args.batch_size, args.jobs, args.no_ray = 2, 8, 1, True
     args.large = sorted(int(w) for w in args.large.split(","))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
           f"python {platform.python_version()}")

@@ -70,7 +70,7 @@ def test_a_pruned_trial_stops_at_the_step_it_was_told(tmp_path):
         return step >= 4
 
     job = {"source": module_source, "source_key": "p", "param": "mup", "width": 16,
-           "value": 1.0, "seed": 0, "hp": "tune", "data": "digits", "steps": 10,
+           "value": 1.0, "seed": 0, "hp": "tune", "data": "digits", "steps": 6,
            "batch_size": 8, "seq": None, "optimizer": "adam", "base_lr": 1e-3, "device": "cpu",
            "threads": 1, "report_every": 2, "init_std": {"W2": 0.5}}
     result = run_trial(job, report)
@@ -79,7 +79,7 @@ def test_a_pruned_trial_stops_at_the_step_it_was_told(tmp_path):
     with backend(run_trial, 1) as runner:  # the backend both commands share, in this process
         runner.submit("a", {**job, "report_every": None})
         tag, whole = runner.next_done()
-    assert tag == "a" and whole["steps"] == 10 and not whole["diverged"]
+    assert tag == "a" and whole["steps"] == 6 and not whole["diverged"]
 
 
 def test_a_study_writes_values_the_emitted_module_takes_and_resumes(tmp_path, capsys):
@@ -98,9 +98,7 @@ def test_a_study_writes_values_the_emitted_module_takes_and_resumes(tmp_path, ca
     model = module.Model(16, **config.model_kwargs(module))
     assert model._base_std["W2"] == pytest.approx(config.init_std["W2"])
     module.make_optimizer(model, **config.optimizer_kwargs())
-    # the same command resumes the study: nothing to train; one more trial adds one
-    code, text, _ = run_cli(capsys, *args)
-    assert code == 0 and "3 complete" in text
+    # the same command with one more trial resumes the study: it trains that one alone
     code, text, _ = run_cli(capsys, *args[:6], "--trials", "4", *args[8:], "--json")
     assert code == 0 and sum(json.loads(text)["trials"].values()) == 4
 
@@ -118,6 +116,7 @@ def test_values_tuned_in_another_convention_are_refused_by_name(tmp_path, capsys
     assert load_config(out).model_kwargs(_module(program, "mup"))["mult"]["W3"] > 0
 
 
+@pytest.mark.slow  # tune and train_once, covered above; this keeps the script from rotting
 def test_the_benchmark_runs_in_quick_mode(capsys):
     # benchmarks/bench_tune.py: tune small and train once, against tuning at the large width,
     # and SP as the contrast, at tiny sizes (no Ray)
