@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
 
 def interrupted(args: argparse.Namespace) -> str:
     return ("the finished trials are in the study: the same command resumes it (trials left "
-            "running are marked failed)")
+            "running are trained again)")
 
 
 def run(args: argparse.Namespace) -> int:
