@@ -1049,6 +1049,55 @@ def test_cli_transfer_usage_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+# ``tensorprog tune``: every refusal before any trial trains (no study is created)
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope"], "unknown data set"),
+    (["--data", "digits", "--trials", "0"], "--trials 0: must be from 1 to 100000"),
+    (["--data", "digits", "--width", "0"], "--width 0: must be from 1"),
+    (["--data", "digits", "--pruner", "hyperband"], "invalid choice: 'hyperband'"),
+    (["--data", "digits", "-o", "best.txt"], "the tuned values are written as JSON"),
+    (["--data", "digits", "--storage", "tune.db"], "--storage tune.db: not a database URL"),
+    (["--data", "digits", "--storage", "nosuchdb://x/y"], "cannot open the study there"),
+    (["--data", "digits", "--width", "64", "--steps", "100000", "--trials", "100000"],
+     "more than the 30-minute limit"),
+])
+def test_cli_tune_usage_errors(args, message, capsys, tmp_path):
+    assert main_code(["tune", str(MLP), "--cache", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("help:" in err or "usage:" in err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["tune", "transfer"])
+def test_ray_address_without_ray_installed(command, capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run_cli(capsys, command, MLP, "--data", "digits", "--cache", str(tmp_path),
+                           "--ray-address", "auto")
+    assert code == 2 and "--ray-address: Ray is not installed" in err
+    assert "pip install 'tensorprog[ray]'" in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not JSON"),
+    ('{"lr": 0.1}', 'not a file of tuned values (no "format"'),
+    ('{"format": "tensorprog-tune/1", "lr": -1, "init_std": {}, "mult": {}}',
+     '"lr" must be a positive number'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {"W": 0}, "mult": {}}',
+     '"init_std" must map names to positive numbers'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {}, "mult": {"a": "x"}}',
+     '"mult" must map names to finite numbers'),
+])
+def test_tuned_values_files_that_are_refused(text, message, tmp_path):
+    from tensorprog.numerics.tune import load_config
+
+    (tmp_path / "t.json").write_text(text)
+    with pytest.raises(tp.UsageError, match=re.escape(message)):
+        load_config(tmp_path / "t.json")
+    with pytest.raises(tp.UsageError, match="cannot read it"):
+        load_config(tmp_path / "missing.json")
+
+
 def main_code(argv) -> int:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
