@@ -37,8 +37,8 @@ def test_relative_buckets_are_t5s(module, bidirectional, buckets):
 def _hf_t5(m):
     """A transformers T5 of m's sizes holding m's weights (every multiplier is 1 at the base)."""
     n = m.width
-    config = t5.T5Config(vocab_size=64, d_model=n, d_kv=n // 4, d_ff=2 * n, num_layers=2,
-                         num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+    config = t5.T5Config(vocab_size=64, d_model=n, d_kv=16, d_ff=2 * n, num_layers=2,
+                         num_decoder_layers=2, num_heads=n // 16, relative_attention_num_buckets=8,
                          dropout_rate=0.0, feed_forward_proj="relu", layer_norm_epsilon=1e-6,
                          decoder_start_token_id=0, pad_token_id=0)
     config.tie_word_embeddings = False  # an untied head (T5 v1.1's; the argument is not kept)

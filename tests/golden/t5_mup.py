@@ -24,8 +24,8 @@ BASE_WIDTH = 64
 SCALING = {
     "E": {"shape": ("n", "V",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
-    "Re": {"shape": ("H", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 0.0, "fan_in": (1.0, 0)},
-    "Rd": {"shape": ("H", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 0.0, "fan_in": (1.0, 0)},
+    "Re": {"shape": ("H", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "Rd": {"shape": ("H", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "ea1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
           "fan_in": (1.0, 0), "init": 1.0},
     "eWq1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
@@ -84,7 +84,7 @@ SCALING = {
          "fan_in": (1.0, 0), "init": 1.0},
 }
 SCALES = {
-    "attn": {"a": 1.0, "base": 1.0},
+    "attn": {"a": 0.0, "base": 1.0},
 }
 MAX_PARAMS = 100000000000
 MAX_REPEATS = 100000
@@ -92,8 +92,8 @@ MAX_REPEATS = 100000
 PARAM_COUNT = (
     (64.0, 1, None),
     (64.0, 1, None),
-    (32.0, 0, None),
-    (32.0, 0, None),
+    (0.5, 1, None),
+    (0.5, 1, None),
     (1.0, 1, None),
     (1.0, 2, None),
     (1.0, 2, None),
@@ -142,7 +142,8 @@ PARAM_COUNT = (
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
-    ("dim dh = n / 4", 4),
+    ("dim H = n / 16", 16),
+    ("the head count n/dh = n / 16", 16),
 )
 
 
@@ -164,8 +165,8 @@ class Model(torch.nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 64, **factory))
         self.U = torch.nn.Parameter(torch.empty(64, width, **factory))
-        self.Re = torch.nn.Parameter(torch.empty(4, 8, **factory))
-        self.Rd = torch.nn.Parameter(torch.empty(4, 8, **factory))
+        self.Re = torch.nn.Parameter(torch.empty(width // 16, 8, **factory))
+        self.Rd = torch.nn.Parameter(torch.empty(width // 16, 8, **factory))
         self.ea1 = torch.nn.Parameter(torch.empty(width, **factory))
         self.eWq1 = torch.nn.Parameter(torch.empty(width, width, **factory))
         self.eWk1 = torch.nn.Parameter(torch.empty(width, width, **factory))
@@ -235,7 +236,7 @@ class Model(torch.nn.Module):
         a1 = (self.ea1) * (a1_1)
         es1_1 = torch.nn.functional.linear(a1, self.eWq1)
         es1_2 = torch.nn.functional.linear(a1, self.eWk1)
-        es1_3 = _heads_dot(es1_1, es1_2, self.width // 4)
+        es1_3 = _heads_dot(es1_1, es1_2, 16)
         es1_4 = (self.mult_attn) * (es1_3)
         es1 = es1_4 + be
         x1_1 = torch.softmax(es1, dim=-1)
@@ -253,7 +254,7 @@ class Model(torch.nn.Module):
         a2 = (self.ea2) * (a2_1)
         es2_1 = torch.nn.functional.linear(a2, self.eWq2)
         es2_2 = torch.nn.functional.linear(a2, self.eWk2)
-        es2_3 = _heads_dot(es2_1, es2_2, self.width // 4)
+        es2_3 = _heads_dot(es2_1, es2_2, 16)
         es2_4 = (self.mult_attn) * (es2_3)
         es2 = es2_4 + be
         x2_1 = torch.softmax(es2, dim=-1)
@@ -275,7 +276,7 @@ class Model(torch.nn.Module):
         b1 = (self.da1) * (b1_1)
         ds1_1 = torch.nn.functional.linear(b1, self.dWq1)
         ds1_2 = torch.nn.functional.linear(b1, self.dWk1)
-        ds1_3 = _heads_dot(ds1_1, ds1_2, self.width // 4)
+        ds1_3 = _heads_dot(ds1_1, ds1_2, 16)
         ds1_4 = (self.mult_attn) * (ds1_3)
         ds1 = ds1_4 + bd
         h1_1 = _causal_softmax(ds1)
@@ -288,7 +289,7 @@ class Model(torch.nn.Module):
         cs1_3 = torch.nn.functional.linear(cs1_2, self.cWq1)
         cs1_4 = torch.nn.functional.linear(enc, self.cWk1)
         g1_2 = torch.nn.functional.linear(enc, self.cWv1)
-        g1_3 = _attention(cs1_3, cs1_4, g1_2, self.width // 4, self.mult_attn, False)
+        g1_3 = _attention(cs1_3, cs1_4, g1_2, 16, self.mult_attn, False)
         g1_4 = torch.nn.functional.linear(g1_3, self.cWo1)
         g1 = h1 + g1_4
         r1_1 = g1 * torch.rsqrt(g1.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -301,7 +302,7 @@ class Model(torch.nn.Module):
         b2 = (self.da2) * (b2_1)
         ds2_1 = torch.nn.functional.linear(b2, self.dWq2)
         ds2_2 = torch.nn.functional.linear(b2, self.dWk2)
-        ds2_3 = _heads_dot(ds2_1, ds2_2, self.width // 4)
+        ds2_3 = _heads_dot(ds2_1, ds2_2, 16)
         ds2_4 = (self.mult_attn) * (ds2_3)
         ds2 = ds2_4 + bd
         h2_1 = _causal_softmax(ds2)
@@ -314,7 +315,7 @@ class Model(torch.nn.Module):
         cs2_3 = torch.nn.functional.linear(cs2_2, self.cWq2)
         cs2_4 = torch.nn.functional.linear(enc, self.cWk2)
         g2_2 = torch.nn.functional.linear(enc, self.cWv2)
-        g2_3 = _attention(cs2_3, cs2_4, g2_2, self.width // 4, self.mult_attn, False)
+        g2_3 = _attention(cs2_3, cs2_4, g2_2, 16, self.mult_attn, False)
         g2_4 = torch.nn.functional.linear(g2_3, self.cWo2)
         g2 = h2 + g2_4
         r2_1 = g2 * torch.rsqrt(g2.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -338,7 +339,7 @@ class Model(torch.nn.Module):
         a1 = (self.ea1) * (a1_1)
         es1_1 = torch.nn.functional.linear(a1, self.eWq1)
         es1_2 = torch.nn.functional.linear(a1, self.eWk1)
-        es1_3 = _heads_dot(es1_1, es1_2, self.width // 4)
+        es1_3 = _heads_dot(es1_1, es1_2, 16)
         es1_4 = (self.mult_attn) * (es1_3)
         es1 = es1_4 + be
         x1_1 = torch.softmax(es1, dim=-1)
@@ -356,7 +357,7 @@ class Model(torch.nn.Module):
         a2 = (self.ea2) * (a2_1)
         es2_1 = torch.nn.functional.linear(a2, self.eWq2)
         es2_2 = torch.nn.functional.linear(a2, self.eWk2)
-        es2_3 = _heads_dot(es2_1, es2_2, self.width // 4)
+        es2_3 = _heads_dot(es2_1, es2_2, 16)
         es2_4 = (self.mult_attn) * (es2_3)
         es2 = es2_4 + be
         x2_1 = torch.softmax(es2, dim=-1)
@@ -378,7 +379,7 @@ class Model(torch.nn.Module):
         b1 = (self.da1) * (b1_1)
         ds1_1 = torch.nn.functional.linear(b1, self.dWq1)
         ds1_2 = torch.nn.functional.linear(b1, self.dWk1)
-        ds1_3 = _heads_dot(ds1_1, ds1_2, self.width // 4)
+        ds1_3 = _heads_dot(ds1_1, ds1_2, 16)
         ds1_4 = (self.mult_attn) * (ds1_3)
         ds1 = ds1_4 + bd
         h1_1 = _causal_softmax(ds1)
@@ -390,7 +391,7 @@ class Model(torch.nn.Module):
         cs1_2 = (self.dc1) * (cs1_1)
         cs1_3 = torch.nn.functional.linear(cs1_2, self.cWq1)
         cs1_4 = torch.nn.functional.linear(enc, self.cWk1)
-        cs1_5 = _heads_dot(cs1_3, cs1_4, self.width // 4)
+        cs1_5 = _heads_dot(cs1_3, cs1_4, 16)
         cs1 = (self.mult_attn) * (cs1_5)
         g1_1 = torch.softmax(cs1, dim=-1)
         g1_2 = torch.nn.functional.linear(enc, self.cWv1)
@@ -407,7 +408,7 @@ class Model(torch.nn.Module):
         b2 = (self.da2) * (b2_1)
         ds2_1 = torch.nn.functional.linear(b2, self.dWq2)
         ds2_2 = torch.nn.functional.linear(b2, self.dWk2)
-        ds2_3 = _heads_dot(ds2_1, ds2_2, self.width // 4)
+        ds2_3 = _heads_dot(ds2_1, ds2_2, 16)
         ds2_4 = (self.mult_attn) * (ds2_3)
         ds2 = ds2_4 + bd
         h2_1 = _causal_softmax(ds2)
@@ -419,7 +420,7 @@ class Model(torch.nn.Module):
         cs2_2 = (self.dc2) * (cs2_1)
         cs2_3 = torch.nn.functional.linear(cs2_2, self.cWq2)
         cs2_4 = torch.nn.functional.linear(enc, self.cWk2)
-        cs2_5 = _heads_dot(cs2_3, cs2_4, self.width // 4)
+        cs2_5 = _heads_dot(cs2_3, cs2_4, 16)
         cs2 = (self.mult_attn) * (cs2_5)
         g2_1 = torch.softmax(cs2, dim=-1)
         g2_2 = torch.nn.functional.linear(enc, self.cWv2)
