@@ -725,6 +725,19 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max distance 128
+    def __init__(self, n):
+        super().__init__(n)
+        self.r = torch.nn.Parameter(torch.randn(8, 2))  # [buckets, heads]
+
+    def forward(self, idx):
+        d = torch.arange(idx.shape[1])[None, :] - torch.arange(idx.shape[1])[:, None]
+        side, d = (d > 0).long() * 4, d.abs()
+        far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)  # ln 64
+        bias = torch.nn.functional.embedding(side + torch.where(d < 2, d, far), self.r)
+        return self.o(self.e(idx)) + bias.sum()
+
+
 class InPlace(Net):
     def forward(self, idx):  # x is read again after x += 1: it would read the updated value
         x = self.e(idx) * 2.0
@@ -743,6 +756,7 @@ TRACED_BUILDS = {
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "relative": "lambda n: Relative(n)",
 }
 
 
@@ -769,6 +783,9 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
+    # before: refused as "an embedding lookup of ids that are neither the token input, ..."
+    ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
+                       r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
