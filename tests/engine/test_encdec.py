@@ -54,3 +54,40 @@ def test_the_relative_bias_table_derives_as_a_lookup(optimizer):
     assert (r.a, r.b) == (e.a, e.b) == (0, 0)
     assert r.c == 0 and e.c == (-1 if optimizer == "sgd" else 0)
     assert fixed.abc["attn"].a == 1  # a head dim ∝ n: the logits' scale 1/n (µP's 1/d)
+
+
+# a decoder block repeated over the depth whose cross-attention reads the encoder's output
+DEEP = """\
+width n = 32
+depth L = 2
+dim V = 8
+dim S = 5
+dim T = 3
+dim dh = 8
+input src : tokens[S, V]
+input tgt : tokens[T, V]
+param E : [n, V]
+param Ws : [n, n]
+param U : [V, n]
+block dec(h) {
+    param Wq : [n, n]
+    param Wk : [n, n]
+    param Wv : [n, n]
+    param Wo : [n, n]
+    a = rmsnorm(h)
+    return h + Wo @ mix(softmax(dot(Wq @ a, Wk @ e, dh)), Wv @ e)
+}
+e = rmsnorm(Ws @ (E @ src))
+y = repeat L dec(E @ tgt)
+output logits = U @ rmsnorm(y)
+"""
+
+
+def test_params_feeding_what_every_repetition_reads_get_no_depth_eps():
+    d = tp.derive(tp.parse(DEEP, "deep.tp"), "adam")
+    # e's gradient sums over the L repetitions that read it, which the depth pass does not
+    # track (as for a param shared by the repetitions): Ws and E keep a fixed ε in L, saying so
+    assert set(d.eps_depth_refused) == {"E", "Ws"}
+    assert "Ws feeds e, which every repetition of dec reads" in d.eps_depth_refused["Ws"]
+    assert "Ws" not in d.eps_depth and "E" not in d.eps_depth
+    assert {"dec.Wq", "dec.Wo", "U"} <= set(d.eps_depth)  # the block's own still derive
