@@ -17,6 +17,17 @@ from tensorprog.emit.load import load_module  # noqa: E402
 T5 = ROOT / "examples" / "t5.tp"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_module_untouched():
+    """transformers adds ``smart_apply`` to torch.nn.Module when it first builds a model (and
+    again whenever it is missing); tests/emit/test_names.py checks nn.Module's attributes, so
+    what this file's T5 adds is taken away after it."""
+    before = set(vars(torch.nn.Module))
+    yield
+    for name in set(vars(torch.nn.Module)) - before:
+        delattr(torch.nn.Module, name)
+
+
 @pytest.fixture(scope="module")
 def module():
     return load_module(emit_program(tp.parse_file(T5)), "t5")
