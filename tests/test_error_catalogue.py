@@ -327,6 +327,30 @@ POSITIONED = {
                              r"or sigmoid", (7, 12)),
     "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
                           r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
+    # first(h) reads one token of a sequence: a value without tokens has none to read, and the
+    # token read has no sequence axis left to combine with per-token values or to attend over
+    "first-without-tokens": (HEAD + "output y = V @ first(W @ x)\n", S,
+                             r"first reads the first token of a sequence, but y_1 has no tokens"
+                             r"(.|\n)*help: apply first to a value computed from a `tokens`",
+                             (8, 16)),
+    "first-of-logits": (LOGITS_SEQ + "output y = first(s)\n", S,
+                        r"first reads a vector of a declared dim at the first token, not "
+                        r"attention logits", (12, 12)),
+    "first-of-ids": (SEQ + "output y = E @ first(tok)\n", S,
+                     r"first reads a vector of a declared dim at the first token, not the input "
+                     r"tok \(one-hot ids\)", (8, 16)),
+    "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
+                          r"y_1 is one token's vector \(read by first\), but h has one value "
+                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+    "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
+                             r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
+                             r"the token with first\(h\) after attention", (9, 12)),
+    "block-returns-first": ("width n = 8\ndepth L = 2\ndim V = 5\ndim t = 3\n"
+                            "input tok : tokens[t, V]\nparam E : [n, V]\nblock res(h) {\n"
+                            "    param W : [n, n]\n    return W @ first(h)\n}\n"
+                            "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
+                            r"block res returns one token's vector \(read by first\), but its "
+                            r"argument h has one value per token", (9, 5)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -744,6 +768,38 @@ class InPlace(Net):
         y = x * 3.0
         x += 1.0
         return self.o(x + y)
+
+
+class Padded(Net):
+    def forward(self, idx):  # two-head attention whose mask hides the last key (padding)
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=keep)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class OneHead(Net):
+    def forward(self, idx):  # attention over one head of the whole dim
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Second(Net):
+    def forward(self, idx):  # the second token's vector
+        return self.o(self.e(idx)[:, 1])
+
+
+class ClassToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
+
+    def forward(self, idx):  # a learned class token prepended to the sequence
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -757,6 +813,10 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "relative": "lambda n: Relative(n)",
+    "padded": "lambda n: Padded(n)",
+    "one_head": "lambda n: OneHead(n)",
+    "second": "lambda n: Second(n)",
+    "class_token": "lambda n: ClassToken(n)",
 }
 
 
@@ -786,6 +846,23 @@ TRACED_BUILDS = {
     # before: refused as "an embedding lookup of ids that are neither the token input, ..."
     ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
                        r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
+    # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
+    # (its input given as a keyword: example_inputs may return a dict)
+    ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
+     r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
+     r"causal mask nor one that keeps every key(.|\n)*help: trace with example inputs without "
+     r"padding"),
+    # before: a TypeError (no head dim) deep in the walk
+    ("one_head", None, r"m.py:\d+:\d+: error: cannot trace attention over values not split "
+                       r"into heads"),
+    # one token read out of the sequence: the first (first(h), BERT's pooler), no other
+    ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
+    # a param used as a token: the language's tokens are the token input's
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
+                          r"the batch, used as a token(.|\n)*help: make the class token a token "
+                          r"id"),
+    ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
+     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
@@ -855,6 +932,101 @@ def test_trace_refuses_key_value_heads_repeated_in_another_order(capsys, tmp_pat
     (tmp_path / "m.py").write_text(GQA_MODEL + f"\n\ndef build(n):\n    return Attention(n, "
                                    f"{repeat})\n")
     code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:build", "--widths", "16,32")
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
+# a convolutional model for ``tensorprog trace --image 3,8,8``: each build changes one layer to
+# what the language has no form for, refused at the user's line (a frozen batch norm: its build)
+CONV_MODEL = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n, conv=None, pool=None, tail=None):
+        super().__init__()
+        self.conv = conv or nn.Conv2d(3, n, 3, padding=1)
+        self.bn = nn.BatchNorm2d(n)
+        self.pool = pool or nn.MaxPool2d(2)
+        self.fc = nn.Linear(n, 10)
+        self.tail = tail or (lambda x: x.mean((2, 3)))
+
+    def forward(self, x):
+        return self.fc(self.tail(self.pool(torch.relu(self.bn(self.conv(x))))))
+
+
+def frozen(n):
+    net = Net(n)
+    net.bn.eval()
+    return net
+
+
+class Patches(nn.Module):
+    def __init__(self, n, unfold=4, rows=4, twice=False):
+        super().__init__()
+        self.proj, self.unfold, self.twice = nn.Linear(3 * unfold * unfold, n), unfold, twice
+        self.pos = nn.Parameter(torch.zeros(1, rows, n))
+        self.conv = nn.Conv2d(3, 3 * unfold * unfold, 3, padding=1)
+
+    def forward(self, x):
+        h = self.proj(nn.functional.unfold(x, self.unfold, stride=4).transpose(1, 2))
+        h = h + self.pos
+        return (h, self.proj(self.conv(x).mean((2, 3)))) if self.twice else h
+
+
+class OnPixels(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.px = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.px(self.conv(x)).mean((2, 3)))
+"""
+CONV_BUILDS = {
+    "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
+               r"(.|\n)*help: build the model in training mode"),
+    "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
+                  r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
+                  r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
+    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
+                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
+    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
+    # image is cut into patches
+    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
+                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
+                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
+    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
+                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
+                r"2x2, dilation 2x2"),
+    "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
+                     r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
+    "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
+                 r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
+                 r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+    # an image is cut into patches only whole, without overlap, and only at the input
+    "overlap": ("lambda n: Patches(n, unfold=6)",
+                r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),
+    "one_row": ("lambda n: Patches(n, rows=1)",
+                r"m.py:\d+:\d+: error: cannot trace a param of shape \[1, 1, \d+\] added "
+                r"to per-token vectors(.|\n)*help: add a position table of one row per token"),
+    "twice": ("lambda n: Patches(n, twice=True)",
+              r"m.py:\d+:\d+: error: cannot trace an image cut into patches here and also read "
+              r"otherwise"),
+    # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
+    "on_pixels": ("lambda n: OnPixels(n)",
+                  r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "
+                  r"(.|\n)*help: pool the image to one pixel"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_BUILDS))
+def test_trace_refuses_convolutional_layers_the_language_has_no_form_for(capsys, tmp_path,
+                                                                         case):
+    build, message = CONV_BUILDS[case]
+    source = CONV_MODEL + ("" if build == "frozen" else f"\n{case} = {build}\n")
+    (tmp_path / "m.py").write_text(source)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{case}", "--widths", "8,16",
+                             "--image", "3,8,8")
     assert (code, out) == (2, "") and re.search(message, err), err
 
 

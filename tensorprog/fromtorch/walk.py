@@ -13,9 +13,12 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Centered,
     Conc,
     KVRepeat,
+    Mean,
     MeanSq,
+    PairStack,
     ParamUse,
     Parts,
     Pointwise,
@@ -24,12 +27,14 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Strided,
     Sub,
     Tok,
     Trace,
     Trig,
     Vec,
     identify,
+    identify_power,
 )
 from .where import module_of, refuse, strip_prefix, user_span
 
@@ -47,6 +52,7 @@ _RESERVED = {
     "tokens",
     "positions",
     "image",
+    "patches",
     "n",
     "tok",
     "pos",
@@ -66,7 +72,9 @@ _IDENTITY_OPS = {
 # ops through which no gradient flows: as identity, derive would claim updates for the params
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
-_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
+                  # an interleaved rotary's table: its first half, each angle repeated for a pair
+                  "slice", "repeat_interleave"}
 SYMBOLIC = (
     Vec,
     PRef,
@@ -81,6 +89,10 @@ SYMBOLIC = (
     RopeTerm,
     KVRepeat,
     Sub,
+    Mean,
+    Centered,
+    Strided,
+    PairStack,
 )
 
 
@@ -106,6 +118,9 @@ class Walker:
         self.declared_params: set[str] = set()
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
+        # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
+        # values on the CPU, constants of the trace as the masks computed from the ids are
+        self.given: dict = {}
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
@@ -176,11 +191,14 @@ class Walker:
             return Vec(made.name, v.tags, made.dim, made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
-            if found is None:
+            power = identify_power(v.f) if found is None else None
+            if power is not None:  # relu(x)², x²: a product of copies (ops_pointwise.py)
+                return self.emit_power(v, node, *power)
+            if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
-                    node,
+                    self.by_name.get(v.node, node),
                     "a coordinatewise function that is none of identity, relu, "
-                    "gelu, silu, tanh, sigmoid",
+                    "gelu, silu, tanh, sigmoid, nor an integer power of one",
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
@@ -274,6 +292,10 @@ class Walker:
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
                     self.env[node.name] = Aux()
+                elif spec.kind.name == "USER_INPUT" and node.name in self.given:
+                    self.env[node.name] = Conc(self.given[node.name])
+                elif spec.kind.name == "USER_INPUT" and val.dtype.is_floating_point:
+                    self.env[node.name] = self.float_input(node, val)  # an image: ops_conv.py
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(

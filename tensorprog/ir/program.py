@@ -52,9 +52,9 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import POOLS
+from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "relative", "causal_relative")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative")
 #: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
 #: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own).
 RELATIVE_KINDS = ("relative", "causal_relative")
@@ -437,8 +437,7 @@ class Program:
         for ins in self.body:
             sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
             if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
-                k = POOLS[ins.fn]
-                sizes = None if k is None else (sizes[0] // k, sizes[1] // k)
+                sizes = pooled(ins.fn, sizes)
             out[ins.out] = sizes
         return out
 

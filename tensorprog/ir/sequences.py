@@ -71,6 +71,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                 continue
             tags[ins.out] = p[:1]
             continue
+        if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
+            tags[ins.out] = ()
+            continue
         found = list(dict.fromkeys(t for t in ops if t))
         if len(found) > 1:
             problem(f"this combines {_show(found[0])} with {_show(found[1])}, but an "

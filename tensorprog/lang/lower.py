@@ -35,6 +35,7 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_expr import FUNCTIONS, ExpressionLowering, Matrix, Scalar, Vec
+from .lower_first import mark_tokens
 
 
 def _line_end_span(source: str, filename: str) -> Span:
@@ -53,6 +54,7 @@ class _Lowering(ExpressionLowering):
         self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
         self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
         self.tokenwise: set[str] = set()  # values with a sequence axis (built from token inputs)
+        self.one_token: set[str] = set()  # values read at one token (first): no sequence axis
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -351,6 +353,8 @@ class _Lowering(ExpressionLowering):
             self.pixels[out] = self.pixels[init]
         if init in self.tokenwise:
             self.tokenwise.add(out)
+        if init in self.one_token:
+            self.one_token.add(out)
         self.defined_at[out] = arg_span
         n_params = len(self.block_params)
         self.block, self.scope = name, {arg_name: out}
@@ -393,6 +397,13 @@ class _Lowering(ExpressionLowering):
                 "each repetition's return value is the next one's argument: return a vector of "
                 f"the argument's dim, e.g. `return {arg_name} + W2 @ relu(W1 @ {arg_name})`")
             return None
+        if arg in self.tokenwise and self.one_token.intersection(value.terms):
+            self.errors.error(
+                f"block {self.block} returns one token's vector (read by first), but its argument "
+                f"{arg_name} has one value per token", st.span,
+                "each repetition's return value is the next one's argument: return per-token "
+                "values, and read the token after the repeat, e.g. `first(hL)`")
+            return None
         last = self.body[-1] if len(self.body) > n_body else None
         single = value.single()
         if last is not None and single == last.out:
@@ -402,6 +413,8 @@ class _Lowering(ExpressionLowering):
                 self.pixels[self.target] = self.pixels[last.out]
             if last.out in self.tokenwise:
                 self.tokenwise.add(self.target)
+            if last.out in self.one_token:
+                self.one_token.add(self.target)
             ret = self.target
         elif single is not None:
             ret = single
@@ -478,6 +491,11 @@ class _Lowering(ExpressionLowering):
         if kind == "tokens" and dims[1].infinite:
             self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
                               "a token id indexes a finite vocabulary")
+            return
+        if kind == "patches" and dims[1].infinite:
+            self.errors.error(f"the patch dim {dims[1].name} must be finite", st.span,
+                              "a patch holds a fixed number of values (channels x p x p); the "
+                              "width enters through the weight that embeds it")
             return
         # T5's buckets: half exact distances, half logarithmic ones (and half of each per
         # direction when bidirectional), so fewer than 4 (2 causal) leave no exact bucket
@@ -596,13 +614,14 @@ class _Lowering(ExpressionLowering):
                 self.pixels[name] = self.pixels[last.out]
             if last.out in self.tokenwise:
                 self.tokenwise.add(name)
+            if last.out in self.one_token:
+                self.one_token.add(name)
             if self.blocks and self.blocks[-1].result == last.out:  # a block's result
                 self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:
             self.check_coefficients(value, st.span)
             self.body.append(LinComb(name, value.items(), st.span))
-            if self.tokenwise.intersection(value.terms):
-                self.tokenwise.add(name)
+            mark_tokens(self, name, tuple(value.terms), st.span)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[name] = sizes[0]
