@@ -95,13 +95,14 @@ def test_emitted_t5_equals_transformers_t5_at_the_base_width(module):
     src, tgt = torch.randint(0, 64, (3, 8)), torch.randint(0, 64, (3, 6))
     expected = hf(input_ids=src, decoder_input_ids=tgt).logits
     # fused (sdpa for cross-attention) and explicit (dot, softmax, mix); T5's RMSNorm takes its
-    # variance in float32 (measured: the logits then differ by about 3e-6)
-    torch.testing.assert_close(m(src, tgt), expected, rtol=0, atol=1e-4)
-    torch.testing.assert_close(m.vectors(src, tgt)["logits"], expected, rtol=0, atol=1e-4)
+    # variance in float32 (measured: logits up to 9.6 differ by up to 9.4e-5, a relative 1e-5;
+    # a wrong bucket, bias or pairing of heads moves them by O(1))
+    torch.testing.assert_close(m(src, tgt), expected, rtol=0, atol=1e-3)
+    torch.testing.assert_close(m.vectors(src, tgt)["logits"], expected, rtol=0, atol=1e-3)
     # shorter sequences than the dims: the buckets follow each input's own length
     torch.testing.assert_close(m(src[:, :5], tgt[:, :2]),
                                hf(input_ids=src[:, :5], decoder_input_ids=tgt[:, :2]).logits,
-                               rtol=0, atol=1e-4)
+                               rtol=0, atol=1e-3)
 
 
 def test_the_decoders_loss_reaches_the_encoder_through_cross_attention(module):
