@@ -36,6 +36,10 @@ HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\npar
 P, S = tp.ParseError, tp.SemanticError
 IMG = ("width n = 8\ndim c = 3\ndim s = 8\ndim k = 3\ninput img : image[c, s, s]\n"
        "param K : [n, c, k, k]\nparam R : [c, n]\n")  # 7 lines; the bad line below is line 8
+# two sequences, an encoder's source S and a decoder's target T: 10 lines, the bad one below
+ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
+          "input src : tokens[S, V]\ninput tgt : tokens[T, V]\nparam E : [n, V]\n"
+          "x = E @ src\ny = E @ tgt\n")
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 
@@ -95,6 +99,21 @@ CATALOGUE = {
                                    "s = dot(h, h, dh)\noutput o = mix(causal_softmax(s), Wv @ h)"
                                    "\n", S, r"the values' dim kv = 2 is not a whole number of "
                                    r"heads of dh = 4", (11, 12)),
+    "two-sequences-added": (ENCDEC + "param U : [V, n]\noutput o = U @ (x + y)\n", S,
+                            r"combines the tokens of S with the tokens of T", (12, 12)),
+    "cross-values-from-the-queries": (ENCDEC + "output o = mix(softmax(dot(y, x, dh)), y)\n", S,
+                                      r"the token pairs \(T, S\), but the values run over the "
+                                      r"tokens of T", (11, 1)),
+    "causal-cross-attention": (ENCDEC + "output o = mix(causal_softmax(dot(y, x, dh)), x)\n", S,
+                               r"causal_softmax masks later keys of the queries' own sequence",
+                               (11, 16)),
+    "relative-bias-on-cross-logits": (ENCDEC + "dim H = 2\ndim B = 8\ninput r : relative[T, B]\n"
+                                      "param R : [H, B]\n"
+                                      "output o = mix(softmax(dot(y, x, dh) + R @ r), x)\n", S,
+                                      r"combines the token pairs \(T, S\) with the token pairs "
+                                      r"\(T, T\)", (15, 16)),
+    "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
+                                 r"the bucket dim b must be finite and at least 4", (12, 1)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
@@ -730,6 +749,19 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max distance 128
+    def __init__(self, n):
+        super().__init__(n)
+        self.r = torch.nn.Parameter(torch.randn(8, 2))  # [buckets, heads]
+
+    def forward(self, idx):
+        d = torch.arange(idx.shape[1])[None, :] - torch.arange(idx.shape[1])[:, None]
+        side, d = (d > 0).long() * 4, d.abs()
+        far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)  # ln 64
+        bias = torch.nn.functional.embedding(side + torch.where(d < 2, d, far), self.r)
+        return self.o(self.e(idx)) + bias.sum()
+
+
 class InPlace(Net):
     def forward(self, idx):  # x is read again after x += 1: it would read the updated value
         x = self.e(idx) * 2.0
@@ -780,6 +812,7 @@ TRACED_BUILDS = {
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "relative": "lambda n: Relative(n)",
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
@@ -810,6 +843,9 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
+    # before: refused as "an embedding lookup of ids that are neither the token input, ..."
+    ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
+                       r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
     # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
     # (its input given as a keyword: example_inputs may return a dict)
     ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",

@@ -8,7 +8,17 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, split_heads_dim
+from ..ir.program import (
+    RELATIVE_KINDS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Program,
+    Route,
+    split_heads_dim,
+)
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -68,6 +78,9 @@ class Emitter:
         if len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
+            self.helpers.add("_relative_bias")
+            rhs = f"_relative_bias({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
             rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
         else:

@@ -26,7 +26,7 @@ from fractions import Fraction
 from ..engine.exponents import ABC, Exp
 from ..engine.optimizers import Optimizer
 from ..errors import CodegenError, UsageError
-from ..ir.program import Block, MatMul, Param, Program, Stream
+from ..ir.program import BUILT_KINDS, RELATIVE_KINDS, Block, MatMul, Param, Program, Stream
 from .blocks import BlockCode, call_block, emit_block
 from .fusions import Attention, Norm, find_fusions, needed
 from .instructions import Emitter
@@ -453,10 +453,10 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
     """forward computes what the outputs need, attention and LayerNorm fused; vectors computes
     and names every value, written out, for the check."""
     program, local, blocks = lay.program, lay.local, lay.blocks
-    fed = [i for i in program.inputs if i.kind != "positions"]  # positions are built inside
+    fed = [i for i in program.inputs if i.kind not in BUILT_KINDS]  # built inside
     args = ", ".join(local[i.name] for i in fed)
     computed = {ins.out for ins in lay.body}
-    positions = [i for i in program.inputs if i.kind == "positions"]
+    positions = [i for i in program.inputs if i.kind in BUILT_KINDS]
     device = "next(self.parameters()).device" if lay.params else "None"
 
     def build_positions(names: set[str]) -> list[str]:
@@ -468,6 +468,15 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                 continue
             tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == i.seq),
                           None)
+            if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
+                em.helpers.add("_relative_buckets")
+                axis = -2 if tokens is not None and tokens.kind == "patches" else -1
+                length, where = ((f"{local[tokens.name]}.shape[{axis}]",
+                                  f"{local[tokens.name]}.device")
+                                 if tokens is not None else (em.dim(i.seq), device))
+                out.append(f"        {local[i.name]} = _relative_buckets({length}, "
+                           f"{em.dim(i.dim)}, {i.kind == 'relative'}, {where})")
+                continue
             rows = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
             if tokens is None:
                 out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})")
@@ -550,7 +559,7 @@ def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
              "        like = torch.empty(0)  # no parameters: the default device and dtype",
              "        return ("]
     for i in program.inputs:
-        if i.kind == "positions":  # built inside forward
+        if i.kind in BUILT_KINDS:  # built inside forward
             continue
         if i.kind == "image":  # channels last, so that matmuls, biases and norms act per pixel
             h, w = (em.dim(d) for d in i.spatial)

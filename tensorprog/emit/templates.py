@@ -127,6 +127,33 @@ HELPERS = {
         '                         f"table\'s {size} rows: feed at most {size}, or {sets} of at "',
         '                         f"least {length}")',
         "    return torch.arange(length, device=tokens.device)"],
+    # T5's bucketing (transformers' T5Attention._relative_position_bucket, max_distance 128),
+    # so that a program's relative bias is the one a T5 model computes
+    "_relative_buckets": [
+        "def _relative_buckets(length, buckets, bidirectional, device):",
+        '    """T5\'s distance bucket of every (query, key) pair of length tokens: exact below',
+        "    half the buckets, logarithmic up to 128 tokens apart, the last bucket beyond",
+        "    (bidirectional: half the buckets for keys after the query; otherwise every later",
+        '    key shares bucket 0)."""',
+        "    position = torch.arange(length, device=device)",
+        "    distance = position[None, :] - position[:, None]",
+        "    bucket = torch.zeros_like(distance)",
+        "    if bidirectional:",
+        "        buckets //= 2",
+        "        bucket += (distance > 0).long() * buckets",
+        "        distance = distance.abs()",
+        "    else:",
+        "        distance = -distance.clamp(max=0)",
+        "    exact = buckets // 2",
+        "    far = exact + (torch.log(distance.float() / exact) / math.log(128 / exact)",
+        "                   * (buckets - exact)).long()",
+        "    far = far.clamp(max=buckets - 1)",
+        "    return bucket + torch.where(distance < exact, distance, far)"],
+    "_relative_bias": [
+        "def _relative_bias(buckets, table):",
+        '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',
+        '    attention logits (..., heads, tokens, tokens) add."""',
+        "    return torch.nn.functional.embedding(buckets, table.t()).permute(2, 0, 1)"],
 }
 
 # always emitted: the check that Model(width) has a network at that width

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ops_conv import is_image
+from .ops_relative import refuse_relative, relative_kind
 from .values import Affine, Conc, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
@@ -35,6 +36,8 @@ class LinearOps:
             src, tags = "pos", ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
+        elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
+            raise refuse_relative(node, kind, w.shape[0])  # T5's bias: named, with the fix
         else:
             raise refuse(
                 node,

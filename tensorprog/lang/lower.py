@@ -20,6 +20,7 @@ from lark import Token
 from ..errors import Collector, Diagnostic, SemanticError, Span, TensorProgWarning, source_lines
 from ..ir.program import (
     MAX_SIZE,
+    RELATIVE_KINDS,
     Block,
     Depth,
     Dim,
@@ -485,11 +486,8 @@ class _Lowering(ExpressionLowering):
             self.errors.error(f"the sequence dim {seq.name} must be finite", st.span,
                               "declare it as a number of tokens, e.g. `dim T = 16`")
             return
-        known = {i.seq for i in self.inputs if i.seq is not None}
-        if known and seq.name not in known:
-            self.errors.error(f"input {st.name} uses sequence dim {seq.name}, but another input "
-                              f"uses {known.pop()}", st.span, "a program has one sequence axis")
-            return
+        # inputs on different sequence dims are different sequences (an encoder's source and
+        # a decoder's target): only attention reads one from the other (ir/sequences.py)
         if kind == "tokens" and dims[1].infinite:
             self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
                               "a token id indexes a finite vocabulary")
@@ -499,7 +497,16 @@ class _Lowering(ExpressionLowering):
                               "a patch holds a fixed number of values (channels x p x p); the "
                               "width enters through the weight that embeds it")
             return
-        dim = dims[1].name if kind in ("tokens", "patches") else seq.name
+        # T5's buckets: half exact distances, half logarithmic ones (and half of each per
+        # direction when bidirectional), so fewer than 4 (2 causal) leave no exact bucket
+        least = 4 if kind == "relative" else 2
+        if kind in RELATIVE_KINDS and (dims[1].infinite or dims[1].size < least):
+            self.errors.error(f"the bucket dim {dims[1].name} must be finite and at least "
+                              f"{least}", st.span,
+                              "relative positions fall in a finite number of distance buckets, "
+                              "e.g. `dim B = 32` (T5's)")
+            return
+        dim = seq.name if kind == "positions" else dims[1].name
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
             self.tokenwise.add(st.name)

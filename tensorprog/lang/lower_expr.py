@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from ..errors import Span
@@ -18,6 +18,7 @@ from ..ir.functions import MUL, NONLINEARITIES, POOLS, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
+    RELATIVE_KINDS,
     Dot,
     LinComb,
     MatMul,
@@ -345,7 +346,19 @@ class ExpressionLowering:
             return None
         out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
                         fan_out)
+        relative = next((i for i in self.inputs if i.name == arg and i.kind in RELATIVE_KINDS),
+                        None)
+        if relative is not None:
+            return self.relative_bias(out, fan_out)
         return self.vec(out, fan_out)
+
+    def relative_bias(self, out: str, fan_out: str) -> Vec:
+        """``R @ rel``, a relative input's buckets looked up in R [heads, buckets]: one value
+        per head and token pair, added to attention logits, so its dim is a heads axis (the
+        logits' last axis is the key tokens, not a vector's dim)."""
+        name = f"{fan_out} per token pair"
+        self.heads_dims.setdefault(name, replace(self.dims[fan_out], name=name))
+        return self.vec(out, name)
 
     def compares_tokens(self, args, node) -> bool:
         """Attention (a per-head dot, mix) pairs tokens, so each side must vary over them: a

@@ -125,6 +125,16 @@ class ToAst(Transformer_NonRecursive):
         return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
+    def input_relative(self, meta, c):
+        return Stmt("input", str(c[0]), ("relative", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_causal_relative(self, meta, c):
+        return Stmt("input", str(c[0]), ("causal_relative", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def param_decl(self, meta, c):
         value = self.value(c[2]) if len(c) > 2 else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
