@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .values import Affine, Conc, ParamUse, PRef, Probs, Scores, Tok, Vec
+from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
 
@@ -26,6 +26,8 @@ class LinearOps:
             src, tags = "pos", ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
+        elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)
+            return self.ids_lookup(node, w, idx)
         else:
             raise refuse(
                 node,
@@ -33,7 +35,8 @@ class LinearOps:
                 "nor the positions k..k+T-1 (the same for every sequence of the batch), "
                 "nor one constant id",
                 help="look up the token input, positions or one id the model fixes; "
-                "ids that vary otherwise (segments of the input) are not traced",
+                "ids that vary otherwise are traced only as an input of the forward (segments: "
+                "token_type_ids=)",
             )
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {table} @ {src}")

@@ -14,6 +14,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    Given,
     KVRepeat,
     MeanSq,
     ParamUse,
@@ -107,8 +108,10 @@ class Walker:
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
-        # values on the CPU, constants of the trace as the masks computed from the ids are
+        # names and values on the CPU, constants of the trace as the masks computed from the
+        # ids are
         self.given: dict = {}
+        self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
@@ -278,7 +281,8 @@ class Walker:
                     # graph as a constant, so it is no input of the program
                     self.env[node.name] = Aux()
                 elif spec.kind.name == "USER_INPUT" and node.name in self.given:
-                    self.env[node.name] = Conc(self.given[node.name])
+                    name, value = self.given[node.name]
+                    self.env[node.name] = Given(value, name)
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(
