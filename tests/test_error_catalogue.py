@@ -899,6 +899,101 @@ def test_trace_refuses_key_value_heads_repeated_in_another_order(capsys, tmp_pat
     assert (code, out) == (2, "") and re.search(message, err), err
 
 
+# a convolutional model for ``tensorprog trace --image 3,8,8``: each build changes one layer to
+# what the language has no form for, refused at the user's line (a frozen batch norm: its build)
+CONV_MODEL = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n, conv=None, pool=None, tail=None):
+        super().__init__()
+        self.conv = conv or nn.Conv2d(3, n, 3, padding=1)
+        self.bn = nn.BatchNorm2d(n)
+        self.pool = pool or nn.MaxPool2d(2)
+        self.fc = nn.Linear(n, 10)
+        self.tail = tail or (lambda x: x.mean((2, 3)))
+
+    def forward(self, x):
+        return self.fc(self.tail(self.pool(torch.relu(self.bn(self.conv(x))))))
+
+
+def frozen(n):
+    net = Net(n)
+    net.bn.eval()
+    return net
+
+
+class Patches(nn.Module):
+    def __init__(self, n, unfold=4, rows=4, twice=False):
+        super().__init__()
+        self.proj, self.unfold, self.twice = nn.Linear(3 * unfold * unfold, n), unfold, twice
+        self.pos = nn.Parameter(torch.zeros(1, rows, n))
+        self.conv = nn.Conv2d(3, 3 * unfold * unfold, 3, padding=1)
+
+    def forward(self, x):
+        h = self.proj(nn.functional.unfold(x, self.unfold, stride=4).transpose(1, 2))
+        h = h + self.pos
+        return (h, self.proj(self.conv(x).mean((2, 3)))) if self.twice else h
+
+
+class OnPixels(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.px = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.px(self.conv(x)).mean((2, 3)))
+"""
+CONV_BUILDS = {
+    "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
+               r"(.|\n)*help: build the model in training mode"),
+    "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
+                  r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
+                  r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
+    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
+                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
+    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
+    # image is cut into patches
+    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
+                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
+                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
+    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
+                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
+                r"2x2, dilation 2x2"),
+    "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
+                     r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
+    "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
+                 r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
+                 r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+    # an image is cut into patches only whole, without overlap, and only at the input
+    "overlap": ("lambda n: Patches(n, unfold=6)",
+                r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),
+    "one_row": ("lambda n: Patches(n, rows=1)",
+                r"m.py:\d+:\d+: error: cannot trace a param of shape \[1, 1, \d+\] added "
+                r"to per-token vectors(.|\n)*help: add a position table of one row per token"),
+    "twice": ("lambda n: Patches(n, twice=True)",
+              r"m.py:\d+:\d+: error: cannot trace an image cut into patches here and also read "
+              r"otherwise"),
+    # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
+    "on_pixels": ("lambda n: OnPixels(n)",
+                  r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "
+                  r"(.|\n)*help: pool the image to one pixel"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_BUILDS))
+def test_trace_refuses_convolutional_layers_the_language_has_no_form_for(capsys, tmp_path,
+                                                                         case):
+    build, message = CONV_BUILDS[case]
+    source = CONV_MODEL + ("" if build == "frozen" else f"\n{case} = {build}\n")
+    (tmp_path / "m.py").write_text(source)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{case}", "--widths", "8,16",
+                             "--image", "3,8,8")
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
      r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "
@@ -952,6 +1047,55 @@ def test_cli_transfer_usage_errors(args, message, capsys):
         main(["transfer", str(MLP), *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ``tensorprog tune``: every refusal before any trial trains (no study is created)
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope"], "unknown data set"),
+    (["--data", "digits", "--trials", "0"], "--trials 0: must be from 1 to 100000"),
+    (["--data", "digits", "--width", "0"], "--width 0: must be from 1"),
+    (["--data", "digits", "--pruner", "hyperband"], "invalid choice: 'hyperband'"),
+    (["--data", "digits", "-o", "best.txt"], "the tuned values are written as JSON"),
+    (["--data", "digits", "--storage", "tune.db"], "--storage tune.db: not a database URL"),
+    (["--data", "digits", "--storage", "nosuchdb://x/y"], "cannot open the study there"),
+    (["--data", "digits", "--width", "64", "--steps", "100000", "--trials", "100000"],
+     "more than the 30-minute limit"),
+])
+def test_cli_tune_usage_errors(args, message, capsys, tmp_path):
+    assert main_code(["tune", str(MLP), "--cache", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("help:" in err or "usage:" in err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["tune", "transfer"])
+def test_ray_address_without_ray_installed(command, capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run_cli(capsys, command, MLP, "--data", "digits", "--cache", str(tmp_path),
+                           "--ray-address", "auto")
+    assert code == 2 and "--ray-address: Ray is not installed" in err
+    assert "pip install 'tensorprog[ray]'" in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not JSON"),
+    ('{"lr": 0.1}', 'not a file of tuned values (no "format"'),
+    ('{"format": "tensorprog-tune/1", "lr": -1, "init_std": {}, "mult": {}}',
+     '"lr" must be a positive number'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {"W": 0}, "mult": {}}',
+     '"init_std" must map names to positive numbers'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {}, "mult": {"a": "x"}}',
+     '"mult" must map names to finite numbers'),
+])
+def test_tuned_values_files_that_are_refused(text, message, tmp_path):
+    from tensorprog.numerics.tune import load_config
+
+    (tmp_path / "t.json").write_text(text)
+    with pytest.raises(tp.UsageError, match=re.escape(message)):
+        load_config(tmp_path / "t.json")
+    with pytest.raises(tp.UsageError, match="cannot read it"):
+        load_config(tmp_path / "missing.json")
 
 
 def main_code(argv) -> int:

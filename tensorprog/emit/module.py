@@ -466,7 +466,8 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
         for i in positions:
             if i.name not in names:
                 continue
-            tokens = next((j for j in fed if j.kind == "tokens" and j.seq == i.seq), None)
+            tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == i.seq),
+                          None)
             rows = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
             if tokens is None:
                 out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})")
@@ -475,7 +476,8 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
             # what sets the table's rows, for the message on a longer input
             sets = ("build the Model with a seq_len" if i.seq == lay.seq
                     else f"emit the module again with dim {i.seq} declared a size")
-            out.append(f"        {local[i.name]} = _positions({local[tokens.name]}, {rows}, "
+            fed_ids = local[tokens.name] + ("[..., 0]" if tokens.kind == "patches" else "")
+            out.append(f"        {local[i.name]} = _positions({fed_ids}, {rows}, "
                        f"{quoted(sets)})")
         return out
 
@@ -536,7 +538,9 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
 def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
     """example_inputs: random valid inputs of every input's kind, on the params' device."""
     program = lay.program
-    what = ("(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
+    patches = any(i.kind == "patches" for i in program.inputs)
+    what = ("(batch, seq, dim) patches or (batch, seq) token ids" if patches else
+            "(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
             "a (batch, height, width, channels) image" if any(i.kind == "image"
                                                              for i in program.inputs)
             else "one (batch_size, dim) tensor")
@@ -551,6 +555,12 @@ def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
         if i.kind == "image":  # channels last, so that matmuls, biases and norms act per pixel
             h, w = (em.dim(d) for d in i.spatial)
             lines.append(f"            torch.randn(batch_size, {h}, {w}, {em.dim(i.dim)}, "
+                         "generator=generator,")
+            lines.append("                        device=like.device, dtype=like.dtype),")
+            continue
+        if i.kind == "patches":  # float vectors per token: (batch, seq, patch values)
+            length = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
+            lines.append(f"            torch.randn(batch_size, {length}, {em.dim(i.dim)}, "
                          "generator=generator,")
             lines.append("                        device=like.device, dtype=like.dtype),")
             continue

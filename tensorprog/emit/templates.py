@@ -63,6 +63,27 @@ HELPERS = {
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',
         "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_maxpool": [
+        "def _maxpool(x):",
+        '    """2 x 2 max pooling of a channels-last image."""',
+        "    return torch.nn.functional.max_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_maxpool3": [
+        "def _maxpool3(x):",
+        '    """The max over each pixel\'s 3 x 3 neighbourhood of a channels-last image (stride 1,',
+        '    same-padded)."""',
+        "    y = torch.nn.functional.max_pool2d(x.movedim(-1, -3), 3, 1, 1)",
+        "    return y.movedim(-3, -1)"],
+    "_subsample": [
+        "def _subsample(x):",
+        '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',
+        '    one read there)."""',
+        "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 1, 2).movedim(-3, -1)"],
+    "_batchnorm": [
+        "def _batchnorm(x):",
+        '    """Each channel normalised over the batch and the pixels (BatchNorm in training mode,',
+        '    in both modes: the program has no running statistics)."""',
+        "    y = torch.nn.functional.batch_norm(x.movedim(-1, 1), None, None, training=True)",
+        "    return y.movedim(1, -1)"],
     "_attention": [
         "def _attention(q, k, v, head_dim, scale, is_causal):",
         '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',

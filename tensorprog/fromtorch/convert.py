@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
+from .ops_norm import NormOps
+from .ops_pointwise import PointwiseOps
 from .ops_rotary import RotaryOps
 from .values import Trace
 from .walk import Walker
 
 
-class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, EncoderOps):
+class Converter(
+    Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
+    NormOps, ConvOps, EncoderOps,
+):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 
@@ -34,5 +40,6 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     conv.scalars = scalars or {}
     conv.given = given or {}
     trace = conv.run()
+    conv.image_read_once()  # an image cut into patches is read no other way (ops_conv.py)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

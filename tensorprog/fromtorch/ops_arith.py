@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Aux, Conc, MeanSq, Pointwise, PRef, RopeTerm, Scores, Sub, Trig, Vec
+from .ops_conv import is_image
+from .values import (
+    Affine,
+    Aux,
+    Conc,
+    MeanSq,
+    Pointwise,
+    PRef,
+    RopeTerm,
+    Scores,
+    Strided,
+    Sub,
+    Trig,
+    Vec,
+)
 from .where import refuse
 
 
@@ -20,6 +34,9 @@ class ArithOps:
 
     def _lincomb(self, node, u, v, alpha):
         u, v = _number(u), _number(v)
+        centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
+        if centred is not None:
+            return centred
         for x, c in ((u, v), (v, u)):
             if isinstance(x, PRef) and isinstance(c, (int, float)):
                 return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
@@ -41,7 +58,9 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
-            if isinstance(x, PRef):
+            if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
+                terms.append((c, self.position_table(node, x)))
+            elif isinstance(x, PRef):
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))
@@ -91,6 +110,12 @@ class ArithOps:
 
     def op_mul(self, node, u, v):
         u, v = _number(u), _number(v)
+        norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
+        if norm is not None:
+            return norm
+        kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
+        if kept is not None:
+            return kept
         if any(isinstance(x, Aux) for x in (u, v)):
             raise refuse(
                 node,
@@ -102,10 +127,12 @@ class ArithOps:
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
                 return self.rope_term(node, a, b)
-            if isinstance(a, Sub) and b in (1, -1):  # rotate_half's negated half
+            if isinstance(a, (Sub, Strided)) and b in (1, -1):  # rotate_half's negated half
                 return dataclasses.replace(a, sign=a.sign * int(b))
         if isinstance(v, (int, float)) or isinstance(u, (int, float)):
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
+            if isinstance(x, Scores) and x.cap is not None:  # c * tanh(logits): the cap's
+                return self.capped_scores(node, x, lambda t: c * t)
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
             p = self.pointwise(node, x)
@@ -137,6 +164,9 @@ class ArithOps:
 
     def op_div(self, node, u, v):
         v = _number(v)
+        norm = self.norm_div(node, u, v)  # x / sqrt(mean(x²) + eps) (ops_norm.py)
+        if norm is not None:
+            return norm
         if not isinstance(v, (int, float)):
             raise refuse(node, "a division by a tensor")
         return self.op_mul(node, u, 1.0 / v)
@@ -145,6 +175,8 @@ class ArithOps:
         return self.op_mul(node, u, -1.0)
 
     def _apply(self, node, x, fn):
+        if isinstance(x, Scores):  # a function of attention logits (a soft-cap)
+            return self.capped_scores(node, x, fn)
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
 
@@ -169,6 +201,9 @@ class ArithOps:
         return self._apply(node, x, lambda t: t.erf())
 
     def op_pow(self, node, x, e):
+        norm = self.norm_pow(node, x, e)  # Gemma 4's pow(mean(x²) + eps, -0.5) (ops_norm.py)
+        if norm is not None:
+            return norm
         if e == 2 and isinstance(x, (Vec, Affine)):
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: f(t) ** 2)
@@ -176,7 +211,12 @@ class ArithOps:
         return Pointwise(p.src, lambda t, f=p.f: f(t) ** e)
 
     def op_mean(self, node, x, dims, keepdim=False):
+        if is_image(x):  # over the pixels: a global pool (ops_conv.py)
+            return self.image_mean(node, x, dims, keepdim)
         ndim = len(self._shape(node.args[0]))
+        norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
+        if norm is not None:
+            return norm
         if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
             import torch
 

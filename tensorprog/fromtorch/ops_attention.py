@@ -63,7 +63,7 @@ class AttentionOps:
                          "language's attention over all tokens cannot say)",
                          help="trace with example inputs without padding: no attention_mask, "
                          "or one of all ones; the µP derived holds for padded batches too")
-        return Scores(s.q, s.k, s.factor, s.node, s.tags, True)
+        return Scores(s.q, s.k, s.factor, s.node, s.tags, True, s.cap)  # a soft-cap kept
 
     def op_masked_fill(self, node, s, mask, value):
         if not isinstance(s, Scores) or not isinstance(mask, Conc) or value > -1e4:
@@ -73,7 +73,7 @@ class AttentionOps:
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
-        logits = self.logits(s.q, s.k, s.factor, s.node, "out")
+        logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out"))
         return Probs(s, f"{'causal_' if s.causal else ''}softmax({logits})")
 
     op__softmax = op_softmax

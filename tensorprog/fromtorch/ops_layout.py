@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .values import Affine, Aux, Conc, KVRepeat, Parts, Pointwise, PRef, Scores, Sub, Vec
+from .ops_conv import is_image
+from .values import Affine, Aux, Conc, KVRepeat, PairStack, Parts, Pointwise, PRef, Scores, Sub, Vec
 from .where import refuse
 
 
@@ -15,6 +16,8 @@ class LayoutOps:
     # -- layout ops --------------------------------------------------------------------------
     def view(self, node, v):
         shape = tuple(node.meta["val"].shape)
+        if isinstance(v, PairStack):  # rotate_every_two's flatten (ops_rotary.py)
+            return self.pairs_flattened(node, v)
         if isinstance(v, (Conc, Aux)):
             return self.concrete(node, *self.args(node))
         if isinstance(v, PRef):
@@ -22,6 +25,8 @@ class LayoutOps:
         if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention
             return self.repeat_kv_merge(node, v)
         self._whole(node, v)
+        if is_image(v):  # a pooled image flattened (ops_conv.py)
+            return self.image_view(node, v)
         tags = self._tags(v)
         old = self._shape(node.args[0])
         groups = self._groups(node, v, old, shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .ops_conv import is_image
 from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
@@ -10,6 +11,14 @@ class LinearOps:
     """Params applied: embedding lookups and linear layers (any weight layout)."""
 
     # -- params applied ----------------------------------------------------------------------
+    def op_index(self, node, w, indices):
+        """``table[ids]`` (Whisper's positions, ``self.weight[position_ids]``): the embedding
+        lookup it is, of the table's rows."""
+        if isinstance(w, PRef) and len(indices) == 1 and isinstance(indices[0], (Tok, Conc)):
+            return self.op_embedding(node, w, indices[0])
+        raise refuse(node, "an index of a traced value other than a param table's rows by "
+                     "token ids or positions (an embedding lookup)")
+
     def op_embedding(self, node, w, idx, *rest):
         if not isinstance(w, PRef):
             raise refuse(node, "an embedding whose table is not a param")
@@ -87,6 +96,11 @@ class LinearOps:
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a linear layer whose weight is not a param")
         x = self.vec(x, node)
+        if is_image(x):  # torch's linear maps the last axis: an image's columns (ops_conv.py)
+            raise refuse(node, "a linear layer applied to an image (it maps the last axis, the "
+                         "pixels of each row, not the channels)",
+                         help="pool the image to one pixel first (nn.AdaptiveAvgPool2d(1), then "
+                         "flatten), or use a 1x1 convolution")
         return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
 
     def op_addmm(self, node, b, x, w):

@@ -9,18 +9,23 @@ along the rotated directions). So every exponent of the network is that of the s
 without the rotation, and the program writes the rotated vector as the vector itself; the
 traced source says so in a comment. Partial rotary (HF's ``partial_rotary_factor``: Phi,
 GPT-NeoX, StableLM) rotates the first r coordinates of each head and concatenates the rest back
-unchanged: still an exact rotation of some coordinate pairs, so the same holds. Anything else
-built from slices, concatenations or cos/sin tables is refused.
+unchanged: still an exact rotation of some coordinate pairs, so the same holds. The interleaved
+form (GPT-J's ``rotate_every_two``: ``stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)``, with
+each angle repeated for its pair, ``cos[..., :d/2].repeat_interleave(2, -1)``: GLM, Helium,
+ERNIE 4.5, Cohere) turns the pairs (2i, 2i + 1) instead: a rotation too. Anything else built
+from slices, concatenations, stacks or cos/sin tables is refused.
 """
 
 from __future__ import annotations
 
-from .values import RopeTerm, Rotated, Sub, Trig, Vec
+from .values import PairStack, RopeTerm, Rotated, Strided, Sub, Trig, Vec
 from .where import refuse
 
 
 def _key(x) -> tuple:
     """What a (part of a) head vector is: its name and coordinate range."""
+    if isinstance(x, Strided):
+        return ("strided", *_key(x.src), x.start, x.sign)
     return (x.src.name, x.lo, x.hi, x.sign) if isinstance(x, Sub) else (x.name,)
 
 
@@ -35,6 +40,10 @@ class RotaryOps:
         src = v.src if isinstance(v, Sub) else v
         size = v.hi - v.lo if isinstance(v, Sub) else src.dh
         last = dim % len(src.tags) == len(src.tags) - 1
+        if src.tags[-1] == "dh" and src.dh and last and step == 2 and size % 2 == 0 and (
+            (end is None or end >= size) and start in (None, 0, 1)
+        ):
+            return Strided(v, start or 0)  # one of each pair (2i, 2i + 1): rotate_every_two
         if src.tags[-1] == "dh" and src.dh and last and step == 1 and getattr(v, "sign", 1) == 1:
             lo, hi = (
                 min(size, max(0, e + size if e < 0 else e))
@@ -78,6 +87,27 @@ class RotaryOps:
             "a concatenation of vectors (other than rotary's rotate_half or a head's parts "
             "put back together)",
         )
+
+    def op_stack(self, node, tensors, dim=0):
+        """rotate_every_two's ``stack((-x2, x1), -1)`` of one (part of a) head vector's odd
+        coordinates negated and its even ones; its flatten makes the rotated vector."""
+        if len(tensors) == 2 and all(isinstance(t, Strided) for t in tensors):
+            odd, even = tensors
+            src = even.src
+            ndim = len((src.src if isinstance(src, Sub) else src).tags) + 1
+            if (odd.start, odd.sign, even.start, even.sign) == (1, -1, 0, 1) and (
+                _key(odd.src) == _key(src) and dim % ndim == ndim - 1
+            ):
+                return PairStack(src)
+        raise refuse(node, "a stack of vectors (other than an interleaved rotary's "
+                     "rotate_every_two, stack((-x[..., 1::2], x[..., ::2]), -1))")
+
+    def pairs_flattened(self, node, v: PairStack):
+        old, new = self._shape(node.args[0]), tuple(node.meta["val"].shape)
+        if tuple(old[:-2]) + (old[-2] * old[-1],) != new:
+            raise refuse(node, f"a view from {list(old)} to {list(new)} of rotate_every_two's "
+                         "stacked pairs (other than their flatten)")
+        return Rotated(v.src)
 
     def rope_term(self, node, x, table: Trig):
         if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:

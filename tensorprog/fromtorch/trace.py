@@ -17,6 +17,7 @@ from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
+from .ops_conv import refuse_frozen_norms, train_norms
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, strip_prefix
@@ -84,6 +85,7 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
 
     was = model.training
     model.eval()
+    train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
         return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
                                    strict=False)
@@ -185,6 +187,8 @@ def _law(model, name: str, p):
     module = model.get_submodule(module_name)
     if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
         return 1 / math.sqrt(3 * module.in_features)
+    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
+        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
     if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
         return 1.0
     return None
@@ -376,6 +380,7 @@ def from_torch(
         # the token ids, on the CPU (masks are computed from them)
         tok = torch.zeros(leaves[k].shape, dtype=leaves[k].dtype)
         try:
+            refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model)
             traces.append(convert(ep, base, tok, scalars, _given(ep, model, args, kwargs, k)))
@@ -575,6 +580,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
             lines.append(f"dim {name} = {rhs}")
     if vocab is not None:
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
+        lines.append(f"dim T = {seq}")
     for name, rows in t1.ids.items():  # segment ids: token inputs of their own vocabulary
         lines += [f"dim V_{name} = {rows}", f"input {name} : tokens[T, V_{name}]"]
     if any(" @ pos" in s for s in t1.stmts):

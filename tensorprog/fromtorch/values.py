@@ -105,6 +105,24 @@ class MeanSq:
     src: Vec
     inv: bool = False  # rsqrt taken
     k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
+    centered: bool = False  # of src minus its mean: a variance (a layer norm written by hand)
+    root: bool = False  # sqrt taken (a division by it is a product with its inverse)
+
+
+@dataclass
+class Mean:
+    """The mean of a vector's coordinates (of each head's), keepdim: a layer norm's centre."""
+
+    src: Vec
+
+
+@dataclass
+class Centered:
+    """``src - mean(src)`` over its coordinates (``sq``: squared), on the way to a layer norm
+    written by hand; nothing else of it is a vector the language has."""
+
+    src: Vec
+    sq: bool = False
 
 
 @dataclass
@@ -117,6 +135,9 @@ class Scores:
     node: str
     tags: tuple
     causal: bool = False
+    # a coordinatewise function of them and the node that finishes it: Gemma 2's soft-cap
+    # c * tanh(logits / c), the logits' factor holding the 1 / c (ops_pointwise.py)
+    cap: tuple[Callable, str] | None = None
 
 
 @dataclass
@@ -147,6 +168,24 @@ class Sub:
     lo: int
     hi: int
     sign: int = 1
+
+
+@dataclass
+class Strided:
+    """Every other coordinate of each head of ``src`` from ``start`` (0 or 1), times ``sign``:
+    the halves of each pair (2i, 2i + 1) that an interleaved rotary turns (``x[..., ::2]``)."""
+
+    src: Vec | Sub
+    start: int
+    sign: int = 1
+
+
+@dataclass
+class PairStack:
+    """``stack((-x[..., 1::2], x[..., ::2]), -1)``: rotate_every_two before its flatten, which
+    makes it :class:`Rotated` (GPT-J's, GLM's, Cohere's interleaved rotary)."""
+
+    src: Vec | Sub
 
 
 @dataclass
@@ -217,5 +256,22 @@ def identify(f: Callable) -> tuple[str, float] | None:
     for name, ref in fns.items():
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
-            return name, c
+            return name, float(f"{c:.12g}")  # the fit's last bits are rounding (50, not 50.0...1)
+    return None
+
+
+def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | None:
+    """(function, coefficient, k) with f(t) = coefficient * function(t)**k on [-4, 4] for an
+    integer k > 1 (relu², x²), or None: what :func:`identify` finds of f's k-th root, checked
+    against f itself."""
+    import torch
+
+    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    y = f(t)
+    for k in powers:
+        for name in RECOGNISED:
+            ref = torch_function(torch, name)(t) ** k
+            c = float((y @ ref) / (ref @ ref))
+            if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
+                return name, float(f"{c:.12g}"), k
     return None

@@ -13,10 +13,13 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Centered,
     Conc,
     Given,
     KVRepeat,
+    Mean,
     MeanSq,
+    PairStack,
     ParamUse,
     Parts,
     Pointwise,
@@ -25,12 +28,14 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Strided,
     Sub,
     Tok,
     Trace,
     Trig,
     Vec,
     identify,
+    identify_power,
 )
 from .where import module_of, refuse, strip_prefix, user_span
 
@@ -48,6 +53,7 @@ _RESERVED = {
     "tokens",
     "positions",
     "image",
+    "patches",
     "n",
     "tok",
     "pos",
@@ -67,7 +73,9 @@ _IDENTITY_OPS = {
 # ops through which no gradient flows: as identity, derive would claim updates for the params
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
-_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias"}
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
+                  # an interleaved rotary's table: its first half, each angle repeated for a pair
+                  "slice", "repeat_interleave"}
 SYMBOLIC = (
     Vec,
     PRef,
@@ -82,6 +90,10 @@ SYMBOLIC = (
     RopeTerm,
     KVRepeat,
     Sub,
+    Mean,
+    Centered,
+    Strided,
+    PairStack,
 )
 
 
@@ -182,11 +194,14 @@ class Walker:
             return Vec(made.name, v.tags, made.dim, made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
-            if found is None:
+            power = identify_power(v.f) if found is None else None
+            if power is not None:  # relu(x)², x²: a product of copies (ops_pointwise.py)
+                return self.emit_power(v, node, *power)
+            if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
-                    node,
+                    self.by_name.get(v.node, node),
                     "a coordinatewise function that is none of identity, relu, "
-                    "gelu, silu, tanh, sigmoid",
+                    "gelu, silu, tanh, sigmoid, nor an integer power of one",
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
@@ -283,6 +298,8 @@ class Walker:
                 elif spec.kind.name == "USER_INPUT" and node.name in self.given:
                     name, value = self.given[node.name]
                     self.env[node.name] = Given(value, name)
+                elif spec.kind.name == "USER_INPUT" and val.dtype.is_floating_point:
+                    self.env[node.name] = self.float_input(node, val)  # an image: ops_conv.py
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(

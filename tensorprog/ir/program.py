@@ -52,9 +52,9 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import POOLS
+from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches")
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
 MAX_SIZE = 2**53
@@ -429,8 +429,7 @@ class Program:
         for ins in self.body:
             sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
             if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
-                k = POOLS[ins.fn]
-                sizes = None if k is None else (sizes[0] // k, sizes[1] // k)
+                sizes = pooled(ins.fn, sizes)
             out[ins.out] = sizes
         return out
 

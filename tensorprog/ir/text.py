@@ -60,6 +60,8 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
     if i.kind == "positions":
         return f"input {i.name} : positions[{i.seq}]"
+    if i.kind == "patches":
+        return f"input {i.name} : patches[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"
 
 

@@ -494,7 +494,12 @@ class _Lowering(ExpressionLowering):
             self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
                               "a token id indexes a finite vocabulary")
             return
-        dim = dims[1].name if kind == "tokens" else seq.name
+        if kind == "patches" and dims[1].infinite:
+            self.errors.error(f"the patch dim {dims[1].name} must be finite", st.span,
+                              "a patch holds a fixed number of values (channels x p x p); the "
+                              "width enters through the weight that embeds it")
+            return
+        dim = dims[1].name if kind in ("tokens", "patches") else seq.name
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
             self.tokenwise.add(st.name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import MUL, NONLINEARITIES
+from ..ir.functions import MUL, NONLINEARITIES, POOLS, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -96,7 +96,7 @@ class ExpressionLowering:
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
             (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
-            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
+            self.pixels[ins.out] = pooled(fn, (h, w)) if fn in POOLS else (h, w)
         return ins.out
 
     def expr(self, root):
@@ -402,6 +402,10 @@ class ExpressionLowering:
                        f"(one value per head and token pair), not {what}")
             help_ = ("write `causal_softmax(tau * dot(q, k, dh))`; for a finite dim's "
                      "probabilities use softmax")
+        elif fn == "batchnorm" and (v.dim is None or logits):
+            problem = (f"batchnorm normalises each coordinate of a vector over the batch (and "
+                       f"an image's pixels), not {what}")
+            help_ = "write `batchnorm(h)` of a vector of a declared dim (a convolution's output)"
         elif fn in ("layernorm", "rmsnorm"):
             if v.dim is None or logits:
                 axis = "key tokens" if logits else "the batch (or the tokens)"
@@ -588,14 +592,14 @@ class ExpressionLowering:
         arg = self.name_of(args[0], node.span)
         if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
             return None
-        if node.fn in ("avgpool", "global_pool"):
+        if node.fn in POOLS:
             size = self.pixels.get(arg)
             if size is None:
                 self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
                                   "pool values computed from an `image` input")
                 return None
-            if node.fn == "avgpool" and min(size) < 2:
-                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
+            if POOLS[node.fn] is not None and 0 in pooled(node.fn, size):
+                self.errors.error(f"{node.fn} of a {size[0]}x{size[1]} image leaves no pixel",
                                   node.span, "pool fewer times, or use global_pool")
                 return None
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span, group),

@@ -117,6 +117,10 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_patches(self, meta, c):
+        return Stmt("input", str(c[0]), ("patches", c[1], c[2]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
     def input_positions(self, meta, c):
         return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
 

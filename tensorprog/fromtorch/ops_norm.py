@@ -1,0 +1,125 @@
+"""Norms written by hand, recognised as the language's ``layernorm`` and ``rmsnorm``.
+
+Cohere's LayerNorm computes ``(x - mean(x)) * rsqrt(mean((x - mean(x))²) + eps)``, Gemma 4's
+RMSNorm ``x * pow(mean(x²) + eps, -0.5)``, others ``x / sqrt(mean(x²) + eps)``: the same
+functions of x as ``layernorm(x)`` and ``rmsnorm(x)`` (eps aside, as for torch's own norms), over
+the vector's coordinates or each head's. The walk follows the pieces as values of their own
+(:class:`Mean`, :class:`Centered`, :class:`MeanSq`) and emits the norm at the product that
+completes it; a piece used any other way (a centred vector on its own, a mean that centres
+another vector, a variance multiplying a vector that is not its own centred self) is refused
+where it is used, since the language has no such vector. A sum over the coordinates (an L2 norm,
+``x / |x|``: nGPT's, Dory's) is refused: its coordinates are those of ``rmsnorm(x)`` times
+``d^-1/2``, a width-dependent constant after a norm, which no layer's init or LR can take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .values import Affine, Centered, Mean, MeanSq, Pointwise, Vec
+from .where import refuse
+
+_PIECE = "a piece of a norm written by hand"
+
+
+class NormOps:
+    """Hooks the arithmetic ops call first (ops_arith.py); each returns None when its operands
+    are no piece of a norm."""
+
+    def norm_mean(self, node, x, dims, ndim: int):
+        """``mean(-1)`` of a vector: its centre; of its centred square: its variance."""
+        if [d % ndim for d in dims] != [ndim - 1]:
+            return None
+        if isinstance(x, Centered):
+            if not x.sq:
+                raise refuse(node, f"{_PIECE}: the mean of a centred vector (it is 0)")
+            return MeanSq(x.src, centered=True)
+        if isinstance(x, (Vec, Affine)):
+            v = self.vec(x, node)
+            if v.tags[-1] in ("F", "dh"):
+                return Mean(v)
+        return None
+
+    def norm_center(self, node, u, v, alpha):
+        """``x - mean(x)``: the centred vector, to be squared and normalised."""
+        if not any(isinstance(t, (Mean, Centered)) for t in (u, v)):
+            return None
+        if isinstance(v, Mean) and alpha == -1 and isinstance(u, (Vec, Affine)):
+            x = self.vec(u, node)
+            if x.name == v.src.name:
+                return Centered(v.src)
+        raise refuse(
+            node,
+            f"{_PIECE}: a mean of a vector's coordinates added to or subtracted from anything "
+            "but the vector it is the mean of (x - mean(x), a layer norm's centring)",
+            help="normalise with torch's layer_norm, or write x - x.mean(-1, keepdim=True)",
+        )
+
+    def norm_pow(self, node, x, e):
+        """A centred vector squared; a mean square to the power -1/2 (rsqrt) or 1/2 (sqrt)."""
+        if isinstance(x, Centered) and e == 2 and not x.sq:
+            return Centered(x.src, sq=True)
+        if isinstance(x, MeanSq) and not (x.inv or x.root) and e in (-0.5, 0.5):
+            return dataclasses.replace(x, inv=e < 0, root=e > 0)
+        if isinstance(x, (Centered, MeanSq, Mean)):
+            raise refuse(node, f"{_PIECE}: a power {e} of a mean or a centred vector (a norm "
+                         "takes the centred vector's square, and its mean's -1/2 or 1/2)")
+        return None
+
+    def norm_sqrt(self, node, x):
+        return self.norm_pow(node, x, 0.5)
+
+    def norm_div(self, node, u, v):
+        """``x / sqrt(mean(x²) + eps)``: the product with the mean square's inverse root."""
+        if isinstance(v, MeanSq) and v.root:
+            return self.op_mul(node, u, dataclasses.replace(v, root=False, inv=True))
+        return None
+
+    def norm_mul(self, node, u, v):
+        """The product that completes a norm: the centred vector times the inverse root of its
+        own variance is ``layernorm(x)``; a centred vector times itself, its square."""
+        for a, b in ((u, v), (v, u)):
+            if isinstance(a, Centered) and isinstance(b, Centered) and a.src.name == b.src.name \
+                    and not (a.sq or b.sq):
+                return Centered(a.src, sq=True)
+            if isinstance(b, MeanSq) and b.inv and b.centered:
+                if not (isinstance(a, Centered) and not a.sq and a.src.name == b.src.name):
+                    raise refuse(node, f"{_PIECE}: the inverse standard deviation of a vector "
+                                 "multiplying anything but that vector centred (a layer norm)")
+                return self._hand_norm(node, "layernorm", a.src)
+            if isinstance(b, MeanSq) and b.inv and b.k != 1 and not isinstance(a, Pointwise):
+                # x * rsqrt(mean((c x)²)) is rmsnorm(x) / c: a constant after the norm, which
+                # the program (rmsnorm(x)) would leave out
+                raise refuse(node, f"{_PIECE}: a vector times the inverse RMS of a multiple of "
+                             "it (rmsnorm(x) divided by a constant)")
+        if any(isinstance(t, (Centered, Mean)) for t in (u, v)):
+            raise refuse(node, f"{_PIECE}: a product of a mean or a centred vector with "
+                         "anything but the inverse root of its variance (a layer norm)")
+        return None
+
+    def _hand_norm(self, node, fn: str, x: Vec) -> Vec:
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {fn}({self.norm_args(x)})")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, x.tags, x.dim, x.dh)
+
+    def op_sqrt(self, node, x):
+        root = self.norm_sqrt(node, x)
+        if root is None:
+            return self.coordinatewise(node, x, lambda t: t.sqrt())
+        return root
+
+    def op_sum(self, node, x, dims=None, keepdim=False, **kw):
+        ndim = len(self._shape(node.args[0]))
+        axes = list(dims) if dims else list(range(ndim))
+        if isinstance(x, Pointwise) and [d % ndim for d in axes] == [ndim - 1]:
+            raise refuse(
+                node,
+                "a sum over a vector's coordinates (an L2 norm x / |x| gives coordinates of "
+                "size d^-1/2: rmsnorm(x) times a width-dependent constant after the norm, "
+                "which no layer's init or LR can take)",
+                help="normalise with the mean (RMSNorm, x * rsqrt(x.pow(2).mean(-1))) and put "
+                "the constant into a gain param",
+            )
+        raise refuse(node, "a sum over axes of a traced value (the language's vectors are per "
+                     "token; a norm takes the mean of the coordinates)")

@@ -1,0 +1,137 @@
+"""Coordinatewise functions beyond the language's named ones, and broadcasts of a vector.
+
+A chain of coordinatewise ops on one vector is a :class:`Pointwise` (ops_arith.py), identified
+when consumed by its values as one of the language's functions times a constant. This module
+adds the ops such chains are written with in today's decoders (``square``: the relu² of
+Nemotron, Arcee, BitNet, Jais2; ``exp``, ``expm1``, ``softplus``, ``abs``) and the one form the
+language says without a function of its own: an integer power ``c·φ(x)^k`` of a recognised φ,
+written as the product ``φ(x) * φ(x) * ...`` (``Nonlin mul``). That is the computation itself,
+not an approximation, and the engine's rule for a product (exponents add) is exactly how a power
+scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and in its change.
+
+A function of a param alone (Mamba's ``A = -exp(A_log)``, xIELU's ``softplus(alpha_p)``) is
+refused: the language's params enter the program as they are, so a param transformed before its
+use has no place in it (µP would be that of the transformed tensor, which no optimiser updates).
+"""
+
+from __future__ import annotations
+
+from .values import Affine, Conc, Pointwise, PRef, Scores, Vec
+from .where import refuse
+
+#: integer powers of a recognised function tried, in this order, when none matches alone
+POWERS = (2, 3, 4)
+
+
+class PointwiseOps:
+    """square, exp, expm1, softplus, abs of a per-token vector; an integer power of a recognised
+    function emitted as a product; ``expand_as`` of a vector over the batch."""
+
+    def coordinatewise(self, node, x, fn):
+        if isinstance(x, PRef):
+            raise refuse(
+                node,
+                f"{_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
+                "language's params enter the program as they are, so a param transformed "
+                "before its use (Mamba's A = -exp(A_log), xIELU's softplus(alpha)) has no "
+                "place in it",
+                help="make the transformed tensor the param (initialise it as the transform "
+                "of today's init), or trace the model without this part",
+            )
+        return self._apply(node, x, fn)
+
+    def op_square(self, node, x):
+        return self.coordinatewise(node, x, lambda t: t * t)
+
+    def op_exp(self, node, x):
+        return self.coordinatewise(node, x, lambda t: t.exp())
+
+    def op_expm1(self, node, x):
+        return self.coordinatewise(node, x, lambda t: t.expm1())
+
+    def op_softplus(self, node, x, beta=1, threshold=20):
+        import torch
+
+        return self.coordinatewise(
+            node, x, lambda t: torch.nn.functional.softplus(t, beta, threshold)
+        )
+
+    def op_abs(self, node, x):
+        return self.coordinatewise(node, x, lambda t: t.abs())
+
+    def emit_power(self, v: Pointwise, node, fn: str, c: float, k: int) -> Vec:
+        """``c * fn(src)^k`` as ``g = fn(src)`` and the product of k copies of g: Nonlin mul,
+        whose rule adds its factors' exponents, as a power's do."""
+        key = (v.node, fn, k, round(c, 12))
+        if key in self._made:
+            return self._made[key]
+        src = v.src
+        base = src.name
+        if fn != "identity":
+            base = self.fresh(f"{v.node}_{fn}")
+            self.out.stmts.append(f"{base} = {fn}({src.name})")
+        expr = " * ".join([base] * k)
+        if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
+            expr = f"{self.coefficient(c, self.by_name.get(v.node, node), '')} * {expr}"
+        name = self.fresh(v.node)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (v.node, "out")
+        if abs(c - 1) > 1e-9:
+            self.out.coefs[len(self.out.slots) - 1]["out"] = name
+        self._made[key] = Vec(name, src.tags, src.dim, src.dh)
+        return self._made[key]
+
+    def token_mask(self, node, u, v):
+        """``x * mask[..., None]`` with a mask of 0s and 1s per token computed from the inputs
+        (XLM's padding mask): the identity on the tokens it keeps, which the program describes;
+        a dropped token's vector is 0, in no sum over coordinates. None: no such product."""
+        for x, m in ((u, v), (v, u)):
+            value = getattr(m, "value", None)
+            if isinstance(m, Conc) and hasattr(value, "shape") and isinstance(
+                    x, (Vec, Affine, Pointwise)):
+                tags = self._tags(x)
+                ones = bool(((value == 0) | (value == 1)).all())
+                per_token = value.dim() == len(tags) and value.shape[-1] == 1 and all(
+                    s == 1 or t == "tok" for s, t in zip(value.shape, tags, strict=True))
+                if ones and per_token:
+                    return x
+                raise refuse(node, "a product with a constant tensor other than a mask of 0s "
+                             "and 1s per token (a padding mask)")
+        return None
+
+    # -- a function of attention logits: Gemma 2's soft-cap ------------------------------------
+    def capped_scores(self, node, s: Scores, fn) -> Scores:
+        """``fn`` of the logits ``s`` (of the function already applied to them): Gemma 2's
+        soft-cap ``c * tanh(logits / c)``. The logits are Θ(1) under µP and a coordinatewise
+        function of them is a Nonlin like any other (the engine's rule for tanh, times a
+        number), so the program writes ``y = c * tanh(attn * dot(q, k, dh))`` and the softmax
+        of y; the attention scale's exponent is derived through it."""
+        f = s.cap[0] if s.cap else (lambda t: t)
+        return Scores(s.q, s.k, s.factor, s.node, s.tags, s.causal,
+                      (lambda t, f=f: fn(f(t)), node.name))
+
+    def capped_logits(self, s: Scores, logits: str) -> str:
+        """The program vector the softmax takes: the logits, or the function of them."""
+        if s.cap is None:
+            return logits
+        f, at = s.cap
+        heads = Vec(logits, s.tags, s.q.dim, None)
+        return self.vec(Pointwise(heads, f, at), self.by_name[at]).name
+
+    def op_expand_as(self, node, v, other):
+        """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
+        over the batch: each token's vector unchanged, so the vector itself."""
+        old = tuple(node.args[0].meta["val"].shape)
+        new = tuple(node.meta["val"].shape)
+        if isinstance(v, (Vec, Affine, Pointwise)) and len(old) == len(new):
+            tags = self._tags(v)
+            if all(a == b or (a == 1 and tags[i] == "tok")
+                   for i, (a, b) in enumerate(zip(old, new, strict=True))):
+                return v
+        raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
+                     "per-token vector over the batch")
+
+
+def _name(node) -> str:
+    packet = getattr(node.target, "_overloadpacket", None)
+    return packet.__name__ if packet is not None else str(node.target)

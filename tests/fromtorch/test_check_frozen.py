@@ -1,0 +1,39 @@
+"""coord_check of a model with a frozen table (``requires_grad=False``: Marian's and Pegasus's
+sinusoidal positions): the vector it makes never changes, which is what the model does, so the
+check says "frozen" rather than failing it at slope -inf; a trained table's vector is judged as
+ever."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
+
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.p = nn.Embedding(8, n, _freeze=True)  # as HF's sinusoidal position tables
+        self.up, self.down = nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx) + self.p(torch.arange(idx.shape[1]))
+        x = x + self.down(torch.relu(self.up(x)))
+        return self.out(x)
+
+
+def test_a_vector_of_frozen_params_is_frozen_not_failing():
+    traced = from_torch(Net, (32, 64), lambda m: (torch.arange(16).remainder(13).view(2, 8),))
+    result = coord_check(MuP(traced, "adam"), (64, 128), steps=2, seeds=(0,))
+    table = {r.name: r for r in result.results if r.step == 2}
+    positions = next(v for v, u in traced.producers.items()
+                     if traced.params[u[0]].target.endswith("p.weight"))
+    tokens = next(v for v, u in traced.producers.items()
+                  if traced.params[u[0]].target.endswith("e.weight"))
+    assert table[positions].slope == float("-inf")
+    assert table[positions].ok and table[positions].verdict.startswith("frozen")
+    assert not table[tokens].verdict.startswith("frozen")
+    assert result.passed

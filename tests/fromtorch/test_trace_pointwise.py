@@ -1,0 +1,179 @@
+"""from_torch on coordinatewise forms outside the language's named functions and on norms
+written by hand: relu² (Nemotron's, Arcee's) and x³ as products of copies, Cohere's layer norm,
+Gemma 4's ``pow(ms, -0.5)`` and ``x / sqrt(ms)`` as the language's norms, a positions embedding
+``expand_as`` the tokens' or read as ``table[positions]``, a padding mask; functions of a param
+alone, an L2 norm and a mean used otherwise are refused at their line. Oracle: the same model
+written with the form's plain counterpart (relu, torch's layer_norm and rms_norm) derives the
+same µP, and apply is bit-identical at the base."""
+
+import pytest
+from conftest import apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+def _abc(traced):
+    d = derive(traced.program, "adam")
+    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
+
+
+def _act(form, h):
+    if form == "relu":
+        return F.relu(h)
+    if form == "square":  # HF's ReLUSquaredActivation
+        return torch.square(F.relu(h))
+    if form == "pow":
+        return 0.5 * F.relu(h).pow(2)
+    if form == "cube":
+        return h**3
+    if form == "exp":
+        return torch.exp(h)
+    raise AssertionError(form)
+
+
+def _norm(form, x, w):
+    if form == "layer_norm":
+        x = F.layer_norm(x, x.shape[-1:])
+    elif form == "cohere":  # CohereLayerNorm
+        mean = x.mean(-1, keepdim=True)
+        variance = (x - mean).pow(2).mean(-1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(variance + 1e-5)
+    elif form == "divide":
+        c = x - x.mean(-1, keepdim=True)
+        x = c / torch.sqrt((c * c).mean(-1, keepdim=True) + 1e-5)
+    elif form == "rms_norm":
+        x = F.rms_norm(x, x.shape[-1:])
+    elif form == "gemma4":  # Gemma4's RMSNorm
+        x = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5)
+    elif form == "l2":  # nGPT's (Dory's) L2 norm
+        x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+    elif form == "twice_mean":
+        x = x - 2 * x.mean(-1, keepdim=True)
+    return w * x
+
+
+class Net(nn.Module):
+    def __init__(self, n, act="relu", norm="layer_norm", positions=None):
+        super().__init__()
+        self.act, self.norm, self.positions = act, norm, positions
+        self.e = nn.Embedding(13, n)
+        self.p = nn.Embedding(8, n)
+        self.g = nn.Parameter(torch.ones(n))
+        self.up, self.down = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        if self.positions == "expand_as":  # XLM's, and its padding mask
+            x = x + self.p(torch.arange(idx.shape[1])[None]).expand_as(x)
+            x *= (idx != 12).unsqueeze(-1).to(x.dtype)
+        elif self.positions == "index":  # Whisper's
+            x = x + self.p.weight[torch.arange(idx.shape[1], device=idx.device)]
+        x = x + self.down(_act(self.act, self.up(_norm(self.norm, x, self.g))))
+        return self.out(x)
+
+
+def _trace(**kw):
+    def build(n):
+        return Net(n, **kw)
+
+    return build, from_torch(build, WIDTHS, _tokens)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return _abc(_trace()[1])
+
+
+@pytest.mark.parametrize(("act", "line"), [
+    ("square", "square = square_relu * square_relu"),
+    ("pow", "mul_1 = 0.5 * mul_1_relu * mul_1_relu"),  # its coefficient kept
+    ("cube", "pow_1 = linear * linear * linear"),
+])
+def test_an_integer_power_of_a_function_is_a_product_of_copies(plain, act, line):
+    build, traced = _trace(act=act)
+    assert line in traced.source.splitlines(), traced.source
+    assert _abc(traced) == plain
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+@pytest.mark.parametrize(("norm", "fn", "positions"), [
+    ("cohere", "layernorm", "expand_as"), ("divide", "layernorm", "index"),
+    ("gemma4", "rmsnorm", "expand_as")])
+def test_a_norm_written_by_hand_is_the_languages_norm(plain, norm, fn, positions):
+    # and a positions embedding, XLM's expand_as, or Whisper's table indexed by the positions
+    build, traced = _trace(norm=norm, positions=positions)
+    assert f"= {fn}(add)" in traced.source, traced.source
+    assert _abc(traced) == {**plain, "p.weight": plain["e.weight"]}
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"act": "exp"}, "a coordinatewise function that is none of"),
+    ({"norm": "l2"}, "a sum over a vector's coordinates \\(an L2 norm"),
+    ({"norm": "twice_mean"}, "a piece of a norm written by hand"),
+])
+def test_what_the_language_cannot_say_is_refused_at_its_line(kw, message):
+    with pytest.raises(TensorProgError, match=message) as err:
+        _trace(**kw)
+    # the forward's line that calls the helper writing the form
+    assert "self.down(_act(" in err.value.diagnostics[0].span.source_line()
+
+
+def test_a_function_of_a_param_alone_is_refused():
+    class Mamba(nn.Module):  # A = -exp(A_log)
+        def __init__(self, n):
+            super().__init__()
+            self.a_log, self.e = nn.Parameter(torch.zeros(n)), nn.Embedding(13, n)
+
+        def forward(self, idx):
+            return self.e(idx) * -torch.exp(self.a_log)
+
+    with pytest.raises(TensorProgError, match="exp.* of a param alone \\(a_log\\)"):
+        from_torch(Mamba, WIDTHS, _tokens)
+
+
+class SoftCapped(nn.Module):
+    """Attention by hand with Gemma 2's soft-cap of the logits (``cap`` 0: none)."""
+
+    def __init__(self, n, cap=0.0):
+        super().__init__()
+        self.cap, self.dh = cap, n // 4
+        self.e = nn.Embedding(13, n)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (f(x).view(b, t, 4, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        s = q @ k.transpose(-1, -2) * self.dh**-0.5
+        if self.cap:
+            s = torch.tanh(s / self.cap) * self.cap
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        s = s.masked_fill(~mask, float("-inf"))
+        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, n)
+        return self.out(x + self.o(y))
+
+
+def test_a_soft_cap_of_the_attention_logits_is_a_function_of_them():
+    def build(n):
+        return SoftCapped(n, cap=50.0)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    capped = [s for s in traced.source.splitlines() if "tanh(" in s]
+    assert len(capped) == 1 and capped[0].split(" = ")[1].startswith("50.0 * tanh("), capped
+    plain = from_torch(SoftCapped, WIDTHS, _tokens)
+    assert _abc(traced) == _abc(plain)  # the attention scale's 1/d among them
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)

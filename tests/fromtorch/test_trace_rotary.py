@@ -1,0 +1,94 @@
+"""from_torch on the interleaved rotary embedding (GPT-J's rotate_every_two, with each angle
+repeated for its pair as GLM, Helium and ERNIE 4.5 write the table; GLM's on half of each head):
+an exact rotation of the pairs (2i, 2i + 1), so the traced program is the network without it.
+Oracle: the same model without the rotary derives the same µP; apply is bit-identical at the
+base; a stack that is no rotate_every_two is refused."""
+
+import pytest
+from conftest import apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+HEADS = 4
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+def _abc(traced):
+    d = derive(traced.program, "adam")
+    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
+
+
+def rotate_every_two(x, form):
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    if form == "bad":  # the pairs' halves not negated: no rotation
+        return torch.stack((x2, x1), dim=-1).flatten(-2)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    """``rotary``: None, "full" (every coordinate of a head), "partial" (GLM's first half),
+    "bad" (a stack that is no rotation)."""
+
+    def __init__(self, n, rotary=None):
+        super().__init__()
+        self.rotary, self.dh = rotary, n // HEADS
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.r = self.dh // 2 if rotary == "partial" else self.dh
+        inv = 1.0 / 10000 ** (torch.arange(0, self.r, 2).float() / self.r)
+        angle = torch.outer(torch.arange(8).float(), inv)
+        self.register_buffer("angle", torch.cat((angle, angle), -1), persistent=False)
+
+    def _rope(self, x):
+        cos = self.angle.cos()[..., : self.r // 2].repeat_interleave(2, dim=-1)
+        sin = self.angle.sin()[..., : self.r // 2].repeat_interleave(2, dim=-1)
+        x_rot, x_pass = x[..., : self.r], x[..., self.r :]
+        turned = x_rot * cos + rotate_every_two(x_rot, self.rotary) * sin
+        return torch.cat((turned, x_pass), dim=-1)
+
+    def forward(self, x):
+        b, t, n = x.shape
+        q, k, v = (
+            f(x).view(b, t, HEADS, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v)
+        )
+        if self.rotary:
+            q, k = self._rope(q), self._rope(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, n))
+
+
+class Net(nn.Module):
+    def __init__(self, n, rotary=None):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.attn = Attention(n, rotary)
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        return self.out(x + self.attn(F.rms_norm(x, x.shape[-1:])))
+
+
+@pytest.mark.parametrize("rotary", ["full", "partial"])
+def test_an_interleaved_rotary_is_the_network_without_it(rotary):
+    def build(n):
+        return Net(n, rotary)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]
+    assert len(notes) == 2, traced.source  # the query and the key
+    assert _abc(traced) == _abc(from_torch(Net, WIDTHS, _tokens))
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+def test_a_stack_that_is_no_rotation_is_refused():
+    with pytest.raises(TensorProgError, match="a stack of vectors"):
+        from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
