@@ -27,6 +27,14 @@ def probe(mup: MuP, model, inputs):
     exported once per width and input shape, then reused (an export takes about a second)."""
     import torch
 
+    ids = [i.name for i in mup.traced.program.inputs if i.kind == "tokens" and i.name != "tok"]
+    if ids:  # segment ids traced as inputs of their own: the probe feeds the token ids alone
+        raise UsageError(
+            f"the model was traced with {', '.join(ids)} as token inputs of their own, which "
+            "the probe (and coord_check) do not feed",
+            help="check the traced program with `tensorprog check`, or trace the model with "
+            "ids of one value (one segment) for its coordinate check; the exponents are the same",
+        )
     shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
     key = (mup.width_of(model), shapes, tuple(tuple(x.shape) for x in inputs))
     if key not in mup.graphs:

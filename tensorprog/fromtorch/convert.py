@@ -32,8 +32,8 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
-    ``given``: the other integer inputs' values on the CPU (an attention mask, token-type ids),
-    keyed by their placeholders."""
+    ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
+    placeholders: (the forward's name for it, its value on the CPU)."""
     refuse_routing(ep)  # before the walk, which would stop at the router's softmax
     conv = Converter(ep, base)
     conv.tok_value = tok_value

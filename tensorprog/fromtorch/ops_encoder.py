@@ -1,10 +1,11 @@
-"""Encoders' readouts: one token's vector read out of the sequence (``h[:, 0]``: BERT's pooler,
-a ViT's classification head), traced as the language's ``first(h)``; and a param used as a
-token of the sequence (a learned class token), refused with how to write it."""
+"""Encoders: one token's vector read out of the sequence (``h[:, 0]``: BERT's pooler, a ViT's
+classification head), traced as the language's ``first(h)``; segment ids given as an input, a
+token input of the program of their own; and a param used as a token of the sequence (a
+learned class token), refused with how to write it."""
 
 from __future__ import annotations
 
-from .values import PRef, Vec
+from .values import Given, PRef, Vec
 from .where import refuse
 
 _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
@@ -12,7 +13,8 @@ _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) val
 
 
 class EncoderOps:
-    """``h[:, 0]`` as ``first(h)``; a param prepended to the sequence, refused."""
+    """``h[:, 0]`` as ``first(h)``; segment ids as a token input; a param prepended to the
+    sequence, refused."""
 
     def first_token(self, node, v, dim, index) -> Vec:
         """``h[:, 0]`` (``select`` of the sequence axis at 0) of a per-token vector: the first
@@ -36,6 +38,27 @@ class EncoderOps:
         self.out.stmts.append(f"{name} = first({x.name})")
         self.out.vectors[name] = (node.name, "out")
         return Vec(name, ("tok", "F"), x.dim)
+
+    def ids_lookup(self, node, w: PRef, idx: Given) -> Vec:
+        """A lookup of ids given as an input other than the token ids, varying along the
+        sequence or the batch (BERT's token-type ids of two segments): a token input of the
+        program of its own, ``input token_type_ids : tokens[T, S]`` with S the table's rows, so
+        the table is an embedding like the token one (init and LR Θ(1) under Adam)."""
+        shape = tuple(idx.value.shape)
+        if self.tok_value is None or shape != tuple(self.tok_value.shape) or w.t or w.rows:
+            raise refuse(node, f"a lookup of the input {idx.input} of shape {list(shape)}, "
+                         "not one id per token of the token ids", help="give one id per token, "
+                         "of the token ids' shape (batch, tokens)")
+        if idx.input not in self.id_inputs:
+            self.id_inputs[idx.input] = self.fresh(idx.input)
+        src = self.id_inputs[idx.input]
+        table, _ = self.param(w, node, lookup=True)
+        self.out.ids[src] = w.shape[0]
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {table} @ {src}")
+        self.out.vectors[name] = (node.name, "out")
+        self.out.producers[name] = (table, None)
+        return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 
     def param_as_token(self, node, v: PRef):
         """A param broadcast over the batch (``cls.expand(B, 1, n)``), to be put among the

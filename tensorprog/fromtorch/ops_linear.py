@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .ops_conv import is_image
 from .ops_relative import refuse_relative, relative_kind
-from .values import Affine, Conc, ParamUse, PRef, Probs, Scores, Tok, Vec
+from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
 
@@ -38,6 +38,8 @@ class LinearOps:
             return self._row(node, w, row)
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
             raise refuse_relative(node, kind, w.shape[0])  # T5's bias: named, with the fix
+        elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)
+            return self.ids_lookup(node, w, idx)
         else:
             raise refuse(
                 node,
@@ -45,7 +47,8 @@ class LinearOps:
                 "nor the positions k..k+T-1 (the same for every sequence of the batch), "
                 "nor one constant id",
                 help="look up the token input, positions or one id the model fixes; "
-                "ids that vary otherwise (segments of the input) are not traced",
+                "ids that vary otherwise are traced only as an input of the forward (segments: "
+                "token_type_ids=)",
             )
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {table} @ {src}")

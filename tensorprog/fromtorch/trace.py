@@ -312,18 +312,28 @@ def _token_ids(args: tuple, kwargs: dict) -> int:
     return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
 
 
-def _given(ep, leaves: tuple, tok: int) -> dict:
+def _given(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
     """The integer inputs other than the token ids (an attention mask, token-type ids), by
-    their placeholders in ``ep``, on the CPU: constants of the trace (a mask of all ones keeps
-    every key; token-type ids of one value are one row of their table). ``ep``'s user inputs
-    are ``leaves`` in order (positional, then keyword); float ones stay inputs of their own."""
+    their placeholders in ``ep``: (the forward's name for it, its value on the CPU). Constants
+    of the trace (a mask of all ones keeps every key; token-type ids of one value are one row
+    of their table; varying ones, segments, a token input of their own named so). ``ep``'s user
+    inputs are the positional ones, then the keyword ones, in order; float ones stay inputs of
+    their own."""
+    import inspect
+
     import torch
 
+    leaves = (*args, *kwargs.values())
     specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     assert len(specs) == len(leaves), (specs, leaves)  # flat inputs, checked by _inputs
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in kinds]
+    names = [params[i] if i < len(params) else s.arg.name for i, s in enumerate(specs[:len(args)])]
+    names += list(kwargs)
     return {
-        s.arg.name: x.detach().to("cpu")
-        for i, (s, x) in enumerate(zip(specs, leaves, strict=True))
+        s.arg.name: (name, x.detach().to("cpu"))
+        for i, (s, name, x) in enumerate(zip(specs, names, leaves, strict=True))
         if i != tok and isinstance(x, torch.Tensor) and not x.is_floating_point()
     }
 
@@ -373,7 +383,7 @@ def from_torch(
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model)
-            traces.append(convert(ep, base, tok, scalars, _given(ep, leaves, k)))
+            traces.append(convert(ep, base, tok, scalars, _given(ep, model, args, kwargs, k)))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -500,7 +510,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     base = {strip_prefix(k): v for k, v in base.items()}
     decls = [d.format(**values) for d in t1.decls]
     stmts = [s.format(**values) for s in t1.stmts]
-    notes = fixed_dim_notes(decls, stmts, dims, t1.params)
+    notes = fixed_dim_notes(decls, stmts, dims, t1.params, ("tok", "pos", *t1.ids))
     rolled = note = None
     if layout is not None:
         modules, model = layout
@@ -572,6 +582,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
     elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
         lines.append(f"dim T = {seq}")
+    for name, rows in t1.ids.items():  # segment ids: token inputs of their own vocabulary
+        lines += [f"dim V_{name} = {rows}", f"input {name} : tokens[T, V_{name}]"]
     if any(" @ pos" in s for s in t1.stmts):
         lines.append("input pos : positions[T]")
     lines += body
@@ -582,7 +594,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
 _PARAM = re.compile(r"param (\w+) : \[(\w+), (\w+)\]")
 
 
-def fixed_dim_notes(decls: list[str], stmts: list[str], dims: dict, params: dict) -> list[str]:
+def fixed_dim_notes(decls: list[str], stmts: list[str], dims: dict, params: dict,
+                    inputs=("tok", "pos")) -> list[str]:
     """A dim that keeps its size while the width grows, between two width dims: a matrix maps
     the width to it and another maps it back (an ``intermediate_size`` the config fixes). The
     layer between is then not widened at all: µP treats the matrix into it as a readout and the
@@ -592,7 +605,8 @@ def fixed_dim_notes(decls: list[str], stmts: list[str], dims: dict, params: dict
     what to change. A token or position table (``E @ tok``) maps a finite one-hot input to the
     width, which is no bottleneck."""
     fixed = {d for d, rhs in dims.items() if "n" not in rhs}
-    lookups = {m.group(1) for s in stmts if (m := re.search(r"(\w+) @ (tok|pos)\b", s))}
+    lookups = {m.group(1) for s in stmts
+               if (m := re.search(rf"(\w+) @ ({'|'.join(inputs)})\b", s))}
     into: dict[str, list[str]] = {}
     out_of: dict[str, list[str]] = {}
     for d in decls:

@@ -61,6 +61,15 @@ class Conc:
 
 
 @dataclass
+class Given(Conc):
+    """An integer input other than the token ids (an attention mask, token-type ids), known on
+    the CPU from the example inputs: a constant, except where a lookup reads its ids as they
+    vary (segments), which makes it a token input of the program of its own."""
+
+    input: str = ""  # the forward's name for it (token_type_ids)
+
+
+@dataclass
 class Aux:
     """A value free of params whose entries are unknown here (from a buffer)."""
 
@@ -229,6 +238,8 @@ class Trace:
     rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
     # coefficient slot -> {x: the vector it multiplies ('' under a function), span}
     coefs: dict[int, dict] = field(default_factory=dict)
+    # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
+    ids: dict[str, int] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.

@@ -15,6 +15,7 @@ from .values import (
     Aux,
     Centered,
     Conc,
+    Given,
     KVRepeat,
     Mean,
     MeanSq,
@@ -119,8 +120,10 @@ class Walker:
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
-        # values on the CPU, constants of the trace as the masks computed from the ids are
+        # names and values on the CPU, constants of the trace as the masks computed from the
+        # ids are
         self.given: dict = {}
+        self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
@@ -293,7 +296,8 @@ class Walker:
                     # graph as a constant, so it is no input of the program
                     self.env[node.name] = Aux()
                 elif spec.kind.name == "USER_INPUT" and node.name in self.given:
-                    self.env[node.name] = Conc(self.given[node.name])
+                    name, value = self.given[node.name]
+                    self.env[node.name] = Given(value, name)
                 elif spec.kind.name == "USER_INPUT" and val.dtype.is_floating_point:
                     self.env[node.name] = self.float_input(node, val)  # an image: ops_conv.py
                 elif spec.kind.name == "USER_INPUT":

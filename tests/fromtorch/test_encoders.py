@@ -1,14 +1,14 @@
 """from_torch on encoders: bidirectional attention (sdpa without a mask, eager attention with an
 additive mask of zeros, HF's bidirectional masks), the first token's vector read out (``h[:, 0]``,
 BERT's pooler, traced as ``first(h)``), and keyword and None inputs (``attention_mask=``,
-``token_type_ids=``). The oracle: HF's BertForPreTraining traced derives, param by param, the
-exponents of examples/bert.tp written by hand."""
+``token_type_ids=``, of one segment or two). The oracle: HF's BertForPreTraining traced
+derives, param by param, the exponents of examples/bert.tp written by hand."""
 
 import re
 
 import pytest
 import sympy as sp
-from conftest import ROOT, emit_program
+from conftest import ROOT, apply_is_bit_identical_at_base, emit_program
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -99,6 +99,23 @@ def test_keyword_and_none_inputs(encoder):
     typed = from_torch(lambda n: Encoder(n, types=True), WIDTHS,
                        lambda m: (_tokens(m)[0], None, torch.zeros_like(ones)))
     assert "param tt_weight_row0 : [n]" in typed.source
+    # token types that vary (two segments): a token input of the program of its own, named as
+    # the forward names it, whose table derives as the token embedding
+    segments = torch.zeros_like(ones)
+    segments[:, T // 2:] = 1
+    seg = from_torch(lambda n: Encoder(n, types=True), WIDTHS,
+                     lambda m: {"idx": _tokens(m)[0], "token_type_ids": segments})
+    assert "input token_type_ids : tokens[T, V_token_type_ids]" in seg.source
+    assert "tt_weight @ token_type_ids" in seg.source
+    for optimizer in ("adam", "sgd"):
+        abc = _abc(seg, optimizer)
+        assert abc["tt.weight"] == abc["e.weight"], optimizer
+    apply_is_bit_identical_at_base(seg, lambda n: Encoder(n, types=True),
+                                   lambda m: (_tokens(m)[0], None, segments))
+    # coord_check feeds the token ids alone: refused, saying what to do
+    with pytest.raises(tp.TensorProgError, match="traced with token_type_ids as token inputs "
+                       "of their own"):
+        coord_check(MuP(seg, "adam"), (32, 64), seeds=(0,))
     # a padding mask hides keys per example: refused at the attention, with what to do
     pad = ones.clone()
     pad[0, -2:] = 0
