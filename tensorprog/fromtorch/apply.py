@@ -38,7 +38,7 @@ class Patch:
     module: str
     node: str
     exponent: Fraction
-    rows: tuple[Fraction, Fraction] | None
+    rows: tuple | None  # (lo, hi) of the features, or (lo, hi, groups, group_rows): scale_rows
     why: str
     param: str | None = None
 
@@ -174,7 +174,7 @@ class MuP:
                     use.module,
                     use.node,
                     delta,
-                    use.rows,
+                    use.rows and (*use.rows, use.groups, use.group_rows),
                     f"{scale}: query rows of fused {use.target} times "
                     f"(n/base)^{-delta} (its LR is shared with k and v)"
                     if use.rows
@@ -304,6 +304,10 @@ class MuP:
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0
+        groups = _groups(use.groups, use.group_rows, t.shape[axis])
+        if groups > 1:  # the same block of every head's rows (a fused qkv laid out per head)
+            t = t.unflatten(axis, (groups, -1))
+            axis += 1
         size = t.shape[axis]
         lo, hi = (int(r * size) for r in use.rows)
         return t.narrow(axis, lo, hi - lo)
@@ -580,16 +584,26 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 
 
 def _rows(use) -> str:
-    return f"[{use.rows[0]}:{use.rows[1]} of rows]" if use.rows else ""
+    each = " of each head" if use.groups or use.group_rows else ""
+    return f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+
+
+def _groups(groups: int | None, group_rows: int | None, size: int) -> int:
+    """How many groups of rows a fused axis of ``size`` rows has: a fixed count, or one per
+    ``group_rows`` rows (1: a plain row block)."""
+    return groups or (size // group_rows if group_rows else 1)
 
 
 def scale_rows(out, factor: float, rows):
+    """``out`` with its features ``rows`` times ``factor``: (lo, hi) fractions of the features,
+    or (lo, hi, groups, group_rows) of every group of them (a fused qkv laid out per head)."""
     if rows is None:
         return out * factor
     size = out.shape[-1]
-    lo, hi = (int(r * size) for r in rows)
     scale = out.new_ones(size)
-    scale[lo:hi] = factor
+    view = scale.view(_groups(*rows[2:], size) if rows[2:] else 1, -1)
+    lo, hi = (int(r * view.shape[-1]) for r in rows[:2])
+    view[:, lo:hi] = factor
     return out * scale
 
 

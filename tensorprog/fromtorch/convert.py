@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
@@ -16,7 +17,7 @@ from .values import Trace
 from .walk import Walker
 
 
-class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
+class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, FusedHeadOps):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 
