@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .values import Affine, Parts
+from .values import Affine, Parts, Scores, Vec
 
 _SPLITS = ("chunk", "split", "split_with_sizes", "slice")
 
@@ -124,6 +124,22 @@ class FusedHeadOps:
             items.append(dataclasses.replace(block, w=w, b=b, tags=v.tags, dh=v.dh))
             start += s
         return Parts(items)
+
+    def merged_heads(self, old, shape, v):
+        """The batch and heads axes merged into one and split back (BART's attention, MVP,
+        TrOCR: ``q.reshape(b * H, t, dh)``, ``bmm``, ``.view(b, H, t, t)``): each row of the
+        merged axis is one head of one sequence, all that attention reads of it, so it is
+        tagged as the heads axis; None for any other view."""
+        old, shape = tuple(old), tuple(shape)
+        if not isinstance(v, (Vec, Scores)):
+            return None
+        if v.tags[:2] == ("tok", "H") and len(old) == 4 and shape == (old[0] * old[1], *old[2:]):
+            return self._retag(v, ("H",) + v.tags[2:])
+        if v.tags[0] == "H" and len(old) == 3 and len(shape) == 4 and (
+            shape[0] * shape[1] == old[0] and shape[2:] == old[1:]
+        ):
+            return self._retag(v, ("tok", "H") + v.tags[1:])
+        return None
 
     def head_part(self, v, node):
         """A block of a per-head layer, as the vector it is (named by the node that takes it:

@@ -25,8 +25,8 @@ class LayoutOps:
         tags = self._tags(v)
         old = self._shape(node.args[0])
         groups = self._groups(node, v, old, shape)
-        if groups is None:  # a fused qkv laid out per head (ops_heads.py)
-            groups = self.fused_heads(node, v, old, shape)
+        if groups is None:  # a fused qkv laid out per head, heads merged with the batch
+            groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
         if groups is not None:
             return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]

@@ -110,3 +110,58 @@ def test_apply_writes_each_per_head_block_into_its_own_rows():
             lin.weight.copy_(wb[:, i].reshape(128, 128) * (0.5 if i == 0 else 1))
             lin.bias.copy_(bb[:, i].reshape(128) * (0.5 if i == 0 else 1))
     torch.testing.assert_close(model(*given), oracle(*given), rtol=1e-5, atol=1e-6)
+
+
+class Bart(nn.Module):
+    """BART's attention (MVP, TrOCR): the query scaled by dh ** -0.5 by hand, batch and heads
+    merged for ``bmm`` (``reshape(b * H, t, dh)``), an additive causal mask on the logits viewed
+    back per head; two layers, rolled into a block (``sdpa``: the same block with sdpa)."""
+
+    class Layer(nn.Module):
+        def __init__(self, n, sdpa):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
+            self.h, self.dh, self.sdpa = 4, n // 4, sdpa
+
+        def forward(self, x):
+            b, t, c = x.shape
+            heads = lambda z: z.view(b, t, self.h, self.dh).transpose(1, 2)  # noqa: E731
+            if self.sdpa:
+                y = F.scaled_dot_product_attention(
+                    heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
+            else:
+                q, k, v = (heads(z).reshape(b * self.h, t, self.dh)
+                           for z in (self.q(x) * self.dh ** -0.5, self.k(x), self.v(x)))
+                mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
+                s = torch.bmm(q, k.transpose(1, 2)).view(b, self.h, t, t) + mask
+                p = s.view(b * self.h, t, t).softmax(-1)
+                y = torch.bmm(p, v).view(b, self.h, t, self.dh)
+            return x + self.o(y.transpose(1, 2).reshape(b, t, c))
+
+    def __init__(self, n, sdpa=False):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.layers = nn.ModuleList(Bart.Layer(n, sdpa) for _ in range(2))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        for layer in self.layers:
+            x = layer(x)
+        return self.out(x)
+
+
+def test_attention_with_batch_and_heads_merged_derives_as_sdpa():
+    traced = from_torch(Bart, WIDTHS, _tokens)
+    oracle = from_torch(lambda n: Bart(n, sdpa=True), WIDTHS, _tokens)
+    assert "dot(" in traced.source and traced.stack is not None
+    assert _abc(traced) == _abc(oracle)
+    # the hand-written dh ** -0.5 is a width constant of every layer, folded into the block's
+    # query layer once (a later layer's is the block's), and measured as the block's vector
+    mup = MuP(traced, "adam")
+    fixed = [info for info in mup.traced.scales.values() if info.get("fixed")]
+    assert [info["out"].partition(".")[0] for info in fixed] == ["layers"]
+    torch.manual_seed(0)
+    model, given = Bart(32), _tokens(None)
+    before = model(*given)
+    mup.apply(model)
+    assert torch.equal(model(*given), before)
