@@ -65,11 +65,15 @@ def _abc(traced):
     return sorted((d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in traced.params)
 
 
+@pytest.fixture(scope="module")
+def separate():
+    return _abc(from_torch(lambda n: PerHead(n, "separate"), WIDTHS, _tokens))
+
+
 @pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon"])
-def test_a_per_head_fused_qkv_derives_as_three_projections(form):
+def test_a_per_head_fused_qkv_derives_as_three_projections(form, separate):
     fused = from_torch(lambda n: PerHead(n, form), WIDTHS, _tokens)
-    separate = from_torch(lambda n: PerHead(n, "separate"), WIDTHS, _tokens)
-    assert _abc(fused) == _abc(separate)
+    assert _abc(fused) == separate
     blocks = {p: u for p, u in fused.params.items() if u.target == "qkv.weight"}
     if form == "falcon":  # whole heads: q the first 4, then k and v one each (contiguous)
         shares = [Fraction(0), Fraction(4, 6), Fraction(5, 6), Fraction(1)]
