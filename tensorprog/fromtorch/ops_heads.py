@@ -125,6 +125,21 @@ class FusedHeadOps:
             start += s
         return Parts(items)
 
+    def one_head(self, node, v, dim):
+        """A fused layer's output given a heads axis of 1 before its tokens and split along its
+        features (GPT-BigCode's multi-query ``c_attn(x).unsqueeze(1).split((n, dh, dh), 3)``):
+        each part is a block of rows, one head of its whole size (the query is viewed into its
+        heads after; the key and value stay one head each); None for any other added axis."""
+        ndim = len(node.meta["val"].shape)
+        if not (isinstance(v, Affine) and v.dh is None and v.tags == ("tok", "tok", "F")
+                and v.w.rows is None and dim % ndim == 1 and node.users and all(
+                    _op(u) in ("split", "split_with_sizes") and _dim(u, 0) % ndim == ndim - 1
+                    for u in node.users)):
+            return None
+        size = v.w.shape[1] if v.w.t else v.w.shape[0]
+        return dataclasses.replace(v, node=node.name, tags=("tok", "H", "tok", "dh"), dh=size,
+                                   layer=v.layer or v.node)
+
     def merged_heads(self, old, shape, v):
         """The batch and heads axes merged into one and split back (BART's attention, MVP,
         TrOCR: ``q.reshape(b * H, t, dh)``, ``bmm``, ``.view(b, H, t, t)``): each row of the
@@ -139,6 +154,10 @@ class FusedHeadOps:
             shape[0] * shape[1] == old[0] and shape[2:] == old[1:]
         ):
             return self._retag(v, ("tok", "H") + v.tags[1:])
+        if isinstance(v, Vec) and v.tags == ("tok", "H", "tok", "dh") and old[1] == 1 and (
+            len(shape) == 4 and shape[:2] == (old[0], old[2]) and shape[2] * shape[3] == old[3]
+        ):  # one head of a whole query (GPT-BigCode's) viewed into its heads
+            return Vec(v.name, ("tok", "tok", "H", "dh"), v.dim, shape[3])
         return None
 
     def head_part(self, v, node):

@@ -161,19 +161,21 @@ class LayoutOps:
             )
         items, start = [], 0
         for s in sizes:
-            items.append(self.row_block(v, start, start + s, v.node))  # named by getitem
+            # named by getitem, and by its place: a block's rows need not say it (GPT-BigCode's
+            # key starts at row n, n / dh heads in)
+            items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
             start += s
         return Parts(items)
 
-    def row_block(self, v: Affine, lo: int, hi: int, name: str) -> Affine:
+    def row_block(self, v: Affine, lo: int, hi: int, name: str, part=None) -> Affine:
         """Output features lo..hi of a linear layer (of a row block of it): the rows lo..hi of
         its weight and bias, a param of their own in the program (so a fused projection traces
         as the separate ones it stands for)."""
         off = v.w.rows[0] if v.w.rows else 0
         rows = (off + lo, off + hi)
         # per head (v.dh: ops_heads.py), rows lo..hi of each head's group of rows
-        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, period=v.w.period)
-        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, period=v.b.period)
+        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, period=v.w.period, part=part)
+        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, period=v.b.period, part=part)
               if v.b is not None else None)
         return Affine(v.x, wr, br, name, v.tags, v.layer or v.node, hi - lo if v.dh else None)
 
@@ -192,4 +194,7 @@ class LayoutOps:
     def op_unsqueeze(self, node, v, dim):
         if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
+        one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
+        if one is not None:
+            return one
         raise refuse(node, "an added axis on a per-token vector")

@@ -1,9 +1,10 @@
 """A fused qkv laid out per head (head h's rows are [q_h; k_h; v_h]): GPT-NeoX's view (H, 3·dh)
 chunked, GPT-NeoX-Japanese's slices of it, Bloom's and Persimmon's view (H, 3, dh) indexed; and
-Falcon's multi-query layer viewed per head and split into H query heads, one key and one value
-head. The oracle is the same attention with separate projections (for Falcon's, multi-head:
-grouped-query attention derives MHA's exponents, docs/theory.md): the fused model's row blocks
-must derive exactly as they, and `apply` must write each block's init into its own rows."""
+the multi-query layers, Falcon's viewed per head and split into H query heads, one key and one
+value head, GPT-BigCode's split after an added heads axis. The oracle is the same attention with
+separate projections (for the multi-query ones, multi-head: grouped-query attention derives
+MHA's exponents, docs/theory.md): the fused model's row blocks must derive exactly as they, and
+`apply` must write each block's init into its own rows."""
 
 from fractions import Fraction
 
@@ -32,7 +33,7 @@ class PerHead(nn.Module):
         self.form, self.h = form, heads or n // 8
         self.dh = n // self.h
         self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
-        kv = self.dh if form == "falcon" else n  # multi-query: one key/value head
+        kv = self.dh if form in ("falcon", "bigcode") else n  # multi-query: one key/value head
         if form == "separate":
             self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, kv), nn.Linear(n, kv)
         else:
@@ -44,6 +45,9 @@ class PerHead(nn.Module):
         if self.form == "separate":
             q, k, v = (f(x).view(b, t, -1, self.dh).transpose(1, 2)
                        for f in (self.q, self.k, self.v))
+        elif self.form == "bigcode":
+            q, k, v = self.qkv(x).unsqueeze(1).split([c, self.dh, self.dh], dim=3)
+            q = q.view(b, t, -1, self.dh).transpose(1, 2)
         elif self.form == "falcon":
             q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, -1, self.dh).split(
                 [self.h, 1, 1], dim=-2))
@@ -70,12 +74,12 @@ def separate():
     return _abc(from_torch(lambda n: PerHead(n, "separate"), WIDTHS, _tokens))
 
 
-@pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon"])
+@pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon", "bigcode"])
 def test_a_per_head_fused_qkv_derives_as_three_projections(form, separate):
     fused = from_torch(lambda n: PerHead(n, form), WIDTHS, _tokens)
     assert _abc(fused) == separate
     blocks = {p: u for p, u in fused.params.items() if u.target == "qkv.weight"}
-    if form == "falcon":  # whole heads: q the first 4, then k and v one each (contiguous)
+    if form in ("falcon", "bigcode"):  # whole heads: q's 4, then k and v one each (contiguous)
         shares = [Fraction(0), Fraction(4, 6), Fraction(5, 6), Fraction(1)]
         assert sorted(u.rows for u in blocks.values()) == list(zip(shares, shares[1:],
                                                                    strict=False))
