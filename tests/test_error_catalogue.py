@@ -1632,32 +1632,43 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
         mup.param_groups(build(64), **{"lr": 1e-3, "decay": "decoupled", **given})
 
 
-def test_mup_refuses_to_fold_the_attention_scale_into_a_normalised_query():
+def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without_a_gain():
     # before: KeyError deep in MuP (HF OLMo-2, 4 heads); the factor cannot live in a weight
-    # whose output a norm rescales, so it is refused with what to build instead
+    # whose output a norm rescales, and a norm without a gain has no param after it to take it,
+    # so it is refused with what to build instead
     import torch
     from torch import nn
 
     from tensorprog.fromtorch import MuP, from_torch
 
     class QKNorm(nn.Module):
-        def __init__(self, n):
+        def __init__(self, n, affine=False):
             super().__init__()
             self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
             self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
-            self.qn = nn.LayerNorm(n)
+            self.qn = nn.LayerNorm(n, elementwise_affine=affine)
+            self.affine = affine  # then q and k share the norm and its gain
 
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
+            k = self.qn(self.k(h)) if self.affine else self.k(h)
             q, k, v = (z.view(b, t, 4, c // 4).transpose(1, 2)
-                       for z in (self.qn(self.q(h)), self.k(h), self.v(h)))
+                       for z in (self.qn(self.q(h)), k, self.v(h)))
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.head(h + y.transpose(1, 2).reshape(b, t, c))
 
-    traced = from_torch(QKNorm, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
-    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not made by a layer whose init "
-                       r"and LR could take it.*help: build the model with a fixed head dim"):
+    tokens = lambda m: (torch.zeros(2, 8, dtype=torch.long),)  # noqa: E731
+    traced = from_torch(QKNorm, (16, 32), tokens)
+    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not made by a layer or a gain "
+                       r"whose init and LR could take it.*elementwise_affine=False.*help: give "
+                       r"the query's norm a gain.*or build the model with a fixed head dim"):
+        MuP(traced, "adam")
+    # a gain q and k share would take the factor twice, on both sides of the logits
+    traced = from_torch(lambda n: QKNorm(n, affine=True), (16, 32), tokens)
+    with pytest.raises(UsageError, match=r"(?s)folds into the query's gain qn.weight only when "
+                       r"nothing else reads that gain.*help: give the query's norm a gain of "
+                       r"its own"):
         MuP(traced, "adam")
 
 

@@ -38,7 +38,7 @@ class Patch:
     module: str
     node: str
     exponent: Fraction
-    rows: tuple[Fraction, Fraction] | None
+    rows: tuple | None  # (lo, hi) of the features, or (lo, hi, groups, group_rows): scale_rows
     why: str
     param: str | None = None
 
@@ -94,6 +94,7 @@ class MuP:
         }
         self._depth_exponents(k)
         self.folded: list[str] = []
+        self.const_fold: dict[str, Fraction] = {}  # param -> multiplier folded into it
         self.patches: list[Patch] = []
         for name, info in traced.scales.items():
             delta = self._derived_a(name, info) - info["model_a"]
@@ -128,24 +129,39 @@ class MuP:
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         if info["q"] not in self.traced.producers:
-            # a normalised query (QK-norm over a head dim that grows): no layer's init or LR
-            # reaches the logits' size, and no patch is known to be right
+            # a query normalised without a gain (QK-norm with elementwise_affine=False, over a
+            # head dim that grows): a norm's output is Θ(1) whatever its input's scale, so no
+            # param before it can take the factor, and the norm has no gain after it
             raise UsageError(
                 f"{scale}: µP needs the attention logits times (n/base)^{-delta} against the "
-                f"model's own scale, but the query {info['q']} is not made by a layer whose "
-                "init and LR could take it (a query normalised per head, as QK-norm does)",
-                help="build the model with a fixed head dim (heads that grow with the width), "
-                "where the scale needs no change",
+                f"model's own scale, but the query {info['q']} is not made by a layer or a "
+                "gain whose init and LR could take it (a query normalised without a gain: "
+                "QK-norm with elementwise_affine=False)",
+                help="give the query's norm a gain (elementwise_affine=True; the factor then "
+                "folds into the gain's init and LR), or build the model with a fixed head dim "
+                "(heads that grow with the width), where the scale needs no change",
             )
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
         # a matrix read twice (a tied embedding) would carry the factor into its other use too
         alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
+        gain = len(self.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
+        if gain and not alone:
+            # the module that applies a gain need not output the query alone (a gain written
+            # inline in the attention's forward), so a forward patch could scale more than it
+            raise UsageError(
+                f"{scale}: µP needs the attention logits times (n/base)^{-delta}, which folds "
+                f"into the query's gain {use.target} only when nothing else reads that gain",
+                help="give the query's norm a gain of its own (not shared with the keys), or "
+                "build the model with a fixed head dim, where the scale needs no change",
+            )
         if use.rows is None and alone:
             for p in (w, b):
                 if p:
                     self.init_exp[p] += delta
                     self.lr_exp[p] += k * delta
+                    # a gain's init is a constant (1): apply multiplies that constant instead
+                    self.const_fold[p] = self.const_fold.get(p, 0) + delta
                     if p in self.eps_exp:
                         self.eps_exp[p] -= delta
             self.folded.append(
@@ -158,7 +174,7 @@ class MuP:
                     use.module,
                     use.node,
                     delta,
-                    use.rows,
+                    use.rows and (*use.rows, use.groups, use.group_rows),
                     f"{scale}: query rows of fused {use.target} times "
                     f"(n/base)^{-delta} (its LR is shared with k and v)"
                     if use.rows
@@ -288,6 +304,10 @@ class MuP:
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0
+        groups = _groups(use.groups, use.group_rows, t.shape[axis])
+        if groups > 1:  # the same block of every head's rows (a fused qkv laid out per head)
+            t = t.unflatten(axis, (groups, -1))
+            axis += 1
         size = t.shape[axis]
         lo, hi = (int(r * size) for r in use.rows)
         return t.narrow(axis, lo, hi - lo)
@@ -312,6 +332,8 @@ class MuP:
         with torch.no_grad():
             for name, use, layer in self._uses(model):
                 kind, sigma = self._base(name, use, layer)
+                if kind == "const" and self.const_fold.get(name) and not at_base:
+                    report.lines.append(self._fold_constant(model, name, use, sigma, r))
                 if kind == "const" or sigma is None or at_base:
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
@@ -336,6 +358,17 @@ class MuP:
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
         return report
+
+    def _fold_constant(self, model, name: str, use: ParamUse, value: float, r: float) -> str:
+        """A multiplier m folded into a param of constant init (a QK-norm gain): the program's
+        gain g (its init is the program's constant: Gemma's 1 + w has w = 0, g = 1) starts at
+        m·g, so the model's tensor w = g - offset is set to value + g·(m - 1)."""
+        g = self.program.param_table[name].base
+        g = float(g) if g is not None else value
+        m = r ** -float(self.const_fold[name])
+        self._view(model, use).fill_(value + g * (m - 1))
+        return (f"init {use.target}: constant {value:g} -> {value + g * (m - 1):.4g} (the gain "
+                f"{g:g} x (n/base)^-{self.const_fold[name]})")
 
     def remove_patches(self, model) -> None:
         for h in self._hooks.pop(id(model), []):
@@ -551,16 +584,26 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 
 
 def _rows(use) -> str:
-    return f"[{use.rows[0]}:{use.rows[1]} of rows]" if use.rows else ""
+    each = " of each head" if use.groups or use.group_rows else ""
+    return f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+
+
+def _groups(groups: int | None, group_rows: int | None, size: int) -> int:
+    """How many groups of rows a fused axis of ``size`` rows has: a fixed count, or one per
+    ``group_rows`` rows (1: a plain row block)."""
+    return groups or (size // group_rows if group_rows else 1)
 
 
 def scale_rows(out, factor: float, rows):
+    """``out`` with its features ``rows`` times ``factor``: (lo, hi) fractions of the features,
+    or (lo, hi, groups, group_rows) of every group of them (a fused qkv laid out per head)."""
     if rows is None:
         return out * factor
     size = out.shape[-1]
-    lo, hi = (int(r * size) for r in rows)
     scale = out.new_ones(size)
-    scale[lo:hi] = factor
+    view = scale.view(_groups(*rows[2:], size) if rows[2:] else 1, -1)
+    lo, hi = (int(r * view.shape[-1]) for r in rows[:2])
+    view[:, lo:hi] = factor
     return out * scale
 
 

@@ -10,6 +10,7 @@ from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
+from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
@@ -22,7 +23,7 @@ from .walk import Walker
 
 class Converter(
     Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
-    NormOps, ConvOps, EncoderOps,
+    NormOps, ConvOps, EncoderOps, FusedHeadOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 

@@ -160,6 +160,11 @@ class ArithOps:
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {names[0]} * {names[1]}")
         self.out.vectors[name] = (node.name, "out")
+        gains = [n for n, x in zip(names, (u, v), strict=True) if isinstance(x, PRef)]
+        if len(gains) == 1:
+            # g * x is linear in the gain g as W @ x is in W: a multiplier on the product
+            # (attention's scale on a normalised query) folds into g's init and LR
+            self.out.producers[name] = (gains[0], None)
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def op_div(self, node, u, v):

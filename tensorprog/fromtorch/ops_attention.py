@@ -36,6 +36,9 @@ class AttentionOps:
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {expr}")
         self.out.vectors[name] = (node.name, "out")
+        if w is not None:  # g * norm(x) + b is linear in (g, b), as W @ x + b in (W, b)
+            self.out.producers[name] = (self.vector_param(w, node),
+                                        self.vector_param(b, node) if b is not None else None)
         return Vec(name, x.tags, x.dim, x.dh)
 
     def norm_args(self, x: Vec) -> str:

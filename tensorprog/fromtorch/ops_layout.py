@@ -30,6 +30,8 @@ class LayoutOps:
         tags = self._tags(v)
         old = self._shape(node.args[0])
         groups = self._groups(node, v, old, shape)
+        if groups is None:  # a fused qkv laid out per head, heads merged with the batch
+            groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
         if groups is not None:
             return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
@@ -83,7 +85,7 @@ class LayoutOps:
 
     def op_select(self, node, v, dim, index):
         if isinstance(v, Parts):
-            return dataclasses.replace(v.items[index], node=node.name)
+            return self.head_part(dataclasses.replace(v.items[index], node=node.name), node)
         return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
 
     def _whole(self, node, v):
@@ -115,6 +117,8 @@ class LayoutOps:
         self._whole(node, v)
         tags = list(self._tags(v))
         tags[d0], tags[d1] = tags[d1], tags[d0]
+        if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
+            return self._retag(v, tuple(tags))
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
 
     def op_t(self, node, v):
@@ -150,6 +154,8 @@ class LayoutOps:
 
     def _split(self, node, v, sizes, dim):
         ndim = len(self._shape(node.args[0]))
+        if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
+            return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
         if not isinstance(v, Affine) or dim % ndim != ndim - 1:
             raise refuse(
                 node,
@@ -159,32 +165,40 @@ class LayoutOps:
             )
         items, start = [], 0
         for s in sizes:
-            items.append(self.row_block(v, start, start + s, v.node))  # named by getitem
+            # named by getitem, and by its place: a block's rows need not say it (GPT-BigCode's
+            # key starts at row n, n / dh heads in)
+            items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
             start += s
         return Parts(items)
 
-    def row_block(self, v: Affine, lo: int, hi: int, name: str) -> Affine:
+    def row_block(self, v: Affine, lo: int, hi: int, name: str, part=None) -> Affine:
         """Output features lo..hi of a linear layer (of a row block of it): the rows lo..hi of
         its weight and bias, a param of their own in the program (so a fused projection traces
         as the separate ones it stands for)."""
         off = v.w.rows[0] if v.w.rows else 0
         rows = (off + lo, off + hi)
-        wr = PRef(v.w.target, v.w.shape, v.w.t, rows)
-        br = PRef(v.b.target, v.b.shape, v.b.t, rows) if v.b is not None else None
-        return Affine(v.x, wr, br, name, v.tags, v.layer or v.node)
+        # per head (v.dh: ops_heads.py), rows lo..hi of each head's group of rows
+        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, period=v.w.period, part=part)
+        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, period=v.b.period, part=part)
+              if v.b is not None else None)
+        return Affine(v.x, wr, br, name, v.tags, v.layer or v.node, hi - lo if v.dh else None)
 
     def op_slice(self, node, v, dim=0, start=None, end=None, step=1):
         ndim = len(self._shape(node.args[0]))
-        if isinstance(v, Affine) and dim % ndim == ndim - 1 and step == 1:
+        block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
+        if block and dim % ndim == ndim - 1 and step == 1:
             size = self._shape(node.args[0])[-1]
             lo, hi = (
                 min(size, max(0, e + size if e < 0 else e))
                 for e in (start or 0, size if end is None else end)
             )
-            return self.row_block(v, lo, hi, node.name)
+            return self.head_part(self.row_block(v, lo, hi, node.name), node)
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
         if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
+        one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
+        if one is not None:
+            return one
         raise refuse(node, "an added axis on a per-token vector")

@@ -442,13 +442,17 @@ class _Roller:
         names[outs[-1]] = (*names[outs[-1]], outs[-1])
         vec0 = {v: f"{block}.{v}" for v in local_vectors}
         scales = {}
+        lo, hi = self.segs[f][0], self.segs[-1][1]
         for s, info in self.scales.items():
-            if s in gone:
+            later = info.get("fixed") and info["q"] not in vec0 and (
+                lo <= self.defined.get(info["q"], -1) < hi)
+            if s in gone or later:  # a later layer's width constant is the block's, as its params
                 continue
             scales[s] = dict(info, q=vec0.get(info["q"], info["q"])) if "q" in info else info
+            if "out" in info:  # a width constant's output, measured as the block's (check.py)
+                scales[s]["out"] = vec0.get(info["out"], info["out"])
         pname = {n: f"{block}.{ren[n]}" for n in own0 if n in self.params}
         producers = {}
-        lo, hi = self.segs[f][0], self.segs[-1][1]
         for v, wb in self.producers.items():
             if v in vec0:
                 producers[vec0[v]] = tuple(pname.get(p, p) if p else p for p in wb)

@@ -429,6 +429,23 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
     return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"]}
 
 
+def _grouping(name: str, u1, u2, widths):
+    """A block of every head's rows (a fused qkv laid out per head) as the two widths agree: a
+    fixed number of heads (their rows grow) or a fixed number of rows per head (heads grow)."""
+    if u1.groups is None:
+        return u1
+    if u1.groups == u2.groups:
+        return dataclasses.replace(u1, group_rows=None)
+    if u1.group_rows == u2.group_rows:
+        return dataclasses.replace(u1, groups=None)
+    raise TraceError(
+        f"{name} is a block of each of {u1.groups} groups of {u1.group_rows} rows of "
+        f"{strip_prefix(u1.target)} at width {widths[0]} and of {u2.groups} groups of "
+        f"{u2.group_rows} at {widths[1]}: neither the head count nor the head dim is fixed",
+        help="build the model with a fixed head count or a fixed head dim",
+    )
+
+
 def _scalar_buffers(build, width: int, model) -> dict:
     """The one-entry float buffers of the model (a constant the build computed from the width,
     as HF Gemma's embed_scale) and its integer buffers (ids the model makes itself: HF's
@@ -505,7 +522,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                 "its outputs (q, k, v of n each), or use separate layers",
             )
     params = {
-        k: dataclasses.replace(u, target=strip_prefix(u.target)) for k, u in t1.params.items()
+        k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))
+        for k, u in t1.params.items()
     }
     base = {strip_prefix(k): v for k, v in base.items()}
     decls = [d.format(**values) for d in t1.decls]

@@ -35,6 +35,10 @@ class PRef:
     t: bool = False
     rows: tuple[int, int] | None = None  # a slice of the param's first program axis
     offset: float = 0.0  # a constant added to it: Gemma's gain (1 + w) is a gain of init 1 + w's
+    # rows: a slice of every group of ``period`` rows (a fused qkv laid out per head: GPT-NeoX's
+    # [q_h, k_h, v_h] for each head h), not of the whole axis
+    period: int | None = None
+    part: int | None = None  # the block's place, where its rows do not say it (unequal blocks)
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Affine:
     node: str  # the node whose value this is (a split's getitem)
     tags: tuple
     layer: str = ""  # the node that applies the weight
+    # a fused layer's output viewed per head (tags end in H, dh): each head's dh features
+    dh: int | None = None
 
 
 @dataclass
@@ -219,6 +225,10 @@ class ParamUse:
     # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
     # token-type ids, all 0) reads that row of its table, the same for every token
     index: int | None = None
+    # rows of every group of the out axis (a fused qkv laid out per head): a fixed number of
+    # groups (the head count) or of rows per group (a fixed head dim), as the two widths agree
+    groups: int | None = None
+    group_rows: int | None = None
 
 
 @dataclass

@@ -152,23 +152,29 @@ class Walker:
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         for name, use in self.out.params.items():
-            if use.target == ref.target and self._rows.get(name) == (ref.rows, ref.offset):
+            if use.target == ref.target and self._rows.get(name) == (ref.rows, ref.offset,
+                                                                      ref.period):
                 return name, use.transposed != as_applied_t
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
+        part = ref.part if ref.part is not None else part
         name = self.fresh(
             strip_prefix(ref.target).replace(".", "_") + (f"_part{part}" if ref.rows else "")
         )
         torch_shape = list(ref.shape)
         prog = torch_shape[::-1] if as_applied_t else list(torch_shape)
+        total = torch_shape[1] if as_applied_t else torch_shape[0]
+        groups = total // ref.period if ref.period else 1  # a block of every head's rows
         if ref.rows:
-            prog[0] = ref.rows[1] - ref.rows[0]
+            prog[0] = (ref.rows[1] - ref.rows[0]) * groups
         del shape
         rows = None
-        if ref.rows:  # as fractions of the rows, which scale with the width
-            total = torch_shape[1] if as_applied_t else torch_shape[0]
-            rows = (Fraction(ref.rows[0], total), Fraction(ref.rows[1], total))
-        self._rows[name] = (ref.rows, ref.offset)
+        if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
+            period = ref.period or total
+            rows = (Fraction(ref.rows[0], period), Fraction(ref.rows[1], period))
+        self._rows[name] = (ref.rows, ref.offset, ref.period)
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
+        if ref.period:
+            self.out.params[name].groups, self.out.params[name].group_rows = groups, ref.period
         dims = [self.dim(s) for s in prog]
         if fan_in is not None:
             dims[-1] = fan_in
@@ -191,7 +197,7 @@ class Walker:
             if v.node not in self._made:
                 self._made[v.node] = self.emit_affine(v, v.node)
             made = self._made[v.node]
-            return Vec(made.name, v.tags, made.dim, made.dh)
+            return Vec(made.name, v.tags, made.dim, v.dh or made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
             power = identify_power(v.f) if found is None else None
@@ -243,6 +249,8 @@ class Walker:
         w, trans = self.param(a.w, self._node(a.layer or a.node))
         rows = a.w.rows
         dim = (rows[1] - rows[0]) if rows else (a.w.shape[1] if a.w.t else a.w.shape[0])
+        if rows and a.w.period:  # the block of every head's rows
+            dim *= (a.w.shape[1] if a.w.t else a.w.shape[0]) // a.w.period
         expr = f"{w}{'.T' if trans else ''} @ {a.x.name}"
         if trans:  # a tied matrix read back: its multiplier differs from the lookup's
             self.out.slots.append(("scale", 1.0))
@@ -370,7 +378,8 @@ class Walker:
         args, kwargs = self.args(node)
         if node.target is operator.getitem:
             if isinstance(args[0], Parts):
-                return dataclasses.replace(args[0].items[args[1]], node=node.name)
+                return self.head_part(dataclasses.replace(args[0].items[args[1]], node=node.name),
+                                      node)
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
             raise refuse(node, "indexing a traced value")

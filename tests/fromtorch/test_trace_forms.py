@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from tensorprog import TensorProgError, UsageError, derive  # noqa: E402
+from tensorprog import TensorProgError, derive  # noqa: E402
 from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -336,7 +336,11 @@ def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
     # whole-dim gain's is n
     assert d.abc["q_norm_w"].c == 0 and d.abc["k_norm_w"].c == 0 and d.abc["norm_w"].c == -1
     _bit_identical_at_base(traced, QKNorm)
-    # 4 heads of n/4: µP's 1/d against the model's 1/sqrt(d) cannot fold into a normalised
-    # query, and no patch is known to be right: refused, naming the fix
-    with pytest.raises(UsageError, match=r"not made by a layer(.|\n)*fixed head dim"):
-        MuP(_trace(lambda n: QKNorm(n, dh=None)), "adam")
+    # 4 heads of n/4: µP's 1/d against the model's 1/sqrt(d) folds into the query's gain,
+    # here Gemma's 1 + w: the gain starts at (n/base)^-1/2, so w at that minus 1
+    mup = MuP(_trace(lambda n: QKNorm(n, dh=None)), "adam")
+    model = QKNorm(128, dh=None)
+    mup.apply(model)
+    assert torch.equal(model.q_norm.w.detach(), torch.full((32,), -0.5))
+    assert torch.equal(model.k_norm.w.detach(), torch.ones(32))
+    assert mup.lr_multipliers(model)["q_norm.w"] == 0.5

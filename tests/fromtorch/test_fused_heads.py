@@ -1,0 +1,175 @@
+"""A fused qkv laid out per head (head h's rows are [q_h; k_h; v_h]): GPT-NeoX's view (H, 3·dh)
+chunked, GPT-NeoX-Japanese's slices of it, Bloom's and Persimmon's view (H, 3, dh) indexed; and
+the multi-query layers, Falcon's viewed per head and split into H query heads, one key and one
+value head, GPT-BigCode's split after an added heads axis. The oracle is the same attention with
+separate projections (for the multi-query ones, multi-head: grouped-query attention derives
+MHA's exponents, docs/theory.md): the fused model's row blocks must derive exactly as they, and
+`apply` must write each block's init into its own rows."""
+
+from fractions import Fraction
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import derive  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+class PerHead(nn.Module):
+    """One attention block whose q, k, v come from one layer laid out per head (``form``:
+    neox, japanese, bloom) or from three (``separate``); ``heads`` fixed (None: dh = 8)."""
+
+    def __init__(self, n, form="neox", heads=4):
+        super().__init__()
+        self.form, self.h = form, heads or n // 8
+        self.dh = n // self.h
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        kv = self.dh if form in ("falcon", "bigcode") else n  # multi-query: one key/value head
+        if form == "separate":
+            self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, kv), nn.Linear(n, kv)
+        else:
+            self.qkv = nn.Linear(n, n + 2 * kv)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        if self.form == "separate":
+            q, k, v = (f(x).view(b, t, -1, self.dh).transpose(1, 2)
+                       for f in (self.q, self.k, self.v))
+        elif self.form == "bigcode":
+            q, k, v = self.qkv(x).unsqueeze(1).split([c, self.dh, self.dh], dim=3)
+            q = q.view(b, t, -1, self.dh).transpose(1, 2)
+        elif self.form == "falcon":
+            q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, -1, self.dh).split(
+                [self.h, 1, 1], dim=-2))
+        elif self.form == "neox":
+            q, k, v = self.qkv(x).view(b, t, self.h, 3 * self.dh).transpose(1, 2).chunk(3, -1)
+        elif self.form == "japanese":
+            qkv = self.qkv(x).view(b, t, self.h, 3 * self.dh).transpose(1, 2)
+            d = self.dh
+            q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+        else:  # bloom
+            qkv = self.qkv(x).view(b, t, self.h, 3, self.dh)
+            q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] == 1)
+        return self.out(x + y.transpose(1, 2).reshape(b, t, c))
+
+
+def _abc(traced):
+    d = derive(traced.program, "adam")
+    return sorted((d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in traced.params)
+
+
+@pytest.fixture(scope="module")
+def separate():
+    return _abc(from_torch(lambda n: PerHead(n, "separate"), WIDTHS, _tokens))
+
+
+@pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon", "bigcode"])
+def test_a_per_head_fused_qkv_derives_as_three_projections(form, separate):
+    fused = from_torch(lambda n: PerHead(n, form), WIDTHS, _tokens)
+    assert _abc(fused) == separate
+    blocks = {p: u for p, u in fused.params.items() if u.target == "qkv.weight"}
+    if form in ("falcon", "bigcode"):  # whole heads: q's 4, then k and v one each (contiguous)
+        shares = [Fraction(0), Fraction(4, 6), Fraction(5, 6), Fraction(1)]
+        assert sorted(u.rows for u in blocks.values()) == list(zip(shares, shares[1:],
+                                                                   strict=False))
+        assert {u.groups for u in blocks.values()} == {None}
+        return
+    thirds = [Fraction(i, 3) for i in range(4)]
+    assert sorted(u.rows for u in blocks.values()) == list(zip(thirds, thirds[1:], strict=False))
+    assert {u.groups for u in blocks.values()} == {4}  # 4 heads, each [q_h; k_h; v_h]
+
+
+def test_apply_writes_each_per_head_block_into_its_own_rows():
+    traced = from_torch(lambda n: PerHead(n, "neox"), WIDTHS, _tokens)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model, given = PerHead(32, "neox"), _tokens(None)
+    before, w = model(*given), model.qkv.weight.detach().clone()
+    mup.apply(model)  # at the base width: bit-identical, the patch's factor is 1
+    assert torch.equal(model.qkv.weight, w) and torch.equal(model(*given), before)
+    # at width 128 the query rows of every head get the attention factor (n/base)^-1/2 in the
+    # forward (their LR is the fused tensor's): the output is the separate model's with q
+    # times 1/2, which the oracle computes by hand from the same weights
+    torch.manual_seed(0)
+    model = PerHead(128, "neox")
+    report = mup.apply(model)
+    assert "query rows of fused qkv.weight" in str(report)
+    rows = model.qkv.weight.detach().view(4, 3, 32, 128)  # head, block, row, in
+    stds = rows.transpose(0, 1).reshape(3, -1).std(dim=1)
+    assert torch.allclose(stds, torch.full((3,), 32 ** -0.5 / 3 ** 0.5 * 0.5), rtol=0.05)
+    oracle = PerHead(128, "separate")
+    with torch.no_grad():
+        oracle.e.weight.copy_(model.e.weight)
+        oracle.out.load_state_dict(model.out.state_dict())
+        wb = model.qkv.weight.view(4, 3, 32, 128)
+        bb = model.qkv.bias.view(4, 3, 32)
+        for i, lin in enumerate((oracle.q, oracle.k, oracle.v)):
+            lin.weight.copy_(wb[:, i].reshape(128, 128) * (0.5 if i == 0 else 1))
+            lin.bias.copy_(bb[:, i].reshape(128) * (0.5 if i == 0 else 1))
+    torch.testing.assert_close(model(*given), oracle(*given), rtol=1e-5, atol=1e-6)
+
+
+class Bart(nn.Module):
+    """BART's attention (MVP, TrOCR): the query scaled by dh ** -0.5 by hand, batch and heads
+    merged for ``bmm`` (``reshape(b * H, t, dh)``), an additive causal mask on the logits viewed
+    back per head; two layers, rolled into a block (``sdpa``: the same block with sdpa)."""
+
+    class Layer(nn.Module):
+        def __init__(self, n, sdpa):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
+            self.h, self.dh, self.sdpa = 4, n // 4, sdpa
+
+        def forward(self, x):
+            b, t, c = x.shape
+            heads = lambda z: z.view(b, t, self.h, self.dh).transpose(1, 2)  # noqa: E731
+            if self.sdpa:
+                y = F.scaled_dot_product_attention(
+                    heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
+            else:
+                q, k, v = (heads(z).reshape(b * self.h, t, self.dh)
+                           for z in (self.q(x) * self.dh ** -0.5, self.k(x), self.v(x)))
+                mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
+                s = torch.bmm(q, k.transpose(1, 2)).view(b, self.h, t, t) + mask
+                p = s.view(b * self.h, t, t).softmax(-1)
+                y = torch.bmm(p, v).view(b, self.h, t, self.dh)
+            return x + self.o(y.transpose(1, 2).reshape(b, t, c))
+
+    def __init__(self, n, sdpa=False):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.layers = nn.ModuleList(Bart.Layer(n, sdpa) for _ in range(2))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        for layer in self.layers:
+            x = layer(x)
+        return self.out(x)
+
+
+def test_attention_with_batch_and_heads_merged_derives_as_sdpa():
+    traced = from_torch(Bart, WIDTHS, _tokens)
+    oracle = from_torch(lambda n: Bart(n, sdpa=True), WIDTHS, _tokens)
+    assert "dot(" in traced.source and traced.stack is not None
+    assert _abc(traced) == _abc(oracle)
+    # the hand-written dh ** -0.5 is a width constant of every layer, folded into the block's
+    # query layer once (a later layer's is the block's), and measured as the block's vector
+    mup = MuP(traced, "adam")
+    fixed = [info for info in mup.traced.scales.values() if info.get("fixed")]
+    assert [info["out"].partition(".")[0] for info in fixed] == ["layers"]
+    torch.manual_seed(0)
+    model, given = Bart(32), _tokens(None)
+    before = model(*given)
+    mup.apply(model)
+    assert torch.equal(model(*given), before)
