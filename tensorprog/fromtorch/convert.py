@@ -10,21 +10,21 @@ from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
-from .ops_moe import refuse_routing
+from .ops_moe import MoEOps
 from .ops_rotary import RotaryOps
 from .values import Trace
 from .walk import Walker
 
 
-class Converter(Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
-    """The abstract interpreter of one graph (see values.py for what its values are)."""
+class Converter(MoEOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps):
+    """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
+    comes first: it takes the ops on a router's selection before the walker's dispatch)."""
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none)."""
-    refuse_routing(ep)  # before the walk, which would stop at the router's softmax
     conv = Converter(ep, base)
     conv.tok_value = tok_value
     conv.scalars = scalars or {}

@@ -165,8 +165,9 @@ class LayoutOps:
         as the separate ones it stands for)."""
         off = v.w.rows[0] if v.w.rows else 0
         rows = (off + lo, off + hi)
-        wr = PRef(v.w.target, v.w.shape, v.w.t, rows)
-        br = PRef(v.b.target, v.b.shape, v.b.t, rows) if v.b is not None else None
+        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, expert=v.w.expert)
+        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, expert=v.b.expert)
+              if v.b is not None else None)
         return Affine(v.x, wr, br, name, v.tags, v.layer or v.node)
 
     def op_slice(self, node, v, dim=0, start=None, end=None, step=1):

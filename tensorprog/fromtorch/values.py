@@ -35,6 +35,9 @@ class PRef:
     t: bool = False
     rows: tuple[int, int] | None = None  # a slice of the param's first program axis
     offset: float = 0.0  # a constant added to it: Gemma's gain (1 + w) is a gain of init 1 + w's
+    # one expert's matrix, the slice [expert] of a 3-D param (a mixture of experts' stacked
+    # weights, ops_moe.py); ``shape`` is then the slice's
+    expert: int | None = None
 
 
 @dataclass
@@ -171,6 +174,8 @@ class ParamUse:
     # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
     # token-type ids, all 0) reads that row of its table, the same for every token
     index: int | None = None
+    # one expert's slice [expert] of a 3-D param (ops_moe.py): the program's matrix is that slice
+    expert: int | None = None
 
 
 @dataclass
