@@ -4,7 +4,8 @@
 
 For every entry of transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` the model is built from its
 own config class with a tiny vocabulary (256), 2 layers, 8 tokens, every dropout 0 and the MLP at
-4 × the width, in two scalings: the head count fixed at 4 (the head dim grows with the width) and
+4 × the width (a mixture-of-experts layer: 4 experts, 2 per token, each an MLP at 4 × the
+width), in two scalings: the head count fixed at 4 (the head dim grows with the width) and
 the head dim fixed at 16 (the head count grows). Each is traced at widths 64 and 128
 (``from_torch``), derived, applied (µP for Adam), and checked with the user-model coordinate check
 (``fromtorch.coord_check``) over widths 256..1024 at its defaults, with the model as it comes (SP)
@@ -58,6 +59,7 @@ TRACE_WIDTHS = (64, 128)
 # tried (1e-2, 3e-3, 1e-3: its second block's logits -0.35 to -0.39, the output logits -0.29 to
 # -0.33), a finite-width effect docs/torch.md measures; a family takes 20-80 s at these widths
 CHECK_WIDTHS = (256, 512, 1024)
+EXPERTS, TOP_K = 4, 2  # a mixture-of-experts layer's experts, and those each token takes
 HEADS = 4  # the "heads" scaling: 4 heads at every width, head dim n / 4
 HEAD_DIM = 16  # the "head_dim" scaling: heads of 16, n / 16 of them
 TOLERANCE = 0.25  # as docs/torch.md's checks of HF models: widths <= 512 drift up to 0.25
@@ -76,6 +78,11 @@ FIELDS = {
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "ffn_hidden_size",
                           "inner_hidden_size", "intermediate_dim", "d_inner"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
+    # mixture-of-experts layers: E experts, k per token, each expert's (and a shared one's) MLP
+    "num_local_experts": ("num_experts", "n_routed_experts", "moe_num_experts"),
+    "num_experts_per_tok": ("top_k", "moe_topk", "num_experts_per_token"),
+    "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
+                              "moe_ffn_hidden_size"),
 }
 
 
@@ -98,6 +105,9 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
         "num_key_value_heads": heads,  # every query head its own key and value head
         "head_dim": width // heads,
         "intermediate_size": 4 * width,
+        "num_local_experts": EXPERTS,
+        "num_experts_per_tok": TOP_K,
+        "moe_intermediate_size": 4 * width,
         "max_position_embeddings": 4 * SEQ,
         "vocab_size": VOCAB,
     }
@@ -120,6 +130,10 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
             kwargs[f] = 0
         elif f == "layer_types" and isinstance(v, list) and v:
             kwargs[f] = v[:LAYERS]
+    for std in ("num_local_experts", "num_experts_per_tok"):  # at most: ZAYA takes 1 per token
+        for f in {aliases.get(std, std), *FIELDS[std]} & set(kwargs):
+            if isinstance(defaults.get(f), int) and defaults[f] > 0:
+                kwargs[f] = min(kwargs[f], defaults[f])
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields:  # an encoder family's causal-LM head (BERT's) runs as a decoder

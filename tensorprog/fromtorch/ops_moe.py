@@ -112,6 +112,8 @@ class MoEOps:
             if op == "repeat_interleave" and _token_repeat(node, args, kwargs):
                 # each token once per slot: the batched dispatch (x.repeat_interleave(k, 0))
                 return Dispatched(self.vec(args[0], node), None, args[1], order="token")
+            if op == "mul" and (gated := self._one_gate(node, *args)) is not None:
+                return gated
             if op in ("softmax", "_softmax") and _feeds_topk(node):
                 return self._gates(node, args[0], "softmax", args[1] if len(args) > 1 else -1)
         return super().call(node)
@@ -147,6 +149,26 @@ class MoEOps:
                 return Vec(name, x.tags, x.dim)
         raise refuse(node, f"a {fn} of a router's scores that is not over the last axis of a "
                      "per-token vector", help=_HELP)
+
+    def _one_gate(self, node, u, v):
+        """``g * y`` with g of one feature per token (Qwen2-MoE's shared expert times
+        ``sigmoid(W_g @ x)``, W_g : [1, n]): ``route(g, 1, y)``, a route over one gate, which is
+        that product exactly (the top-1 of one gate is it) and whose rule derives W_g as the
+        readout it is; None for any other product."""
+        shapes = [tuple(a.meta["val"].shape) if hasattr(a, "meta") else () for a in node.args[:2]]
+        kinds = (Vec, Affine, Pointwise)
+        for (g, sg), (y, sy) in (((u, shapes[0]), (v, shapes[1])),
+                                 ((v, shapes[1]), (u, shapes[0]))):
+            if not (isinstance(g, kinds) and isinstance(y, kinds) and len(sg) == len(sy) > 1
+                    and sg[-1] == 1 < sy[-1] and sg[:-1] == sy[:-1]):
+                continue
+            g, y = self.vec(g, node), self.vec(y, node)
+            if g.tags[-1] == "F" and y.tags[-1] == "F" and g.dim == 1:
+                name = self.fresh(node.name)
+                self.out.stmts.append(f"{name} = route({g.name}, 1, {y.name})")
+                self.out.vectors[name] = (node.name, "out")
+                return Vec(name, y.tags, y.dim)
+        return None
 
     def _topk(self, node, g, k, dim=-1, largest=True, sorted=True):
         if not isinstance(g, (Vec, Affine, Pointwise)) or not largest:
@@ -231,7 +253,7 @@ class MoEOps:
             if isinstance(a, TopW) and isinstance(b, (int, float)):
                 return dataclasses.replace(a, factor=a.factor * b)
             if _bare(a) and isinstance(b, TopW) and b.flat and b.column \
-                    and b.sorted == (a.order == "sorted") and b.gates.name == a.gates.name:
+                    and b.sorted == (a.order == "sorted") and b.selection == a.gates.name:
                 return dataclasses.replace(a, weights=b, node="")
         return None
 
@@ -240,7 +262,8 @@ class MoEOps:
         # (GraniteMoE, GPT-OSS select on the logits, then normalise the k)
         if isinstance(v, TopW) and not v.flat and not v.norm and v.factor == 1 \
                 and dim in (-1, len(v.gates.tags) - 1) and not self._producer(v.gates.name):
-            return TopW(self._gates(node, v.gates, "softmax", -1), v.k, norm=True)
+            return TopW(self._gates(node, v.gates, "softmax", -1), v.k, norm=True,
+                        picked=v.gates.name)
         return None
 
     _moe__softmax = _moe_softmax
@@ -320,7 +343,7 @@ class MoEOps:
             if x.tags[-1] == "F":
                 return Dispatched(x, at.gates, at.k)
         if at.what == "perm" and isinstance(v, TopW) and v.flat and not v.sorted \
-                and v.gates.name == at.gates.name:
+                and v.selection == at.gates.name:
             return dataclasses.replace(v, sorted=True)
         if at.what == "inverse" and isinstance(v, Experts) and v.weights is not None \
                 and v.order == "sorted":

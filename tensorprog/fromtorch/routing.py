@@ -31,6 +31,13 @@ class TopW:
     sorted: bool = False
     column: bool = False
     node: str = ""
+    # the vector the top-k selected on, where the gates are another (the softmax of the k
+    # largest logits: the gates are softmax(logits), the ids are the logits')
+    picked: str | None = None
+
+    @property
+    def selection(self) -> str:
+        return self.picked or self.gates.name
 
 
 @dataclass
