@@ -7,8 +7,9 @@ Four of transformers' auto mappings, one table each (``MAPPINGS``): causal LMs, 
 sequence-to-sequence LMs and image classifiers. For every entry the model is built from its own
 config class with a tiny vocabulary (256), 2 layers (2 stages of one layer for a staged vision
 model), 8 tokens (a seq2seq model: 8 source and 8 target tokens; an image classifier: one
-3 × 32 × 32 image, patches of 8), every dropout 0 and the MLP at 4 × the width, in two
-scalings: the head count fixed at 4 (the head dim grows with the width) and
+3 × 32 × 32 image, patches of 8), every dropout 0 and the MLP at 4 × the width (a mixture-of-experts
+layer: 4 experts, 2 per token, each an MLP at 4 × the width), in two scalings: the head count
+fixed at 4 (the head dim grows with the width) and
 the head dim fixed at 16 (the head count grows). Each is traced at widths 64 and 128
 (``from_torch``), derived, applied (µP for Adam), and checked with the user-model coordinate check
 (``fromtorch.coord_check``) over widths 256..1024 at its defaults, with the model as it comes (SP)
@@ -65,6 +66,7 @@ TRACE_WIDTHS = (64, 128)
 # tried (1e-2, 3e-3, 1e-3: its second block's logits -0.35 to -0.39, the output logits -0.29 to
 # -0.33), a finite-width effect docs/torch.md measures; a family takes 20-80 s at these widths
 CHECK_WIDTHS = (256, 512, 1024)
+EXPERTS, TOP_K = 4, 2  # a mixture-of-experts layer's experts, and those each token takes
 HEADS = 4  # the "heads" scaling: 4 heads at every width, head dim n / 4
 HEAD_DIM = 16  # the "head_dim" scaling: heads of 16, n / 16 of them
 TOLERANCE = 0.25  # as docs/torch.md's checks of HF models: widths <= 512 drift up to 0.25
@@ -86,14 +88,15 @@ FIELDS = {
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
-    # a mixture of experts: 4 experts, top-2, each expert's MLP 4n, one group
+    # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
+    # 4n, one group
     "num_experts": ("num_local_experts", "n_routed_experts", "moe_num_experts",
                     "num_routed_experts"),
-    "num_experts_per_tok": ("moe_topk", "num_selected_experts", "moe_k"),
+    "num_experts_per_tok": ("top_k", "moe_topk", "num_selected_experts", "moe_k",
+                            "num_experts_per_token"),
     "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
                               "moe_ffn_hidden_size"),
 }
-EXPERTS, TOP_K = 4, 2
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head
 # dim (partial rotary's rotary_dim, a quarter of CodeGen's and GPT-J's heads; MLA's rope, nope
@@ -182,6 +185,10 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
     kwargs.update(_proportional(defaults, width, width // heads))
+    for std in ("num_experts", "num_experts_per_tok"):  # at most: ZAYA takes 1 per token
+        for f in {aliases.get(std, std), *FIELDS[std]} & set(kwargs):
+            if isinstance(defaults.get(f), int) and defaults[f] > 0:
+                kwargs[f] = min(kwargs[f], defaults[f])
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:

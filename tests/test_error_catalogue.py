@@ -834,9 +834,10 @@ TRACED_BUILDS = {
     ("root_n", None, r"m.py:\d+:\d+: error: a constant that changes with the width "
                      r"\(4.0 at width 16(.|\n)*help: apply the constant right after a linear"),
     ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
-    # before: refused at the router's softmax as "a softmax of anything but attention logits"
-    ("router", None, r"m.py:\d+:\d+: error: cannot trace a top-k selection \(a mixture-of-"
-                     r"experts router\)(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
+    # before: refused at the router's softmax as "a softmax of anything but attention logits";
+    # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
+    ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "
+                     r"selection \(its top-k gates(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
@@ -881,6 +882,52 @@ def test_trace_refuses_what_is_no_model_at_the_users_line(capsys, tmp_path, func
     code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
     assert (code, out) == (2, "") and re.search(message, err), err
     assert "tensorprog/" not in err  # the user's file, never the package's
+
+
+# mixture-of-experts forms the tracer does not follow into route(...): refused at the op that
+# leaves the forms it follows (ops_moe.py), never traced into a wrong layer
+MOE_MODEL = """\
+import torch
+from torch import nn
+
+
+class MoE(nn.Module):
+    def __init__(self, n, form):
+        super().__init__()
+        self.emb, self.router, self.head = nn.Embedding(8, n), nn.Linear(n, 4), nn.Linear(n, 8)
+        self.w = nn.Parameter(torch.randn(4, n, n) / n ** 0.5)
+        self.form = form
+
+    def forward(self, tok):
+        x = self.emb(tok).reshape(-1, self.w.shape[-1])
+        top, ids = torch.topk(torch.softmax(self.router(x), -1), 2, -1)
+        if self.form == "dense":  # the gates scattered to all 4 experts, an einsum over them
+            gates = top.new_zeros(x.shape[0], 4).scatter(-1, ids, top)
+            y = torch.einsum("te,ten->tn", gates, torch.einsum("tm,enm->ten", x, self.w))
+        else:  # each slot's expert chosen by the ids of another router's selection
+            _, other = torch.topk(torch.sigmoid(self.router(x)), 2, -1)
+            xs = x.repeat_interleave(2, dim=0)
+            y = torch.bmm(self.w[other.reshape(-1)], xs.unsqueeze(-1)).squeeze(-1)
+            y = (y * top.reshape(-1, 1)).view(-1, 2, x.shape[-1]).sum(1)
+        return self.head(y).reshape(tok.shape[0], tok.shape[1], 8)
+
+
+dense = lambda n: MoE(n, "dense")
+other = lambda n: MoE(n, "other")
+"""
+
+
+@pytest.mark.parametrize(("function", "message"), [
+    # before: refused at the router's top-k whatever followed it
+    ("dense", r"m.py:16:\d+: error: cannot trace the op new_zeros on a mixture-of-experts "
+              r"router's selection(.|\n)*batched matmul of W\[ids\]"),
+    ("other", r"m.py:22:\d+: error: cannot trace the op mul on the experts' values and another "
+              r"part of the routing"),
+])
+def test_trace_refuses_moe_forms_it_does_not_follow(capsys, tmp_path, function, message):
+    (tmp_path / "m.py").write_text(MOE_MODEL)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{function}", "--widths", "16,32")
+    assert (code, out) == (2, "") and re.search(message, err), err
 
 
 # key/value heads repeated for grouped-query attention in an order the language does not pair

@@ -283,6 +283,8 @@ class MuP:
             tshape = list(tensor.shape)[::-1] if use.transposed else list(tensor.shape)
             if use.index is not None:  # one row of a table: the program's vector is that row
                 tshape = list(tensor.shape[1:])
+            if use.expert is not None:  # one expert's matrix: its slice of the 3-D tensor
+                tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
             for axis, d in enumerate(shape):
                 dim = self.program.dim_table[d]
                 if dim.infinite:
@@ -301,6 +303,8 @@ class MuP:
         t = model.get_parameter(use.target)
         if use.index is not None:  # a lookup of one constant id: the row it reads
             return t[use.index]
+        if use.expert is not None:  # one expert's matrix (and rows of it) in a 3-D tensor
+            t = t[use.expert]
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0

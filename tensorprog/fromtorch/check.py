@@ -54,6 +54,8 @@ def probe(mup: MuP, model, inputs):
     wanted: dict = {}
     stack = mup.traced.stack
     for vec, (node, kind) in trace.vectors.items():
+        if kind == "expert":  # an expert's values: the model has them only for its tokens
+            continue
         # a rolled layer's vector is measured as its repetition's (blk.i.v), so that it is
         # judged by the block's exponents; a folded query's factor is the block's (blk.v)
         for name in mup.traced.names.get(vec, (vec,)):

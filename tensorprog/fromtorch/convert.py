@@ -13,7 +13,7 @@ from .ops_encoder import EncoderOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
-from .ops_moe import refuse_routing
+from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
 from .ops_rotary import RotaryOps
@@ -22,10 +22,11 @@ from .walk import Walker
 
 
 class Converter(
-    Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
+    MoEOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
     NormOps, ConvOps, EncoderOps, FusedHeadOps,
 ):
-    """The abstract interpreter of one graph (see values.py for what its values are)."""
+    """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
+    comes first: it takes the ops on a router's selection before the walker's dispatch)."""
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
@@ -35,7 +36,6 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
     placeholders: (the forward's name for it, its value on the CPU)."""
-    refuse_routing(ep)  # before the walk, which would stop at the router's softmax
     conv = Converter(ep, base)
     conv.tok_value = tok_value
     conv.scalars = scalars or {}

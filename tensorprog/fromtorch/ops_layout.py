@@ -178,8 +178,10 @@ class LayoutOps:
         off = v.w.rows[0] if v.w.rows else 0
         rows = (off + lo, off + hi)
         # per head (v.dh: ops_heads.py), rows lo..hi of each head's group of rows
-        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, period=v.w.period, part=part)
-        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, period=v.b.period, part=part)
+        wr = PRef(v.w.target, v.w.shape, v.w.t, rows, period=v.w.period, part=part,
+                  expert=v.w.expert)
+        br = (PRef(v.b.target, v.b.shape, v.b.t, rows, period=v.b.period, part=part,
+                   expert=v.b.expert)
               if v.b is not None else None)
         return Affine(v.x, wr, br, name, v.tags, v.layer or v.node, hi - lo if v.dh else None)
 

@@ -39,6 +39,9 @@ class PRef:
     # [q_h, k_h, v_h] for each head h), not of the whole axis
     period: int | None = None
     part: int | None = None  # the block's place, where its rows do not say it (unequal blocks)
+    # one expert's matrix, the slice [expert] of a 3-D param (a mixture of experts' stacked
+    # weights, ops_moe.py); ``shape`` is then the slice's
+    expert: int | None = None
 
 
 @dataclass
@@ -229,6 +232,8 @@ class ParamUse:
     # groups (the head count) or of rows per group (a fixed head dim), as the two widths agree
     groups: int | None = None
     group_rows: int | None = None
+    # one expert's slice [expert] of a 3-D param (ops_moe.py): the program's matrix is that slice
+    expert: int | None = None
 
 
 @dataclass

@@ -152,13 +152,15 @@ class Walker:
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         for name, use in self.out.params.items():
-            if use.target == ref.target and self._rows.get(name) == (ref.rows, ref.offset,
-                                                                      ref.period):
+            if (use.target == ref.target
+                    and self._rows.get(name) == (ref.rows, ref.offset, ref.period)
+                    and use.expert == ref.expert):
                 return name, use.transposed != as_applied_t
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
         part = ref.part if ref.part is not None else part
         name = self.fresh(
             strip_prefix(ref.target).replace(".", "_") + (f"_part{part}" if ref.rows else "")
+            + (f"_e{ref.expert}" if ref.expert is not None else "")
         )
         torch_shape = list(ref.shape)
         prog = torch_shape[::-1] if as_applied_t else list(torch_shape)
@@ -172,7 +174,8 @@ class Walker:
             period = ref.period or total
             rows = (Fraction(ref.rows[0], period), Fraction(ref.rows[1], period))
         self._rows[name] = (ref.rows, ref.offset, ref.period)
-        self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name)
+        self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
+                                         expert=ref.expert)
         if ref.period:
             self.out.params[name].groups, self.out.params[name].group_rows = groups, ref.period
         dims = [self.dim(s) for s in prog]

@@ -1,0 +1,223 @@
+"""Tracing mixture-of-experts layers into the language's ``route`` (fromtorch/ops_moe.py): a
+hand-written MoE (top-k router, experts in 3-D params, a shared expert), Hugging Face's families
+small, and what is refused."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+import pytest
+from conftest import ROOT, apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import derive, parse_file  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
+
+VOCAB, SEQ = 32, 8
+
+
+class MoE(nn.Module):
+    """A top-k MoE feed-forward layer as one writes it by hand: softmax gates, the k largest
+    normalised, each token's slots gathering their experts' matrices from 3-D params
+    [E, out, in] (``W[ids]``) for a batched matmul, and the k results summed."""
+
+    def __init__(self, n, experts=4, k=2, form="batched"):
+        super().__init__()
+        self.k, self.experts, self.form = k, experts, form
+        # with a bias: a token's experts at init are the bias's choice, the same at every
+        # width (R @ x alone starts at the readout's n^-1/2 and picks them by noise)
+        self.router = nn.Linear(n, experts)
+        self.w_in = nn.Parameter(torch.randn(experts, 2 * n, n) / n**0.5)
+        self.w_out = nn.Parameter(torch.randn(experts, n, 2 * n) / (2 * n) ** 0.5)
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        if self.form == "logits":  # GraniteMoE's: the top k logits, then their softmax
+            top, ids = torch.topk(self.router(x), self.k, dim=-1)
+            top = torch.softmax(top, dim=-1)
+        else:
+            gates = torch.softmax(self.router(x), dim=-1)
+            top, ids = torch.topk(gates, self.k, dim=-1)
+            top = top / top.sum(dim=-1, keepdim=True)
+        if self.form == "dense":  # every expert on every token, the gates scattered to E
+            mask = torch.zeros_like(gates).scatter(-1, ids, top)
+            h = F.relu(torch.einsum("tn,efn->tef", x, self.w_in))
+            y = torch.einsum("tef,enf->ten", h, self.w_out)
+            return torch.einsum("te,ten->tn", mask, y).reshape(shape)
+        ids = ids.reshape(-1)
+        xs = x.repeat_interleave(self.k, dim=0)  # each token once per slot
+        h = F.relu(torch.bmm(self.w_in[ids], xs.unsqueeze(-1)).squeeze(-1))
+        y = torch.bmm(self.w_out[ids], h.unsqueeze(-1)).squeeze(-1)
+        y = y * top.reshape(-1, 1)
+        return y.view(-1, self.k, shape[-1]).sum(dim=1).reshape(shape)
+
+
+class MoELM(nn.Module):
+    """Embedding, a residual MoE layer with a shared expert, and a readout; ``form="logits"``:
+    the router's softmax taken of its top k logits, and the shared expert gated per token by
+    ``sigmoid(W_g @ h)``, W_g : [1, n] (Qwen2-MoE's)."""
+
+    def __init__(self, n, form="batched"):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, n)
+        self.moe = MoE(n, form=form)
+        self.shared_in = nn.Linear(n, 2 * n, bias=False)
+        self.shared_out = nn.Linear(2 * n, n, bias=False)
+        self.shared_gate = nn.Linear(n, 1, bias=False) if form == "logits" else None
+        self.head = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = torch.relu(self.embed(idx))
+        shared = self.shared_out(torch.relu(self.shared_in(h)))
+        if self.shared_gate is not None:
+            shared = torch.sigmoid(self.shared_gate(h)) * shared
+        return self.head(h + self.moe(h) + shared)
+
+
+def _tokens(model):
+    return (torch.zeros(2, SEQ, dtype=torch.long),)
+
+
+@pytest.fixture(scope="module")
+def handwritten():
+    return from_torch(MoELM, (32, 64), _tokens)
+
+
+def test_a_handwritten_moe_traces_into_route_norm(handwritten):
+    src = handwritten.source
+    assert "linear_2 = moe_router_weight @ reshape + moe_router_bias" in src
+    assert "v_softmax = softmax(linear_2)" in src
+    assert "sum_2 = route_norm(v_softmax, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, bmm_1_e3)" in src
+    assert "bmm_1_e3 = moe_w_out_e3 @ relu_2_e3" in src
+    # each expert's slice of a 3-D param is a param of its own, mapped back to its slice
+    assert handwritten.params["moe_w_in_e2"].expert == 2
+    assert handwritten.params["moe_w_in_e2"].target == "moe.w_in"
+
+
+def _exponents(abc, name):
+    return (abc[name].a, abc[name].b, abc[name].c)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_traced_moe_derives_what_the_language_moe_derives(handwritten, optimizer):
+    # oracle: examples/moe.tp writes the same layer in the language (router R, experts A_e, B_e)
+    ours = derive(handwritten.program, optimizer).abc
+    theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), optimizer).abc
+    assert _exponents(ours, "moe_router_weight") == _exponents(theirs, "R")
+    for e in range(4):
+        assert _exponents(ours, f"moe_w_in_e{e}") == _exponents(theirs, f"A{e + 1}")
+        assert _exponents(ours, f"moe_w_out_e{e}") == _exponents(theirs, f"B{e + 1}")
+    assert _exponents(ours, "shared_in_weight") == _exponents(theirs, "As")
+    if optimizer == "adam":  # the router a readout, the experts hidden matrices (TP5 Table 3)
+        assert _exponents(ours, "moe_router_weight") == (0, 1, 1)
+        assert _exponents(ours, "moe_w_out_e1") == (0, Fraction(1, 2), 1)
+
+
+def test_apply_scales_each_experts_slice_and_the_3d_params_lr(handwritten):
+    mup = apply_is_bit_identical_at_base(handwritten, MoELM, _tokens)
+    torch.manual_seed(0)
+    model = MoELM(128)
+    mup.apply(model)
+    # at 4x the base width: each expert's slice its own std, the base's x (n/base)^-(a+b),
+    # a hidden matrix's 4^-1/2 and the router's (a readout's) 4^-1
+    base = {k: std for k, (_, std) in handwritten.base.items()}
+    with torch.no_grad():
+        for e in range(4):
+            assert float(model.moe.w_in[e].std()) == pytest.approx(base["moe.w_in"] / 2, 1e-6)
+            assert float(model.moe.w_out[e].std()) == pytest.approx(base["moe.w_out"] / 2, 1e-6)
+        assert float(model.moe.router.weight.std()) == pytest.approx(
+            base["moe.router.weight"] / 4, 1e-6)
+    lrs = mup.lr_multipliers(model)
+    assert lrs["moe.w_in"] == pytest.approx(1 / 4)  # Adam: a hidden matrix's LR 1/n
+    assert lrs["moe.router.weight"] == pytest.approx(1 / 4)
+
+
+def test_the_coordinate_check_passes_mup_and_fails_sp(handwritten):
+    # widths 64..256, 2 seeds, 3 Adam steps at the check's lr, ±0.25 as for HF models; the
+    # experts' own values are not read (the model computes expert e only for its tokens), the
+    # gates and the layer's output are. Measured after step 3: router logits +0.04 ± 0.12,
+    # gates +0.06, layer +0.13, output logits -0.04 (without the router's bias the logits read
+    # -0.25: which experts a token takes at init is then noise of the readout's init,
+    # docs/check.md); SP: the router logits, the gates and the output blow up
+    mup = MuP(handwritten, "adam")
+    good = coord_check(mup, (64, 128, 256), tolerance=0.25)
+    assert good.passed, {k: [round(r.slope, 2) for r in v] for k, v in good.failures.items()}
+    bad = coord_check(mup, (64, 128), apply=False, tolerance=0.25, seeds=(0,))
+    assert {"linear_2", "v_softmax", "linear_3"} <= set(bad.failures)
+
+
+# --- Hugging Face's families, built small (one layer, 4 experts, top-2, vocabulary 32) ----------
+
+
+def _hf(family: str, impl: str = "grouped_mm", **config):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cls = transformers.AutoConfig.for_model(family).__class__
+    model_cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family])
+
+    def build(n):
+        cfg = cls(hidden_size=n, intermediate_size=2 * n, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=n // 2,
+                  vocab_size=VOCAB, max_position_embeddings=SEQ, use_cache=False, **config)
+        model = model_cls(cfg)
+        model.set_experts_implementation(impl)
+        return model
+
+    return build
+
+
+def _routes(traced) -> list[str]:
+    return [s.strip() for s in traced.source.splitlines()
+            if re.search(r"= route(_norm)?\(", s)]
+
+
+def test_hf_mixtral_derives_what_the_language_moe_derives():
+    # oracle: the router and every expert's three matrices (SwiGLU: gate, up, down) get the
+    # exponents of examples/moe.tp's router R and expert matrices A_e (in) and B_e (out);
+    # transformers' default dispatch, the tokens sorted by expert and a grouped matmul (the
+    # batched one is the hand-written model's above)
+    build = _hf("mixtral", num_local_experts=4, num_experts_per_tok=2)
+    traced = from_torch(build, (32, 64), _tokens, blocks=False)
+    route, = _routes(traced)
+    assert route.startswith("sum_2 = route_norm(v_softmax, 2, ") and route.count("_e") == 4
+    ours = derive(traced.program, "adam").abc
+    theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
+    assert _exponents(ours, "model_layers_0_mlp_gate_weight") == _exponents(theirs, "R")
+    for e in range(4):
+        for part in ("part0", "part1"):  # the fused gate/up projection's two halves
+            name = f"model_layers_0_mlp_experts_gate_up_proj_{part}_e{e}"
+            assert _exponents(ours, name) == _exponents(theirs, "A1")
+        name = f"model_layers_0_mlp_experts_down_proj_e{e}"
+        assert _exponents(ours, name) == _exponents(theirs, "B1")
+    mup = MuP(traced, "adam")
+    torch.manual_seed(1)
+    model = build(32)
+    torch.manual_seed(1)
+    plain = build(32)
+    mup.apply(model)  # at the base width: bit-identical params and logits
+    pairs = zip(model.parameters(), plain.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    x = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(x).logits, plain(x).logits)
+    assert not mup.uncovered(model)  # every param of the model is in the program
+
+
+def test_a_softmax_of_the_top_logits_and_a_gated_shared_expert():
+    # GraniteMoE's router: softmax of the k largest logits = the k largest of softmax(logits)
+    # over their sum; Qwen2-MoE's shared expert times sigmoid(W_g @ h), W_g : [1, n]: a route
+    # over one gate is that product exactly, and W_g derives as the readout it is
+    traced = from_torch(lambda n: MoELM(n, "logits"), (32, 64), _tokens)
+    shared, routed = _routes(traced)
+    assert routed.startswith("sum_1 = route_norm(v_softmax, 2, bmm_1_e0, ")
+    assert "v_softmax = softmax(linear_3)" in traced.source
+    assert shared == "mul = route(v_sigmoid, 1, linear_1)"
+    abc = derive(traced.program, "adam").abc
+    assert _exponents(abc, "shared_gate_weight") == _exponents(abc, "moe_router_weight") \
+        == (0, 1, 1)
+    apply_is_bit_identical_at_base(traced, lambda n: MoELM(n, "logits"), _tokens)
