@@ -1,5 +1,5 @@
 """A residual branch that ends in the block's own bias (`return h + (W2 @ relu(u) + b2)`, the
-form of every GPT-2, nanoGPT and BERT block): the depth pass sums the bias over the L
+form of every GPT-2 and nanoGPT block): the depth pass sums the bias over the L
 repetitions as a branch of its own (docs/theory.md, "Depth"), so it gets depth exponents of its
 own, derived from its init (a CLT sum if random, an LLN sum if a constant) and its updates (an
 LLN sum), and the depth check measures them."""
