@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .._gc import paused_gc
 from ..errors import EngineError
-from ..ir.program import Program, Route
+from ..ir.program import LinComb, Program, Route
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
@@ -96,6 +96,13 @@ def _depth_scaled(program: Program, an: Analysis) -> set[str]:
         prod = program.producer.get(b)
         if isinstance(prod, Route):
             out.update(prod.experts)
+    # a branch that is a sum was split into its terms (propagate.residual_branches): the sum is
+    # as small as they are
+    for s in an.depth_streams:
+        for v in program.block_table[s.block].values:
+            prod = program.producer.get(v)
+            if isinstance(prod, LinComb) and v != s.out and set(prod.operands) <= out:
+                out.add(v)
     return out
 
 

@@ -79,6 +79,8 @@ def residual_branches(program: Program, stream: Stream) -> list[str]:
         return None
 
     found = walk(block.ret)
+    if found:
+        found = _split_sums(program, stream, block, found)
     arg = block.arg.split('.')[-1]
     if not found:
         raise EngineError(
@@ -98,10 +100,41 @@ def residual_branches(program: Program, stream: Stream) -> list[str]:
     return found
 
 
+def _split_sums(program: Program, stream: Stream, block, branches: list[str]) -> list[str]:
+    """A branch that is itself a sum (``h + (W @ x + b)``, as a traced ``nn.Linear`` with a bias
+    writes it) is as many branches as it has terms: the stream sums each over the repetitions
+    with its own rule (a fresh matmul's init as a CLT sum, a bias as a bias), so each term's
+    bound reaches its own params. A sum that reads the argument again is left whole, for
+    :func:`_branch_problem` to refuse."""
+    out: list[str] = []
+    for b in branches:
+        ins = program.producer.get(b)
+        if (isinstance(ins, LinComb) and b in block.values and b != stream.out
+                and stream.out not in ins.operands):
+            out += _split_sums(program, stream, block, list(ins.operands))
+        else:
+            out.append(b)
+    return list(dict.fromkeys(out))
+
+
+def _own_vector_branch(program: Program, block, branch: str) -> bool:
+    """Is the branch a vector param of the block itself (``return h + (W @ x + b)``: a bias
+    ending the branch)? Fresh in each repetition, it is a branch the depth rules describe: its
+    term in the stream is the param itself, summed over the repetitions at init (CLT if centred,
+    LLN if a constant) and through its own updates (LLN), with nothing passed on from the
+    stream; the Stream rule sums it (rules.py). A shared param or a scale is not."""
+    param = program.param_table.get(branch)
+    return (param is not None and len(param.shape) == 1
+            and program.owner.get(branch) == block.name)
+
+
 def _branch_problem(program: Program, stream: Stream, block, branch: str) -> str | None:
     """Why a residual branch is outside what the depth pass models, or None."""
+    if _own_vector_branch(program, block, branch):
+        return None
     if branch == stream.out or branch not in block.values:
-        return "is not computed inside the block (the argument itself, a param or an outer value)"
+        return ("is not computed inside the block (the argument itself, an outer param or an "
+                "outer value)")
     sums = [branch]  # the sum a branch is must not add the argument in again (a scaled stream)
     while sums:
         ins = program.producer.get(sums.pop())

@@ -510,6 +510,9 @@ def init_stream(ins: Stream, sz: Sizes) -> list[Term]:
     out = terms(f"{ins.init}₀", "the stream starts from the block's argument", "auto",
                 sz.init(ins.init))
     for b in sz.branches(ins):
+        if b in p.param_table:  # the block's own vector param (a bias ending the branch)
+            out += _vector_branch_init(ins, b, sz)
+            continue
         prod = p.producer[b]
         if _fresh_branch(p, prod, ins.block):
             fresh = getattr(prod, "weight", None) or "weight in every expert"  # a route
@@ -531,6 +534,9 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
     out = terms(f"Δ{ins.init}", "the stream starts from the block's argument", "auto",
                 sz.change(ins.init))
     for b in sz.branches(ins):
+        if b in p.param_table:  # the block's own vector param (a bias ending the branch)
+            out += _vector_branch_change(ins, b, sz)
+            continue
         prod = p.producer[b]
         with sz.channel("own"):
             own = _branch(CHANGE, prod, sz)
@@ -543,6 +549,34 @@ def change_stream(ins: Stream, sz: Sizes) -> list[Term]:
         out += [_over_depth_sum(t, ONE, lln) for t in own]
         out += [_over_depth_sum(t, HALF, clt) for t in passed]
     return out
+
+
+# A branch that is the block's own vector param b (``return h + (W @ x + b)``; fresh in each
+# repetition) adds b itself to the stream: Σ_l b_l. At init the L of them are iid and centred
+# (a random init: CLT, +1/2) or all the same constant (``= c``: LLN, +1; a zero init adds nothing,
+# but, as everywhere in the derivation, a constant init counts as Θ(1), which only tightens the
+# bound). Their changes are each repetition's own update, driven by the same output gradient
+# (LLN, +1); b does not read the stream, so nothing of the stream's change passes through it.
+
+def _vector_branch_init(ins: Stream, b: str, sz: Sizes) -> list[Term]:
+    L = ins.count
+    if sz.program.param_table[b].base is None:
+        k, why = HALF, (f"the {L} params {b}₀ are fresh, iid and centred in each repetition: a "
+                        f"CLT sum over {L} (+1/2)")
+    else:
+        k, why = ONE, (f"the {L} params {b}₀ start from the same constant: an LLN sum over {L} "
+                       "(+1)")
+    return [_over_depth_sum(t, k, why) for t in terms(f"{b}₀", "the branch is the param itself",
+                                                    "auto", sz.init(b))]
+
+
+def _vector_branch_change(ins: Stream, b: str, sz: Sizes) -> list[Term]:
+    L = ins.count
+    why = (f"each repetition's own update of {b} is driven by the same output gradient, so the "
+           f"{L} of them add coherently (LLN over {L}: +1); {b} does not read the stream")
+    with sz.channel("own"):
+        own = terms(f"Δ{b}", "the branch is the param itself", "auto", sz.change(b))
+    return [_over_depth_sum(t, ONE, why) for t in own]
 
 
 def grad_stream(ins: Stream, sz: Sizes) -> list[tuple[str, Term]]:

@@ -138,8 +138,6 @@ _BLOCK = RESMLP.replace("    u = W1 @ h               # names inside are local t
 
 
 @pytest.mark.parametrize(("body", "why"), [
-    ("    param b2 : [n] = 0\n    return h + W2 @ relu(W1 @ h) + b2\n",
-     "not computed inside the block"),
     ("    r = h + W2 @ relu(W1 @ h)\n    return r - h\n", "not computed inside the block"),
     ("    v = 0.5 * h + W2 @ relu(W1 @ h)\n    return h + v\n", "adds the block's argument again"),
     ("    return h + relu(h)\n", "uses none of the block's own params"),
