@@ -133,6 +133,8 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
         kwargs["use_cache"] = False
     if "is_decoder" in fields:  # an encoder family's causal-LM head (BERT's) runs as a decoder
         kwargs["is_decoder"] = True
+    if isinstance(defaults.get("causal"), bool):  # XLM's own switch for the same
+        kwargs["causal"] = True
     return kwargs
 
 
