@@ -372,6 +372,11 @@ class Walker:
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
             if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
+            # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
+            # not a constant computed from the zeros the trace puts in their place
+            if op == "slice" and isinstance(args[0], Tok) and self._shape(node) == self._shape(
+                    node.args[0]):
+                return args[0]
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)
