@@ -1,10 +1,14 @@
-"""The zoo: every causal-LM family of transformers, built small, traced, µP applied and checked.
+"""The zoo: transformers' model families, built small, traced, µP applied and checked.
 
-    python benchmarks/zoo.py [--families gpt2,llama] [--workers 2] [--timeout 300] [--fresh]
+    python benchmarks/zoo.py [--mappings causal,masked] [--families gpt2,llama] [--workers 2]
+                             [--timeout 300] [--fresh]
 
-For every entry of transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` the model is built from its
-own config class with a tiny vocabulary (256), 2 layers, 8 tokens, every dropout 0 and the MLP at
-4 × the width, in two scalings: the head count fixed at 4 (the head dim grows with the width) and
+Four of transformers' auto mappings, one table each (``MAPPINGS``): causal LMs, masked LMs,
+sequence-to-sequence LMs and image classifiers. For every entry the model is built from its own
+config class with a tiny vocabulary (256), 2 layers (2 stages of one layer for a staged vision
+model), 8 tokens (a seq2seq model: 8 source and 8 target tokens; an image classifier: one
+3 × 32 × 32 image, patches of 8), every dropout 0 and the MLP at 4 × the width, in two
+scalings: the head count fixed at 4 (the head dim grows with the width) and
 the head dim fixed at 16 (the head count grows). Each is traced at widths 64 and 128
 (``from_torch``), derived, applied (µP for Adam), and checked with the user-model coordinate check
 (``fromtorch.coord_check``) over widths 256..1024 at its defaults, with the model as it comes (SP)
@@ -21,12 +25,14 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
 Families run in two child processes that stay warm (torch.export's first call costs about 30 s),
 each family under an alarm (``--timeout``); a child that dies or hangs past it is restarted after
 that family, which is recorded as a crash. Each result is cached as JSON as it completes
-(``.tensorprog-cache/zoo/FAMILY.json``), so a rerun resumes, and ``docs/zoo.md`` is written from
-the cache. ``--one FAMILY`` runs one family in process and prints its JSON.
+(``.tensorprog-cache/zoo/MAPPING/FAMILY.json``), so a rerun resumes, and ``docs/zoo.md`` is
+written from the cache. ``--one FAMILY`` runs one family (of the first mapping given) in process
+and prints its JSON.
 
 How a family is built is config plumbing, not µP: the standard field names (``hidden_size``,
 ``num_attention_heads``, ...) reach a config's own field through its ``attribute_map``, and
-``FIELDS`` lists only the other spellings families use for the same field.
+``FIELDS`` lists only the other spellings families use for the same field. A staged vision
+model's per-stage lists keep their first two stages, channels ``[n, 2n]``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".tensorprog-cache" / "zoo"
@@ -68,15 +75,25 @@ SCALINGS = {
 
 # other spellings of the same config field (config plumbing; every one present is set)
 FIELDS = {
-    "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim"),
-    "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers"),
-    "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads"),
+    "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
+                    "embedding_size", "pooler_output_size", "pooler_hidden_size"),
+    "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
+                          "num_decoder_layers"),
+    "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
+                            "encoder_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num"),
-    "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels"),
-    "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "ffn_hidden_size",
-                          "inner_hidden_size", "intermediate_dim", "d_inner"),
+    "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
+    "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
+                          "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
+    # a mixture of experts: 4 experts, top-2, each expert's MLP 4n, one group
+    "num_experts": ("num_local_experts", "n_routed_experts", "moe_num_experts",
+                    "num_routed_experts"),
+    "num_experts_per_tok": ("moe_topk", "num_selected_experts", "moe_k"),
+    "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
+                              "moe_ffn_hidden_size"),
 }
+EXPERTS, TOP_K = 4, 2
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head
 # dim (partial rotary's rotary_dim, a quarter of CodeGen's and GPT-J's heads; MLA's rope, nope
@@ -96,7 +113,37 @@ def _fields(cls) -> set[str]:
     return names
 
 
-def config_kwargs(cls, width: int, scaling: str) -> dict:
+IMAGE = 32  # an image classifier's input: 3 x 32 x 32
+PATCH = 8
+STAGES = 2  # a staged vision model keeps its first two stages, channels [n, 2n]
+
+
+class Mapping(NamedTuple):
+    """One of transformers' auto mappings: its table's title, the model class for a family, the
+    config fields it sets besides the shared ones, and the example inputs."""
+
+    names: str  # the mapping's name in transformers.models.auto.modeling_auto
+    title: str
+    inputs: str  # "tokens", "seq2seq" or "image"
+    decoder: bool = False  # an encoder family's head runs as a causal decoder (BERT's)
+
+    def families(self) -> dict:
+        from transformers.models.auto import modeling_auto
+
+        return {f: (c if isinstance(c, str) else c[0])
+                for f, c in getattr(modeling_auto, self.names).items()}
+
+
+MAPPINGS = {
+    "causal": Mapping("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "causal LMs", "tokens", decoder=True),
+    "masked": Mapping("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "masked LMs", "tokens"),
+    "seq2seq": Mapping("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "sequence-to-sequence LMs",
+                       "seq2seq"),
+    "image": Mapping("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image classifiers", "image"),
+}
+
+
+def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["causal"]) -> dict:
     """The config's own fields for a small model at ``width`` in ``scaling``."""
     heads = HEADS if scaling == "heads" else width // HEAD_DIM
     wanted = {
@@ -108,6 +155,9 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
         "intermediate_size": 4 * width,
         "max_position_embeddings": 4 * SEQ,
         "vocab_size": VOCAB,
+        "num_experts": EXPERTS,
+        "num_experts_per_tok": TOP_K,
+        "moe_intermediate_size": 4 * width,
     }
     fields = _fields(cls)
     aliases = getattr(cls, "attribute_map", {}) or {}
@@ -115,7 +165,8 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
     for std, value in wanted.items():
         names = {aliases.get(std, std), *FIELDS.get(std, ())}
         kwargs.update({f: value for f in names if f in fields})
-        if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") \
+                and mapping.inputs != "image":  # a convnet has none of these
             kwargs.setdefault(aliases.get(std, std), value)
     try:
         defaults = cls().to_dict()
@@ -128,14 +179,76 @@ def config_kwargs(cls, width: int, scaling: str) -> dict:
             kwargs[f] = 0
         elif f == "layer_types" and isinstance(v, list) and v:
             kwargs[f] = v[:LAYERS]
+        elif f in ("n_group", "topk_group") and isinstance(v, int):
+            kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
     kwargs.update(_proportional(defaults, width, width // heads))
     if "use_cache" in fields:
         kwargs["use_cache"] = False
-    if "is_decoder" in fields:  # an encoder family's causal-LM head (BERT's) runs as a decoder
+    if "is_decoder" in fields and mapping.decoder:
         kwargs["is_decoder"] = True
-    if isinstance(defaults.get("causal"), bool):  # XLM's own switch for the same
+    if isinstance(defaults.get("causal"), bool) and mapping.decoder:  # XLM's own switch
         kwargs["causal"] = True
+    if mapping.inputs == "image":
+        kwargs.update(_image_fields(defaults, fields, width, heads))
+    kwargs.update(_sub_configs(cls, width, scaling, mapping))
     return kwargs
+
+
+def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
+    """A composite config's parts (a multimodal model's text and vision configs), each made
+    small as a model of its own: a vision part as an image classifier's."""
+    try:
+        default = cls()
+    except Exception:  # noqa: BLE001 - no defaults to read the parts' classes from
+        return {}
+    out = {}
+    for name in getattr(cls, "sub_configs", None) or {}:
+        part = getattr(default, name, None)
+        if part is None or not hasattr(part, "to_dict"):
+            continue
+        sub = mapping._replace(inputs="image") if "vision" in name else mapping
+        try:
+            out[name] = type(part)(**config_kwargs(type(part), width, scaling, sub))
+        except Exception:  # noqa: BLE001 - the part stays as it comes (counted by its size)
+            continue
+    return out
+
+
+def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
+    """An image classifier's own fields: a 32 x 32 image, patches of 8, and a staged model's
+    per-stage lists cut to their first two stages (every list as long as ``depths``), channels
+    [n, 2n] and, with the head dim fixed, heads doubling with them."""
+    out = {f: v for f, v in (("image_size", IMAGE), ("num_channels", 3)) if f in fields}
+    if isinstance(defaults.get("image_size"), list):
+        out["image_size"] = [IMAGE] * len(defaults["image_size"])
+    if isinstance(defaults.get("patch_size"), int):
+        out["patch_size"] = min(defaults["patch_size"], PATCH)
+    key = "depths" if isinstance(defaults.get("depths"), list) else "depth"
+    depths = defaults.get(key)
+    if isinstance(depths, list) and len(depths) >= STAGES:
+        for f, v in defaults.items():
+            if isinstance(v, list) and len(v) == len(depths):
+                out[f] = v[:STAGES]
+        out[key] = [1] * STAGES
+        stages = [width * 2**i for i in range(STAGES)]
+        for f in ("hidden_sizes", "embed_dims", "hidden_dims", "channels", "embed_dim"):
+            v = defaults.get(f)
+            if isinstance(v, list):  # a stem's channels first where the list has one more
+                out[f] = stages if len(v) == len(depths) else [width] + stages
+        for f in ("num_encoder_blocks",):
+            if isinstance(defaults.get(f), int):
+                out[f] = STAGES
+        if isinstance(defaults.get("num_heads"), list):
+            out["num_heads"] = [heads * (2**i if heads != HEADS else 1) for i in range(STAGES)]
+        for f in ("num_stages",):
+            if f in fields:
+                out[f] = STAGES
+        if isinstance(defaults.get("stage_names"), list):
+            out["stage_names"] = defaults["stage_names"][:STAGES + 1]
+        for f in ("out_features", "out_indices"):
+            if f in fields:
+                out[f] = None
+    return out
 
 
 def _proportional(defaults: dict, width: int, head: int) -> dict:
@@ -156,17 +269,18 @@ def _proportional(defaults: dict, width: int, head: int) -> dict:
     return out
 
 
-def builder(family: str, scaling: str, overrides: dict | None = None):
-    """``build(width)`` of the family's causal LM in ``scaling`` (``overrides``: config fields
-    set last, e.g. another ``initializer_range``)."""
+def builder(family: str, scaling: str, overrides: dict | None = None,
+            mapping: Mapping = MAPPINGS["causal"]):
+    """``build(width)`` of the family's model of ``mapping`` in ``scaling`` (``overrides``:
+    config fields set last, e.g. another ``initializer_range``)."""
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     cls = transformers.AutoConfig.for_model(family).__class__
-    model_cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family])
+    model_cls = getattr(transformers, mapping.families()[family])
 
     def build(width):
-        return model_cls(cls(**{**config_kwargs(cls, width, scaling), **(overrides or {})}))
+        return model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
+                                **(overrides or {})}))
 
     build.__name__ = f"build_{family}"
     return build
@@ -176,6 +290,33 @@ def tokens(model):
     import torch
 
     return (torch.zeros(2, SEQ, dtype=torch.long),)
+
+
+def example_inputs(mapping: Mapping, real: bool = False):
+    """``inputs(model)`` for ``mapping``: token ids; a seq2seq model's source ids and target
+    ids, the target's at its forward's own position (``None`` for the optional inputs between);
+    an image classifier's images. ``real``: random values (the bit-identity check) instead of
+    zeros (the trace reads shapes)."""
+    import torch
+
+    def ids():
+        if not real:
+            return torch.zeros(2, SEQ, dtype=torch.long)
+        return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+
+    def inputs(model):
+        if mapping.inputs == "image":
+            x = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
+            return (x if real else torch.zeros_like(x),)
+        if mapping.inputs == "tokens":
+            return (ids(),)
+        params = list(inspect.signature(model.forward).parameters)
+        if "decoder_input_ids" not in params:
+            return (ids(),)
+        at = params.index("decoder_input_ids")
+        return (ids(), *([None] * (at - 1)), ids())
+
+    return inputs
 
 
 def _first_line(err: BaseException) -> str:
@@ -195,7 +336,8 @@ def refusal(err) -> str:
 
 
 def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRACE_WIDTHS,
-                overrides: dict | None = None, check: bool = True, **options) -> dict:
+                overrides: dict | None = None, check: bool = True,
+                mapping: Mapping = MAPPINGS["causal"], **options) -> dict:
     """One family in one scaling: trace, derive, apply (bit-identical at the base width: its
     params and its output?), then the coordinate check under µP and as the model comes
     (``options`` go to ``coord_check``; ``check=False`` stops before it, status "applied").
@@ -218,7 +360,7 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
 
     stage = "build"
     try:
-        build = builder(family, scaling, overrides)
+        build = builder(family, scaling, overrides, mapping)
         with torch.device("meta"):  # counted before anything is allocated or initialised
             size = sum(p.numel() for p in build(trace_widths[0]).parameters())
         if size > MAX_PARAMS:
@@ -227,19 +369,19 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         torch.manual_seed(0)
         base = build(trace_widths[0])
         stage = "trace"
-        traced = from_torch(build, trace_widths, tokens)
+        traced = from_torch(build, trace_widths, example_inputs(mapping))
         out["notes"] = list(traced.notes)
         stage = "derive"
         derive(traced.program, resolve("adam"))
         mup = MuP(traced, "adam")
         stage = "apply"
-        x = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+        x = example_inputs(mapping, real=True)(base)
         base.eval()
         with torch.no_grad():
             before = {k: v.clone() for k, v in base.state_dict().items()}
-            y0 = _logits(base(x))
+            y0 = _logits(base(*x))
             mup.apply(base)
-            y1 = _logits(base(x))
+            y1 = _logits(base(*x))
         same = all(torch.equal(before[k], v) for k, v in base.state_dict().items())
         out["bit_identical"] = same and torch.equal(y0, y1)
         mup.remove_patches(base)
@@ -286,8 +428,27 @@ def _worst(result, k: int = 2) -> str:
     return ", ".join(f"{result.where(name)} {_slope(v):+.2f}" for name, v in items)
 
 
-def run_family(family: str, **options) -> dict:
-    return {s: run_scaling(family, s, **options) for s in SCALINGS}
+def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) -> dict:
+    """Both scalings; a family with no attention heads (a convnet) runs once, its row the same
+    in both tables."""
+    import transformers
+
+    try:
+        cls = transformers.AutoConfig.for_model(family).__class__
+        headless = not _has_heads(cls)
+    except Exception:  # noqa: BLE001 - run_scaling gives the row its build error
+        headless = False
+    if headless:
+        row = run_scaling(family, "heads", mapping=mapping, **options)
+        return {s: dict(row, scaling=s) for s in SCALINGS}
+    return {s: run_scaling(family, s, mapping=mapping, **options) for s in SCALINGS}
+
+
+def _has_heads(cls) -> bool:
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    names = {aliases.get("num_attention_heads", "num_attention_heads"),
+             *FIELDS["num_attention_heads"]}
+    return bool(names & _fields(cls))
 
 
 # --- the pool, the cache and the report ---------------------------------------------------------
@@ -302,7 +463,7 @@ def _alarm(signum, frame):
     raise Timeout
 
 
-def run_batch(families: list[str], timeout: float) -> None:
+def run_batch(families: list[str], timeout: float, mapping: str = "causal") -> None:
     """In a child: each family in turn, cached as it completes, under a per-family alarm (the
     process stays warm: torch.export's first call costs about 30 s, once)."""
     import signal
@@ -315,25 +476,30 @@ def run_batch(families: list[str], timeout: float) -> None:
         t = time.perf_counter()
         signal.alarm(int(timeout))
         try:
-            result = run_family(family)
+            result = run_family(family, MAPPINGS[mapping])
         except Timeout:
             row = {"status": "crash", "detail": f"timed out after {timeout:.0f} s",
                    "time": round(time.perf_counter() - t, 1)}
             result = {s: dict(row, family=family, scaling=s) for s in SCALINGS}
         finally:
             signal.alarm(0)
-        _store(family, result)
+        _store(mapping, family, result)
         print(f"done {family}", flush=True)
 
 
-def _store(family: str, result: dict) -> None:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f"{family}.json.tmp"
+def _cached(mapping: str, family: str) -> Path:
+    return CACHE / mapping / f"{family}.json"
+
+
+def _store(mapping: str, family: str, result: dict) -> None:
+    path = _cached(mapping, family)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(CACHE / f"{family}.json")
+    tmp.replace(path)
 
 
-def _worker(families: list[str], timeout: float, bar) -> None:
+def _worker(mapping: str, families: list[str], timeout: float, bar) -> None:
     """Runs ``families`` in one warm child, restarting it past a family that kills it (a crash
     in C code, or a hang the alarm cannot interrupt: killed after the timeout and a minute)."""
     import select
@@ -341,7 +507,8 @@ def _worker(families: list[str], timeout: float, bar) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     todo = list(families)
     while todo:
-        cmd = [sys.executable, __file__, "--batch", ",".join(todo), "--timeout", str(timeout)]
+        cmd = [sys.executable, __file__, "--batch", ",".join(todo), "--timeout", str(timeout),
+               "--mappings", mapping]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env)
         t = time.perf_counter()
@@ -362,24 +529,28 @@ def _worker(families: list[str], timeout: float, bar) -> None:
                 break
         proc.wait()
         err = proc.stderr.read().strip().splitlines() if proc.stderr else []
-        if todo and not (CACHE / f"{todo[0]}.json").exists():
+        if todo and not _cached(mapping, todo[0]).exists():
             why = (err or ["no message"])[-1][:200]
             row = {"status": "crash", "detail": f"the process died (exit {proc.returncode}): "
                    f"{why}", "time": round(time.perf_counter() - t, 1)}
-            _store(todo[0], {s: dict(row, family=todo[0], scaling=s) for s in SCALINGS})
+            _store(mapping, todo[0],
+                   {s: dict(row, family=todo[0], scaling=s) for s in SCALINGS})
             todo.pop(0)
             bar.update()
 
 
-def run_all(families: list[str], workers: int, timeout: float, fresh: bool) -> dict:
+def run_all(mapping: str, families: list[str], workers: int, timeout: float,
+            fresh: bool) -> dict:
     from tqdm import tqdm
 
-    todo = [f for f in families if fresh or not (CACHE / f"{f}.json").exists()]
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="zoo") as bar:
-        jobs = [pool.submit(_worker, todo[i::workers], timeout, bar) for i in range(workers)]
+    todo = [f for f in families if fresh or not _cached(mapping, f).exists()]
+    with ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=len(todo), desc=f"zoo {mapping}") as bar:
+        jobs = [pool.submit(_worker, mapping, todo[i::workers], timeout, bar)
+                for i in range(workers)]
         for job in as_completed(jobs):
             job.result()
-    return {f: json.loads((CACHE / f"{f}.json").read_text()) for f in families}
+    return {f: json.loads(_cached(mapping, f).read_text()) for f in families}
 
 
 STATUSES = ("pass", "fail", "refused", "crash", "build")
@@ -394,44 +565,77 @@ def _total_minutes(results: dict) -> float:
                for s in SCALINGS) / 60
 
 
-def report(results: dict, wall: float | None) -> str:
+def _counts(rows: list[dict]) -> tuple[dict, int, str]:
+    count = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    built = len(rows) - count["build"]
+    share = f"{100 * count['pass'] / built:.0f}%" if built else "-"
+    return count, built, share
+
+
+def report(by_mapping: dict, wall: float | None) -> str:
+    """``docs/zoo.md`` from ``{mapping: {family: result or None}}``: a summary, then one table
+    per mapping and scaling."""
     import torch
     import transformers
 
+    minutes = sum(_total_minutes(r) for r in by_mapping.values())
     lines = [
-        "# The zoo: transformers' causal LMs, traced, µP applied and checked",
+        "# The zoo: transformers' model families, traced, µP applied and checked",
         "",
         "Written by `python benchmarks/zoo.py` (its docstring says how each family is built and "
         "judged).",
-        f"Every family of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` (transformers "
-        f"{transformers.__version__}, {len(results)} families): vocabulary {VOCAB}, {LAYERS} "
-        f"layers, {SEQ} tokens, MLP 4n, dropout 0; traced at widths "
+        f"Every family of four of transformers' auto mappings (transformers "
+        f"{transformers.__version__}): vocabulary {VOCAB}, {LAYERS} layers (a staged vision model: "
+        f"{STAGES} stages of one layer, channels n and 2n), {SEQ} tokens (a seq2seq model: {SEQ} "
+        f"source and {SEQ} target tokens; an image classifier: 3 × {IMAGE} × {IMAGE} images, "
+        f"patches of at most {PATCH}), MLP 4n, dropout 0; traced at widths "
         f"{', '.join(map(str, TRACE_WIDTHS))}, µP for Adam applied, and "
         "`fromtorch.coord_check` at its defaults over widths "
         f"{', '.join(map(str, CHECK_WIDTHS))} (±{TOLERANCE}), the model as it comes (SP) as the "
         "contrast (at the two smallest of them, one seed). A pass also needs the program to "
         "derive and `apply` to leave the model bit-identical at the base width (its params and "
-        "its logits).",
+        "its output). A model with no attention heads (a convnet) runs once; its row is the same "
+        "in both scalings.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"Python {platform.python_version()}; each family in its own process, two at a time."
         + (f" Wall time of the last run: {wall / 60:.0f} min (a family cached from an earlier "
            "run is not run again; each row's time is its own run's)." if wall else "")
-        + f" The families' times add up to {_total_minutes(results):.0f} min.",
+        + f" The families' times add up to {minutes:.0f} min.",
         "",
+        "| mapping | families | build small | " + " | ".join(
+            f"pass, {title}" for title in SCALINGS.values()) + " |",
+        "|---|---:|---:|" + "---:|" * len(SCALINGS),
     ]
+    for name, results in by_mapping.items():
+        rows = {s: [r[s] for r in results.values() if r is not None] for s in SCALINGS}
+        cells = []
+        for s in SCALINGS:
+            count, built, share = _counts(rows[s])
+            cells.append(f"{count['pass']} of {built} ({share})")
+        built = _counts(rows["heads"])[1]
+        lines.append(f"| {MAPPINGS[name].title} | {len(results)} | {built} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    for name, results in by_mapping.items():
+        lines += _section(MAPPINGS[name], results)
+    return "\n".join(lines)
+
+
+def _section(mapping: Mapping, results: dict) -> list[str]:
+    lines = [f"## {mapping.title[0].upper()}{mapping.title[1:]} (`{mapping.names}`)", ""]
     missing = [f for f, r in results.items() if r is None]
     if missing:
         lines += [f"Not run yet ({len(missing)}, left out of the totals): "
                   + ", ".join(missing) + ".", ""]
     for scaling, title in SCALINGS.items():
         rows = [r[scaling] for r in results.values() if r is not None]
-        count = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        built = len(rows) - count["build"]
+        if not rows:
+            continue
+        count, built, share = _counts(rows)
         slowest = max(rows, key=lambda r: r.get("time", 0))
-        share = f"{100 * count['pass'] / built:.0f}%" if built else "-"
         lines += [
-            f"## {title}",
+            f"### {title}",
             "",
             f"Totals: {count['pass']} pass, {count['fail']} fail, {count['refused']} refused, "
             f"{count['crash']} crash, of {built} that build ({share} pass); {count['build']} do "
@@ -445,11 +649,13 @@ def report(results: dict, wall: float | None) -> str:
             lines.append(f"| {r['family']} | {r['status']} | {_cell(r.get('sp', '-'))} | "
                          f"{r.get('time', 0):.0f} | {_cell(r.get('detail', ''))} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mappings", default=",".join(MAPPINGS),
+                    help=f"comma-separated, of {', '.join(MAPPINGS)} (default: all)")
     ap.add_argument("--families", help="comma-separated model types (default: all)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=420, help="seconds per family")
@@ -460,30 +666,35 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true",
                     help="only write docs/zoo.md from the cached results")
     args = ap.parse_args(argv)
+    mappings = args.mappings.split(",")
+    unknown = [m for m in mappings if m not in MAPPINGS]
+    if unknown:
+        ap.error(f"unknown mapping {unknown[0]!r}: give some of {', '.join(MAPPINGS)}")
     if args.one:
         import torch
 
         torch.set_num_threads(1)  # two families run side by side on two cores
-        print(json.dumps(run_family(args.one)))
+        print(json.dumps(run_family(args.one, MAPPINGS[mappings[0]])))
         return 0
     if args.batch:
-        run_batch(args.batch.split(","), args.timeout)
+        run_batch(args.batch.split(","), args.timeout, mappings[0])
         return 0
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    every = list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-    families = args.families.split(",") if args.families else every
     wall = None
     if not args.report:
         t = time.perf_counter()
-        results = run_all(families, args.workers, args.timeout, args.fresh)
+        for name in mappings:
+            every = list(MAPPINGS[name].families())
+            families = [f for f in args.families.split(",") if f in every] if args.families \
+                else every
+            results = run_all(name, families, args.workers, args.timeout, args.fresh)
+            for f in families:
+                print(name, f, *(f"{s}={results[f][s]['status']}" for s in SCALINGS),
+                      results[f]["heads"].get("detail", "")[:100])
         wall = time.perf_counter() - t
-        for f in families:
-            print(f, *(f"{s}={results[f][s]['status']}" for s in SCALINGS),
-                  results[f]["heads"].get("detail", "")[:100])
     if args.report or not (args.no_write or args.families):
-        cached = {f: (json.loads((CACHE / f"{f}.json").read_text())
-                      if (CACHE / f"{f}.json").exists() else None) for f in every}
+        cached = {name: {f: (json.loads(_cached(name, f).read_text())
+                             if _cached(name, f).exists() else None)
+                         for f in m.families()} for name, m in MAPPINGS.items()}
         OUT.write_text(report(cached, wall) + "\n")
         print(f"wrote {OUT.relative_to(ROOT)}")
     return 0

@@ -45,7 +45,7 @@ _LAZY = {
     "Optimizer": "engine.optimizers", "muon": "engine.optimizers", "MuP": "fromtorch.apply",
     "Program": "ir.program", "to_text": "ir.text", "verify": "ir.verify", "parse": "lang.parse",
     "parse_file": "lang.parse", "CheckResult": "numerics.judge",
-    "Measurements": "numerics.judge",
+    "Measurements": "numerics.judge", "load_config": "numerics.tune",
 }
 
 

@@ -36,6 +36,10 @@ HEAD = ("width n = 8\ndim d = 3\ndim k = 2\ninput x : [d]\nparam W : [n, d]\npar
 P, S = tp.ParseError, tp.SemanticError
 IMG = ("width n = 8\ndim c = 3\ndim s = 8\ndim k = 3\ninput img : image[c, s, s]\n"
        "param K : [n, c, k, k]\nparam R : [c, n]\n")  # 7 lines; the bad line below is line 8
+# two sequences, an encoder's source S and a decoder's target T: 10 lines, the bad one below
+ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
+          "input src : tokens[S, V]\ninput tgt : tokens[T, V]\nparam E : [n, V]\n"
+          "x = E @ src\ny = E @ tgt\n")
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 
@@ -95,6 +99,21 @@ CATALOGUE = {
                                    "s = dot(h, h, dh)\noutput o = mix(causal_softmax(s), Wv @ h)"
                                    "\n", S, r"the values' dim kv = 2 is not a whole number of "
                                    r"heads of dh = 4", (11, 12)),
+    "two-sequences-added": (ENCDEC + "param U : [V, n]\noutput o = U @ (x + y)\n", S,
+                            r"combines the tokens of S with the tokens of T", (12, 12)),
+    "cross-values-from-the-queries": (ENCDEC + "output o = mix(softmax(dot(y, x, dh)), y)\n", S,
+                                      r"the token pairs \(T, S\), but the values run over the "
+                                      r"tokens of T", (11, 1)),
+    "causal-cross-attention": (ENCDEC + "output o = mix(causal_softmax(dot(y, x, dh)), x)\n", S,
+                               r"causal_softmax masks later keys of the queries' own sequence",
+                               (11, 16)),
+    "relative-bias-on-cross-logits": (ENCDEC + "dim H = 2\ndim B = 8\ninput r : relative[T, B]\n"
+                                      "param R : [H, B]\n"
+                                      "output o = mix(softmax(dot(y, x, dh) + R @ r), x)\n", S,
+                                      r"combines the token pairs \(T, S\) with the token pairs "
+                                      r"\(T, T\)", (15, 16)),
+    "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
+                                 r"the bucket dim b must be finite and at least 4", (12, 1)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
@@ -308,6 +327,30 @@ POSITIONED = {
                              r"or sigmoid", (7, 12)),
     "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
                           r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
+    # first(h) reads one token of a sequence: a value without tokens has none to read, and the
+    # token read has no sequence axis left to combine with per-token values or to attend over
+    "first-without-tokens": (HEAD + "output y = V @ first(W @ x)\n", S,
+                             r"first reads the first token of a sequence, but y_1 has no tokens"
+                             r"(.|\n)*help: apply first to a value computed from a `tokens`",
+                             (8, 16)),
+    "first-of-logits": (LOGITS_SEQ + "output y = first(s)\n", S,
+                        r"first reads a vector of a declared dim at the first token, not "
+                        r"attention logits", (12, 12)),
+    "first-of-ids": (SEQ + "output y = E @ first(tok)\n", S,
+                     r"first reads a vector of a declared dim at the first token, not the input "
+                     r"tok \(one-hot ids\)", (8, 16)),
+    "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
+                          r"y_1 is one token's vector \(read by first\), but h has one value "
+                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+    "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
+                             r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
+                             r"the token with first\(h\) after attention", (9, 12)),
+    "block-returns-first": ("width n = 8\ndepth L = 2\ndim V = 5\ndim t = 3\n"
+                            "input tok : tokens[t, V]\nparam E : [n, V]\nblock res(h) {\n"
+                            "    param W : [n, n]\n    return W @ first(h)\n}\n"
+                            "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
+                            r"block res returns one token's vector \(read by first\), but its "
+                            r"argument h has one value per token", (9, 5)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -706,12 +749,57 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max distance 128
+    def __init__(self, n):
+        super().__init__(n)
+        self.r = torch.nn.Parameter(torch.randn(8, 2))  # [buckets, heads]
+
+    def forward(self, idx):
+        d = torch.arange(idx.shape[1])[None, :] - torch.arange(idx.shape[1])[:, None]
+        side, d = (d > 0).long() * 4, d.abs()
+        far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)  # ln 64
+        bias = torch.nn.functional.embedding(side + torch.where(d < 2, d, far), self.r)
+        return self.o(self.e(idx)) + bias.sum()
+
+
 class InPlace(Net):
     def forward(self, idx):  # x is read again after x += 1: it would read the updated value
         x = self.e(idx) * 2.0
         y = x * 3.0
         x += 1.0
         return self.o(x + y)
+
+
+class Padded(Net):
+    def forward(self, idx):  # two-head attention whose mask hides the last key (padding)
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=keep)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class OneHead(Net):
+    def forward(self, idx):  # attention over one head of the whole dim
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Second(Net):
+    def forward(self, idx):  # the second token's vector
+        return self.o(self.e(idx)[:, 1])
+
+
+class ClassToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
+
+    def forward(self, idx):  # a learned class token prepended to the sequence
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -724,6 +812,11 @@ TRACED_BUILDS = {
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "relative": "lambda n: Relative(n)",
+    "padded": "lambda n: Padded(n)",
+    "one_head": "lambda n: OneHead(n)",
+    "second": "lambda n: Second(n)",
+    "class_token": "lambda n: ClassToken(n)",
 }
 
 
@@ -750,6 +843,26 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
+    # before: refused as "an embedding lookup of ids that are neither the token input, ..."
+    ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
+                       r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
+    # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
+    # (its input given as a keyword: example_inputs may return a dict)
+    ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
+     r"m.py:\d+:\d+: error: cannot trace an attention mask that is neither the "
+     r"causal mask nor one that keeps every key(.|\n)*help: trace with example inputs without "
+     r"padding"),
+    # before: a TypeError (no head dim) deep in the walk
+    ("one_head", None, r"m.py:\d+:\d+: error: cannot trace attention over values not split "
+                       r"into heads"),
+    # one token read out of the sequence: the first (first(h), BERT's pooler), no other
+    ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
+    # a param used as a token: the language's tokens are the token input's
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
+                          r"the batch, used as a token(.|\n)*help: make the class token a token "
+                          r"id"),
+    ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
+     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
@@ -822,6 +935,101 @@ def test_trace_refuses_key_value_heads_repeated_in_another_order(capsys, tmp_pat
     assert (code, out) == (2, "") and re.search(message, err), err
 
 
+# a convolutional model for ``tensorprog trace --image 3,8,8``: each build changes one layer to
+# what the language has no form for, refused at the user's line (a frozen batch norm: its build)
+CONV_MODEL = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n, conv=None, pool=None, tail=None):
+        super().__init__()
+        self.conv = conv or nn.Conv2d(3, n, 3, padding=1)
+        self.bn = nn.BatchNorm2d(n)
+        self.pool = pool or nn.MaxPool2d(2)
+        self.fc = nn.Linear(n, 10)
+        self.tail = tail or (lambda x: x.mean((2, 3)))
+
+    def forward(self, x):
+        return self.fc(self.tail(self.pool(torch.relu(self.bn(self.conv(x))))))
+
+
+def frozen(n):
+    net = Net(n)
+    net.bn.eval()
+    return net
+
+
+class Patches(nn.Module):
+    def __init__(self, n, unfold=4, rows=4, twice=False):
+        super().__init__()
+        self.proj, self.unfold, self.twice = nn.Linear(3 * unfold * unfold, n), unfold, twice
+        self.pos = nn.Parameter(torch.zeros(1, rows, n))
+        self.conv = nn.Conv2d(3, 3 * unfold * unfold, 3, padding=1)
+
+    def forward(self, x):
+        h = self.proj(nn.functional.unfold(x, self.unfold, stride=4).transpose(1, 2))
+        h = h + self.pos
+        return (h, self.proj(self.conv(x).mean((2, 3)))) if self.twice else h
+
+
+class OnPixels(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.px = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(self.px(self.conv(x)).mean((2, 3)))
+"""
+CONV_BUILDS = {
+    "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
+               r"(.|\n)*help: build the model in training mode"),
+    "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
+                  r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
+                  r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
+    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
+                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
+    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
+    # image is cut into patches
+    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
+                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
+                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
+    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
+                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
+                r"2x2, dilation 2x2"),
+    "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
+                     r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
+    "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
+                 r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
+                 r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+    # an image is cut into patches only whole, without overlap, and only at the input
+    "overlap": ("lambda n: Patches(n, unfold=6)",
+                r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),
+    "one_row": ("lambda n: Patches(n, rows=1)",
+                r"m.py:\d+:\d+: error: cannot trace a param of shape \[1, 1, \d+\] added "
+                r"to per-token vectors(.|\n)*help: add a position table of one row per token"),
+    "twice": ("lambda n: Patches(n, twice=True)",
+              r"m.py:\d+:\d+: error: cannot trace an image cut into patches here and also read "
+              r"otherwise"),
+    # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
+    "on_pixels": ("lambda n: OnPixels(n)",
+                  r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "
+                  r"(.|\n)*help: pool the image to one pixel"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_BUILDS))
+def test_trace_refuses_convolutional_layers_the_language_has_no_form_for(capsys, tmp_path,
+                                                                         case):
+    build, message = CONV_BUILDS[case]
+    source = CONV_MODEL + ("" if build == "frozen" else f"\n{case} = {build}\n")
+    (tmp_path / "m.py").write_text(source)
+    code, out, err = run_cli(capsys, "trace", f"{tmp_path}/m.py:{case}", "--widths", "8,16",
+                             "--image", "3,8,8")
+    assert (code, out) == (2, "") and re.search(message, err), err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["derive", MLP, "--optimiser", "adam"], r"^usage: tensorprog derive (.|\n)*tensorprog "
      r"derive: error: unrecognized arguments: --optimiser adam\n  --optimiser: did you mean "
@@ -875,6 +1083,55 @@ def test_cli_transfer_usage_errors(args, message, capsys):
         main(["transfer", str(MLP), *args])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ``tensorprog tune``: every refusal before any trial trains (no study is created)
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope"], "unknown data set"),
+    (["--data", "digits", "--trials", "0"], "--trials 0: must be from 1 to 100000"),
+    (["--data", "digits", "--width", "0"], "--width 0: must be from 1"),
+    (["--data", "digits", "--pruner", "hyperband"], "invalid choice: 'hyperband'"),
+    (["--data", "digits", "-o", "best.txt"], "the tuned values are written as JSON"),
+    (["--data", "digits", "--storage", "tune.db"], "--storage tune.db: not a database URL"),
+    (["--data", "digits", "--storage", "nosuchdb://x/y"], "cannot open the study there"),
+    (["--data", "digits", "--width", "64", "--steps", "100000", "--trials", "100000"],
+     "more than the 30-minute limit"),
+])
+def test_cli_tune_usage_errors(args, message, capsys, tmp_path):
+    assert main_code(["tune", str(MLP), "--cache", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("help:" in err or "usage:" in err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["tune", "transfer"])
+def test_ray_address_without_ray_installed(command, capsys, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run_cli(capsys, command, MLP, "--data", "digits", "--cache", str(tmp_path),
+                           "--ray-address", "auto")
+    assert code == 2 and "--ray-address: Ray is not installed" in err
+    assert "pip install 'tensorprog[ray]'" in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not JSON"),
+    ('{"lr": 0.1}', 'not a file of tuned values (no "format"'),
+    ('{"format": "tensorprog-tune/1", "lr": -1, "init_std": {}, "mult": {}}',
+     '"lr" must be a positive number'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {"W": 0}, "mult": {}}',
+     '"init_std" must map names to positive numbers'),
+    ('{"format": "tensorprog-tune/1", "lr": 0.1, "init_std": {}, "mult": {"a": "x"}}',
+     '"mult" must map names to finite numbers'),
+])
+def test_tuned_values_files_that_are_refused(text, message, tmp_path):
+    from tensorprog.numerics.tune import load_config
+
+    (tmp_path / "t.json").write_text(text)
+    with pytest.raises(tp.UsageError, match=re.escape(message)):
+        load_config(tmp_path / "t.json")
+    with pytest.raises(tp.UsageError, match="cannot read it"):
+        load_config(tmp_path / "missing.json")
 
 
 def main_code(argv) -> int:

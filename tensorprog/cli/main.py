@@ -7,10 +7,10 @@ top-level parser built from each command module's ``add_parser(sub)``, dispatch 
 
 User errors print a positioned message and exit with status 2; a failed check exits with 1;
 Ctrl-C prints one line saying what is true for the command, and exits with 130.
-Only ``check``, ``transfer``, ``limit`` and ``trace`` import torch. This module imports only what
-is light (the package's facade loads its names on first use): the commands, and with them sympy
-and the pipeline, load inside ``main``'s handling, so that Ctrl-C in the first second of a run
-is caught like any other.
+Only ``check``, ``transfer``, ``tune``, ``limit`` and ``trace`` import torch. This module imports
+only what is light (the package's facade loads its names on first use): the commands, and with
+them sympy and the pipeline, load inside ``main``'s handling, so that Ctrl-C in the first second
+of a run is caught like any other.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .output import OutputError, out
 
 # the subcommands in the order --help lists them, each a module of this package with
 # ``add_parser(sub)``, ``run(args) -> int`` and optionally ``interrupted(args) -> str``
-COMMANDS = ("derive", "classify", "check", "transfer", "limit", "trace")
+COMMANDS = ("derive", "classify", "check", "transfer", "tune", "limit", "trace")
 
 
 def command(name: str):

@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
                         "ids of shape [2, --seq-len])")
     r.add_argument("--seq-len", type=common.positive, default=8,
                    help="sequence length of the default token ids (default: 8)")
+    r.add_argument("--image", metavar="C,H,W",
+                   help="trace on an image batch of shape [2, C, H, W] (zeros) instead of token "
+                        "ids, e.g. --image 3,32,32 (ignored where --inputs or example_inputs "
+                        "gives the inputs)")
     r.add_argument("-o", "--output", metavar="FILE.tp", help="write the program there "
                                                              "(default: standard output)")
 
@@ -40,10 +44,24 @@ def run(args: argparse.Namespace) -> int:
     check_seq_len(args.seq_len)  # before the model's file is even imported
     if args.output is not None:  # the model's file is the input to keep
         common.check_output("-o", args.output, PROGRAM, [args.target.rpartition(":")[0]])
+    image = _image(args.image) if args.image is not None else None
     source = trace_command(args.target, common.widths(args.widths), args.output, args.inputs,
-                           args.seq_len)
+                           args.seq_len, image)
     if args.output is None:
         common.out(source)
     else:
         common.out(f"wrote {args.output}\n")
     return 0
+
+
+def _image(text: str) -> tuple[int, int, int]:
+    """``--image C,H,W``: three positive integers, an image of at most 2^24 pixel values."""
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1 or values[0] * values[1] * values[2] > 1 << 24:
+        raise UsageError(f"--image {text}: expected three positive integers C,H,W (channels, "
+                         "height, width) of at most 2^24 values in all",
+                         help="e.g. --image 3,32,32 for CIFAR-sized RGB images")
+    return values

@@ -11,6 +11,7 @@ import sys
 from ..engine.optimizers import resolve
 from ..errors import UsageError
 from ..lang.parse import parse_file
+from ..numerics.backend import import_ray
 from ..numerics.measure import pick_device
 from ..numerics.plots import transfer_plot
 from ..numerics.transfer import render, sweep
@@ -53,6 +54,9 @@ def add_parser(sub) -> None:
     t.add_argument("--lr", type=float, help="the learning rate when --hp is not lr")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core)")
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="run every trial on this Ray cluster ('auto': this machine's; "
+                        "'local': start one) instead of local worker processes")
     t.add_argument("--cache", default=".tensorprog-cache",
                    help="directory of per-trial results, so a sweep resumes (default: "
                         ".tensorprog-cache; 'none' to disable)")
@@ -70,6 +74,8 @@ def interrupted(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     common.check_paths(args)
     common.check_ranges(args, RANGES)
+    if args.ray_address:
+        import_ray()  # an optional extra: refused before any work when it is missing
     program = parse_file(args.program)
     common.check_muon_io(args)
     optimizer = resolve(args.optimizer, io=args.muon_io)
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                    device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty(), depths=depths, width=width,
-                   depth_convention=args.depth_convention)
+                   depth_convention=args.depth_convention, ray_address=args.ray_address)
     common.report(args, result, render, transfer_plot)
     return 0
 

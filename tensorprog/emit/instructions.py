@@ -8,7 +8,17 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, split_heads_dim
+from ..ir.program import (
+    RELATIVE_KINDS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Program,
+    Route,
+    split_heads_dim,
+)
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -19,6 +29,11 @@ _TORCH_FN = {name: FUNCTIONS[name].torch for name in COORDINATEWISE if name != "
 _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "avgpool": "_avgpool({x})",
           "global_pool": "{x}.mean(dim=(-3, -2))",
+          "maxpool": "_maxpool({x})",
+          "maxpool3": "_maxpool3({x})",
+          "subsample": "_subsample({x})",
+          "batchnorm": "_batchnorm({x})",
+          "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}
@@ -63,6 +78,9 @@ class Emitter:
         if len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
+            self.helpers.add("_relative_bias")
+            rhs = f"_relative_bias({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
             rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
         else:
@@ -100,7 +118,8 @@ class Emitter:
             self.helpers.add(f"_heads_{ins.fn}")
             return f"_heads_{ins.fn}({x}, {self.dim(ins.over)})"
         if ins.fn in _NORMS:
-            if ins.fn in ("causal_softmax", "avgpool"):
+            if ins.fn in ("causal_softmax", "avgpool", "maxpool", "maxpool3", "subsample",
+                          "batchnorm"):
                 self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"

@@ -26,7 +26,7 @@ from fractions import Fraction
 from ..engine.exponents import ABC, Exp
 from ..engine.optimizers import Optimizer
 from ..errors import CodegenError, UsageError
-from ..ir.program import Block, MatMul, Param, Program, Stream
+from ..ir.program import BUILT_KINDS, RELATIVE_KINDS, Block, MatMul, Param, Program, Stream
 from .blocks import BlockCode, call_block, emit_block
 from .fusions import Attention, Norm, find_fusions, needed
 from .instructions import Emitter
@@ -453,10 +453,10 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
     """forward computes what the outputs need, attention and LayerNorm fused; vectors computes
     and names every value, written out, for the check."""
     program, local, blocks = lay.program, lay.local, lay.blocks
-    fed = [i for i in program.inputs if i.kind != "positions"]  # positions are built inside
+    fed = [i for i in program.inputs if i.kind not in BUILT_KINDS]  # built inside
     args = ", ".join(local[i.name] for i in fed)
     computed = {ins.out for ins in lay.body}
-    positions = [i for i in program.inputs if i.kind == "positions"]
+    positions = [i for i in program.inputs if i.kind in BUILT_KINDS]
     device = "next(self.parameters()).device" if lay.params else "None"
 
     def build_positions(names: set[str]) -> list[str]:
@@ -466,7 +466,17 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
         for i in positions:
             if i.name not in names:
                 continue
-            tokens = next((j for j in fed if j.kind == "tokens" and j.seq == i.seq), None)
+            tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == i.seq),
+                          None)
+            if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
+                em.helpers.add("_relative_buckets")
+                axis = -2 if tokens is not None and tokens.kind == "patches" else -1
+                length, where = ((f"{local[tokens.name]}.shape[{axis}]",
+                                  f"{local[tokens.name]}.device")
+                                 if tokens is not None else (em.dim(i.seq), device))
+                out.append(f"        {local[i.name]} = _relative_buckets({length}, "
+                           f"{em.dim(i.dim)}, {i.kind == 'relative'}, {where})")
+                continue
             rows = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
             if tokens is None:
                 out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})")
@@ -475,7 +485,8 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
             # what sets the table's rows, for the message on a longer input
             sets = ("build the Model with a seq_len" if i.seq == lay.seq
                     else f"emit the module again with dim {i.seq} declared a size")
-            out.append(f"        {local[i.name]} = _positions({local[tokens.name]}, {rows}, "
+            fed_ids = local[tokens.name] + ("[..., 0]" if tokens.kind == "patches" else "")
+            out.append(f"        {local[i.name]} = _positions({fed_ids}, {rows}, "
                        f"{quoted(sets)})")
         return out
 
@@ -536,7 +547,9 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
 def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
     """example_inputs: random valid inputs of every input's kind, on the params' device."""
     program = lay.program
-    what = ("(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
+    patches = any(i.kind == "patches" for i in program.inputs)
+    what = ("(batch, seq, dim) patches or (batch, seq) token ids" if patches else
+            "(batch, seq) token ids or a (batch, dim) tensor" if program.seq else
             "a (batch, height, width, channels) image" if any(i.kind == "image"
                                                              for i in program.inputs)
             else "one (batch_size, dim) tensor")
@@ -546,11 +559,17 @@ def _example_inputs(lay: _Layout, em: Emitter) -> list[str]:
              "        like = torch.empty(0)  # no parameters: the default device and dtype",
              "        return ("]
     for i in program.inputs:
-        if i.kind == "positions":  # built inside forward
+        if i.kind in BUILT_KINDS:  # built inside forward
             continue
         if i.kind == "image":  # channels last, so that matmuls, biases and norms act per pixel
             h, w = (em.dim(d) for d in i.spatial)
             lines.append(f"            torch.randn(batch_size, {h}, {w}, {em.dim(i.dim)}, "
+                         "generator=generator,")
+            lines.append("                        device=like.device, dtype=like.dtype),")
+            continue
+        if i.kind == "patches":  # float vectors per token: (batch, seq, patch values)
+            length = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
+            lines.append(f"            torch.randn(batch_size, {length}, {em.dim(i.dim)}, "
                          "generator=generator,")
             lines.append("                        device=like.device, dtype=like.dtype),")
             continue

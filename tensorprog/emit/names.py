@@ -35,6 +35,9 @@ NN_MODULE_ATTRS = frozenset({
     "register_state_dict_pre_hook", "requires_grad_", "set_extra_state", "set_submodule",
     "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
     "zero_grad",
+    # transformers sets it on nn.Module itself when it initialises a model: a param of that
+    # name would be shadowed in a process that has built one
+    "smart_apply",
 })
 # what the emitted Model defines on itself besides the program's params
 MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs", "depth",

@@ -63,6 +63,27 @@ HELPERS = {
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',
         "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_maxpool": [
+        "def _maxpool(x):",
+        '    """2 x 2 max pooling of a channels-last image."""',
+        "    return torch.nn.functional.max_pool2d(x.movedim(-1, -3), 2).movedim(-3, -1)"],
+    "_maxpool3": [
+        "def _maxpool3(x):",
+        '    """The max over each pixel\'s 3 x 3 neighbourhood of a channels-last image (stride 1,',
+        '    same-padded)."""',
+        "    y = torch.nn.functional.max_pool2d(x.movedim(-1, -3), 3, 1, 1)",
+        "    return y.movedim(-3, -1)"],
+    "_subsample": [
+        "def _subsample(x):",
+        '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',
+        '    one read there)."""',
+        "    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 1, 2).movedim(-3, -1)"],
+    "_batchnorm": [
+        "def _batchnorm(x):",
+        '    """Each channel normalised over the batch and the pixels (BatchNorm in training mode,',
+        '    in both modes: the program has no running statistics)."""',
+        "    y = torch.nn.functional.batch_norm(x.movedim(-1, 1), None, None, training=True)",
+        "    return y.movedim(1, -1)"],
     "_attention": [
         "def _attention(q, k, v, head_dim, scale, is_causal):",
         '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',
@@ -106,6 +127,33 @@ HELPERS = {
         '                         f"table\'s {size} rows: feed at most {size}, or {sets} of at "',
         '                         f"least {length}")',
         "    return torch.arange(length, device=tokens.device)"],
+    # T5's bucketing (transformers' T5Attention._relative_position_bucket, max_distance 128),
+    # so that a program's relative bias is the one a T5 model computes
+    "_relative_buckets": [
+        "def _relative_buckets(length, buckets, bidirectional, device):",
+        '    """T5\'s distance bucket of every (query, key) pair of length tokens: exact below',
+        "    half the buckets, logarithmic up to 128 tokens apart, the last bucket beyond",
+        "    (bidirectional: half the buckets for keys after the query; otherwise every later",
+        '    key shares bucket 0)."""',
+        "    position = torch.arange(length, device=device)",
+        "    distance = position[None, :] - position[:, None]",
+        "    bucket = torch.zeros_like(distance)",
+        "    if bidirectional:",
+        "        buckets //= 2",
+        "        bucket += (distance > 0).long() * buckets",
+        "        distance = distance.abs()",
+        "    else:",
+        "        distance = -distance.clamp(max=0)",
+        "    exact = buckets // 2",
+        "    far = exact + (torch.log(distance.float() / exact) / math.log(128 / exact)",
+        "                   * (buckets - exact)).long()",
+        "    far = far.clamp(max=buckets - 1)",
+        "    return bucket + torch.where(distance < exact, distance, far)"],
+    "_relative_bias": [
+        "def _relative_bias(buckets, table):",
+        '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',
+        '    attention logits (..., heads, tokens, tokens) add."""',
+        "    return torch.nn.functional.embedding(buckets, table.t()).permute(2, 0, 1)"],
 }
 
 # always emitted: the check that Model(width) has a network at that width

@@ -159,6 +159,13 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                     p: f"{p} is shared by every repetition of {shared[p]}: its gradient sums "
                        "over the depth, which the depth pass does not track" for p in shared
                     if p in d.eps}
+                for p, (value, block) in _feeding_repetitions(program).items():
+                    if p in d.eps and p not in shared:
+                        shared[p] = block
+                        d.eps_depth_refused[p] = (
+                            f"{p} feeds {value}, which every repetition of {block} reads (an "
+                            "encoder's output under cross-attention): its gradient sums over "
+                            "the depth, which the depth pass does not track")
                 exps = eps_exponents(d.depth.check.analysis, d.depth.abc)
                 d.eps_depth = _adam_stepped(d, {p: e for p, e in exps.items() if p not in shared})
         return d
@@ -204,6 +211,35 @@ def _shared_by_repetitions(program: Program) -> dict[str, str]:
                 if n in program.param_table and n not in own:
                     out[n] = block.name
     return out
+
+
+def _feeding_repetitions(program: Program) -> dict[str, tuple[str, str]]:
+    """Params that feed a value computed outside a block repeated over the depth and read by
+    its repetitions (not through the stream: an encoder's output that a decoder block's
+    cross-attention reads): param -> (value, block). Such a value's gradient is a sum over
+    the L repetitions, as a shared param's is, so neither has a depth exponent of ε."""
+    out: dict[str, tuple[str, str]] = {}
+    for s in program.streams:
+        if not (s.loops and s.count == program.depth.name):
+            continue
+        block = program.block_table[s.block]
+        inside = set(block.values) | {s.out}
+        read = sorted({o for v in block.values for o in program.producer[v].operands
+                       if o not in inside and o not in program.param_table})
+        for value in read:
+            todo, seen = [value], set()
+            while todo:  # everything upstream of the value read
+                v = todo.pop()
+                if v in seen:
+                    continue
+                seen.add(v)
+                ins = program.producer.get(v)
+                for n in (getattr(ins, "weight", None), *ins.operands) if ins else ():
+                    if n in program.param_table:
+                        out.setdefault(n, (value, block.name))
+                    elif n is not None:
+                        todo.append(n)
+    return {p.name: out[p.name] for p in program.params if p.name in out}  # program order
 
 
 def _derive(program: Program, optimizer: Optimizer, convention: str,

@@ -26,7 +26,18 @@ from itertools import product
 from typing import Protocol
 
 from ..ir.functions import FUNCTIONS, MUL
-from ..ir.program import Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, Stream, per_head
+from ..ir.program import (
+    BUILT_KINDS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Program,
+    Route,
+    Stream,
+    per_head,
+)
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -138,7 +149,7 @@ def param_shape(program: Program, param: str, infinite) -> ParamShape:
     on a token or position lookup, which is an embedding), and which fans ``infinite`` (the
     pass's own test: the width, or the depth) calls infinite."""
     decl = program.param_table[param]
-    lookups = {i.name for i in program.inputs if i.kind in ("tokens", "positions")}
+    lookups = {i.name for i in program.inputs if i.kind in ("tokens", *BUILT_KINDS)}
     uses = program.uses(param)
     matrix = len(decl.shape) == 2 and bool(uses) and all(
         isinstance(u, MatMul) and u.weight == param and u.arg not in lookups for u in uses)

@@ -9,7 +9,8 @@ from ..numerics.judge import TOLERANCE, Measurements, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP, scale_rows
 from .convert import convert
-from .trace import export
+from .ops_conv import train_norms
+from .trace import built, export
 from .where import module_of, strip_prefix
 
 # Adam's default learning rate here: the largest that keeps HF Llama (2 layers, 4 heads, vocab
@@ -111,16 +112,13 @@ def coord_check(
     ``device``."""
     import torch
 
-
     traced = mup.traced
-    seq, vocab = (traced.program.dim_table[d].size for d in ("T", "V"))
     m = Measurements()
     # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
-        x = torch.randint(vocab, (batch, seq), generator=g).to(device)
-        y = torch.randint(vocab, (batch, seq), generator=g).to(device)
+        x, y = (t.to(device) for t in _data(traced, batch, g))
         for w in widths:
             torch.manual_seed(seed)
             model = traced.build(w)
@@ -139,9 +137,15 @@ def coord_check(
             read = probe(mup, model, (x,))
             m.record(w, 0, read(), seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
+            train_norms(model)  # a batch norm's training forward is the program's
             for t in range(1, steps + 1):
                 logits = _logits(model(x))
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
+                # a classifier of the sequence (logits read at one token, BERT's pooled head)
+                # has one target per sequence: the first token's, folded into its classes (an
+                # image classifier's targets, one per image, come as they are: _data)
+                per_token = logits.dim() > 2 or y.dim() == 1
+                target = y if per_token else y[:, 0] % logits.shape[-1]
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -172,6 +176,28 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
         if targets and targets <= frozen:
             r.ok, r.verdict = True, ("frozen: its params do not train (requires_grad=False), "
                                      "so it never changes")
+
+
+def _data(traced, batch: int, g):
+    """A fixed batch and its targets: random token ids and next tokens, or for a model traced
+    on float inputs (an ``image``, ``patches`` or vector input) random N(0, 1) inputs of the
+    example inputs' shape and a class of the output's dim per sample (per token, for per-token
+    outputs)."""
+    import torch
+
+    program = traced.program
+    if not any(i.kind in ("image", "patches", "vector") for i in program.inputs):
+        seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
+        return (torch.randint(vocab, (batch, seq), generator=g),
+                torch.randint(vocab, (batch, seq), generator=g))
+    with torch.device("meta"):  # the program has the patches, the model takes the image
+        given = traced.example_inputs(built(traced.build, traced.base_width))
+    given = (given,) if isinstance(given, torch.Tensor) else given
+    shape = next(tuple(x.shape) for x in given if isinstance(x, torch.Tensor))
+    classes = program.dim_table[program.value_dims[program.outputs[0]]].size
+    tokens = (program.dim_table[program.seq].size,) if program.seq else ()
+    return (torch.randn(batch, *shape[1:], generator=g),
+            torch.randint(classes, (batch, *tokens), generator=g))
 
 
 def module_paths(mup: MuP) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 The file is imported as a module; ``FUNCTION(width)`` returns the model. Its inputs come from a
 function named by ``--inputs`` in the same file (default ``example_inputs``, if defined), else
-token ids of shape [2, --seq-len]. A missing file or function, a build that raises and an op
-outside the language are positioned errors, never tracebacks.
+images of shape [2, C, H, W] (``--image C,H,W``) or token ids of shape [2, --seq-len]. A missing
+file or function, a build that raises and an op outside the language are positioned errors,
+never tracebacks.
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def _guarded(fn, path: str, shown, help: str):
 
 
 def trace_command(
-    spec: str, widths: list[int], output: str | None, inputs: str | None, seq_len: int
+    spec: str, widths: list[int], output: str | None, inputs: str | None, seq_len: int,
+    image: tuple[int, int, int] | None = None,
 ) -> str:
-    """The traced program's text (written to ``output`` when given)."""
+    """The traced program's text (written to ``output`` when given); ``image`` (C, H, W): the
+    default inputs are a batch of 2 such images rather than token ids."""
     import torch
 
     if len(widths) != 2:
@@ -97,7 +100,12 @@ def trace_command(
         )
     build, example_inputs = load(spec, inputs)
     path = spec.rpartition(":")[0]
-    if example_inputs is None:
+    if example_inputs is None and image is not None:
+
+        def example_inputs(model):
+            return (torch.zeros(2, *image),)
+
+    elif example_inputs is None:
 
         def example_inputs(model):
             return (torch.zeros(2, seq_len, dtype=torch.long),)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_conv import ConvOps
+from .ops_encoder import EncoderOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_moe import refuse_routing
@@ -20,19 +22,24 @@ from .walk import Walker
 
 class Converter(
     Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
-    NormOps,
+    NormOps, ConvOps, EncoderOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are)."""
 
 
-def convert(ep, base: dict, tok_value, scalars: dict | None = None) -> Trace:
+def convert(ep, base: dict, tok_value, scalars: dict | None = None,
+            given: dict | None = None) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
-    ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none)."""
+    ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
+    ``given``: the other integer inputs' values on the CPU (an attention mask, token-type ids),
+    keyed by their placeholders."""
     refuse_routing(ep)  # before the walk, which would stop at the router's softmax
     conv = Converter(ep, base)
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
+    conv.given = given or {}
     trace = conv.run()
+    conv.image_read_once()  # an image cut into patches is read no other way (ops_conv.py)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

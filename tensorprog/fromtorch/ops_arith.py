@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .ops_conv import is_image
 from .values import (
     Affine,
     Aux,
@@ -57,7 +58,9 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
-            if isinstance(x, PRef):
+            if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
+                terms.append((c, self.position_table(node, x)))
+            elif isinstance(x, PRef):
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))
@@ -208,6 +211,8 @@ class ArithOps:
         return Pointwise(p.src, lambda t, f=p.f: f(t) ** e)
 
     def op_mean(self, node, x, dims, keepdim=False):
+        if is_image(x):  # over the pixels: a global pool (ops_conv.py)
+            return self.image_mean(node, x, dims, keepdim)
         ndim = len(self._shape(node.args[0]))
         norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
         if norm is not None:

@@ -3,7 +3,7 @@ attention's repeated key/value heads (sdpa's enable_gqa, HF's repeat_kv, repeat_
 
 from __future__ import annotations
 
-from .values import Conc, KVRepeat, Probs, Scores, Vec
+from .values import Conc, KVRepeat, PRef, Probs, Scores, Vec
 from .where import refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
@@ -52,8 +52,17 @@ class AttentionOps:
             keep = mask if additive else ~mask
         else:
             keep = (mask > -1e4) if additive else None
+        if keep is not None and bool(keep.all()):
+            # every query sees every key (an encoder's mask of an all-ones attention_mask, or
+            # HF's bidirectional mask helpers): the mask changes nothing, and the softmax is
+            # bidirectional unless the call is causal itself
+            return s
         if keep is None or not bool((keep == causal).all()):
-            raise refuse(node, "an attention mask that is not the causal mask")
+            raise refuse(node, "an attention mask that is neither the causal mask nor one that "
+                         "keeps every key (a padding mask hides keys per example, which the "
+                         "language's attention over all tokens cannot say)",
+                         help="trace with example inputs without padding: no attention_mask, "
+                         "or one of all ones; the µP derived holds for padded batches too")
         return Scores(s.q, s.k, s.factor, s.node, s.tags, True, s.cap)  # a soft-cap kept
 
     def op_masked_fill(self, node, s, mask, value):
@@ -112,6 +121,8 @@ class AttentionOps:
         return KVRepeat(v, heads + 1)
 
     def op_expand(self, node, v, sizes, *rest):
+        if isinstance(v, PRef):  # cls.expand(B, 1, n): a class token (ops_encoder)
+            raise self.param_as_token(node, v)
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
         if not isinstance(v, KVRepeat) or v.group is not None or len(new) != len(old) or any(
@@ -154,6 +165,9 @@ class AttentionOps:
         enable_gqa=False,
     ):
         q, k, v = (self.vec(x, node) for x in (q, k, v))
+        if q.dh is None:  # one head of the whole dim is no view the walk splits into heads
+            raise refuse(node, "attention over values not split into heads (view them as "
+                         "(batch, tokens, heads, head dim) and transpose, with 2 heads or more)")
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))

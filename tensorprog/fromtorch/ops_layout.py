@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .ops_conv import is_image
 from .values import Affine, Aux, Conc, KVRepeat, PairStack, Parts, Pointwise, PRef, Scores, Sub, Vec
 from .where import refuse
 
@@ -24,6 +25,8 @@ class LayoutOps:
         if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention
             return self.repeat_kv_merge(node, v)
         self._whole(node, v)
+        if is_image(v):  # a pooled image flattened (ops_conv.py)
+            return self.image_view(node, v)
         tags = self._tags(v)
         old = self._shape(node.args[0])
         groups = self._groups(node, v, old, shape)
@@ -81,8 +84,7 @@ class LayoutOps:
     def op_select(self, node, v, dim, index):
         if isinstance(v, Parts):
             return dataclasses.replace(v.items[index], node=node.name)
-        raise refuse(node, "indexing a traced value along an axis other than a fused layer's "
-                     "blocks")
+        return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
 
     def _whole(self, node, v):
         if isinstance(v, Sub):  # only a rotary turns a part of each head, then cat puts it back

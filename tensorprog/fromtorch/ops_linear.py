@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .ops_conv import is_image
+from .ops_relative import refuse_relative, relative_kind
 from .values import Affine, Conc, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
@@ -34,6 +36,8 @@ class LinearOps:
             src, tags = "pos", ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
+        elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
+            raise refuse_relative(node, kind, w.shape[0])  # T5's bias: named, with the fix
         else:
             raise refuse(
                 node,
@@ -92,6 +96,11 @@ class LinearOps:
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a linear layer whose weight is not a param")
         x = self.vec(x, node)
+        if is_image(x):  # torch's linear maps the last axis: an image's columns (ops_conv.py)
+            raise refuse(node, "a linear layer applied to an image (it maps the last axis, the "
+                         "pixels of each row, not the channels)",
+                         help="pool the image to one pixel first (nn.AdaptiveAvgPool2d(1), then "
+                         "flatten), or use a 1x1 convolution")
         return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
 
     def op_addmm(self, node, b, x, w):

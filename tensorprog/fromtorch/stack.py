@@ -35,7 +35,7 @@ from .values import ParamUse
 # may take one
 _TAKEN = {
     "width", "depth", "dim", "input", "param", "scale", "output", "block", "return", "repeat",
-    "tokens", "positions", "image", "n", "tok", "pos", "T", "V", *FUNCTIONS,
+    "tokens", "positions", "image", "patches", "n", "tok", "pos", "T", "V", *FUNCTIONS,
 }
 _IDENT = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 # two base stds of one param in two layers within this ratio are one init (a pooled estimate

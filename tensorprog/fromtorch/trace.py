@@ -17,6 +17,7 @@ from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
+from .ops_conv import refuse_frozen_norms, train_norms
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, strip_prefix
@@ -24,8 +25,9 @@ from .where import def_span, exception_span, module_of, strip_prefix
 
 class _Wrapped:
     """Calls the user's model and returns its output tensors: every tensor of a tuple or list
-    (each traced as an output of the program), or the ``logits`` of a Hugging Face output (with
-    ``use_cache=False`` where the model takes it)."""
+    (each traced as an output of the program), or the ``logits`` of a Hugging Face output (else
+    each of its ``*_logits``: BertForPreTraining's two heads), with ``use_cache=False`` where
+    the model takes it."""
 
     def __new__(cls, model):
         import inspect
@@ -42,11 +44,15 @@ class _Wrapped:
                     else {}
                 )
 
-            def forward(self, *args):
-                got = self.m(*args, **self.kw)
+            def forward(self, *args, **kwargs):
+                got = self.m(*args, **kwargs, **self.kw)
                 out = got
                 if hasattr(out, "logits"):
                     out = out.logits
+                elif hasattr(out, "to_tuple"):  # a Hugging Face output of several heads' logits
+                    # (BertForPreTraining's prediction_logits and seq_relationship_logits)
+                    out = tuple(v for k, v in out.items()
+                                if k.endswith("logits") and isinstance(v, torch.Tensor))
                 elif isinstance(out, (tuple, list)):  # every head, not the first only
                     out = tuple(x for x in out if isinstance(x, torch.Tensor))
                 # anything else (an int, None, a tuple of no tensor) is a program with no output
@@ -73,14 +79,16 @@ def _kind(value) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def export(model, inputs: Sequence):
+def export(model, inputs: Sequence, kwargs: dict | None = None):
     """The model's aten graph (``torch.export``, non-strict), in eval mode (no dropout)."""
     import torch
 
     was = model.training
     model.eval()
+    train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        return torch.export.export(_Wrapped(model), tuple(inputs), strict=False)
+        return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
+                                   strict=False)
     except TensorProgError:
         raise
     except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line
@@ -179,6 +187,8 @@ def _law(model, name: str, p):
     module = model.get_submodule(module_name)
     if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
         return 1 / math.sqrt(3 * module.in_features)
+    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
+        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
     if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
         return 1.0
     return None
@@ -250,28 +260,72 @@ def built(build: Callable, width: int):
     return model
 
 
-def _inputs(example_inputs: Callable, model) -> tuple:
-    """The forward's positional inputs: a tuple or list of them (a lone tensor, as itself)."""
+def _inputs(example_inputs: Callable, model) -> tuple[tuple, dict]:
+    """The forward's inputs, positional and keyword: a tuple or list of positional ones (a lone
+    tensor, as itself), or a dict of keyword ones (``input_ids=``, ``attention_mask=``)."""
     import torch
 
     given = example_inputs(model)
     if isinstance(given, torch.Tensor):  # tuple() would split it into its rows
-        return (given,)
-    if not isinstance(given, (tuple, list)):
+        return (given,), {}
+    if isinstance(given, dict) and all(isinstance(k, str) for k in given):
+        args, kwargs = (), dict(given)
+    elif isinstance(given, (tuple, list)):
+        args, kwargs = tuple(given), {}
+    else:
         raise UsageError(
-            f"example_inputs returned {_kind(given)}: expected a tuple of the forward's inputs",
+            f"example_inputs returned {_kind(given)}: expected a tuple of the forward's inputs "
+            "or a dict of its keyword inputs",
             def_span(example_inputs),
             help="return the forward's positional inputs, e.g. (torch.zeros(2, 16, "
-            "dtype=torch.long),)",
+            "dtype=torch.long),), or keyword ones, e.g. {'input_ids': ids, 'attention_mask': "
+            "torch.ones_like(ids)}",
         )
-    if not any(isinstance(x, torch.Tensor) for x in given):
+    leaves = (*args, *kwargs.values())
+    nested = next((x for x in leaves if isinstance(x, (tuple, list, dict))), None)
+    if nested is not None:
+        raise UsageError(
+            f"example_inputs gave a {type(nested).__name__} among the forward's inputs: each "
+            "input must be a tensor, a number or None",
+            def_span(example_inputs),
+            help="pass each tensor as its own positional or keyword input",
+        )
+    if not any(isinstance(x, torch.Tensor) for x in leaves):
         raise UsageError(
             "example_inputs gave no tensor: the token ids to trace the model on are missing",
             def_span(example_inputs),
             help="return the forward's positional inputs, token ids first, e.g. "
             "(torch.zeros(2, 16, dtype=torch.long),)",
         )
-    return tuple(given)
+    return args, kwargs
+
+
+def _token_ids(args: tuple, kwargs: dict) -> int:
+    """Which of the inputs (positional, then keyword) holds the token ids: ``input_ids`` (Hugging
+    Face's name) when given as a keyword, else the first tensor (an optional mask left out as
+    None may come before it)."""
+    import torch
+
+    leaves = (*args, *kwargs.values())
+    if isinstance(kwargs.get("input_ids"), torch.Tensor):
+        return len(args) + list(kwargs).index("input_ids")
+    return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
+
+
+def _given(ep, leaves: tuple, tok: int) -> dict:
+    """The integer inputs other than the token ids (an attention mask, token-type ids), by
+    their placeholders in ``ep``, on the CPU: constants of the trace (a mask of all ones keeps
+    every key; token-type ids of one value are one row of their table). ``ep``'s user inputs
+    are ``leaves`` in order (positional, then keyword); float ones stay inputs of their own."""
+    import torch
+
+    specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    assert len(specs) == len(leaves), (specs, leaves)  # flat inputs, checked by _inputs
+    return {
+        s.arg.name: x.detach().to("cpu")
+        for i, (s, x) in enumerate(zip(specs, leaves, strict=True))
+        if i != tok and isinstance(x, torch.Tensor) and not x.is_floating_point()
+    }
 
 
 def from_torch(
@@ -283,7 +337,9 @@ def from_torch(
 ) -> Traced:
     """Trace ``build(width)`` at two widths on the meta device into a Tensor Program.
 
-    ``example_inputs(model)`` returns the forward's positional inputs (token ids); the first
+    ``example_inputs(model)`` returns the forward's inputs: a tuple of positional ones (token
+    ids) or a dict of keyword ones (``input_ids``, an ``attention_mask``, ``token_type_ids``);
+    integer inputs other than the token ids are constants of the trace, None is left out. The first
     width is the base width (where hyperparameters are tuned). A stack of identical layers (an
     nn.ModuleList of one class) becomes one ``block`` repeated over the depth ``L`` (its traced
     layer count), so that derive gives the exponents in the depth too; ``blocks=False`` keeps
@@ -304,15 +360,20 @@ def from_torch(
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
-        given = _inputs(example_inputs, model)
-        inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in given)
-        # the token ids, on the CPU (masks are computed from them): the first tensor, which
-        # need not be the first input (an optional mask may come first as None)
-        tok = [torch.zeros(x.shape, dtype=x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
+        args, kwargs = _inputs(example_inputs, model)
+        leaves = (*args, *kwargs.values())
+        k = _token_ids(args, kwargs)
+
+        def meta(x):
+            return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+        # the token ids, on the CPU (masks are computed from them)
+        tok = torch.zeros(leaves[k].shape, dtype=leaves[k].dtype)
         try:
-            ep = export(model, inputs)
+            refuse_frozen_norms(model)
+            ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model)
-            traces.append(convert(ep, base, tok[0] if tok else None, scalars))
+            traces.append(convert(ep, base, tok, scalars, _given(ep, leaves, k)))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -509,6 +570,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
             lines.append(f"dim {name} = {rhs}")
     if vocab is not None:
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
+    elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
+        lines.append(f"dim T = {seq}")
     if any(" @ pos" in s for s in t1.stmts):
         lines.append("input pos : positions[T]")
     lines += body

@@ -51,6 +51,7 @@ _RESERVED = {
     "tokens",
     "positions",
     "image",
+    "patches",
     "n",
     "tok",
     "pos",
@@ -116,6 +117,9 @@ class Walker:
         self.declared_params: set[str] = set()
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
+        # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
+        # values on the CPU, constants of the trace as the masks computed from the ids are
+        self.given: dict = {}
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
 
@@ -288,6 +292,10 @@ class Walker:
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
                     self.env[node.name] = Aux()
+                elif spec.kind.name == "USER_INPUT" and node.name in self.given:
+                    self.env[node.name] = Conc(self.given[node.name])
+                elif spec.kind.name == "USER_INPUT" and val.dtype.is_floating_point:
+                    self.env[node.name] = self.float_input(node, val)  # an image: ops_conv.py
                 elif spec.kind.name == "USER_INPUT":
                     if val.dtype not in (torch.long, torch.int32, torch.int64):
                         raise TraceError(

@@ -4,9 +4,10 @@ Each row says what the engine needs to know of a function, and what the emitter 
 compute it with:
 
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
-  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools: size
-  passes through); ``bounded``: φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and
-  bounded (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools, and
+  ``first``, one token's vector read out of a sequence: size passes through); ``bounded``:
+  φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a softmax
+  over finitely many tokens: Θ(1) whatever the input);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm: Θ(1) output, a change counted
   relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -47,14 +48,39 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("causal_softmax", "offset", None, "torch.softmax"),
     Function("avgpool", "linear", None, "torch.nn.functional.avg_pool2d"),
     Function("global_pool", "linear", None, ".mean"),
+    Function("maxpool", "linear", None, "torch.nn.functional.max_pool2d"),
+    # the max over each pixel's 3x3 neighbourhood (same-padded, stride 1): torchvision's stem
+    # pool MaxPool2d(3, 2, 1) is exactly subsample(maxpool3(h))
+    Function("maxpool3", "linear", None, "torch.nn.functional.max_pool2d"),
+    # every other pixel (a kernel-1, stride-2 average pool): a stride-2 convolution is the
+    # stride-1 one read at every other pixel, so `subsample(K @ h)` writes it exactly
+    Function("subsample", "linear", None, "torch.nn.functional.avg_pool2d"),
+    # each channel normalised over the batch and the pixels (BatchNorm in training mode): a
+    # coordinate's own statistics, so its size divides out as a layernorm's does
+    Function("batchnorm", "normalize", None, "torch.nn.functional.batch_norm"),
+    # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
+    # coordinates, as large as any token's, and its gradient reaches that token alone
+    Function("first", "linear", None, ".select"),
 )}
 
 #: The names, in the order the language lists them.
 NONLINEARITIES = tuple(FUNCTIONS)
 #: The coordinatewise functions: φ applied to each coordinate, with a value at 0.
 COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not None)
-#: functions that change an image's spatial size: 2x2 average pooling, and the global average
-POOLS = {"avgpool": 2, "global_pool": None}
+#: functions of an image's pixels, by the factor they divide its size by: 2x2 average and max
+#: pooling, every other pixel, a 3x3 max that keeps the size, and the global average (None)
+POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "global_pool": None}
+
+
+def pooled(fn: str, size: tuple[int, int]) -> tuple[int, int] | None:
+    """An image's height and width after ``fn`` (None: no pixels left, a global pool): a 2x2
+    pool drops an odd last row (torch's floor), ``subsample`` keeps it (pixels 0, 2, 4, ...)."""
+    k = POOLS[fn]
+    if k is None:
+        return None
+    if fn == "subsample":
+        return (-(-size[0] // k), -(-size[1] // k))
+    return (size[0] // k, size[1] // k)
 
 
 def torch_function(torch, name: str):

@@ -52,9 +52,14 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import POOLS
+from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative")
+#: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
+#: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own).
+RELATIVE_KINDS = ("relative", "causal_relative")
+#: Inputs built inside the model from the sequence lengths, never passed to forward.
+BUILT_KINDS = ("positions", *RELATIVE_KINDS)
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
 MAX_SIZE = 2**53
@@ -146,8 +151,11 @@ class Dim:
 class Input:
     """An input: a vector of dim ``dim`` (``vector``), token ids over a vocabulary ``dim`` at each
     of ``seq`` positions (``tokens``, a one-hot vector per token), the positions 0..seq-1
-    themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``)."""
+    themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
+    distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
+    ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
+    image with ``dim`` channels at every pixel of ``spatial`` (``image``). A program may have
+    several sequence dims (an encoder's and a decoder's), see :mod:`tensorprog.ir.sequences`."""
 
     name: str
     dim: str
@@ -429,8 +437,7 @@ class Program:
         for ins in self.body:
             sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
             if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
-                k = POOLS[ins.fn]
-                sizes = None if k is None else (sizes[0] // k, sizes[1] // k)
+                sizes = pooled(ins.fn, sizes)
             out[ins.out] = sizes
         return out
 
@@ -500,7 +507,9 @@ class Program:
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]
-                if len(found) == 2 and found[0] != found[1] and per_head(declared, *found):
+                # (a relative bias [H] added to logits [n/dh] is no gain: the logits' heads)
+                if (len(found) == 2 and found[0] != found[1] and set(found) <= declared.keys()
+                        and per_head(declared, *found)):
                     found = found[1:]
                 dims[ins.out] = found[0] if found else None
         return dims

@@ -9,7 +9,19 @@ from __future__ import annotations
 from fractions import Fraction
 
 from .functions import MUL
-from .program import Dot, Input, Instruction, MatMul, Mix, Nonlin, Param, Program, Route, Stream
+from .program import (
+    RELATIVE_KINDS,
+    Dot,
+    Input,
+    Instruction,
+    MatMul,
+    Mix,
+    Nonlin,
+    Param,
+    Program,
+    Route,
+    Stream,
+)
 
 
 def _coef(c: Fraction) -> str:
@@ -60,6 +72,10 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
     if i.kind == "positions":
         return f"input {i.name} : positions[{i.seq}]"
+    if i.kind == "patches":
+        return f"input {i.name} : patches[{i.seq}, {i.dim}]"
+    if i.kind in RELATIVE_KINDS:
+        return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"
 
 

@@ -22,6 +22,7 @@ from .program import (
     per_head,
     split_heads_dim,
 )
+from .sequences import check_sequences
 
 
 def _grouped(dims: dict, query: str, kv: str | None, over: str | None) -> bool:
@@ -59,8 +60,6 @@ def verify(program: Program) -> Program:
         elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
             errors.error(f"input {i.name}: the sequence dim {i.seq} must be finite", i.span)
         define(i.name, i.dim, i.span)
-    if len({i.seq for i in program.inputs if i.seq is not None}) > 1:
-        errors.error("all token and position inputs must share one sequence dim")
     matrices = _verify_params(program, dims, defined, define, errors)
     if errors.errors:
         errors.raise_if_any(SemanticError)
@@ -129,6 +128,8 @@ def verify(program: Program) -> Program:
             out = next((o for o in vectors if o != gain), None) if gain else (
                 vectors[0] if vectors else None)
         define(ins.out, out, ins.span)
+    if not errors.errors:  # every operand defined: which sequence each value runs over
+        check_sequences(program, errors)
     _verify_blocks(program, defined, key, errors)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
     for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):

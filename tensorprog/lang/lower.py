@@ -20,6 +20,7 @@ from lark import Token
 from ..errors import Collector, Diagnostic, SemanticError, Span, TensorProgWarning, source_lines
 from ..ir.program import (
     MAX_SIZE,
+    RELATIVE_KINDS,
     Block,
     Depth,
     Dim,
@@ -34,6 +35,7 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_expr import FUNCTIONS, ExpressionLowering, Matrix, Scalar, Vec
+from .lower_first import mark_tokens
 
 
 def _line_end_span(source: str, filename: str) -> Span:
@@ -52,6 +54,7 @@ class _Lowering(ExpressionLowering):
         self.heads_dims: dict[str, Dim] = {}  # the heads axis of each dot(q, k, dh), by name
         self.pixels: dict[str, tuple[int, int]] = {}  # image-valued values: their height, width
         self.tokenwise: set[str] = set()  # values with a sequence axis (built from token inputs)
+        self.one_token: set[str] = set()  # values read at one token (first): no sequence axis
         self.values: dict[str, str | None] = {}  # vector name -> dim name (None: scalar)
         self.matrices: dict[str, Param] = {}
         self.defined_at: dict[str, Span] = {}
@@ -350,6 +353,8 @@ class _Lowering(ExpressionLowering):
             self.pixels[out] = self.pixels[init]
         if init in self.tokenwise:
             self.tokenwise.add(out)
+        if init in self.one_token:
+            self.one_token.add(out)
         self.defined_at[out] = arg_span
         n_params = len(self.block_params)
         self.block, self.scope = name, {arg_name: out}
@@ -392,6 +397,13 @@ class _Lowering(ExpressionLowering):
                 "each repetition's return value is the next one's argument: return a vector of "
                 f"the argument's dim, e.g. `return {arg_name} + W2 @ relu(W1 @ {arg_name})`")
             return None
+        if arg in self.tokenwise and self.one_token.intersection(value.terms):
+            self.errors.error(
+                f"block {self.block} returns one token's vector (read by first), but its argument "
+                f"{arg_name} has one value per token", st.span,
+                "each repetition's return value is the next one's argument: return per-token "
+                "values, and read the token after the repeat, e.g. `first(hL)`")
+            return None
         last = self.body[-1] if len(self.body) > n_body else None
         single = value.single()
         if last is not None and single == last.out:
@@ -401,6 +413,8 @@ class _Lowering(ExpressionLowering):
                 self.pixels[self.target] = self.pixels[last.out]
             if last.out in self.tokenwise:
                 self.tokenwise.add(self.target)
+            if last.out in self.one_token:
+                self.one_token.add(self.target)
             ret = self.target
         elif single is not None:
             ret = single
@@ -472,16 +486,27 @@ class _Lowering(ExpressionLowering):
             self.errors.error(f"the sequence dim {seq.name} must be finite", st.span,
                               "declare it as a number of tokens, e.g. `dim T = 16`")
             return
-        known = {i.seq for i in self.inputs if i.seq is not None}
-        if known and seq.name not in known:
-            self.errors.error(f"input {st.name} uses sequence dim {seq.name}, but another input "
-                              f"uses {known.pop()}", st.span, "a program has one sequence axis")
-            return
+        # inputs on different sequence dims are different sequences (an encoder's source and
+        # a decoder's target): only attention reads one from the other (ir/sequences.py)
         if kind == "tokens" and dims[1].infinite:
             self.errors.error(f"the vocabulary dim {dims[1].name} must be finite", st.span,
                               "a token id indexes a finite vocabulary")
             return
-        dim = dims[1].name if kind == "tokens" else seq.name
+        if kind == "patches" and dims[1].infinite:
+            self.errors.error(f"the patch dim {dims[1].name} must be finite", st.span,
+                              "a patch holds a fixed number of values (channels x p x p); the "
+                              "width enters through the weight that embeds it")
+            return
+        # T5's buckets: half exact distances, half logarithmic ones (and half of each per
+        # direction when bidirectional), so fewer than 4 (2 causal) leave no exact bucket
+        least = 4 if kind == "relative" else 2
+        if kind in RELATIVE_KINDS and (dims[1].infinite or dims[1].size < least):
+            self.errors.error(f"the bucket dim {dims[1].name} must be finite and at least "
+                              f"{least}", st.span,
+                              "relative positions fall in a finite number of distance buckets, "
+                              "e.g. `dim B = 32` (T5's)")
+            return
+        dim = seq.name if kind == "positions" else dims[1].name
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
             self.tokenwise.add(st.name)
@@ -589,13 +614,14 @@ class _Lowering(ExpressionLowering):
                 self.pixels[name] = self.pixels[last.out]
             if last.out in self.tokenwise:
                 self.tokenwise.add(name)
+            if last.out in self.one_token:
+                self.one_token.add(name)
             if self.blocks and self.blocks[-1].result == last.out:  # a block's result
                 self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:
             self.check_coefficients(value, st.span)
             self.body.append(LinComb(name, value.items(), st.span))
-            if self.tokenwise.intersection(value.terms):
-                self.tokenwise.add(name)
+            mark_tokens(self, name, tuple(value.terms), st.span)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:
                 self.pixels[name] = sizes[0]

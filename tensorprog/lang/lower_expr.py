@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import MUL, NONLINEARITIES
+from ..ir.functions import MUL, NONLINEARITIES, POOLS, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
+    RELATIVE_KINDS,
     Dot,
     LinComb,
     MatMul,
@@ -29,6 +30,7 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_first import first_readable, mark_tokens
 from .lower_route import ROUTES, lower_route
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
@@ -90,13 +92,12 @@ class ExpressionLowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
-        if any(o in self.tokenwise for o in ins.operands):
-            self.tokenwise.add(ins.out)
+        mark_tokens(self, ins.out, ins.operands, ins.span, getattr(ins, "fn", None) == "first")
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
             (h, w), = sizes if len(sizes) == 1 else [max(sizes)]
-            self.pixels[ins.out] = (h // 2, w // 2) if fn == "avgpool" else (h, w)
+            self.pixels[ins.out] = pooled(fn, (h, w)) if fn in POOLS else (h, w)
         return ins.out
 
     def expr(self, root):
@@ -345,13 +346,30 @@ class ExpressionLowering:
             return None
         out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
                         fan_out)
+        relative = next((i for i in self.inputs if i.name == arg and i.kind in RELATIVE_KINDS),
+                        None)
+        if relative is not None:
+            return self.relative_bias(out, fan_out)
         return self.vec(out, fan_out)
+
+    def relative_bias(self, out: str, fan_out: str) -> Vec:
+        """``R @ rel``, a relative input's buckets looked up in R [heads, buckets]: one value
+        per head and token pair, added to attention logits, so its dim is a heads axis (the
+        logits' last axis is the key tokens, not a vector's dim)."""
+        name = f"{fan_out} per token pair"
+        self.heads_dims.setdefault(name, replace(self.dims[fan_out], name=name))
+        return self.vec(out, name)
 
     def compares_tokens(self, args, node) -> bool:
         """Attention (a per-head dot, mix) pairs tokens, so each side must vary over them: a
         value built from params alone has no sequence axis to compare."""
         flat = [a for a in args if not any(t in self.tokenwise for t in a.terms)]
-        if flat:
+        one = next((t for a in flat for t in a.terms if t in self.one_token), None)
+        if one is not None:
+            self.errors.error(f"{node.fn} pairs tokens, but {one} is one token's vector (read "
+                              "by first): it has no tokens to pair", node.span,
+                              "read the token with first(h) after attention, not before")
+        elif flat:
             self.errors.error(f"{node.fn} pairs tokens, but an argument does not depend on any "
                               "token or position input", node.span,
                               "build queries, keys and values from the token stream (e.g. "
@@ -397,6 +415,10 @@ class ExpressionLowering:
                        f"(one value per head and token pair), not {what}")
             help_ = ("write `causal_softmax(tau * dot(q, k, dh))`; for a finite dim's "
                      "probabilities use softmax")
+        elif fn == "batchnorm" and (v.dim is None or logits):
+            problem = (f"batchnorm normalises each coordinate of a vector over the batch (and "
+                       f"an image's pixels), not {what}")
+            help_ = "write `batchnorm(h)` of a vector of a declared dim (a convolution's output)"
         elif fn in ("layernorm", "rmsnorm"):
             if v.dim is None or logits:
                 axis = "key tokens" if logits else "the batch (or the tokens)"
@@ -581,14 +603,16 @@ class ExpressionLowering:
         if group is not None and self.heads(args[0].dim, group, node) is None:
             return None
         arg = self.name_of(args[0], node.span)
-        if node.fn in ("avgpool", "global_pool"):
+        if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
+            return None
+        if node.fn in POOLS:
             size = self.pixels.get(arg)
             if size is None:
                 self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
                                   "pool values computed from an `image` input")
                 return None
-            if node.fn == "avgpool" and min(size) < 2:
-                self.errors.error(f"avgpool of a {size[0]}x{size[1]} image leaves no pixel",
+            if POOLS[node.fn] is not None and 0 in pooled(node.fn, size):
+                self.errors.error(f"{node.fn} of a {size[0]}x{size[1]} image leaves no pixel",
                                   node.span, "pool fewer times, or use global_pool")
                 return None
         out = self.emit(Nonlin(self.fresh(self.target), node.fn, (arg,), node.span, group),

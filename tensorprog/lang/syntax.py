@@ -117,8 +117,22 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_patches(self, meta, c):
+        return Stmt("input", str(c[0]), ("patches", c[1], c[2]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
     def input_positions(self, meta, c):
         return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_relative(self, meta, c):
+        return Stmt("input", str(c[0]), ("relative", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_causal_relative(self, meta, c):
+        return Stmt("input", str(c[0]), ("causal_relative", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
 
     @v_args(meta=True)
     def param_decl(self, meta, c):

@@ -20,7 +20,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,8 +32,8 @@ from ..errors import Diagnostic, TensorProgWarning, UsageError
 from ..ir.program import Program
 from ..ir.sizes import check_training
 from ..ir.verify import verify
+from .backend import backend
 from .data import Dataset, load
-from .workers import worker_pool
 
 HPS = ("lr", "init_std", "output_mult")
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
@@ -119,8 +118,12 @@ class Trial:
 _WORKER: dict = {}  # per process: loaded data sets and modules
 
 
-def run_trial(job: dict) -> dict:
-    """Train one model; runs in a worker process. Returns the final training loss."""
+def run_trial(job: dict, report=None) -> dict:
+    """Train one model; runs in a worker process. Returns the final training loss.
+
+    ``job`` may also give the Model's ``init_std`` and ``mult`` (``tune``'s base constants) and
+    ``report_every``: then ``report(step, loss)``, the mean loss of the last ``report_every``
+    steps, is called that often and stops the run (``"pruned": True``) when it returns True."""
     import torch  # heavy: imported only when a trial trains
 
     torch.set_num_threads(job["threads"])
@@ -133,7 +136,9 @@ def run_trial(job: dict) -> dict:
         _WORKER[("module", job["source_key"])] = module
     hp, value, device = job["hp"], job["value"], job["device"]
     fixed = job.get("fixed_width")  # a depth sweep: "width" is the depth
-    model = module.Model(job["width"]) if fixed is None else module.Model(fixed, job["width"])
+    given = {k: job[k] for k in ("init_std", "mult") if job.get(k)}  # tune's base constants
+    model = (module.Model(job["width"], **given) if fixed is None
+             else module.Model(fixed, job["width"], **given))
     model.reset_parameters(generator=torch.Generator().manual_seed(job["seed"]))
     if hp == "init_std":  # scale every random init, not the constant ones (gains, zero biases)
         with torch.no_grad():
@@ -159,6 +164,10 @@ def run_trial(job: dict) -> dict:
         if not math.isfinite(value_now):
             return {"loss": None, "diverged": True, "steps": len(losses)}
         losses.append(value_now)
+        every = job.get("report_every")
+        if report is not None and every and len(losses) % every == 0 and len(losses) < job["steps"]:
+            if report(len(losses), sum(losses[-every:]) / every):
+                return {"loss": None, "diverged": False, "steps": len(losses), "pruned": True}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -267,12 +276,12 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
           lr: float | None = None, device: str = "cpu", jobs: int | None = None,
           cache: str | Path | None = ".tensorprog-cache", progress: bool = False,
           depths: Sequence[int] | None = None, width: int | None = None,
-          depth_convention: str = "completep") -> Sweep:
+          depth_convention: str = "completep", ray_address: str | None = None) -> Sweep:
     """Train every (param, width, value, seed) and collect the final training losses.
 
     With ``depths``, every run has one width (``width``, default the base width) and the sweep's
     axis is the depth: ``Sweep.widths`` then holds the depths, and ``settings["axis"]`` is
-    ``"depth"``."""
+    ``"depth"``. With ``ray_address`` every trial runs on that Ray cluster (backend.py)."""
     plan = _plan(program, optimizer, data_name, params=params, hp=hp, widths=widths,
                  values=values, steps=steps, seeds=seeds, batch_size=batch_size, lr=lr,
                  device=device, cache=cache, depths=depths, width=width,
@@ -280,7 +289,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
     trials = [Trial(p, w, v, s) for p in plan.params for w in plan.widths for v in plan.values
               for s in range(plan.seeds)]
     results, todo = _from_cache(plan, trials)
-    jobs = _run(plan, todo, results, jobs, total=len(trials), progress=progress)
+    jobs = _run(plan, todo, results, jobs, total=len(trials), progress=progress,
+               ray_address=ray_address)
     settings = {"program": program.name, "data": data_name, "data_about": plan.data.about,
                 "optimizer": optimizer.name, "steps": plan.steps, "batch_size": plan.batch_size,
                 "base_lr": plan.base_lr if hp != "lr" else None, "device": device, "jobs": jobs,
@@ -330,9 +340,10 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
           hp: str, widths: Sequence[int], values: Sequence[float] | None, steps: int | None,
           seeds: int, batch_size: int | None, lr: float | None, device: str,
           cache: str | Path | None, depths: Sequence[int] | None, width: int | None,
-          depth_convention: str) -> _Plan:
+          depth_convention: str, convention: str = "table3", one_width: bool = False) -> _Plan:
     """Check a sweep's arguments against the program and the data, fill in the defaults and
-    emit the module of every parametrization: everything that can fail before training does."""
+    emit the module of every parametrization (µP in ``convention``): everything that can fail
+    before training does. ``one_width``: a study at one width (tune.py), not a sweep."""
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
     if depths is not None:
@@ -353,7 +364,7 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
         fitted.check_widths([width])
         widths = depths
     widths = sorted(set(widths))
-    if len(widths) < 2 or widths[0] < 1:
+    if len(widths) < (1 if one_width else 2) or widths[0] < 1:
         raise UsageError("give at least two positive widths" if depths is None
                          else "give at least two positive depths")
     if depths is None:
@@ -375,7 +386,7 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
         raise UsageError(f"the learning rate must be a positive number, not {base_lr}")
     sources = {}
     for param in params:
-        abc, depth_abc, label, eps = choose(fitted, optimizer, param,
+        abc, depth_abc, label, eps = choose(fitted, optimizer, param, convention,
                                             depth_convention=depth_convention)
         sources[param] = emit(fitted, abc, optimizer=optimizer, label=label,
                               command="tensorprog transfer", depth_abc=depth_abc,
@@ -391,6 +402,19 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     return _Plan(hp, tuple(params), widths, values, seeds, steps, batch_size, seq, base_lr,
                  optimizer.name, device, data_name, data, notes, sources, context, cache_dir,
                  width if depths is not None else None)
+
+
+def trial_plan(program: Program, optimizer: Optimizer, data_name: str, *, param: str,
+               width: int, steps: int | None, batch_size: int | None, device: str,
+               convention: str) -> _Plan:
+    """The plan of trials of one parametrization at one width (a study's, tune.py): checked
+    and emitted as a sweep's; each trial's HPs are set in its job (the values here are
+    placeholders, and the study checks its own number of runs)."""
+    return _plan(program, optimizer, data_name, params=(param,), hp="lr", widths=[width],
+                 values=[1.0, 2.0, 4.0], steps=steps, seeds=1,
+                 batch_size=batch_size, lr=None, device=device, cache=None, depths=None,
+                 width=None, depth_convention="completep", convention=convention,
+                 one_width=True)
 
 
 def _from_cache(plan: _Plan, trials: list[Trial],
@@ -420,31 +444,28 @@ def _from_cache(plan: _Plan, trials: list[Trial],
 
 
 def _run(plan: _Plan, todo: list[tuple[Trial, Path | None]], results: dict[Trial, dict],
-         jobs: int | None, *, total: int, progress: bool) -> int:
-    """Run the trials of ``todo`` in ``jobs`` worker processes (in this one for a single job),
-    caching each result as it comes; returns the number of jobs used."""
+         jobs: int | None, *, total: int, progress: bool, ray_address: str | None = None) -> int:
+    """Run the trials of ``todo`` in ``jobs`` worker processes (in this one for a single job), or
+    on Ray at ``ray_address``, caching each result as it comes; returns the number of jobs used
+    (0 on Ray, where the cluster decides)."""
     from tqdm import tqdm  # only when trials run: the import is slow
 
     jobs = jobs or (1 if plan.device != "cpu" else max(1, os.cpu_count() or 1))
     jobs = max(1, min(jobs, len(todo)))  # no worker without a trial to run
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = 1 if ray_address else max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=total, initial=total - len(todo), desc="transfer sweep", unit="run",
                disable=not progress)
     failed: list[OSError] = []  # a cache write that failed: the sweep goes on without the cache
     try:
-        if jobs == 1:
+        with backend(run_trial, jobs, ray_address) as runner:  # no worker outlives the sweep
             for t, path in todo:
-                _store(results, t, path, run_trial(plan.job(t, threads)), bar, failed)
-        else:
-            with worker_pool(jobs) as pool:  # workers that die with this process
-                futures = {pool.submit(run_trial, plan.job(t, threads)): (t, path)
-                           for t, path in todo}
-                for f in as_completed(futures):
-                    t, path = futures[f]
-                    _store(results, t, path, f.result(), bar, failed)
+                runner.submit((t, path), plan.job(t, threads))
+            while runner.pending:
+                (t, path), result = runner.next_done()
+                _store(results, t, path, result, bar, failed)
     finally:
         bar.close()
-    return jobs
+    return 0 if ray_address else jobs
 
 
 def _mean_losses(plan: _Plan, results: dict[Trial, dict],

@@ -44,14 +44,21 @@ def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
     program = tp.parse_file(example)
     assert set(vectors) == _vector_names(program)
     clone = copy.deepcopy(model)
-    assert torch.equal(clone(*inputs), out)
+    assert _equal(clone(*inputs), out)
     fresh = m.Model(64, dtype=torch.float64)
     fresh.load_state_dict(model.state_dict())
-    assert torch.equal(fresh(*inputs), out)
+    assert _equal(fresh(*inputs), out)
     # repetition i's params are block.i.name; the program has one block.name for them all
     generic = {re.sub(r"^(\w+)\.\d+\.", r"\1.", n) for n, _ in model.named_parameters()}
     assert generic <= {p.name for p in program.params}
     assert not any(vars(p) for p in model.parameters())  # nothing hung on parameters
+
+
+def _equal(a, b) -> bool:
+    """The same output (one tensor, or a tuple of them for a program of several outputs)."""
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(map(torch.equal, a, b))
+    return torch.equal(a, b)
 
 
 def _vector_names(program: tp.Program) -> set[str]:

@@ -54,6 +54,32 @@ def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
     assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
 
 
+def test_zoo_plumbing_of_the_other_mappings(zoo):
+    import transformers
+
+    image, seq2seq = zoo.MAPPINGS["image"], zoo.MAPPINGS["seq2seq"]
+    # a staged convnet keeps two stages of one layer, channels [n, 2n], its stem at n
+    kw = zoo.config_kwargs(transformers.ResNetConfig, 64, "heads", image)
+    assert (kw["hidden_sizes"], kw["depths"], kw["embedding_size"]) == ([64, 128], [1, 1], 64)
+    assert kw["stage_names"] == ["stem", "stage1", "stage2"] and not zoo._has_heads(
+        transformers.ResNetConfig)
+    # a ViT reads 32 x 32 images in patches of 8; T5 spells heads num_heads and head dim d_kv
+    kw = zoo.config_kwargs(transformers.ViTConfig, 64, "head_dim", image)
+    assert (kw["image_size"], kw["patch_size"], kw["num_attention_heads"]) == (32, 8, 4)
+    kw = zoo.config_kwargs(transformers.T5Config, 64, "heads", seq2seq)
+    assert (kw["num_heads"], kw["d_kv"], kw["num_decoder_layers"], kw["d_ff"]) == (4, 16, 2, 256)
+    assert "is_decoder" not in kw
+    # a seq2seq forward's target ids go at their own position, None for the optional inputs
+    # between (as BART's and T5's: input_ids, attention_mask, decoder_input_ids)
+
+    class Seq2Seq(nn.Module):
+        def forward(self, input_ids, attention_mask=None, decoder_input_ids=None):
+            return input_ids
+
+    ids, mask, target = zoo.example_inputs(seq2seq)(Seq2Seq())
+    assert mask is None and ids.shape == target.shape == (2, zoo.SEQ)
+
+
 class Tiny(nn.Module):
     """Embedding, a two-layer MLP block and a readout: the smallest model with hidden weights."""
 

@@ -1,0 +1,315 @@
+"""Float inputs (an image, per-token vectors, vectors), convolutions, batch norm, pooling, and
+an image cut into patches (a ViT's patch embedding).
+
+An image-valued vector is a ``Vec`` whose torch axes are tagged ('tok', 'F', 'px', 'px'): the
+batch, the channels (the vector's dim, which may grow with the width) and the two finite pixel
+axes. The language's convolution ``K @ h`` is stride 1 and same-padded; a stride-2 one is the
+stride-1 one read at every other pixel, written ``subsample(K @ h)`` (exact, not an
+approximation: output pixel i of a stride-s convolution padded by (k-1)/2 is pixel s·i of the
+stride-1 one).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import TraceError
+from .values import PRef, Vec
+from .where import refuse, strip_prefix
+
+IMAGE = ("tok", "F", "px", "px")
+POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
+GRID = ("tok", "F", "grid", "grid")  # a patch embedding's output: a vector per patch, in a grid
+
+
+def is_image(v) -> bool:
+    tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+    return bool(tags) and any(t in tags for t in ("px", "one", "grid"))
+
+
+class ConvOps:
+    """Float inputs, convolutions, batch norm, pooling and patches."""
+
+    # -- the input -----------------------------------------------------------------------------
+    def float_input(self, node, val) -> Vec:
+        """The forward's one float input: [B, C, H, W] an image, ``input img : image[C, H,
+        W]`` (channels finite, the pixels finite); [B, T, P] per-token float vectors, ``input
+        x : patches[T, P]``; [B, d] one vector per sample, ``input x : [d]``. A second float
+        input, or one of other rank, is refused."""
+        if val.dim() not in (2, 3, 4) or getattr(self, "float_name", None) is not None:
+            raise TraceError(
+                f"input {node.name} is a {val.dtype} tensor of shape {list(val.shape)}: float "
+                "inputs are traced one per model, as an image [batch, channels, height, width], "
+                "per-token vectors [batch, tokens, values] or vectors [batch, values]",
+                help="pass token ids (an integer tensor), or one float tensor of those shapes, "
+                "as the example inputs",
+            )
+        if val.dim() < 4:  # a float vector per sample, or per token: no pixels to cut
+            self.float_name = "x"
+            self.names.add("x")
+            *lead, d = (int(s) for s in val.shape)
+            if len(lead) == 1:
+                self.out.decls.append(f"input x : [{self.dim(d)}]")
+                return Vec("x", ("tok", "F"), d)
+            self.tokens_seq = lead[1]  # the program's sequence (trace.py's dim T)
+            self.out.decls.append(f"input x : patches[T, {self.dim(d)}]")
+            return Vec("x", ("tok", "tok", "F"), d)
+        _, c, h, w = (int(s) for s in val.shape)
+        self.float_name = "img"
+        self.names |= {"img", "patch"}
+        self.image_decl = len(self.out.decls)  # replaced where the image is cut into patches
+        self.out.decls.append(f"input img : image[{self.dim(c)}, {self.dim(h)}, {self.dim(w)}]")
+        return Vec("img", IMAGE, c)
+
+    def patches(self, node, x: Vec, k: int) -> Vec:
+        """The image input cut into non-overlapping k x k patches, as the language's float
+        per-token input ``input patch : patches[T, P]``: T = (H/k)·(W/k) tokens of P = C·k·k
+        values each (a patch embedding is then a matmul of finite fan-in P). Only the image
+        input itself, read only this way, and a size k divides."""
+        shape = tuple(node.args[0].meta["val"].shape)
+        if x.name != "img" or x.tags != IMAGE or _reads_image(self.out.stmts) or shape[2] % k \
+                or shape[3] % k:
+            raise refuse(
+                node,
+                f"patches of {k}x{k} pixels cut from a value that is not the image input read "
+                f"only this way, or from an image of {shape[2]}x{shape[3]} pixels that {k} "
+                "does not divide",
+                help="cut the image input into patches once, right at the input (a Conv2d "
+                "with stride equal to its kernel, or unfold with stride equal to its kernel)",
+            )
+        c, t = shape[1], (shape[2] // k) * (shape[3] // k)
+        self.cut = node  # any later read of the image is refused (image_read_once)
+        self.tokens_seq = t  # the program's sequence: one token per patch (trace.py's dim T)
+        self.out.decls[self.image_decl] = f"input patch : patches[T, {self.dim(c * k * k)}]"
+        return Vec("patch", ("tok", "tok", "F"), c * k * k)
+
+    # -- convolutions --------------------------------------------------------------------------
+    def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+        if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
+            raise refuse(node, "a convolution whose kernel is not a param")
+        x = self.vec(x, node)
+        if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
+            raise refuse(node, "a convolution of a value that is not an image")
+        k = w.shape[-1]
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
+                and dilation == (1, 1) and groups == 1 and x.name == "img":
+            return self._patch_embedding(node, x, w, b, k)
+        same = isinstance(padding, tuple) and padding == ((k - 1) // 2,) * 2
+        if padding == "same":
+            same = stride == (1, 1)
+        ok = (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1) and groups == 1
+              and stride in ((1, 1), (2, 2)))
+        if not ok:
+            raise refuse(
+                node,
+                f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
+                f"padding {_text(padding)}, dilation {_text(dilation)}, groups {groups} (the "
+                "language's convolution is square, odd-sized, same-padded, stride 1 or 2, "
+                "undilated and ungrouped)",
+                help="use nn.Conv2d(c_in, c_out, k, stride=1 or 2, padding=k // 2) with an odd "
+                "k (3x3, 1x1)",
+            )
+        kernel, _ = self.param(w, node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
+        self.out.stmts.append(f"{name} = {kernel} @ {x.name}" + (f" + {bias}" if bias else ""))
+        self.out.producers[name] = (kernel, bias)
+        if stride == (1, 1):
+            self.out.vectors[name] = (node.name, "out")
+            return Vec(name, IMAGE, w.shape[0])
+        # the stride-1 convolution has no value in the model: only its every other pixel
+        return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def image_read_once(self) -> None:
+        """After the walk: an image cut into patches is the program's ``patches`` input, so no
+        statement may read the image itself (a second branch on its pixels)."""
+        cut = getattr(self, "cut", None)
+        if cut is not None and _reads_image(self.out.stmts):
+            raise refuse(cut, "an image cut into patches here and also read otherwise (the "
+                         "program has either the image or its patches)",
+                         help="read the image only through the patch embedding")
+
+    def _patch_embedding(self, node, x: Vec, w: PRef, b, k: int) -> Vec:
+        """A convolution whose stride equals its kernel (a ViT's patch embedding): the same
+        matmul applied to each k x k patch, ``E @ patch + b`` with E [n, C·k·k] (the kernel
+        flattened: a finite fan-in), one vector per patch in the grid of patches."""
+        patch = self.patches(node, x, k)
+        ref = PRef(w.target, (w.shape[0], patch.dim))
+        kernel, _ = self.param(ref, node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self._emit(node, f"{kernel} @ {patch.name}" + (f" + {bias}" if bias else ""),
+                          w.shape[0], GRID)
+        self.out.producers[name.name] = (kernel, bias)
+        return name
+
+    def op_im2col(self, node, x, kernel, dilation, padding, stride):
+        """``F.unfold(img, k, stride=k)``: the image cut into k x k patches, [B, C·k·k, T]."""
+        x = self.vec(x, node)
+        k = _pair(kernel)
+        if k[0] != k[1] or _pair(stride) != k or _pair(padding) != (0, 0) \
+                or _pair(dilation) != (1, 1):
+            raise refuse(node, f"an unfold of kernel {_text(k)}, stride {_text(_pair(stride))}, "
+                         f"padding {_text(_pair(padding))} (the language cuts an image into "
+                         "non-overlapping patches only: stride equal to the kernel, no padding)",
+                         help="unfold with stride equal to the kernel size and no padding")
+        patch = self.patches(node, x, k[0])
+        return Vec(patch.name, ("tok", "F", "tok"), patch.dim)
+
+    def position_table(self, node, ref: PRef) -> Vec:
+        """A learned table of positions added to every sequence (a ViT's ``pos_embed``, a param
+        [1, T, n]): row t added to token t is a lookup of position t, ``P @ pos`` (as an
+        embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
+        seq = getattr(self, "tokens_seq", None)
+        if ref.shape[0] != 1 or ref.shape[1] != seq or ref.t or ref.rows:
+            raise refuse(
+                node,
+                f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
+                f"positions is [1, T, n] with T the {seq} tokens of the input)",
+                help="add a position table of one row per token of the input (a class token "
+                "prepended to the patches is not traced yet)",
+            )
+        table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in="T")
+        self.positions = seq
+        name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed
+        self.out.stmts.append(f"{name} = {table} @ pos")
+        self.out.producers[name] = (table, None)
+        return Vec(name, ("tok", "tok", "F"), ref.shape[2])
+
+    def _emit(self, node, expr: str, dim: int, tags) -> Vec:
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, tags, dim)
+
+    # -- batch norm ----------------------------------------------------------------------------
+    def op_batch_norm(self, node, x, w, b, mean, var, training, momentum, eps, *rest):
+        """``batchnorm(x)``, times the gain, plus the bias: each channel normalised over the
+        batch and the pixels, as the module computes it in training mode (the graph is exported
+        with its batch norms in training mode, ``train_norms``). A batch norm the build left in
+        eval mode (frozen statistics) is refused before the walk (``refuse_frozen_norms``)."""
+        x = self.vec(x, node)
+        if isinstance(w, PRef) + isinstance(b, PRef) != (w is not None) + (b is not None):
+            raise refuse(node, "a batch norm whose gain or bias is not a param")
+        expr = f"batchnorm({x.name})"
+        if w is not None:
+            expr = f"{self.vector_param(w, node)} * {expr}"
+        if b is not None:
+            expr += f" + {self.vector_param(b, node)}"
+        return self._emit(node, expr, x.dim, x.tags)
+
+    # -- pooling -------------------------------------------------------------------------------
+    def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+        return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
+
+    def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None):
+        if _pair(kernel) == (1, 1) and _pair(stride) == (2, 2) and _pair(padding) == (0, 0) \
+                and self.vec(x, node).tags == IMAGE:
+            x = self.vec(x, node)
+            return self._emit(node, f"subsample({x.name})", x.dim, IMAGE)
+        return self._pool(node, x, "avgpool", kernel, stride, padding, 1,
+                          ceil_mode or divisor_override is not None)
+
+    def _pool(self, node, x, fn, kernel, stride, padding, dilation, odd):
+        x = self.vec(x, node)
+        stride = _pair(stride) if stride else _pair(kernel)
+        if fn == "maxpool" and _pair(kernel) == (3, 3) and _pair(padding) == (1, 1) \
+                and stride in ((1, 1), (2, 2)) and _pair(dilation) == (1, 1) and not odd \
+                and x.tags == IMAGE:
+            # a same-padded 3x3 max (torch pads with -inf); at stride 2, torchvision's stem pool,
+            # its every other pixel, exactly
+            if stride == (1, 1):
+                return self._emit(node, f"maxpool3({x.name})", x.dim, IMAGE)
+            full = self.fresh(f"{node.name}_full")  # no value in the model: not probed
+            self.out.stmts.append(f"{full} = maxpool3({x.name})")
+            return self._emit(node, f"subsample({full})", x.dim, IMAGE)
+        if _pair(kernel) != (2, 2) or stride != (2, 2) or _pair(padding) != (0, 0) \
+                or _pair(dilation) != (1, 1) or odd:
+            raise refuse(
+                node,
+                f"a {fn[:3]} pool of kernel {_text(_pair(kernel))}, stride {_text(stride)}, "
+                f"padding {_text(_pair(padding))} (the language pools 2x2 blocks, stride 2)",
+                help=f"use nn.{fn[:3].capitalize()}Pool2d(2)" + (
+                    ", or nn.MaxPool2d(3, stride=1 or 2, padding=1)" if fn == "maxpool" else ""),
+            )
+        if x.tags != IMAGE:
+            raise refuse(node, f"a {fn[:3]} pool of a value that is not an image")
+        return self._emit(node, f"{fn}({x.name})", x.dim, IMAGE)
+
+    def op_adaptive_avg_pool2d(self, node, x, size):
+        x = self.vec(x, node)
+        if _pair(size) != (1, 1) or x.tags != IMAGE:
+            raise refuse(node, f"an adaptive average pool to {_text(_pair(size))} (the language "
+                         "pools an image to one pixel: global_pool)",
+                         help="use nn.AdaptiveAvgPool2d(1), or x.mean((2, 3))")
+        return self._emit(node, f"global_pool({x.name})", x.dim, POOLED)
+
+    def image_mean(self, node, x, dims, keepdim=False):
+        """``x.mean((2, 3))`` of an image: global_pool; any other mean of one is refused."""
+        axes = sorted(d % 4 for d in dims)
+        x = self.vec(x, node)
+        if axes != [2, 3] or x.tags != IMAGE:
+            raise refuse(node, f"a mean of an image over axes {axes} (only the pixels, axes 2 "
+                         "and 3, pool: global_pool)",
+                         help="average over the pixels, x.mean((2, 3))")
+        return self._emit(node, f"global_pool({x.name})", x.dim,
+                          POOLED if keepdim else ("tok", "F"))
+
+    def image_view(self, node, v):
+        """A view of an image-valued value: a pooled image's two axes of size 1 dropped
+        (``flatten(x, 1)``, ``x.view(B, -1)``); any other is refused."""
+        shape = tuple(node.meta["val"].shape)
+        v = self.vec(v, node)
+        old = tuple(node.args[0].meta["val"].shape)
+        if v.tags == POOLED and len(shape) == 2 and shape == old[:2]:
+            return Vec(v.name, ("tok", "F"), v.dim)
+        if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
+            return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
+        raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
+                     "is flattened only after a global pool)",
+                     help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")
+
+
+def refuse_frozen_norms(model) -> None:
+    """A batch norm in eval mode at build (its running statistics frozen while the model
+    trains) is an affine map per channel, not the normalisation the trace writes: refused."""
+    import torch
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training \
+                and m.track_running_stats:
+            raise TraceError(
+                f"cannot trace {strip_prefix(name) or 'the model'}: a {type(m).__name__} in "
+                "eval mode (running statistics frozen); the trace writes a batch norm as it "
+                "trains, normalising each channel over the batch",
+                help="build the model in training mode (do not call .eval() in build); a "
+                "frozen batch norm is an affine map the trace does not read",
+            )
+
+
+def train_norms(model) -> None:
+    """Batch norms back in training mode after ``model.eval()`` (which the trace and the check
+    use to turn dropout off): the program is their training forward, each channel normalised
+    over the batch, so the graph must compute that, not the affine map of eval mode."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+
+
+def _reads_image(stmts) -> bool:
+    """Whether a statement reads the image input ``img``."""
+    return any(re.search(r"\bimg\b", s.partition("=")[2]) for s in stmts)
+
+
+def _pair(a):
+    if isinstance(a, str):
+        return a
+    a = tuple(a) if isinstance(a, (list, tuple)) else (a,)
+    return a * 2 if len(a) == 1 else a
+
+
+def _text(a) -> str:
+    return a if isinstance(a, str) else "x".join(str(i) for i in a)

@@ -1,0 +1,52 @@
+"""Encoders' readouts: one token's vector read out of the sequence (``h[:, 0]``: BERT's pooler,
+a ViT's classification head), traced as the language's ``first(h)``; and a param used as a
+token of the sequence (a learned class token), refused with how to write it."""
+
+from __future__ import annotations
+
+from .values import PRef, Vec
+from .where import refuse
+
+_FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
+               "the per-token layers; the language has no other token's vector")
+
+
+class EncoderOps:
+    """``h[:, 0]`` as ``first(h)``; a param prepended to the sequence, refused."""
+
+    def first_token(self, node, v, dim, index) -> Vec:
+        """``h[:, 0]`` (``select`` of the sequence axis at 0) of a per-token vector: the first
+        token's coordinates, ``first(h)``. They are one token's, Θ(1) like any token's, and the
+        gradient reaches that token alone: the engine's rule passes sizes through, so a layer
+        after it is what its own dims make it (the classifier reading n coordinates into a few
+        classes, an output weight). The sequence axis is the one before the features, as in the
+        (batch, tokens) ids the model is traced on."""
+        tags = self._tags(v)
+        ndim = len(tags)
+        if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
+                and dim % ndim == 1 and self.tokens_seq is not None):
+            raise refuse(node, "indexing a traced value along an axis other than a fused "
+                         "layer's blocks or the sequence of a (batch, tokens, features) vector",
+                         help=_FIRST_HELP)
+        if index != 0:
+            raise refuse(node, f"reading token {index} of the sequence (the language reads the "
+                         "first token only, first(h))", help=_FIRST_HELP)
+        x = self.vec(v, node)
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = first({x.name})")
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, ("tok", "F"), x.dim)
+
+    def param_as_token(self, node, v: PRef):
+        """A param broadcast over the batch (``cls.expand(B, 1, n)``), to be put among the
+        tokens (a ViT's or a classifier's learned class token): the language's sequences are
+        the token input's, so no value can add a token to them."""
+        return refuse(
+            node,
+            f"a param ({v.target.removeprefix('m.')}) expanded over the batch, used as a token "
+            "of the sequence (a learned class token prepended with torch.cat): the language's "
+            "tokens come from the token input only",
+            help="make the class token a token id: give the token embedding one more row and "
+            "prepend its id to the input ids (the same network, and the row gets an "
+            "embedding's µP, init and LR Θ(1), as the class token's would be)",
+        )
