@@ -193,6 +193,8 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:
         kwargs["is_decoder"] = True
+    if isinstance(defaults.get("causal"), bool) and mapping.decoder:  # XLM's own switch
+        kwargs["causal"] = True
     if mapping.inputs == "image":
         kwargs.update(_image_fields(defaults, fields, width, heads))
     kwargs.update(_sub_configs(cls, width, scaling, mapping))

@@ -16,7 +16,17 @@ use has no place in it (µP would be that of the transformed tensor, which no op
 
 from __future__ import annotations
 
-from .values import Affine, Conc, Pointwise, PRef, Scores, Vec
+from .values import (
+    Affine,
+    Aux,
+    Conc,
+    Pointwise,
+    PRef,
+    Scores,
+    Vec,
+    identify_power,
+    identify_scaled,
+)
 from .where import refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
@@ -58,6 +68,30 @@ class PointwiseOps:
 
     def op_abs(self, node, x):
         return self.coordinatewise(node, x, lambda t: t.abs())
+
+    def emit_form(self, v: Pointwise, node) -> Vec | None:
+        """The program vector of a chain no language function matches alone: an integer power
+        of one (a product of copies), or tanh of a scaled input (a soft-cap); None if neither."""
+        power = identify_power(v.f)
+        if power is not None:
+            return self.emit_power(v, node, *power)
+        scaled = identify_scaled(v.f)
+        if scaled is not None:
+            return self.emit_scaled(v, node, *scaled)
+        return None
+
+    def emit_scaled(self, v: Pointwise, node, fn: str, c: float, s: float) -> Vec:
+        """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``;
+        the engine's rule for tanh (bounded, Θ(1) slope at 0) of a multiple of src."""
+        key = (v.node, fn, s, round(c, 12))
+        if key not in self._made:
+            coef = self.coefficient(c, self.by_name.get(v.node, node), "")
+            name = self.fresh(v.node)
+            self.out.stmts.append(f"{name} = {coef} * {fn}({v.src.name} / {s!r})")
+            self.out.vectors[name] = (v.node, "out")
+            self.out.coefs[len(self.out.slots) - 1]["out"] = name
+            self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+        return self._made[key]
 
     def emit_power(self, v: Pointwise, node, fn: str, c: float, k: int) -> Vec:
         """``c * fn(src)^k`` as ``g = fn(src)`` and the product of k copies of g: Nonlin mul,
@@ -123,6 +157,10 @@ class PointwiseOps:
         over the batch: each token's vector unchanged, so the vector itself."""
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
+        if isinstance(v, Conc):  # a mask computed from the inputs, to the logits' shape (XLM's)
+            return Conc(v.value.expand(new))
+        if isinstance(v, Aux):
+            return Aux()
         if isinstance(v, (Vec, Affine, Pointwise)) and len(old) == len(new):
             tags = self._tags(v)
             if all(a == b or (a == 1 and tags[i] == "tok")

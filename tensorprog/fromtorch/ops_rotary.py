@@ -18,8 +18,13 @@ from slices, concatenations, stacks or cos/sin tables is refused.
 
 from __future__ import annotations
 
-from .values import PairStack, RopeTerm, Rotated, Strided, Sub, Trig, Vec
+from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, Trig, Vec
 from .where import refuse
+
+
+def _empty(arg) -> bool:
+    val = getattr(arg, "meta", {}).get("val")
+    return val is not None and val.numel() == 0
 
 
 def _key(x) -> tuple:
@@ -59,6 +64,11 @@ class RotaryOps:
         )
 
     def op_cat(self, node, tensors, dim=0):
+        # an empty constant (a key/value cache's first update, cat((empty, k))) adds nothing
+        tensors = [t for t, a in zip(tensors, node.args[0], strict=True)
+                   if not (isinstance(t, (Conc, Aux)) and _empty(a))]
+        if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
+            return tensors[0]
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty

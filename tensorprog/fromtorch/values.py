@@ -3,6 +3,7 @@ and what one width's walk produces (:class:`Trace`, :class:`ParamUse`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -272,6 +273,28 @@ def identify(f: Callable) -> tuple[str, float] | None:
         c = float((y @ ref) / (ref @ ref))
         if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
             return name, float(f"{c:.12g}")  # the fit's last bits are rounding (50, not 50.0...1)
+    return None
+
+
+def identify_scaled(f: Callable) -> tuple[str, float, float] | None:
+    """(tanh, c, s) with f(t) = c * tanh(t / s) on [-4s, 4s], or None: a soft-cap (Gemma 2's
+    final ``tanh(logits / 30) * 30``), whose input scale the values on [-4, 4] cannot tell from
+    the identity's. c is f's value far out, s from its slope at 0 (tanh'(0) = 1)."""
+    import torch
+
+    big = f(torch.tensor([1e6], dtype=torch.float64))
+    eps = torch.tensor([-1e-4, 1e-4], dtype=torch.float64)
+    c = float(big[0])
+    rise = f(eps)
+    slope = float(rise[1] - rise[0]) / 2e-4
+    if not (abs(c) > 1e-12 and slope != 0 and math.isfinite(c)):
+        return None
+    s = c / slope
+    if s <= 0:
+        return None
+    t = torch.linspace(-4, 4, 161, dtype=torch.float64) * s
+    if float((f(t) - c * torch.tanh(t / s)).abs().max()) < 2e-3 * max(1.0, abs(c)):
+        return "tanh", float(f"{c:.12g}"), float(f"{s:.9g}")  # s: a difference quotient
     return None
 
 

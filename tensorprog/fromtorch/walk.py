@@ -35,7 +35,6 @@ from .values import (
     Trig,
     Vec,
     identify,
-    identify_power,
 )
 from .where import module_of, refuse, strip_prefix, user_span
 
@@ -203,9 +202,10 @@ class Walker:
             return Vec(made.name, v.tags, made.dim, v.dh or made.dh)
         if isinstance(v, Pointwise):
             found = identify(v.f)
-            power = identify_power(v.f) if found is None else None
-            if power is not None:  # relu(x)², x²: a product of copies (ops_pointwise.py)
-                return self.emit_power(v, node, *power)
+            # relu(x)², x² (a product of copies), c * tanh(x / s): ops_pointwise.py
+            made = self.emit_form(v, node) if found is None else None
+            if made is not None:
+                return made
             if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
                     self.by_name.get(v.node, node),
@@ -396,6 +396,11 @@ class Walker:
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
             if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
+            # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
+            # not a constant computed from the zeros the trace puts in their place
+            if op == "slice" and isinstance(args[0], Tok) and self._shape(node) == self._shape(
+                    node.args[0]):
+                return args[0]
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)
@@ -435,7 +440,10 @@ class Walker:
         if method is None:
             return None
         target = node.args[0] if node.args else None
-        if getattr(target, "op", None) != "call_function" or set(target.users) != {node}:
+        # a use that reads only x's shape (``m.expand_as(x)``, XLM's mask) sees no update
+        users = {u for u in getattr(target, "users", ()) if not (
+            _op_name(u) == "expand_as" and u.args[0] is not target)}
+        if getattr(target, "op", None) != "call_function" or users != {node}:
             raise refuse(
                 node,
                 f"an in-place {op} on a value that is used elsewhere (an input, a param, or "

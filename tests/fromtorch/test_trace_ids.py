@@ -137,3 +137,18 @@ def test_an_in_place_op_on_a_value_nothing_else_reads_is_the_op():
     plain = from_torch(lambda n: InPlace(n, plain=True), WIDTHS, _tokens)
     assert _abc(traced) == _abc(plain)
     _bit_identical_at_base(traced, InPlace)
+
+
+def test_the_whole_of_the_token_ids_sliced_is_still_the_token_input():
+    class Sliced(nn.Module):  # XLM's input_ids[:, -slen:]
+        def __init__(self, n):
+            super().__init__()
+            self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
+
+        def forward(self, idx):
+            return self.o(self.e(idx[:, -idx.shape[1]:]))
+
+    traced = from_torch(Sliced, WIDTHS, _tokens)
+    # before: a constant computed from the zeros the trace stands in for the ids, read as a
+    # lookup of the constant id 0 (a bias), with no token input at all
+    assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source

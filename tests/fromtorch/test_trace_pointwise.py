@@ -145,7 +145,8 @@ def test_a_function_of_a_param_alone_is_refused():
 
 
 class SoftCapped(nn.Module):
-    """Attention by hand with Gemma 2's soft-cap of the logits (``cap`` 0: none)."""
+    """Attention by hand with Gemma 2's soft-caps of the attention logits and of the output
+    logits (``cap`` 0: none)."""
 
     def __init__(self, n, cap=0.0):
         super().__init__()
@@ -162,9 +163,10 @@ class SoftCapped(nn.Module):
         if self.cap:
             s = torch.tanh(s / self.cap) * self.cap
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        s = s.masked_fill(~mask, float("-inf"))
+        s.masked_fill_(~mask[None, None].expand_as(s), float("-inf"))  # as XLM writes it
         y = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, n)
-        return self.out(x + self.o(y))
+        logits = self.out(x + self.o(y))
+        return torch.tanh(logits / 30.0) * 30.0 if self.cap else logits  # and the output's
 
 
 def test_a_soft_cap_of_the_attention_logits_is_a_function_of_them():
@@ -172,8 +174,24 @@ def test_a_soft_cap_of_the_attention_logits_is_a_function_of_them():
         return SoftCapped(n, cap=50.0)
 
     traced = from_torch(build, WIDTHS, _tokens)
-    capped = [s for s in traced.source.splitlines() if "tanh(" in s]
-    assert len(capped) == 1 and capped[0].split(" = ")[1].startswith("50.0 * tanh("), capped
+    capped = [s.split(" = ")[1] for s in traced.source.splitlines() if "tanh(" in s]
+    assert len(capped) == 2 and capped[0].startswith("50.0 * tanh("), capped
+    assert capped[1] == "30.0 * tanh(linear_4 / 30.0)", capped
     plain = from_torch(SoftCapped, WIDTHS, _tokens)
     assert _abc(traced) == _abc(plain)  # the attention scale's 1/d among them
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+def test_a_vector_concatenated_with_an_empty_constant_is_the_vector():
+    class Cached(nn.Module):  # a key/value cache's first update: cat((empty, k))
+        def __init__(self, n):
+            super().__init__()
+            self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
+
+        def forward(self, idx):
+            x = self.e(idx)
+            empty = torch.zeros(x.shape[0], 0, x.shape[-1], device=x.device)
+            return self.o(torch.cat([empty, x], dim=1))
+
+    traced = from_torch(Cached, WIDTHS, _tokens)
+    assert "linear = o_weight @ embedding + o_bias" in traced.source.splitlines()

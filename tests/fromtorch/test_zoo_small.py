@@ -43,6 +43,17 @@ def test_zoo_build_failure_and_config_plumbing(zoo):
     assert r["status"] == "build"
 
 
+def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
+    t = __import__("transformers")
+    # GPT-J's rotary_dim 64 turns a quarter of its heads of 256
+    assert zoo.config_kwargs(t.GPTJConfig, 64, "heads")["rotary_dim"] == 4
+    kw = zoo.config_kwargs(t.DeepseekV3Config, 128, "head_dim")
+    assert (kw["qk_rope_head_dim"], kw["qk_nope_head_dim"], kw["v_head_dim"]) == (16, 32, 32)
+    # low ranks 1536 and 512 of a width of 7168: about 1/4 and 1/16 of the width
+    assert (kw["q_lora_rank"], kw["kv_lora_rank"]) == (32, 8)
+    assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
+
+
 def test_zoo_plumbing_of_the_other_mappings(zoo):
     import transformers
 
