@@ -65,6 +65,7 @@ def test_an_outer_vector_added_by_every_repetition_is_still_refused():
            "param or an outer value)" in d.depth_refused
 
 
+@pytest.mark.slow  # trains 4 depths up to 16 blocks; the traced model's 2-vs-16 check stays in
 def test_completep_keeps_the_biased_stream_and_features_moving_at_every_depth():
     # the engine's depth check on the emitted module (width 32, Adam lr 1e-3, 2 steps, depths
     # 2..16, one seed): change slopes in L near 0 with the derived exponents, as for the

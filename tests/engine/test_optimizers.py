@@ -294,6 +294,7 @@ def test_cli_classify_muon_for_every_example(capsys):
     assert "regime: unstable" in out
 
 
+@pytest.mark.slow  # bfloat16 orthogonalisation on a CPU without bf16 units: the suite's longest
 def test_check_muon_passes_mup_and_fails_unscaled_muon_on_the_mlp():
     """The coordinate check: derived µP under Muon keeps every slope flat; Muon with no width
     scaling (sp: every c = 0) lets the AdamW readout move the output as n (slope +0.74 over

@@ -37,6 +37,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow  # starting Ray and its workers costs more CPU than the default run can spare
 def test_transfer_trials_on_ray_fill_the_cache_the_local_pool_reads(local_ray, tmp_path):
     kw = dict(params=("mup",), widths=(16, 32), values=[1e-3, 1e-2, 1e-1], steps=4, seeds=1,
               batch_size=8, cache=tmp_path)
