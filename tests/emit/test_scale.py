@@ -348,6 +348,7 @@ _FSDP = textwrap.dedent('''
 COLLECTIVE_TIMEOUT = 300
 
 
+@pytest.mark.slow  # two processes, each importing torch and training: the default run's CPU budget
 def test_fsdp2_on_every_repetition_trains_as_one_process(gpt, tmp_path):
     script = tmp_path / "fsdp.py"
     script.write_text(_FSDP)

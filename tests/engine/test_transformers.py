@@ -90,7 +90,7 @@ torch = pytest.importorskip("torch")
 WIDTHS = (64, 128, 256, 512, 1024)
 
 
-# the fixed-head-dim decoder's check is the slow one; llama.tp's (below) checks that form by default
+# the fixed-head-dim decoders' checks (this one and llama.tp's below) are slow; the tied one stays
 @pytest.mark.parametrize("path", [TIED, pytest.param(HEADS, marks=pytest.mark.slow)])
 def test_mup_with_adam_passes_the_coordinate_check(path):
     result = tp.check(tp.parse_file(path), "adam", widths=WIDTHS, seeds=2)
@@ -200,6 +200,7 @@ def test_rmsnorm_gains_derive_like_biases_and_the_gate_branches_as_hidden(optimi
     assert abc["attn"].a == 0  # a fixed head dim: the scale keeps its base value
 
 
+@pytest.mark.slow  # the tied decoder's check (above) keeps a decoder in the default run
 def test_llama_passes_under_mup_and_sp_fails_naming_the_logits():
     """Under SGD the readout's init term U0·Δf is a CLT sum (n^-1/2) with a large constant at
     widths 64 and 128 (output logits -0.17 over the default widths, and a pass over 128..2048);

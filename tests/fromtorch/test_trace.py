@@ -161,6 +161,7 @@ def test_hf_gpt2_traces_and_applies(gpt2):
     assert std == pytest.approx(gpt2.base["transformer.h.0.attn.c_proj.weight"][1] / 2, rel=0.02)
 
 
+@pytest.mark.slow  # GPT-2's trace and apply stay in; the zoo's per-family test checks HF Llama
 def test_hf_gpt2_coordinate_check(gpt2):
     # µP applied: every vector passes at widths 256..1024 (2 seeds, 3 AdamW steps at lr 0.01,
     # +-0.25 as for nanoGPT). At 128..512 the second block's attention logits still read -0.32
@@ -194,6 +195,7 @@ def _llama(n, layers=2, kv_heads=4):
     return transformers.LlamaForCausalLM(cfg)
 
 
+@pytest.mark.slow  # the zoo's per-family test (test_zoo_small.py) checks HF Llama by default
 def test_hf_llama_rotary_swiglu_and_its_coordinate_check():
     pytest.importorskip("transformers")
     traced = from_torch(_llama, (64, 128), _tokens)
