@@ -620,6 +620,10 @@ def report(by_mapping: dict, wall: float | None) -> str:
     ]
     for name, results in by_mapping.items():
         rows = {s: [r[s] for r in results.values() if r is not None] for s in SCALINGS}
+        if not rows["heads"]:  # not run yet: no totals to give
+            lines.append(f"| {MAPPINGS[name].title} | {len(results)} | not run | "
+                         + " | ".join("-" for _ in SCALINGS) + " |")
+            continue
         cells = []
         for s in SCALINGS:
             count, built, share = _counts(rows[s])
