@@ -266,6 +266,9 @@ class CheckResult:
     saturated: list[tuple[str, int, int, float]] = field(default_factory=list)
     # program vector -> the name a person knows it by (a traced model's module path)
     names: dict[str, str] = field(default_factory=dict)
+    # failing vector -> its verdict, where the failure is diagnosed as finite-width drift (a
+    # traced model's router: fromtorch/check.py's _drift); it still fails
+    drift: dict[str, str] = field(default_factory=dict)
 
     def where(self, name: str) -> str:
         """The vector's display name: its module path where one is known, and its own name."""
@@ -328,7 +331,7 @@ class CheckResult:
                 "saturated": [{"vector": v, "width": w, "step": t, "rms": r}
                               for v, w, t, r in self.saturated],
                 "regime": self.regime_warning() or None,
-                "names": dict(self.names),
+                "names": dict(self.names), "drift": list(self.drift),
                 "tensors": [r.as_dict() for r in self.results]}
 
     def __repr__(self) -> str:

@@ -221,3 +221,46 @@ def test_a_softmax_of_the_top_logits_and_a_gated_shared_expert():
     assert _exponents(abc, "shared_gate_weight") == _exponents(abc, "moe_router_weight") \
         == (0, 1, 1)
     apply_is_bit_identical_at_base(traced, lambda n: MoELM(n, "logits"), _tokens)
+
+
+# --- the router's finite-width drift ----------------------------------------------------------
+
+
+class NormedMoELM(nn.Module):
+    """An MoE layer on an RMS-normed embedding of HF's small init (std 0.02), with a router of
+    no bias whose init (std 0.2 at the base width) is large beside the check's learning rate:
+    the router logits' change R₀·Δx then holds a CLT part (n^-1/2, from the embedding's change)
+    that outweighs the router's own Θ(1) update at widths 64..256, as HF Mixtral's second
+    router's does at 256..1024 (docs/torch.md)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, n)
+        self.moe = MoE(n)
+        self.moe.router = nn.Linear(n, 4, bias=False)
+        self.head = nn.Linear(n, VOCAB, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.moe.router.weight, std=0.2)
+
+    def forward(self, idx):
+        e = self.embed(idx)
+        h = e * torch.rsqrt(e.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.head(h + self.moe(h))
+
+
+def test_the_check_says_when_a_routers_failure_is_finite_width_drift():
+    # the router logits (linear) fail at widths 64..256 (2 seeds, ±0.15): slope -0.31 after
+    # step 2, -0.29 after step 3. Split, their change is the router's own update ΔR·x, which
+    # scales as µP requires (-0.03, -0.08), plus R₀·Δx, which shrinks (-0.35, -0.32); the check
+    # says so, and that the gates (their softmax) follow, and still fails them. Under SP the
+    # logits blow up (own update n^1): no drift is claimed there
+    traced = from_torch(NormedMoELM, (32, 64), _tokens)
+    mup = MuP(traced, "adam")
+    good = coord_check(mup, (64, 128, 256))
+    assert set(good.failures) == {"linear", "v_softmax"}
+    assert set(good.drift) == {"linear", "v_softmax"}
+    assert "its own update ΔW·x scales as µP requires" in good.drift["linear"]
+    assert "follows moe.router (linear)'s finite-width drift" in good.drift["v_softmax"]
+    assert "finite-width drift" in str(good)
+    bad = coord_check(mup, (64, 128), apply=False, seeds=(0,))
+    assert "linear" in bad.failures and bad.slope("linear", 3) > 0.5 and not bad.drift
