@@ -810,6 +810,8 @@ TRACED_BUILDS = {
     "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
     "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
+    "router_choice": "lambda n: build(n, lambda y: torch.topk(torch.sigmoid(y) "
+                     "+ torch.arange(8.0, device=y.device), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "relative": "lambda n: Relative(n)",
@@ -838,6 +840,10 @@ TRACED_BUILDS = {
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "
                      r"selection \(its top-k gates(.|\n)*route_norm\(g, k, y1, \.\.\., yE\)"),
+    # a selection by the gates plus a per-expert bias (DeepSeek-V3's) is traced only as far as
+    # the ids of the k experts: the top-k of those scores is no gate
+    ("router_choice", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "
+                            r"selection \(its top-k gates or ids, its selection scores"),
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),

@@ -17,13 +17,14 @@ from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
 from .ops_rotary import RotaryOps
+from .ops_select import SelectOps
 from .values import Trace
 from .walk import Walker
 
 
 class Converter(
-    MoEOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps, PointwiseOps,
-    NormOps, ConvOps, EncoderOps, FusedHeadOps,
+    MoEOps, SelectOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch)."""

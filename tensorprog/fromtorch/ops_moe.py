@@ -16,9 +16,10 @@ own: ``PRef.expert``). The final sum over the k slots writes
     m = route(g, k, y_1, ..., y_E)        (route_norm when the k gates were normalised)
 
 whose exponents the engine derives (docs/theory.md, "Mixture-of-experts layers"): the router a
-readout of E outputs, each expert its dense MLP. Anything else done with the routing (a gather
-of the gates by other ids, as DeepSeek-V3's bias-corrected selection; a loop over the hit
-experts, data-dependent) is refused at its op, with the way to write the layer.
+readout of E outputs, each expert its dense MLP. A selection by other scores than the gates
+(DeepSeek-V3's gates plus a bias, in groups, whose ids gather the gates) is ops_select.py's.
+Anything else done with the routing (a one-hot of the ids, a loop over the hit experts,
+data-dependent) is refused at its op, with the way to write the layer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import operator
 
 from .routing import (
     ROUTED,
+    Choice,
     Dispatch,
     Dispatched,
     ExpertNode,
@@ -114,6 +116,8 @@ class MoEOps:
                 return Dispatched(self.vec(args[0], node), None, args[1], order="token")
             if op == "mul" and (gated := self._one_gate(node, *args)) is not None:
                 return gated
+            if op == "add" and len(args) == 2 and (chosen := self.choice(node, *args)) is not None:
+                return chosen  # selection scores g + b (ops_select.py)
             if op in ("softmax", "_softmax") and _feeds_topk(node):
                 return self._gates(node, args[0], "softmax", args[1] if len(args) > 1 else -1)
         return super().call(node)
@@ -123,8 +127,8 @@ class MoEOps:
             if user_span(node) is None and v.node in self.by_name:  # at the model's output
                 node = self.by_name[v.node]
             raise refuse(node, "a mixture-of-experts router's selection (its top-k gates or ids, "
-                         "or the tokens dispatched to its experts) used other than to weight "
-                         "the experts' outputs and sum them", help=_HELP)
+                         "its selection scores, or the tokens dispatched to its experts) used "
+                         "other than to weight the experts' outputs and sum them", help=_HELP)
         return super().vec(v, node)
 
     def run(self):
@@ -194,6 +198,8 @@ class MoEOps:
             return None
         if op in _IDENTITY:
             return args[0]
+        if any(isinstance(x, Choice) for x in args):
+            return self.selection(node, op, args, kwargs)
         method = getattr(self, f"_moe_{op}", None)
         if method is not None:
             found = method(node, *args, **kwargs)
@@ -432,8 +438,11 @@ class MoEOps:
                          help=_HELP)
         name = self.fresh(node.name)
         fn = "route_norm" if w.norm else "route"
+        # selected by other scores (ops_select.py): the same exponents, said on the line
+        why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
+            if w.chosen else ""
         self.out.stmts.append(
-            f"{name} = {fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)})")
+            f"{name} = {fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)}){why}")
         self.out.vectors[name] = (node.name, "out")
         out = Vec(name, ys[0].tags, ys[0].dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output

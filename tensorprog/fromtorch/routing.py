@@ -34,6 +34,8 @@ class TopW:
     # the vector the top-k selected on, where the gates are another (the softmax of the k
     # largest logits: the gates are softmax(logits), the ids are the logits')
     picked: str | None = None
+    # selected by other scores than the gates (ops_select.py: the gates plus a bias, in groups)
+    chosen: bool = False
 
     @property
     def selection(self) -> str:
@@ -56,6 +58,7 @@ class TopIdx:
     k: int
     flat: bool = False
     node: str = ""
+    chosen: bool = False  # selected by other scores than the gates (ops_select.py)
 
 
 @dataclass
@@ -122,7 +125,18 @@ class Experts:
             ]
 
 
-ROUTED = (TopW, TopSum, TopIdx, Dispatch, Dispatched, Selected, Experts)
+@dataclass
+class Choice:
+    """A router's selection scores other than its gates (ops_select.py): the gates plus a
+    per-expert constant, masked to the best groups (``scores``), or a value computed from them
+    for the selection only (the groups' scores and mask, a top-k's values)."""
+
+    gates: Vec
+    scores: bool = True
+    node: str = ""
+
+
+ROUTED = (TopW, TopSum, TopIdx, Dispatch, Dispatched, Selected, Experts, Choice)
 
 
 @dataclass

@@ -15,6 +15,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from tensorprog import derive, parse_file  # noqa: E402
+from tensorprog.errors import TraceError  # noqa: E402
 from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 VOCAB, SEQ = 32, 8
@@ -149,6 +150,66 @@ def test_the_coordinate_check_passes_mup_and_fails_sp(handwritten):
     assert good.passed, {k: [round(r.slope, 2) for r in v] for k, v in good.failures.items()}
     bad = coord_check(mup, (64, 128), apply=False, tolerance=0.25, seeds=(0,))
     assert {"linear_2", "v_softmax", "linear_3"} <= set(bad.failures)
+
+
+class BiasedRouterMoE(MoE):
+    """DeepSeek-V3's router (GLM-4-MoE's, EXAONE-MoE's): sigmoid gates; each token's experts
+    selected by the gates plus a per-expert bias (a buffer its load balancing sets) among the
+    experts of its best group of 2; the selected gates gathered, normalised and scaled by 2.5.
+    ``form="choice"``: the selection scores gathered instead of the gates (refused)."""
+
+    def __init__(self, n, form="gates"):
+        super().__init__(n)
+        self.router = nn.Linear(n, 4, bias=False)
+        self.register_buffer("correction", torch.zeros(4))
+        self.form = form
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        scores = self.router(x).sigmoid()
+        choice = scores + self.correction
+        groups = choice.view(-1, 2, 2).topk(2, dim=-1)[0].sum(dim=-1)
+        best = torch.topk(groups, k=1, dim=-1, sorted=False)[1]
+        mask = torch.zeros_like(groups)
+        mask.scatter_(1, best, 1)
+        mask = mask.unsqueeze(-1).expand(-1, 2, 2).reshape(-1, 4)
+        choice = choice.masked_fill(~mask.bool(), float("-inf"))
+        ids = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]
+        top = (choice if self.form == "choice" else scores).gather(1, ids)
+        top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * 2.5
+        ids = ids.reshape(-1)
+        xs = x.repeat_interleave(self.k, dim=0)
+        h = F.relu(torch.bmm(self.w_in[ids], xs.unsqueeze(-1)).squeeze(-1))
+        y = torch.bmm(self.w_out[ids], h.unsqueeze(-1)).squeeze(-1) * top.reshape(-1, 1)
+        return y.view(-1, self.k, shape[-1]).sum(dim=1).reshape(shape)
+
+
+class BiasedMoELM(MoELM):
+    def __init__(self, n, form="gates"):
+        super().__init__(n)
+        self.moe = BiasedRouterMoE(n, form)
+
+
+def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm():
+    # the selection scores (gates + bias, masked to the best group) only choose the ids; the
+    # gates gathered by them weight the experts: route_norm of the gates, which derives as
+    # examples/moe.tp (which k are selected enters no exponent), the line saying how the model
+    # selects; apply leaves the model bit-identical at the base width (the bias is no param)
+    traced = from_torch(BiasedMoELM, (32, 64), _tokens)
+    route, = _routes(traced)
+    assert route == ("sum_3 = route_norm(v_sigmoid, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, bmm_1_e3)"
+                     "  # selected by v_sigmoid + a per-expert bias, in its best groups")
+    assert "reshape_4 = 2.5 * sum_3" in traced.source
+    ours = derive(traced.program, "adam").abc
+    theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
+    assert _exponents(ours, "moe_router_weight") == _exponents(theirs, "R") == (0, 1, 1)
+    assert _exponents(ours, "moe_w_out_e3") == _exponents(theirs, "B4")
+    apply_is_bit_identical_at_base(traced, BiasedMoELM, _tokens)
+    # the selection scores weighting the experts are no gates: refused at the gather
+    with pytest.raises(TraceError, match=r"cannot trace the op gather on a router's selection "
+                                         r"scores(.|\n)*DeepSeek-V3's e_score_correction_bias"):
+        from_torch(lambda n: BiasedMoELM(n, "choice"), (32, 64), _tokens)
 
 
 # --- Hugging Face's families, built small (one layer, 4 experts, top-2, vocabulary 32) ----------

@@ -1,0 +1,108 @@
+"""A router that selects its experts by other scores than the gates that weight them.
+
+DeepSeek-V3's router (and GLM-4-MoE's, EXAONE-MoE's, ...) computes sigmoid gates g = σ(R @ h),
+selects each token's k experts by ``g + b`` with b a per-expert buffer that its load balancing
+sets outside the gradient (``e_score_correction_bias``), optionally only among the experts of its
+best groups (the groups' scores, a top-k of them and a mask), then gathers the k selected gates
+``g.gather(1, ids)`` to weight the experts (divided by their sum, times a constant):
+
+    choice = g + b                                  selection only
+    ids = topk(choice masked to the best groups, k) selection only
+    w = g.gather(1, ids)                            the k gates: route(g, k, ...)
+
+The engine's exponents do not depend on which k experts are selected (docs/theory.md, "Top-k":
+every candidate is one of the E finitely many Θ(1)·y_e, and the gates are g's entries), so the
+layer derives as ``route(g, k, y_1, ..., y_E)`` (``route_norm`` normalised). The program's own
+``route`` selects by g, which is the model's selection while b is 0 (its init) and the groups
+keep every expert: the route's line says so in a comment. Every value of the selection is a
+:class:`Choice`, which the ops here carry only towards a top-k's ids; any other use of one is
+refused at its op (MoEOps.vec).
+"""
+
+from __future__ import annotations
+
+import operator
+
+from .routing import Choice, TopIdx, TopW
+from .values import Aux, Conc, Parts, Pointwise, Vec
+from .where import refuse
+
+# ops that compute a selection-only value from selection-only values: the groups' view, their
+# best scores and the sum of them, the mask of the best groups (zeros, scatter, expand) and its
+# negation, and casts
+_SELECTION = {"view", "reshape", "_unsafe_view", "expand", "unsqueeze", "sum", "zeros_like",
+              "scatter", "scatter_", "bitwise_not", "logical_not", "to", "_to_copy", "clone",
+              "contiguous", "topk"}
+_HELP = ("a router's selection that the tracer follows is a top-k of its gates, or of the gates "
+         "plus a per-expert constant (DeepSeek-V3's e_score_correction_bias) masked to its best "
+         "groups, whose ids then gather the gates (docs/torch.md); else write the layer as a "
+         "Tensor Program with route(g, k, ...) (examples/moe.tp)")
+
+
+def _feeds_selection(node, limit: int = 64) -> bool:
+    """Whether a top-k reads the node's value through the ops of a selection."""
+    todo, seen = list(node.users), set()
+    while todo and len(seen) < limit:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        name = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+        if name == "topk":
+            return True
+        if name in _SELECTION | {"masked_fill", "add"} or user.target is operator.getitem:
+            todo += list(user.users)
+    return False
+
+
+class SelectOps:
+    """The values of a router's selection by other scores (see the module's docstring)."""
+
+    def choice(self, node, u, v):
+        """``g + b``, b a per-expert constant and g a router's gates, where a top-k reads the
+        sum: a :class:`Choice` of g; None for any other sum."""
+        shape = tuple(node.meta["val"].shape) if "val" in node.meta else ()
+        for g, b, at in ((u, v, 1), (v, u, 0)):
+            if not isinstance(g, (Vec, Pointwise)) or not isinstance(b, (Aux, Conc)):
+                continue
+            val = getattr(node.args[at], "meta", {}).get("val")
+            b_shape = tuple(val.shape) if val is not None else ()
+            if len(shape) >= 2 and b_shape == shape[-1:] and _feeds_selection(node):
+                g = self.vec(g, node)
+                if g.tags[-1] == "F" and g.dim == shape[-1]:
+                    return Choice(g)
+        return None
+
+    def selection(self, node, op: str, args, kwargs):
+        """An op on a router's selection-only values (a :class:`Choice` among ``args``)."""
+        found = [a for a in args if isinstance(a, Choice)]
+        if isinstance(args[1] if len(args) > 1 else None, Choice) \
+                and found[0].gates.name != args[1].gates.name:
+            raise refuse(node, "the selection of one router masked by another's", help=_HELP)
+        first = found[0]
+        if op == "topk":
+            k, dim = args[1], args[2] if len(args) > 2 else kwargs.get("dim", -1)
+            largest = args[3] if len(args) > 3 else kwargs.get("largest", True)
+            shape = node.args[0].meta["val"].shape
+            if first.scores and largest and dim in (-1, len(shape) - 1) \
+                    and shape[-1] == first.gates.dim:
+                # the ids of the k experts selected: those of the gates' route
+                return Parts([Choice(first.gates, scores=False),
+                              TopIdx(first.gates, int(k), chosen=True)])
+            return Parts([Choice(first.gates, scores=False)] * 2)
+        if op == "masked_fill" and first.scores and len(args) > 2 \
+                and isinstance(args[1], Choice) and args[2] == float("-inf"):
+            return first  # the candidates restricted to the best groups: still the choice
+        if op in _SELECTION:
+            return Choice(first.gates, scores=False)
+        raise refuse(node, f"the op {op} on a router's selection scores (its gates plus a "
+                     "per-expert bias, or its groups' scores and mask)", help=_HELP)
+
+    def _moe_gather(self, node, v, dim, index, *rest, **kwargs):
+        """``g.gather(1, ids)``: the k gates of the selected experts."""
+        if isinstance(index, TopIdx) and not index.flat and dim in (-1, 1) \
+                and isinstance(v, (Vec, Pointwise)):
+            g = self.vec(v, node)
+            if g.name == index.gates.name:
+                return TopW(g, index.k, chosen=index.chosen)
+        return None
