@@ -910,6 +910,9 @@ class MoE(nn.Module):
         if self.form == "dense":  # the gates scattered to all 4 experts, an einsum over them
             gates = top.new_zeros(x.shape[0], 4).scatter(-1, ids, top)
             y = torch.einsum("te,ten->tn", gates, torch.einsum("tm,enm->ten", x, self.w))
+        elif self.form == "onehot":  # JetMoE's: a one-hot of the ids counts each one's tokens
+            counts = torch.zeros(x.shape[0], 4, device=x.device).scatter(1, ids, 1).sum(0)
+            y = x * counts.sum()
         else:  # each slot's expert chosen by the ids of another router's selection
             _, other = torch.topk(torch.sigmoid(self.router(x)), 2, -1)
             xs = x.repeat_interleave(2, dim=0)
@@ -920,6 +923,7 @@ class MoE(nn.Module):
 
 dense = lambda n: MoE(n, "dense")
 other = lambda n: MoE(n, "other")
+onehot = lambda n: MoE(n, "onehot")
 """
 
 
@@ -927,8 +931,13 @@ other = lambda n: MoE(n, "other")
     # before: refused at the router's top-k whatever followed it
     ("dense", r"m.py:16:\d+: error: cannot trace the op new_zeros on a mixture-of-experts "
               r"router's selection(.|\n)*batched matmul of W\[ids\]"),
-    ("other", r"m.py:22:\d+: error: cannot trace the op mul on the experts' values and another "
+    ("other", r"m.py:25:\d+: error: cannot trace the op mul on the experts' values and another "
               r"part of the routing"),
+    # before: "the op scatter on a ... router's selection ... in a form the tracer does not
+    # follow"; now what the one-hot is for, and what the tracer follows instead
+    ("onehot", r"m.py:19:\d+: error: cannot trace a one-hot of the selected experts' ids"
+               r"(.|\n)*JetMoE's(.|\n)*help: build the model with transformers' "
+               r"experts_implementation grouped_mm"),
 ])
 def test_trace_refuses_moe_forms_it_does_not_follow(capsys, tmp_path, function, message):
     (tmp_path / "m.py").write_text(MOE_MODEL)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 
 from .routing import Choice, TopIdx, TopW
-from .values import Aux, Conc, Parts, Pointwise, Vec
+from .values import Affine, Aux, Conc, Parts, Pointwise, Vec
 from .where import refuse
 
 # ops that compute a selection-only value from selection-only values: the groups' view, their
@@ -37,6 +37,11 @@ _HELP = ("a router's selection that the tracer follows is a top-k of its gates, 
          "plus a per-expert constant (DeepSeek-V3's e_score_correction_bias) masked to its best "
          "groups, whose ids then gather the gates (docs/torch.md); else write the layer as a "
          "Tensor Program with route(g, k, ...) (examples/moe.tp)")
+
+_HELP_DISPATCH = ("build the model with transformers' experts_implementation grouped_mm (the "
+                  "default) or batched_mm where it has one; else write the layer as a Tensor "
+                  "Program: g = softmax(R @ h), then route_norm(g, k, y1, ..., yE) over expert "
+                  "MLPs (examples/moe.tp)")
 
 
 def _feeds_selection(node, limit: int = 64) -> bool:
@@ -63,7 +68,7 @@ class SelectOps:
         sum: a :class:`Choice` of g; None for any other sum."""
         shape = tuple(node.meta["val"].shape) if "val" in node.meta else ()
         for g, b, at in ((u, v, 1), (v, u, 0)):
-            if not isinstance(g, (Vec, Pointwise)) or not isinstance(b, (Aux, Conc)):
+            if not isinstance(g, (Vec, Pointwise, Affine)) or not isinstance(b, (Aux, Conc)):
                 continue
             val = getattr(node.args[at], "meta", {}).get("val")
             b_shape = tuple(val.shape) if val is not None else ()
@@ -101,8 +106,35 @@ class SelectOps:
     def _moe_gather(self, node, v, dim, index, *rest, **kwargs):
         """``g.gather(1, ids)``: the k gates of the selected experts."""
         if isinstance(index, TopIdx) and not index.flat and dim in (-1, 1) \
-                and isinstance(v, (Vec, Pointwise)):
+                and isinstance(v, (Vec, Pointwise, Affine)):
             g = self.vec(v, node)
             if g.name == index.gates.name:
                 return TopW(g, index.k, chosen=index.chosen)
         return None
+
+    def _moe_sigmoid(self, node, v):
+        """``sigmoid(logits.gather(1, ids))`` (Kolibri's): the k gathered logits' sigmoid is
+        the sigmoid's k entries, so the gates are ``sigmoid(logits)``, selected by the ids."""
+        if isinstance(v, TopW) and v.chosen and not (v.flat or v.norm or v.picked) \
+                and v.factor == 1 and not self._producer(v.gates.name):
+            name = self.fresh(node.name)
+            self.out.stmts.append(f"{name} = sigmoid({v.gates.name})")
+            self.out.vectors[name] = (node.name, "out")
+            gates = Vec(name, v.gates.tags, v.gates.dim)
+            return TopW(gates, v.k, picked=v.gates.name, chosen=True)
+        return None
+
+    def _moe_scatter(self, node, v, dim, index, *rest, **kwargs):
+        """``zeros.scatter(1, ids, 1)``: refused, saying what is missing (a one-hot of the ids
+        feeds a dispatch the tracer does not follow)."""
+        if isinstance(index, TopIdx) and not index.flat:
+            raise refuse(node, "a one-hot of the selected experts' ids (zeros.scatter(1, ids, "
+                         "...)): it feeds a dense dispatch (every expert on every token, "
+                         "masked) or JetMoE's (the one-hot's column sums, made a Python list, "
+                         "split the tokens expert by expert, and index_add puts them back), "
+                         "neither of which the tracer follows; it follows a sort of the ids "
+                         "with a grouped matmul over histc/cumsum offsets, or W[ids] with bmm",
+                         help=_HELP_DISPATCH)
+        return None
+
+    _moe_scatter_ = _moe_scatter

@@ -156,7 +156,9 @@ class BiasedRouterMoE(MoE):
     """DeepSeek-V3's router (GLM-4-MoE's, EXAONE-MoE's): sigmoid gates; each token's experts
     selected by the gates plus a per-expert bias (a buffer its load balancing sets) among the
     experts of its best group of 2; the selected gates gathered, normalised and scaled by 2.5.
-    ``form="choice"``: the selection scores gathered instead of the gates (refused)."""
+    ``form="choice"``: the selection scores gathered instead of the gates (refused);
+    ``form="logits"`` (Kolibri's): the logits plus the bias select, and the selected logits'
+    sigmoid, normalised, weights the experts."""
 
     def __init__(self, n, form="gates"):
         super().__init__(n)
@@ -167,6 +169,11 @@ class BiasedRouterMoE(MoE):
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self.form == "logits":
+            logits = self.router(x)
+            ids = torch.topk(logits + self.correction, self.k, dim=-1)[1]
+            top = logits.gather(1, ids).sigmoid()
+            return self.dispatch(x, ids, top / top.sum(dim=-1, keepdim=True), shape)
         scores = self.router(x).sigmoid()
         choice = scores + self.correction
         groups = choice.view(-1, 2, 2).topk(2, dim=-1)[0].sum(dim=-1)
@@ -178,6 +185,9 @@ class BiasedRouterMoE(MoE):
         ids = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]
         top = (choice if self.form == "choice" else scores).gather(1, ids)
         top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * 2.5
+        return self.dispatch(x, ids, top, shape)
+
+    def dispatch(self, x, ids, top, shape):
         ids = ids.reshape(-1)
         xs = x.repeat_interleave(self.k, dim=0)
         h = F.relu(torch.bmm(self.w_in[ids], xs.unsqueeze(-1)).squeeze(-1))
@@ -206,6 +216,12 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     assert _exponents(ours, "moe_router_weight") == _exponents(theirs, "R") == (0, 1, 1)
     assert _exponents(ours, "moe_w_out_e3") == _exponents(theirs, "B4")
     apply_is_bit_identical_at_base(traced, BiasedMoELM, _tokens)
+    # Kolibri's: the selected logits' sigmoid is the sigmoid's selected entries
+    traced = from_torch(lambda n: BiasedMoELM(n, "logits"), (32, 64), _tokens)
+    route, = _routes(traced)
+    assert route.startswith("sum_2 = route_norm(v_sigmoid, 2, bmm_1_e0, ") and "# selected" in route
+    assert "v_sigmoid = sigmoid(linear_2)" in traced.source
+    assert _exponents(derive(traced.program, "adam").abc, "moe_router_weight") == (0, 1, 1)
     # the selection scores weighting the experts are no gates: refused at the gather
     with pytest.raises(TraceError, match=r"cannot trace the op gather on a router's selection "
                                          r"scores(.|\n)*DeepSeek-V3's e_score_correction_bias"):
