@@ -792,6 +792,18 @@ class Second(Net):
         return self.o(self.e(idx)[:, 1])
 
 
+class HeadSplit(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.q = torch.nn.Linear(n, n)
+
+    def forward(self, idx):  # each head's query split in two parts (DeepSeek's MLA)
+        x = self.e(idx)
+        q = self.q(x).view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        a, r = torch.split(q, [q.shape[-1] // 2, q.shape[-1] - q.shape[-1] // 2], dim=-1)
+        return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
+
+
 class ClassToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -819,6 +831,7 @@ TRACED_BUILDS = {
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
+    "head_split": "lambda n: HeadSplit(n)",
 }
 
 
@@ -868,6 +881,10 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
                           r"the batch, used as a token(.|\n)*help: make the class token a token "
                           r"id"),
+    # before: "a split of anything but a linear layer's output features"; now what MLA needs
+    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
+                         r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "
+                         r"by all heads"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

@@ -156,6 +156,21 @@ class LayoutOps:
         ndim = len(self._shape(node.args[0]))
         if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
             return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
+        if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v):
+            # DeepSeek's multi-head latent attention: what is missing is the shared key part
+            raise refuse(
+                node,
+                f"a split of each head's features into parts of {', '.join(map(str, sizes))}: "
+                "the tracer splits a linear layer's output features, or slices the part of "
+                "each head a partial rotary turns; multi-head latent attention (DeepSeek's "
+                "MLA) then pairs each query head's rotary part with one key head shared by "
+                "all heads, concatenated to each head's own key, which the language's "
+                "attention (each query head against a key head of its own or of its group) "
+                "cannot say",
+                help="write the attention with a query, key and value projection per head "
+                "(multi-head or grouped-query attention) as a Tensor Program; MLA's shared "
+                "rotary key has no form in the language",
+            )
         if not isinstance(v, Affine) or dim % ndim != ndim - 1:
             raise refuse(
                 node,
