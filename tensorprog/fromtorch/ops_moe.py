@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 
+from .ops_select import feeds_selection
 from .routing import (
     ROUTED,
     Choice,
@@ -118,7 +119,10 @@ class MoEOps:
                 return gated
             if op == "add" and len(args) == 2 and (chosen := self.choice(node, *args)) is not None:
                 return chosen  # selection scores g + b (ops_select.py)
-            if op in ("softmax", "_softmax") and _feeds_topk(node):
+            if op in ("squeeze", "view", "reshape") and \
+                    (bias := self.selection_bias(node, args[0])) is not None:
+                return bias
+            if op in ("softmax", "_softmax") and (_feeds_topk(node) or feeds_selection(node)):
                 return self._gates(node, args[0], "softmax", args[1] if len(args) > 1 else -1)
         return super().call(node)
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import operator
 
-from .routing import Choice, TopIdx, TopW
-from .values import Affine, Aux, Conc, Parts, Pointwise, Vec
+from .routing import Choice, TopIdx, TopSum, TopW
+from .values import Affine, Aux, Conc, Parts, Pointwise, PRef, Vec
 from .where import refuse
 
 # ops that compute a selection-only value from selection-only values: the groups' view, their
@@ -37,6 +37,9 @@ _HELP = ("a router's selection that the tracer follows is a top-k of its gates, 
          "plus a per-expert constant (DeepSeek-V3's e_score_correction_bias) masked to its best "
          "groups, whose ids then gather the gates (docs/torch.md); else write the layer as a "
          "Tensor Program with route(g, k, ...) (examples/moe.tp)")
+# a lower bound on the sum of the k gates (against a division by 0) that changes nothing, as a
+# constant added to that sum (ops_moe.py)
+_TINY = 1e-6
 
 _HELP_DISPATCH = ("build the model with transformers' experts_implementation grouped_mm (the "
                   "default) or batched_mm where it has one; else write the layer as a Tensor "
@@ -44,7 +47,7 @@ _HELP_DISPATCH = ("build the model with transformers' experts_implementation gro
                   "MLPs (examples/moe.tp)")
 
 
-def _feeds_selection(node, limit: int = 64) -> bool:
+def feeds_selection(node, limit: int = 64) -> bool:
     """Whether a top-k reads the node's value through the ops of a selection."""
     todo, seen = list(node.users), set()
     while todo and len(seen) < limit:
@@ -68,14 +71,33 @@ class SelectOps:
         sum: a :class:`Choice` of g; None for any other sum."""
         shape = tuple(node.meta["val"].shape) if "val" in node.meta else ()
         for g, b, at in ((u, v, 1), (v, u, 0)):
-            if not isinstance(g, (Vec, Pointwise, Affine)) or not isinstance(b, (Aux, Conc)):
+            # b: a buffer, a constant, or a param (Ernie-4.5's, fixed): read by the selection
+            # only, it gets no gradient (a top-k's ids have none) and stays out of the program
+            if not isinstance(g, (Vec, Pointwise, Affine)) or not isinstance(b, (Aux, Conc, PRef)):
                 continue
+            if isinstance(b, PRef) and getattr(node.args[at], "op", "") != "call_function":
+                continue  # a param as it is: a trainable bias of the scores, not the selection's
             val = getattr(node.args[at], "meta", {}).get("val")
             b_shape = tuple(val.shape) if val is not None else ()
-            if len(shape) >= 2 and b_shape == shape[-1:] and _feeds_selection(node):
+            if len(shape) >= 2 and b_shape == shape[-1:] and feeds_selection(node):
                 g = self.vec(g, node)
                 if g.tags[-1] == "F" and g.dim == shape[-1]:
                     return Choice(g)
+            if isinstance(b, PRef) and len(b.shape) > 1 and feeds_selection(node):
+                # reshaped for this sum (selection_bias), but not a gates' selection bias
+                raise refuse(node, "a param added to a router's scores other than as a "
+                             "per-expert bias of its selection", help=_HELP)
+        return None
+
+    def selection_bias(self, node, p):
+        """``b.squeeze()`` (a view) of a param [1, E] that only a selection's sum reads
+        (Ernie-4.5's ``e_score_correction_bias``): the param, for :meth:`choice`; None else."""
+        size = tuple(node.meta["val"].shape) if "val" in node.meta else ()
+        if isinstance(p, PRef) and len(size) == 1 and node.users and all(
+                getattr(u.target, "_overloadpacket", None) is not None
+                and u.target._overloadpacket.__name__ == "add" and feeds_selection(u)
+                for u in node.users):
+            return p
         return None
 
     def selection(self, node, op: str, args, kwargs):
@@ -138,3 +160,10 @@ class SelectOps:
         return None
 
     _moe_scatter_ = _moe_scatter
+
+    def _moe_clamp(self, node, v, lo=None, hi=None):
+        """``clamp(sum of the k gates, min=tiny)`` (Ernie-4.5's, against a division by 0): the
+        sum itself, where the bound is below any sum of k gates that matters."""
+        if isinstance(v, TopSum) and hi is None and lo is not None and 0 <= lo <= _TINY:
+            return v
+        return None

@@ -38,6 +38,12 @@ class MoE(nn.Module):
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self.form == "statics":  # Ernie-4.5's: softmax gates, a fixed param's bias, clamp
+            gates = torch.softmax(self.router(x), dim=-1)
+            ids = torch.topk(gates + self.statics.squeeze(), self.k, dim=-1)[1]
+            top = torch.gather(gates, -1, ids)
+            top = top / torch.clamp(top.sum(dim=-1, keepdim=True), min=1e-12)
+            return self.dispatch(x, ids, top, shape)
         if self.form == "logits":  # GraniteMoE's: the top k logits, then their softmax
             top, ids = torch.topk(self.router(x), self.k, dim=-1)
             top = torch.softmax(top, dim=-1)
@@ -158,17 +164,25 @@ class BiasedRouterMoE(MoE):
     experts of its best group of 2; the selected gates gathered, normalised and scaled by 2.5.
     ``form="choice"``: the selection scores gathered instead of the gates (refused);
     ``form="logits"`` (Kolibri's): the logits plus the bias select, and the selected logits'
-    sigmoid, normalised, weights the experts."""
+    sigmoid, normalised, weights the experts; ``form="statics"`` (Ernie-4.5's): softmax gates
+    plus a fixed param [1, E], squeezed, select, and their clamped sum normalises them."""
 
     def __init__(self, n, form="gates"):
         super().__init__(n)
         self.router = nn.Linear(n, 4, bias=False)
         self.register_buffer("correction", torch.zeros(4))
+        self.statics = nn.Parameter(torch.zeros(1, 4), requires_grad=False)
         self.form = form
 
     def forward(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        if self.form == "statics":  # Ernie-4.5's: softmax gates, a fixed param's bias, clamp
+            gates = torch.softmax(self.router(x), dim=-1)
+            ids = torch.topk(gates + self.statics.squeeze(), self.k, dim=-1)[1]
+            top = torch.gather(gates, -1, ids)
+            top = top / torch.clamp(top.sum(dim=-1, keepdim=True), min=1e-12)
+            return self.dispatch(x, ids, top, shape)
         if self.form == "logits":
             logits = self.router(x)
             ids = torch.topk(logits + self.correction, self.k, dim=-1)[1]
@@ -222,6 +236,14 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     assert route.startswith("sum_2 = route_norm(v_sigmoid, 2, bmm_1_e0, ") and "# selected" in route
     assert "v_sigmoid = sigmoid(linear_2)" in traced.source
     assert _exponents(derive(traced.program, "adam").abc, "moe_router_weight") == (0, 1, 1)
+    # Ernie-4.5's: softmax gates, the bias a fixed param [1, E] squeezed (no gradient reaches
+    # it through the ids: it stays out of the program, and apply says so), a clamped sum
+    build = lambda n: BiasedMoELM(n, "statics")  # noqa: E731
+    traced = from_torch(build, (32, 64), _tokens)
+    route, = _routes(traced)
+    assert route.startswith("sum_2 = route_norm(v_softmax, 2, bmm_1_e0, ") and "# selected" in route
+    mup = apply_is_bit_identical_at_base(traced, build, _tokens)
+    assert mup.uncovered(build(32)) == ["moe.statics"]
     # the selection scores weighting the experts are no gates: refused at the gather
     with pytest.raises(TraceError, match=r"cannot trace the op gather on a router's selection "
                                          r"scores(.|\n)*DeepSeek-V3's e_score_correction_bias"):
