@@ -14,9 +14,12 @@ The engine's exponents do not depend on which k experts are selected (docs/theor
 every candidate is one of the E finitely many Θ(1)·y_e, and the gates are g's entries), so the
 layer derives as ``route(g, k, y_1, ..., y_E)`` (``route_norm`` normalised). The program's own
 ``route`` selects by g, which is the model's selection while b is 0 (its init) and the groups
-keep every expert: the route's line says so in a comment. Every value of the selection is a
-:class:`Choice`, which the ops here carry only towards a top-k's ids; any other use of one is
-refused at its op (MoEOps.vec).
+keep every expert: the route's line says so in a comment. The variants followed: the bias a
+buffer, a constant or a fixed param ``[1, E]`` squeezed (Ernie-4.5's; a param read only by the
+selection gets no gradient and stays out of the program), softmax gates, the logits selecting
+and their gathered sigmoid weighting (Kolibri's), the k gates' sum clamped below by a tiny
+number. Every value of the selection is a :class:`Choice`, which the ops here carry only
+towards a top-k's ids; any other use of one is refused at its op (MoEOps.vec).
 """
 
 from __future__ import annotations
