@@ -71,9 +71,7 @@ class ArithOps:
             sign = "-" if c < 0 else "+"
             coef = "" if abs(c) == 1 else f"{abs(c)!r} * "
             expr += f" {sign} {coef}{name}" if expr else f"{'-' if c < 0 else ''}{coef}{name}"
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def _shifted(self, node, ref: PRef, offset: float, coef) -> PRef:
@@ -144,9 +142,7 @@ class ArithOps:
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = rmsnorm({self.norm_args(a)})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"rmsnorm({self.norm_args(a)})")
                 return Vec(name, a.tags, a.dim, a.dh)
         pair = self._same_source(node, u, v)
         if pair:
@@ -157,9 +153,7 @@ class ArithOps:
                 self.vector_param(x, node) if isinstance(x, PRef) else self.vec(x, node).name
             )
         vec = next(self.vec(x, node) for x in (u, v) if not isinstance(x, PRef))
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {names[0]} * {names[1]}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"{names[0]} * {names[1]}")
         gains = [n for n, x in zip(names, (u, v), strict=True) if isinstance(x, PRef)]
         if len(gains) == 1:
             # g * x is linear in the gain g as W @ x is in W: a multiplier on the product

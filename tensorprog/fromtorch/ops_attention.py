@@ -33,9 +33,7 @@ class AttentionOps:
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         if w is not None:  # g * norm(x) + b is linear in (g, b), as W @ x + b in (W, b)
             self.out.producers[name] = (self.vector_param(w, node),
                                         self.vector_param(b, node) if b is not None else None)
@@ -95,9 +93,7 @@ class AttentionOps:
     def mix(self, node, p: Probs, v: Vec) -> Vec:
         q = p.scores.q
         self.grouped(node, q, v, "values")
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = mix({p.name}, {v.name})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
         return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:

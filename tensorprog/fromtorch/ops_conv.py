@@ -177,9 +177,7 @@ class ConvOps:
         return Vec(name, ("tok", "tok", "F"), ref.shape[2])
 
     def _emit(self, node, expr: str, dim: int, tags) -> Vec:
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         return Vec(name, tags, dim)
 
     # -- batch norm ----------------------------------------------------------------------------

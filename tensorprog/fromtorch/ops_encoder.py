@@ -34,9 +34,7 @@ class EncoderOps:
             raise refuse(node, f"reading token {index} of the sequence (the language reads the "
                          "first token only, first(h))", help=_FIRST_HELP)
         x = self.vec(v, node)
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = first({x.name})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"first({x.name})")
         return Vec(name, ("tok", "F"), x.dim)
 
     def ids_lookup(self, node, w: PRef, idx: Given) -> Vec:
@@ -54,10 +52,7 @@ class EncoderOps:
         src = self.id_inputs[idx.input]
         table, _ = self.param(w, node, lookup=True)
         self.out.ids[src] = w.shape[0]
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {table} @ {src}")
-        self.out.vectors[name] = (node.name, "out")
-        self.out.producers[name] = (table, None)
+        name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 
     def param_as_token(self, node, v: PRef):

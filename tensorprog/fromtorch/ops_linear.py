@@ -50,10 +50,7 @@ class LinearOps:
                 "ids that vary otherwise are traced only as an input of the forward (segments: "
                 "token_type_ids=)",
             )
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {table} @ {src}")
-        self.out.vectors[name] = (node.name, "out")
-        self.out.producers[name] = (table, None)
+        name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
 
     @staticmethod
@@ -81,9 +78,7 @@ class LinearOps:
             init = self.base.get(w.target, ("normal", 1.0))
             tail = f" = {init[1]:g}" if init[0] == "const" else ""
             self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}")
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {param}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, param)
         return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
 
     def _is_positions(self, value) -> bool:

@@ -143,9 +143,7 @@ class MoEOps:
         if isinstance(x, (Vec, Affine, Pointwise)):
             x = self.vec(x, node)
             if dim in (-1, len(x.tags) - 1) and x.tags[-1] == "F":
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = {fn}({x.name})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"{fn}({x.name})")
                 return Vec(name, x.tags, x.dim)
         raise refuse(node, f"a {fn} of a router's scores that is not over the last axis of a "
                      "per-token vector", help=_HELP)
@@ -164,9 +162,7 @@ class MoEOps:
                 continue
             g, y = self.vec(g, node), self.vec(y, node)
             if g.tags[-1] == "F" and y.tags[-1] == "F" and g.dim == 1:
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = route({g.name}, 1, {y.name})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"route({g.name}, 1, {y.name})")
                 return Vec(name, y.tags, y.dim)
         return None
 
@@ -430,11 +426,9 @@ class MoEOps:
             raise refuse(node, "the k largest of a router's scores divided by their sum, "
                          "scores that are neither a softmax nor a sigmoid (they may cancel)",
                          help=_HELP)
-        name = self.fresh(node.name)
         fn = "route_norm" if w.norm else "route"
-        self.out.stmts.append(
-            f"{name} = {fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(
+            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)})")
         out = Vec(name, ys[0].tags, ys[0].dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output
             return Pointwise(out, lambda t, c=w.factor: c * t, node.name)

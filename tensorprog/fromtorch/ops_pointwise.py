@@ -86,9 +86,7 @@ class PointwiseOps:
         key = (v.node, fn, s, round(c, 12))
         if key not in self._made:
             coef = self.coefficient(c, self.by_name.get(v.node, node), "")
-            name = self.fresh(v.node)
-            self.out.stmts.append(f"{name} = {coef} * {fn}({v.src.name} / {s!r})")
-            self.out.vectors[name] = (v.node, "out")
+            name = self.emit_vector(v.node, f"{coef} * {fn}({v.src.name} / {s!r})")
             self.out.coefs[len(self.out.slots) - 1]["out"] = name
             self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
         return self._made[key]
@@ -107,9 +105,7 @@ class PointwiseOps:
         expr = " * ".join([base] * k)
         if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
             expr = f"{self.coefficient(c, self.by_name.get(v.node, node), '')} * {expr}"
-        name = self.fresh(v.node)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (v.node, "out")
+        name = self.emit_vector(v.node, expr)
         if abs(c - 1) > 1e-9:
             self.out.coefs[len(self.out.slots) - 1]["out"] = name
         self._made[key] = Vec(name, src.tags, src.dim, src.dh)

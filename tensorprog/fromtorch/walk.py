@@ -192,6 +192,18 @@ class Walker:
         return name
 
     # -- materialising lazy values ------------------------------------------------------------
+    def emit_vector(self, node_name: str, expr: str, producer: tuple | None = None) -> str:
+        """The statement ``name = expr`` of a fresh name, recorded as the program vector that
+        stands for torch node ``node_name``'s value (what check compares at both widths), and
+        with ``producer``, the (weight, bias) of the ``W @ x + b`` it is (a multiplier on it
+        folds into them); returns the name."""
+        name = self.fresh(node_name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node_name, "out")
+        if producer is not None:
+            self.out.producers[name] = producer
+        return name
+
     def vec(self, v, node) -> Vec:
         if isinstance(v, Vec):
             return v
@@ -222,9 +234,7 @@ class Walker:
                     at = self.by_name.get(v.node, node)  # the line that multiplies
                     expr = f"{self.coefficient(c, at, v.src.name if fn == 'identity' else '')}"\
                         f" * {expr}"
-                name = self.fresh(v.node)
-                self.out.stmts.append(f"{name} = {expr}")
-                self.out.vectors[name] = (v.node, "out")
+                name = self.emit_vector(v.node, expr)
                 if abs(c - 1) > 1e-9:
                     self.out.coefs[len(self.out.slots) - 1]["out"] = name
                 if fn == "identity" and v.src.name in self.out.producers:
@@ -269,11 +279,7 @@ class Walker:
         bias = self.vector_param(a.b, self._node(a.layer or a.node)) if a.b is not None else None
         if bias:
             expr += f" + {bias}"
-        name = self.fresh(node_name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node_name, "out")
-        self.out.producers[name] = (w, bias)
-        return Vec(name, a.tags, dim)
+        return Vec(self.emit_vector(node_name, expr, (w, bias)), a.tags, dim)
 
     def _node(self, name):
         return self.by_name[name]
