@@ -84,11 +84,9 @@ class PointwiseOps:
         """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``;
         the engine's rule for tanh (bounded, Θ(1) slope at 0) of a multiple of src."""
         key = (v.node, fn, s, round(c, 12))
-        if key not in self._made:
-            coef = self.coefficient(c, self.by_name.get(v.node, node), "")
-            name = self.emit_vector(v.node, f"{coef} * {fn}({v.src.name} / {s!r})")
-            self.out.coefs[len(self.out.slots) - 1]["out"] = name
-            self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+        if key not in self._made:  # a slot even at c = 1: the form is always c * tanh(x / s)
+            self._made[key] = self.emit_times(v, node, c, f"{fn}({v.src.name} / {s!r})",
+                                              slot=True)
         return self._made[key]
 
     def emit_power(self, v: Pointwise, node, fn: str, c: float, k: int) -> Vec:
@@ -102,13 +100,7 @@ class PointwiseOps:
         if fn != "identity":
             base = self.fresh(f"{v.node}_{fn}")
             self.out.stmts.append(f"{base} = {fn}({src.name})")
-        expr = " * ".join([base] * k)
-        if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
-            expr = f"{self.coefficient(c, self.by_name.get(v.node, node), '')} * {expr}"
-        name = self.emit_vector(v.node, expr)
-        if abs(c - 1) > 1e-9:
-            self.out.coefs[len(self.out.slots) - 1]["out"] = name
-        self._made[key] = Vec(name, src.tags, src.dim, src.dh)
+        self._made[key] = self.emit_times(v, node, c, " * ".join([base] * k))
         return self._made[key]
 
     def token_mask(self, node, u, v):

@@ -230,18 +230,12 @@ class Walker:
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
-                if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
-                    at = self.by_name.get(v.node, node)  # the line that multiplies
-                    expr = f"{self.coefficient(c, at, v.src.name if fn == 'identity' else '')}"\
-                        f" * {expr}"
-                name = self.emit_vector(v.node, expr)
-                if abs(c - 1) > 1e-9:
-                    self.out.coefs[len(self.out.slots) - 1]["out"] = name
+                made = self.emit_times(v, node, c, expr, v.src.name if fn == "identity" else "")
                 if fn == "identity" and v.src.name in self.out.producers:
                     # c * (W @ x + b) is linear in W and b too: a multiplier on it (attention's
                     # scale on a query written q * dh ** -0.5) folds into them as well
-                    self.out.producers[name] = self.out.producers[v.src.name]
-                self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+                    self.out.producers[made.name] = self.out.producers[v.src.name]
+                self._made[key] = made
             return self._made[key]
         if isinstance(v, Probs):
             raise refuse(
@@ -257,6 +251,23 @@ class Walker:
         self.out.slots.append(("coef", c))
         self.out.coefs[len(self.out.slots) - 1] = {"x": src, "span": user_span(node)}
         return f"{{s{len(self.out.slots) - 1}}}"
+
+    def emit_times(self, v: Pointwise, node, c: float, expr: str, src: str = "",
+                   slot: bool | None = None) -> Vec:
+        """The vector ``c * expr`` of the lazy value ``v`` (of v's source's shape): c is a
+        coefficient slot at the line that multiplies (it may change with the width), whose
+        "out" is this vector, so check can read what it multiplies there; ``src``: the vector c
+        multiplies, empty under a function (coefficient). No slot where c is 1, unless
+        ``slot``."""
+        if slot is None:
+            slot = abs(c - 1) > 1e-9
+        if slot:
+            expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
+            index = len(self.out.slots) - 1
+        name = self.emit_vector(v.node, expr)
+        if slot:
+            self.out.coefs[index]["out"] = name
+        return Vec(name, v.src.tags, v.src.dim, v.src.dh)
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
         w, trans = self.param(a.w, self._node(a.layer or a.node))
