@@ -1,5 +1,6 @@
 """Shared helpers: example paths, generated MLPs of any width and depth, a residual MLP over the
-depth, importing emitted modules, running the CLI in-process."""
+depth, importing emitted modules, running the CLI in-process, and for traced models, the apply
+and (a, b, c) oracles."""
 
 from __future__ import annotations
 
@@ -114,6 +115,17 @@ def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
     given = inputs(model)
     assert torch.equal(model(*given), plain(*given))
     return mup
+
+
+def abc_by_target(traced, optimizer="adam", rows=False) -> dict:
+    """Each traced param's (a, b, c) under ``optimizer``, keyed by its torch target (``rows``: by
+    (target, rows), so a fused layer's row blocks stay apart): the same model written two ways
+    must give the same dict."""
+    from tensorprog import derive
+
+    d = derive(traced.program, optimizer)
+    return {(u.target, u.rows) if rows else u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c)
+            for p, u in traced.params.items()}
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

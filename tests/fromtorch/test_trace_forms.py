@@ -8,7 +8,7 @@ import math
 from fractions import Fraction
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -27,14 +27,6 @@ def _tokens(model):
 
 def _trace(build):
     return from_torch(build, WIDTHS, _tokens)
-
-
-def _abc(traced, names=None):
-    """Each param's (a, b, c) under Adam, keyed by its torch target (and rows)."""
-    d = derive(traced.program, "adam")
-    return {
-        (u.target, u.rows): (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()
-    }
 
 
 def _bit_identical_at_base(traced, build):
@@ -143,7 +135,7 @@ def test_a_fused_projection_chunked_gives_the_mup_of_separate_ones(form, separat
     build = lambda n: Decoder(n, form)  # noqa: E731
     fused = _trace(build)
     assert "attn_qkv_weight_part2" in fused.source and "mlp_gate_up_weight_part1" in fused.source
-    assert _as_separate(_abc(fused)) == _abc(separate)
+    assert _as_separate(abc_by_target(fused, rows=True)) == abc_by_target(separate, rows=True)
     if form == "chunk":
         mup = _bit_identical_at_base(fused, build)
         assert mup.patches  # the query rows' 1/sqrt(dh) more cannot fold into a shared LR
@@ -154,7 +146,7 @@ def test_partial_rotary_is_the_network_without_it(separate, rotary):
     build = lambda n: Decoder(n, rotary=rotary)  # noqa: E731
     traced = _trace(build)
     assert "rotary embedding" in traced.source
-    assert _abc(traced) == _abc(separate)
+    assert abc_by_target(traced, rows=True) == abc_by_target(separate, rows=True)
     _bit_identical_at_base(traced, build)
 
 
@@ -289,7 +281,8 @@ class Forms(nn.Module):
 def test_positions_with_an_offset_a_hand_written_linear_and_a_one_plus_w_gain():
     traced = _trace(Forms)
     assert "p_weight @ pos" in traced.source and "param g : [n] = 1" in traced.source
-    assert _abc(traced) == _abc(_trace(lambda n: Forms(n, plain=True)))
+    plain = _trace(lambda n: Forms(n, plain=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(plain, rows=True)
     _bit_identical_at_base(traced, Forms)
 
 
