@@ -86,6 +86,14 @@ class Space:
                 "mult": {k: list(v) for k, v in self.mult.items()}}
 
 
+def job_at(values: dict) -> dict:
+    """What a ``run_trial`` job takes to train at a study's ``values`` (``{"lr", "init_std",
+    "mult"}``, as :meth:`Space.module_values` gives them): hp "tune" varies nothing, so the run
+    trains at base_lr with the Model's init_std and mult."""
+    return {"hp": "tune", "base_lr": values["lr"], "init_std": values["init_std"],
+            "mult": values["mult"]}
+
+
 def group_of(program: Program, param: str) -> str:
     """A param's role group: its derived role (from which of its fans are infinite), with the
     params of one axis (biases, gains) a group of their own."""
@@ -334,10 +342,7 @@ def _run_local(study, space: Space, base_job: dict, url: str, name: str, trials:
                 while todo and runner.pending < jobs:
                     trial = study.ask(space.distributions())
                     trial.set_user_attr("driver", _here())
-                    values = space.module_values(trial.params)
-                    # hp "tune": run_trial trains at base_lr with the Model's init_std and mult
-                    job = {**base_job, "hp": "tune", "base_lr": values["lr"],
-                           "init_std": values["init_std"], "mult": values["mult"],
+                    job = {**base_job, **job_at(space.module_values(trial.params)),
                            "threads": threads,
                            "study": {"name": name, "storage": url, "pruner": pruner,
                                      "trial_id": trial._trial_id}}
@@ -390,8 +395,7 @@ def _ray_trainable(config: dict, job: dict, space: Space) -> None:
         ray_tune.report({"loss": loss, "step": step})
         return False  # Ray's scheduler stops a trial itself
 
-    result = run_trial({**job, "hp": "tune", "base_lr": values["lr"],
-                        "init_std": values["init_std"], "mult": values["mult"]}, report)
+    result = run_trial({**job, **job_at(values)}, report)
     keep(result["steps"])
     if result["diverged"]:
         if trial is not None:
@@ -496,8 +500,7 @@ def train_once(program: Program, optimizer: Optimizer, data_name: str, values: d
                       batch_size=batch_size, device=device, convention=convention)
     fitted, _ = fit_to_data(program, plan.data)
     job = {**plan.job(Trial(param, width, 1.0, seed), max(1, os.cpu_count() or 1)),
-           "hp": "tune", "base_lr": values["lr"], "init_std": values["init_std"],
-           "mult": values["mult"]}
+           **job_at(values)}
     start = time.perf_counter()
     result = run_trial(job)
     return {**result, "seconds": time.perf_counter() - start,
