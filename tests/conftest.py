@@ -128,6 +128,51 @@ def abc_by_target(traced, optimizer="adam", rows=False) -> dict:
             for p, u in traced.params.items()}
 
 
+def processes(match) -> list[int]:
+    """The live (not zombie) processes, from /proc, for which ``match(fields, cmdline)`` holds:
+    ``fields``, their stat fields after the command (state, ppid, pgrp, session, ...)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone while listed
+            continue
+        if fields[0] != "Z" and match(fields, cmdline):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def pool_workers(driver, count: int = 2, seconds: float = 90) -> list[int]:
+    """The local pool's worker processes of a ``driver`` (a Popen), once ``count`` of them run
+    (or those found after ``seconds``)."""
+    import time
+
+    deadline, workers = time.monotonic() + seconds, []
+    while time.monotonic() < deadline and len(workers) < count:
+        time.sleep(0.2)
+        workers = processes(lambda f, cmd: int(f[1]) == driver.pid and b"spawn_main" in cmd)
+    return workers
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie), from /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def all_gone(pids, seconds: float = 10) -> bool:
+    """Whether every process of ``pids`` has ended within ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """Run the ``tensorprog`` command in-process: (exit status, stdout, stderr)."""
     from tensorprog.cli.main import main
