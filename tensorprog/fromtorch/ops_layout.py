@@ -7,7 +7,7 @@ import math
 
 from .ops_conv import is_image
 from .values import Affine, Aux, Conc, KVRepeat, PairStack, Parts, Pointwise, PRef, Scores, Sub, Vec
-from .where import refuse
+from .where import op_name, refuse
 
 
 class LayoutOps:
@@ -67,7 +67,7 @@ class LayoutOps:
         axis = len(shape) - 2
 
         def along_k(user) -> bool:
-            op = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+            op = op_name(user)
             dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
             return op in ("unbind", "select") and isinstance(dim, int) and dim % len(shape) == axis
 

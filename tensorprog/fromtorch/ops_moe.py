@@ -38,7 +38,7 @@ from .routing import (
     TopW,
 )
 from .values import Affine, Conc, Parts, Pointwise, PRef, Vec
-from .where import refuse, user_span
+from .where import op_name, refuse, user_span
 
 _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 3-D params, "
          "are applied by a grouped matmul over the tokens sorted by expert or a batched matmul "
@@ -53,11 +53,6 @@ _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
 # division by 0 (DeepSeek's 1e-20): larger, it changes the weights, which route_norm would not say
 _TINY = 1e-6
-
-
-def _op(node) -> str:
-    packet = getattr(node.target, "_overloadpacket", None)
-    return packet.__name__ if packet is not None else getattr(node.target, "__name__", "")
 
 
 def _flat(args, kwargs) -> list:
@@ -75,7 +70,7 @@ def _feeds_topk(node) -> bool:
         if user in seen:
             continue
         seen.add(user)
-        op = _op(user)
+        op = op_name(user)
         if op == "topk":
             return True
         if op in _IDENTITY | _CHECKS:
@@ -103,7 +98,7 @@ class MoEOps:
     def call(self, node):
         if node.target is not operator.getitem:
             args, kwargs = self.args(node)
-            op = _op(node)
+            op = op_name(node)
             flat = _flat(args, kwargs)
             if any(isinstance(x, ROUTED) for x in flat):
                 return self._routed(node, op, args, kwargs)

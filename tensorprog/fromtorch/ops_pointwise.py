@@ -27,7 +27,7 @@ from .values import (
     identify_power,
     identify_scaled,
 )
-from .where import refuse
+from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
@@ -41,7 +41,7 @@ class PointwiseOps:
         if isinstance(x, PRef):
             raise refuse(
                 node,
-                f"{_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
+                f"{op_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
                 "language's params enter the program as they are, so a param transformed "
                 "before its use (Mamba's A = -exp(A_log), xIELU's softplus(alpha)) has no "
                 "place in it",
@@ -156,8 +156,3 @@ class PointwiseOps:
                 return v
         raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
                      "per-token vector over the batch")
-
-
-def _name(node) -> str:
-    packet = getattr(node.target, "_overloadpacket", None)
-    return packet.__name__ if packet is not None else str(node.target)

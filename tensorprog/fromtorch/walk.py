@@ -36,7 +36,7 @@ from .values import (
     Vec,
     identify,
 )
-from .where import module_of, refuse, strip_prefix, user_span
+from .where import module_of, op_name, refuse, strip_prefix, user_span
 
 _RESERVED = {
     "width",
@@ -94,11 +94,6 @@ SYMBOLIC = (
     Strided,
     PairStack,
 )
-
-
-def _op_name(node) -> str:
-    op = getattr(node.target, "_overloadpacket", None)
-    return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
 
 
 _CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
@@ -403,7 +398,7 @@ class Walker:
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
             raise refuse(node, "indexing a traced value")
-        op = _op_name(node)
+        op = op_name(node)
         flat = [
             x
             for a in list(args) + list(kwargs.values())
@@ -459,7 +454,7 @@ class Walker:
         target = node.args[0] if node.args else None
         # a use that reads only x's shape (``m.expand_as(x)``, XLM's mask) sees no update
         users = {u for u in getattr(target, "users", ()) if not (
-            _op_name(u) == "expand_as" and u.args[0] is not target)}
+            op_name(u) == "expand_as" and u.args[0] is not target)}
         if getattr(target, "op", None) != "call_function" or users != {node}:
             raise refuse(
                 node,
@@ -504,7 +499,7 @@ class Walker:
     def _trig(self, node, args, flat):
         """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
         False when the node is no such thing."""
-        op = _op_name(node)
+        op = op_name(node)
         if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
             return Trig(op, node.args[0].name)
         tables = [x for x in flat if isinstance(x, Trig)]
