@@ -38,7 +38,7 @@ from .routing import (
     TopW,
 )
 from .values import Affine, Conc, Parts, Pointwise, PRef, Vec
-from .where import op_name, refuse, user_span
+from .where import CHECK_OPS, op_name, refuse, user_span
 
 _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 3-D params, "
          "are applied by a grouped matmul over the tokens sorted by expert or a batched matmul "
@@ -47,7 +47,6 @@ _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 
          "g = softmax(R @ h), then route_norm(g, k, y1, ..., yE) over expert MLPs "
          "(examples/moe.tp)")
 _IDENTITY = {"to", "_to_copy", "contiguous", "clone", "alias", "type_as", "detach_copy"}
-_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
@@ -73,7 +72,7 @@ def _feeds_topk(node) -> bool:
         op = op_name(user)
         if op == "topk":
             return True
-        if op in _IDENTITY | _CHECKS:
+        if op in _IDENTITY | CHECK_OPS:
             todo += list(user.users)
     return False
 
@@ -181,7 +180,7 @@ class MoEOps:
 
     # -- the dispatch ----------------------------------------------------------------------------
     def _routed(self, node, op: str, args, kwargs):
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         if op in _IDENTITY:
             return args[0]

@@ -36,7 +36,7 @@ from .values import (
     Vec,
     identify,
 )
-from .where import module_of, op_name, refuse, strip_prefix, user_span
+from .where import CHECK_OPS, module_of, op_name, refuse, strip_prefix, user_span
 
 _RESERVED = {
     "width",
@@ -96,7 +96,6 @@ SYMBOLIC = (
 )
 
 
-_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
 
 
@@ -416,7 +415,7 @@ class Walker:
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         method = getattr(self, f"op_{op}", None)
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
@@ -505,7 +504,7 @@ class Walker:
         tables = [x for x in flat if isinstance(x, Trig)]
         if not tables:
             return False
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         others = [x for x in flat if isinstance(x, (Aux, Conc))]
         carried = op in _TRIG_CARRIERS or (op == "mul" and 1 in flat)  # 1.0 == 1

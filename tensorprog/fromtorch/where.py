@@ -81,6 +81,11 @@ def refuse(node, what: str, help: str | None = None) -> TraceError:
     )
 
 
+# export's runtime checks (of a tensor's metadata, of a symbolic size): ops that compute no value
+# of the model, skipped wherever they read a traced value
+CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
+
+
 def op_name(node) -> str:
     """The name of the op a graph node calls: its aten op's (``mm`` for ``aten.mm.default``), a
     Python function's (``getitem``), or else the target itself (a placeholder's name)."""
