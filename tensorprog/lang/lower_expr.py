@@ -232,12 +232,17 @@ class ExpressionLowering:
             return True
         return False
 
-    def op_add(self, a, b, node, sign=Fraction(1)):
+    def elementwise_refused(self, a, b, node) -> bool:
+        """Whether the operands of a sum or a product are refused (and reported): a matrix
+        param, or images of different sizes."""
         for v in (a, b):
             if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
+                return True
+        return self.pixel_clash((a, b), node)
+
+    def op_add(self, a, b, node, sign=Fraction(1)):
+        if self.elementwise_refused(a, b, node):
             return None
         if isinstance(a, Scalar) and isinstance(b, Scalar):
             return Scalar(a.value + sign * b.value)
@@ -266,11 +271,7 @@ class ExpressionLowering:
         return self.op_add(a, b, node, Fraction(-1))
 
     def op_mul(self, a, b, node):
-        for v in (a, b):
-            if isinstance(v, Matrix):
-                self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
+        if self.elementwise_refused(a, b, node):
             return None
         if isinstance(a, Scalar):
             return self.scale(b, a.value, node.span)
