@@ -173,6 +173,17 @@ def all_gone(pids, seconds: float = 10) -> bool:
     return not any(alive(p) for p in pids)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, whatever OMP_NUM_THREADS the run was given."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """Run the ``tensorprog`` command in-process: (exit status, stdout, stderr)."""
     from tensorprog.cli.main import main
