@@ -823,9 +823,19 @@ class ClassToken(Net):
         super().__init__(n)
         self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
 
-    def forward(self, idx):  # a learned class token prepended to the sequence
+    def forward(self, idx):  # a learned token appended after the sequence's tokens
         x = self.e(idx)
-        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
+        return self.o(torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1))
+
+
+class TwoRowToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 2, n))
+
+    def forward(self, idx):  # a param of two rows expanded over the batch
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -843,6 +853,7 @@ TRACED_BUILDS = {
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
+    "two_row_token": "lambda n: TwoRowToken(n)",
 }
 
 
@@ -884,10 +895,14 @@ TRACED_BUILDS = {
                        r"into heads"),
     # one token read out of the sequence: the first (first(h), BERT's pooler), no other
     ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
-    # a param used as a token: the language's tokens are the token input's
-    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
-                          r"the batch, used as a token(.|\n)*help: make the class token a token "
-                          r"id"),
+    # a learned token before the tokens is prepend (tests/fromtorch/test_vit.py); after them,
+    # the language has no form (first(h) reads the first token)
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
+                          r"tokens other than before the tokens(.|\n)*help: prepend learned "
+                          r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
+    ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
+                            r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
+                            r"\[1, 1, n\]"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

@@ -18,7 +18,7 @@ from slices, concatenations, stacks or cos/sin tables is refused.
 
 from __future__ import annotations
 
-from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, Trig, Vec
+from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, TokenParam, Trig, Vec
 from .where import refuse
 
 
@@ -69,6 +69,8 @@ class RotaryOps:
                    if not (isinstance(t, (Conc, Aux)) and _empty(a))]
         if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
             return tensors[0]
+        if any(isinstance(t, TokenParam) for t in tensors):  # a class token (ops_encoder.py)
+            return self.prepend_tokens(node, tensors, dim)
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty
