@@ -828,6 +828,13 @@ class ClassToken(Net):
         return self.o(torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1))
 
 
+class PatchMean(ClassToken):
+    def forward(self, idx):  # a mean of the tokens after a learned class token
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.o(h[:, 1:].mean(1))
+
+
 class TwoRowToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -854,6 +861,7 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
+    "patch_mean": "lambda n: PatchMean(n)",
 }
 
 
@@ -900,6 +908,9 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
                           r"tokens other than before the tokens(.|\n)*help: prepend learned "
                           r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
+                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),

@@ -64,12 +64,12 @@ class EncoderOps:
         return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 
     def param_as_token(self, node, v: PRef) -> TokenParam:
-        """A param [1, 1, n] broadcast over the batch (``cls.expand(B, -1, -1)``): one learned
-        token per sequence, which ``torch.cat`` puts before the tokens (prepend_tokens). Any
-        other param expanded is refused."""
+        """A param [1, 1, n] broadcast over the batch (``cls.expand(B, -1, -1)``; CLIP's [n]
+        as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
+        before the tokens (prepend_tokens). Any other param expanded is refused."""
         out = tuple(node.meta["val"].shape)
-        if len(v.shape) != 3 or v.shape[:2] != (1, 1) or v.t or v.rows or v.offset \
-                or len(out) != 3 or out[1:] != v.shape[1:]:
+        if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1]) or v.t or v.rows \
+                or v.offset or len(out) != 3 or out[1:] != (1, v.shape[-1]):
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
                          "[1, 1, n] expanded over the batch alone)", help=_TOKEN_HELP)
@@ -99,7 +99,7 @@ class EncoderOps:
                 self.names.add(seq)
                 self.out.decls.append(f"dim {seq} = {length}")
                 self.prepended[length] = seq
-            param = self.vector_param(PRef(token.ref.target, token.ref.shape[2:]), node)
+            param = self.vector_param(PRef(token.ref.target, token.ref.shape[-1:]), node)
             last = k == len(tokens) - 1
             name = self.fresh(node.name if last else f"{node.name}_{seq}")
             self.out.stmts.append(f"{name} = prepend({param}, {x.name}, {seq})")

@@ -105,14 +105,15 @@ def test_apply_leaves_hf_vit_bit_identical_at_the_base_width(vit):
 
 
 class TwoTokens(torch.nn.Module):
-    """DeiT's front: a class and a distillation token before the patches, positions over the
-    T + 2 tokens, a readout of the first token."""
+    """DeiT's front: a class and a distillation token before the patches (the second a param
+    [n] expanded as CLIP's class embedding is), positions over the T + 2 tokens, a readout of
+    the first token."""
 
     def __init__(self, n):
         super().__init__()
         self.proj = torch.nn.Conv2d(3, n, 4, stride=4)
         self.cls = torch.nn.Parameter(torch.randn(1, 1, n) * 0.02)
-        self.dist = torch.nn.Parameter(torch.randn(1, 1, n) * 0.02)
+        self.dist = torch.nn.Parameter(torch.randn(n) * 0.02)
         self.pos = torch.nn.Parameter(torch.randn(1, 18, n) * 0.02)
         self.fc = torch.nn.Linear(n, n)
         self.head = torch.nn.Linear(n, 10)
@@ -120,13 +121,17 @@ class TwoTokens(torch.nn.Module):
     def forward(self, img):
         h = self.proj(img).flatten(2).transpose(1, 2)
         b = h.shape[0]
-        h = torch.cat([self.cls.expand(b, -1, -1), self.dist.expand(b, -1, -1), h], dim=1)
+        h = torch.cat([self.cls.expand(b, -1, -1), self.dist.expand(b, 1, -1), h], dim=1)
         h = torch.relu(self.fc(h + self.pos))
         return self.head(h[:, 0])
 
 
+def _small_images(model):
+    return (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+
+
 def test_two_learned_tokens_are_two_prepends_and_derive_as_biases():
-    traced = from_torch(TwoTokens, (16, 32), lambda m: (torch.randn(2, 3, 16, 16),))
+    traced = from_torch(TwoTokens, (16, 32), _small_images)
     src = traced.source
     assert "dim T1 = 17" in src and "dim T2 = 18" in src and "input pos : positions[T2]" in src
     assert re.search(r"= prepend\(dist, conv2d, T1\)$", src, re.M)
@@ -135,3 +140,4 @@ def test_two_learned_tokens_are_two_prepends_and_derive_as_biases():
         abc = tp.derive(traced.program, optimizer).abc
         assert abc["cls"] == abc["dist"] == abc["proj_bias"], optimizer
         assert str(abc["head_weight"].b) == "1"
+    MuP(traced, "adam").apply(TwoTokens(64))  # the width read from a param [n] and [1, 1, n]
