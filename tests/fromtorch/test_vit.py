@@ -106,15 +106,16 @@ def test_apply_leaves_hf_vit_bit_identical_at_the_base_width(vit):
 
 class TwoTokens(torch.nn.Module):
     """DeiT's front: a class and a distillation token before the patches (the second a param
-    [n] expanded as CLIP's class embedding is), positions over the T + 2 tokens, a readout of
-    the first token."""
+    [n] expanded as CLIP's class embedding is), CLIP's positions over the T + 2 tokens (an
+    embedding of a buffer of position ids), a readout of the first token."""
 
     def __init__(self, n):
         super().__init__()
         self.proj = torch.nn.Conv2d(3, n, 4, stride=4)
         self.cls = torch.nn.Parameter(torch.randn(1, 1, n) * 0.02)
         self.dist = torch.nn.Parameter(torch.randn(n) * 0.02)
-        self.pos = torch.nn.Parameter(torch.randn(1, 18, n) * 0.02)
+        self.pos = torch.nn.Embedding(18, n)
+        self.register_buffer("position_ids", torch.arange(18)[None], persistent=False)
         self.fc = torch.nn.Linear(n, n)
         self.head = torch.nn.Linear(n, 10)
 
@@ -122,7 +123,7 @@ class TwoTokens(torch.nn.Module):
         h = self.proj(img).flatten(2).transpose(1, 2)
         b = h.shape[0]
         h = torch.cat([self.cls.expand(b, -1, -1), self.dist.expand(b, 1, -1), h], dim=1)
-        h = torch.relu(self.fc(h + self.pos))
+        h = torch.relu(self.fc(h + self.pos(self.position_ids)))
         return self.head(h[:, 0])
 
 
