@@ -42,6 +42,7 @@ ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
           "x = E @ src\ny = E @ tgt\n")
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
+CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
 CATALOGUE = {
@@ -351,6 +352,31 @@ POSITIONED = {
                             "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
                             r"block res returns one token's vector \(read by first\), but its "
                             r"argument h has one value per token", (9, 5)),
+    # prepend(c, h, T1): a learned token (a vector param) before the tokens of h, over a
+    # sequence T1 one token longer, which what is added after it runs over
+    "prepend-of-a-value": (CLS + "output y = E.T @ prepend(h, h, t1)\n", S,
+                           r"the first argument of prepend must be a vector param, the "
+                           r"learned token", (10, 26)),
+    "prepend-wrong-length": (CLS + "dim t2 = 5\noutput y = E.T @ prepend(c, h, t2)\n", S,
+                             r"prepend gives t's 3 tokens and one more, 4, but t2 has 5 "
+                             r"tokens(.|\n)*help: declare the longer sequence `dim t2 = 4`",
+                             (11, 18)),
+    "prepend-to-first": (CLS + "output y = E.T @ prepend(c, first(h), t1)\n", S,
+                         r"prepend puts a token before the tokens of a sequence, but y_1 has "
+                         r"no tokens: it is one token's vector", (10, 18)),
+    "prepend-no-dim": (CLS + "output y = E.T @ prepend(c, h, h)\n", S,
+                       r"the third argument of prepend must be the longer sequence's dim",
+                       (10, 32)),
+    "prepend-arity": (CLS + "output y = E.T @ prepend(c, h)\n", S,
+                      r"prepend takes 3 arguments, got 2", (10, 18)),
+    "prepend-token-dim": (CLS + "param m : [dh]\noutput y = E.T @ prepend(m, h, t1)\n", S,
+                          r"shape mismatch in prepend: the token is \[dh\] but the sequence's "
+                          r"vectors are \[n\]", (11, 18)),
+    "positions-of-the-shorter-sequence": (
+        CLS + "input pos : positions[t]\nparam P : [n, t]\n"
+        "output y = E.T @ (prepend(c, h, t1) + P @ pos)\n", S,
+        r"this combines the tokens of t1 with the tokens of t(.|\n)*help: t1 has learned "
+        r"tokens before the others \(prepend\)(.|\n)*positions\[t1\]", (12, 12)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -797,9 +823,26 @@ class ClassToken(Net):
         super().__init__(n)
         self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
 
-    def forward(self, idx):  # a learned class token prepended to the sequence
+    def forward(self, idx):  # a learned token appended after the sequence's tokens
         x = self.e(idx)
-        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
+        return self.o(torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1))
+
+
+class PatchMean(ClassToken):
+    def forward(self, idx):  # a mean of the tokens after a learned class token
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.o(h[:, 1:].mean(1))
+
+
+class TwoRowToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 2, n))
+
+    def forward(self, idx):  # a param of two rows expanded over the batch
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -817,6 +860,8 @@ TRACED_BUILDS = {
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
+    "two_row_token": "lambda n: TwoRowToken(n)",
+    "patch_mean": "lambda n: PatchMean(n)",
 }
 
 
@@ -858,10 +903,17 @@ TRACED_BUILDS = {
                        r"into heads"),
     # one token read out of the sequence: the first (first(h), BERT's pooler), no other
     ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
-    # a param used as a token: the language's tokens are the token input's
-    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
-                          r"the batch, used as a token(.|\n)*help: make the class token a token "
-                          r"id"),
+    # a learned token before the tokens is prepend (tests/fromtorch/test_vit.py); after them,
+    # the language has no form (first(h) reads the first token)
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
+                          r"tokens other than before the tokens(.|\n)*help: prepend learned "
+                          r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
+                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
+    ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
+                            r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
+                            r"\[1, 1, n\]"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

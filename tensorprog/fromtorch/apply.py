@@ -285,6 +285,8 @@ class MuP:
                 tshape = list(tensor.shape[1:])
             if use.expert is not None:  # one expert's matrix: its slice of the 3-D tensor
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
+            while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]
+                tshape = tshape[1:]
             for axis, d in enumerate(shape):
                 dim = self.program.dim_table[d]
                 if dim.infinite:

@@ -121,7 +121,7 @@ class AttentionOps:
 
     def op_expand(self, node, v, sizes, *rest):
         if isinstance(v, PRef):  # cls.expand(B, 1, n): a class token (ops_encoder)
-            raise self.param_as_token(node, v)
+            return self.param_as_token(node, v)
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
         if not isinstance(v, KVRepeat) or v.group is not None or len(new) != len(old) or any(

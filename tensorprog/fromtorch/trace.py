@@ -602,7 +602,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines.append(f"dim T = {seq}")
     for name, rows in t1.ids.items():  # segment ids: token inputs of their own vocabulary
         lines += [f"dim V_{name} = {rows}", f"input {name} : tokens[T, V_{name}]"]
-    if any(" @ pos" in s for s in t1.stmts):
+    if any(" @ pos" in s for s in t1.stmts) and not any(
+            d.startswith("input pos :") for d in t1.decls):  # (positions over T1: declared)
         lines.append("input pos : positions[T]")
     lines += body
     lines += [f"output {o}" for o in t1.outputs]

@@ -57,6 +57,14 @@ class KVRepeat:
 
 
 @dataclass
+class TokenParam:
+    """A param [1, 1, n] (or [n]) expanded over the batch (``cls.expand(B, -1, -1)``): one token
+    per sequence, which ``torch.cat`` puts before the tokens (ops_encoder.py)."""
+
+    ref: PRef
+
+
+@dataclass
 class Tok:
     tags: tuple
 

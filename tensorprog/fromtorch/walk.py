@@ -112,6 +112,7 @@ class Walker:
         self.declared_params: set[str] = set()
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
+        self.prepended: dict[int, str] = {}  # longer sequences of learned tokens (ops_encoder)
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
         # names and values on the CPU, constants of the trace as the masks computed from the
         # ids are
