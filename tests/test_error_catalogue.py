@@ -800,6 +800,14 @@ class ClassToken(Net):
     def forward(self, idx):  # a learned class token prepended to the sequence
         x = self.e(idx)
         return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
+
+
+class Transposed(Net):
+    def forward(self, idx):  # two-head attention whose weights are transposed before the mix
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        p = (x @ x.transpose(-1, -2)).softmax(-1)
+        return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -817,6 +825,7 @@ TRACED_BUILDS = {
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
+    "transposed": "lambda n: Transposed(n)",
 }
 
 
@@ -862,6 +871,9 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
                           r"the batch, used as a token(.|\n)*help: make the class token a token "
                           r"id"),
+    # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
+    ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
+                         r"\(only a view that merges or splits their batch and heads axes"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
