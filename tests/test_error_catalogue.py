@@ -808,6 +808,20 @@ class Transposed(Net):
         x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
         p = (x @ x.transpose(-1, -2)).softmax(-1)
         return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class MaskBuffer(Net):  # OpenAI GPT's causal mask: a float 0/1 buffer multiplied in
+    def __init__(self, n):
+        super().__init__(n)
+        self.register_buffer("tri", torch.ones(16, 16).tril())
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        w = x @ x.transpose(-1, -2)
+        m = self.tri[:t, :t]
+        p = (w * m + -1e4 * (1 - m)).softmax(-1)
+        return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -826,6 +840,7 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "transposed": "lambda n: Transposed(n)",
+    "mask_buffer": "lambda n: MaskBuffer(n)",
 }
 
 
@@ -874,6 +889,10 @@ TRACED_BUILDS = {
     # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
     ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
                          r"\(only a view that merges or splits their batch and heads axes"),
+    # before: "a product with a buffer of more than one entry", the buffer and the forms unsaid
+    ("mask_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
+                          r"of more than one float entry(.|\n)*a 0/1 attention mask multiplied "
+                          r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

@@ -117,12 +117,18 @@ class ArithOps:
         if kept is not None:
             return kept
         if any(isinstance(x, Aux) for x in (u, v)):
+            aux = next(x for x in (u, v) if isinstance(x, Aux))
+            what = f"the buffer {aux.buffer}" if aux.buffer else "a buffer"
             raise refuse(
                 node,
-                "a product with a buffer of more than one entry (the trace reads one-entry "
-                "buffers, as constants of the width, and no others)",
-                help="multiply by a number or a one-entry buffer (hidden_size ** 0.5), or "
-                "make the buffer a param",
+                f"a product with {what}, of more than one float entry: the trace reads a "
+                "buffer's entries only where it holds one number (a constant of the width) "
+                "or integer ids (positions, token types), so it cannot tell what the product "
+                "does (a 0/1 attention mask multiplied into the logits, a table of rotary "
+                "sin/cos)",
+                help="mask attention with sdpa's is_causal=True or masked_fill with a boolean "
+                "mask; compute a rotary embedding's cos and sin in the forward from the "
+                "positions (as HF Llama's does); or multiply by a number or a one-entry buffer",
             )
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):

@@ -81,6 +81,8 @@ class Given(Conc):
 class Aux:
     """A value free of params whose entries are unknown here (from a buffer)."""
 
+    buffer: str = ""  # the model's name of the buffer it is read from, where one is known
+
 
 @dataclass
 class Pointwise:

@@ -320,8 +320,9 @@ class Walker:
                         )
                     self.env[node.name] = Tok(("tok",) * val.dim())
                     self.tokens_seq = int(val.shape[-1])
-                else:
-                    self.env[node.name] = Aux()
+                else:  # a buffer of several floats (a mask, a table): named by a refusal
+                    buffer = spec.kind.name == "BUFFER" and strip_prefix(spec.target)
+                    self.env[node.name] = Aux(buffer or "")
             elif node.op == "call_function":
                 value = self.call(node)
                 if isinstance(value, Pointwise):
@@ -463,8 +464,8 @@ class Walker:
         trig = self._trig(node, args, flat)
         if trig is not False:
             return trig
-        if any(isinstance(x, Aux) for x in flat):
-            return Aux()
+        if any(isinstance(x, Aux) for x in flat):  # named after a buffer it reads
+            return next((x for x in flat if isinstance(x, Aux) and x.buffer), Aux())
 
         def val(a):
             if isinstance(a, Conc):

@@ -262,7 +262,8 @@ def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
     (info,) = (i for i in traced.scales.values() if i.get("fixed"))
     assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
     _bit_identical_at_base(traced, Buffer)
-    with pytest.raises(TensorProgError, match=r"a product with a buffer of more than one entry"):
+    with pytest.raises(TensorProgError, match=r"a product with the buffer scale, of more than "
+                       r"one float entry"):
         _trace(lambda n: Buffer(n, vector=True))
 
 
