@@ -479,9 +479,13 @@ class Walker:
             return a
 
         try:
-            return Conc(
-                node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
-            )
+            # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
+            # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
+            # subgraph, leaves it off for the whole process (every later backward then fails)
+            with torch.set_grad_enabled(torch.is_grad_enabled()):
+                return Conc(
+                    node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+                )
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
 

@@ -577,6 +577,21 @@ def test_gradient_stops_and_token_means_are_refused_at_the_users_line():
         from_torch(TokenMean, (32, 64), _tokens)
 
 
+class NoGradIds(TwoHeads):
+    def forward(self, idx):
+        with torch.no_grad():  # Phi-4-multimodal's: a mask of the ids, no param in it
+            (idx == 3).unsqueeze(-1)
+        return self.l2(torch.relu(self.h(self.e(idx))))
+
+
+def test_torch_no_grad_over_the_ids_alone_leaves_gradients_on():
+    # the walk computed the region's value and, failing on its subgraph, left grad off for the
+    # process: the coordinate check's backward then failed ("does not require grad")
+    traced = from_torch(NoGradIds, (32, 64), _tokens)
+    assert torch.is_grad_enabled()
+    assert "linear_1" in traced.source
+
+
 def test_a_position_table_longer_than_the_sequence_reads_positions_0_to_t():
     # nanoGPT's block size: a table of 16 positions, traced on 8 tokens; the program's
     # one-hot positions are over T = 8, so its text parses and derives
