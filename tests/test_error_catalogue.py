@@ -810,17 +810,19 @@ class Transposed(Net):
         return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
 
 
-class MaskBuffer(Net):  # OpenAI GPT's causal mask: a float 0/1 buffer multiplied in
-    def __init__(self, n):
+class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
+    def __init__(self, n, low=None):
         super().__init__(n)
-        self.register_buffer("tri", torch.ones(16, 16).tril())
+        self.register_buffer("tri", torch.ones(16, 16).tril() if low else torch.rand(16, 16))
+        self.low = low
 
     def forward(self, idx):
         b, t = idx.shape
         x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
         w = x @ x.transpose(-1, -2)
         m = self.tri[:t, :t]
-        p = (w * m + -1e4 * (1 - m)).softmax(-1)
+        # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
+        p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 """
 TRACED_BUILDS = {
@@ -840,7 +842,8 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "transposed": "lambda n: Transposed(n)",
-    "mask_buffer": "lambda n: MaskBuffer(n)",
+    "table_buffer": "lambda n: TableBuffer(n)",
+    "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
 }
 
 
@@ -890,9 +893,12 @@ TRACED_BUILDS = {
     ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
                          r"\(only a view that merges or splits their batch and heads axes"),
     # before: "a product with a buffer of more than one entry", the buffer and the forms unsaid
-    ("mask_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
-                          r"of more than one float entry(.|\n)*a 0/1 attention mask multiplied "
-                          r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
+                           r"of more than one float entry(.|\n)*a table of rotary sin/cos"
+                           r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
+    ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
+                         r"mask, plus anything but a large negative"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

@@ -153,6 +153,16 @@ class Scores:
 
 
 @dataclass
+class Zeroed:
+    """Attention logits times a 0/1 mask that keeps the causal entries (OpenAI GPT's ``w * b``,
+    ``b`` a buffer of ones on and below the diagonal): the dropped entries are 0, not -inf, until
+    the ``+ -1e4 * (1 - b)`` that completes the causal mask; any other use is refused."""
+
+    scores: Scores
+    keep: object  # the bool mask of the entries kept
+
+
+@dataclass
 class Probs:
     scores: Scores
     name: str

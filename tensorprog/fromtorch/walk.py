@@ -34,6 +34,7 @@ from .values import (
     Trace,
     Trig,
     Vec,
+    Zeroed,
     identify,
 )
 from .where import module_of, refuse, strip_prefix, user_span
@@ -93,6 +94,7 @@ SYMBOLIC = (
     Centered,
     Strided,
     PairStack,
+    Zeroed,
 )
 
 
@@ -302,6 +304,10 @@ class Walker:
                     # token_type_ids, zeros): known constants, so a lookup of them is read as
                     # positions or as one row of its table (ops_linear.py)
                     self.env[node.name] = Conc(self._ids(spec.target))
+                elif spec.kind.name == "BUFFER" and self._mask(spec.target) is not None:
+                    # a 0/1 float mask the model holds (OpenAI GPT's causal "bias"): a known
+                    # constant, so a product of the logits with it is read (ops_attention.py)
+                    self.env[node.name] = Conc(self._mask(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -361,6 +367,17 @@ class Walker:
             value = self.ep.state_dict.get(target, self.ep.constants.get(target))
         ok = value is not None and value.dtype in (torch.int64, torch.int32)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
+
+    def _mask(self, target):
+        """A float buffer of 0s and 1s (a mask): given (read from a CPU build, trace.py), or the
+        graph's own where it was exported with real tensors; None for any other buffer."""
+        value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
+        if value is None or not value.is_floating_point() or value.device.type == "meta":
+            return None
+        value = value.detach().cpu()
+        return value if bool(((value == 0) | (value == 1)).all()) else None
 
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)
