@@ -128,10 +128,10 @@ class ArithOps:
             raise refuse(
                 node,
                 f"a product with {what}, of more than one float entry: the trace reads a "
-                "buffer's entries only where it holds one number (a constant of the width) "
-                "or integer ids (positions, token types), so it cannot tell what the product "
-                "does (a 0/1 attention mask multiplied into the logits, a table of rotary "
-                "sin/cos)",
+                "buffer's entries only where it holds one number (a constant of the width), "
+                "integer ids (positions, token types) or 0s and 1s (an attention mask), so it "
+                "cannot tell what the product does (a table of rotary sin/cos, a mask of "
+                "other values)",
                 help="mask attention with sdpa's is_causal=True or masked_fill with a boolean "
                 "mask; compute a rotary embedding's cos and sin in the forward from the "
                 "positions (as HF Llama's does); or multiply by a number or a one-entry buffer",
