@@ -80,7 +80,7 @@ FIELDS = {
     "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
                     "embedding_size", "pooler_output_size", "pooler_hidden_size"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
-                          "num_decoder_layers"),
+                          "num_decoder_layers", "num_blocks"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
                             "encoder_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num"),
@@ -193,7 +193,10 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
     kwargs.update(_proportional(defaults, width, width // heads))
-    for std in ("num_experts", "num_experts_per_tok"):  # at most: ZAYA takes 1 per token
+    # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
+    # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
+    # block stays 1
+    for std in ("num_experts", "num_experts_per_tok", "num_blocks"):
         for f in _names(cls, std) & set(kwargs):
             if isinstance(defaults.get(f), int) and defaults[f] > 0:
                 kwargs[f] = min(kwargs[f], defaults[f])

@@ -843,6 +843,30 @@ class TwoRowToken(Net):
     def forward(self, idx):  # a param of two rows expanded over the batch
         x = self.e(idx)
         return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
+
+
+class Transposed(Net):
+    def forward(self, idx):  # two-head attention whose weights are transposed before the mix
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        p = (x @ x.transpose(-1, -2)).softmax(-1)
+        return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
+    def __init__(self, n, low=None):
+        super().__init__(n)
+        self.register_buffer("tri", torch.ones(16, 16).tril() if low else torch.rand(16, 16))
+        self.low = low
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        w = x @ x.transpose(-1, -2)
+        m = self.tri[:t, :t]
+        # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
+        p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
+        return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -862,6 +886,9 @@ TRACED_BUILDS = {
     "class_token": "lambda n: ClassToken(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
+    "transposed": "lambda n: Transposed(n)",
+    "table_buffer": "lambda n: TableBuffer(n)",
+    "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
 }
 
 
@@ -914,6 +941,16 @@ TRACED_BUILDS = {
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),
+    # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
+    ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
+                         r"\(only a view that merges or splits their batch and heads axes"),
+    # before: "a product with a buffer of more than one entry", the buffer and the forms unsaid
+    ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
+                           r"of more than one float entry(.|\n)*a table of rotary sin/cos"
+                           r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
+    ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
+                         r"mask, plus anything but a large negative"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

@@ -84,8 +84,14 @@ class MuP:
         self.derivation = _derive(traced, self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
-        self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
-        self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params}
+        # a traced param whose result reaches no output of the forward (BERT's pooler under a
+        # masked-LM head: computed, then dropped) gets no gradient, and derive leaves it out
+        # (with a warning): µP has nothing to say of it, so it keeps its init and LR as well
+        self.unused = [p for p in traced.params if p not in abc]
+        self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params
+                         if p in abc}
+        self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params
+                       if p in abc}
         # Adam's ε ∝ the entries of the param's gradient, n^-e for the program's param, whose
         # multiplier n^-a is in the forward; folded into the param, its gradient is n^a times
         # that: ε ∝ n^-(e - a). Empty under SGD.
@@ -257,6 +263,8 @@ class MuP:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
         for name, use in self.traced.params.items():
+            if name in self.unused:
+                continue
             if self.stack is not None and name in self.stack.layers:
                 for i in range(depth if depth is not None else self.depth_of(model)):
                     out.append((name, self.stack.at(name, i), i))
@@ -354,7 +362,10 @@ class MuP:
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        unreached = set(self.unreached(model))
         report.lines += [
+            f"unused by the traced forward: {name} reaches no output (no gradient), left as it is"
+            if name in unreached else
             f"not in the program: {name} keeps its init and the LR given (µP does not reach it)"
             for name in self.uncovered(model)
         ]
@@ -397,6 +408,18 @@ class MuP:
         not reach (or a param the forward never uses). µP says nothing about them."""
         covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
         return [name for name, p in model.named_parameters() if id(p) not in covered]
+
+    def unreached(self, model) -> list[str]:
+        """The model's params that the traced forward computes with but whose result reaches
+        none of its outputs (``self.unused``): no gradient reaches them, so training leaves them
+        as they are, whatever their LR. A tensor the program also reads elsewhere is not one."""
+        covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
+        names = {self.traced.params[p].target for p in self.unused}
+        if self.stack is not None:  # a block param in every layer of the model
+            names |= {self.stack.at(p, i).target for p in self.unused if p in self.stack.layers
+                      for i in range(self.depth_of(model))}
+        return [name for name, p in model.named_parameters()
+                if name in names and id(p) not in covered]
 
     def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
         """Per torch param name: the factor on Adam's base eps at this model's width and depth
@@ -442,7 +465,8 @@ class MuP:
     ) -> list[dict]:
         """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
         ``lr`` times it; ``options`` go to every group. Params outside the program keep ``lr``
-        (and ``eps``), with a warning naming them.
+        (and ``eps``), with a warning naming them (none for a param whose result reaches no
+        output: no gradient reaches it, so it does not move).
 
         Under Adam/AdamW each group's ``eps`` is ``eps`` scaled as its params' gradient entries
         (derive's eps exponents, the forward multipliers folded): ``eps`` itself at the base
@@ -477,7 +501,9 @@ class MuP:
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
         decayed = _decay_rule(model, decay_params)
-        outside = self.uncovered(model)
+        # a param no output reaches gets no gradient: its LR moves nothing (apply names it)
+        unreached = set(self.unreached(model))
+        outside = [name for name in self.uncovered(model) if name not in unreached]
         if outside:
             warnings.warn(
                 f"not in the traced program, so they keep lr {lr:g} unchanged at every width: "

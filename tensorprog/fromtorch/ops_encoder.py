@@ -26,7 +26,7 @@ class EncoderOps:
         after it is what its own dims make it (the classifier reading n coordinates into a few
         classes, an output weight). The sequence axis is the one before the features, as in the
         (batch, tokens) ids the model is traced on."""
-        tags = self._tags(v)
+        tags = self._tags(v, node)
         ndim = len(tags)
         if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
                 and dim % ndim == 1 and self.tokens_seq is not None):

@@ -447,16 +447,18 @@ def _grouping(name: str, u1, u2, widths):
 
 
 def _scalar_buffers(build, width: int, model) -> dict:
-    """The one-entry float buffers of the model (a constant the build computed from the width,
-    as HF Gemma's embed_scale) and its integer buffers (ids the model makes itself: HF's
-    ``position_ids``, an arange, and ``token_type_ids``, zeros), read from one build on the CPU:
-    on the meta device they have no value. Keyed by the exported graph's names."""
+    """The float buffers of the model (one entry: a constant the build computed from the width,
+    as HF Gemma's embed_scale; 0s and 1s: a mask, OpenAI GPT's) and its integer buffers (ids the
+    model makes itself: HF's ``position_ids``, an arange, and ``token_type_ids``, zeros), read
+    from one build on the CPU: on the meta device they have no value. Keyed by the exported
+    graph's names."""
     import torch
 
+    # every float buffer: one that holds 0s and 1s is a mask the walk reads (OpenAI GPT's)
     names = [
         n
         for n, b in model.named_buffers()
-        if (b.numel() == 1 and b.is_floating_point()) or b.dtype in (torch.int64, torch.int32)
+        if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
     ]
     if not names:
         return {}

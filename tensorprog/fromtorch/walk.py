@@ -34,6 +34,7 @@ from .values import (
     Trace,
     Trig,
     Vec,
+    Zeroed,
     identify,
 )
 from .where import CHECK_OPS, module_of, op_name, refuse, strip_prefix, user_span
@@ -93,6 +94,7 @@ SYMBOLIC = (
     Centered,
     Strided,
     PairStack,
+    Zeroed,
 )
 
 
@@ -314,6 +316,10 @@ class Walker:
                     # token_type_ids, zeros): known constants, so a lookup of them is read as
                     # positions or as one row of its table (ops_linear.py)
                     self.env[node.name] = Conc(self._ids(spec.target))
+                elif spec.kind.name == "BUFFER" and self._mask(spec.target) is not None:
+                    # a 0/1 float mask the model holds (OpenAI GPT's causal "bias"): a known
+                    # constant, so a product of the logits with it is read (ops_attention.py)
+                    self.env[node.name] = Conc(self._mask(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -332,8 +338,9 @@ class Walker:
                         )
                     self.env[node.name] = Tok(("tok",) * val.dim())
                     self.tokens_seq = int(val.shape[-1])
-                else:
-                    self.env[node.name] = Aux()
+                else:  # a buffer of several floats (a mask, a table): named by a refusal
+                    buffer = spec.kind.name == "BUFFER" and strip_prefix(spec.target)
+                    self.env[node.name] = Aux(buffer or "")
             elif node.op == "call_function":
                 value = self.call(node)
                 if isinstance(value, Pointwise):
@@ -372,6 +379,17 @@ class Walker:
             value = self.ep.state_dict.get(target, self.ep.constants.get(target))
         ok = value is not None and value.dtype in (torch.int64, torch.int32)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
+
+    def _mask(self, target):
+        """A float buffer of 0s and 1s (a mask): given (read from a CPU build, trace.py), or the
+        graph's own where it was exported with real tensors; None for any other buffer."""
+        value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
+        if value is None or not value.is_floating_point() or value.device.type == "meta":
+            return None
+        value = value.detach().cpu()
+        return value if bool(((value == 0) | (value == 1)).all()) else None
 
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)
@@ -475,8 +493,8 @@ class Walker:
         trig = self._trig(node, args, flat)
         if trig is not False:
             return trig
-        if any(isinstance(x, Aux) for x in flat):
-            return Aux()
+        if any(isinstance(x, Aux) for x in flat):  # named after a buffer it reads
+            return next((x for x in flat if isinstance(x, Aux) and x.buffer), Aux())
 
         def val(a):
             if isinstance(a, Conc):
@@ -490,9 +508,13 @@ class Walker:
             return a
 
         try:
-            return Conc(
-                node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
-            )
+            # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
+            # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
+            # subgraph, leaves it off for the whole process (every later backward then fails)
+            with torch.set_grad_enabled(torch.is_grad_enabled()):
+                return Conc(
+                    node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+                )
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
 

@@ -254,7 +254,8 @@ def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
     (info,) = (i for i in traced.scales.values() if i.get("fixed"))
     assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
     _bit_identical_at_base(traced, Buffer)
-    with pytest.raises(TensorProgError, match=r"a product with a buffer of more than one entry"):
+    with pytest.raises(TensorProgError, match=r"a product with the buffer scale, of more than "
+                       r"one float entry"):
         _trace(lambda n: Buffer(n, vector=True))
 
 
@@ -337,3 +338,39 @@ def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
     assert torch.equal(model.q_norm.w.detach(), torch.full((32,), -0.5))
     assert torch.equal(model.k_norm.w.detach(), torch.ones(32))
     assert mup.lr_multipliers(model)["q_norm.w"] == 0.5
+
+
+class MaskBuffer(nn.Module):
+    """OpenAI GPT's attention: a 0/1 float buffer of ones on and below the diagonal multiplied
+    into the logits, then ``-1e4 * (1 - b)`` added (``sdpa``: sdpa's causal flag instead)."""
+
+    def __init__(self, n, sdpa=False):
+        super().__init__()
+        self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, n)
+        self.out, self.sdpa = nn.Linear(n, 13), sdpa
+        self.register_buffer("bias", torch.ones(16, 16).tril().view(1, 1, 16, 16),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(x).split(c, -1))
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
+            m = self.bias[:, :, :t, :t]
+            y = (w * m + -1e4 * (1 - m)).softmax(-1) @ v
+        return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, c)))
+
+
+def test_a_causal_mask_multiplied_in_from_a_buffer_traces_as_sdpas():
+    traced = _trace(MaskBuffer)
+    assert "mix(causal_softmax(" in traced.source
+    sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)
+    # the attention scale: µP's 1/d against the model's own 1/sqrt(d), as sdpa's
+    ours, theirs = traced.scales["attn_div"], sdpa.scales["attn_scaled_dot_product_attention"]
+    assert ours["model_a"] == theirs["model_a"] == Fraction(1, 2)
+    assert derive(traced.program, "adam").abc["attn_div"].a == 1
+    _bit_identical_at_base(traced, MaskBuffer)
