@@ -22,7 +22,9 @@ import tensorprog as tp
 from tensorprog.cli.main import main
 from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
-from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.classify import classify_depth
+from tensorprog.engine.exponents import ABC
+from tensorprog.engine.optimizers import ADAM, OPTIMIZERS
 from tensorprog.engine.parametrization import choose
 from tensorprog.errors import EngineError, UsageError
 from tensorprog.limits.mu import mu_limit
@@ -466,6 +468,38 @@ def test_block_errors_are_positioned(case):
         with pytest.raises(tp.SemanticError, match=message) as err:
             tp.parse(source, "p.tp")
     assert err.value.diagnostics[0].span.line == line
+    assert "help:" in str(err.value)
+
+
+# blocks the depth pass does not model: refused where the block leaves the residual form (the
+# function applied to the sum), or at the `repeat` for a return that scales the stream; derive
+# keeps their width exponents with this as its note (tests/engine/test_depth_derive.py)
+_FN = r"block res returns {}\(\.\.\.\) of a residual sum of its stream, not the sum itself"
+DEPTH_FORMS = {
+    "post-norm": (BHEAD + _blk("param W : [n, n]", "param g : [n] = 1",
+                               "return g * layernorm(h + W @ relu(h))") + BTAIL, (10, 16),
+                  _FN.format("layernorm") + r"(.|\n)*a post-norm block(.|\n)*help: .*"
+                  r"`return h \+ W2 @ relu\(W1 @ layernorm\(h\)\)` \(pre-norm\)"),
+    "post-norm twice, as BERT": (BHEAD + _blk("param W : [n, n]", "param V : [n, n]",
+                                              "a = layernorm(h + W @ relu(h))",
+                                              "return layernorm(a + V @ relu(a))") + BTAIL,
+                                 (11, 5), _FN.format("layernorm")),
+    "relu of the sum, as ResNet": (BHEAD + _blk("param W : [n, n]", "return relu(h + W @ h)")
+                                   + BTAIL, (9, 5), _FN.format("relu") + r"(.|\n)*ResNet"),
+    "a multiple of the sum": (BHEAD + _blk("param W : [n, n]", "return 2 * (h + W @ relu(h))")
+                              + BTAIL, (12, 6), "does not return its argument plus a branch, so "
+                              "over L repetitions it compounds"),
+}
+
+
+@pytest.mark.parametrize("case", DEPTH_FORMS)
+def test_blocks_outside_the_depth_rules_are_refused_where_they_leave_them(case):
+    source, (line, column), message = DEPTH_FORMS[case]
+    program = tp.parse(source, "p.tp")
+    with pytest.raises(EngineError, match=message) as err:
+        classify_depth(program, ADAM, {p.name: ABC(0, 0, 0) for p in program.params})
+    span = err.value.diagnostics[0].span
+    assert (span.line, span.column) == (line, column)
     assert "help:" in str(err.value)
 
 
