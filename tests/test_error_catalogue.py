@@ -1237,6 +1237,25 @@ def test_depth_axis_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("axis", "message"), [
+    (["--axis", "batch"], "--axis batch: expected NAME=V1,V2,..."),
+    (["--axis", "batch=16,x"], "expected comma-separated integers"),
+    (["--axis", "depth=2,4"], "--axis depth: not an axis a sweep runs along"),
+    (["--axis", "batch=16,16"], "--axis batch: give at least two different positive values"),
+    (["--axis", "steps=0,30"], "--axis steps: give at least two different positive values"),
+    (["--axis", "batch=16,32", "--widths", "64,128"],
+     "--axis batch runs at one width: --widths would set another axis"),
+    # a sequence length needs a program with a token input and data of tokens
+    (["--axis", "seq=4,8"], "--axis seq: mlp has no sequence dim, or --data digits is not a "
+                            "token stream"),
+])
+def test_sweep_axis_errors(axis, message, capsys):
+    argv = ["transfer", str(ROOT / "examples" / "mlp.tp"), "--data", "digits", "--cache", "none",
+            *axis]
+    assert main_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 SMALL_MLP = ("width n = 16\ndim d = 4\ndim o = 1\ninput x : [d]\nparam W1 : [n, d]\n"
              "param W2 : [n, n]\nparam W3 : [o, n]\noutput y = W3 @ relu(W2 @ relu(W1 @ x))\n")
 
