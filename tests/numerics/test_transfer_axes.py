@@ -20,6 +20,15 @@ DECODER = ROOT / "examples" / "transformer.tp"  # dim T = 4
 LRS = [1e-3, 4e-3, 1.6e-2]
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # a sweep of one job trains in this process with a thread per core; on a loaded machine two
+    # threads spin waiting for each other (a trial here: 1 s of CPU with 2, 0.05 s with 1)
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+
+
 def _sweep(path, data, **kw):
     kw = {"params": ("mup",), "values": LRS, "seeds": 1, "jobs": 1, "cache": None, **kw}
     return sweep(tp.parse_file(path), OPTIMIZERS["adam"], data, **kw)
@@ -50,7 +59,6 @@ def test_a_sequence_sweep_past_the_programs_length_emits_the_longest():
     assert all(v < float("inf") for row in longer.losses["mup"].values() for v in row.values())
 
 
-@pytest.mark.slow  # two more decoder sweeps (about 5 s of CPU); the axis is covered above
 def test_a_sequence_length_trial_is_the_width_sweeps_at_that_length():
     by_width = _sweep(DECODER, "text", widths=[16, 32], steps=2, batch_size=2)
     seq = _sweep(DECODER, "text", axis="seq", at=[2, 4], width=16, steps=2, batch_size=2)
