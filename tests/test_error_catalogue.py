@@ -1360,6 +1360,25 @@ def test_depth_axis_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("axis", "message"), [
+    (["--axis", "batch"], "--axis batch: expected NAME=V1,V2,..."),
+    (["--axis", "batch=16,x"], "expected comma-separated integers"),
+    (["--axis", "depth=2,4"], "--axis depth: not an axis a sweep runs along"),
+    (["--axis", "batch=16,16"], "--axis batch: give at least two different positive values"),
+    (["--axis", "steps=0,30"], "--axis steps: give at least two different positive values"),
+    (["--axis", "batch=16,32", "--widths", "64,128"],
+     "--axis batch runs at one width: --widths would set another axis"),
+    # a sequence length needs a program with a token input and data of tokens
+    (["--axis", "seq=4,8"], "--axis seq: mlp has no sequence dim, or --data digits is not a "
+                            "token stream"),
+])
+def test_sweep_axis_errors(axis, message, capsys):
+    argv = ["transfer", str(ROOT / "examples" / "mlp.tp"), "--data", "digits", "--cache", "none",
+            *axis]
+    assert main_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 SMALL_MLP = ("width n = 16\ndim d = 4\ndim o = 1\ninput x : [d]\nparam W1 : [n, d]\n"
              "param W2 : [n, n]\nparam W3 : [o, n]\noutput y = W3 @ relu(W2 @ relu(W1 @ x))\n")
 
@@ -1984,3 +2003,46 @@ def test_make_optimizer_refuses_an_optimizer_of_other_exponents(tmp_path, derive
         module.make_optimizer(model, 0.01, optimizer=other)
     for name in same.split(" or "):
         module.make_optimizer(model, 0.01, optimizer=name)
+
+
+@functools.cache
+def _tuned_module(program="mlp", param="mup", convention="table3", optimizer="adam",
+                  d_in=3072):
+    text = (ROOT / "examples" / f"{program}.tp").read_text()
+    program = tp.parse(text.replace("dim d_in = 3072", f"dim d_in = {d_in}"))
+    opt = OPTIMIZERS[optimizer]
+    abc, depth_abc, label, eps = choose(program, opt, param, convention)
+    source = emit(program, abc, optimizer=opt, label=label, command="t", depth_abc=depth_abc,
+                  eps=eps).source
+    return load_module(tp.emit.module.Emitted(source), param)
+
+
+@pytest.mark.parametrize(("tuned_for", "change", "message"), [
+    # another program, parametrization, convention, optimizer or data dims: told apart by the
+    # scaling the file records, whatever its names say
+    ({"program": "transformer"}, {}, "this module has no param 'E'; emit the module of the "
+                                     "program tune was given"),
+    # SP keeps Adam's eps fixed (no eps exponent): the first difference in name order
+    ({"param": "sp"}, {"param": "sp"}, "param 'W1' has eps None there, 1.0 here; emit the "
+                                       "module of the program tune was given, with the dims it "
+                                       "set: tensorprog derive PROGRAM -o FILE --param sp"),
+    ({"convention": "mup"}, {"convention": "mup"}, "param 'W3' has a 1.0 there, 0.0 here"),
+    ({"optimizer": "sgd"}, {"optimizer": "sgd"}, "has c -1.0 there, 0.0 here"),
+    ({"d_in": 64}, {}, "param 'W1' has fan_in [64.0, 0] there, [3072.0, 0] here"),
+    ({}, {"base_width": 128}, "for base_width 128, this module's is 256"),
+    ({}, {"scaling": None}, "not a file of tuned values with the scaling they were tuned for"),
+    ({}, {"lr": -1}, "the tuned lr must be a positive number, not -1"),
+])
+def test_tuned_values_of_another_module_are_refused_by_it(tuned_for, change, message):
+    from tensorprog.numerics.tune import scaling_record
+
+    theirs = _tuned_module(**tuned_for)
+    config = {"format": "tensorprog-tune/1", "program": "p", "param": "mup",
+              "convention": "table3", "optimizer": "adam", "base_width": 256, "lr": 1e-3,
+              "init_std": {}, "mult": {}, **scaling_record(theirs), **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    mlp = _tuned_module()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mlp.Model.from_config(config, 256, device="meta")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mlp.make_optimizer(mlp.Model(16), config=config)

@@ -48,8 +48,10 @@ from .templates import (
     CHECK_SEQ_LEN,
     CHECK_SIZE,
     CHECK_WIDTHS,
+    FROM_CONFIG,
     HELPERS,
     OVERRIDES,
+    load_config_lines,
     mult_override_lines,
     multiplier_lines,
 )
@@ -407,7 +409,7 @@ def _model_init(lay: _Layout) -> list[str]:
     if not lay.multiplied and not lay.scales:
         lines.append("        del ratio" + (", depth_ratio" if depth else "")
                      + "  # every forward multiplier is 1")
-    return lines + ["        self.reset_parameters()", ""]
+    return lines + ["        self.reset_parameters()", "", *FROM_CONFIG, ""]
 
 
 def _reset_parameters(lay: _Layout) -> list[str]:
@@ -602,7 +604,7 @@ def _helpers(used: set[str]) -> list[str]:
 def _checks(lay: _Layout) -> list[str]:
     """The checks of Model's arguments and the base constants' overrides."""
     lines = ["", *CHECK_WIDTHS, "", "", *CHECK_FACTORS, "", "", *CHECK_SIZE, "", "",
-             *OVERRIDES, ""]
+             *OVERRIDES, "", "", *load_config_lines(bool(lay.scales), bool(lay.depth)), ""]
     if lay.depth:
         lines += ["", *CHECK_DEPTH, ""]
     if lay.seq:

@@ -27,6 +27,7 @@ from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .trace import Traced
+from .tuned import tuned_for
 from .values import ParamUse
 
 
@@ -68,7 +69,13 @@ class MuP:
 
     For a model whose stack of layers was traced as a block repeated over the depth L, the
     model's depth is its stack's length, and every factor is (width/base)^-e times
-    (depth/base_depth)^-e_L; ``base_depth`` (here, or per call) defaults to the traced depth."""
+    (depth/base_depth)^-e_L; ``base_depth`` (here, or per call) defaults to the traced depth.
+
+    ``config`` (a ``tensorprog tune -o`` file, its JSON or ``load_config``'s result) gives the
+    tuned base constants: ``apply`` initialises each tuned param at its tuned std at the base
+    width (times the same factors elsewhere) instead of the model's own, and ``param_groups``
+    takes the tuned lr when none is given. A file tuned for another program, parametrization,
+    convention, optimizer or base is refused (tuned.py)."""
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class MuP:
         optimizer: str = "adam",
         convention: str = "table3",
         base_depth: int | None = None,
+        config=None,
     ):
         self.traced = traced
         self.stack = traced.stack
@@ -127,6 +135,7 @@ class MuP:
         self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
+        self.tuned = tuned_for(self, config) if config is not None else None
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
@@ -275,6 +284,8 @@ class MuP:
     def _base(self, name: str, use: ParamUse, layer: int | None) -> tuple[str, float | None]:
         """The param's init at the base width: its own tensor's, or for a layer past the traced
         depth the traced layers' (their RMS std; stack.py rolled them as one init)."""
+        if self.tuned is not None and name in self.tuned.init_std:
+            return "normal", self.tuned.init_std[name]  # the program param's tuned std
         if layer is None or layer < self.stack.depth:
             return self.traced.base.get(use.target, ("normal", None))
         found = [self.traced.base.get(u.target, ("normal", None)) for u in self.stack.layers[name]]
@@ -348,7 +359,8 @@ class MuP:
                 kind, sigma = self._base(name, use, layer)
                 if kind == "const" and self.const_fold.get(name) and not at_base:
                     report.lines.append(self._fold_constant(model, name, use, sigma, r))
-                if kind == "const" or sigma is None or at_base:
+                tuned = self.tuned is not None and name in self.tuned.init_std
+                if kind == "const" or sigma is None or (at_base and not tuned):
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
@@ -455,7 +467,7 @@ class MuP:
     def param_groups(
         self,
         model,
-        lr: float,
+        lr: float | None = None,
         weight_decay: float = 0.0,
         decay: str | None = None,
         eps: float = 1e-8,
@@ -486,7 +498,13 @@ class MuP:
         names (``named_parameters``); or a function ``(name, param) -> bool``.
 
         For a traced stack, every factor also carries the depth's, (depth/base_depth)^-e_L
-        (``base_depth`` defaults to the MuP's)."""
+        (``base_depth`` defaults to the MuP's). Without ``lr``, the tuned one (``config``)."""
+        if lr is None:
+            if self.tuned is None:
+                raise UsageError("param_groups needs lr",
+                                 help="give lr=..., or MuP(traced, ..., config=FILE) with the "
+                                      "file `tensorprog tune -o FILE` wrote")
+            lr = self.tuned.lr
         # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
         # into every group and makes the weights NaN (or climb the loss) at the first step
         for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
