@@ -80,7 +80,7 @@ FIELDS = {
     "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
                     "embedding_size", "pooler_output_size", "pooler_hidden_size"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
-                          "num_decoder_layers"),
+                          "num_decoder_layers", "num_blocks"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
                             "encoder_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num"),
@@ -107,13 +107,25 @@ PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
 
 
-def _fields(cls) -> set[str]:
-    names = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+def _defaults(cls) -> dict:
+    """The config's fields at their defaults, or {} for a config whose defaults do not build."""
     try:
-        names |= set(cls().to_dict())
-    except Exception:  # noqa: BLE001 - a config whose defaults do not build: its signature only
-        pass
-    return names
+        return cls().to_dict()
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _fields(cls) -> set[str]:
+    """The fields a config takes: its signature's and its defaults' (where those build)."""
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    return names | set(_defaults(cls))
+
+
+def _names(cls, std: str) -> set[str]:
+    """The fields of config ``cls`` that may hold the standard field ``std``: its attribute_map
+    alias (or ``std`` itself) and FIELDS' other spellings."""
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    return {aliases.get(std, std), *FIELDS.get(std, ())}
 
 
 IMAGE = 32  # an image classifier's input: 3 x 32 x 32
@@ -166,15 +178,11 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     aliases = getattr(cls, "attribute_map", {}) or {}
     kwargs: dict = {}
     for std, value in wanted.items():
-        names = {aliases.get(std, std), *FIELDS.get(std, ())}
-        kwargs.update({f: value for f in names if f in fields})
+        kwargs.update({f: value for f in _names(cls, std) if f in fields})
         if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") \
                 and mapping.inputs != "image":  # a convnet has none of these
             kwargs.setdefault(aliases.get(std, std), value)
-    try:
-        defaults = cls().to_dict()
-    except Exception:  # noqa: BLE001
-        defaults = {}
+    defaults = _defaults(cls)
     for f, v in defaults.items():
         if isinstance(v, float) and ("dropout" in f or "pdrop" in f or f.endswith("_drop")):
             kwargs[f] = 0.0
@@ -185,8 +193,11 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
     kwargs.update(_proportional(defaults, width, width // heads))
-    for std in ("num_experts", "num_experts_per_tok"):  # at most: ZAYA takes 1 per token
-        for f in {aliases.get(std, std), *FIELDS[std]} & set(kwargs):
+    # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
+    # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
+    # block stays 1
+    for std in ("num_experts", "num_experts_per_tok", "num_blocks"):
+        for f in _names(cls, std) & set(kwargs):
             if isinstance(defaults.get(f), int) and defaults[f] > 0:
                 kwargs[f] = min(kwargs[f], defaults[f])
     if "use_cache" in fields:
@@ -291,12 +302,6 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
 
     build.__name__ = f"build_{family}"
     return build
-
-
-def tokens(model):
-    import torch
-
-    return (torch.zeros(2, SEQ, dtype=torch.long),)
 
 
 def example_inputs(mapping: Mapping, real: bool = False):
@@ -457,10 +462,7 @@ def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) ->
 
 
 def _has_heads(cls) -> bool:
-    aliases = getattr(cls, "attribute_map", {}) or {}
-    names = {aliases.get("num_attention_heads", "num_attention_heads"),
-             *FIELDS["num_attention_heads"]}
-    return bool(names & _fields(cls))
+    return bool(_names(cls, "num_attention_heads") & _fields(cls))
 
 
 # --- the pool, the cache and the report ---------------------------------------------------------

@@ -1,5 +1,6 @@
 """Shared helpers: example paths, generated MLPs of any width and depth, a residual MLP over the
-depth, importing emitted modules, running the CLI in-process."""
+depth, importing emitted modules, running the CLI in-process, and for traced models, the apply
+and (a, b, c) oracles."""
 
 from __future__ import annotations
 
@@ -114,6 +115,73 @@ def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
     given = inputs(model)
     assert torch.equal(model(*given), plain(*given))
     return mup
+
+
+def abc_by_target(traced, optimizer="adam", rows=False) -> dict:
+    """Each traced param's (a, b, c) under ``optimizer``, keyed by its torch target (``rows``: by
+    (target, rows), so a fused layer's row blocks stay apart): the same model written two ways
+    must give the same dict."""
+    from tensorprog import derive
+
+    d = derive(traced.program, optimizer)
+    return {(u.target, u.rows) if rows else u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c)
+            for p, u in traced.params.items()}
+
+
+def processes(match) -> list[int]:
+    """The live (not zombie) processes, from /proc, for which ``match(fields, cmdline)`` holds:
+    ``fields``, their stat fields after the command (state, ppid, pgrp, session, ...)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone while listed
+            continue
+        if fields[0] != "Z" and match(fields, cmdline):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def pool_workers(driver, count: int = 2, seconds: float = 90) -> list[int]:
+    """The local pool's worker processes of a ``driver`` (a Popen), once ``count`` of them run
+    (or those found after ``seconds``)."""
+    import time
+
+    deadline, workers = time.monotonic() + seconds, []
+    while time.monotonic() < deadline and len(workers) < count:
+        time.sleep(0.2)
+        workers = processes(lambda f, cmd: int(f[1]) == driver.pid and b"spawn_main" in cmd)
+    return workers
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is not a zombie), from /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def all_gone(pids, seconds: float = 10) -> bool:
+    """Whether every process of ``pids`` has ended within ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, whatever OMP_NUM_THREADS the run was given."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

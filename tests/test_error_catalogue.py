@@ -22,7 +22,9 @@ import tensorprog as tp
 from tensorprog.cli.main import main
 from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
-from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.classify import classify_depth
+from tensorprog.engine.exponents import ABC
+from tensorprog.engine.optimizers import ADAM, OPTIMIZERS
 from tensorprog.engine.parametrization import choose
 from tensorprog.errors import EngineError, UsageError
 from tensorprog.limits.mu import mu_limit
@@ -42,6 +44,7 @@ ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
           "x = E @ src\ny = E @ tgt\n")
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
+CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
 CATALOGUE = {
@@ -351,6 +354,31 @@ POSITIONED = {
                             "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
                             r"block res returns one token's vector \(read by first\), but its "
                             r"argument h has one value per token", (9, 5)),
+    # prepend(c, h, T1): a learned token (a vector param) before the tokens of h, over a
+    # sequence T1 one token longer, which what is added after it runs over
+    "prepend-of-a-value": (CLS + "output y = E.T @ prepend(h, h, t1)\n", S,
+                           r"the first argument of prepend must be a vector param, the "
+                           r"learned token", (10, 26)),
+    "prepend-wrong-length": (CLS + "dim t2 = 5\noutput y = E.T @ prepend(c, h, t2)\n", S,
+                             r"prepend gives t's 3 tokens and one more, 4, but t2 has 5 "
+                             r"tokens(.|\n)*help: declare the longer sequence `dim t2 = 4`",
+                             (11, 18)),
+    "prepend-to-first": (CLS + "output y = E.T @ prepend(c, first(h), t1)\n", S,
+                         r"prepend puts a token before the tokens of a sequence, but y_1 has "
+                         r"no tokens: it is one token's vector", (10, 18)),
+    "prepend-no-dim": (CLS + "output y = E.T @ prepend(c, h, h)\n", S,
+                       r"the third argument of prepend must be the longer sequence's dim",
+                       (10, 32)),
+    "prepend-arity": (CLS + "output y = E.T @ prepend(c, h)\n", S,
+                      r"prepend takes 3 arguments, got 2", (10, 18)),
+    "prepend-token-dim": (CLS + "param m : [dh]\noutput y = E.T @ prepend(m, h, t1)\n", S,
+                          r"shape mismatch in prepend: the token is \[dh\] but the sequence's "
+                          r"vectors are \[n\]", (11, 18)),
+    "positions-of-the-shorter-sequence": (
+        CLS + "input pos : positions[t]\nparam P : [n, t]\n"
+        "output y = E.T @ (prepend(c, h, t1) + P @ pos)\n", S,
+        r"this combines the tokens of t1 with the tokens of t(.|\n)*help: t1 has learned "
+        r"tokens before the others \(prepend\)(.|\n)*positions\[t1\]", (12, 12)),
     # a head dot without a width used to crash looking up the base width
     "head-dot-without-width": ("dim V = 5\ndim t = 3\ndim d = 8\ndim dh = 4\n"
                                "input tok : tokens[t, V]\nparam E : [d, V]\nh = E @ tok\n"
@@ -440,6 +468,38 @@ def test_block_errors_are_positioned(case):
         with pytest.raises(tp.SemanticError, match=message) as err:
             tp.parse(source, "p.tp")
     assert err.value.diagnostics[0].span.line == line
+    assert "help:" in str(err.value)
+
+
+# blocks the depth pass does not model: refused where the block leaves the residual form (the
+# function applied to the sum), or at the `repeat` for a return that scales the stream; derive
+# keeps their width exponents with this as its note (tests/engine/test_depth_derive.py)
+_FN = r"block res returns {}\(\.\.\.\) of a residual sum of its stream, not the sum itself"
+DEPTH_FORMS = {
+    "post-norm": (BHEAD + _blk("param W : [n, n]", "param g : [n] = 1",
+                               "return g * layernorm(h + W @ relu(h))") + BTAIL, (10, 16),
+                  _FN.format("layernorm") + r"(.|\n)*a post-norm block(.|\n)*help: .*"
+                  r"`return h \+ W2 @ relu\(W1 @ layernorm\(h\)\)` \(pre-norm\)"),
+    "post-norm twice, as BERT": (BHEAD + _blk("param W : [n, n]", "param V : [n, n]",
+                                              "a = layernorm(h + W @ relu(h))",
+                                              "return layernorm(a + V @ relu(a))") + BTAIL,
+                                 (11, 5), _FN.format("layernorm")),
+    "relu of the sum, as ResNet": (BHEAD + _blk("param W : [n, n]", "return relu(h + W @ h)")
+                                   + BTAIL, (9, 5), _FN.format("relu") + r"(.|\n)*ResNet"),
+    "a multiple of the sum": (BHEAD + _blk("param W : [n, n]", "return 2 * (h + W @ relu(h))")
+                              + BTAIL, (12, 6), "does not return its argument plus a branch, so "
+                              "over L repetitions it compounds"),
+}
+
+
+@pytest.mark.parametrize("case", DEPTH_FORMS)
+def test_blocks_outside_the_depth_rules_are_refused_where_they_leave_them(case):
+    source, (line, column), message = DEPTH_FORMS[case]
+    program = tp.parse(source, "p.tp")
+    with pytest.raises(EngineError, match=message) as err:
+        classify_depth(program, ADAM, {p.name: ABC(0, 0, 0) for p in program.params})
+    span = err.value.diagnostics[0].span
+    assert (span.line, span.column) == (line, column)
     assert "help:" in str(err.value)
 
 
@@ -809,9 +869,50 @@ class ClassToken(Net):
         super().__init__(n)
         self.cls = torch.nn.Parameter(torch.zeros(1, 1, n))
 
-    def forward(self, idx):  # a learned class token prepended to the sequence
+    def forward(self, idx):  # a learned token appended after the sequence's tokens
         x = self.e(idx)
-        return self.o(torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1))
+        return self.o(torch.cat([x, self.cls.expand(x.shape[0], 1, -1)], dim=1))
+
+
+class PatchMean(ClassToken):
+    def forward(self, idx):  # a mean of the tokens after a learned class token
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.o(h[:, 1:].mean(1))
+
+
+class TwoRowToken(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 2, n))
+
+    def forward(self, idx):  # a param of two rows expanded over the batch
+        x = self.e(idx)
+        return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
+
+
+class Transposed(Net):
+    def forward(self, idx):  # two-head attention whose weights are transposed before the mix
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        p = (x @ x.transpose(-1, -2)).softmax(-1)
+        return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
+    def __init__(self, n, low=None):
+        super().__init__(n)
+        self.register_buffer("tri", torch.ones(16, 16).tril() if low else torch.rand(16, 16))
+        self.low = low
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        w = x @ x.transpose(-1, -2)
+        m = self.tri[:t, :t]
+        # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
+        p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
+        return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -832,6 +933,11 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
+    "two_row_token": "lambda n: TwoRowToken(n)",
+    "patch_mean": "lambda n: PatchMean(n)",
+    "transposed": "lambda n: Transposed(n)",
+    "table_buffer": "lambda n: TableBuffer(n)",
+    "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
 }
 
 
@@ -877,10 +983,27 @@ TRACED_BUILDS = {
                        r"into heads"),
     # one token read out of the sequence: the first (first(h), BERT's pooler), no other
     ("second", None, r"m.py:\d+:\d+: error: cannot trace reading token 1 of the sequence"),
-    # a param used as a token: the language's tokens are the token input's
-    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) expanded over "
-                          r"the batch, used as a token(.|\n)*help: make the class token a token "
-                          r"id"),
+    # a learned token before the tokens is prepend (tests/fromtorch/test_vit.py); after them,
+    # the language has no form (first(h) reads the first token)
+    ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
+                          r"tokens other than before the tokens(.|\n)*help: prepend learned "
+                          r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
+                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
+    ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
+                            r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
+                            r"\[1, 1, n\]"),
+    # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
+    ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
+                         r"\(only a view that merges or splits their batch and heads axes"),
+    # before: "a product with a buffer of more than one entry", the buffer and the forms unsaid
+    ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
+                           r"of more than one float entry(.|\n)*a table of rotary sin/cos"
+                           r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
+    ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
+                         r"mask, plus anything but a large negative"),
     # before: "a split of anything but a linear layer's output features"; now what MLA needs
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                          r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "
@@ -1265,6 +1388,25 @@ def main_code(argv) -> int:
 )
 def test_depth_axis_errors(argv, message, capsys):
     argv = [str(ROOT / a) if a.endswith(".tp") else a for a in argv]
+    assert main_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("axis", "message"), [
+    (["--axis", "batch"], "--axis batch: expected NAME=V1,V2,..."),
+    (["--axis", "batch=16,x"], "expected comma-separated integers"),
+    (["--axis", "depth=2,4"], "--axis depth: not an axis a sweep runs along"),
+    (["--axis", "batch=16,16"], "--axis batch: give at least two different positive values"),
+    (["--axis", "steps=0,30"], "--axis steps: give at least two different positive values"),
+    (["--axis", "batch=16,32", "--widths", "64,128"],
+     "--axis batch runs at one width: --widths would set another axis"),
+    # a sequence length needs a program with a token input and data of tokens
+    (["--axis", "seq=4,8"], "--axis seq: mlp has no sequence dim, or --data digits is not a "
+                            "token stream"),
+])
+def test_sweep_axis_errors(axis, message, capsys):
+    argv = ["transfer", str(ROOT / "examples" / "mlp.tp"), "--data", "digits", "--cache", "none",
+            *axis]
     assert main_code(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -1893,3 +2035,46 @@ def test_make_optimizer_refuses_an_optimizer_of_other_exponents(tmp_path, derive
         module.make_optimizer(model, 0.01, optimizer=other)
     for name in same.split(" or "):
         module.make_optimizer(model, 0.01, optimizer=name)
+
+
+@functools.cache
+def _tuned_module(program="mlp", param="mup", convention="table3", optimizer="adam",
+                  d_in=3072):
+    text = (ROOT / "examples" / f"{program}.tp").read_text()
+    program = tp.parse(text.replace("dim d_in = 3072", f"dim d_in = {d_in}"))
+    opt = OPTIMIZERS[optimizer]
+    abc, depth_abc, label, eps = choose(program, opt, param, convention)
+    source = emit(program, abc, optimizer=opt, label=label, command="t", depth_abc=depth_abc,
+                  eps=eps).source
+    return load_module(tp.emit.module.Emitted(source), param)
+
+
+@pytest.mark.parametrize(("tuned_for", "change", "message"), [
+    # another program, parametrization, convention, optimizer or data dims: told apart by the
+    # scaling the file records, whatever its names say
+    ({"program": "transformer"}, {}, "this module has no param 'E'; emit the module of the "
+                                     "program tune was given"),
+    # SP keeps Adam's eps fixed (no eps exponent): the first difference in name order
+    ({"param": "sp"}, {"param": "sp"}, "param 'W1' has eps None there, 1.0 here; emit the "
+                                       "module of the program tune was given, with the dims it "
+                                       "set: tensorprog derive PROGRAM -o FILE --param sp"),
+    ({"convention": "mup"}, {"convention": "mup"}, "param 'W3' has a 1.0 there, 0.0 here"),
+    ({"optimizer": "sgd"}, {"optimizer": "sgd"}, "has c -1.0 there, 0.0 here"),
+    ({"d_in": 64}, {}, "param 'W1' has fan_in [64.0, 0] there, [3072.0, 0] here"),
+    ({}, {"base_width": 128}, "for base_width 128, this module's is 256"),
+    ({}, {"scaling": None}, "not a file of tuned values with the scaling they were tuned for"),
+    ({}, {"lr": -1}, "the tuned lr must be a positive number, not -1"),
+])
+def test_tuned_values_of_another_module_are_refused_by_it(tuned_for, change, message):
+    from tensorprog.numerics.tune import scaling_record
+
+    theirs = _tuned_module(**tuned_for)
+    config = {"format": "tensorprog-tune/1", "program": "p", "param": "mup",
+              "convention": "table3", "optimizer": "adam", "base_width": 256, "lr": 1e-3,
+              "init_std": {}, "mult": {}, **scaling_record(theirs), **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    mlp = _tuned_module()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mlp.Model.from_config(config, 256, device="meta")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mlp.make_optimizer(mlp.Model(16), config=config)

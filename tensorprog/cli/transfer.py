@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
                    help="widths to train (default: 64,128,256,512,1024)")
     t.set_defaults(default_widths="64,128,256,512,1024")
     common.add_depth_options(t, "sweep")
+    t.add_argument("--axis", metavar="NAME=V1,V2,...",
+                   help="sweep along batch (size), seq (length) or steps instead of widths, at "
+                        "one width (--width), e.g. --axis batch=16,32,64,128")
     t.add_argument("--hp", choices=["lr", "init_std", "output_mult"], default="lr",
                    help="the hyperparameter to sweep (default: lr)")
     t.add_argument("--values", metavar="V1,V2,...",
@@ -82,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
     params = _params(args.param)
     values = _values(args.values, args.hp)
     common.check_plot(args, args.program, args.data)
-    widths, depths, width = common.axis(args)
+    along, at = _along(args)
+    if along:  # a sweep at one width, like --depths: common.axis would refuse --width alone
+        widths, depths, width = [], None, args.width
+    else:
+        widths, depths, width = common.axis(args)
     device = pick_device(args.device)
     result = sweep(program, optimizer, args.data, params=params, hp=args.hp,
                    widths=widths, values=values, steps=args.steps,
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                    device=device, jobs=args.jobs,
                    cache=None if args.cache.lower() == "none" else args.cache,
                    progress=sys.stderr.isatty(), depths=depths, width=width,
-                   depth_convention=args.depth_convention, ray_address=args.ray_address)
+                   depth_convention=args.depth_convention, ray_address=args.ray_address,
+                   axis=along, at=at)
     common.report(args, result, render, transfer_plot)
     return 0
 
@@ -124,3 +132,24 @@ def _values(text: str | None, hp: str) -> list[float] | None:
         for v in values:
             common.check_lr("--values", v)
     return values
+
+
+def _along(args: argparse.Namespace) -> tuple[str | None, list[int] | None]:
+    """--axis NAME=V1,V2,...: the axis and its values (checked against the program in the
+    sweep), or (None, None)."""
+    if args.axis is None:
+        return None, None
+    name, eq, text = args.axis.partition("=")
+    eg = "e.g. --axis batch=16,32,64,128, --axis seq=8,16,32 or --axis steps=30,60,120"
+    if not eq:
+        raise UsageError(f"--axis {args.axis}: expected NAME=V1,V2,...", help=eg)
+    if args.depths is not None or args.widths is not None:
+        other = "--depths" if args.depths is not None else "--widths"
+        raise UsageError(f"--axis {name} runs at one width: {other} would set another axis",
+                         help="give the width as --width N (default: the program's base width)")
+    try:
+        at = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--axis {args.axis}: expected comma-separated integers", help=eg) \
+            from None
+    return name.strip(), at

@@ -1,6 +1,7 @@
 """``tensorprog tune``: an Optuna study of the base constants (LR, init σ per role group,
-multipliers) at one width; ``-o FILE`` writes the best values as JSON for the emitted module's
-``Model(**...)`` and ``make_optimizer`` (numerics/tune.py)."""
+multipliers) at one width; ``-o FILE`` writes the best values as JSON, with the scaling they were
+tuned for, for the emitted module's ``Model.from_config`` and ``make_optimizer(config=...)`` or
+a traced model's ``MuP(config=...)`` (numerics/tune.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def add_parser(sub) -> None:
                         "'local': start one), with Ray Tune and Optuna as its search")
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     t.add_argument("-o", "--output", metavar="FILE.json",
-                   help="write the best values: Model(**init_std, mult), make_optimizer(lr)")
+                   help="write the best values, for the emitted module's "
+                        "Model.from_config(FILE, width) and make_optimizer(model, config=FILE) "
+                        "(or MuP(traced, config=FILE))")
     t.add_argument("--json", action="store_true", help="machine-readable output")
 
 

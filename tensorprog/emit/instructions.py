@@ -15,6 +15,7 @@ from ..ir.program import (
     MatMul,
     Mix,
     Nonlin,
+    Prepend,
     Program,
     Route,
     split_heads_dim,
@@ -149,6 +150,12 @@ class Emitter:
         self.helpers.add("_route")
         experts = ", ".join(self.ref(e) for e in ins.experts)
         return f"_route({self.ref(ins.gates)}, {ins.k}, {ins.normalise}, {experts})"
+
+    def Prepend(self, ins: Prepend) -> str:
+        # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0
+        x = self.ref(ins.arg)
+        return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
+                "dim=-2)")
 
     def fused(self, f: Attention | Norm) -> str:
         if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default

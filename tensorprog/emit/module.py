@@ -27,6 +27,7 @@ from ..engine.exponents import ABC, Exp
 from ..engine.optimizers import Optimizer
 from ..errors import CodegenError, UsageError
 from ..ir.program import BUILT_KINDS, RELATIVE_KINDS, Block, MatMul, Param, Program, Stream
+from ..ir.sequences import prepended
 from .blocks import BlockCode, call_block, emit_block
 from .fusions import Attention, Norm, find_fusions, needed
 from .instructions import Emitter
@@ -47,8 +48,10 @@ from .templates import (
     CHECK_SEQ_LEN,
     CHECK_SIZE,
     CHECK_WIDTHS,
+    FROM_CONFIG,
     HELPERS,
     OVERRIDES,
+    load_config_lines,
     mult_override_lines,
     multiplier_lines,
 )
@@ -406,7 +409,7 @@ def _model_init(lay: _Layout) -> list[str]:
     if not lay.multiplied and not lay.scales:
         lines.append("        del ratio" + (", depth_ratio" if depth else "")
                      + "  # every forward multiplier is 1")
-    return lines + ["        self.reset_parameters()", ""]
+    return lines + ["        self.reset_parameters()", "", *FROM_CONFIG, ""]
 
 
 def _reset_parameters(lay: _Layout) -> list[str]:
@@ -466,7 +469,9 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
         for i in positions:
             if i.name not in names:
                 continue
-            tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == i.seq),
+            # a sequence with learned tokens prepended counts them after the tokens fed
+            seq, extra = prepended(program, i.seq) or (i.seq, 0)
+            tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == seq),
                           None)
             if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
                 em.helpers.add("_relative_buckets")
@@ -486,6 +491,10 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
             sets = ("build the Model with a seq_len" if i.seq == lay.seq
                     else f"emit the module again with dim {i.seq} declared a size")
             fed_ids = local[tokens.name] + ("[..., 0]" if tokens.kind == "patches" else "")
+            if extra:  # one id per token of the longer sequence: the learned ones first
+                out.append(f"        {local[i.name]} = torch.nn.functional.pad({fed_ids}, "
+                           f"({extra}, 0))")
+                fed_ids = local[i.name]
             out.append(f"        {local[i.name]} = _positions({fed_ids}, {rows}, "
                        f"{quoted(sets)})")
         return out
@@ -595,7 +604,7 @@ def _helpers(used: set[str]) -> list[str]:
 def _checks(lay: _Layout) -> list[str]:
     """The checks of Model's arguments and the base constants' overrides."""
     lines = ["", *CHECK_WIDTHS, "", "", *CHECK_FACTORS, "", "", *CHECK_SIZE, "", "",
-             *OVERRIDES, ""]
+             *OVERRIDES, "", "", *load_config_lines(bool(lay.scales), bool(lay.depth)), ""]
     if lay.depth:
         lines += ["", *CHECK_DEPTH, ""]
     if lay.seq:

@@ -41,14 +41,14 @@ NN_MODULE_ATTRS = frozenset({
 })
 # what the emitted Model defines on itself besides the program's params
 MODEL_ATTRS = {"width", "base_width", "reset_parameters", "vectors", "example_inputs", "depth",
-               "base_depth", "_tensors", "_base_std", "seq_len"}
+               "base_depth", "_tensors", "_base_std", "seq_len", "from_config"}
 # the emitted module's own globals, and its helpers by name
 MODULE_GLOBALS = {"math", "operator", "torch", "BASE_WIDTH", "BASE_DEPTH", "SCALING", "SCALES",
                   "WIDTH_RULES", "Model", "param_groups", "make_optimizer", "_check_widths",
                   "DECAY_MODES", "DECAY_PARAMS", "MUON", "Lion", "MuonWithAdamW",
                   "_check_rates", "_check_decay_params", "_decayed",
                   "_check_depth", "_base_stds", "_overrides", "_positive_ints",
-                  "SEQ_LEN", "SEQ_TABLES", "_check_seq_len"}
+                  "SEQ_LEN", "SEQ_TABLES", "_check_seq_len", "load_config"}
 MODULE_GLOBALS |= set(HELPERS)
 
 

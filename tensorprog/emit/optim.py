@@ -175,7 +175,8 @@ def _make_optimizer_doc(muon: bool, derived: str, same: Sequence[str]) -> list[s
         + ("; momentum is SGD with" if "momentum" in same else "."),
         *(["    momentum 0.9 unless given."] if "momentum" in same else []),
         "    param_groups(model, lr) feeds an optimizer of your own that scales as",
-        f'    {derived} does."""',
+        f"    {derived} does. config (the file tensorprog tune -o wrote, or its JSON)",
+        '    gives the tuned lr instead, checked by load_config."""',
     ]
 
 
@@ -387,15 +388,31 @@ def _param_groups_doc(muon: bool, depth: bool, eps: bool) -> list[str]:
     ]
 
 
+# make_optimizer's lr (and optimizer) from a file tensorprog tune -o wrote, for the model's base
+_CONFIG_LR = [
+    "    if config is not None:",
+    "        if lr is not None:",
+    '            raise ValueError("give lr or config (which holds the tuned lr), not both")',
+    "        tuned = load_config(config)",
+    '        lr, optimizer = tuned["lr"], optimizer or tuned["optimizer"]',
+    "        if model.base_width != BASE_WIDTH:",
+    '            raise ValueError(f"the lr was tuned for base_width {BASE_WIDTH}, the model\'s "',
+    '                             f"is {model.base_width}")',
+    "    elif lr is None:",
+    '        raise TypeError("make_optimizer() needs lr, or config=FILE (tensorprog tune -o)")',
+]
+
+
 def _make_optimizer(optimizer: Optimizer, muon: bool, eps: bool) -> list[str]:
     """make_optimizer: the torch optimizer over param_groups, refusing an optimizer whose steps
     scale otherwise than the one the exponents are derived for."""
     same = SAME_EXPONENTS[optimizer.name]
     classes = ", ".join(f"{quoted(n)}: {_TORCH_CLASSES[n]}" for n in same)
     return [
-        "def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None,",
-        '                   decay_params="matrices", **kwargs):',
+        "def make_optimizer(model, lr=None, optimizer=None, weight_decay=0.0, decay=None,",
+        '                   decay_params="matrices", config=None, **kwargs):',
         *_make_optimizer_doc(muon, optimizer.name, same),
+        *_CONFIG_LR,
         f"    name = optimizer or {optimizer.name!r}",
         f"    classes = {{{classes}}}",
         "    if name not in classes:",

@@ -265,6 +265,82 @@ OVERRIDES = [
     "    return stds"]
 
 
+def load_config_lines(scales: bool, depth: bool) -> list[str]:
+    """load_config: the values ``tensorprog tune -o FILE`` wrote, refused unless they were tuned
+    for this module. A file records the SCALING (and SCALES) of the module it was tuned with:
+    its values mean the same here only where every param's exponents, fan-in and constant init
+    and every scale's exponent and base are the same, and so are the base sizes, which is how a
+    file of another program, parametrization, convention, optimizer or data dims is told
+    apart, whatever its names."""
+    ours = "{\"param\": SCALING, \"scale\": " + ("SCALES" if scales else "{}") + "}"
+    bases = ("(\"base_width\", BASE_WIDTH), (\"base_depth\", BASE_DEPTH)" if depth
+             else "(\"base_width\", BASE_WIDTH),")
+    return [
+        "def load_config(config):",
+        '    """The base constants tensorprog tune -o FILE wrote (config: the path, or its JSON',
+        "    as a dict) as {\"lr\", \"init_std\", \"mult\", \"optimizer\"}, for",
+        "    Model.from_config and make_optimizer(config=...). ValueError unless they were tuned",
+        "    for this module: every param's exponents, fan-in and init and every scale's as in",
+        "    SCALING and SCALES, and the same base sizes (a file of another program,",
+        '    parametrization, convention, optimizer or data dims differs there)."""',
+        "    import json",
+        "",
+        "    if not isinstance(config, dict):",
+        "        with open(config) as f:",
+        "            config = json.load(f)",
+        "    if config.get(\"format\") != \"tensorprog-tune/1\" or \"scaling\" not in config:",
+        "        raise ValueError(\"not a file of tuned values with the scaling they were tuned \"",
+        "                         \"for: write it with tensorprog tune -o FILE\")",
+        "    origin = (f\"{config.get('program')} ({config.get('param')}, \"",
+        "              f\"{config.get('convention')} convention, {config.get('optimizer')})\")",
+        "    fix = (\"; emit the module of the program tune was given, with the dims it \"",
+        "           f\"set: tensorprog derive PROGRAM -o FILE --param {config.get('param')} \"",
+        "           f\"--convention {config.get('convention')} --optimizer \"",
+        "           f\"{config.get('optimizer')}\")",
+        f"    ours = json.loads(json.dumps({ours}))  # as the file holds it",
+        "    theirs = {\"param\": config[\"scaling\"], \"scale\": config.get(\"scales\", {})}",
+        "    for kind, here in ours.items():",
+        "        for name in sorted(set(here) | set(theirs[kind])):",
+        "            a, b = here.get(name), theirs[kind].get(name)",
+        "            if a is None or b is None:",
+        "                where = \"this module has\" if a is None else \"they have\"",
+        "                raise ValueError(f\"the tuned values are for {origin}: {where} \"",
+        "                                 f\"no {kind} {name!r}{fix}\")",
+        "            for key in (\"a\", \"b\", \"c\", \"eps\", \"aL\", \"bL\", \"cL\", \"epsL\",",
+        "                        \"fan_in\", \"init\", \"base\"):",
+        "                if a.get(key) != b.get(key):",
+        "                    raise ValueError(f\"the tuned values are for {origin}: {kind} \"",
+        "                                     f\"{name!r} has {key} {b.get(key)} there, \"",
+        "                                     f\"{a.get(key)} here{fix}\")",
+        f"    for key, here in ({bases}):",
+        "        if config.get(key, here) != here:",
+        "            raise ValueError(f\"the tuned values are for {key} {config[key]}, this \"",
+        "                             f\"module's is {here}: emit it with that base \"",
+        "                             \"(derive --base-width N; the program's depth line \"",
+        "                             \"sets its base depth)\")",
+        "    lr = config.get(\"lr\")",
+        "    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:",
+        "        raise ValueError(f\"the tuned lr must be a positive number, not {lr!r}\")",
+        '    return {"lr": float(lr), "init_std": dict(config.get("init_std") or {}),',
+        '            "mult": dict(config.get("mult") or {}),',
+        '            "optimizer": config.get("optimizer")}']
+
+
+# Model.from_config: Model(...) with a tuned file's init_std and mult (load_config checks it)
+FROM_CONFIG = [
+    "    @classmethod",
+    "    def from_config(cls, config, *args, **kwargs):",
+    '        """Model(*args, **kwargs) with the init_std and mult tensorprog tune -o FILE wrote',
+    "        (config: the path, or its JSON), refused by load_config unless tuned for this",
+    '        module; make_optimizer(model, config=config) takes its lr."""',
+    "        tuned = load_config(config)",
+    '        given = sorted({"init_std", "mult", "base_width", "base_depth"} & set(kwargs))',
+    "        if given:",
+    "            raise ValueError(f\"from_config takes {', '.join(given)} from the tuned \"",
+    "                             \"values; call Model(...) to set them yourself\")",
+    "        return cls(*args, init_std=tuned[\"init_std\"], mult=tuned[\"mult\"], **kwargs)"]
+
+
 def mult_override_lines(scales: bool, multiplied: list[str]) -> list[str]:
     """Model.__init__'s ``mult``: every base multiplier a user tunes at the base width, a scale's
     (its declared value by default) and a param's forward multiplier (1 by default; the mup

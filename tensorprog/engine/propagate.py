@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from functools import cached_property
 
 from ..errors import Diagnostic, EngineError, TensorProgWarning
-from ..ir.functions import MUL
+from ..ir.functions import FUNCTIONS, MUL
 from ..ir.program import LinComb, MatMul, Nonlin, Program, Stream
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, add, emax, emin, gt
 from .optimizers import Optimizer, ParamShape
@@ -83,6 +83,9 @@ def residual_branches(program: Program, stream: Stream) -> list[str]:
         found = _split_sums(program, stream, block, found)
     arg = block.arg.split('.')[-1]
     if not found:
+        wrapped = _wrapped_sum(program, stream, block)
+        if wrapped is not None:
+            raise _function_of_sum(stream, block, wrapped)
         raise EngineError(
             f"block {block.name} does not return its argument plus a branch, so over "
             f"{stream.count} repetitions it compounds and has no power law in {stream.count}: "
@@ -98,6 +101,69 @@ def residual_branches(program: Program, stream: Stream) -> list[str]:
                 help=f"return the argument once plus branches that each end in a matmul by one "
                      f"of the block's params, e.g. `return {arg} + W2 @ relu(W1 @ {arg})`")
     return found
+
+
+def _wrapped_sum(program: Program, stream: Stream, block) -> Nonlin | None:
+    """The function nearest the return that the block applies to a residual sum, when the
+    block's return is a chain from its argument of residual sums (a coefficient-1 term carrying
+    the stream, plus branches or biases) and functions of the stream (``layernorm``, ``relu``,
+    through gains ``g * ...``): post-norm ``layernorm(h + f(h))`` (BERT's, twice in a block:
+    ``a = LN(h + attn(h)); return LN(a + mlp(a))``), torchvision's ``relu(h + f(h))``. None for
+    any other return: a multiple of the stream (``2 * h``, ``W @ h``) compounds, as the caller
+    says; a function of the argument with no sum under it (``relu(h)``) has no branch."""
+    def chain(v: str) -> tuple[list[Nonlin], bool] | None:
+        """(the functions applied to a sum on the way down to the argument, whether a sum with
+        a branch lies below), or None if v is no such chain from the argument."""
+        if v == stream.out:
+            return [], False
+        ins = program.producer.get(v)
+        if ins is None or v not in block.values:
+            return None
+        if isinstance(ins, LinComb):
+            for c, o in ins.terms:
+                found = chain(o) if c == 1 else None
+                if found is not None:
+                    branch = any(w in block.values for _, w in ins.terms if w != o)
+                    return found[0], found[1] or branch
+            return None
+        inner = [o for o in ins.operands if o in block.values or o == stream.out]
+        if not isinstance(ins, Nonlin) or len(inner) != 1:
+            return None
+        found = chain(inner[0])
+        if found is None:
+            return None
+        fns, summed = found
+        return (fns + [ins] if ins.fn != MUL and summed else fns), summed
+
+    found = chain(block.ret)
+    return found[0][-1] if found and found[0] else None
+
+
+def _function_of_sum(stream: Stream, block, ins: Nonlin) -> EngineError:
+    """Why a block that returns a function of its residual sum has no depth exponents. The depth
+    rules (TP6, CompleteP) model a stream that passes through every repetition unchanged while L
+    branches, each times L^-α, add onto it: one sum over the depth. Here the stream itself goes
+    through the function at every repetition: a norm rescales the argument's share with the
+    branches', a product of L factors; an activation clips the stream. Neither is that sum, and
+    what the exponents would have to be is not derived: refused, never given the sum's."""
+    arg, L, fn = block.arg.split('.')[-1], stream.count, ins.fn
+    if fn in FUNCTIONS and FUNCTIONS[fn].scaling == "normalize":
+        why = (f"a post-norm block, as BERT's LayerNorm(h + f(h)): each repetition rescales the "
+               f"argument's share of the stream with the branches', a product over the {L} "
+               "repetitions")
+        instead = f"`return {arg} + W2 @ relu(W1 @ {fn}({arg}))` (pre-norm)"
+    else:
+        why = ("as torchvision's ResNet blocks return relu(x + f(x)): the whole stream goes "
+               "through it at every repetition")
+        instead = f"`return {arg} + W2 @ relu(W1 @ {fn}({arg}))`"
+    return EngineError(
+        f"block {block.name} returns {fn}(...) of a residual sum of its stream, not the sum "
+        f"itself ({why}); the depth rules model only a stream that passes through every "
+        f"repetition unchanged while {L} branches, each times {L}^-α, add onto it, so its depth "
+        "exponents are not derived (its width exponents hold at any fixed depth)",
+        span=ins.span or stream.span,
+        help=f"for depth exponents apply the function inside the branch, e.g. {instead}; as "
+             "written, keep the width's µP at every depth")
 
 
 def _split_sums(program: Program, stream: Stream, block, branches: list[str]) -> list[str]:

@@ -33,6 +33,7 @@ from ..ir.program import (
     MatMul,
     Mix,
     Nonlin,
+    Prepend,
     Program,
     Route,
     Stream,
@@ -641,9 +642,33 @@ def grad_route(ins: Route, sz: Sizes) -> list[tuple[str, Term]]:
     return out
 
 
+# --- Prepend --------------------------------------------------------------------------------------
+# A learned token before a sequence's tokens: each token's coordinates are the param's or the
+# sequence's, so sizes are a max (as in a sum) and the gradient at the first position reaches the
+# param, fed the constant 1 there: it derives as a bias does, from these rules and its slots.
+
+def init_prepend(ins: Prepend, sz: Sizes) -> list[Term]:
+    return [t for v in ins.operands for t in terms(
+        f"{v}₀", "each token is the learned one or the sequence's: as large as the larger",
+        "auto", sz.init(v))]
+
+
+def change_prepend(ins: Prepend, sz: Sizes) -> list[Term]:
+    return [t for v in ins.operands for t in terms(
+        f"Δ{v}", "each token changes as the learned one or the sequence's", "auto",
+        sz.change(v))]
+
+
+def grad_prepend(ins: Prepend, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(v, t) for v in ins.operands for t in terms(
+        f"d{ins.out}", "the first token's gradient reaches the learned token, the others' "
+        "the sequence", "flow", g)]
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix, Stream: init_stream, Route: init_route}
+        Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix, Stream: change_stream, Route: change_route}
+          Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix, Stream: grad_stream, Route: grad_route}
+        Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}

@@ -27,6 +27,7 @@ from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .trace import Traced
+from .tuned import tuned_for
 from .values import ParamUse
 
 
@@ -68,7 +69,13 @@ class MuP:
 
     For a model whose stack of layers was traced as a block repeated over the depth L, the
     model's depth is its stack's length, and every factor is (width/base)^-e times
-    (depth/base_depth)^-e_L; ``base_depth`` (here, or per call) defaults to the traced depth."""
+    (depth/base_depth)^-e_L; ``base_depth`` (here, or per call) defaults to the traced depth.
+
+    ``config`` (a ``tensorprog tune -o`` file, its JSON or ``load_config``'s result) gives the
+    tuned base constants: ``apply`` initialises each tuned param at its tuned std at the base
+    width (times the same factors elsewhere) instead of the model's own, and ``param_groups``
+    takes the tuned lr when none is given. A file tuned for another program, parametrization,
+    convention, optimizer or base is refused (tuned.py)."""
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class MuP:
         optimizer: str = "adam",
         convention: str = "table3",
         base_depth: int | None = None,
+        config=None,
     ):
         self.traced = traced
         self.stack = traced.stack
@@ -84,8 +92,14 @@ class MuP:
         self.derivation = _derive(traced, self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
-        self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params}
-        self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params}
+        # a traced param whose result reaches no output of the forward (BERT's pooler under a
+        # masked-LM head: computed, then dropped) gets no gradient, and derive leaves it out
+        # (with a warning): µP has nothing to say of it, so it keeps its init and LR as well
+        self.unused = [p for p in traced.params if p not in abc]
+        self.init_exp = {p: Fraction(str(abc[p].a + abc[p].b)) for p in traced.params
+                         if p in abc}
+        self.lr_exp = {p: Fraction(str(abc[p].c + k * abc[p].a)) for p in traced.params
+                       if p in abc}
         # Adam's ε ∝ the entries of the param's gradient, n^-e for the program's param, whose
         # multiplier n^-a is in the forward; folded into the param, its gradient is n^a times
         # that: ε ∝ n^-(e - a). Empty under SGD.
@@ -121,6 +135,7 @@ class MuP:
         self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
+        self.tuned = tuned_for(self, config) if config is not None else None
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
@@ -257,6 +272,8 @@ class MuP:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
         for name, use in self.traced.params.items():
+            if name in self.unused:
+                continue
             if self.stack is not None and name in self.stack.layers:
                 for i in range(depth if depth is not None else self.depth_of(model)):
                     out.append((name, self.stack.at(name, i), i))
@@ -267,6 +284,8 @@ class MuP:
     def _base(self, name: str, use: ParamUse, layer: int | None) -> tuple[str, float | None]:
         """The param's init at the base width: its own tensor's, or for a layer past the traced
         depth the traced layers' (their RMS std; stack.py rolled them as one init)."""
+        if self.tuned is not None and name in self.tuned.init_std:
+            return "normal", self.tuned.init_std[name]  # the program param's tuned std
         if layer is None or layer < self.stack.depth:
             return self.traced.base.get(use.target, ("normal", None))
         found = [self.traced.base.get(u.target, ("normal", None)) for u in self.stack.layers[name]]
@@ -285,6 +304,8 @@ class MuP:
                 tshape = list(tensor.shape[1:])
             if use.expert is not None:  # one expert's matrix: its slice of the 3-D tensor
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
+            while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]
+                tshape = tshape[1:]
             for axis, d in enumerate(shape):
                 dim = self.program.dim_table[d]
                 if dim.infinite:
@@ -338,7 +359,8 @@ class MuP:
                 kind, sigma = self._base(name, use, layer)
                 if kind == "const" and self.const_fold.get(name) and not at_base:
                     report.lines.append(self._fold_constant(model, name, use, sigma, r))
-                if kind == "const" or sigma is None or at_base:
+                tuned = self.tuned is not None and name in self.tuned.init_std
+                if kind == "const" or sigma is None or (at_base and not tuned):
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
@@ -352,7 +374,10 @@ class MuP:
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        unreached = set(self.unreached(model))
         report.lines += [
+            f"unused by the traced forward: {name} reaches no output (no gradient), left as it is"
+            if name in unreached else
             f"not in the program: {name} keeps its init and the LR given (µP does not reach it)"
             for name in self.uncovered(model)
         ]
@@ -396,6 +421,18 @@ class MuP:
         covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
         return [name for name, p in model.named_parameters() if id(p) not in covered]
 
+    def unreached(self, model) -> list[str]:
+        """The model's params that the traced forward computes with but whose result reaches
+        none of its outputs (``self.unused``): no gradient reaches them, so training leaves them
+        as they are, whatever their LR. A tensor the program also reads elsewhere is not one."""
+        covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
+        names = {self.traced.params[p].target for p in self.unused}
+        if self.stack is not None:  # a block param in every layer of the model
+            names |= {self.stack.at(p, i).target for p in self.unused if p in self.stack.layers
+                      for i in range(self.depth_of(model))}
+        return [name for name, p in model.named_parameters()
+                if name in names and id(p) not in covered]
+
     def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
         """Per torch param name: the factor on Adam's base eps at this model's width and depth
         (empty under SGD; a param without an eps exponent, none of its gradient reaching it, is
@@ -430,7 +467,7 @@ class MuP:
     def param_groups(
         self,
         model,
-        lr: float,
+        lr: float | None = None,
         weight_decay: float = 0.0,
         decay: str | None = None,
         eps: float = 1e-8,
@@ -440,7 +477,8 @@ class MuP:
     ) -> list[dict]:
         """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
         ``lr`` times it; ``options`` go to every group. Params outside the program keep ``lr``
-        (and ``eps``), with a warning naming them.
+        (and ``eps``), with a warning naming them (none for a param whose result reaches no
+        output: no gradient reaches it, so it does not move).
 
         Under Adam/AdamW each group's ``eps`` is ``eps`` scaled as its params' gradient entries
         (derive's eps exponents, the forward multipliers folded): ``eps`` itself at the base
@@ -460,7 +498,13 @@ class MuP:
         names (``named_parameters``); or a function ``(name, param) -> bool``.
 
         For a traced stack, every factor also carries the depth's, (depth/base_depth)^-e_L
-        (``base_depth`` defaults to the MuP's)."""
+        (``base_depth`` defaults to the MuP's). Without ``lr``, the tuned one (``config``)."""
+        if lr is None:
+            if self.tuned is None:
+                raise UsageError("param_groups needs lr",
+                                 help="give lr=..., or MuP(traced, ..., config=FILE) with the "
+                                      "file `tensorprog tune -o FILE` wrote")
+            lr = self.tuned.lr
         # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
         # into every group and makes the weights NaN (or climb the loss) at the first step
         for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
@@ -475,7 +519,9 @@ class MuP:
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
         decayed = _decay_rule(model, decay_params)
-        outside = self.uncovered(model)
+        # a param no output reaches gets no gradient: its LR moves nothing (apply names it)
+        unreached = set(self.unreached(model))
+        outside = [name for name in self.uncovered(model) if name not in unreached]
         if outside:
             warnings.warn(
                 f"not in the traced program, so they keep lr {lr:g} unchanged at every width: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from ..engine.derive import derive
+from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import LinComb, MatMul, Nonlin
 from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
@@ -216,6 +217,7 @@ def coord_check(
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
     _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
                           if not p.requires_grad})
+    _unreached(result, mup)
     result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
     result.names = module_paths(mup)
     _drift(result, mup, own, cross)
@@ -293,6 +295,20 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
         if targets and targets <= frozen:
             r.ok, r.verdict = True, ("frozen: its params do not train (requires_grad=False), "
                                      "so it never changes")
+
+
+def _unreached(result, mup: MuP) -> None:
+    """Marks a vector that no output depends on (BERT's pooler under a masked-LM head: computed,
+    then dropped) as not judged: no gradient reaches its params, ``apply`` leaves them as the
+    model has them (MuP.unused), and µP, a statement about what reaches the outputs, says
+    nothing of it. Its size at init keeps the model's own width law (HF's std 0.02 at every
+    width grows it as √n), which is not a failure of the µP applied."""
+    program = mup.program
+    dead = {ins.out for ins in program.body} - live_values(program)
+    for r in result.results:
+        if r.name in dead:
+            r.ok, r.judged = True, False
+            r.verdict = "reaches no output of the forward: not judged (µP says nothing of it)"
 
 
 def _data(traced, batch: int, g):

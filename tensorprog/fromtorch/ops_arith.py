@@ -18,6 +18,7 @@ from .values import (
     Sub,
     Trig,
     Vec,
+    Zeroed,
 )
 from .where import refuse
 
@@ -53,6 +54,8 @@ class ArithOps:
             return Pointwise(p.src, lambda t, f=p.f: first * f(t) + sign * c)
         if isinstance(u, Scores) and isinstance(v, Conc):
             return self._masked(node, u, v.value, additive=True)
+        if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
+            return self.unzeroed(node, u, v, alpha)
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
@@ -71,9 +74,7 @@ class ArithOps:
             sign = "-" if c < 0 else "+"
             coef = "" if abs(c) == 1 else f"{abs(c)!r} * "
             expr += f" {sign} {coef}{name}" if expr else f"{'-' if c < 0 else ''}{coef}{name}"
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def _shifted(self, node, ref: PRef, offset: float, coef) -> PRef:
@@ -116,13 +117,22 @@ class ArithOps:
         kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
         if kept is not None:
             return kept
+        zeroed = self.zeroed(node, u, v)  # logits times a 0/1 mask (ops_attention.py)
+        if zeroed is not None:
+            return zeroed
         if any(isinstance(x, Aux) for x in (u, v)):
+            aux = next(x for x in (u, v) if isinstance(x, Aux))
+            what = f"the buffer {aux.buffer}" if aux.buffer else "a buffer"
             raise refuse(
                 node,
-                "a product with a buffer of more than one entry (the trace reads one-entry "
-                "buffers, as constants of the width, and no others)",
-                help="multiply by a number or a one-entry buffer (hidden_size ** 0.5), or "
-                "make the buffer a param",
+                f"a product with {what}, of more than one float entry: the trace reads a "
+                "buffer's entries only where it holds one number (a constant of the width), "
+                "integer ids (positions, token types) or 0s and 1s (an attention mask), so it "
+                "cannot tell what the product does (a table of rotary sin/cos, a mask of "
+                "other values)",
+                help="mask attention with sdpa's is_causal=True or masked_fill with a boolean "
+                "mask; compute a rotary embedding's cos and sin in the forward from the "
+                "positions (as HF Llama's does); or multiply by a number or a one-entry buffer",
             )
         for a, b in ((u, v), (v, u)):
             if isinstance(b, Trig):
@@ -144,9 +154,7 @@ class ArithOps:
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = rmsnorm({self.norm_args(a)})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"rmsnorm({self.norm_args(a)})")
                 return Vec(name, a.tags, a.dim, a.dh)
         pair = self._same_source(node, u, v)
         if pair:
@@ -157,9 +165,7 @@ class ArithOps:
                 self.vector_param(x, node) if isinstance(x, PRef) else self.vec(x, node).name
             )
         vec = next(self.vec(x, node) for x in (u, v) if not isinstance(x, PRef))
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {names[0]} * {names[1]}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"{names[0]} * {names[1]}")
         gains = [n for n, x in zip(names, (u, v), strict=True) if isinstance(x, PRef)]
         if len(gains) == 1:
             # g * x is linear in the gain g as W @ x is in W: a multiplier on the product

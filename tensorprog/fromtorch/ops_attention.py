@@ -3,7 +3,7 @@ attention's repeated key/value heads (sdpa's enable_gqa, HF's repeat_kv, repeat_
 
 from __future__ import annotations
 
-from .values import Conc, KVRepeat, PRef, Probs, Scores, Vec
+from .values import Conc, KVRepeat, PRef, Probs, Scores, Vec, Zeroed
 from .where import refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
@@ -33,9 +33,7 @@ class AttentionOps:
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         if w is not None:  # g * norm(x) + b is linear in (g, b), as W @ x + b in (W, b)
             self.out.producers[name] = (self.vector_param(w, node),
                                         self.vector_param(b, node) if b is not None else None)
@@ -68,6 +66,35 @@ class AttentionOps:
                          "or one of all ones; the µP derived holds for padded batches too")
         return Scores(s.q, s.k, s.factor, s.node, s.tags, True, s.cap)  # a soft-cap kept
 
+    def zeroed(self, node, u, v) -> Zeroed | None:
+        """Logits times a constant 0/1 mask (OpenAI GPT's ``w * b``): kept apart until the
+        additive part that completes the mask (:meth:`unzeroed`); None: no such product."""
+        import torch
+
+        for s, m in ((u, v), (v, u)):
+            value = getattr(m, "value", None)
+            if isinstance(s, Scores) and isinstance(m, Conc) and isinstance(value, torch.Tensor) \
+                    and value.is_floating_point() and bool(((value == 0) | (value == 1)).all()):
+                return Zeroed(s, value.bool())
+        return None
+
+    def unzeroed(self, node, z: Zeroed, add: Conc, alpha) -> Scores:
+        """``w * b + c * (1 - b)`` with c <= -1e4: the logits with a large negative at every
+        dropped entry and unchanged at every kept one, i.e. the mask ``b`` applied as sdpa's
+        boolean mask (exp(-1e4) is 0 in float32); then the causal mask or one keeping every key
+        (_masked), anything else refused."""
+        import torch
+
+        value = getattr(add, "value", None)
+        if isinstance(value, torch.Tensor):
+            keep, value = torch.broadcast_tensors(z.keep, alpha * value)
+            if bool((value[keep] == 0).all()) and bool((value[~keep] <= -1e4).all()):
+                return self._masked(node, z.scores, z.keep, additive=True)
+        raise refuse(node, "attention logits times a 0/1 mask, plus anything but a large "
+                     "negative (-1e4 or less) at every entry the mask drops and 0 at the rest",
+                     help="mask the logits with sdpa's is_causal=True, masked_fill with a "
+                     "boolean mask, or w * b + -1e4 * (1 - b) as OpenAI GPT does")
+
     def op_masked_fill(self, node, s, mask, value):
         if not isinstance(s, Scores) or not isinstance(mask, Conc) or value > -1e4:
             raise refuse(node, "masked_fill outside attention's causal mask")
@@ -95,9 +122,7 @@ class AttentionOps:
     def mix(self, node, p: Probs, v: Vec) -> Vec:
         q = p.scores.q
         self.grouped(node, q, v, "values")
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = mix({p.name}, {v.name})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
         return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
@@ -125,7 +150,7 @@ class AttentionOps:
 
     def op_expand(self, node, v, sizes, *rest):
         if isinstance(v, PRef):  # cls.expand(B, 1, n): a class token (ops_encoder)
-            raise self.param_as_token(node, v)
+            return self.param_as_token(node, v)
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
         if not isinstance(v, KVRepeat) or v.group is not None or len(new) != len(old) or any(

@@ -161,25 +161,27 @@ class ConvOps:
         [1, T, n]): row t added to token t is a lookup of position t, ``P @ pos`` (as an
         embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
         seq = getattr(self, "tokens_seq", None)
-        if ref.shape[0] != 1 or ref.shape[1] != seq or ref.t or ref.rows:
+        # the input's T, or a sequence made longer by learned tokens (a class token's T1)
+        over = self.sequences().get(ref.shape[1])
+        if ref.shape[0] != 1 or over is None or ref.t or ref.rows:
             raise refuse(
                 node,
                 f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
-                f"positions is [1, T, n] with T the {seq} tokens of the input)",
-                help="add a position table of one row per token of the input (a class token "
-                "prepended to the patches is not traced yet)",
+                f"positions is [1, T, n] with T the {seq} tokens of the input, and any learned "
+                "tokens put before them)",
+                help="add a position table of one row per token of the sequence",
             )
-        table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in="T")
-        self.positions = seq
+        if over != "T":  # the positions of the longer sequence (trace.py declares T's)
+            self.out.decls.append(f"input pos : positions[{over}]")
+        table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in=over)
+        self.positions = ref.shape[1]
         name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed
         self.out.stmts.append(f"{name} = {table} @ pos")
         self.out.producers[name] = (table, None)
         return Vec(name, ("tok", "tok", "F"), ref.shape[2])
 
     def _emit(self, node, expr: str, dim: int, tags) -> Vec:
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, expr)
         return Vec(name, tags, dim)
 
     # -- batch norm ----------------------------------------------------------------------------

@@ -1,20 +1,23 @@
 """Encoders: one token's vector read out of the sequence (``h[:, 0]``: BERT's pooler, a ViT's
 classification head), traced as the language's ``first(h)``; segment ids given as an input, a
-token input of the program of their own; and a param used as a token of the sequence (a
-learned class token), refused with how to write it."""
+token input of the program of their own; and learned tokens put before the sequence (a ViT's
+class token, ``torch.cat([cls.expand(B, -1, -1), h], dim=1)``), the language's ``prepend``."""
 
 from __future__ import annotations
 
-from .values import Given, PRef, Vec
+from .values import Given, PRef, TokenParam, Vec
 from .where import refuse
+
+_TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
+               "a param [1, 1, n] and h the (batch, tokens, features) embeddings")
 
 _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
                "the per-token layers; the language has no other token's vector")
 
 
 class EncoderOps:
-    """``h[:, 0]`` as ``first(h)``; segment ids as a token input; a param prepended to the
-    sequence, refused."""
+    """``h[:, 0]`` as ``first(h)``; segment ids as a token input; learned tokens prepended to
+    the sequence as ``prepend``."""
 
     def first_token(self, node, v, dim, index) -> Vec:
         """``h[:, 0]`` (``select`` of the sequence axis at 0) of a per-token vector: the first
@@ -23,7 +26,7 @@ class EncoderOps:
         after it is what its own dims make it (the classifier reading n coordinates into a few
         classes, an output weight). The sequence axis is the one before the features, as in the
         (batch, tokens) ids the model is traced on."""
-        tags = self._tags(v)
+        tags = self._tags(v, node)
         ndim = len(tags)
         if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
                 and dim % ndim == 1 and self.tokens_seq is not None):
@@ -34,9 +37,7 @@ class EncoderOps:
             raise refuse(node, f"reading token {index} of the sequence (the language reads the "
                          "first token only, first(h))", help=_FIRST_HELP)
         x = self.vec(v, node)
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = first({x.name})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"first({x.name})")
         return Vec(name, ("tok", "F"), x.dim)
 
     def ids_lookup(self, node, w: PRef, idx: Given) -> Vec:
@@ -54,22 +55,55 @@ class EncoderOps:
         src = self.id_inputs[idx.input]
         table, _ = self.param(w, node, lookup=True)
         self.out.ids[src] = w.shape[0]
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {table} @ {src}")
-        self.out.vectors[name] = (node.name, "out")
-        self.out.producers[name] = (table, None)
+        name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 
-    def param_as_token(self, node, v: PRef):
-        """A param broadcast over the batch (``cls.expand(B, 1, n)``), to be put among the
-        tokens (a ViT's or a classifier's learned class token): the language's sequences are
-        the token input's, so no value can add a token to them."""
-        return refuse(
-            node,
-            f"a param ({v.target.removeprefix('m.')}) expanded over the batch, used as a token "
-            "of the sequence (a learned class token prepended with torch.cat): the language's "
-            "tokens come from the token input only",
-            help="make the class token a token id: give the token embedding one more row and "
-            "prepend its id to the input ids (the same network, and the row gets an "
-            "embedding's µP, init and LR Θ(1), as the class token's would be)",
-        )
+    def param_as_token(self, node, v: PRef) -> TokenParam:
+        """A param [1, 1, n] broadcast over the batch (``cls.expand(B, -1, -1)``; CLIP's [n]
+        as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
+        before the tokens (prepend_tokens). Any other param expanded is refused."""
+        out = tuple(node.meta["val"].shape)
+        if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1]) or v.t or v.rows \
+                or v.offset or len(out) != 3 or out[1:] != (1, v.shape[-1]):
+            raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
+                         f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
+                         "[1, 1, n] expanded over the batch alone)", help=_TOKEN_HELP)
+        return TokenParam(v)
+
+    def prepend_tokens(self, node, tensors, dim) -> Vec:
+        """``torch.cat([cls.expand(B, -1, -1), ..., h], dim=1)``: learned tokens before the
+        tokens of the per-token vector h (a ViT's class token, DeiT's class and distillation
+        tokens), ``prepend(cls, h, T1)``, one a token. The longer sequence is a dim of its own,
+        ``T1`` (``T2`` for two tokens), which a position table added after it runs over."""
+        *tokens, x = tensors
+        seq_axis = isinstance(dim, int) and dim % 3 == 1
+        if not tokens or not seq_axis or not all(isinstance(t, TokenParam) for t in tokens) \
+                or isinstance(x, TokenParam) or self.tokens_seq is None:
+            raise refuse(node, "a concatenation of learned tokens other than before the tokens "
+                         "of a (batch, tokens, features) vector", help=_TOKEN_HELP)
+        x = self.vec(x, node)
+        length = tuple(node.args[0][-1].meta["val"].shape)[1]
+        if x.tags != ("tok", "tok", "F") or length not in self.sequences():
+            raise refuse(node, "learned tokens put before a value that is not a vector per token "
+                         "of the input's sequence", help=_TOKEN_HELP)
+        for k, token in enumerate(reversed(tokens)):
+            length += 1
+            seq = self.sequences().get(length)
+            if seq is None:  # the longer sequence: declared once, T + the tokens before it
+                seq = f"T{length - self.tokens_seq}"
+                self.names.add(seq)
+                self.out.decls.append(f"dim {seq} = {length}")
+                self.prepended[length] = seq
+            param = self.vector_param(PRef(token.ref.target, token.ref.shape[-1:]), node)
+            last = k == len(tokens) - 1
+            name = self.fresh(node.name if last else f"{node.name}_{seq}")
+            self.out.stmts.append(f"{name} = prepend({param}, {x.name}, {seq})")
+            if last:
+                self.out.vectors[name] = (node.name, "out")
+            x = Vec(name, x.tags, x.dim)
+        return x
+
+    def sequences(self) -> dict[int, str]:
+        """The sequences a value may run over, by length: the input's T, and each made longer
+        by learned tokens (prepend_tokens)."""
+        return {self.tokens_seq: "T", **self.prepended} if self.tokens_seq else {}

@@ -11,23 +11,20 @@ import dataclasses
 import math
 
 from .values import Affine, Parts, Scores, Vec
+from .where import op_name
 
 _SPLITS = ("chunk", "split", "split_with_sizes", "slice")
 
 
-def _op(user) -> str:
-    return getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
-
-
 def _dim(user, default) -> int:
     """The axis an op acts on: after its sizes for a split or chunk, else its first argument."""
-    at = 2 if _op(user) in ("chunk", "split", "split_with_sizes") else 1
+    at = 2 if op_name(user) in ("chunk", "split", "split_with_sizes") else 1
     return user.args[at] if len(user.args) > at else user.kwargs.get("dim", default)
 
 
 def _parts(user) -> list:
     """The nodes a split gives: a slice itself, or a chunk's or a split's items."""
-    return [user] if _op(user) == "slice" else list(user.users)
+    return [user] if op_name(user) == "slice" else list(user.users)
 
 
 def _covers(slices, size: int) -> bool:
@@ -50,18 +47,18 @@ def _split_last(node, ndim: int) -> bool:
     if not node.users:
         return False
     slices = [(u.args[2] if len(u.args) > 2 else None, u.args[3] if len(u.args) > 3 else None)
-              for u in node.users if _op(u) == "slice"]
+              for u in node.users if op_name(u) == "slice"]
     if slices and not _covers(slices, node.meta["val"].shape[-1]):
         return False  # a part of each head (x[..., :2]): no layout of whole blocks
     for user in node.users:
-        op = _op(user)
+        op = op_name(user)
         if op == "transpose":
             axes = [d % ndim for d in user.args[1:3]]
             if ndim - 1 in axes or not _split_last(user, ndim):
                 return False
         elif op not in _SPLITS or not isinstance(_dim(user, 0), int) or (
             _dim(user, 0) % ndim != ndim - 1
-        ) or any(_op(u) == "cat" for part in _parts(user) for u in part.users):
+        ) or any(op_name(u) == "cat" for part in _parts(user) for u in part.users):
             return False
     return True
 
@@ -70,7 +67,7 @@ def _split_heads(node, ndim: int) -> bool:
     """Every use of ``node`` splits its heads axis (Falcon's multi-query ``split([H, 1, 1],
     dim=-2)``: the query's heads, then one key and one value head)."""
     return bool(node.users) and all(
-        _op(u) in ("split", "split_with_sizes") and isinstance(_dim(u, 0), int)
+        op_name(u) in ("split", "split_with_sizes") and isinstance(_dim(u, 0), int)
         and _dim(u, 0) % ndim == ndim - 2
         for u in node.users
     )
@@ -79,7 +76,7 @@ def _split_heads(node, ndim: int) -> bool:
 def _select_blocks(node, ndim: int) -> bool:
     """Every use of ``node`` indexes the axis before the last (``fused[..., 0, :]``)."""
     return bool(node.users) and all(
-        _op(u) == "select" and isinstance(_dim(u, 0), int) and _dim(u, 0) % ndim == ndim - 2
+        op_name(u) == "select" and isinstance(_dim(u, 0), int) and _dim(u, 0) % ndim == ndim - 2
         for u in node.users
     )
 
@@ -133,7 +130,7 @@ class FusedHeadOps:
         ndim = len(node.meta["val"].shape)
         if not (isinstance(v, Affine) and v.dh is None and v.tags == ("tok", "tok", "F")
                 and v.w.rows is None and dim % ndim == 1 and node.users and all(
-                    _op(u) in ("split", "split_with_sizes") and _dim(u, 0) % ndim == ndim - 1
+                    op_name(u) in ("split", "split_with_sizes") and _dim(u, 0) % ndim == ndim - 1
                     for u in node.users)):
             return None
         size = v.w.shape[1] if v.w.t else v.w.shape[0]

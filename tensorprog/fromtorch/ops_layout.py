@@ -6,8 +6,24 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
-from .values import Affine, Aux, Conc, KVRepeat, PairStack, Parts, Pointwise, PRef, Scores, Sub, Vec
-from .where import refuse
+from .values import (
+    Affine,
+    Aux,
+    Conc,
+    KVRepeat,
+    PairStack,
+    Parts,
+    Pointwise,
+    PRef,
+    Probs,
+    Scores,
+    Sub,
+    Vec,
+)
+from .where import op_name, refuse
+
+_PROBS_HELP = ("keep the attention weights' last two axes (queries, keys) as they are and "
+               "matmul them with the values (or use F.scaled_dot_product_attention)")
 
 
 class LayoutOps:
@@ -27,8 +43,10 @@ class LayoutOps:
         self._whole(node, v)
         if is_image(v):  # a pooled image flattened (ops_conv.py)
             return self.image_view(node, v)
-        tags = self._tags(v)
         old = self._shape(node.args[0])
+        if isinstance(v, Probs):  # DeBERTa's: probs.view(b * H, t, t), then bmm with the values
+            return self._probs_view(node, v, old, shape)
+        tags = self._tags(v, node)
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
             groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
@@ -57,6 +75,17 @@ class LayoutOps:
             return v
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
+    def _probs_view(self, node, p: Probs, old, shape) -> Probs:
+        """Attention weights with their batch and heads axes merged into one or split back
+        (as their logits may be: ops_heads.merged_heads): the same weights, laid out as the
+        values they then mix; any other view of them refused."""
+        s = self.merged_heads(old, shape, p.scores)
+        if s is None:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of attention weights "
+                         "(only one that merges or splits their batch and heads axes is "
+                         "traced)", help=_PROBS_HELP)
+        return Probs(s, p.name)
+
     def _groups(self, node, v, old, shape) -> Parts | None:
         """A linear layer's output viewed as (..., k, m) and only ever unbound or indexed along
         the k axis (``qkv.view(b, t, 3, c).unbind(2)``): k row blocks of m features, as a
@@ -67,7 +96,7 @@ class LayoutOps:
         axis = len(shape) - 2
 
         def along_k(user) -> bool:
-            op = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+            op = op_name(user)
             dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
             return op in ("unbind", "select") and isinstance(dim, int) and dim % len(shape) == axis
 
@@ -101,8 +130,21 @@ class LayoutOps:
     def _shape(self, a):
         return tuple(a.meta["val"].shape)
 
-    def _tags(self, v):
-        return v.tags if hasattr(v, "tags") else v.src.tags
+    def _tags(self, v, node=None):
+        """Each torch axis's tag of a per-token value; a value without them refused at ``node``
+        with its op: attention weights (only a view of their batch and heads axes and their
+        matmul with the values are traced), a param, ..."""
+        tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+        if tags is None:
+            if node is None:  # the callers without a node check the value's type first
+                raise AssertionError(v)
+            op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", node.target)
+            if isinstance(v, Probs):
+                raise refuse(node, f"a {op} of attention weights (only a view that merges or "
+                             "splits their batch and heads axes, and their matmul with the "
+                             "values, are traced)", help=_PROBS_HELP)
+            raise refuse(node, f"a {op} of a {type(v).__name__} value")
+        return tags
 
     def _retag(self, v, tags):
         if isinstance(v, Pointwise):
@@ -115,7 +157,7 @@ class LayoutOps:
         if isinstance(v, PRef):
             return PRef(v.target, v.shape, not v.t, v.rows)
         self._whole(node, v)
-        tags = list(self._tags(v))
+        tags = list(self._tags(v, node))
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
@@ -133,7 +175,7 @@ class LayoutOps:
         if isinstance(v, PRef) and len(dims) == 2:
             return self.op_t(node, v)
         self._whole(node, v)
-        tags = self._tags(v)
+        tags = self._tags(v, node)
         return self._retag(self.vec(v, node), tuple(tags[d] for d in dims))
 
     def op_split(self, node, v, size, dim=-1):
@@ -213,7 +255,7 @@ class LayoutOps:
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
-        if "H" in self._tags(v):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
+        if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
         if one is not None:

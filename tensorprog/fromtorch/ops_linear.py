@@ -30,8 +30,11 @@ class LinearOps:
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
             # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
             # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
-            # unread rows never move
-            table, _ = self.param(w, node, lookup=True, fan_in="T")
+            # unread rows never move; over T1 after a learned token (CLIP's, ops_encoder.py)
+            seq = self.sequences()[int(idx.value.shape[-1])]
+            if seq != "T":  # (trace.py declares T's positions)
+                self.out.decls.append(f"input pos : positions[{seq}]")
+            table, _ = self.param(w, node, lookup=True, fan_in=seq)
             self.positions = int(idx.value.shape[-1])
             src, tags = "pos", ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
@@ -50,10 +53,7 @@ class LinearOps:
                 "ids that vary otherwise are traced only as an input of the forward (segments: "
                 "token_type_ids=)",
             )
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {table} @ {src}")
-        self.out.vectors[name] = (node.name, "out")
-        self.out.producers[name] = (table, None)
+        name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
 
     @staticmethod
@@ -81,16 +81,14 @@ class LinearOps:
             init = self.base.get(w.target, ("normal", 1.0))
             tail = f" = {init[1]:g}" if init[0] == "const" else ""
             self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}")
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {param}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, param)
         return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
 
     def _is_positions(self, value) -> bool:
         import torch
 
         t = value.shape[-1]
-        if value.numel() == 0 or value.dtype.is_floating_point or t != self.tokens_seq:
+        if value.numel() == 0 or value.dtype.is_floating_point or t not in self.sequences():
             return False
         first = value.flatten()[0]  # an offset: positions k..k+T-1 (OPT's learned positions)
         return bool(first >= 0) and bool((value == torch.arange(t) + first).all())

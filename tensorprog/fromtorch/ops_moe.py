@@ -41,7 +41,7 @@ from .routing import (
     TopW,
 )
 from .values import Affine, Conc, Parts, Pointwise, PRef, Vec
-from .where import refuse, user_span
+from .where import CHECK_OPS, op_name, refuse, user_span
 
 _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 3-D params, "
          "are applied by a grouped matmul over the tokens sorted by expert or a batched matmul "
@@ -50,17 +50,11 @@ _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 
          "g = softmax(R @ h), then route_norm(g, k, y1, ..., yE) over expert MLPs "
          "(examples/moe.tp)")
 _IDENTITY = {"to", "_to_copy", "contiguous", "clone", "alias", "type_as", "detach_copy"}
-_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
 # division by 0 (DeepSeek's 1e-20): larger, it changes the weights, which route_norm would not say
 _TINY = 1e-6
-
-
-def _op(node) -> str:
-    packet = getattr(node.target, "_overloadpacket", None)
-    return packet.__name__ if packet is not None else getattr(node.target, "__name__", "")
 
 
 def _flat(args, kwargs) -> list:
@@ -78,10 +72,10 @@ def _feeds_topk(node) -> bool:
         if user in seen:
             continue
         seen.add(user)
-        op = _op(user)
+        op = op_name(user)
         if op == "topk":
             return True
-        if op in _IDENTITY | _CHECKS:
+        if op in _IDENTITY | CHECK_OPS:
             todo += list(user.users)
     return False
 
@@ -106,7 +100,7 @@ class MoEOps:
     def call(self, node):
         if node.target is not operator.getitem:
             args, kwargs = self.args(node)
-            op = _op(node)
+            op = op_name(node)
             flat = _flat(args, kwargs)
             if any(isinstance(x, ROUTED) for x in flat):
                 return self._routed(node, op, args, kwargs)
@@ -151,9 +145,7 @@ class MoEOps:
         if isinstance(x, (Vec, Affine, Pointwise)):
             x = self.vec(x, node)
             if dim in (-1, len(x.tags) - 1) and x.tags[-1] == "F":
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = {fn}({x.name})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"{fn}({x.name})")
                 return Vec(name, x.tags, x.dim)
         raise refuse(node, f"a {fn} of a router's scores that is not over the last axis of a "
                      "per-token vector", help=_HELP)
@@ -172,9 +164,7 @@ class MoEOps:
                 continue
             g, y = self.vec(g, node), self.vec(y, node)
             if g.tags[-1] == "F" and y.tags[-1] == "F" and g.dim == 1:
-                name = self.fresh(node.name)
-                self.out.stmts.append(f"{name} = route({g.name}, 1, {y.name})")
-                self.out.vectors[name] = (node.name, "out")
+                name = self.emit_vector(node.name, f"route({g.name}, 1, {y.name})")
                 return Vec(name, y.tags, y.dim)
         return None
 
@@ -198,7 +188,7 @@ class MoEOps:
 
     # -- the dispatch ----------------------------------------------------------------------------
     def _routed(self, node, op: str, args, kwargs):
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         if op in _IDENTITY:
             return args[0]
@@ -440,14 +430,12 @@ class MoEOps:
             raise refuse(node, "the k largest of a router's scores divided by their sum, "
                          "scores that are neither a softmax nor a sigmoid (they may cancel)",
                          help=_HELP)
-        name = self.fresh(node.name)
         fn = "route_norm" if w.norm else "route"
         # selected by other scores (ops_select.py): the same exponents, said on the line
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
             if w.chosen else ""
-        self.out.stmts.append(
-            f"{name} = {fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)}){why}")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(
+            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)}){why}")
         out = Vec(name, ys[0].tags, ys[0].dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output
             return Pointwise(out, lambda t, c=w.factor: c * t, node.name)

@@ -98,9 +98,7 @@ class NormOps:
         return None
 
     def _hand_norm(self, node, fn: str, x: Vec) -> Vec:
-        name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = {fn}({self.norm_args(x)})")
-        self.out.vectors[name] = (node.name, "out")
+        name = self.emit_vector(node.name, f"{fn}({self.norm_args(x)})")
         return Vec(name, x.tags, x.dim, x.dh)
 
     def op_sqrt(self, node, x):

@@ -27,7 +27,7 @@ from .values import (
     identify_power,
     identify_scaled,
 )
-from .where import refuse
+from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
@@ -41,7 +41,7 @@ class PointwiseOps:
         if isinstance(x, PRef):
             raise refuse(
                 node,
-                f"{_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
+                f"{op_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
                 "language's params enter the program as they are, so a param transformed "
                 "before its use (Mamba's A = -exp(A_log), xIELU's softplus(alpha)) has no "
                 "place in it",
@@ -84,13 +84,9 @@ class PointwiseOps:
         """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``;
         the engine's rule for tanh (bounded, Θ(1) slope at 0) of a multiple of src."""
         key = (v.node, fn, s, round(c, 12))
-        if key not in self._made:
-            coef = self.coefficient(c, self.by_name.get(v.node, node), "")
-            name = self.fresh(v.node)
-            self.out.stmts.append(f"{name} = {coef} * {fn}({v.src.name} / {s!r})")
-            self.out.vectors[name] = (v.node, "out")
-            self.out.coefs[len(self.out.slots) - 1]["out"] = name
-            self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+        if key not in self._made:  # a slot even at c = 1: the form is always c * tanh(x / s)
+            self._made[key] = self.emit_times(v, node, c, f"{fn}({v.src.name} / {s!r})",
+                                              slot=True)
         return self._made[key]
 
     def emit_power(self, v: Pointwise, node, fn: str, c: float, k: int) -> Vec:
@@ -104,15 +100,7 @@ class PointwiseOps:
         if fn != "identity":
             base = self.fresh(f"{v.node}_{fn}")
             self.out.stmts.append(f"{base} = {fn}({src.name})")
-        expr = " * ".join([base] * k)
-        if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
-            expr = f"{self.coefficient(c, self.by_name.get(v.node, node), '')} * {expr}"
-        name = self.fresh(v.node)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (v.node, "out")
-        if abs(c - 1) > 1e-9:
-            self.out.coefs[len(self.out.slots) - 1]["out"] = name
-        self._made[key] = Vec(name, src.tags, src.dim, src.dh)
+        self._made[key] = self.emit_times(v, node, c, " * ".join([base] * k))
         return self._made[key]
 
     def token_mask(self, node, u, v):
@@ -168,8 +156,3 @@ class PointwiseOps:
                 return v
         raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
                      "per-token vector over the batch")
-
-
-def _name(node) -> str:
-    packet = getattr(node.target, "_overloadpacket", None)
-    return packet.__name__ if packet is not None else str(node.target)

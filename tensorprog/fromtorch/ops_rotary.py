@@ -18,7 +18,7 @@ from slices, concatenations, stacks or cos/sin tables is refused.
 
 from __future__ import annotations
 
-from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, Trig, Vec
+from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, TokenParam, Trig, Vec
 from .where import refuse
 
 
@@ -57,6 +57,12 @@ class RotaryOps:
             off = v.lo if isinstance(v, Sub) else 0
             if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
+        if src.tags == ("tok", "tok", "F") and dim % 3 == 1:  # h[:, 1:]: tokens, not features
+            raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
+                         "(such as the patch tokens after a class token, h[:, 1:]): the "
+                         "language reads one token, the first (first(h)), or every token",
+                         help="read the class token, h[:, 0]; a head on a mean of the patch "
+                         "tokens has no form in the language")
         raise refuse(
             node,
             "a slice of a vector's coordinates (other than a fused layer's output features, "
@@ -69,6 +75,8 @@ class RotaryOps:
                    if not (isinstance(t, (Conc, Aux)) and _empty(a))]
         if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
             return tensors[0]
+        if any(isinstance(t, TokenParam) for t in tensors):  # a class token (ops_encoder.py)
+            return self.prepend_tokens(node, tensors, dim)
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty

@@ -142,9 +142,7 @@ class SelectOps:
         the sigmoid's k entries, so the gates are ``sigmoid(logits)``, selected by the ids."""
         if isinstance(v, TopW) and v.chosen and not (v.flat or v.norm or v.picked) \
                 and v.factor == 1 and not self._producer(v.gates.name):
-            name = self.fresh(node.name)
-            self.out.stmts.append(f"{name} = sigmoid({v.gates.name})")
-            self.out.vectors[name] = (node.name, "out")
+            name = self.emit_vector(node.name, f"sigmoid({v.gates.name})")
             gates = Vec(name, v.gates.tags, v.gates.dim)
             return TopW(gates, v.k, picked=v.gates.name, chosen=True)
         return None

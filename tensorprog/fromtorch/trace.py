@@ -447,16 +447,18 @@ def _grouping(name: str, u1, u2, widths):
 
 
 def _scalar_buffers(build, width: int, model) -> dict:
-    """The one-entry float buffers of the model (a constant the build computed from the width,
-    as HF Gemma's embed_scale) and its integer buffers (ids the model makes itself: HF's
-    ``position_ids``, an arange, and ``token_type_ids``, zeros), read from one build on the CPU:
-    on the meta device they have no value. Keyed by the exported graph's names."""
+    """The float buffers of the model (one entry: a constant the build computed from the width,
+    as HF Gemma's embed_scale; 0s and 1s: a mask, OpenAI GPT's) and its integer buffers (ids the
+    model makes itself: HF's ``position_ids``, an arange, and ``token_type_ids``, zeros), read
+    from one build on the CPU: on the meta device they have no value. Keyed by the exported
+    graph's names."""
     import torch
 
+    # every float buffer: one that holds 0s and 1s is a mask the walk reads (OpenAI GPT's)
     names = [
         n
         for n, b in model.named_buffers()
-        if (b.numel() == 1 and b.is_floating_point()) or b.dtype in (torch.int64, torch.int32)
+        if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
     ]
     if not names:
         return {}
@@ -602,7 +604,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines.append(f"dim T = {seq}")
     for name, rows in t1.ids.items():  # segment ids: token inputs of their own vocabulary
         lines += [f"dim V_{name} = {rows}", f"input {name} : tokens[T, V_{name}]"]
-    if any(" @ pos" in s for s in t1.stmts):
+    if any(" @ pos" in s for s in t1.stmts) and not any(
+            d.startswith("input pos :") for d in t1.decls):  # (positions over T1: declared)
         lines.append("input pos : positions[T]")
     lines += body
     lines += [f"output {o}" for o in t1.outputs]

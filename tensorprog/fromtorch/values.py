@@ -57,6 +57,14 @@ class KVRepeat:
 
 
 @dataclass
+class TokenParam:
+    """A param [1, 1, n] (or [n]) expanded over the batch (``cls.expand(B, -1, -1)``): one token
+    per sequence, which ``torch.cat`` puts before the tokens (ops_encoder.py)."""
+
+    ref: PRef
+
+
+@dataclass
 class Tok:
     tags: tuple
 
@@ -80,6 +88,8 @@ class Given(Conc):
 @dataclass
 class Aux:
     """A value free of params whose entries are unknown here (from a buffer)."""
+
+    buffer: str = ""  # the model's name of the buffer it is read from, where one is known
 
 
 @dataclass
@@ -148,6 +158,16 @@ class Scores:
     # a coordinatewise function of them and the node that finishes it: Gemma 2's soft-cap
     # c * tanh(logits / c), the logits' factor holding the 1 / c (ops_pointwise.py)
     cap: tuple[Callable, str] | None = None
+
+
+@dataclass
+class Zeroed:
+    """Attention logits times a 0/1 mask that keeps the causal entries (OpenAI GPT's ``w * b``,
+    ``b`` a buffer of ones on and below the diagonal): the dropped entries are 0, not -inf, until
+    the ``+ -1e4 * (1 - b)`` that completes the causal mask; any other use is refused."""
+
+    scores: Scores
+    keep: object  # the bool mask of the entries kept
 
 
 @dataclass

@@ -34,9 +34,10 @@ from .values import (
     Trace,
     Trig,
     Vec,
+    Zeroed,
     identify,
 )
-from .where import module_of, refuse, strip_prefix, user_span
+from .where import CHECK_OPS, module_of, op_name, refuse, strip_prefix, user_span
 
 _RESERVED = {
     "width",
@@ -93,15 +94,10 @@ SYMBOLIC = (
     Centered,
     Strided,
     PairStack,
+    Zeroed,
 )
 
 
-def _op_name(node) -> str:
-    op = getattr(node.target, "_overloadpacket", None)
-    return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
-
-
-_CHECKS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"}
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
 
 
@@ -118,6 +114,7 @@ class Walker:
         self.declared_params: set[str] = set()
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
+        self.prepended: dict[int, str] = {}  # longer sequences of learned tokens (ops_encoder)
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
         # names and values on the CPU, constants of the trace as the masks computed from the
         # ids are
@@ -192,6 +189,18 @@ class Walker:
         return name
 
     # -- materialising lazy values ------------------------------------------------------------
+    def emit_vector(self, node_name: str, expr: str, producer: tuple | None = None) -> str:
+        """The statement ``name = expr`` of a fresh name, recorded as the program vector that
+        stands for torch node ``node_name``'s value (what check compares at both widths), and
+        with ``producer``, the (weight, bias) of the ``W @ x + b`` it is (a multiplier on it
+        folds into them); returns the name."""
+        name = self.fresh(node_name)
+        self.out.stmts.append(f"{name} = {expr}")
+        self.out.vectors[name] = (node_name, "out")
+        if producer is not None:
+            self.out.producers[name] = producer
+        return name
+
     def vec(self, v, node) -> Vec:
         if isinstance(v, Vec):
             return v
@@ -218,20 +227,12 @@ class Walker:
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
-                if abs(c - 1) > 1e-9:  # a slot: the coefficient may change with the width
-                    at = self.by_name.get(v.node, node)  # the line that multiplies
-                    expr = f"{self.coefficient(c, at, v.src.name if fn == 'identity' else '')}"\
-                        f" * {expr}"
-                name = self.fresh(v.node)
-                self.out.stmts.append(f"{name} = {expr}")
-                self.out.vectors[name] = (v.node, "out")
-                if abs(c - 1) > 1e-9:
-                    self.out.coefs[len(self.out.slots) - 1]["out"] = name
+                made = self.emit_times(v, node, c, expr, v.src.name if fn == "identity" else "")
                 if fn == "identity" and v.src.name in self.out.producers:
                     # c * (W @ x + b) is linear in W and b too: a multiplier on it (attention's
                     # scale on a query written q * dh ** -0.5) folds into them as well
-                    self.out.producers[name] = self.out.producers[v.src.name]
-                self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+                    self.out.producers[made.name] = self.out.producers[v.src.name]
+                self._made[key] = made
             return self._made[key]
         if isinstance(v, Probs):
             raise refuse(
@@ -247,6 +248,23 @@ class Walker:
         self.out.slots.append(("coef", c))
         self.out.coefs[len(self.out.slots) - 1] = {"x": src, "span": user_span(node)}
         return f"{{s{len(self.out.slots) - 1}}}"
+
+    def emit_times(self, v: Pointwise, node, c: float, expr: str, src: str = "",
+                   slot: bool | None = None) -> Vec:
+        """The vector ``c * expr`` of the lazy value ``v`` (of v's source's shape): c is a
+        coefficient slot at the line that multiplies (it may change with the width), whose
+        "out" is this vector, so check can read what it multiplies there; ``src``: the vector c
+        multiplies, empty under a function (coefficient). No slot where c is 1, unless
+        ``slot``."""
+        if slot is None:
+            slot = abs(c - 1) > 1e-9
+        if slot:
+            expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
+            index = len(self.out.slots) - 1
+        name = self.emit_vector(v.node, expr)
+        if slot:
+            self.out.coefs[index]["out"] = name
+        return Vec(name, v.src.tags, v.src.dim, v.src.dh)
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
         w, trans = self.param(a.w, self._node(a.layer or a.node))
@@ -269,11 +287,7 @@ class Walker:
         bias = self.vector_param(a.b, self._node(a.layer or a.node)) if a.b is not None else None
         if bias:
             expr += f" + {bias}"
-        name = self.fresh(node_name)
-        self.out.stmts.append(f"{name} = {expr}")
-        self.out.vectors[name] = (node_name, "out")
-        self.out.producers[name] = (w, bias)
-        return Vec(name, a.tags, dim)
+        return Vec(self.emit_vector(node_name, expr, (w, bias)), a.tags, dim)
 
     def _node(self, name):
         return self.by_name[name]
@@ -302,6 +316,10 @@ class Walker:
                     # token_type_ids, zeros): known constants, so a lookup of them is read as
                     # positions or as one row of its table (ops_linear.py)
                     self.env[node.name] = Conc(self._ids(spec.target))
+                elif spec.kind.name == "BUFFER" and self._mask(spec.target) is not None:
+                    # a 0/1 float mask the model holds (OpenAI GPT's causal "bias"): a known
+                    # constant, so a product of the logits with it is read (ops_attention.py)
+                    self.env[node.name] = Conc(self._mask(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -320,8 +338,9 @@ class Walker:
                         )
                     self.env[node.name] = Tok(("tok",) * val.dim())
                     self.tokens_seq = int(val.shape[-1])
-                else:
-                    self.env[node.name] = Aux()
+                else:  # a buffer of several floats (a mask, a table): named by a refusal
+                    buffer = spec.kind.name == "BUFFER" and strip_prefix(spec.target)
+                    self.env[node.name] = Aux(buffer or "")
             elif node.op == "call_function":
                 value = self.call(node)
                 if isinstance(value, Pointwise):
@@ -361,6 +380,17 @@ class Walker:
         ok = value is not None and value.dtype in (torch.int64, torch.int32)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
+    def _mask(self, target):
+        """A float buffer of 0s and 1s (a mask): given (read from a CPU build, trace.py), or the
+        graph's own where it was exported with real tensors; None for any other buffer."""
+        value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
+        if value is None or not value.is_floating_point() or value.device.type == "meta":
+            return None
+        value = value.detach().cpu()
+        return value if bool(((value == 0) | (value == 1)).all()) else None
+
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)
         return value is not None and value.numel() == 1 and value.is_floating_point()
@@ -386,7 +416,7 @@ class Walker:
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
             raise refuse(node, "indexing a traced value")
-        op = _op_name(node)
+        op = op_name(node)
         flat = [
             x
             for a in list(args) + list(kwargs.values())
@@ -404,7 +434,7 @@ class Walker:
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         method = getattr(self, f"op_{op}", None)
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
@@ -442,7 +472,7 @@ class Walker:
         target = node.args[0] if node.args else None
         # a use that reads only x's shape (``m.expand_as(x)``, XLM's mask) sees no update
         users = {u for u in getattr(target, "users", ()) if not (
-            _op_name(u) == "expand_as" and u.args[0] is not target)}
+            op_name(u) == "expand_as" and u.args[0] is not target)}
         if getattr(target, "op", None) != "call_function" or users != {node}:
             raise refuse(
                 node,
@@ -463,8 +493,8 @@ class Walker:
         trig = self._trig(node, args, flat)
         if trig is not False:
             return trig
-        if any(isinstance(x, Aux) for x in flat):
-            return Aux()
+        if any(isinstance(x, Aux) for x in flat):  # named after a buffer it reads
+            return next((x for x in flat if isinstance(x, Aux) and x.buffer), Aux())
 
         def val(a):
             if isinstance(a, Conc):
@@ -478,22 +508,26 @@ class Walker:
             return a
 
         try:
-            return Conc(
-                node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
-            )
+            # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
+            # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
+            # subgraph, leaves it off for the whole process (every later backward then fails)
+            with torch.set_grad_enabled(torch.is_grad_enabled()):
+                return Conc(
+                    node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+                )
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
 
     def _trig(self, node, args, flat):
         """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
         False when the node is no such thing."""
-        op = _op_name(node)
+        op = op_name(node)
         if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
             return Trig(op, node.args[0].name)
         tables = [x for x in flat if isinstance(x, Trig)]
         if not tables:
             return False
-        if op in _CHECKS:
+        if op in CHECK_OPS:
             return None
         others = [x for x in flat if isinstance(x, (Aux, Conc))]
         carried = op in _TRIG_CARRIERS or (op == "mul" and 1 in flat)  # 1.0 == 1

@@ -1,4 +1,5 @@
-"""Where a graph node comes from: the user's source line and module, for positioned errors."""
+"""Where a graph node comes from: the user's source line and module, for positioned errors; and
+which op it calls."""
 
 from __future__ import annotations
 
@@ -78,6 +79,18 @@ def refuse(node, what: str, help: str | None = None) -> TraceError:
         or "the Tensor Program language has no such op; rewrite this part "
         "with supported ops (docs/torch.md lists them)",
     )
+
+
+# export's runtime checks (of a tensor's metadata, of a symbolic size): ops that compute no value
+# of the model, skipped wherever they read a traced value
+CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
+
+
+def op_name(node) -> str:
+    """The name of the op a graph node calls: its aten op's (``mm`` for ``aten.mm.default``), a
+    Python function's (``getitem``), or else the target itself (a placeholder's name)."""
+    op = getattr(node.target, "_overloadpacket", None)
+    return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
 
 
 def module_of(node) -> str:

@@ -22,6 +22,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
+Prepend     ``prepend(c, h, T1)`` the vector param c as a first token, then h's tokens: a
+                                  sequence T1 one token longer (a learned class token)
 Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
                                   previous repetition's return value afterwards
 ==========  ====================  =========================================================
@@ -340,8 +342,32 @@ class Route:
         return (self.gates, *self.experts)
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route)
+@dataclass(frozen=True)
+class Prepend:
+    """``out = prepend(token, arg, seq)``: the vector param ``token`` as the first token, then the
+    tokens of ``arg``; ``out`` runs over ``seq``, a sequence one token longer than ``arg``'s (a
+    vision transformer's learned class token, ``torch.cat([cls.expand(B, 1, n), h], dim=1)``).
+
+    Scaling: every token's coordinates are the token param's or ``arg``'s, so the output is as
+    large as the larger (a max, as for a sum), changes as much as the one that changes more, and
+    sends its gradient to each: the class position's to ``token``, the others' to ``arg``. The
+    token param is thus a vector fed the constant 1 at one position (fan-in 1), as a bias is:
+    the rules derive a bias's exponents for it (init Θ(1), Adam LR Θ(1), SGD LR Θ(n)).
+    """
+
+    out: str
+    token: str
+    arg: str
+    seq: str
+    span: Span | None = _span()
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.token, self.arg)
+
+
+Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, Prepend)
 
 
 def heads_dim_name(dim: str, over: str) -> str:
@@ -504,6 +530,8 @@ class Program:
                 dims[ins.out] = query if grouped else values
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
+            elif isinstance(ins, Prepend):
+                dims[ins.out] = dims[ins.arg]
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]

@@ -6,6 +6,10 @@ value per token of ``S`` (tag ``("S",)``), or per (query, key) token pair (``("T
 attention logits of queries from T over keys from S, and a relative position bias). Params,
 scales and plain vector inputs carry none (``()``) and broadcast over any.
 
+A learned token prepended to a sequence (``prepend(c, h, T1)``, a vision transformer's class
+token) makes a sequence of its own, one token longer: the value runs over T1, not over h's T, so
+adding it to a value over T (positions of T rows) is refused as any other mix of sequences.
+
 Only attention reads one sequence from another: ``dot(q, k, dh)`` pairs q's tokens with k's
 (cross-attention when they differ) and ``mix(p, v)`` sums v over p's key tokens, giving a value
 on p's query tokens. Every other instruction acts token by token, so its operands must share a
@@ -18,7 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .program import RELATIVE_KINDS, Dot, Mix, Nonlin, Program, Stream
+from .program import RELATIVE_KINDS, Dot, Mix, Nonlin, Prepend, Program, Stream
 
 Tag = tuple[str, ...]
 
@@ -44,6 +48,7 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if errors is not None:
             errors.error(message, ins.span, help_)
 
+    prepends = {ins.seq for ins in program.body if isinstance(ins, Prepend)}
     for ins in program.body:
         if isinstance(ins, Stream):
             tags[ins.out] = tags.get(ins.init, ())
@@ -71,13 +76,21 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                 continue
             tags[ins.out] = p[:1]
             continue
+        if isinstance(ins, Prepend):
+            tags[ins.out] = (ins.seq,)
+            _check_prepend(program, ins, ops, problem)
+            continue
         if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
             tags[ins.out] = ()
             continue
         found = list(dict.fromkeys(t for t in ops if t))
+        longer = [t[0] for t in found if len(t) == 1 and t[0] in prepends]
         if len(found) > 1:
             problem(f"this combines {_show(found[0])} with {_show(found[1])}, but an "
                     "elementwise operation pairs tokens of one sequence only", ins,
+                    f"{longer[0]} has learned tokens before the others (prepend): add what "
+                    f"runs over it after prepend, positions over it too (`input pos : "
+                    f"positions[{longer[0]}]`)" if longer else
                     "read another sequence through attention: "
                     "mix(softmax(tau * dot(q, k, dh)), v) with k and v from it")
         tag = found[0] if found else ()
@@ -88,6 +101,36 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     "cross-attention reads every source token: use softmax")
         tags[ins.out] = tag
     return tags
+
+
+def _check_prepend(program: Program, ins: Prepend, ops: list[Tag], problem) -> None:
+    """A token param before the tokens of one sequence, giving a sequence one token longer."""
+    token, arg = ops
+    dims = program.dim_table
+    if len(arg) != 1 or token:
+        problem(f"prepend puts a learned token before the tokens of a sequence, but "
+                f"{ins.arg} runs over {_show(arg)}", ins,
+                "prepend to a vector per token, e.g. the patch embedding `E @ x`")
+        return
+    (seq,) = arg
+    want = dims[seq].size + 1
+    if dims[ins.seq].infinite or dims[ins.seq].size != want:
+        size = "infinite" if dims[ins.seq].infinite else f"{dims[ins.seq].size} tokens"
+        problem(f"prepend gives {seq}'s {dims[seq].size} tokens and one more, {want}, but "
+                f"{ins.seq} has {size}", ins,
+                f"declare the longer sequence `dim {ins.seq} = {want}` and its positions over it")
+
+
+def prepended(program: Program, seq: str) -> tuple[str, int] | None:
+    """The sequence that ``seq`` extends with learned tokens (``prepend(c, h, seq)``, nested
+    for several) and how many it prepends; None when no ``prepend`` makes ``seq``. The emitted
+    module counts such a sequence's positions from the tokens fed on the shorter one."""
+    tags, count = value_sequences(program), 0
+    while True:
+        ins = next((i for i in program.body if isinstance(i, Prepend) and i.seq == seq), None)
+        if ins is None or len(tags.get(ins.arg, ())) != 1:
+            return (seq, count) if count else None
+        seq, count = tags[ins.arg][0], count + 1
 
 
 def check_sequences(program: Program, errors: Collector) -> None:

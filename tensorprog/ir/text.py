@@ -18,6 +18,7 @@ from .program import (
     Mix,
     Nonlin,
     Param,
+    Prepend,
     Program,
     Route,
     Stream,
@@ -45,6 +46,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
     elif isinstance(ins, Route):
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
+    elif isinstance(ins, Prepend):
+        rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq})"
     elif isinstance(ins, Stream):  # in a program's text, the block call it starts
         rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
     elif isinstance(ins, Nonlin):

@@ -14,6 +14,7 @@ from .program import (
     MatMul,
     Mix,
     Nonlin,
+    Prepend,
     Program,
     Route,
     Stream,
@@ -115,6 +116,15 @@ def verify(program: Program) -> Program:
             out = program.value_dims[ins.out]
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)
+        elif isinstance(ins, Prepend):
+            token = program.param_table.get(ins.token)
+            if token is None or len(token.shape) != 1 or key(ops[0]) != key(ops[1]):
+                errors.error(f"prepend: {ins.token} must be a vector param of {ins.arg}'s dim",
+                             ins.span)
+            if ins.seq not in dims or dims[ins.seq].infinite:
+                errors.error(f"prepend: the sequence {ins.seq} must be a finite dim", ins.span)
+                break
+            out = ops[1]
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1

@@ -104,6 +104,17 @@ class _Lowering(ExpressionLowering):
                 self.used_names.add(name)
                 return name
 
+    def carry_marks(self, src: str, out: str) -> None:
+        """``out`` is ``src`` under another name (an instruction renamed to its statement's
+        name, a block's stream started from it): it keeps src's image size and whether it has
+        one value per token or is one token's (lower_first.py)."""
+        if src in self.pixels:
+            self.pixels[out] = self.pixels[src]
+        if src in self.tokenwise:
+            self.tokenwise.add(out)
+        if src in self.one_token:
+            self.one_token.add(out)
+
     def undefined(self, name: str, span: Span) -> None:
         first = self.later.get(name)
         if first is not None and first.span.line >= span.line and first.kind != "width":
@@ -349,12 +360,7 @@ class _Lowering(ExpressionLowering):
         start, n_errors, target = len(self.body), len(self.errors.errors), self.target
         self.body.append(Stream(out, init, out, name, count, node.span))  # back edge set below
         self.values[out] = arg.dim
-        if init in self.pixels:
-            self.pixels[out] = self.pixels[init]
-        if init in self.tokenwise:
-            self.tokenwise.add(out)
-        if init in self.one_token:
-            self.one_token.add(out)
+        self.carry_marks(init, out)
         self.defined_at[out] = arg_span
         n_params = len(self.block_params)
         self.block, self.scope = name, {arg_name: out}
@@ -409,12 +415,7 @@ class _Lowering(ExpressionLowering):
         if last is not None and single == last.out:
             self.body[-1] = _renamed(last, self.target, st.span)
             self.values.pop(last.out)
-            if last.out in self.pixels:
-                self.pixels[self.target] = self.pixels[last.out]
-            if last.out in self.tokenwise:
-                self.tokenwise.add(self.target)
-            if last.out in self.one_token:
-                self.one_token.add(self.target)
+            self.carry_marks(last.out, self.target)
             ret = self.target
         elif single is not None:
             ret = single
@@ -610,12 +611,7 @@ class _Lowering(ExpressionLowering):
             # the top-level instruction takes the statement's name instead of a fresh one
             self.body[-1] = _renamed(last, name, st.span)
             self.values.pop(last.out)
-            if last.out in self.pixels:
-                self.pixels[name] = self.pixels[last.out]
-            if last.out in self.tokenwise:
-                self.tokenwise.add(name)
-            if last.out in self.one_token:
-                self.one_token.add(name)
+            self.carry_marks(last.out, name)
             if self.blocks and self.blocks[-1].result == last.out:  # a block's result
                 self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:

@@ -31,9 +31,10 @@ from ..ir.program import (
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
 from .lower_first import first_readable, mark_tokens
+from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND,)
 
 
 @dataclass(frozen=True)
@@ -232,12 +233,17 @@ class ExpressionLowering:
             return True
         return False
 
-    def op_add(self, a, b, node, sign=Fraction(1)):
+    def elementwise_refused(self, a, b, node) -> bool:
+        """Whether the operands of a sum or a product are refused (and reported): a matrix
+        param, or images of different sizes."""
         for v in (a, b):
             if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
+                return True
+        return self.pixel_clash((a, b), node)
+
+    def op_add(self, a, b, node, sign=Fraction(1)):
+        if self.elementwise_refused(a, b, node):
             return None
         if isinstance(a, Scalar) and isinstance(b, Scalar):
             return Scalar(a.value + sign * b.value)
@@ -266,11 +272,7 @@ class ExpressionLowering:
         return self.op_add(a, b, node, Fraction(-1))
 
     def op_mul(self, a, b, node):
-        for v in (a, b):
-            if isinstance(v, Matrix):
-                self.matrix_misuse(v, node)
-                return None
-        if self.pixel_clash((a, b), node):
+        if self.elementwise_refused(a, b, node):
             return None
         if isinstance(a, Scalar):
             return self.scale(b, a.value, node.span)
@@ -503,6 +505,9 @@ class ExpressionLowering:
             return None, None
         if node.fn in ROUTES:  # variadic: lower_route checks its arguments
             return node.args, None
+        if node.fn == PREPEND:  # its third argument is a dim, not a value
+            seq = prepend_seq(self, node)
+            return (None, None) if seq is None else (node.args[:2], (PREPEND, seq))
         arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2)}.get(
             node.fn, (1,))
         if len(node.args) not in arity:
@@ -542,6 +547,8 @@ class ExpressionLowering:
             return self.apply_block(node.fn, node.fn_span, args[0], None, node)
         if node.fn in ROUTES:
             return lower_route(self, node, args, Scalar, Vec)
+        if node.fn == PREPEND:
+            return lower_prepend(self, node, args, over[1], Vec)
         if any(a is None for a in args):
             return None
         for a in args:

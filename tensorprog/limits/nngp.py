@@ -44,7 +44,18 @@ from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import MUL
-from ..ir.program import INSTRUCTIONS, Dot, LinComb, MatMul, Mix, Nonlin, Program, Route, Stream
+from ..ir.program import (
+    INSTRUCTIONS,
+    Dot,
+    LinComb,
+    MatMul,
+    Mix,
+    Nonlin,
+    Prepend,
+    Program,
+    Route,
+    Stream,
+)
 from ..ir.sizes import check_kernels
 from ..ir.text import render_instruction
 from .common import AT_ZERO, FNS, ID, ORDER, Fn, frac, gaussian_mean, gaussian_pair, read_inputs
@@ -569,6 +580,11 @@ def _route(ev: _Limit, ins: Route) -> tuple[Value, str]:
                   ins.span)
 
 
+def _prepend(ev: _Limit, ins: Prepend) -> tuple[Value, str]:
+    raise _Refuse("prepend (a learned token before a sequence) has no NNGP rule here",
+                  "the kernel is computed for dense programs", ins.span)
+
+
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
     # the IR holds one generic repetition; its kernel depends on every repetition before it
     raise _Refuse(f"block {ins.block} has no NNGP rule here: the kernel of a repeated block "
@@ -580,7 +596,7 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
     MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
-    Route: _route,
+    Route: _route, Prepend: _prepend,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 

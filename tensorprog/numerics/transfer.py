@@ -47,6 +47,10 @@ BASE_LR = {"adam": 2.0 ** -9, "adamw": 2.0 ** -9, "lion": 2.0 ** -11, "muon": 2.
            "sgd": 2.0 ** -4, "momentum": 2.0 ** -6}  # when the HP is not lr
 WIDER_TOLERANCE = 0.01  # "wider is better" allows a 1% rise (seed noise)
 MIN_FINITE = 3  # the fewest finite losses an optimum (a parabola) or a verdict rests on
+# the axes a sweep may run along at one width besides the depth (TP5 transfers across all
+# three): each is a training setting, so one emitted module serves every value; the job key
+# each sets
+AXES = {"batch": "batch_size", "seq": "seq", "steps": "steps"}
 
 
 def default_values(hp: str, optimizer: str) -> list[float]:
@@ -276,16 +280,19 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
           lr: float | None = None, device: str = "cpu", jobs: int | None = None,
           cache: str | Path | None = ".tensorprog-cache", progress: bool = False,
           depths: Sequence[int] | None = None, width: int | None = None,
-          depth_convention: str = "completep", ray_address: str | None = None) -> Sweep:
+          depth_convention: str = "completep", ray_address: str | None = None,
+          axis: str | None = None, at: Sequence[int] | None = None) -> Sweep:
     """Train every (param, width, value, seed) and collect the final training losses.
 
     With ``depths``, every run has one width (``width``, default the base width) and the sweep's
     axis is the depth: ``Sweep.widths`` then holds the depths, and ``settings["axis"]`` is
-    ``"depth"``. With ``ray_address`` every trial runs on that Ray cluster (backend.py)."""
+    ``"depth"``. With ``axis`` (one of ``AXES``: batch size, sequence length, steps) and its
+    values ``at``, likewise at one width: ``Sweep.widths`` holds those values. With
+    ``ray_address`` every trial runs on that Ray cluster (backend.py)."""
     plan = _plan(program, optimizer, data_name, params=params, hp=hp, widths=widths,
                  values=values, steps=steps, seeds=seeds, batch_size=batch_size, lr=lr,
                  device=device, cache=cache, depths=depths, width=width,
-                 depth_convention=depth_convention)
+                 depth_convention=depth_convention, axis=(axis, at) if axis else None)
     trials = [Trial(p, w, v, s) for p in plan.params for w in plan.widths for v in plan.values
               for s in range(plan.seeds)]
     results, todo = _from_cache(plan, trials)
@@ -297,6 +304,8 @@ def sweep(program: Program, optimizer: Optimizer, data_name: str, *,
                 "trials": len(trials), "cached": len(trials) - len(todo)}
     if plan.fixed_width is not None:
         settings.update(axis="depth", width=plan.fixed_width, base_depth=program.depth.base)
+    if plan.axis:
+        settings.update(axis=plan.axis[0], width=plan.axis[1], seq=plan.seq)
     return Sweep(hp, plan.widths, plan.values, seeds, _mean_losses(plan, results), settings,
                  plan.notes)
 
@@ -324,28 +333,39 @@ class _Plan:
     context: str  # what every trial's cache key depends on besides the trial and the source
     cache_dir: Path | None
     fixed_width: int | None  # a depth sweep's one width; None in a width sweep
+    axis: tuple[str, int] | None = None  # (AXES key, the one width) of a sweep along it
 
     def job(self, t: Trial, threads: int) -> dict:
         """What ``run_trial`` needs of trial ``t``: plain data, sent to a worker process."""
         source = self.sources[t.param]
-        return {"source": source, "source_key": hashlib.sha256(source.encode()).hexdigest(),
-                "param": t.param, "width": t.width, "value": t.value, "seed": t.seed,
-                "hp": self.hp, "data": self.data_name, "steps": self.steps,
-                "batch_size": self.batch_size, "seq": self.seq, "optimizer": self.optimizer,
-                "base_lr": self.base_lr, "device": self.device, "threads": threads,
-                "fixed_width": self.fixed_width}
+        job = {"source": source, "source_key": hashlib.sha256(source.encode()).hexdigest(),
+               "param": t.param, "width": t.width, "value": t.value, "seed": t.seed,
+               "hp": self.hp, "data": self.data_name, "steps": self.steps,
+               "batch_size": self.batch_size, "seq": self.seq, "optimizer": self.optimizer,
+               "base_lr": self.base_lr, "device": self.device, "threads": threads,
+               "fixed_width": self.fixed_width}
+        if self.axis:  # the trial's "width" is its value along the axis
+            job.update({"width": self.axis[1], AXES[self.axis[0]]: t.width})
+        return job
+
+    def steps_of(self, t: Trial) -> int:
+        return t.width if self.axis and self.axis[0] == "steps" else self.steps
 
 
 def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Sequence[str],
           hp: str, widths: Sequence[int], values: Sequence[float] | None, steps: int | None,
           seeds: int, batch_size: int | None, lr: float | None, device: str,
           cache: str | Path | None, depths: Sequence[int] | None, width: int | None,
-          depth_convention: str, convention: str = "table3", one_width: bool = False) -> _Plan:
+          depth_convention: str, convention: str = "table3", one_width: bool = False,
+          axis: tuple[str, Sequence[int]] | None = None) -> _Plan:
     """Check a sweep's arguments against the program and the data, fill in the defaults and
     emit the module of every parametrization (µP in ``convention``): everything that can fail
-    before training does. ``one_width``: a study at one width (tune.py), not a sweep."""
+    before training does. ``one_width``: a study at one width (tune.py), not a sweep.
+    ``axis``: (an ``AXES`` key, its values), a sweep along it at ``width``."""
     if hp not in HPS:
         raise UsageError(f"unknown hyperparameter {hp!r}", help=f"choose one of {', '.join(HPS)}")
+    if axis is not None and depths is not None:
+        raise UsageError("--axis and --depths each set the sweep's axis: give one of them")
     if depths is not None:
         if not program.repeats_over_depth:
             raise UsageError(f"--depths: {program.name} repeats no block over a depth",
@@ -356,6 +376,8 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     cache_dir = _cache_dir(cache) if cache else None  # before the data: a bad path fails fast
     data = load(data_name)
     fitted, notes = fit_to_data(program, data)
+    if axis is not None:
+        fitted, width, widths = _along(fitted, data, axis, width, notes)
     values = sorted(set(values or default_values(hp, optimizer.name)))
     if any(not (math.isfinite(v) and v > 0) for v in values) or len(values) < 3:
         raise UsageError("give at least 3 positive HP values", help="e.g. --values 1e-4,1e-3,1e-2")
@@ -367,7 +389,7 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     if len(widths) < (1 if one_width else 2) or widths[0] < 1:
         raise UsageError("give at least two positive widths" if depths is None
                          else "give at least two positive depths")
-    if depths is None:
+    if depths is None and axis is None:
         fitted.check_widths(widths)
     # digits: about two epochs; past that the MLP memorises the 1,797 images, every loss near the
     # optimum is ~1e-3 and the optimum is noise (measured: 300 steps, docs/transfer.md)
@@ -376,10 +398,15 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     if min(steps, seeds, batch_size) < 1:
         raise UsageError("steps, seeds and the batch size must be at least 1")
     # here rather than in the command, so that a library call is refused as the command is; on
-    # the fitted program, whose dims are the data's
-    check_training(fitted, widths if depths is None else [width], device, depths, width,
-                   batch_size, steps=steps, runs=len(params) * len(values) * seeds,
-                   runs_from="--param, --values, --seeds")
+    # the fitted program, whose dims are the data's. Along an axis, every value's runs at the
+    # one width, sized by the largest batch and the steps of all of them together
+    along = axis[0] if axis else None
+    check_training(fitted, [width] if depths is not None or along else widths, device, depths,
+                   width, max(widths) if along == "batch" else batch_size,
+                   steps=sum(widths) if along == "steps" else steps,
+                   runs=len(params) * len(values) * seeds * (len(widths) if along in
+                                                              ("batch", "seq") else 1),
+                   runs_from="--param, --values, --seeds" + (", --axis" if along else ""))
     seq = fitted.dim_table[fitted.seq].size if fitted.seq else None
     base_lr = lr if lr is not None else BASE_LR[optimizer.name]
     if not (math.isfinite(base_lr) and base_lr > 0):
@@ -398,10 +425,46 @@ def _plan(program: Program, optimizer: Optimizer, data_name: str, *, params: Seq
     content = (hashlib.sha256(Path(data_name).read_bytes()).hexdigest()
                if Path(data_name).suffix == ".pt" else data_name)
     context = json.dumps([content, hp, steps, batch_size, optimizer.name, base_lr, device]
-                         + ([width] if depths is not None else []))
+                         + ([width] if depths is not None else [])
+                         + ([along, width] if along else []))
     return _Plan(hp, tuple(params), widths, values, seeds, steps, batch_size, seq, base_lr,
                  optimizer.name, device, data_name, data, notes, sources, context, cache_dir,
-                 width if depths is not None else None)
+                 width if depths is not None else None, (along, width) if along else None)
+
+
+def _along(fitted: Program, data: Dataset, axis: tuple[str, Sequence[int]], width: int | None,
+           notes: list[str]) -> tuple[Program, int, list[int]]:
+    """A sweep along a training setting at one width: (the program, the width, the values).
+    Along the sequence length the program's sequence dim is set to the longest value: the
+    emitted module's positions follow its tokens' length, so one module (one init per seed)
+    serves every shorter value, each trial reading sequences of its own length."""
+    name, at = axis
+    if name not in AXES:
+        raise UsageError(f"--axis {name}: not an axis a sweep runs along",
+                         help=f"choose one of {', '.join(AXES)} (the width: --widths; the "
+                              "depth: --depths)")
+    at = sorted(set(at))
+    if len(at) < 2 or at[0] < 1:
+        raise UsageError(f"--axis {name}: give at least two different positive values",
+                         help=f"e.g. --axis {name}=16,32,64,128")
+    width = width or fitted.width.base
+    fitted.check_widths([width])
+    if name == "seq":
+        if not fitted.seq or not data.is_text:
+            raise UsageError(f"--axis seq: {fitted.name} has no sequence dim, or --data "
+                             f"{data.name} is not a token stream",
+                             help="sweep the sequence length of a program with a token input "
+                                  "(`input tok : tokens[T, V]`) on text data")
+        dim = fitted.dim_table[fitted.seq]
+        if dim.size != at[-1]:
+            notes.append(f"--axis seq: {dim.name} = {at[-1]}, the longest (the program says "
+                         f"{dim.size}); shorter sequences use its first positions")
+            fitted = verify(replace(fitted, dims=tuple(
+                replace(d, size=at[-1]) if d.name == dim.name else d for d in fitted.dims)))
+        if len(data.tokens) <= at[-1]:
+            raise UsageError(f"--axis seq: {len(data.tokens)} tokens of --data {data.name} are "
+                             f"fewer than one sequence of {at[-1]}")
+    return fitted, width, at
 
 
 def trial_plan(program: Program, optimizer: Optimizer, data_name: str, *, param: str,
@@ -427,7 +490,7 @@ def _from_cache(plan: _Plan, trials: list[Trial],
     for t in trials:
         key = t.key(plan.context + plan.sources[t.param])
         path = plan.cache_dir / f"{key}.json" if plan.cache_dir else None
-        cached, why = (_cached(path, t, key, plan.steps) if path and path.exists()
+        cached, why = (_cached(path, t, key, plan.steps_of(t)) if path and path.exists()
                        else (None, None))
         if cached is not None:
             results[t] = cached
@@ -547,17 +610,26 @@ def _store(results, t: Trial, path: Path | None, result: dict, bar, failed: list
                 help="free some disk space, or use --cache none")), stacklevel=2)
 
 
+AXIS_WORDS = {"batch": ("batch size", "B"), "seq": ("sequence length", "T"),
+              "steps": ("step count", "S")}  # the axis in words, and its column key
+
+
 def render(s: Sweep) -> str:
     """Loss against the HP per width, then the optima, drift and wider-is-better."""
     st = s.settings
+    along = {st["axis"]: "per " + AXIS_WORDS[st["axis"]][1]} if st.get("axis") in AXES else {}
     lines = [f"µTransfer sweep of {st['program']} on {st['data']} ({st['data_about']})",
-             f"{st['optimizer']}, {st['steps']} steps, batch {st['batch_size']}, {s.seeds} "
+             f"{st['optimizer']}, {along.get('steps', st['steps'])} steps, batch "
+             f"{along.get('batch', st['batch_size'])}, {s.seeds} "
              f"seed(s), {st['trials']} trials ({st['cached']} from the cache), on {st['device']}"]
-    lines += [f"data sets {n}" for n in s.notes]
+    lines += [n if n.startswith("--") else f"data sets {n}" for n in s.notes]
     depth = st.get("axis") == "depth"
     if depth:
         lines.append(f"across depths, at width {st['width']} (base depth {st['base_depth']})")
     axis, key = ("depth", "L") if depth else ("width", "w")
+    if st.get("axis") in AXES:
+        axis, key = AXIS_WORDS[st["axis"]]
+        lines.append(f"across {axis}s, at width {st['width']}")
     for param, rows in s.losses.items():
         lines += ["", f"{param}: final training loss against log2({s.hp})  (* = grid minimum)"]
         head = ["log2 " + s.hp] + [f"{key}={w}" for w in s.widths]
@@ -582,7 +654,8 @@ def render(s: Sweep) -> str:
         lines += [f"optimal log2({s.hp}): " + ", ".join(optima),
                   f"drift across {axis}s: "
                   + ("undetermined" if drift is None else f"{drift:.2f} (log2; x{2 ** drift:.2f})")
-                  + f", {'deeper' if depth else 'wider'} is no worse (within "
+                  + f", {'deeper' if depth else 'larger' if axis != 'width' else 'wider'}"
+                  " is no worse (within "
                   f"{WIDER_TOLERANCE:.0%}) at every value: "
                   + verdict]
         lines += [f"  undetermined: {why}" for why in s.undetermined(param)]

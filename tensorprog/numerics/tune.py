@@ -86,6 +86,14 @@ class Space:
                 "mult": {k: list(v) for k, v in self.mult.items()}}
 
 
+def job_at(values: dict) -> dict:
+    """What a ``run_trial`` job takes to train at a study's ``values`` (``{"lr", "init_std",
+    "mult"}``, as :meth:`Space.module_values` gives them): hp "tune" varies nothing, so the run
+    trains at base_lr with the Model's init_std and mult."""
+    return {"hp": "tune", "base_lr": values["lr"], "init_std": values["init_std"],
+            "mult": values["mult"]}
+
+
 def group_of(program: Program, param: str) -> str:
     """A param's role group: its derived role (from which of its fans are infinite), with the
     params of one axis (biases, gains) a group of their own."""
@@ -183,6 +191,9 @@ class Tuned:
     flops: float
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the tuned module's SCALING, SCALES and base depth, as JSON holds them: what an emitted
+    # module's load_config (and MuP) compare with their own before taking the values
+    scaling: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"format": FORMAT, "program": self.program, "width": self.width,
@@ -190,7 +201,7 @@ class Tuned:
                 "optimizer": self.optimizer, "convention": self.convention, **self.values,
                 "factors": self.factors, "loss": self.loss, "trials": self.trials,
                 "trial_seconds": self.trial_seconds, "flops": self.flops, **self.settings,
-                "notes": self.notes}
+                "notes": self.notes, **self.scaling}
 
     def __str__(self) -> str:
         return render(self)
@@ -334,10 +345,7 @@ def _run_local(study, space: Space, base_job: dict, url: str, name: str, trials:
                 while todo and runner.pending < jobs:
                     trial = study.ask(space.distributions())
                     trial.set_user_attr("driver", _here())
-                    values = space.module_values(trial.params)
-                    # hp "tune": run_trial trains at base_lr with the Model's init_std and mult
-                    job = {**base_job, "hp": "tune", "base_lr": values["lr"],
-                           "init_std": values["init_std"], "mult": values["mult"],
+                    job = {**base_job, **job_at(space.module_values(trial.params)),
                            "threads": threads,
                            "study": {"name": name, "storage": url, "pruner": pruner,
                                      "trial_id": trial._trial_id}}
@@ -390,8 +398,7 @@ def _ray_trainable(config: dict, job: dict, space: Space) -> None:
         ray_tune.report({"loss": loss, "step": step})
         return False  # Ray's scheduler stops a trial itself
 
-    result = run_trial({**job, "hp": "tune", "base_lr": values["lr"],
-                        "init_std": values["init_std"], "mult": values["mult"]}, report)
+    result = run_trial({**job, **job_at(values)}, report)
     keep(result["steps"])
     if result["diverged"]:
         if trial is not None:
@@ -467,7 +474,17 @@ def _result(study, space: Space, fitted: Program, plan, module, width: int, para
     best = min(complete, key=lambda t: t.value)
     return Tuned(fitted.name, width, module.BASE_WIDTH, param, plan.optimizer, convention,
                  space.module_values(best.params), dict(best.params), best.value, states,
-                 seconds, flops, settings, notes)
+                 seconds, flops, settings, notes, scaling_record(module))
+
+
+def scaling_record(module) -> dict:
+    """What a tuned file records of the module it was tuned with: its SCALING (and SCALES,
+    base depth) as JSON holds them, which ``load_config`` of the module it is loaded into
+    compares with its own."""
+    record = {"scaling": module.SCALING, "scales": getattr(module, "SCALES", {})}
+    if hasattr(module, "BASE_DEPTH"):
+        record["base_depth"] = module.BASE_DEPTH
+    return json.loads(json.dumps(record))
 
 
 def render(t: Tuned) -> str:
@@ -496,8 +513,7 @@ def train_once(program: Program, optimizer: Optimizer, data_name: str, values: d
                       batch_size=batch_size, device=device, convention=convention)
     fitted, _ = fit_to_data(program, plan.data)
     job = {**plan.job(Trial(param, width, 1.0, seed), max(1, os.cpu_count() or 1)),
-           "hp": "tune", "base_lr": values["lr"], "init_std": values["init_std"],
-           "mult": values["mult"]}
+           **job_at(values)}
     start = time.perf_counter()
     result = run_trial(job)
     return {**result, "seconds": time.perf_counter() - start,
@@ -540,6 +556,24 @@ def load_config(path: str | Path) -> Config:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: not JSON ({err})",
                          help="give the file `tensorprog tune -o FILE` wrote") from None
+    return config_from_json(data, str(path))
+
+
+def as_config(config) -> Config:
+    """A :class:`Config` from what a caller may hold: one already, the path of a ``tune -o``
+    file, or its JSON as a dict."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return config_from_json(config, "the tuned values")
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    raise UsageError(f"config must be the path of a `tensorprog tune -o` file, its JSON or "
+                     f"tensorprog.load_config's result, not {type(config).__name__}")
+
+
+def config_from_json(data, path: str) -> Config:
+    """The values of a ``tune -o`` file's JSON, checked (``path`` names it in errors)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{path}: not a file of tuned values (no \"format\": \"{FORMAT}\")",
                          help="give the file `tensorprog tune -o FILE` wrote")
@@ -561,7 +595,17 @@ def load_config(path: str | Path) -> Config:
 
 def check_fits_module(config: Config, module) -> None:
     """Refuse values for params or scales ``module`` does not have, naming the convention the
-    values were tuned in (a readout multiplier exists only under ``--convention mup``)."""
+    values were tuned in (a readout multiplier exists only under ``--convention mup``); a file
+    that records its scaling, loaded into a module that has ``load_config``, is checked by it
+    (every exponent and fan-in the same, so a file of another program, parametrization,
+    convention, optimizer or data dims is refused)."""
+    if "scaling" in config.source and hasattr(module, "load_config"):
+        try:
+            module.load_config(config.source)
+        except ValueError as err:
+            raise UsageError(str(err), help="give the module emitted from the program and "
+                                            "settings the values were tuned for") from None
+        return
     scaling = module.SCALING
     known_mult = set(getattr(module, "SCALES", {})) | {
         n for n, s in scaling.items() if "block" not in s and "." not in n

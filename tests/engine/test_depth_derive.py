@@ -142,6 +142,10 @@ _BLOCK = RESMLP.replace("    u = W1 @ h               # names inside are local t
     ("    v = 0.5 * h + W2 @ relu(W1 @ h)\n    return h + v\n", "adds the block's argument again"),
     ("    return h + relu(h)\n", "uses none of the block's own params"),
     ("    return h + relu(W2 @ relu(W1 @ h))\n", "not feature learning"),
+    # a function of the residual sum: the stream goes through it at every repetition, which
+    # the depth rules (a sum of L branches on a stream passed on unchanged) do not model
+    ("    return layernorm(h + W2 @ relu(W1 @ h))\n", "a post-norm block"),
+    ("    return relu(h + W2 @ relu(W1 @ h))\n", "returns relu(...) of a residual sum"),
 ])
 def test_block_forms_outside_the_depth_rules_keep_their_width_exponents(body, why):
     # each once crashed (KeyError, RecursionError) or called itself a bug: now the depth part is

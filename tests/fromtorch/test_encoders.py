@@ -8,7 +8,7 @@ import re
 
 import pytest
 import sympy as sp
-from conftest import ROOT, apply_is_bit_identical_at_base, emit_program
+from conftest import ROOT, abc_by_target, apply_is_bit_identical_at_base, emit_program
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -59,11 +59,6 @@ class Encoder(nn.Module):
         return self.cls(torch.tanh(self.pool(x[:, 0])))
 
 
-def _abc(traced, optimizer="adam"):
-    d = tp.derive(traced.program, optimizer)
-    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
-
-
 @pytest.fixture(scope="module")
 def encoder():
     return from_torch(Encoder, WIDTHS, _tokens)
@@ -75,9 +70,9 @@ def test_bidirectional_attention_and_the_first_token_trace_and_pass_the_coordina
     assert re.search(r"^select = first\(layer_norm_1\)$", encoder.source, re.M)
     # eager attention with an additive mask of zeros is the same attention
     eager = from_torch(lambda n: Encoder(n, "eager"), WIDTHS, _tokens)
-    assert "mix(softmax(" in eager.source and _abc(eager) == _abc(encoder)
+    assert "mix(softmax(" in eager.source and abc_by_target(eager) == abc_by_target(encoder)
     # the readout after first(h) is an output weight, the pooler a hidden one
-    abc = _abc(encoder)
+    abc = abc_by_target(encoder)
     assert abc["cls.weight"] == (0, 1, 1) and abc["pool.weight"] == (0, sp.Rational(1, 2), 1)
     mup = MuP(encoder, "adam")
     # 3 Adam steps at lr 3e-3, one seed: µP passes at widths 64..256 (±0.25), SP fails already
@@ -108,7 +103,7 @@ def test_keyword_and_none_inputs(encoder):
     assert "input token_type_ids : tokens[T, V_token_type_ids]" in seg.source
     assert "tt_weight @ token_type_ids" in seg.source
     for optimizer in ("adam", "sgd"):
-        abc = _abc(seg, optimizer)
+        abc = abc_by_target(seg, optimizer)
         assert abc["tt.weight"] == abc["e.weight"], optimizer
     apply_is_bit_identical_at_base(seg, lambda n: Encoder(n, types=True),
                                    lambda m: (_tokens(m)[0], None, segments))
@@ -166,7 +161,7 @@ def test_hf_bert_derives_the_exponents_of_examples_bert():
     example = tp.parse_file(ROOT / "examples" / "bert.tp")
     for optimizer in ("adam", "sgd"):
         mine = tp.derive(example, optimizer).abc
-        got = _abc(traced, optimizer)
+        got = abc_by_target(traced, optimizer)
         assert len(got) == len(_BERT_NAMES)
         for target, abc in got.items():
             role = _BERT_NAMES[re.sub(r"^bert\.encoder\.layer\.\d+\.", "", target)]

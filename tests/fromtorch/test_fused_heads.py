@@ -173,3 +173,36 @@ def test_attention_with_batch_and_heads_merged_derives_as_sdpa():
     before = model(*given)
     mup.apply(model)
     assert torch.equal(model(*given), before)
+
+
+class Deberta(Bart):
+    """DeBERTa-v2's attention: batch and heads merged for ``bmm`` (the key divided by √dh),
+    the logits viewed back per head for the mask and the softmax, and the weights merged again
+    for their ``bmm`` with the values."""
+
+    class Layer(Bart.Layer):
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = (z(x).view(b, t, self.h, self.dh).transpose(1, 2).reshape(-1, t, self.dh)
+                       for z in (self.q, self.k, self.v))
+            s = torch.bmm(q, k.transpose(-1, -2) / self.dh ** 0.5).view(-1, self.h, t, t)
+            keep = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            p = s.masked_fill(~keep, torch.finfo(s.dtype).min).softmax(-1)
+            y = torch.bmm(p.view(-1, t, t), v).view(-1, self.h, t, self.dh)
+            return x + self.o(y.transpose(1, 2).reshape(b, t, c))
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.layers = nn.ModuleList(Deberta.Layer(n, False) for _ in range(2))
+
+
+def test_attention_weights_merged_for_their_bmm_derive_as_sdpa():
+    traced = from_torch(Deberta, WIDTHS, _tokens)
+    oracle = from_torch(lambda n: Bart(n, sdpa=True), WIDTHS, _tokens)
+    assert "mix(causal_softmax(" in traced.source and traced.stack is not None
+    assert _abc(traced) == _abc(oracle)
+    torch.manual_seed(0)
+    model, given = Deberta(32), _tokens(None)
+    before = model(*given)
+    MuP(traced, "adam").apply(model)  # at the base width: the model as it comes
+    assert torch.equal(model(*given), before)

@@ -461,6 +461,49 @@ def test_every_output_is_traced(two):
     assert lrs[model.unused.weight] == 1e-2
 
 
+class Pooled(TwoHeads):
+    """A layer the forward calls but whose result reaches no output (BERT's pooler under a
+    masked-LM head)."""
+
+    def forward(self, idx):
+        u = torch.relu(self.h(self.e(idx)))
+        torch.tanh(self.unused(u[:, 0]))
+        return self.l2(u)
+
+
+def test_a_layer_whose_result_reaches_no_output_is_left_as_it_is():
+    pooled = from_torch(Pooled, (32, 64), _tokens)
+    assert "unused_weight" in pooled.params  # traced: the forward computes with it
+    with pytest.warns(UserWarning, match="does not reach any output") as caught:
+        mup = MuP(pooled, "adam")
+    assert "'unused_weight' does not reach" in str(caught[0].message)
+    assert mup.unused == ["unused_weight", "unused_bias"]
+    torch.manual_seed(0)
+    model = Pooled(128)
+    before = model.unused.weight.detach().clone()
+    report = str(mup.apply(model))
+    assert torch.equal(model.unused.weight, before)
+    assert "unused by the traced forward: unused.weight reaches no output (no gradient), " \
+        "left as it is" in report
+    assert "init l2.weight" in report and "l3" in report  # l3: never called, as before
+    assert mup.unreached(model) == ["unused.weight", "unused.bias"]
+    with pytest.warns(UserWarning, match=r"unchanged at every width: l3\.weight, l3\.bias$"):
+        groups = mup.param_groups(model, lr=1e-2)  # no gradient: the unused layer needs none
+    opt = torch.optim.Adam(groups)
+    model(*_tokens(model)).square().mean().backward()
+    opt.step()
+    assert model.unused.weight.grad is None and torch.equal(model.unused.weight, before)
+    # its vectors are not judged by the coordinate check (the engine holds a value no output
+    # reads to nothing); every other vector is, and passes
+    with pytest.warns(UserWarning) as caught:  # the engine's, as above, and l3's
+        result = coord_check(mup, (32, 64, 128), steps=2, seeds=(0,))
+    assert any(str(w.message).endswith("l3.weight, l3.bias") for w in caught)
+    assert result.passed
+    pooled_vectors = [r for r in result.results if result.where(r.name).startswith("unused")]
+    assert pooled_vectors and not any(r.judged for r in pooled_vectors)
+    assert "reaches no output of the forward" in pooled_vectors[0].verdict
+
+
 def test_adam_eps_per_group_scales_as_the_gradient_entries(two):
     # µP for Adam (Table 3): ∂f/∂h is Θ(1/n) and the inputs Θ(1), so the gradient entries of the
     # embedding, the hidden weight and its bias are Θ(1/n); a readout's are Θ(1)
@@ -532,6 +575,21 @@ def test_gradient_stops_and_token_means_are_refused_at_the_users_line():
         match=r"test_trace.py:\d+:\d+: error: cannot trace a mean over axis 1 \(a token axis",
     ):
         from_torch(TokenMean, (32, 64), _tokens)
+
+
+class NoGradIds(TwoHeads):
+    def forward(self, idx):
+        with torch.no_grad():  # Phi-4-multimodal's: a mask of the ids, no param in it
+            (idx == 3).unsqueeze(-1)
+        return self.l2(torch.relu(self.h(self.e(idx))))
+
+
+def test_torch_no_grad_over_the_ids_alone_leaves_gradients_on():
+    # the walk computed the region's value and, failing on its subgraph, left grad off for the
+    # process: the coordinate check's backward then failed ("does not require grad")
+    traced = from_torch(NoGradIds, (32, 64), _tokens)
+    assert torch.is_grad_enabled()
+    assert "linear_1" in traced.source
 
 
 def test_a_position_table_longer_than_the_sequence_reads_positions_0_to_t():

@@ -8,7 +8,7 @@ import math
 from fractions import Fraction
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -27,14 +27,6 @@ def _tokens(model):
 
 def _trace(build):
     return from_torch(build, WIDTHS, _tokens)
-
-
-def _abc(traced, names=None):
-    """Each param's (a, b, c) under Adam, keyed by its torch target (and rows)."""
-    d = derive(traced.program, "adam")
-    return {
-        (u.target, u.rows): (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()
-    }
 
 
 def _bit_identical_at_base(traced, build):
@@ -143,7 +135,7 @@ def test_a_fused_projection_chunked_gives_the_mup_of_separate_ones(form, separat
     build = lambda n: Decoder(n, form)  # noqa: E731
     fused = _trace(build)
     assert "attn_qkv_weight_part2" in fused.source and "mlp_gate_up_weight_part1" in fused.source
-    assert _as_separate(_abc(fused)) == _abc(separate)
+    assert _as_separate(abc_by_target(fused, rows=True)) == abc_by_target(separate, rows=True)
     if form == "chunk":
         mup = _bit_identical_at_base(fused, build)
         assert mup.patches  # the query rows' 1/sqrt(dh) more cannot fold into a shared LR
@@ -154,7 +146,7 @@ def test_partial_rotary_is_the_network_without_it(separate, rotary):
     build = lambda n: Decoder(n, rotary=rotary)  # noqa: E731
     traced = _trace(build)
     assert "rotary embedding" in traced.source
-    assert _abc(traced) == _abc(separate)
+    assert abc_by_target(traced, rows=True) == abc_by_target(separate, rows=True)
     _bit_identical_at_base(traced, build)
 
 
@@ -262,7 +254,8 @@ def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
     (info,) = (i for i in traced.scales.values() if i.get("fixed"))
     assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
     _bit_identical_at_base(traced, Buffer)
-    with pytest.raises(TensorProgError, match=r"a product with a buffer of more than one entry"):
+    with pytest.raises(TensorProgError, match=r"a product with the buffer scale, of more than "
+                       r"one float entry"):
         _trace(lambda n: Buffer(n, vector=True))
 
 
@@ -289,7 +282,8 @@ class Forms(nn.Module):
 def test_positions_with_an_offset_a_hand_written_linear_and_a_one_plus_w_gain():
     traced = _trace(Forms)
     assert "p_weight @ pos" in traced.source and "param g : [n] = 1" in traced.source
-    assert _abc(traced) == _abc(_trace(lambda n: Forms(n, plain=True)))
+    plain = _trace(lambda n: Forms(n, plain=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(plain, rows=True)
     _bit_identical_at_base(traced, Forms)
 
 
@@ -344,3 +338,39 @@ def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
     assert torch.equal(model.q_norm.w.detach(), torch.full((32,), -0.5))
     assert torch.equal(model.k_norm.w.detach(), torch.ones(32))
     assert mup.lr_multipliers(model)["q_norm.w"] == 0.5
+
+
+class MaskBuffer(nn.Module):
+    """OpenAI GPT's attention: a 0/1 float buffer of ones on and below the diagonal multiplied
+    into the logits, then ``-1e4 * (1 - b)`` added (``sdpa``: sdpa's causal flag instead)."""
+
+    def __init__(self, n, sdpa=False):
+        super().__init__()
+        self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, n)
+        self.out, self.sdpa = nn.Linear(n, 13), sdpa
+        self.register_buffer("bias", torch.ones(16, 16).tril().view(1, 1, 16, 16),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(x).split(c, -1))
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
+            m = self.bias[:, :, :t, :t]
+            y = (w * m + -1e4 * (1 - m)).softmax(-1) @ v
+        return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, c)))
+
+
+def test_a_causal_mask_multiplied_in_from_a_buffer_traces_as_sdpas():
+    traced = _trace(MaskBuffer)
+    assert "mix(causal_softmax(" in traced.source
+    sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)
+    # the attention scale: µP's 1/d against the model's own 1/sqrt(d), as sdpa's
+    ours, theirs = traced.scales["attn_div"], sdpa.scales["attn_scaled_dot_product_attention"]
+    assert ours["model_a"] == theirs["model_a"] == Fraction(1, 2)
+    assert derive(traced.program, "adam").abc["attn_div"].a == 1
+    _bit_identical_at_base(traced, MaskBuffer)

@@ -5,12 +5,11 @@ applied (bit-identical at the base width) and compared with the same model writt
 buffer (the oracle: positions from ``torch.arange``, the constant row as a bias)."""
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from tensorprog import derive  # noqa: E402
 from tensorprog.fromtorch import from_torch, probe  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -19,12 +18,6 @@ T = 8
 
 def _tokens(model):
     return (torch.arange(2 * T).remainder(13).view(2, T),)
-
-
-def _abc(traced):
-    """Each param's (a, b, c) under Adam, keyed by its torch target."""
-    d = derive(traced.program, "adam")
-    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
 
 
 def _bit_identical_at_base(traced, build):
@@ -54,7 +47,8 @@ class Positions(nn.Module):
 def test_position_ids_from_a_buffer_are_positions(form):
     traced = from_torch(lambda n: Positions(n, form), WIDTHS, _tokens)
     assert "p_weight @ pos" in traced.source
-    assert _abc(traced) == _abc(from_torch(lambda n: Positions(n, "plain"), WIDTHS, _tokens))
+    plain = from_torch(lambda n: Positions(n, "plain"), WIDTHS, _tokens)
+    assert abc_by_target(traced) == abc_by_target(plain)
     _bit_identical_at_base(traced, lambda n: Positions(n, form))
 
 
@@ -90,8 +84,9 @@ def test_a_lookup_of_one_constant_id_is_a_bias_the_tables_row_maps_to(row):
     (name,) = (p for p, u in traced.params.items() if u.index is not None)
     assert traced.params[name].target == "tt.weight" and traced.params[name].index == row
     assert f"param tt_weight_row{row} : [n]" in traced.source
-    oracle = _abc(from_torch(lambda n: TokenType(n, "plain"), WIDTHS, _tokens))
-    assert _abc(traced) == {("tt.weight" if k == "tt" else k): v for k, v in oracle.items()}
+    oracle = abc_by_target(from_torch(lambda n: TokenType(n, "plain"), WIDTHS, _tokens))
+    assert abc_by_target(traced) == {("tt.weight" if k == "tt" else k): v
+                                     for k, v in oracle.items()}
     mup = _bit_identical_at_base(traced, lambda n: TokenType(n, row))
     # at 4x the base width apply rescales the row read (to the table's std at the base
     # times 4^-b, b = 0 for a bias) and leaves the other row as it was; the table takes the
@@ -135,7 +130,7 @@ class InPlace(nn.Module):
 def test_an_in_place_op_on_a_value_nothing_else_reads_is_the_op():
     traced = from_torch(InPlace, WIDTHS, _tokens)
     plain = from_torch(lambda n: InPlace(n, plain=True), WIDTHS, _tokens)
-    assert _abc(traced) == _abc(plain)
+    assert abc_by_target(traced) == abc_by_target(plain)
     _bit_identical_at_base(traced, InPlace)
 
 

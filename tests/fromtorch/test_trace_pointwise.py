@@ -7,13 +7,13 @@ written with the form's plain counterpart (relu, torch's layer_norm and rms_norm
 same µP, and apply is bit-identical at the base."""
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -21,11 +21,6 @@ WIDTHS = (32, 64)
 
 def _tokens(model):
     return (torch.arange(16).remainder(13).view(2, 8),)
-
-
-def _abc(traced):
-    d = derive(traced.program, "adam")
-    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
 
 
 def _act(form, h):
@@ -93,7 +88,7 @@ def _trace(**kw):
 
 @pytest.fixture(scope="module")
 def plain():
-    return _abc(_trace()[1])
+    return abc_by_target(_trace()[1])
 
 
 @pytest.mark.parametrize(("act", "line"), [
@@ -104,7 +99,7 @@ def plain():
 def test_an_integer_power_of_a_function_is_a_product_of_copies(plain, act, line):
     build, traced = _trace(act=act)
     assert line in traced.source.splitlines(), traced.source
-    assert _abc(traced) == plain
+    assert abc_by_target(traced) == plain
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
 
 
@@ -115,7 +110,7 @@ def test_a_norm_written_by_hand_is_the_languages_norm(plain, norm, fn, positions
     # and a positions embedding, XLM's expand_as, or Whisper's table indexed by the positions
     build, traced = _trace(norm=norm, positions=positions)
     assert f"= {fn}(add)" in traced.source, traced.source
-    assert _abc(traced) == {**plain, "p.weight": plain["e.weight"]}
+    assert abc_by_target(traced) == {**plain, "p.weight": plain["e.weight"]}
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
 
 
@@ -178,7 +173,7 @@ def test_a_soft_cap_of_the_attention_logits_is_a_function_of_them():
     assert len(capped) == 2 and capped[0].startswith("50.0 * tanh("), capped
     assert capped[1] == "30.0 * tanh(linear_4 / 30.0)", capped
     plain = from_torch(SoftCapped, WIDTHS, _tokens)
-    assert _abc(traced) == _abc(plain)  # the attention scale's 1/d among them
+    assert abc_by_target(traced) == abc_by_target(plain)  # the attention scale's 1/d among them
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
 
 

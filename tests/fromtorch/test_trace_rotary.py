@@ -5,13 +5,13 @@ Oracle: the same model without the rotary derives the same µP; apply is bit-ide
 base; a stack that is no rotate_every_two is refused."""
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from tensorprog import TensorProgError, derive  # noqa: E402
+from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -20,11 +20,6 @@ HEADS = 4
 
 def _tokens(model):
     return (torch.arange(16).remainder(13).view(2, 8),)
-
-
-def _abc(traced):
-    d = derive(traced.program, "adam")
-    return {u.target: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p, u in traced.params.items()}
 
 
 def rotate_every_two(x, form):
@@ -79,7 +74,7 @@ class Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def plain():
-    return _abc(from_torch(Net, WIDTHS, _tokens))
+    return abc_by_target(from_torch(Net, WIDTHS, _tokens))
 
 
 @pytest.mark.parametrize("rotary", ["full", "partial"])
@@ -90,7 +85,7 @@ def test_an_interleaved_rotary_is_the_network_without_it(plain, rotary):
     traced = from_torch(build, WIDTHS, _tokens)
     notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]
     assert len(notes) == 2, traced.source  # the query and the key
-    assert _abc(traced) == plain
+    assert abc_by_target(traced) == plain
     assert apply_is_bit_identical_at_base(traced, build, _tokens)
 
 

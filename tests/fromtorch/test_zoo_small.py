@@ -54,6 +54,15 @@ def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
     assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
 
 
+def test_zoo_cuts_a_conformers_blocks_to_two_never_adds_any(zoo):
+    t = __import__("transformers")
+    # Phi-4-multimodal's audio encoder: 24 conformer blocks, 900M params at width 1024 (the
+    # family timed out building it); Perceiver's one block stays one
+    kw = zoo.config_kwargs(t.Phi4MultimodalConfig, 64, "heads")
+    assert kw["audio_config"].num_blocks == 2
+    assert zoo.config_kwargs(t.PerceiverConfig, 64, "heads")["num_blocks"] == 1
+
+
 def test_zoo_plumbing_of_the_other_mappings(zoo):
     import transformers
 

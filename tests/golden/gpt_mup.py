@@ -221,6 +221,18 @@ class Model(torch.nn.Module):
         self.mult_tie *= depth_ratio ** -SCALES["tie"]["aL"]
         self.reset_parameters()
 
+    @classmethod
+    def from_config(cls, config, *args, **kwargs):
+        """Model(*args, **kwargs) with the init_std and mult tensorprog tune -o FILE wrote
+        (config: the path, or its JSON), refused by load_config unless tuned for this
+        module; make_optimizer(model, config=config) takes its lr."""
+        tuned = load_config(config)
+        given = sorted({"init_std", "mult", "base_width", "base_depth"} & set(kwargs))
+        if given:
+            raise ValueError(f"from_config takes {', '.join(given)} from the tuned "
+                             "values; call Model(...) to set them yourself")
+        return cls(*args, init_std=tuned["init_std"], mult=tuned["mult"], **kwargs)
+
     def reset_parameters(self, generator=None):
         ratio = self.width / self.base_width
         depth_ratio = self.depth / self.base_depth
@@ -443,6 +455,56 @@ def _base_stds(base_width, init_std):
     return stds
 
 
+def load_config(config):
+    """The base constants tensorprog tune -o FILE wrote (config: the path, or its JSON
+    as a dict) as {"lr", "init_std", "mult", "optimizer"}, for
+    Model.from_config and make_optimizer(config=...). ValueError unless they were tuned
+    for this module: every param's exponents, fan-in and init and every scale's as in
+    SCALING and SCALES, and the same base sizes (a file of another program,
+    parametrization, convention, optimizer or data dims differs there)."""
+    import json
+
+    if not isinstance(config, dict):
+        with open(config) as f:
+            config = json.load(f)
+    if config.get("format") != "tensorprog-tune/1" or "scaling" not in config:
+        raise ValueError("not a file of tuned values with the scaling they were tuned "
+                         "for: write it with tensorprog tune -o FILE")
+    origin = (f"{config.get('program')} ({config.get('param')}, "
+              f"{config.get('convention')} convention, {config.get('optimizer')})")
+    fix = ("; emit the module of the program tune was given, with the dims it "
+           f"set: tensorprog derive PROGRAM -o FILE --param {config.get('param')} "
+           f"--convention {config.get('convention')} --optimizer "
+           f"{config.get('optimizer')}")
+    ours = json.loads(json.dumps({"param": SCALING, "scale": SCALES}))  # as the file holds it
+    theirs = {"param": config["scaling"], "scale": config.get("scales", {})}
+    for kind, here in ours.items():
+        for name in sorted(set(here) | set(theirs[kind])):
+            a, b = here.get(name), theirs[kind].get(name)
+            if a is None or b is None:
+                where = "this module has" if a is None else "they have"
+                raise ValueError(f"the tuned values are for {origin}: {where} "
+                                 f"no {kind} {name!r}{fix}")
+            for key in ("a", "b", "c", "eps", "aL", "bL", "cL", "epsL",
+                        "fan_in", "init", "base"):
+                if a.get(key) != b.get(key):
+                    raise ValueError(f"the tuned values are for {origin}: {kind} "
+                                     f"{name!r} has {key} {b.get(key)} there, "
+                                     f"{a.get(key)} here{fix}")
+    for key, here in (("base_width", BASE_WIDTH), ("base_depth", BASE_DEPTH)):
+        if config.get(key, here) != here:
+            raise ValueError(f"the tuned values are for {key} {config[key]}, this "
+                             f"module's is {here}: emit it with that base "
+                             "(derive --base-width N; the program's depth line "
+                             "sets its base depth)")
+    lr = config.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"the tuned lr must be a positive number, not {lr!r}")
+    return {"lr": float(lr), "init_std": dict(config.get("init_std") or {}),
+            "mult": dict(config.get("mult") or {}),
+            "optimizer": config.get("optimizer")}
+
+
 def _check_depth(depth, base_depth):
     """depth and base_depth as ints; ValueError unless both are positive integers."""
     return _positive_ints(depth=depth, base_depth=base_depth)
@@ -559,15 +621,26 @@ def param_groups(model, lr, weight_decay=0.0, decay=None, eps=1e-8, decay_params
     return list(groups.values())
 
 
-def make_optimizer(model, lr, optimizer=None, weight_decay=0.0, decay=None,
-                   decay_params="matrices", **kwargs):
+def make_optimizer(model, lr=None, optimizer=None, weight_decay=0.0, decay=None,
+                   decay_params="matrices", config=None, **kwargs):
     """A torch.optim optimizer over param_groups (default: the derived one);
     weight_decay, decay and decay_params as in param_groups. optimizer is
     adam or adamw:
     the exponents here are derived for adam, and another optimizer needs
     its own (tensorprog derive --optimizer NAME emits its module).
     param_groups(model, lr) feeds an optimizer of your own that scales as
-    adam does."""
+    adam does. config (the file tensorprog tune -o wrote, or its JSON)
+    gives the tuned lr instead, checked by load_config."""
+    if config is not None:
+        if lr is not None:
+            raise ValueError("give lr or config (which holds the tuned lr), not both")
+        tuned = load_config(config)
+        lr, optimizer = tuned["lr"], optimizer or tuned["optimizer"]
+        if model.base_width != BASE_WIDTH:
+            raise ValueError(f"the lr was tuned for base_width {BASE_WIDTH}, the model's "
+                             f"is {model.base_width}")
+    elif lr is None:
+        raise TypeError("make_optimizer() needs lr, or config=FILE (tensorprog tune -o)")
     name = optimizer or 'adam'
     classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in classes:

@@ -31,15 +31,8 @@ output y = W2 @ z
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: torch's thread pool only adds contention on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small matmuls: torch's thread pool only adds contention on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(p: int, d: int, d_out: int, seed: int = 0):

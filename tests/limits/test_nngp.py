@@ -36,15 +36,8 @@ def arccos_recursion(x: np.ndarray, depth: int, bias: float) -> np.ndarray:
     return np.outer(d, d) * (np.sin(t) + (np.pi - t) * np.cos(t)) / (2 * np.pi)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: torch's thread pool only adds contention on a shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small matmuls: torch's thread pool only adds contention on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_instruction_has_a_rule():

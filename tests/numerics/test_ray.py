@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, all_gone, processes, run_cli
 
 import tensorprog as tp
 from tensorprog.engine.optimizers import OPTIMIZERS
@@ -63,23 +63,7 @@ def test_a_study_on_ray_tune_resumes_locally(local_ray, tmp_path, capsys):
 
 def _ray_workers(session_pid: int) -> list[int]:
     """Live processes of the session led by ``session_pid`` that run a trial on Ray."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmd = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == session_pid and b"run_trial" in cmd:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return processes(lambda f, cmd: int(f[3]) == session_pid and b"run_trial" in cmd)
 
 
 @pytest.mark.slow
@@ -104,8 +88,5 @@ def test_killing_the_driver_leaves_no_trial_running_on_ray(sig, tmp_path):
     time.sleep(2)  # training
     os.kill(driver.pid, sig)
     driver.communicate(timeout=60)
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    assert all_gone(workers, 30)
     assert not list((tmp_path / "transfer").glob("*.json"))  # no trial finished to be cached

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, alive, all_gone, pool_workers, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,26 +232,6 @@ def test_too_few_finite_points_give_no_optimum_and_no_verdict():
 # --- the worker processes of a sweep die with their driver --------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """The live (not zombie) processes whose parent is ``pid``, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone while listed
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _sweep_with_workers(tmp_path):
     """A driver of a long two-job sweep, once both its workers train: (driver, worker pids)."""
     import os
@@ -265,14 +245,10 @@ def _sweep_with_workers(tmp_path):
          "--widths", "8,16", "--values", "1e-3,1e-2,1e-1", "--steps", "100000", "--seeds", "1",
          "--jobs", "2", "--cache", str(tmp_path)],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        workers = [p for p in _children(driver.pid)
-                   if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        if len(workers) == 2:
-            time.sleep(3)  # past their start: training
-            return driver, workers
-        time.sleep(0.2)
+    workers = pool_workers(driver)
+    if len(workers) == 2:
+        time.sleep(3)  # past their start: training
+        return driver, workers
     driver.kill()
     driver.communicate()
     pytest.fail("the sweep started no two workers in 90 s")
@@ -283,15 +259,11 @@ def test_the_workers_die_when_the_driver_is_killed(tmp_path):
     # before: after kill -9 of the driver the workers trained on, each for minutes
     import os
     import signal
-    import time
 
     driver, workers = _sweep_with_workers(tmp_path)
     os.kill(driver.pid, signal.SIGKILL)
     driver.communicate()  # reaps it and closes its pipes
-    deadline = time.monotonic() + 10
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(w) for w in workers)
+    assert all_gone(workers)
     assert not list((tmp_path / "transfer").glob("*.json"))  # no trial finished to be cached
 
 
@@ -309,7 +281,7 @@ def test_ctrl_c_stops_a_parallel_sweep_at_once(tmp_path):
     assert time.monotonic() - start < 8
     assert driver.returncode == 130 and b"interrupted: the finished trials are cached" in err
     assert b"Traceback" not in err
-    assert not any(_alive(w) for w in workers)
+    assert not any(alive(w) for w in workers)
 
 
 def test_the_library_sweep_refuses_a_run_too_big_before_training(monkeypatch):

@@ -1,0 +1,67 @@
+"""``MuP(traced, config=...)`` takes the values ``tensorprog tune -o FILE`` wrote for the traced
+program: each tuned param starts at its tuned std at the base width (times µP's factor
+elsewhere), and ``param_groups`` takes the tuned lr. A file tuned for another convention or
+optimizer, or with a tuned multiplier, is refused. The file is written here by hand, as tune
+writes it for the traced program's emitted module: no study runs."""
+
+from __future__ import annotations
+
+import pytest
+
+import tensorprog as tp
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import Emitted, emit
+from tensorprog.engine.optimizers import OPTIMIZERS
+from tensorprog.engine.parametrization import choose
+from tensorprog.numerics.tune import scaling_record
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class Net(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.inp, self.hid, self.out = nn.Linear(8, n), nn.Linear(n, n), nn.Linear(n, 4)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hid(torch.relu(self.inp(x)))))
+
+
+def test_mup_takes_the_tuned_std_and_lr_and_refuses_another_scaling():
+    traced = tp.from_torch(Net, (32, 64), lambda m: (torch.randn(2, 8),))
+    program, adam = traced.program, OPTIMIZERS["adam"]
+    abc, _, label, eps = choose(program, adam, "mup", "table3")
+    module = load_module(Emitted(emit(program, abc, optimizer=adam, label=label, command="t",
+                                      eps=eps).source), "mup")
+    config = {"format": "tensorprog-tune/1", "program": program.name, "param": "mup",
+              "convention": "table3", "optimizer": "adam", "base_width": 32, "lr": 3e-3,
+              "init_std": {"hid_weight": 0.05, "out_weight": 0.04}, "mult": {},
+              **scaling_record(module)}
+    mup = tp.MuP(traced, "adam", config=config)
+    torch.manual_seed(0)
+    base, wide = Net(32), Net(128)
+    own = float(base.inp.weight.detach().std())
+    mup.apply(base)
+    mup.apply(wide)
+    # at the base width a tuned param starts at its tuned std, an untuned one keeps its own;
+    # at 4x the tuned std times 4^-1/2 (hidden) and 4^-1 (output); measured stds of 1024 to
+    # 16,384 draws, rescaled to the target exactly
+    assert float(base.hid.weight.detach().std()) == pytest.approx(0.05)
+    assert float(base.inp.weight.detach().std()) == pytest.approx(own)
+    assert float(wide.hid.weight.detach().std()) == pytest.approx(0.025)
+    assert float(wide.out.weight.detach().std()) == pytest.approx(0.01)
+    # the tuned lr, times each tensor's ratio**-c: hidden and output weights at 3e-3 / 4
+    lrs = {p.shape: g["lr"] for g in mup.param_groups(wide) for p in g["params"]}
+    assert lrs[(128, 128)] == pytest.approx(7.5e-4) and lrs[(128, 8)] == pytest.approx(3e-3)
+    with pytest.raises(tp.UsageError, match=r"out_weight has a 0.0 there, 1.0 here"):
+        tp.MuP(traced, "adam", convention="mup", config=config)  # another convention
+    with pytest.raises(tp.UsageError, match=r"has c 0.0 there, -1.0 here"):
+        tp.MuP(traced, "sgd", config=config)  # another optimizer
+    with pytest.raises(tp.UsageError, match=r"this MuP is for traced \(mup, table3 .*another "
+                                            r"program"):
+        tp.MuP(traced, "adam", config={**config, "program": "mlp"})
+    with pytest.raises(tp.UsageError, match=r"a tuned multiplier, hid_weight x2 of its default"):
+        tp.MuP(traced, "adam", config={**config, "mult": {"hid_weight": 2.0}})
+    with pytest.raises(tp.UsageError, match="param_groups needs lr"):
+        tp.MuP(traced, "adam").param_groups(wide)
