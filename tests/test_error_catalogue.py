@@ -762,6 +762,21 @@ class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max d
         return self.o(self.e(idx)) + bias.sum()
 
 
+class RelativePadded(Relative):
+    def forward(self, idx):  # the bias as sdpa's mask, under a mask hiding the last key
+        b, t = idx.shape
+        d = torch.arange(t, device=idx.device)
+        d = d[None, :] - d[:, None]
+        side, d = (d > 0).long() * 4, d.abs()
+        far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)
+        bias = torch.nn.functional.embedding(side + torch.where(d < 2, d, far), self.r)
+        keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
+        mask = torch.where(keep, bias.permute(2, 0, 1)[None], -1e9)
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class InPlace(Net):
     def forward(self, idx):  # x is read again after x += 1: it would read the updated value
         x = self.e(idx) * 2.0
@@ -813,6 +828,7 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "relative": "lambda n: Relative(n)",
+    "relative_padded": "lambda n: RelativePadded(n)",
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
@@ -844,9 +860,16 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
-    # before: refused as "an embedding lookup of ids that are neither the token input, ..."
+    # before: refused as "an embedding lookup of ids that are neither the token input, ...";
+    # then at the lookup, as relative biases were not traced; now traced into the logits they
+    # are added to (ops_relative.py), and refused where they are used otherwise
     ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
-                       r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
+                       r"distance buckets(.|\n)*used other than added to attention logits "
+                       r"\(by sum\)(.|\n)*input rel : relative\[T, B\](.|\n)*t5.tp"),
+    # the bias under a mask that hides a key (padding): refused as any such mask is
+    ("relative_padded", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias "
+                              r"under an attention mask that is neither the causal mask nor one "
+                              r"that keeps every key(.|\n)*help: trace with example inputs"),
     # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
     # (its input given as a keyword: example_inputs may return a dict)
     ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",

@@ -302,6 +302,10 @@ class Walker:
                     # token_type_ids, zeros): known constants, so a lookup of them is read as
                     # positions or as one row of its table (ops_linear.py)
                     self.env[node.name] = Conc(self._ids(spec.target))
+                elif spec.kind.name == "BUFFER" and self._zeros(spec.target) is not None:
+                    # a float buffer of zeros (BART's final_logits_bias): a constant, so that
+                    # adding it is read as the identity it is (ops_arith.py)
+                    self.env[node.name] = Conc(self._zeros(spec.target))
                 elif spec.kind.name == "USER_INPUT" and not isinstance(val, torch.Tensor):
                     # None or a number (an optional mask left out): export bakes it into the
                     # graph as a constant, so it is no input of the program
@@ -361,6 +365,12 @@ class Walker:
         ok = value is not None and value.dtype in (torch.int64, torch.int32)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
+    def _zeros(self, target):
+        """A float buffer of zeros, read from a CPU build (trace.py), or None."""
+        value = getattr(self, "scalars", {}).get(target)
+        ok = value is not None and value.is_floating_point() and value.numel() > 1
+        return value if ok and value.device.type != "meta" and not value.any() else None
+
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)
         return value is not None and value.numel() == 1 and value.is_floating_point()
@@ -378,6 +388,10 @@ class Walker:
     def call(self, node):
         import torch
 
+        if not node.users and not _op_name(node).endswith("_") and _op_name(node) not in _CHECKS:
+            # a value nothing reads (BART's inputs_embeds[:, :, -1], taken for its shape only,
+            # which export keeps as a node): it cannot reach the program, whatever it is
+            return Aux()
         args, kwargs = self.args(node)
         if node.target is operator.getitem:
             if isinstance(args[0], Parts):
