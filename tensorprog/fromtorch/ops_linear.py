@@ -36,11 +36,12 @@ class LinearOps:
             # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
             # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
             # unread rows never move
-            table, _ = self.param(w, node, lookup=True, fan_in="T")
             self.positions = int(idx.value.shape[-1])
-            # which sequence's positions (an encoder-decoder has two): sequences.py
-            src, tags = self.sequence_input("_pos", "positions", self.positions, 0), (
-                ("tok",) * idx.value.dim())
+            # which sequence's positions (an encoder-decoder has two): sequences.py, which
+            # also names the table's fan-in, that sequence's dim, for the provisional name
+            src = self.sequence_input("_pos", "positions", self.positions, 0)
+            table, _ = self.param(w, node, lookup=True, fan_in=src)
+            tags = ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):

@@ -138,6 +138,10 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     trace.seq_dims = {d: seen[d] for d in dim_of.values() if d != "T" and d in seen}
     trace.stmts = [PROVISIONAL.sub(lambda m: renames.get(m.group(0), m.group(0)), s)
                    for s in trace.stmts]
+    # a positions table's fan-in is its sequence's dim (declared with the provisional name)
+    dims = {name: dim_of[classes.find(name)] for name in lengths if name != "tok"}
+    trace.decls = [PROVISIONAL.sub(lambda m: dims.get(m.group(0), m.group(0)), d)
+                   for d in trace.decls]
 
 
 def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:

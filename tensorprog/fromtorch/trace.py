@@ -301,7 +301,7 @@ def _inputs(example_inputs: Callable, model) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def _token_ids(args: tuple, kwargs: dict) -> int:
+def token_index(args: tuple, kwargs: dict) -> int:
     """Which of the inputs (positional, then keyword) holds the token ids: ``input_ids`` (Hugging
     Face's name) when given as a keyword, else the first tensor (an optional mask left out as
     None may come before it)."""
@@ -313,7 +313,7 @@ def _token_ids(args: tuple, kwargs: dict) -> int:
     return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
 
 
-def _forward_names(model, args: tuple, kwargs: dict, specs=None) -> list[str]:
+def forward_names(model, args: tuple, kwargs: dict, specs=None) -> list[str]:
     """The forward's name of each input leaf: positional ones by its signature, then the
     keyword ones (``specs``: the graph's placeholders, named for leaves past the signature)."""
     import inspect
@@ -336,9 +336,9 @@ def token_feed(example_inputs: Callable, model, tokens: dict) -> tuple[tuple, di
 
     args, kwargs = _inputs(example_inputs, model)
     leaves = [*args, *kwargs.values()]
-    k = _token_ids(args, kwargs)
+    k = token_index(args, kwargs)
     batch = tokens["tok"].shape[0]
-    for i, name in enumerate(_forward_names(model, args, kwargs)):
+    for i, name in enumerate(forward_names(model, args, kwargs)):
         if i == k:
             leaves[i] = tokens["tok"]
         elif name in tokens:
@@ -348,7 +348,7 @@ def token_feed(example_inputs: Callable, model, tokens: dict) -> tuple[tuple, di
     return tuple(leaves[:len(args)]), dict(zip(kwargs, leaves[len(args):], strict=True))
 
 
-def _given(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
+def given_inputs(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
     """The integer inputs other than the token ids (an attention mask, token-type ids), by
     their placeholders in ``ep``: (the forward's name for it, its value on the CPU). Constants
     of the trace (a mask of all ones keeps every key; token-type ids of one value are one row
@@ -360,7 +360,7 @@ def _given(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
     leaves = (*args, *kwargs.values())
     specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     assert len(specs) == len(leaves), (specs, leaves)  # flat inputs, checked by _inputs
-    names = _forward_names(model, args, kwargs, specs)
+    names = forward_names(model, args, kwargs, specs)
     return {
         s.arg.name: (name, x.detach().to("cpu"))
         for i, (s, name, x) in enumerate(zip(specs, names, leaves, strict=True))
@@ -402,7 +402,7 @@ def from_torch(
             model = built(build, w)
         args, kwargs = _inputs(example_inputs, model)
         leaves = (*args, *kwargs.values())
-        k = _token_ids(args, kwargs)
+        k = token_index(args, kwargs)
 
         def meta(x):
             return x.to("meta") if isinstance(x, torch.Tensor) else x
@@ -413,7 +413,7 @@ def from_torch(
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model)
-            traces.append(convert(ep, base, tok, scalars, _given(ep, model, args, kwargs, k)))
+            traces.append(convert(ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack

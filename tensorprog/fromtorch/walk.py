@@ -366,8 +366,11 @@ class Walker:
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _zeros(self, target):
-        """A float buffer of zeros, read from a CPU build (trace.py), or None."""
+        """A float buffer of zeros: read from a CPU build (trace.py), or the graph's own where
+        it was exported with real tensors (the probe of a built model, check.py); else None."""
         value = getattr(self, "scalars", {}).get(target)
+        if value is None:
+            value = self.ep.state_dict.get(target, self.ep.constants.get(target))
         ok = value is not None and value.is_floating_point() and value.numel() > 1
         return value if ok and value.device.type != "meta" and not value.any() else None
 

@@ -126,3 +126,38 @@ def test_a_relative_bias_reads_the_buckets_of_its_own_sequence(t5):
     kinds = {i.name: i.kind for i in program.inputs}
     assert kinds == {"tok": "tokens", "decoder_input_ids": "tokens", "rel": "relative",
                      "rel_causal_decoder_input_ids": "causal_relative"}
+
+
+def _bart(n):
+    config = transformers.BartConfig(
+        vocab_size=256, d_model=n, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=4 * n, decoder_ffn_dim=4 * n,
+        max_position_embeddings=32, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        use_cache=False)
+    return transformers.BartForConditionalGeneration(config)
+
+
+@pytest.mark.slow  # two more exports of an encoder-decoder: about 12 s
+def test_hf_bart_traces_its_positions_per_sequence_and_cross_attention():
+    # BART's learned positions (offset 2, from each input's shape): one positions input per
+    # sequence; the decoder's cross-attention reads the encoder's output; the zeros of
+    # final_logits_bias (a buffer) added to the logits change nothing
+    traced = from_torch(_bart, (32, 64), _inputs)
+    source = traced.source
+    for line in ("input tok : tokens[T, V]", "input pos : positions[T]",
+                 "input decoder_input_ids : tokens[T_decoder_input_ids, V]",
+                 "input pos_decoder_input_ids : positions[T_decoder_input_ids]"):
+        assert line in source
+    assert re.search(r"= \w*encoder_attn_k_proj_weight @ layer_norm_2 ", source)
+    d = tp.derive(traced.program, "adam").abc
+    enc, dec = (next(p for p, u in traced.params.items() if u.target == t)
+                for t in ("model.encoder.embed_positions.weight",
+                          "model.decoder.embed_positions.weight"))
+    assert (d[enc].a, d[enc].b, d[enc].c) == (d[dec].a, d[dec].b, d[dec].c) == (0, 0, 0)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(1)
+    model, x = _bart(32), _inputs(None)
+    torch.manual_seed(1)
+    plain = _bart(32)
+    mup.apply(model)
+    assert torch.equal(model.eval()(**x).logits, plain.eval()(**x).logits)
