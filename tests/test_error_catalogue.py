@@ -762,18 +762,31 @@ class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max d
         return self.o(self.e(idx)) + bias.sum()
 
 
+def t5_bias(r, t, device):  # Relative's bias, as [1, heads, queries, keys]
+    d = torch.arange(t, device=device)
+    d = d[None, :] - d[:, None]
+    side, d = (d > 0).long() * 4, d.abs()
+    far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)
+    return torch.nn.functional.embedding(side + torch.where(d < 2, d, far), r).permute(2, 0, 1)[
+        None]
+
+
 class RelativePadded(Relative):
     def forward(self, idx):  # the bias as sdpa's mask, under a mask hiding the last key
         b, t = idx.shape
-        d = torch.arange(t, device=idx.device)
-        d = d[None, :] - d[:, None]
-        side, d = (d > 0).long() * 4, d.abs()
-        far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)
-        bias = torch.nn.functional.embedding(side + torch.where(d < 2, d, far), self.r)
         keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
-        mask = torch.where(keep, bias.permute(2, 0, 1)[None], -1e9)
+        mask = torch.where(keep, t5_bias(self.r, t, idx.device), -1e9)
         x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
         y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class RelativeScaled(Relative):
+    def forward(self, idx):  # logits scaled after the bias was added: not the bias T5 adds
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        s = (x @ x.transpose(-2, -1) + t5_bias(self.r, t, idx.device)) * 0.5
+        y = torch.softmax(s, -1) @ x
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -829,6 +842,7 @@ TRACED_BUILDS = {
     "in_place": "lambda n: InPlace(n)",
     "relative": "lambda n: Relative(n)",
     "relative_padded": "lambda n: RelativePadded(n)",
+    "relative_scaled": "lambda n: RelativeScaled(n)",
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
@@ -870,6 +884,8 @@ TRACED_BUILDS = {
     ("relative_padded", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias "
                               r"under an attention mask that is neither the causal mask nor one "
                               r"that keeps every key(.|\n)*help: trace with example inputs"),
+    ("relative_scaled", None, r"m.py:\d+:\d+: error: cannot trace a number multiplying "
+                              r"attention logits after a relative position bias was added"),
     # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
     # (its input given as a keyword: example_inputs may return a dict)
     ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
