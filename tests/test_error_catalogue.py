@@ -1758,6 +1758,34 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         MuP(traced, "adam")
 
 
+def test_mup_refuses_a_width_constant_on_a_second_lookup_of_a_shared_table():
+    # before: its forward patch went on the table's first lookup, so an encoder-decoder's
+    # decoder embedding times sqrt(d_model) (PLBart's) got the factor on the encoder's lookup
+    # (its check failed at +1.0 and +0.5); now refused, saying what to build instead
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Twice(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.emb = n, nn.Embedding(16, n)
+            self.head, self.head2 = nn.Linear(n, 16), nn.Linear(n, 16)
+
+        def forward(self, idx):
+            a = self.emb(idx) * self.n ** 0.5
+            b = self.emb(idx) * self.n ** 0.5
+            return self.head(a) + self.head2(b)
+
+    traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies a lookup of "
+                       r"emb.weight, which the model also reads elsewhere.*help: build the "
+                       r"model without the constant"):
+        MuP(traced, "adam")
+
+
 def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():
     # before: only "linear_2 vanishes at init as 1/n", far from the cause (an inner size of 48
     # at every width); now the trace's note comes with it, naming the dim and the modules

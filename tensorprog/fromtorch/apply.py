@@ -169,6 +169,19 @@ class MuP:
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
             )
         else:
+            made = self.traced.vectors.get(info["q"], (use.node,))[0]
+            if info.get("fixed") and made != use.node:
+                # the patch goes on the module of the param's first use: a width constant on
+                # another lookup of a shared table (an encoder-decoder's decoder embedding
+                # times sqrt(d_model), PLBart's) would scale the wrong vector
+                raise UsageError(
+                    f"{scale}: a constant of the width multiplies a lookup of "
+                    f"{use.target}, which the model also reads elsewhere (another lookup, a "
+                    "tied head), and not at its first use: apply cannot move its width factor "
+                    "into that lookup alone",
+                    help="build the model without the constant (scale_embedding=False), or "
+                    "with a table of its own for each lookup",
+                )
             self.patches.append(
                 Patch(
                     use.module,
