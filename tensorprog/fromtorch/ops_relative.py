@@ -118,6 +118,11 @@ class RelativeOps:
         if op == "where" and len(args) == 3 and args[1] is b and isinstance(args[0], Conc) \
                 and isinstance(args[2], (int, float)) and args[2] <= -1e4:
             return self._bias_masked(node, b, args[0].value, shape)  # HF's sdpa mask
+        if op == "add_" and len(args) == 2 and isinstance(args[0], Scores):
+            # scores += bias (MPNet's): the add, where nothing else reads the scores before it
+            # (the walker's check of an in-place op, which refuses otherwise)
+            self._in_place(node, op)
+            op = "add"
         if op == "add" and len(args) == 2:
             other = args[1] if args[0] is b else args[0]
             if isinstance(other, Scores):  # scores + bias: eager attention

@@ -161,3 +161,40 @@ def test_hf_bart_traces_its_positions_per_sequence_and_cross_attention():
     plain = _bart(32)
     mup.apply(model)
     assert torch.equal(model.eval()(**x).logits, plain.eval()(**x).logits)
+
+
+class _Biased(torch.nn.Module):
+    """Two heads of attention by hand with T5's bias (8 buckets, both ways) added to the
+    logits, out of place or in place (MPNet's ``scores += bias``)."""
+
+    def __init__(self, n, in_place=False):
+        super().__init__()
+        self.e, self.o = torch.nn.Embedding(16, n), torch.nn.Linear(n, 16)
+        self.q, self.k = torch.nn.Linear(n, n), torch.nn.Linear(n, n)
+        self.r = torch.nn.Embedding(8, 2)  # [buckets, heads]
+        self.in_place = in_place
+
+    def forward(self, idx):
+        from tensorprog.fromtorch.ops_relative import t5_buckets
+
+        b, t = idx.shape
+        x = self.e(idx)
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in (self.q(x), self.k(x), x))
+        ids = t5_buckets(t, t, 8, True, torch).to(idx.device)
+        bias = self.r(ids).permute(2, 0, 1).unsqueeze(0)
+        s = q @ k.transpose(-1, -2)
+        if self.in_place:
+            s += bias
+        else:
+            s = s + bias
+        y = torch.softmax(s, -1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_bias_added_in_place_traces_as_added():
+    tokens = lambda m: (torch.zeros(2, 8, dtype=torch.long),)  # noqa: E731
+    plain = from_torch(_Biased, (16, 32), tokens)
+    in_place = from_torch(lambda n: _Biased(n, in_place=True), (16, 32), tokens)
+    assert "input rel : relative[T, f8]" in plain.source
+    assert re.search(r"= attn_\w+ \* dot\(\w+, \w+, n_by2\) \+ \w+\n", plain.source)
+    assert in_place.source == plain.source
