@@ -822,6 +822,34 @@ class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max d
         return self.o(self.e(idx)) + bias.sum()
 
 
+def t5_bias(r, t, device):  # Relative's bias, as [1, heads, queries, keys]
+    d = torch.arange(t, device=device)
+    d = d[None, :] - d[:, None]
+    side, d = (d > 0).long() * 4, d.abs()
+    far = (2 + (torch.log(d.float() / 2) / 4.1588830833596715 * 2).long()).clamp(max=3)
+    return torch.nn.functional.embedding(side + torch.where(d < 2, d, far), r).permute(2, 0, 1)[
+        None]
+
+
+class RelativePadded(Relative):
+    def forward(self, idx):  # the bias as sdpa's mask, under a mask hiding the last key
+        b, t = idx.shape
+        keep = (torch.arange(t, device=idx.device) < t - 1).expand(t, t)
+        mask = torch.where(keep, t5_bias(self.r, t, idx.device), -1e9)
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class RelativeScaled(Relative):
+    def forward(self, idx):  # logits scaled after the bias was added: not the bias T5 adds
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        s = (x @ x.transpose(-2, -1) + t5_bias(self.r, t, idx.device)) * 0.5
+        y = torch.softmax(s, -1) @ x
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class InPlace(Net):
     def forward(self, idx):  # x is read again after x += 1: it would read the updated value
         x = self.e(idx) * 2.0
@@ -928,6 +956,8 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "relative": "lambda n: Relative(n)",
+    "relative_padded": "lambda n: RelativePadded(n)",
+    "relative_scaled": "lambda n: RelativeScaled(n)",
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
@@ -969,9 +999,18 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
-    # before: refused as "an embedding lookup of ids that are neither the token input, ..."
+    # before: refused as "an embedding lookup of ids that are neither the token input, ...";
+    # then at the lookup, as relative biases were not traced; now traced into the logits they
+    # are added to (ops_relative.py), and refused where they are used otherwise
     ("relative", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias \(T5's: 8 "
-                       r"distance buckets(.|\n)*input rel : relative\[T, 8\](.|\n)*t5.tp"),
+                       r"distance buckets(.|\n)*used other than added to attention logits "
+                       r"\(by sum\)(.|\n)*input rel : relative\[T, B\](.|\n)*t5.tp"),
+    # the bias under a mask that hides a key (padding): refused as any such mask is
+    ("relative_padded", None, r"m.py:\d+:\d+: error: cannot trace a relative position bias "
+                              r"under an attention mask that is neither the causal mask nor one "
+                              r"that keeps every key(.|\n)*help: trace with example inputs"),
+    ("relative_scaled", None, r"m.py:\d+:\d+: error: cannot trace a number multiplying "
+                              r"attention logits after a relative position bias was added"),
     # attention over every key, or the causal mask: a mask hiding keys (padding) is refused
     # (its input given as a keyword: example_inputs may return a dict)
     ("padded", "lambda m: {'idx': torch.zeros(2, 4, dtype=torch.long)}",
@@ -1890,6 +1929,34 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
     with pytest.raises(UsageError, match=r"(?s)folds into the query's gain qn.weight only when "
                        r"nothing else reads that gain.*help: give the query's norm a gain of "
                        r"its own"):
+        MuP(traced, "adam")
+
+
+def test_mup_refuses_a_width_constant_on_a_second_lookup_of_a_shared_table():
+    # before: its forward patch went on the table's first lookup, so an encoder-decoder's
+    # decoder embedding times sqrt(d_model) (PLBart's) got the factor on the encoder's lookup
+    # (its check failed at +1.0 and +0.5); now refused, saying what to build instead
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Twice(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.emb = n, nn.Embedding(16, n)
+            self.head, self.head2 = nn.Linear(n, 16), nn.Linear(n, 16)
+
+        def forward(self, idx):
+            a = self.emb(idx) * self.n ** 0.5
+            b = self.emb(idx) * self.n ** 0.5
+            return self.head(a) + self.head2(b)
+
+    traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies a lookup of "
+                       r"emb.weight, which the model also reads elsewhere.*help: build the "
+                       r"model without the constant"):
         MuP(traced, "adam")
 
 

@@ -26,6 +26,7 @@ from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
+from .decay import decay_rule
 from .trace import Traced
 from .tuned import tuned_for
 from .values import ParamUse
@@ -184,6 +185,19 @@ class MuP:
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
             )
         else:
+            made = self.traced.vectors.get(info["q"], (use.node,))[0]
+            if info.get("fixed") and made != use.node:
+                # the patch goes on the module of the param's first use: a width constant on
+                # another lookup of a shared table (an encoder-decoder's decoder embedding
+                # times sqrt(d_model), PLBart's) would scale the wrong vector
+                raise UsageError(
+                    f"{scale}: a constant of the width multiplies a lookup of "
+                    f"{use.target}, which the model also reads elsewhere (another lookup, a "
+                    "tied head), and not at its first use: apply cannot move its width factor "
+                    "into that lookup alone",
+                    help="build the model without the constant (scale_embedding=False), or "
+                    "with a table of its own for each lookup",
+                )
             self.patches.append(
                 Patch(
                     use.module,
@@ -518,7 +532,7 @@ class MuP:
             )
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
-        decayed = _decay_rule(model, decay_params)
+        decayed = decay_rule(model, decay_params)
         # a param no output reaches gets no gradient: its LR moves nothing (apply names it)
         unreached = set(self.unreached(model))
         outside = [name for name in self.uncovered(model) if name not in unreached]
@@ -663,28 +677,3 @@ def _hook(factor: float, rows):
 
     return hook
 
-
-def _decay_rule(model, decay_params):
-    """(name, param) -> whether weight decay reaches it, from param_groups' ``decay_params``;
-    a UsageError for anything else, or for a name the model has no param by (a typo would
-    silently leave that param undecayed)."""
-    if decay_params == "matrices":
-        return lambda name, p: p.dim() >= 2
-    if decay_params == "all":
-        return lambda name, p: True
-    if callable(decay_params):
-        return lambda name, p: bool(decay_params(name, p))
-    if isinstance(decay_params, str) or not hasattr(decay_params, "__iter__"):
-        raise UsageError(
-            "decay_params must be 'matrices', 'all', a function (name, param) -> bool or a set "
-            f"of the model's param names, not {decay_params!r}"
-        )
-    names = dict(model.named_parameters())
-    unknown = sorted(set(decay_params) - set(names))
-    if unknown:
-        raise UsageError(
-            f"decay_params names no param of the model: {', '.join(unknown)} "
-            "(see model.named_parameters())"
-        )
-    chosen = set(decay_params)
-    return lambda name, p: name in chosen

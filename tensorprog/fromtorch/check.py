@@ -9,12 +9,13 @@ from ..engine.derive import derive
 from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import LinComb, MatMul, Nonlin
+from ..ir.sequences import value_sequences
 from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP, scale_rows
 from .convert import convert
 from .ops_conv import train_norms
-from .trace import built, export
+from .trace import built, export, forward_names, given_inputs, token_feed, token_index
 from .where import module_of, strip_prefix
 
 # Adam's default learning rate here: the largest that keeps HF Llama (2 layers, 4 heads, vocab
@@ -25,10 +26,11 @@ from .where import module_of, strip_prefix
 DEFAULT_LR = 3e-3
 
 
-def probe(mup: MuP, model, inputs, split: dict | None = None):
+def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | None = None):
     """A function returning {program vector: tensor} for the model's current params on
-    ``inputs``, through the model's own graph (with its forward patches). The graph is
-    exported once per width and input shape, then reused (an export takes about a second).
+    ``inputs`` (and keyword ``kwargs``), through the model's own graph (with its forward
+    patches). The graph is exported once per width and input shape, then reused (an export
+    takes about a second).
 
     ``split``: filled at each call with {vector: (own, cross)} for every vector a linear layer
     of a finite fan-out computes (a router, a readout): its change since the first call split
@@ -36,7 +38,10 @@ def probe(mup: MuP, model, inputs, split: dict | None = None):
     ``own``, the rest (ΔW·x + Δb: what its own params' updates did), see :func:`coord_check`."""
     import torch
 
-    ids = [i.name for i in mup.traced.program.inputs if i.kind == "tokens" and i.name != "tok"]
+    kwargs = kwargs or {}
+    fed = set(kwargs) | set(forward_names(model, tuple(inputs), {}))
+    ids = [i.name for i in mup.traced.program.inputs
+           if i.kind == "tokens" and i.name != "tok" and i.name not in fed]
     if ids:  # segment ids traced as inputs of their own: the probe feeds the token ids alone
         raise UsageError(
             f"the model was traced with {', '.join(ids)} as token inputs of their own, which "
@@ -45,12 +50,16 @@ def probe(mup: MuP, model, inputs, split: dict | None = None):
             "ids of one value (one segment) for its coordinate check; the exponents are the same",
         )
     shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
-    key = (mup.width_of(model), shapes, tuple(tuple(x.shape) for x in inputs))
+    leaves = (*inputs, *kwargs.values())
+    key = (mup.width_of(model), shapes,
+           tuple(tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in leaves))
     if key not in mup.graphs:
         with mup.unpatched(model):
-            ep = export(model, inputs)
+            ep = export(model, inputs, kwargs)
+        k = token_index(tuple(inputs), kwargs)
         trace = convert(
-            ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(inputs[0])
+            ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(leaves[k]),
+            given=given_inputs(ep, model, tuple(inputs), kwargs, k)
         )
         if trace.decls + trace.stmts != mup.traced.templates:
             raise UsageError(
@@ -73,7 +82,7 @@ def probe(mup: MuP, model, inputs, split: dict | None = None):
     patches = mup.patch_factors(model)
     splits = {node: ({}, split) for node in _readout_nodes(mup, ep, wanted)} if split is not None \
         else {}
-    return lambda: _run(ep, model, inputs, wanted, patches, splits)
+    return lambda: _run(ep, model, leaves, wanted, patches, splits)
 
 
 def _readout_nodes(mup: MuP, ep, wanted: dict) -> list[str]:
@@ -177,6 +186,7 @@ def coord_check(
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
         x, y = (t.to(device) for t in _data(traced, batch, g))
+        args, kwargs = _feed(traced, x, g)  # an encoder-decoder's decoder ids too
         for w in widths:
             torch.manual_seed(seed)
             model = traced.build(w)
@@ -193,13 +203,13 @@ def coord_check(
                 else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, eps=eps)
             )
             split: dict = {}
-            read = probe(mup, model, (x,), split)
+            read = probe(mup, model, args, kwargs, split)
             m.record(w, 0, read(), seed)
             _record_split(own, cross, split, w, 0, seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
             train_norms(model)  # a batch norm's training forward is the program's
             for t in range(1, steps + 1):
-                logits = _logits(model(x))
+                logits = _logits(model(*args, **kwargs))
                 # a classifier of the sequence (logits read at one token, BERT's pooled head)
                 # has one target per sequence: the first token's, folded into its classes (an
                 # image classifier's targets, one per image, come as they are: _data)
@@ -311,6 +321,25 @@ def _unreached(result, mup: MuP) -> None:
             r.verdict = "reaches no output of the forward: not judged (µP says nothing of it)"
 
 
+def _feed(traced, x, g) -> tuple[tuple, dict]:
+    """The forward's inputs for token ids ``x``: ``x`` alone, or where the program reads
+    another token input (an encoder-decoder's decoder ids) the example inputs' form with random
+    ids of each (trace.token_feed)."""
+    import torch
+
+    program = traced.program
+    others = [i for i in program.inputs if i.kind == "tokens" and i.name != "tok"]
+    if not others:
+        return (x,), {}
+    tokens = {"tok": x}
+    for i in others:
+        seq, vocab = (program.dim_table[d].size for d in (i.seq, i.dim))
+        tokens[i.name] = torch.randint(vocab, (x.shape[0], seq), generator=g).to(x.device)
+    with torch.device("meta"):
+        model = built(traced.build, traced.base_width)
+    return token_feed(traced.example_inputs, model, tokens)
+
+
 def _data(traced, batch: int, g):
     """A fixed batch and its targets: random token ids and next tokens, or for a model traced
     on float inputs (an ``image``, ``patches`` or vector input) random N(0, 1) inputs of the
@@ -321,8 +350,11 @@ def _data(traced, batch: int, g):
     program = traced.program
     if not any(i.kind in ("image", "patches", "vector") for i in program.inputs):
         seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
+        # the targets run over the output's sequence (an encoder-decoder's: the decoder's)
+        out = value_sequences(program).get(program.outputs[0], ("T",))
+        target = program.dim_table[out[0]].size if out else seq
         return (torch.randint(vocab, (batch, seq), generator=g),
-                torch.randint(vocab, (batch, seq), generator=g))
+                torch.randint(vocab, (batch, target), generator=g))
     with torch.device("meta"):  # the program has the patches, the model takes the image
         given = traced.example_inputs(built(traced.build, traced.base_width))
     given = (given,) if isinstance(given, torch.Tensor) else given

@@ -16,18 +16,22 @@ from .ops_linear import LinearOps
 from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
+from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .sequences import resolve
 from .values import Trace
 from .walk import Walker
 
 
 class Converter(
-    MoEOps, SelectOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps, RotaryOps,
+    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
+    RotaryOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
-    comes first: it takes the ops on a router's selection before the walker's dispatch)."""
+    comes first: it takes the ops on a router's selection before the walker's dispatch, and
+    RelativeOps those on a relative position bias)."""
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
@@ -43,5 +47,7 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     conv.given = given or {}
     trace = conv.run()
     conv.image_read_once()  # an image cut into patches is read no other way (ops_conv.py)
+    # the sequence of each positions, buckets and second token input (sequences.py)
+    resolve(trace, conv.fresh, conv.tokens_seq)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace

@@ -23,6 +23,12 @@ from .values import (
 from .where import refuse
 
 
+def _zeros(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and not value.any()
+
+
 class ArithOps:
     """Sums, products and coordinatewise functions of per-token vectors."""
 
@@ -56,6 +62,9 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        for x, c in ((u, v), (v, u)):  # + a constant of zeros (BART's final_logits_bias)
+            if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
+                return x
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
@@ -143,6 +152,10 @@ class ArithOps:
             c, x = (v, u) if isinstance(v, (int, float)) else (u, v)
             if isinstance(x, Scores) and x.cap is not None:  # c * tanh(logits): the cap's
                 return self.capped_scores(node, x, lambda t: c * t)
+            if isinstance(x, Scores) and x.bias is not None:  # c * (s + b): not c's logits
+                raise refuse(node, "a number multiplying attention logits after a relative "
+                             "position bias was added to them", help="scale the logits before "
+                             "adding the bias (T5's order), or write the model as a program")
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
             p = self.pointwise(node, x)

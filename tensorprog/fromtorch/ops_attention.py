@@ -3,7 +3,9 @@ attention's repeated key/value heads (sdpa's enable_gqa, HF's repeat_kv, repeat_
 
 from __future__ import annotations
 
-from .values import Conc, KVRepeat, PRef, Probs, Scores, Vec, Zeroed
+import dataclasses
+
+from .values import Conc, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
 from .where import refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
@@ -64,7 +66,7 @@ class AttentionOps:
                          "language's attention over all tokens cannot say)",
                          help="trace with example inputs without padding: no attention_mask, "
                          "or one of all ones; the µP derived holds for padded batches too")
-        return Scores(s.q, s.k, s.factor, s.node, s.tags, True, s.cap)  # a soft-cap kept
+        return dataclasses.replace(s, causal=True)  # a soft-cap or a relative bias kept
 
     def zeroed(self, node, u, v) -> Zeroed | None:
         """Logits times a constant 0/1 mask (OpenAI GPT's ``w * b``): kept apart until the
@@ -103,19 +105,23 @@ class AttentionOps:
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
-        logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out"))
+        logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out", s.bias))
         return Probs(s, f"{'causal_' if s.causal else ''}softmax({logits})")
 
     op__softmax = op_softmax
 
-    def logits(self, q: Vec, k: Vec, factor: float, node: str, kind: str) -> str:
+    def logits(self, q: Vec, k: Vec, factor: float, node: str, kind: str,
+               bias: str | None = None) -> str:
+        """``attn * dot(q, k, dh)`` (plus a relative position bias, ops_relative.py), the scale
+        a slot whose width exponent trace.py measures."""
         dh = self.dim(q.dh)
         self.out.slots.append(("scale", factor))
         sc = self.fresh(f"attn_{node}")
         self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
         self.out.scales[sc] = {"q": q.name, "slot": len(self.out.slots) - 1}
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
-        self.out.stmts.append(f"{name} = {sc} * dot({q.name}, {k.name}, {dh})")
+        plus = f" + {bias}" if bias else ""
+        self.out.stmts.append(f"{name} = {sc} * dot({q.name}, {k.name}, {dh}){plus}")
         self.out.vectors[name] = (node, kind)
         return name
 
@@ -199,11 +205,13 @@ class AttentionOps:
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))
-        if attn_mask is not None:
+        if isinstance(attn_mask, RelBias):  # T5's bias as the additive mask (ops_relative)
+            s = self.with_bias(node, s, attn_mask)
+        elif attn_mask is not None:
             if not isinstance(attn_mask, Conc):
                 raise refuse(node, "an attention mask that depends on params or buffers")
             m = attn_mask.value
             s = self._masked(node, s, m, additive=True)
-        logits = self.logits(q, k, factor, node.name, "sdpa_logits")
+        logits = self.logits(q, k, factor, node.name, "sdpa_logits", s.bias)
         prob = f"{'causal_' if s.causal else ''}softmax({logits})"
         return self.mix(node, Probs(s, prob), v)

@@ -46,15 +46,20 @@ class EncoderOps:
         program of its own, ``input token_type_ids : tokens[T, S]`` with S the table's rows, so
         the table is an embedding like the token one (init and LR Θ(1) under Adam)."""
         shape = tuple(idx.value.shape)
-        if self.tok_value is None or shape != tuple(self.tok_value.shape) or w.t or w.rows:
+        # ids of a sequence of their own length (an encoder-decoder's decoder_input_ids) are a
+        # token input over their own sequence; sequences.py tells it from the token ids' (it is
+        # theirs where their vectors are added to the tokens', as segment ids' are)
+        if (self.tok_value is None or len(shape) != 2 or shape[0] != self.tok_value.shape[0]
+                or w.t or w.rows):
             raise refuse(node, f"a lookup of the input {idx.input} of shape {list(shape)}, "
-                         "not one id per token of the token ids", help="give one id per token, "
-                         "of the token ids' shape (batch, tokens)")
+                         "not one id per token of a batch of sequences as the token ids'",
+                         help="give one id per token, (batch, tokens), with the token ids' batch")
         if idx.input not in self.id_inputs:
             self.id_inputs[idx.input] = self.fresh(idx.input)
         src = self.id_inputs[idx.input]
         table, _ = self.param(w, node, lookup=True)
         self.out.ids[src] = w.shape[0]
+        self.out.seq_inputs[src] = ("tokens", shape[1], w.shape[0])
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .ops_conv import is_image
-from .ops_relative import refuse_relative, relative_kind
+from .ops_relative import relative_kind
 from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec
 from .where import module_of, refuse, strip_prefix
 
@@ -26,21 +26,32 @@ class LinearOps:
         if isinstance(idx, Tok):
             table, _ = self.param(w, node, lookup=True)
             self.tokens_vocab = w.shape[0]
+            self.tokens_table = w.target
             src, tags = "tok", idx.tags
+        elif isinstance(idx, Given) and w.target == getattr(self, "tokens_table", None):
+            # other ids looked up in the token ids' table are token ids too, whatever values
+            # the example gives (an encoder-decoder's decoder_input_ids, zeros): a token input
+            return self.ids_lookup(node, w, idx)
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
             # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
             # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
-            # unread rows never move; over T1 after a learned token (CLIP's, ops_encoder.py)
-            seq = self.sequences()[int(idx.value.shape[-1])]
-            if seq != "T":  # (trace.py declares T's positions)
-                self.out.decls.append(f"input pos : positions[{seq}]")
-            table, _ = self.param(w, node, lookup=True, fan_in=seq)
+            # unread rows never move
             self.positions = int(idx.value.shape[-1])
-            src, tags = "pos", ("tok",) * idx.value.dim()
+            seq = self.prepended.get(self.positions)
+            if seq is not None:  # over T1 after a learned token (CLIP's, ops_encoder.py)
+                src = "pos"
+                self.out.decls.append(f"input pos : positions[{seq}]")
+                table, _ = self.param(w, node, lookup=True, fan_in=seq)
+            else:
+                # which sequence's positions (an encoder-decoder has two): sequences.py, which
+                # also names the table's fan-in, that sequence's dim, for the provisional name
+                src = self.sequence_input("_pos", "positions", self.positions, 0)
+                table, _ = self.param(w, node, lookup=True, fan_in=src)
+            tags = ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
-            raise refuse_relative(node, kind, w.shape[0])  # T5's bias: named, with the fix
+            return self.relative_lookup(node, w, kind, idx.value)  # T5's bias: ops_relative.py
         elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)
             return self.ids_lookup(node, w, idx)
         else:
@@ -84,11 +95,20 @@ class LinearOps:
         name = self.emit_vector(node.name, param)
         return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
 
+    def sequence_input(self, prefix: str, kind: str, length: int, rows: int) -> str:
+        """A provisional input over a sequence of ``length`` tokens (positions, buckets), named
+        ``prefix`` and a number: sequences.py gives it its sequence after the walk."""
+        name = f"{prefix}{len(self.out.seq_inputs)}"
+        self.out.seq_inputs[name] = (kind, length, rows)
+        return name
+
     def _is_positions(self, value) -> bool:
         import torch
 
         t = value.shape[-1]
-        if value.numel() == 0 or value.dtype.is_floating_point or t not in self.sequences():
+        lengths = {*self.sequences(), self.tokens_seq}
+        lengths |= {n for _, n, _ in self.out.seq_inputs.values()}
+        if value.numel() == 0 or value.dtype.is_floating_point or t not in lengths:
             return False
         first = value.flatten()[0]  # an offset: positions k..k+T-1 (OPT's learned positions)
         return bool(first >= 0) and bool((value == torch.arange(t) + first).all())

@@ -16,6 +16,8 @@ use has no place in it (µP would be that of the transformed tensor, which no op
 
 from __future__ import annotations
 
+import dataclasses
+
 from .values import (
     Affine,
     Aux,
@@ -129,8 +131,8 @@ class PointwiseOps:
         number), so the program writes ``y = c * tanh(attn * dot(q, k, dh))`` and the softmax
         of y; the attention scale's exponent is derived through it."""
         f = s.cap[0] if s.cap else (lambda t: t)
-        return Scores(s.q, s.k, s.factor, s.node, s.tags, s.causal,
-                      (lambda t, f=f: fn(f(t)), node.name))
+        # (a relative bias kept: the function is of the logits with it)
+        return dataclasses.replace(s, cap=(lambda t, f=f: fn(f(t)), node.name))
 
     def capped_logits(self, s: Scores, logits: str) -> str:
         """The program vector the softmax takes: the logits, or the function of them."""

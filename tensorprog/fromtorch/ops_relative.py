@@ -1,20 +1,27 @@
-"""Relative position biases in a traced model: recognised at their table's lookup and refused,
-saying what to do.
+"""Relative position biases in a traced model: T5's, read into the language's ``R @ rel``.
 
 T5 (and its descendants: mT5, LongT5, UMT5, Pop2Piano) add to each head's attention logits a
 learned number per distance bucket of the (query, key) pair, ``relative_attention_bias(buckets)``
 with ``buckets`` a [queries, keys] matrix of ids built from two ``arange``s. The language writes
-it as ``R @ rel`` with ``input rel : relative[T, B]`` (docs/language.md; examples/t5.tp), but
-the tracer does not yet carry the lookup's [keys, heads] layout into the attention's additive
-mask (T5 hands the bias to ``scaled_dot_product_attention`` as ``attn_mask``). Rather than refuse
-the lookup as ids of no known kind, it is recognised by its ids, T5's buckets at some count, and
-refused by name with the way to write the model.
+it as ``R @ rel`` with ``input rel : relative[T, B]`` (``causal_relative`` for a decoder's,
+which buckets only earlier keys) and ``R : [H, B]`` (docs/language.md; examples/t5.tp): a
+lookup of one bucket, whose init and LR derive as an embedding's. The trace recognises the
+lookup by its ids, not by a name: they are a constant of the trace (a function of the positions
+only), and they must equal T5's buckets of a [queries, keys] grid, both ways or causal, at the
+table's bucket count (:func:`relative_kind`). The lookup is then carried (:class:`RelBias`)
+through the permute to [heads, queries, keys], the added batch axis and HF's masks (a mask that
+keeps every key, or the causal one: ``where(mask, bias, min)``) to the logits it is added to
+(``scores + bias`` or sdpa's ``attn_mask``), where it becomes ``attn * dot(q, k, dh) + b`` with
+``b = R @ rel``. Used any other way it is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 
+from .values import Conc, PRef, RelBias, Scores
 from .where import refuse
 
 MAX_DISTANCE = 128  # T5's relative_attention_max_distance, the one the language builds
@@ -57,13 +64,115 @@ def relative_kind(ids, rows: int) -> str | None:
     return None
 
 
-def refuse_relative(node, kind: str, rows: int):
-    """The TraceError for a relative position bias's lookup (raise it)."""
-    causal = kind == "causal_relative"
-    return refuse(
-        node, f"a relative position bias (T5's: {rows} {'causal ' if causal else ''}distance "
-        "buckets of every token pair, looked up in a [buckets, heads] table)",
-        help="the tracer does not read relative position biases yet; write the model as a "
-        f"Tensor Program: input rel : {kind}[T, {rows}], then tau * dot(q, k, dh) + R @ rel "
-        "with R : [H, B] (examples/t5.tp is a T5 encoder-decoder; docs/language.md), and "
-        "derive it with tensorprog derive")
+_HELP = ("add the bias to attention logits as T5 does (scores + bias, or sdpa's attn_mask), or "
+         "write the model as a Tensor Program: input rel : relative[T, B], then "
+         "tau * dot(q, k, dh) + R @ rel with R : [H, B] (examples/t5.tp; docs/language.md)")
+# ops that carry the bias unchanged
+_CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
+
+
+class RelativeOps:
+    """A relative position bias from its lookup to the logits it is added to (the module)."""
+
+    def relative_lookup(self, node, w: PRef, kind: str, ids) -> RelBias:
+        """``table(buckets)`` with T5's buckets of a [queries, keys] grid: the bias, axes
+        (q, k, H), its input one of buckets over the queries' sequence (sequences.py)."""
+        if w.t or w.rows or w.offset or len(w.shape) != 2:
+            raise refuse(node, "a relative position bias read from part of a table", help=_HELP)
+        grid = tuple(int(s) for s in ids.shape[-2:])
+        rel = self.sequence_input("_rel", kind, grid[0], w.shape[0])
+        axes = ("1",) * (ids.dim() - 2) + ("q", "k", "H")
+        return RelBias(w, rel, node.name, axes, grid)
+
+    def call(self, node):
+        if node.target is not operator.getitem:
+            args, kwargs = self.args(node)
+            flat = [x for a in (*args, *kwargs.values())
+                    for x in (a if isinstance(a, (list, tuple)) else [a])]
+            bias = next((x for x in flat if isinstance(x, RelBias)), None)
+            if bias is not None:
+                return self._relative(node, bias, args, kwargs)
+        return super().call(node)
+
+    def _relative(self, node, b: RelBias, args, kwargs):
+        op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
+        shape = tuple(node.meta["val"].shape) if hasattr(node.meta.get("val"), "shape") else ()
+        if op == "scaled_dot_product_attention":  # the bias as sdpa's additive mask
+            return self.op_scaled_dot_product_attention(node, *args, **kwargs)
+        if op in _CARRIERS and args[0] is b:
+            return b
+        if op == "permute" and args[0] is b:
+            return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
+        if op == "unsqueeze" and args[0] is b:
+            axes = list(b.axes)
+            axes.insert(args[1] % (len(axes) + 1), "1")
+            return dataclasses.replace(b, axes=tuple(axes))
+        if op in ("expand", "slice") and args[0] is b and len(shape) == len(b.axes):
+            old = tuple(node.args[0].meta["val"].shape)
+            # the bias expanded over the batch (an added axis), or sliced whole (HF's crop)
+            if all(o == s or a == "1" and op == "expand" for o, s, a in zip(
+                    old, shape, b.axes, strict=True)):
+                return dataclasses.replace(b, axes=tuple(
+                    "tok" if a == "1" and s != 1 else a for a, s in zip(b.axes, shape,
+                                                                          strict=True)))
+        if op == "where" and len(args) == 3 and args[1] is b and isinstance(args[0], Conc) \
+                and isinstance(args[2], (int, float)) and args[2] <= -1e4:
+            return self._bias_masked(node, b, args[0].value, shape)  # HF's sdpa mask
+        if op == "add_" and len(args) == 2 and isinstance(args[0], Scores):
+            # scores += bias (MPNet's): the add, where nothing else reads the scores before it
+            # (the walker's check of an in-place op, which refuses otherwise)
+            self._in_place(node, op)
+            op = "add"
+        if op == "add" and len(args) == 2:
+            other = args[1] if args[0] is b else args[0]
+            if isinstance(other, Scores):  # scores + bias: eager attention
+                return self.with_bias(node, other, b)
+            if isinstance(other, Conc):  # bias + an additive mask (0 or -inf)
+                import torch
+
+                keep = torch.as_tensor(other.value) > -1e4
+                return self._bias_masked(node, b, keep, shape)
+        raise refuse(node, f"a relative position bias (T5's: {b.table.shape[0]} distance "
+                     "buckets of every token pair, looked up in a [buckets, heads] table) used "
+                     f"other than added to attention logits (by {op or node.target})",
+                     help=_HELP)
+
+    def _bias_masked(self, node, b: RelBias, keep, shape) -> RelBias:
+        """The bias under a mask of the keys kept: every key (nothing changes) or the causal
+        mask (the attention it meets becomes causal); any other (padding) is refused."""
+        import torch
+
+        q, k = b.grid
+        keep = torch.as_tensor(keep).to(torch.bool).expand(shape).reshape(-1, q, k)
+        first = keep[0]
+        causal = torch.ones(q, k, dtype=torch.bool).tril()
+        if bool((keep == first).all()) and bool(first.all()):
+            return b
+        if bool((keep == first).all()) and q == k and bool((first == causal).all()):
+            return dataclasses.replace(b, causal=True)
+        raise refuse(node, "a relative position bias under an attention mask that is neither "
+                     "the causal mask nor one that keeps every key (a padding mask hides keys "
+                     "per example, which the language's attention over all tokens cannot say)",
+                     help="trace with example inputs without padding: no attention_mask, or "
+                     "one of all ones; the µP derived holds for padded batches too")
+
+    def with_bias(self, node, s: Scores, b: RelBias) -> Scores:
+        """Logits ``s`` plus the bias: ``b = R @ rel`` emitted (once per lookup), its heads and
+        grid checked against the logits', and the logits made causal if a causal mask came
+        with it."""
+        lead = b.axes[:-3]
+        heads = s.q.dim // s.q.dh if s.q.dh else None
+        if b.axes[-3:] != ("H", "q", "k") or any(a not in ("1", "tok") for a in lead) or (
+                heads != b.table.shape[1]) or s.bias is not None:
+            raise refuse(node, "a relative position bias added to attention logits other than "
+                         "one number per head and (query, key) pair, [batch, heads, queries, "
+                         "keys], once", help=_HELP)
+        made = self.__dict__.setdefault("_biases", {})  # lookup node -> its program vector
+        if b.node not in made:
+            table, _ = self.param(b.table, self.by_name[b.node], lookup=True)
+            name = self.fresh(b.node)
+            self.out.stmts.append(f"{name} = {table} @ {b.rel}")
+            self.out.vectors[name] = (b.node, "out")
+            self.out.producers[name] = (table, None)
+            made[b.node] = name
+        return dataclasses.replace(s, bias=made[b.node], causal=s.causal or b.causal)

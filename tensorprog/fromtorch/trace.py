@@ -18,6 +18,7 @@ from fractions import Fraction
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
 from .ops_conv import refuse_frozen_norms, train_norms
+from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, strip_prefix
@@ -300,7 +301,7 @@ def _inputs(example_inputs: Callable, model) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def _token_ids(args: tuple, kwargs: dict) -> int:
+def token_index(args: tuple, kwargs: dict) -> int:
     """Which of the inputs (positional, then keyword) holds the token ids: ``input_ids`` (Hugging
     Face's name) when given as a keyword, else the first tensor (an optional mask left out as
     None may come before it)."""
@@ -312,25 +313,54 @@ def _token_ids(args: tuple, kwargs: dict) -> int:
     return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
 
 
-def _given(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
+def forward_names(model, args: tuple, kwargs: dict, specs=None) -> list[str]:
+    """The forward's name of each input leaf: positional ones by its signature, then the
+    keyword ones (``specs``: the graph's placeholders, named for leaves past the signature)."""
+    import inspect
+
+
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in kinds]
+    names = [params[i] if i < len(params) else (specs[i].arg.name if specs else f"arg{i}")
+             for i in range(len(args))]
+    return names + list(kwargs)
+
+
+def token_feed(example_inputs: Callable, model, tokens: dict) -> tuple[tuple, dict]:
+    """The forward's inputs in the shape of ``example_inputs(model)``, with the token ids and
+    every other token input of the program (``tokens``: program input name -> ids; ``tok``
+    the token ids) replaced by the given ids, and each other tensor input (a mask of ones,
+    token types of one id) repeated from its first example over their batch."""
+    import torch
+
+    args, kwargs = _inputs(example_inputs, model)
+    leaves = [*args, *kwargs.values()]
+    k = token_index(args, kwargs)
+    batch = tokens["tok"].shape[0]
+    for i, name in enumerate(forward_names(model, args, kwargs)):
+        if i == k:
+            leaves[i] = tokens["tok"]
+        elif name in tokens:
+            leaves[i] = tokens[name]
+        elif isinstance(leaves[i], torch.Tensor) and leaves[i].dim() > 0:
+            leaves[i] = leaves[i][:1].expand(batch, *leaves[i].shape[1:]).clone()
+    return tuple(leaves[:len(args)]), dict(zip(kwargs, leaves[len(args):], strict=True))
+
+
+def given_inputs(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:
     """The integer inputs other than the token ids (an attention mask, token-type ids), by
     their placeholders in ``ep``: (the forward's name for it, its value on the CPU). Constants
     of the trace (a mask of all ones keeps every key; token-type ids of one value are one row
     of their table; varying ones, segments, a token input of their own named so). ``ep``'s user
     inputs are the positional ones, then the keyword ones, in order; float ones stay inputs of
     their own."""
-    import inspect
-
     import torch
 
     leaves = (*args, *kwargs.values())
     specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     assert len(specs) == len(leaves), (specs, leaves)  # flat inputs, checked by _inputs
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = [p.name for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in kinds]
-    names = [params[i] if i < len(params) else s.arg.name for i, s in enumerate(specs[:len(args)])]
-    names += list(kwargs)
+    names = forward_names(model, args, kwargs, specs)
     return {
         s.arg.name: (name, x.detach().to("cpu"))
         for i, (s, name, x) in enumerate(zip(specs, names, leaves, strict=True))
@@ -372,7 +402,7 @@ def from_torch(
             model = built(build, w)
         args, kwargs = _inputs(example_inputs, model)
         leaves = (*args, *kwargs.values())
-        k = _token_ids(args, kwargs)
+        k = token_index(args, kwargs)
 
         def meta(x):
             return x.to("meta") if isinstance(x, torch.Tensor) else x
@@ -383,7 +413,7 @@ def from_torch(
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model)
-            traces.append(convert(ep, base, tok, scalars, _given(ep, model, args, kwargs, k)))
+            traces.append(convert(ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -460,11 +490,15 @@ def _scalar_buffers(build, width: int, model) -> dict:
         for n, b in model.named_buffers()
         if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
     ]
-    if not names:
+    # float buffers of zeros (BART's final_logits_bias, added to the logits): read too, as the
+    # constants they are; other float buffers (rotary's inverse frequencies) stay unknown
+    floats = [n for n, b in model.named_buffers() if b.is_floating_point() and b.numel() > 1]
+    if not names and not floats:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         cpu = built(build, width)
+    names += [n for n in floats if not cpu.get_buffer(n).any()]
     return {"m." + n: cpu.get_buffer(n).detach().clone() for n in names}
 
 
@@ -530,7 +564,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     base = {strip_prefix(k): v for k, v in base.items()}
     decls = [d.format(**values) for d in t1.decls]
     stmts = [s.format(**values) for s in t1.stmts]
-    notes = fixed_dim_notes(decls, stmts, dims, t1.params, ("tok", "pos", *t1.ids))
+    notes = fixed_dim_notes(decls, stmts, dims, t1.params, ("tok", "pos", *t1.seq_inputs))
     rolled = note = None
     if layout is not None:
         modules, model = layout
@@ -602,8 +636,8 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
     elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
         lines.append(f"dim T = {seq}")
-    for name, rows in t1.ids.items():  # segment ids: token inputs of their own vocabulary
-        lines += [f"dim V_{name} = {rows}", f"input {name} : tokens[T, V_{name}]"]
+    # a second sequence, segment ids, positions and buckets of each sequence (sequences.py)
+    lines += input_lines(t1, vocab, lambda rows: _dim_name(rows, rows, w1, w2)[0])
     if any(" @ pos" in s for s in t1.stmts) and not any(
             d.startswith("input pos :") for d in t1.decls):  # (positions over T1: declared)
         lines.append("input pos : positions[T]")

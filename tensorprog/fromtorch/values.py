@@ -158,6 +158,25 @@ class Scores:
     # a coordinatewise function of them and the node that finishes it: Gemma 2's soft-cap
     # c * tanh(logits / c), the logits' factor holding the 1 / c (ops_pointwise.py)
     cap: tuple[Callable, str] | None = None
+    # a relative position bias added to them (ops_relative.py): the program vector ``R @ rel``
+    bias: str | None = None
+
+
+@dataclass
+class RelBias:
+    """A relative position bias (T5's): ``table`` [buckets, heads] looked up by the bucket ids of
+    every (query, key) pair, one number per head and pair, which the walk carries to the
+    attention logits it is added to. ``axes`` name its torch axes: 'q', 'k' (the grid), 'H'
+    (the table's columns), '1' (an added axis) or 'tok' (the batch it is expanded over);
+    ``rel`` is the program input of its buckets (ops_relative.py) and ``causal`` says a causal
+    mask was applied to it (the decoder's, folded in by HF's sdpa path)."""
+
+    table: PRef
+    rel: str
+    node: str
+    axes: tuple
+    grid: tuple[int, int]
+    causal: bool = False
 
 
 @dataclass
@@ -276,6 +295,10 @@ class Trace:
     coefs: dict[int, dict] = field(default_factory=dict)
     # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
     ids: dict[str, int] = field(default_factory=dict)
+    # inputs over a sequence besides ``tok`` (sequences.py): program name -> (kind, its
+    # sequence's dim, table rows: vocabulary or buckets); sequence dims besides T -> length
+    seq_inputs: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    seq_dims: dict[str, int] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.

@@ -408,6 +408,10 @@ class Walker:
     def call(self, node):
         import torch
 
+        if not node.users and not op_name(node).endswith("_") and op_name(node) not in CHECK_OPS:
+            # a value nothing reads (BART's inputs_embeds[:, :, -1], taken for its shape only,
+            # which export keeps as a node): it cannot reach the program, whatever it is
+            return Aux()
         args, kwargs = self.args(node)
         if node.target is operator.getitem:
             if isinstance(args[0], Parts):

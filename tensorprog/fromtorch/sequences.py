@@ -1,0 +1,162 @@
+"""Which sequence each input of a traced model runs over: the program's sequence dims.
+
+A model of one sequence has the token ids ``tok : tokens[T, V]`` and maybe their positions
+``pos : positions[T]``. An encoder-decoder reads a second sequence (the decoder's ids, of their
+own length) and computes positions and relative position buckets for each. At the lookup the
+walk does not know which sequence a table of positions or of buckets belongs to (two sequences
+may have the same length), so each such lookup gets an input of its own, named provisionally,
+and the sequences are read off the statements once the walk is done, by the rule the language
+checks them with (ir/sequences.py): an elementwise instruction pairs tokens of one sequence,
+``dot(q, k, dh)`` pairs q's tokens with k's, ``mix(p, v)`` sums v over p's keys and gives a
+value on p's queries, and a causal softmax masks a sequence against itself. Inputs that meet
+are of one sequence (union-find); a class holding the token ids is ``T``, another is named after
+its token input (``T_decoder_input_ids``). Positions and buckets of one sequence become one
+input. A wrong pairing cannot pass silently: the traced program is parsed, and the language
+refuses any instruction that still mixes two sequences.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from ..errors import TraceError
+
+# the provisional names of the walk's positions and bucket inputs: a name the walk gives a
+# value never starts with "_" (Walker.fresh strips it)
+PROVISIONAL = re.compile(r"\b_(?:pos|rel)\d+\b")
+
+
+class _Classes:
+    """Union-find over input names."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, a: str) -> str:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _meet(classes: _Classes, tags) -> tuple:
+    """The tag of an elementwise combination of values tagged ``tags``: those over tokens are
+    of one sequence (and pairs, of one pair of sequences)."""
+    found = [t for t in tags if t]
+    for t in found[1:]:
+        if len(t) == len(found[0]):
+            for a, b in zip(t, found[0], strict=True):
+                classes.union(a, b)
+    return max(found, key=len) if found else ()
+
+
+def _tag(expr, tags: dict, classes: _Classes) -> tuple:
+    """The sequence tag (input names) of an expression of the walk's statements."""
+    if isinstance(expr, ast.Name):
+        return tags.get(expr.id, ())
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+        args = [_tag(a, tags, classes) for a in expr.args]
+        fn = expr.func.id
+        if fn == "dot" and len(args) >= 2 and len(args[0]) == 1 and len(args[1]) == 1:
+            return (args[0][0], args[1][0])
+        if fn == "mix" and len(args) == 2 and len(args[0]) == 2:
+            if args[1]:
+                classes.union(args[0][1], args[1][0])
+            return args[0][:1]
+        if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
+            classes.union(*args[0])
+            return args[0]
+        if fn == "first":
+            return ()
+        return _meet(classes, args)
+    if isinstance(expr, ast.BinOp):
+        return _meet(classes, [_tag(expr.left, tags, classes), _tag(expr.right, tags, classes)])
+    if isinstance(expr, ast.UnaryOp):
+        return _tag(expr.operand, tags, classes)
+    return ()
+
+
+def resolve(trace, fresh, tokens_seq: int | None) -> None:
+    """Gives every input of ``trace`` over a sequence (``trace.seq_inputs``, provisional for
+    positions and buckets) its sequence, merges the positions and the buckets of one sequence
+    into one input each, and renames them in the statements. ``fresh(name)`` draws a name no
+    value has; ``tokens_seq`` is the token ids' length (``T``)."""
+    if not trace.seq_inputs:
+        return
+    classes = _Classes()
+    tags: dict[str, tuple] = {"tok": ("tok",), "pos": ("tok",)}
+    for name, (kind, _, _) in trace.seq_inputs.items():
+        tags[name] = (name, name) if "relative" in kind else (name,)
+    for stmt in trace.stmts:
+        target, _, expr = stmt.partition(" = ")
+        try:
+            tree = ast.parse(re.sub(r"\{s\d+\}", "1", expr), mode="eval").body
+        except SyntaxError:  # no form the walk writes; the language checks it all the same
+            continue
+        tags[target] = _tag(tree, tags, classes)
+    lengths = {"tok": tokens_seq}
+    lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
+    dim_of: dict[str, str] = {classes.find("tok"): "T"}
+    for name, (kind, _, _) in trace.seq_inputs.items():  # a class of a token input: its name
+        if kind == "tokens":
+            dim_of.setdefault(classes.find(name), f"T_{name}")
+    for name in trace.seq_inputs:
+        dim_of.setdefault(classes.find(name), f"T_{name.lstrip('_')}")
+    seen: dict[str, int] = {}
+    for name, length in lengths.items():
+        dim = dim_of.get(classes.find(name))
+        if dim is None or length is None:
+            continue
+        if seen.setdefault(dim, length) != length:
+            raise TraceError(
+                f"the traced attention pairs a sequence of {seen[dim]} tokens with one of "
+                f"{length} as if they were one sequence",
+                help="trace the model with example inputs whose sequences the model reads "
+                "as their own (an encoder-decoder's source and target ids)")
+    renames: dict[str, str] = {}
+    merged: dict[tuple, str] = {}
+    inputs: dict[str, tuple[str, str, int]] = {}
+    for name, (kind, _, rows) in trace.seq_inputs.items():
+        dim = dim_of[classes.find(name)]
+        if kind == "tokens":
+            inputs[name] = (kind, dim, rows)
+            continue
+        key = (kind, dim, rows)
+        if key not in merged:
+            base = "pos" if kind == "positions" else "rel_causal" if "causal" in kind else "rel"
+            final = base if dim == "T" and kind == "positions" else fresh(
+                base if dim == "T" else f"{base}_{dim[2:]}")
+            merged[key] = final
+            inputs[final] = key
+        renames[name] = merged[key]
+    trace.seq_inputs = inputs
+    trace.seq_dims = {d: seen[d] for d in dim_of.values() if d != "T" and d in seen}
+    trace.stmts = [PROVISIONAL.sub(lambda m: renames.get(m.group(0), m.group(0)), s)
+                   for s in trace.stmts]
+    # a positions table's fan-in is its sequence's dim (declared with the provisional name)
+    dims = {name: dim_of[classes.find(name)] for name in lengths if name != "tok"}
+    trace.decls = [PROVISIONAL.sub(lambda m: dims.get(m.group(0), m.group(0)), d)
+                   for d in trace.decls]
+
+
+def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
+    """The declarations of the sequence dims besides ``T`` and of the inputs over them (after
+    :func:`resolve`); ``bucket_dim(rows)`` names a table's finite dim."""
+    lines = [f"dim {d} = {size}" for d, size in trace.seq_dims.items()]
+    for name, (kind, dim, rows) in trace.seq_inputs.items():
+        if kind == "tokens":
+            v = "V" if rows == vocab else f"V_{name}"
+            if v != "V":
+                lines.append(f"dim {v} = {rows}")
+            lines.append(f"input {name} : tokens[{dim}, {v}]")
+        elif kind == "positions":
+            if name != "pos":  # the token ids' positions are declared with them (trace.py)
+                lines.append(f"input {name} : positions[{dim}]")
+        else:
+            lines.append(f"input {name} : {kind}[{dim}, {bucket_dim(rows)}]")
+    return lines
