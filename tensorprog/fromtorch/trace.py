@@ -484,21 +484,19 @@ def _scalar_buffers(build, width: int, model) -> dict:
     graph's names."""
     import torch
 
-    # every float buffer: one that holds 0s and 1s is a mask the walk reads (OpenAI GPT's)
+    # every float buffer: one of 0s and 1s is a mask the walk reads (OpenAI GPT's), one of
+    # zeros a constant added (BART's final_logits_bias); rotary's inverse frequencies are read
+    # too, and the walk refuses a product with them by name
     names = [
         n
         for n, b in model.named_buffers()
         if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
     ]
-    # float buffers of zeros (BART's final_logits_bias, added to the logits): read too, as the
-    # constants they are; other float buffers (rotary's inverse frequencies) stay unknown
-    floats = [n for n, b in model.named_buffers() if b.is_floating_point() and b.numel() > 1]
-    if not names and not floats:
+    if not names:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         cpu = built(build, width)
-    names += [n for n in floats if not cpu.get_buffer(n).any()]
     return {"m." + n: cpu.get_buffer(n).detach().clone() for n in names}
 
 
