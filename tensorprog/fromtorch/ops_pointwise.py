@@ -151,6 +151,10 @@ class PointwiseOps:
             return Conc(v.value.expand(new))
         if isinstance(v, Aux):
             return Aux()
+        if isinstance(v, PRef) and len(old) == 1 and v.shape == old and new[-1] == old[0]:
+            # a vector param over every token (GPT-NeoX-Japanese's attention bias): the same
+            # param in the sum it joins, a bias
+            return v
         if isinstance(v, (Vec, Affine, Pointwise)) and len(old) == len(new):
             tags = self._tags(v)
             if all(a == b or (a == 1 and tags[i] == "tok")
