@@ -142,6 +142,17 @@ class PointwiseOps:
         heads = Vec(logits, s.tags, s.q.dim, None)
         return self.vec(Pointwise(heads, f, at), self.by_name[at]).name
 
+    def op_zeros_like(self, node, v, *rest, **kwargs):
+        """``zeros_like(x)`` (GIT's token types, ``zeros_like(h, dtype=int)[..., 0]``): a
+        constant of x's shape, whatever x holds, so no value of the program."""
+        import torch
+
+        val = node.meta["val"]
+        return Conc(torch.zeros(tuple(val.shape), dtype=val.dtype))
+
+    def op_ones_like(self, node, v, *rest, **kwargs):
+        return Conc(self.op_zeros_like(node, v).value + 1)
+
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
         over the batch: each token's vector unchanged, so the vector itself."""
