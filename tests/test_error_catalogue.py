@@ -939,6 +939,17 @@ class LearnedLogitBias(Net):  # a param added to the logits by baddbmm (ALiBi's 
         return self.o((p @ x.view(b, 2, t, -1)).transpose(1, 2).reshape(b, t, -1))
 
 
+class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's coordinates
+    def __init__(self, n):
+        super().__init__(n)
+        self.b = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1) + self.b[None, None, :, None]
+        return self.o(x.reshape(b, t, -1))
+
+
 class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
     def __init__(self, n, low=None):
         super().__init__(n)
@@ -981,6 +992,7 @@ TRACED_BUILDS = {
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
+    "head_bias": "lambda n: HeadBias(n)",
 }
 
 
@@ -1060,6 +1072,10 @@ TRACED_BUILDS = {
     ("learned_logit_bias", None, r"m.py:\d+:\d+: error: cannot trace attention logits plus a "
                                  r"bias that is not a constant of the positions(.|\n)*help: add "
                                  r"a constant bias of the positions \(ALiBi's\)"),
+    # before: "a unsqueeze of a PRef value"; now says what form the param would need
+    ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
+                        r"param joins a sum or a product along the features(.|\n)*help: use a "
+                        r"vector param of the features"),
     # before: "a split of anything but a linear layer's output features"; now what MLA needs
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                          r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "

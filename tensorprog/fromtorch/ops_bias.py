@@ -10,7 +10,10 @@ no exponent, and the logits are traced as ``attn * dot(q, k, dh)`` alone; the mo
 bias (``apply`` changes no forward). Only a constant of the trace qualifies (computed from the
 inputs and constants, on the CPU) whose entries are finite and above -1e4: a large negative is
 a mask, taken as HF's masks are (the causal one, or one that keeps every key); a bias from a
-param or a buffer of unknown entries is refused (a learned bias is T5's, ops_relative.py).
+param or a buffer of unknown entries is refused (a learned bias is T5's, ops_relative.py). A
+constant added with ``+`` (MPT's ALiBi, ``scores + bias``) takes the mask path already
+(ops_attention's ``_masked``), where a finite constant is a mask that keeps every key: the
+same reading.
 """
 
 from __future__ import annotations

@@ -263,6 +263,13 @@ class LayoutOps:
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
+        if isinstance(v, PRef):
+            raise refuse(node, "an added axis on a param: a vector param joins a sum or a "
+                         "product along the features (broadcast over batch and tokens), so a "
+                         "param broadcast otherwise (Beam's gate_bias[None, None, :, None], one "
+                         "number per head added to every coordinate of its head) has no form",
+                         help="use a vector param of the features it is added to or multiplies, "
+                         "as it is (b : [n], x + b)")
         if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
