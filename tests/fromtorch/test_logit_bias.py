@@ -23,15 +23,14 @@ def _tokens(model):
 class Alibi(nn.Module):
     """One causal attention layer, batch and heads merged for ``baddbmm`` (Bloom's layout):
     ``form`` alibi (a per-head slope times the key position, beta 1), zeros (GPT-NeoX-Japanese:
-    a bias of zeros), sdpa (the oracle: no bias) or learned (a param as the bias: refused)."""
+    a bias of zeros) or sdpa (the oracle: no bias). A param as the bias is refused
+    (tests/test_error_catalogue.py, learned_logit_bias)."""
 
     def __init__(self, n, form="alibi"):
         super().__init__()
         self.form, self.h, self.dh = form, 4, n // 4
         self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
         self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
-        if form == "learned":
-            self.bias = nn.Parameter(torch.zeros(self.h, 1, 8))
 
     def forward(self, idx):
         x = self.e(idx)
@@ -46,7 +45,6 @@ class Alibi(nn.Module):
             pos = torch.ones(b, t, device=x.device).cumsum(-1) - 1
             bias = {"alibi": (slopes[None, :, None] * pos[:, None, :]).reshape(b * self.h, 1, t),
                     "zeros": torch.zeros(b * self.h, t, t, device=x.device),
-                    "learned": self.bias.repeat(b, 1, 1) if self.form == "learned" else None,
                     }[self.form]
             s = bias.baddbmm(q, k.transpose(1, 2), beta=1.0, alpha=self.dh ** -0.5)
             mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
@@ -60,12 +58,16 @@ def _abc(traced):
     return sorted((d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in traced.params)
 
 
+@pytest.fixture(scope="module")
+def oracle():
+    return _abc(from_torch(lambda n: Alibi(n, "sdpa"), WIDTHS, _tokens))
+
+
 @pytest.mark.parametrize("form", ["alibi", "zeros"])
-def test_a_fixed_bias_on_the_logits_derives_as_attention_without_it(form):
+def test_a_fixed_bias_on_the_logits_derives_as_attention_without_it(form, oracle):
     traced = from_torch(lambda n: Alibi(n, form), WIDTHS, _tokens)
-    oracle = from_torch(lambda n: Alibi(n, "sdpa"), WIDTHS, _tokens)
     assert "causal_softmax(" in traced.source
-    assert _abc(traced) == _abc(oracle)
+    assert _abc(traced) == oracle
     torch.manual_seed(0)
     model, given = Alibi(32, form), _tokens(None)
     before = model(*given)
