@@ -98,7 +98,7 @@ SYMBOLIC = (
 )
 
 
-_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
+_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as"}
 
 
 class Walker:
