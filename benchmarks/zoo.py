@@ -297,8 +297,13 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     model_cls = getattr(transformers, mapping.families()[family])
 
     def build(width):
-        return model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
-                                **(overrides or {})}))
+        model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
+                                 **(overrides or {})}))
+        # a model with per-language adapters (xmod) refuses a forward with no language
+        # given: use its first language, as a user would set it once before training
+        if hasattr(model, "set_default_language") and getattr(model.config, "languages", None):
+            model.set_default_language(model.config.languages[0])
+        return model
 
     build.__name__ = f"build_{family}"
     return build
