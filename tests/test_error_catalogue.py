@@ -809,6 +809,11 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class FlippedIds(Net):
+    def forward(self, idx):  # ids made from the token ids, neither a copy nor a shift of them
+        return self.o(self.e(idx.flip(1)))
+
+
 class Relative(Net):  # T5's relative position bias: 8 buckets, both ways, max distance 128
     def __init__(self, n):
         super().__init__(n)
@@ -978,6 +983,7 @@ TRACED_BUILDS = {
                      "+ torch.arange(8.0, device=y.device), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "flipped_ids": "lambda n: FlippedIds(n)",
     "relative": "lambda n: Relative(n)",
     "relative_padded": "lambda n: RelativePadded(n)",
     "relative_scaled": "lambda n: RelativeScaled(n)",
@@ -1021,6 +1027,10 @@ TRACED_BUILDS = {
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
+    # ids the forward computes from the token ids: read by their values with probe ids in
+    # the zeros' place (before: the trace's zeros flipped read as the constant id 0, a bias)
+    ("flipped_ids", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids "
+                          r"computed from the token ids other than a copy(.|\n)*help: compute"),
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .ops_conv import is_image
 from .ops_relative import relative_kind
-from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec
+from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec, probe_ids
 from .where import module_of, refuse, strip_prefix
 
 
@@ -32,6 +32,8 @@ class LinearOps:
             # other ids looked up in the token ids' table are token ids too, whatever values
             # the example gives (an encoder-decoder's decoder_input_ids, zeros): a token input
             return self.ids_lookup(node, w, idx)
+        elif isinstance(idx, Conc) and idx.probe is not None:
+            return self._ids_made_lookup(node, w, idx)
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
             # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
             # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
@@ -66,6 +68,33 @@ class LinearOps:
             )
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
+
+    def _ids_made_lookup(self, node, w: PRef, idx: Conc) -> Vec:
+        """A lookup of ids the forward computes from the token ids. Read by what they are
+        with probe ids in place of the trace's zeros (which would read as one constant id):
+        the ids themselves (a copy the model edits only where an id is special, Gemma-3's
+        image tokens) are the token input; the ids shifted right by one behind one start id
+        (BART's decoder_input_ids made from input_ids) are a token input over a sequence of
+        their own, as a decoder's ids given apart. Anything else is refused."""
+        import torch
+
+        ids = probe_ids(self.tok_value)
+        made = idx.probe
+        same = isinstance(made, torch.Tensor) and made.shape == ids.shape and not w.t \
+            and not w.rows and not w.offset
+        if same and torch.equal(made, ids):
+            return self.op_embedding(node, w, Tok(("tok",) * ids.dim()))
+        if same and ids.dim() == 2 and torch.equal(made[:, 1:], ids[:, :-1]) \
+                and bool((made[:, 0] == made[0, 0]).all()) \
+                and w.target == getattr(self, "tokens_table", None):
+            return self.ids_lookup(node, w, Given(idx.value, input="shifted_ids"))
+        raise refuse(
+            node,
+            "an embedding lookup of ids computed from the token ids other than a copy of "
+            "them or the ids shifted right by one behind a start id",
+            help="compute those ids outside the model and give them as an input of the "
+            "forward (decoder_input_ids=)",
+        )
 
     @staticmethod
     def _constant_id(w: PRef, value) -> int | None:

@@ -74,6 +74,23 @@ class Conc:
     """A value computed from inputs and constants only, known on the CPU."""
 
     value: object
+    # computed from the token ids: its value again with probe_ids(...) in their place (the
+    # trace's ids are zeros, so a copy of them reads as one constant id without it); None else.
+    # Keyword-only: Given(value, input) stays positional
+    probe: object = field(default=None, kw_only=True)
+
+
+# the token input of ids the forward shifts from the token ids itself (BART's decoder ids):
+# the model's graph computes them, so its probe feeds them (check.py)
+SHIFTED_IDS = "shifted_ids"
+
+
+def probe_ids(like):
+    """Ids that tell a copy of the token ids (or the ids shifted) from a constant: 3, 4, ...,
+    9 along each sequence, small enough for any vocabulary and clear of the special ids."""
+    import torch
+
+    return torch.arange(like.numel()).reshape(like.shape) % 7 + 3
 
 
 @dataclass

@@ -36,6 +36,7 @@ from .values import (
     Vec,
     Zeroed,
     identify,
+    probe_ids,
 )
 from .where import CHECK_OPS, module_of, op_name, refuse, strip_prefix, user_span
 
@@ -308,6 +309,10 @@ class Walker:
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._number(spec.target):
                     # a number the forward made a tensor (torch.tensor(d_model ** 0.5))
                     self.env[node.name] = Conc(self.ep.constants[spec.target])
+                elif spec.kind.name == "CONSTANT_TENSOR" and self._id(spec.target) is not None:
+                    # an id the forward made a tensor (Gemma-3's 0 put in place of image
+                    # tokens): a known constant, so the ids it edits stay known
+                    self.env[node.name] = Conc(self._id(spec.target))
                 elif spec.kind.name == "BUFFER" and self._scalar(spec.target) is not None:
                     # a number held in a buffer (HF Gemma's embed_scale, sqrt(hidden_size))
                     self.env[node.name] = Conc(self._scalar(spec.target))
@@ -390,6 +395,15 @@ class Walker:
             return None
         value = value.detach().cpu()
         return value if bool(((value == 0) | (value == 1)).all()) else None
+
+    def _id(self, target):
+        """A one-entry integer constant of the graph, on the CPU; None for any other."""
+        import torch
+
+        value = self.ep.constants.get(target)
+        ok = value is not None and value.numel() == 1 and value.dtype in (torch.int64,
+                                                                           torch.int32)
+        return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _number(self, target) -> bool:
         value = self.ep.constants.get(target)
@@ -511,14 +525,29 @@ class Walker:
                 return type(a)(val(x) for x in a)
             return a
 
+        def probe(a):  # the value again with probe ids in the token ids' place
+            if isinstance(a, Conc) and a.probe is not None:
+                return a.probe
+            if isinstance(a, Tok):
+                return probe_ids(self.tok_value)
+            if isinstance(a, (list, tuple)):
+                return type(a)(probe(x) for x in a)
+            return val(a)
+
+        from_ids = self.tok_value is not None and any(
+            isinstance(x, Tok) or (isinstance(x, Conc) and x.probe is not None) for x in flat)
         try:
             # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
             # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
             # subgraph, leaves it off for the whole process (every later backward then fails)
             with torch.set_grad_enabled(torch.is_grad_enabled()):
-                return Conc(
+                out = Conc(
                     node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
                 )
+                if from_ids:
+                    out.probe = node.target(*[probe(a) for a in args],
+                                            **{k: probe(v) for k, v in kwargs.items()})
+                return out
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return Aux()
 

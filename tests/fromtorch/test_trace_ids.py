@@ -147,3 +147,56 @@ def test_the_whole_of_the_token_ids_sliced_is_still_the_token_input():
     # before: a constant computed from the zeros the trace stands in for the ids, read as a
     # lookup of the constant id 0 (a bias), with no token input at all
     assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
+
+
+def _zeros(model):  # the ids a trace is usually given (the zoo's): all zeros
+    return (torch.zeros(2, T, dtype=torch.long),)
+
+
+class MadeIds(nn.Module):
+    """Ids the forward makes from the token ids: ``form`` "copy", a copy with a special id
+    replaced (Gemma-3's image tokens, which it looks up as 0); "shift", the ids shifted right
+    behind a start id (BART's decoder_input_ids from input_ids), looked up as well as the ids;
+    "plain": the oracle, the ids themselves and (with ``prev`` given) the shifted ids given as
+    an input of the forward."""
+
+    def __init__(self, n, form="copy"):
+        super().__init__()
+        self.form = form
+        self.e, self.up, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx, prev=None):
+        if self.form == "copy":
+            ids = idx.clone()
+            ids[idx == 12] = 0
+            x = self.e(ids)
+        else:
+            x = self.e(idx)
+        if self.form == "shift":
+            prev = torch.cat([torch.full_like(idx[:, :1], 2), idx[:, :-1]], dim=1)
+        if prev is not None:
+            x = x + self.e(prev)
+        return self.out(torch.relu(self.up(x)))
+
+
+def test_a_copy_of_the_token_ids_made_by_the_forward_is_the_token_input():
+    traced = from_torch(MadeIds, WIDTHS, _zeros)
+    # before: the copy of the trace's zeros read as the constant id 0, a bias param e_weight_row0
+    # where the model looks up every token's row (and a width constant on it then refused)
+    assert "e_weight @ tok" in traced.source and "_row0" not in traced.source, traced.source
+    plain = from_torch(lambda n: MadeIds(n, "plain"), WIDTHS, _zeros)
+    assert abc_by_target(traced) == abc_by_target(plain)
+    _bit_identical_at_base(traced, MadeIds)
+
+
+def test_token_ids_shifted_by_the_forward_are_a_token_input_of_their_own():
+    traced = from_torch(lambda n: MadeIds(n, "shift"), WIDTHS, _zeros)
+    assert "e_weight @ shifted_ids" in traced.source, traced.source
+
+    def given(model):
+        (idx,) = _zeros(model)
+        return idx, torch.cat([torch.full_like(idx[:, :1], 2), idx[:, :-1]], dim=1)
+
+    plain = from_torch(lambda n: MadeIds(n, "plain"), WIDTHS, given)
+    assert abc_by_target(traced) == abc_by_target(plain)
+    _bit_identical_at_base(traced, lambda n: MadeIds(n, "shift"))
