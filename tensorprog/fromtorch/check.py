@@ -17,6 +17,7 @@ from .convert import convert
 from .ops_conv import train_norms
 from .patches import scale_rows
 from .trace import built, export, forward_names, given_inputs, token_feed, token_index
+from .values import SHIFTED_IDS
 from .where import module_of, strip_prefix
 
 # Adam's default learning rate here: the largest that keeps HF Llama (2 layers, 4 heads, vocab
@@ -42,7 +43,8 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
     kwargs = kwargs or {}
     fed = set(kwargs) | set(forward_names(model, tuple(inputs), {}))
     ids = [i.name for i in mup.traced.program.inputs
-           if i.kind == "tokens" and i.name != "tok" and i.name not in fed]
+           if i.kind == "tokens" and i.name != "tok" and i.name not in fed
+           and not i.name.startswith(SHIFTED_IDS)]  # made by the model's graph itself
     if ids:  # segment ids traced as inputs of their own: the probe feeds the token ids alone
         raise UsageError(
             f"the model was traced with {', '.join(ids)} as token inputs of their own, which "

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from .ops_conv import is_image
 from .ops_relative import relative_kind
-from .values import Affine, Conc, Given, ParamUse, PRef, Probs, Scores, Tok, Vec, probe_ids
+from .values import (
+    SHIFTED_IDS,
+    Affine,
+    Conc,
+    Given,
+    ParamUse,
+    PRef,
+    Probs,
+    Scores,
+    Tok,
+    Vec,
+    probe_ids,
+)
 from .where import module_of, refuse, strip_prefix
 
 
@@ -87,7 +99,7 @@ class LinearOps:
         if same and ids.dim() == 2 and torch.equal(made[:, 1:], ids[:, :-1]) \
                 and bool((made[:, 0] == made[0, 0]).all()) \
                 and w.target == getattr(self, "tokens_table", None):
-            return self.ids_lookup(node, w, Given(idx.value, input="shifted_ids"))
+            return self.ids_lookup(node, w, Given(idx.value, input=SHIFTED_IDS))
         raise refuse(
             node,
             "an embedding lookup of ids computed from the token ids other than a copy of "

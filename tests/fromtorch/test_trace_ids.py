@@ -199,4 +199,13 @@ def test_token_ids_shifted_by_the_forward_are_a_token_input_of_their_own():
 
     plain = from_torch(lambda n: MadeIds(n, "plain"), WIDTHS, given)
     assert abc_by_target(traced) == abc_by_target(plain)
-    _bit_identical_at_base(traced, lambda n: MadeIds(n, "shift"))
+    mup = _bit_identical_at_base(traced, lambda n: MadeIds(n, "shift"))
+    # the probe (coord_check's) runs the model's own graph, which makes the shifted ids itself
+    torch.manual_seed(0)
+    model = MadeIds(WIDTHS[0], "shift")
+    mup.apply(model)
+    idx = torch.arange(2 * T).remainder(13).view(2, T)
+    (vec,) = (s.split(" = ")[0] for s in traced.source.splitlines() if "@ shifted_ids" in s)
+    got = probe(mup, model, (idx,))()[vec]
+    shifted = torch.cat([torch.full_like(idx[:, :1], 2), idx[:, :-1]], dim=1)
+    assert torch.equal(got, model.e(shifted).detach())
