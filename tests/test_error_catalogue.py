@@ -964,6 +964,15 @@ class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's
         # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
         p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
+    def __init__(self, n):
+        super().__init__(n)
+        self.register_buffer("pe", torch.randn(16, n) / n ** 0.5)
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.pe[torch.arange(idx.shape[1], device=idx.device)])
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -993,6 +1002,7 @@ TRACED_BUILDS = {
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
+    "scaled_table": "lambda n: ScaledTable(n)",
 }
 
 
@@ -1065,6 +1075,10 @@ TRACED_BUILDS = {
     ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
                            r"of more than one float entry(.|\n)*a table of rotary sin/cos"
                            r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # before: "aten.add.Tensor on a value that is not a per-token vector"; a fixed table (a
+    # buffer read at the positions) traces, but not one whose entries scale with the width
+    ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
+                           r"RMS .* they scale as n\^-0\.\d+ between them(.|\n)*help: build"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),

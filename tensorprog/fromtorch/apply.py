@@ -298,7 +298,9 @@ class MuP:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
         for name, use in self.traced.params.items():
-            if name in self.unused:
+            # a fixed table (a buffer, a param that never trains: ops_tables.py) has no init or
+            # LR for µP to scale
+            if name in self.unused or use.fixed is not None:
                 continue
             if self.stack is not None and name in self.stack.layers:
                 for i in range(depth if depth is not None else self.depth_of(model)):
@@ -400,6 +402,8 @@ class MuP:
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        report.lines += [f"fixed table {u.target}: never trained, left as it is (no init, no LR)"
+                         for u in self.traced.params.values() if u.fixed is not None]
         unreached = set(self.unreached(model))
         report.lines += [
             f"unused by the traced forward: {name} reaches no output (no gradient), left as it is"
@@ -445,7 +449,9 @@ class MuP:
         """The model's params that the program has not: a part of the forward the trace does
         not reach (or a param the forward never uses). µP says nothing about them."""
         covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
-        return [name for name, p in model.named_parameters() if id(p) not in covered]
+        fixed = {u.target for u in self.traced.params.values() if u.fixed is not None}
+        return [name for name, p in model.named_parameters()
+                if id(p) not in covered and name not in fixed]
 
     def unreached(self, model) -> list[str]:
         """The model's params that the traced forward computes with but whose result reaches

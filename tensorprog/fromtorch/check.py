@@ -295,10 +295,18 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
     """Marks a vector made by params that never train (``requires_grad=False``: Marian's and
     Pegasus's sinusoidal position tables) as frozen where its change is exactly zero: the model
     keeps it fixed on purpose, so a change of slope -inf is what it does, not a failure."""
-    if not frozen:
+    # a fixed table's lookup (a buffer or a param that never trains, ops_tables.py) too
+    fixed = {p for p, u in mup.traced.params.items() if u.fixed is not None}
+    if not frozen and not fixed:
         return
     stack = mup.traced.stack
+    body = {ins.out: ins for ins in mup.program.body}
     for r in result.results:
+        generic = stack.generic(r.name) if stack else r.name
+        if r.step and r.slope == float("-inf") and getattr(body.get(generic), "weight",
+                                                              None) in fixed:
+            r.ok, r.verdict = True, "frozen: a fixed table (never trained), so it never changes"
+            continue
         made = mup.traced.producers.get(stack.generic(r.name) if stack else r.name)
         if r.step == 0 or r.slope != float("-inf") or not made:
             continue

@@ -20,6 +20,7 @@ from .ops_pointwise import PointwiseOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .ops_tables import TableOps
 from .sequences import resolve
 from .values import Trace
 from .walk import Walker
@@ -27,7 +28,7 @@ from .walk import Walker
 
 class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
-    RotaryOps,
+    RotaryOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

@@ -99,6 +99,21 @@ class AttentionOps:
             raise refuse(node, "masked_fill outside attention's causal mask")
         return self._masked(node, s, mask.value, additive=False)
 
+    def op_max(self, node, s, other=None):
+        """``torch.max(logits, finfo.min)`` after an additive mask (XGLM's): a floor at the
+        float type's lowest number changes no finite logit, and a masked one still gets weight
+        exactly 0 from the softmax: the logits as they are."""
+        import torch
+
+        low = getattr(other, "value", other)
+        dtype = node.meta["val"].dtype
+        if isinstance(s, Scores) and isinstance(low, (int, float, torch.Tensor)) and (
+                getattr(low, "numel", lambda: 1)() == 1 and dtype.is_floating_point
+                and float(low) <= torch.finfo(dtype).min):
+            return s
+        raise refuse(node, "the op max (other than attention logits floored at their float "
+                     "type's lowest number, torch.finfo(dtype).min)")
+
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")

@@ -125,7 +125,7 @@ class RotaryOps:
         if tuple(old[:-2]) + (old[-2] * old[-1],) != new:
             raise refuse(node, f"a view from {list(old)} to {list(new)} of rotate_every_two's "
                          "stacked pairs (other than their flatten)")
-        return Rotated(v.src)
+        return Rotated(v.src, interleaved=True)
 
     def rope_term(self, node, x, table: Trig):
         if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:
@@ -141,6 +141,8 @@ class RotaryOps:
     def rope_sum(self, node, u: RopeTerm, v: RopeTerm, alpha):
         kinds = {u.kind, v.kind}
         same = _key(u.src) == _key(v.src) and u.angle == v.angle
+        if u.table is not None or v.table is not None:  # read from a table: ops_tables.py
+            same = _key(u.src) == _key(v.src) and self.tables_rotate(node, u, v)
         if not same or kinds != {"cos", "sin"} or alpha != 1:
             raise refuse(node, "a sum of cos and sin terms that is not a rotation of one vector")
         whole = u.src.src if isinstance(u.src, Sub) else u.src
