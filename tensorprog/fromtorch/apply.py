@@ -140,8 +140,14 @@ class MuP:
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
-        (the program holds its base value; trace.py)."""
-        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+        (the program holds its base value; trace.py). A scale on attention whose result reaches
+        no output (an encoder its decoder never reads) is left out by derive, as its params are:
+        it keeps the model's own exponent, so nothing changes it."""
+        if info.get("fixed"):
+            return Fraction(0)
+        if scale not in self.derivation.abc:
+            return Fraction(info["model_a"])
+        return Fraction(str(self.derivation.abc[scale].a))
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         if info["q"] not in self.traced.producers:
