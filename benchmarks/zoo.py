@@ -225,8 +225,17 @@ def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
         if part is None or not hasattr(part, "to_dict"):
             continue
         sub = mapping._replace(inputs="image") if "vision" in name else mapping
+        # an encoder-decoder's decoder part is a causal decoder that reads the encoder
+        # (transformers' EncoderDecoderConfig.from_encoder_decoder_configs sets the same two
+        # fields): without them the decoder never reads the encoder
+        seq2seq = name == "decoder" and "encoder" in cls.sub_configs
+        if seq2seq:
+            sub = sub._replace(decoder=True)
         try:
-            out[name] = type(part)(**config_kwargs(type(part), width, scaling, sub))
+            kwargs = config_kwargs(type(part), width, scaling, sub)
+            if seq2seq:
+                kwargs["add_cross_attention"] = True
+            out[name] = type(part)(**kwargs)
         except Exception:  # noqa: BLE001 - the part stays as it comes (counted by its size)
             continue
     return out
@@ -311,7 +320,7 @@ def example_inputs(mapping: Mapping, real: bool = False):
     zeros (the trace reads shapes)."""
     import torch
 
-    def ids():
+    def ids(real=real):
         if not real:
             return torch.zeros(2, SEQ, dtype=torch.long)
         return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
@@ -326,7 +335,10 @@ def example_inputs(mapping: Mapping, real: bool = False):
         if "decoder_input_ids" not in params:
             return (ids(),)
         at = params.index("decoder_input_ids")
-        return (ids(), *([None] * (at - 1)), ids())
+        # the target ids vary even in the trace: ids given as an input that hold one value are
+        # read as one constant id (a row of the table, as BERT's token types of one segment),
+        # which a decoder with its own table (EncoderDecoderModel's) would otherwise become
+        return (ids(), *([None] * (at - 1)), ids(real=True))
 
     return inputs
 
