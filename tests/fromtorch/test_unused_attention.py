@@ -1,6 +1,7 @@
-"""An attention whose result reaches no output (the encoder of an encoder-decoder whose decoder
-has no cross-attention): derive leaves its params and its scale out, and ``apply`` leaves them
-as they are. Before, ``apply`` looked the left-out scale up in derive's table (a KeyError)."""
+"""What a model holds but no output reads. An attention whose result reaches no output (the
+encoder of an encoder-decoder whose decoder has no cross-attention): derive leaves its params and
+its scale out, and ``apply`` leaves them as they are (before, it looked the left-out scale up in
+derive's table: a KeyError). A param of no entries: traced past (before, an IndexError)."""
 
 import pytest
 
@@ -45,3 +46,22 @@ def test_an_attention_that_reaches_no_output_is_left_as_it_is():
     report = str(mup.apply(model))
     assert torch.equal(model.qkv.weight, before)
     assert "qkv.weight reaches no output" in report and "init h.weight" in report
+
+
+class EmptyRows(nn.Module):
+    """An MLP LM holding a param of no entries (MobileBERT's readout rows past its embedding's,
+    none when the embedding is as wide as the model)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(16, n), nn.Linear(n, 16)
+        self.extra = nn.Parameter(torch.zeros(0, n))
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.e(idx)))
+
+
+def test_a_param_of_no_entries_is_traced_past():
+    # before, reading its base init failed on its first entry (an IndexError)
+    traced = from_torch(EmptyRows, (32, 64), _tokens)
+    assert set(traced.params) == {"e_weight", "out_weight", "out_bias"}
