@@ -45,6 +45,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -539,8 +540,12 @@ def _worker(mapping: str, families: list[str], timeout: float, bar) -> None:
     while todo:
         cmd = [sys.executable, __file__, "--batch", ",".join(todo), "--timeout", str(timeout),
                "--mappings", mapping]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+        # the child's stderr goes to a file, not a pipe: nothing reads a pipe until the child
+        # ends, and a family that logs more than its 64 KiB (torch.export prints the whole
+        # graph on a data-dependent guard, Longformer's twice) blocked the child in a write
+        # until its alarm, a "timeout" of a family that is refused in 25 s
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         t = time.perf_counter()
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], 5.0)
@@ -558,7 +563,9 @@ def _worker(mapping: str, families: list[str], timeout: float, bar) -> None:
                 proc.kill()
                 break
         proc.wait()
-        err = proc.stderr.read().strip().splitlines() if proc.stderr else []
+        errors.seek(0)
+        err = errors.read().strip().splitlines()
+        errors.close()
         if todo and not _cached(mapping, todo[0]).exists():
             why = (err or ["no message"])[-1][:200]
             row = {"status": "crash", "detail": f"the process died (exit {proc.returncode}): "
