@@ -196,9 +196,12 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     kwargs.update(_proportional(defaults, width, width // heads))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
-    # block stays 1
+    # block stays 1. A default of one expert is a placeholder, no mixture (HunYuan-MoE's; its
+    # released models have 64): such a config gets the zoo's experts
     for std in ("num_experts", "num_experts_per_tok", "num_blocks"):
         for f in _names(cls, std) & set(kwargs):
+            if std == "num_experts" and defaults.get(f) == 1:
+                continue
             if isinstance(defaults.get(f), int) and defaults[f] > 0:
                 kwargs[f] = min(kwargs[f], defaults[f])
     if "use_cache" in fields:
