@@ -193,6 +193,10 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs[f] = v[:LAYERS]
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
+        elif f == "pad_token_id" and v is None and "mask_token_id" in defaults:
+            # a masked LM's vocabulary left unset (ESM's): its positions count the tokens that
+            # are not padding, input_ids.ne(pad_token_id), so it needs one; 1, ESM-2's own
+            kwargs[f] = 1
     kwargs.update(_proportional(defaults, width, width // heads))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
