@@ -197,6 +197,10 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # a masked LM's vocabulary left unset (ESM's): its positions count the tokens that
             # are not padding, input_ids.ne(pad_token_id), so it needs one; 1, ESM-2's own
             kwargs[f] = 1
+        elif f == "block_auto_adjust_ff_dim" and v is True:
+            # LFM2's MLP at 2/3 of intermediate_size rounded up to a multiple of 256: 4n at
+            # widths 64 and 128, 3n at 256, 2.75n at 1024. The MLP is then 4n at every width
+            kwargs[f] = False
     kwargs.update(_proportional(defaults, width, width // heads))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1

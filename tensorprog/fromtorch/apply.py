@@ -315,7 +315,7 @@ class MuP:
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
-        found = set()
+        found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
         for name, use, _ in self._uses(model, depth=1 if self.stack else None):
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
@@ -332,11 +332,16 @@ class MuP:
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
-                    found.add(size / dim.mult)
+                    found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
+            # a size the trace saw grow in proportion to the width that does not at this width
+            # (a size the config rounds up to a multiple: LFM2's MLP, to multiples of 256)
+            gives = ", ".join(f"{w} from {where}" for w, where in sorted(found.items()))
             raise UsageError(
-                f"cannot tell this model's width: its params give {sorted(found)}",
-                help="pass a model built by the traced build(width)",
+                f"cannot tell this model's width: its params give {gives}",
+                help="pass a model built by the traced build(width), whose every dim that "
+                "grows with the width keeps the proportion it had in the trace (not a size "
+                "the config rounds up to a multiple)",
             )
         return int(next(iter(found)))
 
