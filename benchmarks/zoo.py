@@ -25,7 +25,8 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
 
 Families run in two child processes that stay warm (torch.export's first call costs about 30 s),
 each family under an alarm (``--timeout``); a child that dies or hangs past it is restarted after
-that family, which is recorded as a crash. Each result is cached as JSON as it completes
+that family, which is recorded as a crash (a child's stderr goes to a file, whose last line
+says why it died). Each result is cached as JSON as it completes
 (``.tensorprog-cache/zoo/MAPPING/FAMILY.json``), so a rerun resumes, and ``docs/zoo.md`` is
 written from the cache. ``--one FAMILY`` runs one family (of the first mapping given) in process
 and prints its JSON.
