@@ -25,7 +25,8 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
 
 Families run in two child processes that stay warm (torch.export's first call costs about 30 s),
 each family under an alarm (``--timeout``); a child that dies or hangs past it is restarted after
-that family, which is recorded as a crash. Each result is cached as JSON as it completes
+that family, which is recorded as a crash (a child's stderr goes to a file, whose last line
+says why it died). Each result is cached as JSON as it completes
 (``.tensorprog-cache/zoo/MAPPING/FAMILY.json``), so a rerun resumes, and ``docs/zoo.md`` is
 written from the cache. ``--one FAMILY`` runs one family (of the first mapping given) in process
 and prints its JSON.
@@ -45,6 +46,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -193,12 +195,23 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs[f] = v[:LAYERS]
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
+        elif f == "pad_token_id" and v is None and "mask_token_id" in defaults:
+            # a masked LM's vocabulary left unset (ESM's): its positions count the tokens that
+            # are not padding, input_ids.ne(pad_token_id), so it needs one; 1, ESM-2's own
+            kwargs[f] = 1
+        elif f == "block_auto_adjust_ff_dim" and v is True:
+            # LFM2's MLP at 2/3 of intermediate_size rounded up to a multiple of 256: 4n at
+            # widths 64 and 128, 3n at 256, 2.75n at 1024. The MLP is then 4n at every width
+            kwargs[f] = False
     kwargs.update(_proportional(defaults, width, width // heads))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
-    # block stays 1
+    # block stays 1. A default of one expert is a placeholder, no mixture (HunYuan-MoE's; its
+    # released models have 64): such a config gets the zoo's experts
     for std in ("num_experts", "num_experts_per_tok", "num_blocks"):
         for f in _names(cls, std) & set(kwargs):
+            if std == "num_experts" and defaults.get(f) == 1:
+                continue
             if isinstance(defaults.get(f), int) and defaults[f] > 0:
                 kwargs[f] = min(kwargs[f], defaults[f])
     if "use_cache" in fields:
@@ -226,8 +239,17 @@ def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
         if part is None or not hasattr(part, "to_dict"):
             continue
         sub = mapping._replace(inputs="image") if "vision" in name else mapping
+        # an encoder-decoder's decoder part is a causal decoder that reads the encoder
+        # (transformers' EncoderDecoderConfig.from_encoder_decoder_configs sets the same two
+        # fields): without them the decoder never reads the encoder
+        seq2seq = name == "decoder" and "encoder" in cls.sub_configs
+        if seq2seq:
+            sub = sub._replace(decoder=True)
         try:
-            out[name] = type(part)(**config_kwargs(type(part), width, scaling, sub))
+            kwargs = config_kwargs(type(part), width, scaling, sub)
+            if seq2seq:
+                kwargs["add_cross_attention"] = True
+            out[name] = type(part)(**kwargs)
         except Exception:  # noqa: BLE001 - the part stays as it comes (counted by its size)
             continue
     return out
@@ -312,7 +334,7 @@ def example_inputs(mapping: Mapping, real: bool = False):
     zeros (the trace reads shapes)."""
     import torch
 
-    def ids():
+    def ids(real=real):
         if not real:
             return torch.zeros(2, SEQ, dtype=torch.long)
         return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
@@ -327,7 +349,10 @@ def example_inputs(mapping: Mapping, real: bool = False):
         if "decoder_input_ids" not in params:
             return (ids(),)
         at = params.index("decoder_input_ids")
-        return (ids(), *([None] * (at - 1)), ids())
+        # the target ids vary even in the trace: ids given as an input that hold one value are
+        # read as one constant id (a row of the table, as BERT's token types of one segment),
+        # which a decoder with its own table (EncoderDecoderModel's) would otherwise become
+        return (ids(), *([None] * (at - 1)), ids(real=True))
 
     return inputs
 
@@ -528,8 +553,12 @@ def _worker(mapping: str, families: list[str], timeout: float, bar) -> None:
     while todo:
         cmd = [sys.executable, __file__, "--batch", ",".join(todo), "--timeout", str(timeout),
                "--mappings", mapping]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+        # the child's stderr goes to a file, not a pipe: nothing reads a pipe until the child
+        # ends, and a family that logs more than its 64 KiB (torch.export prints the whole
+        # graph on a data-dependent guard, Longformer's twice) blocked the child in a write
+        # until its alarm, a "timeout" of a family that is refused in 25 s
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
         t = time.perf_counter()
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], 5.0)
@@ -547,7 +576,9 @@ def _worker(mapping: str, families: list[str], timeout: float, bar) -> None:
                 proc.kill()
                 break
         proc.wait()
-        err = proc.stderr.read().strip().splitlines() if proc.stderr else []
+        errors.seek(0)
+        err = errors.read().strip().splitlines()
+        errors.close()
         if todo and not _cached(mapping, todo[0]).exists():
             why = (err or ["no message"])[-1][:200]
             row = {"status": "crash", "detail": f"the process died (exit {proc.returncode}): "

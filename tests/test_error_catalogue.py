@@ -2192,3 +2192,29 @@ def test_tuned_values_of_another_module_are_refused_by_it(tuned_for, change, mes
         mlp.Model.from_config(config, 256, device="meta")
     with pytest.raises(ValueError, match=re.escape(message)):
         mlp.make_optimizer(mlp.Model(16), config=config)
+
+
+
+def test_apply_names_the_params_that_give_another_width():
+    # before: "its params give [Fraction(96, 1), Fraction(128, 1)]", with no param named
+    torch = pytest.importorskip("torch")
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class RoundedMLP(torch.nn.Module):
+        """An MLP LM whose hidden size is 4n up to width 64 and 3n past it (as a size that a
+        config rounds up to a multiple of 256 does: LFM2's MLP)."""
+
+        def __init__(self, n):
+            super().__init__()
+            hidden = 4 * n if n <= 64 else 3 * n
+            self.e, self.up = torch.nn.Embedding(16, n), torch.nn.Linear(n, hidden)
+            self.down, self.out = torch.nn.Linear(hidden, n), torch.nn.Linear(n, 16)
+
+        def forward(self, idx):
+            return self.out(self.down(torch.relu(self.up(self.e(idx)))))
+
+    traced = from_torch(RoundedMLP, (32, 64), lambda m: (torch.zeros(2, 4, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"cannot tell this model's width: its params give 96 "
+                       r"from up.weight \(n_x4 = 384\), 128 from e.weight") as err:
+        MuP(traced, "adam").apply(RoundedMLP(128))
+    assert "keeps the proportion it had in the trace" in str(err.value)

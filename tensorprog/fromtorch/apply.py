@@ -131,8 +131,14 @@ class MuP:
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
-        (the program holds its base value; trace.py)."""
-        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+        (the program holds its base value; trace.py). A scale on attention whose result reaches
+        no output (an encoder its decoder never reads) is left out by derive, as its params are:
+        it keeps the model's own exponent, so nothing changes it."""
+        if info.get("fixed"):
+            return Fraction(0)
+        if scale not in self.derivation.abc:
+            return Fraction(info["model_a"])
+        return Fraction(str(self.derivation.abc[scale].a))
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         need = f"µP needs the attention logits times (n/base)^{-delta}"
@@ -323,7 +329,7 @@ class MuP:
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
-        found = set()
+        found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
         for name, use, _ in self._uses(model, depth=1 if self.stack else None):
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
@@ -340,11 +346,16 @@ class MuP:
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
-                    found.add(size / dim.mult)
+                    found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
+            # a size the trace saw grow in proportion to the width that does not at this width
+            # (a size the config rounds up to a multiple: LFM2's MLP, to multiples of 256)
+            gives = ", ".join(f"{w} from {where}" for w, where in sorted(found.items()))
             raise UsageError(
-                f"cannot tell this model's width: its params give {sorted(found)}",
-                help="pass a model built by the traced build(width)",
+                f"cannot tell this model's width: its params give {gives}",
+                help="pass a model built by the traced build(width), whose every dim that "
+                "grows with the width keeps the proportion it had in the trace (not a size "
+                "the config rounds up to a multiple)",
             )
         return int(next(iter(found)))
 

@@ -214,6 +214,8 @@ def _base_stats(build, width: int) -> dict:
     stats, pooled, kept = {}, {}, set()
     for name, p in model.named_parameters():  # each tensor once, under its first name
         v = p.detach().double().flatten()
+        if not v.numel():  # no entries, no init to read (MobileBERT's readout rows past its
+            continue  # embedding's, none when the embedding is as wide as the model)
         if bool((v == v[0]).all()):
             stats.update({k: ("const", float(v[0])) for k in names[id(p)]})
             continue

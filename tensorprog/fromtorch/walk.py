@@ -102,6 +102,23 @@ SYMBOLIC = (
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
 
 
+def _ids_kept(node, op: str, args: list) -> int | None:
+    """Which argument of ``op`` holds the ids that it keeps where it sets other entries to one
+    number (``index_put``/``masked_fill`` of the ids, ``where(mask, number, ids)``), or None.
+    The number may be a constant tensor the walk does not read (a lifted ``tensor(0)``)."""
+    if op in ("index_put", "index_put_", "masked_fill", "masked_fill_") and len(args) > 2:
+        at, value = 0, 2
+    elif op == "where" and len(args) == 3 and isinstance(args[1], Tok):
+        at, value = 1, 2
+    elif op == "where" and len(args) == 3:
+        at, value = 2, 1
+    else:
+        return None
+    val = getattr(node.args[value], "meta", {}).get("val")
+    number = isinstance(node.args[value], (int, bool)) or getattr(val, "numel", lambda: 0)() == 1
+    return at if isinstance(args[at], Tok) and number else None
+
+
 class Walker:
     """Walks one exported graph: names, size slots, params, lazy values, and the dispatch of
     each aten op to its ``op_<name>`` method (defined by the op mixins, see convert.py)."""
@@ -439,6 +456,14 @@ class Walker:
             if op == "slice" and isinstance(args[0], Tok) and self._shape(node) == self._shape(
                     node.args[0]):
                 return args[0]
+            # the ids with the entries a condition picks set to one id (Granite Speech's audio
+            # placeholders set to 0 before the lookup: ids[ids == audio] = 0, or where(ids ==
+            # audio, 0, ids)): still the token ids, not one constant id computed from the
+            # zeros the trace puts in their place (a lookup of it was traced as a bias)
+            kept = _ids_kept(node, op, args)
+            if kept is not None and self._shape(node) == self._shape(node.args[kept]) and not \
+                    node.meta["val"].dtype.is_floating_point:
+                return Tok(("tok",) * len(self._shape(node)))
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)

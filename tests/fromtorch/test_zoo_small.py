@@ -87,6 +87,28 @@ def test_zoo_plumbing_of_the_other_mappings(zoo):
 
     ids, mask, target = zoo.example_inputs(seq2seq)(Seq2Seq())
     assert mask is None and ids.shape == target.shape == (2, zoo.SEQ)
+    # the target ids vary even in the trace (ids of one value given as an input are one row
+    # of their table: EncoderDecoderModel's decoder, whose table is its own, lost its tokens)
+    assert len(set(target.flatten().tolist())) > 1
+
+
+def test_zoo_config_plumbing_of_families_that_crashed_or_were_refused(zoo):
+    import transformers as t
+
+    # EncoderDecoderModel's decoder reads the encoder (before: a decoder alone, the encoder
+    # unused, and apply's KeyError on its attention scale)
+    kw = zoo.config_kwargs(t.EncoderDecoderConfig, 64, "heads", zoo.MAPPINGS["seq2seq"])
+    assert kw["decoder"].is_decoder and kw["decoder"].add_cross_attention
+    assert not kw["encoder"].is_decoder and not kw["encoder"].add_cross_attention
+    # HunYuan-MoE's default of one expert is a placeholder: the zoo's 4 (ZAYA's 1 per token
+    # stays the config's own)
+    kw = zoo.config_kwargs(t.HunYuanMoEV1Config, 64, "heads")
+    assert (kw["num_experts"], kw["moe_topk"]) == (4, 1)
+    # ESM needs a pad id (its positions count the tokens that are not padding)
+    assert zoo.config_kwargs(t.EsmConfig, 64, "heads", zoo.MAPPINGS["masked"])[
+        "pad_token_id"] == 1
+    # LFM2's MLP at intermediate_size (4n), not rounded up to a multiple of 256
+    assert zoo.config_kwargs(t.Lfm2Config, 64, "heads")["block_auto_adjust_ff_dim"] is False
 
 
 class Tiny(nn.Module):
