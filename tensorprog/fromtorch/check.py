@@ -128,8 +128,10 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
     dims = program.dim_table
     logits = {ins.out for ins in program.body
               if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
-    logits |= {ins.out for ins in program.body if isinstance(ins, Nonlin) and ins.fn == "mul"
-               and any(v in logits for v in ins.args)}
+    for ins in program.body:  # their scale, then a relative position bias added (T5's)
+        if (isinstance(ins, Nonlin) and ins.fn == "mul" or isinstance(ins, LinComb)) \
+                and any(v in logits for v in ins.operands):
+            logits.add(ins.out)
     stack = mup.traced.stack
     nodes = {n.name: n for n in ep.graph.nodes}
     users = {spec.arg.name for spec in ep.graph_signature.input_specs
