@@ -122,7 +122,7 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
     and the node's logits among its vectors. Their change holds what the attention's own
     params' updates do (an LLN sum over the head dim, Θ(1) under µP) and what their input's
     change does through the projections, which holds a CLT part as a router's R₀·Δx does
-    (docs/check.md, "Attention logits by their parts", measures both). A node whose path
+    (docs/check.md, "A traced model's changes by their parts", measures both). A node whose path
     reaches the model's inputs other than through such a projection gets no split."""
     program = mup.program
     dims = program.dim_table
@@ -283,8 +283,9 @@ def coord_check(
     (next-token cross-entropy) and judge every program vector's slope against µP. The model is
     built and initialised on the CPU (the same init on every device), then trained on
     ``device``. ``split_logits``: the attention logits' changes split too (``probe``), and
-    judged by their parts as a router's are (:func:`_drift`); off by default, as at the widths
-    measured their parts do not separate (docs/check.md, "Attention logits by their parts")."""
+    judged by their parts as a router's are (:func:`_drift`); off by default: at the zoo's
+    widths their later layers' parts cancel rather than one vanishing (docs/check.md, "A
+    traced model's changes by their parts")."""
     import torch
 
     traced = mup.traced
