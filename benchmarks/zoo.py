@@ -412,7 +412,8 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         out["regime"] = good.regime_warning() or None
         # vectors that pass by the split of their change (a router's logits whose own update
         # scales as µP requires while W₀·Δx shrinks: finite-width drift, fromtorch/check.py)
-        drift = [good.where(k) for k in good.drift]
+        # (a vector may pass by its parts after one step and fail after another: a failure)
+        drift = [good.where(k) for k in good.drift if k not in good.failures]
         split = f"passed by the split: {', '.join(drift)}" if drift else ""
         if good.passed:
             return done("pass", split, drift=drift)

@@ -352,8 +352,9 @@ class CheckResult:
                  f"{len(self.seeds)} seed(s), "
                  f"{self.steps} steps, against {ref} (±{self.tolerance:g})",
                  f"  {self._verdict()}"]
-        if self.drift:  # passed by their parts, not by their total change's slope
-            names = [self.where(n) for n in self.drift]
+        # vectors that passed by their parts at every step their total change's slope failed
+        names = [self.where(n) for n in self.drift if n not in self.failures]
+        if names:
             lines.append(f"  passed by their parts (finite-width drift): {', '.join(names[:4])}"
                          + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
         detail = _failure_lines(self)
