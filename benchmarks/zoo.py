@@ -16,8 +16,8 @@ the head dim fixed at 16 (the head count grows). Each is traced at widths 64 and
 as the contrast (at 256 and 512, one seed). Every family ends in one of
 
 * ``pass``: the program derives, ``apply`` leaves the model bit-identical at the base width, and
-  the check passes (a router's logits may pass by the split of their change, finite-width
-  drift: the row names them, the totals count them);
+  the check passes (the output of a layer of a finite fan-out, a router's logits, may pass by
+  the split of its change, finite-width drift: the row names it, the totals count such rows);
 * ``fail``: one of those does not hold (the failing vectors with their slopes);
 * ``refused``: tensorprog refuses it with a positioned error (the op and the user-code line);
 * ``build``: the model does not build small from its config (counted apart);
