@@ -174,3 +174,18 @@ def test_a_width_dim_the_config_fixes_is_named_at_trace_time():
     MuP(traced, "adam")
     # a dim that grows with the width is no bottleneck: the same model at 2n has no note
     assert from_torch(Tiny, (32, 64), _tokens).notes == []
+
+
+def test_zoo_totals_count_the_families_that_pass_by_the_split(zoo):
+    # a pass whose router logits passed by their parts (finite-width drift) is a pass, counted
+    # apart in the totals line and named in its row
+    def row(family, status, drift=()):
+        detail = f"passed by the split: {', '.join(drift)}" if drift else ""
+        return {s: {"family": family, "scaling": s, "status": status, "detail": detail,
+                    "drift": list(drift), "time": 1, "sp": "fails"} for s in zoo.SCALINGS}
+
+    results = {"a": row("a", "pass", ["gate"]), "b": row("b", "pass"), "c": row("c", "fail")}
+    text = "\n".join(zoo._section(zoo.MAPPINGS["causal"], results))
+    assert "Totals: 2 pass (1 by the split of a vector's change: finite-width drift), 1 fail" \
+        in text
+    assert "| a | pass | fails | 1 | passed by the split: gate |" in text
