@@ -343,8 +343,9 @@ POSITIONED = {
                      r"first reads a vector of a declared dim at the first token, not the input "
                      r"tok \(one-hot ids\)", (8, 16)),
     "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
-                          r"y_1 is one token's vector \(read by first\), but h has one value "
-                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+                          r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                          r"has one value per token(.|\n)*help: compute everything per token "
+                          r"first", (8, 12)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
@@ -354,6 +355,24 @@ POSITIONED = {
                             "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
                             r"block res returns one token's vector \(read by first\), but its "
                             r"argument h has one value per token", (9, 5)),
+    # mean(h) / mean(h, k): the mean of a sequence's tokens (from token k on), one vector per
+    # sequence as first(h) is; k a token the sequence has
+    "mean-without-tokens": (HEAD + "output y = V @ mean(W @ x)\n", S,
+                            r"mean averages the tokens of a sequence, but y_1 has no tokens"
+                            r"(.|\n)*help: apply mean to a value computed from a `tokens`",
+                            (8, 16)),
+    "mean-start-past-the-tokens": (SEQ + "output y = E.T @ mean(h, 3)\n", S,
+                                   r"mean from token 3 on, but t has 3 tokens \(0 to 2\)"
+                                   r"(.|\n)*help: start at a token of t", (8, 18)),
+    "mean-start-not-an-index": (SEQ + "output y = E.T @ mean(h, 0.5)\n", S,
+                                r"the second argument of mean must be a token index, a whole "
+                                r"number >= 0", (8, 26)),
+    "mean-of-mean": (SEQ + "output y = E.T @ mean(mean(h))\n", S,
+                     r"mean averages the tokens of a sequence, but y_1 has no tokens \(one "
+                     r"vector per sequence already\)", (8, 18)),
+    "mean-plus-tokens": (SEQ + "output y = E.T @ (h + mean(h, 1))\n", S,
+                         r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                         r"has one value per token", (8, 12)),
     # prepend(c, h, T1): a learned token (a vector param) before the tokens of h, over a
     # sequence T1 one token longer, which what is added after it runs over
     "prepend-of-a-value": (CLS + "output y = E.T @ prepend(h, h, t1)\n", S,

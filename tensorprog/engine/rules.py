@@ -31,6 +31,7 @@ from ..ir.program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Prepend,
@@ -666,9 +667,34 @@ def grad_prepend(ins: Prepend, sz: Sizes) -> list[tuple[str, Term]]:
         "the sequence", "flow", g)]
 
 
+# --- Mean -----------------------------------------------------------------------------------------
+# A mean over the tokens: a sum of finitely many token vectors with Θ(1) weights 1/(T - start).
+# Each term has the token's exponent and there are finitely many, so the sum has the largest's
+# (no 1/2 or 1 is gained: the sum is over no infinite dim); its gradient to each token is the
+# output's times the weight, a width-independent number.
+
+def init_mean(ins: Mean, sz: Sizes) -> list[Term]:
+    return terms(f"mean({ins.arg}₀)", "a mean of finitely many tokens is as large as a token",
+                 "auto", sz.init(ins.arg))
+
+
+def change_mean(ins: Mean, sz: Sizes) -> list[Term]:
+    return terms(f"mean(Δ{ins.arg})", "the mean's change is the mean of the tokens' changes",
+                 "auto", sz.change(ins.arg))
+
+
+def grad_mean(ins: Mean, sz: Sizes) -> list[tuple[str, Term]]:
+    return [(ins.arg, t) for t in terms(
+        f"d{ins.out}", "each token read gets the output's gradient over their finite number",
+        "flow", [Mono(sz.grad(ins.out))])]
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend}
+        Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend,
+        Mean: init_mean}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend}
+          Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend,
+          Mean: change_mean}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}
+        Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend,
+        Mean: grad_mean}
