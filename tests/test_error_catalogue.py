@@ -925,7 +925,7 @@ class PatchMean(ClassToken):
     def forward(self, idx):  # a mean of the tokens after a learned class token
         x = self.e(idx)
         h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.o(h[:, 1:].mean(1))
+        return self.o(h[:, 1:-1].mean(1))
 
 
 class TwoRowToken(Net):
@@ -1046,9 +1046,11 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
                           r"tokens other than before the tokens(.|\n)*help: prepend learned "
                           r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
-    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token, mean(h, 1);
+    # a slice short of the last token has no form
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
-                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
+                         r"\(batch, tokens, features\) vector other than the tokens from one on "
+                         r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),

@@ -16,6 +16,7 @@ from .ops_linear import LinearOps
 from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
+from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
@@ -27,7 +28,7 @@ from .walk import Walker
 class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, PoolOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

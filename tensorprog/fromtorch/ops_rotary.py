@@ -58,11 +58,7 @@ class RotaryOps:
             if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
         if src.tags == ("tok", "tok", "F") and dim % 3 == 1:  # h[:, 1:]: tokens, not features
-            raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
-                         "(such as the patch tokens after a class token, h[:, 1:]): the "
-                         "language reads one token, the first (first(h)), or every token",
-                         help="read the class token, h[:, 0]; a head on a mean of the patch "
-                         "tokens has no form in the language")
+            return self.token_slice(node, src, start, end, step)  # for a mean (ops_pool.py)
         raise refuse(
             node,
             "a slice of a vector's coordinates (other than a fused layer's output features, "

@@ -71,7 +71,7 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
-        if fn == "first":
+        if fn in ("first", "mean"):  # one vector per sequence
             return ()
         return _meet(classes, args)
     if isinstance(expr, ast.BinOp):

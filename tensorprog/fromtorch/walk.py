@@ -31,6 +31,7 @@ from .values import (
     Strided,
     Sub,
     Tok,
+    TokensFrom,
     Trace,
     Trig,
     Vec,
@@ -95,6 +96,7 @@ SYMBOLIC = (
     Strided,
     PairStack,
     Zeroed,
+    TokensFrom,
 )
 
 
