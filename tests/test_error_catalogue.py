@@ -928,6 +928,17 @@ class PatchMean(ClassToken):
         return self.o(h[:, 1:-1].mean(1))
 
 
+class PooledCat(ClassToken):
+    def __init__(self, n):
+        super().__init__(n)
+        self.head = torch.nn.Linear(2 * n, 3)
+
+    def forward(self, idx):  # DINOv2's head: the class token and the patches' mean, side by side
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1))
+
+
 class TwoRowToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -984,6 +995,7 @@ TRACED_BUILDS = {
     "head_split": "lambda n: HeadSplit(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
+    "pooled_cat": "lambda n: PooledCat(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
@@ -1051,6 +1063,9 @@ TRACED_BUILDS = {
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
                          r"\(batch, tokens, features\) vector other than the tokens from one on "
                          r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
+    ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
+                         r"sequence along their features \(DINOv2's head(.|\n)*column blocks of "
+                         r"one weight(.|\n)*help: write the head as a sum of linear layers"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),

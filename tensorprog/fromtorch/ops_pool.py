@@ -56,3 +56,22 @@ class PoolOps:
         h = self.vec(v, node)
         args = h.name if start == 0 else f"{h.name}, {start}"
         return Vec(self.emit_vector(node.name, f"mean({args})"), ("tok", "F"), h.dim)
+
+    def refuse_pooled_cat(self, node, tensors, dim) -> None:
+        """Refuses, by name, a concatenation of vectors per sequence along their features
+        (DINOv2's head: ``cat([h[:, 0], h[:, 1:].mean(1)], -1)`` into one linear layer); returns
+        if ``tensors`` are not such vectors. ``W @ cat(a, b)`` is ``W[:, :n] @ a + W[:, n:] @ b``,
+        a sum of two linear layers on column blocks of one weight; the program could say that,
+        but the tracer keeps a param whole or splits it by rows (a fused layer's outputs), so
+        apply could not give the two blocks their own init and LR."""
+        tags = [getattr(t, "tags", None) for t in tensors]
+        if len(tensors) > 1 and all(tuple(t or ()) == ("tok", "F") for t in tags) \
+                and dim in (-1, 1):
+            raise refuse(node, "a concatenation of vectors per sequence along their features "
+                         "(DINOv2's head, cat([h[:, 0], h[:, 1:].mean(1)], -1), into one "
+                         "linear layer): the language has no concatenation, and the sum of "
+                         "linear layers it equals, W[:, :n] @ a + W[:, n:] @ b, needs column "
+                         "blocks of one weight, which the tracer does not split",
+                         help="write the head as a sum of linear layers, one per part "
+                         "(head_a(cls) + head_b(mean)), or read one vector (the class token "
+                         "or the mean)")

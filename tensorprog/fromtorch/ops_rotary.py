@@ -96,6 +96,7 @@ class RotaryOps:
                 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             ):
                 return src
+        self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half or a head's parts "
