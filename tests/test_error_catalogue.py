@@ -939,6 +939,14 @@ class PooledCat(ClassToken):
         return self.head(torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1))
 
 
+class Probe(ClassToken):
+    def forward(self, idx):  # SigLIP's head: a learned query token attending to every token
+        x = self.e(idx)
+        q = self.cls.repeat(x.shape[0], 1, 1)
+        p = torch.softmax(q @ x.transpose(1, 2), -1)
+        return self.o((p @ x)[:, 0])
+
+
 class TwoRowToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -996,6 +1004,7 @@ TRACED_BUILDS = {
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
     "pooled_cat": "lambda n: PooledCat(n)",
+    "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
@@ -1066,6 +1075,8 @@ TRACED_BUILDS = {
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
                          r"sequence along their features \(DINOv2's head(.|\n)*column blocks of "
                          r"one weight(.|\n)*help: write the head as a sum of linear layers"),
+    ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
+                    r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),

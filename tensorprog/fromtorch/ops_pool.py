@@ -11,7 +11,7 @@ after it is what its dims make it, as after ``first(h)``.
 
 from __future__ import annotations
 
-from .values import Affine, Pointwise, TokensFrom, Vec
+from .values import Affine, Pointwise, PRef, TokensFrom, Vec
 from .where import refuse
 
 _HELP = ("pool the (batch, tokens, features) output of the per-token layers with h.mean(1), or "
@@ -75,3 +75,17 @@ class PoolOps:
                          help="write the head as a sum of linear layers, one per part "
                          "(head_a(cls) + head_b(mean)), or read one vector (the class token "
                          "or the mean)")
+
+    def op_repeat(self, node, v, *sizes):
+        """Refuses ``repeat``, naming SigLIP's attention-pooling probe (a learned query token
+        repeated over the batch, then attention from it to every token): what it needs is a
+        query sequence of one learned token, which the language has no form for."""
+        if isinstance(v, PRef) and len(v.shape) == 3 and v.shape[:2] == (1, 1):
+            name = v.target.removeprefix("m.")
+            raise refuse(node, f"a learned token ({name}) repeated over the batch as the query "
+                         "of attention to every token (SigLIP's attention-pooling probe): "
+                         "the language's attention reads its queries from a sequence's tokens, "
+                         "and has no query sequence of one learned token",
+                         help="pool with the class token or the mean of the tokens (h.mean(1)), "
+                         "or trace the model without this head")
+        raise refuse(node, "the op repeat")

@@ -90,6 +90,10 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         return
     classes = _Classes()
     tags: dict[str, tuple] = {"tok": ("tok",), "pos": ("tok",)}
+    # float vectors per token (an image cut into patches) run over T as the token ids do: so
+    # do positions added to them (SigLIP's lookup of position ids, with no class token)
+    tags.update({m.group(1): ("tok",) for d in trace.decls
+                 if (m := re.match(r"input (\w+) : patches\[T,", d))})
     for name, (kind, _, _) in trace.seq_inputs.items():
         tags[name] = (name, name) if "relative" in kind else (name,)
     for stmt in trace.stmts:

@@ -103,6 +103,20 @@ SYMBOLIC = (
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
 
 
+def _reaching_the_output(graph) -> set[str]:
+    """The names of the nodes whose values the graph's output reads, directly or not; an
+    in-place op and a check (an assert) are read as if by the output: they act by running."""
+    live: set[str] = set()
+    todo = [n for n in graph.nodes if n.op == "output" or n.op == "call_function" and (
+        op_name(n).endswith("_") or op_name(n) in CHECK_OPS)]
+    while todo:
+        node = todo.pop()
+        if node.name not in live:
+            live.add(node.name)
+            todo.extend(node.all_input_nodes)
+    return live
+
+
 class Walker:
     """Walks one exported graph: names, size slots, params, lazy values, and the dispatch of
     each aten op to its ``op_<name>`` method (defined by the op mixins, see convert.py)."""
@@ -301,6 +315,7 @@ class Walker:
         sig = self.ep.graph_signature
         kinds = {s.arg.name: s for s in sig.input_specs}
         self.by_name = {n.name: n for n in self.ep.graph.nodes}
+        self.live = _reaching_the_output(self.ep.graph)
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 spec = kinds[node.name]
@@ -344,7 +359,15 @@ class Walker:
                     buffer = spec.kind.name == "BUFFER" and strip_prefix(spec.target)
                     self.env[node.name] = Aux(buffer or "")
             elif node.op == "call_function":
-                value = self.call(node)
+                try:
+                    value = self.call(node)
+                except TraceError:
+                    if node.name in self.live:
+                        raise
+                    # what no output reads (SigLIP's attention-pooling head, whose output its
+                    # image classifier leaves unused) cannot reach the program: what it could
+                    # not say is no refusal, and the params before it are reported unused
+                    value = Aux()
                 if isinstance(value, Pointwise):
                     value = Pointwise(value.src, value.f, node.name)
                 self.env[node.name] = value

@@ -90,3 +90,37 @@ def test_quick_gelu_traces_as_a_stretched_silu_and_derives_as_gelu_does(first):
     for optimizer in ("adam", "sgd"):  # first(h) after a gelu MLP
         assert abc_by_target(traced, optimizer) == abc_by_target(first, optimizer)
     apply_is_bit_identical_at_base(traced, _build("first", "quick_gelu"), _tokens)
+
+
+class DeadProbe(torch.nn.Module):
+    """SigLIP's image classifier in small: patches of an image, positions looked up by ids over
+    the patches (no class token), a mean over them into the classifier, and an attention-pooling
+    head whose output the classifier leaves unused (its ``repeat`` alone would be refused)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, n, 4, stride=4)
+        self.pos = torch.nn.Embedding(16, n)
+        self.register_buffer("position_ids", torch.arange(16)[None], persistent=False)
+        self.fc = torch.nn.Linear(n, n)
+        self.probe = torch.nn.Parameter(torch.randn(1, 1, n))
+        self.head = torch.nn.Linear(n, 10)
+
+    def forward(self, img):
+        h = self.proj(img).flatten(2).transpose(1, 2) + self.pos(self.position_ids)
+        h = h + torch.relu(self.fc(h))
+        q = self.probe.repeat(h.shape[0], 1, 1)  # the unused head
+        torch.softmax(q @ h.transpose(1, 2), -1) @ h
+        return self.head(h.mean(1))
+
+
+def _images(model):
+    return (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+
+
+def test_a_head_whose_output_is_unused_is_left_out_and_positions_run_over_the_patches():
+    traced = from_torch(DeadProbe, WIDTHS, _images)
+    assert "input pos : positions[T]" in traced.source, traced.source
+    assert "probe" not in {u.target for u in traced.params.values()}
+    assert re.search(r"^\w+ = mean\(\w+\)$", traced.source, re.M)
+    apply_is_bit_identical_at_base(traced, DeadProbe, _images)
