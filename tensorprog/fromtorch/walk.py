@@ -255,6 +255,12 @@ class Walker:
                 node,
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
+        if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
+            raise refuse(node, f"{node.target} on the tokens of a sequence from token {v.start} "
+                         "on (h[:, k:]): the program's sequences keep all their tokens, and a "
+                         "slice of them is read only by a mean over them, mean(h, k)",
+                         help="apply the op to every token and read what is needed after it, "
+                         "or average the slice with h[:, k:].mean(1)")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:

@@ -124,3 +124,15 @@ def test_a_head_whose_output_is_unused_is_left_out_and_positions_run_over_the_pa
     assert "probe" not in {u.target for u in traced.params.values()}
     assert re.search(r"^\w+ = mean\(\w+\)$", traced.source, re.M)
     apply_is_bit_identical_at_base(traced, DeadProbe, _images)
+
+
+def test_the_tokens_after_the_class_token_used_other_than_averaged_are_refused():
+    class PerPatch(Pooled):
+        def forward(self, idx):  # a per-patch head on the tokens after the class token
+            x = self.e(idx)
+            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+            return self.head(h[:, 1:])
+
+    with pytest.raises(TensorProgError, match=r"test_pool.py:\d+:\d+: error: cannot trace "
+                       r"aten.linear.default on the tokens of a sequence from token 1 on"):
+        from_torch(PerPatch, WIDTHS, _tokens)
