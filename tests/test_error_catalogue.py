@@ -965,6 +965,29 @@ class Transposed(Net):
         return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
 
 
+class LearnedLogitBias(Net):  # a param added to the logits by baddbmm (ALiBi's is a constant)
+    def __init__(self, n):
+        super().__init__(n)
+        self.bias = torch.nn.Parameter(torch.zeros(1, 1, 1))
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2).reshape(b * 2, t, -1)
+        p = self.bias.baddbmm(x, x.transpose(1, 2)).view(b, 2, t, t).softmax(-1)
+        return self.o((p @ x.view(b, 2, t, -1)).transpose(1, 2).reshape(b, t, -1))
+
+
+class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's coordinates
+    def __init__(self, n):
+        super().__init__(n)
+        self.b = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1) + self.b[None, None, :, None]
+        return self.o(x.reshape(b, t, -1))
+
+
 class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
     def __init__(self, n, low=None):
         super().__init__(n)
@@ -1008,6 +1031,8 @@ TRACED_BUILDS = {
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
+    "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
+    "head_bias": "lambda n: HeadBias(n)",
 }
 
 
@@ -1090,6 +1115,14 @@ TRACED_BUILDS = {
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),
+    # before: "the op baddbmm"; a constant bias (Bloom's ALiBi) traces, a learned one does not
+    ("learned_logit_bias", None, r"m.py:\d+:\d+: error: cannot trace attention logits plus a "
+                                 r"bias that is not a constant of the positions(.|\n)*help: add "
+                                 r"a constant bias of the positions \(ALiBi's\)"),
+    # before: "a unsqueeze of a PRef value"; now says what form the param would need
+    ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
+                        r"param joins a sum or a product along the features(.|\n)*help: use a "
+                        r"vector param of the features"),
     # before: "a split of anything but a linear layer's output features"; now what MLA needs
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                          r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "

@@ -253,8 +253,15 @@ def change_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
 
 def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
-    return [(v, t) for _, v in ins.terms
-            for t in terms(f"d{ins.out}", "a sum passes its gradient through", "flow", g)]
+    out = []
+    for _, v in ins.terms:
+        # a bias of a head dim (a QK-layernorm's) is added to every head: its gradient sums
+        # one term per head, as a per-head gain's does
+        k, why = (_shared_by_heads(ins, v, sz) if v in sz.program.param_table
+                  else (ZERO, ""))
+        why = "a sum passes its gradient through" if "head" not in why else why
+        out += [(v, t) for t in terms(f"d{ins.out}", why, "flow", g, const=k)]
+    return out
 
 
 # --- Nonlin ---------------------------------------------------------------------------------------
@@ -305,11 +312,11 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
                  sz.change(h), clamp=ZERO if bounded else None)
 
 
-def _shared_by_heads(ins: Nonlin, factor: str, sz: Sizes) -> tuple[Exp, str]:
-    """A factor of a head dim (a QK-norm's gain) multiplies every head alike, so its gradient
-    entry sums one term per head: over infinitely many heads (a fixed head dim) an LLN sum
-    (+1), an upper bound (the gradient and the normalised vector are correlated once they have
-    trained, as a dot's sides are); over finitely many, +0."""
+def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp, str]:
+    """A factor of a head dim (a QK-norm's gain, or a bias added to every head) acts on every
+    head alike, so its gradient entry sums one term per head: over infinitely many heads (a
+    fixed head dim) an LLN sum (+1), an upper bound (the gradient and the normalised vector
+    are correlated once they have trained, as a dot's sides are); over finitely many, +0."""
     dims = sz.program.value_dims
     mine, out = dims[factor], dims[ins.out]
     if mine is None or mine == out or not per_head(sz.program.dim_table, mine, out):
@@ -668,33 +675,26 @@ def grad_prepend(ins: Prepend, sz: Sizes) -> list[tuple[str, Term]]:
 
 
 # --- Mean -----------------------------------------------------------------------------------------
-# A mean over the tokens: a sum of finitely many token vectors with Θ(1) weights 1/(T - start).
-# Each term has the token's exponent and there are finitely many, so the sum has the largest's
-# (no 1/2 or 1 is gained: the sum is over no infinite dim); its gradient to each token is the
-# output's times the weight, a width-independent number.
+# A finite sum of tokens, weights 1/(T - start): as large as a token at init and in its change (no
+# infinite dim summed); each token read gets the output's gradient times its Θ(1) weight.
 
 def init_mean(ins: Mean, sz: Sizes) -> list[Term]:
-    return terms(f"mean({ins.arg}₀)", "a mean of finitely many tokens is as large as a token",
-                 "auto", sz.init(ins.arg))
+    return terms(f"mean({ins.arg}₀)", "a mean of finitely many tokens", "auto", sz.init(ins.arg))
 
 
 def change_mean(ins: Mean, sz: Sizes) -> list[Term]:
-    return terms(f"mean(Δ{ins.arg})", "the mean's change is the mean of the tokens' changes",
-                 "auto", sz.change(ins.arg))
+    return terms(f"mean(Δ{ins.arg})", "the tokens' changes, averaged", "auto", sz.change(ins.arg))
 
 
 def grad_mean(ins: Mean, sz: Sizes) -> list[tuple[str, Term]]:
-    return [(ins.arg, t) for t in terms(
-        f"d{ins.out}", "each token read gets the output's gradient over their finite number",
-        "flow", [Mono(sz.grad(ins.out))])]
+    g = [Mono(sz.grad(ins.out))]
+    return [(ins.arg, t) for t in terms(f"d{ins.out}", "a finite share to each token", "flow", g)]
 
 
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
-        Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend,
-        Mean: init_mean}
+        Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
-          Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend,
-          Mean: change_mean}
+          Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
-        Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend,
-        Mean: grad_mean}
+        Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}
+INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md

@@ -12,9 +12,10 @@ from ..ir.program import LinComb, MatMul, Nonlin
 from ..ir.sequences import value_sequences
 from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
-from .apply import MuP, scale_rows
+from .apply import MuP
 from .convert import convert
 from .ops_conv import train_norms
+from .patches import scale_rows
 from .trace import built, export, forward_names, given_inputs, token_feed, token_index
 from .where import module_of, strip_prefix
 

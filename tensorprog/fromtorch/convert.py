@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_bias import FixedBiasOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
 from .ops_heads import FusedHeadOps
@@ -28,7 +29,7 @@ from .walk import Walker
 class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, PoolOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

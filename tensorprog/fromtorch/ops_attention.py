@@ -27,11 +27,8 @@ class AttentionOps:
         x = self.vec(x, node)
         if x.tags[-1] not in ("F", "dh"):
             raise refuse(node, f"a {fn} over anything but a vector's own dim or a head's")
-        if b is not None and x.tags[-1] == "dh":
-            raise refuse(node, f"a {fn} over each head with a bias (the language's per-head "
-                         "gain has no per-head bias)", help="drop the norm's bias")
         expr = f"{fn}({self.norm_args(x)})"
-        if w is not None:  # over a head: a gain of the head dim, shared by every head
+        if w is not None:  # over a head: a gain (and a bias) of the head dim, shared by every head
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"

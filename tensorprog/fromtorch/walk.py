@@ -100,7 +100,7 @@ SYMBOLIC = (
 )
 
 
-_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten"}
+_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as"}
 
 
 def _reaching_the_output(graph) -> set[str]:
