@@ -343,8 +343,9 @@ POSITIONED = {
                      r"first reads a vector of a declared dim at the first token, not the input "
                      r"tok \(one-hot ids\)", (8, 16)),
     "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
-                          r"y_1 is one token's vector \(read by first\), but h has one value "
-                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+                          r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                          r"has one value per token(.|\n)*help: compute everything per token "
+                          r"first", (8, 12)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
@@ -354,6 +355,24 @@ POSITIONED = {
                             "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
                             r"block res returns one token's vector \(read by first\), but its "
                             r"argument h has one value per token", (9, 5)),
+    # mean(h) / mean(h, k): the mean of a sequence's tokens (from token k on), one vector per
+    # sequence as first(h) is; k a token the sequence has
+    "mean-without-tokens": (HEAD + "output y = V @ mean(W @ x)\n", S,
+                            r"mean averages the tokens of a sequence, but y_1 has no tokens"
+                            r"(.|\n)*help: apply mean to a value computed from a `tokens`",
+                            (8, 16)),
+    "mean-start-past-the-tokens": (SEQ + "output y = E.T @ mean(h, 3)\n", S,
+                                   r"mean from token 3 on, but t has 3 tokens \(0 to 2\)"
+                                   r"(.|\n)*help: start at a token of t", (8, 18)),
+    "mean-start-not-an-index": (SEQ + "output y = E.T @ mean(h, 0.5)\n", S,
+                                r"the second argument of mean must be a token index, a whole "
+                                r"number >= 0", (8, 26)),
+    "mean-of-mean": (SEQ + "output y = E.T @ mean(mean(h))\n", S,
+                     r"mean averages the tokens of a sequence, but y_1 has no tokens \(one "
+                     r"vector per sequence already\)", (8, 18)),
+    "mean-plus-tokens": (SEQ + "output y = E.T @ (h + mean(h, 1))\n", S,
+                         r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                         r"has one value per token", (8, 12)),
     # prepend(c, h, T1): a learned token (a vector param) before the tokens of h, over a
     # sequence T1 one token longer, which what is added after it runs over
     "prepend-of-a-value": (CLS + "output y = E.T @ prepend(h, h, t1)\n", S,
@@ -906,7 +925,26 @@ class PatchMean(ClassToken):
     def forward(self, idx):  # a mean of the tokens after a learned class token
         x = self.e(idx)
         h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.o(h[:, 1:].mean(1))
+        return self.o(h[:, 1:-1].mean(1))
+
+
+class PooledCat(ClassToken):
+    def __init__(self, n):
+        super().__init__(n)
+        self.head = torch.nn.Linear(2 * n, 3)
+
+    def forward(self, idx):  # DINOv2's head: the class token and the patches' mean, side by side
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1))
+
+
+class Probe(ClassToken):
+    def forward(self, idx):  # SigLIP's head: a learned query token attending to every token
+        x = self.e(idx)
+        q = self.cls.repeat(x.shape[0], 1, 1)
+        p = torch.softmax(q @ x.transpose(1, 2), -1)
+        return self.o((p @ x)[:, 0])
 
 
 class TwoRowToken(Net):
@@ -997,6 +1035,8 @@ TRACED_BUILDS = {
     "head_split": "lambda n: HeadSplit(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
+    "pooled_cat": "lambda n: PooledCat(n)",
+    "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
@@ -1062,9 +1102,16 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
                           r"tokens other than before the tokens(.|\n)*help: prepend learned "
                           r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
-    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token, mean(h, 1);
+    # a slice short of the last token has no form
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
-                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
+                         r"\(batch, tokens, features\) vector other than the tokens from one on "
+                         r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
+    ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
+                         r"sequence along their features \(DINOv2's head(.|\n)*column blocks of "
+                         r"one weight(.|\n)*help: write the head as a sum of linear layers"),
+    ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
+                    r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),

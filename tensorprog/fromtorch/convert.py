@@ -17,6 +17,7 @@ from .ops_linear import LinearOps
 from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
+from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
@@ -29,7 +30,7 @@ from .walk import Walker
 class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, TableOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

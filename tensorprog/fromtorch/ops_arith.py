@@ -257,6 +257,9 @@ class ArithOps:
             if k > 0 and torch.allclose(x.f(t), k * t * t):  # embedding times sqrt(d) is normed
                 return MeanSq(x.src, k=k)
         axes = sorted(d % ndim for d in dims)
+        pooled = self.token_mean(node, x, axes, keepdim)  # over the tokens (ops_pool.py)
+        if pooled is not None:
+            return pooled
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         said = {
             "tok": "a token axis, batch or sequence",

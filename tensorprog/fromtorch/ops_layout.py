@@ -206,7 +206,7 @@ class LayoutOps:
         ndim = len(self._shape(node.args[0]))
         if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
             return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
-        if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v):
+        if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v, node):
             # DeepSeek's multi-head latent attention: what is missing is the shared key part
             raise refuse(
                 node,

@@ -58,11 +58,7 @@ class RotaryOps:
             if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
         if src.tags == ("tok", "tok", "F") and dim % 3 == 1:  # h[:, 1:]: tokens, not features
-            raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
-                         "(such as the patch tokens after a class token, h[:, 1:]): the "
-                         "language reads one token, the first (first(h)), or every token",
-                         help="read the class token, h[:, 0]; a head on a mean of the patch "
-                         "tokens has no form in the language")
+            return self.token_slice(node, src, start, end, step)  # for a mean (ops_pool.py)
         raise refuse(
             node,
             "a slice of a vector's coordinates (other than a fused layer's output features, "
@@ -100,6 +96,7 @@ class RotaryOps:
                 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             ):
                 return src
+        self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half or a head's parts "

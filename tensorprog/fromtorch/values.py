@@ -230,6 +230,15 @@ class Trig:
 
 
 @dataclass
+class TokensFrom:
+    """The tokens of the per-token vector ``vec`` from token ``start`` on (``h[:, start:]``,
+    ops_pool.py); no ``src`` or ``tags``, so no op but a mean over its tokens reads it."""
+
+    vec: Vec
+    start: int
+
+
+@dataclass
 class Sub:
     """Coordinates lo..hi of each head of ``src``, times ``sign``: rotary's halves (rotate_half
     negates the second), or the part of each head a partial rotary turns (the first r: ``cat``

@@ -32,6 +32,7 @@ from .values import (
     Strided,
     Sub,
     Tok,
+    TokensFrom,
     Trace,
     Trig,
     Vec,
@@ -96,6 +97,7 @@ SYMBOLIC = (
     Strided,
     PairStack,
     Zeroed,
+    TokensFrom,
 )
 
 
@@ -117,6 +119,20 @@ def _ids_kept(node, op: str, args: list) -> int | None:
     val = getattr(node.args[value], "meta", {}).get("val")
     number = isinstance(node.args[value], (int, bool)) or getattr(val, "numel", lambda: 0)() == 1
     return at if isinstance(args[at], Tok) and number else None
+
+
+def _reaching_the_output(graph) -> set[str]:
+    """The names of the nodes whose values the graph's output reads, directly or not; an
+    in-place op and a check (an assert) are read as if by the output: they act by running."""
+    live: set[str] = set()
+    todo = [n for n in graph.nodes if n.op == "output" or n.op == "call_function" and (
+        op_name(n).endswith("_") or op_name(n) in CHECK_OPS)]
+    while todo:
+        node = todo.pop()
+        if node.name not in live:
+            live.add(node.name)
+            todo.extend(node.all_input_nodes)
+    return live
 
 
 class Walker:
@@ -257,6 +273,12 @@ class Walker:
                 node,
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
+        if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
+            raise refuse(node, f"{node.target} on the tokens of a sequence from token {v.start} "
+                         "on (h[:, k:]): the program's sequences keep all their tokens, and a "
+                         "slice of them is read only by a mean over them, mean(h, k)",
+                         help="apply the op to every token and read what is needed after it, "
+                         "or average the slice with h[:, k:].mean(1)")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:
@@ -317,6 +339,7 @@ class Walker:
         sig = self.ep.graph_signature
         kinds = {s.arg.name: s for s in sig.input_specs}
         self.by_name = {n.name: n for n in self.ep.graph.nodes}
+        self.live = _reaching_the_output(self.ep.graph)
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 spec = kinds[node.name]
@@ -363,7 +386,15 @@ class Walker:
                     self.env[node.name] = Aux(buffer or "") if table is None else FixedTable(
                         buffer, table)
             elif node.op == "call_function":
-                value = self.call(node)
+                try:
+                    value = self.call(node)
+                except TraceError:
+                    if node.name in self.live:
+                        raise
+                    # what no output reads (SigLIP's attention-pooling head, whose output its
+                    # image classifier leaves unused) cannot reach the program: what it could
+                    # not say is no refusal, and the params before it are reported unused
+                    value = Aux()
                 if isinstance(value, Pointwise):
                     value = Pointwise(value.src, value.f, node.name)
                 self.env[node.name] = value
