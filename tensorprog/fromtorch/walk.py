@@ -13,12 +13,15 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Blank,
     Centered,
     Conc,
     Given,
+    HeadCat,
     KVRepeat,
     Mean,
     MeanSq,
+    PairHalf,
     PairStack,
     ParamUse,
     Parts,
@@ -28,6 +31,7 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Slot,
     Strided,
     Sub,
     Tok,
@@ -95,6 +99,10 @@ SYMBOLIC = (
     Strided,
     PairStack,
     Zeroed,
+    PairHalf,
+    HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
+    Blank,
+    Slot,
 )
 
 

@@ -1,0 +1,146 @@
+"""Tracing multi-head latent attention: HF DeepSeek-V3's MLA (a low-rank query, a compressed
+key/value, each head's query and key concatenated from a no-rotary part and a rotary part, the
+rotary key one head shared by all) into logits that are a sum of two per-head dots under the
+model's one scale, ``attn * dot(q_nope, k_nope, dn) + attn * dot(q_pe, k_pe, dr)``."""
+
+import re
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tensorprog import TensorProgError, derive, parse  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+
+
+def _deepseek(n, interleave=True, rope=None):
+    """One layer of DeepSeek-V3 (dense MLP), 4 heads; every MLA size a fixed share of the width
+    (``rope``: a fixed rotary head dim instead)."""
+    cfg = transformers.DeepseekV3Config(
+        hidden_size=n, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=1,
+        vocab_size=64, intermediate_size=2 * n, max_position_embeddings=32, q_lora_rank=n // 2,
+        kv_lora_rank=n // 4, qk_nope_head_dim=n // 2, qk_rope_head_dim=rope or n // 4,
+        v_head_dim=n // 2, first_k_dense_replace=1, rope_interleave=interleave,
+        use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        attn_implementation="sdpa")
+    return transformers.DeepseekV3ForCausalLM(cfg)
+
+
+def _tokens(model):
+    return (torch.zeros(2, 8, dtype=torch.long),)
+
+
+@pytest.fixture(scope="module")
+def mla():
+    return from_torch(_deepseek, WIDTHS, _tokens)
+
+
+# the same attention written by hand in the language: what the traced program's MLA must derive
+HAND = """
+width n = 32
+dim V = 64
+dim T = 8
+dim qr = n / 2             # q_lora_rank
+dim kr = n / 4             # kv_lora_rank
+dim dn = n / 2             # each head's no-rotary part (4 heads)
+dim dr = n / 4             # each head's rotary part
+dim qn = 2 * n             # 4 heads of dn (and the values: 4 heads of dn)
+dim qp = n                 # 4 heads of dr
+input tok : tokens[T, V]
+param E : [n, V]
+param g : [n] = 1
+param Wqa : [qr, n]
+param gq : [qr] = 1
+param Wqn : [qn, qr]
+param Wqp : [qp, qr]
+param Wc : [kr, n]
+param gc : [kr] = 1
+param Wkp : [dr, n]        # the rotary key: one head, shared by the 4 query heads
+param Wkn : [qn, kr]
+param Wv : [qn, kr]
+param Wo : [n, qn]
+param U : [V, n]
+scale attn = 0.2
+h = g * rmsnorm(E @ tok)
+cq = gq * rmsnorm(Wqa @ h)
+c = gc * rmsnorm(Wc @ h)
+s = attn * dot(Wqn @ cq, Wkn @ c, dn) + attn * dot(Wqp @ cq, Wkp @ h, dr)
+o = E @ tok + Wo @ mix(causal_softmax(s), Wv @ c)
+output y = U @ o
+"""
+NAMES = {  # the hand-written params, as the trace names them
+    "Wqa": "q_a_proj_weight", "Wqn": "q_b_proj_weight_part0", "Wqp": "q_b_proj_weight_part1",
+    "Wc": "kv_a_proj_with_mqa_weight_part0", "Wkp": "kv_a_proj_with_mqa_weight_part1",
+    "Wkn": "kv_b_proj_weight_part0", "Wv": "kv_b_proj_weight_part1", "Wo": "o_proj_weight",
+    "attn": None, "gq": "q_a_layernorm_weight", "gc": "kv_a_layernorm_weight",
+}
+
+
+def _traced(name):
+    return "attn_scaled_dot_product_attention" if name is None else \
+        f"model_layers_0_self_attn_{name}"
+
+
+def test_mla_traces_to_two_dots_under_one_scale(mla):
+    src = mla.source
+    # the fused rows become the params they stand for: q_b's nope and rope rows of each head,
+    # kv_a's compressed and rotary rows (one head of n/4), kv_b's key and value rows per head
+    for part, shape in (("q_b_proj_weight_part0", "n_x2, n_by2"),
+                        ("q_b_proj_weight_part1", "n, n_by2"),
+                        ("kv_a_proj_with_mqa_weight_part1", "n_by4, n"),
+                        ("kv_b_proj_weight_part1", "n_x2, n_by4")):
+        assert f"param model_layers_0_self_attn_{part} : [{shape}]" in src
+    assert re.search(r"_logits = (attn_\w+) \* dot\(getitem, getitem_4, n_by2\) \+ \1 \* "
+                     r"dot\(getitem_1, getitem_3, n_by4\)$", src, re.M)
+    assert re.search(r"= mix\(causal_softmax\(\w+_logits\), getitem_5\)$", src, re.M)
+    assert "getitem_3: rotary embedding" in src  # the shared key, rotated in place
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mla_derives_the_hand_written_attention(mla, optimizer):
+    got = derive(mla.program, optimizer).abc
+    want = derive(parse(HAND), optimizer).abc
+    for hand, traced in NAMES.items():
+        assert got[_traced(traced)] == want[hand], hand
+    # µP's 1/d on the logits, both dots' head dims growing with the width
+    assert want["attn"].a == 1
+
+
+def test_rotate_half_traces_as_the_interleaved_form(mla):
+    # HF's rotate_half (MiniCPM3's, DeepSeek-V3's without rope_interleave) and DeepSeek's
+    # interleaved pairs give the same program, but for the names of the ops between
+    traced = from_torch(lambda n: _deepseek(n, interleave=False), WIDTHS, _tokens)
+    logits = [[line for line in t.source.splitlines() if "_logits = " in line]
+              for t in (traced, mla)]
+    assert logits[0] == logits[1] and len(logits[0]) == 1
+    assert derive(traced.program, "adam").abc == derive(mla.program, "adam").abc
+
+
+def test_apply_is_bit_identical_at_the_base_width(mla):
+    mup = MuP(mla, "adam")
+    torch.manual_seed(0)
+    model = _deepseek(WIDTHS[0])
+    x = (torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1)),)
+    with torch.no_grad():
+        before, y0 = ({k: v.clone() for k, v in model.state_dict().items()},
+                      model(*x).logits)
+        mup.apply(model)
+        y1 = model(*x).logits
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(y0, y1)
+
+
+def test_a_fixed_rotary_head_dim_is_refused():
+    # the rotary rows of kv_a keep 16 rows while the compressed ones grow: the trace refuses
+    # the fused layer's rows; written as a program, derive refuses the finite key dim
+    with pytest.raises(TensorProgError, match="not the same share of its rows"):
+        from_torch(lambda n: _deepseek(n, rope=16), WIDTHS, _tokens)
+    fixed = HAND  # heads of 16 + 8 features, n / 16 of them: the zoo's head_dim scaling
+    for old, new in (("dn = n / 2", "dn = 16"), ("dr = n / 4", "dr = 8"),
+                     ("qn = 2 * n", "qn = n"), ("qp = n ", "qp = n / 2 ")):
+        fixed = fixed.replace(f"dim {old}", f"dim {new}")
+    with pytest.raises(TensorProgError, match="keys .* have the finite dim dr"):
+        derive(parse(fixed), "adam")
