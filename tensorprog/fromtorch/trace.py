@@ -551,9 +551,13 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             raise TraceError(
                 f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
                 f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
-                "a fused layer that is not the same share of its rows at every width",
+                "a fused layer that is not the same share of its rows at every width (a block "
+                "of a fixed size beside one that grows, as multi-head latent attention's rotary "
+                "key rows of a fixed qk_rope_head_dim beside its compressed kv rows)",
                 help="slice or chunk a fused layer into blocks that are each a fixed share of "
-                "its outputs (q, k, v of n each), or use separate layers",
+                "its outputs (q, k, v of n each), or use separate layers; a rotary key of a "
+                "fixed dim shared by query heads whose number grows has no µP either: derive "
+                "refuses its finite fan-out (docs/theory.md, grouped-query attention)",
             )
     params = {
         k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))
