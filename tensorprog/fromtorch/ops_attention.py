@@ -114,19 +114,23 @@ class AttentionOps:
                bias: str | None = None) -> str:
         """``attn * dot(q, k, dh)`` (plus a relative position bias, ops_relative.py), the scale
         a slot whose width exponent trace.py measures. Heads concatenated from parts (MLA's,
-        ops_mla.py) give one term per part under the one scale: over a head of cat(a, b), the
-        logits are dot(a_q, a_k) + dot(b_q, b_k)."""
+        ops_mla.py) give one term per part: over a head of cat(a, b), the logits are
+        dot(a_q, a_k) + dot(b_q, b_k). Each term has a scale of its own, all the model's one
+        factor at the base width: the engine derives each from its own dot (1/d where that
+        part's dim grows, Θ(1) where it stays finite), and apply folds each one's change into
+        that part's query rows."""
         pairs = list(zip(getattr(q, "parts", (q,)), getattr(k, "parts", (k,)), strict=True))
         dhs = [self.dim(a.dh) for a, _ in pairs]
-        self.out.slots.append(("scale", factor))
-        sc = self.fresh(f"attn_{node}")
-        self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-        self.out.scales[sc] = {"q": pairs[0][0].name, "slot": len(self.out.slots) - 1}
+        dots = []
+        for i, ((a, b), dh) in enumerate(zip(pairs, dhs, strict=True)):
+            self.out.slots.append(("scale", factor))
+            sc = self.fresh(f"attn_{node}" + (f"_part{i}" if i else ""))
+            self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
+            self.out.scales[sc] = {"q": a.name, "slot": len(self.out.slots) - 1}
+            dots.append(f"{sc} * dot({a.name}, {b.name}, {dh})")
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
         plus = f" + {bias}" if bias else ""
-        dots = " + ".join(f"{sc} * dot({a.name}, {b.name}, {dh})"
-                          for (a, b), dh in zip(pairs, dhs, strict=True))
-        self.out.stmts.append(f"{name} = {dots}{plus}")
+        self.out.stmts.append(f"{name} = {' + '.join(dots)}{plus}")
         self.out.vectors[name] = (node, kind)
         return name
 

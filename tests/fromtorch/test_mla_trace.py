@@ -1,7 +1,8 @@
 """Tracing multi-head latent attention: HF DeepSeek-V3's MLA (a low-rank query, a compressed
 key/value, each head's query and key concatenated from a no-rotary part and a rotary part, the
-rotary key one head shared by all) into logits that are a sum of two per-head dots under the
-model's one scale, ``attn * dot(q_nope, k_nope, dn) + attn * dot(q_pe, k_pe, dr)``."""
+rotary key one head shared by all) into logits that are a sum of two per-head dots, each under
+a scale of its own that is the model's one factor at the base width,
+``attn * dot(q_nope, k_nope, dn) + attn_part1 * dot(q_pe, k_pe, dr)``."""
 
 import re
 
@@ -64,10 +65,11 @@ param Wv : [qn, kr]
 param Wo : [n, qn]
 param U : [V, n]
 scale attn = 0.2
+scale attn2 = 0.2
 h = g * rmsnorm(E @ tok)
 cq = gq * rmsnorm(Wqa @ h)
 c = gc * rmsnorm(Wc @ h)
-s = attn * dot(Wqn @ cq, Wkn @ c, dn) + attn * dot(Wqp @ cq, Wkp @ h, dr)
+s = attn * dot(Wqn @ cq, Wkn @ c, dn) + attn2 * dot(Wqp @ cq, Wkp @ h, dr)
 o = E @ tok + Wo @ mix(causal_softmax(s), Wv @ c)
 output y = U @ o
 """
@@ -75,16 +77,16 @@ NAMES = {  # the hand-written params, as the trace names them
     "Wqa": "q_a_proj_weight", "Wqn": "q_b_proj_weight_part0", "Wqp": "q_b_proj_weight_part1",
     "Wc": "kv_a_proj_with_mqa_weight_part0", "Wkp": "kv_a_proj_with_mqa_weight_part1",
     "Wkn": "kv_b_proj_weight_part0", "Wv": "kv_b_proj_weight_part1", "Wo": "o_proj_weight",
-    "attn": None, "gq": "q_a_layernorm_weight", "gc": "kv_a_layernorm_weight",
+    "attn": "", "attn2": "_part1", "gq": "q_a_layernorm_weight", "gc": "kv_a_layernorm_weight",
 }
 
 
 def _traced(name):
-    return "attn_scaled_dot_product_attention" if name is None else \
+    return f"attn_scaled_dot_product_attention{name}" if name in ("", "_part1") else \
         f"model_layers_0_self_attn_{name}"
 
 
-def test_mla_traces_to_two_dots_under_one_scale(mla):
+def test_mla_traces_to_two_dots_each_under_its_scale(mla):
     src = mla.source
     # the fused rows become the params they stand for: q_b's nope and rope rows of each head,
     # kv_a's compressed and rotary rows (one head of n/4), kv_b's key and value rows per head
@@ -93,7 +95,7 @@ def test_mla_traces_to_two_dots_under_one_scale(mla):
                         ("kv_a_proj_with_mqa_weight_part1", "n_by4, n"),
                         ("kv_b_proj_weight_part1", "n_x2, n_by4")):
         assert f"param model_layers_0_self_attn_{part} : [{shape}]" in src
-    assert re.search(r"_logits = (attn_\w+) \* dot\(getitem, getitem_4, n_by2\) \+ \1 \* "
+    assert re.search(r"_logits = (attn_\w+) \* dot\(getitem, getitem_4, n_by2\) \+ \1_part1 \* "
                      r"dot\(getitem_1, getitem_3, n_by4\)$", src, re.M)
     assert re.search(r"= mix\(causal_softmax\(\w+_logits\), getitem_5\)$", src, re.M)
     assert "getitem_3: rotary embedding" in src  # the shared key, rotated in place
@@ -106,7 +108,7 @@ def test_mla_derives_the_hand_written_attention(mla, optimizer):
     for hand, traced in NAMES.items():
         assert got[_traced(traced)] == want[hand], hand
     # µP's 1/d on the logits, both dots' head dims growing with the width
-    assert want["attn"].a == 1
+    assert want["attn"].a == want["attn2"].a == 1
 
 
 def test_rotate_half_traces_as_the_interleaved_form(mla):
@@ -131,6 +133,20 @@ def test_apply_is_bit_identical_at_the_base_width(mla):
         y1 = model(*x).logits
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(y0, y1)
+
+
+def test_apply_gives_both_query_parts_the_attention_factor(mla):
+    # the logits' scale goes from the model's 1/sqrt(d) to µP's 1/d: (64/32)^-1/2 on the
+    # output of q_b, folded into the rows of each part of every head (the no-rotary and the
+    # rotary ones: the model's one factor multiplies both dots)
+    model = _deepseek(64)
+    MuP(mla, "adam").apply(model)
+    q_b, seen = model.model.layers[0].self_attn.q_b_proj, {}
+    q_b.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    with torch.no_grad():
+        model(*_tokens(model))
+        plain = torch.nn.functional.linear(seen["x"], q_b.weight)
+    torch.testing.assert_close(seen["out"], plain * 2 ** -0.5)
 
 
 def test_a_fixed_rotary_head_dim_is_refused():
