@@ -1054,7 +1054,7 @@ TRACED_BUILDS = {
                          r"mask, plus anything but a large negative"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
-    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a transpose of heads concatenated "
+    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
                          r"from parts of different vectors(.|\n)*help: pass the concatenated "
                          r"query and key straight to F.scaled_dot_product_attention"),
     ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "

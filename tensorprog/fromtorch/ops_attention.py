@@ -136,6 +136,14 @@ class AttentionOps:
 
     def mix(self, node, p: Probs, v: Vec) -> Vec:
         q = p.scores.q
+        if isinstance(q, HeadCat):  # eager MLA (ops_mla.py): the heads of the first dot
+            q = q.parts[0]
+            if q.dh != v.dh:
+                raise refuse(node, f"multi-head latent attention whose value heads ({v.dh} "
+                             f"features) are not those of the query's first part ({q.dh}): "
+                             "the language's mix reads the value heads from the logits' "
+                             "first dot", help="use sdpa (attn_implementation='sdpa'), which "
+                             "the trace orders so, or give the values that head dim")
         self.grouped(node, q, v, "values")
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
         return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 
-from .values import Affine, Blank, HeadCat, Slot, Vec
+from .values import Affine, Blank, HeadCat, Scores, Slot, Vec
 from .where import op_name, refuse
 
 _HELP = ("build each head's query and key as cat(part, part, dim=-1) of per-head vectors "
@@ -32,6 +32,7 @@ _HELP = ("build each head's query and key as cat(part, part, dim=-1) of per-head
 
 # the ops that take heads concatenated from parts, or a key built in place, as they are
 _TAKES_PARTS = {"cat", "scaled_dot_product_attention", "slice", "copy_", "new_empty"}
+_EAGER = {"transpose", "matmul"}  # eager attention's q @ k.transpose(2, 3)
 
 
 class LatentAttentionOps:
@@ -44,6 +45,8 @@ class LatentAttentionOps:
         refused here, at the op, with what to do."""
         if node.target is not operator.getitem and op_name(node) not in _TAKES_PARTS:
             args, kwargs = self.args(node)
+            if op_name(node) in _EAGER and isinstance(args[0], (HeadCat, Blank)):
+                return self._eager(node, *args)
             if any(isinstance(x, (HeadCat, Blank, Slot)) for x in _flat(args, kwargs)):
                 raise refuse(node, f"a {op_name(node)} of heads concatenated from parts of "
                              "different vectors (multi-head latent attention's query or key): "
@@ -52,6 +55,25 @@ class LatentAttentionOps:
                              help="pass the concatenated query and key straight to "
                              "F.scaled_dot_product_attention (HF: attn_implementation='sdpa')")
         return super().call(node)
+
+    def _eager(self, node, x, *rest):
+        """Eager attention over heads of parts: ``k.transpose(2, 3)`` transposes each part,
+        ``q @ k^T`` is the logits of each part's pair (their dots summed when the logits are
+        emitted, ``logits``); the values' matmul then reads the first part's heads (``mix``)."""
+        x = self.filled(node, x) if isinstance(x, Blank) else x
+        if op_name(node) == "transpose" and isinstance(x, HeadCat):
+            return HeadCat(tuple(self.op_transpose(node, p, *rest) for p in x.parts))
+        k = rest[0] if rest else None
+        k = self.filled(node, k) if isinstance(k, Blank) else k
+        if not (isinstance(x, HeadCat) and isinstance(k, HeadCat) and len(x.parts) == len(
+                k.parts) and all(a.tags[-1] == "dh" and b.tags[-2] == "dh" and a.dh == b.dh
+                                 for a, b in zip(x.parts, k.parts, strict=True))):
+            raise refuse(node, f"a {op_name(node)} of heads concatenated from parts other than "
+                         "attention's q @ k.transpose(-2, -1) with parts that pair up",
+                         help=_HELP)
+        for a, b in zip(x.parts, k.parts, strict=True):
+            self.grouped(node, a, b, "keys")
+        return Scores(x, k, 1.0, node.name, x.parts[0].tags[:-1] + ("tok",))
 
     # -- keys built in place: key = x.new_empty(...); key[..., :a].copy_(k_nope); ... ----------
     def op_new_empty(self, node, like, size, *rest, **kwargs):
