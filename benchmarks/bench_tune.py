@@ -3,6 +3,7 @@ of running trials on Ray against the local worker pool.
 
     python benchmarks/bench_tune.py [--trials 16] [--repeats 2] [--small 64] [--large 512,1024]
     python benchmarks/bench_tune.py --quick      # tiny sizes: what the test suite runs
+    python benchmarks/bench_tune.py --program examples/transformer.tp --data text --no-ray
 
 1. Overhead: one transfer sweep of examples/mlp.tp on digits (widths 32 and 64, 4 learning
    rates, 1 seed, no cache) in 2 local worker processes, then as Ray tasks on a local Ray
@@ -64,7 +65,7 @@ def overhead(jobs: int, steps: int, rounds: int, widths=(32, 64)) -> dict:
 
 def comparison(args, storage_dir: str) -> dict[str, list[dict]]:
     """Per repeat, each arm's loss at the largest width and its compute."""
-    program = tp.parse_file(MLP)
+    program = tp.parse_file(args.program)
     adam = OPTIMIZERS["adam"]
     largest = max(args.large)
     common = dict(trials=args.trials, steps=args.steps, batch_size=args.batch_size,
@@ -74,7 +75,7 @@ def comparison(args, storage_dir: str) -> dict[str, list[dict]]:
         for arm, param, width in (("mup_small", "mup", args.small),
                                   ("sp_small", "sp", args.small),
                                   ("direct", "mup", largest)):
-            tuned = tune(program, adam, "digits", width=width, param=param, seed=r, **common)
+            tuned = tune(program, adam, args.data, width=width, param=param, seed=r, **common)
             row = {"repeat": r, "tuned_at": width, "study_loss": tuned.loss,
                    "seconds": tuned.trial_seconds, "flops": tuned.flops, "lr": tuned.values["lr"],
                    "at": {}}
@@ -83,7 +84,7 @@ def comparison(args, storage_dir: str) -> dict[str, list[dict]]:
                 if arm == "direct" and w == width:  # the study's own best trial at this width
                     row["at"][w] = tuned.loss
                     continue
-                once = train_once(program, adam, "digits", tuned.values, width=w, param=param,
+                once = train_once(program, adam, args.data, tuned.values, width=w, param=param,
                                   steps=args.steps, batch_size=args.batch_size, seed=r)
                 row["at"][w] = once["loss"]  # None: diverged
                 row["seconds"] += once["seconds"]
@@ -122,6 +123,8 @@ def table(arms: dict[str, list[dict]], args) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--program", default=str(MLP), help="the program of the TP5 comparison")
+    ap.add_argument("--data", default="digits", help="its data: digits or text")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--small", type=int, default=64)
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as storage:
             start = time.perf_counter()
             arms = comparison(args, storage)
-            print(f"TP5 comparison: {args.trials} trials a study, {args.steps} steps of batch "
+            print(f"TP5 comparison: {Path(args.program).name} on {args.data}, "
+                  f"{args.trials} trials a study, {args.steps} steps of batch "
                   f"{args.batch_size}, {args.repeats} repeat(s), {args.pruner} pruning, "
                   f"{time.perf_counter() - start:.0f} s in all")
             print(table(arms, args))

@@ -935,6 +935,29 @@ class Transposed(Net):
         return self.o((p.transpose(-1, -2) @ x).transpose(1, 2).reshape(b, t, -1))
 
 
+class LearnedLogitBias(Net):  # a param added to the logits by baddbmm (ALiBi's is a constant)
+    def __init__(self, n):
+        super().__init__(n)
+        self.bias = torch.nn.Parameter(torch.zeros(1, 1, 1))
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2).reshape(b * 2, t, -1)
+        p = self.bias.baddbmm(x, x.transpose(1, 2)).view(b, 2, t, t).softmax(-1)
+        return self.o((p @ x.view(b, 2, t, -1)).transpose(1, 2).reshape(b, t, -1))
+
+
+class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's coordinates
+    def __init__(self, n):
+        super().__init__(n)
+        self.b = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1) + self.b[None, None, :, None]
+        return self.o(x.reshape(b, t, -1))
+
+
 class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
     def __init__(self, n, low=None):
         super().__init__(n)
@@ -949,6 +972,15 @@ class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's
         # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
         p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
+    def __init__(self, n):
+        super().__init__(n)
+        self.register_buffer("pe", torch.randn(16, n) / n ** 0.5)
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.pe[torch.arange(idx.shape[1], device=idx.device)])
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -977,6 +1009,9 @@ TRACED_BUILDS = {
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
+    "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
+    "head_bias": "lambda n: HeadBias(n)",
+    "scaled_table": "lambda n: ScaledTable(n)",
 }
 
 
@@ -1049,9 +1084,21 @@ TRACED_BUILDS = {
     ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
                            r"of more than one float entry(.|\n)*a table of rotary sin/cos"
                            r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # before: "aten.add.Tensor on a value that is not a per-token vector"; a fixed table (a
+    # buffer read at the positions) traces, but not one whose entries scale with the width
+    ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
+                           r"RMS .* they scale as n\^-0\.\d+ between them(.|\n)*help: build"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),
+    # before: "the op baddbmm"; a constant bias (Bloom's ALiBi) traces, a learned one does not
+    ("learned_logit_bias", None, r"m.py:\d+:\d+: error: cannot trace attention logits plus a "
+                                 r"bias that is not a constant of the positions(.|\n)*help: add "
+                                 r"a constant bias of the positions \(ALiBi's\)"),
+    # before: "a unsqueeze of a PRef value"; now says what form the param would need
+    ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
+                        r"param joins a sum or a product along the features(.|\n)*help: use a "
+                        r"vector param of the features"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
@@ -2157,3 +2204,29 @@ def test_tuned_values_of_another_module_are_refused_by_it(tuned_for, change, mes
         mlp.Model.from_config(config, 256, device="meta")
     with pytest.raises(ValueError, match=re.escape(message)):
         mlp.make_optimizer(mlp.Model(16), config=config)
+
+
+
+def test_apply_names_the_params_that_give_another_width():
+    # before: "its params give [Fraction(96, 1), Fraction(128, 1)]", with no param named
+    torch = pytest.importorskip("torch")
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class RoundedMLP(torch.nn.Module):
+        """An MLP LM whose hidden size is 4n up to width 64 and 3n past it (as a size that a
+        config rounds up to a multiple of 256 does: LFM2's MLP)."""
+
+        def __init__(self, n):
+            super().__init__()
+            hidden = 4 * n if n <= 64 else 3 * n
+            self.e, self.up = torch.nn.Embedding(16, n), torch.nn.Linear(n, hidden)
+            self.down, self.out = torch.nn.Linear(hidden, n), torch.nn.Linear(n, 16)
+
+        def forward(self, idx):
+            return self.out(self.down(torch.relu(self.up(self.e(idx)))))
+
+    traced = from_torch(RoundedMLP, (32, 64), lambda m: (torch.zeros(2, 4, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"cannot tell this model's width: its params give 96 "
+                       r"from up.weight \(n_x4 = 384\), 128 from e.weight") as err:
+        MuP(traced, "adam").apply(RoundedMLP(128))
+    assert "keeps the proportion it had in the trace" in str(err.value)

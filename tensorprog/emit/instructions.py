@@ -90,9 +90,15 @@ class Emitter:
 
     def LinComb(self, ins: LinComb) -> str:
         parts = []
+        dims = self.program.value_dims
         for k, (c, v) in enumerate(ins.terms):
             mag = number_literal(abs(c), f"the coefficient of {v}", ins.span)
-            term = self.ref(v) if abs(c) == 1 else f"{mag} * ({self.ref(v)})"
+            ref = self.ref(v)
+            if v in self.program.param_table and dims.get(v) not in (None, dims[ins.out]):
+                # a bias of a head dim (the program's verifier allows no other): on every head
+                self.helpers.add("_heads_bias")
+                ref = f"_heads_bias({ref}, {self.dim(dims[ins.out])})"
+            term = ref if abs(c) == 1 else f"{mag} * ({ref})"
             parts.append(("-" if c < 0 else "") + term if k == 0 else
                          f"{'-' if c < 0 else '+'} {term}")
         return " ".join(parts)

@@ -31,6 +31,10 @@ HELPERS = {
         "def _heads_gain(x, gain):",
         '    """Every head of x times the same gain, of the head dim."""',
         "    return (x.unflatten(-1, (-1, gain.shape[-1])) * gain).flatten(-2)"],
+    "_heads_bias": [
+        "def _heads_bias(bias, n):",
+        '    """A bias of the head dim repeated for every head of a vector of n features."""',
+        "    return bias.repeat(n // bias.shape[-1])"],
     "_mix": [
         "def _mix(p, v):",
         '    """Per head, out_t = sum_s p_ts v_s; heads are v\'s dim split as p has them."""',

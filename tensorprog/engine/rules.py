@@ -252,8 +252,15 @@ def change_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
 
 def grad_lincomb(ins: LinComb, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
-    return [(v, t) for _, v in ins.terms
-            for t in terms(f"d{ins.out}", "a sum passes its gradient through", "flow", g)]
+    out = []
+    for _, v in ins.terms:
+        # a bias of a head dim (a QK-layernorm's) is added to every head: its gradient sums
+        # one term per head, as a per-head gain's does
+        k, why = (_shared_by_heads(ins, v, sz) if v in sz.program.param_table
+                  else (ZERO, ""))
+        why = "a sum passes its gradient through" if "head" not in why else why
+        out += [(v, t) for t in terms(f"d{ins.out}", why, "flow", g, const=k)]
+    return out
 
 
 # --- Nonlin ---------------------------------------------------------------------------------------
@@ -304,11 +311,11 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
                  sz.change(h), clamp=ZERO if bounded else None)
 
 
-def _shared_by_heads(ins: Nonlin, factor: str, sz: Sizes) -> tuple[Exp, str]:
-    """A factor of a head dim (a QK-norm's gain) multiplies every head alike, so its gradient
-    entry sums one term per head: over infinitely many heads (a fixed head dim) an LLN sum
-    (+1), an upper bound (the gradient and the normalised vector are correlated once they have
-    trained, as a dot's sides are); over finitely many, +0."""
+def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp, str]:
+    """A factor of a head dim (a QK-norm's gain, or a bias added to every head) acts on every
+    head alike, so its gradient entry sums one term per head: over infinitely many heads (a
+    fixed head dim) an LLN sum (+1), an upper bound (the gradient and the normalised vector
+    are correlated once they have trained, as a dot's sides are); over finitely many, +0."""
     dims = sz.program.value_dims
     mine, out = dims[factor], dims[ins.out]
     if mine is None or mine == out or not per_head(sz.program.dim_table, mine, out):

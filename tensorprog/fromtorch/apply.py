@@ -27,22 +27,10 @@ from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .decay import decay_rule
+from .patches import Patch, groups_of, hook
 from .trace import Traced
-from .tuned import tuned_for
+from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse
-
-
-@dataclass
-class Patch:
-    """A forward multiplier (width/base)^-exponent on a module's output (rows: its query block);
-    ``param``: the block param whose module it is (every layer's, ``module`` a pattern)."""
-
-    module: str
-    node: str
-    exponent: Fraction
-    rows: tuple | None  # (lo, hi) of the features, or (lo, hi, groups, group_rows): scale_rows
-    why: str
-    param: str | None = None
 
 
 @dataclass
@@ -137,40 +125,24 @@ class MuP:
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
         self.tuned = tuned_for(self, config) if config is not None else None
+        self.tuned_query: dict[str, float] = {}  # query vector -> its tuned multiplier
+        if self.tuned is not None:
+            self._tuned_multipliers()
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
-        (the program holds its base value; trace.py)."""
-        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+        (the program holds its base value; trace.py). A scale on attention whose result reaches
+        no output (an encoder its decoder never reads) is left out by derive, as its params are:
+        it keeps the model's own exponent, so nothing changes it."""
+        if info.get("fixed"):
+            return Fraction(0)
+        if scale not in self.derivation.abc:
+            return Fraction(info["model_a"])
+        return Fraction(str(self.derivation.abc[scale].a))
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
-        if info["q"] not in self.traced.producers:
-            # a query normalised without a gain (QK-norm with elementwise_affine=False, over a
-            # head dim that grows): a norm's output is Θ(1) whatever its input's scale, so no
-            # param before it can take the factor, and the norm has no gain after it
-            raise UsageError(
-                f"{scale}: µP needs the attention logits times (n/base)^{-delta} against the "
-                f"model's own scale, but the query {info['q']} is not made by a layer or a "
-                "gain whose init and LR could take it (a query normalised without a gain: "
-                "QK-norm with elementwise_affine=False)",
-                help="give the query's norm a gain (elementwise_affine=True; the factor then "
-                "folds into the gain's init and LR), or build the model with a fixed head dim "
-                "(heads that grow with the width), where the scale needs no change",
-            )
-        w, b = self.traced.producers[info["q"]]
-        use = self.traced.params[w]
-        # a matrix read twice (a tied embedding) would carry the factor into its other use too
-        alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
-        gain = len(self.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
-        if gain and not alone:
-            # the module that applies a gain need not output the query alone (a gain written
-            # inline in the attention's forward), so a forward patch could scale more than it
-            raise UsageError(
-                f"{scale}: µP needs the attention logits times (n/base)^{-delta}, which folds "
-                f"into the query's gain {use.target} only when nothing else reads that gain",
-                help="give the query's norm a gain of its own (not shared with the keys), or "
-                "build the model with a fixed head dim, where the scale needs no change",
-            )
+        need = f"µP needs the attention logits times (n/base)^{-delta}"
+        w, b, use, alone = self._query_layer(scale, info, need)
         if use.rows is None and alone:
             for p in (w, b):
                 if p:
@@ -185,33 +157,79 @@ class MuP:
                 f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
             )
         else:
-            made = self.traced.vectors.get(info["q"], (use.node,))[0]
-            if info.get("fixed") and made != use.node:
-                # the patch goes on the module of the param's first use: a width constant on
-                # another lookup of a shared table (an encoder-decoder's decoder embedding
-                # times sqrt(d_model), PLBart's) would scale the wrong vector
-                raise UsageError(
-                    f"{scale}: a constant of the width multiplies a lookup of "
-                    f"{use.target}, which the model also reads elsewhere (another lookup, a "
-                    "tied head), and not at its first use: apply cannot move its width factor "
-                    "into that lookup alone",
-                    help="build the model without the constant (scale_embedding=False), or "
-                    "with a table of its own for each lookup",
-                )
-            self.patches.append(
-                Patch(
-                    use.module,
-                    use.node,
-                    delta,
-                    use.rows and (*use.rows, use.groups, use.group_rows),
-                    f"{scale}: query rows of fused {use.target} times "
-                    f"(n/base)^{-delta} (its LR is shared with k and v)"
-                    if use.rows
-                    else f"{scale}: output of {use.target} times (n/base)^{-delta} (the "
-                    "matrix has another use)",
-                    w if self.stack and w in self.stack.layers else None,
-                )
+            why = (f"{scale}: query rows of fused {use.target} times (n/base)^{-delta} (its LR "
+                   "is shared with k and v)" if use.rows else
+                   f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
+                   "another use)")
+            self.patches.append(self._query_patch(scale, info, use, w, delta, why))
+
+    def _query_layer(self, scale: str, info: dict, need: str) -> tuple:
+        """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
+        where a multiplier on the logits can go (``need`` says which), or a UsageError."""
+        if info["q"] not in self.traced.producers:
+            # a query normalised without a gain (QK-norm with elementwise_affine=False, over a
+            # head dim that grows): a norm's output is Θ(1) whatever its input's scale, so no
+            # param before it can take the factor, and the norm has no gain after it
+            raise UsageError(
+                f"{scale}: {need} against the model's own scale, but the query {info['q']} is "
+                "not made by a layer or a gain whose init and LR could take it (a query "
+                "normalised without a gain: QK-norm with elementwise_affine=False)",
+                help="give the query's norm a gain (elementwise_affine=True; the factor then "
+                "folds into the gain's init and LR), or build the model with a fixed head dim "
+                "(heads that grow with the width), where the scale needs no change",
             )
+        w, b = self.traced.producers[info["q"]]
+        use = self.traced.params[w]
+        # a matrix read twice (a tied embedding) would carry the factor into its other use too
+        alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
+        gain = len(self.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
+        if gain and not alone:
+            # the module that applies a gain need not output the query alone (a gain written
+            # inline in the attention's forward), so a forward patch could scale more than it
+            raise UsageError(
+                f"{scale}: {need}, which folds into the query's gain {use.target} only when "
+                "nothing else reads that gain",
+                help="give the query's norm a gain of its own (not shared with the keys), or "
+                "build the model with a fixed head dim, where the scale needs no change",
+            )
+        return w, b, use, alone
+
+    def _query_patch(self, scale: str, info: dict, use: ParamUse, w: str, exponent: Fraction,
+                     why: str, factor: float = 1.0) -> Patch:
+        """A forward patch on the module that makes the query (its rows of a fused layer)."""
+        made = self.traced.vectors.get(info["q"], (use.node,))[0]
+        if info.get("fixed") and made != use.node:
+            # the patch goes on the module of the param's first use: a width constant on
+            # another lookup of a shared table (an encoder-decoder's decoder embedding
+            # times sqrt(d_model), PLBart's) would scale the wrong vector
+            raise UsageError(
+                f"{scale}: a constant of the width multiplies a lookup of "
+                f"{use.target}, which the model also reads elsewhere (another lookup, a "
+                "tied head), and not at its first use: apply cannot move its width factor "
+                "into that lookup alone",
+                help="build the model without the constant (scale_embedding=False), or "
+                "with a table of its own for each lookup",
+            )
+        return Patch(use.module, use.node, exponent,
+                     use.rows and (*use.rows, use.groups, use.group_rows), why,
+                     w if self.stack and w in self.stack.layers else None, factor)
+
+    def _tuned_multipliers(self) -> None:
+        """A tuned multiplier c (a tune file's value against the program's default) is the
+        emitted module's forward multiplier: a patch of factor c on the module that makes the
+        query of the logits it scales (logits are linear in the query), or on the tied
+        unembedding's output, which is what the emitted module computes, for any optimizer."""
+        for scale, c in tuned_multipliers(self, self.tuned).items():
+            info = self.traced.scales[scale]
+            if "q" not in info:
+                self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
+                                          f"{scale}: tuned multiplier x{c:.4g}", factor=c))
+                continue
+            w, _, use, _ = self._query_layer(scale, info, f"a tuned multiplier x{c:.4g}")
+            self.patches.append(self._query_patch(
+                scale, info, use, w, Fraction(0),
+                f"{scale}: tuned multiplier x{c:.4g} on the query {use.target}{_rows(use)}", c))
+            self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
 
     # -- the depth ---------------------------------------------------------------------------
     def _check_base_depth(self, base_depth) -> int | None:
@@ -286,7 +304,9 @@ class MuP:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
         for name, use in self.traced.params.items():
-            if name in self.unused:
+            # a fixed table (a buffer, a param that never trains: ops_tables.py) has no init or
+            # LR for µP to scale
+            if name in self.unused or use.fixed is not None:
                 continue
             if self.stack is not None and name in self.stack.layers:
                 for i in range(depth if depth is not None else self.depth_of(model)):
@@ -309,7 +329,7 @@ class MuP:
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
-        found = set()
+        found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
         for name, use, _ in self._uses(model, depth=1 if self.stack else None):
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
@@ -326,11 +346,16 @@ class MuP:
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
-                    found.add(size / dim.mult)
+                    found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
+            # a size the trace saw grow in proportion to the width that does not at this width
+            # (a size the config rounds up to a multiple: LFM2's MLP, to multiples of 256)
+            gives = ", ".join(f"{w} from {where}" for w, where in sorted(found.items()))
             raise UsageError(
-                f"cannot tell this model's width: its params give {sorted(found)}",
-                help="pass a model built by the traced build(width)",
+                f"cannot tell this model's width: its params give {gives}",
+                help="pass a model built by the traced build(width), whose every dim that "
+                "grows with the width keeps the proportion it had in the trace (not a size "
+                "the config rounds up to a multiple)",
             )
         return int(next(iter(found)))
 
@@ -343,7 +368,7 @@ class MuP:
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0
-        groups = _groups(use.groups, use.group_rows, t.shape[axis])
+        groups = groups_of(use.groups, use.group_rows, t.shape[axis])
         if groups > 1:  # the same block of every head's rows (a fused qkv laid out per head)
             t = t.unflatten(axis, (groups, -1))
             axis += 1
@@ -388,6 +413,8 @@ class MuP:
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        report.lines += [f"fixed table {u.target}: never trained, left as it is (no init, no LR)"
+                         for u in self.traced.params.values() if u.fixed is not None]
         unreached = set(self.unreached(model))
         report.lines += [
             f"unused by the traced forward: {name} reaches no output (no gradient), left as it is"
@@ -433,7 +460,9 @@ class MuP:
         """The model's params that the program has not: a part of the forward the trace does
         not reach (or a param the forward never uses). µP says nothing about them."""
         covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
-        return [name for name, p in model.named_parameters() if id(p) not in covered]
+        fixed = {u.target for u in self.traced.params.values() if u.fixed is not None}
+        return [name for name, p in model.named_parameters()
+                if id(p) not in covered and name not in fixed]
 
     def unreached(self, model) -> list[str]:
         """The model's params that the traced forward computes with but whose result reaches
@@ -587,8 +616,7 @@ class MuP:
         for p in self.patches:
             for name in self._patched_modules(model, p):
                 module = model.get_submodule(name)
-                hook = _hook(r ** -float(p.exponent), p.rows)
-                handles.append(module.register_forward_hook(hook))
+                handles.append(module.register_forward_hook(hook(p.at(r), p.rows)))
                 modules.append(name)
         self._hooks[id(model)] = handles
         return modules
@@ -612,6 +640,7 @@ class MuP:
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         return {
             info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
+            / self.tuned_query.get(info["q"], 1.0)  # a tuned multiplier's patch on it
             for _, info in scales
         }
 
@@ -633,7 +662,7 @@ class MuP:
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
             for u in uses:
-                out.setdefault(u.node, []).append((r ** -float(p.exponent), p.rows))
+                out.setdefault(u.node, []).append((p.at(r), p.rows))
         return out
 
 
@@ -653,30 +682,3 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 def _rows(use) -> str:
     each = " of each head" if use.groups or use.group_rows else ""
     return f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
-
-
-def _groups(groups: int | None, group_rows: int | None, size: int) -> int:
-    """How many groups of rows a fused axis of ``size`` rows has: a fixed count, or one per
-    ``group_rows`` rows (1: a plain row block)."""
-    return groups or (size // group_rows if group_rows else 1)
-
-
-def scale_rows(out, factor: float, rows):
-    """``out`` with its features ``rows`` times ``factor``: (lo, hi) fractions of the features,
-    or (lo, hi, groups, group_rows) of every group of them (a fused qkv laid out per head)."""
-    if rows is None:
-        return out * factor
-    size = out.shape[-1]
-    scale = out.new_ones(size)
-    view = scale.view(_groups(*rows[2:], size) if rows[2:] else 1, -1)
-    lo, hi = (int(r * view.shape[-1]) for r in rows[:2])
-    view[:, lo:hi] = factor
-    return out * scale
-
-
-def _hook(factor: float, rows):
-    def hook(module, args, out):
-        return scale_rows(out, factor, rows)
-
-    return hook
-

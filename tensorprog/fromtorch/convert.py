@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_bias import FixedBiasOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
 from .ops_heads import FusedHeadOps
@@ -20,6 +21,7 @@ from .ops_pointwise import PointwiseOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .ops_tables import TableOps
 from .sequences import resolve
 from .values import Trace
 from .walk import Walker
@@ -28,8 +30,8 @@ from .walk import Walker
 class Converter(
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
-    RotaryOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps,
+    RotaryOps, TableOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -27,11 +27,8 @@ class AttentionOps:
         x = self.vec(x, node)
         if x.tags[-1] not in ("F", "dh"):
             raise refuse(node, f"a {fn} over anything but a vector's own dim or a head's")
-        if b is not None and x.tags[-1] == "dh":
-            raise refuse(node, f"a {fn} over each head with a bias (the language's per-head "
-                         "gain has no per-head bias)", help="drop the norm's bias")
         expr = f"{fn}({self.norm_args(x)})"
-        if w is not None:  # over a head: a gain of the head dim, shared by every head
+        if w is not None:  # over a head: a gain (and a bias) of the head dim, shared by every head
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"
@@ -101,6 +98,21 @@ class AttentionOps:
         if not isinstance(s, Scores) or not isinstance(mask, Conc) or value > -1e4:
             raise refuse(node, "masked_fill outside attention's causal mask")
         return self._masked(node, s, mask.value, additive=False)
+
+    def op_max(self, node, s, other=None):
+        """``torch.max(logits, finfo.min)`` after an additive mask (XGLM's): a floor at the
+        float type's lowest number changes no finite logit, and a masked one still gets weight
+        exactly 0 from the softmax: the logits as they are."""
+        import torch
+
+        low = getattr(other, "value", other)
+        dtype = node.meta["val"].dtype
+        if isinstance(s, Scores) and isinstance(low, (int, float, torch.Tensor)) and (
+                getattr(low, "numel", lambda: 1)() == 1 and dtype.is_floating_point
+                and float(low) <= torch.finfo(dtype).min):
+            return s
+        raise refuse(node, "the op max (other than attention logits floored at their float "
+                     "type's lowest number, torch.finfo(dtype).min)")
 
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):

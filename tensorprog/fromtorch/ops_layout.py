@@ -91,11 +91,15 @@ class LayoutOps:
     def _groups(self, node, v, old, shape) -> Parts | None:
         """A linear layer's output viewed as (..., k, m) and only ever unbound or indexed along
         the k axis (``qkv.view(b, t, 3, c).unbind(2)``): k row blocks of m features, as a
-        split gives; None for any other view (a view into heads)."""
-        if not (isinstance(v, Affine) and len(shape) == len(old) + 1
-                and shape[:-2] == tuple(old[:-1]) and shape[-2] * shape[-1] == old[-1]):
+        split gives; or viewed as (..., k, H, dh) so (ModernBERT's ``qkv.view(b, t, 3, -1,
+        dh).unbind(-3)``): the same k contiguous blocks, each viewed into heads of dh, as a
+        separate projection's output is; None for any other view (a view into heads)."""
+        per_head = len(shape) == len(old) + 2 and math.prod(shape[-3:]) == old[-1]
+        if not (isinstance(v, Affine) and shape[:len(old) - 1] == tuple(old[:-1]) and (
+                per_head and v.dh is None
+                or len(shape) == len(old) + 1 and shape[-2] * shape[-1] == old[-1])):
             return None
-        axis = len(shape) - 2
+        axis = len(old) - 1
 
         def along_k(user) -> bool:
             op = op_name(user)
@@ -104,8 +108,12 @@ class LayoutOps:
 
         if not node.users or not all(along_k(u) for u in node.users):
             return None
-        m = shape[-1]
-        return Parts([self.row_block(v, i * m, (i + 1) * m, node.name) for i in range(shape[-2])])
+        m = math.prod(shape[axis + 1:])
+        blocks = [self.row_block(v, i * m, (i + 1) * m, node.name) for i in range(shape[axis])]
+        if per_head:  # each block's rows h·dh..(h+1)·dh are its head h
+            blocks = [dataclasses.replace(b, tags=b.tags[:-1] + ("H", "dh"), dh=shape[-1])
+                      for b in blocks]
+        return Parts(blocks)
 
     def op_unbind(self, node, v, dim=0):
         if isinstance(v, Parts):  # a fused layer's output viewed as its blocks (_groups)
@@ -253,6 +261,13 @@ class LayoutOps:
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
+        if isinstance(v, PRef):
+            raise refuse(node, "an added axis on a param: a vector param joins a sum or a "
+                         "product along the features (broadcast over batch and tokens), so a "
+                         "param broadcast otherwise (Beam's gate_bias[None, None, :, None], one "
+                         "number per head added to every coordinate of its head) has no form",
+                         help="use a vector param of the features it is added to or multiplies, "
+                         "as it is (b : [n], x + b)")
         if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)

@@ -142,6 +142,17 @@ class PointwiseOps:
         heads = Vec(logits, s.tags, s.q.dim, None)
         return self.vec(Pointwise(heads, f, at), self.by_name[at]).name
 
+    def op_zeros_like(self, node, v, *rest, **kwargs):
+        """``zeros_like(x)`` (GIT's token types, ``zeros_like(h, dtype=int)[..., 0]``): a
+        constant of x's shape, whatever x holds, so no value of the program."""
+        import torch
+
+        val = node.meta["val"]
+        return Conc(torch.zeros(tuple(val.shape), dtype=val.dtype))
+
+    def op_ones_like(self, node, v, *rest, **kwargs):
+        return Conc(self.op_zeros_like(node, v).value + 1)
+
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
         over the batch: each token's vector unchanged, so the vector itself."""
@@ -151,6 +162,10 @@ class PointwiseOps:
             return Conc(v.value.expand(new))
         if isinstance(v, Aux):
             return Aux()
+        if isinstance(v, PRef) and len(old) == 1 and v.shape == old and new[-1] == old[0]:
+            # a vector param over every token (GPT-NeoX-Japanese's attention bias): the same
+            # param in the sum it joins, a bias
+            return v
         if isinstance(v, (Vec, Affine, Pointwise)) and len(old) == len(new):
             tags = self._tags(v)
             if all(a == b or (a == 1 and tags[i] == "tok")

@@ -144,7 +144,7 @@ class RotaryOps:
         if tuple(old[:-2]) + (old[-2] * old[-1],) != new:
             raise refuse(node, f"a view from {list(old)} to {list(new)} of rotate_every_two's "
                          "stacked pairs (other than their flatten)")
-        return Rotated(v.src)
+        return Rotated(v.src, interleaved=True)
 
     def rope_term(self, node, x, table: Trig):
         if isinstance(x, Strided) and x.sign == 1:  # a half of each pair, by either table
@@ -165,6 +165,8 @@ class RotaryOps:
             return half
         kinds = {u.kind, v.kind}
         same = _key(u.src) == _key(v.src) and u.angle == v.angle
+        if u.table is not None or v.table is not None:  # read from a table: ops_tables.py
+            same = _key(u.src) == _key(v.src) and self.tables_rotate(node, u, v)
         if not same or kinds != {"cos", "sin"} or alpha != 1:
             raise refuse(node, "a sum of cos and sin terms that is not a rotation of one vector")
         return self._rotated(u.src)

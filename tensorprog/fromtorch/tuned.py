@@ -8,9 +8,9 @@ that scaling is the traced program's under the MuP's optimizer and convention: t
 the same (a, b, c) and fan-ins, the same base width (and depth). So a file of another program,
 parametrization, convention, optimizer or data dims is refused, whatever its names say.
 
-A tuned *multiplier* (a scale such as the attention's, or a readout multiplier under the mup
-convention) is refused unless it is at its default: ``MuP`` moves a program's multipliers into
-init and LR by their width exponents, and has no place yet for a constant factor of its own.
+A tuned *multiplier* (a scale such as the attention's, or a tied readout's) off its default is
+a constant factor c on that scale, which ``MuP`` applies as the emitted module does: in the
+forward (apply.py's patches), so that the model trains as the emitted module tuned.
 """
 
 from __future__ import annotations
@@ -70,14 +70,24 @@ def tuned_for(mup, config) -> Config:
         if src.get(key, here) != here:
             raise refuse(f"{key} {src[key]} there, {here} here",
                          help=f"trace with the {key} the values were tuned at first")
-    scales = src.get("scales", {})
+    return cfg
+
+
+def tuned_multipliers(mup, cfg: Config) -> dict[str, float]:
+    """Scale -> c, the tuned multiplier against the program's default, for every tuned scale
+    off its default (a file of this program: ``tuned_for``)."""
+    scales = cfg.source.get("scales", {})
+    out = {}
     for name, value in cfg.mult.items():
         default = float(scales[name]["base"]) if name in scales else 1.0
-        if not math.isclose(value, default, rel_tol=1e-9):
-            raise refuse(f"a tuned multiplier, {name} x{value / default:.4g} of its default, "
-                         "which MuP cannot set on the model (it moves multipliers into init "
-                         "and LR by their width exponents only)",
-                         help="train the emitted module with these values "
-                              "(Model.from_config), or pass the tuned lr alone to "
-                              "param_groups(model, lr=...)")
-    return cfg
+        if math.isclose(value, default, rel_tol=1e-9):
+            continue
+        if name not in mup.traced.scales or not math.isfinite(value) or value <= 0:
+            raise UsageError(
+                f"the tuned multiplier {name}={value!r}: "
+                + ("no scale of the traced program has that name" if name not in
+                   mup.traced.scales else "a multiplier must be a finite number > 0"),
+                help=f"the traced program's scales: {', '.join(sorted(mup.traced.scales))}"
+                if mup.traced.scales else "the traced program has no scale to tune")
+        out[name] = value / default
+    return out

@@ -93,6 +93,28 @@ class Aux:
 
 
 @dataclass
+class FixedTable(Aux):
+    """A float buffer of several entries whose entries the trace read on the CPU (a sinusoidal
+    position table, GPT-J's sin/cos table): to every op but a lookup of its rows at the
+    positions it is a buffer of unknown entries, as before; looked up there it is
+    :class:`Looked` (ops_tables.py)."""
+
+    value: object = None
+
+
+@dataclass
+class Looked(Conc):
+    """A constant computed from the rows of a fixed table (a float buffer, or a param the model
+    does not train) read at the positions k..k+T-1 (``positions`` = T): the same for every
+    sequence, known on the CPU. Added to a per-token vector it is the program's ``P @ pos``
+    with P a fixed table; multiplied into a head vector, rotary's cos or sin (ops_tables.py).
+    The ops on it keep ``target``, the buffer or param it is read from."""
+
+    target: str = ""
+    positions: int = 0
+
+
+@dataclass
 class Pointwise:
     """f(src) coordinatewise; identified by its values when something else consumes it."""
 
@@ -250,9 +272,11 @@ class PairHalf:
 
 @dataclass
 class Rotated:
-    """rotate_half(src): the halves swapped, the new first one negated."""
+    """rotate_half(src): the halves swapped, the new first one negated (``interleaved``: GPT-J's
+    rotate_every_two, each pair (2i, 2i + 1) swapped and its new first one negated)."""
 
     src: Vec | Sub
+    interleaved: bool = False
 
 
 @dataclass
@@ -262,6 +286,10 @@ class RopeTerm:
     src: Vec | Sub
     kind: str
     angle: str
+    # the cos or sin table itself where it is known (read from a fixed table: ops_tables.py),
+    # and which coordinates the sin term's rotate pairs ("half" or "interleaved")
+    table: object = None
+    pairs: str = "half"
 
 
 @dataclass
@@ -313,6 +341,10 @@ class ParamUse:
     group_rows: int | None = None
     # one expert's slice [expert] of a 3-D param (ops_moe.py): the program's matrix is that slice
     expert: int | None = None
+    # a fixed table (a float buffer, or a param the model does not train) looked up by
+    # positions: the RMS of the entries read (ops_tables.py). No param µP scales: apply and
+    # param_groups leave it; the two widths' RMS must agree (its entries Θ(1))
+    fixed: float | None = None
 
 
 @dataclass

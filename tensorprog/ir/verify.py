@@ -177,9 +177,14 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     """The head dim of a gain that multiplies every head of the other factor alike (a vector
     param of a dim dividing the other's), or None; a norm per head must be over a head dim
     that divides its vector's dim."""
+    dims = program.dim_table
+    if isinstance(ins, LinComb):  # a bias of a head dim added to every head alike
+        vectors = [o for o in ops if o is not None]
+        return next((d for a, d in zip(ins.operands, ops, strict=True)
+                     if a in program.param_table and any(per_head(dims, d, o) for o in vectors)),
+                    None)
     if not isinstance(ins, Nonlin):
         return None
-    dims = program.dim_table
     if ins.over is not None and (
         ins.fn not in ("layernorm", "rmsnorm") or ins.over not in dims
         or ops[0] is None or heads_dim(dims, ops[0], ins.over) is None

@@ -251,11 +251,18 @@ class ExpressionLowering:
             self.errors.error("cannot add a constant to a vector", node.span,
                               "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
             return None
+        dim = a.dim
         if not self.same_dim(a.dim, b.dim):
-            self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
-                              f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
-                              "both sides of an elementwise sum need the same dim")
-            return None
+            # a vector param of a head dim (a QK-layernorm's bias, Persimmon's): added to every
+            # head alike, as a per-head gain multiplies them
+            dim = self.per_head_gain(a, b)
+            if dim is None:
+                self.errors.error(f"shape mismatch in '{'+' if sign > 0 else '-'}': "
+                                  f"{self.dim_text(a.dim)} and {self.dim_text(b.dim)}", node.span,
+                                  "both sides of an elementwise sum need the same dim")
+                return None
+            if self.heads(dim, b.dim if dim == a.dim else a.dim, node) is None:
+                return None
         merged = a.terms  # a is consumed here: extend it in place
         for n, c in b.terms.items():
             total = merged.get(n, 0) + sign * c
@@ -266,7 +273,7 @@ class ExpressionLowering:
         if not merged:
             self.errors.error("this sum cancels to zero", node.span, "remove it")
             return None
-        return Vec(merged, a.dim, a.pixels | b.pixels)
+        return Vec(merged, dim, a.pixels | b.pixels)
 
     def op_sub(self, a, b, node):
         return self.op_add(a, b, node, Fraction(-1))

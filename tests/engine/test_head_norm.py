@@ -83,3 +83,57 @@ def test_the_emitted_head_norm_and_gain_are_torchs(tmp_path):
     rms = torch.nn.functional.rms_norm(heads, (16,), eps=1e-6)
     assert torch.allclose(v["q_2"], rms.flatten(-2), atol=1e-12)
     assert torch.allclose(v["q"], (rms * model.gq).flatten(-2), atol=1e-12)
+
+
+def _biased(dh: str, per_head: bool) -> tp.Program:
+    """Persimmon's QK-layernorm: layernorm(q, dh) with a gain and a bias of the head dim (else
+    the whole-dim layernorm(q) with [n] ones)."""
+    g, norm = ("dh", ", dh") if per_head else ("n", "")
+    return tp.parse(f"""width n = 64
+dim dh = {dh}
+dim T = 4
+dim V = 32
+input tok : tokens[T, V]
+param E : [n, V]
+param Wq : [n, n]
+param Wk : [n, n]
+param Wv : [n, n]
+param gq : [{g}] = 1
+param bq : [{g}]
+scale attn = 0.25
+param U : [V, n]
+h = E @ tok
+q = gq * layernorm(Wq @ h{norm}) + bq
+a = mix(causal_softmax(attn * dot(q, Wk @ h, dh)), Wv @ h)
+output y = U @ (h + a)
+""")
+
+
+def test_a_bias_shared_by_infinitely_many_heads_sums_its_gradient_over_them():
+    # as the gain: n/16 heads share bq, its gradient entry an LLN sum over them (SGD's LR Θ(1)
+    # instead of n); with finitely many heads (dh ∝ n) it is the whole-dim bias
+    for optimizer in ("sgd", "adam"):
+        assert _exponents(_biased("n / 4", True), optimizer) == _exponents(
+            _biased("n / 4", False), optimizer)
+    sgd, sgd_whole = _exponents(_biased("16", True), "sgd"), _exponents(_biased("16", False),
+                                                                         "sgd")
+    assert sgd["bq"][2] == 0 and sgd_whole["bq"][2] == -1
+    assert {k: v for k, v in sgd.items() if k not in ("gq", "bq")} == {
+        k: v for k, v in sgd_whole.items() if k not in ("gq", "bq")}
+    program = _biased("16", True)
+    assert "+ bq" in tp.to_text(program) and tp.parse(tp.to_text(program)) == program
+
+
+def test_the_emitted_head_bias_is_torchs(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "biased_mup.py"
+    path.write_text(emit_program(_biased("16", True)).source)
+    model = import_file(path).Model(64, dtype=torch.float64)
+    with torch.no_grad():
+        for p in (model.gq, model.bq):
+            p.normal_(generator=torch.Generator().manual_seed(0))
+    inputs = model.example_inputs(3, generator=torch.Generator().manual_seed(0))
+    v = model.vectors(*inputs)
+    heads = v["q_1"].unflatten(-1, (4, 16))  # 64 = 4 heads of 16
+    want = torch.nn.functional.layer_norm(heads, (16,), model.gq, model.bq, eps=1e-5)
+    assert torch.allclose(v["q"], want.flatten(-2), atol=1e-12)

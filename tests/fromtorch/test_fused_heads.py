@@ -1,7 +1,8 @@
 """A fused qkv laid out per head (head h's rows are [q_h; k_h; v_h]): GPT-NeoX's view (H, 3·dh)
 chunked, GPT-NeoX-Japanese's slices of it, Bloom's and Persimmon's view (H, 3, dh) indexed; and
 the multi-query layers, Falcon's viewed per head and split into H query heads, one key and one
-value head, GPT-BigCode's split after an added heads axis. The oracle is the same attention with
+value head, GPT-BigCode's split after an added heads axis; and ModernBERT's contiguous q, k, v
+viewed as (3, H, dh) and unbound. The oracle is the same attention with
 separate projections (for the multi-query ones, multi-head: grouped-query attention derives
 MHA's exponents, docs/theory.md): the fused model's row blocks must derive exactly as they, and
 `apply` must write each block's init into its own rows."""
@@ -53,6 +54,9 @@ class PerHead(nn.Module):
                 [self.h, 1, 1], dim=-2))
         elif self.form == "neox":
             q, k, v = self.qkv(x).view(b, t, self.h, 3 * self.dh).transpose(1, 2).chunk(3, -1)
+        elif self.form == "modern":  # ModernBERT's: q, k, v contiguous, each viewed in heads
+            q, k, v = (z.transpose(1, 2) for z in self.qkv(x).view(b, t, 3, -1, self.dh).unbind(
+                dim=-3))
         elif self.form == "japanese":
             qkv = self.qkv(x).view(b, t, self.h, 3 * self.dh).transpose(1, 2)
             d = self.dh
@@ -74,7 +78,7 @@ def separate():
     return _abc(from_torch(lambda n: PerHead(n, "separate"), WIDTHS, _tokens))
 
 
-@pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon", "bigcode"])
+@pytest.mark.parametrize("form", ["neox", "japanese", "bloom", "falcon", "bigcode", "modern"])
 def test_a_per_head_fused_qkv_derives_as_three_projections(form, separate):
     fused = from_torch(lambda n: PerHead(n, form), WIDTHS, _tokens)
     assert _abc(fused) == separate
@@ -87,7 +91,8 @@ def test_a_per_head_fused_qkv_derives_as_three_projections(form, separate):
         return
     thirds = [Fraction(i, 3) for i in range(4)]
     assert sorted(u.rows for u in blocks.values()) == list(zip(thirds, thirds[1:], strict=False))
-    assert {u.groups for u in blocks.values()} == {4}  # 4 heads, each [q_h; k_h; v_h]
+    # 4 heads, each [q_h; k_h; v_h]; ModernBERT's blocks are contiguous, then viewed in heads
+    assert {u.groups for u in blocks.values()} == {None if form == "modern" else 4}
 
 
 def test_apply_writes_each_per_head_block_into_its_own_rows():

@@ -158,8 +158,8 @@ def test_apply_gives_both_query_parts_the_attention_factor(mla):
 def test_a_fixed_rotary_head_dim_is_refused():
     # the rotary rows of kv_a keep 16 rows while the compressed ones grow: the trace refuses
     # the fused layer's rows; written as a program, derive refuses the finite key dim
-    with pytest.raises(TensorProgError, match="not the same share of its rows(.|\n)*rotary "
-                       "key rows of a fixed qk_rope_head_dim"):
+    with pytest.raises(TensorProgError, match="not the same share of its rows(.|\n)*MLA's "
+                       "rotary key rows of a fixed qk_rope_head_dim"):
         from_torch(lambda n: _deepseek(n, rope=16), WIDTHS, _tokens)
     fixed = HAND  # heads of 16 + 8 features, n / 16 of them: the zoo's head_dim scaling
     for old, new in (("dn = n / 2", "dn = 16"), ("dr = n / 4", "dr = 8"),

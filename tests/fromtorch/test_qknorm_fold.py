@@ -99,3 +99,35 @@ def test_applied_qwen3_computes_what_mups_attention_scale_computes(traced):
         plain.model.layers[0].self_attn.q_norm.weight.fill_(1.0)
     plain.model.layers[0].self_attn.scaling *= 0.5
     torch.testing.assert_close(model(*given).logits, plain(*given).logits, rtol=1e-5, atol=1e-6)
+
+
+def _persimmon(n):
+    cfg = transformers.PersimmonConfig(
+        hidden_size=n, intermediate_size=2 * n, num_hidden_layers=1, num_attention_heads=4,
+        vocab_size=64, max_position_embeddings=8, qk_layernorm=True, use_cache=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return transformers.PersimmonForCausalLM(cfg)
+
+
+def test_persimmons_qk_layernorm_bias_is_a_head_dims_bias_taking_the_factor_with_its_gain():
+    # before: refused as "a layernorm over each head with a bias"; now g * layernorm(q, dh) + b
+    # with b : [dh] added to every head, and the query linear in (g, b) takes µP's factor
+    traced = from_torch(_persimmon, (32, 64), _tokens)
+    bias = next(p for p in traced.params if "q_layernorm_bias" in p)
+    assert f"param {bias} : [" in traced.source and f" + {bias}\n" in traced.source
+    mup = MuP(traced, "adam")
+    assert any("q_layernorm.weight and model.layers.0.self_attn.q_layernorm.bias" in f
+               for f in mup.folded)
+    torch.manual_seed(0)
+    model, given = _persimmon(32), _tokens(None)
+    before = model(*given).logits
+    mup.apply(model)  # at the base width: the model as it comes
+    assert torch.equal(model(*given).logits, before)
+    model = _persimmon(128)
+    mup.apply(model)
+    assert torch.equal(model.model.layers[0].self_attn.q_layernorm.weight.detach(),
+                       torch.full((32,), 0.5))
+    lr = mup.lr_multipliers(model)
+    assert lr["model.layers.0.self_attn.q_layernorm.bias"] == lr[
+        "model.layers.0.self_attn.q_layernorm.weight"] == 0.5

@@ -1,8 +1,9 @@
 """``MuP(traced, config=...)`` takes the values ``tensorprog tune -o FILE`` wrote for the traced
 program: each tuned param starts at its tuned std at the base width (times µP's factor
 elsewhere), and ``param_groups`` takes the tuned lr. A file tuned for another convention or
-optimizer, or with a tuned multiplier, is refused. The file is written here by hand, as tune
-writes it for the traced program's emitted module: no study runs."""
+optimizer is refused; a tuned multiplier is applied in the forward, as the emitted module
+applies it. The file is written here by hand, as tune writes it for the traced program's emitted
+module: no study runs."""
 
 from __future__ import annotations
 
@@ -61,7 +62,60 @@ def test_mup_takes_the_tuned_std_and_lr_and_refuses_another_scaling():
     with pytest.raises(tp.UsageError, match=r"this MuP is for traced \(mup, table3 .*another "
                                             r"program"):
         tp.MuP(traced, "adam", config={**config, "program": "mlp"})
-    with pytest.raises(tp.UsageError, match=r"a tuned multiplier, hid_weight x2 of its default"):
+    with pytest.raises(tp.UsageError, match=r"hid_weight=2.0: no scale of the traced program"):
         tp.MuP(traced, "adam", config={**config, "mult": {"hid_weight": 2.0}})
     with pytest.raises(tp.UsageError, match="param_groups needs lr"):
         tp.MuP(traced, "adam").param_groups(wide)
+
+
+def _config(traced, mult: dict) -> dict:
+    program, adam = traced.program, OPTIMIZERS["adam"]
+    abc, _, label, eps = choose(program, adam, "mup", "table3")
+    module = load_module(Emitted(emit(program, abc, optimizer=adam, label=label, command="t",
+                                      eps=eps).source), "mup")
+    record = scaling_record(module)
+    mult = {k: v * float(record["scales"][k]["base"]) for k, v in mult.items()}
+    return {"format": "tensorprog-tune/1", "program": program.name, "param": "mup",
+            "convention": "table3", "optimizer": "adam", "base_width": 64, "lr": 1e-3,
+            "init_std": {}, "mult": mult, **record}
+
+
+def test_a_tuned_multiplier_scales_the_logits_it_was_tuned_on():
+    # the attention's tuned x2 on its logits is x2 on the query (logits are linear in it: a
+    # patch on the query's own layer), a tied readout's x0.5 halves the output; the model
+    # otherwise as MuP without the file leaves it, at the base width and at 4x
+    from tests.fromtorch.test_trace import NanoGPT, Untied, _tokens
+
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    untied = tp.from_torch(Untied, (64, 128), _tokens)
+    attn = "attn_scaled_dot_product_attention"
+    tuned = tp.MuP(untied, "adam", config=_config(untied, {attn: 2.0}))
+    for width in (64, 256):
+        torch.manual_seed(0)
+        model = Untied(width)
+        tp.MuP(untied, "adam").apply(model)
+        with torch.no_grad():
+            model.q.weight.mul_(2.0)
+            model.q.bias.mul_(2.0)
+            want = model(ids)
+            model.q.weight.div_(2.0)
+            model.q.bias.div_(2.0)
+        report = tuned.apply(model)
+        assert any("tuned multiplier x2 on the query q.weight" in line for line in report.lines)
+        with torch.no_grad():
+            assert torch.allclose(model(ids), want, atol=1e-5)
+
+    nano = tp.from_torch(NanoGPT, (64, 128), _tokens)
+    tie = next(s for s in nano.scales if s.startswith("tie"))
+    plain, halved = (tp.MuP(nano, "adam", config=_config(nano, {tie: c})) for c in (1.0, 0.5))
+    torch.manual_seed(0)
+    model = NanoGPT(256)
+    plain.apply(model)
+    with torch.no_grad():
+        want = model(ids) * 0.5
+    plain.remove_patches(model)  # one MuP's patches on a model at a time
+    halved.apply(model)
+    with torch.no_grad():
+        assert torch.allclose(model(ids), want, atol=1e-6)
+    with pytest.raises(tp.UsageError, match="a multiplier must be a finite number > 0"):
+        tp.MuP(nano, "adam", config=_config(nano, {tie: -1.0}))

@@ -1,0 +1,54 @@
+"""Forward patches: a multiplier on a module's output (or on a block of its output features)
+that ``MuP.apply`` registers as a forward hook where a program's multiplier cannot fold into a
+param's init and LR (apply.py), and that ``check.probe`` applies to the graph it replays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+@dataclass
+class Patch:
+    """A forward multiplier factor·(width/base)^-exponent on a module's output (rows: its query
+    block); ``param``: the block param whose module it is (every layer's, ``module`` a pattern).
+    ``factor`` is a tuned constant (a tune file's multiplier against its default), 1 otherwise."""
+
+    module: str
+    node: str
+    exponent: Fraction
+    rows: tuple | None  # (lo, hi) of the features, or (lo, hi, groups, group_rows): scale_rows
+    why: str
+    param: str | None = None
+    factor: float = 1.0
+
+    def at(self, r: float) -> float:
+        """The multiplier at width ratio ``r`` (width / base width)."""
+        return self.factor * r ** -float(self.exponent)
+
+
+def groups_of(groups: int | None, group_rows: int | None, size: int) -> int:
+    """How many groups of rows a fused axis of ``size`` rows has: a fixed count, or one per
+    ``group_rows`` rows (1: a plain row block)."""
+    return groups or (size // group_rows if group_rows else 1)
+
+
+def scale_rows(out, factor: float, rows):
+    """``out`` with its features ``rows`` times ``factor``: (lo, hi) fractions of the features,
+    or (lo, hi, groups, group_rows) of every group of them (a fused qkv laid out per head)."""
+    if rows is None:
+        return out * factor
+    size = out.shape[-1]
+    scale = out.new_ones(size)
+    view = scale.view(groups_of(*rows[2:], size) if rows[2:] else 1, -1)
+    lo, hi = (int(r * view.shape[-1]) for r in rows[:2])
+    view[:, lo:hi] = factor
+    return out * scale
+
+
+def hook(factor: float, rows):
+    """A forward hook that multiplies the module's output (its ``rows``) by ``factor``."""
+    def scaled(module, args, out):
+        return scale_rows(out, factor, rows)
+
+    return scaled
