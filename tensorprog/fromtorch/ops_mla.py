@@ -1,4 +1,4 @@
-"""Multi-head latent attention (DeepSeek-V2/V3's MLA; MiniCPM3, GLM-4.7-Flash, Youtu): each
+"""Multi-head latent attention (DeepSeek-V3's MLA; MiniCPM3, GLM-4.7-Flash, Youtu): each
 head's query and key are concatenations of parts of different sizes, and one key part is a
 single head shared by every query head.
 
