@@ -911,6 +911,14 @@ class HeadSplit(Net):
         return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
 
 
+class ActSplit(HeadSplit):
+    def forward(self, idx):  # each head split after an activation: no layer's rows to split
+        x = self.e(idx)
+        q = torch.relu(self.q(x)).view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        a, r = torch.split(q, [q.shape[-1] // 2, q.shape[-1] - q.shape[-1] // 2], dim=-1)
+        return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
+
+
 class ClassToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -1033,6 +1041,7 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
+    "act_split": "lambda n: ActSplit(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
     "pooled_cat": "lambda n: PooledCat(n)",
@@ -1137,10 +1146,13 @@ TRACED_BUILDS = {
     ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
                         r"param joins a sum or a product along the features(.|\n)*help: use a "
                         r"vector param of the features"),
-    # before: "a split of anything but a linear layer's output features"; now what MLA needs
-    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
-                         r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "
-                         r"by all heads"),
+    # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
+    # concatenation is read only as sdpa's query or key, as one dot per part
+    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
+                         r"from parts of different vectors(.|\n)*help: pass the concatenated "
+                         r"query and key straight to F.scaled_dot_product_attention"),
+    ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
+                        r"into parts of 4, 4 of a value that is not a linear layer's output"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),

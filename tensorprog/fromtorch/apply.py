@@ -650,16 +650,19 @@ class MuP:
             return [p.module]
         return [self.stack.at(p.param, i).module for i in range(self.depth_of(model))]
 
-    def patch_factors(self, model) -> dict[str, tuple]:
-        """Graph node -> (factor, rows) of each forward patch registered on the model (a block
-        param's in every layer of the traced depth: the graph probed is the traced one)."""
+    def patch_factors(self, model) -> dict[str, list]:
+        """Graph node -> [(factor, rows)] of the forward patches registered on the model (a
+        block param's in every layer of the traced depth: the graph probed is the traced one);
+        a layer may have several, one per block of its rows (MLA's q_b: each query part its
+        own attention factor)."""
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
-        out = {}
+        out: dict[str, list] = {}
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
-            out.update({u.node: (p.at(r), p.rows) for u in uses})
+            for u in uses:
+                out.setdefault(u.node, []).append((p.at(r), p.rows))
         return out
 
 

@@ -214,8 +214,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.name in patches:
-                out = scale_rows(out, *patches[n.name])
+            for factor, rows in patches.get(n.name, ()):
+                out = scale_rows(out, factor, rows)
             for vec, kind, unfold in wanted.get(n.name, []):
                 if kind == "sdpa_logits":
                     found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))
@@ -239,8 +239,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
                 args, kwargs = torch.fx.node.map_arg(
                     (p.args, p.kwargs), lambda a: env[a] if a in env else self.env[a])
                 env[p] = p.target(*args, **kwargs)
-                if p.name in patches:
-                    env[p] = scale_rows(env[p], *patches[p.name])
+                for factor, rows in patches.get(p.name, ()):
+                    env[p] = scale_rows(env[p], factor, rows)
             for vec, kind, unfold in uses:
                 held = logits(n, env[n.args[0]], env[n.args[1]]) if kind == "sdpa_logits" \
                     else env[n] * unfold
@@ -253,8 +253,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             if not first:  # the first call: the layer's first weight, input and output
                 first.update(x=x.clone(), w=w.clone(), out=out.clone())
             cross = torch.nn.functional.linear(x - first["x"], first["w"])
-            if n.name in patches:
-                cross = scale_rows(cross, *patches[n.name])
+            for factor, rows in patches.get(n.name, ()):
+                cross = scale_rows(cross, factor, rows)
             for vec, _, unfold in wanted[n.name]:
                 into[vec] = ((out - first["out"] - cross) * unfold, cross * unfold)
 

@@ -558,8 +558,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                 f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
                 f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
                 "a fused layer that is not the same share of its rows at every width",
-                help="slice or chunk a fused layer into blocks that are each a fixed share of "
-                "its outputs (q, k, v of n each), or use separate layers",
+                help="split a fused layer into blocks that are each a fixed share of its rows "
+                "(not MLA's rotary key rows of a fixed qk_rope_head_dim: docs/torch.md)",
             )
     params = {
         k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))

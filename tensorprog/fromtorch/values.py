@@ -269,6 +269,17 @@ class PairStack:
 
 
 @dataclass
+class PairHalf:
+    """One half of every pair (2i, 2i + 1) of each head of ``src``, turned: the even ones
+    (``start`` 0, ``x_e·cos − x_o·sin``) or the odd ones (1, ``x_o·cos + x_e·sin``), each angle
+    the pair's (DeepSeek-V3's ``apply_rotary_pos_emb_interleave``); ``cat`` of the two makes
+    the rotated head, its pairs laid out as halves."""
+
+    src: Vec | Sub
+    start: int
+
+
+@dataclass
 class Rotated:
     """rotate_half(src): the halves swapped, the new first one negated (``interleaved``: GPT-J's
     rotate_every_two, each pair (2i, 2i + 1) swapped and its new first one negated)."""
@@ -288,6 +299,34 @@ class RopeTerm:
     # and which coordinates the sin term's rotate pairs ("half" or "interleaved")
     table: object = None
     pairs: str = "half"
+
+
+@dataclass
+class HeadCat:
+    """Each head's features as parts from different vectors, concatenated along the head
+    (multi-head latent attention, ops_mla.py): ``parts`` are per-head vectors of the same heads
+    (one may be a single head shared by all, ``group`` > 1), each of its own head dim."""
+
+    parts: tuple
+
+
+@dataclass
+class Blank:
+    """``x.new_empty(shape)`` whose last axis is filled by parts, ``blank[..., lo:hi].copy_(p)``
+    (DeepSeek's MLA builds its keys so): ``fills`` holds (lo, hi, value) in the walk's order."""
+
+    node: str
+    size: int  # the last axis
+    fills: list = field(default_factory=list)
+
+
+@dataclass
+class Slot:
+    """``blank[..., lo:hi]``, the part of a :class:`Blank` a ``copy_`` fills."""
+
+    blank: Blank
+    lo: int
+    hi: int
 
 
 # --- what the trace gives ---------------------------------------------------------------------

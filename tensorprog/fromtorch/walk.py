@@ -13,13 +13,16 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Blank,
     Centered,
     Conc,
     FixedTable,
     Given,
+    HeadCat,
     KVRepeat,
     Mean,
     MeanSq,
+    PairHalf,
     PairStack,
     ParamUse,
     Parts,
@@ -29,6 +32,7 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Slot,
     Strided,
     Sub,
     Tok,
@@ -98,6 +102,10 @@ SYMBOLIC = (
     PairStack,
     Zeroed,
     TokensFrom,
+    PairHalf,
+    HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
+    Blank,
+    Slot,
 )
 
 
