@@ -343,8 +343,9 @@ POSITIONED = {
                      r"first reads a vector of a declared dim at the first token, not the input "
                      r"tok \(one-hot ids\)", (8, 16)),
     "first-plus-tokens": (SEQ + "output y = E.T @ (h + first(h))\n", S,
-                          r"y_1 is one token's vector \(read by first\), but h has one value "
-                          r"per token(.|\n)*help: compute everything per token first", (8, 12)),
+                          r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                          r"has one value per token(.|\n)*help: compute everything per token "
+                          r"first", (8, 12)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
@@ -354,6 +355,24 @@ POSITIONED = {
                             "hL = repeat L res(E @ tok)\noutput y = E.T @ hL\n", S,
                             r"block res returns one token's vector \(read by first\), but its "
                             r"argument h has one value per token", (9, 5)),
+    # mean(h) / mean(h, k): the mean of a sequence's tokens (from token k on), one vector per
+    # sequence as first(h) is; k a token the sequence has
+    "mean-without-tokens": (HEAD + "output y = V @ mean(W @ x)\n", S,
+                            r"mean averages the tokens of a sequence, but y_1 has no tokens"
+                            r"(.|\n)*help: apply mean to a value computed from a `tokens`",
+                            (8, 16)),
+    "mean-start-past-the-tokens": (SEQ + "output y = E.T @ mean(h, 3)\n", S,
+                                   r"mean from token 3 on, but t has 3 tokens \(0 to 2\)"
+                                   r"(.|\n)*help: start at a token of t", (8, 18)),
+    "mean-start-not-an-index": (SEQ + "output y = E.T @ mean(h, 0.5)\n", S,
+                                r"the second argument of mean must be a token index, a whole "
+                                r"number >= 0", (8, 26)),
+    "mean-of-mean": (SEQ + "output y = E.T @ mean(mean(h))\n", S,
+                     r"mean averages the tokens of a sequence, but y_1 has no tokens \(one "
+                     r"vector per sequence already\)", (8, 18)),
+    "mean-plus-tokens": (SEQ + "output y = E.T @ (h + mean(h, 1))\n", S,
+                         r"y_1 is one vector per sequence \(read by first or mean\), but h "
+                         r"has one value per token", (8, 12)),
     # prepend(c, h, T1): a learned token (a vector param) before the tokens of h, over a
     # sequence T1 one token longer, which what is added after it runs over
     "prepend-of-a-value": (CLS + "output y = E.T @ prepend(h, h, t1)\n", S,
@@ -897,6 +916,14 @@ class HeadSplit(Net):
         return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
 
 
+class ActSplit(HeadSplit):
+    def forward(self, idx):  # each head split after an activation: no layer's rows to split
+        x = self.e(idx)
+        q = torch.relu(self.q(x)).view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        a, r = torch.split(q, [q.shape[-1] // 2, q.shape[-1] - q.shape[-1] // 2], dim=-1)
+        return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
+
+
 class ClassToken(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -911,7 +938,26 @@ class PatchMean(ClassToken):
     def forward(self, idx):  # a mean of the tokens after a learned class token
         x = self.e(idx)
         h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.o(h[:, 1:].mean(1))
+        return self.o(h[:, 1:-1].mean(1))
+
+
+class PooledCat(ClassToken):
+    def __init__(self, n):
+        super().__init__(n)
+        self.head = torch.nn.Linear(2 * n, 3)
+
+    def forward(self, idx):  # DINOv2's head: the class token and the patches' mean, side by side
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1))
+
+
+class Probe(ClassToken):
+    def forward(self, idx):  # SigLIP's head: a learned query token attending to every token
+        x = self.e(idx)
+        q = self.cls.repeat(x.shape[0], 1, 1)
+        p = torch.softmax(q @ x.transpose(1, 2), -1)
+        return self.o((p @ x)[:, 0])
 
 
 class TwoRowToken(Net):
@@ -969,6 +1015,15 @@ class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's
         # OpenAI GPT's mask, w * m + -1e4 * (1 - m), with low in place of -1e4
         p = (w * m + (self.low or -1e4) * (1 - m)).softmax(-1)
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
+
+
+class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
+    def __init__(self, n):
+        super().__init__(n)
+        self.register_buffer("pe", torch.randn(16, n) / n ** 0.5)
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.pe[torch.arange(idx.shape[1], device=idx.device)])
 """
 TRACED_BUILDS = {
     "int": "lambda n: build(n, lambda y: 3)",
@@ -992,13 +1047,17 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
+    "act_split": "lambda n: ActSplit(n)",
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
+    "pooled_cat": "lambda n: PooledCat(n)",
+    "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
+    "scaled_table": "lambda n: ScaledTable(n)",
 }
 
 
@@ -1062,9 +1121,16 @@ TRACED_BUILDS = {
     ("class_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
                           r"tokens other than before the tokens(.|\n)*help: prepend learned "
                           r"tokens as torch.cat\(\[cls.expand\(B, -1, -1\), h\], dim=1\)"),
-    # BEiT's and DINOv2's heads read a mean of the tokens after the class token
+    # BEiT's and DINOv2's heads read a mean of the tokens after the class token, mean(h, 1);
+    # a slice short of the last token has no form
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
-                         r"\(batch, tokens, features\) vector(.|\n)*help: read the class token"),
+                         r"\(batch, tokens, features\) vector other than the tokens from one on "
+                         r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
+    ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
+                         r"sequence along their features \(DINOv2's head(.|\n)*column blocks of "
+                         r"one weight(.|\n)*help: write the head as a sum of linear layers"),
+    ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
+                    r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
                             r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),
@@ -1075,6 +1141,10 @@ TRACED_BUILDS = {
     ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
                            r"of more than one float entry(.|\n)*a table of rotary sin/cos"
                            r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # before: "aten.add.Tensor on a value that is not a per-token vector"; a fixed table (a
+    # buffer read at the positions) traces, but not one whose entries scale with the width
+    ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
+                           r"RMS .* they scale as n\^-0\.\d+ between them(.|\n)*help: build"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),
@@ -1086,10 +1156,13 @@ TRACED_BUILDS = {
     ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
                         r"param joins a sum or a product along the features(.|\n)*help: use a "
                         r"vector param of the features"),
-    # before: "a split of anything but a linear layer's output features"; now what MLA needs
-    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
-                         r"into parts of 4, 4(.|\n)*DeepSeek's MLA(.|\n)*one key head shared "
-                         r"by all heads"),
+    # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
+    # concatenation is read only as sdpa's query or key, as one dot per part
+    ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
+                         r"from parts of different vectors(.|\n)*help: pass the concatenated "
+                         r"query and key straight to F.scaled_dot_product_attention"),
+    ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
+                        r"into parts of 4, 4 of a value that is not a linear layer's output"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
      r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
@@ -2188,3 +2261,29 @@ def test_tuned_values_of_another_module_are_refused_by_it(tuned_for, change, mes
         mlp.Model.from_config(config, 256, device="meta")
     with pytest.raises(ValueError, match=re.escape(message)):
         mlp.make_optimizer(mlp.Model(16), config=config)
+
+
+
+def test_apply_names_the_params_that_give_another_width():
+    # before: "its params give [Fraction(96, 1), Fraction(128, 1)]", with no param named
+    torch = pytest.importorskip("torch")
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class RoundedMLP(torch.nn.Module):
+        """An MLP LM whose hidden size is 4n up to width 64 and 3n past it (as a size that a
+        config rounds up to a multiple of 256 does: LFM2's MLP)."""
+
+        def __init__(self, n):
+            super().__init__()
+            hidden = 4 * n if n <= 64 else 3 * n
+            self.e, self.up = torch.nn.Embedding(16, n), torch.nn.Linear(n, hidden)
+            self.down, self.out = torch.nn.Linear(hidden, n), torch.nn.Linear(n, 16)
+
+        def forward(self, idx):
+            return self.out(self.down(torch.relu(self.up(self.e(idx)))))
+
+    traced = from_torch(RoundedMLP, (32, 64), lambda m: (torch.zeros(2, 4, dtype=torch.long),))
+    with pytest.raises(UsageError, match=r"cannot tell this model's width: its params give 96 "
+                       r"from up.weight \(n_x4 = 384\), 128 from e.weight") as err:
+        MuP(traced, "adam").apply(RoundedMLP(128))
+    assert "keeps the proportion it had in the trace" in str(err.value)

@@ -13,6 +13,7 @@ from ..ir.program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Prepend,
@@ -162,6 +163,11 @@ class Emitter:
         x = self.ref(ins.arg)
         return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
                 "dim=-2)")
+
+    def Mean(self, ins: Mean) -> str:
+        # (..., tokens, dim) -> (..., dim): a per-token vector is never a param, so a local name
+        x = self.ref(ins.arg)
+        return f"{x}[..., {ins.start}:, :].mean(-2)" if ins.start else f"{x}.mean(-2)"
 
     def fused(self, f: Attention | Norm) -> str:
         if isinstance(f, Norm):  # the explicit path's eps: layer_norm's default

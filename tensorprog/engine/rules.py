@@ -31,6 +31,7 @@ from ..ir.program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Prepend,
@@ -673,9 +674,27 @@ def grad_prepend(ins: Prepend, sz: Sizes) -> list[tuple[str, Term]]:
         "the sequence", "flow", g)]
 
 
+# --- Mean -----------------------------------------------------------------------------------------
+# A finite sum of tokens, weights 1/(T - start): as large as a token at init and in its change (no
+# infinite dim summed); each token read gets the output's gradient times its Θ(1) weight.
+
+def init_mean(ins: Mean, sz: Sizes) -> list[Term]:
+    return terms(f"mean({ins.arg}₀)", "a mean of finitely many tokens", "auto", sz.init(ins.arg))
+
+
+def change_mean(ins: Mean, sz: Sizes) -> list[Term]:
+    return terms(f"mean(Δ{ins.arg})", "the tokens' changes, averaged", "auto", sz.change(ins.arg))
+
+
+def grad_mean(ins: Mean, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(ins.arg, t) for t in terms(f"d{ins.out}", "a finite share to each token", "flow", g)]
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
         Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
           Mix: change_mix, Stream: change_stream, Route: change_route, Prepend: change_prepend}
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
         Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}
+INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md

@@ -131,8 +131,14 @@ class MuP:
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
-        (the program holds its base value; trace.py)."""
-        return Fraction(0) if info.get("fixed") else Fraction(str(self.derivation.abc[scale].a))
+        (the program holds its base value; trace.py). A scale on attention whose result reaches
+        no output (an encoder its decoder never reads) is left out by derive, as its params are:
+        it keeps the model's own exponent, so nothing changes it."""
+        if info.get("fixed"):
+            return Fraction(0)
+        if scale not in self.derivation.abc:
+            return Fraction(info["model_a"])
+        return Fraction(str(self.derivation.abc[scale].a))
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         need = f"µP needs the attention logits times (n/base)^{-delta}"
@@ -298,7 +304,9 @@ class MuP:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
         for name, use in self.traced.params.items():
-            if name in self.unused:
+            # a fixed table (a buffer, a param that never trains: ops_tables.py) has no init or
+            # LR for µP to scale
+            if name in self.unused or use.fixed is not None:
                 continue
             if self.stack is not None and name in self.stack.layers:
                 for i in range(depth if depth is not None else self.depth_of(model)):
@@ -321,7 +329,7 @@ class MuP:
 
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
-        found = set()
+        found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
         for name, use, _ in self._uses(model, depth=1 if self.stack else None):
             shape = self.program.param_table[name].shape
             tensor = model.get_parameter(use.target)
@@ -338,11 +346,16 @@ class MuP:
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
-                    found.add(size / dim.mult)
+                    found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
+            # a size the trace saw grow in proportion to the width that does not at this width
+            # (a size the config rounds up to a multiple: LFM2's MLP, to multiples of 256)
+            gives = ", ".join(f"{w} from {where}" for w, where in sorted(found.items()))
             raise UsageError(
-                f"cannot tell this model's width: its params give {sorted(found)}",
-                help="pass a model built by the traced build(width)",
+                f"cannot tell this model's width: its params give {gives}",
+                help="pass a model built by the traced build(width), whose every dim that "
+                "grows with the width keeps the proportion it had in the trace (not a size "
+                "the config rounds up to a multiple)",
             )
         return int(next(iter(found)))
 
@@ -400,6 +413,8 @@ class MuP:
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
+        report.lines += [f"fixed table {u.target}: never trained, left as it is (no init, no LR)"
+                         for u in self.traced.params.values() if u.fixed is not None]
         unreached = set(self.unreached(model))
         report.lines += [
             f"unused by the traced forward: {name} reaches no output (no gradient), left as it is"
@@ -445,7 +460,9 @@ class MuP:
         """The model's params that the program has not: a part of the forward the trace does
         not reach (or a param the forward never uses). µP says nothing about them."""
         covered = {id(model.get_parameter(u.target)) for _, u, _ in self._uses(model)}
-        return [name for name, p in model.named_parameters() if id(p) not in covered]
+        fixed = {u.target for u in self.traced.params.values() if u.fixed is not None}
+        return [name for name, p in model.named_parameters()
+                if id(p) not in covered and name not in fixed]
 
     def unreached(self, model) -> list[str]:
         """The model's params that the traced forward computes with but whose result reaches
@@ -633,16 +650,19 @@ class MuP:
             return [p.module]
         return [self.stack.at(p.param, i).module for i in range(self.depth_of(model))]
 
-    def patch_factors(self, model) -> dict[str, tuple]:
-        """Graph node -> (factor, rows) of each forward patch registered on the model (a block
-        param's in every layer of the traced depth: the graph probed is the traced one)."""
+    def patch_factors(self, model) -> dict[str, list]:
+        """Graph node -> [(factor, rows)] of the forward patches registered on the model (a
+        block param's in every layer of the traced depth: the graph probed is the traced one);
+        a layer may have several, one per block of its rows (MLA's q_b: each query part its
+        own attention factor)."""
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
-        out = {}
+        out: dict[str, list] = {}
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
-            out.update({u.node: (p.at(r), p.rows) for u in uses})
+            for u in uses:
+                out.setdefault(u.node, []).append((p.at(r), p.rows))
         return out
 
 

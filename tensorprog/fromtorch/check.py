@@ -8,7 +8,7 @@ import math
 from ..engine.derive import derive
 from ..engine.propagate import live_values
 from ..errors import UsageError
-from ..ir.program import LinComb, MatMul, Nonlin
+from ..ir.program import Dot, LinComb, MatMul, Nonlin
 from ..ir.sequences import value_sequences
 from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
@@ -28,7 +28,8 @@ from .where import module_of, strip_prefix
 DEFAULT_LR = 3e-3
 
 
-def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | None = None):
+def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | None = None,
+          logits: bool = False):
     """A function returning {program vector: tensor} for the model's current params on
     ``inputs`` (and keyword ``kwargs``), through the model's own graph (with its forward
     patches). The graph is exported once per width and input shape, then reused (an export
@@ -37,7 +38,10 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
     ``split``: filled at each call with {vector: (own, cross)} for every vector a linear layer
     of a finite fan-out computes (a router, a readout): its change since the first call split
     into ``cross`` = W₀·(x − x₀), the layer's first weight applied to its input's change, and
-    ``own``, the rest (ΔW·x + Δb: what its own params' updates did), see :func:`coord_check`."""
+    ``own``, the rest (ΔW·x + Δb: what its own params' updates did). With ``logits``, also for
+    every attention logit over a head dim that grows (``_logit_paths``): ``own`` = s(θ, x₀) −
+    s(θ₀, x₀), its q/k path rerun from its step-0 input with the current params, and ``cross``
+    the rest, s(θ, x) − s(θ, x₀). See :func:`coord_check`."""
     import torch
 
     kwargs = kwargs or {}
@@ -83,8 +87,12 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
             generic = stack.generic(name) if stack else name
             wanted.setdefault(node, []).append((name, kind, unfold.get(generic, 1.0)))
     patches = mup.patch_factors(model)
-    splits = {node: ({}, split) for node in _readout_nodes(mup, ep, wanted)} if split is not None \
-        else {}
+    splits: dict = {}
+    if split is not None:
+        splits = {node: ({}, split) for node in _readout_nodes(mup, ep, wanted)}
+        if logits:
+            splits.update({node: ({}, split, path) for node, path
+                           in _logit_paths(mup, ep, wanted).items()})
     return lambda: _run(ep, model, leaves, wanted, patches, splits)
 
 
@@ -110,6 +118,80 @@ def _readout_nodes(mup: MuP, ep, wanted: dict) -> list[str]:
             and all((stack.generic(name) if stack else name) in finite for name, _, _ in uses)]
 
 
+def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
+    """The attention logits (a ``dot`` over a head dim that grows, and the vectors that scale
+    it) with the graph's path from the attention's inputs to them: {node: (path, cuts, uses)},
+    the path's nodes in graph order, the inputs it starts from (each q/k projection's input)
+    and the node's logits among its vectors. Their change holds what the attention's own
+    params' updates do (an LLN sum over the head dim, Θ(1) under µP) and what their input's
+    change does through the projections, which holds a CLT part as a router's R₀·Δx does
+    (docs/check.md, "A traced model's changes by their parts", measures both). A node whose path
+    reaches the model's inputs other than through such a projection gets no split."""
+    program = mup.program
+    dims = program.dim_table
+    logits = {ins.out for ins in program.body
+              if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
+    for ins in program.body:  # their scale, then a relative position bias added (T5's)
+        if (isinstance(ins, Nonlin) and ins.fn == "mul" or isinstance(ins, LinComb)) \
+                and any(v in logits for v in ins.operands):
+            logits.add(ins.out)
+    stack = mup.traced.stack
+    nodes = {n.name: n for n in ep.graph.nodes}
+    users = {spec.arg.name for spec in ep.graph_signature.input_specs
+             if spec.kind.name == "USER_INPUT"}
+    fed = set()  # the nodes the model's inputs reach
+    for n in ep.graph.nodes:
+        if n.name in users or any(a in fed for a in n.all_input_nodes):
+            fed.add(n)
+    out = {}
+    for node, uses in wanted.items():
+        # an sdpa node gives the logits and the attention's output: the logits are split
+        split = [(name, kind, unfold) for name, kind, unfold in uses
+                 if (stack.generic(name) if stack else name) in logits]
+        if node not in nodes or not split:
+            continue
+        n = nodes[node]
+        sdpa = any(kind == "sdpa_logits" for _, kind, _ in split)
+        found = _path(n.args[:2] if sdpa else [n], fed)
+        if found:
+            out[node] = (*found, split)
+    return out
+
+
+def _path(heads, fed: set, limit: int = 400):
+    """The nodes computing ``heads`` back to the inputs of the projections on the way
+    (``cuts``: a matmul's or linear layer's operand that the model's inputs reach (``fed``),
+    where its other operand is the layer's weight, made of params and constants alone), in
+    graph order; None where the walk meets a user input or exceeds ``limit``."""
+    import torch
+
+    aten = torch.ops.aten
+    contractions = {aten.linear.default, aten.addmm.default, aten.matmul.default,
+                    aten.mm.default, aten.bmm.default}
+    seen, cuts, todo = set(), set(), list(heads)
+    while todo:
+        n = todo.pop()
+        if n in seen or n in cuts:
+            continue
+        if n.op == "placeholder":
+            if n in fed:
+                return None
+            continue
+        seen.add(n)
+        if len(seen) > limit:
+            return None
+        operands = n.all_input_nodes
+        if n.target in contractions and any(a not in fed for a in operands):
+            cuts.update(a for a in operands if a in fed)  # x in x @ W.T, W @ x, linear(x, W)
+            todo += [a for a in operands if a not in fed]
+        else:
+            todo += operands
+    if not cuts:
+        return None
+    order = {n: i for i, n in enumerate(next(iter(seen)).graph.nodes)}
+    return sorted(seen, key=order.get), sorted(cuts, key=order.get)
+
+
 def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
     import torch
     import torch.fx
@@ -128,21 +210,44 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             values.append(next(users))
     found: dict = {}
 
+    def logits(n, q, k):
+        return (n.kwargs.get("scale") or q.shape[-1] ** -0.5) * q @ k.transpose(-2, -1)
+
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.name in patches:
-                out = scale_rows(out, *patches[n.name])
+            for factor, rows in patches.get(n.name, ()):
+                out = scale_rows(out, factor, rows)
             for vec, kind, unfold in wanted.get(n.name, []):
                 if kind == "sdpa_logits":
-                    q, k = (self.env[a] for a in n.args[:2])
-                    scale = n.kwargs.get("scale") or q.shape[-1] ** -0.5
-                    found[vec] = scale * q @ k.transpose(-2, -1)
+                    found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))
                 else:
                     found[vec] = out * unfold
             if n.name in splits:
-                self.record_split(n, out)
+                if len(splits[n.name]) == 3:
+                    self.record_path(n, out)
+                else:
+                    self.record_split(n, out)
             return out
+
+        def record_path(self, n, out):
+            """The logits rerun from the step-0 inputs of their path with the current params:
+            own = s(θ, x₀) − s(θ₀, x₀), cross = s(θ, x) − s(θ, x₀)."""
+            first, into, (path, cuts, uses) = splits[n.name]
+            if not first:  # the first call: the path's inputs, and the logits they give
+                first.update(x={c: self.env[c].clone() for c in cuts}, s0={})
+            env = dict(first["x"])
+            for p in path:
+                args, kwargs = torch.fx.node.map_arg(
+                    (p.args, p.kwargs), lambda a: env[a] if a in env else self.env[a])
+                env[p] = p.target(*args, **kwargs)
+                for factor, rows in patches.get(p.name, ()):
+                    env[p] = scale_rows(env[p], factor, rows)
+            for vec, kind, unfold in uses:
+                held = logits(n, env[n.args[0]], env[n.args[1]]) if kind == "sdpa_logits" \
+                    else env[n] * unfold
+                start = first["s0"].setdefault(vec, held.clone())
+                into[vec] = (held - start, found[vec] - held)
 
         def record_split(self, n, out):
             first, into = splits[n.name]
@@ -150,13 +255,15 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             if not first:  # the first call: the layer's first weight, input and output
                 first.update(x=x.clone(), w=w.clone(), out=out.clone())
             cross = torch.nn.functional.linear(x - first["x"], first["w"])
-            if n.name in patches:
-                cross = scale_rows(cross, *patches[n.name])
+            for factor, rows in patches.get(n.name, ()):
+                cross = scale_rows(cross, factor, rows)
             for vec, _, unfold in wanted[n.name]:
                 into[vec] = ((out - first["out"] - cross) * unfold, cross * unfold)
 
     with torch.no_grad():
-        Recorder(ep.graph_module).run(*values)
+        # a path split reruns nodes after their last use: their values are kept
+        keep = any(len(v) == 3 for v in splits.values())
+        Recorder(ep.graph_module, garbage_collect_values=not keep).run(*values)
     return found
 
 
@@ -172,12 +279,16 @@ def coord_check(
     tolerance: float | None = None,
     eps: float = 1e-12,
     device: str = "cpu",
+    split_logits: bool = False,
 ):
     """The coordinate check of the user's own model: build it at each width (µP applied, or
     as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
     (next-token cross-entropy) and judge every program vector's slope against µP. The model is
     built and initialised on the CPU (the same init on every device), then trained on
-    ``device``."""
+    ``device``. ``split_logits``: the attention logits' changes split too (``probe``), and
+    judged by their parts as a router's are (:func:`_drift`); off by default: at the zoo's
+    widths their later layers' parts cancel rather than one vanishing (docs/check.md, "A
+    traced model's changes by their parts")."""
     import torch
 
     traced = mup.traced
@@ -206,7 +317,7 @@ def coord_check(
                 else torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, eps=eps)
             )
             split: dict = {}
-            read = probe(mup, model, args, kwargs, split)
+            read = probe(mup, model, args, kwargs, split, split_logits)
             m.record(w, 0, read(), seed)
             _record_split(own, cross, split, w, 0, seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
@@ -252,18 +363,27 @@ def _mean_slope(m: Measurements, name: str, step: int, widths, seeds) -> float:
 
 
 def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
-    """Says which failing changes are finite-width drift, without passing them: a router's
-    logits R·x change by ΔR·x (its own update, Θ(1) under µP) plus R₀·Δx, whose limit is
-    Θ(1) (the LLN part the matmul rule counts: Δx built from R₀ᵀ by backprop) but which at
-    finite widths also holds a CLT part, n^-1/2 smaller, from the change x gets through the
-    other layers (the experts', attention's). With HF's init (std 0.02 at the base width) that
-    part outweighs the rest up to widths of thousands, so the logits' slope reads -0.3 to -0.5
-    where µP requires 0 (docs/torch.md, "Mixture-of-experts layers"). A failing change whose
-    own-update part scales as required and whose W₀·Δx part shrinks is marked so (its
-    verdict, and ``result.drift``); a softmax or sigmoid of it, failing alike, follows it."""
+    """Passes the failing changes that are finite-width drift, saying so: a router's logits
+    R·x change by ΔR·x (its own update, Θ(1) under µP) plus R₀·Δx, whose limit is Θ(1) (the
+    LLN part the matmul rule counts: Δx built from R₀ᵀ by backprop) but which at finite widths
+    also holds a CLT part, n^-1/2 smaller, from the change x gets through the other layers (the
+    experts', attention's). With HF's init (std 0.02 at the base width) that part outweighs the
+    rest up to widths of thousands, so the logits' slope reads -0.3 to -0.5 where µP requires
+    0 (docs/torch.md, "Mixture-of-experts layers").
+
+    µP's desideratum for the layer (THEORY §4: every weight updated maximally, its update
+    moving what it feeds by Θ(1); the output O(1)) is a statement about the limit, and the
+    split measures it directly: a change that fails by shrinking, whose own-update part scales
+    as required while the W₀·Δx part shrinks (so its share of the change vanishes as n grows
+    and the change tends to a Θ(1) limit), passes, its verdict saying so (and
+    ``result.drift``); a softmax or sigmoid of it, failing alike, follows it. An own part that
+    grows (SP: n^1) or shrinks (a frozen layer) fails as before, and so does a W₀·Δx that does
+    not shrink: x's own change is judged as its own vector, so no failure upstream is hidden."""
     if not own.rms:
         return
     widths, seeds, tol = result.widths, result.seeds, result.tolerance
+    stack = mup.traced.stack
+    made = {ins.out: ins for ins in mup.program.body}
     marked: dict[tuple[str, int], float] = {}
     for r in result.results:
         if r.ok or r.step < 2 or (r.name, r.step, widths[0], seeds[0]) not in own.rms \
@@ -272,14 +392,18 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
         e = float(r.expected.exponent)
         s_own, s_cross = (_mean_slope(part, r.name, r.step, widths, seeds)
                           for part in (own, cross))
-        if abs(s_own - e) <= tol and s_cross < e - tol:
-            r.verdict += (f"; finite-width drift: its own update ΔW·x scales as µP requires "
-                          f"(slope {s_own:+.2f}) and W₀·Δx shrinks (slope {s_cross:+.2f}), a "
-                          "CLT part of it still ahead of its Θ(1) limit at these widths")
+        if r.slope < e - tol and abs(s_own - e) <= tol and s_cross < e - tol:
+            # a linear layer's parts, or attention logits' (probe's split_logits)
+            ins = made.get(stack.generic(r.name) if stack else r.name)
+            parts = ("its own update ΔW·x", "W₀·Δx") if isinstance(ins, MatMul) else \
+                ("its attention's own update (input held at step 0)", "the rest")
+            r.ok = True
+            r.verdict += (f"; passes by its parts, finite-width drift: {parts[0]} scales as µP "
+                          f"requires (slope {s_own:+.2f}) and {parts[1]} shrinks (slope "
+                          f"{s_cross:+.2f}), a CLT part of it still ahead of its Θ(1) limit at "
+                          "these widths")
             result.drift[r.name] = r.verdict
             marked[(r.name, r.step)] = r.slope
-    stack = mup.traced.stack
-    made = {ins.out: ins for ins in mup.program.body}
     for r in result.results:
         generic = stack.generic(r.name) if stack else r.name
         ins = made.get(generic)
@@ -289,7 +413,8 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
         arg = ins.args[0] if generic == r.name else \
             ".".join(r.name.split(".")[:2] + [ins.args[0].partition(".")[2]])
         if abs(marked.get((arg, r.step), math.inf) - r.slope) <= tol:
-            r.verdict += f"; follows {result.where(arg)}'s finite-width drift"
+            r.ok = True
+            r.verdict += f"; passes: follows {result.where(arg)}'s finite-width drift"
             result.drift[r.name] = r.verdict
 
 
@@ -297,10 +422,18 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
     """Marks a vector made by params that never train (``requires_grad=False``: Marian's and
     Pegasus's sinusoidal position tables) as frozen where its change is exactly zero: the model
     keeps it fixed on purpose, so a change of slope -inf is what it does, not a failure."""
-    if not frozen:
+    # a fixed table's lookup (a buffer or a param that never trains, ops_tables.py) too
+    fixed = {p for p, u in mup.traced.params.items() if u.fixed is not None}
+    if not frozen and not fixed:
         return
     stack = mup.traced.stack
+    body = {ins.out: ins for ins in mup.program.body}
     for r in result.results:
+        generic = stack.generic(r.name) if stack else r.name
+        if r.step and r.slope == float("-inf") and getattr(body.get(generic), "weight",
+                                                              None) in fixed:
+            r.ok, r.verdict = True, "frozen: a fixed table (never trained), so it never changes"
+            continue
         made = mup.traced.producers.get(stack.generic(r.name) if stack else r.name)
         if r.step == 0 or r.slope != float("-inf") or not made:
             continue

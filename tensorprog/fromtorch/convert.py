@@ -14,21 +14,25 @@ from .ops_encoder import EncoderOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
+from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
+from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .ops_tables import TableOps
 from .sequences import resolve
 from .values import Trace
 from .walk import Walker
 
 
 class Converter(
+    LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
-    RotaryOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps,
+    RotaryOps, TableOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -9,6 +9,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    Looked,
     MeanSq,
     Pointwise,
     PRef,
@@ -20,7 +21,7 @@ from .values import (
     Vec,
     Zeroed,
 )
-from .where import refuse
+from .where import refuse, strip_prefix
 
 
 def _zeros(value) -> bool:
@@ -62,6 +63,9 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        added = self.table_added(node, u, v)  # + a fixed table's rows (ops_tables.py)
+        if added is not None:
+            return self._lincomb(node, *added, alpha)
         for x, c in ((u, v), (v, u)):  # + a constant of zeros (BART's final_logits_bias)
             if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
                 return x
@@ -123,15 +127,19 @@ class ArithOps:
         norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
         if norm is not None:
             return norm
+        rope = self.table_rope(node, u, v)  # rotary's cos or sin from a table (ops_tables.py)
+        if rope is not None:
+            return rope
         kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
         if kept is not None:
             return kept
         zeroed = self.zeroed(node, u, v)  # logits times a 0/1 mask (ops_attention.py)
         if zeroed is not None:
             return zeroed
-        if any(isinstance(x, Aux) for x in (u, v)):
-            aux = next(x for x in (u, v) if isinstance(x, Aux))
-            what = f"the buffer {aux.buffer}" if aux.buffer else "a buffer"
+        if any(isinstance(x, (Aux, Looked)) for x in (u, v)):  # (a table's rows: no rotary)
+            aux = next(x for x in (u, v) if isinstance(x, (Aux, Looked)))
+            buffer = aux.buffer if isinstance(aux, Aux) else strip_prefix(aux.target)
+            what = f"the buffer {buffer}" if buffer else "a buffer"
             raise refuse(
                 node,
                 f"a product with {what}, of more than one float entry: the trace reads a "
@@ -249,6 +257,9 @@ class ArithOps:
             if k > 0 and torch.allclose(x.f(t), k * t * t):  # embedding times sqrt(d) is normed
                 return MeanSq(x.src, k=k)
         axes = sorted(d % ndim for d in dims)
+        pooled = self.token_mean(node, x, axes, keepdim)  # over the tokens (ops_pool.py)
+        if pooled is not None:
+            return pooled
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         said = {
             "tok": "a token axis, batch or sequence",

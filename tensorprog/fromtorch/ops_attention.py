@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import Conc, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
+from .values import Blank, Conc, HeadCat, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
 from .where import refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
@@ -99,6 +99,21 @@ class AttentionOps:
             raise refuse(node, "masked_fill outside attention's causal mask")
         return self._masked(node, s, mask.value, additive=False)
 
+    def op_max(self, node, s, other=None):
+        """``torch.max(logits, finfo.min)`` after an additive mask (XGLM's): a floor at the
+        float type's lowest number changes no finite logit, and a masked one still gets weight
+        exactly 0 from the softmax: the logits as they are."""
+        import torch
+
+        low = getattr(other, "value", other)
+        dtype = node.meta["val"].dtype
+        if isinstance(s, Scores) and isinstance(low, (int, float, torch.Tensor)) and (
+                getattr(low, "numel", lambda: 1)() == 1 and dtype.is_floating_point
+                and float(low) <= torch.finfo(dtype).min):
+            return s
+        raise refuse(node, "the op max (other than attention logits floored at their float "
+                     "type's lowest number, torch.finfo(dtype).min)")
+
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
@@ -107,23 +122,40 @@ class AttentionOps:
 
     op__softmax = op_softmax
 
-    def logits(self, q: Vec, k: Vec, factor: float, node: str, kind: str,
+    def logits(self, q: Vec | HeadCat, k: Vec | HeadCat, factor: float, node: str, kind: str,
                bias: str | None = None) -> str:
         """``attn * dot(q, k, dh)`` (plus a relative position bias, ops_relative.py), the scale
-        a slot whose width exponent trace.py measures."""
-        dh = self.dim(q.dh)
-        self.out.slots.append(("scale", factor))
-        sc = self.fresh(f"attn_{node}")
-        self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-        self.out.scales[sc] = {"q": q.name, "slot": len(self.out.slots) - 1}
+        a slot whose width exponent trace.py measures. Heads concatenated from parts (MLA's,
+        ops_mla.py) give one term per part: over a head of cat(a, b), the logits are
+        dot(a_q, a_k) + dot(b_q, b_k). Each term has a scale of its own, all the model's one
+        factor at the base width: the engine derives each from its own dot (1/d where that
+        part's dim grows, Θ(1) where it stays finite), and apply folds each one's change into
+        that part's query rows."""
+        pairs = list(zip(getattr(q, "parts", (q,)), getattr(k, "parts", (k,)), strict=True))
+        dhs = [self.dim(a.dh) for a, _ in pairs]
+        dots = []
+        for i, ((a, b), dh) in enumerate(zip(pairs, dhs, strict=True)):
+            self.out.slots.append(("scale", factor))
+            sc = self.fresh(f"attn_{node}" + (f"_part{i}" if i else ""))
+            self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
+            self.out.scales[sc] = {"q": a.name, "slot": len(self.out.slots) - 1}
+            dots.append(f"{sc} * dot({a.name}, {b.name}, {dh})")
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
         plus = f" + {bias}" if bias else ""
-        self.out.stmts.append(f"{name} = {sc} * dot({q.name}, {k.name}, {dh}){plus}")
+        self.out.stmts.append(f"{name} = {' + '.join(dots)}{plus}")
         self.out.vectors[name] = (node, kind)
         return name
 
     def mix(self, node, p: Probs, v: Vec) -> Vec:
         q = p.scores.q
+        if isinstance(q, HeadCat):  # eager MLA (ops_mla.py): the heads of the first dot
+            q = q.parts[0]
+            if q.dh != v.dh:
+                raise refuse(node, f"multi-head latent attention whose value heads ({v.dh} "
+                             f"features) are not those of the query's first part ({q.dh}): "
+                             "the language's mix reads the value heads from the logits' "
+                             "first dot", help="use sdpa (attn_implementation='sdpa'), which "
+                             "the trace orders so, or give the values that head dim")
         self.grouped(node, q, v, "values")
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
         return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
@@ -156,6 +188,9 @@ class AttentionOps:
             return self.param_as_token(node, v)
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
+        shared = self.shared_head(node, v, old, new)  # MLA's rotary key (ops_mla.py)
+        if shared is not None:
+            return shared
         if not isinstance(v, KVRepeat) or v.group is not None or len(new) != len(old) or any(
                 a != b for i, (a, b) in enumerate(zip(old, new, strict=True)) if i != v.axis):
             raise refuse(node, "an expand of anything but key/value heads along a new axis "
@@ -195,13 +230,22 @@ class AttentionOps:
         scale=None,
         enable_gqa=False,
     ):
+        if any(isinstance(x, (HeadCat, Blank)) for x in (q, k)):  # MLA's heads (ops_mla.py)
+            q, k = (self.filled(node, x) if isinstance(x, Blank) else x for x in (q, k))
+            return self.latent_attention(node, q, k, v, attn_mask, is_causal, scale)
         q, k, v = (self.vec(x, node) for x in (q, k, v))
         if q.dh is None:  # one head of the whole dim is no view the walk splits into heads
             raise refuse(node, "attention over values not split into heads (view them as "
                          "(batch, tokens, heads, head dim) and transpose, with 2 heads or more)")
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
-        s = Scores(q, k, factor, node.name, q.tags[:-1] + ("tok",), bool(is_causal))
+        return self.attend(node, q, k, v, attn_mask, is_causal, factor)
+
+    def attend(self, node, q, k, v, attn_mask, is_causal, factor):
+        """sdpa's logits, mask, softmax and mix, of whole heads or heads concatenated from
+        parts (ops_mla.py: the weights' heads are those of the first part)."""
+        q0, k0 = (x.parts[0] if isinstance(x, HeadCat) else x for x in (q, k))
+        s = Scores(q0, k0, factor, node.name, q0.tags[:-1] + ("tok",), bool(is_causal))
         if isinstance(attn_mask, RelBias):  # T5's bias as the additive mask (ops_relative)
             s = self.with_bias(node, s, attn_mask)
         elif attn_mask is not None:

@@ -41,16 +41,20 @@ def _covers(slices, size: int) -> bool:
 
 def _split_last(node, ndim: int) -> bool:
     """Every use of ``node`` splits its last axis, after transposes of the others (GPT-NeoX
-    transposes heads and tokens before its chunk), and no part of it is concatenated back: a
+    transposes heads and tokens before its chunk), and no slice of it is concatenated back: a
     partial rotary slices an ordinary projection's heads the same way (``x[..., :r]``,
-    ``x[..., r:]``), then puts the parts back together with ``cat``."""
-    if not node.users:
+    ``x[..., r:]``), then puts the parts back together with ``cat``. Parts of a split may be
+    (MLA's query: ``split(q, [dn, dr])``, the rotary part turned, then ``cat``): each part is
+    then a per-head vector of its own, and the concatenation a head of parts (ops_mla.py). A
+    use that reads only the shape (``new_empty``: MLA's key built in place) splits nothing."""
+    users = [u for u in node.users if op_name(u) != "new_empty"]
+    if not users:
         return False
     slices = [(u.args[2] if len(u.args) > 2 else None, u.args[3] if len(u.args) > 3 else None)
               for u in node.users if op_name(u) == "slice"]
     if slices and not _covers(slices, node.meta["val"].shape[-1]):
         return False  # a part of each head (x[..., :2]): no layout of whole blocks
-    for user in node.users:
+    for user in users:
         op = op_name(user)
         if op == "transpose":
             axes = [d % ndim for d in user.args[1:3]]
@@ -58,7 +62,7 @@ def _split_last(node, ndim: int) -> bool:
                 return False
         elif op not in _SPLITS or not isinstance(_dim(user, 0), int) or (
             _dim(user, 0) % ndim != ndim - 1
-        ) or any(op_name(u) == "cat" for part in _parts(user) for u in part.users):
+        ) or op == "slice" and any(op_name(u) == "cat" for u in user.users):
             return False
     return True
 
@@ -92,10 +96,15 @@ class FusedHeadOps:
         if not (isinstance(v, Affine) and v.dh is None and v.tags[-1] == "F"
                 and v.w.rows is None and v.w.period is None):
             return None
+        # an axis of 1 among the tokens (MLA's compressed kv, viewed (b, 1, t, r) for HF's
+        # caches, then projected) holds nothing to lay out: the view drops it
+        keep = [i for i, (s, t) in enumerate(zip(old, v.tags, strict=True))
+                if not (i > 0 and s == 1 and t == "tok")]
+        old, vtags = [old[i] for i in keep], tuple(v.tags[i] for i in keep)
         lead, rest = tuple(shape[: len(old) - 1]), tuple(shape[len(old) - 1:])
         if lead != tuple(old[:-1]) or math.prod(rest) != old[-1]:
             return None
-        tags = v.tags[:-1] + ("H", "dh")
+        tags = vtags[:-1] + ("H", "dh")
         if len(rest) == 2 and _split_last(node, len(shape)):
             return self._per_head(v, rest[1], node.name, tags)
         if len(rest) == 2 and _split_heads(node, len(shape)):  # whole heads: contiguous rows

@@ -50,6 +50,8 @@ class LayoutOps:
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
             groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
+        if groups is None:  # one head of a vector's features (MLA's rotary key: ops_mla.py)
+            groups = self.one_head_view(node, v, old, shape)
         if groups is not None:
             return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
@@ -206,20 +208,16 @@ class LayoutOps:
         ndim = len(self._shape(node.args[0]))
         if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
             return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
-        if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v):
-            # DeepSeek's multi-head latent attention: what is missing is the shared key part
+        if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v, node):
             raise refuse(
                 node,
-                f"a split of each head's features into parts of {', '.join(map(str, sizes))}: "
-                "the tracer splits a linear layer's output features, or slices the part of "
-                "each head a partial rotary turns; multi-head latent attention (DeepSeek's "
-                "MLA) then pairs each query head's rotary part with one key head shared by "
-                "all heads, concatenated to each head's own key, which the language's "
-                "attention (each query head against a key head of its own or of its group) "
-                "cannot say",
-                help="write the attention with a query, key and value projection per head "
-                "(multi-head or grouped-query attention) as a Tensor Program; MLA's shared "
-                "rotary key has no form in the language",
+                f"a split of each head's features into parts of {', '.join(map(str, sizes))} "
+                "of a value that is not a linear layer's output: the tracer splits a linear "
+                "layer's output viewed per head into parts, each a per-head vector of its own "
+                "(multi-head latent attention's query and key/value), or slices "
+                "the part of each head a partial rotary turns",
+                help="split the layer's output right after its view into heads (before any "
+                "norm or activation), or slice the part a rotary turns",
             )
         if not isinstance(v, Affine) or dim % ndim != ndim - 1:
             raise refuse(

@@ -47,6 +47,9 @@ class LinearOps:
         elif isinstance(idx, Conc) and idx.probe is not None:
             return self._ids_made_lookup(node, w, idx)
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
+            looked = self.frozen_lookup(w, idx.value)  # a table that never trains: ops_tables
+            if looked is not None:
+                return looked
             # a table of more rows than the sequence (a block size) is read at rows k..k+T-1
             # (k = 0, or OPT's offset 2): the program's one-hot positions are over T, and the
             # unread rows never move

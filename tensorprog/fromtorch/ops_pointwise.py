@@ -17,7 +17,9 @@ use has no place in it (µP would be that of the transformed tensor, which no op
 from __future__ import annotations
 
 import dataclasses
+import math
 
+from ..ir.functions import torch_function
 from .values import (
     Affine,
     Aux,
@@ -33,6 +35,40 @@ from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
+
+
+#: functions of linear growth with φ(0) = 0, by φ''(0): stretched, c·φ(t / s), they write
+#: CLIP's quick_gelu t·σ(1.702 t) = silu(1.702 t) / 1.702 (and GELU's sigmoid approximation)
+_STRETCHABLE = {"silu": 0.5, "gelu": 2 / math.sqrt(2 * math.pi)}
+
+
+def identify_stretched(f) -> tuple[str, float, float] | None:
+    """(fn, c, s) with f(t) = c * fn(t / s) on [-4s, 4s] for silu or gelu, or None.
+
+    The engine's rule for these needs φ(0) = 0, φ'(0) finite and nonzero and φ(x) ~ x far out
+    (size passes through, at init and in a change); a stretch keeps all three, and the numbers
+    c and 1/s are width-independent multipliers. c/s is f's slope far out (φ(t) ~ t as
+    t → +∞), s comes from the curvature at 0: f''(0) = c φ''(0) / s²."""
+    import torch
+
+    big = 1e4
+    far = f(torch.tensor([big], dtype=torch.float64))
+    h = 1e-2  # central second differences at h and h/2, Richardson-combined: O(h⁴)
+    near = f(torch.tensor([-h, -h / 2, 0.0, h / 2, h], dtype=torch.float64)).tolist()
+    wide, narrow = ((near[i] - 2 * near[2] + near[4 - i]) / (h / (1 + i)) ** 2 for i in (0, 1))
+    slope, curve = float(far[0]) / big, (4 * narrow - wide) / 3
+    if not (math.isfinite(slope) and math.isfinite(curve)) or slope <= 0 or curve <= 0:
+        return None
+    for name, bend in _STRETCHABLE.items():
+        s = slope * bend / curve
+        if not 1e-2 <= s <= 1e2:  # far from the function's own scale: a relu or a square
+            continue
+        c = slope * s
+        t = torch.linspace(-4, 4, 161, dtype=torch.float64) * max(s, 1.0)
+        ref = c * torch_function(torch, name)(t / s)
+        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())):
+            return name, float(f"{c:.9g}"), float(f"{s:.9g}")
+    return None
 
 
 class PointwiseOps:
@@ -77,14 +113,15 @@ class PointwiseOps:
         power = identify_power(v.f)
         if power is not None:
             return self.emit_power(v, node, *power)
-        scaled = identify_scaled(v.f)
+        scaled = identify_scaled(v.f) or identify_stretched(v.f)
         if scaled is not None:
             return self.emit_scaled(v, node, *scaled)
         return None
 
     def emit_scaled(self, v: Pointwise, node, fn: str, c: float, s: float) -> Vec:
-        """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``;
-        the engine's rule for tanh (bounded, Θ(1) slope at 0) of a multiple of src."""
+        """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``
+        (the engine's rule for tanh, bounded with a Θ(1) slope at 0, of a multiple of src), or
+        CLIP's quick_gelu ``x * sigmoid(1.702 x) = silu(1.702 x) / 1.702`` (silu's rule)."""
         key = (v.node, fn, s, round(c, 12))
         if key not in self._made:  # a slot even at c = 1: the form is always c * tanh(x / s)
             self._made[key] = self.emit_times(v, node, c, f"{fn}({v.src.name} / {s!r})",

@@ -18,7 +18,19 @@ from slices, concatenations, stacks or cos/sin tables is refused.
 
 from __future__ import annotations
 
-from .values import Aux, Conc, PairStack, RopeTerm, Rotated, Strided, Sub, TokenParam, Trig, Vec
+from .values import (
+    Aux,
+    Conc,
+    PairHalf,
+    PairStack,
+    RopeTerm,
+    Rotated,
+    Strided,
+    Sub,
+    TokenParam,
+    Trig,
+    Vec,
+)
 from .where import refuse
 
 
@@ -58,11 +70,7 @@ class RotaryOps:
             if lo <= hi:  # empty: Phi-3's pass-through part x[..., dh:] under full rotary
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
         if src.tags == ("tok", "tok", "F") and dim % 3 == 1:  # h[:, 1:]: tokens, not features
-            raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
-                         "(such as the patch tokens after a class token, h[:, 1:]): the "
-                         "language reads one token, the first (first(h)), or every token",
-                         help="read the class token, h[:, 0]; a head on a mean of the patch "
-                         "tokens has no form in the language")
+            return self.token_slice(node, src, start, end, step)  # for a mean (ops_pool.py)
         raise refuse(
             node,
             "a slice of a vector's coordinates (other than a fused layer's output features, "
@@ -77,6 +85,10 @@ class RotaryOps:
             return tensors[0]
         if any(isinstance(t, TokenParam) for t in tensors):  # a class token (ops_encoder.py)
             return self.prepend_tokens(node, tensors, dim)
+        if len(tensors) == 2 and all(isinstance(t, PairHalf) for t in tensors) and (
+            [t.start for t in tensors] == [0, 1] and _key(tensors[0].src) == _key(tensors[1].src)
+        ):  # each pair (2i, 2i + 1) turned, put at (i, i + d/2): the same layout for q and k
+            return self._rotated(tensors[0].src)
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty
@@ -100,10 +112,14 @@ class RotaryOps:
                 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             ):
                 return src
+        self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
+        cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
+        if cat is not None:
+            return cat
         raise refuse(
             node,
-            "a concatenation of vectors (other than rotary's rotate_half or a head's parts "
-            "put back together)",
+            "a concatenation of vectors (other than rotary's rotate_half, a head's parts "
+            "put back together, or per-head vectors of the same heads along the head)",
         )
 
     def op_stack(self, node, tensors, dim=0):
@@ -125,9 +141,11 @@ class RotaryOps:
         if tuple(old[:-2]) + (old[-2] * old[-1],) != new:
             raise refuse(node, f"a view from {list(old)} to {list(new)} of rotate_every_two's "
                          "stacked pairs (other than their flatten)")
-        return Rotated(v.src)
+        return Rotated(v.src, interleaved=True)
 
     def rope_term(self, node, x, table: Trig):
+        if isinstance(x, Strided) and x.sign == 1:  # a half of each pair, by either table
+            return RopeTerm(x, table.kind, table.angle)
         if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:
             return RopeTerm(x, "cos", table.angle)
         if table.kind == "cos" and not isinstance(x, (Sub, Rotated, RopeTerm)):
@@ -139,11 +157,38 @@ class RotaryOps:
         raise refuse(node, f"a product with a {table.kind} table outside a rotary embedding")
 
     def rope_sum(self, node, u: RopeTerm, v: RopeTerm, alpha):
+        half = self._pair_half(u, v, alpha)
+        if half is not None:
+            return half
         kinds = {u.kind, v.kind}
         same = _key(u.src) == _key(v.src) and u.angle == v.angle
+        if u.table is not None or v.table is not None:  # read from a table: ops_tables.py
+            same = _key(u.src) == _key(v.src) and self.tables_rotate(node, u, v)
         if not same or kinds != {"cos", "sin"} or alpha != 1:
             raise refuse(node, "a sum of cos and sin terms that is not a rotation of one vector")
-        whole = u.src.src if isinstance(u.src, Sub) else u.src
+        return self._rotated(u.src)
+
+    def _rotated(self, src):
+        """``src`` turned by a rotary: itself, its vector recorded as rotated."""
+        whole = src.src if isinstance(src, Sub) else src
         if whole.name not in self.out.rotary:
             self.out.rotary.append(whole.name)
-        return u.src
+        return src
+
+    @staticmethod
+    def _pair_half(u: RopeTerm, v: RopeTerm, alpha) -> PairHalf | None:
+        """``x_e·cos − x_o·sin`` (the even coordinates of each pair turned) or
+        ``x_o·cos + x_e·sin`` (the odd ones), x_e = x[..., ::2], x_o = x[..., 1::2], both
+        tables of one angle; None for anything else."""
+        if not (isinstance(u.src, Strided) and isinstance(v.src, Strided)
+                and u.angle == v.angle and _key(u.src.src) == _key(v.src.src)):
+            return None
+        cos, sin = (u, v) if u.kind == "cos" else (v, u)
+        if (cos.kind, sin.kind) != ("cos", "sin") or cos.src.start == sin.src.start:
+            return None
+        if sin is u and alpha != 1:  # sin + alpha·cos: cos's coefficient is not 1
+            return None
+        sign = alpha if sin is v else 1  # sin's coefficient
+        if (cos.src.start, sign) in ((0, -1), (1, 1)):
+            return PairHalf(cos.src.src, cos.src.start)
+        return None

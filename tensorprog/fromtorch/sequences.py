@@ -71,7 +71,7 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
-        if fn == "first":
+        if fn in ("first", "mean"):  # one vector per sequence
             return ()
         return _meet(classes, args)
     if isinstance(expr, ast.BinOp):
@@ -90,6 +90,10 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         return
     classes = _Classes()
     tags: dict[str, tuple] = {"tok": ("tok",), "pos": ("tok",)}
+    # float vectors per token (an image cut into patches) run over T as the token ids do: so
+    # do positions added to them (SigLIP's lookup of position ids, with no class token)
+    tags.update({m.group(1): ("tok",) for d in trace.decls
+                 if (m := re.match(r"input (\w+) : patches\[T,", d))})
     for name, (kind, _, _) in trace.seq_inputs.items():
         tags[name] = (name, name) if "relative" in kind else (name,)
     for stmt in trace.stmts:

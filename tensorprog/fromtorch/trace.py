@@ -18,6 +18,7 @@ from fractions import Fraction
 from ..errors import TensorProgError, TraceError, UsageError
 from .convert import convert
 from .ops_conv import refuse_frozen_norms, train_norms
+from .ops_tables import fixed_table
 from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
@@ -213,6 +214,8 @@ def _base_stats(build, width: int) -> dict:
     stats, pooled, kept = {}, {}, set()
     for name, p in model.named_parameters():  # each tensor once, under its first name
         v = p.detach().double().flatten()
+        if not v.numel():  # no entries, no init to read (MobileBERT's readout rows past its
+            continue  # embedding's, none when the embedding is as wide as the model)
         if bool((v == v[0]).all()):
             stats.update({k: ("const", float(v[0])) for k in names[id(p)]})
             continue
@@ -491,13 +494,15 @@ def _scalar_buffers(build, width: int, model) -> dict:
         n
         for n, b in model.named_buffers()
         if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
-    ]
+    ]  # and the params it does not train: a table looked up at the positions (ops_tables.py)
+    names += [n for n, p in model.named_parameters() if not p.requires_grad]
     if not names:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         cpu = built(build, width)
-    return {"m." + n: cpu.get_buffer(n).detach().clone() for n in names}
+    tensors = {**dict(cpu.named_buffers()), **dict(cpu.named_parameters())}
+    return {"m." + n: tensors[n].detach().clone() for n in names}
 
 
 def _at_build(err: TraceError, build) -> TraceError:
@@ -547,13 +552,14 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     for info in fixed.values():  # measured, not derived: MuP folds it like a scale's rest
         t1.scales[f"the width constant on {info['q']}"] = info
     for k, u in t1.params.items():
+        fixed_table(k, u, t2.params[k], widths)  # its entries Θ(1) at both (ops_tables.py)
         if u.rows != t2.params[k].rows:
             raise TraceError(
                 f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
                 f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
                 "a fused layer that is not the same share of its rows at every width",
-                help="slice or chunk a fused layer into blocks that are each a fixed share of "
-                "its outputs (q, k, v of n each), or use separate layers",
+                help="split a fused layer into blocks that are each a fixed share of its rows "
+                "(not MLA's rotary key rows of a fixed qk_rope_head_dim: docs/torch.md)",
             )
     params = {
         k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))

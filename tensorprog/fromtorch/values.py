@@ -110,6 +110,28 @@ class Aux:
 
 
 @dataclass
+class FixedTable(Aux):
+    """A float buffer of several entries whose entries the trace read on the CPU (a sinusoidal
+    position table, GPT-J's sin/cos table): to every op but a lookup of its rows at the
+    positions it is a buffer of unknown entries, as before; looked up there it is
+    :class:`Looked` (ops_tables.py)."""
+
+    value: object = None
+
+
+@dataclass
+class Looked(Conc):
+    """A constant computed from the rows of a fixed table (a float buffer, or a param the model
+    does not train) read at the positions k..k+T-1 (``positions`` = T): the same for every
+    sequence, known on the CPU. Added to a per-token vector it is the program's ``P @ pos``
+    with P a fixed table; multiplied into a head vector, rotary's cos or sin (ops_tables.py).
+    The ops on it keep ``target``, the buffer or param it is read from."""
+
+    target: str = ""
+    positions: int = 0
+
+
+@dataclass
 class Pointwise:
     """f(src) coordinatewise; identified by its values when something else consumes it."""
 
@@ -225,6 +247,15 @@ class Trig:
 
 
 @dataclass
+class TokensFrom:
+    """The tokens of the per-token vector ``vec`` from token ``start`` on (``h[:, start:]``,
+    ops_pool.py); no ``src`` or ``tags``, so no op but a mean over its tokens reads it."""
+
+    vec: Vec
+    start: int
+
+
+@dataclass
 class Sub:
     """Coordinates lo..hi of each head of ``src``, times ``sign``: rotary's halves (rotate_half
     negates the second), or the part of each head a partial rotary turns (the first r: ``cat``
@@ -255,10 +286,23 @@ class PairStack:
 
 
 @dataclass
-class Rotated:
-    """rotate_half(src): the halves swapped, the new first one negated."""
+class PairHalf:
+    """One half of every pair (2i, 2i + 1) of each head of ``src``, turned: the even ones
+    (``start`` 0, ``x_e·cos − x_o·sin``) or the odd ones (1, ``x_o·cos + x_e·sin``), each angle
+    the pair's (DeepSeek-V3's ``apply_rotary_pos_emb_interleave``); ``cat`` of the two makes
+    the rotated head, its pairs laid out as halves."""
 
     src: Vec | Sub
+    start: int
+
+
+@dataclass
+class Rotated:
+    """rotate_half(src): the halves swapped, the new first one negated (``interleaved``: GPT-J's
+    rotate_every_two, each pair (2i, 2i + 1) swapped and its new first one negated)."""
+
+    src: Vec | Sub
+    interleaved: bool = False
 
 
 @dataclass
@@ -268,6 +312,38 @@ class RopeTerm:
     src: Vec | Sub
     kind: str
     angle: str
+    # the cos or sin table itself where it is known (read from a fixed table: ops_tables.py),
+    # and which coordinates the sin term's rotate pairs ("half" or "interleaved")
+    table: object = None
+    pairs: str = "half"
+
+
+@dataclass
+class HeadCat:
+    """Each head's features as parts from different vectors, concatenated along the head
+    (multi-head latent attention, ops_mla.py): ``parts`` are per-head vectors of the same heads
+    (one may be a single head shared by all, ``group`` > 1), each of its own head dim."""
+
+    parts: tuple
+
+
+@dataclass
+class Blank:
+    """``x.new_empty(shape)`` whose last axis is filled by parts, ``blank[..., lo:hi].copy_(p)``
+    (DeepSeek's MLA builds its keys so): ``fills`` holds (lo, hi, value) in the walk's order."""
+
+    node: str
+    size: int  # the last axis
+    fills: list = field(default_factory=list)
+
+
+@dataclass
+class Slot:
+    """``blank[..., lo:hi]``, the part of a :class:`Blank` a ``copy_`` fills."""
+
+    blank: Blank
+    lo: int
+    hi: int
 
 
 # --- what the trace gives ---------------------------------------------------------------------
@@ -291,6 +367,10 @@ class ParamUse:
     group_rows: int | None = None
     # one expert's slice [expert] of a 3-D param (ops_moe.py): the program's matrix is that slice
     expert: int | None = None
+    # a fixed table (a float buffer, or a param the model does not train) looked up by
+    # positions: the RMS of the entries read (ops_tables.py). No param µP scales: apply and
+    # param_groups leave it; the two widths' RMS must agree (its entries Θ(1))
+    fixed: float | None = None
 
 
 @dataclass

@@ -13,12 +13,16 @@ from ..lang.lower import FUNCTIONS
 from .values import (
     Affine,
     Aux,
+    Blank,
     Centered,
     Conc,
+    FixedTable,
     Given,
+    HeadCat,
     KVRepeat,
     Mean,
     MeanSq,
+    PairHalf,
     PairStack,
     ParamUse,
     Parts,
@@ -28,9 +32,11 @@ from .values import (
     RopeTerm,
     Rotated,
     Scores,
+    Slot,
     Strided,
     Sub,
     Tok,
+    TokensFrom,
     Trace,
     Trig,
     Vec,
@@ -96,10 +102,46 @@ SYMBOLIC = (
     Strided,
     PairStack,
     Zeroed,
+    TokensFrom,
+    PairHalf,
+    HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
+    Blank,
+    Slot,
 )
 
 
-_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as"}
+_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
+
+
+def _ids_kept(node, op: str, args: list) -> int | None:
+    """Which argument of ``op`` holds the ids that it keeps where it sets other entries to one
+    number (``index_put``/``masked_fill`` of the ids, ``where(mask, number, ids)``), or None.
+    The number may be a constant tensor the walk does not read (a lifted ``tensor(0)``)."""
+    if op in ("index_put", "index_put_", "masked_fill", "masked_fill_") and len(args) > 2:
+        at, value = 0, 2
+    elif op == "where" and len(args) == 3 and isinstance(args[1], Tok):
+        at, value = 1, 2
+    elif op == "where" and len(args) == 3:
+        at, value = 2, 1
+    else:
+        return None
+    val = getattr(node.args[value], "meta", {}).get("val")
+    number = isinstance(node.args[value], (int, bool)) or getattr(val, "numel", lambda: 0)() == 1
+    return at if isinstance(args[at], Tok) and number else None
+
+
+def _reaching_the_output(graph) -> set[str]:
+    """The names of the nodes whose values the graph's output reads, directly or not; an
+    in-place op and a check (an assert) are read as if by the output: they act by running."""
+    live: set[str] = set()
+    todo = [n for n in graph.nodes if n.op == "output" or n.op == "call_function" and (
+        op_name(n).endswith("_") or op_name(n) in CHECK_OPS)]
+    while todo:
+        node = todo.pop()
+        if node.name not in live:
+            live.add(node.name)
+            todo.extend(node.all_input_nodes)
+    return live
 
 
 class Walker:
@@ -240,6 +282,12 @@ class Walker:
                 node,
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
+        if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
+            raise refuse(node, f"{node.target} on the tokens of a sequence from token {v.start} "
+                         "on (h[:, k:]): the program's sequences keep all their tokens, and a "
+                         "slice of them is read only by a mean over them, mean(h, k)",
+                         help="apply the op to every token and read what is needed after it, "
+                         "or average the slice with h[:, k:].mean(1)")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:
@@ -300,6 +348,7 @@ class Walker:
         sig = self.ep.graph_signature
         kinds = {s.arg.name: s for s in sig.input_specs}
         self.by_name = {n.name: n for n in self.ep.graph.nodes}
+        self.live = _reaching_the_output(self.ep.graph)
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 spec = kinds[node.name]
@@ -345,9 +394,20 @@ class Walker:
                     self.tokens_seq = int(val.shape[-1])
                 else:  # a buffer of several floats (a mask, a table): named by a refusal
                     buffer = spec.kind.name == "BUFFER" and strip_prefix(spec.target)
-                    self.env[node.name] = Aux(buffer or "")
+                    # its entries, where read: a lookup at the positions reads them (ops_tables)
+                    table = self.fixed_value(spec.target) if buffer else None
+                    self.env[node.name] = Aux(buffer or "") if table is None else FixedTable(
+                        buffer, table)
             elif node.op == "call_function":
-                value = self.call(node)
+                try:
+                    value = self.call(node)
+                except TraceError:
+                    if node.name in self.live:
+                        raise
+                    # what no output reads (SigLIP's attention-pooling head, whose output its
+                    # image classifier leaves unused) cannot reach the program: what it could
+                    # not say is no refusal, and the params before it are reported unused
+                    value = Aux()
                 if isinstance(value, Pointwise):
                     value = Pointwise(value.src, value.f, node.name)
                 self.env[node.name] = value
@@ -449,6 +509,14 @@ class Walker:
             if op == "slice" and isinstance(args[0], Tok) and self._shape(node) == self._shape(
                     node.args[0]):
                 return args[0]
+            # the ids with the entries a condition picks set to one id (Granite Speech's audio
+            # placeholders set to 0 before the lookup: ids[ids == audio] = 0, or where(ids ==
+            # audio, 0, ids)): still the token ids, not one constant id computed from the
+            # zeros the trace puts in their place (a lookup of it was traced as a bias)
+            kept = _ids_kept(node, op, args)
+            if kept is not None and self._shape(node) == self._shape(node.args[kept]) and not \
+                    node.meta["val"].dtype.is_floating_point:
+                return Tok(("tok",) * len(self._shape(node)))
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             return self.concrete(node, args, kwargs)
@@ -511,12 +579,22 @@ class Walker:
         trig = self._trig(node, args, flat)
         if trig is not False:
             return trig
-        if any(isinstance(x, Aux) for x in flat):  # named after a buffer it reads
-            return next((x for x in flat if isinstance(x, Aux) and x.buffer), Aux())
+        looked = self.table_lookup(node, args)  # a fixed table's rows at the positions
+        if looked is not None:
+            return looked
+        # named after a buffer it reads; a fixed table's entries are read on (ops_tables.py)
+        named = next((Aux(x.buffer) for x in flat if isinstance(x, Aux) and x.buffer), Aux())
+        tables = any(isinstance(x, FixedTable) for x in flat)
+        if any(isinstance(x, Aux) and not isinstance(x, FixedTable) for x in flat):
+            return named
 
         def val(a):
             if isinstance(a, Conc):
                 return a.value
+            if isinstance(a, FixedTable):
+                return a.value
+            if tables and getattr(a, "op", None) == "get_attr":  # a higher-order op's subgraph
+                return self.on_cpu(a)  # (M2M-100's torch.no_grad: ops_tables.py)
             if isinstance(a, Tok):
                 return self.tok_value
             if isinstance(a, torch.device):
@@ -541,15 +619,19 @@ class Walker:
             # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
             # subgraph, leaves it off for the whole process (every later backward then fails)
             with torch.set_grad_enabled(torch.is_grad_enabled()):
-                out = Conc(
-                    node.target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
-                )
-                if from_ids:
-                    out.probe = node.target(*[probe(a) for a in args],
-                                            **{k: probe(v) for k, v in kwargs.items()})
-                return out
+                value = node.target(*[val(a) for a in args],
+                                    **{k: val(v) for k, v in kwargs.items()})
+                # computed from the token ids: the value again with probe ids (ops_linear.py);
+                # where that fails too the value stays unknown, never a constant of the zeros
+                again = None if not from_ids else node.target(
+                    *[probe(a) for a in args], **{k: probe(v) for k, v in kwargs.items()})
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
-            return Aux()
+            return named if tables else Aux()
+        # from a fixed table: its rows at the positions, else unknown as before (ops_tables.py)
+        out = self.table_rows(flat, value, named) if tables else self.keep_table(flat, value)
+        if again is not None and type(out) is Conc:
+            out.probe = again
+        return out
 
     def _trig(self, node, args, flat):
         """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;

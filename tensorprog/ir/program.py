@@ -366,8 +366,33 @@ class Prepend:
         return (self.token, self.arg)
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, Prepend)
+@dataclass(frozen=True)
+class Mean:
+    """``out = mean(arg, start)``: the mean of ``arg``'s token vectors from token ``start`` on, one
+    vector per sequence (a vision transformer's mean-pooled readout, ``h[:, start:].mean(1)``:
+    BEiT's pooler, I-JEPA's and DINOv2's heads, with ``start`` = 1 after a class token).
+
+    Scaling: a mean of finitely many tokens with Θ(1) weights 1/(T − start) is as large as the
+    tokens (a finite sum: at most its largest term, and tokens of one input are not centred
+    against each other), at init and in its change; the gradient reaches each token it reads as
+    dout/(T − start), a width-independent fraction, so g(arg) = g(out). The rules are those of
+    ``first`` (one token, weight 1) for any finite set of weights: which tokens, and how many,
+    changes no exponent (TP4's rule for a sum of finitely many vectors).
+    """
+
+    out: str
+    arg: str
+    start: int = 0
+    span: Span | None = _span()
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.arg,)
+
+
+Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend | Mean
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, Prepend,
+                                  Mean)
 
 
 def heads_dim_name(dim: str, over: str) -> str:

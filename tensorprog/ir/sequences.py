@@ -22,7 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .program import RELATIVE_KINDS, Dot, Mix, Nonlin, Prepend, Program, Stream
+from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Stream
 
 Tag = tuple[str, ...]
 
@@ -83,6 +83,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
             tags[ins.out] = ()
             continue
+        if isinstance(ins, Mean):  # a mean over the tokens: one vector per sequence
+            tags[ins.out] = ()
+            _check_mean(program, ins, ops[0], problem)
+            continue
         found = list(dict.fromkeys(t for t in ops if t))
         longer = [t[0] for t in found if len(t) == 1 and t[0] in prepends]
         if len(found) > 1:
@@ -101,6 +105,20 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     "cross-attention reads every source token: use softmax")
         tags[ins.out] = tag
     return tags
+
+
+def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
+    """A mean over the tokens of one sequence, from a token it has."""
+    if len(arg) != 1:
+        problem(f"mean averages the vectors of a sequence's tokens, but {ins.arg} runs over "
+                f"{_show(arg)}", ins, "take the mean of a vector per token, e.g. the last "
+                "block's output")
+        return
+    size = program.dim_table[arg[0]].size
+    if ins.start >= size:
+        problem(f"mean from token {ins.start} on, but {arg[0]} has {size} tokens (0 to "
+                f"{size - 1})", ins, f"start at a token of {arg[0]}, e.g. mean(h, 1) after a "
+                "class token")
 
 
 def _check_prepend(program: Program, ins: Prepend, ops: list[Tag], problem) -> None:

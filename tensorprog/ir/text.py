@@ -15,6 +15,7 @@ from .program import (
     Input,
     Instruction,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Param,
@@ -48,6 +49,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
     elif isinstance(ins, Prepend):
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq})"
+    elif isinstance(ins, Mean):
+        rhs = f"mean({show(ins.arg)}{f', {ins.start}' if ins.start else ''})"
     elif isinstance(ins, Stream):  # in a program's text, the block call it starts
         rhs = f"{_count(ins.count)}{ins.block}({show(ins.init)})"
     elif isinstance(ins, Nonlin):

@@ -12,6 +12,7 @@ from .program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Prepend,
@@ -125,6 +126,11 @@ def verify(program: Program) -> Program:
                 errors.error(f"prepend: the sequence {ins.seq} must be a finite dim", ins.span)
                 break
             out = ops[1]
+        elif isinstance(ins, Mean):
+            if ops[0] is None or ins.start < 0 or program.seq is None:
+                errors.error("mean: a vector per token of a sequence, averaged from a token "
+                             "index >= 0 on", ins.span)
+            out = ops[0]
         else:
             if isinstance(ins, Nonlin):
                 arity = 2 if ins.fn == MUL else 1

@@ -22,6 +22,7 @@ from ..ir.program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     heads_dim,
@@ -30,11 +31,11 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
-from .lower_first import first_readable, mark_tokens
+from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND,)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class ExpressionLowering:
     def emit(self, ins, dim: str | None) -> str:
         self.body.append(ins)
         self.values[ins.out] = dim
-        mark_tokens(self, ins.out, ins.operands, ins.span, getattr(ins, "fn", None) == "first")
+        mark_tokens(self, ins.out, ins.operands, ins.span,
+                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean))
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
@@ -515,6 +517,9 @@ class ExpressionLowering:
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
             return (None, None) if seq is None else (node.args[:2], (PREPEND, seq))
+        if node.fn == MEAN:  # its second argument is a token index, not a value
+            start = mean_start(self, node)
+            return (None, None) if start is None else (node.args[:1], (MEAN, start))
         arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2)}.get(
             node.fn, (1,))
         if len(node.args) not in arity:
@@ -556,6 +561,8 @@ class ExpressionLowering:
             return lower_route(self, node, args, Scalar, Vec)
         if node.fn == PREPEND:
             return lower_prepend(self, node, args, over[1], Vec)
+        if node.fn == MEAN:
+            return lower_mean(self, node, args, over[1], Vec)
         if any(a is None for a in args):
             return None
         for a in args:

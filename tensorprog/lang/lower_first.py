@@ -1,6 +1,7 @@
-"""Lowering ``first(h)``, the first token's vector of a sequence, and the bookkeeping it needs:
-which values have one value per token (built from token inputs) and which are read at one
-token (``first``, or built from such a value). The emitted module holds the first as
+"""Lowering ``first(h)``, the first token's vector of a sequence, and ``mean(h)`` or
+``mean(h, k)``, the mean of its token vectors (from token k on), and the bookkeeping they need:
+which values have one value per token (built from token inputs) and which are one vector per
+sequence (``first``, ``mean``, or built from such a value). The emitted module holds the first as
 (batch, tokens, dim) tensors and the second as (batch, dim): combining the two, attending over
 a token read, or reading a token of a value without tokens would compute something other than
 what the engine's rules describe, so each is refused here with a position."""
@@ -8,6 +9,11 @@ what the engine's rules describe, so each is refused here with a position."""
 from __future__ import annotations
 
 from ..errors import Span
+from ..ir.program import Mean
+
+MEAN = "mean"
+_MEAN_USAGE = ("write mean(h) for the mean over every token of h, or mean(h, k) from token k on "
+               "(mean(h, 1): the patch tokens after a class token)")
 
 
 def mark_tokens(low, out: str, operands, span: Span, first: bool = False) -> None:
@@ -19,8 +25,8 @@ def mark_tokens(low, out: str, operands, span: Span, first: bool = False) -> Non
     per_token = [o for o in operands if o in low.tokenwise]
     one = [o for o in operands if o in low.one_token]
     if per_token and one:
-        low.errors.error(f"{one[0]} is one token's vector (read by first), but {per_token[0]} "
-                         "has one value per token: they cannot be combined", span,
+        low.errors.error(f"{one[0]} is one vector per sequence (read by first or mean), but "
+                         f"{per_token[0]} has one value per token: they cannot be combined", span,
                          "compute everything per token first, then read the token with "
                          "first(h) just before the layers that use it alone (a pooler, a "
                          "readout)")
@@ -30,15 +36,18 @@ def mark_tokens(low, out: str, operands, span: Span, first: bool = False) -> Non
         low.one_token.add(out)
 
 
-def first_readable(low, arg: str, dim: str | None, node) -> bool:
-    """Whether ``first`` may read ``arg`` (of dim ``dim``): a vector of a declared dim with one
-    value per token, computed from the token inputs (not the one-hot ids themselves)."""
+def first_readable(low, arg: str, dim: str | None, node, fn: str = "first") -> bool:
+    """Whether ``first`` (or ``mean``, ``fn``) may read ``arg`` (of dim ``dim``): a vector of a
+    declared dim with one value per token, computed from the token inputs (not the one-hot ids
+    themselves)."""
+    what_fn = ("reads the first token of a sequence" if fn == "first"
+               else "averages the tokens of a sequence")
     problem = None
     if arg not in low.tokenwise:
-        what = ("one token's vector already" if arg in low.one_token
+        what = ("one vector per sequence already" if arg in low.one_token
                 else "built from params and vector inputs alone")
-        low.errors.error(f"first reads the first token of a sequence, but {arg} has no tokens "
-                         f"({what})", node.span, "apply first to a value computed from a "
+        low.errors.error(f"{fn} {what_fn}, but {arg} has no tokens "
+                         f"({what})", node.span, f"apply {fn} to a value computed from a "
                          "`tokens` input, e.g. the last block's output")
         return False
     if dim is None:
@@ -48,8 +57,41 @@ def first_readable(low, arg: str, dim: str | None, node) -> bool:
     elif arg in {i.name for i in low.inputs}:
         problem = f"the input {arg} (one-hot ids)"
     if problem is not None:
-        low.errors.error(f"first reads a vector of a declared dim at the first token, not "
+        where = " at the first token" if fn == "first" else " over its tokens"
+        low.errors.error(f"{fn} reads a vector of a declared dim{where}, not "
                          f"{problem}", node.span,
-                         "apply first to a vector, e.g. the last block's output")
+                         f"apply {fn} to a vector, e.g. the last block's output")
         return False
     return True
+
+
+def mean_start(low, node) -> int | None:
+    """The token ``mean(h, k)`` starts at (0 for ``mean(h)``), or None (reported)."""
+    if len(node.args) not in (1, 2):
+        low.errors.error(f"mean takes 1 or 2 arguments, got {len(node.args)}", node.span,
+                         _MEAN_USAGE)
+        return None
+    if len(node.args) == 1:
+        return 0
+    k = node.args[1]
+    if type(k).__name__ != "Num" or k.value.denominator != 1 or k.value < 0:
+        low.errors.error("the second argument of mean must be a token index, a whole number "
+                         ">= 0", k.span, _MEAN_USAGE)
+        return None
+    return int(k.value)
+
+
+def lower_mean(low, node, args: list, start: int, vec: type):
+    """The Mean instruction of a ``mean`` call, or None (errors reported): like ``first``, it
+    reads a vector of a declared dim with one value per token and gives one per sequence."""
+    (h,) = args
+    if h is None:
+        return None
+    if not isinstance(h, vec):
+        low.errors.error("mean needs a vector per token", node.span, _MEAN_USAGE)
+        return None
+    arg = low.name_of(h, node.span)
+    if not first_readable(low, arg, h.dim, node, MEAN):
+        return None
+    out = low.emit(Mean(low.fresh(low.target), arg, start, node.span), h.dim)
+    return low.vec(out, h.dim)

@@ -49,6 +49,7 @@ from ..ir.program import (
     Dot,
     LinComb,
     MatMul,
+    Mean,
     Mix,
     Nonlin,
     Prepend,
@@ -585,6 +586,11 @@ def _prepend(ev: _Limit, ins: Prepend) -> tuple[Value, str]:
                   "the kernel is computed for dense programs", ins.span)
 
 
+def _mean(ev: _Limit, ins: Mean) -> tuple[Value, str]:
+    raise _Refuse("mean (a mean over a sequence's tokens) has no NNGP rule here",
+                  "the kernel is computed for dense programs", ins.span)
+
+
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
     # the IR holds one generic repetition; its kernel depends on every repetition before it
     raise _Refuse(f"block {ins.block} has no NNGP rule here: the kernel of a repeated block "
@@ -596,7 +602,7 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
     MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
-    Route: _route, Prepend: _prepend,
+    Route: _route, Prepend: _prepend, Mean: _mean,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 

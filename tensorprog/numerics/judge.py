@@ -266,8 +266,8 @@ class CheckResult:
     saturated: list[tuple[str, int, int, float]] = field(default_factory=list)
     # program vector -> the name a person knows it by (a traced model's module path)
     names: dict[str, str] = field(default_factory=dict)
-    # failing vector -> its verdict, where the failure is diagnosed as finite-width drift (a
-    # traced model's router: fromtorch/check.py's _drift); it still fails
+    # vector -> its verdict, where a change that the total's slope would fail passes by its
+    # parts: finite-width drift (a traced model's router: fromtorch/check.py's _drift)
     drift: dict[str, str] = field(default_factory=dict)
 
     def where(self, name: str) -> str:
@@ -352,6 +352,11 @@ class CheckResult:
                  f"{len(self.seeds)} seed(s), "
                  f"{self.steps} steps, against {ref} (±{self.tolerance:g})",
                  f"  {self._verdict()}"]
+        # vectors that passed by their parts at every step their total change's slope failed
+        names = [self.where(n) for n in self.drift if n not in self.failures]
+        if names:
+            lines.append(f"  passed by their parts (finite-width drift): {', '.join(names[:4])}"
+                         + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
         detail = _failure_lines(self)
         if self.diverged:  # every vector then fails; the runs say why
             detail = detail[:len(self.diverged)]

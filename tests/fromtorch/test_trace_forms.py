@@ -342,10 +342,13 @@ def test_qk_norm_is_a_norm_per_head_with_a_gain_the_heads_share():
 
 class MaskBuffer(nn.Module):
     """OpenAI GPT's attention: a 0/1 float buffer of ones on and below the diagonal multiplied
-    into the logits, then ``-1e4 * (1 - b)`` added (``sdpa``: sdpa's causal flag instead)."""
+    into the logits, then ``-1e4 * (1 - b)`` added (``sdpa``: sdpa's causal flag instead;
+    ``floor``: XGLM's, the mask added as 0 or the lowest float, then the logits floored there
+    with ``torch.max``)."""
 
-    def __init__(self, n, sdpa=False):
+    def __init__(self, n, sdpa=False, floor=False):
         super().__init__()
+        self.floor = floor
         self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, n)
         self.out, self.sdpa = nn.Linear(n, 13), sdpa
         self.register_buffer("bias", torch.ones(16, 16).tril().view(1, 1, 16, 16),
@@ -360,7 +363,10 @@ class MaskBuffer(nn.Module):
         else:
             w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
             m = self.bias[:, :, :t, :t]
-            y = (w * m + -1e4 * (1 - m)).softmax(-1) @ v
+            low = torch.finfo(w.dtype).min
+            if self.floor:
+                w = torch.max(w + (1 - m) * low, torch.full((), low, device=w.device))
+            y = (w if self.floor else w * m + -1e4 * (1 - m)).softmax(-1) @ v
         return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, c)))
 
 
@@ -374,3 +380,10 @@ def test_a_causal_mask_multiplied_in_from_a_buffer_traces_as_sdpas():
     assert ours["model_a"] == theirs["model_a"] == Fraction(1, 2)
     assert derive(traced.program, "adam").abc["attn_div"].a == 1
     _bit_identical_at_base(traced, MaskBuffer)
+
+
+def test_logits_floored_at_the_lowest_float_are_the_logits():
+    traced = _trace(lambda n: MaskBuffer(n, floor=True))
+    assert "mix(causal_softmax(" in traced.source
+    sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)

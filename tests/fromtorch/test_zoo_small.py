@@ -87,6 +87,28 @@ def test_zoo_plumbing_of_the_other_mappings(zoo):
 
     ids, mask, target = zoo.example_inputs(seq2seq)(Seq2Seq())
     assert mask is None and ids.shape == target.shape == (2, zoo.SEQ)
+    # the target ids vary even in the trace (ids of one value given as an input are one row
+    # of their table: EncoderDecoderModel's decoder, whose table is its own, lost its tokens)
+    assert len(set(target.flatten().tolist())) > 1
+
+
+def test_zoo_config_plumbing_of_families_that_crashed_or_were_refused(zoo):
+    import transformers as t
+
+    # EncoderDecoderModel's decoder reads the encoder (before: a decoder alone, the encoder
+    # unused, and apply's KeyError on its attention scale)
+    kw = zoo.config_kwargs(t.EncoderDecoderConfig, 64, "heads", zoo.MAPPINGS["seq2seq"])
+    assert kw["decoder"].is_decoder and kw["decoder"].add_cross_attention
+    assert not kw["encoder"].is_decoder and not kw["encoder"].add_cross_attention
+    # HunYuan-MoE's default of one expert is a placeholder: the zoo's 4 (ZAYA's 1 per token
+    # stays the config's own)
+    kw = zoo.config_kwargs(t.HunYuanMoEV1Config, 64, "heads")
+    assert (kw["num_experts"], kw["moe_topk"]) == (4, 1)
+    # ESM needs a pad id (its positions count the tokens that are not padding)
+    assert zoo.config_kwargs(t.EsmConfig, 64, "heads", zoo.MAPPINGS["masked"])[
+        "pad_token_id"] == 1
+    # LFM2's MLP at intermediate_size (4n), not rounded up to a multiple of 256
+    assert zoo.config_kwargs(t.Lfm2Config, 64, "heads")["block_auto_adjust_ff_dim"] is False
 
 
 class Tiny(nn.Module):
@@ -152,3 +174,18 @@ def test_a_width_dim_the_config_fixes_is_named_at_trace_time():
     MuP(traced, "adam")
     # a dim that grows with the width is no bottleneck: the same model at 2n has no note
     assert from_torch(Tiny, (32, 64), _tokens).notes == []
+
+
+def test_zoo_totals_count_the_families_that_pass_by_the_split(zoo):
+    # a pass whose router logits passed by their parts (finite-width drift) is a pass, counted
+    # apart in the totals line and named in its row
+    def row(family, status, drift=()):
+        detail = f"passed by the split: {', '.join(drift)}" if drift else ""
+        return {s: {"family": family, "scaling": s, "status": status, "detail": detail,
+                    "drift": list(drift), "time": 1, "sp": "fails"} for s in zoo.SCALINGS}
+
+    results = {"a": row("a", "pass", ["gate"]), "b": row("b", "pass"), "c": row("c", "fail")}
+    text = "\n".join(zoo._section(zoo.MAPPINGS["causal"], results))
+    assert "Totals: 2 pass (1 by the split of a vector's change: finite-width drift), 1 fail" \
+        in text
+    assert "| a | pass | fails | 1 | passed by the split: gate |" in text

@@ -1,0 +1,91 @@
+"""Pooling a sequence's tokens into one vector per sequence: ``h.mean(1)`` (I-JEPA's head) and
+``h[:, k:].mean(1)`` (BEiT's and data2vec-vision's pooler, DINOv2's and CLIP's mean of the patch
+tokens after the class token), traced as the language's ``mean(h)`` and ``mean(h, k)``.
+
+A slice of the tokens ``h[:, k:]`` is held as :class:`TokensFrom`, which only a mean over the
+token axis reads: any other use refuses (its value is no per-token vector of the program, whose
+sequences keep all their tokens). The mean's rules are the language's (``Mean``: a mean of
+finitely many tokens is as large as one, and sends each its share of the gradient), so a layer
+after it is what its dims make it, as after ``first(h)``.
+"""
+
+from __future__ import annotations
+
+from .values import Affine, Pointwise, PRef, TokensFrom, Vec
+from .where import refuse
+
+_HELP = ("pool the (batch, tokens, features) output of the per-token layers with h.mean(1), or "
+         "h[:, k:].mean(1) for the tokens from k on (the patches after a class token)")
+
+
+def _per_token(tags) -> bool:
+    return tuple(tags or ()) == ("tok", "tok", "F")
+
+
+class PoolOps:
+    """``h[:, k:]`` as a slice of the tokens, then ``mean(1)`` of it or of ``h`` itself."""
+
+    def token_slice(self, node, v: Vec, start, end, step) -> TokensFrom:
+        """``h[:, start:end:step]`` of a (batch, tokens, features) vector: held for a mean when
+        it keeps every token from ``start`` to the last, one by one."""
+        size = int(self._shape(node.args[0])[1])
+        lo = 0 if start is None else (start + size if start < 0 else start)
+        last = end is None or end >= size
+        if step != 1 or not last or not 0 <= lo < size:
+            raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
+                         "other than the tokens from one on to the last, h[:, k:], which a mean "
+                         "over the tokens reads (the language reads the first token, first(h), "
+                         "every token, or their mean from a token on, mean(h, k))", help=_HELP)
+        return TokensFrom(v, lo)
+
+    def token_mean(self, node, x, axes: list[int], keepdim: bool) -> Vec | None:
+        """``mean(1)`` of a per-token vector or of its tokens from k on, as ``mean(h)`` or
+        ``mean(h, k)``; None if ``x`` is neither (its refusal is the caller's)."""
+        if isinstance(x, TokensFrom):
+            v, start = x.vec, x.start
+        elif isinstance(x, (Vec, Affine, Pointwise)):
+            v, start = x, 0
+            if not _per_token(self._tags(x, node)):
+                return None
+        else:
+            return None
+        if axes != [1] or keepdim:
+            raise refuse(node, f"a mean of a (batch, tokens, features) vector over axes {axes}"
+                         f"{' keeping them' if keepdim else ''}: the language averages the "
+                         "tokens, axis 1, into one vector per sequence", help=_HELP)
+        h = self.vec(v, node)
+        args = h.name if start == 0 else f"{h.name}, {start}"
+        return Vec(self.emit_vector(node.name, f"mean({args})"), ("tok", "F"), h.dim)
+
+    def refuse_pooled_cat(self, node, tensors, dim) -> None:
+        """Refuses, by name, a concatenation of vectors per sequence along their features
+        (DINOv2's head: ``cat([h[:, 0], h[:, 1:].mean(1)], -1)`` into one linear layer); returns
+        if ``tensors`` are not such vectors. ``W @ cat(a, b)`` is ``W[:, :n] @ a + W[:, n:] @ b``,
+        a sum of two linear layers on column blocks of one weight; the program could say that,
+        but the tracer keeps a param whole or splits it by rows (a fused layer's outputs), so
+        apply could not give the two blocks their own init and LR."""
+        tags = [getattr(t, "tags", None) for t in tensors]
+        if len(tensors) > 1 and all(tuple(t or ()) == ("tok", "F") for t in tags) \
+                and dim in (-1, 1):
+            raise refuse(node, "a concatenation of vectors per sequence along their features "
+                         "(DINOv2's head, cat([h[:, 0], h[:, 1:].mean(1)], -1), into one "
+                         "linear layer): the language has no concatenation, and the sum of "
+                         "linear layers it equals, W[:, :n] @ a + W[:, n:] @ b, needs column "
+                         "blocks of one weight, which the tracer does not split",
+                         help="write the head as a sum of linear layers, one per part "
+                         "(head_a(cls) + head_b(mean)), or read one vector (the class token "
+                         "or the mean)")
+
+    def op_repeat(self, node, v, *sizes):
+        """Refuses ``repeat``, naming SigLIP's attention-pooling probe (a learned query token
+        repeated over the batch, then attention from it to every token): what it needs is a
+        query sequence of one learned token, which the language has no form for."""
+        if isinstance(v, PRef) and len(v.shape) == 3 and v.shape[:2] == (1, 1):
+            name = v.target.removeprefix("m.")
+            raise refuse(node, f"a learned token ({name}) repeated over the batch as the query "
+                         "of attention to every token (SigLIP's attention-pooling probe): "
+                         "the language's attention reads its queries from a sequence's tokens, "
+                         "and has no query sequence of one learned token",
+                         help="pool with the class token or the mean of the tokens (h.mean(1)), "
+                         "or trace the model without this head")
+        raise refuse(node, "the op repeat")
