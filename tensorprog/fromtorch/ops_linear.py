@@ -44,8 +44,12 @@ class LinearOps:
             # other ids looked up in the token ids' table are token ids too, whatever values
             # the example gives (an encoder-decoder's decoder_input_ids, zeros): a token input
             return self.ids_lookup(node, w, idx)
-        elif isinstance(idx, Conc) and idx.probe is not None:
+        elif isinstance(idx, Conc) and idx.probe is not None and not _same(idx.probe,
+                                                                           idx.value):
             return self._ids_made_lookup(node, w, idx)
+        # ids the forward computes from the token ids but that come out the same from the probe
+        # ids (RoBERTa's positions: a cumsum of the non-padding mask, padding being absent from
+        # both) are read by their values below, as ids computed from nothing
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
             looked = self.frozen_lookup(w, idx.value)  # a table that never trains: ops_tables
             if looked is not None:
@@ -183,3 +187,11 @@ class LinearOps:
 
     op_mm = op_matmul
     op_bmm = op_matmul
+
+
+def _same(a, b) -> bool:
+    """Whether two computed ids are the same tensor of values."""
+    import torch
+
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+        and torch.equal(a, b)

@@ -27,11 +27,12 @@ def _bit_identical_at_base(traced, build):
 class Positions(nn.Module):
     """Token and position embeddings, one MLP, a readout; the position ids from a buffer
     (``form`` "buffer": BERT's ``position_ids[:, :T]``; "offset": plus 2, BART's), or from
-    ``torch.arange`` ("plain", the oracle)."""
+    ``torch.arange`` ("plain", the oracle); "ids": computed from the token ids as RoBERTa's,
+    the non-padding mask's cumsum past the padding id 1 (positions 2.., where no id is 1)."""
 
     def __init__(self, n, form="buffer"):
         super().__init__()
-        self.form, self.offset = form, 2 if form == "offset" else 0
+        self.form, self.offset = form, 2 if form in ("offset", "ids") else 0
         self.e, self.p = nn.Embedding(13, n), nn.Embedding(16 + self.offset, n)
         self.register_buffer("position_ids", torch.arange(16).expand((1, -1)), persistent=False)
         self.up, self.down, self.out = nn.Linear(n, 2 * n), nn.Linear(2 * n, n), nn.Linear(n, 13)
@@ -39,11 +40,15 @@ class Positions(nn.Module):
     def forward(self, idx):
         t = idx.shape[1]
         pos = torch.arange(t) if self.form == "plain" else self.position_ids[:, :t]
+        if self.form == "ids":
+            mask = idx.ne(1).int()
+            x = self.e(idx) + self.p(torch.cumsum(mask, dim=1) * mask + 1)
+            return self.out(x + self.down(torch.relu(self.up(x))))
         x = self.e(idx) + self.p(pos + self.offset)
         return self.out(x + self.down(torch.relu(self.up(x))))
 
 
-@pytest.mark.parametrize("form", ["buffer", "offset"])
+@pytest.mark.parametrize("form", ["buffer", "offset", "ids"])
 def test_position_ids_from_a_buffer_are_positions(form):
     traced = from_torch(lambda n: Positions(n, form), WIDTHS, _tokens)
     assert "p_weight @ pos" in traced.source
