@@ -90,6 +90,7 @@ def test_apply_and_param_groups(nano):
     assert logits.shape == (1, 8, 64)
 
 
+@pytest.mark.slow  # about 20 s; the default run checks HF Llama's (test_zoo_small.py)
 def test_coordinate_check_of_the_users_model(nano):
     # widths 128..512, 2 seeds, 3 Adam steps; the emitted module of the same program drifts by
     # up to 0.25 at these widths too, hence the tolerance. SP misses by 0.8 to 1.5.
