@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -19,6 +20,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(1)
+
+# a suite started in the background of a non-interactive shell (`.ci/run &`) inherits SIGINT
+# ignored, and so would every process the Ctrl-C tests start (an ignored signal survives exec),
+# which then cannot be interrupted as a terminal's Ctrl-C would: catch it here as Python does
+# by default, so that the processes started get the default action, as from a terminal
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
