@@ -144,6 +144,7 @@ def test_apply_scales_each_experts_slice_and_the_3d_params_lr(handwritten):
     assert lrs["moe.router.weight"] == pytest.approx(1 / 4)
 
 
+@pytest.mark.slow  # about 10 s; the default run checks NormedMoELM's router by its parts (below)
 def test_the_coordinate_check_passes_mup_and_fails_sp(handwritten):
     # widths 64..256, 2 seeds, 3 Adam steps at the check's lr, ±0.25 as for HF models; the
     # experts' own values are not read (the model computes expert e only for its tokens), the
