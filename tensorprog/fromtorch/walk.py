@@ -519,6 +519,11 @@ class Walker:
                 return Tok(("tok",) * len(self._shape(node)))
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
+            # ids given as an input, viewed to their own shape (MVP's decoder_input_ids.view(-1,
+            # T)): still that input, which a lookup reads as ids (not a constant of its values)
+            if op in _VIEW_OPS and isinstance(args[0], Given) and \
+                    self._shape(node) == self._shape(node.args[0]):
+                return args[0]
             return self.concrete(node, args, kwargs)
         if op in CHECK_OPS:
             return None

@@ -32,7 +32,7 @@ class Encoder(nn.Module):
 
     def __init__(self, n, attn="sdpa", types=False):
         super().__init__()
-        self.attn = attn
+        self.attn, self.types = attn, types
         self.e, self.p = nn.Embedding(16, n), nn.Embedding(T, n)
         self.tt = nn.Embedding(2, n) if types else None
         self.qkv, self.o = nn.Linear(n, 3 * n), nn.Linear(n, n)
@@ -43,8 +43,9 @@ class Encoder(nn.Module):
     def forward(self, idx, attention_mask=None, token_type_ids=None):
         b, t = idx.shape
         x = self.e(idx) + self.p(torch.arange(t, device=idx.device))
-        if token_type_ids is not None:
-            x = x + self.tt(token_type_ids)
+        if token_type_ids is not None:  # "view": viewed to its own shape first (MVP's ids)
+            ids = token_type_ids.view(-1, t) if self.types == "view" else token_type_ids
+            x = x + self.tt(ids)
         q, k, v = (z.view(b, t, 4, -1).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
         keep = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         if self.attn == "sdpa":
@@ -102,6 +103,12 @@ def test_keyword_and_none_inputs(encoder):
                      lambda m: {"idx": _tokens(m)[0], "token_type_ids": segments})
     assert "input token_type_ids : tokens[T, V_token_type_ids]" in seg.source
     assert "tt_weight @ token_type_ids" in seg.source
+    # viewed to their own shape first (MVP's decoder_input_ids.view(-1, T)), still that input:
+    # before, the view made them a constant of their values, and a lookup of it was refused (or,
+    # of ids of one value, read as one constant row)
+    viewed = from_torch(lambda n: Encoder(n, types="view"), WIDTHS,
+                        lambda m: {"idx": _tokens(m)[0], "token_type_ids": segments})
+    assert viewed.source == seg.source
     for optimizer in ("adam", "sgd"):
         abc = abc_by_target(seg, optimizer)
         assert abc["tt.weight"] == abc["e.weight"], optimizer
