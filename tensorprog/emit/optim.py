@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from ..engine.optimizers import Optimizer
-from ..engine.rules import fan_dims, param_shape
+from ..engine.terms import fan_dims, param_shape
 from ..ir.program import Program
 from .literals import quoted
 

@@ -9,7 +9,7 @@ import math
 from collections.abc import Collection, Sequence
 from fractions import Fraction
 
-from ..engine.rules import fan_dims
+from ..engine.terms import fan_dims
 from ..errors import CodegenError
 from ..ir.program import BUILT_KINDS, MatMul, Param, Program
 from .literals import finite_float, quoted

@@ -15,7 +15,7 @@ from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
 from .report import depth_note, program_depth_json, table
-from .rules import Term, role
+from .terms import Term, role
 
 
 @dataclass

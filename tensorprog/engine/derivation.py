@@ -24,7 +24,7 @@ from .report import (
     shape_text,
     table,
 )
-from .rules import Term, fan_dims, role
+from .terms import Term, fan_dims, role
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from .derivation import Bound, DepthDerivation, Derivation, Equation
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
-from .rules import CHANGE, INIT, Term, fan_in_infinite
+from .rules import CHANGE, INIT
+from .terms import Term, fan_in_infinite
 
 
 def _table3(program: Program, param: str, size: Exp) -> tuple[tuple[int, int, int], Exp, str]:

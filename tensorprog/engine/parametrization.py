@@ -27,7 +27,7 @@ from .derive import derive
 from .exponents import ABC, HALF, NEG_INF, ZERO, Exp, power
 from .optimizers import Optimizer
 from .propagate import used_params
-from .rules import fan_in_infinite
+from .terms import fan_in_infinite
 
 
 def _standard_scale(program: Program, scale: str) -> ABC:
@@ -73,7 +73,7 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
               readout: bool = False) -> dict[str, ABC]:
     """``abc`` with the named params (and, with ``readout``, every output weight) initialised to
     zero (b = oo); the learning rates and multipliers stay as they are."""
-    from .rules import role
+    from .terms import role
 
     known = {p.name for p in program.params if not p.is_scale}
     unknown = [n for n in names if n not in known]

@@ -27,7 +27,8 @@ from ..ir.functions import FUNCTIONS, MUL
 from ..ir.program import LinComb, MatMul, Nonlin, Program, Stream
 from .exponents import ABC, INF, NEG_INF, ZERO, Exp, add, emax, emin, gt
 from .optimizers import Optimizer, ParamShape
-from .rules import CHANGE, GRAD, INIT, Mono, Term, fan_dims, over_depth, param_shape
+from .rules import CHANGE, GRAD, INIT, over_depth
+from .terms import Mono, Term, fan_dims, param_shape
 
 #: Rounds of a pass over the program after which a back edge that still grows is taken as unbounded.
 #: The passes are monotone (sizes only grow from -oo), so they settle unless a repetition feeds its

@@ -14,9 +14,10 @@ from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP
 from .convert import convert
+from .inputs import forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_rows
-from .trace import built, export, forward_names, given_inputs, token_feed, token_index
+from .trace import built, export
 from .values import SHIFTED_IDS
 from .where import module_of, strip_prefix
 
@@ -460,7 +461,7 @@ def _unreached(result, mup: MuP) -> None:
 def _feed(traced, x, g) -> tuple[tuple, dict]:
     """The forward's inputs for token ids ``x``: ``x`` alone, or where the program reads
     another token input (an encoder-decoder's decoder ids) the example inputs' form with random
-    ids of each (trace.token_feed)."""
+    ids of each (inputs.token_feed)."""
     import torch
 
     program = traced.program

@@ -36,7 +36,7 @@ from pathlib import Path
 from ..emit.load import load_module
 from ..emit.module import Emitted
 from ..engine.optimizers import Optimizer
-from ..engine.rules import role
+from ..engine.terms import role
 from ..errors import UsageError
 from ..ir.program import Program
 from ..ir.sizes import check_training, training_flops

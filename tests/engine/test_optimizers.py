@@ -22,7 +22,7 @@ from tensorprog.engine.derive import derive  # noqa: E402
 from tensorprog.engine.exponents import canon  # noqa: E402
 from tensorprog.engine.optimizers import OPTIMIZERS, muon  # noqa: E402
 from tensorprog.engine.parametrization import choose  # noqa: E402
-from tensorprog.engine.rules import fan_dims  # noqa: E402
+from tensorprog.engine.terms import fan_dims  # noqa: E402
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 DEEP_MLP = (
