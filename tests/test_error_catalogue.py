@@ -1256,6 +1256,19 @@ class MoE(nn.Module):
 dense = lambda n: MoE(n, "dense")
 other = lambda n: MoE(n, "other")
 onehot = lambda n: MoE(n, "onehot")
+
+
+class Dense(MoE):  # Llama 4's router: the sigmoid of the top-k logits scattered, -inf elsewhere
+    def forward(self, tok):
+        x = self.emb(tok).reshape(-1, self.w.shape[-1])
+        logits = self.router(x)
+        top, ids = torch.topk(logits, 2, -1)
+        gates = torch.full_like(logits, float("-inf")).scatter_(1, ids, top).sigmoid()
+        y = torch.einsum("te,ten->tn", gates, torch.einsum("tm,enm->ten", x, self.w))
+        return self.head(y).reshape(tok.shape[0], tok.shape[1], 8)
+
+
+scattered = lambda n: Dense(n, "scattered")
 """
 
 
@@ -1270,6 +1283,9 @@ onehot = lambda n: MoE(n, "onehot")
     ("onehot", r"m.py:19:\d+: error: cannot trace a one-hot of the selected experts' ids"
                r"(.|\n)*JetMoE's(.|\n)*help: build the model with transformers' "
                r"experts_implementation grouped_mm"),
+    # before: "the op full_like", the router unsaid
+    ("scattered", r"m.py:39:\d+: error: cannot trace a dense table of a router's gates over "
+                  r"every expert(.|\n)*Llama 4's(.|\n)*help: the tracer follows a top-k router"),
 ])
 def test_trace_refuses_moe_forms_it_does_not_follow(capsys, tmp_path, function, message):
     (tmp_path / "m.py").write_text(MOE_MODEL)
