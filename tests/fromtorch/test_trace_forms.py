@@ -411,3 +411,22 @@ def test_a_weight_a_legacy_constructor_left_on_the_cpu_traces_as_on_the_meta_dev
     legacy = _trace(LegacyWeight)
     assert legacy.source == _trace(lambda n: LegacyWeight(n, legacy=False)).source
     assert _bit_identical_at_base(legacy, LegacyWeight)
+
+
+class Padded(nn.Module):
+    """``F.pad`` of the embeddings by ``pad`` (Swin's maybe_pad: by 0 where its windows tile
+    the grid); ``pad=None``: no pad, the oracle."""
+
+    def __init__(self, n, pad=(0, 0, 0, 0)):
+        super().__init__()
+        self.e, self.out, self.pad = nn.Embedding(16, n), nn.Linear(n, 16), pad
+
+    def forward(self, idx):
+        x = self.e(idx)
+        return self.out(x if self.pad is None else F.pad(x, self.pad))
+
+
+def test_a_pad_by_nothing_is_the_value_and_any_other_pad_is_refused():
+    assert _trace(Padded).source == _trace(lambda n: Padded(n, pad=None)).source
+    with pytest.raises(TensorProgError, match="cannot trace the op pad"):
+        _trace(lambda n: Padded(n, pad=(0, 0, 1, 0)))
