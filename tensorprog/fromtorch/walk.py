@@ -505,7 +505,10 @@ class Walker:
         ]
         symbolic = [x for x in flat if isinstance(x, SYMBOLIC)]
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
-            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS and isinstance(args[0], Tok):
+            # (transposed too: XLNet's seq-first ids, input_ids.transpose(0, 1), whose every
+            # entry is still a token id, looked up entry by entry)
+            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS | {"transpose", "permute", "t"} \
+                    and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
             # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
             # not a constant computed from the zeros the trace puts in their place
