@@ -203,18 +203,17 @@ class MuP:
             # a width constant on a vector of a param with other uses (a table the encoder's
             # and decoder's lookups and a tied head read): a patch on the module whose one call
             # returns that vector (or its product) alone scales no other use of the param
-            module = self._sole_module(scale, info, use, made)
+            module = self._sole_module(scale, info, use)
             self.own_patch.add(info["q"])
             return Patch(module, made, exponent, None, why, None, factor)
         return Patch(use.module, use.node, exponent,
                      use.rows and (*use.rows, use.groups, use.group_rows), why,
                      w if self.stack and w in self.stack.layers else None, factor)
 
-    def _sole_module(self, scale: str, info: dict, use: ParamUse, made: str) -> str:
+    def _sole_module(self, scale: str, info: dict, use: ParamUse) -> str:
         """The module whose one call returns the vector a width constant multiplies (or the
         product) alone (calls.py), or a UsageError."""
-        out = self.traced.vectors.get(info["out"], (None,))[0]
-        module = self.traced.calls.get(made) or self.traced.calls.get(out)
+        module = self.traced.constant_modules.get(scale)
         if module is None:
             raise UsageError(
                 f"{scale}: a constant of the width multiplies {info['q']}, a lookup of "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
-from .calls import sole_outputs
+from .calls import constant_modules
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
@@ -146,9 +146,9 @@ class Traced:
     names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # what the trace found that makes µP degenerate, for people (also comments in ``source``)
     notes: list[str] = dataclasses.field(default_factory=list)
-    # graph node (of the base width's graph) -> the module whose one call returns it alone,
-    # where a forward patch scales that vector and no other (calls.py)
-    calls: dict[str, str] = dataclasses.field(default_factory=dict)
+    # width constant -> the module whose one call returns the vector it multiplies (or the
+    # product) alone, where a forward patch scales that vector and no other (calls.py)
+    constant_modules: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def program(self):
@@ -314,13 +314,13 @@ def from_torch(
                 {v: module_of(nodes[node]) for v, (node, _) in traces[0].vectors.items()},
                 model,
             )
-            calls = sole_outputs(ep.graph)
+            graph = ep.graph
     try:
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
                           layout if blocks else None)
     except TraceError as err:
         raise _at_build(err, build) from None
-    traced.calls = calls
+    traced.constant_modules = constant_modules(graph, layout[1], traced.scales, traced.vectors)
     return traced
 
 

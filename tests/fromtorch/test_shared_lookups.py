@@ -33,13 +33,17 @@ class ScaledLookup(nn.Embedding):
 
 class EncDec(nn.Module):
     """An encoder (a lookup, a layer) and a decoder (a lookup, cross-attention to the encoder)
-    reading one table, tied to the head. ``inline``: the decoder's lookup is the encoder's
-    module called again, its constant applied in this forward."""
+    reading one table, tied to the head. ``decoder``: "own", a lookup module of its own;
+    "cast", that, its output cast to the table's dtype here (as HF Gemma's: export adds a check
+    of the product's metadata, a second reader of it); "again", the encoder's module called
+    again; "alias", the encoder's module set as the decoder's too (one module under two names,
+    each called once)."""
 
-    def __init__(self, n, inline=False):
+    def __init__(self, n, decoder="own"):
         super().__init__()
-        self.n, self.inline = n, inline
-        self.enc_emb, self.dec_emb = ScaledLookup(n), ScaledLookup(n)
+        self.n, self.decoder = n, decoder
+        self.enc_emb = ScaledLookup(n)
+        self.dec_emb = self.enc_emb if decoder == "alias" else ScaledLookup(n)
         self.enc = nn.Linear(n, n)
         self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
         self.head = nn.Linear(n, VOCAB, bias=False)
@@ -48,7 +52,9 @@ class EncDec(nn.Module):
 
     def forward(self, src, tgt):
         e = F.relu(self.enc(self.enc_emb(src)))
-        d = self.enc_emb(tgt) if self.inline else self.dec_emb(tgt)
+        d = self.enc_emb(tgt) if self.decoder == "again" else self.dec_emb(tgt)
+        if self.decoder == "cast":
+            d = d.to(self.head.weight.dtype)
         b, t, n = d.shape
 
         def heads(z):
@@ -63,15 +69,15 @@ def _inputs(model):
     return torch.randint(VOCAB, (2, S), generator=g), torch.randint(VOCAB, (2, T), generator=g)
 
 
-@pytest.fixture(scope="module")
-def traced():
-    return from_torch(EncDec, WIDTHS, _inputs)
-
-
-def test_each_scaled_lookup_of_a_shared_table_gets_its_multiplier_on_its_own_module(traced):
+@pytest.mark.parametrize("decoder", ["own", "cast"])
+def test_each_scaled_lookup_of_a_shared_table_gets_its_multiplier_on_its_own_module(decoder):
     # before: refused (a width constant on a lookup of a table read elsewhere, not at its
     # first use); the first lookup's patch went on the table's first module whatever it was
-    mup = apply_is_bit_identical_at_base(traced, EncDec, _inputs)
+    def build(n):
+        return EncDec(n, decoder)
+
+    traced = from_torch(build, WIDTHS, _inputs)
+    mup = apply_is_bit_identical_at_base(traced, build, _inputs)
     fixed = {i["q"]: s for s, i in traced.scales.items() if i.get("fixed")}
     assert {p.module for p in mup.patches if p.why.startswith(tuple(fixed.values()))} == {
         "enc_emb", "dec_emb"}
@@ -81,7 +87,7 @@ def test_each_scaled_lookup_of_a_shared_table_gets_its_multiplier_on_its_own_mod
         [WIDTHS[0] ** 0.5] * 2)
     assert [traced.scales[s]["model_a"] for s in fixed.values()] == [-0.5, -0.5]
     torch.manual_seed(0)
-    model = EncDec(2 * WIDTHS[0])
+    model = build(2 * WIDTHS[0])
     mup.apply(model)
     src, tgt = _inputs(model)
     table = model.head.weight.detach()
@@ -101,10 +107,13 @@ def test_each_scaled_lookup_of_a_shared_table_gets_its_multiplier_on_its_own_mod
         torch.testing.assert_close(model.dec_emb(tgt), table[tgt] * (2 * WIDTHS[0]) ** 0.5)
 
 
-def test_a_width_constant_on_a_lookup_module_called_twice_is_refused():
-    # the encoder's module called again for the decoder's ids: a patch on it would scale both
-    # lookups (and the first lookup's patch went there unchecked before)
-    traced = from_torch(lambda n: EncDec(n, inline=True), WIDTHS, _inputs)
-    with pytest.raises(UsageError, match=r"(?s)no module returns that lookup alone.*its module "
-                       r"is called twice.*help: look the table up in a module of its own"):
+@pytest.mark.parametrize("decoder", ["again", "alias"])
+def test_a_width_constant_on_a_lookup_module_called_twice_is_refused(decoder):
+    # one module makes both lookups (called twice, or once under each of two names): a patch on
+    # it would scale both (and the first lookup's patch went there unchecked before)
+    traced = from_torch(lambda n: EncDec(n, decoder), WIDTHS, _inputs)
+    with pytest.raises(UsageError, match=r"(?s)the width constant on embedding: .*no module "
+                       r"returns that lookup alone.*its module is called twice.*"
+                       r"return super\(\).forward\(ids\) \* self.scale.*"
+                       r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
