@@ -2072,9 +2072,9 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
             return self.head(a) + self.head2(b)
 
     traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
-    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies embedding, a "
-                       r"lookup of emb.weight, which the model also reads elsewhere.*no module "
-                       r"returns that lookup alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
+    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies embedding, made "
+                       r"by emb.weight, which the model also reads elsewhere.*no module "
+                       r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
 

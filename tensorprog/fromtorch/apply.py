@@ -216,9 +216,9 @@ class MuP:
         module = self.traced.constant_modules.get(scale)
         if module is None:
             raise UsageError(
-                f"{scale}: a constant of the width multiplies {info['q']}, a lookup of "
+                f"{scale}: a constant of the width multiplies {info['q']}, made by "
                 f"{use.target}, which the model also reads elsewhere (another lookup, a tied "
-                "head), and no module returns that lookup alone (it is written in a forward "
+                "head), and no module returns that vector alone (it is written in a forward "
                 "that returns more, or its module is called twice): apply cannot put the "
                 "width factor on it alone", info.get("span"),
                 help="look the table up in a module of its own that applies the constant (as "

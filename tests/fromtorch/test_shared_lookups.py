@@ -113,7 +113,7 @@ def test_a_width_constant_on_a_lookup_module_called_twice_is_refused(decoder):
     # it would scale both (and the first lookup's patch went there unchecked before)
     traced = from_torch(lambda n: EncDec(n, decoder), WIDTHS, _inputs)
     with pytest.raises(UsageError, match=r"(?s)the width constant on embedding: .*no module "
-                       r"returns that lookup alone.*its module is called twice.*"
+                       r"returns that vector alone.*its module is called twice.*"
                        r"return super\(\).forward\(ids\) \* self.scale.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
