@@ -2104,10 +2104,12 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         MuP(traced, "adam")
 
 
-def test_mup_refuses_a_width_constant_on_a_second_lookup_of_a_shared_table():
+def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
     # before: its forward patch went on the table's first lookup, so an encoder-decoder's
     # decoder embedding times sqrt(d_model) (PLBart's) got the factor on the encoder's lookup
-    # (its check failed at +1.0 and +0.5); now refused, saying what to build instead
+    # (its check failed at +1.0 and +0.5). A lookup module that applies the constant itself
+    # now takes the patch (tests/fromtorch/test_shared_lookups.py); a constant applied in the
+    # parent's forward to a module called twice is still refused, saying what to build instead
     import torch
     from torch import nn
 
@@ -2126,9 +2128,10 @@ def test_mup_refuses_a_width_constant_on_a_second_lookup_of_a_shared_table():
             return self.head(a) + self.head2(b)
 
     traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
-    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies a lookup of "
-                       r"emb.weight, which the model also reads elsewhere.*help: build the "
-                       r"model without the constant"):
+    with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies embedding, made "
+                       r"by emb.weight, which the model also reads elsewhere.*no module "
+                       r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
+                       r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
 
 

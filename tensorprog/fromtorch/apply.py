@@ -100,6 +100,7 @@ class MuP:
         self.folded: list[str] = []
         self.const_fold: dict[str, Fraction] = {}  # param -> multiplier folded into it
         self.patches: list[Patch] = []
+        self.own_patch: set[str] = set()  # vectors a width constant's patch scales alone
         for name, info in traced.scales.items():
             delta = self._derived_a(name, info) - info["model_a"]
             if self.depth_exp.get(name):
@@ -199,21 +200,33 @@ class MuP:
                      why: str, factor: float = 1.0) -> Patch:
         """A forward patch on the module that makes the query (its rows of a fused layer)."""
         made = self.traced.vectors.get(info["q"], (use.node,))[0]
-        if info.get("fixed") and made != use.node:
-            # the patch goes on the module of the param's first use: a width constant on
-            # another lookup of a shared table (an encoder-decoder's decoder embedding
-            # times sqrt(d_model), PLBart's) would scale the wrong vector
-            raise UsageError(
-                f"{scale}: a constant of the width multiplies a lookup of "
-                f"{use.target}, which the model also reads elsewhere (another lookup, a "
-                "tied head), and not at its first use: apply cannot move its width factor "
-                "into that lookup alone",
-                help="build the model without the constant (scale_embedding=False), or "
-                "with a table of its own for each lookup",
-            )
+        if info.get("fixed") and use.rows is None and w not in getattr(self.stack, "layers", ()):
+            # a width constant on a vector of a param with other uses (a table the encoder's
+            # and decoder's lookups and a tied head read): a patch on the module whose one call
+            # returns that vector (or its product) alone scales no other use of the param
+            module = self._sole_module(scale, info, use)
+            self.own_patch.add(info["q"])
+            return Patch(module, made, exponent, None, why, None, factor)
         return Patch(use.module, use.node, exponent,
                      use.rows and (*use.rows, use.groups, use.group_rows), why,
                      w if self.stack and w in self.stack.layers else None, factor)
+
+    def _sole_module(self, scale: str, info: dict, use: ParamUse) -> str:
+        """The module whose one call returns the vector a width constant multiplies (or the
+        product) alone (calls.py), or a UsageError."""
+        module = self.traced.constant_modules.get(scale)
+        if module is None:
+            raise UsageError(
+                f"{scale}: a constant of the width multiplies {info['q']}, made by "
+                f"{use.target}, which the model also reads elsewhere (another lookup, a tied "
+                "head), and no module returns that vector alone (it is written in a forward "
+                "that returns more, or its module is called twice): apply cannot put the "
+                "width factor on it alone", info.get("span"),
+                help="look the table up in a module of its own that applies the constant (as "
+                "transformers' ScaledWordEmbedding), or build the model without the constant "
+                "(scale_embedding=False), or with a table of its own for each lookup",
+            )
+        return module
 
     def _tuned_multipliers(self) -> None:
         """A tuned multiplier c (a tune file's value against the program's default) is the
@@ -630,9 +643,11 @@ class MuP:
         r = self.width_of(model) / self.traced.base_width
         scales = [(s, info) for s, info in self.traced.scales.items() if "q" in info]
         # every multiplier folded into one layer scales each vector it makes: the query's
-        # attention scale and a width constant on it (q * dh ** -0.5) add up
+        # attention scale and a width constant on it (q * dh ** -0.5) add up; a width
+        # constant patched on its own vector's module scales that vector alone
         folded: dict[str, Fraction] = {}
-        layer_of = {i["q"]: self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
+        layer_of = {i["q"]: i["q"] if i["q"] in self.own_patch
+                    else self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
         for s, info in scales:
             layer = layer_of[info["q"]]
             folded[layer] = folded.get(layer, Fraction(0)) + self._derived_a(s, info) - info[

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
+from .calls import constant_modules
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
@@ -145,6 +146,9 @@ class Traced:
     names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # what the trace found that makes µP degenerate, for people (also comments in ``source``)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # width constant -> the module whose one call returns the vector it multiplies (or the
+    # product) alone, where a forward patch scales that vector and no other (calls.py)
+    constant_modules: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def program(self):
@@ -315,10 +319,14 @@ def from_torch(
                 {v: module_of(nodes[node]) for v, (node, _) in traces[0].vectors.items()},
                 model,
             )
+            graph = ep.graph
     try:
-        return _combine(traces, (w1, w2), base, build, example_inputs, layout if blocks else None)
+        traced = _combine(traces, (w1, w2), base, build, example_inputs,
+                          layout if blocks else None)
     except TraceError as err:
         raise _at_build(err, build) from None
+    traced.constant_modules = constant_modules(graph, layout[1], traced.scales, traced.vectors)
+    return traced
 
 
 def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dict:
@@ -349,7 +357,9 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             help="apply the constant right after a linear layer or an embedding lookup whose "
             "output nothing else reads, or make it width-independent",
         )
-    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"]}
+    # span: the user's line of the constant, for apply's refusal of a patch it cannot place
+    return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"],
+            "span": where}
 
 
 def _grouping(name: str, u1, u2, widths):

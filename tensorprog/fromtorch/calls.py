@@ -1,0 +1,85 @@
+"""The modules of an exported graph whose forward returns one vector alone: where a forward
+hook on the user's model (a ``Patch``, apply.py) multiplies exactly that vector and nothing
+else, as a width constant on a lookup of a shared table needs.
+
+A hook multiplies every output of every call of its module. It scales exactly one vector of the
+program when the module is called once in the forward and that call returns one node (no other
+node of the call is read outside it): an encoder-decoder's decoder lookup
+(``PLBartScaledWordEmbedding``: its table's lookup times sqrt(d_model), returned), not a table
+looked up inline in its parent's forward, nor a lookup module that the encoder and the decoder
+both call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .where import strip_prefix
+
+
+def sole_outputs(graph, model) -> dict[str, str]:
+    """Graph node -> the user's name of the module (of ``model``, the one exported) whose one
+    call in the forward returns that node alone (the innermost, where nested calls return it)."""
+    members: dict[str, list] = {}  # a call (nn_module_stack's key) -> its nodes, in order
+    module: dict[str, str] = {}  # a call -> its module's name
+    for node in graph.nodes:
+        for key, (name, _) in (node.meta.get("nn_module_stack") or {}).items():
+            members.setdefault(key, []).append(node)
+            module[key] = strip_prefix(name)
+    # a module called twice has one key per call: under one name (``shared`` and
+    # ``shared@1``), or under each name it is reached by (one module set as both the encoder's
+    # and the decoder's embed_tokens), so calls are counted per module object
+    obj = {key: _object(model, name) for key, name in module.items()}
+    calls = Counter(obj.values())
+    out: dict[str, tuple[int, str]] = {}  # node -> (the call's level in its stack, module)
+    for key, nodes in members.items():
+        inside = set(nodes)
+        returned = [n for n in nodes if any(u not in inside for u in _readers(n))]
+        if len(returned) != 1 or obj[key] is None or calls[obj[key]] != 1:
+            continue
+        (node,) = returned
+        # nested calls may return the same node: the innermost names it, as ``module_of``
+        level = list(node.meta["nn_module_stack"]).index(key)
+        if node.name not in out or out[node.name][0] < level:
+            out[node.name] = (level, module[key])
+    return {node: name for node, (_, name) in out.items()}
+
+
+def constant_modules(graph, model, scales: dict, vectors: dict) -> dict[str, str]:
+    """Width constant (a fixed scale of the trace) -> the module whose one call returns alone a
+    node of the straight chain from the vector the constant multiplies to the product (the
+    lookup, the lookup times the constant, its cast), each node of it read by the next only: a
+    patch on that module's output scales the product and nothing else."""
+    sole = sole_outputs(graph, model)
+    nodes = {n.name: n for n in graph.nodes}
+    out: dict[str, str] = {}
+    for scale, info in scales.items():
+        if not info.get("fixed") or info["q"] not in vectors or info["out"] not in vectors:
+            continue
+        node, last = nodes[vectors[info["q"]][0]], nodes[vectors[info["out"]][0]]
+        chain = [node]
+        while node is not last and len(_readers(node)) == 1:
+            (node,) = _readers(node)
+            chain.append(node)
+        if node is last:
+            found = [sole[n.name] for n in chain if n.name in sole]
+            if found:
+                out[scale] = found[0]
+    return out
+
+
+def _readers(node) -> list:
+    """The nodes that read ``node``'s value on: not a check of its metadata that export adds
+    (``_assert_tensor_metadata``, read by nothing: HF Gemma's scaled lookup has one)."""
+    return [u for u in node.users if u.users or u.op == "output"]
+
+
+def _object(model, name: str) -> int | None:
+    """The id of the model's submodule ``name``; None for the model itself (a hook on it would
+    scale the forward's output) or a name it does not have."""
+    if not name:
+        return None
+    try:
+        return id(model.get_submodule(name))
+    except AttributeError:
+        return None
