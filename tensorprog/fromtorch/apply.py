@@ -17,16 +17,14 @@ own init and the LR given, so hyperparameters tuned there transfer.
 from __future__ import annotations
 
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
-from .decay import decay_rule
+from .groups import OptimizerGroups
 from .patches import Patch, groups_of, hook
 from .reinit import rescale
 from .trace import Traced
@@ -54,7 +52,7 @@ class Report:
         }
 
 
-class MuP:
+class MuP(OptimizerGroups):
     """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``.
 
     For a model whose stack of layers was traced as a block repeated over the depth L, the
@@ -489,124 +487,6 @@ class MuP:
                       for i in range(self.depth_of(model))}
         return [name for name, p in model.named_parameters()
                 if name in names and id(p) not in covered]
-
-    def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
-        """Per torch param name: the factor on Adam's base eps at this model's width and depth
-        (empty under SGD; a param without an eps exponent, none of its gradient reaching it, is
-        left out and keeps the base eps)."""
-        return self._per_tensor(model, self.eps_exp, self.eps_exp_L, "Adam eps", base_depth)
-
-    def lr_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
-        """Per torch param name: the factor on the base LR at this model's width and depth."""
-        return self._per_tensor(model, self.lr_exp, self.lr_exp_L, "LRs", base_depth)
-
-    def _per_tensor(self, model, exponents: dict, in_depth: dict, what: str,
-                    base_depth: int | None = None) -> dict[str, float]:
-        """(width/base)^-e (depth/base)^-e_L per torch tensor, for the program params that have
-        an exponent e; the row blocks of one fused tensor must agree, since a tensor has one
-        optimizer group."""
-        r = self.width_of(model) / self.traced.base_width
-        rd = self._depth_ratio(model, base_depth)
-        out: dict[str, float] = {}
-        for name, use, _ in self._uses(model):
-            if name not in exponents:
-                continue
-            m = r ** -float(exponents[name]) * rd ** -float(in_depth.get(name, 0))
-            if use.target in out and not math.isclose(out[use.target], m):
-                raise UsageError(
-                    f"{use.target}: its row blocks need different {what} "
-                    f"({out[use.target]:g} and {m:g})",
-                    help="split the fused layer into separate nn.Linear layers",
-                )
-            out[use.target] = m
-        return out
-
-    def param_groups(
-        self,
-        model,
-        lr: float | None = None,
-        weight_decay: float = 0.0,
-        decay: str | None = None,
-        eps: float = 1e-8,
-        decay_params="matrices",
-        base_depth: int | None = None,
-        **options,
-    ) -> list[dict]:
-        """torch.optim param groups: one per LR multiplier (and, under Adam/AdamW, Adam's eps),
-        ``lr`` times it; ``options`` go to every group. Params outside the program keep ``lr``
-        (and ``eps``), with a warning naming them (none for a param whose result reaches no
-        output: no gradient reaches it, so it does not move).
-
-        Under Adam/AdamW each group's ``eps`` is ``eps`` scaled as its params' gradient entries
-        (derive's eps exponents, the forward multipliers folded): ``eps`` itself at the base
-        width, so that it stays as small against the gradient at every width.
-
-        ``decay`` says what ``weight_decay`` (λ) means, as in an emitted module's param_groups
-        (required when λ is not 0; lr_p is the group's lr): ``"coupled"`` and ``"decoupled"``
-        pass λ as given, for an optimizer that adds λw to the gradient (torch's SGD, Adam) or
-        shrinks w by lr_p·λ a step (torch's AdamW); ``"independent"`` sets the group's
-        weight_decay to λ/lr_p, so that AdamW shrinks every weight by λ a step at every width
-        (the mup package's MuAdamW is this mode with λ = lr·weight_decay).
-
-        ``decay_params`` says which params λ reaches (the rest get weight_decay 0), as in an
-        emitted module: ``"matrices"`` (default) every param of 2 or more dims, weight matrices
-        and embedding tables, not LayerNorm gains or biases (the GPT-2 convention: decay pulls
-        a gain to 0, not to its init 1); ``"all"`` every param; a set of the model's param
-        names (``named_parameters``); or a function ``(name, param) -> bool``.
-
-        For a traced stack, every factor also carries the depth's, (depth/base_depth)^-e_L
-        (``base_depth`` defaults to the MuP's). Without ``lr``, the tuned one (``config``)."""
-        if lr is None:
-            if self.tuned is None:
-                raise UsageError("param_groups needs lr",
-                                 help="give lr=..., or MuP(traced, ..., config=FILE) with the "
-                                      "file `tensorprog tune -o FILE` wrote")
-            lr = self.tuned.lr
-        # as an emitted module's param_groups: a NaN, infinite or negative rate is multiplied
-        # into every group and makes the weights NaN (or climb the loss) at the first step
-        for what, value in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
-            if not 0 <= value < math.inf:
-                raise UsageError(f"{what} must be a finite number >= 0, not {value!r}")
-        if decay is None and weight_decay:
-            raise UsageError(
-                "say what weight_decay means: decay='coupled' (L2 in the gradient), "
-                "'decoupled' (torch AdamW: w shrinks by lr_p * wd a step) or 'independent' "
-                "(w shrinks by wd a step at every width)"
-            )
-        if decay is not None and decay not in DECAY_MODES:
-            raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
-        decayed = decay_rule(model, decay_params)
-        # a param no output reaches gets no gradient: its LR moves nothing (apply names it)
-        unreached = set(self.unreached(model))
-        outside = [name for name in self.uncovered(model) if name not in unreached]
-        if outside:
-            warnings.warn(
-                f"not in the traced program, so they keep lr {lr:g} unchanged at every width: "
-                + ", ".join(outside),
-                stacklevel=2,
-            )
-        mult = self.lr_multipliers(model, base_depth)
-        adam = self.derivation.optimizer.name in ("adam", "adamw")
-        eps_mult = self.eps_multipliers(model, base_depth) if adam else {}
-        # by tensor: a tied one is named once in named_parameters, maybe not as in the program
-        mult = {id(model.get_parameter(k)): m for k, m in mult.items()}
-        eps_mult = {id(model.get_parameter(k)): m for k, m in eps_mult.items()}
-        groups: dict[tuple, list] = {}
-        for name, p in model.named_parameters():
-            # without decay, decayed and undecayed params share a group (one fewer to step)
-            decays = bool(weight_decay) and decayed(name, p)
-            key = (mult.get(id(p), 1.0), eps_mult.get(id(p), 1.0), decays)
-            groups.setdefault(key, []).append(p)
-        out = []
-        for (m, e, decays), ps in sorted(groups.items()):
-            lr_p = lr * m
-            wd = weight_decay / lr_p if decay == "independent" and lr_p else weight_decay
-            wd = wd if decays else 0.0
-            group = {"params": ps, "lr": lr_p, "weight_decay": wd, **options}
-            if adam:
-                group["eps"] = eps * e
-            out.append(group)
-        return out
 
     # -- measuring the model's own vectors -----------------------------------------------------
     def patched(self, model) -> bool:
