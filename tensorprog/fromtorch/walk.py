@@ -15,6 +15,7 @@ from .values import (
     Aux,
     Blank,
     Centered,
+    Computed,
     Conc,
     FixedTable,
     Given,
@@ -22,6 +23,7 @@ from .values import (
     KVRepeat,
     Mean,
     MeanSq,
+    Paired,
     PairHalf,
     PairStack,
     ParamUse,
@@ -107,6 +109,7 @@ SYMBOLIC = (
     HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
     Blank,
     Slot,
+    Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
 )
 
 
@@ -527,6 +530,8 @@ class Walker:
             return self.concrete(node, args, kwargs)
         if op in CHECK_OPS:
             return None
+        if any(isinstance(x, Paired) for x in symbolic):  # a complex rotary (ops_complex.py)
+            return self.complex_op(node, op, args)
         method = getattr(self, f"op_{op}", None)
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
             method = self._in_place(node, op)
@@ -589,14 +594,15 @@ class Walker:
             return looked
         # named after a buffer it reads; a fixed table's entries are read on (ops_tables.py)
         named = next((Aux(x.buffer) for x in flat if isinstance(x, Aux) and x.buffer), Aux())
-        tables = any(isinstance(x, FixedTable) for x in flat)
-        if any(isinstance(x, Aux) and not isinstance(x, FixedTable) for x in flat):
+        # a value computed from a table's entries is computed on (a complex rotary's table)
+        tables = any(isinstance(x, (FixedTable, Computed)) for x in flat)
+        if any(isinstance(x, Aux) and not isinstance(x, (FixedTable, Computed)) for x in flat):
             return named
 
         def val(a):
             if isinstance(a, Conc):
                 return a.value
-            if isinstance(a, FixedTable):
+            if isinstance(a, (FixedTable, Computed)):
                 return a.value
             if tables and getattr(a, "op", None) == "get_attr":  # a higher-order op's subgraph
                 return self.on_cpu(a)  # (M2M-100's torch.no_grad: ops_tables.py)
