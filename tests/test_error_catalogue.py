@@ -2102,6 +2102,34 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         MuP(traced, "adam")
 
 
+def test_trace_refuses_a_per_head_gate_by_name():
+    # before: "an added axis on a per-token vector" with the generic help (Laguna's
+    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1)); the language has no
+    # product of one number per head with each coordinate of its head
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import TraceError
+    from tensorprog.fromtorch import from_torch
+
+    class Gated(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.v, self.g = nn.Linear(n, n), nn.Linear(n, 4)
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            b, t, c = h.shape
+            y = self.v(h).view(b, t, 4, c // 4) * torch.sigmoid(self.g(h)).unsqueeze(-1)
+            return self.head(h + y.view(b, t, c))
+
+    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate: one number per "
+                       r"head and token.*help: gate each coordinate instead.*gating='per-"
+                       r"element'"):
+        from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+
+
 def test_apply_refuses_a_forward_patch_on_one_module_instance_every_layer_calls():
     # one parameter-free query norm object held by every layer: the trace sees one call per
     # layer, under each layer's name, but a hook on the object fires at every call, so each
