@@ -2066,8 +2066,10 @@ def test_mup_param_groups_refuses_rates_that_make_the_weights_nan(given, message
 
 def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without_a_gain():
     # before: KeyError deep in MuP (HF OLMo-2, 4 heads); the factor cannot live in a weight
-    # whose output a norm rescales, and a norm without a gain has no param after it to take it,
-    # so it is refused with what to build instead
+    # whose output a norm rescales, and a norm without a gain has no param after it to take it.
+    # A norm module of the query's own takes it on its output (tests/fromtorch/
+    # test_qknorm_patch.py); one that q and k share would scale both sides of the logits, so
+    # it is refused with what to build instead
     import torch
     from torch import nn
 
@@ -2078,23 +2080,22 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
             super().__init__()
             self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
             self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
-            self.qn = nn.LayerNorm(n, elementwise_affine=affine)
-            self.affine = affine  # then q and k share the norm and its gain
+            self.qn = nn.LayerNorm(n, elementwise_affine=affine)  # q and k share it
 
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
-            k = self.qn(self.k(h)) if self.affine else self.k(h)
             q, k, v = (z.view(b, t, 4, c // 4).transpose(1, 2)
-                       for z in (self.qn(self.q(h)), k, self.v(h)))
+                       for z in (self.qn(self.q(h)), self.qn(self.k(h)), self.v(h)))
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.head(h + y.transpose(1, 2).reshape(b, t, c))
 
     tokens = lambda m: (torch.zeros(2, 8, dtype=torch.long),)  # noqa: E731
     traced = from_torch(QKNorm, (16, 32), tokens)
-    with pytest.raises(UsageError, match=r"(?s)the query \w+ is not made by a layer or a gain "
-                       r"whose init and LR could take it.*elementwise_affine=False.*help: give "
-                       r"the query's norm a gain.*or build the model with a fixed head dim"):
+    with pytest.raises(UsageError, match=r"(?s)the query \w+ is normalised without a gain.*no "
+                       r"module returns that query alone.*shared by q and k.*help: give the "
+                       r"query a norm module of its own.*or build the model with a fixed head "
+                       r"dim"):
         MuP(traced, "adam")
     # a gain q and k share would take the factor twice, on both sides of the logits
     traced = from_torch(lambda n: QKNorm(n, affine=True), (16, 32), tokens)
@@ -2102,6 +2103,68 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
                        r"nothing else reads that gain.*help: give the query's norm a gain of "
                        r"its own"):
         MuP(traced, "adam")
+
+
+def test_trace_refuses_a_per_head_gate_by_name():
+    # before: "an added axis on a per-token vector" with the generic help (Laguna's
+    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1)); the language has no
+    # product of one number per head with each coordinate of its head
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import TraceError
+    from tensorprog.fromtorch import from_torch
+
+    class Gated(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.v, self.g = nn.Linear(n, n), nn.Linear(n, 4)
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            b, t, c = h.shape
+            y = self.v(h).view(b, t, 4, c // 4) * torch.sigmoid(self.g(h)).unsqueeze(-1)
+            return self.head(h + y.view(b, t, c))
+
+    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate: one number per "
+                       r"head and token.*help: gate each coordinate instead.*gating='per-"
+                       r"element'"):
+        from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+
+
+def test_apply_refuses_a_forward_patch_on_one_module_instance_every_layer_calls():
+    # one parameter-free query norm object held by every layer: the trace sees one call per
+    # layer, under each layer's name, but a hook on the object fires at every call, so each
+    # layer's patch would scale every layer's query (the factor squared, silently)
+    import torch
+    from torch import nn
+
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, n), nn.Linear(n, 16)
+            self.q = nn.ModuleList(nn.Linear(n, n) for _ in range(2))
+            norm = nn.RMSNorm(n // 4, elementwise_affine=False)
+            self.qn = nn.ModuleList([norm, norm])
+
+        def forward(self, idx):
+            h = self.emb(idx)
+            b, t, c = h.shape
+            for q, qn in zip(self.q, self.qn, strict=True):
+                z = h.view(b, t, 4, c // 4).transpose(1, 2)
+                q = qn(q(h).view(b, t, 4, c // 4)).transpose(1, 2)
+                y = nn.functional.scaled_dot_product_attention(q, z, z, is_causal=True)
+                h = h + y.transpose(1, 2).reshape(b, t, c)
+            return self.head(h)
+
+    traced = from_torch(Net, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),),
+                        blocks=False)
+    with pytest.raises(UsageError, match=r"(?s)qn.0 and qn.1 are one module instance, called "
+                       r"in both places.*help: give qn.1 a module instance of its own"):
+        MuP(traced, "adam").apply(Net(32))
 
 
 def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():

@@ -25,7 +25,8 @@ from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .groups import OptimizerGroups
-from .patches import Patch, groups_of, hook
+from .normed import query_norm_patch
+from .patches import Patch, groups_of, hook, modules_at
 from .reinit import rescale
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -142,6 +143,10 @@ class MuP(OptimizerGroups):
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         need = f"µP needs the attention logits times (n/base)^{-delta}"
+        if info["q"] not in self.traced.producers:  # a query normalised without a gain
+            self.patches.append(query_norm_patch(self.traced, scale, info, need, delta, (
+                f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
+            return
         w, b, use, alone = self._query_layer(scale, info, need)
         if use.rows is None and alone:
             for p in (w, b):
@@ -166,18 +171,6 @@ class MuP(OptimizerGroups):
     def _query_layer(self, scale: str, info: dict, need: str) -> tuple:
         """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
         where a multiplier on the logits can go (``need`` says which), or a UsageError."""
-        if info["q"] not in self.traced.producers:
-            # a query normalised without a gain (QK-norm with elementwise_affine=False, over a
-            # head dim that grows): a norm's output is Θ(1) whatever its input's scale, so no
-            # param before it can take the factor, and the norm has no gain after it
-            raise UsageError(
-                f"{scale}: {need} against the model's own scale, but the query {info['q']} is "
-                "not made by a layer or a gain whose init and LR could take it (a query "
-                "normalised without a gain: QK-norm with elementwise_affine=False)",
-                help="give the query's norm a gain (elementwise_affine=True; the factor then "
-                "folds into the gain's init and LR), or build the model with a fixed head dim "
-                "(heads that grow with the width), where the scale needs no change",
-            )
         w, b = self.traced.producers[info["q"]]
         use = self.traced.params[w]
         # a matrix read twice (a tied embedding) would carry the factor into its other use too
@@ -237,10 +230,15 @@ class MuP(OptimizerGroups):
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c))
                 continue
-            w, _, use, _ = self._query_layer(scale, info, f"a tuned multiplier x{c:.4g}")
-            self.patches.append(self._query_patch(
-                scale, info, use, w, Fraction(0),
-                f"{scale}: tuned multiplier x{c:.4g} on the query {use.target}{_rows(use)}", c))
+            need = f"a tuned multiplier x{c:.4g}"
+            if info["q"] not in self.traced.producers:  # a query normalised without a gain
+                self.patches.append(query_norm_patch(
+                    self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
+                    "output of the query's norm", c))
+            else:
+                w, _, use, _ = self._query_layer(scale, info, need)
+                self.patches.append(self._query_patch(scale, info, use, w, Fraction(0), (
+                    f"{scale}: {need} on the query {use.target}{_rows(use)}"), c))
             self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
 
     # -- the depth ---------------------------------------------------------------------------
@@ -506,14 +504,11 @@ class MuP(OptimizerGroups):
                 self._register(model, r)
 
     def _register(self, model, r: float) -> list[str]:
-        handles, modules = [], []
-        for p in self.patches:
-            for name in self._patched_modules(model, p):
-                module = model.get_submodule(name)
-                handles.append(module.register_forward_hook(hook(p.at(r), p.rows)))
-                modules.append(name)
-        self._hooks[id(model)] = handles
-        return modules
+        placed = [(p, name) for p in self.patches for name in self._patched_modules(model, p)]
+        found = modules_at(model, [name for _, name in placed])  # refused before any hook
+        self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows))
+                                  for (p, _), m in zip(placed, found, strict=True)]
+        return [name for _, name in placed]
 
     def unfolded(self, model) -> dict[str, float]:
         """Per query vector of the program: the factor that undoes the attention multiplier
@@ -542,6 +537,8 @@ class MuP(OptimizerGroups):
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
         """The module of a patch, or of its block param in every layer of the model."""
+        if p.nodes:  # a block's vector of no param: its module in every layer
+            return [self.stack.module_at(p.module, i) for i in range(self.depth_of(model))]
         if p.param is None:
             return [p.module]
         return [self.stack.at(p.param, i).module for i in range(self.depth_of(model))]
@@ -557,8 +554,8 @@ class MuP(OptimizerGroups):
         out: dict[str, list] = {}
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
-            for u in uses:
-                out.setdefault(u.node, []).append((p.at(r), p.rows))
+            for node in p.nodes or [u.node for u in uses]:
+                out.setdefault(node, []).append((p.at(r), p.rows))
         return out
 
 

@@ -276,4 +276,29 @@ class LayoutOps:
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
         if one is not None:
             return one
+        if _per_head_gate(node, dim):
+            raise refuse(node, "a per-head gate: one number per head and token, given an axis "
+                         "to multiply every coordinate of its head (Laguna's attn_output.view("
+                         "..., H, dh) * gate.unsqueeze(-1)); the language's product broadcasts "
+                         "a vector of the head dim over the heads (a QK-norm's gain), not one "
+                         "number per head over its head's coordinates",
+                         help="gate each coordinate instead (a gate of the attention output's "
+                         "features, attn_output * gate: Laguna's gating='per-element'), a "
+                         "product of two vectors the language says (its gate a function the "
+                         "language has: sigmoid, not softplus), or leave the gate out")
         raise refuse(node, "an added axis on a per-token vector")
+
+
+def _per_head_gate(node, dim) -> bool:
+    """``g.unsqueeze(-1)`` that only multiplies tensors of a heads axis of g's last size and a
+    head dim after it: one number per head over each head's coordinates."""
+    shape = tuple(node.meta["val"].shape)
+    if dim % len(shape) != len(shape) - 1 or not node.users:
+        return False
+
+    def heads(a):
+        other = tuple(a.meta["val"].shape) if "val" in getattr(a, "meta", {}) else ()
+        return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
+
+    return all(op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not node)
+               for u in node.users)

@@ -7,12 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ..errors import UsageError
+
 
 @dataclass
 class Patch:
     """A forward multiplier factor·(width/base)^-exponent on a module's output (rows: its query
     block); ``param``: the block param whose module it is (every layer's, ``module`` a pattern).
-    ``factor`` is a tuned constant (a tune file's multiplier against its default), 1 otherwise."""
+    ``factor`` is a tuned constant (a tune file's multiplier against its default), 1 otherwise;
+    ``nodes``: a block vector's node in every traced layer (``module`` the first layer's)."""
 
     module: str
     node: str
@@ -21,6 +24,9 @@ class Patch:
     why: str
     param: str | None = None
     factor: float = 1.0
+    # a block's vector of no param (a query normalised without a gain): its graph node in
+    # every traced layer, ``module`` the first repetition's, patched in every layer
+    nodes: tuple[str, ...] = ()
 
     def at(self, r: float) -> float:
         """The multiplier at width ratio ``r`` (width / base width)."""
@@ -52,3 +58,24 @@ def hook(factor: float, rows):
         return scale_rows(out, factor, rows)
 
     return scaled
+
+
+def modules_at(model, names: list[str]) -> list:
+    """The model's modules at ``names``, where forward patches go. One instance held under two
+    names (a norm module that every layer holds and calls) is refused: a hook on it multiplies
+    the output of each of its calls, so two patches on it would each scale every call's vector
+    (the trace sees one call per name: calls.py cannot tell it from two modules)."""
+    seen: dict[int, str] = {}
+    out = []
+    for name in names:
+        module = model.get_submodule(name)
+        first = seen.setdefault(id(module), name)
+        if first != name:
+            raise UsageError(
+                f"{first} and {name} are one module instance, called in both places: a forward "
+                "patch on either would multiply the output of every call of it",
+                help=f"give {name} a module instance of its own (e.g. one norm per layer, not "
+                "one norm object every layer holds)",
+            )
+        out.append(module)
+    return out

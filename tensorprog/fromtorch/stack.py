@@ -68,6 +68,10 @@ class Stack:
             use, target=_moved(use.target, zero, item), module=_moved(use.module, zero, item)
         )
 
+    def module_at(self, module: str, i: int) -> str:
+        """A module path of the block's first repetition, moved to repetition i."""
+        return _moved(module, self.item(0), self.item(i))
+
     def generic(self, measured: str) -> str:
         """``blk.3.x`` (repetition 3's x, as measured) -> ``blk.x`` (the program's name)."""
         head, _, rest = measured.partition(".")

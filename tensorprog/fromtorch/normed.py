@@ -1,0 +1,63 @@
+"""A multiplier on the attention logits whose query is normalised without a gain (QK-norm with
+``elementwise_affine=False``, NanoChat's and Llama 4's parameter-free RMS/L2 norm) over a head
+dim that grows: µP's 1/d against the model's 1/√d (docs/torch.md, "QK-norm").
+
+A norm's output is Θ(1) whatever its input's scale, so no param before it can take the factor,
+and there is no gain after it. But the logits are linear in the normalised query, so a forward
+hook multiplying the norm module's output by the factor is exact, where that module's one call
+in the forward returns the query alone (calls.py): not a norm module q and k share, nor one
+instance every layer calls, nor a norm written inline in the attention's forward (the hook
+would then scale more than the query). In a rolled stack the query is a block's vector: each
+traced layer's must be returned by that layer's own module, the first's moved to the layer.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import UsageError
+from .patches import Patch
+
+
+def query_norm_patch(traced, scale: str, info: dict, need: str, exponent: Fraction, why: str,
+                     factor: float = 1.0) -> Patch:
+    """The forward patch factor·(n/base)^-exponent on the module that returns ``scale``'s
+    normalised query alone (every layer's, for a block's query), or a UsageError (``need``:
+    what the logits need) naming what to build instead."""
+    stack = traced.stack
+    block = stack is not None and info["q"].startswith(stack.block + ".")
+    nodes = _nodes(traced, info["q"], block)
+    modules = [traced.calls.get(node) for node in nodes]
+    own = bool(nodes) and all(modules)
+    if own and block:
+        # one module per layer, at the same place in each (the hook goes on every layer's,
+        # at any depth): not a module outside the stack that each layer calls
+        own = all(m == stack.module_at(modules[0], i) for i, m in enumerate(modules)) and (
+            stack.depth < 2 or modules[0] != modules[1])
+    if not own:
+        raise UsageError(
+            f"{scale}: {need} against the model's own scale, but the query {info['q']} is "
+            "normalised without a gain (QK-norm with elementwise_affine=False, a parameter-free "
+            "RMS or L2 norm), so no init or LR can take the factor, and no module returns that "
+            "query alone for a forward patch to scale (its norm is shared by q and k, called by "
+            "every layer from one instance, or written inline in the attention's forward)",
+            help="give the query a norm module of its own, called once and returning the "
+            "query (the factor then goes on its output), or a gain (elementwise_affine=True: it "
+            "folds into the gain's init and LR), or build the model with a fixed head dim "
+            "(heads that grow with the width), where the scale needs no change",
+        )
+    return Patch(modules[0], nodes[0], exponent, None, why, None, factor,
+                 tuple(nodes) if block else ())
+
+
+def _nodes(traced, query: str, block: bool) -> list[str]:
+    """The query's graph node, or for a block's query its node in each traced layer, in order."""
+    if not block:
+        return [traced.vectors[query][0]] if query in traced.vectors else []
+    stack = traced.stack
+    found = sorted(
+        (int(names[0].split(".")[1]), traced.vectors[v][0])
+        for v, names in traced.names.items()
+        if v in traced.vectors and stack.generic(names[0]) == query
+    )
+    return [node for _, node in found] if len(found) == stack.depth else []
