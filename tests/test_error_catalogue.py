@@ -2162,8 +2162,11 @@ def test_apply_refuses_a_forward_patch_on_one_module_instance_every_layer_calls(
 
     traced = from_torch(Net, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),),
                         blocks=False)
-    with pytest.raises(UsageError, match=r"(?s)qn.0 and qn.1 are one module instance, called "
-                       r"in both places.*help: give qn.1 a module instance of its own"):
+    # its calls are counted per module instance (calls.py), so MuP finds no module that returns
+    # either layer's query alone (patches.modules_at refuses the same at apply, as a backstop)
+    with pytest.raises(UsageError, match=r"(?s)no module returns that query alone.*called by "
+                       r"every layer from one instance.*help: give the query a norm module of its "
+                       r"own"):
         MuP(traced, "adam").apply(Net(32))
 
 

@@ -27,7 +27,7 @@ from ..errors import Diagnostic, EngineError, UsageError
 from .groups import OptimizerGroups
 from .normed import query_norm_patch
 from .patches import Patch, groups_of, hook, modules_at
-from .reinit import rescale
+from .reinit import draw_seed, rescale
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse
@@ -403,6 +403,7 @@ class MuP(OptimizerGroups):
             report.depth = (depth, round(depth / rd))
             report.lines += self._depth_lines()
         at_base = width == self.traced.base_width and rd == 1
+        anchor = self._anchor(model)
         with torch.no_grad():
             for name, use, layer in self._uses(model):
                 kind, sigma = self._base(name, use, layer)
@@ -416,7 +417,10 @@ class MuP(OptimizerGroups):
                 target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
                 fixed = not any(self.program.dim_table[d].infinite
                                 for d in self.program.param_table[name].shape)
-                current, drawn = rescale(view, target, fixed, f"{use.target}{_rows(use)}@{width}")
+                drawable = fixed and use.target in self.traced.centred and anchor is not None
+                key = f"{use.target}{_rows(use)}@{width}"
+                current, drawn = rescale(view, target, drawable,
+                                         draw_seed(anchor, key) if drawable else 0)
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
                     f"{'drawn anew at ' if drawn else ''}{target:.4g} (base {sigma:.4g} x (n/base)^"
@@ -438,6 +442,17 @@ class MuP(OptimizerGroups):
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
         return report
+
+    def _anchor(self, model):
+        """A tensor of the model's own random draw that apply only rescales (the first growing
+        param drawn centred on 0), whose signs seed a small tensor's fresh draw (reinit.py), or
+        None."""
+        for name, use, _ in self._uses(model):
+            shape = self.program.param_table[name].shape
+            if use.target in self.traced.centred and any(
+                    self.program.dim_table[d].infinite for d in shape):
+                return self._view(model, use)
+        return None
 
     def _fold_constant(self, model, name: str, use: ParamUse, value: float, r: float) -> str:
         """A multiplier m folded into a param of constant init (a QK-norm gain): the program's

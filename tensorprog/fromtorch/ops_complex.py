@@ -78,7 +78,10 @@ class ComplexOps:
             raise refuse(node, "a product of a head's coordinate pairs other than their complex "
                          "view times a table of unit complex numbers", help=_HELP)
         value = table.value if isinstance(table, (Conc, Computed)) else None
-        shape = tuple(node.meta["val"].shape)
+        # the pairs' own shape: a table with more dims (two tables stacked) would broadcast the
+        # pairs into copies, which flattening back could not say
+        at = 0 if x is u else 1
+        shape = tuple(node.args[at].meta["val"].shape)
         if not isinstance(value, torch.Tensor) or not value.is_complex():
             what = "a value the trace does not know" if value is None else "real numbers"
             raise refuse(node, f"a product of a head's coordinate pairs, as complex numbers, with "

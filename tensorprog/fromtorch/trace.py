@@ -8,6 +8,7 @@ else is refused.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
-from .calls import constant_modules
+from .calls import constant_modules, sole_outputs
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
@@ -149,6 +150,11 @@ class Traced:
     # width constant -> the module whose one call returns the vector it multiplies (or the
     # product) alone, where a forward patch scales that vector and no other (calls.py)
     constant_modules: dict[str, str] = dataclasses.field(default_factory=dict)
+    # graph node (of the base width's graph) -> the module whose one call returns it alone,
+    # where a forward patch scales that vector and no other (calls.py; normed.py's patch)
+    calls: dict[str, str] = dataclasses.field(default_factory=dict)
+    # torch targets whose init is a random draw centred on 0 (_base_stats)
+    centred: frozenset = frozenset()
 
     @property
     def program(self):
@@ -192,9 +198,12 @@ def _law(model, name: str, p):
     return None
 
 
-def _base_stats(build, width: int) -> dict:
+def _base_stats(build, width: int) -> tuple[dict, set]:
     """Per param name at the base width: a constant init (LayerNorm gains, zero biases) or its
-    std (one for a tensor shared by several names, as a tied unembedding).
+    std (one for a tensor shared by several names, as a tied unembedding); and the names whose
+    init is a random draw centred on 0 (torch's laws, or a pooled one that varies with the
+    seed and has mean 0), which ``apply`` may draw anew where a tensor is too small to rescale
+    by its own std (reinit.py).
 
     The std is torch's own law where the param's module has one and the model kept it (the
     drawn std agrees with the law within three standard errors; a bias, when its weight's
@@ -202,17 +211,20 @@ def _base_stats(build, width: int) -> dict:
     tensor (a 10-entry bias) is no noisy estimate from one draw."""
     import torch
 
-    torch.manual_seed(0)
-    model = built(build, width)
+    with torch.random.fork_rng():  # the user's generator is left as it was
+        torch.manual_seed(0)
+        model = built(build, width)
     names: dict[int, list[str]] = {}  # tensor -> its names
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
     stats, pooled, kept = {}, {}, set()
+    centred = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     for name, p in model.named_parameters():  # each tensor once, under its first name
         v = p.detach().double().flatten()
         if not v.numel():  # no entries, no init to read (MobileBERT's readout rows past its
             continue  # embedding's, none when the embedding is as wide as the model)
         if bool((v == v[0]).all()):
+            centred.difference_update(names[id(p)])
             stats.update({k: ("const", float(v[0])) for k in names[id(p)]})
             continue
         for alias in names[id(p)]:
@@ -232,17 +244,28 @@ def _base_stats(build, width: int) -> dict:
     if pooled:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
         draws = min(_MAX_DRAWS, max(math.ceil(_POOLED_ENTRIES / sizes[n]) for n in pooled))
+        first = {n: model.get_parameter(n).detach().double() for n in pooled}
+        sums = {n: [float(first[n].sum()), first[n].numel(), False] for n in pooled}
         with torch.random.fork_rng():
             for seed in range(1, draws):
                 torch.manual_seed(seed)
                 for name, p in built(build, width).named_parameters():
                     if name in pooled:
-                        pooled[name].append(float(p.detach().double().var()))
+                        v = p.detach().double()
+                        pooled[name].append(float(v.var()))
+                        acc = sums[name]
+                        acc[0], acc[1] = acc[0] + float(v.sum()), acc[1] + v.numel()
+                        acc[2] = acc[2] or not torch.equal(v, first[name])
         for name, variances in pooled.items():
             std = math.sqrt(sum(variances) / len(variances))
             p = model.get_parameter(name)
             stats.update({k: ("normal", std) for k in names[id(p)]})
-    return {"m." + k: v for k, v in stats.items()}
+            total, count, varies = sums[name]
+            # a draw of the seed (not the same entries at every build: a prior set by hand)
+            # centred on 0 (within 3 standard errors of the pooled entries' mean)
+            if not varies or abs(total / count) > 3 * std / math.sqrt(count):
+                centred.difference_update(names[id(p)])
+    return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
 
 
 def built(build: Callable, width: int):
@@ -286,17 +309,29 @@ def from_torch(
         )
     if example_inputs is None:
         raise UsageError("example_inputs is required: a function of the model giving its inputs")
+    # the builds, draws and probes of the trace take nothing from the user's generator
+    with torch.random.fork_rng():
+        return _traced(build, w1, w2, example_inputs, blocks)
+
+
+def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks: bool) -> Traced:
+    """from_torch's trace, its arguments checked."""
+    import torch
+
     with torch.device("cpu"):
-        base = _base_stats(build, w1)
+        base, centred = _base_stats(build, w1)
     traces = []
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
         # a tensor made by a constructor that ignores the default device (torch.FloatTensor(d,
-        # n, k), XLNet's attention params) is on the CPU: moved to the meta device with the rest,
-        # else export refuses the mix of devices. Their values come from the CPU build anyway
-        if any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers())):
-            model.to("meta")
+        # n, k), XLNet's attention params) is on the CPU beside the meta rest: a copy moved to
+        # the meta device, else export refuses the mix of devices (their values come from the
+        # CPU build anyway). A copy: the CPU part may be the user's own (a pretrained module
+        # the build put in), and a model wholly on the CPU (built before) is traced as it is
+        devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+        if "meta" in devices and len(devices) > 1:
+            model = copy.deepcopy(model).to("meta")
         args, kwargs = forward_inputs(example_inputs, model)
         leaves = (*args, *kwargs.values())
         k = token_index(args, kwargs)
@@ -326,6 +361,8 @@ def from_torch(
     except TraceError as err:
         raise _at_build(err, build) from None
     traced.constant_modules = constant_modules(graph, layout[1], traced.scales, traced.vectors)
+    traced.calls = sole_outputs(graph, layout[1])
+    traced.centred = frozenset(strip_prefix(k) for k in centred)
     return traced
 
 

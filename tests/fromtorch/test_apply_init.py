@@ -53,7 +53,7 @@ def test_a_two_entry_readout_bias_gets_mups_std_at_every_width(mup):
     assert any("out.bias: std" in line and "drawn anew at" in line for line in report.lines)
 
 
-def test_the_fresh_draw_follows_torchs_seed_leaves_its_generator_and_stays_idempotent(mup):
+def test_the_fresh_draw_follows_the_models_draw_leaves_torchs_generator_and_is_idempotent(mup):
     def applied(seed):
         torch.manual_seed(seed)
         model = TwoClasses(64)
@@ -75,3 +75,32 @@ def test_the_fresh_draw_follows_torchs_seed_leaves_its_generator_and_stays_idemp
     mup.apply(model)
     ratio = model.out.weight.detach() / own
     assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio))
+    # two models built one after the other from one seed draw different biases (an ensemble)
+    torch.manual_seed(5)
+    a, b = TwoClasses(64), TwoClasses(64)
+    mup.apply(a)
+    mup.apply(b)
+    assert not torch.equal(a.out.bias, b.out.bias)
+
+
+class Priors(TwoClasses):
+    """The readout's bias set by hand to the log of the classes' priors: no draw, the same at
+    every width, which a fresh draw would silently replace."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor([0.9, 0.1]).log())
+
+
+def test_a_bias_set_by_hand_is_kept_and_tracing_leaves_the_users_generator_and_model():
+    torch.manual_seed(6)
+    built = {8: Priors(8), 16: Priors(16)}  # models built before: traced where they are
+    state = torch.get_rng_state()
+    mup = MuP(from_torch(lambda n: built[n], (8, 16), _tokens), "adam")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.device.type == "cpu" for m in built.values() for p in m.parameters())
+    model = Priors(64)
+    report = mup.apply(model)
+    assert torch.allclose(model.out.bias, torch.tensor([0.9, 0.1]).log())
+    assert not any("drawn anew" in line for line in report.lines)
