@@ -26,6 +26,7 @@ from ..engine.derivation import DECAY_MODES
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
+from .columns import check_shared_lr, column_block, column_range
 from .decay import decay_rule
 from .patches import Patch, groups_of, hook
 from .trace import Traced
@@ -128,6 +129,7 @@ class MuP:
         self.tuned_query: dict[str, float] = {}  # query vector -> its tuned multiplier
         if self.tuned is not None:
             self._tuned_multipliers()
+        check_shared_lr(self)  # column blocks of one tensor (a concatenation's): one LR
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
@@ -346,6 +348,9 @@ class MuP:
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
+                    if axis == 1 and use.cols:  # a concatenation's part: its columns
+                        lo, hi = column_range(use.cols, tshape[1])
+                        size = Fraction(hi - lo)
                     found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
             # a size the trace saw grow in proportion to the width that does not at this width
@@ -365,6 +370,7 @@ class MuP:
             return t[use.index]
         if use.expert is not None:  # one expert's matrix (and rows of it) in a 3-D tensor
             t = t[use.expert]
+        t = column_block(t, use)  # a concatenation's part: its columns (columns.py)
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0

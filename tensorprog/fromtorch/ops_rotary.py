@@ -112,6 +112,9 @@ class RotaryOps:
                 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             ):
                 return src
+        joined = self.feature_cat(node, tensors, dim)  # into linear layers: ops_concat.py
+        if joined is not None:
+            return joined
         self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
         cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
         if cat is not None:
@@ -119,7 +122,8 @@ class RotaryOps:
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half, a head's parts "
-            "put back together, or per-head vectors of the same heads along the head)",
+            "put back together, per-head vectors of the same heads along the head, or vectors "
+            "along their features that only linear layers read)",
         )
 
     def op_stack(self, node, tensors, dim=0):

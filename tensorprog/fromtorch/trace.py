@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
+from .columns import merge_columns
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
@@ -447,7 +448,9 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                 "(not MLA's rotary key rows of a fixed qk_rope_head_dim: docs/torch.md)",
             )
     params = {
-        k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))
+        # a concatenation's column block: its bounds over the widths (columns.py)
+        k: dataclasses.replace(merge_columns(k, _grouping(k, u, t2.params[k], widths),
+                                             t2.params[k]), target=strip_prefix(u.target))
         for k, u in t1.params.items()
     }
     base = {strip_prefix(k): v for k, v in base.items()}

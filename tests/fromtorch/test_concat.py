@@ -1,0 +1,102 @@
+"""from_torch on a concatenation of vectors along their features fed to one linear layer.
+
+``W @ cat(a, b) + bias`` traces as ``W_cols0 @ a + W_cols1 @ b + bias``, the column blocks of W
+params of their own. The oracle is the same model written with one linear layer per part
+(``mix_a(x) + mix_b(u)``): its params must derive the blocks' exponents exactly. Apply leaves the
+model bit-identical at the base width and, at twice it, scales each block of the one torch tensor
+to its own derived std; a tensor has one LR, which the blocks share here."""
+
+import math
+import re
+
+import pytest
+from conftest import apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+
+from tensorprog import derive  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+class Cat(torch.nn.Module):
+    """An embedding x, an MLP's hidden u = relu(fc(x)), and one linear layer on cat(x, u) (or,
+    ``nested``, on cat(cat(x, u), x), RoCBert's embeddings' way); ``split`` writes the same
+    with one layer per part."""
+
+    def __init__(self, n, split=False, nested=False):
+        super().__init__()
+        self.split, self.nested = split, nested
+        self.e = torch.nn.Embedding(13, n)
+        self.fc = torch.nn.Linear(n, 2 * n)
+        if split:
+            self.mix_a = torch.nn.Linear(n, n, bias=False)
+            self.mix_b = torch.nn.Linear(2 * n, n)
+        else:
+            self.mix = torch.nn.Linear((4 if nested else 3) * n, n)
+        self.head = torch.nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        u = torch.relu(self.fc(x))
+        if self.split:
+            h = self.mix_a(x) + self.mix_b(u)
+        elif self.nested:
+            h = self.mix(torch.cat([torch.cat([x, u], dim=-1), x], dim=-1))
+        else:
+            h = self.mix(torch.cat([x, u], dim=-1))
+        return self.head(h)
+
+
+@pytest.fixture(scope="module")
+def joined():
+    return from_torch(Cat, WIDTHS, _tokens)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return from_torch(lambda n: Cat(n, split=True), WIDTHS, _tokens)
+
+
+def test_a_concatenation_into_a_linear_layer_traces_as_its_column_blocks(joined):
+    src = joined.source
+    assert re.search(r"^param mix_weight_cols0 : \[n, n\]$", src, re.M), src
+    assert re.search(r"^param mix_weight_cols1 : \[n, n_x2\]$", src, re.M), src
+    assert re.search(r"^\w+ = mix_weight_cols0 @ (\w+) \+ mix_weight_cols1 @ \w+ \+ mix_bias$",
+                     src, re.M), src
+    nested = from_torch(lambda n: Cat(n, nested=True), WIDTHS, _tokens)
+    assert re.search(r"^\w+ = mix_weight_cols0 @ (\w+) \+ mix_weight_cols1 @ \w+ \+ "
+                     r"mix_weight_cols2 @ \1 \+ mix_bias$", nested.source, re.M), nested.source
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_column_blocks_derive_as_one_layer_per_part(joined, split, optimizer):
+    same = {"mix_weight_cols0": "mix_a_weight", "mix_weight_cols1": "mix_b_weight",
+            "mix_bias": "mix_b_bias"}
+    d, oracle = derive(joined.program, optimizer), derive(split.program, optimizer)
+    got = {p: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in joined.params}
+    want = {p: (oracle.abc[q].a, oracle.abc[q].b, oracle.abc[q].c)
+            for p, q in ((p, same.get(p, p)) for p in joined.params)}
+    assert got == want
+
+
+def test_apply_scales_each_block_of_the_tensor_to_its_own_std(joined):
+    apply_is_bit_identical_at_base(joined, Cat, _tokens)
+    mup = MuP(joined, "adam")
+    torch.manual_seed(0)
+    model = Cat(64)  # twice the base width
+    with torch.no_grad():  # blocks far apart: each must be scaled on its own
+        model.mix.weight[:, :64].normal_(0, 0.01)
+        model.mix.weight[:, 64:].normal_(0, 1.0)
+    mup.apply(model)
+    sigma = joined.base["mix.weight"][1]
+    for name, block in (("mix_weight_cols0", model.mix.weight[:, :64]),
+                        ("mix_weight_cols1", model.mix.weight[:, 64:])):
+        want = sigma * 2 ** -float(mup.init_exp[name])  # to float32's rounding
+        assert math.isclose(float(block.detach().double().std()), want, rel_tol=1e-6), name
+    assert mup.lr_multipliers(model)["mix.weight"] == 2 ** -float(mup.lr_exp["mix_weight_cols0"])
