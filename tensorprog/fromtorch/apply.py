@@ -145,7 +145,7 @@ class MuP:
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         need = f"µP needs the attention logits times (n/base)^{-delta}"
         w, b, use, alone = self._query_layer(scale, info, need)
-        if use.rows is None and alone:
+        if use.rows is None and use.cols is None and alone:
             for p in (w, b):
                 if p:
                     self.init_exp[p] += delta
@@ -162,7 +162,7 @@ class MuP:
             why = (f"{scale}: query rows of fused {use.target} times (n/base)^{-delta} (its LR "
                    "is shared with k and v)" if use.rows else
                    f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
-                   "another use)")
+                   + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
             self.patches.append(self._query_patch(scale, info, use, w, delta, why))
 
     def _query_layer(self, scale: str, info: dict, need: str) -> tuple:

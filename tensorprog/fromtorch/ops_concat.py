@@ -16,6 +16,8 @@ over it, a sum with another vector) has no form in the language and keeps its re
 
 from __future__ import annotations
 
+import dataclasses
+
 from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
 from .where import op_name, refuse, user_span
 
@@ -40,26 +42,38 @@ class ConcatOps:
                  for p in (t.parts if isinstance(t, Joined) else [self.vec(t, node)])]
         return Joined(parts, node.name, tags[0])
 
-    def joined_linear(self, node, x: Joined, w, b=None):
-        """``W @ cat(parts) + b`` as the sum of ``W``'s column blocks applied to the parts."""
-        sizes = [p.dim for p in x.parts]
+    def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
+        """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a
+        fused query and gate, makes row blocks of every column block): emit_joined writes it."""
         if not isinstance(w, PRef) or w.t or w.rows or w.expert is not None or w.offset \
-                or len(w.shape) != 2 or w.shape[1] != sum(sizes):
+                or len(w.shape) != 2 or w.shape[1] != sum(p.dim for p in x.parts):
             raise refuse(node, "a linear layer on a concatenation whose weight is not a whole "
                          "param [out, in] of the concatenation's features",
                          help="apply a separate nn.Linear to each part and add their outputs")
-        span = user_span(self.by_name.get(x.node, node))
-        terms, lo = [], 0
-        for k, (part, size) in enumerate(zip(x.parts, sizes, strict=True)):
+        return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
+
+    def emit_joined(self, a: Affine, node_name: str) -> Vec:
+        """The statement of ``W @ cat(parts) + b`` (W, b: the whole param or a row block of it):
+        the sum of W's column blocks applied to the parts, each block a param of its own."""
+        node = self._node(a.layer or a.node)
+        sizes = [p.dim for p in a.x.parts]
+        span = user_span(self.by_name.get(a.x.node, node))
+        terms, names, lo = [], [], 0
+        for k, (part, size) in enumerate(zip(a.x.parts, sizes, strict=True)):
             cols = Columns(k, lo, lo + size, sum(sizes), span)
-            name, _ = self.param(PRef(w.target, w.shape, cols=cols), node)
+            name, _ = self.param(dataclasses.replace(a.w, cols=cols), node)
+            names.append(name)
             terms.append(f"{name} @ {part.name}")
             lo += size
-        expr = " + ".join(terms)
-        if b is not None:
-            expr += f" + {self.vector_param(b, node)}"
-        return Vec(self.emit_vector(node.name, expr), x.tags, w.shape[0])
-
+        rows = a.w.rows
+        dim = (rows[1] - rows[0]) if rows else a.w.shape[0]
+        if rows and a.w.period:  # the block of every head's rows
+            dim *= a.w.shape[0] // a.w.period
+        bias = self.vector_param(a.b, node) if a.b is not None else None
+        expr = " + ".join(terms) + (f" + {bias}" if bias else "")
+        # its producer (a query's, where attention's factor goes): apply patches the layer's
+        # output for a param with columns, since no one block's init and LR can take it
+        return Vec(self.emit_vector(node_name, expr, (names[0], bias)), a.tags, dim)
 
 def _along_features(node, dim) -> bool:
     ndim = len(node.meta["val"].shape)

@@ -19,6 +19,7 @@ from .values import (
     FixedTable,
     Given,
     HeadCat,
+    Joined,
     KVRepeat,
     Mean,
     MeanSq,
@@ -319,6 +320,8 @@ class Walker:
         return Vec(name, v.src.tags, v.src.dim, v.src.dh)
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
+        if isinstance(a.x, Joined):  # W @ cat(a, b): a sum of its column blocks (ops_concat)
+            return self.emit_joined(a, node_name)
         w, trans = self.param(a.w, self._node(a.layer or a.node))
         rows = a.w.rows
         dim = (rows[1] - rows[0]) if rows else (a.w.shape[1] if a.w.t else a.w.shape[0])

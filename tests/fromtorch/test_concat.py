@@ -8,6 +8,7 @@ to its own derived std; a tensor has one LR, which the blocks share here."""
 
 import math
 import re
+from fractions import Fraction
 
 import pytest
 from conftest import apply_is_bit_identical_at_base
@@ -29,16 +30,16 @@ class Cat(torch.nn.Module):
     ``nested``, on cat(cat(x, u), x), RoCBert's embeddings' way); ``split`` writes the same
     with one layer per part."""
 
-    def __init__(self, n, split=False, nested=False):
+    def __init__(self, n, split=False, nested=False, gated=False):
         super().__init__()
-        self.split, self.nested = split, nested
+        self.split, self.nested, self.gated = split, nested, gated
         self.e = torch.nn.Embedding(13, n)
         self.fc = torch.nn.Linear(n, 2 * n)
         if split:
             self.mix_a = torch.nn.Linear(n, n, bias=False)
             self.mix_b = torch.nn.Linear(2 * n, n)
-        else:
-            self.mix = torch.nn.Linear((4 if nested else 3) * n, n)
+        else:  # gated: two row blocks, a value and its gate (AXK2's query and gate)
+            self.mix = torch.nn.Linear((4 if nested else 3) * n, (2 if gated else 1) * n)
         self.head = torch.nn.Linear(n, 13)
 
     def forward(self, idx):
@@ -46,6 +47,9 @@ class Cat(torch.nn.Module):
         u = torch.relu(self.fc(x))
         if self.split:
             h = self.mix_a(x) + self.mix_b(u)
+        elif self.gated:
+            v, g = self.mix(torch.cat([x, u], dim=-1)).chunk(2, dim=-1)
+            h = v * torch.sigmoid(g)
         elif self.nested:
             h = self.mix(torch.cat([torch.cat([x, u], dim=-1), x], dim=-1))
         else:
@@ -100,3 +104,64 @@ def test_apply_scales_each_block_of_the_tensor_to_its_own_std(joined):
         want = sigma * 2 ** -float(mup.init_exp[name])  # to float32's rounding
         assert math.isclose(float(block.detach().double().std()), want, rel_tol=1e-6), name
     assert mup.lr_multipliers(model)["mix.weight"] == 2 ** -float(mup.lr_exp["mix_weight_cols0"])
+
+
+def test_row_blocks_of_a_layer_on_a_concatenation_are_blocks_of_its_column_blocks():
+    # a chunk of the layer's output features makes row blocks, each of both column blocks
+    traced = from_torch(lambda n: Cat(n, gated=True), WIDTHS, _tokens)
+    for part in (0, 1):
+        assert re.search(rf"^\w+ = mix_weight_part{part}_cols0 @ \w+ \+ "
+                         rf"mix_weight_part{part}_cols1 @ \w+ \+ mix_bias_part{part}$",
+                         traced.source, re.M), traced.source
+    apply_is_bit_identical_at_base(traced, lambda n: Cat(n, gated=True), _tokens)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Cat(64, gated=True)
+    with torch.no_grad():  # four blocks far apart: each must be scaled on its own
+        for i, (rows, cols) in enumerate([(r, c) for r in (0, 64) for c in (0, 64)]):
+            model.mix.weight[rows:rows + 64, cols:cols + (64 if cols == 0 else 128)] \
+                .normal_(0, 10.0 ** -i)
+    mup.apply(model)
+    sigma = traced.base["mix.weight"][1]
+    for part, rows in ((0, slice(0, 64)), (1, slice(64, 128))):
+        for k, cols in ((0, slice(0, 64)), (1, slice(64, 192))):
+            name = f"mix_weight_part{part}_cols{k}"
+            block = model.mix.weight[rows, cols].detach().double()
+            want = sigma * 2 ** -float(mup.init_exp[name])
+            assert math.isclose(float(block.std()), want, rel_tol=1e-6), name
+
+
+class Attention(torch.nn.Module):
+    """Causal attention over 4 heads (the head dim grows) whose query is a linear layer on
+    cat(x, u): attention's 1/dh against the model's 1/sqrt(dh) is a multiplier on the query."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.fc = torch.nn.Embedding(13, n), torch.nn.Linear(n, n)
+        self.q = torch.nn.Linear(2 * n, n)
+        self.k, self.v, self.o = (torch.nn.Linear(n, n) for _ in range(3))
+        self.head = torch.nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        u = torch.relu(self.fc(x))
+        b, t = idx.shape
+
+        def heads(y):
+            return y.view(b, t, 4, -1).transpose(1, 2)
+
+        q = heads(self.q(torch.cat([x, u], dim=-1)))
+        a = torch.nn.functional.scaled_dot_product_attention(q, heads(self.k(x)),
+                                                             heads(self.v(x)), is_causal=True)
+        return self.head(x + self.o(a.transpose(1, 2).reshape(b, t, -1)))
+
+
+def test_a_query_on_a_concatenation_takes_attentions_factor_as_a_patch_of_its_output():
+    # no one column block's init and LR can take the factor of the whole query: the layer's
+    # output is multiplied instead, exactly the program's query times it
+    traced = from_torch(Attention, WIDTHS, _tokens)
+    mup = apply_is_bit_identical_at_base(traced, Attention, _tokens)
+    assert not mup.folded
+    [patch] = mup.patches
+    assert (patch.module, patch.rows, patch.exponent) == ("q", None, Fraction(1, 2))
+    assert "column blocks, a concatenation's" in patch.why
