@@ -98,7 +98,9 @@ class RotaryOps:
         if parts and all(t.src.name == src.name for t in parts) and (
             dim % len(src.tags) == len(src.tags) - 1
         ):
-            if len(parts) == 2 and (parts[0].sign, parts[1].sign) == (-1, 1):
+            # rotate_half, or its negation cat((x2, -x1)) (NanoChat's): then a rotation by the
+            # opposite angles, as exact a rotation (q and k turned alike)
+            if len(parts) == 2 and (parts[0].sign, parts[1].sign) in ((-1, 1), (1, -1)):
                 (mid, hi), (lo, mid2) = (parts[0].lo, parts[0].hi), (parts[1].lo, parts[1].hi)
                 if mid == mid2 and mid - lo == hi - mid:  # rotate_half of lo..hi
                     return Rotated(src if (lo, hi) == (0, src.dh) else Sub(src, lo, hi))
