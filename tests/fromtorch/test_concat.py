@@ -11,7 +11,7 @@ import re
 from fractions import Fraction
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 
@@ -165,3 +165,38 @@ def test_a_query_on_a_concatenation_takes_attentions_factor_as_a_patch_of_its_ou
     [patch] = mup.patches
     assert (patch.module, patch.rows, patch.exponent) == ("q", None, Fraction(1, 2))
     assert "column blocks, a concatenation's" in patch.why
+
+
+class HeadParts(torch.nn.Module):
+    """Attention of 4 heads, each head's query and key a no-rotary part and a rotary part
+    concatenated back (MLA's, ops_mla.py); ``c``: LongCat-Flash's constant on the parts."""
+
+    def __init__(self, n, c=None):
+        super().__init__()
+        self.c, self.dn, self.dr = c, n // 4, n // 8
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        self.q, self.k = (torch.nn.Linear(n, 4 * (self.dn + self.dr)) for _ in range(2))
+        self.v, self.o = torch.nn.Linear(n, n), torch.nn.Linear(n, n)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t = idx.shape
+
+        def heads(y):
+            return y.view(b, t, 4, -1).transpose(1, 2)
+
+        q, k = (torch.split(heads(f(x)), [self.dn, self.dr], dim=-1) for f in (self.q, self.k))
+        if self.c is not None:
+            q = [part * self.c for part in q]
+        a = torch.nn.functional.scaled_dot_product_attention(
+            torch.cat(q, dim=-1), torch.cat(k, dim=-1), heads(self.v(x)), is_causal=True)
+        return self.head(x + self.o(a.transpose(1, 2).reshape(b, t, -1)))
+
+
+def test_per_head_parts_times_a_constant_concatenate_as_the_parts():
+    # before: refused as "a concatenation of vectors" (LongCat-Flash's q_pass * s, q_rot * s)
+    scaled = from_torch(lambda n: HeadParts(n, 0.5), WIDTHS, _tokens)
+    plain = from_torch(HeadParts, WIDTHS, _tokens)
+    assert re.search(r"^\w+ = 0\.5 \* \w+$", scaled.source, re.M), scaled.source
+    for optimizer in ("adam", "sgd"):
+        assert abc_by_target(scaled, optimizer) == abc_by_target(plain, optimizer)
