@@ -953,6 +953,13 @@ class PooledCat(ClassToken):
         return self.head(torch.nn.functional.layer_norm(pooled, pooled.shape[-1:]))
 
 
+class FeatureCat(Net):
+    def forward(self, idx):  # a cat of per-token vectors along their features, read by a norm
+        x = self.e(idx)
+        h = torch.cat([x, torch.relu(x)], dim=-1)
+        return self.o(torch.nn.functional.layer_norm(h, h.shape[-1:])[..., :x.shape[-1]])
+
+
 class Probe(ClassToken):
     def forward(self, idx):  # SigLIP's head: a learned query token attending to every token
         x = self.e(idx)
@@ -1052,6 +1059,7 @@ TRACED_BUILDS = {
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
     "pooled_cat": "lambda n: PooledCat(n)",
+    "feature_cat": "lambda n: FeatureCat(n)",
     "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
@@ -1131,6 +1139,10 @@ TRACED_BUILDS = {
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
                          r"sequence along their features read other than by a linear layer"
                          r"(.|\n)*help: feed the concatenation straight to a linear layer"),
+    # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
+    ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors along "
+                          r"their features read by layer_norm(.|\n)*help: feed the concatenation "
+                          r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "

@@ -42,6 +42,23 @@ class ConcatOps:
                  for p in (t.parts if isinstance(t, Joined) else [self.vec(t, node)])]
         return Joined(parts, node.name, tags[0])
 
+    def refuse_feature_cat(self, node, tensors, dim) -> None:
+        """Refuses, naming its reader, a concatenation of per-token vectors along their features
+        that something other than a linear layer reads (Kimi-Linear's cat of q, k and v into a
+        short convolution over the tokens); returns if ``tensors`` are no such vectors."""
+        if len(tensors) < 2 or not all(isinstance(t, (Vec, Affine, Pointwise)) for t in tensors):
+            return
+        tags = {t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors}
+        if len(tags) != 1 or next(iter(tags))[-1] != "F" or not _along_features(node, dim):
+            return
+        readers = sorted({op_name(u) for u in node.users} - {"linear"})
+        raise refuse(node, f"a concatenation of vectors along their features read by "
+                     f"{', '.join(readers) or 'nothing'}: the language has no concatenation, "
+                     "and traces one only as the input of linear layers, the sum "
+                     "W[:, :m] @ a + W[:, m:] @ b of their column blocks",
+                     help="feed the concatenation straight to linear layers, or apply what "
+                     "reads it to each part")
+
     def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
         """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a
         fused query and gate, makes row blocks of every column block): emit_joined writes it."""
