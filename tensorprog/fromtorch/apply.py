@@ -687,4 +687,5 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 
 def _rows(use) -> str:
     each = " of each head" if use.groups or use.group_rows else ""
-    return f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+    rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+    return rows + (f"[columns of part {use.cols.index} of a cat]" if use.cols else "")

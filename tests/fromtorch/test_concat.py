@@ -4,7 +4,9 @@
 params of their own. The oracle is the same model written with one linear layer per part
 (``mix_a(x) + mix_b(u)``): its params must derive the blocks' exponents exactly. Apply leaves the
 model bit-identical at the base width and, at twice it, scales each block of the one torch tensor
-to its own derived std; a tensor has one LR, which the blocks share here."""
+to its own derived std; a tensor has one LR, which the blocks share here. Also: row blocks of the
+column blocks (a chunk of the layer's output), attention's factor on such a query (a patch), a
+cat in every layer of a stack, and per-head parts times a constant (LongCat-Flash's)."""
 
 import math
 import re
@@ -200,3 +202,39 @@ def test_per_head_parts_times_a_constant_concatenate_as_the_parts():
     assert re.search(r"^\w+ = 0\.5 \* \w+$", scaled.source, re.M), scaled.source
     for optimizer in ("adam", "sgd"):
         assert abc_by_target(scaled, optimizer) == abc_by_target(plain, optimizer)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.fc, self.mix = torch.nn.Linear(n, n), torch.nn.Linear(2 * n, n)
+
+    def forward(self, x):
+        return x + self.mix(torch.cat([x, torch.relu(self.fc(x))], dim=-1))
+
+
+class Deep(torch.nn.Module):
+    def __init__(self, n, depth=2):
+        super().__init__()
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        self.layers = torch.nn.ModuleList(Block(n) for _ in range(depth))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def test_a_concatenation_in_every_layer_rolls_into_the_block_and_applies_at_any_depth():
+    traced = from_torch(Deep, WIDTHS, _tokens)
+    assert "repeat L layers" in traced.source and "mix_weight_cols1 @" in traced.source
+    mup = MuP(traced, "adam")
+    model = Deep(64, depth=4)  # twice the width and the depth
+    mup.apply(model)
+    sigma = traced.base["layers.0.mix.weight"][1]
+    for k, cols in ((0, slice(0, 64)), (1, slice(64, 128))):
+        name = f"layers.mix_weight_cols{k}"
+        want = sigma * 2 ** -float(mup.init_exp[name]) * 2 ** -float(mup.init_exp_L[name])
+        block = model.layers[3].mix.weight[:, cols].detach().double()
+        assert math.isclose(float(block.std()), want, rel_tol=1e-6), name
