@@ -35,7 +35,14 @@ and prints its JSON.
 How a family is built is config plumbing, not µP: the standard field names (``hidden_size``,
 ``num_attention_heads``, ...) reach a config's own field through its ``attribute_map``, and
 ``FIELDS`` lists only the other spellings families use for the same field. A staged vision
-model's per-stage lists keep their first two stages, channels ``[n, 2n]``.
+model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
+fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
+A family whose forward takes its inputs in another form gets them in that form, as its authors
+feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
+(SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
+tokens (ShieldGemma-2); audio features with the tokens (Voxtral-Realtime); a mask of ones where
+the model needs one under torch.export (Switch Transformers); the states a drafter drafts from
+(Gemma-4's assistant, refused by the trace: they are a dict of pairs).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import platform
 import subprocess
@@ -215,6 +223,13 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
                 continue
             if isinstance(defaults.get(f), int) and defaults[f] > 0:
                 kwargs[f] = min(kwargs[f], defaults[f])
+    if getattr(cls, "model_type", None) == "mimo_v2_flash":
+        # MiMo-V2-Flash's sliding-window layers take twice the config's key/value heads (its
+        # modeling code: num_key_value_heads * 2), a whole fraction of the query heads (64
+        # query heads, 4 and 8 key/value ones released): at as many key/value heads as query
+        # heads they had twice as many, and a query head 0 of them. Half as many: one per query
+        # head in those layers, groups of two in the full-attention ones
+        kwargs["num_key_value_heads"] = heads // 2
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:
@@ -223,6 +238,15 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         kwargs["causal"] = True
     if mapping.inputs == "image":
         kwargs.update(_image_fields(defaults, fields, width, heads))
+        if isinstance(defaults.get("mm_tokens_per_image"), int):
+            # an image read as tokens by a language model (ShieldGemma-2's Gemma-3): its
+            # patches' grid pooled to mm_tokens_per_image (256: 16 x 16 of 64 x 64 patches,
+            # pooled 4 x 4); the zoo's 4 x 4 patches pooled 2 x 2, to 2 x 2 tokens
+            kwargs["mm_tokens_per_image"] = 4
+        if getattr(cls, "model_type", None) == "shieldgemma2":
+            # its logits are its LM's at two ids ("Yes", "No": 10784 and 3771 in its own
+            # vocabulary, read from the config): two of the zoo's vocabulary
+            kwargs.update(yes_token_index=1, no_token_index=2)
     kwargs.update(_sub_configs(cls, width, scaling, mapping))
     return kwargs
 
@@ -265,6 +289,15 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         out["image_size"] = [IMAGE] * len(defaults["image_size"])
     if isinstance(defaults.get("patch_size"), int):
         out["patch_size"] = min(defaults["patch_size"], PATCH)
+    if isinstance(defaults.get("num_patches"), int) and "patch_size" in out:
+        # a position table of the image's patches (SigLIP2's 256: 16 x 16 patches of 16 at
+        # 256 x 256): the zoo's image's 4 x 4
+        out["num_patches"] = (IMAGE // out["patch_size"]) ** 2
+    if defaults.get("model_type") == "mobilevitv2":
+        # MobileViTV2 downsamples by output_stride (32), then unfolds its grid into patches of
+        # patch_size (2) as it is (MobileViT's first version resizes it to whole patches): a
+        # 32 x 32 image left a 1 x 1 grid, no patch. Its image is output_stride x patch_size
+        out["image_size"] = defaults["output_stride"] * out["patch_size"]
     key = "depths" if isinstance(defaults.get("depths"), list) else "depth"
     depths = defaults.get(key)
     if isinstance(depths, list) and len(depths) >= STAGES:
@@ -277,6 +310,29 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
             v = defaults.get(f)
             if isinstance(v, list):  # a stem's channels first where the list has one more
                 out[f] = stages if len(v) == len(depths) else [width] + stages
+        if isinstance(defaults.get("window_size"), int) and "patch_size" in out:
+            # a window that tiles every stage's grid (Swin's 7 is its last stage's at 224 x 224,
+            # 224/4/8): the last stage's grid, 4 at 32 x 32. A window of 7 was padded to in the
+            # first stage's 8 x 8 and cut to the grid in the last's 4 x 4, where its 7 x 7
+            # relative-position table no longer fit
+            out["window_size"] = IMAGE // out["patch_size"] // 2 ** (STAGES - 1)
+        if isinstance(defaults.get("sequence_reduction_ratios"), list):
+            # PVT pools its keys by these ratios to the same grid in every stage (7 x 7 at 224 x
+            # 224: 56/8, 28/4, 14/2, 7/1), the last stage, whose class token does not reshape to
+            # its grid, not at all: the last two ratios (the first two pooled the last stage)
+            out["sequence_reduction_ratios"] = defaults["sequence_reduction_ratios"][-STAGES:]
+        if isinstance(defaults.get("stage_out_channels"), list):
+            # HGNetV2's stages take their channels from lists of their own, its classifier's
+            # fan-in from hidden_sizes (its defaults' last stage's out channels, 2048): each
+            # stage's out channels those of hidden_sizes, its in channels the stem's (kept) then
+            # the stage before's, its mid channels in their default proportion to its out
+            # channels (a power of two, as _proportional's)
+            outs, mids = defaults["stage_out_channels"], defaults["stage_mid_channels"]
+            out["stage_out_channels"] = stages
+            out["stage_in_channels"] = [defaults["stage_in_channels"][0], *stages[:-1]]
+            out["stage_mid_channels"] = [
+                max(1, round(c * 2 ** round(math.log2(m / o))))
+                for c, m, o in zip(stages, mids, outs, strict=False)]
         for f in ("num_encoder_blocks",):
             if isinstance(defaults.get(f), int):
                 out[f] = STAGES
@@ -296,8 +352,6 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
 def _proportional(defaults: dict, width: int, head: int) -> dict:
     """The PER_HEAD and PER_WIDTH fields of a config's ``defaults`` at a small ``width`` whose
     heads are of ``head`` coordinates, in their default proportion (a power of two)."""
-    import math
-
     hidden = next((defaults[f] for f in ("hidden_size", *FIELDS["hidden_size"])
                    if isinstance(defaults.get(f), int)), None)
     n_heads = next((defaults[f] for f in ("num_attention_heads", *FIELDS["num_attention_heads"])
@@ -346,21 +400,91 @@ def example_inputs(mapping: Mapping, real: bool = False):
         return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
 
     def inputs(model):
+        params = list(inspect.signature(model.forward).parameters)
         if mapping.inputs == "image":
-            x = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
-            return (x if real else torch.zeros_like(x),)
+            return _image_inputs(model, params, ids, real)
+        if mapping.inputs == "tokens" and "shared_kv_states" in params:
+            return _drafter_inputs(model, real)
         if mapping.inputs == "tokens":
             return (ids(),)
-        params = list(inspect.signature(model.forward).parameters)
+        if "input_features" in params and "decoder_input_ids" not in params:
+            # a decoder fed audio (Voxtral-Realtime): the token ids and the audio's features,
+            # the model's mel bins over audio_length_per_tok frames per token (its encoder's
+            # stride and downsample_factor make them one embedding per token, added to it)
+            config = model.config
+            mels = getattr(getattr(config, "audio_config", config), "num_mel_bins", 80)
+            frames = SEQ * getattr(config, "audio_length_per_tok", 1)
+            x = torch.randn(2, mels, frames, generator=torch.Generator().manual_seed(0))
+            return {"input_ids": ids(), "input_features": x if real else torch.zeros_like(x)}
         if "decoder_input_ids" not in params:
             return (ids(),)
         at = params.index("decoder_input_ids")
         # the target ids vary even in the trace: ids given as an input that hold one value are
         # read as one constant id (a row of the table, as BERT's token types of one segment),
         # which a decoder with its own table (EncoderDecoderModel's) would otherwise become
-        return (ids(), *([None] * (at - 1)), ids(real=True))
+        given = [ids(), *([None] * (at - 1)), ids(real=True)]
+        if getattr(getattr(model, "config", None), "model_type", None) == "switch_transformers":
+            # Switch Transformers' encoder makes its mask of ones from attention_mask=None only
+            # outside torch.export (is_torchdynamo_compiling), and indexes None under it: the
+            # mask of ones a tokenizer gives for text with no padding
+            given[params.index("attention_mask")] = torch.ones(2, SEQ, dtype=torch.long)
+        return tuple(given)
 
     return inputs
+
+
+def _drafter_inputs(model, real: bool) -> dict:
+    """A drafter's inputs (Gemma-4's assistant, which ignores input_ids): the hidden states of
+    the model it drafts for (2 x its width, backbone_hidden_size) and that model's keys and
+    values, one pair per attention type, in the shapes of the drafter's layers of that type.
+    A dict of pairs: the trace takes flat inputs, and refuses these at example_inputs."""
+    import torch
+
+    config = model.config
+    text = config.get_text_config()
+    g = torch.Generator().manual_seed(0)
+
+    def x(*shape):
+        return torch.randn(*shape, generator=g) if real else torch.zeros(*shape)
+
+    states = {}
+    for layer_type, layer in zip(text.layer_types, text.per_layer_config, strict=True):
+        shape = (2, layer.num_key_value_heads, SEQ, layer.head_dim)
+        states.setdefault(layer_type, (x(*shape), x(*shape)))
+    return {"inputs_embeds": x(2, SEQ, 2 * config.backbone_hidden_size),
+            "shared_kv_states": states}
+
+
+def _image_inputs(model, params: list[str], ids, real: bool):
+    """An image classifier's inputs: a batch of 2 images of the config's size (3 x 32 x 32
+    unless the model needs another, _image_fields), in the form its forward takes them."""
+    import torch
+
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", config)
+    side = vision.image_size if isinstance(getattr(vision, "image_size", None), int) else IMAGE
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    x = x if real else torch.zeros_like(x)
+    if "pixel_values" not in params:
+        # an image as a sequence of colour-cluster ids (ImageGPT's input_ids): the zoo's tokens
+        return (ids(),)
+    if "input_ids" in params:
+        # a language model asked about an image (ShieldGemma-2): a prompt whose first
+        # mm_tokens_per_image tokens are the image's placeholders, then the image
+        prompt = ids().clone()
+        prompt[:, :config.mm_tokens_per_image] = config.image_token_id
+        return {"input_ids": prompt, "pixel_values": x}
+    if "spatial_shapes" in params:
+        # SigLIP2 (NaFlex) takes an image as its flattened patches, p x p x 3 values each in
+        # rows then columns (its image processor's order), which of them are real (all), and
+        # the grid they came from
+        p = vision.patch_size
+        grid = side // p
+        patches = x.reshape(2, 3, grid, p, grid, p).permute(0, 2, 4, 3, 5, 1)
+        return {"pixel_values": patches.reshape(2, grid * grid, p * p * 3),
+                "pixel_attention_mask": torch.ones(2, grid * grid, dtype=torch.long),
+                "spatial_shapes": torch.tensor([[grid, grid]] * 2)}
+    return (x,)
 
 
 def _first_line(err: BaseException) -> str:

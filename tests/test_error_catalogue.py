@@ -1009,6 +1009,29 @@ class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's 
         return self.o(x.reshape(b, t, -1))
 
 
+class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
+    # flipped (no rotation)
+    def __init__(self, n, form):
+        super().__init__(n)
+        inv = 1.0 / 10000 ** (torch.arange(0, n // 2, 2).float() / (n // 2))
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.form = form
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2)
+        angles = torch.arange(t, device=idx.device)[:, None].float() * self.inv_freq
+        z = torch.view_as_complex(x.reshape(b, 2, t, -1, 2))
+        if self.form == "square":
+            z = z * z
+        else:
+            z = z * torch.polar((1 + (self.form == "scaled")) * torch.ones_like(angles), angles)
+        x = torch.view_as_real(z)
+        x = (x.flip(-1) if self.form == "flip" else x).flatten(3)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's sin/cos)
     def __init__(self, n, low=None):
         super().__init__(n)
@@ -1042,6 +1065,7 @@ TRACED_BUILDS = {
     "root_n": "lambda n: build(n, lambda y: torch.relu(y) * n ** 0.5)",
     "part": "lambda n: build(n, lambda y: torch.relu(y)[..., :3])",
     "router": "lambda n: build(n, lambda y: torch.topk(torch.softmax(y, -1), 2, -1).values)",
+    "row_max": "lambda n: build(n, lambda y: y - y.max(-1, keepdim=True).values)",
     "router_choice": "lambda n: build(n, lambda y: torch.topk(torch.sigmoid(y) "
                      "+ torch.arange(8.0, device=y.device), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
@@ -1063,6 +1087,9 @@ TRACED_BUILDS = {
     "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
+    "complex_scaled": "lambda n: ComplexRotary(n, 'scaled')",
+    "complex_square": "lambda n: ComplexRotary(n, 'square')",
+    "complex_flip": "lambda n: ComplexRotary(n, 'flip')",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
@@ -1084,6 +1111,8 @@ TRACED_BUILDS = {
     ("root_n", None, r"m.py:\d+:\d+: error: a constant that changes with the width "
                      r"\(4.0 at width 16(.|\n)*help: apply the constant right after a linear"),
     ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
+    # before: TypeError: AttentionOps.op_max() takes from 3 to 4 positional arguments
+    ("row_max", None, r"m.py:\d+:\d+: error: cannot trace a max over a dimension"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "
@@ -1155,6 +1184,17 @@ TRACED_BUILDS = {
     ("table_buffer", None, r"m.py:\d+:\d+: error: cannot trace a product with the buffer tri, "
                            r"of more than one float entry(.|\n)*a table of rotary sin/cos"
                            r"(.|\n)*help: mask attention with sdpa's is_causal=True"),
+    # before: "a view from [2, 2, 4, 8] to [2, 2, 4, 4, 2]"; a complex rotary traces
+    # (tests/fromtorch/test_trace_complex_rotary.py), a table that scales q and k, or any
+    # other complex op, does not
+    ("complex_scaled", None, r"m.py:\d+:\d+: error: cannot trace a product of a head's "
+                             r"coordinate pairs, as complex numbers, with a table whose entries "
+                             r"have modulus 2 to 2(.|\n)*help: build the table as torch.polar"),
+    ("complex_square", None, r"m.py:\d+:\d+: error: cannot trace a product of a head's "
+                             r"coordinate pairs other than their complex view times a table of "
+                             r"unit complex numbers(.|\n)*help: rotate q and k with the complex"),
+    ("complex_flip", None, r"m.py:\d+:\d+: error: cannot trace the op flip on a head's "
+                           r"coordinate pairs(.|\n)*help: rotate q and k with the complex"),
     # before: "aten.add.Tensor on a value that is not a per-token vector"; a fixed table (a
     # buffer read at the positions) traces, but not one whose entries scale with the width
     ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
@@ -1233,6 +1273,19 @@ class MoE(nn.Module):
 dense = lambda n: MoE(n, "dense")
 other = lambda n: MoE(n, "other")
 onehot = lambda n: MoE(n, "onehot")
+
+
+class Dense(MoE):  # Llama 4's router: the sigmoid of the top-k logits scattered, -inf elsewhere
+    def forward(self, tok):
+        x = self.emb(tok).reshape(-1, self.w.shape[-1])
+        logits = self.router(x)
+        top, ids = torch.topk(logits, 2, -1)
+        gates = torch.full_like(logits, float("-inf")).scatter_(1, ids, top).sigmoid()
+        y = torch.einsum("te,ten->tn", gates, torch.einsum("tm,enm->ten", x, self.w))
+        return self.head(y).reshape(tok.shape[0], tok.shape[1], 8)
+
+
+scattered = lambda n: Dense(n, "scattered")
 """
 
 
@@ -1247,6 +1300,9 @@ onehot = lambda n: MoE(n, "onehot")
     ("onehot", r"m.py:19:\d+: error: cannot trace a one-hot of the selected experts' ids"
                r"(.|\n)*JetMoE's(.|\n)*help: build the model with transformers' "
                r"experts_implementation grouped_mm"),
+    # before: "the op full_like", the router unsaid
+    ("scattered", r"m.py:39:\d+: error: cannot trace a dense table of a router's gates over "
+                  r"every expert(.|\n)*Llama 4's(.|\n)*help: the tracer follows a top-k router"),
 ])
 def test_trace_refuses_moe_forms_it_does_not_follow(capsys, tmp_path, function, message):
     (tmp_path / "m.py").write_text(MOE_MODEL)

@@ -29,6 +29,7 @@ from ..errors import Diagnostic, EngineError, UsageError
 from .columns import check_shared_lr, column_block, column_range
 from .decay import decay_rule
 from .patches import Patch, groups_of, hook
+from .reinit import rescale
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse
@@ -410,12 +411,12 @@ class MuP:
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
                 target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
-                current = float(view.double().std())
-                if current > 0:
-                    view.mul_(target / current)
+                fixed = not any(self.program.dim_table[d].infinite
+                                for d in self.program.param_table[name].shape)
+                current, drawn = rescale(view, target, fixed, f"{use.target}{_rows(use)}@{width}")
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
-                    f"{target:.4g} (base {sigma:.4g} x (n/base)^"
+                    f"{'drawn anew at ' if drawn else ''}{target:.4g} (base {sigma:.4g} x (n/base)^"
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                 )
         report.lines += [f"folded {f}" for f in self.folded]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_bias import FixedBiasOps
+from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
@@ -32,7 +33,7 @@ from .walk import Walker
 class Converter(
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
-    RotaryOps, TableOps,
+    RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

@@ -99,12 +99,17 @@ class AttentionOps:
             raise refuse(node, "masked_fill outside attention's causal mask")
         return self._masked(node, s, mask.value, additive=False)
 
-    def op_max(self, node, s, other=None):
+    def op_max(self, node, s, other=None, *rest):
         """``torch.max(logits, finfo.min)`` after an additive mask (XGLM's): a floor at the
         float type's lowest number changes no finite logit, and a masked one still gets weight
         exactly 0 from the softmax: the logits as they are."""
         import torch
 
+        if getattr(node.target, "_overloadname", "") == "dim":
+            # max(x, dim, keepdim): a reduction, not a floor (it had crashed on its arguments)
+            raise refuse(node, "a max over a dimension (a softmax stabilised by hand, the "
+                         "logits minus their max, as MiMo-V2-Flash's: the softmax does that "
+                         "itself)")
         low = getattr(other, "value", other)
         dtype = node.meta["val"].dtype
         if isinstance(s, Scores) and isinstance(low, (int, float, torch.Tensor)) and (

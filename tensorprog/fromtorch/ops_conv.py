@@ -201,6 +201,13 @@ class ConvOps:
         return self._emit(node, expr, x.dim, x.tags)
 
     # -- pooling -------------------------------------------------------------------------------
+    def op_pad(self, node, x, pad, mode="constant", value=None):
+        """A pad by nothing, the value as it is: Swin's maybe_pad pads its grid to whole
+        windows, by 0 where the windows tile it (its configs'). Any other pad is refused."""
+        if any(int(p) != 0 for p in pad):
+            raise refuse(node, "the op pad")
+        return x
+
     def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
         return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
 

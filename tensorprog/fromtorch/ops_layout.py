@@ -36,6 +36,9 @@ class LayoutOps:
             return self.pairs_flattened(node, v)
         if isinstance(v, (Conc, Aux)):
             return self.concrete(node, *self.args(node))
+        paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
+        if paired is not None:
+            return paired
         if isinstance(v, PRef):
             raise refuse(node, "a reshaped param")
         if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention

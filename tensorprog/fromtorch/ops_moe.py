@@ -106,6 +106,14 @@ class MoEOps:
                 return self._routed(node, op, args, kwargs)
             if op == "topk":
                 return self._topk(node, *args, **kwargs)
+            if op in ("full_like", "new_full") and node.args and _feeds_topk(node.args[0]):
+                # a table of the router's logits' shape, to scatter the top-k into (Llama 4's)
+                raise refuse(node, "a dense table of a router's gates over every expert (full_"
+                             "like of its logits, the top-k scattered in: Llama 4's, whose "
+                             "gates then multiply each expert's input, every expert run on "
+                             "every token): route multiplies each of the k chosen experts' "
+                             "outputs by its gate, which for a nonlinear expert differs",
+                             help=_HELP)
             if op == "repeat_interleave" and _token_repeat(node, args, kwargs):
                 # each token once per slot: the batched dispatch (x.repeat_interleave(k, 0))
                 return Dispatched(self.vec(args[0], node), None, args[1], order="token")

@@ -34,6 +34,7 @@ from ..errors import TraceError
 from .values import (
     Affine,
     Aux,
+    Computed,
     Conc,
     FixedTable,
     Looked,
@@ -107,11 +108,12 @@ class TableOps:
         """``value`` computed from a fixed table (and constants) as a :class:`Looked` where it
         is (or holds) the table's rows at the positions k..k+T-1, the same for every leading
         index (M2M-100's lookup, inside a torch.no_grad that export keeps as one higher-order
-        op); otherwise ``unknown``: a buffer of unknown entries, as any other use of it."""
+        op); otherwise a buffer of unknown entries named as ``unknown``, as any other use of
+        it, a :class:`Computed` that keeps its entries where it is one tensor."""
         import torch
 
-        table = next(x for x in flat if isinstance(x, FixedTable))
-        rows = table.value
+        table = next((x for x in flat if isinstance(x, FixedTable)), None)
+        rows = table.value if table is not None else torch.empty(0)
         for v in value if isinstance(value, (tuple, list)) else (value,):
             if not isinstance(v, torch.Tensor) or rows.dim() != 2 or v.dim() < 2 or \
                     v.shape[-1] != rows.shape[-1] or not v.is_floating_point():
@@ -122,6 +124,8 @@ class TableOps:
             if at and bool((first == first[0]).all()) and self._is_positions(
                     torch.arange(t) + at[0]):
                 return Looked(value, "m." + table.buffer, t)
+        if isinstance(value, torch.Tensor):  # unknown still, its entries kept (ops_complex.py)
+            return Computed(unknown.buffer, value)
         return unknown
 
     @staticmethod

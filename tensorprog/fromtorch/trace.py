@@ -289,6 +289,11 @@ def from_torch(
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
+        # a tensor made by a constructor that ignores the default device (torch.FloatTensor(d,
+        # n, k), XLNet's attention params) is on the CPU: moved to the meta device with the rest,
+        # else export refuses the mix of devices. Their values come from the CPU build anyway
+        if any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers())):
+            model.to("meta")
         args, kwargs = forward_inputs(example_inputs, model)
         leaves = (*args, *kwargs.values())
         k = token_index(args, kwargs)

@@ -139,6 +139,17 @@ class FixedTable(Aux):
 
 
 @dataclass
+class Computed(Aux):
+    """A value computed from a fixed table's entries (and constants) that is no lookup of its
+    rows at the positions (HF's angles ``positions * inv_freq``, and ``torch.polar`` of them):
+    to every op a buffer of unknown entries, as before, except that the ops on it are computed
+    on the CPU too, so a complex rotary's table is known where it turns a head (ops_complex.py).
+    """
+
+    value: object = None
+
+
+@dataclass
 class Looked(Conc):
     """A constant computed from the rows of a fixed table (a float buffer, or a param the model
     does not train) read at the positions k..k+T-1 (``positions`` = T): the same for every
@@ -332,6 +343,17 @@ class Rotated:
 
     src: Vec | Sub
     interleaved: bool = False
+
+
+@dataclass
+class Paired:
+    """Each head of ``src`` as its coordinate pairs (2i, 2i + 1): ``x.reshape(..., -1, 2)``
+    (``complex`` False), ``torch.view_as_complex`` of it (True); ``turned``: multiplied by a
+    table of unit complex numbers, a rotation of every pair (ops_complex.py)."""
+
+    src: Vec | Sub
+    complex: bool = False
+    turned: bool = False
 
 
 @dataclass

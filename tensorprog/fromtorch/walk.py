@@ -15,6 +15,7 @@ from .values import (
     Aux,
     Blank,
     Centered,
+    Computed,
     Conc,
     FixedTable,
     Given,
@@ -23,6 +24,7 @@ from .values import (
     KVRepeat,
     Mean,
     MeanSq,
+    Paired,
     PairHalf,
     PairStack,
     ParamUse,
@@ -108,6 +110,7 @@ SYMBOLIC = (
     HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
     Blank,
     Slot,
+    Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
 )
 
 
@@ -508,7 +511,10 @@ class Walker:
         ]
         symbolic = [x for x in flat if isinstance(x, SYMBOLIC)]
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
-            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS and isinstance(args[0], Tok):
+            # (transposed too: XLNet's seq-first ids, input_ids.transpose(0, 1), whose every
+            # entry is still a token id, looked up entry by entry)
+            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS | {"transpose", "permute", "t"} \
+                    and isinstance(args[0], Tok):
                 return Tok(("tok",) * len(self._shape(node)))
             # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
             # not a constant computed from the zeros the trace puts in their place
@@ -533,6 +539,8 @@ class Walker:
             return self.concrete(node, args, kwargs)
         if op in CHECK_OPS:
             return None
+        if any(isinstance(x, Paired) for x in symbolic):  # a complex rotary (ops_complex.py)
+            return self.complex_op(node, op, args)
         method = getattr(self, f"op_{op}", None)
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
             method = self._in_place(node, op)
@@ -595,14 +603,15 @@ class Walker:
             return looked
         # named after a buffer it reads; a fixed table's entries are read on (ops_tables.py)
         named = next((Aux(x.buffer) for x in flat if isinstance(x, Aux) and x.buffer), Aux())
-        tables = any(isinstance(x, FixedTable) for x in flat)
-        if any(isinstance(x, Aux) and not isinstance(x, FixedTable) for x in flat):
+        # a value computed from a table's entries is computed on (a complex rotary's table)
+        tables = any(isinstance(x, (FixedTable, Computed)) for x in flat)
+        if any(isinstance(x, Aux) and not isinstance(x, (FixedTable, Computed)) for x in flat):
             return named
 
         def val(a):
             if isinstance(a, Conc):
                 return a.value
-            if isinstance(a, FixedTable):
+            if isinstance(a, (FixedTable, Computed)):
                 return a.value
             if tables and getattr(a, "op", None) == "get_attr":  # a higher-order op's subgraph
                 return self.on_cpu(a)  # (M2M-100's torch.no_grad: ops_tables.py)

@@ -167,3 +167,25 @@ def test_a_fixed_rotary_head_dim_is_refused():
         fixed = fixed.replace(f"dim {old}", f"dim {new}")
     with pytest.raises(TensorProgError, match="keys .* have the finite dim dr"):
         derive(parse(fixed), "adam")
+
+
+def test_deepseek_v2s_complex_rotary_derives_the_hand_written_attention():
+    # DeepSeek-V2: V3's MLA with its rotary written with complex numbers (view_as_complex,
+    # a product with torch.polar(1, angles), view_as_real: ops_complex.py), the same rotation
+    # of the pairs (2i, 2i + 1) as V3's interleaved form; the rotated parts are their vectors
+    def v2(n):
+        cfg = transformers.DeepseekV2Config(
+            hidden_size=n, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=1,
+            vocab_size=64, intermediate_size=2 * n, max_position_embeddings=32,
+            q_lora_rank=n // 2, kv_lora_rank=n // 4, qk_nope_head_dim=n // 2,
+            qk_rope_head_dim=n // 4, v_head_dim=n // 2, first_k_dense_replace=1,
+            use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            attn_implementation="sdpa")
+        return transformers.DeepseekV2ForCausalLM(cfg)
+
+    traced = from_torch(v2, WIDTHS, _tokens)
+    assert sum("rotary embedding, an exact rotation" in s for s in traced.source.splitlines()) \
+        == 2, traced.source  # q_pe and the shared k_pe
+    got, want = derive(traced.program, "adam").abc, derive(parse(HAND), "adam").abc
+    for hand, name in NAMES.items():
+        assert got[_traced(name)] == want[hand], hand

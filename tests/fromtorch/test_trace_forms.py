@@ -387,3 +387,46 @@ def test_logits_floored_at_the_lowest_float_are_the_logits():
     assert "mix(causal_softmax(" in traced.source
     sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
     assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)
+
+
+class LegacyWeight(nn.Module):
+    """A weight made by a legacy constructor, ``torch.FloatTensor(n, n)`` (XLNet's attention
+    params), which ignores the default device: built for the trace on the meta device, it is
+    on the CPU (``legacy=False``: the same model, its weight made by ``torch.empty``)."""
+
+    def __init__(self, n, legacy=True):
+        super().__init__()
+        self.e = nn.Embedding(16, n)
+        self.w = nn.Parameter(torch.FloatTensor(n, n) if legacy else torch.empty(n, n))
+        nn.init.normal_(self.w, std=n**-0.5)
+        self.out = nn.Linear(n, 16)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.e(idx) @ self.w))
+
+
+def test_a_weight_a_legacy_constructor_left_on_the_cpu_traces_as_on_the_meta_device():
+    with torch.device("meta"):
+        assert LegacyWeight(8).w.device.type == "cpu"  # what export refused as a device mix
+    legacy = _trace(LegacyWeight)
+    assert legacy.source == _trace(lambda n: LegacyWeight(n, legacy=False)).source
+    assert _bit_identical_at_base(legacy, LegacyWeight)
+
+
+class Padded(nn.Module):
+    """``F.pad`` of the embeddings by ``pad`` (Swin's maybe_pad: by 0 where its windows tile
+    the grid); ``pad=None``: no pad, the oracle."""
+
+    def __init__(self, n, pad=(0, 0, 0, 0)):
+        super().__init__()
+        self.e, self.out, self.pad = nn.Embedding(16, n), nn.Linear(n, 16), pad
+
+    def forward(self, idx):
+        x = self.e(idx)
+        return self.out(x if self.pad is None else F.pad(x, self.pad))
+
+
+def test_a_pad_by_nothing_is_the_value_and_any_other_pad_is_refused():
+    assert _trace(Padded).source == _trace(lambda n: Padded(n, pad=None)).source
+    with pytest.raises(TensorProgError, match="cannot trace the op pad"):
+        _trace(lambda n: Padded(n, pad=(0, 0, 1, 0)))

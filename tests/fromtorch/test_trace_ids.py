@@ -154,6 +154,22 @@ def test_the_whole_of_the_token_ids_sliced_is_still_the_token_input():
     assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
 
 
+def test_the_token_ids_transposed_are_still_the_token_input():
+    class SeqFirst(nn.Module):  # XLNet's input_ids.transpose(0, 1): [T, B] ids, looked up
+        def __init__(self, n):
+            super().__init__()
+            self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
+
+        def forward(self, idx):
+            return self.o(self.e(idx.transpose(0, 1)).transpose(0, 1))
+
+    traced = from_torch(SeqFirst, WIDTHS, _zeros)
+    # before: refused as "an embedding lookup of ids computed from the token ids other than a
+    # copy of them", though each entry is still a token id
+    assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
+    _bit_identical_at_base(traced, SeqFirst)
+
+
 def _zeros(model):  # the ids a trace is usually given (the zoo's): all zeros
     return (torch.zeros(2, T, dtype=torch.long),)
 
