@@ -946,10 +946,18 @@ class PooledCat(ClassToken):
         super().__init__(n)
         self.head = torch.nn.Linear(2 * n, 3)
 
-    def forward(self, idx):  # DINOv2's head: the class token and the patches' mean, side by side
-        x = self.e(idx)
+    def forward(self, idx):  # DINOv2's head, the class token and the patches' mean side by
+        x = self.e(idx)  # side, read by a norm before the linear layer (into it, it traces)
         h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.head(torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1))
+        pooled = torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1)
+        return self.head(torch.nn.functional.layer_norm(pooled, pooled.shape[-1:]))
+
+
+class FeatureCat(Net):
+    def forward(self, idx):  # a cat of per-token vectors along their features, read by a norm
+        x = self.e(idx)
+        h = torch.cat([x, torch.relu(x)], dim=-1)
+        return self.o(torch.nn.functional.layer_norm(h, h.shape[-1:])[..., :x.shape[-1]])
 
 
 class Probe(ClassToken):
@@ -1075,6 +1083,7 @@ TRACED_BUILDS = {
     "two_row_token": "lambda n: TwoRowToken(n)",
     "patch_mean": "lambda n: PatchMean(n)",
     "pooled_cat": "lambda n: PooledCat(n)",
+    "feature_cat": "lambda n: FeatureCat(n)",
     "probe": "lambda n: Probe(n)",
     "transposed": "lambda n: Transposed(n)",
     "table_buffer": "lambda n: TableBuffer(n)",
@@ -1155,9 +1164,14 @@ TRACED_BUILDS = {
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
                          r"\(batch, tokens, features\) vector other than the tokens from one on "
                          r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
+    # into a linear layer it traces (tests/fromtorch/test_concat.py); read by anything else not
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
-                         r"sequence along their features \(DINOv2's head(.|\n)*column blocks of "
-                         r"one weight(.|\n)*help: write the head as a sum of linear layers"),
+                         r"sequence along their features read other than by a linear layer"
+                         r"(.|\n)*help: feed the concatenation straight to a linear layer"),
+    # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
+    ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors along "
+                          r"their features read by layer_norm(.|\n)*help: feed the concatenation "
+                          r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
@@ -2199,6 +2213,35 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
                        r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
+
+
+def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():
+    # a concatenation fed to one linear layer traces as its column blocks (ops_concat.py); a
+    # part of a fixed size (RoCBert's shape embedding) makes its block an input layer's, whose
+    # LR differs from the hidden block's, and one torch tensor has one LR: refused at the cat
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Fixed(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.emb, self.shape = nn.Embedding(16, n), nn.Embedding(16, 8)
+            self.mix, self.head = nn.Linear(n + 8, n), nn.Linear(n, 16)
+
+        def forward(self, idx):
+            return self.head(self.mix(torch.cat([self.emb(idx), self.shape(idx)], -1)))
+
+    traced = from_torch(Fixed, (16, 32), lambda m: (torch.arange(16).view(2, 8),))
+    assert "param mix_weight_cols1 : [n, f8]" in traced.source, traced.source
+    for optimizer in ("adam", "sgd"):
+        with pytest.raises(UsageError, match=r"(?s)test_error_catalogue.py:\d+:\d+: error: "
+                           r"mix.weight is applied to a concatenation, and µP gives its column "
+                           r"blocks different LRs: mix_weight_cols0 \(n/base\)\^-\S+, "
+                           r"mix_weight_cols1 .*help: apply a separate nn.Linear to each part"):
+            MuP(traced, optimizer)
 
 
 def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():

@@ -24,6 +24,7 @@ from fractions import Fraction
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
+from .columns import check_shared_lr, column_block, column_range
 from .groups import OptimizerGroups
 from .normed import query_norm_patch
 from .patches import Patch, groups_of, hook, modules_at
@@ -129,6 +130,7 @@ class MuP(OptimizerGroups):
         self.tuned_query: dict[str, float] = {}  # query vector -> its tuned multiplier
         if self.tuned is not None:
             self._tuned_multipliers()
+        check_shared_lr(self)  # column blocks of one tensor (a concatenation's): one LR
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
@@ -148,7 +150,7 @@ class MuP(OptimizerGroups):
                 f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
             return
         w, b, use, alone = self._query_layer(scale, info, need)
-        if use.rows is None and alone:
+        if use.rows is None and use.cols is None and alone:
             for p in (w, b):
                 if p:
                     self.init_exp[p] += delta
@@ -165,7 +167,7 @@ class MuP(OptimizerGroups):
             why = (f"{scale}: query rows of fused {use.target} times (n/base)^{-delta} (its LR "
                    "is shared with k and v)" if use.rows else
                    f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
-                   "another use)")
+                   + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
             self.patches.append(self._query_patch(scale, info, use, w, delta, why))
 
     def _query_layer(self, scale: str, info: dict, need: str) -> tuple:
@@ -356,6 +358,9 @@ class MuP(OptimizerGroups):
                     size = Fraction(tshape[axis])
                     if axis == 0 and use.rows:
                         size *= use.rows[1] - use.rows[0]
+                    if axis == 1 and use.cols:  # a concatenation's part: its columns
+                        lo, hi = column_range(use.cols, tshape[1])
+                        size = Fraction(hi - lo)
                     found.setdefault(size / dim.mult, f"{use.target} ({d} = {tshape[axis]})")
         if len(found) != 1 or next(iter(found)).denominator != 1:
             # a size the trace saw grow in proportion to the width that does not at this width
@@ -375,6 +380,7 @@ class MuP(OptimizerGroups):
             return t[use.index]
         if use.expert is not None:  # one expert's matrix (and rows of it) in a 3-D tensor
             t = t[use.expert]
+        t = column_block(t, use)  # a concatenation's part: its columns (columns.py)
         if use.rows is None:
             return t
         axis = 1 if use.transposed and t.dim() == 2 else 0
@@ -589,4 +595,5 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 
 def _rows(use) -> str:
     each = " of each head" if use.groups or use.group_rows else ""
-    return f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+    rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+    return rows + (f"[columns of part {use.cols.index} of a cat]" if use.cols else "")

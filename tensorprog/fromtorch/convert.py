@@ -10,6 +10,7 @@ from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_bias import FixedBiasOps
 from .ops_complex import ComplexOps
+from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
 from .ops_heads import FusedHeadOps
@@ -33,7 +34,7 @@ class Converter(
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
-    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps,
+    PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -9,6 +9,7 @@ from .values import (
     Affine,
     Conc,
     Given,
+    Joined,
     ParamUse,
     PRef,
     Probs,
@@ -162,6 +163,8 @@ class LinearOps:
         return bool(first >= 0) and bool((value == torch.arange(t) + first).all())
 
     def op_linear(self, node, x, w, b=None):
+        if isinstance(x, Joined):  # W @ cat(a, b): a sum of its column blocks (ops_concat.py)
+            return self.joined_linear(node, x, w, b)
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a linear layer whose weight is not a param")
         x = self.vec(x, node)

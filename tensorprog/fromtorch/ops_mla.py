@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 
-from .values import Affine, Blank, HeadCat, Scores, Slot, Vec
+from .values import Affine, Blank, HeadCat, Pointwise, Scores, Slot, Vec
 from .where import op_name, refuse
 
 _HELP = ("build each head's query and key as cat(part, part, dim=-1) of per-head vectors "
@@ -145,8 +145,8 @@ class LatentAttentionOps:
             if isinstance(t, HeadCat):
                 parts.extend(t.parts)
                 continue
-            if isinstance(t, Affine) and t.dh:
-                t = self.vec(t, node)
+            if isinstance(t, Affine) and t.dh or isinstance(t, Pointwise) and t.src.dh:
+                t = self.vec(t, node)  # a part times a constant too (LongCat-Flash's LoRA scale)
             if not (isinstance(t, Vec) and t.dh and t.tags[-1] == "dh"):
                 return None
             parts.append(t)

@@ -98,7 +98,9 @@ class RotaryOps:
         if parts and all(t.src.name == src.name for t in parts) and (
             dim % len(src.tags) == len(src.tags) - 1
         ):
-            if len(parts) == 2 and (parts[0].sign, parts[1].sign) == (-1, 1):
+            # rotate_half, or its negation cat((x2, -x1)) (NanoChat's): then a rotation by the
+            # opposite angles, as exact a rotation (q and k turned alike)
+            if len(parts) == 2 and (parts[0].sign, parts[1].sign) in ((-1, 1), (1, -1)):
                 (mid, hi), (lo, mid2) = (parts[0].lo, parts[0].hi), (parts[1].lo, parts[1].hi)
                 if mid == mid2 and mid - lo == hi - mid:  # rotate_half of lo..hi
                     return Rotated(src if (lo, hi) == (0, src.dh) else Sub(src, lo, hi))
@@ -112,14 +114,19 @@ class RotaryOps:
                 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             ):
                 return src
+        joined = self.feature_cat(node, tensors, dim)  # into linear layers: ops_concat.py
+        if joined is not None:
+            return joined
         self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
+        self.refuse_feature_cat(node, tensors, dim)  # read by no linear layer (ops_concat.py)
         cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
         if cat is not None:
             return cat
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half, a head's parts "
-            "put back together, or per-head vectors of the same heads along the head)",
+            "put back together, per-head vectors of the same heads along the head, or vectors "
+            "along their features that only linear layers read)",
         )
 
     def op_stack(self, node, tensors, dim=0):

@@ -18,6 +18,7 @@ from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
 from .calls import constant_modules, sole_outputs
+from .columns import merge_columns
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
@@ -499,7 +500,9 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                 "(not MLA's rotary key rows of a fixed qk_rope_head_dim: docs/torch.md)",
             )
     params = {
-        k: dataclasses.replace(_grouping(k, u, t2.params[k], widths), target=strip_prefix(u.target))
+        # a concatenation's column block: its bounds over the widths (columns.py)
+        k: dataclasses.replace(merge_columns(k, _grouping(k, u, t2.params[k], widths),
+                                             t2.params[k]), target=strip_prefix(u.target))
         for k, u in t1.params.items()
     }
     base = {strip_prefix(k): v for k, v in base.items()}

@@ -43,6 +43,25 @@ class PRef:
     # one expert's matrix, the slice [expert] of a 3-D param (a mixture of experts' stacked
     # weights, ops_moe.py); ``shape`` is then the slice's
     expert: int | None = None
+    # a block of the param's columns, its input features (a concatenation fed to one linear
+    # layer, ops_concat.py)
+    cols: Columns | None = None
+
+
+@dataclass
+class Columns:
+    """Columns lo..hi of a param's input axis, of ``size`` in all: the block that multiplies
+    part ``index`` of a concatenation ``W @ cat(a, b) = W[:, :m] @ a + W[:, m:] @ b``. Traced at
+    one width as numbers (``lo``, ``hi``); merged over the two widths (columns.py) each bound is
+    ``(c, f)``, c + f·S of the axis's size S, since each part's size is a constant or grows
+    with the width. ``span``: the concatenation's line, for apply's refusal of blocks whose LRs
+    differ."""
+
+    index: int
+    lo: object
+    hi: object
+    size: int | None = None
+    span: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -163,6 +182,16 @@ class Affine:
     layer: str = ""  # the node that applies the weight
     # a fused layer's output viewed per head (tags end in H, dh): each head's dh features
     dh: int | None = None
+
+
+@dataclass
+class Joined:
+    """``cat(a, b, ...)`` along the features of per-token (or per-sequence) vectors: only a
+    linear layer reads it, as a sum of its column blocks applied to each part (ops_concat.py)."""
+
+    parts: list
+    node: str
+    tags: tuple
 
 
 @dataclass
@@ -393,6 +422,8 @@ class ParamUse:
     # positions: the RMS of the entries read (ops_tables.py). No param µP scales: apply and
     # param_groups leave it; the two widths' RMS must agree (its entries Θ(1))
     fixed: float | None = None
+    # a block of the columns (the input axis) of the torch tensor: a concatenation's part
+    cols: Columns | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .values import (
     FixedTable,
     Given,
     HeadCat,
+    Joined,
     KVRepeat,
     Mean,
     MeanSq,
@@ -195,7 +196,7 @@ class Walker:
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         for name, use in self.out.params.items():
             if (use.target == ref.target
-                    and self._rows.get(name) == (ref.rows, ref.offset, ref.period)
+                    and self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols)
                     and use.expert == ref.expert):
                 return name, use.transposed != as_applied_t
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
@@ -203,6 +204,7 @@ class Walker:
         name = self.fresh(
             strip_prefix(ref.target).replace(".", "_") + (f"_part{part}" if ref.rows else "")
             + (f"_e{ref.expert}" if ref.expert is not None else "")
+            + (f"_cols{ref.cols.index}" if ref.cols else "")  # a concatenation's part
         )
         torch_shape = list(ref.shape)
         prog = torch_shape[::-1] if as_applied_t else list(torch_shape)
@@ -210,14 +212,16 @@ class Walker:
         groups = total // ref.period if ref.period else 1  # a block of every head's rows
         if ref.rows:
             prog[0] = (ref.rows[1] - ref.rows[0]) * groups
+        if ref.cols:  # the columns that multiply one part of a concatenation (ops_concat.py)
+            prog[-1] = ref.cols.hi - ref.cols.lo
         del shape
         rows = None
         if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
             period = ref.period or total
             rows = (Fraction(ref.rows[0], period), Fraction(ref.rows[1], period))
-        self._rows[name] = (ref.rows, ref.offset, ref.period)
+        self._rows[name] = (ref.rows, ref.offset, ref.period, ref.cols)
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
-                                         expert=ref.expert)
+                                         expert=ref.expert, cols=ref.cols)
         if ref.period:
             self.out.params[name].groups, self.out.params[name].group_rows = groups, ref.period
         dims = [self.dim(s) for s in prog]
@@ -319,6 +323,8 @@ class Walker:
         return Vec(name, v.src.tags, v.src.dim, v.src.dh)
 
     def emit_affine(self, a: Affine, node_name: str) -> Vec:
+        if isinstance(a.x, Joined):  # W @ cat(a, b): a sum of its column blocks (ops_concat)
+            return self.emit_joined(a, node_name)
         w, trans = self.param(a.w, self._node(a.layer or a.node))
         rows = a.w.rows
         dim = (rows[1] - rows[0]) if rows else (a.w.shape[1] if a.w.t else a.w.shape[0])

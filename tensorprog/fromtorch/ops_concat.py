@@ -1,0 +1,110 @@
+"""A concatenation of vectors along their features fed to one linear layer, traced as the sum
+it equals: ``W @ cat(a, b) + bias = W[:, :m] @ a + W[:, m:] @ b + bias``.
+
+The language has no concatenation, but it has sums of matmuls, and the identity is exact for any
+W, a and b. Each column block of W is a program param of its own (``W_cols0``, ``W_cols1``), so
+the engine derives each block's exponents from the part it reads (an embedding's output and a
+hidden vector, a class token and a mean of the tokens), as it would for two separate layers.
+ParamUse.cols maps each block back to its columns of the one torch tensor: apply inits each
+block at its own std (a slice of the tensor scaled), and a forward multiplier folds into a
+block's init and LR as any param's does; but a tensor has one LR (and one Adam eps), so apply
+refuses blocks whose derived LRs differ, at the concatenation's line (columns.py).
+
+Only a concatenation that every reader applies a linear layer to is read so: the parts are
+looked at before the readers are walked, and any other use of the concatenated vector (a norm
+over it, a sum with another vector) has no form in the language and keeps its refusal."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
+from .where import op_name, refuse, user_span
+
+
+class ConcatOps:
+    """``cat`` of vectors along their features into linear layers (see the module's doc)."""
+
+    def feature_cat(self, node, tensors, dim) -> Joined | None:
+        """The concatenation ``node`` of ``tensors`` along the features, where every reader of it
+        is a linear layer's input; None for anything else (the caller refuses it)."""
+        kinds = (Vec, Affine, Pointwise, Joined)
+        if len(tensors) < 2 or not all(isinstance(t, kinds) for t in tensors):
+            return None
+        ndim = len(node.meta["val"].shape)
+        if not _along_features(node, dim) or not _read_by_linears(node):
+            return None
+        tags = [t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors]
+        if tags[0][-1] != "F" or len(tags[0]) != ndim or any(t != tags[0] for t in tags):
+            return None  # per-head parts (MLA's, ops_mla.py), or parts of different sequences
+        # a concatenation of concatenations (RoCBert's embeddings, one part at a time) is one
+        parts = [p for t in tensors
+                 for p in (t.parts if isinstance(t, Joined) else [self.vec(t, node)])]
+        return Joined(parts, node.name, tags[0])
+
+    def refuse_feature_cat(self, node, tensors, dim) -> None:
+        """Refuses, naming its reader, a concatenation of per-token vectors along their features
+        that something other than a linear layer reads (Kimi-Linear's cat of q, k and v into a
+        short convolution over the tokens); returns if ``tensors`` are no such vectors."""
+        if len(tensors) < 2 or not all(isinstance(t, (Vec, Affine, Pointwise)) for t in tensors):
+            return
+        tags = {t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors}
+        if len(tags) != 1 or next(iter(tags))[-1] != "F" or not _along_features(node, dim):
+            return
+        readers = sorted({op_name(u) for u in node.users} - {"linear"})
+        raise refuse(node, f"a concatenation of vectors along their features read by "
+                     f"{', '.join(readers) or 'nothing'}: the language has no concatenation, "
+                     "and traces one only as the input of linear layers, the sum "
+                     "W[:, :m] @ a + W[:, m:] @ b of their column blocks",
+                     help="feed the concatenation straight to linear layers, or apply what "
+                     "reads it to each part")
+
+    def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
+        """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a
+        fused query and gate, makes row blocks of every column block): emit_joined writes it."""
+        if not isinstance(w, PRef) or w.t or w.rows or w.expert is not None or w.offset \
+                or len(w.shape) != 2 or w.shape[1] != sum(p.dim for p in x.parts):
+            raise refuse(node, "a linear layer on a concatenation whose weight is not a whole "
+                         "param [out, in] of the concatenation's features",
+                         help="apply a separate nn.Linear to each part and add their outputs")
+        return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
+
+    def emit_joined(self, a: Affine, node_name: str) -> Vec:
+        """The statement of ``W @ cat(parts) + b`` (W, b: the whole param or a row block of it):
+        the sum of W's column blocks applied to the parts, each block a param of its own."""
+        node = self._node(a.layer or a.node)
+        sizes = [p.dim for p in a.x.parts]
+        span = user_span(self.by_name.get(a.x.node, node))
+        terms, names, lo = [], [], 0
+        for k, (part, size) in enumerate(zip(a.x.parts, sizes, strict=True)):
+            cols = Columns(k, lo, lo + size, sum(sizes), span)
+            name, _ = self.param(dataclasses.replace(a.w, cols=cols), node)
+            names.append(name)
+            terms.append(f"{name} @ {part.name}")
+            lo += size
+        rows = a.w.rows
+        dim = (rows[1] - rows[0]) if rows else a.w.shape[0]
+        if rows and a.w.period:  # the block of every head's rows
+            dim *= a.w.shape[0] // a.w.period
+        bias = self.vector_param(a.b, node) if a.b is not None else None
+        expr = " + ".join(terms) + (f" + {bias}" if bias else "")
+        # its producer (a query's, where attention's factor goes): apply patches the layer's
+        # output for a param with columns, since no one block's init and LR can take it
+        return Vec(self.emit_vector(node_name, expr, (names[0], bias)), a.tags, dim)
+
+def _along_features(node, dim) -> bool:
+    ndim = len(node.meta["val"].shape)
+    return dim % ndim == ndim - 1
+
+
+def _read_by_linears(node) -> bool:
+    """Whether every reader of ``node`` is a linear layer taking it as its input, or another
+    concatenation along the features that is itself read so."""
+    for u in node.users:
+        if op_name(u) == "cat" and node in u.args[0] and node not in u.args[1:]:
+            cat_dim = u.args[1] if len(u.args) > 1 else u.kwargs.get("dim", 0)
+            if not (_along_features(u, cat_dim) and _read_by_linears(u)):
+                return False
+        elif not (op_name(u) == "linear" and u.args[0] is node and node not in u.args[1:]):
+            return False
+    return bool(node.users)
