@@ -173,9 +173,12 @@ class MuP(OptimizerGroups):
             raise UsageError(
                 f"{scale}: {need} against the model's own scale, but the query {info['q']} is "
                 "not made by a layer or a gain whose init and LR could take it (a query "
-                "normalised without a gain: QK-norm with elementwise_affine=False)",
+                "normalised without a gain: QK-norm with elementwise_affine=False; or rows of "
+                "a fused layer plus a bias of its own, DeBERTa's in_proj and q_bias, where a "
+                "patch on the layer's rows would miss the bias)",
                 help="give the query's norm a gain (elementwise_affine=True; the factor then "
-                "folds into the gain's init and LR), or build the model with a fixed head dim "
+                "folds into the gain's init and LR), or a query layer of its own with its "
+                "bias, or build the model with a fixed head dim "
                 "(heads that grow with the width), where the scale needs no change",
             )
         w, b = self.traced.producers[info["q"]]

@@ -46,6 +46,17 @@ class PRef:
 
 
 @dataclass
+class Spread:
+    """A 1-D param ``ref`` of n features in a torch tensor of ``shape`` (ops_spread.py): axes
+    of 1 but its features, last (``heads`` None) or as (H, dh) at the axes ``heads`` and the
+    last."""
+
+    ref: PRef
+    shape: tuple
+    heads: int | None = None  # the axis of the H heads, the features' dh the last
+
+
+@dataclass
 class KVRepeat:
     """HF's repeat_kv half done: ``src`` (key or value heads) with a new axis right after its
     heads (``axis``), then expanded to ``group`` copies there; the reshape that merges the two

@@ -35,6 +35,7 @@ from .values import (
     Rotated,
     Scores,
     Slot,
+    Spread,
     Strided,
     Sub,
     Tok,
@@ -110,6 +111,7 @@ SYMBOLIC = (
     Blank,
     Slot,
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
+    Spread,  # a vector param viewed per head (ops_spread.py)
 )
 
 
