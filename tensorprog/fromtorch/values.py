@@ -139,6 +139,11 @@ class Computed(Aux):
     """
 
     value: object = None
+    # computed from the token ids too: its value with probe ids in their place, as Conc's,
+    # and the table it reads (a table's rows at positions computed from the ids, viewed
+    # after: ops_tables.py)
+    probe: object = None
+    table: object = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .values import (
     Given,
     HeadCat,
     KVRepeat,
+    Looked,
     Mean,
     MeanSq,
     Paired,
@@ -620,7 +621,7 @@ class Walker:
             return a
 
         def probe(a):  # the value again with probe ids in the token ids' place
-            if isinstance(a, Conc) and a.probe is not None:
+            if isinstance(a, (Conc, Computed)) and a.probe is not None:
                 return a.probe
             if isinstance(a, Tok):
                 return probe_ids(self.tok_value)
@@ -629,7 +630,8 @@ class Walker:
             return val(a)
 
         from_ids = self.tok_value is not None and any(
-            isinstance(x, Tok) or (isinstance(x, Conc) and x.probe is not None) for x in flat)
+            isinstance(x, Tok) or (isinstance(x, (Conc, Computed)) and x.probe is not None)
+            for x in flat)
         try:
             # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
             # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
@@ -645,7 +647,9 @@ class Walker:
             return named if tables else Aux()
         # from a fixed table: its rows at the positions, else unknown as before (ops_tables.py)
         out = self.table_rows(flat, value, named) if tables else self.keep_table(flat, value)
-        if again is not None and type(out) is Conc:
+        if tables and again is not None and type(out) is not Looked:
+            out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
+        if again is not None and type(out) in (Conc, Computed):
             out.probe = again
         return out
 
