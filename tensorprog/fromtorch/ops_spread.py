@@ -74,13 +74,14 @@ class SpreadParamOps:
                 break
             x = self.vec(x, node)
             tags = x.tags
-            if len(s.shape) != len(tags):
+            lead = len(tags) - len(s.shape)  # torch broadcasts from the last axis
+            if lead < 0:
                 break
             n = s.ref.shape[0]
             if s.heads is None:
-                fits = "H" not in tags and x.dim == n
+                fits = tags[-1] == "F" and "H" not in tags and x.dim == n
             else:
-                fits = (tags[-1] == "dh" and tags[s.heads] == "H" and x.dim == n
+                fits = (tags[-1] == "dh" and tags[lead + s.heads] == "H" and x.dim == n
                         and x.dh == s.shape[-1])
             # x + b, x - b, b + x (b - x would be a sum with -x: none of the zoo's)
             sign = "+" if alpha == 1 else "-" if alpha == -1 and s is v else None

@@ -261,3 +261,25 @@ def test_a_fused_layer_permuted_per_head_with_biases_of_their_own_derives_as_thr
     before = model(*given)
     MuP(traced, "adam").apply(model)  # at the base width: the model as it comes
     assert torch.equal(model(*given), before)
+
+
+class Biased(nn.Module):
+    """A vector param added to the tokens' vectors with axes of 1 written out (``spread``:
+    ``x + b[None, None, :]``, or ``b[None]``, broadcast from the last axis) or as it is."""
+
+    def __init__(self, n, spread="none"):
+        super().__init__()
+        self.spread = spread
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.b = nn.Parameter(torch.zeros(n))
+
+    def forward(self, idx):
+        b = {"none": self.b, "two": self.b[None, None, :], "one": self.b[None]}[self.spread]
+        return self.out(torch.relu(self.e(idx) + b))
+
+
+@pytest.mark.parametrize("spread", ["two", "one"])
+def test_a_vector_param_given_axes_of_1_is_the_bias_it_is(spread):
+    traced = from_torch(lambda n: Biased(n, spread), WIDTHS, _tokens)
+    assert _abc(traced) == _abc(from_torch(Biased, WIDTHS, _tokens))
+    assert "embedding + b" in traced.source
