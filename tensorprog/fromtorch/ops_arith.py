@@ -50,6 +50,11 @@ class ArithOps:
                 return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
         if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
             return self.rope_sum(node, u, v, alpha)
+        for x, c in ((u, v), (v, u)):  # x + 0 is x, whatever x is (DeBERTa's logits + rel_att,
+            # rel_att = 0 without relative attention): attention logits stay logits
+            if isinstance(c, (int, float)) and not isinstance(c, bool) and c == 0 and not \
+                    isinstance(x, (int, float)) and (x is u or alpha == 1):
+                return x
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
             c = u if isinstance(u, (int, float)) else v
             x = v if isinstance(u, (int, float)) else u
@@ -63,6 +68,9 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        spread = self.spread_added(node, u, v, alpha)  # + a param per head (ops_spread.py)
+        if spread is not None:
+            return spread
         added = self.table_added(node, u, v)  # + a fixed table's rows (ops_tables.py)
         if added is not None:
             return self._lincomb(node, *added, alpha)

@@ -40,10 +40,11 @@ def _covers(slices, size: int) -> bool:
 
 
 def _split_last(node, ndim: int) -> bool:
-    """Every use of ``node`` splits its last axis, after transposes of the others (GPT-NeoX
-    transposes heads and tokens before its chunk), and no slice of it is concatenated back: a
-    partial rotary slices an ordinary projection's heads the same way (``x[..., :r]``,
-    ``x[..., r:]``), then puts the parts back together with ``cat``. Parts of a split may be
+    """Every use of ``node`` splits its last axis, after transposes or permutes of the others
+    (GPT-NeoX transposes heads and tokens before its chunk, DeBERTa permutes them), and no
+    slice of it is concatenated back: a partial rotary slices an ordinary projection's heads
+    the same way (``x[..., :r]``, ``x[..., r:]``), then puts the parts back together with
+    ``cat``. Parts of a split may be
     (MLA's query: ``split(q, [dn, dr])``, the rotary part turned, then ``cat``): each part is
     then a per-head vector of its own, and the concatenation a head of parts (ops_mla.py). A
     use that reads only the shape (``new_empty``: MLA's key built in place) splits nothing."""
@@ -59,6 +60,9 @@ def _split_last(node, ndim: int) -> bool:
         if op == "transpose":
             axes = [d % ndim for d in user.args[1:3]]
             if ndim - 1 in axes or not _split_last(user, ndim):
+                return False
+        elif op == "permute":  # DeBERTa's (0, 2, 1, 3): the features stay last, as above
+            if user.args[1][-1] % ndim != ndim - 1 or not _split_last(user, ndim):
                 return False
         elif op not in _SPLITS or not isinstance(_dim(user, 0), int) or (
             _dim(user, 0) % ndim != ndim - 1

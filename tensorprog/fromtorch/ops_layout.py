@@ -17,6 +17,7 @@ from .values import (
     PRef,
     Probs,
     Scores,
+    Spread,
     Sub,
     Vec,
 )
@@ -36,6 +37,8 @@ class LayoutOps:
             return self.pairs_flattened(node, v)
         if isinstance(v, (Conc, Aux)):
             return self.concrete(node, *self.args(node))
+        if isinstance(v, Spread):  # a vector param viewed per head (ops_spread.py)
+            return self.spread_view(node, v)
         paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
         if paired is not None:
             return paired
@@ -187,9 +190,15 @@ class LayoutOps:
     def op_permute(self, node, v, dims):
         if isinstance(v, PRef) and len(dims) == 2:
             return self.op_t(node, v)
+        if isinstance(v, Spread):  # a vector param viewed per head (ops_spread.py)
+            return self.spread_permute(node, v, dims)
         self._whole(node, v)
         tags = self._tags(v, node)
-        return self._retag(self.vec(v, node), tuple(tags[d] for d in dims))
+        new = tuple(tags[d] for d in dims)
+        if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(
+                dims) - 1:  # per head, split after (as op_transpose): the features stay last
+            return self._retag(v, new)
+        return self._retag(self.vec(v, node), new)
 
     def op_split(self, node, v, size, dim=-1):
         sizes = (
@@ -264,13 +273,8 @@ class LayoutOps:
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):
-        if isinstance(v, PRef):
-            raise refuse(node, "an added axis on a param: a vector param joins a sum or a "
-                         "product along the features (broadcast over batch and tokens), so a "
-                         "param broadcast otherwise (Beam's gate_bias[None, None, :, None], one "
-                         "number per head added to every coordinate of its head) has no form",
-                         help="use a vector param of the features it is added to or multiplies, "
-                         "as it is (b : [n], x + b)")
+        if isinstance(v, (PRef, Spread)):  # b[None, None, :], refused in any other layout
+            return self.spread(node, v)
         if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)

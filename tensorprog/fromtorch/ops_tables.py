@@ -128,6 +128,28 @@ class TableOps:
             return Computed(unknown.buffer, value)
         return unknown
 
+    def table_rows_probed(self, flat, again, unknown):
+        """A fixed table read at positions the forward computes from the token ids (M2M-100's
+        and SeamlessM4T's sinusoidal tables: a cumsum of the non-padding mask plus the padding
+        id, then ``index_select``). The trace's ids are zeros, which such a model may take for
+        padding (SeamlessM4T's pad id is 0: every position is then the padding row), so the
+        rows read from them are no positions; ``again``, the value with probe ids in their
+        place (ids 3..9, clear of the special ids, as a sequence without padding is), says what
+        the model reads for ids without padding. Where that is the table's rows at the
+        positions k..k+T-1 it is a :class:`Looked` as any lookup at the positions (a padded
+        token reads the table's padding row instead, a row no init or LR of µP touches: the
+        table never trains and adds no exponent); otherwise ``unknown`` as before."""
+        table = next((x for x in flat if isinstance(x, FixedTable)), None) or next(
+            (x.table for x in flat if isinstance(x, Computed) and x.table is not None), None)
+        if table is None:
+            return unknown
+        probed = self.table_rows([table], again, unknown)
+        if isinstance(probed, Looked):
+            return probed
+        if isinstance(unknown, Computed):  # its ops may give the rows yet (a view after)
+            unknown.table = table
+        return unknown
+
     @staticmethod
     def keep_table(flat, value) -> Conc:
         """``value`` computed from constants, a :class:`Looked` still where one of them was (a

@@ -65,6 +65,17 @@ class Columns:
 
 
 @dataclass
+class Spread:
+    """A 1-D param ``ref`` of n features in a torch tensor of ``shape`` (ops_spread.py): axes
+    of 1 but its features, last (``heads`` None) or as (H, dh) at the axes ``heads`` and the
+    last."""
+
+    ref: PRef
+    shape: tuple
+    heads: int | None = None  # the axis of the H heads, the features' dh the last
+
+
+@dataclass
 class KVRepeat:
     """HF's repeat_kv half done: ``src`` (key or value heads) with a new axis right after its
     heads (``axis``), then expanded to ``group`` copies there; the reshape that merges the two
@@ -147,6 +158,11 @@ class Computed(Aux):
     """
 
     value: object = None
+    # computed from the token ids too: its value with probe ids in their place, as Conc's,
+    # and the table it reads (a table's rows at positions computed from the ids, viewed
+    # after: ops_tables.py)
+    probe: object = None
+    table: object = None
 
 
 @dataclass

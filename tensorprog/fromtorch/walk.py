@@ -22,6 +22,7 @@ from .values import (
     HeadCat,
     Joined,
     KVRepeat,
+    Looked,
     Mean,
     MeanSq,
     Paired,
@@ -36,6 +37,7 @@ from .values import (
     Rotated,
     Scores,
     Slot,
+    Spread,
     Strided,
     Sub,
     Tok,
@@ -111,6 +113,7 @@ SYMBOLIC = (
     Blank,
     Slot,
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
+    Spread,  # a vector param viewed per head (ops_spread.py)
 )
 
 
@@ -624,7 +627,7 @@ class Walker:
             return a
 
         def probe(a):  # the value again with probe ids in the token ids' place
-            if isinstance(a, Conc) and a.probe is not None:
+            if isinstance(a, (Conc, Computed)) and a.probe is not None:
                 return a.probe
             if isinstance(a, Tok):
                 return probe_ids(self.tok_value)
@@ -633,7 +636,8 @@ class Walker:
             return val(a)
 
         from_ids = self.tok_value is not None and any(
-            isinstance(x, Tok) or (isinstance(x, Conc) and x.probe is not None) for x in flat)
+            isinstance(x, Tok) or (isinstance(x, (Conc, Computed)) and x.probe is not None)
+            for x in flat)
         try:
             # the grad mode restored: torch.no_grad's higher-order op (wrap_with_set_grad_enabled
             # over ids alone, Phi-4-multimodal's) turns grad off and, failing here on its
@@ -649,7 +653,9 @@ class Walker:
             return named if tables else Aux()
         # from a fixed table: its rows at the positions, else unknown as before (ops_tables.py)
         out = self.table_rows(flat, value, named) if tables else self.keep_table(flat, value)
-        if again is not None and type(out) is Conc:
+        if tables and again is not None and type(out) is not Looked:
+            out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
+        if again is not None and type(out) in (Conc, Computed):
             out.probe = again
         return out
 

@@ -211,3 +211,75 @@ def test_attention_weights_merged_for_their_bmm_derive_as_sdpa():
     before = model(*given)
     MuP(traced, "adam").apply(model)  # at the base width: the model as it comes
     assert torch.equal(model(*given), before)
+
+
+class InProj(nn.Module):
+    """DeBERTa's (v1) attention: one bias-free layer's output viewed per head as (H, 3·dh),
+    permuted (0, 2, 1, 3) and chunked into q, k, v, then biases of their own added to q and v
+    viewed as the heads they join (``q_bias[None, None, :]`` viewed and permuted alike), eager
+    logits plus 0 (``rel_att`` without relative attention); ``separate``: three layers, q's
+    and v's with a bias, the oracle. The head dim is fixed (8): no width constant."""
+
+    def __init__(self, n, separate=False):
+        super().__init__()
+        self.h, self.separate = n // 8, separate
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        if separate:
+            self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n, bias=False), nn.Linear(n, n)
+        else:
+            self.in_proj = nn.Linear(n, 3 * n, bias=False)
+            self.q_bias, self.v_bias = nn.Parameter(torch.zeros(n)), nn.Parameter(torch.zeros(n))
+
+    def heads(self, x):
+        return x.view(x.size()[:-1] + (self.h, -1)).permute(0, 2, 1, 3)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        if self.separate:
+            q, k, v = (self.heads(f(x)) for f in (self.q, self.k, self.v))
+        else:
+            q, k, v = self.heads(self.in_proj(x)).chunk(3, dim=-1)
+            q = q + self.heads(self.q_bias[None, None, :])
+            v = v + self.heads(self.v_bias[None, None, :])
+        s = torch.matmul(q / 8 ** 0.5, k.transpose(-1, -2)) + 0
+        y = torch.matmul(s.softmax(-1), v)
+        return self.out(x + y.transpose(1, 2).reshape(x.shape))
+
+
+def test_a_fused_layer_permuted_per_head_with_biases_of_their_own_derives_as_three():
+    traced = from_torch(InProj, WIDTHS, _tokens)
+    oracle = from_torch(lambda n: InProj(n, separate=True), WIDTHS, _tokens)
+    assert _abc(traced) == _abc(oracle)
+    # q's and k's rows of each head's group of 3·dh, and the biases as vector params
+    blocks = sorted(u.rows for u in traced.params.values() if u.target == "in_proj.weight")
+    thirds = [Fraction(i, 3) for i in range(4)]
+    assert blocks == list(zip(thirds, thirds[1:], strict=False))
+    assert {u.target for u in traced.params.values()} >= {"q_bias", "v_bias"}
+    assert "+ q_bias" in traced.source and "+ v_bias" in traced.source
+    torch.manual_seed(0)
+    model, given = InProj(32), _tokens(None)
+    before = model(*given)
+    MuP(traced, "adam").apply(model)  # at the base width: the model as it comes
+    assert torch.equal(model(*given), before)
+
+
+class Biased(nn.Module):
+    """A vector param added to the tokens' vectors with axes of 1 written out (``spread``:
+    ``x + b[None, None, :]``, or ``b[None]``, broadcast from the last axis) or as it is."""
+
+    def __init__(self, n, spread="none"):
+        super().__init__()
+        self.spread = spread
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.b = nn.Parameter(torch.zeros(n))
+
+    def forward(self, idx):
+        b = {"none": self.b, "two": self.b[None, None, :], "one": self.b[None]}[self.spread]
+        return self.out(torch.relu(self.e(idx) + b))
+
+
+@pytest.mark.parametrize("spread", ["two", "one"])
+def test_a_vector_param_given_axes_of_1_is_the_bias_it_is(spread):
+    traced = from_torch(lambda n: Biased(n, spread), WIDTHS, _tokens)
+    assert _abc(traced) == _abc(from_torch(Biased, WIDTHS, _tokens))
+    assert "embedding + b" in traced.source

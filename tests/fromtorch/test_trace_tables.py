@@ -37,7 +37,9 @@ def sinusoid(rows: int, d: int) -> torch.Tensor:
 class Added(nn.Module):
     """Token embedding plus positions: ``table`` "buffer" (a sinusoidal float buffer read at the
     positions 2..T+1 by index_select, as XGLM's), "learned" (a trained nn.Embedding: the
-    oracle), or "scaled" (the buffer times 1/√n: entries that shrink with the width)."""
+    oracle), "scaled" (the buffer times 1/√n: entries that shrink with the width), or "ids"
+    (the buffer read at positions computed from the ids, 2..T+1 where none is the padding id 0,
+    SeamlessM4T's; "pad5": padding id 5)."""
 
     def __init__(self, n, table="buffer"):
         super().__init__()
@@ -53,10 +55,14 @@ class Added(nn.Module):
 
     def forward(self, idx):
         pos = torch.arange(idx.shape[1], device=idx.device) + 2
+        if self.table in ("ids", "pad5"):  # SeamlessM4T's: from the ids, padding id 0 (or 5)
+            mask = idx.ne(0 if self.table == "ids" else 5).int()
+            pos = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long().view(-1) + 1
         if self.table == "learned":
             rows = self.p(pos)
         else:
-            rows = self.weights.index_select(0, pos).view(1, idx.shape[1], -1).detach()
+            rows = self.weights.index_select(0, pos).view(-1, idx.shape[1], self.weights.shape[
+                -1]).detach()
         x = self.e(idx) + rows
         x = x + self.down(torch.relu(self.up(x)))
         return self.out(x)
@@ -166,3 +172,19 @@ def test_a_rotary_read_from_a_fixed_table_is_the_network_without_it(rotary):
 def test_a_table_that_turns_no_pair_is_refused():
     with pytest.raises(TensorProgError, match="a sum of cos and sin terms that is not a rotation"):
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
+
+
+def test_a_buffer_read_at_positions_computed_from_the_ids_is_the_fixed_table():
+    # the trace's ids are zeros, SeamlessM4T's padding: read with the probe ids (no padding),
+    # the positions are 2..T+1, and the buffer is the fixed table as read at arange(T) + 2
+    traced = from_torch(lambda n: Added(n, "ids"), WIDTHS, _tokens)
+    assert [u.target for u in traced.params.values() if u.fixed is not None] == ["weights"]
+    assert abc_by_target(traced) == abc_by_target(from_torch(Added, WIDTHS, _tokens))
+    apply_is_bit_identical_at_base(traced, lambda n: Added(n, "ids"), _tokens)
+
+
+def test_a_buffer_read_at_positions_the_probe_ids_pad_is_refused():
+    # padding id 5 is among the probe ids (3..9): their positions are no k..k+T-1 either
+    with pytest.raises(TensorProgError, match=r"a sum with a value read from the buffer weights "
+                       r"other than its rows at the positions k\.\.k\+T-1"):
+        from_torch(lambda n: Added(n, "pad5"), WIDTHS, _tokens)

@@ -1,0 +1,106 @@
+"""A vector param laid out as the per-head vector it is added to (DeBERTa's query and value
+biases: ``q + transpose_for_scores(q_bias[None, None, :])``, the bias of n = H·dh features given
+leading axes of 1, viewed as (1, 1, H, dh) and permuted to (1, H, 1, dh)). Coordinate i of
+the bias still meets coordinate i of the vector's features (head i // dh, feature i % dh of
+it), so the sum is ``q + b`` of the program's vector q and the param b : [n], whose µP the
+engine derives as any vector param's. Any other layout (a bias whose features leave the last
+axes, Beam's gate_bias[None, None, :, None]) keeps the refusal of an added axis on a param."""
+
+from __future__ import annotations
+
+import math
+
+from .values import PRef, Spread, Vec
+from .where import refuse
+
+_HELP = ("use a vector param of the features it is added to or multiplies, as it is "
+         "(b : [n], x + b)")
+
+
+def _refuse_axis(node):
+    return refuse(node, "an added axis on a param: a vector param joins a sum or a product "
+                  "along the features (broadcast over batch and tokens), so a param broadcast "
+                  "otherwise (Beam's gate_bias[None, None, :, None], one number per head added "
+                  "to every coordinate of its head) has no form", help=_HELP)
+
+
+class SpreadParamOps:
+    """A vector param given axes of 1 and viewed per head, then added to a per-head vector."""
+
+    def spread(self, node, v):
+        """``b[None]``/``b.unsqueeze(d)`` of a 1-D param (or of one so spread): a Spread while
+        its features stay the last axis; refused otherwise, as there is no form for it."""
+        shape = tuple(node.meta["val"].shape)
+        ref = v.ref if isinstance(v, Spread) else v
+        if not (isinstance(ref, PRef) and len(ref.shape) == 1 and ref.rows is None
+                and v is ref or isinstance(v, Spread) and v.heads is None):
+            raise _refuse_axis(node)
+        n = ref.shape[0]
+        if shape[-1] != n or math.prod(shape[:-1]) != 1:
+            raise _refuse_axis(node)
+        return Spread(ref, shape)
+
+    def spread_view(self, node, v: Spread):
+        """A spread param viewed as (1, ..., H, dh): its features as the heads of dh they are
+        in the vector it joins; refused for any other view."""
+        shape = tuple(node.meta["val"].shape)
+        n = v.ref.shape[0]
+        if v.heads is None and len(shape) >= 2 and shape[-2] * shape[-1] == n and math.prod(
+                shape[:-2]) == 1:
+            return Spread(v.ref, shape, len(shape) - 2)
+        if math.prod(shape[:-1]) == 1 and shape[-1] == n:
+            return Spread(v.ref, shape)
+        raise refuse(node, f"a view of the param {v.ref.target} given axes of 1 to "
+                     f"{list(shape)}: only its features as (heads, head features) are traced",
+                     help=_HELP)
+
+    def spread_permute(self, node, v: Spread, dims):
+        """A permute that keeps the head features last and moves the heads axis (or only
+        axes of 1): the same layout of the features."""
+        dims = [d % len(v.shape) for d in dims]
+        if dims[-1] != len(v.shape) - 1:
+            raise _refuse_axis(node)
+        heads = dims.index(v.heads) if v.heads is not None else None
+        return Spread(v.ref, tuple(v.shape[d] for d in dims), heads)
+
+    def spread_added(self, node, u, v, alpha):
+        """``x + b`` of a per-token vector and a spread param laid out as x's features are
+        (the heads at x's heads axis, dh = x's head dim): the program's ``x + b``; None
+        where neither term is a spread param."""
+        for x, s in ((u, v), (v, u)):
+            if not isinstance(s, Spread):
+                continue
+            if isinstance(x, Spread):
+                break
+            x = self.vec(x, node)
+            tags = x.tags
+            lead = len(tags) - len(s.shape)  # torch broadcasts from the last axis
+            if lead < 0:
+                break
+            n = s.ref.shape[0]
+            if s.heads is None:
+                fits = tags[-1] == "F" and "H" not in tags and x.dim == n
+            else:
+                fits = (tags[-1] == "dh" and tags[lead + s.heads] == "H" and x.dim == n
+                        and x.dh == s.shape[-1])
+            # x + b, x - b, b + x (b - x would be a sum with -x: none of the zoo's)
+            sign = "+" if alpha == 1 else "-" if alpha == -1 and s is v else None
+            if not fits or sign is None:
+                break
+            b = self.vector_param(s.ref, node)
+            expr = f"{x.name} {sign} {b}"
+            w, bias = self.out.producers.get(x.name, (None, None))
+            # W @ x plus b is a layer's output as W @ x + b is: linear in (W, b), so a constant
+            # after it (attention's scale on a query) folds into both, where W is a tensor of
+            # its own. Rows of a fused layer (DeBERTa's in_proj) take such a constant as a
+            # patch on the layer's output rows, which would miss b: no producer then, and a
+            # width constant after the sum is refused (apply cannot put it on W x + b)
+            whole = w is not None and self.out.params[w].rows is None
+            made = (w, b) if whole and bias is None and sign == "+" else None
+            name = self.emit_vector(node.name, expr, made)
+            return Vec(name, x.tags, x.dim, x.dh)
+        else:
+            return None
+        raise refuse(node, f"a sum of a vector and the param {s.ref.target} laid out other "
+                     "than as the vector's features (per head where the vector is)",
+                     help=_HELP)
