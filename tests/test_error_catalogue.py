@@ -1024,6 +1024,9 @@ class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, 
         z = torch.view_as_complex(x.reshape(b, 2, t, -1, 2))
         if self.form == "square":
             z = z * z
+        elif self.form == "stacked":  # two tables stacked: the pairs broadcast into 2 copies
+            unit = torch.polar(torch.ones_like(angles), angles)
+            z = (z * torch.stack([unit, unit.conj()])[:, None, None])[0]
         else:
             z = z * torch.polar((1 + (self.form == "scaled")) * torch.ones_like(angles), angles)
         x = torch.view_as_real(z)
@@ -1090,6 +1093,7 @@ TRACED_BUILDS = {
     "complex_scaled": "lambda n: ComplexRotary(n, 'scaled')",
     "complex_square": "lambda n: ComplexRotary(n, 'square')",
     "complex_flip": "lambda n: ComplexRotary(n, 'flip')",
+    "complex_stacked": "lambda n: ComplexRotary(n, 'stacked')",
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
@@ -1195,6 +1199,11 @@ TRACED_BUILDS = {
                              r"unit complex numbers(.|\n)*help: rotate q and k with the complex"),
     ("complex_flip", None, r"m.py:\d+:\d+: error: cannot trace the op flip on a head's "
                            r"coordinate pairs(.|\n)*help: rotate q and k with the complex"),
+    # before: the table was checked against the product's shape, which a table of more dims
+    # makes (the pairs broadcast into copies), so its shape passed
+    ("complex_stacked", None, r"m.py:\d+:\d+: error: cannot trace a product of a head's "
+                              r"complex pairs \[2, 2, 8, 4\] with a table of shape \[2, 1, 1, 8, "
+                              r"4\], which does not broadcast to them"),
     # before: "aten.add.Tensor on a value that is not a per-token vector"; a fixed table (a
     # buffer read at the positions) traces, but not one whose entries scale with the width
     ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
