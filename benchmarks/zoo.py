@@ -407,10 +407,12 @@ def example_inputs(mapping: Mapping, real: bool = False):
             return _drafter_inputs(model, real)
         if mapping.inputs == "tokens":
             return (ids(),)
-        if "input_features" in params and "decoder_input_ids" not in params:
-            # a decoder fed audio (Voxtral-Realtime): the token ids and the audio's features,
-            # the model's mel bins over audio_length_per_tok frames per token (its encoder's
-            # stride and downsample_factor make them one embedding per token, added to it)
+        if "input_features" in params and model.config.model_type == "voxtral_realtime":
+            # a decoder fed audio, one embedding per token added to it, which it needs (it
+            # raises without): the token ids and the audio's features, the model's mel bins over
+            # audio_length_per_tok frames per token (its encoder's stride and downsample_factor).
+            # Other audio LMs take their text alone (their text decoders are what is traced),
+            # and fed features without their masks they fail in their own forwards
             config = model.config
             mels = getattr(getattr(config, "audio_config", config), "num_mel_bins", 80)
             frames = SEQ * getattr(config, "audio_length_per_tok", 1)

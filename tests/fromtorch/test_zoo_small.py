@@ -133,6 +133,18 @@ def test_zoo_builds_and_feeds_a_family_as_its_authors_do(zoo, family, mapping):
     assert y.shape[0] == 2 and torch.isfinite(y).all()
 
 
+def test_zoo_feeds_an_audio_lm_its_text_alone(zoo):
+    # the audio features went to every forward taking input_features (GLM-ASR's, Audio
+    # Flamingo 3's, Granite Speech's), which then failed on their masks left out; their text
+    # decoders are what is traced, as before Voxtral-Realtime took its features
+    model = zoo.builder("glmasr", "heads", mapping=zoo.MAPPINGS["seq2seq"])(64).eval()
+    x = zoo.example_inputs(zoo.MAPPINGS["seq2seq"], real=True)(model)
+    assert not isinstance(x, dict) or "input_features" not in x
+    with torch.no_grad():
+        y = zoo._logits(model(**x) if isinstance(x, dict) else model(*x))
+    assert y.shape[0] == 2 and torch.isfinite(y).all()
+
+
 def test_zoo_gives_switch_transformers_the_mask_export_needs(zoo):
     # its encoder makes a mask of ones from None only outside torch.export
     model = zoo.builder("switch_transformers", "heads", mapping=zoo.MAPPINGS["seq2seq"])(64)
