@@ -45,12 +45,12 @@ def sole_outputs(graph, model) -> dict[str, str]:
     return {node: name for node, (_, name) in out.items()}
 
 
-def constant_modules(graph, model, scales: dict, vectors: dict) -> dict[str, str]:
+def constant_modules(graph, sole: dict[str, str], scales: dict, vectors: dict) -> dict[str, str]:
     """Width constant (a fixed scale of the trace) -> the module whose one call returns alone a
     node of the straight chain from the vector the constant multiplies to the product (the
     lookup, the lookup times the constant, its cast), each node of it read by the next only: a
-    patch on that module's output scales the product and nothing else."""
-    sole = sole_outputs(graph, model)
+    patch on that module's output scales the product and nothing else. ``sole``: the graph's
+    nodes returned alone by a module (:func:`sole_outputs`)."""
     nodes = {n.name: n for n in graph.nodes}
     out: dict[str, str] = {}
     for scale, info in scales.items():

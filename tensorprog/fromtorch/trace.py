@@ -361,8 +361,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
                           layout if blocks else None)
     except TraceError as err:
         raise _at_build(err, build) from None
-    traced.constant_modules = constant_modules(graph, layout[1], traced.scales, traced.vectors)
     traced.calls = sole_outputs(graph, layout[1])
+    traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)
     return traced
 
