@@ -2224,6 +2224,39 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
         MuP(traced, "adam")
 
 
+def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
+    # a fused layer split into a block that grows (a hidden layer's n rows) and one of a fixed
+    # size (13 logits added to the readout's: a readout's block) traces as two params
+    # (rows.py); µP gives the readout block a different LR under SGD (1/n against 1) and a
+    # different Adam eps under Adam (1 against 1/n), and one torch tensor has one of each
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Fused(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.emb = n, nn.Embedding(16, n)
+            self.fc, self.head = nn.Linear(n, n + 16), nn.Linear(n, 16)
+
+        def forward(self, idx):
+            h, skip = self.fc(self.emb(idx)).split([self.n, 16], dim=-1)
+            return self.head(torch.relu(h)) + skip
+
+    traced = from_torch(Fused, (16, 32), lambda m: (torch.arange(16).view(2, 8),))
+    for optimizer, what, exps in (("sgd", "LRs", ("0", "1")),
+                                  ("adam", "Adam eps values", ("1", "0"))):
+        with pytest.raises(UsageError, match=(
+                r"(?s)test_error_catalogue.py:\d+:\d+: error: fc.weight is split into row "
+                rf"blocks, and µP gives them different {what}: fc_weight_part0 \(n/base\)\^-"
+                rf"{exps[0]}, fc_weight_part1 \(n/base\)\^-{exps[1]}; one torch tensor.*"
+                r"self.fc\(self.emb\(idx\)\).split.*help: use a separate nn.Linear for each "
+                r"block")):
+            MuP(traced, optimizer)
+
+
 def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():
     # a concatenation fed to one linear layer traces as its column blocks (ops_concat.py); a
     # part of a fixed size (RoCBert's shape embedding) makes its block an input layer's, whose
