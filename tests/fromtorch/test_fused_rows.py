@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 from tensorprog import derive  # noqa: E402
 from tensorprog.errors import EngineError  # noqa: E402
 from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch.patches import scale_rows  # noqa: E402
 from tensorprog.fromtorch.rows import row_range  # noqa: E402
 from tensorprog.lang.parse import parse  # noqa: E402
 
@@ -120,3 +121,10 @@ def test_a_readout_block_beside_a_hidden_block_derives_as_separate_layers(skip, 
     init = {p: Fraction(str(d.abc[p].a + d.abc[p].b)) for p in same}
     # the hidden block starts at 1/√n, the logits' block at 1/n, as a readout
     assert (init["fc_weight_part0"], init["fc_weight_part1"]) == (Fraction(1, 2), 1)
+
+
+def test_a_forward_patch_scales_the_rows_the_bounds_give():
+    # attention's factor on a query of fixed-size neighbours: a patch on the fused layer's
+    # output multiplies rows 0..S-32 of its S features at any width
+    out = scale_rows(torch.ones(2, 160), 2.0, (0, 1, None, None, (0, -32)))
+    assert out[:, :128].eq(2).all() and out[:, 128:].eq(1).all()
