@@ -16,6 +16,7 @@ Adam eps, which columns.check_shared_lr requires the blocks to share."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from fractions import Fraction
 
 from ..errors import TraceError, UsageError
@@ -63,3 +64,28 @@ def row_range(rows, consts, size: int) -> tuple[int, int]:
             help="pass a model built by the traced build(width)",
         )
     return int(lo), int(hi)
+
+
+_PART = re.compile(r"\b\w*_part\d+\w*\b")
+
+
+def renumber_slices(t1, t2) -> None:
+    """Name the second width's row blocks as the first's where the two programs differ only in
+    the blocks' part numbers. A slice of a fused layer's rows (``y[..., n:n + 13]``) is named
+    by its place, lo / its size (walk.py), which moves with the width when a block of a fixed
+    size follows one that grows (a split names each block by its order instead); the programs
+    being otherwise the same, each block of one is the block of the other at its place."""
+    lines1, lines2 = t1.decls + t1.stmts, t2.decls + t2.stmts
+    if lines1 == lines2 or len(lines1) != len(lines2) or any(
+            _PART.sub("_part", a) != _PART.sub("_part", b)
+            for a, b in zip(lines1, lines2, strict=True)):
+        return
+    names: dict[str, str] = {}
+    for a, b in zip(lines1, lines2, strict=True):
+        for x, y in zip(_PART.findall(a), _PART.findall(b), strict=False):
+            if names.setdefault(y, x) != x:
+                return  # not one renaming: the graphs differ, as _combine then says
+    if len(set(names.values())) != len(names):
+        return
+    t2.decls, t2.stmts = list(t1.decls), list(t1.stmts)
+    t2.params = {names.get(k, k): u for k, u in t2.params.items()}

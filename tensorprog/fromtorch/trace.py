@@ -23,7 +23,7 @@ from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_tables import fixed_table
-from .rows import merge_rows
+from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
@@ -457,6 +457,7 @@ def _at_build(err: TraceError, build) -> TraceError:
 def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
+    renumber_slices(t1, t2)  # a slice's block named by a place that moves (rows.py)
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
         diff = next(
             (

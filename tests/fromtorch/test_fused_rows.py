@@ -52,13 +52,14 @@ class MultiQuery(torch.nn.Module):
 class Skip(torch.nn.Module):
     """An MLP whose first layer's last 13 rows are logits added to the readout's."""
 
-    def __init__(self, n):
+    def __init__(self, n, sliced=False):
         super().__init__()
         self.n, self.e, self.head = n, torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
-        self.fc = torch.nn.Linear(n, n + 13)
+        self.fc, self.sliced = torch.nn.Linear(n, n + 13), sliced
 
     def forward(self, idx):
-        h, skip = self.fc(self.e(idx)).split([self.n, 13], dim=-1)
+        y = self.fc(self.e(idx))
+        h, skip = (y[..., :self.n], y[..., self.n:]) if self.sliced else y.split([self.n, 13], -1)
         return self.head(torch.relu(h)) + skip
 
 
@@ -128,3 +129,13 @@ def test_a_forward_patch_scales_the_rows_the_bounds_give():
     # output multiplies rows 0..S-32 of its S features at any width
     out = scale_rows(torch.ones(2, 160), 2.0, (0, 1, None, None, (0, -32)))
     assert out[:, :128].eq(2).all() and out[:, 128:].eq(1).all()
+
+
+def test_a_slice_of_the_rows_at_a_place_that_moves_traces_as_the_split(skip):
+    # y[..., n:] is named by its place, rows n.. in blocks of 13 (part 2 at 32, part 4 at 64):
+    # before, refused as a graph that differs between widths
+    sliced = from_torch(lambda n: Skip(n, sliced=True), WIDTHS, _tokens)
+    assert "param fc_weight_part2 : [f13, n]" in sliced.source, sliced.source
+    use = sliced.params["fc_weight_part2"]
+    assert (use.rows, use.row_consts) == (skip.params["fc_weight_part1"].rows,
+                                          skip.params["fc_weight_part1"].row_consts)
