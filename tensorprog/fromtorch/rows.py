@@ -35,13 +35,16 @@ def merge_rows(name: str, u1: ParamUse, u2: ParamUse, widths) -> ParamUse:
     if (u1.groups is not None and u1.groups != u2.groups) or n1 is None or n2 is None \
             or n1[2] == n2[2]:
         raise TraceError(
-            f"{name} is rows {u1.rows[0]}..{u1.rows[1]} of each head's rows of "
-            f"{strip_prefix(u1.target)} at width {w1} and {u2.rows[0]}..{u2.rows[1]} at {w2}: "
-            "a block of every head's rows of a fused layer that is not the same share of them "
-            "at every width",
+            f"{name} is rows {u1.rows[0]}..{u1.rows[1]} of "
+            + ("each head's rows of " if u1.groups is not None else "")
+            + f"{strip_prefix(u1.target)} at width {w1} and {u2.rows[0]}..{u2.rows[1]} at {w2}"
+            + (f", over {u1.groups} heads and {u2.groups}" if u1.groups is not None else "")
+            + ": a block of a fused layer that is neither the same share of its rows at every "
+            "width nor a fixed number of rows beside blocks that grow, within a fixed number of "
+            "heads",
             u1.span,
-            help="split each head's rows into parts that are each a fixed share of them, or "
-            "use separate layers",
+            help="split the fused layer into blocks each of a fixed share of its rows or of a "
+            "fixed size, over a fixed head count, or use separate layers",
         )
     (lo1, hi1, s1), (lo2, hi2, s2) = n1, n2
     bounds = []
