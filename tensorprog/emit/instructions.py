@@ -77,7 +77,12 @@ class Emitter:
 
     def MatMul(self, ins: MatMul) -> str:
         w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
-        if len(self.program.param_table[ins.weight].shape) == 4:
+        if ins.geometry is not None:
+            g = ins.geometry
+            self.helpers.add("_conv_geometry")
+            rhs = (f"_conv_geometry({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
+                   f"{g.dilation})")
+        elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs

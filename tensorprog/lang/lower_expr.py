@@ -31,11 +31,12 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_conv import CONV, lower_conv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV)
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ class ExpressionLowering:
                           "write a product with an elementwise function instead")
         return None
 
-    def op_matmul(self, a, b, node):
+    def op_matmul(self, a, b, node, geometry=None, pixels=None):
         if not isinstance(a, Matrix):
             self.errors.error("the left side of @ must be a matrix param", node.span,
                               "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
@@ -355,8 +356,10 @@ class ExpressionLowering:
                               node.span, "apply kernels to values computed from an `image` "
                               "input, before global_pool; use a matrix [out, in] otherwise")
             return None
-        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
-                        fan_out)
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed,
+                               geometry), fan_out)
+        if geometry is not None:  # conv(...): its own pixels, where K @ h keeps its input's
+            self.pixels[out] = pixels
         relative = next((i for i in self.inputs if i.name == arg and i.kind in RELATIVE_KINDS),
                         None)
         if relative is not None:
@@ -512,7 +515,7 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
-        if node.fn in ROUTES:  # variadic: lower_route checks its arguments
+        if node.fn in ROUTES or node.fn == CONV:  # variadic: lower_route/conv check them
             return node.args, None
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
@@ -559,6 +562,8 @@ class ExpressionLowering:
             return self.apply_block(node.fn, node.fn_span, args[0], None, node)
         if node.fn in ROUTES:
             return lower_route(self, node, args, Scalar, Vec)
+        if node.fn == CONV:
+            return lower_conv(self, node, args, Scalar, Vec)
         if node.fn == PREPEND:
             return lower_prepend(self, node, args, over[1], Vec)
         if node.fn == MEAN:
