@@ -1432,17 +1432,21 @@ CONV_BUILDS = {
     "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
                   r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
                   r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
-    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
-                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
-                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
-    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
-    # image is cut into patches
-    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
-                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
-                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
-    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
-                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
-                r"2x2, dilation 2x2"),
+    # the language's convolution has one stride and one dilation for both pixel axes
+    "two_strides": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, stride=(1, 2), padding=1))",
+                    r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                    r"stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use nn.Conv2d\(c_in, "
+                    r"c_out, \(kh, kw\)"),
+    "two_dilations": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=(1, 2), "
+                      "dilation=(1, 2)))",
+                      r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, "
+                      r"padding \[1, 1, 2, 2\], dilation 1x2"),
+    # a pad by zeros is traced as the padding of the convolutions that read it, only those
+    "pad_pooled": ("lambda n: Net(n, tail=lambda x: nn.functional.pad(x, (1, 1, 1, 1))"
+                   ".mean((2, 3)))",
+                   r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
+                   r"value None\) of a value that is not an image, or read by another op than a "
+                   r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",

@@ -12,8 +12,8 @@ from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.values import RECOGNISED
 from tensorprog.ir.functions import COORDINATEWISE, FUNCTIONS, NONLINEARITIES, torch_function
-from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_conv import CONV
+from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
 from tensorprog.lang.lower_prepend import PREPEND
 from tensorprog.lang.lower_route import ROUTES
