@@ -147,6 +147,9 @@ CATALOGUE = {
                            r"conv of a 8x8 image by a 3x3 kernel .* leaves no pixel", (8, 28)),
     "conv-of-a-matrix": (IMG + "output y = R @ global_pool(conv(R, img, 2))\n", S,
                          r"conv applies a kernel param to an image", (8, 28)),
+    # a product may gate an image by a vector of no pixels; a sum may not add one to it
+    "pixel-clash-pooled": (IMG + "h = K @ img\noutput y = R @ global_pool(h + global_pool(h))\n",
+                           S, r"different spatial sizes \(8x8 pixels, no pixels\)", (9, 28)),
     "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
                        r"height and width must be finite", (3, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),

@@ -224,9 +224,12 @@ class ExpressionLowering:
         self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
                           f"write `{m.name} @ x` for a vector x of its fan-in dim")
 
-    def pixel_clash(self, vecs, node) -> bool:
-        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
+    def pixel_clash(self, vecs, node, gate=False) -> bool:
+        """Vectors combined elementwise must agree on their pixels (a param broadcasts; in a
+        product, ``gate``, a vector of no pixels scales every pixel of an image alike)."""
         sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, Vec)))
+        if gate and len(sizes) == 2 and None in sizes:  # a gate per channel (squeeze-excite)
+            return False
         if len(sizes) > 1:
             text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
                              for z in sorted(sizes, key=str))
@@ -236,14 +239,14 @@ class ExpressionLowering:
             return True
         return False
 
-    def elementwise_refused(self, a, b, node) -> bool:
+    def elementwise_refused(self, a, b, node, gate=False) -> bool:
         """Whether the operands of a sum or a product are refused (and reported): a matrix
         param, or images of different sizes."""
         for v in (a, b):
             if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
                 return True
-        return self.pixel_clash((a, b), node)
+        return self.pixel_clash((a, b), node, gate)
 
     def op_add(self, a, b, node, sign=Fraction(1)):
         if self.elementwise_refused(a, b, node):
@@ -282,7 +285,7 @@ class ExpressionLowering:
         return self.op_add(a, b, node, Fraction(-1))
 
     def op_mul(self, a, b, node):
-        if self.elementwise_refused(a, b, node):
+        if self.elementwise_refused(a, b, node, gate=True):
             return None
         if isinstance(a, Scalar):
             return self.scale(b, a.value, node.span)
