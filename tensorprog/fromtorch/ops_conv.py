@@ -6,7 +6,8 @@ batch, the channels (the vector's dim, which may grow with the width) and the tw
 axes. The language's convolution ``K @ h`` is stride 1 and same-padded; a stride-2 one is the
 stride-1 one read at every other pixel, written ``subsample(K @ h)`` (exact, not an
 approximation: output pixel i of a stride-s convolution padded by (k-1)/2 is pixel s·i of the
-stride-1 one).
+stride-1 one). Any other geometry (stride, padding per side, dilation; a zero pad of the image
+before it folded in) is ``conv(K, h, s, top, bottom, left, right, d)``.
 """
 
 from __future__ import annotations
