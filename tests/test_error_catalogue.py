@@ -138,6 +138,18 @@ CATALOGUE = {
                           r"a convolution kernel cannot be transposed", (8, 28)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
                     r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
+    "conv-arity": (IMG + "output y = R @ global_pool(conv(K, img, 1, 2, 1, 1))\n", S,
+                   r"conv takes 3, 4, 5 or 8 arguments, got 6", (8, 28)),
+    "conv-not-whole": (IMG + "output y = R @ global_pool(conv(K, img, 1.5))\n", S,
+                       r"the stride, padding and dilation of conv must be whole numbers",
+                       (8, 28)),
+    "conv-no-pixel-left": (IMG + "output y = R @ global_pool(conv(K, img, 1, 0, 5))\n", S,
+                           r"conv of a 8x8 image by a 3x3 kernel .* leaves no pixel", (8, 28)),
+    "conv-of-a-matrix": (IMG + "output y = R @ global_pool(conv(R, img, 2))\n", S,
+                         r"conv applies a kernel param to an image", (8, 28)),
+    # a product may gate an image by a vector of no pixels; a sum may not add one to it
+    "pixel-clash-pooled": (IMG + "h = K @ img\noutput y = R @ global_pool(h + global_pool(h))\n",
+                           S, r"different spatial sizes \(8x8 pixels, no pixels\)", (9, 28)),
     "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
                        r"height and width must be finite", (3, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
@@ -1423,17 +1435,21 @@ CONV_BUILDS = {
     "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
                   r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
                   r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
-    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
-                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
-                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
-    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
-    # image is cut into patches
-    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
-                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
-                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
-    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
-                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
-                r"2x2, dilation 2x2"),
+    # the language's convolution has one stride and one dilation for both pixel axes
+    "two_strides": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, stride=(1, 2), padding=1))",
+                    r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                    r"stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use nn.Conv2d\(c_in, "
+                    r"c_out, \(kh, kw\)"),
+    "two_dilations": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=(1, 2), "
+                      "dilation=(1, 2)))",
+                      r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, "
+                      r"padding \[1, 1, 2, 2\], dilation 1x2"),
+    # a pad by zeros is traced as the padding of the convolutions that read it, only those
+    "pad_pooled": ("lambda n: Net(n, tail=lambda x: nn.functional.pad(x, (1, 1, 1, 1))"
+                   ".mean((2, 3)))",
+                   r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
+                   r"value None\) of a value that is not an image, or read by another op than a "
+                   r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
