@@ -85,6 +85,15 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # a softmax with a sink: attention logits, then a vector param with one logit per head
+    "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
+                              "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,
+                              r"the sink z is \[H\], but the logits have 2 heads", (11, 12)),
+    "sink-not-a-param": (SEQ + "scale tau\noutput p = softmax(tau * dot(h, h, dh), h)\n", S,
+                         r"the sink of softmax must be a vector param", (9, 12)),
+    "sink-of-a-vector": (SEQ + "param z : [n]\noutput p = softmax(h, z)\n", S,
+                         r"a sink joins the softmax of attention logits .* not of \[n\]",
+                         (9, 12)),
     # grouped-query attention: keys and values of whole heads, in whole groups of query heads
     "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
                                  "output s = dot(h, Wk @ h, dh)\n", S,
