@@ -908,6 +908,16 @@ class OneHead(Net):
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class RowMaxAdded(Net):
+    def forward(self, idx):  # the logits' row max added to them: no softmax's stabilisation
+        x = self.e(idx)
+        b, t, _ = x.shape
+        q = x.view(b, t, 2, -1).transpose(1, 2)
+        s = q @ q.transpose(-1, -2)
+        s = s + s.max(-1, keepdim=True).values
+        return self.o((torch.softmax(s, -1) @ q).transpose(1, 2).reshape(b, t, -1))
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -1089,6 +1099,7 @@ TRACED_BUILDS = {
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
+    "row_max_added": "lambda n: RowMaxAdded(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
     "act_split": "lambda n: ActSplit(n)",
@@ -1126,6 +1137,9 @@ TRACED_BUILDS = {
     ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
     # before: TypeError: AttentionOps.op_max() takes from 3 to 4 positional arguments
     ("row_max", None, r"m.py:\d+:\d+: error: cannot trace a max over a dimension"),
+    # a softmax stabilised by hand subtracts the row max (ops_sink.py); anything else is refused
+    ("row_max_added", None, r"m.py:\d+:\d+: error: cannot trace the row max of attention "
+                            r"logits used otherwise than subtracted"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "

@@ -89,9 +89,9 @@ class SinkOps:
     def view(self, node, v):
         shape = tuple(node.meta["val"].shape)
         if isinstance(v, PRef) and len(v.shape) == 1 and v.rows is None and len(shape) > 1 and [
-                d for d in shape if d != 1] == [v.shape[0]] and v.shape[0] > 1:
-            # one number per head, axes of 1 around it: the heads axis, checked where it meets
-            # the logits
+                d for d in shape if d != 1] == [v.shape[0]] and v.shape[0] > 1 and shape[-1] == 1:
+            # one number per head, axes of 1 around it and after it (a vector param's features
+            # stay last: ops_spread.py): the heads axis, checked where it meets the logits
             return SinkRef(v, shape, shape.index(v.shape[0]))
         if isinstance(v, SinkGate) and v.stage == "gate" and shape[:-1] == tuple(
                 node.args[0].meta["val"].shape) and shape[-1] == 1:
@@ -150,7 +150,7 @@ class SinkOps:
         return RowMax(s)
 
     def _lincomb(self, node, u, v, alpha):
-        if isinstance(v, RowMax) and alpha == -1 or isinstance(u, RowMax):
+        if isinstance(u, RowMax) or isinstance(v, RowMax):
             if isinstance(v, RowMax) and v.of is u and alpha == -1:
                 return Shifted(u)  # s - max(s): a softmax's own stabilisation
             raise refuse(node, "the row max of attention logits used otherwise than "
@@ -218,6 +218,10 @@ class SinkOps:
     def op_mul(self, node, u, v):
         gate = next((x for x in (u, v) if isinstance(x, SinkGate)), None)
         if gate is None:
+            if any(isinstance(x, SINK_VALUES) for x in (u, v)):
+                raise refuse(node, "a product with attention logits' sink, row max or "
+                             "logsumexp other than Granite's gate on the attention output",
+                             help=_HELP)
             return super().op_mul(node, u, v)
         y = v if gate is u else u
         found = getattr(self, "_mixes", {}).get(getattr(y, "name", None))
