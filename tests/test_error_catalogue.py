@@ -918,6 +918,22 @@ class RowMaxAdded(Net):
         return self.o((torch.softmax(s, -1) @ q).transpose(1, 2).reshape(b, t, -1))
 
 
+class GateTwice(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.sinks = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, idx):  # Granite's sink gate on a mix that is also read without it
+        x = self.e(idx)
+        b, t, _ = x.shape
+        q = x.view(b, t, 2, -1).transpose(1, 2)
+        s = q @ q.transpose(-1, -2)
+        y = torch.softmax(s, -1) @ q
+        gate = (torch.logsumexp(s, -1) - self.sinks.view(1, -1, 1)).sigmoid()
+        y = y * gate.unsqueeze(-1) + y
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -1100,6 +1116,7 @@ TRACED_BUILDS = {
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
     "row_max_added": "lambda n: RowMaxAdded(n)",
+    "gate_twice": "lambda n: GateTwice(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
     "act_split": "lambda n: ActSplit(n)",
@@ -1140,6 +1157,9 @@ TRACED_BUILDS = {
     # a softmax stabilised by hand subtracts the row max (ops_sink.py); anything else is refused
     ("row_max_added", None, r"m.py:\d+:\d+: error: cannot trace the row max of attention "
                             r"logits used otherwise than subtracted"),
+    # Granite's sink gate folds into the mix it multiplies only where nothing else reads it
+    ("gate_twice", None, r"m.py:\d+:\d+: error: cannot trace sigmoid\(logsumexp\(logits\) - "
+                         r"sinks\) times anything but the mix"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "

@@ -212,7 +212,7 @@ class SinkOps:
         out = super().mix(node, p, v)
         # Granite's gate multiplies this mix afterwards: where its statement is, and its logits
         self._mixes = getattr(self, "_mixes", {})
-        self._mixes[out.name] = (p, len(self.out.stmts) - 1)
+        self._mixes[out.name] = (p, len(self.out.stmts) - 1, node)
         return out
 
     def op_mul(self, node, u, v):
@@ -225,11 +225,13 @@ class SinkOps:
             return super().op_mul(node, u, v)
         y = v if gate is u else u
         found = getattr(self, "_mixes", {}).get(getattr(y, "name", None))
-        if gate.stage != "axis" or found is None or found[0].scores is not gate.scores:
+        # the mix read by this product alone: its program vector then stands for the product
+        if gate.stage != "axis" or found is None or found[0].scores is not gate.scores or set(
+                found[2].users) != {node}:
             raise refuse(node, "sigmoid(logsumexp(logits) - sinks) times anything but the mix "
-                         "of the same logits' softmax with the values, per head and query "
-                         "(Granite's attention sink)", help=_HELP)
-        p, index = found
+                         "of the same logits' softmax with the values, read by nothing else, "
+                         "per head and query (Granite's attention sink)", help=_HELP)
+        p, index, _ = found
         z = self.vector_param(gate.sink, node)
         fn, _, logits = p.name.partition("(")
         # the mix's statement takes the sink, and its vector is now this product's value, which
