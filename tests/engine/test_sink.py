@@ -94,3 +94,38 @@ def test_a_sink_passes_its_coordinate_check(optimizer):
                              widths=(32, 64, 128), steps=3, seeds=2, device="cpu",
                              tolerance=0.25)
     assert result.passed, str(result)
+
+
+def _sink_change(module, width: int, scaled: bool) -> float:
+    """RMS of the sink's change after 3 SGD steps (lr 0.002, a fixed linear loss) of the module
+    emitted for SGD; ``scaled`` False: the sink's LR left at the base width's."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = module.Model(width, dtype=torch.float64)
+    inputs = model.example_inputs(4, generator=torch.Generator().manual_seed(1))
+    groups = module.param_groups(model, 0.002)
+    for g in groups:
+        if not scaled and any(p is model.z for p in g["params"]):
+            g["lr"] = 0.002
+    opt = torch.optim.SGD(groups, lr=0.002)
+    z0 = model.z.detach().clone()
+    w = torch.randn(model(*inputs).shape, generator=torch.Generator().manual_seed(2),
+                    dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(*inputs) * w).sum().backward()
+        opt.step()
+    return (model.z.detach() - z0).pow(2).mean().sqrt().item()
+
+
+def test_the_sinks_sgd_lr_keeps_its_change_flat_with_a_fixed_head_dim(tmp_path):
+    # n/8 heads: each sink's gradient is Θ(1/n), so µP's SGD LR ∝ n keeps Δz Θ(1). Measured at
+    # widths 32 and 256 (seeds fixed): slope -0.04 with it, -1.04 with the base width's LR
+    import math
+
+    path = tmp_path / "sink_sgd.py"
+    path.write_text(emit_program(_program("8", "n / 8"), optimizer="sgd").source)
+    module = import_file(path)
+    for scaled, want in ((True, 0.0), (False, -1.0)):
+        a, b = (_sink_change(module, w, scaled) for w in (32, 256))
+        assert math.log(b / a) / math.log(8) == pytest.approx(want, abs=0.15), scaled
