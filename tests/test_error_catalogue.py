@@ -85,6 +85,15 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # a softmax with a sink: attention logits, then a vector param with one logit per head
+    "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
+                              "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,
+                              r"the sink z is \[H\], but the logits have 2 heads", (11, 12)),
+    "sink-not-a-param": (SEQ + "scale tau\noutput p = softmax(tau * dot(h, h, dh), h)\n", S,
+                         r"the sink of softmax must be a vector param", (9, 12)),
+    "sink-of-a-vector": (SEQ + "param z : [n]\noutput p = softmax(h, z)\n", S,
+                         r"a sink joins the softmax of attention logits .* not of \[n\]",
+                         (9, 12)),
     # grouped-query attention: keys and values of whole heads, in whole groups of query heads
     "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
                                  "output s = dot(h, Wk @ h, dh)\n", S,
@@ -911,6 +920,32 @@ class OneHead(Net):
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class RowMaxAdded(Net):
+    def forward(self, idx):  # the logits' row max added to them: no softmax's stabilisation
+        x = self.e(idx)
+        b, t, _ = x.shape
+        q = x.view(b, t, 2, -1).transpose(1, 2)
+        s = q @ q.transpose(-1, -2)
+        s = s + s.max(-1, keepdim=True).values
+        return self.o((torch.softmax(s, -1) @ q).transpose(1, 2).reshape(b, t, -1))
+
+
+class GateTwice(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.sinks = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, idx):  # Granite's sink gate on a mix that is also read without it
+        x = self.e(idx)
+        b, t, _ = x.shape
+        q = x.view(b, t, 2, -1).transpose(1, 2)
+        s = q @ q.transpose(-1, -2)
+        y = torch.softmax(s, -1) @ q
+        gate = (torch.logsumexp(s, -1) - self.sinks.view(1, -1, 1)).sigmoid()
+        y = y * gate.unsqueeze(-1) + y
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -1092,6 +1127,8 @@ TRACED_BUILDS = {
     "padded": "lambda n: Padded(n)",
     "one_head": "lambda n: OneHead(n)",
     "second": "lambda n: Second(n)",
+    "row_max_added": "lambda n: RowMaxAdded(n)",
+    "gate_twice": "lambda n: GateTwice(n)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
     "act_split": "lambda n: ActSplit(n)",
@@ -1129,6 +1166,12 @@ TRACED_BUILDS = {
     ("part", None, r"m.py:\d+:\d+: error: cannot trace a slice of a vector's coordinates"),
     # before: TypeError: AttentionOps.op_max() takes from 3 to 4 positional arguments
     ("row_max", None, r"m.py:\d+:\d+: error: cannot trace a max over a dimension"),
+    # a softmax stabilised by hand subtracts the row max (ops_sink.py); anything else is refused
+    ("row_max_added", None, r"m.py:\d+:\d+: error: cannot trace the row max of attention "
+                            r"logits used otherwise than subtracted"),
+    # Granite's sink gate folds into the mix it multiplies only where nothing else reads it
+    ("gate_twice", None, r"m.py:\d+:\d+: error: cannot trace sigmoid\(logsumexp\(logits\) - "
+                         r"sinks\) times anything but the mix"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "

@@ -98,8 +98,9 @@ def find_fusions(program: Program, body: Sequence) -> dict[str, Attention | Norm
             continue
         mix = ins
         soft = producer.get(mix.weights)
+        # a softmax with a sink (a second argument) has no fused kernel: computed as written
         if not (isinstance(soft, Nonlin) and soft.fn in ("softmax", "causal_softmax")
-                and only_feeds(soft.out, mix)):
+                and len(soft.args) == 1 and only_feeds(soft.out, mix)):
             continue
         logits = producer.get(soft.args[0])
         scales: tuple[str, ...] = ()

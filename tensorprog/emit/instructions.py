@@ -125,6 +125,10 @@ class Emitter:
                 if vector and dims.get(a) is None and not self._is_scale(a) else
                 self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
+        if len(ins.args) == 2:  # a softmax with a sink: one more logit per head in every row
+            self.helpers.add("_sink_softmax")
+            return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "
+                    f"{ins.fn == 'causal_softmax'})")
         if ins.fn == "identity":
             return x
         if ins.over is not None:  # a norm over each head's coordinates (QK-norm)

@@ -119,6 +119,17 @@ HELPERS = {
         "                                                         is_causal=is_causal,",
         "                                                         enable_gqa=True)",
         "    return y.transpose(-3, -2).flatten(-2)"],
+    "_sink_softmax": [
+        "def _sink_softmax(s, sink, is_causal):",
+        '    """Softmax over the key tokens with one more logit per head, the sink, in every row',
+        "    (is_causal: each query sees itself and earlier tokens only); the sink's own weight is",
+        '    dropped, so a row gives less than 1 in all (gpt-oss\'s attention sinks)."""',
+        "    if is_causal:",
+        "        t = s.shape[-1]",
+        "        future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)",
+        '        s = s.masked_fill(future, float("-inf"))',
+        "    z = sink.reshape(-1, 1, 1).expand(*s.shape[:-1], 1).to(s.dtype)",
+        "    return torch.softmax(torch.cat([s, z], dim=-1), dim=-1)[..., :-1]"],
     "_causal_softmax": [
         "def _causal_softmax(s):",
         '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',

@@ -160,7 +160,46 @@ def _size(monos: list[Mono]) -> Exp:
     return ZERO if size is NEG_INF else size  # a normalised zero vector: nothing to divide
 
 
+# --- a softmax with a sink ---------------------------------------------------------------------
+# p_ts = exp(s_ts) / (exp(z_h) + sum_s' exp(s_ts')): the sink z_h is one more logit in every row
+# of head h, whose weight is dropped. A row's terms are finitely many (the key tokens and the
+# sink), so z enters as a logit does: p is Θ(1) while z is O(1), and moves by Θ(Δz) (capped at
+# Θ(1), as softmax is bounded). dp_ts/dz_h = -p_ts·π_t with π_t the sink's own weight, Θ(1): z_h's
+# gradient is a finite sum over the tokens of its own head's dp, so as large as a logit's.
+
+
+def _sink(ins: Nonlin) -> str | None:
+    return ins.args[1] if ins.fn in ("softmax", "causal_softmax") and len(ins.args) == 2 else None
+
+
+def init_sink(ins: Nonlin, sz: Sizes) -> list[Term]:
+    s, z = ins.args
+    return ([Term(ZERO, (), f"{ins.fn}({s}₀)", f"{ins.fn}(0) ≠ 0 and {ins.fn} is bounded",
+                  "flow")]
+            # not clamped: a growing sink would take every row's weight (p -> 0), so the
+            # sink must stay O(1) as the logits do
+            + terms(f"{z}₀", f"the sink is one more logit of every row: O(1) keeps exp({z}) "
+                    "beside the logits'", "auto", sz.init(z)))
+
+
+def change_sink(ins: Nonlin, sz: Sizes) -> list[Term]:
+    s, z = ins.args
+    why = f"{ins.fn}′ = Θ(1) over finitely many logits, the sink one of them"
+    return (terms(f"{ins.fn}′·Δ{s}", why, "auto", sz.change(s), clamp=ZERO)
+            + terms(f"{ins.fn}′·Δ{z}", why, "auto", sz.change(z), clamp=ZERO))
+
+
+def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    s, z = ins.args
+    g = [Mono(sz.grad(ins.out))]
+    return ([(s, t) for t in terms(f"{ins.fn}′⊙d{ins.out}", f"{ins.fn}′ = Θ(1)", "flow", g)]
+            + [(z, t) for t in terms(f"Σ_t π·p·d{ins.out}", "each sink meets its own head's "
+                                     "weights only: a finite sum over tokens (+0)", "flow", g)])
+
+
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if _sink(ins):
+        return init_sink(ins, sz)
     if ins.fn == MUL:
         u, v = ins.args
         return terms(f"{u}₀⊙{v}₀", "a coordinatewise product adds exponents", "auto",
@@ -180,6 +219,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
 
 
 def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if _sink(ins):
+        return change_sink(ins, sz)
     if ins.fn == MUL:
         u, v = ins.args
         return (terms(f"Δ{u}⊙{v}", "a product changes with either factor", "auto",
@@ -211,6 +252,8 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
 
 
 def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    if _sink(ins):
+        return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]
     if ins.fn == MUL:
         u, v = ins.args

@@ -107,9 +107,9 @@ class AttentionOps:
 
         if getattr(node.target, "_overloadname", "") == "dim":
             # max(x, dim, keepdim): a reduction, not a floor (it had crashed on its arguments)
-            raise refuse(node, "a max over a dimension (a softmax stabilised by hand, the "
-                         "logits minus their max, as MiMo-V2-Flash's: the softmax does that "
-                         "itself)")
+            raise refuse(node, "a max over a dimension of anything but attention logits (a "
+                         "softmax stabilised by hand, the logits minus their row max, is traced: "
+                         "ops_sink.py)")
         low = getattr(other, "value", other)
         dtype = node.meta["val"].dtype
         if isinstance(s, Scores) and isinstance(low, (int, float, torch.Tensor)) and (

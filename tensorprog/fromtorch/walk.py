@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .ops_sink import SINK_VALUES, RowMax
 from .values import (
     Affine,
     Aux,
@@ -114,6 +115,7 @@ SYMBOLIC = (
     Slot,
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
+    *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
 )
 
 
@@ -507,6 +509,8 @@ class Walker:
                                       node)
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
+            if isinstance(args[0], RowMax) and args[1] == 0:  # max(dim).values (ops_sink.py)
+                return args[0]
             raise refuse(node, "indexing a traced value")
         op = op_name(node)
         flat = [

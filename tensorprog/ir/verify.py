@@ -26,6 +26,8 @@ from .program import (
 )
 from .sequences import check_sequences
 
+SOFTMAXES = ("softmax", "causal_softmax")
+
 
 def _grouped(dims: dict, query: str, kv: str | None, over: str | None) -> bool:
     """Grouped-query attention: kv a whole number of heads of dim ``over``, and of
@@ -131,9 +133,7 @@ def verify(program: Program) -> Program:
             out = ops[0]
         else:
             if isinstance(ins, Nonlin):
-                arity = 2 if ins.fn == MUL else 1
-                if ins.fn != MUL and ins.fn not in FUNCTIONS or len(ins.args) != arity:
-                    errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
+                _verify_arity(program, ins, errors)
             vectors = [o for o in ops if o is not None]
             scalar_factor = isinstance(ins, Nonlin) and ins.fn == MUL and len(vectors) < len(ops)
             gain = _per_head(program, ins, ops, errors)
@@ -209,6 +209,19 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     return next((d for a, d, other in ((ins.args[0], ops[0], ops[1]),
                                        (ins.args[1], ops[1], ops[0]))
                  if a in program.param_table and per_head(dims, d, other)), None)
+
+
+def _verify_arity(program: Program, ins: Nonlin, errors: Collector) -> None:
+    """A known function of one argument, or two: ``mul``'s factors, or a softmax's logits and
+    its sink (a vector param, one logit per head)."""
+    arity = (2,) if ins.fn == MUL else (1, 2) if ins.fn in SOFTMAXES else (1,)
+    if ins.fn != MUL and ins.fn not in FUNCTIONS or len(ins.args) not in arity:
+        errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
+    elif ins.fn in SOFTMAXES and len(ins.args) == 2 and (
+            ins.args[1] not in program.param_table
+            or len(program.param_table[ins.args[1]].shape) != 1):
+        errors.error(f"{ins.fn} with a sink: attention logits, then a vector param with one "
+                     "logit per head", ins.span)
 
 
 def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> str | None:

@@ -35,6 +35,7 @@ from .lower_conv import CONV, lower_conv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
+from .lower_sink import SINKS, lower_sink
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV)
 
@@ -526,10 +527,11 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2)}.get(
-            node.fn, (1,))
+        arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2),
+                 **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
         if len(node.args) not in arity:
-            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)"}.get(
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)",
+                     **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
                 node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
                 f"{node.fn}(h)")
             n = " or ".join(map(str, arity))
@@ -626,6 +628,8 @@ class ExpressionLowering:
             dim = query if grouped else v.dim
             out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), dim)
             return self.vec(out, dim)
+        if node.fn in SINKS and len(args) == 2:
+            return lower_sink(self, node, args, Vec)
         if not self.in_domain(node.fn, args[0], node):
             return None
         group = over[1] if isinstance(over, tuple) else None  # a norm per head
