@@ -27,7 +27,7 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
   derives, with a finite-width transient up to width about 1024 that the zoo's widths read
   (docs/check.md, "At wider widths": gpt_neox's later logits read -0.36 over 256..512, -0.07
   over 1024..4096). A model past ``WIDER_MEMORY`` at width 4096 (a mixture of experts) is left
-  out, ``skipped``;
+  out, ``skipped``; one wider check runs at a time (a file lock: about 11 GiB each);
 * ``refused``: tensorprog refuses it with a positioned error (the op and the user-code line);
 * ``build``: the model does not build small from its config (counted apart);
 * ``crash``: any other exception (its type and first line), or the family's timeout: the goal
@@ -57,6 +57,7 @@ the model needs one under torch.export (Switch Transformers); the states a draft
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -95,12 +96,14 @@ TOLERANCE = 0.25  # as docs/torch.md's checks of HF models: widths <= 512 drift 
 # "At wider widths": gpt_neox's later logits read -0.36 over 256..512, -0.07 over 1024..4096).
 # Judged at the check's own tolerance (±0.15): past the transient nothing calls for more
 WIDER_WIDTHS = (1024, 2048, 4096)
-# what one family's wider check may take: two workers share 24 GiB. Its peak is about 20 bytes
-# a param at the widest width (the params, their gradients and Adam's two moments, and the
-# exported graph's copy of the first seed's params): a dense model of 2 layers, MLP 4n, has
-# 0.4G params at 4096 (8 GiB); a mixture of 4 experts 1.2G, which is left out
-WIDER_BYTES_PER_PARAM = 20
-WIDER_MEMORY = 10 * 2**30
+# what one family's wider check may take: two workers share 24 GiB, and one wider check runs at
+# a time (_one_at_a_time), the other worker's check at the zoo's widths taking about 1 GiB. Its
+# peak is about 30 bytes a param at the widest width (measured: gpt_neox, 0.405G params at 4096,
+# 11.4 GiB resident; the params, their gradients, Adam's two moments, the exported graph's
+# copy of the first seed's params, and the next model built while the last is alive): a dense
+# model of 2 layers, MLP 4n, fits; a mixture of 4 experts, 1.2G params, is left out
+WIDER_BYTES_PER_PARAM = 30
+WIDER_MEMORY = 12 * 2**30
 SCALINGS = {
     "heads": f"{HEADS} heads, head dim n/{HEADS}",
     "head_dim": f"head dim {HEAD_DIM}, n/{HEAD_DIM} heads",
@@ -650,8 +653,10 @@ def _wider(mup, build, widths, options: dict) -> dict:
         else:
             # a failing vector of few entries is not measured again here: at 4096 its extra
             # seeds would cost several times the check itself
-            result = coord_check(mup, widths, **{**options, "tolerance": None,
-                                                 "remeasure_few": False})
+            with _one_at_a_time():
+                start = time.perf_counter()  # the check's own time, not the wait
+                result = coord_check(mup, widths, **{**options, "tolerance": None,
+                                                     "remeasure_few": False})
             out["status"] = "pass" if result.passed else "fail"
             out["detail"] = "" if result.passed else \
                 f"{len(result.failures)} vectors: {_worst(result, 4)}"
@@ -661,6 +666,21 @@ def _wider(mup, build, widths, options: dict) -> dict:
                    f"({Path(tb.filename).name}:{tb.lineno})")
     out["time"] = round(time.perf_counter() - start, 1)
     return out
+
+
+@contextlib.contextmanager
+def _one_at_a_time():
+    """Holds the zoo's lock on wider checks (a file lock, across the workers' processes), so
+    that two of them (12 GiB each at most) never run at once."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "wider.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def result_cell(row: dict) -> str:
@@ -880,7 +900,8 @@ def report(by_mapping: dict, wall: float | None) -> str:
         "(docs/check.md, \"At wider widths\"). Its result is given apart: `fail; pass (wider)` "
         "is a fail at the zoo's widths, counted as such, and the totals say how many of those "
         f"pass wider; a model past {WIDER_MEMORY / 2**30:.0f} GiB at width {WIDER_WIDTHS[-1]} "
-        "(a mixture of experts) is left out (`skipped`). A vector of few entries (a 2-class "
+        "(a mixture of experts) is left out (`skipped`), and one wider check runs at a time "
+        "(memory). A vector of few entries (a 2-class "
         "classifier's logits, 2 numbers an image) that fails at the zoo's widths is measured "
         "again over more seeds (docs/check.md, \"Vectors of few entries\"); the row names it.",
         "",

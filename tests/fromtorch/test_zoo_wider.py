@@ -49,3 +49,12 @@ def test_a_row_says_both_results_and_the_totals_keep_wider_passes_apart(zoo):
            "pass (wider)" in text
     assert "| wide | fail; pass (wider) |" in text
     assert "at widths 1024, 2048, 4096 (90 s): fail, 1 vectors: h.1 logits -0.2" in text
+
+
+def test_a_model_too_large_at_4096_is_not_checked_wider(zoo):
+    # 30 bytes a param at the widest width (gpt_neox's peak: 11.4 GiB for 0.405G params); a
+    # mixture of 4 experts at 4096 has 1.2G: skipped, said so, and no model is built
+    torch = pytest.importorskip("torch")
+    out = zoo._wider(None, lambda n: torch.nn.Linear(n, 72 * n), zoo.WIDER_WIDTHS, {})
+    assert out["status"] == "skipped"
+    assert out["detail"].startswith("1.2G params at width 4096: about 34 GiB, past the 12 GiB")
