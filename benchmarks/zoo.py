@@ -98,10 +98,11 @@ TOLERANCE = 0.25  # as docs/torch.md's checks of HF models: widths <= 512 drift 
 WIDER_WIDTHS = (1024, 2048, 4096)
 # what one family's wider check may take: two workers share 24 GiB, and one wider check runs at
 # a time (_one_at_a_time), the other worker's check at the zoo's widths taking about 1 GiB. Its
-# peak is about 30 bytes a param at the widest width (measured: gpt_neox, 0.405G params at 4096,
-# 11.4 GiB resident; the params, their gradients, Adam's two moments, the exported graph's
-# copy of the first seed's params, and the next model built while the last is alive): a dense
-# model of 2 layers, MLP 4n, fits; a mixture of 4 experts, 1.2G params, is left out
+# peak is about 30 bytes a param at the widest width (measured at 4096, about 0.405G params:
+# gpt_neox 11.4 GiB resident, vit 11.5, dinov2 11.8; the params, their gradients, Adam's two
+# moments, the exported graph's copy of the first seed's params, and the next model built while
+# the last is alive): a dense model of 2 layers, MLP 4n, fits; a mixture of 4 experts, 1.2G
+# params, is left out
 WIDER_BYTES_PER_PARAM = 30
 WIDER_MEMORY = 12 * 2**30
 SCALINGS = {
