@@ -14,6 +14,7 @@ from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP
 from .convert import convert
+from .few import rejudge, remeasure
 from .inputs import forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_rows
@@ -128,14 +129,7 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
     change does through the projections, which holds a CLT part as a router's R₀·Δx does
     (docs/check.md, "A traced model's changes by their parts", measures both). A node whose path
     reaches the model's inputs other than through such a projection gets no split."""
-    program = mup.program
-    dims = program.dim_table
-    logits = {ins.out for ins in program.body
-              if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
-    for ins in program.body:  # their scale, then a relative position bias added (T5's)
-        if (isinstance(ins, Nonlin) and ins.fn == "mul" or isinstance(ins, LinComb)) \
-                and any(v in logits for v in ins.operands):
-            logits.add(ins.out)
+    logits = _logit_values(mup.program)
     stack = mup.traced.stack
     nodes = {n.name: n for n in ep.graph.nodes}
     users = {spec.arg.name for spec in ep.graph_signature.input_specs
@@ -157,6 +151,26 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
         if found:
             out[node] = (*found, split)
     return out
+
+
+def _logit_values(program) -> set[str]:
+    """The program's attention logits: a ``dot`` over a head dim that grows, then their scale
+    and a relative position bias added (T5's)."""
+    dims = program.dim_table
+    logits = {ins.out for ins in program.body
+              if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
+    for ins in program.body:
+        if (isinstance(ins, Nonlin) and ins.fn == "mul" or isinstance(ins, LinComb)) \
+                and any(v in logits for v in ins.operands):
+            logits.add(ins.out)
+    return logits
+
+
+def attention_logits(mup: MuP, names) -> list[str]:
+    """Those of the checked vectors ``names`` (a rolled layer's as its repetition's,
+    ``blk.i.v``) that are attention logits (``_logit_values``)."""
+    logits, stack = _logit_values(mup.program), mup.traced.stack
+    return [n for n in names if (stack.generic(n) if stack else n) in logits]
 
 
 def _path(heads, fed: set, limit: int = 400):
@@ -281,6 +295,7 @@ def coord_check(
     eps: float = 1e-12,
     device: str = "cpu",
     split_logits: bool = False,
+    remeasure_few: bool = True,
 ):
     """The coordinate check of the user's own model: build it at each width (µP applied, or
     as it comes with ``apply=False``), train ``steps`` Adam(W) steps on fixed random tokens
@@ -289,13 +304,44 @@ def coord_check(
     ``device``. ``split_logits``: the attention logits' changes split too (``probe``), and
     judged by their parts as a router's are (:func:`_drift`); off by default: at the zoo's
     widths their later layers' parts cancel rather than one vanishing (docs/check.md, "A
-    traced model's changes by their parts")."""
-    import torch
-
-    traced = mup.traced
+    traced model's changes by their parts"). ``remeasure_few``: a failing vector of few entries
+    (a 2-class classifier's logits) measured again over more seeds and judged on its RMS
+    pooled over them (few.py; docs/check.md, "Vectors of few entries")."""
     m = Measurements()
     # a router's (a readout's) change split into its own update and W₀·Δx: _drift
     own, cross = Measurements(), Measurements()
+    run = dict(lr=lr, apply=apply, batch=batch, eps=eps, device=device,
+               split_logits=split_logits)
+    model = _measure(mup, widths, seeds, steps, m, own, cross, **run)
+    optimizer = mup.derivation.optimizer
+    abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
+    result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
+    _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
+                          if not p.requires_grad})
+    _unreached(result, mup)
+    result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
+    result.names = module_paths(mup)
+    _drift(result, mup, own, cross)
+    # a vector of a few entries (a 2-class readout) whose failure its noise can explain:
+    # measured again over more seeds, and judged on its RMS pooled over all of them (few.py)
+    again = remeasure(result, m) if remeasure_few else None
+    if again is not None:
+        more, more_steps = again
+        extra = Measurements()
+        _measure(mup, widths, more, more_steps, extra, Measurements(), Measurements(), **run)
+        rejudge(result, m, extra, more_steps)
+    return result
+
+
+def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurements,
+             cross: Measurements, *, lr: float, apply: bool, batch: int | None, eps: float,
+             device: str, split_logits: bool):
+    """The runs of :func:`coord_check`: for every seed and width the model built, ``steps``
+    steps trained (none: its init alone), each recorded into ``m`` (and the split vectors'
+    parts into ``own`` and ``cross``). Returns the last model built."""
+    import torch
+
+    traced = mup.traced
     # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
@@ -337,16 +383,7 @@ def coord_check(
                 m.record(w, t, read(), seed)
                 _record_split(own, cross, split, w, t, seed)
             mup.remove_patches(model)
-    optimizer = mup.derivation.optimizer
-    abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
-    result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
-    _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
-                          if not p.requires_grad})
-    _unreached(result, mup)
-    result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
-    result.names = module_paths(mup)
-    _drift(result, mup, own, cross)
-    return result
+    return model
 
 
 def _record_split(own: Measurements, cross: Measurements, split: dict, width: int, step: int,

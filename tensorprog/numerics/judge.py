@@ -186,6 +186,8 @@ class Measurements:
         # (width, seed) -> (step, why): runs that could not go on (an optimizer step overflowed)
         self.stopped: dict[tuple[int, int], tuple[int, str]] = {}
         self._start: dict[tuple[int, int], dict] = {}
+        # vector -> its entries at the smallest width recorded: how many numbers one RMS is of
+        self.entries: dict[str, int] = {}
 
     def record(self, width: int, step: int, vectors: dict, seed: int = 0) -> None:
         vectors = {k: v.detach().double() for k, v in vectors.items()}
@@ -195,6 +197,7 @@ class Measurements:
             raise UsageError(f"record step 0 for width {width}, seed {seed} before step {step}")
         start = self._start[(width, seed)]
         for name, v in vectors.items():
+            self.entries[name] = min(self.entries.get(name, v.numel()), v.numel())
             delta = v if step == 0 else v - start[name]
             self.rms[(name, step, width, seed)] = float(delta.pow(2).mean().sqrt())
 
@@ -269,6 +272,9 @@ class CheckResult:
     # vector -> its verdict, where a change that the total's slope would fail passes by its
     # parts: finite-width drift (a traced model's router: fromtorch/check.py's _drift)
     drift: dict[str, str] = field(default_factory=dict)
+    # vector -> its verdict, where a vector of few entries was judged again on its RMS pooled
+    # over more seeds (a traced model's: fromtorch/few.py)
+    remeasured: dict[str, str] = field(default_factory=dict)
 
     def where(self, name: str) -> str:
         """The vector's display name: its module path where one is known, and its own name."""
@@ -419,6 +425,12 @@ def fit_slope(widths: Sequence[int], values: Sequence[float]) -> float:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return (sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
             / sum((x - mx) ** 2 for x in xs))
+
+
+def judge_slope(slope: float, exp: Expectation, tol: float, step: int,
+                rms: dict[int, float]) -> tuple[bool, str]:
+    """Whether one slope meets its expectation, and the verdict (``rms``: width -> RMS)."""
+    return _judge(slope, exp, tol, step, rms)
 
 
 def _judge(slope: float, exp: Expectation, tol: float, step: int,
