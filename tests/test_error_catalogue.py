@@ -136,6 +136,24 @@ CATALOGUE = {
                       r"avgpool needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
                           r"a convolution kernel cannot be transposed", (8, 28)),
+    "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
+                                   "output y = R @ global_pool(D @ h)\n", S,
+                                   r"D is a depthwise kernel \[n, k, k\]: it is applied by "
+                                   r"dwconv, not @(.|\n)*help: write dwconv\(K, h\)", (10, 28)),
+    "depthwise-kernel-transposed": (IMG + "param D : [n, k, k]\nh = K @ img\n"
+                                    "output y = R @ global_pool(D.T @ h)\n", S,
+                                    r"D is a depthwise kernel \[n, k, k\]: it cannot be "
+                                    r"transposed", (10, 28)),
+    "depthwise-of-a-vector": (HEAD + "param D : [n, k, k]\noutput y = V @ dwconv(D, W @ x)\n",
+                              S, r"D is a convolution kernel, but y_1 is not an image", (9, 16)),
+    "depthwise-channels": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
+                           "K @ img))\n", S, r"shape mismatch in dwconv: D has c channels but "
+                           r"the image is \[n\]", (9, 28)),
+    "depthwise-not-a-kernel": (IMG + "param D : [n]\noutput y = R @ global_pool(dwconv(D, "
+                               "K @ img))\n", S, r"the first argument of dwconv must be a "
+                               r"depthwise kernel param \[c, kh, kw\]", (9, 35)),
+    "depthwise-infinite-window": (IMG + "param D : [n, n, k]\n", S,
+                                  r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
                     r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
     "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
@@ -532,6 +550,7 @@ def points(p: int, d: int, seed: int = 0) -> np.ndarray:
 NNGP_REFUSED = [
     (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
     (EX / "resnet.tp", "image inputs have no NNGP rule"),
+    (EX / "dwconv.tp", "image inputs have no NNGP rule"),  # a depthwise convolution's too
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
      "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import MUL, NONLINEARITIES, POOLS, pooled
+from ..ir.functions import DWCONV, MUL, NONLINEARITIES, POOLS, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -31,11 +31,12 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, DWCONV)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class ExpressionLowering:
 
     def expr_Transpose(self, node: Transpose, _values, _state):
         name = self.resolve(node.name)
+        if depthwise_misuse(self, name, node.span, "it cannot be transposed"):
+            return None
         if name in self.matrices and len(self.matrices[name].shape) == 4:
             self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
                               node.span, "tie only matrices [m, k]")
@@ -339,6 +342,8 @@ class ExpressionLowering:
         if not isinstance(b, Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
+        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv, not @"):
+            return None
         fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
             fan_out, fan_in = fan_in, fan_out
@@ -512,7 +517,7 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
-        if node.fn in ROUTES:  # variadic: lower_route checks its arguments
+        if node.fn in ROUTES or node.fn == DWCONV:  # lower_route, lower_dwconv check them
             return node.args, None
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
@@ -563,6 +568,8 @@ class ExpressionLowering:
             return lower_prepend(self, node, args, over[1], Vec)
         if node.fn == MEAN:
             return lower_mean(self, node, args, over[1], Vec)
+        if node.fn == DWCONV:
+            return lower_dwconv(self, node, args, Vec, Matrix)
         if any(a is None for a in args):
             return None
         for a in args:
