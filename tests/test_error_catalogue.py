@@ -1450,6 +1450,19 @@ CONV_BUILDS = {
     "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
                       r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
                       r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
+    # groups neither 1 nor the channels: each output channel sums a block of input channels
+    "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=2))",
+                r"m.py:\d+:\d+: error: cannot trace a grouped convolution of \d+ channels into "
+                r"\d+ in 2 groups(.|\n)*help: use groups=1, or a depthwise convolution"),
+    "depthwise_unpadded": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, groups=n))",
+                           r"error: cannot trace a depthwise convolution with kernel \[3, 3\], "
+                           r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c, c, k"),
+    # ConvNeXt's: a 4x4 stride-4 stem cuts the image into patches, tokens the language does
+    # not convolve
+    "depthwise_of_patches": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
+                             "pool=nn.Conv2d(n, n, 3, padding=1, groups=n))",
+                             r"error: cannot trace a depthwise convolution of the grid of "
+                             r"patches(.|\n)*help: start from a stem of stride 1 or 2"),
     "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
                 r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
                 r"2x2, dilation 2x2"),
