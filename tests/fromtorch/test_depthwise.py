@@ -109,3 +109,70 @@ def test_a_strided_depthwise_conv_is_subsample_of_the_stride_1_one():
     src = tp.from_torch(Strided, (8, 16), images).source
     assert "conv2d_1_full = dwconv(dw_weight, v_relu) + dw_bias" in src
     assert "conv2d_1 = subsample(conv2d_1_full)" in src
+
+
+class NextBlock(nn.Module):
+    """ConvNeXt's block after a stride-1 stem: a 7x7 depthwise convolution, then channels-last
+    (permute(0, 2, 3, 1)) a LayerNorm, two linear layers and a layer scale, permuted back."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.dwconv = nn.Conv2d(width, width, 7, padding=3, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.pw1 = nn.Linear(width, 4 * width)
+        self.pw2 = nn.Linear(4 * width, width)
+        self.gamma = nn.Parameter(0.1 * torch.ones(width))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, img):
+        x = self.stem(img)
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(h))))
+        return self.head((x + h.permute(0, 3, 1, 2)).mean((2, 3)))
+
+
+# the same block written by hand: channels-last is the emitted module's own image layout, so a
+# LayerNorm and linear layers over the channels are the language's layernorm and W @ h of an
+# image, per pixel
+NEXT = """width n = 8
+dim C = 3
+dim S = 8
+dim k = 3
+dim k7 = 7
+dim m = 4 * n
+dim K = 10
+input img : image[C, S, S]
+param K0 : [n, C, k, k]
+param b0 : [n]
+param D : [n, k7, k7]
+param bD : [n]
+param g : [n] = 1
+param bg : [n] = 0
+param W1 : [m, n]
+param b1 : [m]
+param gamma : [n] = 0.1
+param W2 : [n, m]
+param b2 : [n]
+param W : [K, n]
+param bW : [K]
+x = K0 @ img + b0
+h = g * layernorm(dwconv(D, x) + bD) + bg
+x2 = x + gamma * (W2 @ gelu(W1 @ h + b1) + b2)
+output y = W @ global_pool(x2) + bW
+"""
+NEXT_NAMES = {"stem_weight": "K0", "stem_bias": "b0", "dwconv_weight": "D", "dwconv_bias": "bD",
+              "norm_weight": "g", "norm_bias": "bg", "pw1_weight": "W1", "pw1_bias": "b1",
+              "gamma": "gamma", "pw2_weight": "W2", "pw2_bias": "b2", "head_weight": "W",
+              "head_bias": "bW"}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_channels_last_convnext_block_traces_per_pixel_and_derives_as_written(optimizer):
+    traced = tp.from_torch(NextBlock, (8, 16), images)
+    assert "layer_norm = norm_weight * layernorm(conv2d_1) + norm_bias" in traced.source
+    assert "linear = pw1_weight @ layer_norm + pw1_bias" in traced.source
+    got = tp.derive(traced.program, optimizer).abc
+    want = tp.derive(tp.parse(NEXT, "next.tp"), optimizer).abc
+    assert {k: got[k] for k in NEXT_NAMES} == {k: want[v] for k, v in NEXT_NAMES.items()}
+    apply_is_bit_identical_at_base(traced, NextBlock, images)
