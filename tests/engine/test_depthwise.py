@@ -40,3 +40,30 @@ def test_the_same_network_with_a_gain_in_place_of_each_depthwise_kernel_derives_
     dw = tp.derive(tp.parse(SOURCE, "dwconv.tp"), optimizer).abc
     gain = tp.derive(tp.parse(gains, "gains.tp"), optimizer).abc
     assert dw == gain
+
+
+DEEP = """width n = 32
+depth L = 4
+dim C = 3
+dim S = 8
+dim k = 3
+dim one = 1
+dim K = 10
+input img : image[C, S, S]
+param K0 : [n, C, k, k]
+param W : [K, n]
+block blk(h) {
+  param D : [n, k, k]
+  param P : [n, n, one, one]
+  return h + P @ relu(dwconv(D, h))
+}
+output y = W @ global_pool(repeat L blk(relu(K0 @ img)))
+"""
+
+
+def test_a_depthwise_kernel_in_a_repeated_block_gets_a_gains_depth_exponents_too():
+    gain = DEEP.replace("param D : [n, k, k]", "param D : [n]").replace("dwconv(D, h)", "D * h")
+    dw = tp.derive(tp.parse(DEEP, "deep.tp"), "adam")
+    ref = tp.derive(tp.parse(gain, "gain.tp"), "adam")
+    assert dw.abc == ref.abc and dw.depth.abc == ref.depth.abc
+    assert dw.eps_depth == ref.eps_depth == {"K0": 0, "W": 0, "blk.D": 1, "blk.P": 1}
