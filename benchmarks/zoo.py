@@ -310,6 +310,10 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
             v = defaults.get(f)
             if isinstance(v, list):  # a stem's channels first where the list has one more
                 out[f] = stages if len(v) == len(depths) else [width] + stages
+        if defaults.get("stem_out_channels") == (defaults.get("hidden_sizes") or [None])[0]:
+            # TextNet's stem writes stem_out_channels, which its first stage reads as the stem's
+            # hidden_sizes[0]: the two stay one
+            out["stem_out_channels"] = out.get("hidden_sizes", [width])[0]
         if isinstance(defaults.get("window_size"), int) and "patch_size" in out:
             # a window that tiles every stage's grid (Swin's 7 is its last stage's at 224 x 224,
             # 224/4/8): the last stage's grid, 4 at 32 x 32. A window of 7 was padded to in the

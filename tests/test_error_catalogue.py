@@ -142,8 +142,8 @@ CATALOGUE = {
                                    r"dwconv, not @(.|\n)*help: write dwconv\(K, h\)", (10, 28)),
     "depthwise-kernel-transposed": (IMG + "param D : [n, k, k]\nh = K @ img\n"
                                     "output y = R @ global_pool(D.T @ h)\n", S,
-                                    r"D is a depthwise kernel \[n, k, k\]: it cannot be "
-                                    r"transposed", (10, 28)),
+                                    r"D is a depthwise kernel \[n, k, k\]: it is applied "
+                                    r"by dwconv, not @", (10, 28)),
     "depthwise-of-a-vector": (HEAD + "param D : [n, k, k]\noutput y = V @ dwconv(D, W @ x)\n",
                               S, r"D is a convolution kernel, but y_1 is not an image", (9, 16)),
     "depthwise-channels": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
@@ -156,6 +156,18 @@ CATALOGUE = {
                                   r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
                     r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
+    "conv-arity": (IMG + "output y = R @ global_pool(conv(K, img, 1, 2, 1, 1))\n", S,
+                   r"conv takes 3, 4, 5 or 8 arguments, got 6", (8, 28)),
+    "conv-not-whole": (IMG + "output y = R @ global_pool(conv(K, img, 1.5))\n", S,
+                       r"the stride, padding and dilation of conv must be whole numbers",
+                       (8, 28)),
+    "conv-no-pixel-left": (IMG + "output y = R @ global_pool(conv(K, img, 1, 0, 5))\n", S,
+                           r"conv of a 8x8 image by a 3x3 kernel .* leaves no pixel", (8, 28)),
+    "conv-of-a-matrix": (IMG + "output y = R @ global_pool(conv(R, img, 2))\n", S,
+                         r"conv applies a kernel param to an image", (8, 28)),
+    # a product may gate an image by a vector of no pixels; a sum may not add one to it
+    "pixel-clash-pooled": (IMG + "h = K @ img\noutput y = R @ global_pool(h + global_pool(h))\n",
+                           S, r"different spatial sizes \(8x8 pixels, no pixels\)", (9, 28)),
     "infinite-image": ("width n = 8\ndim c = 3\ninput img : image[c, n, n]\n", S,
                        r"height and width must be finite", (3, 1)),
     "no-output": (HEAD + "h = W @ x + b\ny = V @ h\n", S, r"the program has no output", (9, 1)),
@@ -1442,14 +1454,21 @@ CONV_BUILDS = {
     "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
                   r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
                   r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
-    "unpadded": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3))",
-                 r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
-                 r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c_in, c_out, k"),
-    # a 2x2 stride-2 convolution inside the network (ConvNeXt's downsampling): only the input
-    # image is cut into patches
-    "inner_patches": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 2, stride=2))",
-                      r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[2, 2\], "
-                      r"stride 2x2, padding 0x0(.|\n)*square, odd-sized"),
+    # the language's convolution has one stride and one dilation for both pixel axes
+    "two_strides": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, stride=(1, 2), padding=1))",
+                    r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "
+                    r"stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use nn.Conv2d\(c_in, "
+                    r"c_out, \(kh, kw\)"),
+    "two_dilations": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=(1, 2), "
+                      "dilation=(1, 2)))",
+                      r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, "
+                      r"padding \[1, 1, 2, 2\], dilation 1x2"),
+    # a pad by zeros is traced as the padding of the convolutions that read it, only those
+    "pad_pooled": ("lambda n: Net(n, tail=lambda x: nn.functional.pad(x, (1, 1, 1, 1))"
+                   ".mean((2, 3)))",
+                   r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
+                   r"value None\) of a value that is not an image, or read by another op than a "
+                   r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
     # groups neither 1 nor the channels: each output channel sums a block of input channels
     "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=2))",
                 r"m.py:\d+:\d+: error: cannot trace a grouped convolution of \d+ channels into "
@@ -1463,9 +1482,11 @@ CONV_BUILDS = {
                              "pool=nn.Conv2d(n, n, 3, padding=1, groups=n))",
                              r"error: cannot trace a depthwise convolution of the grid of "
                              r"patches(.|\n)*help: start from a stem of stride 1 or 2"),
-    "dilated": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, padding=2, dilation=2))",
-                r"error: cannot trace a convolution with kernel \[3, 3\], stride 1x1, padding "
-                r"2x2, dilation 2x2"),
+    # MobileNet's TF 'SAME' pad before a depthwise convolution: no depthwise form of conv(...)
+    "depthwise_padded": ("lambda n: Net(n, pool=nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), "
+                         "nn.Conv2d(n, n, 3, stride=2, groups=n)))",
+                         r"error: cannot trace a depthwise convolution of an image zero-padded "
+                         r"before it(.|\n)*help: pad inside the convolution"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
@@ -2254,6 +2275,39 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
                        r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
+
+
+def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
+    # a fused layer split into a block that grows (a hidden layer's n rows) and one of a fixed
+    # size (13 logits added to the readout's: a readout's block) traces as two params
+    # (rows.py); µP gives the readout block a different LR under SGD (1/n against 1) and a
+    # different Adam eps under Adam (1 against 1/n), and one torch tensor has one of each
+    import torch
+    from torch import nn
+
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP, from_torch
+
+    class Fused(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.emb = n, nn.Embedding(16, n)
+            self.fc, self.head = nn.Linear(n, n + 16), nn.Linear(n, 16)
+
+        def forward(self, idx):
+            h, skip = self.fc(self.emb(idx)).split([self.n, 16], dim=-1)
+            return self.head(torch.relu(h)) + skip
+
+    traced = from_torch(Fused, (16, 32), lambda m: (torch.arange(16).view(2, 8),))
+    for optimizer, what, exps in (("sgd", "LRs", ("0", "1")),
+                                  ("adam", "Adam eps values", ("1", "0"))):
+        with pytest.raises(UsageError, match=(
+                r"(?s)test_error_catalogue.py:\d+:\d+: error: fc.weight is split into row "
+                rf"blocks, and µP gives them different {what}: fc_weight_part0 \(n/base\)\^-"
+                rf"{exps[0]}, fc_weight_part1 \(n/base\)\^-{exps[1]}; one torch tensor.*"
+                r"self.fc\(self.emb\(idx\)\).split.*help: use a separate nn.Linear for each "
+                r"block")):
+            MuP(traced, optimizer)
 
 
 def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():

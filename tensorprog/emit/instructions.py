@@ -77,7 +77,12 @@ class Emitter:
 
     def MatMul(self, ins: MatMul) -> str:
         w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
-        if len(self.program.param_table[ins.weight].shape) == 4:
+        if ins.geometry is not None:
+            g = ins.geometry
+            self.helpers.add("_conv_geometry")
+            rhs = (f"_conv_geometry({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
+                   f"{g.dilation})")
+        elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
@@ -121,8 +126,8 @@ class Emitter:
                 return f"_heads_gain({self.ref(x)}, {self.ref(gain)})"
             return " * ".join(
                 f"({self.ref(a)}).unsqueeze(-1)"
-                if vector and dims.get(a) is None and not self._is_scale(a) else f"({self.ref(a)})"
-                for a in ins.args)
+                if vector and dims.get(a) is None and not self._is_scale(a) else
+                self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
         if ins.fn == "identity":
             return x
@@ -135,6 +140,15 @@ class Emitter:
                 self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"
+
+    def _gate(self, a: str, ins: Nonlin) -> str:
+        """A factor of a product; a vector of no pixels times an image (a squeeze-and-excitation
+        gate) gets the image's two pixel axes, to scale every pixel alike."""
+        spatial = self.program.spatial
+        if spatial.get(ins.out) is not None and spatial.get(a) is None and \
+                a not in self.program.param_table:
+            return f"({self.ref(a)})[..., None, None, :]"
+        return f"({self.ref(a)})"
 
     def kv(self, query: str, kv: str, over: str) -> str:
         """``kv`` as the query heads see it: repeated per group when it has fewer heads."""

@@ -70,6 +70,14 @@ HELPERS = {
         "    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel.unsqueeze(1),",
         '                                   padding="same", groups=kernel.shape[0])',
         "    return y.movedim(-3, -1)"],
+    "_conv_geometry": [
+        "def _conv_geometry(x, kernel, stride, pads, dilation):",
+        '    """A convolution of a channels-last image (..., h, w, c), zero-padded by pads (top,',
+        '    bottom, left, right), at a stride and a dilation."""',
+        "    t, b, left, r = pads",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
+        "    y = torch.nn.functional.conv2d(y, kernel, stride=stride, dilation=dilation)",
+        "    return y.movedim(-3, -1)"],
     "_avgpool": [
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',

@@ -29,6 +29,7 @@ from .groups import OptimizerGroups
 from .normed import query_norm_patch
 from .patches import Patch, groups_of, hook, modules_at
 from .reinit import draw_seed, rescale
+from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse
@@ -200,8 +201,9 @@ class MuP(OptimizerGroups):
             module = self._sole_module(scale, info, use)
             self.own_patch.add(info["q"])
             return Patch(module, made, exponent, None, why, None, factor)
+        consts = (use.row_consts,) if use.row_consts else ()  # rows.py
         return Patch(use.module, use.node, exponent,
-                     use.rows and (*use.rows, use.groups, use.group_rows), why,
+                     use.rows and (*use.rows, use.groups, use.group_rows, *consts), why,
                      w if self.stack and w in self.stack.layers else None, factor)
 
     def _sole_module(self, scale: str, info: dict, use: ParamUse) -> str:
@@ -356,8 +358,10 @@ class MuP(OptimizerGroups):
                 dim = self.program.dim_table[d]
                 if dim.infinite:
                     size = Fraction(tshape[axis])
-                    if axis == 0 and use.rows:
-                        size *= use.rows[1] - use.rows[0]
+                    if axis == 0 and use.rows:  # its block's rows (of every head's: rows.py)
+                        groups = groups_of(use.groups, use.group_rows, tshape[0])
+                        lo, hi = row_range(use.rows, use.row_consts, tshape[0] // groups)
+                        size = Fraction((hi - lo) * groups)
                     if axis == 1 and use.cols:  # a concatenation's part: its columns
                         lo, hi = column_range(use.cols, tshape[1])
                         size = Fraction(hi - lo)
@@ -389,7 +393,7 @@ class MuP(OptimizerGroups):
             t = t.unflatten(axis, (groups, -1))
             axis += 1
         size = t.shape[axis]
-        lo, hi = (int(r * size) for r in use.rows)
+        lo, hi = row_range(use.rows, use.row_consts, size)
         return t.narrow(axis, lo, hi - lo)
 
     # -- init, forward patches, LR ------------------------------------------------------------
@@ -596,4 +600,7 @@ def _derive(traced: Traced, program, optimizer, convention: str):
 def _rows(use) -> str:
     each = " of each head" if use.groups or use.group_rows else ""
     rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
+    if use.row_consts:  # bounds f·S + c of the S rows (rows.py)
+        (f0, f1), (c0, c1) = use.rows, use.row_consts
+        rows = f"[{f0}·S{c0:+}:{f1}·S{c1:+} of the S rows]"
     return rows + (f"[columns of part {use.cols.index} of a cat]" if use.cols else "")

@@ -6,16 +6,18 @@ batch, the channels (the vector's dim, which may grow with the width) and the tw
 axes. The language's convolution ``K @ h`` is stride 1 and same-padded; a stride-2 one is the
 stride-1 one read at every other pixel, written ``subsample(K @ h)`` (exact, not an
 approximation: output pixel i of a stride-s convolution padded by (k-1)/2 is pixel s·i of the
-stride-1 one).
+stride-1 one). Any other geometry (stride, padding per side, dilation; a zero pad of the image
+before it folded in) is ``conv(K, h, s, top, bottom, left, right, d)``.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..errors import TraceError
 from .values import PRef, Vec
-from .where import refuse, strip_prefix
+from .where import op_name, refuse, strip_prefix
 
 IMAGE = ("tok", "F", "px", "px")
 POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
@@ -89,29 +91,21 @@ class ConvOps:
             raise refuse(node, "a convolution whose kernel is not a param")
         if groups != 1:  # a depthwise convolution, or grouped channels the language has not
             return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
-        x = self.vec(x, node)
+        x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if x.tags == POOLED and groups == 1 and pads is None:
+            return self._pooled_conv(node, x, w, b, stride, padding, dilation)
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
-        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
         if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
-                and dilation == (1, 1) and groups == 1 and x.name == "img":
+                and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None:
             return self._patch_embedding(node, x, w, b, k)
-        same = isinstance(padding, tuple) and padding == ((k - 1) // 2,) * 2
-        if padding == "same":
-            same = stride == (1, 1)
-        ok = (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1) and groups == 1
-              and stride in ((1, 1), (2, 2)))
-        if not ok:
-            raise refuse(
-                node,
-                f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
-                f"padding {_text(padding)}, dilation {_text(dilation)}, groups {groups} (the "
-                "language's convolution is square, odd-sized, same-padded, stride 1 or 2, "
-                "undilated and ungrouped)",
-                help="use nn.Conv2d(c_in, c_out, k, stride=1 or 2, padding=k // 2) with an odd "
-                "k (3x3, 1x1)",
-            )
+        pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
+        half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
+        same = pads == (half[0] // 2,) * 2 + (half[1] // 2,) * 2 and not half[0] % 2 + half[1] % 2
+        if groups != 1 or not same or dilation != (1, 1) or stride not in ((1, 1), (2, 2)):
+            return self._conv_geometry(node, x, w, b, stride, pads, dilation, groups)
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
         name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
@@ -139,6 +133,14 @@ class ConvOps:
                 "to the input and output channels)",
                 help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
                 "followed by a 1x1 convolution to change the channel count",
+            )
+        if isinstance(x, Padded):  # TF 'SAME' padding (MobileNet's): its own geometry
+            raise refuse(
+                node,
+                "a depthwise convolution of an image zero-padded before it (the language's "
+                "depthwise convolution is same-padded by k // 2, stride 1 or 2)",
+                help="pad inside the convolution, nn.Conv2d(c, c, k, stride=1 or 2, "
+                "padding=k // 2, groups=c), with an odd k",
             )
         x = self.vec(x, node)
         if x.tags == GRID:
@@ -175,6 +177,48 @@ class ConvOps:
             self.out.vectors[name] = (node.name, "out")
             return Vec(name, IMAGE, w.shape[0])
         return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def _conv_geometry(self, node, x: Vec, w: PRef, b, stride, pads, dilation, groups) -> Vec:
+        """A convolution of another geometry than ``K @ h``'s (or its every other pixel):
+        ``conv(K, h, s, top, bottom, left, right, d)``, with its padding and any zero pad of the
+        image before it (``_zero_pad``). The language's stride and dilation are the same along
+        both pixel axes; a grouped convolution is refused."""
+        if groups != 1 or stride[0] != stride[1] or dilation[0] != dilation[1]:
+            raise refuse(
+                node,
+                f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
+                f"padding {list(pads)}, dilation {_text(dilation)}, groups {groups} (the "
+                "language's convolution is ungrouped, with one stride and one dilation for "
+                "both pixel axes)",
+                help="use nn.Conv2d(c_in, c_out, (kh, kw), stride=s, padding=p, dilation=d) "
+                "with one s and one d",
+            )
+        kernel, _ = self.param(w, node)
+        bias = self.vector_param(b, node) if b is not None else None
+        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+        name = self.fresh(node.name)
+        self.out.stmts.append(f"{name} = conv({kernel}, {x.name}, {geometry})"
+                              + (f" + {bias}" if bias else ""))
+        self.out.producers[name] = (kernel, bias)
+        self.out.vectors[name] = (node.name, "out")
+        return Vec(name, IMAGE, w.shape[0])
+
+    def _pooled_conv(self, node, x: Vec, w: PRef, b, stride, padding, dilation) -> Vec:
+        """A 1x1 convolution of a globally pooled image [B, C, 1, 1] (a squeeze-and-excitation
+        layer's): a linear layer of the pooled vector, ``W @ x`` with W the kernel [out, in]
+        (the kernel's two axes of size 1 dropped), still one vector per image."""
+        if tuple(w.shape[-2:]) != (1, 1) or stride != (1, 1) or padding not in ((0, 0), "valid",
+                                                                              "same"):
+            raise refuse(node, f"a convolution with kernel {list(w.shape[-2:])}, stride "
+                         f"{_text(stride)}, padding {_text(padding)} of a pooled image (one "
+                         "pixel: only a 1x1 kernel, unpadded, is a linear layer of it)",
+                         help="use nn.Conv2d(c_in, c_out, 1) after the pool, or nn.Linear")
+        kernel, _ = self.param(PRef(w.target, (w.shape[0], w.shape[1])), node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self._emit(node, f"{kernel} @ {x.name}" + (f" + {bias}" if bias else ""),
+                          w.shape[0], POOLED)
+        self.out.producers[name.name] = (kernel, bias)
+        return name
 
     def image_read_once(self) -> None:
         """After the walk: an image cut into patches is the program's ``patches`` input, so no
@@ -258,10 +302,33 @@ class ConvOps:
     # -- pooling -------------------------------------------------------------------------------
     def op_pad(self, node, x, pad, mode="constant", value=None):
         """A pad by nothing, the value as it is: Swin's maybe_pad pads its grid to whole
-        windows, by 0 where the windows tile it (its configs'). Any other pad is refused."""
+        windows, by 0 where the windows tile it (its configs'). An image padded by zeros for
+        the convolutions that read it: their padding (``_zero_pad``). Any other pad is
+        refused."""
         if any(int(p) != 0 for p in pad):
-            raise refuse(node, "the op pad")
+            return self._zero_pad(node, x, pad, mode, value)
         return x
+
+    def _zero_pad(self, node, x, pad, mode, value) -> Padded:
+        """``F.pad(img, (left, right, top, bottom))`` by zeros (TF's 'SAME' padding before a
+        convolution: MobileNet's ``apply_tf_padding``), read only as the input of convolutions:
+        a convolution of the padded image is the convolution padded so, exactly, which is how
+        each reads it (``conv(K, h, s, top, bottom, left, right, d)``). A pad read otherwise has
+        no value in the program: refused."""
+        x = self.vec(x, node)
+        readers = [u for u in node.users if op_name(u) != "conv2d" or u.args[0] is not node]
+        if x.tags != IMAGE or len(pad) != 4 or mode != "constant" or value not in (None, 0) \
+                or any(int(p) < 0 for p in pad) or readers or not node.users:
+            raise refuse(
+                node,
+                f"a pad by {[int(p) for p in pad]} ({mode}, value {value}) of a value that is "
+                "not an image, or read by another op than a convolution (an image's pad by "
+                "zeros is traced as the padding of the convolutions that read it)",
+                help="pad an image by zeros right before a convolution (or give the "
+                "convolution its padding)",
+            )
+        left, right, top, bottom = (int(p) for p in pad)
+        return Padded(x, (top, bottom, left, right))
 
     def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
         return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
@@ -361,6 +428,28 @@ def train_norms(model) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.train()
+
+
+@dataclass(frozen=True)
+class Padded:
+    """An image padded by zeros (top, bottom, left, right), which only convolutions read."""
+
+    vec: Vec
+    pads: tuple[int, int, int, int]
+
+
+def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """A convolution's padding per side (top, bottom, left, right): its own (torch's 'same'
+    puts the odd one at the bottom and right), plus a zero pad of the image before it."""
+    if padding == "valid":
+        padding = (0, 0, 0, 0)
+    elif padding == "same":  # torch: stride 1 only; total d(k-1), the smaller half first
+        total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+        padding = (total[0] // 2, total[0] - total[0] // 2, total[1] // 2,
+                   total[1] - total[1] // 2)
+    else:
+        padding = (padding[0], padding[0], padding[1], padding[1])
+    return tuple(int(p) + q for p, q in zip(padding, pads or (0, 0, 0, 0), strict=True))
 
 
 def _reads_image(stmts) -> bool:

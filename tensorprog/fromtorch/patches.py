@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import UsageError
+from .rows import row_range
 
 
 @dataclass
@@ -20,7 +21,9 @@ class Patch:
     module: str
     node: str
     exponent: Fraction
-    rows: tuple | None  # (lo, hi) of the features, or (lo, hi, groups, group_rows): scale_rows
+    # (lo, hi) of the features, or (lo, hi, groups, group_rows), then the rows' constants of a
+    # block whose share changes with the width (rows.py): scale_rows
+    rows: tuple | None
     why: str
     param: str | None = None
     factor: float = 1.0
@@ -46,8 +49,9 @@ def scale_rows(out, factor: float, rows):
         return out * factor
     size = out.shape[-1]
     scale = out.new_ones(size)
-    view = scale.view(groups_of(*rows[2:], size) if rows[2:] else 1, -1)
-    lo, hi = (int(r * view.shape[-1]) for r in rows[:2])
+    view = scale.view(groups_of(*rows[2:4], size) if rows[2:4] else 1, -1)
+    # a block whose share changes with the width: its rows' constants last (rows.py)
+    lo, hi = row_range(rows[:2], rows[4] if rows[4:] else None, view.shape[-1])
     view[:, lo:hi] = factor
     return out * scale
 

@@ -328,7 +328,7 @@ class _Roller:
             if n in self.params:
                 u = self.params[n]
                 rel = u.target[len(self._item(i)) :]
-                decls.append((decl, rel, u.rows, u.transposed, u.expert))
+                decls.append((decl, rel, u.rows, u.row_consts, u.transposed, u.expert))
             else:
                 info = self.scales[n]
                 if "q" not in info:

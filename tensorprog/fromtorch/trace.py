@@ -23,6 +23,7 @@ from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_tables import fixed_table
+from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
@@ -456,6 +457,7 @@ def _at_build(err: TraceError, build) -> TraceError:
 def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
+    renumber_slices(t1, t2)  # a slice's block named by a place that moves (rows.py)
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
         diff = next(
             (
@@ -491,14 +493,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         t1.scales[f"the width constant on {info['q']}"] = info
     for k, u in t1.params.items():
         fixed_table(k, u, t2.params[k], widths)  # its entries Θ(1) at both (ops_tables.py)
-        if u.rows != t2.params[k].rows:
-            raise TraceError(
-                f"{k} is rows {u.rows[0]}..{u.rows[1]} of {strip_prefix(u.target)}'s at width "
-                f"{w1} and {t2.params[k].rows[0]}..{t2.params[k].rows[1]} at {w2}: a block of "
-                "a fused layer that is not the same share of its rows at every width",
-                help="split a fused layer into blocks that are each a fixed share of its rows "
-                "(not MLA's rotary key rows of a fixed qk_rope_head_dim: docs/torch.md)",
-            )
+        if u.rows != t2.params[k].rows:  # a block of a fixed size beside one that grows
+            t1.params[k] = merge_rows(k, u, t2.params[k], widths)
     params = {
         # a concatenation's column block: its bounds over the widths (columns.py)
         k: dataclasses.replace(merge_columns(k, _grouping(k, u, t2.params[k], widths),

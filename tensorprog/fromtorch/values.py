@@ -440,6 +440,13 @@ class ParamUse:
     fixed: float | None = None
     # a block of the columns (the input axis) of the torch tensor: a concatenation's part
     cols: Columns | None = None
+    # a row block that is not the same share of the rows at every width (a key of one head of
+    # a fixed dim beside a query that grows: rows.py): each bound is rows[i]·S + row_consts[i]
+    # of the out axis's size S; None where it is the share ``rows`` alone
+    row_consts: tuple[Fraction, Fraction] | None = None
+    # at one width, before the widths merge: the rows (lo, hi) of each group of ``size`` rows
+    row_numbers: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+    span: object = field(default=None, compare=False, repr=False)  # the layer's line
 
 
 @dataclass

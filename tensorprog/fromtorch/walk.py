@@ -224,7 +224,9 @@ class Walker:
             rows = (Fraction(ref.rows[0], period), Fraction(ref.rows[1], period))
         self._rows[name] = (ref.rows, ref.offset, ref.period, ref.cols)
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
-                                         expert=ref.expert, cols=ref.cols)
+                                         expert=ref.expert, cols=ref.cols, span=user_span(node))
+        if ref.rows:  # the numbers, for blocks whose share changes with the width (rows.py)
+            self.out.params[name].row_numbers = (*ref.rows, ref.period or total)
         if ref.period:
             self.out.params[name].groups, self.out.params[name].group_rows = groups, ref.period
         dims = [self.dim(s) for s in prog]

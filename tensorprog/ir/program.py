@@ -8,7 +8,9 @@ of instructions, each defining one new value:
 IR class    surface syntax        finite-width meaning
 ==========  ====================  =========================================================
 MatMul      ``y = W @ x``         ``y_i = sum_j W_ij x_j`` (W a matrix param; ``W.T @ x`` uses
-                                  its transpose, e.g. a tied unembedding)
+                                  its transpose, e.g. a tied unembedding); with a kernel
+                                  ``K @ img`` a stride-1 same-padded convolution, and
+                                  ``conv(K, img, s, t, b, l, r, d)`` one of any geometry
 LinComb     ``y = 2*u - v + b``   ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
 Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul`` (a
                                   vector param of a head dim times a vector: per head);
@@ -191,6 +193,34 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """A convolution's geometry: its stride, its zero padding per side (top, bottom, left,
+    right) and its dilation, each the same along both pixel axes but the padding. The width
+    exponents never read it (a kernel's fan-in is in·kh·kw however it moves over the pixels):
+    it sets the output's pixels and the emitted ``conv2d``."""
+
+    stride: int = 1
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: int = 1
+
+    @staticmethod
+    def same(kh: int, kw: int, stride: int = 1, dilation: int = 1) -> Geometry | None:
+        """The padding by half the (dilated) kernel on each side, or None for an even kernel
+        (no symmetric padding keeps the size)."""
+        if (kh - 1) * dilation % 2 or (kw - 1) * dilation % 2:
+            return None
+        ph, pw = (kh - 1) * dilation // 2, (kw - 1) * dilation // 2
+        return Geometry(stride, (ph, ph, pw, pw), dilation)
+
+    def out_size(self, size: tuple[int, int], kernel: tuple[int, int]) -> tuple[int, int]:
+        """The output's height and width (torch's conv2d: floor((H + pads - d(k-1) - 1)/s) + 1);
+        0 or less where the kernel does not fit."""
+        t, b, left, r = self.pads
+        return ((size[0] + t + b - self.dilation * (kernel[0] - 1) - 1) // self.stride + 1,
+                (size[1] + left + r - self.dilation * (kernel[1] - 1) - 1) // self.stride + 1)
+
+
+@dataclass(frozen=True)
 class MatMul:
     """``out = weight @ arg``: contracts the weight's last axis (its fan-in) with a vector.
 
@@ -203,6 +233,8 @@ class MatMul:
     arg: str
     span: Span | None = _span()
     transposed: bool = False  # ``W.T @ x``: the fan-in is W's first axis
+    # a kernel's geometry; None: stride 1, padded by half the kernel (``K @ img``)
+    geometry: Geometry | None = None
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -496,6 +528,10 @@ class Program:
             sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
             if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
                 sizes = pooled(ins.fn, sizes)
+            if isinstance(ins, MatMul) and ins.geometry is not None and sizes is not None:
+                kernel = self.param_table[ins.weight].shape[2:]
+                sizes = ins.geometry.out_size(sizes, tuple(self.dim_table[d].size
+                                                           for d in kernel))
             out[ins.out] = sizes
         return out
 

@@ -37,7 +37,11 @@ def _count(count: str | int | None) -> str:
 def render_instruction(ins: Instruction, show=str) -> str:
     """One instruction as one line of the surface language; ``show`` maps a name to the text
     written for it (inside a block, a qualified name loses its block prefix)."""
-    if isinstance(ins, MatMul):
+    if isinstance(ins, MatMul) and ins.geometry is not None:
+        g = ins.geometry
+        rhs = (f"conv({show(ins.weight)}, {show(ins.arg)}, {g.stride}, "
+               f"{', '.join(map(str, g.pads))}, {g.dilation})")
+    elif isinstance(ins, MatMul):
         rhs = f"{show(ins.weight)}{'.T' if ins.transposed else ''} @ {show(ins.arg)}"
     elif isinstance(ins, Dot):
         over = f", {ins.over}" if ins.over is not None else ""

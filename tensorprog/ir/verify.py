@@ -86,9 +86,7 @@ def verify(program: Program) -> Program:
                 errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
                 break
             fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
-            if len(shape) == 4 and program.spatial.get(ins.arg) is None:
-                errors.error(f"{ins.weight} is a convolution kernel, but {ins.arg} is not an image",
-                             ins.span)
+            _verify_kernel(program, ins, shape, errors)
             if key(ops[0]) != key(fan_in):
                 errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
                              ins.span)
@@ -155,6 +153,15 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_kernel(program: Program, ins: MatMul, shape: tuple, errors: Collector) -> None:
+    """A kernel applies to an image, and only a kernel has a convolution's geometry."""
+    if ins.geometry is not None and len(shape) != 4:
+        errors.error(f"{ins.weight} has a convolution's geometry but is not a kernel", ins.span)
+    if len(shape) == 4 and program.spatial.get(ins.arg) is None:
+        errors.error(f"{ins.weight} is a convolution kernel, but {ins.arg} is not an image",
+                     ins.span)
 
 
 def _verify_params(program: Program, dims: dict, defined: dict, define, errors: Collector) -> set:

@@ -21,7 +21,7 @@ _USAGE = ("write dwconv(K, h): K a depthwise kernel `param K : [c, k, k]` (k fin
 
 
 def depthwise_misuse(low, name: str, span, what: str) -> bool:
-    """Report a depthwise kernel read as a matrix (``@``, ``.T``); True if it was one."""
+    """Report a depthwise kernel applied as a matrix (``D @ h``, ``D.T @ h``); True if so."""
     p = low.matrices.get(name)
     if p is None or len(p.shape) != 3:
         return False

@@ -31,12 +31,13 @@ from ..ir.program import (
     split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, DWCONV)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV)
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,6 @@ class ExpressionLowering:
 
     def expr_Transpose(self, node: Transpose, _values, _state):
         name = self.resolve(node.name)
-        if depthwise_misuse(self, name, node.span, "it cannot be transposed"):
-            return None
         if name in self.matrices and len(self.matrices[name].shape) == 4:
             self.errors.error(f"'{node.name}.T': a convolution kernel cannot be transposed",
                               node.span, "tie only matrices [m, k]")
@@ -226,9 +225,12 @@ class ExpressionLowering:
         self.errors.error(f"the matrix param {m.name} can only be applied with @", node.span,
                           f"write `{m.name} @ x` for a vector x of its fan-in dim")
 
-    def pixel_clash(self, vecs, node) -> bool:
-        """Vectors combined elementwise must agree on their pixels (a param broadcasts)."""
+    def pixel_clash(self, vecs, node, gate=False) -> bool:
+        """Vectors combined elementwise must agree on their pixels (a param broadcasts; in a
+        product, ``gate``, a vector of no pixels scales every pixel of an image alike)."""
         sizes = frozenset().union(*(v.pixels for v in vecs if isinstance(v, Vec)))
+        if gate and len(sizes) == 2 and None in sizes:  # a gate per channel (squeeze-excite)
+            return False
         if len(sizes) > 1:
             text = ", ".join("no pixels" if z is None else f"{z[0]}x{z[1]} pixels"
                              for z in sorted(sizes, key=str))
@@ -238,14 +240,14 @@ class ExpressionLowering:
             return True
         return False
 
-    def elementwise_refused(self, a, b, node) -> bool:
+    def elementwise_refused(self, a, b, node, gate=False) -> bool:
         """Whether the operands of a sum or a product are refused (and reported): a matrix
         param, or images of different sizes."""
         for v in (a, b):
             if isinstance(v, Matrix):
                 self.matrix_misuse(v, node)
                 return True
-        return self.pixel_clash((a, b), node)
+        return self.pixel_clash((a, b), node, gate)
 
     def op_add(self, a, b, node, sign=Fraction(1)):
         if self.elementwise_refused(a, b, node):
@@ -284,7 +286,7 @@ class ExpressionLowering:
         return self.op_add(a, b, node, Fraction(-1))
 
     def op_mul(self, a, b, node):
-        if self.elementwise_refused(a, b, node):
+        if self.elementwise_refused(a, b, node, gate=True):
             return None
         if isinstance(a, Scalar):
             return self.scale(b, a.value, node.span)
@@ -334,7 +336,7 @@ class ExpressionLowering:
                           "write a product with an elementwise function instead")
         return None
 
-    def op_matmul(self, a, b, node):
+    def op_matmul(self, a, b, node, geometry=None, pixels=None):
         if not isinstance(a, Matrix):
             self.errors.error("the left side of @ must be a matrix param", node.span,
                               "declare it as `param W : [fan_out, fan_in]` and write `W @ x`")
@@ -360,8 +362,10 @@ class ExpressionLowering:
                               node.span, "apply kernels to values computed from an `image` "
                               "input, before global_pool; use a matrix [out, in] otherwise")
             return None
-        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed),
-                        fan_out)
+        out = self.emit(MatMul(self.fresh(self.target), a.name, arg, node.span, a.transposed,
+                               geometry), fan_out)
+        if geometry is not None:  # conv(...): its own pixels, where K @ h keeps its input's
+            self.pixels[out] = pixels
         relative = next((i for i in self.inputs if i.name == arg and i.kind in RELATIVE_KINDS),
                         None)
         if relative is not None:
@@ -517,7 +521,7 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
-        if node.fn in ROUTES or node.fn == DWCONV:  # lower_route, lower_dwconv check them
+        if node.fn in ROUTES or node.fn in (CONV, DWCONV):  # lower_route/conv/dwconv check them
             return node.args, None
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
@@ -564,6 +568,8 @@ class ExpressionLowering:
             return self.apply_block(node.fn, node.fn_span, args[0], None, node)
         if node.fn in ROUTES:
             return lower_route(self, node, args, Scalar, Vec)
+        if node.fn == CONV:
+            return lower_conv(self, node, args, Scalar, Vec)
         if node.fn == PREPEND:
             return lower_prepend(self, node, args, over[1], Vec)
         if node.fn == MEAN:

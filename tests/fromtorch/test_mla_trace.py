@@ -156,11 +156,19 @@ def test_apply_gives_both_query_parts_the_attention_factor(mla):
 
 
 def test_a_fixed_rotary_head_dim_is_refused():
-    # the rotary rows of kv_a keep 16 rows while the compressed ones grow: the trace refuses
-    # the fused layer's rows; written as a program, derive refuses the finite key dim
-    with pytest.raises(TensorProgError, match="not the same share of its rows(.|\n)*MLA's "
-                       "rotary key rows of a fixed qk_rope_head_dim"):
-        from_torch(lambda n: _deepseek(n, rope=16), WIDTHS, _tokens)
+    # the rotary rows of kv_a keep 16 rows while the compressed ones grow, and so do each
+    # head's rotary rows of q_b beside its growing no-rotary ones: the trace reads them as
+    # blocks of a fixed size (rows.py). Over 4 heads the rotary query is a finite vector, a
+    # readout's block of q_b beside a hidden one: their Adam eps differ, and one tensor has one
+    traced = from_torch(lambda n: _deepseek(n, rope=16), WIDTHS, _tokens)
+    rotary = next(u for p, u in traced.params.items() if "kv_a_proj_with_mqa_weight_part1" in p)
+    assert rotary.rows == (1, 1) and rotary.row_consts == (-16, 0)  # the last 16 rows
+    with pytest.raises(TensorProgError, match=r"q_b_proj.weight is split into row blocks, and "
+                       r"µP gives them different Adam eps values: \S+_part0 \(n/base\)\^-1, "
+                       r"\S+_part1 \(n/base\)\^-0"):
+        MuP(traced, "adam")
+    # with heads of 16 growing in number (the zoo's head_dim scaling), one rotary key head
+    # serves them all: derive refuses the finite key dim, as it does the program written so
     fixed = HAND  # heads of 16 + 8 features, n / 16 of them: the zoo's head_dim scaling
     for old, new in (("dn = n / 2", "dn = 16"), ("dr = n / 4", "dr = 8"),
                      ("qn = 2 * n", "qn = n"), ("qp = n ", "qp = n / 2 ")):

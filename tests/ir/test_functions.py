@@ -18,6 +18,7 @@ from tensorprog.ir.functions import (
     NONLINEARITIES,
     torch_function,
 )
+from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
 from tensorprog.lang.lower_prepend import PREPEND
@@ -30,7 +31,7 @@ SCALINGS = {"linear", "bounded", "offset", "normalize"}
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
-                                                                      MEAN, DWCONV}
+                                                                      MEAN, CONV, DWCONV}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 

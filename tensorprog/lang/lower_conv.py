@@ -1,0 +1,69 @@
+"""Lowering ``conv(K, h, s[, p[, d]])`` and ``conv(K, h, s, top, bottom, left, right, d)``: a
+convolution of any geometry (stride s, zero padding p on every side or per side, dilation d).
+
+``K @ h`` is the stride-1 convolution padded by half the kernel (the size kept); ``conv`` gives
+the geometry of any other. Both are the MatMul of the kernel, a matmul over the in·kh·kw values
+of each window, so the engine derives the same exponents whatever the geometry: the geometry
+sets the output's pixels and what the emitted module computes. ``conv(K, h, s)`` pads by half
+the (dilated) kernel, so ``conv(K, h, 2)`` is ``subsample(K @ h)`` exactly; ``conv(K, h, 1)``
+is ``K @ h`` itself (the same instruction).
+"""
+
+from __future__ import annotations
+
+from ..ir.program import Geometry
+from .ast import Call
+
+CONV = "conv"
+_USAGE = ("write conv(K, h, stride), conv(K, h, stride, pad), conv(K, h, stride, pad, "
+          "dilation) or conv(K, h, stride, top, bottom, left, right, dilation): K a kernel "
+          "[out, in, kh, kw], h an image, whole numbers after them")
+
+
+def lower_conv(low, node: Call, args: list, scalar: type, vec: type):
+    """The MatMul of a ``conv`` call with its geometry, or None (errors reported)."""
+    if len(args) not in (3, 4, 5, 8):
+        low.errors.error(f"conv takes 3, 4, 5 or 8 arguments, got {len(args)}", node.span,
+                         _USAGE)
+        return None
+    if any(a is None for a in args):
+        return None
+    kernel, h, nums = args[0], args[1], args[2:]
+    shape = getattr(kernel, "name", None) and low.matrices.get(kernel.name)
+    if not shape or len(shape.shape) != 4 or kernel.transposed or not isinstance(h, vec):
+        low.errors.error("conv applies a kernel param to an image", node.span, _USAGE)
+        return None
+    if any(not isinstance(a, scalar) or a.value.denominator != 1 for a in nums):
+        low.errors.error("the stride, padding and dilation of conv must be whole numbers",
+                         node.span, _USAGE)
+        return None
+    stride, *pads, dilation = [int(a.value) for a in nums] + ([1] if len(nums) < 3 else [])
+    if stride < 1 or dilation < 1 or any(p < 0 for p in pads):
+        low.errors.error(f"conv with stride {stride}, padding {pads}, dilation {dilation}",
+                         node.span, "the stride and dilation are 1 or more, the padding 0 or "
+                         "more")
+        return None
+    kh, kw = (low.dims[d].size for d in shape.shape[2:])
+    if pads:
+        geometry = Geometry(stride, tuple(pads * 4 if len(pads) == 1 else pads), dilation)
+    else:
+        geometry = Geometry.same(kh, kw, stride, dilation)
+        if geometry is None:
+            low.errors.error(f"conv of the {kh}x{kw} kernel {kernel.name} without a padding: "
+                             "an even kernel has no padding by half of it", node.span,
+                             "give the padding: conv(K, h, stride, top, bottom, left, right, "
+                             "dilation)")
+            return None
+    sizes = [z for z in h.pixels if z is not None]
+    if len(sizes) != 1:
+        return low.op_matmul(kernel, h, node)  # not an image: op_matmul says so
+    out = geometry.out_size(sizes[0], (kh, kw))
+    if min(out) < 1:
+        low.errors.error(f"conv of a {sizes[0][0]}x{sizes[0][1]} image by a {kh}x{kw} kernel "
+                         f"(stride {stride}, padding {list(geometry.pads)}, dilation "
+                         f"{dilation}) leaves no pixel", node.span,
+                         "pad more, or use a smaller kernel or stride")
+        return None
+    if geometry == Geometry.same(kh, kw):  # stride 1, padded by half: K @ h itself
+        return low.op_matmul(kernel, h, node)
+    return low.op_matmul(kernel, h, node, geometry, out)

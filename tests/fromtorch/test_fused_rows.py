@@ -1,0 +1,141 @@
+"""from_torch on a fused layer whose row blocks are not the same share of its rows at every
+width: a block of a fixed number of rows beside one that grows (rows.py).
+
+Multi-query attention with heads of a fixed dim (Falcon's ``query_key_value``: n query rows, one
+key and one value head of 16) traces as three params, the query's [n, n] and the key's and
+value's [16, n], with bounds read from the two widths (rows 0..S-32, S-32..S-16, S-16..S of the
+S rows); derive then refuses the program for its own reason (keys of a finite dim serving a
+growing number of query heads: docs/theory.md). An MLP whose first layer also gives 13 logits
+(a readout's block beside a hidden one) derives each block as the separate layer it stands for
+(the oracle: the same model written with two layers, as a program), and MuP refuses the one
+tensor their different LRs (tests/test_error_catalogue.py)."""
+
+from fractions import Fraction
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tensorprog import derive  # noqa: E402
+from tensorprog.errors import EngineError  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch.patches import scale_rows  # noqa: E402
+from tensorprog.fromtorch.rows import row_range  # noqa: E402
+from tensorprog.lang.parse import parse  # noqa: E402
+
+WIDTHS = (32, 64)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+class MultiQuery(torch.nn.Module):
+    """Falcon's multi-query attention: one fused layer viewed as n/16 + 2 heads of 16, split
+    over the heads into the queries, one key head and one value head."""
+
+    def __init__(self, n, dh=16):
+        super().__init__()
+        self.h, self.dh = n // dh, dh
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        self.qkv = torch.nn.Linear(n, n + 2 * dh)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx)
+        q, k, v = self.qkv(x).view(b, t, self.h + 2, self.dh).split([self.h, 1, 1], dim=2)
+        a = torch.nn.functional.scaled_dot_product_attention(
+            *(y.transpose(1, 2) for y in (q, k, v)), is_causal=True, enable_gqa=True)
+        return self.head(x + a.transpose(1, 2).reshape(b, t, -1))
+
+
+class Skip(torch.nn.Module):
+    """An MLP whose first layer's last 13 rows are logits added to the readout's."""
+
+    def __init__(self, n, sliced=False):
+        super().__init__()
+        self.n, self.e, self.head = n, torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        self.fc, self.sliced = torch.nn.Linear(n, n + 13), sliced
+
+    def forward(self, idx):
+        y = self.fc(self.e(idx))
+        h, skip = (y[..., :self.n], y[..., self.n:]) if self.sliced else y.split([self.n, 13], -1)
+        return self.head(torch.relu(h)) + skip
+
+
+# Skip written with one layer per block: fc (the hidden block) and skip (the logits' block)
+SEPARATE = """width n = 32
+dim V = 13
+dim T = 8
+input tok : tokens[T, V]
+param e_weight : [n, V]
+param fc_weight : [n, n]
+param fc_bias : [n]
+param skip_weight : [V, n]
+param skip_bias : [V]
+param head_weight : [V, n]
+param head_bias : [V]
+x = e_weight @ tok
+h = relu(fc_weight @ x + fc_bias)
+out = head_weight @ h + head_bias + (skip_weight @ x + skip_bias)
+output out
+"""
+
+
+@pytest.fixture(scope="module")
+def mqa():
+    return from_torch(MultiQuery, WIDTHS, _tokens)
+
+
+def test_a_key_and_value_head_of_a_fixed_dim_beside_the_query_trace_as_bounds(mqa):
+    # before: refused as "a block of a fused layer that is not the same share of its rows at
+    # every width" (2/3 of the rows at 32, 4/5 at 64)
+    src = mqa.source
+    for part, dims in ((0, "n, n"), (1, "f16, n"), (2, "f16, n")):
+        assert f"param qkv_weight_part{part} : [{dims}]" in src, src
+    # read off the two widths, the bounds hold at any other: rows of qkv.weight at width 128
+    got = [row_range(mqa.params[f"qkv_weight_part{i}"].rows,
+                     mqa.params[f"qkv_weight_part{i}"].row_consts, 128 + 32) for i in range(3)]
+    assert got == [(0, 128), (128, 144), (144, 160)]
+
+
+def test_derive_refuses_the_fixed_key_dim_for_its_own_reason(mqa):
+    with pytest.raises(EngineError, match=r"the keys \w+ have the finite dim f16 but serve "
+                       "query heads whose number grows"):
+        MuP(mqa, "adam")
+
+
+@pytest.fixture(scope="module")
+def skip():
+    return from_torch(Skip, WIDTHS, _tokens)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_readout_block_beside_a_hidden_block_derives_as_separate_layers(skip, optimizer):
+    d, oracle = derive(skip.program, optimizer), derive(parse(SEPARATE), optimizer)
+    same = {"fc_weight_part0": "fc_weight", "fc_bias_part0": "fc_bias",
+            "fc_weight_part1": "skip_weight", "fc_bias_part1": "skip_bias"}
+    got = {p: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in skip.params}
+    want = {p: (oracle.abc[q].a, oracle.abc[q].b, oracle.abc[q].c)
+            for p, q in ((p, same.get(p, p)) for p in skip.params)}
+    assert got == want
+    init = {p: Fraction(str(d.abc[p].a + d.abc[p].b)) for p in same}
+    # the hidden block starts at 1/√n, the logits' block at 1/n, as a readout
+    assert (init["fc_weight_part0"], init["fc_weight_part1"]) == (Fraction(1, 2), 1)
+
+
+def test_a_forward_patch_scales_the_rows_the_bounds_give():
+    # attention's factor on a query of fixed-size neighbours: a patch on the fused layer's
+    # output multiplies rows 0..S-32 of its S features at any width
+    out = scale_rows(torch.ones(2, 160), 2.0, (0, 1, None, None, (0, -32)))
+    assert out[:, :128].eq(2).all() and out[:, 128:].eq(1).all()
+
+
+def test_a_slice_of_the_rows_at_a_place_that_moves_traces_as_the_split(skip):
+    # y[..., n:] is named by its place, rows n.. in blocks of 13 (part 2 at 32, part 4 at 64):
+    # before, refused as a graph that differs between widths
+    sliced = from_torch(lambda n: Skip(n, sliced=True), WIDTHS, _tokens)
+    assert "param fc_weight_part2 : [f13, n]" in sliced.source, sliced.source
+    use = sliced.params["fc_weight_part2"]
+    assert (use.rows, use.row_consts) == (skip.params["fc_weight_part1"].rows,
+                                          skip.params["fc_weight_part1"].row_consts)
