@@ -145,6 +145,24 @@ CATALOGUE = {
                       r"avgpool needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
                           r"a convolution kernel cannot be transposed", (8, 28)),
+    "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
+                                   "output y = R @ global_pool(D @ h)\n", S,
+                                   r"D is a depthwise kernel \[n, k, k\]: it is applied by "
+                                   r"dwconv, not @(.|\n)*help: write dwconv\(K, h\)", (10, 28)),
+    "depthwise-kernel-transposed": (IMG + "param D : [n, k, k]\nh = K @ img\n"
+                                    "output y = R @ global_pool(D.T @ h)\n", S,
+                                    r"D is a depthwise kernel \[n, k, k\]: it is applied "
+                                    r"by dwconv, not @", (10, 28)),
+    "depthwise-of-a-vector": (HEAD + "param D : [n, k, k]\noutput y = V @ dwconv(D, W @ x)\n",
+                              S, r"D is a convolution kernel, but y_1 is not an image", (9, 16)),
+    "depthwise-channels": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
+                           "K @ img))\n", S, r"shape mismatch in dwconv: D has c channels but "
+                           r"the image is \[n\]", (9, 28)),
+    "depthwise-not-a-kernel": (IMG + "param D : [n]\noutput y = R @ global_pool(dwconv(D, "
+                               "K @ img))\n", S, r"the first argument of dwconv must be a "
+                               r"depthwise kernel param \[c, kh, kw\]", (9, 35)),
+    "depthwise-infinite-window": (IMG + "param D : [n, n, k]\n", S,
+                                  r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
                     r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
     "conv-arity": (IMG + "output y = R @ global_pool(conv(K, img, 1, 2, 1, 1))\n", S,
@@ -553,6 +571,7 @@ def points(p: int, d: int, seed: int = 0) -> np.ndarray:
 NNGP_REFUSED = [
     (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
     (EX / "resnet.tp", "image inputs have no NNGP rule"),
+    (EX / "dwconv.tp", "image inputs have no NNGP rule"),  # a depthwise convolution's too
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
      "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
@@ -1493,6 +1512,24 @@ CONV_BUILDS = {
                    r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
                    r"value None\) of a value that is not an image, or read by another op than a "
                    r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
+    # groups neither 1 nor the channels: each output channel sums a block of input channels
+    "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=2))",
+                r"m.py:\d+:\d+: error: cannot trace a grouped convolution of \d+ channels into "
+                r"\d+ in 2 groups(.|\n)*help: use groups=1, or a depthwise convolution"),
+    "depthwise_unpadded": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, groups=n))",
+                           r"error: cannot trace a depthwise convolution with kernel \[3, 3\], "
+                           r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c, c, k"),
+    # ConvNeXt's: a 4x4 stride-4 stem cuts the image into patches, tokens the language does
+    # not convolve
+    "depthwise_of_patches": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
+                             "pool=nn.Conv2d(n, n, 3, padding=1, groups=n))",
+                             r"error: cannot trace a depthwise convolution of the grid of "
+                             r"patches(.|\n)*help: start from a stem of stride 1 or 2"),
+    # MobileNet's TF 'SAME' pad before a depthwise convolution: no depthwise form of conv(...)
+    "depthwise_padded": ("lambda n: Net(n, pool=nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), "
+                         "nn.Conv2d(n, n, 3, stride=2, groups=n)))",
+                         r"error: cannot trace a depthwise convolution of an image zero-padded "
+                         r"before it(.|\n)*help: pad inside the convolution"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",

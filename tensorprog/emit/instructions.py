@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import COORDINATEWISE, FUNCTIONS, MUL
+from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL
 from ..ir.program import (
     RELATIVE_KINDS,
     Dot,
@@ -110,6 +110,10 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel
+            self.helpers.add("_dwconv")
+            kernel, x = ins.args
+            return f"_dwconv({self.ref(x)}, {self.ref(kernel)})"
         if ins.fn == MUL:
             # a scalar (a whole-dim dot: one value per example) scales every coordinate of a
             # vector, so it needs a trailing axis; a scale is a plain float and needs none

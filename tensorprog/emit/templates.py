@@ -63,6 +63,13 @@ HELPERS = {
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
         '    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel, padding="same")',
         "    return y.movedim(-3, -1)"],
+    "_dwconv": [
+        "def _dwconv(x, kernel):",
+        '    """A stride-1, same-padded depthwise convolution of a channels-last image (..., h, w,',
+        '    c) by a kernel (c, kh, kw): each channel convolved with its own taps (groups = c)."""',
+        "    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel.unsqueeze(1),",
+        '                                   padding="same", groups=kernel.shape[0])',
+        "    return y.movedim(-3, -1)"],
     "_conv_geometry": [
         "def _conv_geometry(x, kernel, stride, pads, dilation):",
         '    """A convolution of a channels-last image (..., h, w, c), zero-padded by pads (top,',

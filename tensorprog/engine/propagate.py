@@ -241,7 +241,8 @@ class Analysis:
                            for v in program.block_table[s.block].values}
         self._stream_out = {s.out: s for s in self.depth_streams}
         # params used as operands: vectors (biases, gains) and scales (constant multipliers)
-        self.vector_params = {p.name for p in program.params if len(p.shape) < 2}
+        # (a depthwise kernel is a gain per channel summed over a finite window: one of these)
+        self.vector_params = {p.name for p in program.params if len(p.shape) < 2 or p.depthwise}
         self.scales = {p.name for p in program.params if p.is_scale}
         self.S: dict[str, Exp] = {}
         self.U: dict[str, Exp] = {}

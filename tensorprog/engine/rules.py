@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import FUNCTIONS, MUL
+from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
 from ..ir.program import (
     Dot,
     LinComb,
@@ -197,13 +197,21 @@ def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                      "weights only: a finite sum over tokens (+0)", "flow", g)])
 
 
+def _product(ins: Nonlin) -> str:
+    """Why a product's sizes add: a depthwise convolution is, channel by channel, its kernel's
+    entries times shifted copies of the same channel, summed over finitely many taps (+0)."""
+    if ins.fn == DWCONV:
+        return ("a depthwise convolution multiplies each channel by its own kernel entries and "
+                "sums finitely many taps (+0): exponents add")
+    return "a coordinatewise product adds exponents"
+
+
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if _sink(ins):
         return init_sink(ins, sz)
-    if ins.fn == MUL:
+    if ins.fn in PRODUCTS:
         u, v = ins.args
-        return terms(f"{u}₀⊙{v}₀", "a coordinatewise product adds exponents", "auto",
-                     sz.init(u), sz.init(v))
+        return terms(f"{u}₀⊙{v}₀", _product(ins), "auto", sz.init(u), sz.init(v))
     (h,) = ins.args
     shape = NONLIN_SHAPE[ins.fn]
     if shape == "offset":
@@ -221,7 +229,7 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
 def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if _sink(ins):
         return change_sink(ins, sz)
-    if ins.fn == MUL:
+    if ins.fn in PRODUCTS:
         u, v = ins.args
         return (terms(f"Δ{u}⊙{v}", "a product changes with either factor", "auto",
                       sz.change(u), sz.train(v))
@@ -255,7 +263,9 @@ def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]
-    if ins.fn == MUL:
+    if ins.fn in PRODUCTS:
+        # a depthwise convolution's gradient per channel comes from that channel's own output
+        # (over finitely many taps and pixels): a product's, with no sum over the width
         u, v = ins.args
         (ku, why_u), (kv, why_v) = (_shared_by_heads(ins, a, sz) for a in (u, v))
         return ([(u, t) for t in terms(f"d{ins.out}⊙{v}", why_u, "auto",

@@ -89,6 +89,8 @@ class ConvOps:
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
+        if groups != 1:  # a depthwise convolution, or grouped channels the language has not
+            return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
         if x.tags == POOLED and groups == 1 and pads is None:
@@ -113,6 +115,67 @@ class ConvOps:
             self.out.vectors[name] = (node.name, "out")
             return Vec(name, IMAGE, w.shape[0])
         # the stride-1 convolution has no value in the model: only its every other pixel
+        return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def _depthwise(self, node, x, w: PRef, b, stride, padding, dilation, groups: int) -> Vec:
+        """``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` (kernel [c, 1, k, k]): each channel
+        convolved with its own taps, the language's ``dwconv(D, h)`` with D the kernel [c, k,
+        k] (its axis of 1 dropped); stride 2 is ``subsample`` of it, as for the full
+        convolution. The geometry is the full convolution's (square, odd, same-padded, stride 1
+        or 2, undilated). Groups neither 1 nor the channels (each output channel reading a
+        block of several input channels) are refused: the language has no such sum."""
+        c_in = int(node.args[0].meta["val"].shape[1])
+        if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
+            raise refuse(
+                node,
+                f"a grouped convolution of {c_in} channels into {w.shape[0]} in {groups} groups "
+                "(the language's convolutions are full, groups=1, or depthwise, groups equal "
+                "to the input and output channels)",
+                help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
+                "followed by a 1x1 convolution to change the channel count",
+            )
+        if isinstance(x, Padded):  # TF 'SAME' padding (MobileNet's): its own geometry
+            raise refuse(
+                node,
+                "a depthwise convolution of an image zero-padded before it (the language's "
+                "depthwise convolution is same-padded by k // 2, stride 1 or 2)",
+                help="pad inside the convolution, nn.Conv2d(c, c, k, stride=1 or 2, "
+                "padding=k // 2, groups=c), with an odd k",
+            )
+        x = self.vec(x, node)
+        if x.tags == GRID:
+            raise refuse(
+                node,
+                "a depthwise convolution of the grid of patches (an image cut into patches by "
+                "a stem whose stride equals its kernel is the program's per-token patches "
+                "input, and the language convolves images, not tokens)",
+                help="start from a stem of stride 1 or 2 (an odd kernel, padding k // 2), so "
+                "that the convolutions after it read an image",
+            )
+        if x.tags != IMAGE:
+            raise refuse(node, "a depthwise convolution of a value that is not an image")
+        k = w.shape[-1]
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        same = padding == ((k - 1) // 2,) * 2 or (padding == "same" and stride == (1, 1))
+        if not (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1)
+                and stride in ((1, 1), (2, 2))):
+            raise refuse(
+                node,
+                f"a depthwise convolution with kernel {list(w.shape[-2:])}, stride "
+                f"{_text(stride)}, padding {_text(padding)}, dilation {_text(dilation)} (the "
+                "language's is square, odd-sized, same-padded, stride 1 or 2, undilated)",
+                help="use nn.Conv2d(c, c, k, stride=1 or 2, padding=k // 2, groups=c) with an "
+                "odd k",
+            )
+        kernel, _ = self.param(PRef(w.target, (w.shape[0], k, k)), node)
+        bias = self.vector_param(b, node) if b is not None else None
+        name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
+        self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name})"
+                              + (f" + {bias}" if bias else ""))
+        self.out.producers[name] = (kernel, bias)  # linear in both: a multiplier folds in
+        if stride == (1, 1):
+            self.out.vectors[name] = (node.name, "out")
+            return Vec(name, IMAGE, w.shape[0])
         return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
 
     def _conv_geometry(self, node, x: Vec, w: PRef, b, stride, pads, dilation, groups) -> Vec:

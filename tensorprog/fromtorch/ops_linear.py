@@ -168,7 +168,10 @@ class LinearOps:
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a linear layer whose weight is not a param")
         x = self.vec(x, node)
-        if is_image(x):  # torch's linear maps the last axis: an image's columns (ops_conv.py)
+        # torch's linear maps the last axis: an image's columns (ops_conv.py), unless the image
+        # was permuted channels-last (ConvNeXt's x.permute(0, 2, 3, 1)): then it maps each
+        # pixel's channels, the language's W @ h of an image-valued h
+        if is_image(x) and x.tags[-1] != "F":
             raise refuse(node, "a linear layer applied to an image (it maps the last axis, the "
                          "pixels of each row, not the channels)",
                          help="pool the image to one pixel first (nn.AdaptiveAvgPool2d(1), then "

@@ -17,7 +17,8 @@ compute it with:
 
 Tables elsewhere that name functions (the emitter's expressions, the limits' numpy functions, the
 tracer's recognisers) cover a subset of these rows; a test checks that they agree with this one.
-``mul`` (the product of two vectors) is the other Nonlin: it has two arguments and no row here.
+``mul`` (the product of two vectors) is the other Nonlin: it has two arguments and no row here,
+and so has ``dwconv`` (a depthwise convolution, see ``DWCONV``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class Function:
 
 
 MUL = "mul"
+#: ``dwconv(K, h)``: a depthwise (per-channel) convolution of an image-valued vector h of dim c by
+#: a kernel param K [c, kh, kw]: out[c] = sum over the kh·kw taps of K[c, tap]·shift_tap(h)[c]
+#: (stride 1, same-padded). Each channel reads only itself, so for the width exponents it is a
+#: product of a vector param (a gain) and a vector, summed over finitely many shifts (+0): the
+#: engine derives it with ``mul``'s rules, and its kernel gets a gain's scaling.
+DWCONV = "dwconv"
+#: the Nonlins of two arguments whose sizes multiply: a coordinatewise product, and a depthwise
+#: convolution (a coordinatewise product per tap, summed over finitely many taps)
+PRODUCTS = (MUL, DWCONV)
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),

@@ -172,7 +172,8 @@ class Input:
 @dataclass(frozen=True)
 class Param:
     """A trained vector ``[d]`` (bias, gain, readout vector) or matrix ``[out, in]``, or a
-    convolution kernel ``[out, in, kh, kw]`` (finite kh, kw); or, with no axes, a ``scale``: a
+    convolution kernel ``[out, in, kh, kw]`` (finite kh, kw), or a depthwise one ``[c, kh, kw]``
+    (``dwconv``, a gain per channel); or, with no axes, a ``scale``: a
     constant multiplier ``base·(n/base_width)^-a``, never trained."""
 
     name: str
@@ -183,6 +184,12 @@ class Param:
     @property
     def is_scale(self) -> bool:
         return not self.shape
+
+    @property
+    def depthwise(self) -> bool:
+        """A depthwise kernel ``[c, kh, kw]`` (``dwconv(K, h)``): read as a value of dim c, a
+        gain per channel over a finite window, not applied with @."""
+        return len(self.shape) == 3
 
 
 @dataclass(frozen=True)
@@ -575,7 +582,7 @@ class Program:
         declared = {self.width.name: Dim(self.width.name, mult=Fraction(1)),
                     **{d.name: d for d in self.dims}}
         dims.update({p.name: (p.shape[0] if p.shape else None) for p in self.params
-                     if len(p.shape) < 2})  # matrices and kernels are not values
+                     if len(p.shape) < 2 or p.depthwise})  # matrices and kernels are not values
         for ins in self.body:
             if isinstance(ins, MatMul):
                 shape = self.param_table[ins.weight].shape

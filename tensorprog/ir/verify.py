@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import FUNCTIONS, MUL
+from .functions import DWCONV, FUNCTIONS, MUL, PRODUCTS
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -172,18 +172,35 @@ def _verify_params(program: Program, dims: dict, defined: dict, define, errors: 
         for d in p.shape:
             if d not in dims:
                 errors.error(f"undeclared dim '{d}'", p.span)
-        if len(p.shape) not in (0, 1, 2, 4):
+        if len(p.shape) not in (0, 1, 2, 3, 4):
             errors.error(f"param {p.name} must be a scale, a vector, a matrix or a kernel", p.span)
-        if len(p.shape) == 4 and any(d in dims and dims[d].infinite for d in p.shape[2:]):
+        if len(p.shape) in (3, 4) and any(d in dims and dims[d].infinite
+                                          for d in p.shape[-2:]):
             errors.error(f"kernel {p.name}: its spatial size must be finite", p.span)
-        if len(p.shape) >= 2:
+        if len(p.shape) >= 2 and len(p.shape) != 3:
             matrices.add(p.name)
             if p.name in defined or p.name in dims:
                 errors.error(f"'{p.name}' is defined twice", p.span)
             defined[p.name] = "<matrix>"
         else:
             define(p.name, p.shape[0] if p.shape else None, p.span)
+    _verify_depthwise(program, errors)
     return matrices
+
+
+def _verify_depthwise(program: Program, errors: Collector) -> None:
+    """A depthwise kernel [c, kh, kw] is a vector of dim c (a gain per channel, with a finite
+    window), read only as the kernel of ``dwconv(K, h)``, whose h is an image."""
+    for ins in program.body:
+        if isinstance(ins, Nonlin) and ins.fn == DWCONV:
+            p = program.param_table.get(ins.args[0])
+            if p is None or not p.depthwise or ins.args[1] not in program.spatial \
+                    or program.spatial[ins.args[1]] is None:
+                errors.error("dwconv(K, h): K must be a depthwise kernel [c, kh, kw] and h an "
+                             "image", ins.span)
+        elif any(o in program.param_table and program.param_table[o].depthwise
+                 for o in ins.operands):
+            errors.error("a depthwise kernel is read only as dwconv's first argument", ins.span)
 
 
 def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None:
@@ -212,10 +229,10 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
 
 
 def _verify_arity(program: Program, ins: Nonlin, errors: Collector) -> None:
-    """A known function of one argument, or two: ``mul``'s factors, or a softmax's logits and
-    its sink (a vector param, one logit per head)."""
-    arity = (2,) if ins.fn == MUL else (1, 2) if ins.fn in SOFTMAXES else (1,)
-    if ins.fn != MUL and ins.fn not in FUNCTIONS or len(ins.args) not in arity:
+    """A known function of one argument, or two: a product's factors (``mul``, ``dwconv``), or
+    a softmax's logits and its sink (a vector param, one logit per head)."""
+    arity = (2,) if ins.fn in PRODUCTS else (1, 2) if ins.fn in SOFTMAXES else (1,)
+    if ins.fn not in (*PRODUCTS, *FUNCTIONS) or len(ins.args) not in arity:
         errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
     elif ins.fn in SOFTMAXES and len(ins.args) == 2 and (
             ins.args[1] not in program.param_table

@@ -528,13 +528,13 @@ class _Lowering(ExpressionLowering):
         shape = self.check_shape(shape_toks, st.span)
         if shape is None:
             return
-        if len(shape) in (3, 5) or len(shape) > 5:
+        if len(shape) >= 5:
             self.errors.error(f"param {st.name} has {len(shape)} dims; params are vectors, "
                               "matrices or convolution kernels", st.span,
                               "write a matrix as [fan_out, fan_in], a kernel as "
-                              "[out, in, kh, kw]")
+                              "[out, in, kh, kw], a depthwise kernel as [c, kh, kw]")
             return
-        if len(shape) == 4 and any(self.dims[d].infinite for d in shape[2:]):
+        if len(shape) in (3, 4) and any(self.dims[d].infinite for d in shape[-2:]):
             self.errors.error(f"kernel {st.name}: its spatial size must be finite", st.span,
                               "e.g. `dim k = 3` and `param K : [n, n, k, k]`")
             return

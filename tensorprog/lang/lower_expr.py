@@ -9,12 +9,11 @@ state these methods read (names, dims, the body being built) is set up there.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import MUL, NONLINEARITIES, POOLS, pooled
+from ..ir.functions import DWCONV, MUL, NONLINEARITIES, POOLS, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -32,12 +31,14 @@ from ..ir.program import (
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
 from .lower_conv import CONV, lower_conv
+from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_route import ROUTES, lower_route
 from .lower_sink import SINKS, lower_sink
+from .syntax import magnitude
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV)
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class ExpressionLowering:
         bad = next((c for c in coefficients if not in_float_range(c)), None)
         if bad is None:
             return v
-        self.errors.error(f"a coefficient here, about {_magnitude(bad)}, is out of range", span,
+        self.errors.error(f"a coefficient here, about {magnitude(bad)}, is out of range", span,
                           f"a nonzero coefficient must lie between {FLOAT_MIN:.3g} and "
                           f"{FLOAT_MAX:.3g} in size (a float's normal range)")
         return None
@@ -343,6 +344,8 @@ class ExpressionLowering:
             return None
         if not isinstance(b, Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
+            return None
+        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv, not @"):
             return None
         fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
@@ -519,7 +522,7 @@ class ExpressionLowering:
             self.errors.error(f"unknown function '{node.fn}'", node.fn_span,
                               f"{hint}known functions: {', '.join(FUNCTIONS)}")
             return None, None
-        if node.fn in ROUTES or node.fn == CONV:  # variadic: lower_route/conv check them
+        if node.fn in ROUTES or node.fn in (CONV, DWCONV):  # lower_route/conv/dwconv check them
             return node.args, None
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
@@ -573,6 +576,8 @@ class ExpressionLowering:
             return lower_prepend(self, node, args, over[1], Vec)
         if node.fn == MEAN:
             return lower_mean(self, node, args, over[1], Vec)
+        if node.fn == DWCONV:
+            return lower_dwconv(self, node, args, Vec, Matrix)
         if any(a is None for a in args):
             return None
         for a in args:
@@ -689,10 +694,3 @@ class ExpressionLowering:
     def expr_Repeat(self, node: Repeat, values, _state):
         return self.apply_block(node.block, node.block_span, values[0], node.count, node)
 
-
-def _magnitude(x: Fraction) -> str:
-    """A number too large or small for a float, as a power of ten, from the logs of its integer
-    parts (math.log10 takes any int): never its decimal digits, which past 4,300 of them str()
-    refuses (sys.set_int_max_str_digits)."""
-    exponent = math.floor(math.log10(abs(x.numerator)) - math.log10(x.denominator))
-    return f"{'-' if x < 0 else ''}1e{exponent}"

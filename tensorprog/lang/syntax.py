@@ -302,3 +302,11 @@ def syntax(source: str, filename: str) -> lark.Tree:
         return _parser().parse(source if source.endswith("\n") else source + "\n")
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, source, filename) from None
+
+
+def magnitude(x: Fraction) -> str:
+    """A number too large or small for a float, as a power of ten, from the logs of its integer
+    parts (math.log10 takes any int): never its decimal digits, which past 4,300 of them str()
+    refuses (sys.set_int_max_str_digits)."""
+    exponent = math.floor(math.log10(abs(x.numerator)) - math.log10(x.denominator))
+    return f"{'-' if x < 0 else ''}1e{exponent}"

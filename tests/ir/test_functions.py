@@ -11,7 +11,13 @@ from tensorprog.emit.instructions import _NORMS, _TORCH_FN
 from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.values import RECOGNISED
-from tensorprog.ir.functions import COORDINATEWISE, FUNCTIONS, NONLINEARITIES, torch_function
+from tensorprog.ir.functions import (
+    COORDINATEWISE,
+    DWCONV,
+    FUNCTIONS,
+    NONLINEARITIES,
+    torch_function,
+)
 from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
@@ -25,7 +31,7 @@ SCALINGS = {"linear", "bounded", "offset", "normalize"}
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
-                                                                      MEAN, CONV}
+                                                                      MEAN, CONV, DWCONV}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 

@@ -1,0 +1,59 @@
+"""Lowering ``dwconv(K, h)``: a depthwise (per-channel) convolution of an image-valued vector h of
+dim c by a kernel param ``K : [c, kh, kw]`` (finite kh, kw), stride 1 and same-padded, as
+``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` computes it: out[c] = Σ_taps K[c, tap] ·
+shift_tap(h)[c].
+
+Each channel reads only itself, so the kernel has one dim (c, which may grow with the width) and
+a finite fan-in kh·kw: for the width exponents it is a gain (a vector param times a vector,
+coordinatewise) summed over finitely many spatial shifts, and the engine derives it with the
+product's rules (``tensorprog.ir.functions.DWCONV``). The kernel is read by nothing else: ``@``
+(a full convolution's matmul over channels) and every other use of it are refused here.
+"""
+
+from __future__ import annotations
+
+from ..ir.functions import DWCONV
+from ..ir.program import Nonlin
+from .ast import Call
+
+_USAGE = ("write dwconv(K, h): K a depthwise kernel `param K : [c, k, k]` (k finite), h an "
+          "image-valued vector of dim c")
+
+
+def depthwise_misuse(low, name: str, span, what: str) -> bool:
+    """Report a depthwise kernel applied as a matrix (``D @ h``, ``D.T @ h``); True if so."""
+    p = low.matrices.get(name)
+    if p is None or len(p.shape) != 3:
+        return False
+    low.errors.error(f"{name} is a depthwise kernel [{', '.join(p.shape)}]: {what}", span,
+                     _USAGE + "; a full convolution's kernel is [out, in, kh, kw]")
+    return True
+
+
+def lower_dwconv(low, node: Call, args: list, vec: type, matrix: type):
+    """The Nonlin ``dwconv`` of a call, or None (errors reported)."""
+    if len(node.args) != 2:
+        low.errors.error(f"dwconv takes 2 arguments, got {len(node.args)}", node.span, _USAGE)
+        return None
+    if any(a is None for a in args):
+        return None
+    k, h = args
+    p = low.matrices.get(k.name) if isinstance(k, matrix) and not k.transposed else None
+    if p is None or len(p.shape) != 3:
+        low.errors.error("the first argument of dwconv must be a depthwise kernel param "
+                         "[c, kh, kw]", node.args[0].span, _USAGE)
+        return None
+    if not isinstance(h, vec) or h.dim is None or not low.same_dim(p.shape[0], h.dim):
+        what = low.dim_text(h.dim) if isinstance(h, vec) else "no vector"
+        low.errors.error(f"shape mismatch in dwconv: {k.name} has {p.shape[0]} channels but the "
+                         f"image is {what}", node.span,
+                         "a depthwise kernel has one row of taps per channel of the image")
+        return None
+    arg = low.name_of(h, node.span)
+    if arg not in low.pixels:
+        low.errors.error(f"{k.name} is a convolution kernel, but {arg} is not an image",
+                         node.span, "apply kernels to values computed from an `image` input, "
+                         "before global_pool")
+        return None
+    out = low.emit(Nonlin(low.fresh(low.target), DWCONV, (k.name, arg), node.span), h.dim)
+    return low.vec(out, h.dim)
