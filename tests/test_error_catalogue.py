@@ -965,6 +965,22 @@ class GateTwice(Net):
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class SinkOverQueries(GateTwice):
+    def __init__(self, n, shift=False):
+        super().__init__(n)
+        self.shift = shift
+
+    def forward(self, idx):  # gpt-oss's sink column, but a softmax over the queries (dim=-2)
+        x = self.e(idx)
+        b, t, _ = x.shape
+        q = x.view(b, t, 2, -1).transpose(1, 2)
+        s = torch.cat([q @ q.transpose(-1, -2), self.sinks.reshape(1, -1, 1, 1).expand(
+            b, -1, t, -1)], -1)
+        s = s - s.max(-1, keepdim=True).values if self.shift else s
+        y = torch.softmax(s, -2)[..., :-1] @ q
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -1148,6 +1164,8 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "row_max_added": "lambda n: RowMaxAdded(n)",
     "gate_twice": "lambda n: GateTwice(n)",
+    "sink_over_queries": "lambda n: SinkOverQueries(n)",
+    "sink_shifted_over_queries": "lambda n: SinkOverQueries(n, shift=True)",
     "class_token": "lambda n: ClassToken(n)",
     "head_split": "lambda n: HeadSplit(n)",
     "act_split": "lambda n: ActSplit(n)",
@@ -1191,6 +1209,12 @@ TRACED_BUILDS = {
     # Granite's sink gate folds into the mix it multiplies only where nothing else reads it
     ("gate_twice", None, r"m.py:\d+:\d+: error: cannot trace sigmoid\(logsumexp\(logits\) - "
                          r"sinks\) times anything but the mix"),
+    # before: traced as a softmax over the keys (the sink column's axis), a wrong program
+    ("sink_over_queries", None, r"m.py:\d+:\d+: error: cannot trace a softmax of attention "
+                                r"logits with a sink column or minus their row max over another "
+                                r"axis than their keys(.|\n)*help: write the sink as gpt-oss"),
+    ("sink_shifted_over_queries", None, r"m.py:\d+:\d+: error: cannot trace a softmax of "
+                                        r"attention logits with a sink column or minus"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "

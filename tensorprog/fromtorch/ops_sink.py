@@ -182,6 +182,14 @@ class SinkOps:
 
     def op_softmax(self, node, s, dim=-1, *rest):
         at = None
+        ndim = len(node.args[0].meta["val"].shape)
+        # the sink column and the row max are along the keys (op_cat, _row_max): a softmax over
+        # another axis (the queries, the heads) is no attention's, and traced as one it would
+        # be a wrong program
+        if isinstance(s, (Shifted, SinkScores)) and dim % ndim != ndim - 1:
+            raise refuse(node, "a softmax of attention logits with a sink column or minus "
+                         "their row max over another axis than their keys (the last)",
+                         help=_HELP)
         if isinstance(s, Shifted):
             s = s.of
         if isinstance(s, SinkScores):
