@@ -602,5 +602,12 @@ def _rows(use) -> str:
     rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
     if use.row_consts:  # bounds f·S + c of the S rows (rows.py)
         (f0, f1), (c0, c1) = use.rows, use.row_consts
-        rows = f"[{f0}·S{c0:+}:{f1}·S{c1:+} of the S rows]"
+        rows = f"[{f0}·S{_signed(c0)}:{f1}·S{_signed(c1)} of the S rows]"
     return rows + (f"[columns of part {use.cols.index} of a cat]" if use.cols else "")
+
+
+def _signed(c) -> str:
+    """``c`` with its sign, as ``f"{c:+}"`` writes it: a Fraction has no such format before
+    Python 3.12 (a TypeError there). The text keys the seed of rows drawn anew, so it is the
+    same on every Python."""
+    return f"{'+' if c >= 0 else ''}{c}"

@@ -139,3 +139,38 @@ def test_a_slice_of_the_rows_at_a_place_that_moves_traces_as_the_split(skip):
     use = sliced.params["fc_weight_part2"]
     assert (use.rows, use.row_consts) == (skip.params["fc_weight_part1"].rows,
                                           skip.params["fc_weight_part1"].row_consts)
+
+
+class Part(torch.nn.Module):
+    """A fused layer of n + 13 rows whose last 13 rows are never read."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.e, self.head = n, torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        self.fc = torch.nn.Linear(n, n + 13)
+
+    def forward(self, idx):
+        h, _ = self.fc(self.e(idx)).split([self.n, 13], -1)
+        return self.head(torch.relu(h))
+
+
+def test_a_block_beside_a_fixed_one_is_rescaled_at_another_width():
+    # before: MuP.apply at any width but the base raised a TypeError on Python < 3.12, writing
+    # the block's bounds f·S + c (a Fraction has no format "+" there)
+    traced = from_torch(Part, WIDTHS, _tokens)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Part(128)
+    torch.nn.init.normal_(model.fc.weight, std=1.0)  # far from µP's std, which apply sets
+    before = model.fc.weight.detach().clone()
+    report = mup.apply(model)
+    assert any(line.startswith("init fc.weight[0·S+0:1·S-13 of the S rows]: std ")
+               for line in report.lines), report.lines
+    w = model.fc.weight.detach()
+    # the hidden block's std: the base's (width 32) times (128/32)^-1/2; the unread rows kept
+    assert w[:128].std().item() == pytest.approx(traced.base["fc.weight"][1] / 2, rel=1e-4)
+    assert torch.equal(w[128:], before[128:])
+    # Adam's LR of a hidden layer: the base's times 32/128
+    lr = next(g["lr"] for g in mup.param_groups(model, 1e-3)
+              if any(p is model.fc.weight for p in g["params"]))
+    assert lr == pytest.approx(1e-3 / 4)
