@@ -981,6 +981,18 @@ class SinkOverQueries(GateTwice):
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
+class Swap(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.n, self.fc, self.up = n, torch.nn.Linear(n, n + 8), torch.nn.Linear(n, n + 8)
+        self.o = torch.nn.Linear(8, 8)
+
+    def forward(self, idx):  # two fused layers whose 8 extra rows swap roles between widths
+        x = self.e(idx)
+        first, second = (self.fc, self.up) if self.n == 16 else (self.up, self.fc)
+        return self.o(torch.relu(first(x)[..., self.n:]) + second(x)[..., self.n:])
+
+
 class Second(Net):
     def forward(self, idx):  # the second token's vector
         return self.o(self.e(idx)[:, 1])
@@ -1164,6 +1176,7 @@ TRACED_BUILDS = {
     "second": "lambda n: Second(n)",
     "row_max_added": "lambda n: RowMaxAdded(n)",
     "gate_twice": "lambda n: GateTwice(n)",
+    "swap": "lambda n: Swap(n)",
     "sink_over_queries": "lambda n: SinkOverQueries(n)",
     "sink_shifted_over_queries": "lambda n: SinkOverQueries(n, shift=True)",
     "class_token": "lambda n: ClassToken(n)",
@@ -1215,6 +1228,11 @@ TRACED_BUILDS = {
                                 r"axis than their keys(.|\n)*help: write the sink as gpt-oss"),
     ("sink_shifted_over_queries", None, r"m.py:\d+:\d+: error: cannot trace a softmax of "
                                         r"attention logits with a sink column or minus"),
+    # before: traced, each layer's extra rows named by their place, which moves with the width,
+    # and matched to the other layer's at the second width (rows.py)
+    ("swap", None, r"m.py:\d+:1: error: the model's graph differs between widths 16 and 32"
+                   r"(.|\n)*first difference: 'param fc_weight_part2 : .*' at 16, "
+                   r"'param up_weight_part4 : .*' at 32"),
     # before: refused at the router's softmax as "a softmax of anything but attention logits";
     # a router's top-k gates are traced only as the weights of experts' outputs (ops_moe.py)
     ("router", None, r"m.py:\d+:\d+: error: cannot trace a mixture-of-experts router's "

@@ -70,6 +70,8 @@ def row_range(rows, consts, size: int) -> tuple[int, int]:
 
 
 _PART = re.compile(r"\b\w*_part\d+\w*\b")
+# the part number alone: the rest of a block's name is its layer's (walk.py), which must match
+_NUMBER = re.compile(r"(?<=_part)\d+")
 
 
 def renumber_slices(t1, t2) -> None:
@@ -77,10 +79,11 @@ def renumber_slices(t1, t2) -> None:
     the blocks' part numbers. A slice of a fused layer's rows (``y[..., n:n + 13]``) is named
     by its place, lo / its size (walk.py), which moves with the width when a block of a fixed
     size follows one that grows (a split names each block by its order instead); the programs
-    being otherwise the same, each block of one is the block of the other at its place."""
+    being otherwise the same, each block of one is the block of the other at its place. Only
+    the number is renamed: a block of one layer is never taken for another layer's."""
     lines1, lines2 = t1.decls + t1.stmts, t2.decls + t2.stmts
     if lines1 == lines2 or len(lines1) != len(lines2) or any(
-            _PART.sub("_part", a) != _PART.sub("_part", b)
+            _NUMBER.sub("", a) != _NUMBER.sub("", b)
             for a, b in zip(lines1, lines2, strict=True)):
         return
     names: dict[str, str] = {}

@@ -467,6 +467,12 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             ),
             "",
         )
+    else:  # one name, one tensor: a param read from another layer at the second width would
+        # take the first's exponents and be patched as the first's (a layer's place moved)
+        diff = next((f"param {k} is {strip_prefix(u.target)} at {w1}, "
+                     f"{strip_prefix(t2.params[k].target)} at {w2}" for k, u in t1.params.items()
+                     if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
+    if diff is not None:
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "
