@@ -14,7 +14,7 @@ from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from .apply import MuP
 from .convert import convert
-from .few import rejudge, remeasure
+from .few import judge_runs, rejudge, remeasure
 from .inputs import forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_rows
@@ -329,7 +329,9 @@ def coord_check(
         more, more_steps = again
         extra = Measurements()
         _measure(mup, widths, more, more_steps, extra, Measurements(), Measurements(), **run)
-        rejudge(result, m, extra, more_steps)
+        # the added runs judged as the check's own: a run that diverges or blows up fails
+        broken = judge_runs(result, extra, more_steps, mup.program, optimizer, abc)
+        rejudge(result, m, extra, more_steps, broken)
     return result
 
 

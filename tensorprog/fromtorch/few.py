@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import math
 
-from ..numerics.judge import CheckResult, Measurements, fit_slope, judge_slope
+from ..numerics.judge import (
+    CheckResult,
+    Measurements,
+    diverged_runs,
+    expectations,
+    fit_slope,
+    judge,
+    judge_slope,
+)
 
 # A slope whose noise (its standard error from the vector's entries alone, slope_noise) is more
 # than tolerance / NOISE_MARGIN cannot tell a tolerated deviation from a failing one: a slope
@@ -63,13 +71,52 @@ def remeasure(result: CheckResult, m: Measurements) -> tuple[tuple[int, ...], in
         result.steps
 
 
-def rejudge(result: CheckResult, m: Measurements, extra: Measurements, steps: int) -> None:
+def judge_runs(result: CheckResult, extra: Measurements, steps: int, program, optimizer,
+               abc) -> dict[int, str]:
+    """Judges the added runs as the check's own are: each seed's alone, for a run that went
+    inf or nan (added to ``result.diverged``, which fails the check), a change that blew up
+    (``unstable``), compounded or saturated the softmax (added to the regime's lists). Returns
+    seed -> why, for each seed whose run diverged or blew up: pooled with the others its RMS
+    says nothing about scaling (:func:`rejudge` then fails the vectors it would judge)."""
+    broken: dict[int, str] = {}
+    expected = expectations(program, optimizer, abc, result.against)
+    for seed in extra.axis(3):
+        one = _one_seed(extra, seed)
+        for v, w, s, t, why in diverged_runs(one):
+            result.diverged.append((v, w, s, t, why))
+            broken.setdefault(s, f"its run at width {w} went inf or nan at step {t} ({why})")
+        if steps < 2 or seed in broken:  # the judge's slopes start at step 2
+            continue
+        found = judge(program, optimizer, abc, one, against=result.against,
+                      tolerance=result.tolerance, expected=expected)
+        result.unstable += found.unstable
+        result.accelerating += found.accelerating
+        result.saturated += found.saturated
+        for v, w, t, g in found.unstable:
+            grew = "overflowed" if g == math.inf else f"grew x{g:.1f}"
+            broken.setdefault(seed, f"the change of {result.where(v)} {grew} from step {t - 1} "
+                                    f"to {t} at width {w}")
+    return broken
+
+
+def _one_seed(m: Measurements, seed: int) -> Measurements:
+    one = Measurements()
+    one.rms = {k: x for k, x in m.rms.items() if k[3] == seed}
+    one.stopped = {k: x for k, x in m.stopped.items() if k[1] == seed}
+    one.entries = dict(m.entries)
+    return one
+
+
+def rejudge(result: CheckResult, m: Measurements, extra: Measurements, steps: int,
+            broken: dict[int, str] | None = None) -> None:
     """Judges every judged entry (up to step ``steps``) of the vectors of few entries again on
     their RMS pooled over the check's seeds and ``extra``'s: per width the root mean square
     over every seed of the per-seed RMS, i.e. the RMS of all their entries together. Its
     slope replaces the mean of the per-seed slopes (the log of a noisy RMS is biased low, and
     a mean of noisy slopes is no less noisy); the verdict says so, and what the check's own
-    seeds read. A vector that fails on the pooled RMS fails."""
+    seeds read. A vector that fails on the pooled RMS fails; so does one with an inf or nan
+    RMS in any run, and every one where an added seed's run diverged or blew up (``broken``,
+    :func:`judge_runs`), each saying which seed."""
     weak = _weak(result, m)
     seeds = [(m, s) for s in result.seeds] + [(extra, s) for s in extra.axis(3)]
     widths = result.widths
@@ -79,7 +126,16 @@ def rejudge(result: CheckResult, m: Measurements, extra: Measurements, steps: in
             continue
         runs = [[got.rms.get((r.name, r.step, w, s), math.nan) for w in widths]
                 for got, s in seeds]
-        if not all(math.isfinite(x) for run in runs for x in run):
+        bad = next(((w, s) for (_, s), run in zip(seeds, runs, strict=True)
+                    for w, x in zip(widths, run, strict=True) if not math.isfinite(x)), None)
+        why = (f"its RMS is inf or nan at width {bad[0]}, seed {bad[1]}" if bad else
+               next((f"seed {s}'s run: {b}" for s, b in sorted((broken or {}).items())), None))
+        if why is not None:  # no slope to pool: the vector fails, and says where
+            before, r.verdict = r.ok, (f"{r.verdict}; re-measured over {len(runs)} seeds, "
+                                      f"not judged on them: {why}")
+            if not before:
+                result.remeasured[r.name] = r.verdict
+            r.ok = False
             continue
         pooled = {w: math.sqrt(sum(run[i] ** 2 for run in runs) / len(runs))
                   for i, w in enumerate(widths)}

@@ -533,6 +533,12 @@ def _diverged(m: Measurements) -> list[tuple[str, int, int, int, str]]:
     return out
 
 
+def diverged_runs(m: Measurements) -> list[tuple[str, int, int, int, str]]:
+    """The runs of ``m`` with an inf or nan RMS, as :func:`judge` reports them (``diverged``),
+    for runs judged apart from a check's own, at init alone too (fromtorch/few.py's seeds)."""
+    return _diverged(m)
+
+
 def _unstable(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:
     """Changes that grow more than UNSTABLE_GROWTH-fold in one step (from step 3 on) past the
     vector's own nonzero size at init, or that overflow to inf or nan: the run diverges, so its

@@ -89,3 +89,50 @@ def test_a_readout_that_grows_still_fails_pooled_over_more_seeds():
 def test_a_vector_of_many_entries_is_not_remeasured():
     result, m = _fake(lambda w, s: w ** 0.5, (0, 1), entries=64)
     assert remeasure(result, m) is None
+
+
+def test_a_nan_in_a_rejudged_vector_fails_it_saying_where():
+    # before: a run with an inf or nan RMS left the vector as the check's own seeds judged it
+    result, m = _fake(lambda w, s: 1.0, (0, 1))
+    result.results[0].ok = True
+    extra = _fake(lambda w, s: math.nan if (w, s) == (128, 5) else 1.0, (2, 3, 4, 5))[1]
+    rejudge(result, m, extra, 0)
+    (r,) = result.results
+    assert not r.ok and "re-measured over 6 seeds, not judged on them: its RMS is inf or nan " \
+        "at width 128, seed 5" in r.verdict, r.verdict
+
+
+def _trained(seeds, change):
+    """Measurements of one vector "out", RMS 1 at init and ``change(w, s, t)`` after step t."""
+    m = Measurements()
+    m.entries["out"] = 2
+    for s in seeds:
+        for w in WIDTHS:
+            for t in range(4):
+                m.rms[("out", t, w, s)] = 1.0 if t == 0 else change(w, s, t)
+    return m
+
+
+def test_added_seeds_whose_runs_diverge_or_blow_up_fail_the_check_saying_which(mup):
+    # before: the added seeds' runs were pooled into the slope whatever they did
+    from tensorprog import derive
+    from tensorprog.fromtorch.few import judge_runs
+
+    def change(w, s, t):
+        if (s, w, t) == (4, 128, 2):
+            return math.inf  # seed 4 overflows at step 2
+        return 100.0 if (s, w, t) == (3, 256, 3) else 0.1 * t  # seed 3 grows x500 at step 3
+
+    result, m = _fake(lambda w, s: 1.0, (0, 1))
+    result.results[0].ok = True
+    extra = _trained((2, 3, 4), change)
+    optimizer = mup.derivation.optimizer
+    broken = judge_runs(result, extra, 3, mup.program, optimizer,
+                        derive(mup.program, optimizer).abc)
+    assert sorted(broken) == [3, 4] and not result.passed
+    assert [(w, s, t) for _, w, s, t, _ in result.diverged] == [(128, 4, 2)]
+    assert ("out", 256, 3, pytest.approx(500.0)) in result.unstable
+    rejudge(result, m, extra, 3, broken)
+    (r,) = result.results
+    assert not r.ok and "not judged on them: seed 3's run: the change of out grew x500.0 from " \
+        "step 2 to 3 at width 256" in r.verdict, r.verdict
