@@ -1532,6 +1532,17 @@ class OnPixels(Net):
 
     def forward(self, x):
         return self.fc(self.px(self.conv(x)).mean((2, 3)))
+
+
+class Gated(Net):
+    def __init__(self, n, pooled=True):
+        super().__init__(n)
+        self.one, self.pooled = nn.Conv2d(n, 1, 1), pooled
+
+    def forward(self, x):  # a gate of one channel for all n, from the pooled image or per pixel
+        h = torch.relu(self.conv(x))
+        g = torch.sigmoid(self.one(h.mean((2, 3), keepdim=True) if self.pooled else h))
+        return self.fc((h * g).mean((2, 3)))
 """
 CONV_BUILDS = {
     "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
@@ -1586,6 +1597,18 @@ CONV_BUILDS = {
     "twice": ("lambda n: Patches(n, twice=True)",
               r"m.py:\d+:\d+: error: cannot trace an image cut into patches here and also read "
               r"otherwise"),
+    # before: traced, and refused only in the traced program (traced.tp), not at the user's line:
+    # the language adds images of one size only, and combines them channel by channel
+    "pooled_added": ("lambda n: Net(n, tail=lambda x: (x + x.mean((2, 3), keepdim=True))"
+                     ".mean((2, 3)))",
+                     r"m.py:\d+:\d+: error: cannot trace a sum of an image of 4x4 pixels and "
+                     r"one of 1x1(.|\n)*help: multiply the image by the pooled gate"),
+    "pooled_one_channel": ("lambda n: Gated(n)",
+                           r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value "
+                           r"of \d+ channels with one of 1(.|\n)*help: gate with as many"),
+    "one_channel": ("lambda n: Gated(n, pooled=False)",
+                    r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value of "
+                    r"\d+ channels with one of 1"),
     # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
     "on_pixels": ("lambda n: OnPixels(n)",
                   r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "

@@ -80,6 +80,7 @@ class ArithOps:
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
+        self.refuse_image_broadcast(node, u, v, product=False)  # (ops_conv.py)
         terms = []
         for x, c in ((u, 1), (v, alpha)):
             if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
@@ -188,6 +189,7 @@ class ArithOps:
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
+        self.refuse_image_broadcast(node, u, v, product=True)  # (ops_conv.py)
         names = []
         for x in (u, v):
             names.append(

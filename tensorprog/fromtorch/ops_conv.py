@@ -299,6 +299,38 @@ class ConvOps:
             expr += f" + {self.vector_param(b, node)}"
         return self._emit(node, expr, x.dim, x.tags)
 
+    def refuse_image_broadcast(self, node, u, v, product: bool) -> None:
+        """Refuses a sum or product of two image-valued values that torch broadcasts where the
+        language does not (ops_arith.py asks before it writes ``u + v`` or ``u * v``): it
+        combines images channel by channel, and scales an image's pixels by a pooled vector
+        (no pixels) only in a product (a squeeze-and-excitation gate). Left to the program,
+        such a line would fail to parse in the traced program, not at the user's line."""
+        if not (is_image(u) and is_image(v)):
+            return  # a param (a bias, a layer scale) broadcasts as the language's params do
+        found = []  # each operand's channels and pixels, where its tags say (an image may be
+        # laid out channels-last)
+        for a, x in zip(node.args[:2], (u, v), strict=True):
+            shape = tuple(getattr(getattr(a, "meta", {}).get("val"), "shape", ()))
+            tags = getattr(x, "tags", None) or x.src.tags
+            if len(shape) != 4 or len(tags) != 4 or "F" not in tags:
+                return
+            found.append((shape[tags.index("F")],
+                          [d for d, t in zip(shape[1:], tags[1:], strict=True) if t != "F"]))
+        (c1, p1), (c2, p2) = found
+        what = "product" if product else "sum"
+        if c1 != c2:
+            raise refuse(node, f"a {what} of an image-valued value of {c1} channels with one of "
+                         f"{c2} (the language combines images channel by channel: a gate of "
+                         "one channel for every channel has no form)",
+                         help="gate with as many channels as the image (e.g. nn.Conv2d(c, c, "
+                         "1) after the pool), or write the model as a program")
+        if p1 != p2 and not product:
+            raise refuse(node, f"a sum of an image of {p1[0]}x{p1[1]} pixels and one of "
+                         f"{p2[0]}x{p2[1]} (the language adds images of one size; a pooled "
+                         "vector scales an image's pixels only in a product, a gate)",
+                         help="multiply the image by the pooled gate (h * torch.sigmoid(g)), "
+                         "or pool both")
+
     # -- pooling -------------------------------------------------------------------------------
     def op_pad(self, node, x, pad, mode="constant", value=None):
         """A pad by nothing, the value as it is: Swin's maybe_pad pads its grid to whole
