@@ -63,6 +63,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -658,19 +659,58 @@ def _wider(mup, build, widths, options: dict) -> dict:
         else:
             # a failing vector of few entries is not measured again here: at 4096 its extra
             # seeds would cost several times the check itself
-            with _one_at_a_time():
-                start = time.perf_counter()  # the check's own time, not the wait
+            def check() -> tuple[bool, str]:
                 result = coord_check(mup, widths, **{**options, "tolerance": None,
                                                      "remeasure_few": False})
-            out["status"] = "pass" if result.passed else "fail"
-            out["detail"] = "" if result.passed else \
-                f"{len(result.failures)} vectors: {_worst(result, 4)}"
+                return result.passed, "" if result.passed else \
+                    f"{len(result.failures)} vectors: {_worst(result, 4)}"
+
+            with _one_at_a_time():
+                start = time.perf_counter()  # the check's own time, not the wait
+                passed, out["detail"] = _in_child(check)
+            out["status"] = "pass" if passed else "fail"
     except Exception as err:  # noqa: BLE001 - the first check's row stands
         tb = traceback.extract_tb(err.__traceback__)[-1]
         out.update(status="crash", detail=f"{type(err).__name__}: {_first_line(err)} "
                    f"({Path(tb.filename).name}:{tb.lineno})")
     out["time"] = round(time.perf_counter() - start, 1)
     return out
+
+
+def _in_child(fn):
+    """``fn()`` run in a forked process, its result sent back through a pipe. The child exits
+    when done, so the ~11 GiB a wide model takes goes back to the system before the worker's
+    next family: a worker that ran it in its own process kept that memory, and with the lock
+    released the next wider check in the other worker ran out of memory (both killed, exit -9).
+    The family's alarm interrupts the wait here, and the child is then killed too."""
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(r)
+        try:
+            data = pickle.dumps(("ok", fn()))
+        except BaseException as err:  # noqa: BLE001 - sent to the parent, which raises it
+            data = pickle.dumps(("error", f"{type(err).__name__}: {_first_line(err)}"))
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+        os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("the wider check's process died without a result (out of memory?)")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise RuntimeError(value)
+    return value
 
 
 @contextlib.contextmanager
@@ -747,8 +787,6 @@ def _alarm(signum, frame):
 def run_batch(families: list[str], timeout: float, mapping: str = "causal") -> None:
     """In a child: each family in turn, cached as it completes, under a per-family alarm (the
     process stays warm: torch.export's first call costs about 30 s, once)."""
-    import signal
-
     import torch
 
     torch.set_num_threads(1)  # two children run side by side on two cores

@@ -58,3 +58,15 @@ def test_a_model_too_large_at_4096_is_not_checked_wider(zoo):
     out = zoo._wider(None, lambda n: torch.nn.Linear(n, 72 * n), zoo.WIDER_WIDTHS, {})
     assert out["status"] == "skipped"
     assert out["detail"].startswith("1.2G params at width 4096: about 34 GiB, past the 12 GiB")
+
+
+def test_the_wider_check_runs_in_a_process_of_its_own(zoo):
+    """Its memory goes back with the process: a result comes back, an error is raised here, and
+    a child that dies without a result (killed for memory) is an error, not a pass."""
+    import os
+
+    assert zoo._in_child(lambda: (True, "")) == (True, "")
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        zoo._in_child(lambda: 1 / 0)
+    with pytest.raises(RuntimeError, match="died without a result"):
+        zoo._in_child(lambda: os._exit(9))
