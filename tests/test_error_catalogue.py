@@ -1519,12 +1519,13 @@ CONV_BUILDS = {
     "depthwise_unpadded": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, groups=n))",
                            r"error: cannot trace a depthwise convolution with kernel \[3, 3\], "
                            r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c, c, k"),
-    # ConvNeXt's: a 4x4 stride-4 stem cuts the image into patches, tokens the language does
-    # not convolve
-    "depthwise_of_patches": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
-                             "pool=nn.Conv2d(n, n, 3, padding=1, groups=n))",
-                             r"error: cannot trace a depthwise convolution of the grid of "
-                             r"patches(.|\n)*help: start from a stem of stride 1 or 2"),
+    # a 4x4 stride-4 stem read as an image (ConvNeXt's) is conv(K, img, 4, 0): its pixels are
+    # then no tokens (only a stem's output flattened alone is cut into patch tokens)
+    "pixels_as_tokens": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
+                         "pool=nn.Identity(), tail=lambda x: x.flatten(2).mean(2))",
+                         r"error: cannot trace a view of an image from \[2, \d+, 2, 2\] to "
+                         r"\[2, \d+, 4\] \(its pixels flattened into tokens(.|\n)*help: "
+                         r"flatten the patch embedding's output alone"),
     # MobileNet's TF 'SAME' pad before a depthwise convolution: no depthwise form of conv(...)
     "depthwise_padded": ("lambda n: Net(n, pool=nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), "
                          "nn.Conv2d(n, n, 3, stride=2, groups=n)))",

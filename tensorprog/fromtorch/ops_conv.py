@@ -99,7 +99,8 @@ class ConvOps:
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
         if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
-                and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None:
+                and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
+                and _flattened_to_tokens(node):
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
@@ -143,15 +144,6 @@ class ConvOps:
                 "padding=k // 2, groups=c), with an odd k",
             )
         x = self.vec(x, node)
-        if x.tags == GRID:
-            raise refuse(
-                node,
-                "a depthwise convolution of the grid of patches (an image cut into patches by "
-                "a stem whose stride equals its kernel is the program's per-token patches "
-                "input, and the language convolves images, not tokens)",
-                help="start from a stem of stride 1 or 2 (an odd kernel, padding k // 2), so "
-                "that the convolutions after it read an image",
-            )
         if x.tags != IMAGE:
             raise refuse(node, "a depthwise convolution of a value that is not an image")
         k = w.shape[-1]
@@ -397,6 +389,14 @@ class ConvOps:
             return Vec(v.name, ("tok", "F"), v.dim)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
+        if v.tags == IMAGE and shape == (*old[:2], old[2] * old[3]):  # flatten(2) of pixels
+            raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
+                         "pixels flattened into tokens: only the output of a convolution whose "
+                         "stride equals its kernel, read by nothing else, is cut into patch "
+                         "tokens, the program's patches input)",
+                         help="flatten the patch embedding's output alone, "
+                         "nn.Conv2d(c, n, k, stride=k)(img).flatten(2), and read the tokens "
+                         "from there (or pool the image to one pixel, then flatten)")
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
                      "is flattened only after a global pool)",
                      help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")
@@ -450,6 +450,19 @@ def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, 
     else:
         padding = (padding[0], padding[0], padding[1], padding[1])
     return tuple(int(p) + q for p, q in zip(padding, pads or (0, 0, 0, 0), strict=True))
+
+
+def _flattened_to_tokens(node) -> bool:
+    """Whether a convolution's output is only flattened into tokens (a ViT's ``proj(img)
+    .flatten(2)``, [B, C, H·W]): then it cut the image into patch tokens, the program's
+    ``patches`` input. The same stride-k k x k convolution read as an image (ConvNeXt's stem,
+    which a norm, convolutions and pools read) is a convolution of that geometry, giving an
+    image; the two are the same matmul of each patch, but only the graph's readers say which
+    the program's later ops take (tokens or pixels)."""
+    b, c, h, w = node.meta["val"].shape
+    return bool(node.users) and all(
+        op_name(u) in ("view", "reshape", "_unsafe_view", "flatten")
+        and tuple(u.meta["val"].shape) == (b, c, h * w) for u in node.users)
 
 
 def _reads_image(stmts) -> bool:

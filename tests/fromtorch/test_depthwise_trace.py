@@ -176,3 +176,39 @@ def test_a_channels_last_convnext_block_traces_per_pixel_and_derives_as_written(
         want = tp.derive(tp.parse(NEXT, "next.tp"), optimizer).abc
         assert {k: got[k] for k in NEXT_NAMES} == {k: want[v] for k, v in NEXT_NAMES.items()}
     apply_is_bit_identical_at_base(traced, NextBlock, images)
+
+
+class NextStem(NextBlock):
+    """ConvNeXt's own stem before the block: a 4x4 convolution of stride 4 (its stride equals
+    its kernel, as a ViT's patch embedding's does) read as an image, by a channels-first
+    LayerNorm (permuted to channels-last and back) and then the depthwise convolution."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.stem = nn.Conv2d(3, width, 4, stride=4)
+        self.stem_norm = nn.LayerNorm(width)
+
+    def forward(self, img):
+        x = self.stem_norm(self.stem(img).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.gamma * self.pw2(F.gelu(self.pw1(self.norm(h))))
+        return self.head((x + h.permute(0, 3, 1, 2)).mean((2, 3)))
+
+
+# NextStem by hand: the stem is conv(K0, img, 4, 0), an image of 2x2 pixels, not patch tokens
+NEXT_STEM = NEXT.replace("dim k = 3", "dim k = 4").replace(
+    "x = K0 @ img + b0", "x = gs * layernorm(conv(K0, img, 4, 0) + b0) + bs").replace(
+    "param g : [n] = 1", "param gs : [n] = 1\nparam bs : [n] = 0\nparam g : [n] = 1")
+
+
+def test_a_stride_4_stem_read_as_an_image_is_a_convolution_not_a_patch_embedding():
+    traced = tp.from_torch(NextStem, (8, 16), images)
+    assert "input img : image[" in traced.source and "patches" not in traced.source
+    assert "conv(stem_weight, img, 4, 0, 0, 0, 0, 1) + stem_bias" in traced.source
+    assert "dwconv(dwconv_weight, " in traced.source
+    names = {**NEXT_NAMES, "stem_norm_weight": "gs", "stem_norm_bias": "bs"}
+    for optimizer in ("adam", "sgd"):
+        got = tp.derive(traced.program, optimizer).abc
+        want = tp.derive(tp.parse(NEXT_STEM, "next_stem.tp"), optimizer).abc
+        assert {k: got[k] for k in names} == {k: want[v] for k, v in names.items()}
+    apply_is_bit_identical_at_base(traced, NextStem, images)
