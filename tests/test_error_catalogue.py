@@ -1531,6 +1531,10 @@ CONV_BUILDS = {
                          "nn.Conv2d(n, n, 3, stride=2, groups=n)))",
                          r"error: cannot trace a depthwise convolution of an image zero-padded "
                          r"before it(.|\n)*help: pad inside the convolution"),
+    # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
+    "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
+              r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"
+              r"(.|\n)*help: use nn.ReLU6"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
