@@ -122,9 +122,11 @@ class ConvOps:
         """``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` (kernel [c, 1, k, k]): each channel
         convolved with its own taps, the language's ``dwconv(D, h)`` with D the kernel [c, k,
         k] (its axis of 1 dropped); stride 2 is ``subsample`` of it, as for the full
-        convolution. The geometry is the full convolution's (square, odd, same-padded, stride 1
-        or 2, undilated). Groups neither 1 nor the channels (each output channel reading a
-        block of several input channels) are refused: the language has no such sum."""
+        convolution. Any other geometry (a zero pad of the image before it folded in:
+        MobileNet's TF 'SAME' pad) is ``dwconv(D, h, s, top, bottom, left, right, d)``, as the
+        full convolution's is ``conv(...)``. Groups neither 1 nor the channels (each output
+        channel reading a block of several input channels) are refused: the language has no
+        such sum."""
         c_in = int(node.args[0].meta["val"].shape[1])
         if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
             raise refuse(
@@ -135,32 +137,32 @@ class ConvOps:
                 help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
                 "followed by a 1x1 convolution to change the channel count",
             )
-        if isinstance(x, Padded):  # TF 'SAME' padding (MobileNet's): its own geometry
-            raise refuse(
-                node,
-                "a depthwise convolution of an image zero-padded before it (the language's "
-                "depthwise convolution is same-padded by k // 2, stride 1 or 2)",
-                help="pad inside the convolution, nn.Conv2d(c, c, k, stride=1 or 2, "
-                "padding=k // 2, groups=c), with an odd k",
-            )
-        x = self.vec(x, node)
+        x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
         if x.tags != IMAGE:
             raise refuse(node, "a depthwise convolution of a value that is not an image")
-        k = w.shape[-1]
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
-        same = padding == ((k - 1) // 2,) * 2 or (padding == "same" and stride == (1, 1))
-        if not (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1)
-                and stride in ((1, 1), (2, 2))):
+        pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
+        half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
+        same = pads == (half[0] // 2,) * 2 + (half[1] // 2,) * 2 and not half[0] % 2 + half[1] % 2
+        if stride[0] != stride[1] or dilation[0] != dilation[1]:
             raise refuse(
                 node,
                 f"a depthwise convolution with kernel {list(w.shape[-2:])}, stride "
-                f"{_text(stride)}, padding {_text(padding)}, dilation {_text(dilation)} (the "
-                "language's is square, odd-sized, same-padded, stride 1 or 2, undilated)",
-                help="use nn.Conv2d(c, c, k, stride=1 or 2, padding=k // 2, groups=c) with an "
-                "odd k",
+                f"{_text(stride)}, padding {list(pads)}, dilation {_text(dilation)} (the "
+                "language's has one stride and one dilation for both pixel axes)",
+                help="use nn.Conv2d(c, c, (kh, kw), stride=s, padding=p, dilation=d, "
+                "groups=c) with one s and one d",
             )
-        kernel, _ = self.param(PRef(w.target, (w.shape[0], k, k)), node)
+        kernel, _ = self.param(PRef(w.target, (w.shape[0], *w.shape[-2:])), node)
         bias = self.vector_param(b, node) if b is not None else None
+        if not same or dilation != (1, 1) or stride not in ((1, 1), (2, 2)):
+            geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+            name = self.fresh(node.name)
+            self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name}, {geometry})"
+                                  + (f" + {bias}" if bias else ""))
+            self.out.producers[name] = (kernel, bias)
+            self.out.vectors[name] = (node.name, "out")
+            return Vec(name, IMAGE, w.shape[0])
         name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
         self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name})"
                               + (f" + {bias}" if bias else ""))
