@@ -218,7 +218,8 @@ def test_a_stride_4_stem_read_as_an_image_is_a_convolution_not_a_patch_embedding
 class MobileBlock(nn.Module):
     """MobileNet's: a TF 'SAME' pad (one more row and column at the bottom and right) before a
     3x3 stride-2 convolution, full in the stem and depthwise after it, each followed by ReLU6,
-    then a 1x1 convolution."""
+    then a 1x1 convolution, and an in-place dropout before the classifier (the value itself in
+    the eval-mode graph)."""
 
     def __init__(self, width):
         super().__init__()
@@ -226,11 +227,12 @@ class MobileBlock(nn.Module):
         self.dw = nn.Conv2d(width, width, 3, stride=2, groups=width)
         self.pw = nn.Conv2d(width, width, 1)
         self.head = nn.Linear(width, 10)
+        self.drop = nn.Dropout(0.0, inplace=True)
 
     def forward(self, img):
         h = F.relu6(self.stem(F.pad(img, (0, 1, 0, 1))))
         h = F.relu6(self.dw(F.pad(h, (0, 1, 0, 1))))
-        return self.head(F.relu6(self.pw(h)).mean((2, 3)))
+        return self.head(self.drop(F.relu6(self.pw(h)).mean((2, 3))))
 
 
 MOBILE = """width n = 8
