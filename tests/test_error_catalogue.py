@@ -172,6 +172,12 @@ CATALOGUE = {
                        (8, 28)),
     "conv-no-pixel-left": (IMG + "output y = R @ global_pool(conv(K, img, 1, 0, 5))\n", S,
                            r"conv of a 8x8 image by a 3x3 kernel .* leaves no pixel", (8, 28)),
+    # dwconv takes conv's geometry after its kernel and image
+    "dwconv-arity": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, img, 1, "
+                     "2, 1, 1))\n", S, r"dwconv takes 2, 3, 4, 5 or 8 arguments, got 6", (9, 28)),
+    "dwconv-no-pixel-left": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
+                             "img, 1, 0, 5))\n", S,
+                             r"dwconv of a 8x8 image by a 3x3 kernel .* leaves no pixel", (9, 28)),
     "conv-of-a-matrix": (IMG + "output y = R @ global_pool(conv(R, img, 2))\n", S,
                          r"conv applies a kernel param to an image", (8, 28)),
     # a product may gate an image by a vector of no pixels; a sum may not add one to it
@@ -1569,20 +1575,22 @@ CONV_BUILDS = {
     "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=2))",
                 r"m.py:\d+:\d+: error: cannot trace a grouped convolution of \d+ channels into "
                 r"\d+ in 2 groups(.|\n)*help: use groups=1, or a depthwise convolution"),
-    "depthwise_unpadded": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, groups=n))",
-                           r"error: cannot trace a depthwise convolution with kernel \[3, 3\], "
-                           r"stride 1x1, padding 0x0(.|\n)*help: use nn.Conv2d\(c, c, k"),
-    # ConvNeXt's: a 4x4 stride-4 stem cuts the image into patches, tokens the language does
-    # not convolve
-    "depthwise_of_patches": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
-                             "pool=nn.Conv2d(n, n, 3, padding=1, groups=n))",
-                             r"error: cannot trace a depthwise convolution of the grid of "
-                             r"patches(.|\n)*help: start from a stem of stride 1 or 2"),
-    # MobileNet's TF 'SAME' pad before a depthwise convolution: no depthwise form of conv(...)
-    "depthwise_padded": ("lambda n: Net(n, pool=nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), "
-                         "nn.Conv2d(n, n, 3, stride=2, groups=n)))",
-                         r"error: cannot trace a depthwise convolution of an image zero-padded "
-                         r"before it(.|\n)*help: pad inside the convolution"),
+    "depthwise_two_strides": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, stride=(1, 2), "
+                              "padding=1, groups=n))",
+                              r"error: cannot trace a depthwise convolution with kernel \[3, 3\]"
+                              r", stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use "
+                              r"nn.Conv2d\(c, c, \(kh, kw\)"),
+    # a 4x4 stride-4 stem read as an image (ConvNeXt's) is conv(K, img, 4, 0): its pixels are
+    # then no tokens (only a stem's output flattened alone is cut into patch tokens)
+    "pixels_as_tokens": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
+                         "pool=nn.Identity(), tail=lambda x: x.flatten(2).mean(2))",
+                         r"error: cannot trace a view of an image from \[2, \d+, 2, 2\] to "
+                         r"\[2, \d+, 4\] \(its pixels flattened into tokens(.|\n)*help: "
+                         r"flatten the patch embedding's output alone"),
+    # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
+    "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
+              r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"
+              r"(.|\n)*help: use nn.ReLU6"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",

@@ -113,6 +113,11 @@ class Emitter:
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel
             self.helpers.add("_dwconv")
             kernel, x = ins.args
+            if ins.geometry is not None:
+                g = ins.geometry
+                self.helpers.add("_dwconv_geometry")
+                return (f"_dwconv_geometry({self.ref(x)}, {self.ref(kernel)}, {g.stride}, "
+                        f"{g.pads}, {g.dilation})")
             return f"_dwconv({self.ref(x)}, {self.ref(kernel)})"
         if ins.fn == MUL:
             # a scalar (a whole-dim dot: one value per example) scales every coordinate of a

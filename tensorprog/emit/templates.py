@@ -70,6 +70,16 @@ HELPERS = {
         "    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel.unsqueeze(1),",
         '                                   padding="same", groups=kernel.shape[0])',
         "    return y.movedim(-3, -1)"],
+    "_dwconv_geometry": [
+        "def _dwconv_geometry(x, kernel, stride, pads, dilation):",
+        '    """A depthwise convolution of a channels-last image (..., h, w, c) by a kernel',
+        '    (c, kh, kw), zero-padded by pads (top, bottom, left, right), at a stride and a',
+        '    dilation."""',
+        "    t, b, left, r = pads",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
+        "    y = torch.nn.functional.conv2d(y, kernel.unsqueeze(1), stride=stride,",
+        "                                   dilation=dilation, groups=kernel.shape[0])",
+        "    return y.movedim(-3, -1)"],
     "_conv_geometry": [
         "def _conv_geometry(x, kernel, stride, pads, dilation):",
         '    """A convolution of a channels-last image (..., h, w, c), zero-padded by pads (top,',

@@ -99,7 +99,8 @@ class ConvOps:
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
         if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
-                and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None:
+                and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
+                and _flattened_to_tokens(node):
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
@@ -121,9 +122,11 @@ class ConvOps:
         """``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` (kernel [c, 1, k, k]): each channel
         convolved with its own taps, the language's ``dwconv(D, h)`` with D the kernel [c, k,
         k] (its axis of 1 dropped); stride 2 is ``subsample`` of it, as for the full
-        convolution. The geometry is the full convolution's (square, odd, same-padded, stride 1
-        or 2, undilated). Groups neither 1 nor the channels (each output channel reading a
-        block of several input channels) are refused: the language has no such sum."""
+        convolution. Any other geometry (a zero pad of the image before it folded in:
+        MobileNet's TF 'SAME' pad) is ``dwconv(D, h, s, top, bottom, left, right, d)``, as the
+        full convolution's is ``conv(...)``. Groups neither 1 nor the channels (each output
+        channel reading a block of several input channels) are refused: the language has no
+        such sum."""
         c_in = int(node.args[0].meta["val"].shape[1])
         if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
             raise refuse(
@@ -134,41 +137,32 @@ class ConvOps:
                 help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
                 "followed by a 1x1 convolution to change the channel count",
             )
-        if isinstance(x, Padded):  # TF 'SAME' padding (MobileNet's): its own geometry
-            raise refuse(
-                node,
-                "a depthwise convolution of an image zero-padded before it (the language's "
-                "depthwise convolution is same-padded by k // 2, stride 1 or 2)",
-                help="pad inside the convolution, nn.Conv2d(c, c, k, stride=1 or 2, "
-                "padding=k // 2, groups=c), with an odd k",
-            )
-        x = self.vec(x, node)
-        if x.tags == GRID:
-            raise refuse(
-                node,
-                "a depthwise convolution of the grid of patches (an image cut into patches by "
-                "a stem whose stride equals its kernel is the program's per-token patches "
-                "input, and the language convolves images, not tokens)",
-                help="start from a stem of stride 1 or 2 (an odd kernel, padding k // 2), so "
-                "that the convolutions after it read an image",
-            )
+        x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
         if x.tags != IMAGE:
             raise refuse(node, "a depthwise convolution of a value that is not an image")
-        k = w.shape[-1]
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
-        same = padding == ((k - 1) // 2,) * 2 or (padding == "same" and stride == (1, 1))
-        if not (w.shape[-2] == k and k % 2 == 1 and same and dilation == (1, 1)
-                and stride in ((1, 1), (2, 2))):
+        pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
+        half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
+        same = pads == (half[0] // 2,) * 2 + (half[1] // 2,) * 2 and not half[0] % 2 + half[1] % 2
+        if stride[0] != stride[1] or dilation[0] != dilation[1]:
             raise refuse(
                 node,
                 f"a depthwise convolution with kernel {list(w.shape[-2:])}, stride "
-                f"{_text(stride)}, padding {_text(padding)}, dilation {_text(dilation)} (the "
-                "language's is square, odd-sized, same-padded, stride 1 or 2, undilated)",
-                help="use nn.Conv2d(c, c, k, stride=1 or 2, padding=k // 2, groups=c) with an "
-                "odd k",
+                f"{_text(stride)}, padding {list(pads)}, dilation {_text(dilation)} (the "
+                "language's has one stride and one dilation for both pixel axes)",
+                help="use nn.Conv2d(c, c, (kh, kw), stride=s, padding=p, dilation=d, "
+                "groups=c) with one s and one d",
             )
-        kernel, _ = self.param(PRef(w.target, (w.shape[0], k, k)), node)
+        kernel, _ = self.param(PRef(w.target, (w.shape[0], *w.shape[-2:])), node)
         bias = self.vector_param(b, node) if b is not None else None
+        if not same or dilation != (1, 1) or stride not in ((1, 1), (2, 2)):
+            geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+            name = self.fresh(node.name)
+            self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name}, {geometry})"
+                                  + (f" + {bias}" if bias else ""))
+            self.out.producers[name] = (kernel, bias)
+            self.out.vectors[name] = (node.name, "out")
+            return Vec(name, IMAGE, w.shape[0])
         name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
         self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name})"
                               + (f" + {bias}" if bias else ""))
@@ -429,6 +423,14 @@ class ConvOps:
             return Vec(v.name, ("tok", "F"), v.dim)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
+        if v.tags == IMAGE and shape == (*old[:2], old[2] * old[3]):  # flatten(2) of pixels
+            raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
+                         "pixels flattened into tokens: only the output of a convolution whose "
+                         "stride equals its kernel, read by nothing else, is cut into patch "
+                         "tokens, the program's patches input)",
+                         help="flatten the patch embedding's output alone, "
+                         "nn.Conv2d(c, n, k, stride=k)(img).flatten(2), and read the tokens "
+                         "from there (or pool the image to one pixel, then flatten)")
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
                      "is flattened only after a global pool)",
                      help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")
@@ -482,6 +484,19 @@ def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, 
     else:
         padding = (padding[0], padding[0], padding[1], padding[1])
     return tuple(int(p) + q for p, q in zip(padding, pads or (0, 0, 0, 0), strict=True))
+
+
+def _flattened_to_tokens(node) -> bool:
+    """Whether a convolution's output is only flattened into tokens (a ViT's ``proj(img)
+    .flatten(2)``, [B, C, H·W]): then it cut the image into patch tokens, the program's
+    ``patches`` input. The same stride-k k x k convolution read as an image (ConvNeXt's stem,
+    which a norm, convolutions and pools read) is a convolution of that geometry, giving an
+    image; the two are the same matmul of each patch, but only the graph's readers say which
+    the program's later ops take (tokens or pixels)."""
+    b, c, h, w = node.meta["val"].shape
+    return bool(node.users) and all(
+        op_name(u) in ("view", "reshape", "_unsafe_view", "flatten")
+        and tuple(u.meta["val"].shape) == (b, c, h * w) for u in node.users)
 
 
 def _reads_image(stmts) -> bool:

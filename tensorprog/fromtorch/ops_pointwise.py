@@ -107,6 +107,28 @@ class PointwiseOps:
     def op_abs(self, node, x):
         return self.coordinatewise(node, x, lambda t: t.abs())
 
+    def op_hardtanh(self, node, x, min_val=-1.0, max_val=1.0):
+        """``F.relu6`` (``nn.ReLU6``, MobileNet's), which torch writes as hardtanh(x, 0, 6): the
+        language's ``relu6``, named from the op itself. A chain of coordinatewise ops is
+        identified by its values on [-4, 4] (values.identify), where relu6 is relu: so the
+        input is made a program vector here and relu6 applied to it by name. Any other clamp
+        (hardtanh's own [-1, 1]) is no function of the language: refused."""
+        if (float(min_val), float(max_val)) != (0.0, 6.0):
+            raise refuse(
+                node,
+                f"hardtanh clamping to [{min_val}, {max_val}] (the language's clamp is relu6, "
+                "to [0, 6])",
+                help="use nn.ReLU6 (hardtanh(x, 0, 6)), or a relu, tanh or sigmoid",
+            )
+        if isinstance(x, PRef):
+            return self.coordinatewise(node, x, None)  # a param alone: refused there
+        x = self.vec(x, node)  # what is no vector is refused there
+        return Vec(self.emit_vector(node.name, f"relu6({x.name})"), x.tags, x.dim, x.dh)
+
+    def op_relu6(self, node, x):
+        """``F.relu6`` as its own op (nn.ReLU6 exports as hardtanh(x, 0, 6) instead)."""
+        return self.op_hardtanh(node, x, 0.0, 6.0)
+
     def emit_form(self, v: Pointwise, node) -> Vec | None:
         """The program vector of a chain no language function matches alone: an integer power
         of one (a product of copies), or tanh of a scaled input (a soft-cap); None if neither."""

@@ -76,6 +76,9 @@ _IDENTITY_OPS = {
     "alias",
     "clone",
     "dropout",
+    # nn.Dropout(inplace=True) (MobileNet's classifier): the graph is exported in eval mode, where
+    # dropout changes no entry, so in place or not it is the value itself, whoever else reads it
+    "dropout_",
     "to",
     "type_as",
     "_to_copy",

@@ -6,8 +6,8 @@ compute it with:
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
   ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools, and
   ``first``, one token's vector read out of a sequence: size passes through); ``bounded``:
-  φ(x) ~ x near 0 but saturates (tanh); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a softmax
-  over finitely many tokens: Θ(1) whatever the input);
+  φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a
+  softmax over finitely many tokens: Θ(1) whatever the input);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm: Θ(1) output, a change counted
   relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -49,6 +49,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),
     Function("gelu", "linear", 0.0, "torch.nn.functional.gelu"),
     Function("tanh", "bounded", 0.0, "torch.tanh"),
+    # min(max(x, 0), 6) (MobileNet's ReLU6): a relu near 0, capped at 6, so bounded as tanh is
+    Function("relu6", "bounded", 0.0, "torch.nn.functional.relu6"),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
     Function("identity", "linear", 0.0, ""),  # the input itself: no call

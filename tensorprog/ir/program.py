@@ -272,6 +272,9 @@ class Nonlin:
     args: tuple[str, ...]
     span: Span | None = _span()
     over: str | None = None  # a norm per head: the head dim it normalises over (QK-norm)
+    # dwconv's geometry, as a full convolution's (MatMul.geometry); None: stride 1, padded by
+    # half the kernel (``dwconv(K, h)``)
+    geometry: Geometry | None = None
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -528,8 +531,10 @@ class Program:
             sizes = next((out[o] for o in ins.operands if out.get(o) is not None), None)
             if isinstance(ins, Nonlin) and ins.fn in POOLS and sizes is not None:
                 sizes = pooled(ins.fn, sizes)
-            if isinstance(ins, MatMul) and ins.geometry is not None and sizes is not None:
-                kernel = self.param_table[ins.weight].shape[2:]
+            if isinstance(ins, (MatMul, Nonlin)) and ins.geometry is not None \
+                    and sizes is not None:  # a kernel's last two axes are its window
+                weight = ins.weight if isinstance(ins, MatMul) else ins.args[0]
+                kernel = self.param_table[weight].shape[-2:]
                 sizes = ins.geometry.out_size(sizes, tuple(self.dim_table[d].size
                                                            for d in kernel))
             out[ins.out] = sizes

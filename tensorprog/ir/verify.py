@@ -198,6 +198,8 @@ def _verify_depthwise(program: Program, errors: Collector) -> None:
                     or program.spatial[ins.args[1]] is None:
                 errors.error("dwconv(K, h): K must be a depthwise kernel [c, kh, kw] and h an "
                              "image", ins.span)
+        elif isinstance(ins, Nonlin) and ins.geometry is not None:
+            errors.error(f"{ins.fn} has a convolution's geometry but is not dwconv", ins.span)
         elif any(o in program.param_table and program.param_table[o].depthwise
                  for o in ins.operands):
             errors.error("a depthwise kernel is read only as dwconv's first argument", ins.span)

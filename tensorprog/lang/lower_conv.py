@@ -33,37 +33,56 @@ def lower_conv(low, node: Call, args: list, scalar: type, vec: type):
     if not shape or len(shape.shape) != 4 or kernel.transposed or not isinstance(h, vec):
         low.errors.error("conv applies a kernel param to an image", node.span, _USAGE)
         return None
-    if any(not isinstance(a, scalar) or a.value.denominator != 1 for a in nums):
-        low.errors.error("the stride, padding and dilation of conv must be whole numbers",
-                         node.span, _USAGE)
-        return None
-    stride, *pads, dilation = [int(a.value) for a in nums] + ([1] if len(nums) < 3 else [])
-    if stride < 1 or dilation < 1 or any(p < 0 for p in pads):
-        low.errors.error(f"conv with stride {stride}, padding {pads}, dilation {dilation}",
-                         node.span, "the stride and dilation are 1 or more, the padding 0 or "
-                         "more")
-        return None
     kh, kw = (low.dims[d].size for d in shape.shape[2:])
-    if pads:
-        geometry = Geometry(stride, tuple(pads * 4 if len(pads) == 1 else pads), dilation)
-    else:
-        geometry = Geometry.same(kh, kw, stride, dilation)
-        if geometry is None:
-            low.errors.error(f"conv of the {kh}x{kw} kernel {kernel.name} without a padding: "
-                             "an even kernel has no padding by half of it", node.span,
-                             "give the padding: conv(K, h, stride, top, bottom, left, right, "
-                             "dilation)")
-            return None
+    geometry = read_geometry(low, node, kernel.name, nums, (kh, kw), scalar, CONV, _USAGE)
+    if geometry is None:
+        return None
     sizes = [z for z in h.pixels if z is not None]
     if len(sizes) != 1:
         return low.op_matmul(kernel, h, node)  # not an image: op_matmul says so
-    out = geometry.out_size(sizes[0], (kh, kw))
-    if min(out) < 1:
-        low.errors.error(f"conv of a {sizes[0][0]}x{sizes[0][1]} image by a {kh}x{kw} kernel "
-                         f"(stride {stride}, padding {list(geometry.pads)}, dilation "
-                         f"{dilation}) leaves no pixel", node.span,
-                         "pad more, or use a smaller kernel or stride")
+    out = out_pixels(low, node, geometry, sizes[0], (kh, kw), CONV)
+    if out is None:
         return None
     if geometry == Geometry.same(kh, kw):  # stride 1, padded by half: K @ h itself
         return low.op_matmul(kernel, h, node)
     return low.op_matmul(kernel, h, node, geometry, out)
+
+
+def read_geometry(low, node: Call, kernel: str, nums: list, window: tuple[int, int],
+                  scalar: type, fn: str, usage: str) -> Geometry | None:
+    """The geometry the numbers after a kernel and an image give (stride[, pad[, dilation]] or
+    stride, top, bottom, left, right, dilation), or None (errors reported): ``conv``'s and
+    ``dwconv``'s alike."""
+    if any(not isinstance(a, scalar) or a.value.denominator != 1 for a in nums):
+        low.errors.error(f"the stride, padding and dilation of {fn} must be whole numbers",
+                         node.span, usage)
+        return None
+    stride, *pads, dilation = [int(a.value) for a in nums] + ([1] if len(nums) < 3 else [])
+    if stride < 1 or dilation < 1 or any(p < 0 for p in pads):
+        low.errors.error(f"{fn} with stride {stride}, padding {pads}, dilation {dilation}",
+                         node.span, "the stride and dilation are 1 or more, the padding 0 or "
+                         "more")
+        return None
+    kh, kw = window
+    if pads:
+        return Geometry(stride, tuple(pads * 4 if len(pads) == 1 else pads), dilation)
+    geometry = Geometry.same(kh, kw, stride, dilation)
+    if geometry is None:
+        low.errors.error(f"{fn} of the {kh}x{kw} kernel {kernel} without a padding: "
+                         "an even kernel has no padding by half of it", node.span,
+                         f"give the padding: {fn}(K, h, stride, top, bottom, left, right, "
+                         "dilation)")
+    return geometry
+
+
+def out_pixels(low, node: Call, geometry: Geometry, size: tuple[int, int],
+               window: tuple[int, int], fn: str) -> tuple[int, int] | None:
+    """The output's pixels of a convolution of that geometry, or None where none is left."""
+    out = geometry.out_size(size, window)
+    if min(out) < 1:
+        low.errors.error(f"{fn} of a {size[0]}x{size[1]} image by a {window[0]}x{window[1]} "
+                         f"kernel (stride {geometry.stride}, padding {list(geometry.pads)}, "
+                         f"dilation {geometry.dilation}) leaves no pixel", node.span,
+                         "pad more, or use a smaller kernel or stride")
+        return None
+    return out

@@ -577,7 +577,7 @@ class ExpressionLowering:
         if node.fn == MEAN:
             return lower_mean(self, node, args, over[1], Vec)
         if node.fn == DWCONV:
-            return lower_dwconv(self, node, args, Vec, Matrix)
+            return lower_dwconv(self, node, args, Vec, Matrix, Scalar)
         if any(a is None for a in args):
             return None
         for a in args:

@@ -48,6 +48,7 @@ FNS = {
     "relu": Fn("relu", lambda x: np.maximum(x, 0.0), "relu"),
     "gelu": Fn("gelu", lambda x: 0.5 * x * (1.0 + erf(x / _SQRT2))),  # torch's exact gelu
     "tanh": Fn("tanh", np.tanh),
+    "relu6": Fn("relu6", lambda x: np.clip(x, 0.0, 6.0)),
     "sigmoid": Fn("sigmoid", _sigmoid),
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
 }
