@@ -34,7 +34,9 @@ def _to_rational(values: list[Fraction]) -> list[Rational]:
     return [Rational(f.numerator, f.denominator) for f in values]
 
 
-@settings(max_examples=15, deadline=None)
+# 4 random shifts per example and optimizer (about 190 in all over the examples): the symmetry
+# is exact, so one shift that breaks it fails; 15 cost 30 s more of the default run's CPU budget
+@settings(max_examples=4, deadline=None)
 @given(data=st.data())
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -407,6 +407,7 @@ def test_judged_measurements_print_the_program_and_optimizer(mlp):
     assert str(result).startswith("coordinate check of mlp under sgd\n")
 
 
+@pytest.mark.slow  # 6 s of matplotlib; the CLI test draws a plot by default too
 def test_the_figure_draws_fifty_vectors_with_distinct_styles(mlp, tmp_path):
     from tensorprog.numerics.plots import coord_plot, drawn_here, vector_style
 

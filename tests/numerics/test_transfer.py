@@ -131,6 +131,7 @@ def test_sweep_caches_every_trial_and_resumes(tmp_path):
     assert set(first.losses) == {"mup", "sp"}
 
 
+@pytest.mark.slow  # 5 s; the sweep in processes is run by the interrupt tests by default
 def test_cli_transfer_json_in_parallel_processes(tmp_path, capsys):
     args = ["transfer", str(TIED), "--data", "text", "--widths", "32,64", "--values",
             "1e-3,3e-3,1e-2", "--steps", "8", "--jobs", "2", "--cache", str(tmp_path),
