@@ -156,13 +156,8 @@ class ConvOps:
         kernel, _ = self.param(PRef(w.target, (w.shape[0], *w.shape[-2:])), node)
         bias = self.vector_param(b, node) if b is not None else None
         if not same or dilation != (1, 1) or stride not in ((1, 1), (2, 2)):
-            geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
-            name = self.fresh(node.name)
-            self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name}, {geometry})"
-                                  + (f" + {bias}" if bias else ""))
-            self.out.producers[name] = (kernel, bias)
-            self.out.vectors[name] = (node.name, "out")
-            return Vec(name, IMAGE, w.shape[0])
+            return self._geometric(node, "dwconv", kernel, x, bias, w.shape[0], stride, pads,
+                                   dilation)
         name = self.fresh(node.name if stride == (1, 1) else f"{node.name}_full")
         self.out.stmts.append(f"{name} = dwconv({kernel}, {x.name})"
                               + (f" + {bias}" if bias else ""))
@@ -189,13 +184,19 @@ class ConvOps:
             )
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
+        return self._geometric(node, "conv", kernel, x, bias, w.shape[0], stride, pads, dilation)
+
+    def _geometric(self, node, fn: str, kernel: str, x: Vec, bias, dim: int, stride, pads,
+                   dilation) -> Vec:
+        """``fn(K, h, s, top, bottom, left, right, d) (+ b)``: a convolution (``conv``) or a
+        depthwise one (``dwconv``) written with its geometry, a vector of the model."""
         geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
         name = self.fresh(node.name)
-        self.out.stmts.append(f"{name} = conv({kernel}, {x.name}, {geometry})"
+        self.out.stmts.append(f"{name} = {fn}({kernel}, {x.name}, {geometry})"
                               + (f" + {bias}" if bias else ""))
         self.out.producers[name] = (kernel, bias)
         self.out.vectors[name] = (node.name, "out")
-        return Vec(name, IMAGE, w.shape[0])
+        return Vec(name, IMAGE, dim)
 
     def _pooled_conv(self, node, x: Vec, w: PRef, b, stride, padding, dilation) -> Vec:
         """A 1x1 convolution of a globally pooled image [B, C, 1, 1] (a squeeze-and-excitation
