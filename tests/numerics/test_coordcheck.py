@@ -268,9 +268,9 @@ def test_resnet_passes_under_mup_and_sp_fails():
     """Each step's update sums over 1,024 pixels: at the default LR and small widths the features
     move far from init within 3 steps, so this check uses lr 1e-3 (docs/check.md)."""
     program = example("resnet")
-    kw = dict(widths=(32, 64, 128, 256), seeds=2, lr=1e-3)
-    assert tensorprog.check(program, "adam", **kw).passed
-    sp = tensorprog.check(program, "adam", param="sp", **kw)
+    assert tensorprog.check(program, "adam", widths=(32, 64, 128, 256), seeds=2, lr=1e-3).passed
+    # SP's blow-up is clear at three widths and one seed (y's slope +2.2): half the CPU of µP's run
+    sp = tensorprog.check(program, "adam", param="sp", widths=(32, 64, 128), seeds=1, lr=1e-3)
     assert {"h2", "y"} <= set(sp.failures)
     assert sp.slope("y", 3) > 1.0
 
