@@ -753,8 +753,8 @@ def _worst(result, k: int = 2) -> str:
 
 
 def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) -> dict:
-    """Both scalings; a family with no attention heads (a convnet) runs once, its row the same
-    in both tables."""
+    """Both scalings; a family with no attention heads (a convnet; _has_heads) runs once, its row
+    the same in both tables."""
     import transformers
 
     try:
@@ -769,7 +769,18 @@ def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) ->
 
 
 def _has_heads(cls) -> bool:
-    return bool(_names(cls, "num_attention_heads") & _fields(cls))
+    """Whether the config, or one of its parts, has attention heads: a composite config
+    (CLIP's, SigLIP's, a multimodal LM's) keeps its heads in its parts, which _sub_configs
+    builds in each scaling. Read from the top level alone, such a family ran once, in the 4-head
+    scaling, and that row stood in the head-dim table too."""
+    if _names(cls, "num_attention_heads") & _fields(cls):
+        return True
+    try:
+        default = cls()
+    except Exception:  # noqa: BLE001 - no defaults to read the parts' classes from
+        return False
+    parts = (getattr(default, name, None) for name in getattr(cls, "sub_configs", None) or {})
+    return any(_has_heads(type(part)) for part in parts if hasattr(part, "to_dict"))
 
 
 # --- the pool, the cache and the report ---------------------------------------------------------

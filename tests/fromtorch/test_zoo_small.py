@@ -234,3 +234,20 @@ def test_zoo_totals_count_the_families_that_pass_by_the_split(zoo):
     assert "Totals: 2 pass (1 by the split of a vector's change: finite-width drift), 1 fail" \
         in text
     assert "| a | pass | fails | 1 | passed by the split: gate |" in text
+
+
+def test_zoo_runs_a_composite_configs_family_in_both_scalings(zoo, monkeypatch):
+    import transformers
+
+    # CLIP's config keeps its heads in its parts (vision_config, text_config): read from the top
+    # level alone it looked headless, ran once in the 4-head scaling, and that row stood in the
+    # head-dim table as a fail "with heads of 16"
+    ran = []
+    monkeypatch.setattr(zoo, "run_scaling", lambda family, s, **kw: ran.append(s) or {})
+    zoo.run_family("clip", zoo.MAPPINGS["image"])
+    assert ran == list(zoo.SCALINGS)
+    assert zoo._has_heads(transformers.SiglipConfig) and not zoo._has_heads(
+        transformers.ResNetConfig)
+    # and the head-dim scaling reaches the vision part: 8 heads of 16 at width 128
+    kw = zoo.config_kwargs(transformers.CLIPConfig, 128, "head_dim", zoo.MAPPINGS["image"])
+    assert kw["vision_config"].num_attention_heads == 8
