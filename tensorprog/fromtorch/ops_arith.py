@@ -189,6 +189,7 @@ class ArithOps:
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
+        u, v = self.channel_params(node, u, v)  # g[:, None, None] * image (ops_spread.py)
         self.refuse_image_broadcast(node, u, v, product=True)  # (ops_conv.py)
         names = []
         for x in (u, v):

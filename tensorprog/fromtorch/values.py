@@ -73,6 +73,9 @@ class Spread:
     ref: PRef
     shape: tuple
     heads: int | None = None  # the axis of the H heads, the features' dh the last
+    # axes of 1 after the features: 2 for a channels-first image's gain or bias, [C, 1, 1]
+    # (PoolFormer's layer_scale.unsqueeze(-1).unsqueeze(-1)); 1 on the way there
+    after: int = 0
 
 
 @dataclass
