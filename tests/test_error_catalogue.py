@@ -146,6 +146,8 @@ CATALOGUE = {
     "groupnorm-of-a-vector": (HEAD + "output y = V @ groupnorm(W @ x)\n", S,
                               r"groupnorm needs an image, but y_1 has no pixels(.|\n)*"
                               r"help: layernorm\(h\) normalises a vector", (8, 16)),
+    "grn-of-a-vector": (HEAD + "output y = V @ grn(W @ x)\n", S,
+                        r"grn needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
                           r"a convolution kernel cannot be transposed", (8, 28)),
     "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
@@ -1584,6 +1586,16 @@ CONV_BUILDS = {
     # rows has no form
     "scale_on_rows": ("lambda n: Scaled(n, rows=True)",
                       r"m.py:\d+:\d+: error: cannot trace an added axis on a param"),
+    # GRN's pieces: the L2 norm of each channel over the pixels, read only as GRN reads it
+    "norm_over_channels": ("lambda n: Net(n, tail=lambda x: (x / torch.linalg.vector_norm(x, "
+                           "dim=1, keepdim=True)).mean((2, 3)))",
+                           r"m.py:\d+:\d+: error: cannot trace a vector norm \(ord 2\) over "
+                           r"axes \[1\](.|\n)*help: write GRN as ConvNeXt V2 does"),
+    "response_of_another": ("lambda n: Net(n, tail=lambda x: (x.relu() * (torch.linalg."
+                            "vector_norm(x, dim=(2, 3), keepdim=True) / torch.linalg.vector_norm("
+                            "x, dim=(2, 3), keepdim=True).mean(1, keepdim=True))).mean((2, 3)))",
+                            r"m.py:\d+:\d+: error: cannot trace a piece of a global response "
+                            r"normalization \(ConvNeXt V2's GRN\) used otherwise"),
     # the language's convolution has one stride and one dilation for both pixel axes
     "two_strides": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, stride=(1, 2), padding=1))",
                     r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "

@@ -125,6 +125,13 @@ HELPERS = {
         '    """Each channels-last image normalised over all its channels and pixels together',
         '    (GroupNorm with one group, without its affine part)."""',
         "    return torch.nn.functional.group_norm(x.movedim(-1, 1), 1).movedim(1, -1)"],
+    "_grn": [
+        "def _grn(x):",
+        '    """ConvNeXt V2\'s Global Response Normalization of a channels-last image, without',
+        "    its gain, bias and residual: each channel times its L2 norm over the pixels, over the",
+        '    mean of those norms over the channels."""',
+        "    g = torch.linalg.vector_norm(x, dim=(-3, -2), keepdim=True)",
+        "    return x * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))"],
     "_attention": [
         "def _attention(q, k, v, head_dim, scale, is_causal):",
         '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',

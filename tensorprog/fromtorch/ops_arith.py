@@ -68,6 +68,7 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        u, v = self.channel_params(node, u, v)  # image + b[:, None, None] (ops_spread.py)
         spread = self.spread_added(node, u, v, alpha)  # + a param per head (ops_spread.py)
         if spread is not None:
             return spread

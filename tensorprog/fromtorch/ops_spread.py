@@ -5,7 +5,9 @@ the bias still meets coordinate i of the vector's features (head i // dh, featur
 it), so the sum is ``q + b`` of the program's vector q and the param b : [n], whose µP the
 engine derives as any vector param's. A param of an image's channels given two axes of 1 after
 them ([C, 1, 1]: PoolFormer's layer scale ``g.unsqueeze(-1).unsqueeze(-1) * h`` of a [B, C, H,
-W] image) meets channel i of every pixel: the program's gain ``g * h`` (or bias ``h + g``). Any
+W] image), or stored with axes of 1 before them ([1, 1, 1, C]: ConvNeXt V2's GRN gain on a [B,
+H, W, C] image), meets channel i of every pixel: the program's gain ``g * h`` (or bias ``h +
+g``). Any
 other layout (a bias whose features leave the last axes, Beam's gate_bias[None, None, :, None]
 added to a per-head vector) keeps the refusal of an added axis on a param."""
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-from .ops_conv import IMAGE
 from .values import Affine, Pointwise, PRef, Spread, Vec
 from .where import refuse
 
@@ -79,8 +80,6 @@ class SpreadParamOps:
                 continue
             if isinstance(x, Spread):
                 break
-            if s.after:
-                return self._lincomb(node, *self.channel_params(node, u, v), alpha)
             x = self.vec(x, node)
             tags = x.tags
             lead = len(tags) - len(s.shape)  # torch broadcasts from the last axis
@@ -115,14 +114,30 @@ class SpreadParamOps:
                      help=_HELP)
 
     def channel_params(self, node, u, v) -> tuple:
-        """(u, v) with a param of an image's channels given two axes of 1 ([C, 1, 1]) as the
-        param itself, where the other operand is a channels-first image of C channels: torch
-        broadcasts it over the pixels as the program's ``g * h`` and ``h + b`` do. A spread
-        param any other way is refused: it has no form."""
-        if not any(isinstance(t, Spread) and t.after for t in (u, v)):
-            return u, v
-        s, x = (u, v) if isinstance(u, Spread) else (v, u)
-        if s.after != 2 or not isinstance(x, (Vec, Affine, Pointwise)) \
-                or tuple(self._tags(x, node)) != IMAGE or self.vec(x, node).dim != s.ref.shape[0]:
-            raise _refuse_axis(node)
-        return (s.ref, x) if s is u else (x, s.ref)
+        """(u, v) with a param of an image's channels laid out to broadcast over its pixels as
+        the param itself: one given two axes of 1 after its channels ([C, 1, 1]: PoolFormer's
+        layer scale) against a channels-first image, or one stored with axes of 1 before them
+        ([1, 1, 1, C]: ConvNeXt V2's GRN gain and bias) against a channels-last one. Torch
+        broadcasts it as the program's ``g * h`` and ``h + b`` do, channel by channel. A
+        spread param any other way is refused: it has no form."""
+        for s, x in ((u, v), (v, u)):
+            if isinstance(s, Spread) and s.after:
+                ref, shape = s.ref, s.shape
+            elif isinstance(s, PRef) and len(s.shape) > 1 and s.rows is None and not s.t and \
+                    math.prod(s.shape) == max(s.shape) > 1 and _image(self, x, node):
+                ref, shape = PRef(s.target, (max(s.shape),)), s.shape
+            else:
+                continue
+            tags = tuple(self._tags(x, node)) if _image(self, x, node) else ()
+            k = len(shape)
+            axis = max(range(k), key=lambda i: shape[i])
+            if not tags or k > len(tags) or tags[len(tags) - k + axis] != "F" \
+                    or self.vec(x, node).dim != ref.shape[0]:
+                raise _refuse_axis(node)
+            return (ref, x) if s is u else (x, ref)
+        return u, v
+
+
+def _image(walker, x, node) -> bool:
+    """Whether x is an image-valued vector (its axes tagged with pixels)."""
+    return isinstance(x, (Vec, Affine, Pointwise)) and "px" in tuple(walker._tags(x, node))

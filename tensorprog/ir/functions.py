@@ -4,10 +4,10 @@ Each row says what the engine needs to know of a function, and what the emitter 
 compute it with:
 
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
-  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools, and
-  ``first``, one token's vector read out of a sequence: size passes through); ``bounded``:
-  φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a
-  softmax over finitely many tokens: Θ(1) whatever the input);
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools,
+  ``grn``, and ``first``, one token's vector read out of a sequence: size passes through);
+  ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded
+  (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
   Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -77,6 +77,11 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # group, PoolFormer's): one sample's own statistics, so its size divides out as a
     # layernorm's does
     Function("groupnorm", "normalize", None, "torch.nn.functional.group_norm"),
+    # ConvNeXt V2's Global Response Normalization without its gain, bias and residual: each
+    # channel times its L2 norm over the image's pixels, over the mean of those norms over the
+    # channels, x * G(x) / mean_c G(x). Positively homogeneous (grn(c x) = c grn(x), eps aside)
+    # and the factor G / mean G is Θ(1) whatever x's size: a size passes through, as relu's
+    Function("grn", "linear", None, "torch.linalg.vector_norm"),
     # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
     # coordinates, as large as any token's, and its gradient reaches that token alone
     Function("first", "linear", None, ".select"),
