@@ -56,11 +56,15 @@ class GrnOps:
         tags = tuple(self._tags(x, node))
         pixels = sorted(i for i, t in enumerate(tags) if t == "px")
         axes = sorted(d % len(shape) for d in (dim if dim is not None else range(len(shape))))
-        if ord != 2 or not keepdim or len(pixels) != 2 or axes != pixels or "F" not in tags \
-                or kw.get("dtype") is not None:
+        plain = ord == 2 and keepdim and kw.get("dtype") is None
+        if plain and axes == [len(shape) - 1] and tags[-1] in ("F", "dh"):
+            return self.norm_l2(node, x)  # F.normalize's divisor (ops_norm.py)
+        if not plain or len(pixels) != 2 or axes != pixels or "F" not in tags:
             raise refuse(node, f"a vector norm (ord {ord}) over axes {axes} of a value tagged "
                          f"{list(tags)}: the language has the L2 norm of each channel over an "
-                         "image's pixels, kept, inside ConvNeXt V2's GRN", help=_HELP)
+                         "image's pixels, kept, inside ConvNeXt V2's GRN, and that of a "
+                         "vector's coordinates (a head's), kept, as F.normalize divides by it",
+                         help=_HELP)
         return PixelNorm(self.vec(x, node))
 
     def op_mean(self, node, x, dims, keepdim=False):

@@ -228,6 +228,14 @@ class MeanSq:
 
 
 @dataclass
+class L2Norm:
+    """The L2 norm of a vector's coordinates (of each head's), keepdim: ``F.normalize``'s
+    divisor, ``|x| = sqrt(d) · RMS(x)`` over d coordinates."""
+
+    src: Vec
+
+
+@dataclass
 class Mean:
     """The mean of a vector's coordinates (of each head's), keepdim: a layer norm's centre."""
 

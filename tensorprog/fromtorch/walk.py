@@ -24,6 +24,7 @@ from .values import (
     HeadCat,
     Joined,
     KVRepeat,
+    L2Norm,
     Looked,
     Mean,
     MeanSq,
@@ -102,6 +103,7 @@ SYMBOLIC = (
     Scores,
     Probs,
     MeanSq,
+    L2Norm,  # F.normalize's divisor (ops_norm.py)
     Parts,
     Rotated,
     RopeTerm,
