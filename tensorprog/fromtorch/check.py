@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 from ..engine.derive import derive
-from ..engine.exponents import ABC, INF
 from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import Dot, LinComb, MatMul, Nonlin
@@ -316,7 +315,6 @@ def coord_check(
     model = _measure(mup, widths, seeds, steps, m, own, cross, **run)
     optimizer = mup.derivation.optimizer
     abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
-    abc = _zero_params(mup, abc)
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
     _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
                           if not p.requires_grad})
@@ -472,18 +470,6 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
             r.ok = True
             r.verdict += f"; passes: follows {result.where(arg)}'s finite-width drift"
             result.drift[r.name] = r.verdict
-
-
-def _zero_params(mup: MuP, abc: dict) -> dict:
-    """µP's exponents with b = oo (zero init) for the vector params the model initialises to
-    exactly 0 (the traced program's ``param g : [n] = 0``): a vector made of them alone (ConvNeXt
-    V2's GRN ``g * grn(x) + b``, g and b zero; a ResNet's last batch norm gain under
-    torchvision's zero_init_residual) is exactly 0 at init at every width, as a readout's under
-    --readout-zero-init is, so the judge expects it so, not a Θ(1) size. A sum with another
-    term is as large as that term either way."""
-    table = mup.program.param_table
-    zero = {p for p in abc if p in table and table[p].base == 0}
-    return {p: ABC(x.a, INF, x.c) if p in zero else x for p, x in abc.items()}
 
 
 def _frozen(result, mup: MuP, frozen: set[str]) -> None:

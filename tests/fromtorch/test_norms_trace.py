@@ -21,8 +21,9 @@ F = torch.nn.functional
 import tensorprog as tp  # noqa: E402
 from tensorprog.emit.templates import HELPERS  # noqa: E402
 from tensorprog.engine.exponents import INF  # noqa: E402
+from tensorprog.engine.parametrization import zero_constants  # noqa: E402
 from tensorprog.fromtorch import MuP  # noqa: E402
-from tensorprog.fromtorch.check import _zero_params, coord_check  # noqa: E402
+from tensorprog.fromtorch.check import coord_check  # noqa: E402
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -155,11 +156,10 @@ def test_apply_leaves_the_convnextv2_bit_identical_at_the_base_width(convnextv2)
 
 def test_the_check_expects_a_product_of_zero_initialised_params_to_be_exactly_zero(convnextv2):
     # HF's GRN gain and bias start at 0, so gg * grn(u) + gb is exactly 0 at init at every
-    # width: the check judges the traced program with b = oo for them (as a zero-initialised
-    # readout), and for the layernorm's zero bias; params of a random init keep µP's b
-    mup = MuP(convnextv2, "adam")
+    # width: the check judges the program with b = oo for them (as a zero-initialised readout),
+    # and for the layernorms' zero biases; params of a random or nonzero init keep µP's b
     abc = tp.derive(convnextv2.program, "adam").abc
-    zeroed = {p for p, x in _zero_params(mup, abc).items() if x.b is INF}
+    zeroed = {p for p, x in zero_constants(convnextv2.program, abc).items() if x.b is INF}
     assert zeroed == {"grn_weight", "grn_bias", "norm_bias", "final_bias"}
 
 
