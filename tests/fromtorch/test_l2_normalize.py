@@ -64,9 +64,14 @@ def _cosine_example():
     return tp.parse(text, "cosine.tp")
 
 
+@pytest.fixture(scope="module")
+def traced():
+    return tp.from_torch(Cosine, (32, 64), tokens)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_cosine_attention_traces_to_a_constant_times_rmsnorm_and_derives_as_written(optimizer):
-    traced = tp.from_torch(Cosine, (32, 64), tokens)
+def test_cosine_attention_traces_to_a_constant_times_rmsnorm_and_derives_as_written(traced,
+                                                                                   optimizer):
     assert "0.25 * rmsnorm(" in traced.source
     ours = tp.derive(_cosine_example(), optimizer).abc
     theirs = tp.derive(traced.program, optimizer).abc
