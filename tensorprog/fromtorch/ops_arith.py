@@ -9,6 +9,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    L2Norm,
     Looked,
     MeanSq,
     Pointwise,
@@ -60,6 +61,9 @@ class ArithOps:
             x = v if isinstance(u, (int, float)) else u
             if isinstance(x, MeanSq):
                 return x  # + eps under a root
+            eps = alpha * c if x is u else c if alpha == 1 else None  # |x| + eps, eps + |x|
+            if isinstance(x, L2Norm) and eps is not None and 0 < eps <= 1e-3:
+                return x  # x / (|x| + eps): F.normalize's, eps aside (ops_norm.py)
             p = self.pointwise(node, x)
             sign = alpha if x is u else 1
             first = 1 if x is u else alpha

@@ -22,9 +22,9 @@ class Cosine(nn.Module):
     """examples/qknorm.tp with F.normalize in place of its QK-norm and gains: cosine attention
     over heads of ``dh`` coordinates, logits times the fixed 0.25."""
 
-    def __init__(self, width, dh=16):
+    def __init__(self, width, dh=16, by_hand=False):
         super().__init__()
-        self.dh = dh
+        self.dh, self.by_hand = dh, by_hand
         self.E, self.P = nn.Embedding(64, width), nn.Embedding(4, width)
         self.ga, self.gf = nn.RMSNorm(width, eps=1e-6), nn.RMSNorm(width, eps=1e-6)
         self.Wq, self.Wk, self.Wv, self.Wo = (nn.Linear(width, width, bias=False)
@@ -37,7 +37,10 @@ class Cosine(nn.Module):
         a = self.ga(h0)
         q, k, v = (w(a).view(b, t, -1, self.dh).transpose(1, 2) for w in (self.Wq, self.Wk,
                                                                           self.Wv))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.by_hand:  # x / (|x| + eps)
+            q, k = (x / (x.norm(dim=-1, keepdim=True) + 1e-6) for x in (q, k))
+        else:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25)
         h1 = h0 + self.Wo(o.transpose(1, 2).reshape(b, t, -1))
         return self.U(self.gf(h1))
@@ -78,6 +81,12 @@ def test_cosine_attention_traces_to_a_constant_times_rmsnorm_and_derives_as_writ
     assert {k: theirs[k] for k in NAMES} == {k: ours[v] for k, v in NAMES.items()}
     scale = next(s for s in theirs if s.startswith("attn") or "scale" in s)
     assert theirs[scale] == ours["attn"]
+
+
+def test_a_division_by_the_norm_plus_eps_is_the_same_normalisation(traced):
+    by_hand = tp.from_torch(lambda n: Cosine(n, by_hand=True), (32, 64), tokens)
+    assert by_hand.source.count("0.25 * rmsnorm(") == 2
+    assert tp.derive(by_hand.program, "adam").abc == tp.derive(traced.program, "adam").abc
 
 
 def test_the_emitted_constant_times_the_heads_rmsnorm_is_f_normalize():
