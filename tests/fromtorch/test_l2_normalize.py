@@ -83,6 +83,7 @@ def test_cosine_attention_traces_to_a_constant_times_rmsnorm_and_derives_as_writ
     assert theirs[scale] == ours["attn"]
 
 
+@pytest.mark.slow  # a variant of the form above, one more trace
 def test_a_division_by_the_norm_plus_eps_is_the_same_normalisation(traced):
     by_hand = tp.from_torch(lambda n: Cosine(n, by_hand=True), (32, 64), tokens)
     assert by_hand.source.count("0.25 * rmsnorm(") == 2
