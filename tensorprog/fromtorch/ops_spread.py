@@ -7,9 +7,8 @@ engine derives as any vector param's. A param of an image's channels given two a
 them ([C, 1, 1]: PoolFormer's layer scale ``g.unsqueeze(-1).unsqueeze(-1) * h`` of a [B, C, H,
 W] image), or stored with axes of 1 before them ([1, 1, 1, C]: ConvNeXt V2's GRN gain on a [B,
 H, W, C] image), meets channel i of every pixel: the program's gain ``g * h`` (or bias ``h +
-g``). Any
-other layout (a bias whose features leave the last axes, Beam's gate_bias[None, None, :, None]
-added to a per-head vector) keeps the refusal of an added axis on a param."""
+g``). Any other layout (a bias whose features leave the last axes, Beam's gate_bias[None, None,
+:, None] added to a per-head vector) keeps the refusal of an added axis on a param."""
 
 from __future__ import annotations
 
