@@ -143,6 +143,11 @@ CATALOGUE = {
                        r"dim h = 1/3 x 64 is not a whole number", (2, 1)),
     "pool-a-vector": (HEAD + "output y = V @ avgpool(W @ x)\n", S,
                       r"avgpool needs an image, but y_1 has no pixels", (8, 16)),
+    "groupnorm-of-a-vector": (HEAD + "output y = V @ groupnorm(W @ x)\n", S,
+                              r"groupnorm needs an image, but y_1 has no pixels(.|\n)*"
+                              r"help: layernorm\(h\) normalises a vector", (8, 16)),
+    "grn-of-a-vector": (HEAD + "output y = V @ grn(W @ x)\n", S,
+                        r"grn needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
                           r"a convolution kernel cannot be transposed", (8, 28)),
     "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
@@ -1531,6 +1536,17 @@ class Patches(nn.Module):
         return (h, self.proj(self.conv(x).mean((2, 3)))) if self.twice else h
 
 
+class Scaled(Net):  # a scale [C, 1, 1] of the channels, or one [8, 1] of an 8x8 image's rows
+    def __init__(self, n, rows=False):
+        super().__init__(n)
+        self.g, self.rows = nn.Parameter(torch.ones(8 if rows else n)), rows
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        g = self.g[:, None] if self.rows else self.g[:, None, None]
+        return self.fc((g * h).mean((2, 3)))
+
+
 class OnPixels(Net):
     def __init__(self, n):
         super().__init__(n)
@@ -1556,6 +1572,30 @@ CONV_BUILDS = {
     "wide_pool": ("lambda n: Net(n, pool=nn.MaxPool2d(3))",
                   r"m.py:\d+:\d+: error: cannot trace a max pool of kernel 3x3, stride 3x3, "
                   r"padding 0x0(.|\n)*help: use nn.MaxPool2d\(2\), or nn.MaxPool2d\(3, stride"),
+    # a 3x3 mean of an image counts only its own pixels (avgpool3, PoolFormer's): the padding's
+    # zeros counted in make the border pixels another function
+    "pad_counted": ("lambda n: Net(n, pool=nn.AvgPool2d(3, 1, 1))",
+                    r"m.py:\d+:\d+: error: cannot trace a avg pool of kernel 3x3, stride 1x1, "
+                    r"padding 1x1(.|\n)*help: use nn.AvgPool2d\(2\), or nn.AvgPool2d\(3, "
+                    r"stride=1 or 2, padding=1, count_include_pad=False\)"),
+    # a group norm normalises the whole image (one group), not each group's channels apart
+    "groups": ("lambda n: Net(n, pool=nn.GroupNorm(2, n))",
+               r"m.py:\d+:\d+: error: cannot trace a group norm of 2 groups(.|\n)*help: use "
+               r"nn.GroupNorm\(1, channels\)"),
+    # a layer scale [C, 1, 1] multiplies a channels-first image's channels; a param along its
+    # rows has no form
+    "scale_on_rows": ("lambda n: Scaled(n, rows=True)",
+                      r"m.py:\d+:\d+: error: cannot trace an added axis on a param"),
+    # GRN's pieces: the L2 norm of each channel over the pixels, read only as GRN reads it
+    "norm_over_channels": ("lambda n: Net(n, tail=lambda x: (x / torch.linalg.vector_norm(x, "
+                           "dim=1, keepdim=True)).mean((2, 3)))",
+                           r"m.py:\d+:\d+: error: cannot trace a vector norm \(ord 2\) over "
+                           r"axes \[1\](.|\n)*help: write GRN as ConvNeXt V2 does"),
+    "response_of_another": ("lambda n: Net(n, tail=lambda x: (x.relu() * (torch.linalg."
+                            "vector_norm(x, dim=(2, 3), keepdim=True) / torch.linalg.vector_norm("
+                            "x, dim=(2, 3), keepdim=True).mean(1, keepdim=True))).mean((2, 3)))",
+                            r"m.py:\d+:\d+: error: cannot trace a piece of a global response "
+                            r"normalization \(ConvNeXt V2's GRN\) used otherwise"),
     # the language's convolution has one stride and one dilation for both pixel axes
     "two_strides": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 3, stride=(1, 2), padding=1))",
                     r"m.py:\d+:\d+: error: cannot trace a convolution with kernel \[3, 3\], "

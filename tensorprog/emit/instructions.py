@@ -33,8 +33,11 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "global_pool": "{x}.mean(dim=(-3, -2))",
           "maxpool": "_maxpool({x})",
           "maxpool3": "_maxpool3({x})",
+          "avgpool3": "_avgpool3({x})",
           "subsample": "_subsample({x})",
           "batchnorm": "_batchnorm({x})",
+          "groupnorm": "_groupnorm({x})",
+          "grn": "_grn({x})",
           "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
@@ -144,8 +147,7 @@ class Emitter:
             self.helpers.add(f"_heads_{ins.fn}")
             return f"_heads_{ins.fn}({x}, {self.dim(ins.over)})"
         if ins.fn in _NORMS:
-            if ins.fn in ("causal_softmax", "avgpool", "maxpool", "maxpool3", "subsample",
-                          "batchnorm"):
+            if _NORMS[ins.fn].startswith("_"):  # a module-level helper of the templates
                 self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"

@@ -102,6 +102,13 @@ HELPERS = {
         '    same-padded)."""',
         "    y = torch.nn.functional.max_pool2d(x.movedim(-1, -3), 3, 1, 1)",
         "    return y.movedim(-3, -1)"],
+    "_avgpool3": [
+        "def _avgpool3(x):",
+        '    """The mean over each pixel\'s 3 x 3 neighbourhood of a channels-last image',
+        '    (stride 1, same-padded, the padding not counted: PoolFormer\'s token mixer)."""',
+        "    y = torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 3, 1, 1,",
+        "                                       count_include_pad=False)",
+        "    return y.movedim(-3, -1)"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',
@@ -113,6 +120,18 @@ HELPERS = {
         '    in both modes: the program has no running statistics)."""',
         "    y = torch.nn.functional.batch_norm(x.movedim(-1, 1), None, None, training=True)",
         "    return y.movedim(1, -1)"],
+    "_groupnorm": [
+        "def _groupnorm(x):",
+        '    """Each channels-last image normalised over all its channels and pixels together',
+        '    (GroupNorm with one group, without its affine part)."""',
+        "    return torch.nn.functional.group_norm(x.movedim(-1, 1), 1).movedim(1, -1)"],
+    "_grn": [
+        "def _grn(x):",
+        '    """ConvNeXt V2\'s Global Response Normalization of a channels-last image, without',
+        "    its gain, bias and residual: each channel times its L2 norm over the pixels, over the",
+        '    mean of those norms over the channels."""',
+        "    g = torch.linalg.vector_norm(x, dim=(-3, -2), keepdim=True)",
+        "    return x * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))"],
     "_attention": [
         "def _attention(q, k, v, head_dim, scale, is_causal):",
         '    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens',

@@ -13,6 +13,7 @@ from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_encoder import EncoderOps
+from .ops_grn import GrnOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
@@ -35,6 +36,7 @@ from .walk import Walker
 class Converter(
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
+    GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,

@@ -9,6 +9,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    L2Norm,
     Looked,
     MeanSq,
     Pointwise,
@@ -60,6 +61,9 @@ class ArithOps:
             x = v if isinstance(u, (int, float)) else u
             if isinstance(x, MeanSq):
                 return x  # + eps under a root
+            eps = alpha * c if x is u else c if alpha == 1 else None  # |x| + eps, eps + |x|
+            if isinstance(x, L2Norm) and eps is not None and 0 < eps <= 1e-3:
+                return x  # x / (|x| + eps): F.normalize's, eps aside (ops_norm.py)
             p = self.pointwise(node, x)
             sign = alpha if x is u else 1
             first = 1 if x is u else alpha
@@ -68,6 +72,7 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        u, v = self.channel_params(node, u, v)  # image + b[:, None, None] (ops_spread.py)
         spread = self.spread_added(node, u, v, alpha)  # + a param per head (ops_spread.py)
         if spread is not None:
             return spread
@@ -189,6 +194,7 @@ class ArithOps:
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
+        u, v = self.channel_params(node, u, v)  # g[:, None, None] * image (ops_spread.py)
         self.refuse_image_broadcast(node, u, v, product=True)  # (ops_conv.py)
         names = []
         for x in (u, v):

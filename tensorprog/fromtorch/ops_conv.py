@@ -284,15 +284,32 @@ class ConvOps:
         batch and the pixels, as the module computes it in training mode (the graph is exported
         with its batch norms in training mode, ``train_norms``). A batch norm the build left in
         eval mode (frozen statistics) is refused before the walk (``refuse_frozen_norms``)."""
-        x = self.vec(x, node)
+        return self._image_norm(node, "batchnorm", self.vec(x, node), w, b)
+
+    def _image_norm(self, node, fn: str, x: Vec, w, b) -> Vec:
+        """``g * fn(x) + b``, the gain and bias optional params of the channels."""
         if isinstance(w, PRef) + isinstance(b, PRef) != (w is not None) + (b is not None):
-            raise refuse(node, "a batch norm whose gain or bias is not a param")
-        expr = f"batchnorm({x.name})"
+            raise refuse(node, f"a {fn[:-4]} norm whose gain or bias is not a param")
+        expr = f"{fn}({x.name})"
         if w is not None:
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
             expr += f" + {self.vector_param(b, node)}"
         return self._emit(node, expr, x.dim, x.tags)
+
+    def op_group_norm(self, node, x, groups, w=None, b=None, *rest):
+        """``groupnorm(x)``, times the gain, plus the bias: each image normalised over all its
+        channels and pixels together (``nn.GroupNorm(1, c)``, PoolFormer's). More groups (each
+        group's channels normalised apart) are refused: the language has no such norm."""
+        x = self.vec(x, node)
+        if x.tags != IMAGE:
+            raise refuse(node, "a group norm of a value that is not an image [B, C, H, W]",
+                         help="normalise a vector with nn.LayerNorm")
+        if groups != 1:
+            raise refuse(node, f"a group norm of {groups} groups (the language's groupnorm(h) "
+                         "normalises the whole image, one group: each group's own statistics "
+                         "have no form)", help="use nn.GroupNorm(1, channels)")
+        return self._image_norm(node, "groupnorm", x, w, b)
 
     def refuse_image_broadcast(self, node, u, v, product: bool) -> None:
         """Refuses a sum or product of two image-valued values that torch broadcasts where the
@@ -366,21 +383,23 @@ class ConvOps:
                 and self.vec(x, node).tags == IMAGE:
             x = self.vec(x, node)
             return self._emit(node, f"subsample({x.name})", x.dim, IMAGE)
+        # a 3x3 mean counts only the pixels inside the image when count_include_pad is False
+        # (avgpool3); counting the zeros too is another function at the border: refused below
         return self._pool(node, x, "avgpool", kernel, stride, padding, 1,
-                          ceil_mode or divisor_override is not None)
+                          ceil_mode or divisor_override is not None, not count_include_pad)
 
-    def _pool(self, node, x, fn, kernel, stride, padding, dilation, odd):
+    def _pool(self, node, x, fn, kernel, stride, padding, dilation, odd, own_pixels=True):
         x = self.vec(x, node)
         stride = _pair(stride) if stride else _pair(kernel)
-        if fn == "maxpool" and _pair(kernel) == (3, 3) and _pair(padding) == (1, 1) \
+        if _pair(kernel) == (3, 3) and _pair(padding) == (1, 1) and own_pixels \
                 and stride in ((1, 1), (2, 2)) and _pair(dilation) == (1, 1) and not odd \
                 and x.tags == IMAGE:
-            # a same-padded 3x3 max (torch pads with -inf); at stride 2, torchvision's stem pool,
-            # its every other pixel, exactly
+            # a same-padded 3x3 max (torch pads with -inf) or mean of the pixels inside; at
+            # stride 2 (torchvision's stem pool) its every other pixel, exactly
             if stride == (1, 1):
-                return self._emit(node, f"maxpool3({x.name})", x.dim, IMAGE)
+                return self._emit(node, f"{fn}3({x.name})", x.dim, IMAGE)
             full = self.fresh(f"{node.name}_full")  # no value in the model: not probed
-            self.out.stmts.append(f"{full} = maxpool3({x.name})")
+            self.out.stmts.append(f"{full} = {fn}3({x.name})")
             return self._emit(node, f"subsample({full})", x.dim, IMAGE)
         if _pair(kernel) != (2, 2) or stride != (2, 2) or _pair(padding) != (0, 0) \
                 or _pair(dilation) != (1, 1) or odd:
@@ -389,7 +408,8 @@ class ConvOps:
                 f"a {fn[:3]} pool of kernel {_text(_pair(kernel))}, stride {_text(stride)}, "
                 f"padding {_text(_pair(padding))} (the language pools 2x2 blocks, stride 2)",
                 help=f"use nn.{fn[:3].capitalize()}Pool2d(2)" + (
-                    ", or nn.MaxPool2d(3, stride=1 or 2, padding=1)" if fn == "maxpool" else ""),
+                    ", or nn.MaxPool2d(3, stride=1 or 2, padding=1)" if fn == "maxpool" else
+                    ", or nn.AvgPool2d(3, stride=1 or 2, padding=1, count_include_pad=False)"),
             )
         if x.tags != IMAGE:
             raise refuse(node, f"a {fn[:3]} pool of a value that is not an image")

@@ -10,13 +10,17 @@ another vector, a variance multiplying a vector that is not its own centred self
 where it is used, since the language has no such vector. A sum over the coordinates (an L2 norm,
 ``x / |x|``: nGPT's, Dory's) is refused: its coordinates are those of ``rmsnorm(x)`` times
 ``d^-1/2``, a width-dependent constant after a norm, which no layer's init or LR can take.
+``F.normalize(x, dim=-1)`` (``x / max(|x|, eps)``: Swin V2's and YOSO's cosine attention) is
+that same ``d^-1/2 * rmsnorm(x)``, traced so with d^-1/2 a constant read at both widths: over a
+head of a fixed dim it is one number, and where d grows with the width it is refused when the two
+widths are merged, as any width-dependent constant no layer's weight makes (trace.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Centered, Mean, MeanSq, Pointwise, Vec
+from .values import Affine, Centered, L2Norm, Mean, MeanSq, Pointwise, Vec
 from .where import refuse
 
 _PIECE = "a piece of a norm written by hand"
@@ -70,10 +74,34 @@ class NormOps:
         return self.norm_pow(node, x, 0.5)
 
     def norm_div(self, node, u, v):
-        """``x / sqrt(mean(x²) + eps)``: the product with the mean square's inverse root."""
+        """``x / sqrt(mean(x²) + eps)``: the product with the mean square's inverse root;
+        ``x / |x|`` (F.normalize): ``d^-1/2 * rmsnorm(x)``, d^-1/2 a constant of the width."""
         if isinstance(v, MeanSq) and v.root:
             return self.op_mul(node, u, dataclasses.replace(v, root=False, inv=True))
+        if isinstance(v, L2Norm):
+            x = self.vec(u, node) if isinstance(u, (Vec, Affine, Pointwise)) else None
+            if x is None or x.name != v.src.name:
+                raise refuse(node, f"{_PIECE}: a division by another vector's L2 norm (F."
+                             "normalize divides a vector by its own)")
+            d = int(self._shape(node.args[0])[-1])
+            slot = self.coefficient(d**-0.5, node, "")
+            info = self.out.coefs[len(self.out.slots) - 1]
+            name = self.emit_vector(node.name, f"{slot} * rmsnorm({self.norm_args(x)})")
+            info.update(out=name, norm=d)
+            return Vec(name, x.tags, x.dim, x.dh)
         return None
+
+    def norm_l2(self, node, x) -> L2Norm:
+        """``torch.linalg.vector_norm(x, 2, -1, keepdim=True)`` of a vector's coordinates (or a
+        head's): F.normalize's divisor, read only as that."""
+        return L2Norm(self.vec(x, node))
+
+    def op_clamp_min(self, node, x, lo):
+        """``clamp_min(|x|, eps)``: F.normalize's guard against a division by 0, eps aside."""
+        if isinstance(x, L2Norm) and 0 <= lo <= 1e-3:
+            return x
+        raise refuse(node, f"a clamp_min to {lo} of anything but a vector's L2 norm (F."
+                     "normalize's guard)", help="clamp with relu (min 0) or relu6")
 
     def norm_mul(self, node, u, v):
         """The product that completes a norm: the centred vector times the inverse root of its
@@ -92,9 +120,9 @@ class NormOps:
                 # the program (rmsnorm(x)) would leave out
                 raise refuse(node, f"{_PIECE}: a vector times the inverse RMS of a multiple of "
                              "it (rmsnorm(x) divided by a constant)")
-        if any(isinstance(t, (Centered, Mean)) for t in (u, v)):
-            raise refuse(node, f"{_PIECE}: a product of a mean or a centred vector with "
-                         "anything but the inverse root of its variance (a layer norm)")
+        if any(isinstance(t, (Centered, Mean, L2Norm)) for t in (u, v)):
+            raise refuse(node, f"{_PIECE}: a product of a mean, a centred vector or an L2 norm "
+                         "with anything but the inverse root of its variance (a layer norm)")
         return None
 
     def _hand_norm(self, node, fn: str, x: Vec) -> Vec:

@@ -24,6 +24,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    L2Norm,
     Pointwise,
     PRef,
     Scores,
@@ -217,6 +218,8 @@ class PointwiseOps:
         over the batch: each token's vector unchanged, so the vector itself."""
         old = tuple(node.args[0].meta["val"].shape)
         new = tuple(node.meta["val"].shape)
+        if isinstance(v, L2Norm):  # F.normalize's divisor, to its vector's shape (ops_norm.py)
+            return v
         if isinstance(v, Conc):  # a mask computed from the inputs, to the logits' shape (XLM's)
             return Conc(v.value.expand(new))
         if isinstance(v, Aux):

@@ -3,14 +3,18 @@ biases: ``q + transpose_for_scores(q_bias[None, None, :])``, the bias of n = H·
 leading axes of 1, viewed as (1, 1, H, dh) and permuted to (1, H, 1, dh)). Coordinate i of
 the bias still meets coordinate i of the vector's features (head i // dh, feature i % dh of
 it), so the sum is ``q + b`` of the program's vector q and the param b : [n], whose µP the
-engine derives as any vector param's. Any other layout (a bias whose features leave the last
-axes, Beam's gate_bias[None, None, :, None]) keeps the refusal of an added axis on a param."""
+engine derives as any vector param's. A param of an image's channels given two axes of 1 after
+them ([C, 1, 1]: PoolFormer's layer scale ``g.unsqueeze(-1).unsqueeze(-1) * h`` of a [B, C, H,
+W] image), or stored with axes of 1 before them ([1, 1, 1, C]: ConvNeXt V2's GRN gain on a [B,
+H, W, C] image), meets channel i of every pixel: the program's gain ``g * h`` (or bias ``h +
+g``). Any other layout (a bias whose features leave the last axes, Beam's gate_bias[None, None,
+:, None] added to a per-head vector) keeps the refusal of an added axis on a param."""
 
 from __future__ import annotations
 
 import math
 
-from .values import PRef, Spread, Vec
+from .values import Affine, Pointwise, PRef, Spread, Vec
 from .where import refuse
 
 _HELP = ("use a vector param of the features it is added to or multiplies, as it is "
@@ -36,15 +40,18 @@ class SpreadParamOps:
                 and v is ref or isinstance(v, Spread) and v.heads is None):
             raise _refuse_axis(node)
         n = ref.shape[0]
-        if shape[-1] != n or math.prod(shape[:-1]) != 1:
+        after = next((k for k in range(len(shape)) if shape[len(shape) - 1 - k] != 1), 0)
+        if after > 2 or shape[-1 - after] != n or math.prod(shape) != n:
             raise _refuse_axis(node)
-        return Spread(ref, shape)
+        return Spread(ref, shape, after=after)
 
     def spread_view(self, node, v: Spread):
         """A spread param viewed as (1, ..., H, dh): its features as the heads of dh they are
         in the vector it joins; refused for any other view."""
         shape = tuple(node.meta["val"].shape)
         n = v.ref.shape[0]
+        if v.after:
+            raise _refuse_axis(node)
         if v.heads is None and len(shape) >= 2 and shape[-2] * shape[-1] == n and math.prod(
                 shape[:-2]) == 1:
             return Spread(v.ref, shape, len(shape) - 2)
@@ -58,7 +65,7 @@ class SpreadParamOps:
         """A permute that keeps the head features last and moves the heads axis (or only
         axes of 1): the same layout of the features."""
         dims = [d % len(v.shape) for d in dims]
-        if dims[-1] != len(v.shape) - 1:
+        if dims[-1] != len(v.shape) - 1 or v.after:
             raise _refuse_axis(node)
         heads = dims.index(v.heads) if v.heads is not None else None
         return Spread(v.ref, tuple(v.shape[d] for d in dims), heads)
@@ -104,3 +111,32 @@ class SpreadParamOps:
         raise refuse(node, f"a sum of a vector and the param {s.ref.target} laid out other "
                      "than as the vector's features (per head where the vector is)",
                      help=_HELP)
+
+    def channel_params(self, node, u, v) -> tuple:
+        """(u, v) with a param of an image's channels laid out to broadcast over its pixels as
+        the param itself: one given two axes of 1 after its channels ([C, 1, 1]: PoolFormer's
+        layer scale) against a channels-first image, or one stored with axes of 1 before them
+        ([1, 1, 1, C]: ConvNeXt V2's GRN gain and bias) against a channels-last one. Torch
+        broadcasts it as the program's ``g * h`` and ``h + b`` do, channel by channel. A
+        spread param any other way is refused: it has no form."""
+        for s, x in ((u, v), (v, u)):
+            if isinstance(s, Spread) and s.after:
+                ref, shape = s.ref, s.shape
+            elif isinstance(s, PRef) and len(s.shape) > 1 and s.rows is None and not s.t and \
+                    math.prod(s.shape) == max(s.shape) > 1 and _image(self, x, node):
+                ref, shape = PRef(s.target, (max(s.shape),)), s.shape
+            else:
+                continue
+            tags = tuple(self._tags(x, node)) if _image(self, x, node) else ()
+            k = len(shape)
+            axis = max(range(k), key=lambda i: shape[i])
+            if not tags or k > len(tags) or tags[len(tags) - k + axis] != "F" \
+                    or self.vec(x, node).dim != ref.shape[0]:
+                raise _refuse_axis(node)
+            return (ref, x) if s is u else (x, ref)
+        return u, v
+
+
+def _image(walker, x, node) -> bool:
+    """Whether x is an image-valued vector (its axes tagged with pixels)."""
+    return isinstance(x, (Vec, Affine, Pointwise)) and "px" in tuple(walker._tags(x, node))

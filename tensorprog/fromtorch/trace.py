@@ -386,6 +386,14 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             help="a constant of the forward may change with the width only as a power of it "
             "(d ** 0.5, 1 / d)",
         )
+    if info.get("norm"):  # F.normalize over d coordinates: d^-1/2 * rmsnorm(x) (ops_norm.py)
+        raise TraceError(
+            f"an L2 normalisation (F.normalize) over {info['norm']} coordinates at width {w1}, "
+            f"whose number grows with the width: x / |x| is d^-1/2 * rmsnorm(x), a constant of "
+            "the width after a norm that no layer's init or LR can take", where,
+            help="normalise over a head of a fixed dim (trace with a fixed head dim), or use "
+            "RMSNorm (x * rsqrt(x.pow(2).mean(-1))) and put any constant into a gain",
+        )
     x = info["x"]
     reads = sum(len(re.findall(rf"\b{x}\b", st.partition("=")[2])) for st in trace.stmts)
     if not x or x not in trace.producers or reads > 1:

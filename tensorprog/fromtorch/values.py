@@ -73,6 +73,9 @@ class Spread:
     ref: PRef
     shape: tuple
     heads: int | None = None  # the axis of the H heads, the features' dh the last
+    # axes of 1 after the features: 2 for a channels-first image's gain or bias, [C, 1, 1]
+    # (PoolFormer's layer_scale.unsqueeze(-1).unsqueeze(-1)); 1 on the way there
+    after: int = 0
 
 
 @dataclass
@@ -222,6 +225,14 @@ class MeanSq:
     k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
     centered: bool = False  # of src minus its mean: a variance (a layer norm written by hand)
     root: bool = False  # sqrt taken (a division by it is a product with its inverse)
+
+
+@dataclass
+class L2Norm:
+    """The L2 norm of a vector's coordinates (of each head's), keepdim: ``F.normalize``'s
+    divisor, ``|x| = sqrt(d) · RMS(x)`` over d coordinates."""
+
+    src: Vec
 
 
 @dataclass

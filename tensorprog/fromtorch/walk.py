@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
     Affine,
@@ -23,6 +24,7 @@ from .values import (
     HeadCat,
     Joined,
     KVRepeat,
+    L2Norm,
     Looked,
     Mean,
     MeanSq,
@@ -101,6 +103,7 @@ SYMBOLIC = (
     Scores,
     Probs,
     MeanSq,
+    L2Norm,  # F.normalize's divisor (ops_norm.py)
     Parts,
     Rotated,
     RopeTerm,
@@ -119,6 +122,7 @@ SYMBOLIC = (
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
+    *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
 )
 
 

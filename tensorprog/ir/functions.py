@@ -4,12 +4,12 @@ Each row says what the engine needs to know of a function, and what the emitter 
 compute it with:
 
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
-  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools, and
-  ``first``, one token's vector read out of a sequence: size passes through); ``bounded``:
-  φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded (sigmoid, and a
-  softmax over finitely many tokens: Θ(1) whatever the input);
-  ``normalize``: divides by the input's own RMS (layernorm, rmsnorm: Θ(1) output, a change counted
-  relative to the input's size).
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools,
+  ``grn``, and ``first``, one token's vector read out of a sequence: size passes through);
+  ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded
+  (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
+  ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
+  Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
   the functions that act over a whole axis (norms, softmaxes, pools).
 * ``torch``: the torch function the emitted module calls for it (the norms and pools are written
@@ -64,12 +64,24 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # the max over each pixel's 3x3 neighbourhood (same-padded, stride 1): torchvision's stem
     # pool MaxPool2d(3, 2, 1) is exactly subsample(maxpool3(h))
     Function("maxpool3", "linear", None, "torch.nn.functional.max_pool2d"),
+    # the mean over each pixel's 3x3 neighbourhood (same-padded, stride 1), the padding not
+    # counted (AvgPool2d(3, 1, 1, count_include_pad=False): PoolFormer's token mixer)
+    Function("avgpool3", "linear", None, "torch.nn.functional.avg_pool2d"),
     # every other pixel (a kernel-1, stride-2 average pool): a stride-2 convolution is the
     # stride-1 one read at every other pixel, so `subsample(K @ h)` writes it exactly
     Function("subsample", "linear", None, "torch.nn.functional.avg_pool2d"),
     # each channel normalised over the batch and the pixels (BatchNorm in training mode): a
     # coordinate's own statistics, so its size divides out as a layernorm's does
     Function("batchnorm", "normalize", None, "torch.nn.functional.batch_norm"),
+    # each image normalised over all its channels and pixels together (GroupNorm with one
+    # group, PoolFormer's): one sample's own statistics, so its size divides out as a
+    # layernorm's does
+    Function("groupnorm", "normalize", None, "torch.nn.functional.group_norm"),
+    # ConvNeXt V2's Global Response Normalization without its gain, bias and residual: each
+    # channel times its L2 norm over the image's pixels, over the mean of those norms over the
+    # channels, x * G(x) / mean_c G(x). Positively homogeneous (grn(c x) = c grn(x), eps aside)
+    # and the factor G / mean G is Θ(1) whatever x's size: a size passes through, as relu's
+    Function("grn", "linear", None, "torch.linalg.vector_norm"),
     # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
     # coordinates, as large as any token's, and its gradient reaches that token alone
     Function("first", "linear", None, ".select"),
@@ -80,8 +92,9 @@ NONLINEARITIES = tuple(FUNCTIONS)
 #: The coordinatewise functions: φ applied to each coordinate, with a value at 0.
 COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not None)
 #: functions of an image's pixels, by the factor they divide its size by: 2x2 average and max
-#: pooling, every other pixel, a 3x3 max that keeps the size, and the global average (None)
-POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "global_pool": None}
+#: pooling, every other pixel, a 3x3 max or mean that keeps the size, and the global average (None)
+POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "avgpool3": 1,
+         "global_pool": None}
 
 
 def pooled(fn: str, size: tuple[int, int]) -> tuple[int, int] | None:

@@ -643,13 +643,15 @@ class ExpressionLowering:
         arg = self.name_of(args[0], node.span)
         if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
             return None
-        if node.fn in POOLS:
+        if node.fn in POOLS or node.fn in ("groupnorm", "grn"):  # their stats span the pixels
             size = self.pixels.get(arg)
             if size is None:
                 self.errors.error(f"{node.fn} needs an image, but {arg} has no pixels", node.span,
+                                  "layernorm(h) normalises a vector without pixels"
+                                  if node.fn not in POOLS else
                                   "pool values computed from an `image` input")
                 return None
-            if POOLS[node.fn] is not None and 0 in pooled(node.fn, size):
+            if POOLS.get(node.fn) is not None and 0 in pooled(node.fn, size):
                 self.errors.error(f"{node.fn} of a {size[0]}x{size[1]} image leaves no pixel",
                                   node.span, "pool fewer times, or use global_pool")
                 return None

@@ -26,6 +26,7 @@ from ..engine.classify import classify, classify_depth
 from ..engine.derive import derive
 from ..engine.exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, gt
 from ..engine.optimizers import Optimizer
+from ..engine.parametrization import zero_constants
 from ..engine.propagate import prescaled
 from ..errors import UsageError
 from ..ir.program import Dot, Program
@@ -87,8 +88,9 @@ class Expectation:
 
 def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                  against: str = "mup") -> dict[tuple[str, str], Expectation]:
-    """(vector, "init" | "change") -> what its slope must be."""
-    own = classify(program, optimizer, abc).analysis
+    """(vector, "init" | "change") -> what its slope must be (the params the program
+    initialises to 0 exactly zero at init: ``zero_constants``)."""
+    own = classify(program, optimizer, zero_constants(program, abc)).analysis
     if against == "predicted":
         an = own
     elif against == "mup":
