@@ -161,6 +161,25 @@ CATALOGUE = {
     "depthwise-not-a-kernel": (IMG + "param D : [n]\noutput y = R @ global_pool(dwconv(D, "
                                "K @ img))\n", S, r"the first argument of dwconv must be a "
                                r"depthwise kernel param \[c, kh, kw\]", (9, 35)),
+    # tokens(h, T): an image's pixels as T's tokens; image(t, H, W): a sequence's tokens as
+    # pixels (both the same vectors, so the counts must match)
+    "tokens-wrong-length": (IMG + "dim T = 60\noutput y = R @ mean(tokens(K @ img, T))\n", S,
+                            r"y_\d+ has 8x8 pixels, but T has 60 tokens(.|\n)*help: declare "
+                            r"`dim T = 64`", (9, 21)),
+    "tokens-of-tokens": (IMG + "dim T = 64\nt = tokens(K @ img, T)\n"
+                         "output y = R @ mean(tokens(t, T))\n", S,
+                         r"tokens reads an image's pixels as tokens, but t has no pixels",
+                         (10, 21)),
+    "tokens-not-a-dim": (IMG + "output y = R @ mean(tokens(K @ img, 64))\n", S,
+                         r"the arguments of tokens after the value must be finite dims",
+                         (8, 37)),
+    "image-of-an-image": (IMG + "output y = R @ global_pool(image(K @ img, s, s))\n", S,
+                          r"image lays out a sequence's tokens as pixels, but y_\d+ has no "
+                          r"tokens", (8, 28)),
+    "image-wrong-grid": (IMG + "dim T = 64\ndim h = 4\nt = tokens(K @ img, T)\n"
+                         "output y = R @ global_pool(image(t, h, h))\n", S,
+                         r"image lays out the tokens of a sequence as 4x4 pixels, but t runs "
+                         r"over the tokens of T of 64 tokens", (11, 28)),
     "depthwise-infinite-window": (IMG + "param D : [n, n, k]\n", S,
                                   r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
@@ -1580,13 +1599,13 @@ CONV_BUILDS = {
                               r"error: cannot trace a depthwise convolution with kernel \[3, 3\]"
                               r", stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use "
                               r"nn.Conv2d\(c, c, \(kh, kw\)"),
-    # a 4x4 stride-4 stem read as an image (ConvNeXt's) is conv(K, img, 4, 0): its pixels are
-    # then no tokens (only a stem's output flattened alone is cut into patch tokens)
+    # an image's pixels are read as tokens (tokens(h, T)) only whole, [B, C, H·W] or channels-
+    # last [B, H·W, C]: its channels merged with its rows have no form
     "pixels_as_tokens": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
-                         "pool=nn.Identity(), tail=lambda x: x.flatten(2).mean(2))",
+                         "pool=nn.Identity(), tail=lambda x: x.reshape(2, -1, 2).mean(2)[:, :n])",
                          r"error: cannot trace a view of an image from \[2, \d+, 2, 2\] to "
-                         r"\[2, \d+, 4\] \(its pixels flattened into tokens(.|\n)*help: "
-                         r"flatten the patch embedding's output alone"),
+                         r"\[2, \d+, 2\] \(an image is flattened only after a global pool, "
+                         r"or its pixels into tokens(.|\n)*help: pool to one pixel first"),
     # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
     "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
               r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"
@@ -1595,7 +1614,8 @@ CONV_BUILDS = {
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
                  r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
-                 r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+                 r"to \[2, \d+\] \(an image is flattened only after a global pool, or its pixels "
+                 r"into tokens"),
     # an image is cut into patches only whole, without overlap, and only at the input
     "overlap": ("lambda n: Patches(n, unfold=6)",
                 r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),

@@ -163,7 +163,11 @@ class AttentionOps:
                              "the trace orders so, or give the values that head dim")
         self.grouped(node, q, v, "values")
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
-        return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
+        # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
+        # query axes are (the queries'): the values' own layout may differ where an axis of
+        # size 1 (one head, one key token) was moved by a view the export wrote for it
+        tags = q.tags if len(q.tags) == len(v.tags) and q.tags[-1] == v.tags[-1] else v.tags
+        return Vec(name, tags, q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each
