@@ -180,6 +180,13 @@ CATALOGUE = {
                          "output y = R @ global_pool(image(t, h, h))\n", S,
                          r"image lays out the tokens of a sequence as 4x4 pixels, but t runs "
                          r"over the tokens of T of 64 tokens", (11, 28)),
+    # keys reduced to one pixel: a softmax over one key token is the constant 1
+    "softmax-over-one-key": (IMG + "dim T = 64\ndim one = 1\ndim dh = n\nparam K8 : [n, n, s, s]"
+                             "\nt = tokens(K @ img, T)\n"
+                             "r = tokens(conv(K8, image(t, s, s), 8, 0), one)\n"
+                             "output y = R @ mean(mix(softmax(dot(t, r, dh)), r))\n", S,
+                             r"softmax over the key tokens of one, a sequence of 1 token, is the "
+                             r"constant 1(.|\n)*help: give one 2 tokens or more", (14, 25)),
     "depthwise-infinite-window": (IMG + "param D : [n, n, k]\n", S,
                                   r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
@@ -957,11 +964,10 @@ class Padded(Net):
 
 
 class OneHead(Net):
-    def forward(self, idx):  # attention over one head of the whole dim
-        b, t = idx.shape
-        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
-        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
-        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+    def forward(self, idx):  # attention over (batch, tokens, features), no heads axis (one
+        # head of the whole dim viewed (b, t, 1, n) and transposed is traced: PVTv2's)
+        x = self.e(idx)
+        return self.o(torch.nn.functional.scaled_dot_product_attention(x, x, x))
 
 
 class RowMaxAdded(Net):

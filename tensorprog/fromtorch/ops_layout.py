@@ -298,13 +298,18 @@ class LayoutOps:
 
 
 def _one_head(node, old, shape, tags) -> bool:
-    """``x.view(B, T, 1, C)`` of a vector per token then permuted to (B, 1, T, C) for
-    attention: a split into one head of all C features (PVTv2's first stage), not a new token
-    axis of size 1."""
+    """``x.view(B, T, 1, C)`` of a vector per token then permuted (or transposed) to (B, 1, T,
+    C) for attention: a split into one head of all C features (PVTv2's and SegFormer's first
+    stage), not a new token axis of size 1."""
+
+    def to_heads(u) -> bool:
+        if op_name(u) == "transpose":
+            return sorted(d % 4 for d in u.args[1:3]) == [1, 2]
+        return op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 1, 3)
+
     return (tags[-1] == "F" and len(shape) == len(old) + 1 == 4 and shape[-2] == 1
-            and shape[:-2] == tuple(old[:-1]) and bool(node.users) and all(
-                op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 1, 3)
-                for u in node.users))
+            and shape[:-2] == tuple(old[:-1]) and bool(node.users)
+            and all(to_heads(u) for u in node.users))
 
 
 def _per_head_gate(node, dim) -> bool:

@@ -102,6 +102,12 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     "read another sequence through attention: "
                     "mix(softmax(tau * dot(q, k, dh)), v) with k and v from it")
         tag = found[0] if found else ()
+        if (isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax") and len(tag) == 2
+                and program.dim_table[tag[1]].size == 1):
+            problem(f"{ins.fn} over the key tokens of {tag[1]}, a sequence of 1 token, is the "
+                    "constant 1: no gradient reaches its logits, which the attention rules "
+                    "take to move", ins, f"give {tag[1]} 2 tokens or more (a smaller "
+                    "reduction of the keys' image), or use the values without attention")
         if (isinstance(ins, Nonlin) and ins.fn == "causal_softmax" and len(tag) == 2
                 and tag[0] != tag[1]):
             problem("causal_softmax masks later keys of the queries' own sequence, but its "

@@ -51,9 +51,11 @@ class PvtStage(nn.Module):
         t = self.norm0(x.flatten(2).transpose(1, 2))
         r = self.sr(t.transpose(1, 2).reshape(b, c, h, w))
         r = self.norm_r(r.flatten(2).transpose(1, 2))
-        q = self.q(t).view(b, h * w, 2, -1).transpose(1, 2)
-        k = self.k(r).view(b, r.shape[1], 2, -1).transpose(1, 2)
-        v = self.v(r).view(b, r.shape[1], 2, -1).transpose(1, 2)
+        # one head of every channel, transposed or permuted to (B, 1, T, C): PVTv2's and
+        # SegFormer's first stage
+        q = self.q(t).view(b, h * w, 1, -1).transpose(1, 2)
+        k = self.k(r).view(b, r.shape[1], 1, -1).permute(0, 2, 1, 3)
+        v = self.v(r).view(b, r.shape[1], 1, -1).transpose(1, 2)
         att = F.scaled_dot_product_attention(q, k, v, scale=8 / c)
         a = t + self.o(att.transpose(1, 2).reshape(b, h * w, c))
         # SwiftFormer's channels-last forms of the same views: [B, T, C] as [B, H, W, C], then

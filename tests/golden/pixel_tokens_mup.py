@@ -51,7 +51,7 @@ SCALING = {
     "Wc": {"shape": ("K", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
 }
 SCALES = {
-    "attn": {"a": 1.0, "base": 0.125},
+    "attn": {"a": 1.0, "base": 0.015625},
 }
 MAX_PARAMS = 100000000000
 MAX_REPEATS = 100000
@@ -77,9 +77,7 @@ PARAM_COUNT = (
 )
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
-WIDTH_RULES = (
-    ("dim dh = n / 2", 2),
-)
+WIDTH_RULES = ()
 
 
 class Model(torch.nn.Module):
@@ -156,7 +154,7 @@ class Model(torch.nn.Module):
         a_1 = torch.nn.functional.linear(t0, self.Wq)
         a_2 = torch.nn.functional.linear(r, self.Wk)
         a_6 = torch.nn.functional.linear(r, self.Wv)
-        a_7 = _attention(a_1, a_2, a_6, self.width // 2, self.mult_attn, False)
+        a_7 = _attention(a_1, a_2, a_6, self.width, self.mult_attn, False)
         a_8 = torch.nn.functional.linear(a_7, self.Wo)
         a = t0 + a_8
         u_2 = torch.nn.functional.layer_norm(a, a.shape[-1:], self.g1)
@@ -188,7 +186,7 @@ class Model(torch.nn.Module):
         r = (self.gR) * (r_5)
         a_1 = torch.nn.functional.linear(t0, self.Wq)
         a_2 = torch.nn.functional.linear(r, self.Wk)
-        a_3 = _heads_dot(a_1, a_2, self.width // 2)
+        a_3 = _heads_dot(a_1, a_2, self.width)
         a_4 = (self.mult_attn) * (a_3)
         a_5 = torch.softmax(a_4, dim=-1)
         a_6 = torch.nn.functional.linear(r, self.Wv)
