@@ -1612,6 +1612,12 @@ CONV_BUILDS = {
                          r"error: cannot trace a view of an image from \[2, \d+, 2, 2\] to "
                          r"\[2, \d+, 2\] \(an image is flattened only after a global pool, "
                          r"or its pixels into tokens(.|\n)*help: pool to one pixel first"),
+    # MobileViT's unfold: pixels folded into the batch, attended over once per patch pixel
+    "pixels_into_batch": ("lambda n: Net(n, tail=lambda x: x.reshape(8, -1, 2, 2)"
+                          ".mean((2, 3))[:2, :n])",
+                          r"error: cannot trace a view of an image from \[2, \d+, 4, 4\] to "
+                          r"\[8, \d+, 2, 2\] \(its pixels folded into the batch(.|\n)*help: "
+                          r"read the image's pixels as tokens"),
     # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
     "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
               r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"

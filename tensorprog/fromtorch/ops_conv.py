@@ -428,6 +428,14 @@ class ConvOps:
         tokens = self.pixels_to_tokens(node, v)  # its pixels read as tokens (ops_pixels.py)
         if tokens is not None:
             return tokens
+        if shape[0] != old[0]:
+            raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
+                         "pixels folded into the batch: MobileViT's unfold into patches, which "
+                         "attends over the patches once per pixel of a patch, sequences the "
+                         "language's tokens(h, T) does not say: it reads every pixel as one "
+                         "token of one sequence)",
+                         help="read the image's pixels as tokens, x.flatten(2).transpose(1, "
+                         "2), and attend over all of them")
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
                      "is flattened only after a global pool, or its pixels into tokens: "
                      "[B, C, H, W] to [B, C, H·W], [B, H, W, C] to [B, H·W, C])",
