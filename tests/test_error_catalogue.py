@@ -604,6 +604,7 @@ NNGP_REFUSED = [
     (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
     (EX / "resnet.tp", "image inputs have no NNGP rule"),
     (EX / "dwconv.tp", "image inputs have no NNGP rule"),  # a depthwise convolution's too
+    (EX / "pixel_tokens.tp", "image inputs have no NNGP rule"),  # pixels read as tokens too
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
      "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
