@@ -166,6 +166,32 @@ CATALOGUE = {
     "depthwise-not-a-kernel": (IMG + "param D : [n]\noutput y = R @ global_pool(dwconv(D, "
                                "K @ img))\n", S, r"the first argument of dwconv must be a "
                                r"depthwise kernel param \[c, kh, kw\]", (9, 35)),
+    # tokens(h, T): an image's pixels as T's tokens; image(t, H, W): a sequence's tokens as
+    # pixels (both the same vectors, so the counts must match)
+    "tokens-wrong-length": (IMG + "dim T = 60\noutput y = R @ mean(tokens(K @ img, T))\n", S,
+                            r"y_\d+ has 8x8 pixels, but T has 60 tokens(.|\n)*help: declare "
+                            r"`dim T = 64`", (9, 21)),
+    "tokens-of-tokens": (IMG + "dim T = 64\nt = tokens(K @ img, T)\n"
+                         "output y = R @ mean(tokens(t, T))\n", S,
+                         r"tokens reads an image's pixels as tokens, but t has no pixels",
+                         (10, 21)),
+    "tokens-not-a-dim": (IMG + "output y = R @ mean(tokens(K @ img, 64))\n", S,
+                         r"the arguments of tokens after the value must be finite dims",
+                         (8, 37)),
+    "image-of-an-image": (IMG + "output y = R @ global_pool(image(K @ img, s, s))\n", S,
+                          r"image lays out a sequence's tokens as pixels, but y_\d+ has no "
+                          r"tokens", (8, 28)),
+    "image-wrong-grid": (IMG + "dim T = 64\ndim h = 4\nt = tokens(K @ img, T)\n"
+                         "output y = R @ global_pool(image(t, h, h))\n", S,
+                         r"image lays out the tokens of a sequence as 4x4 pixels, but t runs "
+                         r"over the tokens of T of 64 tokens", (11, 28)),
+    # keys reduced to one pixel: a softmax over one key token is the constant 1
+    "softmax-over-one-key": (IMG + "dim T = 64\ndim one = 1\ndim dh = n\nparam K8 : [n, n, s, s]"
+                             "\nt = tokens(K @ img, T)\n"
+                             "r = tokens(conv(K8, image(t, s, s), 8, 0), one)\n"
+                             "output y = R @ mean(mix(softmax(dot(t, r, dh)), r))\n", S,
+                             r"softmax over the key tokens of one, a sequence of 1 token, is the "
+                             r"constant 1(.|\n)*help: give one 2 tokens or more", (14, 25)),
     "depthwise-infinite-window": (IMG + "param D : [n, n, k]\n", S,
                                   r"kernel D: its spatial size must be finite", (8, 1)),
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
@@ -583,6 +609,7 @@ NNGP_REFUSED = [
     (EX / "transformer.tp", "tokens inputs have no NNGP rule"),
     (EX / "resnet.tp", "image inputs have no NNGP rule"),
     (EX / "dwconv.tp", "image inputs have no NNGP rule"),  # a depthwise convolution's too
+    (EX / "pixel_tokens.tp", "image inputs have no NNGP rule"),  # pixels read as tokens too
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
      "h = A @ x\nu = W @ h\nv = W.T @ u\noutput y = v\n", "used both as W and W.T"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam W : [n, n]\n"
@@ -943,11 +970,10 @@ class Padded(Net):
 
 
 class OneHead(Net):
-    def forward(self, idx):  # attention over one head of the whole dim
-        b, t = idx.shape
-        x = self.e(idx).view(b, t, 1, -1).transpose(1, 2)
-        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
-        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+    def forward(self, idx):  # attention over (batch, tokens, features), no heads axis (one
+        # head of the whole dim viewed (b, t, 1, n) and transposed is traced: PVTv2's)
+        x = self.e(idx)
+        return self.o(torch.nn.functional.scaled_dot_product_attention(x, x, x))
 
 
 class RowMaxAdded(Net):
@@ -1620,13 +1646,19 @@ CONV_BUILDS = {
                               r"error: cannot trace a depthwise convolution with kernel \[3, 3\]"
                               r", stride 1x2, padding \[1, 1, 1, 1\](.|\n)*help: use "
                               r"nn.Conv2d\(c, c, \(kh, kw\)"),
-    # a 4x4 stride-4 stem read as an image (ConvNeXt's) is conv(K, img, 4, 0): its pixels are
-    # then no tokens (only a stem's output flattened alone is cut into patch tokens)
+    # an image's pixels are read as tokens (tokens(h, T)) only whole, [B, C, H·W] or channels-
+    # last [B, H·W, C]: its channels merged with its rows have no form
     "pixels_as_tokens": ("lambda n: Net(n, conv=nn.Conv2d(3, n, 4, stride=4), "
-                         "pool=nn.Identity(), tail=lambda x: x.flatten(2).mean(2))",
+                         "pool=nn.Identity(), tail=lambda x: x.reshape(2, -1, 2).mean(2)[:, :n])",
                          r"error: cannot trace a view of an image from \[2, \d+, 2, 2\] to "
-                         r"\[2, \d+, 4\] \(its pixels flattened into tokens(.|\n)*help: "
-                         r"flatten the patch embedding's output alone"),
+                         r"\[2, \d+, 2\] \(an image is flattened only after a global pool, "
+                         r"or its pixels into tokens(.|\n)*help: pool to one pixel first"),
+    # MobileViT's unfold: pixels folded into the batch, attended over once per patch pixel
+    "pixels_into_batch": ("lambda n: Net(n, tail=lambda x: x.reshape(8, -1, 2, 2)"
+                          ".mean((2, 3))[:2, :n])",
+                          r"error: cannot trace a view of an image from \[2, \d+, 4, 4\] to "
+                          r"\[8, \d+, 2, 2\] \(its pixels folded into the batch(.|\n)*help: "
+                          r"read the image's pixels as tokens"),
     # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
     "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
               r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"
@@ -1635,7 +1667,8 @@ CONV_BUILDS = {
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",
                  r"m.py:\d+:\d+: error: cannot trace a view of an image from \[2, \d+, 4, 4\] "
-                 r"to \[2, \d+\] \(an image is flattened only after a global pool\)"),
+                 r"to \[2, \d+\] \(an image is flattened only after a global pool, or its pixels "
+                 r"into tokens"),
     # an image is cut into patches only whole, without overlap, and only at the input
     "overlap": ("lambda n: Patches(n, unfold=6)",
                 r"m.py:\d+:\d+: error: cannot trace an unfold of kernel 6x6, stride 4x4"),

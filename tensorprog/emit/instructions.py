@@ -18,6 +18,7 @@ from ..ir.program import (
     Nonlin,
     Prepend,
     Program,
+    Relayout,
     Route,
     split_heads_dim,
 )
@@ -192,6 +193,14 @@ class Emitter:
         x = self.ref(ins.arg)
         return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
                 "dim=-2)")
+
+    def Relayout(self, ins: Relayout) -> str:
+        # an image is (..., H, W, dim), a sequence (..., tokens, dim): row-major pixels are the
+        # tokens in order, as torch's x.flatten(2).transpose(1, 2) reads them
+        x = self.ref(ins.arg)
+        if ins.grid is None:
+            return f"{x}.flatten(-3, -2)"
+        return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"
 
     def Mean(self, ins: Mean) -> str:
         # (..., tokens, dim) -> (..., dim): a per-token vector is never a param, so a local name

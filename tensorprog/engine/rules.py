@@ -30,6 +30,7 @@ from ..ir.program import (
     Nonlin,
     Prepend,
     Program,
+    Relayout,
     Route,
     Stream,
     per_head,
@@ -627,6 +628,26 @@ def grad_mean(ins: Mean, sz: Sizes) -> list[tuple[str, Term]]:
     return [(ins.arg, t) for t in terms(f"d{ins.out}", "a finite share to each token", "flow", g)]
 
 
+# --- Relayout -------------------------------------------------------------------------------------
+# tokens(h, T) and image(t, H, W): the same finitely many width-vectors under other labels (pixel
+# i·W + j is token i·W + j), so the output is its argument, entry for entry, at init, after
+# training, and in the gradient each pixel gets from its token.
+
+def init_relayout(ins: Relayout, sz: Sizes) -> list[Term]:
+    return terms(f"{ins.arg}₀", "the same vectors, relabelled", "auto", sz.init(ins.arg))
+
+
+def change_relayout(ins: Relayout, sz: Sizes) -> list[Term]:
+    return terms(f"Δ{ins.arg}", "the same vectors' change, relabelled", "auto",
+                 sz.change(ins.arg))
+
+
+def grad_relayout(ins: Relayout, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(ins.arg, t) for t in terms(f"d{ins.out}", "each vector's own gradient, relabelled",
+                                        "flow", g)]
+
+
 INIT = {MatMul: init_matmul, LinComb: init_lincomb, Nonlin: init_nonlin, Dot: init_dot,
         Mix: init_mix, Stream: init_stream, Route: init_route, Prepend: init_prepend}
 CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin, Dot: change_dot,
@@ -634,3 +655,4 @@ CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin,
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
         Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}
 INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md
+INIT[Relayout], CHANGE[Relayout], GRAD[Relayout] = init_relayout, change_relayout, grad_relayout

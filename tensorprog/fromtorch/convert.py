@@ -20,6 +20,7 @@ from .ops_linear import LinearOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_norm import NormOps
+from .ops_pixels import PixelTokenOps
 from .ops_pointwise import PointwiseOps
 from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
@@ -40,7 +41,7 @@ class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps,
+    SpreadParamOps, PixelTokenOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -122,6 +122,7 @@ class AttentionOps:
     def op_softmax(self, node, s, dim=-1, *rest):
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
+        _one_key(node, int(node.meta["val"].shape[-1]))
         logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out", s.bias))
         return Probs(s, f"{'causal_' if s.causal else ''}softmax({logits})")
 
@@ -163,7 +164,11 @@ class AttentionOps:
                              "the trace orders so, or give the values that head dim")
         self.grouped(node, q, v, "values")
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
-        return Vec(name, v.tags, q.dim, v.dh)  # the queries' heads, whatever v's count
+        # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
+        # query axes are (the queries'): the values' own layout may differ where an axis of
+        # size 1 (one head, one key token) was moved by a view the export wrote for it
+        tags = q.tags if len(q.tags) == len(v.tags) and q.tags[-1] == v.tags[-1] else v.tags
+        return Vec(name, tags, q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each
@@ -235,6 +240,9 @@ class AttentionOps:
         scale=None,
         enable_gqa=False,
     ):
+        keys = getattr(node.args[1], "meta", {}).get("val")
+        if keys is not None:
+            _one_key(node, int(keys.shape[-2]))
         if any(isinstance(x, (HeadCat, Blank)) for x in (q, k)):  # MLA's heads (ops_mla.py)
             q, k = (self.filled(node, x) if isinstance(x, Blank) else x for x in (q, k))
             return self.latent_attention(node, q, k, v, attn_mask, is_causal, scale)
@@ -261,3 +269,15 @@ class AttentionOps:
         logits = self.logits(q, k, factor, node.name, "sdpa_logits", s.bias)
         prob = f"{'causal_' if s.causal else ''}softmax({logits})"
         return self.mix(node, Probs(s, prob), v)
+
+
+def _one_key(node, keys: int) -> None:
+    """Refuses attention over a single key token (PVT's keys reduced to one pixel): its softmax
+    is the constant 1, so no gradient reaches the logits, the queries or the keys, which the
+    language's rules take to move with the logits (ir/sequences.py refuses it in a program)."""
+    if keys == 1:
+        raise refuse(node, "attention over a single key token: its softmax is the constant 1, "
+                     "so the logits, queries and keys get no gradient, which the language's "
+                     "attention rules do not describe",
+                     help="give the keys 2 tokens or more (a smaller spatial reduction ratio, "
+                     "or a larger image), or add the values' projection without attention")

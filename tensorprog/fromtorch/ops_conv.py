@@ -436,7 +436,8 @@ class ConvOps:
 
     def image_view(self, node, v):
         """A view of an image-valued value: a pooled image's two axes of size 1 dropped
-        (``flatten(x, 1)``, ``x.view(B, -1)``); any other is refused."""
+        (``flatten(x, 1)``, ``x.view(B, -1)``), or its pixels flattened into tokens
+        (``tokens(h, T)``, ops_pixels.py); any other is refused."""
         shape = tuple(node.meta["val"].shape)
         v = self.vec(v, node)
         old = tuple(node.args[0].meta["val"].shape)
@@ -444,17 +445,22 @@ class ConvOps:
             return Vec(v.name, ("tok", "F"), v.dim)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
-        if v.tags == IMAGE and shape == (*old[:2], old[2] * old[3]):  # flatten(2) of pixels
+        tokens = self.pixels_to_tokens(node, v)  # its pixels read as tokens (ops_pixels.py)
+        if tokens is not None:
+            return tokens
+        if shape[0] != old[0]:
             raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
-                         "pixels flattened into tokens: only the output of a convolution whose "
-                         "stride equals its kernel, read by nothing else, is cut into patch "
-                         "tokens, the program's patches input)",
-                         help="flatten the patch embedding's output alone, "
-                         "nn.Conv2d(c, n, k, stride=k)(img).flatten(2), and read the tokens "
-                         "from there (or pool the image to one pixel, then flatten)")
+                         "pixels folded into the batch: MobileViT's unfold into patches, which "
+                         "attends over the patches once per pixel of a patch, sequences the "
+                         "language's tokens(h, T) does not say: it reads every pixel as one "
+                         "token of one sequence)",
+                         help="read the image's pixels as tokens, x.flatten(2).transpose(1, "
+                         "2), and attend over all of them")
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
-                     "is flattened only after a global pool)",
-                     help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten")
+                     "is flattened only after a global pool, or its pixels into tokens: "
+                     "[B, C, H, W] to [B, C, H·W], [B, H, W, C] to [B, H·W, C])",
+                     help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten; "
+                     "or flatten the pixels into tokens, x.flatten(2).transpose(1, 2)")
 
 
 def refuse_frozen_norms(model) -> None:

@@ -52,6 +52,9 @@ class LayoutOps:
         old = self._shape(node.args[0])
         if isinstance(v, Probs):  # DeBERTa's: probs.view(b * H, t, t), then bmm with the values
             return self._probs_view(node, v, old, shape)
+        image = self.tokens_to_image(node, v, old, shape)  # tokens laid out as pixels
+        if image is not None:  # (ops_pixels.py)
+            return image
         tags = self._tags(v, node)
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
@@ -62,7 +65,8 @@ class LayoutOps:
             return groups
         feat = [s for s, t in zip(old, tags, strict=True) if t != "tok"]
         lead = [s for s, t in zip(old, tags, strict=True) if t == "tok"]
-        if shape[-1] == old[-1] and tags[-1] in ("F", "dh") and "H" not in tags:
+        if shape[-1] == old[-1] and tags[-1] in ("F", "dh") and "H" not in tags \
+                and not _one_head(node, old, shape, tags):
             new = ("tok",) * (len(shape) - 1) + (tags[-1],)
             if math.prod(shape[:-1]) != math.prod(lead):
                 raise refuse(node, f"a view from {list(old)} to {list(shape)}")
@@ -291,6 +295,21 @@ class LayoutOps:
                          "product of two vectors the language says (its gate a function the "
                          "language has: sigmoid, not softplus), or leave the gate out")
         raise refuse(node, "an added axis on a per-token vector")
+
+
+def _one_head(node, old, shape, tags) -> bool:
+    """``x.view(B, T, 1, C)`` of a vector per token then permuted (or transposed) to (B, 1, T,
+    C) for attention: a split into one head of all C features (PVTv2's and SegFormer's first
+    stage), not a new token axis of size 1."""
+
+    def to_heads(u) -> bool:
+        if op_name(u) == "transpose":
+            return sorted(d % 4 for d in u.args[1:3]) == [1, 2]
+        return op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 1, 3)
+
+    return (tags[-1] == "F" and len(shape) == len(old) + 1 == 4 and shape[-2] == 1
+            and shape[:-2] == tuple(old[:-1]) and bool(node.users)
+            and all(to_heads(u) for u in node.users))
 
 
 def _per_head_gate(node, dim) -> bool:

@@ -432,9 +432,34 @@ class Mean:
         return (self.arg,)
 
 
-Instruction = MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend | Mean
+@dataclass(frozen=True)
+class Relayout:
+    """``out = tokens(arg, seq)``: an image-valued vector's H×W pixels read row-major as the
+    H·W tokens of the sequence ``seq`` (a vision model's ``x.flatten(2).transpose(1, 2)``);
+    ``out = image(arg, H, W)`` (``grid`` = (H, W)): the reverse, a sequence's H·W tokens laid
+    back out as the pixels of an H×W image (``x.transpose(1, 2).reshape(B, C, H, W)``).
+
+    Scaling: a relabelling of the same finitely many width-vectors (pixel i·W + j is token
+    i·W + j, coordinate for coordinate), so every exponent passes through unchanged: at init,
+    in the change, and in the gradient, which each pixel gets from its token (TP4's rules
+    read no axis but the width's).
+    """
+
+    out: str
+    arg: str
+    span: Span | None = _span()
+    seq: str | None = None  # tokens(arg, seq)
+    grid: tuple[str, str] | None = None  # image(arg, H, W)
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        return (self.arg,)
+
+
+Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend | Mean
+               | Relayout)
 INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, Prepend,
-                                  Mean)
+                                  Mean, Relayout)
 
 
 def heads_dim_name(dim: str, over: str) -> str:
@@ -537,6 +562,9 @@ class Program:
                 kernel = self.param_table[weight].shape[-2:]
                 sizes = ins.geometry.out_size(sizes, tuple(self.dim_table[d].size
                                                            for d in kernel))
+            if isinstance(ins, Relayout):  # pixels read as tokens, or tokens laid out as pixels
+                sizes = (None if ins.grid is None
+                         else tuple(self.dim_table[d].size for d in ins.grid))
             out[ins.out] = sizes
         return out
 
@@ -569,6 +597,13 @@ class Program:
     def seq(self) -> str | None:
         """The sequence dim, if the program has token or position inputs."""
         return next((i.seq for i in self.inputs if i.seq is not None), None)
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether some value runs over a sequence: token or position inputs, or an image's
+        pixels read as tokens (``tokens(h, T)``)."""
+        return self.seq is not None or any(isinstance(i, Relayout) and i.seq is not None
+                                           for i in self.body)
 
     @cached_property
     def param_table(self) -> dict[str, Param]:

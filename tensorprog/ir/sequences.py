@@ -22,7 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Stream
+from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
 
 Tag = tuple[str, ...]
 
@@ -80,6 +80,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             tags[ins.out] = (ins.seq,)
             _check_prepend(program, ins, ops, problem)
             continue
+        if isinstance(ins, Relayout):
+            tags[ins.out] = (ins.seq,) if ins.seq is not None else ()
+            _check_relayout(program, ins, ops[0], problem)
+            continue
         if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
             tags[ins.out] = ()
             continue
@@ -98,6 +102,12 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     "read another sequence through attention: "
                     "mix(softmax(tau * dot(q, k, dh)), v) with k and v from it")
         tag = found[0] if found else ()
+        if (isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax") and len(tag) == 2
+                and program.dim_table[tag[1]].size == 1):
+            problem(f"{ins.fn} over the key tokens of {tag[1]}, a sequence of 1 token, is the "
+                    "constant 1: no gradient reaches its logits, which the attention rules "
+                    "take to move", ins, f"give {tag[1]} 2 tokens or more (a smaller "
+                    "reduction of the keys' image), or use the values without attention")
         if (isinstance(ins, Nonlin) and ins.fn == "causal_softmax" and len(tag) == 2
                 and tag[0] != tag[1]):
             problem("causal_softmax masks later keys of the queries' own sequence, but its "
@@ -119,6 +129,22 @@ def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
         problem(f"mean from token {ins.start} on, but {arg[0]} has {size} tokens (0 to "
                 f"{size - 1})", ins, f"start at a token of {arg[0]}, e.g. mean(h, 1) after a "
                 "class token")
+
+
+def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:
+    """tokens(h, T) reads an image (no sequence) as tokens; image(t, H, W) reads one
+    sequence's tokens, as many as the image's pixels."""
+    if ins.grid is None and arg:
+        problem(f"tokens reads an image's pixels as a sequence, but {ins.arg} runs over "
+                f"{_show(arg)}", ins, "apply tokens to an image-valued vector")
+    elif ins.grid is not None:
+        h, w = (program.dim_table[d].size for d in ins.grid)
+        if len(arg) != 1 or program.dim_table[arg[0]].size != h * w:
+            problem(f"image lays out the tokens of a sequence as {h}x{w} pixels, but "
+                    f"{ins.arg} runs over {_show(arg)}" + (
+                        f" of {program.dim_table[arg[0]].size} tokens" if len(arg) == 1
+                        else ""), ins,
+                    f"apply image to a vector per token of a sequence of {h * w} tokens")
 
 
 def _check_prepend(program: Program, ins: Prepend, ops: list[Tag], problem) -> None:

@@ -21,6 +21,7 @@ from .program import (
     Param,
     Prepend,
     Program,
+    Relayout,
     Route,
     Stream,
 )
@@ -53,6 +54,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
     elif isinstance(ins, Prepend):
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq})"
+    elif isinstance(ins, Relayout):
+        rhs = (f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
+               else f"image({show(ins.arg)}, {ins.grid[0]}, {ins.grid[1]})")
     elif isinstance(ins, Mean):
         rhs = f"mean({show(ins.arg)}{f', {ins.start}' if ins.start else ''})"
     elif isinstance(ins, Stream):  # in a program's text, the block call it starts

@@ -17,6 +17,7 @@ from .program import (
     Nonlin,
     Prepend,
     Program,
+    Relayout,
     Route,
     Stream,
     heads_dim,
@@ -104,7 +105,7 @@ def verify(program: Program) -> Program:
                 if ins.over not in dims or out not in dims:
                     errors.error(f"dot over {ins.over}: it must be a dim that divides "
                                  f"{ops[0]}", ins.span)
-                if program.seq is None:
+                if not program.has_tokens:
                     errors.error("a per-head dot needs a sequence (token or position inputs)",
                                  ins.span)
         elif isinstance(ins, Mix):
@@ -127,9 +128,12 @@ def verify(program: Program) -> Program:
                 break
             out = ops[1]
         elif isinstance(ins, Mean):
-            if ops[0] is None or ins.start < 0 or program.seq is None:
+            if ops[0] is None or ins.start < 0 or not program.has_tokens:
                 errors.error("mean: a vector per token of a sequence, averaged from a token "
                              "index >= 0 on", ins.span)
+            out = ops[0]
+        elif isinstance(ins, Relayout):
+            _verify_relayout(program, ins, ops[0], errors)
             out = ops[0]
         else:
             if isinstance(ins, Nonlin):
@@ -153,6 +157,27 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
+                     errors: Collector) -> None:
+    """tokens(h, T) reads an image's pixels as T's tokens, image(t, H, W) lays tokens out as an
+    H×W image: one of the two, of a vector, over finite dims of as many tokens as pixels."""
+    dims = program.dim_table
+    named = (ins.seq,) if ins.grid is None else ins.grid
+    if dim is None or (ins.seq is None) == (ins.grid is None) or any(
+            d not in dims or dims[d].infinite for d in named):
+        errors.error("tokens(h, T) or image(t, H, W): a vector, and finite dims", ins.span)
+        return
+    pixels = program.spatial.get(ins.arg) if ins.grid is None else tuple(
+        dims[d].size for d in ins.grid)
+    if ins.grid is None and pixels is None:
+        errors.error(f"tokens: {ins.arg} is not an image", ins.span)
+    elif ins.grid is None and pixels[0] * pixels[1] != dims[ins.seq].size:
+        errors.error(f"tokens: {ins.arg}'s {pixels[0]}x{pixels[1]} pixels are not the "
+                     f"{dims[ins.seq].size} tokens of {ins.seq}", ins.span)
+    elif ins.grid is not None and program.spatial.get(ins.arg) is not None:
+        errors.error(f"image: {ins.arg} is an image already", ins.span)
 
 
 def _verify_kernel(program: Program, ins: MatMul, shape: tuple, errors: Collector) -> None:

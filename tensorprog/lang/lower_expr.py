@@ -34,11 +34,12 @@ from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
+from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
 from .lower_sink import SINKS, lower_sink
 from .syntax import magnitude
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV)
+FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV) + RELAYOUTS
 
 
 @dataclass(frozen=True)
@@ -399,7 +400,7 @@ class ExpressionLowering:
 
     def head_dim(self, node) -> str | None:
         if type(node).__name__ == "Var" and node.name in self.dims:
-            if self.seq() is None:
+            if self.seq() is None and not self.tokenwise:
                 self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
                                   node.span, "declare token inputs: `input tok : tokens[T, V]`")
                 return None
@@ -527,6 +528,8 @@ class ExpressionLowering:
         if node.fn == PREPEND:  # its third argument is a dim, not a value
             seq = prepend_seq(self, node)
             return (None, None) if seq is None else (node.args[:2], (PREPEND, seq))
+        if node.fn in RELAYOUTS:  # the arguments after the value are dims
+            return relayout_operands(self, node)
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
@@ -572,10 +575,10 @@ class ExpressionLowering:
             return lower_route(self, node, args, Scalar, Vec)
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
-        if node.fn == PREPEND:
-            return lower_prepend(self, node, args, over[1], Vec)
-        if node.fn == MEAN:
-            return lower_mean(self, node, args, over[1], Vec)
+        by_state = {PREPEND: lower_prepend, MEAN: lower_mean, **dict.fromkeys(RELAYOUTS,
+                                                                              lower_relayout)}
+        if node.fn in by_state:  # a call whose arguments after its values enter_Call read
+            return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:
             return lower_dwconv(self, node, args, Vec, Matrix, Scalar)
         if any(a is None for a in args):

@@ -54,6 +54,7 @@ from ..ir.program import (
     Nonlin,
     Prepend,
     Program,
+    Relayout,
     Route,
     Stream,
 )
@@ -591,6 +592,11 @@ def _mean(ev: _Limit, ins: Mean) -> tuple[Value, str]:
                   "the kernel is computed for dense programs", ins.span)
 
 
+def _relayout(ev: _Limit, ins: Relayout) -> tuple[Value, str]:
+    raise _Refuse("tokens and image (an image's pixels read as tokens, and back) have no NNGP "
+                  "rule here", "the kernel is computed for dense programs", ins.span)
+
+
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
     # the IR holds one generic repetition; its kernel depends on every repetition before it
     raise _Refuse(f"block {ins.block} has no NNGP rule here: the kernel of a repeated block "
@@ -602,7 +608,7 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
     MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
-    Route: _route, Prepend: _prepend, Mean: _mean,
+    Route: _route, Prepend: _prepend, Mean: _mean, Relayout: _relayout,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 

@@ -22,6 +22,7 @@ from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
 from tensorprog.lang.lower_prepend import PREPEND
+from tensorprog.lang.lower_relayout import RELAYOUTS
 from tensorprog.lang.lower_route import ROUTES
 from tensorprog.limits.common import AT_ZERO, FNS
 
@@ -31,7 +32,8 @@ SCALINGS = {"linear", "bounded", "offset", "normalize"}
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
-                                                                      MEAN, CONV, DWCONV}
+                                                                      MEAN, CONV, DWCONV,
+                                                                      *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 

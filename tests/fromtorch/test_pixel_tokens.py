@@ -1,0 +1,103 @@
+"""An image's pixels read as tokens and tokens laid back out as an image, traced: a pyramid
+vision transformer's ``x.flatten(2).transpose(1, 2)`` becomes ``tokens(h, T)`` and
+``t.transpose(1, 2).reshape(B, C, H, W)`` becomes ``image(t, H, W)`` (and SwiftFormer's
+channels-last ``permute(0, 2, 3, 1).reshape(B, H·W, C)`` and back). Oracles: the hand-written
+examples/pixel_tokens.tp derives the same exponents as its torch counterpart, traced; apply leaves
+the model bit-identical at the base width; a view of pixels the language has no form for is
+refused at its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+class PvtStage(nn.Module):
+    """examples/pixel_tokens.tp in torch: PVTv2's overlapping patch embedding, attention with a
+    spatial reduction of its keys and values, and an MLP with a depthwise convolution."""
+
+    def __init__(self, width):
+        super().__init__()
+        n = width
+        self.stem = nn.Conv2d(3, n, 7, stride=4, padding=3)
+        self.norm0 = nn.LayerNorm(n, bias=False)
+        self.q = nn.Linear(n, n, bias=False)
+        self.sr = nn.Conv2d(n, n, 2, stride=2)
+        self.norm_r = nn.LayerNorm(n, bias=False)
+        self.k = nn.Linear(n, n, bias=False)
+        self.v = nn.Linear(n, n, bias=False)
+        self.o = nn.Linear(n, n, bias=False)
+        self.norm1 = nn.LayerNorm(n, bias=False)
+        self.fc1 = nn.Linear(n, 4 * n, bias=False)
+        self.dw = nn.Conv2d(4 * n, 4 * n, 3, padding=1, groups=4 * n)
+        self.fc2 = nn.Linear(4 * n, n, bias=False)
+        self.norm_f = nn.LayerNorm(n, bias=False)
+        self.head = nn.Linear(n, 10, bias=False)
+
+    def forward(self, img):
+        b = img.shape[0]
+        x = self.stem(img)
+        c, h, w = x.shape[1:]
+        t = self.norm0(x.flatten(2).transpose(1, 2))
+        r = self.sr(t.transpose(1, 2).reshape(b, c, h, w))
+        r = self.norm_r(r.flatten(2).transpose(1, 2))
+        # one head of every channel, transposed or permuted to (B, 1, T, C): PVTv2's and
+        # SegFormer's first stage
+        q = self.q(t).view(b, h * w, 1, -1).transpose(1, 2)
+        k = self.k(r).view(b, r.shape[1], 1, -1).permute(0, 2, 1, 3)
+        v = self.v(r).view(b, r.shape[1], 1, -1).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v, scale=8 / c)
+        a = t + self.o(att.transpose(1, 2).reshape(b, h * w, c))
+        # SwiftFormer's channels-last forms of the same views: [B, T, C] as [B, H, W, C], then
+        # channels first; [B, C, H, W] channels-last, then [B, H·W, C]
+        u = self.fc1(self.norm1(a)).reshape(b, h, w, 4 * c).permute(0, 3, 1, 2)
+        z = self.dw(u).permute(0, 2, 3, 1).reshape(b, h * w, 4 * c)
+        m = a + self.fc2(F.gelu(z))
+        return self.head(self.norm_f(m.mean(1)))
+
+
+# traced param -> examples/pixel_tokens.tp's
+NAMES = {"stem_weight": "K0", "stem_bias": "b0", "norm0_weight": "g0", "q_weight": "Wq",
+         "sr_weight": "R", "sr_bias": "bR", "norm_r_weight": "gR", "k_weight": "Wk",
+         "v_weight": "Wv", "o_weight": "Wo", "norm1_weight": "g1", "fc1_weight": "Wi",
+         "dw_weight": "D", "dw_bias": "bD", "fc2_weight": "Wp", "norm_f_weight": "gf",
+         "head_weight": "Wc"}
+
+
+def images(model=None):
+    return (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def pvt():
+    return tp.from_torch(PvtStage, (8, 16), images)
+
+
+def test_flattened_pixels_trace_to_tokens_and_back_to_image(pvt):
+    src = pvt.source
+    assert "= tokens(conv2d, f64)" in src  # the stem's 8 x 8 pixels as 64 tokens
+    assert "= image(layer_norm, f8, f8)" in src  # and back, for the spatial reduction
+    assert "= tokens(conv2d_1, f16)" in src  # its 4 x 4 output: the keys' 16 tokens
+    assert "= image(linear_4, f8, f8)" in src  # channels-last, then permuted
+    assert "= tokens(conv2d_2, f64)" in src
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_traced_stage_derives_what_examples_pixel_tokens_tp_derives(pvt, optimizer):
+    traced = tp.derive(pvt.program, optimizer).abc
+    written = tp.derive(tp.parse_file(EXAMPLES / "pixel_tokens.tp"), optimizer).abc
+    assert {k: traced[k] for k in NAMES} == {k: written[v] for k, v in NAMES.items()}
+
+
+def test_apply_leaves_the_stage_bit_identical_at_the_base_width(pvt):
+    apply_is_bit_identical_at_base(pvt, PvtStage, images)
