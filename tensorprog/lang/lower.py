@@ -34,8 +34,9 @@ from ..ir.program import (
 )
 from ..ir.verify import verify
 from .ast import Stmt
-from .lower_expr import FUNCTIONS, ExpressionLowering, Matrix, Scalar, Vec
+from .lower_expr import FUNCTIONS, ExpressionLowering
 from .lower_first import mark_tokens
+from .pending import Matrix, Scalar, Vec
 
 
 def _line_end_span(source: str, filename: str) -> Span:

@@ -9,7 +9,7 @@ state these methods read (names, dims, the body being built) is set up there.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fractions import Fraction
 
 from ..errors import Span
@@ -37,42 +37,10 @@ from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
 from .lower_sink import SINKS, lower_sink
+from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
 FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV) + RELAYOUTS
-
-
-@dataclass(frozen=True)
-class Scalar:
-    value: Fraction
-
-
-@dataclass(frozen=True)
-class Matrix:
-    name: str
-    transposed: bool = False
-
-
-@dataclass
-class Vec:
-    """A pending linear combination of named values, all of one dim (None = scalar): the
-    coefficient of each name, in order of first appearance, and the image sizes of its non-param
-    terms (None: no pixels). Owned by the one expression node that consumes it, which may extend
-    it in place, so a sum of k terms costs O(k) rather than O(k^2)."""
-
-    terms: dict[str, Fraction]
-    dim: str | None
-    pixels: frozenset
-
-    def items(self) -> tuple[tuple[Fraction, str], ...]:
-        return tuple((c, n) for n, c in self.terms.items())
-
-    def single(self) -> str | None:
-        """The name, if this is one value with coefficient 1."""
-        if len(self.terms) == 1:
-            ((n, c),) = self.terms.items()
-            return n if c == 1 else None
-        return None
 
 
 class ExpressionLowering:
