@@ -46,6 +46,10 @@ How a family is built is config plumbing, not µP: the standard field names (``h
 ``FIELDS`` lists only the other spellings families use for the same field. A staged vision
 model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
 fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
+MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
+is n/512, with the floors and rounding of the channel counts off (``min_depth``, v2's multiples
+of 8 and its last convolution's 1280 kept below a multiplier of 1), so every count is a fixed
+fraction of the width (v2's 96 base channels 3n/16).
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
@@ -323,6 +327,17 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         # patch_size (2) as it is (MobileViT's first version resizes it to whole patches): a
         # 32 x 32 image left a 1 x 1 grid, no patch. Its image is output_stride x patch_size
         out["image_size"] = defaults["output_stride"] * out["patch_size"]
+    if isinstance(defaults.get("depth_multiplier"), (int, float)):
+        # MobileNet's width is depth_multiplier: each layer's channels its base count (32 to
+        # 1024 in v1, 16 to 1280 in v2) times it. n/512 puts the widest layer near 2n (v1's
+        # 1024 base channels, v2's 1280: 2.5n); every base count a multiple of 8, the
+        # channels are exact multiples of the width from 64 on, once min_depth (8) and v2's
+        # rounding to multiples of 8 are 1, and v2's last convolution (1280 channels kept
+        # below a multiplier of 1, finegrained_output) scales with the rest
+        out["depth_multiplier"] = width / 512
+        out.update({f: 1 for f in ("min_depth", "depth_divisible_by") if f in defaults})
+        if "finegrained_output" in defaults:
+            out["finegrained_output"] = False
     key = "depths" if isinstance(defaults.get("depths"), list) else "depth"
     depths = defaults.get(key)
     if isinstance(depths, list) and len(depths) >= STAGES:

@@ -120,10 +120,8 @@ def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[
         return f"n_x{mult.numerator}", f"{mult.numerator} * n"
     if mult.numerator == 1:
         return f"n_by{mult.denominator}", f"n / {mult.denominator}"
-    raise TraceError(
-        f"a dim of {mult} times the width",
-        help="the language takes whole multiples or fractions 1/k of the width",
-    )
+    return (f"n_x{mult.numerator}by{mult.denominator}",
+            f"{mult.numerator} * n / {mult.denominator}")
 
 
 @dataclass

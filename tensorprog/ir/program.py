@@ -148,7 +148,7 @@ class Dim:
             return f"{self.mult.numerator} * {width_name}"
         if self.mult.numerator == 1:
             return f"{width_name} / {self.mult.denominator}"
-        raise ValueError(f"dim {self.name}: multiple {self.mult} has no surface form")
+        return f"{self.mult.numerator} * {width_name} / {self.mult.denominator}"
 
 
 @dataclass(frozen=True)
