@@ -376,7 +376,9 @@ class Walker:
                     self.env[node.name] = PRef(spec.target, tuple(val.shape))
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._number(spec.target):
                     # a number the forward made a tensor (torch.tensor(d_model ** 0.5))
-                    self.env[node.name] = Conc(self.ep.constants[spec.target])
+                    # (its value from a CPU export where the graph's is on the meta device)
+                    self.env[node.name] = Conc(getattr(self, "scalars", {}).get(
+                        spec.target, self.ep.constants[spec.target]))
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._id(spec.target) is not None:
                     # an id the forward made a tensor (Gemma-3's 0 put in place of image
                     # tokens): a known constant, so the ids it edits stay known
@@ -465,12 +467,19 @@ class Walker:
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _mask(self, target):
-        """A float buffer of 0s and 1s (a mask): given (read from a CPU build, trace.py), or the
-        graph's own where it was exported with real tensors; None for any other buffer."""
+        """A boolean buffer, or a float one of 0s and 1s (a mask): given (read from a CPU build,
+        trace.py), or the graph's own where it was exported with real tensors; None for any
+        other buffer."""
+        import torch
+
         value = getattr(self, "scalars", {}).get(target)
         if value is None:
             value = self.ep.state_dict.get(target, self.ep.constants.get(target))
-        if value is None or not value.is_floating_point() or value.device.type == "meta":
+        if value is None or value.device.type == "meta":
+            return None
+        if value.dtype == torch.bool:  # a boolean mask (ImageGPT's causal "bias")
+            return value.detach().cpu()
+        if not value.is_floating_point():
             return None
         value = value.detach().cpu()
         return value if bool(((value == 0) | (value == 1)).all()) else None
