@@ -188,6 +188,9 @@ class Emitter:
     def Prepend(self, ins: Prepend) -> str:
         # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0
         x = self.ref(ins.arg)
+        if ins.at:  # before token k: the tokens before it, the learned one, the rest
+            self.helpers.add("_insert")
+            return f"_insert({x}, {self.ref(ins.token)}, {ins.at})"
         return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
                 "dim=-2)")
 

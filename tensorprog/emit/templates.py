@@ -58,6 +58,11 @@ HELPERS = {
         "    if normalise:",
         "        w = w / top.values.sum(-1, keepdim=True)",
         '    return torch.einsum("...e,...ed->...d", w, torch.stack(experts, -2))'],
+    "_insert": [
+        "def _insert(x, token, k):",
+        '    """The learned token, broadcast over the batch, before token k of x (..., t, d)."""',
+        "    token = token.expand(*x.shape[:-2], 1, -1)",
+        "    return torch.cat([x[..., :k, :], token, x[..., k:, :]], dim=-2)"],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',

@@ -388,7 +388,9 @@ class Route:
 class Prepend:
     """``out = prepend(token, arg, seq)``: the vector param ``token`` as the first token, then the
     tokens of ``arg``; ``out`` runs over ``seq``, a sequence one token longer than ``arg``'s (a
-    vision transformer's learned class token, ``torch.cat([cls.expand(B, 1, n), h], dim=1)``).
+    vision transformer's learned class token, ``torch.cat([cls.expand(B, 1, n), h], dim=1)``);
+    with ``at`` = k, before token k of ``arg`` instead (``prepend(c, h, T1, k)``: DINOv2's
+    register tokens after its class token, ``torch.cat([h[:, :1], reg, h[:, 1:]], dim=1)``).
 
     Scaling: every token's coordinates are the token param's or ``arg``'s, so the output is as
     large as the larger (a max, as for a sum), changes as much as the one that changes more, and
@@ -402,6 +404,9 @@ class Prepend:
     arg: str
     seq: str
     span: Span | None = _span()
+    # the token goes before arg's token ``at`` (0: the front; 1: after a class token, as
+    # DINOv2's register tokens): where, changes no exponent
+    at: int = 0
 
     @property
     def operands(self) -> tuple[str, ...]:

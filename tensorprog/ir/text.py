@@ -52,7 +52,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
     elif isinstance(ins, Prepend):
-        rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq})"
+        at = f", {ins.at}" if ins.at else ""
+        rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"
     elif isinstance(ins, Mean):
         rhs = f"mean({show(ins.arg)}{f', {ins.start}' if ins.start else ''})"
     elif isinstance(ins, Stream):  # in a program's text, the block call it starts
