@@ -49,7 +49,9 @@ fixes follow it (a window tiles every stage's grid, a position table holds the i
 MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
 is n/512, with the floors and rounding of the channel counts off (``min_depth``, v2's multiples
 of 8 and its last convolution's 1280 kept below a multiplier of 1), so every count is a fixed
-fraction of the width (v2's 96 base channels 3n/16).
+fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` keeps its
+default proportion to the first stage's channels (n/4), so its grouped convolutions have the
+same groups at every width.
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
@@ -350,6 +352,15 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
             v = defaults.get(f)
             if isinstance(v, list):  # a stem's channels first where the list has one more
                 out[f] = stages if len(v) == len(depths) else [width] + stages
+        if isinstance(defaults.get("groups_width"), int) and isinstance(
+                defaults.get("hidden_sizes"), list):
+            # RegNet's grouped convolutions: groups of groups_width channels (64 of its first
+            # stage's 256). Kept in that proportion to the first stage's channels (n/4), the
+            # groups stay fixed as the width grows, each of channels ∝ n: the language's
+            # conv(..., g). A fixed group width has groups growing with the width, which the
+            # trace refuses
+            ratio = defaults["groups_width"] / defaults["hidden_sizes"][0]
+            out["groups_width"] = max(1, round(width * 2 ** round(math.log2(ratio))))
         if defaults.get("stem_out_channels") == (defaults.get("hidden_sizes") or [None])[0]:
             # TextNet's stem writes stem_out_channels, which its first stage reads as the stem's
             # hidden_sizes[0]: the two stay one

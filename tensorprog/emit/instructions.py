@@ -79,9 +79,11 @@ class Emitter:
         w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
         if ins.geometry is not None:
             g = ins.geometry
-            self.helpers.add("_conv_geometry")
-            rhs = (f"_conv_geometry({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
-                   f"{g.dilation})")
+            helper = "_conv_geometry" if g.groups == 1 else "_conv_grouped"
+            groups = f", {g.groups}" if g.groups != 1 else ""
+            self.helpers.add(helper)
+            rhs = (f"{helper}({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
+                   f"{g.dilation}{groups})")
         elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"

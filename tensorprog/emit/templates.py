@@ -93,6 +93,15 @@ HELPERS = {
         "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
         "    y = torch.nn.functional.conv2d(y, kernel, stride=stride, dilation=dilation)",
         "    return y.movedim(-3, -1)"],
+    "_conv_grouped": [
+        "def _conv_grouped(x, kernel, stride, pads, dilation, groups):",
+        '    """_conv_geometry of a kernel [out, in / groups, kh, kw]: each group of in / groups',
+        '    channels convolved into its out / groups."""',
+        "    t, b, left, r = pads",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
+        "    y = torch.nn.functional.conv2d(y, kernel, stride=stride, dilation=dilation,",
+        "                                   groups=groups)",
+        "    return y.movedim(-3, -1)"],
     "_avgpool": [
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',

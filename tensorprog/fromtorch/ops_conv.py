@@ -128,16 +128,14 @@ class ConvOps:
         channel reading a block of several input channels) are refused: the language has no
         such sum."""
         c_in = int(node.args[0].meta["val"].shape[1])
-        if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
-            raise refuse(
-                node,
-                f"a grouped convolution of {c_in} channels into {w.shape[0]} in {groups} groups "
-                "(the language's convolutions are full, groups=1, or depthwise, groups equal "
-                "to the input and output channels)",
-                help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
-                "followed by a 1x1 convolution to change the channel count",
-            )
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
+        if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
+            # groups of several channels: conv(K, h, ..., g), its kernel [out, in / g, kh, kw]
+            if x.tags != IMAGE:
+                raise refuse(node, "a grouped convolution of a value that is not an image")
+            stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+            pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
+            return self._conv_geometry(node, x, w, b, stride, pads, dilation, groups)
         if x.tags != IMAGE:
             raise refuse(node, "a depthwise convolution of a value that is not an image")
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
@@ -171,26 +169,29 @@ class ConvOps:
         """A convolution of another geometry than ``K @ h``'s (or its every other pixel):
         ``conv(K, h, s, top, bottom, left, right, d)``, with its padding and any zero pad of the
         image before it (``_zero_pad``). The language's stride and dilation are the same along
-        both pixel axes; a grouped convolution is refused."""
-        if groups != 1 or stride[0] != stride[1] or dilation[0] != dilation[1]:
+        both pixel axes; a grouped one (``conv(..., g)``) has the same groups at both widths
+        (a fixed group width, whose groups grow with the width, is refused where they meet)."""
+        if stride[0] != stride[1] or dilation[0] != dilation[1]:
             raise refuse(
                 node,
                 f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
                 f"padding {list(pads)}, dilation {_text(dilation)}, groups {groups} (the "
-                "language's convolution is ungrouped, with one stride and one dilation for "
-                "both pixel axes)",
+                "language's convolution has one stride and one dilation for both pixel axes)",
                 help="use nn.Conv2d(c_in, c_out, (kh, kw), stride=s, padding=p, dilation=d) "
                 "with one s and one d",
             )
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
-        return self._geometric(node, "conv", kernel, x, bias, w.shape[0], stride, pads, dilation)
+        return self._geometric(node, "conv", kernel, x, bias, w.shape[0], stride, pads, dilation,
+                               groups)
 
     def _geometric(self, node, fn: str, kernel: str, x: Vec, bias, dim: int, stride, pads,
-                   dilation) -> Vec:
-        """``fn(K, h, s, top, bottom, left, right, d) (+ b)``: a convolution (``conv``) or a
-        depthwise one (``dwconv``) written with its geometry, a vector of the model."""
-        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+                   dilation, groups: int = 1) -> Vec:
+        """``fn(K, h, s, top, bottom, left, right, d[, g]) (+ b)``: a convolution (``conv``,
+        in g groups) or a depthwise one (``dwconv``) written with its geometry, a vector of the
+        model."""
+        more = (groups,) if groups != 1 else ()
+        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0], *more))
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {fn}({kernel}, {x.name}, {geometry})"
                               + (f" + {bias}" if bias else ""))

@@ -74,7 +74,8 @@ class EncoderOps:
                 or out[1:] != (count, v.shape[-1]):
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
-                         "[1, 1, n] expanded over the batch alone)", help=_TOKEN_HELP)
+                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n])",
+                         help=_TOKEN_HELP)
         return TokenParam(v)
 
     def prepend_tokens(self, node, tensors, dim) -> Vec:

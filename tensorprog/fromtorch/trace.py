@@ -480,6 +480,27 @@ def _at_build(err: TraceError, build) -> TraceError:
     return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
+def _refuse_growing_groups(t1: Trace, t2: Trace, widths) -> None:
+    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
+    fixed group width (RegNet's groups_width), its groups growing with the width, each output
+    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
+    group's share of the channels ∝ n) does not say."""
+    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
+    for a, b in zip(t1.stmts, t2.stmts, strict=False):
+        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
+        if a != b and (m1 or m2):
+            g1, g2 = (m[2] if m else "1" for m in (m1, m2))
+            module = t1.params.get((m1 or m2)[1]) or t2.params.get((m1 or m2)[1])
+            raise TraceError(
+                f"a convolution in {g1} groups at width {widths[0]} and {g2} at "
+                f"{widths[1]}{f' ({module.module})' if module else ''}: its groups grow with "
+                "the width, each of a fixed number of channels, which the language's grouped "
+                "convolution (a fixed number of groups, each of channels ∝ n) does not say",
+                help="build the model with a fixed number of groups (their width growing with "
+                "the model's: RegNet's groups_width ∝ width), or groups=1",
+            )
+
+
 def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
@@ -499,6 +520,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                      f"{strip_prefix(t2.params[k].target)} at {w2}" for k, u in t1.params.items()
                      if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
     if diff is not None:
+        _refuse_growing_groups(t1, t2, widths)
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "

@@ -197,11 +197,15 @@ class Geometry:
     """A convolution's geometry: its stride, its zero padding per side (top, bottom, left,
     right) and its dilation, each the same along both pixel axes but the padding. The width
     exponents never read it (a kernel's fan-in is in·kh·kw however it moves over the pixels):
-    it sets the output's pixels and the emitted ``conv2d``."""
+    it sets the output's pixels and the emitted ``conv2d``. ``groups`` g: the channels split
+    into g groups, each output channel reading its group's in/g channels (the kernel [out,
+    in/g, kh, kw]); with g finite and in/g ∝ n each output's fan-in (n/g)·kh·kw is infinite, so
+    it derives as a full convolution of that fan-in (a fixed group width, g ∝ n, is refused)."""
 
     stride: int = 1
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilation: int = 1
+    groups: int = 1
 
     @staticmethod
     def same(kh: int, kw: int, stride: int = 1, dilation: int = 1) -> Geometry | None:

@@ -39,8 +39,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
     written for it (inside a block, a qualified name loses its block prefix)."""
     if isinstance(ins, MatMul) and ins.geometry is not None:
         g = ins.geometry
+        groups = f", {g.groups}" if g.groups != 1 else ""
         rhs = (f"conv({show(ins.weight)}, {show(ins.arg)}, {g.stride}, "
-               f"{', '.join(map(str, g.pads))}, {g.dilation})")
+               f"{', '.join(map(str, g.pads))}, {g.dilation}{groups})")
     elif isinstance(ins, MatMul):
         rhs = f"{show(ins.weight)}{'.T' if ins.transposed else ''} @ {show(ins.arg)}"
     elif isinstance(ins, Dot):
