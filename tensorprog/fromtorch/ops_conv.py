@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .values import PRef, Vec
-from .where import op_name, refuse, strip_prefix
+from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
+from .where import op_name, refuse, strip_prefix, user_span
 
 IMAGE = ("tok", "F", "px", "px")
 POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
@@ -89,6 +89,8 @@ class ConvOps:
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
+        if isinstance(x, Joined) and groups == 1:  # images concatenated along their channels
+            return self._joined_conv(node, x, w, b, stride, padding, dilation)
         if groups != 1:  # a depthwise convolution, or grouped channels the language has not
             return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
@@ -117,6 +119,50 @@ class ConvOps:
             return Vec(name, IMAGE, w.shape[0])
         # the stride-1 convolution has no value in the model: only its every other pixel
         return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
+
+    def image_cat(self, node, tensors, dim) -> Joined | None:
+        """Images concatenated along their channels (HGNet's stem and aggregations) where
+        every reader is a convolution of them (ungrouped): held as their parts, which
+        _joined_conv reads as the sum it equals; None for anything else."""
+        if len(tensors) < 2 or not isinstance(dim, int) or dim % 4 != 1 or not node.users:
+            return None
+        if not all(isinstance(t, (Vec, Affine, Pointwise)) and tuple(self._tags(t, node) or ())
+                   == IMAGE for t in tensors):
+            return None
+        for u in node.users:
+            groups = u.args[6] if len(u.args) > 6 else u.kwargs.get("groups", 1)
+            if op_name(u) != "conv2d" or u.args[0] is not node or node in u.args[1:] \
+                    or groups != 1:
+                return None
+        return Joined([self.vec(t, node) for t in tensors], node.name, IMAGE)
+
+    def _joined_conv(self, node, x: Joined, w, b, stride, padding, dilation) -> Vec:
+        """``conv2d(cat(a, b), K) + bias = conv(K[:, :c], a) + conv(K[:, c:], b) + bias``: a
+        convolution is a matmul over each window's in·kh·kw values, so the concatenation's
+        channels split its kernel's input channels into column blocks, each a kernel param of
+        its own (ParamUse.cols: apply inits each block at its own std; their LRs must agree,
+        the tensor having one, columns.py), each derived from the part it reads, as the
+        blocks of a linear layer of a concatenated vector are (ops_concat.py)."""
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if not isinstance(w, PRef) or w.rows or w.offset or w.shape[1] != sum(
+                p.dim for p in x.parts) or stride[0] != stride[1] or dilation[0] != dilation[1]:
+            raise refuse(node, "a convolution of images concatenated along their channels "
+                         "whose kernel is not a whole param [out, in, kh, kw] of their channels, "
+                         "or whose stride or dilation differs between the pixel axes",
+                         help="convolve each part with its own nn.Conv2d and add the outputs")
+        pads = _conv_pads(padding, None, w.shape[-2:], stride, dilation)
+        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+        span = user_span(self.by_name.get(x.node, node))
+        terms, names, lo = [], [], 0
+        for k, part in enumerate(x.parts):
+            cols = Columns(k, lo, lo + part.dim, w.shape[1], span)
+            name, _ = self.param(PRef(w.target, w.shape, cols=cols), node)
+            names.append(name)
+            terms.append(f"conv({name}, {part.name}, {geometry})")
+            lo += part.dim
+        bias = self.vector_param(b, node) if b is not None else None
+        expr = " + ".join(terms) + (f" + {bias}" if bias else "")
+        return Vec(self.emit_vector(node.name, expr, (names[0], bias)), IMAGE, w.shape[0])
 
     def _depthwise(self, node, x, w: PRef, b, stride, padding, dilation, groups: int) -> Vec:
         """``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` (kernel [c, 1, k, k]): each channel

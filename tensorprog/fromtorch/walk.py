@@ -221,7 +221,7 @@ class Walker:
         if ref.rows:
             prog[0] = (ref.rows[1] - ref.rows[0]) * groups
         if ref.cols:  # the columns that multiply one part of a concatenation (ops_concat.py)
-            prog[-1] = ref.cols.hi - ref.cols.lo
+            prog[1 if len(prog) == 4 else -1] = ref.cols.hi - ref.cols.lo  # a kernel's: in
         del shape
         rows = None
         if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
