@@ -50,8 +50,9 @@ MobileNet's width is its ``depth_multiplier`` (each layer's channels its base co
 is n/512, with the floors and rounding of the channel counts off (``min_depth``, v2's multiples
 of 8 and its last convolution's 1280 kept below a multiplier of 1), so every count is a fixed
 fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` keeps its
-default proportion to the first stage's channels (n/4), so its grouped convolutions have the
-same groups at every width.
+default proportion to the first stage's channels (n/2), so its grouped convolutions have the
+same groups at every width; HGNetV2's stem channels keep theirs to its first stage's (n/4, n/2),
+so a stage's aggregation reads channels that all grow with the width.
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
@@ -355,7 +356,7 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         if isinstance(defaults.get("groups_width"), int) and isinstance(
                 defaults.get("hidden_sizes"), list):
             # RegNet's grouped convolutions: groups of groups_width channels (64 of its first
-            # stage's 256). Kept in that proportion to the first stage's channels (n/4), the
+            # stage's 128). Kept in that proportion to the first stage's channels (n/2), the
             # groups stay fixed as the width grows, each of channels ∝ n: the language's
             # conv(..., g). A fixed group width has groups growing with the width, which the
             # trace refuses
@@ -379,12 +380,25 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         if isinstance(defaults.get("stage_out_channels"), list):
             # HGNetV2's stages take their channels from lists of their own, its classifier's
             # fan-in from hidden_sizes (its defaults' last stage's out channels, 2048): each
-            # stage's out channels those of hidden_sizes, its in channels the stem's (kept) then
+            # stage's out channels those of hidden_sizes, its in channels the stem's (below) then
             # the stage before's, its mid channels in their default proportion to its out
             # channels (a power of two, as _proportional's)
             outs, mids = defaults["stage_out_channels"], defaults["stage_mid_channels"]
             out["stage_out_channels"] = stages
-            out["stage_in_channels"] = [defaults["stage_in_channels"][0], *stages[:-1]]
+
+            def scaled(c):  # in its default proportion to the first stage's out channels
+                return max(1, round(width * 2 ** round(math.log2(c / outs[0]))))
+
+            stem = defaults.get("stem_channels")
+            if isinstance(stem, list) and stem[-1] == defaults["stage_in_channels"][0]:
+                # the stem's channels (32, 48 of the first stage's 128: n/4, n/2) scale too: a
+                # stage's aggregation concatenates its input with its layers' outputs into one
+                # convolution, whose input-channel blocks would take different LRs (one an
+                # input weight's, on the stem's fixed channels) where one tensor has one
+                out["stem_channels"] = [stem[0], *(scaled(c) for c in stem[1:])]
+            first = out["stem_channels"][-1] if "stem_channels" in out else \
+                defaults["stage_in_channels"][0]
+            out["stage_in_channels"] = [first, *stages[:-1]]
             out["stage_mid_channels"] = [
                 max(1, round(c * 2 ** round(math.log2(m / o))))
                 for c, m, o in zip(stages, mids, outs, strict=False)]

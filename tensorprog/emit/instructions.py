@@ -33,6 +33,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "global_pool": "{x}.mean(dim=(-3, -2))",
           "maxpool": "_maxpool({x})",
           "maxpool3": "_maxpool3({x})",
+          "maxpool2": "_maxpool2({x})",
           "subsample": "_subsample({x})",
           "batchnorm": "_batchnorm({x})",
           "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
@@ -146,8 +147,8 @@ class Emitter:
             self.helpers.add(f"_heads_{ins.fn}")
             return f"_heads_{ins.fn}({x}, {self.dim(ins.over)})"
         if ins.fn in _NORMS:
-            if ins.fn in ("causal_softmax", "avgpool", "maxpool", "maxpool3", "subsample",
-                          "batchnorm"):
+            if ins.fn in ("causal_softmax", "avgpool", "maxpool", "maxpool3", "maxpool2",
+                          "subsample", "batchnorm"):
                 self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
         return f"{_TORCH_FN[ins.fn]}({x})"

@@ -116,6 +116,12 @@ HELPERS = {
         '    same-padded)."""',
         "    y = torch.nn.functional.max_pool2d(x.movedim(-1, -3), 3, 1, 1)",
         "    return y.movedim(-3, -1)"],
+    "_maxpool2": [
+        "def _maxpool2(x):",
+        '    """The max over each pixel\'s 2 x 2 block to its right and below of a channels-last',
+        '    image padded by a row and a column of zeros at the bottom and right (stride 1)."""',
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (0, 1, 0, 1))",
+        "    return torch.nn.functional.max_pool2d(y, 2, 1).movedim(-3, -1)"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',

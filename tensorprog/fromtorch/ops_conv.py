@@ -390,7 +390,8 @@ class ConvOps:
         each reads it (``conv(K, h, s, top, bottom, left, right, d)``). A pad read otherwise has
         no value in the program: refused."""
         x = self.vec(x, node)
-        readers = [u for u in node.users if op_name(u) != "conv2d" or u.args[0] is not node]
+        readers = [u for u in node.users if (op_name(u) != "conv2d" or u.args[0] is not node)
+                   and not (_hgnet_pool(u) and [int(p) for p in pad] == [0, 1, 0, 1])]
         if x.tags != IMAGE or len(pad) != 4 or mode != "constant" or value not in (None, 0) \
                 or any(int(p) < 0 for p in pad) or readers or not node.users:
             raise refuse(
@@ -405,6 +406,9 @@ class ConvOps:
         return Padded(x, (top, bottom, left, right))
 
     def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+        if isinstance(x, Padded) and x.pads == (0, 1, 0, 1) and _hgnet_pool(node):
+            # by a row and a column of zeros, then a 2x2 max at stride 1: HGNet's stem
+            return self._emit(node, f"maxpool2({x.vec.name})", x.vec.dim, IMAGE)
         return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
 
     def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
@@ -518,6 +522,17 @@ class Padded:
 
     vec: Vec
     pads: tuple[int, int, int, int]
+
+
+def _hgnet_pool(node) -> bool:
+    """A 2x2 max pool at stride 1, unpadded (HGNet's stem's, of its image padded by a row and
+    a column of zeros): the language's ``maxpool2`` of the image before the pad. ceil_mode
+    changes nothing at stride 1 (every window is whole)."""
+    args = list(node.args) + [None] * 7
+    kernel, stride, padding, dilation = args[1:5]
+    return op_name(node) == "max_pool2d" and _pair(kernel) == (2, 2) \
+        and _pair(stride or kernel) == (1, 1) and _pair(padding or 0) == (0, 0) \
+        and _pair(dilation or 1) == (1, 1) and not node.kwargs
 
 
 def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, int]:

@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .ops_conv import Padded
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
     Affine,
@@ -119,6 +120,7 @@ SYMBOLIC = (
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
+    Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
 )
 
 

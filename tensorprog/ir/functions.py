@@ -64,6 +64,10 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # the max over each pixel's 3x3 neighbourhood (same-padded, stride 1): torchvision's stem
     # pool MaxPool2d(3, 2, 1) is exactly subsample(maxpool3(h))
     Function("maxpool3", "linear", None, "torch.nn.functional.max_pool2d"),
+    # the max over each pixel's 2x2 block to its right and below, the image padded by a row and
+    # a column of zeros at the bottom and right: HGNet's stem pool, F.pad(x, (0, 1, 0, 1)) then
+    # MaxPool2d(2, stride=1) (its max takes 0 at the last row and column)
+    Function("maxpool2", "linear", None, "torch.nn.functional.max_pool2d"),
     # every other pixel (a kernel-1, stride-2 average pool): a stride-2 convolution is the
     # stride-1 one read at every other pixel, so `subsample(K @ h)` writes it exactly
     Function("subsample", "linear", None, "torch.nn.functional.avg_pool2d"),
@@ -80,8 +84,10 @@ NONLINEARITIES = tuple(FUNCTIONS)
 #: The coordinatewise functions: φ applied to each coordinate, with a value at 0.
 COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not None)
 #: functions of an image's pixels, by the factor they divide its size by: 2x2 average and max
-#: pooling, every other pixel, a 3x3 max that keeps the size, and the global average (None)
-POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "global_pool": None}
+#: pooling, every other pixel, a 3x3 max and a zero-padded 2x2 one that keep the size, and the
+#: global average (None)
+POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "maxpool2": 1,
+         "global_pool": None}
 
 
 def pooled(fn: str, size: tuple[int, int]) -> tuple[int, int] | None:
