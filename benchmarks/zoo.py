@@ -46,6 +46,13 @@ How a family is built is config plumbing, not µP: the standard field names (``h
 ``FIELDS`` lists only the other spellings families use for the same field. A staged vision
 model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
 fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
+MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
+is n/512, with the floors and rounding of the channel counts off (``min_depth``, v2's multiples
+of 8 and its last convolution's 1280 kept below a multiplier of 1), so every count is a fixed
+fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` keeps its
+default proportion to the first stage's channels (n/2), so its grouped convolutions have the
+same groups at every width; HGNetV2's stem channels keep theirs to its first stage's (n/4, n/2),
+so a stage's aggregation reads channels that all grow with the width.
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
@@ -323,6 +330,17 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         # patch_size (2) as it is (MobileViT's first version resizes it to whole patches): a
         # 32 x 32 image left a 1 x 1 grid, no patch. Its image is output_stride x patch_size
         out["image_size"] = defaults["output_stride"] * out["patch_size"]
+    if isinstance(defaults.get("depth_multiplier"), (int, float)):
+        # MobileNet's width is depth_multiplier: each layer's channels its base count (32 to
+        # 1024 in v1, 16 to 1280 in v2) times it. n/512 puts the widest layer near 2n (v1's
+        # 1024 base channels, v2's 1280: 2.5n); every base count a multiple of 8, the
+        # channels are exact multiples of the width from 64 on, once min_depth (8) and v2's
+        # rounding to multiples of 8 are 1, and v2's last convolution (1280 channels kept
+        # below a multiplier of 1, finegrained_output) scales with the rest
+        out["depth_multiplier"] = width / 512
+        out.update({f: 1 for f in ("min_depth", "depth_divisible_by") if f in defaults})
+        if "finegrained_output" in defaults:
+            out["finegrained_output"] = False
     key = "depths" if isinstance(defaults.get("depths"), list) else "depth"
     depths = defaults.get(key)
     if isinstance(depths, list) and len(depths) >= STAGES:
@@ -335,6 +353,15 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
             v = defaults.get(f)
             if isinstance(v, list):  # a stem's channels first where the list has one more
                 out[f] = stages if len(v) == len(depths) else [width] + stages
+        if isinstance(defaults.get("groups_width"), int) and isinstance(
+                defaults.get("hidden_sizes"), list):
+            # RegNet's grouped convolutions: groups of groups_width channels (64 of its first
+            # stage's 128). Kept in that proportion to the first stage's channels (n/2), the
+            # groups stay fixed as the width grows, each of channels ∝ n: the language's
+            # conv(..., g). A fixed group width has groups growing with the width, which the
+            # trace refuses
+            ratio = defaults["groups_width"] / defaults["hidden_sizes"][0]
+            out["groups_width"] = max(1, round(width * 2 ** round(math.log2(ratio))))
         if defaults.get("stem_out_channels") == (defaults.get("hidden_sizes") or [None])[0]:
             # TextNet's stem writes stem_out_channels, which its first stage reads as the stem's
             # hidden_sizes[0]: the two stay one
@@ -353,12 +380,25 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         if isinstance(defaults.get("stage_out_channels"), list):
             # HGNetV2's stages take their channels from lists of their own, its classifier's
             # fan-in from hidden_sizes (its defaults' last stage's out channels, 2048): each
-            # stage's out channels those of hidden_sizes, its in channels the stem's (kept) then
+            # stage's out channels those of hidden_sizes, its in channels the stem's (below) then
             # the stage before's, its mid channels in their default proportion to its out
             # channels (a power of two, as _proportional's)
             outs, mids = defaults["stage_out_channels"], defaults["stage_mid_channels"]
             out["stage_out_channels"] = stages
-            out["stage_in_channels"] = [defaults["stage_in_channels"][0], *stages[:-1]]
+
+            def scaled(c):  # in its default proportion to the first stage's out channels
+                return max(1, round(width * 2 ** round(math.log2(c / outs[0]))))
+
+            stem = defaults.get("stem_channels")
+            if isinstance(stem, list) and stem[-1] == defaults["stage_in_channels"][0]:
+                # the stem's channels (32, 48 of the first stage's 128: n/4, n/2) scale too: a
+                # stage's aggregation concatenates its input with its layers' outputs into one
+                # convolution, whose input-channel blocks would take different LRs (one an
+                # input weight's, on the stem's fixed channels) where one tensor has one
+                out["stem_channels"] = [stem[0], *(scaled(c) for c in stem[1:])]
+            first = out["stem_channels"][-1] if "stem_channels" in out else \
+                defaults["stage_in_channels"][0]
+            out["stage_in_channels"] = [first, *stages[:-1]]
             out["stage_mid_channels"] = [
                 max(1, round(c * 2 ** round(math.log2(m / o))))
                 for c, m, o in zip(stages, mids, outs, strict=False)]

@@ -197,7 +197,7 @@ CATALOGUE = {
     "pixel-clash": (IMG + "h = K @ img\noutput y = R @ global_pool(h + avgpool(h))\n", S,
                     r"different spatial sizes \(4x4 pixels, 8x8 pixels\)", (9, 28)),
     "conv-arity": (IMG + "output y = R @ global_pool(conv(K, img, 1, 2, 1, 1))\n", S,
-                   r"conv takes 3, 4, 5 or 8 arguments, got 6", (8, 28)),
+                   r"conv takes 3, 4, 5, 8 or 9 arguments, got 6", (8, 28)),
     "conv-not-whole": (IMG + "output y = R @ global_pool(conv(K, img, 1.5))\n", S,
                        r"the stride, padding and dilation of conv must be whole numbers",
                        (8, 28)),
@@ -465,7 +465,7 @@ POSITIONED = {
                        r"the third argument of prepend must be the longer sequence's dim",
                        (10, 32)),
     "prepend-arity": (CLS + "output y = E.T @ prepend(c, h)\n", S,
-                      r"prepend takes 3 arguments, got 2", (10, 18)),
+                      r"prepend takes 3 or 4 arguments, got 2", (10, 18)),
     "prepend-token-dim": (CLS + "param m : [dh]\noutput y = E.T @ prepend(m, h, t1)\n", S,
                           r"shape mismatch in prepend: the token is \[dh\] but the sequence's "
                           r"vectors are \[n\]", (11, 18)),
@@ -1102,9 +1102,10 @@ class Probe(ClassToken):
 class TwoRowToken(Net):
     def __init__(self, n):
         super().__init__(n)
-        self.cls = torch.nn.Parameter(torch.zeros(1, 2, n))
+        self.cls = torch.nn.Parameter(torch.zeros(2, n))
 
-    def forward(self, idx):  # a param of two rows expanded over the batch
+    def forward(self, idx):  # a param of two rows [2, n] expanded over the batch (a [1, 2, n]
+        # one is two learned tokens: DINOv2's registers)
         x = self.e(idx)
         return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
 
@@ -1332,7 +1333,7 @@ TRACED_BUILDS = {
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),
     ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
-                            r"\[1, 2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
+                            r"\[2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
                             r"\[1, 1, n\]"),
     # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
     ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
@@ -1637,10 +1638,11 @@ CONV_BUILDS = {
                    r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
                    r"value None\) of a value that is not an image, or read by another op than a "
                    r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
-    # groups neither 1 nor the channels: each output channel sums a block of input channels
-    "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=2))",
-                r"m.py:\d+:\d+: error: cannot trace a grouped convolution of \d+ channels into "
-                r"\d+ in 2 groups(.|\n)*help: use groups=1, or a depthwise convolution"),
+    # groups of a fixed width, growing with the model's (groups fixed at 2 trace: conv(..., 2))
+    "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=n // 8))",
+                r"m.py:\d+:\d+: error: a convolution in \d+ groups at width \d+ and \d+ at \d+ "
+                r"\(pool\): its groups grow with the width(.|\n)*help: build the model with a "
+                r"fixed number of groups"),
     "depthwise_two_strides": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, stride=(1, 2), "
                               "padding=1, groups=n))",
                               r"error: cannot trace a depthwise convolution with kernel \[3, 3\]"

@@ -35,6 +35,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "maxpool": "_maxpool({x})",
           "maxpool3": "_maxpool3({x})",
           "avgpool3": "_avgpool3({x})",
+          "maxpool2": "_maxpool2({x})",
           "subsample": "_subsample({x})",
           "batchnorm": "_batchnorm({x})",
           "groupnorm": "_groupnorm({x})",
@@ -83,9 +84,11 @@ class Emitter:
         w = self.weight(ins.weight) + (".t()" if ins.transposed else "")
         if ins.geometry is not None:
             g = ins.geometry
-            self.helpers.add("_conv_geometry")
-            rhs = (f"_conv_geometry({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
-                   f"{g.dilation})")
+            helper = "_conv_geometry" if g.groups == 1 else "_conv_grouped"
+            groups = f", {g.groups}" if g.groups != 1 else ""
+            self.helpers.add(helper)
+            rhs = (f"{helper}({self.ref(ins.arg)}, {w}, {g.stride}, {g.pads}, "
+                   f"{g.dilation}{groups})")
         elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
@@ -191,6 +194,9 @@ class Emitter:
     def Prepend(self, ins: Prepend) -> str:
         # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0
         x = self.ref(ins.arg)
+        if ins.at:  # before token k: the tokens before it, the learned one, the rest
+            self.helpers.add("_insert")
+            return f"_insert({x}, {self.ref(ins.token)}, {ins.at})"
         return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
                 "dim=-2)")
 

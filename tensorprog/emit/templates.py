@@ -58,6 +58,11 @@ HELPERS = {
         "    if normalise:",
         "        w = w / top.values.sum(-1, keepdim=True)",
         '    return torch.einsum("...e,...ed->...d", w, torch.stack(experts, -2))'],
+    "_insert": [
+        "def _insert(x, token, k):",
+        '    """The learned token, broadcast over the batch, before token k of x (..., t, d)."""',
+        "    token = token.expand(*x.shape[:-2], 1, -1)",
+        "    return torch.cat([x[..., :k, :], token, x[..., k:, :]], dim=-2)"],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
@@ -88,6 +93,15 @@ HELPERS = {
         "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
         "    y = torch.nn.functional.conv2d(y, kernel, stride=stride, dilation=dilation)",
         "    return y.movedim(-3, -1)"],
+    "_conv_grouped": [
+        "def _conv_grouped(x, kernel, stride, pads, dilation, groups):",
+        '    """_conv_geometry of a kernel [out, in / groups, kh, kw]: each group of in / groups',
+        '    channels convolved into its out / groups."""',
+        "    t, b, left, r = pads",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (left, r, t, b))",
+        "    y = torch.nn.functional.conv2d(y, kernel, stride=stride, dilation=dilation,",
+        "                                   groups=groups)",
+        "    return y.movedim(-3, -1)"],
     "_avgpool": [
         "def _avgpool(x):",
         '    """2 x 2 average pooling of a channels-last image."""',
@@ -109,6 +123,12 @@ HELPERS = {
         "    y = torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 3, 1, 1,",
         "                                       count_include_pad=False)",
         "    return y.movedim(-3, -1)"],
+    "_maxpool2": [
+        "def _maxpool2(x):",
+        '    """The max over each pixel\'s 2 x 2 block to its right and below of a channels-last',
+        '    image padded by a row and a column of zeros at the bottom and right (stride 1)."""',
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (0, 1, 0, 1))",
+        "    return torch.nn.functional.max_pool2d(y, 2, 1).movedim(-3, -1)"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',

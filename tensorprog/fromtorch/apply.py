@@ -349,7 +349,7 @@ class MuP(OptimizerGroups):
             tensor = model.get_parameter(use.target)
             tshape = list(tensor.shape)[::-1] if use.transposed else list(tensor.shape)
             if use.index is not None:  # one row of a table: the program's vector is that row
-                tshape = list(tensor.shape[1:])
+                tshape = list(tensor[use.index].shape)  # (a register token's: [0, i])
             if use.expert is not None:  # one expert's matrix: its slice of the 3-D tensor
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
             while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]

@@ -53,7 +53,8 @@ def column_block(t, use: ParamUse):
     its columns (the program's input axis: torch's last, or first if the use is transposed)."""
     if use.cols is None:
         return t
-    axis = 0 if use.transposed else t.dim() - 1
+    # a kernel [out, in, kh, kw] (a convolution of a concatenation of images): in, its axis 1
+    axis = 0 if use.transposed else 1 if t.dim() == 4 else t.dim() - 1
     lo, hi = column_range(use.cols, t.shape[axis])
     return t.narrow(axis, lo, hi - lo)
 

@@ -99,6 +99,27 @@ class AttentionOps:
             raise refuse(node, "masked_fill outside attention's causal mask")
         return self._masked(node, s, mask.value, additive=False)
 
+    def op_where(self, node, cond, x, y):
+        """``torch.where(mask, logits, c)`` with a constant boolean mask and c <= -1e4 (GPT-2's
+        and ImageGPT's eager attention, c their float type's lowest number): the logits where
+        the mask holds and a weight of exactly 0 elsewhere, i.e. the mask applied as sdpa's
+        boolean mask; ``where(mask, c, logits)`` drops the entries the mask holds instead.
+        Then the causal mask or one keeping every key (_masked); anything else refused."""
+        import torch
+
+        mask = getattr(cond, "value", None) if isinstance(cond, Conc) else None
+        for s, c, keep_true in ((x, y, True), (y, x, False)):
+            c = c.value if isinstance(c, Conc) else c
+            if isinstance(s, Scores) and isinstance(mask, torch.Tensor) and \
+                    mask.dtype == torch.bool and isinstance(c, (int, float, torch.Tensor)) and \
+                    torch.as_tensor(c).numel() == 1 and float(c) <= -1e4:
+                return self._masked(node, s, mask if keep_true else ~mask, additive=True)
+        raise refuse(node, "the op where (other than attention logits kept where a constant "
+                     "boolean mask holds and set to a large negative number, -1e4 or less, "
+                     "elsewhere)",
+                     help="mask the logits with sdpa's is_causal=True, masked_fill with a "
+                     "boolean mask, or torch.where(causal_mask, w, torch.finfo(w.dtype).min)")
+
     def op_max(self, node, s, other=None, *rest):
         """``torch.max(logits, finfo.min)`` after an additive mask (XGLM's): a floor at the
         float type's lowest number changes no finite logit, and a masked one still gets weight

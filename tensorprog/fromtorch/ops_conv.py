@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .values import PRef, Vec
-from .where import op_name, refuse, strip_prefix
+from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
+from .where import op_name, refuse, strip_prefix, user_span
 
 IMAGE = ("tok", "F", "px", "px")
 POOLED = ("tok", "F", "one", "one")  # a global pool kept its two axes, of size 1
@@ -89,6 +89,8 @@ class ConvOps:
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
+        if isinstance(x, Joined) and groups == 1:  # images concatenated along their channels
+            return self._joined_conv(node, x, w, b, stride, padding, dilation)
         if groups != 1:  # a depthwise convolution, or grouped channels the language has not
             return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
@@ -118,6 +120,50 @@ class ConvOps:
         # the stride-1 convolution has no value in the model: only its every other pixel
         return self._emit(node, f"subsample({name})", w.shape[0], IMAGE)
 
+    def image_cat(self, node, tensors, dim) -> Joined | None:
+        """Images concatenated along their channels (HGNet's stem and aggregations) where
+        every reader is a convolution of them (ungrouped): held as their parts, which
+        _joined_conv reads as the sum it equals; None for anything else."""
+        if len(tensors) < 2 or not isinstance(dim, int) or dim % 4 != 1 or not node.users:
+            return None
+        if not all(isinstance(t, (Vec, Affine, Pointwise)) and tuple(self._tags(t, node) or ())
+                   == IMAGE for t in tensors):
+            return None
+        for u in node.users:
+            groups = u.args[6] if len(u.args) > 6 else u.kwargs.get("groups", 1)
+            if op_name(u) != "conv2d" or u.args[0] is not node or node in u.args[1:] \
+                    or groups != 1:
+                return None
+        return Joined([self.vec(t, node) for t in tensors], node.name, IMAGE)
+
+    def _joined_conv(self, node, x: Joined, w, b, stride, padding, dilation) -> Vec:
+        """``conv2d(cat(a, b), K) + bias = conv(K[:, :c], a) + conv(K[:, c:], b) + bias``: a
+        convolution is a matmul over each window's in·kh·kw values, so the concatenation's
+        channels split its kernel's input channels into column blocks, each a kernel param of
+        its own (ParamUse.cols: apply inits each block at its own std; their LRs must agree,
+        the tensor having one, columns.py), each derived from the part it reads, as the
+        blocks of a linear layer of a concatenated vector are (ops_concat.py)."""
+        stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if not isinstance(w, PRef) or w.rows or w.offset or w.shape[1] != sum(
+                p.dim for p in x.parts) or stride[0] != stride[1] or dilation[0] != dilation[1]:
+            raise refuse(node, "a convolution of images concatenated along their channels "
+                         "whose kernel is not a whole param [out, in, kh, kw] of their channels, "
+                         "or whose stride or dilation differs between the pixel axes",
+                         help="convolve each part with its own nn.Conv2d and add the outputs")
+        pads = _conv_pads(padding, None, w.shape[-2:], stride, dilation)
+        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+        span = user_span(self.by_name.get(x.node, node))
+        terms, names, lo = [], [], 0
+        for k, part in enumerate(x.parts):
+            cols = Columns(k, lo, lo + part.dim, w.shape[1], span)
+            name, _ = self.param(PRef(w.target, w.shape, cols=cols), node)
+            names.append(name)
+            terms.append(f"conv({name}, {part.name}, {geometry})")
+            lo += part.dim
+        bias = self.vector_param(b, node) if b is not None else None
+        expr = " + ".join(terms) + (f" + {bias}" if bias else "")
+        return Vec(self.emit_vector(node.name, expr, (names[0], bias)), IMAGE, w.shape[0])
+
     def _depthwise(self, node, x, w: PRef, b, stride, padding, dilation, groups: int) -> Vec:
         """``nn.Conv2d(c, c, k, padding=k // 2, groups=c)`` (kernel [c, 1, k, k]): each channel
         convolved with its own taps, the language's ``dwconv(D, h)`` with D the kernel [c, k,
@@ -128,16 +174,14 @@ class ConvOps:
         channel reading a block of several input channels) are refused: the language has no
         such sum."""
         c_in = int(node.args[0].meta["val"].shape[1])
-        if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
-            raise refuse(
-                node,
-                f"a grouped convolution of {c_in} channels into {w.shape[0]} in {groups} groups "
-                "(the language's convolutions are full, groups=1, or depthwise, groups equal "
-                "to the input and output channels)",
-                help="use groups=1, or a depthwise convolution nn.Conv2d(c, c, k, groups=c) "
-                "followed by a 1x1 convolution to change the channel count",
-            )
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
+        if not (groups == c_in == w.shape[0] and w.shape[1] == 1):
+            # groups of several channels: conv(K, h, ..., g), its kernel [out, in / g, kh, kw]
+            if x.tags != IMAGE:
+                raise refuse(node, "a grouped convolution of a value that is not an image")
+            stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+            pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
+            return self._conv_geometry(node, x, w, b, stride, pads, dilation, groups)
         if x.tags != IMAGE:
             raise refuse(node, "a depthwise convolution of a value that is not an image")
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
@@ -171,26 +215,29 @@ class ConvOps:
         """A convolution of another geometry than ``K @ h``'s (or its every other pixel):
         ``conv(K, h, s, top, bottom, left, right, d)``, with its padding and any zero pad of the
         image before it (``_zero_pad``). The language's stride and dilation are the same along
-        both pixel axes; a grouped convolution is refused."""
-        if groups != 1 or stride[0] != stride[1] or dilation[0] != dilation[1]:
+        both pixel axes; a grouped one (``conv(..., g)``) has the same groups at both widths
+        (a fixed group width, whose groups grow with the width, is refused where they meet)."""
+        if stride[0] != stride[1] or dilation[0] != dilation[1]:
             raise refuse(
                 node,
                 f"a convolution with kernel {list(w.shape[-2:])}, stride {_text(stride)}, "
                 f"padding {list(pads)}, dilation {_text(dilation)}, groups {groups} (the "
-                "language's convolution is ungrouped, with one stride and one dilation for "
-                "both pixel axes)",
+                "language's convolution has one stride and one dilation for both pixel axes)",
                 help="use nn.Conv2d(c_in, c_out, (kh, kw), stride=s, padding=p, dilation=d) "
                 "with one s and one d",
             )
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
-        return self._geometric(node, "conv", kernel, x, bias, w.shape[0], stride, pads, dilation)
+        return self._geometric(node, "conv", kernel, x, bias, w.shape[0], stride, pads, dilation,
+                               groups)
 
     def _geometric(self, node, fn: str, kernel: str, x: Vec, bias, dim: int, stride, pads,
-                   dilation) -> Vec:
-        """``fn(K, h, s, top, bottom, left, right, d) (+ b)``: a convolution (``conv``) or a
-        depthwise one (``dwconv``) written with its geometry, a vector of the model."""
-        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0]))
+                   dilation, groups: int = 1) -> Vec:
+        """``fn(K, h, s, top, bottom, left, right, d[, g]) (+ b)``: a convolution (``conv``,
+        in g groups) or a depthwise one (``dwconv``) written with its geometry, a vector of the
+        model."""
+        more = (groups,) if groups != 1 else ()
+        geometry = ", ".join(str(i) for i in (stride[0], *pads, dilation[0], *more))
         name = self.fresh(node.name)
         self.out.stmts.append(f"{name} = {fn}({kernel}, {x.name}, {geometry})"
                               + (f" + {bias}" if bias else ""))
@@ -360,7 +407,8 @@ class ConvOps:
         each reads it (``conv(K, h, s, top, bottom, left, right, d)``). A pad read otherwise has
         no value in the program: refused."""
         x = self.vec(x, node)
-        readers = [u for u in node.users if op_name(u) != "conv2d" or u.args[0] is not node]
+        readers = [u for u in node.users if (op_name(u) != "conv2d" or u.args[0] is not node)
+                   and not (_hgnet_pool(u) and [int(p) for p in pad] == [0, 1, 0, 1])]
         if x.tags != IMAGE or len(pad) != 4 or mode != "constant" or value not in (None, 0) \
                 or any(int(p) < 0 for p in pad) or readers or not node.users:
             raise refuse(
@@ -375,6 +423,9 @@ class ConvOps:
         return Padded(x, (top, bottom, left, right))
 
     def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+        if isinstance(x, Padded) and x.pads == (0, 1, 0, 1) and _hgnet_pool(node):
+            # by a row and a column of zeros, then a 2x2 max at stride 1: HGNet's stem
+            return self._emit(node, f"maxpool2({x.vec.name})", x.vec.dim, IMAGE)
         return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
 
     def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
@@ -497,6 +548,17 @@ class Padded:
 
     vec: Vec
     pads: tuple[int, int, int, int]
+
+
+def _hgnet_pool(node) -> bool:
+    """A 2x2 max pool at stride 1, unpadded (HGNet's stem's, of its image padded by a row and
+    a column of zeros): the language's ``maxpool2`` of the image before the pad. ceil_mode
+    changes nothing at stride 1 (every window is whole)."""
+    args = list(node.args) + [None] * 7
+    kernel, stride, padding, dilation = args[1:5]
+    return op_name(node) == "max_pool2d" and _pair(kernel) == (2, 2) \
+        and _pair(stride or kernel) == (1, 1) and _pair(padding or 0) == (0, 0) \
+        and _pair(dilation or 1) == (1, 1) and not node.kwargs
 
 
 def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, int]:

@@ -5,8 +5,8 @@ class token, ``torch.cat([cls.expand(B, -1, -1), h], dim=1)``), the language's `
 
 from __future__ import annotations
 
-from .values import Given, PRef, TokenParam, Vec
-from .where import refuse
+from .values import Given, ParamUse, PRef, TokenParam, TokensFrom, Vec
+from .where import module_of, refuse, strip_prefix
 
 _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
                "a param [1, 1, n] and h the (batch, tokens, features) embeddings")
@@ -68,30 +68,46 @@ class EncoderOps:
         as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
         before the tokens (prepend_tokens). Any other param expanded is refused."""
         out = tuple(node.meta["val"].shape)
-        if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1]) or v.t or v.rows \
-                or v.offset or len(out) != 3 or out[1:] != (1, v.shape[-1]):
+        count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]
+        if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1 - (count > 1)]) \
+                or v.t or v.rows or v.offset or len(out) != 3 \
+                or out[1:] != (count, v.shape[-1]):
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
-                         "[1, 1, n] expanded over the batch alone)", help=_TOKEN_HELP)
+                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n])",
+                         help=_TOKEN_HELP)
         return TokenParam(v)
 
     def prepend_tokens(self, node, tensors, dim) -> Vec:
         """``torch.cat([cls.expand(B, -1, -1), ..., h], dim=1)``: learned tokens before the
         tokens of the per-token vector h (a ViT's class token, DeiT's class and distillation
         tokens), ``prepend(cls, h, T1)``, one a token. The longer sequence is a dim of its own,
-        ``T1`` (``T2`` for two tokens), which a position table added after it runs over."""
+        ``T1`` (``T2`` for two tokens), which a position table added after it runs over.
+        ``torch.cat([h[:, :k], reg.expand(B, -1, -1), h[:, k:]], dim=1)`` puts them after h's
+        first k tokens instead (DINOv2's registers after its class token), each
+        ``prepend(r, h, T2, k)``, and a param [1, R, n] is R tokens, each row a vector param."""
+        at = 0
+        if len(tensors) > 2 and isinstance(tensors[0], TokensFrom) and isinstance(
+                tensors[-1], TokensFrom) and tensors[0].vec.name == tensors[-1].vec.name and \
+                tensors[0].start == 0 and tensors[0].end == tensors[-1].start and \
+                tensors[-1].end is None:
+            at = tensors[0].end
+            tensors = [*tensors[1:-1], tensors[-1].vec]
         *tokens, x = tensors
         seq_axis = isinstance(dim, int) and dim % 3 == 1
         if not tokens or not seq_axis or not all(isinstance(t, TokenParam) for t in tokens) \
                 or isinstance(x, TokenParam) or self.tokens_seq is None:
             raise refuse(node, "a concatenation of learned tokens other than before the tokens "
-                         "of a (batch, tokens, features) vector", help=_TOKEN_HELP)
+                         "of a (batch, tokens, features) vector, or between its first k tokens "
+                         "and the rest (h[:, :k], then h[:, k:])", help=_TOKEN_HELP)
         x = self.vec(x, node)
-        length = tuple(node.args[0][-1].meta["val"].shape)[1]
+        length = tuple(node.args[0][-1].meta["val"].shape)[1] + at
         if x.tags != ("tok", "tok", "F") or length not in self.sequences():
             raise refuse(node, "learned tokens put before a value that is not a vector per token "
                          "of the input's sequence", help=_TOKEN_HELP)
-        for k, token in enumerate(reversed(tokens)):
+        rows = [p for t in tokens for p in self._token_rows(t, node)]
+        # prepended last first (each goes to the front); inserted in order (each after the last)
+        for k, param in enumerate(rows if at else reversed(rows)):
             length += 1
             seq = self.sequences().get(length)
             if seq is None:  # the longer sequence: declared once, T + the tokens before it
@@ -99,14 +115,37 @@ class EncoderOps:
                 self.names.add(seq)
                 self.out.decls.append(f"dim {seq} = {length}")
                 self.prepended[length] = seq
-            param = self.vector_param(PRef(token.ref.target, token.ref.shape[-1:]), node)
-            last = k == len(tokens) - 1
+            last = k == len(rows) - 1
             name = self.fresh(node.name if last else f"{node.name}_{seq}")
-            self.out.stmts.append(f"{name} = prepend({param}, {x.name}, {seq})")
+            where = f", {at + k}" if at else ""
+            self.out.stmts.append(f"{name} = prepend({param}, {x.name}, {seq}{where})")
             if last:
                 self.out.vectors[name] = (node.name, "out")
             x = Vec(name, x.tags, x.dim)
         return x
+
+    def _token_rows(self, token: TokenParam, node) -> list[str]:
+        """The program's vector params of a learned token param: itself for one token, one per
+        row for R tokens [1, R, n], each mapped back to its row (ParamUse.index, as a lookup of
+        one constant id is: apply inits that row, the tensor takes their shared LR)."""
+        ref = token.ref
+        if len(ref.shape) < 3 or ref.shape[1] == 1:
+            return [self.vector_param(PRef(ref.target, ref.shape[-1:]), node)]
+        out = []
+        for i in range(ref.shape[1]):
+            found = [p for p, u in self.out.params.items() if (u.target, u.index) == (
+                ref.target, (0, i))]
+            if found:
+                out.append(found[0])
+                continue
+            param = self.fresh(f"{strip_prefix(ref.target).replace('.', '_')}_row{i}")
+            self.out.params[param] = ParamUse(ref.target, None, False, module_of(node),
+                                              node.name, index=(0, i))
+            init = self.base.get(ref.target, ("normal", 1.0))
+            tail = f" = {init[1]:g}" if init[0] == "const" else ""
+            self.out.decls.append(f"param {param} : [{self.dim(ref.shape[-1])}]{tail}")
+            out.append(param)
+        return out
 
     def sequences(self) -> dict[int, str]:
         """The sequences a value may run over, by length: the input's T, and each made longer

@@ -27,20 +27,27 @@ class PoolOps:
 
     def token_slice(self, node, v: Vec, start, end, step) -> TokensFrom:
         """``h[:, start:end:step]`` of a (batch, tokens, features) vector: held for a mean when
-        it keeps every token from ``start`` to the last, one by one."""
+        it keeps every token from ``start`` to the last, one by one; the tokens before ``end``
+        (``h[:, :k]``) are held for a concatenation that puts learned tokens after them
+        (DINOv2's registers: ops_encoder.py), which alone reads them."""
         size = int(self._shape(node.args[0])[1])
         lo = 0 if start is None else (start + size if start < 0 else start)
-        last = end is None or end >= size
-        if step != 1 or not last or not 0 <= lo < size:
+        hi = size if end is None else min(size, end + size if end < 0 else end)
+        if step != 1 or not 0 <= lo < hi or lo and hi < size:
             raise refuse(node, "a slice of the tokens of a (batch, tokens, features) vector "
                          "other than the tokens from one on to the last, h[:, k:], which a mean "
-                         "over the tokens reads (the language reads the first token, first(h), "
-                         "every token, or their mean from a token on, mean(h, k))", help=_HELP)
-        return TokensFrom(v, lo)
+                         "over the tokens reads, or those before one, h[:, :k], before learned "
+                         "tokens (the language reads the first token, first(h), every token, "
+                         "or their mean from a token on, mean(h, k))", help=_HELP)
+        return TokensFrom(v, lo, None if hi == size else hi)
 
     def token_mean(self, node, x, axes: list[int], keepdim: bool) -> Vec | None:
         """``mean(1)`` of a per-token vector or of its tokens from k on, as ``mean(h)`` or
         ``mean(h, k)``; None if ``x`` is neither (its refusal is the caller's)."""
+        if isinstance(x, TokensFrom) and x.end is not None:
+            raise refuse(node, f"a mean of the tokens before token {x.end} (h[:, :k]): the "
+                         "language averages the tokens from one on to the last, mean(h, k)",
+                         help=_HELP)
         if isinstance(x, TokensFrom):
             v, start = x.vec, x.start
         elif isinstance(x, (Vec, Affine, Pointwise)):

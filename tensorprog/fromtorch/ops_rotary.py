@@ -115,6 +115,8 @@ class RotaryOps:
             ):
                 return src
         joined = self.feature_cat(node, tensors, dim)  # into linear layers: ops_concat.py
+        if joined is None:  # images along their channels into convolutions: ops_conv.py
+            joined = self.image_cat(node, tensors, dim)
         if joined is not None:
             return joined
         self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)

@@ -27,7 +27,7 @@ from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
-from .where import def_span, exception_span, module_of, strip_prefix
+from .where import def_span, exception_span, module_of, op_name, strip_prefix
 
 
 class _Wrapped:
@@ -120,10 +120,8 @@ def _dim_name(s1: int, s2: int, w1: int, w2: int, node_hint: str = "") -> tuple[
         return f"n_x{mult.numerator}", f"{mult.numerator} * n"
     if mult.numerator == 1:
         return f"n_by{mult.denominator}", f"n / {mult.denominator}"
-    raise TraceError(
-        f"a dim of {mult} times the width",
-        help="the language takes whole multiples or fractions 1/k of the width",
-    )
+    return (f"n_x{mult.numerator}by{mult.denominator}",
+            f"{mult.numerator} * n / {mult.denominator}")
 
 
 @dataclass
@@ -346,7 +344,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         try:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
-            scalars = _scalar_buffers(build, w, model)
+            scalars = _scalar_buffers(build, w, model, ep, example_inputs)
             traces.append(convert(ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
         except TraceError as err:
             raise _at_build(err, build) from None
@@ -426,12 +424,15 @@ def _grouping(name: str, u1, u2, widths):
     )
 
 
-def _scalar_buffers(build, width: int, model) -> dict:
+def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     """The float buffers of the model (one entry: a constant the build computed from the width,
-    as HF Gemma's embed_scale; 0s and 1s: a mask, OpenAI GPT's) and its integer buffers (ids the
-    model makes itself: HF's ``position_ids``, an arange, and ``token_type_ids``, zeros), read
-    from one build on the CPU: on the meta device they have no value. Keyed by the exported
-    graph's names."""
+    as HF Gemma's embed_scale; 0s and 1s: a mask, OpenAI GPT's), its boolean ones (a causal
+    mask, ImageGPT's) and its integer buffers (ids the model makes itself: HF's
+    ``position_ids``, an arange, and ``token_type_ids``, zeros), read from one build on the
+    CPU: on the meta device they have no value. A number the forward makes a tensor on the
+    model's device, which a ``where`` reads (ImageGPT's ``torch.tensor(finfo.min)`` for the
+    entries its causal mask drops), has none either: the CPU build is exported too, for it.
+    Keyed by the exported graph's names."""
     import torch
 
     # every float buffer: one of 0s and 1s is a mask the walk reads (OpenAI GPT's), one of
@@ -440,16 +441,41 @@ def _scalar_buffers(build, width: int, model) -> dict:
     names = [
         n
         for n, b in model.named_buffers()
-        if b.is_floating_point() or b.dtype in (torch.int64, torch.int32)
+        if b.is_floating_point() or b.dtype in (torch.int64, torch.int32, torch.bool)
     ]  # and the params it does not train: a table looked up at the positions (ops_tables.py)
     names += [n for n, p in model.named_parameters() if not p.requires_grad]
-    if not names:
+    lifted = [n for n in _where_numbers(ep) if ep.constants[n].device.type == "meta"]
+    if not names and not lifted:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         cpu = built(build, width)
     tensors = {**dict(cpu.named_buffers()), **dict(cpu.named_parameters())}
-    return {"m." + n: tensors[n].detach().clone() for n in names}
+    out = {"m." + n: tensors[n].detach().clone() for n in names}
+    if lifted:
+        args, kwargs = forward_inputs(example_inputs, cpu)
+        constants = export(cpu, args, kwargs).constants
+        out.update({n: constants[n] for n in lifted if n in constants})
+    return out
+
+
+def _where_numbers(ep) -> list[str]:
+    """The one-entry float constants of the graph that a ``where`` reads (through a copy)."""
+    specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
+             if s.kind.name == "CONSTANT_TENSOR"}
+    found = []
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in specs:
+            continue
+        value = ep.constants.get(specs[node.name])
+        if value is None or value.numel() != 1 or not value.is_floating_point():
+            continue
+        users = list(node.users)
+        users += [u for c in users if op_name(c) in ("detach", "detach_", "lift_fresh_copy",
+                                                      "clone", "to") for u in c.users]
+        if any(op_name(u) == "where" for u in users):
+            found.append(specs[node.name])
+    return found
 
 
 def _at_build(err: TraceError, build) -> TraceError:
@@ -460,6 +486,27 @@ def _at_build(err: TraceError, build) -> TraceError:
     if span is None or all(d.span is not None for d in err.diagnostics):
         return err
     return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
+
+
+def _refuse_growing_groups(t1: Trace, t2: Trace, widths) -> None:
+    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
+    fixed group width (RegNet's groups_width), its groups growing with the width, each output
+    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
+    group's share of the channels ∝ n) does not say."""
+    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
+    for a, b in zip(t1.stmts, t2.stmts, strict=False):
+        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
+        if a != b and (m1 or m2):
+            g1, g2 = (m[2] if m else "1" for m in (m1, m2))
+            module = t1.params.get((m1 or m2)[1]) or t2.params.get((m1 or m2)[1])
+            raise TraceError(
+                f"a convolution in {g1} groups at width {widths[0]} and {g2} at "
+                f"{widths[1]}{f' ({module.module})' if module else ''}: its groups grow with "
+                "the width, each of a fixed number of channels, which the language's grouped "
+                "convolution (a fixed number of groups, each of channels ∝ n) does not say",
+                help="build the model with a fixed number of groups (their width growing with "
+                "the model's: RegNet's groups_width ∝ width), or groups=1",
+            )
 
 
 def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
@@ -481,6 +528,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                      f"{strip_prefix(t2.params[k].target)} at {w2}" for k, u in t1.params.items()
                      if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
     if diff is not None:
+        _refuse_growing_groups(t1, t2, widths)
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "

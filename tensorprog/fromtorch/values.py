@@ -92,7 +92,8 @@ class KVRepeat:
 @dataclass
 class TokenParam:
     """A param [1, 1, n] (or [n]) expanded over the batch (``cls.expand(B, -1, -1)``): one token
-    per sequence, which ``torch.cat`` puts before the tokens (ops_encoder.py)."""
+    per sequence, which ``torch.cat`` puts before the tokens (ops_encoder.py); a param [1, R, n]
+    so expanded is R tokens (DINOv2's registers)."""
 
     ref: PRef
 
@@ -316,10 +317,13 @@ class Trig:
 @dataclass
 class TokensFrom:
     """The tokens of the per-token vector ``vec`` from token ``start`` on (``h[:, start:]``,
-    ops_pool.py); no ``src`` or ``tags``, so no op but a mean over its tokens reads it."""
+    ops_pool.py), or up to ``end`` (``h[:, :1]``, read only by a concatenation that puts
+    learned tokens there, ops_encoder.py); no ``src`` or ``tags``, so no op but a mean over its
+    tokens or that concatenation reads it."""
 
     vec: Vec
     start: int
+    end: int | None = None
 
 
 @dataclass
@@ -438,7 +442,7 @@ class ParamUse:
     node: str
     # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
     # token-type ids, all 0) reads that row of its table, the same for every token
-    index: int | None = None
+    index: int | tuple[int, ...] | None = None
     # rows of every group of the out axis (a fused qkv laid out per head): a fixed number of
     # groups (the head count) or of rows per group (a fixed head dim), as the two widths agree
     groups: int | None = None

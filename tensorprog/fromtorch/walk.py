@@ -11,6 +11,7 @@ from fractions import Fraction
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
 from .ops_grn import GRN_VALUES
+from .ops_conv import Padded
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
     Affine,
@@ -123,6 +124,7 @@ SYMBOLIC = (
     Spread,  # a vector param viewed per head (ops_spread.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
+    Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
 )
 
 
@@ -225,7 +227,7 @@ class Walker:
         if ref.rows:
             prog[0] = (ref.rows[1] - ref.rows[0]) * groups
         if ref.cols:  # the columns that multiply one part of a concatenation (ops_concat.py)
-            prog[-1] = ref.cols.hi - ref.cols.lo
+            prog[1 if len(prog) == 4 else -1] = ref.cols.hi - ref.cols.lo  # a kernel's: in
         del shape
         rows = None
         if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
@@ -380,7 +382,9 @@ class Walker:
                     self.env[node.name] = PRef(spec.target, tuple(val.shape))
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._number(spec.target):
                     # a number the forward made a tensor (torch.tensor(d_model ** 0.5))
-                    self.env[node.name] = Conc(self.ep.constants[spec.target])
+                    # (its value from a CPU export where the graph's is on the meta device)
+                    self.env[node.name] = Conc(getattr(self, "scalars", {}).get(
+                        spec.target, self.ep.constants[spec.target]))
                 elif spec.kind.name == "CONSTANT_TENSOR" and self._id(spec.target) is not None:
                     # an id the forward made a tensor (Gemma-3's 0 put in place of image
                     # tokens): a known constant, so the ids it edits stay known
@@ -469,12 +473,19 @@ class Walker:
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _mask(self, target):
-        """A float buffer of 0s and 1s (a mask): given (read from a CPU build, trace.py), or the
-        graph's own where it was exported with real tensors; None for any other buffer."""
+        """A boolean buffer, or a float one of 0s and 1s (a mask): given (read from a CPU build,
+        trace.py), or the graph's own where it was exported with real tensors; None for any
+        other buffer."""
+        import torch
+
         value = getattr(self, "scalars", {}).get(target)
         if value is None:
             value = self.ep.state_dict.get(target, self.ep.constants.get(target))
-        if value is None or not value.is_floating_point() or value.device.type == "meta":
+        if value is None or value.device.type == "meta":
+            return None
+        if value.dtype == torch.bool:  # a boolean mask (ImageGPT's causal "bias")
+            return value.detach().cpu()
+        if not value.is_floating_point():
             return None
         value = value.detach().cpu()
         return value if bool(((value == 0) | (value == 1)).all()) else None

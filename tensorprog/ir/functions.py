@@ -67,6 +67,10 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # the mean over each pixel's 3x3 neighbourhood (same-padded, stride 1), the padding not
     # counted (AvgPool2d(3, 1, 1, count_include_pad=False): PoolFormer's token mixer)
     Function("avgpool3", "linear", None, "torch.nn.functional.avg_pool2d"),
+    # the max over each pixel's 2x2 block to its right and below, the image padded by a row and
+    # a column of zeros at the bottom and right: HGNet's stem pool, F.pad(x, (0, 1, 0, 1)) then
+    # MaxPool2d(2, stride=1) (its max takes 0 at the last row and column)
+    Function("maxpool2", "linear", None, "torch.nn.functional.max_pool2d"),
     # every other pixel (a kernel-1, stride-2 average pool): a stride-2 convolution is the
     # stride-1 one read at every other pixel, so `subsample(K @ h)` writes it exactly
     Function("subsample", "linear", None, "torch.nn.functional.avg_pool2d"),
@@ -92,8 +96,9 @@ NONLINEARITIES = tuple(FUNCTIONS)
 #: The coordinatewise functions: φ applied to each coordinate, with a value at 0.
 COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not None)
 #: functions of an image's pixels, by the factor they divide its size by: 2x2 average and max
-#: pooling, every other pixel, a 3x3 max or mean that keeps the size, and the global average (None)
-POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "avgpool3": 1,
+#: pooling, every other pixel, a 3x3 max or mean and a zero-padded 2x2 max that keep the size,
+#: and the global average (None)
+POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "avgpool3": 1, "maxpool2": 1,
          "global_pool": None}
 
 

@@ -148,7 +148,7 @@ class Dim:
             return f"{self.mult.numerator} * {width_name}"
         if self.mult.numerator == 1:
             return f"{width_name} / {self.mult.denominator}"
-        raise ValueError(f"dim {self.name}: multiple {self.mult} has no surface form")
+        return f"{self.mult.numerator} * {width_name} / {self.mult.denominator}"
 
 
 @dataclass(frozen=True)
@@ -197,11 +197,15 @@ class Geometry:
     """A convolution's geometry: its stride, its zero padding per side (top, bottom, left,
     right) and its dilation, each the same along both pixel axes but the padding. The width
     exponents never read it (a kernel's fan-in is in·kh·kw however it moves over the pixels):
-    it sets the output's pixels and the emitted ``conv2d``."""
+    it sets the output's pixels and the emitted ``conv2d``. ``groups`` g: the channels split
+    into g groups, each output channel reading its group's in/g channels (the kernel [out,
+    in/g, kh, kw]); with g finite and in/g ∝ n each output's fan-in (n/g)·kh·kw is infinite, so
+    it derives as a full convolution of that fan-in (a fixed group width, g ∝ n, is refused)."""
 
     stride: int = 1
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilation: int = 1
+    groups: int = 1
 
     @staticmethod
     def same(kh: int, kw: int, stride: int = 1, dilation: int = 1) -> Geometry | None:
@@ -388,7 +392,9 @@ class Route:
 class Prepend:
     """``out = prepend(token, arg, seq)``: the vector param ``token`` as the first token, then the
     tokens of ``arg``; ``out`` runs over ``seq``, a sequence one token longer than ``arg``'s (a
-    vision transformer's learned class token, ``torch.cat([cls.expand(B, 1, n), h], dim=1)``).
+    vision transformer's learned class token, ``torch.cat([cls.expand(B, 1, n), h], dim=1)``);
+    with ``at`` = k, before token k of ``arg`` instead (``prepend(c, h, T1, k)``: DINOv2's
+    register tokens after its class token, ``torch.cat([h[:, :1], reg, h[:, 1:]], dim=1)``).
 
     Scaling: every token's coordinates are the token param's or ``arg``'s, so the output is as
     large as the larger (a max, as for a sum), changes as much as the one that changes more, and
@@ -402,6 +408,9 @@ class Prepend:
     arg: str
     seq: str
     span: Span | None = _span()
+    # the token goes before arg's token ``at`` (0: the front; 1: after a class token, as
+    # DINOv2's register tokens): where, changes no exponent
+    at: int = 0
 
     @property
     def operands(self) -> tuple[str, ...]:

@@ -40,8 +40,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
     written for it (inside a block, a qualified name loses its block prefix)."""
     if isinstance(ins, MatMul) and ins.geometry is not None:
         g = ins.geometry
+        groups = f", {g.groups}" if g.groups != 1 else ""
         rhs = (f"conv({show(ins.weight)}, {show(ins.arg)}, {g.stride}, "
-               f"{', '.join(map(str, g.pads))}, {g.dilation})")
+               f"{', '.join(map(str, g.pads))}, {g.dilation}{groups})")
     elif isinstance(ins, MatMul):
         rhs = f"{show(ins.weight)}{'.T' if ins.transposed else ''} @ {show(ins.arg)}"
     elif isinstance(ins, Dot):
@@ -53,7 +54,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
     elif isinstance(ins, Prepend):
-        rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq})"
+        at = f", {ins.at}" if ins.at else ""
+        rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"
     elif isinstance(ins, Relayout):
         rhs = (f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
                else f"image({show(ins.arg)}, {ins.grid[0]}, {ins.grid[1]})")

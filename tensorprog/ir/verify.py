@@ -90,7 +90,11 @@ def verify(program: Program) -> Program:
                 break
             fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
             _verify_kernel(program, ins, shape, errors)
-            if key(ops[0]) != key(fan_in):
+            groups = ins.geometry.groups if ins.geometry is not None else 1
+            if groups != 1 and not _grouped_fan_in(dims, fan_in, ops[0], groups):
+                errors.error(f"{ins.weight} @ {ins.arg}: {groups} groups of fan-in {fan_in} do "
+                             f"not make {ops[0]}", ins.span)
+            elif groups == 1 and key(ops[0]) != key(fan_in):
                 errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
                              ins.span)
             out = fan_out
@@ -178,6 +182,13 @@ def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
                      f"{dims[ins.seq].size} tokens of {ins.seq}", ins.span)
     elif ins.grid is not None and program.spatial.get(ins.arg) is not None:
         errors.error(f"image: {ins.arg} is an image already", ins.span)
+
+
+def _grouped_fan_in(dims: dict, fan_in: str, arg: str | None, groups: int) -> bool:
+    """A grouped convolution's kernel reads in/groups of its image's channels, both ∝ n."""
+    a, b = dims.get(fan_in), dims.get(arg or "")
+    return a is not None and b is not None and a.infinite and b.infinite \
+        and a.mult * groups == b.mult
 
 
 def _verify_kernel(program: Program, ins: MatMul, shape: tuple, errors: Collector) -> None:

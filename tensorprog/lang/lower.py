@@ -158,12 +158,12 @@ class _Lowering(ExpressionLowering):
         if ref is None:
             return None
         k = Fraction(int(toks[1])) if kind != "name" else Fraction(1)
-        if kind == "divided":
-            if int(toks[1]) == 0:
+        if kind in ("divided", "ratio"):
+            if int(toks[-1]) == 0:
                 self.errors.error("division of a dim by zero", span,
                                   "divide by a positive integer, e.g. `dim h = n / 2`")
                 return None
-            k = 1 / k
+            k = k / int(toks[2]) if kind == "ratio" else 1 / k
         if k == 0:
             self.errors.error(f"dim {name} = 0 x {ref.name} has no coordinates", span,
                               f"multiply by a positive integer, e.g. `dim {name} = 4 * {ref.name}`")

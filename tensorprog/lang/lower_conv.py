@@ -16,19 +16,20 @@ from .ast import Call
 
 CONV = "conv"
 _USAGE = ("write conv(K, h, stride), conv(K, h, stride, pad), conv(K, h, stride, pad, "
-          "dilation) or conv(K, h, stride, top, bottom, left, right, dilation): K a kernel "
-          "[out, in, kh, kw], h an image, whole numbers after them")
+          "dilation) or conv(K, h, stride, top, bottom, left, right, dilation[, groups]): K a "
+          "kernel [out, in, kh, kw] ([out, in / groups, kh, kw]), h an image, whole numbers "
+          "after them")
 
 
 def lower_conv(low, node: Call, args: list, scalar: type, vec: type):
     """The MatMul of a ``conv`` call with its geometry, or None (errors reported)."""
-    if len(args) not in (3, 4, 5, 8):
-        low.errors.error(f"conv takes 3, 4, 5 or 8 arguments, got {len(args)}", node.span,
+    if len(args) not in (3, 4, 5, 8, 9):
+        low.errors.error(f"conv takes 3, 4, 5, 8 or 9 arguments, got {len(args)}", node.span,
                          _USAGE)
         return None
     if any(a is None for a in args):
         return None
-    kernel, h, nums = args[0], args[1], args[2:]
+    kernel, h, nums = args[0], args[1], args[2:8]
     shape = getattr(kernel, "name", None) and low.matrices.get(kernel.name)
     if not shape or len(shape.shape) != 4 or kernel.transposed or not isinstance(h, vec):
         low.errors.error("conv applies a kernel param to an image", node.span, _USAGE)
@@ -37,6 +38,11 @@ def lower_conv(low, node: Call, args: list, scalar: type, vec: type):
     geometry = read_geometry(low, node, kernel.name, nums, (kh, kw), scalar, CONV, _USAGE)
     if geometry is None:
         return None
+    if len(args) == 9:
+        groups = read_groups(low, node, args[8], shape.shape[:2], h, scalar)
+        if groups is None:
+            return None
+        geometry = Geometry(geometry.stride, geometry.pads, geometry.dilation, groups)
     sizes = [z for z in h.pixels if z is not None]
     if len(sizes) != 1:
         return low.op_matmul(kernel, h, node)  # not an image: op_matmul says so
@@ -46,6 +52,42 @@ def lower_conv(low, node: Call, args: list, scalar: type, vec: type):
     if geometry == Geometry.same(kh, kw):  # stride 1, padded by half: K @ h itself
         return low.op_matmul(kernel, h, node)
     return low.op_matmul(kernel, h, node, geometry, out)
+
+
+def read_groups(low, node: Call, arg, kernel: tuple[str, str], h, scalar: type) -> int | None:
+    """The groups of ``conv(..., g)``, or None (reported): g whole and 1 or more, the kernel's
+    in-dim the image's channels over g, both growing with the width (g finite: each output
+    reads (n/g)·kh·kw values, a full convolution's rule), and its out-dim whole in g groups."""
+    if not isinstance(arg, scalar) or arg.value.denominator != 1 or arg.value < 1:
+        low.errors.error("the groups of conv must be a whole number, 1 or more", node.span, _USAGE)
+        return None
+    groups = int(arg.value)
+    if groups == 1:
+        return 1
+    out, fan_in = (low.dims.get(d) for d in kernel)
+    channels = low.dims.get(h.dim) if h.dim else None
+    if channels is None or fan_in is None or out is None:
+        return None
+    if groups > 1 and (not fan_in.infinite or not channels.infinite):
+        low.errors.error(
+            f"conv in {groups} groups of {low.dim_text(kernel[1])} channels: a grouped "
+            "convolution's groups must stay fixed as the width grows, each reading a share of "
+            "the channels that grows with it (in / groups ∝ n)", node.span,
+            "declare the kernel [out, c / g, kh, kw] with c the image's channels; a fixed "
+            "group width (g ∝ n) has no form here: use dwconv for groups of one channel")
+        return None
+    if fan_in.mult * groups != channels.mult:
+        low.errors.error(
+            f"shape mismatch in conv: {groups} groups of {low.dim_text(kernel[1])} channels, "
+            f"but the image has {low.dim_text(h.dim)}", node.span,
+            "the kernel's second dim is the image's channels over the groups")
+        return None
+    base = low.width.base if low.width else 1
+    if out.infinite and (out.mult * base) % groups or not out.infinite and out.size % groups:
+        low.errors.error(f"conv's {low.dim_text(kernel[0])} output channels do not split "
+                         f"into {groups} groups", node.span, "give each group as many")
+        return None
+    return groups
 
 
 def read_geometry(low, node: Call, kernel: str, nums: list, window: tuple[int, int],

@@ -319,7 +319,9 @@ class ExpressionLowering:
         fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
             fan_out, fan_in = fan_in, fan_out
-        if not self.same_dim(b.dim, fan_in):
+        if geometry is not None and geometry.groups > 1:
+            pass  # a grouped kernel's fan-in is the channels over its groups (lower_conv)
+        elif not self.same_dim(b.dim, fan_in):
             which = "first" if a.transposed else "last"
             self.errors.error(
                 f"shape mismatch in '@': {a.name}{'.T' * a.transposed} is [{fan_out}, {fan_in}] "

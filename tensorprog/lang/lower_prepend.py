@@ -1,5 +1,6 @@
 """Lowering ``prepend(c, h, T1)``: a learned token (the vector param c) before the tokens of h, a
-sequence of T1 tokens (a vision transformer's class token, read at the end by ``first``).
+sequence of T1 tokens (a vision transformer's class token, read at the end by ``first``), and
+``prepend(c, h, T1, k)``: before h's token k (DINOv2's register tokens after its class token).
 
 The call names the longer sequence because the language's sequences are dims: positions over
 it (``input pos : positions[T1]``) and values computed from the result run over T1, which must
@@ -17,23 +18,32 @@ from .ast import Call
 
 PREPEND = "prepend"
 _USAGE = ("write prepend(c, h, T1): c a vector param (`param c : [n]`), h a vector per token of "
-          "a sequence T, and T1 a dim declared one token longer than T")
+          "a sequence T, and T1 a dim declared one token longer than T; prepend(c, h, T1, k) "
+          "puts c before h's token k")
 
 
-def prepend_seq(low, node: Call) -> str | None:
-    """The longer sequence's dim, the third argument of ``prepend``, or None (reported)."""
-    if len(node.args) != 3:
-        low.errors.error(f"prepend takes 3 arguments, got {len(node.args)}", node.span, _USAGE)
+def prepend_seq(low, node: Call) -> tuple[str, int] | None:
+    """The longer sequence's dim, the third argument of ``prepend``, and the token the learned
+    one goes before, its fourth (0 if none), or None (reported)."""
+    if len(node.args) not in (3, 4):
+        low.errors.error(f"prepend takes 3 or 4 arguments, got {len(node.args)}", node.span,
+                         _USAGE)
         return None
     arg = node.args[2]
     if type(arg).__name__ != "Var" or arg.name not in low.dims or low.dims[arg.name].infinite:
         low.errors.error("the third argument of prepend must be the longer sequence's dim, a "
                          "finite dim", arg.span, _USAGE)
         return None
-    return arg.name
+    at = node.args[3] if len(node.args) == 4 else None
+    if at is not None and (type(at).__name__ != "Num" or at.value.denominator != 1
+                           or at.value < 0 or at.value >= low.dims[arg.name].size):
+        low.errors.error("the fourth argument of prepend must be a token index, a whole number "
+                         "from 0 to the shorter sequence's length", at.span, _USAGE)
+        return None
+    return arg.name, 0 if at is None else int(at.value)
 
 
-def lower_prepend(low, node: Call, args: list, seq: str, vec: type):
+def lower_prepend(low, node: Call, args: list, seq: tuple[str, int], vec: type):
     """The Prepend instruction of a ``prepend`` call, or None (errors reported)."""
     if any(a is None for a in args):
         return None
@@ -60,5 +70,6 @@ def lower_prepend(low, node: Call, args: list, seq: str, vec: type):
                          f"has no tokens: it {what}", node.span,
                          "prepend to a vector per token, e.g. the patch embedding `E @ x`")
         return None
-    out = low.emit(Prepend(low.fresh(low.target), token, name, seq, node.span), h.dim)
+    seq, at = seq
+    out = low.emit(Prepend(low.fresh(low.target), token, name, seq, node.span, at), h.dim)
     return low.vec(out, h.dim)

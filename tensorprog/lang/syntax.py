@@ -177,6 +177,11 @@ class ToAst(Transformer_NonRecursive):
         self.size(c[1])
         return ("divided", c)
 
+    def dim_ratio(self, c):
+        self.size(c[0])
+        self.size(c[2])
+        return ("ratio", [c[1], c[0], c[2]])
+
     @v_args(meta=True)
     def add(self, meta, c):
         return BinOp("+", c[0], c[1], self.span(meta))

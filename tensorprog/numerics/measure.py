@@ -12,7 +12,7 @@ import types
 from collections.abc import Iterable, Sequence
 
 from ..errors import UsageError
-from ..ir.program import Program
+from ..ir.program import Nonlin, Program
 from .judge import Measurements
 
 # Vectors per step. An update built from k vectors meets each of them coherently (LLN) only with
@@ -24,7 +24,11 @@ VECTORS_PER_STEP = 16
 
 def default_batch_size(program: Program) -> int:
     """About VECTORS_PER_STEP vectors a step: 16 samples, or 16 tokens over the sequences; an
-    image has one vector per pixel, so an image program gets a batch of 1."""
+    image has one vector per pixel, so an image program gets a batch of 1, or 2 where it has a
+    batch norm (each channel normalised over the batch and the pixels: a 1 x 1 image, a
+    strided network's last stage, holds one value per channel in a batch of one, which torch
+    refuses to normalise)."""
+    floor = 2 if any(isinstance(i, Nonlin) and i.fn == "batchnorm" for i in program.body) else 1
     per_sample = 1
     if program.seq is not None:
         per_sample = program.dim_table[program.seq].size
@@ -32,7 +36,7 @@ def default_batch_size(program: Program) -> int:
         if i.spatial is not None:
             per_sample = max(per_sample, program.dim_table[i.spatial[0]].size
                              * program.dim_table[i.spatial[1]].size)
-    return max(1, VECTORS_PER_STEP // per_sample)
+    return max(floor, VECTORS_PER_STEP // per_sample)
 
 
 def pick_device(device: str) -> str:

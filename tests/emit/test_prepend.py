@@ -60,3 +60,24 @@ def test_the_prepended_token_derives_as_a_bias(optimizer):
     abc = tp.derive(tp.parse(SMALL, "small.tp"), optimizer).abc
     assert abc["cls"] == abc["b"] and str(abc["cls"].b) == "0"
     assert str(abc["cls"].c) == {"adam": "0", "sgd": "-1", "muon": "0"}[optimizer]
+
+
+def test_tokens_inserted_after_the_class_token_go_between_it_and_the_patches():
+    # examples/vit_registers.tp: prepend(r1, h0, T2, 1), prepend(r2, h1, T3, 2), DINOv2's
+    # torch.cat([h[:, :1], reg, h[:, 1:]], dim=1); the positions stay those of T1
+    program = tp.parse_file(ROOT / "examples" / "vit_registers.tp")
+    assert "h1 = prepend(r1, h0, T2, 1)" in tp.to_text(program)
+    model = load_module(emit_program(program), "vit_registers").Model(64, dtype=torch.float64)
+    (x,) = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    v = model.vectors(x)
+    reg = torch.stack([model.r1, model.r2]).expand(2, -1, -1)
+    assert torch.equal(v["h2"], torch.cat([v["h0"][:, :1], reg, v["h0"][:, 1:]], dim=1))
+    assert model(x).shape == (2, 10)
+
+
+def test_an_insertion_past_the_sequences_end_is_refused():
+    bad = SMALL.replace("output y", "dim T2 = 6\nparam r : [n]\nh2 = prepend(r, h, T2, 6)\n"
+                        "output y")
+    with pytest.raises(tp.SemanticError, match="the fourth argument of prepend must be a token "
+                                               "index"):
+        tp.parse(bad, "small.tp")

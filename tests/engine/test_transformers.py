@@ -82,6 +82,10 @@ def test_sequence_programs_round_trip_through_text():
 
 def test_check_batch_keeps_about_sixteen_vectors_a_step():
     assert default_batch_size(tp.parse_file(TIED)) == 4  # 4 tokens a sequence
+    # an image is 32 x 32 vectors: a batch of one, or two where a batch norm must normalise
+    # a 1 x 1 image's channels (over one value each in a batch of one: torch refuses)
+    assert default_batch_size(tp.parse_file(ROOT / "examples" / "resnet.tp")) == 1
+    assert default_batch_size(tp.parse_file(ROOT / "examples" / "resnet_bn.tp")) == 2
 
 
 # --- numerically --------------------------------------------------------------------------------

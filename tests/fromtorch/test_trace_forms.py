@@ -344,11 +344,12 @@ class MaskBuffer(nn.Module):
     """OpenAI GPT's attention: a 0/1 float buffer of ones on and below the diagonal multiplied
     into the logits, then ``-1e4 * (1 - b)`` added (``sdpa``: sdpa's causal flag instead;
     ``floor``: XGLM's, the mask added as 0 or the lowest float, then the logits floored there
-    with ``torch.max``)."""
+    with ``torch.max``; ``where``: ImageGPT's, a boolean buffer and ``torch.where`` of it, the
+    logits and a tensor of the lowest float, ``where`` itself that tensor's value)."""
 
-    def __init__(self, n, sdpa=False, floor=False):
+    def __init__(self, n, sdpa=False, floor=False, where=None):
         super().__init__()
-        self.floor = floor
+        self.floor, self.where = floor, where
         self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, n)
         self.out, self.sdpa = nn.Linear(n, 13), sdpa
         self.register_buffer("bias", torch.ones(16, 16).tril().view(1, 1, 16, 16),
@@ -360,6 +361,11 @@ class MaskBuffer(nn.Module):
         q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(x).split(c, -1))
         if self.sdpa:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.where is not None:
+            w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
+            keep = self.bias[:, :, :t, :t].bool()
+            low = torch.tensor(self.where, dtype=w.dtype, device=w.device)
+            y = torch.where(keep, w, low).softmax(-1) @ v
         else:
             w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
             m = self.bias[:, :, :t, :t]
@@ -387,6 +393,20 @@ def test_logits_floored_at_the_lowest_float_are_the_logits():
     assert "mix(causal_softmax(" in traced.source
     sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
     assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)
+
+
+def test_a_causal_mask_applied_by_where_traces_as_sdpas():
+    # ImageGPT's torch.where(causal_mask, w, torch.tensor(finfo.min)): the number, a tensor the
+    # forward makes on the model's (meta) device, is read from the model built on the CPU
+    lowest = torch.finfo(torch.float32).min
+    traced = _trace(lambda n: MaskBuffer(n, where=lowest))
+    assert "mix(causal_softmax(" in traced.source
+    sdpa = _trace(lambda n: MaskBuffer(n, sdpa=True))
+    assert abc_by_target(traced, rows=True) == abc_by_target(sdpa, rows=True)
+    _bit_identical_at_base(traced, lambda n: MaskBuffer(n, where=lowest))
+    # a masked entry set to 0 is no mask: exp(0) weighs it as any key
+    with pytest.raises(TensorProgError, match=r"cannot trace the op where \(other than attention"):
+        _trace(lambda n: MaskBuffer(n, where=0.0))
 
 
 class LegacyWeight(nn.Module):

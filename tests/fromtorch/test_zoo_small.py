@@ -72,6 +72,17 @@ def test_zoo_plumbing_of_the_other_mappings(zoo):
     assert (kw["hidden_sizes"], kw["depths"], kw["embedding_size"]) == ([64, 128], [1, 1], 64)
     assert kw["stage_names"] == ["stem", "stage1", "stage2"] and not zoo._has_heads(
         transformers.ResNetConfig)
+    # HGNetV2's stem scales with its stages (32 and 48 of 128: n/4, n/2), its first stage
+    # reading the stem's last; RegNet's groups stay 2 and 4 (groups_width n/2)
+    kw = zoo.config_kwargs(transformers.HGNetV2Config, 64, "heads", image)
+    assert (kw["stem_channels"], kw["stage_in_channels"]) == ([3, 16, 32], [32, 64])
+    assert zoo.config_kwargs(transformers.RegNetConfig, 64, "heads", image)["groups_width"] == 32
+    # MobileNet's width is its depth_multiplier, n/512, with nothing rounding channels off it
+    kw = zoo.config_kwargs(transformers.MobileNetV2Config, 128, "heads", image)
+    assert (kw["depth_multiplier"], kw["min_depth"], kw["depth_divisible_by"]) == (0.25, 1, 1)
+    assert kw["finegrained_output"] is False
+    assert zoo.config_kwargs(transformers.MobileNetV1Config, 64, "heads", image)[
+        "depth_multiplier"] == 0.125
     # a ViT reads 32 x 32 images in patches of 8; T5 spells heads num_heads and head dim d_kv
     kw = zoo.config_kwargs(transformers.ViTConfig, 64, "head_dim", image)
     assert (kw["image_size"], kw["patch_size"], kw["num_attention_heads"]) == (32, 8, 4)

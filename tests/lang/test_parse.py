@@ -5,6 +5,7 @@ cascade, and an unused param is a warning. Bad programs and their messages: test
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 
 import pytest
 from conftest import parse_error, run_cli
@@ -121,6 +122,23 @@ def test_numbers_at_the_edge_of_the_range_are_exact():
     program = tp.parse(HEAD + "output y = 1e300 * (W @ x) + 0.1 * x\n")
     assert program.body[-1].terms[0][0] == 10**300
     assert program.body[-1].terms[1][0] * 10 == 1
+
+
+def test_a_dim_of_a_fraction_of_the_width_parses_and_prints_back():
+    # MobileNet v2's channel counts are 3/16, 5/16 ... of its width: k * n / m, one declaration
+    from tensorprog.ir.text import to_text
+
+    source = "width n = 64\ndim k = 3 * n / 16\ninput x : [n]\nparam W : [k, n]\n" \
+             "param V : [n, k]\noutput y = V @ relu(W @ x)\n"
+    program = tp.parse(source)
+    assert program.dim_table["k"].mult == Fraction(3, 16)
+    assert program.dim_table["k"].size_at(128) == 24
+    assert "dim k = 3 * n / 16" in to_text(program)
+    assert tp.parse(to_text(program)) == program
+    with pytest.raises(S, match=r"dim k = 3/16 x 8 is not a whole number at the base width"):
+        tp.parse(source.replace("n = 64", "n = 8"))
+    with pytest.raises(S, match="division of a dim by zero"):
+        tp.parse(source.replace("/ 16", "/ 0"))
 
 
 # --- errors collected, warnings -------------------------------------------------------------------
