@@ -10,8 +10,8 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
-from .ops_grn import GRN_VALUES
 from .ops_conv import Padded
+from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
     Affine,

@@ -84,20 +84,10 @@ def verify(program: Program) -> Program:
             if out is None:
                 errors.error(f"stream {ins.out}: a block's argument must be a vector", ins.span)
         elif isinstance(ins, MatMul):
-            shape = program.param_table.get(ins.weight).shape if ins.weight in matrices else None
-            if shape is None:
+            if ins.weight not in matrices:
                 errors.error(f"'{ins.weight}' is not a matrix param", ins.span)
                 break
-            fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
-            _verify_kernel(program, ins, shape, errors)
-            groups = ins.geometry.groups if ins.geometry is not None else 1
-            if groups != 1 and not _grouped_fan_in(dims, fan_in, ops[0], groups):
-                errors.error(f"{ins.weight} @ {ins.arg}: {groups} groups of fan-in {fan_in} do "
-                             f"not make {ops[0]}", ins.span)
-            elif groups == 1 and key(ops[0]) != key(fan_in):
-                errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {ops[0]}",
-                             ins.span)
-            out = fan_out
+            out = _verify_matmul(program, ins, ops[0], key, errors)
         elif isinstance(ins, Dot):
             if ops[0] is None or key(ops[0]) != key(ops[1]) and not _grouped(
                     dims, ops[0], ops[1], ins.over):
@@ -182,6 +172,21 @@ def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
                      f"{dims[ins.seq].size} tokens of {ins.seq}", ins.span)
     elif ins.grid is not None and program.spatial.get(ins.arg) is not None:
         errors.error(f"image: {ins.arg} is an image already", ins.span)
+
+
+def _verify_matmul(program: Program, ins: MatMul, arg: str | None, key,
+                   errors: Collector) -> str:
+    """W @ h: h's dim is W's fan-in (a grouped kernel's, times its groups); gives the fan-out."""
+    shape = program.param_table[ins.weight].shape
+    fan_out, fan_in = (shape[1], shape[0]) if ins.transposed else shape[:2]
+    _verify_kernel(program, ins, shape, errors)
+    groups = ins.geometry.groups if ins.geometry is not None else 1
+    if groups != 1 and not _grouped_fan_in(program.dim_table, fan_in, arg, groups):
+        errors.error(f"{ins.weight} @ {ins.arg}: {groups} groups of fan-in {fan_in} do "
+                     f"not make {arg}", ins.span)
+    elif groups == 1 and key(arg) != key(fan_in):
+        errors.error(f"{ins.weight} @ {ins.arg}: fan-in {fan_in} does not match {arg}", ins.span)
+    return fan_out
 
 
 def _grouped_fan_in(dims: dict, fan_in: str, arg: str | None, groups: int) -> bool:
