@@ -81,6 +81,13 @@ class LayoutOps:
             shape == tuple(old)
         ):
             return v
+        if tags[-2:] == ("H", "dh") and isinstance(v, Vec) and len(shape) == len(old) and \
+                tuple(shape[:-2]) == tuple(old[:-2]) and shape[-1] < old[-1] and \
+                old[-1] % shape[-1] == 0:
+            # each head split into finer heads (CodeGen's q, k, v in mp_num = 4 blocks, each
+            # [4, n/4] of the heads of its block, viewed [H, dh]): a view keeps the features'
+            # order, so the vector is the same and only its heads are smaller
+            return Vec(v.name, v.tags, v.dim, shape[-1])
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _probs_view(self, node, p: Probs, old, shape) -> Probs:
