@@ -225,6 +225,9 @@ class LayoutOps:
 
     def _split(self, node, v, sizes, dim):
         ndim = len(self._shape(node.args[0]))
+        halves = self._rotary_halves(node, v, sizes, dim, ndim)
+        if halves is not None:
+            return halves
         if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
             return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
         if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v, node):
@@ -252,6 +255,23 @@ class LayoutOps:
             items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
             start += s
         return Parts(items)
+
+    def _rotary_halves(self, node, v, sizes, dim, ndim) -> Parts | None:
+        """``x1, x2 = chunk(x, 2, -1)`` of a per-head vector, each half only multiplied (by
+        cos and sin: gpt-oss's ``_apply_rotary_emb``): the two halves of each head, as
+        rotate_half's slices are (ops_rotary.py's products and sums then check that they make a
+        rotation); None for any other split."""
+        if len(sizes) != 2 or sizes[0] != sizes[1] or dim % ndim != ndim - 1 or \
+                not isinstance(v, (Vec, Affine)) or "H" not in self._tags(v, node):
+            return None
+        uses = [u for g in node.users for u in g.users]
+        if not uses or any(op_name(u) != "mul" for u in uses) or any(
+                op_name(g) != "getitem" for g in node.users):
+            return None
+        x = self.vec(v, node)
+        if x.tags[-1] != "dh" or x.dh != 2 * sizes[0]:
+            return None
+        return Parts([Sub(x, 0, sizes[0]), Sub(x, sizes[0], 2 * sizes[0])])
 
     def row_block(self, v: Affine, lo: int, hi: int, name: str, part=None) -> Affine:
         """Output features lo..hi of a linear layer (of a row block of it): the rows lo..hi of
