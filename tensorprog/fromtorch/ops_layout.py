@@ -297,6 +297,19 @@ class LayoutOps:
                 for e in (start or 0, size if end is None else end)
             )
             return self.head_part(self.row_block(v, lo, hi, node.name), node)
+        size = self._shape(node.args[0])[-1]
+        if isinstance(v, Affine) and not v.dh and v.w.rows is None and v.w.period is None and \
+                dim % ndim == ndim - 1 and step == 2 and start in (None, 0, 1) and \
+                (end is None or end >= size) and size % 2 == 0:
+            # every other output feature (gpt-oss's gate_up[..., ::2] and [..., 1::2], its gate
+            # and up interleaved): row `start` of every pair of rows, a param of its own, as a
+            # block of every head's rows is
+            first = start or 0
+            w = PRef(v.w.target, v.w.shape, v.w.t, (first, first + 1), period=2, part=first,
+                     expert=v.w.expert)
+            b = None if v.b is None else PRef(v.b.target, v.b.shape, v.b.t, (first, first + 1),
+                                              period=2, part=first, expert=v.b.expert)
+            return Affine(v.x, w, b, node.name, v.tags, v.layer or v.node)
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):

@@ -409,3 +409,38 @@ def test_a_router_whose_own_update_does_not_scale_fails_whatever_its_input_does(
     traced = from_torch(FrozenRouterLM, (32, 64), _tokens)
     result = coord_check(MuP(traced, "adam"), (64, 128), steps=2, seeds=(0,))
     assert "linear" in result.failures and "linear" not in result.drift, str(result)
+
+
+@pytest.mark.slow
+def test_hf_gpt_oss_experts_with_biases_and_interleaved_gate_and_up():
+    # gpt-oss's experts: a bias per expert (b[ids sorted], added in place to the grouped
+    # matmul), the gate and up projections interleaved (gate_up[..., ::2], [..., 1::2]: every
+    # other row, a param each), each clamped (gate at 7 from above, up to [-7, 7]) and
+    # (up + 1) * gate·σ(1.702 gate); its rotary by halves with YaRN's scaled tables. Oracle:
+    # each expert's gate and up rows and biases derive as examples/moe.tp's expert input A1,
+    # and apply is bit-identical at the base width with every param in the program
+    build = _hf("gpt_oss", num_local_experts=4, num_experts_per_tok=2, layer_types=None)
+    traced = from_torch(build, (32, 64), _tokens, blocks=False)
+    src = traced.source
+    assert "cap(" in src and "hardtanh(" in src and "rotary embedding" in src
+    ours = derive(traced.program, "adam").abc
+    theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
+    for e in range(4):
+        for part in ("part0", "part1"):  # the gate's rows and the up's, every other one
+            name = f"model_layers_0_mlp_experts_gate_up_proj_{part}_e{e}"
+            assert _exponents(ours, name) == _exponents(theirs, "A1")
+            bias = traced.params[f"model_layers_0_mlp_experts_gate_up_proj_bias_{part}_e{e}"]
+            # row 0 (the gate) or 1 (the up) of every pair, of expert e's row of the bias
+            assert (bias.expert, bias.rows, bias.group_rows) == (
+                e, (Fraction(int(part[-1]), 2), Fraction(int(part[-1]) + 1, 2)), 2)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(1)
+    model = build(32)
+    torch.manual_seed(1)
+    plain = build(32)
+    mup.apply(model)  # at the base width: bit-identical params and logits
+    pairs = zip(model.parameters(), plain.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    x = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(x).logits, plain(x).logits)
+    assert not mup.uncovered(model)
