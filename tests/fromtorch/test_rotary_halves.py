@@ -76,3 +76,17 @@ def test_halves_summed_with_the_wrong_signs_are_refused():
     with pytest.raises(TensorProgError, match=r"test_rotary_halves.py:\d+:\d+: error: cannot "
                        r"trace a sum of cos and sin terms of a head's halves"):
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
+
+
+def test_the_querys_own_layer_output_is_unfolded_as_the_query_is():
+    # heads of n/4: µP's attention scale 1/dh folds into q's init and LR, which scales the
+    # layer's output (view) as well as the scaled query the logits read (cat = 1.25 * view):
+    # the check reads both with the factor undone
+    from tensorprog.fromtorch import MuP
+
+    traced = from_torch(lambda n: Net(n, "halves"), WIDTHS, _tokens)
+    mup = MuP(traced, "adam")
+    model = Net(128, "halves")
+    mup.apply(model)
+    unfold = mup.unfolded(model)
+    assert unfold["view"] == unfold["cat"] == pytest.approx(2.0)  # (128 / 32) ** (1 / 2)
