@@ -13,6 +13,7 @@ tensor their different LRs (tests/test_error_catalogue.py)."""
 from fractions import Fraction
 
 import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 
@@ -224,3 +225,38 @@ def test_blocks_of_heads_viewed_into_finer_heads_trace_as_the_blocks_rows():
         d = derive(traced.program, optimizer)
         assert {(d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in parts} == {
             (d.abc["o_weight"].a, d.abc["o_weight"].b, d.abc["o_weight"].c)}  # hidden, as o's
+
+
+class Interleaved(torch.nn.Module):
+    """A gated MLP whose gate and up rows alternate in one layer (gpt-oss's gate_up[..., ::2],
+    [..., 1::2]); separate: the same with a layer each."""
+
+    def __init__(self, n, separate=False):
+        super().__init__()
+        self.separate = separate
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        if separate:
+            self.g, self.u = torch.nn.Linear(n, n), torch.nn.Linear(n, n)
+        else:
+            self.fc = torch.nn.Linear(n, 2 * n)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        if self.separate:
+            g, u = self.g(x), self.u(x)
+        else:
+            y = self.fc(x)
+            g, u = y[..., ::2], y[..., 1::2]
+        return self.head(x + torch.nn.functional.silu(g) * u)
+
+
+def test_every_other_row_traces_as_a_layer_of_its_own():
+    traced = from_torch(Interleaved, WIDTHS, _tokens)
+    rows = {p: (u.rows, u.group_rows) for p, u in traced.params.items() if u.target == "fc.weight"}
+    assert rows == {"fc_weight_part0": ((0, Fraction(1, 2)), 2),
+                    "fc_weight_part1": ((Fraction(1, 2), 1), 2)}
+    oracle = from_torch(lambda n: Interleaved(n, True), WIDTHS, _tokens)
+    got, want = abc_by_target(traced, rows=True), abc_by_target(oracle)
+    assert got[("fc.weight", (0, Fraction(1, 2)))] == want["g.weight"]
+    assert got[("fc.bias", (Fraction(1, 2), 1))] == want["u.bias"]
+    apply_is_bit_identical_at_base(traced, Interleaved, _tokens)
