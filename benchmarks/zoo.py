@@ -140,7 +140,7 @@ FIELDS = {
 # and value head dims: DeepSeek-V3, Youtu, MiniCPM3) or to the width (MLA's low ranks), that
 # proportion rounded to a power of two so that the size stays a whole multiple or fraction of
 # the head dim or the width at every traced width
-PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
 
 

@@ -18,6 +18,7 @@ from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
+from .ops_nograd import NoGradOps
 from .ops_norm import NormOps
 from .ops_pointwise import PointwiseOps
 from .ops_pool import PoolOps
@@ -33,6 +34,7 @@ from .walk import Walker
 
 
 class Converter(
+    NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
