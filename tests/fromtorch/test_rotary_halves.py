@@ -63,8 +63,12 @@ def test_halves_are_rotate_halfs_rotation_times_the_scale():
     assert torch.allclose(halves(x, angle.cos() * SCALE, angle.sin() * SCALE), turned)
 
 
-def test_a_rotary_by_halves_with_scaled_tables_traces_as_the_scaled_vector():
-    traced = from_torch(lambda n: Net(n, "halves"), WIDTHS, _tokens)
+@pytest.fixture(scope="module")
+def traced():
+    return from_torch(lambda n: Net(n, "halves"), WIDTHS, _tokens)
+
+
+def test_a_rotary_by_halves_with_scaled_tables_traces_as_the_scaled_vector(traced):
     notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]
     assert len(notes) == 2, traced.source  # the query and the key
     assert "cat = 1.25 * view\n" in traced.source and "cat_1 = 1.25 * view_1\n" in traced.source
@@ -78,13 +82,12 @@ def test_halves_summed_with_the_wrong_signs_are_refused():
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
 
 
-def test_the_querys_own_layer_output_is_unfolded_as_the_query_is():
+def test_the_querys_own_layer_output_is_unfolded_as_the_query_is(traced):
     # heads of n/4: µP's attention scale 1/dh folds into q's init and LR, which scales the
     # layer's output (view) as well as the scaled query the logits read (cat = 1.25 * view):
     # the check reads both with the factor undone
     from tensorprog.fromtorch import MuP
 
-    traced = from_torch(lambda n: Net(n, "halves"), WIDTHS, _tokens)
     mup = MuP(traced, "adam")
     model = Net(128, "halves")
     mup.apply(model)
