@@ -19,6 +19,7 @@ from .values import (
     Scores,
     Spread,
     Sub,
+    Trig,
     Vec,
 )
 from .where import op_name, refuse
@@ -257,17 +258,20 @@ class LayoutOps:
         return Parts(items)
 
     def _rotary_halves(self, node, v, sizes, dim, ndim) -> Parts | None:
-        """``x1, x2 = chunk(x, 2, -1)`` of a per-head vector, each half only multiplied (by
-        cos and sin: gpt-oss's ``_apply_rotary_emb``): the two halves of each head, as
+        """``x1, x2 = chunk(x, 2, -1)`` of a per-head vector, each half only multiplied by a cos
+        or sin table (gpt-oss's ``_apply_rotary_emb``): the two halves of each head, as
         rotate_half's slices are (ops_rotary.py's products and sums then check that they make a
         rotation); None for any other split."""
         if len(sizes) != 2 or sizes[0] != sizes[1] or dim % ndim != ndim - 1 or \
                 not isinstance(v, (Vec, Affine)) or "H" not in self._tags(v, node):
             return None
-        uses = [u for g in node.users for u in g.users]
-        if not uses or any(op_name(u) != "mul" for u in uses) or any(
-                op_name(g) != "getitem" for g in node.users):
-            return None
+        uses = [(g, u) for g in node.users for u in g.users]
+        if not uses or any(op_name(g) != "getitem" for g in node.users) or any(
+                op_name(u) != "mul" or not any(
+                    isinstance(self.env.get(getattr(a, "name", None)), Trig)
+                    for a in u.args if a is not g)
+                for g, u in uses):
+            return None  # (a half multiplied by anything but a cos or sin table: no rotary)
         x = self.vec(v, node)
         if x.tags[-1] != "dh" or x.dh != 2 * sizes[0]:
             return None
