@@ -130,7 +130,7 @@ FIELDS = {
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
-                          "dff"),
+                          "dff", "dense_intermediate_size"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
@@ -139,7 +139,7 @@ FIELDS = {
     "num_experts_per_tok": ("top_k", "moe_topk", "num_selected_experts", "moe_k",
                             "num_experts_per_token"),
     "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
-                              "moe_ffn_hidden_size"),
+                              "moe_ffn_hidden_size", "shared_intermediate_size"),
 }
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head
@@ -147,7 +147,7 @@ FIELDS = {
 # and value head dims: DeepSeek-V3, Youtu, MiniCPM3) or to the width (MLA's low ranks), that
 # proportion rounded to a power of two so that the size stays a whole multiple or fraction of
 # the head dim or the width at every traced width
-PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
 
 

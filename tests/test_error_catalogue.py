@@ -1661,10 +1661,11 @@ CONV_BUILDS = {
                           r"error: cannot trace a view of an image from \[2, \d+, 4, 4\] to "
                           r"\[8, \d+, 2, 2\] \(its pixels folded into the batch(.|\n)*help: "
                           r"read the image's pixels as tokens"),
-    # hardtanh is a clamp the language has as relu6 alone, to [0, 6] (nn.ReLU6)
-    "clamp": ("lambda n: Net(n, pool=nn.Hardtanh())",
-              r"m.py:\d+:\d+: error: cannot trace hardtanh clamping to \[-1.0, 1.0\]"
-              r"(.|\n)*help: use nn.ReLU6"),
+    # a clamp the language has no form for: to [-1, 2] (it has [0, 6], [0, inf), [-c, c],
+    # (-inf, c] and [-c, inf))
+    "clamp": ("lambda n: Net(n, pool=nn.Hardtanh(-1.0, 2.0))",
+              r"m.py:\d+:\d+: error: cannot trace a clamp to \[-1.0, 2.0\]"
+              r"(.|\n)*help: clamp at one of these"),
     "channel_mean": ("lambda n: Net(n, tail=lambda x: x.mean(1).flatten(1)[:, :n])",
                      r"m.py:\d+:\d+: error: cannot trace a mean of an image over axes \[1\]"),
     "unpooled": ("lambda n: Net(n, tail=lambda x: x.flatten(1)[:, :n])",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL
+from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, torch_call
 from ..ir.program import (
     RELATIVE_KINDS,
     Dot,
@@ -154,7 +154,7 @@ class Emitter:
             if _NORMS[ins.fn].startswith("_"):  # a module-level helper of the templates
                 self.helpers.add(f"_{ins.fn}")
             return _NORMS[ins.fn].format(x=x)
-        return f"{_TORCH_FN[ins.fn]}({x})"
+        return torch_call(ins.fn, x)
 
     def _gate(self, a: str, ins: Nonlin) -> str:
         """A factor of a product; a vector of no pixels times an image (a squeeze-and-excitation

@@ -554,11 +554,17 @@ class MuP(OptimizerGroups):
                 "model_a"]
         # a width constant's output carries the constant's own width factor as well
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
-        return {
+        out = {
             info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
             / self.tuned_query.get(info["q"], 1.0)  # a tuned multiplier's patch on it
             for _, info in scales
         }
+        # the layer's own output under a number on it (gpt-oss's query times YaRN's scale, then
+        # the query): the factor folded into the layer scales it too
+        for vec, (w, *_) in self.traced.producers.items():
+            if vec not in out and w in folded and w not in self.own_patch:
+                out[vec] = r ** float(folded[w])
+        return out
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
         """The module of a patch, or of its block param in every layer of the model."""

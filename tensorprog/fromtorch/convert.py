@@ -19,6 +19,7 @@ from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
+from .ops_nograd import NoGradOps
 from .ops_norm import NormOps
 from .ops_pixels import PixelTokenOps
 from .ops_pointwise import PointwiseOps
@@ -35,6 +36,7 @@ from .walk import Walker
 
 
 class Converter(
+    NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'

@@ -102,9 +102,11 @@ class OptimizerGroups:
         if decay is not None and decay not in DECAY_MODES:
             raise UsageError(f"decay must be one of {', '.join(DECAY_MODES)}, not {decay!r}")
         decayed = decay_rule(model, decay_params)
-        # a param no output reaches gets no gradient: its LR moves nothing (apply names it)
+        # a param no output reaches gets no gradient: its LR moves nothing (apply names it);
+        # nor does one the model does not train (AFMoE's expert_bias, set outside the gradient)
         unreached = set(self.unreached(model))
-        outside = [name for name in self.uncovered(model) if name not in unreached]
+        outside = [name for name in self.uncovered(model) if name not in unreached
+                   and model.get_parameter(name).requires_grad]
         if outside:
             warnings.warn(
                 f"not in the traced program, so they keep lr {lr:g} unchanged at every width: "

@@ -196,6 +196,9 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))
         u, v = self.channel_params(node, u, v)  # g[:, None, None] * image (ops_spread.py)
         self.refuse_image_broadcast(node, u, v, product=True)  # (ops_conv.py)
+        offset = self.offset_product(node, u, v)  # (g(x) + c) * y (ops_pointwise.py)
+        if offset is not None:
+            return offset
         names = []
         for x in (u, v):
             names.append(

@@ -19,6 +19,7 @@ from .values import (
     Scores,
     Spread,
     Sub,
+    Trig,
     Vec,
 )
 from .where import op_name, refuse
@@ -85,6 +86,13 @@ class LayoutOps:
             shape == tuple(old)
         ):
             return v
+        if tags[-2:] == ("H", "dh") and isinstance(v, Vec) and len(shape) == len(old) and \
+                tuple(shape[:-2]) == tuple(old[:-2]) and shape[-1] < old[-1] and \
+                old[-1] % shape[-1] == 0:
+            # each head split into finer heads (CodeGen's q, k, v in mp_num = 4 blocks, each
+            # [4, n/4] of the heads of its block, viewed [H, dh]): a view keeps the features'
+            # order, so the vector is the same and only its heads are smaller
+            return Vec(v.name, v.tags, v.dim, shape[-1])
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _probs_view(self, node, p: Probs, old, shape) -> Probs:
@@ -222,6 +230,9 @@ class LayoutOps:
 
     def _split(self, node, v, sizes, dim):
         ndim = len(self._shape(node.args[0]))
+        halves = self._rotary_halves(node, v, sizes, dim, ndim)
+        if halves is not None:
+            return halves
         if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
             return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
         if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v, node):
@@ -250,6 +261,26 @@ class LayoutOps:
             start += s
         return Parts(items)
 
+    def _rotary_halves(self, node, v, sizes, dim, ndim) -> Parts | None:
+        """``x1, x2 = chunk(x, 2, -1)`` of a per-head vector, each half only multiplied by a cos
+        or sin table (gpt-oss's ``_apply_rotary_emb``): the two halves of each head, as
+        rotate_half's slices are (ops_rotary.py's products and sums then check that they make a
+        rotation); None for any other split."""
+        if len(sizes) != 2 or sizes[0] != sizes[1] or dim % ndim != ndim - 1 or \
+                not isinstance(v, (Vec, Affine)) or "H" not in self._tags(v, node):
+            return None
+        uses = [(g, u) for g in node.users for u in g.users]
+        if not uses or any(op_name(g) != "getitem" for g in node.users) or any(
+                op_name(u) != "mul" or not any(
+                    isinstance(self.env.get(getattr(a, "name", None)), Trig)
+                    for a in u.args if a is not g)
+                for g, u in uses):
+            return None  # (a half multiplied by anything but a cos or sin table: no rotary)
+        x = self.vec(v, node)
+        if x.tags[-1] != "dh" or x.dh != 2 * sizes[0]:
+            return None
+        return Parts([Sub(x, 0, sizes[0]), Sub(x, sizes[0], 2 * sizes[0])])
+
     def row_block(self, v: Affine, lo: int, hi: int, name: str, part=None) -> Affine:
         """Output features lo..hi of a linear layer (of a row block of it): the rows lo..hi of
         its weight and bias, a param of their own in the program (so a fused projection traces
@@ -274,6 +305,19 @@ class LayoutOps:
                 for e in (start or 0, size if end is None else end)
             )
             return self.head_part(self.row_block(v, lo, hi, node.name), node)
+        size = self._shape(node.args[0])[-1]
+        if isinstance(v, Affine) and not v.dh and v.w.rows is None and v.w.period is None and \
+                dim % ndim == ndim - 1 and step == 2 and start in (None, 0, 1) and \
+                (end is None or end >= size) and size % 2 == 0:
+            # every other output feature (gpt-oss's gate_up[..., ::2] and [..., 1::2], its gate
+            # and up interleaved): row `start` of every pair of rows, a param of its own, as a
+            # block of every head's rows is
+            first = start or 0
+            w = PRef(v.w.target, v.w.shape, v.w.t, (first, first + 1), period=2, part=first,
+                     expert=v.w.expert)
+            b = None if v.b is None else PRef(v.b.target, v.b.shape, v.b.t, (first, first + 1),
+                                              period=2, part=first, expert=v.b.expert)
+            return Affine(v.x, w, b, node.name, v.tags, v.layer or v.node)
         return self.head_slice(node, v, dim, start, end, step)
 
     def op_unsqueeze(self, node, v, dim):

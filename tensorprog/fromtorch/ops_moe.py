@@ -33,6 +33,7 @@ from .routing import (
     Choice,
     Dispatch,
     Dispatched,
+    ExpertBias,
     ExpertNode,
     Experts,
     Selected,
@@ -237,7 +238,24 @@ class MoEOps:
     def _moe_add(self, node, u, v, alpha=1):
         if isinstance(u, TopSum) and isinstance(v, (int, float)) and abs(v) <= _TINY:
             return u
+        for x, b in ((u, v), (v, u)):
+            # the grouped matmul plus each sorted slot's expert's bias: expert e's W[e] x + b[e]
+            if isinstance(x, Experts) and isinstance(b, ExpertBias) and alpha == 1 and \
+                    x.order == "sorted" and x.weights is None and not x.column and \
+                    x.gates.name == b.gates.name and all(
+                        isinstance(a, Affine) and a.b is None and a.w.expert == e
+                        and a.tags[-1] == "F" and a.w.shape[0 if not a.w.t else 1] == b.b.shape[1]
+                        for e, a in enumerate(x.items)):
+                items = [dataclasses.replace(a, b=PRef(b.b.target, tuple(b.b.shape[1:]), False,
+                                                       expert=e))
+                         for e, a in enumerate(x.items)]
+                return Experts(items, x.gates, x.k, order=x.order, node=x.node)
         return None
+
+    def _moe_add_(self, node, u, v, alpha=1):
+        # out.add_(bias) on the grouped matmul's own output (transformers' _grouped_linear):
+        # nothing else reads it, so the out-of-place sum
+        return self._moe_add(node, u, v, alpha) if isinstance(u, Experts) else None
 
     def _moe_div(self, node, u, v):
         if isinstance(u, TopW) and isinstance(v, TopSum) and v.w.gates.name == u.gates.name \
@@ -346,6 +364,9 @@ class MoEOps:
             return Selected(v, at.gates, at.k)  # W[ids]: each slot's expert's matrix
         if not isinstance(at, Dispatch):
             return None
+        if at.what == "ids" and isinstance(v, PRef) and len(v.shape) == 2 and v.expert is None \
+                and not v.rows and not v.t and not v.offset and v.shape[0] == at.gates.dim:
+            return ExpertBias(v, at.gates, at.k)  # b[ids sorted]: each slot's expert's bias
         if at.what == "token" and isinstance(v, (Vec, Affine, Pointwise)):
             x = self.vec(v, node)
             if x.tags[-1] == "F":

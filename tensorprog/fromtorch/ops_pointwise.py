@@ -29,6 +29,7 @@ from .values import (
     PRef,
     Scores,
     Vec,
+    identify,
     identify_power,
     identify_scaled,
 )
@@ -109,26 +110,57 @@ class PointwiseOps:
         return self.coordinatewise(node, x, lambda t: t.abs())
 
     def op_hardtanh(self, node, x, min_val=-1.0, max_val=1.0):
-        """``F.relu6`` (``nn.ReLU6``, MobileNet's), which torch writes as hardtanh(x, 0, 6): the
-        language's ``relu6``, named from the op itself. A chain of coordinatewise ops is
-        identified by its values on [-4, 4] (values.identify), where relu6 is relu: so the
-        input is made a program vector here and relu6 applied to it by name. Any other clamp
-        (hardtanh's own [-1, 1]) is no function of the language: refused."""
-        if (float(min_val), float(max_val)) != (0.0, 6.0):
+        """``F.relu6`` (``nn.ReLU6``, MobileNet's), which torch writes as hardtanh(x, 0, 6), and
+        ``nn.Hardtanh``: a clamp (:meth:`op_clamp`)."""
+        return self.op_clamp(node, x, min_val, max_val)
+
+    def op_relu6(self, node, x):
+        """``F.relu6`` as its own op (nn.ReLU6 exports as hardtanh(x, 0, 6) instead)."""
+        return self.op_clamp(node, x, 0.0, 6.0)
+
+    def op_clamp(self, node, x, min=None, max=None):  # noqa: A002 (torch's keyword names)
+        """``x.clamp(min, max)`` at constant bounds, named from the op: a chain of coordinatewise
+        ops is identified by its values on [-4, 4] (values.identify), where a clamp at 6 or 7 is
+        relu or the identity, and their rules would pass on a growth the clamp caps (a silent
+        wrong answer). So the input is made a program vector and the clamp written with the
+        language's functions, exactly: to [0, 6] ``relu6(x)``; at 0 from below ``relu(x)``; to
+        [-c, c] ``c * hardtanh(x / c)`` (gpt-oss's and MiniMax's up projection); from above
+        at c > 0 or from below at c < 0 ``c * cap(x / c)``, cap(t) = min(t, 1) (their gate's
+        ``clamp(max=swiglu_limit)``). c is a coefficient slot, read at both widths as any
+        number multiplying a vector. Any other clamp has no form: refused."""
+        if any(b is not None and not isinstance(b, (int, float)) for b in (min, max)):
+            raise refuse(node, "a clamp at bounds that are tensors, not numbers",
+                         help="clamp at numbers (x.clamp(max=c), x.clamp(-c, c))")
+        lo, hi = (None if b is None else float(b) for b in (min, max))
+        form = None
+        if (lo, hi) == (0.0, 6.0):
+            form = ("relu6", 1.0)
+        elif (lo, hi) == (0.0, None):
+            form = ("relu", 1.0)
+        elif lo is not None and hi is not None and hi > 0 and lo == -hi:
+            form = ("hardtanh", hi)
+        elif lo is None and hi is not None and hi > 0:
+            form = ("cap", hi)
+        elif hi is None and lo is not None and lo < 0:
+            form = ("cap", lo)
+        if form is None:
             raise refuse(
                 node,
-                f"hardtanh clamping to [{min_val}, {max_val}] (the language's clamp is relu6, "
-                "to [0, 6])",
-                help="use nn.ReLU6 (hardtanh(x, 0, 6)), or a relu, tanh or sigmoid",
+                f"a clamp to [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]: "
+                "the language clamps to [0, 6] (relu6), [0, inf) (relu), [-c, c] "
+                "(c * hardtanh(x / c)), (-inf, c] for c > 0 and [c, inf) for c < 0 "
+                "(c * cap(x / c)), at numbers",
+                help="clamp at one of these (nn.ReLU6, x.clamp(max=c), x.clamp(-c, c)), or use "
+                "a relu, tanh or sigmoid",
             )
         if isinstance(x, PRef):
             return self.coordinatewise(node, x, None)  # a param alone: refused there
         x = self.vec(x, node)  # what is no vector is refused there
-        return Vec(self.emit_vector(node.name, f"relu6({x.name})"), x.tags, x.dim, x.dh)
-
-    def op_relu6(self, node, x):
-        """``F.relu6`` as its own op (nn.ReLU6 exports as hardtanh(x, 0, 6) instead)."""
-        return self.op_hardtanh(node, x, 0.0, 6.0)
+        fn, c = form
+        if c == 1.0:
+            return Vec(self.emit_vector(node.name, f"{fn}({x.name})"), x.tags, x.dim, x.dh)
+        v = Pointwise(x, lambda t: t, node.name)
+        return self.emit_times(v, node, c, f"{fn}({x.name} / {c!r})", slot=True)
 
     def emit_form(self, v: Pointwise, node) -> Vec | None:
         """The program vector of a chain no language function matches alone: an integer power
@@ -164,6 +196,28 @@ class PointwiseOps:
             self.out.stmts.append(f"{base} = {fn}({src.name})")
         self._made[key] = self.emit_times(v, node, c, " * ".join([base] * k))
         return self._made[key]
+
+    def offset_product(self, node, u, v) -> Vec | None:
+        """``(g(x) + c) * y`` of a vector y of another source (gpt-oss's and MiniMax's
+        ``(up + 1) * glu``): the language adds no number to a vector, so the product is
+        written distributed, ``g(x) * y + c * y``, which is the same computation. Only where
+        g = f - f(0) is a language function and f itself none (a sigmoid gate stays one
+        function). None: no such product."""
+        import torch
+
+        for a, b in ((u, v), (v, u)):
+            if not (isinstance(a, Pointwise) and isinstance(b, (Vec, Affine, Pointwise))):
+                continue
+            c = float(a.f(torch.zeros(1, dtype=torch.float64))[0])
+            g = Pointwise(a.src, lambda t, f=a.f, c=c: f(t) - c, a.node)
+            if c == 0 or not math.isfinite(c) or identify(a.f) is not None or \
+                    identify(g.f) is None:
+                continue
+            prod = self.op_mul(node, g, b)
+            y = self.vec(b, node)
+            name = self.emit_vector(node.name, f"{prod.name} + {c!r} * {y.name}")
+            return Vec(name, prod.tags, prod.dim, prod.dh)
+        return None
 
     def token_mask(self, node, u, v):
         """``x * mask[..., None]`` with a mask of 0s and 1s per token computed from the inputs

@@ -23,6 +23,7 @@ from .values import (
     Conc,
     PairHalf,
     PairStack,
+    Pointwise,
     RopeTerm,
     Rotated,
     Strided,
@@ -87,8 +88,11 @@ class RotaryOps:
             return self.prepend_tokens(node, tensors, dim)
         if len(tensors) == 2 and all(isinstance(t, PairHalf) for t in tensors) and (
             [t.start for t in tensors] == [0, 1] and _key(tensors[0].src) == _key(tensors[1].src)
+            and tensors[0].halves == tensors[1].halves
+            and tensors[0].factor == tensors[1].factor
         ):  # each pair (2i, 2i + 1) turned, put at (i, i + d/2): the same layout for q and k
-            return self._rotated(tensors[0].src)
+            # (or each head's halves turned, put back in their place)
+            return self._rotated(tensors[0].src, tensors[0].factor, node)
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty
@@ -154,35 +158,80 @@ class RotaryOps:
 
     def rope_term(self, node, x, table: Trig):
         if isinstance(x, Strided) and x.sign == 1:  # a half of each pair, by either table
-            return RopeTerm(x, table.kind, table.angle)
+            return RopeTerm(x, table.kind, table.angle, factor=table.factor)
         if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:
-            return RopeTerm(x, "cos", table.angle)
+            return RopeTerm(x, "cos", table.angle, factor=table.factor)
         if table.kind == "cos" and not isinstance(x, (Sub, Rotated, RopeTerm)):
             x = self.vec(x, node)
             if x.tags[-1] == "dh":
-                return RopeTerm(x, "cos", table.angle)
+                return RopeTerm(x, "cos", table.angle, factor=table.factor)
         if table.kind == "sin" and isinstance(x, Rotated):
-            return RopeTerm(x.src, "sin", table.angle)
+            return RopeTerm(x.src, "sin", table.angle, factor=table.factor)
+        if table.kind == "sin" and isinstance(x, Sub) and x.sign == 1:  # a half of each head
+            return RopeTerm(x, "sin", table.angle, pairs="chunk",  # (_chunk_half)
+                            factor=table.factor)
         raise refuse(node, f"a product with a {table.kind} table outside a rotary embedding")
 
     def rope_sum(self, node, u: RopeTerm, v: RopeTerm, alpha):
-        half = self._pair_half(u, v, alpha)
+        if u.factor != v.factor:
+            raise refuse(node, "a sum of cos and sin terms of tables scaled by different "
+                         "numbers (no rotation times one number)")
+        half = self._pair_half(u, v, alpha) or self._chunk_half(u, v, alpha)
         if half is not None:
             return half
+        if "chunk" in (u.pairs, v.pairs):
+            raise refuse(node, "a sum of cos and sin terms of a head's halves that is not one "
+                         "half of a rotation (x1·cos − x2·sin, x2·cos + x1·sin with x1, x2 = "
+                         "chunk(x, 2, -1))")
         kinds = {u.kind, v.kind}
         same = _key(u.src) == _key(v.src) and u.angle == v.angle
         if u.table is not None or v.table is not None:  # read from a table: ops_tables.py
             same = _key(u.src) == _key(v.src) and self.tables_rotate(node, u, v)
         if not same or kinds != {"cos", "sin"} or alpha != 1:
             raise refuse(node, "a sum of cos and sin terms that is not a rotation of one vector")
-        return self._rotated(u.src)
+        return self._rotated(u.src, u.factor, node)
 
-    def _rotated(self, src):
-        """``src`` turned by a rotary: itself, its vector recorded as rotated."""
+    def _rotated(self, src, factor: float = 1.0, node=None):
+        """``src`` turned by a rotary: itself, its vector recorded as rotated; times
+        ``factor`` where the tables were scaled (YaRN's attention_scaling: a number times a
+        rotation, a coefficient on the vector)."""
         whole = src.src if isinstance(src, Sub) else src
         if whole.name not in self.out.rotary:
             self.out.rotary.append(whole.name)
-        return src
+        if factor == 1:
+            return src
+        if isinstance(src, Sub):
+            raise refuse(node, "a partial rotary whose cos and sin tables are scaled by a "
+                         "number (the turned part alone scaled)",
+                         help="scale the whole head after the rotary, or the query instead")
+        return Pointwise(src, lambda t, c=factor: c * t, node.name)
+
+    @staticmethod
+    def _chunk_half(u: RopeTerm, v: RopeTerm, alpha) -> PairHalf | None:
+        """``x1·cos − x2·sin`` (the first half of each head turned) or ``x2·cos + x1·sin`` (the
+        second), x1, x2 = chunk(x, 2, -1), both tables of one angle of d/2 entries: rotate_half's
+        rotation of x, each angle the pair (i, i + d/2)'s, written out by halves (gpt-oss's);
+        None for anything else."""
+        cos, sin = (u, v) if u.kind == "cos" else (v, u)
+        if not ((cos.kind, sin.kind, sin.pairs) == ("cos", "sin", "chunk")
+                and isinstance(cos.src, Sub) and isinstance(sin.src, Sub)
+                and cos.src.sign == sin.src.sign == 1 and cos.angle == sin.angle
+                and cos.table is None and sin.table is None
+                and _key(cos.src.src) == _key(sin.src.src)):
+            return None
+        if sin is u and alpha != 1:  # sin + alpha·cos: cos's coefficient is not 1
+            return None
+        sign = alpha if sin is v else 1  # sin's coefficient
+        lo, hi = sorted(((cos.src.lo, cos.src.hi), (sin.src.lo, sin.src.hi)))
+        if lo[1] != hi[0] or lo[1] - lo[0] != hi[1] - hi[0]:
+            return None  # not the two halves of one range
+        start = 0 if (cos.src.lo, sign) == (lo[0], -1) else 1 if (
+            cos.src.lo, sign) == (hi[0], 1) else None
+        if start is None:
+            return None
+        src = cos.src.src
+        whole = src if (lo[0], hi[1]) == (0, src.dh) else Sub(src, lo[0], hi[1])
+        return PairHalf(whole, start, halves=True, factor=cos.factor)
 
     @staticmethod
     def _pair_half(u: RopeTerm, v: RopeTerm, alpha) -> PairHalf | None:
@@ -199,5 +248,5 @@ class RotaryOps:
             return None
         sign = alpha if sin is v else 1  # sin's coefficient
         if (cos.src.start, sign) in ((0, -1), (1, 1)):
-            return PairHalf(cos.src.src, cos.src.start)
+            return PairHalf(cos.src.src, cos.src.start, factor=cos.factor)
         return None

@@ -16,7 +16,8 @@ layer derives as ``route(g, k, y_1, ..., y_E)`` (``route_norm`` normalised). The
 ``route`` selects by g, which is the model's selection while b is 0 (its init) and the groups
 keep every expert: the route's line says so in a comment. The variants followed: the bias a
 buffer, a constant or a fixed param ``[1, E]`` squeezed (Ernie-4.5's; a param read only by the
-selection gets no gradient and stays out of the program), softmax gates, the logits selecting
+selection gets no gradient and stays out of the program), a param the model does not train
+(AFMoE's ``expert_bias``, ``requires_grad=False``), softmax gates, the logits selecting
 and their gathered sigmoid weighting (Kolibri's), the k gates' sum clamped below by a tiny
 number. Every value of the selection is a :class:`Choice`, which the ops here carry only
 towards a top-k's ids; any other use of one is refused at its op (MoEOps.vec).
@@ -78,7 +79,8 @@ class SelectOps:
             # only, it gets no gradient (a top-k's ids have none) and stays out of the program
             if not isinstance(g, (Vec, Pointwise, Affine)) or not isinstance(b, (Aux, Conc, PRef)):
                 continue
-            if isinstance(b, PRef) and getattr(node.args[at], "op", "") != "call_function":
+            if isinstance(b, PRef) and getattr(node.args[at], "op", "") != "call_function" \
+                    and not self._frozen(b):
                 continue  # a param as it is: a trainable bias of the scores, not the selection's
             val = getattr(node.args[at], "meta", {}).get("val")
             b_shape = tuple(val.shape) if val is not None else ()
@@ -91,6 +93,14 @@ class SelectOps:
                 raise refuse(node, "a param added to a router's scores other than as a "
                              "per-expert bias of its selection", help=_HELP)
         return None
+
+    def _frozen(self, b: PRef) -> bool:
+        """Whether ``b`` is a param the model does not train (``requires_grad=False``: AFMoE's
+        ``expert_bias``, which its load balancing sets outside the gradient): a constant of the
+        selection as a buffer is, its whole self (no part, offset or expert of it)."""
+        p = self.ep.state_dict.get(b.target)
+        return p is not None and not p.requires_grad and not (
+            b.t or b.rows or b.offset or b.expert is not None)
 
     def selection_bias(self, node, p):
         """``b.squeeze()`` (a view) of a param [1, E] that only a selection's sum reads

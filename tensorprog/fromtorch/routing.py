@@ -101,6 +101,18 @@ class Selected:
 
 
 @dataclass
+class ExpertBias:
+    """A 2-D param [experts, out] indexed by the sorted ids (``b[ids_sorted]``: each sorted
+    slot's expert's bias, transformers' grouped_mm experts with ``has_bias``), for adding to
+    the experts' grouped matmul: expert e's row is its bias."""
+
+    b: object  # the PRef of the whole 2-D param
+    gates: Vec
+    k: int
+    node: str = ""
+
+
+@dataclass
 class Experts:
     """One lazy value per expert (``items[e]``: what expert e computes from every token, as the
     program writes it); ``weights``: the gates that multiply them, once applied; ``order``:
@@ -136,7 +148,8 @@ class Choice:
     node: str = ""
 
 
-ROUTED = (TopW, TopSum, TopIdx, Dispatch, Dispatched, Selected, Experts, Choice)
+ROUTED = (TopW, TopSum, TopIdx, Dispatch, Dispatched, Selected, ExpertBias, Experts,
+          Choice)
 
 
 @dataclass

@@ -312,6 +312,9 @@ class Trig:
 
     kind: str  # "cos" or "sin"
     angle: str
+    # a number multiplying the table (YaRN's attention_scaling on gpt-oss's cos and sin): the
+    # rotation it makes is that number times a rotation
+    factor: float = 1.0
 
 
 @dataclass
@@ -365,6 +368,11 @@ class PairHalf:
 
     src: Vec | Sub
     start: int
+    # the halves of each head instead (gpt-oss's ``_apply_rotary_emb``: x1, x2 = chunk(x, 2),
+    # ``x1·cos − x2·sin`` the first (start 0), ``x2·cos + x1·sin`` the second (1), each angle
+    # the pair (i, i + d/2)'s): ``cat`` of the two is rotate_half's rotation of the head
+    halves: bool = False
+    factor: float = 1.0  # the tables' (Trig.factor)
 
 
 @dataclass
@@ -397,7 +405,8 @@ class RopeTerm:
     # the cos or sin table itself where it is known (read from a fixed table: ops_tables.py),
     # and which coordinates the sin term's rotate pairs ("half" or "interleaved")
     table: object = None
-    pairs: str = "half"
+    pairs: str = "half"  # or "chunk": a sin term of ``src`` itself, one half of each head
+    factor: float = 1.0  # the table's (Trig.factor)
 
 
 @dataclass

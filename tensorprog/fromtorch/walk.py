@@ -4,6 +4,7 @@ size slots and params, and the materialising of lazy values into program stateme
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import re
 from fractions import Fraction
@@ -523,8 +524,10 @@ class Walker:
         args, kwargs = self.args(node)
         if node.target is operator.getitem:
             if isinstance(args[0], Parts):
-                return self.head_part(dataclasses.replace(args[0].items[args[1]], node=node.name),
-                                      node)
+                item = args[0].items[args[1]]
+                if isinstance(item, Sub):  # a head's half (ops_layout._rotary_halves)
+                    return item
+                return self.head_part(dataclasses.replace(item, node=node.name), node)
             if isinstance(args[0], (Conc, Aux)):
                 return self.concrete(node, args, kwargs)
             if isinstance(args[0], RowMax) and args[1] == 0:  # max(dim).values (ops_sink.py)
@@ -695,5 +698,10 @@ class Walker:
         if op in CHECK_OPS:
             return None
         others = [x for x in flat if isinstance(x, (Aux, Conc))]
-        carried = op in _TRIG_CARRIERS or (op == "mul" and 1 in flat)  # 1.0 == 1
+        numbers = [x for x in flat if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if op == "mul" and len(tables) == 1 == len(numbers) == len(flat) - 1 and \
+                math.isfinite(numbers[0]) and numbers[0] > 0:
+            # a table times a number (YaRN's attention_scaling): that number times a rotation
+            return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
+        carried = op in _TRIG_CARRIERS
         return tables[0] if len(tables) == 1 and not others and carried else Aux()

@@ -13,7 +13,8 @@ compute it with:
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
   the functions that act over a whole axis (norms, softmaxes, pools).
 * ``torch``: the torch function the emitted module calls for it (the norms and pools are written
-  out by the emitter around it).
+  out by the emitter around it), with ``keywords``: the constant keyword arguments of that call
+  (``cap``'s bound, ``torch.clamp(x, max=1.0)``).
 
 Tables elsewhere that name functions (the emitter's expressions, the limits' numpy functions, the
 tracer's recognisers) cover a subset of these rows; a test checks that they agree with this one.
@@ -32,6 +33,7 @@ class Function:
     scaling: str  # "linear" | "bounded" | "offset" | "normalize"
     at_zero: float | None
     torch: str
+    keywords: tuple[tuple[str, float], ...] = ()
 
 
 MUL = "mul"
@@ -51,6 +53,13 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("tanh", "bounded", 0.0, "torch.tanh"),
     # min(max(x, 0), 6) (MobileNet's ReLU6): a relu near 0, capped at 6, so bounded as tanh is
     Function("relu6", "bounded", 0.0, "torch.nn.functional.relu6"),
+    # clamp to [-1, 1]: c * hardtanh(x / c) is a clamp to [-c, c] (gpt-oss's and MiniMax's
+    # swiglu_limit on the up projection); the identity near 0, capped both ways, as tanh is
+    Function("hardtanh", "bounded", 0.0, "torch.nn.functional.hardtanh"),
+    # min(x, 1): c * cap(x / c) is a clamp at c from above for c > 0 (their gate's
+    # clamp(max=limit)) and from below for c < 0. It caps one side only: the other grows as x
+    # does, so size passes through as a relu's
+    Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),)),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
     Function("identity", "linear", 0.0, ""),  # the input itself: no call
@@ -116,10 +125,19 @@ def pooled(fn: str, size: tuple[int, int]) -> tuple[int, int] | None:
 def torch_function(torch, name: str):
     """The torch callable of a coordinatewise function, looked up in ``torch`` (passed in, so this
     module imports nothing): what the limits' finite networks and the tracer compute it with."""
-    path = FUNCTIONS[name].torch
-    if not path:
+    row = FUNCTIONS[name]
+    if not row.torch:
         return lambda x: x
     fn = torch
-    for part in path.split(".")[1:]:
+    for part in row.torch.split(".")[1:]:
         fn = getattr(fn, part)
+    if row.keywords:
+        return lambda x, fn=fn, kw=dict(row.keywords): fn(x, **kw)
     return fn
+
+
+def torch_call(name: str, x: str) -> str:
+    """The emitted call of a coordinatewise function on the expression ``x``: its torch
+    function with its constant keyword arguments."""
+    row = FUNCTIONS[name]
+    return f"{row.torch}({x}{''.join(f', {k}={v!r}' for k, v in row.keywords)})"

@@ -49,6 +49,8 @@ FNS = {
     "gelu": Fn("gelu", lambda x: 0.5 * x * (1.0 + erf(x / _SQRT2))),  # torch's exact gelu
     "tanh": Fn("tanh", np.tanh),
     "relu6": Fn("relu6", lambda x: np.clip(x, 0.0, 6.0)),
+    "hardtanh": Fn("hardtanh", lambda x: np.clip(x, -1.0, 1.0)),
+    "cap": Fn("cap", lambda x: np.minimum(x, 1.0)),
     "sigmoid": Fn("sigmoid", _sigmoid),
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
 }

@@ -13,6 +13,7 @@ tensor their different LRs (tests/test_error_catalogue.py)."""
 from fractions import Fraction
 
 import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base
 
 torch = pytest.importorskip("torch")
 
@@ -174,3 +175,88 @@ def test_a_block_beside_a_fixed_one_is_rescaled_at_another_width():
     lr = next(g["lr"] for g in mup.param_groups(model, 1e-3)
               if any(p is model.fc.weight for p in g["params"]))
     assert lr == pytest.approx(1e-3 / 4)
+
+
+class Blocked(torch.nn.Module):
+    """CodeGen's attention: the fused qkv laid out in mp = 2 blocks, each holding its heads'
+    query, value and key (in that order), viewed [mp, 3n/mp], split, and each part viewed into
+    heads of 4 (finer than its block): heads n/4 grow with the width, head dim fixed. Separate:
+    the same attention with a query, key and value layer of its own."""
+
+    def __init__(self, n, separate=False, mp=2, dh=4):
+        super().__init__()
+        self.n, self.mp, self.dh, self.separate = n, mp, dh, separate
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13, bias=False)
+        self.qkv = torch.nn.Linear(n, 3 * n, bias=False)
+        self.o = torch.nn.Linear(n, n, bias=False)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.e(idx)
+        if self.separate:  # the same rows, sliced out of the blocks by hand
+            w = self.qkv.weight.view(self.mp, 3, -1, self.n)
+            q, v, k = (x @ w[:, i].reshape(self.n, self.n).T for i in range(3))
+        else:
+            q, v, k = self.qkv(x).view(b, t, self.mp, -1).split(self.n // self.mp, dim=-1)
+        q, k, v = (y.reshape(b, t, -1, self.dh).transpose(1, 2) for y in (q, k, v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(x + self.o(a.transpose(1, 2).reshape(b, t, self.n)))
+
+
+def test_blocks_of_heads_viewed_into_finer_heads_trace_as_the_blocks_rows():
+    traced = from_torch(Blocked, (16, 32), _tokens)
+    parts = {p: u for p, u in traced.params.items() if u.target == "qkv.weight"}
+    # each part is a third of every block's rows: query, value, key, in CodeGen's order
+    assert sorted((u.rows, u.groups) for u in parts.values()) == [
+        ((Fraction(i, 3), Fraction(i + 1, 3)), 2) for i in range(3)]
+    assert "dot(getitem, getitem_2, f4)" in traced.source  # heads of 4, not of a block
+    model = Blocked(16)
+    x = _tokens(model)[0]
+    for sep in (False, True):  # the oracle: the rows sliced out by hand give the same output
+        other = Blocked(16, separate=sep)
+        other.load_state_dict(model.state_dict())
+        assert torch.allclose(other(x), model(x), atol=1e-6)
+    w = model.qkv.weight.detach()
+    q = model.e(x) @ w.view(2, 3, -1, 16)[:, 0].reshape(16, 16).T
+    lo, hi = (int(r * 24) for r in parts["qkv_weight_part0"].rows)  # of each group's 24 rows
+    rows = torch.cat([w[g * 24 + lo:g * 24 + hi] for g in range(2)])
+    assert torch.allclose(model.e(x) @ rows.T, q)
+    for optimizer in ("adam", "sgd"):
+        d = derive(traced.program, optimizer)
+        assert {(d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in parts} == {
+            (d.abc["o_weight"].a, d.abc["o_weight"].b, d.abc["o_weight"].c)}  # hidden, as o's
+
+
+class Interleaved(torch.nn.Module):
+    """A gated MLP whose gate and up rows alternate in one layer (gpt-oss's gate_up[..., ::2],
+    [..., 1::2]); separate: the same with a layer each."""
+
+    def __init__(self, n, separate=False):
+        super().__init__()
+        self.separate = separate
+        self.e, self.head = torch.nn.Embedding(13, n), torch.nn.Linear(n, 13)
+        if separate:
+            self.g, self.u = torch.nn.Linear(n, n), torch.nn.Linear(n, n)
+        else:
+            self.fc = torch.nn.Linear(n, 2 * n)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        if self.separate:
+            g, u = self.g(x), self.u(x)
+        else:
+            y = self.fc(x)
+            g, u = y[..., ::2], y[..., 1::2]
+        return self.head(x + torch.nn.functional.silu(g) * u)
+
+
+def test_every_other_row_traces_as_a_layer_of_its_own():
+    traced = from_torch(Interleaved, WIDTHS, _tokens)
+    rows = {p: (u.rows, u.group_rows) for p, u in traced.params.items() if u.target == "fc.weight"}
+    assert rows == {"fc_weight_part0": ((0, Fraction(1, 2)), 2),
+                    "fc_weight_part1": ((Fraction(1, 2), 1), 2)}
+    oracle = from_torch(lambda n: Interleaved(n, True), WIDTHS, _tokens)
+    got, want = abc_by_target(traced, rows=True), abc_by_target(oracle)
+    assert got[("fc.weight", (0, Fraction(1, 2)))] == want["g.weight"]
+    assert got[("fc.bias", (Fraction(1, 2), 1))] == want["u.bias"]
+    apply_is_bit_identical_at_base(traced, Interleaved, _tokens)

@@ -5,6 +5,7 @@ small, and what is refused."""
 from __future__ import annotations
 
 import re
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -166,13 +167,16 @@ class BiasedRouterMoE(MoE):
     ``form="choice"``: the selection scores gathered instead of the gates (refused);
     ``form="logits"`` (Kolibri's): the logits plus the bias select, and the selected logits'
     sigmoid, normalised, weights the experts; ``form="statics"`` (Ernie-4.5's): softmax gates
-    plus a fixed param [1, E], squeezed, select, and their clamped sum normalises them."""
+    plus a fixed param [1, E], squeezed, select, and their clamped sum normalises them;
+    ``form="frozen"`` (AFMoE's): the bias a param [E] the model does not train, read as it is."""
 
     def __init__(self, n, form="gates"):
         super().__init__(n)
         self.router = nn.Linear(n, 4, bias=False)
         self.register_buffer("correction", torch.zeros(4))
         self.statics = nn.Parameter(torch.zeros(1, 4), requires_grad=False)
+        if form in ("frozen", "trained"):
+            self.frozen = nn.Parameter(torch.zeros(4), requires_grad=form == "trained")
         self.form = form
 
     def forward(self, x):
@@ -190,6 +194,10 @@ class BiasedRouterMoE(MoE):
             top = logits.gather(1, ids).sigmoid()
             return self.dispatch(x, ids, top / top.sum(dim=-1, keepdim=True), shape)
         scores = self.router(x).sigmoid()
+        if self.form in ("frozen", "trained"):  # AFMoE's: no groups
+            ids = torch.topk(scores + self.frozen, k=self.k, dim=1)[1]
+            top = scores.gather(dim=1, index=ids)
+            return self.dispatch(x, ids, top / (top.sum(dim=-1, keepdim=True) + 1e-20), shape)
         choice = scores + self.correction
         groups = choice.view(-1, 2, 2).topk(2, dim=-1)[0].sum(dim=-1)
         best = torch.topk(groups, k=1, dim=-1, sorted=False)[1]
@@ -249,6 +257,23 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     with pytest.raises(TraceError, match=r"cannot trace the op gather on a router's selection "
                                          r"scores(.|\n)*DeepSeek-V3's e_score_correction_bias"):
         from_torch(lambda n: BiasedMoELM(n, "choice"), (32, 64), _tokens)
+
+
+def test_a_selection_bias_the_model_does_not_train_is_read_as_a_buffer_is():
+    # AFMoE's expert_bias: a param with requires_grad=False added to the gates where only the
+    # top-k reads the sum; it stays out of the program, and apply names it without warning
+    build = lambda n: BiasedMoELM(n, "frozen")  # noqa: E731
+    traced = from_torch(build, (32, 64), _tokens)
+    route, = _routes(traced)
+    assert route.startswith("sum_2 = route_norm(v_sigmoid, 2, bmm_1_e0, ") and "# selected" in route
+    mup = apply_is_bit_identical_at_base(traced, build, _tokens)
+    assert mup.uncovered(build(32)) == ["moe.statics", "moe.frozen"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mup.param_groups(build(32), 1e-3)
+    # a trained one is a bias of the scores: their sum is no gates, refused at the gather
+    with pytest.raises(TraceError, match=r"cannot trace the op gather"):
+        from_torch(lambda n: BiasedMoELM(n, "trained"), (32, 64), _tokens)
 
 
 # --- Hugging Face's families, built small (one layer, 4 experts, top-2, vocabulary 32) ----------
@@ -384,3 +409,38 @@ def test_a_router_whose_own_update_does_not_scale_fails_whatever_its_input_does(
     traced = from_torch(FrozenRouterLM, (32, 64), _tokens)
     result = coord_check(MuP(traced, "adam"), (64, 128), steps=2, seeds=(0,))
     assert "linear" in result.failures and "linear" not in result.drift, str(result)
+
+
+@pytest.mark.slow
+def test_hf_gpt_oss_experts_with_biases_and_interleaved_gate_and_up():
+    # gpt-oss's experts: a bias per expert (b[ids sorted], added in place to the grouped
+    # matmul), the gate and up projections interleaved (gate_up[..., ::2], [..., 1::2]: every
+    # other row, a param each), each clamped (gate at 7 from above, up to [-7, 7]) and
+    # (up + 1) * gate·σ(1.702 gate); its rotary by halves with YaRN's scaled tables. Oracle:
+    # each expert's gate and up rows and biases derive as examples/moe.tp's expert input A1,
+    # and apply is bit-identical at the base width with every param in the program
+    build = _hf("gpt_oss", num_local_experts=4, num_experts_per_tok=2, layer_types=None)
+    traced = from_torch(build, (32, 64), _tokens, blocks=False)
+    src = traced.source
+    assert "cap(" in src and "hardtanh(" in src and "rotary embedding" in src
+    ours = derive(traced.program, "adam").abc
+    theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
+    for e in range(4):
+        for part in ("part0", "part1"):  # the gate's rows and the up's, every other one
+            name = f"model_layers_0_mlp_experts_gate_up_proj_{part}_e{e}"
+            assert _exponents(ours, name) == _exponents(theirs, "A1")
+            bias = traced.params[f"model_layers_0_mlp_experts_gate_up_proj_bias_{part}_e{e}"]
+            # row 0 (the gate) or 1 (the up) of every pair, of expert e's row of the bias
+            assert (bias.expert, bias.rows, bias.group_rows) == (
+                e, (Fraction(int(part[-1]), 2), Fraction(int(part[-1]) + 1, 2)), 2)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(1)
+    model = build(32)
+    torch.manual_seed(1)
+    plain = build(32)
+    mup.apply(model)  # at the base width: bit-identical params and logits
+    pairs = zip(model.parameters(), plain.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+    x = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(x).logits, plain(x).logits)
+    assert not mup.uncovered(model)

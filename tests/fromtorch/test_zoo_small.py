@@ -120,6 +120,17 @@ def test_zoo_config_plumbing_of_families_that_crashed_or_were_refused(zoo):
         "pad_token_id"] == 1
     # LFM2's MLP at intermediate_size (4n), not rounded up to a multiple of 256
     assert zoo.config_kwargs(t.Lfm2Config, 64, "heads")["block_auto_adjust_ff_dim"] is False
+    # MiniMax-M3's dense and shared-expert MLPs grow with the width (before: fixed at 12288
+    # and 3072, a layer between two widths that µP reads as a readout and an input layer)
+    from transformers.models.minimax_m3_vl.configuration_minimax_m3_vl import (
+        MiniMaxM3VLTextConfig,
+    )
+    kw = zoo.config_kwargs(MiniMaxM3VLTextConfig, 64, "heads")
+    assert (kw["dense_intermediate_size"], kw["shared_intermediate_size"]) == (256, 256)
+    # DeepSeek-V3.2's indexer heads follow the head dim, as its rope and nope parts do (its
+    # default 128 of a head of 192, 2/3 rounded to a power of two: 32 of 16 + 32)
+    kw = zoo.config_kwargs(t.DeepseekV32Config, 128, "head_dim")
+    assert (kw["qk_rope_head_dim"], kw["qk_nope_head_dim"], kw["index_head_dim"]) == (16, 32, 32)
 
 
 @pytest.mark.parametrize(("family", "mapping"), [

@@ -1,0 +1,72 @@
+"""from_torch on a torch.no_grad region whose outputs are the ids of a top-k over a whole axis
+(DeepSeek-V3.2's indexer, its ids scattered into the mask of the keys it does not select):
+no gradient flows through ids, and a top-k of every key selects them all, so the mask is a
+constant. Oracles: the same attention without the indexer derives the same µP, and apply is
+bit-identical at the base; a top-k of fewer keys (a mask that depends on the scores) and another
+use of the ids (a gather, which reads their order) are refused."""
+
+import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+T = 8
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(13).view(2, T),)
+
+
+class Net(nn.Module):
+    """One causal attention of 4 heads; ``form``: None (no indexer), "all" (the indexer's top-k
+    of every key), "fewer" (of T - 1), "gather" (its ids also gather the values)."""
+
+    def __init__(self, n, form=None):
+        super().__init__()
+        self.form, self.dh = form, n // 4
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.iq, self.ik = nn.Linear(n, 8, bias=False), nn.Linear(n, 8, bias=False)
+
+    @torch.no_grad()
+    def indexer(self, x):
+        scores = self.iq(x) @ self.ik(x).transpose(1, 2)  # [b, t, t]
+        return scores.topk(T - 1 if self.form == "fewer" else T, dim=-1).indices.to(torch.int32)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (f(x).view(b, t, 4, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        mask = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()[None, None]
+        if self.form:
+            ids = self.indexer(x)
+            unselected = ids.new_ones((b, t, t), dtype=torch.bool).scatter(-1, ids.long(), False)
+            mask = mask & ~unselected[:, None]
+            if self.form == "gather":
+                v = v + v.gather(2, ids.long()[:, None, :, :1].expand(-1, 4, -1, self.dh))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
+
+
+def test_an_indexer_selecting_every_key_is_a_constant_mask():
+    build = lambda n: Net(n, "all")  # noqa: E731
+    traced = from_torch(build, WIDTHS, _tokens)
+    plain = abc_by_target(from_torch(Net, WIDTHS, _tokens))
+    assert abc_by_target(traced) == plain  # the indexer's params: in no program
+    assert not any("iq" in u.target or "ik" in u.target for u in traced.params.values())
+    apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+@pytest.mark.parametrize("form, match", [
+    ("fewer", r"cannot trace torch.no_grad"),
+    ("gather", r"cannot trace the op \w+ on the ids of a top-k over a whole axis"),
+])
+def test_an_indexer_whose_ids_matter_is_refused(form, match):
+    with pytest.raises(TensorProgError, match=match):
+        from_torch(lambda n: Net(n, form), WIDTHS, _tokens)
