@@ -553,3 +553,20 @@ def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | No
             if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
                 return name, float(f"{c:.12g}"), k
     return None
+
+
+def ids_kept(node, op: str, args: list) -> int | None:
+    """Which argument of ``op`` holds the ids that it keeps where it sets other entries to one
+    number (``index_put``/``masked_fill`` of the ids, ``where(mask, number, ids)``), or None.
+    The number may be a constant tensor the walk does not read (a lifted ``tensor(0)``)."""
+    if op in ("index_put", "index_put_", "masked_fill", "masked_fill_") and len(args) > 2:
+        at, value = 0, 2
+    elif op == "where" and len(args) == 3 and isinstance(args[1], Tok):
+        at, value = 1, 2
+    elif op == "where" and len(args) == 3:
+        at, value = 2, 1
+    else:
+        return None
+    val = getattr(node.args[value], "meta", {}).get("val")
+    number = isinstance(node.args[value], (int, bool)) or getattr(val, "numel", lambda: 0)() == 1
+    return at if isinstance(args[at], Tok) and number else None

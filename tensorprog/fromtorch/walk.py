@@ -52,9 +52,18 @@ from .values import (
     Vec,
     Zeroed,
     identify,
+    ids_kept,
     probe_ids,
 )
-from .where import CHECK_OPS, module_of, op_name, refuse, strip_prefix, user_span
+from .where import (
+    CHECK_OPS,
+    module_of,
+    op_name,
+    reaching_the_output,
+    refuse,
+    strip_prefix,
+    user_span,
+)
 
 _RESERVED = {
     "width",
@@ -130,37 +139,6 @@ SYMBOLIC = (
 
 
 _VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
-
-
-def _ids_kept(node, op: str, args: list) -> int | None:
-    """Which argument of ``op`` holds the ids that it keeps where it sets other entries to one
-    number (``index_put``/``masked_fill`` of the ids, ``where(mask, number, ids)``), or None.
-    The number may be a constant tensor the walk does not read (a lifted ``tensor(0)``)."""
-    if op in ("index_put", "index_put_", "masked_fill", "masked_fill_") and len(args) > 2:
-        at, value = 0, 2
-    elif op == "where" and len(args) == 3 and isinstance(args[1], Tok):
-        at, value = 1, 2
-    elif op == "where" and len(args) == 3:
-        at, value = 2, 1
-    else:
-        return None
-    val = getattr(node.args[value], "meta", {}).get("val")
-    number = isinstance(node.args[value], (int, bool)) or getattr(val, "numel", lambda: 0)() == 1
-    return at if isinstance(args[at], Tok) and number else None
-
-
-def _reaching_the_output(graph) -> set[str]:
-    """The names of the nodes whose values the graph's output reads, directly or not; an
-    in-place op and a check (an assert) are read as if by the output: they act by running."""
-    live: set[str] = set()
-    todo = [n for n in graph.nodes if n.op == "output" or n.op == "call_function" and (
-        op_name(n).endswith("_") or op_name(n) in CHECK_OPS)]
-    while todo:
-        node = todo.pop()
-        if node.name not in live:
-            live.add(node.name)
-            todo.extend(node.all_input_nodes)
-    return live
 
 
 class Walker:
@@ -374,7 +352,7 @@ class Walker:
         sig = self.ep.graph_signature
         kinds = {s.arg.name: s for s in sig.input_specs}
         self.by_name = {n.name: n for n in self.ep.graph.nodes}
-        self.live = _reaching_the_output(self.ep.graph)
+        self.live = reaching_the_output(self.ep.graph)
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 spec = kinds[node.name]
@@ -555,7 +533,7 @@ class Walker:
             # placeholders set to 0 before the lookup: ids[ids == audio] = 0, or where(ids ==
             # audio, 0, ids)): still the token ids, not one constant id computed from the
             # zeros the trace puts in their place (a lookup of it was traced as a bias)
-            kept = _ids_kept(node, op, args)
+            kept = ids_kept(node, op, args)
             if kept is not None and self._shape(node) == self._shape(node.args[kept]) and not \
                     node.meta["val"].dtype.is_floating_point:
                 return Tok(("tok",) * len(self._shape(node)))

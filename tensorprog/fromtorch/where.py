@@ -102,3 +102,17 @@ def module_of(node) -> str:
 def strip_prefix(target: str) -> str:
     """The user's name of a param or module: export names them under the wrapper's ``m``."""
     return "" if target == "m" else target.removeprefix("m.")
+
+
+def reaching_the_output(graph) -> set[str]:
+    """The names of the nodes whose values the graph's output reads, directly or not; an
+    in-place op and a check (an assert) are read as if by the output: they act by running."""
+    live: set[str] = set()
+    todo = [n for n in graph.nodes if n.op == "output" or n.op == "call_function" and (
+        op_name(n).endswith("_") or op_name(n) in CHECK_OPS)]
+    while todo:
+        node = todo.pop()
+        if node.name not in live:
+            live.add(node.name)
+            todo.extend(node.all_input_nodes)
+    return live
