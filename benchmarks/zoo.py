@@ -377,6 +377,11 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
             # 224: 56/8, 28/4, 14/2, 7/1), the last stage, whose class token does not reshape to
             # its grid, not at all: the last two ratios (the first two pooled the last stage)
             out["sequence_reduction_ratios"] = defaults["sequence_reduction_ratios"][-STAGES:]
+        if isinstance(defaults.get("sr_ratios"), list | tuple):
+            # PVTv2's and SegFormer's the same (8, 4, 2, 1): their first two would pool the
+            # zoo's 8 x 8 and 4 x 4 grids to one pixel, a single key (refused: its softmax is
+            # the constant 1); the last two pool them as they pool the last stages' grids
+            out["sr_ratios"] = list(defaults["sr_ratios"][-STAGES:])
         if isinstance(defaults.get("stage_out_channels"), list):
             # HGNetV2's stages take their channels from lists of their own, its classifier's
             # fan-in from hidden_sizes (its defaults' last stage's out channels, 2048): each
