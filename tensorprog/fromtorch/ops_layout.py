@@ -43,8 +43,9 @@ class LayoutOps:
         paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
         if paired is not None:
             return paired
-        if isinstance(v, PRef):
-            raise refuse(node, "a reshaped param")
+        if isinstance(v, PRef):  # a table of positions laid out as a grid (ops_grid.py)
+            args, kwargs = self.args(node)
+            return self.laid_op(node, op_name(node), [self.laid(node, v), *args[1:]], kwargs)
         if isinstance(v, KVRepeat) or getattr(v, "group", 1) != 1:  # grouped-query attention
             return self.repeat_kv_merge(node, v)
         self._whole(node, v)
@@ -296,6 +297,8 @@ class LayoutOps:
         return Affine(v.x, wr, br, name, v.tags, v.layer or v.node, hi - lo if v.dh else None)
 
     def op_slice(self, node, v, dim=0, start=None, end=None, step=1):
+        if isinstance(v, PRef) and len(v.shape) == 3:  # PVT's pos[:, 1:] (ops_grid.py)
+            return self.laid_op(node, "slice", [self.laid(node, v), dim, start, end, step], {})
         ndim = len(self._shape(node.args[0]))
         block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
         if block and dim % ndim == ndim - 1 and step == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ops_conv import is_image
+from .ops_grid import positions_read
 from .ops_relative import relative_kind
 from .values import (
     SHIFTED_IDS,
@@ -182,6 +183,9 @@ class LinearOps:
         return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows), b)
 
     def op_matmul(self, node, x, w):
+        ids = positions_read(node, x, w)  # one-hot rows of a table (SigLIP2's: ops_grid.py)
+        if ids is not None:
+            return self.op_embedding(node, w, ids)
         if isinstance(w, PRef):
             return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows))
         if isinstance(x, Probs):

@@ -12,6 +12,7 @@ from fractions import Fraction
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
 from .ops_conv import Padded
+from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
@@ -135,6 +136,7 @@ SYMBOLIC = (
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
+    Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
 )
 
 
@@ -567,6 +569,8 @@ class Walker:
             ):
                 raise refuse(node, "a cast to an integer type")
             return args[0]
+        if any(isinstance(x, Laid) for x in flat):  # (ops_grid.py)
+            return self.laid_op(node, op, args, kwargs)
         if op in _VIEW_OPS:
             return self.view(node, args[0])
         if method is None:

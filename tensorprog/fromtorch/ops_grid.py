@@ -1,0 +1,179 @@
+"""A table of positions laid out as the image's grid and back: SigLIP2's and PVT's.
+
+Both keep a learned table of one row per patch, ``[P, n]`` (SigLIP2's ``nn.Embedding``) or
+``[1, P, n]`` (PVT's param), reshape it to the grid ``[h, w, n]``, permute it channels first,
+resize it to the image's patch grid and lay it back out as one row per token: PVT with
+``F.interpolate(mode="bilinear")``, SigLIP2 with its own bilinear weights built from the
+images' ``spatial_shapes``, a constant ``[B, T, P]`` matmul'd with the table.
+
+A resize to the table's own grid is the identity, and then the chain is the table as it is: the
+ordinary learned positions, read at positions 0..T-1 (``P @ pos``: a lookup, a finite fan-in
+one-hot input; ops_conv.position_table, ops_linear.op_embedding). A resize to another grid
+makes each token's row a fixed mix of a few of the table's rows (weights summing to 1): a
+position lookup still in µP terms, but one the language has no form for, refused.
+
+The walk follows such a chain exactly, never by its shape alone: a value of the chain is the
+param's flat index of each of its entries (:class:`Laid`), each rearranging op (a view, permute,
+slice, concatenation) run on those indices as on the values, and a value whose indices are the
+param's own, in the param's shape, is the param again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .values import Conc, PRef
+from .where import refuse
+
+# ops that only move entries: run on the indices as they are on the values
+_MOVES = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute", "transpose",
+          "t", "slice", "select", "unsqueeze", "squeeze", "cat"}
+_HELP = ("lay the table back out as one row per token, in the table's own order, through "
+         "reshapes, permutes and slices alone (a resize to the table's own grid is the identity "
+         "and is followed), then add it to the tokens")
+
+
+@dataclass
+class Laid:
+    """A param's entries rearranged: ``index`` (int64, the value's shape) holds the param's
+    flat index of each entry."""
+
+    ref: PRef
+    index: object  # torch.Tensor
+
+
+def _plain(ref) -> bool:
+    """A param as it is: not transposed, sliced, shifted or one block or expert of it."""
+    return isinstance(ref, PRef) and not ref.t and ref.rows is None and ref.offset == 0 and \
+        ref.period is None and ref.part is None and ref.expert is None and ref.cols is None
+
+
+def _exact_identity(node, x_shape) -> bool:
+    """Whether the resize ``node`` maps an input of ``x_shape`` to itself, entry for entry:
+    its output of the input's shape (a resize to the same grid: each output pixel's source
+    coordinate is its own, so its weights are 1 on itself and 0 elsewhere, and x·1 + y·0 = x
+    exactly), checked on random values in float32 and float64 with the op's own arguments."""
+    import torch
+
+    if tuple(node.meta["val"].shape) != tuple(x_shape):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(tuple(x_shape), generator=gen, dtype=dtype)
+        args = (x, *node.args[1:])
+        try:
+            y = node.target(*args, **node.kwargs)
+        except Exception:  # noqa: BLE001 - an op we cannot run is not known to be the identity
+            return False
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+class GridOps:
+    """A param's entries laid out anew (a table of positions as the image's grid), followed
+    exactly to the param again or refused."""
+
+    def laid(self, node, ref: PRef) -> Laid:
+        """A param about to be rearranged (``table.reshape(h, w, n)``, ``pos[:, 1:]``)."""
+        import torch
+
+        if not _plain(ref):
+            raise refuse(node, "a reshaped part of a param (a block of its rows, a transposed "
+                         "or shifted param)", help=_HELP)
+        return Laid(ref, torch.arange(_numel(ref.shape)).reshape(ref.shape))
+
+    def laid_op(self, node, op: str, args, kwargs):
+        """An op on a laid-out param: the moves run on its indices (the param again where they
+        are its own), a resize to its own grid the identity, anything else refused."""
+        if op.startswith(("upsample_", "_upsample_")):
+            x = args[0]
+            if isinstance(x, Laid) and _exact_identity(node, tuple(x.index.shape)):
+                return x
+            grid = list(self._shape(node.args[0])[2:])
+            raise refuse(
+                node,
+                f"a table of positions resized from its grid {grid} to "
+                f"{list(self._shape(node)[2:])}: each token's row is then a fixed mix of the "
+                "table's rows (weights summing to 1), a lookup of positions the language has no "
+                "form for (a resize to the table's own grid, the identity, is traced)",
+                help="feed images of the grid the table was made for (image_size / patch_size "
+                "patches a side), or resize the table once, outside the forward",
+            )
+        if op not in _MOVES:
+            raise refuse(node, f"the op {op} on a param's entries rearranged (a table of "
+                         "positions laid out as the image's grid): only reshapes, permutes, "
+                         "slices, concatenations of its parts and a resize to its own grid are "
+                         "followed, back to the table as it is", help=_HELP)
+        refs = {a.ref.target for a in _flat(args) if isinstance(a, Laid)}
+        refs |= {a.target for a in _flat(args) if isinstance(a, PRef)}
+        if len(refs) != 1 or any(not isinstance(a, (Laid, PRef, int, float, bool, type(None)))
+                                 for a in _flat(args)):
+            raise refuse(node, f"a {op} of a param's rearranged entries with other values",
+                         help=_HELP)
+        ref = next(a.ref for a in _flat(args) if isinstance(a, Laid))
+
+        def index(a):
+            if isinstance(a, Laid):
+                return a.index
+            if isinstance(a, PRef):
+                return self.laid(node, a).index
+            if isinstance(a, (list, tuple)):
+                return type(a)(index(x) for x in a)
+            return a
+
+        out = node.target(*[index(a) for a in args], **kwargs)
+        return settle(ref, out)
+
+
+def settle(ref: PRef, index):
+    """The param itself where ``index`` is its entries in its own order and shape, else the
+    rearrangement still."""
+    import torch
+
+    if tuple(index.shape) == tuple(ref.shape) and torch.equal(
+            index.flatten(), torch.arange(index.numel())):
+        return ref
+    return Laid(ref, index)
+
+
+def positions_read(node, x, w):
+    """``weights @ table`` with ``weights`` a constant of one-hot rows: the table's row ids, one
+    per token ([B, T]), or None for a constant that is no such selection. SigLIP2's resize
+    weights at the table's own grid select row t for token t."""
+    import torch
+
+    if not isinstance(x, Conc) or not _plain(w) or len(w.shape) != 2:
+        return None
+    v = x.value
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() < 2 or \
+            v.shape[-1] != w.shape[0]:
+        return None
+    ids = v.argmax(-1)
+    if not torch.equal(torch.nn.functional.one_hot(ids, w.shape[0]).to(v.dtype), v):
+        raise refuse(
+            node,
+            f"a constant [.., {v.shape[-2]}, {v.shape[-1]}] matmul'd with a param table whose "
+            "rows are not one-hot: each token's row a fixed mix of the table's rows (a table of "
+            "positions resized to another grid, SigLIP2's spatial_shapes other than the "
+            "table's own), a lookup the language has no form for",
+            help="feed images of the grid the table was made for (spatial_shapes equal to "
+            "the table's side, sqrt(num_patches), in both axes), or resize the table once, "
+            "outside the forward",
+        )
+    return Conc(ids)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _flat(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        else:
+            yield a

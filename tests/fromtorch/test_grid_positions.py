@@ -1,0 +1,144 @@
+"""A table of positions laid out as the image's grid and back (PVT's and SigLIP2's): reshaped to
+[h, w, n], permuted channels first, resized to the image's patch grid and laid back out as one
+row per token. A resize to the table's own grid is the identity (exactly: tested below for
+every mode torch has), so the chain is the table itself, traced as the ordinary learned
+positions ``P @ pos``: the oracle is the same model adding its table as it is, which derives
+the same exponents param for param; apply leaves the model bit-identical. A resize to another
+grid mixes the table's rows and is refused."""
+
+import re
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.errors import TensorProgError  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (16, 32)
+
+
+@pytest.mark.parametrize("mode,kw", [
+    ("nearest", {}), ("nearest-exact", {}),
+    ("bilinear", {"align_corners": False}), ("bilinear", {"align_corners": True}),
+    ("bilinear", {"align_corners": False, "antialias": True}),
+    ("bicubic", {"align_corners": False}), ("bicubic", {"align_corners": True}),
+    ("bicubic", {"align_corners": False, "antialias": True}),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_resize_to_the_same_grid_is_exactly_the_identity(mode, kw, dtype):
+    x = torch.randn(1, 8, 5, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(F.interpolate(x, size=(5, 7), mode=mode, **kw), x)
+
+
+class Grid(torch.nn.Module):
+    """PVT's front: patches of 8 (a 4 x 4 grid), a table [1, 16, n] resized to the grid
+    (``laid``), or added as it is (the oracle)."""
+
+    def __init__(self, n, laid=True, side=4):
+        super().__init__()
+        self.laid, self.side = laid, side
+        self.proj = torch.nn.Conv2d(3, n, 8, stride=8)
+        self.pos = torch.nn.Parameter(torch.randn(1, side * side, n))
+        self.fc = torch.nn.Linear(n, n)
+        self.head = torch.nn.Linear(n, 10)
+
+    def forward(self, img):
+        h = self.proj(img).flatten(2).transpose(1, 2)
+        pos = self.pos
+        if self.laid:
+            s = self.side
+            pos = pos.reshape(1, s, s, -1).permute(0, 3, 1, 2)
+            pos = F.interpolate(pos, size=(4, 4), mode="bilinear")
+            pos = pos.reshape(1, -1, 16).permute(0, 2, 1)
+        return self.head(torch.relu(self.fc(h + pos)).mean(1))
+
+
+def _images(model):
+    return (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+def _same_exponents(traced, oracle):
+    for optimizer in ("adam", "sgd"):
+        mine, want = (tp.derive(t.program, optimizer).abc for t in (traced, oracle))
+        got = {u.target: mine[p] for p, u in traced.params.items()}
+        ref = {u.target: want[p] for p, u in oracle.params.items()}
+        assert got.keys() == ref.keys() and got == ref, optimizer
+
+
+def _bit_identical(traced, build, inputs):
+    torch.manual_seed(1)
+    model = build(WIDTHS[0])
+    torch.manual_seed(1)
+    plain = build(WIDTHS[0])
+    MuP(traced, "adam").apply(model)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    x = inputs(model)
+    args, kw = (x, {}) if isinstance(x, tuple) else ((), x)
+    assert torch.equal(model(*args, **kw), plain(*args, **kw))
+
+
+def test_pvt_positions_resized_to_their_own_grid_are_the_table_itself():
+    traced = from_torch(Grid, WIDTHS, _images)
+    oracle = from_torch(lambda n: Grid(n, laid=False), WIDTHS, _images)
+    assert re.search(r"^param v_pos : \[n, T\]$", traced.source, re.M)
+    assert re.search(r"^v_pos_rows = v_pos @ pos$", traced.source, re.M)
+    _same_exponents(traced, oracle)
+    _bit_identical(traced, Grid, _images)
+
+
+def test_positions_resized_from_another_grid_are_refused():
+    with pytest.raises(TensorProgError, match=r"resized from its grid \[2, 2\] to \[4, 4\]"):
+        from_torch(lambda n: Grid(n, side=2), WIDTHS, _images)
+
+
+class NaFlex(torch.nn.Module):
+    """SigLIP2's front: flattened patches and their grid (spatial_shapes), its own resize of
+    an ``nn.Embedding`` table [16, n] (a constant [B, T, 16] matmul'd with it), or the
+    table's rows read by position (the oracle)."""
+
+    def __init__(self, n, laid=True):
+        super().__init__()
+        from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
+
+        self.laid, self.resize = laid, Siglip2VisionEmbeddings.resize_positional_embeddings
+        self.proj = torch.nn.Linear(48, n)
+        self.pos = torch.nn.Embedding(16, n)
+        self.register_buffer("ids", torch.arange(16)[None], persistent=False)
+        self.fc = torch.nn.Linear(n, n)
+        self.head = torch.nn.Linear(n, 10)
+
+    def forward(self, pixel_values, spatial_shapes):
+        h = self.proj(pixel_values)
+        if self.laid:
+            pos = self.resize(self.pos.weight.reshape(4, 4, -1), spatial_shapes, 16)
+        else:
+            pos = self.pos(self.ids)
+        return self.head(torch.relu(self.fc(h + pos)).mean(1))
+
+
+def _patches(grid):
+    def inputs(model):
+        x = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(0))
+        return {"pixel_values": x, "spatial_shapes": torch.tensor([grid] * 2)}
+    return inputs
+
+
+@pytest.mark.slow  # two traces, 3.5 s; the PVT form's test covers the same walk by default
+def test_siglip2_positions_at_the_tables_own_grid_are_read_by_position():
+    pytest.importorskip("transformers")
+    traced = from_torch(NaFlex, WIDTHS, _patches([4, 4]))
+    oracle = from_torch(lambda n: NaFlex(n, laid=False), WIDTHS, _patches([4, 4]))
+    assert re.search(r"^param pos_weight : \[n, T\]$", traced.source, re.M)
+    assert re.search(r"^\w+ = pos_weight @ pos$", traced.source, re.M)
+    _same_exponents(traced, oracle)
+    _bit_identical(traced, NaFlex, _patches([4, 4]))
+
+
+def test_siglip2_positions_at_another_grid_are_refused():
+    pytest.importorskip("transformers")
+    with pytest.raises(TensorProgError, match="rows are not one-hot"):
+        from_torch(NaFlex, WIDTHS, _patches([2, 8]))
