@@ -622,12 +622,14 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         mup = MuP(traced, "adam")
         stage = "apply"
         x = example_inputs(mapping, real=True)(base)
+        # keyword inputs (SigLIP2's patches, mask and grid) as keywords, not their names
+        args, kwargs = ((), x) if isinstance(x, dict) else (x, {})
         base.eval()
         with torch.no_grad():
             before = {k: v.clone() for k, v in base.state_dict().items()}
-            y0 = _logits(base(*x))
+            y0 = _logits(base(*args, **kwargs))
             mup.apply(base)
-            y1 = _logits(base(*x))
+            y1 = _logits(base(*args, **kwargs))
         same = all(torch.equal(before[k], v) for k, v in base.state_dict().items())
         out["bit_identical"] = same and torch.equal(y0, y1)
         mup.remove_patches(base)

@@ -519,6 +519,8 @@ def _feed(traced, x, g) -> tuple[tuple, dict]:
 
     program = traced.program
     others = [i for i in program.inputs if i.kind == "tokens" and i.name != "tok"]
+    if not others and x.is_floating_point():
+        return _keyword_feed(traced, x)
     if not others:
         return (x,), {}
     tokens = {"tok": x}
@@ -528,6 +530,29 @@ def _feed(traced, x, g) -> tuple[tuple, dict]:
     with torch.device("meta"):
         model = built(traced.build, traced.base_width)
     return token_feed(traced.example_inputs, model, tokens)
+
+
+def _keyword_feed(traced, x) -> tuple[tuple, dict]:
+    """The float input ``x`` (an image, patches) as the forward takes it: alone, or where the
+    example inputs are keywords (SigLIP2's patches, their mask and grid) in the first float
+    one's place, each integer one's first row repeated over the batch (the trace read them as
+    constants of the trace, the same for every sample)."""
+    import torch
+
+    with torch.device("meta"):
+        model = built(traced.build, traced.base_width)
+    given = traced.example_inputs(model)  # off the meta device: the integer inputs' values
+    if not isinstance(given, dict):
+        return (x,), {}
+    out, placed = {}, False
+    for k, v in given.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not placed:
+            out[k], placed = x, True
+        elif isinstance(v, torch.Tensor) and v.dim() > 0:
+            out[k] = v[:1].expand(x.shape[0], *v.shape[1:]).clone().to(x.device)
+        else:
+            out[k] = v
+    return (), out
 
 
 def _data(traced, batch: int, g):
@@ -548,7 +573,9 @@ def _data(traced, batch: int, g):
     with torch.device("meta"):  # the program has the patches, the model takes the image
         given = traced.example_inputs(built(traced.build, traced.base_width))
     given = (given,) if isinstance(given, torch.Tensor) else given
-    shape = next(tuple(x.shape) for x in given if isinstance(x, torch.Tensor))
+    given = tuple(given.values()) if isinstance(given, dict) else given  # keywords: SigLIP2's
+    shape = next(tuple(x.shape) for x in given
+                 if isinstance(x, torch.Tensor) and x.is_floating_point())
     classes = program.dim_table[program.value_dims[program.outputs[0]]].size
     tokens = (program.dim_table[program.seq].size,) if program.seq else ()
     return (torch.randn(batch, *shape[1:], generator=g),

@@ -215,6 +215,8 @@ class ArithOps:
 
     def op_div(self, node, u, v):
         v = _number(v)
+        if isinstance(v, Conc) and self._shape(node) == self._shape(node.args[0]):
+            v = _equal_entries(v)  # a count per sequence, the same for each (ops_pool.py)
         norm = self.norm_div(node, u, v)  # x / sqrt(mean(x²) + eps) (ops_norm.py)
         if norm is not None:
             return norm
@@ -310,6 +312,18 @@ def _number(x):
     """A one-entry constant tensor (``torch.tensor(d ** 0.5)``) as the number it holds."""
     if isinstance(x, Conc) and getattr(x.value, "numel", lambda: 0)() == 1:
         return float(x.value)
+    return x
+
+
+def _equal_entries(x: Conc):
+    """A constant tensor of one value repeated (SigLIP2's token count per image, [B, 1]) that
+    divides a value of the quotient's shape: that number; else the constant as it is."""
+    import torch
+
+    value = x.value
+    if isinstance(value, torch.Tensor) and value.numel() and \
+            x.probe is None and bool((value == value.flatten()[0]).all()):
+        return float(value.flatten()[0])
     return x
 
 

@@ -138,6 +138,9 @@ class NormOps:
     def op_sum(self, node, x, dims=None, keepdim=False, **kw):
         ndim = len(self._shape(node.args[0]))
         axes = list(dims) if dims else list(range(ndim))
+        pooled = self.token_sum(node, x, [d % ndim for d in axes], keepdim)  # (ops_pool.py)
+        if pooled is not None:
+            return pooled
         if isinstance(x, Pointwise) and [d % ndim for d in axes] == [ndim - 1]:
             raise refuse(
                 node,

@@ -64,6 +64,31 @@ class PoolOps:
         args = h.name if start == 0 else f"{h.name}, {start}"
         return Vec(self.emit_vector(node.name, f"mean({args})"), ("tok", "F"), h.dim)
 
+    def token_sum(self, node, x, axes: list[int], keepdim: bool):
+        """``h.sum(1)`` of a per-token vector (SigLIP2's masked mean ``sum(h * mask, 1) /
+        sum(mask, 1)`` under a mask of ones): T times ``mean(h)``, a finite factor; None if
+        ``x`` is no per-token vector. A sum of ``h * mask`` whose mask drops a token is the
+        kept tokens' sum, no mean of the language: refused."""
+        import torch
+
+        if not isinstance(x, (Vec, Affine, Pointwise)) or not _per_token(self._tags(x, node)) \
+                or axes != [1] or keepdim:
+            return None
+        src = node.args[0]
+        if getattr(src, "target", None) is not None and str(src.target).startswith("aten.mul"):
+            masks = [self.env.get(getattr(a, "name", None)) for a in src.args]
+            for m in masks:
+                value = getattr(m, "value", None)
+                if isinstance(value, torch.Tensor) and not bool((value == 1).all()):
+                    raise refuse(node, "a sum over the tokens of a vector times a mask that "
+                                 "drops some of them: the kept tokens' sum, which the "
+                                 "language has no form for (it averages every token of a "
+                                 "sequence, mean(h), or those from k on, mean(h, k))",
+                                 help=_HELP)
+        count = int(self._shape(node.args[0])[1])
+        mean = self.token_mean(node, x, axes, keepdim)
+        return Pointwise(mean, lambda t, c=count: c * t)
+
     def refuse_pooled_cat(self, node, tensors, dim) -> None:
         """Refuses, by name, a concatenation of vectors per sequence along their features
         (DINOv2's head: ``cat([h[:, 0], h[:, 1:].mean(1)], -1)``) that something other than a

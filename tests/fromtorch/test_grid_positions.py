@@ -127,7 +127,6 @@ def _patches(grid):
     return inputs
 
 
-@pytest.mark.slow  # two traces, 3.5 s; the PVT form's test covers the same walk by default
 def test_siglip2_positions_at_the_tables_own_grid_are_read_by_position():
     pytest.importorskip("transformers")
     traced = from_torch(NaFlex, WIDTHS, _patches([4, 4]))
@@ -142,3 +141,40 @@ def test_siglip2_positions_at_another_grid_are_refused():
     pytest.importorskip("transformers")
     with pytest.raises(TensorProgError, match="rows are not one-hot"):
         from_torch(NaFlex, WIDTHS, _patches([2, 8]))
+
+
+class MaskedMean(torch.nn.Module):
+    """SigLIP2's classifier pooling: the mean of the tokens a pixel mask keeps, written as
+    ``sum(h * mask, 1) / sum(mask, 1)``."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.proj = torch.nn.Linear(48, n)
+        self.head = torch.nn.Linear(n, 10)
+
+    def forward(self, pixel_values, pixel_attention_mask):
+        h = torch.relu(self.proj(pixel_values))
+        mask = pixel_attention_mask[..., None].to(h.dtype)
+        return self.head(torch.sum(h * mask, dim=1) / torch.sum(mask, dim=1))
+
+
+def _masked(keep):
+    def inputs(model):
+        x = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(2, 16, dtype=torch.long)
+        mask[:, keep:] = 0
+        return {"pixel_values": x, "pixel_attention_mask": mask}
+    return inputs
+
+
+def test_a_masked_mean_under_a_mask_of_ones_is_the_mean_of_the_tokens():
+    traced = from_torch(MaskedMean, WIDTHS, _masked(16))
+    (pooled,) = re.findall(r"^(\w+) = mean\(\w+\)$", traced.source, re.M)
+    assert f"head_weight @ {pooled} + head_bias" in traced.source
+    abc = tp.derive(traced.program, "adam").abc
+    assert str(abc["head_weight"].b) == "1" and str(abc["proj_weight"].b) == "0"
+
+
+def test_a_masked_sum_that_drops_tokens_is_refused():
+    with pytest.raises(TensorProgError, match="mask that drops some of them"):
+        from_torch(MaskedMean, WIDTHS, _masked(12))
