@@ -312,12 +312,15 @@ class ConvOps:
                 "tokens put before them)",
                 help="add a position table of one row per token of the sequence",
             )
-        if over != "T":  # the positions of the longer sequence (trace.py declares T's)
-            self.out.decls.append(f"input pos : positions[{over}]")
+        # the positions of the longer sequence (trace.py declares T's); those of a later
+        # stage's own sequence (PVT's S17, ops_encoder.prepend_tokens) an input of their own
+        pos = "pos" if over.startswith("T") else f"pos_{over}"
+        if over != "T" and f"input {pos} : positions[{over}]" not in self.out.decls:
+            self.out.decls.append(f"input {pos} : positions[{over}]")
         table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in=over)
         self.positions = ref.shape[1]
         name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed
-        self.out.stmts.append(f"{name} = {table} @ pos")
+        self.out.stmts.append(f"{name} = {table} @ {pos}")
         self.out.producers[name] = (table, None)
         return Vec(name, ("tok", "tok", "F"), ref.shape[2])
 

@@ -102,16 +102,21 @@ class EncoderOps:
                          "and the rest (h[:, :k], then h[:, k:])", help=_TOKEN_HELP)
         x = self.vec(x, node)
         length = tuple(node.args[0][-1].meta["val"].shape)[1] + at
-        if x.tags != ("tok", "tok", "F") or length not in self.sequences():
+        if x.tags != ("tok", "tok", "F"):
             raise refuse(node, "learned tokens put before a value that is not a vector per token "
-                         "of the input's sequence", help=_TOKEN_HELP)
+                         "(batch, tokens, features)", help=_TOKEN_HELP)
+        # a sequence other than the input's or one made from it by learned tokens: the tokens
+        # of a later stage's image (PVT's last stage, tokens(h, S) of a downsampled grid),
+        # whose longer sequence is named by its length, S17 (the language checks that h runs
+        # over one sequence; the emitted module counts its positions from the dim's size)
+        own = length in self.sequences()
         rows = [p for t in tokens for p in self._token_rows(t, node)]
         # prepended last first (each goes to the front); inserted in order (each after the last)
         for k, param in enumerate(rows if at else reversed(rows)):
             length += 1
             seq = self.sequences().get(length)
             if seq is None:  # the longer sequence: declared once, T + the tokens before it
-                seq = f"T{length - self.tokens_seq}"
+                seq = f"T{length - self.tokens_seq}" if own else f"S{length}"
                 self.names.add(seq)
                 self.out.decls.append(f"dim {seq} = {length}")
                 self.prepended[length] = seq

@@ -640,7 +640,7 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines.append(f"dim T = {seq}")
     # a second sequence, segment ids, positions and buckets of each sequence (sequences.py)
     lines += input_lines(t1, vocab, lambda rows: _dim_name(rows, rows, w1, w2)[0])
-    if any(" @ pos" in s for s in t1.stmts) and not any(
+    if any(re.search(r" @ pos\b", s) for s in t1.stmts) and not any(
             d.startswith("input pos :") for d in t1.decls):  # (positions over T1: declared)
         lines.append("input pos : positions[T]")
     lines += body

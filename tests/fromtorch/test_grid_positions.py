@@ -81,13 +81,50 @@ def _bit_identical(traced, build, inputs):
     assert torch.equal(model(*args, **kw), plain(*args, **kw))
 
 
+class TwoStage(torch.nn.Module):
+    """PVT's two stages: the first's tokens (a 4 x 4 grid) with their table [1, 16, n]
+    resized to the grid; laid back out as an image and cut into patches of 2 (a 2 x 2 grid);
+    a class token before those 4 tokens and a table [1, 5, 2n] whose patch rows are resized
+    to their grid and put back after the class token's row. ``laid=False``: each table added
+    as it is (the oracle)."""
+
+    def __init__(self, n, laid=True):
+        super().__init__()
+        self.laid = laid
+        self.proj = torch.nn.Conv2d(3, n, 8, stride=8)
+        self.pos = torch.nn.Parameter(torch.randn(1, 16, n))
+        self.proj2 = torch.nn.Conv2d(n, 2 * n, 2, stride=2)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, 2 * n))
+        self.pos2 = torch.nn.Parameter(torch.randn(1, 5, 2 * n))
+        self.fc = torch.nn.Linear(2 * n, 2 * n)
+        self.head = torch.nn.Linear(2 * n, 10)
+
+    def _resized(self, pos, side):
+        if not self.laid:
+            return pos
+        grid = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(side, side), mode="bilinear")
+        return grid.reshape(1, -1, side * side).permute(0, 2, 1)
+
+    def forward(self, img):
+        h = self.proj(img).flatten(2).transpose(1, 2) + self._resized(self.pos, 4)
+        h = self.proj2(torch.relu(h).transpose(1, 2).reshape(-1, h.shape[-1], 4, 4))
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h.flatten(2).transpose(1, 2)], 1)
+        pos = torch.cat([self.pos2[:, :1], self._resized(self.pos2[:, 1:], 2)], 1)
+        return self.head(torch.relu(self.fc(h + pos))[:, 0])
+
+
 def test_pvt_positions_resized_to_their_own_grid_are_the_table_itself():
-    traced = from_torch(Grid, WIDTHS, _images)
-    oracle = from_torch(lambda n: Grid(n, laid=False), WIDTHS, _images)
-    assert re.search(r"^param v_pos : \[n, T\]$", traced.source, re.M)
-    assert re.search(r"^v_pos_rows = v_pos @ pos$", traced.source, re.M)
+    traced = from_torch(TwoStage, WIDTHS, _images)
+    oracle = from_torch(lambda n: TwoStage(n, laid=False), WIDTHS, _images)
+    src = traced.source
+    assert re.search(r"^v_pos_rows = v_pos @ pos$", src, re.M)
+    # the class token before the second stage's tokens: a sequence of its own, S5, with its
+    # own positions
+    assert re.search(r"^\w+ = prepend\(cls, \w+, S5\)$", src, re.M)
+    assert "input pos_S5 : positions[S5]" in src and "param pos2 : [n_x2, S5]" in src
     _same_exponents(traced, oracle)
-    _bit_identical(traced, Grid, _images)
+    _bit_identical(traced, TwoStage, _images)
 
 
 def test_positions_resized_from_another_grid_are_refused():
