@@ -101,10 +101,12 @@ class GridOps:
                 "patches a side), or resize the table once, outside the forward",
             )
         if op not in _MOVES:
-            raise refuse(node, f"the op {op} on a param's entries rearranged (a table of "
-                         "positions laid out as the image's grid): only reshapes, permutes, "
-                         "slices, concatenations of its parts and a resize to its own grid are "
-                         "followed, back to the table as it is", help=_HELP)
+            raise refuse(node, f"the op {op} on a reshaped param (its entries laid out anew, "
+                         f"{list(args[0].ref.shape) if isinstance(args[0], Laid) else ''} as "
+                         f"{list(self._shape(node.args[0]))}): a reshaped param is followed "
+                         "only through reshapes, permutes, slices, concatenations of its parts "
+                         "and a resize to its own grid, back to its own layout (a table of "
+                         "positions laid out as the image's grid and back)", help=_HELP)
         refs = {a.ref.target for a in _flat(args) if isinstance(a, Laid)}
         refs |= {a.target for a in _flat(args) if isinstance(a, PRef)}
         if len(refs) != 1 or any(not isinstance(a, (Laid, PRef, int, float, bool, type(None)))
@@ -160,6 +162,17 @@ def positions_read(node, x, w):
             help="feed images of the grid the table was made for (spatial_shapes equal to "
             "the table's side, sqrt(num_patches), in both axes), or resize the table once, "
             "outside the forward",
+        )
+    rows = ids.reshape(-1, ids.shape[-1])
+    if not bool((rows == rows[0]).all()) or not bool(
+            (rows[0] == torch.arange(rows.shape[-1]) + rows[0, 0]).all()):
+        raise refuse(
+            node,
+            "a constant of one-hot rows matmul'd with a param table that reads rows other "
+            "than consecutive positions, the same for every sample (images of different "
+            "grids, or padded: SigLIP2's spatial_shapes unequal or its pixel_attention_mask "
+            "not all ones, the padding reading row 0)",
+            help="trace with images of one grid, the table's own, and no padding",
         )
     return Conc(ids)
 

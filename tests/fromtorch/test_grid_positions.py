@@ -151,7 +151,8 @@ class NaFlex(torch.nn.Module):
     def forward(self, pixel_values, spatial_shapes):
         h = self.proj(pixel_values)
         if self.laid:
-            pos = self.resize(self.pos.weight.reshape(4, 4, -1), spatial_shapes, 16)
+            pos = self.resize(self.pos.weight.reshape(4, 4, -1), spatial_shapes,
+                              pixel_values.shape[1])
         else:
             pos = self.pos(self.ids)
         return self.head(torch.relu(self.fc(h + pos)).mean(1))
@@ -215,3 +216,14 @@ def test_a_masked_mean_under_a_mask_of_ones_is_the_mean_of_the_tokens():
 def test_a_masked_sum_that_drops_tokens_is_refused():
     with pytest.raises(TensorProgError, match="mask that drops some of them"):
         from_torch(MaskedMean, WIDTHS, _masked(12))
+
+
+def test_siglip2_positions_of_padded_images_are_refused():
+    pytest.importorskip("transformers")
+
+    def padded(model):  # the 16 patches of a 4 x 4 grid, then 4 of padding (reading row 0)
+        x = torch.randn(2, 20, 48, generator=torch.Generator().manual_seed(0))
+        return {"pixel_values": x, "spatial_shapes": torch.tensor([[4, 4]] * 2)}
+
+    with pytest.raises(TensorProgError, match="rows other than consecutive positions"):
+        from_torch(NaFlex, WIDTHS, padded)
