@@ -9,6 +9,7 @@ grid mixes the table's rows and is refused."""
 import re
 
 import pytest
+from conftest import ROOT
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -125,6 +126,12 @@ def test_pvt_positions_resized_to_their_own_grid_are_the_table_itself():
     assert "input pos_S5 : positions[S5]" in src and "param pos2 : [n_x2, S5]" in src
     _same_exponents(traced, oracle)
     _bit_identical(traced, TwoStage, _images)
+    # both tables: examples/vit.tp's hand-written positions Pos @ pos (and its class token's)
+    for optimizer in ("adam", "sgd"):
+        vit = tp.derive(tp.parse_file(ROOT / "examples" / "vit.tp"), optimizer).abc
+        mine = tp.derive(traced.program, optimizer).abc
+        assert mine["v_pos"] == mine["pos2"] == vit["Pos"], optimizer
+        assert mine["cls"] == vit["cls"], optimizer
 
 
 def test_positions_resized_from_another_grid_are_refused():
