@@ -410,8 +410,9 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
         for f in ("num_encoder_blocks",):
             if isinstance(defaults.get(f), int):
                 out[f] = STAGES
-        if isinstance(defaults.get("num_heads"), list):
-            out["num_heads"] = [heads * (2**i if heads != HEADS else 1) for i in range(STAGES)]
+        for f in ("num_heads", "num_attention_heads"):  # Swin's; PVT's and SegFormer's
+            if isinstance(defaults.get(f), list):
+                out[f] = [heads * (2**i if heads != HEADS else 1) for i in range(STAGES)]
         for f in ("num_stages",):
             if f in fields:
                 out[f] = STAGES
