@@ -17,6 +17,7 @@ process that submitted it); a local instance started by ``ray.init`` dies with i
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import wait as wait_futures
@@ -139,7 +140,23 @@ def backend(fn: Trial, jobs: int, ray_address: str | None = None) -> Iterator[Ba
             runner.cancel()
             raise
     elif jobs == 1:
-        yield Backend(fn)
+        with _threads_kept():
+            yield Backend(fn)
     else:
         with worker_pool(jobs) as pool:
             yield _Pool(fn, pool)
+
+
+@contextlib.contextmanager
+def _threads_kept() -> Iterator[None]:
+    """Each trial gives torch the threads its worker may use; run in this process, that would
+    leave the caller's own setting (a notebook's, a test run's) changed after the sweep, and a
+    caller on fewer threads than cores paying for spinning workers in everything it runs next.
+    A caller that had not imported torch had no setting to keep."""
+    torch = sys.modules.get("torch")
+    before = None if torch is None else torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)

@@ -27,16 +27,29 @@ def _write(tmp_path, example="mlp.tp", *flags) -> Path:
     return out
 
 
-def test_golden_module(example, tmp_path):
-    text = _write(tmp_path, example.name).read_text()
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory):
+    """Each example's module derived once through the CLI, for both tests that read it."""
+    paths: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in paths:
+            paths[name] = _write(tmp_path_factory.mktemp("derived"), name)
+        return paths[name]
+
+    return get
+
+
+def test_golden_module(example, derived):
+    text = derived(example.name).read_text()
     golden = GOLDEN / f"{example.stem}_mup.py"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden.name} changed; UPDATE_GOLDEN=1 refreshes it"
 
 
-def test_module_runs_and_is_an_ordinary_module(example, tmp_path):
-    m = import_file(_write(tmp_path, example.name))
+def test_module_runs_and_is_an_ordinary_module(example, derived):
+    m = import_file(derived(example.name))
     model = m.Model(64, dtype=torch.float64)
     inputs = model.example_inputs(3, generator=torch.Generator().manual_seed(0))
     out = model(*inputs)

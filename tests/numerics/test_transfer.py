@@ -131,6 +131,23 @@ def test_sweep_caches_every_trial_and_resumes(tmp_path):
     assert set(first.losses) == {"mup", "sp"}
 
 
+def _many_threads(job: dict) -> dict:
+    torch.set_num_threads(job["threads"])  # as every trial does, for its worker's cores
+    return {}
+
+
+def test_trials_run_in_this_process_leave_its_thread_count_as_it_was():
+    # a sweep of one job ran its trials here and left torch on every core: the rest of a test
+    # run (from tests/emit on) then paid for spinning threads on a busy machine
+    from tensorprog.numerics.backend import backend
+
+    before = torch.get_num_threads()
+    with backend(_many_threads, 1) as runner:
+        runner.submit("t", {"threads": before + 2})
+        assert runner.next_done() == ("t", {}) and torch.get_num_threads() == before + 2
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow  # 5 s; the sweep in processes is run by the interrupt tests by default
 def test_cli_transfer_json_in_parallel_processes(tmp_path, capsys):
     args = ["transfer", str(TIED), "--data", "text", "--widths", "32,64", "--values",
