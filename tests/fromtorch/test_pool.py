@@ -134,5 +134,6 @@ def test_the_tokens_after_the_class_token_used_other_than_averaged_are_refused()
             return self.head(h[:, 1:])
 
     with pytest.raises(TensorProgError, match=r"test_pool.py:\d+:\d+: error: cannot trace "
-                       r"aten.linear.default on the tokens of a sequence from token 1 on"):
+                       r"a slice of a sequence's tokens, the tokens from token 1 on, h\[:, 1:\], "
+                       r"read by the op linear"):
         from_torch(PerPatch, WIDTHS, _tokens)
