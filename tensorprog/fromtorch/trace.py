@@ -21,13 +21,13 @@ from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
-from .ops_conv import refuse_frozen_norms, train_norms
+from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_tables import fixed_table
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
 from .values import ParamUse, Trace
-from .where import def_span, exception_span, module_of, op_name, strip_prefix, user_span
+from .where import def_span, exception_span, module_of, op_name, strip_prefix
 
 
 class _Wrapped:
@@ -497,41 +497,6 @@ def _at_build(err: TraceError, build) -> TraceError:
     return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
-def _refuse_growing_groups(t1: Trace, t2: Trace, widths, nodes=None) -> None:
-    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
-    fixed group width (RegNet's groups_width), its groups growing with the width, each output
-    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
-    group's share of the channels ∝ n) does not say; or a fixed number of groups that is the
-    channel count at one width (depthwise there, ``dwconv``) and not at the other. At the
-    user's line of the convolution (``nodes``: the first width's graph nodes by name)."""
-    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
-    depthwise = re.compile(r"^\w+ = dwconv\((\w+), ")
-    for a, b in zip(t1.stmts, t2.stmts, strict=False):
-        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
-        d1, d2 = (depthwise.match(x) for x in (a, b))
-        if a == b or not (m1 or m2):
-            continue
-        g1, g2 = (int(m[2]) if m else 1 for m in (m1, m2))
-        said = ["depthwise (a group per channel)" if d1 else
-                f"in {'one group' if g1 == 1 else f'{g1} groups'}",
-                "depthwise (a group per channel)" if d2 else
-                f"{'in ' if d1 else ''}{'one' if g2 == 1 else g2}{' groups' if d1 else ''}"]
-        param = (m1 or m2)[1]
-        use = t1.params.get(param) or t2.params.get(param)
-        grow = "its groups grow with the width, each of a fixed number of channels" if not (
-            d1 or d2) else "a fixed number of groups, depthwise at one width only"
-        raise TraceError(
-            f"a convolution {said[0]} at width {widths[0]} and {said[1]} at {widths[1]}"
-            f"{f' ({use.module})' if use else ''}: {grow}, which the language's grouped "
-            "convolution (a fixed number of groups, each of channels ∝ n) and its depthwise "
-            "one (a group per channel at every width) do not say",
-            user_span(nodes[use.node]) if use and nodes and use.node in nodes else None,
-            help="build the model with a fixed number of groups (their width growing with "
-            "the model's: RegNet's groups_width ∝ width), groups equal to the channels at "
-            "every width (depthwise), or groups=1",
-        )
-
-
 def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None,
              nodes=None) -> Traced:
     t1, t2 = traces
@@ -552,7 +517,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                      f"{strip_prefix(t2.params[k].target)} at {w2}" for k, u in t1.params.items()
                      if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
     if diff is not None:
-        _refuse_growing_groups(t1, t2, widths, nodes)
+        refuse_growing_groups(t1, t2, widths, nodes)
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "
