@@ -420,8 +420,9 @@ def test_the_number_where_reads_is_found_past_a_tensor_nothing_reads():
 
     traced_computes_the_model(_trace(build), build, _tokens)
     with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
-                       r"trace the op where \(other than attention"):
+                       r"trace the op where \(other than attention") as err:
         _trace(lambda n: build(n, where=-10.0))
+    assert "torch.where(keep, w, low)" in err.value.diagnostics[0].span.source_line()
 
 
 class HandAttention(nn.Module):
@@ -455,8 +456,9 @@ def test_values_not_laid_out_as_the_queries_are_refused_at_the_mix():
     # trace wrote before) computes something else
     with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
                        r"trace attention weights laid out \(tokens, heads, tokens, head dim\) "
-                       r"times values laid out \(tokens, tokens, heads, head dim\)"):
+                       r"times values laid out \(tokens, tokens, heads, head dim\)") as err:
         from_torch(lambda n: HandAttention(n, transposed=False), WIDTHS, _four_tokens)
+    assert "@ v" in err.value.diagnostics[0].span.source_line()
 
 
 class LegacyWeight(nn.Module):
