@@ -529,10 +529,12 @@ def refuse_growing_groups(t1: Trace, t2: Trace, widths, nodes=None) -> None:
         if a == b or not (m1 or m2):
             continue
         g1, g2 = (int(m[2]) if m else 1 for m in (m1, m2))
-        said = ["depthwise (a group per channel)" if d1 else
-                f"in {'one group' if g1 == 1 else f'{g1} groups'}",
-                "depthwise (a group per channel)" if d2 else
-                f"{'in ' if d1 else ''}{'one' if g2 == 1 else g2}{' groups' if d1 else ''}"]
+        dw = "depthwise (a group per channel)"
+        first = dw if d1 else "in one group" if g1 == 1 else f"in {g1} groups"
+        # "in 2 groups at width 16 and 4 at 32"; after "depthwise", the second said in full
+        second = dw if d2 else ("in one group" if g2 == 1 else f"in {g2} groups") if d1 else (
+            "one" if g2 == 1 else str(g2))
+        said = [first, second]
         param = (m1 or m2)[1]
         use = t1.params.get(param) or t2.params.get(param)
         grow = "its groups grow with the width, each of a fixed number of channels" if not (
