@@ -4,6 +4,7 @@ and (a, b, c) oracles."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -135,6 +136,49 @@ def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
     given = inputs(model)
     assert torch.equal(model(*given), plain(*given))
     return mup
+
+
+def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10) -> float:
+    """The emitted module of ``traced.program``, given the params of ``build(base width)``
+    (each in the program's layout, as apply reads it), computes the model's output on
+    ``inputs(model)`` at the base width, in float64: within ``tol`` of it, a traced program that
+    computes something else (tokens reordered, a mask dropped) fails. Images are given to the
+    emitted module channels-last, as it keeps them. Returns the largest difference."""
+    import torch
+
+    from tensorprog.emit.load import load_module
+    from tensorprog.fromtorch import MuP
+
+    width = traced.base_width
+    torch.manual_seed(3)
+    model = build(width).double()
+    mup = MuP(traced, "adam")
+    emitted = load_module(emit_program(traced.program), "traced_oracle").Model(
+        width, dtype=torch.float64)
+    mine = dict(emitted.named_parameters())
+    with torch.no_grad():
+        for name, use in traced.params.items():
+            # a rolled block's param (target ``layers.{i}.fc.weight``): one per repetition
+            block, _, attr = name.partition(".")
+            copies = [(name, use)] if "{i}" not in use.target else [
+                (f"{block}.{i}.{attr}", dataclasses.replace(use, target=use.target.replace(
+                    "{i}", str(i)))) for i in range(len(mine)) if f"{block}.{i}.{attr}" in mine]
+            for key, one in copies:
+                t = mup._view(model, one)
+                if one.transposed:
+                    while t.dim() > 2 and t.shape[0] == 1:
+                        t = t[0]
+                    t = t.t() if t.dim() == 2 else t
+                q = mine.pop(key)
+                q.copy_(t.reshape(q.shape))
+        assert not mine, f"emitted params no traced param fills: {sorted(mine)}"
+        args = [a.double() if a.is_floating_point() else a for a in inputs(model)]
+        want = model(*args)
+        got = emitted(*(a.movedim(1, -1) if a.dim() == 4 else a for a in args))
+    err = (got - want).abs().max().item()
+    assert got.shape == want.shape and err <= tol * max(1.0, want.abs().max().item()), (
+        f"the traced program computes something else: max |emitted - model| = {err}")
+    return err
 
 
 def abc_by_target(traced, optimizer="adam", rows=False) -> dict:

@@ -1640,7 +1640,8 @@ CONV_BUILDS = {
                    r"convolution(.|\n)*help: pad an image by zeros right before a convolution"),
     # groups of a fixed width, growing with the model's (groups fixed at 2 trace: conv(..., 2))
     "grouped": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, padding=1, groups=n // 8))",
-                r"m.py:\d+:\d+: error: a convolution in \d+ groups at width \d+ and \d+ at \d+ "
+                r"m.py:\d+:\d+: error: a convolution in (\d+ groups|one group) at width \d+ and "
+                r"\d+ at \d+ "
                 r"\(pool\): its groups grow with the width(.|\n)*help: build the model with a "
                 r"fixed number of groups"),
     "depthwise_two_strides": ("lambda n: Net(n, pool=nn.Conv2d(n, n, 3, stride=(1, 2), "

@@ -110,6 +110,15 @@ class AttentionOps:
         mask = getattr(cond, "value", None) if isinstance(cond, Conc) else None
         for s, c, keep_true in ((x, y, True), (y, x, False)):
             c = c.value if isinstance(c, Conc) else c
+            if isinstance(s, Scores) and isinstance(c, torch.Tensor) and c.device.type == "meta":
+                # a tensor the forward makes (torch.tensor(c, device=w.device)) that the
+                # export left on the meta device: its number cannot be read, so not checked
+                raise refuse(node, "the op where with attention logits and a number held in a "
+                             "tensor whose value the trace cannot read (made in the forward "
+                             "on the logits' device)",
+                             help="write the number itself, torch.where(mask, w, -1e4), or "
+                             "torch.finfo(w.dtype).min; the mask must set the dropped logits "
+                             "to -1e4 or less")
             if isinstance(s, Scores) and isinstance(mask, torch.Tensor) and \
                     mask.dtype == torch.bool and isinstance(c, (int, float, torch.Tensor)) and \
                     torch.as_tensor(c).numel() == 1 and float(c) <= -1e4:
@@ -184,12 +193,20 @@ class AttentionOps:
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
         self.grouped(node, q, v, "values")
+        if _laid_out(q, v) != _laid_out(v, q):
+            # torch batches the weights' axes with the values' by position: values left
+            # [B, T, H, dh] pair head i's weights with token i's values (where H == T)
+            raise refuse(node, f"attention weights laid out {_layout(q.tags)} times values "
+                         f"laid out {_layout(v.tags)}: torch pairs their batch axes by "
+                         "position, so the weights of each head would mix the values of "
+                         "another axis, not those of the same head",
+                         help="transpose the values to (batch, heads, tokens, head dim) as "
+                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
         # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
-        # query axes are (the queries'): the values' own layout may differ where an axis of
-        # size 1 (one head, one key token) was moved by a view the export wrote for it
-        tags = q.tags if len(q.tags) == len(v.tags) and q.tags[-1] == v.tags[-1] else v.tags
-        return Vec(name, tags, q.dim, v.dh)
+        # query axes are (the queries'): the values' own layout may differ only in where its
+        # one head's axis (of size 1) was put by a view the export wrote for it
+        return Vec(name, q.tags, q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each
@@ -290,6 +307,19 @@ class AttentionOps:
         logits = self.logits(q, k, factor, node.name, "sdpa_logits", s.bias)
         prob = f"{'causal_' if s.causal else ''}softmax({logits})"
         return self.mix(node, Probs(s, prob), v)
+
+
+def _laid_out(v: Vec, other: Vec) -> tuple:
+    """A vector's axes as attention's matmuls pair them with ``other``'s: its tags, less the
+    head axis where either holds one head (an axis of size 1, wherever a view put it, or one
+    key/value head that sdpa's enable_gqa broadcasts: it pairs with any)."""
+    one = min(x.dim // x.dh if x.dh else 1 for x in (v, other)) == 1
+    return tuple(t for t in v.tags if not one or t != "H")
+
+
+def _layout(tags) -> str:
+    names = {"tok": "tokens", "H": "heads", "dh": "head dim", "F": "features"}
+    return "(" + ", ".join(names.get(t, t) for t in tags) + ")"
 
 
 def _one_key(node, keys: int) -> None:

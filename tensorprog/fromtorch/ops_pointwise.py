@@ -127,11 +127,17 @@ class PointwiseOps:
         [-c, c] ``c * hardtanh(x / c)`` (gpt-oss's and MiniMax's up projection); from above
         at c > 0 or from below at c < 0 ``c * cap(x / c)``, cap(t) = min(t, 1) (their gate's
         ``clamp(max=swiglu_limit)``). c is a coefficient slot, read at both widths as any
-        number multiplying a vector. Any other clamp has no form: refused."""
+        number multiplying a vector. An infinite bound is no bound (``clamp(max=inf)`` is the
+        identity, ``clamp(0, inf)`` relu): no ``inf`` reaches the program. Any other clamp has
+        no form: refused."""
         if any(b is not None and not isinstance(b, (int, float)) for b in (min, max)):
             raise refuse(node, "a clamp at bounds that are tensors, not numbers",
                          help="clamp at numbers (x.clamp(max=c), x.clamp(-c, c))")
         lo, hi = (None if b is None else float(b) for b in (min, max))
+        lo = None if lo == -math.inf else lo
+        hi = None if hi == math.inf else hi
+        if (lo, hi) == (None, None):  # no finite bound: the identity, exactly
+            return x
         form = None
         if (lo, hi) == (0.0, 6.0):
             form = ("relu6", 1.0)
@@ -220,9 +226,11 @@ class PointwiseOps:
         return None
 
     def token_mask(self, node, u, v):
-        """``x * mask[..., None]`` with a mask of 0s and 1s per token computed from the inputs
-        (XLM's padding mask): the identity on the tokens it keeps, which the program describes;
-        a dropped token's vector is 0, in no sum over coordinates. None: no such product."""
+        """``x * mask[..., None]`` with a constant mask of 0s and 1s per token (XLM's padding
+        mask, computed from the inputs): where it keeps every token, the identity, which the
+        program describes. One that zeroes a token is refused: the zeroed vector is read on (a
+        residual, the next layer), so the program without the mask would compute something
+        else, and the language has no per-token constant. None: no such product."""
         for x, m in ((u, v), (v, u)):
             value = getattr(m, "value", None)
             if isinstance(m, Conc) and hasattr(value, "shape") and isinstance(
@@ -231,8 +239,17 @@ class PointwiseOps:
                 ones = bool(((value == 0) | (value == 1)).all())
                 per_token = value.dim() == len(tags) and value.shape[-1] == 1 and all(
                     s == 1 or t == "tok" for s, t in zip(value.shape, tags, strict=True))
-                if ones and per_token:
+                if ones and per_token and bool((value == 1).all()):
                     return x
+                if ones and per_token:
+                    dropped = int((value == 0).sum())
+                    raise refuse(node, f"a product with a mask of 0s and 1s per token that "
+                                 f"zeroes {dropped} of them: the language's sequences keep "
+                                 "every token's vector, so only a mask that keeps every token "
+                                 "(the identity) is traced",
+                                 help="trace with example inputs without padding (no "
+                                 "attention_mask, or one of all ones); a constant mask that "
+                                 "drops tokens has no form in the language")
                 raise refuse(node, "a product with a constant tensor other than a mask of 0s "
                              "and 1s per token (a padding mask)")
         return None

@@ -12,7 +12,7 @@ after it is what its dims make it, as after ``first(h)``.
 from __future__ import annotations
 
 from .values import Affine, Pointwise, PRef, TokensFrom, Vec
-from .where import refuse
+from .where import op_name, refuse
 
 _HELP = ("pool the (batch, tokens, features) output of the per-token layers with h.mean(1), or "
          "h[:, k:].mean(1) for the tokens from k on (the patches after a class token)")
@@ -39,7 +39,30 @@ class PoolOps:
                          "over the tokens reads, or those before one, h[:, :k], before learned "
                          "tokens (the language reads the first token, first(h), every token, "
                          "or their mean from a token on, mean(h, k))", help=_HELP)
-        return TokensFrom(v, lo, None if hi == size else hi)
+        kept = TokensFrom(v, lo, None if hi == size else hi)
+        self._token_slices = getattr(self, "_token_slices", {})
+        self._token_slices[id(kept)] = (kept, node)  # (kept alive, so its id stays its own)
+        return kept
+
+    def refuse_token_slice(self, node, x: TokensFrom):
+        """The refusal of ``x`` read by ``node``, an op other than the mean or the
+        concatenation that alone read such a slice: at the slice's line, saying which tokens
+        it keeps and what reads it."""
+        at = getattr(self, "_token_slices", {}).get(id(x), (None, node))[1]
+        reader = "the model's output" if node.op == "output" else f"the op {op_name(node)}"
+        if x.end is None:
+            kept = f"the tokens from token {x.start} on, h[:, {x.start}:],"
+            only = "a mean over them, mean(h, k)"
+            todo = f"average them, h[:, {x.start}:].mean(1)"
+        else:
+            kept = f"the tokens before token {x.end}, h[:, :{x.end}],"
+            only = "a concatenation that puts learned tokens after them (registers)"
+            todo = "read the first token with h[:, 0]" if x.end == 1 else ""
+        todo = ", or ".join(filter(None, (todo, "apply the op to every token and slice after "
+                                         "the last layer that reads tokens, outside the model")))
+        return refuse(at, f"a slice of a sequence's tokens, {kept} read by {reader}: the "
+                      "program's sequences keep all their tokens, and such a slice is read "
+                      f"only by {only}", help=todo)
 
     def token_mean(self, node, x, axes: list[int], keepdim: bool) -> Vec | None:
         """``mean(1)`` of a per-token vector or of its tokens from k on, as ``mean(h)`` or

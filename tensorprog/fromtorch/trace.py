@@ -21,7 +21,7 @@ from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
-from .ops_conv import refuse_frozen_norms, train_norms
+from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_tables import fixed_table
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
@@ -357,7 +357,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
             graph = ep.graph
     try:
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
-                          layout if blocks else None)
+                          layout if blocks else None, nodes)
     except TraceError as err:
         raise _at_build(err, build) from None
     traced.calls = sole_outputs(graph, layout[1])
@@ -454,13 +454,19 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     out = {"m." + n: tensors[n].detach().clone() for n in names}
     if lifted:
         args, kwargs = forward_inputs(example_inputs, cpu)
-        constants = export(cpu, args, kwargs).constants
-        out.update({n: constants[n] for n in lifted if n in constants})
+        on_cpu = export(cpu, args, kwargs)
+        # paired in the order the wheres read them, not by name: a constant nothing reads is
+        # lifted (and numbered) on the meta device but dropped on the CPU
+        read = _where_numbers(on_cpu)
+        if len(read) == len(_where_numbers(ep)):
+            out.update({n: on_cpu.constants[c] for n, c in zip(_where_numbers(ep), read,
+                                                                 strict=True) if n in lifted})
     return out
 
 
 def _where_numbers(ep) -> list[str]:
-    """The one-entry float constants of the graph that a ``where`` reads (through a copy)."""
+    """The one-entry float constants of the graph that a ``where`` reads (through copies:
+    ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_)."""
     specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
              if s.kind.name == "CONSTANT_TENSOR"}
     found = []
@@ -470,10 +476,13 @@ def _where_numbers(ep) -> list[str]:
         value = ep.constants.get(specs[node.name])
         if value is None or value.numel() != 1 or not value.is_floating_point():
             continue
-        users = list(node.users)
-        users += [u for c in users if op_name(c) in ("detach", "detach_", "lift_fresh_copy",
-                                                      "clone", "to") for u in c.users]
-        if any(op_name(u) == "where" for u in users):
+        users, seen = list(node.users), set()
+        while users and not any(op_name(u) == "where" for u in users):
+            seen.update(users)
+            users = [u for c in users if op_name(c) in ("detach", "detach_", "lift_fresh_copy",
+                                                         "clone", "to")
+                     for u in c.users if u not in seen]
+        if users:
             found.append(specs[node.name])
     return found
 
@@ -488,28 +497,8 @@ def _at_build(err: TraceError, build) -> TraceError:
     return TraceError([dataclasses.replace(d, span=d.span or span) for d in err.diagnostics])
 
 
-def _refuse_growing_groups(t1: Trace, t2: Trace, widths) -> None:
-    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
-    fixed group width (RegNet's groups_width), its groups growing with the width, each output
-    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
-    group's share of the channels ∝ n) does not say."""
-    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
-    for a, b in zip(t1.stmts, t2.stmts, strict=False):
-        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
-        if a != b and (m1 or m2):
-            g1, g2 = (m[2] if m else "1" for m in (m1, m2))
-            module = t1.params.get((m1 or m2)[1]) or t2.params.get((m1 or m2)[1])
-            raise TraceError(
-                f"a convolution in {g1} groups at width {widths[0]} and {g2} at "
-                f"{widths[1]}{f' ({module.module})' if module else ''}: its groups grow with "
-                "the width, each of a fixed number of channels, which the language's grouped "
-                "convolution (a fixed number of groups, each of channels ∝ n) does not say",
-                help="build the model with a fixed number of groups (their width growing with "
-                "the model's: RegNet's groups_width ∝ width), or groups=1",
-            )
-
-
-def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None) -> Traced:
+def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=None,
+             nodes=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
     renumber_slices(t1, t2)  # a slice's block named by a place that moves (rows.py)
@@ -528,7 +517,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                      f"{strip_prefix(t2.params[k].target)} at {w2}" for k, u in t1.params.items()
                      if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
     if diff is not None:
-        _refuse_growing_groups(t1, t2, widths)
+        refuse_growing_groups(t1, t2, widths, nodes)
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "

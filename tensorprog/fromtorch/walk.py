@@ -287,11 +287,7 @@ class Walker:
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
         if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
-            raise refuse(node, f"{node.target} on the tokens of a sequence from token {v.start} "
-                         "on (h[:, k:]): the program's sequences keep all their tokens, and a "
-                         "slice of them is read only by a mean over them, mean(h, k)",
-                         help="apply the op to every token and read what is needed after it, "
-                         "or average the slice with h[:, k:].mean(1)")
+            raise self.refuse_token_slice(node, v)
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:
@@ -574,6 +570,9 @@ class Walker:
         if op in _VIEW_OPS:
             return self.view(node, args[0])
         if method is None:
+            sliced = next((x for x in flat if isinstance(x, TokensFrom)), None)
+            if sliced is not None:  # h[:, :1].squeeze(1): the slice is what has no reader
+                raise self.refuse_token_slice(node, sliced)
             raise refuse(node, f"the op {op}")
         return method(node, *args, **kwargs)
 

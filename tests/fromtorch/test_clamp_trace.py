@@ -10,7 +10,12 @@ bit-identical at the base; hardtanh takes a bounded function's rule and cap a li
 from __future__ import annotations
 
 import pytest
-from conftest import apply_is_bit_identical_at_base, emit_program, train_once
+from conftest import (
+    apply_is_bit_identical_at_base,
+    emit_program,
+    traced_computes_the_model,
+    train_once,
+)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -112,3 +117,29 @@ def test_hardtanh_caps_a_growing_change_and_cap_passes_it_on():
     assert _sizes("hardtanh") == _sizes("tanh")
     assert _sizes("cap") == _sizes("relu")
     assert _sizes("cap")["y_2"]["update"] == "1"
+
+
+class Unbounded(nn.Module):
+    """A clamp with infinite bounds: (lo, hi) as the forward passes them."""
+
+    def __init__(self, width, lo=None, hi=None):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+        self.a, self.up, self.c = nn.Linear(4, width), nn.Linear(width, width), nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.up(self.a(x)).clamp(self.lo, self.hi)))
+
+
+@pytest.mark.parametrize(("lo", "hi", "fn"), [
+    (None, float("inf"), None), (float("-inf"), float("inf"), None), (0.0, float("inf"), "relu"),
+    (float("-inf"), 0.5, "cap")])
+def test_an_infinite_bound_is_no_bound(lo, hi, fn):
+    # it had been written into the program, inf * cap(x / inf): no program (inf undefined)
+    def build(n):
+        return Unbounded(n, lo, hi)
+
+    traced = tp.from_torch(build, (16, 32), inputs)
+    assert "inf" not in traced.source
+    assert (fn is None) == (f"{fn}(" not in traced.source), traced.source
+    traced_computes_the_model(traced, build, inputs)

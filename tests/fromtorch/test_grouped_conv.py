@@ -19,11 +19,12 @@ from tensorprog.emit.load import load_module  # noqa: E402
 
 
 class ResNeXt(nn.Module):
-    """examples/resnext.tp in torch (``width``: the groups' channels, None for 4 groups)."""
+    """examples/resnext.tp in torch (``width``: the groups' channels, None for 4 groups, or
+    ``groups`` fixed)."""
 
-    def __init__(self, n, width=None):
+    def __init__(self, n, width=None, groups=4):
         super().__init__()
-        groups = 4 if width is None else n // width
+        groups = groups if width is None else n // width
         self.stem = nn.Conv2d(3, n, 3, padding=1, bias=False)
         self.a = nn.Conv2d(n, n, 1, bias=False)
         self.g = nn.Conv2d(n, n, 3, padding=1, groups=groups, bias=False)
@@ -77,8 +78,17 @@ def test_the_emitted_grouped_conv_is_torchs():
 
 def test_groups_that_grow_with_the_width_are_refused():
     with pytest.raises(tp.TensorProgError, match=r"a convolution in 2 groups at width 16 and 4 "
-                                                 r"at 32 \(g\): its groups grow with the width"):
+                                                 r"at 32 \(g\): its groups grow with the width") \
+            as err:
         tp.from_torch(lambda n: ResNeXt(n, width=8), (16, 32), images)
+    # at the convolution's line (it had been the build's)
+    assert "self.g(" in err.value.diagnostics[0].span.source_line()
+    # 16 groups: depthwise at width 16 (it had said "in 1 groups at width 16 and 16 at 32")
+    with pytest.raises(tp.TensorProgError, match=r"a convolution depthwise \(a group per "
+                       r"channel\) at width 16 and in 16 groups at 32 \(g\): a fixed number of "
+                       r"groups, depthwise at one width only") as err:
+        tp.from_torch(lambda n: ResNeXt(n, groups=16), (16, 32), images)
+    assert "self.g(" in err.value.diagnostics[0].span.source_line()
     source = (ROOT / "examples" / "resnext.tp").read_text()
     with pytest.raises(tp.SemanticError, match=r"conv in 4 groups of \[f8\] channels: a grouped "
                                                "convolution's groups must stay fixed"):

@@ -2,16 +2,16 @@
 vision transformer's ``x.flatten(2).transpose(1, 2)`` becomes ``tokens(h, T)`` and
 ``t.transpose(1, 2).reshape(B, C, H, W)`` becomes ``image(t, H, W)`` (and SwiftFormer's
 channels-last ``permute(0, 2, 3, 1).reshape(B, H·W, C)`` and back). Oracles: the hand-written
-examples/pixel_tokens.tp derives the same exponents as its torch counterpart, traced; apply leaves
-the model bit-identical at the base width; a view of pixels the language has no form for is
-refused at its line."""
+examples/pixel_tokens.tp derives the same exponents as its torch counterpart, traced; the emitted
+program computes the model's output at the base width; apply leaves the model bit-identical
+there; a view of pixels the language has no form for is refused at its line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from conftest import apply_is_bit_identical_at_base
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -97,6 +97,11 @@ def test_the_traced_stage_derives_what_examples_pixel_tokens_tp_derives(pvt, opt
     traced = tp.derive(pvt.program, optimizer).abc
     written = tp.derive(tp.parse_file(EXAMPLES / "pixel_tokens.tp"), optimizer).abc
     assert {k: traced[k] for k in NAMES} == {k: written[v] for k, v in NAMES.items()}
+
+
+def test_the_traced_program_computes_the_stage_at_the_base_width(pvt):
+    # pixels read as tokens in another order, or keys from other pixels, would differ here
+    traced_computes_the_model(pvt, PvtStage, images)
 
 
 def test_apply_leaves_the_stage_bit_identical_at_the_base_width(pvt):

@@ -134,5 +134,38 @@ def test_the_tokens_after_the_class_token_used_other_than_averaged_are_refused()
             return self.head(h[:, 1:])
 
     with pytest.raises(TensorProgError, match=r"test_pool.py:\d+:\d+: error: cannot trace "
-                       r"aten.linear.default on the tokens of a sequence from token 1 on"):
+                       r"a slice of a sequence's tokens, the tokens from token 1 on, h\[:, 1:\], "
+                       r"read by the op linear"):
         from_torch(PerPatch, WIDTHS, _tokens)
+
+
+class Sliced(Pooled):
+    """The tokens before the last (a language model's shifted logits, ``form`` "logits") or
+    the first token kept as a sequence of one (``h[:, :1]``), read by a layer or squeezed."""
+
+    def __init__(self, n, form):
+        super().__init__(n)
+        self.form = form
+
+    def forward(self, idx):
+        h = self.e(idx)
+        if self.form == "logits":
+            logits = self.head(h)
+            return logits[:, :-1]
+        first = h[:, :1]
+        return self.head(first.squeeze(1) if self.form == "squeezed" else first)
+
+
+@pytest.mark.parametrize(("form", "slice_", "reader", "line"), [
+    ("logits", r"the tokens before token 7, h\[:, :7\]", "the model's output", "logits[:, :-1]"),
+    ("first", r"the tokens before token 1, h\[:, :1\]", "the op linear", "first = h[:, :1]"),
+    ("squeezed", r"the tokens before token 1, h\[:, :1\]", "the op squeeze", "first = h[:, :1]"),
+], ids=["logits", "first", "squeezed"])
+def test_a_slice_of_the_tokens_read_by_anything_else_is_refused_at_the_slice(
+        form, slice_, reader, line):
+    # said at the reader's line before, as "the tokens of a sequence from token 0 on (h[:, k:])",
+    # or for the output at no line of the model's; squeezed, as "the op squeeze"
+    with pytest.raises(TensorProgError, match=rf"cannot trace a slice of a sequence's tokens, "
+                       rf"{slice_}, read by {reader}") as err:
+        from_torch(lambda n: Sliced(n, form), WIDTHS, _tokens)
+    assert line in err.value.diagnostics[0].span.source_line()

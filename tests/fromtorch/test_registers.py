@@ -2,13 +2,14 @@
 class token, ``torch.cat([h[:, :1], reg.expand(B, -1, -1), h[:, 1:]], dim=1)``, traced as one
 ``prepend(r, h, T2, k)`` per register, each row of the param a vector param of its own; the
 head reads the class token and the mean of the patches after the registers. Oracle: the same
-model written in the language, examples/vit_registers.tp, derives the same exponents; apply
-leaves the model bit-identical at the base width."""
+model written in the language, examples/vit_registers.tp, derives the same exponents; the emitted
+program computes the model's output at the base width (each register at its place); apply leaves
+the model bit-identical there."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, apply_is_bit_identical_at_base
+from conftest import ROOT, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -82,6 +83,10 @@ def test_the_traced_registers_derive_what_examples_vit_registers_tp_derives(trac
              "reg_row1": "r2", "norm_weight": "gf", "norm_bias": "bf", "head_weight_cols0": "W1",
              "head_weight_cols1": "W2", "head_bias": "bc"}
     assert {k: got[k] for k in names} == {k: want[v] for k, v in names.items()}
+
+
+def test_the_traced_program_computes_the_model_with_registers_at_the_base_width(traced):
+    traced_computes_the_model(traced, Registers, patches)
 
 
 def test_apply_leaves_the_model_with_registers_bit_identical_at_the_base_width(traced):

@@ -8,7 +8,7 @@ import math
 from fractions import Fraction
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -347,9 +347,9 @@ class MaskBuffer(nn.Module):
     with ``torch.max``; ``where``: ImageGPT's, a boolean buffer and ``torch.where`` of it, the
     logits and a tensor of the lowest float, ``where`` itself that tensor's value)."""
 
-    def __init__(self, n, sdpa=False, floor=False, where=None):
+    def __init__(self, n, sdpa=False, floor=False, where=None, spare=False):
         super().__init__()
-        self.floor, self.where = floor, where
+        self.floor, self.where, self.spare = floor, where, spare
         self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, n)
         self.out, self.sdpa = nn.Linear(n, 13), sdpa
         self.register_buffer("bias", torch.ones(16, 16).tril().view(1, 1, 16, 16),
@@ -364,6 +364,8 @@ class MaskBuffer(nn.Module):
         elif self.where is not None:
             w = q @ k.transpose(-1, -2) / math.sqrt(v.size(-1))
             keep = self.bias[:, :, :t, :t].bool()
+            if self.spare:  # a tensor made and never read: export lifts it on the meta device
+                torch.tensor(0.5, device=w.device)
             low = torch.tensor(self.where, dtype=w.dtype, device=w.device)
             y = torch.where(keep, w, low).softmax(-1) @ v
         else:
@@ -407,6 +409,56 @@ def test_a_causal_mask_applied_by_where_traces_as_sdpas():
     # a masked entry set to 0 is no mask: exp(0) weighs it as any key
     with pytest.raises(TensorProgError, match=r"cannot trace the op where \(other than attention"):
         _trace(lambda n: MaskBuffer(n, where=0.0))
+
+
+def test_the_number_where_reads_is_found_past_a_tensor_nothing_reads():
+    # a tensor made before it and never read is lifted on the meta device and not on the CPU:
+    # the number is the where's own (it had been looked up by a name that moved: a crash,
+    # "Tensor.item() cannot be called on meta tensors", where -10 is refused at its line)
+    def build(n, where=-1e9):
+        return MaskBuffer(n, where=where, spare=True)
+
+    traced_computes_the_model(_trace(build), build, _tokens)
+    with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
+                       r"trace the op where \(other than attention") as err:
+        _trace(lambda n: build(n, where=-10.0))
+    assert "torch.where(keep, w, low)" in err.value.diagnostics[0].span.source_line()
+
+
+class HandAttention(nn.Module):
+    """Attention by hand over 4 tokens in 4 heads; ``transposed=False``: the values left
+    [B, T, H, dh], so torch's ``probs @ v`` pairs head i's weights with token i's values."""
+
+    def __init__(self, n, transposed=True):
+        super().__init__()
+        self.transposed, self.dh = transposed, n // HEADS
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k = (f(x).view(b, t, HEADS, self.dh).transpose(1, 2) for f in (self.q, self.k))
+        v = self.v(x).view(b, t, HEADS, self.dh)
+        v = v.transpose(1, 2) if self.transposed else v
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.dh**0.5, -1) @ v
+        return self.out(x + self.o(a.transpose(1, 2).reshape(b, t, n)))
+
+
+def _four_tokens(model=None):
+    return (torch.arange(8).remainder(13).view(2, 4),)
+
+
+def test_values_not_laid_out_as_the_queries_are_refused_at_the_mix():
+    traced = from_torch(HandAttention, WIDTHS, _four_tokens)
+    traced_computes_the_model(traced, HandAttention, _four_tokens)
+    # as many tokens as heads: torch broadcasts, and the mix of the queries' heads (what the
+    # trace wrote before) computes something else
+    with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
+                       r"trace attention weights laid out \(tokens, heads, tokens, head dim\) "
+                       r"times values laid out \(tokens, tokens, heads, head dim\)") as err:
+        from_torch(lambda n: HandAttention(n, transposed=False), WIDTHS, _four_tokens)
+    assert "@ v" in err.value.diagnostics[0].span.source_line()
 
 
 class LegacyWeight(nn.Module):

@@ -7,7 +7,7 @@ written with the form's plain counterpart (relu, torch's layer_norm and rms_norm
 same µP, and apply is bit-identical at the base."""
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -190,3 +190,32 @@ def test_a_vector_concatenated_with_an_empty_constant_is_the_vector():
 
     traced = from_torch(Cached, WIDTHS, _tokens)
     assert "linear = o_weight @ embedding + o_bias" in traced.source.splitlines()
+
+
+class KeptTokens(nn.Module):
+    """The embeddings times a constant mask per token held in a buffer, boolean or float;
+    ``keep``: the tokens it keeps, of 8."""
+
+    def __init__(self, n, keep=range(8), dtype=torch.bool):
+        super().__init__()
+        self.e, self.fc, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+        mask = torch.zeros(8, dtype=dtype)
+        mask[list(keep)] = 1
+        self.register_buffer("keep", mask, persistent=False)
+
+    def forward(self, idx):
+        h = self.e(idx) * self.keep[None, :, None]
+        return self.out(h + self.fc(F.relu(h)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_a_mask_per_token_is_traced_where_it_keeps_every_token_and_refused_where_it_drops(dtype):
+    def build(n, keep=range(8)):
+        return KeptTokens(n, keep, dtype)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    traced_computes_the_model(traced, build, _tokens)
+    # tokens 2 and 6 zeroed: traced as the identity before, a program computing something else
+    with pytest.raises(TensorProgError, match=r"test_trace_pointwise.py:\d+:\d+: error: cannot "
+                       r"trace a product with a mask of 0s and 1s per token that zeroes 2 of"):
+        from_torch(lambda n: build(n, keep=(0, 1, 3, 4, 5, 7)), WIDTHS, _tokens)
