@@ -267,6 +267,7 @@ class MuP(OptimizerGroups):
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
+            self._query_read_alone(scale, info, need)
             if info["q"] not in self.traced.producers:  # a query normalised without a gain
                 self.patches.append(query_norm_patch(
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
