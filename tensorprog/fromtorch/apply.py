@@ -102,6 +102,9 @@ class MuP(OptimizerGroups):
         self.const_fold: dict[str, Fraction] = {}  # param -> multiplier folded into it
         self.patches: list[Patch] = []
         self.own_patch: set[str] = set()  # vectors a width constant's patch scales alone
+        # query layers whose whole output carries a factor (folded in, or patched on the
+        # module's output; not a fused layer's query rows alone): each vector they make
+        self.whole_layers: set[str] = set()
         for name, info in traced.scales.items():
             delta = self._derived_a(name, info) - info["model_a"]
             if self.depth_exp.get(name):
@@ -146,11 +149,14 @@ class MuP(OptimizerGroups):
 
     def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
         need = f"µP needs the attention logits times (n/base)^{-delta}"
+        self._query_read_alone(scale, info, need)
         if info["q"] not in self.traced.producers:  # a query normalised without a gain
             self.patches.append(query_norm_patch(self.traced, scale, info, need, delta, (
                 f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
             return
         w, b, use, alone = self._query_layer(scale, info, need)
+        if use.rows is None:
+            self.whole_layers.add(w)
         if use.rows is None and use.cols is None and alone:
             for p in (w, b):
                 if p:
@@ -170,6 +176,32 @@ class MuP(OptimizerGroups):
                    f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
                    + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
             self.patches.append(self._query_patch(scale, info, use, w, delta, why))
+
+    def _query_read_alone(self, scale: str, info: dict, need: str) -> None:
+        """A UsageError unless the query of ``scale``'s logits, and every vector its layer
+        makes on the way to it, is read only by attention logits (dot) or on that way: a factor
+        folded into the layer, or patched on its output, scales every reader of that output,
+        and a residual that adds the layer's output (h + q(x)) would be scaled with it."""
+        if info.get("fixed"):  # a width constant on a vector: its own patch (_query_patch)
+            return
+        w = self.traced.producers.get(info["q"], (None,))[0]
+        use = self.traced.params.get(w)
+        way = {info["q"]}
+        if use is not None and use.rows is None:  # its own layer: all it makes is the query's
+            way |= {v for v, (p, *_) in self.traced.producers.items() if p == w}
+        for v in sorted(way):
+            for ins in self.program.uses(v):
+                if type(ins).__name__ == "Dot" or ins.out in way:
+                    continue
+                made = f", made by {use.target}," if use is not None else ""
+                raise UsageError(
+                    f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
+                    f"on every reader of it; but {ins.out} reads {v} too (outside attention), "
+                    "and would be scaled with it", ins.span,
+                    help="give the other reader a vector of its own (another layer, or the "
+                    "layer's input), or build the model with a fixed head dim, where the "
+                    "scale needs no change",
+                )
 
     def _query_layer(self, scale: str, info: dict, need: str) -> tuple:
         """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
@@ -235,6 +267,7 @@ class MuP(OptimizerGroups):
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
+            self._query_read_alone(scale, info, need)
             if info["q"] not in self.traced.producers:  # a query normalised without a gain
                 self.patches.append(query_norm_patch(
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
@@ -560,9 +593,10 @@ class MuP(OptimizerGroups):
             for _, info in scales
         }
         # the layer's own output under a number on it (gpt-oss's query times YaRN's scale, then
-        # the query): the factor folded into the layer scales it too
+        # the query): the factor folded into the layer scales it too (not a fused layer's key
+        # and value rows, where only its query rows were patched)
         for vec, (w, *_) in self.traced.producers.items():
-            if vec not in out and w in folded and w not in self.own_patch:
+            if vec not in out and w in folded and w in self.whole_layers:
                 out[vec] = r ** float(folded[w])
         return out
 

@@ -187,6 +187,9 @@ class LayoutOps:
             return PRef(v.target, v.shape, not v.t, v.rows)
         self._whole(node, v)
         tags = list(self._tags(v, node))
+        perm = list(range(len(tags)))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        self._same_kind_kept(node, v, tags, perm)
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
@@ -207,11 +210,31 @@ class LayoutOps:
             return self.spread_permute(node, v, dims)
         self._whole(node, v)
         tags = self._tags(v, node)
+        self._same_kind_kept(node, v, tags, [d % len(tags) for d in dims])
         new = tuple(tags[d] for d in dims)
         if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(
                 dims) - 1:  # per head, split after (as op_transpose): the features stay last
             return self._retag(v, new)
         return self._retag(self.vec(v, node), new)
+
+    def _same_kind_kept(self, node, v, tags, perm) -> None:
+        """Refuse a transpose or permute (``perm``: the old axis of each new one) of a
+        per-token vector that swaps two axes of one kind, the batch and a sequence's tokens
+        ("tok") or an image's rows and columns ("px"): the language names neither, so its
+        program would compute the value as if unswapped (attention over the batch, a
+        convolution of the transposed image). A swap that its only readers undo (x.transpose(
+        2, 3).transpose(2, 3)) is the value itself."""
+        if not isinstance(v, (Vec, Affine, Pointwise)):
+            return  # attention scores' query and key axes are ops_attention's
+        kind = _swapped_kind(tags, perm)
+        if kind is None or _undone(node, perm, tags) or _undoes(node, perm, tags):
+            return
+        what = {"tok": "the batch and tokens axes (or two token axes)",
+                "px": "an image's rows and columns (its two pixel axes)"}[kind]
+        raise refuse(node, f"a transpose or permute that swaps {what}: the language's values "
+                     "have no such relayout, and the program would compute the value as if "
+                     "unswapped", help="keep the axes' order (batch first, then tokens; an "
+                     "image's rows before its columns), or undo the swap right after it")
 
     def op_split(self, node, v, size, dim=-1):
         sizes = (
@@ -372,3 +395,61 @@ def _per_head_gate(node, dim) -> bool:
 
     return all(op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not node)
                for u in node.users)
+
+
+_CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+
+
+def _swapped_kind(tags, perm) -> str | None:
+    """The kind ("tok" or "px") of two axes whose order ``perm`` swaps, or None."""
+    for kind in ("tok", "px"):
+        old = [i for i in perm if tags[i] == kind]
+        if old != sorted(old):
+            return kind
+    return None
+
+
+def _perm_of(node, n) -> list | None:
+    """The old axis of each new one of a transpose or permute node of ``n`` axes, else None."""
+    op = op_name(node)
+    if op == "transpose":
+        perm = list(range(n))
+        d0, d1 = (d % n for d in node.args[1:3])
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return perm
+    if op == "permute":
+        return [d % n for d in node.args[1]]
+    return None
+
+
+def _undoes(node, perm, tags) -> bool:
+    """Whether ``node`` undoes the swap of the transpose or permute it reads (through copies
+    and casts), which its reader alone reads (:func:`_undone`)."""
+    src = node.args[0]
+    while op_name(src) in _CARRIERS and len(src.users) == 1:
+        src = src.args[0]
+    first = _perm_of(src, len(perm))
+    if first is None or len(src.users) != 1:
+        return False
+    before = [None] * len(perm)  # the tags of the first one's input
+    for j, i in enumerate(first):
+        before[i] = tags[j]
+    return _swapped_kind(before, [first[i] for i in perm]) is None
+
+
+def _undone(node, perm, tags) -> bool:
+    """Whether every reader of ``node`` (through copies and casts) transposes or permutes it
+    back: the order of every kind of axis restored."""
+    users = list(node.users)
+    if not users:
+        return False
+    for u in users:
+        op = op_name(u)
+        if op in _CARRIERS:
+            if not _undone(u, perm, tags):
+                return False
+            continue
+        back = _perm_of(u, len(perm))
+        if back is None or _swapped_kind(tags, [perm[d] for d in back]) is not None:
+            return False
+    return True

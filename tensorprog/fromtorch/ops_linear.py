@@ -177,6 +177,12 @@ class LinearOps:
                          "pixels of each row, not the channels)",
                          help="pool the image to one pixel first (nn.AdaptiveAvgPool2d(1), then "
                          "flatten), or use a 1x1 convolution")
+        if x.tags[-1] not in ("F", "dh"):  # [B, C, T] @ W: MLP-Mixer's token mixing
+            raise refuse(node, "a linear layer over the tokens (its input's last axis is a "
+                         "token axis, not features: each feature mixed across tokens), which "
+                         "the language's per-token vectors cannot say",
+                         help="apply the layer to the features (x.transpose(1, 2) first, as "
+                         "[B, T, C]), or mix the tokens with attention")
         return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
 
     def op_addmm(self, node, b, x, w):

@@ -47,6 +47,28 @@ def _key(x) -> tuple:
     return (x.src.name, x.lo, x.hi, x.sign) if isinstance(x, Sub) else (x.name,)
 
 
+def _same_node(x, y, depth: int = 0) -> bool:
+    """Whether two graph nodes compute the same values: one node, or the same op of the same
+    args (recursively, a few ops deep); inputs (placeholders) only as themselves."""
+    import torch.fx
+
+    if x is y:
+        return True
+    if depth > 16 or x.op != "call_function" or y.op != "call_function" or x.target != y.target:
+        return False
+
+    def same(a, b) -> bool:
+        if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node):
+            return isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and \
+                _same_node(a, b, depth + 1)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(p, q) for p, q in zip(a, b, strict=True))
+        return type(a) is type(b) and a == b
+
+    return same(list(x.args), list(y.args)) and x.kwargs.keys() == y.kwargs.keys() and all(
+        same(x.kwargs[k], y.kwargs[k]) for k in x.kwargs)
+
+
 class RotaryOps:
     """Rotary position embeddings: slices into halves, rotate_half, cos/sin products, their sum;
     partial rotary (the first r coordinates of each head rotated, the rest passed through) as
@@ -90,9 +112,17 @@ class RotaryOps:
             [t.start for t in tensors] == [0, 1] and _key(tensors[0].src) == _key(tensors[1].src)
             and tensors[0].halves == tensors[1].halves
             and tensors[0].factor == tensors[1].factor
+            and self._same_angles(tensors[0].angle, tensors[1].angle)
         ):  # each pair (2i, 2i + 1) turned, put at (i, i + d/2): the same layout for q and k
-            # (or each head's halves turned, put back in their place)
+            # (or each head's halves turned, put back in their place), both halves by one
+            # table of angles
             return self._rotated(tensors[0].src, tensors[0].factor, node)
+        if len(tensors) == 2 and all(isinstance(t, PairHalf) for t in tensors):
+            raise refuse(node, "a concatenation of a head's two turned halves that is not "
+                         "one rotation (the halves turned by different cos and sin tables, "
+                         "angles or numbers, or put back out of order): each pair's map is "
+                         "then no rotation", help="turn both halves by the same cos and sin "
+                         "tables (one angle per pair)")
         parts = [t for t in tensors if not (isinstance(t, Sub) and t.lo == t.hi)]
         if len(parts) == 1 and len(tensors) > 1 and isinstance(parts[0], (Vec, Sub)):
             return parts[0]  # the rest was empty
@@ -134,6 +164,11 @@ class RotaryOps:
             "put back together, per-head vectors of the same heads along the head, or vectors "
             "along their features that only linear layers read)",
         )
+
+    def _same_angles(self, a: str, b: str) -> bool:
+        """Whether two angle nodes (Trig.angle) are one table: the same node, or the same ops
+        of the same buffers and constants (``pos * inv`` computed twice)."""
+        return bool(a and b) and (a == b or _same_node(self.by_name[a], self.by_name[b]))
 
     def op_stack(self, node, tensors, dim=0):
         """rotate_every_two's ``stack((-x2, x1), -1)`` of one (part of a) head vector's odd
@@ -231,7 +266,7 @@ class RotaryOps:
             return None
         src = cos.src.src
         whole = src if (lo[0], hi[1]) == (0, src.dh) else Sub(src, lo[0], hi[1])
-        return PairHalf(whole, start, halves=True, factor=cos.factor)
+        return PairHalf(whole, start, halves=True, factor=cos.factor, angle=cos.angle)
 
     @staticmethod
     def _pair_half(u: RopeTerm, v: RopeTerm, alpha) -> PairHalf | None:
@@ -239,7 +274,8 @@ class RotaryOps:
         ``x_o·cos + x_e·sin`` (the odd ones), x_e = x[..., ::2], x_o = x[..., 1::2], both
         tables of one angle; None for anything else."""
         if not (isinstance(u.src, Strided) and isinstance(v.src, Strided)
-                and u.angle == v.angle and _key(u.src.src) == _key(v.src.src)):
+                and u.angle == v.angle and u.table is None and v.table is None
+                and _key(u.src.src) == _key(v.src.src)):
             return None
         cos, sin = (u, v) if u.kind == "cos" else (v, u)
         if (cos.kind, sin.kind) != ("cos", "sin") or cos.src.start == sin.src.start:
@@ -248,5 +284,5 @@ class RotaryOps:
             return None
         sign = alpha if sin is v else 1  # sin's coefficient
         if (cos.src.start, sign) in ((0, -1), (1, 1)):
-            return PairHalf(cos.src.src, cos.src.start, factor=cos.factor)
+            return PairHalf(cos.src.src, cos.src.start, factor=cos.factor, angle=cos.angle)
         return None

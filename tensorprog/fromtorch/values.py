@@ -373,6 +373,9 @@ class PairHalf:
     # the pair (i, i + d/2)'s): ``cat`` of the two is rotate_half's rotation of the head
     halves: bool = False
     factor: float = 1.0  # the tables' (Trig.factor)
+    # the angle node of its cos and sin (Trig.angle): ``cat`` of two halves turned by different
+    # angles is no rotation (its determinant per pair is cos(θ − φ))
+    angle: str = ""
 
 
 @dataclass

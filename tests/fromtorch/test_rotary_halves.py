@@ -93,3 +93,44 @@ def test_the_querys_own_layer_output_is_unfolded_as_the_query_is(traced):
     mup.apply(model)
     unfold = mup.unfolded(model)
     assert unfold["view"] == unfold["cat"] == pytest.approx(2.0)  # (128 / 32) ** (1 / 2)
+
+
+class TwoAngles(Net):
+    """q and k's halves (``form`` "halves": chunk(x, 2); "pairs": x[..., ::2], x[..., 1::2],
+    DeepSeek-V3's interleaved form) turned by two tables of angles, θ for the first and
+    ``other`` for the second: a rotation only where both are one table."""
+
+    def __init__(self, n, form="halves", other="inv"):
+        super().__init__(n, form)
+        self.other = other
+        self.register_buffer("inv2", 1.0 / 500 ** (torch.arange(0, self.dh, 2).float() / self.dh),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (f(x).view(b, t, 4, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        pos = torch.arange(t, device=idx.device).float()[:, None]
+        a, a2 = pos * self.inv, pos * getattr(self, self.other)
+        q, k = (self.turn(y, a.cos(), a.sin(), a2.cos(), a2.sin()) for y in (q, k))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
+
+    def turn(self, x, cos, sin, cos2, sin2):
+        x1, x2 = torch.chunk(x, 2, dim=-1) if self.form == "halves" else (x[..., ::2], x[..., 1::2])
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos2 + x1 * sin2), dim=-1)
+
+
+@pytest.mark.parametrize("form", ["halves", "pairs"])
+def test_halves_turned_by_two_tables_of_angles_are_refused(form):
+    # θ ≠ φ: each pair's map has determinant cos(θ − φ), no rotation, refused at the cat
+    with pytest.raises(TensorProgError, match=r"test_rotary_halves.py:\d+:\d+: error: cannot "
+                       r"trace a concatenation of a head's two turned halves that is not one "
+                       r"rotation"):
+        from_torch(lambda n: TwoAngles(n, form, "inv2"), WIDTHS, _tokens)
+
+
+def test_halves_turned_by_one_table_computed_twice_are_a_rotation(traced):
+    # pos * inv written once for each half: the same ops of the same buffer, one table
+    one = from_torch(lambda n: TwoAngles(n, "halves"), WIDTHS, _tokens)
+    assert abc_by_target(one) == abc_by_target(traced)
