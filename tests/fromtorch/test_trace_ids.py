@@ -10,6 +10,7 @@ from conftest import abc_by_target, apply_is_bit_identical_at_base
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from tensorprog.errors import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch, probe  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -154,7 +155,7 @@ def test_the_whole_of_the_token_ids_sliced_is_still_the_token_input():
     assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
 
 
-def test_the_token_ids_transposed_are_still_the_token_input():
+def test_the_token_ids_transposed_and_swapped_back_are_refused_at_the_swap():
     class SeqFirst(nn.Module):  # XLNet's input_ids.transpose(0, 1): [T, B] ids, looked up
         def __init__(self, n):
             super().__init__()
@@ -163,11 +164,14 @@ def test_the_token_ids_transposed_are_still_the_token_input():
         def forward(self, idx):
             return self.o(self.e(idx.transpose(0, 1)).transpose(0, 1))
 
-    traced = from_torch(SeqFirst, WIDTHS, _zeros)
-    # before: refused as "an embedding lookup of ids computed from the token ids other than a
-    # copy of them", though each entry is still a token id
-    assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
-    _bit_identical_at_base(traced, SeqFirst)
+    # each entry is still a token id, so the lookup traces (it was refused as "ids computed
+    # from the token ids"); but the trace's axes cannot tell the looked-up [T, B, n] from
+    # [B, T, n] (the batch and the tokens are both per-token axes), so the swap back is refused
+    # rather than taken as undoing a swap it cannot see: an op over the tokens between the two
+    # would read the batch
+    with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
+                       "a transpose or permute that swaps the batch and tokens axes"):
+        from_torch(SeqFirst, WIDTHS, _zeros)
 
 
 def _zeros(model):  # the ids a trace is usually given (the zoo's): all zeros
