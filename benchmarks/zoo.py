@@ -269,7 +269,7 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     if isinstance(defaults.get("causal"), bool) and mapping.decoder:  # XLM's own switch
         kwargs["causal"] = True
     if mapping.inputs == "image":
-        kwargs.update(_image_fields(defaults, fields, width, heads))
+        kwargs.update(_image_fields(defaults, fields, width, heads, scaling == "head_dim"))
         if isinstance(defaults.get("mm_tokens_per_image"), int):
             # an image read as tokens by a language model (ShieldGemma-2's Gemma-3): its
             # patches' grid pooled to mm_tokens_per_image (256: 16 x 16 of 64 x 64 patches,
@@ -312,7 +312,8 @@ def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
     return out
 
 
-def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
+def _image_fields(defaults: dict, fields: set, width: int, heads: int,
+                  doubling: bool) -> dict:
     """An image classifier's own fields: a 32 x 32 image, patches of 8, and a staged model's
     per-stage lists cut to their first two stages (every list as long as ``depths``), channels
     [n, 2n] and, with the head dim fixed, heads doubling with them."""
@@ -412,7 +413,9 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int) -> dict:
                 out[f] = STAGES
         for f in ("num_heads", "num_attention_heads"):  # Swin's; PVT's and SegFormer's
             if isinstance(defaults.get(f), list):
-                out[f] = [heads * (2**i if heads != HEADS else 1) for i in range(STAGES)]
+                # by the scaling, not the count: at width 64 heads of 16 are 4, as many as
+                # the 4-head table's
+                out[f] = [heads * (2**i if doubling else 1) for i in range(STAGES)]
         for f in ("num_stages",):
             if f in fields:
                 out[f] = STAGES
