@@ -101,12 +101,15 @@ class GridOps:
                 "patches a side), or resize the table once, outside the forward",
             )
         if op not in _MOVES:
+            # the reshaped param's own argument, which need not be the op's first (h + pos)
+            at = next((i for i, a in enumerate(args) if isinstance(a, Laid)), 0)
+            laid = args[at].ref.shape if isinstance(args[at], Laid) else ()
             raise refuse(node, f"the op {op} on a reshaped param (its entries laid out anew, "
-                         f"{list(args[0].ref.shape) if isinstance(args[0], Laid) else ''} as "
-                         f"{list(self._shape(node.args[0]))}): a reshaped param is followed "
-                         "only through reshapes, permutes, slices, concatenations of its parts "
-                         "and a resize to its own grid, back to its own layout (a table of "
-                         "positions laid out as the image's grid and back)", help=_HELP)
+                         f"{list(laid)} as {list(self._shape(node.args[at]))}): a reshaped "
+                         "param is followed only through reshapes, permutes, slices, "
+                         "concatenations of its parts and a resize to its own grid, back to its "
+                         "own layout (a table of positions laid out as the image's grid and "
+                         "back)", help=_HELP)
         refs = {a.ref.target for a in _flat(args) if isinstance(a, Laid)}
         refs |= {a.target for a in _flat(args) if isinstance(a, PRef)}
         if len(refs) != 1 or any(not isinstance(a, (Laid, PRef, int, float, bool, type(None)))

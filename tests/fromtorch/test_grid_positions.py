@@ -234,3 +234,19 @@ def test_siglip2_positions_of_padded_images_are_refused():
 
     with pytest.raises(TensorProgError, match="rows other than consecutive positions"):
         from_torch(NaFlex, WIDTHS, padded)
+
+
+class ImagePlusGrid(Grid):
+    """The table laid out as the image's grid and added to the image itself: a sum the
+    walk does not follow a reshaped param into (the table is the sum's second term)."""
+
+    def forward(self, img):
+        pos = self.pos.reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        h = (self.proj(img) + pos).flatten(2).transpose(1, 2)
+        return self.head(torch.relu(self.fc(h)).mean(1))
+
+
+def test_a_reshaped_table_read_second_is_named_with_its_own_shapes():
+    with pytest.raises(TensorProgError, match=r"the op add on a reshaped param \(its entries "
+                       r"laid out anew, \[1, 16, \d+\] as \[1, \d+, 4, 4\]\)"):
+        from_torch(ImagePlusGrid, WIDTHS, _images)
