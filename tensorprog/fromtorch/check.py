@@ -10,8 +10,9 @@ from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import Dot, LinComb, MatMul, Nonlin
 from ..ir.sequences import value_sequences
-from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
+from ..numerics.judge import TOLERANCE, ZERO_RMS, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
+from ..numerics.turns import normalised, turned
 from .apply import MuP
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
@@ -324,7 +325,8 @@ def coord_check(
     own, cross = Measurements(), Measurements()
     run = dict(lr=lr, apply=apply, batch=batch, eps=eps, device=device,
                split_logits=split_logits)
-    model = _measure(mup, widths, seeds, steps, m, own, cross, **run)
+    turns: dict = {}  # (normalised vector, step, width, seed) -> its turn in that step
+    model = _measure(mup, widths, seeds, steps, m, own, cross, **run, turns=turns)
     optimizer = mup.derivation.optimizer
     abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
@@ -334,6 +336,7 @@ def coord_check(
     result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
     result.names = module_paths(mup)
     _drift(result, mup, own, cross)
+    result.turned = turned(turns, widths, seeds)
     # a vector of a few entries (a 2-class readout) whose failure its noise can explain:
     # measured again over more seeds, and judged on its RMS pooled over all of them (few.py)
     again = remeasure(result, m) if remeasure_few else None
@@ -349,13 +352,15 @@ def coord_check(
 
 def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurements,
              cross: Measurements, *, lr: float, apply: bool, batch: int | None, eps: float,
-             device: str, split_logits: bool):
+             device: str, split_logits: bool, turns: dict | None = None):
     """The runs of :func:`coord_check`: for every seed and width the model built, ``steps``
     steps trained (none: its init alone), each recorded into ``m`` (and the split vectors'
-    parts into ``own`` and ``cross``). Returns the last model built."""
+    parts into ``own`` and ``cross``; each normalised vector's turn in each step into
+    ``turns``: RMS(h_t − h_t-1) / RMS(h_t-1)). Returns the last model built."""
     import torch
 
     traced = mup.traced
+    norms = normalised(mup.program)
     # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
@@ -379,7 +384,8 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
             )
             split: dict = {}
             read = probe(mup, model, args, kwargs, split, split_logits)
-            m.record(w, 0, read(), seed)
+            last = read()
+            m.record(w, 0, last, seed)
             _record_split(own, cross, split, w, 0, seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
             train_norms(model)  # a batch norm's training forward is the program's
@@ -394,7 +400,15 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                m.record(w, t, read(), seed)
+                now = read()
+                m.record(w, t, now, seed)
+                if turns is not None:
+                    for v in norms & now.keys():
+                        before = last[v].detach().double()
+                        turns[(v, t, w, seed)] = float(
+                            (now[v].detach().double() - before).pow(2).mean().sqrt()
+                            / before.pow(2).mean().sqrt().clamp_min(ZERO_RMS))
+                last = now
                 _record_split(own, cross, split, w, t, seed)
             mup.remove_patches(model)
     return model

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 from tensorprog.fromtorch.check import probe  # noqa: E402
 
 VOCAB, SEQ, BASE = 16, 6, 32
@@ -202,3 +202,28 @@ def test_hf_xlm_roberta_xl_derives_the_exponents_of_the_pre_ln_encoder_written_b
         theirs = tp.derive(traced.program, optimizer).abc
         assert [v.a for k, v in theirs.items() if k.startswith("tie_")] == [mine["tie"].a] \
             == [1]
+
+
+class SmallInit(TiedLM):
+    """TiedLM with HF's embedding init (std 0.02): Adam's first steps turn its LayerNorm far."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+
+def test_the_check_measures_each_normalised_vectors_turn_and_flags_none_in_step_1():
+    # lr 0.1 on a 0.02 embedding: step 1 turns the LayerNorm's output by 1.35 of its size (cos
+    # 0.09), step 2 by about 0.5: a first step's turn is recorded, not flagged
+    from tensorprog.fromtorch.check import _measure
+    from tensorprog.numerics.judge import Measurements
+
+    mup = MuP(from_torch(SmallInit, (BASE, 2 * BASE), _tokens), "adam")
+    turns: dict = {}
+    _measure(mup, (32, 64), (0,), 2, Measurements(), Measurements(), Measurements(), lr=0.1,
+             apply=True, batch=None, eps=1e-12, device="cpu", split_logits=False, turns=turns)
+    assert set(turns) == {("layer_norm", t, w, 0) for t in (1, 2) for w in (32, 64)}
+    assert all(turns[("layer_norm", 1, w, 0)] > 1.2 for w in (32, 64))
+    assert all(turns[("layer_norm", 2, w, 0)] < 0.7 for w in (32, 64))
+    result = coord_check(mup, (32, 64), lr=0.1, seeds=(0,), steps=2)
+    assert result.turned == [] and result.small_updates
