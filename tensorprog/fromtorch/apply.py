@@ -266,8 +266,10 @@ class MuP(OptimizerGroups):
         for scale, c in tuned_multipliers(self, self.tuned).items():
             info = self.traced.scales[scale]
             if "q" not in info:
+                # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
-                                          f"{scale}: tuned multiplier x{c:.4g}", factor=c))
+                                          f"{scale}: tuned multiplier x{c:.4g}", factor=c,
+                                          bias=info.get("bias")))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
             self._query_read_alone(scale, info, need)

@@ -72,6 +72,25 @@ def test_the_tied_readouts_patch_scales_its_matmul_and_not_its_bias(mup):
     assert torch.equal(base(x), plain(x))
 
 
+def test_a_tuned_multiplier_on_the_tied_readout_leaves_its_bias_out_too(mup):
+    # a tune file's x0.5 on the tied readout's multiplier is a second patch on the decoder:
+    # 0.5·(base/n)·(E·h) + b, the bias out of both factors
+    from tests.fromtorch.test_tuned_mup import _config
+
+    tie = next(s for s in mup.traced.scales if s.startswith("tie"))
+    config = {**_config(mup.traced, {tie: 0.5}), "base_width": BASE}
+    halved = MuP(mup.traced, "adam", config=config)
+    torch.manual_seed(0)
+    model = TiedLM(4 * BASE)
+    halved.apply(model)
+    (x,) = _tokens(model)
+    with torch.no_grad():
+        model.decoder.bias.copy_(torch.linspace(-2.0, 2.0, VOCAB))
+        h = model.norm(model.embed(x))
+        program = 0.5 * 0.25 * (h @ model.embed.weight.T) + model.decoder.bias
+        torch.testing.assert_close(model(x), program, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("moved", ["norm", "bias"])
 def test_a_tied_readouts_change_splits_into_its_own_update_and_its_inputs_change(mup, moved):
     # the split covered untied readouts alone (W @ h); a tied one's E.T @ h, scaled, plus a
