@@ -27,7 +27,10 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
   derives, with a finite-width transient up to width about 1024 that the zoo's widths read
   (docs/check.md, "At wider widths": gpt_neox's later logits read -0.36 over 256..512, -0.07
   over 1024..4096). A model past ``WIDER_MEMORY`` at width 4096 (a mixture of experts) is left
-  out, ``skipped``; one wider check runs at a time (a file lock: about 11 GiB each);
+  out, ``skipped``; one wider check runs at a time (a file lock: about 11 GiB each). A fail
+  whose check warned that its run left the small-update regime (the check's lr too large for
+  that model: xlm-roberta-xl's and ESM's LM heads turn in every step, docs/check.md) gives the
+  warning in its row;
 * ``refused``: tensorprog refuses it with a positioned error (the op and the user-code line);
 * ``build``: the model does not build small from its config (counted apart);
 * ``crash``: any other exception (its type and first line), or the family's timeout: the goal
@@ -1072,6 +1075,8 @@ def _section(mapping: Mapping, results: dict) -> list[str]:
                 f"; at widths {', '.join(map(str, wider['widths']))} ({wider['time']:.0f} s): "
                 f"{wider['status']}" + (f", {wider['detail']}" if wider.get("detail") else "")
                 if wider else "")
+            if r["status"] == "fail" and r.get("regime"):  # the check's own warning: the lr
+                detail += f"; the check warns: {r['regime']}"  # leaves small updates
             lines.append(f"| {r['family']} | {result_cell(r)} | {_cell(r.get('sp', '-'))} | "
                          f"{r.get('time', 0):.0f} | {_cell(detail)} |")
         lines.append("")

@@ -33,6 +33,7 @@ from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse
+from .where import strip_prefix
 
 
 @dataclass
@@ -124,7 +125,9 @@ class MuP(OptimizerGroups):
                         delta,
                         None,
                         f"tied unembedding {info['tied']}: multiplier "
-                        f"(n/base)^{-delta} (its matrix is also the lookup)",
+                        f"(n/base)^{-delta} (its matrix is also the lookup)"
+                        + (", its bias kept out of it" if info.get("bias") else ""),
+                        bias=info.get("bias"),
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
@@ -263,8 +266,10 @@ class MuP(OptimizerGroups):
         for scale, c in tuned_multipliers(self, self.tuned).items():
             info = self.traced.scales[scale]
             if "q" not in info:
+                # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
-                                          f"{scale}: tuned multiplier x{c:.4g}", factor=c))
+                                          f"{scale}: tuned multiplier x{c:.4g}", factor=c,
+                                          bias=info.get("bias")))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
             self._query_read_alone(scale, info, need)
@@ -564,7 +569,18 @@ class MuP(OptimizerGroups):
     def _register(self, model, r: float) -> list[str]:
         placed = [(p, name) for p in self.patches for name in self._patched_modules(model, p)]
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
-        self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows))
+        for (p, name), m in zip(placed, found, strict=True):
+            if p.bias and getattr(m, "bias", None) \
+                    is not model.get_parameter(strip_prefix(p.bias)):
+                raise UsageError(
+                    f"{name} adds a bias ({strip_prefix(p.bias)}) to a tied unembedding, which "
+                    "apply must keep "
+                    "out of the unembedding's multiplier, and it is not the module's .bias, "
+                    "where the forward patch finds it",
+                    help="compute the readout with an nn.Linear whose weight is the embedding "
+                    "and whose bias is its .bias, or add the bias outside the module",
+                )
+        self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows, bool(p.bias)))
                                   for (p, _), m in zip(placed, found, strict=True)]
         return [name for _, name in placed]
 
@@ -612,7 +628,8 @@ class MuP(OptimizerGroups):
         """Graph node -> [(factor, rows)] of the forward patches registered on the model (a
         block param's in every layer of the traced depth: the graph probed is the traced one);
         a layer may have several, one per block of its rows (MLA's q_b: each query part its
-        own attention factor)."""
+        own attention factor). A tied unembedding's with its own bias: (factor, rows, True), the
+        bias (the node's third argument) kept out of the factor (``patches.scale_out``)."""
         if not self.patched(model):
             return {}
         r = self.width_of(model) / self.traced.base_width
@@ -620,7 +637,7 @@ class MuP(OptimizerGroups):
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
-                out.setdefault(node, []).append((p.at(r), p.rows))
+                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if p.bias else ())))
         return out
 
 

@@ -10,14 +10,15 @@ from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import Dot, LinComb, MatMul, Nonlin
 from ..ir.sequences import value_sequences
-from ..numerics.judge import TOLERANCE, Measurements, fit_slope, judge
+from ..numerics.judge import TOLERANCE, ZERO_RMS, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
+from ..numerics.turns import normalised, turned
 from .apply import MuP
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
 from .inputs import forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
-from .patches import scale_rows
+from .patches import scale_out, scale_rows
 from .trace import built, export
 from .values import SHIFTED_IDS
 from .where import module_of, strip_prefix
@@ -109,8 +110,13 @@ def _readout_nodes(mup: MuP, ep, wanted: dict) -> list[str]:
 
     program = mup.program
     dims, shapes = program.dim_table, {p.name: p.shape for p in program.params}
+    # W @ x's out dim is W's first axis; a tied readout's E.T @ x (``transposed``) is E's last
     finite = {ins.out for ins in program.body if isinstance(ins, MatMul)
-              and not ins.transposed and not dims[shapes[ins.weight][0]].infinite}
+              and not dims[shapes[ins.weight][-1 if ins.transposed else 0]].infinite}
+    # a tied readout's multiplier (``tie * (E.T @ x)``: a scale, shape ()), then its bias
+    finite |= {ins.out for ins in program.body if isinstance(ins, Nonlin) and ins.fn == "mul"
+               and any(a in finite for a in ins.args)
+               and all(a in finite or shapes.get(a) == () for a in ins.args)}
     finite |= {ins.out for ins in program.body if isinstance(ins, LinComb)
                and any(v in finite for _, v in ins.terms)}
     stack = mup.traced.stack
@@ -231,8 +237,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            for factor, rows in patches.get(n.name, ()):
-                out = scale_rows(out, factor, rows)
+            for factor, rows, *bias in patches.get(n.name, ()):
+                out = scale_out(out, factor, rows, _bias(n, self.env) if bias else None)
             for vec, kind, unfold in wanted.get(n.name, []):
                 if kind == "sdpa_logits":
                     found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))
@@ -256,8 +262,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
                 args, kwargs = torch.fx.node.map_arg(
                     (p.args, p.kwargs), lambda a: env[a] if a in env else self.env[a])
                 env[p] = p.target(*args, **kwargs)
-                for factor, rows in patches.get(p.name, ()):
-                    env[p] = scale_rows(env[p], factor, rows)
+                for factor, rows, *bias in patches.get(p.name, ()):
+                    env[p] = scale_out(env[p], factor, rows, _bias(p, env) if bias else None)
             for vec, kind, unfold in uses:
                 held = logits(n, env[n.args[0]], env[n.args[1]]) if kind == "sdpa_logits" \
                     else env[n] * unfold
@@ -270,7 +276,7 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             if not first:  # the first call: the layer's first weight, input and output
                 first.update(x=x.clone(), w=w.clone(), out=out.clone())
             cross = torch.nn.functional.linear(x - first["x"], first["w"])
-            for factor, rows in patches.get(n.name, ()):
+            for factor, rows, *_ in patches.get(n.name, ()):  # W₀·Δx: no bias in it
                 cross = scale_rows(cross, factor, rows)
             for vec, _, unfold in wanted[n.name]:
                 into[vec] = ((out - first["out"] - cross) * unfold, cross * unfold)
@@ -280,6 +286,13 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
         keep = any(len(v) == 3 for v in splits.values())
         Recorder(ep.graph_module, garbage_collect_values=not keep).run(*values)
     return found
+
+
+def _bias(node, env):
+    """The bias (third argument) of an ``aten.linear`` node, from ``env``: a patch that keeps a
+    tied unembedding's bias out of its factor (``MuP.patch_factors``)."""
+    assert len(node.args) > 2 and node.args[2] is not None, node
+    return env[node.args[2]]
 
 
 def coord_check(
@@ -312,7 +325,8 @@ def coord_check(
     own, cross = Measurements(), Measurements()
     run = dict(lr=lr, apply=apply, batch=batch, eps=eps, device=device,
                split_logits=split_logits)
-    model = _measure(mup, widths, seeds, steps, m, own, cross, **run)
+    turns: dict = {}  # (normalised vector, step, width, seed) -> its turn in that step
+    model = _measure(mup, widths, seeds, steps, m, own, cross, **run, turns=turns)
     optimizer = mup.derivation.optimizer
     abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
@@ -322,6 +336,7 @@ def coord_check(
     result.settings.update(lr=lr, label="µP applied" if apply else "as it comes")
     result.names = module_paths(mup)
     _drift(result, mup, own, cross)
+    result.turned = turned(turns, widths, seeds)
     # a vector of a few entries (a 2-class readout) whose failure its noise can explain:
     # measured again over more seeds, and judged on its RMS pooled over all of them (few.py)
     again = remeasure(result, m) if remeasure_few else None
@@ -337,13 +352,15 @@ def coord_check(
 
 def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurements,
              cross: Measurements, *, lr: float, apply: bool, batch: int | None, eps: float,
-             device: str, split_logits: bool):
+             device: str, split_logits: bool, turns: dict | None = None):
     """The runs of :func:`coord_check`: for every seed and width the model built, ``steps``
     steps trained (none: its init alone), each recorded into ``m`` (and the split vectors'
-    parts into ``own`` and ``cross``). Returns the last model built."""
+    parts into ``own`` and ``cross``; each normalised vector's turn in each step into
+    ``turns``: RMS(h_t − h_t-1) / RMS(h_t-1)). Returns the last model built."""
     import torch
 
     traced = mup.traced
+    norms = normalised(mup.program)
     # about 16 token vectors a step, as the engine's own check (measure.VECTORS_PER_STEP)
     batch = batch or default_batch_size(traced.program)
     for seed in seeds:
@@ -367,7 +384,8 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
             )
             split: dict = {}
             read = probe(mup, model, args, kwargs, split, split_logits)
-            m.record(w, 0, read(), seed)
+            last = read()
+            m.record(w, 0, last, seed)
             _record_split(own, cross, split, w, 0, seed)
             model.eval()  # dropout's noise is no width effect: the check trains without it
             train_norms(model)  # a batch norm's training forward is the program's
@@ -382,7 +400,15 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                m.record(w, t, read(), seed)
+                now = read()
+                m.record(w, t, now, seed)
+                if turns is not None:
+                    for v in norms & now.keys():
+                        before = last[v].detach().double()
+                        turns[(v, t, w, seed)] = float(
+                            (now[v].detach().double() - before).pow(2).mean().sqrt()
+                            / before.pow(2).mean().sqrt().clamp_min(ZERO_RMS))
+                last = now
                 _record_split(own, cross, split, w, t, seed)
             mup.remove_patches(model)
     return model
@@ -447,9 +473,10 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
                           for part in (own, cross))
         if r.slope < e - tol and abs(s_own - e) <= tol and s_cross < e - tol \
                 and _resolved(own, cross, r, widths, seeds):
-            # a linear layer's parts, or attention logits' (probe's split_logits)
+            # a linear layer's parts (a matmul, plus a bias: a LinComb), or attention logits'
+            # (probe's split_logits: a Dot)
             ins = made.get(stack.generic(r.name) if stack else r.name)
-            parts = ("its own update ΔW·x", "W₀·Δx") if isinstance(ins, MatMul) else \
+            parts = ("its own update ΔW·x", "W₀·Δx") if not isinstance(ins, Dot) else \
                 ("its attention's own update (input held at step 0)", "the rest")
             r.ok = True
             r.verdict += (f"; passes by its parts, finite-width drift: {parts[0]} scales as µP "

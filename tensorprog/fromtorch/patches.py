@@ -30,6 +30,10 @@ class Patch:
     # a block's vector of no param (a query normalised without a gain): its graph node in
     # every traced layer, ``module`` the first repetition's, patched in every layer
     nodes: tuple[str, ...] = ()
+    # a tied unembedding's layer with its own bias (nn.Linear's; the bias param's target): the
+    # program scales E.T @ x alone and adds the bias after (``tie * (E.T @ x) + b``), so the
+    # patch keeps the bias out of its factor
+    bias: str | None = None
 
     def at(self, r: float) -> float:
         """The multiplier at width ratio ``r`` (width / base width)."""
@@ -56,12 +60,22 @@ def scale_rows(out, factor: float, rows):
     return out * scale
 
 
-def hook(factor: float, rows):
-    """A forward hook that multiplies the module's output (its ``rows``) by ``factor``."""
+def hook(factor: float, rows, bias: bool = False):
+    """A forward hook that multiplies the module's output (its ``rows``) by ``factor``; with
+    ``bias``, its bias kept out of the factor: factor·(W·x) + b (an nn.Linear's)."""
     def scaled(module, args, out):
-        return scale_rows(out, factor, rows)
+        return scale_out(out, factor, rows, module.bias if bias else None)
 
     return scaled
+
+
+def scale_out(out, factor: float, rows, bias=None):
+    """``out`` scaled as a patch scales it: its ``rows`` times ``factor``, and where ``bias``
+    (the layer's bias, added after its matmul) is given, the bias not: factor·(out − b) + b,
+    computed as factor·out + (1 − factor)·b (the model as it comes at factor 1, bit for bit)."""
+    if bias is None or factor == 1.0:
+        return scale_rows(out, factor, rows)
+    return scale_rows(out, factor, rows) + (1.0 - factor) * bias
 
 
 def modules_at(model, names: list[str]) -> list:

@@ -333,6 +333,8 @@ class Walker:
                 "slot": len(self.out.slots) - 1,
                 "module": module_of(self._node(a.layer or a.node)),
                 "node": a.layer or a.node,
+                # the layer's own bias, which apply's patch keeps out of the multiplier
+                "bias": a.b.target if a.b is not None else None,
             }
             expr = f"{sc} * ({expr})"
         bias = self.vector_param(a.b, self._node(a.layer or a.node)) if a.b is not None else None

@@ -114,6 +114,16 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         out[(v, "change")] = expect(an.change_[v])
     # the emitted module records repetition i of a repeated block as block.i.name (at its base
     # depth): each repetition is held to the generic one's exponents, which hold at any depth
+    for v, name in repetitions(program):
+        for kind in ("init", "change"):
+            out[(name, kind)] = out[(v, kind)]
+    return out
+
+
+def repetitions(program: Program) -> list[tuple[str, str]]:
+    """(generic value, the name its repetition i is recorded under: block.i.name) for every
+    value of a repeated block, at the program's base depth."""
+    out = []
     for stream in program.streams:
         if stream.count is None:
             continue  # applied once: recorded under the program's own names
@@ -121,9 +131,7 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         count = program.depth.base if isinstance(stream.count, str) else stream.count
         for v in (block.arg, *block.values):
             local = v.removeprefix(f"{block.name}.")
-            for i in range(count):
-                for kind in ("init", "change"):
-                    out[(f"{block.name}.{i}.{local}", kind)] = out[(v, kind)]
+            out += [(v, f"{block.name}.{i}.{local}") for i in range(count)]
     return out
 
 
@@ -269,6 +277,9 @@ class CheckResult:
     # (vector, width, step, RMS): attention logits that saturate their softmax
     accelerating: list[tuple[str, int, int, float]] = field(default_factory=list)
     saturated: list[tuple[str, int, int, float]] = field(default_factory=list)
+    # (vector, width, step, RMS(h_t − h_t-1) / RMS(h_t-1)): normalised vectors that turn in a
+    # step from step 2 on (turns.TURNED), which a traced model's check measures
+    turned: list[tuple[str, int, int, float]] = field(default_factory=list)
     # program vector -> the name a person knows it by (a traced model's module path)
     names: dict[str, str] = field(default_factory=dict)
     # vector -> its verdict, where a change that the total's slope would fail passes by its
@@ -286,7 +297,8 @@ class CheckResult:
     @property
     def small_updates(self) -> bool:
         """Whether the run stayed in the small-update regime its slopes assume."""
-        return not (self.accelerating or self.saturated or self.unstable or self.diverged)
+        return not (self.accelerating or self.saturated or self.unstable or self.diverged
+                    or self.turned)
 
     def regime_warning(self) -> str:
         """"" for a run in the small-update regime; else what left it, and a lower lr to try."""
@@ -301,10 +313,15 @@ class CheckResult:
             v, w, t, g = max(self.accelerating, key=lambda u: u[3])
             what = (f"the change of {self.where(v)} grew {g:.1f}x faster than linearly from "
                     f"step {t - 1} to {t} at {axis} {w}")
-        else:
+        elif self.saturated:
             v, w, t, r = max(self.saturated, key=lambda u: u[3])
             what = (f"the attention logits {self.where(v)} reached RMS {r:.1f} after step {t} "
                     f"at {axis} {w}: the softmax saturates")
+        else:
+            v, w, t, r = max(self.turned, key=lambda u: u[3])
+            what = (f"the normalised {self.where(v)} changed by {r:.2f} times its own size in "
+                    f"step {t} alone at {axis} {w}: its features turn (cosine about "
+                    f"{1 - r * r / 2:.2f} with the step before) rather than move a little")
         lr = self.settings.get("lr")
         hint = f" (e.g. lr {lr / LR_BACKOFF:.2g})" if isinstance(lr, (int, float)) else ""
         return (f"not in the small-update regime: {what}; the slopes then mix the learning rate "
@@ -338,6 +355,8 @@ class CheckResult:
                                  for v, w, t, g in self.accelerating],
                 "saturated": [{"vector": v, "width": w, "step": t, "rms": r}
                               for v, w, t, r in self.saturated],
+                "turned": [{"vector": v, "width": w, "step": t, "relative_change": r}
+                           for v, w, t, r in self.turned],
                 "regime": self.regime_warning() or None,
                 "names": dict(self.names), "drift": list(self.drift),
                 "tensors": [r.as_dict() for r in self.results]}
@@ -587,6 +606,7 @@ def _saturated(program: Program, results: list[TensorResult]) -> list[tuple[str,
     """Attention logits (the outputs of a per-head ``dot``) whose RMS after a step, bounded
     below by its change less its size at init, reaches SATURATED_LOGITS."""
     logits = {i.out for i in program.body if isinstance(i, Dot) and i.over is not None}
+    logits |= {name for v, name in repetitions(program) if v in logits}
     init = {r.name: r.rms for r in results if r.step == 0}
     out = []
     for r in results:

@@ -256,6 +256,12 @@ def test_zoo_totals_count_the_families_that_pass_by_the_split(zoo):
     assert "Totals: 2 pass (1 by the split of a vector's change: finite-width drift), 1 fail" \
         in text
     assert "| a | pass | fails | 1 | passed by the split: gate |" in text
+    # a failing row whose check warned that its run left the small-update regime says so
+    results["c"]["heads"].update(detail="1 vectors: decoder -0.75", regime="not in the "
+                                 "small-update regime: the normalised head turns")
+    text = "\n".join(zoo._section(zoo.MAPPINGS["causal"], results))
+    assert "| c | fail | fails | 1 | 1 vectors: decoder -0.75; the check warns: not in the " \
+        "small-update regime: the normalised head turns |" in text
 
 
 def test_zoo_runs_a_composite_configs_family_in_both_scalings(zoo, monkeypatch):
