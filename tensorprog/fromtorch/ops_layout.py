@@ -354,16 +354,8 @@ class LayoutOps:
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
         if one is not None:
             return one
-        if _per_head_gate(node, dim):
-            raise refuse(node, "a per-head gate: one number per head and token, given an axis "
-                         "to multiply every coordinate of its head (Laguna's attn_output.view("
-                         "..., H, dh) * gate.unsqueeze(-1)); the language's product broadcasts "
-                         "a vector of the head dim over the heads (a QK-norm's gain), not one "
-                         "number per head over its head's coordinates",
-                         help="gate each coordinate instead (a gate of the attention output's "
-                         "features, attn_output * gate: Laguna's gating='per-element'), a "
-                         "product of two vectors the language says (its gate a function the "
-                         "language has: sigmoid, not softplus), or leave the gate out")
+        if _per_head_gate(node, dim):  # one number per head over its coordinates (ops_gate.py)
+            return self.head_gate(node, v)
         raise refuse(node, "an added axis on a per-token vector")
 
 

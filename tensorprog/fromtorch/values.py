@@ -79,6 +79,16 @@ class Spread:
 
 
 @dataclass
+class HeadGate:
+    """``g.unsqueeze(-1)`` of a per-token vector g of H entries, before it multiplies a vector
+    viewed as (…, H, dh) (ops_gate.py): one number per head over its head's coordinates, the
+    program's ``spread(g, dh)``."""
+
+    src: Vec
+    node: str = ""
+
+
+@dataclass
 class KVRepeat:
     """HF's repeat_kv half done: ``src`` (key or value heads) with a new axis right after its
     heads (``axis``), then expanded to ``group`` copies there; the reshape that merges the two
@@ -502,7 +512,7 @@ class Trace:
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.
-RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid")
+RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid", "softplus")
 
 
 def identify(f: Callable) -> tuple[str, float] | None:
