@@ -1130,15 +1130,16 @@ class LearnedLogitBias(Net):  # a param added to the logits by baddbmm (ALiBi's 
         return self.o((p @ x.view(b, 2, t, -1)).transpose(1, 2).reshape(b, t, -1))
 
 
-class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's coordinates
+class HeadBias(Net):  # one number per head over each head's coordinates, the heads moved
+    # before the tokens (Beam's gate_bias[None, None, :, None] on a (B, T, H, dh) view traces)
     def __init__(self, n):
         super().__init__(n)
         self.b = torch.nn.Parameter(torch.zeros(2))
 
     def forward(self, idx):
         b, t = idx.shape
-        x = self.e(idx).view(b, t, 2, -1) + self.b[None, None, :, None]
-        return self.o(x.reshape(b, t, -1))
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2) + self.b[None, :, None, None]
+        return self.o(x.transpose(1, 2).reshape(b, t, -1))
 
 
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
@@ -2374,10 +2375,10 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         MuP(traced, "adam")
 
 
-def test_trace_refuses_a_per_head_gate_by_name():
-    # before: "an added axis on a per-token vector" with the generic help (Laguna's
-    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1)); the language has no
-    # product of one number per head with each coordinate of its head
+def test_trace_refuses_a_per_head_gate_transposed_by_name():
+    # before: "an added axis on a per-token vector" with the generic help; Laguna's
+    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1) now traces (spread);
+    # the same gate against heads moved before the tokens, (B, H, T, dh), is refused
     import torch
     from torch import nn
 
@@ -2393,12 +2394,12 @@ def test_trace_refuses_a_per_head_gate_by_name():
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
-            y = self.v(h).view(b, t, 4, c // 4) * torch.sigmoid(self.g(h)).unsqueeze(-1)
-            return self.head(h + y.view(b, t, c))
+            y = self.v(h).view(b, t, 4, c // 4).transpose(1, 2) * torch.sigmoid(
+                self.g(h)).transpose(1, 2).unsqueeze(-1)
+            return self.head(h + y.transpose(1, 2).reshape(b, t, c))
 
-    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate: one number per "
-                       r"head and token.*help: gate each coordinate instead.*gating='per-"
-                       r"element'"):
+    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate whose last axis is "
+                       r"not its H entries.*help: give the gate or bias one entry per head"):
         from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
 
 
