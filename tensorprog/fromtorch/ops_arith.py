@@ -85,7 +85,8 @@ class ArithOps:
         for x, c in ((u, v), (v, u)):  # + a constant of zeros (BART's final_logits_bias)
             if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
                 return x
-        gated = self.head_gated(node, u, v)  # x * g.unsqueeze(-1), g per head (ops_gate.py)
+        # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v)
         if gated is not None:
             return gated
         pair = self._same_source(node, u, v)
@@ -197,7 +198,8 @@ class ArithOps:
                     raise refuse(node, "a product with another vector's inverse RMS")
                 name = self.emit_vector(node.name, f"rmsnorm({self.norm_args(a)})")
                 return Vec(name, a.tags, a.dim, a.dh)
-        gated = self.head_gated(node, u, v)  # x * g.unsqueeze(-1), g per head (ops_gate.py)
+        # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v)
         if gated is not None:
             return gated
         pair = self._same_source(node, u, v)

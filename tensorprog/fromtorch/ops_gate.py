@@ -3,7 +3,11 @@
 Laguna's per-head attention gate, ``(o.view(..., H, dh) * gate.unsqueeze(-1)).view(..., -1)``
 with ``gate = softplus(g_proj(h))`` of H entries per token, is ``o * spread(gate, dh)``; Beam's
 per-head gate bias, ``g_proj(h).view_as(o) + gate_bias[None, None, :, None]`` with a param of H
-entries, is ``g + spread(gate_bias, dh)``. Each is traced only where torch broadcasts the
+entries, is ``g + spread(gate_bias, dh)``; FocalNet's gate of one channel per pixel times an
+image of C channels, ``ctx * gates[:, l:l + 1]``, is ``ctx * spread(g, C)`` (H = 1, dh = C), and
+times a pooled vector (its global context, ``ctx_global * gates[:, L:]``) is ``ctx_global *
+spread(g, C)``, a pooled vector scaling each pixel as the language's product of an image and a
+vector of no pixels does. Each is traced only where torch broadcasts the
 number of head h over exactly head h's dh coordinates: the other factor or term viewed per head
 with its H heads at the axis before its head dim, the gate (or the param) with H entries at
 that axis and an axis of 1 after it. Any other layout is refused with its shapes.
@@ -11,6 +15,7 @@ that axis and an axis of 1 after it. Any other layout is refused with its shapes
 
 from __future__ import annotations
 
+from .ops_conv import is_image
 from .values import HeadGate, Spread, Vec
 from .where import refuse
 
@@ -74,3 +79,33 @@ class HeadGateOps:
                                     f"{self.dim(x.dh)})")
             return Vec(name, x.tags, x.dim, x.dh)
         return None
+
+    def pixel_gated(self, node, u, v):
+        """``x * g`` of an image x of C channels (or a pooled vector: one pixel) and a gate g
+        of one channel at each of x's pixels: the program's ``x * spread(g, C)``; None where
+        the product is not of an image and a one-channel image."""
+        if not (is_image(u) and is_image(v)):
+            return None
+        found = []
+        for a, x in zip(node.args[:2], (u, v), strict=True):
+            shape = tuple(getattr(getattr(a, "meta", {}).get("val"), "shape", ()))
+            tags = tuple(self._tags(x, node))
+            if len(shape) != 4 or len(tags) != 4 or "F" not in tags:
+                return None
+            found.append((shape, tags))
+        channels = [shape[tags.index("F")] for shape, tags in found]
+        if sorted(channels)[0] != 1 or max(channels) == 1:
+            return None
+        (gs, gt), (xs, xt) = found if channels[0] == 1 else found[::-1]
+        g, x = (u, v) if channels[0] == 1 else (v, u)
+        f = gt.index("F")
+        pixels = [k for k in range(1, 4) if k != f]
+        pooled = all(xs[k] == 1 for k in pixels) and any(gs[k] > 1 for k in pixels)
+        if xt.index("F") != f or "px" not in gt or not pooled and any(
+                xs[k] != gs[k] for k in pixels):
+            raise refuse(node, f"a product of a gate of one channel per pixel {list(gs)} and an "
+                         f"image {list(xs)} laid out otherwise: a gate per pixel multiplies "
+                         "every channel of its pixel", help=_HELP)
+        g, x = self.vec(g, node), self.vec(x, node)
+        name = self.emit_vector(node.name, f"{x.name} * spread({g.name}, {self.dim(x.dim)})")
+        return Vec(name, gt if pooled else xt, x.dim)

@@ -142,3 +142,13 @@ class PoolOps:
                          help="pool with the class token or the mean of the tokens (h.mean(1)), "
                          "or trace the model without this head")
         raise refuse(node, "the op repeat")
+
+    def op_adaptive_avg_pool1d(self, node, x, size):
+        """``nn.AdaptiveAvgPool1d(1)`` of tokens transposed to (batch, features, tokens)
+        (FocalNet's and Swin's pooler): their mean, ``mean(h)``, with an axis of 1 after it."""
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size,)
+        v = self.vec(x, node) if isinstance(x, (Vec, Affine, Pointwise)) else None
+        if size != (1,) or v is None or tuple(v.tags) != ("tok", "F", "tok"):
+            raise refuse(node, f"an adaptive average pool to {list(size)} of a value that is not "
+                         "tokens transposed to (batch, features, tokens)", help=_HELP)
+        return Vec(self.emit_vector(node.name, f"mean({v.name})"), ("tok", "F", "one"), v.dim)

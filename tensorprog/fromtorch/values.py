@@ -79,6 +79,16 @@ class Spread:
 
 
 @dataclass
+class RowMean:
+    """``x.mean(a, keepdim=True)`` of an image over one pixel axis, whose one reader averages
+    over the other (FocalNet's ``ctx.mean(2, keepdim=True).mean(3, keepdim=True)``): half of a
+    global pool (ops_conv.py)."""
+
+    src: Vec
+    axis: int
+
+
+@dataclass
 class HeadGate:
     """``g.unsqueeze(-1)`` of a per-token vector g of H entries, before it multiplies a vector
     viewed as (…, H, dh) (ops_gate.py): one number per head over its head's coordinates, the

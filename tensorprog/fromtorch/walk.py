@@ -25,6 +25,7 @@ from .values import (
     FixedTable,
     Given,
     HeadCat,
+    HeadGate,
     Joined,
     KVRepeat,
     L2Norm,
@@ -41,6 +42,7 @@ from .values import (
     Probs,
     RopeTerm,
     Rotated,
+    RowMean,
     Scores,
     Slot,
     Spread,
@@ -133,6 +135,8 @@ SYMBOLIC = (
     Slot,
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
+    HeadGate,  # one number per head given an axis to multiply its head (ops_gate.py)
+    RowMean,  # an image's mean over its rows, before one over its columns (ops_conv.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
