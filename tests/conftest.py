@@ -161,6 +161,8 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
     mine = dict(emitted.named_parameters())
     with torch.no_grad():
         for name, use in traced.params.items():
+            if name in mup.unused:  # reaches no output: derive, and the module, leave it out
+                continue
             # a rolled block's param (target ``layers.{i}.fc.weight``): one per repetition
             block, _, attr = name.partition(".")
             copies = [(name, use)] if "{i}" not in use.target else [

@@ -86,7 +86,8 @@ class ArithOps:
             if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
                 return x
         # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
-        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
         if gated is not None:
             return gated
         pair = self._same_source(node, u, v)
@@ -199,7 +200,8 @@ class ArithOps:
                 name = self.emit_vector(node.name, f"rmsnorm({self.norm_args(a)})")
                 return Vec(name, a.tags, a.dim, a.dh)
         # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
-        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
         if gated is not None:
             return gated
         pair = self._same_source(node, u, v)

@@ -357,6 +357,9 @@ class LayoutOps:
     def op_unsqueeze(self, node, v, dim):
         if isinstance(v, (PRef, Spread)):  # b[None, None, :], refused in any other layout
             return self.spread(node, v)
+        over = self.over_tokens(node, v, dim)  # a vector per sequence (ops_global.py)
+        if over is not None:
+            return over
         if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)

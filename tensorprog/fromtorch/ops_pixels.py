@@ -51,8 +51,9 @@ class PixelTokenOps:
         elif tags == ("tok", "tok", "F") and shape[3] == old[2] \
                 and shape[1] * shape[2] == old[1] and node.users and (all(
                     op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 3, 1, 2)
-                    for u in node.users) or all(  # a layer per pixel (FocalNet's modulation)
-                    op_name(u) == "linear" and u.args[0] is node for u in node.users)):
+                    for u in node.users) or self.tokens_vocab is None and min(shape[1:3]) > 1
+                    and all(  # a layer per pixel of an image model's grid (FocalNet's)
+                        op_name(u) == "linear" and u.args[0] is node for u in node.users)):
             new, (h, w) = PIXELS_LAST, shape[1:3]
         else:
             return None

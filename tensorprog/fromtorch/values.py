@@ -89,6 +89,15 @@ class RowMean:
 
 
 @dataclass
+class OverTokens:
+    """A vector per sequence (a mean over the tokens: tags ("tok", "F")) given back a token
+    axis, ``g.unsqueeze(1)`` and its ``repeat(1, T, 1)`` (SwiftFormer's global query), before
+    it multiplies a vector per token (ops_global.py)."""
+
+    src: Vec
+
+
+@dataclass
 class HeadGate:
     """``g.unsqueeze(-1)`` of a per-token vector g of H entries, before it multiplies a vector
     viewed as (…, H, dh) (ops_gate.py): one number per head over its head's coordinates, the

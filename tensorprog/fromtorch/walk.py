@@ -32,6 +32,7 @@ from .values import (
     Looked,
     Mean,
     MeanSq,
+    OverTokens,
     Paired,
     PairHalf,
     PairStack,
@@ -137,6 +138,7 @@ SYMBOLIC = (
     Spread,  # a vector param viewed per head (ops_spread.py)
     HeadGate,  # one number per head given an axis to multiply its head (ops_gate.py)
     RowMean,  # an image's mean over its rows, before one over its columns (ops_conv.py)
+    OverTokens,  # a vector per sequence given back a token axis (ops_global.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)

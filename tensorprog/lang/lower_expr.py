@@ -69,7 +69,8 @@ class ExpressionLowering:
         self.body.append(ins)
         self.values[ins.out] = dim
         mark_tokens(self, ins.out, ins.operands, ins.span,
-                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean))
+                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean),
+                    getattr(ins, "fn", None) == MUL)
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
