@@ -1584,15 +1584,6 @@ class OnPixels(Net):
         return self.fc(self.px(self.conv(x)).mean((2, 3)))
 
 
-class Gated(Net):
-    def __init__(self, n, pooled=True):
-        super().__init__(n)
-        self.one, self.pooled = nn.Conv2d(n, 1, 1), pooled
-
-    def forward(self, x):  # a gate of one channel for all n, from the pooled image or per pixel
-        h = torch.relu(self.conv(x))
-        g = torch.sigmoid(self.one(h.mean((2, 3), keepdim=True) if self.pooled else h))
-        return self.fc((h * g).mean((2, 3)))
 """
 CONV_BUILDS = {
     "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
@@ -1689,12 +1680,8 @@ CONV_BUILDS = {
                      ".mean((2, 3)))",
                      r"m.py:\d+:\d+: error: cannot trace a sum of an image of 4x4 pixels and "
                      r"one of 1x1(.|\n)*help: multiply the image by the pooled gate"),
-    "pooled_one_channel": ("lambda n: Gated(n)",
-                           r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value "
-                           r"of \d+ channels with one of 1(.|\n)*help: gate with as many"),
-    "one_channel": ("lambda n: Gated(n, pooled=False)",
-                    r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value of "
-                    r"\d+ channels with one of 1"),
+    # (a gate of one channel for all n, pooled or per pixel, now traces as h * spread(g, n):
+    # tests/fromtorch/test_focal_trace.py)
     # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
     "on_pixels": ("lambda n: OnPixels(n)",
                   r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "

@@ -81,9 +81,9 @@ class HeadGateOps:
         return None
 
     def pixel_gated(self, node, u, v):
-        """``x * g`` of an image x of C channels (or a pooled vector: one pixel) and a gate g
-        of one channel at each of x's pixels: the program's ``x * spread(g, C)``; None where
-        the product is not of an image and a one-channel image."""
+        """``x * g`` of an image x of C channels and a gate g of one channel at each of x's
+        pixels (either may be pooled, one pixel: a vector of no pixels): the program's ``x *
+        spread(g, C)``; None where the product is not of an image and a one-channel image."""
         if not (is_image(u) and is_image(v)):
             return None
         found = []
@@ -100,12 +100,13 @@ class HeadGateOps:
         g, x = (u, v) if channels[0] == 1 else (v, u)
         f = gt.index("F")
         pixels = [k for k in range(1, 4) if k != f]
-        pooled = all(xs[k] == 1 for k in pixels) and any(gs[k] > 1 for k in pixels)
-        if xt.index("F") != f or "px" not in gt or not pooled and any(
+        # either may be pooled (one pixel: a vector of no pixels, scaling every pixel alike)
+        x_pooled, g_pooled = (all(s[k] == 1 for k in pixels) for s in (xs, gs))
+        if xt.index("F") != f or not (x_pooled or g_pooled) and any(
                 xs[k] != gs[k] for k in pixels):
-            raise refuse(node, f"a product of a gate of one channel per pixel {list(gs)} and an "
-                         f"image {list(xs)} laid out otherwise: a gate per pixel multiplies "
+            raise refuse(node, f"a product of a gate of one channel {list(gs)} and an image "
+                         f"{list(xs)} laid out otherwise: a gate of one channel multiplies "
                          "every channel of its pixel", help=_HELP)
         g, x = self.vec(g, node), self.vec(x, node)
         name = self.emit_vector(node.name, f"{x.name} * spread({g.name}, {self.dim(x.dim)})")
-        return Vec(name, gt if pooled else xt, x.dim)
+        return Vec(name, gt if x_pooled else xt, x.dim)

@@ -96,3 +96,25 @@ def test_the_gates_rows_are_readouts_whose_adam_eps_one_tensor_cannot_hold():
 def test_a_gate_read_at_other_pixels_is_refused(form):
     with pytest.raises(TraceError, match="transpose|gate of one channel per pixel|slice"):
         _traced(form)
+
+
+class OneChannel(nn.Module):
+    """A gate of one channel for all n channels, from the pooled image (one number per image)
+    or per pixel: ``h * sigmoid(conv_to_1(...))``."""
+
+    def __init__(self, n, pooled):
+        super().__init__()
+        self.conv, self.one, self.pooled = nn.Conv2d(3, n, 3, padding=1), nn.Conv2d(n, 1, 1), pooled
+        self.fc = nn.Linear(n, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        g = torch.sigmoid(self.one(h.mean((2, 3), keepdim=True) if self.pooled else h))
+        return self.fc((h * g).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_a_gate_of_one_channel_traces_as_spread_and_computes_the_model(pooled):
+    tr = from_torch(lambda n: OneChannel(n, pooled), WIDTHS, _image)
+    assert "spread(" in tr.source
+    traced_computes_the_model(tr, lambda n: OneChannel(n, pooled), _image)
