@@ -113,7 +113,7 @@ class OneChannel(nn.Module):
         return self.fc((h * g).mean((2, 3)))
 
 
-@pytest.mark.parametrize("pooled", [True, False])
+@pytest.mark.parametrize("pooled", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_a_gate_of_one_channel_traces_as_spread_and_computes_the_model(pooled):
     tr = from_torch(lambda n: OneChannel(n, pooled), WIDTHS, _image)
     assert "spread(" in tr.source

@@ -68,7 +68,8 @@ def _traced(form):
     return from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
 
 
-@pytest.mark.parametrize("form", ["laguna", "beam", "groups"])
+@pytest.mark.parametrize("form", ["laguna", "beam",
+                                  pytest.param("groups", marks=pytest.mark.slow)])
 def test_a_per_head_gate_traces_to_spread_and_computes_the_model(form):
     tr = _traced(form)
     assert "spread(" in tr.source
