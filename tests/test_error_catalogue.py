@@ -422,6 +422,12 @@ POSITIONED = {
                           r"y_1 is one vector per sequence \(read by first or mean\), but h "
                           r"has one value per token(.|\n)*help: compute everything per token "
                           r"first", (8, 12)),
+    # one number per head over its dh coordinates: H·dh must be a declared dim's size
+    "spread-no-dim": (SEQ + "dim H = 3\nparam g : [H]\noutput y = E.T @ (h * spread(g, dh))\n",
+                      S, r"spread\(H entries over dh coordinates each\): no declared dim has "
+                      r"H·dh's size(.|\n)*help: declare the dim", (10, 23)),
+    "spread-not-a-dim": (SEQ + "dim H = 2\nparam g : [H]\noutput y = E.T @ (h * spread(g, 3))\n",
+                         S, r"the second argument of spread must be a declared dim", (10, 33)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
