@@ -138,12 +138,15 @@ def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
     return mup
 
 
-def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10) -> float:
+def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
+                              optimizer: str = "adam") -> float:
     """The emitted module of ``traced.program``, given the params of ``build(base width)``
     (each in the program's layout, as apply reads it), computes the model's output on
     ``inputs(model)`` at the base width, in float64: within ``tol`` of it, a traced program that
     computes something else (tokens reordered, a mask dropped) fails. Images are given to the
-    emitted module channels-last, as it keeps them. Returns the largest difference."""
+    emitted module channels-last, as it keeps them. ``optimizer`` is the one ``MuP`` reads the
+    params' layout under (one whose blocks of a tensor share an LR and eps: Lion for a fused
+    layer whose row blocks' Adam eps differ). Returns the largest difference."""
     import torch
 
     from tensorprog.emit.load import load_module
@@ -152,12 +155,14 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10) -> floa
     width = traced.base_width
     torch.manual_seed(3)
     model = build(width).double()
-    mup = MuP(traced, "adam")
+    mup = MuP(traced, optimizer)
     emitted = load_module(emit_program(traced.program), "traced_oracle").Model(
         width, dtype=torch.float64)
     mine = dict(emitted.named_parameters())
     with torch.no_grad():
         for name, use in traced.params.items():
+            if name in mup.unused:  # reaches no output: derive, and the module, leave it out
+                continue
             # a rolled block's param (target ``layers.{i}.fc.weight``): one per repetition
             block, _, attr = name.partition(".")
             copies = [(name, use)] if "{i}" not in use.target else [

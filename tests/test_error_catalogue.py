@@ -422,6 +422,12 @@ POSITIONED = {
                           r"y_1 is one vector per sequence \(read by first or mean\), but h "
                           r"has one value per token(.|\n)*help: compute everything per token "
                           r"first", (8, 12)),
+    # one number per head over its dh coordinates: H·dh must be a declared dim's size
+    "spread-no-dim": (SEQ + "dim H = 3\nparam g : [H]\noutput y = E.T @ (h * spread(g, dh))\n",
+                      S, r"spread\(H entries over dh coordinates each\): no declared dim has "
+                      r"H·dh's size(.|\n)*help: declare the dim", (10, 23)),
+    "spread-not-a-dim": (SEQ + "dim H = 2\nparam g : [H]\noutput y = E.T @ (h * spread(g, 3))\n",
+                         S, r"the second argument of spread must be a declared dim", (10, 33)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
@@ -1130,15 +1136,16 @@ class LearnedLogitBias(Net):  # a param added to the logits by baddbmm (ALiBi's 
         return self.o((p @ x.view(b, 2, t, -1)).transpose(1, 2).reshape(b, t, -1))
 
 
-class HeadBias(Net):  # Beam's gate bias: one number per head, over each head's coordinates
+class HeadBias(Net):  # one number per head over each head's coordinates, the heads moved
+    # before the tokens (Beam's gate_bias[None, None, :, None] on a (B, T, H, dh) view traces)
     def __init__(self, n):
         super().__init__(n)
         self.b = torch.nn.Parameter(torch.zeros(2))
 
     def forward(self, idx):
         b, t = idx.shape
-        x = self.e(idx).view(b, t, 2, -1) + self.b[None, None, :, None]
-        return self.o(x.reshape(b, t, -1))
+        x = self.e(idx).view(b, t, 2, -1).transpose(1, 2) + self.b[None, :, None, None]
+        return self.o(x.transpose(1, 2).reshape(b, t, -1))
 
 
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
@@ -1583,15 +1590,6 @@ class OnPixels(Net):
         return self.fc(self.px(self.conv(x)).mean((2, 3)))
 
 
-class Gated(Net):
-    def __init__(self, n, pooled=True):
-        super().__init__(n)
-        self.one, self.pooled = nn.Conv2d(n, 1, 1), pooled
-
-    def forward(self, x):  # a gate of one channel for all n, from the pooled image or per pixel
-        h = torch.relu(self.conv(x))
-        g = torch.sigmoid(self.one(h.mean((2, 3), keepdim=True) if self.pooled else h))
-        return self.fc((h * g).mean((2, 3)))
 """
 CONV_BUILDS = {
     "frozen": ("frozen", r"m.py:\d+:1: error: cannot trace bn: a BatchNorm2d in eval mode"
@@ -1688,12 +1686,8 @@ CONV_BUILDS = {
                      ".mean((2, 3)))",
                      r"m.py:\d+:\d+: error: cannot trace a sum of an image of 4x4 pixels and "
                      r"one of 1x1(.|\n)*help: multiply the image by the pooled gate"),
-    "pooled_one_channel": ("lambda n: Gated(n)",
-                           r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value "
-                           r"of \d+ channels with one of 1(.|\n)*help: gate with as many"),
-    "one_channel": ("lambda n: Gated(n, pooled=False)",
-                    r"m.py:\d+:\d+: error: cannot trace a product of an image-valued value of "
-                    r"\d+ channels with one of 1"),
+    # (a gate of one channel for all n, pooled or per pixel, now traces as h * spread(g, n):
+    # tests/fromtorch/test_focal_trace.py)
     # nn.Linear on [B, C, H, W] maps the last axis, an image's columns, not its channels
     "on_pixels": ("lambda n: OnPixels(n)",
                   r"m.py:\d+:\d+: error: cannot trace a linear layer applied to an image "
@@ -2374,10 +2368,10 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         MuP(traced, "adam")
 
 
-def test_trace_refuses_a_per_head_gate_by_name():
-    # before: "an added axis on a per-token vector" with the generic help (Laguna's
-    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1)); the language has no
-    # product of one number per head with each coordinate of its head
+def test_trace_refuses_a_per_head_gate_transposed_by_name():
+    # before: "an added axis on a per-token vector" with the generic help; Laguna's
+    # attn_output.view(..., H, dh) * softplus(g_proj(h)).unsqueeze(-1) now traces (spread);
+    # the same gate against heads moved before the tokens, (B, H, T, dh), is refused
     import torch
     from torch import nn
 
@@ -2393,12 +2387,12 @@ def test_trace_refuses_a_per_head_gate_by_name():
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
-            y = self.v(h).view(b, t, 4, c // 4) * torch.sigmoid(self.g(h)).unsqueeze(-1)
-            return self.head(h + y.view(b, t, c))
+            y = self.v(h).view(b, t, 4, c // 4).transpose(1, 2) * torch.sigmoid(
+                self.g(h)).transpose(1, 2).unsqueeze(-1)
+            return self.head(h + y.transpose(1, 2).reshape(b, t, c))
 
-    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate: one number per "
-                       r"head and token.*help: gate each coordinate instead.*gating='per-"
-                       r"element'"):
+    with pytest.raises(TraceError, match=r"(?s)cannot trace a per-head gate whose last axis is "
+                       r"not its H entries.*help: give the gate or bias one entry per head"):
         from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, torch_call
+from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, SPREAD, torch_call
 from ..ir.program import (
     RELATIVE_KINDS,
     Dot,
@@ -22,6 +22,7 @@ from ..ir.program import (
     Route,
     split_heads_dim,
 )
+from ..ir.sequences import value_sequences
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -117,6 +118,8 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
+            return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel
             self.helpers.add("_dwconv")
             kernel, x = ins.args
@@ -158,11 +161,20 @@ class Emitter:
 
     def _gate(self, a: str, ins: Nonlin) -> str:
         """A factor of a product; a vector of no pixels times an image (a squeeze-and-excitation
-        gate) gets the image's two pixel axes, to scale every pixel alike."""
+        gate) gets the image's two pixel axes, to scale every pixel alike, and a vector per
+        sequence times one per token the token axis."""
         spatial = self.program.spatial
         if spatial.get(ins.out) is not None and spatial.get(a) is None and \
                 a not in self.program.param_table:
             return f"({self.ref(a)})[..., None, None, :]"
+        if self.program.has_tokens and a not in self.program.param_table:
+            # a vector per sequence times one per token (SwiftFormer's global query times its
+            # keys): the token axis it lacks, to scale every token alike
+            if getattr(self, "_seqs", None) is None:
+                self._seqs = value_sequences(self.program)
+            seqs = self._seqs
+            if seqs.get(ins.out) and not seqs.get(a) and spatial.get(a) is None:
+                return f"({self.ref(a)})[..., None, :]"
         return f"({self.ref(a)})"
 
     def kv(self, query: str, kv: str, over: str) -> str:

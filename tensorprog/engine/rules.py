@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
+from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS, SPREAD
 from ..ir.program import (
     Dot,
     LinComb,
@@ -198,6 +198,38 @@ def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                      "weights only: a finite sum over tokens (+0)", "flow", g)])
 
 
+# --- spread: one number per head over its head's coordinates ---------------------------------
+# y_{h,i} = g_h for each of the dh coordinates i of head h (Laguna's per-head gate, Beam's
+# per-head bias). Every coordinate of y is one of g's, so y is as large as g and changes as g
+# does. Back to g_h comes the sum of dy over its head's dh coordinates: over a finite dh a
+# finite sum (+0); over a growing one (finitely many heads) dy_{h,i} is, in a product, the
+# output's gradient times the other factor's coordinate, and after training the two are
+# correlated (the weights that read y moved along it), so the sum is an LLN one (+1), as a
+# per-head dot's after training and a head dim's gain: the engine's gradient is the one after
+# training, an upper bound at init (where the sum is a CLT one, +1/2).
+
+
+def init_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
+    (g,) = ins.args
+    return terms(f"spread({g}₀)", f"each coordinate is one of {g}'s", "auto", sz.init(g))
+
+
+def change_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
+    (g,) = ins.args
+    return terms(f"spread(Δ{g})", f"each coordinate is one of {g}'s", "auto", sz.change(g))
+
+
+def grad_spread(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (g,) = ins.args
+    if sz.infinite(ins.over):
+        k, why = ONE, (f"{g}'s entry sums the gradient over its head's {ins.over} coordinates, "
+                       "correlated after training (LLN: +1)")
+    else:
+        k, why = ZERO, f"{g}'s entry sums a finite {ins.over} coordinates of the gradient (+0)"
+    return [(g, t) for t in terms(f"Σ_{ins.over} d{ins.out}", why, "flow",
+                                  [Mono(sz.grad(ins.out))], const=k)]
+
+
 def _product(ins: Nonlin) -> str:
     """Why a product's sizes add: a depthwise convolution is, channel by channel, its kernel's
     entries times shifted copies of the same channel, summed over finitely many taps (+0)."""
@@ -208,6 +240,8 @@ def _product(ins: Nonlin) -> str:
 
 
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if ins.fn == SPREAD:
+        return init_spread(ins, sz)
     if _sink(ins):
         return init_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -221,6 +255,10 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if shape == "normalize":
         return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn} divides by the RMS of {h}: Θ(1) "
                      "whatever its size", "flow")]
+    if shape == "shifted":  # φ(0) ≠ 0 and unbounded: Θ(1), or the input's size where it grows
+        return ([Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn}(0) ≠ 0", "flow")]
+                + terms(f"{ins.fn}({h}₀)", f"{ins.fn}(x) ~ x for large x, unbounded", "auto",
+                        sz.init(h)))
     why = f"{ins.fn}(x) ≈ x for small x" + (" and is bounded" if shape == "bounded" else
                                             ", and grows like x")
     return terms(f"{ins.fn}({h}₀)", why, "auto", sz.init(h),
@@ -228,6 +266,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
 
 
 def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
+    if ins.fn == SPREAD:
+        return change_spread(ins, sz)
     if _sink(ins):
         return change_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -240,7 +280,7 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if NONLIN_SHAPE[ins.fn] == "normalize":
         return terms(f"Δ{h}/|{h}|", f"{ins.fn} sees the change relative to {h}'s own size",
                      "auto", sz.change(h), const=-_size(sz.init(h)), clamp=ZERO)
-    bounded = NONLIN_SHAPE[ins.fn] != "linear"
+    bounded = NONLIN_SHAPE[ins.fn] not in ("linear", "shifted")
     return terms(f"{ins.fn}′·Δ{h}", f"{ins.fn}′ = Θ(1), so a change passes through", "auto",
                  sz.change(h), clamp=ZERO if bounded else None)
 
@@ -261,6 +301,8 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
 
 
 def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    if ins.fn == SPREAD:
+        return grad_spread(ins, sz)
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]

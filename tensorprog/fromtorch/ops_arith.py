@@ -72,6 +72,9 @@ class ArithOps:
             return self._masked(node, u, v.value, additive=True)
         if isinstance(u, Zeroed) and isinstance(v, Conc):  # OpenAI GPT's mask completed
             return self.unzeroed(node, u, v, alpha)
+        bias = self.head_bias(node, u, v, alpha)  # + b[None, None, :, None] (ops_gate.py)
+        if bias is not None:
+            return bias
         u, v = self.channel_params(node, u, v)  # image + b[:, None, None] (ops_spread.py)
         spread = self.spread_added(node, u, v, alpha)  # + a param per head (ops_spread.py)
         if spread is not None:
@@ -82,6 +85,11 @@ class ArithOps:
         for x, c in ((u, v), (v, u)):  # + a constant of zeros (BART's final_logits_bias)
             if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
                 return x
+        # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
+        if gated is not None:
+            return gated
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
@@ -191,6 +199,11 @@ class ArithOps:
                     raise refuse(node, "a product with another vector's inverse RMS")
                 name = self.emit_vector(node.name, f"rmsnorm({self.norm_args(a)})")
                 return Vec(name, a.tags, a.dim, a.dh)
+        # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
+        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
+        if gated is not None:
+            return gated
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) * g(t))

@@ -150,6 +150,9 @@ class AttentionOps:
                      "type's lowest number, torch.finfo(dtype).min)")
 
     def op_softmax(self, node, s, dim=-1, *rest):
+        one = None if isinstance(s, Scores) else self.one_entry_softmax(node, dim)
+        if one is not None:  # over an axis of one entry: 1 (SwiftFormer's, ops_global.py)
+            return one
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
         _one_key(node, int(node.meta["val"].shape[-1]))

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .values import Affine, Columns, Joined, Pointwise, PRef, Trace, Vec
+from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Trace, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
 IMAGE = ("tok", "F", "px", "px")
@@ -27,6 +27,18 @@ GRID = ("tok", "F", "grid", "grid")  # a patch embedding's output: a vector per 
 def is_image(v) -> bool:
     tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
     return bool(tags) and any(t in tags for t in ("px", "one", "grid"))
+
+
+def _then_mean(node, axis: int) -> bool:
+    """Whether the one reader of ``node`` is a mean over ``axis`` alone, keeping it."""
+    if len(node.users) != 1:
+        return False
+    (u,) = node.users
+    dims = u.args[1] if len(u.args) > 1 else None
+    keep = u.args[2] if len(u.args) > 2 else u.kwargs.get("keepdim", False)
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    return op_name(u) == "mean" and bool(keep) and dims != [None] and [
+        d % 4 for d in dims] == [axis]
 
 
 class ConvOps:
@@ -479,8 +491,17 @@ class ConvOps:
 
     def image_mean(self, node, x, dims, keepdim=False):
         """``x.mean((2, 3))`` of an image: global_pool; any other mean of one is refused."""
-        axes = sorted(d % 4 for d in dims)
+        axes = sorted(d % 4 for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+        if isinstance(x, RowMean):  # the other half of a global pool, over rows then columns
+            if len(axes) != 1 or axes[0] == x.axis or not keepdim:
+                raise refuse(node, f"a mean of an image over axes {sorted({x.axis, *axes})} "
+                             "after one over its pixel axis alone", help="average over the "
+                             "pixels, x.mean((2, 3))")
+            return self._emit(node, f"global_pool({x.src.name})", x.src.dim, POOLED)
         x = self.vec(x, node)
+        if len(axes) == 1 and axes[0] in (2, 3) and keepdim and x.tags == IMAGE and _then_mean(
+                node, 5 - axes[0]):
+            return RowMean(x, axes[0])
         if axes != [2, 3] or x.tags != IMAGE:
             raise refuse(node, f"a mean of an image over axes {axes} (only the pixels, axes 2 "
                          "and 3, pool: global_pool)",
@@ -495,8 +516,8 @@ class ConvOps:
         shape = tuple(node.meta["val"].shape)
         v = self.vec(v, node)
         old = tuple(node.args[0].meta["val"].shape)
-        if v.tags == POOLED and len(shape) == 2 and shape == old[:2]:
-            return Vec(v.name, ("tok", "F"), v.dim)
+        if v.tags in (POOLED, ("tok", "F", "one")) and len(shape) == 2 and shape == old[:2]:
+            return Vec(v.name, ("tok", "F"), v.dim)  # (or a token mean's, ops_pool.py)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
         tokens = self.pixels_to_tokens(node, v)  # its pixels read as tokens (ops_pixels.py)

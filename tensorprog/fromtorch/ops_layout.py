@@ -215,6 +215,10 @@ class LayoutOps:
         if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(
                 dims) - 1:  # per head, split after (as op_transpose): the features stay last
             return self._retag(v, new)
+        if isinstance(v, Affine) and not v.dh and _split_along(node, new.index("F")):
+            # FocalNet's proj_in(h).permute(0, 3, 1, 2) split into q, ctx and gates along the
+            # features: row blocks of the layer, as an unpermuted split (_split)
+            return self._retag(v, new)
         return self._retag(self.vec(v, node), new)
 
     def _same_kind_kept(self, node, v, tags, perm) -> None:
@@ -270,7 +274,8 @@ class LayoutOps:
                 help="split the layer's output right after its view into heads (before any "
                 "norm or activation), or slice the part a rotary turns",
             )
-        if not isinstance(v, Affine) or dim % ndim != ndim - 1:
+        if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
+                v.dh or self._tags(v, node)[dim % ndim] != "F"):
             raise refuse(
                 node,
                 "a split of anything but a linear layer's output features",
@@ -324,8 +329,11 @@ class LayoutOps:
             return self.laid_op(node, "slice", [self.laid(node, v), dim, start, end, step], {})
         ndim = len(self._shape(node.args[0]))
         block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
-        if block and dim % ndim == ndim - 1 and step == 1:
-            size = self._shape(node.args[0])[-1]
+        # (or along the features of a layer's output permuted channels-first: FocalNet's gates)
+        features = dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh and self._tags(
+            v, node)[dim % ndim] == "F"
+        if block and features and step == 1:
+            size = self._shape(node.args[0])[dim]
             lo, hi = (
                 min(size, max(0, e + size if e < 0 else e))
                 for e in (start or 0, size if end is None else end)
@@ -349,21 +357,16 @@ class LayoutOps:
     def op_unsqueeze(self, node, v, dim):
         if isinstance(v, (PRef, Spread)):  # b[None, None, :], refused in any other layout
             return self.spread(node, v)
+        over = self.over_tokens(node, v, dim)  # a vector per sequence (ops_global.py)
+        if over is not None:
+            return over
         if "H" in self._tags(v, node):  # HF's repeat_kv: v[:, :, None].expand(...).reshape(...)
             return self.repeat_kv_axis(node, v, dim)
         one = self.one_head(node, v, dim)  # GPT-BigCode's multi-query layer (ops_heads.py)
         if one is not None:
             return one
-        if _per_head_gate(node, dim):
-            raise refuse(node, "a per-head gate: one number per head and token, given an axis "
-                         "to multiply every coordinate of its head (Laguna's attn_output.view("
-                         "..., H, dh) * gate.unsqueeze(-1)); the language's product broadcasts "
-                         "a vector of the head dim over the heads (a QK-norm's gain), not one "
-                         "number per head over its head's coordinates",
-                         help="gate each coordinate instead (a gate of the attention output's "
-                         "features, attn_output * gate: Laguna's gating='per-element'), a "
-                         "product of two vectors the language says (its gate a function the "
-                         "language has: sigmoid, not softplus), or leave the gate out")
+        if _per_head_gate(node, dim):  # one number per head over its coordinates (ops_gate.py)
+            return self.head_gate(node, v)
         raise refuse(node, "an added axis on a per-token vector")
 
 
@@ -398,6 +401,20 @@ def _per_head_gate(node, dim) -> bool:
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+
+
+def _split_along(node, axis: int) -> bool:
+    """Whether every reader of ``node`` (through copies and casts) splits it along ``axis``."""
+    users = list(node.users)
+    while users:
+        u = users.pop()
+        op = op_name(u)
+        if op in _CARRIERS:
+            users += list(u.users)
+        elif op not in ("split", "split_with_sizes", "chunk") or len(u.args) < 3 or \
+                u.args[2] % len(node.meta["val"].shape) != axis:
+            return False
+    return bool(node.users)
 
 
 def _swapped_kind(tags, perm) -> str | None:

@@ -31,12 +31,16 @@ class PixelTokenOps:
             tags, (h, w) = ("tok", "tok", "F"), old[1:3]
         else:
             return None
-        name = self.emit_vector(node.name, f"tokens({x.name}, {self.dim(h * w)})")
+        # the sequence of as many tokens where there is one (an image laid out from its tokens
+        # read back: FocalNet's, whose residual stream stays on the patches' T)
+        seq = self.sequences().get(h * w) or self.dim(h * w)
+        name = self.emit_vector(node.name, f"tokens({x.name}, {seq})")
         return Vec(name, tags, x.dim)
 
     def tokens_to_image(self, node, v, old, shape) -> Vec | None:
         """A view of tokens [B, C, T] (transposed) as [B, C, H, W], or of tokens [B, T, C] as
-        [B, H, W, C] read only by a permute to [B, C, H, W]: ``image(t, H, W)`` (T = H·W);
+        [B, H, W, C] read only by a permute to [B, C, H, W] or by linear layers (applied at each
+        pixel, FocalNet's): ``image(t, H, W)`` (T = H·W);
         None for any other view (a [B, T, C] viewed [B, H, W, C] and cut into windows keeps
         its tokens)."""
         if len(shape) != 4 or len(old) != 3 or shape[0] != old[0]:
@@ -45,9 +49,11 @@ class PixelTokenOps:
         if tags == ("tok", "F", "tok") and shape[1] == old[1] and shape[2] * shape[3] == old[2]:
             new, (h, w) = IMAGE, shape[2:]
         elif tags == ("tok", "tok", "F") and shape[3] == old[2] \
-                and shape[1] * shape[2] == old[1] and node.users and all(
+                and shape[1] * shape[2] == old[1] and node.users and (all(
                     op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 3, 1, 2)
-                    for u in node.users):
+                    for u in node.users) or self.tokens_vocab is None and min(shape[1:3]) > 1
+                    and all(  # a layer per pixel of an image model's grid (FocalNet's)
+                        op_name(u) == "linear" and u.args[0] is node for u in node.users)):
             new, (h, w) = PIXELS_LAST, shape[1:3]
         else:
             return None

@@ -11,7 +11,7 @@ after it is what its dims make it, as after ``first(h)``.
 
 from __future__ import annotations
 
-from .values import Affine, Pointwise, PRef, TokensFrom, Vec
+from .values import Affine, OverTokens, Pointwise, PRef, TokensFrom, Vec
 from .where import op_name, refuse
 
 _HELP = ("pool the (batch, tokens, features) output of the per-token layers with h.mean(1), or "
@@ -75,7 +75,9 @@ class PoolOps:
             v, start = x.vec, x.start
         elif isinstance(x, (Vec, Affine, Pointwise)):
             v, start = x, 0
-            if not _per_token(self._tags(x, node)):
+            if tuple(self._tags(x, node)) == ("tok", "F", "tok") and axes == [2] and not keepdim:
+                axes = [1]  # an image's pixels read as tokens, (B, C, T): SwiftFormer's mean(-1)
+            elif not _per_token(self._tags(x, node)):
                 return None
         else:
             return None
@@ -133,6 +135,8 @@ class PoolOps:
         """Refuses ``repeat``, naming SigLIP's attention-pooling probe (a learned query token
         repeated over the batch, then attention from it to every token): what it needs is a
         query sequence of one learned token, which the language has no form for."""
+        if isinstance(v, OverTokens):  # a vector per sequence, over the tokens (ops_global)
+            return self.over_tokens_repeat(node, v, sizes)
         if isinstance(v, PRef) and len(v.shape) == 3 and v.shape[:2] == (1, 1):
             name = v.target.removeprefix("m.")
             raise refuse(node, f"a learned token ({name}) repeated over the batch as the query "
@@ -142,3 +146,13 @@ class PoolOps:
                          help="pool with the class token or the mean of the tokens (h.mean(1)), "
                          "or trace the model without this head")
         raise refuse(node, "the op repeat")
+
+    def op_adaptive_avg_pool1d(self, node, x, size):
+        """``nn.AdaptiveAvgPool1d(1)`` of tokens transposed to (batch, features, tokens)
+        (FocalNet's and Swin's pooler): their mean, ``mean(h)``, with an axis of 1 after it."""
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size,)
+        v = self.vec(x, node) if isinstance(x, (Vec, Affine, Pointwise)) else None
+        if size != (1,) or v is None or tuple(v.tags) != ("tok", "F", "tok"):
+            raise refuse(node, f"an adaptive average pool to {list(size)} of a value that is not "
+                         "tokens transposed to (batch, features, tokens)", help=_HELP)
+        return Vec(self.emit_vector(node.name, f"mean({v.name})"), ("tok", "F", "one"), v.dim)

@@ -23,9 +23,10 @@ _HELP = ("use a vector param of the features it is added to or multiplies, as it
 
 def _refuse_axis(node):
     return refuse(node, "an added axis on a param: a vector param joins a sum or a product "
-                  "along the features (broadcast over batch and tokens), so a param broadcast "
-                  "otherwise (Beam's gate_bias[None, None, :, None], one number per head added "
-                  "to every coordinate of its head) has no form", help=_HELP)
+                  "along the features (broadcast over batch and tokens), or one number per "
+                  "head over its head's coordinates (b[None, None, :, None] against a vector "
+                  "viewed as (..., H, dh)), so a param broadcast otherwise has no form",
+                  help=_HELP)
 
 
 class SpreadParamOps:

@@ -79,6 +79,35 @@ class Spread:
 
 
 @dataclass
+class RowMean:
+    """``x.mean(a, keepdim=True)`` of an image over one pixel axis, whose one reader averages
+    over the other (FocalNet's ``ctx.mean(2, keepdim=True).mean(3, keepdim=True)``): half of a
+    global pool (ops_conv.py)."""
+
+    src: Vec
+    axis: int
+
+
+@dataclass
+class OverTokens:
+    """A vector per sequence (a mean over the tokens: tags ("tok", "F")) given back a token
+    axis, ``g.unsqueeze(1)`` and its ``repeat(1, T, 1)`` (SwiftFormer's global query), before
+    it multiplies a vector per token (ops_global.py)."""
+
+    src: Vec
+
+
+@dataclass
+class HeadGate:
+    """``g.unsqueeze(-1)`` of a per-token vector g of H entries, before it multiplies a vector
+    viewed as (…, H, dh) (ops_gate.py): one number per head over its head's coordinates, the
+    program's ``spread(g, dh)``."""
+
+    src: Vec
+    node: str = ""
+
+
+@dataclass
 class KVRepeat:
     """HF's repeat_kv half done: ``src`` (key or value heads) with a new axis right after its
     heads (``axis``), then expanded to ``group`` copies there; the reshape that merges the two
@@ -502,7 +531,7 @@ class Trace:
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.
-RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid")
+RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid", "softplus")
 
 
 def identify(f: Callable) -> tuple[str, float] | None:

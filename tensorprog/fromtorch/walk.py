@@ -25,12 +25,14 @@ from .values import (
     FixedTable,
     Given,
     HeadCat,
+    HeadGate,
     Joined,
     KVRepeat,
     L2Norm,
     Looked,
     Mean,
     MeanSq,
+    OverTokens,
     Paired,
     PairHalf,
     PairStack,
@@ -41,6 +43,7 @@ from .values import (
     Probs,
     RopeTerm,
     Rotated,
+    RowMean,
     Scores,
     Slot,
     Spread,
@@ -133,6 +136,9 @@ SYMBOLIC = (
     Slot,
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
+    HeadGate,  # one number per head given an axis to multiply its head (ops_gate.py)
+    RowMean,  # an image's mean over its rows, before one over its columns (ops_conv.py)
+    OverTokens,  # a vector per sequence given back a token axis (ops_global.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)

@@ -7,7 +7,9 @@ compute it with:
   ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools,
   ``grn``, and ``first``, one token's vector read out of a sequence: size passes through);
   ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded
-  (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input);
+  (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input); ``shifted``:
+  φ(0) ≠ 0 and φ(x) ~ x for large x, unbounded (softplus, log(1 + e^x): log 2 at 0, slope 1/2
+  there, a relu far out), so a vanishing input gives Θ(1) and a growing one passes its size on;
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
   Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -24,13 +26,14 @@ and so has ``dwconv`` (a depthwise convolution, see ``DWCONV``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Function:
     name: str
-    scaling: str  # "linear" | "bounded" | "offset" | "normalize"
+    scaling: str  # "linear" | "bounded" | "offset" | "shifted" | "normalize"
     at_zero: float | None
     torch: str
     keywords: tuple[tuple[str, float], ...] = ()
@@ -46,6 +49,11 @@ DWCONV = "dwconv"
 #: the Nonlins of two arguments whose sizes multiply: a coordinatewise product, and a depthwise
 #: convolution (a coordinatewise product per tap, summed over finitely many taps)
 PRODUCTS = (MUL, DWCONV)
+#: ``spread(g, dh)``: a vector g of H entries (one number per head) repeated over each head's dh
+#: coordinates, a vector of H·dh (torch's ``g.repeat_interleave(dh, -1)``, HF's
+#: ``g.unsqueeze(-1)`` against a (…, H, dh) view): one gate or bias per head. It has one
+#: argument and no row here: its output has another dim than its input's
+SPREAD = "spread"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),
@@ -62,6 +70,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),)),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
+    # log(1 + e^x) (Laguna's per-head attention gate): log 2 at 0, a relu far out; φ' =
+    # sigmoid, in (0, 1), so a change passes through uncapped
+    Function("softplus", "shifted", math.log(2.0), "torch.nn.functional.softplus"),
     Function("identity", "linear", 0.0, ""),  # the input itself: no call
     Function("layernorm", "normalize", None, "torch.nn.functional.layer_norm"),
     Function("rmsnorm", "normalize", None, "torch.rsqrt"),

@@ -57,6 +57,7 @@ from functools import cached_property
 
 from ..errors import Span, UsageError
 from .functions import POOLS, pooled
+from .spread import SPREAD, spread_dim
 
 INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative")
 #: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
@@ -637,8 +638,7 @@ class Program:
                 shape = self.param_table[ins.weight].shape
                 dims[ins.out] = shape[1] if ins.transposed else shape[0]
             elif isinstance(ins, Dot):
-                left = dims[ins.left]
-                dims[ins.out] = None if ins.over is None else heads_dim_name(left, ins.over)
+                dims[ins.out] = ins.over and heads_dim_name(dims[ins.left], ins.over)
             elif isinstance(ins, Mix):  # the query's dim: the values' unless they are grouped
                 query = split_heads_dim(dims[ins.weights] or "")[0]
                 values = dims[ins.values]
@@ -649,6 +649,8 @@ class Program:
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, Prepend):
                 dims[ins.out] = dims[ins.arg]
+            elif isinstance(ins, Nonlin) and ins.fn == SPREAD:  # one number per head over dh
+                dims[ins.out] = spread_dim(declared, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import DWCONV, FUNCTIONS, MUL, PRODUCTS
+from .functions import DWCONV, FUNCTIONS, MUL, PRODUCTS, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -129,6 +129,12 @@ def verify(program: Program) -> Program:
         elif isinstance(ins, Relayout):
             _verify_relayout(program, ins, ops[0], errors)
             out = ops[0]
+        elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
+            out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
+            if out is None or ops[0] is None:
+                errors.error("spread(g, dh): g a vector of H entries and dh a declared dim, "
+                             "H·dh the size of a declared dim (not two dims that both grow)",
+                             ins.span)
         else:
             if isinstance(ins, Nonlin):
                 _verify_arity(program, ins, errors)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import DWCONV, MUL, NONLINEARITIES, POOLS, pooled
+from ..ir.functions import DWCONV, MUL, NONLINEARITIES, POOLS, SPREAD, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -37,10 +37,12 @@ from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
 from .lower_sink import SINKS, lower_sink
+from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-FUNCTIONS = NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV) + RELAYOUTS
+FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD)
+             + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -67,7 +69,8 @@ class ExpressionLowering:
         self.body.append(ins)
         self.values[ins.out] = dim
         mark_tokens(self, ins.out, ins.operands, ins.span,
-                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean))
+                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean),
+                    getattr(ins, "fn", None) == MUL)
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes
@@ -500,6 +503,8 @@ class ExpressionLowering:
             return (None, None) if seq is None else (node.args[:2], (PREPEND, seq))
         if node.fn in RELAYOUTS:  # the arguments after the value are dims
             return relayout_operands(self, node)
+        if node.fn == SPREAD:  # its second argument is a dim, not a value
+            return spread_operands(self, node)
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
@@ -545,8 +550,8 @@ class ExpressionLowering:
             return lower_route(self, node, args, Scalar, Vec)
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
-        by_state = {PREPEND: lower_prepend, MEAN: lower_mean, **dict.fromkeys(RELAYOUTS,
-                                                                              lower_relayout)}
+        by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
+                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

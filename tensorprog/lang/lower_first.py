@@ -16,17 +16,23 @@ _MEAN_USAGE = ("write mean(h) for the mean over every token of h, or mean(h, k) 
                "(mean(h, 1): the patch tokens after a class token)")
 
 
-def mark_tokens(low, out: str, operands, span: Span, first: bool = False) -> None:
+def mark_tokens(low, out: str, operands, span: Span, first: bool = False,
+                product: bool = False) -> None:
     """Record whether ``out`` has a sequence axis or is read at one token, refusing operands of
-    both kinds (one sequence's vector paired with every token of another)."""
+    both kinds (one sequence's vector paired with every token of another), except in a product:
+    a vector per sequence times a vector per token scales every token alike (SwiftFormer's
+    global query times its keys), as a pooled vector times an image scales every pixel."""
     if first:
         low.one_token.add(out)
         return
     per_token = [o for o in operands if o in low.tokenwise]
     one = [o for o in operands if o in low.one_token]
-    if per_token and one:
+    if per_token and one and product:
+        low.tokenwise.add(out)
+    elif per_token and one:
         low.errors.error(f"{one[0]} is one vector per sequence (read by first or mean), but "
-                         f"{per_token[0]} has one value per token: they cannot be combined", span,
+                         f"{per_token[0]} has one value per token: they are combined only in a "
+                         "product", span,
                          "compute everything per token first, then read the token with "
                          "first(h) just before the layers that use it alone (a pooler, a "
                          "readout)")

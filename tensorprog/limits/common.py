@@ -53,6 +53,7 @@ FNS = {
     "cap": Fn("cap", lambda x: np.minimum(x, 1.0)),
     "sigmoid": Fn("sigmoid", _sigmoid),
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
+    "softplus": Fn("softplus", lambda x: np.logaddexp(0.0, x)),
 }
 #: φ(0) for each supported function: the limit of φ of a vanishing vector
 AT_ZERO = {name: FUNCTIONS[name].at_zero for name in FNS}

@@ -16,6 +16,7 @@ from tensorprog.ir.functions import (
     DWCONV,
     FUNCTIONS,
     NONLINEARITIES,
+    SPREAD,
     torch_function,
 )
 from tensorprog.lang.lower_conv import CONV
@@ -26,14 +27,14 @@ from tensorprog.lang.lower_relayout import RELAYOUTS
 from tensorprog.lang.lower_route import ROUTES
 from tensorprog.limits.common import AT_ZERO, FNS
 
-SCALINGS = {"linear", "bounded", "offset", "normalize"}
+SCALINGS = {"linear", "bounded", "offset", "shifted", "normalize"}
 
 
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
-                                                                      *RELAYOUTS}
+                                                                      SPREAD, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
