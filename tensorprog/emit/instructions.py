@@ -92,6 +92,9 @@ class Emitter:
         elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) == "windows":  # Swin's: a bias per head and mask
+            self.helpers.add("_window_bias")
+            rhs = f"_window_bias({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
             self.helpers.add("_relative_bias")
             rhs = f"_relative_bias({self.ref(ins.arg)}, {w})"

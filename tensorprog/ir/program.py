@@ -58,10 +58,13 @@ from functools import cached_property
 from ..errors import Span, UsageError
 from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative",
+               "windows")
 #: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
-#: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own).
-RELATIVE_KINDS = ("relative", "causal_relative")
+#: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own;
+#: ``windows``, Swin's: the pair's offset within their window of an image's tokens, the pairs
+#: of different windows masked).
+RELATIVE_KINDS = ("relative", "causal_relative", "windows")
 #: Inputs built inside the model from the sequence lengths, never passed to forward.
 BUILT_KINDS = ("positions", *RELATIVE_KINDS)
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
@@ -158,8 +161,12 @@ class Input:
     themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``). A program may have
-    several sequence dims (an encoder's and a decoder's), see :mod:`tensorprog.ir.sequences`."""
+    image with ``dim`` channels at every pixel of ``spatial`` (``image``), or the offset of
+    every (query, key) pair of the ``seq`` tokens of an H x W grid within their w x w window,
+    the grid rolled by -shift first, ``window`` = (H, W, shift): Swin's windowed attention
+    (``windows``, one-hot over ``dim`` = (2w-1)² offsets; pairs of different windows masked
+    out, pairs that the roll brought together at -100). A program may have several sequence
+    dims (an encoder's and a decoder's), see :mod:`tensorprog.ir.sequences`."""
 
     name: str
     dim: str
@@ -167,6 +174,7 @@ class Input:
     kind: str = "vector"
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
+    window: tuple[str, str, int] | None = None  # windows: the grid's height, width dims, shift
 
 
 @dataclass(frozen=True)

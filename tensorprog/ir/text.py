@@ -92,6 +92,8 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : positions[{i.seq}]"
     if i.kind == "patches":
         return f"input {i.name} : patches[{i.seq}, {i.dim}]"
+    if i.kind == "windows":
+        return f"input {i.name} : windows[{i.seq}, {i.dim}, {', '.join(map(str, i.window))}]"
     if i.kind in RELATIVE_KINDS:
         return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"

@@ -1,0 +1,196 @@
+"""Swin's windowed attention, traced: tokens laid out as their grid, rolled (shifted windows),
+cut into windows folded into the batch, attention within each window with the relative
+position bias (and the shifted windows' -100 mask), the windows put back and the roll undone,
+becomes the language's ``R @ win`` with ``input win : windows[T, B, H, W, s]`` (ops_windows.py).
+Oracles: examples/swin.tp derives the same exponents as its torch counterpart, traced; the
+emitted program computes the model's output (float64, the model's -100 mask included); apply
+leaves it bit-identical; the windows' offsets and mask the emitted module builds are, pair for
+pair, transformers' Swin's; variants (a roll the mask does not match, windows padded, a bias
+added outside the windows) are refused at their line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+from tensorprog import TensorProgError  # noqa: E402
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+WINDOW = 4
+
+
+def window_partition(x, w):  # transformers' Swin's
+    b, h, wd, c = x.shape
+    x = x.view(b, h // w, w, wd // w, w, c)
+    return x.transpose(2, 3).contiguous().view(-1, w, w, c)
+
+
+def window_reverse(windows, w, h, wd):  # transformers' Swin's
+    c = windows.shape[-1]
+    x = windows.view(-1, h // w, wd // w, w, w, c)
+    return x.transpose(2, 3).contiguous().view(-1, h, wd, c)
+
+
+def relative_index(w):  # SwinRelativePositionBias._create_relative_position_index
+    coords = torch.stack(torch.meshgrid([torch.arange(w), torch.arange(w)], indexing="ij"))
+    coords = torch.flatten(coords, 1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += w - 1
+    rel[:, :, 1] += w - 1
+    rel[:, :, 0] *= 2 * w - 1
+    return rel.sum(-1)
+
+
+def attn_mask(h, wd, w, shift, device=None):  # SwinLayer.get_attn_mask
+    hi, wi = torch.arange(h, device=device), torch.arange(wd, device=device)
+    hr = (hi >= h - w).long() + (hi >= h - shift).long()
+    wr = (wi >= wd - w).long() + (wi >= wd - shift).long()
+    img = (hr[None, :, None, None] * 3 + wr[None, None, :, None]).float()
+    m = window_partition(img, w).view(-1, w * w)
+    m = m.unsqueeze(1) - m.unsqueeze(2)
+    return m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0)
+
+
+class Block(nn.Module):
+    """SwinLayer's forward, written out; ``variant`` breaks one thing a recogniser must see."""
+
+    def __init__(self, n, shift, variant=""):
+        super().__init__()
+        self.shift, self.variant, self.heads = shift, variant, n // 16
+        self.norm1, self.norm2 = nn.LayerNorm(n), nn.LayerNorm(n)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
+        self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, self.heads) * 0.5)
+        self.register_buffer("index", relative_index(WINDOW).view(-1), persistent=False)
+        self.fc1, self.fc2 = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+
+    def forward(self, x, h, wd):
+        b, _, c = x.shape
+        w, s = WINDOW, self.shift
+        y = self.norm1(x).view(b, h, wd, c)
+        if self.variant == "pad":  # Swin's maybe_pad of a grid the window does not divide
+            y = F.pad(y, (0, 0, 0, 4, 0, 4))
+            h, wd = h + 4, wd + 4
+        roll = -s if self.variant != "roll" else s
+        if s:
+            y = torch.roll(y, (roll, roll), (1, 2))
+        win = window_partition(y, w).view(-1, w * w, c)
+        n_w = win.shape[0]
+        q, k, v = (f(win).view(n_w, w * w, -1, 16).transpose(1, 2) for f in (self.q, self.k,
+                                                                           self.v))
+        bias = self.table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
+        bias = bias.unsqueeze(0)
+        if s:
+            m = attn_mask(h, wd, w, s, x.device)
+            m = m.unsqueeze(1).unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(-1, 1, w * w,
+                                                                               w * w)
+            bias = bias + m
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=16**-0.5)
+        a = self.o(a.transpose(1, 2).reshape(n_w, w * w, c)).view(-1, w, w, c)
+        a = window_reverse(a, w, h, wd)
+        if s:
+            a = torch.roll(a, (-roll, -roll), (1, 2))
+        if self.variant == "pad":
+            a = a[:, :h - 4, :wd - 4, :].contiguous()
+            h, wd = h - 4, wd - 4
+        x = x + a.view(b, h * wd, c)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class SwinLike(nn.Module):
+    """examples/swin.tp in torch: Swin's patch embedding, an unshifted and a shifted block, its
+    pooler (layer norm, the tokens' mean) and classifier."""
+
+    def __init__(self, n, variant=""):
+        super().__init__()
+        self.embed, self.norm0 = nn.Conv2d(3, n, 4, stride=4), nn.LayerNorm(n)
+        self.blocks = nn.ModuleList([Block(n, 0), Block(n, 2, variant)])
+        self.norm, self.head = nn.LayerNorm(n), nn.Linear(n, 10)
+
+    def forward(self, img):
+        x = self.embed(img)
+        h, wd = x.shape[2:]
+        x = self.norm0(x.flatten(2).transpose(1, 2))
+        for blk in self.blocks:
+            x = blk(x, h, wd)
+        pooled = F.adaptive_avg_pool1d(self.norm(x).transpose(1, 2), 1)
+        return self.head(torch.flatten(pooled, 1))
+
+
+def images(model=None):
+    return (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def swin():
+    return tp.from_torch(SwinLike, (32, 64), images)
+
+
+NAMES = {"embed.weight": "K0", "blocks.0.table": "Rb1", "blocks.1.table": "Rb2",
+         "blocks.0.q.weight": "Wq1", "blocks.1.o.weight": "Wo2", "blocks.1.fc1.weight": "Wi2",
+         "blocks.0.norm1.weight": "a1", "head.weight": "Wc"}
+
+
+def test_the_windows_trace_to_windows_inputs_of_each_shift(swin):
+    src = swin.source
+    assert "input win : windows[T, f49, f8, f8, 0]" in src
+    assert "windows[T, f49, f8, f8, 2]" in src
+    assert "@ win" in src
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_traced_blocks_derive_what_examples_swin_tp_derives(swin, optimizer):
+    traced = abc_by_target(swin, optimizer)
+    d = tp.derive(tp.parse_file(EXAMPLES / "swin.tp"), optimizer)
+    written = {k: (d.abc[v].a, d.abc[v].b, d.abc[v].c) for k, v in NAMES.items()}
+    assert {k: traced[k] for k in NAMES} == written
+
+
+def test_the_traced_program_computes_the_model_with_its_mask(swin):
+    # windows of other tokens, another shift or the -100 mask dropped would differ here
+    traced_computes_the_model(swin, SwinLike, images)
+
+
+def test_apply_leaves_the_model_bit_identical(swin):
+    apply_is_bit_identical_at_base(swin, SwinLike, images)
+
+
+@pytest.mark.parametrize(("variant", "match"), [
+    ("roll", r"not Swin's of any shift"),  # rolled by +2: the mask is for a roll by -2
+    ("pad", r"a pad by \[0, 0, 0, 4, 0, 4\] of a grid of tokens"),
+])
+def test_windows_other_than_swins_are_refused(variant, match):
+    with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace .*"
+                       + match):
+        tp.from_torch(lambda n: SwinLike(n, variant), (32, 64), images)
+
+
+@pytest.mark.parametrize(("height", "width", "shift"), [(8, 8, 0), (8, 8, 2), (12, 8, 3),
+                                                         (4, 8, 1)])
+def test_the_emitted_windows_are_swins_pair_for_pair(height, width, shift):
+    from tensorprog.emit.templates import HELPERS
+
+    space: dict = {"torch": torch}
+    exec("\n".join(HELPERS["_window_buckets"]), space)  # noqa: S102 - the emitted helper
+    ids, mask = space["_window_buckets"](height, width, WINDOW, shift, None)
+    # transformers' way: the grid's token numbers rolled and cut into windows
+    grid = torch.arange(height * width).view(1, height, width, 1)
+    if shift:
+        grid = torch.roll(grid, (-shift, -shift), (1, 2))
+    tokens = window_partition(grid, WINDOW).view(-1, WINDOW * WINDOW)
+    m = attn_mask(height, width, WINDOW, shift) if shift else torch.zeros(
+        tokens.shape[0], WINDOW**2, WINDOW**2)
+    want = torch.full((height * width,) * 2, float("-inf"))
+    want_ids = torch.full((height * width,) * 2, -1)
+    for t, mw in zip(tokens, m, strict=True):
+        want[t[:, None], t[None, :]] = mw
+        want_ids[t[:, None], t[None, :]] = relative_index(WINDOW)
+    assert torch.equal(mask, want)
+    kept = want != float("-inf")
+    assert torch.equal(ids[kept], want_ids[kept])
