@@ -195,6 +195,14 @@ CATALOGUE = {
                          "output y = R @ global_pool(image(t, h, h))\n", S,
                          r"image lays out the tokens of a sequence as 4x4 pixels, but t runs "
                          r"over the tokens of T of 64 tokens", (11, 28)),
+    "merge-not-four-times": (IMG + "dim d = 2 * n\nparam M : [c, d]\n"
+                             "output y = M @ global_pool(merge2x2(K @ img, d))\n", S,
+                             r"merge2x2 gives four times y_\d+'s channels \(n\), but d is not "
+                             r"4 x n", (10, 28)),
+    "merge-of-tokens": (IMG + "dim T = 64\ndim d = 4 * n\nparam M : [c, d]\n"
+                        "output y = M @ mean(tokens(merge2x2(tokens(K @ img, T), d), T))\n", S,
+                        r"merge2x2 merges an image's 2x2 blocks of pixels, but v?\w+ has no "
+                        r"pixels", (11, 28)),
     # keys reduced to one pixel: a softmax over one key token is the constant 1
     "softmax-over-one-key": (IMG + "dim T = 64\ndim one = 1\ndim dh = n\nparam K8 : [n, n, s, s]"
                              "\nt = tokens(K @ img, T)\n"

@@ -207,6 +207,9 @@ class Emitter:
         # an image is (..., H, W, dim), a sequence (..., tokens, dim): row-major pixels are the
         # tokens in order, as torch's x.flatten(2).transpose(1, 2) reads them
         x = self.ref(ins.arg)
+        if ins.merge is not None:  # Swin's order of the 2x2 block's pixels
+            self.helpers.add("_merge2x2")
+            return f"_merge2x2({x})"
         if ins.grid is None:
             return f"{x}.flatten(-3, -2)"
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"

@@ -252,6 +252,12 @@ HELPERS = {
         "        region = ry * 3 + rx",
         "        mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)",
         '    return ids, mask.masked_fill(~same, float("-inf"))'],
+    "_merge2x2": [
+        "def _merge2x2(x):",
+        '    """Each 2 x 2 block of an image (..., H, W, C) one pixel of its four pixels\' vectors',
+        "    concatenated, (0, 0), (1, 0), (0, 1), (1, 1): (..., H/2, W/2, 4C), Swin's patch",
+        '    merging (transformers\' SwinPatchMerging)."""',
+        "    return torch.cat([x[..., r::2, c::2, :] for c in range(2) for r in range(2)], -1)"],
     "_window_bias": [
         "def _window_bias(windows, table):",
         '    """Swin\'s bias of each (query, key) pair, (heads, tokens, tokens): the table\'s',

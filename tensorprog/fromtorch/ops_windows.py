@@ -28,13 +28,16 @@ import math
 import operator
 from dataclasses import dataclass
 
-from .values import Conc, PRef, RelBias
+from .values import Conc, PRef, RelBias, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
          "to [B·windows, w², C], sdpa with the relative position bias (plus the shifted "
          "windows' mask), window_reverse, roll back; or write the model as a Tensor Program "
          "with `input win : windows[T, B, H, W, shift]` (docs/language.md, examples/swin.tp)")
+_MERGE_HELP = ("merge patches as Swin does, torch.cat([x[:, r::2, c::2, :] for c in range(2) "
+               "for r in range(2)], -1) of the grid [B, H, W, C] (H, W even); or write the "
+               "model as a Tensor Program with merge2x2(image(t, H, W), D) (docs/language.md)")
 # ops that keep a value's layout and entries
 _SAME = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as", "lift_fresh_copy"}
 _VIEWS = {"view", "reshape", "_unsafe_view"}
@@ -52,6 +55,20 @@ class Windowed:
     inner: object
     index: object
     grid: tuple[int, int, int]
+
+
+@dataclass
+class GridPart:
+    """Every other row (``row``, from 0 or 1) and/or column (``col``) of a grid of tokens in
+    its own order, a part of Swin's patch merging (``x[:, row::2, col::2, :]``)."""
+
+    grid: Windowed
+    row: int | None = None
+    col: int | None = None
+
+
+# the order Swin's patch merging concatenates a 2x2 block's pixels in
+_MERGED = [(0, 0), (1, 0), (0, 1), (1, 1)]
 
 
 @dataclass
@@ -120,6 +137,8 @@ class WindowOps:
                 for x in (a if isinstance(a, (list, tuple)) else [a])]
         if any(isinstance(x, WinTable) for x in flat):
             return self._table_op(node, args, kwargs)
+        if any(isinstance(x, GridPart) for x in flat):
+            return self._merge_op(node, args)
         wins = [x for x in flat if isinstance(x, Windowed)]
         if not wins:
             grid = self._grid_view(node, args)
@@ -127,6 +146,9 @@ class WindowOps:
         op = op_name(node)
         if op == "scaled_dot_product_attention":
             return self._attention(node, args, kwargs)
+        if args[0] is wins[0] and op == "slice" and self._shape(node) != self._shape(
+                node.args[0]):
+            return self._grid_part(node, GridPart(wins[0]), args)
         if args[0] is wins[0] and self._token_only(wins[0]):
             moved = self._relayout(node, op, wins[0], args)
             if moved is not None:
@@ -239,6 +261,52 @@ class WindowOps:
                          help=_HELP)
         return Windowed(out, first.index, first.grid)
 
+    # -- patch merging -------------------------------------------------------------------------
+    def _grid_part(self, node, part: GridPart, args) -> GridPart:
+        """``x[:, r::2]`` or ``x[:, :, c::2]`` of a grid of tokens [B, H, W, C] in their own
+        order, H and W even (Swin pads an odd grid by a row or column of zeros first)."""
+        import torch
+
+        g = part.grid
+        b, h, w = g.grid
+        ident = torch.arange(b * h * w).reshape(b, h, w)
+        dim, start, end, step = (list(args[1:]) + [0, None, 1])[:4]
+        dim = dim % 4
+        size = (h, w)[dim - 1] if dim in (1, 2) else None
+        taken = getattr(part, ("row", "col")[dim - 1]) if size else None
+        if size is None or size % 2 or step != 2 or start not in (0, 1) or taken is not None \
+                or not (end is None or end >= size) or not self._token_only(g) or not (
+                    tuple(g.index.shape) == (b, h, w) and torch.equal(g.index, ident)):
+            raise refuse(node, f"a slice [{start}:{end}:{step}] of axis {dim} of a grid of "
+                         "tokens: traced only as Swin's patch merging takes every other row "
+                         "and column of an even grid in its tokens' own order, x[:, r::2, "
+                         "c::2, :], concatenated along the features", help=_MERGE_HELP)
+        return dataclasses.replace(part, **{("row", "col")[dim - 1]: start})
+
+    def _merge_op(self, node, args):
+        """The parts of a grid: a slice of one more axis, or their concatenation along the
+        features in Swin's order, ``merge2x2(image(t, H, W), D)``."""
+        op = op_name(node)
+        part = args[0] if isinstance(args[0], GridPart) else None
+        if part is not None and op == "slice":
+            if self._shape(node) == self._shape(node.args[0]):
+                return part
+            return self._grid_part(node, part, args)
+        if op == "cat" and isinstance(args[0], (list, tuple)):
+            parts, dim = args[0], (args[1] if len(args) > 1 else 0)
+            g = parts[0].grid if isinstance(parts[0], GridPart) else None
+            if g is not None and dim % 4 == 3 and len(parts) == 4 and all(
+                    isinstance(p, GridPart) and p.grid is g for p in parts) and [
+                    (p.row, p.col) for p in parts] == _MERGED:
+                x = self.vec(g.inner, node)
+                b, h, w = g.grid
+                name = self.emit_vector(node.name, f"merge2x2(image({x.name}, {self.dim(h)}, "
+                                        f"{self.dim(w)}), {self.dim(4 * x.dim)})")
+                return Vec(name, ("tok", "px", "px", "F"), 4 * x.dim)
+        raise refuse(node, f"every other row and column of a grid of tokens used other than "
+                     f"concatenated along the features, all four, in Swin's order (by "
+                     f"{op or node.target})", help=_MERGE_HELP)
+
     # -- the bias and the attention ----------------------------------------------------------
     def window_table(self, node, w: PRef, window: int) -> WinTable:
         """``table[relative_position_index]`` (ops_linear.op_embedding): Swin's bias."""
@@ -285,6 +353,8 @@ class WindowOps:
         names = ("q", "k", "v", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
         call = dict(zip(names, args, strict=False)) | kwargs
         q, k, v, b = (call.get(x) for x in ("q", "k", "v", "attn_mask"))
+        if isinstance(b, WinTable) and not any(isinstance(x, Windowed) for x in (q, k, v)):
+            q, k, v = (self._one_window(node, x, b.window) for x in (q, k, v))
         if not all(isinstance(x, Windowed) for x in (q, k, v)) or not isinstance(b, WinTable) \
                 or call.get("is_causal") or b.axes[-3:] != ("H", "q", "k"):
             raise refuse(node, "attention over tokens cut into windows other than Swin's: "
@@ -319,6 +389,20 @@ class WindowOps:
         finally:
             self.env.update(saved)
         return Windowed(out, index, q.grid)
+
+    def _one_window(self, node, x, window: int):
+        """Queries, keys or values [B, heads, w², dh] in their tokens' own order, a grid of w x w
+        tokens that is one window (Swin's window as large as the grid: its last stages')."""
+        import torch
+
+        tags = getattr(x, "tags", None)
+        shape = self._shape(node.args[0])
+        if tags is None or len(tags) != len(shape) or [
+                s for s, t in zip(shape, tags, strict=True) if t == "tok"] != [
+                shape[0], window**2]:
+            return x
+        return Windowed(x, torch.arange(shape[0] * window**2).reshape(shape[0], window**2),
+                        (shape[0], window, window))
 
     def _shift(self, node, index, b: WinTable, grid) -> int:
         """The shift whose ``windows`` input pairs the tokens as the windows ``index`` do,

@@ -58,13 +58,10 @@ from functools import cached_property
 from ..errors import Span, UsageError
 from .functions import POOLS, pooled
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative",
-               "windows")
-#: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
-#: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own;
-#: ``windows``, Swin's: the pair's offset within their window of an image's tokens, the pairs
-#: of different windows masked).
+#: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
+#: a later key has none of its own), Swin's offset in a window (``windows``).
 RELATIVE_KINDS = ("relative", "causal_relative", "windows")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", *RELATIVE_KINDS)
 #: Inputs built inside the model from the sequence lengths, never passed to forward.
 BUILT_KINDS = ("positions", *RELATIVE_KINDS)
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
@@ -161,12 +158,8 @@ class Input:
     themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``), or the offset of
-    every (query, key) pair of the ``seq`` tokens of an H x W grid within their w x w window,
-    the grid rolled by -shift first, ``window`` = (H, W, shift): Swin's windowed attention
-    (``windows``, one-hot over ``dim`` = (2w-1)² offsets; pairs of different windows masked
-    out, pairs that the roll brought together at -100). A program may have several sequence
-    dims (an encoder's and a decoder's), see :mod:`tensorprog.ir.sequences`."""
+    image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
+    (``windows``). Several sequence dims (an encoder's, a decoder's): ir/sequences.py."""
 
     name: str
     dim: str
@@ -454,12 +447,12 @@ class Relayout:
     """``out = tokens(arg, seq)``: an image-valued vector's H×W pixels read row-major as the
     H·W tokens of the sequence ``seq`` (a vision model's ``x.flatten(2).transpose(1, 2)``);
     ``out = image(arg, H, W)`` (``grid`` = (H, W)): the reverse, a sequence's H·W tokens laid
-    back out as the pixels of an H×W image (``x.transpose(1, 2).reshape(B, C, H, W)``).
+    back out as the pixels of an H×W image; ``merge2x2(arg, D)``: Swin's patch merging.
 
     Scaling: a relabelling of the same finitely many width-vectors (pixel i·W + j is token
     i·W + j, coordinate for coordinate), so every exponent passes through unchanged: at init,
     in the change, and in the gradient, which each pixel gets from its token (TP4's rules
-    read no axis but the width's).
+    read no axis but the width's; a merged pixel's are four pixels' coordinates).
     """
 
     out: str
@@ -467,6 +460,7 @@ class Relayout:
     span: Span | None = _span()
     seq: str | None = None  # tokens(arg, seq)
     grid: tuple[str, str] | None = None  # image(arg, H, W)
+    merge: str | None = None  # merge2x2(arg, D): the dim of 4 x arg's channels
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -579,9 +573,9 @@ class Program:
                 kernel = self.param_table[weight].shape[-2:]
                 sizes = ins.geometry.out_size(sizes, tuple(self.dim_table[d].size
                                                            for d in kernel))
-            if isinstance(ins, Relayout):  # pixels read as tokens, or tokens laid out as pixels
-                sizes = (None if ins.grid is None
-                         else tuple(self.dim_table[d].size for d in ins.grid))
+            if isinstance(ins, Relayout):  # pixels as tokens, tokens as pixels, 2x2 merged
+                sizes = ((sizes[0] // 2, sizes[1] // 2) if ins.merge and sizes else None
+                         if ins.grid is None else tuple(self.dim_table[d].size for d in ins.grid))
             out[ins.out] = sizes
         return out
 
@@ -655,8 +649,8 @@ class Program:
                 dims[ins.out] = query if grouped else values
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
-            elif isinstance(ins, Prepend):
-                dims[ins.out] = dims[ins.arg]
+            elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
+                dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]

@@ -57,7 +57,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         at = f", {ins.at}" if ins.at else ""
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"
     elif isinstance(ins, Relayout):
-        rhs = (f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
+        rhs = (f"merge2x2({show(ins.arg)}, {ins.merge})" if ins.merge is not None
+               else f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
                else f"image({show(ins.arg)}, {ins.grid[0]}, {ins.grid[1]})")
     elif isinstance(ins, Mean):
         rhs = f"mean({show(ins.arg)}{f', {ins.start}' if ins.start else ''})"

@@ -1,7 +1,8 @@
 """Swin's windowed attention, traced: tokens laid out as their grid, rolled (shifted windows),
 cut into windows folded into the batch, attention within each window with the relative
 position bias (and the shifted windows' -100 mask), the windows put back and the roll undone,
-becomes the language's ``R @ win`` with ``input win : windows[T, B, H, W, s]`` (ops_windows.py).
+becomes the language's ``R @ win`` with ``input win : windows[T, B, H, W, s]`` (ops_windows.py);
+Swin's patch merging becomes ``merge2x2(image(t, H, W), D)``.
 Oracles: examples/swin.tp derives the same exponents as its torch counterpart, traced; the
 emitted program computes the model's output (float64, the model's -100 mask included); apply
 leaves it bit-identical; the windows' offsets and mask the emitted module builds are, pair for
@@ -103,15 +104,28 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-class SwinLike(nn.Module):
-    """examples/swin.tp in torch: Swin's patch embedding, an unshifted and a shifted block, its
-    pooler (layer norm, the tokens' mean) and classifier."""
+def merge(x, h, wd, order=((0, 0), (1, 0), (0, 1), (1, 1))):  # SwinPatchMerging's
+    b, _, c = x.shape
+    x = x.view(b, h, wd, c)
+    x = torch.cat([x[:, r::2, c_::2, :] for r, c_ in order], dim=-1)
+    return x.view(b, -1, 4 * c)
 
-    def __init__(self, n, variant=""):
+
+class SwinLike(nn.Module):
+    """examples/swin.tp in torch: Swin's patch embedding, an unshifted and a shifted block,
+    patch merging, a block whose one window is the whole 4 x 4 grid, Swin's pooler (layer norm,
+    the tokens' mean) and classifier."""
+
+    def __init__(self, n, variant="", short=False):
         super().__init__()
+        self.variant = variant
         self.embed, self.norm0 = nn.Conv2d(3, n, 4, stride=4), nn.LayerNorm(n)
-        self.blocks = nn.ModuleList([Block(n, 0), Block(n, 2, variant)])
-        self.norm, self.head = nn.LayerNorm(n), nn.Linear(n, 10)
+        # short: the shifted block and the merging only (a quicker trace)
+        self.blocks = nn.ModuleList([Block(n, 2, variant)] if short else [
+            Block(n, 0), Block(n, 2, variant)])
+        self.merge_norm, self.reduce = nn.LayerNorm(4 * n), nn.Linear(4 * n, 2 * n, bias=False)
+        self.last = nn.Identity() if short else Block(2 * n, 0)
+        self.norm, self.head = nn.LayerNorm(2 * n), nn.Linear(2 * n, 10)
 
     def forward(self, img):
         x = self.embed(img)
@@ -119,12 +133,28 @@ class SwinLike(nn.Module):
         x = self.norm0(x.flatten(2).transpose(1, 2))
         for blk in self.blocks:
             x = blk(x, h, wd)
+        order = ((0, 0), (0, 1), (1, 0), (1, 1)) if self.variant == "merge" else (
+            (0, 0), (1, 0), (0, 1), (1, 1))
+        x = self.reduce(self.merge_norm(merge(x, h, wd, order)))
+        x = x if isinstance(self.last, nn.Identity) else self.last(x, h // 2, wd // 2)
         pooled = F.adaptive_avg_pool1d(self.norm(x).transpose(1, 2), 1)
         return self.head(torch.flatten(pooled, 1))
 
 
 def images(model=None):
     return (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+def short(n):
+    return SwinLike(n, short=True)
+
+
+def test_a_shifted_block_and_merging_trace_to_what_the_model_computes():
+    # windows of other tokens, another shift, the -100 mask dropped or the merged pixels in
+    # another order would differ here
+    traced = tp.from_torch(short, (32, 64), images)
+    assert "windows[T, f49, f8, f8, 2]" in traced.source
+    traced_computes_the_model(traced, short, images)
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +164,21 @@ def swin():
 
 NAMES = {"embed.weight": "K0", "blocks.0.table": "Rb1", "blocks.1.table": "Rb2",
          "blocks.0.q.weight": "Wq1", "blocks.1.o.weight": "Wo2", "blocks.1.fc1.weight": "Wi2",
-         "blocks.0.norm1.weight": "a1", "head.weight": "Wc"}
+         "blocks.0.norm1.weight": "a1", "merge_norm.weight": "gm", "reduce.weight": "Wm",
+         "last.table": "Rb3", "last.q.weight": "Wq3", "last.fc2.weight": "Wp3",
+         "head.weight": "Wc"}
 
 
+@pytest.mark.slow
 def test_the_windows_trace_to_windows_inputs_of_each_shift(swin):
     src = swin.source
     assert "input win : windows[T, f49, f8, f8, 0]" in src
     assert "windows[T, f49, f8, f8, 2]" in src
-    assert "@ win" in src
+    assert "windows[f16, f49, f4, f4, 0]" in src  # the merged grid's one window
+    assert "= merge2x2(image(" in src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_the_traced_blocks_derive_what_examples_swin_tp_derives(swin, optimizer):
     traced = abc_by_target(swin, optimizer)
@@ -152,11 +187,13 @@ def test_the_traced_blocks_derive_what_examples_swin_tp_derives(swin, optimizer)
     assert {k: traced[k] for k in NAMES} == written
 
 
+@pytest.mark.slow
 def test_the_traced_program_computes_the_model_with_its_mask(swin):
     # windows of other tokens, another shift or the -100 mask dropped would differ here
     traced_computes_the_model(swin, SwinLike, images)
 
 
+@pytest.mark.slow
 def test_apply_leaves_the_model_bit_identical(swin):
     apply_is_bit_identical_at_base(swin, SwinLike, images)
 
@@ -164,11 +201,13 @@ def test_apply_leaves_the_model_bit_identical(swin):
 @pytest.mark.parametrize(("variant", "match"), [
     ("roll", r"not Swin's of any shift"),  # rolled by +2: the mask is for a roll by -2
     ("pad", r"a pad by \[0, 0, 0, 4, 0, 4\] of a grid of tokens"),
+    ("merge", r"every other row and column of a grid of tokens used other than concatenated "
+              r"along the features, all four, in Swin's order"),  # rows and columns swapped
 ])
 def test_windows_other_than_swins_are_refused(variant, match):
     with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace .*"
                        + match):
-        tp.from_torch(lambda n: SwinLike(n, variant), (32, 64), images)
+        tp.from_torch(lambda n: SwinLike(n, variant, short=True), (32, 64), images)
 
 
 @pytest.mark.parametrize(("height", "width", "shift"), [(8, 8, 0), (8, 8, 2), (12, 8, 3),
@@ -194,3 +233,13 @@ def test_the_emitted_windows_are_swins_pair_for_pair(height, width, shift):
     assert torch.equal(mask, want)
     kept = want != float("-inf")
     assert torch.equal(ids[kept], want_ids[kept])
+
+
+def test_the_emitted_merge_is_swins():
+    from tensorprog.emit.templates import HELPERS
+
+    space: dict = {"torch": torch}
+    exec("\n".join(HELPERS["_merge2x2"]), space)  # noqa: S102 - the emitted helper
+    x = torch.randn(2, 6 * 4, 5, generator=torch.Generator().manual_seed(0))
+    want = merge(x, 6, 4).view(2, 3, 2, 20)
+    assert torch.equal(space["_merge2x2"](x.view(2, 6, 4, 5)), want)

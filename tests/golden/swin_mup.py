@@ -52,9 +52,25 @@ SCALING = {
          "fan_in": (1.0, 0), "init": 1.0},
     "Wi2": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "Wp2": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (4.0, 1)},
-    "gf": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+    "gm": {"shape": ("n4",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
          "fan_in": (1.0, 0), "init": 1.0},
-    "Wc": {"shape": ("K", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
+    "bm": {"shape": ("n4",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 0.0},
+    "Wm": {"shape": ("n2", "n4",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (4.0, 1)},
+    "Rb3": {"shape": ("Hd2", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "a3": {"shape": ("n2",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 1.0},
+    "Wq3": {"shape": ("n2", "n2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "Wk3": {"shape": ("n2", "n2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "Wv3": {"shape": ("n2", "n2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "Wo3": {"shape": ("n2", "n2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "m3": {"shape": ("n2",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 1.0},
+    "Wi3": {"shape": ("ff2", "n2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "Wp3": {"shape": ("n2", "ff2",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (8.0, 1)},
+    "gf": {"shape": ("n2",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
+         "fan_in": (1.0, 0), "init": 1.0},
+    "Wc": {"shape": ("K", "n2",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (2.0, 1)},
 }
 SCALES = {
     "attn": {"a": 0.0, "base": 0.0625},
@@ -85,14 +101,28 @@ PARAM_COUNT = (
     (1.0, 1, None),
     (4.0, 2, None),
     (4.0, 2, None),
-    (1.0, 1, None),
-    (10.0, 1, None),
+    (4.0, 1, None),
+    (4.0, 1, None),
+    (8.0, 2, None),
+    (6.125, 1, None),
+    (2.0, 1, None),
+    (4.0, 2, None),
+    (4.0, 2, None),
+    (4.0, 2, None),
+    (4.0, 2, None),
+    (2.0, 1, None),
+    (16.0, 2, None),
+    (16.0, 2, None),
+    (2.0, 1, None),
+    (20.0, 1, None),
 )
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
     ("dim Hd = n / 16", 16),
+    ("dim Hd2 = n / 8", 8),
     ("the head count n/dh = n / 16", 16),
+    ("the head count n2/dh = n / 8", 8),
 )
 
 
@@ -134,8 +164,20 @@ class Model(torch.nn.Module):
         self.m2 = torch.nn.Parameter(torch.empty(width, **factory))
         self.Wi2 = torch.nn.Parameter(torch.empty(4 * width, width, **factory))
         self.Wp2 = torch.nn.Parameter(torch.empty(width, 4 * width, **factory))
-        self.gf = torch.nn.Parameter(torch.empty(width, **factory))
-        self.Wc = torch.nn.Parameter(torch.empty(10, width, **factory))
+        self.gm = torch.nn.Parameter(torch.empty(4 * width, **factory))
+        self.bm = torch.nn.Parameter(torch.empty(4 * width, **factory))
+        self.Wm = torch.nn.Parameter(torch.empty(2 * width, 4 * width, **factory))
+        self.Rb3 = torch.nn.Parameter(torch.empty(width // 8, 49, **factory))
+        self.a3 = torch.nn.Parameter(torch.empty(2 * width, **factory))
+        self.Wq3 = torch.nn.Parameter(torch.empty(2 * width, 2 * width, **factory))
+        self.Wk3 = torch.nn.Parameter(torch.empty(2 * width, 2 * width, **factory))
+        self.Wv3 = torch.nn.Parameter(torch.empty(2 * width, 2 * width, **factory))
+        self.Wo3 = torch.nn.Parameter(torch.empty(2 * width, 2 * width, **factory))
+        self.m3 = torch.nn.Parameter(torch.empty(2 * width, **factory))
+        self.Wi3 = torch.nn.Parameter(torch.empty(8 * width, 2 * width, **factory))
+        self.Wp3 = torch.nn.Parameter(torch.empty(2 * width, 8 * width, **factory))
+        self.gf = torch.nn.Parameter(torch.empty(2 * width, **factory))
+        self.Wc = torch.nn.Parameter(torch.empty(10, 2 * width, **factory))
         self.mult_attn = mult["attn"] * ratio ** -SCALES["attn"]["a"]
         self.reset_parameters()
 
@@ -167,6 +209,7 @@ class Model(torch.nn.Module):
     def forward(self, img):
         w0 = _window_buckets(8, 8, 4, 0, next(self.parameters()).device)
         w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device)
+        w3 = _window_buckets(4, 4, 4, 0, next(self.parameters()).device)
         t0_1 = _conv_geometry(img, self.K0, 4, (0, 0, 0, 0), 1)
         t0_2 = t0_1 + self.b0
         t0_3 = t0_2.flatten(-3, -2)
@@ -205,7 +248,29 @@ class Model(torch.nn.Module):
         y2_4 = torch.nn.functional.gelu(y2_3)
         y2_5 = torch.nn.functional.linear(y2_4, self.Wp2)
         y2 = x2 + y2_5
-        y_1 = y2.mean(-2)
+        t1_1 = y2.unflatten(-2, (8, 8))
+        t1_2 = _merge2x2(t1_1)
+        t1_5 = torch.nn.functional.layer_norm(t1_2, t1_2.shape[-1:], self.gm, self.bm)
+        t1_6 = torch.nn.functional.linear(t1_5, self.Wm)
+        t1 = t1_6.flatten(-3, -2)
+        u3 = torch.nn.functional.layer_norm(t1, t1.shape[-1:], self.a3)
+        s3_1 = torch.nn.functional.linear(u3, self.Wq3)
+        s3_2 = torch.nn.functional.linear(u3, self.Wk3)
+        s3_3 = _heads_dot(s3_1, s3_2, 16)
+        s3_4 = (self.mult_attn) * (s3_3)
+        s3_5 = _window_bias(w3, self.Rb3)
+        s3 = s3_4 + s3_5
+        x3_1 = torch.softmax(s3, dim=-1)
+        x3_2 = torch.nn.functional.linear(u3, self.Wv3)
+        x3_3 = _mix(x3_1, x3_2)
+        x3_4 = torch.nn.functional.linear(x3_3, self.Wo3)
+        x3 = t1 + x3_4
+        y3_2 = torch.nn.functional.layer_norm(x3, x3.shape[-1:], self.m3)
+        y3_3 = torch.nn.functional.linear(y3_2, self.Wi3)
+        y3_4 = torch.nn.functional.gelu(y3_3)
+        y3_5 = torch.nn.functional.linear(y3_4, self.Wp3)
+        y3 = x3 + y3_5
+        y_1 = y3.mean(-2)
         y_3 = torch.nn.functional.layer_norm(y_1, y_1.shape[-1:], self.gf)
         y = torch.nn.functional.linear(y_3, self.Wc)
         return y
@@ -214,6 +279,7 @@ class Model(torch.nn.Module):
         """Every named vector of the program, batch axis first."""
         w0 = _window_buckets(8, 8, 4, 0, next(self.parameters()).device)
         w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device)
+        w3 = _window_buckets(4, 4, 4, 0, next(self.parameters()).device)
         t0_1 = _conv_geometry(img, self.K0, 4, (0, 0, 0, 0), 1)
         t0_2 = t0_1 + self.b0
         t0_3 = t0_2.flatten(-3, -2)
@@ -258,7 +324,33 @@ class Model(torch.nn.Module):
         y2_4 = torch.nn.functional.gelu(y2_3)
         y2_5 = torch.nn.functional.linear(y2_4, self.Wp2)
         y2 = x2 + y2_5
-        y_1 = y2.mean(-2)
+        t1_1 = y2.unflatten(-2, (8, 8))
+        t1_2 = _merge2x2(t1_1)
+        t1_3 = torch.nn.functional.layer_norm(t1_2, t1_2.shape[-1:])
+        t1_4 = (self.gm) * (t1_3)
+        t1_5 = t1_4 + self.bm
+        t1_6 = torch.nn.functional.linear(t1_5, self.Wm)
+        t1 = t1_6.flatten(-3, -2)
+        u3_1 = torch.nn.functional.layer_norm(t1, t1.shape[-1:])
+        u3 = (self.a3) * (u3_1)
+        s3_1 = torch.nn.functional.linear(u3, self.Wq3)
+        s3_2 = torch.nn.functional.linear(u3, self.Wk3)
+        s3_3 = _heads_dot(s3_1, s3_2, 16)
+        s3_4 = (self.mult_attn) * (s3_3)
+        s3_5 = _window_bias(w3, self.Rb3)
+        s3 = s3_4 + s3_5
+        x3_1 = torch.softmax(s3, dim=-1)
+        x3_2 = torch.nn.functional.linear(u3, self.Wv3)
+        x3_3 = _mix(x3_1, x3_2)
+        x3_4 = torch.nn.functional.linear(x3_3, self.Wo3)
+        x3 = t1 + x3_4
+        y3_1 = torch.nn.functional.layer_norm(x3, x3.shape[-1:])
+        y3_2 = (self.m3) * (y3_1)
+        y3_3 = torch.nn.functional.linear(y3_2, self.Wi3)
+        y3_4 = torch.nn.functional.gelu(y3_3)
+        y3_5 = torch.nn.functional.linear(y3_4, self.Wp3)
+        y3 = x3 + y3_5
+        y_1 = y3.mean(-2)
         y_2 = torch.nn.functional.layer_norm(y_1, y_1.shape[-1:])
         y_3 = (self.gf) * (y_2)
         y = torch.nn.functional.linear(y_3, self.Wc)
@@ -307,6 +399,32 @@ class Model(torch.nn.Module):
             "y2_4": y2_4,
             "y2_5": y2_5,
             "y2": y2,
+            "t1_1": t1_1,
+            "t1_2": t1_2,
+            "t1_3": t1_3,
+            "t1_4": t1_4,
+            "t1_5": t1_5,
+            "t1_6": t1_6,
+            "t1": t1,
+            "u3_1": u3_1,
+            "u3": u3,
+            "s3_1": s3_1,
+            "s3_2": s3_2,
+            "s3_3": s3_3,
+            "s3_4": s3_4,
+            "s3_5": s3_5,
+            "s3": s3,
+            "x3_1": x3_1,
+            "x3_2": x3_2,
+            "x3_3": x3_3,
+            "x3_4": x3_4,
+            "x3": x3,
+            "y3_1": y3_1,
+            "y3_2": y3_2,
+            "y3_3": y3_3,
+            "y3_4": y3_4,
+            "y3_5": y3_5,
+            "y3": y3,
             "y_1": y_1,
             "y_2": y_2,
             "y_3": y_3,
@@ -336,6 +454,13 @@ def _heads_dot(q, k, head_dim):
     q = q.unflatten(-1, (-1, head_dim))
     k = k.unflatten(-1, (-1, head_dim))
     return torch.einsum("...thd,...shd->...hts", q, k)
+
+
+def _merge2x2(x):
+    """Each 2 x 2 block of an image (..., H, W, C) one pixel of its four pixels' vectors
+    concatenated, (0, 0), (1, 0), (0, 1), (1, 1): (..., H/2, W/2, 4C), Swin's patch
+    merging (transformers' SwinPatchMerging)."""
+    return torch.cat([x[..., r::2, c::2, :] for c in range(2) for r in range(2)], -1)
 
 
 def _mix(p, v):
