@@ -28,7 +28,7 @@ import math
 import operator
 from dataclasses import dataclass
 
-from .values import Conc, PRef, RelBias, Vec
+from .values import Conc, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
@@ -65,6 +65,20 @@ class GridPart:
     grid: Windowed
     row: int | None = None
     col: int | None = None
+
+
+@dataclass
+class WinScores:
+    """Eager attention within windows (DonutSwin's): ``q @ k.T`` of windowed queries and keys
+    times ``factor``, plus Swin's bias ``bias`` (and its mask); ``split``: viewed with the
+    windows apart from the batch, for the mask; ``probs``: their softmax."""
+
+    q: Windowed
+    k: Windowed
+    factor: float = 1.0
+    bias: WinTable | None = None
+    split: bool = False
+    probs: bool = False
 
 
 # the order Swin's patch merging concatenates a 2x2 block's pixels in
@@ -135,6 +149,8 @@ class WindowOps:
         args, kwargs = self.args(node)
         flat = [x for a in (*args, *kwargs.values())
                 for x in (a if isinstance(a, (list, tuple)) else [a])]
+        if any(isinstance(x, WinScores) for x in flat):
+            return self._scores_op(node, args)
         if any(isinstance(x, WinTable) for x in flat):
             return self._table_op(node, args, kwargs)
         if any(isinstance(x, GridPart) for x in flat):
@@ -146,6 +162,8 @@ class WindowOps:
         op = op_name(node)
         if op == "scaled_dot_product_attention":
             return self._attention(node, args, kwargs)
+        if op == "matmul" and len(args) == 2 and all(isinstance(x, Windowed) for x in args):
+            return WinScores(args[0], args[1])  # q @ k.T: eager attention (_scores_op)
         if args[0] is wins[0] and op == "slice" and self._shape(node) != self._shape(
                 node.args[0]):
             return self._grid_part(node, GridPart(wins[0]), args)
@@ -334,6 +352,9 @@ class WindowOps:
             return dataclasses.replace(b, axes=tuple(axes))
         if op == "add" and len(args) == 2 and b.mask is None:
             other = args[1] if args[0] is b else args[0]
+            if isinstance(other, Scores) and not other.causal and other.bias is None and \
+                    other.cap is None and b.axes[-3:] == ("H", "q", "k"):
+                return self._one_window_scores(node, other, b)
             if isinstance(other, Conc) and b.axes[-3:] == ("H", "q", "k"):
                 import torch
 
@@ -347,16 +368,22 @@ class WindowOps:
                      help=_HELP)
 
     def _attention(self, node, args, kwargs):
-        """sdpa of windowed queries, keys and values with Swin's bias (and mask): attention
-        over the grid's tokens with the ``windows`` input's bias, when it is that, pair for
-        pair."""
+        """sdpa of windowed queries, keys and values with Swin's bias (and mask)."""
         names = ("q", "k", "v", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
         call = dict(zip(names, args, strict=False)) | kwargs
         q, k, v, b = (call.get(x) for x in ("q", "k", "v", "attn_mask"))
         if isinstance(b, WinTable) and not any(isinstance(x, Windowed) for x in (q, k, v)):
-            q, k, v = (self._one_window(node, x, b.window) for x in (q, k, v))
+            q, k, v = (self._one_window(self._shape(a), x, b.window)
+                       for a, x in zip(node.args[:3], (q, k, v), strict=True))
+        if call.get("is_causal"):
+            raise refuse(node, "causal attention within windows", help=_HELP)
+        return self._within(node, q, k, v, b, call.get("scale"))
+
+    def _within(self, node, q, k, v, b, factor):
+        """Attention over the grid's tokens with the ``windows`` input's bias, when the
+        windows, the bias and its mask are that, pair for pair."""
         if not all(isinstance(x, Windowed) for x in (q, k, v)) or not isinstance(b, WinTable) \
-                or call.get("is_causal") or b.axes[-3:] != ("H", "q", "k"):
+                or b.axes[-3:] != ("H", "q", "k"):
             raise refuse(node, "attention over tokens cut into windows other than Swin's: "
                          "windowed queries, keys and values, and its relative position bias "
                          "(plus its mask) as the additive mask, not causal", help=_HELP)
@@ -378,25 +405,78 @@ class WindowOps:
         dims = [seq, *(self.dim(x) for x in (b.ref.shape[0], height, width))]
         self.out.decls.append(f"input {name} : windows[{', '.join(dims)}, {shift}]")
         rel = RelBias(b.ref, name, b.node, ("1", "H", "q", "k"), (b.window**2,) * 2)
-        saved = {}
-        for a in node.all_input_nodes:
-            x = self.env.get(a.name)
-            if isinstance(x, (Windowed, WinTable)):
-                saved[a.name] = x
-                self.env[a.name] = x.inner if isinstance(x, Windowed) else rel
-        try:
-            out = super().call(node)
-        finally:
-            self.env.update(saved)
-        return Windowed(out, index, q.grid)
+        qv, kv, vv = (self.vec(x.inner, node) for x in (q, k, v))
+        if qv.dh is None:
+            raise refuse(node, "attention over values not split into heads", help=_HELP)
+        if kv.tags != qv.tags:  # eager's k.transpose(-1, -2): the keys as the queries are
+            kv = Vec(kv.name, qv.tags, kv.dim, kv.dh)
+        self.grouped(node, qv, kv, "keys")
+        if factor is None:
+            factor = qv.dh**-0.5
+        return Windowed(self.attend(node, qv, kv, vv, rel, False, factor), index, q.grid)
 
-    def _one_window(self, node, x, window: int):
+    def _scores_op(self, node, args):
+        """Eager attention's ops on the logits of windowed queries and keys: a scale, Swin's
+        bias, its mask (the windows viewed apart from the batch and back), the softmax, and
+        the weights' matmul with windowed values."""
+        op = op_name(node)
+        s = args[0] if isinstance(args[0], WinScores) else None
+        other = args[1] if len(args) > 1 else None
+        shape, old = self._shape(node), self._shape(node.args[0])
+        if s is not None and not s.probs:
+            if op in ("div", "mul") and isinstance(other, (int, float)):
+                return dataclasses.replace(s, factor=s.factor / other if op == "div" else
+                                           s.factor * other)
+            if op == "add" and isinstance(other, WinTable) and s.bias is None and not s.split \
+                    and other.mask is None and other.axes[-3:] == ("H", "q", "k"):
+                return dataclasses.replace(s, bias=other)
+            if op in _VIEWS and s.bias is not None and len(old) + 1 == len(shape) == 5 and \
+                    shape[0] * shape[1] == old[0] and shape[2:] == old[1:] and not s.split:
+                return dataclasses.replace(s, split=True)
+            if op in _VIEWS and s.split and len(shape) == 4 and old[0] * old[1] == shape[0]:
+                return dataclasses.replace(s, split=False)
+            if op == "add" and s.split and isinstance(other, Conc) and s.bias.mask is None:
+                import torch
+
+                m = torch.as_tensor(other.value).to(torch.float64)
+                area = s.bias.window**2
+                if m.dim() == 5 and m.shape[0] == m.shape[2] == 1 and tuple(m.shape[3:]) == (
+                        area, area) and m.shape[1] == old[1]:
+                    # window n of the batch's B·nW is window n % nW of the image
+                    mask = m[0, :, 0].repeat(old[0], 1, 1)
+                    return dataclasses.replace(s, bias=dataclasses.replace(s.bias, mask=mask))
+            if op in ("softmax", "_softmax") and not s.split and args[1] in (-1, len(old) - 1):
+                return dataclasses.replace(s, probs=True)
+        if s is not None and s.probs and op in _SAME:
+            return s
+        if s is not None and s.probs and op == "matmul" and not isinstance(other, Windowed):
+            other = self._one_window(self._shape(node.args[1]), other,
+                                     s.bias.window if s.bias else 0)
+        if s is not None and s.probs and op == "matmul" and isinstance(other, Windowed):
+            return self._within(node, s.q, s.k, other, s.bias, s.factor)
+        raise refuse(node, f"attention logits within windows used other than eager attention "
+                     f"uses them with Swin's bias and mask (by {op or node.target})",
+                     help=_HELP)
+
+    def _one_window_scores(self, node, s: Scores, b: WinTable) -> WinScores:
+        """Eager logits [B, heads, w², w²] of tokens in their own order plus Swin's bias: one
+        window of the whole w x w grid (DonutSwin's later stages)."""
+        import torch
+
+        shape, area = self._shape(node), b.window**2
+        if len(shape) != 4 or shape[-2:] != (area, area):
+            raise refuse(node, "Swin's relative position bias added to attention logits of "
+                         f"other than {area} tokens (its window's)", help=_HELP)
+        index = torch.arange(shape[0] * area).reshape(shape[0], area)
+        grid = (shape[0], b.window, b.window)
+        return WinScores(Windowed(s.q, index, grid), Windowed(s.k, index, grid), s.factor, b)
+
+    def _one_window(self, shape, x, window: int):
         """Queries, keys or values [B, heads, w², dh] in their tokens' own order, a grid of w x w
         tokens that is one window (Swin's window as large as the grid: its last stages')."""
         import torch
 
         tags = getattr(x, "tags", None)
-        shape = self._shape(node.args[0])
         if tags is None or len(tags) != len(shape) or [
                 s for s, t in zip(shape, tags, strict=True) if t == "tok"] != [
                 shape[0], window**2]:

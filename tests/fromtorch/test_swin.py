@@ -86,6 +86,14 @@ class Block(nn.Module):
         q, k, v = (f(win).view(n_w, w * w, -1, 16).transpose(1, 2) for f in (self.q, self.k,
                                                                            self.v))
         bias = self.table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
+        if self.variant == "eager":  # DonutSwin's: the logits, the bias, the mask by hand
+            sc = torch.matmul(q, k.transpose(-1, -2)) / 4.0 + bias.unsqueeze(0)
+            if s:
+                m = attn_mask(h, wd, w, s, x.device)
+                sc = sc.view(b, n_w // b, self.heads, w * w, w * w) + m.unsqueeze(1).unsqueeze(0)
+                sc = sc.view(-1, self.heads, w * w, w * w)
+            a = torch.matmul(F.softmax(sc, dim=-1), v)
+            return self._out(x, a, n_w, h, wd, c)
         bias = bias.unsqueeze(0)
         if s:
             m = attn_mask(h, wd, w, s, x.device)
@@ -93,6 +101,11 @@ class Block(nn.Module):
                                                                                w * w)
             bias = bias + m
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=16**-0.5)
+        return self._out(x, a, n_w, h, wd, c)
+
+    def _out(self, x, a, n_w, h, wd, c):
+        w, s, roll = WINDOW, self.shift, -self.shift if self.variant != "roll" else self.shift
+        b = x.shape[0]
         a = self.o(a.transpose(1, 2).reshape(n_w, w * w, c)).view(-1, w, w, c)
         a = window_reverse(a, w, h, wd)
         if s:
@@ -149,12 +162,16 @@ def short(n):
     return SwinLike(n, short=True)
 
 
-def test_a_shifted_block_and_merging_trace_to_what_the_model_computes():
+@pytest.mark.parametrize("variant", ["", "eager"])
+def test_a_shifted_block_and_merging_trace_to_what_the_model_computes(variant):
     # windows of other tokens, another shift, the -100 mask dropped or the merged pixels in
-    # another order would differ here
-    traced = tp.from_torch(short, (32, 64), images)
+    # another order would differ here; eager: DonutSwin's logits, bias and mask by hand
+    def build(n):
+        return SwinLike(n, variant, short=True)
+
+    traced = tp.from_torch(build, (32, 64), images)
     assert "windows[T, f49, f8, f8, 2]" in traced.source
-    traced_computes_the_model(traced, short, images)
+    traced_computes_the_model(traced, build, images)
 
 
 @pytest.fixture(scope="module")
