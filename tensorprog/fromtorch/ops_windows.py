@@ -79,6 +79,7 @@ class WinScores:
     bias: WinTable | None = None
     split: bool = False
     probs: bool = False
+    node: str = ""  # the node of the scaled logits, factor · q @ k.T (what check measures)
 
 
 # the order Swin's patch merging concatenates a 2x2 block's pixels in
@@ -163,7 +164,7 @@ class WindowOps:
         if op == "scaled_dot_product_attention":
             return self._attention(node, args, kwargs)
         if op == "matmul" and len(args) == 2 and all(isinstance(x, Windowed) for x in args):
-            return WinScores(args[0], args[1])  # q @ k.T: eager attention (_scores_op)
+            return WinScores(args[0], args[1], node=node.name)  # q @ k.T: eager (_scores_op)
         if args[0] is wins[0] and op == "slice" and self._shape(node) != self._shape(
                 node.args[0]):
             return self._grid_part(node, GridPart(wins[0]), args)
@@ -426,7 +427,7 @@ class WindowOps:
         if s is not None and not s.probs:
             if op in ("div", "mul") and isinstance(other, (int, float)):
                 return dataclasses.replace(s, factor=s.factor / other if op == "div" else
-                                           s.factor * other)
+                                           s.factor * other, node=node.name)
             if op == "add" and isinstance(other, WinTable) and s.bias is None and not s.split \
                     and other.mask is None and other.axes[-3:] == ("H", "q", "k"):
                 return dataclasses.replace(s, bias=other)
@@ -453,7 +454,11 @@ class WindowOps:
             other = self._one_window(self._shape(node.args[1]), other,
                                      s.bias.window if s.bias else 0)
         if s is not None and s.probs and op == "matmul" and isinstance(other, Windowed):
-            return self._within(node, s.q, s.k, other, s.bias, s.factor)
+            out = self._within(node, s.q, s.k, other, s.bias, s.factor)
+            # the logits are the scaled q @ k.T's node, not sdpa's q and k (check.py)
+            self.out.vectors.update({v: (s.node, "out") for v, (n, kind) in list(
+                self.out.vectors.items()) if n == node.name and kind == "sdpa_logits"})
+            return out
         raise refuse(node, f"attention logits within windows used other than eager attention "
                      f"uses them with Swin's bias and mask (by {op or node.target})",
                      help=_HELP)
@@ -469,7 +474,8 @@ class WindowOps:
                          f"other than {area} tokens (its window's)", help=_HELP)
         index = torch.arange(shape[0] * area).reshape(shape[0], area)
         grid = (shape[0], b.window, b.window)
-        return WinScores(Windowed(s.q, index, grid), Windowed(s.k, index, grid), s.factor, b)
+        return WinScores(Windowed(s.q, index, grid), Windowed(s.k, index, grid), s.factor, b,
+                         node=s.node)
 
     def _one_window(self, shape, x, window: int):
         """Queries, keys or values [B, heads, w², dh] in their tokens' own order, a grid of w x w
