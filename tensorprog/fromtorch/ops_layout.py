@@ -180,7 +180,7 @@ class LayoutOps:
 
     def _retag(self, v, tags):
         if isinstance(v, Pointwise):
-            return Pointwise(Vec(v.src.name, tags, v.src.dim, v.src.dh), v.f)
+            return Pointwise(Vec(v.src.name, tags, v.src.dim, v.src.dh), v.f, v.node)
         if isinstance(v, (Vec, Affine, Scores)):
             return type(v)(**{**v.__dict__, "tags": tags})
         raise AssertionError(v)

@@ -28,7 +28,7 @@ import math
 import operator
 from dataclasses import dataclass
 
-from .values import Conc, PRef, RelBias, Scores, Vec
+from .values import Conc, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
@@ -43,7 +43,9 @@ _SAME = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as",
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 # per-token ops: they commute with any permutation of the tokens
 _PER_TOKEN = {"linear", "layer_norm", "rms_norm", "gelu", "relu", "silu", "tanh", "sigmoid",
-              "add", "sub", "mul", "div", "transpose", "permute", *_VIEWS, *_SAME}
+              "add", "sub", "mul", "div", "transpose", "permute", *_VIEWS, *_SAME,
+              # F.normalize of each head (cosine attention, Swin V2's): ops_norm.py's L2Norm
+              "linalg_vector_norm", "clamp_min", "expand_as"}
 
 
 @dataclass
@@ -192,6 +194,7 @@ class WindowOps:
                 d % 4 for d in u.args[1]) == (0, 3, 1, 2) for u in node.users):
             return None
         index = torch.arange(old[0] * old[1]).reshape(new[:3])
+        v = v if type(v).__name__ in ("Vec", "Affine") else self.vec(v, node)
         return Windowed(self._retag(v, ("tok",) * 3 + ("F",)), index, tuple(new[:3]))
 
     def _token_only(self, w: Windowed) -> bool:
@@ -232,7 +235,8 @@ class WindowOps:
             index = w.index
         if index is None:
             return None
-        inner = w.inner if type(w.inner).__name__ in ("Vec", "Affine", "Pointwise") else \
+        # (a lazy coordinatewise function made here: retagged, it would lose its node)
+        inner = w.inner if type(w.inner).__name__ in ("Vec", "Affine") else \
             self.vec(w.inner, node)
         return Windowed(self._retag(inner, ("tok",) * (len(new) - 1) + ("F",)), index, w.grid)
 
@@ -278,6 +282,8 @@ class WindowOps:
                 first.index.shape):
             raise refuse(node, f"a {op} of tokens cut into windows that moves their tokens",
                          help=_HELP)
+        if isinstance(out, Pointwise):  # its node, as the walk gives one it keeps (walk.py)
+            out = Pointwise(out.src, out.f, node.name)
         return Windowed(out, first.index, first.grid)
 
     # -- patch merging -------------------------------------------------------------------------
