@@ -256,13 +256,18 @@ class WindowOps:
         import torch
 
         first = wins[0]
+        # params: a layer's weight, or a vector (a bias, a gain) the same for every token; a
+        # table of one row per token (positions) would meet each window's tokens alike
         others = [x for x in flat if not isinstance(x, (Windowed, PRef, int, float, bool,
                                                         type(None), str))
-                  and not (isinstance(x, Conc) and getattr(x.value, "numel", lambda: 1)() == 1)]
+                  and not (isinstance(x, Conc) and getattr(x.value, "numel", lambda: 1)() == 1)
+                  or isinstance(x, PRef) and len(x.shape) > 1 and op not in (
+                      "linear", "layer_norm", "rms_norm")]
         if op not in _PER_TOKEN or others or any(
                 not torch.equal(x.index, first.index) for x in wins):
-            what = ("values laid out in other windows or orders, or not windowed" if op in
-                    _PER_TOKEN else f"{op or node.target}")
+            what = (f"{op} of values laid out otherwise (other windows or orders, not "
+                    "windowed, or a table of one row per token)" if op in _PER_TOKEN
+                    else f"{op or node.target}")
             raise refuse(node, f"{what} of tokens cut into windows (Swin's layout): only "
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)

@@ -70,6 +70,8 @@ class Block(nn.Module):
         self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, self.heads) * 0.5)
         self.register_buffer("index", relative_index(WINDOW).view(-1), persistent=False)
         self.fc1, self.fc2 = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+        if variant == "pos":
+            self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW, n))
 
     def forward(self, x, h, wd):
         b, _, c = x.shape
@@ -82,6 +84,8 @@ class Block(nn.Module):
         if s:
             y = torch.roll(y, (roll, roll), (1, 2))
         win = window_partition(y, w).view(-1, w * w, c)
+        if self.variant == "pos":  # a table per token of a window: the same for every window
+            win = win + self.pos
         n_w = win.shape[0]
         q, k, v = (f(win).view(n_w, w * w, -1, 16).transpose(1, 2) for f in (self.q, self.k,
                                                                            self.v))
@@ -221,6 +225,8 @@ def test_apply_leaves_the_model_bit_identical(swin):
 @pytest.mark.parametrize(("variant", "match"), [
     ("roll", r"not Swin's of any shift"),  # rolled by +2: the mask is for a roll by -2
     ("pad", r"a pad by \[0, 0, 0, 4, 0, 4\] of a grid of tokens"),
+    ("pos", r"add of values laid out otherwise \(other windows or orders, not windowed, or "
+            r"a table of one row per token\) of tokens cut into windows"),
     ("merge", r"every other row and column of a grid of tokens used other than concatenated "
               r"along the features, all four, in Swin's order"),  # rows and columns swapped
 ])
