@@ -354,7 +354,8 @@ class WindowOps:
             return self._attention(node, args, kwargs)
         if args[0] is b and op in _SAME:
             return b
-        if args[0] is b and op in _VIEWS and b.axes == ("qk", "H") and len(shape) == 3:
+        if args[0] is b and op in _VIEWS and b.axes == ("qk", "H") and shape == (
+                b.window**2, b.window**2, b.ref.shape[1]):
             return dataclasses.replace(b, axes=("q", "k", "H"))
         if args[0] is b and op == "permute" and "qk" not in b.axes:
             return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
