@@ -168,7 +168,8 @@ def short(n):
     return SwinLike(n, short=True)
 
 
-@pytest.mark.parametrize("variant", ["", "eager", pytest.param("cosine", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("variant", ["", pytest.param("eager", marks=pytest.mark.slow),
+                                     pytest.param("cosine", marks=pytest.mark.slow)])
 def test_a_shifted_block_and_merging_trace_to_what_the_model_computes(variant):
     # windows of other tokens, another shift, the -100 mask dropped or the merged pixels in
     # another order would differ here; eager: DonutSwin's logits, bias and mask by hand
@@ -224,11 +225,14 @@ def test_apply_leaves_the_model_bit_identical(swin):
 
 @pytest.mark.parametrize(("variant", "match"), [
     ("roll", r"not Swin's of any shift"),  # rolled by +2: the mask is for a roll by -2
-    ("pad", r"a pad by \[0, 0, 0, 4, 0, 4\] of a grid of tokens"),
-    ("pos", r"add of values laid out otherwise \(other windows or orders, not windowed, or "
-            r"a table of one row per token\) of tokens cut into windows"),
-    ("merge", r"every other row and column of a grid of tokens used other than concatenated "
-              r"along the features, all four, in Swin's order"),  # rows and columns swapped
+    pytest.param("pad", r"a pad by \[0, 0, 0, 4, 0, 4\] of a grid of tokens",
+                 marks=pytest.mark.slow),
+    pytest.param("pos", r"add of values laid out otherwise \(other windows or orders, not "
+                 r"windowed, or a table of one row per token\) of tokens cut into windows",
+                 marks=pytest.mark.slow),
+    pytest.param("merge", r"every other row and column of a grid of tokens used other than "
+                 r"concatenated along the features, all four, in Swin's order",
+                 marks=pytest.mark.slow),  # rows and columns swapped
 ])
 def test_windows_other_than_swins_are_refused(variant, match):
     with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace .*"
