@@ -148,6 +148,9 @@ class Emitter:
             self.helpers.add("_sink_softmax")
             return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "
                     f"{ins.fn == 'causal_softmax'})")
+        if ins.fn == "softmax" and (win := self._windows_in(ins.args[0])) is not None:
+            # logits with Swin's bias attend within its windows: -inf between them
+            return f"torch.softmax({x} + {self.ref(win)}[2], dim=-1)"
         if ins.fn == "identity":
             return x
         if ins.over is not None:  # a norm over each head's coordinates (QK-norm)
@@ -213,6 +216,22 @@ class Emitter:
         if ins.grid is None:
             return f"{x}.flatten(-3, -2)"
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"
+
+    def _windows_in(self, name: str) -> str | None:
+        """The windows input whose bias ``R @ win`` is a term of the sum ``name`` (attention
+        logits plus Swin's bias), or None."""
+        made = {i.out: i for i in self.program.body}
+        todo, seen = [name], set()
+        while todo:
+            ins = made.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and self.kinds.get(ins.arg) == "windows":
+                return ins.arg
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+        return None
 
     def Mean(self, ins: Mean) -> str:
         # (..., tokens, dim) -> (..., dim): a per-token vector is never a param, so a local name

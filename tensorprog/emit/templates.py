@@ -235,8 +235,8 @@ HELPERS = {
         '    """Swin\'s windowed attention over the height x width tokens (row-major), the grid',
         "    rolled by -shift and cut into window x window windows: the offset id of each",
         "    (query, key) pair within their window, (dy + w - 1) * (2w - 1) + dx + w - 1 (0",
-        "    between windows), and the additive mask: 0 within a region, -100 between the",
-        "    regions the roll brought into one window (shift > 0), -inf between windows.\"\"\"",
+        "    between windows); the bias's mask, -100 between the regions the roll brought into",
+        "    one window (shift > 0), else 0; and the softmax's, -inf between windows.\"\"\"",
         "    y, x = torch.meshgrid(torch.arange(height, device=device),",
         "                          torch.arange(width, device=device), indexing=\"ij\")",
         "    y, x = ((y - shift) % height).flatten(), ((x - shift) % width).flatten()",
@@ -251,7 +251,8 @@ HELPERS = {
         "        rx = (x >= width - window).long() + (x >= width - shift).long()",
         "        region = ry * 3 + rx",
         "        mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)",
-        '    return ids, mask.masked_fill(~same, float("-inf"))'],
+        "    outside = torch.zeros(ids.shape, device=device).masked_fill(~same, float(\"-inf\"))",
+        "    return ids, mask, outside"],
     "_merge2x2": [
         "def _merge2x2(x):",
         '    """Each 2 x 2 block of an image (..., H, W, C) one pixel of its four pixels\' vectors',
@@ -261,8 +262,8 @@ HELPERS = {
     "_window_bias": [
         "def _window_bias(windows, table):",
         '    """Swin\'s bias of each (query, key) pair, (heads, tokens, tokens): the table\'s',
-        '    column of their offset in their window, plus the windows\' mask."""',
-        "    ids, mask = windows",
+        '    column of their offset in their window, plus the shifted regions\' mask."""',
+        "    ids, mask, _ = windows",
         "    bias = torch.nn.functional.embedding(ids, table.t()).permute(2, 0, 1)",
         "    return bias + mask.to(bias.dtype)"],
     "_relative_bias": [

@@ -247,7 +247,8 @@ def test_the_emitted_windows_are_swins_pair_for_pair(height, width, shift):
 
     space: dict = {"torch": torch}
     exec("\n".join(HELPERS["_window_buckets"]), space)  # noqa: S102 - the emitted helper
-    ids, mask = space["_window_buckets"](height, width, WINDOW, shift, None)
+    ids, bias_mask, outside = space["_window_buckets"](height, width, WINDOW, shift, None)
+    mask = bias_mask + outside  # the bias's -100s, the softmax's -inf between windows
     # transformers' way: the grid's token numbers rolled and cut into windows
     grid = torch.arange(height * width).view(1, height, width, 1)
     if shift:

@@ -221,7 +221,7 @@ class Model(torch.nn.Module):
         s1_4 = (self.mult_attn) * (s1_3)
         s1_5 = _window_bias(w0, self.Rb1)
         s1 = s1_4 + s1_5
-        x1_1 = torch.softmax(s1, dim=-1)
+        x1_1 = torch.softmax(s1 + w0[2], dim=-1)
         x1_2 = torch.nn.functional.linear(u1, self.Wv1)
         x1_3 = _mix(x1_1, x1_2)
         x1_4 = torch.nn.functional.linear(x1_3, self.Wo1)
@@ -238,7 +238,7 @@ class Model(torch.nn.Module):
         s2_4 = (self.mult_attn) * (s2_3)
         s2_5 = _window_bias(w2, self.Rb2)
         s2 = s2_4 + s2_5
-        x2_1 = torch.softmax(s2, dim=-1)
+        x2_1 = torch.softmax(s2 + w2[2], dim=-1)
         x2_2 = torch.nn.functional.linear(u2, self.Wv2)
         x2_3 = _mix(x2_1, x2_2)
         x2_4 = torch.nn.functional.linear(x2_3, self.Wo2)
@@ -260,7 +260,7 @@ class Model(torch.nn.Module):
         s3_4 = (self.mult_attn) * (s3_3)
         s3_5 = _window_bias(w3, self.Rb3)
         s3 = s3_4 + s3_5
-        x3_1 = torch.softmax(s3, dim=-1)
+        x3_1 = torch.softmax(s3 + w3[2], dim=-1)
         x3_2 = torch.nn.functional.linear(u3, self.Wv3)
         x3_3 = _mix(x3_1, x3_2)
         x3_4 = torch.nn.functional.linear(x3_3, self.Wo3)
@@ -294,7 +294,7 @@ class Model(torch.nn.Module):
         s1_4 = (self.mult_attn) * (s1_3)
         s1_5 = _window_bias(w0, self.Rb1)
         s1 = s1_4 + s1_5
-        x1_1 = torch.softmax(s1, dim=-1)
+        x1_1 = torch.softmax(s1 + w0[2], dim=-1)
         x1_2 = torch.nn.functional.linear(u1, self.Wv1)
         x1_3 = _mix(x1_1, x1_2)
         x1_4 = torch.nn.functional.linear(x1_3, self.Wo1)
@@ -313,7 +313,7 @@ class Model(torch.nn.Module):
         s2_4 = (self.mult_attn) * (s2_3)
         s2_5 = _window_bias(w2, self.Rb2)
         s2 = s2_4 + s2_5
-        x2_1 = torch.softmax(s2, dim=-1)
+        x2_1 = torch.softmax(s2 + w2[2], dim=-1)
         x2_2 = torch.nn.functional.linear(u2, self.Wv2)
         x2_3 = _mix(x2_1, x2_2)
         x2_4 = torch.nn.functional.linear(x2_3, self.Wo2)
@@ -339,7 +339,7 @@ class Model(torch.nn.Module):
         s3_4 = (self.mult_attn) * (s3_3)
         s3_5 = _window_bias(w3, self.Rb3)
         s3 = s3_4 + s3_5
-        x3_1 = torch.softmax(s3, dim=-1)
+        x3_1 = torch.softmax(s3 + w3[2], dim=-1)
         x3_2 = torch.nn.functional.linear(u3, self.Wv3)
         x3_3 = _mix(x3_1, x3_2)
         x3_4 = torch.nn.functional.linear(x3_3, self.Wo3)
@@ -471,8 +471,8 @@ def _mix(p, v):
 
 def _window_bias(windows, table):
     """Swin's bias of each (query, key) pair, (heads, tokens, tokens): the table's
-    column of their offset in their window, plus the windows' mask."""
-    ids, mask = windows
+    column of their offset in their window, plus the shifted regions' mask."""
+    ids, mask, _ = windows
     bias = torch.nn.functional.embedding(ids, table.t()).permute(2, 0, 1)
     return bias + mask.to(bias.dtype)
 
@@ -481,8 +481,8 @@ def _window_buckets(height, width, window, shift, device):
     """Swin's windowed attention over the height x width tokens (row-major), the grid
     rolled by -shift and cut into window x window windows: the offset id of each
     (query, key) pair within their window, (dy + w - 1) * (2w - 1) + dx + w - 1 (0
-    between windows), and the additive mask: 0 within a region, -100 between the
-    regions the roll brought into one window (shift > 0), -inf between windows."""
+    between windows); the bias's mask, -100 between the regions the roll brought into
+    one window (shift > 0), else 0; and the softmax's, -inf between windows."""
     y, x = torch.meshgrid(torch.arange(height, device=device),
                           torch.arange(width, device=device), indexing="ij")
     y, x = ((y - shift) % height).flatten(), ((x - shift) % width).flatten()
@@ -497,7 +497,8 @@ def _window_buckets(height, width, window, shift, device):
         rx = (x >= width - window).long() + (x >= width - shift).long()
         region = ry * 3 + rx
         mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)
-    return ids, mask.masked_fill(~same, float("-inf"))
+    outside = torch.zeros(ids.shape, device=device).masked_fill(~same, float("-inf"))
+    return ids, mask, outside
 
 
 def _positive_ints(**values):
