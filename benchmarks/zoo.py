@@ -376,6 +376,11 @@ def _image_fields(defaults: dict, fields: set, width: int, heads: int,
             # first stage's 8 x 8 and cut to the grid in the last's 4 x 4, where its 7 x 7
             # relative-position table no longer fit
             out["window_size"] = IMAGE // out["patch_size"] // 2 ** (STAGES - 1)
+            if key == "depths" and defaults.get("model_type") in ("swin", "donut-swin",
+                                                                   "swinv2"):
+                # a second block in the first stage: Swin's odd blocks roll the 8 x 8 grid by
+                # half a window first (shifted windows, with their mask)
+                out["depths"] = [2] + [1] * (STAGES - 1)
         if isinstance(defaults.get("sequence_reduction_ratios"), list):
             # PVT pools its keys by these ratios to the same grid in every stage (7 x 7 at 224 x
             # 224: 56/8, 28/4, 14/2, 7/1), the last stage, whose class token does not reshape to

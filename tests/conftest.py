@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import signal
 import sys
@@ -138,6 +139,21 @@ def apply_is_bit_identical_at_base(traced, build, inputs, optimizer="adam"):
     return mup
 
 
+def _fed(program, a):
+    """An input of the model as the emitted module takes it: an image channels-last, or cut
+    into the patches of a patches input (a stride-p convolution's, traced as a matmul of
+    each patch's C·p·p values in the kernel's order)."""
+    import torch
+
+    if a.dim() != 4:
+        return a
+    patches = next((i for i in program.inputs if i.kind == "patches"), None)
+    if patches is None:
+        return a.movedim(1, -1)
+    p = math.isqrt(program.dim_table[patches.dim].size // a.shape[1])
+    return torch.nn.functional.unfold(a, p, stride=p).transpose(1, 2)
+
+
 def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
                               optimizer: str = "adam") -> float:
     """The emitted module of ``traced.program``, given the params of ``build(base width)``
@@ -179,7 +195,8 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
         assert not mine, f"emitted params no traced param fills: {sorted(mine)}"
         args = [a.double() if a.is_floating_point() else a for a in inputs(model)]
         want = model(*args)
-        got = emitted(*(a.movedim(1, -1) if a.dim() == 4 else a for a in args))
+        want = getattr(want, "logits", want)  # a Hugging Face model's output
+        got = emitted(*(_fed(traced.program, a) for a in args))
     err = (got - want).abs().max().item()
     assert got.shape == want.shape and err <= tol * max(1.0, want.abs().max().item()), (
         f"the traced program computes something else: max |emitted - model| = {err}")

@@ -42,6 +42,9 @@ IMG = ("width n = 8\ndim c = 3\ndim s = 8\ndim k = 3\ninput img : image[c, s, s]
 ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
           "input src : tokens[S, V]\ninput tgt : tokens[T, V]\nparam E : [n, V]\n"
           "x = E @ src\ny = E @ tgt\n")
+# Swin's windows over an 8 x 8 grid of tokens: B offsets, shift s
+WIN = ("width n = 8\ndim T = 64\ndim B = {b}\ndim G = 8\ndim s = 3\n"
+       "input w : windows[T, B, G, G, {s}]\n")
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
@@ -126,6 +129,13 @@ CATALOGUE = {
                                       r"\(T, T\)", (15, 16)),
     "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
                                  r"the bucket dim b must be finite and at least 4", (12, 1)),
+    "windows-offsets-not-a-square": (WIN.format(b=48, s=0), S,
+                                     r"windows w: the offset dim B = 48 is not \(2w-1\)²",
+                                     (6, 1)),
+    "windows-not-tiling-the-grid": (WIN.format(b=25, s=0), S,
+                                    r"a window of 3 x 3 does not tile the 8 x 8 grid", (6, 1)),
+    "windows-shift-a-window": (WIN.format(b=49, s=4), S,
+                               r"the shift 4 is not less than the window's side 4", (6, 1)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
@@ -185,6 +195,14 @@ CATALOGUE = {
                          "output y = R @ global_pool(image(t, h, h))\n", S,
                          r"image lays out the tokens of a sequence as 4x4 pixels, but t runs "
                          r"over the tokens of T of 64 tokens", (11, 28)),
+    "merge-not-four-times": (IMG + "dim d = 2 * n\nparam M : [c, d]\n"
+                             "output y = M @ global_pool(merge2x2(K @ img, d))\n", S,
+                             r"merge2x2 gives four times y_\d+'s channels \(n\), but d is not "
+                             r"4 x n", (10, 28)),
+    "merge-of-tokens": (IMG + "dim T = 64\ndim d = 4 * n\nparam M : [c, d]\n"
+                        "output y = M @ mean(tokens(merge2x2(tokens(K @ img, T), d), T))\n", S,
+                        r"merge2x2 merges an image's 2x2 blocks of pixels, but v?\w+ has no "
+                        r"pixels", (11, 28)),
     # keys reduced to one pixel: a softmax over one key token is the constant 1
     "softmax-over-one-key": (IMG + "dim T = 64\ndim one = 1\ndim dh = n\nparam K8 : [n, n, s, s]"
                              "\nt = tokens(K @ img, T)\n"

@@ -93,6 +93,9 @@ class Emitter:
         elif len(self.program.param_table[ins.weight].shape) == 4:
             self.helpers.add("_conv")
             rhs = f"_conv({self.ref(ins.arg)}, {w})"
+        elif self.kinds.get(ins.arg) == "windows":  # Swin's: a bias per head and mask
+            self.helpers.add("_window_bias")
+            rhs = f"_window_bias({self.ref(ins.arg)}, {w})"
         elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
             self.helpers.add("_relative_bias")
             rhs = f"_relative_bias({self.ref(ins.arg)}, {w})"
@@ -148,6 +151,9 @@ class Emitter:
             self.helpers.add("_sink_softmax")
             return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "
                     f"{ins.fn == 'causal_softmax'})")
+        if ins.fn == "softmax" and (win := self._windows_in(ins.args[0])) is not None:
+            # logits with Swin's bias attend within its windows: -inf between them
+            return f"torch.softmax({x} + {self.ref(win)}[2], dim=-1)"
         if ins.fn == "identity":
             return x
         if ins.over is not None:  # a norm over each head's coordinates (QK-norm)
@@ -216,9 +222,28 @@ class Emitter:
         # an image is (..., H, W, dim), a sequence (..., tokens, dim): row-major pixels are the
         # tokens in order, as torch's x.flatten(2).transpose(1, 2) reads them
         x = self.ref(ins.arg)
+        if ins.merge is not None:  # Swin's order of the 2x2 block's pixels
+            self.helpers.add("_merge2x2")
+            return f"_merge2x2({x})"
         if ins.grid is None:
             return f"{x}.flatten(-3, -2)"
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"
+
+    def _windows_in(self, name: str) -> str | None:
+        """The windows input whose bias ``R @ win`` is a term of the sum ``name`` (attention
+        logits plus Swin's bias), or None."""
+        made = {i.out: i for i in self.program.body}
+        todo, seen = [name], set()
+        while todo:
+            ins = made.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and self.kinds.get(ins.arg) == "windows":
+                return ins.arg
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+        return None
 
     def Mean(self, ins: Mean) -> str:
         # (..., tokens, dim) -> (..., dim): a per-token vector is never a param, so a local name

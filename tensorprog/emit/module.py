@@ -18,6 +18,7 @@ make_optimizer, Lion, MuonWithAdamW) optim.py's.
 from __future__ import annotations
 
 import builtins
+import math
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -473,6 +474,14 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
             seq, extra = prepended(program, i.seq) or (i.seq, 0)
             tokens = next((j for j in fed if j.kind in ("tokens", "patches") and j.seq == seq),
                           None)
+            if i.kind == "windows":  # Swin's window offsets and mask, of the grid's sizes
+                em.helpers.add("_window_buckets")
+                h, w, shift = i.window
+                sizes = [program.dim_table[d].size for d in (h, w)]
+                side = (math.isqrt(program.dim_table[i.dim].size) + 1) // 2
+                out.append(f"        {local[i.name]} = _window_buckets({sizes[0]}, {sizes[1]}, "
+                           f"{side}, {shift}, {device})")
+                continue
             if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
                 em.helpers.add("_relative_buckets")
                 axis = -2 if tokens is not None and tokens.kind == "patches" else -1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from ..engine.derive import derive
+from ..engine.exponents import ABC
 from ..engine.propagate import live_values
 from ..errors import UsageError
 from ..ir.program import Dot, LinComb, MatMul, Nonlin
@@ -328,7 +329,7 @@ def coord_check(
     turns: dict = {}  # (normalised vector, step, width, seed) -> its turn in that step
     model = _measure(mup, widths, seeds, steps, m, own, cross, **run, turns=turns)
     optimizer = mup.derivation.optimizer
-    abc = derive(mup.program, optimizer).abc  # µP's desiderata, in the default convention
+    abc = _zero_matrices(mup, derive(mup.program, optimizer).abc)  # µP's, default convention
     result = judge(mup.program, optimizer, abc, m, against="mup", tolerance=tolerance or TOLERANCE)
     _frozen(result, mup, {strip_prefix(n) for n, p in model.named_parameters()
                           if not p.requires_grad})
@@ -626,6 +627,16 @@ def module_paths(mup: MuP) -> dict[str, str]:
             for name in mup.traced.names.get(vec, (vec,)):
                 out[name] = f"{path} logits" if kind == "sdpa_logits" else path
     return out
+
+
+def _zero_matrices(mup: MuP, abc: dict) -> dict:
+    """``abc`` with b = oo (zero init) for the matrices the model initialises to 0 (Swin's
+    relative position bias table): what they compute is exactly 0 at init at every width, as
+    for the program's own zero vector params (``param b : [n] = 0``, judge's zero_constants),
+    and apply keeps a constant init as it is."""
+    zero = {name for name, use in mup.traced.params.items()
+            if mup.traced.base.get(use.target) == ("const", 0.0)}
+    return {p: ABC(x.a, "oo", x.c) if p in zero else x for p, x in abc.items()}
 
 
 def _logits(out):

@@ -58,6 +58,9 @@ class LayoutOps:
         if image is not None:  # (ops_pixels.py)
             return image
         tags = self._tags(v, node)
+        if isinstance(v, Vec) and tags == ("tok", "F", "tok") and old[-1] == 1 and \
+                shape == tuple(old[:-1]):  # one token's axis dropped: Swin's pooled tokens
+            return Vec(v.name, ("tok", "F"), v.dim)
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
             groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
@@ -177,7 +180,7 @@ class LayoutOps:
 
     def _retag(self, v, tags):
         if isinstance(v, Pointwise):
-            return Pointwise(Vec(v.src.name, tags, v.src.dim, v.src.dh), v.f)
+            return Pointwise(Vec(v.src.name, tags, v.src.dim, v.src.dh), v.f, v.node)
         if isinstance(v, (Vec, Affine, Scores)):
             return type(v)(**{**v.__dict__, "tags": tags})
         raise AssertionError(v)

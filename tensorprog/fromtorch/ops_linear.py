@@ -5,6 +5,7 @@ from __future__ import annotations
 from .ops_conv import is_image
 from .ops_grid import positions_read
 from .ops_relative import relative_kind
+from .ops_windows import window_lookup
 from .values import (
     SHIFTED_IDS,
     Affine,
@@ -73,6 +74,8 @@ class LinearOps:
             tags = ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row)
+        elif isinstance(idx, Conc) and (win := window_lookup(idx.value, w.shape[0])):
+            return self.window_table(node, w, win)  # Swin's bias: ops_windows.py
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
             return self.relative_lookup(node, w, kind, idx.value)  # T5's bias: ops_relative.py
         elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)

@@ -59,10 +59,10 @@ from ..errors import Span, UsageError
 from .functions import POOLS, pooled
 from .spread import SPREAD, spread_dim
 
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", "relative", "causal_relative")
-#: Inputs on (query, key) token pairs of one sequence: the bucket of their distance, one-hot
-#: (T5's relative position bias; ``causal_relative`` gives a later key no bucket of its own).
-RELATIVE_KINDS = ("relative", "causal_relative")
+#: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
+#: a later key has none of its own), Swin's offset in a window (``windows``).
+RELATIVE_KINDS = ("relative", "causal_relative", "windows")
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", *RELATIVE_KINDS)
 #: Inputs built inside the model from the sequence lengths, never passed to forward.
 BUILT_KINDS = ("positions", *RELATIVE_KINDS)
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
@@ -159,8 +159,8 @@ class Input:
     themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``). A program may have
-    several sequence dims (an encoder's and a decoder's), see :mod:`tensorprog.ir.sequences`."""
+    image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
+    (``windows``). Several sequence dims (an encoder's, a decoder's): ir/sequences.py."""
 
     name: str
     dim: str
@@ -168,6 +168,7 @@ class Input:
     kind: str = "vector"
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
+    window: tuple[str, str, int] | None = None  # windows: the grid's height, width dims, shift
 
 
 @dataclass(frozen=True)
@@ -447,12 +448,12 @@ class Relayout:
     """``out = tokens(arg, seq)``: an image-valued vector's H×W pixels read row-major as the
     H·W tokens of the sequence ``seq`` (a vision model's ``x.flatten(2).transpose(1, 2)``);
     ``out = image(arg, H, W)`` (``grid`` = (H, W)): the reverse, a sequence's H·W tokens laid
-    back out as the pixels of an H×W image (``x.transpose(1, 2).reshape(B, C, H, W)``).
+    back out as the pixels of an H×W image; ``merge2x2(arg, D)``: Swin's patch merging.
 
     Scaling: a relabelling of the same finitely many width-vectors (pixel i·W + j is token
     i·W + j, coordinate for coordinate), so every exponent passes through unchanged: at init,
     in the change, and in the gradient, which each pixel gets from its token (TP4's rules
-    read no axis but the width's).
+    read no axis but the width's; a merged pixel's are four pixels' coordinates).
     """
 
     out: str
@@ -460,6 +461,7 @@ class Relayout:
     span: Span | None = _span()
     seq: str | None = None  # tokens(arg, seq)
     grid: tuple[str, str] | None = None  # image(arg, H, W)
+    merge: str | None = None  # merge2x2(arg, D): the dim of 4 x arg's channels
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -572,9 +574,9 @@ class Program:
                 kernel = self.param_table[weight].shape[-2:]
                 sizes = ins.geometry.out_size(sizes, tuple(self.dim_table[d].size
                                                            for d in kernel))
-            if isinstance(ins, Relayout):  # pixels read as tokens, or tokens laid out as pixels
-                sizes = (None if ins.grid is None
-                         else tuple(self.dim_table[d].size for d in ins.grid))
+            if isinstance(ins, Relayout):  # pixels as tokens, tokens as pixels, 2x2 merged
+                sizes = ((sizes[0] // 2, sizes[1] // 2) if ins.merge and sizes else None
+                         if ins.grid is None else tuple(self.dim_table[d].size for d in ins.grid))
             out[ins.out] = sizes
         return out
 
@@ -647,8 +649,8 @@ class Program:
                 dims[ins.out] = query if grouped else values
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
-            elif isinstance(ins, Prepend):
-                dims[ins.out] = dims[ins.arg]
+            elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
+                dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
             elif isinstance(ins, Nonlin) and ins.fn == SPREAD:  # one number per head over dh
                 dims[ins.out] = spread_dim(declared, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,

@@ -134,7 +134,10 @@ def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
 def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:
     """tokens(h, T) reads an image (no sequence) as tokens; image(t, H, W) reads one
     sequence's tokens, as many as the image's pixels."""
-    if ins.grid is None and arg:
+    if ins.merge is not None and arg:
+        problem(f"merge2x2 merges an image's 2x2 blocks of pixels, but {ins.arg} runs over "
+                f"{_show(arg)}", ins, "lay the tokens out as an image first, image(t, H, W)")
+    elif ins.grid is None and arg:
         problem(f"tokens reads an image's pixels as a sequence, but {ins.arg} runs over "
                 f"{_show(arg)}", ins, "apply tokens to an image-valued vector")
     elif ins.grid is not None:

@@ -57,7 +57,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         at = f", {ins.at}" if ins.at else ""
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"
     elif isinstance(ins, Relayout):
-        rhs = (f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
+        rhs = (f"merge2x2({show(ins.arg)}, {ins.merge})" if ins.merge is not None
+               else f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
                else f"image({show(ins.arg)}, {ins.grid[0]}, {ins.grid[1]})")
     elif isinstance(ins, Mean):
         rhs = f"mean({show(ins.arg)}{f', {ins.start}' if ins.start else ''})"
@@ -92,6 +93,8 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : positions[{i.seq}]"
     if i.kind == "patches":
         return f"input {i.name} : patches[{i.seq}, {i.dim}]"
+    if i.kind == "windows":
+        return f"input {i.name} : windows[{i.seq}, {i.dim}, {', '.join(map(str, i.window))}]"
     if i.kind in RELATIVE_KINDS:
         return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"

@@ -126,6 +126,8 @@ def verify(program: Program) -> Program:
                 errors.error("mean: a vector per token of a sequence, averaged from a token "
                              "index >= 0 on", ins.span)
             out = ops[0]
+        elif isinstance(ins, Relayout) and ins.merge is not None:
+            out = _verify_merge(program, ins, ops[0], errors)
         elif isinstance(ins, Relayout):
             _verify_relayout(program, ins, ops[0], errors)
             out = ops[0]
@@ -178,6 +180,22 @@ def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
                      f"{dims[ins.seq].size} tokens of {ins.seq}", ins.span)
     elif ins.grid is not None and program.spatial.get(ins.arg) is not None:
         errors.error(f"image: {ins.arg} is an image already", ins.span)
+
+
+def _verify_merge(program: Program, ins: Relayout, dim: str | None,
+                  errors: Collector) -> str | None:
+    """merge2x2(h, D): h an image of even height and width, D four times its channels."""
+    dims = program.dim_table
+    pixels = program.spatial.get(ins.arg)
+    d, c = dims.get(ins.merge), dims.get(dim or "")
+    four = d is not None and c is not None and (
+        d.mult == 4 * c.mult if d.infinite and c.infinite else
+        not d.infinite and not c.infinite and d.size == 4 * c.size)
+    if pixels is None or pixels[0] % 2 or pixels[1] % 2 or not four:
+        errors.error(f"merge2x2({ins.arg}, {ins.merge}): an image of even height and width, "
+                     "and a dim of four times its channels", ins.span)
+        return None
+    return ins.merge
 
 
 def _verify_matmul(program: Program, ins: MatMul, arg: str | None, key,

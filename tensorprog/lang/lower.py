@@ -10,6 +10,7 @@ once. Nested expressions get fresh names (``h1 = W1 @ x + b1`` becomes ``h1_1 = 
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from dataclasses import replace
 from fractions import Fraction
@@ -479,6 +480,8 @@ class _Lowering(ExpressionLowering):
     def stmt_sequence_input(self, st: Stmt) -> None:
         if st.value[0] == "image":
             return self.stmt_image_input(st)
+        if st.value[0] == "windows":
+            return self.stmt_windows_input(st)
         kind, seq_tok, *rest = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):
@@ -513,6 +516,44 @@ class _Lowering(ExpressionLowering):
             self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
             self.tokenwise.add(st.name)
             self.values[st.name] = dim
+
+    def stmt_windows_input(self, st: Stmt) -> None:
+        """``input win : windows[T, B, H, W, s]``: Swin's windows of T = H·W tokens (w x w,
+        the grid rolled by -s first), one-hot over B = (2w-1)² offsets of a pair."""
+        _, *toks, shift = st.value
+        dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
+        if any(d is None for d in dims):
+            return
+        seq, offsets, h, w = dims
+        if any(d.infinite for d in dims):
+            self.errors.error(f"windows {st.name}: its tokens, offsets and grid must be finite "
+                              "dims", st.span, "e.g. `input win : windows[T, B, H, W, 2]` with "
+                              "dim T = 64, B = 49, H = W = 8 (windows of 4 x 4 tokens)")
+            return
+        side = math.isqrt(offsets.size)
+        window = (side + 1) // 2
+        if side * side != offsets.size or side % 2 == 0 or window < 2:
+            self.errors.error(f"windows {st.name}: the offset dim {offsets.name} = "
+                              f"{offsets.size} is not (2w-1)² for a window of w x w tokens, "
+                              "w ≥ 2", st.span, "e.g. `dim B = 49` for windows of 4 x 4")
+            return
+        problem = (f"its tokens {seq.name} = {seq.size} are not the grid's {h.size} x {w.size}"
+                   if seq.size != h.size * w.size else
+                   f"a window of {window} x {window} does not tile the {h.size} x {w.size} grid"
+                   if h.size % window or w.size % window else
+                   f"the shift {shift} is not less than the window's side {window}"
+                   if shift >= window else None)
+        if problem is not None:
+            self.errors.error(f"windows {st.name}: {problem}", st.span,
+                              "windows tile the grid whole (Swin pads a grid to whole windows "
+                              "with zero tokens, which the language does not say: choose an "
+                              "image whose grid the window divides), shifted by less than one")
+            return
+        if self.define(st.name, st.name_span):
+            self.inputs.append(Input(st.name, offsets.name, st.span, "windows", seq.name,
+                                     window=(h.name, w.name, shift)))
+            self.tokenwise.add(st.name)
+            self.values[st.name] = offsets.name
 
     def stmt_scale(self, st: Stmt) -> None:
         if st.value is not None and st.value <= 0:

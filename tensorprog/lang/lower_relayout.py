@@ -1,7 +1,8 @@
-"""Lowering ``tokens(h, T)`` and ``image(t, H, W)``: an image-valued vector's pixels read
-row-major as the tokens of a sequence T (a vision model's patch embedding flattened into
-tokens), and a sequence's tokens laid back out as the pixels of an H×W image (its depthwise
-convolution, or a strided convolution reducing the keys and values).
+"""Lowering ``tokens(h, T)``, ``image(t, H, W)`` and ``merge2x2(h, D)``: an image-valued vector's
+pixels read row-major as the tokens of a sequence T (a vision model's patch embedding flattened
+into tokens), a sequence's tokens laid back out as the pixels of an H×W image (its depthwise
+convolution, or a strided convolution reducing the keys and values), and an image's 2×2 blocks
+of pixels merged into one pixel of their four vectors (Swin's patch merging, D = 4·C).
 
 The calls name dims, as ``prepend`` does: a sequence is a dim, declared with its size (H·W
 tokens), and so are an image's height and width. What the rule would not describe is refused
@@ -14,23 +15,27 @@ from __future__ import annotations
 from ..ir.program import Relayout
 from .ast import Call
 
-TOKENS, IMAGE = "tokens", "image"
-RELAYOUTS = (TOKENS, IMAGE)
+TOKENS, IMAGE, MERGE = "tokens", "image", "merge2x2"
+RELAYOUTS = (TOKENS, IMAGE, MERGE)
 _USAGE = {TOKENS: "write tokens(h, T): h an image-valued vector of H×W pixels, T a dim of H·W "
                   "tokens (`dim T = 64` for 8x8 pixels)",
           IMAGE: "write image(t, H, W): t a vector per token of a sequence of H·W tokens, H "
-                 "and W finite dims (the image's height and width)"}
+                 "and W finite dims (the image's height and width)",
+          MERGE: "write merge2x2(h, D): h an image-valued vector of even height and width, D "
+                 "a dim of four times its channels (`dim D = 4 * n` for h of dim n)"}
 
 
 def relayout_operands(low, node: Call) -> tuple:
     """A ``tokens`` or ``image`` call's one value operand and the dims it names after it, or
     (None, None) where those are not finite dims (reported)."""
-    want = 2 if node.fn == TOKENS else 3
+    want = 3 if node.fn == IMAGE else 2
     if len(node.args) != want:
         low.errors.error(f"{node.fn} takes {want} arguments, got {len(node.args)}", node.span,
                          _USAGE[node.fn])
         return None, None
     for arg in node.args[1:]:
+        if node.fn == MERGE and type(arg).__name__ == "Var" and arg.name in low.dims:
+            continue  # the merged channels grow with the width as the image's do
         if type(arg).__name__ != "Var" or arg.name not in low.dims \
                 or low.dims[arg.name].infinite:
             low.errors.error(f"the arguments of {node.fn} after the value must be finite dims",
@@ -50,6 +55,8 @@ def lower_relayout(low, node: Call, args: list, named: tuple[str, ...], vec: typ
     name = low.name_of(h, node.span)
     sizes = [low.dims[d].size for d in named]
     pixels = low.pixels.get(name)
+    if node.fn == MERGE:
+        return _merge(low, node, h, name, pixels, named[0], vec)
     if node.fn == TOKENS:
         if pixels is None:
             low.errors.error(f"tokens reads an image's pixels as tokens, but {name} has no "
@@ -75,3 +82,23 @@ def lower_relayout(low, node: Call, args: list, named: tuple[str, ...], vec: typ
         low.pixels[out] = (sizes[0], sizes[1])
         low.tokenwise.discard(out)
     return low.vec(out, h.dim)
+
+
+def _merge(low, node: Call, h, name: str, pixels, merged: str, vec: type):
+    """``merge2x2(h, D)``: h's 2×2 blocks of pixels, one pixel each of D = 4·C channels."""
+    c, d = low.dims[h.dim], low.dims[merged]
+    four = d.mult == 4 * c.mult if d.infinite and c.infinite else (
+        not d.infinite and not c.infinite and d.size == 4 * c.size)
+    if pixels is None or pixels[0] % 2 or pixels[1] % 2:
+        low.errors.error(f"merge2x2 merges an image's 2x2 blocks of pixels, but {name} has "
+                         + (f"{pixels[0]}x{pixels[1]} pixels" if pixels else "no pixels"),
+                         node.span, _USAGE[MERGE])
+        return None
+    if not four:
+        low.errors.error(f"merge2x2 gives four times {name}'s channels ({h.dim}), but "
+                         f"{merged} is not 4 x {h.dim}", node.span, _USAGE[MERGE])
+        return None
+    out = low.emit(Relayout(low.fresh(low.target), name, node.span, merge=merged), merged)
+    low.pixels[out] = (pixels[0] // 2, pixels[1] // 2)
+    low.tokenwise.discard(out)
+    return low.vec(out, merged)

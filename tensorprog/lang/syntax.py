@@ -135,6 +135,12 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_windows(self, meta, c):
+        # windows[T, B, H, W, shift]: the shift is a number of tokens, not a dim
+        return Stmt("input", str(c[0]), ("windows", *c[1:5], int(c[5])), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def param_decl(self, meta, c):
         value = self.value(c[2]) if len(c) > 2 else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
