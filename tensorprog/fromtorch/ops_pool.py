@@ -89,18 +89,6 @@ class PoolOps:
         args = h.name if start == 0 else f"{h.name}, {start}"
         return Vec(self.emit_vector(node.name, f"mean({args})"), ("tok", "F"), h.dim)
 
-    def op_adaptive_avg_pool1d(self, node, x, size):
-        """``nn.AdaptiveAvgPool1d(1)`` of tokens transposed to (batch, features, tokens)
-        (Swin's pooler, then ``flatten(1)``): the tokens' mean, ``mean(h)``."""
-        tags = getattr(x, "tags", None)
-        if list(size) != [1] or tags != ("tok", "F", "tok") or not isinstance(
-                x, (Vec, Affine, Pointwise)):
-            raise refuse(node, f"an adaptive average pool to {list(size)} of a value laid out "
-                         f"{tags}: traced only to one value, of tokens transposed to (batch, "
-                         "features, tokens), the tokens' mean", help=_HELP)
-        h = self.vec(x, node)
-        return Vec(self.emit_vector(node.name, f"mean({h.name})"), ("tok", "F", "tok"), h.dim)
-
     def token_sum(self, node, x, axes: list[int], keepdim: bool):
         """``h.sum(1)`` of a per-token vector (SigLIP2's masked mean ``sum(h * mask, 1) /
         sum(mask, 1)`` under a mask of ones): T times ``mean(h)``, a finite factor; None if

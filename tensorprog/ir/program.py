@@ -37,15 +37,13 @@ names the last repetition's return value. :class:`Block` records which values an
 to the block. The Stream's back edge (the return value, computed after it) is the one place where
 a value is read before the instruction that defines it.
 
-A program may carry a finite sequence axis (token and position inputs): every vector then has one
-value per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a param
-with no axes that is never trained: a width-dependent constant multiplier the engine derives
-(attention's 1/d, a tied unembedding's 1/n).
+A program may carry a finite sequence axis (token and position inputs): every vector has one value
+per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a never-trained
+param with no axes: a width-dependent constant the engine derives (attention's 1/d).
 
-Each instruction carries its source span (excluded from equality, so a program printed with
-:func:`tensorprog.ir.text.to_text` and parsed again compares equal). The functions a Nonlin may
-apply are listed in :mod:`tensorprog.ir.functions`; :mod:`tensorprog.ir.verify` checks a program's
-invariants.
+Each instruction carries its source span (excluded from equality: a program printed with
+:func:`tensorprog.ir.text.to_text` and parsed again compares equal). A Nonlin's functions are in
+:mod:`tensorprog.ir.functions`; :mod:`tensorprog.ir.verify` checks a program's invariants.
 """
 
 from __future__ import annotations
