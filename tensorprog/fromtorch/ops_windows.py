@@ -178,8 +178,9 @@ class WindowOps:
 
     # -- the grid and its relayouts ----------------------------------------------------------
     def _grid_view(self, node, args):
-        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) that no permute to
-        channels-first reads (that is ``image(t, H, W)``, ops_pixels.py): a Windowed value."""
+        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) read neither by a
+        permute to channels-first nor only by linear layers of an image model (those are
+        ``image(t, H, W)``, ops_pixels.py): a Windowed value."""
         import torch
 
         if op_name(node) not in _VIEWS or not args or not hasattr(node.args[0], "meta"):
@@ -190,8 +191,10 @@ class WindowOps:
         if tags != ("tok", "tok", "F") or len(new) != 4 or new[0] != old[0] or new[3] != old[2] \
                 or new[1] * new[2] != old[1] or min(new[1:3]) < 2:
             return None
-        if node.users and all(op_name(u) == "permute" and tuple(
-                d % 4 for d in u.args[1]) == (0, 3, 1, 2) for u in node.users):
+        if node.users and (all(op_name(u) == "permute" and tuple(
+                d % 4 for d in u.args[1]) == (0, 3, 1, 2) for u in node.users) or (
+                self.tokens_vocab is None and all(  # FocalNet's layer per pixel: an image
+                    op_name(u) == "linear" and u.args[0] is node for u in node.users))):
             return None
         index = torch.arange(old[0] * old[1]).reshape(new[:3])
         v = v if type(v).__name__ in ("Vec", "Affine") else self.vec(v, node)

@@ -53,18 +53,7 @@ def verify(program: Program) -> Program:
             errors.error(f"'{name}' is defined twice", span)
         defined[name] = dim
 
-    for d in program.dims:
-        if d.infinite == (d.size is not None):
-            errors.error(f"dim {d.name} must be either finite or a multiple of the width", d.span)
-    for i in program.inputs:
-        if i.dim not in dims or (i.seq is not None and i.seq not in dims):
-            errors.error(f"undeclared dim '{i.dim}'", i.span)
-        if i.kind not in INPUT_KINDS or (i.kind in ("vector", "image")) != (i.seq is None):
-            errors.error(f"input {i.name}: a {i.kind} input needs a sequence dim exactly when it "
-                         "is tokens or positions", i.span)
-        elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
-            errors.error(f"input {i.name}: the sequence dim {i.seq} must be finite", i.span)
-        define(i.name, i.dim, i.span)
+    _verify_inputs(program, dims, define, errors)
     matrices = _verify_params(program, dims, defined, define, errors)
     if errors.errors:
         errors.raise_if_any(SemanticError)
@@ -159,6 +148,23 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_inputs(program: Program, dims, define, errors: Collector) -> None:
+    """The dims are finite or a multiple of the width; each input names declared dims, and a
+    sequence (a finite one) exactly when it has tokens."""
+    for d in program.dims:
+        if d.infinite == (d.size is not None):
+            errors.error(f"dim {d.name} must be either finite or a multiple of the width", d.span)
+    for i in program.inputs:
+        if i.dim not in dims or (i.seq is not None and i.seq not in dims):
+            errors.error(f"undeclared dim '{i.dim}'", i.span)
+        if i.kind not in INPUT_KINDS or (i.kind in ("vector", "image")) != (i.seq is None):
+            errors.error(f"input {i.name}: a {i.kind} input needs a sequence dim exactly when it "
+                         "is tokens or positions", i.span)
+        elif i.seq is not None and dims.get(i.seq) is not None and dims[i.seq].infinite:
+            errors.error(f"input {i.name}: the sequence dim {i.seq} must be finite", i.span)
+        define(i.name, i.dim, i.span)
 
 
 def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
