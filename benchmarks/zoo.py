@@ -81,6 +81,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sibling(name: str):
+    """A module of benchmarks/ beside this one, whether this file runs as a script (its folder
+    on sys.path) or is imported by path (the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fit = _sibling("zoo_fit")
 CACHE = ROOT / ".tensorprog-cache" / "zoo"
 OUT = ROOT / "docs" / "zoo.md"
 
@@ -126,7 +140,8 @@ FIELDS = {
                           "num_decoder_layers", "num_blocks"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
                             "encoder_attention_heads"),
-    "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num"),
+    "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num",
+                            "kv_n_heads"),
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
@@ -232,7 +247,7 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs[f] = 0.0
         elif f.endswith("token_id") and isinstance(v, int) and v >= VOCAB:
             kwargs[f] = 0
-        elif f == "layer_types" and isinstance(v, list) and v:
+        elif f in _names(cls, "layer_types") and isinstance(v, list) and v:  # Zamba's alias
             kwargs[f] = v[:LAYERS]
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
@@ -280,7 +295,7 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # vocabulary, read from the config): two of the zoo's vocabulary
             kwargs.update(yes_token_index=1, no_token_index=2)
     kwargs.update(_sub_configs(cls, width, scaling, mapping))
-    return kwargs
+    return _fit.fit(cls, defaults, kwargs, LAYERS, TRACE_WIDTHS[0])
 
 
 def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
@@ -449,8 +464,8 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     config fields set last, e.g. another ``initializer_range``)."""
     import transformers
 
-    cls = transformers.AutoConfig.for_model(family).__class__
     model_cls = getattr(transformers, mapping.families()[family])
+    cls = _fit.model_config(transformers.AutoConfig.for_model(family).__class__, model_cls)
 
     def build(width):
         model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
@@ -472,10 +487,10 @@ def example_inputs(mapping: Mapping, real: bool = False):
     zeros (the trace reads shapes)."""
     import torch
 
-    def ids(real=real):
+    def ids(real=real, rows=2):
         if not real:
-            return torch.zeros(2, SEQ, dtype=torch.long)
-        return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+            return torch.zeros(rows, SEQ, dtype=torch.long)
+        return torch.randint(VOCAB, (rows, SEQ), generator=torch.Generator().manual_seed(0))
 
     def inputs(model):
         params = list(inspect.signature(model.forward).parameters)
@@ -483,6 +498,11 @@ def example_inputs(mapping: Mapping, real: bool = False):
             return _image_inputs(model, params, ids, real)
         if mapping.inputs == "tokens" and "shared_kv_states" in params:
             return _drafter_inputs(model, real)
+        heads = getattr(model, "lm_heads", None)
+        if mapping.inputs == "tokens" and isinstance(heads, torch.nn.ModuleList):
+            # a decoder with one LM head per codebook (MusicGen's) reads one row of tokens per
+            # codebook of each sequence: (batch x num_codebooks, seq)
+            return (ids(rows=2 * len(heads)),)
         if mapping.inputs == "tokens":
             return (ids(),)
         if "input_features" in params and model.config.model_type == "voxtral_realtime":
