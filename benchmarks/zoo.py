@@ -145,7 +145,7 @@ FIELDS = {
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
-                          "dff", "dense_intermediate_size"),
+                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
@@ -295,7 +295,8 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # vocabulary, read from the config): two of the zoo's vocabulary
             kwargs.update(yes_token_index=1, no_token_index=2)
     kwargs.update(_sub_configs(cls, width, scaling, mapping))
-    return _fit.fit(cls, defaults, kwargs, LAYERS, TRACE_WIDTHS[0])
+    return _fit.fit(cls, defaults, kwargs,
+                    _fit.Sizes(width, LAYERS, STAGES, TRACE_WIDTHS[0]))
 
 
 def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
@@ -809,7 +810,10 @@ def result_cell(row: dict) -> str:
 
 
 def _logits(out):
-    return getattr(out, "logits", out[0] if isinstance(out, (tuple, list)) else out)
+    # a model output without logits is its first field (PP-LCNet's classifier returns its
+    # logits as last_hidden_state)
+    first = isinstance(out, (tuple, list)) or hasattr(out, "to_tuple")
+    return getattr(out, "logits", out[0] if first else out)
 
 
 def _slope(entries) -> float:

@@ -6,6 +6,8 @@ whose config cannot be read for the rule (its reason in a comment)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 def model_config(cls, model_cls):
     """The config class ``model_cls`` is built from: ``cls``, or the part of the composite
@@ -18,22 +20,37 @@ def model_config(cls, model_cls):
     return cls
 
 
-def fit(cls, defaults: dict, kwargs: dict, layers: int, narrowest: int) -> dict:
-    """``kwargs``, the zoo's fields for config ``cls`` of ``layers`` layers (whose fields at
-    their defaults are ``defaults``), fitted to the config's structure; ``narrowest``: the
-    zoo's narrowest width."""
-    model_type = getattr(cls, "model_type", None)
-    if isinstance(defaults.get("num_groups"), int) and "hidden_sizes" in kwargs:
-        # a group norm's groups (BiT's 32) the same at every width, each of channels ∝ n, as
-        # a layer norm's one group: at most the narrowest channels it normalises at the zoo's
-        # narrowest width (a bottleneck's quarter of its stage's n: 16 at width 64)
-        kwargs["num_groups"] = min(defaults["num_groups"], narrowest // 4)
+class Sizes(NamedTuple):
+    """The zoo's sizes a rule reads: the width of the model built, its layers (a staged model's
+    stages), and the narrowest width the zoo builds."""
+
+    width: int
+    layers: int
+    stages: int
+    narrowest: int
+
+
+def fit(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> dict:
+    """``kwargs``, the zoo's fields for config ``cls`` (whose fields at their defaults are
+    ``defaults``), fitted to the config's structure."""
+    _layer_rules(cls, defaults, kwargs, sizes)
+    _stage_rules(cls, defaults, kwargs, sizes)
+    return kwargs
+
+
+def _layer_rules(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """A language model's: its layers' pattern, rotary parameters and experts."""
     for f, v in defaults.items():
         if _runs(v) and sum(len(kinds) * n for kinds, n in v) == _layers(defaults):
             # a per-layer pattern as runs of (kinds, repeats) (GPT-Neo's attention_types,
             # [[["global", "local"], 12]] for its 24 layers): its first layers, as one run
-            kinds = [k for ks, n in v for k in ks * n][:layers]
+            kinds = [k for ks, n in v for k in ks * n][:sizes.layers]
             kwargs[f] = [[kinds, 1]]
+    heads, kv = kwargs.get("num_attention_heads"), kwargs.get("num_key_value_heads")
+    if isinstance(defaults.get("index_num_heads"), int) and heads and kv:
+        # an indexer that scores keys with the leading query heads of key head 0 (Kolibri
+        # 1.1's 12): at most the query heads a key head has, 1 with the zoo's key/value heads
+        kwargs["index_num_heads"] = min(defaults["index_num_heads"], heads // kv)
     _each_kind(cls, defaults, kwargs)
     types = kwargs.get("layer_types")
     if defaults.get("rope_parameters") == {} and isinstance(types, list):
@@ -48,7 +65,7 @@ def fit(cls, defaults: dict, kwargs: dict, layers: int, narrowest: int) -> dict:
             # defaults set neither, and its MoE layer then multiplies by None): one shared
             # expert, as the released models have some (dots.llm1: 2)
             kwargs[f] = 1
-    if model_type == "dbrx" and "attn_config" in kwargs:
+    if getattr(cls, "model_type", None) == "dbrx" and "attn_config" in kwargs:
         # DBRX's attention reads attn_config.rope_theta, a field its attention config does not
         # have (transformers 5's DbrxAttentionConfig): no DBRX builds without it, its default
         # config included. It is stored and never used (the rotary table reads the model's
@@ -59,7 +76,34 @@ def fit(cls, defaults: dict, kwargs: dict, layers: int, narrowest: int) -> dict:
             # and its forward clamps q, k, v to ±clip_qkv, which raises at its default (None:
             # torch's clamp with neither bound): the released models' 8
             kwargs["attn_config"].clip_qkv = 8.0
-    return kwargs
+
+
+def _stage_rules(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """A staged vision model's: what the zoo's per-stage lists leave inconsistent."""
+    if isinstance(defaults.get("down_ops"), list) and "hidden_sizes" in kwargs:
+        _levit(defaults, kwargs)
+    if isinstance(defaults.get("width_coefficient"), int | float) and \
+            isinstance(defaults.get("num_block_repeats"), list):
+        _efficientnet(defaults, kwargs, sizes)
+    if isinstance(defaults.get("block_configs"), list) and "scale" in defaults:
+        _pp_lcnet(cls, defaults, kwargs, sizes)
+    if isinstance(defaults.get("num_query_pool"), int) and "depths" in kwargs:
+        # Hiera pools its queries on entering each of its first num_query_pool stages after
+        # the first (3 of its 4): the zoo's stages have one such entry
+        kwargs["num_query_pool"] = min(defaults["num_query_pool"], len(kwargs["depths"]) - 1)
+    if getattr(cls, "model_type", None) == "cvt" and isinstance(kwargs.get("depth"), list):
+        # CvT's stage i reads the i-th of its own layers' drop-path rates (a list as long as
+        # its depth: transformers' modeling_cvt), so stage i needs i + 1 layers or more: 1 and
+        # 2, its defaults' first two stages
+        kwargs["depth"] = [i + 1 for i in range(len(kwargs["depth"]))]
+        # and its classifier reads the last stage's class token (its defaults' last stage has
+        # one; the zoo's last stage, their second, had none): the last stage keeps it
+        kwargs["cls_token"] = [*kwargs["cls_token"][:-1], defaults["cls_token"][-1]]
+    if isinstance(defaults.get("num_groups"), int) and "hidden_sizes" in kwargs:
+        # a group norm's groups (BiT's 32) the same at every width, each of channels ∝ n, as
+        # a layer norm's one group: at most the narrowest channels it normalises at the zoo's
+        # narrowest width (a bottleneck's quarter of its stage's n: 16 at width 64)
+        kwargs["num_groups"] = min(defaults["num_groups"], sizes.narrowest // 4)
 
 
 def _runs(v) -> bool:
@@ -83,9 +127,75 @@ def _each_kind(cls, defaults: dict, kwargs: dict) -> None:
     cut, full = kwargs.get(field), defaults.get(field)
     if not (isinstance(cut, list) and isinstance(full, list)) or set(full) <= set(cut):
         return
+    if _builds(cls, kwargs):
+        return
+    firsts = sorted(full.index(k) for k in dict.fromkeys(full))[:len(cut)]
+    rest = [i for i in range(len(full)) if i not in firsts]
+    each = [full[i] for i in sorted(firsts + rest[:len(cut) - len(firsts)])]
+    if _builds(cls, {**kwargs, field: each}):  # else what refuses it is not the kinds
+        kwargs[field] = each
+
+
+def _builds(cls, kwargs: dict) -> bool:
     try:
         cls(**kwargs)
-    except Exception:  # noqa: BLE001 - refused: its first layer of each kind
-        firsts = sorted(full.index(k) for k in dict.fromkeys(full))[:len(cut)]
-        rest = [i for i in range(len(full)) if i not in firsts]
-        kwargs[field] = [full[i] for i in sorted(firsts + rest[:len(cut) - len(firsts)])]
+    except Exception:  # noqa: BLE001 - the config refuses these fields
+        return False
+    return True
+
+
+def _levit(defaults: dict, kwargs: dict) -> None:
+    """LeViT's own lists (its structure alone: no other config has them). Its key dims per
+    stage (16 of heads of 32) keep that proportion to the zoo's head dims; its down_ops, one
+    subsampling attention between two stages (each [kind, key dim, heads, attention ratio, MLP
+    ratio, stride]; as many as its stages, the last one unused, and with the zoo's first two
+    stages a second one read stages past the last), its first, its heads in their default
+    proportion to the first stage's (8 of 4) and its key dim the stage's. Its stem is four
+    stride-2 convolutions, patches of 16 whatever patch_size says (it sizes the position
+    biases): its own 16, and an image of 4 x 4 patches, whose 2 x 2 grid after the subsampling
+    keeps more than one key."""
+    sizes, heads = kwargs["hidden_sizes"], kwargs["num_attention_heads"]
+    own_head = defaults["hidden_sizes"][0] // defaults["num_attention_heads"][0]
+    keys = [max(1, size // h * defaults["key_dim"][0] // own_head)
+            for size, h in zip(sizes, heads, strict=True)]
+    kwargs["key_dim"] = keys
+    op = defaults["down_ops"][0]
+    ratio = op[2] // defaults["num_attention_heads"][0]
+    kwargs["down_ops"] = [[op[0], keys[i], heads[i] * ratio, *op[3:]]
+                          for i in range(len(sizes) - 1)]
+    kwargs["patch_size"] = defaults["stride"] ** 4
+    kwargs["image_size"] = 4 * kwargs["patch_size"]
+
+
+def _efficientnet(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """EfficientNet's width is its width_coefficient, as MobileNet's depth_multiplier: each
+    convolution's channels its base count (32 in the stem, 16 and 24 out of the first two
+    stages, its stages' lists as long as in_channels; 1280 in the last convolution, which
+    hidden_dim, the classifier's fan-in, repeats) times it, rounded to depth_divisor. At n/256
+    with no rounding (a divisor of 1) every count is an exact multiple of n/64 from width 64
+    on (the stem n/8, the last convolution 5n), and so is each squeeze-and-excitation's
+    quarter of its input (n/64 at the least). Its first two stages, one block each (a
+    depth_coefficient of 1 leaves the repeats as they are)."""
+    stages = len(defaults["in_channels"])
+    for f, v in defaults.items():
+        if isinstance(v, list) and len(v) == stages:
+            kwargs[f] = v[:sizes.stages]
+    kwargs["num_block_repeats"] = [1] * sizes.stages
+    kwargs.update(width_coefficient=sizes.width / 256, depth_coefficient=1.0, depth_divisor=1)
+    kwargs["hidden_dim"] = 1280 * sizes.width // 256
+
+
+def _pp_lcnet(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """PP-LCNet's width is its scale, as MobileNet's depth_multiplier: each convolution's
+    channels its base count (16 in the stem, 32 to 512 out of its stages) times it, rounded to
+    divisor. At n/512 with no rounding every count is an exact multiple of n/32 from width 64
+    on (its last stage's n), and its head's expansion (class_expand, 1280 channels at every
+    scale) keeps its default proportion to the last stage's, 2.5n. A config that refuses the
+    zoo's stages (PP-LCNet's validation requires its five) keeps every stage, each its first
+    block (whose input channels are the stage before's first block's output)."""
+    kwargs.update(scale=sizes.width / 512, divisor=1, class_expand=1280 * sizes.width // 512)
+    if not _builds(cls, kwargs):  # every stage, one block each
+        kwargs["block_configs"] = [stage[:1] for stage in defaults["block_configs"]]
+        kwargs["depths"] = [1] * len(defaults["block_configs"])
+        if isinstance(defaults.get("stage_names"), list):
+            kwargs["stage_names"] = defaults["stage_names"]
