@@ -137,9 +137,10 @@ FIELDS = {
     "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
                     "embedding_size", "pooler_output_size", "pooler_hidden_size"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
-                          "num_decoder_layers", "num_blocks"),
+                          "num_decoder_layers", "num_blocks", "num_encoder_layers"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
-                            "encoder_attention_heads"),
+                            "encoder_attention_heads", "num_encoder_attention_heads",
+                            "num_decoder_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num",
                             "kv_n_heads"),
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
@@ -163,7 +164,11 @@ FIELDS = {
 # proportion rounded to a power of two so that the size stays a whole multiple or fraction of
 # the head dim or the width at every traced width
 PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
-PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
+PER_WIDTH = ("q_lora_rank", "kv_lora_rank", "hidden_size_per_layer_input")
+# vocabularies besides the tokens' (Gemma-3n's and Gemma-4's per-layer embeddings, LUKE's
+# entities, BLT's hashed byte groups: 262144, 500000 and 500002 rows, 135M-193M params at
+# width 64): the zoo's tiny one
+VOCABS = ("vocab_size_per_layer_input", "entity_vocab_size", "encoder_hash_byte_group_vocab")
 
 
 def _defaults(cls) -> dict:
@@ -239,12 +244,17 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     for std, value in wanted.items():
         kwargs.update({f: value for f in _names(cls, std) if f in fields})
         if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") \
-                and mapping.inputs != "image":  # a convnet has none of these
+                and mapping.inputs != "image" and not _fit.computed(cls, std):
+            # a convnet has none of these; a field the config computes and will not take
+            # (ProphetNet's and Funnel's layers, the sum of their parts' or blocks') is set
+            # through its parts
             kwargs.setdefault(aliases.get(std, std), value)
     defaults = _defaults(cls)
     for f, v in defaults.items():
         if isinstance(v, float) and ("dropout" in f or "pdrop" in f or f.endswith("_drop")):
             kwargs[f] = 0.0
+        elif f in VOCABS and isinstance(v, int) and v > VOCAB:
+            kwargs[f] = VOCAB
         elif f.endswith("token_id") and isinstance(v, int) and v >= VOCAB:
             kwargs[f] = 0
         elif f in _names(cls, "layer_types") and isinstance(v, list) and v:  # Zamba's alias
@@ -296,7 +306,9 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             kwargs.update(yes_token_index=1, no_token_index=2)
     kwargs.update(_sub_configs(cls, width, scaling, mapping))
     return _fit.fit(cls, defaults, kwargs,
-                    _fit.Sizes(width, LAYERS, STAGES, TRACE_WIDTHS[0]))
+                    _fit.Sizes(width, LAYERS, STAGES, TRACE_WIDTHS[0],
+                               HEADS if scaling == "heads" else TRACE_WIDTHS[0] // HEAD_DIM,
+                               SEQ))
 
 
 def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:

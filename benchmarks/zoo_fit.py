@@ -20,14 +20,36 @@ def model_config(cls, model_cls):
     return cls
 
 
+def computed(cls, name: str) -> bool:
+    """Whether config ``cls`` computes its field ``name`` from others and will not take it:
+    a property with no setter, or one that raises NotImplementedError (ProphetNet's and
+    Funnel's num_hidden_layers, the sum of their parts' or blocks'; LongCat-Flash's, twice its
+    num_layers, takes it)."""
+    prop = getattr(cls, name, None)
+    if not isinstance(prop, property):
+        return False
+    if prop.fset is None:
+        return True
+    try:
+        prop.fset(None, 0)
+    except NotImplementedError:
+        return True
+    except Exception:  # noqa: BLE001 - a setter that sets something: it takes the field
+        return False
+    return False
+
+
 class Sizes(NamedTuple):
-    """The zoo's sizes a rule reads: the width of the model built, its layers (a staged model's
-    stages), and the narrowest width the zoo builds."""
+    """The zoo's sizes a rule reads: the width of the model built, its layers and a staged
+    model's stages, the narrowest width the zoo builds and its heads there, and the tokens of
+    its inputs."""
 
     width: int
     layers: int
     stages: int
     narrowest: int
+    narrowest_heads: int
+    tokens: int
 
 
 def fit(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> dict:
@@ -46,12 +68,28 @@ def _layer_rules(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
             # [[["global", "local"], 12]] for its 24 layers): its first layers, as one run
             kinds = [k for ks, n in v for k in ks * n][:sizes.layers]
             kwargs[f] = [[kinds, 1]]
+    if "layer_types" in defaults and defaults["layer_types"] is None and \
+            "layer_types" not in kwargs:
+        # layer types a config leaves unset after its own defaults (LFM2-MoE's, which its
+        # layers read, layer_types[i] != "conv"): none builds at its defaults. LFM2's own
+        # default, attention at every layer (its full_attn_idxs unset)
+        kwargs["layer_types"] = ["full_attention"] * sizes.layers
+    _ssm_heads(defaults, kwargs, sizes)
     heads, kv = kwargs.get("num_attention_heads"), kwargs.get("num_key_value_heads")
     if isinstance(defaults.get("index_num_heads"), int) and heads and kv:
         # an indexer that scores keys with the leading query heads of key head 0 (Kolibri
         # 1.1's 12): at most the query heads a key head has, 1 with the zoo's key/value heads
         kwargs["index_num_heads"] = min(defaults["index_num_heads"], heads // kv)
     _each_kind(cls, defaults, kwargs)
+    shared, total = defaults.get("num_kv_shared_layers"), _layers(defaults)
+    if isinstance(shared, int) and total:
+        # the layers that read an earlier layer's keys and values are the last ones (Gemma-3n's
+        # last 15 of 35): those of them among the zoo's, the config's first, none
+        kwargs["num_kv_shared_layers"] = max(0, shared - (total - sizes.layers))
+    if computed(cls, "num_hidden_layers"):
+        _blocks(cls, defaults, kwargs, sizes)
+    if isinstance(defaults.get("axial_pos_shape"), list):
+        _reformer(defaults, kwargs, sizes)
     types = kwargs.get("layer_types")
     if defaults.get("rope_parameters") == {} and isinstance(types, list):
         # rotary parameters per layer type that the defaults leave empty (Cohere-Compass's
@@ -171,18 +209,20 @@ def _efficientnet(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
     """EfficientNet's width is its width_coefficient, as MobileNet's depth_multiplier: each
     convolution's channels its base count (32 in the stem, 16 and 24 out of the first two
     stages, its stages' lists as long as in_channels; 1280 in the last convolution, which
-    hidden_dim, the classifier's fan-in, repeats) times it, rounded to depth_divisor. At n/256
-    with no rounding (a divisor of 1) every count is an exact multiple of n/64 from width 64
-    on (the stem n/8, the last convolution 5n), and so is each squeeze-and-excitation's
-    quarter of its input (n/64 at the least). Its first two stages, one block each (a
-    depth_coefficient of 1 leaves the repeats as they are)."""
+    hidden_dim, the classifier's fan-in, repeats) times it, rounded to depth_divisor. At n/128
+    with no rounding (a divisor of 1) every count is an exact multiple of n/32 from width 64
+    on (the stem n/4, the last convolution 10n), a squeeze-and-excitation's quarter of its
+    input included (n/32 at the least, 2 channels at width 64: at n/256 it was one, which
+    reads as no width). Its first two stages, one block each (a depth_coefficient of 1 leaves
+    the repeats as they are)."""
     stages = len(defaults["in_channels"])
     for f, v in defaults.items():
         if isinstance(v, list) and len(v) == stages:
             kwargs[f] = v[:sizes.stages]
     kwargs["num_block_repeats"] = [1] * sizes.stages
-    kwargs.update(width_coefficient=sizes.width / 256, depth_coefficient=1.0, depth_divisor=1)
-    kwargs["hidden_dim"] = 1280 * sizes.width // 256
+    kwargs.update(width_coefficient=sizes.width / 128, depth_coefficient=1.0, depth_divisor=1)
+    kwargs["hidden_dim"] = 1280 * sizes.width // 128
+
 
 
 def _pp_lcnet(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
@@ -199,3 +239,55 @@ def _pp_lcnet(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
         kwargs["depths"] = [1] * len(defaults["block_configs"])
         if isinstance(defaults.get("stage_names"), list):
             kwargs["stage_names"] = defaults["stage_names"]
+
+
+def _ssm_heads(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """Heads that span expand x the width (Mamba-2's, 128 of 64 over its 2 x 4096 inner
+    channels; its config checks it): the zoo's heads, each of expand x n / heads channels, and
+    their groups (n_groups of B and C, 8: each a whole number of heads) the same at every
+    width, at most the zoo's heads at its narrowest width."""
+    heads, dim = defaults.get("num_heads"), defaults.get("head_dim")
+    expand, hidden = defaults.get("expand"), defaults.get("hidden_size")
+    if not all(isinstance(v, int) for v in (heads, dim, expand, hidden)) \
+            or heads * dim != expand * hidden or not isinstance(kwargs.get("num_heads"), int):
+        return
+    kwargs["head_dim"] = expand * sizes.width // kwargs["num_heads"]
+    if isinstance(defaults.get("n_groups"), int):
+        kwargs["n_groups"] = min(defaults["n_groups"], sizes.narrowest_heads)
+
+
+def _blocks(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """A config whose layer count is the sum of its blocks' (Funnel's block_sizes, [4, 4, 4],
+    with a pooling of the tokens between two blocks): its first layers, as blocks of the same
+    sizes cut there ([2]: its first block's first two), the lists of its blocks' other fields
+    (block_repeats) as long."""
+    try:
+        total = cls().num_hidden_layers
+    except Exception:  # noqa: BLE001 - no defaults to count
+        return
+    for f, v in defaults.items():
+        if isinstance(v, list) and len(v) > 1 and all(isinstance(b, int) and b > 0 for b in v) \
+                and sum(v) == total:
+            cut, left = [], sizes.layers
+            for b in v:
+                if left > 0:
+                    cut.append(min(b, left))
+                    left -= cut[-1]
+            kwargs[f] = cut
+            kwargs.update({g: w[:len(cut)] for g, w in defaults.items()
+                           if g != f and isinstance(w, list) and len(w) == len(v)})
+
+
+def _reformer(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """Reformer's own fields: its layers are its attn_layers (its layer count their length),
+    the first ones; its axial position table, whose parts' dims sum to the width (64 and 192
+    of 256) keeps their proportion (n/4, 3n/4), and whose shape, in training, is the
+    sequence's exactly (64 x 64 of its 4096 tokens): 2 x 4 of the zoo's 8; its attention's
+    chunks of tokens (64) at most the sequence, whose length they divide in training."""
+    kwargs["attn_layers"] = defaults["attn_layers"][:sizes.layers]
+    dims, hidden = defaults["axial_pos_embds_dim"], defaults["hidden_size"]
+    kwargs["axial_pos_embds_dim"] = [d * sizes.width // hidden for d in dims]
+    kwargs["axial_pos_shape"] = [2, sizes.tokens // 2]
+    for f in ("local_attn_chunk_length", "lsh_attn_chunk_length"):
+        if isinstance(defaults.get(f), int):
+            kwargs[f] = min(defaults[f], sizes.tokens)
