@@ -135,12 +135,14 @@ SCALINGS = {
 # other spellings of the same config field (config plumbing; every one present is set)
 FIELDS = {
     "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
-                    "embedding_size", "pooler_output_size", "pooler_hidden_size"),
+                    "embedding_size", "pooler_output_size", "pooler_hidden_size", "d_latents"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
-                          "num_decoder_layers", "num_blocks", "num_encoder_layers"),
+                          "num_decoder_layers", "num_blocks", "num_encoder_layers",
+                          "num_self_attends_per_block"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
                             "encoder_attention_heads", "num_encoder_attention_heads",
-                            "num_decoder_attention_heads"),
+                            "num_decoder_attention_heads", "num_self_attention_heads",
+                            "num_cross_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num",
                             "kv_n_heads"),
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),

@@ -77,6 +77,10 @@ def test_sizes_follow_the_width_and_the_heads(zoo, t):
     # Kolibri-1.1's indexer heads at most the query heads of a key head (1), its dense MLP 4n
     kw = zoo.config_kwargs(t.Kolibri1_1Config, 64, "heads")
     assert (kw["index_num_heads"], kw["mlp_only_intermediate_size"]) == (1, 256)
+    # Perceiver's latents are its width, their self-attentions its layers (26 by default)
+    kw = zoo.config_kwargs(t.PerceiverConfig, 64, "head_dim", zoo.MAPPINGS["masked"])
+    assert (kw["d_latents"], kw["num_self_attends_per_block"]) == (64, 2)
+    assert (kw["num_self_attention_heads"], kw["num_cross_attention_heads"]) == (4, 4)
     # Dots1's shared experts, unset beside the zoo's routed ones: one
     assert zoo.config_kwargs(t.Dots1Config, 64, "heads")["n_shared_experts"] == 1
 
