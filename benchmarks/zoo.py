@@ -43,7 +43,10 @@ and prints its JSON.
 
 How a family is built is config plumbing, not µP: the standard field names (``hidden_size``,
 ``num_attention_heads``, ...) reach a config's own field through its ``attribute_map``, and
-``FIELDS`` lists only the other spellings families use for the same field. A staged vision
+``FIELDS`` lists only the other spellings families use for the same field. What a config's own
+structure needs besides (a model class that takes one part of a composite config, per-layer
+patterns and lists kept consistent with the zoo's layers, a sub-config's sizes, group counts the
+same at every width, a width multiplier) is ``benchmarks/zoo_fit.py``'s. A staged vision
 model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
 fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
 MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
