@@ -46,7 +46,10 @@ and prints its JSON.
 
 How a family is built is config plumbing, not µP: the standard field names (``hidden_size``,
 ``num_attention_heads``, ...) reach a config's own field through its ``attribute_map``, and
-``FIELDS`` lists only the other spellings families use for the same field. A staged vision
+``FIELDS`` lists only the other spellings families use for the same field. What a config's own
+structure needs besides (a model class that takes one part of a composite config, per-layer
+patterns and lists kept consistent with the zoo's layers, a sub-config's sizes, group counts the
+same at every width, a width multiplier) is ``benchmarks/zoo_fit.py``'s. A staged vision
 model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
 fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
 MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
@@ -84,6 +87,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sibling(name: str):
+    """A module of benchmarks/ beside this one, whether this file runs as a script (its folder
+    on sys.path) or is imported by path (the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fit = _sibling("zoo_fit")
 CACHE = ROOT / ".tensorprog-cache" / "zoo"
 OUT = ROOT / "docs" / "zoo.md"
 
@@ -124,16 +141,20 @@ SCALINGS = {
 # other spellings of the same config field (config plumbing; every one present is set)
 FIELDS = {
     "hidden_size": ("n_embd", "d_model", "dim", "embed_dim", "n_embed", "hidden_dim",
-                    "embedding_size", "pooler_output_size", "pooler_hidden_size"),
+                    "embedding_size", "pooler_output_size", "pooler_hidden_size", "d_latents"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
-                          "num_decoder_layers", "num_blocks"),
+                          "num_decoder_layers", "num_blocks", "num_encoder_layers",
+                          "num_self_attends_per_block"),
     "num_attention_heads": ("n_head", "num_heads", "n_heads", "decoder_attention_heads",
-                            "encoder_attention_heads"),
-    "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num"),
+                            "encoder_attention_heads", "num_encoder_attention_heads",
+                            "num_decoder_attention_heads", "num_self_attention_heads",
+                            "num_cross_attention_heads"),
+    "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num",
+                            "kv_n_heads"),
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
-                          "dff", "dense_intermediate_size"),
+                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
@@ -151,7 +172,11 @@ FIELDS = {
 # proportion rounded to a power of two so that the size stays a whole multiple or fraction of
 # the head dim or the width at every traced width
 PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
-PER_WIDTH = ("q_lora_rank", "kv_lora_rank")
+PER_WIDTH = ("q_lora_rank", "kv_lora_rank", "hidden_size_per_layer_input")
+# vocabularies besides the tokens' (Gemma-3n's and Gemma-4's per-layer embeddings, LUKE's
+# entities, BLT's hashed byte groups: 262144, 500000 and 500002 rows, 135M-193M params at
+# width 64): the zoo's tiny one
+VOCABS = ("vocab_size_per_layer_input", "entity_vocab_size", "encoder_hash_byte_group_vocab")
 
 
 def _defaults(cls) -> dict:
@@ -227,15 +252,20 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
     for std, value in wanted.items():
         kwargs.update({f: value for f in _names(cls, std) if f in fields})
         if std in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size") \
-                and mapping.inputs != "image":  # a convnet has none of these
+                and mapping.inputs != "image" and not _fit.computed(cls, std):
+            # a convnet has none of these; a field the config computes and will not take
+            # (ProphetNet's and Funnel's layers, the sum of their parts' or blocks') is set
+            # through its parts
             kwargs.setdefault(aliases.get(std, std), value)
     defaults = _defaults(cls)
     for f, v in defaults.items():
         if isinstance(v, float) and ("dropout" in f or "pdrop" in f or f.endswith("_drop")):
             kwargs[f] = 0.0
+        elif f in VOCABS and isinstance(v, int) and v > VOCAB:
+            kwargs[f] = VOCAB
         elif f.endswith("token_id") and isinstance(v, int) and v >= VOCAB:
             kwargs[f] = 0
-        elif f == "layer_types" and isinstance(v, list) and v:
+        elif f in _names(cls, "layer_types") and isinstance(v, list) and v:  # Zamba's alias
             kwargs[f] = v[:LAYERS]
         elif f in ("n_group", "topk_group") and isinstance(v, int):
             kwargs[f] = 1  # expert groups (DeepSeek's): one group of the 4 experts
@@ -283,7 +313,10 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # vocabulary, read from the config): two of the zoo's vocabulary
             kwargs.update(yes_token_index=1, no_token_index=2)
     kwargs.update(_sub_configs(cls, width, scaling, mapping))
-    return kwargs
+    return _fit.fit(cls, defaults, kwargs,
+                    _fit.Sizes(width, LAYERS, STAGES, TRACE_WIDTHS[0],
+                               HEADS if scaling == "heads" else TRACE_WIDTHS[0] // HEAD_DIM,
+                               SEQ))
 
 
 def _sub_configs(cls, width: int, scaling: str, mapping: Mapping) -> dict:
@@ -457,8 +490,8 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     config fields set last, e.g. another ``initializer_range``)."""
     import transformers
 
-    cls = transformers.AutoConfig.for_model(family).__class__
     model_cls = getattr(transformers, mapping.families()[family])
+    cls = _fit.model_config(transformers.AutoConfig.for_model(family).__class__, model_cls)
 
     def build(width):
         model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
@@ -480,10 +513,10 @@ def example_inputs(mapping: Mapping, real: bool = False):
     zeros (the trace reads shapes)."""
     import torch
 
-    def ids(real=real):
+    def ids(real=real, rows=2):
         if not real:
-            return torch.zeros(2, SEQ, dtype=torch.long)
-        return torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+            return torch.zeros(rows, SEQ, dtype=torch.long)
+        return torch.randint(VOCAB, (rows, SEQ), generator=torch.Generator().manual_seed(0))
 
     def inputs(model):
         params = list(inspect.signature(model.forward).parameters)
@@ -491,6 +524,11 @@ def example_inputs(mapping: Mapping, real: bool = False):
             return _image_inputs(model, params, ids, real)
         if mapping.inputs == "tokens" and "shared_kv_states" in params:
             return _drafter_inputs(model, real)
+        heads = getattr(model, "lm_heads", None)
+        if mapping.inputs == "tokens" and isinstance(heads, torch.nn.ModuleList):
+            # a decoder with one LM head per codebook (MusicGen's) reads one row of tokens per
+            # codebook of each sequence: (batch x num_codebooks, seq)
+            return (ids(rows=2 * len(heads)),)
         if mapping.inputs == "tokens":
             return (ids(),)
         if "input_features" in params and model.config.model_type == "voxtral_realtime":
@@ -797,7 +835,10 @@ def result_cell(row: dict) -> str:
 
 
 def _logits(out):
-    return getattr(out, "logits", out[0] if isinstance(out, (tuple, list)) else out)
+    # a model output without logits is its first field (PP-LCNet's classifier returns its
+    # logits as last_hidden_state)
+    first = isinstance(out, (tuple, list)) or hasattr(out, "to_tuple")
+    return getattr(out, "logits", out[0] if first else out)
 
 
 def _slope(entries) -> float:

@@ -449,6 +449,14 @@ class ConvOps:
                 and self.vec(x, node).tags == IMAGE:
             x = self.vec(x, node)
             return self._emit(node, f"subsample({x.name})", x.dim, IMAGE)
+        grid = tuple(node.args[0].meta["val"].shape[-2:])
+        if tuple(node.meta["val"].shape[-2:]) == (1, 1) and _pair(padding) == (0, 0) \
+                and divisor_override is None and all(
+                    k >= g for k, g in zip(_pair(kernel), grid, strict=True)):
+            # one window over the whole image (EfficientNet's AvgPool2d(hidden_dim,
+            # ceil_mode=True) on a smaller grid): with no padding its divisor is the pixels
+            # inside it, all of them, so it is their mean
+            return self.op_adaptive_avg_pool2d(node, x, 1)
         # a 3x3 mean counts only the pixels inside the image when count_include_pad is False
         # (avgpool3); counting the zeros too is another function at the border: refused below
         return self._pool(node, x, "avgpool", kernel, stride, padding, 1,

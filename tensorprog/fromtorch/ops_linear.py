@@ -207,6 +207,24 @@ class LinearOps:
     op_mm = op_matmul
     op_bmm = op_matmul
 
+    def op_einsum(self, node, equation, operands):
+        """A batched matmul written as an einsum (ProphetNet's "bsij,bsjk->bsik", CvT's
+        "bhlk,bhtk->bhlt", its second operand read transposed): that matmul."""
+        ins, _, out = equation.replace(" ", "").partition("->")
+        terms = ins.split(",")
+        if len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(",", ""))) == \
+                len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
+            (a, b), batch = terms, out[:-2]
+            i, j = a[-2:]
+            if a[:-2] == b[:-2] == batch and out[-2] == i and j not in out:
+                if b[-2:] == j + out[-1]:
+                    return self.op_matmul(node, *operands)
+                if b[-2:] == out[-1] + j:
+                    return self.op_matmul(node, operands[0],
+                                          self.op_transpose(node, operands[1], -2, -1))
+        raise refuse(node, f"an einsum {equation!r} that is not a batched matmul",
+                     help="write it as a matmul (a @ b, or a @ b.transpose(-2, -1))")
+
 
 def _same(a, b) -> bool:
     """Whether two computed ids are the same tensor of values."""

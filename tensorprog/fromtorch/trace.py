@@ -58,8 +58,13 @@ class _Wrapped:
                     out = out.logits
                 elif hasattr(out, "to_tuple"):  # a Hugging Face output of several heads' logits
                     # (BertForPreTraining's prediction_logits and seq_relationship_logits)
+                    fields = list(out.values())
                     out = tuple(v for k, v in out.items()
                                 if k.endswith("logits") and isinstance(v, torch.Tensor))
+                    if not out and len(fields) == 1 and isinstance(fields[0], torch.Tensor):
+                        # its one field, a tensor named otherwise (PP-LCNet's classifier
+                        # returns its logits as last_hidden_state)
+                        out = fields[0]
                 elif isinstance(out, (tuple, list)):  # every head, not the first only
                     out = tuple(x for x in out if isinstance(x, torch.Tensor))
                 # anything else (an int, None, a tuple of no tensor) is a program with no output

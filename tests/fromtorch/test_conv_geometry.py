@@ -11,7 +11,7 @@ them), and the gate's those of the hand-written program."""
 from __future__ import annotations
 
 import pytest
-from conftest import abc_by_target, emit_program
+from conftest import abc_by_target, emit_program, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -137,3 +137,30 @@ def test_a_squeeze_and_excitation_gate_is_linear_layers_of_the_pooled_image():
     (x,) = images()
     x = x.double()
     torch.testing.assert_close(emitted(x.movedim(1, -1)), model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kernel", "ceil", "traced_as"), [
+    (32, True, "global_pool"), (4, False, "global_pool"), (3, True, None), (2, False, "avgpool")])
+def test_an_average_pool_of_one_window_over_the_image_is_its_mean(kernel, ceil, traced_as):
+    # EfficientNet's AvgPool2d(hidden_dim, ceil_mode=True): a kernel past the 4 x 4 grid, one
+    # window, the mean of the pixels inside it. A 3 x 3 one with ceil_mode leaves windows
+    # that miss pixels: refused, never read as the mean
+    class Pooled(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.stem = nn.Conv2d(3, n, 3, 4, 1)
+            self.pool = nn.AvgPool2d(kernel, ceil_mode=ceil)
+            self.fc = nn.Linear(n, 10)
+
+        def forward(self, x):
+            h = self.pool(torch.relu(self.stem(x)))
+            return self.fc(h.flatten(1) if h.shape[-1] == 1 else h.mean((2, 3)))
+
+    if traced_as is None:
+        with pytest.raises(tp.TensorProgError, match="avg pool of kernel 3x3"):
+            tp.from_torch(Pooled, (8, 16), images)
+        return
+    traced = tp.from_torch(Pooled, (8, 16), images)
+    assert f"= {traced_as}(" in traced.source
+    if traced_as == "global_pool":
+        traced_computes_the_model(traced, Pooled, images)

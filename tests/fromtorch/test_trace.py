@@ -462,6 +462,33 @@ def test_every_output_is_traced(two):
     assert lrs[model.unused.weight] == 1e-2
 
 
+def test_an_output_of_one_tensor_not_named_logits_is_that_tensor():
+    # PP-LCNet's classifier returns its logits as a BaseModelOutput's last_hidden_state; an
+    # output with a second tensor and no logits stays refused (which of them is the output?)
+    outputs = pytest.importorskip("transformers.modeling_outputs")
+    from conftest import traced_computes_the_model
+
+    class Named(TwoHeads):
+        def forward(self, idx):
+            u = torch.relu(self.h(self.e(idx)))
+            return outputs.BaseModelOutput(last_hidden_state=self.l2(u))
+
+    class Two(TwoHeads):
+        def forward(self, idx):
+            u = torch.relu(self.h(self.e(idx)))
+            return outputs.BaseModelOutput(last_hidden_state=self.l2(u), hidden_states=(u,))
+
+    class Plain(Named):  # the same params and tensor, unwrapped for the oracle
+        def forward(self, idx):
+            return super().forward(idx).last_hidden_state
+
+    traced = from_torch(Named, (32, 64), _tokens)
+    assert re.findall(r"^output (\w+)$", traced.source, re.M) == ["linear_1"]
+    traced_computes_the_model(traced, Plain, _tokens)
+    with pytest.raises(TensorProgError, match="returned a BaseModelOutput: there is no output"):
+        from_torch(Two, (32, 64), _tokens)
+
+
 class Pooled(TwoHeads):
     """A layer the forward calls but whose result reaches no output (BERT's pooler under a
     masked-LM head)."""

@@ -503,3 +503,40 @@ def test_a_pad_by_nothing_is_the_value_and_any_other_pad_is_refused():
     with pytest.raises(TensorProgError, match=r"cannot trace a pad by \[0, 0, 1, 0\] "
                        r"\(constant, value None\) of a value that is not an image"):
         _trace(lambda n: Padded(n, pad=(0, 0, 1, 0)))
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with einsums (CvT's q @ k.T as "bhlk,bhtk->bhlt", ProphetNet's
+    "bsij,bsjk->bsik" of k already transposed), or ``bad``'s scores summed over the heads."""
+
+    def __init__(self, n, scores="bhlk,bhtk->bhlt", mix="bhlt,bhtv->bhlv"):
+        super().__init__()
+        self.e, self.qkv, self.o = nn.Embedding(13, n), nn.Linear(n, 3 * n), nn.Linear(n, 13)
+        self.scores, self.mix = scores, mix
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, HEADS, c // HEADS).transpose(1, 2)
+                   for z in self.qkv(x).chunk(3, dim=-1))
+        key = k.transpose(-2, -1) if self.scores.split("->")[0][-2:] == "jk" else k
+        w = torch.einsum(self.scores, q, key) * (c // HEADS) ** -0.5
+        y = torch.einsum(self.mix, w.softmax(-1), v)
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+@pytest.mark.parametrize("scores", ["bhlk,bhtk->bhlt", "bsij,bsjk->bsik", "bhlk,bhkt->bhtl"])
+def test_an_einsum_that_is_a_batched_matmul_is_that_matmul(scores):
+    # the oracle: the emitted program computes the model's logits. An einsum whose output
+    # swaps the query and key axes is no matmul of the two: refused
+    def build(n):
+        return EinsumAttention(n, scores)
+
+    if scores.endswith("bhtl"):
+        with pytest.raises(TensorProgError, match="an einsum 'bhlk,bhkt->bhtl' that is not"):
+            _trace(build)
+        return
+    traced = _trace(build)
+    traced_computes_the_model(traced, build, _tokens)
+    if scores.startswith("bsij"):  # the same program as the other spelling's
+        assert traced.source == _trace(lambda n: EinsumAttention(n)).source
