@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 
 import tensorprog as tp
+from tensorprog.emit.load import load_module
+from tensorprog.emit.module import Emitted
 from tensorprog.engine.optimizers import OPTIMIZERS
-from tensorprog.numerics.transfer import sweep
-from tensorprog.numerics.tune import train_once, tune
+from tensorprog.numerics.transfer import fit_to_data, sweep, trial_plan
+from tensorprog.numerics.tune import search_space, train_once, tune
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "examples" / "mlp.tp"
@@ -181,6 +183,45 @@ def plot(arms: dict[str, list[dict]], settings: dict, path: str) -> None:
     plt.close(fig)
 
 
+def values_of(settings: dict, param: str, factors: dict) -> dict:
+    """The module values (``{"lr", "init_std", "mult"}``) a study's best ``factors`` stand
+    for, made as ``tune`` makes them."""
+    program = tp.parse_file(ROOT / settings["program"])
+    plan = trial_plan(program, OPTIMIZERS["adam"], settings["data"], param=param,
+                      width=settings["small"], steps=settings["steps"],
+                      batch_size=settings["batch_size"], device="cpu", convention="table3")
+    fitted, _ = fit_to_data(program, plan.data)
+    module = load_module(Emitted(plan.sources[param]), param)
+    return search_space(fitted, module, "adam").module_values(factors)
+
+
+RECHECKS = {"mup_small": ("mup_small", "mup", False), "direct": ("direct", "mup", False),
+            "mup_small_lr": ("mup_small", "mup", True)}
+
+
+def recheck(arms: dict[str, list[dict]], settings: dict, offset: int) -> dict[str, list]:
+    """Each seed's µP values trained again at the largest width with the training seed
+    ``seed + offset``: µP-small's, the direct study's (whose own loss is the best of its
+    trials on the seed it was chosen on) and µP-small's lr with every σ and multiplier at
+    its default. Offset 0 reproduces µP-small's row."""
+    program = tp.parse_file(ROOT / settings["program"])
+    largest = max(settings["large"])
+    out: dict[str, list] = {k: [] for k in RECHECKS}
+    for name, (arm, param, lr_only) in RECHECKS.items():
+        for row in arms[arm]:
+            factors = dict(row["factors"])
+            if lr_only:
+                factors = {k: (v if k == "lr" else 1.0) for k, v in factors.items()}
+            once = train_once(program, OPTIMIZERS["adam"], settings["data"],
+                              values_of(settings, param, factors), width=largest,
+                              param=param, steps=settings["steps"],
+                              batch_size=settings["batch_size"], seed=row["repeat"] + offset)
+            out[name].append((row["repeat"], once["loss"]))
+            print(f"recheck {name} seed {row['repeat']} + {offset}: {once['loss']}",
+                  file=sys.stderr)
+    return out
+
+
 def _spread(xs: list[float | None]) -> str:
     ok = [x for x in xs if x is not None]
     if len(ok) < len(xs):
@@ -248,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", help="draw best-loss-so-far against the trial, per arm")
     ap.add_argument("--from-json", nargs="+", metavar="DUMP",
                     help="render the table (and --plot) of earlier --json dumps, merged")
+    ap.add_argument("--recheck", type=int, metavar="OFFSET",
+                    help="with --from-json: train each seed's µP values again at the largest "
+                         "width with the training seed seed + OFFSET")
     ap.add_argument("--no-ray", action="store_true", help="leave out the overhead figure")
     ap.add_argument("--rounds", type=int, default=2, help="pool/Ray rounds of the overhead")
     ap.add_argument("--no-tp5", action="store_true", help="leave out the TP5 comparison")
@@ -261,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
         print(per_seed(arms, settings))
         if args.plot:
             plot(arms, settings, args.plot)
+        if args.recheck is not None:
+            for name, got in recheck(arms, settings, args.recheck).items():
+                print(f"recheck at {max(settings['large'])}, seeds + {args.recheck}, {name}: "
+                      f"{_spread([x for _, x in got])}; "
+                      + ", ".join(f"seed {r} {x}" for r, x in got))
         return
     if args.quick:
         args.trials, args.repeats, args.small, args.large = 1, 1, 16, "32"

@@ -118,13 +118,20 @@ def test_values_tuned_in_another_convention_are_refused_by_name(tmp_path, capsys
 
 
 @pytest.mark.slow  # tune and train_once, covered above; this keeps the script from rotting
-def test_the_benchmark_runs_in_quick_mode(capsys):
+def test_the_benchmark_runs_in_quick_mode(capsys, tmp_path):
     # benchmarks/bench_tune.py: tune small and train once, against tuning at the large width,
     # and SP as the contrast, at tiny sizes (no Ray)
-    _bench().main(["--quick"])
+    bench = _bench()
+    bench.main(["--quick", "--json", str(tmp_path / "d.json")])
     out = capsys.readouterr().out
     assert "| µP, tuned at 16, trained once |" in out and "| µP, tuned directly at 32 |" in out
     assert "| SP, tuned at 16, trained once |" in out
+    # the recheck remakes the module values from the dumped factors: with the same seed it
+    # reproduces µP-small's run at 32 exactly
+    row = json.loads((tmp_path / "d.json").read_text())["arms"]["mup_small"][0]
+    bench.main(["--from-json", str(tmp_path / "d.json"), "--recheck", "0"])
+    out = capsys.readouterr().out
+    assert f"mup_small: {row['at']['32']:.4f}; seed 0 {row['at']['32']}" in out
 
 
 @pytest.mark.slow  # a driver and two workers, each importing torch: the pool itself is tested
