@@ -134,7 +134,8 @@ def best_so_far(trials: list[dict]) -> list[float | None]:
 
 def merged(dumps: list[dict]) -> dict[str, list[dict]]:
     """The arms of several dumps as one: rows of the same arm and seed are refused (which
-    one holds?), and the dumps must agree on what a row measures."""
+    one holds?), the dumps must agree on what a row measures, and a seed missing from an arm
+    (a run cut short) is left out of every arm."""
     keys = ("program", "data", "trials", "steps", "batch_size", "small", "large", "pruner")
     arms: dict[str, list[dict]] = {"mup_small": [], "direct": [], "sp_small": []}
     for d in dumps:
@@ -146,7 +147,12 @@ def merged(dumps: list[dict]) -> dict[str, list[dict]]:
                 if any(r["repeat"] == row["repeat"] for r in arms[arm]):
                     raise SystemExit(f"seed {row['repeat']} of {arm} is in two dumps")
                 arms[arm].append({**row, "at": {int(w): x for w, x in row["at"].items()}})
-    return arms
+    whole = set.intersection(*({r["repeat"] for r in rows} for rows in arms.values()))
+    cut = sorted({r["repeat"] for rows in arms.values() for r in rows} - whole)
+    if cut:  # a run stopped between two arms of a seed
+        print(f"left out seed(s) {', '.join(map(str, cut))}: not in every arm", file=sys.stderr)
+    return {arm: sorted((r for r in rows if r["repeat"] in whole), key=lambda r: r["repeat"])
+            for arm, rows in arms.items()}
 
 
 def plot(arms: dict[str, list[dict]], settings: dict, path: str) -> None:

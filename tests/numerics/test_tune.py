@@ -192,10 +192,13 @@ def test_the_benchmarks_dumps_merge_by_seed_and_refuse_a_seed_twice_or_other_set
     def dump(seed, loss):
         row = {"repeat": seed, "tuned_at": 16, "study_loss": loss, "seconds": 1.0,
                "flops": 10.0, "lr": 2**-8, "at": {"32": loss}, "trials": []}
-        return {"settings": settings, "arms": {"mup_small": [row], "direct": [],
-                                               "sp_small": []}}
+        return {"settings": settings, "arms": {"mup_small": [row], "direct": [row],
+                                               "sp_small": [row]}}
 
-    arms = bench.merged([dump(0, 0.25), dump(1, 0.75)])
+    cut = dump(2, 0.5)
+    cut["arms"]["sp_small"] = []  # stopped before its last arm: left out of every arm
+    arms = bench.merged([dump(1, 0.75), dump(0, 0.25), cut])
+    assert all([r["repeat"] for r in rows] == [0, 1] for rows in arms.values())
     assert [r["at"] for r in arms["mup_small"]] == [{32: 0.25}, {32: 0.75}]
     assert "| µP, tuned at 16, trained once | 0.5000 ± 0.3536 | 1 | 10 |" in bench.table(
         arms, settings)
