@@ -118,19 +118,20 @@ def test_values_tuned_in_another_convention_are_refused_by_name(tmp_path, capsys
 
 
 @pytest.mark.slow  # tune and train_once, covered above; this keeps the script from rotting
-def test_the_benchmark_runs_in_quick_mode(capsys):
+def test_the_benchmark_runs_in_quick_mode(capsys, tmp_path):
     # benchmarks/bench_tune.py: tune small and train once, against tuning at the large width,
     # and SP as the contrast, at tiny sizes (no Ray)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_tune",
-                                                  ROOT / "benchmarks" / "bench_tune.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--quick"])
+    bench = _bench()
+    bench.main(["--quick", "--json", str(tmp_path / "d.json")])
     out = capsys.readouterr().out
     assert "| µP, tuned at 16, trained once |" in out and "| µP, tuned directly at 32 |" in out
     assert "| SP, tuned at 16, trained once |" in out
+    # the recheck remakes the module values from the dumped factors: with the same seed it
+    # reproduces µP-small's run at 32 exactly
+    row = json.loads((tmp_path / "d.json").read_text())["arms"]["mup_small"][0]
+    bench.main(["--from-json", str(tmp_path / "d.json"), "--recheck", "0"])
+    out = capsys.readouterr().out
+    assert f"mup_small: {row['at']['32']:.4f}; seed 0 {row['at']['32']}" in out
 
 
 @pytest.mark.slow  # a driver and two workers, each importing torch: the pool itself is tested
@@ -161,3 +162,47 @@ def test_a_killed_study_leaves_no_worker_and_its_rerun_trains_the_lost_trials(tm
                             "--steps", "2", *study)
     assert code == 0 and "2 trial(s) left running by an interrupted run" in text
     assert "1 complete, 2 fail" in text
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tune",
+                                                  ROOT / "benchmarks" / "bench_tune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_benchmarks_best_so_far_counts_complete_trials_only():
+    # the figure's curve: pruned and failed trials have no final loss, the order is the asking
+    trials = [{"number": 2, "state": "complete", "loss": 0.5},
+              {"number": 0, "state": "pruned", "loss": None},
+              {"number": 1, "state": "complete", "loss": 0.7},
+              {"number": 3, "state": "fail", "loss": None},
+              {"number": 4, "state": "complete", "loss": 0.6}]
+    assert _bench().best_so_far(trials) == [None, 0.7, 0.5, 0.5, 0.5]
+
+
+def test_the_benchmarks_dumps_merge_by_seed_and_refuse_a_seed_twice_or_other_settings():
+    bench = _bench()
+    settings = {"program": "examples/mlp.tp", "data": "digits", "trials": 2, "steps": 5,
+                "batch_size": 8, "small": 16, "large": [32], "pruner": "median"}
+
+    def dump(seed, loss):
+        row = {"repeat": seed, "tuned_at": 16, "study_loss": loss, "seconds": 1.0,
+               "flops": 10.0, "lr": 2**-8, "at": {"32": loss}, "trials": []}
+        return {"settings": settings, "arms": {"mup_small": [row], "direct": [row],
+                                               "sp_small": [row]}}
+
+    cut = dump(2, 0.5)
+    cut["arms"]["sp_small"] = []  # stopped before its last arm: left out of every arm
+    arms = bench.merged([dump(1, 0.75), dump(0, 0.25), cut])
+    assert all([r["repeat"] for r in rows] == [0, 1] for rows in arms.values())
+    assert [r["at"] for r in arms["mup_small"]] == [{32: 0.25}, {32: 0.75}]
+    assert "| µP, tuned at 16, trained once | 0.5000 ± 0.3536 | 1 | 10 |" in bench.table(
+        arms, settings)
+    with pytest.raises(SystemExit, match="seed 0 of mup_small is in two dumps"):
+        bench.merged([dump(0, 0.25), dump(0, 0.75)])
+    with pytest.raises(SystemExit, match="differ in their settings"):
+        bench.merged([dump(0, 0.25), {**dump(1, 0.5), "settings": {**settings, "steps": 6}}])
