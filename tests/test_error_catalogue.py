@@ -1678,6 +1678,20 @@ CONV_BUILDS = {
                           r"error: cannot trace a view of an image from \[2, \d+, 4, 4\] to "
                           r"\[8, \d+, 2, 2\] \(its pixels folded into the batch(.|\n)*help: "
                           r"read the image's pixels as tokens"),
+    # MobileViT's unfolding (its first view, [B·C·nh, ph, nw, pw]): attention per pixel
+    # offset over the patches is strided groups of pixels under a constant mask, not windows
+    "strided_groups": ("lambda n: Net(n, tail=lambda x: x.reshape(-1, 2, 2, 2).mean((1, 2, 3))"
+                       ".reshape(2, -1)[:, :n])",
+                       r"error: cannot trace a view of an image from \[2, \d+, 4, 4\] to "
+                       r"\[\d+, 2, 2, 2\] \(its pixels folded into the batch: MobileViT's "
+                       r"unfolding into 4 patches of 2x2 pixels(.|\n)*4 pixel offsets: "
+                       r"attention over the 16 pixels as tokens(.|\n)*not strided groups"),
+    # MobileViTV2's unfold of a feature map inside the network: each pixel offset a sequence
+    "unfold_inside": ("lambda n: Net(n, tail=lambda x: nn.functional.unfold(x, 2, stride=2)"
+                      ".mean(2)[:, :n])",
+                      r"error: cannot trace an unfold of a feature map of 4x4 pixels inside "
+                      r"the network into patches of 2x2 \(MobileViTV2's(.|\n)*help: cut the "
+                      r"image input into patches once"),
     # a clamp the language has no form for: to [-1, 2] (it has [0, 6], [0, inf), [-c, c],
     # (-inf, c] and [-c, inf))
     "clamp": ("lambda n: Net(n, pool=nn.Hardtanh(-1.0, 2.0))",

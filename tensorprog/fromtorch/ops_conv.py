@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .ops_windows import strided_groups
 from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Trace, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
@@ -81,6 +82,20 @@ class ConvOps:
         values each (a patch embedding is then a matmul of finite fan-in P). Only the image
         input itself, read only this way, and a size k divides."""
         shape = tuple(node.args[0].meta["val"].shape)
+        if x.tags == IMAGE and x.name != "img" and not (shape[2] % k or shape[3] % k):
+            count = shape[2] * shape[3] // (k * k)
+            raise refuse(
+                node,
+                f"an unfold of a feature map of {shape[2]}x{shape[3]} pixels inside the network "
+                f"into patches of {k}x{k} (MobileViTV2's: [B, C·{k * k}, patches], each of the "
+                f"{k * k} pixel offsets of a patch a sequence of the {count} patches, mixed "
+                "by its attention apart from the others): the language cuts "
+                "only the image input into patches (`input patch : patches[T, P]`), and reads a "
+                "feature map's pixels as tokens only whole (tokens(h, T))",
+                help="cut the image input into patches once, right at the input; inside the "
+                "network read the pixels as tokens, x.flatten(2).transpose(1, 2), and attend "
+                "over all of them (a model other than MobileViTV2's)",
+            )
         if x.name != "img" or x.tags != IMAGE or _reads_image(self.out.stmts) or shape[2] % k \
                 or shape[3] % k:
             raise refuse(
@@ -533,12 +548,11 @@ class ConvOps:
             return tokens
         if shape[0] != old[0]:
             raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
-                         "pixels folded into the batch: MobileViT's unfold into patches, which "
-                         "attends over the patches once per pixel of a patch, sequences the "
-                         "language's tokens(h, T) does not say: it reads every pixel as one "
-                         "token of one sequence)",
+                         f"pixels folded into the batch{strided_groups(old, shape)})",
                          help="read the image's pixels as tokens, x.flatten(2).transpose(1, "
-                         "2), and attend over all of them")
+                         "2), and attend over all of them (a model other than MobileViT's, "
+                         "whose strided groups the language would say with a mask-only "
+                         "input of them beside `windows[T, B, H, W, s]`, docs/language.md)")
         raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (an image "
                      "is flattened only after a global pool, or its pixels into tokens: "
                      "[B, C, H, W] to [B, C, H·W], [B, H, W, C] to [B, H·W, C])",
@@ -671,3 +685,4 @@ def _pair(a):
 
 def _text(a) -> str:
     return a if isinstance(a, str) else "x".join(str(i) for i in a)
+
