@@ -642,4 +642,7 @@ def _zero_matrices(mup: MuP, abc: dict) -> dict:
 def _logits(out):
     if hasattr(out, "logits"):
         return out.logits
-    return out[0] if isinstance(out, (tuple, list)) else out
+    # a model output without logits (transformers' ModelOutput, which has to_tuple) is its first
+    # field, as a tuple's: PP-LCNet's classifier returns its logits as last_hidden_state
+    first = isinstance(out, (tuple, list)) or hasattr(out, "to_tuple")
+    return out[0] if first else out

@@ -263,6 +263,15 @@ class ArithOps:
     def op_sigmoid(self, node, x):
         return self._apply(node, x, lambda t: t.sigmoid())
 
+    def op_hardswish(self, node, x):
+        """``F.hardswish`` (``nn.Hardswish``), x·relu6(x + 3)/6: its kinks at ±3 lie inside
+        the [-4, 4] on which a chain is identified, so its values name it."""
+        return self._apply(node, x, lambda t: t * (t + 3).clamp(0, 6) / 6)
+
+    def op_hardsigmoid(self, node, x):
+        """``F.hardsigmoid`` (``nn.Hardsigmoid``), relu6(x + 3)/6, identified likewise."""
+        return self._apply(node, x, lambda t: (t + 3).clamp(0, 6) / 6)
+
     def op_erf(self, node, x):
         return self._apply(node, x, lambda t: t.erf())
 

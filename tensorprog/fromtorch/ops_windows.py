@@ -43,6 +43,7 @@ _SAME = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as",
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 # per-token ops: they commute with any permutation of the tokens
 _PER_TOKEN = {"linear", "layer_norm", "rms_norm", "gelu", "relu", "silu", "tanh", "sigmoid",
+              "hardswish", "hardsigmoid",
               "add", "sub", "mul", "div", "transpose", "permute", *_VIEWS, *_SAME,
               # F.normalize of each head (cosine attention, Swin V2's): ops_norm.py's L2Norm
               "linalg_vector_norm", "clamp_min", "expand_as"}

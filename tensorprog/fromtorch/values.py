@@ -531,7 +531,8 @@ class Trace:
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.
-RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid", "softplus")
+RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid", "softplus", "hardswish",
+              "hardsigmoid")
 
 
 def identify(f: Callable) -> tuple[str, float] | None:

@@ -16,6 +16,7 @@ from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .values import (
+    RECOGNISED,
     Affine,
     Aux,
     Blank,
@@ -271,8 +272,8 @@ class Walker:
             if found is None:  # at the chain's last op: the line that wrote the function
                 raise refuse(
                     self.by_name.get(v.node, node),
-                    "a coordinatewise function that is none of identity, relu, "
-                    "gelu, silu, tanh, sigmoid, nor an integer power of one",
+                    f"a coordinatewise function that is none of {', '.join(RECOGNISED)}, "
+                    "nor an integer power of one",
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"

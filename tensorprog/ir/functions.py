@@ -4,12 +4,13 @@ Each row says what the engine needs to know of a function, and what the emitter 
 compute it with:
 
 * ``scaling``: how the function maps the size exponent of its input (the engine's Nonlin rule):
-  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, identity, the pools,
-  ``grn``, and ``first``, one token's vector read out of a sequence: size passes through);
-  ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and bounded
-  (sigmoid, and a softmax over finitely many tokens: Θ(1) whatever the input); ``shifted``:
-  φ(0) ≠ 0 and φ(x) ~ x for large x, unbounded (softplus, log(1 + e^x): log 2 at 0, slope 1/2
-  there, a relu far out), so a vanishing input gives Θ(1) and a growing one passes its size on;
+  ``linear``: φ(x) ~ x both near 0 and at infinity (relu, gelu, silu, hardswish, identity, the
+  pools, ``grn``, and ``first``, one token's vector read out of a sequence: size passes
+  through); ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and
+  bounded (sigmoid, hardsigmoid, and a softmax over finitely many tokens: Θ(1) whatever the
+  input); ``shifted``: φ(0) ≠ 0 and φ(x) ~ x for large x, unbounded (softplus, log(1 + e^x):
+  log 2 at 0, slope 1/2 there, a relu far out), so a vanishing input gives Θ(1) and a growing
+  one passes its size on;
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
   Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -70,6 +71,14 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),)),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
+    # x·relu6(x + 3)/6 (MobileNetV3's, LeViT's, PP-LCNet's): 0 at 0 with slope 1/2 there (x/2
+    # + x²/6 on [-3, 3]), x itself past 3 and 0 below -3, so a relu near 0 and far out alike:
+    # a vanishing input's size passes on halved, a growing one's passes on as relu's (never
+    # capped), and φ' is in [-1/2, 3/2], Θ(1) at 0: silu's class, not relu6's
+    Function("hardswish", "linear", 0.0, "torch.nn.functional.hardswish"),
+    # relu6(x + 3)/6 (MobileNetV3's squeeze-excitation gate): 1/2 at 0, clamped to [0, 1], so
+    # Θ(1) whatever its input's size and its change capped: sigmoid's class
+    Function("hardsigmoid", "offset", 0.5, "torch.nn.functional.hardsigmoid"),
     # log(1 + e^x) (Laguna's per-head attention gate): log 2 at 0, a relu far out; φ' =
     # sigmoid, in (0, 1), so a change passes through uncapped
     Function("softplus", "shifted", math.log(2.0), "torch.nn.functional.softplus"),

@@ -11,6 +11,7 @@ F = torch.nn.functional
 
 from tensorprog import TensorProgError, UsageError, derive  # noqa: E402
 from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
+from tensorprog.fromtorch.check import _logits as check_logits  # noqa: E402
 
 
 class Block(nn.Module):
@@ -485,6 +486,9 @@ def test_an_output_of_one_tensor_not_named_logits_is_that_tensor():
     traced = from_torch(Named, (32, 64), _tokens)
     assert re.findall(r"^output (\w+)$", traced.source, re.M) == ["linear_1"]
     traced_computes_the_model(traced, Plain, _tokens)
+    # the check trains on that field as the logits (the output, not its wrapper)
+    out = Named(32)(*_tokens(None))
+    assert check_logits(out) is out.last_hidden_state
     with pytest.raises(TensorProgError, match="returned a BaseModelOutput: there is no output"):
         from_torch(Two, (32, 64), _tokens)
 
