@@ -715,8 +715,7 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
                    drift=drift, remeasured=again)
         if wider and wants_wider(out):
             out["wider"] = _wider(mup, build, wider, options)
-        return done("fail", f"{len(good.failures)} vectors: {_worst(good, 4)}"
-                    + (f"; {split}" if split else ""))
+        return done("fail", _failed(good) + (f"; {split}" if split else ""))
     except TensorProgError as err:
         if stage == "build":
             return done("build", _first_line(err))
@@ -759,8 +758,7 @@ def _wider(mup, build, widths, options: dict) -> dict:
             def check() -> tuple[bool, str]:
                 result = coord_check(mup, widths, **{**options, "tolerance": None,
                                                      "remeasure_few": False})
-                return result.passed, "" if result.passed else \
-                    f"{len(result.failures)} vectors: {_worst(result, 4)}"
+                return result.passed, "" if result.passed else _failed(result)
 
             with _one_at_a_time():
                 start = time.perf_counter()  # the check's own time, not the wait
@@ -841,15 +839,42 @@ def _logits(out):
     return getattr(out, "logits", out[0] if first else out)
 
 
-def _slope(entries) -> float:
-    worst = max(entries, key=lambda r: abs(r.slope) if r.slope == r.slope else 1e9)
-    return round(worst.slope, 2)
+def _slope(entries) -> float | str:
+    """A failing vector's slope furthest from 0, or where some entry has none (inf or nan in a
+    run, or exactly 0 in some runs only) that entry's verdict: never a slope of nan."""
+    none = [r for r in entries if math.isnan(r.slope)]
+    if none:
+        return f"{none[0].verdict} ({_when(none[0])})"
+    return round(max(entries, key=lambda r: abs(r.slope)).slope, 2)
+
+
+def _when(r) -> str:
+    return "at init" if r.step == 0 else f"after step {r.step}"
 
 
 def _worst(result, k: int = 2) -> str:
-    """The k failing vectors furthest from their expectation: name (module path) and slope."""
-    items = sorted(result.failures.items(), key=lambda kv: -abs(_slope(kv[1])))[:k]
-    return ", ".join(f"{result.where(name)} {_slope(v):+.2f}" for name, v in items)
+    """The k failing vectors with a slope furthest from their expectation: name (module path)
+    and slope."""
+    sloped = {n: s for n, v in result.failures.items() if isinstance(s := _slope(v), float)}
+    items = sorted(sloped.items(), key=lambda kv: -abs(kv[1]))[:k]
+    return ", ".join(f"{result.where(name)} {s:+.2f}" for name, s in items)
+
+
+def _failed(result) -> str:
+    """A failing check's detail: the runs whose values went inf or nan (the model's own values
+    not finite, so no slope at all), the vectors that have no slope (their first and the
+    verdict saying which runs), then the worst slopes."""
+    lines = []
+    for _, w, s, t, why in result.diverged[:2]:
+        lines.append(f"diverged at width {w}, seed {s}, step {t}: {why}")
+    failures = result.failures
+    none = [n for n, v in failures.items() if isinstance(_slope(v), str)]
+    if none and not result.diverged:
+        lines.append(f"{len(none)} vectors have no slope, first {result.where(none[0])}: "
+                     f"{_slope(failures[none[0]])}")
+    worst = _worst(result, 4)
+    lines.append(f"{len(failures)} vectors" + (f": {worst}" if worst else ""))
+    return "; ".join(lines)
 
 
 def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) -> dict:

@@ -1,0 +1,63 @@
+"""Where a check can fit no slope: a vector whose RMS is inf or nan in some run (the model's own
+values are not finite there), or exactly 0 in some runs and not in others (it never moved in
+those). Each gets a verdict of its own naming the runs, widths and seeds, so that a non-finite
+measurement never passes into a slope or a verdict as a number (no torch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
+
+
+def no_slope(m, name: str, step: int, widths: Sequence[int], seeds: Sequence[int]) -> str:
+    """The verdict on ``name`` at ``step`` where its per-seed slopes are not all finite
+    (``m``: judge's Measurements): the runs whose RMS is inf or nan, else the runs where it is
+    exactly 0 and those where it is not."""
+    what = "at init" if step == 0 else "in its change"
+    runs = {(w, s): m.rms.get((name, step, w, s), math.nan) for s in seeds for w in widths}
+    bad = [k for k, v in runs.items() if not math.isfinite(v)]
+    if bad:
+        return (f"not finite {what}: the model's own values are inf or nan in "
+                f"{_runs(bad, widths)}, so no slope can be fit")
+    zero = [k for k, v in runs.items() if v <= ZERO_RMS]
+    moved = [k for k in runs if k not in zero]
+    # a change exactly 0: the params it depends on did not move at all in those runs
+    why = "" if step == 0 else (" (nothing it depends on moved there: their gradient vanished, "
+                                "or its update fell below Adam's eps or float32's rounding)")
+    return (f"exactly zero {what} in {_runs(zero, widths)} but not in {_runs(moved, widths)}"
+            f"{why}, so no slope can be fit")
+
+
+def _runs(pairs, widths: Sequence[int]) -> str:
+    """(width, seed) pairs by seed: "seed 0 (width 256, 512), seed 1 (every width)"."""
+    by: dict[int, list[int]] = {}
+    for w, s in pairs:
+        by.setdefault(s, []).append(w)
+    return ", ".join(f"seed {s} (" + ("every width" if len(ws) == len(widths) else
+                                      "width " + ", ".join(map(str, ws))) + ")"
+                     for s, ws in sorted(by.items()))
+
+
+def diverged_runs(m) -> list[tuple[str, int, int, int, str]]:
+    """Per run with an inf or nan RMS: the first step where one appears and the first vector
+    (in program order) that has it there, so that the report names where the overflow began;
+    vector "" where the run stopped before any vector went inf or nan (``m.stopped``)."""
+    out = []
+    names, steps = m.vectors, m.axis(1)
+    for width in m.axis(2):
+        for seed in m.axis(3):
+            bad = next(((t, v) for t in steps for v in names
+                        if not math.isfinite(m.rms.get((v, t, width, seed), 0.0))), None)
+            if bad is None:
+                continue
+            t, v = bad
+            stop = m.stopped.get((width, seed))
+            if stop and stop[0] == t:  # the run stopped before any vector went inf or nan
+                out.append(("", width, seed, t, stop[1]))
+            else:
+                out.append((v, width, seed, t, f"{v} is the first vector to go inf or nan "
+                                               f"(step {t}): the model's own values are not "
+                                               "finite"))
+    return out
