@@ -18,9 +18,15 @@ def no_slope(m, name: str, step: int, widths: Sequence[int], seeds: Sequence[int
     what = "at init" if step == 0 else "in its change"
     runs = {(w, s): m.rms.get((name, step, w, s), math.nan) for s in seeds for w in widths}
     bad = [k for k, v in runs.items() if not math.isfinite(v)]
+    # a run that could not take a step (``m.stop``: its loss not finite, its step overflowing)
+    stopped = [k for k in bad if k in m.stopped and m.stopped[k][0] <= step]
+    if stopped and len(stopped) == len(bad):
+        w, s = stopped[0]
+        return (f"not measured {what}: its runs in {_runs(stopped, widths)} stopped at step "
+                f"{m.stopped[(w, s)][0]} ({m.stopped[(w, s)][1]}), so no slope can be fit")
     if bad:
         return (f"not finite {what}: the model's own values are inf or nan in "
-                f"{_runs(bad, widths)}, so no slope can be fit")
+                f"{_runs([k for k in bad if k not in stopped], widths)}, so no slope can be fit")
     zero = [k for k, v in runs.items() if v <= ZERO_RMS]
     moved = [k for k in runs if k not in zero]
     # a change exactly 0: the params it depends on did not move at all in those runs

@@ -409,6 +409,11 @@ def test_an_overflowing_run_is_reported_as_diverged(mlp):
     result = tensorprog.check(mlp, "adam", lr=1e38, widths=(8, 16), seeds=1, steps=2)
     assert not result.passed and result.diverged
     assert "DIVERGED" in render(result)
+    # a run stopped before a step: its vectors say so, not that the model's values went inf
+    _, _, _, t, why = result.diverged[0]
+    r = next(r for r in result.results if r.step == t and r.name == "h2")
+    assert r.verdict == (f"not measured in its change: its runs in seed 0 (every width) stopped "
+                         f"at step {t} ({why}), so no slope can be fit"), r.verdict
 
 
 def test_check_result_prints_as_a_summary(mlp):
