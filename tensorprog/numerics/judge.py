@@ -525,7 +525,8 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             ok, verdict = (_judge(slope, exp, tolerance, t, rms) if exp
                            else (True, "not a program vector"))
             if exp is not None and math.isnan(slope):  # no slope: which runs, and why
-                ok, verdict = False, no_slope(measurements, name, t, widths, seeds)
+                ok, verdict = False, no_slope(measurements, name, t, widths, seeds,
+                                              "width" if exp.var == "n" else "depth")
             if not judged and all(math.isfinite(r) for r in rms.values()):
                 ok, verdict = True, f"{verdict} (step 1: not judged)"
             results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))

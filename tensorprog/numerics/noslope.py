@@ -11,38 +11,43 @@ from collections.abc import Sequence
 ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
 
 
-def no_slope(m, name: str, step: int, widths: Sequence[int], seeds: Sequence[int]) -> str:
+def no_slope(m, name: str, step: int, widths: Sequence[int], seeds: Sequence[int],
+             axis: str = "width") -> str:
     """The verdict on ``name`` at ``step`` where its per-seed slopes are not all finite
-    (``m``: judge's Measurements): the runs whose RMS is inf or nan, else the runs where it is
-    exactly 0 and those where it is not."""
+    (``m``: judge's Measurements, whose widths are depths where ``axis`` is "depth"): the runs
+    whose RMS is inf or nan, else the runs where it is exactly 0 and those where it is not."""
     what = "at init" if step == 0 else "in its change"
+
+    def runs_(pairs) -> str:
+        return _runs(pairs, widths, axis)
+
     runs = {(w, s): m.rms.get((name, step, w, s), math.nan) for s in seeds for w in widths}
     bad = [k for k, v in runs.items() if not math.isfinite(v)]
     # a run that could not take a step (``m.stop``: its loss not finite, its step overflowing)
     stopped = [k for k in bad if k in m.stopped and m.stopped[k][0] <= step]
     if stopped and len(stopped) == len(bad):
         w, s = stopped[0]
-        return (f"not measured {what}: its runs in {_runs(stopped, widths)} stopped at step "
+        return (f"not measured {what}: its runs in {runs_(stopped)} stopped at step "
                 f"{m.stopped[(w, s)][0]} ({m.stopped[(w, s)][1]}), so no slope can be fit")
     if bad:
         return (f"not finite {what}: the model's own values are inf or nan in "
-                f"{_runs([k for k in bad if k not in stopped], widths)}, so no slope can be fit")
+                f"{runs_([k for k in bad if k not in stopped])}, so no slope can be fit")
     zero = [k for k, v in runs.items() if v <= ZERO_RMS]
     moved = [k for k in runs if k not in zero]
     # a change exactly 0: the params it depends on did not move at all in those runs
     why = "" if step == 0 else (" (nothing it depends on moved there: their gradient vanished, "
                                 "or its update fell below Adam's eps or float32's rounding)")
-    return (f"exactly zero {what} in {_runs(zero, widths)} but not in {_runs(moved, widths)}"
+    return (f"exactly zero {what} in {runs_(zero)} but not in {runs_(moved)}"
             f"{why}, so no slope can be fit")
 
 
-def _runs(pairs, widths: Sequence[int]) -> str:
+def _runs(pairs, widths: Sequence[int], axis: str) -> str:
     """(width, seed) pairs by seed: "seed 0 (width 256, 512), seed 1 (every width)"."""
     by: dict[int, list[int]] = {}
     for w, s in pairs:
         by.setdefault(s, []).append(w)
-    return ", ".join(f"seed {s} (" + ("every width" if len(ws) == len(widths) else
-                                      "width " + ", ".join(map(str, ws))) + ")"
+    return ", ".join(f"seed {s} (" + (f"every {axis}" if len(ws) == len(widths) else
+                                      f"{axis} " + ", ".join(map(str, ws))) + ")"
                      for s, ws in sorted(by.items()))
 
 

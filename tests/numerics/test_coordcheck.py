@@ -270,6 +270,10 @@ def test_a_change_exactly_zero_in_one_seed_has_no_slope_and_says_which_seed():
     step1 = next(r for r in bad.results if r.name == "h1" and r.step == 1)
     assert step1.ok and step1.verdict.endswith("(step 1: not judged)")
     assert "h1: exactly zero in its change in seed 1" in render(bad)
+    # a depth check's runs are at depths (its measurements' width axis)
+    from tensorprog.numerics.noslope import no_slope
+    assert "in seed 1 (every depth) but not in seed 0 (every depth)" in no_slope(
+        m, "h1", 2, (64, 256, 1024), (0, 1), "depth")
     assert json.loads(json.dumps(bad.as_dict(), allow_nan=False))["passed"] is False
 
 
