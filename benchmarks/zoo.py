@@ -20,7 +20,9 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
   the split of its change, finite-width drift: the row names it, the totals count such rows;
   a vector of few entries, a 2-class classifier's logits, may pass measured again over more
   seeds, its RMS pooled over them: the row names it);
-* ``fail``: one of those does not hold (the failing vectors with their slopes); where the check
+* ``fail``: one of those does not hold (the failing vectors with their slopes; first the runs
+  whose values went inf or nan, and the vectors with no slope, exactly 0 in some runs only, each
+  with the check's verdict naming its runs: never a slope of nan); where the check
   fails on attention logits alone, a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
   at the check's own tolerance ±0.15), whose result the row gives apart: ``fail; pass (wider)``
   or ``fail; fail (wider)``, never a pass. Their later layers' change is Θ(1), as the engine
@@ -693,8 +695,8 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         # the contrast: SP's blow-ups are slopes of +1 to +3, plain at two widths and one seed
         bad = coord_check(mup, widths[:2], apply=False,
                           **{**options, "seeds": (0,), "remeasure_few": False})
-        out["sp"] = ("passes" if bad.passed
-                     else f"fails ({len(bad.failures)} vectors, {_worst(bad)})")
+        out["sp"] = ("passes" if bad.passed  # a run without any slope: what the check says
+                     else f"fails ({len(bad.failures)} vectors, {_worst(bad) or _failed(bad)})")
         out["regime"] = good.regime_warning() or None
         # vectors that pass by the split of their change (a router's logits whose own update
         # scales as µP requires while W₀·Δx shrinks: finite-width drift, fromtorch/check.py)

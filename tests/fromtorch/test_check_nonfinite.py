@@ -65,6 +65,7 @@ def test_a_model_whose_values_are_inf_at_one_width_fails_naming_vector_width_and
                              "vector to go inf or nan (step 0): the model's own values are not "
                              "finite"), detail
     assert "nan" not in detail.replace("inf or nan", "")
+    assert zoo._worst(result) == ""  # no vector has a slope: the SP column gives _failed's words
 
 
 def test_a_change_exactly_zero_in_one_seed_only_says_which_seed(zoo):
