@@ -20,7 +20,9 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
   the split of its change, finite-width drift: the row names it, the totals count such rows;
   a vector of few entries, a 2-class classifier's logits, may pass measured again over more
   seeds, its RMS pooled over them: the row names it);
-* ``fail``: one of those does not hold (the failing vectors with their slopes); where the check
+* ``fail``: one of those does not hold (the failing vectors with their slopes; first the runs
+  whose values went inf or nan, and the vectors with no slope, exactly 0 in some runs only, each
+  with the check's verdict naming its runs: never a slope of nan); where the check
   fails on attention logits alone, a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
   at the check's own tolerance ±0.15), whose result the row gives apart: ``fail; pass (wider)``
   or ``fail; fail (wider)``, never a pass. Their later layers' change is Θ(1), as the engine
@@ -693,8 +695,8 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         # the contrast: SP's blow-ups are slopes of +1 to +3, plain at two widths and one seed
         bad = coord_check(mup, widths[:2], apply=False,
                           **{**options, "seeds": (0,), "remeasure_few": False})
-        out["sp"] = ("passes" if bad.passed
-                     else f"fails ({len(bad.failures)} vectors, {_worst(bad)})")
+        out["sp"] = ("passes" if bad.passed  # a run without any slope: what the check says
+                     else f"fails ({len(bad.failures)} vectors, {_worst(bad) or _failed(bad)})")
         out["regime"] = good.regime_warning() or None
         # vectors that pass by the split of their change (a router's logits whose own update
         # scales as µP requires while W₀·Δx shrinks: finite-width drift, fromtorch/check.py)
@@ -715,8 +717,7 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
                    drift=drift, remeasured=again)
         if wider and wants_wider(out):
             out["wider"] = _wider(mup, build, wider, options)
-        return done("fail", f"{len(good.failures)} vectors: {_worst(good, 4)}"
-                    + (f"; {split}" if split else ""))
+        return done("fail", _failed(good) + (f"; {split}" if split else ""))
     except TensorProgError as err:
         if stage == "build":
             return done("build", _first_line(err))
@@ -759,8 +760,7 @@ def _wider(mup, build, widths, options: dict) -> dict:
             def check() -> tuple[bool, str]:
                 result = coord_check(mup, widths, **{**options, "tolerance": None,
                                                      "remeasure_few": False})
-                return result.passed, "" if result.passed else \
-                    f"{len(result.failures)} vectors: {_worst(result, 4)}"
+                return result.passed, "" if result.passed else _failed(result)
 
             with _one_at_a_time():
                 start = time.perf_counter()  # the check's own time, not the wait
@@ -841,15 +841,42 @@ def _logits(out):
     return getattr(out, "logits", out[0] if first else out)
 
 
-def _slope(entries) -> float:
-    worst = max(entries, key=lambda r: abs(r.slope) if r.slope == r.slope else 1e9)
-    return round(worst.slope, 2)
+def _slope(entries) -> float | str:
+    """A failing vector's slope furthest from 0, or where some entry has none (inf or nan in a
+    run, or exactly 0 in some runs only) that entry's verdict: never a slope of nan."""
+    none = [r for r in entries if math.isnan(r.slope)]
+    if none:
+        return f"{none[0].verdict} ({_when(none[0])})"
+    return round(max(entries, key=lambda r: abs(r.slope)).slope, 2)
+
+
+def _when(r) -> str:
+    return "at init" if r.step == 0 else f"after step {r.step}"
 
 
 def _worst(result, k: int = 2) -> str:
-    """The k failing vectors furthest from their expectation: name (module path) and slope."""
-    items = sorted(result.failures.items(), key=lambda kv: -abs(_slope(kv[1])))[:k]
-    return ", ".join(f"{result.where(name)} {_slope(v):+.2f}" for name, v in items)
+    """The k failing vectors with a slope furthest from their expectation: name (module path)
+    and slope."""
+    sloped = {n: s for n, v in result.failures.items() if isinstance(s := _slope(v), float)}
+    items = sorted(sloped.items(), key=lambda kv: -abs(kv[1]))[:k]
+    return ", ".join(f"{result.where(name)} {s:+.2f}" for name, s in items)
+
+
+def _failed(result) -> str:
+    """A failing check's detail: the runs whose values went inf or nan (the model's own values
+    not finite, so no slope at all), the vectors that have no slope (their first and the
+    verdict saying which runs), then the worst slopes."""
+    lines = []
+    for _, w, s, t, why in result.diverged[:2]:
+        lines.append(f"diverged at width {w}, seed {s}, step {t}: {why}")
+    failures = result.failures
+    none = [n for n, v in failures.items() if isinstance(_slope(v), str)]
+    if none and not result.diverged:
+        lines.append(f"{len(none)} vectors have no slope, first {result.where(none[0])}: "
+                     f"{_slope(failures[none[0]])}")
+    worst = _worst(result, 4)
+    lines.append(f"{len(failures)} vectors" + (f": {worst}" if worst else ""))
+    return "; ".join(lines)
 
 
 def run_family(family: str, mapping: Mapping = MAPPINGS["causal"], **options) -> dict:

@@ -30,6 +30,7 @@ from ..engine.parametrization import zero_constants
 from ..engine.propagate import prescaled
 from ..errors import UsageError
 from ..ir.program import Dot, Program
+from .noslope import ZERO_RMS, diverged_runs, no_slope
 
 # A slope within ±0.15 of the expected exponent passes. Measured with the check's defaults (widths
 # 64..2048, 3 seeds, 3 steps): under µP the largest deviation over every example and both
@@ -38,7 +39,6 @@ from ..ir.program import Dot, Program
 # blow-ups are 0.6 and more. 0.15 passes the first and catches the second with room on both
 # sides; finite widths below 64 drift more (docs/check.md).
 TOLERANCE = 0.15
-ZERO_RMS = 1e-30  # below this an RMS counts as an exact zero (a zero-initialised weight's output)
 # A stable run's change grows steadily: from step 2 to step 3 by x1.5 to x1.8 under SGD and up to
 # x3.1 under Adam over every example at the defaults. A change that grows more than this factor
 # in one step (from step 3 on), past the vector's own size at init, marks a run that diverges at
@@ -461,8 +461,9 @@ def _judge(slope: float, exp: Expectation, tol: float, step: int,
     if math.isnan(slope):
         bad = [w for w, r in rms.items() if not math.isfinite(r)]
         if bad:
-            return False, f"diverged {what}: inf or nan at width {', '.join(map(str, bad))}"
-        return False, f"exactly zero {what} at some widths or seeds but not others"
+            return False, (f"not finite {what}: the model's own values are inf or nan at "
+                           f"width {', '.join(map(str, bad))}, so no slope can be fit")
+        return False, f"exactly zero {what} at some widths or seeds but not others, so no slope"
     if slope == -math.inf:
         if e is NEG_INF or exp.bound == "at_most":
             return True, f"exactly zero {what}"
@@ -523,41 +524,17 @@ def judge(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             judged = exp is not None and t in judged_steps
             ok, verdict = (_judge(slope, exp, tolerance, t, rms) if exp
                            else (True, "not a program vector"))
+            if exp is not None and math.isnan(slope):  # no slope: which runs, and why
+                ok, verdict = False, no_slope(measurements, name, t, widths, seeds,
+                                              "width" if exp.var == "n" else "depth")
             if not judged and all(math.isfinite(r) for r in rms.values()):
                 ok, verdict = True, f"{verdict} (step 1: not judged)"
             results.append(TensorResult(name, t, slope, spread, rms, exp, judged, ok, verdict))
     return CheckResult(results, tolerance, against, widths, seeds, last,
                        settings={"program": program.name, "optimizer": optimizer.name},
-                       unstable=_unstable(results), diverged=_diverged(measurements),
+                       unstable=_unstable(results), diverged=diverged_runs(measurements),
                        accelerating=_accelerating(results),
                        saturated=_saturated(program, results))
-
-
-def _diverged(m: Measurements) -> list[tuple[str, int, int, int, str]]:
-    """Per run with an inf or nan RMS: the first step where one appears and the first vector
-    (in program order) that has it there, so that the report names where the overflow began."""
-    out = []
-    names, steps = m.vectors, m.axis(1)
-    for width in m.axis(2):
-        for seed in m.axis(3):
-            bad = next(((t, v) for t in steps for v in names
-                        if not math.isfinite(m.rms.get((v, t, width, seed), 0.0))), None)
-            if bad is None:
-                continue
-            t, v = bad
-            stop = m.stopped.get((width, seed))
-            if stop and stop[0] == t:  # the run stopped before any vector went inf or nan
-                out.append(("", width, seed, t, stop[1]))
-            else:
-                out.append((v, width, seed, t, f"{v} is the first vector to go inf or nan "
-                                               f"(step {t})"))
-    return out
-
-
-def diverged_runs(m: Measurements) -> list[tuple[str, int, int, int, str]]:
-    """The runs of ``m`` with an inf or nan RMS, as :func:`judge` reports them (``diverged``),
-    for runs judged apart from a check's own, at init alone too (fromtorch/few.py's seeds)."""
-    return _diverged(m)
 
 
 def _unstable(results: list[TensorResult]) -> list[tuple[str, int, int, float]]:

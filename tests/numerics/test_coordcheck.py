@@ -240,9 +240,41 @@ def test_judge_reports_divergence_and_partial_zeros_instead_of_a_slope():
     m.rms[("x2", 2, 64, 1)] = 0.0
     bad = judge(program, opt, abc, m)
     verdicts = {name: entries[0].verdict for name, entries in bad.failures.items()}
-    assert verdicts["h2"] == "diverged in its change: inf or nan at width 1024"
-    assert verdicts["x2"].startswith("exactly zero in its change at some widths")
+    # which runs (width, seed), and that the model's own values are not finite
+    assert verdicts["h2"] == ("not finite in its change: the model's own values are inf or nan "
+                              "in seed 0 (width 1024), so no slope can be fit")
+    assert verdicts["x2"].startswith("exactly zero in its change in seed 1 (width 64) but not in "
+                                     "seed 0 (every width), seed 1 (width 256, 1024) (nothing")
     assert set(verdicts) == {"h2", "x2"}
+    assert [(v, w, s, t) for v, w, s, t, _ in bad.diverged] == [("h2", 1024, 0, 2)]
+    assert "the model's own values are not finite" in render(bad)
+
+
+def test_a_change_exactly_zero_in_one_seed_has_no_slope_and_says_which_seed():
+    """EfficientNet's case: at HF's init (batch-norm gains of std 0.02) a batch of 2 whose two
+    targets are equal sends no gradient above float32's rounding to its first layers, whose
+    change is then exactly 0 at every width in that seed and not in the other. The mean of a
+    slope of -inf and a finite one was nan, which the zoo printed as a slope of +nan."""
+    program = example("mlp")
+    opt = OPTIMIZERS["adam"]
+    abc = tensorprog.derive(program, "adam").abc
+    m = _synthetic(program, {("y", 0): -0.5})
+    for step in (1, 2):
+        for w in (64, 256, 1024):
+            m.rms[("h1", step, w, 1)] = 0.0
+    bad = judge(program, opt, abc, m)
+    (entry,) = bad.failures["h1"]
+    assert entry.step == 2 and math.isnan(entry.slope) and not bad.diverged
+    assert entry.verdict.startswith("exactly zero in its change in seed 1 (every width) but not "
+                                    "in seed 0 (every width)"), entry.verdict
+    step1 = next(r for r in bad.results if r.name == "h1" and r.step == 1)
+    assert step1.ok and step1.verdict.endswith("(step 1: not judged)")
+    assert "h1: exactly zero in its change in seed 1" in render(bad)
+    # a depth check's runs are at depths (its measurements' width axis)
+    from tensorprog.numerics.noslope import no_slope
+    assert "in seed 1 (every depth) but not in seed 0 (every depth)" in no_slope(
+        m, "h1", 2, (64, 256, 1024), (0, 1), "depth")
+    assert json.loads(json.dumps(bad.as_dict(), allow_nan=False))["passed"] is False
 
 
 def test_measurements_need_step_zero_first():
@@ -353,10 +385,11 @@ def test_weights_that_overflow_name_the_first_vector_to_go_inf(mlp):
     assert not result.passed and result.diverged
     vector, _, _, step, why = result.diverged[0]
     assert vector in {ins.out for ins in mlp.body} and step >= 1
-    assert why == f"{vector} is the first vector to go inf or nan (step {step})"
+    assert why == (f"{vector} is the first vector to go inf or nan (step {step}): the model's "
+                   "own values are not finite")
     for r in result.results:  # no NaN slope is judged ok, judged step or not
         if math.isnan(r.slope) and any(not math.isfinite(x) for x in r.rms.values()):
-            assert not r.ok and "diverged" in r.verdict
+            assert not r.ok and r.verdict.startswith("not finite"), r.verdict
 
 
 def test_a_nan_only_in_the_unjudged_first_step_still_fails(mlp):
@@ -370,7 +403,8 @@ def test_a_nan_only_in_the_unjudged_first_step_still_fails(mlp):
     result = judge(mlp, opt, tensorprog.derive(mlp, "adam").abc, m)
     assert not result.passed
     assert result.diverged == [("h2", 256, 0, 1, "h2 is the first vector to go inf or nan "
-                                                  "(step 1)")]
+                                                  "(step 1): the model's own values are not "
+                                                  "finite")]
     assert not next(r for r in result.results if r.name == "h2" and r.step == 1).ok
 
 
@@ -379,6 +413,11 @@ def test_an_overflowing_run_is_reported_as_diverged(mlp):
     result = tensorprog.check(mlp, "adam", lr=1e38, widths=(8, 16), seeds=1, steps=2)
     assert not result.passed and result.diverged
     assert "DIVERGED" in render(result)
+    # a run stopped before a step: its vectors say so, not that the model's values went inf
+    _, _, _, t, why = result.diverged[0]
+    r = next(r for r in result.results if r.step == t and r.name == "h2")
+    assert r.verdict == (f"not measured in its change: its runs in seed 0 (every width) stopped "
+                         f"at step {t} ({why}), so no slope can be fit"), r.verdict
 
 
 def test_check_result_prints_as_a_summary(mlp):
