@@ -610,10 +610,12 @@ class MuP(OptimizerGroups):
         }
         # the layer's own output under a number on it (gpt-oss's query times YaRN's scale, then
         # the query): the factor folded into the layer scales it too (not a fused layer's key
-        # and value rows, where only its query rows were patched)
+        # and value rows, where only its query rows were patched); where that number is a width
+        # constant (DeBERTa's key / sqrt(dh), Gemma's embedding times sqrt(d)), its own width
+        # factor undoes the fold: the model's vector is the program's there
         for vec, (w, *_) in self.traced.producers.items():
             if vec not in out and w in folded and w in self.whole_layers:
-                out[vec] = r ** float(folded[w])
+                out[vec] = r ** float(folded[w] + own.get(vec, 0))
         return out
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
