@@ -393,6 +393,7 @@ POSITIONED = {
                               S, r"a gain or bias applies to every head alike only where its "
                               r"dim is a head dim of the program(.|\n)*help: give the param",
                               (6, 1)),
+    # (a param of one entry is one number for every coordinate: no heads needed)
     "head-bias-of-no-heads": (HEAD3 + "dim f2 = 2\nparam g : [f2]\noutput y = (W @ x) + g\n",
                               S, r"a sum of a vector param of f2 and a vector of another dim",
                               (6, 1)),

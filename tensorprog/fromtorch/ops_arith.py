@@ -140,8 +140,13 @@ class ArithOps:
             tag = tags[len(tags) - len(shape) + axes[-1]]
             ok = len(axes) == 1 and (tag == "F" and shape[axes[0]] == vec.dim or
                                      tag == "dh" and shape[axes[0]] == vec.dh)
-        elif ok:
-            ok = vec.dim == 1
+        elif ok:  # one entry: one number for every coordinate, as the program's [f1] param
+            ok = len(shape) > 0
+        if not shape:
+            raise refuse(node, f"a {what} with the 0-d param {strip_prefix(ref.target)} (the "
+                         "language's params have at least one axis)",
+                         help="give it one entry, nn.Parameter(torch.ones(1)): a number for "
+                         "every coordinate")
         if not ok:
             raise refuse(node, f"a {what} of the param {strip_prefix(ref.target)} of shape "
                          f"{list(shape)} with a value of shape {list(xshape)} whose features "

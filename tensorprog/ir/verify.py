@@ -304,11 +304,13 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
 
 def _of_heads(program: Program, ins, gain: str | None, what: str,
               errors: Collector) -> str | None:
-    """``gain``, after checking that it is a head dim of the program: the dim some per-head
-    dot, norm or spread splits a vector into heads of. A param of 8 entries times (or plus) a
-    vector of n is no gain (or bias) of heads the program has."""
+    """``gain``, after checking that it is a head dim of the program (the dim some per-head
+    dot, norm or spread splits a vector into heads of) or of one entry (a number for every
+    coordinate: ReZero's alpha). A param of 8 entries times (or plus) a vector of n is no
+    gain (or bias) of heads the program has."""
     heads = {i.over for i in program.body if getattr(i, "over", None) is not None}
-    if gain is not None and gain not in heads:
+    one = gain is not None and program.dim_table[gain].size == 1  # one number for every entry
+    if gain is not None and gain not in heads and not one:
         errors.error(f"a {what} of a vector param of {gain} and a vector of another dim: a "
                      "gain or bias applies to every head alike only where its dim is a head "
                      "dim of the program, and no dot, per-head norm or spread here splits a "

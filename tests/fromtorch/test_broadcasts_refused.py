@@ -102,6 +102,28 @@ def test_a_broadcast_the_language_does_not_say_is_refused_at_its_line(form, mess
     assert "y = " in err.value.diagnostics[0].span.source_line()
 
 
+class ReZero(nn.Module):
+    """x + alpha * f(x) with alpha a param of one entry (``[1]``: traced) or none (``[]``)."""
+
+    def __init__(self, n, shape):
+        super().__init__()
+        self.e, self.l, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+        self.alpha = nn.Parameter(torch.full(shape, 0.5))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        y = self.alpha * self.l(x)
+        return self.out(x + y)
+
+
+def test_a_param_of_one_entry_scales_every_coordinate_and_one_of_none_is_refused():
+    tr = from_torch(lambda n: ReZero(n, (1,)), WIDTHS, _tokens)
+    traced_computes_the_model(tr, lambda n: ReZero(n, (1,)), _tokens)
+    with pytest.raises(TraceError, match="with the 0-d param alpha") as err:
+        from_torch(lambda n: ReZero(n, ()), WIDTHS, _tokens)
+    assert "y = " in err.value.diagnostics[0].span.source_line()
+
+
 def test_a_one_entry_param_of_a_negative_init_traces_and_computes_the_model():
     tr = from_torch(lambda n: Tokens(n, "negative"), WIDTHS, _tokens)
     assert "= -0.5" in tr.source

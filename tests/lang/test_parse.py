@@ -151,6 +151,9 @@ def test_a_param_of_a_negative_constant_init_parses_and_prints_back():
         Fraction(-1, 4), Fraction(-2))
     assert "param b : [n] = -0.25" in to_text(program)
     assert tp.parse(to_text(program)) == program
+    # a param of one entry is one number for every coordinate (no heads of 1 needed)
+    one = tp.parse(HEAD + "dim f1 = 1\nparam a : [f1] = -0.5\noutput y = W @ (x + a * x)\n")
+    assert one.param_table["a"].base == Fraction(-1, 2)
     with pytest.raises(P):  # the sign is the init's: not an expression
         tp.parse(HEAD + "param b : [n] = - -1\noutput y = W @ (x + b)\n")
 
