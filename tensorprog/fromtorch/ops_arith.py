@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .ops_conv import is_image
 from .values import (
@@ -23,6 +24,15 @@ from .values import (
     Zeroed,
 )
 from .where import refuse, strip_prefix
+
+
+def _flat(x):
+    """A param of one axis of features and axes of 1 (``[1, 1, n]``, checked against the other
+    operand by ``_elementwise``) as the vector param it is; anything else as it is."""
+    if isinstance(x, PRef) and len(x.shape) > 1 and x.rows is None and not x.t and \
+            x.expert is None and x.cols is None and math.prod(x.shape) == max(x.shape):
+        return PRef(x.target, (max(x.shape),))
+    return x
 
 
 def _zeros(value) -> bool:
@@ -91,6 +101,7 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         self.refuse_image_broadcast(node, u, v, product=False)  # (ops_conv.py)
         self._elementwise(node, u, v, "sum")
+        u, v = (x if isinstance(x, PRef) and len(x.shape) == 3 else _flat(x) for x in (u, v))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
             if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
@@ -257,6 +268,7 @@ class ArithOps:
         if offset is not None:
             return offset
         self._elementwise(node, u, v, "product")
+        u, v = _flat(u), _flat(v)  # a layer scale stored as [1, 1, n]: the vector param
         names = []
         for x in (u, v):
             names.append(

@@ -2,8 +2,11 @@
 a program that computes something else: a gate of one number per head or per pixel added (the
 product's recognisers read it only as a factor), a param whose entries fall on the tokens, a
 vector of one feature added to one of n, a softplus of another threshold, a function that
-equals a language function on [-4, 4] only. A one-entry param of a negative init traces to a
-program that parses and computes the model (the shared oracle)."""
+equals a language function on [-4, 4] only. A one-entry param of a negative init, a param of
+one entry (ReZero's alpha) and a layer scale stored as [1, 1, n] trace to programs that parse
+and compute the model (the shared oracle)."""
+
+import math
 
 import pytest
 from conftest import traced_computes_the_model
@@ -103,12 +106,14 @@ def test_a_broadcast_the_language_does_not_say_is_refused_at_its_line(form, mess
 
 
 class ReZero(nn.Module):
-    """x + alpha * f(x) with alpha a param of one entry (``[1]``: traced) or none (``[]``)."""
+    """x + alpha * f(x) with alpha a param of one entry (``[1]``), a layer scale stored as
+    ``[1, 1, n]`` (traced), none (``[]``) or a table over the tokens ``[8, n]`` (refused)."""
 
     def __init__(self, n, shape):
         super().__init__()
         self.e, self.l, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
-        self.alpha = nn.Parameter(torch.full(shape, 0.5))
+        shape = tuple(n if s == "n" else s for s in shape)
+        self.alpha = nn.Parameter(torch.linspace(-1, 1, math.prod(shape)).view(shape))
 
     def forward(self, idx):
         x = self.e(idx)
@@ -116,11 +121,19 @@ class ReZero(nn.Module):
         return self.out(x + y)
 
 
-def test_a_param_of_one_entry_scales_every_coordinate_and_one_of_none_is_refused():
-    tr = from_torch(lambda n: ReZero(n, (1,)), WIDTHS, _tokens)
-    traced_computes_the_model(tr, lambda n: ReZero(n, (1,)), _tokens)
-    with pytest.raises(TraceError, match="with the 0-d param alpha") as err:
-        from_torch(lambda n: ReZero(n, ()), WIDTHS, _tokens)
+@pytest.mark.parametrize("shape", [(1,), (1, 1, "n")])
+def test_a_param_of_one_entry_or_features_after_axes_of_1_computes_the_model(shape):
+    tr = from_torch(lambda n: ReZero(n, shape), WIDTHS, _tokens)
+    traced_computes_the_model(tr, lambda n: ReZero(n, shape), _tokens)
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ((), "with the 0-d param alpha"),
+    ((8, "n"), r"a product of the param alpha of shape \[8, 16\]"),
+])
+def test_a_param_of_no_axis_or_over_the_tokens_is_refused(shape, message):
+    with pytest.raises(TraceError, match=message) as err:
+        from_torch(lambda n: ReZero(n, shape), WIDTHS, _tokens)
     assert "y = " in err.value.diagnostics[0].span.source_line()
 
 
