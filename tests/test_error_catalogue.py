@@ -388,6 +388,15 @@ POSITIONED = {
                         (4, 12)),
     "head-gain-does-not-divide": (HEAD3 + "dim dh = 3\nparam g : [dh]\noutput y = g * (W @ x)\n",
                                   S, r"the head dim dh = 3 does not divide n = 8", (6, 12)),
+    # a param of 2 entries times n is a gain of heads only where the program has heads of 2
+    "head-gain-of-no-heads": (HEAD3 + "dim f2 = 2\nparam g : [f2]\noutput y = g * (W @ x)\n",
+                              S, r"a gain or bias applies to every head alike only where its "
+                              r"dim is a head dim of the program(.|\n)*help: give the param",
+                              (6, 1)),
+    # (a param of one entry is one number for every coordinate: no heads needed)
+    "head-bias-of-no-heads": (HEAD3 + "dim f2 = 2\nparam g : [f2]\noutput y = (W @ x) + g\n",
+                              S, r"a sum of a vector param of f2 and a vector of another dim",
+                              (6, 1)),
     "global-pool-of-vector": (HEAD3 + "output y = global_pool(W @ x)\n", S,
                               r"global_pool needs an image", (4, 12)),
     "dot-of-logits": (LOGITS_SEQ + "output y = dot(s, s)\n", S,

@@ -26,7 +26,7 @@ from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .columns import check_shared_lr, column_block, column_range
 from .groups import OptimizerGroups
-from .normed import query_norm_patch
+from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, groups_of, hook, modules_at
 from .reinit import draw_seed, rescale
 from .rows import row_range
@@ -154,6 +154,7 @@ class MuP(OptimizerGroups):
         need = f"µP needs the attention logits times (n/base)^{-delta}"
         self._query_read_alone(scale, info, need)
         if info["q"] not in self.traced.producers:  # a query normalised without a gain
+            refuse_unnormed_query(self.traced, scale, info, need)  # or gated: no norm
             self.patches.append(query_norm_patch(self.traced, scale, info, need, delta, (
                 f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
             return

@@ -19,6 +19,38 @@ from ..errors import UsageError
 from .patches import Patch
 
 
+def refuse_unnormed_query(traced, scale: str, info: dict, need: str) -> None:
+    """A UsageError where the query of ``scale`` is made by no linear layer whose init and LR
+    could take the factor, yet by no norm either: a per-head gate or bias on it
+    (``q * spread(g, dh)``, ``W @ x + spread(b, dh)``) or another sum or product. The norm's
+    patch and its diagnosis are not this query's."""
+    from ..ir.program import LinComb, MatMul, Nonlin
+
+    program, q = traced.program, info["q"]
+    made = {ins.out: ins for ins in program.body}
+    todo, seen = [q], set()
+    while todo:  # q's own expression, back to the matmuls and inputs that feed it
+        ins = made.get(todo.pop())
+        if ins is None or ins.out in seen or isinstance(ins, MatMul):
+            continue
+        seen.add(ins.out)
+        if isinstance(ins, Nonlin) and ins.fn in ("layernorm", "rmsnorm"):
+            return  # a norm: query_norm_patch's
+        if isinstance(ins, (LinComb, Nonlin)):
+            todo.extend(ins.operands)
+    line = next((ln.strip() for ln in traced.source.splitlines()
+                 if ln.strip().startswith(f"{q.rpartition('.')[2]} = ")), q)
+    raise UsageError(
+        f"{scale}: {need} against the model's own scale, but the query ({line}) is combined "
+        "with something else after its linear layer (a per-head gate or bias, spread(g, dh), "
+        "another sum or product), so no one layer's init and LR take the factor, and it is "
+        "no norm's output for a forward patch to scale",
+        help="gate or bias the attention's output rather than its query, or build the model "
+        "with a fixed head dim (heads that grow with the width), where the scale needs no "
+        "change",
+    )
+
+
 def query_norm_patch(traced, scale: str, info: dict, need: str, exponent: Fraction, why: str,
                      factor: float = 1.0) -> Patch:
     """The forward patch factor·(n/base)^-exponent on the module that returns ``scale``'s

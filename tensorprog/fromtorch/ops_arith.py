@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .ops_conv import is_image
 from .values import (
@@ -23,6 +24,15 @@ from .values import (
     Zeroed,
 )
 from .where import refuse, strip_prefix
+
+
+def _flat(x):
+    """A param of one axis of features and axes of 1 (``[1, 1, n]``, checked against the other
+    operand by ``_elementwise``) as the vector param it is; anything else as it is."""
+    if isinstance(x, PRef) and len(x.shape) > 1 and x.rows is None and not x.t and \
+            x.expert is None and x.cols is None and math.prod(x.shape) == max(x.shape):
+        return PRef(x.target, (max(x.shape),))
+    return x
 
 
 def _zeros(value) -> bool:
@@ -85,15 +95,13 @@ class ArithOps:
         for x, c in ((u, v), (v, u)):  # + a constant of zeros (BART's final_logits_bias)
             if isinstance(c, Conc) and not isinstance(x, (Conc, Aux)) and _zeros(c.value):
                 return x
-        # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
-        gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
-            self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
-        if gated is not None:
-            return gated
+        self.refuse_gate_in_sum(node, u, v)  # a gate's broadcast added: no product (ops_gate)
         pair = self._same_source(node, u, v)
         if pair:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         self.refuse_image_broadcast(node, u, v, product=False)  # (ops_conv.py)
+        self._elementwise(node, u, v, "sum")
+        u, v = (x if isinstance(x, PRef) and len(x.shape) == 3 else _flat(x) for x in (u, v))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
             if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
@@ -111,6 +119,53 @@ class ArithOps:
             expr += f" {sign} {coef}{name}" if expr else f"{'-' if c < 0 else ''}{coef}{name}"
         name = self.emit_vector(node.name, expr)
         return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def _elementwise(self, node, u, v, what: str) -> None:
+        """Refuses a sum or product that the program's ``u + v`` / ``u * v`` would not compute
+        as torch does: a vector param's entries broadcast over an axis other than the other
+        operand's features (or head dim), or two vectors of different dims. Torch
+        broadcasts a param of T entries over the tokens of ``x.transpose(1, 2)`` and a vector of
+        one feature over another's n; the program would scale features, or not parse."""
+        for i, (p, x) in enumerate(((u, v), (v, u))):
+            if isinstance(p, PRef) and len(p.shape) != 3 and not isinstance(x, PRef):
+                self._param_broadcast(node, i, p, x, what)
+        if isinstance(u, PRef) or isinstance(v, PRef):
+            return
+        a, b = self.vec(u, node), self.vec(v, node)
+        if a.dim != b.dim:
+            raise refuse(node, f"a {what} of a vector of {a.dim} features and one of {b.dim} "
+                         "(torch broadcasts the one of a single feature over the other's; the "
+                         "language combines vectors coordinate by coordinate)",
+                         help="give both terms the same features (e.g. a linear layer to n "
+                         "features rather than 1), or write the model as a program")
+
+    def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
+        arg, other = node.args[i], node.args[1 - i]
+        shape = tuple(getattr(getattr(arg, "meta", {}).get("val"), "shape", ref.shape))
+        xshape = tuple(getattr(getattr(other, "meta", {}).get("val"), "shape", ()))
+        tags = tuple(self._tags(x, node))
+        vec = self.vec(x, node)
+        axes = [k for k, s in enumerate(shape) if s != 1]
+        ok = xshape == tuple(node.meta["val"].shape) and len(shape) <= len(tags)
+        if ok and axes:
+            tag = tags[len(tags) - len(shape) + axes[-1]]
+            ok = len(axes) == 1 and (tag == "F" and shape[axes[0]] == vec.dim or
+                                     tag == "dh" and shape[axes[0]] == vec.dh)
+        elif ok:  # one entry: one number for every coordinate, as the program's [f1] param
+            ok = len(shape) > 0
+        if not shape:
+            raise refuse(node, f"a {what} with the 0-d param {strip_prefix(ref.target)} (the "
+                         "language's params have at least one axis)",
+                         help="give it one entry, nn.Parameter(torch.ones(1)): a number for "
+                         "every coordinate")
+        if not ok:
+            raise refuse(node, f"a {what} of the param {strip_prefix(ref.target)} of shape "
+                         f"{list(shape)} with a value of shape {list(xshape)} whose features "
+                         "are not the axis the param's entries fall on: torch broadcasts it "
+                         "over another axis (the tokens, the batch), which the language's "
+                         "vector param, one entry per feature, does not",
+                         help="lay the param out along the features (the last axis of a "
+                         "(batch, tokens, features) value), or write the model as a program")
 
     def _shifted(self, node, ref: PRef, offset: float, coef) -> PRef:
         """``w + c``: a param of its own in the program, whose init is w's plus c (Gemma's
@@ -212,6 +267,8 @@ class ArithOps:
         offset = self.offset_product(node, u, v)  # (g(x) + c) * y (ops_pointwise.py)
         if offset is not None:
             return offset
+        self._elementwise(node, u, v, "product")
+        u, v = _flat(u), _flat(v)  # a layer scale stored as [1, 1, n]: the vector param
         names = []
         for x in (u, v):
             names.append(

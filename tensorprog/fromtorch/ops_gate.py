@@ -16,8 +16,8 @@ that axis and an axis of 1 after it. Any other layout is refused with its shapes
 from __future__ import annotations
 
 from .ops_conv import is_image
-from .values import HeadGate, Spread, Vec
-from .where import refuse
+from .values import HeadGate, OverTokens, Spread, Vec
+from .where import op_name, refuse
 
 _HELP = ("give the gate or bias one entry per head, H of them, with an axis of 1 after them "
          "against a vector viewed as (..., H, dh): gate.unsqueeze(-1), b[None, None, :, None]")
@@ -40,6 +40,24 @@ class HeadGateOps:
             raise refuse(node, "a per-head gate whose last axis is not its H entries (a gate "
                          "transposed, or split into heads itself)", help=_HELP)
         return HeadGate(g, node.name)
+
+    def refuse_gate_axis(self, node, dim) -> None:
+        """Refuses ``g.unsqueeze(-1)`` read other than as a factor of products with a vector
+        viewed per head (added, divided by, squared), naming the op that reads it: only
+        ``x * g.unsqueeze(-1)`` is a per-head gate. Returns where the axis is not last."""
+        shape = tuple(node.meta["val"].shape)
+        if dim % len(shape) != len(shape) - 1 or len(shape) < 3 or not node.users:
+            return
+        other = sorted({op_name(u) for u in node.users} - {"mul"})
+        if not other and len(node.users) == 1:
+            return
+        what = f"by {', '.join(other)}" if other else "more than once"
+        raise refuse(node, "an axis of 1 after a per-token vector's last (g.unsqueeze(-1), a "
+                     f"per-head gate) read {what}: a per-head gate is traced only as the "
+                     "factor of one product with a vector viewed as (..., H, dh)",
+                     help="multiply the per-head view by the gate once (o.view(b, t, H, dh) "
+                     "* g.unsqueeze(-1)) and compute anything else from g itself, or add a "
+                     "param of one entry per head as b[None, None, :, None]")
 
     def head_gated(self, node, u, v):
         """``x * g.unsqueeze(-1)`` of a per-head vector x and a :class:`HeadGate` g of x's
@@ -80,10 +98,35 @@ class HeadGateOps:
             return Vec(name, x.tags, x.dim, x.dh)
         return None
 
-    def pixel_gated(self, node, u, v):
-        """``x * g`` of an image x of C channels and a gate g of one channel at each of x's
-        pixels (either may be pooled, one pixel: a vector of no pixels): the program's ``x *
-        spread(g, C)``; None where the product is not of an image and a one-channel image."""
+    def refuse_gate_in_sum(self, node, u, v) -> None:
+        """Refuses a sum (or difference) with a gate's broadcast: ``x + g.unsqueeze(-1)`` of a
+        per-head gate, an image plus a one-channel image, a vector per sequence given back a
+        token axis plus each token's. Each is a product's factor to the recognisers above
+        (``x * spread(g, dh)``); added, torch adds g_h to each of head h's coordinates, which
+        no product computes."""
+        if any(isinstance(x, HeadGate) for x in (u, v)):
+            what, fix = ("a per-head gate g.unsqueeze(-1) (one number per head)", "multiply "
+                         "by the gate (x * g.unsqueeze(-1)), add a param of one entry per "
+                         "head (b[None, None, :, None]), or write the model as a program with "
+                         "x + spread(g, dh)")
+        elif any(isinstance(x, OverTokens) for x in (u, v)):
+            what, fix = ("a vector per sequence given back a token axis", "multiply each "
+                         "token's vector by it, or write the model as a program")
+        elif self._one_channel(node, u, v) is not None:
+            what, fix = ("a gate of one channel per pixel (an image of one channel)",
+                         "multiply the image by the gate, give the added image as many "
+                         "channels as the other (e.g. nn.Conv2d(c, c, 1)), or write the model "
+                         "as a program with x + spread(g, C)")
+        else:
+            return
+        raise refuse(node, f"a sum or difference with {what}: the trace reads it only as a "
+                     "factor of a product (every coordinate it broadcasts over multiplied by "
+                     "it); torch adds it to each of them instead", help=fix)
+
+    def _one_channel(self, node, u, v):
+        """Both operands images of 4 axes, one of a single channel and the other of more: the
+        shapes and tags of each, the one-channel one first, and whether it is u; None
+        otherwise."""
         if not (is_image(u) and is_image(v)):
             return None
         found = []
@@ -96,8 +139,17 @@ class HeadGateOps:
         channels = [shape[tags.index("F")] for shape, tags in found]
         if sorted(channels)[0] != 1 or max(channels) == 1:
             return None
-        (gs, gt), (xs, xt) = found if channels[0] == 1 else found[::-1]
-        g, x = (u, v) if channels[0] == 1 else (v, u)
+        return (*found, True) if channels[0] == 1 else (*found[::-1], False)
+
+    def pixel_gated(self, node, u, v):
+        """``x * g`` of an image x of C channels and a gate g of one channel at each of x's
+        pixels (either may be pooled, one pixel: a vector of no pixels): the program's ``x *
+        spread(g, C)``; None where the product is not of an image and a one-channel image."""
+        found = self._one_channel(node, u, v)
+        if found is None:
+            return None
+        (gs, gt), (xs, xt), first = found
+        g, x = (u, v) if first else (v, u)
         f = gt.index("F")
         pixels = [k for k in range(1, 4) if k != f]
         # either may be pooled (one pixel: a vector of no pixels, scaling every pixel alike)

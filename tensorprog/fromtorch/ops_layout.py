@@ -370,6 +370,7 @@ class LayoutOps:
             return one
         if _per_head_gate(node, dim):  # one number per head over its coordinates (ops_gate.py)
             return self.head_gate(node, v)
+        self.refuse_gate_axis(node, dim)  # a gate's axis read otherwise: a hint (ops_gate.py)
         raise refuse(node, "an added axis on a per-token vector")
 
 

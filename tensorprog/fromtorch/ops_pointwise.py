@@ -102,6 +102,12 @@ class PointwiseOps:
     def op_softplus(self, node, x, beta=1, threshold=20):
         import torch
 
+        if threshold != 20:  # x itself beyond it: the program's softplus is torch's default
+            raise refuse(node, f"a softplus of threshold {threshold!r} (it returns its input "
+                         "beyond the threshold, which the language's softplus, torch's "
+                         "default threshold of 20, does not)",
+                         help="leave threshold at its default (20), or write the model as a "
+                         "program")
         return self.coordinatewise(
             node, x, lambda t: torch.nn.functional.softplus(t, beta, threshold)
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .values import PRef, Probs, Scores, Vec
+from .values import PRef, Probs, Scores, Spread, Vec
 from .where import refuse
 
 _HELP = ("write the sink as gpt-oss does (cat([logits, sinks.reshape(1, -1, 1, 1).expand(b, -1, "
@@ -78,6 +78,15 @@ class SinkGate:
 
 
 SINK_VALUES = (SinkRef, SinkScores, RowMax, Shifted, SinkProbs, SinkGate)
+
+
+def _as_spread(x):
+    """A per-head param viewed with one axis of 1 after its heads, ``b.view(1, 1, H, 1)``, as the
+    :class:`Spread` that ``b[None, None, :, None]`` is (a per-head bias, ops_gate.py); any other
+    value as it is."""
+    if isinstance(x, SinkRef) and x.axis == len(x.shape) - 2:
+        return Spread(x.ref, x.shape, after=1)
+    return x
 
 
 class SinkOps:
@@ -161,6 +170,8 @@ class SinkOps:
                 raise refuse(node, "logsumexp of attention logits minus a per-head param not "
                              "on their heads axis", help=_HELP)
             return SinkGate(u.scores, v.ref, "gap")
+        if isinstance(u, SinkRef) or isinstance(v, SinkRef):
+            u, v = (_as_spread(x) for x in (u, v))  # b.view(1, 1, H, 1): b[None, None, :, None]
         if any(isinstance(x, (SinkRef, SinkGate, Shifted, SinkScores)) for x in (u, v)):
             raise refuse(node, "a sum with attention logits' sink, logsumexp or row max "
                          "other than an attention sink's", help=_HELP)

@@ -536,10 +536,12 @@ RECOGNISED = ("identity", "relu", "gelu", "silu", "tanh", "sigmoid", "softplus",
 
 
 def identify(f: Callable) -> tuple[str, float] | None:
-    """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4], or None."""
+    """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4] and far out
+    (to ±256: a clamp at 5, a threshold past 4, differ from a function only there), or None."""
     import torch
 
-    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
+    t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
+                   torch.linspace(-256, 256, 1025, dtype=torch.float64)])
     y = f(t)
     fns = {name: torch_function(torch, name)(t) for name in RECOGNISED}
     for name, ref in fns.items():

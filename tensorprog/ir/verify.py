@@ -283,9 +283,10 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     dims = program.dim_table
     if isinstance(ins, LinComb):  # a bias of a head dim added to every head alike
         vectors = [o for o in ops if o is not None]
-        return next((d for a, d in zip(ins.operands, ops, strict=True)
-                     if a in program.param_table and any(per_head(dims, d, o) for o in vectors)),
-                    None)
+        return _of_heads(program, ins, next((
+            d for a, d in zip(ins.operands, ops, strict=True)
+            if a in program.param_table and any(per_head(dims, d, o) for o in vectors)), None),
+            "sum", errors)
     if not isinstance(ins, Nonlin):
         return None
     if ins.over is not None and (
@@ -296,9 +297,27 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
                      "divides the vector's dim", ins.span)
     if ins.fn != MUL or len(ops) != 2:
         return None
-    return next((d for a, d, other in ((ins.args[0], ops[0], ops[1]),
-                                       (ins.args[1], ops[1], ops[0]))
-                 if a in program.param_table and per_head(dims, d, other)), None)
+    return _of_heads(program, ins, next((
+        d for a, d, other in ((ins.args[0], ops[0], ops[1]), (ins.args[1], ops[1], ops[0]))
+        if a in program.param_table and per_head(dims, d, other)), None), "product", errors)
+
+
+def _of_heads(program: Program, ins, gain: str | None, what: str,
+              errors: Collector) -> str | None:
+    """``gain``, after checking that it is a head dim of the program (the dim some per-head
+    dot, norm or spread splits a vector into heads of) or of one entry (a number for every
+    coordinate: ReZero's alpha). A param of 8 entries times (or plus) a vector of n is no
+    gain (or bias) of heads the program has."""
+    heads = {i.over for i in program.body if getattr(i, "over", None) is not None}
+    one = gain is not None and program.dim_table[gain].size == 1  # one number for every entry
+    if gain is not None and gain not in heads and not one:
+        errors.error(f"a {what} of a vector param of {gain} and a vector of another dim: a "
+                     "gain or bias applies to every head alike only where its dim is a head "
+                     "dim of the program, and no dot, per-head norm or spread here splits a "
+                     f"vector into heads of {gain}", ins.span,
+                     f"give the param the other term's dim, or use {gain} as the head dim it "
+                     "is (dot(q, k, dh), rmsnorm(q, dh))")
+    return gain
 
 
 def _verify_arity(program: Program, ins: Nonlin, errors: Collector) -> None:

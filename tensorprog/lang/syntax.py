@@ -142,8 +142,12 @@ class ToAst(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def param_decl(self, meta, c):
-        value = self.value(c[2]) if len(c) > 2 else None
+        value = (c[2] if isinstance(c[2], Fraction) else self.value(c[2])) if len(c) > 2 \
+            else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
+
+    def negative_init(self, c):
+        return -self.value(c[0])
 
     @v_args(meta=True)
     def scale_decl(self, meta, c):

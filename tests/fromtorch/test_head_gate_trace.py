@@ -14,7 +14,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
-from tensorprog.errors import TraceError  # noqa: E402
+from tensorprog.errors import TraceError, UsageError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -34,7 +34,7 @@ class Gated(nn.Module):
         self.form, self.h, self.dh = form, heads, n // heads
         self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
         self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
-        out = {"beam": n, "bias_tokens": n, "groups": n // 4}.get(form, heads)
+        out = {"beam": n, "beam_view": n, "bias_tokens": n, "groups": n // 4}.get(form, heads)
         self.g = nn.Linear(n, out, bias=False)
         self.gate_bias = nn.Parameter(torch.randn(8 if form == "bias_tokens" else heads))
 
@@ -43,6 +43,9 @@ class Gated(nn.Module):
         b, t, c = x.shape
         q, k, v = (z(x).view(b, t, self.h, self.dh).transpose(1, 2) for z in (self.q, self.k,
                                                                                self.v))
+        if self.form == "bias_on_query":  # H fixed, dh growing: the logits' 1/d can't fold
+            q = (self.q(x).view(b, t, self.h, -1) + self.gate_bias[None, None, :, None])
+            q = q.transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
         o = y.reshape(b, t, c)
         if self.form == "laguna":
@@ -51,6 +54,10 @@ class Gated(nn.Module):
         elif self.form == "beam":
             gate = self.g(x).view_as(y) + self.gate_bias[None, None, :, None]
             o = (y * torch.sigmoid(gate)).reshape(b, t, c)
+        elif self.form == "beam_view":  # the same bias as a view, b.view(1, 1, H, 1)
+            gate = self.g(x).view_as(y) - self.gate_bias.view(1, 1, self.h, 1)
+            o = (y * torch.sigmoid(gate)).reshape(b, t, c)
+
         elif self.form == "groups":  # heads of 4 coordinates, n/4 of them: a gate each
             gate = torch.sigmoid(self.g(x))
             o = (o.view(b, t, -1, 4) * gate.unsqueeze(-1)).view(b, t, -1)
@@ -68,7 +75,7 @@ def _traced(form):
     return from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
 
 
-@pytest.mark.parametrize("form", ["laguna", "beam",
+@pytest.mark.parametrize("form", ["laguna", "beam", "beam_view",
                                   pytest.param("groups", marks=pytest.mark.slow)])
 def test_a_per_head_gate_traces_to_spread_and_computes_the_model(form):
     tr = _traced(form)
@@ -93,3 +100,11 @@ def test_the_traced_gate_derives_as_the_hand_written_one(optimizer, form, target
 def test_a_gate_laid_out_over_another_axis_is_refused(form):
     with pytest.raises(TraceError, match="per-head gate|added axis"):
         from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
+
+
+def test_a_bias_per_head_on_the_query_is_no_norm_in_the_message():
+    # the logits need µP's 1/d where dh grows, and a query biased per head after its linear
+    # layer has no one layer to fold it into: said so, not taken for a gain-less QK-norm
+    with pytest.raises(UsageError, match=r"the query \(add = linear\w* \+ spread\(gate_bias, "
+                       r"n_by4\)\) is combined with something else after its linear layer"):
+        tp.MuP(_traced("bias_on_query"), "adam")

@@ -141,6 +141,23 @@ def test_a_dim_of_a_fraction_of_the_width_parses_and_prints_back():
         tp.parse(source.replace("/ 16", "/ 0"))
 
 
+def test_a_param_of_a_negative_constant_init_parses_and_prints_back():
+    # a gate's bias below 0 (the tracer writes a one-entry param's init as it finds it)
+    from tensorprog.ir.text import to_text
+
+    program = tp.parse(HEAD + "param b : [n] = -0.25\nparam c : [n] = -2\n"
+                       "output y = W @ (x + b + c)\n")
+    assert (program.param_table["b"].base, program.param_table["c"].base) == (
+        Fraction(-1, 4), Fraction(-2))
+    assert "param b : [n] = -0.25" in to_text(program)
+    assert tp.parse(to_text(program)) == program
+    # a param of one entry is one number for every coordinate (no heads of 1 needed)
+    one = tp.parse(HEAD + "dim f1 = 1\nparam a : [f1] = -0.5\noutput y = W @ (x + a * x)\n")
+    assert one.param_table["a"].base == Fraction(-1, 2)
+    with pytest.raises(P):  # the sign is the init's: not an expression
+        tp.parse(HEAD + "param b : [n] = - -1\noutput y = W @ (x + b)\n")
+
+
 # --- errors collected, warnings -------------------------------------------------------------------
 
 
