@@ -166,7 +166,7 @@ class WindowOps:
         if op == "scaled_dot_product_attention":
             return self._attention(node, args, kwargs)
         if op == "matmul" and len(args) == 2 and all(isinstance(x, Windowed) for x in args):
-            return WinScores(args[0], args[1], node=node.name)  # q @ k.T: eager (_scores_op)
+            return self._logits(node, *args)  # q @ k.T: eager (_scores_op)
         if args[0] is wins[0] and op == "slice" and self._shape(node) != self._shape(
                 node.args[0]):
             return self._grid_part(node, GridPart(wins[0]), args)
@@ -274,6 +274,14 @@ class WindowOps:
             raise refuse(node, f"{what} of tokens cut into windows (Swin's layout): only "
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)
+        # (a linear layer over the tokens: the walk's refusal says it)
+        if op != "linear" and any(isinstance(x, PRef) for x in flat) and any(
+                self._tags(w.inner)[-1] == "tok" for w in wins):
+            raise refuse(node, f"{op} of a param and tokens cut into windows whose last "
+                         "axis is their tokens, not their features (a param of one number "
+                         "per position of a window, or a layer over each window's tokens)",
+                         help="keep the features last where a param meets windowed tokens; "
+                         "or write the model as a Tensor Program")
         saved = {}
         for a in node.all_input_nodes:
             if isinstance(self.env.get(a.name), Windowed):
@@ -395,9 +403,10 @@ class WindowOps:
             raise refuse(node, "causal attention within windows", help=_HELP)
         return self._within(node, q, k, v, b, call.get("scale"))
 
-    def _within(self, node, q, k, v, b, factor):
+    def _within(self, node, q, k, v, b, factor, eager=False):
         """Attention over the grid's tokens with the ``windows`` input's bias, when the
-        windows, the bias and its mask are that, pair for pair."""
+        windows, the bias and its mask are that, pair for pair; ``eager``: the keys are
+        transposed (_logits saw them so)."""
         if not all(isinstance(x, Windowed) for x in (q, k, v)) or not isinstance(b, WinTable) \
                 or b.axes[-3:] != ("H", "q", "k"):
             raise refuse(node, "attention over tokens cut into windows other than Swin's: "
@@ -424,12 +433,26 @@ class WindowOps:
         qv, kv, vv = (self.vec(x.inner, node) for x in (q, k, v))
         if qv.dh is None:
             raise refuse(node, "attention over values not split into heads", help=_HELP)
-        if kv.tags != qv.tags:  # eager's k.transpose(-1, -2): the keys as the queries are
+        if eager:  # eager's k.transpose(-1, -2): the keys as the queries are
             kv = Vec(kv.name, qv.tags, kv.dim, kv.dh)
+        if kv.tags != qv.tags:  # sdpa(q, k.mT, v): valid in torch for a head size of w²
+            raise refuse(node, "attention within windows whose keys are laid out otherwise "
+                         f"than its queries: {list(kv.tags)}, not {list(qv.tags)}", help=_HELP)
         self.grouped(node, qv, kv, "keys")
         if factor is None:
             factor = qv.dh**-0.5
         return Windowed(self.attend(node, qv, kv, vv, rel, False, factor), index, q.grid)
+
+    def _logits(self, node, q: Windowed, k: Windowed) -> WinScores:
+        """``q @ k.transpose(-1, -2)`` of windowed queries and keys split into heads: the keys'
+        last two axes are the queries' swapped (``q @ k`` of a head size equal to the window's
+        token count is a valid matmul of another value, refused)."""
+        qt, kt = self._tags(q.inner), self._tags(k.inner)
+        if len(qt) < 2 or qt[-2] != "tok" or qt[-1] == "tok" or kt != (*qt[:-2], qt[-1], "tok"):
+            raise refuse(node, "a matmul of windowed values other than the queries times the "
+                         "keys transposed, q @ k.transpose(-1, -2), each split into heads "
+                         f"(the operands' axes: {list(qt)} and {list(kt)})", help=_HELP)
+        return WinScores(q, k, node=node.name)
 
     def _scores_op(self, node, args):
         """Eager attention's ops on the logits of windowed queries and keys: a scale, Swin's
@@ -440,9 +463,15 @@ class WindowOps:
         other = args[1] if len(args) > 1 else None
         shape, old = self._shape(node), self._shape(node.args[0])
         if s is not None and not s.probs:
-            if op in ("div", "mul") and isinstance(other, (int, float)):
+            # a scale of q @ k.T alone: once the bias (or mask) is added it would scale them too
+            if op in ("div", "mul") and isinstance(other, (int, float)) and s.bias is None:
                 return dataclasses.replace(s, factor=s.factor / other if op == "div" else
                                            s.factor * other, node=node.name)
+            if op in ("div", "mul") and isinstance(other, (int, float)):
+                raise refuse(node, f"a {op} of attention logits within windows after Swin's "
+                             "bias (or its mask) is added to them: the bias and mask would be "
+                             "scaled too, and the language scales q @ k.T alone", help="scale "
+                             "q @ k.transpose(-1, -2) before adding the bias, as Swin does")
             if op == "add" and isinstance(other, WinTable) and s.bias is None and not s.split \
                     and other.mask is None and other.axes[-3:] == ("H", "q", "k"):
                 return dataclasses.replace(s, bias=other)
@@ -469,7 +498,7 @@ class WindowOps:
             other = self._one_window(self._shape(node.args[1]), other,
                                      s.bias.window if s.bias else 0)
         if s is not None and s.probs and op == "matmul" and isinstance(other, Windowed):
-            out = self._within(node, s.q, s.k, other, s.bias, s.factor)
+            out = self._within(node, s.q, s.k, other, s.bias, s.factor, eager=True)
             # the logits are the scaled q @ k.T's node, not sdpa's q and k (check.py)
             self.out.vectors.update({v: (s.node, "out") for v, (n, kind) in list(
                 self.out.vectors.items()) if n == node.name and kind == "sdpa_logits"})
