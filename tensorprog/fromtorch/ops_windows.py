@@ -28,6 +28,7 @@ import math
 import operator
 from dataclasses import dataclass
 
+from .ops_pixels import KEEP_LAYOUT, read_as_image
 from .values import Conc, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
@@ -38,8 +39,7 @@ _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, wi
 _MERGE_HELP = ("merge patches as Swin does, torch.cat([x[:, r::2, c::2, :] for c in range(2) "
                "for r in range(2)], -1) of the grid [B, H, W, C] (H, W even); or write the "
                "model as a Tensor Program with merge2x2(image(t, H, W), D) (docs/language.md)")
-# ops that keep a value's layout and entries
-_SAME = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as", "lift_fresh_copy"}
+_SAME = KEEP_LAYOUT  # ops that keep a value's layout and entries
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 # per-token ops: they commute with any permutation of the tokens
 _PER_TOKEN = {"linear", "layer_norm", "rms_norm", "gelu", "relu", "silu", "tanh", "sigmoid",
@@ -178,9 +178,8 @@ class WindowOps:
 
     # -- the grid and its relayouts ----------------------------------------------------------
     def _grid_view(self, node, args):
-        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) read neither by a
-        permute to channels-first nor only by linear layers of an image model (those are
-        ``image(t, H, W)``, ops_pixels.py): a Windowed value."""
+        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) not read as an image
+        (ops_pixels.read_as_image): a Windowed value."""
         import torch
 
         if op_name(node) not in _VIEWS or not args or not hasattr(node.args[0], "meta"):
@@ -191,10 +190,7 @@ class WindowOps:
         if tags != ("tok", "tok", "F") or len(new) != 4 or new[0] != old[0] or new[3] != old[2] \
                 or new[1] * new[2] != old[1] or min(new[1:3]) < 2:
             return None
-        if node.users and (all(op_name(u) == "permute" and tuple(
-                d % 4 for d in u.args[1]) == (0, 3, 1, 2) for u in node.users) or (
-                self.tokens_vocab is None and all(  # FocalNet's layer per pixel: an image
-                    op_name(u) == "linear" and u.args[0] is node for u in node.users))):
+        if read_as_image(node, self.tokens_vocab is None):  # image(t, H, W), ops_pixels.py
             return None
         index = torch.arange(old[0] * old[1]).reshape(new[:3])
         v = v if type(v).__name__ in ("Vec", "Affine") else self.vec(v, node)
