@@ -411,6 +411,13 @@ class WindowOps:
         import torch
 
         index = q.index
+        if index.dim() == 3 and index.shape[1] == 1:  # [windows, w², 1, C] transposed
+            raise refuse(node, "attention within windows of one head: its queries, keys and "
+                         f"values viewed [windows, 1, {index.shape[2]}, C], whose axis of 1 the "
+                         "trace reads as one more axis of tokens, not as heads", help="split "
+                         "the features into two or more heads, as Swin's configs do; or write "
+                         "the model as a Tensor Program with `input win : windows[T, B, H, W, "
+                         "shift]` (docs/language.md, examples/swin.tp)")
         if any(not torch.equal(x.index, index) for x in (k, v)) or index.dim() != 2 or \
                 index.shape[1] != b.window**2:
             raise refuse(node, "attention over windowed tokens whose queries, keys and values "

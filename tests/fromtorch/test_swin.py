@@ -65,7 +65,8 @@ class Block(nn.Module):
 
     def __init__(self, n, shift, variant=""):
         super().__init__()
-        self.shift, self.variant, self.heads = shift, variant, n // 16
+        self.shift, self.variant = shift, variant
+        self.heads = 1 if variant == "one_head" else n // 16
         self.norm1, self.norm2 = nn.LayerNorm(n), nn.LayerNorm(n)
         self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
         self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, self.heads) * 0.5)
@@ -92,8 +93,8 @@ class Block(nn.Module):
         if self.variant == "per_position":  # a number per position of a window, tokens last
             win = (win.transpose(1, 2) * self.pos).transpose(1, 2)
         n_w = win.shape[0]
-        q, k, v = (f(win).view(n_w, w * w, -1, 16).transpose(1, 2) for f in (self.q, self.k,
-                                                                           self.v))
+        q, k, v = (f(win).view(n_w, w * w, self.heads, -1).transpose(1, 2) for f in (
+            self.q, self.k, self.v))
         bias = self.table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
         if self.variant in ("eager", "cosine", "scaled_late", "scaled_masked", "qk"):
             # DonutSwin's: logits, bias, mask by hand
@@ -256,6 +257,7 @@ def test_apply_leaves_the_model_bit_identical(swin):
                  r"transposed", marks=pytest.mark.slow),
     pytest.param("kt", r"attention within windows whose keys are laid out otherwise than its "
                  r"queries", marks=pytest.mark.slow),
+    pytest.param("one_head", r"attention within windows of one head", marks=pytest.mark.slow),
     pytest.param("per_position", r"mul of a param and tokens cut into windows whose last axis "
                  r"is their tokens", marks=pytest.mark.slow),
 ])
