@@ -271,11 +271,15 @@ class WindowOps:
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)
         # (a linear layer over the tokens: the walk's refusal says it)
+        last = [self._tags(w.inner)[-1] for w in wins]
         if op != "linear" and any(isinstance(x, PRef) for x in flat) and any(
-                self._tags(w.inner)[-1] == "tok" for w in wins):
+                t not in ("F", "dh") for t in last):
+            axis = next(t for t in last if t not in ("F", "dh"))
+            what = {"tok": "their tokens", "H": "the heads"}.get(axis, repr(axis))
             raise refuse(node, f"{op} of a param and tokens cut into windows whose last "
-                         "axis is their tokens, not their features (a param of one number "
-                         "per position of a window, or a layer over each window's tokens)",
+                         f"axis is {what}, not their features (a param of one number per "
+                         "position of a window or per head, or a layer over each window's "
+                         "tokens)",
                          help="keep the features last where a param meets windowed tokens; "
                          "or write the model as a Tensor Program")
         saved = {}

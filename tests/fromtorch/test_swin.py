@@ -8,7 +8,7 @@ emitted program computes the model's output (float64, the model's -100 mask incl
 leaves it bit-identical; the windows' offsets and mask the emitted module builds are, pair for
 pair, transformers' Swin's; variants (a roll the mask does not match, windows padded, a bias
 added outside the windows, eager logits scaled after the bias, keys not transposed, a param per
-position of a window) are refused at their line."""
+position of a window or per head, one head) are refused at their line."""
 
 from __future__ import annotations
 
@@ -74,8 +74,9 @@ class Block(nn.Module):
         self.fc1, self.fc2 = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
         if variant == "pos":
             self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW, n))
-        if variant == "per_position":
-            self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW))
+        if variant in ("per_position", "per_head"):
+            self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW if variant == "per_position"
+                                                else self.heads))
 
     def forward(self, x, h, wd):
         b, _, c = x.shape
@@ -95,6 +96,8 @@ class Block(nn.Module):
         n_w = win.shape[0]
         q, k, v = (f(win).view(n_w, w * w, self.heads, -1).transpose(1, 2) for f in (
             self.q, self.k, self.v))
+        if self.variant == "per_head":  # a number per head, the heads last
+            q = (q.transpose(1, 3) * self.pos).transpose(1, 3)
         bias = self.table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
         if self.variant in ("eager", "cosine", "scaled_late", "scaled_masked", "qk"):
             # DonutSwin's: logits, bias, mask by hand
@@ -260,6 +263,8 @@ def test_apply_leaves_the_model_bit_identical(swin):
     pytest.param("one_head", r"attention within windows of one head", marks=pytest.mark.slow),
     pytest.param("per_position", r"mul of a param and tokens cut into windows whose last axis "
                  r"is their tokens", marks=pytest.mark.slow),
+    pytest.param("per_head", r"mul of a param and tokens cut into windows whose last axis is "
+                 r"the heads", marks=pytest.mark.slow),
 ])
 def test_windows_other_than_swins_are_refused(variant, match):
     with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace .*"
