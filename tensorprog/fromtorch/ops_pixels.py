@@ -16,19 +16,21 @@ PIXELS_LAST = ("tok", "px", "px", "F")  # an image laid out channels-last, [B, H
 # ops that keep a value's layout and entries
 KEEP_LAYOUT = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as",
                "lift_fresh_copy"}
+# ops applied at each pixel of an image laid out channels-last (its features last)
+_AT_EACH_PIXEL = {"linear", "layer_norm", "gelu", "relu", "silu", "tanh", "sigmoid"}
 
 
 def _to_channels_first(node) -> bool:
     """Whether every reader of ``node`` [B, H, W, C] permutes it to [B, C, H, W], or keeps
-    its layout (contiguous, clone, dropout) or applies a linear layer at each pixel and is so
-    read in turn."""
+    its layout (contiguous, clone, dropout) or applies a layer or function at each pixel (a
+    linear layer, a layer norm, gelu) and is so read in turn."""
     def reads(u) -> bool:
         op = op_name(u)
         if not u.args or u.args[0] is not node:
             return False
         if op == "permute":
             return tuple(d % 4 for d in u.args[1]) == (0, 3, 1, 2)
-        return (op in KEEP_LAYOUT or op == "linear") and _to_channels_first(u)
+        return (op in KEEP_LAYOUT or op in _AT_EACH_PIXEL) and _to_channels_first(u)
 
     return bool(node.users) and all(reads(u) for u in node.users)
 
@@ -36,7 +38,7 @@ def _to_channels_first(node) -> bool:
 def read_as_image(node, image_model: bool) -> bool:
     """Whether a view of tokens [B, T, C] as their grid [B, H, W, C] (``node``) is an image
     laid out channels-last, ``image(t, H, W)``, not Swin's tokens in windows: it reaches a
-    permute to channels-first (through ops that keep its layout and linear layers), or, in an
+    permute to channels-first (through ops that keep its layout and ops at each pixel), or, in an
     image model (``image_model``: no token vocabulary), its readers are all linear layers
     applied at each pixel (FocalNet's)."""
     shape = tuple(node.meta["val"].shape)

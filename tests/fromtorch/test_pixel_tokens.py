@@ -5,8 +5,8 @@ channels-last ``permute(0, 2, 3, 1).reshape(B, H·W, C)`` and back). Oracles: th
 examples/pixel_tokens.tp derives the same exponents as its torch counterpart, traced; the emitted
 program computes the model's output at the base width; apply leaves the model bit-identical
 there; a view of pixels the language has no form for is refused at its line. Tokens viewed as
-their grid [B, H, W, C] and reaching a permute to channels-first through a clone, a dropout or
-a linear layer at each pixel are that image too (not Swin's windows)."""
+their grid [B, H, W, C] and reaching a permute to channels-first through a clone, a dropout, or
+a layer or function at each pixel are that image too (not Swin's windows)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ class GridConv(nn.Module):
     def __init__(self, n, how):
         super().__init__()
         self.how = how
-        self.embed, self.l = nn.Conv2d(3, n, 4, stride=4), nn.Linear(n, n)
+        self.embed, self.l, self.norm = nn.Conv2d(3, n, 4, stride=4), nn.Linear(n, n), \
+            nn.LayerNorm(n)
         self.dw = nn.Conv2d(n, n, 3, padding=1, groups=n)
         self.head = nn.Linear(n, 10)
 
@@ -131,12 +132,14 @@ class GridConv(nn.Module):
             g = F.dropout(g, 0.1, self.training).permute(0, 3, 1, 2)
         elif self.how == "linear":  # a layer at each pixel, then channels-first
             g = self.l(g).contiguous().permute(0, 3, 1, 2)
+        elif self.how == "norm":  # a norm and a function at each pixel
+            g = F.gelu(self.norm(g)).permute(0, 3, 1, 2)
         else:  # read twice: as it is and through a layer
             g = g.permute(0, 3, 1, 2) + self.l(g).permute(0, 3, 1, 2)
         return self.head((t + self.dw(g).flatten(2).transpose(1, 2)).mean(1))
 
 
-@pytest.mark.parametrize("how", ["clone", "dropout", "linear", "two"])
+@pytest.mark.parametrize("how", ["clone", "dropout", "linear", "norm", "two"])
 def test_a_grid_of_tokens_reaching_channels_first_is_an_image(how):
     def build(n):
         return GridConv(n, how).eval()
