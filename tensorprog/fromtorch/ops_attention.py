@@ -18,12 +18,19 @@ class AttentionOps:
 
     # -- norms, attention --------------------------------------------------------------------
     def op_layer_norm(self, node, x, shape, w=None, b=None, *rest):
-        return self._norm(node, "layernorm", x, w, b)
+        return self._norm(node, "layernorm", x, w, b, shape)
 
     def op_rms_norm(self, node, x, shape, w=None, *rest):
-        return self._norm(node, "rmsnorm", x, w, None)
+        return self._norm(node, "rmsnorm", x, w, None, shape)
 
-    def _norm(self, node, fn, x, w, b):
+    def _norm(self, node, fn, x, w, b, shape):
+        last = tuple(node.args[0].meta["val"].shape)[-1:]
+        if tuple(shape) != last:  # F.layer_norm(x, (T, C)): over several axes together
+            raise refuse(node, f"a {fn} over the last {len(shape)} axes {list(shape)} "
+                         f"together: the language's norms are over a vector's own dim (or a "
+                         f"head's), the last axis alone ({last[0]})",
+                         help="normalise over the last axis only, normalized_shape = "
+                         "(x.shape[-1],), as nn.LayerNorm(d) does")
         x = self.vec(x, node)
         if x.tags[-1] not in ("F", "dh"):
             raise refuse(node, f"a {fn} over anything but a vector's own dim or a head's")

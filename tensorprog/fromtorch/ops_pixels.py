@@ -13,6 +13,37 @@ from .values import Vec
 from .where import op_name
 
 PIXELS_LAST = ("tok", "px", "px", "F")  # an image laid out channels-last, [B, H, W, C]
+# ops that keep a value's layout and entries
+KEEP_LAYOUT = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as",
+               "lift_fresh_copy"}
+# ops applied at each pixel of an image laid out channels-last (its features last)
+_AT_EACH_PIXEL = {"linear", "layer_norm", "gelu", "relu", "silu", "tanh", "sigmoid"}
+
+
+def _to_channels_first(node) -> bool:
+    """Whether every reader of ``node`` [B, H, W, C] permutes it to [B, C, H, W], or keeps
+    its layout (contiguous, clone, dropout) or applies a layer or function at each pixel (a
+    linear layer, a layer norm, gelu) and is so read in turn."""
+    def reads(u) -> bool:
+        op = op_name(u)
+        if not u.args or u.args[0] is not node:
+            return False
+        if op == "permute":
+            return tuple(d % 4 for d in u.args[1]) == (0, 3, 1, 2)
+        return (op in KEEP_LAYOUT or op in _AT_EACH_PIXEL) and _to_channels_first(u)
+
+    return bool(node.users) and all(reads(u) for u in node.users)
+
+
+def read_as_image(node, image_model: bool) -> bool:
+    """Whether a view of tokens [B, T, C] as their grid [B, H, W, C] (``node``) is an image
+    laid out channels-last, ``image(t, H, W)``, not Swin's tokens in windows: it reaches a
+    permute to channels-first (through ops that keep its layout and ops at each pixel), or, in an
+    image model (``image_model``: no token vocabulary), its readers are all linear layers
+    applied at each pixel (FocalNet's)."""
+    shape = tuple(node.meta["val"].shape)
+    return _to_channels_first(node) or image_model and min(shape[1:3]) > 1 and bool(
+        node.users) and all(op_name(u) == "linear" and u.args[0] is node for u in node.users)
 
 
 class PixelTokenOps:
@@ -39,8 +70,7 @@ class PixelTokenOps:
 
     def tokens_to_image(self, node, v, old, shape) -> Vec | None:
         """A view of tokens [B, C, T] (transposed) as [B, C, H, W], or of tokens [B, T, C] as
-        [B, H, W, C] read only by a permute to [B, C, H, W] or by linear layers (applied at each
-        pixel, FocalNet's): ``image(t, H, W)`` (T = H·W);
+        [B, H, W, C] read as an image (:func:`read_as_image`): ``image(t, H, W)`` (T = H·W);
         None for any other view (a [B, T, C] viewed [B, H, W, C] and cut into windows keeps
         its tokens)."""
         if len(shape) != 4 or len(old) != 3 or shape[0] != old[0]:
@@ -49,11 +79,8 @@ class PixelTokenOps:
         if tags == ("tok", "F", "tok") and shape[1] == old[1] and shape[2] * shape[3] == old[2]:
             new, (h, w) = IMAGE, shape[2:]
         elif tags == ("tok", "tok", "F") and shape[3] == old[2] \
-                and shape[1] * shape[2] == old[1] and node.users and (all(
-                    op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 3, 1, 2)
-                    for u in node.users) or self.tokens_vocab is None and min(shape[1:3]) > 1
-                    and all(  # a layer per pixel of an image model's grid (FocalNet's)
-                        op_name(u) == "linear" and u.args[0] is node for u in node.users)):
+                and shape[1] * shape[2] == old[1] and read_as_image(node,
+                                                                   self.tokens_vocab is None):
             new, (h, w) = PIXELS_LAST, shape[1:3]
         else:
             return None

@@ -28,6 +28,7 @@ import math
 import operator
 from dataclasses import dataclass
 
+from .ops_pixels import KEEP_LAYOUT, read_as_image
 from .values import Conc, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
@@ -38,8 +39,7 @@ _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, wi
 _MERGE_HELP = ("merge patches as Swin does, torch.cat([x[:, r::2, c::2, :] for c in range(2) "
                "for r in range(2)], -1) of the grid [B, H, W, C] (H, W even); or write the "
                "model as a Tensor Program with merge2x2(image(t, H, W), D) (docs/language.md)")
-# ops that keep a value's layout and entries
-_SAME = {"contiguous", "clone", "alias", "dropout", "to", "_to_copy", "type_as", "lift_fresh_copy"}
+_SAME = KEEP_LAYOUT  # ops that keep a value's layout and entries
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 # per-token ops: they commute with any permutation of the tokens
 _PER_TOKEN = {"linear", "layer_norm", "rms_norm", "gelu", "relu", "silu", "tanh", "sigmoid",
@@ -184,7 +184,7 @@ class WindowOps:
         if op == "scaled_dot_product_attention":
             return self._attention(node, args, kwargs)
         if op == "matmul" and len(args) == 2 and all(isinstance(x, Windowed) for x in args):
-            return WinScores(args[0], args[1], node=node.name)  # q @ k.T: eager (_scores_op)
+            return self._logits(node, *args)  # q @ k.T: eager (_scores_op)
         if args[0] is wins[0] and op == "slice" and self._shape(node) != self._shape(
                 node.args[0]):
             return self._grid_part(node, GridPart(wins[0]), args)
@@ -196,9 +196,8 @@ class WindowOps:
 
     # -- the grid and its relayouts ----------------------------------------------------------
     def _grid_view(self, node, args):
-        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) read neither by a
-        permute to channels-first nor only by linear layers of an image model (those are
-        ``image(t, H, W)``, ops_pixels.py): a Windowed value."""
+        """A view of tokens [B, T, C] as their grid [B, H, W, C] (H·W = T) not read as an image
+        (ops_pixels.read_as_image): a Windowed value."""
         import torch
 
         if op_name(node) not in _VIEWS or not args or not hasattr(node.args[0], "meta"):
@@ -209,10 +208,7 @@ class WindowOps:
         if tags != ("tok", "tok", "F") or len(new) != 4 or new[0] != old[0] or new[3] != old[2] \
                 or new[1] * new[2] != old[1] or min(new[1:3]) < 2:
             return None
-        if node.users and (all(op_name(u) == "permute" and tuple(
-                d % 4 for d in u.args[1]) == (0, 3, 1, 2) for u in node.users) or (
-                self.tokens_vocab is None and all(  # FocalNet's layer per pixel: an image
-                    op_name(u) == "linear" and u.args[0] is node for u in node.users))):
+        if read_as_image(node, self.tokens_vocab is None):  # image(t, H, W), ops_pixels.py
             return None
         index = torch.arange(old[0] * old[1]).reshape(new[:3])
         v = v if type(v).__name__ in ("Vec", "Affine") else self.vec(v, node)
@@ -292,6 +288,18 @@ class WindowOps:
             raise refuse(node, f"{what} of tokens cut into windows (Swin's layout): only "
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)
+        # (a linear layer over the tokens: the walk's refusal says it)
+        last = [self._tags(w.inner)[-1] for w in wins]
+        if op != "linear" and any(isinstance(x, PRef) for x in flat) and any(
+                t not in ("F", "dh") for t in last):
+            axis = next(t for t in last if t not in ("F", "dh"))
+            what = {"tok": "their tokens", "H": "the heads"}.get(axis, repr(axis))
+            raise refuse(node, f"{op} of a param and tokens cut into windows whose last "
+                         f"axis is {what}, not their features (a param of one number per "
+                         "position of a window or per head, or a layer over each window's "
+                         "tokens)",
+                         help="keep the features last where a param meets windowed tokens; "
+                         "or write the model as a Tensor Program")
         saved = {}
         for a in node.all_input_nodes:
             if isinstance(self.env.get(a.name), Windowed):
@@ -413,9 +421,10 @@ class WindowOps:
             raise refuse(node, "causal attention within windows", help=_HELP)
         return self._within(node, q, k, v, b, call.get("scale"))
 
-    def _within(self, node, q, k, v, b, factor):
+    def _within(self, node, q, k, v, b, factor, eager=False):
         """Attention over the grid's tokens with the ``windows`` input's bias, when the
-        windows, the bias and its mask are that, pair for pair."""
+        windows, the bias and its mask are that, pair for pair; ``eager``: the keys are
+        transposed (_logits saw them so)."""
         if not all(isinstance(x, Windowed) for x in (q, k, v)) or not isinstance(b, WinTable) \
                 or b.axes[-3:] != ("H", "q", "k"):
             raise refuse(node, "attention over tokens cut into windows other than Swin's: "
@@ -424,6 +433,13 @@ class WindowOps:
         import torch
 
         index = q.index
+        if index.dim() == 3 and index.shape[1] == 1:  # [windows, w², 1, C] transposed
+            raise refuse(node, "attention within windows of one head: its queries, keys and "
+                         f"values viewed [windows, 1, {index.shape[2]}, C], whose axis of 1 the "
+                         "trace reads as one more axis of tokens, not as heads", help="split "
+                         "the features into two or more heads, as Swin's configs do; or write "
+                         "the model as a Tensor Program with `input win : windows[T, B, H, W, "
+                         "shift]` (docs/language.md, examples/swin.tp)")
         if any(not torch.equal(x.index, index) for x in (k, v)) or index.dim() != 2 or \
                 index.shape[1] != b.window**2:
             raise refuse(node, "attention over windowed tokens whose queries, keys and values "
@@ -442,12 +458,26 @@ class WindowOps:
         qv, kv, vv = (self.vec(x.inner, node) for x in (q, k, v))
         if qv.dh is None:
             raise refuse(node, "attention over values not split into heads", help=_HELP)
-        if kv.tags != qv.tags:  # eager's k.transpose(-1, -2): the keys as the queries are
+        if eager:  # eager's k.transpose(-1, -2): the keys as the queries are
             kv = Vec(kv.name, qv.tags, kv.dim, kv.dh)
+        if kv.tags != qv.tags:  # sdpa(q, k.mT, v): valid in torch for a head size of w²
+            raise refuse(node, "attention within windows whose keys are laid out otherwise "
+                         f"than its queries: {list(kv.tags)}, not {list(qv.tags)}", help=_HELP)
         self.grouped(node, qv, kv, "keys")
         if factor is None:
             factor = qv.dh**-0.5
         return Windowed(self.attend(node, qv, kv, vv, rel, False, factor), index, q.grid)
+
+    def _logits(self, node, q: Windowed, k: Windowed) -> WinScores:
+        """``q @ k.transpose(-1, -2)`` of windowed queries and keys split into heads: the keys'
+        last two axes are the queries' swapped (``q @ k`` of a head size equal to the window's
+        token count is a valid matmul of another value, refused)."""
+        qt, kt = self._tags(q.inner), self._tags(k.inner)
+        if len(qt) < 2 or qt[-2] != "tok" or qt[-1] == "tok" or kt != (*qt[:-2], qt[-1], "tok"):
+            raise refuse(node, "a matmul of windowed values other than the queries times the "
+                         "keys transposed, q @ k.transpose(-1, -2), each split into heads "
+                         f"(the operands' axes: {list(qt)} and {list(kt)})", help=_HELP)
+        return WinScores(q, k, node=node.name)
 
     def _scores_op(self, node, args):
         """Eager attention's ops on the logits of windowed queries and keys: a scale, Swin's
@@ -458,9 +488,15 @@ class WindowOps:
         other = args[1] if len(args) > 1 else None
         shape, old = self._shape(node), self._shape(node.args[0])
         if s is not None and not s.probs:
-            if op in ("div", "mul") and isinstance(other, (int, float)):
+            # a scale of q @ k.T alone: once the bias (or mask) is added it would scale them too
+            if op in ("div", "mul") and isinstance(other, (int, float)) and s.bias is None:
                 return dataclasses.replace(s, factor=s.factor / other if op == "div" else
                                            s.factor * other, node=node.name)
+            if op in ("div", "mul") and isinstance(other, (int, float)):
+                raise refuse(node, f"a {op} of attention logits within windows after Swin's "
+                             "bias (or its mask) is added to them: the bias and mask would be "
+                             "scaled too, and the language scales q @ k.T alone", help="scale "
+                             "q @ k.transpose(-1, -2) before adding the bias, as Swin does")
             if op == "add" and isinstance(other, WinTable) and s.bias is None and not s.split \
                     and other.mask is None and other.axes[-3:] == ("H", "q", "k"):
                 return dataclasses.replace(s, bias=other)
@@ -487,7 +523,7 @@ class WindowOps:
             other = self._one_window(self._shape(node.args[1]), other,
                                      s.bias.window if s.bias else 0)
         if s is not None and s.probs and op == "matmul" and isinstance(other, Windowed):
-            out = self._within(node, s.q, s.k, other, s.bias, s.factor)
+            out = self._within(node, s.q, s.k, other, s.bias, s.factor, eager=True)
             # the logits are the scaled q @ k.T's node, not sdpa's q and k (check.py)
             self.out.vectors.update({v: (s.node, "out") for v, (n, kind) in list(
                 self.out.vectors.items()) if n == node.name and kind == "sdpa_logits"})

@@ -23,6 +23,7 @@ from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_tables import fixed_table
+from .readback import read_back
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
@@ -363,6 +364,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
     try:
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
                           layout if blocks else None, nodes)
+        read_back(traced.source, traced.vectors, nodes)
     except TraceError as err:
         raise _at_build(err, build) from None
     traced.calls = sole_outputs(graph, layout[1])

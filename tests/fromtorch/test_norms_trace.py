@@ -5,7 +5,9 @@ two axes of 1 (``g.unsqueeze(-1).unsqueeze(-1) * h``) as a gain of the channels,
 V2's Global Response Normalization as ``grn(h)``. Oracles: the hand-written examples
 (examples/poolformer.tp, examples/convnextv2.tp) derive the same exponents as their torch
 counterparts; the emitted helpers compute what torch's layers (and HF's GRN) compute; apply
-leaves the model bit-identical at the base width."""
+leaves the model bit-identical at the base width. A layer norm (or RMSNorm) over the tokens and
+features together, ``F.layer_norm(x, (T, C))``, is refused at its line: the language's norms
+are over the last axis alone."""
 
 from __future__ import annotations
 
@@ -199,3 +201,24 @@ def test_the_emitted_grn_is_hfs_without_its_gain_bias_and_residual():
     torch.testing.assert_close(grn(x), hf(x) - x, rtol=1e-12, atol=1e-12)
     # positively homogeneous: grn(c x) = c grn(x), its size passes through (eps aside)
     torch.testing.assert_close(grn(3 * x), 3 * grn(x), rtol=1e-6, atol=1e-9)
+
+
+class WholeNorm(nn.Module):
+    """A norm over the last two axes together, the tokens and the features."""
+
+    def __init__(self, n, fn):
+        super().__init__()
+        self.fn = fn
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        return self.out(x + self.fn(x, (idx.shape[1], x.shape[-1])))
+
+
+@pytest.mark.parametrize("fn", [F.layer_norm, F.rms_norm], ids=["layer_norm", "rms_norm"])
+def test_a_norm_over_the_tokens_and_features_together_is_refused(fn):
+    with pytest.raises(tp.TensorProgError, match=r"test_norms_trace\.py:\d+:\d+: error: cannot "
+                       r"trace a (layer|rms)norm over the last 2 axes \[8, 8\] together"):
+        tp.from_torch(lambda n: WholeNorm(n, fn), (8, 16),
+                      lambda m: (torch.arange(16).remainder(13).view(2, 8),))

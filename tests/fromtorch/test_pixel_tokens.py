@@ -4,7 +4,9 @@ vision transformer's ``x.flatten(2).transpose(1, 2)`` becomes ``tokens(h, T)`` a
 channels-last ``permute(0, 2, 3, 1).reshape(B, H·W, C)`` and back). Oracles: the hand-written
 examples/pixel_tokens.tp derives the same exponents as its torch counterpart, traced; the emitted
 program computes the model's output at the base width; apply leaves the model bit-identical
-there; a view of pixels the language has no form for is refused at its line."""
+there; a view of pixels the language has no form for is refused at its line. Tokens viewed as
+their grid [B, H, W, C] and reaching a permute to channels-first through a clone, a dropout, or
+a layer or function at each pixel are that image too (not Swin's windows)."""
 
 from __future__ import annotations
 
@@ -106,3 +108,45 @@ def test_the_traced_program_computes_the_stage_at_the_base_width(pvt):
 
 def test_apply_leaves_the_stage_bit_identical_at_the_base_width(pvt):
     apply_is_bit_identical_at_base(pvt, PvtStage, images)
+
+
+class GridConv(nn.Module):
+    """Tokens viewed as their grid, reaching a depthwise convolution by ``how``."""
+
+    def __init__(self, n, how):
+        super().__init__()
+        self.how = how
+        self.embed, self.l, self.norm = nn.Conv2d(3, n, 4, stride=4), nn.Linear(n, n), \
+            nn.LayerNorm(n)
+        self.dw = nn.Conv2d(n, n, 3, padding=1, groups=n)
+        self.head = nn.Linear(n, 10)
+
+    def forward(self, img):
+        x = self.embed(img)
+        b, c, h, w = x.shape
+        t = self.l(x.flatten(2).transpose(1, 2))
+        g = t.view(b, h, w, c)
+        if self.how == "clone":
+            g = g.clone().permute(0, 3, 1, 2)
+        elif self.how == "dropout":
+            g = F.dropout(g, 0.1, self.training).permute(0, 3, 1, 2)
+        elif self.how == "linear":  # a layer at each pixel, then channels-first
+            g = self.l(g).contiguous().permute(0, 3, 1, 2)
+        elif self.how == "norm":  # a norm and a function at each pixel
+            g = F.gelu(self.norm(g)).permute(0, 3, 1, 2)
+        else:  # read twice: as it is and through a layer
+            g = g.permute(0, 3, 1, 2) + self.l(g).permute(0, 3, 1, 2)
+        return self.head((t + self.dw(g).flatten(2).transpose(1, 2)).mean(1))
+
+
+@pytest.mark.parametrize("how", ["clone", "dropout", "linear", "norm", "two"])
+def test_a_grid_of_tokens_reaching_channels_first_is_an_image(how):
+    def build(n):
+        return GridConv(n, how).eval()
+
+    def inputs(model=None):
+        return (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+
+    traced = tp.from_torch(build, (8, 16), inputs)
+    assert "image(linear, f4, f4)" in traced.source
+    traced_computes_the_model(traced, build, inputs)

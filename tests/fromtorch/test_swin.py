@@ -7,7 +7,8 @@ Oracles: examples/swin.tp derives the same exponents as its torch counterpart, t
 emitted program computes the model's output (float64, the model's -100 mask included); apply
 leaves it bit-identical; the windows' offsets and mask the emitted module builds are, pair for
 pair, transformers' Swin's; variants (a roll the mask does not match, windows padded, a bias
-added outside the windows) are refused at their line."""
+added outside the windows, eager logits scaled after the bias, keys not transposed, a param per
+position of a window or per head, one head) are refused at their line."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class Block(nn.Module):
 
     def __init__(self, n, shift, variant=""):
         super().__init__()
-        self.shift, self.variant, self.heads = shift, variant, n // 16
+        self.shift, self.variant = shift, variant
+        self.heads = 1 if variant == "one_head" else n // 16
         self.norm1, self.norm2 = nn.LayerNorm(n), nn.LayerNorm(n)
         self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
         self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, self.heads) * 0.5)
@@ -72,6 +74,9 @@ class Block(nn.Module):
         self.fc1, self.fc2 = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
         if variant == "pos":
             self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW, n))
+        if variant in ("per_position", "per_head"):
+            self.pos = nn.Parameter(torch.randn(WINDOW * WINDOW if variant == "per_position"
+                                                else self.heads))
 
     def forward(self, x, h, wd):
         b, _, c = x.shape
@@ -86,17 +91,28 @@ class Block(nn.Module):
         win = window_partition(y, w).view(-1, w * w, c)
         if self.variant == "pos":  # a table per token of a window: the same for every window
             win = win + self.pos
+        if self.variant == "per_position":  # a number per position of a window, tokens last
+            win = (win.transpose(1, 2) * self.pos).transpose(1, 2)
         n_w = win.shape[0]
-        q, k, v = (f(win).view(n_w, w * w, -1, 16).transpose(1, 2) for f in (self.q, self.k,
-                                                                           self.v))
+        q, k, v = (f(win).view(n_w, w * w, self.heads, -1).transpose(1, 2) for f in (
+            self.q, self.k, self.v))
+        if self.variant == "per_head":  # a number per head, the heads last
+            q = (q.transpose(1, 3) * self.pos).transpose(1, 3)
         bias = self.table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
-        if self.variant in ("eager", "cosine"):  # DonutSwin's: logits, bias, mask by hand
+        if self.variant in ("eager", "cosine", "scaled_late", "scaled_masked", "qk"):
+            # DonutSwin's: logits, bias, mask by hand
             if self.variant == "cosine":  # Swin V2's cosine attention, at a fixed temperature
                 q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1) * 2.0
-            sc = torch.matmul(q, k.transpose(-1, -2)) / 4.0 + bias.unsqueeze(0)
+            # qk: q @ k, k not transposed (a valid matmul: the head size is w² = 16)
+            kt = k if self.variant == "qk" else k.transpose(-1, -2)
+            sc = torch.matmul(q, kt) / 4.0 + bias.unsqueeze(0)
+            if self.variant == "scaled_late":  # the bias scaled too
+                sc = sc * 0.5
             if s:
                 m = attn_mask(h, wd, w, s, x.device)
                 sc = sc.view(b, n_w // b, self.heads, w * w, w * w) + m.unsqueeze(1).unsqueeze(0)
+                if self.variant == "scaled_masked":  # the bias and mask scaled too
+                    sc = sc / 2.0
                 sc = sc.view(-1, self.heads, w * w, w * w)
             a = torch.matmul(F.softmax(sc, dim=-1), v)
             return self._out(x, a, n_w, h, wd, c)
@@ -106,6 +122,8 @@ class Block(nn.Module):
             m = m.unsqueeze(1).unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(-1, 1, w * w,
                                                                                w * w)
             bias = bias + m
+        if self.variant == "kt":  # keys transposed (a valid sdpa: the head size is w² = 16)
+            k = k.transpose(-1, -2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=16**-0.5)
         return self._out(x, a, n_w, h, wd, c)
 
@@ -233,6 +251,20 @@ def test_apply_leaves_the_model_bit_identical(swin):
     pytest.param("merge", r"every other row and column of a grid of tokens used other than "
                  r"concatenated along the features, all four, in Swin's order",
                  marks=pytest.mark.slow),  # rows and columns swapped
+    # eager logits scaled once the bias (and mask) are added: those would be scaled too
+    ("scaled_late", r"a mul of attention logits within windows after Swin's bias"),
+    pytest.param("scaled_masked", r"a div of attention logits within windows after Swin's "
+                 r"bias", marks=pytest.mark.slow),
+    # q @ k and sdpa(q, k.mT, v): torch computes them (head size w²), not q @ k.T
+    pytest.param("qk", r"a matmul of windowed values other than the queries times the keys "
+                 r"transposed", marks=pytest.mark.slow),
+    pytest.param("kt", r"attention within windows whose keys are laid out otherwise than its "
+                 r"queries", marks=pytest.mark.slow),
+    pytest.param("one_head", r"attention within windows of one head", marks=pytest.mark.slow),
+    pytest.param("per_position", r"mul of a param and tokens cut into windows whose last axis "
+                 r"is their tokens", marks=pytest.mark.slow),
+    pytest.param("per_head", r"mul of a param and tokens cut into windows whose last axis is "
+                 r"the heads", marks=pytest.mark.slow),
 ])
 def test_windows_other_than_swins_are_refused(variant, match):
     with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace .*"

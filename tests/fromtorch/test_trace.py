@@ -122,6 +122,29 @@ def test_unsupported_op_is_refused_at_the_users_line():
         from_torch(Cumsum, (32, 64), _tokens)
 
 
+class Plain(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.l, self.o = nn.Embedding(16, n), nn.Linear(n, n), nn.Linear(n, 16)
+
+    def forward(self, idx):
+        return self.o(torch.relu(self.l(self.e(idx))))
+
+
+def test_a_traced_program_the_language_refuses_is_refused_at_the_users_line(monkeypatch):
+    # a statement no recogniser foresaw the language refusing (here: made to read a name that
+    # is not there) is refused by from_torch at the model's line, never by the program's reader
+    from tensorprog.fromtorch import trace
+
+    source = trace._source
+    monkeypatch.setattr(trace, "_source", lambda *a, **k: source(*a, **k).replace(
+        "linear = l_weight @ embedding", "linear = l_weight @ nowhere"))
+    with pytest.raises(TensorProgError, match=r"test_trace.py:\d+:\d+: error: cannot trace "
+                       r"'linear = l_weight @ nowhere \+ l_bias': the traced program does not "
+                       r"read back \(undefined name 'nowhere'\); .* \(in l\)"):
+        from_torch(Plain, (8, 16), _tokens)
+
+
 def _gpt2(n, layers=2):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(
