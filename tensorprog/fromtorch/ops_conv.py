@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .ops_windows import strided_groups
 from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Trace, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
@@ -548,7 +547,7 @@ class ConvOps:
             return tokens
         if shape[0] != old[0]:
             raise refuse(node, f"a view of an image from {list(old)} to {list(shape)} (its "
-                         f"pixels folded into the batch{strided_groups(old, shape)})",
+                         f"pixels folded into the batch{_strided_groups(old, shape)})",
                          help="read the image's pixels as tokens, x.flatten(2).transpose(1, "
                          "2), and attend over all of them (a model other than MobileViT's, "
                          "whose strided groups the language would say with a mask-only "
@@ -686,3 +685,10 @@ def _pair(a):
 def _text(a) -> str:
     return a if isinstance(a, str) else "x".join(str(i) for i in a)
 
+
+def _strided_groups(old, shape) -> str:
+    """ops_windows' words for MobileViT's unfolding (imported here: ops_windows reads this
+    module's layouts through ops_pixels)."""
+    from .ops_windows import strided_groups
+
+    return strided_groups(old, shape)
