@@ -633,9 +633,12 @@ def _zero_matrices(mup: MuP, abc: dict) -> dict:
     """``abc`` with b = oo (zero init) for the matrices the model initialises to 0 (Swin's
     relative position bias table): what they compute is exactly 0 at init at every width, as
     for the program's own zero vector params (``param b : [n] = 0``, judge's zero_constants),
-    and apply keeps a constant init as it is."""
+    and apply keeps a constant init as it is. Matrices only: a vector param at 0 is judge's (a
+    gain written as (1 + w), Gemma's norms', is no zero: what it computes is the norm's output)."""
+    shapes = mup.program.param_table
     zero = {name for name, use in mup.traced.params.items()
-            if mup.traced.base.get(use.target) == ("const", 0.0)}
+            if mup.traced.base.get(use.target) == ("const", 0.0)
+            and name in shapes and len(shapes[name].shape) >= 2}
     return {p: ABC(x.a, "oo", x.c) if p in zero else x for p, x in abc.items()}
 
 
