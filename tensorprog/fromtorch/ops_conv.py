@@ -4,10 +4,9 @@ an image cut into patches (a ViT's patch embedding).
 An image-valued vector is a ``Vec`` whose torch axes are tagged ('tok', 'F', 'px', 'px'): the
 batch, the channels (the vector's dim, which may grow with the width) and the two finite pixel
 axes. The language's convolution ``K @ h`` is stride 1 and same-padded; a stride-2 one is the
-stride-1 one read at every other pixel, written ``subsample(K @ h)`` (exact, not an
-approximation: output pixel i of a stride-s convolution padded by (k-1)/2 is pixel s·i of the
-stride-1 one). Any other geometry (stride, padding per side, dilation; a zero pad of the image
-before it folded in) is ``conv(K, h, s, top, bottom, left, right, d)``.
+stride-1 one read at every other pixel, ``subsample(K @ h)`` (exact: output pixel i of a
+stride-s convolution padded by (k-1)/2 is pixel s·i of the stride-1 one). Any other geometry
+(stride, padding per side, dilation; a zero pad folded in) is ``conv(K, h, s, t, b, l, r, d)``.
 """
 
 from __future__ import annotations
@@ -686,9 +685,16 @@ def _text(a) -> str:
     return a if isinstance(a, str) else "x".join(str(i) for i in a)
 
 
-def _strided_groups(old, shape) -> str:
-    """ops_windows' words for MobileViT's unfolding (imported here: ops_windows reads this
-    module's layouts through ops_pixels)."""
-    from .ops_windows import strided_groups
-
-    return strided_groups(old, shape)
+def _strided_groups(old, new) -> str:
+    """MobileViT's ``unfolding``'s first view, [B, C, H, W] to [B·C·nh, ph, nw, pw], in words."""
+    b, c, h, w = old
+    if len(new) != 4 or new[0] % (b * c) or not new[1] * new[0] // (b * c) == h or \
+            new[2] * new[3] != w or new[1] < 2 or new[3] < 2 or new[1] == h or new[3] == w:
+        return ""
+    nh, ph, nw, pw = new[0] // (b * c), new[1], new[2], new[3]
+    return (f": MobileViT's unfolding into {nh * nw} patches of {ph}x{pw} pixels, whose transformer"
+            f" attends over the {nh * nw} patches once for each of the {ph * pw} pixel offsets: "
+            f"attention over the {h * w} pixels as tokens in which a pixel attends only the pixels"
+            " at its offset in their patch, strided groups under a constant mask. The language's "
+            "windows group a grid's tokens into contiguous w x w windows with a learned bias "
+            "(Swin's), not strided groups with none")

@@ -144,23 +144,6 @@ def window_lookup(ids, rows: int) -> int | None:
                                  swin_index(window, torch)) else None
 
 
-def strided_groups(old, new) -> str:
-    """What a view of an image [B, C, H, W] that folds its pixels into the batch does:
-    MobileViT's ``unfolding`` where it is its first step, [B·C·nh, ph, nw, pw] (H = nh·ph,
-    W = nw·pw)."""
-    b, c, h, w = old
-    if len(new) != 4 or new[0] % (b * c) or not new[1] * new[0] // (b * c) == h or \
-            new[2] * new[3] != w or new[1] < 2 or new[3] < 2 or new[1] == h or new[3] == w:
-        return ""
-    nh, ph, nw, pw = new[0] // (b * c), new[1], new[2], new[3]
-    return (f": MobileViT's unfolding into {nh * nw} patches of {ph}x{pw} pixels, whose "
-            f"transformer attends over the {nh * nw} patches once for each of the {ph * pw} "
-            f"pixel offsets: attention over the {h * w} pixels as tokens in which a pixel "
-            f"attends only the pixels at its offset in their patch, strided groups under a "
-            "constant mask. The language's windows group a grid's tokens into contiguous "
-            "w x w windows with a learned bias (Swin's), not strided groups with none")
-
-
 class WindowOps:
     """Swin's windows: the grid's relayouts, its per-token ops and its attention."""
 
