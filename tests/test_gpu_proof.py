@@ -44,6 +44,7 @@ def test_dry_run_writes_every_section(tmp_path, capsys, monkeypatch):
     assert re.search(r"^\| traced Llama \| 32–64 \| (pass|FAIL) \|", report, re.M)
 
 
+@pytest.mark.slow  # a process of its own (3 s); the dry run above covers every section
 def test_a_part_in_its_own_process_hands_back_its_report(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the spawned process imports it
     proof = importlib.import_module("gpu_proof")

@@ -272,6 +272,7 @@ def _sweep_with_workers(tmp_path):
     pytest.fail("the sweep started no two workers in 90 s")
 
 
+@pytest.mark.slow  # 8 s of processes; the interrupt by ctrl-c below stays in the default run
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_the_workers_die_when_the_driver_is_killed(tmp_path):
     # before: after kill -9 of the driver the workers trained on, each for minutes
