@@ -24,10 +24,12 @@ refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from dataclasses import dataclass
 
+from ..emit.templates import HELPERS
 from .ops_pixels import KEEP_LAYOUT, read_as_image
 from .values import Conc, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
@@ -111,22 +113,21 @@ def swin_index(window: int, torch):
 
 
 def window_buckets(height: int, width: int, window: int, shift: int, torch):
-    """The ``windows`` input's offset ids and additive mask over the height·width tokens, as
-    the emitted module's ``_window_buckets`` builds them (emit/templates.py)."""
-    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    y, x = ((y - shift) % height).flatten(), ((x - shift) % width).flatten()
-    dy = (y % window)[:, None] - (y % window)[None, :]
-    dx = (x % window)[:, None] - (x % window)[None, :]
-    same = ((y // window)[:, None] == (y // window)[None, :]) & (
-        (x // window)[:, None] == (x // window)[None, :])
-    ids = torch.where(same, (dy + window - 1) * (2 * window - 1) + dx + window - 1, 0)
-    mask = torch.zeros(ids.shape, dtype=torch.float64)
-    if shift > 0:
-        ry = (y >= height - window).long() + (y >= height - shift).long()
-        rx = (x >= width - window).long() + (x >= width - shift).long()
-        region = ry * 3 + rx
-        mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)
-    return ids, mask.masked_fill(~same, float("-inf"))
+    """The ``windows`` input's offset ids and additive mask over the height·width tokens (-100
+    between the roll's regions, -inf between windows, in float64): the emitted module's own
+    ``_window_buckets`` (emit/templates.py) run here, so that the trace accepts exactly what
+    the module builds."""
+    ids, mask, outside = _emitted_buckets()(height, width, window, shift, None)
+    return ids, mask.double() + outside.double()
+
+
+@functools.cache
+def _emitted_buckets():
+    import torch
+
+    space = {"torch": torch}
+    exec("\n".join(HELPERS["_window_buckets"]), space)  # noqa: S102 - the emitted helper
+    return space["_window_buckets"]
 
 
 def window_lookup(ids, rows: int) -> int | None:
