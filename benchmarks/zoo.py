@@ -508,6 +508,10 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     return build
 
 
+# seq2seq families given an attention_mask of ones (example_inputs says why)
+ONES_MASK = ("switch_transformers", "t5gemma")
+
+
 def example_inputs(mapping: Mapping, real: bool = False):
     """``inputs(model)`` for ``mapping``: token ids; a seq2seq model's source ids and target
     ids, the target's at its forward's own position (``None`` for the optional inputs between);
@@ -551,10 +555,11 @@ def example_inputs(mapping: Mapping, real: bool = False):
         # read as one constant id (a row of the table, as BERT's token types of one segment),
         # which a decoder with its own table (EncoderDecoderModel's) would otherwise become
         given = [ids(), *([None] * (at - 1)), ids(real=True)]
-        if getattr(getattr(model, "config", None), "model_type", None) == "switch_transformers":
-            # Switch Transformers' encoder makes its mask of ones from attention_mask=None only
-            # outside torch.export (is_torchdynamo_compiling), and indexes None under it: the
-            # mask of ones a tokenizer gives for text with no padding
+        if getattr(getattr(model, "config", None), "model_type", None) in ONES_MASK:
+            # the mask of ones a tokenizer gives for text with no padding. Switch Transformers'
+            # encoder makes it from attention_mask=None only outside torch.export
+            # (is_torchdynamo_compiling), and indexes None under it; T5Gemma's makes it from
+            # input_ids != pad_token_id, and the trace's ids are zeros, its pad token
             given[params.index("attention_mask")] = torch.ones(2, SEQ, dtype=torch.long)
         return tuple(given)
 
