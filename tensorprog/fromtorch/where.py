@@ -33,12 +33,21 @@ def exception_span(err: BaseException, path: str | None = None) -> Span | None:
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
 
 
+# packages whose frames only pass a call on: HF's kernel hub wraps a model's function (Mamba's
+# mixer, a linear attention) in a module whose forward calls it, so the line in its file says
+# nothing about the model
+_DISPATCHERS = ("torch", "kernels")
+
+
 def _library_dirs() -> tuple[str, ...]:
-    """The directories of torch's and tensorprog's own files: by where torch is installed, not
-    by "/torch/" in a path, which a user's project (~/work/torch/model.py) may have too."""
-    torch = sys.modules.get("torch")
-    where = getattr(torch, "__file__", None)
-    found = [os.path.dirname(os.path.realpath(where)) + os.sep] if where else []
+    """The directories of torch's, the dispatchers' and tensorprog's own files: by where each is
+    installed, not by "/torch/" in a path, which a user's project (~/work/torch/model.py) may
+    have too."""
+    found = []
+    for name in _DISPATCHERS:
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where:
+            found.append(os.path.dirname(os.path.realpath(where)) + os.sep)
     return (*found, _PACKAGE)
 
 
