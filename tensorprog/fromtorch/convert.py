@@ -56,13 +56,15 @@ class Converter(
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
-            given: dict | None = None) -> Trace:
+            given: dict | None = None, keep: frozenset = frozenset()) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
-    placeholders: (the forward's name for it, its value on the CPU)."""
+    placeholders: (the forward's name for it, its value on the CPU); ``keep``: the nodes whose
+    number is a slot even where it is 1 (another width's is not 1)."""
     conv = Converter(ep, base)
+    conv.keep_coefficients = frozenset(keep)
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
     conv.given = given or {}

@@ -161,6 +161,8 @@ class Traced:
     calls: dict[str, str] = dataclasses.field(default_factory=dict)
     # torch targets whose init is a random draw centred on 0 (_base_stats)
     centred: frozenset = frozenset()
+    # graph nodes whose number is a coefficient slot at either width, 1 or not (convert's keep)
+    coefficient_nodes: frozenset = frozenset()
 
     @property
     def program(self):
@@ -326,7 +328,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
 
     with torch.device("cpu"):
         base, centred = _base_stats(build, w1)
-    traces = []
+    traces, converts = [], []
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
@@ -351,7 +353,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model, ep, example_inputs)
-            traces.append(convert(ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
+            converts.append((ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
+            traces.append(convert(*converts[-1]))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -361,6 +364,14 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
                 model,
             )
             graph = ep.graph
+    keep = frozenset(traces[0].coefficient_nodes | traces[1].coefficient_nodes)
+    if any(t.coefficient_nodes != keep for t in traces):
+        # a number that is 1 at one width only (MiniCPM's logits over hidden_size / 256 traced
+        # at 256) keeps its slot there too, so the two widths' programs are alike
+        try:
+            traces = [convert(*args, keep=keep) for args in converts]
+        except TraceError as err:
+            raise _at_build(err, build) from None
     try:
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
                           layout if blocks else None, nodes)
@@ -370,6 +381,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
     traced.calls = sole_outputs(graph, layout[1])
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)
+    traced.coefficient_nodes = keep  # the check's conversions keep them too (check.py)
     return traced
 
 

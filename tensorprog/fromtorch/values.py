@@ -522,6 +522,8 @@ class Trace:
     rotary: list[str] = field(default_factory=list)  # vectors a rotary embedding rotates
     # coefficient slot -> {x: the vector it multiplies ('' under a function), span}
     coefs: dict[int, dict] = field(default_factory=dict)
+    # the nodes whose number is a coefficient slot (convert's ``keep``)
+    coefficient_nodes: set[str] = field(default_factory=set)
     # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
     ids: dict[str, int] = field(default_factory=dict)
     # inputs over a sequence besides ``tok`` (sequences.py): program name -> (kind, its

@@ -171,6 +171,9 @@ class Walker:
         self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
+        # nodes whose number keeps its slot where it is 1: one that another width multiplies
+        # by another number (MiniCPM's logits over hidden_size / dim_model_base, 1 at 256)
+        self.keep_coefficients: frozenset[str] = frozenset()
 
     # -- slots and names ---------------------------------------------------------------------
     def dim(self, size: int) -> str:
@@ -277,7 +280,7 @@ class Walker:
                 )
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
-            if expr == v.src.name and abs(c - 1) <= 1e-9:
+            if expr == v.src.name and abs(c - 1) <= 1e-9 and v.node not in self.keep_coefficients:
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
@@ -313,10 +316,11 @@ class Walker:
         multiplies, empty under a function (coefficient). No slot where c is 1, unless
         ``slot``."""
         if slot is None:
-            slot = abs(c - 1) > 1e-9
+            slot = abs(c - 1) > 1e-9 or v.node in self.keep_coefficients
         if slot:
             expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
             index = len(self.out.slots) - 1
+            self.out.coefficient_nodes.add(v.node)
         name = self.emit_vector(v.node, expr)
         if slot:
             self.out.coefs[index]["out"] = name
