@@ -508,8 +508,9 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     return build
 
 
-# seq2seq families given an attention_mask of ones (example_inputs says why)
-ONES_MASK = ("switch_transformers", "t5gemma")
+# seq2seq families given masks of ones (example_inputs says why): the forward's inputs for them
+ONES_MASK = {"switch_transformers": ("attention_mask",), "t5gemma": ("attention_mask",),
+             "fsmt": ("attention_mask", "decoder_attention_mask")}
 
 
 def example_inputs(mapping: Mapping, real: bool = False):
@@ -555,12 +556,16 @@ def example_inputs(mapping: Mapping, real: bool = False):
         # read as one constant id (a row of the table, as BERT's token types of one segment),
         # which a decoder with its own table (EncoderDecoderModel's) would otherwise become
         given = [ids(), *([None] * (at - 1)), ids(real=True)]
-        if getattr(getattr(model, "config", None), "model_type", None) in ONES_MASK:
-            # the mask of ones a tokenizer gives for text with no padding. Switch Transformers'
-            # encoder makes it from attention_mask=None only outside torch.export
-            # (is_torchdynamo_compiling), and indexes None under it; T5Gemma's makes it from
-            # input_ids != pad_token_id, and the trace's ids are zeros, its pad token
-            given[params.index("attention_mask")] = torch.ones(2, SEQ, dtype=torch.long)
+        # the masks of ones a tokenizer gives for text with no padding. Switch Transformers'
+        # encoder makes its mask from attention_mask=None only outside torch.export
+        # (is_torchdynamo_compiling), and indexes None under it; T5Gemma's makes it from
+        # input_ids != pad_token_id, and the trace's ids are zeros, its pad token; FSMT's
+        # asks whether any id is its pad token (padding_mask.any()), which export cannot
+        # decide for ids it does not know
+        for name in ONES_MASK.get(getattr(getattr(model, "config", None), "model_type", None), ()):
+            at = params.index(name)
+            given += [None] * (at + 1 - len(given))
+            given[at] = torch.ones(2, SEQ, dtype=torch.long)
         return tuple(given)
 
     return inputs
