@@ -510,7 +510,7 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
 
 # seq2seq families given masks of ones (example_inputs says why): the forward's inputs for them
 ONES_MASK = {"switch_transformers": ("attention_mask",), "t5gemma": ("attention_mask",),
-             "fsmt": ("attention_mask", "decoder_attention_mask")}
+             "fsmt": ("attention_mask", "decoder_attention_mask"), "longt5": ("attention_mask",)}
 
 
 def example_inputs(mapping: Mapping, real: bool = False):
