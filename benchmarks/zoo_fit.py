@@ -43,7 +43,9 @@ def fit_init(model) -> None:
     """Each batch norm's gain that the model's init drew at random set to 1, torch's default
     and the one the convolutional papers train from (a gain set to a constant, 1 or a
     residual branch's closing 0, stays). HF's EfficientNet draws every Linear, Conv2d and
-    BatchNorm2d weight from N(0, initializer_range = 0.02): each batch norm then scales its
+    BatchNorm2d weight from N(0, initializer_range = 0.02) (MobileViT's two versions draw their
+    batch norms' gains so too; the trace refuses them before their init matters): each batch
+    norm then scales its
     channels by about 0.02, and where its input's variance is below the norm's eps (1e-3) it
     no longer normalises, so the image's signal falls to about 1e-13 at the classifier. In a
     seed whose two images have one class the batch norms, which take off the mean of their
