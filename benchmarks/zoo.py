@@ -23,7 +23,10 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
 * ``fail``: one of those does not hold (the failing vectors with their slopes; first the runs
   whose values went inf or nan, and the vectors with no slope, exactly 0 in some runs only, each
   with the check's verdict naming its runs: never a slope of nan); where the check
-  fails on attention logits alone, a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
+  fails on attention logits alone (known by their role in the traced program, whatever op
+  names them: the values from a dot over the head dim to the softmax over the keys, its
+  scale, a soft cap, a bias; ``attention_logits``),
+  a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
   at the check's own tolerance ±0.15), whose result the row gives apart: ``fail; pass (wider)``
   or ``fail; fail (wider)``, never a pass. Their later layers' change is Θ(1), as the engine
   derives, with a finite-width transient up to width about 1024 that the zoo's widths read
