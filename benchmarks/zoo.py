@@ -23,7 +23,10 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
 * ``fail``: one of those does not hold (the failing vectors with their slopes; first the runs
   whose values went inf or nan, and the vectors with no slope, exactly 0 in some runs only, each
   with the check's verdict naming its runs: never a slope of nan); where the check
-  fails on attention logits alone, a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
+  fails on attention logits alone (known by their role in the traced program, whatever op
+  names them: the values from a dot over the head dim to the softmax over the keys, its
+  scale, a soft cap, a bias; ``attention_logits``),
+  a second check at widths 1024, 2048, 4096 (``WIDER_WIDTHS``,
   at the check's own tolerance ±0.15), whose result the row gives apart: ``fail; pass (wider)``
   or ``fail; fail (wider)``, never a pass. Their later layers' change is Θ(1), as the engine
   derives, with a finite-width transient up to width about 1024 that the zoo's widths read
@@ -51,7 +54,9 @@ How a family is built is config plumbing, not µP: the standard field names (``h
 ``FIELDS`` lists only the other spellings families use for the same field. What a config's own
 structure needs besides (a model class that takes one part of a composite config, per-layer
 patterns and lists kept consistent with the zoo's layers, a sub-config's sizes, group counts the
-same at every width, a width multiplier) is ``benchmarks/zoo_fit.py``'s. A staged vision
+same at every width, a width multiplier, a batch norm's gain that the model's init draws at
+random set to 1 as torch's default: EfficientNet's, drawn from N(0, 0.02), left no gradient
+above Adam's eps) is ``benchmarks/zoo_fit.py``'s. A staged vision
 model's per-stage lists keep their first two stages, channels ``[n, 2n]``; sizes the image
 fixes follow it (a window tiles every stage's grid, a position table holds the image's patches).
 MobileNet's width is its ``depth_multiplier`` (each layer's channels its base count times it): it
@@ -498,6 +503,7 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
     def build(width):
         model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
                                  **(overrides or {})}))
+        _fit.fit_init(model)
         # a model with per-language adapters (xmod) refuses a forward with no language
         # given: use its first language, as a user would set it once before training
         if hasattr(model, "set_default_language") and getattr(model.config, "languages", None):

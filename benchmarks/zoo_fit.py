@@ -39,6 +39,31 @@ def computed(cls, name: str) -> bool:
     return False
 
 
+def fit_init(model) -> None:
+    """Each batch norm's gain that the model's init drew at random set to 1, torch's default
+    and the one the convolutional papers train from (a gain set to a constant, 1 or a
+    residual branch's closing 0, stays). HF's EfficientNet draws every Linear, Conv2d and
+    BatchNorm2d weight from N(0, initializer_range = 0.02) (MobileViT's two versions draw their
+    batch norms' gains so too; the trace refuses them before their init matters): each batch
+    norm then scales its
+    channels by about 0.02, and where its input's variance is below the norm's eps (1e-3) it
+    no longer normalises, so the image's signal falls to about 1e-13 at the classifier. In a
+    seed whose two images have one class the batch norms, which take off the mean of their
+    gradient over the batch (the part the two images share), leave a gradient of about 1e-35
+    to every layer before the last block: far below Adam's eps, nothing there moved, and the
+    check had no slope to fit for 16 vectors ("exactly zero in its change in seed 1")."""
+    import torch  # heavy: imported only when a model is built
+
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or w is None \
+                or w.is_meta or w.numel() < 2:
+            continue
+        with torch.no_grad():
+            if bool((w != w.flatten()[0]).any()):
+                w.fill_(1.0)
+
+
 class Sizes(NamedTuple):
     """The zoo's sizes a rule reads: the width of the model built, its layers and a staged
     model's stages, the narrowest width the zoo builds and its heads there, and the tokens of

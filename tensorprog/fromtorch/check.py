@@ -9,8 +9,10 @@ from ..engine.derive import derive
 from ..engine.exponents import ABC
 from ..engine.propagate import live_values
 from ..errors import UsageError
+from ..ir.functions import COORDINATEWISE, MUL
 from ..ir.program import Dot, LinComb, MatMul, Nonlin
 from ..ir.sequences import value_sequences
+from ..ir.verify import SOFTMAXES
 from ..numerics.judge import TOLERANCE, ZERO_RMS, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from ..numerics.turns import normalised, turned
@@ -129,14 +131,15 @@ def _readout_nodes(mup: MuP, ep, wanted: dict) -> list[str]:
 
 
 def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
-    """The attention logits (a ``dot`` over a head dim that grows, and the vectors that scale
-    it) with the graph's path from the attention's inputs to them: {node: (path, cuts, uses)},
-    the path's nodes in graph order, the inputs it starts from (each q/k projection's input)
-    and the node's logits among its vectors. Their change holds what the attention's own
-    params' updates do (an LLN sum over the head dim, Θ(1) under µP) and what their input's
-    change does through the projections, which holds a CLT part as a router's R₀·Δx does
-    (docs/check.md, "A traced model's changes by their parts", measures both). A node whose path
-    reaches the model's inputs other than through such a projection gets no split."""
+    """The attention logits (``_logit_values``: a ``dot`` over a head dim that grows, and the
+    values between it and its softmax) with the graph's path from the attention's inputs to
+    them: {node: (path, cuts, uses)}, the path's nodes in graph order, the inputs it starts
+    from (each q/k projection's input) and the node's logits among its vectors. Their change
+    holds what the attention's own params' updates do (an LLN sum over the head dim, Θ(1)
+    under µP) and what their input's change does through the projections, which holds a CLT
+    part as a router's R₀·Δx does (docs/check.md, "A traced model's changes by their parts",
+    measures both). A node whose path reaches the model's inputs other than through such a
+    projection gets no split."""
     logits = _logit_values(mup.program)
     stack = mup.traced.stack
     nodes = {n.name: n for n in ep.graph.nodes}
@@ -162,16 +165,31 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
 
 
 def _logit_values(program) -> set[str]:
-    """The program's attention logits: a ``dot`` over a head dim that grows, then their scale
-    and a relative position bias added (T5's)."""
+    """The program's attention logits, by their role: a ``dot`` over a head dim that grows,
+    and each value on the way from it to the softmax over the keys, computed from it by
+    coordinatewise functions (a product, a linear combination, a nonlinearity): its scale, a
+    soft cap c·tanh(s/c) (Gemma-2's), a position bias added (T5's, ALiBi's). A softmax's sink
+    (its second argument, gpt-oss's) is not a logit, nor a value of the dot's that no softmax
+    reads. Whatever the vector is named after (sdpa's logits, a ``div`` or a ``mul``)."""
     dims = program.dim_table
-    logits = {ins.out for ins in program.body
-              if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
+    dots = {ins.out for ins in program.body
+            if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
+    after = set(dots)  # computed coordinatewise from a dot
     for ins in program.body:
-        if (isinstance(ins, Nonlin) and ins.fn == "mul" or isinstance(ins, LinComb)) \
-                and any(v in logits for v in ins.operands):
-            logits.add(ins.out)
-    return logits
+        if _coordinatewise(ins) and any(v in after for v in ins.operands):
+            after.add(ins.out)
+    before = set()  # reaching a softmax's logits coordinatewise
+    for ins in reversed(program.body):
+        if isinstance(ins, Nonlin) and ins.fn in SOFTMAXES:
+            before.add(ins.args[0])
+        elif ins.out in before and _coordinatewise(ins):
+            before.update(ins.operands)
+    return dots | (after & before)
+
+
+def _coordinatewise(ins) -> bool:
+    return isinstance(ins, LinComb) or isinstance(ins, Nonlin) and (
+        ins.fn == MUL or ins.fn in COORDINATEWISE)
 
 
 def attention_logits(mup: MuP, names) -> list[str]:
@@ -465,6 +483,7 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
     widths, seeds, tol = result.widths, result.seeds, result.tolerance
     stack = mup.traced.stack
     made = {ins.out: ins for ins in mup.program.body}
+    logits = _logit_values(mup.program)
     marked: dict[tuple[str, int], float] = {}
     for r in result.results:
         if r.ok or r.step < 2 or (r.name, r.step, widths[0], seeds[0]) not in own.rms \
@@ -476,9 +495,9 @@ def _drift(result, mup: MuP, own: Measurements, cross: Measurements) -> None:
         if r.slope < e - tol and abs(s_own - e) <= tol and s_cross < e - tol \
                 and _resolved(own, cross, r, widths, seeds):
             # a linear layer's parts (a matmul, plus a bias: a LinComb), or attention logits'
-            # (probe's split_logits: a Dot)
-            ins = made.get(stack.generic(r.name) if stack else r.name)
-            parts = ("its own update ΔW·x", "W₀·Δx") if not isinstance(ins, Dot) else \
+            # (probe's split_logits: a dot, its scale, its soft cap)
+            parts = ("its own update ΔW·x", "W₀·Δx") \
+                if (stack.generic(r.name) if stack else r.name) not in logits else \
                 ("its attention's own update (input held at step 0)", "the rest")
             r.ok = True
             r.verdict += (f"; passes by its parts, finite-width drift: {parts[0]} scales as µP "

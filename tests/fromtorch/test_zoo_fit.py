@@ -108,6 +108,28 @@ def test_image_configs_keep_their_structure(zoo, t):
     assert zoo.config_kwargs(t.HieraConfig, 64, "heads", image)["num_query_pool"] == 1
 
 
+def test_a_batch_norms_gain_drawn_at_random_is_set_to_one(zoo):
+    # HF's EfficientNet draws its batch norms' gains from N(0, 0.02): the signal fell to 1e-13
+    # at its classifier and the check's gradients below Adam's eps (no slope to fit)
+    torch.manual_seed(0)
+    model = zoo.builder("efficientnet", "heads", mapping=zoo.MAPPINGS["image"])(64)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    x = zoo.example_inputs(zoo.MAPPINGS["image"], real=True)(model)
+    with torch.no_grad():
+        assert zoo._logits(model(*x)).pow(2).mean().sqrt() > 1e-4
+    # a gain set to a constant stays (a residual branch's closing 0); other weights stay
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                              torch.nn.BatchNorm1d(4))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[2].weight.normal_(0, 0.02)
+    linear = net[0].weight.clone()
+    zoo._fit.fit_init(net)
+    assert torch.equal(net[1].weight, torch.zeros(4)) and torch.equal(net[2].weight, torch.ones(4))
+    assert torch.equal(net[0].weight, linear)
+
+
 @pytest.mark.parametrize(("family", "mapping"), [
     # DBRX's attention reads a rope_theta its config lacks and clamps by clip_qkv (None by
     # default: torch's clamp raises); CvT's and LeViT's stages read past their lists; MusicGen
