@@ -4,9 +4,10 @@ ops_norm.py) times a learned temperature per head, ``clamp(logit_scale, max=log 
 -100 mask added twice as transformers' Swinv2SelfAttention adds it (``windows[..., 2, 200]``),
 and post-norm residuals (a layer norm of each branch inside the residual sum).
 Oracles: the emitted program computes the model's output (float64; one head's temperature past
-the clamp); the traced temperature derives what examples/swinv2.tp derives; other uses of a
-function of a param, a temperature not of one number per head, or after the bias, are refused
-at their line."""
+the clamp); the traced temperature derives what examples/swinv2.tp derives; the example's
+logits are Swin V2's tempered cosine logits; other uses of a function of a param, a
+temperature after the bias, an MLP over the offsets (Swin V2's continuous position bias, not
+in the language) and F.normalize over a growing head dim are refused at their line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 from test_swin import WINDOW, attn_mask, relative_index, window_partition, window_reverse
 
 torch = pytest.importorskip("torch")
@@ -34,7 +35,7 @@ class BlockV2(nn.Module):
     def __init__(self, n, shift, variant=""):
         super().__init__()
         self.shift, self.variant = shift, variant
-        self.heads = n // 16
+        self.heads = 2 if variant == "two_heads" else n // 16  # two: heads of n / 2
         self.q, self.v, self.o = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
         self.k = nn.Linear(n, n, bias=False)
         # head 0 at Swin V2's init, log 10; head 1 past the clamp at log 100 (its gradient 0)
@@ -134,6 +135,12 @@ def test_the_temperature_and_the_doubled_mask_trace_to_what_the_model_computes(
     traced_computes_the_model(swinv2, SwinV2Like, images)
 
 
+@pytest.mark.slow
+def test_apply_leaves_the_model_bit_identical(swinv2):
+    # the temperature [heads] of the program is the model's [heads, 1, 1]
+    apply_is_bit_identical_at_base(swinv2, SwinV2Like, images)
+
+
 NAMES = {"embed.weight": "K0", "blocks.0.logit_scale": "t1", "blocks.1.logit_scale": "t2",
          "blocks.0.table": "Rb1", "blocks.1.table": "Rb2", "blocks.0.q.weight": "Wq1",
          "blocks.1.k.weight": "Wk2", "blocks.1.o.weight": "Wo2", "blocks.0.norm1.weight": "a1",
@@ -178,8 +185,8 @@ def test_the_example_writes_the_temperature_as_a_gain_on_the_queries(monkeypatch
     # -clamp(τ).exp(): as Mamba's A = -exp(A_log), a function of a param with no place here
     ("neg", r"clamp of a param alone \(blocks\.0\.logit_scale\) used by neg"),
     # the temperature after the bias: the bias would be scaled too
-    ("late", r"the param blocks\.0\.logit_scale of shape \[2, 1, 1\] multiplying attention "
-             r"logits within windows"),
+    pytest.param("late", r"the param blocks\.0\.logit_scale of shape \[2, 1, 1\] multiplying "
+                 r"attention logits within windows", marks=pytest.mark.slow),
     # an MLP over the offsets' coordinates (a table computed from params): no form yet
     ("cpb", r"a linear layer applied to a constant tensor \[7, 7, 2\], not to the input's "
             r"tokens: a table computed from params \(Swin V2's continuous position bias"),
@@ -188,3 +195,13 @@ def test_other_temperatures_and_a_computed_bias_are_refused_at_their_line(varian
     with pytest.raises(TensorProgError, match=r"test_swinv2\.py:\d+:\d+: error: cannot trace .*"
                        + match):
         tp.from_torch(lambda n: SwinV2Like(n, variant, short=True), (32, 64), images)
+
+
+@pytest.mark.slow
+def test_cosine_attention_over_a_growing_head_dim_is_refused_as_any_l2_norm():
+    # heads of n / 2: F.normalize is dh^-1/2 · rmsnorm, a power of n after a norm that no
+    # layer can take (as SwiftFormer's over its growing channels), refused at the merge
+    with pytest.raises(TensorProgError, match=r"test_swinv2\.py:\d+:\d+: error: an L2 "
+                       r"normalisation \(F\.normalize\) over 16 coordinates at width 32, "
+                       r"whose number grows with the width"):
+        tp.from_torch(lambda n: SwinV2Like(n, "two_heads", short=True), (32, 64), images)
