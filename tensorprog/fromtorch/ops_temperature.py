@@ -71,7 +71,7 @@ class TemperatureOps:
         x = next(a for a in args if isinstance(a, ParamFn))
         raise refuse_param_fn(node, x)
 
-    def temperature(self, node, s, args):
+    def temperature(self, node, args):
         """``logits * g`` (or ``g * logits``) of eager logits within windows and a param
         [heads, 1, 1] (or a kept function of one): the logits with the per-head gain ``gain``;
         None where the product is no such."""
@@ -84,7 +84,7 @@ class TemperatureOps:
         if scores is None or g is None:
             return None
         ref = g.ref if isinstance(g, ParamFn) else g
-        heads = self._shape(node.args[args.index(scores)])
+        heads = self._shape(node.args[next(i for i, a in enumerate(args) if a is scores)])
         shape = tuple(ref.shape)
         while len(shape) > 3 and shape[0] == 1:
             shape = shape[1:]

@@ -476,7 +476,7 @@ class WindowOps:
         bias, its mask (the windows viewed apart from the batch and back), the softmax, and
         the weights' matmul with windowed values."""
         op = op_name(node)
-        tempered = self.temperature(node, None, args)  # (ops_temperature.py)
+        tempered = self.temperature(node, args)  # Swin V2's, per head (ops_temperature.py)
         if tempered is not None:
             return tempered
         s = args[0] if isinstance(args[0], WinScores) else None
