@@ -136,6 +136,8 @@ CATALOGUE = {
                                     r"a window of 3 x 3 does not tile the 8 x 8 grid", (6, 1)),
     "windows-shift-a-window": (WIN.format(b=49, s=4), S,
                                r"the shift 4 is not less than the window's side 4", (6, 1)),
+    "windows-mask-not-positive": (WIN.format(b=49, s="2, 0"), S,
+                                  r"windows w: the mask 0 is not a positive number", (6, 1)),
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),

@@ -255,10 +255,10 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if shape == "normalize":
         return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn} divides by the RMS of {h}: Θ(1) "
                      "whatever its size", "flow")]
-    if shape == "shifted":  # φ(0) ≠ 0 and unbounded: Θ(1), or the input's size where it grows
+    if shape in ("shifted", "exponential"):  # φ(0) ≠ 0, unbounded: Θ(1), or x's size if x grows
+        grows = "~ x for large x" if shape == "shifted" else "≥ 1 + x (unstable if x grows)"
         return ([Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn}(0) ≠ 0", "flow")]
-                + terms(f"{ins.fn}({h}₀)", f"{ins.fn}(x) ~ x for large x, unbounded", "auto",
-                        sz.init(h)))
+                + terms(f"{ins.fn}({h}₀)", f"{ins.fn}(x) {grows}, unbounded", "auto", sz.init(h)))
     why = f"{ins.fn}(x) ≈ x for small x" + (" and is bounded" if shape == "bounded" else
                                             ", and grows like x")
     return terms(f"{ins.fn}({h}₀)", why, "auto", sz.init(h),
@@ -280,7 +280,7 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if NONLIN_SHAPE[ins.fn] == "normalize":
         return terms(f"Δ{h}/|{h}|", f"{ins.fn} sees the change relative to {h}'s own size",
                      "auto", sz.change(h), const=-_size(sz.init(h)), clamp=ZERO)
-    bounded = NONLIN_SHAPE[ins.fn] not in ("linear", "shifted")
+    bounded = NONLIN_SHAPE[ins.fn] not in ("linear", "shifted", "exponential")
     return terms(f"{ins.fn}′·Δ{h}", f"{ins.fn}′ = Θ(1), so a change passes through", "auto",
                  sz.change(h), clamp=ZERO if bounded else None)
 

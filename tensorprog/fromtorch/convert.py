@@ -33,6 +33,7 @@ from .ops_select import SelectOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_tables import TableOps
+from .ops_temperature import TemperatureOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -41,6 +42,7 @@ from .walk import Walker
 
 class Converter(
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
+    TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'

@@ -12,6 +12,8 @@ scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and i
 A function of a param alone (Mamba's ``A = -exp(A_log)``, xIELU's ``softplus(alpha_p)``) is
 refused: the language's params enter the program as they are, so a param transformed before its
 use has no place in it (µP would be that of the transformed tensor, which no optimiser updates).
+The one exception, ``exp`` and a clamp of a param kept as a per-head temperature of attention
+logits (Swin V2's), is ops_temperature.py's.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import dataclasses
 import math
 
 from ..ir.functions import torch_function
+from .ops_temperature import refuse_param_fn
 from .values import (
     Affine,
     Aux,
     Conc,
     L2Norm,
+    ParamFn,
     Pointwise,
     PRef,
     Scores,
@@ -78,6 +82,10 @@ class PointwiseOps:
     function emitted as a product; ``expand_as`` of a vector over the batch."""
 
     def coordinatewise(self, node, x, fn):
+        if isinstance(x, (PRef, ParamFn)) and op_name(node) == "exp":
+            return self.param_fn(node, x, "exp({})")  # Swin V2's temperature (ops_temperature)
+        if isinstance(x, ParamFn):
+            raise refuse_param_fn(node, x)
         if isinstance(x, PRef):
             raise refuse(
                 node,
@@ -165,10 +173,11 @@ class PointwiseOps:
                 help="clamp at one of these (nn.ReLU6, x.clamp(max=c), x.clamp(-c, c)), or use "
                 "a relu, tanh or sigmoid",
             )
-        if isinstance(x, PRef):
-            return self.coordinatewise(node, x, None)  # a param alone: refused there
-        x = self.vec(x, node)  # what is no vector is refused there
         fn, c = form
+        if isinstance(x, (PRef, ParamFn)):  # kept for Swin V2's temperature (ops_temperature)
+            return self.param_fn(node, x, f"{fn}({{}})" if c == 1.0 else
+                                 f"{c!r} * {fn}({{}} / {c!r})")
+        x = self.vec(x, node)  # what is no vector is refused there
         if c == 1.0:
             return Vec(self.emit_vector(node.name, f"{fn}({x.name})"), x.tags, x.dim, x.dh)
         v = Pointwise(x, lambda t: t, node.name)

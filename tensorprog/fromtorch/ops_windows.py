@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..emit.templates import HELPERS
 from .ops_pixels import KEEP_LAYOUT, read_as_image
-from .values import Conc, Pointwise, PRef, RelBias, Scores, Vec
+from .values import Conc, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
@@ -85,6 +85,7 @@ class WinScores:
     split: bool = False
     probs: bool = False
     node: str = ""  # the node of the scaled logits, factor · q @ k.T (what check measures)
+    gain: ParamFn | None = None  # a temperature per head (Swin V2's, ops_temperature.py)
 
 
 # the order Swin's patch merging concatenates a 2x2 block's pixels in
@@ -112,13 +113,14 @@ def swin_index(window: int, torch):
         + window - 1
 
 
-def window_buckets(height: int, width: int, window: int, shift: int, torch):
-    """The ``windows`` input's offset ids and additive mask over the height·width tokens (-100
-    between the roll's regions, -inf between windows, in float64): the emitted module's own
-    ``_window_buckets`` (emit/templates.py) run here, so that the trace accepts exactly what
-    the module builds."""
-    ids, mask, outside = _emitted_buckets()(height, width, window, shift, None)
-    return ids, mask.double() + outside.double()
+def window_buckets(height: int, width: int, window: int, shift: int, torch, mask: int = 100):
+    """The ``windows`` input's offset ids and additive mask over the height·width tokens (-100,
+    or -``mask``, between the roll's regions, -inf between windows, in float64): the emitted
+    module's own ``_window_buckets`` (emit/templates.py) run here, scaled as the module scales
+    it (emit/module.py), so that the trace accepts exactly what the module builds."""
+    ids, regions, outside = _emitted_buckets()(height, width, window, shift, None)
+    regions = regions.double() if mask == 100 else regions.double() / 100 * mask
+    return ids, regions + outside.double()
 
 
 @functools.cache
@@ -156,6 +158,9 @@ class WindowOps:
                 for x in (a if isinstance(a, (list, tuple)) else [a])]
         if any(isinstance(x, WinScores) for x in flat):
             return self._scores_op(node, args)
+        if any(isinstance(x, ParamFn) for x in flat):  # Swin V2's temperature, on its way
+            kept = self.param_fn_op(node, args)
+            return kept if kept is not None else super().call(node)
         if any(isinstance(x, WinTable) for x in flat):
             return self._table_op(node, args, kwargs)
         if any(isinstance(x, GridPart) for x in flat):
@@ -405,7 +410,7 @@ class WindowOps:
             raise refuse(node, "causal attention within windows", help=_HELP)
         return self._within(node, q, k, v, b, call.get("scale"))
 
-    def _within(self, node, q, k, v, b, factor, eager=False):
+    def _within(self, node, q, k, v, b, factor, eager=False, gain=None):
         """Attention over the grid's tokens with the ``windows`` input's bias, when the
         windows, the bias and its mask are that, pair for pair; ``eager``: the keys are
         transposed (_logits saw them so)."""
@@ -429,7 +434,7 @@ class WindowOps:
             raise refuse(node, "attention over windowed tokens whose queries, keys and values "
                          f"are laid out differently, or not in windows of {b.window**2} "
                          "tokens (its bias's)", help=_HELP)
-        shift = self._shift(node, index, b, q.grid)
+        shift, mask = self._shift(node, index, b, q.grid)
         batch, height, width = q.grid
         name = self.fresh("win")
         # the tokens' sequence: the patches' (a stride-p convolution's, T) or an image's
@@ -437,6 +442,7 @@ class WindowOps:
         seq = "T" if getattr(self, "tokens_seq", None) == height * width else self.dim(
             height * width)
         dims = [seq, *(self.dim(x) for x in (b.ref.shape[0], height, width))]
+        shift = f"{shift}, {mask}" if mask != 100 else shift  # the regions' -mask
         self.out.decls.append(f"input {name} : windows[{', '.join(dims)}, {shift}]")
         rel = RelBias(b.ref, name, b.node, ("1", "H", "q", "k"), (b.window**2,) * 2)
         qv, kv, vv = (self.vec(x.inner, node) for x in (q, k, v))
@@ -444,6 +450,8 @@ class WindowOps:
             raise refuse(node, "attention over values not split into heads", help=_HELP)
         if eager:  # eager's k.transpose(-1, -2): the keys as the queries are
             kv = Vec(kv.name, qv.tags, kv.dim, kv.dh)
+        if gain is not None:  # a temperature per head: on the queries (ops_temperature.py)
+            qv = self.tempered_query(node, qv, gain)
         if kv.tags != qv.tags:  # sdpa(q, k.mT, v): valid in torch for a head size of w²
             raise refuse(node, "attention within windows whose keys are laid out otherwise "
                          f"than its queries: {list(kv.tags)}, not {list(qv.tags)}", help=_HELP)
@@ -468,6 +476,9 @@ class WindowOps:
         bias, its mask (the windows viewed apart from the batch and back), the softmax, and
         the weights' matmul with windowed values."""
         op = op_name(node)
+        tempered = self.temperature(node, args)  # Swin V2's, per head (ops_temperature.py)
+        if tempered is not None:
+            return tempered
         s = args[0] if isinstance(args[0], WinScores) else None
         other = args[1] if len(args) > 1 else None
         shape, old = self._shape(node), self._shape(node.args[0])
@@ -489,15 +500,18 @@ class WindowOps:
                 return dataclasses.replace(s, split=True)
             if op in _VIEWS and s.split and len(shape) == 4 and old[0] * old[1] == shape[0]:
                 return dataclasses.replace(s, split=False)
-            if op == "add" and s.split and isinstance(other, Conc) and s.bias.mask is None:
+            if op == "add" and s.split and isinstance(other, Conc):
                 import torch
 
                 m = torch.as_tensor(other.value).to(torch.float64)
                 area = s.bias.window**2
                 if m.dim() == 5 and m.shape[0] == m.shape[2] == 1 and tuple(m.shape[3:]) == (
                         area, area) and m.shape[1] == old[1]:
-                    # window n of the batch's B·nW is window n % nW of the image
+                    # window n of the batch's B·nW is window n % nW of the image; a mask added
+                    # again (transformers' Swin V2 adds its -100s twice) adds up, and _shift
+                    # reads the sum's magnitude
                     mask = m[0, :, 0].repeat(old[0], 1, 1)
+                    mask = mask if s.bias.mask is None else s.bias.mask + mask
                     return dataclasses.replace(s, bias=dataclasses.replace(s.bias, mask=mask))
             if op in ("softmax", "_softmax") and not s.split and args[1] in (-1, len(old) - 1):
                 return dataclasses.replace(s, probs=True)
@@ -507,7 +521,8 @@ class WindowOps:
             other = self._one_window(self._shape(node.args[1]), other,
                                      s.bias.window if s.bias else 0)
         if s is not None and s.probs and op == "matmul" and isinstance(other, Windowed):
-            out = self._within(node, s.q, s.k, other, s.bias, s.factor, eager=True)
+            out = self._within(node, s.q, s.k, other, s.bias, s.factor, eager=True,
+                               gain=s.gain)
             # the logits are the scaled q @ k.T's node, not sdpa's q and k (check.py)
             self.out.vectors.update({v: (s.node, "out") for v, (n, kind) in list(
                 self.out.vectors.items()) if n == node.name and kind == "sdpa_logits"})
@@ -543,9 +558,10 @@ class WindowOps:
         return Windowed(x, torch.arange(shape[0] * window**2).reshape(shape[0], window**2),
                         (shape[0], window, window))
 
-    def _shift(self, node, index, b: WinTable, grid) -> int:
+    def _shift(self, node, index, b: WinTable, grid) -> tuple[int, int]:
         """The shift whose ``windows`` input pairs the tokens as the windows ``index`` do,
-        with the bias ids and the mask ``b`` adds; refused where none does."""
+        with the bias ids and the mask ``b`` adds, and the mask's magnitude (100 for Swin's
+        -100, 200 for a mask added twice); refused where none does."""
         import torch
 
         batch, height, width = grid
@@ -575,12 +591,18 @@ class WindowOps:
         if bool((across != float("-inf")).any()):
             raise refuse(node, "attention within windows that hold tokens of several images",
                          help=_HELP)
+        # the mask's one magnitude, a whole number (else no windows input's: refused below)
+        values = mask[(mask != 0) & mask.isfinite()].unique()
+        magnitude = 100
+        if values.numel() == 1 and float(-values[0]).is_integer() and float(values[0]) < 0:
+            magnitude = int(-values[0])
         for shift in range(b.window):
-            want_ids, want_add = window_buckets(height, width, b.window, shift, torch)
+            want_ids, want_add = window_buckets(height, width, b.window, shift, torch,
+                                                magnitude)
             kept = want_add != float("-inf")
             if all(torch.equal(a, want_add) and torch.equal(i[kept], want_ids[kept])
                    for i, a in blocks):
-                return shift
+                return shift, magnitude
         raise refuse(node, f"attention within windows of {b.window} x {b.window} tokens of a "
                      f"{height} x {width} grid that are not Swin's of any shift (its windows, "
                      "its offsets' ids and its mask, pair for pair)", help=_HELP)

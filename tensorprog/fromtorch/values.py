@@ -98,6 +98,17 @@ class OverTokens:
 
 
 @dataclass
+class ParamFn:
+    """A coordinatewise function of a param alone (ops_temperature.py): ``form``, the language's
+    expression of it with ``{}`` for the param (``exp({})``, ``4.6 * cap({} / 4.6)``); ``op``
+    the first torch op applied (what a refusal names)."""
+
+    ref: PRef
+    form: str
+    op: str
+
+
+@dataclass
 class HeadGate:
     """``g.unsqueeze(-1)`` of a per-token vector g of H entries, before it multiplies a vector
     viewed as (…, H, dh) (ops_gate.py): one number per head over its head's coordinates, the

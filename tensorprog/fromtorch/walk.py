@@ -37,6 +37,7 @@ from .values import (
     Paired,
     PairHalf,
     PairStack,
+    ParamFn,
     ParamUse,
     Parts,
     Pointwise,
@@ -138,6 +139,7 @@ SYMBOLIC = (
     Paired,  # a head's coordinate pairs, a complex rotary's (ops_complex.py)
     Spread,  # a vector param viewed per head (ops_spread.py)
     HeadGate,  # one number per head given an axis to multiply its head (ops_gate.py)
+    ParamFn,  # a function of a param alone: Swin V2's temperature (ops_temperature.py)
     RowMean,  # an image's mean over its rows, before one over its columns (ops_conv.py)
     OverTokens,  # a vector per sequence given back a token axis (ops_global.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)

@@ -10,7 +10,9 @@ compute it with:
   bounded (sigmoid, hardsigmoid, and a softmax over finitely many tokens: Θ(1) whatever the
   input); ``shifted``: φ(0) ≠ 0 and φ(x) ~ x for large x, unbounded (softplus, log(1 + e^x):
   log 2 at 0, slope 1/2 there, a relu far out), so a vanishing input gives Θ(1) and a growing
-  one passes its size on;
+  one passes its size on; ``exponential``: e^x, φ(0) = 1 and φ' = φ, so a vanishing or Θ(1)
+  input gives Θ(1) and passes a change on (φ' = Θ(1) there); a growing input grows it faster
+  than any power (counted as at least the input's size: unstable either way, as it is);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
   Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Function:
     name: str
-    scaling: str  # "linear" | "bounded" | "offset" | "shifted" | "normalize"
+    scaling: str  # "linear" | "bounded" | "offset" | "shifted" | "exponential" | "normalize"
     at_zero: float | None
     torch: str
     keywords: tuple[tuple[str, float], ...] = ()
@@ -82,6 +84,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # log(1 + e^x) (Laguna's per-head attention gate): log 2 at 0, a relu far out; φ' =
     # sigmoid, in (0, 1), so a change passes through uncapped
     Function("softplus", "shifted", math.log(2.0), "torch.nn.functional.softplus"),
+    # e^x (Swin V2's per-head temperature exp(min(logit_scale, log 100))): 1 at 0, φ' = e^x,
+    # Θ(1) wherever x is O(1); so a function of a Θ(1) param keeps the param's exponents
+    Function("exp", "exponential", 1.0, "torch.exp"),
     Function("identity", "linear", 0.0, ""),  # the input itself: no call
     Function("layernorm", "normalize", None, "torch.nn.functional.layer_norm"),
     Function("rmsnorm", "normalize", None, "torch.rsqrt"),

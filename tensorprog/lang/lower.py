@@ -519,8 +519,10 @@ class _Lowering(ExpressionLowering):
 
     def stmt_windows_input(self, st: Stmt) -> None:
         """``input win : windows[T, B, H, W, s]``: Swin's windows of T = H·W tokens (w x w,
-        the grid rolled by -s first), one-hot over B = (2w-1)² offsets of a pair."""
-        _, *toks, shift = st.value
+        the grid rolled by -s first), one-hot over B = (2w-1)² offsets of a pair; ``windows[T,
+        B, H, W, s, m]``: the roll's regions masked by -m, not -100 (transformers' Swin V2
+        adds its -100 mask twice: m = 200)."""
+        _, *toks, shift, mask = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in toks]
         if any(d is None for d in dims):
             return
@@ -542,7 +544,8 @@ class _Lowering(ExpressionLowering):
                    f"a window of {window} x {window} does not tile the {h.size} x {w.size} grid"
                    if h.size % window or w.size % window else
                    f"the shift {shift} is not less than the window's side {window}"
-                   if shift >= window else None)
+                   if shift >= window else
+                   f"the mask {mask} is not a positive number" if mask <= 0 else None)
         if problem is not None:
             self.errors.error(f"windows {st.name}: {problem}", st.span,
                               "windows tile the grid whole (Swin pads a grid to whole windows "
@@ -551,7 +554,8 @@ class _Lowering(ExpressionLowering):
             return
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, offsets.name, st.span, "windows", seq.name,
-                                     window=(h.name, w.name, shift)))
+                                     window=(h.name, w.name, shift) if mask == 100 else
+                                     (h.name, w.name, shift, mask)))
             self.tokenwise.add(st.name)
             self.values[st.name] = offsets.name
 

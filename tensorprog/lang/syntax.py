@@ -136,8 +136,10 @@ class ToAst(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def input_windows(self, meta, c):
-        # windows[T, B, H, W, shift]: the shift is a number of tokens, not a dim
-        return Stmt("input", str(c[0]), ("windows", *c[1:5], int(c[5])), self.span(meta),
+        # windows[T, B, H, W, shift(, mask)]: the shift is a number of tokens, not a dim; the
+        # mask, the number subtracted between the roll's regions (100 unless given)
+        mask = 100 if len(c) < 7 or c[6] is None else int(c[6])
+        return Stmt("input", str(c[0]), ("windows", *c[1:5], int(c[5]), mask), self.span(meta),
                     self.span(c[0]))
 
     @v_args(meta=True)

@@ -56,6 +56,7 @@ FNS = {
     "softplus": Fn("softplus", lambda x: np.logaddexp(0.0, x)),
     "hardswish": Fn("hardswish", lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
     "hardsigmoid": Fn("hardsigmoid", lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0),
+    "exp": Fn("exp", np.exp),
 }
 #: φ(0) for each supported function: the limit of φ of a vanishing vector
 AT_ZERO = {name: FUNCTIONS[name].at_zero for name in FNS}

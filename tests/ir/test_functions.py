@@ -27,7 +27,7 @@ from tensorprog.lang.lower_relayout import RELAYOUTS
 from tensorprog.lang.lower_route import ROUTES
 from tensorprog.limits.common import AT_ZERO, FNS
 
-SCALINGS = {"linear", "bounded", "offset", "shifted", "normalize"}
+SCALINGS = {"linear", "bounded", "offset", "shifted", "exponential", "normalize"}
 
 
 def test_every_row_is_complete_and_the_language_accepts_each():

@@ -1,0 +1,109 @@
+"""A param transformed before its use, where the language says it: Swin V2's per-head
+temperature of its cosine attention, ``logits * torch.clamp(logit_scale, max=log(100)).exp()``.
+
+transformers' Swinv2SelfAttention multiplies head h's logits (the cosine similarities of its
+queries and keys: F.normalize, ops_norm.py) by exp(min(τ_h, c)), c = log 100, τ = logit_scale a
+param [heads, 1, 1]. Head h's logit is a sum over its coordinates of q·k, so g_h times it is
+the same sum with q times g_h: the program writes ``dot(spread(exp(c * cap(τ / c)), dh) * q, k,
+dh)`` (cap(t) = min(t, 1), so c·cap(τ/c) = min(τ, c)), the model's value exactly.
+
+Why τ keeps a vector param's exponents (the engine derives them, nothing here sets them): exp
+and cap are fixed functions of the width-independent argument τ, Θ(1) at init (log 10) and
+after its updates; exp(x) is Θ(1) with a Θ(1) slope wherever x is O(1) (the 'exponential'
+class, ir/functions.py), cap passes a change on (slope 1 below the clamp), so τ's size and its
+change pass through as they would for τ itself, and back to τ_h comes the sum of head h's
+gradient over its dh coordinates (finite for a fixed head dim: +0), a bias of one entry per
+head. Past the clamp (τ_h ≥ c) the slope is 0: τ_h gets no gradient and stops moving, at every
+width alike, since whether τ_h reaches c depends only on Θ(1) quantities (its init, its Θ(1)
+steps): the clamp changes which steps move τ, not how any size scales with the width.
+
+Only ``exp`` and a clamp at numbers (ops_pointwise.op_clamp's forms) of a whole param, kept as
+a :class:`ParamFn` and consumed as that temperature, are traced; the same param or function
+used any other way (Mamba's ``A = -exp(A_log)``) is refused where it is used, with the other
+functions of a param alone (ops_pointwise.coordinatewise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .ops_pixels import KEEP_LAYOUT
+from .values import ParamFn, PRef, Vec
+from .where import op_name, refuse
+
+_HELP = ("make the transformed tensor the param (initialise it as the transform of today's "
+         "init), or trace the model without this part; a temperature of attention logits "
+         "within windows is traced as Swin V2's: logits * clamp(logit_scale, max=c).exp(), "
+         "logit_scale [heads, 1, 1], before the bias is added")
+
+
+def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
+    ref = x.ref if isinstance(x, ParamFn) else x
+    what = x.op if isinstance(x, ParamFn) else op
+    return refuse(node, f"{what} of a param alone ({ref.target.removeprefix('m.')}) used by "
+                  f"{op_name(node) or node.target}: the language's params enter the program "
+                  "as they are, so a param transformed before its use (Mamba's A = -exp(A_log), "
+                  "xIELU's softplus(alpha)) has no place in it, but as Swin V2's per-head "
+                  "temperature of attention logits", help=_HELP)
+
+
+class TemperatureOps:
+    """exp and clamp of a param alone, kept until they multiply attention logits per head."""
+
+    def param_fn(self, node, x, form: str) -> ParamFn:
+        """``form`` (``{}`` for its argument) applied to a whole param or to a function of one
+        already kept; a slice, a transpose or a shifted param is refused."""
+        ref = x.ref if isinstance(x, ParamFn) else x
+        if ref.t or ref.rows or ref.offset or ref.expert is not None or ref.cols is not None:
+            raise refuse_param_fn(node, ref, op_name(node))
+        inner = x.form if isinstance(x, ParamFn) else "{}"
+        op = x.op if isinstance(x, ParamFn) else op_name(node)
+        return ParamFn(ref, form.format(inner), op)
+
+    def param_fn_op(self, node, args):
+        """An op of a kept function of a param other than the temperature's product: exp and
+        clamp go on (ops_pointwise.py), a cast or copy keeps it; anything else is refused."""
+        op = op_name(node)
+        if op in KEEP_LAYOUT and isinstance(args[0], ParamFn):
+            return args[0]
+        if op in ("exp", "clamp") and isinstance(args[0], ParamFn):
+            return None  # the walker's op_exp / op_clamp
+        x = next(a for a in args if isinstance(a, ParamFn))
+        raise refuse_param_fn(node, x)
+
+    def temperature(self, node, args):
+        """``logits * g`` (or ``g * logits``) of eager logits within windows and a param
+        [heads, 1, 1] (or a kept function of one): the logits with the per-head gain ``gain``;
+        None where the product is no such."""
+        from .ops_windows import WinScores
+
+        if op_name(node) != "mul" or len(args) != 2:
+            return None
+        scores = next((a for a in args if isinstance(a, WinScores)), None)
+        g = next((a for a in args if isinstance(a, (ParamFn, PRef))), None)
+        if scores is None or g is None:
+            return None
+        ref = g.ref if isinstance(g, ParamFn) else g
+        heads = self._shape(node.args[next(i for i, a in enumerate(args) if a is scores)])
+        shape = tuple(ref.shape)
+        while len(shape) > 3 and shape[0] == 1:
+            shape = shape[1:]
+        if scores.bias is not None or scores.split or scores.probs or scores.gain is not None \
+                or len(heads) != 4 or shape != (heads[1], 1, 1):
+            raise refuse(node, f"the param {ref.target.removeprefix('m.')} of shape "
+                         f"{list(ref.shape)} multiplying attention logits within windows "
+                         f"{list(heads)}: traced only as one number per head, [heads, 1, 1], "
+                         "times q @ k.T (or its scale) before the bias and mask are added",
+                         help=_HELP)
+        g = g if isinstance(g, ParamFn) else ParamFn(ref, "{}", "mul")
+        return dataclasses.replace(scores, gain=g, node=node.name)
+
+    def tempered_query(self, node, q: Vec, gain: ParamFn) -> Vec:
+        """The queries times their head's temperature: ``spread(f(τ), dh) * q``, whose dot with
+        the keys is the model's logits times f(τ) (the logits' own node, ``_within``)."""
+        heads = q.dim // q.dh
+        tau = self.vector_param(PRef(gain.ref.target, (heads,)), node)
+        name = self.fresh("tq")  # no torch node holds it: the logits that follow do
+        self.out.stmts.append(f"{name} = spread({gain.form.format(tau)}, {self.dim(q.dh)}) * "
+                              f"{q.name}")
+        return Vec(name, q.tags, q.dim, q.dh)
