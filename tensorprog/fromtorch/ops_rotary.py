@@ -18,6 +18,9 @@ from slices, concatenations, stacks or cos/sin tables is refused.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from .values import (
     Aux,
     Conc,
@@ -32,7 +35,12 @@ from .values import (
     Trig,
     Vec,
 )
-from .where import refuse
+from .where import CHECK_OPS, op_name, refuse
+
+# ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
+_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
+                  # an interleaved rotary's table: its first half, each angle repeated for a pair
+                  "slice", "repeat_interleave"}
 
 
 def _empty(arg) -> bool:
@@ -73,6 +81,26 @@ class RotaryOps:
     """Rotary position embeddings: slices into halves, rotate_half, cos/sin products, their sum;
     partial rotary (the first r coordinates of each head rotated, the rest passed through) as
     a part of each head, rotated, and concatenated back with the rest."""
+
+    def trig_table(self, node, args, flat):
+        """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
+        False when the node is no such thing."""
+        op = op_name(node)
+        if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
+            return Trig(op, node.args[0].name)
+        tables = [x for x in flat if isinstance(x, Trig)]
+        if not tables:
+            return False
+        if op in CHECK_OPS:
+            return None
+        others = [x for x in flat if isinstance(x, (Aux, Conc))]
+        numbers = [x for x in flat if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if op == "mul" and len(tables) == 1 == len(numbers) == len(flat) - 1 and \
+                math.isfinite(numbers[0]) and numbers[0] > 0:
+            # a table times a number (YaRN's attention_scaling): that number times a rotation
+            return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
+        carried = op in _TRIG_CARRIERS
+        return tables[0] if len(tables) == 1 and not others and carried else Aux()
 
     def head_slice(self, node, v, dim=0, start=None, end=None, step=1):
         if not isinstance(v, (Vec, Sub)):

@@ -20,6 +20,7 @@ from ..errors import TensorProgError, TraceError, UsageError
 from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import convert
+from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_tables import fixed_table
@@ -159,7 +160,7 @@ class Traced:
     # graph node (of the base width's graph) -> the module whose one call returns it alone,
     # where a forward patch scales that vector and no other (calls.py; normed.py's patch)
     calls: dict[str, str] = dataclasses.field(default_factory=dict)
-    # torch targets whose init is a random draw centred on 0 (_base_stats)
+    # torch targets whose init is a random draw centred on 0 (init_stats.py)
     centred: frozenset = frozenset()
     # graph nodes whose number is a coefficient slot at either width, 1 or not (convert's keep)
     coefficient_nodes: frozenset = frozenset()
@@ -183,112 +184,6 @@ MARK = "# traced from PyTorch at widths"
 def traced_here(first_line: str) -> bool:
     """Whether a file's first line is a traced program's (so ``trace -o`` may replace it)."""
     return first_line.startswith(MARK)
-
-
-# a param with no init law of torch's is pooled over builds until it has this many entries
-_POOLED_ENTRIES = 10_000
-_MAX_DRAWS = 32
-
-
-def _law(model, name: str, p):
-    """The std torch's own module initialises the param with (nn.Linear's kaiming-uniform weight
-    and bias: bound 1/sqrt(fan_in), std bound/sqrt(3); nn.Embedding: N(0, 1)), or None."""
-    import torch
-
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
-        return 1 / math.sqrt(3 * module.in_features)
-    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
-        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
-    if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
-        return 1.0
-    return None
-
-
-def _base_stats(build, width: int) -> tuple[dict, set]:
-    """Per param name at the base width: a constant init (LayerNorm gains, zero biases) or its
-    std (one for a tensor shared by several names, as a tied unembedding); and the names whose
-    init is a random draw centred on 0 (torch's laws, or a pooled one that varies with the
-    seed and has mean 0), which ``apply`` may draw anew where a tensor is too small to rescale
-    by its own std (reinit.py).
-
-    The std is torch's own law where the param's module has one and the model kept it (the
-    drawn std agrees with the law within three standard errors; a bias, when its weight's
-    does too); otherwise the std pooled over several builds (seeds 0, 1, ...), so that a small
-    tensor (a 10-entry bias) is no noisy estimate from one draw."""
-    import torch
-
-    with torch.random.fork_rng():  # the user's generator is left as it was
-        torch.manual_seed(0)
-        model = built(build, width)
-    names: dict[int, list[str]] = {}  # tensor -> its names
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    stats, pooled, kept = {}, {}, set()
-    centred = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    for name, p in model.named_parameters():  # each tensor once, under its first name
-        v = p.detach().double().flatten()
-        if not v.numel():  # no entries, no init to read (MobileBERT's readout rows past its
-            continue  # embedding's, none when the embedding is as wide as the model)
-        if bool((v == v[0]).all()):
-            centred.difference_update(names[id(p)])
-            stats.update({k: ("const", float(v[0])) for k in names[id(p)]})
-            continue
-        for alias in names[id(p)]:
-            law = _law(model, alias, p)
-            # a drawn std's relative standard error is under 0.75/sqrt(N) for these laws; a
-            # bias is too small to tell a re-init from: it keeps the law with its weight
-            module, _, attr = alias.rpartition(".")
-            if law is not None and (
-                abs(float(v.std()) / law - 1) < 3 * 0.75 / math.sqrt(v.numel())
-                and (attr != "bias" or module in kept)
-            ):
-                stats.update({k: ("normal", law) for k in names[id(p)]})
-                kept.add(module)
-                break
-        else:
-            pooled[name] = [float(v.var())]
-    if pooled:
-        sizes = {name: p.numel() for name, p in model.named_parameters()}
-        draws = min(_MAX_DRAWS, max(math.ceil(_POOLED_ENTRIES / sizes[n]) for n in pooled))
-        first = {n: model.get_parameter(n).detach().double() for n in pooled}
-        sums = {n: [float(first[n].sum()), first[n].numel(), False] for n in pooled}
-        with torch.random.fork_rng():
-            for seed in range(1, draws):
-                torch.manual_seed(seed)
-                for name, p in built(build, width).named_parameters():
-                    if name in pooled:
-                        v = p.detach().double()
-                        pooled[name].append(float(v.var()))
-                        acc = sums[name]
-                        acc[0], acc[1] = acc[0] + float(v.sum()), acc[1] + v.numel()
-                        acc[2] = acc[2] or not torch.equal(v, first[name])
-        for name, variances in pooled.items():
-            std = math.sqrt(sum(variances) / len(variances))
-            p = model.get_parameter(name)
-            stats.update({k: ("normal", std) for k in names[id(p)]})
-            total, count, varies = sums[name]
-            # a draw of the seed (not the same entries at every build: a prior set by hand)
-            # centred on 0 (within 3 standard errors of the pooled entries' mean)
-            if not varies or abs(total / count) > 3 * std / math.sqrt(count):
-                centred.difference_update(names[id(p)])
-    return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
-
-
-def built(build: Callable, width: int):
-    """``build(width)``, refused at the user's build unless it is a torch module."""
-    import torch
-
-    model = build(width)
-    if not isinstance(model, torch.nn.Module):
-        name = getattr(build, "__name__", "build")
-        raise UsageError(
-            f"{name}({width}) returned {kind_of(model)}, not a torch.nn.Module",
-            def_span(build),
-            help="build(width) must return the model (a torch.nn.Module) built at that width",
-        )
-    return model
 
 
 def from_torch(
@@ -327,7 +222,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
     import torch
 
     with torch.device("cpu"):
-        base, centred = _base_stats(build, w1)
+        base, centred = base_stats(build, w1)
     traces, converts = [], []
     for w in (w1, w2):
         with torch.device("meta"):

@@ -4,7 +4,6 @@ size slots and params, and the materialising of lazy values into program stateme
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 import re
 from fractions import Fraction
@@ -54,7 +53,6 @@ from .values import (
     Tok,
     TokensFrom,
     Trace,
-    Trig,
     Vec,
     Zeroed,
     identify,
@@ -104,13 +102,9 @@ _IDENTITY_OPS = {
     "feature_dropout",
     "lift_fresh_copy",
 }
-# ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
 # ops through which no gradient flows: as identity, derive would claim updates for the params
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
-_TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
-                  # an interleaved rotary's table: its first half, each angle repeated for a pair
-                  "slice", "repeat_interleave"}
 SYMBOLIC = (
     Vec,
     PRef,
@@ -621,7 +615,7 @@ class Walker:
             for a in list(args) + list(kwargs.values())
             for x in (a if isinstance(a, (list, tuple)) else [a])
         ]
-        trig = self._trig(node, args, flat)
+        trig = self.trig_table(node, args, flat)  # (ops_rotary.py)
         if trig is not False:
             return trig
         looked = self.table_lookup(node, args)  # a fixed table's rows at the positions
@@ -681,23 +675,3 @@ class Walker:
         if again is not None and type(out) in (Conc, Computed):
             out.probe = again
         return out
-
-    def _trig(self, node, args, flat):
-        """A cos/sin table made, or carried through casts, unsqueezes and a product with 1;
-        False when the node is no such thing."""
-        op = op_name(node)
-        if op in ("cos", "sin") and isinstance(args[0], (Aux, Conc)):
-            return Trig(op, node.args[0].name)
-        tables = [x for x in flat if isinstance(x, Trig)]
-        if not tables:
-            return False
-        if op in CHECK_OPS:
-            return None
-        others = [x for x in flat if isinstance(x, (Aux, Conc))]
-        numbers = [x for x in flat if isinstance(x, (int, float)) and not isinstance(x, bool)]
-        if op == "mul" and len(tables) == 1 == len(numbers) == len(flat) - 1 and \
-                math.isfinite(numbers[0]) and numbers[0] > 0:
-            # a table times a number (YaRN's attention_scaling): that number times a rotation
-            return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
-        carried = op in _TRIG_CARRIERS
-        return tables[0] if len(tables) == 1 and not others and carried else Aux()
