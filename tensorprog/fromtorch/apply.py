@@ -132,7 +132,8 @@ class MuP(OptimizerGroups):
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
-        # id(model) -> {tensor: its gradient's scale}: its blocks' own Adam eps (gradscale.py)
+        # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
+        # blocks' own Adam eps (gradscale.py)
         self._grad_scales: dict[int, dict] = {}
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
@@ -481,7 +482,8 @@ class MuP(OptimizerGroups):
         self.remove_patches(model)
         # blocks of one tensor with different Adam eps: their gradients scaled (gradscale.py)
         factors, scales = eps_blocks(self, model, base_depth) if self._adam else ({}, {})
-        self._grad_scales[id(model)] = scales
+        self._grad_scales[id(model)] = {t: (x, id(model.get_parameter(t))) for t, x in
+                                        scales.items()}  # the param object its hook is on
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
@@ -581,7 +583,7 @@ class MuP(OptimizerGroups):
         self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows, bool(p.bias)))
                                   for (p, _), m in zip(placed, found, strict=True)]
         self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
-                                   for t, s in self._grad_scales.get(id(model), {}).items()]
+                                   for t, (s, _) in self._grad_scales.get(id(model), {}).items()]
         return [name for _, name in placed]
 
     def unfolded(self, model) -> dict[str, float]:

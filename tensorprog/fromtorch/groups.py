@@ -157,7 +157,16 @@ class OptimizerGroups:
         factors, scales = eps_blocks(self, model, base_depth)
         held = self._grad_scales.get(id(model), {}) if self.patched(model) else {}
         for target, scale in scales.items():
-            if target not in held or not torch.equal(held[target].to(scale), scale):
+            if target in held and held[target][1] != id(model.get_parameter(target)):
+                raise UsageError(
+                    f"{target}: its blocks need different Adam eps values, which a hook on its "
+                    "param object gives them, and the model holds another param object there "
+                    "now (a wrapper such as FSDP replaced it after apply): the hook is not "
+                    "called",
+                    help="multiply its gradient by mup.grad_scales(model)[name] yourself "
+                    "before each step, or use one nn.Linear per block",
+                )
+            if target not in held or not torch.equal(held[target][0].to(scale), scale):
                 raise UsageError(
                     f"{target}: its blocks need different Adam eps values, which a scale of "
                     "its gradient gives them once apply registers it"

@@ -171,6 +171,11 @@ def test_param_groups_refuse_an_l2_decay_or_a_model_apply_did_not_scale():
                        r"gradient(.|\n)*decay='decoupled'"):
         mup.param_groups(model, 1e-3, weight_decay=0.1, decay="coupled")
     mup.param_groups(model, 1e-3, weight_decay=0.1, decay="decoupled")
+    # a wrapper that swaps the param object (FSDP's) leaves the hook on the old one
+    model.proj_in.weight = nn.Parameter(model.proj_in.weight.detach().clone())
+    with pytest.raises(UsageError, match=r"proj_in.weight: .*the model holds another param "
+                       r"object there now"):
+        mup.param_groups(model, 1e-3)
 
 
 @pytest.mark.parametrize("form", ["transposed", "row"])
