@@ -163,8 +163,9 @@ class OptimizerGroups:
                     "param object gives them, and the model holds another param object there "
                     "now (a wrapper such as FSDP replaced it after apply): the hook is not "
                     "called",
-                    help="multiply its gradient by mup.grad_scales(model)[name] yourself "
-                    "before each step, or use one nn.Linear per block",
+                    help="use one nn.Linear per block, or take param_groups and "
+                    "mup.grad_scales(model) before the wrap and multiply the gradient by its "
+                    "scale yourself before each step",
                 )
             if target not in held or not torch.equal(held[target][0].to(scale), scale):
                 raise UsageError(

@@ -68,3 +68,19 @@ def test_adams_l2_decay_enters_after_the_scale_and_breaks_it():
     want = _two_tensors(torch.optim.Adam, weight_decay=0.1)
     got = _one_tensor(torch.optim.Adam, weight_decay=0.1)
     assert not torch.allclose(got[ROWS_A:], want[ROWS_A:], rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow  # torch.compile's first call: about 2 s
+def test_the_scale_reaches_the_gradient_of_a_compiled_model():
+    # the hook is on the param object, which torch.compile keeps: a compiled forward's backward
+    # still hands the leaf its gradient through it
+    torch.manual_seed(0)
+    model, plain = torch.nn.Linear(4, 5), torch.nn.Linear(4, 5)
+    plain.load_state_dict(model.state_dict())
+    scale = torch.ones(5, 4)
+    scale[ROWS_A:] = EPS_A / EPS_B
+    model.weight.register_hook(grad_hook(scale))
+    x = torch.randn(8, 4)
+    torch.tanh(torch.compile(model, backend="aot_eager")(x)).sum().backward()
+    torch.tanh(plain(x)).sum().backward()
+    assert torch.equal(model.weight.grad, plain.weight.grad * scale)
