@@ -161,8 +161,8 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
     ``inputs(model)`` at the base width, in float64: within ``tol`` of it, a traced program that
     computes something else (tokens reordered, a mask dropped) fails. Images are given to the
     emitted module channels-last, as it keeps them. ``optimizer`` is the one ``MuP`` reads the
-    params' layout under (one whose blocks of a tensor share an LR and eps: Lion for a fused
-    layer whose row blocks' Adam eps differ). Returns the largest difference."""
+    params' layout under (one under which the blocks of a tensor share an LR: Adam for a fused
+    layer whose blocks' SGD LRs differ). Returns the largest difference."""
     import torch
 
     from tensorprog.emit.load import load_module

@@ -24,7 +24,8 @@ from fractions import Fraction
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
-from .columns import check_shared_lr, column_block, column_range
+from .columns import check_shared_lr, column_range
+from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, groups_of, hook, modules_at
@@ -130,14 +131,22 @@ class MuP(OptimizerGroups):
                         bias=info.get("bias"),
                     )
                 )
-        self._hooks: dict[int, list] = {}  # id(model) -> its forward hooks
+        self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
+        # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
+        # blocks' own Adam eps (gradscale.py)
+        self._grad_scales: dict[int, dict] = {}
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
         self.tuned = tuned_for(self, config) if config is not None else None
         self.tuned_query: dict[str, float] = {}  # query vector -> its tuned multiplier
         if self.tuned is not None:
             self._tuned_multipliers()
-        check_shared_lr(self)  # column blocks of one tensor (a concatenation's): one LR
+        check_shared_lr(self)  # blocks of one tensor (a concatenation's, a split's): one LR
+
+    @property
+    def _adam(self) -> bool:
+        """Whether the optimizer steps every param with Adam's eps (not Muon's matrices)."""
+        return self.derivation.optimizer.name in ("adam", "adamw")
 
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
@@ -418,22 +427,7 @@ class MuP(OptimizerGroups):
         return int(next(iter(found)))
 
     def _view(self, model, use):
-        t = model.get_parameter(use.target)
-        if use.index is not None:  # a lookup of one constant id: the row it reads
-            return t[use.index]
-        if use.expert is not None:  # one expert's matrix (and rows of it) in a 3-D tensor
-            t = t[use.expert]
-        t = column_block(t, use)  # a concatenation's part: its columns (columns.py)
-        if use.rows is None:
-            return t
-        axis = 1 if use.transposed and t.dim() == 2 else 0
-        groups = groups_of(use.groups, use.group_rows, t.shape[axis])
-        if groups > 1:  # the same block of every head's rows (a fused qkv laid out per head)
-            t = t.unflatten(axis, (groups, -1))
-            axis += 1
-        size = t.shape[axis]
-        lo, hi = row_range(use.rows, use.row_consts, size)
-        return t.narrow(axis, lo, hi - lo)
+        return block_of(model.get_parameter(use.target), use)
 
     # -- init, forward patches, LR ------------------------------------------------------------
     def apply(self, model, base_depth: int | None = None) -> Report:
@@ -486,10 +480,15 @@ class MuP(OptimizerGroups):
             for name in self.uncovered(model)
         ]
         self.remove_patches(model)
+        # blocks of one tensor with different Adam eps: their gradients scaled (gradscale.py)
+        factors, scales = eps_blocks(self, model, base_depth) if self._adam else ({}, {})
+        self._grad_scales[id(model)] = {t: (x, id(model.get_parameter(t))) for t, x in
+                                        scales.items()}  # the param object its hook is on
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
+        report.lines += scale_lines(self, model, scales, factors, _rows)
         return report
 
     def _anchor(self, model):
@@ -583,6 +582,8 @@ class MuP(OptimizerGroups):
                 )
         self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows, bool(p.bias)))
                                   for (p, _), m in zip(placed, found, strict=True)]
+        self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
+                                   for t, (s, _) in self._grad_scales.get(id(model), {}).items()]
         return [name for _, name in placed]
 
     def unfolded(self, model) -> dict[str, float]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from ..engine.derive import derive
 from ..engine.exponents import ABC
@@ -22,6 +23,7 @@ from .few import judge_runs, rejudge, remeasure
 from .inputs import forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_out, scale_rows
+from .rows import renumber_slices
 from .trace import built, export
 from .values import SHIFTED_IDS
 from .where import module_of, strip_prefix
@@ -75,7 +77,12 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
             given=given_inputs(ep, model, tuple(inputs), kwargs, k),
             keep=mup.traced.coefficient_nodes,
         )
-        if trace.decls + trace.stmts != mup.traced.templates:
+        # a block of a fused layer's rows named by a place that moves with the width (FocalNet's
+        # gates after the query and context): named as the traced program's (rows.py)
+        templates = mup.traced.templates
+        renumber_slices(SimpleNamespace(decls=templates[:len(trace.decls)],
+                                        stmts=templates[len(trace.decls):]), trace)
+        if trace.decls + trace.stmts != templates:
             raise UsageError(
                 "this model's graph differs from the traced one",
                 help="probe a model built by the traced build(width)",

@@ -60,38 +60,36 @@ def column_block(t, use: ParamUse):
 
 
 def check_shared_lr(mup) -> None:
-    """Refuses blocks of one tensor whose derived LR (or Adam eps) exponents differ, at the
-    concatenation's line for column blocks, at the layer's for row blocks (a fused layer's
-    split: rows.py): a torch tensor has one optimizer group. Their init and forward
-    multipliers may differ (each block is scaled on its own; a multiplier folds into the init
-    and LR as for any param), so blocks whose LRs agree apply exactly."""
+    """Refuses blocks of one tensor whose derived LR exponents differ, at the concatenation's
+    line for column blocks, at the layer's for row blocks (a fused layer's split: rows.py): a
+    torch tensor has one optimizer group, and so one LR. Their init and forward multipliers may
+    differ (each block is scaled on its own; a multiplier folds into the init and LR as for any
+    param), and so may their Adam eps (a scale of the tensor's gradient gives each block its
+    own: gradscale.py), so blocks whose LRs agree apply exactly."""
     blocks: dict[str, list[str]] = {}
     for name, use in mup.traced.params.items():
         if (use.cols is not None or use.rows is not None) and name in mup.lr_exp:
             blocks.setdefault(use.target, []).append(name)
     for target, names in blocks.items():
-        for what, exps in (("LR", (mup.lr_exp, mup.lr_exp_L)),
-                           ("Adam eps", (mup.eps_exp, mup.eps_exp_L))):
-            found = {n: tuple(e.get(n, 0) for e in exps) for n in names}
-            if len(set(found.values())) > 1:
-                said = ", ".join(f"{n} (n/base)^-{e[0]}" + (f" (L/base)^-{e[1]}" if e[1] else "")
-                                 for n, e in found.items())
-                use = mup.traced.params[names[0]]
-                if use.cols is not None:
-                    raise UsageError(
-                        f"{target} is applied to a concatenation, and µP gives its column "
-                        f"blocks different {what}s: {said}; one torch tensor has one {what}",
-                        use.cols.span,
-                        help="apply a separate nn.Linear to each part of the concatenation and "
-                        "add their outputs (each then takes its own LR)",
-                    )
-                # a fused layer's row blocks, e.g. a key of a fixed size (a finite output of a
-                # growing fan-in, as a readout) beside a query that grows, under SGD
+        found = {n: (mup.lr_exp.get(n, 0), mup.lr_exp_L.get(n, 0)) for n in names}
+        if len(set(found.values())) > 1:
+            said = ", ".join(f"{n} (n/base)^-{e[0]}" + (f" (L/base)^-{e[1]}" if e[1] else "")
+                             for n, e in found.items())
+            use = mup.traced.params[names[0]]
+            if use.cols is not None:
                 raise UsageError(
-                    f"{target} is split into row blocks, and µP gives them different "
-                    f"{'LRs' if what == 'LR' else 'Adam eps values'}: "
-                    f"{said}; one torch tensor has one {what}",
-                    use.span,
-                    help="use a separate nn.Linear for each block of the fused layer's output "
-                    "(each then takes its own LR)",
+                    f"{target} is applied to a concatenation, and µP gives its column blocks "
+                    f"different LRs: {said}; one torch tensor has one LR",
+                    use.cols.span,
+                    help="apply a separate nn.Linear to each part of the concatenation and "
+                    "add their outputs (each then takes its own LR)",
                 )
+            # a fused layer's row blocks, e.g. a key of a fixed size (a finite output of a
+            # growing fan-in, as a readout) beside a query that grows, under SGD
+            raise UsageError(
+                f"{target} is split into row blocks, and µP gives them different LRs: "
+                f"{said}; one torch tensor has one LR",
+                use.span,
+                help="use a separate nn.Linear for each block of the fused layer's output "
+                "(each then takes its own LR)",
+            )

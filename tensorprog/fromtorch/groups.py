@@ -10,6 +10,7 @@ import warnings
 from ..engine.derivation import DECAY_MODES
 from ..errors import UsageError
 from .decay import decay_rule
+from .gradscale import eps_blocks
 
 
 class OptimizerGroups:
@@ -19,8 +20,18 @@ class OptimizerGroups:
     def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
         """Per torch param name: the factor on Adam's base eps at this model's width and depth
         (empty under SGD; a param without an eps exponent, none of its gradient reaching it, is
-        left out and keeps the base eps)."""
-        return self._per_tensor(model, self.eps_exp, self.eps_exp_L, "Adam eps", base_depth)
+        left out and keeps the base eps). A tensor whose blocks need different eps values gets
+        its largest block's; ``apply`` scales the others' gradients (gradscale.py)."""
+        return eps_blocks(self, model, base_depth)[0]
+
+    def grad_scales(self, model, base_depth: int | None = None) -> dict:
+        """Per torch param name whose blocks need different Adam eps values: the scale of its
+        gradient (a tensor of its shape) that gives each block its own with the group's eps
+        (gradscale.py); ``apply`` registers it as a hook. Empty at the base width, and under
+        an optimizer without Adam's eps."""
+        if self.derivation.optimizer.name not in ("adam", "adamw"):
+            return {}
+        return eps_blocks(self, model, base_depth)[1]
 
     def lr_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
         """Per torch param name: the factor on the base LR at this model's width and depth."""
@@ -115,7 +126,8 @@ class OptimizerGroups:
             )
         mult = self.lr_multipliers(model, base_depth)
         adam = self.derivation.optimizer.name in ("adam", "adamw")
-        eps_mult = self.eps_multipliers(model, base_depth) if adam else {}
+        eps_mult = self._eps_scaled(model, base_depth, decay, weight_decay, decayed) if adam \
+            else {}
         # by tensor: a tied one is named once in named_parameters, maybe not as in the program
         mult = {id(model.get_parameter(k)): m for k, m in mult.items()}
         eps_mult = {id(model.get_parameter(k)): m for k, m in eps_mult.items()}
@@ -135,3 +147,42 @@ class OptimizerGroups:
                 group["eps"] = eps * e
             out.append(group)
         return out
+
+    def _eps_scaled(self, model, base_depth, decay, weight_decay, decayed) -> dict[str, float]:
+        """``eps_multipliers``, where every tensor whose blocks need different eps values has
+        its gradient scale registered by ``apply`` (at the same base depth), and no L2 decay
+        enters its gradient after that scale; a UsageError otherwise."""
+        import torch
+
+        factors, scales = eps_blocks(self, model, base_depth)
+        held = self._grad_scales.get(id(model), {}) if self.patched(model) else {}
+        for target, scale in scales.items():
+            if target in held and held[target][1] != id(model.get_parameter(target)):
+                raise UsageError(
+                    f"{target}: its blocks need different Adam eps values, which a hook on its "
+                    "param object gives them, and the model holds another param object there "
+                    "now (a wrapper such as FSDP replaced it after apply): the hook is not "
+                    "called",
+                    help="use one nn.Linear per block, or take param_groups and "
+                    "mup.grad_scales(model) before the wrap and multiply the gradient by its "
+                    "scale yourself before each step",
+                )
+            if target not in held or not torch.equal(held[target][0].to(scale), scale):
+                raise UsageError(
+                    f"{target}: its blocks need different Adam eps values, which a scale of "
+                    "its gradient gives them once apply registers it"
+                    + (" (apply ran at another base depth)" if target in held else ""),
+                    help="call mup.apply(model) (with the same base_depth) before "
+                    "param_groups(model, ...)",
+                )
+            if decay == "coupled" and weight_decay and decayed(target, model.get_parameter(
+                    target)):
+                raise UsageError(
+                    f"{target}: its blocks need different Adam eps values, given by a scale "
+                    "of its gradient; a coupled (L2) weight decay adds λw to the gradient "
+                    "inside Adam's step, after that scale, and would be scaled otherwise than "
+                    "the gradient in each block",
+                    help="use decay='decoupled' or 'independent' (torch's AdamW), or leave "
+                    "the tensor out of the decay (decay_params)",
+                )
+        return factors

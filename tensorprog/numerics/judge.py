@@ -89,8 +89,14 @@ class Expectation:
 def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                  against: str = "mup") -> dict[tuple[str, str], Expectation]:
     """(vector, "init" | "change") -> what its slope must be (the params the program
-    initialises to 0 exactly zero at init: ``zero_constants``)."""
-    own = classify(program, optimizer, zero_constants(program, abc)).analysis
+    initialises to 0 exactly zero at init: ``zero_constants``). Against µP, a vector whose
+    size at init those zeros lower is held to the lowered size where the parametrization
+    checked gives it µP's otherwise: a gate's zero bias beside its readout-like W x (FocalNet's
+    gates, Θ(1/√n) at init) makes what the gate multiplies Θ(1/√n) at init, which is µP with
+    that bias zero-initialised, as a vector of zero params alone is exactly 0."""
+    zeroed = zero_constants(program, abc)
+    own = classify(program, optimizer, zeroed).analysis
+    plain = classify(program, optimizer, abc).analysis if zeroed != abc else own
     if against == "predicted":
         an = own
     elif against == "mup":
@@ -109,6 +115,9 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             out[(v, "init")] = Expectation(NEG_INF)  # zero init (a readout, the queries) is µP
         elif against == "mup" and not program.is_infinite(v) and v not in absorbed:
             out[(v, "init")] = Expectation(ZERO, "at_most")  # desideratum: outputs O(1)
+        elif against == "mup" and plain.init_[v] == an.init_[v] \
+                and gt(an.init_[v], own.init_[v]):
+            out[(v, "init")] = expect(own.init_[v])  # lowered by zero params alone
         else:
             out[(v, "init")] = expect(an.init_[v])
         out[(v, "change")] = expect(an.change_[v])

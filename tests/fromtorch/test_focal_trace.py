@@ -15,6 +15,8 @@ nn = torch.nn
 
 from tensorprog.errors import TraceError, UsageError  # noqa: E402
 from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch.check import probe  # noqa: E402
+from tensorprog.fromtorch.gradscale import block_of  # noqa: E402
 
 WIDTHS = (16, 32)
 LEVELS = 2
@@ -79,17 +81,101 @@ def _traced(form):
 def test_focal_modulation_traces_and_computes_the_model():
     tr = _traced("hf")
     assert "spread(" in tr.source
-    # the gates' rows of proj_in (n -> L + 1 per pixel) are readouts, whose Adam eps differs
-    # from the query's and context's rows: Lion (no eps, the same LR) reads the layout
-    traced_computes_the_model(tr, lambda n: Focal(n, "hf"), _image, optimizer="lion")
+    traced_computes_the_model(tr, lambda n: Focal(n, "hf"), _image)
 
 
-def test_the_gates_rows_are_readouts_whose_adam_eps_one_tensor_cannot_hold():
+def _grads(model):
+    model.zero_grad()
+    model(*_image(model)).square().mean().backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_the_gates_rows_take_their_own_adam_eps_as_a_scale_of_their_gradient():
     # the engine derives the gate rows as readouts (their gradient sums the C channels of
-    # each pixel: Θ(1)), the query and context rows as hidden: Adam's eps differs by n
+    # each pixel: Θ(1)), the query and context rows as hidden (Θ(1/n)): Adam's eps differs by
+    # n. proj_in's group takes the query's and context's (its largest block), and apply scales
+    # the gates' gradient by e_query / e_gate, so that eps / c is each gate's own eps
+    mup = MuP(_traced("hf"), "adam")
+    torch.manual_seed(0)
+    model = Focal(2 * WIDTHS[0])
+    report = mup.apply(model)
+    scaled = _grads(model)
+    mup.remove_patches(model)
+    plain = _grads(model)
+    mup.apply(model)
+    eps = {id(p): g["eps"] for g in mup.param_groups(model, 1e-3, eps=1e-8)
+           for p in g["params"]}
+    seen = set()
+    for name, use, _ in mup._uses(model):
+        if use.target not in ("proj_in.weight", "proj_in.bias"):
+            continue
+        mine, its = block_of(scaled[use.target], use), block_of(plain[use.target], use)
+        c = (mine / its)[its != 0].unique()
+        assert c.numel() == 1, (name, c)
+        seen.add(float(c))
+        # the block's eps: the group's / c = eps·(n/base)^-e, e as derived for the block
+        own = eps[id(model.get_parameter(use.target))] / float(c)
+        assert own == pytest.approx(1e-8 * 2.0 ** -float(mup.eps_exp[name]), rel=1e-12)
+    assert seen == {1.0, 0.5}
+    assert mup.grad_scales(model).keys() == {"proj_in.weight", "proj_in.bias"}
+    assert sum("gradient of proj_in" in line for line in report.lines) == 2 * (LEVELS + 1)
+    for k in plain.keys() - {"proj_in.weight", "proj_in.bias"}:
+        assert torch.equal(scaled[k], plain[k]), k
+
+
+def test_apply_at_the_base_width_steps_bit_for_bit_as_the_model():
+    mup = MuP(_traced("hf"), "adam")
+    torch.manual_seed(0)
+    model, own = Focal(WIDTHS[0]), Focal(WIDTHS[0])
+    own.load_state_dict(model.state_dict())
+    report = mup.apply(model)
+    assert not any("gradient of" in line for line in report.lines)
+    assert mup.grad_scales(model) == {}
+    opts = (torch.optim.Adam(mup.param_groups(model, 1e-2, eps=1e-8)),
+            torch.optim.Adam(own.parameters(), lr=1e-2, eps=1e-8))
+    for _ in range(3):
+        for m, opt in zip((model, own), opts, strict=True):
+            opt.zero_grad()
+            m(*_image(m)).square().mean().backward()
+            opt.step()
+    for (k, p), q in zip(model.named_parameters(), own.parameters(), strict=True):
+        assert torch.equal(p, q), k
+
+
+def test_the_probe_reads_the_gates_rows_at_a_width_not_traced():
+    # the gates' rows are named by their place (2n), which moves with the width: the probe's
+    # graph names them as the traced program does
+    mup = MuP(_traced("hf"), "adam")
+    model = Focal(4 * WIDTHS[0])
+    mup.apply(model)
+    got = probe(mup, model, _image(model))()
+    assert {"slice_1", "getitem_1"} <= got.keys()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_a_fused_layer_whose_blocks_need_different_lrs_is_refused(optimizer):
+    # no eps to scale: under SGD (and Muon's orthogonalised step) the gates' LR differs
     with pytest.raises(UsageError, match=r"proj_in.weight is split into row blocks, and µP "
-                       r"gives them different Adam eps values"):
-        MuP(_traced("hf"), "adam")
+                       r"gives them different LRs"):
+        MuP(_traced("hf"), optimizer)
+
+
+def test_param_groups_refuse_an_l2_decay_or_a_model_apply_did_not_scale():
+    mup = MuP(_traced("hf"), "adam")
+    model = Focal(2 * WIDTHS[0])
+    with pytest.raises(UsageError, match=r"proj_in.weight: its blocks need different Adam "
+                       r"eps(.|\n)*call mup.apply\(model\)"):
+        mup.param_groups(model, 1e-3)
+    mup.apply(model)
+    with pytest.raises(UsageError, match=r"coupled \(L2\) weight decay adds λw to the "
+                       r"gradient(.|\n)*decay='decoupled'"):
+        mup.param_groups(model, 1e-3, weight_decay=0.1, decay="coupled")
+    mup.param_groups(model, 1e-3, weight_decay=0.1, decay="decoupled")
+    # a wrapper that swaps the param object (FSDP's) leaves the hook on the old one
+    model.proj_in.weight = nn.Parameter(model.proj_in.weight.detach().clone())
+    with pytest.raises(UsageError, match=r"proj_in.weight: .*the model holds another param "
+                       r"object there now"):
+        mup.param_groups(model, 1e-3)
 
 
 @pytest.mark.parametrize("form", ["transposed", "row"])

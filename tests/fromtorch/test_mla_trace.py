@@ -159,14 +159,19 @@ def test_a_fixed_rotary_head_dim_is_refused():
     # the rotary rows of kv_a keep 16 rows while the compressed ones grow, and so do each
     # head's rotary rows of q_b beside its growing no-rotary ones: the trace reads them as
     # blocks of a fixed size (rows.py). Over 4 heads the rotary query is a finite vector, a
-    # readout's block of q_b beside a hidden one: their Adam eps differ, and one tensor has one
+    # readout's block of q_b beside a hidden one: under SGD their LRs differ, and one tensor
+    # has one LR; under Adam only their eps differ, which a scale of each head's rotary rows'
+    # gradient gives them (gradscale.py): e_query / e_rotary = (n/base)^-1
     traced = from_torch(lambda n: _deepseek(n, rope=16), WIDTHS, _tokens)
     rotary = next(u for p, u in traced.params.items() if "kv_a_proj_with_mqa_weight_part1" in p)
     assert rotary.rows == (1, 1) and rotary.row_consts == (-16, 0)  # the last 16 rows
     with pytest.raises(TensorProgError, match=r"q_b_proj.weight is split into row blocks, and "
-                       r"µP gives them different Adam eps values: \S+_part0 \(n/base\)\^-1, "
-                       r"\S+_part1 \(n/base\)\^-0"):
-        MuP(traced, "adam")
+                       r"µP gives them different LRs: \S+_part0 \(n/base\)\^-0, "
+                       r"\S+_part1 \(n/base\)\^-1"):
+        MuP(traced, "sgd")
+    scales = MuP(traced, "adam").grad_scales(_deepseek(4 * WIDTHS[0], rope=16))
+    q_b = scales["model.layers.0.self_attn.q_b_proj.weight"].unflatten(0, (4, -1))
+    assert (q_b[:, -16:] == 0.25).all() and (q_b[:, :-16] == 1).all()  # each head's rotary rows
     # with heads of 16 growing in number (the zoo's head_dim scaling), one rotary key head
     # serves them all: derive refuses the finite key dim, as it does the program written so
     fixed = HAND  # heads of 16 + 8 features, n / 16 of them: the zoo's head_dim scaling

@@ -20,7 +20,14 @@ from tensorprog.emit.load import load_module
 from tensorprog.emit.module import emit
 from tensorprog.engine.optimizers import OPTIMIZERS
 from tensorprog.engine.parametrization import choose
-from tensorprog.numerics.judge import TOLERANCE, Measurements, fit_slope, judge, render
+from tensorprog.numerics.judge import (
+    TOLERANCE,
+    Measurements,
+    expectations,
+    fit_slope,
+    judge,
+    render,
+)
 from tensorprog.numerics.measure import build, measure
 
 torch = pytest.importorskip("torch")
@@ -521,3 +528,40 @@ def test_a_model_built_on_meta_starts_as_one_built_on_the_cpu(name):
     assert fast.state_dict().keys() == slow.state_dict().keys()
     for key, value in slow.state_dict().items():
         assert value.device.type == "cpu" and torch.equal(fast.state_dict()[key], value), key
+
+
+GATED = """
+width n = 64
+dim V = 16
+dim T = 16
+dim f1 = 1
+input tok : tokens[T, V]
+param E : [n, V]
+param Wg : [f1, n]
+param bg : [f1]{init}
+param U : [V, n]
+h = E @ tok
+g = Wg @ h + bg
+y = h * spread(g, n)
+out = U @ y
+output out
+"""
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_a_gate_whose_zero_bias_leaves_it_a_readouts_size_is_judged_by_that_size(zero):
+    # g = Wg @ h + bg: a readout's W·h, Θ(1/√n) at init, beside a bias µP counts as Θ(1). A
+    # bias of the constant 0 (HF's FocalNet gates) leaves g, and y = h * spread(g, n), at
+    # Θ(1/√n) at init: µP with that bias zero-initialised, held to that size (a bias of 3
+    # keeps µP's Θ(1)); the measured run is the oracle of what the zero bias does
+    program = tensorprog.parse(GATED.format(init=" = 0" if zero else " = 3"))
+    opt = OPTIMIZERS["adam"]
+    abc, _, label, _ = choose(program, opt, "mup")
+    module = load_module(emit(program, abc, optimizer=opt, label=label, command="t"), "gated")
+    widths = (64, 256, 1024)
+    m = measure(module, widths, steps=2, seeds=(0,), lr=0.01, optimizer="adam", batch_size=4)
+    slope = fit_slope(widths, [m.rms[("y", 0, w, 0)] for w in widths])
+    assert slope == pytest.approx(-0.5 if zero else 0.0, abs=TOLERANCE)
+    assert float(expectations(program, opt, abc)[("y", "init")].exponent) == (-0.5 if zero else 0)
+    result = judge(program, opt, abc, m)
+    assert not {"g", "y"} & set(result.failures), render(result)
