@@ -70,7 +70,8 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
         k = token_index(tuple(inputs), kwargs)
         trace = convert(
             ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(leaves[k]),
-            given=given_inputs(ep, model, tuple(inputs), kwargs, k)
+            given=given_inputs(ep, model, tuple(inputs), kwargs, k),
+            own_heads=mup.traced.own_heads,
         )
         if trace.decls + trace.stmts != mup.traced.templates:
             raise UsageError(

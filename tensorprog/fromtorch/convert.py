@@ -56,13 +56,15 @@ class Converter(
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
-            given: dict | None = None) -> Trace:
+            given: dict | None = None, own_heads: frozenset = frozenset()) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
-    placeholders: (the forward's name for it, its value on the CPU)."""
+    placeholders: (the forward's name for it, its value on the CPU); ``own_heads``: the
+    attention nodes whose values have a head dim of their own at another width."""
     conv = Converter(ep, base)
+    conv.own_heads = own_heads
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
     conv.given = given or {}
@@ -72,3 +74,16 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     resolve(trace, conv.fresh, conv.tokens_seq)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace
+
+
+def own_heads_agreed(traces: list[Trace], converted: list[tuple]) -> frozenset:
+    """The attention nodes whose values have a head dim of their own (``mix(p, v, dv)``) at
+    either width, each trace converted again (from ``converted``, its arguments) where it wrote
+    one as ``mix(p, v)``: at the width where dv meets the queries' head dim the two compute the
+    same, and the program is written as at the other. The check's graph (check.py) is converted
+    with them too."""
+    own = frozenset(traces[0].own_heads | traces[1].own_heads)
+    for i, again in enumerate(converted):
+        if traces[i].own_heads != own:
+            traces[i] = convert(*again, own_heads=own)
+    return own

@@ -17,6 +17,11 @@ _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) val
                "the per-token layers; the language has no other token's vector")
 
 
+def _op(node) -> str:
+    """The aten op of a graph node, by name (``cat``)."""
+    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
+
+
 class EncoderOps:
     """``h[:, 0]`` as ``first(h)``; segment ids as a token input; learned tokens prepended to
     the sequence as ``prepend``."""
@@ -68,11 +73,15 @@ class EncoderOps:
     def param_as_token(self, node, v: PRef) -> TokenParam | Vec:
         """A param [1, 1, n] broadcast over the batch (``cls.expand(B, -1, -1)``; CLIP's [n]
         as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
-        before the tokens (prepend_tokens). A param [R, n] broadcast over the batch alone is a
+        before the tokens (prepend_tokens); a param [1, R, n], or [R, n] read by torch.cat alone,
+        is R such tokens. A param [R, n] broadcast over the batch alone and read otherwise is a
         learned array of its own (latent_array). Any other param expanded is refused."""
         out = tuple(node.meta["val"].shape)
         if len(v.shape) == 2 and v.shape[0] > 1 and len(out) == 3 and out[1:] == v.shape \
                 and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
+            # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
+            if node.users and all(_op(u) == "cat" for u in node.users):
+                return TokenParam(v)
             return self.latent_array(node, v)
         count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]
         if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1 - (count > 1)]) \
@@ -80,9 +89,8 @@ class EncoderOps:
                 or out[1:] != (count, v.shape[-1]):
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
-                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n] put "
-                         "in the sequence by torch.cat, an array of R learned tokens of its own "
-                         "a param [R, n])",
+                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n] "
+                         "or [R, n]; an array of R learned tokens of its own a param [R, n])",
                          help=_TOKEN_HELP)
         return TokenParam(v)
 
@@ -156,18 +164,20 @@ class EncoderOps:
         row for R tokens [1, R, n], each mapped back to its row (ParamUse.index, as a lookup of
         one constant id is: apply inits that row, the tensor takes their shared LR)."""
         ref = token.ref
-        if len(ref.shape) < 3 or ref.shape[1] == 1:
+        axis = 0 if len(ref.shape) == 2 else 1  # a param [R, n], or [1, R, n]
+        if len(ref.shape) < 2 or ref.shape[axis] == 1:
             return [self.vector_param(PRef(ref.target, ref.shape[-1:]), node)]
         out = []
-        for i in range(ref.shape[1]):
+        for i in range(ref.shape[axis]):
+            index = (0, i)[1 - axis:]
             found = [p for p, u in self.out.params.items() if (u.target, u.index) == (
-                ref.target, (0, i))]
+                ref.target, index)]
             if found:
                 out.append(found[0])
                 continue
             param = self.fresh(f"{strip_prefix(ref.target).replace('.', '_')}_row{i}")
             self.out.params[param] = ParamUse(ref.target, None, False, module_of(node),
-                                              node.name, index=(0, i))
+                                              node.name, index=index)
             init = self.base.get(ref.target, ("normal", 1.0))
             tail = f" = {init[1]:g}" if init[0] == "const" else ""
             self.out.decls.append(f"param {param} : [{self.dim(ref.shape[-1])}]{tail}")

@@ -19,7 +19,7 @@ from fractions import Fraction
 from ..errors import TensorProgError, TraceError, UsageError
 from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
-from .convert import convert
+from .convert import convert, own_heads_agreed
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_tables import fixed_table
@@ -161,6 +161,7 @@ class Traced:
     calls: dict[str, str] = dataclasses.field(default_factory=dict)
     # torch targets whose init is a random draw centred on 0 (_base_stats)
     centred: frozenset = frozenset()
+    own_heads: frozenset = frozenset()  # attention nodes written mix(p, v, dv) (convert.py)
 
     @property
     def program(self):
@@ -326,7 +327,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
 
     with torch.device("cpu"):
         base, centred = _base_stats(build, w1)
-    traces = []
+    traces, converted = [], []
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
@@ -351,7 +352,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model, ep, example_inputs)
-            traces.append(convert(ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
+            converted.append((ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
+            traces.append(convert(*converted[-1]))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -362,11 +364,13 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
             )
             graph = ep.graph
     try:
+        own = own_heads_agreed(traces, converted)
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
                           layout if blocks else None, nodes)
         read_back(traced.source, traced.vectors, nodes)
     except TraceError as err:
         raise _at_build(err, build) from None
+    traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)

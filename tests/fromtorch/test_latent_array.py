@@ -1,16 +1,18 @@
 """A learned array of its own: a param [R, n] expanded over the batch alone
 (``latents.expand(B, -1, -1)``, Perceiver's latent array and its decoder's queries), traced as a
 position table read at all R positions of a sequence of its own, ``latents @ pos_arr1`` with
-``input pos_arr1 : positions[T_arr1]``. Oracles: the emitted program computes the model's output
-at the base width (cross-attention from the latents to the tokens, self-attention over the
-latents, a decoder whose queries are a second array, a tied readout); the latents derive what a
-position table derives (a lookup of finite fan-in, whatever sequence it runs over); every other
-expand of a param is refused at its line."""
+``input pos_arr1 : positions[T_arr1]``; and Perceiver's decoder, whose queries and keys have
+channels of their own (fixed: 4 heads of 8) and its values the width in the same heads,
+``mix(p, v, dv)``. Oracles: the emitted program computes the model's output at the base width
+(cross-attention from the latents to the tokens, self-attention over the latents, a decoder
+whose queries are a second array, a tied readout); the latents derive what a position table
+derives; the Perceiver in miniature derives the exponents of examples/perceiver.tp, written by
+hand; every other expand of a param is refused at its line."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import ROOT, abc_by_target, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -20,49 +22,50 @@ import tensorprog as tp  # noqa: E402
 from tensorprog.errors import TraceError  # noqa: E402
 
 
-class Attend(nn.Module):
-    """Pre-norm attention of h's tokens to x's (h itself: self-attention), 4 heads."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.lnq, self.lnk = nn.LayerNorm(n), nn.LayerNorm(n)
-        self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
-
-    def forward(self, h, x):
-        (b, r, n), t = h.shape, x.shape[1]
-        u, w = self.lnq(h), self.lnk(x)
-        q = self.q(u).view(b, r, 4, -1).transpose(1, 2)
-        k, v = (f(w).view(b, t, 4, -1).transpose(1, 2) for f in (self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, r, n)
-        return h + self.o(a)
-
-
-class Latents(nn.Module):
-    """A Perceiver in miniature: 8 tokens embedded with positions, 6 latents attending to them,
-    one self-attention over the latents, 8 learned queries attending to the latents, a readout
-    tied to the embedding. ``form`` expands the latents otherwise (each refused)."""
+class Perceiver(nn.Module):
+    """examples/perceiver.tp in torch: the decoder's queries and keys in 4 heads of 8 (32
+    channels at every width), its values the width in the same 4 heads."""
 
     def __init__(self, n, form="array"):
         super().__init__()
-        self.form = form
+        self.form = form  # the latents expanded otherwise: each refused
         self.emb, self.pos = nn.Embedding(32, n), nn.Embedding(8, n)
         self.latents = nn.Parameter(torch.randn(6, 1 if form == "column" else n))
         self.queries = nn.Parameter(torch.randn(8, n))
-        self.cross, self.selfs, self.dec = Attend(n), Attend(n), Attend(n)
+        lin = [nn.Linear(n, 32 if i in (8, 9) else n, bias=False) for i in range(12)]
+        self.lin = nn.ModuleList(lin)
         self.bias = nn.Parameter(torch.zeros(32))
+
+    def attend(self, i, h, x, heads=4):
+        (b, r, n), t = h.shape, x.shape[1]
+        q = self.lin[i](h).view(b, r, heads, -1).transpose(1, 2)
+        k = self.lin[i + 1](x).view(b, t, heads, -1).transpose(1, 2)
+        v = self.lin[i + 2](x).view(b, t, heads, -1).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, r, n)
+        return self.lin[i + 3](a)
 
     def forward(self, ids):
         b, t = ids.shape
         x = self.emb(ids) + self.pos(torch.arange(t))
+        a = F.layer_norm(x, x.shape[-1:])
         if self.form == "column":  # one number per latent, broadcast over the features
-            z = self.latents.expand(b, -1, x.shape[-1])
+            z0 = self.latents.expand(b, -1, x.shape[-1])
         elif self.form == "unsqueezed":
-            z = self.latents[None].expand(b, -1, -1)
+            z0 = self.latents[None].expand(b, -1, -1)
         else:
-            z = self.latents.expand(b, -1, -1)
-        z = self.selfs(*(2 * (self.cross(z, x),)))
-        o = self.dec(self.queries.expand(b, -1, -1), z)
+            z0 = self.latents.expand(b, -1, -1)
+        z1 = z0 + self.attend(0, F.layer_norm(z0, z0.shape[-1:]), a)
+        u = F.layer_norm(z1, z1.shape[-1:])
+        z2 = z1 + self.attend(4, u, u)
+        w = F.layer_norm(z2, z2.shape[-1:])
+        q0 = self.queries.expand(b, -1, -1)
+        o = q0 + self.attend(8, F.layer_norm(q0, q0.shape[-1:]), w)
         return o @ self.emb.weight.t() + self.bias
+
+
+# examples/perceiver.tp's param of each torch one
+NAMES = {"emb.weight": "E", "pos.weight": "P", "latents": "L", "queries": "D", "bias": "bU",
+         **{f"lin.{i}.weight": f"W{'qkvo'[i % 4]}{i // 4 + 1}" for i in range(12)}}
 
 
 def ids(model=None):
@@ -70,26 +73,34 @@ def ids(model=None):
 
 
 @pytest.fixture(scope="module")
-def traced():
-    return tp.from_torch(Latents, (64, 128), ids)
+def perceiver():
+    return tp.from_torch(Perceiver, (64, 128), ids)
 
 
-def test_each_array_is_a_position_table_over_a_sequence_of_its_own(traced):
-    src = traced.source
+def test_each_array_is_a_position_table_over_a_sequence_of_its_own(perceiver):
+    src = perceiver.source
     assert "dim T_arr1 = 6" in src and "input pos_arr1 : positions[T_arr1]" in src
     assert "param latents : [n, T_arr1]" in src and "= latents @ pos_arr1" in src
     # the queries have as many rows as the tokens, but never meet them: a sequence apart
     assert "dim T_arr2 = 8" in src and "param queries : [n, T_arr2]" in src
 
 
-def test_the_traced_latents_compute_the_model(traced):
-    traced_computes_the_model(traced, Latents, ids)
+def test_the_traced_perceiver_computes_the_model(perceiver):
+    traced_computes_the_model(perceiver, Perceiver, ids)
+
+
+def test_the_decoder_values_take_their_own_head_dim(perceiver):
+    mixes = [s for s in perceiver.source.splitlines() if "= mix(" in s]
+    assert len(mixes) == 3 and mixes[2].endswith(", n_by4)") and "dim f8 = 8" in perceiver.source
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_the_arrays_derive_what_the_position_table_derives(traced, optimizer):
-    abc = abc_by_target(traced, optimizer)
-    assert abc["latents"] == abc["queries"] == abc["pos.weight"]
+def test_the_traced_perceiver_derives_what_examples_perceiver_tp_derives(perceiver, optimizer):
+    got = {NAMES[t]: abc for t, abc in abc_by_target(perceiver, optimizer).items()}
+    d = tp.derive(tp.parse_file(ROOT / "examples" / "perceiver.tp"), optimizer)
+    want = {p: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in NAMES.values()}
+    assert got == want
+    assert got["L"] == got["D"] == got["P"]  # the arrays derive as the position table
 
 
 @pytest.mark.parametrize("form, match", [
@@ -98,5 +109,35 @@ def test_the_arrays_derive_what_the_position_table_derives(traced, optimizer):
 ])
 def test_any_other_expand_of_a_param_is_refused_at_its_line(form, match):
     with pytest.raises(TraceError, match=match) as err:
-        tp.from_torch(lambda n: Latents(n, form), (64, 128), ids)
+        tp.from_torch(lambda n: Perceiver(n, form), (64, 128), ids)
     assert "test_latent_array.py" in str(err.value)
+
+
+def test_where_the_head_dims_meet_the_values_keep_their_own():
+    """Traced at 32 and 64, the values' head dim n/4 is the queries' 8 at 32: mix(p, v) would
+    compute the same there, and the program is written as at 64, mix(p, v, dv)."""
+    traced = tp.from_torch(Perceiver, (32, 64), ids)
+    assert sum(", n_by4)" in s for s in traced.source.splitlines() if "= mix(" in s) == 1
+    traced_computes_the_model(traced, Perceiver, ids)
+
+
+class Tokens(nn.Module):
+    """A param [2, n] expanded over the batch and put before the tokens by torch.cat: two
+    learned tokens (as a param [1, 2, n] is), not an array of its own."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.emb = nn.Embedding(32, n)
+        self.reg = nn.Parameter(torch.randn(2, n))
+        self.o = nn.Linear(n, 5)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        return self.o(torch.cat([self.reg.expand(x.shape[0], -1, -1), x], dim=1))
+
+
+def test_an_array_put_before_the_tokens_is_learned_tokens():
+    traced = tp.from_torch(Tokens, (64, 128), ids)
+    assert "prepend(reg_row1, " in traced.source and "prepend(reg_row0, " in traced.source
+    assert "positions" not in traced.source
+    traced_computes_the_model(traced, Tokens, ids)
