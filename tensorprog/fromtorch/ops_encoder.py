@@ -75,9 +75,10 @@ class EncoderOps:
         as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
         before the tokens (prepend_tokens); a param [1, R, n], or [R, n] read by torch.cat alone,
         is R such tokens. A param [R, n] broadcast over the batch alone and read otherwise is a
-        learned array of its own (latent_array). Any other param expanded is refused."""
+        learned array of its own (latent_array; R = 1: Perceiver's classification decoder's one
+        query). Any other param expanded is refused."""
         out = tuple(node.meta["val"].shape)
-        if len(v.shape) == 2 and v.shape[0] > 1 and len(out) == 3 and out[1:] == v.shape \
+        if len(v.shape) == 2 and len(out) == 3 and out[1:] == v.shape \
                 and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
             # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
             if node.users and all(_op(u) == "cat" for u in node.users):

@@ -105,7 +105,7 @@ def test_the_traced_perceiver_derives_what_examples_perceiver_tp_derives(perceiv
 
 @pytest.mark.parametrize("form, match", [
     ("column", r"a param \(latents\) of shape \[6, 1\] expanded to \[2, 6, 64\]"),
-    ("unsqueezed", "an added axis on a param"),
+    pytest.param("unsqueezed", "an added axis on a param", marks=pytest.mark.slow),
 ])
 def test_any_other_expand_of_a_param_is_refused_at_its_line(form, match):
     with pytest.raises(TraceError, match=match) as err:
@@ -141,3 +141,31 @@ def test_an_array_put_before_the_tokens_is_learned_tokens():
     assert "prepend(reg_row1, " in traced.source and "prepend(reg_row0, " in traced.source
     assert "positions" not in traced.source
     traced_computes_the_model(traced, Tokens, ids)
+
+
+class OneQuery(nn.Module):
+    """Perceiver's classification decoder in miniature: latents attend to the tokens, one
+    learned query (a param [1, n]) attends to the latents, the classes read its token,
+    ``logits[:, 0]``."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.emb = nn.Embedding(32, n)
+        self.latents, self.query = nn.Parameter(torch.randn(6, n)), nn.Parameter(torch.randn(1, n))
+        self.lin = nn.ModuleList(nn.Linear(n, n) for _ in range(8))
+        self.head = nn.Linear(n, 3)
+
+    attend = Perceiver.attend
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        z = self.latents.expand(x.shape[0], -1, -1)
+        z = z + self.attend(0, z, x)
+        q = self.query.expand(x.shape[0], -1, -1)
+        return self.head(q + self.attend(4, q, z))[:, 0, :]
+
+
+def test_one_learned_query_is_an_array_of_one_token_read_with_first():
+    traced = tp.from_torch(OneQuery, (64, 128), ids)
+    assert "dim T_arr1 = 1" in traced.source and "= first(" in traced.source
+    traced_computes_the_model(traced, OneQuery, ids)
