@@ -113,6 +113,17 @@ def test_any_other_expand_of_a_param_is_refused_at_its_line(form, match):
     assert "test_latent_array.py" in str(err.value)
 
 
+def test_the_check_reads_the_model_where_the_head_dims_meet(perceiver):
+    """The check's probe converts the model's graph at its width, 32 here (n/4 = 8, the
+    queries' head dim): written as the traced program's mix(p, v, dv), it matches it."""
+    from tensorprog.fromtorch import MuP
+    from tensorprog.fromtorch.check import probe
+
+    model = Perceiver(32)
+    read = probe(MuP(perceiver, "adam"), model, ids(model))
+    assert read()["matmul"].shape == (2, 8, 32)
+
+
 def test_where_the_head_dims_meet_the_values_keep_their_own():
     """Traced at 32 and 64, the values' head dim n/4 is the queries' 8 at 32: mix(p, v) would
     compute the same there, and the program is written as at 64, mix(p, v, dv)."""
