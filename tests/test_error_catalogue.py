@@ -1369,7 +1369,8 @@ TRACED_BUILDS = {
                          r"(.|\n)*help: feed the concatenation straight to a linear layer"),
     # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
     ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors along "
-                          r"their features read by layer_norm(.|\n)*help: feed the concatenation "
+                          r"their features read by layer_norm \(its statistics span every part\)"
+                          r"(.|\n)*help: feed the concatenation "
                           r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),
