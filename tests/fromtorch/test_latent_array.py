@@ -180,3 +180,22 @@ def test_one_learned_query_is_an_array_of_one_token_read_with_first():
     traced = tp.from_torch(OneQuery, (64, 128), ids)
     assert "dim T_arr1 = 1" in traced.source and "= first(" in traced.source
     traced_computes_the_model(traced, OneQuery, ids)
+
+
+@pytest.mark.slow
+def test_hugging_faces_perceiver_masked_lm_traces_to_what_it_computes():
+    """transformers' PerceiverForMaskedLM, small: its latents and decoder queries as arrays,
+    its decoder's values in its 8 heads of 32-channel queries (fixed in its code) as
+    mix(p, v, dv); the traced program computes the model."""
+    t = pytest.importorskip("transformers")
+
+    def build(n):
+        cfg = t.PerceiverConfig(d_latents=n, d_model=n, num_latents=16, vocab_size=32,
+                                num_self_attends_per_block=1, num_self_attention_heads=4,
+                                num_cross_attention_heads=4, max_position_embeddings=8,
+                                attention_probs_dropout_prob=0.0)
+        return t.PerceiverForMaskedLM(cfg).eval()
+
+    traced = tp.from_torch(build, (64, 128), ids)
+    assert "dim T_arr1 = 16" in traced.source and ", n_by8)" in traced.source
+    traced_computes_the_model(traced, build, ids)
