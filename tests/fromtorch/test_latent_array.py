@@ -124,6 +124,7 @@ def test_the_check_reads_the_model_where_the_head_dims_meet(perceiver):
     assert read()["matmul"].shape == (2, 8, 32)
 
 
+@pytest.mark.slow  # the check's probe above reads such a width by default
 def test_where_the_head_dims_meet_the_values_keep_their_own():
     """Traced at 32 and 64, the values' head dim n/4 is the queries' 8 at 32: mix(p, v) would
     compute the same there, and the program is written as at 64, mix(p, v, dv)."""
