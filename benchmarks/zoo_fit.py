@@ -82,7 +82,24 @@ def fit(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> dict:
     ``defaults``), fitted to the config's structure."""
     _layer_rules(cls, defaults, kwargs, sizes)
     _stage_rules(cls, defaults, kwargs, sizes)
+    _attention_channels(defaults, kwargs, sizes)
     return kwargs
+
+
+def _attention_channels(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
+    """Attention channels left to default to the channels of what the attention reads
+    (Perceiver's qk_channels and v_channels, None): its cross-attention then takes those of
+    the inputs it attends to (cross_attention_shape_for_attention "kv"), which a preprocessor
+    may fix whatever the width (the image classifier's 256 channels of a 1x1 convolution and
+    256 of learned positions, concatenated: 512 at every width), so that the cross-attention's
+    queries, keys and values would stay 512 channels while the latents grow. The width, as its
+    self-attention's channels are (theirs default to the latents'); where the inputs have the
+    width's channels (the masked LM's embeddings) this is what they take already."""
+    if "cross_attention_shape_for_attention" not in defaults:
+        return
+    for f in ("qk_channels", "v_channels"):
+        if f in defaults and defaults[f] is None:
+            kwargs[f] = sizes.width
 
 
 def _layer_rules(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:

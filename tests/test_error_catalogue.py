@@ -114,6 +114,13 @@ CATALOGUE = {
                                    "s = dot(h, h, dh)\noutput o = mix(causal_softmax(s), Wv @ h)"
                                    "\n", S, r"the values' dim kv = 2 is not a whole number of "
                                    r"heads of dh = 4", (11, 12)),
+    "mix-own-heads-not-the-weights-heads": (SEQ + "dim dv = n / 4\ns = dot(h, h, dh)\n"
+                                            "output o = mix(softmax(s), h, dv)\n", S,
+                                            r"mix\(p, v, dv\): the values' dim n is not as many "
+                                            r"heads of dv as the weights have \(n / dh: 2 heads\)",
+                                            (10, 12)),
+    "mix-third-not-a-dim": (SEQ + "s = dot(h, h, dh)\noutput o = mix(softmax(s), h, s)\n", S,
+                            r"third argument of mix must be the values' head dim", (9, 31)),
     "two-sequences-added": (ENCDEC + "param U : [V, n]\noutput o = U @ (x + y)\n", S,
                             r"combines the tokens of S with the tokens of T", (12, 12)),
     "cross-values-from-the-queries": (ENCDEC + "output o = mix(softmax(dot(y, x, dh)), y)\n", S,
@@ -1139,10 +1146,10 @@ class TwoRowToken(Net):
         super().__init__(n)
         self.cls = torch.nn.Parameter(torch.zeros(2, n))
 
-    def forward(self, idx):  # a param of two rows [2, n] expanded over the batch (a [1, 2, n]
-        # one is two learned tokens: DINOv2's registers)
+    def forward(self, idx):  # two learned tokens, a param [2, n] expanded over the batch, put
+        # after the tokens (before them they are DINOv2's registers: tests/fromtorch)
         x = self.e(idx)
-        return self.o(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1))
+        return self.o(torch.cat([x, self.cls.expand(x.shape[0], -1, -1)], dim=1))
 
 
 class Transposed(Net):
@@ -1364,13 +1371,13 @@ TRACED_BUILDS = {
                          r"(.|\n)*help: feed the concatenation straight to a linear layer"),
     # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
     ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors along "
-                          r"their features read by layer_norm(.|\n)*help: feed the concatenation "
+                          r"their features read by layer_norm \(its statistics span every part\)"
+                          r"(.|\n)*help: feed the concatenation "
                           r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),
-    ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a param \(cls\) of shape "
-                            r"\[2, 16\] expanded to \[2, 2, 16\] \(a learned token is a param "
-                            r"\[1, 1, n\]"),
+    ("two_row_token", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of learned "
+                            r"tokens other than before the tokens"),
     # before: AttributeError: 'Probs' object has no attribute 'src' (DeBERTa's view of them)
     ("transposed", None, r"m.py:\d+:\d+: error: cannot trace a transpose of attention weights "
                          r"\(only a view that merges or splits their batch and heads axes"),

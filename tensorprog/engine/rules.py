@@ -408,11 +408,11 @@ def change_mix(ins: Mix, sz: Sizes) -> list[Term]:
 def grad_mix(ins: Mix, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     p, v = ins.weights, ins.values
-    # dp_ts = sum over the head dim of do_t · v_s: a sum over a width-sized axis when the head dim
-    # is infinite, CLT against v₀ (independent of the gradient), LLN against Δv (built from it)
-    # the head dim is width-sized exactly when the heads axis is finite; no width dim is infinite
-    # in the depth pass
-    finite = sz.program.dim_table[sz.program.value_dims[p]].infinite or not sz.width_limit
+    # dp_ts = sum over the head dim (mix(p, v, dv): dv) of do_t · v_s, CLT against v₀, LLN
+    # against Δv (built from it) where it is width-sized: dv infinite, or the heads axis finite
+    # (no width dim is infinite in the depth pass)
+    finite = not sz.width_limit or (not sz.infinite(ins.head) if ins.head is not None
+                                    else sz.infinite(sz.program.value_dims[p]))
     half, one = (ZERO, ZERO) if finite else (HALF, ONE)
     where = "over a finite head dim (+0)" if finite else "over the head dim"
     k_v, why_v = _group(sz, sz.program.value_dims[ins.out], sz.program.value_dims[v])

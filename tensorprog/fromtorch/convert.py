@@ -58,15 +58,18 @@ class Converter(
 
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
-            given: dict | None = None, keep: frozenset = frozenset()) -> Trace:
+            given: dict | None = None, keep: frozenset = frozenset(),
+            own_heads: frozenset = frozenset()) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
     placeholders: (the forward's name for it, its value on the CPU); ``keep``: the nodes whose
-    number is a slot even where it is 1 (another width's is not 1)."""
+    number is a slot even where it is 1 (another width's is not 1); ``own_heads``: the
+    attention nodes whose values have a head dim of their own at another width."""
     conv = Converter(ep, base)
     conv.keep_coefficients = frozenset(keep)
+    conv.own_heads = own_heads
     conv.tok_value = tok_value
     conv.scalars = scalars or {}
     conv.given = given or {}
@@ -76,3 +79,19 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     resolve(trace, conv.fresh, conv.tokens_seq)
     trace.tokens = (conv.tokens_seq, conv.tokens_vocab)
     return trace
+
+
+def agreed_forms(traces: list[Trace], converted: list[tuple]) -> tuple[frozenset, frozenset]:
+    """The forms one width writes where the other's numbers would let it write less, each
+    trace converted again (from ``converted``, its arguments) with both widths' where it lacks
+    one: a coefficient slot of a number that is 1 at that width only (MiniCPM's logits over
+    hidden_size / 256, traced at 256), and the attention nodes whose values have a head dim of
+    their own (``mix(p, v, dv)``), where dv meets the queries' head dim at that width. Both
+    compute the same there, and the program is written as at the other width. The check's
+    graph (check.py) is converted with them too. Returns (coefficient nodes, own heads)."""
+    keep = frozenset(traces[0].coefficient_nodes | traces[1].coefficient_nodes)
+    own = frozenset(traces[0].own_heads | traces[1].own_heads)
+    for i, again in enumerate(converted):
+        if traces[i].coefficient_nodes != keep or traces[i].own_heads != own:
+            traces[i] = convert(*again, keep=keep, own_heads=own)
+    return keep, own

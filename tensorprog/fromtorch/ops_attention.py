@@ -202,7 +202,16 @@ class AttentionOps:
                              "the language's mix reads the value heads from the logits' "
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
-        self.grouped(node, q, v, "values")
+        # values in as many heads as the queries, of a head dim of their own (Perceiver's
+        # decoder: queries and keys in 8 heads of 32, values of n in 8 heads of n/8); at a
+        # width where the two head dims meet (n = 256 there) both forms compute the same, and
+        # the one written is the other widths' (own_heads), so that the graphs match
+        own = (None not in (v.dh, q.dh) and v.group == 1 and v.dim * q.dh == q.dim * v.dh
+               and (v.dh != q.dh or node.name in self.own_heads))
+        if own:
+            self.out.own_heads.add(node.name)
+        if not own:
+            self.grouped(node, q, v, "values")
         if _laid_out(q, v) != _laid_out(v, q):
             # torch batches the weights' axes with the values' by position: values left
             # [B, T, H, dh] pair head i's weights with token i's values (where H == T)
@@ -212,11 +221,12 @@ class AttentionOps:
                          "another axis, not those of the same head",
                          help="transpose the values to (batch, heads, tokens, head dim) as "
                          "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
-        name = self.emit_vector(node.name, f"mix({p.name}, {v.name})")
+        head = f", {self.dim(v.dh)}" if own else ""
+        name = self.emit_vector(node.name, f"mix({p.name}, {v.name}{head})")
         # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
         # query axes are (the queries'): the values' own layout may differ only in where its
         # one head's axis (of size 1) was put by a view the export wrote for it
-        return Vec(name, q.tags, q.dim, v.dh)
+        return Vec(name, q.tags, v.dim if own else q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each

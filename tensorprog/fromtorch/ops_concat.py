@@ -52,9 +52,11 @@ class ConcatOps:
         if len(tags) != 1 or next(iter(tags))[-1] != "F" or not _along_features(node, dim):
             return
         readers = sorted({op_name(u) for u in node.users} - {"linear"})
+        # a norm's statistics span every part: it is no function of each part alone
+        norm = " (its statistics span every part)" if any("norm" in r for r in readers) else ""
         raise refuse(node, f"a concatenation of vectors along their features read by "
-                     f"{', '.join(readers) or 'nothing'}: the language has no concatenation, "
-                     "and traces one only as the input of linear layers, the sum "
+                     f"{', '.join(readers) or 'nothing'}{norm}: the language has no "
+                     "concatenation, and traces one only as the input of linear layers, the sum "
                      "W[:, :m] @ a + W[:, m:] @ b of their column blocks",
                      help="feed the concatenation straight to linear layers, or apply what "
                      "reads it to each part")

@@ -1,7 +1,9 @@
 """Encoders: one token's vector read out of the sequence (``h[:, 0]``: BERT's pooler, a ViT's
 classification head), traced as the language's ``first(h)``; segment ids given as an input, a
 token input of the program of their own; and learned tokens put before the sequence (a ViT's
-class token, ``torch.cat([cls.expand(B, -1, -1), h], dim=1)``), the language's ``prepend``."""
+class token, ``torch.cat([cls.expand(B, -1, -1), h], dim=1)``), the language's ``prepend``; a
+learned array of its own (Perceiver's latents, ``latents.expand(B, -1, -1)`` of a param [R, n]),
+a position table read over a sequence of R tokens of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], 
 
 _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
                "the per-token layers; the language has no other token's vector")
+
+
+def _op(node) -> str:
+    """The aten op of a graph node, by name (``cat``)."""
+    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
 class EncoderOps:
@@ -63,20 +70,44 @@ class EncoderOps:
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, ("tok",) * len(shape) + ("F",), w.shape[1])
 
-    def param_as_token(self, node, v: PRef) -> TokenParam:
+    def param_as_token(self, node, v: PRef) -> TokenParam | Vec:
         """A param [1, 1, n] broadcast over the batch (``cls.expand(B, -1, -1)``; CLIP's [n]
         as ``expand(B, 1, -1)``): one learned token per sequence, which ``torch.cat`` puts
-        before the tokens (prepend_tokens). Any other param expanded is refused."""
+        before the tokens (prepend_tokens); a param [1, R, n], or [R, n] read by torch.cat alone,
+        is R such tokens. A param [R, n] broadcast over the batch alone and read otherwise is a
+        learned array of its own (latent_array; R = 1: Perceiver's classification decoder's one
+        query). Any other param expanded is refused."""
         out = tuple(node.meta["val"].shape)
+        if len(v.shape) == 2 and len(out) == 3 and out[1:] == v.shape \
+                and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
+            # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
+            if node.users and all(_op(u) == "cat" for u in node.users):
+                return TokenParam(v)
+            return self.latent_array(node, v)
         count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]
         if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1 - (count > 1)]) \
                 or v.t or v.rows or v.offset or len(out) != 3 \
                 or out[1:] != (count, v.shape[-1]):
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
-                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n])",
+                         "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n] "
+                         "or [R, n]; an array of R learned tokens of its own a param [R, n])",
                          help=_TOKEN_HELP)
         return TokenParam(v)
+
+    def latent_array(self, node, v: PRef) -> Vec:
+        """``latents.expand(B, -1, -1)`` of a param [R, n]: the same R learned vectors for
+        every example of the batch (Perceiver's latent array, its decoder's query array), a
+        sequence of R tokens of its own whose vectors are the param's rows. That is a position
+        table read at all its positions, ``P @ pos`` with ``input pos : positions[R]`` (R a
+        sequence dim no token input runs over: the emitted module builds positions 0..R-1),
+        so the rows derive as a position embedding's: a lookup of finite fan-in, an input
+        weight. Which sequence R is (its own, or the tokens' where the model adds the array to
+        them) is read off the statements as for any positions (sequences.py)."""
+        src = self.sequence_input("_arr", "positions", v.shape[0], 0)
+        table, _ = self.param(v, node, lookup=True, fan_in=src)
+        name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
+        return Vec(name, ("tok", "tok", "F"), v.shape[1])
 
     def prepend_tokens(self, node, tensors, dim) -> Vec:
         """``torch.cat([cls.expand(B, -1, -1), ..., h], dim=1)``: learned tokens before the
@@ -134,18 +165,20 @@ class EncoderOps:
         row for R tokens [1, R, n], each mapped back to its row (ParamUse.index, as a lookup of
         one constant id is: apply inits that row, the tensor takes their shared LR)."""
         ref = token.ref
-        if len(ref.shape) < 3 or ref.shape[1] == 1:
+        axis = 0 if len(ref.shape) == 2 else 1  # a param [R, n], or [1, R, n]
+        if len(ref.shape) < 2 or ref.shape[axis] == 1:
             return [self.vector_param(PRef(ref.target, ref.shape[-1:]), node)]
         out = []
-        for i in range(ref.shape[1]):
+        for i in range(ref.shape[axis]):
+            index = (0, i)[1 - axis:]
             found = [p for p, u in self.out.params.items() if (u.target, u.index) == (
-                ref.target, (0, i))]
+                ref.target, index)]
             if found:
                 out.append(found[0])
                 continue
             param = self.fresh(f"{strip_prefix(ref.target).replace('.', '_')}_row{i}")
             self.out.params[param] = ParamUse(ref.target, None, False, module_of(node),
-                                              node.name, index=(0, i))
+                                              node.name, index=index)
             init = self.base.get(ref.target, ("normal", 1.0))
             tail = f" = {init[1]:g}" if init[0] == "const" else ""
             self.out.decls.append(f"param {param} : [{self.dim(ref.shape[-1])}]{tail}")

@@ -22,9 +22,10 @@ import re
 
 from ..errors import TraceError
 
-# the provisional names of the walk's positions and bucket inputs: a name the walk gives a
-# value never starts with "_" (Walker.fresh strips it)
-PROVISIONAL = re.compile(r"\b_(?:pos|rel)\d+\b")
+# the provisional names of the walk's positions and bucket inputs (``_arr``: the positions a
+# learned array of its own is read at, ops_encoder.py): a name the walk gives a value never
+# starts with "_" (Walker.fresh strips it)
+PROVISIONAL = re.compile(r"\b_(?:pos|rel|arr)\d+\b")
 
 
 class _Classes:

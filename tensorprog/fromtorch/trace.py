@@ -19,7 +19,7 @@ from fractions import Fraction
 from ..errors import TensorProgError, TraceError, UsageError
 from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
-from .convert import convert
+from .convert import agreed_forms, convert
 from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
@@ -164,6 +164,7 @@ class Traced:
     centred: frozenset = frozenset()
     # graph nodes whose number is a coefficient slot at either width, 1 or not (convert's keep)
     coefficient_nodes: frozenset = frozenset()
+    own_heads: frozenset = frozenset()  # attention nodes written mix(p, v, dv) (convert.py)
 
     @property
     def program(self):
@@ -223,7 +224,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
 
     with torch.device("cpu"):
         base, centred = base_stats(build, w1)
-    traces, converts = [], []
+    traces, converted = [], []
     for w in (w1, w2):
         with torch.device("meta"):
             model = built(build, w)
@@ -248,8 +249,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
             scalars = _scalar_buffers(build, w, model, ep, example_inputs)
-            converts.append((ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
-            traces.append(convert(*converts[-1]))
+            converted.append((ep, base, tok, scalars, given_inputs(ep, model, args, kwargs, k)))
+            traces.append(convert(*converted[-1]))
         except TraceError as err:
             raise _at_build(err, build) from None
         if w == w1:  # the module that computes each vector, and the model, find its stack
@@ -259,20 +260,14 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
                 model,
             )
             graph = ep.graph
-    keep = frozenset(traces[0].coefficient_nodes | traces[1].coefficient_nodes)
-    if any(t.coefficient_nodes != keep for t in traces):
-        # a number that is 1 at one width only (MiniCPM's logits over hidden_size / 256 traced
-        # at 256) keeps its slot there too, so the two widths' programs are alike
-        try:
-            traces = [convert(*args, keep=keep) for args in converts]
-        except TraceError as err:
-            raise _at_build(err, build) from None
     try:
+        keep, own = agreed_forms(traces, converted)  # written alike at both widths
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
                           layout if blocks else None, nodes)
         read_back(traced.source, traced.vectors, nodes)
     except TraceError as err:
         raise _at_build(err, build) from None
+    traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)

@@ -541,6 +541,8 @@ class Trace:
     # sequence's dim, table rows: vocabulary or buckets); sequence dims besides T -> length
     seq_inputs: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     seq_dims: dict[str, int] = field(default_factory=dict)
+    # attention nodes whose values have a head dim of their own, mix(p, v, dv) (ops_attention)
+    own_heads: set[str] = field(default_factory=set)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against, in this order.

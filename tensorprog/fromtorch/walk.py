@@ -160,6 +160,9 @@ class Walker:
         self.tokens_vocab: int | None = None
         self.tokens_seq: int | None = None
         self.prepended: dict[int, str] = {}  # longer sequences of learned tokens (ops_encoder)
+        # attention nodes whose values have a head dim of their own at another width: written
+        # mix(p, v, dv) here too, where dv happens to be the queries' head dim (ops_attention)
+        self.own_heads: frozenset[str] = frozenset()
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
         # names and values on the CPU, constants of the trace as the masks computed from the
         # ids are

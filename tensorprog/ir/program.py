@@ -324,6 +324,7 @@ class Mix:
     weights: str
     values: str
     span: Span | None = _span()
+    head: str | None = None  # mix(p, v, dv): v in p's heads of dv each (the output v's dim)
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -640,9 +641,8 @@ class Program:
             elif isinstance(ins, Dot):
                 dims[ins.out] = ins.over and heads_dim_name(dims[ins.left], ins.over)
             elif isinstance(ins, Mix):  # the query's dim: the values' unless they are grouped
-                query = split_heads_dim(dims[ins.weights] or "")[0]
-                values = dims[ins.values]
-                grouped = (query in declared and values in declared
+                query, values = split_heads_dim(dims[ins.weights] or "")[0], dims[ins.values]
+                grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = query if grouped else values
             elif isinstance(ins, Route):

@@ -49,7 +49,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
         over = f", {ins.over}" if ins.over is not None else ""
         rhs = f"dot({show(ins.left)}, {show(ins.right)}{over})"
     elif isinstance(ins, Mix):
-        rhs = f"mix({show(ins.weights)}, {show(ins.values)})"
+        head = f", {ins.head}" if ins.head is not None else ""
+        rhs = f"mix({show(ins.weights)}, {show(ins.values)}{head})"
     elif isinstance(ins, Route):
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"

@@ -38,6 +38,14 @@ def _grouped(dims: dict, query: str, kv: str | None, over: str | None) -> bool:
             and heads_dim(dims, kv, over) is not None)
 
 
+def _own_heads(dims: dict, heads: str | None, values: str | None, head: str) -> bool:
+    """``mix(p, v, dv)``: v is as many heads of dim ``head`` as p has heads."""
+    if heads not in dims or values not in dims or head not in dims:
+        return False
+    own = heads_dim(dims, values, head)
+    return own is not None and own.key() == dims[heads].key()
+
+
 def verify(program: Program) -> Program:
     """Check the IR's invariants: names defined once and before use, shapes, outputs defined.
 
@@ -94,10 +102,14 @@ def verify(program: Program) -> Program:
         elif isinstance(ins, Mix):
             heads = ops[0]
             query, over = split_heads_dim(heads or "")
-            if heads is None or "/" not in heads or query not in dims or key(query) != key(
-                    ops[1]) and not _grouped(dims, query, ops[1], over):
+            if ins.head is not None:  # the values' own head dim: as many heads as p's
+                mismatch = not _own_heads(dims, heads, ops[1], ins.head)
+            else:
+                mismatch = key(query) != key(ops[1]) and not _grouped(dims, query, ops[1], over)
+            if heads is None or "/" not in heads or query not in dims or mismatch:
                 errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
-                             "same dim as v, or of whole groups of v's heads", ins.span)
+                             "same dim as v, or of whole groups of v's heads; mix(p, v, dv) "
+                             "values of as many heads of dv as p has", ins.span)
             out = program.value_dims[ins.out]
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)

@@ -22,17 +22,16 @@ from ..ir.program import (
     LinComb,
     MatMul,
     Mean,
-    Mix,
     Nonlin,
     heads_dim,
     in_float_range,
     per_head,
-    split_heads_dim,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
 from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
+from .lower_mix import lower_mix
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
@@ -371,13 +370,20 @@ class ExpressionLowering:
                               "from the embedding of a `tokens` input)")
         return not flat
 
-    def head_dim(self, node) -> str | None:
+    def head_dim(self, node, fn: str = "dot") -> str | None:
+        """The head dim named by the third argument of ``dot(q, k, dh)`` (``mix(p, v, dv)``:
+        the values' own)."""
         if type(node).__name__ == "Var" and node.name in self.dims:
             if self.seq() is None and not self.tokenwise:
                 self.errors.error("dot(q, k, dh) compares tokens, but the program has no sequence",
                                   node.span, "declare token inputs: `input tok : tokens[T, V]`")
                 return None
             return node.name
+        if fn == "mix":
+            self.errors.error("the third argument of mix must be the values' head dim",
+                              node.span, "e.g. `dim dv = n / 8` for values in 8 heads, then "
+                              "mix(p, v, dv)")
+            return None
         self.errors.error("the third argument of dot must be the head dim", node.span,
                           "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
         return None
@@ -508,10 +514,10 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2,), "layernorm": (1, 2), "rmsnorm": (1, 2),
+        arity = {"dot": (2, 3), "mix": (2, 3), "layernorm": (1, 2), "rmsnorm": (1, 2),
                  **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
         if len(node.args) not in arity:
-            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v)",
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v) or mix(p, v, dv)",
                      **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
                 node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
                 f"{node.fn}(h)")
@@ -519,8 +525,8 @@ class ExpressionLowering:
             self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
             return None, None
-        if node.fn == "dot" and len(node.args) == 3:
-            over = self.head_dim(node.args[2])
+        if node.fn in ("dot", "mix") and len(node.args) == 3:
+            over = self.head_dim(node.args[2], node.fn)
             return (None, None) if over is None else (node.args[:2], over)
         if node.fn in ("layernorm", "rmsnorm") and len(node.args) == 2:
             over = self.norm_group(node)
@@ -592,25 +598,8 @@ class ExpressionLowering:
             out = self.emit(Dot(self.fresh(self.target), names[0], names[1], node.span, over),
                             dim)
             return self.vec(out, dim)
-        if node.fn == "mix":
-            p, v = args
-            query, over = split_heads_dim(p.dim or "")
-            if p.dim not in self.heads_dims or v.dim is None or v.dim in self.heads_dims:
-                self.errors.error(
-                    f"mix(p, v) needs attention weights p over the heads of v's dim, got "
-                    f"{self.dim_text(p.dim)} and {self.dim_text(v.dim)}", node.span,
-                    "p = causal_softmax(tau * dot(q, k, dh)) with q, k of v's dim")
-                return None
-            # values with fewer heads than the weights: each serves a group of query heads
-            grouped = not self.same_dim(query, v.dim)
-            if grouped and not self.grouped(query, v.dim, over, node, "values"):
-                return None
-            if not self.compares_tokens(args, node):
-                return None
-            names = [self.name_of(a, node.span) for a in args]
-            dim = query if grouped else v.dim
-            out = self.emit(Mix(self.fresh(self.target), names[0], names[1], node.span), dim)
-            return self.vec(out, dim)
+        if node.fn == "mix":  # attention's token mixing: lower_mix.py
+            return lower_mix(self, node, args, over, Vec)
         if node.fn in SINKS and len(args) == 2:
             return lower_sink(self, node, args, Vec)
         if not self.in_domain(node.fn, args[0], node):

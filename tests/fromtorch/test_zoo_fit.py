@@ -85,6 +85,14 @@ def test_sizes_follow_the_width_and_the_heads(zoo, t):
     assert zoo.config_kwargs(t.Dots1Config, 64, "heads")["n_shared_experts"] == 1
 
 
+def test_attention_channels_that_default_to_their_inputs_grow_with_the_width(zoo, t):
+    # Perceiver's cross-attention takes its inputs' channels by default: the image
+    # classifier's preprocessor fixes them at 512, so the zoo gives them the width
+    for width in (64, 128):
+        kw = zoo.config_kwargs(t.PerceiverConfig, width, "heads", zoo.MAPPINGS["image"])
+        assert kw["qk_channels"] == kw["v_channels"] == kw["d_latents"] == width
+
+
 def test_image_configs_keep_their_structure(zoo, t):
     image = zoo.MAPPINGS["image"]
     # BiT's group norms: 16 groups at every width (its 32 do not divide a bottleneck's 16)
