@@ -267,6 +267,11 @@ class ArithOps:
         offset = self.offset_product(node, u, v)  # (g(x) + c) * y (ops_pointwise.py)
         if offset is not None:
             return offset
+        if isinstance(u, PRef) and isinstance(v, PRef):
+            raise refuse(node, "a product of two params (or of a param with itself): the "
+                         "language's params enter the program as they are, each read by a "
+                         "vector op or a matmul", help="multiply a vector by each param in "
+                         "turn, g1 * (g2 * x), or write the model as a program")
         self._elementwise(node, u, v, "product")
         u, v = _flat(u), _flat(v)  # a layer scale stored as [1, 1, n]: the vector param
         names = []

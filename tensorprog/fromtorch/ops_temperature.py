@@ -89,7 +89,8 @@ class TemperatureOps:
         while len(shape) > 3 and shape[0] == 1:
             shape = shape[1:]
         if scores.bias is not None or scores.split or scores.probs or scores.gain is not None \
-                or len(heads) != 4 or shape != (heads[1], 1, 1):
+                or len(heads) != 4 or shape != (heads[1], 1, 1) or len(ref.shape) > len(heads):
+            # (a param of more axes than the logits broadcasts them to more: [1, 1, H, 1, 1])
             raise refuse(node, f"the param {ref.target.removeprefix('m.')} of shape "
                          f"{list(ref.shape)} multiplying attention logits within windows "
                          f"{list(heads)}: traced only as one number per head, [heads, 1, 1], "

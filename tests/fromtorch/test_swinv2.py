@@ -40,7 +40,10 @@ class BlockV2(nn.Module):
         self.k = nn.Linear(n, n, bias=False)
         # head 0 at Swin V2's init, log 10; head 1 past the clamp at log 100 (its gradient 0)
         init = torch.tensor([math.log(10.0), 5.0] * self.heads)[:self.heads]
-        self.logit_scale = nn.Parameter(init.reshape(self.heads, 1, 1))
+        # "wide": one number per head, but with two more axes than the logits [B, H, T, T],
+        # which broadcasts them to five
+        self.logit_scale = nn.Parameter(init.reshape(
+            (1, 1, self.heads, 1, 1) if variant == "wide" else (self.heads, 1, 1)))
         if variant == "cpb":  # Swin V2's continuous position bias: an MLP over the offsets
             self.cpb = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, self.heads,
                                                                            bias=False))
@@ -187,6 +190,7 @@ def test_the_example_writes_the_temperature_as_a_gain_on_the_queries(monkeypatch
     # the temperature after the bias: the bias would be scaled too
     pytest.param("late", r"the param blocks\.0\.logit_scale of shape \[2, 1, 1\] multiplying "
                  r"attention logits within windows", marks=pytest.mark.slow),
+    ("wide", r"the param blocks\.0\.logit_scale of shape \[1, 1, 2, 1, 1\] multiplying"),
     # an MLP over the offsets' coordinates (a table computed from params): no form yet
     ("cpb", r"a linear layer applied to a constant tensor \[7, 7, 2\], not to the input's "
             r"tokens: a table computed from params \(Swin V2's continuous position bias"),
