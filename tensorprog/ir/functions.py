@@ -61,6 +61,9 @@ SPREAD = "spread"
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),
     Function("gelu", "linear", 0.0, "torch.nn.functional.gelu"),
+    # gelu's tanh approximation (GPT-2's gelu_new, Gemma's gelu_pytorch_tanh): within 2e-4 of
+    # gelu everywhere, 0 at 0 with slope 1/2, so gelu's class
+    Function("gelu_tanh", "linear", 0.0, "torch.nn.functional.gelu", (("approximate", "tanh"),)),
     Function("tanh", "bounded", 0.0, "torch.tanh"),
     # min(max(x, 0), 6) (MobileNet's ReLU6): a relu near 0, capped at 6, so bounded as tanh is
     Function("relu6", "bounded", 0.0, "torch.nn.functional.relu6"),

@@ -47,6 +47,8 @@ FNS = {
     "identity": Fn("identity", lambda x: x, "identity"),
     "relu": Fn("relu", lambda x: np.maximum(x, 0.0), "relu"),
     "gelu": Fn("gelu", lambda x: 0.5 * x * (1.0 + erf(x / _SQRT2))),  # torch's exact gelu
+    "gelu_tanh": Fn("gelu_tanh", lambda x: 0.5 * x * (
+        1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))),
     "tanh": Fn("tanh", np.tanh),
     "relu6": Fn("relu6", lambda x: np.clip(x, 0.0, 6.0)),
     "hardtanh": Fn("hardtanh", lambda x: np.clip(x, -1.0, 1.0)),

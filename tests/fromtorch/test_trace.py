@@ -172,7 +172,7 @@ def gpt2():
 def test_hf_gpt2_traces_and_applies(gpt2):
     # Conv1D stores [in, out]: the program still reads [fan_out, fan_in]
     assert "param mlp_c_fc_weight : [n_x4, n]" in gpt2.source  # in the block of transformer.h
-    assert "gelu(addmm_2)" in gpt2.source  # HF's hand-written tanh GELU, identified
+    assert "gelu_tanh(addmm_2)" in gpt2.source  # HF's hand-written tanh GELU, identified
     mup = MuP(gpt2, "adam")
     model = _gpt2(256)
     report = mup.apply(model)

@@ -219,3 +219,16 @@ def test_a_mask_per_token_is_traced_where_it_keeps_every_token_and_refused_where
     with pytest.raises(TensorProgError, match=r"test_trace_pointwise.py:\d+:\d+: error: cannot "
                        r"trace a product with a mask of 0s and 1s per token that zeroes 2 of"):
         from_torch(lambda n: build(n, keep=(0, 1, 3, 4, 5, 7)), WIDTHS, _tokens)
+
+
+@pytest.mark.parametrize(("fn", "name"), [
+    (lambda t: F.gelu(t), "gelu"),
+    (lambda t: F.gelu(t, approximate="tanh"), "gelu_tanh"),
+    # GPT-2's gelu_new, written out: the tanh approximation, not gelu (2e-4 apart)
+    (lambda t: 0.5 * t * (1.0 + torch.tanh(0.7978845608028654 * (t + 0.044715 * t**3))),
+     "gelu_tanh"),
+])
+def test_gelu_and_its_tanh_approximation_are_told_apart(fn, name):
+    from tensorprog.fromtorch.values import identify
+
+    assert identify(fn) == (name, 1.0)
