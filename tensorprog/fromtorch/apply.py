@@ -32,7 +32,7 @@ from .reinit import draw_seed, rescale
 from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
-from .values import ParamUse
+from .values import ParamUse, init_of
 from .where import strip_prefix
 
 
@@ -374,8 +374,9 @@ class MuP(OptimizerGroups):
         if self.tuned is not None and name in self.tuned.init_std:
             return "normal", self.tuned.init_std[name]  # the program param's tuned std
         if layer is None or layer < self.stack.depth:
-            return self.traced.base.get(use.target, ("normal", None))
-        found = [self.traced.base.get(u.target, ("normal", None)) for u in self.stack.layers[name]]
+            return init_of(self.traced.base, use.target, use.index, ("normal", None))
+        found = [init_of(self.traced.base, u.target, u.index, ("normal", None))
+                 for u in self.stack.layers[name]]
         if found[0][0] == "const" or any(s is None for _, s in found):
             return found[0]
         return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))

@@ -13,6 +13,7 @@ from .values import (
     L2Norm,
     Looked,
     MeanSq,
+    PEntry,
     Pointwise,
     PRef,
     RopeTerm,
@@ -53,6 +54,8 @@ class ArithOps:
 
     def _lincomb(self, node, u, v, alpha):
         u, v = _number(u), _number(v)
+        if isinstance(u, PEntry) or isinstance(v, PEntry):
+            raise self.refuse_entry(node, "a sum")
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
         if centred is not None:
             return centred
@@ -201,6 +204,9 @@ class ArithOps:
 
     def op_mul(self, node, u, v):
         u, v = _number(u), _number(v)
+        entry = self.entry_product(node, u, v)  # p[i] * h: a 1-D param's entry (ops_entries)
+        if entry is not None:
+            return entry
         norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
         if norm is not None:
             return norm

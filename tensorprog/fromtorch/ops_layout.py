@@ -147,6 +147,8 @@ class LayoutOps:
     def op_select(self, node, v, dim, index):
         if isinstance(v, Parts):
             return self.head_part(dataclasses.replace(v.items[index], node=node.name), node)
+        if isinstance(v, PRef):  # p[i] of a 1-D param: one number (ops_entries.py)
+            return self.param_entry(node, v, dim, index)
         return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
 
     def _whole(self, node, v):

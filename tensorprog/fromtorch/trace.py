@@ -22,12 +22,13 @@ from .columns import merge_columns
 from .convert import convert
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
+from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
 from .readback import read_back
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .stack import Stack, roll
-from .values import ParamUse, Trace
+from .values import ParamUse, Trace, entry_key
 from .where import def_span, exception_span, module_of, op_name, strip_prefix
 
 
@@ -271,6 +272,10 @@ def _base_stats(build, width: int) -> tuple[dict, set]:
             # centred on 0 (within 3 standard errors of the pooled entries' mean)
             if not varies or abs(total / count) > 3 * std / math.sqrt(count):
                 centred.difference_update(names[id(p)])
+            if not varies and p.dim() == 1:  # numbers set by hand, each entry its own
+                # constant: NeoMME's mixing weights [1, 0], read one by one (ops_entries.py)
+                stats.update({entry_key(k, i): ("const", float(x))
+                              for k in names[id(p)] for i, x in enumerate(first[name])})
     return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
 
 
@@ -508,6 +513,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
              nodes=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
+    fixed_entries(t1, t2, widths)  # an entry read as a number: of a fixed size (ops_entries)
     renumber_slices(t1, t2)  # a slice's block named by a place that moves (rows.py)
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
         diff = next(

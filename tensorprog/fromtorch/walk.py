@@ -39,6 +39,7 @@ from .values import (
     PairStack,
     ParamUse,
     Parts,
+    PEntry,
     Pointwise,
     PRef,
     Probs,
@@ -71,23 +72,8 @@ from .where import (
 )
 
 _RESERVED = {
-    "width",
-    "depth",
-    "dim",
-    "input",
-    "param",
-    "scale",
-    "output",
-    "block",
-    "return",
-    "repeat",
-    "tokens",
-    "positions",
-    "image",
-    "patches",
-    "n",
-    "tok",
-    "pos",
+    "width", "depth", "dim", "input", "param", "scale", "output", "block", "return", "repeat",
+    "tokens", "positions", "image", "patches", "n", "tok", "pos",
 } | set(FUNCTIONS)
 _IDENTITY_OPS = {
     "contiguous",
@@ -113,6 +99,7 @@ _TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone"
 SYMBOLIC = (
     Vec,
     PRef,
+    PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
     Tok,
     Pointwise,
     Affine,
@@ -295,6 +282,8 @@ class Walker:
             )
         if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
             raise self.refuse_token_slice(node, v)
+        if isinstance(v, PEntry):  # p[i] read as anything but a gain (ops_entries.py)
+            raise self.refuse_entry(node, op_name(node))
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:
