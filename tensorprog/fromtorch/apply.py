@@ -652,10 +652,22 @@ def _derive(traced: Traced, program, optimizer, convention: str):
     try:
         return derive(program, optimizer, convention)
     except EngineError as err:
-        if not traced.notes:
-            raise
         notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
-        raise EngineError(err.diagnostics + notes) from None
+        found = [_at_layer(traced, program, d) for d in err.diagnostics]
+        if not notes and found == err.diagnostics:
+            raise
+        raise EngineError(found + notes) from None
+
+
+def _at_layer(traced: Traced, program, d: Diagnostic) -> Diagnostic:
+    """A refusal at a matmul of the traced program (derive's bottleneck) placed at the user's
+    line of the layer it applies, the program's line kept in the message."""
+    ins = next((i for i in program.body if d.span is not None and i.span == d.span), None)
+    use = traced.params.get(getattr(ins, "weight", None))
+    if use is None or use.span is None:
+        return d
+    where = f" (traced.tp:{d.span.line}: {d.span.source_line().strip()})"
+    return Diagnostic(d.message + where, use.span, d.help, d.severity)
 
 
 def _rows(use) -> str:
