@@ -198,8 +198,8 @@ def _law(model, name: str, p):
     module = model.get_submodule(module_name)
     if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
         return 1 / math.sqrt(3 * module.in_features)
-    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
-        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
+    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d) and attr in ("weight", "bias"):
+        return 1 / math.sqrt(3 * module.weight[0].numel())  # the same law over in·k(·k) values
     if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
         return 1.0
     return None

@@ -1,0 +1,92 @@
+"""A kernel-1 conv1d over a channels-first sequence (SqueezeBERT's layers, ``nn.Conv1d(c, out,
+1)`` on [B, C, T]) traces as the linear layer over the channels it is, ``W @ h + b``. Oracles:
+the traced program computes the model; it derives what the same model written with nn.Linear
+over [B, T, C] derives, param by param; apply leaves the model bit-identical at the base width
+and scales the 3-D kernel at twice it. A kernel wider than 1 and groups are refused at the
+layer's line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import tensorprog as tp  # noqa: E402
+
+
+class Norm(nn.LayerNorm):
+    """SqueezeBERT's LayerNorm of a channels-first value: permuted, normalised, permuted back."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 1)).permute(0, 2, 1)
+
+
+class Channels(nn.Module):
+    """An MLP block on [B, C, T] between an embedding and a readout (``linear``: the same
+    model with nn.Linear on [B, T, C]; ``conv``: the second layer's other conv1d arguments)."""
+
+    def __init__(self, n, linear=False, conv=None):
+        super().__init__()
+        self.emb, self.out, self.linear = nn.Embedding(32, n), nn.Linear(n, 8), linear
+        if linear:
+            self.a, self.b, self.ln = nn.Linear(n, 2 * n), nn.Linear(2 * n, n), nn.LayerNorm(n)
+        else:
+            self.a, self.ln = nn.Conv1d(n, 2 * n, 1), Norm(n)
+            self.b = nn.Conv1d(2 * n, n, **{"kernel_size": 1, **(conv or {})})
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        if self.linear:
+            return self.out(self.ln(h + self.b(torch.relu(self.a(h)))))
+        h = h.permute(0, 2, 1)
+        h = self.ln(h + self.b(torch.relu(self.a(h))))
+        return self.out(h.permute(0, 2, 1))
+
+
+def ids(model=None):
+    return (torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return tp.from_torch(Channels, (64, 128), ids)
+
+
+def test_a_kernel_1_conv1d_is_a_linear_layer_over_the_channels(traced):
+    src = traced.source
+    assert "param a_weight : [n_x2, n]" in src and "param b_weight : [n, n_x2]" in src
+    assert "a_weight @ embedding + a_bias" in src and "b_weight @ v_relu + b_bias" in src
+
+
+def test_the_traced_conv1d_computes_the_model(traced):
+    traced_computes_the_model(traced, Channels, ids)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_conv1d_derives_what_linear_layers_derive(traced, optimizer):
+    linear = tp.from_torch(lambda n: Channels(n, linear=True), (64, 128), ids)
+    assert abc_by_target(traced, optimizer) == abc_by_target(linear, optimizer)
+
+
+def test_apply_scales_the_kernel_in_place(traced):
+    mup = apply_is_bit_identical_at_base(traced, Channels, ids)
+    torch.manual_seed(0)
+    model = Channels(128)
+    before = model.b.weight.std().item()
+    mup.apply(model)
+    assert model.b.weight.shape == (128, 256, 1)  # a hidden weight under µP keeps 1/fan_in
+    assert model.b.weight.std().item() == pytest.approx(before, rel=0.05)
+    assert mup.lr_multipliers(model)["b.weight"] == pytest.approx(0.5)  # Adam: 1/fan_in
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda n: Channels(n, conv={"groups": 2}), r"the conv1d b of kernel 1 in 2 groups: each "
+     "output channel reads 1/2 of the channels, a block-diagonal linear layer"),
+    (lambda n: Channels(n, conv={"kernel_size": 3, "padding": 1}), r"the conv1d b of kernel 3"),
+])
+def test_other_conv1d_are_refused_at_the_layer(build, match):
+    with pytest.raises(tp.TensorProgError, match=match) as err:
+        tp.from_torch(build, (64, 128), ids)
+    assert "test_conv1d.py" in str(err.value)
