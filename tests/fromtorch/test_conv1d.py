@@ -23,24 +23,65 @@ class Norm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 1)).permute(0, 2, 1)
 
 
+class Attention(nn.Module):
+    """SqueezeBERT's self-attention on [B, C, T]: q, k, v kernel-1 conv1d, split into heads
+    channels-first ([B, H, dh, T]), q and v permuted to [B, H, T, dh], k kept, q @ k, softmax,
+    the values mixed, and merged back to [B, C, T]."""
+
+    def __init__(self, n, heads=4):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Conv1d(n, n, 1) for _ in range(3))
+        self.heads = heads
+
+    def split(self, x):
+        b, c, t = x.shape
+        return x.view(b, self.heads, c // self.heads, t)
+
+    def forward(self, h):
+        q, k, v = self.split(self.q(h)), self.split(self.k(h)), self.split(self.v(h))
+        s = torch.matmul(q.permute(0, 1, 3, 2), k) / (q.shape[2] ** 0.5)
+        o = torch.matmul(torch.softmax(s, -1), v.permute(0, 1, 3, 2)).permute(0, 1, 3, 2)
+        return o.contiguous().view(h.shape)
+
+
+class TokensAttention(Attention):
+    """The same attention with nn.Linear on [B, T, C], heads as [B, H, T, dh]."""
+
+    def __init__(self, n, heads=4):
+        super().__init__(n, heads)
+        self.q, self.k, self.v = (nn.Linear(n, n) for _ in range(3))
+
+    def forward(self, h):
+        b, t, c = h.shape
+        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        s = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
+        return (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(b, t, c)
+
+
 class Channels(nn.Module):
-    """An MLP block on [B, C, T] between an embedding and a readout (``linear``: the same
-    model with nn.Linear on [B, T, C]; ``conv``: the second layer's other conv1d arguments)."""
+    """An attention and an MLP block on [B, C, T] between an embedding and a readout
+    (``linear``: the same with nn.Linear on [B, T, C]; ``conv``: the second MLP layer's other
+    conv1d arguments)."""
 
     def __init__(self, n, linear=False, conv=None):
         super().__init__()
         self.emb, self.out, self.linear = nn.Embedding(32, n), nn.Linear(n, 8), linear
         if linear:
             self.a, self.b, self.ln = nn.Linear(n, 2 * n), nn.Linear(2 * n, n), nn.LayerNorm(n)
+            self.att, self.ln0 = TokensAttention(n), nn.LayerNorm(n)
         else:
             self.a, self.ln = nn.Conv1d(n, 2 * n, 1), Norm(n)
             self.b = nn.Conv1d(2 * n, n, **{"kernel_size": 1, **(conv or {})})
+            self.att, self.ln0 = Attention(n), Norm(n)
 
     def forward(self, ids):
         h = self.emb(ids)
         if self.linear:
+            h = self.ln0(h + self.att(h))
             return self.out(self.ln(h + self.b(torch.relu(self.a(h)))))
         h = h.permute(0, 2, 1)
+        h = self.ln0(h + self.att(h))
         h = self.ln(h + self.b(torch.relu(self.a(h))))
         return self.out(h.permute(0, 2, 1))
 
@@ -57,16 +98,21 @@ def traced():
 def test_a_kernel_1_conv1d_is_a_linear_layer_over_the_channels(traced):
     src = traced.source
     assert "param a_weight : [n_x2, n]" in src and "param b_weight : [n, n_x2]" in src
-    assert "a_weight @ embedding + a_bias" in src and "b_weight @ v_relu + b_bias" in src
+    assert "a_weight @ layer_norm + a_bias" in src and "b_weight @ v_relu + b_bias" in src
+    assert "dot(conv1d, conv1d_1, n_by4)" in src and "mix(softmax(div), conv1d_2)" in src
 
 
 def test_the_traced_conv1d_computes_the_model(traced):
     traced_computes_the_model(traced, Channels, ids)
 
 
+@pytest.fixture(scope="module")
+def linear():
+    return tp.from_torch(lambda n: Channels(n, linear=True), (64, 128), ids)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_conv1d_derives_what_linear_layers_derive(traced, optimizer):
-    linear = tp.from_torch(lambda n: Channels(n, linear=True), (64, 128), ids)
+def test_conv1d_derives_what_linear_layers_derive(traced, linear, optimizer):
     assert abc_by_target(traced, optimizer) == abc_by_target(linear, optimizer)
 
 
