@@ -3,10 +3,10 @@
 [out, C, 1], plus the bias, exactly a linear layer over the channels, ``W @ h + b`` of the
 program with W : [out, C] (the kernel without its axis of 1), the value keeping its
 channels-first layout (what transposes it back is traced as any transpose). ``apply`` reads and
-scales the 3-D kernel in place. Only that is traced: a kernel wider than 1, a stride, padding or
-dilation (a convolution over the tokens), and groups (each output channel reading 1/g of the
-channels: a block-diagonal layer, which the language has no form for over tokens) are refused at
-the layer's line."""
+scales the 3-D kernel in place. In g groups (each output channel reading the in/g channels of
+its group: a block-diagonal layer) it is the grouped 1x1 convolution of the tokens laid out as a
+1 x T image (``_grouped_conv1d``). A kernel wider than 1, a stride, padding or dilation (a
+convolution over the tokens) are refused at the layer's line."""
 
 from __future__ import annotations
 
@@ -38,20 +38,35 @@ class Conv1dOps:
                          "1 without padding (a linear layer over each token's channels) is "
                          "traced, not a convolution over the tokens",
                          help="mix the tokens with attention, or write the model as a program")
-        if groups != 1:
-            raise refuse(node, f"the conv1d {layer} of kernel 1 in {groups} groups: each output "
-                         f"channel reads 1/{groups} of the channels, a block-diagonal linear "
-                         f"layer of {groups} blocks, which the language has no form for over "
-                         "tokens (its grouped conv is an image's)",
-                         help="use groups=1 (one nn.Linear over the channels), or a "
-                         "separate layer per block of channels")
         x = self.vec(x, node)
-        if tuple(x.tags) != _CHANNELS_FIRST or x.dim != w.shape[1]:
+        if tuple(x.tags) != _CHANNELS_FIRST or x.dim != w.shape[1] * groups:
             raise refuse(node, f"the conv1d {layer} of a value laid out otherwise than [batch, "
-                         f"{w.shape[1]} channels, tokens] (its tags {list(x.tags)})",
+                         f"{w.shape[1] * groups} channels, tokens] (its tags {list(x.tags)})",
                          help="give it the per-token vectors transposed channels-first, "
                          "h.transpose(1, 2) of a [batch, tokens, channels] value")
-        weight, _ = self.param(PRef(w.target, w.shape[:2]), node)
         bias = self.vector_param(b, node) if b is not None else None
+        if groups != 1:
+            return self._grouped_conv1d(node, x, w, bias, groups)
+        weight, _ = self.param(PRef(w.target, w.shape[:2]), node)
         expr = f"{weight} @ {x.name}" + (f" + {bias}" if bias else "")
         return Vec(self.emit_vector(node.name, expr, (weight, bias)), x.tags, w.shape[0])
+
+    def _grouped_conv1d(self, node, x: Vec, w: PRef, bias: str | None, groups: int) -> Vec:
+        """Kernel 1 in g groups: output channel o reads the in/g channels of its group, a
+        block-diagonal layer. The language says it as the grouped 1x1 convolution it is, of
+        the tokens laid out as a 1 x T image and read back as the same tokens:
+        ``tokens(conv(K, image(h, 1, T), 1, 0, 0, 0, 0, 1, g) + b, T)``, K : [out, in / g, 1,
+        1] (the kernel [out, in / g, 1] given a second axis of 1); both relabellings keep every
+        exponent, and a grouped convolution's fan-in is in / g (∝ n for g fixed)."""
+        t = int(node.args[0].meta["val"].shape[2])
+        image = self.fresh(f"{node.name}_image")
+        self.out.stmts.append(f"{image} = image({x.name}, {self.dim(1)}, {self.dim(t)})")
+        kernel, _ = self.param(PRef(w.target, (*w.shape, 1)), node)
+        conv = self.fresh(f"{node.name}_conv")
+        self.out.stmts.append(f"{conv} = conv({kernel}, {image}, 1, 0, 0, 0, 0, 1, {groups})"
+                              + (f" + {bias}" if bias else ""))
+        seq = self.sequences().get(t) or self.dim(t)
+        # linear in K and b as W @ h + b is: a multiplier on it (attention's factor on the
+        # query) folds into them
+        name = self.emit_vector(node.name, f"tokens({conv}, {seq})", (kernel, bias))
+        return Vec(name, x.tags, w.shape[0])

@@ -2,8 +2,9 @@
 1)`` on [B, C, T]) traces as the linear layer over the channels it is, ``W @ h + b``. Oracles:
 the traced program computes the model; it derives what the same model written with nn.Linear
 over [B, T, C] derives, param by param; apply leaves the model bit-identical at the base width
-and scales the 3-D kernel at twice it. A kernel wider than 1 and groups are refused at the
-layer's line."""
+and scales the 3-D kernel at twice it. In g groups (SqueezeBERT's 4) it is the grouped 1x1
+convolution it is, of the tokens laid out as a 1 x T image and read back, with the same oracles.
+A kernel wider than 1 is refused at the layer's line."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ class Attention(nn.Module):
     channels-first ([B, H, dh, T]), q and v permuted to [B, H, T, dh], k kept, q @ k, softmax,
     the values mixed, and merged back to [B, C, T]."""
 
-    def __init__(self, n, heads=4):
+    def __init__(self, n, heads=4, groups=1):
         super().__init__()
-        self.q, self.k, self.v = (nn.Conv1d(n, n, 1) for _ in range(3))
+        self.q, self.k, self.v = (nn.Conv1d(n, n, 1, groups=groups) for _ in range(3))
         self.heads = heads
 
     def split(self, x):
@@ -61,10 +62,10 @@ class TokensAttention(Attention):
 
 class Channels(nn.Module):
     """An attention and an MLP block on [B, C, T] between an embedding and a readout
-    (``linear``: the same with nn.Linear on [B, T, C]; ``conv``: the second MLP layer's other
-    conv1d arguments)."""
+    (``linear``: the same with nn.Linear on [B, T, C]; ``groups``: SqueezeBERT's, of q, k, v
+    and the second MLP layer; ``conv``: that layer's other conv1d arguments)."""
 
-    def __init__(self, n, linear=False, conv=None):
+    def __init__(self, n, linear=False, conv=None, groups=1):
         super().__init__()
         self.emb, self.out, self.linear = nn.Embedding(32, n), nn.Linear(n, 8), linear
         if linear:
@@ -72,8 +73,8 @@ class Channels(nn.Module):
             self.att, self.ln0 = TokensAttention(n), nn.LayerNorm(n)
         else:
             self.a, self.ln = nn.Conv1d(n, 2 * n, 1), Norm(n)
-            self.b = nn.Conv1d(2 * n, n, **{"kernel_size": 1, **(conv or {})})
-            self.att, self.ln0 = Attention(n), Norm(n)
+            self.b = nn.Conv1d(2 * n, n, **{"kernel_size": 1, "groups": groups, **(conv or {})})
+            self.att, self.ln0 = Attention(n, groups=groups), Norm(n)
 
     def forward(self, ids):
         h = self.emb(ids)
@@ -127,12 +128,39 @@ def test_apply_scales_the_kernel_in_place(traced):
     assert mup.lr_multipliers(model)["b.weight"] == pytest.approx(0.5)  # Adam: 1/fan_in
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda n: Channels(n, conv={"groups": 2}), r"the conv1d b of kernel 1 in 2 groups: each "
-     "output channel reads 1/2 of the channels, a block-diagonal linear layer"),
-    (lambda n: Channels(n, conv={"kernel_size": 3, "padding": 1}), r"the conv1d b of kernel 3"),
-])
-def test_other_conv1d_are_refused_at_the_layer(build, match):
-    with pytest.raises(tp.TensorProgError, match=match) as err:
-        tp.from_torch(build, (64, 128), ids)
+def grouped(n):
+    return Channels(n, groups=4)
+
+
+@pytest.fixture(scope="module")
+def traced_grouped():
+    return tp.from_torch(grouped, (64, 128), ids)
+
+
+def test_a_grouped_kernel_1_conv1d_is_a_grouped_1x1_convolution_of_the_tokens_as_an_image(
+        traced_grouped):
+    src = traced_grouped.source
+    assert "param b_weight : [n, n_by2, f1, f1]" in src
+    assert "conv1d_4_image = image(v_relu, f1, f8)" in src
+    assert "conv(b_weight, conv1d_4_image, 1, 0, 0, 0, 0, 1, 4) + b_bias" in src
+    assert "conv1d_4 = tokens(conv1d_4_conv, T)" in src
+
+
+def test_the_traced_grouped_conv1d_computes_the_model(traced_grouped):
+    traced_computes_the_model(traced_grouped, grouped, ids)
+
+
+def test_grouped_conv1d_derives_what_linear_layers_derive_and_applies(traced_grouped, linear):
+    for optimizer in ("adam", "sgd"):
+        assert abc_by_target(traced_grouped, optimizer) == abc_by_target(linear, optimizer)
+    mup = apply_is_bit_identical_at_base(traced_grouped, grouped, ids)
+    model = grouped(128)
+    mup.apply(model)
+    assert mup.lr_multipliers(model)["b.weight"] == pytest.approx(0.5)  # Adam: 1/fan_in
+
+
+def test_a_conv1d_over_the_tokens_is_refused_at_the_layer():
+    with pytest.raises(tp.TensorProgError, match=r"the conv1d b of kernel 3") as err:
+        tp.from_torch(lambda n: Channels(n, conv={"kernel_size": 3, "padding": 1}), (64, 128),
+                      ids)
     assert "test_conv1d.py" in str(err.value)
