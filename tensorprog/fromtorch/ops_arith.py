@@ -223,6 +223,13 @@ class ArithOps:
             aux = next(x for x in (u, v) if isinstance(x, (Aux, Looked)))
             buffer = aux.buffer if isinstance(aux, Aux) else strip_prefix(aux.target)
             what = f"the buffer {buffer}" if buffer else "a buffer"
+            if getattr(aux, "lost", ""):  # a rotary's table rearranged (NeoMME's M-RoPE)
+                raise refuse(node, "a product with a rotary cos/sin table that the trace lost "
+                             f"track of at {aux.lost}: it follows one through casts, added "
+                             "axes, slices, a repeat_interleave and a product with a number, "
+                             "so it cannot tell what rotation the product makes",
+                             help="compute cos and sin of the angles laid out as Llama's "
+                             "(cat(freqs, freqs).cos()), or write the model as a program")
             raise refuse(
                 node,
                 f"a product with {what}, of more than one float entry: the trace reads a "

@@ -192,6 +192,9 @@ class Aux:
     """A value free of params whose entries are unknown here (from a buffer)."""
 
     buffer: str = ""  # the model's name of the buffer it is read from, where one is known
+    # a cos/sin table that an op the trace does not carry it through made unknown: that op and
+    # its line (walk.py's _trig), for the refusal of what then reads it
+    lost: str = field(default="", kw_only=True)
 
 
 @dataclass

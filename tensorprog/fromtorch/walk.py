@@ -611,7 +611,8 @@ class Walker:
         if looked is not None:
             return looked
         # named after a buffer it reads; a fixed table's entries are read on (ops_tables.py)
-        named = next((Aux(x.buffer) for x in flat if isinstance(x, Aux) and x.buffer), Aux())
+        named = next((Aux(x.buffer, lost=x.lost) for x in flat if isinstance(x, Aux) and (
+            x.buffer or x.lost)), Aux())
         # a value computed from a table's entries is computed on (a complex rotary's table)
         tables = any(isinstance(x, (FixedTable, Computed)) for x in flat)
         if any(isinstance(x, Aux) and not isinstance(x, (FixedTable, Computed)) for x in flat):
@@ -682,5 +683,7 @@ class Walker:
                 math.isfinite(numbers[0]) and numbers[0] > 0:
             # a table times a number (YaRN's attention_scaling): that number times a rotation
             return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
-        carried = op in _TRIG_CARRIERS
-        return tables[0] if len(tables) == 1 and not others and carried else Aux()
+        if len(tables) == 1 and not others and op in _TRIG_CARRIERS:
+            return tables[0]
+        span = user_span(node)  # where the table is lost, for the refusal of its product
+        return Aux(lost=f"{op} at {span.filename.rsplit('/', 1)[-1]}:{span.line}" if span else op)

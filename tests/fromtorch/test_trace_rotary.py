@@ -2,7 +2,8 @@
 repeated for its pair as GLM, Helium and ERNIE 4.5 write the table; GLM's on half of each head):
 an exact rotation of the pairs (2i, 2i + 1), so the traced program is the network without it.
 Oracle: the same model without the rotary derives the same µP; apply is bit-identical at the
-base; a stack that is no rotate_every_two is refused."""
+base; a stack that is no rotate_every_two is refused, and so is a product with a table the trace
+lost track of (rearranged after cos and sin), naming where it lost it."""
 
 import pytest
 from conftest import abc_by_target, apply_is_bit_identical_at_base
@@ -31,7 +32,7 @@ def rotate_every_two(x, form):
 
 class Attention(nn.Module):
     """``rotary``: None, "full" (every coordinate of a head), "partial" (GLM's first half),
-    "bad" (a stack that is no rotation)."""
+    "bad" (a stack that is no rotation), "recomposed" (the tables rearranged after cos)."""
 
     def __init__(self, n, rotary=None):
         super().__init__()
@@ -45,6 +46,9 @@ class Attention(nn.Module):
     def _rope(self, x):
         cos = self.angle.cos()[..., : self.r // 2].repeat_interleave(2, dim=-1)
         sin = self.angle.sin()[..., : self.r // 2].repeat_interleave(2, dim=-1)
+        if self.rotary == "recomposed":  # the tables rearranged after cos and sin (NeoMME's)
+            cos, sin = (torch.stack((t[..., 0::2], t[..., 1::2]), -1).flatten(-2)
+                        for t in (self.angle.cos(), self.angle.sin()))
         x_rot, x_pass = x[..., : self.r], x[..., self.r :]
         turned = x_rot * cos + rotate_every_two(x_rot, self.rotary) * sin
         return torch.cat((turned, x_pass), dim=-1)
@@ -92,3 +96,9 @@ def test_an_interleaved_rotary_is_the_network_without_it(plain, rotary):
 def test_a_stack_that_is_no_rotation_is_refused():
     with pytest.raises(TensorProgError, match="a stack of vectors"):
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
+
+
+def test_a_table_rearranged_after_cos_is_refused_where_it_is_lost():
+    with pytest.raises(TensorProgError, match=r"a product with a rotary cos/sin table that the "
+                       r"trace lost track of at stack at test_trace_rotary.py:\d+"):
+        from_torch(lambda n: Net(n, "recomposed"), WIDTHS, _tokens)
