@@ -30,6 +30,12 @@ class EntryOps:
         """``p[i]`` (aten ``select(p, 0, i)``) of a 1-D param: a PEntry; any other select of a
         param refused."""
         plain = not (ref.t or ref.rows or ref.offset or ref.expert is not None or ref.cols)
+        if len(ref.shape) == 2 and plain and dim in (0, -2):  # ProphetNet's ngram_embeddings[i]
+            raise refuse(node, f"a row of the param {strip_prefix(ref.target)} of shape "
+                         f"{list(ref.shape)} read as a vector: the trace reads one row of a "
+                         "table only through an embedding lookup of ids that are all that row",
+                         help="look the row up with the table's nn.Embedding (ids all equal "
+                         "to i), or write the model as a program")
         if len(ref.shape) != 1 or not plain or not isinstance(index, int) or dim not in (0, -1):
             raise refuse(node, f"an entry of the param {strip_prefix(ref.target)} of shape "
                          f"{list(ref.shape)} other than one number of a 1-D param at a constant "

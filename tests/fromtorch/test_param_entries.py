@@ -119,8 +119,9 @@ SLOW = pytest.mark.slow  # each a trace of its own; the sum runs by default
     pytest.param(_of_product, "cannot trace a product of anything but a vector and one entry",
                  marks=SLOW),
     pytest.param(_function, "cannot trace sigmoid", marks=SLOW),
-    pytest.param(_row, r"an entry of the param out.weight of shape \[8, 64\] other than one "
-                 "number of a 1-D param", marks=SLOW),
+    pytest.param(_row, r"a row of the param out.weight of shape \[8, 64\] read as a vector: "
+                 "the trace reads one row of a table only through an embedding lookup",
+                 marks=SLOW),
 ])
 def test_other_uses_of_an_entry_are_refused_at_their_line(form, match):
     with pytest.raises(tp.TensorProgError, match=match) as err:
