@@ -55,7 +55,7 @@ class ArithOps:
     def _lincomb(self, node, u, v, alpha):
         u, v = _number(u), _number(v)
         if isinstance(u, PEntry) or isinstance(v, PEntry):
-            raise self.refuse_entry(node, "a sum")
+            raise self.refuse_entry(node, "a sum with")
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
         if centred is not None:
             return centred

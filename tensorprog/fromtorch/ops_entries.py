@@ -43,8 +43,9 @@ class EntryOps:
         return PEntry(ref, index % ref.shape[0])
 
     def refuse_entry(self, node, what: str):
-        return refuse(node, f"{what} of one entry of a param (an entry is traced as a number "
-                      "multiplying a vector only)", help=_HELP)
+        """``what`` (ending in "of" or "with") one entry of a param, refused."""
+        return refuse(node, f"{what} one entry of a param: an entry is traced only as a number "
+                      "multiplying a vector", help=_HELP)
 
     def entry_product(self, node, u, v) -> Vec | None:
         """``p[i] * h`` or ``h * p[i]`` of a vector h: the program's ``p_i * h``; None where
@@ -53,7 +54,7 @@ class EntryOps:
         if not entries:
             return None
         if len(entries) == 2 or any(isinstance(x, (int, float, PRef)) for x in (u, v)):
-            raise self.refuse_entry(node, "a product of anything but a vector and one entry")
+            raise self.refuse_entry(node, "a product of a number or another entry with")
         entry = entries[0]
         x = self.vec(v if u is entry else u, node)
         gain = self.entry_param(node, entry)

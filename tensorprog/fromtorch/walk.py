@@ -283,7 +283,7 @@ class Walker:
         if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
             raise self.refuse_token_slice(node, v)
         if isinstance(v, PEntry):  # p[i] read as anything but a gain (ops_entries.py)
-            raise self.refuse_entry(node, op_name(node))
+            raise self.refuse_entry(node, f"{op_name(node)} of")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:

@@ -115,10 +115,10 @@ SLOW = pytest.mark.slow  # each a trace of its own; the sum runs by default
 
 
 @pytest.mark.parametrize("form, match", [
-    (_sum, "cannot trace a sum of one entry of a param"),
-    pytest.param(_of_product, "cannot trace a product of anything but a vector and one entry",
-                 marks=SLOW),
-    pytest.param(_function, "cannot trace sigmoid", marks=SLOW),
+    (_sum, "cannot trace a sum with one entry of a param: an entry is traced only as a number"),
+    pytest.param(_of_product, "cannot trace a product of a number or another entry with one "
+                 "entry of a param", marks=SLOW),
+    pytest.param(_function, "cannot trace sigmoid of one entry of a param", marks=SLOW),
     pytest.param(_row, r"a row of the param out.weight of shape \[8, 64\] read as a vector: "
                  "the trace reads one row of a table only through an embedding lookup",
                  marks=SLOW),
