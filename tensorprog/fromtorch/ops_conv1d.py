@@ -3,10 +3,11 @@
 [out, C, 1], plus the bias, exactly a linear layer over the channels, ``W @ h + b`` of the
 program with W : [out, C] (the kernel without its axis of 1), the value keeping its
 channels-first layout (what transposes it back is traced as any transpose). ``apply`` reads and
-scales the 3-D kernel in place. In g groups (each output channel reading the in/g channels of
-its group: a block-diagonal layer) it is the grouped 1x1 convolution of the tokens laid out as a
-1 x T image (``_grouped_conv1d``). A kernel wider than 1, a stride, padding or dilation (a
-convolution over the tokens) are refused at the layer's line."""
+scales the 3-D kernel in place. Any dilation is the same (one tap has no spacing). In g groups
+(each output channel reading the in/g channels of its group: a block-diagonal layer) it is the
+grouped 1x1 convolution of the tokens laid out as a 1 x T image (``_grouped_conv1d``). A kernel
+wider than 1, a stride or padding (a convolution over the tokens) are refused at the layer's
+line."""
 
 from __future__ import annotations
 
@@ -30,13 +31,13 @@ class Conv1dOps:
                 len(w.shape) != 3 or w.rows or w.t or w.offset or w.cols:
             raise refuse(node, "a conv1d whose kernel is not a whole param [out, in, k]")
         layer = strip_prefix(w.target).removesuffix(".weight")
+        # (a dilation spaces a kernel's taps: with one tap it changes nothing)
         if w.shape[2] != 1 or not _one(stride, 1) or not (
-                _one(padding, 0) or padding == "valid" or padding == "same") or \
-                not _one(dilation, 1):
+                _one(padding, 0) or padding == "valid" or padding == "same"):
             raise refuse(node, f"the conv1d {layer} of kernel {w.shape[2]}, stride {stride}, "
-                         f"padding {padding}, dilation {dilation}: only a kernel of 1, stride "
-                         "1 without padding (a linear layer over each token's channels) is "
-                         "traced, not a convolution over the tokens",
+                         f"padding {padding}: only a kernel of 1, stride 1 without padding (a "
+                         "linear layer over each token's channels) is traced, not a "
+                         "convolution over the tokens",
                          help="mix the tokens with attention, or write the model as a program")
         x = self.vec(x, node)
         if tuple(x.tags) != _CHANNELS_FIRST or x.dim != w.shape[1] * groups:
