@@ -112,6 +112,7 @@ def linear():
     return tp.from_torch(lambda n: Channels(n, linear=True), (64, 128), ids)
 
 
+@pytest.mark.slow  # the grouped model's test below compares the same way by default
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_conv1d_derives_what_linear_layers_derive(traced, linear, optimizer):
     assert abc_by_target(traced, optimizer) == abc_by_target(linear, optimizer)
@@ -159,6 +160,7 @@ def test_grouped_conv1d_derives_what_linear_layers_derive_and_applies(traced_gro
     assert mup.lr_multipliers(model)["b.weight"] == pytest.approx(0.5)  # Adam: 1/fan_in
 
 
+@pytest.mark.slow  # a trace of its own
 def test_a_conv1d_over_the_tokens_is_refused_at_the_layer():
     with pytest.raises(tp.TensorProgError, match=r"the conv1d b of kernel 3") as err:
         tp.from_torch(lambda n: Channels(n, conv={"kernel_size": 3, "padding": 1}), (64, 128),

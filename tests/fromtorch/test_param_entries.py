@@ -141,6 +141,7 @@ class Growing(Mixed):
         self.layers[0].lam = nn.Parameter(torch.ones(n))
 
 
+@pytest.mark.slow  # two traces of their own
 @pytest.mark.parametrize("build, match", [
     (Drawn, "entry 0 of the param layers.0.lam read as a number, whose init is a random draw"),
     (Growing, "the param has 64 entries at width 64 and 128 at 128"),
