@@ -369,6 +369,13 @@ class Trig:
     # a number multiplying the table (YaRN's attention_scaling on gpt-oss's cos and sin): the
     # rotation it makes is that number times a rotation
     factor: float = 1.0
+    # the ops that carried it since cos or sin (casts, added axes, slices), with their
+    # arguments; ``rearranged``: its entries moved after cos and sin by the ops ``angle`` then
+    # spells out (NeoMME's M-RoPE), ``halves``: into one table twice along the last axis
+    # (ops_rotary.py's rearranged_table)
+    path: tuple = ()
+    rearranged: bool = False
+    halves: bool = False
 
 
 @dataclass

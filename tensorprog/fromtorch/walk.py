@@ -684,6 +684,9 @@ class Walker:
             # a table times a number (YaRN's attention_scaling): that number times a rotation
             return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
         if len(tables) == 1 and not others and op in _TRIG_CARRIERS:
-            return tables[0]
+            return self.carried_table(op, args, tables[0])  # (ops_rotary.py)
+        moved = self.rearranged_table(node, op, args, tables, others)  # NeoMME's M-RoPE
+        if moved is not None:
+            return moved
         span = user_span(node)  # where the table is lost, for the refusal of its product
         return Aux(lost=f"{op} at {span.filename.rsplit('/', 1)[-1]}:{span.line}" if span else op)
