@@ -133,11 +133,11 @@ def test_tables_rearranged_after_cos_and_sin_alike_are_a_rotation(plain):
 
 
 @pytest.mark.parametrize("rotary, match", [
-    ("flipped", r"a product with a rotary cos/sin table that the trace lost track of at flip at "
-     r"test_trace_rotary.py:\d+"),
+    pytest.param("flipped", r"a product with a rotary cos/sin table that the trace lost track "
+                 r"of at flip at test_trace_rotary.py:\d+", marks=pytest.mark.slow),
     ("mrope_swapped", "a sum of cos and sin terms that is not a rotation of one vector"),
-    ("mrope_once", "a product with a cos table rearranged after cos and sin other than a whole "
-     "head times one table twice"),
+    pytest.param("mrope_once", "a product with a cos table rearranged after cos and sin other "
+                 "than a whole head times one table twice", marks=pytest.mark.slow),
 ])
 def test_tables_moved_otherwise_are_refused(rotary, match):
     with pytest.raises(TensorProgError, match=match):
