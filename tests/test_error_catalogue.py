@@ -684,6 +684,34 @@ def test_grouped_attention_with_a_finite_kv_dim_is_refused_by_derive(kv, optimiz
     assert "dim kv = n / 2" in str(e.value)  # what to write instead
 
 
+# a finite bottleneck between layers of the width (UltraBERT's prediction head n -> 768 -> n):
+# its matrix must be a readout, so what it makes vanishes at init with all that follows; a bias
+# or a function away from 0 (a sigmoid) lifts it, and the program derives
+BOTTLENECK = ("width n = 32\ndim V = 5\ndim t = 3\ndim b = 8\ninput tok : tokens[t, V]\n"
+              "param E : [n, V]\nparam W1 : [b, n]\nparam c : [b]\nparam W2 : [n, b]\n"
+              "param U : [V, n]\nh = E @ tok\nz = {z}\ng = {f}(z)\nu = W2 @ g\n"
+              "output y = U @ u\n")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_finite_bottleneck_between_layers_of_the_width_is_refused_by_derive(optimizer):
+    program = tp.parse(BOTTLENECK.format(z="W1 @ h", f="gelu").replace("param c : [b]\n", ""))
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, optimizer)
+    first = e.value.diagnostics[0]
+    assert re.search(r"^z = W1 @ h narrows the width to the finite dim b inside the network: W1 "
+                     r"has a finite fan-out(.|\n)*z vanishes at init as 1/√n(.|\n)*from it \(u\)",
+                     first.message)
+    assert (first.span.line, first.span.column) == (11, 1) and "let b grow" in first.help
+
+
+@pytest.mark.parametrize(("z", "f"), [("W1 @ h", "sigmoid"), ("W1 @ h + c", "gelu")])
+def test_a_bottleneck_lifted_at_init_derives(z, f):
+    src = BOTTLENECK.format(z=z, f=f)
+    program = tp.parse(src if "+ c" in z else src.replace("param c : [b]\n", ""))
+    assert tp.derive(program, "adam").abc["W1"].b == 1  # a readout's init
+
+
 @pytest.mark.parametrize(("program", "message"), NNGP_REFUSED)
 def test_unsupported_programs_are_refused_with_a_position(program, message):
     prog = tp.parse_file(program) if not isinstance(program, str) else tp.parse(program)
@@ -2579,7 +2607,8 @@ def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():
 
 def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():
     # before: only "linear_2 vanishes at init as 1/n", far from the cause (an inner size of 48
-    # at every width); now the trace's note comes with it, naming the dim and the modules
+    # at every width); now derive names the bottleneck, at the user's line of the layer that
+    # narrows the width, and the trace's note comes with it, naming the dim and the modules
     import torch
     from torch import nn
 
@@ -2598,7 +2627,10 @@ def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():
             return self.head(h + self.down(nn.functional.silu(self.gate(h)) * self.up(h)))
 
     traced = from_torch(Gated, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
-    with pytest.raises(EngineError, match=r"(?s)vanishes at init as 1/n.*note: the trace noted: "
+    with pytest.raises(EngineError, match=r"(?s)test_error_catalogue.py:\d+:\d+: error: linear = "
+                       r"gate_weight @ embedding narrows the width to the finite dim f48 inside "
+                       r"the network.*linear vanishes at init as 1/√n.*\(traced.tp:\d+: linear "
+                       r"= gate_weight @ embedding\).*self.gate\(h\).*note: the trace noted: "
                        r"dim f48 stays 48 while the width grows: gate \(and 1 more\) maps the "
                        r"width to 48 and down maps it back.*intermediate_size = 4 \* width"):
         MuP(traced, "adam")

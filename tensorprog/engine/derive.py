@@ -23,10 +23,10 @@ from sympy.polys.matrices import DomainMatrix
 
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
-from ..ir.program import Dot, Mix, Program
+from ..ir.program import Dot, MatMul, Mix, Program
 from .classify import classify, classify_depth, require_depth_pass, require_width
 from .derivation import Bound, DepthDerivation, Derivation, Equation
-from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt
+from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT
@@ -303,6 +303,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
+        _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned
         last = len(check.violations) - 1
         found = [Diagnostic(v.message, _span_of(program, v.tensor),
@@ -351,6 +352,55 @@ def _refuse_shared_finite_heads(program: Program) -> None:
                 "number (`dim kv = n / 2`); `classify` still judges a given parametrization"))
     if diagnostics:
         raise EngineError(diagnostics)
+
+
+def _refuse_bottleneck(program: Program, check) -> None:
+    """Refuse, naming the cause, a program whose vectors vanish at init because a matmul of a
+    finite fan-out from a vector of infinite dim narrows the network to a finite dim that
+    layers of infinite dim read again (a bottleneck: UltraBERT's prediction head, n -> 768 ->
+    n at every width).
+
+    As for MQA's keys (above), such a matrix W meets its input's change in an LLN sum (the
+    input's update is built from W₀ᵀ: backprop through a finite fan-out), so stable feature
+    learning needs W initialised as a readout (std ∝ 1/n, TP4: a + b + r >= 1 for an output
+    weight); then ``z = W @ x`` is Θ(1/√n) at init and so is every vector computed from it
+    (no bias or function away from 0 lifts it), against the desideratum that every vector be
+    Θ(1) there. Only called where the solution already fails: a bottleneck whose reader is
+    lifted (a router's softmax, a sigmoid gate) derives as before."""
+    dims, an = program.value_dims, check.analysis
+    reads: dict[str, tuple[str, ...]] = {ins.out: ins.operands for ins in program.body}
+    vanishing = [v.tensor for v in check.violations if v.condition == "vanishing_init"]
+    for ins in program.body:
+        if not isinstance(ins, MatMul) or program.dim(dims[ins.out]).infinite or \
+                not program.dim(dims[ins.arg]).infinite or ins.out in program.outputs or \
+                not gt(ZERO, an.init_[ins.out]):
+            continue
+        found = [v for v in vanishing if _reads(reads, v, ins.out)]
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise EngineError(Diagnostic(
+                f"{ins.out} = {ins.weight} @ {ins.arg} narrows the width to the finite dim "
+                f"{dims[ins.out]} inside the network: {ins.weight} has a finite fan-out, so it "
+                "must be initialised as a readout (std ∝ 1/n) for stable feature learning, and "
+                f"then {ins.out} vanishes at init as {power(an.init_[ins.out])} and so does "
+                f"every vector of the width computed from it ({shown}), so no µP has every "
+                "vector Θ(1) at init",
+                ins.span,
+                f"let {dims[ins.out]} grow with the width (a dim ∝ n), or make {ins.out} an "
+                "output; `classify` still judges a given parametrization"))
+
+
+def _reads(reads: dict, v: str, z: str) -> bool:
+    """Whether vector v is computed from vector z (through any instructions)."""
+    seen, todo = set(), [v]
+    while todo:
+        x = todo.pop()
+        if x == z:
+            return True
+        if x not in seen:
+            seen.add(x)
+            todo.extend(reads.get(x, ()))
+    return False
 
 
 def _require_fixed(program: Program, an: Analysis, params: list[str], where: str = "") -> None:

@@ -33,7 +33,7 @@ from .reinit import draw_seed, rescale
 from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
-from .values import ParamUse
+from .values import ParamUse, init_of
 from .where import strip_prefix
 
 
@@ -383,8 +383,9 @@ class MuP(OptimizerGroups):
         if self.tuned is not None and name in self.tuned.init_std:
             return "normal", self.tuned.init_std[name]  # the program param's tuned std
         if layer is None or layer < self.stack.depth:
-            return self.traced.base.get(use.target, ("normal", None))
-        found = [self.traced.base.get(u.target, ("normal", None)) for u in self.stack.layers[name]]
+            return init_of(self.traced.base, use.target, use.index, ("normal", None))
+        found = [init_of(self.traced.base, u.target, u.index, ("normal", None))
+                 for u in self.stack.layers[name]]
         if found[0][0] == "const" or any(s is None for _, s in found):
             return found[0]
         return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))
@@ -652,10 +653,22 @@ def _derive(traced: Traced, program, optimizer, convention: str):
     try:
         return derive(program, optimizer, convention)
     except EngineError as err:
-        if not traced.notes:
-            raise
         notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
-        raise EngineError(err.diagnostics + notes) from None
+        found = [_at_layer(traced, program, d) for d in err.diagnostics]
+        if not notes and found == err.diagnostics:
+            raise
+        raise EngineError(found + notes) from None
+
+
+def _at_layer(traced: Traced, program, d: Diagnostic) -> Diagnostic:
+    """A refusal at a matmul of the traced program (derive's bottleneck) placed at the user's
+    line of the layer it applies, the program's line kept in the message."""
+    ins = next((i for i in program.body if d.span is not None and i.span == d.span), None)
+    use = traced.params.get(getattr(ins, "weight", None))
+    if use is None or use.span is None:
+        return d
+    where = f" (traced.tp:{d.span.line}: {d.span.source_line().strip()})"
+    return Diagnostic(d.message + where, use.span, d.help, d.severity)
 
 
 def _rows(use) -> str:

@@ -12,7 +12,9 @@ from .ops_bias import FixedBiasOps
 from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
+from .ops_conv1d import Conv1dOps
 from .ops_encoder import EncoderOps
+from .ops_entries import EntryOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -50,7 +52,7 @@ class Converter(
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps,
+    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

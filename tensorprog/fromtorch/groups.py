@@ -45,10 +45,19 @@ class OptimizerGroups:
         r = self.width_of(model) / self.traced.base_width
         rd = self._depth_ratio(model, base_depth)
         out: dict[str, float] = {}
+        entries: dict[str, tuple] = {}  # a 1-D param read entry by entry -> its exponents
         for name, use, _ in self._uses(model):
             if name not in exponents:
                 continue
             m = r ** -float(exponents[name]) * rd ** -float(in_depth.get(name, 0))
+            e = (exponents[name], in_depth.get(name, 0))
+            if use.entries and entries.setdefault(use.target, e) != e:  # at any width
+                raise UsageError(
+                    f"{use.target}: its entries read as numbers need different {what} "
+                    f"((n/base)^-{entries[use.target][0]} and (n/base)^-{e[0]}), and a tensor "
+                    "has one optimizer group", use.span,
+                    help="make each number its own one-entry param (nn.Parameter(torch.ones(1)))",
+                )
             if use.target in out and not math.isclose(out[use.target], m):
                 raise UsageError(
                     f"{use.target}: its row blocks need different {what} "

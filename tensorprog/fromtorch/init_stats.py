@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from ..errors import UsageError
 from .inputs import kind_of
+from .values import entry_key
 from .where import def_span
 
 # a param with no init law of torch's is pooled over builds until it has this many entries
@@ -25,8 +26,8 @@ def _law(model, name: str, p):
     module = model.get_submodule(module_name)
     if type(module) is torch.nn.Linear and attr in ("weight", "bias"):
         return 1 / math.sqrt(3 * module.in_features)
-    if type(module) is torch.nn.Conv2d and attr in ("weight", "bias"):  # the same law, over
-        return 1 / math.sqrt(3 * module.weight[0].numel())  # a window's in·k·k values
+    if type(module) in (torch.nn.Conv1d, torch.nn.Conv2d) and attr in ("weight", "bias"):
+        return 1 / math.sqrt(3 * module.weight[0].numel())  # the same law over in·k(·k) values
     if type(module) is torch.nn.Embedding and attr == "weight" and module.padding_idx is None:
         return 1.0
     return None
@@ -99,6 +100,10 @@ def base_stats(build, width: int) -> tuple[dict, set]:
             # centred on 0 (within 3 standard errors of the pooled entries' mean)
             if not varies or abs(total / count) > 3 * std / math.sqrt(count):
                 centred.difference_update(names[id(p)])
+            if not varies and p.dim() == 1:  # numbers set by hand, each entry its own
+                # constant: NeoMME's mixing weights [1, 0], read one by one (ops_entries.py)
+                stats.update({entry_key(k, i): ("const", float(x))
+                              for k in names[id(p)] for i, x in enumerate(first[name])})
     return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
 
 

@@ -13,6 +13,7 @@ from .values import (
     L2Norm,
     Looked,
     MeanSq,
+    PEntry,
     Pointwise,
     PRef,
     RopeTerm,
@@ -53,6 +54,8 @@ class ArithOps:
 
     def _lincomb(self, node, u, v, alpha):
         u, v = _number(u), _number(v)
+        if isinstance(u, PEntry) or isinstance(v, PEntry):
+            raise self.refuse_entry(node, "a sum with")
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
         if centred is not None:
             return centred
@@ -201,6 +204,9 @@ class ArithOps:
 
     def op_mul(self, node, u, v):
         u, v = _number(u), _number(v)
+        entry = self.entry_product(node, u, v)  # p[i] * h: a 1-D param's entry (ops_entries)
+        if entry is not None:
+            return entry
         norm = self.norm_mul(node, u, v)  # a layer norm written by hand (ops_norm.py)
         if norm is not None:
             return norm
@@ -217,6 +223,13 @@ class ArithOps:
             aux = next(x for x in (u, v) if isinstance(x, (Aux, Looked)))
             buffer = aux.buffer if isinstance(aux, Aux) else strip_prefix(aux.target)
             what = f"the buffer {buffer}" if buffer else "a buffer"
+            if getattr(aux, "lost", ""):  # a rotary's table rearranged (NeoMME's M-RoPE)
+                raise refuse(node, "a product with a rotary cos/sin table that the trace lost "
+                             f"track of at {aux.lost}: it follows one through casts, added "
+                             "axes, slices, a repeat_interleave and a product with a number, "
+                             "so it cannot tell what rotation the product makes",
+                             help="compute cos and sin of the angles laid out as Llama's "
+                             "(cat(freqs, freqs).cos()), or write the model as a program")
             raise refuse(
                 node,
                 f"a product with {what}, of more than one float entry: the trace reads a "

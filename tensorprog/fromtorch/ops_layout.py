@@ -86,6 +86,14 @@ class LayoutOps:
             return Vec(v.name, ("tok",) * (len(shape) - 2) + ("H", "dh"), v.dim, shape[-1])
         if tags[-2:] == ("H", "dh") and len(shape) == len(old) - 1 and shape[-1] == math.prod(feat):
             return Vec(v.name, ("tok",) * (len(shape) - 1) + ("F",), v.dim)
+        # channels-first [B, C, T] split into heads [B, H, dh, T] and merged back (SqueezeBERT's
+        # transpose_for_scores after a kernel-1 conv1d: ops_conv1d.py); a view keeps the order
+        if tags == ("tok", "F", "tok") and len(shape) == 4 and (shape[0], shape[3]) == (
+                old[0], old[2]) and shape[1] * shape[2] == old[1] and isinstance(v, Vec):
+            return Vec(v.name, ("tok", "H", "dh", "tok"), v.dim, shape[2])
+        if tags == ("tok", "H", "dh", "tok") and len(shape) == 3 and (shape[0], shape[2]) == (
+                old[0], old[3]) and shape[1] == old[1] * old[2] and isinstance(v, Vec):
+            return Vec(v.name, ("tok", "F", "tok"), v.dim)
         if tags == tuple("tok" if i != len(tags) - 1 else "dh" for i in range(len(tags))) or (
             shape == tuple(old)
         ):
@@ -147,6 +155,8 @@ class LayoutOps:
     def op_select(self, node, v, dim, index):
         if isinstance(v, Parts):
             return self.head_part(dataclasses.replace(v.items[index], node=node.name), node)
+        if isinstance(v, PRef):  # p[i] of a 1-D param: one number (ops_entries.py)
+            return self.param_entry(node, v, dim, index)
         return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
 
     def _whole(self, node, v):

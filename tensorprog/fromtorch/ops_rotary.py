@@ -35,12 +35,25 @@ from .values import (
     Trig,
     Vec,
 )
-from .where import CHECK_OPS, op_name, refuse
+from .where import CHECK_OPS, op_name, refuse, user_span
 
 # ops that carry a cos/sin table unchanged (casts, added axes, broadcasts)
 _TRIG_CARRIERS = {"to", "_to_copy", "unsqueeze", "expand", "contiguous", "clone", "alias",
                   # an interleaved rotary's table: its first half, each angle repeated for a pair
                   "slice", "repeat_interleave"}
+
+# ops that move a cos/sin table's entries (NeoMME's M-RoPE: a select of each axis, their
+# strided halves stacked and flattened, the result concatenated twice)
+_REARRANGE = {"select", "stack", "cat", "view", "_unsafe_view", "reshape", "flatten"}
+
+
+def _canon(a):
+    """An op's argument as a comparable value: a table as its angle and path."""
+    if isinstance(a, Trig):
+        return ("table", a.angle, a.path)
+    if isinstance(a, (list, tuple)):
+        return tuple(_canon(x) for x in a)
+    return a if a is None or isinstance(a, (int, float, str)) else repr(a)
 
 
 def _empty(arg) -> bool:
@@ -99,8 +112,13 @@ class RotaryOps:
                 math.isfinite(numbers[0]) and numbers[0] > 0:
             # a table times a number (YaRN's attention_scaling): that number times a rotation
             return dataclasses.replace(tables[0], factor=tables[0].factor * float(numbers[0]))
-        carried = op in _TRIG_CARRIERS
-        return tables[0] if len(tables) == 1 and not others and carried else Aux()
+        if len(tables) == 1 and not others and op in _TRIG_CARRIERS:
+            return self.carried_table(op, args, tables[0])
+        moved = self.rearranged_table(node, op, args, tables, others)  # NeoMME's M-RoPE
+        if moved is not None:
+            return moved
+        span = user_span(node)  # where the table is lost, for the refusal of its product
+        return Aux(lost=f"{op} at {span.filename.rsplit('/', 1)[-1]}:{span.line}" if span else op)
 
     def head_slice(self, node, v, dim=0, start=None, end=None, step=1):
         if not isinstance(v, (Vec, Sub)):
@@ -196,7 +214,8 @@ class RotaryOps:
     def _same_angles(self, a: str, b: str) -> bool:
         """Whether two angle nodes (Trig.angle) are one table: the same node, or the same ops
         of the same buffers and constants (``pos * inv`` computed twice)."""
-        return bool(a and b) and (a == b or _same_node(self.by_name[a], self.by_name[b]))
+        return bool(a and b) and (a == b or a in self.by_name and b in self.by_name and
+                                  _same_node(self.by_name[a], self.by_name[b]))
 
     def op_stack(self, node, tensors, dim=0):
         """rotate_every_two's ``stack((-x2, x1), -1)`` of one (part of a) head vector's odd
@@ -219,7 +238,49 @@ class RotaryOps:
                          "stacked pairs (other than their flatten)")
         return Rotated(v.src, interleaved=True)
 
+    def carried_table(self, op: str, args, table: Trig) -> Trig:
+        """A table through a cast, an added axis or a slice: the same table, the op recorded."""
+        return dataclasses.replace(table, path=(*table.path, (op, _canon(args[1:]))))
+
+    def rearranged_table(self, node, op: str, args, tables: list, others: list) -> Trig | None:
+        """A table whose entries an index op moves (select, stack, cat, view) after cos and
+        sin: cos and sin commute with any such op, so the same ops on the same angles give
+        cos and sin of one rearranged table of angles, whatever the ops; ``angle`` spells them
+        out (the tables' angles and paths with every argument), so a cos and a sin term pair
+        up only where both went through the same. ``halves``: the last op concatenates one
+        table twice along the last axis, so coordinates i and i + d/2 share each angle, as
+        rotate_half pairs them. None for any other op."""
+        if op not in _REARRANGE or others or len({(t.kind, t.factor) for t in tables}) != 1:
+            return None
+        halves = False
+        if op == "cat" and len(args[0]) == 2 and _canon(args[0][0]) == _canon(args[0][1]):
+            ndim = len(node.meta["val"].shape)
+            halves = (args[1] if len(args) > 1 else 0) % ndim == ndim - 1
+        return Trig(tables[0].kind, repr((op, _canon(args))), tables[0].factor,
+                    rearranged=True, halves=halves)
+
+    def _rearranged_term(self, node, x, table: Trig):
+        """A product with a rearranged table: a rotation of the pairs (i, i + d/2) only where
+        the table is one table twice along the last axis, carried after by casts and added
+        axes alone, times a head vector (cos) or its rotate_half (sin)."""
+        moved = any(op in ("slice", "repeat_interleave") for op, _ in table.path)
+        angle = table.angle + repr(table.path)  # the ops after it must match too
+        if table.halves and not moved:
+            if table.kind == "cos" and not isinstance(x, (Sub, Rotated, RopeTerm, Strided)):
+                x = self.vec(x, node)
+                if x.tags[-1] == "dh":
+                    return RopeTerm(x, "cos", angle, factor=table.factor)
+            if table.kind == "sin" and isinstance(x, Rotated) and not x.interleaved:
+                return RopeTerm(x.src, "sin", angle, factor=table.factor)
+        raise refuse(node, f"a product with a {table.kind} table rearranged after cos and sin "
+                     "other than a whole head times one table twice along the last axis (or "
+                     "its rotate_half): only then does it turn coordinates i and i + d/2 by "
+                     "one angle", help="compute cos and sin of the angles laid out as "
+                     "Llama's (cat(freqs, freqs).cos()), or write the model as a program")
+
     def rope_term(self, node, x, table: Trig):
+        if table.rearranged:  # its entries moved after cos and sin (NeoMME's M-RoPE)
+            return self._rearranged_term(node, x, table)
         if isinstance(x, Strided) and x.sign == 1:  # a half of each pair, by either table
             return RopeTerm(x, table.kind, table.angle, factor=table.factor)
         if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:

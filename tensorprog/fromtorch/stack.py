@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..lang.lower import FUNCTIONS
-from .values import ParamUse
+from .values import ParamUse, init_of
 
 # the language's words and the traced program's fixed names: no block, depth or block param
 # may take one
@@ -361,8 +361,8 @@ class _Roller:
         zero = [n for n in self._own(self.first) if n in self.params]
         for i in range(self.first + 1, self.K):
             for p0, p in zip(zero, [n for n in self._own(i) if n in self.params], strict=True):
-                k0 = self.base.get(self.params[p0].target)
-                k = self.base.get(self.params[p].target)
+                k0 = init_of(self.base, self.params[p0].target, self.params[p0].index)
+                k = init_of(self.base, self.params[p].target, self.params[p].index)
                 if k0 is None or k is None or k0[0] != k[0]:
                     raise _Keep(f"{self.params[p].target} is initialised otherwise than "
                                 f"{self.params[p0].target}")

@@ -23,6 +23,7 @@ from .convert import agreed_forms, convert
 from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
+from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
 from .readback import read_back
 from .rows import merge_rows, renumber_slices
@@ -410,6 +411,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
              nodes=None) -> Traced:
     t1, t2 = traces
     w1, w2 = widths
+    fixed_entries(t1, t2, widths)  # an entry read as a number: of a fixed size (ops_entries)
     renumber_slices(t1, t2)  # a slice's block named by a place that moves (rows.py)
     if t1.decls + t1.stmts != t2.decls + t2.stmts or len(t1.slots) != len(t2.slots):
         diff = next(

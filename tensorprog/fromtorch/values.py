@@ -49,6 +49,28 @@ class PRef:
 
 
 @dataclass
+class PEntry:
+    """Entry ``index`` of a 1-D param, read as one number (``self.lambdas[0] * h``: NeoMME's
+    learned mixing weights, ops_entries.py); ``ref`` is the whole param."""
+
+    ref: PRef
+    index: int
+
+
+def entry_key(target: str, index) -> str:
+    """The key of one entry's init among the base stats (trace._base_stats): ``w[i]``."""
+    return f"{target}[{index}]"
+
+
+def init_of(base: dict, target: str, index=None, default=None):
+    """A param's init at the base width (``("const", c)`` or ``("normal", std)``): an entry's
+    own where it is one entry of a 1-D param read as a number (``index``), else the tensor's."""
+    if isinstance(index, int) and entry_key(target, index) in base:
+        return base[entry_key(target, index)]
+    return base.get(target, default)
+
+
+@dataclass
 class Columns:
     """Columns lo..hi of a param's input axis, of ``size`` in all: the block that multiplies
     part ``index`` of a concatenation ``W @ cat(a, b) = W[:, :m] @ a + W[:, m:] @ b``. Traced at
@@ -181,6 +203,9 @@ class Aux:
     """A value free of params whose entries are unknown here (from a buffer)."""
 
     buffer: str = ""  # the model's name of the buffer it is read from, where one is known
+    # a cos/sin table that an op the trace does not carry it through made unknown: that op and
+    # its line (walk.py's _trig), for the refusal of what then reads it
+    lost: str = field(default="", kw_only=True)
 
 
 @dataclass
@@ -355,6 +380,13 @@ class Trig:
     # a number multiplying the table (YaRN's attention_scaling on gpt-oss's cos and sin): the
     # rotation it makes is that number times a rotation
     factor: float = 1.0
+    # the ops that carried it since cos or sin (casts, added axes, slices), with their
+    # arguments; ``rearranged``: its entries moved after cos and sin by the ops ``angle`` then
+    # spells out (NeoMME's M-RoPE), ``halves``: into one table twice along the last axis
+    # (ops_rotary.py's rearranged_table)
+    path: tuple = ()
+    rearranged: bool = False
+    halves: bool = False
 
 
 @dataclass
@@ -495,6 +527,9 @@ class ParamUse:
     # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
     # token-type ids, all 0) reads that row of its table, the same for every token
     index: int | tuple[int, ...] | None = None
+    # entry ``index`` of a 1-D param of this many entries, read as one number (ops_entries.py):
+    # the count must be the same at both widths (a finite vector of numbers)
+    entries: int | None = None
     # rows of every group of the out axis (a fused qkv laid out per head): a fixed number of
     # groups (the head count) or of rows per group (a fixed head dim), as the two widths agree
     groups: int | None = None

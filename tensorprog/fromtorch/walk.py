@@ -39,6 +39,7 @@ from .values import (
     ParamFn,
     ParamUse,
     Parts,
+    PEntry,
     Pointwise,
     PRef,
     Probs,
@@ -70,23 +71,8 @@ from .where import (
 )
 
 _RESERVED = {
-    "width",
-    "depth",
-    "dim",
-    "input",
-    "param",
-    "scale",
-    "output",
-    "block",
-    "return",
-    "repeat",
-    "tokens",
-    "positions",
-    "image",
-    "patches",
-    "n",
-    "tok",
-    "pos",
+    "width", "depth", "dim", "input", "param", "scale", "output", "block", "return", "repeat",
+    "tokens", "positions", "image", "patches", "n", "tok", "pos",
 } | set(FUNCTIONS)
 _IDENTITY_OPS = {
     "contiguous",
@@ -108,6 +94,7 @@ _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: t
 SYMBOLIC = (
     Vec,
     PRef,
+    PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
     Tok,
     Pointwise,
     Affine,
@@ -297,6 +284,8 @@ class Walker:
             )
         if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
             raise self.refuse_token_slice(node, v)
+        if isinstance(v, PEntry):  # p[i] read as anything but a gain (ops_entries.py)
+            raise self.refuse_entry(node, f"{op_name(node)} of")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
 
     def coefficient(self, c: float, node, src: str) -> str:
@@ -625,7 +614,8 @@ class Walker:
         if looked is not None:
             return looked
         # named after a buffer it reads; a fixed table's entries are read on (ops_tables.py)
-        named = next((Aux(x.buffer) for x in flat if isinstance(x, Aux) and x.buffer), Aux())
+        named = next((Aux(x.buffer, lost=x.lost) for x in flat if isinstance(x, Aux) and (
+            x.buffer or x.lost)), Aux())
         # a value computed from a table's entries is computed on (a complex rotary's table)
         tables = any(isinstance(x, (FixedTable, Computed)) for x in flat)
         if any(isinstance(x, Aux) and not isinstance(x, (FixedTable, Computed)) for x in flat):

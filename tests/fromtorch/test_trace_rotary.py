@@ -2,7 +2,9 @@
 repeated for its pair as GLM, Helium and ERNIE 4.5 write the table; GLM's on half of each head):
 an exact rotation of the pairs (2i, 2i + 1), so the traced program is the network without it.
 Oracle: the same model without the rotary derives the same µP; apply is bit-identical at the
-base; a stack that is no rotate_every_two is refused."""
+base; a stack that is no rotate_every_two is refused. Tables rearranged after cos and sin alike
+(NeoMME's M-RoPE: a select of each axis, strided halves stacked, the table twice) are a rotation
+too; rearranged otherwise, or moved by an op the trace does not follow, they are refused."""
 
 import pytest
 from conftest import abc_by_target, apply_is_bit_identical_at_base
@@ -29,9 +31,25 @@ def rotate_every_two(x, form):
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
+def rotate_half(x):
+    d = x.shape[-1] // 2
+    return torch.cat((-x[..., d:], x[..., :d]), dim=-1)
+
+
+def _recomposed(t, once=False, swapped=False):
+    """NeoMME's recomposition_frequencies: axis 0's even entries and axis 1's odd ones,
+    interleaved, then the table twice (``once``: not twice, each angle twice over instead;
+    ``swapped``: the other entries of each axis)."""
+    a, b = (1, 0) if swapped else (0, 1)
+    angles = torch.stack((t[0][..., a::2], t[1][..., b::2]), -1).flatten(-2)
+    return angles.repeat_interleave(2, -1) if once else torch.cat((angles, angles), -1)
+
+
 class Attention(nn.Module):
     """``rotary``: None, "full" (every coordinate of a head), "partial" (GLM's first half),
-    "bad" (a stack that is no rotation)."""
+    "bad" (a stack that is no rotation), "flipped" (the tables flipped after cos), "mrope"
+    (NeoMME's two-axis tables rearranged after cos, rotate_half), "mrope_swapped" (sin's
+    rearranged otherwise), "mrope_once" (no table twice)."""
 
     def __init__(self, n, rotary=None):
         super().__init__()
@@ -45,6 +63,15 @@ class Attention(nn.Module):
     def _rope(self, x):
         cos = self.angle.cos()[..., : self.r // 2].repeat_interleave(2, dim=-1)
         sin = self.angle.sin()[..., : self.r // 2].repeat_interleave(2, dim=-1)
+        if self.rotary == "flipped":  # a table moved by an op the trace does not follow
+            cos, sin = (t.flip(-1) for t in (self.angle.cos(), self.angle.sin()))
+        if self.rotary in ("mrope", "mrope_swapped", "mrope_once"):  # NeoMME's M-RoPE
+            half = self.angle[..., : self.r // 2]
+            two = torch.stack((half, half))  # one row of angles per axis (text: the same)
+            cos = _recomposed(two.cos(), self.rotary == "mrope_once")
+            sin = _recomposed(two.sin(), self.rotary == "mrope_once",
+                              swapped=self.rotary == "mrope_swapped")
+            return x * cos + rotate_half(x) * sin
         x_rot, x_pass = x[..., : self.r], x[..., self.r :]
         turned = x_rot * cos + rotate_every_two(x_rot, self.rotary) * sin
         return torch.cat((turned, x_pass), dim=-1)
@@ -92,3 +119,26 @@ def test_an_interleaved_rotary_is_the_network_without_it(plain, rotary):
 def test_a_stack_that_is_no_rotation_is_refused():
     with pytest.raises(TensorProgError, match="a stack of vectors"):
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
+
+
+def test_tables_rearranged_after_cos_and_sin_alike_are_a_rotation(plain):
+    def build(n):
+        return Net(n, "mrope")
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]
+    assert len(notes) == 2, traced.source  # the query and the key
+    assert abc_by_target(traced) == plain
+    assert apply_is_bit_identical_at_base(traced, build, _tokens)
+
+
+@pytest.mark.parametrize("rotary, match", [
+    pytest.param("flipped", r"a product with a rotary cos/sin table that the trace lost track "
+                 r"of at flip at test_trace_rotary.py:\d+", marks=pytest.mark.slow),
+    ("mrope_swapped", "a sum of cos and sin terms that is not a rotation of one vector"),
+    pytest.param("mrope_once", "a product with a cos table rearranged after cos and sin other "
+                 "than a whole head times one table twice", marks=pytest.mark.slow),
+])
+def test_tables_moved_otherwise_are_refused(rotary, match):
+    with pytest.raises(TensorProgError, match=match):
+        from_torch(lambda n: Net(n, rotary), WIDTHS, _tokens)
