@@ -219,3 +219,33 @@ def test_a_mask_per_token_is_traced_where_it_keeps_every_token_and_refused_where
     with pytest.raises(TensorProgError, match=r"test_trace_pointwise.py:\d+:\d+: error: cannot "
                        r"trace a product with a mask of 0s and 1s per token that zeroes 2 of"):
         from_torch(lambda n: build(n, keep=(0, 1, 3, 4, 5, 7)), WIDTHS, _tokens)
+
+
+class ScaledTwice(nn.Module):
+    """HF Gemma 4's embedding: ``e(ids) * sqrt(n)`` read by a linear layer and by an RMSNorm
+    that casts its input first (``x.float()``); ``cast`` False: the norm reads it as it is."""
+
+    def __init__(self, n, cast=True):
+        super().__init__()
+        self.n, self.cast, self.e = n, cast, nn.Embedding(13, n)
+        self.side, self.fc = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
+        self.g, self.out = nn.Parameter(torch.ones(n)), nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        x = self.e(idx) * self.n ** 0.5
+        s = self.side(x)
+        y = x.float() if self.cast else x
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * self.g
+        return self.out(x + F.relu(self.fc(y)) + s)
+
+
+def test_a_scaled_value_read_again_through_a_cast_is_one_vector():
+    # before: the cast named the lazy product anew, so the norm wrote `embedding` times the
+    # width constant a second time, and the constant, multiplying two vectors, was refused
+    traced = from_torch(ScaledTwice, WIDTHS, _tokens)
+    assert traced.source.count("* embedding") == 1, traced.source
+    # the model's own x.float() rounds its float64 run to float32 there: its error, not ours
+    traced_computes_the_model(traced, ScaledTwice, _tokens, tol=1e-6)
+    plain = from_torch(lambda n: ScaledTwice(n, cast=False), WIDTHS, _tokens)
+    assert abc_by_target(traced) == abc_by_target(plain)
+    apply_is_bit_identical_at_base(traced, ScaledTwice, _tokens)
