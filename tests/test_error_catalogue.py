@@ -464,6 +464,15 @@ POSITIONED = {
                       r"H·dh's size(.|\n)*help: declare the dim", (10, 23)),
     "spread-not-a-dim": (SEQ + "dim H = 2\nparam g : [H]\noutput y = E.T @ (h * spread(g, 3))\n",
                          S, r"the second argument of spread must be a declared dim", (10, 33)),
+    # part(x, d, i): one of a fixed number of parts of d of x's coordinates
+    "part-out-of-range": (SEQ + "output y = part(h, dh, 2)\n", S,
+                          r"part\(n, dh, 2\): n has 2 parts of dh, none numbered 2(.|\n)*help: "
+                          r"write part\(x, d, i\)", (8, 12)),
+    "part-fixed-of-growing": (SEQ + "dim f = 2\noutput y = part(h, f, 0)\n", S,
+                              r"part\(n, f, 0\): n and f do not both grow with the width: the "
+                              r"number of parts would change with it", (9, 12)),
+    "part-index-not-whole": (SEQ + "output y = part(h, dh, 0.5)\n", S,
+                             r"the third argument of part must be a whole number >= 0", (8, 24)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),

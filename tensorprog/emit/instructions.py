@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, SPREAD, torch_call
+from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, PART, SPREAD, torch_call
 from ..ir.program import (
     RELATIVE_KINDS,
     Dot,
@@ -121,6 +121,9 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == PART:  # coordinates i·d .. (i+1)·d - 1 of the last axis
+            d = self.dim(ins.over)
+            return f"({self.ref(ins.args[0])}).unflatten(-1, (-1, {d}))[..., {ins.index}, :]"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS, SPREAD
+from ..ir.functions import DWCONV, FUNCTIONS, PART, PRODUCTS, SPREAD
 from ..ir.program import (
     Dot,
     LinComb,
@@ -36,6 +36,7 @@ from ..ir.program import (
     per_head,
 )
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
+from .rules_spread import change_spread, grad_part, grad_spread, init_spread, part_sizes
 from .terms import (
     Mono,
     Sizes,
@@ -198,38 +199,6 @@ def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                      "weights only: a finite sum over tokens (+0)", "flow", g)])
 
 
-# --- spread: one number per head over its head's coordinates ---------------------------------
-# y_{h,i} = g_h for each of the dh coordinates i of head h (Laguna's per-head gate, Beam's
-# per-head bias). Every coordinate of y is one of g's, so y is as large as g and changes as g
-# does. Back to g_h comes the sum of dy over its head's dh coordinates: over a finite dh a
-# finite sum (+0); over a growing one (finitely many heads) dy_{h,i} is, in a product, the
-# output's gradient times the other factor's coordinate, and after training the two are
-# correlated (the weights that read y moved along it), so the sum is an LLN one (+1), as a
-# per-head dot's after training and a head dim's gain: the engine's gradient is the one after
-# training, an upper bound at init (where the sum is a CLT one, +1/2).
-
-
-def init_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
-    (g,) = ins.args
-    return terms(f"spread({g}₀)", f"each coordinate is one of {g}'s", "auto", sz.init(g))
-
-
-def change_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
-    (g,) = ins.args
-    return terms(f"spread(Δ{g})", f"each coordinate is one of {g}'s", "auto", sz.change(g))
-
-
-def grad_spread(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
-    (g,) = ins.args
-    if sz.infinite(ins.over):
-        k, why = ONE, (f"{g}'s entry sums the gradient over its head's {ins.over} coordinates, "
-                       "correlated after training (LLN: +1)")
-    else:
-        k, why = ZERO, f"{g}'s entry sums a finite {ins.over} coordinates of the gradient (+0)"
-    return [(g, t) for t in terms(f"Σ_{ins.over} d{ins.out}", why, "flow",
-                                  [Mono(sz.grad(ins.out))], const=k)]
-
-
 def _product(ins: Nonlin) -> str:
     """Why a product's sizes add: a depthwise convolution is, channel by channel, its kernel's
     entries times shifted copies of the same channel, summed over finitely many taps (+0)."""
@@ -242,6 +211,8 @@ def _product(ins: Nonlin) -> str:
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if ins.fn == SPREAD:
         return init_spread(ins, sz)
+    if ins.fn == PART:
+        return part_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
     if _sink(ins):
         return init_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -268,6 +239,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
 def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     if ins.fn == SPREAD:
         return change_spread(ins, sz)
+    if ins.fn == PART:
+        return part_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
     if _sink(ins):
         return change_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -303,6 +276,8 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
 def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     if ins.fn == SPREAD:
         return grad_spread(ins, sz)
+    if ins.fn == PART:
+        return grad_part(ins, sz)
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]

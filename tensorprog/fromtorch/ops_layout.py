@@ -157,7 +157,20 @@ class LayoutOps:
             return self.head_part(dataclasses.replace(v.items[index], node=node.name), node)
         if isinstance(v, PRef):  # p[i] of a 1-D param: one number (ops_entries.py)
             return self.param_entry(node, v, dim, index)
+        if getattr(v, "tags", getattr(getattr(v, "src", None), "tags", None)) == (
+                "tok", "tok", "H", "dh") and isinstance(dim, int) and dim % 4 == 2:
+            return self.one_part(node, v, index)
         return self.first_token(node, v, dim, index)  # h[:, 0]: BERT's pooler (ops_encoder)
+
+    def one_part(self, node, v, index) -> Vec:
+        """``p[:, :, i, :]`` of a per-token vector viewed (batch, tokens, k, d): its
+        coordinates i·d .. (i+1)·d - 1, the language's ``part(p, d, i)`` (Gemma 4's per-layer
+        inputs, k = L parts of d features, layer i reading part i). The program says k·d and
+        d; the verifier refuses a k that is not the same at every width."""
+        x = self.vec(v, node)
+        k, d = self._shape(node.args[0])[-2:]
+        name = self.emit_vector(node.name, f"part({x.name}, {self.dim(d)}, {index % k})")
+        return Vec(name, ("tok", "tok", "F"), d)
 
     def _whole(self, node, v):
         if isinstance(v, Sub):  # only a rotary turns a part of each head, then cat puts it back

@@ -413,7 +413,10 @@ class Walker:
                     # image classifier leaves unused) cannot reach the program: what it could
                     # not say is no refusal, and the params before it are reported unused
                     value = Aux()
-                if isinstance(value, Pointwise):
+                # a value a cast passes on (x.float()) keeps its node: its readers share one
+                # vector, so a width constant in it multiplies one (HF Gemma 4's embed_scale)
+                if isinstance(value, Pointwise) and not (node.args and isinstance(
+                        node.args[0], type(node)) and self.env.get(node.args[0].name) is value):
                     value = Pointwise(value.src, value.f, node.name)
                 self.env[node.name] = value
             elif node.op == "output":

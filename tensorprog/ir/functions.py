@@ -57,6 +57,12 @@ PRODUCTS = (MUL, DWCONV)
 #: ``g.unsqueeze(-1)`` against a (…, H, dh) view): one gate or bias per head. It has one
 #: argument and no row here: its output has another dim than its input's
 SPREAD = "spread"
+#: ``part(x, d, i)``: coordinates i·d .. (i+1)·d - 1 of x, the i-th of its parts of d coordinates
+#: (torch's ``x.unflatten(-1, (-1, d))[..., i, :]``: Gemma 4's per-layer inputs, one vector of
+#: L·d features per token whose layer i reads part i). Every coordinate of the result is one of
+#: x's, so sizes pass through as ``first``'s; its output has another dim than its input's, so
+#: it has no row here either
+PART = "part"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),

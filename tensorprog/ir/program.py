@@ -54,8 +54,8 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import POOLS, pooled
-from .spread import SPREAD, spread_dim
+from .functions import PART, POOLS, pooled
+from .spread import SPREAD, other_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
 #: a later key has none of its own), Swin's offset in a window (``windows``).
@@ -275,10 +275,10 @@ class Nonlin:
     fn: str
     args: tuple[str, ...]
     span: Span | None = _span()
-    over: str | None = None  # a norm per head: the head dim it normalises over (QK-norm)
-    # dwconv's geometry, as a full convolution's (MatMul.geometry); None: stride 1, padded by
-    # half the kernel (``dwconv(K, h)``)
+    over: str | None = None  # a norm's head dim (QK-norm); spread's dh; part's d
+    # dwconv's geometry (MatMul.geometry's); None: stride 1, padded by half the kernel
     geometry: Geometry | None = None
+    index: int | None = None  # part(x, d, i): which part of d coordinates it takes
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -649,8 +649,8 @@ class Program:
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
-            elif isinstance(ins, Nonlin) and ins.fn == SPREAD:  # one number per head over dh
-                dims[ins.out] = spread_dim(declared, dims[ins.args[0]], ins.over or "")
+            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART):  # another dim than x's
+                dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
                 found = [dims[o] for o in ins.operands if dims[o] is not None]

@@ -1,11 +1,17 @@
 """The dim of ``spread(g, dh)``: H entries of g, each repeated over dh coordinates (one number
-per head over its head's coordinates; see ``tensorprog.ir.functions.SPREAD``)."""
+per head over its head's coordinates; see ``tensorprog.ir.functions.SPREAD``), and of the other
+Nonlin whose output has another dim than its input's, ``part(x, d, i)`` (``PART``)."""
 
 from __future__ import annotations
 
-from .functions import SPREAD
+from .functions import PART, SPREAD
 
-__all__ = ["SPREAD", "spread_dim"]
+__all__ = ["SPREAD", "other_dim", "spread_dim"]
+
+
+def other_dim(dims: dict, fn: str, arg: str | None, over: str) -> str | None:
+    """The dim of ``spread(g, over)`` (g of dim ``arg``) or of ``part(x, over, i)``: over."""
+    return over if fn == PART else spread_dim(dims, arg, over)
 
 
 def spread_dim(dims: dict, heads: str | None, over: str) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import DWCONV, FUNCTIONS, MUL, PRODUCTS, SPREAD
+from .functions import DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -132,6 +132,8 @@ def verify(program: Program) -> Program:
         elif isinstance(ins, Relayout):
             _verify_relayout(program, ins, ops[0], errors)
             out = ops[0]
+        elif isinstance(ins, Nonlin) and ins.fn == PART:
+            out = _verify_part(program, ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
             out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
             if out is None or ops[0] is None:
@@ -312,6 +314,23 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     return _of_heads(program, ins, next((
         d for a, d, other in ((ins.args[0], ops[0], ops[1]), (ins.args[1], ops[1], ops[0]))
         if a in program.param_table and per_head(dims, d, other)), None), "product", errors)
+
+
+def _verify_part(program: Program, ins: Nonlin, arg: str | None,
+                 errors: Collector) -> str | None:
+    """``part(x, d, i)``: x a vector whose dim is a whole number k of d's at every width (a
+    fixed k: d and x's dim both finite, or both growing), and 0 <= i < k. Returns d."""
+    dims = program.dim_table
+    d = dims.get(ins.over or "")
+    x = dims.get(arg or "")
+    k = (x.mult / d.mult if x.infinite else Fraction(x.size, d.size)) if (
+        x is not None and d is not None and x.infinite == d.infinite) else None
+    if len(ins.args) != 1 or k is None or k.denominator != 1 or not (
+            isinstance(ins.index, int) and 0 <= ins.index < k):
+        errors.error("part(x, d, i): x a vector of k·d coordinates (k fixed: d and x's dim "
+                     "both finite or both growing) and i a whole number, 0 <= i < k", ins.span)
+        return None
+    return ins.over
 
 
 def _of_heads(program: Program, ins, gain: str | None, what: str,

@@ -17,7 +17,8 @@ broadcast, the same dh coordinates for every head: ``spread`` says which one is 
 from __future__ import annotations
 
 from ..ir.functions import SPREAD
-from ..ir.program import Nonlin, spread_dim
+from ..ir.program import Nonlin
+from ..ir.spread import spread_dim
 from .ast import Call
 
 _USAGE = ("write spread(g, dh): g a vector with one entry per head (`dim H = 4`, g of dim H) and "

@@ -43,7 +43,7 @@ from ..engine.exponents import ABC
 from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
-from ..ir.functions import MUL
+from ..ir.functions import MUL, PART
 from ..ir.program import (
     INSTRUCTIONS,
     Dot,
@@ -496,6 +496,10 @@ def _lincomb(ev: _Limit, ins: LinComb) -> tuple[Value, str]:
 
 def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
     dims = ev.program.value_dims
+    if ins.fn == PART:
+        raise _Refuse("part(x, d, i) has no NNGP rule here (a part of a vector's coordinates)",
+                      "the kernel is computed for dense programs: matmul, sums, products, dot "
+                      "and coordinatewise nonlinearities", ins.span)
     if ins.over is not None or (
         ins.fn == MUL and any(dims.get(a) not in (None, dims.get(ins.out)) for a in ins.args)
     ):  # over a finite head dim the per-head RMS does not concentrate: no Gaussian limit

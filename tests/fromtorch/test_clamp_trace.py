@@ -21,7 +21,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensorprog as tp  # noqa: E402
+from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.emit.load import load_module  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
 
 
 class Net(nn.Module):
@@ -143,3 +145,24 @@ def test_an_infinite_bound_is_no_bound(lo, hi, fn):
     assert "inf" not in traced.source
     assert (fn is None) == (f"{fn}(" not in traced.source), traced.source
     traced_computes_the_model(traced, build, inputs)
+
+
+class FlooredRMS(torch.nn.Module):
+    """Gemma 3n's AltUp magnitude: x rescaled by sqrt(mean(x²).clamp(min=1e-5)), an RMS with a
+    floor, which no norm of the language (sqrt(mean(x²) + eps)) computes."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.fc = torch.nn.Embedding(13, n), torch.nn.Linear(n, n, bias=False)
+        self.head = torch.nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.fc(self.e(idx))
+        rms = torch.sqrt(torch.mean(h ** 2, dim=-1, keepdim=True).clamp(min=1e-5))
+        return self.head(h / rms)
+
+
+def test_a_mean_square_clamped_from_below_is_refused_as_a_floored_rms():
+    with pytest.raises(TensorProgError, match=r"test_clamp_trace.py:\d+:\d+: error: cannot trace "
+                       r"a mean square clamped to \[1e-05, inf\] \(an RMS with a floor"):
+        from_torch(FlooredRMS, (32, 64), lambda m: (torch.arange(16).remainder(13).view(2, 8),))

@@ -232,3 +232,33 @@ def test_gelu_and_its_tanh_approximation_are_told_apart(fn, name):
     from tensorprog.fromtorch.values import identify
 
     assert identify(fn) == (name, 1.0)
+
+
+class ScaledTwice(nn.Module):
+    """HF Gemma 4's embedding: ``e(ids) * sqrt(n)`` read by a linear layer and by an RMSNorm
+    that casts its input first (``x.float()``); ``cast`` False: the norm reads it as it is."""
+
+    def __init__(self, n, cast=True):
+        super().__init__()
+        self.n, self.cast, self.e = n, cast, nn.Embedding(13, n)
+        self.side, self.fc = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
+        self.g, self.out = nn.Parameter(torch.ones(n)), nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        x = self.e(idx) * self.n ** 0.5
+        s = self.side(x)
+        y = x.float() if self.cast else x
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * self.g
+        return self.out(x + F.relu(self.fc(y)) + s)
+
+
+def test_a_scaled_value_read_again_through_a_cast_is_one_vector():
+    # before: the cast named the lazy product anew, so the norm wrote `embedding` times the
+    # width constant a second time, and the constant, multiplying two vectors, was refused
+    traced = from_torch(ScaledTwice, WIDTHS, _tokens)
+    assert traced.source.count("* embedding") == 1, traced.source
+    # the model's own x.float() rounds its float64 run to float32 there: its error, not ours
+    traced_computes_the_model(traced, ScaledTwice, _tokens, tol=1e-6)
+    plain = from_torch(lambda n: ScaledTwice(n, cast=False), WIDTHS, _tokens)
+    assert abc_by_target(traced) == abc_by_target(plain)
+    apply_is_bit_identical_at_base(traced, ScaledTwice, _tokens)

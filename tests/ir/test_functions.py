@@ -16,6 +16,7 @@ from tensorprog.ir.functions import (
     DWCONV,
     FUNCTIONS,
     NONLINEARITIES,
+    PART,
     SPREAD,
     torch_function,
 )
@@ -34,7 +35,8 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
-                                                                      SPREAD, *RELAYOUTS}
+                                                                      SPREAD, PART,
+                                                                      *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 

@@ -1,0 +1,60 @@
+"""The engine's rules for the Nonlins whose output has another dim than their input's:
+``spread(g, dh)`` (one number per head over its head's coordinates) and ``part(x, d, i)`` (x's
+i-th part of d coordinates). ``tensorprog.engine.rules`` dispatches Nonlin to them."""
+
+from __future__ import annotations
+
+from ..ir.program import Nonlin
+from .exponents import ONE, ZERO
+from .terms import Mono, Sizes, Term, terms
+
+# --- spread: one number per head over its head's coordinates ---------------------------------
+# y_{h,i} = g_h for each of the dh coordinates i of head h (Laguna's per-head gate, Beam's
+# per-head bias). Every coordinate of y is one of g's, so y is as large as g and changes as g
+# does. Back to g_h comes the sum of dy over its head's dh coordinates: over a finite dh a
+# finite sum (+0); over a growing one (finitely many heads) dy_{h,i} is, in a product, the
+# output's gradient times the other factor's coordinate, and after training the two are
+# correlated (the weights that read y moved along it), so the sum is an LLN one (+1), as a
+# per-head dot's after training and a head dim's gain: the engine's gradient is the one after
+# training, an upper bound at init (where the sum is a CLT one, +1/2).
+
+
+def init_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
+    (g,) = ins.args
+    return terms(f"spread({g}₀)", f"each coordinate is one of {g}'s", "auto", sz.init(g))
+
+
+def change_spread(ins: Nonlin, sz: Sizes) -> list[Term]:
+    (g,) = ins.args
+    return terms(f"spread(Δ{g})", f"each coordinate is one of {g}'s", "auto", sz.change(g))
+
+
+def grad_spread(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (g,) = ins.args
+    if sz.infinite(ins.over):
+        k, why = ONE, (f"{g}'s entry sums the gradient over its head's {ins.over} coordinates, "
+                       "correlated after training (LLN: +1)")
+    else:
+        k, why = ZERO, f"{g}'s entry sums a finite {ins.over} coordinates of the gradient (+0)"
+    return [(g, t) for t in terms(f"Σ_{ins.over} d{ins.out}", why, "flow",
+                                  [Mono(sz.grad(ins.out))], const=k)]
+
+
+# --- part: d of a vector's coordinates -------------------------------------------------------
+# y_j = x_{i·d + j} (Gemma 4's per-layer inputs: layer i reads part i of one vector of L·d
+# features). Every coordinate of y is one of x's, so y is as large as x and changes as x does;
+# back to x comes y's gradient on those coordinates (0 on the others), as large as y's.
+
+
+def part_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    (x,) = ins.args
+    return terms(f"part({what}, {ins.over}, {ins.index})", f"each coordinate is one of {x}'s",
+                 "auto", size(x))
+
+
+def grad_part(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (x,) = ins.args
+    return [(x, t) for t in terms(f"d{ins.out} on part {ins.index}", f"each coordinate of "
+                                  f"{ins.out} is one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
+
+
