@@ -33,6 +33,7 @@ from .ops_select import SelectOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_tables import TableOps
+from .ops_timemajor import TimeMajorOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -40,6 +41,7 @@ from .walk import Walker
 
 
 class Converter(
+    TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'

@@ -1,0 +1,123 @@
+"""Time-major per-token vectors (fairseq's and FSMT's (tokens, batch, features) layout): a
+small encoder-decoder written fairseq's way, its attention's heads merged with the batch
+(``q.view(T, B * H, dh).transpose(0, 1)``, ``bmm``, and back), traces to the program of the same
+model written batch-major, and that program computes the model. Every op that would read a
+time-major value's tokens as the batch (attention over it, a mean over its tokens, a sum with a
+batch-major value, a view that mixes its sequences, an output left time-major) is refused."""
+
+import pytest
+from conftest import abc_by_target, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from tensorprog import TensorProgError  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+WIDTHS = (16, 32)
+V, B, S, T = 11, 3, 5, 4  # batch, source and target lengths all different
+AT = r"test_time_major.py:\d+:\d+: error: cannot trace "
+
+
+class Attention(nn.Module):
+    """fairseq's multi-head attention on (tokens, batch, features), or (``major`` False) the
+    same written batch-major; ``how`` swaps one line for a wrong variant."""
+
+    def __init__(self, n, heads=2, major=True, how=None):
+        super().__init__()
+        self.h, self.dh, self.major, self.how = heads, n // heads, major, how
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n) for _ in range(4))
+
+    def forward(self, x, mem, causal=False):
+        if not self.major:
+            b, t, c = x.shape
+            q, k, v = (f(y).view(b, -1, self.h, self.dh).transpose(1, 2)
+                       for f, y in ((self.q, x), (self.k, mem), (self.v, mem)))
+            o = F.scaled_dot_product_attention(q * self.dh**-0.5, k, v, is_causal=causal,
+                                               scale=1.0)
+            return self.o(o.transpose(1, 2).reshape(b, t, c))
+        t, b, c = x.shape
+        q = self.q(x) * self.dh**-0.5
+        q = q.view(t, b * self.h, self.dh).transpose(0, 1)
+        k = self.k(mem).view(-1, b, self.h, self.dh).permute(1, 2, 0, 3)
+        k = k.reshape(b * self.h, -1, self.dh)
+        v = self.v(mem).view(-1, b * self.h, self.dh).transpose(0, 1)
+        if self.how == "heads_unmerged":  # (T, B, H, dh) to sdpa: attention over the heads
+            q4 = self.q(x).view(t, b, self.h, self.dh)
+            o = F.scaled_dot_product_attention(q4, q4, q4)
+            return self.o(o.reshape(t, b, c))
+        w = torch.bmm(q, k.transpose(1, 2))
+        if causal:
+            w = w + torch.full((t, t), float("-inf"), device=w.device).triu(1)
+        o = torch.bmm(w.softmax(-1), v)
+        return self.o(o.transpose(0, 1).contiguous().view(t, b, c))
+
+
+class EncDec(nn.Module):
+    """A post-norm encoder-decoder block: source positions added batch-major, the stacks
+    time-major (``major``), the target logits batch-major."""
+
+    def __init__(self, n, major=True, how=None):
+        super().__init__()
+        self.major, self.how = major, how
+        self.src, self.tgt, self.pos = nn.Embedding(V, n), nn.Embedding(V, n), nn.Embedding(S, n)
+        self.enc = Attention(n, major=major, how=how)
+        self.dec, self.cross = Attention(n, major=major), Attention(n, major=major)
+        self.fc1, self.fc2 = nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
+        self.ln = nn.ModuleList(nn.LayerNorm(n) for _ in range(4))
+        self.out = nn.Linear(n, V)
+
+    def forward(self, src, tgt):
+        x = self.src(src) * 2.0 + self.pos(torch.arange(src.shape[1], device=src.device))
+        y = self.tgt(tgt)
+        if self.major:
+            x, y = x.transpose(0, 1), y.transpose(0, 1)
+        x = self.ln[0](x + self.enc(x, x))
+        y = self.ln[1](y + self.dec(y, y, causal=True))
+        y = self.ln[2](y + self.cross(y, x))
+        y = self.ln[3](y + self.fc2(F.gelu(self.fc1(y))))
+        if self.how == "pooled":  # a mean over the tokens: over the batch here
+            y = y + y.mean(1, keepdim=True)
+        if self.how == "summed":  # plus the batch-major (B, T, n), of its shape where B == T
+            y = y + self.tgt(tgt)
+        if self.how == "viewed":  # read back batch-major by a view, not a transpose
+            return self.out(y.reshape(B, T, -1))
+        if self.how == "left":  # the logits returned time-major
+            return self.out(y)
+        return self.out(y.transpose(0, 1) if self.major else y)
+
+
+def _inputs(model, batch=B):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randint(V, (batch, S), generator=g), torch.randint(V, (batch, T), generator=g))
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return from_torch(EncDec, WIDTHS, _inputs)
+
+
+def test_a_time_major_encoder_decoder_computes_the_model(traced):
+    assert traced_computes_the_model(traced, EncDec, _inputs) <= 1e-10
+
+
+def test_it_derives_what_the_same_model_written_batch_major_derives(traced):
+    plain = from_torch(lambda n: EncDec(n, major=False), WIDTHS, _inputs)
+    assert len(traced.program.body) == len(plain.program.body)
+    for optimizer in ("adam", "sgd"):
+        assert abc_by_target(traced, optimizer) == abc_by_target(plain, optimizer)
+
+
+@pytest.mark.parametrize(("how", "what"), [
+    ("heads_unmerged", "the op scaled_dot_product_attention on a time-major value"),
+    ("pooled", "the op mean on a time-major value"),
+    ("summed", r"a add of a time-major value \(tokens, batch, features\) with a value laid "
+               "out batch-major"),
+    ("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value"),
+    ("left", "an output laid out time-major"),
+])
+def test_a_time_major_value_read_as_batch_major_is_refused(how, what):
+    square = (lambda m: _inputs(m, T)) if how == "summed" else _inputs  # torch adds them
+    with pytest.raises(TensorProgError, match=AT + what):
+        from_torch(lambda n: EncDec(n, how=how), WIDTHS, square)
