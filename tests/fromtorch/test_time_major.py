@@ -1,9 +1,10 @@
 """Time-major per-token vectors (fairseq's and FSMT's (tokens, batch, features) layout): a
-small encoder-decoder written fairseq's way, its attention's heads merged with the batch
-(``q.view(T, B * H, dh).transpose(0, 1)``, ``bmm``, and back), traces to the program of the same
-model written batch-major, and that program computes the model. Every op that would read a
-time-major value's tokens as the batch (attention over it, a mean over its tokens, a sum with a
-batch-major value, a view that mixes its sequences, an output left time-major) is refused."""
+small encoder-decoder written fairseq's way (its target vocabulary not its source's), its
+attention's heads merged with the batch (``q.view(T, B * H, dh).transpose(0, 1)``, ``bmm``, and
+back), traces to the program of the same model written batch-major, and that program computes
+the model. Every op that would read a time-major value's tokens as the batch (attention over
+it, a mean over its tokens, a sum with a batch-major value, a view that mixes its sequences, an
+output left time-major) is refused."""
 
 import pytest
 from conftest import abc_by_target, traced_computes_the_model
@@ -16,7 +17,7 @@ from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
 WIDTHS = (16, 32)
-V, B, S, T = 11, 3, 5, 4  # batch, source and target lengths all different
+V, W, B, S, T = 11, 7, 3, 5, 4  # vocabularies, batch, source and target lengths all differ
 AT = r"test_time_major.py:\d+:\d+: error: cannot trace "
 
 
@@ -61,12 +62,12 @@ class EncDec(nn.Module):
     def __init__(self, n, major=True, how=None):
         super().__init__()
         self.major, self.how = major, how
-        self.src, self.tgt, self.pos = nn.Embedding(V, n), nn.Embedding(V, n), nn.Embedding(S, n)
+        self.src, self.tgt, self.pos = nn.Embedding(V, n), nn.Embedding(W, n), nn.Embedding(S, n)
         self.enc = Attention(n, major=major, how=how)
         self.dec, self.cross = Attention(n, major=major), Attention(n, major=major)
         self.fc1, self.fc2 = nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
         self.ln = nn.ModuleList(nn.LayerNorm(n) for _ in range(4))
-        self.out = nn.Linear(n, V)
+        self.out = nn.Linear(n, W)
 
     def forward(self, src, tgt):
         x = self.src(src) * 2.0 + self.pos(torch.arange(src.shape[1], device=src.device))
@@ -90,7 +91,7 @@ class EncDec(nn.Module):
 
 def _inputs(model, batch=B):
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(V, (batch, S), generator=g), torch.randint(V, (batch, T), generator=g))
+    return (torch.randint(V, (batch, S), generator=g), torch.randint(W, (batch, T), generator=g))
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,15 @@ def traced():
 
 def test_a_time_major_encoder_decoder_computes_the_model(traced):
     assert traced_computes_the_model(traced, EncDec, _inputs) <= 1e-10
+
+
+def test_the_check_draws_targets_over_the_target_vocabulary(traced):
+    # FSMT's target vocabulary is not its source's: targets over the source's crashed the loss
+    from tensorprog.fromtorch.check import _data
+
+    ids, targets = _data(traced, 64, torch.Generator().manual_seed(0))
+    assert (ids.shape, targets.shape) == ((64, S), (64, T))
+    assert int(ids.max()) >= W and int(targets.max()) == W - 1
 
 
 def test_it_derives_what_the_same_model_written_batch_major_derives(traced):
