@@ -216,6 +216,14 @@ class TimeMajorOps:
         elif base in _SUMS:
             self._time_major_terms(node, op, args)
             return
+        elif base == "einsum" and any(isinstance(a, PRef) and len(a.shape) == 3
+                                      for a in args[1]):
+            shape = next(list(a.shape) for a in args[1] if isinstance(a, PRef))
+            raise refuse(node, f"an einsum {args[0]!r} of a time-major value with a 3-D param "
+                         f"{shape}: a projection whose weight is laid out (features, heads, head "
+                         "dim) (XLNet's) is no linear layer the tracer reads (its weights are "
+                         "matrices)", help="write the projection as nn.Linear(d, heads * "
+                         "head_dim) and view its output into heads")
         raise refuse(node, f"the op {op} on a time-major value (tokens, batch, ...): the "
                      "tracer follows such a value through per-token ops alone (linear layers, "
                      "norms, coordinatewise functions, sums of values laid out alike), its "

@@ -131,3 +131,23 @@ def test_a_time_major_value_read_as_batch_major_is_refused(how, what):
     square = (lambda m: _inputs(m, T)) if how == "summed" else _inputs  # torch adds them
     with pytest.raises(TensorProgError, match=AT + what):
         from_torch(lambda n: EncDec(n, how=how), WIDTHS, square)
+
+
+class HeadsParam(nn.Module):
+    """XLNet's projection: ``einsum("ibh,hnd->ibnd", h, q)`` of a param [n, heads, head dim]."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(V, n), nn.Linear(n, V)
+        self.q = nn.Parameter(torch.randn(n, 2, n // 2))
+
+    def forward(self, ids):
+        h = self.e(ids.transpose(0, 1))
+        q = torch.einsum("ibh,hnd->ibnd", h, self.q)
+        return self.out((h + q.flatten(2)).transpose(0, 1))
+
+
+def test_a_projection_by_a_param_laid_out_per_head_is_refused():
+    with pytest.raises(TensorProgError, match=AT + "an einsum 'ibh,hnd->ibnd' of a time-major "
+                       r"value with a 3-D param \[16, 2, 8\]"):
+        from_torch(HeadsParam, WIDTHS, lambda m: _inputs(m)[:1])
