@@ -184,10 +184,12 @@ class TimeMajorOps:
             and (op != "transpose" or sorted(d % 2 for d in node.args[1:3]) == [0, 1])
         if swap:
             return Tok(("T", "B") if ids.tags == ("tok", "tok") else ("tok", "tok"))
-        if ids.tags == ("T", "B"):
-            raise refuse(node, f"a {op} of the token ids laid out tokens first, from "
-                         f"{list(old)} to {list(shape)}", help="transpose them back to "
-                         "(batch, tokens) first")
+        if ids.tags == ("T", "B") or len(shape) == len(old) and shape != old:
+            # (a view of (B, T) ids as (T, B) deals them out anew: no layout either way)
+            raise refuse(node, f"a {op} of the token ids from {list(old)} to {list(shape)}"
+                         + (" (laid out tokens first)" if ids.tags == ("T", "B") else ""),
+                         help="transpose them (ids.transpose(0, 1)) rather than view them "
+                         "as another shape, or transpose them back to (batch, tokens) first")
         return Tok(("tok",) * len(shape))
 
     def time_major_op(self, node, op: str, args: list) -> None:

@@ -162,6 +162,8 @@ class SeqFirst(nn.Module):  # XLNet's input_ids.transpose(0, 1): [T, B] ids, loo
         self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
 
     def forward(self, idx):
+        if self.pooled == "viewed":  # [B, T] ids viewed [T, B]: dealt out anew, no layout
+            return self.o(self.e(idx.view(idx.shape[1], -1)).transpose(0, 1))
         h = self.e(idx.transpose(0, 1))
         if self.pooled:  # a mean over axis 1 of [T, B, n]: over the batch, not the tokens
             h = h + h.mean(1, keepdim=True)
@@ -178,6 +180,9 @@ def test_the_token_ids_transposed_are_looked_up_tokens_first():
     with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
                        "the op mean on a time-major value"):
         from_torch(lambda n: SeqFirst(n, pooled=True), WIDTHS, _zeros)
+    with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
+                       r"a view of the token ids from \[2, 8\] to \[8, 2\]"):
+        from_torch(lambda n: SeqFirst(n, pooled="viewed"), WIDTHS, _zeros)
 
 
 def _zeros(model):  # the ids a trace is usually given (the zoo's): all zeros
