@@ -20,9 +20,10 @@ from .where import CHECK_OPS, op_name, refuse
 
 # the time-major layouts traced: a vector, its heads, its heads merged with the batch
 TIME_MAJOR = {("T", "B", "F"), ("T", "B", "H", "dh"), ("T", "H", "dh")}
-# the batch-major layouts a time-major one may be laid out as again
-_BATCH_MAJOR = {("tok", "tok", "F"), ("tok", "H", "tok", "dh"), ("tok", "tok", "H", "dh"),
-                ("H", "tok", "dh")}
+# the batch-major layouts a time-major one may be laid out as again (channels first too:
+# (batch, features, tokens), as x.transpose(1, 2) of (batch, tokens, features) is tagged)
+_BATCH_MAJOR = {("tok", "tok", "F"), ("tok", "F", "tok"), ("tok", "H", "tok", "dh"),
+                ("tok", "tok", "H", "dh"), ("H", "tok", "dh")}
 # ops that act on each coordinate alone: the layout is theirs to keep
 _COORDINATEWISE = {"abs", "clamp", "clamp_min", "erf", "exp", "expm1", "gelu", "hardsigmoid",
                    "hardswish", "hardtanh", "neg", "pow", "relu", "relu6", "rsqrt", "sigmoid",

@@ -112,6 +112,7 @@ def test_the_check_draws_targets_over_the_target_vocabulary(traced):
     assert int(ids.max()) >= W and int(targets.max()) == W - 1
 
 
+@pytest.mark.slow
 def test_it_derives_what_the_same_model_written_batch_major_derives(traced):
     plain = from_torch(lambda n: EncDec(n, major=False), WIDTHS, _inputs)
     assert len(traced.program.body) == len(plain.program.body)
@@ -151,3 +152,32 @@ def test_a_projection_by_a_param_laid_out_per_head_is_refused():
     with pytest.raises(TensorProgError, match=AT + "an einsum 'ibh,hnd->ibnd' of a time-major "
                        r"value with a 3-D param \[16, 2, 8\]"):
         from_torch(HeadsParam, WIDTHS, lambda m: _inputs(m)[:1])
+
+
+class Relaid(nn.Module):
+    """A time-major value laid out batch-major and back another way than fairseq's bmm: its
+    heads permuted to (B, H, T, dh) for sdpa and back (``heads``), or permuted channels-first
+    (B, n, T) and transposed to (B, T, n) (``channels``)."""
+
+    def __init__(self, n, how):
+        super().__init__()
+        self.how, self.h = how, 2
+        self.e, self.q, self.out = nn.Embedding(V, n), nn.Linear(n, n), nn.Linear(n, V)
+
+    def forward(self, ids):
+        x = self.e(ids).transpose(0, 1)
+        t, b, c = x.shape
+        if self.how == "heads":
+            q, k = (y.view(t, b, self.h, c // self.h).permute(1, 2, 0, 3) for y in (self.q(x), x))
+            o = F.scaled_dot_product_attention(q, k, k, is_causal=True)
+            o = o.permute(2, 0, 1, 3).reshape(t, b, c)
+        else:
+            o = self.q(F.gelu(x.permute(1, 2, 0)).transpose(1, 2)).transpose(0, 1)
+        return self.out((x + o).transpose(0, 1))
+
+
+@pytest.mark.parametrize("how", ["heads", "channels"])
+def test_a_time_major_value_laid_out_batch_major_and_back_is_the_model(how):
+    build = lambda n: Relaid(n, how)  # noqa: E731
+    traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[:1])
+    assert traced_computes_the_model(traced, build, lambda m: _inputs(m)[:1]) <= 1e-10
