@@ -19,7 +19,7 @@ from .values import Affine, Centered, Conc, L2Norm, Mean, MeanSq, Parts, Pointwi
 from .where import CHECK_OPS, op_name, refuse
 
 # the time-major layouts traced: a vector, its heads, its heads merged with the batch
-TIME_MAJOR = {("T", "B", "F"), ("T", "B", "H", "dh"), ("T", "H", "dh")}
+TIME_MAJOR = (("T", "B", "F"), ("T", "B", "H", "dh"), ("T", "H", "dh"))  # (in messages)
 # the batch-major layouts a time-major one may be laid out as again (channels first too:
 # (batch, features, tokens), as x.transpose(1, 2) of (batch, tokens, features) is tagged)
 _BATCH_MAJOR = {("tok", "tok", "F"), ("tok", "F", "tok"), ("tok", "H", "tok", "dh"),
