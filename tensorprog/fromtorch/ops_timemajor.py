@@ -227,6 +227,15 @@ class TimeMajorOps:
                          "dim) (XLNet's) is no linear layer the tracer reads (its weights are "
                          "matrices)", help="write the projection as nn.Linear(d, heads * "
                          "head_dim) and view its output into heads")
+        elif base == "unsqueeze" and op_name(node.args[0]) == "unflatten":
+            # nn.MultiheadAttention's packed projection: linear(x, in_proj_weight).unflatten(-1,
+            # (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2), then q, k, v = proj[0], ...
+            raise refuse(node, "a packed q/k/v projection unflattened into its blocks and "
+                         "given an axis on a time-major value (nn.MultiheadAttention's "
+                         "in_proj): its blocks are not followed through that relayout",
+                         help="project q, k and v with nn.Linear layers of their own and "
+                         "attend with F.scaled_dot_product_attention on (batch, heads, tokens, "
+                         "head dim)")
         raise refuse(node, f"the op {op} on a time-major value (tokens, batch, ...): the "
                      "tracer follows such a value through per-token ops alone (linear layers, "
                      "norms, coordinatewise functions, sums of values laid out alike), its "

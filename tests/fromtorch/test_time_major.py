@@ -181,3 +181,21 @@ def test_a_time_major_value_laid_out_batch_major_and_back_is_the_model(how):
     build = lambda n: Relaid(n, how)  # noqa: E731
     traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[:1])
     assert traced_computes_the_model(traced, build, lambda m: _inputs(m)[:1]) <= 1e-10
+
+
+class TorchMHA(nn.Module):
+    """nn.MultiheadAttention, time-major inside whatever its batch_first."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(V, n), nn.Linear(n, V)
+        self.a = nn.MultiheadAttention(n, 2, batch_first=True)
+
+    def forward(self, ids):
+        x = self.e(ids)
+        return self.out(x + self.a(x, x, x, need_weights=False)[0])
+
+
+def test_torchs_multihead_attention_is_refused_at_its_packed_projection():
+    with pytest.raises(TensorProgError, match=AT + "a packed q/k/v projection unflattened"):
+        from_torch(TorchMHA, WIDTHS, lambda m: _inputs(m)[:1])
