@@ -7,34 +7,16 @@ the token axis is not. Such a value is tagged 'T' (its tokens) and 'B' (its batc
 'tok', and only the ops that cannot read its tokens as the batch are let through
 (:meth:`TimeMajorOps.time_major_op`): its views into heads, (T, B, H, dh) or (T, B·H, dh), and
 back, and the transposes and permutes that lay it out batch-major again, as fairseq's attention
-does before its ``bmm`` (``q.view(T, B·H, dh).transpose(0, 1)``); nn.MultiheadAttention's
-packed in_proj (:class:`Packed`) and its tokens and batch flattened for out_proj and viewed back
-(``_flattened``). Everything else that meets it (attention, masks, positions, pooling, a
-broadcast against another layout) is refused."""
+does before its ``bmm`` (``q.view(T, B·H, dh).transpose(0, 1)``). Everything else that meets it
+(attention, masks, positions, pooling, a broadcast against another layout) is refused."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
-from dataclasses import dataclass
 
 from .values import Affine, Centered, Conc, L2Norm, Mean, MeanSq, Parts, Pointwise, PRef, Tok, Vec
 from .where import CHECK_OPS, op_name, refuse
-
-
-@dataclass
-class Packed:
-    """A linear layer's time-major output unflattened into ``blocks`` blocks of ``size``
-    features and relaid out so that its first axis indexes them (nn.MultiheadAttention's packed
-    in_proj: ``.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2)``, then
-    ``proj[0]``, ``proj[1]``, ``proj[2]``): each block is a row block of the layer, as a split
-    gives. The whole chain is checked at the unflatten (``_packed_chain``)."""
-
-    affine: Affine
-    blocks: int
-    size: int
-
 
 # the time-major layouts traced: a vector, its heads, its heads merged with the batch
 TIME_MAJOR = (("T", "B", "F"), ("T", "B", "H", "dh"), ("T", "H", "dh"))  # (in messages)
@@ -101,38 +83,6 @@ def _layout(tags) -> str:
     return "(" + ", ".join(said.get(t, t) for t in tags) + ")"
 
 
-def _only(node, op: str):
-    """``node``'s one reader (through copies) if it is an ``op``, else None."""
-    users = list(node.users)
-    while len(users) == 1 and op_name(users[0]) in _CARRIED:
-        users = list(users[0].users)
-    return users[0] if len(users) == 1 and op_name(users[0]) == op else None
-
-
-def _packed_chain(node, blocks: int) -> bool:
-    """Whether the unflatten ``node`` of (T, B, blocks, m) is read only as
-    nn.MultiheadAttention reads its packed in_proj: ``.unsqueeze(0).transpose(0, -2)
-    .squeeze(-2)``, then indexed along its first axis (``proj[i]``), each block i alone."""
-    if op_name(node) != "unflatten":
-        return False
-    up = _only(node, "unsqueeze")
-    if up is None or up.args[1] % 5 != 0:
-        return False
-    turn = _only(up, "transpose")
-    if turn is None or sorted(d % 5 for d in turn.args[1:3]) != [0, 3]:
-        return False
-    down = _only(turn, "squeeze")
-    dims = down.args[1] if down is not None and len(down.args) > 1 else None
-    dims = dims if isinstance(dims, (list, tuple)) else [dims]
-    if down is None or len(dims) != 1 or not isinstance(dims[0], int) or dims[0] % 5 != 3:
-        return False
-    reads = list(down.users)
-    while len(reads) == 1 and op_name(reads[0]) in _CARRIED:
-        reads = list(reads[0].users)
-    return bool(reads) and all(op_name(r) == "select" and r.args[1] % 4 == 0
-                               and -blocks <= r.args[2] < blocks for r in reads)
-
-
 class TimeMajorOps:
     """Time-major vectors: their relayouts, views, and the ops allowed to read them."""
 
@@ -144,22 +94,9 @@ class TimeMajorOps:
             args, kwargs = self.args(node)
             flat = [x for a in (*args, *kwargs.values())
                     for x in (a if isinstance(a, (list, tuple)) else [a])]
-            if any(isinstance(x, Packed) for x in flat):
-                return self._packed_op(node, op_name(node), args)
             if any(time_major(x) and not isinstance(x, Tok) for x in flat):
                 self.time_major_op(node, op_name(node), args)
         return super().call(node)
-
-    def _packed_op(self, node, op: str, args):
-        """The relayouts of a :class:`Packed` value (checked at its unflatten), and the index
-        of one of its blocks: that block's rows of the layer."""
-        p = args[0]
-        if not isinstance(p, Packed) or any(isinstance(a, Packed) for a in args[1:]):
-            raise refuse(node, f"the op {op} with a packed projection's blocks")
-        if op == "select":
-            i = args[2] % p.blocks
-            return self.row_block(p.affine, i * p.size, (i + 1) * p.size, node.name, part=i)
-        return p  # unsqueeze(0), transpose(0, -2), squeeze(-2) and copies: _packed_chain
 
     def batch_major_output(self, node, value) -> None:
         """Refuses an output of the forward laid out time-major: the program's are (batch,
@@ -207,17 +144,9 @@ class TimeMajorOps:
         would mix tokens of different sequences)."""
         tags = tuple(self._tags(v, node))
         old, shape = tuple(old), tuple(shape)
-        if isinstance(v, Affine) and tags == ("T", "B", "F") and v.dh is None and \
-                v.w.rows is None and v.w.period is None and len(shape) == 4 and \
-                shape[:2] == old[:2] and shape[2] * shape[3] == old[2] and \
-                _packed_chain(node, shape[2]):
-            return Packed(v, shape[2], shape[3])
         x = self.vec(v, node)
         if shape == old:
             return x
-        flat = self._flattened(node, x, tags, old, shape)
-        if flat is not None:
-            return flat
         new = dh = None
         if len(shape) in (3, 4) and shape[0] == old[0]:
             if tags == ("T", "B", "F") and len(shape) == 4 and shape[1] == old[1] and \
@@ -245,34 +174,6 @@ class TimeMajorOps:
                          "head dim) or (tokens, batch x heads, head dim), and back to (tokens, "
                          "batch, features) are traced", help=_HELP)
         return dataclasses.replace(x, tags=new, dh=dh)
-
-    def _flattened(self, node, x: Vec, tags, old, shape) -> Vec | None:
-        """Tokens and batch flattened into one axis, (T·B, C), whose one reader is a linear
-        layer whose one reader views it back as (T, B, C') (nn.MultiheadAttention's output
-        projection): the same per-token vectors throughout, tagged (T, B, F) as they were
-        (``_flat_sizes`` keeps the (T, B) the view back must restore); else None. The view
-        back itself, of the layer's (T·B, C') output."""
-        sizes = getattr(self, "_flat_sizes", None)
-        if sizes is None:
-            sizes = self._flat_sizes = {}
-        if len(old) == 2 and tags == ("T", "B", "F"):  # the view back
-            if sizes.get(node.args[0].name) == shape[:2] and shape[2:] == old[1:]:
-                return x
-            return None
-        heads = x.dim // x.dh if x.dh else 1
-        lead = {("T", "B", "F"): old[:2], ("T", "B", "H", "dh"): old[:2],
-                ("T", "H", "dh"): (old[0], old[1] // heads)}.get(tags)
-        if lead is None or shape != (lead[0] * lead[1], x.dim) or \
-                math.prod(old) != math.prod(shape) or "dh" in tags and x.dh != old[-1]:
-            return None
-        layer = list(node.users)
-        back = list(layer[0].users) if len(layer) == 1 else []
-        if len(layer) != 1 or op_name(layer[0]) != "linear" or layer[0].args[0] is not node or \
-                len(back) != 1 or op_name(back[0]) not in ("view", "reshape", "_unsafe_view") \
-                or tuple(self._shape(back[0]))[:2] != tuple(lead):
-            return None
-        sizes[layer[0].name] = tuple(lead)
-        return dataclasses.replace(x, tags=("T", "B", "F"), dh=None)
 
     def time_major_tok(self, node, op: str, ids: Tok) -> Tok:
         """The token ids transposed (XLNet's ``input_ids.transpose(0, 1)``) or viewed: a lookup

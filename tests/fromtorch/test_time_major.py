@@ -120,18 +120,13 @@ def test_it_derives_what_the_same_model_written_batch_major_derives(traced):
         assert abc_by_target(traced, optimizer) == abc_by_target(plain, optimizer)
 
 
-SLOW = pytest.mark.slow  # (each a trace of its own: the default run keeps one of a kind)
-
-
 @pytest.mark.parametrize(("how", "what"), [
-    pytest.param("heads_unmerged", "the op scaled_dot_product_attention on a time-major value",
-                 marks=SLOW),
-    pytest.param("pooled", "the op mean on a time-major value", marks=SLOW),
+    ("heads_unmerged", "the op scaled_dot_product_attention on a time-major value"),
+    ("pooled", "the op mean on a time-major value"),
     ("summed", r"a add of a time-major value \(tokens, batch, features\) with a value laid "
                "out batch-major"),
-    pytest.param("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value",
-                 marks=SLOW),
-    pytest.param("left", "an output laid out time-major", marks=SLOW),
+    ("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value"),
+    ("left", "an output laid out time-major"),
 ])
 def test_a_time_major_value_read_as_batch_major_is_refused(how, what):
     square = (lambda m: _inputs(m, T)) if how == "summed" else _inputs  # torch adds them
@@ -153,7 +148,6 @@ class HeadsParam(nn.Module):
         return self.out((h + q.flatten(2)).transpose(0, 1))
 
 
-@pytest.mark.slow
 def test_a_projection_by_a_param_laid_out_per_head_is_refused():
     with pytest.raises(TensorProgError, match=AT + "an einsum 'ibh,hnd->ibnd' of a time-major "
                        r"value with a 3-D param \[16, 2, 8\]"):
@@ -182,7 +176,7 @@ class Relaid(nn.Module):
         return self.out((x + o).transpose(0, 1))
 
 
-@pytest.mark.parametrize("how", ["heads", pytest.param("channels", marks=SLOW)])
+@pytest.mark.parametrize("how", ["heads", "channels"])
 def test_a_time_major_value_laid_out_batch_major_and_back_is_the_model(how):
     build = lambda n: Relaid(n, how)  # noqa: E731
     traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[:1])
@@ -190,39 +184,18 @@ def test_a_time_major_value_laid_out_batch_major_and_back_is_the_model(how):
 
 
 class TorchMHA(nn.Module):
-    """nn.MultiheadAttention, time-major inside whatever its batch_first: its packed in_proj
-    unflattened into q, k, v, and its output's tokens and batch flattened for out_proj and
-    viewed back; sdpa (``need_weights`` False) or bmm and the averaged weights (True)."""
+    """nn.MultiheadAttention, time-major inside whatever its batch_first."""
 
-    def __init__(self, n, first=True, weights=False, how=None):
+    def __init__(self, n):
         super().__init__()
-        self.first, self.weights, self.how = first, weights, how
         self.e, self.out = nn.Embedding(V, n), nn.Linear(n, V)
-        self.a = nn.MultiheadAttention(n, 2, batch_first=first)
+        self.a = nn.MultiheadAttention(n, 2, batch_first=True)
 
     def forward(self, ids):
         x = self.e(ids)
-        if self.how is not None:  # fairseq's out_proj written by hand, read back otherwise
-            t = x.transpose(0, 1)
-            h = self.a.out_proj(t.reshape(T * B, -1))
-            h = h.view(B, T, -1) if self.how == "unflattened" else h.view(T, B, -1)
-            return self.out(x + (h if self.how == "unflattened" else h.transpose(0, 1)))
-        y = x if self.first else x.transpose(0, 1)
-        y = self.a(y, y, y, need_weights=self.weights)[0]
-        return self.out(x + (y if self.first else y.transpose(0, 1)))
+        return self.out(x + self.a(x, x, x, need_weights=False)[0])
 
 
-@pytest.mark.parametrize("first, weights", [(True, False), pytest.param(False, True, marks=SLOW)])
-def test_torchs_multihead_attention_computes_the_model(first, weights):
-    build = lambda n: TorchMHA(n, first, weights)  # noqa: E731
-    traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[:1])  # (B, S) = (3, 5)
-    assert traced_computes_the_model(traced, build, lambda m: _inputs(m)[:1]) <= 1e-10
-
-
-def test_tokens_and_batch_flattened_are_refused_unless_viewed_back_as_they_were():
-    build = lambda n: TorchMHA(n, how="flattened")  # noqa: E731
-    traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[1:])
-    assert traced_computes_the_model(traced, build, lambda m: _inputs(m)[1:]) <= 1e-10
-    with pytest.raises(TensorProgError, match=AT + r"a view from \[4, 3, 16\] to \[12, 16\] "
-                       "of a time-major value"):  # viewed back (B, T, n): sequences mixed
-        from_torch(lambda n: TorchMHA(n, how="unflattened"), WIDTHS, lambda m: _inputs(m)[1:])
+def test_torchs_multihead_attention_is_refused_at_its_packed_projection():
+    with pytest.raises(TensorProgError, match=AT + "a packed q/k/v projection unflattened"):
+        from_torch(TorchMHA, WIDTHS, lambda m: _inputs(m)[:1])
