@@ -120,13 +120,18 @@ def test_it_derives_what_the_same_model_written_batch_major_derives(traced):
         assert abc_by_target(traced, optimizer) == abc_by_target(plain, optimizer)
 
 
+SLOW = pytest.mark.slow  # (each a trace of its own: the default run keeps one of a kind)
+
+
 @pytest.mark.parametrize(("how", "what"), [
-    ("heads_unmerged", "the op scaled_dot_product_attention on a time-major value"),
-    ("pooled", "the op mean on a time-major value"),
+    pytest.param("heads_unmerged", "the op scaled_dot_product_attention on a time-major value",
+                 marks=SLOW),
+    pytest.param("pooled", "the op mean on a time-major value", marks=SLOW),
     ("summed", r"a add of a time-major value \(tokens, batch, features\) with a value laid "
                "out batch-major"),
-    ("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value"),
-    ("left", "an output laid out time-major"),
+    pytest.param("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value",
+                 marks=SLOW),
+    pytest.param("left", "an output laid out time-major", marks=SLOW),
 ])
 def test_a_time_major_value_read_as_batch_major_is_refused(how, what):
     square = (lambda m: _inputs(m, T)) if how == "summed" else _inputs  # torch adds them
@@ -148,6 +153,7 @@ class HeadsParam(nn.Module):
         return self.out((h + q.flatten(2)).transpose(0, 1))
 
 
+@pytest.mark.slow
 def test_a_projection_by_a_param_laid_out_per_head_is_refused():
     with pytest.raises(TensorProgError, match=AT + "an einsum 'ibh,hnd->ibnd' of a time-major "
                        r"value with a 3-D param \[16, 2, 8\]"):
@@ -176,7 +182,7 @@ class Relaid(nn.Module):
         return self.out((x + o).transpose(0, 1))
 
 
-@pytest.mark.parametrize("how", ["heads", "channels"])
+@pytest.mark.parametrize("how", ["heads", pytest.param("channels", marks=SLOW)])
 def test_a_time_major_value_laid_out_batch_major_and_back_is_the_model(how):
     build = lambda n: Relaid(n, how)  # noqa: E731
     traced = from_torch(build, WIDTHS, lambda m: _inputs(m)[:1])
@@ -196,6 +202,7 @@ class TorchMHA(nn.Module):
         return self.out(x + self.a(x, x, x, need_weights=False)[0])
 
 
+@pytest.mark.slow
 def test_torchs_multihead_attention_is_refused_at_its_packed_projection():
     with pytest.raises(TensorProgError, match=AT + "a packed q/k/v projection unflattened"):
         from_torch(TorchMHA, WIDTHS, lambda m: _inputs(m)[:1])
