@@ -7,7 +7,7 @@ it, a mean over its tokens, a sum with a batch-major value, a view that mixes it
 output left time-major) is refused."""
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -101,6 +101,7 @@ def traced():
 
 def test_a_time_major_encoder_decoder_computes_the_model(traced):
     assert traced_computes_the_model(traced, EncDec, _inputs) <= 1e-10
+    apply_is_bit_identical_at_base(traced, EncDec, _inputs)  # its patches on per-token layers
 
 
 def test_the_check_draws_targets_over_the_target_vocabulary(traced):
