@@ -185,8 +185,9 @@ class TimeMajorOps:
             and (op != "transpose" or sorted(d % 2 for d in node.args[1:3]) == [0, 1])
         if swap:
             return Tok(("T", "B") if ids.tags == ("tok", "tok") else ("tok", "tok"))
-        if ids.tags == ("T", "B") or len(shape) == len(old) and shape != old:
-            # (a view of (B, T) ids as (T, B) deals them out anew: no layout either way)
+        if ids.tags == ("T", "B") or len(shape) == len(old) and shape != old and 1 not in shape:
+            # (a view of (B, T) ids as (T, B) deals them out anew: no layout either way; one
+            # as (B·T, 1) keeps their order, a flatten)
             raise refuse(node, f"a {op} of the token ids from {list(old)} to {list(shape)}"
                          + (" (laid out tokens first)" if ids.tags == ("T", "B") else ""),
                          help="transpose them (ids.transpose(0, 1)) rather than view them "
