@@ -207,3 +207,31 @@ class TorchMHA(nn.Module):
 def test_torchs_multihead_attention_is_refused_at_its_packed_projection():
     with pytest.raises(TensorProgError, match=AT + "a packed q/k/v projection unflattened"):
         from_torch(TorchMHA, WIDTHS, lambda m: _inputs(m)[:1])
+
+
+class FusedQKV(nn.Module):
+    """Older fairseq's fused in_proj, ``qkv(x).chunk(3, dim=-1)`` of a time-major x, each part
+    viewed (T, B * H, dh) and transposed for bmm."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.h, self.dh = 2, n // 2
+        self.e, self.qkv, self.p, self.out = (nn.Embedding(V, n), nn.Linear(n, 3 * n),
+                                              nn.Linear(n, n), nn.Linear(n, V))
+
+    def forward(self, ids):
+        x = self.e(ids).transpose(0, 1)
+        t, b, c = x.shape
+        q, k, v = (y.contiguous().view(-1, b * self.h, self.dh).transpose(0, 1)
+                   for y in self.qkv(x).chunk(3, dim=-1))
+        w = torch.bmm(q, k.transpose(1, 2)) * self.dh**-0.5
+        o = torch.bmm(w.softmax(-1), v).transpose(0, 1).contiguous().view(t, b, c)
+        return self.out((x + self.p(o)).transpose(0, 1))
+
+
+@pytest.mark.slow
+def test_a_fused_projection_chunked_time_major_is_the_model():
+    inputs = lambda m: _inputs(m)[:1]  # noqa: E731
+    traced = from_torch(FusedQKV, WIDTHS, inputs)
+    assert traced_computes_the_model(traced, FusedQKV, inputs) <= 1e-10
+    apply_is_bit_identical_at_base(traced, FusedQKV, inputs)
