@@ -125,14 +125,12 @@ SLOW = pytest.mark.slow  # (each a trace of its own: the default run keeps one o
 
 
 @pytest.mark.parametrize(("how", "what"), [
-    pytest.param("heads_unmerged", "the op scaled_dot_product_attention on a time-major value",
-                 marks=SLOW),
-    pytest.param("pooled", "the op mean on a time-major value", marks=SLOW),
+    ("heads_unmerged", "the op scaled_dot_product_attention on a time-major value"),
+    ("pooled", "the op mean on a time-major value"),
     ("summed", r"a add of a time-major value \(tokens, batch, features\) with a value laid "
                "out batch-major"),
-    pytest.param("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value",
-                 marks=SLOW),
-    pytest.param("left", "an output laid out time-major", marks=SLOW),
+    ("viewed", r"a view from \[4, 3, 16\] to \[3, 4, 16\] of a time-major value"),
+    ("left", "an output laid out time-major"),
 ])
 def test_a_time_major_value_read_as_batch_major_is_refused(how, what):
     square = (lambda m: _inputs(m, T)) if how == "summed" else _inputs  # torch adds them
