@@ -182,8 +182,10 @@ PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", 
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank", "hidden_size_per_layer_input")
 # vocabularies besides the tokens' (Gemma-3n's and Gemma-4's per-layer embeddings, LUKE's
 # entities, BLT's hashed byte groups: 262144, 500000 and 500002 rows, 135M-193M params at
-# width 64): the zoo's tiny one
-VOCABS = ("vocab_size_per_layer_input", "entity_vocab_size", "encoder_hash_byte_group_vocab")
+# width 64; FSMT's source vocabulary, 42024 rows, whose vocab_size is the target's): the zoo's
+# tiny one
+VOCABS = ("vocab_size_per_layer_input", "entity_vocab_size", "encoder_hash_byte_group_vocab",
+          "src_vocab_size")
 
 
 def _defaults(cls) -> dict:

@@ -623,8 +623,10 @@ def _data(traced, batch: int, g):
         # the targets run over the output's sequence (an encoder-decoder's: the decoder's)
         out = value_sequences(program).get(program.outputs[0], ("T",))
         target = program.dim_table[out[0]].size if out else seq
+        # and over the output's own vocabulary (FSMT's target vocabulary is not its source's)
+        classes = program.dim_table[program.value_dims[program.outputs[0]]].size
         return (torch.randint(vocab, (batch, seq), generator=g),
-                torch.randint(vocab, (batch, target), generator=g))
+                torch.randint(classes, (batch, target), generator=g))
     with torch.device("meta"):  # the program has the patches, the model takes the image
         given = traced.example_inputs(built(traced.build, traced.base_width))
     given = (given,) if isinstance(given, torch.Tensor) else given

@@ -36,6 +36,7 @@ from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_tables import TableOps
 from .ops_temperature import TemperatureOps
+from .ops_timemajor import TimeMajorOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -43,6 +44,7 @@ from .walk import Walker
 
 
 class Converter(
+    TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it

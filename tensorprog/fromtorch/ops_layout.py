@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_timemajor import time_major
 from .values import (
     Affine,
     Aux,
@@ -34,6 +35,8 @@ class LayoutOps:
     # -- layout ops --------------------------------------------------------------------------
     def view(self, node, v):
         shape = tuple(node.meta["val"].shape)
+        if time_major(v):  # laid out (tokens, batch, ...): ops_timemajor.py
+            return self.time_major_view(node, v, self._shape(node.args[0]), shape)
         if isinstance(v, PairStack):  # rotate_every_two's flatten (ops_rotary.py)
             return self.pairs_flattened(node, v)
         if isinstance(v, (Conc, Aux)):
@@ -215,6 +218,9 @@ class LayoutOps:
         tags = list(self._tags(v, node))
         perm = list(range(len(tags)))
         perm[d0], perm[d1] = perm[d1], perm[d0]
+        moved = self.time_major_relayout(node, v, perm)  # tokens first (ops_timemajor.py)
+        if moved is not None:
+            return moved
         self._same_kind_kept(node, v, tags, perm)
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
@@ -236,6 +242,9 @@ class LayoutOps:
             return self.spread_permute(node, v, dims)
         self._whole(node, v)
         tags = self._tags(v, node)
+        moved = self.time_major_relayout(node, v, [d % len(tags) for d in dims])
+        if moved is not None:  # tokens first, or back (ops_timemajor.py)
+            return moved
         self._same_kind_kept(node, v, tags, [d % len(tags) for d in dims])
         new = tuple(tags[d] for d in dims)
         if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(

@@ -70,10 +70,9 @@ from .where import (
     user_span,
 )
 
-_RESERVED = {
-    "width", "depth", "dim", "input", "param", "scale", "output", "block", "return", "repeat",
-    "tokens", "positions", "image", "patches", "n", "tok", "pos",
-} | set(FUNCTIONS)
+_RESERVED = {"width", "depth", "dim", "input", "param", "scale", "output", "block", "return",
+             "repeat", "tokens", "positions", "image", "patches", "n", "tok", "pos",
+             *FUNCTIONS}
 _IDENTITY_OPS = {
     "contiguous",
     "alias",
@@ -427,6 +426,7 @@ class Walker:
                     value = self.env[a.name]
                     if isinstance(value, (Tok, Conc, Aux)) or value is None:
                         continue
+                    self.batch_major_output(self.by_name[a.name], value)  # (ops_timemajor)
                     v = self.vec(value, node)
                     if v.name not in self.out.outputs:
                         self.out.outputs.append(v.name)
@@ -524,8 +524,8 @@ class Walker:
             # (transposed too: XLNet's seq-first ids, input_ids.transpose(0, 1), whose every
             # entry is still a token id, looked up entry by entry)
             if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS | {"transpose", "permute", "t"} \
-                    and isinstance(args[0], Tok):
-                return Tok(("tok",) * len(self._shape(node)))
+                    and isinstance(args[0], Tok):  # (tokens first: ops_timemajor.py)
+                return self.time_major_tok(node, op, args[0])
             # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
             # not a constant computed from the zeros the trace puts in their place
             if op == "slice" and isinstance(args[0], Tok) and self._shape(node) == self._shape(
@@ -538,7 +538,7 @@ class Walker:
             kept = ids_kept(node, op, args)
             if kept is not None and self._shape(node) == self._shape(node.args[kept]) and not \
                     node.meta["val"].dtype.is_floating_point:
-                return Tok(("tok",) * len(self._shape(node)))
+                return Tok(tuple(args[kept].tags))  # laid out as they are
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:
             # ids given as an input, viewed to their own shape (MVP's decoder_input_ids.view(-1,
@@ -631,8 +631,8 @@ class Walker:
                 return a.value
             if tables and getattr(a, "op", None) == "get_attr":  # a higher-order op's subgraph
                 return self.on_cpu(a)  # (M2M-100's torch.no_grad: ops_tables.py)
-            if isinstance(a, Tok):
-                return self.tok_value
+            if isinstance(a, Tok):  # as laid out: transposed, tokens first (XLNet's)
+                return self.laid_ids(self.tok_value, a)
             if isinstance(a, torch.device):
                 return torch.device("cpu")
             if isinstance(a, (list, tuple)):
@@ -643,7 +643,7 @@ class Walker:
             if isinstance(a, (Conc, Computed)) and a.probe is not None:
                 return a.probe
             if isinstance(a, Tok):
-                return probe_ids(self.tok_value)
+                return self.laid_ids(probe_ids(self.tok_value), a)
             if isinstance(a, (list, tuple)):
                 return type(a)(probe(x) for x in a)
             return val(a)

@@ -1,12 +1,14 @@
 """from_torch on relayouts the language cannot say: an image's rows and columns swapped
-(h.transpose(2, 3), h.permute(0, 1, 3, 2)), the batch swapped with the tokens
-(x.transpose(0, 1)), and a linear layer over the tokens of [B, C, T] (MLP-Mixer's token
-mixing). Each is refused at the user's line: traced, its program would compute the value as if
-unswapped (a square image's transpose is not the identity). A swap its reader undoes at once is
-the value itself and traces."""
+(h.transpose(2, 3), h.permute(0, 1, 3, 2)), the batch and tokens permuted into no layout the
+tracer has ((tokens, features, batch)), and a linear layer over the tokens of [B, C, T]
+(MLP-Mixer's token mixing). Each is refused at the user's line: traced, its program would
+compute the value as if unswapped (a square image's transpose is not the identity). A swap its
+reader undoes at once is the value itself and traces; the batch swapped with the tokens,
+x.transpose(0, 1), is a time-major value (test_time_major.py), which per-token ops read as the
+program does."""
 
 import pytest
-from conftest import abc_by_target
+from conftest import abc_by_target, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -71,15 +73,27 @@ class Batch(nn.Module):
 
     def forward(self, idx):
         x = self.e(idx)
+        if self.swap == "features":  # (tokens, features, batch): no layout the tracer has
+            return self.out(self.fc(x.permute(1, 2, 0).transpose(1, 2)).transpose(0, 1))
         y = x.transpose(0, 1) if self.swap else x
         y = F.relu(self.fc(y))
         return self.out(x + (y.transpose(0, 1) if self.swap else y))
 
 
-def test_the_batch_swapped_with_the_tokens_is_refused():
+def test_the_batch_swapped_with_the_tokens_for_per_token_ops_is_the_model():
+    # time-major between the swaps, (tokens, batch, n): a linear layer and a relu read each
+    # token's vector alone, so the program is the unswapped model's (test_time_major.py has
+    # the ops that read the tokens)
+    swapped = from_torch(Batch, WIDTHS, _tokens)
+    assert traced_computes_the_model(swapped, Batch, _tokens) <= 1e-10
+    assert abc_by_target(swapped) == abc_by_target(from_torch(
+        lambda n: Batch(n, swap=False), WIDTHS, _tokens))
+
+
+def test_a_permute_of_the_batch_and_tokens_to_no_layout_traced_is_refused():
     with pytest.raises(TensorProgError, match=AT + "a transpose or permute that swaps the "
                        "batch and tokens axes"):
-        from_torch(Batch, WIDTHS, _tokens)
+        from_torch(lambda n: Batch(n, swap="features"), WIDTHS, _tokens)
 
 
 class Mixer(nn.Module):

@@ -5,7 +5,7 @@ applied (bit-identical at the base width) and compared with the same model writt
 buffer (the oracle: positions from ``torch.arange``, the constant row as a bias)."""
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -155,23 +155,34 @@ def test_the_whole_of_the_token_ids_sliced_is_still_the_token_input():
     assert "embedding = e_weight @ tok" in traced.source.splitlines(), traced.source
 
 
-def test_the_token_ids_transposed_and_swapped_back_are_refused_at_the_swap():
-    class SeqFirst(nn.Module):  # XLNet's input_ids.transpose(0, 1): [T, B] ids, looked up
-        def __init__(self, n):
-            super().__init__()
-            self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
+class SeqFirst(nn.Module):  # XLNet's input_ids.transpose(0, 1): [T, B] ids, looked up
+    def __init__(self, n, pooled=False):
+        super().__init__()
+        self.pooled = pooled
+        self.e, self.o = nn.Embedding(13, n), nn.Linear(n, 13)
 
-        def forward(self, idx):
-            return self.o(self.e(idx.transpose(0, 1)).transpose(0, 1))
+    def forward(self, idx):
+        if self.pooled == "viewed":  # [B, T] ids viewed [T, B]: dealt out anew, no layout
+            return self.o(self.e(idx.view(idx.shape[1], -1)).transpose(0, 1))
+        h = self.e(idx.transpose(0, 1))
+        if self.pooled:  # a mean over axis 1 of [T, B, n]: over the batch, not the tokens
+            h = h + h.mean(1, keepdim=True)
+        return self.o(h.transpose(0, 1))
 
+
+def test_the_token_ids_transposed_are_looked_up_tokens_first():
     # each entry is still a token id, so the lookup traces (it was refused as "ids computed
-    # from the token ids"); but the trace's axes cannot tell the looked-up [T, B, n] from
-    # [B, T, n] (the batch and the tokens are both per-token axes), so the swap back is refused
-    # rather than taken as undoing a swap it cannot see: an op over the tokens between the two
-    # would read the batch
+    # from the token ids"), laid out [T, B, n] as they are (ops_timemajor.py): the swap back
+    # is the model, and an op over the tokens between the two, which would read the batch, is
+    # refused
+    traced = from_torch(SeqFirst, WIDTHS, _zeros)
+    assert traced_computes_the_model(traced, SeqFirst, _tokens) <= 1e-10
     with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
-                       "a transpose or permute that swaps the batch and tokens axes"):
-        from_torch(SeqFirst, WIDTHS, _zeros)
+                       "the op mean on a time-major value"):
+        from_torch(lambda n: SeqFirst(n, pooled=True), WIDTHS, _zeros)
+    with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
+                       r"a view of the token ids from \[2, 8\] to \[8, 2\]"):
+        from_torch(lambda n: SeqFirst(n, pooled="viewed"), WIDTHS, _zeros)
 
 
 def _zeros(model):  # the ids a trace is usually given (the zoo's): all zeros
