@@ -16,6 +16,7 @@ own init and the LR given, so hyperparameters tuned there transfer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,13 +29,15 @@ from .columns import check_shared_lr, column_range
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
-from .patches import Patch, groups_of, hook, modules_at
+from .patches import Patch, claim, groups_of, hook, modules_at, release
 from .reinit import draw_seed, rescale
 from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse, init_of
 from .where import strip_prefix
+
+_TOKENS = itertools.count(1)  # one per MuP
 
 
 @dataclass
@@ -132,6 +135,7 @@ class MuP(OptimizerGroups):
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
+        self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
         # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
         # blocks' own Adam eps (gradscale.py)
         self._grad_scales: dict[int, dict] = {}
@@ -517,6 +521,7 @@ class MuP(OptimizerGroups):
     def remove_patches(self, model) -> None:
         for h in self._hooks.pop(id(model), []):
             h.remove()
+        release(model, self._token)
 
     def _depth_lines(self) -> list[str]:
         if self.derivation.depth is None:
@@ -568,6 +573,7 @@ class MuP(OptimizerGroups):
                 self._register(model, r)
 
     def _register(self, model, r: float) -> list[str]:
+        claim(model, self._token)
         placed = [(p, name) for p in self.patches for name in self._patched_modules(model, p)]
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):

@@ -88,6 +88,7 @@ class LayoutOps:
             v = self.vec(v, node)
             return Vec(v.name, ("tok",) * (len(shape) - 2) + ("H", "dh"), v.dim, shape[-1])
         if tags[-2:] == ("H", "dh") and len(shape) == len(old) - 1 and shape[-1] == math.prod(feat):
+            v = self.vec(v, node)  # a lazy product (x.view(B, T, H, dh) * c) written first
             return Vec(v.name, ("tok",) * (len(shape) - 1) + ("F",), v.dim)
         # channels-first [B, C, T] split into heads [B, H, dh, T] and merged back (SqueezeBERT's
         # transpose_for_scores after a kernel-1 conv1d: ops_conv1d.py); a view keeps the order

@@ -97,3 +97,28 @@ def modules_at(model, names: list[str]) -> list:
             )
         out.append(module)
     return out
+
+
+# the attribute a patched model carries: which MuP's hooks it holds (one MuP's at a time)
+_OWNER = "_tensorprog_patched_by"
+
+
+def claim(model, token: int) -> None:
+    """Mark ``model`` as patched by the MuP of ``token``; refused where another MuP's forward
+    patches and gradient scales are on it already, which a second set would apply again (a
+    readout scaled twice, a block's Adam eps scaled by the square of its factor)."""
+    held = getattr(model, _OWNER, None)
+    if held is not None and held != token:
+        raise UsageError(
+            "this model holds another MuP's forward patches and gradient scales: a second "
+            "MuP's apply would register its own beside them, and each would act twice",
+            help="apply with the MuP that patched it, or call that MuP's "
+            "remove_patches(model) first",
+        )
+    object.__setattr__(model, _OWNER, token)
+
+
+def release(model, token: int) -> None:
+    """Unmark ``model`` once the MuP of ``token`` removed its patches."""
+    if getattr(model, _OWNER, None) == token:
+        object.__delattr__(model, _OWNER)

@@ -587,7 +587,8 @@ RECOGNISED = ("identity", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"
 
 def identify(f: Callable) -> tuple[str, float] | None:
     """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4] and far out
-    (to ±256: a clamp at 5, a threshold past 4, differ from a function only there), or None."""
+    (to ±256: a clamp at 5, a threshold past 4, differ from a function only there) to 1e-5 of
+    each value, or None."""
     import torch
 
     t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
@@ -597,10 +598,11 @@ def identify(f: Callable) -> tuple[str, float] | None:
     best = None
     for name, ref in fns.items():
         c = float((y @ ref) / (ref @ ref))
-        err = float((y - c * ref).abs().max()) / max(1.0, abs(c))
-        # the closest of those within the tolerance: gelu and its tanh approximation are
-        # 2e-4 apart, each exact for itself
-        if abs(c) > 1e-12 and err < 2e-3 and (best is None or err < best[2]):
+        # each point's error against its own size (at least 1): the model's function itself,
+        # up to float32's rounding where the chain casts (a few 1e-7); a function near one
+        # (gelu + 0.001, tanh(1.001 x), gelu's tanh form beside gelu, 2e-4 apart) is another
+        err = float(((y - c * ref).abs() / (c * ref).abs().clamp(min=1.0)).max())
+        if abs(c) > 1e-12 and err < 1e-5 and (best is None or err < best[2]):
             best = (name, float(f"{c:.12g}"), err)  # the fit's last bits are rounding (50.0)
     return best[:2] if best else None
 

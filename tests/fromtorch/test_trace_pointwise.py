@@ -262,3 +262,32 @@ def test_a_scaled_value_read_again_through_a_cast_is_one_vector():
     plain = from_torch(lambda n: ScaledTwice(n, cast=False), WIDTHS, _tokens)
     assert abc_by_target(traced) == abc_by_target(plain)
     apply_is_bit_identical_at_base(traced, ScaledTwice, _tokens)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda t: F.gelu(t) + 1e-3,  # an offset
+    lambda t: torch.tanh(1.001 * t),  # a stretch
+    lambda t: 0.5 * t * (1.0 + torch.tanh(0.7978845608028654 * (t + 0.045 * t**3))),
+])
+def test_a_function_near_one_of_the_languages_is_not_taken_for_it(fn):
+    from tensorprog.fromtorch.values import identify
+
+    assert identify(fn) is None
+
+
+class ScaledHeads(nn.Module):
+    """A layer's output viewed into 2 heads, scaled, and merged back: the lazy product is
+    written before the merge (a traceback before)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.fc, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        y = (self.fc(x).view(*idx.shape, 2, -1) * 0.5).reshape(*idx.shape, -1)
+        return self.out(x + y)
+
+
+def test_a_scaled_view_into_heads_merged_back_computes_the_model():
+    traced_computes_the_model(from_torch(ScaledHeads, WIDTHS, _tokens), ScaledHeads, _tokens)
