@@ -573,8 +573,9 @@ class MuP(OptimizerGroups):
                 self._register(model, r)
 
     def _register(self, model, r: float) -> list[str]:
-        claim(model, self._token)
         placed = [(p, name) for p in self.patches for name in self._patched_modules(model, p)]
+        if placed or self._grad_scales.get(id(model)):  # hooks that would act twice
+            claim(model, self._token)
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):
             if p.bias and getattr(m, "bias", None) \
