@@ -56,5 +56,3 @@ def grad_part(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     (x,) = ins.args
     return [(x, t) for t in terms(f"d{ins.out} on part {ins.index}", f"each coordinate of "
                                   f"{ins.out} is one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
-
-

@@ -147,11 +147,6 @@ class MuP(OptimizerGroups):
             self._tuned_multipliers()
         check_shared_lr(self)  # blocks of one tensor (a concatenation's, a split's): one LR
 
-    @property
-    def _adam(self) -> bool:
-        """Whether the optimizer steps every param with Adam's eps (not Muon's matrices)."""
-        return self.derivation.optimizer.name in ("adam", "adamw")
-
     def _derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
         (the program holds its base value; trace.py). A scale on attention whose result reaches

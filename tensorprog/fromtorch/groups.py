@@ -17,6 +17,11 @@ class OptimizerGroups:
     """The param groups of a ``MuP`` (its ``lr_exp``/``eps_exp`` and their depth exponents,
     its ``_uses``, ``width_of`` and ``_depth_ratio``, its tuned LR)."""
 
+    @property
+    def _adam(self) -> bool:
+        """Whether the optimizer steps every param with Adam's eps (not Muon's matrices)."""
+        return self.derivation.optimizer.name in ("adam", "adamw")
+
     def eps_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
         """Per torch param name: the factor on Adam's base eps at this model's width and depth
         (empty under SGD; a param without an eps exponent, none of its gradient reaching it, is
@@ -29,7 +34,7 @@ class OptimizerGroups:
         gradient (a tensor of its shape) that gives each block its own with the group's eps
         (gradscale.py); ``apply`` registers it as a hook. Empty at the base width, and under
         an optimizer without Adam's eps."""
-        if self.derivation.optimizer.name not in ("adam", "adamw"):
+        if not self._adam:
             return {}
         return eps_blocks(self, model, base_depth)[1]
 
@@ -134,7 +139,7 @@ class OptimizerGroups:
                 stacklevel=2,
             )
         mult = self.lr_multipliers(model, base_depth)
-        adam = self.derivation.optimizer.name in ("adam", "adamw")
+        adam = self._adam
         eps_mult = self._eps_scaled(model, base_depth, decay, weight_decay, decayed) if adam \
             else {}
         # by tensor: a tied one is named once in named_parameters, maybe not as in the program

@@ -210,7 +210,7 @@ class AttentionOps:
                and (v.dh != q.dh or node.name in self.own_heads))
         if own:
             self.out.own_heads.add(node.name)
-        if not own:
+        else:
             self.grouped(node, q, v, "values")
         if _laid_out(q, v) != _laid_out(v, q):
             # torch batches the weights' axes with the values' by position: values left

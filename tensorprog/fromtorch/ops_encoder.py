@@ -8,18 +8,13 @@ a position table read over a sequence of R tokens of its own."""
 from __future__ import annotations
 
 from .values import Given, ParamUse, PRef, TokenParam, TokensFrom, Vec
-from .where import module_of, refuse, strip_prefix
+from .where import module_of, op_name, refuse, strip_prefix
 
 _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
                "a param [1, 1, n] and h the (batch, tokens, features) embeddings")
 
 _FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
                "the per-token layers; the language has no other token's vector")
-
-
-def _op(node) -> str:
-    """The aten op of a graph node, by name (``cat``)."""
-    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
 class EncoderOps:
@@ -81,7 +76,7 @@ class EncoderOps:
         if len(v.shape) == 2 and len(out) == 3 and out[1:] == v.shape \
                 and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
             # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
-            if node.users and all(_op(u) == "cat" for u in node.users):
+            if node.users and all(op_name(u) == "cat" for u in node.users):
                 return TokenParam(v)
             return self.latent_array(node, v)
         count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]

@@ -29,7 +29,7 @@ import dataclasses
 
 from .ops_pixels import KEEP_LAYOUT
 from .values import ParamFn, PRef, Vec
-from .where import op_name, refuse
+from .where import op_name, refuse, strip_prefix
 
 _HELP = ("make the transformed tensor the param (initialise it as the transform of today's "
          "init), or trace the model without this part; a temperature of attention logits "
@@ -40,7 +40,7 @@ _HELP = ("make the transformed tensor the param (initialise it as the transform 
 def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
     ref = x.ref if isinstance(x, ParamFn) else x
     what = x.op if isinstance(x, ParamFn) else op
-    return refuse(node, f"{what} of a param alone ({ref.target.removeprefix('m.')}) used by "
+    return refuse(node, f"{what} of a param alone ({strip_prefix(ref.target)}) used by "
                   f"{op_name(node) or node.target}: the language's params enter the program "
                   "as they are, so a param transformed before its use (Mamba's A = -exp(A_log), "
                   "xIELU's softplus(alpha)) has no place in it, but as Swin V2's per-head "
@@ -91,7 +91,7 @@ class TemperatureOps:
         if scores.bias is not None or scores.split or scores.probs or scores.gain is not None \
                 or len(heads) != 4 or shape != (heads[1], 1, 1) or len(ref.shape) > len(heads):
             # (a param of more axes than the logits broadcasts them to more: [1, 1, H, 1, 1])
-            raise refuse(node, f"the param {ref.target.removeprefix('m.')} of shape "
+            raise refuse(node, f"the param {strip_prefix(ref.target)} of shape "
                          f"{list(ref.shape)} multiplying attention logits within windows "
                          f"{list(heads)}: traced only as one number per head, [heads, 1, 1], "
                          "times q @ k.T (or its scale) before the bias and mask are added",

@@ -16,6 +16,7 @@ import dataclasses
 import operator
 
 from .values import Affine, Centered, Conc, L2Norm, Mean, MeanSq, Parts, Pointwise, PRef, Tok, Vec
+from .walk import IDENTITY_OPS, VIEW_OPS
 from .where import CHECK_OPS, op_name, refuse
 
 # the time-major layouts traced: a vector, its heads, its heads merged with the batch
@@ -29,10 +30,8 @@ _COORDINATEWISE = {"abs", "clamp", "clamp_min", "erf", "exp", "expm1", "gelu", "
                    "hardswish", "hardtanh", "neg", "pow", "relu", "relu6", "rsqrt", "sigmoid",
                    "silu", "softplus", "sqrt", "square", "tanh"}
 _SUMS = {"add", "sub", "mul", "div"}
-_RELAYOUTS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as",
-              "transpose", "permute", "t"}
-_CARRIED = {"contiguous", "alias", "clone", "dropout", "dropout_", "to", "type_as", "_to_copy",
-            "feature_dropout", "lift_fresh_copy"}
+# the walk's views and the ops it reads as the value itself (walk.py), and the transposes
+_RELAYOUTS = VIEW_OPS | {"transpose", "permute", "t"}
 _HELP = ("lay the value out batch-major, (batch, tokens, features), before this op: "
          "x.transpose(0, 1)")
 
@@ -200,7 +199,7 @@ class TimeMajorOps:
         or product with a number, a vector param or a vector laid out alike, a mean or split
         along the features, a relayout (time_major_view, time_major_relayout)."""
         base = op[:-1] if op.endswith("_") and op[:-1] in _SUMS else op
-        if base in _CARRIED | _RELAYOUTS | _COORDINATEWISE and base not in _SUMS:
+        if base in IDENTITY_OPS | _RELAYOUTS | _COORDINATEWISE:
             return
         ndim = len(self._shape(node.args[0])) if hasattr(node.args[0], "meta") else 0
         if base in ("linear", "matmul", "mm", "bmm", "addmm"):

@@ -58,7 +58,7 @@ class PEntry:
 
 
 def entry_key(target: str, index) -> str:
-    """The key of one entry's init among the base stats (trace._base_stats): ``w[i]``."""
+    """The key of one entry's init among the base stats (init_stats.base_stats): ``w[i]``."""
     return f"{target}[{index}]"
 
 

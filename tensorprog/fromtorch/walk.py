@@ -73,7 +73,7 @@ from .where import (
 _RESERVED = {"width", "depth", "dim", "input", "param", "scale", "output", "block", "return",
              "repeat", "tokens", "positions", "image", "patches", "n", "tok", "pos",
              *FUNCTIONS}
-_IDENTITY_OPS = {
+IDENTITY_OPS = {
     "contiguous",
     "alias",
     "clone",
@@ -129,7 +129,7 @@ SYMBOLIC = (
 )
 
 
-_VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
+VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
 
 
 class Walker:
@@ -523,7 +523,7 @@ class Walker:
         if symbolic and all(isinstance(x, Tok) for x in symbolic) and op != "embedding":
             # (transposed too: XLNet's seq-first ids, input_ids.transpose(0, 1), whose every
             # entry is still a token id, looked up entry by entry)
-            if op in _VIEW_OPS | _IDENTITY_OPS | _GRAD_STOPS | {"transpose", "permute", "t"} \
+            if op in VIEW_OPS | IDENTITY_OPS | _GRAD_STOPS | {"transpose", "permute", "t"} \
                     and isinstance(args[0], Tok):  # (tokens first: ops_timemajor.py)
                 return self.time_major_tok(node, op, args[0])
             # the whole of the ids (XLM's input_ids[:, -slen:] with no cache): still the ids,
@@ -543,7 +543,7 @@ class Walker:
         if not symbolic:
             # ids given as an input, viewed to their own shape (MVP's decoder_input_ids.view(-1,
             # T)): still that input, which a lookup reads as ids (not a constant of its values)
-            if op in _VIEW_OPS and isinstance(args[0], Given) and \
+            if op in VIEW_OPS and isinstance(args[0], Given) and \
                     self._shape(node) == self._shape(node.args[0]):
                 return args[0]
             return self.concrete(node, args, kwargs)
@@ -563,7 +563,7 @@ class Walker:
                 help="remove the detach (or torch.no_grad) from the forward, or trace the model "
                 "without the detached part",
             )
-        if op in _IDENTITY_OPS:
+        if op in IDENTITY_OPS:
             if op == "to" and any(
                 isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
             ):
@@ -571,7 +571,7 @@ class Walker:
             return args[0]
         if any(isinstance(x, Laid) for x in flat):  # (ops_grid.py)
             return self.laid_op(node, op, args, kwargs)
-        if op in _VIEW_OPS:
+        if op in VIEW_OPS:
             return self.view(node, args[0])
         if method is None:
             sliced = next((x for x in flat if isinstance(x, TokensFrom)), None)

@@ -96,11 +96,13 @@ def expectations(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
     that bias zero-initialised, as a vector of zero params alone is exactly 0."""
     zeroed = zero_constants(program, abc)
     own = classify(program, optimizer, zeroed).analysis
-    plain = classify(program, optimizer, abc).analysis if zeroed != abc else own
+    plain = own
     if against == "predicted":
         an = own
     elif against == "mup":
         an = derive(program, optimizer).check.analysis
+        if zeroed != abc:  # the sizes without the zeros, read only against µP (below)
+            plain = classify(program, optimizer, abc).analysis
     else:
         raise UsageError(f"unknown reference {against!r}", help="choose mup or predicted")
 
