@@ -476,14 +476,11 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                           None)
             if i.kind == "windows":  # Swin's window offsets and mask, of the grid's sizes
                 em.helpers.add("_window_buckets")
-                h, w, shift, *mask = i.window
+                h, w, shift, mask = i.window
                 sizes = [program.dim_table[d].size for d in (h, w)]
                 side = (math.isqrt(program.dim_table[i.dim].size) + 1) // 2
                 out.append(f"        {local[i.name]} = _window_buckets({sizes[0]}, {sizes[1]}, "
-                           f"{side}, {shift}, {device})")
-                if mask:  # the regions' -100 made -mask: -1, then the whole number m (exact)
-                    w = local[i.name]
-                    out.append(f"        {w} = ({w}[0], {w}[1] / 100 * {mask[0]}, {w}[2])")
+                           f"{side}, {shift}, {device}" + (f", {mask})" if mask != 100 else ")"))
                 continue
             if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
                 em.helpers.add("_relative_buckets")

@@ -114,13 +114,12 @@ def swin_index(window: int, torch):
 
 
 def window_buckets(height: int, width: int, window: int, shift: int, torch, mask: int = 100):
-    """The ``windows`` input's offset ids and additive mask over the height·width tokens (-100,
-    or -``mask``, between the roll's regions, -inf between windows, in float64): the emitted
-    module's own ``_window_buckets`` (emit/templates.py) run here, scaled as the module scales
-    it (emit/module.py), so that the trace accepts exactly what the module builds."""
-    ids, regions, outside = _emitted_buckets()(height, width, window, shift, None)
-    regions = regions.double() if mask == 100 else regions.double() / 100 * mask
-    return ids, regions + outside.double()
+    """The ``windows`` input's offset ids and additive mask over the height·width tokens
+    (-``mask`` between the roll's regions, -inf between windows, in float64): the emitted
+    module's own ``_window_buckets`` (emit/templates.py) run here, so that the trace accepts
+    exactly what the module builds."""
+    ids, regions, outside = _emitted_buckets()(height, width, window, shift, None, mask)
+    return ids, regions.double() + outside.double()
 
 
 @functools.cache

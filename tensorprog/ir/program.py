@@ -166,7 +166,7 @@ class Input:
     kind: str = "vector"
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
-    window: tuple | None = None  # windows: the grid's height, width dims, shift[, mask ≠ 100]
+    window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
 
 
 @dataclass(frozen=True)

@@ -554,8 +554,7 @@ class _Lowering(ExpressionLowering):
             return
         if self.define(st.name, st.name_span):
             self.inputs.append(Input(st.name, offsets.name, st.span, "windows", seq.name,
-                                     window=(h.name, w.name, shift) if mask == 100 else
-                                     (h.name, w.name, shift, mask)))
+                                     window=(h.name, w.name, shift, mask)))
             self.tokenwise.add(st.name)
             self.values[st.name] = offsets.name
 

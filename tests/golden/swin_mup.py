@@ -477,11 +477,11 @@ def _window_bias(windows, table):
     return bias + mask.to(bias.dtype)
 
 
-def _window_buckets(height, width, window, shift, device):
+def _window_buckets(height, width, window, shift, device, mask=100):
     """Swin's windowed attention over the height x width tokens (row-major), the grid
     rolled by -shift and cut into window x window windows: the offset id of each
     (query, key) pair within their window, (dy + w - 1) * (2w - 1) + dx + w - 1 (0
-    between windows); the bias's mask, -100 between the regions the roll brought into
+    between windows); the bias's mask, -mask between the regions the roll brought into
     one window (shift > 0), else 0; and the softmax's, -inf between windows."""
     y, x = torch.meshgrid(torch.arange(height, device=device),
                           torch.arange(width, device=device), indexing="ij")
@@ -491,14 +491,14 @@ def _window_buckets(height, width, window, shift, device):
     same = ((y // window)[:, None] == (y // window)[None, :]) & (
         (x // window)[:, None] == (x // window)[None, :])
     ids = torch.where(same, (dy + window - 1) * (2 * window - 1) + dx + window - 1, 0)
-    mask = torch.zeros(ids.shape, device=device)
+    regions = torch.zeros(ids.shape, device=device)
     if shift > 0:
         ry = (y >= height - window).long() + (y >= height - shift).long()
         rx = (x >= width - window).long() + (x >= width - shift).long()
         region = ry * 3 + rx
-        mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)
+        regions = regions.masked_fill(region[:, None] != region[None, :], -float(mask))
     outside = torch.zeros(ids.shape, device=device).masked_fill(~same, float("-inf"))
-    return ids, mask, outside
+    return ids, regions, outside
 
 
 def _positive_ints(**values):

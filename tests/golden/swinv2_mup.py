@@ -188,8 +188,7 @@ class Model(torch.nn.Module):
 
     def forward(self, img):
         w0 = _window_buckets(8, 8, 4, 0, next(self.parameters()).device)
-        w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device)
-        w2 = (w2[0], w2[1] / 100 * 200, w2[2])
+        w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device, 200)
         x0_1 = _conv_geometry(img, self.K0, 4, (0, 0, 0, 0), 1)
         x0_2 = x0_1 + self.b0
         x0_3 = x0_2.flatten(-3, -2)
@@ -254,8 +253,7 @@ class Model(torch.nn.Module):
     def vectors(self, img):
         """Every named vector of the program, batch axis first."""
         w0 = _window_buckets(8, 8, 4, 0, next(self.parameters()).device)
-        w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device)
-        w2 = (w2[0], w2[1] / 100 * 200, w2[2])
+        w2 = _window_buckets(8, 8, 4, 2, next(self.parameters()).device, 200)
         x0_1 = _conv_geometry(img, self.K0, 4, (0, 0, 0, 0), 1)
         x0_2 = x0_1 + self.b0
         x0_3 = x0_2.flatten(-3, -2)
@@ -438,11 +436,11 @@ def _window_bias(windows, table):
     return bias + mask.to(bias.dtype)
 
 
-def _window_buckets(height, width, window, shift, device):
+def _window_buckets(height, width, window, shift, device, mask=100):
     """Swin's windowed attention over the height x width tokens (row-major), the grid
     rolled by -shift and cut into window x window windows: the offset id of each
     (query, key) pair within their window, (dy + w - 1) * (2w - 1) + dx + w - 1 (0
-    between windows); the bias's mask, -100 between the regions the roll brought into
+    between windows); the bias's mask, -mask between the regions the roll brought into
     one window (shift > 0), else 0; and the softmax's, -inf between windows."""
     y, x = torch.meshgrid(torch.arange(height, device=device),
                           torch.arange(width, device=device), indexing="ij")
@@ -452,14 +450,14 @@ def _window_buckets(height, width, window, shift, device):
     same = ((y // window)[:, None] == (y // window)[None, :]) & (
         (x // window)[:, None] == (x // window)[None, :])
     ids = torch.where(same, (dy + window - 1) * (2 * window - 1) + dx + window - 1, 0)
-    mask = torch.zeros(ids.shape, device=device)
+    regions = torch.zeros(ids.shape, device=device)
     if shift > 0:
         ry = (y >= height - window).long() + (y >= height - shift).long()
         rx = (x >= width - window).long() + (x >= width - shift).long()
         region = ry * 3 + rx
-        mask = mask.masked_fill(region[:, None] != region[None, :], -100.0)
+        regions = regions.masked_fill(region[:, None] != region[None, :], -float(mask))
     outside = torch.zeros(ids.shape, device=device).masked_fill(~same, float("-inf"))
-    return ids, mask, outside
+    return ids, regions, outside
 
 
 def _positive_ints(**values):
