@@ -4,9 +4,11 @@ Nonlin whose output has another dim than its input's, ``part(x, d, i)`` (``PART`
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from .functions import PART, SPREAD
 
-__all__ = ["SPREAD", "other_dim", "spread_dim"]
+__all__ = ["SPREAD", "other_dim", "part_count", "spread_dim"]
 
 
 def other_dim(dims: dict, fn: str, arg: str | None, over: str) -> str | None:
@@ -28,3 +30,12 @@ def spread_dim(dims: dict, heads: str | None, over: str) -> str | None:
     else:
         want = ("fin", h.size * o.size)
     return next((name for name, d in dims.items() if d.key() == want), None)
+
+
+def part_count(x, d) -> Fraction | None:
+    """How many parts of dim ``d`` a vector of dim ``x`` has (``part(x, d, i)``): the same at
+    every width, so both dims finite or both growing; None where one grows and the other not
+    (the count would change with the width). Not necessarily whole."""
+    if x is None or d is None or x.infinite != d.infinite:
+        return None
+    return Fraction(x.mult) / Fraction(d.mult) if x.infinite else Fraction(x.size, d.size)

@@ -26,6 +26,7 @@ from .program import (
     split_heads_dim,
 )
 from .sequences import check_sequences
+from .spread import part_count
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -323,8 +324,7 @@ def _verify_part(program: Program, ins: Nonlin, arg: str | None,
     dims = program.dim_table
     d = dims.get(ins.over or "")
     x = dims.get(arg or "")
-    k = (x.mult / d.mult if x.infinite else Fraction(x.size, d.size)) if (
-        x is not None and d is not None and x.infinite == d.infinite) else None
+    k = part_count(x, d)
     if len(ins.args) != 1 or k is None or k.denominator != 1 or not (
             isinstance(ins.index, int) and 0 <= ins.index < k):
         errors.error("part(x, d, i): x a vector of k·d coordinates (k fixed: d and x's dim "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..ir.functions import PART
 from ..ir.program import Nonlin
+from ..ir.spread import part_count
 from .ast import Call
 
 _USAGE = ("write part(x, d, i): x a vector of k·d coordinates (`dim d = n / 8`, x of dim "
@@ -45,8 +46,7 @@ def lower_part(low, node: Call, args: list, state: tuple[str, int], vec: type):
         low.errors.error("part needs a vector", node.args[0].span, _USAGE)
         return None
     have, want = dims[x.dim], dims[d]
-    k = (have.mult / want.mult if have.infinite else have.size / want.size) \
-        if have.infinite == want.infinite else None
+    k = part_count(have, want)
     if k is None or k != int(k) or not index < k:
         what = (f"{x.dim} and {d} do not both grow with the width: the number of parts would "
                 "change with it (part reads one of a fixed number of parts)" if k is None else
