@@ -35,7 +35,10 @@ as the contrast (at 256 and 512, one seed). Every family ends in one of
   out, ``skipped``; one wider check runs at a time (a file lock: about 11 GiB each). A fail
   whose check warned that its run left the small-update regime (the check's lr too large for
   that model: xlm-roberta-xl's and ESM's LM heads turn in every step, docs/check.md) gives the
-  warning in its row;
+  warning in its row, and is checked once more at the lower lr the warning suggests (the
+  check's lr / ``LR_BACKOFF``), as the warning tells a user to do: where that run passes and
+  stays in the regime, the row is ``pass (lr 0.001)``, counted as a pass and in the totals apart,
+  with what the first run warned; else the row stays the first run's fail, with the second's;
 * ``refused``: tensorprog refuses it with a positioned error (the op and the user-code line);
 * ``build``: the model does not build small from its config (counted apart);
 * ``crash``: any other exception (its type and first line), or the family's timeout: the goal
@@ -713,23 +716,23 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         out["sp"] = ("passes" if bad.passed  # a run without any slope: what the check says
                      else f"fails ({len(bad.failures)} vectors, {_worst(bad) or _failed(bad)})")
         out["regime"] = good.regime_warning() or None
-        # vectors that pass by the split of their change (a router's logits whose own update
-        # scales as µP requires while W₀·Δx shrinks: finite-width drift, fromtorch/check.py)
-        # (a vector may pass by its parts after one step and fail after another: a failure)
-        drift = [good.where(k) for k in good.drift if k not in good.failures]
-        split = f"passed by the split: {', '.join(drift)}" if drift else ""
-        # vectors of few entries (a 2-class classifier) that failed by their noise and passed
-        # measured over more seeds (fromtorch/few.py)
-        again = [good.where(k) for k in good.remeasured if k not in good.failures]
-        if again:
-            split = "; ".join(x for x in (split, "passed over "
-                              f"{good.settings['remeasured_seeds']} seeds (few entries): "
-                              + ", ".join(again)) if x)
+        if not good.passed and out["regime"]:
+            # the check's own advice, taken once as a user would: its run left the small-update
+            # regime, so its slopes mix the lr with the width; the row is the run at the lower
+            # lr it suggests where that run passes inside the regime, and says so
+            lower = coord_check(mup, widths, **{**options, "lr": _lower_lr(good)})
+            out["lower_lr"] = {"lr": lower.settings["lr"], "from": good.settings["lr"],
+                               "status": _verdict(lower),
+                               "detail": "" if lower.passed else _failed(lower)}
+            if _verdict(lower) == "pass":
+                out["lr"] = lower.settings["lr"]
+                good = lower
+        split = _passed_by(good)
         if good.passed:
-            return done("pass", split, drift=drift, remeasured=again)
+            return done("pass", split, drift=_drift(good), remeasured=_again(good))
         out["logits_only"] = len(attention_logits(mup, good.failures)) == len(good.failures)
         out.update(failures={good.where(k): _slope(v) for k, v in good.failures.items()},
-                   drift=drift, remeasured=again)
+                   drift=_drift(good), remeasured=_again(good))
         if wider and wants_wider(out):
             out["wider"] = _wider(mup, build, wider, options)
         return done("fail", _failed(good) + (f"; {split}" if split else ""))
@@ -743,6 +746,43 @@ def run_scaling(family: str, scaling: str, widths=CHECK_WIDTHS, trace_widths=TRA
         tb = traceback.extract_tb(err.__traceback__)[-1]
         return done("crash", f"{stage}: {type(err).__name__}: {_first_line(err)} "
                     f"({Path(tb.filename).name}:{tb.lineno})")
+
+
+def _lower_lr(result) -> float:
+    """The lr a check that left the small-update regime suggests (its regime warning's)."""
+    from tensorprog.numerics.judge import LR_BACKOFF
+
+    return result.settings["lr"] / LR_BACKOFF
+
+
+def _verdict(result) -> str:
+    """pass only where the check passed inside the small-update regime; else fail, or "warns"
+    for a pass whose run still left it (its slopes mix the lr with the width)."""
+    if not result.passed:
+        return "fail"
+    return "warns" if result.regime_warning() else "pass"
+
+
+def _drift(result) -> list[str]:
+    # vectors that pass by the split of their change (a router's logits whose own update
+    # scales as µP requires while W₀·Δx shrinks: finite-width drift, fromtorch/check.py)
+    # (a vector may pass by its parts after one step and fail after another: a failure)
+    return [result.where(k) for k in result.drift if k not in result.failures]
+
+
+def _again(result) -> list[str]:
+    # vectors of few entries (a 2-class classifier) that failed by their noise and passed
+    # measured over more seeds (fromtorch/few.py)
+    return [result.where(k) for k in result.remeasured if k not in result.failures]
+
+
+def _passed_by(result) -> str:
+    """What a row says of the vectors that passed only by the split or by more seeds."""
+    drift, again = _drift(result), _again(result)
+    parts = [f"passed by the split: {', '.join(drift)}" if drift else "",
+             f"passed over {result.settings['remeasured_seeds']} seeds (few entries): "
+             + ", ".join(again) if again else ""]
+    return "; ".join(x for x in parts if x)
 
 
 def wants_wider(row: dict) -> bool:
@@ -843,10 +883,24 @@ def _one_at_a_time():
 def result_cell(row: dict) -> str:
     """A row's result: its status, and the wider check's where it ran (``pass (wider)``: the
     family fails at the zoo's widths and passes at the wider ones, never counted as a pass)."""
+    status = row["status"] + (f" (lr {row['lr']:g})" if row.get("lr") else "")
     wider = row.get("wider")
     if not wider:
-        return row["status"]
-    return f"{row['status']}; {wider['status']} (wider)"
+        return status
+    return f"{status}; {wider['status']} (wider)"
+
+
+def _lower_lr_detail(row: dict) -> str:
+    """What a row says of the check's run at the lower lr it suggested: why it ran, and its
+    result where the row is not that run's."""
+    lower = row.get("lower_lr")
+    if not lower:
+        return ""
+    if row.get("lr"):
+        return (f"at lr {lower['from']:g}, the check's default, it failed and warned: "
+                f"{row['regime']}; the row is its run at lr {lower['lr']:g}")
+    return (f"at lr {lower['lr']:g}, which the check suggested: {lower['status']}"
+            + (f", {lower['detail']}" if lower.get("detail") else ""))
 
 
 def _logits(out):
@@ -1053,6 +1107,7 @@ def _counts(rows: list[dict]) -> tuple[dict, int, str]:
     count = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     count["wider"] = sum(bool(r.get("wider")) for r in rows)
     count["wider_pass"] = sum(r.get("wider", {}).get("status") == "pass" for r in rows)
+    count["lower_lr"] = sum(r["status"] == "pass" and bool(r.get("lr")) for r in rows)
     built = len(rows) - count["build"]
     share = f"{100 * count['pass'] / built:.0f}%" if built else "-"
     return count, built, share
@@ -1101,7 +1156,12 @@ def report(by_mapping: dict, wall: float | None) -> str:
         "(a mixture of experts) is left out (`skipped`), and one wider check runs at a time "
         "(memory). A vector of few entries (a 2-class "
         "classifier's logits, 2 numbers an image) that fails at the zoo's widths is measured "
-        "again over more seeds (docs/check.md, \"Vectors of few entries\"); the row names it.",
+        "again over more seeds (docs/check.md, \"Vectors of few entries\"); the row names it. "
+        "A check that fails and warns that its run left the small-update regime (its slopes "
+        "then mix the learning rate with the width) is run once more at the lower lr it "
+        "suggests, as its warning tells a user to; where that run passes inside the regime, "
+        "the row is a pass at that lr, `pass (lr 0.001)`, and says what the first run warned; "
+        "else the row is the first run's, with the second's result.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"Python {platform.python_version()}; each family in its own process, two at a time."
@@ -1150,7 +1210,8 @@ def _section(mapping: Mapping, results: dict) -> list[str]:
             f"### {title}",
             "",
             f"Totals: {count['pass']} pass ({split} by the split of a vector's change: "
-            f"finite-width drift), {count['fail']} fail, {count['refused']} refused, "
+            f"finite-width drift; {count['lower_lr']} at the lower lr the check suggested), "
+            f"{count['fail']} fail, {count['refused']} refused, "
             f"{count['crash']} crash, of {built} that build ({share} pass); {count['build']} do "
             f"not build small. Of the fails, {_wider_totals(count)}. Slowest: "
             f"{slowest['family']} ({slowest.get('time', 0):.0f} s).",
@@ -1167,6 +1228,8 @@ def _section(mapping: Mapping, results: dict) -> list[str]:
                 if wider else "")
             if r["status"] == "fail" and r.get("regime"):  # the check's own warning: the lr
                 detail += f"; the check warns: {r['regime']}"  # leaves small updates
+            if r.get("lower_lr"):
+                detail = "; ".join(x for x in (detail, _lower_lr_detail(r)) if x)
             lines.append(f"| {r['family']} | {result_cell(r)} | {_cell(r.get('sp', '-'))} | "
                          f"{r.get('time', 0):.0f} | {_cell(detail)} |")
         lines.append("")

@@ -70,3 +70,37 @@ def test_the_wider_check_runs_in_a_process_of_its_own(zoo):
         zoo._in_child(lambda: 1 / 0)
     with pytest.raises(RuntimeError, match="died without a result"):
         zoo._in_child(lambda: os._exit(9))
+
+
+def test_a_check_that_left_the_small_update_regime_is_run_again_at_the_lr_it_suggests(zoo):
+    warned = "not in the small-update regime: the LM head turns"
+    passed = _row("esm", status="pass", regime=warned, lr=0.001, detail="",
+                  lower_lr={"lr": 0.001, "from": 0.003, "status": "pass", "detail": ""})
+    still = _row("xl", logits_only=False, regime=warned,
+                 lower_lr={"lr": 0.001, "from": 0.003, "status": "fail",
+                           "detail": "1 vectors: lm_head -0.40"})
+    assert [zoo.result_cell(r) for r in (passed, still)] == ["pass (lr 0.001)", "fail"]
+    count, built, share = zoo._counts([passed, still])
+    assert (count["pass"], count["lower_lr"], share) == (1, 1, "50%")
+    text = "\n".join(zoo._section(zoo.MAPPINGS["masked"], {
+        r["family"]: {s: dict(r, scaling=s) for s in zoo.SCALINGS} for r in (passed, still)}))
+    assert "1 pass (0 by the split of a vector's change: finite-width drift; 1 at the lower lr" \
+        in text
+    assert ("| esm | pass (lr 0.001) | fails (9 vectors) | 10 | at lr 0.003, the check's "
+            f"default, it failed and warned: {warned}; the row is its run at lr 0.001 |") in text
+    assert (f"the check warns: {warned}; at lr 0.001, which the check suggested: fail, "
+            "1 vectors: lm_head -0.40 |") in text
+
+
+def test_only_a_pass_inside_the_small_update_regime_replaces_the_first_run(zoo):
+    class Result:
+        def __init__(self, passed, warning=""):
+            self.passed, self.warning = passed, warning
+
+        def regime_warning(self):
+            return self.warning
+
+    assert zoo._verdict(Result(True)) == "pass"
+    assert zoo._verdict(Result(True, "still turns")) == "warns"
+    assert zoo._verdict(Result(False)) == "fail"
+    assert zoo._lower_lr(type("R", (), {"settings": {"lr": 3e-3}})()) == pytest.approx(1e-3)
