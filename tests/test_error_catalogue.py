@@ -512,6 +512,17 @@ POSITIONED = {
     "prepend-to-first": (CLS + "output y = E.T @ prepend(c, first(h), t1)\n", S,
                          r"prepend puts a token before the tokens of a sequence, but y_1 has "
                          r"no tokens: it is one token's vector", (10, 18)),
+    # tail(h, S): a sequence's last tokens (CvT's after its class token, put back by
+    # prepend(first(h), x, T1)); of a value with tokens, over a shorter sequence
+    "tail-of-first": (CLS + "output y = E.T @ tail(first(h), t)\n", S,
+                      r"tail keeps the last tokens of a sequence, but y_1 has no tokens",
+                      (10, 18)),
+    "tail-not-shorter": (CLS + "output y = E.T @ first(tail(h, t1))\n", S,
+                         r"tail keeps the last 4 tokens of a sequence of more, but h runs over "
+                         r"the tokens of t of 3 tokens", (10, 24)),
+    "prepend-first-of-pairs": (CLS + "output y = E.T @ first(prepend(dot(h, h, dh), h, t1))\n",
+                               S, r"the first argument of prepend must be a vector param, the "
+                               r"learned token, or a vector per sequence", (10, 32)),
     "prepend-no-dim": (CLS + "output y = E.T @ prepend(c, h, h)\n", S,
                        r"the third argument of prepend must be the longer sequence's dim",
                        (10, 32)),

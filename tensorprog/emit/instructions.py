@@ -179,12 +179,16 @@ class Emitter:
         if self.program.has_tokens and a not in self.program.param_table:
             # a vector per sequence times one per token (SwiftFormer's global query times its
             # keys): the token axis it lacks, to scale every token alike
-            if getattr(self, "_seqs", None) is None:
-                self._seqs = value_sequences(self.program)
-            seqs = self._seqs
+            seqs = self._sequences()
             if seqs.get(ins.out) and not seqs.get(a) and spatial.get(a) is None:
                 return f"({self.ref(a)})[..., None, :]"
         return f"({self.ref(a)})"
+
+    def _sequences(self) -> dict:
+        """The sequence each value runs over (ir/sequences.py), read once."""
+        if getattr(self, "_seqs", None) is None:
+            self._seqs = value_sequences(self.program)
+        return self._seqs
 
     def kv(self, query: str, kv: str, over: str) -> str:
         """``kv`` as the query heads see it: repeated per group when it has fewer heads."""
@@ -213,13 +217,15 @@ class Emitter:
         return f"_route({self.ref(ins.gates)}, {ins.k}, {ins.normalise}, {experts})"
 
     def Prepend(self, ins: Prepend) -> str:
-        # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0
-        x = self.ref(ins.arg)
+        # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0; a
+        # vector per sequence (..., dim) is given its token axis
+        x, token = self.ref(ins.arg), self.ref(ins.token)
+        if ins.token not in self.program.param_table:
+            token = f"{token}.unsqueeze(-2)"
         if ins.at:  # before token k: the tokens before it, the learned one, the rest
             self.helpers.add("_insert")
-            return f"_insert({x}, {self.ref(ins.token)}, {ins.at})"
-        return (f"torch.cat([({self.ref(ins.token)}).expand(*{x}.shape[:-2], 1, -1), {x}], "
-                "dim=-2)")
+            return f"_insert({x}, {token}, {ins.at})"
+        return f"torch.cat([({token}).expand(*{x}.shape[:-2], 1, -1), {x}], dim=-2)"
 
     def Relayout(self, ins: Relayout) -> str:
         # an image is (..., H, W, dim), a sequence (..., tokens, dim): row-major pixels are the
@@ -228,6 +234,9 @@ class Emitter:
         if ins.merge is not None:  # Swin's order of the 2x2 block's pixels
             self.helpers.add("_merge2x2")
             return f"_merge2x2({x})"
+        if ins.tail:  # the tokens after the first k, k = the two sequences' difference
+            dims, (seq,) = self.program.dim_table, self._sequences()[ins.arg]
+            return f"{x}[..., {dims[seq].size - dims[ins.seq].size}:, :]"
         if ins.grid is None:
             return f"{x}.flatten(-3, -2)"
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"

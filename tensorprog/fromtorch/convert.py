@@ -9,6 +9,7 @@ from __future__ import annotations
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
 from .ops_bias import FixedBiasOps
+from .ops_classtoken import ClassTokenOps
 from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
@@ -51,6 +52,7 @@ class Converter(
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
+    ClassTokenOps,  # its op_split*, op_layer_norm, op_mean take a split-off class token's
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,

@@ -7,7 +7,7 @@ a position table read over a sequence of R tokens of its own."""
 
 from __future__ import annotations
 
-from .values import Given, ParamUse, PRef, TokenParam, TokensFrom, Vec
+from .values import Given, OneToken, ParamUse, PRef, TokenParam, TokensFrom, Vec
 from .where import module_of, op_name, refuse, strip_prefix
 
 _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
@@ -31,7 +31,7 @@ class EncoderOps:
         tags = self._tags(v, node)
         ndim = len(tags)
         if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
-                and dim % ndim == 1 and self.tokens_seq is not None):
+                and dim % ndim == 1):
             raise refuse(node, "indexing a traced value along an axis other than a fused "
                          "layer's blocks or the sequence of a (batch, tokens, features) vector",
                          help=_FIRST_HELP)
@@ -111,7 +111,9 @@ class EncoderOps:
         ``T1`` (``T2`` for two tokens), which a position table added after it runs over.
         ``torch.cat([h[:, :k], reg.expand(B, -1, -1), h[:, k:]], dim=1)`` puts them after h's
         first k tokens instead (DINOv2's registers after its class token), each
-        ``prepend(r, h, T2, k)``, and a param [1, R, n] is R tokens, each row a vector param."""
+        ``prepend(r, h, T2, k)``, and a param [1, R, n] is R tokens, each row a vector param.
+        A token split off a sequence (:class:`OneToken`, ops_classtoken.py) is put back as
+        ``prepend(first(x), h, T1)``."""
         at = 0
         if len(tensors) > 2 and isinstance(tensors[0], TokensFrom) and isinstance(
                 tensors[-1], TokensFrom) and tensors[0].vec.name == tensors[-1].vec.name and \
@@ -121,8 +123,9 @@ class EncoderOps:
             tensors = [*tensors[1:-1], tensors[-1].vec]
         *tokens, x = tensors
         seq_axis = isinstance(dim, int) and dim % 3 == 1
-        if not tokens or not seq_axis or not all(isinstance(t, TokenParam) for t in tokens) \
-                or isinstance(x, TokenParam) or self.tokens_seq is None:
+        if not tokens or not seq_axis or not all(isinstance(t, (TokenParam, OneToken))
+                                                 for t in tokens) \
+                or isinstance(x, (TokenParam, OneToken)):
             raise refuse(node, "a concatenation of learned tokens other than before the tokens "
                          "of a (batch, tokens, features) vector, or between its first k tokens "
                          "and the rest (h[:, :k], then h[:, k:])", help=_TOKEN_HELP)
@@ -135,12 +138,14 @@ class EncoderOps:
         # of a later stage's image (PVT's last stage, tokens(h, S) of a downsampled grid),
         # whose longer sequence is named by its length, S17 (the language checks that h runs
         # over one sequence; the emitted module counts its positions from the dim's size)
-        own = length in self.sequences()
-        rows = [p for t in tokens for p in self._token_rows(t, node)]
+        own = self.tokens_seq is not None and length in self.sequences()
+        # a token split off a sequence and put back (CvT's, ops_classtoken.py): its vector
+        rows = [p for t in tokens for p in (
+            [t.vec.name] if isinstance(t, OneToken) else self._token_rows(t, node))]
         # prepended last first (each goes to the front); inserted in order (each after the last)
         for k, param in enumerate(rows if at else reversed(rows)):
             length += 1
-            seq = self.sequences().get(length)
+            seq = self.sequences().get(length) or self.prepended.get(length)
             if seq is None:  # the longer sequence: declared once, T + the tokens before it
                 seq = f"T{length - self.tokens_seq}" if own else f"S{length}"
                 self.names.add(seq)

@@ -12,6 +12,7 @@ from .values import (
     Aux,
     Conc,
     KVRepeat,
+    OneToken,
     PairStack,
     Parts,
     Pointwise,
@@ -194,6 +195,8 @@ class LayoutOps:
         with its op: attention weights (only a view of their batch and heads axes and their
         matmul with the values are traced), a param, ..."""
         tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+        if isinstance(v, OneToken) and node is not None:  # a split-off class token
+            raise self.refuse_one_token(node, v)
         if tags is None:
             if node is None:  # the callers without a node check the value's type first
                 raise AssertionError(v)

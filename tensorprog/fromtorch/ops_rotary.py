@@ -24,6 +24,7 @@ import math
 from .values import (
     Aux,
     Conc,
+    OneToken,
     PairHalf,
     PairStack,
     Pointwise,
@@ -152,7 +153,8 @@ class RotaryOps:
                    if not (isinstance(t, (Conc, Aux)) and _empty(a))]
         if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
             return tensors[0]
-        if any(isinstance(t, TokenParam) for t in tensors):  # a class token (ops_encoder.py)
+        if any(isinstance(t, (TokenParam, OneToken)) for t in tensors):  # a class token
+            # (ops_encoder.py), learned or put back (ops_classtoken.py)
             return self.prepend_tokens(node, tensors, dim)
         if len(tensors) == 2 and all(isinstance(t, PairHalf) for t in tensors) and (
             [t.start for t in tensors] == [0, 1] and _key(tensors[0].src) == _key(tensors[1].src)

@@ -402,6 +402,17 @@ class TokensFrom:
 
 
 @dataclass
+class OneToken:
+    """``h[:, :1]`` of a per-token vector split off its other tokens (CvT's ``torch.split(h, [1,
+    H·W], 1)``, ops_classtoken.py): the first token's vector ``vec`` (``first(h)`` in the
+    program, tags ("tok", "F")) with its token axis of 1 kept. Read only by a concatenation that
+    puts it back before tokens (``prepend(first(h), x, T1)``), a norm over its features, or a
+    mean over its one token; any other reader is refused."""
+
+    vec: Vec
+
+
+@dataclass
 class Sub:
     """Coordinates lo..hi of each head of ``src``, times ``sign``: rotary's halves (rotate_half
     negates the second), or the part of each head a partial rotary turns (the first r: ``cat``

@@ -32,6 +32,7 @@ from .values import (
     Looked,
     Mean,
     MeanSq,
+    OneToken,
     OverTokens,
     Paired,
     PairHalf,
@@ -112,6 +113,7 @@ SYMBOLIC = (
     PairStack,
     Zeroed,
     TokensFrom,
+    OneToken,  # a class token split off the tokens (ops_classtoken.py)
     PairHalf,
     HeadCat,  # multi-head latent attention's parts of each head (ops_mla.py)
     Blank,
@@ -283,6 +285,8 @@ class Walker:
             )
         if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
             raise self.refuse_token_slice(node, v)
+        if isinstance(v, OneToken):  # a split-off class token (ops_classtoken.py)
+            raise self.refuse_one_token(node, v)
         if isinstance(v, PEntry):  # p[i] read as anything but a gain (ops_entries.py)
             raise self.refuse_entry(node, f"{op_name(node)} of")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")
@@ -505,7 +509,9 @@ class Walker:
         if node.target is operator.getitem:
             if isinstance(args[0], Parts):
                 item = args[0].items[args[1]]
-                if isinstance(item, Sub):  # a head's half (ops_layout._rotary_halves)
+                # a head's half (ops_layout._rotary_halves); a sequence's first token and the
+                # tokens after it (ops_classtoken.py)
+                if isinstance(item, (Sub, OneToken, Vec)):
                     return item
                 return self.head_part(dataclasses.replace(item, node=node.name), node)
             if isinstance(args[0], (Conc, Aux)):
@@ -577,6 +583,9 @@ class Walker:
             sliced = next((x for x in flat if isinstance(x, TokensFrom)), None)
             if sliced is not None:  # h[:, :1].squeeze(1): the slice is what has no reader
                 raise self.refuse_token_slice(node, sliced)
+            one = next((x for x in flat if isinstance(x, OneToken)), None)
+            if one is not None:
+                raise self.refuse_one_token(node, one)
             raise refuse(node, f"the op {op}")
         return method(node, *args, **kwargs)
 

@@ -24,8 +24,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
-Prepend     ``prepend(c, h, T1)`` the vector param c as a first token, then h's tokens: a
-                                  sequence T1 one token longer (a learned class token)
+Prepend     ``prepend(c, h, T1)`` the vector param c (or a vector per sequence) as a first
+                                  token, then h's tokens: a sequence T1 one token longer
 Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
                                   previous repetition's return value afterwards
 ==========  ====================  =========================================================
@@ -444,13 +444,12 @@ class Mean:
 
 @dataclass(frozen=True)
 class Relayout:
-    """``out = tokens(arg, seq)``: an image-valued vector's H×W pixels read row-major as the
-    H·W tokens of the sequence ``seq`` (a vision model's ``x.flatten(2).transpose(1, 2)``);
-    ``out = image(arg, H, W)`` (``grid`` = (H, W)): the reverse, a sequence's H·W tokens laid
-    back out as the pixels of an H×W image; ``merge2x2(arg, D)``: Swin's patch merging.
+    """``tokens(arg, seq)``: an image's H×W pixels read row-major as the H·W tokens of ``seq``
+    (``x.flatten(2).transpose(1, 2)``); ``image(arg, H, W)`` (``grid``): the reverse;
+    ``merge2x2(arg, D)``: Swin's patch merging; ``tail(arg, S)``: a sequence's last S tokens.
 
     Scaling: a relabelling of the same finitely many width-vectors (pixel i·W + j is token
-    i·W + j, coordinate for coordinate), so every exponent passes through unchanged: at init,
+    i·W + j; ``tail`` keeps some of them), so every exponent passes through unchanged: at init,
     in the change, and in the gradient, which each pixel gets from its token (TP4's rules
     read no axis but the width's; a merged pixel's are four pixels' coordinates).
     """
@@ -461,6 +460,7 @@ class Relayout:
     seq: str | None = None  # tokens(arg, seq)
     grid: tuple[str, str] | None = None  # image(arg, H, W)
     merge: str | None = None  # merge2x2(arg, D): the dim of 4 x arg's channels
+    tail: bool = False  # tail(arg, seq): the last tokens of arg's sequence, as seq
 
     @property
     def operands(self) -> tuple[str, ...]:

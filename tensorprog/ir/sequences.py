@@ -133,8 +133,17 @@ def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
 
 def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:
     """tokens(h, T) reads an image (no sequence) as tokens; image(t, H, W) reads one
-    sequence's tokens, as many as the image's pixels."""
-    if ins.merge is not None and arg:
+    sequence's tokens, as many as the image's pixels; tail(h, S) the last tokens of a longer
+    sequence."""
+    if ins.tail:
+        size = program.dim_table[ins.seq].size
+        if len(arg) != 1 or program.dim_table[arg[0]].size <= size:
+            problem(f"tail keeps the last {size} tokens of a sequence of more, but {ins.arg} "
+                    f"runs over {_show(arg)}" + (
+                        f" of {program.dim_table[arg[0]].size} tokens" if len(arg) == 1
+                        else ""), ins,
+                    f"apply tail to a vector per token of a sequence longer than {ins.seq}")
+    elif ins.merge is not None and arg:
         problem(f"merge2x2 merges an image's 2x2 blocks of pixels, but {ins.arg} runs over "
                 f"{_show(arg)}", ins, "lay the tokens out as an image first, image(t, H, W)")
     elif ins.grid is None and arg:
@@ -151,10 +160,16 @@ def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:
 
 
 def _check_prepend(program: Program, ins: Prepend, ops: list[Tag], problem) -> None:
-    """A token param before the tokens of one sequence, giving a sequence one token longer."""
+    """A token param (or a vector per sequence) before the tokens of one sequence, giving a
+    sequence one token longer."""
     token, arg = ops
     dims = program.dim_table
-    if len(arg) != 1 or token:
+    if token:
+        problem(f"prepend puts one vector per sequence before the tokens of a sequence, but "
+                f"{ins.token} runs over {_show(token)}", ins,
+                "read one token of it first, first(h)")
+        return
+    if len(arg) != 1:
         problem(f"prepend puts a learned token before the tokens of a sequence, but "
                 f"{ins.arg} runs over {_show(arg)}", ins,
                 "prepend to a vector per token, e.g. the patch embedding `E @ x`")

@@ -59,6 +59,7 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"
     elif isinstance(ins, Relayout):
         rhs = (f"merge2x2({show(ins.arg)}, {ins.merge})" if ins.merge is not None
+               else f"tail({show(ins.arg)}, {ins.seq})" if ins.tail
                else f"tokens({show(ins.arg)}, {ins.seq})" if ins.grid is None
                else f"image({show(ins.arg)}, {ins.grid[0]}, {ins.grid[1]})")
     elif isinstance(ins, Mean):

@@ -116,9 +116,10 @@ def verify(program: Program) -> Program:
             out = _verify_route(ins, ops, dims, key, errors)
         elif isinstance(ins, Prepend):
             token = program.param_table.get(ins.token)
-            if token is None or len(token.shape) != 1 or key(ops[0]) != key(ops[1]):
-                errors.error(f"prepend: {ins.token} must be a vector param of {ins.arg}'s dim",
-                             ins.span)
+            if (token is not None and len(token.shape) != 1 or ops[0] is None
+                    or program.spatial.get(ins.token) is not None or key(ops[0]) != key(ops[1])):
+                errors.error(f"prepend: {ins.token} must be a vector param, or a vector per "
+                             f"sequence, of {ins.arg}'s dim", ins.span)
             if ins.seq not in dims or dims[ins.seq].infinite:
                 errors.error(f"prepend: the sequence {ins.seq} must be a finite dim", ins.span)
                 break
@@ -187,6 +188,12 @@ def _verify_relayout(program: Program, ins: Relayout, dim: str | None,
     """tokens(h, T) reads an image's pixels as T's tokens, image(t, H, W) lays tokens out as an
     H×W image: one of the two, of a vector, over finite dims of as many tokens as pixels."""
     dims = program.dim_table
+    if ins.tail:  # tail(h, S): the sequence rules check S against h's sequence
+        if dim is None or ins.seq not in dims or dims[ins.seq].infinite:
+            errors.error("tail(h, S): a vector, and a finite dim", ins.span)
+        elif program.spatial.get(ins.arg) is not None:
+            errors.error(f"tail: {ins.arg} is an image, not a vector per token", ins.span)
+        return
     named = (ins.seq,) if ins.grid is None else ins.grid
     if dim is None or (ins.seq is None) == (ins.grid is None) or any(
             d not in dims or dims[d].infinite for d in named):

@@ -23,6 +23,7 @@ from ..ir.program import (
     MatMul,
     Mean,
     Nonlin,
+    Prepend,
     heads_dim,
     in_float_range,
     per_head,
@@ -70,7 +71,7 @@ class ExpressionLowering:
         self.values[ins.out] = dim
         mark_tokens(self, ins.out, ins.operands, ins.span,
                     getattr(ins, "fn", None) == "first" or isinstance(ins, Mean),
-                    getattr(ins, "fn", None) == MUL)
+                    getattr(ins, "fn", None) == MUL or isinstance(ins, Prepend))
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
         if sizes and fn != "global_pool":  # still has an image's spatial axes

@@ -19,9 +19,11 @@ _MEAN_USAGE = ("write mean(h) for the mean over every token of h, or mean(h, k) 
 def mark_tokens(low, out: str, operands, span: Span, first: bool = False,
                 product: bool = False) -> None:
     """Record whether ``out`` has a sequence axis or is read at one token, refusing operands of
-    both kinds (one sequence's vector paired with every token of another), except in a product:
-    a vector per sequence times a vector per token scales every token alike (SwiftFormer's
-    global query times its keys), as a pooled vector times an image scales every pixel."""
+    both kinds (one sequence's vector paired with every token of another), except in a product
+    (``product``): a vector per sequence times a vector per token scales every token alike
+    (SwiftFormer's global query times its keys), as a pooled vector times an image scales every
+    pixel; and ``prepend(first(h), x, T1)`` puts the one vector before the tokens (CvT's class
+    token put back), its output a vector per token."""
     if first:
         low.one_token.add(out)
         return

@@ -6,9 +6,12 @@ The call names the longer sequence because the language's sequences are dims: po
 it (``input pos : positions[T1]``) and values computed from the result run over T1, which must
 be one token longer than h's sequence (checked with the other sequence rules, in
 :mod:`tensorprog.ir.sequences`). What the rule would not describe is refused here, at the call:
-a first argument that is not a param (the engine's rule makes the learned token a vector fed
-the constant 1 at one position; a value computed per example is no such vector), and a second
-argument without tokens.
+a first argument that is neither a param nor a vector per sequence, and a second argument
+without tokens. A param is a learned token (the engine's rule makes it a vector fed the constant 1
+at one position: a bias); a vector per sequence, ``first(x)``, is a token put back before tokens
+computed from the others (CvT's class token, split off before its convolutions over the image's
+tokens and concatenated back after them): the rule is the same max, and its gradient reaches
+the vector.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from ..ir.program import Prepend
 from .ast import Call
 
 PREPEND = "prepend"
-_USAGE = ("write prepend(c, h, T1): c a vector param (`param c : [n]`), h a vector per token of "
-          "a sequence T, and T1 a dim declared one token longer than T; prepend(c, h, T1, k) "
-          "puts c before h's token k")
+_USAGE = ("write prepend(c, h, T1): c a vector param (`param c : [n]`) or a vector per sequence "
+          "(`first(x)`), h a vector per token of a sequence T, and T1 a dim declared one token "
+          "longer than T; prepend(c, h, T1, k) puts c before h's token k")
 
 
 def prepend_seq(low, node: Call) -> tuple[str, int] | None:
@@ -53,9 +56,13 @@ def lower_prepend(low, node: Call, args: list, seq: tuple[str, int], vec: type):
                          _USAGE)
         return None
     token = c.single()
-    if token is None or token not in low.param_names or c.dim is None:
+    if token is None and c.dim is not None and not any(t in low.tokenwise for t in c.terms):
+        token = low.name_of(c, node.span)  # first(h) written in the call: a value of its own
+    if token is None or c.dim is None or (token not in low.param_names
+                                          and token not in low.one_token):
         low.errors.error("the first argument of prepend must be a vector param, the learned "
-                         "token", node.args[0].span, _USAGE)
+                         "token, or a vector per sequence (a token put back, first(h))",
+                         node.args[0].span, _USAGE)
         return None
     if h.dim is None or h.dim in low.heads_dims or not low.same_dim(c.dim, h.dim):
         low.errors.error(f"shape mismatch in prepend: the token is {low.dim_text(c.dim)} but "

@@ -1,8 +1,9 @@
-"""Lowering ``tokens(h, T)``, ``image(t, H, W)`` and ``merge2x2(h, D)``: an image-valued vector's
-pixels read row-major as the tokens of a sequence T (a vision model's patch embedding flattened
-into tokens), a sequence's tokens laid back out as the pixels of an H×W image (its depthwise
-convolution, or a strided convolution reducing the keys and values), and an image's 2×2 blocks
-of pixels merged into one pixel of their four vectors (Swin's patch merging, D = 4·C).
+"""Lowering ``tokens(h, T)``, ``image(t, H, W)``, ``merge2x2(h, D)`` and ``tail(h, S)``: an
+image-valued vector's pixels read row-major as the tokens of a sequence T (a vision model's patch
+embedding flattened into tokens), a sequence's tokens laid back out as the pixels of an H×W image
+(its depthwise convolution, or a strided convolution reducing the keys and values), an image's
+2×2 blocks of pixels merged into one pixel of their four vectors (Swin's patch merging, D = 4·C),
+and the last tokens of a sequence as a shorter one S (CvT's tokens after its class token).
 
 The calls name dims, as ``prepend`` does: a sequence is a dim, declared with its size (H·W
 tokens), and so are an image's height and width. What the rule would not describe is refused
@@ -15,14 +16,16 @@ from __future__ import annotations
 from ..ir.program import Relayout
 from .ast import Call
 
-TOKENS, IMAGE, MERGE = "tokens", "image", "merge2x2"
-RELAYOUTS = (TOKENS, IMAGE, MERGE)
+TOKENS, IMAGE, MERGE, TAIL = "tokens", "image", "merge2x2", "tail"
+RELAYOUTS = (TOKENS, IMAGE, MERGE, TAIL)
 _USAGE = {TOKENS: "write tokens(h, T): h an image-valued vector of H×W pixels, T a dim of H·W "
                   "tokens (`dim T = 64` for 8x8 pixels)",
           IMAGE: "write image(t, H, W): t a vector per token of a sequence of H·W tokens, H "
                  "and W finite dims (the image's height and width)",
           MERGE: "write merge2x2(h, D): h an image-valued vector of even height and width, D "
-                 "a dim of four times its channels (`dim D = 4 * n` for h of dim n)"}
+                 "a dim of four times its channels (`dim D = 4 * n` for h of dim n)",
+          TAIL: "write tail(h, S): h a vector per token of a sequence T, S a dim of fewer "
+                "tokens (`dim S = 16` for the 16 tokens after T's first of 17)"}
 
 
 def relayout_operands(low, node: Call) -> tuple:
@@ -57,6 +60,15 @@ def lower_relayout(low, node: Call, args: list, named: tuple[str, ...], vec: typ
     pixels = low.pixels.get(name)
     if node.fn == MERGE:
         return _merge(low, node, h, name, pixels, named[0], vec)
+    if node.fn == TAIL:  # its sequence's length against S: the sequence rules (ir/sequences.py)
+        if name not in low.tokenwise or pixels is not None:
+            low.errors.error(f"tail keeps the last tokens of a sequence, but {name} has no "
+                             "tokens", node.span, _USAGE[TAIL])
+            return None
+        out = low.emit(Relayout(low.fresh(low.target), name, node.span, seq=named[0],
+                                tail=True), h.dim)
+        low.tokenwise.add(out)
+        return low.vec(out, h.dim)
     if node.fn == TOKENS:
         if pixels is None:
             low.errors.error(f"tokens reads an image's pixels as tokens, but {name} has no "

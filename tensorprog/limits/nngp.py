@@ -597,8 +597,9 @@ def _mean(ev: _Limit, ins: Mean) -> tuple[Value, str]:
 
 
 def _relayout(ev: _Limit, ins: Relayout) -> tuple[Value, str]:
-    raise _Refuse("tokens and image (an image's pixels read as tokens, and back) have no NNGP "
-                  "rule here", "the kernel is computed for dense programs", ins.span)
+    raise _Refuse("tokens, image and tail (an image's pixels read as tokens, and back; a "
+                  "sequence's last tokens) have no NNGP rule here",
+                  "the kernel is computed for dense programs", ins.span)
 
 
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
