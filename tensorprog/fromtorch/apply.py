@@ -408,7 +408,8 @@ class MuP(DepthScaling, OptimizerGroups):
                     + (f", held as {target / s:.4g} = it / {s:.4g}" if s != 1.0 else "")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
-        report.lines += [f"fixed table {u.target}: never trained, left as it is (no init, no LR)"
+        report.lines += [f"fixed {'table' if u.index is None else f'row {u.index} of'} "
+                         f"{u.target}: never trained, left as it is (no init, no LR)"
                          for u in self.traced.params.values() if u.fixed is not None]
         unreached = set(self.unreached(model))
         report.lines += [

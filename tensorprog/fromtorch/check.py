@@ -553,9 +553,12 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
     body = {ins.out: ins for ins in mup.program.body}
     for r in result.results:
         generic = stack.generic(r.name) if stack else r.name
-        if r.step and r.slope == float("-inf") and getattr(body.get(generic), "weight",
-                                                              None) in fixed:
-            r.ok, r.verdict = True, "frozen: a fixed table (never trained), so it never changes"
+        ins = body.get(generic)
+        # P @ pos of a fixed table, or a fixed vector param itself (a padding row: ops_linear)
+        if r.step and r.slope == float("-inf") and (getattr(ins, "weight", None) in fixed or (
+                isinstance(ins, LinComb) and set(ins.operands) <= fixed)):
+            r.ok, r.verdict = True, "frozen: a fixed table or row (never trained), so it never " \
+                "changes"
             continue
         made = mup.traced.producers.get(stack.generic(r.name) if stack else r.name)
         if r.step == 0 or r.slope != float("-inf") or not made:
