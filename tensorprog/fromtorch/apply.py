@@ -522,12 +522,13 @@ class MuP(DepthScaling, OptimizerGroups):
         self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r), p.rows,
                                                                     bool(p.bias))))
                                   for (p, _), m in zip(placed, found, strict=True)]
+        inputs = [m for c, _ in cols.values() for m in c.modules]  # their input scaled
         self._hooks[id(model)] += [
             model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)))
             for c, _ in cols.values() for m in c.modules]
         self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
                                    for t, (s, _) in self._grad_scales.get(id(model), {}).items()]
-        return [name for _, name in placed]
+        return [name for _, name in placed] + inputs
 
     def unfolded(self, model) -> dict[str, float]:
         """Per query vector of the program: the factor that undoes the attention multiplier

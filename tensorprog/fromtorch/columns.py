@@ -187,9 +187,11 @@ def column_scales(mup, model, base_depth: int | None = None) -> dict[str, Column
                     help="apply a separate nn.Linear to each part of the concatenations",
                 )
             scale[lo:hi], given[lo:hi] = s, True
-        modules = sorted({use.module for use, _ in blocks})
-        for name in modules:
+        held: dict[int, str] = {}  # one hook per module instance, under its first name
+        for name in sorted({use.module for use, _ in blocks}):
             _check_module(model, name, t, target, blocks[0][0].cols.span)
+            held.setdefault(id(model.get_submodule(name)), name)
+        modules = list(held.values())
         out[target] = ColumnScale(scale, ref, modules, t.dim() == 4, blocks[0][0].cols.span)
     return out
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from tensorprog.errors import UsageError  # noqa: E402
-from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 from tensorprog.fromtorch.check import probe  # noqa: E402
 
 WIDTHS = (32, 64)
@@ -243,3 +243,49 @@ def test_a_convolution_of_concatenated_images_scales_its_input_channels():
     read = probe(mup, model, (x,))()
     torch.testing.assert_close(read["conv2d_1"], plain.mix(torch.cat(
         [torch.relu(plain.stem(x)), x], dim=1)), rtol=1e-12, atol=1e-15)
+
+
+class Layer(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.mix = nn.Linear(n + FINITE, n)
+
+    def forward(self, h, f):
+        return h + torch.relu(self.mix(torch.cat([h, f], -1)))
+
+
+class Stack(nn.Module):
+    """Each layer's linear layer on cat(h, f), f a finite embedding: a block over the depth."""
+
+    def __init__(self, n, depth=3):
+        super().__init__()
+        self.e, self.f = nn.Embedding(13, n), nn.Embedding(13, FINITE)
+        self.layers = nn.ModuleList(Layer(n) for _ in range(depth))
+        self.head = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        h, f = self.e(idx), self.f(idx)
+        for layer in self.layers:
+            h = layer(h, f)
+        return self.head(h)
+
+
+@pytest.mark.slow  # its trace and check: about 4 s
+def test_every_layer_of_a_stack_takes_its_column_scale():
+    traced = from_torch(Stack, WIDTHS, _tokens)
+    assert "repeat L" in traced.source, traced.source
+    mup = MuP(traced, "adam")
+    model = Stack(WIDTH, depth=4)  # deeper than traced: every layer patched
+    report = str(mup.apply(model))
+    assert all(f"patched input of layers.{i}.mix" in report for i in range(4)), report
+    model = Stack(WIDTH)
+    mup.apply(model)
+    model.double()
+    read = probe(mup, model, _tokens(model))()
+    seen = {}
+    for i, layer in enumerate(model.layers):
+        layer.mix.register_forward_hook(lambda m, a, out, i=i: seen.setdefault(i, out))
+    model(*_tokens(model))
+    for i in range(3):
+        torch.testing.assert_close(read[f"layers.{i}.linear"], seen[i], rtol=1e-12, atol=1e-15)
+    assert coord_check(mup, (32, 64, 128), seeds=(0,), steps=2).passed
