@@ -1263,6 +1263,16 @@ class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 
 
+class PaddingDrawn(Net):  # a padding row looked up at every token, left drawn by an init
+    def __init__(self, n):
+        super().__init__(n)
+        self.p = torch.nn.Embedding(4, n, padding_idx=0)
+        torch.nn.init.normal_(self.p.weight)
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.p(torch.zeros_like(idx)))
+
+
 class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
     def __init__(self, n):
         super().__init__(n)
@@ -1315,6 +1325,7 @@ TRACED_BUILDS = {
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
+    "padding_drawn": "lambda n: PaddingDrawn(n)",
 }
 
 
@@ -1442,6 +1453,11 @@ TRACED_BUILDS = {
     # buffer read at the positions) traces, but not one whose entries scale with the width
     ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
                            r"RMS .* they scale as n\^-0\.\d+ between them(.|\n)*help: build"),
+    # before: a trained vector param, drawn anew by apply at every width but the base; the
+    # padding_idx row never trains (its gradient masked), so only a zero one is a fixed vector
+    ("padding_drawn", None, r"m.py:\d+:\d+: error: cannot trace a lookup of row 0 of p.weight, "
+                            r"its padding_idx, whose row never trains(.|\n)*help: zero the "
+                            r"padding row"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),

@@ -1,8 +1,8 @@
 """A lookup of one constant id that is the table's padding_idx (RoCBert's shape and pronunciation
 ids, zeros where none are given): nn.Embedding zeroes that row and masks its gradient, so the
 vector is zero and never trains. The trace declares it a fixed param ``= 0`` (fromtorch/
-ops_linear.py): apply leaves it, the coordinate check calls it frozen, and a padding row the
-build leaves nonzero is refused."""
+ops_linear.py): apply leaves it, the coordinate check calls it frozen (a padding row the build
+leaves nonzero is refused: tests/test_error_catalogue.py, "padding_drawn")."""
 
 import pytest
 from conftest import traced_computes_the_model
@@ -10,18 +10,15 @@ from conftest import traced_computes_the_model
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from tensorprog.errors import TraceError  # noqa: E402
 from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 
 class Padded(nn.Module):
     """A token embedding beside a fixed-size embedding of the padding id, into one layer."""
 
-    def __init__(self, n, nonzero=False):
+    def __init__(self, n):
         super().__init__()
         self.e, self.f = nn.Embedding(13, n), nn.Embedding(7, 5, padding_idx=0)
-        if nonzero:  # an init of its own that leaves the padding row drawn
-            nn.init.normal_(self.f.weight)
         self.mix, self.head = nn.Linear(n + 5, n), nn.Linear(n, 13)
 
     def forward(self, idx):
@@ -56,8 +53,3 @@ def test_apply_leaves_it_and_the_check_calls_it_frozen(traced):
     assert [r.verdict.split(":")[0] for r in row] == ["exactly zero at init", "frozen", "frozen"]
     assert result.passed
 
-
-def test_a_padding_row_left_nonzero_is_refused():
-    with pytest.raises(TraceError, match=r"a lookup of row 0 of f.weight, its padding_idx, "
-                       r"whose row never trains .* nonzero"):
-        from_torch(lambda n: Padded(n, nonzero=True), (32, 64), _tokens)
