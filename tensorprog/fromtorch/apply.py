@@ -461,7 +461,7 @@ class MuP(DepthScaling, OptimizerGroups):
     def remove_patches(self, model) -> None:
         for h in self._hooks.pop(id(model), []):
             h.remove()
-        strip(model)  # a deepcopy's copies of them
+        strip(model, self._token)  # a deepcopy's copies of them
         release(model, self._token)
 
     def uncovered(self, model) -> list[str]:
@@ -506,7 +506,7 @@ class MuP(DepthScaling, OptimizerGroups):
         cols = self._col_scales.get(id(model), {})
         if placed or self._grad_scales.get(id(model)) or cols:  # hooks that would act twice
             claim(model, self._token)
-        strip(model)  # a deepcopy's copies of them, which would act besides the new ones
+        strip(model, self._token)  # a deepcopy's copies of them, else they act twice
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):
             if p.bias and getattr(m, "bias", None) \

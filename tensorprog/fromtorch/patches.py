@@ -109,11 +109,14 @@ def mark(fn):
     return fn
 
 
-def strip(model) -> None:
+def strip(model, token: int) -> None:
     """Removes apply's forward hooks and pre-hooks from every module of ``model`` (marked:
-    :func:`mark`). A deepcopy of a patched model copies its modules' hooks (not its params'
-    gradient hooks), so the copy computes as the model; apply on the copy would otherwise
-    register its own beside them, and each would act twice."""
+    :func:`mark`), unless another MuP than that of ``token`` patched it. A deepcopy of a
+    patched model copies its modules' hooks (not its params' gradient hooks) and its mark, so
+    the copy computes as the model; apply on the copy would otherwise register its own beside
+    them, and each would act twice."""
+    if getattr(model, _OWNER, token) != token:
+        return
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for key in [k for k, fn in hooks.items() if getattr(fn, _MARK, False)]:

@@ -35,6 +35,8 @@ def test_a_second_mup_is_refused_until_the_first_removes_its_patches():
     y = model(*_tokens(model))
     with pytest.raises(UsageError, match="another MuP's forward patches"):
         second.apply(model)
+    second.remove_patches(model)  # none of its own: the first's stay
+    assert torch.equal(model(*_tokens(model)), y)
     first.remove_patches(model)
     second.apply(model)
     assert torch.equal(model(*_tokens(model)), y)
