@@ -85,7 +85,7 @@ def _oracle(mup, model, opt, steps, same_lr=False, **kw):
     for k, t in p.items():
         lr = LR * r ** -float(mup.lr_exp[program[k]])
         group = {"params": [t], "lr": lr}
-        if opt is not torch.optim.SGD:
+        if mup.eps_exp:  # Adam's and AdamW's eps (none under SGD and Lion)
             group["eps"] = EPS * r ** -float(mup.eps_exp[program[k]])
         if kw.get("weight_decay"):  # "independent": every weight shrinks by λ a step
             group["weight_decay"] = kw["weight_decay"] / lr if t.dim() == 2 else 0.0
@@ -111,6 +111,23 @@ def _stepped(mup, model, opt, steps, **kw):
     return model
 
 
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al., arXiv 2302.06675): p -= lr·sign(β1·m + (1 − β1)·g), then
+    m = β2·m + (1 − β2)·g."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99)):
+        super().__init__(params, {"lr": lr, "betas": betas})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                m = self.state[p].setdefault("m", torch.zeros_like(p))
+                p.sub_(group["lr"] * torch.sign(b1 * m + (1 - b1) * p.grad))
+                m.mul_(b2).add_((1 - b2) * p.grad)
+
+
 def test_apply_is_bit_identical_at_the_base_width(traced):
     apply_is_bit_identical_at_base(traced, Cat, _tokens)
     apply_is_bit_identical_at_base(traced, Cat, _tokens, "sgd")
@@ -131,6 +148,7 @@ def test_each_block_of_the_applied_weight_has_its_derived_std(traced):
     (torch.optim.Adam, "adam", {}),
     (torch.optim.AdamW, "adamw", {"weight_decay": 0.1}),  # decay="independent"
     (torch.optim.SGD, "sgd", {"momentum": 0.9}),  # each block's LR s² times the group's
+    (Lion, "lion", {}),  # a sign of the momentum: scale-free, no eps
 ])
 def test_the_applied_model_steps_as_its_blocks_with_their_own_lrs(traced, opt, optimizer, kw):
     mup = MuP(traced, optimizer)
