@@ -1274,6 +1274,16 @@ class TableBuffer(Net):  # a float table held in a buffer multiplied in (GPT-J's
         return self.o((p @ x).transpose(1, 2).reshape(b, t, -1))
 
 
+class PaddingDrawn(Net):  # a padding row looked up at every token, left drawn by an init
+    def __init__(self, n):
+        super().__init__(n)
+        self.p = torch.nn.Embedding(4, n, padding_idx=0)
+        torch.nn.init.normal_(self.p.weight)
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.p(torch.zeros_like(idx)))
+
+
 class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
     def __init__(self, n):
         super().__init__(n)
@@ -1326,6 +1336,7 @@ TRACED_BUILDS = {
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
+    "padding_drawn": "lambda n: PaddingDrawn(n)",
 }
 
 
@@ -1453,6 +1464,11 @@ TRACED_BUILDS = {
     # buffer read at the positions) traces, but not one whose entries scale with the width
     ("scaled_table", None, r"m.py:\d+:\d+: error: the fixed table pe \(pe\) reads entries of "
                            r"RMS .* they scale as n\^-0\.\d+ between them(.|\n)*help: build"),
+    # before: a trained vector param, drawn anew by apply at every width but the base; the
+    # padding_idx row never trains (its gradient masked), so only a zero one is a fixed vector
+    ("padding_drawn", None, r"m.py:\d+:\d+: error: cannot trace a lookup of row 0 of p.weight, "
+                            r"its padding_idx, whose row never trains(.|\n)*help: zero the "
+                            r"padding row"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),
@@ -2596,10 +2612,12 @@ def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
     assert MuP(traced, "adam").grad_scales(Fused(64)).keys() == {"fc.weight", "fc.bias"}
 
 
-def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():
+def test_mup_refuses_column_blocks_of_one_tensor_whose_lrs_no_column_scale_carries():
     # a concatenation fed to one linear layer traces as its column blocks (ops_concat.py); a
     # part of a fixed size (RoCBert's shape embedding) makes its block an input layer's, whose
-    # LR differs from the hidden block's, and one torch tensor has one LR: refused at the cat
+    # LR differs from the hidden block's: apply carries that by a scale of the columns
+    # (columns.py), but not row blocks of one column block whose LRs differ (here a finite
+    # skip split from the output, under SGD), nor any column blocks under Muon
     import torch
     from torch import nn
 
@@ -2609,20 +2627,28 @@ def test_mup_refuses_column_blocks_of_one_tensor_that_need_different_lrs():
     class Fixed(nn.Module):
         def __init__(self, n):
             super().__init__()
-            self.emb, self.shape = nn.Embedding(16, n), nn.Embedding(16, 8)
-            self.mix, self.head = nn.Linear(n + 8, n), nn.Linear(n, 16)
+            self.n, self.emb, self.shape = n, nn.Embedding(16, n), nn.Embedding(16, 8)
+            self.mix, self.head = nn.Linear(n + 8, n + 16), nn.Linear(n, 16)
 
         def forward(self, idx):
-            return self.head(self.mix(torch.cat([self.emb(idx), self.shape(idx)], -1)))
+            x = torch.cat([self.emb(idx), self.shape(idx)], -1)
+            h, skip = self.mix(x).split([self.n, 16], dim=-1)
+            return self.head(torch.relu(h)) + skip
 
     traced = from_torch(Fixed, (16, 32), lambda m: (torch.arange(16).view(2, 8),))
-    assert "param mix_weight_cols1 : [n, f8]" in traced.source, traced.source
-    for optimizer in ("adam", "sgd"):
-        with pytest.raises(UsageError, match=r"(?s)test_error_catalogue.py:\d+:\d+: error: "
-                           r"mix.weight is applied to a concatenation, and µP gives its column "
-                           r"blocks different LRs: mix_weight_cols0 \(n/base\)\^-\S+, "
-                           r"mix_weight_cols1 .*help: apply a separate nn.Linear to each part"):
-            MuP(traced, optimizer)
+    assert "param mix_weight_part1_cols1 : [f16, f8]" in traced.source, traced.source
+    with pytest.raises(UsageError, match=r"(?s)test_error_catalogue.py:\d+:\d+: error: "
+                       r"mix.weight is applied to a concatenation, and µP gives its column "
+                       r"blocks different LRs: mix_weight_part0_cols0 \(n/base\)\^-\S+, .*"
+                       r"the row blocks of its columns of part 0 need different LRs as well.*"
+                       r"help: apply a separate nn.Linear to each part"):
+        MuP(traced, "sgd")
+    with pytest.raises(UsageError, match=r"(?s)test_error_catalogue.py:\d+:\d+: error: "
+                       r"mix.weight is applied to a concatenation, whose column blocks the "
+                       r"program steps as params of their own; muon orthogonalises.*"
+                       r"torch.cat\(\[self.emb.*help: apply a separate nn.Linear"):
+        MuP(traced, "muon")
+    assert MuP(traced, "adam").column_scales(Fixed(64)).keys() == {"mix.weight"}
 
 
 def test_derive_refusing_a_traced_bottleneck_names_the_dim_the_model_fixes():

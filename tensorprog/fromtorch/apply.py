@@ -25,11 +25,12 @@ from fractions import Fraction
 from ..engine.derive import derive
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
-from .columns import check_shared_lr, column_range
+from .columns import block_scale, check_shared_lr, column_range, column_scales, input_hook
+from .depth import DepthScaling
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
-from .patches import Patch, claim, groups_of, hook, modules_at, release
+from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
 from .reinit import draw_seed, rescale
 from .rows import row_range
 from .trace import Traced
@@ -60,7 +61,7 @@ class Report:
         }
 
 
-class MuP(OptimizerGroups):
+class MuP(DepthScaling, OptimizerGroups):
     """µP for a traced model: ``apply(model)``, ``param_groups(model, lr)``, ``probe``.
 
     For a model whose stack of layers was traced as a block repeated over the depth L, the
@@ -139,6 +140,9 @@ class MuP(OptimizerGroups):
         # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
         # blocks' own Adam eps (gradscale.py)
         self._grad_scales: dict[int, dict] = {}
+        # id(model) -> {tensor: (its ColumnScale, ids of the modules hooked)}: its column
+        # blocks' own LRs (columns.py)
+        self._col_scales: dict[int, dict] = {}
         # (width, input shapes) -> (exported graph, its trace), reused by check.probe
         self.graphs: dict = {}
         self.tuned = tuned_for(self, config) if config is not None else None
@@ -292,75 +296,6 @@ class MuP(OptimizerGroups):
                     f"{scale}: {need} on the query {use.target}{_rows(use)}"), c))
             self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
 
-    # -- the depth ---------------------------------------------------------------------------
-    def _check_base_depth(self, base_depth) -> int | None:
-        if base_depth is None:
-            return self.stack.depth if self.stack else None
-        if self.stack is None:
-            raise UsageError(
-                "base_depth is given, but the traced program has no depth (no stack of "
-                "identical layers was rolled into a block: see the notes in its source)",
-                help="leave base_depth out",
-            )
-        if isinstance(base_depth, bool) or not isinstance(base_depth, int) or base_depth < 1:
-            raise UsageError(
-                f"base_depth must be a whole number of layers >= 1, not {base_depth!r}",
-                help=f"e.g. base_depth={self.stack.depth} (the traced depth), the depth the "
-                "hyperparameters were tuned at",
-            )
-        return base_depth
-
-    def _depth_exponents(self, k: int) -> None:
-        """Each param's exponents in the depth L, folded as in the width: init std
-        ∝ L^-(aL+bL), LR ∝ L^-(cL+k·aL), Adam's ε ∝ L^-(epsL-aL); none without a stack, or
-        where derive has no depth exponents (under SGD: it says why)."""
-        d = self.derivation.depth
-        self.depth_exp: dict[str, Fraction] = {}  # a scale's aL
-        self.init_exp_L: dict[str, Fraction] = {}
-        self.lr_exp_L: dict[str, Fraction] = {}
-        self.eps_exp_L: dict[str, Fraction] = {}
-        if self.stack is None or d is None:
-            return
-        for p, x in d.abc.items():
-            a = Fraction(str(x.a))
-            if p in self.traced.scales:
-                self.depth_exp[p] = a
-            elif p in self.traced.params:
-                self.init_exp_L[p] = a + Fraction(str(x.b))
-                self.lr_exp_L[p] = Fraction(str(x.c)) + k * a
-        for p, e in self.derivation.eps_depth.items():
-            if p in self.traced.params:
-                self.eps_exp_L[p] = Fraction(str(e)) - Fraction(str(d.abc[p].a))
-
-    def depth_of(self, model) -> int | None:
-        """The model's depth: the length of its traced stack (None: the program has none)."""
-        if self.stack is None:
-            return None
-        try:
-            layers = model.get_submodule(self.stack.prefix) if self.stack.prefix else model
-            depth = len(layers) - self.stack.first  # the first ones stay unrolled
-        except (AttributeError, TypeError):
-            raise UsageError(
-                f"this model has no stack {self.stack.prefix!r} of layers, as the traced one",
-                help="pass a model built by the traced build(width)",
-            ) from None
-        if depth < 1:
-            raise UsageError(
-                f"this model's {self.stack.prefix} has {depth + self.stack.first} layers: the "
-                f"traced block's repetitions start at layer {self.stack.first}",
-                help="pass a model built by the traced build(width), with its stack",
-            )
-        return depth
-
-    def _depth_ratio(self, model, base_depth: int | None) -> float:
-        """depth / base depth (1 without a stack)."""
-        depth = self.depth_of(model)
-        if depth is None:
-            self._check_base_depth(base_depth)  # refuses a base depth for no depth
-            return 1.0
-        base = self._check_base_depth(base_depth) if base_depth is not None else self.base_depth
-        return depth / base
-
     def _uses(self, model, depth: int | None = None) -> list[tuple[str, ParamUse, int | None]]:
         """(program param, its use in this model, layer): a block param once per layer."""
         out = []
@@ -447,6 +382,7 @@ class MuP(OptimizerGroups):
             report.lines += self._depth_lines()
         at_base = width == self.traced.base_width and rd == 1
         anchor = self._anchor(model)
+        cols = column_scales(self, model, base_depth)  # blocks' LRs by scales of the columns
         with torch.no_grad():
             for name, use, layer in self._uses(model):
                 kind, sigma = self._base(name, use, layer)
@@ -458,19 +394,22 @@ class MuP(OptimizerGroups):
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
                 target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
+                s = block_scale(cols, use)  # the tensor holds W / s there (columns.py)
                 fixed = not any(self.program.dim_table[d].infinite
                                 for d in self.program.param_table[name].shape)
                 drawable = fixed and use.target in self.traced.centred and anchor is not None
                 key = f"{use.target}{_rows(use)}@{width}"
-                current, drawn = rescale(view, target, drawable,
+                current, drawn = rescale(view, target / s, drawable,
                                          draw_seed(anchor, key) if drawable else 0)
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
                     f"{'drawn anew at ' if drawn else ''}{target:.4g} (base {sigma:.4g} x (n/base)^"
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
+                    + (f", held as {target / s:.4g} = it / {s:.4g}" if s != 1.0 else "")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
-        report.lines += [f"fixed table {u.target}: never trained, left as it is (no init, no LR)"
+        report.lines += [f"fixed {'table' if u.index is None else f'row {u.index} of'} "
+                         f"{u.target}: never trained, left as it is (no init, no LR)"
                          for u in self.traced.params.values() if u.fixed is not None]
         unreached = set(self.unreached(model))
         report.lines += [
@@ -484,11 +423,17 @@ class MuP(OptimizerGroups):
         factors, scales = eps_blocks(self, model, base_depth) if self._adam else ({}, {})
         self._grad_scales[id(model)] = {t: (x, id(model.get_parameter(t))) for t, x in
                                         scales.items()}  # the param object its hook is on
+        self._col_scales[id(model)] = {t: (c, [id(model.get_submodule(m)) for m in c.modules])
+                                       for t, c in cols.items()}  # the modules hooked
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
-        report.lines += scale_lines(self, model, scales, factors, _rows)
+        report.lines += [
+            f"patched input of {m or 'the model'}: columns of {t} times their scale s (the "
+            f"tensor holds W / s), its LR x{c.lr:.4g}: each block's LR is that x s^"
+            f"{self.derivation.optimizer.a_coef}" for t, c in cols.items() for m in c.modules]
+        report.lines += scale_lines(self, model, scales, factors, _rows, cols)
         return report
 
     def _anchor(self, model):
@@ -516,19 +461,8 @@ class MuP(OptimizerGroups):
     def remove_patches(self, model) -> None:
         for h in self._hooks.pop(id(model), []):
             h.remove()
+        strip(model, self._token)  # a deepcopy's copies of them
         release(model, self._token)
-
-    def _depth_lines(self) -> list[str]:
-        if self.derivation.depth is None:
-            return [f"no exponents in the depth: {self.derivation.depth_refused}; the width's "
-                    "µP only, the same at every depth"]
-        scaled = [
-            f"depth: {p} init std x (L/base)^-{self.init_exp_L[p]}, LR x (L/base)^-"
-            f"{self.lr_exp_L.get(p, 0)}"
-            for p in self.traced.params
-            if self.init_exp_L.get(p) or self.lr_exp_L.get(p)
-        ]
-        return scaled or ["depth: no param scales with the depth"]
 
     def uncovered(self, model) -> list[str]:
         """The model's params that the program has not: a part of the forward the trace does
@@ -569,8 +503,10 @@ class MuP(OptimizerGroups):
 
     def _register(self, model, r: float) -> list[str]:
         placed = [(p, name) for p in self.patches for name in self._patched_modules(model, p)]
-        if placed or self._grad_scales.get(id(model)):  # hooks that would act twice
+        cols = self._col_scales.get(id(model), {})
+        if placed or self._grad_scales.get(id(model)) or cols:  # hooks that would act twice
             claim(model, self._token)
+        strip(model, self._token)  # a deepcopy's copies of them, else they act twice
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):
             if p.bias and getattr(m, "bias", None) \
@@ -583,11 +519,16 @@ class MuP(OptimizerGroups):
                     help="compute the readout with an nn.Linear whose weight is the embedding "
                     "and whose bias is its .bias, or add the bias outside the module",
                 )
-        self._hooks[id(model)] = [m.register_forward_hook(hook(p.at(r), p.rows, bool(p.bias)))
+        self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r), p.rows,
+                                                                    bool(p.bias))))
                                   for (p, _), m in zip(placed, found, strict=True)]
+        inputs = [m for c, _ in cols.values() for m in c.modules]  # their input scaled
+        self._hooks[id(model)] += [
+            model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)))
+            for c, _ in cols.values() for m in c.modules]
         self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
                                    for t, (s, _) in self._grad_scales.get(id(model), {}).items()]
-        return [name for _, name in placed]
+        return [name for _, name in placed] + inputs
 
     def unfolded(self, model) -> dict[str, float]:
         """Per query vector of the program: the factor that undoes the attention multiplier
@@ -645,6 +586,21 @@ class MuP(OptimizerGroups):
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
                 out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if p.bias else ())))
+        return out
+
+
+    def input_scales(self, model) -> dict[str, tuple]:
+        """Graph node -> (scale, conv) of the column scales registered on the model (a block
+        param's in every layer of the traced depth): the scale multiplies the node's input
+        (its first argument) as the forward pre-hook multiplies the module's (columns.py)."""
+        if not self.patched(model):
+            return {}
+        stack, out = self.traced.stack, {}
+        held = {t: c for t, (c, _) in self._col_scales.get(id(model), {}).items()}
+        for name, use in self.traced.params.items():
+            for u in stack.layers[name] if stack and name in stack.layers else [use]:
+                if u.cols is not None and u.target in held:
+                    out[u.node] = (held[u.target].scale, held[u.target].conv)
         return out
 
 

@@ -18,6 +18,7 @@ from ..numerics.judge import TOLERANCE, ZERO_RMS, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from ..numerics.turns import normalised, turned
 from .apply import MuP
+from .columns import scale_input
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
 from .inputs import forward_names, given_inputs, token_feed, token_index
@@ -107,7 +108,8 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
         if logits:
             splits.update({node: ({}, split, path) for node, path
                            in _logit_paths(mup, ep, wanted).items()})
-    return lambda: _run(ep, model, leaves, wanted, patches, splits)
+    inputs = mup.input_scales(model)
+    return lambda: _run(ep, model, leaves, wanted, patches, splits, inputs)
 
 
 def _readout_nodes(mup: MuP, ep, wanted: dict) -> list[str]:
@@ -240,7 +242,10 @@ def _path(heads, fed: set, limit: int = 400):
     return sorted(seen, key=order.get), sorted(cuts, key=order.get)
 
 
-def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
+def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: dict) -> dict:
+    """The graph run on the model's params, recording ``wanted``'s vectors; ``patches`` scale
+    nodes' outputs as the forward patches do, ``scaled`` a node's input (its first argument)
+    as a column scale's pre-hook does its module's (``MuP.input_scales``)."""
     import torch
     import torch.fx
 
@@ -258,12 +263,21 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             values.append(next(users))
     found: dict = {}
 
+    def scale(n, args: tuple) -> tuple:
+        if n.name not in scaled:
+            return args
+        return (scale_input(args[0], *scaled[n.name]), *args[1:])
+
     def logits(n, q, k):
         return (n.kwargs.get("scale") or q.shape[-1] ** -0.5) * q @ k.transpose(-2, -1)
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
-            out = super().run_node(n)
+            if n.name in scaled:
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                out = getattr(self, n.op)(n.target, scale(n, args), kwargs)
+            else:
+                out = super().run_node(n)
             for factor, rows, *bias in patches.get(n.name, ()):
                 out = scale_out(out, factor, rows, _bias(n, self.env) if bias else None)
             for vec, kind, unfold in wanted.get(n.name, []):
@@ -288,7 +302,7 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
             for p in path:
                 args, kwargs = torch.fx.node.map_arg(
                     (p.args, p.kwargs), lambda a: env[a] if a in env else self.env[a])
-                env[p] = p.target(*args, **kwargs)
+                env[p] = p.target(*scale(p, args), **kwargs)
                 for factor, rows, *bias in patches.get(p.name, ()):
                     env[p] = scale_out(env[p], factor, rows, _bias(p, env) if bias else None)
             for vec, kind, unfold in uses:
@@ -299,7 +313,7 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict) -> dict:
 
         def record_split(self, n, out):
             first, into = splits[n.name]
-            x, w = self.env[n.args[0]], self.env[n.args[1]]
+            x, w = scale(n, (self.env[n.args[0]],))[0], self.env[n.args[1]]
             if not first:  # the first call: the layer's first weight, input and output
                 first.update(x=x.clone(), w=w.clone(), out=out.clone())
             cross = torch.nn.functional.linear(x - first["x"], first["w"])
@@ -539,9 +553,12 @@ def _frozen(result, mup: MuP, frozen: set[str]) -> None:
     body = {ins.out: ins for ins in mup.program.body}
     for r in result.results:
         generic = stack.generic(r.name) if stack else r.name
-        if r.step and r.slope == float("-inf") and getattr(body.get(generic), "weight",
-                                                              None) in fixed:
-            r.ok, r.verdict = True, "frozen: a fixed table (never trained), so it never changes"
+        ins = body.get(generic)
+        # P @ pos of a fixed table, or a fixed vector param itself (a padding row: ops_linear)
+        if r.step and r.slope == float("-inf") and (getattr(ins, "weight", None) in fixed or (
+                isinstance(ins, LinComb) and set(ins.operands) <= fixed)):
+            r.ok, r.verdict = True, "frozen: a fixed table or row (never trained), so it never " \
+                "changes"
             continue
         made = mup.traced.producers.get(stack.generic(r.name) if stack else r.name)
         if r.step == 0 or r.slope != float("-inf") or not made:

@@ -13,15 +13,20 @@ multiplied by its c. At the base width every c is 1 and no hook is registered.
 That holds for Adam and for AdamW (its decay shrinks the param, not the gradient), not for an
 L2 decay added to the gradient inside the step (``decay="coupled"``: λw enters after the
 scale; groups.py refuses it), and for no other optimizer (SGD's and Muon's steps have no eps:
-there a tensor's blocks must share every rate, columns.py). A clip of the gradient's norm sees
-the scaled gradient: every block's entries then scale as the largest block's."""
+there a tensor's blocks must share every rate but the LR of a concatenation's column blocks,
+columns.py). A clip of the gradient's norm sees
+the scaled gradient: every block's entries then scale as the largest block's.
+
+A tensor whose column blocks carry their LRs by a scale s of its input (columns.py) has the
+gradient of its block b already s_b times W's: Adam's own step there has eps/s_b, so its
+eps factor counts as e_b·s_b here, and the gradient's scale makes up the rest."""
 
 from __future__ import annotations
 
 import math
 
 from ..errors import UsageError
-from .columns import column_block
+from .columns import block_scale, column_block, column_scales
 from .patches import groups_of
 from .rows import row_range
 from .values import ParamUse
@@ -58,11 +63,13 @@ def eps_blocks(mup, model, base_depth: int | None = None) -> tuple[dict, dict]:
 
     r = mup.width_of(model) / mup.traced.base_width
     rd = mup._depth_ratio(model, base_depth)
+    cols = column_scales(mup, model, base_depth)  # their blocks' gradients times s already
     found: dict[int, tuple[str, list]] = {}  # by tensor: a tied one may go by two names
     for name, use, _ in mup._uses(model):
         if name not in mup.eps_exp:
             continue
         m = r ** -float(mup.eps_exp[name]) * rd ** -float(mup.eps_exp_L.get(name, 0))
+        m *= block_scale(cols, use)
         t = model.get_parameter(use.target)
         found.setdefault(id(t), (use.target, []))[1].append((name, use, m))
     factors: dict[str, float] = {}
@@ -108,15 +115,18 @@ def grad_hook(scale):
     return scaled
 
 
-def scale_lines(mup, model, scales: dict, factors: dict, rows) -> list[str]:
+def scale_lines(mup, model, scales: dict, factors: dict, rows, cols: dict) -> list[str]:
     """The report's lines of the gradient scales: each block's factor where it is not 1
-    (``rows(use)``: the block's rows and columns, as the report writes them)."""
+    (``rows(use)``: the block's rows and columns, as the report writes them), with the column
+    scale s its gradient already carries (``cols``: columns.py)."""
     lines = []
     for _, use, _ in mup._uses(model):
         if use.target in scales:
             c = float(block_of(scales[use.target], use).flatten()[0])
+            s = block_scale(cols, use)
             if c != 1.0:
+                by = f" x{s:.4g} (its column scale)" if s != 1.0 else ""
                 lines.append(
-                    f"gradient of {use.target}{rows(use)} x{c:.4g}: its Adam eps is its "
-                    f"group's / {c:.4g} = base eps x{factors[use.target] / c:.4g}")
+                    f"gradient of {use.target}{rows(use)} x{c:.4g}{by}: its Adam eps is its "
+                    f"group's / {c * s:.4g} = base eps x{factors[use.target] / (c * s):.4g}")
     return lines

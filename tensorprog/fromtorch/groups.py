@@ -9,6 +9,7 @@ import warnings
 
 from ..engine.derivation import DECAY_MODES
 from ..errors import UsageError
+from .columns import column_scales
 from .decay import decay_rule
 from .gradscale import eps_blocks
 
@@ -38,21 +39,32 @@ class OptimizerGroups:
             return {}
         return eps_blocks(self, model, base_depth)[1]
 
+    def column_scales(self, model, base_depth: int | None = None) -> dict:
+        """Per torch param name whose column blocks need different LRs at this model's width
+        and depth: its ``ColumnScale`` (columns.py), the scale s of its input's columns that
+        ``apply``'s pre-hook multiplies in (the tensor holding W / s) and its group's LR
+        factor. Empty at the base width and depth."""
+        return column_scales(self, model, base_depth)
+
     def lr_multipliers(self, model, base_depth: int | None = None) -> dict[str, float]:
-        """Per torch param name: the factor on the base LR at this model's width and depth."""
-        return self._per_tensor(model, self.lr_exp, self.lr_exp_L, "LRs", base_depth)
+        """Per torch param name: the factor on the base LR at this model's width and depth. A
+        tensor whose column blocks need different LRs gets its widest block's; ``apply``
+        carries the others' by a scale of its columns (columns.py)."""
+        cols = {t: c.lr for t, c in column_scales(self, model, base_depth).items()}
+        return self._per_tensor(model, self.lr_exp, self.lr_exp_L, "LRs", base_depth, cols)
 
     def _per_tensor(self, model, exponents: dict, in_depth: dict, what: str,
-                    base_depth: int | None = None) -> dict[str, float]:
+                    base_depth: int | None = None, given: dict | None = None) -> dict[str, float]:
         """(width/base)^-e (depth/base)^-e_L per torch tensor, for the program params that have
         an exponent e; the row blocks of one fused tensor must agree, since a tensor has one
-        optimizer group."""
+        optimizer group. ``given``: tensors whose factor is set (their blocks' differ)."""
+        given = given or {}
         r = self.width_of(model) / self.traced.base_width
         rd = self._depth_ratio(model, base_depth)
         out: dict[str, float] = {}
         entries: dict[str, tuple] = {}  # a 1-D param read entry by entry -> its exponents
         for name, use, _ in self._uses(model):
-            if name not in exponents:
+            if name not in exponents or use.target in given:
                 continue
             m = r ** -float(exponents[name]) * rd ** -float(in_depth.get(name, 0))
             e = (exponents[name], in_depth.get(name, 0))
@@ -70,7 +82,7 @@ class OptimizerGroups:
                     help="split the fused layer into separate nn.Linear layers",
                 )
             out[use.target] = m
-        return out
+        return {**out, **given}
 
     def param_groups(
         self,
@@ -139,6 +151,7 @@ class OptimizerGroups:
                 stacklevel=2,
             )
         mult = self.lr_multipliers(model, base_depth)
+        self._columns_held(model, base_depth, decay, weight_decay, decayed)
         adam = self._adam
         eps_mult = self._eps_scaled(model, base_depth, decay, weight_decay, decayed) if adam \
             else {}
@@ -161,6 +174,44 @@ class OptimizerGroups:
                 group["eps"] = eps * e
             out.append(group)
         return out
+
+    def _columns_held(self, model, base_depth, decay, weight_decay, decayed) -> None:
+        """A UsageError unless every tensor whose column blocks need different LRs has its
+        column scale registered by ``apply`` (at the same base depth) on the modules the model
+        holds now, and no weight decay acts on it otherwise than as a shrink by λ a step
+        (``"independent"``): W = s ⊙ V moves as V does, and V's group shrinks every column by
+        the same amount, where µP's blocks would shrink by lr_b·λ (``"decoupled"``), or an L2
+        decay λV in V's gradient is λW/s, not the s·λW a block's own step would take."""
+        import torch
+
+        held = self._col_scales.get(id(model), {}) if self.patched(model) else {}
+        for target, cs in column_scales(self, model, base_depth).items():
+            mine = held.get(target)
+            if mine is None or not torch.equal(mine[0].scale, cs.scale):
+                raise UsageError(
+                    f"{target}: its column blocks need different LRs, which a scale of its "
+                    "columns carries once apply registers it"
+                    + (" (apply ran at another base depth)" if mine else ""), cs.span,
+                    help="call mup.apply(model) (with the same base_depth) before "
+                    "param_groups(model, ...)",
+                )
+            if mine[1] != [id(model.get_submodule(m)) for m in cs.modules]:
+                raise UsageError(
+                    f"{target}: its column blocks need different LRs, which a pre-hook on "
+                    f"{', '.join(cs.modules)} carries, and the model holds other modules there "
+                    "now (a wrapper replaced them after apply): the hook is not called",
+                    cs.span, help="call mup.apply(model) on the model as it is trained",
+                )
+            if weight_decay and decay != "independent" and decayed(
+                    target, model.get_parameter(target)):
+                raise UsageError(
+                    f"{target}: its column blocks need different LRs, carried by a scale s of "
+                    f"its columns (the tensor holds W / s); a {decay} weight decay would act "
+                    "on each block otherwise than on a tensor of its own",
+                    cs.span,
+                    help="use decay='independent' (w shrinks by λ a step, the same for every "
+                    "block), or leave the tensor out of the decay (decay_params)",
+                )
 
     def _eps_scaled(self, model, base_depth, decay, weight_decay, decayed) -> dict[str, float]:
         """``eps_multipliers``, where every tensor whose blocks need different eps values has

@@ -104,6 +104,11 @@ def base_stats(build, width: int) -> tuple[dict, set]:
                 # constant: NeoMME's mixing weights [1, 0], read one by one (ops_entries.py)
                 stats.update({entry_key(k, i): ("const", float(x))
                               for k in names[id(p)] for i, x in enumerate(first[name])})
+    for name, m in model.named_modules():  # an embedding's padding row (ops_linear._row)
+        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+            row = m.weight.detach().double()[m.padding_idx]
+            pad = ("const", 0.0) if not bool(row.any()) else ("normal", float(row.std()))
+            stats[entry_key(f"{name}.weight" if name else "weight", m.padding_idx)] = pad
     return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
 
 

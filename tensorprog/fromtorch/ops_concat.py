@@ -7,8 +7,9 @@ the engine derives each block's exponents from the part it reads (an embedding's
 hidden vector, a class token and a mean of the tokens), as it would for two separate layers.
 ParamUse.cols maps each block back to its columns of the one torch tensor: apply inits each
 block at its own std (a slice of the tensor scaled), and a forward multiplier folds into a
-block's init and LR as any param's does; but a tensor has one LR (and one Adam eps), so apply
-refuses blocks whose derived LRs differ, at the concatenation's line (columns.py).
+block's init and LR as any param's does; a tensor has one LR (and one Adam eps), so blocks
+whose derived LRs differ are carried by a scale of the columns (the tensor holds W / s, the
+layer's input times s: columns.py), or refused at the concatenation's line.
 
 Only a concatenation that every reader applies a linear layer to is read so: the parts are
 looked at before the readers are walked, and any other use of the concatenated vector (a norm

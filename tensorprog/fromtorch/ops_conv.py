@@ -165,9 +165,9 @@ class ConvOps:
         """``conv2d(cat(a, b), K) + bias = conv(K[:, :c], a) + conv(K[:, c:], b) + bias``: a
         convolution is a matmul over each window's in·kh·kw values, so the concatenation's
         channels split its kernel's input channels into column blocks, each a kernel param of
-        its own (ParamUse.cols: apply inits each block at its own std; their LRs must agree,
-        the tensor having one, columns.py), each derived from the part it reads, as the
-        blocks of a linear layer of a concatenated vector are (ops_concat.py)."""
+        its own (ParamUse.cols: apply inits each block at its own std; LRs that differ are
+        carried by a scale of the input's channels, columns.py), each derived from the part
+        it reads, as the blocks of a linear layer of a concatenated vector are (ops_concat.py)."""
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
         if not isinstance(w, PRef) or w.rows or w.offset or w.shape[1] != sum(
                 p.dim for p in x.parts) or stride[0] != stride[1] or dilation[0] != dilation[1]:

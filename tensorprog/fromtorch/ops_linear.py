@@ -19,6 +19,7 @@ from .values import (
     Scores,
     Tok,
     Vec,
+    init_of,
     probe_ids,
 )
 from .where import module_of, refuse, strip_prefix
@@ -74,7 +75,7 @@ class LinearOps:
                 table, _ = self.param(w, node, lookup=True, fan_in=src)
             tags = ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
-            return self._row(node, w, row)
+            return self._row(node, w, row, padding=bool(rest) and rest[0] == row)
         elif isinstance(idx, Conc) and (win := window_lookup(idx.value, w.shape[0])):
             return self.window_table(node, w, win)  # Swin's bias: ops_windows.py
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
@@ -130,12 +131,19 @@ class LinearOps:
         ok = 0 <= first < w.shape[0] and bool((value == first).all())
         return first if ok else None
 
-    def _row(self, node, w: PRef, row: int) -> Vec:
+    def _row(self, node, w: PRef, row: int, padding: bool = False) -> Vec:
         """A lookup of one constant id: row ``row`` of the table, the same for every token. It
         is a vector param of its own (fed the constant 1, a bias in the sum it meets), whose
         exponents the engine derives as a bias's; ParamUse.index maps it back to the row, so
         apply inits that row and the table takes its LR (the rows never read get no
-        gradient)."""
+        gradient).
+
+        The table's ``padding_idx`` row (``padding``: RoCBert's shape and pronunciation ids,
+        zeros where none are given) never trains, its gradient masked, and nn.Embedding and
+        transformers' init make it zero: a fixed vector param ``= 0`` (ParamUse.fixed, as a
+        fixed table's: apply gives it no init, param_groups no LR, the check calls it frozen).
+        A padding row the build leaves nonzero is refused: a vector that never trains has no
+        init or LR to scale it with the width."""
         found = [p for p, u in self.out.params.items() if (u.target, u.index) == (w.target, row)]
         if found:
             param = found[0]
@@ -143,9 +151,20 @@ class LinearOps:
             param = self.fresh(f"{strip_prefix(w.target).replace('.', '_')}_row{row}")
             self.out.params[param] = ParamUse(w.target, None, False, module_of(node), node.name,
                                               index=row)
-            init = self.base.get(w.target, ("normal", 1.0))
+            init = init_of(self.base, w.target, row if padding else None, ("normal", 1.0))
+            if padding and init != ("const", 0.0):
+                raise refuse(node, f"a lookup of row {row} of {strip_prefix(w.target)}, its "
+                             "padding_idx, whose row never trains (its gradient is masked) and "
+                             "which the build leaves nonzero: a vector that never trains has no "
+                             "init or LR µP could scale with the width",
+                             help="zero the padding row (as nn.Embedding does), or look up ids "
+                             "that are not the padding id")
+            if padding:
+                self.out.params[param].fixed = 0.0
             tail = f" = {init[1]:g}" if init[0] == "const" else ""
-            self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}")
+            self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}"
+                                  + (f"  # row {row} of {strip_prefix(w.target)}, its "
+                                     "padding_idx: never trained" if padding else ""))
         name = self.emit_vector(node.name, param)
         return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
 

@@ -288,8 +288,8 @@ def fixed_table(name: str, u1, u2, widths) -> None:
     """A fixed table's entries at the two traced widths (``ParamUse.fixed``: the RMS of the rows
     read): Θ(1) at both, else refused. A table scaled as n^-a (a 1/√d in its values) would need
     its factor moved into an init and LR that a table the model never trains does not have."""
-    if u1.fixed is None or u2.fixed is None:
-        return
+    if u1.fixed is None or u2.fixed is None or u1.fixed == u2.fixed == 0:
+        return  # a zero vector (a padding row, ops_linear._row) has no factor to move
     w1, w2 = widths
     if u1.fixed > 0 and u2.fixed > 0:
         exponent = math.log(u2.fixed / u1.fixed) / math.log(w2 / w1)

@@ -99,6 +99,30 @@ def modules_at(model, names: list[str]) -> list:
     return out
 
 
+# the attribute of every forward hook apply registers, by which strip finds a deepcopy's
+_MARK = "_tensorprog_hook"
+
+
+def mark(fn):
+    """``fn``, marked as a hook of apply's (:func:`strip`)."""
+    setattr(fn, _MARK, True)
+    return fn
+
+
+def strip(model, token: int) -> None:
+    """Removes apply's forward hooks and pre-hooks from every module of ``model`` (marked:
+    :func:`mark`), unless another MuP than that of ``token`` patched it. A deepcopy of a
+    patched model copies its modules' hooks (not its params' gradient hooks) and its mark, so
+    the copy computes as the model; apply on the copy would otherwise register its own beside
+    them, and each would act twice."""
+    if getattr(model, _OWNER, token) != token:
+        return
+    for m in model.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for key in [k for k, fn in hooks.items() if getattr(fn, _MARK, False)]:
+                del hooks[key]  # registered without kwargs: in no other dict of the module
+
+
 # the attribute a patched model carries: which MuP's hooks it holds (one MuP's at a time)
 _OWNER = "_tensorprog_patched_by"
 

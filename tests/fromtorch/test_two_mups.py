@@ -1,6 +1,8 @@
 """One model holds one MuP's patches: a second MuP's apply would hook the tied readout's
 multiplier (and any gradient scale) a second time, so it is refused until the first MuP removes
-its own."""
+its own; a deepcopy of a patched model carries its hooks, which apply on it replaces."""
+
+import copy
 
 import pytest
 
@@ -33,6 +35,19 @@ def test_a_second_mup_is_refused_until_the_first_removes_its_patches():
     y = model(*_tokens(model))
     with pytest.raises(UsageError, match="another MuP's forward patches"):
         second.apply(model)
+    second.remove_patches(model)  # none of its own: the first's stay
+    assert torch.equal(model(*_tokens(model)), y)
     first.remove_patches(model)
     second.apply(model)
     assert torch.equal(model(*_tokens(model)), y)
+    # a deepcopy carries its modules' hooks: apply on it replaces them, not doubles them
+    clone = copy.deepcopy(model)
+    second.apply(clone)
+    torch.testing.assert_close(clone(*_tokens(clone)), y, rtol=1e-6, atol=1e-7)
+    second.remove_patches(clone)  # the copied hooks too
+    torch.testing.assert_close(clone(*_tokens(clone)), plain(clone), rtol=1e-6, atol=1e-7)
+
+
+def plain(model):
+    """The tied model's output without its readout's multiplier."""
+    return torch.relu(model.h(model.e(*_tokens(model)))) @ model.e.weight.T
