@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
 from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
@@ -51,7 +52,9 @@ class Converter(
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
-    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
+    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps,
+    BatchMaskOps,  # its op_index takes a mask over the batch before LinearOps' lookups
+    LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
