@@ -375,8 +375,12 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
 
 
 def _where_numbers(ep) -> list[str]:
-    """The one-entry float constants of the graph that a ``where`` reads (through copies:
-    ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_)."""
+    """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
+    ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
+    an integer that a ``min`` or ``max`` reads (TAPAS's positions,
+    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``)."""
+    import torch
+
     specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
              if s.kind.name == "CONSTANT_TENSOR"}
     found = []
@@ -384,10 +388,12 @@ def _where_numbers(ep) -> list[str]:
         if node.op != "placeholder" or node.name not in specs:
             continue
         value = ep.constants.get(specs[node.name])
-        if value is None or value.numel() != 1 or not value.is_floating_point():
+        if value is None or value.numel() != 1 or value.dtype == torch.bool:
             continue
+        readers = {"where"} if value.is_floating_point() else {
+            "min", "max", "minimum", "maximum", "clamp"}
         users, seen = list(node.users), set()
-        while users and not any(op_name(u) == "where" for u in users):
+        while users and not any(op_name(u) in readers for u in users):
             seen.update(users)
             users = [u for c in users if op_name(c) in ("detach", "detach_", "lift_fresh_copy",
                                                          "clone", "to")
