@@ -52,9 +52,10 @@ class Converter(
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
-    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps,
-    BatchMaskOps,  # its op_index takes a mask over the batch before LinearOps' lookups
-    LinearOps, ArithOps, AttentionOps,
+    # its call carries the examples a mask keeping none selects past every op, and its
+    # op_index takes a mask over the batch before LinearOps' lookups
+    BatchMaskOps,
+    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,

@@ -1,4 +1,5 @@
-"""A boolean mask over the batch that keeps every example: ``h[mask]`` and ``out[mask] = y``.
+"""A constant boolean mask over the batch that keeps every example or none: ``h[mask]`` and
+``out[mask] = y``.
 
 X-MOD's adapter layer runs each language's adapter on that language's examples only::
 
@@ -8,71 +9,113 @@ X-MOD's adapter layer runs each language's adapter on that language's examples o
         new[mask] = self.adapter_modules[lang](h[mask])
 
 With no ``lang_ids`` given, the model makes them itself, its default language's id for every
-example (``default_lang_id * torch.ones(batch_size)``): the mask is a constant of the graph, all
-true, and ``h[mask]`` is ``h`` itself, as ``new[mask] = y`` into the zeros is ``y``. So the layer
-is its one adapter applied to every token, which is what the program says. A mask computed from
-ids given as an input is a constant of the trace as a given attention mask is (walk.py): the
-example's language is every input's.
+example (``default_lang_id * torch.ones(batch_size)``): each mask is a constant of the graph. The
+default language's keeps every example: ``h[mask]`` is ``h`` itself, and ``new[mask] = y`` into
+the zeros is ``y``. Every other language's keeps none: ``h[mask]`` holds no example, and so does
+everything computed from it, example by example (:class:`Unselected`: export gives their first
+axis one size, ``u0``, that it does not know, 0 here), and ``new[mask] = y`` leaves ``new`` as it
+was. So the layer is the default language's adapter applied to every token, which is what the
+program says; the other adapters reach no output, and their params are reported unused (they
+get no gradient from a batch of the default language). A mask computed from ids given as an
+input is a constant of the trace as a given attention mask is (walk.py): the example's language
+is every input's.
 
-A mask that keeps part of the batch is refused: examples that take different params (a batch of
-several languages) are a different model per example, which one program cannot be. So are a mask
-that keeps nothing (an adapter of a language the batch does not hold: its params would reach no
-output through it) and one computed from the token ids (what it keeps then depends on the
-tokens). Only a 1-D mask over the first axis is followed.
+Refused at the line: a mask that keeps part of the batch (examples that take different params,
+a batch of several languages, are a different model per example, which one program cannot be),
+one computed from the token ids (what it keeps then depends on the tokens), an op on examples
+selected by none whose result is not of those examples alone (a sum over them), and an
+assignment of all examples over anything but zeros. Only a 1-D mask over the first axis is
+followed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .values import Affine, Conc, Pointwise, Vec
-from .where import refuse
+from .where import CHECK_OPS, op_name, refuse
 
 _HELP = ("give every example of the batch the same language (X-MOD: call "
-         "model.set_default_language(lang) and pass no lang_ids), and build the model with that "
-         "language's adapter only (config.languages = [lang]); a model that runs other params on "
-         "other examples is one model per example: trace one per language")
+         "model.set_default_language(lang) and pass no lang_ids); a model that runs other "
+         "params on other examples is one model per example: trace one per language")
+_PER_TOKEN = (Vec, Affine, Pointwise)
+
+
+@dataclass
+class Unselected:
+    """Examples selected by a mask that keeps none (``h[mask]``), or a value computed from them
+    example by example: no entry. ``size`` names the first axis's size that export gives them
+    (``u0``), which every value computed from them alone keeps."""
+
+    size: str
+
+
+def _flat(args, kwargs) -> list:
+    return [x for a in (*args, *kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])]
 
 
 class BatchMaskOps:
     """``h[mask]`` and ``out[mask] = y`` with a constant mask over the first axis that keeps
-    every entry: ``h`` and ``y`` themselves."""
+    every entry (``h`` and ``y`` themselves) or none (no example, and ``out``)."""
 
-    def _whole_mask(self, node, v, indices, what: str) -> bool:
-        """Whether ``indices`` is one boolean mask over the first axis of ``v`` (the node's
-        first argument) that keeps every entry; a mask over it that keeps fewer is refused.
-        False where the index is no such mask (an integer index, several, ...)."""
+    def call(self, node):
+        if not getattr(self, "unselected", False):  # (no mask that kept none so far)
+            return super().call(node)
+        args, kwargs = self.args(node)
+        empty = next((x for x in _flat(args, kwargs) if isinstance(x, Unselected)), None)
+        op = op_name(node)
+        if empty is None:
+            return super().call(node)
+        if op in CHECK_OPS:  # export's checks of the unknown size
+            return None
+        if op == "sym_size":
+            return self.op_sym_size(node, *args, **kwargs)
+        if op in ("index_put", "index_put_"):  # the selected examples assigned back
+            return self.op_index_put(node, *args, **kwargs)
+        val = node.meta.get("val")
+        shape = getattr(val, "shape", ())
+        if len(shape) and str(shape[0]) == empty.size:
+            return empty  # still of the examples selected, none
+        raise refuse(node, f"a {op} of examples selected by a mask that keeps none of the "
+                     "batch (X-MOD's adapter of a language the batch does not hold) whose "
+                     "result is not of those examples alone", help=_HELP)
+
+    def _mask_keeps(self, node, v, indices, what: str) -> str | None:
+        """"all" or "none" where ``indices`` is one constant boolean mask over the first axis
+        of ``v`` (the node's first argument) that keeps every entry or none; a mask over it that
+        keeps some is refused. None where the index is no such mask (an integer index,
+        several, ...)."""
         import torch
 
         if len(indices) != 1 or not isinstance(indices[0], Conc):
-            return False
+            return None
         mask = indices[0].value
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 1:
-            return False
-        if not isinstance(v, (Vec, Affine, Pointwise, Conc)):
-            return False
+            return None
         shape = tuple(node.args[0].meta["val"].shape)
         if not shape or mask.shape[0] != shape[0]:
-            return False
+            return None
         if indices[0].probe is not None:
             raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
                          "depends on the tokens", help=_HELP)
         kept = int(mask.sum())
-        if kept == 0:
-            raise refuse(node, f"{what} by a mask over the batch that keeps none of its "
-                         "examples (X-MOD's adapter of a language the batch does not hold): "
-                         "what it computes reaches no output, and the program would not say "
-                         "that its params stay untrained", help=_HELP)
-        if kept != mask.numel():
+        if 0 < kept < mask.numel():
             raise refuse(node, f"{what} by a mask over the batch that keeps {kept} of the "
                          f"{mask.numel()} of its examples (X-MOD's lang_ids == k, a batch of "
                          "several languages): examples that take different params are a "
                          "different model per example, which one program cannot be",
                          help=_HELP)
-        return True
+        return "all" if kept else "none"
 
     def op_index(self, node, v, indices):
-        """``h[mask]``, a mask keeping every example: ``h``."""
-        if isinstance(v, (Vec, Affine, Pointwise)) and self._whole_mask(
-                node, v, indices, "a selection of examples"):
+        """``h[mask]``, a mask keeping every example (``h``) or none (no example)."""
+        keeps = self._mask_keeps(node, v, indices, "a selection of examples") if isinstance(
+            v, _PER_TOKEN) else None
+        if keeps == "none":
+            self.unselected = True
+            return Unselected(str(node.meta["val"].shape[0]))
+        if keeps == "all":
             # its first axis's size is unknown to export (u0), to whatever reads it
             self.whole_selections = {**getattr(self, "whole_selections", {}),
                                      node.name: int(indices[0].value.numel())}
@@ -80,7 +123,10 @@ class BatchMaskOps:
         return super().op_index(node, v, indices)
 
     def op_sym_size(self, node, v, dim=0):
-        """The size export leaves unknown of ``h[mask]``'s first axis: ``h``'s, all kept."""
+        """The size export leaves unknown of ``h[mask]``'s first axis: ``h``'s where the mask
+        keeps every example, 0 where it keeps none."""
+        if isinstance(v, Unselected) and dim == 0:
+            return 0
         size = getattr(self, "whole_selections", {}).get(node.args[0].name)
         if size is None or dim != 0:
             raise refuse(node, "a size that export leaves unknown (the result of an op whose "
@@ -88,17 +134,21 @@ class BatchMaskOps:
         return size
 
     def op_index_put(self, node, v, indices, values, accumulate=False):
-        """``zeros_like(h)[mask] = y`` (in place, ``index_put_``), a mask keeping every
-        example and ``y`` of ``h``'s shape: ``y``, written over (or added to) zeros."""
+        """``out[mask] = y`` (in place, ``index_put_``): a mask keeping no example leaves
+        ``out``; one keeping every example, over zeros (``zeros_like(h)``) with ``y`` of
+        ``h``'s shape, is ``y``, written over (or added to) the zeros."""
         import torch
 
+        keeps = self._mask_keeps(node, v, indices, "an assignment to examples") if isinstance(
+            v, (*_PER_TOKEN, Conc)) else None
+        if keeps == "none" and isinstance(values, Unselected):
+            return v
+        if keeps != "all" or not isinstance(values, _PER_TOKEN):
+            raise refuse(node, "an assignment by index (x[i] = y) other than of a per-token "
+                         "vector to every example of zeros, or of the examples a mask keeping "
+                         "none selects, by a constant mask over the batch", help=_HELP)
         zeros = isinstance(v, Conc) and isinstance(v.value, torch.Tensor) and v.probe is None \
             and not bool(v.value.any())
-        if not isinstance(values, (Vec, Affine, Pointwise)) or not self._whole_mask(
-                node, v, indices, "an assignment to examples"):
-            raise refuse(node, "an assignment by index (x[i] = y) other than of a per-token "
-                         "vector to every example of zeros by a mask that keeps them all",
-                         help=_HELP)
         shape = tuple(node.args[0].meta["val"].shape)
         given = tuple(node.args[2].meta["val"].shape)
         if not zeros or len(given) != len(shape) or given[1:] != shape[1:]:

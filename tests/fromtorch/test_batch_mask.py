@@ -1,9 +1,10 @@
 """from_torch on X-MOD's per-language adapters: ``new[mask] = adapter(h[mask])`` into zeros, with
 ``mask = lang_ids == k`` over the batch. With the model's own ids of one language (no lang_ids
 given) the mask keeps every example, and the layer is its adapter on every token: oracle, the
-emitted program computes the model (float64). A mask that keeps part of the batch (several
-languages), none of it (a second language's adapter), or that is computed from the token ids, and
-an assignment over anything but zeros, are refused at their lines."""
+emitted program computes the model (float64); the masks of the other languages keep none, and
+their adapters reach no output. A mask that keeps part of the batch (several languages), or that
+is computed from the token ids, a sum over no examples, and an assignment over anything but
+zeros, are refused at their lines."""
 
 import pytest
 from conftest import traced_computes_the_model
@@ -28,9 +29,9 @@ class Adapted(nn.Module):
     each language's bottleneck adapter (n -> n/2 -> n) on its examples, plus the normed input.
     ``form`` varies the mask or the assignment."""
 
-    def __init__(self, n, languages=1, form="default"):
+    def __init__(self, n, languages=1, form="default", default=0):
         super().__init__()
-        self.form = form
+        self.form, self.default = form, default
         self.e, self.ln = nn.Embedding(VOCAB, n), nn.LayerNorm(n)
         self.adapters = nn.ModuleList(
             nn.Sequential(nn.Linear(n, n // 2), nn.GELU(), nn.Linear(n // 2, n))
@@ -39,12 +40,13 @@ class Adapted(nn.Module):
 
     def forward(self, idx, lang_ids=None):
         if lang_ids is None:  # the default language's id for every example, as X-MOD's
-            lang_ids = 0 * torch.ones(idx.shape[0])
+            lang_ids = self.default * torch.ones(idx.shape[0])
         h = self.ln(self.e(idx))
         new = h.clone() if self.form == "over_h" else torch.zeros_like(h)
         for k, adapter in enumerate(self.adapters):
             mask = idx[:, 0] == 3 if self.form == "from_ids" else lang_ids == k
-            new[mask] = adapter(h[mask])
+            y = adapter(h[mask])
+            new[mask] = y + y.sum() if self.form == "sum" else y
         return self.head(new + h)
 
 
@@ -84,8 +86,23 @@ def test_a_batch_of_two_languages_is_refused_as_a_model_per_example():
              r"a different model per example", two)
 
 
-def test_an_adapter_of_a_language_the_batch_does_not_hold_is_refused():
-    _refused(lambda n: Adapted(n, languages=2), r"keeps none of its examples")
+@pytest.mark.parametrize("default", [0, 1])
+def test_the_adapters_of_languages_the_batch_does_not_hold_reach_no_output(default):
+    # before: refused at h[mask] of the other language, a mask that keeps no example
+    def build(n):
+        return Adapted(n, languages=3, default=default)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    targets = {u.target for u in traced.params.values()}
+    assert f"adapters.{default}.0.weight" in targets, traced.source
+    assert not {t for t in targets if t.startswith("adapters.") and
+                not t.startswith(f"adapters.{default}.")}, traced.source
+    traced_computes_the_model(traced, build, _tokens)
+
+
+def test_a_sum_over_examples_selected_by_none_is_refused():
+    _refused(lambda n: Adapted(n, languages=2, form="sum", default=1), r"a sum of examples "
+             r"selected by a mask that keeps none")
 
 
 def test_a_mask_computed_from_the_token_ids_is_refused():
@@ -97,7 +114,7 @@ def test_an_assignment_over_the_vector_itself_is_refused():
 
 
 @pytest.mark.slow
-def test_hf_xmod_of_one_language_computes_the_model():
+def test_hf_xmod_of_its_default_language_computes_the_model():
     transformers = pytest.importorskip("transformers")
 
     def build(n):
@@ -107,9 +124,11 @@ def test_hf_xmod_of_one_language_computes_the_model():
         config = transformers.XmodConfig(pad_token_id=-1, layer_norm_eps=1e-5,
             vocab_size=VOCAB, hidden_size=n, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=4 * n, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-            max_position_embeddings=8, default_language="en_XX")
+            max_position_embeddings=8, languages=["en_XX", "de_DE", "fr_XX"],
+            default_language="de_DE")
         return transformers.XmodForMaskedLM(config)
 
     traced = from_torch(build, WIDTHS, _tokens)
-    assert "adapter_modules_en_XX_dense1_weight : [n_by2, n]" in traced.source, traced.source
+    assert "adapter_modules_de_DE_dense1_weight : [n_by2, n]" in traced.source, traced.source
+    assert "en_XX" not in traced.source and "fr_XX" not in traced.source, traced.source
     traced_computes_the_model(traced, build, _tokens)
