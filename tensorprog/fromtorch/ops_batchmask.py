@@ -60,7 +60,22 @@ class BatchMaskOps:
     every entry (``h`` and ``y`` themselves) or none (no example, and ``out``)."""
 
     def call(self, node):
-        if not getattr(self, "unselected", False):  # (no mask that kept none so far)
+        if not getattr(self, "unselected", False) and not getattr(self, "whole_selections", {}):
+            return super().call(node)  # (no mask over the batch so far)
+        # the size export gives the examples selected (u0) is one it cannot compare: an op
+        # whose handler decides by its shapes (a view) cannot tell where it stands
+        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+        try:
+            return self._selected_call(node)
+        except GuardOnDataDependentSymNode:
+            raise refuse(node, f"a {op_name(node)} of examples selected by a mask over the "
+                         "batch (X-MOD's h[lang_ids == k]), whose number export leaves unknown: "
+                         "only ops of each example apart (a linear layer, a nonlinearity) are "
+                         "followed on them", help=_HELP) from None
+
+    def _selected_call(self, node):
+        if not getattr(self, "unselected", False):
             return super().call(node)
         args, kwargs = self.args(node)
         empty = next((x for x in _flat(args, kwargs) if isinstance(x, Unselected)), None)

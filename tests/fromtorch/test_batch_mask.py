@@ -45,7 +45,9 @@ class Adapted(nn.Module):
         new = h.clone() if self.form == "over_h" else torch.zeros_like(h)
         for k, adapter in enumerate(self.adapters):
             mask = idx[:, 0] == 3 if self.form == "from_ids" else lang_ids == k
-            y = adapter(h[mask])
+            x = h[mask]
+            y = adapter(x.reshape(-1, x.shape[-1])).view(x.shape) if self.form == "flat" \
+                else adapter(x)
             new[mask] = y + y.sum() if self.form == "sum" else y
         return self.head(new + h)
 
@@ -103,6 +105,11 @@ def test_the_adapters_of_languages_the_batch_does_not_hold_reach_no_output(defau
 def test_a_sum_over_examples_selected_by_none_is_refused():
     _refused(lambda n: Adapted(n, languages=2, form="sum", default=1), r"a sum of examples "
              r"selected by a mask that keeps none")
+
+
+def test_the_selected_examples_viewed_by_their_unknown_number_are_refused():
+    _refused(lambda n: Adapted(n, form="flat"), r"a reshape of examples selected by a mask over "
+             r"the batch(.|\n)*whose number export leaves unknown")
 
 
 def test_a_mask_computed_from_the_token_ids_is_refused():
