@@ -985,6 +985,15 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class Languages(Net):
+    def forward(self, idx):  # X-MOD's adapter layer over a batch of two languages
+        h = self.e(idx)
+        new = torch.zeros_like(h)
+        mask = torch.arange(idx.shape[0]) == 0
+        new[mask] = 2 * h[mask]
+        return self.o(new)
+
+
 class FlippedIds(Net):
     def forward(self, idx):  # ids made from the token ids, neither a copy nor a shift of them
         return self.o(self.e(idx.flip(1)))
@@ -1286,6 +1295,7 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "flipped_ids": "lambda n: FlippedIds(n)",
+    "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
     "relative_padded": "lambda n: RelativePadded(n)",
     "relative_scaled": "lambda n: RelativeScaled(n)",
@@ -1362,6 +1372,10 @@ TRACED_BUILDS = {
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
+    # a constant mask over the batch that keeps part of it: examples taking different params
+    ("languages", None, r"m.py:\d+:\d+: error: cannot trace a selection of examples by a mask "
+                        r"over the batch that keeps 1 of the 2 of its examples(.|\n)*a "
+                        r"different model per example(.|\n)*help: give every example"),
     # ids the forward computes from the token ids: read by their values with probe ids in
     # the zeros' place (before: the trace's zeros flipped read as the constant id 0, a bias)
     ("flipped_ids", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids "

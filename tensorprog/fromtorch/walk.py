@@ -672,4 +672,7 @@ class Walker:
             out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
         if again is not None and type(out) in (Conc, Computed):
             out.probe = again
+        if type(out) is Conc:  # named by a refusal of it (ops_linear.py)
+            out.given = next((x.input if isinstance(x, Given) else x.given for x in flat
+                              if isinstance(x, Given) or isinstance(x, Conc) and x.given), "")
         return out
