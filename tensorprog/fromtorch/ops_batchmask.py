@@ -131,19 +131,20 @@ class BatchMaskOps:
             self.unselected = True
             return Unselected(str(node.meta["val"].shape[0]))
         if keeps == "all":
-            # its first axis's size is unknown to export (u0), to whatever reads it
+            # its first axis's size is unknown to export (u0), to whatever reads it: by the
+            # symbol, which every value computed from it keeps
             self.whole_selections = {**getattr(self, "whole_selections", {}),
-                                     node.name: int(indices[0].value.numel())}
+                                     str(node.meta["val"].shape[0]): indices[0].value.numel()}
             return v
         return super().op_index(node, v, indices)
 
     def op_sym_size(self, node, v, dim=0):
-        """The size export leaves unknown of ``h[mask]``'s first axis: ``h``'s where the mask
-        keeps every example, 0 where it keeps none."""
+        """The size export leaves unknown of ``h[mask]``'s first axis (or of a value computed
+        from it): ``h``'s where the mask keeps every example, 0 where it keeps none."""
         if isinstance(v, Unselected) and dim == 0:
             return 0
-        size = getattr(self, "whole_selections", {}).get(node.args[0].name)
-        if size is None or dim != 0:
+        size = getattr(self, "whole_selections", {}).get(str(node.meta.get("val")))
+        if size is None:
             raise refuse(node, "a size that export leaves unknown (the result of an op whose "
                          "shape depends on the values, a mask's count of its entries kept)")
         return size
