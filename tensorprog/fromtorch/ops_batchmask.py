@@ -106,11 +106,15 @@ class BatchMaskOps:
         if len(indices) != 1 or not isinstance(indices[0], Conc):
             return None
         mask = indices[0].value
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 1:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             return None
         shape = tuple(node.args[0].meta["val"].shape)
-        if not shape or mask.shape[0] != shape[0]:
-            return None
+        if mask.dim() != 1 or not shape or mask.shape[0] != shape[0]:
+            raise refuse(node, f"{what} by a boolean mask of shape {list(mask.shape)} over a "
+                         f"value of shape {list(shape)}: only a mask over the first axis alone "
+                         "(one entry per example: X-MOD's lang_ids of shape (batch,)) is "
+                         "followed; one over the tokens too gathers them into one axis, which "
+                         "the program has no form for", help=_HELP)
         if indices[0].probe is not None:
             raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
                          "depends on the tokens", help=_HELP)

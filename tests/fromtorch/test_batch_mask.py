@@ -112,6 +112,14 @@ def test_the_selected_examples_viewed_by_their_unknown_number_are_refused():
              r"the batch(.|\n)*whose number export leaves unknown")
 
 
+def test_a_mask_over_the_tokens_too_is_refused():
+    def per_token(model):  # X-MOD's lang_ids given as (batch, tokens)
+        return (_tokens(model)[0], torch.zeros(2, 8, dtype=torch.long))
+
+    _refused(Adapted, r"a selection of examples by a boolean mask of shape \[2, 8\] over a "
+             r"value of shape \[2, 8, 32\]", per_token)
+
+
 def test_a_mask_computed_from_the_token_ids_is_refused():
     _refused(lambda n: Adapted(n, form="from_ids"), r"mask computed from the token ids")
 
