@@ -986,10 +986,10 @@ class Segments(Net):
 
 
 class Languages(Net):
-    def forward(self, idx):  # X-MOD's adapter layer over a batch of two languages
+    def forward(self, idx, lang_ids):  # X-MOD's adapter layer over a batch of two languages
         h = self.e(idx)
         new = torch.zeros_like(h)
-        mask = torch.arange(idx.shape[0]) == 0
+        mask = lang_ids == 0
         new[mask] = 2 * h[mask]
         return self.o(new)
 
@@ -1373,9 +1373,10 @@ TRACED_BUILDS = {
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
     # a constant mask over the batch that keeps part of it: examples taking different params
-    ("languages", None, r"m.py:\d+:\d+: error: cannot trace a selection of examples by a mask "
-                        r"over the batch that keeps 1 of the 2 of its examples(.|\n)*a "
-                        r"different model per example(.|\n)*help: give every example"),
+    ("languages", "lambda m: (torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 1]))",
+     r"m.py:\d+:\d+: error: cannot trace a selection of examples by a mask over the batch that "
+     r"keeps 1 of the 2 of its examples(.|\n)*a different model per example(.|\n)*help: give "
+     r"every example"),
     # ids the forward computes from the token ids: read by their values with probe ids in
     # the zeros' place (before: the trace's zeros flipped read as the constant id 0, a bias)
     ("flipped_ids", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids "

@@ -39,6 +39,16 @@ _HELP = ("give every example of the batch the same language (X-MOD: call "
          "model.set_default_language(lang) and pass no lang_ids); a model that runs other "
          "params on other examples is one model per example: trace one per language")
 _PER_TOKEN = (Vec, Affine, Pointwise)
+# ops that give a tensor of one value, whatever its size, from operands of one value: a mask so
+# computed keeps the same examples (all or none) at every batch size. Those that read their
+# operand's shape alone (``ones_like``) are not followed further
+_FILLS = {"ones", "zeros", "full", "scalar_tensor", "ones_like", "zeros_like", "full_like",
+          "new_ones", "new_zeros", "new_full", "empty_like"}
+_UNIFORM = {"mul", "add", "sub", "div", "rsub", "neg", "eq", "ne", "lt", "le", "gt", "ge",
+            "logical_not", "bitwise_not", "logical_and", "logical_or", "bitwise_and",
+            "bitwise_or", "to", "_to_copy", "type_as", "clone", "contiguous", "alias",
+            "lift_fresh_copy", "detach", "expand", "view", "reshape", "_unsafe_view",
+            "unsqueeze", "squeeze", "select", "slice"}
 
 
 @dataclass
@@ -118,6 +128,11 @@ class BatchMaskOps:
         if indices[0].probe is not None:
             raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
                          "depends on the tokens", help=_HELP)
+        if not self._uniform(node.args[1][0]):
+            raise refuse(node, f"{what} by a mask over the batch computed otherwise than from "
+                         "one value for every example (X-MOD's default_lang_id * "
+                         "torch.ones(batch)) or from ids given as an input: what it keeps may "
+                         "differ at another batch size", help=_HELP)
         kept = int(mask.sum())
         if 0 < kept < mask.numel():
             raise refuse(node, f"{what} by a mask over the batch that keeps {kept} of the "
@@ -126,6 +141,30 @@ class BatchMaskOps:
                          "different model per example, which one program cannot be",
                          help=_HELP)
         return "all" if kept else "none"
+
+    def _uniform(self, mask) -> bool:
+        """Whether the graph computes ``mask`` from fills of one value (``torch.ones(batch)``),
+        numbers and the integer inputs given (constants of the trace), by ops that keep a
+        tensor of one value so: the same for every example at any batch size."""
+        todo, seen = [mask], set()
+        while todo:
+            node = todo.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op == "placeholder":
+                value = getattr(self, "env", {}).get(node.name)
+                if node.name in self.given or (isinstance(value, Conc) and getattr(
+                        value.value, "numel", lambda: 2)() == 1):
+                    continue
+                return False
+            op = op_name(node)
+            if op in _FILLS:
+                continue
+            if op not in _UNIFORM:
+                return False
+            todo.extend(node.all_input_nodes)
+        return True
 
     def op_index(self, node, v, indices):
         """``h[mask]``, a mask keeping every example (``h``) or none (no example)."""

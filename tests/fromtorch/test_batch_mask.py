@@ -45,6 +45,8 @@ class Adapted(nn.Module):
         new = h.clone() if self.form == "over_h" else torch.zeros_like(h)
         for k, adapter in enumerate(self.adapters):
             mask = idx[:, 0] == 3 if self.form == "from_ids" else lang_ids == k
+            if self.form == "first_two":  # every example of a batch of 2, not of 3
+                mask = torch.arange(idx.shape[0]) < 2
             x = h[mask]
             y = adapter(x.reshape(-1, x.shape[-1])).view(x.shape) if self.form == "flat" \
                 else adapter(x)
@@ -118,6 +120,11 @@ def test_a_mask_over_the_tokens_too_is_refused():
 
     _refused(Adapted, r"a selection of examples by a boolean mask of shape \[2, 8\] over a "
              r"value of shape \[2, 8, 32\]", per_token)
+
+
+def test_a_mask_keeping_every_example_of_this_batch_size_only_is_refused():
+    _refused(lambda n: Adapted(n, form="first_two"), r"a mask over the batch computed "
+             r"otherwise than from one value for every example")
 
 
 def test_a_mask_computed_from_the_token_ids_is_refused():
