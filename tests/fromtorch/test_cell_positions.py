@@ -78,3 +78,20 @@ def test_positions_reset_in_cells_that_vary_are_refused():
 
 def test_positions_bounded_below_the_sequence_are_refused():
     _refused(lambda n: CellPositions(n, max_positions=T - 2), _tokens, _AT_POSITIONS)
+
+
+@pytest.mark.slow
+def test_hf_tapas_without_token_types_computes_the_model():
+    transformers = pytest.importorskip("transformers")
+
+    def build(n):  # the program's layer norms take torch's eps
+        return transformers.TapasForMaskedLM(transformers.TapasConfig(
+            vocab_size=VOCAB, hidden_size=n, num_hidden_layers=1, num_attention_heads=4,
+            intermediate_size=4 * n, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            max_position_embeddings=T, layer_norm_eps=1e-5))
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    assert "position_embeddings_weight @ pos" in traced.source, traced.source
+    rows = [f"token_type_embeddings_{i}_weight_row0 : [n]" for i in range(7)]
+    assert all(r in traced.source for r in rows), traced.source
+    traced_computes_the_model(traced, build, _tokens)
