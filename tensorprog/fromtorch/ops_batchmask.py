@@ -118,6 +118,9 @@ class BatchMaskOps:
         mask = indices[0].value
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             return None
+        if indices[0].probe is not None:
+            raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
+                         "depends on the tokens", help=_HELP)
         shape = tuple(node.args[0].meta["val"].shape)
         if mask.dim() != 1 or not shape or mask.shape[0] != shape[0]:
             raise refuse(node, f"{what} by a boolean mask of shape {list(mask.shape)} over a "
@@ -125,9 +128,6 @@ class BatchMaskOps:
                          "(one entry per example: X-MOD's lang_ids of shape (batch,)) is "
                          "followed; one over the tokens too gathers them into one axis, which "
                          "the program has no form for", help=_HELP)
-        if indices[0].probe is not None:
-            raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
-                         "depends on the tokens", help=_HELP)
         if not self._uniform(node.args[1][0]):
             raise refuse(node, f"{what} by a mask over the batch computed otherwise than from "
                          "one value for every example (X-MOD's default_lang_id * "
