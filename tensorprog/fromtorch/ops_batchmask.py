@@ -119,8 +119,12 @@ class BatchMaskOps:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             return None
         if indices[0].probe is not None:
-            raise refuse(node, f"{what} by a mask computed from the token ids: what it keeps "
-                         "depends on the tokens", help=_HELP)
+            op = "a selection" if op_name(node) == "index" else "an assignment"
+            raise refuse(node, f"{op} by a mask computed from the token ids (T5Gemma 2's "
+                         "h[input_ids == eoi] = ...): what it keeps depends on the tokens' "
+                         "values, which the program has no form for",
+                         help="write what the mask picks as a lookup of the ids (a table read "
+                         "at them), or leave that part out of the traced model")
         shape = tuple(node.args[0].meta["val"].shape)
         if mask.dim() != 1 or not shape or mask.shape[0] != shape[0]:
             raise refuse(node, f"{what} by a boolean mask of shape {list(mask.shape)} over a "
