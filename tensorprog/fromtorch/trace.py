@@ -366,7 +366,7 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     if lifted:
         args, kwargs = forward_inputs(example_inputs, cpu)
         on_cpu = export(cpu, args, kwargs)
-        # paired in the order the wheres read them, not by name: a constant nothing reads is
+        # paired in the order the graph reads them, not by name: a constant nothing reads is
         # lifted (and numbered) on the meta device but dropped on the CPU
         read = _lifted_numbers(on_cpu)
         if len(read) == len(_lifted_numbers(ep)):
