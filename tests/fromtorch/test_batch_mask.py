@@ -2,16 +2,16 @@
 ``mask = lang_ids == k`` over the batch. With the model's own ids of one language (no lang_ids
 given) the mask keeps every example, and the layer is its adapter on every token: oracle, the
 emitted program computes the model (float64); the masks of the other languages keep none, and
-their adapters reach no output. A mask that keeps part of the batch (several languages), or that
-is computed from the token ids, a sum over no examples, and an assignment over anything but
-zeros, are refused at their lines."""
+their adapters reach no output. A mask that keeps part of the batch (several languages), one over
+the tokens too, one that keeps every example at the trace's batch size only, one computed from the
+token ids, a reshape of the selected examples by their unknown number, a sum over no examples,
+and an assignment over anything but zeros, are refused at their lines."""
 
 import pytest
 from conftest import traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-F = torch.nn.functional
 
 from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
