@@ -996,6 +996,15 @@ class Segments(Net):
         return self.o(self.e(idx) + self.e(torch.arange(idx.shape[1]) % 2))
 
 
+class Languages(Net):
+    def forward(self, idx, lang_ids):  # X-MOD's adapter layer over a batch of two languages
+        h = self.e(idx)
+        new = torch.zeros_like(h)
+        mask = lang_ids == 0
+        new[mask] = 2 * h[mask]
+        return self.o(new)
+
+
 class FlippedIds(Net):
     def forward(self, idx):  # ids made from the token ids, neither a copy nor a shift of them
         return self.o(self.e(idx.flip(1)))
@@ -1307,6 +1316,7 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "flipped_ids": "lambda n: FlippedIds(n)",
+    "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
     "relative_padded": "lambda n: RelativePadded(n)",
     "relative_scaled": "lambda n: RelativeScaled(n)",
@@ -1384,6 +1394,11 @@ TRACED_BUILDS = {
     # ids neither the tokens, nor positions, nor one constant id (token types all 0)
     ("segments", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids that are "
                        r"neither the token input, nor the positions(.|\n)*nor one constant id"),
+    # a constant mask over the batch that keeps part of it: examples taking different params
+    ("languages", "lambda m: (torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 1]))",
+     r"m.py:\d+:\d+: error: cannot trace a selection of examples by a mask over the batch that "
+     r"keeps 1 of the 2 of its examples(.|\n)*a different model per example(.|\n)*help: give "
+     r"every example"),
     # ids the forward computes from the token ids: read by their values with probe ids in
     # the zeros' place (before: the trace's zeros flipped read as the constant id 0, a bias)
     ("flipped_ids", None, r"m.py:\d+:\d+: error: cannot trace an embedding lookup of ids "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
 from .ops_classtoken import ClassTokenOps
 from .ops_complex import ComplexOps
@@ -53,6 +54,9 @@ class Converter(
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
     ClassTokenOps,  # its op_split*, op_layer_norm, op_mean take a split-off class token's
+    # its call carries the examples a mask keeping none selects past every op, and its
+    # op_index takes a mask over the batch before LinearOps' lookups
+    BatchMaskOps,
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,

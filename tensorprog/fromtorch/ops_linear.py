@@ -82,6 +82,19 @@ class LinearOps:
             return self.relative_lookup(node, w, kind, idx.value)  # T5's bias: ops_relative.py
         elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)
             return self.ids_lookup(node, w, idx)
+        elif isinstance(idx, Conc) and idx.given:
+            raise refuse(
+                node,
+                f"an embedding lookup of ids computed from the input {idx.given} that are "
+                "neither the positions k..k+T-1 nor one id (TAPAS's positions reset in each "
+                "table cell its token types give, or one column of them): the program reads "
+                "ids given as an input only as they are",
+                help=f"give the ids this lookup reads as an input of the forward of their own "
+                f"(TAPAS's position_ids=; a column of an input is none), or trace the model "
+                f"with {idx.given} left out (its own ids: "
+                "TAPAS's then one cell, positions 0..T-1 and each token-type table read at one "
+                "row, a vector param whose exponents are the table's)",
+            )
         else:
             raise refuse(
                 node,

@@ -341,7 +341,8 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     ``position_ids``, an arange, and ``token_type_ids``, zeros), read from one build on the
     CPU: on the meta device they have no value. A number the forward makes a tensor on the
     model's device, which a ``where`` reads (ImageGPT's ``torch.tensor(finfo.min)`` for the
-    entries its causal mask drops), has none either: the CPU build is exported too, for it.
+    entries its causal mask drops) or a ``min`` of ids (TAPAS's bound on its positions), has
+    none either: the CPU build is exported too, for it.
     Keyed by the exported graph's names."""
     import torch
 
@@ -354,7 +355,7 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
         if b.is_floating_point() or b.dtype in (torch.int64, torch.int32, torch.bool)
     ]  # and the params it does not train: a table looked up at the positions (ops_tables.py)
     names += [n for n, p in model.named_parameters() if not p.requires_grad]
-    lifted = [n for n in _where_numbers(ep) if ep.constants[n].device.type == "meta"]
+    lifted = [n for n in _lifted_numbers(ep) if ep.constants[n].device.type == "meta"]
     if not names and not lifted:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
@@ -365,18 +366,22 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     if lifted:
         args, kwargs = forward_inputs(example_inputs, cpu)
         on_cpu = export(cpu, args, kwargs)
-        # paired in the order the wheres read them, not by name: a constant nothing reads is
+        # paired in the order the graph reads them, not by name: a constant nothing reads is
         # lifted (and numbered) on the meta device but dropped on the CPU
-        read = _where_numbers(on_cpu)
-        if len(read) == len(_where_numbers(ep)):
-            out.update({n: on_cpu.constants[c] for n, c in zip(_where_numbers(ep), read,
+        read = _lifted_numbers(on_cpu)
+        if len(read) == len(_lifted_numbers(ep)):
+            out.update({n: on_cpu.constants[c] for n, c in zip(_lifted_numbers(ep), read,
                                                                  strict=True) if n in lifted})
     return out
 
 
-def _where_numbers(ep) -> list[str]:
-    """The one-entry float constants of the graph that a ``where`` reads (through copies:
-    ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_)."""
+def _lifted_numbers(ep) -> list[str]:
+    """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
+    ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
+    an integer that a ``min`` or ``max`` reads (TAPAS's positions,
+    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``)."""
+    import torch
+
     specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
              if s.kind.name == "CONSTANT_TENSOR"}
     found = []
@@ -384,10 +389,12 @@ def _where_numbers(ep) -> list[str]:
         if node.op != "placeholder" or node.name not in specs:
             continue
         value = ep.constants.get(specs[node.name])
-        if value is None or value.numel() != 1 or not value.is_floating_point():
+        if value is None or value.numel() != 1 or value.dtype == torch.bool:
             continue
+        readers = {"where"} if value.is_floating_point() else {
+            "min", "max", "minimum", "maximum", "clamp"}
         users, seen = list(node.users), set()
-        while users and not any(op_name(u) == "where" for u in users):
+        while users and not any(op_name(u) in readers for u in users):
             seen.update(users)
             users = [u for c in users if op_name(c) in ("detach", "detach_", "lift_fresh_copy",
                                                          "clone", "to")

@@ -174,6 +174,9 @@ class Conc:
     # trace's ids are zeros, so a copy of them reads as one constant id without it); None else.
     # Keyword-only: Given(value, input) stays positional
     probe: object = field(default=None, kw_only=True)
+    # computed from an integer input given to the forward (its name), whose example values it
+    # holds: what a refusal of it names (TAPAS's positions, from its token types' cells)
+    given: str = field(default="", kw_only=True)
 
 
 # the token input of ids the forward shifts from the token ids itself (BART's decoder ids):

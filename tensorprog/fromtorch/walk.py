@@ -476,10 +476,12 @@ class Walker:
         return value if bool(((value == 0) | (value == 1)).all()) else None
 
     def _id(self, target):
-        """A one-entry integer constant of the graph, on the CPU; None for any other."""
+        """A one-entry integer constant of the graph, on the CPU (given, read from a CPU
+        export, where the graph's is on the meta device: TAPAS's bound on its positions);
+        None for any other."""
         import torch
 
-        value = self.ep.constants.get(target)
+        value = getattr(self, "scalars", {}).get(target, self.ep.constants.get(target))
         ok = value is not None and value.numel() == 1 and value.dtype in (torch.int64,
                                                                            torch.int32)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
@@ -679,4 +681,7 @@ class Walker:
             out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
         if again is not None and type(out) in (Conc, Computed):
             out.probe = again
+        if type(out) is Conc:  # named by a refusal of it (ops_linear.py)
+            out.given = next((x.input if isinstance(x, Given) else x.given for x in flat
+                              if isinstance(x, Given) or isinstance(x, Conc) and x.given), "")
         return out
