@@ -520,6 +520,16 @@ POSITIONED = {
     "tail-not-shorter": (CLS + "output y = E.T @ first(tail(h, t1))\n", S,
                          r"tail keeps the last 4 tokens of a sequence of more, but h runs over "
                          r"the tokens of t of 3 tokens", (10, 24)),
+    "tail-of-ids": (CLS + "output y = E.T @ (E @ tail(tok, t))\n", S,
+                    r"tail keeps the last tokens of a vector per token, not of the input tok "
+                    r"\(one-hot ids\)", (10, 23)),
+    # a repeated block feeds its return value to its next repetition: same sequence
+    "repeat-of-a-tail": (CLS.replace("width n = 8\n", "width n = 8\ndepth L = 3\n")
+                         + "block res(x) {\n  param W : [n, n]\n  return W @ tail(x, t)\n}\n"
+                         "output y = E.T @ repeat L res(prepend(c, h, t1))\n", S,
+                         r"block res is repeated, so its return value is its next "
+                         r"repetition's argument, but it returns values over the tokens of t "
+                         r"from an argument over the tokens of t1", (15, 18)),
     "prepend-first-of-pairs": (CLS + "output y = E.T @ first(prepend(dot(h, h, dh), h, t1))\n",
                                S, r"the first argument of prepend must be a vector param, the "
                                r"learned token, or a vector per sequence", (10, 32)),

@@ -114,6 +114,13 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     f"logits pair {tag[0]}'s tokens with {tag[1]}'s", ins,
                     "cross-attention reads every source token: use softmax")
         tags[ins.out] = tag
+    for ins in program.body:  # a repetition's return value is the next repetition's argument
+        if isinstance(ins, Stream) and ins.loops and tags.get(ins.back, ()) != tags[ins.out]:
+            problem(f"block {ins.block} is repeated, so its return value is its next "
+                    f"repetition's argument, but it returns values over "
+                    f"{_show(tags.get(ins.back, ()))} from an argument over {_show(tags[ins.out])}",
+                    ins, "return a value of the argument's sequence (a tail or a prepend "
+                    "inside the block changes it), or apply the block once")
     return tags
 
 

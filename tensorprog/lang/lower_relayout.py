@@ -65,6 +65,11 @@ def lower_relayout(low, node: Call, args: list, named: tuple[str, ...], vec: typ
             low.errors.error(f"tail keeps the last tokens of a sequence, but {name} has no "
                              "tokens", node.span, _USAGE[TAIL])
             return None
+        if name in {i.name for i in low.inputs}:  # ids, laid out (batch, tokens) unembedded
+            low.errors.error(f"tail keeps the last tokens of a vector per token, not of the "
+                             f"input {name} (one-hot ids)", node.span,
+                             "apply tail to a vector computed from it, e.g. tail(E @ tok, S)")
+            return None
         out = low.emit(Relayout(low.fresh(low.target), name, node.span, seq=named[0],
                                 tail=True), h.dim)
         low.tokenwise.add(out)
