@@ -32,6 +32,7 @@ from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_tables import TableOps
@@ -51,6 +52,7 @@ class Converter(
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
+    ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
