@@ -27,6 +27,7 @@ from .values import (
     PairHalf,
     PairStack,
     Pointwise,
+    PRef,
     RopeTerm,
     Rotated,
     Strided,
@@ -147,10 +148,12 @@ class RotaryOps:
         )
 
     def op_cat(self, node, tensors, dim=0):
-        # an empty constant (a key/value cache's first update, cat((empty, k))) adds nothing
+        # an empty constant (a key/value cache's first update, cat((empty, k))) adds nothing,
+        # nor does an empty param (MobileBERT's unembedding, the tied embedding's rows beside
+        # a param of the width's rows past the embedding's: none where they are one size)
         tensors = [t for t, a in zip(tensors, node.args[0], strict=True)
-                   if not (isinstance(t, (Conc, Aux)) and _empty(a))]
-        if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
+                   if not (isinstance(t, (Conc, Aux, PRef)) and _empty(a))]
+        if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub, PRef)):
             return tensors[0]
         if any(isinstance(t, TokenParam) for t in tensors):  # a class token (ops_encoder.py)
             return self.prepend_tokens(node, tensors, dim)
