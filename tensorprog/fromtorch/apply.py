@@ -131,7 +131,7 @@ class MuP(OptimizerGroups):
                         f"tied unembedding {info['tied']}: multiplier "
                         f"(n/base)^{-delta} (its matrix is also the lookup)"
                         + (", its bias kept out of it" if info.get("bias") else ""),
-                        bias=info.get("bias"),
+                        bias=info.get("bias"), bias_after=info.get("bias_after", False),
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
@@ -278,7 +278,8 @@ class MuP(OptimizerGroups):
                 # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c,
-                                          bias=info.get("bias")))
+                                          bias=info.get("bias"),
+                                          bias_after=info.get("bias_after", False)))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
             self._query_read_alone(scale, info, need)
@@ -644,7 +645,8 @@ class MuP(OptimizerGroups):
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
-                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if p.bias else ())))
+                own = p.bias and not p.bias_after  # the node's own argument, kept out
+                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if own else ())))
         return out
 
 

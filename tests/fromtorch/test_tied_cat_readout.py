@@ -10,6 +10,7 @@ from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
 VOCAB, WIDTHS = 16, (32, 64)
@@ -60,3 +61,47 @@ def test_the_tied_rows_beside_an_empty_param_trace_as_the_tied_readout(traced):
         "predictions_decoder_bias" in traced.source, traced.source
     traced_computes_the_model(traced, Head, _tokens)
     apply_is_bit_identical_at_base(traced, Head, _tokens)
+
+
+def test_applys_patch_scales_the_tied_product_and_not_the_bias_added_after_it(traced):
+    # the patch multiplies the output of the module that computes the product: it also held
+    # the bias added after it, which it scaled as well (by 1/4 at 4x the base width)
+    from tensorprog.fromtorch import MuP
+
+    torch.manual_seed(0)
+    model = Head(4 * WIDTHS[0])
+    report = MuP(traced, "adam").apply(model)
+    assert "its bias kept out of it" in str(report)
+    with torch.no_grad():
+        model.predictions.bias.copy_(torch.linspace(-2.0, 2.0, VOCAB))
+        (x,) = _tokens(model)
+        h = model.norm(model.up(model.embed(x)))
+        program = 0.25 * (h @ model.embed.weight.T) + model.predictions.bias
+        torch.testing.assert_close(model(x), program, rtol=0, atol=1e-5)
+
+
+class Returns(Head):
+    """The tied product inside a module that returns it times 2: a patch on that module's
+    output would scale what follows the product too."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.twice = Twice(self.predictions.decoder)
+
+    def forward(self, idx):
+        return self.twice(self.norm(self.up(self.embed(idx))))
+
+
+class Twice(nn.Module):
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, h):
+        return 2 * h.matmul(self.decoder.weight.t())
+
+
+def test_a_tied_product_inside_a_module_that_returns_more_is_refused_at_its_line():
+    with pytest.raises(TensorProgError, match=r"test_tied_cat_readout.py:\d+:\d+: error: cannot "
+                       r"trace a tied unembedding(.|\n)*which would scale that too"):
+        from_torch(Returns, WIDTHS, _tokens)
