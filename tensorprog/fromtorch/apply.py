@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ..engine.derive import derive
+from ..engine.exponents import NEG_INF
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .columns import check_shared_lr, column_range
@@ -654,14 +655,27 @@ def _derive(traced: Traced, program, optimizer, convention: str):
     """derive, whose refusal of a traced program also gives the trace's notes (a width dim
     fixed by the config): they name the cause where the engine sees only its effect, a vector
     that vanishes at init."""
+    notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
     try:
-        return derive(program, optimizer, convention)
+        d = derive(program, optimizer, convention)
     except EngineError as err:
-        notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
         found = [_at_layer(traced, program, d) for d in err.diagnostics]
         if not notes and found == err.diagnostics:
             raise
         raise EngineError(found + notes) from None
+    # Adam's ε follows the gradient's entries: a gradient that grows faster than any power of
+    # the width (compounding over a block's repetitions) has no ε to follow it
+    grown = [p for p, e in d.eps.items() if e == NEG_INF]
+    if grown:
+        use = traced.params[grown[0]]
+        raise EngineError([Diagnostic(
+            f"the gradient that reaches {use.target}{' and ' if grown[1:] else ''}"
+            f"{f'{len(grown) - 1} more params' if grown[1:] else ''} grows with the width faster "
+            "than any power (derive's gradient column: ∞), so Adam's ε has no power of the "
+            "width that keeps it below the gradient's entries", use.span,
+            "look for a layer of a fixed size between layers of the width (a bottleneck the "
+            "config fixes): build it in proportion to the width")] + notes)
+    return d
 
 
 def _at_layer(traced: Traced, program, d: Diagnostic) -> Diagnostic:
