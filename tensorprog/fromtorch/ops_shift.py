@@ -37,10 +37,10 @@ class ShiftOps:
             h, size = x.vec, x.size
             cut = (x.start, 0 if x.end is None else size - x.end)  # taken off before, after
         elif isinstance(x, (Vec, Affine, Pointwise)) and _tags(x) == _PER_TOKEN \
-                and any(int(p) for p in pad):
+                and any(int(p) < 0 for p in pad):
             h, size, cut = self.vec(x, node), int(self._shape(node.args[0])[1]), (0, 0)
         else:
-            return None  # a pad by nothing of a per-token vector is the vector
+            return None  # a pad that crops none of a vector's tokens: the next class's
         pads = [int(p) for p in pad]
         before, after = (pads[2:4] + [0, 0])[:2]
         # on each side the tokens taken off (the slice's, a negative pad's) and the zeros put
