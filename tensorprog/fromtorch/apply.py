@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ..engine.derive import derive
-from ..engine.exponents import NEG_INF
 from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .columns import check_shared_lr, column_range
-from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
+from .gradscale import block_of, eps_blocks, grad_hook, refuse_unbounded_eps, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, claim, groups_of, hook, modules_at, release
@@ -663,18 +662,7 @@ def _derive(traced: Traced, program, optimizer, convention: str):
         if not notes and found == err.diagnostics:
             raise
         raise EngineError(found + notes) from None
-    # Adam's ε follows the gradient's entries: a gradient that grows faster than any power of
-    # the width (compounding over a block's repetitions) has no ε to follow it
-    grown = [p for p, e in d.eps.items() if e == NEG_INF]
-    if grown:
-        use = traced.params[grown[0]]
-        raise EngineError([Diagnostic(
-            f"the gradient that reaches {use.target}{' and ' if grown[1:] else ''}"
-            f"{f'{len(grown) - 1} more params' if grown[1:] else ''} grows with the width faster "
-            "than any power (derive's gradient column: ∞), so Adam's ε has no power of the "
-            "width that keeps it below the gradient's entries", use.span,
-            "look for a layer of a fixed size between layers of the width (a bottleneck the "
-            "config fixes): build it in proportion to the width")] + notes)
+    refuse_unbounded_eps(traced, d.eps, notes)
     return d
 
 
