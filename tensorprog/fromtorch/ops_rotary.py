@@ -207,6 +207,13 @@ class RotaryOps:
         cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
         if cat is not None:
             return cat
+        if any(isinstance(t, PRef) for t in tensors):
+            raise refuse(node, "a concatenation of params into one matrix (MobileBERT's "
+                         "masked-LM head: the tied embedding's rows beside a param's, "
+                         "h.matmul(cat([E.t(), dense.weight]))): the language reads a param "
+                         "whole, and a tied readout reads the whole embedding",
+                         help="apply each param to its part of the vector and add the results, "
+                         "or give the embedding the model's width (no rows beside it)")
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half, a head's parts "

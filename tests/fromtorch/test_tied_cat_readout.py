@@ -36,10 +36,10 @@ class Predictions(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, n):
+    def __init__(self, n, per=1):
         super().__init__()
-        self.embed, self.norm = nn.Embedding(VOCAB, n), nn.LayerNorm(n)
-        self.up = nn.Linear(n, n)
+        self.embed, self.norm = nn.Embedding(VOCAB, n // per), nn.LayerNorm(n)
+        self.up = nn.Linear(n // per, n)
         self.predictions = Predictions(n, self.embed)
 
     def forward(self, idx):
@@ -105,3 +105,10 @@ def test_a_tied_product_inside_a_module_that_returns_more_is_refused_at_its_line
     with pytest.raises(TensorProgError, match=r"test_tied_cat_readout.py:\d+:\d+: error: cannot "
                        r"trace a tied unembedding(.|\n)*which would scale that too"):
         from_torch(Returns, WIDTHS, _tokens)
+
+
+def test_the_tied_rows_beside_a_params_rows_are_refused_at_their_line():
+    # MobileBERT's own proportion, an embedding of a quarter of the width: dense has the rest
+    with pytest.raises(TensorProgError, match=r"test_tied_cat_readout.py:\d+:\d+: error: cannot "
+                       r"trace a concatenation of params into one matrix"):
+        from_torch(lambda n: Head(n, per=4), WIDTHS, _tokens)
