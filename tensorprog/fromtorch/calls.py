@@ -74,10 +74,11 @@ def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict
     the product plus a param, read by nothing else (MobileBERT's ``h.matmul(E.t()) +=
     decoder.bias``, the module's own ``bias``), the param is recorded as the readout's bias
     added after it (``bias``, ``bias_after``), which apply's patch on the module's output keeps
-    out of its factor as it keeps an nn.Linear's; anything else is refused, at the product's
-    line: the patch would scale it too. ``params``: placeholder -> param target; ``sole``:
-    :func:`sole_outputs` (a module called more than once, or the model itself, is not there:
-    left as it is)."""
+    out of its factor as it keeps an nn.Linear's; ops linear in the product (a cast, a view, a
+    product with a number) pass the factor on; anything else is refused, at the product's line:
+    the patch's factor on the module's output would be none on the product. ``params``:
+    placeholder -> param target; ``sole``: :func:`sole_outputs` (a module called more than
+    once, or the model itself, is not there: left as it is)."""
     nodes = {n.name: n for n in graph.nodes}
     returned = {module: node for node, module in sole.items()}
     for info in scales.values():
@@ -98,19 +99,29 @@ def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict
             continue
         raise refuse(node, f"a tied unembedding (its matrix also the lookup) inside "
                      f"{info['module']}, which returns {op_name(last)} of it: apply multiplies "
-                     "the module's output by the readout's multiplier, which would scale that "
-                     "too", help="compute the readout in a module that returns it alone (an "
-                     "nn.Linear whose weight is the embedding, its bias its own), or what "
-                     "follows it outside that module")
+                     "the module's output by the readout's multiplier, which is no factor on "
+                     "the product there", help="compute the readout in a module that returns "
+                     "it alone (an nn.Linear whose weight is the embedding, its bias its own), "
+                     "or what follows it outside that module")
 
 
 def _carried(node, last):
-    """The last node of the chain from ``node`` towards ``last`` of casts, copies and views,
-    each read by the next alone: a factor on ``last`` is one on ``node``."""
-    while node is not last and len(_readers(node)) == 1 and \
-            op_name(_readers(node)[0]) in IDENTITY_OPS | VIEW_OPS:
+    """The last node of the chain from ``node`` towards ``last`` of ops linear in it (casts,
+    copies, views, a product with a number, a negation), each read by the next alone: a factor
+    on ``last`` is one on ``node``."""
+    while node is not last and len(_readers(node)) == 1 and _linear(_readers(node)[0], node):
         (node,) = _readers(node)
     return node
+
+
+def _linear(op, x) -> bool:
+    """Whether graph node ``op`` is linear in its argument ``x`` alone."""
+    name = op_name(op)
+    if name in IDENTITY_OPS | VIEW_OPS or name == "neg":
+        return True
+    numbers = [a for a in op.args if a is not x]
+    return name in ("mul", "div") and op.args[0] is x and len(numbers) == 1 \
+        and isinstance(numbers[0], int | float) and not isinstance(numbers[0], bool)
 
 
 def _readers(node) -> list:

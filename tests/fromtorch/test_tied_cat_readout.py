@@ -80,31 +80,55 @@ def test_applys_patch_scales_the_tied_product_and_not_the_bias_added_after_it(tr
         torch.testing.assert_close(model(x), program, rtol=0, atol=1e-5)
 
 
-class Returns(Head):
-    """The tied product inside a module that returns it times 2: a patch on that module's
-    output would scale what follows the product too."""
+class Capped(nn.Module):
+    """The tied product inside a module that returns a function of it (a cap, c·tanh(x/c)):
+    a factor on that module's output is none on the product."""
 
-    def __init__(self, n):
-        super().__init__(n)
-        self.twice = Twice(self.predictions.decoder)
-
-    def forward(self, idx):
-        return self.twice(self.norm(self.up(self.embed(idx))))
-
-
-class Twice(nn.Module):
     def __init__(self, decoder):
         super().__init__()
         self.decoder = decoder
 
     def forward(self, h):
-        return 2 * h.matmul(self.decoder.weight.t())
+        return 30 * torch.tanh(h.matmul(self.decoder.weight.t()) / 30)
 
 
-def test_a_tied_product_inside_a_module_that_returns_more_is_refused_at_its_line():
+class Scaled(Capped):
+    """The tied product times a number, negated and copied: linear in it, the factor passes."""
+
+    def forward(self, h):
+        return -(h.matmul(self.decoder.weight.t()) * 2).contiguous()
+
+
+class Outside(Head):
+    def __init__(self, n, inner=Capped):
+        super().__init__(n)
+        self.out = inner(self.predictions.decoder)
+
+    def forward(self, idx):
+        return self.out(self.norm(self.up(self.embed(idx))))
+
+
+def test_a_tied_product_inside_a_module_that_returns_a_function_of_it_is_refused_at_its_line():
     with pytest.raises(TensorProgError, match=r"test_tied_cat_readout.py:\d+:\d+: error: cannot "
-                       r"trace a tied unembedding(.|\n)*which would scale that too"):
-        from_torch(Returns, WIDTHS, _tokens)
+                       r"trace a tied unembedding(.|\n)*which is no factor on the product"):
+        from_torch(Outside, WIDTHS, _tokens)
+
+
+def test_a_tied_product_times_a_number_inside_its_module_is_patched_there():
+    def build(n):
+        return Outside(n, Scaled)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    traced_computes_the_model(traced, build, _tokens)
+    from tensorprog.fromtorch import MuP
+
+    model = build(4 * WIDTHS[0])
+    MuP(traced, "adam").apply(model)
+    with torch.no_grad():
+        (x,) = _tokens(model)
+        h = model.norm(model.up(model.embed(x)))
+        torch.testing.assert_close(model(x), -0.5 * (h @ model.embed.weight.T), rtol=0,
+                                   atol=1e-5)
 
 
 def test_the_tied_rows_beside_a_params_rows_are_refused_at_their_line():
