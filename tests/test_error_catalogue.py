@@ -473,6 +473,24 @@ POSITIONED = {
                               r"number of parts would change with it", (9, 12)),
     "part-index-not-whole": (SEQ + "output y = part(h, dh, 0.5)\n", S,
                              r"the third argument of part must be a whole number >= 0", (8, 24)),
+    # shift(h, k): a sequence's token vectors moved by k tokens, fewer than it has
+    "shift-by-zero": (SEQ + "output y = E.T @ shift(h, 0)\n", S,
+                      r"the second argument of shift must be a whole number of tokens, not 0"
+                      r"(.|\n)*help: write shift\(h, k\)", (8, 27)),
+    "shift-past-the-sequence": (SEQ + "output y = E.T @ shift(h, -3)\n", S,
+                                r"shift by -3 tokens, but t has 3: every token would read past "
+                                r"the sequence(.|\n)*help: shift by fewer than 3 tokens", (8, 18)),
+    "shift-without-tokens": (HEAD + "output y = V @ shift(W @ x, 1)\n", S,
+                             r"shift moves the vectors of a sequence's tokens, but y_1 has no "
+                             r"tokens to move \(built from params", (8, 22)),
+    "shift-of-ids": (SEQ + "output y = E @ shift(tok, 1)\n", S,
+                     r"but tok has no tokens to move \(the input's one-hot ids\)", (8, 22)),
+    "shift-of-logits": (LOGITS_SEQ + "output y = shift(s, 1)\n", S,
+                        r"shift moves the vectors of a sequence's tokens: it needs a vector of a "
+                        r"declared dim per token", (12, 18)),
+    "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
+                          r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
+                          r"read its pixels as tokens first", (8, 28)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),

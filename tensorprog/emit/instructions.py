@@ -7,7 +7,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
-from ..ir.functions import COORDINATEWISE, DWCONV, FUNCTIONS, MUL, PART, SPREAD, torch_call
+from ..ir.functions import (
+    COORDINATEWISE,
+    DWCONV,
+    FUNCTIONS,
+    MUL,
+    PART,
+    SHIFT,
+    SPREAD,
+    torch_call,
+)
 from ..ir.program import (
     RELATIVE_KINDS,
     Dot,
@@ -124,6 +133,9 @@ class Emitter:
         if ins.fn == PART:  # coordinates i·d .. (i+1)·d - 1 of the last axis
             d = self.dim(ins.over)
             return f"({self.ref(ins.args[0])}).unflatten(-1, (-1, {d}))[..., {ins.index}, :]"
+        if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
+            self.helpers.add("_shift")
+            return f"_shift({self.ref(ins.args[0])}, {ins.index})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

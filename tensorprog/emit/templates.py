@@ -129,6 +129,15 @@ HELPERS = {
         '    image padded by a row and a column of zeros at the bottom and right (stride 1)."""',
         "    y = torch.nn.functional.pad(x.movedim(-1, -3), (0, 1, 0, 1))",
         "    return torch.nn.functional.max_pool2d(y, 2, 1).movedim(-3, -1)"],
+    "_shift": [
+        "def _shift(x, k):",
+        '    """The token vectors of x, (..., tokens, dim), moved k tokens later (k < 0: earlier),',
+        '    zeros where no token comes."""',
+        "    t = x.shape[-2]",
+        "    k = max(-t, min(t, k))",
+        "    if k >= 0:",
+        "        return torch.nn.functional.pad(x[..., :t - k, :], (0, 0, k, 0))",
+        "    return torch.nn.functional.pad(x[..., -k:, :], (0, 0, 0, -k))"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',

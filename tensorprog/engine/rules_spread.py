@@ -1,6 +1,8 @@
-"""The engine's rules for the Nonlins whose output has another dim than their input's:
+"""The engine's rules for the Nonlins that move coordinates without computing on them:
 ``spread(g, dh)`` (one number per head over its head's coordinates) and ``part(x, d, i)`` (x's
-i-th part of d coordinates). ``tensorprog.engine.rules`` dispatches Nonlin to them."""
+i-th part of d coordinates), whose output has another dim than their input's, and
+``shift(h, k)`` (h's token vectors moved k tokens). ``tensorprog.engine.rules`` dispatches
+Nonlin to them."""
 
 from __future__ import annotations
 
@@ -56,3 +58,24 @@ def grad_part(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     (x,) = ins.args
     return [(x, t) for t in terms(f"d{ins.out} on part {ins.index}", f"each coordinate of "
                                   f"{ins.out} is one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
+
+
+# --- shift: a sequence's token vectors moved by k tokens -------------------------------------
+# y_t = h_{t-k}, 0 where t - k is no token (MobileBERT's trigram input reads each token's
+# neighbours). Every coordinate of y is one of h's, or 0 at finitely many tokens: as large as h
+# over the tokens (the tokens are finitely many, each of h's size) and changing as h does; back
+# to h_s comes y's gradient at token s + k (0 at the k tokens no one reads), as large as y's.
+# It mixes no coordinates, so no sum over the width: the rules of ``first`` (one token read)
+
+
+def shift_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    (h,) = ins.args
+    return terms(f"shift({what}, {ins.index})", f"each token's coordinates are another token's "
+                 f"of {h} (or 0)", "auto", size(h))
+
+
+def grad_shift(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (h,) = ins.args
+    return [(h, t) for t in terms(f"shift(d{ins.out}, {-ins.index})", f"each token of {h} gets "
+                                  f"the gradient of the token of {ins.out} that reads it (or 0)",
+                                  "flow", [Mono(sz.grad(ins.out))])]

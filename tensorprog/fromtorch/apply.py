@@ -27,7 +27,7 @@ from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .columns import block_scale, check_shared_lr, column_range, column_scales, input_hook
 from .depth import DepthScaling
-from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
+from .gradscale import block_of, eps_blocks, grad_hook, refuse_unbounded_eps, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
@@ -132,7 +132,7 @@ class MuP(DepthScaling, OptimizerGroups):
                         f"tied unembedding {info['tied']}: multiplier "
                         f"(n/base)^{-delta} (its matrix is also the lookup)"
                         + (", its bias kept out of it" if info.get("bias") else ""),
-                        bias=info.get("bias"),
+                        bias=info.get("bias"), bias_after=info.get("bias_after", False),
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
@@ -282,7 +282,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c,
-                                          bias=info.get("bias")))
+                                          bias=info.get("bias"),
+                                          bias_after=info.get("bias_after", False)))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
             self._query_read_alone(scale, info, need)
@@ -585,7 +586,8 @@ class MuP(DepthScaling, OptimizerGroups):
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
-                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if p.bias else ())))
+                own = p.bias and not p.bias_after  # the node's own argument, kept out
+                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if own else ())))
         return out
 
 
@@ -608,14 +610,16 @@ def _derive(traced: Traced, program, optimizer, convention: str):
     """derive, whose refusal of a traced program also gives the trace's notes (a width dim
     fixed by the config): they name the cause where the engine sees only its effect, a vector
     that vanishes at init."""
+    notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
     try:
-        return derive(program, optimizer, convention)
+        d = derive(program, optimizer, convention)
     except EngineError as err:
-        notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
         found = [_at_layer(traced, program, d) for d in err.diagnostics]
         if not notes and found == err.diagnostics:
             raise
         raise EngineError(found + notes) from None
+    refuse_unbounded_eps(traced, d.eps, notes)
+    return d
 
 
 def _at_layer(traced: Traced, program, d: Diagnostic) -> Diagnostic:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .where import strip_prefix
+from .walk import IDENTITY_OPS, VIEW_OPS
+from .where import op_name, refuse, strip_prefix
 
 
 def sole_outputs(graph, model) -> dict[str, str]:
@@ -66,6 +67,61 @@ def constant_modules(graph, sole: dict[str, str], scales: dict, vectors: dict) -
             if found:
                 out[scale] = found[0]
     return out
+
+
+def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict) -> None:
+    """Each tied unembedding computed inside a module that returns more than it: where that is
+    the product plus a param, read by nothing else (MobileBERT's ``h.matmul(E.t()) +=
+    decoder.bias``, the module's own ``bias``), the param is recorded as the readout's bias
+    added after it (``bias``, ``bias_after``), which apply's patch on the module's output keeps
+    out of its factor as it keeps an nn.Linear's; ops linear in the product (a cast, a view, a
+    product with a number) pass the factor on; anything else is refused, at the product's line:
+    the patch's factor on the module's output would be none on the product. ``params``:
+    placeholder -> param target; ``sole``: :func:`sole_outputs` (a module called more than
+    once, or the model itself, is not there: left as it is)."""
+    nodes = {n.name: n for n in graph.nodes}
+    returned = {module: node for node, module in sole.items()}
+    for info in scales.values():
+        if "tied" not in info or info.get("bias") or info["node"] not in nodes:
+            continue
+        node = nodes[info["node"]]
+        last = nodes.get(returned.get(info["module"], node.name), node)
+        at, bias = _carried(node, last), None
+        reader = _readers(at)
+        if at is not last and len(reader) == 1 and op_name(reader[0]) in ("add", "add_") \
+                and len(reader[0].args) == 2 and not reader[0].kwargs:
+            (b,) = [a for a in reader[0].args if a is not at] or [None]
+            bias = params.get(getattr(b, "name", None))
+            at = _carried(reader[0], last) if bias else at
+        if at is last:
+            if bias:
+                info.update(bias=bias, bias_after=True)
+            continue
+        raise refuse(node, f"a tied unembedding (its matrix also the lookup) inside "
+                     f"{info['module']}, which returns {op_name(last)} of it: apply multiplies "
+                     "the module's output by the readout's multiplier, which is no factor on "
+                     "the product there", help="compute the readout in a module that returns "
+                     "it alone (an nn.Linear whose weight is the embedding, its bias its own), "
+                     "or what follows it outside that module")
+
+
+def _carried(node, last):
+    """The last node of the chain from ``node`` towards ``last`` of ops linear in it (casts,
+    copies, views, a product with a number, a negation), each read by the next alone: a factor
+    on ``last`` is one on ``node``."""
+    while node is not last and len(_readers(node)) == 1 and _linear(_readers(node)[0], node):
+        (node,) = _readers(node)
+    return node
+
+
+def _linear(op, x) -> bool:
+    """Whether graph node ``op`` is linear in its argument ``x`` alone."""
+    name = op_name(op)
+    if name in IDENTITY_OPS | VIEW_OPS or name == "neg":
+        return True
+    numbers = [a for a in op.args if a is not x]
+    return name in ("mul", "div") and op.args[0] is x and len(numbers) == 1 \
+        and isinstance(numbers[0], int | float) and not isinstance(numbers[0], bool)
 
 
 def _readers(node) -> list:

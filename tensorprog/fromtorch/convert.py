@@ -34,6 +34,7 @@ from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
+from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_tables import TableOps
@@ -57,6 +58,7 @@ class Converter(
     # its call carries the examples a mask keeping none selects past every op, and its
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
+    ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,

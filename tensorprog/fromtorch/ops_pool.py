@@ -39,7 +39,7 @@ class PoolOps:
                          "over the tokens reads, or those before one, h[:, :k], before learned "
                          "tokens (the language reads the first token, first(h), every token, "
                          "or their mean from a token on, mean(h, k))", help=_HELP)
-        kept = TokensFrom(v, lo, None if hi == size else hi)
+        kept = TokensFrom(v, lo, None if hi == size else hi, size)
         self._token_slices = getattr(self, "_token_slices", {})
         self._token_slices[id(kept)] = (kept, node)  # (kept alive, so its id stays its own)
         return kept

@@ -28,6 +28,7 @@ from .values import (
     PairHalf,
     PairStack,
     Pointwise,
+    PRef,
     RopeTerm,
     Rotated,
     Strided,
@@ -148,10 +149,12 @@ class RotaryOps:
         )
 
     def op_cat(self, node, tensors, dim=0):
-        # an empty constant (a key/value cache's first update, cat((empty, k))) adds nothing
+        # an empty constant (a key/value cache's first update, cat((empty, k))) adds nothing,
+        # nor does an empty param (MobileBERT's unembedding, the tied embedding's rows beside
+        # a param of the width's rows past the embedding's: none where they are one size)
         tensors = [t for t, a in zip(tensors, node.args[0], strict=True)
-                   if not (isinstance(t, (Conc, Aux)) and _empty(a))]
-        if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub)):
+                   if not (isinstance(t, (Conc, Aux, PRef)) and _empty(a))]
+        if len(tensors) == 1 and isinstance(tensors[0], (Vec, Sub, PRef)):
             return tensors[0]
         if any(isinstance(t, (TokenParam, OneToken)) for t in tensors):  # a class token
             # (ops_encoder.py), learned or put back (ops_classtoken.py)
@@ -206,6 +209,13 @@ class RotaryOps:
         cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
         if cat is not None:
             return cat
+        if any(isinstance(t, PRef) for t in tensors):
+            raise refuse(node, "a concatenation of params into one matrix (MobileBERT's "
+                         "masked-LM head: the tied embedding's rows beside a param's, "
+                         "h.matmul(cat([E.t(), dense.weight]))): the language reads a param "
+                         "whole, and a tied readout reads the whole embedding",
+                         help="apply each param to its part of the vector and add the results, "
+                         "or give the embedding the model's width (no rows beside it)")
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half, a head's parts "

@@ -34,6 +34,9 @@ class Patch:
     # program scales E.T @ x alone and adds the bias after (``tie * (E.T @ x) + b``), so the
     # patch keeps the bias out of its factor
     bias: str | None = None
+    # that bias added after the product inside the module (MobileBERT's ``h.matmul(E.t()) +=
+    # decoder.bias``), not the product node's own argument: the graph's probe scales the node
+    bias_after: bool = False
 
     def at(self, r: float) -> float:
         """The multiplier at width ratio ``r`` (width / base width)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
-from .calls import constant_modules, sole_outputs
+from .calls import bias_after, constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .init_stats import base_stats, built
@@ -260,7 +260,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
                 {v: module_of(nodes[node]) for v, (node, _) in traces[0].vectors.items()},
                 model,
             )
-            graph = ep.graph
+            graph, params = ep.graph, dict(ep.graph_signature.inputs_to_parameters)
     try:
         keep, own = agreed_forms(traces, converted)  # written alike at both widths
         traced = _combine(traces, (w1, w2), base, build, example_inputs,
@@ -270,6 +270,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         raise _at_build(err, build) from None
     traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
+    bias_after(graph, params, traced.calls, traced.scales)
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)
     traced.coefficient_nodes = keep  # the check's conversions keep them too (check.py)

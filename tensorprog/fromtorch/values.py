@@ -402,6 +402,7 @@ class TokensFrom:
     vec: Vec
     start: int
     end: int | None = None
+    size: int = 0  # vec's tokens
 
 
 @dataclass

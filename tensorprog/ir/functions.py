@@ -63,6 +63,12 @@ SPREAD = "spread"
 #: x's, so sizes pass through as ``first``'s; its output has another dim than its input's, so
 #: it has no row here either
 PART = "part"
+#: ``shift(h, k)``: h's token vectors moved k tokens later (y_t = h_{t-k}; k < 0: earlier), a
+#: vector of zeros where no token comes (torch's ``F.pad(h[:, :-k], (0, 0, k, 0))``; MobileBERT's
+#: trigram input concatenates ``shift(e, -1)``, ``e`` and ``shift(e, 1)``). Every coordinate of
+#: the result is one of h's or 0 over finitely many tokens, so sizes pass through as ``first``'s;
+#: its second argument is a number, not a vector, so it has no row here either
+SHIFT = "shift"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu"),

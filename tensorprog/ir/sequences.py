@@ -22,6 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
+from .functions import SHIFT
 from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
 
 Tag = tuple[str, ...]
@@ -87,6 +88,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
             tags[ins.out] = ()
             continue
+        if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
+            tags[ins.out] = ops[0]
+            _check_shift(program, ins, ops[0], problem)
+            continue
         if isinstance(ins, Mean):  # a mean over the tokens: one vector per sequence
             tags[ins.out] = ()
             _check_mean(program, ins, ops[0], problem)
@@ -136,6 +141,23 @@ def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
         problem(f"mean from token {ins.start} on, but {arg[0]} has {size} tokens (0 to "
                 f"{size - 1})", ins, f"start at a token of {arg[0]}, e.g. mean(h, 1) after a "
                 "class token")
+
+
+def _check_shift(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
+    """A shift of the tokens of one sequence (not of token pairs, not of an image, not of a
+    token input's ids) by fewer tokens than it has: by more, only zeros are left."""
+    image = program.spatial.get(ins.args[0]) is not None
+    if len(arg) != 1 or image or ins.args[0] in {i.name for i in program.inputs}:
+        what = ("an image" if image else "an input's one-hot ids"
+                if len(arg) == 1 else f"a value over {_show(arg)}")
+        problem(f"shift moves the vectors of a sequence's tokens, but {ins.args[0]} is {what}",
+                ins, "shift a vector per token, e.g. the embedding E @ tok")
+        return
+    size = program.dim_table[arg[0]].size
+    if abs(ins.index) >= size:
+        problem(f"shift by {ins.index} tokens, but {arg[0]} has {size}: every token would read "
+                "past the sequence, a vector of zeros", ins,
+                f"shift by fewer than {size} tokens")
 
 
 def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SPREAD
+from .functions import DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -136,6 +136,8 @@ def verify(program: Program) -> Program:
             out = ops[0]
         elif isinstance(ins, Nonlin) and ins.fn == PART:
             out = _verify_part(program, ins, ops[0], errors)
+        elif isinstance(ins, Nonlin) and ins.fn == SHIFT:
+            out = _verify_shift(ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
             out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
             if out is None or ops[0] is None:
@@ -322,6 +324,16 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     return _of_heads(program, ins, next((
         d for a, d, other in ((ins.args[0], ops[0], ops[1]), (ins.args[1], ops[1], ops[0]))
         if a in program.param_table and per_head(dims, d, other)), None), "product", errors)
+
+
+def _verify_shift(ins: Nonlin, arg: str | None, errors: Collector) -> str | None:
+    """``shift(h, k)``: h a vector (which tokens it has, the sequences' check) and k a whole
+    number other than 0. Returns h's dim."""
+    if len(ins.args) != 1 or arg is None or not isinstance(ins.index, int) \
+            or isinstance(ins.index, bool) or ins.index == 0 or ins.over is not None:
+        errors.error("shift(h, k): h a vector per token and k a whole number of tokens, not 0",
+                     ins.span)
+    return arg
 
 
 def _verify_part(program: Program, ins: Nonlin, arg: str | None,

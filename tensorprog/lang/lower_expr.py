@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import DWCONV, MUL, NONLINEARITIES, PART, POOLS, SPREAD, pooled
+from ..ir.functions import DWCONV, MUL, NONLINEARITIES, PART, POOLS, SHIFT, SPREAD, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -37,13 +37,14 @@ from .lower_part import lower_part, part_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
+from .lower_shift import lower_shift, shift_operands
 from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + RELAYOUTS)
+             + (SHIFT,) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -515,6 +516,8 @@ class ExpressionLowering:
             return spread_operands(self, node)
         if node.fn == PART:  # its second argument is a dim, its third an index
             return part_operands(self, node)
+        if node.fn == SHIFT:  # its second argument is a number of tokens
+            return shift_operands(self, node)
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
@@ -561,7 +564,7 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
-                    PART: lower_part,
+                    PART: lower_part, SHIFT: lower_shift,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)

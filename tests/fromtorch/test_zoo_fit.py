@@ -81,6 +81,11 @@ def test_sizes_follow_the_width_and_the_heads(zoo, t):
     kw = zoo.config_kwargs(t.PerceiverConfig, 64, "head_dim", zoo.MAPPINGS["masked"])
     assert (kw["d_latents"], kw["num_self_attends_per_block"]) == (64, 2)
     assert (kw["num_self_attention_heads"], kw["num_cross_attention_heads"]) == (4, 4)
+    # MobileBERT's blocks run at its bottleneck, a quarter of the width (128 of 512), which its
+    # attention and stacked FFNs read (true_hidden_size); its embedding the width's
+    kw = zoo.config_kwargs(t.MobileBertConfig, 128, "heads", zoo.MAPPINGS["masked"])
+    assert (kw["intra_bottleneck_size"], kw["embedding_size"]) == (32, 128)
+    assert t.MobileBertConfig(**kw).true_hidden_size == 32
     # Dots1's shared experts, unset beside the zoo's routed ones: one
     assert zoo.config_kwargs(t.Dots1Config, 64, "heads")["n_shared_experts"] == 1
 
