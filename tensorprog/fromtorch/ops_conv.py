@@ -333,9 +333,8 @@ class ConvOps:
             raise refuse(
                 node,
                 f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
-                "positions is [1, T, n] with T the tokens of the input"
-                + (f" ({seq})" if seq is not None else "") + ", or of a sequence made longer by "
-                "learned tokens put before them)",
+                f"positions is [1, T, n], T the tokens of the input{f' ({seq})' if seq else ''}"
+                ", or of a sequence made longer by learned tokens put before them)",
                 help="add a position table of one row per token of the sequence",
             )
         # the positions of the longer sequence (trace.py declares T's); those of a later
