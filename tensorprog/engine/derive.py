@@ -139,6 +139,7 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
     exponents when it repeats a block over a depth."""
     with paused_gc():
         d = _derive(program, optimizer, convention, depth_convention)
+        _refuse_unbounded_gradient(program, d)
         if program.repeats_over_depth:
             if optimizer.uses_gradient_scale:
                 try:
@@ -170,6 +171,25 @@ def derive(program: Program, optimizer: Optimizer, convention: str = "table3",
                 exps = eps_exponents(d.depth.check.analysis, d.depth.abc)
                 d.eps_depth = _adam_stepped(d, {p: e for p, e in exps.items() if p not in shared})
         return d
+
+
+def _refuse_unbounded_gradient(program: Program, d: Derivation) -> None:
+    """Refuse a derivation in which the gradient reaching a trained param grows faster than any
+    power of the width (an exponent of ∞: a back edge whose gradient grows round after round
+    through a block's repetitions, as behind a layer of fixed size between layers of the
+    width). Its exponents would hold at no depth, and Adam's ε would have nothing to follow."""
+    an = d.check.analysis
+    grown = [p for p, x in d.abc.items() if x.c is not INF
+             and emax(add(gy, e) for gy, e in an.sources(p)) is INF]
+    if not grown:
+        return
+    more = f" (and {len(grown) - 1} more params)" if grown[1:] else ""
+    raise EngineError(Diagnostic(
+        f"the gradient that reaches {grown[0]}{more} grows with the width faster than any "
+        "power: it compounds through the repetitions of a block, so no exponents of the width "
+        "hold at any depth", program.param_table[grown[0]].span,
+        "look for a layer of a fixed size between layers of the width (a bottleneck) inside "
+        "the repeated block: let it grow with the width (a dim ∝ n)"))
 
 
 def _adam_stepped(d: Derivation, eps: dict[str, Exp]) -> dict[str, Exp]:

@@ -27,7 +27,7 @@ from ..engine.optimizers import resolve
 from ..errors import Diagnostic, EngineError, UsageError
 from .columns import block_scale, check_shared_lr, column_range, column_scales, input_hook
 from .depth import DepthScaling
-from .gradscale import block_of, eps_blocks, grad_hook, refuse_unbounded_eps, scale_lines
+from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
@@ -618,7 +618,6 @@ def _derive(traced: Traced, program, optimizer, convention: str):
         if not notes and found == err.diagnostics:
             raise
         raise EngineError(found + notes) from None
-    refuse_unbounded_eps(traced, d.eps, notes)
     return d
 
 

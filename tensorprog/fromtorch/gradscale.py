@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 
-from ..engine.exponents import NEG_INF
-from ..errors import Diagnostic, EngineError, UsageError
+from ..errors import UsageError
 from .columns import block_scale, column_block, column_scales
 from .patches import groups_of
 from .rows import row_range
@@ -131,21 +130,3 @@ def scale_lines(mup, model, scales: dict, factors: dict, rows, cols: dict) -> li
                     f"gradient of {use.target}{rows(use)} x{c:.4g}{by}: its Adam eps is its "
                     f"group's / {c * s:.4g} = base eps x{factors[use.target] / (c * s):.4g}")
     return lines
-
-
-def refuse_unbounded_eps(traced, eps: dict, notes: list) -> None:
-    """Refuses, at the first such param's line and with the trace's ``notes``, a derivation
-    whose ε exponent (``eps``, derive's) is -∞: the gradient that reaches the param grows faster
-    than any power of the width (compounding over a block's repetitions: a bottleneck the
-    config fixes), so Adam's ε has nothing to follow."""
-    grown = [p for p, e in eps.items() if e == NEG_INF]
-    if not grown:
-        return
-    use = traced.params[grown[0]]
-    more = f" and {len(grown) - 1} more params" if grown[1:] else ""
-    raise EngineError([Diagnostic(
-        f"the gradient that reaches {use.target}{more} grows with the width faster than any "
-        "power (derive's gradient column: ∞), so Adam's ε has no power of the width that keeps "
-        "it below the gradient's entries", use.span,
-        "look for a layer of a fixed size between layers of the width (a bottleneck the config "
-        "fixes): build it in proportion to the width")] + notes)
