@@ -127,8 +127,10 @@ def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
 # --- LinComb --------------------------------------------------------------------------------------
 
 def init_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
-    return [t for _, v in ins.terms for t in
-            terms(f"{v}₀", "a sum is as large as its largest term", "auto", sz.init(v))]
+    shift = [Term(ZERO, (), f"{ins.const}", "a number added to every coordinate is Θ(1)",
+                  "flow")] if ins.const else []  # it never changes and takes no gradient
+    return shift + [t for _, v in ins.terms for t in
+                    terms(f"{v}₀", "a sum is as large as its largest term", "auto", sz.init(v))]
 
 
 def change_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
