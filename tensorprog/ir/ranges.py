@@ -24,7 +24,6 @@ that training might take out of it.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 from ..errors import Collector
 from .functions import FUNCTIONS, MUL
@@ -38,24 +37,31 @@ def _times(a: float, b: float) -> float:
     return 0.0 if a == 0 or b == 0 else a * b  # 0 · ∞ is 0: a factor that is exactly 0
 
 
-def _scaled(c: Fraction, iv: Interval) -> Interval:
+def scaled(c, iv: Interval) -> Interval:
+    """c times every value of ``iv``."""
     lo, hi = _times(float(c), iv[0]), _times(float(c), iv[1])
     return (min(lo, hi), max(lo, hi))
 
 
+def added(a: Interval, b: Interval) -> Interval:
+    return (a[0] + b[0], a[1] + b[1])
+
+
+def product(a: Interval, b: Interval) -> Interval:
+    ends = [_times(x, y) for x in a for y in b]
+    return (min(ends), max(ends))
+
+
 def _lincomb(ins: LinComb, iv: dict) -> Interval:
-    lo = hi = float(ins.const)
+    out = (float(ins.const), float(ins.const))
     for c, name in ins.terms:
-        a, b = _scaled(c, iv.get(name, ANY))
-        lo, hi = lo + a, hi + b
-    return (lo, hi)
+        out = added(out, scaled(c, iv.get(name, ANY)))
+    return out
 
 
 def _nonlin(ins: Nonlin, iv: dict) -> Interval:
     if ins.fn == MUL:
-        (a, b), (c, d) = (iv.get(x, ANY) for x in ins.args)
-        ends = [_times(x, y) for x in (a, b) for y in (c, d)]
-        return (min(ends), max(ends))
+        return product(*(iv.get(x, ANY) for x in ins.args))
     row = FUNCTIONS.get(ins.fn)
     return row.bounds if row is not None and len(ins.args) == 1 else ANY
 
