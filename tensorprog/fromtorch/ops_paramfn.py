@@ -181,6 +181,11 @@ class ParamFnOps:
                          "entry per feature (a vector param)", help=_HELP)
         self._param_broadcast(node, i, ref, x, "product")
         vec = self.vec(x, node)
+        if ref.shape[0] != vec.dim:  # one entry, or a head dim's: a plain param's forms only
+            raise refuse(node, f"a function of the param {strip_prefix(ref.target)} of "
+                         f"{ref.shape[0]} entries multiplying a vector of {vec.dim} features: "
+                         "traced as a gain of one entry per feature (the language broadcasts "
+                         "a param of one entry, or of a head dim, only as it is)", help=_HELP)
         w = self.vector_param(ref, node)
         name = self.emit_vector(node.name, f"({g.form.replace('{}', w)}) * {vec.name}")
         return Vec(name, vec.tags, vec.dim, vec.dh)

@@ -58,6 +58,17 @@ def test_the_emitted_module_computes_the_gates_of_its_param():
     assert torch.allclose(module(x), want, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("init", ["", " = 0"])
+def test_a_gate_read_through_sigmoid_alone_has_its_init_fixed_by_the_slope(init):
+    # sigmoid is Θ(1) whatever its argument, but its slope, which passes w's change on,
+    # vanishes unless w is O(1): that bounds w's init, as a gain's
+    gated = GATE.replace("param w : [n] = 0", f"param w : [n]{init}").replace(
+        "sigmoid(w) * f + r * h", "sigmoid(w) * f")
+    gated = "\n".join(line for line in gated.splitlines() if not line.startswith("r = "))
+    w = tp.derive(tp.parse(gated), "adam").abc["w"]
+    assert (w.a, w.b, w.c) == (0, 0, 0)
+
+
 def test_sqrt_is_taken_only_above_a_positive_bound():
     with pytest.raises(tp.SemanticError, match=r"not bounded below by a positive number"):
         tp.parse(GATE.replace("sqrt(1 + sigmoid(w))", "sqrt(sigmoid(w))"))

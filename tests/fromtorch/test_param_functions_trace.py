@@ -28,7 +28,7 @@ class Gate(nn.Module):
         super().__init__()
         self.form, self.zero = form, zero
         self.weight = nn.Parameter(torch.zeros(n) if zero else torch.randn(n))
-        self.other = nn.Parameter(torch.randn(n))
+        self.other = nn.Parameter(torch.randn(1 if form == "one_entry" else n))
 
     def forward(self, h, residual):
         # Ergo's cast to float32 (kept out of the float64 oracle, whose model it would round)
@@ -42,6 +42,8 @@ class Gate(nn.Module):
             residual_gate = torch.sqrt(branch_gate)
         elif self.form == "two_params":
             residual_gate = branch_gate * self.other.sigmoid()
+        elif self.form == "one_entry":  # xIELU's softplus(alpha) of one entry, times a vector
+            return F.softplus(self.other) * h + residual
         elif self.form == "added":
             return h + branch_gate + residual
         return branch_gate * h + residual_gate * residual
@@ -100,6 +102,8 @@ def test_the_traced_gate_derives_what_the_hand_written_program_derives():
     ("sqrt_near_zero", r"sqrt of a function of the param gate\.weight whose values are only "
                        r"known to lie in \[0, 1\]"),
     ("two_params", r"a function of two params \(gate\.weight and gate\.other\)"),
+    ("one_entry", r"a function of the param gate\.other of 1 entries multiplying a vector "
+                  r"of 32 features"),
     ("added", r"a sum of a function of the param gate\.weight with anything but a number"),
 ])
 def test_other_functions_and_uses_of_a_param_are_refused_at_their_line(form, match):
