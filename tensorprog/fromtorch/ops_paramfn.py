@@ -173,7 +173,9 @@ class ParamFnOps:
 
     def _gain(self, node, i: int, g: ParamFn, x) -> Vec:
         """``(f(w)) * h``: the function of the vector param w as a gain of h (its entries on
-        h's features, as a plain gain's are checked: ops_arith._param_broadcast)."""
+        h's features, as a plain gain's are checked: ops_arith._param_broadcast); of a param
+        of one entry, one number for all of h's, ``spread(f(w), d) * h`` (spread of one head
+        over h's d coordinates: its gradient sums over them, a readout's)."""
         ref = flat_param(g.ref)
         if len(ref.shape) != 1:
             raise refuse(node, f"a function of the param {strip_prefix(ref.target)} of shape "
@@ -181,13 +183,17 @@ class ParamFnOps:
                          "entry per feature (a vector param)", help=_HELP)
         self._param_broadcast(node, i, ref, x, "product")
         vec = self.vec(x, node)
-        if ref.shape[0] != vec.dim:  # one entry, or a head dim's: a plain param's forms only
+        if ref.shape[0] not in (1, vec.dim):  # a head dim's: a plain param's form only
             raise refuse(node, f"a function of the param {strip_prefix(ref.target)} of "
                          f"{ref.shape[0]} entries multiplying a vector of {vec.dim} features: "
-                         "traced as a gain of one entry per feature (the language broadcasts "
-                         "a param of one entry, or of a head dim, only as it is)", help=_HELP)
+                         "traced as a gain of one entry per feature, or one number for all "
+                         "(the language broadcasts a param of a head dim only as it is)",
+                         help=_HELP)
         w = self.vector_param(ref, node)
-        name = self.emit_vector(node.name, f"({g.form.replace('{}', w)}) * {vec.name}")
+        f = g.form.replace("{}", w)
+        if ref.shape[0] == 1 != vec.dim:  # one number for every feature (xIELU's alpha)
+            f = f"spread({f}, {self.dim(vec.dim)})"
+        name = self.emit_vector(node.name, f"({f}) * {vec.name}")
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
 

@@ -28,7 +28,7 @@ class Gate(nn.Module):
         super().__init__()
         self.form, self.zero = form, zero
         self.weight = nn.Parameter(torch.zeros(n) if zero else torch.randn(n))
-        self.other = nn.Parameter(torch.randn(1 if form == "one_entry" else n))
+        self.other = nn.Parameter(torch.randn({"one_entry": 1, "head_dim": n // 4}.get(form, n)))
 
     def forward(self, h, residual):
         # Ergo's cast to float32 (kept out of the float64 oracle, whose model it would round)
@@ -44,6 +44,9 @@ class Gate(nn.Module):
             residual_gate = branch_gate * self.other.sigmoid()
         elif self.form == "one_entry":  # xIELU's softplus(alpha) of one entry, times a vector
             return F.softplus(self.other) * h + residual
+        elif self.form == "head_dim":  # a function of a head dim's param, on every head
+            b, t, c = h.shape
+            return (h.view(b, t, 4, -1) * self.other.sigmoid()).view(b, t, c) + residual
         elif self.form == "added":
             return h + branch_gate + residual
         return branch_gate * h + residual_gate * residual
@@ -81,7 +84,7 @@ output y = O @ h + bo
 """
 
 
-@pytest.mark.parametrize("form", ["ergo", "variants"])
+@pytest.mark.parametrize("form", ["ergo", "variants", "one_entry"])
 def test_a_gate_of_a_param_computes_the_model(form):
     traced = from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
     assert traced_computes_the_model(traced, lambda n: Gated(n, form), _tokens) < 1e-10
@@ -102,8 +105,8 @@ def test_the_traced_gate_derives_what_the_hand_written_program_derives():
     ("sqrt_near_zero", r"sqrt of a function of the param gate\.weight whose values are only "
                        r"known to lie in \[0, 1\]"),
     ("two_params", r"a function of two params \(gate\.weight and gate\.other\)"),
-    ("one_entry", r"a function of the param gate\.other of 1 entries multiplying a vector "
-                  r"of 32 features"),
+    ("head_dim", r"a function of the param gate\.other of 8 entries multiplying a vector "
+                 r"of 32 features"),
     ("added", r"a sum of a function of the param gate\.weight with anything but a number"),
 ])
 def test_other_functions_and_uses_of_a_param_are_refused_at_their_line(form, match):
