@@ -88,19 +88,22 @@ class ParamFnOps:
         op = x.op if isinstance(x, ParamFn) else op_name(node)
         return ParamFn(ref, form.replace("{}", _form(x)), op, bounds)
 
-    def param_fn_op(self, node, args):
+    def param_fn_op(self, node, args, kwargs=None):
         """An op with a kept function of a param among its arguments (the temperature's
         product aside): the kept function it makes, the gain product it is (a Vec), or None
-        for the walker's own op method (the functions, ops_pointwise's clamp); anything else
-        is refused."""
-
+        for the walker's own op method (the functions, ops_pointwise's clamp and softplus,
+        which read their own keywords); anything else is refused, and so is a keyword the
+        form does not write (``rounding_mode``)."""
         op = op_name(node)
-        args = [as_number(a) for a in args]
+        kwargs = dict(kwargs or {})
+        args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
         if op in KEEP_LAYOUT and args[0] is x:
             return x
         if op in FUNCTION_OPS or op == "clamp":
             return None
+        if set(kwargs) - {"alpha"} or (kwargs and op not in ("add", "sub", "rsub")):
+            raise refuse_param_fn(node, x)
         u = args[0]
         v = args[1] if len(args) > 1 else None
         if op == "neg":

@@ -100,6 +100,13 @@ class PointwiseOps:
     def op_softplus(self, node, x, beta=1, threshold=20):
         import torch
 
+        if isinstance(x, (PRef, ParamFn)) and beta != 1 and threshold == 20:
+            if not (isinstance(beta, (int, float)) and beta > 0):
+                raise refuse_param_fn(node, x, "softplus")
+            # torch's softplus(w, β) is softplus(β·w) / β, its threshold on β·w as the
+            # language's: exactly (1/β) * softplus(β * w)
+            inner = self.param_fn(node, x, f"{float(beta)!r} * ({{}})")
+            return self.param_fn(node, inner, f"{1.0 / beta!r} * softplus({{}})", (0.0, math.inf))
         if threshold != 20:  # x itself beyond it: the program's softplus is torch's default
             raise refuse(node, f"a softplus of threshold {threshold!r} (it returns its input "
                          "beyond the threshold, which the language's softplus, torch's "

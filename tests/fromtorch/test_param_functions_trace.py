@@ -36,8 +36,12 @@ class Gate(nn.Module):
         branch_gate = weight.sigmoid()
         if self.form == "ergo":
             residual_gate = torch.sqrt(1.0 + branch_gate) * torch.exp(-0.5 * F.softplus(weight))
-        elif self.form == "variants":  # rsub, division, tanh, a sum of two of w's functions
+        elif self.form == "variants":  # rsub, division, tanh, sums of two of w's functions,
+            # keywords the forms write (alpha, softplus's beta)
             residual_gate = (2.0 - torch.tanh(weight)) / 3.0 + branch_gate * weight - 0.25
+            residual_gate = torch.add(residual_gate, F.softplus(weight, beta=2.0), alpha=0.5)
+        elif self.form == "floor":  # a keyword no form writes
+            residual_gate = torch.div(branch_gate, 0.3, rounding_mode="floor")
         elif self.form == "sqrt_near_zero":
             residual_gate = torch.sqrt(branch_gate)
         elif self.form == "two_params":
@@ -104,6 +108,7 @@ def test_the_traced_gate_derives_what_the_hand_written_program_derives():
 @pytest.mark.parametrize(("form", "match"), [
     ("sqrt_near_zero", r"sqrt of a function of the param gate\.weight whose values are only "
                        r"known to lie in \[0, 1\]"),
+    ("floor", r"sigmoid of a param alone \(gate\.weight\) used by div"),
     ("two_params", r"a function of two params \(gate\.weight and gate\.other\)"),
     ("head_dim", r"a function of the param gate\.other of 8 entries multiplying a vector "
                  r"of 32 features"),
