@@ -100,6 +100,10 @@ class ParamFnOps:
         x = next(a for a in args if isinstance(a, ParamFn))
         if op in KEEP_LAYOUT and args[0] is x:
             return x
+        if op in _AXES_OF_ONE and args[0] is x and _same_entries(
+                self._shape(node.args[0]), self._shape(node)):
+            return x  # g[None, None, :], g.view(1, 1, -1): where its entries fall is checked
+            # against the vector it multiplies (ops_arith._param_broadcast)
         if op in FUNCTION_OPS or op == "clamp":
             return None
         if set(kwargs) - {"alpha"} or (kwargs and op not in ("add", "sub", "rsub")):
@@ -198,6 +202,14 @@ class ParamFnOps:
             f = f"spread({f}, {self.dim(vec.dim)})"
         name = self.emit_vector(node.name, f"({f}) * {vec.name}")
         return Vec(name, vec.tags, vec.dim, vec.dh)
+
+
+#: ops that may only add or drop axes of 1 (a full slice, ``[None, None, :]``'s, among them)
+_AXES_OF_ONE = ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "slice")
+
+
+def _same_entries(old, new) -> bool:
+    return [s for s in old if s != 1] == [s for s in new if s != 1]
 
 
 def _real(c) -> bool:

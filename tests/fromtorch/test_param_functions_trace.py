@@ -40,6 +40,8 @@ class Gate(nn.Module):
             # keywords the forms write (alpha, softplus's beta)
             residual_gate = (2.0 - torch.tanh(weight)) / 3.0 + branch_gate * weight - 0.25
             residual_gate = torch.add(residual_gate, F.softplus(weight, beta=2.0), alpha=0.5)
+        elif self.form == "axes":  # given axes of 1 to meet h's features
+            return branch_gate[None, None, :] * h + residual * weight.sigmoid().view(1, 1, -1)
         elif self.form == "floor":  # a keyword no form writes
             residual_gate = torch.div(branch_gate, 0.3, rounding_mode="floor")
         elif self.form == "sqrt_near_zero":
@@ -88,7 +90,7 @@ output y = O @ h + bo
 """
 
 
-@pytest.mark.parametrize("form", ["ergo", "variants", "one_entry"])
+@pytest.mark.parametrize("form", ["ergo", "variants", "one_entry", "axes"])
 def test_a_gate_of_a_param_computes_the_model(form):
     traced = from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
     assert traced_computes_the_model(traced, lambda n: Gated(n, form), _tokens) < 1e-10
