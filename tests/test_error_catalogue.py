@@ -250,6 +250,14 @@ CATALOGUE = {
               r"'g' is used before it is defined(.|\n)*cannot contain a cycle", (8, 13)),
     "constant-plus-vector": (HEAD + "h = W @ x + 1\noutput y = V @ h\n", S,
                              r"cannot add a constant to a vector", (8, 5)),
+    # a number is added only to a function of params, and sqrt taken only of a value its
+    # functions keep above a positive number (ir/ranges.py)
+    "constant-plus-input-function": (HEAD + "h = sigmoid(W @ x) + 1\noutput y = V @ (h * b)\n",
+                                     S, r"constant to a vector computed from the inputs", (8, 5)),
+    "sqrt-near-zero": (HEAD + "g = sqrt(sigmoid(b))\noutput y = V @ (g * (W @ x))\n", S,
+                       r"sqrt\(g_1\): its argument is not bounded below by a positive", (8, 1)),
+    "sqrt-of-a-difference": (HEAD + "g = sqrt(1 - sigmoid(b))\noutput y = V @ (g * (W @ x))\n",
+                             S, r"only known to lie in \[0, 1\]", (8, 1)),
     "scaled-matrix": (HEAD + "h = (2 * W) @ x\noutput y = V @ h\n", S,
                       r"matrix param W can only be applied with @", (8, 6)),
     "matrix-as-output": (HEAD + "h = W @ x + b\noutput W\n", S,

@@ -79,7 +79,7 @@ def find_fusions(program: Program, body: Sequence) -> dict[str, Attention | Norm
 
     found: dict[str, Attention | Norm] = {}
     for ins in body:
-        if isinstance(ins, LinComb) and len(ins.terms) == 2 and all(
+        if isinstance(ins, LinComb) and len(ins.terms) == 2 and not ins.const and all(
                 c == 1 for c, _ in ins.terms):
             for (_, prod), (_, bias) in (ins.terms, ins.terms[::-1]):
                 product = producer.get(prod)

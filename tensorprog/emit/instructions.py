@@ -127,6 +127,9 @@ class Emitter:
             term = ref if abs(c) == 1 else f"{mag} * ({ref})"
             parts.append(("-" if c < 0 else "") + term if k == 0 else
                          f"{'-' if c < 0 else '+'} {term}")
+        if ins.const:  # a number added to a function of params (1 + sigmoid(w))
+            mag = number_literal(abs(ins.const), f"the constant added in {ins.out}", ins.span)
+            parts.append(f"{'-' if ins.const < 0 else '+'} {mag}")
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:

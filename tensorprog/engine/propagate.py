@@ -423,8 +423,8 @@ class Analysis:
         ins = self.program.producer.get(u)
         if isinstance(ins, MatMul):
             return ins.weight not in others
-        if ins is not None and type(ins).__name__ == "LinComb":
-            return all(self._fresh(o, others) for o in ins.operands)
+        if ins is not None and type(ins).__name__ == "LinComb":  # a constant is not centred
+            return not ins.const and all(self._fresh(o, others) for o in ins.operands)
         return False
 
     # --- evaluation ---------------------------------------------------------------------------

@@ -135,8 +135,10 @@ def grad_matmul(ins: MatMul, sz: Sizes) -> list[tuple[str, Term]]:
 # --- LinComb --------------------------------------------------------------------------------------
 
 def init_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
-    return [t for _, v in ins.terms for t in
-            terms(f"{v}₀", "a sum is as large as its largest term", "auto", sz.init(v))]
+    shift = [Term(ZERO, (), f"{ins.const}", "a number added to every coordinate is Θ(1)",
+                  "flow")] if ins.const else []  # it never changes and takes no gradient
+    return shift + [t for _, v in ins.terms for t in
+                    terms(f"{v}₀", "a sum is as large as its largest term", "auto", sz.init(v))]
 
 
 def change_lincomb(ins: LinComb, sz: Sizes) -> list[Term]:
@@ -231,8 +233,13 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
     (h,) = ins.args
     shape = NONLIN_SHAPE[ins.fn]
     if shape == "offset":
+        # of a param (a gate sigmoid(w)) its argument is a pre-activation too: at most Θ(1), or
+        # the function saturates and its slope, which passes w's change on, vanishes. A
+        # computed argument has that condition at its own instruction already
+        own = terms(f"{h}₀", f"{ins.fn}′ = Θ(1) needs its argument O(1)", "auto", sz.init(h),
+                    clamp=ZERO) if h in sz.program.param_table else []
         return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn}(0) ≠ 0 and {ins.fn} is bounded",
-                     "flow")]
+                     "flow")] + own
     if shape == "normalize":
         return [Term(ZERO, (), f"{ins.fn}({h}₀)", f"{ins.fn} divides by the RMS of {h}: Θ(1) "
                      "whatever its size", "flow")]

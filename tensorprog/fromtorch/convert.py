@@ -28,6 +28,7 @@ from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
 from .ops_norm import NormOps
+from .ops_paramfn import ParamFnOps
 from .ops_pixels import PixelTokenOps
 from .ops_pointwise import PointwiseOps
 from .ops_pool import PoolOps
@@ -50,6 +51,7 @@ class Converter(
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
+    ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'

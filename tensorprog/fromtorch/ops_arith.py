@@ -13,6 +13,7 @@ from .values import (
     L2Norm,
     Looked,
     MeanSq,
+    ParamFn,
     PEntry,
     Pointwise,
     PRef,
@@ -27,7 +28,7 @@ from .values import (
 from .where import refuse, strip_prefix
 
 
-def _flat(x):
+def flat_param(x):
     """A param of one axis of features and axes of 1 (``[1, 1, n]``, checked against the other
     operand by ``_elementwise``) as the vector param it is; anything else as it is."""
     if isinstance(x, PRef) and len(x.shape) > 1 and x.rows is None and not x.t and \
@@ -53,7 +54,7 @@ class ArithOps:
         return self._lincomb(node, u, v, -alpha)
 
     def _lincomb(self, node, u, v, alpha):
-        u, v = _number(u), _number(v)
+        u, v = as_number(u), as_number(v)
         if isinstance(u, PEntry) or isinstance(v, PEntry):
             raise self.refuse_entry(node, "a sum with")
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
@@ -104,7 +105,7 @@ class ArithOps:
             return Pointwise(pair[0].src, lambda t, f=pair[0].f, g=pair[1].f: f(t) + alpha * g(t))
         self.refuse_image_broadcast(node, u, v, product=False)  # (ops_conv.py)
         self._elementwise(node, u, v, "sum")
-        u, v = (x if isinstance(x, PRef) and len(x.shape) == 3 else _flat(x) for x in (u, v))
+        u, v = (x if isinstance(x, PRef) and len(x.shape) == 3 else flat_param(x) for x in (u, v))
         terms = []
         for x, c in ((u, 1), (v, alpha)):
             if isinstance(x, PRef) and len(x.shape) == 3:  # ViT's positions (ops_conv.py)
@@ -203,7 +204,7 @@ class ArithOps:
         return Pointwise(x, lambda t: t)
 
     def op_mul(self, node, u, v):
-        u, v = _number(u), _number(v)
+        u, v = as_number(u), as_number(v)
         entry = self.entry_product(node, u, v)  # p[i] * h: a 1-D param's entry (ops_entries)
         if entry is not None:
             return entry
@@ -286,7 +287,7 @@ class ArithOps:
                          "vector op or a matmul", help="multiply a vector by each param in "
                          "turn, g1 * (g2 * x), or write the model as a program")
         self._elementwise(node, u, v, "product")
-        u, v = _flat(u), _flat(v)  # a layer scale stored as [1, 1, n]: the vector param
+        u, v = flat_param(u), flat_param(v)  # a layer scale stored as [1, 1, n]: the vector param
         names = []
         for x in (u, v):
             names.append(
@@ -302,7 +303,7 @@ class ArithOps:
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
     def op_div(self, node, u, v):
-        v = _number(v)
+        v = as_number(v)
         if isinstance(v, Conc) and self._shape(node) == self._shape(node.args[0]):
             v = _equal_entries(v)  # a count per sequence, the same for each (ops_pool.py)
         norm = self.norm_div(node, u, v)  # x / sqrt(mean(x²) + eps) (ops_norm.py)
@@ -318,6 +319,8 @@ class ArithOps:
     def _apply(self, node, x, fn):
         if isinstance(x, Scores):  # a function of attention logits (a soft-cap)
             return self.capped_scores(node, x, fn)
+        if isinstance(x, (PRef, ParamFn)):  # sigmoid(w): a function of a param (ops_paramfn)
+            return self.coordinatewise(node, x, fn)
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
 
@@ -405,7 +408,7 @@ class ArithOps:
         raise refuse(node, "rsqrt of anything but a mean square")
 
 
-def _number(x):
+def as_number(x):
     """A one-entry constant tensor (``torch.tensor(d ** 0.5)``) as the number it holds."""
     if isinstance(x, Conc) and getattr(x.value, "numel", lambda: 0)() == 1:
         return float(x.value)

@@ -9,11 +9,10 @@ written as the product ``φ(x) * φ(x) * ...`` (``Nonlin mul``). That is the com
 not an approximation, and the engine's rule for a product (exponents add) is exactly how a power
 scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and in its change.
 
-A function of a param alone (Mamba's ``A = -exp(A_log)``, xIELU's ``softplus(alpha_p)``) is
-refused: the language's params enter the program as they are, so a param transformed before its
-use has no place in it (µP would be that of the transformed tensor, which no optimiser updates).
-The one exception, ``exp`` and a clamp of a param kept as a per-head temperature of attention
-logits (Swin V2's), is ops_temperature.py's.
+A function of a param alone is kept as a :class:`ParamFn` (ops_paramfn.py) where the language
+writes it (sigmoid, tanh, softplus, exp, sqrt, a clamp), till it is used as a gain (Ergo's
+residual gates) or a per-head temperature (Swin V2's, ops_temperature.py); any other function
+of a param, or another use of one (Mamba's ``A = -exp(A_log)`` in its scan), is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import dataclasses
 import math
 
 from ..ir.functions import torch_function
-from .ops_temperature import refuse_param_fn
+from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
     Affine,
     Aux,
@@ -83,20 +82,10 @@ class PointwiseOps:
     function emitted as a product; ``expand_as`` of a vector over the batch."""
 
     def coordinatewise(self, node, x, fn):
-        if isinstance(x, (PRef, ParamFn)) and op_name(node) == "exp":
-            return self.param_fn(node, x, "exp({})")  # Swin V2's temperature (ops_temperature)
-        if isinstance(x, ParamFn):
-            raise refuse_param_fn(node, x)
-        if isinstance(x, PRef):
-            raise refuse(
-                node,
-                f"{op_name(node)} of a param alone ({x.target.removeprefix('m.')}): the "
-                "language's params enter the program as they are, so a param transformed "
-                "before its use (Mamba's A = -exp(A_log), xIELU's softplus(alpha)) has no "
-                "place in it",
-                help="make the transformed tensor the param (initialise it as the transform "
-                "of today's init), or trace the model without this part",
-            )
+        if isinstance(x, (PRef, ParamFn)):  # a function of a param alone (ops_paramfn.py)
+            if op_name(node) in FUNCTION_OPS:
+                return self.param_fn(node, x, f"{op_name(node)}({{}})")
+            raise refuse_param_fn(node, x, op_name(node))
         return self._apply(node, x, fn)
 
     def op_square(self, node, x):
@@ -111,6 +100,13 @@ class PointwiseOps:
     def op_softplus(self, node, x, beta=1, threshold=20):
         import torch
 
+        if isinstance(x, (PRef, ParamFn)) and beta != 1 and threshold == 20:
+            if not (isinstance(beta, (int, float)) and beta > 0):
+                raise refuse_param_fn(node, x, "softplus")
+            # torch's softplus(w, β) is softplus(β·w) / β, its threshold on β·w as the
+            # language's: exactly (1/β) * softplus(β * w)
+            inner = self.param_fn(node, x, f"{float(beta)!r} * ({{}})")
+            return self.param_fn(node, inner, f"{1.0 / beta!r} * softplus({{}})", (0.0, math.inf))
         if threshold != 20:  # x itself beyond it: the program's softplus is torch's default
             raise refuse(node, f"a softplus of threshold {threshold!r} (it returns its input "
                          "beyond the threshold, which the language's softplus, torch's "

@@ -17,17 +17,15 @@ head. Past the clamp (τ_h ≥ c) the slope is 0: τ_h gets no gradient and stop
 width alike, since whether τ_h reaches c depends only on Θ(1) quantities (its init, its Θ(1)
 steps): the clamp changes which steps move τ, not how any size scales with the width.
 
-Only ``exp`` and a clamp at numbers (ops_pointwise.op_clamp's forms) of a whole param, kept as
-a :class:`ParamFn` and consumed as that temperature, are traced; the same param or function
-used any other way (Mamba's ``A = -exp(A_log)``) is refused where it is used, with the other
-functions of a param alone (ops_pointwise.coordinatewise).
+``exp`` and a clamp at numbers (ops_pointwise.op_clamp's forms) of a whole param are kept as a
+:class:`ParamFn` (ops_paramfn.py, which also traces such functions used as a gain) and
+consumed here as that temperature.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from .ops_pixels import KEEP_LAYOUT
 from .values import ParamFn, PRef, Vec
 from .where import op_name, refuse, strip_prefix
 
@@ -37,39 +35,9 @@ _HELP = ("make the transformed tensor the param (initialise it as the transform 
          "logit_scale [heads, 1, 1], before the bias is added")
 
 
-def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
-    ref = x.ref if isinstance(x, ParamFn) else x
-    what = x.op if isinstance(x, ParamFn) else op
-    return refuse(node, f"{what} of a param alone ({strip_prefix(ref.target)}) used by "
-                  f"{op_name(node) or node.target}: the language's params enter the program "
-                  "as they are, so a param transformed before its use (Mamba's A = -exp(A_log), "
-                  "xIELU's softplus(alpha)) has no place in it, but as Swin V2's per-head "
-                  "temperature of attention logits", help=_HELP)
-
-
 class TemperatureOps:
-    """exp and clamp of a param alone, kept until they multiply attention logits per head."""
-
-    def param_fn(self, node, x, form: str) -> ParamFn:
-        """``form`` (``{}`` for its argument) applied to a whole param or to a function of one
-        already kept; a slice, a transpose or a shifted param is refused."""
-        ref = x.ref if isinstance(x, ParamFn) else x
-        if ref.t or ref.rows or ref.offset or ref.expert is not None or ref.cols is not None:
-            raise refuse_param_fn(node, ref, op_name(node))
-        inner = x.form if isinstance(x, ParamFn) else "{}"
-        op = x.op if isinstance(x, ParamFn) else op_name(node)
-        return ParamFn(ref, form.format(inner), op)
-
-    def param_fn_op(self, node, args):
-        """An op of a kept function of a param other than the temperature's product: exp and
-        clamp go on (ops_pointwise.py), a cast or copy keeps it; anything else is refused."""
-        op = op_name(node)
-        if op in KEEP_LAYOUT and isinstance(args[0], ParamFn):
-            return args[0]
-        if op in ("exp", "clamp") and isinstance(args[0], ParamFn):
-            return None  # the walker's op_exp / op_clamp
-        x = next(a for a in args if isinstance(a, ParamFn))
-        raise refuse_param_fn(node, x)
+    """exp and clamp of a param alone (ops_paramfn.py), kept until they multiply attention
+    logits per head."""
 
     def temperature(self, node, args):
         """``logits * g`` (or ``g * logits``) of eager logits within windows and a param
@@ -105,6 +73,6 @@ class TemperatureOps:
         heads = q.dim // q.dh
         tau = self.vector_param(PRef(gain.ref.target, (heads,)), node)
         name = self.fresh("tq")  # no torch node holds it: the logits that follow do
-        self.out.stmts.append(f"{name} = spread({gain.form.format(tau)}, {self.dim(q.dh)}) * "
-                              f"{q.name}")
+        form = gain.form.replace("{}", tau)
+        self.out.stmts.append(f"{name} = spread({form}, {self.dim(q.dh)}) * {q.name}")
         return Vec(name, q.tags, q.dim, q.dh)

@@ -158,7 +158,7 @@ class WindowOps:
         if any(isinstance(x, WinScores) for x in flat):
             return self._scores_op(node, args)
         if any(isinstance(x, ParamFn) for x in flat):  # Swin V2's temperature, on its way
-            kept = self.param_fn_op(node, args)
+            kept = self.param_fn_op(node, args, kwargs)
             return kept if kept is not None else super().call(node)
         if any(isinstance(x, WinTable) for x in flat):
             return self._table_op(node, args, kwargs)

@@ -128,6 +128,8 @@ class ParamFn:
     ref: PRef
     form: str
     op: str
+    # an interval holding its values (ir/ranges.py's arithmetic): sqrt needs a positive floor
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
 
 @dataclass

@@ -9,14 +9,18 @@ compute it with:
   through); ``bounded``: φ(x) ~ x near 0 but saturates (tanh, relu6); ``offset``: φ(0) ≠ 0 and
   bounded (sigmoid, hardsigmoid, and a softmax over finitely many tokens: Θ(1) whatever the
   input); ``shifted``: φ(0) ≠ 0 and φ(x) ~ x for large x, unbounded (softplus, log(1 + e^x):
-  log 2 at 0, slope 1/2 there, a relu far out), so a vanishing input gives Θ(1) and a growing
-  one passes its size on; ``exponential``: e^x, φ(0) = 1 and φ' = φ, so a vanishing or Θ(1)
-  input gives Θ(1) and passes a change on (φ' = Θ(1) there); a growing input grows it faster
-  than any power (counted as at least the input's size: unstable either way, as it is);
+  log 2 at 0, slope 1/2 there, a relu far out; sqrt of a value bounded below by a positive
+  number, see its row), so a vanishing input gives Θ(1) and a growing one passes its size on;
+  ``exponential``: e^x, φ(0) = 1 and φ' = φ, so a vanishing or Θ(1) input gives Θ(1) and
+  passes a change on (φ' = Θ(1) there); a growing input grows it faster than any power
+  (counted as at least the input's size: unstable either way, as it is);
   ``normalize``: divides by the input's own RMS (layernorm, rmsnorm, batchnorm, groupnorm:
   Θ(1) output, a change counted relative to the input's size).
 * ``at_zero``: φ(0) for a coordinatewise function (the limit of φ of a vanishing vector); None for
   the functions that act over a whole axis (norms, softmaxes, pools).
+* ``bounds``: an interval holding every value φ takes (sigmoid's [0, 1], exp's [0, ∞)), from
+  which :mod:`tensorprog.ir.ranges` bounds a value computed from it; (-∞, ∞) where nothing is
+  claimed (the norms, the pools).
 * ``torch``: the torch function the emitted module calls for it (the norms and pools are written
   out by the emitter around it), with ``keywords``: the constant keyword arguments of that call
   (``cap``'s bound, ``torch.clamp(x, max=1.0)``).
@@ -40,6 +44,7 @@ class Function:
     at_zero: float | None
     torch: str
     keywords: tuple[tuple[str, float], ...] = ()
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
 
 MUL = "mul"
@@ -71,22 +76,22 @@ PART = "part"
 SHIFT = "shift"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
-    Function("relu", "linear", 0.0, "torch.relu"),
+    Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),
     Function("gelu", "linear", 0.0, "torch.nn.functional.gelu"),
     # gelu's tanh approximation (GPT-2's gelu_new, Gemma's gelu_pytorch_tanh): within 2e-4 of
     # gelu everywhere, 0 at 0 with slope 1/2, so gelu's class
     Function("gelu_tanh", "linear", 0.0, "torch.nn.functional.gelu", (("approximate", "tanh"),)),
-    Function("tanh", "bounded", 0.0, "torch.tanh"),
+    Function("tanh", "bounded", 0.0, "torch.tanh", bounds=(-1.0, 1.0)),
     # min(max(x, 0), 6) (MobileNet's ReLU6): a relu near 0, capped at 6, so bounded as tanh is
-    Function("relu6", "bounded", 0.0, "torch.nn.functional.relu6"),
+    Function("relu6", "bounded", 0.0, "torch.nn.functional.relu6", bounds=(0.0, 6.0)),
     # clamp to [-1, 1]: c * hardtanh(x / c) is a clamp to [-c, c] (gpt-oss's and MiniMax's
     # swiglu_limit on the up projection); the identity near 0, capped both ways, as tanh is
-    Function("hardtanh", "bounded", 0.0, "torch.nn.functional.hardtanh"),
+    Function("hardtanh", "bounded", 0.0, "torch.nn.functional.hardtanh", bounds=(-1.0, 1.0)),
     # min(x, 1): c * cap(x / c) is a clamp at c from above for c > 0 (their gate's
     # clamp(max=limit)) and from below for c < 0. It caps one side only: the other grows as x
     # does, so size passes through as a relu's
-    Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),)),
-    Function("sigmoid", "offset", 0.5, "torch.sigmoid"),
+    Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),), bounds=(-math.inf, 1.0)),
+    Function("sigmoid", "offset", 0.5, "torch.sigmoid", bounds=(0.0, 1.0)),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
     # x·relu6(x + 3)/6 (MobileNetV3's, LeViT's, PP-LCNet's): 0 at 0 with slope 1/2 there (x/2
     # + x²/6 on [-3, 3]), x itself past 3 and 0 below -3, so a relu near 0 and far out alike:
@@ -95,13 +100,22 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("hardswish", "linear", 0.0, "torch.nn.functional.hardswish"),
     # relu6(x + 3)/6 (MobileNetV3's squeeze-excitation gate): 1/2 at 0, clamped to [0, 1], so
     # Θ(1) whatever its input's size and its change capped: sigmoid's class
-    Function("hardsigmoid", "offset", 0.5, "torch.nn.functional.hardsigmoid"),
+    Function("hardsigmoid", "offset", 0.5, "torch.nn.functional.hardsigmoid",
+             bounds=(0.0, 1.0)),
     # log(1 + e^x) (Laguna's per-head attention gate): log 2 at 0, a relu far out; φ' =
     # sigmoid, in (0, 1), so a change passes through uncapped
-    Function("softplus", "shifted", math.log(2.0), "torch.nn.functional.softplus"),
+    Function("softplus", "shifted", math.log(2.0), "torch.nn.functional.softplus",
+             bounds=(0.0, math.inf)),
     # e^x (Swin V2's per-head temperature exp(min(logit_scale, log 100))): 1 at 0, φ' = e^x,
     # Θ(1) wherever x is O(1); so a function of a Θ(1) param keeps the param's exponents
-    Function("exp", "exponential", 1.0, "torch.exp"),
+    Function("exp", "exponential", 1.0, "torch.exp", bounds=(0.0, math.inf)),
+    # √x (Ergo's residual gate sqrt(1 + sigmoid(w))): its slope 1/(2√x) grows without bound
+    # near 0, so the language takes it only of a value bounded below by a number m > 0
+    # (ir/ranges.py proves it, the verifier refuses anything else). There √x ≤ √m/2 +
+    # x/(2√m) and its slope is at most 1/(2√m): Θ(1) of a Θ(1) input with a change passed on,
+    # and no larger than its input where that grows (its square root, overestimated):
+    # softplus's class, which says exactly that (an input bounded below by m never vanishes)
+    Function("sqrt", "shifted", 0.0, "torch.sqrt", bounds=(0.0, math.inf)),
     Function("identity", "linear", 0.0, ""),  # the input itself: no call
     Function("layernorm", "normalize", None, "torch.nn.functional.layer_norm"),
     Function("rmsnorm", "normalize", None, "torch.rsqrt"),

@@ -11,7 +11,7 @@ MatMul      ``y = W @ x``         ``y_i = sum_j W_ij x_j`` (W a matrix param; ``
                                   its transpose, e.g. a tied unembedding); with a kernel
                                   ``K @ img`` a stride-1 same-padded convolution, and
                                   ``conv(K, img, s, t, b, l, r, d)`` one of any geometry
-LinComb     ``y = 2*u - v + b``   ``y = sum_k c_k v_k`` (vectors or vector params, rational c_k)
+LinComb     ``y = 2*u - v + b``   ``y = c + sum_k c_k v_k`` (vectors or vector params, rational c)
 Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``mul`` (a
                                   vector param of a head dim times a vector: per head);
                                   layernorm/rmsnorm normalise over the vector's dim
@@ -247,14 +247,14 @@ class MatMul:
 
 @dataclass(frozen=True)
 class LinComb:
-    """``out = sum_k coef_k * term_k`` over vectors of one dim; a vector param here is a bias.
-
-    Scaling: the exponent of a sum is the max of its terms' exponents (no cancellation assumed).
-    """
+    """``out = const + sum_k coef_k * term_k`` over vectors of one dim (a vector param: a bias;
+    ``const`` only over values of params alone, ``1 + sigmoid(w)``: ir/ranges.py). Scaling: as
+    large as its largest term (no cancellation assumed); a constant: Θ(1), fixed, no gradient."""
 
     out: str
     terms: tuple[tuple[Fraction, str], ...]
     span: Span | None = _span()
+    const: Fraction = Fraction(0)
 
     @property
     def operands(self) -> tuple[str, ...]:

@@ -79,10 +79,12 @@ def render_instruction(ins: Instruction, show=str) -> str:
             sign = "-" if c < 0 else "+"
             mag = abs(c)
             text = show(name) if mag == 1 else f"{_coef(mag)} * {show(name)}"
-            if k == 0:
+            if k == 0 and not ins.const:
                 parts.append(("-" if c < 0 else "") + text)
             else:
                 parts.append(f"{sign} {text}")
+        if ins.const:  # a number first, as written: 1 + sigmoid(w)
+            parts.insert(0, f"{'-' if ins.const < 0 else ''}{_coef(abs(ins.const))}")
         rhs = " ".join(parts)
     return f"{show(ins.out)} = {rhs}"
 

@@ -25,6 +25,7 @@ from .program import (
     per_head,
     split_heads_dim,
 )
+from .ranges import check_ranges
 from .sequences import check_sequences
 from .spread import part_count
 
@@ -157,6 +158,7 @@ def verify(program: Program) -> Program:
         define(ins.out, out, ins.span)
     if not errors.errors:  # every operand defined: which sequence each value runs over
         check_sequences(program, errors)
+        check_ranges(program, errors)  # constants and sqrt, on what they may apply to
     _verify_blocks(program, defined, key, errors)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
     for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):

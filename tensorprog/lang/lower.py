@@ -423,7 +423,8 @@ class _Lowering(ExpressionLowering):
             ret = single
         else:
             self.check_coefficients(value, st.span)
-            ret = self.emit(LinComb(self.target, value.items(), st.span), value.dim)
+            ret = self.emit(LinComb(self.target, value.items(), st.span, value.const),
+                            value.dim)
         self.values[ret] = value.dim
         if self.pixels.get(ret) != self.pixels.get(arg):
             self.errors.error(f"block {self.block} changes the image size of its argument",
@@ -661,7 +662,7 @@ class _Lowering(ExpressionLowering):
                 self.blocks[-1] = replace(self.blocks[-1], result=name)
         else:
             self.check_coefficients(value, st.span)
-            self.body.append(LinComb(name, value.items(), st.span))
+            self.body.append(LinComb(name, value.items(), st.span, value.const))
             mark_tokens(self, name, tuple(value.terms), st.span)
             sizes = [self.pixels[n] for n in value.terms if n in self.pixels]
             if sizes:

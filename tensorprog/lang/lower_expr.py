@@ -56,7 +56,7 @@ class ExpressionLowering:
         if name is not None:
             return name
         self.check_coefficients(v, span)
-        return self.emit(LinComb(self.fresh(self.target), v.items(), span), v.dim)
+        return self.emit(LinComb(self.fresh(self.target), v.items(), span, v.const), v.dim)
 
     def check_coefficients(self, v: Vec, span: Span) -> None:
         """Coefficients multiply out exactly; later stages need them as floats."""
@@ -170,8 +170,9 @@ class ExpressionLowering:
                               "remove the term: a zero vector carries nothing for the engine "
                               "to scale")
             return None
-        out = Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels)
-        return self.in_range(out, out.terms.values(), span)
+        out = Vec({n: c * k for n, c in v.terms.items()}, v.dim, v.pixels, v.const * k)
+        return self.in_range(out, [*out.terms.values(), *([out.const] if out.const else [])],
+                             span)
 
     def in_range(self, v, coefficients, span: Span):
         """``v``, or None (reported here) if a coefficient left the float range. Checked at
@@ -230,9 +231,7 @@ class ExpressionLowering:
         if isinstance(a, Scalar) and isinstance(b, Scalar):
             return Scalar(a.value + sign * b.value)
         if isinstance(a, Scalar) or isinstance(b, Scalar):
-            self.errors.error("cannot add a constant to a vector", node.span,
-                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
-            return None
+            return self.shifted(a, b, node, sign)
         dim = a.dim
         if not self.same_dim(a.dim, b.dim):
             # a vector param of a head dim (a QK-layernorm's bias, Persimmon's): added to every
@@ -255,7 +254,34 @@ class ExpressionLowering:
         if not merged:
             self.errors.error("this sum cancels to zero", node.span, "remove it")
             return None
-        return Vec(merged, dim, a.pixels | b.pixels)
+        return Vec(merged, dim, a.pixels | b.pixels, a.const + sign * b.const)
+
+    def shifted(self, a, b, node, sign: Fraction):
+        """``c + v`` (or ``v + c``, ``c - v``): a number added to every coordinate of v, only
+        where v is computed from params alone (a function of a gain: Ergo's ``sqrt(1 +
+        sigmoid(w))``); a per-token vector takes a bias param instead."""
+        c, v = (a, b) if isinstance(a, Scalar) else (b, a)
+        if not self.of_params(v):
+            self.errors.error("cannot add a constant to a vector computed from the inputs (only "
+                              "to a function of params, as in 1 + sigmoid(w))", node.span,
+                              "use a bias param instead: `param b : [n]` and `h = W @ x + b`")
+            return None
+        if v is b:  # c ± v
+            v = self.scale(v, sign, node.span) if sign != 1 else v
+            shift = c.value
+        else:  # v ± c
+            shift = sign * c.value
+        if v is None:
+            return None
+        return Vec(dict(v.terms), v.dim, v.pixels, v.const + shift)
+
+    def of_params(self, v: Vec) -> bool:
+        """Is every term of v a param, or computed from params alone (ir/ranges.of_params)?"""
+        made = set(self.param_names)
+        for ins in self.body:
+            if isinstance(ins, (LinComb, Nonlin)) and all(o in made for o in ins.operands):
+                made.add(ins.out)
+        return all(n in made for n in v.terms)
 
     def op_sub(self, a, b, node):
         return self.op_add(a, b, node, Fraction(-1))

@@ -29,13 +29,15 @@ class Vec:
     terms: dict[str, Fraction]
     dim: str | None
     pixels: frozenset
+    # a number added to every coordinate (only to values of params alone: ir/ranges.py)
+    const: Fraction = Fraction(0)
 
     def items(self) -> tuple[tuple[Fraction, str], ...]:
         return tuple((c, n) for n, c in self.terms.items())
 
     def single(self) -> str | None:
         """The name, if this is one value with coefficient 1."""
-        if len(self.terms) == 1:
+        if len(self.terms) == 1 and not self.const:
             ((n, c),) = self.terms.items()
             return n if c == 1 else None
         return None

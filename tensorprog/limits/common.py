@@ -59,6 +59,7 @@ FNS = {
     "hardswish": Fn("hardswish", lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
     "hardsigmoid": Fn("hardsigmoid", lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0),
     "exp": Fn("exp", np.exp),
+    "sqrt": Fn("sqrt", np.sqrt),  # of a value bounded below by a positive number (ir/ranges)
 }
 #: φ(0) for each supported function: the limit of φ of a vanishing vector
 AT_ZERO = {name: FUNCTIONS[name].at_zero for name in FNS}

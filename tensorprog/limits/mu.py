@@ -116,6 +116,9 @@ def network(program: Program) -> Net:
                     ins.span,
                 )
         elif isinstance(ins, LinComb):
+            if ins.const:
+                raise _refuse(f"{ins.out} adds a number to a function of params: gains and "
+                              "their functions have no µ-limit rule here", ins.span)
             for _, name in ins.terms:
                 p = program.param_table.get(name)
                 if p is None:

@@ -491,6 +491,9 @@ def _matmul(ev: _Limit, ins: MatMul) -> tuple[Value, str]:
 
 
 def _lincomb(ev: _Limit, ins: LinComb) -> tuple[Value, str]:
+    if ins.const:
+        raise _Refuse(f"{ins.out} adds a number to a function of params: functions of gains "
+                      "have no kernel rule here", "write the network without the gain", ins.span)
     return ev.add([(c, ev.value(name, ins.span)) for c, name in ins.terms]), "sum"
 
 

@@ -73,8 +73,6 @@ class BlockV2(nn.Module):
         if self.variant == "cpb":
             bias = 16 * torch.sigmoid(bias)
         temp = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
-        if self.variant == "neg":  # a temperature of -exp: the program has no such form
-            temp = -temp
         if self.variant == "late":  # after the bias: the bias would be scaled too
             sc = (sc + bias.unsqueeze(0)) * temp
         else:
@@ -185,8 +183,6 @@ def test_the_example_writes_the_temperature_as_a_gain_on_the_queries(monkeypatch
 
 
 @pytest.mark.parametrize(("variant", "match"), [
-    # -clamp(τ).exp(): as Mamba's A = -exp(A_log), a function of a param with no place here
-    ("neg", r"clamp of a param alone \(blocks\.0\.logit_scale\) used by neg"),
     # the temperature after the bias: the bias would be scaled too
     pytest.param("late", r"the param blocks\.0\.logit_scale of shape \[2, 1, 1\] multiplying "
                  r"attention logits within windows", marks=pytest.mark.slow),
