@@ -253,8 +253,8 @@ def test_zoo_totals_count_the_families_that_pass_by_the_split(zoo):
 
     results = {"a": row("a", "pass", ["gate"]), "b": row("b", "pass"), "c": row("c", "fail")}
     text = "\n".join(zoo._section(zoo.MAPPINGS["causal"], results))
-    assert "Totals: 2 pass (1 by the split of a vector's change: finite-width drift), 1 fail" \
-        in text
+    assert ("Totals: 2 pass (1 by the split of a vector's change: finite-width drift; 0 at "
+            "the lower lr the check suggested), 1 fail") in text
     assert "| a | pass | fails | 1 | passed by the split: gate |" in text
     # a failing row whose check warned that its run left the small-update regime says so
     results["c"]["heads"].update(detail="1 vectors: decoder -0.75", regime="not in the "
