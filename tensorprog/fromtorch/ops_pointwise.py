@@ -181,7 +181,7 @@ class PointwiseOps:
         fn, c = form
         if isinstance(x, (PRef, ParamFn)):  # kept for Swin V2's temperature (ops_temperature)
             return self.param_fn(node, x, f"{fn}({{}})" if c == 1.0 else
-                                 f"{c!r} * {fn}({{}} / {c!r})")
+                                 f"{c!r} * {fn}(({{}}) / {c!r})")
         x = self.vec(x, node)  # what is no vector is refused there
         if c == 1.0:
             return Vec(self.emit_vector(node.name, f"{fn}({x.name})"), x.tags, x.dim, x.dh)

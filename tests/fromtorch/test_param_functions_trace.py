@@ -40,6 +40,8 @@ class Gate(nn.Module):
             # keywords the forms write (alpha, softplus's beta)
             residual_gate = (2.0 - torch.tanh(weight)) / 3.0 + branch_gate * weight - 0.25
             residual_gate = torch.add(residual_gate, F.softplus(weight, beta=2.0), alpha=0.5)
+            # a clamp at c != 1 of a sum: c * cap((sum) / c), the whole sum divided
+            residual_gate = residual_gate + (1.0 - branch_gate).clamp(max=0.6)
         elif self.form == "axes":  # given axes of 1 to meet h's features
             return branch_gate[None, None, :] * h + residual * weight.sigmoid().view(1, 1, -1)
         elif self.form == "floor":  # a keyword no form writes
