@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PART, PRODUCTS, SPREAD
+from ..ir.functions import CAT, DWCONV, FUNCTIONS, PART, PRODUCTS, SPREAD
 from ..ir.program import (
     Dot,
     LinComb,
@@ -36,7 +36,15 @@ from ..ir.program import (
     per_head,
 )
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
-from .rules_spread import change_spread, grad_part, grad_spread, init_spread, part_sizes
+from .rules_spread import (
+    cat_sizes,
+    change_spread,
+    grad_cat,
+    grad_part,
+    grad_spread,
+    init_spread,
+    part_sizes,
+)
 from .terms import (
     Mono,
     Sizes,
@@ -213,6 +221,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
         return init_spread(ins, sz)
     if ins.fn == PART:
         return part_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
+    if ins.fn == CAT:
+        return cat_sizes(ins, sz, sz.init, "{}₀")
     if _sink(ins):
         return init_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -241,6 +251,8 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
         return change_spread(ins, sz)
     if ins.fn == PART:
         return part_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
+    if ins.fn == CAT:
+        return cat_sizes(ins, sz, sz.change, "Δ{}")
     if _sink(ins):
         return change_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -278,6 +290,8 @@ def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
         return grad_spread(ins, sz)
     if ins.fn == PART:
         return grad_part(ins, sz)
+    if ins.fn == CAT:
+        return grad_cat(ins, sz)
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]

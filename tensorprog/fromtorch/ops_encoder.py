@@ -76,7 +76,9 @@ class EncoderOps:
         if len(v.shape) == 2 and len(out) == 3 and out[1:] == v.shape \
                 and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
             # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
-            if node.users and all(op_name(u) == "cat" for u in node.users):
+            # (one concatenated along the features is an array beside the tokens' vectors)
+            if node.users and all(op_name(u) == "cat" and _cat_dim(u) % 3 == 1
+                                  for u in node.users):
                 return TokenParam(v)
             return self.latent_array(node, v)
         count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]
@@ -184,3 +186,9 @@ class EncoderOps:
         """The sequences a value may run over, by length: the input's T, and each made longer
         by learned tokens (prepend_tokens)."""
         return {self.tokens_seq: "T", **self.prepended} if self.tokens_seq else {}
+
+
+def _cat_dim(node) -> int:
+    """The axis a ``torch.cat`` node joins along (0 by default, -1 for a dim not a number)."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim if isinstance(dim, int) else -1

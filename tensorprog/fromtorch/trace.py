@@ -22,6 +22,7 @@ from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
+from .ops_concat import refuse_growing_cats
 from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
@@ -434,6 +435,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             help=f"build(width) must build the same layers at every width; first "
             f"difference: {diff}",
         )
+    refuse_growing_cats(t1, t2, nodes)  # cat(a, b, D) of finite parts only
     values, dims, scales, fixed = {}, {}, {}, {}
     for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
         if kind == "dim":

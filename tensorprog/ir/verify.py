@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SPREAD
+from .functions import CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -135,6 +135,8 @@ def verify(program: Program) -> Program:
             out = ops[0]
         elif isinstance(ins, Nonlin) and ins.fn == PART:
             out = _verify_part(program, ins, ops[0], errors)
+        elif isinstance(ins, Nonlin) and ins.fn == CAT:
+            out = _verify_cat(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
             out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
             if out is None or ops[0] is None:
@@ -329,6 +331,22 @@ def _verify_part(program: Program, ins: Nonlin, arg: str | None,
             isinstance(ins.index, int) and 0 <= ins.index < k):
         errors.error("part(x, d, i): x a vector of k·d coordinates (k fixed: d and x's dim "
                      "both finite or both growing) and i a whole number, 0 <= i < k", ins.span)
+        return None
+    return ins.over
+
+
+def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> str | None:
+    """``cat(a, b, ..., D)``: two or more vectors (no params, no scalars), each of a finite
+    declared dim, D finite and their sum. Returns D."""
+    dims = program.dim_table
+    parts = [dims.get(o or "") for o in ops]
+    d = dims.get(ins.over or "")
+    if len(ins.args) < 2 or d is None or d.infinite or any(
+            p is None or p.infinite for p in parts) or any(
+            a in program.param_table for a in ins.args) or sum(
+            p.size for p in parts) != d.size:
+        errors.error("cat(a, b, ..., D): two or more vectors (not params), each of a finite "
+                     "dim, and D the finite dim of their sizes summed", ins.span)
         return None
     return ins.over
 

@@ -1,0 +1,152 @@
+"""A concatenation of finite vectors along their features read by more than linear layers
+(Perceiver's image input: a 1x1 convolution's channels beside learned positions, normalised
+together), traced as the language's ``cat(a, b, D)``. Oracles: the emitted program computes the
+model's output at the base width, for the parts in either order, three parts, the axis named
+either way, and the concatenation read by a norm, a function and a linear layer at once; the
+Perceiver image classifier in miniature derives the exponents of examples/perceiver_image.tp,
+written by hand; a concatenation with a part that grows with the width, read by a norm, is
+refused at its line, as is one along the tokens."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, abc_by_target, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.errors import TraceError  # noqa: E402
+
+
+class PerceiverImage(nn.Module):
+    """examples/perceiver_image.tp in torch: 16 pixels of 3 channels, a 1x1 convolution to 24
+    channels beside 24 of learned positions, the latents' cross-attention reading them through
+    a layer norm, and a decoder whose one learned query reads the latents out to 10 classes."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.conv = nn.Linear(3, 24)  # a 1x1 convolution of channels-last pixels
+        self.pos = nn.Parameter(torch.randn(16, 24))
+        self.norm = nn.LayerNorm(48)
+        self.latents = nn.Parameter(torch.randn(6, n))
+        self.query = nn.Parameter(torch.randn(1, n))
+        lin = [nn.Linear(48 if i in (1, 2) else n, n, bias=False) for i in range(8)]
+        self.lin = nn.ModuleList(lin)
+        self.out = nn.Linear(n, 10)
+        with torch.no_grad():
+            self.conv.bias.zero_()
+            self.out.bias.zero_()
+
+    def attend(self, i, h, x, heads=4):
+        (b, r, n), t = h.shape, x.shape[1]
+        q = self.lin[i](h).view(b, r, heads, -1).transpose(1, 2)
+        k = self.lin[i + 1](x).view(b, t, heads, -1).transpose(1, 2)
+        v = self.lin[i + 2](x).view(b, t, heads, -1).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, r, n)
+        return self.lin[i + 3](a)
+
+    def forward(self, x):
+        b = x.shape[0]
+        a = self.norm(torch.cat([self.conv(x), self.pos.expand(b, -1, -1)], dim=-1))
+        z0 = self.latents.expand(b, -1, -1)
+        z1 = z0 + self.attend(0, F.layer_norm(z0, z0.shape[-1:]), a)
+        w = F.layer_norm(z1, z1.shape[-1:])
+        q0 = self.query.expand(b, -1, -1)
+        return self.out(q0 + self.attend(4, F.layer_norm(q0, q0.shape[-1:]), w))
+
+
+NAMES = {"conv.weight": "Wc", "conv.bias": "bc", "pos": "P", "norm.weight": "g",
+         "norm.bias": "b", "latents": "L", "query": "Dq", "out.weight": "U", "out.bias": "bU",
+         **{f"lin.{i}.weight": f"W{'qkvo'[i % 4]}{i // 4 + 1}" for i in range(8)}}
+
+
+def pixels(model=None):
+    return (torch.randn(2, 16, 3, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def perceiver():
+    return tp.from_torch(PerceiverImage, (16, 32), pixels)
+
+
+def test_a_norm_over_finite_parts_reads_the_languages_cat(perceiver):
+    src = perceiver.source
+    assert "dim f48 = 48" in src and "param v_pos : [f24, T]" in src
+    assert "cat(linear, expand, f48)" in src
+    assert "norm_weight * layernorm(v_cat) + norm_bias" in src
+
+
+def test_the_traced_perceiver_image_computes_the_model(perceiver):
+    traced_computes_the_model(perceiver, PerceiverImage, pixels)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", pytest.param("sgd", marks=pytest.mark.slow)])
+def test_the_traced_perceiver_image_derives_what_the_example_derives(perceiver, optimizer):
+    got = {NAMES[t]: abc for t, abc in abc_by_target(perceiver, optimizer).items()}
+    d = tp.derive(tp.parse_file(ROOT / "examples" / "perceiver_image.tp"), optimizer)
+    want = {p: (d.abc[p].a, d.abc[p].b, d.abc[p].c) for p in NAMES.values()}
+    assert got == want
+
+
+class Small(nn.Module):
+    """Finite parts joined along their features, in ``form``'s way, normalised, then the
+    width: a linear layer, a nonlinearity, a norm and a mean over the tokens."""
+
+    def __init__(self, n, form="two"):
+        super().__init__()
+        self.form = form
+        self.proj, self.proj2 = nn.Linear(3, 12), nn.Linear(3, 4)
+        self.pos = nn.Parameter(torch.randn(16, 12) * 0.5)
+        self.wide = nn.Linear(3, n)
+        parts = {"three": 28, "growing": 12 + n, "tokens": 12, "learned_tokens": 12}.get(form, 24)
+        self.norm = nn.LayerNorm(parts)
+        self.kv = nn.Linear(parts, n)
+        self.side = nn.Linear(parts, n)
+        self.out = nn.Linear(n, 10)
+
+    def forward(self, x):
+        b = x.shape[0]
+        h, p = self.proj(x), self.pos.expand(b, -1, -1)
+        form = self.form
+        if form == "swapped":
+            c = torch.cat([p, h], dim=-1)
+        elif form == "three":
+            c = torch.cat([h, p, F.gelu(self.proj2(x))], dim=-1)
+        elif form == "axis":  # the features named by their positive index
+            c = torch.cat((h, p), 2)
+        elif form == "growing":  # a part of the width: read by a norm, refused
+            c = torch.cat([h, self.wide(x)], dim=-1)
+        elif form == "tokens":  # along the tokens: refused
+            c = torch.cat([h, F.relu(h)], dim=1)
+        elif form == "learned_tokens":  # the positions after the tokens: refused
+            c = torch.cat([h, p], dim=1)
+        else:
+            c = torch.cat([h, p], dim=-1)
+        a = self.kv(self.norm(c))
+        if form == "readers":  # read by a function and a linear layer beside the norm
+            a = a + self.side(torch.tanh(c))
+        return self.out(F.layer_norm(F.relu(a), a.shape[-1:]).mean(1))
+
+
+@pytest.mark.parametrize("form", ["readers", *(pytest.param(f, marks=pytest.mark.slow)
+                                              for f in ("swapped", "three", "axis"))])
+def test_each_concatenation_computes_the_model(form):
+    traced = tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
+    assert "= cat(" in traced.source
+    traced_computes_the_model(traced, lambda n: Small(n, form), pixels)
+
+
+@pytest.mark.parametrize("form, match", [
+    ("growing", r"a concatenation of vectors along their features read by layer_norm \(its "
+                r"statistics span every part\), with a part that grows with the width"),
+    pytest.param("tokens", r"cannot trace a concatenation of vectors \(other than",
+                 marks=pytest.mark.slow),
+    pytest.param("learned_tokens", r"cannot trace a concatenation of learned tokens other "
+                 r"than before", marks=pytest.mark.slow),
+])
+def test_what_the_language_cannot_join_is_refused_at_its_line(form, match):
+    with pytest.raises(TraceError, match=match) as err:
+        tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
+    assert "test_finite_cat.py" in str(err.value) and "torch.cat" in str(err.value)
