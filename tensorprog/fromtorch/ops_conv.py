@@ -125,7 +125,7 @@ class ConvOps:
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
-        if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
+        if stride == (k, k) and w.shape[-2] == k and padding in ((0, 0), "valid") \
                 and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
                 and _flattened_to_tokens(node):
             return self._patch_embedding(node, x, w, b, k)
@@ -541,6 +541,8 @@ class ConvOps:
             return Vec(v.name, ("tok", "F"), v.dim)  # (or a token mean's, ops_pool.py)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
+        if v.tags == ("tok", "grid", "grid", "F") and shape == (old[0], old[1] * old[2], old[3]):
+            return Vec(v.name, ("tok", "tok", "F"), v.dim)  # the same, channels-last first
         tokens = self.pixels_to_tokens(node, v)  # its pixels read as tokens (ops_pixels.py)
         if tokens is not None:
             return tokens
@@ -658,15 +660,24 @@ def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, 
 
 def _flattened_to_tokens(node) -> bool:
     """Whether a convolution's output is only flattened into tokens (a ViT's ``proj(img)
-    .flatten(2)``, [B, C, H·W]): then it cut the image into patch tokens, the program's
-    ``patches`` input. The same stride-k k x k convolution read as an image (ConvNeXt's stem,
-    which a norm, convolutions and pools read) is a convolution of that geometry, giving an
-    image; the two are the same matmul of each patch, but only the graph's readers say which
-    the program's later ops take (tokens or pixels)."""
+    .flatten(2)``, [B, C, H·W]; or laid out channels-last first, ``.permute(0, 2, 3, 1)``
+    then [B, H·W, C]: Perceiver's 1x1 convolution of each pixel, a patch of one): then it cut
+    the image into patch tokens, the program's ``patches`` input. The same stride-k k x k
+    convolution read as an image (ConvNeXt's stem, which a norm, convolutions and pools read)
+    is a convolution of that geometry, giving an image; the two are the same matmul of each
+    patch, but only the graph's readers say which the program's later ops take (tokens or
+    pixels)."""
     b, c, h, w = node.meta["val"].shape
-    return bool(node.users) and all(
-        op_name(u) in ("view", "reshape", "_unsafe_view", "flatten")
-        and tuple(u.meta["val"].shape) == (b, c, h * w) for u in node.users)
+
+    def flat(u, shape) -> bool:
+        return op_name(u) in ("view", "reshape", "_unsafe_view", "flatten") and tuple(
+            u.meta["val"].shape) == shape
+
+    def last(u) -> bool:  # channels-last, then flattened
+        return op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 3, 1) \
+            and bool(u.users) and all(flat(v, (b, h * w, c)) for v in u.users)
+
+    return bool(node.users) and all(flat(u, (b, c, h * w)) or last(u) for u in node.users)
 
 
 def _reads_image(stmts) -> bool:

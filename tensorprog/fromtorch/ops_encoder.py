@@ -30,8 +30,12 @@ class EncoderOps:
         (batch, tokens) ids the model is traced on."""
         tags = self._tags(v, node)
         ndim = len(tags)
+        # a sequence of the program: the tokens', or one of its own (Perceiver's decoder reads
+        # the one token of its learned query array's sequence out, h[:, 0])
+        lengths = {*self.sequences(), self.tokens_seq,
+                   *(length for _, length, _ in self.out.seq_inputs.values())} - {None}
         if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
-                and dim % ndim == 1 and self.tokens_seq is not None):
+                and dim % ndim == 1 and self._shape(node.args[0])[1] in lengths):
             raise refuse(node, "indexing a traced value along an axis other than a fused "
                          "layer's blocks or the sequence of a (batch, tokens, features) vector",
                          help=_FIRST_HELP)

@@ -540,6 +540,11 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
     elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
         lines.append(f"dim T = {seq}")
+    # the image first: the language declares no image after a sequence's inputs (Perceiver's
+    # image classifier has its latents' and its query's positions besides)
+    images = [d for d in body if re.match(r"input \w+ : image\[", d)]
+    lines += images
+    body = [d for d in body if d not in images]
     # a second sequence, segment ids, positions and buckets of each sequence (sequences.py)
     lines += input_lines(t1, vocab, lambda rows: _dim_name(rows, rows, w1, w2)[0])
     if any(re.search(r" @ pos\b", s) for s in t1.stmts) and not any(

@@ -21,13 +21,15 @@ from tensorprog.errors import TraceError  # noqa: E402
 
 
 class PerceiverImage(nn.Module):
-    """examples/perceiver_image.tp in torch: 16 pixels of 3 channels, a 1x1 convolution to 24
-    channels beside 24 of learned positions, the latents' cross-attention reading them through
-    a layer norm, and a decoder whose one learned query reads the latents out to 10 classes."""
+    """examples/perceiver_image.tp in torch, as transformers' Perceiver writes it: a 4 x 4
+    image, a 1x1 convolution to 24 channels laid out channels-last and flattened into 16
+    tokens, beside 24 channels of learned positions; the latents' cross-attention reading them
+    through a layer norm; a decoder whose one learned query attends to the latents in one head
+    (viewed (B, 1, 1, C), then permuted) and whose one token is read out to 10 classes."""
 
     def __init__(self, n):
         super().__init__()
-        self.conv = nn.Linear(3, 24)  # a 1x1 convolution of channels-last pixels
+        self.conv = nn.Conv2d(3, 24, 1)
         self.pos = nn.Parameter(torch.randn(16, 24))
         self.norm = nn.LayerNorm(48)
         self.latents = nn.Parameter(torch.randn(6, n))
@@ -41,20 +43,26 @@ class PerceiverImage(nn.Module):
 
     def attend(self, i, h, x, heads=4):
         (b, r, n), t = h.shape, x.shape[1]
-        q = self.lin[i](h).view(b, r, heads, -1).transpose(1, 2)
-        k = self.lin[i + 1](x).view(b, t, heads, -1).transpose(1, 2)
-        v = self.lin[i + 2](x).view(b, t, heads, -1).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, r, n)
+        q = self.lin[i](h).view(b, r, heads, -1).permute(0, 2, 1, 3)
+        k = self.lin[i + 1](x).view(b, t, heads, -1).permute(0, 2, 1, 3)
+        v = self.lin[i + 2](x).view(b, t, heads, -1).permute(0, 2, 1, 3)
+        a = F.scaled_dot_product_attention(q, k, v).permute(0, 2, 1, 3).reshape(b, r, n)
         return self.lin[i + 3](a)
 
-    def forward(self, x):
-        b = x.shape[0]
-        a = self.norm(torch.cat([self.conv(x), self.pos.expand(b, -1, -1)], dim=-1))
+    def forward(self, img):
+        b = img.shape[0]
+        x = self.conv(img).permute(0, 2, 3, 1).reshape(b, 16, 24)
+        a = self.norm(torch.cat([x, self.pos.expand(b, -1, -1)], dim=-1))
         z0 = self.latents.expand(b, -1, -1)
         z1 = z0 + self.attend(0, F.layer_norm(z0, z0.shape[-1:]), a)
         w = F.layer_norm(z1, z1.shape[-1:])
         q0 = self.query.expand(b, -1, -1)
-        return self.out(q0 + self.attend(4, F.layer_norm(q0, q0.shape[-1:]), w))
+        o = q0 + self.attend(4, F.layer_norm(q0, q0.shape[-1:]), w, heads=1)
+        return self.out(o)[:, 0, :]
+
+
+def image(model=None):
+    return (torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)),)
 
 
 NAMES = {"conv.weight": "Wc", "conv.bias": "bc", "pos": "P", "norm.weight": "g",
@@ -68,18 +76,22 @@ def pixels(model=None):
 
 @pytest.fixture(scope="module")
 def perceiver():
-    return tp.from_torch(PerceiverImage, (16, 32), pixels)
+    return tp.from_torch(PerceiverImage, (16, 32), image)
 
 
 def test_a_norm_over_finite_parts_reads_the_languages_cat(perceiver):
     src = perceiver.source
     assert "dim f48 = 48" in src and "param v_pos : [f24, T]" in src
-    assert "cat(linear, expand, f48)" in src
+    # the 1x1 convolution of each pixel: a patch of one pixel, as a ViT's of 16 x 16
+    assert "input patch : patches[T, f3]" in src and "conv_weight @ patch + conv_bias" in src
+    assert "cat(conv2d, expand, f48)" in src
+    # the decoder's one query: one head of all the width's channels, its one token read out
+    assert "dot(linear_4, linear_5, n)" in src and "first(linear_8)" in src
     assert "norm_weight * layernorm(v_cat) + norm_bias" in src
 
 
 def test_the_traced_perceiver_image_computes_the_model(perceiver):
-    traced_computes_the_model(perceiver, PerceiverImage, pixels)
+    traced_computes_the_model(perceiver, PerceiverImage, image)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", pytest.param("sgd", marks=pytest.mark.slow)])

@@ -46,6 +46,7 @@ SCALING = {
 }
 SCALES = {
     "tau": {"a": 1.0, "base": 0.25},
+    "tau3": {"a": 1.0, "base": 0.125},
 }
 MAX_PARAMS = 100000000000
 MAX_REPEATS = 100000
@@ -110,6 +111,7 @@ class Model(torch.nn.Module):
         self.U = torch.nn.Parameter(torch.empty(10, width, **factory))
         self.bU = torch.nn.Parameter(torch.empty(10, **factory))
         self.mult_tau = mult["tau"] * ratio ** -SCALES["tau"]["a"]
+        self.mult_tau3 = mult["tau3"] * ratio ** -SCALES["tau3"]["a"]
         self.reset_parameters()
 
     @classmethod
@@ -160,11 +162,12 @@ class Model(torch.nn.Module):
         s2_2 = torch.nn.functional.linear(s2_1, self.Wq2)
         s2_3 = torch.nn.functional.linear(w, self.Wk2)
         o_2 = torch.nn.functional.linear(w, self.Wv2)
-        o_3 = _attention(s2_2, s2_3, o_2, self.width // 4, self.mult_tau, False)
+        o_3 = _attention(s2_2, s2_3, o_2, self.width, self.mult_tau3, False)
         o_4 = torch.nn.functional.linear(o_3, self.Wo2)
         o = q0 + o_4
         y_1 = torch.nn.functional.linear(o, self.U)
-        y = y_1 + self.bU
+        y_2 = y_1 + self.bU
+        y = y_2.select(-2, 0)
         return y
 
     def vectors(self, x):
@@ -195,15 +198,16 @@ class Model(torch.nn.Module):
         s2_1 = torch.nn.functional.layer_norm(q0, q0.shape[-1:])
         s2_2 = torch.nn.functional.linear(s2_1, self.Wq2)
         s2_3 = torch.nn.functional.linear(w, self.Wk2)
-        s2_4 = _heads_dot(s2_2, s2_3, self.width // 4)
-        s2 = (self.mult_tau) * (s2_4)
+        s2_4 = _heads_dot(s2_2, s2_3, self.width)
+        s2 = (self.mult_tau3) * (s2_4)
         o_1 = torch.softmax(s2, dim=-1)
         o_2 = torch.nn.functional.linear(w, self.Wv2)
         o_3 = _mix(o_1, o_2)
         o_4 = torch.nn.functional.linear(o_3, self.Wo2)
         o = q0 + o_4
         y_1 = torch.nn.functional.linear(o, self.U)
-        y = y_1 + self.bU
+        y_2 = y_1 + self.bU
+        y = y_2.select(-2, 0)
         return {
             "x0_1": x0_1,
             "x0_2": x0_2,
@@ -236,6 +240,7 @@ class Model(torch.nn.Module):
             "o_4": o_4,
             "o": o,
             "y_1": y_1,
+            "y_2": y_2,
             "y": y,
         }
 
