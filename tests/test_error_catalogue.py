@@ -1426,12 +1426,16 @@ TRACED_BUILDS = {
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
                          r"\(batch, tokens, features\) vector other than the tokens from one on "
                          r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
-    # into a linear layer it traces (tests/fromtorch/test_concat.py); read by anything else not
+    # into a linear layer it traces (tests/fromtorch/test_concat.py); read by anything else, of
+    # finite parts it is cat(a, b, D) (tests/fromtorch/test_finite_cat.py), of the width's not
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
-                         r"sequence along their features read other than by a linear layer"
-                         r"(.|\n)*help: feed the concatenation straight to a linear layer"),
+                         r"sequence along their features read by layer_norm \(its statistics "
+                         r"span every part\), with a part that grows with the width(.|\n)*"
+                         r"DINOv2's head(.|\n)*help: feed the concatenation straight to linear "
+                         r"layers"),
     # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
-    ("feature_cat", None, r"m.py:\d+:\d+: error: a concatenation of vectors along their "
+    ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors "
+                          r"along their "
                           r"features read by layer_norm \(its statistics span every part\), "
                           r"with a part that grows with the width: the language joins finite "
                           r"parts only(.|\n)*help: feed the concatenation "

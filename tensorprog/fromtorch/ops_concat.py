@@ -64,7 +64,8 @@ class ConcatOps:
         d = self.dim(size)
         readers = sorted({op_name(u) for u in node.users} - {"linear"})
         name = self.emit_vector(node.name, f"cat({', '.join(p.name for p in parts)}, {d})")
-        self.out.cats[name] = (len(self.out.slots) - 1, node.name, ", ".join(readers))
+        self.out.cats[name] = (len(self.out.slots) - 1, node.name, ", ".join(readers),
+                               parts[0].tags == ("tok", "F"))
         return Vec(name, parts[0].tags, size)
 
     def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
@@ -123,16 +124,19 @@ def refuse_growing_cats(t1, t2, nodes=None) -> None:
     ``t2`` of the two widths) whose D differs between the widths: a part of it grows with the
     width, and the language joins finite parts only. ``nodes``: the first width's graph nodes
     by name, for the user's line."""
-    for slot, node, readers in t1.cats.values():
+    for slot, node, readers, per_sequence in t1.cats.values():
         if t1.slots[slot] == t2.slots[slot]:
             continue
         # a norm's statistics span every part: it is no function of each part alone
         norm = " (its statistics span every part)" if "norm" in readers else ""
+        what, example = ("vectors per sequence", " (DINOv2's head, cat([h[:, 0], h[:, "
+                         "1:].mean(1)], -1))") if per_sequence else ("vectors", "")
         raise TraceError(
-            f"a concatenation of vectors along their features read by {readers or 'nothing'}"
-            f"{norm}, with a part that grows with the width: the language joins finite parts "
-            "only (cat(a, b, D)), and a concatenation with a part of the width only as the "
-            "input of linear layers, the sum W[:, :m] @ a + W[:, m:] @ b of their column blocks",
+            f"cannot trace a concatenation of {what} along their features read by "
+            f"{readers or 'nothing'}{norm}, with a part that grows with the width: the language "
+            "joins finite parts only (cat(a, b, D)), and a concatenation with a part of the "
+            f"width only as the input of linear layers{example}, the sum W[:, :m] @ a + "
+            "W[:, m:] @ b of their column blocks",
             user_span(nodes[node]) if nodes and node in nodes else None,
             help="feed the concatenation straight to linear layers, or apply what reads it to "
             "each part")

@@ -199,7 +199,6 @@ class RotaryOps:
             joined = self.image_cat(node, tensors, dim)
         if joined is not None:
             return joined
-        self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
         joined = self.finite_cat(node, tensors, dim)  # read by more: cat(a, b, D), ops_concat
         if joined is not None:
             return joined

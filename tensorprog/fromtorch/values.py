@@ -580,8 +580,9 @@ class Trace:
     own_heads: set[str] = field(default_factory=set)
     # concatenations of vectors along their features read by more than linear layers, which
     # the program joins as cat(a, b, D) (ops_concat.py): program name -> (the size slot of D,
-    # the node, its readers); one whose D grows with the width is refused once both are traced
-    cats: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    # the node, its readers, whether its parts are one per sequence); one whose D grows with the
+    # width is refused once both are traced
+    cats: dict[str, tuple[int, str, str, bool]] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against; the closest wins.

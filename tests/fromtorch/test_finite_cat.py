@@ -2,7 +2,8 @@
 (Perceiver's image input: a 1x1 convolution's channels beside learned positions, normalised
 together), traced as the language's ``cat(a, b, D)``. Oracles: the emitted program computes the
 model's output at the base width, for the parts in either order, three parts, the axis named
-either way, and the concatenation read by a norm, a function and a linear layer at once; the
+either way, the concatenation read by a norm, a function and a linear layer at once, parts one
+per sequence, and an image's channels laid out channels-last; the
 Perceiver image classifier in miniature derives the exponents of examples/perceiver_image.tp,
 written by hand; a concatenation with a part that grows with the width, read by a norm, is
 refused at its line, as is one along the tokens."""
@@ -148,6 +149,42 @@ def test_each_concatenation_computes_the_model(form):
     traced = tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
     assert "= cat(" in traced.source
     traced_computes_the_model(traced, lambda n: Small(n, form), pixels)
+
+
+class Pooled(nn.Module):
+    """Vectors per sequence (means over the tokens) joined, normalised, then the width."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.f = nn.Linear(3, 6), nn.Linear(3, 5)
+        self.norm, self.up, self.out = nn.LayerNorm(11), nn.Linear(11, n), nn.Linear(n, 4)
+
+    def forward(self, x):
+        c = torch.cat([self.e(x).mean(1), torch.tanh(self.f(x)).mean(1)], -1)
+        return self.out(F.relu(self.up(self.norm(c))))
+
+
+class ChannelsLast(nn.Module):
+    """Two convolutions' channels laid out channels-last and joined, normalised per pixel,
+    then a 1x1 convolution to the width."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+        self.norm, self.up, self.out = nn.LayerNorm(16), nn.Conv2d(16, n, 1), nn.Linear(n, 10)
+
+    def forward(self, img):
+        x = torch.cat([self.a(img).permute(0, 2, 3, 1), self.b(img).permute(0, 2, 3, 1)], -1)
+        return self.out(F.relu(self.up(self.norm(x).permute(0, 3, 1, 2))).mean((2, 3)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, inputs", [(Pooled, pixels), (ChannelsLast, image)],
+                         ids=["per_sequence", "channels_last"])
+def test_parts_per_sequence_or_per_pixel_compute_the_model(model, inputs):
+    traced = tp.from_torch(model, (16, 32), inputs)
+    assert "= cat(" in traced.source
+    traced_computes_the_model(traced, model, inputs)
 
 
 @pytest.mark.parametrize("form, match", [
