@@ -489,6 +489,11 @@ POSITIONED = {
                    r"the last argument of cat must be a declared dim", (10, 30)),
     "cat-one-part": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, f)\n", S,
                      r"cat takes two or more vectors and a dim, got 2 arguments", (10, 12)),
+    "cat-products-of-two": (SEQ + "dim f = 4\ndim D = 8\nparam A : [f, n]\nparam B : [f, n]\n"
+                            "a = A @ h\nb = B @ h\noutput y = cat(a, b, D) * cat(b, a, D)\n",
+                            S, r"a product of two vectors built from different concatenations"
+                            r"(.|\n)*help: multiply values built from one concatenation",
+                            (14, 1)),
     "cat-two-sequences": (ENCDEC + "dim f = 4\ndim D = 8\nparam A : [f, n]\n"
                           "output z = cat(A @ x, A @ y, D)\n", S, r"cat puts its parts' "
                           r"coordinates side by side, token by token, but they run over the "

@@ -64,11 +64,13 @@ def grad_part(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
 # channels beside learned positions). A fixed number of finite parts: y's RMS is its largest
 # part's up to a constant, so y is as large as its largest part and changes as much as its most
 # changed one (as a sum's terms). Every rule reads a vector's size as its RMS, and each reader
-# stays exact on such a vector: a finite sum over its coordinates (a matmul, a dot, a finite
-# fan-in's update) is its largest part's; a coordinatewise function or a sum takes each part on
-# its own; a norm divides every part by the joint RMS, the largest part's size (a smaller part
-# comes out smaller by the ratio, vanishing in the limit where the sizes differ). Back to each
-# part comes y's gradient on its coordinates, as large as y's.
+# stays exact on such a vector: a finite sum over its coordinates (a matmul, a finite fan-in's
+# update) is its largest part's; a coordinatewise function or a sum takes each part on its own,
+# and so does a product with a vector of no parts or built from the same concatenation (the
+# verifier refuses one of two built from different ones, whose largest parts need not meet); a
+# norm divides every part by the joint RMS, the largest part's size (a smaller part comes out
+# smaller by the ratio, vanishing in the limit where the sizes differ). Back to each part comes
+# y's gradient on its coordinates, as large as y's.
 
 
 def cat_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..errors import TraceError
 from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
 from .where import op_name, refuse, user_span
 
@@ -51,7 +50,8 @@ class ConcatOps:
         that something other than a linear layer reads (Perceiver's image input, a 1x1
         convolution's channels beside learned positions, read by a layer norm); None if
         ``tensors`` are no such vectors. The language joins finite parts only: D's size slot is
-        kept, and refuse_growing_cats refuses, once both widths are traced, one that grows."""
+        kept, and growing.refuse_growing_cats refuses, once both widths are traced, one that
+        grows."""
         if len(tensors) < 2 or not all(isinstance(t, (Vec, Affine, Pointwise)) for t in tensors):
             return None
         tags = {t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors}
@@ -117,26 +117,3 @@ def _read_by_linears(node) -> bool:
         elif not (op_name(u) == "linear" and u.args[0] is node and node not in u.args[1:]):
             return False
     return bool(node.users)
-
-
-def refuse_growing_cats(t1, t2, nodes=None) -> None:
-    """Refuses, at its line, a concatenation traced as ``cat(a, b, D)`` (in traces ``t1`` and
-    ``t2`` of the two widths) whose D differs between the widths: a part of it grows with the
-    width, and the language joins finite parts only. ``nodes``: the first width's graph nodes
-    by name, for the user's line."""
-    for slot, node, readers, per_sequence in t1.cats.values():
-        if t1.slots[slot] == t2.slots[slot]:
-            continue
-        # a norm's statistics span every part: it is no function of each part alone
-        norm = " (its statistics span every part)" if "norm" in readers else ""
-        what, example = ("vectors per sequence", " (DINOv2's head, cat([h[:, 0], h[:, "
-                         "1:].mean(1)], -1))") if per_sequence else ("vectors", "")
-        raise TraceError(
-            f"cannot trace a concatenation of {what} along their features read by "
-            f"{readers or 'nothing'}{norm}, with a part that grows with the width: the language "
-            "joins finite parts only (cat(a, b, D)), and a concatenation with a part of the "
-            f"width only as the input of linear layers{example}, the sum W[:, :m] @ a + "
-            "W[:, m:] @ b of their column blocks",
-            user_span(nodes[node]) if nodes and node in nodes else None,
-            help="feed the concatenation straight to linear layers, or apply what reads it to "
-            "each part")

@@ -20,10 +20,10 @@ from ..errors import TensorProgError, TraceError, UsageError
 from .calls import constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
+from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
-from .ops_concat import refuse_growing_cats
-from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
+from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
 from .readback import read_back
