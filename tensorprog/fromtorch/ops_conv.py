@@ -125,9 +125,12 @@ class ConvOps:
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
+        cut = _flattened_to_tokens(node)
+        # a ViT's (k > 1, flatten(2)); else (a 1x1 convolution, channels-last first) only of
+        # an image nothing else reads: one read twice stays a convolution and its tokens
         if stride == (k, k) and w.shape[-2] == k and padding in ((0, 0), "valid") \
                 and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
-                and _flattened_to_tokens(node):
+                and cut and (k > 1 and cut == "flat" or len(node.args[0].users) == 1):
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
@@ -621,7 +624,7 @@ def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, 
     return tuple(int(p) + q for p, q in zip(padding, pads or (0, 0, 0, 0), strict=True))
 
 
-def _flattened_to_tokens(node) -> bool:
+def _flattened_to_tokens(node) -> str | None:
     """Whether a convolution's output is only flattened into tokens (a ViT's ``proj(img)
     .flatten(2)``, [B, C, H·W]; or laid out channels-last first, ``.permute(0, 2, 3, 1)``
     then [B, H·W, C]: Perceiver's 1x1 convolution of each pixel, a patch of one): then it cut
@@ -640,7 +643,9 @@ def _flattened_to_tokens(node) -> bool:
         return op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 3, 1) \
             and bool(u.users) and all(flat(v, (b, h * w, c)) for v in u.users)
 
-    return bool(node.users) and all(flat(u, (b, c, h * w)) or last(u) for u in node.users)
+    if node.users and all(flat(u, (b, c, h * w)) for u in node.users):
+        return "flat"
+    return "last" if node.users and all(last(u) for u in node.users) else None
 
 
 def _reads_image(stmts) -> bool:
