@@ -143,8 +143,8 @@ class Small(nn.Module):
         return self.out(F.layer_norm(F.relu(a), a.shape[-1:]).mean(1))
 
 
-@pytest.mark.parametrize("form", ["readers", *(pytest.param(f, marks=pytest.mark.slow)
-                                              for f in ("swapped", "three", "axis"))])
+@pytest.mark.slow  # the Perceiver's above is the default run's
+@pytest.mark.parametrize("form", ["readers", "swapped", "three", "axis"])
 def test_each_concatenation_computes_the_model(form):
     traced = tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
     assert "= cat(" in traced.source
@@ -187,13 +187,12 @@ def test_parts_per_sequence_or_per_pixel_compute_the_model(model, inputs):
     traced_computes_the_model(traced, model, inputs)
 
 
+@pytest.mark.slow  # the default run's: tests/test_error_catalogue.py's feature_cat, by the CLI
 @pytest.mark.parametrize("form, match", [
     ("growing", r"a concatenation of vectors along their features read by layer_norm \(its "
                 r"statistics span every part\), with a part that grows with the width"),
-    pytest.param("tokens", r"cannot trace a concatenation of vectors \(other than",
-                 marks=pytest.mark.slow),
-    pytest.param("learned_tokens", r"cannot trace a concatenation of learned tokens other "
-                 r"than before", marks=pytest.mark.slow),
+    ("tokens", r"cannot trace a concatenation of vectors \(other than"),
+    ("learned_tokens", r"cannot trace a concatenation of learned tokens other than before"),
 ])
 def test_what_the_language_cannot_join_is_refused_at_its_line(form, match):
     with pytest.raises(TraceError, match=match) as err:
