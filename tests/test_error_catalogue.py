@@ -499,6 +499,31 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    # cat(a, b, D): finite parts side by side, D their sizes summed
+    "cat-growing-part": (SEQ + "dim f = 4\ndim D = 12\nparam A : [f, n]\n"
+                         "output y = cat(A @ h, h, D)\n", S, r"cat of a part of dim n, which "
+                         r"grows with the width: cat joins finite parts only(.|\n)*help: a "
+                         r"linear layer on a concatenation is the sum", (11, 23)),
+    "cat-wrong-total": (SEQ + "dim f = 4\ndim D = 9\nparam A : [f, n]\n"
+                        "output y = cat(A @ h, A @ h, D)\n", S, r"cat\(f, f, D\): the parts "
+                        r"have 8 coordinates in all, D has 9(.|\n)*help: declare `dim D = 8`",
+                        (11, 12)),
+    "cat-of-a-param": (SEQ + "dim f = 4\ndim D = 8\nparam A : [f, n]\nparam p : [f]\n"
+                       "output y = cat(A @ h, p, D)\n", S, r"cat of a param \(p\): a part is a "
+                       r"vector computed per example", (12, 23)),
+    "cat-no-dim": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, A @ h, 8)\n", S,
+                   r"the last argument of cat must be a declared dim", (10, 30)),
+    "cat-one-part": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, f)\n", S,
+                     r"cat takes two or more vectors and a dim, got 2 arguments", (10, 12)),
+    "cat-products-of-two": (SEQ + "dim f = 4\ndim D = 8\nparam A : [f, n]\nparam B : [f, n]\n"
+                            "a = A @ h\nb = B @ h\noutput y = cat(a, b, D) * cat(b, a, D)\n",
+                            S, r"a product of two vectors built from different concatenations"
+                            r"(.|\n)*help: multiply values built from one concatenation",
+                            (14, 1)),
+    "cat-two-sequences": (ENCDEC + "dim f = 4\ndim D = 8\nparam A : [f, n]\n"
+                          "output z = cat(A @ x, A @ y, D)\n", S, r"cat puts its parts' "
+                          r"coordinates side by side, token by token, but they run over the "
+                          r"tokens of S and the tokens of T", (14, 1)),
     "attention-over-first": (SEQ + "f = first(h)\noutput s = dot(f, h, dh)\n", S,
                              r"dot pairs tokens, but f is one token's vector(.|\n)*help: read "
                              r"the token with first\(h\) after attention", (9, 12)),
@@ -1220,10 +1245,14 @@ class PooledCat(ClassToken):
 
 
 class FeatureCat(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.head = torch.nn.Linear(2 * n, 8)
+
     def forward(self, idx):  # a cat of per-token vectors along their features, read by a norm
-        x = self.e(idx)
+        x = self.e(idx)  # (of finite parts it is the language's cat: tests/fromtorch)
         h = torch.cat([x, torch.relu(x)], dim=-1)
-        return self.o(torch.nn.functional.layer_norm(h, h.shape[-1:])[..., :x.shape[-1]])
+        return self.head(torch.nn.functional.layer_norm(h, h.shape[-1:]))
 
 
 class Probe(ClassToken):
@@ -1475,14 +1504,19 @@ TRACED_BUILDS = {
     ("patch_mean", None, r"m.py:\d+:\d+: error: cannot trace a slice of the tokens of a "
                          r"\(batch, tokens, features\) vector other than the tokens from one on "
                          r"to the last(.|\n)*help: pool the \(batch, tokens, features\)"),
-    # into a linear layer it traces (tests/fromtorch/test_concat.py); read by anything else not
+    # into a linear layer it traces (tests/fromtorch/test_concat.py); read by anything else, of
+    # finite parts it is cat(a, b, D) (tests/fromtorch/test_finite_cat.py), of the width's not
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
-                         r"sequence along their features read other than by a linear layer"
-                         r"(.|\n)*help: feed the concatenation straight to a linear layer"),
+                         r"sequence along their features read by layer_norm \(its statistics "
+                         r"span every part\), with a part that grows with the width(.|\n)*"
+                         r"DINOv2's head(.|\n)*help: feed the concatenation straight to linear "
+                         r"layers"),
     # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
-    ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors along "
-                          r"their features read by layer_norm \(its statistics span every part\)"
-                          r"(.|\n)*help: feed the concatenation "
+    ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors "
+                          r"along their "
+                          r"features read by layer_norm \(its statistics span every part\), "
+                          r"with a part that grows with the width: the language joins finite "
+                          r"parts only(.|\n)*help: feed the concatenation "
                           r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),

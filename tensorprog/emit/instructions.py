@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import (
+    CAT,
     COORDINATEWISE,
     DWCONV,
     FUNCTIONS,
@@ -133,6 +134,9 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == CAT:  # the parts side by side along the last axis (their features)
+            self.helpers.add("_cat")
+            return f"_cat({', '.join(self.ref(a) for a in ins.args)})"
         if ins.fn == PART:  # coordinates i·d .. (i+1)·d - 1 of the last axis
             d = self.dim(ins.over)
             return f"({self.ref(ins.args[0])}).unflatten(-1, (-1, {d}))[..., {ins.index}, :]"

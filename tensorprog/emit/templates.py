@@ -31,6 +31,12 @@ HELPERS = {
         "def _heads_gain(x, gain):",
         '    """Every head of x times the same gain, of the head dim."""',
         "    return (x.unflatten(-1, (-1, gain.shape[-1])) * gain).flatten(-2)"],
+    "_cat": [
+        "def _cat(*parts):",
+        '    """The parts\' features side by side, each broadcast over the others\' leading axes',
+        '    (a position table\'s rows have no batch axis)."""',
+        "    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))",
+        "    return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], dim=-1)"],
     "_heads_bias": [
         "def _heads_bias(bias, n):",
         '    """A bias of the head dim repeated for every head of a vector of n features."""',

@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PART, PRODUCTS, SHIFT, SPREAD
+from ..ir.functions import CAT, DWCONV, FUNCTIONS, PART, PRODUCTS, SHIFT, SPREAD
 from ..ir.program import (
     Dot,
     LinComb,
@@ -37,7 +37,9 @@ from ..ir.program import (
 )
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
 from .rules_spread import (
+    cat_sizes,
     change_spread,
+    grad_cat,
     grad_part,
     grad_shift,
     grad_spread,
@@ -225,6 +227,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
         return part_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
     if ins.fn == SHIFT:
         return shift_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
+    if ins.fn == CAT:
+        return cat_sizes(ins, sz, sz.init, "{}₀")
     if _sink(ins):
         return init_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -260,6 +264,8 @@ def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
         return part_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
     if ins.fn == SHIFT:
         return shift_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
+    if ins.fn == CAT:
+        return cat_sizes(ins, sz, sz.change, "Δ{}")
     if _sink(ins):
         return change_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -299,6 +305,8 @@ def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
         return grad_part(ins, sz)
     if ins.fn == SHIFT:
         return grad_shift(ins, sz)
+    if ins.fn == CAT:
+        return grad_cat(ins, sz)
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]

@@ -1,8 +1,8 @@
 """The engine's rules for the Nonlins that move coordinates without computing on them:
-``spread(g, dh)`` (one number per head over its head's coordinates) and ``part(x, d, i)`` (x's
-i-th part of d coordinates), whose output has another dim than their input's, and
-``shift(h, k)`` (h's token vectors moved k tokens). ``tensorprog.engine.rules`` dispatches
-Nonlin to them."""
+``spread(g, dh)`` (one number per head over its head's coordinates), ``part(x, d, i)`` (x's
+i-th part of d coordinates) and ``cat(a, b, D)`` (finite parts side by side), whose output
+has another dim than their input's, and ``shift(h, k)`` (h's token vectors moved k tokens).
+``tensorprog.engine.rules`` dispatches Nonlin to them."""
 
 from __future__ import annotations
 
@@ -79,3 +79,31 @@ def grad_shift(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     return [(h, t) for t in terms(f"shift(d{ins.out}, {-ins.index})", f"each token of {h} gets "
                                   f"the gradient of the token of {ins.out} that reads it (or 0)",
                                   "flow", [Mono(sz.grad(ins.out))])]
+
+
+# --- cat: finite parts side by side ----------------------------------------------------------
+# y = (a, b, ...), each part of a finite dim (Perceiver's image input: a 1x1 convolution's
+# channels beside learned positions). A fixed number of finite parts: y's RMS is its largest
+# part's up to a constant, so y is as large as its largest part and changes as much as its most
+# changed one (as a sum's terms). Every rule reads a vector's size as its RMS, and each reader
+# stays exact on such a vector: a finite sum over its coordinates (a matmul, a finite fan-in's
+# update) is its largest part's; a coordinatewise function or a sum takes each part on its own,
+# and so does a product with a vector of no parts or built from the same concatenation (the
+# verifier refuses one of two built from different ones, whose largest parts need not meet); a
+# norm divides every part by the joint RMS, the largest part's size (a smaller part comes out
+# smaller by the ratio, vanishing in the limit where the sizes differ). Back to each part comes
+# y's gradient on its coordinates, as large as y's.
+
+
+def cat_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    """The terms of each part's size (``size``: init or change; ``what``: "{}₀" or "Δ{}")."""
+    return [t for a in ins.args for t in
+            terms(what.format(a), "a part of finitely many: as large as the largest part is the "
+                  "whole (its RMS)", "auto", size(a))]
+
+
+def grad_cat(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    return [(a, t) for a in ins.args for t in
+            terms(f"d{ins.out} on {a}'s coordinates", f"each coordinate of {a} is one of "
+                  f"{ins.out}'s", "flow", g)]

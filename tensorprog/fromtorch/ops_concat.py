@@ -12,8 +12,11 @@ whose derived LRs differ are carried by a scale of the columns (the tensor holds
 layer's input times s: columns.py), or refused at the concatenation's line.
 
 Only a concatenation that every reader applies a linear layer to is read so: the parts are
-looked at before the readers are walked, and any other use of the concatenated vector (a norm
-over it, a sum with another vector) has no form in the language and keeps its refusal."""
+looked at before the readers are walked. Any other use of the concatenated vector (a norm over
+it, a sum with another vector) is the language's ``cat(a, b, D)``, which joins parts of finite
+dims only (Perceiver's image input: a 1x1 convolution's 256 channels and 256 of learned
+positions, normalised together): whether a part grows with the width is known once both widths
+are traced, and one that does is refused then, at the concatenation's line."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from .where import op_name, refuse, user_span
 
 
 class ConcatOps:
-    """``cat`` of vectors along their features into linear layers (see the module's doc)."""
+    """``cat`` of vectors along their features (see the module's doc)."""
 
     def feature_cat(self, node, tensors, dim) -> Joined | None:
         """The concatenation ``node`` of ``tensors`` along the features, where every reader of it
@@ -43,24 +46,28 @@ class ConcatOps:
                  for p in (t.parts if isinstance(t, Joined) else [self.vec(t, node)])]
         return Joined(parts, node.name, tags[0])
 
-    def refuse_feature_cat(self, node, tensors, dim) -> None:
-        """Refuses, naming its reader, a concatenation of per-token vectors along their features
-        that something other than a linear layer reads (Kimi-Linear's cat of q, k and v into a
-        short convolution over the tokens); returns if ``tensors`` are no such vectors."""
+    def finite_cat(self, node, tensors, dim) -> Vec | None:
+        """``cat(a, b, ..., D)`` of per-token (or per-sequence) vectors along their features
+        that something other than a linear layer reads (Perceiver's image input, a 1x1
+        convolution's channels beside learned positions, read by a layer norm); None if
+        ``tensors`` are no such vectors. The language joins finite parts only: D's size slot is
+        kept, and growing.refuse_growing_cats refuses, once both widths are traced, one that
+        grows."""
         if len(tensors) < 2 or not all(isinstance(t, (Vec, Affine, Pointwise)) for t in tensors):
-            return
+            return None
         tags = {t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors}
         if len(tags) != 1 or next(iter(tags))[-1] != "F" or not _along_features(node, dim):
-            return
+            return None
+        parts = [self.vec(t, node) for t in tensors]
+        if any(p.dh is not None or p.group != 1 for p in parts):
+            return None
+        size = sum(p.dim for p in parts)
+        d = self.dim(size)
         readers = sorted({op_name(u) for u in node.users} - {"linear"})
-        # a norm's statistics span every part: it is no function of each part alone
-        norm = " (its statistics span every part)" if any("norm" in r for r in readers) else ""
-        raise refuse(node, f"a concatenation of vectors along their features read by "
-                     f"{', '.join(readers) or 'nothing'}{norm}: the language has no "
-                     "concatenation, and traces one only as the input of linear layers, the sum "
-                     "W[:, :m] @ a + W[:, m:] @ b of their column blocks",
-                     help="feed the concatenation straight to linear layers, or apply what "
-                     "reads it to each part")
+        name = self.emit_vector(node.name, f"cat({', '.join(p.name for p in parts)}, {d})")
+        self.out.cats[name] = (len(self.out.slots) - 1, node.name, ", ".join(readers),
+                               parts[0].tags == ("tok", "F"))
+        return Vec(name, parts[0].tags, size)
 
     def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
         """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a

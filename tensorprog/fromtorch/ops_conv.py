@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Trace, Vec
+from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
 IMAGE = ("tok", "F", "px", "px")
@@ -125,9 +125,12 @@ class ConvOps:
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
             raise refuse(node, "a convolution of a value that is not an image")
         k = w.shape[-1]
-        if stride == (k, k) and k > 1 and w.shape[-2] == k and padding in ((0, 0), "valid") \
+        cut = _flattened_to_tokens(node)
+        # a ViT's (k > 1, flatten(2)); else (a 1x1 convolution, channels-last first) only of
+        # an image nothing else reads: one read twice stays a convolution and its tokens
+        if stride == (k, k) and w.shape[-2] == k and padding in ((0, 0), "valid") \
                 and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
-                and _flattened_to_tokens(node):
+                and cut and (k > 1 and cut == "flat" or len(node.args[0].users) == 1):
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
@@ -541,6 +544,8 @@ class ConvOps:
             return Vec(v.name, ("tok", "F"), v.dim)  # (or a token mean's, ops_pool.py)
         if v.tags == GRID and shape == (*old[:2], old[2] * old[3]):  # flatten(2): the patches
             return Vec(v.name, ("tok", "F", "tok"), v.dim)  # in order, one token each
+        if v.tags == ("tok", "grid", "grid", "F") and shape == (old[0], old[1] * old[2], old[3]):
+            return Vec(v.name, ("tok", "tok", "F"), v.dim)  # the same, channels-last first
         tokens = self.pixels_to_tokens(node, v)  # its pixels read as tokens (ops_pixels.py)
         if tokens is not None:
             return tokens
@@ -556,43 +561,6 @@ class ConvOps:
                      "[B, C, H, W] to [B, C, H·W], [B, H, W, C] to [B, H·W, C])",
                      help="pool to one pixel first (nn.AdaptiveAvgPool2d(1)), then flatten; "
                      "or flatten the pixels into tokens, x.flatten(2).transpose(1, 2)")
-
-
-def refuse_growing_groups(t1: Trace, t2: Trace, widths, nodes=None) -> None:
-    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
-    fixed group width (RegNet's groups_width), its groups growing with the width, each output
-    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
-    group's share of the channels ∝ n) does not say; or a fixed number of groups that is the
-    channel count at one width (depthwise there, ``dwconv``) and not at the other. At the
-    user's line of the convolution (``nodes``: the first width's graph nodes by name)."""
-    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
-    depthwise = re.compile(r"^\w+ = dwconv\((\w+), ")
-    for a, b in zip(t1.stmts, t2.stmts, strict=False):
-        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
-        d1, d2 = (depthwise.match(x) for x in (a, b))
-        if a == b or not (m1 or m2):
-            continue
-        g1, g2 = (int(m[2]) if m else 1 for m in (m1, m2))
-        dw = "depthwise (a group per channel)"
-        first = dw if d1 else "in one group" if g1 == 1 else f"in {g1} groups"
-        # "in 2 groups at width 16 and 4 at 32"; after "depthwise", the second said in full
-        second = dw if d2 else ("in one group" if g2 == 1 else f"in {g2} groups") if d1 else (
-            "one" if g2 == 1 else str(g2))
-        said = [first, second]
-        param = (m1 or m2)[1]
-        use = t1.params.get(param) or t2.params.get(param)
-        grow = "its groups grow with the width, each of a fixed number of channels" if not (
-            d1 or d2) else "a fixed number of groups, depthwise at one width only"
-        raise TraceError(
-            f"a convolution {said[0]} at width {widths[0]} and {said[1]} at {widths[1]}"
-            f"{f' ({use.module})' if use else ''}: {grow}, which the language's grouped "
-            "convolution (a fixed number of groups, each of channels ∝ n) and its depthwise "
-            "one (a group per channel at every width) do not say",
-            user_span(nodes[use.node]) if use and nodes and use.node in nodes else None,
-            help="build the model with a fixed number of groups (their width growing with "
-            "the model's: RegNet's groups_width ∝ width), groups equal to the channels at "
-            "every width (depthwise), or groups=1",
-        )
 
 
 def refuse_frozen_norms(model) -> None:
@@ -656,17 +624,28 @@ def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, 
     return tuple(int(p) + q for p, q in zip(padding, pads or (0, 0, 0, 0), strict=True))
 
 
-def _flattened_to_tokens(node) -> bool:
+def _flattened_to_tokens(node) -> str | None:
     """Whether a convolution's output is only flattened into tokens (a ViT's ``proj(img)
-    .flatten(2)``, [B, C, H·W]): then it cut the image into patch tokens, the program's
-    ``patches`` input. The same stride-k k x k convolution read as an image (ConvNeXt's stem,
-    which a norm, convolutions and pools read) is a convolution of that geometry, giving an
-    image; the two are the same matmul of each patch, but only the graph's readers say which
-    the program's later ops take (tokens or pixels)."""
+    .flatten(2)``, [B, C, H·W]; or laid out channels-last first, ``.permute(0, 2, 3, 1)``
+    then [B, H·W, C]: Perceiver's 1x1 convolution of each pixel, a patch of one): then it cut
+    the image into patch tokens, the program's ``patches`` input. The same stride-k k x k
+    convolution read as an image (ConvNeXt's stem, which a norm, convolutions and pools read)
+    is a convolution of that geometry, giving an image; the two are the same matmul of each
+    patch, but only the graph's readers say which the program's later ops take (tokens or
+    pixels)."""
     b, c, h, w = node.meta["val"].shape
-    return bool(node.users) and all(
-        op_name(u) in ("view", "reshape", "_unsafe_view", "flatten")
-        and tuple(u.meta["val"].shape) == (b, c, h * w) for u in node.users)
+
+    def flat(u, shape) -> bool:
+        return op_name(u) in ("view", "reshape", "_unsafe_view", "flatten") and tuple(
+            u.meta["val"].shape) == shape
+
+    def last(u) -> bool:  # channels-last, then flattened
+        return op_name(u) == "permute" and tuple(d % 4 for d in u.args[1]) == (0, 2, 3, 1) \
+            and bool(u.users) and all(flat(v, (b, h * w, c)) for v in u.users)
+
+    if node.users and all(flat(u, (b, c, h * w)) for u in node.users):
+        return "flat"
+    return "last" if node.users and all(last(u) for u in node.users) else None
 
 
 def _reads_image(stmts) -> bool:

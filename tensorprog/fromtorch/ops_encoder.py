@@ -30,8 +30,12 @@ class EncoderOps:
         (batch, tokens) ids the model is traced on."""
         tags = self._tags(v, node)
         ndim = len(tags)
+        # a sequence of the program: the tokens', or one of its own (Perceiver's decoder reads
+        # the one token of its learned query array's sequence out, h[:, 0])
+        lengths = {*self.sequences(), self.tokens_seq,
+                   *(length for _, length, _ in self.out.seq_inputs.values())} - {None}
         if not (isinstance(dim, int) and ndim == 3 and tags == ("tok", "tok", "F")
-                and dim % ndim == 1):
+                and dim % ndim == 1 and self._shape(node.args[0])[1] in lengths):
             raise refuse(node, "indexing a traced value along an axis other than a fused "
                          "layer's blocks or the sequence of a (batch, tokens, features) vector",
                          help=_FIRST_HELP)
@@ -76,7 +80,9 @@ class EncoderOps:
         if len(v.shape) == 2 and len(out) == 3 and out[1:] == v.shape \
                 and not (v.t or v.rows or v.offset or v.cols or v.period) and v.expert is None:
             # put into a sequence by torch.cat alone: R learned tokens, as a param [1, R, n]
-            if node.users and all(op_name(u) == "cat" for u in node.users):
+            # (one concatenated along the features is an array beside the tokens' vectors)
+            if node.users and all(op_name(u) == "cat" and _cat_dim(u) % 3 == 1
+                                  for u in node.users):
                 return TokenParam(v)
             return self.latent_array(node, v)
         count = v.shape[1] if len(v.shape) == 3 else 1  # DINOv2's registers: [1, R, n]
@@ -189,3 +195,9 @@ class EncoderOps:
         """The sequences a value may run over, by length: the input's T, and each made longer
         by learned tokens (prepend_tokens)."""
         return {self.tokens_seq: "T", **self.prepended} if self.tokens_seq else {}
+
+
+def _cat_dim(node) -> int:
+    """The axis a ``torch.cat`` node joins along (0 by default, -1 for a dim not a number)."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim if isinstance(dim, int) else -1

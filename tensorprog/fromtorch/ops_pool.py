@@ -114,23 +114,6 @@ class PoolOps:
         mean = self.token_mean(node, x, axes, keepdim)
         return Pointwise(mean, lambda t, c=count: c * t)
 
-    def refuse_pooled_cat(self, node, tensors, dim) -> None:
-        """Refuses, by name, a concatenation of vectors per sequence along their features
-        (DINOv2's head: ``cat([h[:, 0], h[:, 1:].mean(1)], -1)``) that something other than a
-        linear layer reads; returns if ``tensors`` are not such vectors. Read by a linear layer
-        it is the sum of the layer's column blocks applied to the parts (ops_concat.py), which
-        op_cat tries first; the language has no concatenation to hand anything else."""
-        tags = [getattr(t, "tags", None) for t in tensors]
-        if len(tensors) > 1 and all(tuple(t or ()) == ("tok", "F") for t in tags) \
-                and dim in (-1, 1):
-            raise refuse(node, "a concatenation of vectors per sequence along their features "
-                         "read other than by a linear layer: the language has no "
-                         "concatenation, and traces one (DINOv2's head, cat([h[:, 0], "
-                         "h[:, 1:].mean(1)], -1)) only as a linear layer's input, the sum "
-                         "W[:, :n] @ a + W[:, n:] @ b of its column blocks",
-                         help="feed the concatenation straight to a linear layer, or write its "
-                         "reader as a sum over the parts")
-
     def op_repeat(self, node, v, *sizes):
         """Refuses ``repeat``, naming SigLIP's attention-pooling probe (a learned query token
         repeated over the batch, then attention from it to every token): what it needs is a

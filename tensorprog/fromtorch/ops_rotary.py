@@ -204,8 +204,9 @@ class RotaryOps:
             joined = self.image_cat(node, tensors, dim)
         if joined is not None:
             return joined
-        self.refuse_pooled_cat(node, tensors, dim)  # DINOv2's head, said by name (ops_pool.py)
-        self.refuse_feature_cat(node, tensors, dim)  # read by no linear layer (ops_concat.py)
+        joined = self.finite_cat(node, tensors, dim)  # read by more: cat(a, b, D), ops_concat
+        if joined is not None:
+            return joined
         cat = self.head_cat(node, tensors, dim)  # parts of other vectors: MLA's (ops_mla.py)
         if cat is not None:
             return cat

@@ -20,9 +20,10 @@ from ..errors import TensorProgError, TraceError, UsageError
 from .calls import bias_after, constant_modules, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
+from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
-from .ops_conv import refuse_frozen_norms, refuse_growing_groups, train_norms
+from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
 from .readback import read_back
@@ -442,6 +443,7 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             help=f"build(width) must build the same layers at every width; first "
             f"difference: {diff}",
         )
+    refuse_growing_cats(t1, t2, nodes)  # cat(a, b, D) of finite parts only
     values, dims, scales, fixed = {}, {}, {}, {}
     for i, ((kind, a), (_, b)) in enumerate(zip(t1.slots, t2.slots, strict=True)):
         if kind == "dim":
@@ -546,6 +548,11 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         lines += [f"dim T = {seq}", f"dim V = {vocab}", "input tok : tokens[T, V]"]
     elif seq is not None:  # float per-token inputs (an image's patches): their sequence dim
         lines.append(f"dim T = {seq}")
+    # the image first: the language declares no image after a sequence's inputs (Perceiver's
+    # image classifier has its latents' and its query's positions besides)
+    images = [d for d in body if re.match(r"input \w+ : image\[", d)]
+    lines += images
+    body = [d for d in body if d not in images]
     # a second sequence, segment ids, positions and buckets of each sequence (sequences.py)
     lines += input_lines(t1, vocab, lambda rows: _dim_name(rows, rows, w1, w2)[0])
     if any(re.search(r" @ pos\b", s) for s in t1.stmts) and not any(

@@ -595,6 +595,11 @@ class Trace:
     seq_dims: dict[str, int] = field(default_factory=dict)
     # attention nodes whose values have a head dim of their own, mix(p, v, dv) (ops_attention)
     own_heads: set[str] = field(default_factory=set)
+    # concatenations of vectors along their features read by more than linear layers, which
+    # the program joins as cat(a, b, D) (ops_concat.py): program name -> (the size slot of D,
+    # the node, its readers, whether its parts are one per sequence); one whose D grows with the
+    # width is refused once both are traced
+    cats: dict[str, tuple[int, str, str, bool]] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against; the closest wins.

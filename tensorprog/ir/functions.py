@@ -74,6 +74,13 @@ PART = "part"
 #: the result is one of h's or 0 over finitely many tokens, so sizes pass through as ``first``'s;
 #: its second argument is a number, not a vector, so it has no row here either
 SHIFT = "shift"
+#: ``cat(a, b, ..., D)``: the coordinates of a, then b's, ... (torch's ``torch.cat([a, b], -1)``):
+#: a vector of D, the sum of the parts' dims, every one finite (Perceiver's image input, 256
+#: channels of a 1x1 convolution and 256 of learned positions, normalised together). A fixed
+#: number of finite parts: its RMS is its largest part's up to a constant, so its sizes are the
+#: largest of the parts' (``tensorprog.engine.rules_spread``); its output has another dim than
+#: its inputs', so it has no row here either
+CAT = "cat"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),

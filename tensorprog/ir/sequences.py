@@ -22,7 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .functions import SHIFT
+from .functions import CAT, SHIFT
 from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
 
 Tag = tuple[str, ...]
@@ -91,6 +91,14 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == CAT and len(set(ops)) > 1:
+            # its parts side by side, token by token: not broadcast as a sum's operands are
+            problem(f"cat puts its parts' coordinates side by side, token by token, but they "
+                    f"run over {' and '.join(_show(t) for t in dict.fromkeys(ops))}", ins,
+                    "concatenate vectors of one sequence (all per token of it, or all one "
+                    "per sequence)")
+            tags[ins.out] = ops[0]
             continue
         if isinstance(ins, Mean):  # a mean over the tokens: one vector per sequence
             tags[ins.out] = ()

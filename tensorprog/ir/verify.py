@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
+from .functions import CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -139,6 +139,8 @@ def verify(program: Program) -> Program:
             out = _verify_part(program, ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == SHIFT:
             out = _verify_shift(ins, ops[0], errors)
+        elif isinstance(ins, Nonlin) and ins.fn == CAT:
+            out = _verify_cat(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
             out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
             if out is None or ops[0] is None:
@@ -159,6 +161,7 @@ def verify(program: Program) -> Program:
     if not errors.errors:  # every operand defined: which sequence each value runs over
         check_sequences(program, errors)
         check_ranges(program, errors)  # constants and sqrt, on what they may apply to
+        _verify_cat_products(program, errors)
     _verify_blocks(program, defined, key, errors)
     spans = tuple(program.output_spans) + (None,) * len(program.outputs)  # spans are optional
     for name, span in zip(program.outputs, spans[: len(program.outputs)], strict=True):
@@ -352,6 +355,52 @@ def _verify_part(program: Program, ins: Nonlin, arg: str | None,
                      "both finite or both growing) and i a whole number, 0 <= i < k", ins.span)
         return None
     return ins.over
+
+
+def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> str | None:
+    """``cat(a, b, ..., D)``: two or more vectors (no params, no scalars), each of a finite
+    declared dim, D finite and their sum. Returns D."""
+    dims = program.dim_table
+    parts = [dims.get(o or "") for o in ops]
+    d = dims.get(ins.over or "")
+    if len(ins.args) < 2 or d is None or d.infinite or any(
+            p is None or p.infinite for p in parts) or any(
+            a in program.param_table for a in ins.args) or sum(
+            p.size for p in parts) != d.size:
+        errors.error("cat(a, b, ..., D): two or more vectors (not params), each of a finite "
+                     "dim, and D the finite dim of their sizes summed", ins.span)
+        return None
+    return ins.over
+
+
+def _verify_cat_products(program: Program, errors: Collector) -> None:
+    """A product (``mul``, ``dwconv``) or ``dot`` of two vectors built, coordinate by
+    coordinate, from different concatenations (``cat``): the engine takes a concatenation to be
+    as large as its largest part (its RMS), which a product of two such vectors is only where
+    their largest parts meet; built from different ones (``cat(a, b, D) * cat(b, a, D)``) they
+    may not, and the product's size would be overstated. A matmul's output has no parts (every
+    coordinate reads them all); anything else keeps its operands'. Reported at the product."""
+    origin: dict[str, frozenset] = {}
+    for _ in range(2):  # a block's back edge is read before it is computed: twice round
+        for ins in program.body:
+            if isinstance(ins, Nonlin) and ins.fn == CAT:
+                origin[ins.out] = frozenset((ins.out,))
+            elif isinstance(ins, (MatMul, Dot)):
+                origin[ins.out] = frozenset()
+            else:
+                ops = (ins.values,) if isinstance(ins, Mix) else ins.operands
+                ops = (*ops, ins.back) if isinstance(ins, Stream) else ops
+                origin[ins.out] = frozenset().union(*(origin.get(o, frozenset()) for o in ops))
+    for ins in program.body:
+        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in PRODUCTS:
+            sides = [origin.get(o, frozenset()) for o in ins.operands]
+            if len(sides) == 2 and all(sides) and sides[0] != sides[1]:
+                errors.error("a product of two vectors built from different concatenations "
+                             f"({', '.join(sorted(sides[0] | sides[1]))}): each is as large as "
+                             "its largest part, and their product is only where those parts "
+                             "meet, which the engine cannot tell", ins.span,
+                             "multiply values built from one concatenation, or concatenate "
+                             "the products of the parts")
 
 
 def _of_heads(program: Program, ins, gain: str | None, what: str,

@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import DWCONV, MUL, NONLINEARITIES, PART, POOLS, SHIFT, SPREAD, pooled
+from ..ir.functions import CAT, DWCONV, MUL, NONLINEARITIES, PART, POOLS, SHIFT, SPREAD, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -29,6 +29,7 @@ from ..ir.program import (
     per_head,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
@@ -44,7 +45,7 @@ from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT,) + RELAYOUTS)
+             + (SHIFT, CAT) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -544,6 +545,8 @@ class ExpressionLowering:
             return part_operands(self, node)
         if node.fn == SHIFT:  # its second argument is a number of tokens
             return shift_operands(self, node)
+        if node.fn == CAT:  # its last argument is a dim
+            return cat_operands(self, node)
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
@@ -590,7 +593,7 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
-                    PART: lower_part, SHIFT: lower_shift,
+                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)

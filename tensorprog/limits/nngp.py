@@ -43,7 +43,7 @@ from ..engine.exponents import ABC
 from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
-from ..ir.functions import MUL, PART
+from ..ir.functions import CAT, MUL, PART
 from ..ir.program import (
     INSTRUCTIONS,
     Dot,
@@ -499,8 +499,11 @@ def _lincomb(ev: _Limit, ins: LinComb) -> tuple[Value, str]:
 
 def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
     dims = ev.program.value_dims
-    if ins.fn == PART:
-        raise _Refuse("part(x, d, i) has no NNGP rule here (a part of a vector's coordinates)",
+    if ins.fn in (PART, CAT):
+        what = ("part(x, d, i) has no NNGP rule here (a part of a vector's coordinates)"
+                if ins.fn == PART else "cat(a, b, D) has no NNGP rule here (finite vectors "
+                "side by side)")
+        raise _Refuse(what,
                       "the kernel is computed for dense programs: matmul, sums, products, dot "
                       "and coordinatewise nonlinearities", ins.span)
     if ins.over is not None or (

@@ -71,7 +71,7 @@ def traced():
 def test_a_rotary_by_halves_with_scaled_tables_traces_as_the_scaled_vector(traced):
     notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]
     assert len(notes) == 2, traced.source  # the query and the key
-    assert "cat = 1.25 * view\n" in traced.source and "cat_1 = 1.25 * view_1\n" in traced.source
+    assert "v_cat = 1.25 * view\n" in traced.source and "cat_1 = 1.25 * view_1\n" in traced.source
     assert abc_by_target(traced) == abc_by_target(from_torch(Net, WIDTHS, _tokens))
     apply_is_bit_identical_at_base(traced, lambda n: Net(n, "halves"), _tokens)
 
@@ -84,7 +84,7 @@ def test_halves_summed_with_the_wrong_signs_are_refused():
 
 def test_the_querys_own_layer_output_is_unfolded_as_the_query_is(traced):
     # heads of n/4: µP's attention scale 1/dh folds into q's init and LR, which scales the
-    # layer's output (view) as well as the scaled query the logits read (cat = 1.25 * view):
+    # layer's output (view) as well as the scaled query the logits read (v_cat = 1.25 * view):
     # the check reads both with the factor undone
     from tensorprog.fromtorch import MuP
 
@@ -92,7 +92,7 @@ def test_the_querys_own_layer_output_is_unfolded_as_the_query_is(traced):
     model = Net(128, "halves")
     mup.apply(model)
     unfold = mup.unfolded(model)
-    assert unfold["view"] == unfold["cat"] == pytest.approx(2.0)  # (128 / 32) ** (1 / 2)
+    assert unfold["view"] == unfold["v_cat"] == pytest.approx(2.0)  # (128 / 32) ** (1 / 2)
 
 
 class TwoAngles(Net):

@@ -63,7 +63,7 @@ def test_the_class_token_traces_as_prepend_with_positions_over_the_longer_sequen
     src = vit.source
     assert "dim T = 16" in src and "dim T1 = 17" in src
     assert "input patch : patches[T, f192]" in src and "input pos : positions[T1]" in src
-    assert re.search(r"^cat = prepend\(vit_embeddings_cls_token, conv2d, T1\)$", src, re.M)
+    assert re.search(r"^v_cat = prepend\(vit_embeddings_cls_token, conv2d, T1\)$", src, re.M)
     assert "param vit_embeddings_position_embeddings : [n, T1]" in src
     assert "first(" in src and "repeat L layers(" in src
 
@@ -136,7 +136,7 @@ def test_two_learned_tokens_are_two_prepends_and_derive_as_biases():
     src = traced.source
     assert "dim T1 = 17" in src and "dim T2 = 18" in src and "input pos : positions[T2]" in src
     assert re.search(r"= prepend\(dist, conv2d, T1\)$", src, re.M)
-    assert re.search(r"^cat = prepend\(cls, cat_T1, T2\)$", src, re.M)
+    assert re.search(r"^v_cat = prepend\(cls, cat_T1, T2\)$", src, re.M)
     for optimizer in ("adam", "sgd"):
         abc = tp.derive(traced.program, optimizer).abc
         assert abc["cls"] == abc["dist"] == abc["proj_bias"], optimizer

@@ -1,0 +1,73 @@
+"""What only the two widths' traces together tell: a value the first width's walk wrote that
+the language says at one size and not at another. A grouped convolution whose groups grow with
+the width (or are depthwise at one width only), and a concatenation ``cat(a, b, D)`` with a
+part that grows (the language joins finite parts only); each refused at the user's line,
+before the widths' sizes are named (a dim of 12 + n is neither finite nor proportional)."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import TraceError
+from .values import Trace
+from .where import user_span
+
+
+def refuse_growing_groups(t1: Trace, t2: Trace, widths, nodes=None) -> None:
+    """Refuses, naming it, a grouped convolution whose groups differ between the widths: a
+    fixed group width (RegNet's groups_width), its groups growing with the width, each output
+    reading a finite number of channels, which the language's ``conv(..., g)`` (g fixed, each
+    group's share of the channels ∝ n) does not say; or a fixed number of groups that is the
+    channel count at one width (depthwise there, ``dwconv``) and not at the other. At the
+    user's line of the convolution (``nodes``: the first width's graph nodes by name)."""
+    grouped = re.compile(r"^\w+ = conv\((\w+), [^()]*, (\d+)\)")
+    depthwise = re.compile(r"^\w+ = dwconv\((\w+), ")
+    for a, b in zip(t1.stmts, t2.stmts, strict=False):
+        m1, m2 = (grouped.match(x) if x.count(",") == 8 else None for x in (a, b))
+        d1, d2 = (depthwise.match(x) for x in (a, b))
+        if a == b or not (m1 or m2):
+            continue
+        g1, g2 = (int(m[2]) if m else 1 for m in (m1, m2))
+        dw = "depthwise (a group per channel)"
+        first = dw if d1 else "in one group" if g1 == 1 else f"in {g1} groups"
+        # "in 2 groups at width 16 and 4 at 32"; after "depthwise", the second said in full
+        second = dw if d2 else ("in one group" if g2 == 1 else f"in {g2} groups") if d1 else (
+            "one" if g2 == 1 else str(g2))
+        said = [first, second]
+        param = (m1 or m2)[1]
+        use = t1.params.get(param) or t2.params.get(param)
+        grow = "its groups grow with the width, each of a fixed number of channels" if not (
+            d1 or d2) else "a fixed number of groups, depthwise at one width only"
+        raise TraceError(
+            f"a convolution {said[0]} at width {widths[0]} and {said[1]} at {widths[1]}"
+            f"{f' ({use.module})' if use else ''}: {grow}, which the language's grouped "
+            "convolution (a fixed number of groups, each of channels ∝ n) and its depthwise "
+            "one (a group per channel at every width) do not say",
+            user_span(nodes[use.node]) if use and nodes and use.node in nodes else None,
+            help="build the model with a fixed number of groups (their width growing with "
+            "the model's: RegNet's groups_width ∝ width), groups equal to the channels at "
+            "every width (depthwise), or groups=1",
+        )
+
+
+def refuse_growing_cats(t1, t2, nodes=None) -> None:
+    """Refuses, at its line, a concatenation traced as ``cat(a, b, D)`` (in traces ``t1`` and
+    ``t2`` of the two widths) whose D differs between the widths: a part of it grows with the
+    width, and the language joins finite parts only. ``nodes``: the first width's graph nodes
+    by name, for the user's line."""
+    for slot, node, readers, per_sequence in t1.cats.values():
+        if t1.slots[slot] == t2.slots[slot]:
+            continue
+        # a norm's statistics span every part: it is no function of each part alone
+        norm = " (its statistics span every part)" if "norm" in readers else ""
+        what, example = ("vectors per sequence", " (DINOv2's head, cat([h[:, 0], h[:, "
+                         "1:].mean(1)], -1))") if per_sequence else ("vectors", "")
+        raise TraceError(
+            f"cannot trace a concatenation of {what} along their features read by "
+            f"{readers or 'nothing'}{norm}, with a part that grows with the width: the language "
+            "joins finite parts only (cat(a, b, D)), and a concatenation with a part of the "
+            f"width only as the input of linear layers{example}, the sum W[:, :m] @ a + "
+            "W[:, m:] @ b of their column blocks",
+            user_span(nodes[node]) if nodes and node in nodes else None,
+            help="feed the concatenation straight to linear layers, or apply what reads it to "
+            "each part")

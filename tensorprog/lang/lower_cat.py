@@ -1,0 +1,70 @@
+"""Lowering ``cat(a, b, ..., D)``: the coordinates of a, then b's, ..., a vector of D.
+
+Perceiver's image input is 256 channels of a 1x1 convolution and 256 of learned positions side
+by side, normalised together and then projected to the latents' width: torch's
+``torch.cat([x, pos], dim=-1)``. Every part's dim is finite, and D (a declared dim) is their
+sum: the verifier's checks (``tensorprog.ir.verify``), reported here at the call. A part that
+grows with the width is refused: its coordinates and the others' would then be no fixed
+proportion of the whole (a linear layer reading such a concatenation is the sum of its column
+blocks, which the program writes as such: ``Wa @ a + Wb @ b``).
+"""
+
+from __future__ import annotations
+
+from ..ir.functions import CAT
+from ..ir.program import Nonlin
+from .ast import Call
+
+_USAGE = ("write cat(a, b, D): vectors a and b of finite dims (`dim da = 256`, `dim db = 256`) "
+          "and D the declared dim of their sizes summed (`dim D = 512`)")
+
+
+def cat_operands(low, node: Call):
+    """(the operands to lower, the state): the parts, and the dim named by the last argument."""
+    if len(node.args) < 3:
+        low.errors.error(f"cat takes two or more vectors and a dim, got {len(node.args)} "
+                         "arguments", node.span, _USAGE)
+        return None, None
+    d = node.args[-1]
+    if type(d).__name__ != "Var" or d.name not in low.dims:
+        low.errors.error("the last argument of cat must be a declared dim (the concatenation's "
+                         "coordinates)", d.span, _USAGE)
+        return None, None
+    return node.args[:-1], (CAT, d.name)
+
+
+def lower_cat(low, node: Call, args: list, d: str, vec: type):
+    """The Nonlin ``cat`` of a call, or None (errors reported)."""
+    if any(a is None for a in args):
+        return None
+    dims = low.dims
+    for a, arg in zip(args, node.args, strict=False):
+        if not isinstance(a, vec) or a.dim is None or a.dim not in dims \
+                or a.dim in low.heads_dims:
+            low.errors.error("cat needs vectors", arg.span, _USAGE)
+            return None
+        if a.single() in low.param_names:
+            low.errors.error(f"cat of a param ({a.single()}): a part is a vector computed per "
+                             "example", arg.span, "concatenate a value computed from it, e.g. "
+                             "a lookup `P @ pos`")
+            return None
+        if dims[a.dim].infinite:
+            low.errors.error(
+                f"cat of a part of dim {a.dim}, which grows with the width: cat joins "
+                "finite parts only", arg.span,
+                "a linear layer on a concatenation is the sum of its column blocks: write "
+                "Wa @ a + Wb @ b")
+            return None
+    if len({a.pixels for a in args}) > 1:
+        low.errors.error("cat of parts with different pixels (an image's values beside "
+                         "another's, or beside a vector without pixels)", node.span, _USAGE)
+        return None
+    total = sum(dims[a.dim].size for a in args)
+    if dims[d].infinite or dims[d].size != total:
+        low.errors.error(f"cat({', '.join(a.dim for a in args)}, {d}): the parts have {total} "
+                         f"coordinates in all, {d} has {dims[d].expr('n')}", node.span,
+                         f"declare `dim {d} = {total}`")
+        return None
+    names = tuple(low.name_of(a, node.span) for a in args)
+    out = low.emit(Nonlin(low.fresh(low.target), CAT, names, node.span, d), d)
+    return low.vec(out, d)
