@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import CAT, DWCONV, FUNCTIONS, PART, PRODUCTS, SHIFT, SPREAD
+from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
 from ..ir.program import (
     Dot,
     LinComb,
@@ -36,17 +36,7 @@ from ..ir.program import (
     per_head,
 )
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, add
-from .rules_spread import (
-    cat_sizes,
-    change_spread,
-    grad_cat,
-    grad_part,
-    grad_shift,
-    grad_spread,
-    init_spread,
-    part_sizes,
-    shift_sizes,
-)
+from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
 from .terms import (
     Mono,
     Sizes,
@@ -221,14 +211,8 @@ def _product(ins: Nonlin) -> str:
 
 
 def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
-    if ins.fn == SPREAD:
-        return init_spread(ins, sz)
-    if ins.fn == PART:
-        return part_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
-    if ins.fn == SHIFT:
-        return shift_sizes(ins, sz, sz.init, f"{ins.args[0]}₀")
-    if ins.fn == CAT:
-        return cat_sizes(ins, sz, sz.init, "{}₀")
+    if ins.fn in MOVES:
+        return MOVES[ins.fn][0](ins, sz)
     if _sink(ins):
         return init_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -258,14 +242,8 @@ def init_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
 
 
 def change_nonlin(ins: Nonlin, sz: Sizes) -> list[Term]:
-    if ins.fn == SPREAD:
-        return change_spread(ins, sz)
-    if ins.fn == PART:
-        return part_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
-    if ins.fn == SHIFT:
-        return shift_sizes(ins, sz, sz.change, f"Δ{ins.args[0]}")
-    if ins.fn == CAT:
-        return cat_sizes(ins, sz, sz.change, "Δ{}")
+    if ins.fn in MOVES:
+        return MOVES[ins.fn][1](ins, sz)
     if _sink(ins):
         return change_sink(ins, sz)
     if ins.fn in PRODUCTS:
@@ -299,14 +277,8 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
 
 
 def grad_nonlin(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
-    if ins.fn == SPREAD:
-        return grad_spread(ins, sz)
-    if ins.fn == PART:
-        return grad_part(ins, sz)
-    if ins.fn == SHIFT:
-        return grad_shift(ins, sz)
-    if ins.fn == CAT:
-        return grad_cat(ins, sz)
+    if ins.fn in MOVES:
+        return MOVES[ins.fn][2](ins, sz)
     if _sink(ins):
         return grad_sink(ins, sz)
     g = [Mono(sz.grad(ins.out))]

@@ -6,6 +6,7 @@ has another dim than their input's, and ``shift(h, k)`` (h's token vectors moved
 
 from __future__ import annotations
 
+from ..ir.functions import CAT, PART, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -107,3 +108,15 @@ def grad_cat(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     return [(a, t) for a in ins.args for t in
             terms(f"d{ins.out} on {a}'s coordinates", f"each coordinate of {a} is one of "
                   f"{ins.out}'s", "flow", g)]
+
+
+# --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
+MOVES = {
+    SPREAD: (init_spread, change_spread, grad_spread),
+    PART: (lambda i, sz: part_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+           lambda i, sz: part_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_part),
+    SHIFT: (lambda i, sz: shift_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+            lambda i, sz: shift_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_shift),
+    CAT: (lambda i, sz: cat_sizes(i, sz, sz.init, "{}₀"),
+          lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
+}

@@ -48,6 +48,23 @@ def _own_heads(dims: dict, heads: str | None, values: str | None, head: str) -> 
     return own is not None and own.key() == dims[heads].key()
 
 
+def _verify_mix(program: Program, ins: Mix, ops: list, key, errors: Collector) -> str | None:
+    """mix(p, v): p attention weights over heads of v's dim, or of whole groups of v's heads;
+    mix(p, v, dv): v as many heads of dv as p has. Its dim (the program's)."""
+    dims = program.dim_table
+    heads = ops[0]
+    query, over = split_heads_dim(heads or "")
+    if ins.head is not None:  # the values' own head dim: as many heads as p's
+        mismatch = not _own_heads(dims, heads, ops[1], ins.head)
+    else:
+        mismatch = key(query) != key(ops[1]) and not _grouped(dims, query, ops[1], over)
+    if heads is None or "/" not in heads or query not in dims or mismatch:
+        errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the same dim as "
+                     "v, or of whole groups of v's heads; mix(p, v, dv) values of as many heads "
+                     "of dv as p has", ins.span)
+    return program.value_dims[ins.out]
+
+
 def verify(program: Program) -> Program:
     """Check the IR's invariants: names defined once and before use, shapes, outputs defined.
 
@@ -102,17 +119,7 @@ def verify(program: Program) -> Program:
                     errors.error("a per-head dot needs a sequence (token or position inputs)",
                                  ins.span)
         elif isinstance(ins, Mix):
-            heads = ops[0]
-            query, over = split_heads_dim(heads or "")
-            if ins.head is not None:  # the values' own head dim: as many heads as p's
-                mismatch = not _own_heads(dims, heads, ops[1], ins.head)
-            else:
-                mismatch = key(query) != key(ops[1]) and not _grouped(dims, query, ops[1], over)
-            if heads is None or "/" not in heads or query not in dims or mismatch:
-                errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the "
-                             "same dim as v, or of whole groups of v's heads; mix(p, v, dv) "
-                             "values of as many heads of dv as p has", ins.span)
-            out = program.value_dims[ins.out]
+            out = _verify_mix(program, ins, ops, key, errors)
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)
         elif isinstance(ins, Prepend):

@@ -44,6 +44,10 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
+# spread(g, dh) and part(x, d, i): dims (and an index); shift(h, k): a number of tokens;
+# cat(a, b, D): a dim last
+_OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
+             CAT: cat_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
              + (SHIFT, CAT) + RELAYOUTS)
 
@@ -539,14 +543,8 @@ class ExpressionLowering:
             return (None, None) if seq is None else (node.args[:2], (PREPEND, seq))
         if node.fn in RELAYOUTS:  # the arguments after the value are dims
             return relayout_operands(self, node)
-        if node.fn == SPREAD:  # its second argument is a dim, not a value
-            return spread_operands(self, node)
-        if node.fn == PART:  # its second argument is a dim, its third an index
-            return part_operands(self, node)
-        if node.fn == SHIFT:  # its second argument is a number of tokens
-            return shift_operands(self, node)
-        if node.fn == CAT:  # its last argument is a dim
-            return cat_operands(self, node)
+        if node.fn in _OPERANDS:  # arguments besides the values: dims, an index, a count
+            return _OPERANDS[node.fn](self, node)
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
