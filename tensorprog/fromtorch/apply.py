@@ -602,7 +602,8 @@ class MuP(DepthScaling, OptimizerGroups):
         for name, use in self.traced.params.items():
             for u in stack.layers[name] if stack and name in stack.layers else [use]:
                 if u.cols is not None and u.target in held:
-                    out[u.node] = (held[u.target].scale, held[u.target].conv)
+                    for node in (u.node, *(n for _, n in u.also)):  # every layer applying it
+                        out[node] = (held[u.target].scale, held[u.target].conv)
         return out
 
 
