@@ -31,7 +31,7 @@ from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
-from .reinit import draw_seed, rescale
+from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -400,13 +400,23 @@ class MuP(DepthScaling, OptimizerGroups):
                                 for d in self.program.param_table[name].shape)
                 drawable = fixed and use.target in self.traced.centred and anchor is not None
                 key = f"{use.target}{_rows(use)}@{width}"
-                current, drawn = rescale(view, target / s, drawable,
+                whole = view.shape == model.get_parameter(use.target).shape
+                pads = padding_rows(model, use.target) if whole else []
+                # a fresh draw's zeroed padding rows: the others drawn so that the table's std
+                # is the one the base's (with its zero rows) scales to
+                wide = math.sqrt(len(view) / (len(view) - len(pads))) if drawable and pads \
+                    and len(pads) < len(view) else 1.0
+                current, drawn = rescale(view, target / s * wide, drawable,
                                          draw_seed(anchor, key) if drawable else 0)
+                if pads:  # each stays the zero the build made it (reinit.padding_rows)
+                    view[pads] = 0
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
                     f"{'drawn anew at ' if drawn else ''}{target:.4g} (base {sigma:.4g} x (n/base)^"
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                     + (f", held as {target / s:.4g} = it / {s:.4g}" if s != 1.0 else "")
+                    + (f", its padding row{'s' * (len(pads) > 1)} "
+                       f"{', '.join(map(str, pads))} kept zero" if drawn and pads else "")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
         report.lines += [f"fixed {'table' if u.index is None else f'row {u.index} of'} "
