@@ -2,7 +2,8 @@
 ids, zeros where none are given): nn.Embedding zeroes that row and masks its gradient, so the
 vector is zero and never trains. The trace declares it a fixed param ``= 0`` (fromtorch/
 ops_linear.py): apply leaves it, the coordinate check calls it frozen (a padding row the build
-leaves nonzero is refused: tests/test_error_catalogue.py, "padding_drawn")."""
+leaves nonzero is refused, and one another reader trains: tests/test_error_catalogue.py,
+"padding_drawn", "padding_read", "padding_tied")."""
 
 import pytest
 from conftest import traced_computes_the_model
