@@ -535,7 +535,8 @@ class MuP(DepthScaling, OptimizerGroups):
                                   for (p, _), m in zip(placed, found, strict=True)]
         inputs = [m for c, _ in cols.values() for m in c.modules]  # their input scaled
         self._hooks[id(model)] += [
-            model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)))
+            model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)),
+                                                             with_kwargs=True)
             for c, _ in cols.values() for m in c.modules]
         self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
                                    for t, (s, _) in self._grad_scales.get(id(model), {}).items()]

@@ -245,14 +245,18 @@ def scale_input(x, scale, conv: bool):
 
 def input_hook(scale, conv: bool):
     """A forward pre-hook multiplying the module's input by ``scale`` (cached on the input's
-    device and dtype: a model moved after apply keeps its modules, and so its hooks)."""
+    device and dtype: a model moved after apply keeps its modules, and so its hooks), given
+    by position or by keyword (``self.mix(input=x)``): register it ``with_kwargs=True``."""
     held = {}
 
-    def scaled(module, args):
-        x = args[0]
+    def scaled(module, args, kwargs):
+        if not args and "input" not in kwargs:
+            return None  # no input to scale: torch's forward then refuses the call itself
+        x = args[0] if args else kwargs["input"]
         key = (x.device, x.dtype)
         if key not in held:
             held[key] = scale.to(x.device, x.dtype)
-        return (scale_input(x, held[key], conv), *args[1:])
+        x = scale_input(x, held[key], conv)
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
 
     return scaled

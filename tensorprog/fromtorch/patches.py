@@ -123,7 +123,9 @@ def strip(model, token: int) -> None:
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for key in [k for k, fn in hooks.items() if getattr(fn, _MARK, False)]:
-                del hooks[key]  # registered without kwargs: in no other dict of the module
+                del hooks[key]
+                # a column scale's pre-hook is registered with kwargs (columns.input_hook)
+                m._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
 # the attribute a patched model carries: which MuP's hooks it holds (one MuP's at a time)

@@ -357,3 +357,24 @@ def test_a_weight_tied_across_two_layers_is_scaled_on_the_input_of_each():
     torch.testing.assert_close(read["linear_1"], plain.mix2(x), rtol=1e-12, atol=1e-15)
     with pytest.raises(UsageError, match=r"the model \(TiedFunctional\) is no nn.Linear"):
         MuP(from_torch(TiedFunctional, WIDTHS, _tokens), "adam").apply(TiedFunctional(WIDTH))
+
+
+class Keyword(Cat):
+    """Cat, its layer called with its input as a keyword (``self.mix(input=x)``)."""
+
+    def forward(self, idx):
+        x = torch.cat([self.e(idx), self.f(idx)], dim=-1)
+        return self.head(torch.relu(self.mix(input=x)))
+
+
+def test_a_layer_called_with_its_input_as_a_keyword_is_scaled(traced):
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Keyword(WIDTH)
+    mup.apply(model)
+    idx = _tokens(model)[0]
+    assert torch.equal(model(idx), Cat.forward(model, idx))  # the same W x either way
+    copied = copy.deepcopy(model)
+    mup.remove_patches(copied)  # a keyword pre-hook comes off as well: the layer applies V
+    assert torch.equal(copied.mix(input=torch.eye(WIDTH + FINITE)), copied.mix.weight.T
+                       + copied.mix.bias)
