@@ -30,7 +30,17 @@ from .depth import DepthScaling
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
-from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
+from .patches import (
+    Patch,
+    claim,
+    groups_of,
+    hook,
+    mark,
+    modules_at,
+    refuse_compiled,
+    release,
+    strip,
+)
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .trace import Traced
@@ -436,6 +446,8 @@ class MuP(DepthScaling, OptimizerGroups):
                                         scales.items()}  # the param object its hook is on
         self._col_scales[id(model)] = {t: (c, [id(model.get_submodule(m)) for m in c.modules])
                                        for t, c in cols.items()}  # the modules hooked
+        if cols or any(self._patched_modules(model, p) for p in self.patches):
+            refuse_compiled(model)  # module hooks a compiled forward would not see
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches

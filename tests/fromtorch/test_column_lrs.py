@@ -378,3 +378,27 @@ def test_a_layer_called_with_its_input_as_a_keyword_is_scaled(traced):
     mup.remove_patches(copied)  # a keyword pre-hook comes off as well: the layer applies V
     assert torch.equal(copied.mix(input=torch.eye(WIDTH + FINITE)), copied.mix.weight.T
                        + copied.mix.bias)
+
+
+class Compiled(Cat):
+    """Cat with a forward of its own: the code torch.compile caches is this class's alone."""
+
+    def forward(self, idx):
+        return self.head(torch.relu(self.mix(torch.cat([self.e(idx), self.f(idx)], dim=-1))))
+
+
+def test_apply_after_a_compiled_run_of_the_class_is_refused(traced):
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Compiled(WIDTH)
+    compiled = torch.compile(model, backend="eager")
+    idx = _tokens(model)[0]
+    compiled(idx)  # its code, cached without apply's pre-hook, would run on without it
+    try:
+        with pytest.raises(UsageError, match="a torch.compile'd forward of Compiled has run"):
+            mup.apply(model)
+        torch._dynamo.reset()
+        mup.apply(model)  # then compiled anew: the pre-hook acts
+        assert torch.equal(compiled(idx), model(idx))
+    finally:
+        torch._dynamo.reset()
