@@ -2685,6 +2685,12 @@ def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
     # under Adam the blocks share the LR and differ in eps alone, which a scale of the
     # gradient gives each (fromtorch/gradscale.py): applied, not refused
     assert MuP(traced, "adam").grad_scales(Fused(64)).keys() == {"fc.weight", "fc.bias"}
+    # before: unpositioned; the scale is registered by apply, which param_groups needs first
+    with pytest.raises(UsageError, match=(
+            r"(?s)test_error_catalogue.py:\d+:\d+: error: fc.weight: its blocks need different "
+            r"Adam eps values, which a scale of its gradient gives them once apply registers "
+            r"it.*help: call mup.apply\(model\)")):
+        MuP(traced, "adam").param_groups(Fused(64), 1e-2)
 
 
 def test_mup_refuses_column_blocks_of_one_tensor_whose_lrs_no_column_scale_carries():

@@ -402,3 +402,17 @@ def test_apply_after_a_compiled_run_of_the_class_is_refused(traced):
         assert torch.equal(compiled(idx), model(idx))
     finally:
         torch._dynamo.reset()
+
+
+def test_a_model_moved_to_another_dtype_after_apply_keeps_its_scales(traced):
+    # at 3x the base width a block's gradient scale is 1/3, which float32 does not hold exactly:
+    # the gradient scale is kept in float64 and compared to the dtype's precision (before: a
+    # float64 move read as "apply ran at another base depth", unpositioned)
+    mup = MuP(traced, "adam")
+    for dtype in (torch.float64, torch.bfloat16):
+        model = Cat(96)
+        mup.apply(model)
+        model.to(dtype)
+        assert len(mup.param_groups(model, LR)) > 1
+    scale = mup.grad_scales(model)["mix.weight"]
+    assert scale.dtype == torch.float64 and set(scale.unique().tolist()) == {1.0, 1 / 3}
