@@ -394,6 +394,7 @@ class MuP(DepthScaling, OptimizerGroups):
         at_base = width == self.traced.base_width and rd == 1
         anchor = self._anchor(model)
         cols = column_scales(self, model, base_depth)  # blocks' LRs by scales of the columns
+        zero_rows = padding_rows(model)  # kept zero where a table is drawn anew
         with torch.no_grad():
             for name, use, layer in self._uses(model):
                 kind, sigma = self._base(name, use, layer)
@@ -410,8 +411,8 @@ class MuP(DepthScaling, OptimizerGroups):
                                 for d in self.program.param_table[name].shape)
                 drawable = fixed and use.target in self.traced.centred and anchor is not None
                 key = f"{use.target}{_rows(use)}@{width}"
-                whole = view.shape == model.get_parameter(use.target).shape
-                pads = padding_rows(model, use.target) if whole else []
+                t = model.get_parameter(use.target)
+                pads = zero_rows.get(id(t), []) if view.shape == t.shape else []
                 # a fresh draw's zeroed padding rows: the others drawn so that the table's std
                 # is the one the base's (with its zero rows) scales to
                 wide = math.sqrt(len(view) / (len(view) - len(pads))) if drawable and pads \

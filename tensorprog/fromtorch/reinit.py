@@ -47,21 +47,18 @@ def draw_seed(tensor, key: str) -> int:
     return zlib.crc32(key.encode(), zlib.crc32(signs))
 
 
-def padding_rows(model, target: str) -> list[int]:
-    """The rows of param ``target`` that are the ``padding_idx`` of an nn.Embedding holding it
-    and zero now (nn.Embedding's and transformers' init). A padding row reads as no token; a
-    fresh draw of the table (:func:`rescale`) would make it one, so apply keeps it zero as the
-    build made it (a row the table's other readers train, a tied readout, starts there too)."""
+def padding_rows(model) -> dict[int, list[int]]:
+    """Per param tensor (by id): its rows that are the ``padding_idx`` of an nn.Embedding
+    holding it and zero now (nn.Embedding's and transformers' init). A padding row reads as no
+    token; a fresh draw of the table (:func:`rescale`) would make it one, so apply keeps it
+    zero as the build made it (a row the table's other readers train, a tied readout, starts
+    there too)."""
     import torch
 
-    t = model.get_parameter(target)
-    if t.dim() != 2:
-        return []
-    rows = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        owner = model.get_submodule(name.rpartition(".")[0])
-        pad = getattr(owner, "padding_idx", None)
-        if p is t and isinstance(owner, torch.nn.Embedding) and owner.weight is t \
-                and pad is not None and not bool(t[pad].any()):
-            rows.add(pad % t.shape[0])
-    return sorted(rows)
+    rows: dict[int, set] = {}
+    for m in model.modules():
+        pad = getattr(m, "padding_idx", None)
+        if isinstance(m, torch.nn.Embedding) and pad is not None and m.weight.dim() == 2 \
+                and not bool(m.weight[pad].any()):
+            rows.setdefault(id(m.weight), set()).add(pad % m.weight.shape[0])
+    return {k: sorted(v) for k, v in rows.items()}
