@@ -1358,6 +1358,27 @@ class PaddingDrawn(Net):  # a padding row looked up at every token, left drawn b
         return self.o(self.e(idx) + self.p(torch.zeros_like(idx)))
 
 
+class PaddingRead(Net):  # the padding row of the token table, which a lookup without it trains
+    def __init__(self, n):
+        super().__init__(n)
+        self.e.padding_idx = 0
+
+    def forward(self, idx):
+        pad = self.e(torch.zeros_like(idx))
+        return self.o(torch.nn.functional.embedding(idx, self.e.weight) + pad)
+
+
+class PaddingTied(Net):  # the padding row of a table tied to the readout, which trains it
+    def __init__(self, n):
+        super().__init__(n)
+        self.e = torch.nn.Embedding(8, n, padding_idx=0)
+        self.o = torch.nn.Linear(n, 8, bias=False)
+        self.o.weight = self.e.weight
+
+    def forward(self, idx):
+        return self.o(self.e(idx) + self.e(torch.zeros_like(idx)))
+
+
 class ScaledTable(Net):  # a fixed table of positions whose entries shrink as 1/sqrt(n)
     def __init__(self, n):
         super().__init__(n)
@@ -1412,6 +1433,8 @@ TRACED_BUILDS = {
     "head_bias": "lambda n: HeadBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
     "padding_drawn": "lambda n: PaddingDrawn(n)",
+    "padding_read": "lambda n: PaddingRead(n)",
+    "padding_tied": "lambda n: PaddingTied(n)",
 }
 
 
@@ -1554,6 +1577,15 @@ TRACED_BUILDS = {
     ("padding_drawn", None, r"m.py:\d+:\d+: error: cannot trace a lookup of row 0 of p.weight, "
                             r"its padding_idx, whose row never trains(.|\n)*help: zero the "
                             r"padding row"),
+    # before: a fixed zero row that the other reader trains; the refusal named the readout's
+    # name of the tied tensor and said the build leaves the row nonzero
+    ("padding_read", None, r"m.py:\d+:\d+: error: cannot trace a lookup of row 0 of e.weight, "
+                           r"its padding_idx, as a vector that never trains \(this lookup masks "
+                           r"its gradient\): an embedding lookup without that padding_idx in the "
+                           r"model reads the same tensor, and trains that row"),
+    ("padding_tied", None, r"m.py:\d+:\d+: error: cannot trace a lookup of row 0 of e.weight, "
+                           r"its padding_idx, .*: a linear layer \(a tied readout\) in o reads "
+                           r"the same tensor \(as o.weight\), and trains that row"),
     # OpenAI GPT's 0/1 mask traces only with a large negative (-1e4) where it drops entries
     ("small_mask", None, r"m.py:\d+:\d+: error: cannot trace attention logits times a 0/1 "
                          r"mask, plus anything but a large negative"),
@@ -2695,6 +2727,12 @@ def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
     # under Adam the blocks share the LR and differ in eps alone, which a scale of the
     # gradient gives each (fromtorch/gradscale.py): applied, not refused
     assert MuP(traced, "adam").grad_scales(Fused(64)).keys() == {"fc.weight", "fc.bias"}
+    # before: unpositioned; the scale is registered by apply, which param_groups needs first
+    with pytest.raises(UsageError, match=(
+            r"(?s)test_error_catalogue.py:\d+:\d+: error: fc.weight: its blocks need different "
+            r"Adam eps values, which a scale of its gradient gives them once apply registers "
+            r"it.*help: call mup.apply\(model\)")):
+        MuP(traced, "adam").param_groups(Fused(64), 1e-2)
 
 
 def test_mup_refuses_column_blocks_of_one_tensor_whose_lrs_no_column_scale_carries():

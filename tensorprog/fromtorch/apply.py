@@ -30,8 +30,18 @@ from .depth import DepthScaling
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .normed import query_norm_patch, refuse_unnormed_query
-from .patches import Patch, claim, groups_of, hook, mark, modules_at, release, strip
-from .reinit import draw_seed, rescale
+from .patches import (
+    Patch,
+    claim,
+    groups_of,
+    hook,
+    mark,
+    modules_at,
+    refuse_compiled,
+    release,
+    strip,
+)
+from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -384,6 +394,7 @@ class MuP(DepthScaling, OptimizerGroups):
         at_base = width == self.traced.base_width and rd == 1
         anchor = self._anchor(model)
         cols = column_scales(self, model, base_depth)  # blocks' LRs by scales of the columns
+        zero_rows = padding_rows(model)  # kept zero where a table is drawn anew
         with torch.no_grad():
             for name, use, layer in self._uses(model):
                 kind, sigma = self._base(name, use, layer)
@@ -400,13 +411,23 @@ class MuP(DepthScaling, OptimizerGroups):
                                 for d in self.program.param_table[name].shape)
                 drawable = fixed and use.target in self.traced.centred and anchor is not None
                 key = f"{use.target}{_rows(use)}@{width}"
-                current, drawn = rescale(view, target / s, drawable,
+                t = model.get_parameter(use.target)
+                pads = zero_rows.get(id(t), []) if view.shape == t.shape else []
+                # a fresh draw's zeroed padding rows: the others drawn so that the table's std
+                # is the one the base's (with its zero rows) scales to
+                wide = math.sqrt(len(view) / (len(view) - len(pads))) if drawable and pads \
+                    and len(pads) < len(view) else 1.0
+                current, drawn = rescale(view, target / s * wide, drawable,
                                          draw_seed(anchor, key) if drawable else 0)
+                if pads:  # each stays the zero the build made it (reinit.padding_rows)
+                    view[pads] = 0
                 report.lines.append(
                     f"init {use.target}{_rows(use)}: std {current:.4g} -> "
                     f"{'drawn anew at ' if drawn else ''}{target:.4g} (base {sigma:.4g} x (n/base)^"
                     f"-{self.init_exp[name]}" + (f" x (L/base)^-{eL})" if eL else ")")
                     + (f", held as {target / s:.4g} = it / {s:.4g}" if s != 1.0 else "")
+                    + (f", its padding row{'s' * (len(pads) > 1)} "
+                       f"{', '.join(map(str, pads))} kept zero" if drawn and pads else "")
                 )
         report.lines += [f"folded {f}" for f in self.folded]
         report.lines += [f"fixed {'table' if u.index is None else f'row {u.index} of'} "
@@ -426,6 +447,8 @@ class MuP(DepthScaling, OptimizerGroups):
                                         scales.items()}  # the param object its hook is on
         self._col_scales[id(model)] = {t: (c, [id(model.get_submodule(m)) for m in c.modules])
                                        for t, c in cols.items()}  # the modules hooked
+        if cols or any(self._patched_modules(model, p) for p in self.patches):
+            refuse_compiled(model)  # module hooks a compiled forward would not see
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
@@ -525,7 +548,8 @@ class MuP(DepthScaling, OptimizerGroups):
                                   for (p, _), m in zip(placed, found, strict=True)]
         inputs = [m for c, _ in cols.values() for m in c.modules]  # their input scaled
         self._hooks[id(model)] += [
-            model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)))
+            model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)),
+                                                             with_kwargs=True)
             for c, _ in cols.values() for m in c.modules]
         self._hooks[id(model)] += [model.get_parameter(t).register_hook(grad_hook(s))
                                    for t, (s, _) in self._grad_scales.get(id(model), {}).items()]
@@ -602,7 +626,8 @@ class MuP(DepthScaling, OptimizerGroups):
         for name, use in self.traced.params.items():
             for u in stack.layers[name] if stack and name in stack.layers else [use]:
                 if u.cols is not None and u.target in held:
-                    out[u.node] = (held[u.target].scale, held[u.target].conv)
+                    for node in (u.node, *(n for _, n in u.also)):  # every layer applying it
+                        out[node] = (held[u.target].scale, held[u.target].conv)
         return out
 
 

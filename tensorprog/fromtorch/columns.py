@@ -188,12 +188,24 @@ def column_scales(mup, model, base_depth: int | None = None) -> dict[str, Column
                 )
             scale[lo:hi], given[lo:hi] = s, True
         held: dict[int, str] = {}  # one hook per module instance, under its first name
-        for name in sorted({use.module for use, _ in blocks}):
+        for name in sorted(_appliers(model, t, [use for use, _ in blocks])):
             _check_module(model, name, t, target, blocks[0][0].cols.span)
             held.setdefault(id(model.get_submodule(name)), name)
         modules = list(held.values())
         out[target] = ColumnScale(scale, ref, modules, t.dim() == 4, blocks[0][0].cols.span)
     return out
+
+
+def _appliers(model, t, uses: list) -> set[str]:
+    """The modules the pre-hook of tensor ``t`` goes on: each the trace saw apply one of its
+    column blocks ``uses`` (a weight tied across two nn.Linear: both), and each that holds
+    it as a param (V (s ⊙ x) = W x whatever x, so its forward stays the model's even where the
+    trace did not see it run); :func:`_check_module` refuses any that is not an nn.Linear or
+    nn.Conv2d of weight ``t``."""
+    found = {use.module for use in uses} | {m for use in uses for m, _ in use.also}
+    found |= {name.rpartition(".")[0] for name, p in
+              model.named_parameters(remove_duplicate=False) if p is t}
+    return found
 
 
 def _check_module(model, name: str, t, target: str, span) -> None:
@@ -233,14 +245,18 @@ def scale_input(x, scale, conv: bool):
 
 def input_hook(scale, conv: bool):
     """A forward pre-hook multiplying the module's input by ``scale`` (cached on the input's
-    device and dtype: a model moved after apply keeps its modules, and so its hooks)."""
+    device and dtype: a model moved after apply keeps its modules, and so its hooks), given
+    by position or by keyword (``self.mix(input=x)``): register it ``with_kwargs=True``."""
     held = {}
 
-    def scaled(module, args):
-        x = args[0]
+    def scaled(module, args, kwargs):
+        if not args and "input" not in kwargs:
+            return None  # no input to scale: torch's forward then refuses the call itself
+        x = args[0] if args else kwargs["input"]
         key = (x.device, x.dtype)
         if key not in held:
             held[key] = scale.to(x.device, x.dtype)
-        return (scale_input(x, held[key], conv), *args[1:])
+        x = scale_input(x, held[key], conv)
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
 
     return scaled

@@ -80,7 +80,9 @@ def eps_blocks(mup, model, base_depth: int | None = None) -> tuple[dict, dict]:
             continue
         t = model.get_parameter(target).detach()
         ref = max(blocks, key=lambda b: block_of(t, b[1]).numel())[2]  # the first largest
-        scale = torch.ones_like(t)
+        # in float64 whatever the model's dtype: the hook casts it to the gradient's, so a
+        # model moved to float64 after apply reads each block's factor (1/9) exactly
+        scale = torch.ones_like(t, dtype=torch.float64)
         seen = torch.zeros_like(t, dtype=torch.bool)
         for _, use, m in blocks:
             view, held = block_of(scale, use), block_of(seen, use)

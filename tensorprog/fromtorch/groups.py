@@ -213,11 +213,17 @@ class OptimizerGroups:
                     "block), or leave the tensor out of the decay (decay_params)",
                 )
 
+    def _span_of(self, model, target: str):
+        """The line of a block of tensor ``target``: its concatenation's, or its layer's."""
+        for _, use, _ in self._uses(model):
+            if use.target == target and (use.cols is not None and use.cols.span or use.span):
+                return use.cols.span if use.cols is not None and use.cols.span else use.span
+        return None
+
     def _eps_scaled(self, model, base_depth, decay, weight_decay, decayed) -> dict[str, float]:
         """``eps_multipliers``, where every tensor whose blocks need different eps values has
         its gradient scale registered by ``apply`` (at the same base depth), and no L2 decay
         enters its gradient after that scale; a UsageError otherwise."""
-        import torch
 
         factors, scales = eps_blocks(self, model, base_depth)
         held = self._grad_scales.get(id(model), {}) if self.patched(model) else {}
@@ -227,16 +233,17 @@ class OptimizerGroups:
                     f"{target}: its blocks need different Adam eps values, which a hook on its "
                     "param object gives them, and the model holds another param object there "
                     "now (a wrapper such as FSDP replaced it after apply): the hook is not "
-                    "called",
+                    "called", self._span_of(model, target),
                     help="use one nn.Linear per block, or take param_groups and "
                     "mup.grad_scales(model) before the wrap and multiply the gradient by its "
                     "scale yourself before each step",
                 )
-            if target not in held or not torch.equal(held[target][0].to(scale), scale):
+            if target not in held or not _same_scale(held[target][0], scale):
                 raise UsageError(
                     f"{target}: its blocks need different Adam eps values, which a scale of "
                     "its gradient gives them once apply registers it"
                     + (" (apply ran at another base depth)" if target in held else ""),
+                    self._span_of(model, target),
                     help="call mup.apply(model) (with the same base_depth) before "
                     "param_groups(model, ...)",
                 )
@@ -246,8 +253,20 @@ class OptimizerGroups:
                     f"{target}: its blocks need different Adam eps values, given by a scale "
                     "of its gradient; a coupled (L2) weight decay adds λw to the gradient "
                     "inside Adam's step, after that scale, and would be scaled otherwise than "
-                    "the gradient in each block",
+                    "the gradient in each block", self._span_of(model, target),
                     help="use decay='decoupled' or 'independent' (torch's AdamW), or leave "
                     "the tensor out of the decay (decay_params)",
                 )
         return factors
+
+
+def _same_scale(held, scale) -> bool:
+    """Whether the gradient scale apply registered is ``scale``, recomputed now: to the
+    precision of the coarser of their dtypes (a model moved to float64 after apply reads
+    1/9 closer than the float32 scale held; to bfloat16, less closely)."""
+    import torch
+
+    if held.shape != scale.shape:
+        return False
+    tol = max(torch.finfo(held.dtype).eps, torch.finfo(scale.dtype).eps)
+    return torch.allclose(held.double(), scale.to(held.device).double(), rtol=tol, atol=0)

@@ -108,7 +108,9 @@ def base_stats(build, width: int) -> tuple[dict, set]:
         if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
             row = m.weight.detach().double()[m.padding_idx]
             pad = ("const", 0.0) if not bool(row.any()) else ("normal", float(row.std()))
-            stats[entry_key(f"{name}.weight" if name else "weight", m.padding_idx)] = pad
+            # under each name of the tensor: the export may name a tied one by another
+            for k in names.get(id(m.weight), [f"{name}.weight" if name else "weight"]):
+                stats[entry_key(k, m.padding_idx)] = pad
     return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
 
 

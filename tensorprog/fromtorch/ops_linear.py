@@ -22,7 +22,7 @@ from .values import (
     init_of,
     probe_ids,
 )
-from .where import module_of, refuse, strip_prefix
+from .where import module_of, op_name, refuse, strip_prefix
 
 
 class LinearOps:
@@ -164,9 +164,11 @@ class LinearOps:
             param = self.fresh(f"{strip_prefix(w.target).replace('.', '_')}_row{row}")
             self.out.params[param] = ParamUse(w.target, None, False, module_of(node), node.name,
                                               index=row)
+            if padding:
+                _refuse_trained_row(node, w, row)
             init = init_of(self.base, w.target, row if padding else None, ("normal", 1.0))
             if padding and init != ("const", 0.0):
-                raise refuse(node, f"a lookup of row {row} of {strip_prefix(w.target)}, its "
+                raise refuse(node, f"a lookup of row {row} of {_table(node, w)}, its "
                              "padding_idx, whose row never trains (its gradient is masked) and "
                              "which the build leaves nonzero: a vector that never trains has no "
                              "init or LR µP could scale with the width",
@@ -276,3 +278,39 @@ def _same(a, b) -> bool:
 
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
         and torch.equal(a, b)
+
+
+def _table(node, w: PRef) -> str:
+    """The name of the table an embedding node looks up, as its user knows it: the weight of
+    the nn.Embedding that ran it (the export may name a tied tensor by another of its names)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, kind = list(stack.values())[-1]
+        if getattr(kind, "__name__", str(kind)).endswith("Embedding"):
+            return f"{strip_prefix(path)}.weight" if strip_prefix(path) else "weight"
+    return strip_prefix(w.target)
+
+
+def _refuse_trained_row(node, w: PRef, row: int) -> None:
+    """Refuses the lookup ``node`` of padding row ``row`` of ``w`` as a vector that never trains
+    unless every reader of the table is an embedding lookup masking that row's gradient (the
+    same padding_idx): a lookup without it, a tied readout, any other op trains the row."""
+    table, name = node.args[0], _table(node, w)
+    said = f"a lookup of row {row} of {name}, its padding_idx, as a vector that never trains"
+    if table.op != "placeholder":
+        raise refuse(node, f"{said}, where the table looked up is computed from a param: the "
+                     "trace cannot tell that nothing else trains that row",
+                     help="look the padding id up in the nn.Embedding's own weight")
+    for u in table.users:
+        if op_name(u) == "embedding" and u.args[0] is table and table not in u.args[1:] \
+                and len(u.args) > 2 and u.args[2] % w.shape[0] == row:
+            continue  # its gradient masked in that row too
+        what = {"embedding": "an embedding lookup without that padding_idx",
+                "linear": "a linear layer (a tied readout)"}.get(op_name(u), op_name(u))
+        also = strip_prefix(w.target)
+        raise refuse(node, f"{said} (this lookup masks its gradient): {what} in "
+                     f"{module_of(u) or 'the model'} reads the same tensor"
+                     + (f" (as {also})" if also != name else "") + ", and trains that row",
+                     help="give every lookup of the table the same padding_idx and read it "
+                     "nowhere else (an untied readout), or look up ids that are not the "
+                     "padding id")

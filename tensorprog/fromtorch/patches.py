@@ -123,7 +123,9 @@ def strip(model, token: int) -> None:
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for key in [k for k, fn in hooks.items() if getattr(fn, _MARK, False)]:
-                del hooks[key]  # registered without kwargs: in no other dict of the module
+                del hooks[key]
+                # a column scale's pre-hook is registered with kwargs (columns.input_hook)
+                m._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
 # the attribute a patched model carries: which MuP's hooks it holds (one MuP's at a time)
@@ -149,3 +151,38 @@ def release(model, token: int) -> None:
     """Unmark ``model`` once the MuP of ``token`` removed its patches."""
     if getattr(model, _OWNER, None) == token:
         object.__delattr__(model, _OWNER)
+
+
+def refuse_compiled(model) -> None:
+    """A UsageError where a torch.compile'd forward of the model's class has run in this
+    process (dynamo holds compiled code for its ``forward``): torch does not guard that code
+    on nn.Module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so it would run
+    on without the hooks apply is about to register, on this model and on any model of the
+    class compiled later at the same shapes. ``torch._dynamo.reset()`` drops that code."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:  # nothing compiled: dynamo is imported on use
+        return
+    import torch._dynamo
+
+    try:
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list as cached
+    except ImportError:  # another torch: docs/torch.md says to apply before compiling
+        return
+    inner = getattr(model, "_orig_mod", model)  # the module a torch.compile wrapper holds
+    code = getattr(type(inner).forward, "__code__", None)
+    if not torch._dynamo.config.skip_nnmodule_hook_guards or code is None \
+            or not cached(code):
+        return
+    from .where import def_span
+
+    raise UsageError(
+        f"a torch.compile'd forward of {type(inner).__name__} has run in this process, and "
+        "torch does not check nn.Module hooks before it reuses compiled code "
+        "(torch._dynamo.config.skip_nnmodule_hook_guards): the hooks apply registers (its "
+        "forward patches, a concatenation's column scales) would not act in it, on this model "
+        "or on another of the class compiled at the same shapes",
+        def_span(type(inner).forward),
+        help="apply before torch.compile; where something was compiled already, call "
+        "torch._dynamo.reset() before apply, then compile the applied model",
+    )

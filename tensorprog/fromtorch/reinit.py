@@ -45,3 +45,20 @@ def draw_seed(tensor, key: str) -> int:
     keeps, and the key (the param and the width)."""
     signs = (tensor.detach().flatten()[:4096] > 0).to("cpu").numpy().tobytes()
     return zlib.crc32(key.encode(), zlib.crc32(signs))
+
+
+def padding_rows(model) -> dict[int, list[int]]:
+    """Per param tensor (by id): its rows that are the ``padding_idx`` of an nn.Embedding
+    holding it and zero now (nn.Embedding's and transformers' init). A padding row reads as no
+    token; a fresh draw of the table (:func:`rescale`) would make it one, so apply keeps it
+    zero as the build made it (a row the table's other readers train, a tied readout, starts
+    there too)."""
+    import torch
+
+    rows: dict[int, set] = {}
+    for m in model.modules():
+        pad = getattr(m, "padding_idx", None)
+        if isinstance(m, torch.nn.Embedding) and pad is not None and m.weight.dim() == 2 \
+                and not bool(m.weight[pad].any()):
+            rows.setdefault(id(m.weight), set()).add(pad % m.weight.shape[0])
+    return {k: sorted(v) for k, v in rows.items()}

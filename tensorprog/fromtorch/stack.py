@@ -65,7 +65,8 @@ class Stack:
         use = self.layers[name][0]
         zero, item = self.item(0), self.item(i)
         return dataclasses.replace(
-            use, target=_moved(use.target, zero, item), module=_moved(use.module, zero, item)
+            use, target=_moved(use.target, zero, item), module=_moved(use.module, zero, item),
+            also=tuple((_moved(m, zero, item), n) for m, n in use.also),
         )
 
     def module_at(self, module: str, i: int) -> str:
@@ -437,6 +438,7 @@ class _Roller:
                 use,
                 target=_pattern(use.target, self._item(f), self.prefix),
                 module=_pattern(use.module, self._item(f), self.prefix),
+                also=tuple((_pattern(m, self._item(f), self.prefix), n) for m, n in use.also),
             )
         for i in range(f, K):
             for s0, s in zip(seg0, self._seg(i), strict=True):

@@ -566,6 +566,10 @@ class ParamUse:
     # at one width, before the widths merge: the rows (lo, hi) of each group of ``size`` rows
     row_numbers: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
     span: object = field(default=None, compare=False, repr=False)  # the layer's line
+    # (module, graph node) of every other application of this param: a column block read again
+    # by another layer (a weight tied across two nn.Linear) is this param too, and the column
+    # scale's pre-hook must reach each module that applies it (columns.py)
+    also: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass

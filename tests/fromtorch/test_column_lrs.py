@@ -307,3 +307,112 @@ def test_every_layer_of_a_stack_takes_its_column_scale():
     for i in range(3):
         torch.testing.assert_close(read[f"layers.{i}.linear"], seen[i], rtol=1e-12, atol=1e-15)
     assert coord_check(mup, (32, 64, 128), seeds=(0,), steps=2).passed
+
+
+class Tied(nn.Module):
+    """mix's weight tied to mix2's, each applied to a concatenation of the same blocks [n | 5]
+    (``functional``: the second application F.linear of the weight in the model's forward)."""
+
+    functional = False
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.f = nn.Embedding(13, n), nn.Embedding(13, FINITE)
+        self.mix = nn.Linear(n + FINITE, n)
+        self.mix2 = nn.Linear(n + FINITE, n, bias=False)
+        self.mix2.weight = self.mix.weight
+        self.head = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        f = self.f(idx)
+        h = torch.relu(self.mix(torch.cat([self.e(idx), f], -1)))
+        x = torch.cat([h, f], -1)
+        h2 = nn.functional.linear(x, self.mix.weight) if self.functional else self.mix2(x)
+        return self.head(h + torch.relu(h2))
+
+
+class TiedFunctional(Tied):
+    functional = True
+
+
+def test_a_weight_tied_across_two_layers_is_scaled_on_the_input_of_each():
+    traced = from_torch(Tied, WIDTHS, _tokens)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Tied(WIDTH)
+    report = str(mup.apply(model))
+    assert "patched input of mix:" in report and "patched input of mix2:" in report, report
+    model.double()
+    plain = Tied(WIDTH).double()  # W = s ⊙ V held as the tensor, no hooks
+    plain.load_state_dict(model.state_dict())
+    s = mup.column_scales(model)["mix2.weight"].scale
+    assert len(set(s.tolist())) == 2
+    with torch.no_grad():
+        plain.mix.weight.mul_(s)
+    idx = _tokens(model)[0]
+    assert torch.equal(model(idx), plain(idx))
+    read = probe(mup, model, (idx,))()  # the check's run scales the second layer's input too
+    x = torch.cat([torch.relu(plain.mix(torch.cat([plain.e(idx), plain.f(idx)], -1))),
+                   plain.f(idx)], -1)
+    torch.testing.assert_close(read["linear_1"], plain.mix2(x), rtol=1e-12, atol=1e-15)
+    with pytest.raises(UsageError, match=r"the model \(TiedFunctional\) is no nn.Linear"):
+        MuP(from_torch(TiedFunctional, WIDTHS, _tokens), "adam").apply(TiedFunctional(WIDTH))
+
+
+class Keyword(Cat):
+    """Cat, its layer called with its input as a keyword (``self.mix(input=x)``)."""
+
+    def forward(self, idx):
+        x = torch.cat([self.e(idx), self.f(idx)], dim=-1)
+        return self.head(torch.relu(self.mix(input=x)))
+
+
+def test_a_layer_called_with_its_input_as_a_keyword_is_scaled(traced):
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Keyword(WIDTH)
+    mup.apply(model)
+    idx = _tokens(model)[0]
+    assert torch.equal(model(idx), Cat.forward(model, idx))  # the same W x either way
+    copied = copy.deepcopy(model)
+    mup.remove_patches(copied)  # a keyword pre-hook comes off as well: the layer applies V
+    assert torch.equal(copied.mix(input=torch.eye(WIDTH + FINITE)), copied.mix.weight.T
+                       + copied.mix.bias)
+
+
+class Compiled(Cat):
+    """Cat with a forward of its own: the code torch.compile caches is this class's alone."""
+
+    def forward(self, idx):
+        return self.head(torch.relu(self.mix(torch.cat([self.e(idx), self.f(idx)], dim=-1))))
+
+
+def test_apply_after_a_compiled_run_of_the_class_is_refused(traced):
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Compiled(WIDTH)
+    compiled = torch.compile(model, backend="eager")
+    idx = _tokens(model)[0]
+    compiled(idx)  # its code, cached without apply's pre-hook, would run on without it
+    try:
+        with pytest.raises(UsageError, match="a torch.compile'd forward of Compiled has run"):
+            mup.apply(model)
+        torch._dynamo.reset()
+        mup.apply(model)  # then compiled anew: the pre-hook acts
+        assert torch.equal(compiled(idx), model(idx))
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_model_moved_to_another_dtype_after_apply_keeps_its_scales(traced):
+    # at 3x the base width a block's gradient scale is 1/3, which float32 does not hold exactly:
+    # the gradient scale is kept in float64 and compared to the dtype's precision (before: a
+    # float64 move read as "apply ran at another base depth", unpositioned)
+    mup = MuP(traced, "adam")
+    for dtype in (torch.float64, torch.bfloat16):
+        model = Cat(96)
+        mup.apply(model)
+        model.to(dtype)
+        assert len(mup.param_groups(model, LR)) > 1
+    scale = mup.grad_scales(model)["mix.weight"]
+    assert scale.dtype == torch.float64 and set(scale.unique().tolist()) == {1.0, 1 / 3}
