@@ -1355,6 +1355,7 @@ TRACED_BUILDS = {
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
     "in_place_view": "lambda n: InPlaceView(n)",
+    "mean_all": "lambda n: build(n, lambda y: y + y.mean())",
     "flipped_ids": "lambda n: FlippedIds(n)",
     "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
@@ -1449,6 +1450,9 @@ TRACED_BUILDS = {
     # before: traced as if x were read before the write (the slice's mul_ was dropped)
     ("in_place_view", None, r"m.py:\d+:\d+: error: cannot trace an in-place mul_ on a slice of "
                             r"a value read elsewhere(.|\n)*help: write it out of place"),
+    # a mean of every entry (no dims): before, a TypeError's traceback (op_mean's dims missing)
+    ("mean_all", None, r"m.py:\d+:\d+: error: cannot trace a mean of a \(batch, tokens, "
+                       r"features\) vector over axes \[0, 1, 2\]"),
     # before: refused as "an embedding lookup of ids that are neither the token input, ...";
     # then at the lookup, as relative biases were not traced; now traced into the logits they
     # are added to (ops_relative.py), and refused where they are used otherwise
