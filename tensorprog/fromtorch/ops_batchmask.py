@@ -22,10 +22,12 @@ is every input's.
 
 Refused at the line: a mask that keeps part of the batch (examples that take different params,
 a batch of several languages, are a different model per example, which one program cannot be),
-one computed from the token ids (what it keeps then depends on the tokens), an op on examples
-selected by none whose result is not of those examples alone (a sum over them), and an
-assignment of all examples over anything but zeros. Only a 1-D mask over the first axis is
-followed.
+one computed from the token ids (what it keeps then depends on the tokens), one (or what it is
+computed from) written in place (``m[2:] = False``: the graph's ``eq`` does not show it), an op
+on examples selected by none whose result is not of those examples alone (a sum over them),
+and an assignment of all examples over anything but zeros, or through a slice or view of them
+(``new[m, :, :n] = y``: the walker's check of in-place ops). Only a 1-D mask over the first
+axis is followed.
 """
 
 from __future__ import annotations
