@@ -372,18 +372,22 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
         # number them in different orders (torch.as_tensor is copied on the CPU, not on the
         # meta device), and a constant nothing reads is lifted on the meta device alone. One
         # left unpaired stays unknown, which its reader refuses
-        at = {where: n for n, where in _lifted_numbers(on_cpu).items()}
+        read = _lifted_numbers(on_cpu)
+        at = {where: n for n, where in read.items()}
+        twice = {w for found in (read, lifted) for w in found.values()
+                 if list(found.values()).count(w) > 1}  # no telling them apart
         out.update({n: on_cpu.constants[at[where]] for n, where in lifted.items()
-                    if where in at})
+                    if where in at and where not in twice})
     return out
 
 
-def _lifted_numbers(ep) -> dict[str, tuple[str, int]]:
+def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
     """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
     ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
     an integer that a ``min`` or ``max`` reads (TAPAS's positions,
     ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``); each
-    with where it is read: the first such reader's name and the argument it is there."""
+    with where it is read: the first such reader's name and the argument (its place or
+    keyword) it is there."""
     import torch
 
     specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
@@ -405,8 +409,8 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int]]:
                      for u in c.users if u not in seen]
         if users:
             reader = min((u for u in users if op_name(u) in readers), key=place.__getitem__)
-            found[specs[node.name]] = (reader.name, next(
-                (i for i, a in enumerate(reader.args) if a in seen | {node}), -1))
+            found[specs[node.name]] = (reader.name, next((i for i, a in (
+                *enumerate(reader.args), *reader.kwargs.items()) if a in seen | {node}), None))
     return found
 
 

@@ -86,9 +86,9 @@ class Clamped(nn.Module):
     zero: the meta export lifts them in the order they are read, the CPU export in the order
     they are made."""
 
-    def __init__(self, n, max_positions=T + 1):
+    def __init__(self, n, max_positions=T + 1, clamp=False):
         super().__init__()
-        self.max_positions = max_positions
+        self.max_positions, self.clamp = max_positions, clamp
         self.e, self.p = nn.Embedding(VOCAB, n), nn.Embedding(T, n)
         self.ln, self.head = nn.LayerNorm(n), nn.Linear(n, VOCAB, bias=False)
 
@@ -97,15 +97,21 @@ class Clamped(nn.Module):
         raw = torch.arange(t, device=idx.device)[None].expand(b, t)
         bound = torch.as_tensor(self.max_positions - 1, device=idx.device)
         zero = torch.as_tensor(0, device=idx.device)
-        return self.head(self.ln(self.e(idx) + self.p(torch.min(bound, torch.max(zero, raw)))))
+        positions = torch.clamp(raw, zero, bound) if self.clamp else torch.min(
+            bound, torch.max(zero, raw))
+        return self.head(self.ln(self.e(idx) + self.p(positions)))
 
 
-def test_two_bounds_are_each_read_where_the_graph_reads_it():
+@pytest.mark.parametrize("clamp", [False, True])
+def test_two_bounds_are_each_read_where_the_graph_reads_it(clamp):
     # before: paired by their numbers, the bound read 0 and the zero 8: the positions were
     # traced as one constant id 0 (a row of p as a bias) while the model reads rows 0..T-1
-    traced = from_torch(Clamped, WIDTHS, _tokens)
+    def build(n):
+        return Clamped(n, clamp=clamp)
+
+    traced = from_torch(build, WIDTHS, _tokens)
     assert "p_weight @ pos" in traced.source, traced.source
-    traced_computes_the_model(traced, Clamped, _tokens)
+    traced_computes_the_model(traced, build, _tokens)
 
 
 @pytest.mark.slow
