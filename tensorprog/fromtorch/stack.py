@@ -326,12 +326,12 @@ class _Roller:
         for n in own:
             decl = _rename(self.decl_of[n], ren)
             if n in self.params:
-                # all of how the param is read but where: its rows, a table's row (one
-                # constant id), an expert, a block of columns; the block reads layer 0's
-                u, item = self.params[n], self._item(i)
-                decls.append((decl, dataclasses.replace(
-                    u, target=u.target[len(item):], module=_moved(u.module, item, ""),
-                    node="", fixed=None)))
+                # how the param is read: its rows, a table's row (one constant id), an entry,
+                # an expert, its groups, a block of columns; the block reads layer 0's
+                u = self.params[n]
+                rel = u.target[len(self._item(i)) :]
+                decls.append((decl, rel, u.rows, u.row_consts, u.transposed, u.expert, u.index,
+                              u.entries, u.groups, u.group_rows, u.cols))
             else:
                 info = self.scales[n]
                 if "q" not in info:
