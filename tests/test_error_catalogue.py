@@ -1120,6 +1120,17 @@ class InPlace(Net):
         return self.o(x + y)
 
 
+class InPlaceView(Net):
+    def __init__(self, n):
+        super().__init__(n)
+        self.a = torch.nn.Linear(n, n)
+
+    def forward(self, idx):  # a write to a slice of x changes x, which the head reads after
+        x = self.a(self.e(idx))
+        x[..., :4].mul_(2.0)
+        return self.o(x)
+
+
 class Padded(Net):
     def forward(self, idx):  # two-head attention whose mask hides the last key (padding)
         b, t = idx.shape
@@ -1401,6 +1412,8 @@ TRACED_BUILDS = {
                      "+ torch.arange(8.0, device=y.device), 2, -1).values)",
     "segments": "lambda n: Segments(n)",
     "in_place": "lambda n: InPlace(n)",
+    "in_place_view": "lambda n: InPlaceView(n)",
+    "mean_all": "lambda n: build(n, lambda y: y + y.mean())",
     "flipped_ids": "lambda n: FlippedIds(n)",
     "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
@@ -1494,6 +1507,12 @@ TRACED_BUILDS = {
     # an in-place op is traced as its out-of-place op only where nothing else reads its input
     ("in_place", None, r"m.py:\d+:\d+: error: cannot trace an in-place add_ on a value that is "
                        r"used elsewhere(.|\n)*help: write it out of place"),
+    # before: traced as if x were read before the write (the slice's mul_ was dropped)
+    ("in_place_view", None, r"m.py:\d+:\d+: error: cannot trace an in-place mul_ on a slice of "
+                            r"a value read elsewhere(.|\n)*help: write it out of place"),
+    # a mean of every entry (no dims): before, a TypeError's traceback (op_mean's dims missing)
+    ("mean_all", None, r"m.py:\d+:\d+: error: cannot trace a mean of a \(batch, tokens, "
+                       r"features\) vector over axes \[0, 1, 2\]"),
     # before: refused as "an embedding lookup of ids that are neither the token input, ...";
     # then at the lookup, as relative biases were not traced; now traced into the logits they
     # are added to (ops_relative.py), and refused where they are used otherwise

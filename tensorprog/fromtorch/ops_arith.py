@@ -363,10 +363,11 @@ class ArithOps:
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: f(t) ** e)
 
-    def op_mean(self, node, x, dims, keepdim=False):
+    def op_mean(self, node, x, dims=None, keepdim=False, **kw):
+        ndim = len(self._shape(node.args[0]))
+        dims = list(dims) if dims else list(range(ndim))  # none given: every entry's mean
         if is_image(x):  # over the pixels: a global pool (ops_conv.py)
             return self.image_mean(node, x, dims, keepdim)
-        ndim = len(self._shape(node.args[0]))
         norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
         if norm is not None:
             return norm

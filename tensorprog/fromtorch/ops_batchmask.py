@@ -22,10 +22,12 @@ is every input's.
 
 Refused at the line: a mask that keeps part of the batch (examples that take different params,
 a batch of several languages, are a different model per example, which one program cannot be),
-one computed from the token ids (what it keeps then depends on the tokens), an op on examples
-selected by none whose result is not of those examples alone (a sum over them), and an
-assignment of all examples over anything but zeros. Only a 1-D mask over the first axis is
-followed.
+one computed from the token ids (what it keeps then depends on the tokens), one (or what it is
+computed from) written in place (``m[2:] = False``: the graph's ``eq`` does not show it), an op
+on examples selected by none whose result is not of those examples alone (a sum over them),
+and an assignment of all examples over anything but zeros, or through a slice or view of them
+(``new[m, :, :n] = y``: the walker's check of in-place ops). Only a 1-D mask over the first
+axis is followed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .values import Affine, Conc, Pointwise, Vec
-from .where import CHECK_OPS, op_name, refuse
+from .where import CHECK_OPS, op_name, refuse, written_in_place
 
 _HELP = ("give every example of the batch the same language (X-MOD: call "
          "model.set_default_language(lang) and pass no lang_ids); a model that runs other "
@@ -135,8 +137,9 @@ class BatchMaskOps:
         if not self._uniform(node.args[1][0]):
             raise refuse(node, f"{what} by a mask over the batch computed otherwise than from "
                          "one value for every example (X-MOD's default_lang_id * "
-                         "torch.ones(batch)) or from ids given as an input: what it keeps may "
-                         "differ at another batch size", help=_HELP)
+                         "torch.ones(batch)) or from ids given as an input, or written in "
+                         "place after (m[2:] = False): what it keeps may differ at another "
+                         "batch size", help=_HELP)
         kept = int(mask.sum())
         if 0 < kept < mask.numel():
             raise refuse(node, f"{what} by a mask over the batch that keeps {kept} of the "
@@ -149,13 +152,16 @@ class BatchMaskOps:
     def _uniform(self, mask) -> bool:
         """Whether the graph computes ``mask`` from fills of one value (``torch.ones(batch)``),
         numbers and the integer inputs given (constants of the trace), by ops that keep a
-        tensor of one value so: the same for every example at any batch size."""
+        tensor of one value so: the same for every example at any batch size. Nothing on the
+        way may be written in place (``m[2:] = False``: the graph's ``eq`` does not say it)."""
         todo, seen = [mask], set()
         while todo:
             node = todo.pop()
             if node.name in seen:
                 continue
             seen.add(node.name)
+            if written_in_place(node):
+                return False
             if node.op == "placeholder":
                 value = getattr(self, "env", {}).get(node.name)
                 if node.name in self.given or (isinstance(value, Conc) and getattr(

@@ -70,11 +70,11 @@ class ClassTokenOps:
         out = super().op_layer_norm(node, x.vec, shape, w, b, *rest)
         return OneToken(self.vec(out, node))
 
-    def op_mean(self, node, x, dims, keepdim=False):
+    def op_mean(self, node, x, dims=None, keepdim=False, **kw):
         if not isinstance(x, OneToken):
             return super().op_mean(node, x, dims, keepdim)
         ndim = len(self._shape(node.args[0]))
-        if [d % ndim for d in dims] != [1]:
+        if [d % ndim for d in dims or range(ndim)] != [1]:
             raise self.refuse_one_token(node, x)
         return x if keepdim else x.vec  # a mean over one token is that token, exactly
 

@@ -67,11 +67,11 @@ class GrnOps:
                          help=_HELP)
         return PixelNorm(self.vec(x, node))
 
-    def op_mean(self, node, x, dims, keepdim=False):
+    def op_mean(self, node, x, dims=None, keepdim=False, **kw):
         if isinstance(x, PixelNorm):
             ndim = len(self._shape(node.args[0]))
             channels = tuple(self._tags(x.src, node)).index("F")
-            if [d % ndim for d in dims] != [channels] or not keepdim:
+            if [d % ndim for d in dims or range(ndim)] != [channels] or not keepdim:
                 raise refuse(node, f"{_PIECE}: a mean of the pixel norms over other axes than "
                              "the channels, or not kept", help=_HELP)
             return ChannelMean(x.src)

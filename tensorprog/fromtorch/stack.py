@@ -12,8 +12,8 @@ have. A stack is rolled only when that is the same program:
   would move with the depth, so a last layer that differs keeps the whole stack unrolled);
 - layer i's statements (those its modules run, with the statements of the parent that follow
   each layer, e.g. a residual add written around the call) are layer 0's up to renaming: the
-  same ops, params of the same shape, init and place in the layer, per-layer scales of the same
-  value;
+  same ops, params of the same shape, init and place in the layer, read alike (the same rows,
+  the same row of a table looked up at one constant id), per-layer scales of the same value;
 - each takes one vector of the previous layer (layer 0: of what comes before the stack) and
   hands one on; a layer may also read what the language lets a block read from outside: shared
   params and scales, inputs, and vectors computed before the stack.
@@ -327,9 +327,12 @@ class _Roller:
         for n in own:
             decl = _rename(self.decl_of[n], ren)
             if n in self.params:
+                # how the param is read: its rows, a table's row (one constant id), an entry,
+                # an expert, its groups, a block of columns; the block reads layer 0's
                 u = self.params[n]
                 rel = u.target[len(self._item(i)) :]
-                decls.append((decl, rel, u.rows, u.row_consts, u.transposed, u.expert))
+                decls.append((decl, rel, u.rows, u.row_consts, u.transposed, u.expert, u.index,
+                              u.entries, u.groups, u.group_rows, u.cols))
             else:
                 info = self.scales[n]
                 if "q" not in info:

@@ -357,7 +357,8 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
         if b.is_floating_point() or b.dtype in (torch.int64, torch.int32, torch.bool)
     ]  # and the params it does not train: a table looked up at the positions (ops_tables.py)
     names += [n for n, p in model.named_parameters() if not p.requires_grad]
-    lifted = [n for n in _lifted_numbers(ep) if ep.constants[n].device.type == "meta"]
+    lifted = {n: at for n, at in _lifted_numbers(ep).items()
+              if ep.constants[n].device.type == "meta"}
     if not names and not lifted:
         return {}
     with torch.device("cpu"), torch.random.fork_rng():
@@ -368,25 +369,31 @@ def _scalar_buffers(build, width: int, model, ep, example_inputs) -> dict:
     if lifted:
         args, kwargs = forward_inputs(example_inputs, cpu)
         on_cpu = export(cpu, args, kwargs)
-        # paired in the order the graph reads them, not by name: a constant nothing reads is
-        # lifted (and numbered) on the meta device but dropped on the CPU
+        # paired by the op that reads each and where, not by name or number: the two exports
+        # number them in different orders (torch.as_tensor is copied on the CPU, not on the
+        # meta device), and a constant nothing reads is lifted on the meta device alone. One
+        # left unpaired stays unknown, which its reader refuses
         read = _lifted_numbers(on_cpu)
-        if len(read) == len(_lifted_numbers(ep)):
-            out.update({n: on_cpu.constants[c] for n, c in zip(_lifted_numbers(ep), read,
-                                                                 strict=True) if n in lifted})
+        at = {where: n for n, where in read.items()}
+        twice = {w for found in (read, lifted) for w in found.values()
+                 if list(found.values()).count(w) > 1}  # no telling them apart
+        out.update({n: on_cpu.constants[at[where]] for n, where in lifted.items()
+                    if where in at and where not in twice})
     return out
 
 
-def _lifted_numbers(ep) -> list[str]:
+def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
     """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
     ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
     an integer that a ``min`` or ``max`` reads (TAPAS's positions,
-    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``)."""
+    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``); each
+    with where it is read: the first such reader's name and the argument (its place or
+    keyword) it is there."""
     import torch
 
     specs = {s.arg.name: s.target for s in ep.graph_signature.input_specs
              if s.kind.name == "CONSTANT_TENSOR"}
-    found = []
+    found, place = {}, {n: i for i, n in enumerate(ep.graph.nodes)}
     for node in ep.graph.nodes:
         if node.op != "placeholder" or node.name not in specs:
             continue
@@ -402,7 +409,9 @@ def _lifted_numbers(ep) -> list[str]:
                                                          "clone", "to")
                      for u in c.users if u not in seen]
         if users:
-            found.append(specs[node.name])
+            reader = min((u for u in users if op_name(u) in readers), key=place.__getitem__)
+            found[specs[node.name]] = (reader.name, next((i for i, a in (
+                *enumerate(reader.args), *reader.kwargs.items()) if a in seen | {node}), None))
     return found
 
 

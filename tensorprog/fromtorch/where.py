@@ -125,3 +125,37 @@ def reaching_the_output(graph) -> set[str]:
             live.add(node.name)
             todo.extend(node.all_input_nodes)
     return live
+
+
+def aliased(node):
+    """The node whose tensor ``node``'s shares its memory with (a view's, a slice's, an in-place
+    op's target, one of a split's parts: its schema returns an alias of its first argument), or
+    None where it computes a new tensor. A write through the alias changes that tensor too."""
+    import operator
+
+    if node.op == "call_function" and node.target is operator.getitem:
+        parent = node.args[0]
+        return aliased(parent) and parent
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None or not schema.returns or \
+            schema.returns[0].alias_info is None or not node.args:
+        return None
+    return node.args[0] if hasattr(node.args[0], "users") else None
+
+
+def written_in_place(node) -> bool:
+    """Whether an in-place op (``m[2:] = False``, ``m.fill_(0)``) writes ``node``'s tensor, itself
+    or through a view of it."""
+    todo, seen = [node], set()
+    while todo:
+        one = todo.pop()
+        for user in one.users:
+            if user in seen or not user.args or user.args[0] is not one:
+                continue
+            seen.add(user)
+            schema = getattr(user.target, "_schema", None)
+            if schema is not None and schema.is_mutable:
+                return True
+            if aliased(user) is one:
+                todo.append(user)
+    return False

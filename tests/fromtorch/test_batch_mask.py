@@ -4,8 +4,9 @@ given) the mask keeps every example, and the layer is its adapter on every token
 emitted program computes the model (float64); the masks of the other languages keep none, and
 their adapters reach no output. A mask that keeps part of the batch (several languages), one over
 the tokens too, one that keeps every example at the trace's batch size only, one computed from the
-token ids, a reshape of the selected examples by their unknown number, a sum over no examples,
-and an assignment over anything but zeros, are refused at their lines."""
+token ids, one (or the ids it is computed from) written in place after, a reshape of the
+selected examples by their unknown number, a sum over no examples, and an assignment over
+anything but zeros or through a slice or view of them, are refused at their lines."""
 
 import pytest
 from conftest import traced_computes_the_model
@@ -41,17 +42,31 @@ class Adapted(nn.Module):
     def forward(self, idx, lang_ids=None):
         if lang_ids is None:  # the default language's id for every example, as X-MOD's
             lang_ids = self.default * torch.ones(idx.shape[0])
+        if self.form == "ids_edited":  # every example's id but the first two's
+            lang_ids = lang_ids.clone()
+            lang_ids[2:] = 99
         h = self.ln(self.e(idx))
+        b, t, n = h.shape
         new = h.clone() if self.form == "over_h" else torch.zeros_like(h)
+        if self.form in ("into_slice", "into_view"):  # written through a view of new's zeros
+            new = torch.zeros((b, t, 2 * n) if self.form == "into_slice" else (b, t * n),
+                              device=h.device, dtype=h.dtype)
         for k, adapter in enumerate(self.adapters):
             mask = idx[:, 0] == 3 if self.form == "from_ids" else lang_ids == k
             if self.form == "first_two":  # every example of a batch of 2, not of 3
                 mask = torch.arange(idx.shape[0]) < 2
+            if self.form == "edited":  # the first two examples only, at any batch size
+                mask[2:] = False
             x = h[mask]
             y = adapter(x.reshape(-1, x.shape[-1])).view(x.shape) if self.form == "flat" \
                 else adapter(x)
-            new[mask] = y + y.sum() if self.form == "sum" else y
-        return self.head(new + h)
+            if self.form == "into_slice":
+                new[mask, :, :n] = y
+            elif self.form == "into_view":
+                new.view(b, t, n)[mask] = y
+            else:
+                new[mask] = y + y.sum() if self.form == "sum" else y
+        return self.head(new.view(b, t, -1)[..., :n] + h)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +140,22 @@ def test_a_mask_over_the_tokens_too_is_refused():
 def test_a_mask_keeping_every_example_of_this_batch_size_only_is_refused():
     _refused(lambda n: Adapted(n, form="first_two"), r"a mask over the batch computed "
              r"otherwise than from one value for every example")
+
+
+@pytest.mark.parametrize("form", ["edited", "ids_edited"])
+def test_a_mask_or_its_ids_written_in_place_is_refused(form):
+    # before: m = lang_ids == k; m[2:] = False kept both examples of the trace's batch and was
+    # traced as keeping every one; at a batch of 3 the model drops the third's adapter
+    _refused(lambda n: Adapted(n, form=form), r"a mask over the batch computed otherwise than "
+             r"from one value(.|\n)*written in place after")
+
+
+@pytest.mark.parametrize("form", ["into_slice", "into_view"])
+def test_an_assignment_through_a_view_of_the_zeros_is_refused(form):
+    # before: new[m, :, :n] = y (and new.view(b, t, n)[m] = y) was traced as y on the slice
+    # while new, read after, stayed the zeros: the adapter dropped from the program
+    _refused(lambda n: Adapted(n, form=form), r"an in-place index_put_ on a (slice|view) of a "
+             r"value read elsewhere")
 
 
 def test_a_mask_computed_from_the_token_ids_is_refused():

@@ -5,7 +5,8 @@ one-entry integer constant that the meta device holds no value of (read from a C
 ``where``'s numbers). With the token types the model makes itself (zeros: one cell), the
 positions are 0..T-1 for every input, and the lookup is the program's positions: oracle, the
 emitted program computes the model (float64). Cells that vary (token types given), or a bound
-below T - 1, make other ids, refused at the lookup's line."""
+below T - 1, make other ids, refused at the lookup's line. Two such constants (a clamp to
+[0, max - 1]) are each paired with its value by the op that reads it."""
 
 import pytest
 from conftest import traced_computes_the_model
@@ -78,6 +79,39 @@ def test_positions_reset_in_cells_that_vary_are_refused():
 
 def test_positions_bounded_below_the_sequence_are_refused():
     _refused(lambda n: CellPositions(n, max_positions=T - 2), _tokens, _AT_POSITIONS)
+
+
+class Clamped(nn.Module):
+    """Positions clamped to [0, max - 1] by two one-entry constants, the bound made before the
+    zero: the meta export lifts them in the order they are read, the CPU export in the order
+    they are made."""
+
+    def __init__(self, n, max_positions=T + 1, clamp=False):
+        super().__init__()
+        self.max_positions, self.clamp = max_positions, clamp
+        self.e, self.p = nn.Embedding(VOCAB, n), nn.Embedding(T, n)
+        self.ln, self.head = nn.LayerNorm(n), nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        raw = torch.arange(t, device=idx.device)[None].expand(b, t)
+        bound = torch.as_tensor(self.max_positions - 1, device=idx.device)
+        zero = torch.as_tensor(0, device=idx.device)
+        positions = torch.clamp(raw, zero, bound) if self.clamp else torch.min(
+            bound, torch.max(zero, raw))
+        return self.head(self.ln(self.e(idx) + self.p(positions)))
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_two_bounds_are_each_read_where_the_graph_reads_it(clamp):
+    # before: paired by their numbers, the bound read 0 and the zero 8: the positions were
+    # traced as one constant id 0 (a row of p as a bias) while the model reads rows 0..T-1
+    def build(n):
+        return Clamped(n, clamp=clamp)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    assert "p_weight @ pos" in traced.source, traced.source
+    traced_computes_the_model(traced, build, _tokens)
 
 
 @pytest.mark.slow

@@ -130,6 +130,36 @@ def test_a_stack_that_is_not_one_block_stays_unrolled_with_a_note():
         MuP(plain, "adam", base_depth=2)
 
 
+class TypeRows(nn.Module):
+    """Token-type tables, one per item of a ModuleList, each looked up at one constant id:
+    table i at id ``row(i)`` (BERT's token types, all one type, twice)."""
+
+    def __init__(self, n, row=lambda i: i):
+        super().__init__()
+        self.row, self.e = row, nn.Embedding(13, n)
+        self.types = nn.ModuleList(nn.Embedding(4, n) for _ in range(2))
+        self.ln, self.head = nn.LayerNorm(n), nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        for i, table in enumerate(self.types):
+            h = h + table(torch.full_like(idx, self.row(i)))
+        return self.head(self.ln(h))
+
+
+def test_layers_that_read_other_rows_of_their_tables_stay_unrolled():
+    # before: rolled into one block reading weight_row0 in every repetition, while the second
+    # table is read at row 1
+    from conftest import traced_computes_the_model
+
+    traced = from_torch(TypeRows, (32, 64), _tokens)
+    assert "kept unrolled: layer 1 computes otherwise" in traced.source, traced.source
+    traced_computes_the_model(traced, TypeRows, _tokens)
+    same = from_torch(lambda n: TypeRows(n, row=lambda i: 1), (32, 64), _tokens)
+    assert same.stack is not None and "weight_row1 : [n]" in same.source, same.source
+    traced_computes_the_model(same, lambda n: TypeRows(n, row=lambda i: 1), _tokens)
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -425,6 +425,42 @@ def test_the_number_where_reads_is_found_past_a_tensor_nothing_reads():
     assert "torch.where(keep, w, low)" in err.value.diagnostics[0].span.source_line()
 
 
+class TwoWheres(nn.Module):
+    """Two causal attentions, each masked by ``torch.where`` with a number of its own, the
+    second's made first: the meta export lifts them in the order they are read, the CPU export
+    in the order they are made."""
+
+    def __init__(self, n, second=-1e9):
+        super().__init__()
+        self.second = second
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.qkv = nn.ModuleList(nn.Linear(n, 3 * n) for _ in range(2))
+        self.o = nn.ModuleList(nn.Linear(n, n) for _ in range(2))
+
+    def att(self, i, x, keep, low):
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv[i](x).split(c, -1))
+        w = torch.where(keep, q @ k.transpose(-1, -2) / math.sqrt(v.size(-1)), low)
+        return self.o[i]((w.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c))
+
+    def forward(self, idx):
+        x, t = self.e(idx), idx.shape[1]
+        keep = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()
+        second = torch.as_tensor(self.second, device=idx.device)
+        first = torch.as_tensor(-1e9, device=idx.device)
+        x = x + self.att(0, x, keep, first)
+        return self.out(x + self.att(1, x, keep, second))
+
+
+def test_each_number_a_where_reads_is_its_own():
+    # before: paired by their numbers, the first where read the second's -1.0 and was refused
+    # at the first's line, the second read the first's -1e9
+    traced_computes_the_model(_trace(TwoWheres), TwoWheres, _tokens)
+    with pytest.raises(TensorProgError, match=r"cannot trace the op where \(other than") as err:
+        _trace(lambda n: TwoWheres(n, second=-1.0))
+    assert "self.att(1, x, keep, second)" in err.value.diagnostics[0].span.source_line()
+
+
 class HandAttention(nn.Module):
     """Attention by hand over 4 tokens in 4 heads; ``transposed=False``: the values left
     [B, T, H, dh], so torch's ``probs @ v`` pairs head i's weights with token i's values."""
