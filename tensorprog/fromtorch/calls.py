@@ -127,6 +127,8 @@ def refuse_tuples(model, args, kwargs, scales: dict) -> None:
     import torch
 
     tied = {info["module"]: info for info in scales.values() if "tied" in info}
+    if not tied:
+        return
     seen: dict[str, str] = {}
 
     def record(name):

@@ -122,7 +122,7 @@ class Folded(Trigram):
         elif self.moves == "halves":
             s = nn.ZeroPad2d((0, 0, 1, -1))(e.reshape(2 * B, T // 2, n)).reshape(B, T, n)
         else:  # "mean": a mean over the tokens of each half sequence
-            s = e.reshape(2 * B, T // 2, n).mean(1).repeat_interleave(T // 2, 0).view(B, T, n)
+            return self.head(torch.relu(self.fc(e.reshape(2 * B, T // 2, n).mean(1))))
         return self.head(torch.relu(self.fc(s)))
 
 
