@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-import torch
-
 from ..errors import UsageError
 from .rows import row_range
 
@@ -73,6 +71,8 @@ def hook(factor: float, rows, bias: bool = False, name: str = "", span=None):
     ``bias``, its bias kept out of the factor: factor·(W·x) + b (an nn.Linear's). A module
     ``name`` whose call returns anything but one tensor (a tuple of the product and another
     value) is refused at ``span``, the line of the vector it scales: the factor is on one."""
+    import torch
+
     def scaled(module, args, out):
         if not isinstance(out, torch.Tensor):
             raise UsageError(
