@@ -493,6 +493,10 @@ POSITIONED = {
                              r"tokens to move \(built from params", (8, 22)),
     "shift-of-ids": (SEQ + "output y = E @ shift(tok, 1)\n", S,
                      r"but tok has no tokens to move \(the input's one-hot ids\)", (8, 22)),
+    "shift-of-patches": ("width n = 8\ndim d = 6\ndim k = 2\ndim t = 3\ninput x : patches[t, d]\n"
+                         "param W : [n, d]\nparam V : [k, n]\noutput y = V @ (W @ shift(x, 1))\n",
+                         S, r"but x has no tokens to move \(the input's image patches, which a "
+                         r"layer's map of them, W @ x, has as tokens\)", (8, 27)),
     "shift-of-logits": (LOGITS_SEQ + "output y = shift(s, 1)\n", S,
                         r"shift moves the vectors of a sequence's tokens: it needs a vector of a "
                         r"declared dim per token", (12, 18)),

@@ -143,6 +143,7 @@ class MuP(DepthScaling, OptimizerGroups):
                         f"(n/base)^{-delta} (its matrix is also the lookup)"
                         + (", its bias kept out of it" if info.get("bias") else ""),
                         bias=info.get("bias"), bias_after=info.get("bias_after", False),
+                        span=info.get("span"),
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
@@ -293,7 +294,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
                                           f"{scale}: tuned multiplier x{c:.4g}", factor=c,
                                           bias=info.get("bias"),
-                                          bias_after=info.get("bias_after", False)))
+                                          bias_after=info.get("bias_after", False),
+                                          span=info.get("span")))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
             self._query_read_alone(scale, info, need)
@@ -536,7 +538,8 @@ class MuP(DepthScaling, OptimizerGroups):
             if p.bias and getattr(m, "bias", None) \
                     is not model.get_parameter(strip_prefix(p.bias)):
                 raise UsageError(
-                    f"{name} adds a bias ({strip_prefix(p.bias)}) to a tied unembedding, which "
+                    f"{name or 'the model'} adds a bias ({strip_prefix(p.bias)}) to a tied "
+                    "unembedding, which "
                     "apply must keep "
                     "out of the unembedding's multiplier, and it is not the module's .bias, "
                     "where the forward patch finds it",
@@ -544,8 +547,9 @@ class MuP(DepthScaling, OptimizerGroups):
                     "and whose bias is its .bias, or add the bias outside the module",
                 )
         self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r), p.rows,
-                                                                    bool(p.bias))))
-                                  for (p, _), m in zip(placed, found, strict=True)]
+                                                                    bool(p.bias), name,
+                                                                    p.span)))
+                                  for (p, name), m in zip(placed, found, strict=True)]
         inputs = [m for c, _ in cols.values() for m in c.modules]  # their input scaled
         self._hooks[id(model)] += [
             model.get_submodule(m).register_forward_pre_hook(mark(input_hook(c.scale, c.conv)),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..errors import TraceError
 from .walk import IDENTITY_OPS, VIEW_OPS
-from .where import op_name, refuse, strip_prefix
+from .where import op_name, refuse, strip_prefix, user_span
 
 
 def sole_outputs(graph, model) -> dict[str, str]:
@@ -69,47 +70,146 @@ def constant_modules(graph, sole: dict[str, str], scales: dict, vectors: dict) -
     return out
 
 
-def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict) -> None:
-    """Each tied unembedding computed inside a module that returns more than it: where that is
-    the product plus a param, read by nothing else (MobileBERT's ``h.matmul(E.t()) +=
-    decoder.bias``, the module's own ``bias``), the param is recorded as the readout's bias
-    added after it (``bias``, ``bias_after``), which apply's patch on the module's output keeps
-    out of its factor as it keeps an nn.Linear's; ops linear in the product (a cast, a view, a
-    product with a number) pass the factor on; anything else is refused, at the product's line:
-    the patch's factor on the module's output would be none on the product. ``params``:
-    placeholder -> param target; ``sole``: :func:`sole_outputs` (a module called more than
-    once, or the model itself, is not there: left as it is)."""
+def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict,
+               model=None) -> None:
+    """Each tied unembedding, where apply's patch multiplies the output of the module that
+    computes it (the model's own output where its forward computes it): that output must be
+    the product times the factor and nothing else. Ops linear in the product (a cast, a view,
+    a product with a number) pass the factor on; a param added after them, read by nothing
+    else (MobileBERT's ``h.matmul(E.t()) += decoder.bias``, the module's own ``bias``), is
+    recorded as the readout's bias added after it (``bias``, ``bias_after``), which the patch
+    keeps out of its factor as it keeps an nn.Linear's: only a copy or a cast may follow it
+    (the patch computes c·out + (1 − c)·b: a number on p + b would scale b by (1 + c)), as
+    only a copy or a cast may follow a product with its own bias. Anything else is refused, at
+    the product's line: another function of it, a module called more than once (a hook scales
+    each call's output by every patch on it), one returning more than one value.
+    ``params``: placeholder -> param target; ``sole``: :func:`sole_outputs`; ``model``: the
+    model exported (its modules' calls counted)."""
     nodes = {n.name: n for n in graph.nodes}
-    returned = {module: node for node, module in sole.items()}
+    returned = {module: nodes[node] for node, module in sole.items() if node in nodes}
     for info in scales.values():
-        if "tied" not in info or info.get("bias") or info["node"] not in nodes:
+        if "tied" not in info or info["node"] not in nodes:
             continue
-        node = nodes[info["node"]]
-        last = nodes.get(returned.get(info["module"], node.name), node)
-        at, bias = _carried(node, last), None
-        reader = _readers(at)
-        if at is not last and len(reader) == 1 and op_name(reader[0]) in ("add", "add_") \
-                and len(reader[0].args) == 2 and not reader[0].kwargs:
-            (b,) = [a for a in reader[0].args if a is not at] or [None]
-            bias = params.get(getattr(b, "name", None))
-            at = _carried(reader[0], last) if bias else at
+        node, module = nodes[info["node"]], info["module"]
+        info["span"] = user_span(node)  # where apply's hook refuses a tuple returned
+        last = _returned(graph, node, module, returned, model)
+        if info.get("bias"):  # the product's own bias (F.linear's third argument), in it
+            at = _carried(node, last, IDENTITY_OPS)
+            bias = None
+        else:
+            at, bias = _carried(node, last), None
+            reader = _readers(at)
+            if at is not last and len(reader) == 1 and op_name(reader[0]) in ("add", "add_") \
+                    and len(reader[0].args) == 2 and not reader[0].kwargs:
+                (b,) = [a for a in reader[0].args if a is not at] or [None]
+                bias = params.get(getattr(b, "name", None))
+                at = _carried(reader[0], last, IDENTITY_OPS) if bias else at
         if at is last:
             if bias:
                 info.update(bias=bias, bias_after=True)
             continue
+        what = "a bias added to it" if bias or info.get("bias") else "it"
         raise refuse(node, f"a tied unembedding (its matrix also the lookup) inside "
-                     f"{info['module']}, which returns {op_name(last)} of it: apply multiplies "
-                     "the module's output by the readout's multiplier, which is no factor on "
-                     "the product there", help="compute the readout in a module that returns "
-                     "it alone (an nn.Linear whose weight is the embedding, its bias its own), "
-                     "or what follows it outside that module")
+                     f"{_named(module)}, which returns {op_name(last)} of {what}: apply "
+                     "multiplies that output by the readout's multiplier, which is no factor "
+                     "on the product there (nor keeps its bias out)",
+                     help="compute the readout in a module that returns it alone (an "
+                     "nn.Linear whose weight is the embedding, its bias its own), or what "
+                     "follows it outside that module")
 
 
-def _carried(node, last):
+def refuse_tuples(model, args, kwargs, scales: dict) -> None:
+    """Each module that computes a tied unembedding (:func:`bias_after`) must return one tensor
+    (apply's hook multiplies its output): one returning a tuple (the product twice, or beside
+    another value; a model's ModelOutput) is refused at the product's line. Its call's output
+    is seen by a run of ``model`` (on the meta device, as exported) on ``args``, ``kwargs``; a
+    forward that does not run so is left to the hook's own refusal (patches.hook)."""
+    import torch
+
+    tied = {info["module"]: info for info in scales.values() if "tied" in info}
+    if not tied:
+        return
+    seen: dict[str, str] = {}
+
+    def record(name):
+        def hook(module, args, out):  # returns None: the output stays as it is
+            seen.setdefault(name, "" if isinstance(out, torch.Tensor) else type(out).__name__)
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in tied]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception:  # noqa: BLE001 (export ran it; an eager run is only a check)
+        return
+    finally:
+        for h in handles:
+            h.remove()
+    for name, kind in seen.items():
+        if kind:
+            raise TraceError(
+                f"cannot trace a tied unembedding (its matrix also the lookup) inside "
+                f"{_named(name)}, which returns a {kind}: apply multiplies the output of that "
+                "module by the readout's multiplier, which must be the product alone",
+                tied[name].get("span"),
+                "return the readout alone from its module (an nn.Linear whose weight is the "
+                "embedding), and the rest from its parent")
+
+
+def _named(module: str) -> str:
+    return module or "the model's own forward"
+
+
+def _returned(graph, node, module: str, returned: dict, model):
+    """The node that the one call of ``module`` returns alone (the model's own output where
+    ``module`` is the model); refused, at ``node``'s line, where a patch on its output cannot
+    scale that product alone: a module called more than once, or returning several values."""
+    if module in returned:
+        return returned[module]
+    if not module:
+        (out,) = [n for n in graph.nodes if n.op == "output"]
+        values = [a for a in _flat(out.args) if hasattr(a, "op")]
+        if len(values) == 1:
+            return values[0]
+        why = f"returns {len(values)} values"
+    else:
+        calls = _calls(graph, model, module)
+        why = f"is called {calls} times in the forward" if calls > 1 else \
+            "returns more than one value"
+    raise refuse(node, f"a tied unembedding (its matrix also the lookup) inside "
+                 f"{_named(module)}, which {why}: apply multiplies every output of every call "
+                 "of it by the readout's multiplier, which would scale more than this product",
+                 help="compute the readout in a module called once that returns it alone (an "
+                 "nn.Linear whose weight is the embedding), one such module per readout")
+
+
+def _flat(args) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, list | tuple):
+            out += _flat(a)
+        elif isinstance(a, dict):
+            out += _flat(list(a.values()))
+        else:
+            out.append(a)
+    return out
+
+
+def _calls(graph, model, module: str) -> int:
+    """How many calls of the model's submodule ``module`` the graph holds (under any name)."""
+    want = _object(model, module)
+    return len({key for n in graph.nodes
+                for key, (name, _) in (n.meta.get("nn_module_stack") or {}).items()
+                if _object(model, strip_prefix(name)) == want})
+
+
+def _carried(node, last, only=None):
     """The last node of the chain from ``node`` towards ``last`` of ops linear in it (casts,
-    copies, views, a product with a number, a negation), each read by the next alone: a factor
-    on ``last`` is one on ``node``."""
-    while node is not last and len(_readers(node)) == 1 and _linear(_readers(node)[0], node):
+    copies, views, a product with a number, a negation; or the ops ``only``), each read by the
+    next alone: a factor on ``last`` is one on ``node``."""
+    while node is not last and len(_readers(node)) == 1 and (
+            op_name(_readers(node)[0]) in only if only else _linear(_readers(node)[0], node)):
         (node,) = _readers(node)
     return node
 

@@ -82,6 +82,7 @@ class LayoutOps:
             new = ("tok",) * (len(shape) - 1) + (tags[-1],)
             if math.prod(shape[:-1]) != math.prod(lead):
                 raise refuse(node, f"a view from {list(old)} to {list(shape)}")
+            self._keeps_the_batch(node, old, shape)
             return self._retag(v, new)
         if (
             tags[-1] == "F"
@@ -114,6 +115,20 @@ class LayoutOps:
             # order, so the vector is the same and only its heads are smaller
             return Vec(v.name, v.tags, v.dim, shape[-1])
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
+
+    def _keeps_the_batch(self, node, old, shape) -> None:
+        """A view of a per-token vector into (batch, tokens, ...) axes must keep the input's
+        batch first: ``e.reshape(1, B * T, n)`` (or ``(2 * B, T // 2, n)``) folds the batch
+        into the tokens, and what then reads the tokens (a shift, a slice, a mean, attention)
+        would cross one sequence into the next, which the language's per-sequence ops do not."""
+        batch = getattr(self.tok_value, "shape", (None,))[0]
+        if len(shape) > 2 and batch is not None and shape[0] != batch:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         f"vector, which regroups the batch of {batch} sequences and their "
+                         "tokens: ops over the tokens would then cross from one sequence "
+                         "into the next", help="keep the batch axis first and the tokens "
+                         "of each sequence on their own (x.view(B, T, ...)), or flatten "
+                         "both to one axis for ops that treat each token alone")
 
     def _probs_view(self, node, p: Probs, old, shape) -> Probs:
         """Attention weights with their batch and heads axes merged into one or split back
@@ -208,7 +223,8 @@ class LayoutOps:
                 raise refuse(node, f"a {op} of attention weights (only a view that merges or "
                              "splits their batch and heads axes, and their matmul with the "
                              "values, are traced)", help=_PROBS_HELP)
-            raise refuse(node, f"a {op} of a {type(v).__name__} value")
+            kind = type(v).__name__
+            raise refuse(node, f"a {op} of {_WHAT.get(kind, f'a {kind} value')}")
         return tags
 
     def _retag(self, v, tags):
@@ -513,3 +529,8 @@ def _undone(node, perm, tags) -> bool:
         if back is None or _swapped_kind(tags, [perm[d] for d in back]) is not None:
             return False
     return True
+
+
+# the user's words for a value of the trace that an op reads where only others are traced
+_WHAT = {"TokensFrom": "a slice of a sequence's tokens (h[:, k:], read only by a mean over "
+         "them or a pad that moves them, shift(h, k))"}

@@ -37,6 +37,9 @@ class Patch:
     # that bias added after the product inside the module (MobileBERT's ``h.matmul(E.t()) +=
     # decoder.bias``), not the product node's own argument: the graph's probe scales the node
     bias_after: bool = False
+    # the user's line of the vector it scales (a tied product's), where a forward that returns
+    # no tensor alone is refused
+    span: object = None
 
     def at(self, r: float) -> float:
         """The multiplier at width ratio ``r`` (width / base width)."""
@@ -63,10 +66,20 @@ def scale_rows(out, factor: float, rows):
     return out * scale
 
 
-def hook(factor: float, rows, bias: bool = False):
+def hook(factor: float, rows, bias: bool = False, name: str = "", span=None):
     """A forward hook that multiplies the module's output (its ``rows``) by ``factor``; with
-    ``bias``, its bias kept out of the factor: factor·(W·x) + b (an nn.Linear's)."""
+    ``bias``, its bias kept out of the factor: factor·(W·x) + b (an nn.Linear's). A module
+    ``name`` whose call returns anything but one tensor (a tuple of the product and another
+    value) is refused at ``span``, the line of the vector it scales: the factor is on one."""
+    import torch
+
     def scaled(module, args, out):
+        if not isinstance(out, torch.Tensor):
+            raise UsageError(
+                f"{name or 'the model'} returns a {type(out).__name__}, not the one vector "
+                "that its forward patch multiplies by its multiplier (computed here)", span,
+                help="return that vector alone from its module (an nn.Linear whose weight is "
+                "the embedding, for a tied readout), and the rest from its parent")
         return scale_out(out, factor, rows, module.bias if bias else None)
 
     return scaled

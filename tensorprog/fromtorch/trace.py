@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
-from .calls import bias_after, constant_modules, sole_outputs
+from .calls import bias_after, constant_modules, refuse_tuples, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .growing import refuse_growing_cats, refuse_growing_groups
@@ -271,7 +271,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         raise _at_build(err, build) from None
     traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
-    bias_after(graph, params, traced.calls, traced.scales)
+    bias_after(graph, params, traced.calls, traced.scales, layout[1])
+    refuse_tuples(model, args, kwargs, traced.scales)
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)
     traced.centred = frozenset(strip_prefix(k) for k in centred)
     traced.coefficient_nodes = keep  # the check's conversions keep them too (check.py)

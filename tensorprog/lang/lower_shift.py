@@ -53,7 +53,8 @@ def lower_shift(low, node: Call, args: list, k: int, vec: type):
                          "read its pixels as tokens first, tokens(h, T)")
         return None
     if arg not in low.tokenwise or arg in {i.name for i in low.inputs}:
-        what = ("the input's one-hot ids" if arg in {i.name for i in low.inputs} else
+        kind = {i.name: i.kind for i in low.inputs}.get(arg)
+        what = (_INPUT_KIND.get(kind, f"a {kind} input") if kind else
                 "one vector per sequence" if arg in low.one_token else
                 "built from params and vector inputs alone")
         low.errors.error(f"shift moves the vectors of a sequence's tokens, but {arg} has no "
@@ -63,3 +64,8 @@ def lower_shift(low, node: Call, args: list, k: int, vec: type):
         return None
     out = low.emit(Nonlin(low.fresh(low.target), SHIFT, (arg,), node.span, index=k), h.dim)
     return low.vec(out, h.dim)
+
+
+# what an input holds, where shift is given one
+_INPUT_KIND = {"tokens": "the input's one-hot ids", "patches": "the input's image patches, "
+               "which a layer's map of them, W @ x, has as tokens", "vector": "a vector input"}

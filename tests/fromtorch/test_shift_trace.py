@@ -106,3 +106,42 @@ def test_a_pad_of_the_tokens_that_moves_none_of_them_is_refused_at_its_line(move
     with pytest.raises(TensorProgError, match=r"test_shift_trace.py:\d+:\d+: error: cannot trace a "
                        rf"pad by {pads}(.|\n)*the language's shift\(h, k\)"):
         from_torch(_build(moves), WIDTHS, _tokens)
+
+
+class Folded(Trigram):
+    """The batch folded into the tokens, then shifted: the model's move crosses from one
+    sequence (or half of one) into the next, which shift(h, k) does not."""
+
+    def forward(self, idx):
+        e = self.e(idx)
+        B, T, n = e.shape
+        if self.moves == "flat":
+            s = nn.ZeroPad2d((0, 0, 1, -1))(e.reshape(1, B * T, n)).reshape(B, T, n)
+        elif self.moves == "slice":
+            s = F.pad(e.reshape(1, B * T, n)[:, :-1], (0, 0, 1, 0)).reshape(B, T, n)
+        elif self.moves == "halves":
+            s = nn.ZeroPad2d((0, 0, 1, -1))(e.reshape(2 * B, T // 2, n)).reshape(B, T, n)
+        else:  # "mean": a mean over the tokens of each half sequence
+            return self.head(torch.relu(self.fc(e.reshape(2 * B, T // 2, n).mean(1))))
+        return self.head(torch.relu(self.fc(s)))
+
+
+@pytest.mark.parametrize("moves", ["flat", "slice", "halves", "mean"])
+def test_a_view_that_folds_the_batch_into_the_tokens_is_refused_at_its_line(moves):
+    # before: traced as shift(embedding, 1) (a mean over each sequence's tokens), which moves
+    # (averages) within each sequence: the program computed something other than the model
+    with pytest.raises(TensorProgError, match=r"test_shift_trace.py:\d+:\d+: error: cannot trace a "
+                       r"view from \[2, 8, \d+\] to \[(1, 16|4, 4), \d+\] of a per-token vector, "
+                       r"which regroups the batch of 2 sequences and their tokens"):
+        from_torch(lambda n: Folded(n, moves), WIDTHS, _tokens)
+
+
+def test_a_slice_of_the_tokens_read_by_another_op_is_refused_in_the_users_words():
+    class Viewed(Trigram):
+        def forward(self, idx):
+            e = self.e(idx)
+            return self.head(torch.relu(self.fc(e[:, 1:].reshape(-1, e.shape[-1]))))
+
+    with pytest.raises(TensorProgError, match=r"cannot trace a (reshape|view) of a slice of a "
+                       r"sequence's tokens \(h\[:, k:\]"):
+        from_torch(Viewed, WIDTHS, _tokens)
