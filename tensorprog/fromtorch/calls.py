@@ -103,7 +103,7 @@ def bias_after(graph, params: dict[str, str], sole: dict[str, str], scales: dict
                     and len(reader[0].args) == 2 and not reader[0].kwargs:
                 (b,) = [a for a in reader[0].args if a is not at] or [None]
                 bias = params.get(getattr(b, "name", None))
-                at = _carried(reader[0], last, IDENTITY_OPS) if bias else at
+                at = _carried(reader[0], last, _keeps_bias) if bias else at
         if at is last:
             if bias:
                 info.update(bias=bias, bias_after=True)
@@ -206,12 +206,30 @@ def _calls(graph, model, module: str) -> int:
 
 def _carried(node, last, only=None):
     """The last node of the chain from ``node`` towards ``last`` of ops linear in it (casts,
-    copies, views, a product with a number, a negation; or the ops ``only``), each read by the
-    next alone: a factor on ``last`` is one on ``node``."""
-    while node is not last and len(_readers(node)) == 1 and (
-            op_name(_readers(node)[0]) in only if only else _linear(_readers(node)[0], node)):
+    copies, views, a product with a number, a negation; or the ops ``only``, names or a test of
+    an op and its argument), each read by the next alone: a factor on ``last`` is one on
+    ``node``."""
+    def passes(op, x) -> bool:
+        if only is None:
+            return _linear(op, x)
+        return only(op, x) if callable(only) else op_name(op) in only
+
+    while node is not last and len(_readers(node)) == 1 and passes(_readers(node)[0], node):
         (node,) = _readers(node)
     return node
+
+
+def _keeps_bias(op, x) -> bool:
+    """Whether ``op`` keeps a bias added to ``x`` over its last axis where the patch's
+    c·out + (1 − c)·b puts it: a copy, a cast, or a reshape that keeps the last axis (its size
+    the same, every entry keeps its index on it: Perceiver's [B·T, V] read back as [B, T, V])."""
+    name = op_name(op)
+    if name in IDENTITY_OPS:
+        return True
+    old, new = (getattr(n.meta.get("val"), "shape", None) for n in (x, op))
+    return name in ("view", "reshape", "_unsafe_view") and op.args[0] is x \
+        and old is not None and new is not None and len(old) and len(new) \
+        and old[-1] == new[-1]
 
 
 def _linear(op, x) -> bool:

@@ -32,6 +32,9 @@ class Head(nn.Module):
             "(p, p)": lambda: (p, p),
             "(p + b, p)": lambda: (p + self.bias, p),
             "x2 + bias": lambda: p * 2 + self.bias,
+            # Perceiver's: the rows flattened, the bias added, read back (the last axis kept)
+            "flat + bias": lambda: (h.reshape(-1, h.shape[-1]) @ self.E.weight.t()
+                                    + self.bias).reshape(*h.shape[:-1], V),
         }[self.form]()
 
 
@@ -103,8 +106,9 @@ def test_a_tied_product_then_tanh_in_the_models_own_forward_is_refused():
         from_torch(lambda n: Top(n, "tanh"), WIDTHS, _tokens)
 
 
-@pytest.mark.parametrize("build", [lambda n: Model(n, "x2 + bias"), lambda n: Top(n, "bias")],
-                         ids=["in its module", "in the model's forward"])
+@pytest.mark.parametrize("build", [lambda n: Model(n, "x2 + bias"), lambda n: Top(n, "bias"),
+                                   lambda n: Model(n, "flat + bias")],
+                         ids=["in its module", "in the model's forward", "read back"])
 def test_what_is_accepted_computes_the_program_at_4x(build):
     traced = from_torch(build, WIDTHS, _tokens)
     torch.manual_seed(0)
