@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -33,11 +34,11 @@ from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import (
     Patch,
     claim,
+    drop_compiled,
     groups_of,
     hook,
     mark,
     modules_at,
-    refuse_compiled,
     release,
     strip,
 )
@@ -450,7 +451,13 @@ class MuP(DepthScaling, OptimizerGroups):
         self._col_scales[id(model)] = {t: (c, [id(model.get_submodule(m)) for m in c.modules])
                                        for t, c in cols.items()}  # the modules hooked
         if cols or any(self._patched_modules(model, p) for p in self.patches):
-            refuse_compiled(model)  # module hooks a compiled forward would not see
+            stale = drop_compiled(model)  # module hooks a compiled forward would not see
+            if stale:
+                warnings.warn(f"apply dropped torch.compile's compiled code "
+                              f"(torch._dynamo.reset()): forwards of {', '.join(stale)} had "
+                              "been compiled, and torch reuses compiled code without checking "
+                              "nn.Module hooks, so apply's hooks would not act in them; "
+                              "compiled models recompile on their next call", stacklevel=2)
         report.patched = self._register(model, r)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches

@@ -166,36 +166,28 @@ def release(model, token: int) -> None:
         object.__delattr__(model, _OWNER)
 
 
-def refuse_compiled(model) -> None:
-    """A UsageError where a torch.compile'd forward of the model's class has run in this
-    process (dynamo holds compiled code for its ``forward``): torch does not guard that code
-    on nn.Module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so it would run
-    on without the hooks apply is about to register, on this model and on any model of the
-    class compiled later at the same shapes. ``torch._dynamo.reset()`` drops that code."""
+def drop_compiled(model) -> list[str]:
+    """Drop every compiled code of the process (``torch._dynamo.reset()``) before apply
+    registers module hooks: torch does not guard compiled code on nn.Module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a forward compiled before them (of
+    this model, of a module it holds or that holds it, or of another model of one of those
+    classes compiled later at the same shapes) would run on without them. What was compiled
+    recompiles on its next call, and sees the hooks. Returns the model's module classes whose
+    forward had compiled code (the warning's), where this torch lets that be read."""
     import sys
 
     if "torch._dynamo" not in sys.modules:  # nothing compiled: dynamo is imported on use
-        return
+        return []
     import torch._dynamo
 
+    if not torch._dynamo.config.skip_nnmodule_hook_guards:  # hooks guarded: nothing stale
+        return []
     try:
         from torch._dynamo.eval_frame import _debug_get_cache_entry_list as cached
-    except ImportError:  # another torch: docs/torch.md says to apply before compiling
-        return
+    except ImportError:  # another torch: the reset below stands either way
+        cached = None
     inner = getattr(model, "_orig_mod", model)  # the module a torch.compile wrapper holds
-    code = getattr(type(inner).forward, "__code__", None)
-    if not torch._dynamo.config.skip_nnmodule_hook_guards or code is None \
-            or not cached(code):
-        return
-    from .where import def_span
-
-    raise UsageError(
-        f"a torch.compile'd forward of {type(inner).__name__} has run in this process, and "
-        "torch does not check nn.Module hooks before it reuses compiled code "
-        "(torch._dynamo.config.skip_nnmodule_hook_guards): the hooks apply registers (its "
-        "forward patches, a concatenation's column scales) would not act in it, on this model "
-        "or on another of the class compiled at the same shapes",
-        def_span(type(inner).forward),
-        help="apply before torch.compile; where something was compiled already, call "
-        "torch._dynamo.reset() before apply, then compile the applied model",
-    )
+    stale = sorted({type(m).__name__ for m in inner.modules() if cached is not None and (
+        code := getattr(type(m).forward, "__code__", None)) is not None and cached(code)})
+    torch._dynamo.reset()
+    return stale

@@ -9,6 +9,7 @@ applied model (its effective weight read through the module), stepped with the d
 exponents' LR and eps per block: the applied model's steps must match it to 1e-12 in float64."""
 
 import copy
+import warnings
 
 import pytest
 from conftest import apply_is_bit_identical_at_base
@@ -383,23 +384,47 @@ def test_a_layer_called_with_its_input_as_a_keyword_is_scaled(traced):
 class Compiled(Cat):
     """Cat with a forward of its own: the code torch.compile caches is this class's alone."""
 
+    def cat_input(self, idx):
+        return torch.cat([self.e(idx), self.f(idx)], dim=-1)
+
     def forward(self, idx):
-        return self.head(torch.relu(self.mix(torch.cat([self.e(idx), self.f(idx)], dim=-1))))
+        return self.head(torch.relu(self.mix(self.cat_input(idx))))
 
 
-def test_apply_after_a_compiled_run_of_the_class_is_refused(traced):
+def test_apply_after_a_compiled_run_drops_the_compiled_code_and_says_so(traced):
+    # torch reuses compiled code without checking module hooks: a forward compiled before apply
+    # (the model's, or a module's inside it) ran on without the pre-hook (W / s: a diff of
+    # 0.59); apply now drops the compiled code, which recompiles with the hook, and warns
     mup = MuP(traced, "adam")
-    torch.manual_seed(0)
-    model = Compiled(WIDTH)
-    compiled = torch.compile(model, backend="eager")
-    idx = _tokens(model)[0]
-    compiled(idx)  # its code, cached without apply's pre-hook, would run on without it
+    idx = _tokens(Compiled(WIDTH))[0]
     try:
-        with pytest.raises(UsageError, match="a torch.compile'd forward of Compiled has run"):
-            mup.apply(model)
+        for part in ("", "mix"):  # the whole model compiled, or the layer it hooks
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = Compiled(WIDTH)
+            compiled = torch.compile(model.get_submodule(part), backend="eager")
+            x = idx if not part else model.cat_input(idx).detach()
+            with torch.no_grad():
+                compiled(x)
+                if part:  # a compiled nn.Linear's code is not its class's forward's: no
+                    mup.apply(model)  # warning, but its code is dropped all the same
+                else:
+                    with pytest.warns(UserWarning, match=r"apply dropped torch.compile's "
+                                      r"compiled code(.|\n)*forwards of Compiled had been"):
+                        mup.apply(model)
+                assert torch.equal(compiled(x), model.get_submodule(part)(x))
+        # a sweep that compiles each width's model after apply: no refusal, each exact (the
+        # second apply drops the first width's code, which later shapes could reuse)
         torch._dynamo.reset()
-        mup.apply(model)  # then compiled anew: the pre-hook acts
-        assert torch.equal(compiled(idx), model(idx))
+        for n in (WIDTH, 2 * WIDTH):
+            model = Compiled(n)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                mup.apply(model)
+            assert len(said) == (n > WIDTH)
+            compiled = torch.compile(model, backend="eager")
+            with torch.no_grad():
+                assert torch.equal(compiled(idx), model(idx))
     finally:
         torch._dynamo.reset()
 
