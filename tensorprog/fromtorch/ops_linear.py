@@ -234,7 +234,11 @@ class LinearOps:
                          "[B, T, C]), or mix the tokens with attention")
         return Affine(x, w, b, node.name, x.tags[:-1] + ("F",))
 
-    def op_addmm(self, node, b, x, w):
+    def op_addmm(self, node, b, x, w, beta=1, alpha=1):
+        if beta != 1 or alpha != 1:  # beta * b + alpha * (x @ w): GPT-2's Conv1D has neither
+            raise refuse(node, f"an addmm with beta={beta!r}, alpha={alpha!r}: a linear layer "
+                         "is b + x @ W", help="write the numbers as products of their own "
+                         "(beta * b + alpha * (x @ W))")
         return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows), b)
 
     def op_matmul(self, node, x, w):

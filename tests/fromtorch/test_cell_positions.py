@@ -86,10 +86,10 @@ class Clamped(nn.Module):
     zero: the meta export lifts them in the order they are read, the CPU export in the order
     they are made."""
 
-    def __init__(self, n, max_positions=T + 1, clamp=False):
+    def __init__(self, n, max_positions=T + 1, clamp=False, shift=False):
         super().__init__()
-        self.max_positions, self.clamp = max_positions, clamp
-        self.e, self.p = nn.Embedding(VOCAB, n), nn.Embedding(T, n)
+        self.max_positions, self.clamp, self.shift = max_positions, clamp, shift
+        self.e, self.p = nn.Embedding(VOCAB, n), nn.Embedding(T + 4 * shift, n)
         self.ln, self.head = nn.LayerNorm(n), nn.Linear(n, VOCAB, bias=False)
 
     def forward(self, idx):
@@ -97,6 +97,9 @@ class Clamped(nn.Module):
         raw = torch.arange(t, device=idx.device)[None].expand(b, t)
         bound = torch.as_tensor(self.max_positions - 1, device=idx.device)
         zero = torch.as_tensor(0, device=idx.device)
+        if self.shift:  # one constant read twice: rows 2..T+1, clamped at 2
+            two = torch.as_tensor(2, device=idx.device)
+            return self.head(self.ln(self.e(idx) + self.p(torch.clamp(raw + two, two, bound))))
         positions = torch.clamp(raw, zero, bound) if self.clamp else torch.min(
             bound, torch.max(zero, raw))
         return self.head(self.ln(self.e(idx) + self.p(positions)))
@@ -112,6 +115,13 @@ def test_two_bounds_are_each_read_where_the_graph_reads_it(clamp):
     traced = from_torch(build, WIDTHS, _tokens)
     assert "p_weight @ pos" in traced.source, traced.source
     traced_computes_the_model(traced, build, _tokens)
+
+
+def test_a_constant_read_by_another_op_too_is_refused():
+    # clamp(arange + c, c, 11): before, c was paired with the clamp alone and read as 0 by
+    # the add, the positions traced as 0..T-1 while the model reads rows 2..T+1
+    _refused(lambda n: Clamped(n, max_positions=T + 4, shift=True), _tokens,
+             r"embedding lookup of ids")
 
 
 @pytest.mark.slow

@@ -576,3 +576,27 @@ def test_an_einsum_that_is_a_batched_matmul_is_that_matmul(scores):
     traced_computes_the_model(traced, build, _tokens)
     if scores.startswith("bsij"):  # the same program as the other spelling's
         assert traced.source == _trace(lambda n: EinsumAttention(n)).source
+
+
+class ScaledAddmm(nn.Module):
+    """torch.addmm(b, x, W.T, beta=2): beta * b + x @ W.T, not a linear layer's b + x @ W.T."""
+
+    def __init__(self, n, beta=2.0):
+        super().__init__()
+        self.e, self.beta = nn.Embedding(16, n), beta
+        self.w, self.b = nn.Parameter(torch.randn(n, n) / n**0.5), nn.Parameter(torch.ones(n))
+        self.out = nn.Linear(n, 16)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        y = torch.addmm(self.b, h.reshape(-1, h.shape[-1]), self.w.t(), beta=self.beta)
+        return self.out(y.view(h.shape))
+
+
+def test_an_addmm_with_a_beta_or_alpha_is_refused_at_its_line():
+    # before: TypeError, op_addmm() got an unexpected keyword argument 'beta'
+    with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
+                       r"trace an addmm with beta=2.0, alpha=1"):
+        from_torch(ScaledAddmm, WIDTHS, _tokens)
+    traced = from_torch(lambda n: ScaledAddmm(n, beta=1), WIDTHS, _tokens)  # plain: a linear
+    assert traced_computes_the_model(traced, lambda n: ScaledAddmm(n, beta=1), _tokens) < 1e-10
