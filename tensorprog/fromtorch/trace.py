@@ -403,33 +403,32 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
             continue
         readers = {"where"} if value.is_floating_point() else {
             "min", "max", "minimum", "maximum", "clamp"}
-        users, seen = list(node.users), set()
-        copies = ("detach", "detach_", "lift_fresh_copy", "clone", "to")
-        while users and not any(op_name(u) in readers for u in users):
-            seen.update(users)
-            users = [u for c in users if op_name(c) in copies for u in c.users if u not in seen]
-        if _read_elsewhere(node, readers, copies):
+        read, copied = _read_through_copies(node)
+        if not read or any(op_name(u) not in readers for u in read):
             continue  # read by another op too (arange + c): left to that op, which refuses it
-        if users:
-            reader = min((u for u in users if op_name(u) in readers), key=place.__getitem__)
-            found[specs[node.name]] = (reader.name, next((i for i, a in (
-                *enumerate(reader.args), *reader.kwargs.items()) if a in seen | {node}), None))
+        reader = min(read, key=place.__getitem__)
+        found[specs[node.name]] = (reader.name, next((i for i, a in (
+            *enumerate(reader.args), *reader.kwargs.items()) if a in copied | {node}), None))
     return found
 
 
-def _read_elsewhere(node, readers: set, copies: tuple) -> bool:
-    """Whether a constant, through its ``copies``, is read by an op other than ``readers``."""
-    todo, seen = list(node.users), set()
+_COPIES = ("detach", "detach_", "lift_fresh_copy", "clone", "to")
+
+
+def _read_through_copies(node) -> tuple[set, set]:
+    """The ops that read a constant's value, through its copies (``_COPIES``), and those
+    copies."""
+    todo, read, copied = list(node.users), set(), set()
     while todo:
         u = todo.pop()
-        if u in seen:
+        if u in read or u in copied:
             continue
-        seen.add(u)
-        if op_name(u) in copies:
+        if op_name(u) in _COPIES:
+            copied.add(u)
             todo.extend(u.users)
-        elif op_name(u) not in readers:
-            return True
-    return False
+        else:
+            read.add(u)
+    return read, copied
 
 
 def _at_build(err: TraceError, build) -> TraceError:
