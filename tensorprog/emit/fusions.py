@@ -26,6 +26,8 @@ class Attention:
     scales: tuple[str, ...]
     causal: bool
     chain: tuple[str, ...]
+    grouped: bool = False  # keys or values with fewer heads than the queries
+    value_head: str | None = None  # the values' head dim where it is not the queries' (over)
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -116,8 +118,12 @@ def find_fusions(program: Program, body: Sequence) -> dict[str, Attention | Norm
                 dot.out, logits if scales else soft)):
             continue
         chain = tuple(dict.fromkeys((soft.out, logits.out, dot.out)))
+        table = program.dim_table
+        key = {d: table[dims[d]].key() for d in (dot.left, dot.right, mix.values, mix.out)}
+        grouped = key[dot.left] != key[dot.right] or key[mix.values] != key[mix.out]
+        own = mix.head if mix.head and table[mix.head].key() != table[dot.over].key() else None
         found[mix.out] = Attention(dot.left, dot.right, mix.values, dot.over, scales,
-                                    soft.fn == "causal_softmax", chain)
+                                    soft.fn == "causal_softmax", chain, grouped, own)
     # a product fused alone whose sum with a bias is fused too is part of that chain
     inner = {v for f in found.values() for v in f.chain}
     return {out: f for out, f in found.items() if out not in inner}

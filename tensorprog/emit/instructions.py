@@ -227,7 +227,8 @@ class Emitter:
 
     def Mix(self, ins: Mix) -> str:
         self.helpers.add("_mix")
-        over = split_heads_dim(self.program.value_dims[ins.weights])[1]
+        # the values' heads: of their own head dim (mix(p, v, dv)), else the queries'
+        over = ins.head or split_heads_dim(self.program.value_dims[ins.weights])[1]
         return f"_mix({self.ref(ins.weights)}, {self.kv(ins.out, ins.values, over)})"
 
     def Route(self, ins: Route) -> str:
@@ -286,13 +287,16 @@ class Emitter:
             x = self.ref(f.x)
             bias = f", {self.ref(f.bias)}" if f.bias else ""
             return f"torch.nn.functional.layer_norm({x}, {x}.shape[-1:], {self.ref(f.gain)}{bias})"
-        dims, table = self.program.value_dims, self.program.dim_table
-        grouped = table[dims[f.q]].key() != table[dims[f.k]].key()
-        helper = "_grouped_attention" if grouped else "_attention"
+        # values of heads of their own (a head dim not the queries') with fewer heads than the
+        # queries: _grouped_attention would split them in heads of the queries' head dim
+        own = f.value_head is not None and f.grouped
+        helper = ("_value_heads_attention" if own else
+                  "_grouped_attention" if f.grouped else "_attention")
         self.helpers.add(helper)
         scale = " * ".join(self.ref(s) for s in f.scales) or "1.0"
+        value_head = f", {self.dim(f.value_head)}" if own else ""
         return (f"{helper}({self.ref(f.q)}, {self.ref(f.k)}, {self.ref(f.values)}, "
-                f"{self.dim(f.over)}, {scale}, {f.causal})")
+                f"{self.dim(f.over)}{value_head}, {scale}, {f.causal})")
 
     def lines(self, body: Sequence, indent: str = "        ",
               fused: dict[str, Attention | Norm] | None = None) -> list[str]:
@@ -306,5 +310,21 @@ class Emitter:
                 continue
             expr = (self.fused(fused[ins.out]) if ins.out in fused
                     else getattr(self, type(ins).__name__)(ins))
-            out.append(f"{indent}{self.local[ins.out]} = {expr}")
+            out.append(_wrapped(f"{indent}{self.local[ins.out]} = {expr}"))
         return out
+
+
+def _wrapped(line: str, width: int = 100) -> str:
+    """A call's line broken after its commas, aligned under its first argument, where it passes
+    ``width`` columns (emitted code stays clean under ruff); other lines as they are."""
+    if len(line) <= width or "(" not in line or '"' in line or "'" in line:
+        return line
+    col = line.index("(") + 1
+    rows, parts = [line[:col]], line[col:].split(", ")
+    for part in parts:
+        if rows[-1][-1] not in "(" and len(rows[-1]) + len(part) + 2 > width:
+            rows[-1] += ","
+            rows.append(" " * col + part)
+        else:
+            rows[-1] += part if rows[-1][-1] == "(" else ", " + part
+    return "\n".join(rows)

@@ -190,6 +190,18 @@ HELPERS = {
         "                                                         is_causal=is_causal,",
         "                                                         enable_gqa=True)",
         "    return y.transpose(-3, -2).flatten(-2)"],
+    "_value_heads_attention": [
+        "def _value_heads_attention(q, k, v, head_dim, value_head_dim, scale, is_causal):",
+        '    """_grouped_attention with values in heads of value_head_dim coordinates, a head dim',
+        "    of their own (each value head serving a group of consecutive query heads, as the",
+        '    keys\' heads do or not): the output has the queries\' heads of value_head_dim."""',
+        "    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)",
+        "    v = v.unflatten(-1, (-1, value_head_dim)).transpose(-3, -2)",
+        "    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,",
+        "                                                         is_causal=is_causal,",
+        "                                                         enable_gqa=True)",
+        "    return y.transpose(-3, -2).flatten(-2)"],
     "_sink_softmax": [
         "def _sink_softmax(s, sink, is_causal):",
         '    """Softmax over the key tokens with one more logit per head, the sink, in every row',

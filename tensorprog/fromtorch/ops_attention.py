@@ -206,10 +206,21 @@ class AttentionOps:
         # decoder: queries and keys in 8 heads of 32, values of n in 8 heads of n/8); at a
         # width where the two head dims meet (n = 256 there) both forms compute the same, and
         # the one written is the other widths' (own_heads), so that the graphs match
-        own = (None not in (v.dh, q.dh) and v.group == 1 and v.dim * q.dh == q.dim * v.dh
+        # Values of such heads fewer than the queries' (MiMo-V2-Flash: queries and keys in
+        # heads of 192, values in heads of 128, both of 4 or 8 heads for 64 query heads) serve
+        # whole groups of consecutive query heads, as grouped keys do: mix(p, v, dv, D), D the
+        # queries' heads of dv each
+        own = (None not in (v.dh, q.dh) and v.dim % v.dh == 0
                and (v.dh != q.dh or node.name in self.own_heads))
+        out = v.dim
         if own:
             self.out.own_heads.add(node.name)
+            heads, vheads = q.dim // q.dh, v.dim // v.dh
+            if heads % vheads or v.group not in (1, heads // vheads):
+                raise refuse(node, f"attention whose values ({v.dim} features in {vheads} heads "
+                             f"of {v.dh}) do not come in whole groups of the queries' {heads} "
+                             "heads", _GQA_HELP)
+            out = heads * v.dh
         else:
             self.grouped(node, q, v, "values")
         if _laid_out(q, v) != _laid_out(v, q):
@@ -222,11 +233,12 @@ class AttentionOps:
                          help="transpose the values to (batch, heads, tokens, head dim) as "
                          "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         head = f", {self.dim(v.dh)}" if own else ""
+        head += f", {self.dim(out)}" if own and out != v.dim else ""
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name}{head})")
         # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
         # query axes are (the queries'): the values' own layout may differ only in where its
         # one head's axis (of size 1) was put by a view the export wrote for it
-        return Vec(name, q.tags, v.dim if own else q.dim, v.dh)
+        return Vec(name, q.tags, out if own else q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each

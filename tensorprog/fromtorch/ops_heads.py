@@ -71,14 +71,23 @@ def _split_last(node, ndim: int) -> bool:
     return True
 
 
-def _split_heads(node, ndim: int) -> bool:
-    """Every use of ``node`` splits its heads axis (Falcon's multi-query ``split([H, 1, 1],
-    dim=-2)``: the query's heads, then one key and one value head)."""
-    return bool(node.users) and all(
-        op_name(u) in ("split", "split_with_sizes") and isinstance(_dim(u, 0), int)
-        and _dim(u, 0) % ndim == ndim - 2
-        for u in node.users
-    )
+def _split_heads(node, ndim: int, heads: int | None = None) -> bool:
+    """Every use of ``node`` splits its heads axis (``heads``, else the one before the last:
+    Falcon's multi-query ``split([H, 1, 1], dim=-2)``: the query's heads, then one key and one
+    value head), or swaps it with another axis but the last and then splits it there
+    (DiffLlama's values ``v.transpose(1, 2)`` halved along their heads, ``chunk(v, 2, 1)``)."""
+    heads = ndim - 2 if heads is None else heads
+
+    def split(u) -> bool:
+        if op_name(u) == "transpose" and isinstance(u.args[1], int) and isinstance(
+                u.args[2], int):
+            a, b = (d % ndim for d in u.args[1:3])
+            return heads in (a, b) and ndim - 1 not in (a, b) and _split_heads(
+                u, ndim, b if a == heads else a)
+        return (op_name(u) in ("split", "split_with_sizes", "chunk")
+                and isinstance(_dim(u, 0), int) and _dim(u, 0) % ndim == heads)
+
+    return bool(node.users) and all(split(u) for u in node.users)
 
 
 def _select_blocks(node, ndim: int) -> bool:

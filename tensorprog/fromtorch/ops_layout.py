@@ -319,8 +319,11 @@ class LayoutOps:
         halves = self._rotary_halves(node, v, sizes, dim, ndim)
         if halves is not None:
             return halves
-        if isinstance(v, Affine) and v.dh and v.w.period is None and dim % ndim == ndim - 2:
-            return self.split_heads(node, v, sizes)  # whole heads of a fused layer (ops_heads)
+        if isinstance(v, Affine) and v.dh and v.w.period is None and (
+                self._tags(v, node)[dim % ndim] == "H"):
+            # whole heads of a fused layer (ops_heads), its heads axis wherever a transpose put
+            # it (DiffLlama's value heads halved after (batch, heads, tokens, head dim))
+            return self.split_heads(node, v, sizes)
         if not isinstance(v, Affine) and dim % ndim == ndim - 1 and "H" in self._tags(v, node):
             raise refuse(
                 node,

@@ -128,6 +128,20 @@ class PoolOps:
                          "and has no query sequence of one learned token",
                          help="pool with the class token or the mean of the tokens (h.mean(1)), "
                          "or trace the model without this head")
+        tags = getattr(v, "tags", None) or ()
+        sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
+            else sizes
+        if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
+            # torch's repeat tiles: copy c of head j is head c·h + j, so that after a
+            # repeat_kv query head i reads head (i // g) mod h (DiffLlama's halved values)
+            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times "
+                         "(torch's repeat: head j again at j + h, j + 2h, ...): in the language's "
+                         "grouped attention each key/value head serves consecutive query heads "
+                         "(repeat_interleave, HF's repeat_kv), and tiled heads, which pair "
+                         "query head i with head (i // g) mod h, have no form",
+                         help="repeat each head in place (torch.repeat_interleave(x, r, dim=1) "
+                         "or HF's repeat_kv) where that is the model, or give the model "
+                         "separate key/value heads for each query head")
         raise refuse(node, "the op repeat")
 
     def op_adaptive_avg_pool1d(self, node, x, size):

@@ -55,6 +55,7 @@ from functools import cached_property
 
 from ..errors import Span, UsageError
 from .functions import CAT, PART, POOLS, pooled
+from .heads import heads_dim_name, split_heads_dim
 from .spread import SPREAD, other_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
@@ -317,14 +318,16 @@ class Mix:
     The token-mixing half of attention: a finite sum over tokens with Θ(1) weights, so exponents
     add as in a product (e(p) + e(v); changes from either side). The output has the query's dim
     (the heads of ``weights``); ``values`` may have fewer heads (grouped-query attention), each
-    serving as many consecutive query heads as the dims' ratio says.
+    serving as many consecutive query heads as the dims' ratio says. ``mix(p, v, dv[, D])``:
+    values in heads of dv, as many as p's or (D) a whole fraction, the output D = p's heads · dv.
     """
 
     out: str
     weights: str
     values: str
     span: Span | None = _span()
-    head: str | None = None  # mix(p, v, dv): v in p's heads of dv each (the output v's dim)
+    head: str | None = None  # mix(p, v, dv): v in heads of dv each (the output v's dim)
+    dim: str | None = None  # mix(p, v, dv, D): the output's dim (v's heads grouped)
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -473,17 +476,6 @@ INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Rou
                                   Mean, Relayout)
 
 
-def heads_dim_name(dim: str, over: str) -> str:
-    """The name of the heads axis of ``dot(q, k, over)`` for q, k of dim ``dim``."""
-    return f"{dim}/{over}"
-
-
-def split_heads_dim(name: str) -> tuple[str, str]:
-    """(dim, over) of a heads axis named by :func:`heads_dim_name`."""
-    dim, _, over = name.partition("/")
-    return dim, over
-
-
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
     """Heads = dim / over: finite when both are infinite (fixed head count) or both finite,
     infinite when only ``dim`` is (fixed head dim); None if over does not divide dim."""
@@ -552,6 +544,10 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
+            if isinstance(ins, Mix) and ins.head:  # values' own heads, and their groups
+                for a, b in ((dims[ins.values], ins.head), (dims[ins.out], dims[ins.values])):
+                    h = heads_dim(table, a, b) if {a, b} <= table.keys() else None
+                    table.update({h.name: h} if h and table[a].key() != table[b].key() else {})
         return table
 
     @cached_property
@@ -644,7 +640,7 @@ class Program:
                 query, values = split_heads_dim(dims[ins.weights] or "")[0], dims[ins.values]
                 grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
-                dims[ins.out] = query if grouped else values
+                dims[ins.out] = ins.dim or (query if grouped else values)
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:

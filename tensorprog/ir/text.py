@@ -50,6 +50,7 @@ def render_instruction(ins: Instruction, show=str) -> str:
         rhs = f"dot({show(ins.left)}, {show(ins.right)}{over})"
     elif isinstance(ins, Mix):
         head = f", {ins.head}" if ins.head is not None else ""
+        head += f", {ins.dim}" if ins.dim is not None else ""
         rhs = f"mix({show(ins.weights)}, {show(ins.values)}{head})"
     elif isinstance(ins, Route):
         fn = "route_norm" if ins.normalise else "route"

@@ -40,12 +40,17 @@ def _grouped(dims: dict, query: str, kv: str | None, over: str | None) -> bool:
             and heads_dim(dims, kv, over) is not None)
 
 
-def _own_heads(dims: dict, heads: str | None, values: str | None, head: str) -> bool:
-    """``mix(p, v, dv)``: v is as many heads of dim ``head`` as p has heads."""
-    if heads not in dims or values not in dims or head not in dims:
+def _own_heads(dims: dict, heads: str | None, values: str | None, head: str,
+               out: str | None = None) -> bool:
+    """``mix(p, v, dv)``: v is as many heads of dim ``head`` as p has heads; ``mix(p, v, dv,
+    D)``: D is that many, and v whole heads of ``head`` in a whole fraction of D."""
+    if heads not in dims or values not in dims or head not in dims or (
+            out is not None and out not in dims):
         return False
-    own = heads_dim(dims, values, head)
-    return own is not None and own.key() == dims[heads].key()
+    own = heads_dim(dims, out or values, head)
+    return own is not None and own.key() == dims[heads].key() and (
+        out is None or heads_dim(dims, values, head) is not None
+        and heads_dim(dims, out, values) is not None)
 
 
 def _verify_mix(program: Program, ins: Mix, ops: list, key, errors: Collector) -> str | None:
@@ -54,14 +59,15 @@ def _verify_mix(program: Program, ins: Mix, ops: list, key, errors: Collector) -
     dims = program.dim_table
     heads = ops[0]
     query, over = split_heads_dim(heads or "")
-    if ins.head is not None:  # the values' own head dim: as many heads as p's
-        mismatch = not _own_heads(dims, heads, ops[1], ins.head)
+    if ins.head is not None:  # the values' own head dim: as many heads as p's, or grouped
+        mismatch = not _own_heads(dims, heads, ops[1], ins.head, ins.dim)
     else:
         mismatch = key(query) != key(ops[1]) and not _grouped(dims, query, ops[1], over)
     if heads is None or "/" not in heads or query not in dims or mismatch:
         errors.error("mix(p, v) needs attention weights p from dot(q, k, dh) of the same dim as "
                      "v, or of whole groups of v's heads; mix(p, v, dv) values of as many heads "
-                     "of dv as p has", ins.span)
+                     "of dv as p has; mix(p, v, dv, D) whole heads of dv, each serving a whole "
+                     "group of p's heads, D of p's heads of dv", ins.span)
     return program.value_dims[ins.out]
 
 

@@ -33,7 +33,7 @@ from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
-from .lower_mix import lower_mix
+from .lower_mix import lower_mix, mix_operands
 from .lower_part import lower_part, part_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
@@ -404,7 +404,7 @@ class ExpressionLowering:
                               "from the embedding of a `tokens` input)")
         return not flat
 
-    def head_dim(self, node, fn: str = "dot") -> str | None:
+    def head_dim(self, node) -> str | None:
         """The head dim named by the third argument of ``dot(q, k, dh)`` (``mix(p, v, dv)``:
         the values' own)."""
         if type(node).__name__ == "Var" and node.name in self.dims:
@@ -413,11 +413,6 @@ class ExpressionLowering:
                                   node.span, "declare token inputs: `input tok : tokens[T, V]`")
                 return None
             return node.name
-        if fn == "mix":
-            self.errors.error("the third argument of mix must be the values' head dim",
-                              node.span, "e.g. `dim dv = n / 8` for values in 8 heads, then "
-                              "mix(p, v, dv)")
-            return None
         self.errors.error("the third argument of dot must be the head dim", node.span,
                           "e.g. `dim dh = n / 4` (4 heads) or `dim dh = 64`, then dot(q, k, dh)")
         return None
@@ -548,10 +543,11 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2, 3), "layernorm": (1, 2), "rmsnorm": (1, 2),
+        arity = {"dot": (2, 3), "mix": (2, 3, 4), "layernorm": (1, 2), "rmsnorm": (1, 2),
                  **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
         if len(node.args) not in arity:
-            usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v) or mix(p, v, dv)",
+            usage = {"dot": "dot(u, v) or dot(q, k, dh)",
+                     "mix": "mix(p, v), mix(p, v, dv) or mix(p, v, dv, D)",
                      **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
                 node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
                 f"{node.fn}(h)")
@@ -559,8 +555,10 @@ class ExpressionLowering:
             self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
             return None, None
-        if node.fn in ("dot", "mix") and len(node.args) == 3:
-            over = self.head_dim(node.args[2], node.fn)
+        if node.fn == "mix" and len(node.args) > 2:  # the values' own head dim: lower_mix.py
+            return mix_operands(self, node)
+        if node.fn == "dot" and len(node.args) == 3:
+            over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
         if node.fn in ("layernorm", "rmsnorm") and len(node.args) == 2:
             over = self.norm_group(node)

@@ -1,0 +1,61 @@
+"""A layer's output viewed per head, moved to (batch, heads, tokens, head dim) and split along
+its heads (a fused key/value layer halved after its transpose; DiffLlama's values, halved the
+same way): each part is whole heads, the layer's contiguous rows, as the same split before the
+transpose gives (Falcon's). Oracle: the emitted program computes the model's output. Heads then
+tiled by torch's repeat (DiffLlama's ``v.repeat(1, 2, 1, 1)``: query head i reads head
+(i // g) mod h) have no form in the language's grouped attention, and are refused at their
+line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.errors import TraceError  # noqa: E402
+
+
+class HalvedHeads(nn.Module):
+    """Attention whose keys and values are the two halves of one layer's 2n features viewed as
+    8 heads and transposed (``tiled``: the values of a layer of their own, halved and each half
+    tiled over the heads, DiffLlama's)."""
+
+    def __init__(self, n, tiled=False):
+        super().__init__()
+        self.tiled = tiled
+        self.emb = nn.Embedding(64, n)
+        self.q, self.v = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
+        self.kv = nn.Linear(n, 2 * n, bias=False)
+        self.o, self.u = nn.Linear(n, n, bias=False), nn.Linear(n, 64, bias=False)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        b, t, n = h.shape
+        q = self.q(h).view(b, t, 4, -1).transpose(1, 2)
+        k, v = self.kv(h).view(b, t, 8, -1).transpose(1, 2).chunk(2, dim=1)
+        if self.tiled:
+            halves = torch.chunk(self.v(h).view(b, t, 4, -1).transpose(1, 2), 2, dim=1)
+            v = halves[0].repeat(1, 2, 1, 1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.u(h + self.o(o.transpose(1, 2).reshape(b, t, n)))
+
+
+def ids(model=None):
+    return (torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(0)),)
+
+
+def test_heads_halved_after_the_transpose_are_the_layers_row_blocks():
+    traced = tp.from_torch(HalvedHeads, (64, 128), ids)
+    assert "kv_weight_part0 @ embedding" in traced.source
+    assert "kv_weight_part1 @ embedding" in traced.source
+    traced_computes_the_model(traced, HalvedHeads, ids)
+
+
+def test_heads_tiled_by_repeat_are_refused_at_their_line():
+    with pytest.raises(TraceError, match=r"attention heads tiled 2 times .* have no form") as e:
+        tp.from_torch(lambda n: HalvedHeads(n, tiled=True), (64, 128), ids)
+    assert "halves[0].repeat(1, 2, 1, 1)" in str(e.value)
