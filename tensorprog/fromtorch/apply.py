@@ -30,6 +30,7 @@ from .columns import block_scale, check_shared_lr, column_range, column_scales, 
 from .depth import DepthScaling
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
+from .init_stats import block_key
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import (
     Patch,
@@ -331,8 +332,9 @@ class MuP(DepthScaling, OptimizerGroups):
         if self.tuned is not None and name in self.tuned.init_std:
             return "normal", self.tuned.init_std[name]  # the program param's tuned std
         if layer is None or layer < self.stack.depth:
-            return init_of(self.traced.base, use.target, use.index, ("normal", None))
-        found = [init_of(self.traced.base, u.target, u.index, ("normal", None))
+            return init_of(self.traced.base, use.target, use.index, ("normal", None),
+                           block_key(use))
+        found = [init_of(self.traced.base, u.target, u.index, ("normal", None), block_key(u))
                  for u in self.stack.layers[name]]
         if found[0][0] == "const" or any(s is None for _, s in found):
             return found[0]

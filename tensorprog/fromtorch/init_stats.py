@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 
 from ..errors import UsageError
+from .gradscale import block_of
 from .inputs import kind_of
 from .values import entry_key
 from .where import def_span
@@ -15,6 +16,8 @@ from .where import def_span
 # a param with no init law of torch's is pooled over builds until it has this many entries
 _POOLED_ENTRIES = 10_000
 _MAX_DRAWS = 32
+# a block drawn apart from its tensor (block_stats): pooled over at most this many builds
+_BLOCK_DRAWS = 8
 
 
 def _law(model, name: str, p):
@@ -112,6 +115,64 @@ def base_stats(build, width: int) -> tuple[dict, set]:
             for k in names.get(id(m.weight), [f"{name}.weight" if name else "weight"]):
                 stats[entry_key(k, m.padding_idx)] = pad
     return {"m." + k: v for k, v in stats.items()}, {"m." + k for k in centred}
+
+
+def block_key(use) -> str | None:
+    """The key of a block's own init among the base stats (init_stats.block_stats): the tensor's
+    name and the block's place in it, written as the traced use holds it (the same at every
+    width: its rows' shares and constants, its columns' part, its expert); None for a use of
+    the whole tensor."""
+    if use.rows is None and use.cols is None and use.expert is None:
+        return None
+    place = (use.rows, use.row_consts, use.groups, use.group_rows,
+             None if use.cols is None else use.cols.index, use.expert)
+    return f"{use.target}{{block {place}}}"
+
+
+def block_stats(build, width: int, uses, base: dict) -> dict:
+    """The std of each block of a tensor (a fused layer's rows, a concatenation's columns, an
+    expert's matrix: the ``uses`` of part of a tensor, every layer's of a rolled stack) whose
+    draw at the base width differs from its tensor's std in ``base`` by more than three
+    standard errors, keyed by its ``block_key``: a model that draws its gates' rows smaller
+    than the query's beside them in one tensor. ``apply`` scales each block from its own std
+    at the base width, as µP scales each param of the program; from the tensor's it had given
+    such a block the std of the rest (10x its own, then times (n/base)^-e) at every width but
+    the base. A block that differs is pooled over a few builds (seeds 0, 1, ...), as
+    base_stats pools a tensor of no known law; a block whose entries are all one number (rows
+    left zero) is left to apply, which keeps such a block as it is."""
+    import torch
+
+    blocks = {u.target: [] for u in uses}
+    for u in uses:
+        if block_key(u) is not None and base.get(u.target, ("const",))[0] == "normal":
+            blocks[u.target].append(u)
+    blocks = {k: v for k, v in blocks.items() if v}
+    if not blocks:
+        return {}
+
+    def draws(seed: int) -> dict:  # each block's entries in the build of this seed
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = built(build, width)
+        return {block_key(u): block_of(model.get_parameter(t).detach().double(), u).flatten()
+                for t, parts in blocks.items() for u in parts}
+
+    first, apart = draws(0), {}
+    for t, parts in blocks.items():
+        for u in parts:
+            v = first[block_key(u)]
+            if v.numel() < 2 or bool((v == v[0]).all()):
+                continue
+            # as base_stats tells a law kept: a drawn std's relative error is under 0.75/√N
+            if abs(float(v.std()) / base[t][1] - 1) > 3 * 0.75 / math.sqrt(v.numel()):
+                apart[block_key(u)] = [float(v.var())]
+    if apart:
+        size = min(first[k].numel() for k in apart)
+        for seed in range(1, min(_BLOCK_DRAWS, math.ceil(_POOLED_ENTRIES / size))):
+            more = draws(seed)
+            for k, variances in apart.items():
+                variances.append(float(more[k].var()))
+    return {k: ("normal", math.sqrt(sum(v) / len(v))) for k, v in apart.items()}
 
 
 def built(build: Callable, width: int):

@@ -21,7 +21,7 @@ from .calls import bias_after, constant_modules, refuse_tuples, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .growing import refuse_growing_cats, refuse_growing_groups
-from .init_stats import base_stats, built
+from .init_stats import base_stats, block_stats, built
 from .inputs import forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
@@ -269,6 +269,10 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         read_back(traced.source, traced.vectors, nodes)
     except TraceError as err:
         raise _at_build(err, build) from None
+    with torch.device("cpu"):  # a block's own init where it differs from its tensor's
+        uses = [*traced.params.values(), *(u for layer in (traced.stack.layers.values()
+                                                          if traced.stack else ()) for u in layer)]
+        traced.base.update(block_stats(build, w1, uses, traced.base))
     traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
     bias_after(graph, params, traced.calls, traced.scales, layout[1])

@@ -62,11 +62,15 @@ def entry_key(target: str, index) -> str:
     return f"{target}[{index}]"
 
 
-def init_of(base: dict, target: str, index=None, default=None):
+def init_of(base: dict, target: str, index=None, default=None, block: str | None = None):
     """A param's init at the base width (``("const", c)`` or ``("normal", std)``): an entry's
-    own where it is one entry of a 1-D param read as a number (``index``), else the tensor's."""
+    own where it is one entry of a 1-D param read as a number (``index``), a block's own where
+    the block's draw differs from the rest of its tensor (``block``: its ``block_key``), else
+    the tensor's."""
     if isinstance(index, int) and entry_key(target, index) in base:
         return base[entry_key(target, index)]
+    if block is not None and block in base:
+        return base[block]
     return base.get(target, default)
 
 

@@ -6,6 +6,7 @@ last gate, a 1x1 convolution, the query times the modulator. The traced program 
 model's output (the shared oracle); a gate read in another layout is refused."""
 
 import functools
+from fractions import Fraction
 
 import pytest
 from conftest import traced_computes_the_model
@@ -17,6 +18,7 @@ from tensorprog.errors import TraceError, UsageError  # noqa: E402
 from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
 from tensorprog.fromtorch.check import probe  # noqa: E402
 from tensorprog.fromtorch.gradscale import block_of  # noqa: E402
+from tensorprog.fromtorch.rows import row_range  # noqa: E402
 
 WIDTHS = (16, 32)
 LEVELS = 2
@@ -204,3 +206,77 @@ def test_a_gate_of_one_channel_traces_as_spread_and_computes_the_model(pooled):
     tr = from_torch(lambda n: OneChannel(n, pooled), WIDTHS, _image)
     assert "spread(" in tr.source
     traced_computes_the_model(tr, lambda n: OneChannel(n, pooled), _image)
+
+
+def _hand(target: str, lo: int, n: int) -> tuple:
+    """µP for Adam of each param of ``Focal`` at width n, derived by hand (TP5 Table 3, all
+    multipliers 1): (init std exponent, LR exponent), std ∝ n^-e and LR ∝ n^-e. proj_in's rows
+    from 2n on are the gates, C → L + 1 per pixel: a finite fan-out of a width fan-in (their
+    W₀ meets x's change built from W₀ᵀ by backprop), an output weight's 1/fan_in std and LR,
+    where the query's and context's rows beside them are hidden (1/√fan_in, 1/fan_in)."""
+    if target in ("proj_in.weight",):
+        return (1, 1) if lo >= 2 * n else (Fraction(1, 2), 1)
+    if target in ("proj_ctx.weight", "proj_out.weight"):
+        return Fraction(1, 2), 1
+    if target == "head.weight":
+        return 1, 1
+    return 0, 0  # the stem (3 · 3 · 3 inputs), the depthwise kernels, the gains and biases
+
+
+def _block(model, use):
+    t = model.get_parameter(use.target)
+    lo, _ = row_range(use.rows, use.row_consts, t.shape[0]) if use.rows else (0, 0)
+    return block_of(t.detach(), use), lo
+
+
+def test_each_row_block_of_the_fused_layer_takes_its_hand_derived_init_and_lr():
+    # the gates' rows are a readout's block inside a hidden layer's tensor: derive gives each
+    # block its own exponents, apply sets each block's std (from the model's at the base width)
+    # and the tensor's one LR, which the blocks share under Adam
+    mup = MuP(_traced("hf"), "adam")
+    n = 4 * WIDTHS[0]
+    torch.manual_seed(0)
+    model = Focal(n)
+    mup.apply(model)
+    lr = {id(p): g["lr"] for g in mup.param_groups(model, 1.0, eps=1e-8) for p in g["params"]}
+    seen = set()
+    for name, use, _ in mup._uses(model):
+        block, lo = _block(model, use)
+        init, rate = _hand(use.target, lo, n)
+        assert (mup.init_exp[name], mup.lr_exp[name]) == (init, rate), (use.target, lo)
+        assert lr[id(model.get_parameter(use.target))] == pytest.approx(4.0 ** -rate)
+        kind, sigma = mup._base(name, use, None)
+        if kind == "normal" and block.numel() >= n:  # rescaled (a few entries are drawn anew)
+            assert float(block.double().std()) == pytest.approx(sigma * 4.0 ** -init, rel=1e-5)
+        seen.add((use.target, init))
+    assert {("proj_in.weight", 1), ("proj_in.weight", Fraction(1, 2))} <= seen
+
+
+class SmallGates(Focal):
+    """``Focal`` with its gates' rows drawn 10x smaller than the query's and context's beside
+    them in proj_in's one tensor."""
+
+    def __init__(self, n, form="hf"):
+        super().__init__(n, form)
+        with torch.no_grad():
+            self.proj_in.weight[2 * n:] *= 0.1
+
+
+def test_a_block_drawn_apart_from_its_tensor_is_scaled_from_its_own_std():
+    # µP scales each block from its own std at the base width: 0.1·law·4^-1 for the gates' rows
+    # at 4x the base, law·4^-1/2 for the rest (law: nn.Linear's 1/√(3·fan_in) at the base
+    # width). From the tensor's std the gates' rows came out 10x too large
+    mup = MuP(from_torch(SmallGates, WIDTHS, _image), "adam")
+    n = 4 * WIDTHS[0]
+    torch.manual_seed(0)
+    model = SmallGates(n)
+    mup.apply(model)
+    law = (3 * WIDTHS[0]) ** -0.5
+    w = model.proj_in.weight.detach().double()
+    assert float(w[2 * n:].std()) == pytest.approx(0.1 * law / 4, rel=0.15)
+    assert float(w[:2 * n].std()) == pytest.approx(law / 2, rel=0.05)
+    torch.manual_seed(0)
+    base = SmallGates(WIDTHS[0])
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    mup.apply(base)  # the base width keeps the model's own draw
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
