@@ -21,6 +21,7 @@ import dataclasses
 import math
 import operator
 
+from .ops_offsets import OffsetTable
 from .values import Conc, PRef, RelBias, Scores
 from .where import refuse
 
@@ -168,6 +169,8 @@ class RelativeOps:
                          "one number per head and (query, key) pair, [batch, heads, queries, "
                          "keys], once", help=_HELP)
         made = self.__dict__.setdefault("_biases", {})  # lookup node -> its program vector
+        if b.node not in made and isinstance(b.table, OffsetTable):  # at(g, win): ops_offsets
+            made[b.node] = self.offsets_bias(b.table, b.rel, b.node)
         if b.node not in made:
             table, _ = self.param(b.table, self.by_name[b.node], lookup=True)
             name = self.fresh(b.node)
