@@ -166,8 +166,10 @@ def _check_at(program: Program, ins: Nonlin, ops: list[Tag], problem) -> None:
                 "give it an input declared `windows[T, B, H, W, s]`")
         return
     if ops[0] != (win.dim,) or ins.args[0] in kinds:
+        what = (f"{ins.args[0]} is the offsets input itself (its coordinates, not a value per "
+                "head)" if ins.args[0] in kinds else f"{ins.args[0]} runs over {_show(ops[0])}")
         problem(f"at(g, {win.name}) reads one row of g per offset of {win.name}'s {win.dim}, "
-                f"but {ins.args[0]} runs over {_show(ops[0])}", ins,
+                f"but {what}", ins,
                 f"compute g from `input c : offsets[{win.dim}, E]` by layers of each offset's "
                 "coordinates (W2 @ relu(W1 @ c + b1))")
 
