@@ -27,10 +27,10 @@ import functools
 import math
 import operator
 import re
-from dataclasses import dataclass
 
 from ..emit.templates import HELPERS
-from .values import Affine, Conc, FixedTable, Pointwise, PRef, Vec
+from .ops_windows import WinTable
+from .values import Affine, Conc, FixedTable, OffsetTable, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
 _HELP = ("compute the bias as Swin V2 does: its MLP of relative_coords_table (Linear, ReLU, "
@@ -43,15 +43,6 @@ _PER_OFFSET = {"linear", "relu", "relu_", "gelu", "silu", "tanh", "sigmoid", "ad
                "detach", "index", "embedding"}
 # what a lookup's bias may go through before the logits: a function of each entry
 _AFTER_LOOKUP = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "silu": "silu"}
-
-
-@dataclass
-class OffsetTable:
-    """A table computed over the offsets, the program vector ``vec`` with one row per offset,
-    as Swin's bias reads it: ``shape`` (offsets, heads), as a param table's."""
-
-    vec: Vec
-    shape: tuple[int, int]
 
 
 @functools.cache
@@ -155,8 +146,6 @@ class OffsetOps:
     def offsets_lookup(self, node, t, window: int):
         """``table[relative_position_index]`` of a table computed over the offsets, viewed
         [(2w-1)², heads]: Swin's bias (ops_windows.py) over that table."""
-        from .ops_windows import WinTable
-
         shape = tuple(self._shape(node.args[0]))
         rows = (2 * window - 1) ** 2
         if len(shape) != 2 or shape[0] != rows:

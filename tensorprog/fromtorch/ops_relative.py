@@ -21,8 +21,7 @@ import dataclasses
 import math
 import operator
 
-from .ops_offsets import OffsetTable
-from .values import Conc, PRef, RelBias, Scores
+from .values import Conc, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
 MAX_DISTANCE = 128  # T5's relative_attention_max_distance, the one the language builds

@@ -30,9 +30,8 @@ import operator
 from dataclasses import dataclass
 
 from ..emit.templates import HELPERS
-from .ops_offsets import OffsetTable
 from .ops_pixels import KEEP_LAYOUT, read_as_image
-from .values import Conc, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
+from .values import Conc, OffsetTable, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
