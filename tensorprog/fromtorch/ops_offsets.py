@@ -162,27 +162,26 @@ class OffsetOps:
     def after_lookup(self, node, b, op: str, args):
         """A coordinatewise function of Swin's bias over a computed table, or a number times it
         (``16 * sigmoid(bias)``): the same function of the table's rows, before the lookup; None
-        for any other op."""
+        for any other op (one after its mask is added, a function of the bias and the mask)."""
         t = b.ref
-        if op in _AFTER_LOOKUP and len(args) == 1 and args[0] is b:
+        numbers = [a for a in args if a is not b]
+        if b.mask is not None or sum(a is b for a in args) != 1:
+            return None
+        slot = None
+        if op in _AFTER_LOOKUP and not numbers:
             expr = f"{_AFTER_LOOKUP[op]}({t.vec.name})"
-        elif op in ("mul", "div") and len(args) == 2 and any(a is b for a in args) and all(
-                a is b or isinstance(a, (int, float)) and not isinstance(a, bool)
-                and a != 0 for a in args):
-            c = next(a for a in args if a is not b)
-            if op == "div" and args[0] is not b:
-                return None  # c / bias: not linear in the table
-            c = 1 / c if op == "div" else c
-            slot = self.coefficient(float(c), node, t.vec.name)
+        elif op in ("mul", "div") and len(numbers) == 1 and isinstance(
+                numbers[0], (int, float)) and not isinstance(numbers[0], bool) \
+                and numbers[0] != 0 and (op == "mul" or args[0] is b):  # not c / bias
+            c = 1 / numbers[0] if op == "div" else numbers[0]
+            slot = self.coefficient(float(c), node, t.vec.name)  # as any number times a vector
             expr = f"{slot} * {t.vec.name}"
-            index = len(self.out.slots) - 1
-            name = self.emit_vector(node.name, expr)
-            self.out.coefs[index]["out"] = name
-            return dataclasses.replace(b, ref=OffsetTable(dataclasses.replace(t.vec, name=name),
-                                                          t.shape))
         else:
             return None
+        index = len(self.out.slots) - 1
         name = self.emit_vector(node.name, expr)
+        if slot is not None:
+            self.out.coefs[index]["out"] = name
         return dataclasses.replace(b, ref=OffsetTable(dataclasses.replace(t.vec, name=name),
                                                       t.shape))
 

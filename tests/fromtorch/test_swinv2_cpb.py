@@ -139,3 +139,45 @@ def test_the_mlps_table_read_by_anything_but_the_lookup_is_refused_at_its_line()
                        r"values computed from the coordinates of a window's offsets \(Swin V2's "
                        r"continuous position bias\) read by mean"):
         tp.from_torch(lambda n: SwinV2Like(n, "cpb_mean", short=True), (32, 64), images)
+
+
+class OtherWise(nn.Module):
+    """One window attention block whose bias MLP is written otherwise than Swin V2's: flat
+    coordinates [(2w-1)², 2], a GELU, tanh before the lookup and a division by a number after
+    it, the bias given to sdpa as its mask (no temperature, no cosine)."""
+
+    def __init__(self, n):
+        super().__init__()
+        from test_swin import WINDOW, relative_index
+
+        self.heads, self.w = n // 16, WINDOW
+        self.embed = nn.Conv2d(3, n, 4, stride=4)
+        self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.cpb = nn.Sequential(nn.Linear(2, 16), nn.GELU(), nn.Linear(16, self.heads))
+        self.register_buffer("coords", hf_coords(WINDOW), persistent=False)
+        self.register_buffer("index", relative_index(WINDOW).view(-1), persistent=False)
+        self.head = nn.Linear(n, 10)
+
+    def forward(self, img):
+        from test_swin import window_partition, window_reverse
+
+        x = self.embed(img)
+        (b, c, h, wd), w = x.shape, self.w
+        x = x.flatten(2).transpose(1, 2)
+        win = window_partition(x.view(b, h, wd, c), w).view(-1, w * w, c)
+        q, k, v = (f(win).view(win.shape[0], w * w, self.heads, -1).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        table = torch.tanh(self.cpb(self.coords))
+        bias = table[self.index].view(w * w, w * w, -1).permute(2, 0, 1) / 0.125
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
+        a = a.transpose(1, 2).reshape(win.shape[0], w * w, c).view(-1, w, w, c)
+        return self.head((x + window_reverse(a, w, h, wd).reshape(b, h * wd, c)).mean(1))
+
+
+@pytest.mark.slow
+def test_a_bias_mlp_written_otherwise_traces_to_what_it_computes():
+    from test_swinv2 import images
+
+    traced = tp.from_torch(OtherWise, (32, 64), images)
+    assert "gelu(" in traced.source and "tanh(" in traced.source and "= at(" in traced.source
+    traced_computes_the_model(traced, OtherWise, images)
