@@ -378,8 +378,8 @@ class WindowOps:
             return b
         if isinstance(b.ref, OffsetTable) and (made := self.after_lookup(node, b, op, args)):
             return made  # 16 * sigmoid(bias) of a computed table: on its rows (ops_offsets)
-        if args[0] is b and op in _VIEWS and b.axes == ("qk", "H") and shape == (
-                b.window**2, b.window**2, b.ref.shape[1]):
+        if args[0] is b and op in _VIEWS and b.axes in (("qk", "H"), ("q", "k", "H")) and \
+                shape == (b.window**2, b.window**2, b.ref.shape[1]):  # (a 2-D index's: as is)
             return dataclasses.replace(b, axes=("q", "k", "H"))
         if args[0] is b and op == "permute" and "qk" not in b.axes:
             return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))

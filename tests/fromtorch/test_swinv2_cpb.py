@@ -143,8 +143,9 @@ def test_the_mlps_table_read_by_anything_but_the_lookup_is_refused_at_its_line()
 
 class OtherWise(nn.Module):
     """One window attention block whose bias MLP is written otherwise than Swin V2's: flat
-    coordinates [(2w-1)², 2], a GELU, tanh before the lookup and a division by a number after
-    it, the bias given to sdpa as its mask (no temperature, no cosine)."""
+    coordinates [(2w-1)², 2], a GELU, tanh before the lookup, offset ids [w², w²] (viewed to
+    the same shape), a division by a number after it, the bias given to sdpa as its mask (no
+    temperature, no cosine)."""
 
     def __init__(self, n):
         super().__init__()
@@ -155,7 +156,7 @@ class OtherWise(nn.Module):
         self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
         self.cpb = nn.Sequential(nn.Linear(2, 16), nn.GELU(), nn.Linear(16, self.heads))
         self.register_buffer("coords", hf_coords(WINDOW), persistent=False)
-        self.register_buffer("index", relative_index(WINDOW).view(-1), persistent=False)
+        self.register_buffer("index", relative_index(WINDOW), persistent=False)  # [w², w²]
         self.head = nn.Linear(n, 10)
 
     def forward(self, img):
