@@ -45,6 +45,8 @@ ENCDEC = ("width n = 8\ndim V = 5\ndim S = 5\ndim T = 3\ndim dh = n / 2\n"
 # Swin's windows over an 8 x 8 grid of tokens: B offsets, shift s
 WIN = ("width n = 8\ndim T = 64\ndim B = {b}\ndim G = 8\ndim s = 3\n"
        "input w : windows[T, B, G, G, {s}]\n")
+CPB = ("width n = 8\ndim T = 64\ndim B = 49\ndim G = 8\ndim E = 2\ndim H = 2\n"
+       "input w : windows[T, B, G, G, 2]\ninput c : offsets[B, E]\nparam U : [H, E]\n")  # 9 lines
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
@@ -503,6 +505,22 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    # at(g, win): a value over the windows' offsets (from `offsets[B, E]`) read at each pair's
+    "at-not-windows": (CPB + "output y = at(U @ c, c)\n", S, r"the second argument of at must "
+                       r"be a windows input(.|\n)*help: write at\(g, win\)", (10, 22)),
+    "at-one-argument": (CPB + "output y = at(U @ c)\n", S, r"at takes 2 arguments, got 1",
+                        (10, 12)),
+    "at-of-a-param": (CPB + "param g : [H]\noutput y = at(g, w)\n", S, r"at\(g, w\) reads one "
+                      r"row of g per offset of w's B, but g runs over no sequence(.|\n)*help: "
+                      r"compute g from `input c : offsets\[B, E\]`", (11, 1)),
+    "at-of-the-offsets": (CPB + "output y = at(c, w)\n", S, r"but c is the offsets input "
+                          r"itself", (10, 1)),
+    "offsets-three-coordinates": (CPB + "dim E3 = 3\ninput d : offsets[B, E3]\n"
+                                  "output y = at(U @ c, w)\n", S, r"offsets d: an offset has 2 "
+                                  r"coordinates \(dy's and dx's\), not E3", (11, 1)),
+    "offsets-not-a-window": (CPB + "input d : offsets[T, E]\noutput y = at(U @ c, w)\n", S,
+                             r"offsets d: the offset dim T is not \(2w-1\)² for a window",
+                             (10, 1)),
     # cat(a, b, D): finite parts side by side, D their sizes summed
     "cat-growing-part": (SEQ + "dim f = 4\ndim D = 12\nparam A : [f, n]\n"
                          "output y = cat(A @ h, h, D)\n", S, r"cat of a part of dim n, which "

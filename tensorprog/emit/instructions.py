@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.functions import (
+    AT,
     CAT,
     COORDINATEWISE,
     DWCONV,
@@ -140,6 +141,10 @@ class Emitter:
         if ins.fn == PART:  # coordinates i·d .. (i+1)·d - 1 of the last axis
             d = self.dim(ins.over)
             return f"({self.ref(ins.args[0])}).unflatten(-1, (-1, {d}))[..., {ins.index}, :]"
+        if ins.fn == AT:  # rows over a window's offsets, read at each pair's, plus its mask
+            self.helpers.add("_window_bias")
+            g, win = ins.args
+            return f"_window_bias({self.ref(win)}, ({self.ref(g)}).t())"
         if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
             self.helpers.add("_shift")
             return f"_shift({self.ref(ins.args[0])}, {ins.index})"
@@ -262,8 +267,8 @@ class Emitter:
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"
 
     def _windows_in(self, name: str) -> str | None:
-        """The windows input whose bias ``R @ win`` is a term of the sum ``name`` (attention
-        logits plus Swin's bias), or None."""
+        """The windows input whose bias ``R @ win`` (or ``at(g, win)``) is a term of the sum
+        ``name`` (attention logits plus Swin's bias), or None."""
         made = {i.out: i for i in self.program.body}
         todo, seen = [name], set()
         while todo:
@@ -273,6 +278,8 @@ class Emitter:
             seen.add(ins.out)
             if isinstance(ins, MatMul) and self.kinds.get(ins.arg) == "windows":
                 return ins.arg
+            if isinstance(ins, Nonlin) and ins.fn == AT:  # at(g, win): the same bias, computed
+                return ins.args[1]
             if isinstance(ins, LinComb):
                 todo += [t for _, t in ins.terms]
         return None

@@ -482,6 +482,12 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                 out.append(f"        {local[i.name]} = _window_buckets({sizes[0]}, {sizes[1]}, "
                            f"{side}, {shift}, {device}" + (f", {mask})" if mask != 100 else ")"))
                 continue
+            if i.kind == "offsets":  # Swin V2's log-spaced coordinates of a window's offsets
+                em.helpers.add("_window_coords")
+                side = (math.isqrt(program.dim_table[i.seq].size) + 1) // 2
+                like = "next(self.parameters())" if lay.params else "torch.empty(0)"
+                out.append(f"        {local[i.name]} = _window_coords({side}, {like})")
+                continue
             if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
                 em.helpers.add("_relative_buckets")
                 axis = -2 if tokens is not None and tokens.kind == "patches" else -1

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 from ..engine.terms import fan_dims
 from ..errors import CodegenError
-from ..ir.program import BUILT_KINDS, MatMul, Param, Program
+from ..ir.program import ONE_HOT_KINDS, MatMul, Param, Program
 from .literals import finite_float, quoted
 
 
@@ -26,7 +26,7 @@ def _sums(program: Program, param: str) -> list[tuple[Fraction, int]]:
     for u in program.uses(param):
         if not isinstance(u, MatMul) or len(shape) < 2:
             continue
-        if kinds.get(u.arg) in ("tokens", *BUILT_KINDS):
+        if kinds.get(u.arg) in ONE_HOT_KINDS:
             sums.append((Fraction(1), 0))
             continue
         d = program.dim_table[shape[0] if u.transposed else shape[1]]

@@ -293,6 +293,18 @@ HELPERS = {
         "    ids, mask, _ = windows",
         "    bias = torch.nn.functional.embedding(ids, table.t()).permute(2, 0, 1)",
         "    return bias + mask.to(bias.dtype)"],
+    # Swin V2's continuous position bias's input (transformers' Swinv2SelfAttention's
+    # relative_coords_table, no pretrained window size)
+    "_window_coords": [
+        "def _window_coords(window, like):",
+        '    """The log-spaced coordinates (dy, dx) of each of the (2w - 1)² offsets of a window',
+        "    of w x w tokens, row-major as the windows' offset ids: each d in -(w-1)..w-1 as",
+        "    x = 8·d/(w-1), then sign(x)·log2(|x| + 1)/3; ((2w-1)², 2), in like's dtype and",
+        '    device."""',
+        "    side = torch.arange(-(window - 1), window, dtype=torch.float32) / (window - 1) * 8",
+        "    grid = torch.stack(torch.meshgrid([side, side], indexing=\"ij\"), -1).reshape(-1, 2)",
+        "    coords = torch.sign(grid) * torch.log2(grid.abs() + 1.0) / math.log2(8)",
+        "    return coords.to(device=like.device, dtype=like.dtype)"],
     "_relative_bias": [
         "def _relative_bias(buckets, table):",
         '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',

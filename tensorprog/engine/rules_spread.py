@@ -1,12 +1,13 @@
 """The engine's rules for the Nonlins that move coordinates without computing on them:
 ``spread(g, dh)`` (one number per head over its head's coordinates), ``part(x, d, i)`` (x's
 i-th part of d coordinates) and ``cat(a, b, D)`` (finite parts side by side), whose output
-has another dim than their input's, and ``shift(h, k)`` (h's token vectors moved k tokens).
+has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k tokens) and
+``at(g, win)`` (a value over a window's offsets read at each token pair's offset).
 ``tensorprog.engine.rules`` dispatches Nonlin to them."""
 
 from __future__ import annotations
 
-from ..ir.functions import CAT, PART, SHIFT, SPREAD
+from ..ir.functions import AT, CAT, PART, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -110,6 +111,27 @@ def grad_cat(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                   f"{ins.out}'s", "flow", g)]
 
 
+# --- at: a value over a window's offsets read at each token pair's offset -------------------
+# y_{pair} = g_{offset(pair)} (Swin V2's continuous position bias: its table, computed per
+# offset, read at each (query, key) pair's offset), plus a constant mask. Every coordinate of y
+# is one of g's: as large as g and changing as g does, as ``first``'s; back to g's row for an
+# offset comes the sum of y's gradient over the pairs at that offset, finitely many (the
+# tokens are), so as large as y's (+0). The windows input, a constant, gets none.
+
+
+def at_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    g, win = ins.args
+    return terms(f"at({what}, {win})", f"each pair's coordinates are one of {g}'s rows",
+                 "auto", size(g))
+
+
+def grad_at(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    g, win = ins.args
+    return [(g, t) for t in terms(f"Σ_pairs d{ins.out}", f"{g}'s row sums the gradient over "
+                                  f"the finitely many pairs at its offset in {win} (+0)", "flow",
+                                  [Mono(sz.grad(ins.out))])]
+
+
 # --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
 MOVES = {
     SPREAD: (init_spread, change_spread, grad_spread),
@@ -117,6 +139,8 @@ MOVES = {
            lambda i, sz: part_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_part),
     SHIFT: (lambda i, sz: shift_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
             lambda i, sz: shift_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_shift),
+    AT: (lambda i, sz: at_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+         lambda i, sz: at_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_at),
     CAT: (lambda i, sz: cat_sizes(i, sz, sz.init, "{}₀"),
           lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
 }

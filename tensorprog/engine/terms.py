@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Protocol
 
-from ..ir.program import BUILT_KINDS, Dot, MatMul, Program, Stream
+from ..ir.program import ONE_HOT_KINDS, Dot, MatMul, Program, Stream
 from .exponents import NEG_INF, ZERO, Exp, add
 from .optimizers import ParamShape
 
@@ -121,7 +121,7 @@ def param_shape(program: Program, param: str, infinite) -> ParamShape:
     on a token or position lookup, which is an embedding), and which fans ``infinite`` (the
     pass's own test: the width, or the depth) calls infinite."""
     decl = program.param_table[param]
-    lookups = {i.name for i in program.inputs if i.kind in ("tokens", *BUILT_KINDS)}
+    lookups = {i.name for i in program.inputs if i.kind in ONE_HOT_KINDS}
     uses = program.uses(param)
     matrix = len(decl.shape) == 2 and bool(uses) and all(
         isinstance(u, MatMul) and u.weight == param and u.arg not in lookups for u in uses)

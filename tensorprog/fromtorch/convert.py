@@ -28,6 +28,7 @@ from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
 from .ops_norm import NormOps
+from .ops_offsets import OffsetOps
 from .ops_paramfn import ParamFnOps
 from .ops_pixels import PixelTokenOps
 from .ops_pointwise import PointwiseOps
@@ -49,6 +50,7 @@ from .walk import Walker
 
 class Converter(
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
+    OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain

@@ -34,6 +34,9 @@ class LinearOps:
         lookup it is, of the table's rows."""
         if isinstance(w, PRef) and len(indices) == 1 and isinstance(indices[0], (Tok, Conc)):
             return self.op_embedding(node, w, indices[0])
+        if self.over_offsets(w) and len(indices) == 1 and isinstance(indices[0], Conc) and (
+                win := window_lookup(indices[0].value, self._shape(node.args[0])[0])):
+            return self.offsets_lookup(node, w, win)  # Swin V2's bias: ops_offsets.py
         raise refuse(node, "an index of a traced value other than a param table's rows by "
                      "token ids or positions (an embedding lookup)")
 
@@ -206,17 +209,8 @@ class LinearOps:
             return self.joined_linear(node, x, w, b)
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a linear layer whose weight is not a param")
-        if isinstance(x, (Conc, Aux)):  # a buffer's entries, or numbers: no tokens
-            raise refuse(node, "a linear layer applied to a constant tensor "
-                         f"{list(self._shape(node.args[0]))}, not to the input's tokens: a "
-                         "table computed from params (Swin V2's continuous position bias, an "
-                         "MLP over the log-spaced coordinates of a window's (2w-1)² offsets "
-                         "whose 16·sigmoid is read at each (query, key) pair's offset) has no "
-                         "form; the language's per-pair bias is a param table read at each "
-                         "pair's offset, `R @ win`, not a function of params over the offsets",
-                         help="give the attention a learned table of the offsets (Swin V1's "
-                         "relative_position_bias_table, [(2w-1)², heads]), or write the model "
-                         "as a Tensor Program with `R @ win` (examples/swinv2.tp)")
+        if isinstance(x, (Conc, Aux)):  # a buffer's entries: Swin V2's offsets (ops_offsets)
+            x = self.offsets_input(node, x)
         x = self.vec(x, node)
         # torch's linear maps the last axis: an image's columns (ops_conv.py), unless the image
         # was permuted channels-last (ConvNeXt's x.permute(0, 2, 3, 1)): then it maps each

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import operator
 
-from .values import Conc, PRef, RelBias, Scores
+from .values import Conc, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
 MAX_DISTANCE = 128  # T5's relative_attention_max_distance, the one the language builds
@@ -168,6 +168,8 @@ class RelativeOps:
                          "one number per head and (query, key) pair, [batch, heads, queries, "
                          "keys], once", help=_HELP)
         made = self.__dict__.setdefault("_biases", {})  # lookup node -> its program vector
+        if b.node not in made and isinstance(b.table, OffsetTable):  # at(g, win): ops_offsets
+            made[b.node] = self.offsets_bias(b.table, b.rel, b.node)
         if b.node not in made:
             table, _ = self.param(b.table, self.by_name[b.node], lookup=True)
             name = self.fresh(b.node)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import ParamFn, PRef, Vec
+from .values import ParamFn, PRef, Scores, Vec
 from .where import op_name, refuse, strip_prefix
 
 _HELP = ("make the transformed tensor the param (initialise it as the transform of today's "
@@ -49,6 +49,13 @@ class TemperatureOps:
             return None
         scores = next((a for a in args if isinstance(a, WinScores)), None)
         g = next((a for a in args if isinstance(a, (ParamFn, PRef))), None)
+        plain = next((a for a in args if isinstance(a, Scores)), None)
+        if scores is None and plain is not None and g is not None:
+            # a window as large as the grid (Swin V2's later stages): the tokens in their own
+            # order, one window, whose bias and mask follow
+            i = next(i for i, a in enumerate(args) if a is plain)
+            scores = self.one_grid_scores(plain, self._shape(node.args[i]))
+            args = [scores if a is plain else a for a in args]
         if scores is None or g is None:
             return None
         ref = g.ref if isinstance(g, ParamFn) else g

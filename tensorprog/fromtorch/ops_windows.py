@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from ..emit.templates import HELPERS
 from .ops_pixels import KEEP_LAYOUT, read_as_image
-from .values import Conc, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
+from .values import Conc, OffsetTable, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
 
 _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, window_partition "
@@ -157,6 +157,11 @@ class WindowOps:
                 for x in (a if isinstance(a, (list, tuple)) else [a])]
         if any(isinstance(x, WinScores) for x in flat):
             return self._scores_op(node, args)
+        if any(isinstance(x, ParamFn) for x in flat) and any(isinstance(x, Scores) for x in flat):
+            # Swin V2's temperature on the logits of a window as large as the grid
+            tempered = self.temperature(node, args)
+            if tempered is not None:
+                return tempered
         if any(isinstance(x, ParamFn) for x in flat):  # Swin V2's temperature, on its way
             kept = self.param_fn_op(node, args, kwargs)
             return kept if kept is not None else super().call(node)
@@ -371,8 +376,10 @@ class WindowOps:
             return self._attention(node, args, kwargs)
         if args[0] is b and op in _SAME:
             return b
-        if args[0] is b and op in _VIEWS and b.axes == ("qk", "H") and shape == (
-                b.window**2, b.window**2, b.ref.shape[1]):
+        if isinstance(b.ref, OffsetTable) and (made := self.after_lookup(node, b, op, args)):
+            return made  # 16 * sigmoid(bias) of a computed table: on its rows (ops_offsets)
+        if args[0] is b and op in _VIEWS and b.axes in (("qk", "H"), ("q", "k", "H")) and \
+                shape == (b.window**2, b.window**2, b.ref.shape[1]):  # (a 2-D index's: as is)
             return dataclasses.replace(b, axes=("q", "k", "H"))
         if args[0] is b and op == "permute" and "qk" not in b.axes:
             return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
@@ -542,6 +549,20 @@ class WindowOps:
         index = torch.arange(shape[0] * area).reshape(shape[0], area)
         grid = (shape[0], b.window, b.window)
         return WinScores(Windowed(s.q, index, grid), Windowed(s.k, index, grid), s.factor, b,
+                         node=s.node)
+
+    def one_grid_scores(self, s: Scores, shape) -> WinScores | None:
+        """Eager logits [B, heads, T, T] of tokens in their own order, T = w² (no bias, cap or
+        causal mask yet): one window of the whole w x w grid, whose bias is still to come (a
+        temperature first: Swin V2's later stages); None for any other."""
+        import torch
+
+        side = math.isqrt(shape[-1]) if len(shape) == 4 and shape[-1] == shape[-2] else 0
+        if side < 2 or side * side != shape[-1] or s.causal or s.cap or s.bias is not None:
+            return None
+        index = torch.arange(shape[0] * side * side).reshape(shape[0], side * side)
+        grid = (shape[0], side, side)
+        return WinScores(Windowed(s.q, index, grid), Windowed(s.k, index, grid), s.factor,
                          node=s.node)
 
     def _one_window(self, shape, x, window: int):

@@ -14,9 +14,10 @@ have. A stack is rolled only when that is the same program:
   each layer, e.g. a residual add written around the call) are layer 0's up to renaming: the
   same ops, params of the same shape, init and place in the layer, read alike (the same rows,
   the same row of a table looked up at one constant id), per-layer scales of the same value;
-- each takes one vector of the previous layer (layer 0: of what comes before the stack) and
-  hands one on; a layer may also read what the language lets a block read from outside: shared
-  params and scales, inputs, and vectors computed before the stack.
+- each takes one vector of the previous layer (layer 0: of what comes before the stack), reads
+  it, and hands one on that only the next layer reads (not layers applied side by side to one
+  input, a ModuleList of q, k, v); a layer may also read what the language lets a block read
+  from outside: shared params and scales, inputs, and vectors computed before the stack.
 
 Anything else (a layer that differs, an output inside the stack, a layer reading an earlier
 layer's inner vector) keeps the program unrolled, and a comment line of the source says why.
@@ -226,6 +227,11 @@ class _Roller:
             raise _Keep(f"layer {K - 1} computes otherwise than layer {K - 2}")
         if first > 0:
             stream_in = outs[first - 1]
+        for i in range(first, K - 1):  # a chain: layer i's vector is layer i + 1's alone
+            a, b = segs[i + 1]
+            if any(not a <= k < b for k in self.readers.get(outs[i], ())):
+                raise _Keep(f"layer {i}'s {outs[i]} is read after layer {i + 1}, not only by "
+                            "it (layers applied side by side, not one after another)")
         self.first = first
         self._params_stay_in_their_layer()
         self._same_init()
@@ -323,6 +329,8 @@ class _Roller:
                     reach = max(reach, self.defined[n])
             lines.append(_rename(f"{lhs} = {rhs}", {**ren, lhs: f"%v{len(lines)}"}))
             ren[lhs] = f"%v{len(lines) - 1}"
+        if not any(stream in _IDENT.findall(s.split(" = ", 1)[1]) for s in self.stmts[a:b]):
+            raise _Keep(f"layer {i} does not read the vector handed on to it")
         decls = []
         for n in own:
             decl = _rename(self.decl_of[n], ren)

@@ -361,6 +361,16 @@ class RelBias:
 
 
 @dataclass
+class OffsetTable:
+    """A table computed over a window's offsets (Swin V2's continuous position bias,
+    ops_offsets.py): the program vector ``vec``, one row per offset, as Swin's bias reads it;
+    ``shape`` (offsets, heads), as a param table's."""
+
+    vec: Vec
+    shape: tuple[int, int]
+
+
+@dataclass
 class Zeroed:
     """Attention logits times a 0/1 mask that keeps the causal entries (OpenAI GPT's ``w * b``,
     ``b`` a buffer of ones on and below the diagonal): the dropped entries are 0, not -inf, until

@@ -81,6 +81,14 @@ SHIFT = "shift"
 #: largest of the parts' (``tensorprog.engine.rules_spread``); its output has another dim than
 #: its inputs', so it has no row here either
 CAT = "cat"
+#: ``at(g, win)``: a value g over the offsets of a window (one row per offset of an ``offsets``
+#: input's B = (2w-1)², values computed from ``offsets[B, E]`` by per-offset layers) read at each
+#: (query, key) pair's offset in the windows ``win`` (one-hot over the same B), plus win's
+#: shifted mask: Swin V2's continuous position bias, 16·sigmoid(MLP(coordinates)) read at
+#: ``relative_position_index``. Each pair's coordinates are one of g's rows (a finite gather):
+#: sizes pass through as ``first``'s. Its second argument is an input, not a vector of g's dim,
+#: so it has no row here either
+AT = "at"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),

@@ -61,9 +61,9 @@ from .spread import SPREAD, other_dim
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
 #: a later key has none of its own), Swin's offset in a window (``windows``).
 RELATIVE_KINDS = ("relative", "causal_relative", "windows")
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", *RELATIVE_KINDS)
-#: Inputs built inside the model from the sequence lengths, never passed to forward.
-BUILT_KINDS = ("positions", *RELATIVE_KINDS)
+INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", *RELATIVE_KINDS, "offsets")
+BUILT_KINDS = ("positions", *RELATIVE_KINDS, "offsets")  # built inside, not passed to forward
+ONE_HOT_KINDS = ("tokens", "positions", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
 MAX_SIZE = 2**53
@@ -159,7 +159,7 @@ class Input:
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
     image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
-    (``windows``). Several sequence dims (an encoder's, a decoder's): ir/sequences.py."""
+    (``windows``), a window's offsets' 2 coordinates (``offsets``). Sequences: sequences.py."""
 
     name: str
     dim: str

@@ -22,7 +22,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .functions import CAT, SHIFT
+from .functions import AT, CAT, SHIFT
 from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
 
 Tag = tuple[str, ...]
@@ -88,6 +88,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
             tags[ins.out] = ()
             continue
+        if isinstance(ins, Nonlin) and ins.fn == AT:  # rows over offsets read at token pairs
+            tags[ins.out] = ops[1] if len(ops) == 2 else ()
+            _check_at(program, ins, ops, problem)
+            continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
@@ -149,6 +153,25 @@ def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
         problem(f"mean from token {ins.start} on, but {arg[0]} has {size} tokens (0 to "
                 f"{size - 1})", ins, f"start at a token of {arg[0]}, e.g. mean(h, 1) after a "
                 "class token")
+
+
+def _check_at(program: Program, ins: Nonlin, ops: list[Tag], problem) -> None:
+    """``at(g, win)``: g one row per offset of the windows' offsets (a value computed from an
+    ``offsets`` input over win's offset dim), win a ``windows`` input."""
+    kinds = {i.name: i for i in program.inputs}
+    win = kinds.get(ins.args[-1])
+    if len(ops) != 2 or win is None or win.kind != "windows":
+        problem("at(g, win) reads g at each token pair's offset in the windows win, but its "
+                "second argument is no windows input", ins,
+                "give it an input declared `windows[T, B, H, W, s]`")
+        return
+    if ops[0] != (win.dim,) or ins.args[0] in kinds:
+        what = (f"{ins.args[0]} is the offsets input itself (its coordinates, not a value per "
+                "head)" if ins.args[0] in kinds else f"{ins.args[0]} runs over {_show(ops[0])}")
+        problem(f"at(g, {win.name}) reads one row of g per offset of {win.name}'s {win.dim}, "
+                f"but {what}", ins,
+                f"compute g from `input c : offsets[{win.dim}, E]` by layers of each offset's "
+                "coordinates (W2 @ relu(W1 @ c + b1))")
 
 
 def _check_shift(program: Program, ins: Nonlin, arg: Tag, problem) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
+from .functions import AT, CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -152,6 +152,8 @@ def verify(program: Program) -> Program:
             out = _verify_part(program, ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == SHIFT:
             out = _verify_shift(ins, ops[0], errors)
+        elif isinstance(ins, Nonlin) and ins.fn == AT:
+            out = _verify_at(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == CAT:
             out = _verify_cat(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
@@ -342,6 +344,18 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     return _of_heads(program, ins, next((
         d for a, d, other in ((ins.args[0], ops[0], ops[1]), (ins.args[1], ops[1], ops[0]))
         if a in program.param_table and per_head(dims, d, other)), None), "product", errors)
+
+
+def _verify_at(program: Program, ins: Nonlin, ops: list, errors: Collector) -> str | None:
+    """``at(g, win)``: g a vector (its rows over win's offsets, the sequences' check) and win a
+    ``windows`` input. Returns g's dim."""
+    win = next((i for i in program.inputs if ins.args[-1] == i.name), None)
+    if len(ins.args) != 2 or ops[0] is None or win is None or win.kind != "windows" \
+            or ins.over is not None or ins.index is not None \
+            or program.spatial.get(ins.args[0]) is not None:
+        errors.error("at(g, win): g a vector with one row per offset of the windows input win",
+                     ins.span)
+    return ops[0]
 
 
 def _verify_shift(ins: Nonlin, arg: str | None, errors: Collector) -> str | None:

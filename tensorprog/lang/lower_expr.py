@@ -13,7 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from ..errors import Span
-from ..ir.functions import CAT, DWCONV, MUL, NONLINEARITIES, PART, POOLS, SHIFT, SPREAD, pooled
+from ..ir.functions import AT, CAT, DWCONV, MUL, NONLINEARITIES, PART, POOLS, SHIFT, SPREAD, pooled
 from ..ir.program import (
     FLOAT_MAX,
     FLOAT_MIN,
@@ -29,6 +29,7 @@ from ..ir.program import (
     per_head,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_at import at_operands, lower_at
 from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
 from .lower_dwconv import depthwise_misuse, lower_dwconv
@@ -44,12 +45,11 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-# spread(g, dh) and part(x, d, i): dims (and an index); shift(h, k): a number of tokens;
-# cat(a, b, D): a dim last
+# spread, part: dims (and an index); shift: a number of tokens; cat: a dim last; at: windows
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
-             CAT: cat_operands}
+             CAT: cat_operands, AT: at_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT) + RELAYOUTS)
+             + (SHIFT, CAT, AT) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -589,7 +589,7 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
-                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat,
+                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, AT: lower_at,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)

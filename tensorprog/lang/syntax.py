@@ -135,6 +135,11 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_offsets(self, meta, c):
+        return Stmt("input", str(c[0]), ("offsets", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def input_windows(self, meta, c):
         # windows[T, B, H, W, shift(, mask)]: the shift is a number of tokens, not a dim; the
         # mask, the number subtracted between the roll's regions (100 unless given)

@@ -6,8 +6,9 @@ and post-norm residuals (a layer norm of each branch inside the residual sum).
 Oracles: the emitted program computes the model's output (float64; one head's temperature past
 the clamp); the traced temperature derives what examples/swinv2.tp derives; the example's
 logits are Swin V2's tempered cosine logits; other uses of a function of a param, a
-temperature after the bias, an MLP over the offsets (Swin V2's continuous position bias, not
-in the language) and F.normalize over a growing head dim are refused at their line."""
+temperature after the bias, an MLP over offsets' coordinates other than Swin V2's (its
+continuous position bias: test_swinv2_cpb.py) and F.normalize over a growing head dim are
+refused at their line."""
 
 from __future__ import annotations
 
@@ -44,13 +45,16 @@ class BlockV2(nn.Module):
         # which broadcasts them to five
         self.logit_scale = nn.Parameter(init.reshape(
             (1, 1, self.heads, 1, 1) if variant == "wide" else (self.heads, 1, 1)))
-        if variant == "cpb":  # Swin V2's continuous position bias: an MLP over the offsets
+        if variant.startswith("cpb"):  # Swin V2's continuous position bias: an MLP over the
+            # offsets' log-spaced coordinates (test_swinv2_cpb.py); "cpb_linear": the offsets
+            # d/(w-1) as they are, "cpb_mean": the table less its mean
             self.cpb = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, self.heads,
                                                                            bias=False))
             side = torch.arange(-(WINDOW - 1), WINDOW, dtype=torch.float32) / (WINDOW - 1) * 8
             grid = torch.stack(torch.meshgrid([side, side], indexing="ij"), -1)
-            self.register_buffer("coords", torch.sign(grid) * torch.log2(grid.abs() + 1) / 3,
-                                 persistent=False)
+            coords = grid / 8 if variant == "cpb_linear" else \
+                torch.sign(grid) * torch.log2(grid.abs() + 1) / math.log2(8)
+            self.register_buffer("coords", coords, persistent=False)
         self.table = nn.Parameter(torch.randn((2 * WINDOW - 1) ** 2, self.heads) * 0.5)
         self.register_buffer("index", relative_index(WINDOW).view(-1), persistent=False)
         self.norm1, self.norm2 = nn.LayerNorm(n), nn.LayerNorm(n)
@@ -67,10 +71,12 @@ class BlockV2(nn.Module):
         q, k, v = (f(win).view(n_w, w * w, self.heads, -1).transpose(1, 2) for f in (
             self.q, self.k, self.v))
         sc = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        table = self.cpb(self.coords).view(-1, self.heads) if self.variant == "cpb" else \
-            self.table
+        cpb = self.variant.startswith("cpb")
+        table = self.cpb(self.coords).view(-1, self.heads) if cpb else self.table
+        if self.variant == "cpb_mean":
+            table = table - table.mean(0)
         bias = table[self.index].view(w * w, w * w, -1).permute(2, 0, 1).contiguous()
-        if self.variant == "cpb":
+        if cpb:
             bias = 16 * torch.sigmoid(bias)
         temp = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
         if self.variant == "late":  # after the bias: the bias would be scaled too
@@ -187,9 +193,9 @@ def test_the_example_writes_the_temperature_as_a_gain_on_the_queries(monkeypatch
     pytest.param("late", r"the param blocks\.0\.logit_scale of shape \[2, 1, 1\] multiplying "
                  r"attention logits within windows", marks=pytest.mark.slow),
     ("wide", r"the param blocks\.0\.logit_scale of shape \[1, 1, 2, 1, 1\] multiplying"),
-    # an MLP over the offsets' coordinates (a table computed from params): no form yet
-    ("cpb", r"a linear layer applied to a constant tensor \[7, 7, 2\], not to the input's "
-            r"tokens: a table computed from params \(Swin V2's continuous position bias"),
+    # an MLP over coordinates other than Swin V2's (test_swinv2_cpb.py traces Swin V2's)
+    ("cpb_linear", r"a linear layer applied to a constant tensor \[7, 7, 2\], not to the "
+                   r"input's tokens, whose entries are not Swin V2's log-spaced coordinates"),
 ])
 def test_other_temperatures_and_a_computed_bias_are_refused_at_their_line(variant, match):
     with pytest.raises(TensorProgError, match=r"test_swinv2\.py:\d+:\d+: error: cannot trace .*"

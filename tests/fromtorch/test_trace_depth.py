@@ -160,6 +160,35 @@ def test_layers_that_read_other_rows_of_their_tables_stay_unrolled():
     traced_computes_the_model(same, lambda n: TypeRows(n, row=lambda i: 1), _tokens)
 
 
+class SideBySide(nn.Module):
+    """Layers of one ModuleList applied side by side to one input (q, k and v), not one after
+    another: no stack to roll."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.head = nn.Embedding(13, n), nn.Linear(n, 13, bias=False)
+        self.qkv = nn.ModuleList(nn.Linear(n, n) for _ in range(3))
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        q, k, v = (f(h).view(b, t, -1, 16).transpose(1, 2) for f in self.qkv)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(h + o.transpose(1, 2).reshape(b, t, n))
+
+
+@pytest.mark.slow
+def test_layers_applied_side_by_side_stay_unrolled():
+    # before: rolled into `repeat L qkv(q)`, a block ignoring its argument whose inner vector
+    # (k) was read outside it: the program computed something else
+    from conftest import traced_computes_the_model
+
+    traced = from_torch(SideBySide, (32, 64), _tokens)
+    assert traced.stack is None and "repeat" not in traced.source, traced.source
+    assert "the layers of qkv are kept unrolled" in traced.source, traced.source
+    traced_computes_the_model(traced, SideBySide, _tokens)
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -12,6 +12,7 @@ from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.values import RECOGNISED
 from tensorprog.ir.functions import (
+    AT,
     CAT,
     COORDINATEWISE,
     DWCONV,
@@ -37,7 +38,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
-                                                                      SPREAD, PART, SHIFT, CAT,
+                                                                      SPREAD, PART, SHIFT, CAT, AT,
                                                                       *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
