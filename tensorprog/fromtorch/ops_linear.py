@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .inputs import probe_ids
 from .ops_conv import is_image
 from .ops_grid import positions_read
 from .ops_relative import relative_kind
@@ -20,7 +21,6 @@ from .values import (
     Tok,
     Vec,
     init_of,
-    probe_ids,
 )
 from .where import module_of, op_name, refuse, strip_prefix
 

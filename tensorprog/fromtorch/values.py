@@ -190,14 +190,6 @@ class Conc:
 SHIFTED_IDS = "shifted_ids"
 
 
-def probe_ids(like):
-    """Ids that tell a copy of the token ids (or the ids shifted) from a constant: 3, 4, ...,
-    9 along each sequence, small enough for any vocabulary and clear of the special ids."""
-    import torch
-
-    return torch.arange(like.numel()).reshape(like.shape) % 7 + 3
-
-
 @dataclass
 class Given(Conc):
     """An integer input other than the token ids (an attention mask, token-type ids), known on

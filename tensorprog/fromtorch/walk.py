@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .inputs import probe_ids
 from .ops_conv import Padded
 from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
@@ -59,7 +60,6 @@ from .values import (
     Zeroed,
     identify,
     ids_kept,
-    probe_ids,
 )
 from .where import (
     CHECK_OPS,
