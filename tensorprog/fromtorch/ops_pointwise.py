@@ -304,42 +304,6 @@ class PointwiseOps:
     def op_ones_like(self, node, v, *rest, **kwargs):
         return Conc(self.op_zeros_like(node, v).value + 1)
 
-    # -- a vector compared with a number: a piecewise function's switch -----------------------
-    def op_gt(self, node, x, other):
-        raise self.refuse_sign_test(node, ">", other)
-
-    def op_ge(self, node, x, other):
-        raise self.refuse_sign_test(node, ">=", other)
-
-    def op_lt(self, node, x, other):
-        raise self.refuse_sign_test(node, "<", other)
-
-    def op_le(self, node, x, other):
-        raise self.refuse_sign_test(node, "<=", other)
-
-    def refuse_sign_test(self, node, sym: str, other):
-        """A traced value compared with a number or another value: the mask of a piecewise
-        function, ``torch.where(x > 0, a, b)`` (xIELU's, Apertus'). The engine's rules hold for a
-        coordinatewise function of a bounded slope on O(1) inputs, so that a change passes
-        through at its own size. Pieces that do not meet at the switch break that: a coordinate
-        whose sign a change flips jumps by the gap whatever the change's size, about
-        n^{e/2} of a change of size n^e < 1 (the fraction of coordinates flipped times the
-        gap), which no exponent rule of the engine states. xIELU's do not meet: its negative
-        piece ``alpha_n * (expm1(min(x, eps)) - x) + beta * x`` is ``alpha_n * expm1(eps)``
-        at 0, not 0, for its eps = -1e-6. So the comparison is refused here, where it is
-        written, rather than at an op of a branch."""
-        rhs = _number(other)
-        what = f"x {sym} {rhs!r}" if rhs is not None else f"x {sym} y"
-        raise refuse(node, f"a comparison of a traced value ({what}), the switch of a piecewise "
-                     "function (torch.where(x > 0, a, b)): the language has no function "
-                     "chosen by a vector's sign. Its rules need a bounded slope, and pieces "
-                     "that do not meet at the switch make a jump that moves each coordinate a "
-                     "change flips by the whole gap however small the change (xIELU's eps "
-                     "= -1e-6 leaves a gap of alpha_n * expm1(eps) at 0)",
-                     help="use one of the language's functions (relu, gelu, silu, softplus, "
-                     "...; docs/language.md) for the activation, or trace the model without "
-                     "this part")
-
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
         over the batch: each token's vector unchanged, so the vector itself."""
@@ -363,11 +327,3 @@ class PointwiseOps:
         raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
                      "per-token vector over the batch")
 
-
-def _number(c) -> float | None:
-    """A comparison's right side as a number (a Python number, or a one-entry constant)."""
-    value = getattr(c, "value", c)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    numel = getattr(value, "numel", None)
-    return float(value) if numel is not None and numel() == 1 else None
