@@ -7,7 +7,8 @@ at the switch, a coordinate whose sign a change flips jumps by the whole gap how
 change, so a change of size n^e < 1 moves the output by about n^{e/2} (the gap times the root of
 the fraction of coordinates flipped, which is of the change's size for a value of bounded
 density at the switch), and no exponent rule of the engine (sums of slots, linear in a, b, c)
-states that. xIELU's pieces do not meet: its negative piece ``alpha_n * (expm1(min(x, eps)) -
+states that: Θ(1) would bound it loosely, claiming a vanishing change is not, and the slope's
+n^e would miss it. xIELU's pieces do not meet: its negative piece ``alpha_n * (expm1(min(x, eps)) -
 x) + beta * x`` is ``alpha_n * expm1(eps)`` at 0 (eps = -1e-6), where its positive piece
 ``alpha_p * x * x + beta * x`` is 0.
 
@@ -66,8 +67,9 @@ class SwitchOps:
         return refuse(node, f"a comparison of a traced value ({what}), the switch of a "
                       "piecewise function (torch.where(x > 0, a, b)): the language has no "
                       "function chosen by a vector's sign, and pieces that do not meet at the "
-                      "switch jump there by the whole gap under a change however small, which "
-                      f"no rule of the engine bounds{told}",
+                      "switch jump there by the whole gap under a change however small (about "
+                      "n^(e/2) of a change n^e < 1), which no exponent rule of the engine "
+                      f"states{told}",
                       help="use one of the language's functions (relu, gelu, silu, softplus, "
                       "...; docs/language.md) for the activation, or trace the model without "
                       "this part")
