@@ -326,4 +326,3 @@ class PointwiseOps:
                 return v
         raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
                      "per-token vector over the batch")
-
