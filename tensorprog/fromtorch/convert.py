@@ -39,6 +39,7 @@ from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
+from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
@@ -64,7 +65,7 @@ class Converter(
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
     MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
-    RotaryOps, ComplexOps, TableOps,
+    RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
 ):
