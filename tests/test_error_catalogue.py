@@ -503,6 +503,23 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    # place(v, h, k): v's tokens in place of h's tokens k .. k+S-1
+    "place-past-the-sequence": (ENCDEC + "output z = E.T @ place(x, y, 0)\n", S,
+                                r"place puts S's 5 tokens from token 0 of T, but T has 3 tokens"
+                                r"(.|\n)*help: place them into a sequence of 5 tokens or more",
+                                (11, 18)),
+    "place-from-a-negative-token": (ENCDEC + "output z = E.T @ place(y, x, -1)\n", S,
+                                    r"the third argument of place must be a whole number of "
+                                    r"tokens, 0 or more(.|\n)*help: write place\(v, h, k\)",
+                                    (11, 30)),
+    "place-of-ids": (ENCDEC + "output z = E.T @ place(y, tgt, 0)\n", S,
+                     r"but tgt is an input's one-hot ids", (11, 27)),
+    "place-without-tokens": (HEAD + "output y = V @ place(W @ x, W @ x, 0)\n", S,
+                             r"but y_1 has no tokens \(built from params", (8, 22)),
+    "place-another-dim": (SEQ + "dim f = 4\nparam A : [f, n]\n"
+                          "output y = A.T @ place(A @ h, h, 0)\n", S,
+                          r"place of a vector of f into one of n: a token's vector is replaced "
+                          r"by one of the same dim", (10, 18)),
     # cat(a, b, D): finite parts side by side, D their sizes summed
     "cat-growing-part": (SEQ + "dim f = 4\ndim D = 12\nparam A : [f, n]\n"
                          "output y = cat(A @ h, h, D)\n", S, r"cat of a part of dim n, which "

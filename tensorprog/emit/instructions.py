@@ -14,6 +14,7 @@ from ..ir.functions import (
     FUNCTIONS,
     MUL,
     PART,
+    PLACE,
     SHIFT,
     SPREAD,
     torch_call,
@@ -143,6 +144,10 @@ class Emitter:
         if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
             self.helpers.add("_shift")
             return f"_shift({self.ref(ins.args[0])}, {ins.index})"
+        if ins.fn == PLACE:  # one sequence's token vectors in place of some of another's
+            self.helpers.add("_place")
+            v, h = ins.args
+            return f"_place({self.ref(v)}, {self.ref(h)}, {ins.index})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

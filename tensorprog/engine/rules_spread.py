@@ -1,12 +1,13 @@
 """The engine's rules for the Nonlins that move coordinates without computing on them:
 ``spread(g, dh)`` (one number per head over its head's coordinates), ``part(x, d, i)`` (x's
 i-th part of d coordinates) and ``cat(a, b, D)`` (finite parts side by side), whose output
-has another dim than their input's, and ``shift(h, k)`` (h's token vectors moved k tokens).
+has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k tokens) and
+``place(v, h, k)`` (v's token vectors in place of some of h's).
 ``tensorprog.engine.rules`` dispatches Nonlin to them."""
 
 from __future__ import annotations
 
-from ..ir.functions import CAT, PART, SHIFT, SPREAD
+from ..ir.functions import CAT, PART, PLACE, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -110,6 +111,31 @@ def grad_cat(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                   f"{ins.out}'s", "flow", g)]
 
 
+# --- place: one sequence's token vectors in place of some of another's ------------------------
+# y_t = v_{t-k} for k <= t < k + S, h_t elsewhere (Gemma 3's image features where the prompt holds
+# the image's placeholder tokens). Every token of y is one of h's or one of v's, over finitely
+# many tokens and with no coordinates mixed: as large as the larger of the two (a max, as for a
+# sum or prepend's learned token), changing as much as the one that changes more; back to v_s
+# comes y's gradient at token k + s, back to h_t y's at t outside the block (0 inside it), each
+# as large as y's. The rules of prepend, whose token is placed before the others instead.
+
+
+def place_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    """The terms of both sequences' sizes (``size``: init or change; ``what``: "{}₀" or "Δ{}")."""
+    return [t for a in ins.args for t in
+            terms(what.format(a), "each token is one of the placed sequence's or one of the "
+                  "other's: as large as the larger", "auto", size(a))]
+
+
+def grad_place(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    v, h = ins.args
+    return ([(v, t) for t in terms(f"d{ins.out} on tokens {ins.index}..", f"each token of {v} "
+                                   f"is one of {ins.out}'s", "flow", g)]
+            + [(h, t) for t in terms(f"d{ins.out} off them", f"each token of {h} outside the "
+                                     f"block is one of {ins.out}'s", "flow", g)])
+
+
 # --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
 MOVES = {
     SPREAD: (init_spread, change_spread, grad_spread),
@@ -119,4 +145,6 @@ MOVES = {
             lambda i, sz: shift_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_shift),
     CAT: (lambda i, sz: cat_sizes(i, sz, sz.init, "{}₀"),
           lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
+    PLACE: (lambda i, sz: place_sizes(i, sz, sz.init, "{}₀"),
+            lambda i, sz: place_sizes(i, sz, sz.change, "Δ{}"), grad_place),
 }

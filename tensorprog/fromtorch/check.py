@@ -21,7 +21,7 @@ from .apply import MuP
 from .columns import scale_input
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
-from .inputs import forward_names, given_inputs, token_feed, token_index
+from .inputs import cpu_ids, forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_out, scale_rows
 from .rows import renumber_slices
@@ -74,7 +74,7 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
             ep = export(model, inputs, kwargs)
         k = token_index(tuple(inputs), kwargs)
         trace = convert(
-            ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(leaves[k]),
+            ep, {"m." + k: v for k, v in mup.traced.base.items()}, cpu_ids(leaves[k]),
             given=given_inputs(ep, model, tuple(inputs), kwargs, k),
             keep=mup.traced.coefficient_nodes, own_heads=mup.traced.own_heads,
         )
@@ -695,3 +695,4 @@ def _logits(out):
     # field, as a tuple's: PP-LCNet's classifier returns its logits as last_hidden_state
     first = isinstance(out, (tuple, list)) or hasattr(out, "to_tuple")
     return out[0] if first else out
+

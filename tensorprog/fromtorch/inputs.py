@@ -71,6 +71,16 @@ def token_index(args: tuple, kwargs: dict) -> int:
     return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
 
 
+def cpu_ids(ids):
+    """The example's token ids on the CPU, as convert.py takes them (zeros where they have no
+    values: on the meta device)."""
+    import torch
+
+    if ids.device.type == "meta":
+        return torch.zeros(ids.shape, dtype=ids.dtype)
+    return ids.detach().to("cpu", copy=True)
+
+
 def forward_names(model, args: tuple, kwargs: dict, specs=None) -> list[str]:
     """The forward's name of each input leaf: positional ones by its signature, then the
     keyword ones (``specs``: the graph's placeholders, named for leaves past the signature)."""

@@ -22,7 +22,7 @@ from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, built
-from .inputs import forward_inputs, given_inputs, kind_of, token_index
+from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
@@ -245,8 +245,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         def meta(x):
             return x.to("meta") if isinstance(x, torch.Tensor) else x
 
-        # the token ids, on the CPU (masks are computed from them)
-        tok = torch.zeros(leaves[k].shape, dtype=leaves[k].dtype)
+        # the token ids, on the CPU (masks are computed from them: convert.py)
+        tok = cpu_ids(leaves[k])
         try:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})

@@ -81,6 +81,13 @@ SHIFT = "shift"
 #: largest of the parts' (``tensorprog.engine.rules_spread``); its output has another dim than
 #: its inputs', so it has no row here either
 CAT = "cat"
+#: ``place(v, h, k)``: h's token vectors with tokens k .. k+S-1 replaced by v's, in order, v a
+#: sequence of S tokens (torch's ``h.masked_scatter(mask, v)`` where the mask holds one block of
+#: S whole tokens from token k, the same in every sequence: Gemma 3's image features put where
+#: the prompt holds the image's placeholder tokens). Every token of the result is one of h's or
+#: one of v's, over finitely many tokens, so its sizes are the larger of the two (prepend's);
+#: its third argument is a number, so it has no row here
+PLACE = "place"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),

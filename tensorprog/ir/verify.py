@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
+from .functions import CAT, DWCONV, FUNCTIONS, MUL, PART, PLACE, PRODUCTS, SHIFT, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -146,6 +146,8 @@ def verify(program: Program) -> Program:
             out = _verify_part(program, ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == SHIFT:
             out = _verify_shift(ins, ops[0], errors)
+        elif isinstance(ins, Nonlin) and ins.fn == PLACE:
+            out = _verify_place(ins, ops, key, errors)
         elif isinstance(ins, Nonlin) and ins.fn == CAT:
             out = _verify_cat(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
@@ -346,6 +348,17 @@ def _verify_shift(ins: Nonlin, arg: str | None, errors: Collector) -> str | None
         errors.error("shift(h, k): h a vector per token and k a whole number of tokens, not 0",
                      ins.span)
     return arg
+
+
+def _verify_place(ins: Nonlin, ops: list, key, errors: Collector) -> str | None:
+    """``place(v, h, k)``: v and h vectors of one dim (which tokens each has, the sequences'
+    check) and k a whole number >= 0. Returns h's dim."""
+    if len(ins.args) != 2 or None in ops or key(ops[0]) != key(ops[1]) \
+            or not isinstance(ins.index, int) or isinstance(ins.index, bool) or ins.index < 0 \
+            or ins.over is not None:
+        errors.error("place(v, h, k): v and h vectors per token of one dim and k a whole number "
+                     "of tokens, 0 or more", ins.span)
+    return ops[1] if len(ops) == 2 else None
 
 
 def _verify_part(program: Program, ins: Nonlin, arg: str | None,

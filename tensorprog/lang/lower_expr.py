@@ -35,6 +35,7 @@ from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_mix import lower_mix
 from .lower_part import lower_part, part_operands
+from .lower_place import PLACE, lower_place, place_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
@@ -44,12 +45,11 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-# spread(g, dh) and part(x, d, i): dims (and an index); shift(h, k): a number of tokens;
-# cat(a, b, D): a dim last
+# besides values: dims (spread, part; cat's last), an index (part), a count of tokens (shift, place)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
-             CAT: cat_operands}
+             CAT: cat_operands, PLACE: place_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT) + RELAYOUTS)
+             + (SHIFT, CAT, PLACE) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -591,7 +591,7 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
-                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat,
+                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
