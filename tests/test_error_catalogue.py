@@ -503,6 +503,10 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    "last-without-tokens": (HEAD + "output y = V @ last(W @ x)\n", S,
+                            r"last reads the last token of a sequence, but y_1 has no tokens"
+                            r"(.|\n)*help: apply last to a value computed from a `tokens` input",
+                            (8, 16)),
     # place(v, h, k): v's tokens in place of h's tokens k .. k+S-1
     "place-past-the-sequence": (ENCDEC + "output z = E.T @ place(x, y, 0)\n", S,
                                 r"place puts S's 5 tokens from token 0 of T, but T has 3 tokens"

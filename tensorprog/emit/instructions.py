@@ -53,6 +53,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "groupnorm": "_groupnorm({x})",
           "grn": "_grn({x})",
           "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
+          "last": "{x}.select(-2, -1)",  # ... and the last token's
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}

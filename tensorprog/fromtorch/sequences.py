@@ -72,7 +72,7 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
-        if fn in ("first", "mean"):  # one vector per sequence
+        if fn in ("first", "last", "mean"):  # one vector per sequence
             return ()
         if fn == "place" and len(args) == 3:  # v's tokens among h's: h's sequence, not v's
             return args[1]

@@ -166,6 +166,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
     # coordinates, as large as any token's, and its gradient reaches that token alone
     Function("first", "linear", None, ".select"),
+    # the last token's vector (a causal LM's answer read at its last token: ShieldGemma-2's Yes
+    # and No logits): one token's coordinates, as first's
+    Function("last", "linear", None, ".select"),
 )}
 
 #: The names, in the order the language lists them.

@@ -86,7 +86,7 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             tags[ins.out] = (ins.seq,) if ins.seq is not None else ()
             _check_relayout(program, ins, ops[0], problem)
             continue
-        if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
+        if isinstance(ins, Nonlin) and ins.fn in ("first", "last"):  # one token's: no sequence
             tags[ins.out] = ()
             continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved

@@ -76,7 +76,7 @@ class ExpressionLowering:
         self.body.append(ins)
         self.values[ins.out] = dim
         mark_tokens(self, ins.out, ins.operands, ins.span,
-                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean),
+                    getattr(ins, "fn", None) in ("first", "last") or isinstance(ins, Mean),
                     getattr(ins, "fn", None) == MUL or isinstance(ins, Prepend))
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
@@ -643,7 +643,7 @@ class ExpressionLowering:
         if group is not None and self.heads(args[0].dim, group, node) is None:
             return None
         arg = self.name_of(args[0], node.span)
-        if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
+        if node.fn in ("first", "last") and not first_readable(self, arg, args[0].dim, node):
             return None
         if node.fn in POOLS or node.fn in ("groupnorm", "grn"):  # their stats span the pixels
             size = self.pixels.get(arg)

@@ -1,10 +1,10 @@
 """from_torch on an image's features put where a prompt holds the image's placeholder tokens:
 Gemma 3's (ShieldGemma-2's) ``inputs_embeds.masked_scatter(ids == image_id, features)``, traced
 as the language's ``place(v, h, k)``, the image's patches a sequence of their own beside the
-prompt's. Oracles: the emitted program computes the model (float64), and it derives the
-exponents of examples/image_prompt.tp, the same network written by hand. A mask that is no block of
-whole tokens from one token k in every sequence, as many as the image's, is refused at its
-line."""
+prompt's, and the answer read at the last token (``logits[:, -1]``, ``last(h)``). Oracles: the
+emitted program computes the model (float64), and it derives the exponents of
+examples/image_prompt.tp, the same network written by hand. A mask that is no block of whole
+tokens from one token k in every sequence, as many as the image's, is refused at its line."""
 
 import pytest
 from conftest import ROOT, abc_by_target, traced_computes_the_model
@@ -30,7 +30,8 @@ def _prompt(at=(2, 2), count=4):
 
 class ImageText(nn.Module):
     """A prompt's embeddings with an 8x8 image's 4 patches (a stride-4 convolution, projected)
-    put where the prompt holds the image token, then an MLP and a readout per token."""
+    put where the prompt holds the image token, then causal attention (2 heads), an MLP and a
+    readout at the last token (ShieldGemma-2's answer, logits[:, -1])."""
 
     def __init__(self, n, partial=False):
         super().__init__()
@@ -38,6 +39,7 @@ class ImageText(nn.Module):
         self.e = nn.Embedding(13, n)
         self.patch = nn.Conv2d(3, n, 4, stride=4)
         self.proj = nn.Linear(n, n, bias=False)
+        self.q, self.k, self.v = (nn.Linear(n, n, bias=False) for _ in range(3))
         self.fc1, self.fc2 = nn.Linear(n, n), nn.Linear(n, n)
         self.head = nn.Linear(n, 13, bias=False)
 
@@ -48,8 +50,12 @@ class ImageText(nn.Module):
         if self.partial:  # the first feature of each image token only
             mask = mask & (torch.arange(h.shape[-1], device=ids.device) == 0)
         h = h.masked_scatter(mask.expand_as(h) if not self.partial else mask, v)
+        b, t, n = h.shape
+        q, k, v = (z(h).view(b, t, 2, n // 2).transpose(1, 2) for z in (self.q, self.k, self.v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + a.transpose(1, 2).reshape(b, t, n)
         h = h + self.fc2(torch.relu(self.fc1(h)))
-        return self.head(h)
+        return self.head(h[:, -1])
 
 
 def _inputs(**prompt):
@@ -63,12 +69,14 @@ def test_an_image_placed_among_a_prompts_tokens_traces_as_place_and_computes_the
     # before: refused as "cannot trace the op masked_scatter"
     traced = from_torch(ImageText, WIDTHS, _inputs())
     assert "masked_scatter = place(linear, embedding, 2)" in traced.source
+    assert "= last(" in traced.source
     assert "input patch : patches[T_patch," in traced.source  # the image's own sequence
     traced_computes_the_model(traced, ImageText, _inputs())
     want = tp.derive(tp.parse_file(ROOT / "examples" / "image_prompt.tp"), "adam").abc
     got = abc_by_target(traced)
     same = {"e.weight": "E", "patch.weight": "Wp", "patch.bias": "bp", "proj.weight": "Wv",
-            "fc1.weight": "W1", "fc1.bias": "b1", "fc2.weight": "W2", "fc2.bias": "b2",
+            "q.weight": "Wq", "k.weight": "Wk", "v.weight": "Wa", "fc1.weight": "W1",
+            "fc1.bias": "b1", "fc2.weight": "W2", "fc2.bias": "b2",
             "head.weight": "U"}
     assert got == {t: (want[p].a, want[p].b, want[p].c) for t, p in same.items()}
 

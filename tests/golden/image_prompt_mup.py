@@ -10,6 +10,8 @@ fan_in (k, p) is k * base_width**p, the most nonzero coordinates one of W's sums
 (1 for a lookup of a one-hot input).
 Adam's eps is eps * ratio**-eps per param (param_groups' eps at the base),
 so that it stays below the param's gradient entries, which scale so.
+Each scale s is a plain float multiplier, base * ratio**-a, never trained; Model(mult=...)
+sets its base.
 """
 
 import math
@@ -23,11 +25,17 @@ SCALING = {
     "Wp": {"shape": ("n", "P",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (48.0, 0)},
     "bp": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "Wv": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wq": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wk": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Wa": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "W1": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "b1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "W2": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "b2": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
     "U": {"shape": ("V", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0, "fan_in": (1.0, 1)},
+}
+SCALES = {
+    "tau": {"a": 1.0, "base": 1.0},
 }
 MAX_PARAMS = 100000000000
 MAX_REPEATS = 100000
@@ -38,6 +46,9 @@ PARAM_COUNT = (
     (1.0, 1, None),
     (1.0, 2, None),
     (1.0, 2, None),
+    (1.0, 2, None),
+    (1.0, 2, None),
+    (1.0, 2, None),
     (1.0, 1, None),
     (1.0, 2, None),
     (1.0, 1, None),
@@ -45,7 +56,9 @@ PARAM_COUNT = (
 )
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
-WIDTH_RULES = ()
+WIDTH_RULES = (
+    ("dim dh = n / 2", 2),
+)
 
 
 class Model(torch.nn.Module):
@@ -60,19 +73,23 @@ class Model(torch.nn.Module):
         self.width = width
         self.base_width = base_width
         self._base_std = _base_stds(base_width, init_std)
-        _overrides("mult", mult, (), positive=False)  # no scale to set
+        mult = {**{name: spec["base"] for name, spec in SCALES.items()},
+                **_overrides("mult", mult, SCALES, positive=False)}
         ratio = width / base_width
         factory = {"device": device, "dtype": dtype}
         self.E = torch.nn.Parameter(torch.empty(width, 13, **factory))
         self.Wp = torch.nn.Parameter(torch.empty(width, 48, **factory))
         self.bp = torch.nn.Parameter(torch.empty(width, **factory))
         self.Wv = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Wq = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Wk = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Wa = torch.nn.Parameter(torch.empty(width, width, **factory))
         self.W1 = torch.nn.Parameter(torch.empty(width, width, **factory))
         self.b1 = torch.nn.Parameter(torch.empty(width, **factory))
         self.W2 = torch.nn.Parameter(torch.empty(width, width, **factory))
         self.b2 = torch.nn.Parameter(torch.empty(width, **factory))
         self.U = torch.nn.Parameter(torch.empty(13, width, **factory))
-        del ratio  # every forward multiplier is 1
+        self.mult_tau = mult["tau"] * ratio ** -SCALES["tau"]["a"]
         self.reset_parameters()
 
     @classmethod
@@ -105,12 +122,18 @@ class Model(torch.nn.Module):
         v_3 = torch.relu(v_2)
         v = torch.nn.functional.linear(v_3, self.Wv)
         h = _place(v, e, 2)
-        y_1 = torch.nn.functional.linear(h, self.W1)
+        a_1 = torch.nn.functional.linear(h, self.Wq)
+        a_2 = torch.nn.functional.linear(h, self.Wk)
+        a_6 = torch.nn.functional.linear(h, self.Wa)
+        a_7 = _attention(a_1, a_2, a_6, self.width // 2, self.mult_tau, True)
+        a = h + a_7
+        y_1 = torch.nn.functional.linear(a, self.W1)
         y_2 = y_1 + self.b1
         y_3 = torch.relu(y_2)
         y_4 = torch.nn.functional.linear(y_3, self.W2)
-        y_5 = h + y_4 + self.b2
-        y = torch.nn.functional.linear(y_5, self.U)
+        y_5 = a + y_4 + self.b2
+        y_6 = y_5.select(-2, -1)
+        y = torch.nn.functional.linear(y_6, self.U)
         return y
 
     def vectors(self, tok, x):
@@ -121,12 +144,21 @@ class Model(torch.nn.Module):
         v_3 = torch.relu(v_2)
         v = torch.nn.functional.linear(v_3, self.Wv)
         h = _place(v, e, 2)
-        y_1 = torch.nn.functional.linear(h, self.W1)
+        a_1 = torch.nn.functional.linear(h, self.Wq)
+        a_2 = torch.nn.functional.linear(h, self.Wk)
+        a_3 = _heads_dot(a_1, a_2, self.width // 2)
+        a_4 = (self.mult_tau) * (a_3)
+        a_5 = _causal_softmax(a_4)
+        a_6 = torch.nn.functional.linear(h, self.Wa)
+        a_7 = _mix(a_5, a_6)
+        a = h + a_7
+        y_1 = torch.nn.functional.linear(a, self.W1)
         y_2 = y_1 + self.b1
         y_3 = torch.relu(y_2)
         y_4 = torch.nn.functional.linear(y_3, self.W2)
-        y_5 = h + y_4 + self.b2
-        y = torch.nn.functional.linear(y_5, self.U)
+        y_5 = a + y_4 + self.b2
+        y_6 = y_5.select(-2, -1)
+        y = torch.nn.functional.linear(y_6, self.U)
         return {
             "e": e,
             "v_1": v_1,
@@ -134,11 +166,20 @@ class Model(torch.nn.Module):
             "v_3": v_3,
             "v": v,
             "h": h,
+            "a_1": a_1,
+            "a_2": a_2,
+            "a_3": a_3,
+            "a_4": a_4,
+            "a_5": a_5,
+            "a_6": a_6,
+            "a_7": a_7,
+            "a": a,
             "y_1": y_1,
             "y_2": y_2,
             "y_3": y_3,
             "y_4": y_4,
             "y_5": y_5,
+            "y_6": y_6,
             "y": y,
         }
 
@@ -151,6 +192,38 @@ class Model(torch.nn.Module):
             torch.randn(batch_size, 4, 48, generator=generator,
                         device=like.device, dtype=like.dtype),
         )
+
+
+def _attention(q, k, v, head_dim, scale, is_causal):
+    """mix(softmax(scale * dot(q, k, head_dim)), v) per head, softmax over the key tokens
+    (is_causal: each query sees itself and earlier tokens only), in torch's fused kernels
+    (flash, memory-efficient): no (tokens, tokens) tensor is saved for backward."""
+    q = q.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    k = k.unflatten(-1, (-1, head_dim)).transpose(-3, -2)
+    v = v.unflatten(-1, (q.shape[-3], -1)).transpose(-3, -2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                         is_causal=is_causal)
+    return y.transpose(-3, -2).flatten(-2)
+
+
+def _causal_softmax(s):
+    """Softmax over key tokens, each query seeing itself and earlier tokens only."""
+    t = s.shape[-1]
+    future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)
+    return torch.softmax(s.masked_fill(future, float("-inf")), dim=-1)
+
+
+def _heads_dot(q, k, head_dim):
+    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""
+    q = q.unflatten(-1, (-1, head_dim))
+    k = k.unflatten(-1, (-1, head_dim))
+    return torch.einsum("...thd,...shd->...hts", q, k)
+
+
+def _mix(p, v):
+    """Per head, out_t = sum_s p_ts v_s; heads are v's dim split as p has them."""
+    v = v.unflatten(-1, (p.shape[-3], -1))
+    return torch.einsum("...hts,...shd->...thd", p, v).flatten(-2)
 
 
 def _place(v, h, k):
@@ -282,7 +355,7 @@ def load_config(config):
            f"set: tensorprog derive PROGRAM -o FILE --param {config.get('param')} "
            f"--convention {config.get('convention')} --optimizer "
            f"{config.get('optimizer')}")
-    ours = json.loads(json.dumps({"param": SCALING, "scale": {}}))  # as the file holds it
+    ours = json.loads(json.dumps({"param": SCALING, "scale": SCALES}))  # as the file holds it
     theirs = {"param": config["scaling"], "scale": config.get("scales", {})}
     for kind, here in ours.items():
         for name in sorted(set(here) | set(theirs[kind])):
