@@ -93,3 +93,17 @@ def test_a_mask_that_is_no_block_of_the_images_tokens_is_refused(prompt, match):
 def test_a_mask_of_some_of_a_tokens_features_is_refused():
     with pytest.raises(TensorProgError, match="picks some of a token's features"):
         from_torch(lambda n: ImageText(n, partial=True), WIDTHS, _inputs())
+
+
+def test_the_coordinate_checks_images_come_with_the_examples_prompt():
+    # the check feeds its random images beside the example's prompt, the first one's ids over
+    # its batch, so that the image tokens stay where the trace placed them (check.py)
+    from tensorprog.fromtorch.inputs import float_feed
+
+    ids, pixels = _inputs()(None)
+    x = torch.zeros(3, 3, 8, 8)
+    args, kwargs = float_feed((ids, pixels), x)
+    assert kwargs == {} and args[1] is x and torch.equal(args[0], ids[:1].expand(3, 8))
+    args, kwargs = float_feed({"input_ids": ids, "pixel_values": pixels}, x)
+    assert args == () and kwargs["pixel_values"] is x
+    assert torch.equal(kwargs["input_ids"], ids[:1].expand(3, 8))
