@@ -14,6 +14,7 @@ from .values import (
     Given,
     Joined,
     ParamUse,
+    Pointwise,
     PRef,
     Probs,
     Scores,
@@ -34,6 +35,15 @@ class LinearOps:
         lookup it is, of the table's rows."""
         if isinstance(w, PRef) and len(indices) == 1 and isinstance(indices[0], (Tok, Conc)):
             return self.op_embedding(node, w, indices[0])
+        shape = tuple(node.args[0].meta["val"].shape)
+        if isinstance(w, (Vec, Affine, Pointwise)) and len(indices) == len(shape) \
+                and all(i is None for i in indices[:-1]) and indices[-1] is not None:
+            # (logits[:, -1, [yes, no]]: ShieldGemma-2's two answers of its LM's vocabulary)
+            raise refuse(node, f"keeping some of the {shape[-1]} features of a vector at ids "
+                         "the forward fixes (a readout's outputs at chosen ids): the language "
+                         "has no form that keeps chosen coordinates of a vector",
+                         help="return the whole readout and read the chosen ids outside the "
+                         "traced model, or give the model a readout of those rows alone")
         raise refuse(node, "an index of a traced value other than a param table's rows by "
                      "token ids or positions (an embedding lookup)")
 

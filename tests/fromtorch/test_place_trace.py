@@ -33,9 +33,9 @@ class ImageText(nn.Module):
     put where the prompt holds the image token, then causal attention (2 heads), an MLP and a
     readout at the last token (ShieldGemma-2's answer, logits[:, -1])."""
 
-    def __init__(self, n, partial=False):
+    def __init__(self, n, partial=False, answers=False):
         super().__init__()
-        self.partial = partial
+        self.partial, self.answers = partial, answers
         self.e = nn.Embedding(13, n)
         self.patch = nn.Conv2d(3, n, 4, stride=4)
         self.proj = nn.Linear(n, n, bias=False)
@@ -55,6 +55,8 @@ class ImageText(nn.Module):
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         h = h + a.transpose(1, 2).reshape(b, t, n)
         h = h + self.fc2(torch.relu(self.fc1(h)))
+        if self.answers:  # ShieldGemma-2's Yes and No logits, two ids of the vocabulary
+            return self.head(h)[:, -1, [1, 2]]
         return self.head(h[:, -1])
 
 
@@ -93,6 +95,14 @@ def test_a_mask_that_is_no_block_of_the_images_tokens_is_refused(prompt, match):
 def test_a_mask_of_some_of_a_tokens_features_is_refused():
     with pytest.raises(TensorProgError, match="picks some of a token's features"):
         from_torch(lambda n: ImageText(n, partial=True), WIDTHS, _inputs())
+
+
+def test_a_readouts_logits_kept_at_chosen_ids_are_refused_at_their_line():
+    # the next obstacle of ShieldGemma-2's trace, after its image placed and its last token
+    with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot "
+                       r"trace keeping some of the 13 features of a vector at ids the forward "
+                       r"fixes(.|\n)*help: return the whole readout"):
+        from_torch(lambda n: ImageText(n, answers=True), WIDTHS, _inputs())
 
 
 def test_the_coordinate_checks_images_come_with_the_examples_prompt():
