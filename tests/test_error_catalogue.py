@@ -507,6 +507,15 @@ POSITIONED = {
                             r"last reads the last token of a sequence, but y_1 has no tokens"
                             r"(.|\n)*help: apply last to a value computed from a `tokens` input",
                             (8, 16)),
+    # pick(y, D, i1, ...): chosen coordinates of a finite vector
+    "pick-of-a-growing-vector": (HEAD + "dim D = 2\noutput y = pick(W @ x, D, 0, 1)\n", S,
+                                 r"pick of coordinates of a vector of n, which grows with the "
+                                 r"width(.|\n)*help: pick a readout's outputs", (9, 12)),
+    "pick-past-the-vector": (HEAD + "dim D = 2\noutput y = pick(V @ (W @ x), D, 0, 2)\n", S,
+                             r"pick\(k, D, 0, 2\): D must have one coordinate per id \(2\), "
+                             r"and each id be below k's 2", (9, 12)),
+    "pick-without-a-dim": (HEAD + "output y = pick(V @ (W @ x), 0, 1)\n", S,
+                           r"the second argument of pick must be a declared dim", (8, 30)),
     # place(v, h, k): v's tokens in place of h's tokens k .. k+S-1
     "place-past-the-sequence": (ENCDEC + "output z = E.T @ place(x, y, 0)\n", S,
                                 r"place puts S's 5 tokens from token 0 of T, but T has 3 tokens"

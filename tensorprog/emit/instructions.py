@@ -14,6 +14,7 @@ from ..ir.functions import (
     FUNCTIONS,
     MUL,
     PART,
+    PICK,
     PLACE,
     SHIFT,
     SPREAD,
@@ -145,6 +146,8 @@ class Emitter:
         if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
             self.helpers.add("_shift")
             return f"_shift({self.ref(ins.args[0])}, {ins.index})"
+        if ins.fn == PICK:  # chosen coordinates of the last axis, in order
+            return f"({self.ref(ins.args[0])})[..., {list(ins.index)}]"
         if ins.fn == PLACE:  # one sequence's token vectors in place of some of another's
             self.helpers.add("_place")
             v, h = ins.args

@@ -7,7 +7,7 @@ has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k t
 
 from __future__ import annotations
 
-from ..ir.functions import CAT, PART, PLACE, SHIFT, SPREAD
+from ..ir.functions import CAT, PART, PICK, PLACE, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -136,6 +136,25 @@ def grad_place(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                      f"block is one of {ins.out}'s", "flow", g)])
 
 
+# --- pick: chosen coordinates of a finite vector ----------------------------------------------
+# y_j = x_{i_j} (ShieldGemma-2's logits at its two answers' ids). Every coordinate of y is one of
+# x's, over a finite dim (a vector's size is its RMS, of finitely many coordinates each of its
+# size): as large as x, changing as x does; back to x comes y's gradient on those coordinates
+# (0 on the others: finitely many, so no sum over the width changes), as large as y's: part's.
+
+
+def pick_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    (x,) = ins.args
+    return terms(f"pick({what}, {ins.over})", f"each coordinate is one of {x}'s", "auto",
+                 size(x))
+
+
+def grad_pick(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (x,) = ins.args
+    return [(x, t) for t in terms(f"d{ins.out} on its ids", f"each coordinate of {ins.out} is "
+                                  f"one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
+
+
 # --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
 MOVES = {
     SPREAD: (init_spread, change_spread, grad_spread),
@@ -145,6 +164,8 @@ MOVES = {
             lambda i, sz: shift_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_shift),
     CAT: (lambda i, sz: cat_sizes(i, sz, sz.init, "{}₀"),
           lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
+    PICK: (lambda i, sz: pick_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+           lambda i, sz: pick_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_pick),
     PLACE: (lambda i, sz: place_sizes(i, sz, sz.init, "{}₀"),
             lambda i, sz: place_sizes(i, sz, sz.change, "Δ{}"), grad_place),
 }

@@ -38,14 +38,29 @@ class LinearOps:
         shape = tuple(node.args[0].meta["val"].shape)
         if isinstance(w, (Vec, Affine, Pointwise)) and len(indices) == len(shape) \
                 and all(i is None for i in indices[:-1]) and indices[-1] is not None:
-            # (logits[:, -1, [yes, no]]: ShieldGemma-2's two answers of its LM's vocabulary)
-            raise refuse(node, f"keeping some of the {shape[-1]} features of a vector at ids "
-                         "the forward fixes (a readout's outputs at chosen ids): the language "
-                         "has no form that keeps chosen coordinates of a vector",
-                         help="return the whole readout and read the chosen ids outside the "
-                         "traced model, or give the model a readout of those rows alone")
+            return self.picked(node, w, indices[-1], shape[-1])
         raise refuse(node, "an index of a traced value other than a param table's rows by "
                      "token ids or positions (an embedding lookup)")
+
+    def picked(self, node, v, ids, size: int) -> Vec:
+        """``y[..., ids]`` of a vector y at ids the forward fixes (ShieldGemma-2's logits of its
+        two answers, ``logits[:, -1, [yes, no]]``): ``pick(y, D, ids)``, D of as many
+        coordinates; ids the trace does not know (a tensor computed from the network) are
+        refused. The language checks that y's dim is finite."""
+        import torch
+
+        value = ids.value if isinstance(ids, Conc) and ids.probe is None else None
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.numel() == 0 \
+                or value.is_floating_point() or value.dtype == torch.bool:
+            raise refuse(node, f"keeping some of the {size} features of a vector at ids the "
+                         "trace does not know (the language's pick(y, D, i1, ...) keeps "
+                         "coordinates fixed by the program)",
+                         help="index the features with a list of numbers, y[..., [3, 1]]")
+        picked = [int(i) % size for i in value]
+        x = self.vec(v, node)
+        d = self.dim(len(picked))
+        name = self.emit_vector(node.name, f"pick({x.name}, {d}, {', '.join(map(str, picked))})")
+        return Vec(name, x.tags, len(picked))
 
     def op_embedding(self, node, w, idx, *rest):
         if not isinstance(w, PRef):

@@ -387,7 +387,8 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
     """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
     ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
     an integer that a ``min`` or ``max`` reads (TAPAS's positions,
-    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``); each
+    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``), or a few
+    integers an index reads (the ids a pick keeps: ``logits[:, -1, [yes, no]]``); each
     with where it is read: the first such reader's name and the argument (its place or
     keyword) it is there."""
     import torch
@@ -399,10 +400,11 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
         if node.op != "placeholder" or node.name not in specs:
             continue
         value = ep.constants.get(specs[node.name])
-        if value is None or value.numel() != 1 or value.dtype == torch.bool:
+        if value is None or value.dtype == torch.bool or value.numel() != 1 and (
+                value.is_floating_point() or value.dim() != 1 or value.numel() > 16):
             continue
         readers = {"where"} if value.is_floating_point() else {
-            "min", "max", "minimum", "maximum", "clamp"}
+            "min", "max", "minimum", "maximum", "clamp", "index"}  # (index: ids a pick keeps)
         read, copied = _read_through_copies(node)
         if not read or any(op_name(u) not in readers for u in read):
             continue  # read by another op too (arange + c): left to that op, which refuses it

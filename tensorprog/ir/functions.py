@@ -88,6 +88,11 @@ CAT = "cat"
 #: one of v's, over finitely many tokens, so its sizes are the larger of the two (prepend's);
 #: its third argument is a number, so it has no row here
 PLACE = "place"
+#: ``pick(y, D, i1, ..., ik)``: coordinates i1, ..., ik of y, a vector of a finite dim, in that
+#: order, a vector of D (k coordinates; torch's ``y[..., [i1, ..., ik]]``: ShieldGemma-2's logits
+#: of its two answers, two ids of its LM's vocabulary). Every coordinate of the result is one of
+#: y's, so sizes pass through as ``part``'s; its output has another dim, so no row here either
+PICK = "pick"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),

@@ -1,9 +1,8 @@
 """Expressions to IR: one ``expr_<Class>`` per expression node, and the ``op_<operator>`` rules.
 
 Lowering an expression gives a pending value: a constant, a matrix param (only ``@`` applies it), or
-a linear combination of named vectors that the consuming node may extend. Split from
-:mod:`tensorprog.lang.lower`, whose statement lowering inherits :class:`ExpressionLowering`; the
-state these methods read (names, dims, the body being built) is set up there.
+a linear combination of named vectors that the consuming node may extend. The statement lowering
+(:mod:`tensorprog.lang.lower`) inherits :class:`ExpressionLowering` and sets up its state.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_mix import lower_mix
 from .lower_part import lower_part, part_operands
+from .lower_pick import PICK, lower_pick, pick_operands
 from .lower_place import PLACE, lower_place, place_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
@@ -47,9 +47,9 @@ from .syntax import magnitude
 
 # besides values: dims (spread, part; cat's last), an index (part), a count of tokens (shift, place)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
-             CAT: cat_operands, PLACE: place_operands}
+             CAT: cat_operands, PLACE: place_operands, PICK: pick_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, PLACE) + RELAYOUTS)
+             + (SHIFT, CAT, PLACE, PICK) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -592,7 +592,7 @@ class ExpressionLowering:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
                     PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
-                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    PICK: lower_pick, **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

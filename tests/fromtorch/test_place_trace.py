@@ -1,7 +1,8 @@
 """from_torch on an image's features put where a prompt holds the image's placeholder tokens:
 Gemma 3's (ShieldGemma-2's) ``inputs_embeds.masked_scatter(ids == image_id, features)``, traced
 as the language's ``place(v, h, k)``, the image's patches a sequence of their own beside the
-prompt's, and the answer read at the last token (``logits[:, -1]``, ``last(h)``). Oracles: the
+prompt's, and the answer read at the last token at two ids (``logits[:, -1, [3, 1]]``,
+``pick(last(y), D, 3, 1)``). Oracles: the
 emitted program computes the model (float64), and it derives the exponents of
 examples/image_prompt.tp, the same network written by hand. A mask that is no block of whole
 tokens from one token k in every sequence, as many as the image's, is refused at its line."""
@@ -33,7 +34,7 @@ class ImageText(nn.Module):
     put where the prompt holds the image token, then causal attention (2 heads), an MLP and a
     readout at the last token (ShieldGemma-2's answer, logits[:, -1])."""
 
-    def __init__(self, n, partial=False, answers=False):
+    def __init__(self, n, partial=False, answers="ids"):
         super().__init__()
         self.partial, self.answers = partial, answers
         self.e = nn.Embedding(13, n)
@@ -55,9 +56,10 @@ class ImageText(nn.Module):
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         h = h + a.transpose(1, 2).reshape(b, t, n)
         h = h + self.fc2(torch.relu(self.fc1(h)))
-        if self.answers:  # ShieldGemma-2's Yes and No logits, two ids of the vocabulary
-            return self.head(h)[:, -1, [1, 2]]
-        return self.head(h[:, -1])
+        if self.answers == "ids":  # ShieldGemma-2's Yes and No logits, two ids of its vocabulary
+            return self.head(h)[:, -1, [3, 1]]
+        # ids that vary with the prompt: the logits at its first two tokens' ids
+        return self.head(h[:, -1])[:, ids[0, :2]]
 
 
 def _inputs(**prompt):
@@ -71,7 +73,7 @@ def test_an_image_placed_among_a_prompts_tokens_traces_as_place_and_computes_the
     # before: refused as "cannot trace the op masked_scatter"
     traced = from_torch(ImageText, WIDTHS, _inputs())
     assert "masked_scatter = place(linear, embedding, 2)" in traced.source
-    assert "= last(" in traced.source
+    assert "= last(" in traced.source and ", 3, 1)" in traced.source  # pick(y, D, 3, 1)
     assert "input patch : patches[T_patch," in traced.source  # the image's own sequence
     traced_computes_the_model(traced, ImageText, _inputs())
     want = tp.derive(tp.parse_file(ROOT / "examples" / "image_prompt.tp"), "adam").abc
@@ -97,12 +99,11 @@ def test_a_mask_of_some_of_a_tokens_features_is_refused():
         from_torch(lambda n: ImageText(n, partial=True), WIDTHS, _inputs())
 
 
-def test_a_readouts_logits_kept_at_chosen_ids_are_refused_at_their_line():
-    # the next obstacle of ShieldGemma-2's trace, after its image placed and its last token
+def test_a_readouts_logits_kept_at_ids_of_the_prompt_are_refused_at_their_line():
     with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot "
-                       r"trace keeping some of the 13 features of a vector at ids the forward "
-                       r"fixes(.|\n)*help: return the whole readout"):
-        from_torch(lambda n: ImageText(n, answers=True), WIDTHS, _inputs())
+                       r"trace keeping some of the 13 features of a vector at ids the trace "
+                       r"does not know(.|\n)*help: index the features with a list of numbers"):
+        from_torch(lambda n: ImageText(n, answers="prompt"), WIDTHS, _inputs())
 
 
 def test_the_coordinate_checks_images_come_with_the_examples_prompt():

@@ -133,7 +133,8 @@ class Model(torch.nn.Module):
         y_4 = torch.nn.functional.linear(y_3, self.W2)
         y_5 = a + y_4 + self.b2
         y_6 = y_5.select(-2, -1)
-        y = torch.nn.functional.linear(y_6, self.U)
+        y_7 = torch.nn.functional.linear(y_6, self.U)
+        y = (y_7)[..., [3, 1]]
         return y
 
     def vectors(self, tok, x):
@@ -158,7 +159,8 @@ class Model(torch.nn.Module):
         y_4 = torch.nn.functional.linear(y_3, self.W2)
         y_5 = a + y_4 + self.b2
         y_6 = y_5.select(-2, -1)
-        y = torch.nn.functional.linear(y_6, self.U)
+        y_7 = torch.nn.functional.linear(y_6, self.U)
+        y = (y_7)[..., [3, 1]]
         return {
             "e": e,
             "v_1": v_1,
@@ -180,6 +182,7 @@ class Model(torch.nn.Module):
             "y_4": y_4,
             "y_5": y_5,
             "y_6": y_6,
+            "y_7": y_7,
             "y": y,
         }
 

@@ -18,6 +18,7 @@ from tensorprog.ir.functions import (
     FUNCTIONS,
     NONLINEARITIES,
     PART,
+    PICK,
     PLACE,
     SHIFT,
     SPREAD,
@@ -39,7 +40,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
                                                                       SPREAD, PART, SHIFT, CAT,
-                                                                      PLACE,
+                                                                      PLACE, PICK,
                                                                       *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
