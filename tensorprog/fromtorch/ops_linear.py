@@ -58,6 +58,12 @@ class LinearOps:
                          help="index the features with a list of numbers, y[..., [3, 1]]")
         picked = [int(i) % size for i in value]
         x = self.vec(v, node)
+        if x.tags[-1] != "F" or x.dh is not None or x.dim != size:
+            raise refuse(node, f"keeping some of the {size} entries of the last axis of a "
+                         "value viewed otherwise than (…, features) (a head's coordinates, a "
+                         "token axis): the language's pick(y, D, i1, ...) keeps coordinates "
+                         "of a whole vector", help="index the features of a (…, features) "
+                         "value, y[..., [3, 1]]")
         d = self.dim(len(picked))
         name = self.emit_vector(node.name, f"pick({x.name}, {d}, {', '.join(map(str, picked))})")
         return Vec(name, x.tags, len(picked))

@@ -106,6 +106,22 @@ def test_a_readouts_logits_kept_at_ids_of_the_prompt_are_refused_at_their_line()
         from_torch(lambda n: ImageText(n, answers="prompt"), WIDTHS, _inputs())
 
 
+class HeadIds(ImageText):
+    """Two coordinates of each query head kept, q.view(b, t, 2, n // 2)[..., [0, 1]]: no
+    coordinates of a whole vector."""
+
+    def forward(self, ids, pixels):
+        h = self.e(ids)
+        b, t, n = h.shape
+        return self.q(h).view(b, t, 2, n // 2)[..., [0, 1]].reshape(b, t, 4)[:, -1]
+
+
+def test_ids_kept_of_each_head_are_refused_at_their_line():
+    with pytest.raises(TensorProgError, match=r"keeping some of the \d+ entries of the last "
+                       r"axis of a value viewed otherwise than"):
+        from_torch(HeadIds, WIDTHS, _inputs())
+
+
 def test_the_coordinate_checks_images_come_with_the_examples_prompt():
     # the check feeds its random images beside the example's prompt, the first one's ids over
     # its batch, so that the image tokens stay where the trace placed them (check.py)
