@@ -624,10 +624,15 @@ def _image_inputs(model, params: list[str], ids, real: bool):
         # an image as a sequence of colour-cluster ids (ImageGPT's input_ids): the zoo's tokens
         return (ids(),)
     if "input_ids" in params:
-        # a language model asked about an image (ShieldGemma-2): a prompt whose first
-        # mm_tokens_per_image tokens are the image's placeholders, then the image
-        prompt = ids().clone()
-        prompt[:, :config.mm_tokens_per_image] = config.image_token_id
+        # a language model asked about an image (ShieldGemma-2): a prompt as its processor
+        # builds it, the image's mm_tokens_per_image placeholder tokens in one block after
+        # the prompt's first tokens (its bos, the turn's start, the image's start token: 2
+        # of them here), the policy's text after them, and the image. Its ids are random
+        # even in the trace (which reads only where the image's tokens are: the others it
+        # replaces by zeros itself), as the coordinate check feeds this prompt with its images
+        # (zeros are Gemma's padding id, whose embedding row never trains)
+        prompt = ids(real=True).clone()
+        prompt[:, 2:2 + config.mm_tokens_per_image] = config.image_token_id
         return {"input_ids": prompt, "pixel_values": x}
     if "spatial_shapes" in params:
         # SigLIP2 (NaFlex) takes an image as its flattened patches, p x p x 3 values each in

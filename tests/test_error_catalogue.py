@@ -521,6 +521,36 @@ POSITIONED = {
     "offsets-not-a-window": (CPB + "input d : offsets[T, E]\noutput y = at(U @ c, w)\n", S,
                              r"offsets d: the offset dim T is not \(2w-1\)² for a window",
                              (10, 1)),
+    "last-without-tokens": (HEAD + "output y = V @ last(W @ x)\n", S,
+                            r"last reads the last token of a sequence, but y_1 has no tokens"
+                            r"(.|\n)*help: apply last to a value computed from a `tokens` input",
+                            (8, 16)),
+    # pick(y, D, i1, ...): chosen coordinates of a finite vector
+    "pick-of-a-growing-vector": (HEAD + "dim D = 2\noutput y = pick(W @ x, D, 0, 1)\n", S,
+                                 r"pick of coordinates of a vector of n, which grows with the "
+                                 r"width(.|\n)*help: pick a readout's outputs", (9, 12)),
+    "pick-past-the-vector": (HEAD + "dim D = 2\noutput y = pick(V @ (W @ x), D, 0, 2)\n", S,
+                             r"pick\(k, D, 0, 2\): D must have one coordinate per id \(2\), "
+                             r"and each id be below k's 2", (9, 12)),
+    "pick-without-a-dim": (HEAD + "output y = pick(V @ (W @ x), 0, 1)\n", S,
+                           r"the second argument of pick must be a declared dim", (8, 30)),
+    # place(v, h, k): v's tokens in place of h's tokens k .. k+S-1
+    "place-past-the-sequence": (ENCDEC + "output z = E.T @ place(x, y, 0)\n", S,
+                                r"place puts S's 5 tokens from token 0 of T, but T has 3 tokens"
+                                r"(.|\n)*help: place them into a sequence of 5 tokens or more",
+                                (11, 18)),
+    "place-from-a-negative-token": (ENCDEC + "output z = E.T @ place(y, x, -1)\n", S,
+                                    r"the third argument of place must be a whole number of "
+                                    r"tokens, 0 or more(.|\n)*help: write place\(v, h, k\)",
+                                    (11, 30)),
+    "place-of-ids": (ENCDEC + "output z = E.T @ place(y, tgt, 0)\n", S,
+                     r"but tgt is an input's one-hot ids", (11, 27)),
+    "place-without-tokens": (HEAD + "output y = V @ place(W @ x, W @ x, 0)\n", S,
+                             r"but y_1 has no tokens \(built from params", (8, 22)),
+    "place-another-dim": (SEQ + "dim f = 4\nparam A : [f, n]\n"
+                          "output y = A.T @ place(A @ h, h, 0)\n", S,
+                          r"place of a vector of f into one of n: a token's vector is replaced "
+                          r"by one of the same dim", (10, 18)),
     # cat(a, b, D): finite parts side by side, D their sizes summed
     "cat-growing-part": (SEQ + "dim f = 4\ndim D = 12\nparam A : [f, n]\n"
                          "output y = cat(A @ h, h, D)\n", S, r"cat of a part of dim n, which "
@@ -1777,7 +1807,7 @@ def example_inputs(model):
 
 
 @pytest.mark.parametrize(("repeat", "message"), [
-    ("tiled", r"m.py:\d+:\d+: error: cannot trace the op repeat"),
+    ("tiled", r"m.py:\d+:\d+: error: cannot trace attention heads tiled 2 times"),
     ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
                      r"than right after them(.|\n)*help: repeat each key/value head for "
                      r"consecutive query heads"),

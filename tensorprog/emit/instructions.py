@@ -15,6 +15,8 @@ from ..ir.functions import (
     FUNCTIONS,
     MUL,
     PART,
+    PICK,
+    PLACE,
     SHIFT,
     SPREAD,
     torch_call,
@@ -53,6 +55,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "groupnorm": "_groupnorm({x})",
           "grn": "_grn({x})",
           "first": "{x}.select(-2, 0)",  # (..., tokens, dim): the first token's vector
+          "last": "{x}.select(-2, -1)",  # ... and the last token's
           "rmsnorm": "{x} * torch.rsqrt({x}.pow(2).mean(-1, keepdim=True) + 1e-6)",
           "softmax": "torch.softmax({x}, dim=-1)",
           "causal_softmax": "_causal_softmax({x})"}
@@ -148,6 +151,12 @@ class Emitter:
         if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
             self.helpers.add("_shift")
             return f"_shift({self.ref(ins.args[0])}, {ins.index})"
+        if ins.fn == PICK:  # chosen coordinates of the last axis, in order
+            return f"({self.ref(ins.args[0])})[..., {list(ins.index)}]"
+        if ins.fn == PLACE:  # one sequence's token vectors in place of some of another's
+            self.helpers.add("_place")
+            v, h = ins.args
+            return f"_place({self.ref(v)}, {self.ref(h)}, {ins.index})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

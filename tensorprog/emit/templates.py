@@ -144,6 +144,14 @@ HELPERS = {
         "    if k >= 0:",
         "        return torch.nn.functional.pad(x[..., :t - k, :], (0, 0, k, 0))",
         "    return torch.nn.functional.pad(x[..., -k:, :], (0, 0, 0, -k))"],
+    "_place": [
+        "def _place(v, h, k):",
+        '    """The token vectors of h, (..., tokens, dim), with its tokens k .. k+S-1 those of v,',
+        '    (..., S, dim), in order."""',
+        "    s, t = v.shape[-2], h.shape[-2]",
+        "    if k + s > t:",
+        "        raise ValueError(f'{s} tokens placed from token {k} of a sequence of {t}')",
+        "    return torch.cat([h[..., :k, :], v, h[..., k + s:, :]], dim=-2)"],
     "_subsample": [
         "def _subsample(x):",
         '    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1',

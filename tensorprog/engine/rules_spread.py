@@ -1,13 +1,14 @@
 """The engine's rules for the Nonlins that move coordinates without computing on them:
 ``spread(g, dh)`` (one number per head over its head's coordinates), ``part(x, d, i)`` (x's
 i-th part of d coordinates) and ``cat(a, b, D)`` (finite parts side by side), whose output
-has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k tokens) and
-``at(g, win)`` (a value over a window's offsets read at each token pair's offset).
+has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k tokens),
+``at(g, win)`` (a value over a window's offsets read at each token pair's offset) and
+``place(v, h, k)`` (v's token vectors in place of some of h's).
 ``tensorprog.engine.rules`` dispatches Nonlin to them."""
 
 from __future__ import annotations
 
-from ..ir.functions import AT, CAT, PART, SHIFT, SPREAD
+from ..ir.functions import AT, CAT, PART, PICK, PLACE, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -132,6 +133,50 @@ def grad_at(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                   [Mono(sz.grad(ins.out))])]
 
 
+# --- place: one sequence's token vectors in place of some of another's ------------------------
+# y_t = v_{t-k} for k <= t < k + S, h_t elsewhere (Gemma 3's image features where the prompt holds
+# the image's placeholder tokens). Every token of y is one of h's or one of v's, over finitely
+# many tokens and with no coordinates mixed: as large as the larger of the two (a max, as for a
+# sum or prepend's learned token), changing as much as the one that changes more; back to v_s
+# comes y's gradient at token k + s, back to h_t y's at t outside the block (0 inside it), each
+# as large as y's. The rules of prepend, whose token is placed before the others instead.
+
+
+def place_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    """The terms of both sequences' sizes (``size``: init or change; ``what``: "{}₀" or "Δ{}")."""
+    return [t for a in ins.args for t in
+            terms(what.format(a), "each token is one of the placed sequence's or one of the "
+                  "other's: as large as the larger", "auto", size(a))]
+
+
+def grad_place(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    g = [Mono(sz.grad(ins.out))]
+    v, h = ins.args
+    return ([(v, t) for t in terms(f"d{ins.out} on tokens {ins.index}..", f"each token of {v} "
+                                   f"is one of {ins.out}'s", "flow", g)]
+            + [(h, t) for t in terms(f"d{ins.out} off them", f"each token of {h} outside the "
+                                     f"block is one of {ins.out}'s", "flow", g)])
+
+
+# --- pick: chosen coordinates of a finite vector ----------------------------------------------
+# y_j = x_{i_j} (ShieldGemma-2's logits at its two answers' ids). Every coordinate of y is one of
+# x's, over a finite dim (a vector's size is its RMS, of finitely many coordinates each of its
+# size): as large as x, changing as x does; back to x comes y's gradient on those coordinates
+# (0 on the others: finitely many, so no sum over the width changes), as large as y's: part's.
+
+
+def pick_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    (x,) = ins.args
+    return terms(f"pick({what}, {ins.over})", f"each coordinate is one of {x}'s", "auto",
+                 size(x))
+
+
+def grad_pick(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (x,) = ins.args
+    return [(x, t) for t in terms(f"d{ins.out} on its ids", f"each coordinate of {ins.out} is "
+                                  f"one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
+
+
 # --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
 MOVES = {
     SPREAD: (init_spread, change_spread, grad_spread),
@@ -143,4 +188,8 @@ MOVES = {
          lambda i, sz: at_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_at),
     CAT: (lambda i, sz: cat_sizes(i, sz, sz.init, "{}₀"),
           lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
+    PICK: (lambda i, sz: pick_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+           lambda i, sz: pick_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_pick),
+    PLACE: (lambda i, sz: place_sizes(i, sz, sz.init, "{}₀"),
+            lambda i, sz: place_sizes(i, sz, sz.change, "Δ{}"), grad_place),
 }

@@ -21,7 +21,7 @@ from .apply import MuP
 from .columns import scale_input
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
-from .inputs import forward_names, given_inputs, token_feed, token_index
+from .inputs import cpu_ids, float_feed, forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
 from .patches import scale_out, scale_rows
 from .rows import renumber_slices
@@ -74,7 +74,7 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
             ep = export(model, inputs, kwargs)
         k = token_index(tuple(inputs), kwargs)
         trace = convert(
-            ep, {"m." + k: v for k, v in mup.traced.base.items()}, torch.zeros_like(leaves[k]),
+            ep, {"m." + k: v for k, v in mup.traced.base.items()}, cpu_ids(leaves[k]),
             given=given_inputs(ep, model, tuple(inputs), kwargs, k),
             keep=mup.traced.coefficient_nodes, own_heads=mup.traced.own_heads,
         )
@@ -605,26 +605,13 @@ def _feed(traced, x, g) -> tuple[tuple, dict]:
 
 
 def _keyword_feed(traced, x) -> tuple[tuple, dict]:
-    """The float input ``x`` (an image, patches) as the forward takes it: alone, or where the
-    example inputs are keywords (SigLIP2's patches, their mask and grid) in the first float
-    one's place, each integer one's first row repeated over the batch (the trace read them as
-    constants of the trace, the same for every sample)."""
+    """The float input ``x`` (an image, patches) as the forward takes it (inputs.float_feed),
+    beside the example inputs' others (SigLIP2's mask and grid, a prompt's ids)."""
     import torch
 
     with torch.device("meta"):
         model = built(traced.build, traced.base_width)
-    given = traced.example_inputs(model)  # off the meta device: the integer inputs' values
-    if not isinstance(given, dict):
-        return (x,), {}
-    out, placed = {}, False
-    for k, v in given.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not placed:
-            out[k], placed = x, True
-        elif isinstance(v, torch.Tensor) and v.dim() > 0:
-            out[k] = v[:1].expand(x.shape[0], *v.shape[1:]).clone().to(x.device)
-        else:
-            out[k] = v
-    return (), out
+    return float_feed(traced.example_inputs(model), x)  # off the meta device: their values
 
 
 def _data(traced, batch: int, g):
@@ -695,3 +682,4 @@ def _logits(out):
     # field, as a tuple's: PP-LCNet's classifier returns its logits as last_hidden_state
     first = isinstance(out, (tuple, list)) or hasattr(out, "to_tuple")
     return out[0] if first else out
+

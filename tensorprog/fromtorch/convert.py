@@ -31,6 +31,7 @@ from .ops_norm import NormOps
 from .ops_offsets import OffsetOps
 from .ops_paramfn import ParamFnOps
 from .ops_pixels import PixelTokenOps
+from .ops_place import PlaceOps
 from .ops_pointwise import PointwiseOps
 from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
@@ -68,6 +69,7 @@ class Converter(
     RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
+    PlaceOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and
@@ -78,7 +80,10 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
             given: dict | None = None, keep: frozenset = frozenset(),
             own_heads: frozenset = frozenset()) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
-    ``tok_value``: the token ids on the CPU (constants such as masks are computed from them),
+    ``tok_value``: the example's token ids on the CPU (the walk computes constants such as
+    masks from zeros in their place, and from probe ids, so that nothing reads as a constant
+    that varies with the ids; the placeholders' positions of an image put among the tokens are
+    read from the example's own: ops_place.py),
     ``scalars``: the values of one-entry buffers (a graph exported on the meta device has none),
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
     placeholders: (the forward's name for it, its value on the CPU); ``keep``: the nodes whose
@@ -87,7 +92,8 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     conv = Converter(ep, base)
     conv.keep_coefficients = frozenset(keep)
     conv.own_heads = own_heads
-    conv.tok_value = tok_value
+    conv.tok_value = None if tok_value is None else tok_value.new_zeros(tok_value.shape)
+    conv.example_ids = tok_value
     conv.scalars = scalars or {}
     conv.given = given or {}
     trace = conv.run()

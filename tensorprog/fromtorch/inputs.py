@@ -71,6 +71,16 @@ def token_index(args: tuple, kwargs: dict) -> int:
     return next(i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor))
 
 
+def cpu_ids(ids):
+    """The example's token ids on the CPU, as convert.py takes them (zeros where they have no
+    values: on the meta device)."""
+    import torch
+
+    if ids.device.type == "meta":
+        return torch.zeros(ids.shape, dtype=ids.dtype)
+    return ids.detach().to("cpu", copy=True)
+
+
 def forward_names(model, args: tuple, kwargs: dict, specs=None) -> list[str]:
     """The forward's name of each input leaf: positional ones by its signature, then the
     keyword ones (``specs``: the graph's placeholders, named for leaves past the signature)."""
@@ -104,6 +114,32 @@ def token_feed(example_inputs: Callable, model, tokens: dict) -> tuple[tuple, di
         elif isinstance(leaves[i], torch.Tensor) and leaves[i].dim() > 0:
             leaves[i] = leaves[i][:1].expand(batch, *leaves[i].shape[1:]).clone()
     return tuple(leaves[:len(args)]), dict(zip(kwargs, leaves[len(args):], strict=True))
+
+
+def float_feed(given, x) -> tuple[tuple, dict]:
+    """The float input ``x`` (an image, patches) as the forward takes it, ``given`` the example
+    inputs: alone, or where they are several (SigLIP2's patches, their mask and grid as
+    keywords; a prompt's ids beside its image, positional or keywords) in the first float one's
+    place, each other tensor's first row repeated over the batch (the trace read them as
+    constants of the trace, the same for every sample: a prompt's ids, whose image tokens' place
+    it fixed, ops_place.py)."""
+    import torch
+
+    if isinstance(given, torch.Tensor) or not isinstance(given, (dict, tuple, list)):
+        return (x,), {}
+    items = list(given.items()) if isinstance(given, dict) else list(enumerate(given))
+    out, placed = [], False
+    for _, v in items:
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not placed:
+            out.append(x)
+            placed = True
+        elif isinstance(v, torch.Tensor) and v.dim() > 0:
+            out.append(v[:1].expand(x.shape[0], *v.shape[1:]).clone().to(x.device))
+        else:
+            out.append(v)
+    if isinstance(given, dict):
+        return (), dict(zip(given, out, strict=True))
+    return tuple(out), {}
 
 
 def given_inputs(ep, model, args: tuple, kwargs: dict, tok: int) -> dict:

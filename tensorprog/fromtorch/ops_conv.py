@@ -64,8 +64,8 @@ class ConvOps:
             if len(lead) == 1:
                 self.out.decls.append(f"input x : [{self.dim(d)}]")
                 return Vec("x", ("tok", "F"), d)
-            self.tokens_seq = lead[1]  # the program's sequence (trace.py's dim T)
-            self.out.decls.append(f"input x : patches[T, {self.dim(d)}]")
+            seq = self.own_sequence("x", lead[1], d)  # the program's T, or its own
+            self.out.decls.append(f"input x : patches[{seq}, {self.dim(d)}]")
             return Vec("x", ("tok", "tok", "F"), d)
         _, c, h, w = (int(s) for s in val.shape)
         self.float_name = "img"
@@ -73,6 +73,16 @@ class ConvOps:
         self.image_decl = len(self.out.decls)  # replaced where the image is cut into patches
         self.out.decls.append(f"input img : image[{self.dim(c)}, {self.dim(h)}, {self.dim(w)}]")
         return Vec("img", IMAGE, c)
+
+    def own_sequence(self, name: str, length: int, values: int) -> str:
+        """The sequence of a float per-token input: the program's T (trace.py's dim), or beside
+        token ids (an image with a prompt, ops_place.py) one of its own, T_<name>, which
+        sequences.py declares."""
+        if not self.takes_ids():
+            self.tokens_seq = length
+            return "T"
+        self.out.seq_inputs[name] = ("patches", length, values)
+        return f"T_{name}"
 
     def patches(self, node, x: Vec, k: int) -> Vec:
         """The image input cut into non-overlapping k x k patches, as the language's float
@@ -106,8 +116,8 @@ class ConvOps:
             )
         c, t = shape[1], (shape[2] // k) * (shape[3] // k)
         self.cut = node  # any later read of the image is refused (image_read_once)
-        self.tokens_seq = t  # the program's sequence: one token per patch (trace.py's dim T)
-        self.out.decls[self.image_decl] = f"input patch : patches[T, {self.dim(c * k * k)}]"
+        seq = self.own_sequence("patch", t, c * k * k)  # one token per patch
+        self.out.decls[self.image_decl] = f"input patch : patches[{seq}, {self.dim(c * k * k)}]"
         return Vec("patch", ("tok", "tok", "F"), c * k * k)
 
     # -- convolutions --------------------------------------------------------------------------

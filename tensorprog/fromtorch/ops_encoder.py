@@ -13,13 +13,14 @@ from .where import module_of, op_name, refuse, strip_prefix
 _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
                "a param [1, 1, n] and h the (batch, tokens, features) embeddings")
 
-_FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, after "
-               "the per-token layers; the language has no other token's vector")
+_FIRST_HELP = ("read the first token, h[:, 0] of a (batch, tokens, features) value, or the "
+               "last, h[:, -1], after the per-token layers; the language has no other token's "
+               "vector")
 
 
 class EncoderOps:
-    """``h[:, 0]`` as ``first(h)``; segment ids as a token input; learned tokens prepended to
-    the sequence as ``prepend``."""
+    """``h[:, 0]`` as ``first(h)``, ``h[:, -1]`` as ``last(h)``; segment ids as a token input;
+    learned tokens prepended to the sequence as ``prepend``."""
 
     def first_token(self, node, v, dim, index) -> Vec:
         """``h[:, 0]`` (``select`` of the sequence axis at 0) of a per-token vector: the first
@@ -39,11 +40,13 @@ class EncoderOps:
             raise refuse(node, "indexing a traced value along an axis other than a fused "
                          "layer's blocks or the sequence of a (batch, tokens, features) vector",
                          help=_FIRST_HELP)
-        if index != 0:
+        length = self._shape(node.args[0])[1]
+        if index not in (0, -1, length - 1):
             raise refuse(node, f"reading token {index} of the sequence (the language reads the "
-                         "first token only, first(h))", help=_FIRST_HELP)
+                         "first token, first(h), or the last, last(h))", help=_FIRST_HELP)
         x = self.vec(v, node)
-        name = self.emit_vector(node.name, f"first({x.name})")
+        which = "first" if index == 0 else "last"  # (a sequence of one token: its first)
+        name = self.emit_vector(node.name, f"{which}({x.name})")
         return Vec(name, ("tok", "F"), x.dim)
 
     def ids_lookup(self, node, w: PRef, idx: Given) -> Vec:

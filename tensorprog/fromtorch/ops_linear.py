@@ -15,6 +15,7 @@ from .values import (
     Given,
     Joined,
     ParamUse,
+    Pointwise,
     PRef,
     Probs,
     Scores,
@@ -37,8 +38,38 @@ class LinearOps:
         if self.over_offsets(w) and len(indices) == 1 and isinstance(indices[0], Conc) and (
                 win := window_lookup(indices[0].value, self._shape(node.args[0])[0])):
             return self.offsets_lookup(node, w, win)  # Swin V2's bias: ops_offsets.py
+        shape = tuple(node.args[0].meta["val"].shape)
+        if isinstance(w, (Vec, Affine, Pointwise)) and len(indices) == len(shape) \
+                and all(i is None for i in indices[:-1]) and indices[-1] is not None:
+            return self.picked(node, w, indices[-1], shape[-1])
         raise refuse(node, "an index of a traced value other than a param table's rows by "
                      "token ids or positions (an embedding lookup)")
+
+    def picked(self, node, v, ids, size: int) -> Vec:
+        """``y[..., ids]`` of a vector y at ids the forward fixes (ShieldGemma-2's logits of its
+        two answers, ``logits[:, -1, [yes, no]]``): ``pick(y, D, ids)``, D of as many
+        coordinates; ids the trace does not know (a tensor computed from the network) are
+        refused. The language checks that y's dim is finite."""
+        import torch
+
+        value = ids.value if isinstance(ids, Conc) and ids.probe is None else None
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.numel() == 0 \
+                or value.is_floating_point() or value.dtype == torch.bool:
+            raise refuse(node, f"keeping some of the {size} features of a vector at ids the "
+                         "trace does not know (the language's pick(y, D, i1, ...) keeps "
+                         "coordinates fixed by the program)",
+                         help="index the features with a list of numbers, y[..., [3, 1]]")
+        picked = [int(i) % size for i in value]
+        x = self.vec(v, node)
+        if x.tags[-1] != "F" or x.dh is not None or x.dim != size:
+            raise refuse(node, f"keeping some of the {size} entries of the last axis of a "
+                         "value viewed otherwise than (…, features) (a head's coordinates, a "
+                         "token axis): the language's pick(y, D, i1, ...) keeps coordinates "
+                         "of a whole vector", help="index the features of a (…, features) "
+                         "value, y[..., [3, 1]]")
+        d = self.dim(len(picked))
+        name = self.emit_vector(node.name, f"pick({x.name}, {d}, {', '.join(map(str, picked))})")
+        return Vec(name, x.tags, len(picked))
 
     def op_embedding(self, node, w, idx, *rest):
         if not isinstance(w, PRef):

@@ -72,8 +72,10 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
-        if fn in ("first", "mean"):  # one vector per sequence
+        if fn in ("first", "last", "mean"):  # one vector per sequence
             return ()
+        if fn == "place" and len(args) == 3:  # v's tokens among h's: h's sequence, not v's
+            return args[1]
         return _meet(classes, args)
     if isinstance(expr, ast.BinOp):
         return _meet(classes, [_tag(expr.left, tags, classes), _tag(expr.right, tags, classes)])
@@ -108,7 +110,7 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}
     for name, (kind, _, _) in trace.seq_inputs.items():  # a class of a token input: its name
-        if kind == "tokens":
+        if kind in ("tokens", "patches"):  # (patches beside the ids: an image's, ops_place.py)
             dim_of.setdefault(classes.find(name), f"T_{name}")
     for name in trace.seq_inputs:
         dim_of.setdefault(classes.find(name), f"T_{name.lstrip('_')}")
@@ -128,7 +130,7 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     inputs: dict[str, tuple[str, str, int]] = {}
     for name, (kind, _, rows) in trace.seq_inputs.items():
         dim = dim_of[classes.find(name)]
-        if kind == "tokens":
+        if kind in ("tokens", "patches"):
             inputs[name] = (kind, dim, rows)
             continue
         key = (kind, dim, rows)
@@ -147,6 +149,10 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     dims = {name: dim_of[classes.find(name)] for name in lengths if name != "tok"}
     trace.decls = [PROVISIONAL.sub(lambda m: dims.get(m.group(0), m.group(0)), d)
                    for d in trace.decls]
+    for name, (kind, dim, _) in inputs.items():  # declared by the walk over a name of its own
+        if kind == "patches":
+            trace.decls = [d.replace(f"input {name} : patches[T_{name},",
+                                     f"input {name} : patches[{dim},") for d in trace.decls]
 
 
 def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
@@ -154,6 +160,8 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
     :func:`resolve`); ``bucket_dim(rows)`` names a table's finite dim."""
     lines = [f"dim {d} = {size}" for d, size in trace.seq_dims.items()]
     for name, (kind, dim, rows) in trace.seq_inputs.items():
+        if kind == "patches":  # declared among the walk's statements (ops_conv.py)
+            continue
         if kind == "tokens":
             v = "V" if rows == vocab else f"V_{name}"
             if v != "V":

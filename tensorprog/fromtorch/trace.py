@@ -22,7 +22,7 @@ from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, block_stats, built
-from .inputs import forward_inputs, given_inputs, kind_of, token_index
+from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
@@ -245,8 +245,8 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         def meta(x):
             return x.to("meta") if isinstance(x, torch.Tensor) else x
 
-        # the token ids, on the CPU (masks are computed from them)
-        tok = torch.zeros(leaves[k].shape, dtype=leaves[k].dtype)
+        # the token ids, on the CPU (masks are computed from them: convert.py)
+        tok = cpu_ids(leaves[k])
         try:
             refuse_frozen_norms(model)
             ep = export(model, [meta(x) for x in args], {n: meta(x) for n, x in kwargs.items()})
@@ -391,7 +391,8 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
     """The one-entry constants of the graph that a ``where`` reads, a float (through copies:
     ``torch.tensor(c, device=w.device)`` is lift_fresh_copy, then detach_), or that bounds ids,
     an integer that a ``min`` or ``max`` reads (TAPAS's positions,
-    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``); each
+    ``torch.min(torch.as_tensor(max_position_embeddings - 1, device=device), ids)``), or a few
+    integers an index reads (the ids a pick keeps: ``logits[:, -1, [yes, no]]``); each
     with where it is read: the first such reader's name and the argument (its place or
     keyword) it is there."""
     import torch
@@ -403,10 +404,11 @@ def _lifted_numbers(ep) -> dict[str, tuple[str, int | str | None]]:
         if node.op != "placeholder" or node.name not in specs:
             continue
         value = ep.constants.get(specs[node.name])
-        if value is None or value.numel() != 1 or value.dtype == torch.bool:
+        if value is None or value.dtype == torch.bool or value.numel() != 1 and (
+                value.is_floating_point() or value.dim() != 1 or value.numel() > 16):
             continue
         readers = {"where"} if value.is_floating_point() else {
-            "min", "max", "minimum", "maximum", "clamp"}
+            "min", "max", "minimum", "maximum", "clamp", "index"}  # (index: ids a pick keeps)
         read, copied = _read_through_copies(node)
         if not read or any(op_name(u) not in readers for u in read):
             continue  # read by another op too (arange + c): left to that op, which refuses it

@@ -480,14 +480,14 @@ class Walker:
         return value if bool(((value == 0) | (value == 1)).all()) else None
 
     def _id(self, target):
-        """A one-entry integer constant of the graph, on the CPU (given, read from a CPU
-        export, where the graph's is on the meta device: TAPAS's bound on its positions);
-        None for any other."""
+        """A one-entry integer constant of the graph (or a 1-D one of a few: the ids a pick
+        keeps), on the CPU (given, read from a CPU export, where the graph's is on the meta
+        device: TAPAS's bound on its positions); None for any other."""
         import torch
 
         value = getattr(self, "scalars", {}).get(target, self.ep.constants.get(target))
-        ok = value is not None and value.numel() == 1 and value.dtype in (torch.int64,
-                                                                           torch.int32)
+        ok = value is not None and value.dim() <= 1 and 0 < value.numel() <= 16 and \
+            value.dtype in (torch.int64, torch.int32)  # (or a few: ids a pick keeps)
         return value.detach().cpu() if ok and value.device.type != "meta" else None
 
     def _number(self, target) -> bool:

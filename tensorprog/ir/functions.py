@@ -89,6 +89,18 @@ CAT = "cat"
 #: sizes pass through as ``first``'s. Its second argument is an input, not a vector of g's dim,
 #: so it has no row here either
 AT = "at"
+#: ``place(v, h, k)``: h's token vectors with tokens k .. k+S-1 replaced by v's, in order, v a
+#: sequence of S tokens (torch's ``h.masked_scatter(mask, v)`` where the mask holds one block of
+#: S whole tokens from token k, the same in every sequence: Gemma 3's image features put where
+#: the prompt holds the image's placeholder tokens). Every token of the result is one of h's or
+#: one of v's, over finitely many tokens, so its sizes are the larger of the two (prepend's);
+#: its third argument is a number, so it has no row here
+PLACE = "place"
+#: ``pick(y, D, i1, ..., ik)``: coordinates i1, ..., ik of y, a vector of a finite dim, in that
+#: order, a vector of D (k coordinates; torch's ``y[..., [i1, ..., ik]]``: ShieldGemma-2's logits
+#: of its two answers, two ids of its LM's vocabulary). Every coordinate of the result is one of
+#: y's, so sizes pass through as ``part``'s; its output has another dim, so no row here either
+PICK = "pick"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),
@@ -167,6 +179,9 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # the first token's vector (BERT's pooler, a ViT's class-token readout): one token's
     # coordinates, as large as any token's, and its gradient reaches that token alone
     Function("first", "linear", None, ".select"),
+    # the last token's vector (a causal LM's answer read at its last token: ShieldGemma-2's Yes
+    # and No logits): one token's coordinates, as first's
+    Function("last", "linear", None, ".select"),
 )}
 
 #: The names, in the order the language lists them.

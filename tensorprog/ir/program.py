@@ -54,7 +54,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import CAT, PART, POOLS, pooled
+from .functions import CAT, PART, PICK, POOLS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .spread import SPREAD, other_dim
 
@@ -279,7 +279,7 @@ class Nonlin:
     over: str | None = None  # a norm's head dim (QK-norm); spread's dh; part's d; cat's D
     # dwconv's geometry (MatMul.geometry's); None: stride 1, padded by half the kernel
     geometry: Geometry | None = None
-    index: int | None = None  # part(x, d, i): which part of d coordinates it takes
+    index: int | tuple[int, ...] | None = None  # part's i, shift's k, place's k, pick's ids
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -645,7 +645,7 @@ class Program:
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
-            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT):  # not x's dim
+            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies

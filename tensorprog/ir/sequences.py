@@ -10,9 +10,10 @@ A learned token prepended to a sequence (``prepend(c, h, T1)``, a vision transfo
 token) makes a sequence of its own, one token longer: the value runs over T1, not over h's T, so
 adding it to a value over T (positions of T rows) is refused as any other mix of sequences.
 
-Only attention reads one sequence from another: ``dot(q, k, dh)`` pairs q's tokens with k's
+Only attention and place read one sequence from another: ``dot(q, k, dh)`` pairs q's tokens with k's
 (cross-attention when they differ) and ``mix(p, v)`` sums v over p's key tokens, giving a value
-on p's query tokens. Every other instruction acts token by token, so its operands must share a
+on p's query tokens; ``place(v, h, k)`` puts v's tokens in place of some of h's, giving a value
+on h's. Every other instruction acts token by token, so its operands must share a
 sequence: adding a source token's vector to a target token's has no meaning (the sequences have
 different lengths), and neither has a causal mask between two sequences. The engine's rules do
 not depend on the tokens (each is a finite sum over them), so this is all a second sequence
@@ -22,7 +23,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .functions import AT, CAT, SHIFT
+from .functions import AT, CAT, PLACE, SHIFT
 from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
 
 Tag = tuple[str, ...]
@@ -85,7 +86,7 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             tags[ins.out] = (ins.seq,) if ins.seq is not None else ()
             _check_relayout(program, ins, ops[0], problem)
             continue
-        if isinstance(ins, Nonlin) and ins.fn == "first":  # one token's vector: no sequence
+        if isinstance(ins, Nonlin) and ins.fn in ("first", "last"):  # one token's: no sequence
             tags[ins.out] = ()
             continue
         if isinstance(ins, Nonlin) and ins.fn == AT:  # rows over offsets read at token pairs
@@ -95,6 +96,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == PLACE:  # h's tokens, some of them v's
+            tags[ins.out] = ops[-1]
+            _check_place(program, ins, ops, problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == CAT and len(set(ops)) > 1:
             # its parts side by side, token by token: not broadcast as a sum's operands are
@@ -189,6 +194,27 @@ def _check_shift(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
         problem(f"shift by {ins.index} tokens, but {arg[0]} has {size}: every token would read "
                 "past the sequence, a vector of zeros", ins,
                 f"shift by fewer than {size} tokens")
+
+
+def _check_place(program: Program, ins: Nonlin, ops: list[Tag], problem) -> None:
+    """v's tokens in place of h's tokens k .. k+S-1: both vectors per token of a sequence (not
+    token pairs, images or a token input's ids), v's S tokens within h's from token k."""
+    inputs = {i.name for i in program.inputs}
+    for arg, tag in zip(ins.args, ops, strict=False):
+        image = program.spatial.get(arg) is not None
+        if len(tag) != 1 or image or arg in inputs:
+            what = ("an image" if image else "an input's one-hot ids" if len(tag) == 1
+                    else f"a value over {_show(tag)}")
+            problem(f"place puts one sequence's token vectors in place of another's, but {arg} "
+                    f"is {what}", ins, "place vectors per token, e.g. place(Wp @ v, E @ tok, k)")
+            return
+    (s,), (t,) = ops
+    size, into = program.dim_table[s].size, program.dim_table[t].size
+    if ins.index + size > into:
+        problem(f"place puts {s}'s {size} tokens from token {ins.index} of {t}, but {t} has "
+                f"{into} tokens (0 to {into - 1})", ins,
+                f"place them from a token k with k + {size} <= {into}" if size <= into else
+                f"place them into a sequence of {size} tokens or more")
 
 
 def _check_relayout(program: Program, ins: Relayout, arg: Tag, problem) -> None:

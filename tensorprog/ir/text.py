@@ -72,7 +72,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
         args += [ins.over] if ins.over is not None else []
         g = ins.geometry  # dwconv of another geometry than stride 1, padded by half
         args += [str(i) for i in (g.stride, *g.pads, g.dilation)] if g is not None else []
-        args += [str(ins.index)] if ins.index is not None else []
+        idx = ins.index if isinstance(ins.index, tuple) else () if ins.index is None else (
+            ins.index,)
+        args += [str(i) for i in idx]
         rhs = " * ".join(args) if ins.fn == MUL else f"{ins.fn}({', '.join(args)})"
     else:
         parts = []

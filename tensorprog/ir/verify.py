@@ -6,7 +6,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import AT, CAT, DWCONV, FUNCTIONS, MUL, PART, PRODUCTS, SHIFT, SPREAD
+from .functions import AT, CAT, DWCONV, FUNCTIONS, MUL, PART, PICK, PLACE, PRODUCTS, SHIFT, SPREAD
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -154,6 +154,10 @@ def verify(program: Program) -> Program:
             out = _verify_shift(ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == AT:
             out = _verify_at(program, ins, ops, errors)
+        elif isinstance(ins, Nonlin) and ins.fn == PLACE:
+            out = _verify_place(ins, ops, key, errors)
+        elif isinstance(ins, Nonlin) and ins.fn == PICK:
+            out = _verify_pick(program, ins, ops[0], errors)
         elif isinstance(ins, Nonlin) and ins.fn == CAT:
             out = _verify_cat(program, ins, ops, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
@@ -366,6 +370,34 @@ def _verify_shift(ins: Nonlin, arg: str | None, errors: Collector) -> str | None
         errors.error("shift(h, k): h a vector per token and k a whole number of tokens, not 0",
                      ins.span)
     return arg
+
+
+def _verify_place(ins: Nonlin, ops: list, key, errors: Collector) -> str | None:
+    """``place(v, h, k)``: v and h vectors of one dim (which tokens each has, the sequences'
+    check) and k a whole number >= 0. Returns h's dim."""
+    if len(ins.args) != 2 or None in ops or key(ops[0]) != key(ops[1]) \
+            or not isinstance(ins.index, int) or isinstance(ins.index, bool) or ins.index < 0 \
+            or ins.over is not None:
+        errors.error("place(v, h, k): v and h vectors per token of one dim and k a whole number "
+                     "of tokens, 0 or more", ins.span)
+    return ops[1] if len(ops) == 2 else None
+
+
+def _verify_pick(program: Program, ins: Nonlin, arg: str | None,
+                 errors: Collector) -> str | None:
+    """``pick(y, D, i1, ...)``: y a vector of a finite dim, D a declared finite dim of as many
+    coordinates as ids, each id a whole number below y's dim. Returns D."""
+    dims = program.dim_table
+    ids = ins.index if isinstance(ins.index, tuple) else ()
+    y, d = dims.get(arg or ""), dims.get(ins.over or "")
+    if len(ins.args) != 1 or y is None or d is None or y.infinite or d.infinite \
+            or not ids or len(ids) != d.size or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < y.size
+                for i in ids):
+        errors.error("pick(y, D, i1, ...): y a vector of a finite dim, D a finite dim of as "
+                     "many coordinates as ids, each id a coordinate of y", ins.span)
+        return None
+    return ins.over
 
 
 def _verify_part(program: Program, ins: Nonlin, arg: str | None,

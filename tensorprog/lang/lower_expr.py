@@ -1,9 +1,8 @@
 """Expressions to IR: one ``expr_<Class>`` per expression node, and the ``op_<operator>`` rules.
 
 Lowering an expression gives a pending value: a constant, a matrix param (only ``@`` applies it), or
-a linear combination of named vectors that the consuming node may extend. Split from
-:mod:`tensorprog.lang.lower`, whose statement lowering inherits :class:`ExpressionLowering`; the
-state these methods read (names, dims, the body being built) is set up there.
+a linear combination of named vectors that the consuming node may extend. The statement lowering
+(:mod:`tensorprog.lang.lower`) inherits :class:`ExpressionLowering` and sets up its state.
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_mix import lower_mix, mix_operands
 from .lower_part import lower_part, part_operands
+from .lower_pick import PICK, lower_pick, pick_operands
+from .lower_place import PLACE, lower_place, place_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
 from .lower_route import ROUTES, lower_route
@@ -45,11 +46,11 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-# spread, part: dims (and an index); shift: a number of tokens; cat: a dim last; at: windows
+# besides values: dims (spread, part, cat), an index (part), tokens (shift, place), windows (at)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
-             CAT: cat_operands, AT: at_operands}
+             CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, AT) + RELAYOUTS)
+             + (SHIFT, CAT, AT, PLACE, PICK) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -76,7 +77,7 @@ class ExpressionLowering:
         self.body.append(ins)
         self.values[ins.out] = dim
         mark_tokens(self, ins.out, ins.operands, ins.span,
-                    getattr(ins, "fn", None) == "first" or isinstance(ins, Mean),
+                    getattr(ins, "fn", None) in ("first", "last") or isinstance(ins, Mean),
                     getattr(ins, "fn", None) == MUL or isinstance(ins, Prepend))
         sizes = {self.pixels[o] for o in ins.operands if o in self.pixels}
         fn = getattr(ins, "fn", None)
@@ -590,6 +591,7 @@ class ExpressionLowering:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
                     PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, AT: lower_at,
+                    PLACE: lower_place, PICK: lower_pick,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
@@ -641,7 +643,7 @@ class ExpressionLowering:
         if group is not None and self.heads(args[0].dim, group, node) is None:
             return None
         arg = self.name_of(args[0], node.span)
-        if node.fn == "first" and not first_readable(self, arg, args[0].dim, node):
+        if node.fn in ("first", "last") and not first_readable(self, arg, args[0].dim, node):
             return None
         if node.fn in POOLS or node.fn in ("groupnorm", "grn"):  # their stats span the pixels
             size = self.pixels.get(arg)

@@ -44,11 +44,12 @@ def mark_tokens(low, out: str, operands, span: Span, first: bool = False,
         low.one_token.add(out)
 
 
-def first_readable(low, arg: str, dim: str | None, node, fn: str = "first") -> bool:
-    """Whether ``first`` (or ``mean``, ``fn``) may read ``arg`` (of dim ``dim``): a vector of a
-    declared dim with one value per token, computed from the token inputs (not the one-hot ids
-    themselves)."""
-    what_fn = ("reads the first token of a sequence" if fn == "first"
+def first_readable(low, arg: str, dim: str | None, node, fn: str | None = None) -> bool:
+    """Whether ``first`` or ``last`` (the call's, or ``mean``, ``fn``) may read ``arg`` (of dim
+    ``dim``): a vector of a declared dim with one value per token, computed from the token
+    inputs (not the one-hot ids themselves)."""
+    fn = fn or node.fn
+    what_fn = (f"reads the {fn} token of a sequence" if fn in ("first", "last")
                else "averages the tokens of a sequence")
     problem = None
     if arg not in low.tokenwise:
@@ -65,7 +66,7 @@ def first_readable(low, arg: str, dim: str | None, node, fn: str = "first") -> b
     elif arg in {i.name for i in low.inputs}:
         problem = f"the input {arg} (one-hot ids)"
     if problem is not None:
-        where = " at the first token" if fn == "first" else " over its tokens"
+        where = f" at the {fn} token" if fn in ("first", "last") else " over its tokens"
         low.errors.error(f"{fn} reads a vector of a declared dim{where}, not "
                          f"{problem}", node.span,
                          f"apply {fn} to a vector, e.g. the last block's output")

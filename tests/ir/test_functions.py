@@ -19,6 +19,8 @@ from tensorprog.ir.functions import (
     FUNCTIONS,
     NONLINEARITIES,
     PART,
+    PICK,
+    PLACE,
     SHIFT,
     SPREAD,
     torch_function,
@@ -39,7 +41,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
                                                                       SPREAD, PART, SHIFT, CAT, AT,
-                                                                      *RELAYOUTS}
+                                                                      PLACE, PICK, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
