@@ -89,6 +89,10 @@ class Emitter:
         return f" * self.{self.mults[weight]}" if weight in self.mults else ""
 
     def weight(self, name: str) -> str:
+        p = self.program.param_table[name]
+        if p.standardised is not None:  # every use reads the standardised rows (ir.Param)
+            self.helpers.add("_standardise")
+            return f"_standardise(self.{self.attrs[name]}, {float(p.standardised)!r})"
         return f"self.{self.attrs[name]}"
 
     def MatMul(self, ins: MatMul) -> str:

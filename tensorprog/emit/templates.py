@@ -69,6 +69,13 @@ HELPERS = {
         '    """The learned token, broadcast over the batch, before token k of x (..., t, d)."""',
         "    token = token.expand(*x.shape[:-2], 1, -1)",
         "    return torch.cat([x[..., :k, :], token, x[..., k:, :]], dim=-2)"],
+    "_standardise": [
+        "def _standardise(w, eps):",
+        '    """w with each row (an output\'s fan-in entries) standardised: minus its mean, over',
+        '    sqrt(its variance + eps): weight standardisation, computed as BiT computes it."""',
+        "    rows = w.reshape(1, w.shape[0], -1)",
+        "    return torch.nn.functional.batch_norm(rows, None, None, training=True, momentum=0.0,",
+        "                                          eps=eps).reshape_as(w)"],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',

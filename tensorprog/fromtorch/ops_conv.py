@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .ops_standardise import Standardised
 from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
@@ -112,14 +113,20 @@ class ConvOps:
 
     # -- convolutions --------------------------------------------------------------------------
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+        std = w if isinstance(w, Standardised) else None
+        w = self.standardised_kernel(node, w)  # a PRef marked with its eps (ops_standardise.py)
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
+        if std is not None and (isinstance(x, Joined) or groups != 1):
+            raise self.refuse_standardised(node, std)  # a block of its rows or columns
         if isinstance(x, Joined) and groups == 1:  # images concatenated along their channels
             return self._joined_conv(node, x, w, b, stride, padding, dilation)
         if groups != 1:  # a depthwise convolution, or grouped channels the language has not
             return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if std is not None and x.tags == POOLED:
+            raise self.refuse_standardised(node, std)
         if x.tags == POOLED and groups == 1 and pads is None:
             return self._pooled_conv(node, x, w, b, stride, padding, dilation)
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
@@ -131,6 +138,8 @@ class ConvOps:
         if stride == (k, k) and w.shape[-2] == k and padding in ((0, 0), "valid") \
                 and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
                 and cut and (k > 1 and cut == "flat" or len(node.args[0].users) == 1):
+            if std is not None:  # the program's patches input reads a plain matrix
+                raise self.refuse_standardised(node, std)
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
