@@ -1,0 +1,121 @@
+"""Weight-standardised convolutions traced (BiT's WeightStandardizedConv2d): the kernel's rows
+standardised by ``F.batch_norm(w.reshape(1, out, -1), None, None, training=True, ...)``, laid
+back out with ``reshape_as(w)`` and read as a conv2d's kernel, trace as the language's
+``param K : [...] standardised(eps)``. Oracles: the traced program computes the model
+(``traced_computes_the_model``) and derives what examples/bit.tp derives; apply leaves the
+model bit-identical at the base width and elsewhere puts the multiplier on the convolution's
+output (the standardisation would divide it out of an init); every other computation on the
+kernel's entries (a gain, statistics over anything but whole rows, another reader of the
+standardised kernel, the same kernel read raw too) is refused at its line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, apply_is_bit_identical_at_base, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+
+
+class StdConv(nn.Conv2d):
+    """BiT's WeightStandardizedConv2d (``form`` another computation on its entries)."""
+
+    def __init__(self, i, o, k, eps=1e-6, form="bit", bias=False):
+        super().__init__(i, o, k, padding=k // 2, bias=bias)
+        self.eps, self.form = eps, form
+        self.gain = nn.Parameter(torch.ones(o)) if form == "gain" else None
+
+    def forward(self, x):
+        w = self.weight
+        if self.form == "pairs":  # statistics over two rows at a time
+            pairs = w.reshape(1, self.out_channels // 2, -1)
+            w = F.batch_norm(pairs, None, None, training=True, eps=self.eps).reshape_as(w)
+        else:
+            w = F.batch_norm(w.reshape(1, self.out_channels, -1), None, None, weight=self.gain,
+                             training=True, momentum=0.0, eps=self.eps).reshape_as(w)
+        if self.form == "scaled":  # the standardised kernel read by a product
+            w = 2.0 * w
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class Net(nn.Module):
+    """examples/bit.tp in torch."""
+
+    def __init__(self, n, form="bit"):
+        super().__init__()
+        self.stem = StdConv(3, n, 3, eps=1e-8)
+        self.a = StdConv(n, n, 1, form=form)
+        self.norm = nn.GroupNorm(1, n)
+        self.b = StdConv(n, n, 3)
+        self.head = nn.Linear(n, 10, bias=False)
+        self.form = form
+
+    def forward(self, img):
+        h0 = self.stem(img)
+        u = F.relu(self.norm(self.a(h0)))
+        if self.form == "raw":  # the kernel also read as it is
+            u = u + F.conv2d(h0, self.b.weight, padding=1)
+        h1 = h0 + self.b(u)
+        return self.head(h1.mean((2, 3)))
+
+
+NAMES = {"stem_weight": "K0", "a_weight": "A", "norm_weight": "g", "norm_bias": "c",
+         "b_weight": "B", "head_weight": "W"}
+
+
+def images(model=None):
+    return (torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def bit():
+    return tp.from_torch(Net, (16, 32), images)
+
+
+def test_the_standardised_kernels_trace_with_their_eps(bit):
+    assert "param stem_weight : [n, f3, f3, f3] standardised(1e-08)" in bit.source
+    assert "param b_weight : [n, n, f3, f3] standardised(1e-06)" in bit.source
+    assert "param head_weight : [f10, n]\n" in bit.source  # a plain linear stays plain
+
+
+def test_the_traced_program_computes_the_model(bit):
+    assert traced_computes_the_model(bit, Net, images) < 1e-10
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_traced_network_derives_what_examples_bit_tp_derives(bit, optimizer):
+    got = tp.derive(bit.program, optimizer).abc
+    want = tp.derive(tp.parse_file(ROOT / "examples" / "bit.tp"), optimizer).abc
+    assert {k: got[k] for k in NAMES} == {k: want[v] for k, v in NAMES.items()}
+
+
+def test_apply_puts_the_multiplier_on_the_convolutions_output(bit):
+    mup = apply_is_bit_identical_at_base(bit, Net, images)
+    torch.manual_seed(0)
+    model = Net(64)
+    report = str(mup.apply(model))
+    assert "patched forward of a: a.weight standardised: multiplier (n/base)^-1/2" in report
+    assert "init a.weight" in report and "(n/base)^-0)" in report  # b = 0: the base's std
+    x = torch.randn(2, 64, 8, 8)
+    w = F.batch_norm(model.a.weight.reshape(1, 64, -1), None, None, training=True,
+                     eps=1e-6).reshape_as(model.a.weight)
+    torch.testing.assert_close(model.a(x), 0.5 * F.conv2d(x, w), rtol=0, atol=1e-6)
+    lrs = {id(p): g["lr"] for g in mup.param_groups(model, 1e-3) for p in g["params"]}
+    assert lrs[id(model.a.weight)] == pytest.approx(1e-3 / 2)  # η·(n/base)^-1/2
+    assert lrs[id(model.stem.weight)] == pytest.approx(1e-3)
+    mup.remove_patches(model)
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ("gain", r"a batch norm of the param a\.weight's entries with a gain"),
+    ("pairs", r"its channels are not each one whole row of the param"),
+    ("scaled", r"the op mul on the standardised rows of the param a\.weight|the standardised "
+               r"param a\.weight read by mul"),
+    ("raw", r"the param b\.weight read both standardised and as it is"),
+])
+def test_any_other_computation_on_the_kernels_entries_is_refused(form, message):
+    with pytest.raises(tp.TensorProgError, match=message):
+        tp.from_torch(lambda n: Net(n, form), (16, 32), images)
