@@ -344,7 +344,7 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     if not isinstance(ins, Nonlin):
         return None
     if ins.over is not None and (
-        ins.fn not in ("layernorm", "rmsnorm") or ins.over not in dims
+        ins.fn not in ("layernorm", "rmsnorm", "groupnorm") or ins.over not in dims
         or ops[0] is None or heads_dim(dims, ops[0], ins.over) is None
     ):
         errors.error(f"{ins.fn} per head of {ins.over}: needs a norm and a head dim that "

@@ -50,6 +50,7 @@ _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands
              CAT: cat_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
              + (SHIFT, CAT) + RELAYOUTS)
+GROUP_NORMS = ("layernorm", "rmsnorm", "groupnorm")  # over each head, or group, of a dim's size
 
 
 class ExpressionLowering:
@@ -548,7 +549,7 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2, 3), "layernorm": (1, 2), "rmsnorm": (1, 2),
+        arity = {"dot": (2, 3), "mix": (2, 3), **dict.fromkeys(GROUP_NORMS, (1, 2)),
                  **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
         if len(node.args) not in arity:
             usage = {"dot": "dot(u, v) or dot(q, k, dh)", "mix": "mix(p, v) or mix(p, v, dv)",
@@ -562,7 +563,7 @@ class ExpressionLowering:
         if node.fn in ("dot", "mix") and len(node.args) == 3:
             over = self.head_dim(node.args[2], node.fn)
             return (None, None) if over is None else (node.args[:2], over)
-        if node.fn in ("layernorm", "rmsnorm") and len(node.args) == 2:
+        if node.fn in GROUP_NORMS and len(node.args) == 2:
             over = self.norm_group(node)
             return (None, None) if over is None else (node.args[:1], ("norm", over))
         return node.args, None
@@ -576,7 +577,7 @@ class ExpressionLowering:
                               "head's dh coordinates")
             return None
         size = self.dims[arg.name].size
-        if size is not None and size < 2:
+        if size is not None and size < 2 and node.fn != "groupnorm":  # its pixels still vary
             self.errors.error(f"{node.fn} over heads of {size} coordinate is constant: it never "
                               "changes, which the engine does not model", arg.span,
                               "normalise over heads of 2 or more coordinates, or drop the norm")

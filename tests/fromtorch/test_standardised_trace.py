@@ -1,7 +1,8 @@
-"""Weight-standardised convolutions traced (BiT's WeightStandardizedConv2d): the kernel's rows
+"""BiT's forms traced: weight-standardised convolutions (its WeightStandardizedConv2d), the kernel's rows
 standardised by ``F.batch_norm(w.reshape(1, out, -1), None, None, training=True, ...)``, laid
 back out with ``reshape_as(w)`` and read as a conv2d's kernel, trace as the language's
-``param K : [...] standardised(eps)``. Oracles: the traced program computes the model
+``param K : [...] standardised(eps)``; its stem pool of a zero-padded image,
+``subsample(maxpool3z(h))``, and its group norm of 16 groups, ``groupnorm(h, d)``. Oracles: the traced program computes the model
 (``traced_computes_the_model``) and derives what examples/bit.tp derives; apply leaves the
 model bit-identical at the base width and elsewhere puts the multiplier on the convolution's
 output (the standardisation would divide it out of an init); every other computation on the
@@ -47,14 +48,16 @@ class Net(nn.Module):
     def __init__(self, n, form="bit"):
         super().__init__()
         self.stem = StdConv(3, n, 3, eps=1e-8)
+        self.pad = nn.ConstantPad2d(1, 0.0)  # BiT's stem pool: 0 joins the max at the border
+        self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=form == "ceil")
         self.a = StdConv(n, n, 1, form=form)
-        self.norm = nn.GroupNorm(1, n)
+        self.norm = nn.GroupNorm(16, n)
         self.b = StdConv(n, n, 3)
         self.head = nn.Linear(n, 10, bias=False)
         self.form = form
 
     def forward(self, img):
-        h0 = self.stem(img)
+        h0 = self.pool(self.pad(self.stem(img)))
         u = F.relu(self.norm(self.a(h0)))
         if self.form == "raw":  # the kernel also read as it is
             u = u + F.conv2d(h0, self.b.weight, padding=1)
@@ -115,6 +118,7 @@ def test_apply_puts_the_multiplier_on_the_convolutions_output(bit):
     ("scaled", r"the op mul on the standardised rows of the param a\.weight|the standardised "
                r"param a\.weight read by mul"),
     ("raw", r"the param b\.weight read both standardised and as it is"),
+    ("ceil", r"cannot trace a pad by \[1, 1, 1, 1\]"),  # a pool whose last window has no pad
 ])
 def test_any_other_computation_on_the_kernels_entries_is_refused(form, message):
     with pytest.raises(tp.TensorProgError, match=message):

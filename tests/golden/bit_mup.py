@@ -45,7 +45,9 @@ PARAM_COUNT = (
 )
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
-WIDTH_RULES = ()
+WIDTH_RULES = (
+    ("dim d = n / 16", 16),
+)
 
 
 class Model(torch.nn.Module):
@@ -99,9 +101,11 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, img):
-        h0 = _conv(img, _standardise(self.K0, 1e-08))
+        h0_1 = _conv(img, _standardise(self.K0, 1e-08))
+        h0_2 = _maxpool3z(h0_1)
+        h0 = _subsample(h0_2)
         u_1 = _conv(h0, _standardise(self.A, 1e-06)) * self.mult_A
-        u_2 = _groupnorm(u_1)
+        u_2 = _heads_groupnorm(u_1, self.width // 16)
         u_3 = (self.g) * (u_2)
         u_4 = u_3 + self.c
         u = torch.relu(u_4)
@@ -113,9 +117,11 @@ class Model(torch.nn.Module):
 
     def vectors(self, img):
         """Every named vector of the program, batch axis first."""
-        h0 = _conv(img, _standardise(self.K0, 1e-08))
+        h0_1 = _conv(img, _standardise(self.K0, 1e-08))
+        h0_2 = _maxpool3z(h0_1)
+        h0 = _subsample(h0_2)
         u_1 = _conv(h0, _standardise(self.A, 1e-06)) * self.mult_A
-        u_2 = _groupnorm(u_1)
+        u_2 = _heads_groupnorm(u_1, self.width // 16)
         u_3 = (self.g) * (u_2)
         u_4 = u_3 + self.c
         u = torch.relu(u_4)
@@ -124,6 +130,8 @@ class Model(torch.nn.Module):
         y_1 = h1.mean(dim=(-3, -2))
         y = torch.nn.functional.linear(y_1, self.W)
         return {
+            "h0_1": h0_1,
+            "h0_2": h0_2,
             "h0": h0,
             "u_1": u_1,
             "u_2": u_2,
@@ -151,10 +159,18 @@ def _conv(x, kernel):
     return y.movedim(-3, -1)
 
 
-def _groupnorm(x):
-    """Each channels-last image normalised over all its channels and pixels together
-    (GroupNorm with one group, without its affine part)."""
-    return torch.nn.functional.group_norm(x.movedim(-1, 1), 1).movedim(1, -1)
+def _heads_groupnorm(x, group_dim):
+    """Each channels-last image normalised over each group of group_dim channels and its
+    pixels together (GroupNorm of c / group_dim groups, without its affine part)."""
+    groups = x.shape[-1] // group_dim
+    return torch.nn.functional.group_norm(x.movedim(-1, 1), groups).movedim(1, -1)
+
+
+def _maxpool3z(x):
+    """The max over each pixel's 3 x 3 neighbourhood of a channels-last image padded by
+    zeros on every side (stride 1): 0 joins the max at the border."""
+    y = torch.nn.functional.pad(x.movedim(-1, -3), (1, 1, 1, 1))
+    return torch.nn.functional.max_pool2d(y, 3, 1).movedim(-3, -1)
 
 
 def _standardise(w, eps):
@@ -163,6 +179,12 @@ def _standardise(w, eps):
     rows = w.reshape(1, w.shape[0], -1)
     return torch.nn.functional.batch_norm(rows, None, None, training=True, momentum=0.0,
                                           eps=eps).reshape_as(w)
+
+
+def _subsample(x):
+    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1
+    one read there)."""
+    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 1, 2).movedim(-3, -1)
 
 
 def _positive_ints(**values):
