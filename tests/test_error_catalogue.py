@@ -173,8 +173,9 @@ CATALOGUE = {
                             "(W @ x))\n", S, r"only a matrix or a convolution kernel is "
                             r"standardised, with an eps above 0, not v", (8, 1)),
     "standardised-transposed": (HEAD + "param U : [k, n] standardised(1e-06)\n"
-                                "output y = U.T @ (V @ (W @ x + b))\n", S, r"the standardised param U "
-                                r"is read only as the weight of W @ x or conv", None),
+                                "output y = U.T @ (V @ (W @ x + b))\n", S,
+                                r"the standardised param U is read only as the weight of W @ x "
+                                r"or conv", None),
     "grn-of-a-vector": (HEAD + "output y = V @ grn(W @ x)\n", S,
                         r"grn needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,

@@ -1,13 +1,14 @@
-"""BiT's forms traced: weight-standardised convolutions (its WeightStandardizedConv2d), the kernel's rows
-standardised by ``F.batch_norm(w.reshape(1, out, -1), None, None, training=True, ...)``, laid
-back out with ``reshape_as(w)`` and read as a conv2d's kernel, trace as the language's
-``param K : [...] standardised(eps)``; its stem pool of a zero-padded image,
-``subsample(maxpool3z(h))``, and its group norm of 16 groups, ``groupnorm(h, d)``. Oracles: the traced program computes the model
-(``traced_computes_the_model``) and derives what examples/bit.tp derives; apply leaves the
-model bit-identical at the base width and elsewhere puts the multiplier on the convolution's
-output (the standardisation would divide it out of an init); every other computation on the
-kernel's entries (a gain, statistics over anything but whole rows, another reader of the
-standardised kernel, the same kernel read raw too) is refused at its line."""
+"""BiT's forms traced. Its weight-standardised convolutions (WeightStandardizedConv2d): the
+kernel's rows standardised by ``F.batch_norm(w.reshape(1, out, -1), None, None,
+training=True, ...)``, laid back out with ``reshape_as(w)`` and read as a conv2d's kernel,
+trace as ``param K : [...] standardised(eps)``; its stem pool of a zero-padded image as
+``subsample(maxpool3z(h))``; its group norm of 16 groups as ``groupnorm(h, d)``. Oracles: the
+traced program computes the model (``traced_computes_the_model``) and derives what
+examples/bit.tp derives; apply leaves the model bit-identical at the base width and elsewhere
+puts the multiplier on the convolution's output, its bias kept out (the standardisation would
+divide it out of an init); every other computation on the kernel's entries (a gain,
+statistics over anything but whole rows, another reader of the standardised kernel, the same
+kernel read raw too) is refused at its line."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
+from tensorprog.fromtorch import MuP  # noqa: E402
 
 
 class StdConv(nn.Conv2d):
@@ -110,6 +112,24 @@ def test_apply_puts_the_multiplier_on_the_convolutions_output(bit):
     assert lrs[id(model.a.weight)] == pytest.approx(1e-3 / 2)  # η·(n/base)^-1/2
     assert lrs[id(model.stem.weight)] == pytest.approx(1e-3)
     mup.remove_patches(model)
+
+
+def test_a_standardised_convolutions_own_bias_stays_out_of_its_multiplier():
+    def build(n):
+        net = Net(n)
+        net.b = StdConv(n, n, 3, bias=True)
+        return net
+
+    mup = MuP(tp.from_torch(build, (16, 32), images), "adam")
+    torch.manual_seed(0)
+    model = build(64)
+    mup.apply(model)
+    x = torch.randn(2, 64, 8, 8, dtype=torch.float64)
+    b = model.b.double()
+    w = F.batch_norm(b.weight.reshape(1, 64, -1), None, None, training=True,
+                     eps=1e-6).reshape_as(b.weight)
+    want = 0.5 * F.conv2d(x, w, padding=1) + b.bias[:, None, None]
+    torch.testing.assert_close(b(x), want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(("form", "message"), [
