@@ -7,7 +7,9 @@ BiT's WeightStandardizedConv2d (and timm's StdConv2d) compute, in their forward,
     y = F.conv2d(x, w, ...)
 
 a batch norm of the weight laid out as one channel per output (its fan-in entries): each row
-minus its mean, over sqrt(its biased variance + eps). The program says the same with
+minus its mean, over sqrt(its biased variance + eps); or the same written out, ``v, m =
+torch.var_mean(w, dim=[1, ...], unbiased=False, keepdim=True)`` then ``(w - m) /
+torch.sqrt(v + eps)`` (:class:`RowStatOps`, each step followed exactly). The program says the same with
 ``param K : [...] standardised(eps)`` (docs/language.md), whose every use reads the
 standardised rows; the engine derives what standardisation leaves free (engine/standardised.py).
 
@@ -95,3 +97,80 @@ def refuse_mixed_standardised(node, ref: PRef):
                   "it is (or standardised with two eps): the program's param is one or the "
                   "other at every use", help="standardise it at every use, or give the other "
                   "use a param of its own")
+
+
+# --- the same standardisation written out: torch.var_mean, then (w - mean) / sqrt(var + eps) ---
+
+
+@dataclass(frozen=True)
+class RowStat:
+    """A statistic of each row of a whole param (its fan-in entries, kept as [out, 1, ...]):
+    its biased variance (plus ``eps`` once added), its mean, sqrt(var + eps) (``std``) or its
+    inverse (``inv``)."""
+
+    ref: PRef
+    kind: str  # "var", "mean", "std", "inv"
+    eps: float = 0.0
+
+
+@dataclass(frozen=True)
+class RowPair:
+    """torch.var_mean's (var, mean) of a param's rows, before getitem takes one."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
+class RowCentred:
+    """A whole param minus its rows' means."""
+
+    ref: PRef
+
+
+ROW_VALUES = (RowStat, RowPair, RowCentred)
+
+
+def _whole(ref) -> bool:
+    return isinstance(ref, PRef) and not ref.t and ref.rows is None and not ref.offset and \
+        ref.period is None and ref.expert is None and ref.cols is None and len(ref.shape) >= 2
+
+
+class RowStatOps:
+    """``v, m = torch.var_mean(w, dim=[1, ...], unbiased=False, keepdim=True)`` and
+    ``(w - m) / torch.sqrt(v + eps)`` (or ``* torch.rsqrt(v + eps)``): the standardised param,
+    as the batch norm computes it; any other step refused at its line."""
+
+    def op_var_mean(self, node, x, dim=None, unbiased=True, keepdim=False, *, correction=None):
+        axes = tuple(range(1, len(getattr(x, "shape", ()))))
+        dims = sorted(d % len(x.shape) for d in (dim or ())) if _whole(x) else None
+        biased = (correction == 0) if correction is not None else unbiased is False
+        if not _whole(x) or tuple(dims) != axes or not biased or not keepdim:
+            raise refuse(node, "torch.var_mean of a param traced only as weight "
+                         "standardisation: of a whole matrix or kernel, over every axis but its "
+                         "first (each output's fan-in entries), biased (unbiased=False or "
+                         "correction=0), keepdim=True", help=STD_HELP)
+        return RowPair((RowStat(x, "var"), RowStat(x, "mean")))
+
+    def row_stat_op(self, node, op: str, args, kwargs):
+        """An op on a row statistic or a centred param: the next step of the standardisation,
+        or refused."""
+        a = args[0] if args else None
+        b = args[1] if len(args) > 1 else None
+        ref = next(x.ref for x in (a, b) if isinstance(x, (RowStat, RowCentred)))
+        number = isinstance(b, (int, float)) and not isinstance(b, bool)
+        if not kwargs and op == "add" and isinstance(a, RowStat) and a.kind == "var" \
+                and not a.eps and number and b > 0:
+            return RowStat(ref, "var", float(b))
+        if not kwargs and op in ("sqrt", "rsqrt") and len(args) == 1 and isinstance(a, RowStat) \
+                and a.kind == "var" and a.eps:
+            return RowStat(ref, "std" if op == "sqrt" else "inv", a.eps)
+        if not kwargs and op == "sub" and len(args) == 2 and isinstance(b, RowStat) and \
+                b.kind == "mean" and _whole(a) and (a.target, a.shape) == (ref.target, ref.shape):
+            return RowCentred(ref)
+        if not kwargs and isinstance(a, RowCentred) and isinstance(b, RowStat) and \
+                b.ref == a.ref and (op, b.kind) in (("div", "std"), ("mul", "inv")):
+            return Standardised(ref, b.eps)
+        raise refuse(node, f"the op {op} on the row statistics of the param "
+                     f"{strip_prefix(ref.target)}: traced only as weight standardisation, "
+                     "(w - mean) / sqrt(var + eps) (or times rsqrt(var + eps)) with torch."
+                     "var_mean's biased statistics and an eps above 0", help=STD_HELP)

@@ -15,7 +15,7 @@ from .ops_conv import Padded
 from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
-from .ops_standardise import Standardised, refuse_mixed_standardised
+from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .values import (
     RECOGNISED,
     Affine,
@@ -131,6 +131,7 @@ SYMBOLIC = (
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
     Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
+    *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
 )
 
 
@@ -532,6 +533,8 @@ class Walker:
                 return self.concrete(node, args, kwargs)
             if isinstance(args[0], RowMax) and args[1] == 0:  # max(dim).values (ops_sink.py)
                 return args[0]
+            if isinstance(args[0], RowPair):  # var_mean's var or mean (ops_standardise.py)
+                return args[0].items[args[1]]
             raise refuse(node, "indexing a traced value")
         op = op_name(node)
         flat = [
@@ -589,6 +592,8 @@ class Walker:
             ):
                 raise refuse(node, "a cast to an integer type")
             return args[0]
+        if any(isinstance(x, ROW_VALUES) for x in flat):  # (ops_standardise.py)
+            return self.row_stat_op(node, op, args, kwargs)
         std = next((x for x in flat if isinstance(x, Standardised)), None)
         if std is not None and op != "conv2d":  # only a kernel reads it (ops_standardise.py)
             raise self.refuse_standardised(node, std)

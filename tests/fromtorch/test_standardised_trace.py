@@ -33,7 +33,13 @@ class StdConv(nn.Conv2d):
 
     def forward(self, x):
         w = self.weight
-        if self.form == "pairs":  # statistics over two rows at a time
+        if self.form in ("var_mean", "unbiased", "eps_outside"):  # written out
+            v, m = torch.var_mean(w, dim=[1, 2, 3], keepdim=True, unbiased=self.form == "unbiased")
+            if self.form == "eps_outside":
+                w = (w - m) / (torch.sqrt(v) + self.eps)
+            else:
+                w = (w - m) / torch.sqrt(v + self.eps)
+        elif self.form == "pairs":  # statistics over two rows at a time
             pairs = w.reshape(1, self.out_channels // 2, -1)
             w = F.batch_norm(pairs, None, None, training=True, eps=self.eps).reshape_as(w)
         else:
@@ -114,6 +120,12 @@ def test_apply_puts_the_multiplier_on_the_convolutions_output(bit):
     mup.remove_patches(model)
 
 
+def test_the_standardisation_written_out_with_var_mean_traces_to_the_same_param():
+    traced = tp.from_torch(lambda n: Net(n, "var_mean"), (16, 32), images)
+    assert "param a_weight : [n, n, f1, f1] standardised(1e-06)" in traced.source
+    assert traced_computes_the_model(traced, lambda n: Net(n, "var_mean"), images) < 1e-10
+
+
 def test_a_standardised_convolutions_own_bias_stays_out_of_its_multiplier():
     def build(n):
         net = Net(n)
@@ -135,10 +147,14 @@ def test_a_standardised_convolutions_own_bias_stays_out_of_its_multiplier():
 @pytest.mark.parametrize(("form", "message"), [
     ("gain", r"a batch norm of the param a\.weight's entries with a gain"),
     ("pairs", r"its channels are not each one whole row of the param"),
-    ("scaled", r"the op mul on the standardised rows of the param a\.weight|the standardised "
-               r"param a\.weight read by mul"),
+    pytest.param("scaled", r"the op mul on the standardised rows of the param a\.weight|the "
+                 r"standardised param a\.weight read by mul", marks=pytest.mark.slow),
     ("raw", r"the param b\.weight read both standardised and as it is"),
-    ("ceil", r"cannot trace a pad by \[1, 1, 1, 1\]"),  # a pool whose last window has no pad
+    # a pool whose last window has no pad
+    pytest.param("ceil", r"cannot trace a pad by \[1, 1, 1, 1\]", marks=pytest.mark.slow),
+    ("unbiased", r"torch\.var_mean of a param traced only as weight standardisation"),
+    pytest.param("eps_outside", r"the op sqrt on the row statistics of the param a\.weight",
+                 marks=pytest.mark.slow),
 ])
 def test_any_other_computation_on_the_kernels_entries_is_refused(form, message):
     with pytest.raises(tp.TensorProgError, match=message):
