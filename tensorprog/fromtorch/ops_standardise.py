@@ -9,8 +9,8 @@ BiT's WeightStandardizedConv2d (and timm's StdConv2d) compute, in their forward,
 a batch norm of the weight laid out as one channel per output (its fan-in entries): each row
 minus its mean, over sqrt(its biased variance + eps); or the same written out, ``v, m =
 torch.var_mean(w, dim=[1, ...], unbiased=False, keepdim=True)`` then ``(w - m) /
-torch.sqrt(v + eps)`` (:class:`RowStatOps`, each step followed exactly). The program says the same with
-``param K : [...] standardised(eps)`` (docs/language.md), whose every use reads the
+torch.sqrt(v + eps)`` (:class:`RowStatOps`, each step followed exactly). The program says
+the same with ``param K : [...] standardised(eps)`` (docs/language.md), whose every use reads the
 standardised rows; the engine derives what standardisation leaves free (engine/standardised.py).
 
 The trace follows the param's entries exactly (ops_grid.Laid: the param's flat index of each
