@@ -44,8 +44,7 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-# spread(g, dh) and part(x, d, i): dims (and an index); shift(h, k): a number of tokens;
-# cat(a, b, D): a dim last
+# spread(g, dh), part(x, d, i): dims (and an index); shift(h, k): tokens; cat(a, b, D): a dim
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
              CAT: cat_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
