@@ -171,3 +171,12 @@ def test_the_derived_lr_keeps_the_standardised_layers_output_change_width_indepe
     # update moves its output as n^(1/2)
     fixed = dict(mup, A=ABC(HALF, ZERO, ZERO))
     assert _slope(widths, [_output_change(torch, n, fixed) for n in widths]) > 0.3
+
+
+def test_the_infinite_width_limits_refuse_a_standardised_weight():
+    np = pytest.importorskip("numpy")
+    from tensorprog.limits.nngp import nngp_kernel
+
+    with pytest.raises(tp.TensorProgError, match="param A is standardised: the infinite-width "
+                                                 "limits here have no rule"):
+        nngp_kernel(_program(), np.zeros((2, 16)))
