@@ -18,7 +18,7 @@ With W = n^-a w, w initialised with std σ·n^-b and trained with LR η·n^-c:
   effective LR is multiplied by n^b, once under Adam-like updates (entries set by the LR alone)
   and twice under SGD (the gradient reaching w is also Ŵ's over std(W)).
 
-Hence a standardised (a, b, c) trains exactly as a plain weight's (a, 0, c − k·b), k the
+Hence a standardised (a, b, c) scales as a plain weight's (a, 0, c − k·b) does, k the
 optimizer's ``a_coef``; its symmetry is (a, b+θ, c+kθ) (a is pinned by the init), and the
 convention that picks one member of it is b = 0: w's init std width-independent (the model's
 own at the base width), which also keeps var_row(W) far above eps at every width. The engine
