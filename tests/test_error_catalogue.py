@@ -167,6 +167,17 @@ CATALOGUE = {
     "groupnorm-of-a-vector": (HEAD + "output y = V @ groupnorm(W @ x)\n", S,
                               r"groupnorm needs an image, but y_1 has no pixels(.|\n)*"
                               r"help: layernorm\(h\) normalises a vector", (8, 16)),
+    "groupnorm-group-not-dividing": (IMG + "dim g = 3\n"
+                                     "output y = R @ global_pool(groupnorm(K @ img, g))\n", S,
+                                     r"at the base width 8, the head dim g = 3 does not divide "
+                                     r"n = 8", (9, 28)),
+    "standardised-vector": (HEAD + "param v : [n] standardised(1e-06)\noutput y = V @ (v * "
+                            "(W @ x))\n", S, r"only a matrix or a convolution kernel is "
+                            r"standardised, with an eps above 0, not v", (8, 1)),
+    "standardised-transposed": (HEAD + "param U : [k, n] standardised(1e-06)\n"
+                                "output y = U.T @ (V @ (W @ x + b))\n", S,
+                                r"the standardised param U is read only as the weight of W @ x "
+                                r"or conv", None),
     "grn-of-a-vector": (HEAD + "output y = V @ grn(W @ x)\n", S,
                         r"grn needs an image, but y_1 has no pixels", (8, 16)),
     "transposed-kernel": (IMG + "output y = R @ global_pool(K.T @ img)\n", S,
@@ -1891,10 +1902,12 @@ CONV_BUILDS = {
                     r"m.py:\d+:\d+: error: cannot trace a avg pool of kernel 3x3, stride 1x1, "
                     r"padding 1x1(.|\n)*help: use nn.AvgPool2d\(2\), or nn.AvgPool2d\(3, "
                     r"stride=1 or 2, padding=1, count_include_pad=False\)"),
-    # a group norm normalises the whole image (one group), not each group's channels apart
-    "groups": ("lambda n: Net(n, pool=nn.GroupNorm(2, n))",
-               r"m.py:\d+:\d+: error: cannot trace a group norm of 2 groups(.|\n)*help: use "
-               r"nn.GroupNorm\(1, channels\)"),
+    # a zero pad read by a max pool other than HGNet's and BiT's stem pools: torch's own
+    # padding of a max pool is -inf, so the zeros are another function at the border
+    "padded_pool": ("lambda n: Net(n, pool=nn.Sequential(nn.ConstantPad2d(1, 0.0), "
+                    "nn.MaxPool2d(3, stride=2, padding=1)))",
+                    r"m.py:\d+:\d+: error: cannot trace a pad by \[1, 1, 1, 1\] \(constant, "
+                    r"value 0.0\) of a value that is not an image, or read by another op"),
     # a layer scale [C, 1, 1] multiplies a channels-first image's channels; a param along its
     # rows has no form
     "scale_on_rows": ("lambda n: Scaled(n, rows=True)",

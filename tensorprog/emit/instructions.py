@@ -48,6 +48,7 @@ _NORMS = {"layernorm": "torch.nn.functional.layer_norm({x}, {x}.shape[-1:])",
           "global_pool": "{x}.mean(dim=(-3, -2))",
           "maxpool": "_maxpool({x})",
           "maxpool3": "_maxpool3({x})",
+          "maxpool3z": "_maxpool3z({x})",
           "avgpool3": "_avgpool3({x})",
           "maxpool2": "_maxpool2({x})",
           "subsample": "_subsample({x})",
@@ -93,6 +94,10 @@ class Emitter:
         return f" * self.{self.mults[weight]}" if weight in self.mults else ""
 
     def weight(self, name: str) -> str:
+        p = self.program.param_table[name]
+        if p.standardised is not None:  # every use reads the standardised rows (ir.Param)
+            self.helpers.add("_standardise")
+            return f"_standardise(self.{self.attrs[name]}, {float(p.standardised)!r})"
         return f"self.{self.attrs[name]}"
 
     def MatMul(self, ins: MatMul) -> str:

@@ -22,6 +22,12 @@ HELPERS = {
         '    """RMSNorm over each head\'s head_dim coordinates (QK-norm)."""',
         "    x = x.unflatten(-1, (-1, head_dim))",
         "    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).flatten(-2)"],
+    "_heads_groupnorm": [
+        "def _heads_groupnorm(x, group_dim):",
+        '    """Each channels-last image normalised over each group of group_dim channels and its',
+        '    pixels together (GroupNorm of c / group_dim groups, without its affine part)."""',
+        "    groups = x.shape[-1] // group_dim",
+        "    return torch.nn.functional.group_norm(x.movedim(-1, 1), groups).movedim(1, -1)"],
     "_heads_layernorm": [
         "def _heads_layernorm(x, head_dim):",
         '    """LayerNorm over each head\'s head_dim coordinates (QK-norm)."""',
@@ -69,6 +75,13 @@ HELPERS = {
         '    """The learned token, broadcast over the batch, before token k of x (..., t, d)."""',
         "    token = token.expand(*x.shape[:-2], 1, -1)",
         "    return torch.cat([x[..., :k, :], token, x[..., k:, :]], dim=-2)"],
+    "_standardise": [
+        "def _standardise(w, eps):",
+        '    """w with each row (an output\'s fan-in entries) standardised: minus its mean, over',
+        '    sqrt(its variance + eps): weight standardisation, computed as BiT computes it."""',
+        "    rows = w.reshape(1, w.shape[0], -1)",
+        "    return torch.nn.functional.batch_norm(rows, None, None, training=True, momentum=0.0,",
+        "                                          eps=eps).reshape_as(w)"],
     "_conv": [
         "def _conv(x, kernel):",
         '    """A stride-1, same-padded convolution of a channels-last image (..., h, w, c)."""',
@@ -135,6 +148,12 @@ HELPERS = {
         '    image padded by a row and a column of zeros at the bottom and right (stride 1)."""',
         "    y = torch.nn.functional.pad(x.movedim(-1, -3), (0, 1, 0, 1))",
         "    return torch.nn.functional.max_pool2d(y, 2, 1).movedim(-3, -1)"],
+    "_maxpool3z": [
+        "def _maxpool3z(x):",
+        '    """The max over each pixel\'s 3 x 3 neighbourhood of a channels-last image padded by',
+        '    zeros on every side (stride 1): 0 joins the max at the border."""',
+        "    y = torch.nn.functional.pad(x.movedim(-1, -3), (1, 1, 1, 1))",
+        "    return torch.nn.functional.max_pool2d(y, 3, 1).movedim(-3, -1)"],
     "_shift": [
         "def _shift(x, k):",
         '    """The token vectors of x, (..., tokens, dim), moved k tokens later (k < 0: earlier),',

@@ -15,6 +15,7 @@ from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
 from .report import depth_note, program_depth_json, table
+from .standardised import effective
 from .terms import Term, role
 
 
@@ -148,7 +149,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
         raise EngineError(f"no (a, b, c) given for param(s) {', '.join(missing)}",
                           help="give every param of the program its exponents")
     abc = {p: abc[p] for p in used}
-    an = Analysis(program, optimizer, depth_pass).run(abc)
+    # a standardised param trains as the plain (a, 0, c - k·b) (standardised.py)
+    an = Analysis(program, optimizer, depth_pass).run(effective(program, abc, optimizer.a_coef))
     result = Classification(program, optimizer, an, {})
     base = "n" if an.width_limit else program.depth.name
     # In L, every vector is Θ(1) but a residual branch, which the depth scaling shrinks so that

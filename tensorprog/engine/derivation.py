@@ -24,6 +24,7 @@ from .report import (
     shape_text,
     table,
 )
+from .standardised import note as std_note
 from .terms import Term, fan_dims, role
 
 
@@ -289,7 +290,7 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
-        "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
+        *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
 
 
 def explain(d: Derivation) -> str:
@@ -312,7 +313,8 @@ def explain(d: Derivation) -> str:
                                  f"keeping {ins.out} O(1) at init and in training)")
                     elif (ins.out, q, k, t) in chosen:
                         slot = "its init" if k == "S" else "its update"
-                        line += (f"; this fixes {q}: {'-(a+b)' if k == 'S' else 'U'} = "
+                        size = "-a" if p.param_table[q].standardised is not None else "-(a+b)"
+                        line += (f"; this fixes {q}: {size if k == 'S' else 'U'} = "
                                  f"{an.S[q] if k == 'S' else an.U[q]} (the largest keeping "
                                  f"{ins.out} O(1), so {slot} is maximal)")
                 out.append(line)
@@ -326,7 +328,7 @@ def explain(d: Derivation) -> str:
     out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
     out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
             f"{d.check.r} and every param updated maximally.",
-            f"Symmetry: {d.optimizer.symmetry()}."]
+            f"Symmetry: {d.optimizer.symmetry()}.", *std_note(p, d.optimizer.a_coef)]
     if d.depth is not None:
         L = p.depth.name
         out += ["", f"Depth: the same rules with only {L} infinite (a sum over the {L} branches "

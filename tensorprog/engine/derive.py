@@ -30,6 +30,8 @@ from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt,
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT
+from .standardised import equations as std_equations
+from .standardised import standardised
 from .terms import Term, fan_in_infinite
 
 
@@ -308,6 +310,12 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
                                       f"{s_bound.instruction} to Θ(1) at most (never trained)"))
             continue
         s_bound, u_bound = chosen[p]["S"], chosen[p]["U"]
+        if standardised(program, p):
+            k, rhs = optimizer.equation(an.U[p], an.sources(p), an.shape(p))
+            equations += [Equation(p, coefs, value, why) for coefs, value, why in std_equations(
+                p, an.S[p], k, rhs, f"{s_bound.term.what} in {s_bound.instruction}",
+                f"{u_bound.term.what} in {u_bound.instruction}")]
+            continue
         equations.append(Equation(p, (1, 1, 0), -an.S[p],
                                   f"init maximal: {s_bound.term.what} in {s_bound.instruction} "
                                   f"is Θ(1) at most"))

@@ -60,8 +60,12 @@ def preset(name: str, program: Program, optimizer: Optimizer,
         theta = ZERO if name == "mup" else HALF
         k = optimizer.a_coef
         base = derive(program, optimizer, "tp4").abc
+        # a standardised param's multiplier is pinned by its init: its twin moves b and c only
+        # (engine/standardised.py)
+        pinned = {p.name for p in program.params if p.standardised is not None}
         return {p: x if program.param_table[p].is_scale else
-                ABC(x.a + theta, x.b - theta, (x.c - k * theta) if c is None else c)
+                ABC(x.a + (0 if p in pinned else theta), x.b - theta,
+                    (x.c - k * theta) if c is None else c)
                 for p, x in base.items()}
     raise UsageError(f"unknown preset '{name}'", help="choose one of sp, ntp, mup, mfp")
 

@@ -45,6 +45,7 @@ from .patches import (
 )
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
+from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse, init_of
@@ -119,6 +120,7 @@ class MuP(DepthScaling, OptimizerGroups):
         self.folded: list[str] = []
         self.const_fold: dict[str, Fraction] = {}  # param -> multiplier folded into it
         self.patches: list[Patch] = []
+        fold_standardised(self)  # its multiplier a patch, not in its init (standardised.py)
         self.own_patch: set[str] = set()  # vectors a width constant's patch scales alone
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make

@@ -27,7 +27,7 @@ from .patches import scale_out, scale_rows
 from .rows import renumber_slices
 from .trace import built, export
 from .values import SHIFTED_IDS
-from .where import module_of, strip_prefix
+from .where import module_of, op_name, strip_prefix
 
 # Adam's default learning rate here: the largest that keeps HF Llama (2 layers, 4 heads, vocab
 # 256, MLP 4n, traced at 64/128) in the small-update regime at widths 64..512 and 256..1024,
@@ -333,7 +333,8 @@ def _bias(node, env):
     """The bias (third argument) of an ``aten.linear`` node, from ``env``: a patch that keeps a
     tied unembedding's bias out of its factor (``MuP.patch_factors``)."""
     assert len(node.args) > 2 and node.args[2] is not None, node
-    return env[node.args[2]]
+    bias = env[node.args[2]]  # a convolution's adds per channel of its [B, C, H, W]
+    return bias[:, None, None] if op_name(node) == "conv2d" else bias
 
 
 def coord_check(

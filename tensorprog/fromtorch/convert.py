@@ -40,6 +40,7 @@ from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
+from .ops_standardise import RowStatOps, StandardiseOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_temperature import TemperatureOps
@@ -69,7 +70,7 @@ class Converter(
     RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
-    PlaceOps,
+    PlaceOps, StandardiseOps, RowStatOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

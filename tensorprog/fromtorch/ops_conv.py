@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .ops_standardise import Standardised
+from .ops_zeropool import padded_pool, zero_padded_max
 from .values import Affine, Columns, Joined, Pointwise, PRef, RowMean, Vec
 from .where import op_name, refuse, strip_prefix, user_span
 
@@ -122,14 +124,20 @@ class ConvOps:
 
     # -- convolutions --------------------------------------------------------------------------
     def op_conv2d(self, node, x, w, b=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+        std = w if isinstance(w, Standardised) else None
+        w = self.standardised_kernel(node, w)  # a PRef marked with its eps (ops_standardise.py)
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)):
             raise refuse(node, "a convolution whose kernel is not a param")
+        if std is not None and (isinstance(x, Joined) or groups != 1):
+            raise self.refuse_standardised(node, std)  # a block of its rows or columns
         if isinstance(x, Joined) and groups == 1:  # images concatenated along their channels
             return self._joined_conv(node, x, w, b, stride, padding, dilation)
         if groups != 1:  # a depthwise convolution, or grouped channels the language has not
             return self._depthwise(node, x, w, b, stride, padding, dilation, groups)
         x, pads = (x.vec, x.pads) if isinstance(x, Padded) else (self.vec(x, node), None)
         stride, padding, dilation = (_pair(a) for a in (stride, padding, dilation))
+        if std is not None and x.tags == POOLED:
+            raise self.refuse_standardised(node, std)
         if x.tags == POOLED and groups == 1 and pads is None:
             return self._pooled_conv(node, x, w, b, stride, padding, dilation)
         if x.tags != IMAGE:  # a vector, a pooled image, or the patches' grid of tokens
@@ -141,6 +149,8 @@ class ConvOps:
         if stride == (k, k) and w.shape[-2] == k and padding in ((0, 0), "valid") \
                 and dilation == (1, 1) and groups == 1 and x.name == "img" and pads is None \
                 and cut and (k > 1 and cut == "flat" or len(node.args[0].users) == 1):
+            if std is not None:  # the program's patches input reads a plain matrix
+                raise self.refuse_standardised(node, std)
             return self._patch_embedding(node, x, w, b, k)
         pads = _conv_pads(padding, pads, w.shape[-2:], stride, dilation)
         half = tuple(d - 1 for d in w.shape[-2:])  # twice the same padding of an odd kernel
@@ -374,11 +384,12 @@ class ConvOps:
         eval mode (frozen statistics) is refused before the walk (``refuse_frozen_norms``)."""
         return self._image_norm(node, "batchnorm", self.vec(x, node), w, b)
 
-    def _image_norm(self, node, fn: str, x: Vec, w, b) -> Vec:
-        """``g * fn(x) + b``, the gain and bias optional params of the channels."""
+    def _image_norm(self, node, fn: str, x: Vec, w, b, group: str = "") -> Vec:
+        """``g * fn(x) + b`` (``fn(x, group)``), the gain and bias optional params of the
+        channels."""
         if isinstance(w, PRef) + isinstance(b, PRef) != (w is not None) + (b is not None):
             raise refuse(node, f"a {fn[:-4]} norm whose gain or bias is not a param")
-        expr = f"{fn}({x.name})"
+        expr = f"{fn}({x.name}{group})"
         if w is not None:
             expr = f"{self.vector_param(w, node)} * {expr}"
         if b is not None:
@@ -387,17 +398,16 @@ class ConvOps:
 
     def op_group_norm(self, node, x, groups, w=None, b=None, *rest):
         """``groupnorm(x)``, times the gain, plus the bias: each image normalised over all its
-        channels and pixels together (``nn.GroupNorm(1, c)``, PoolFormer's). More groups (each
-        group's channels normalised apart) are refused: the language has no such norm."""
+        channels and pixels together (``nn.GroupNorm(1, c)``, PoolFormer's); of g groups,
+        ``groupnorm(x, d)``: each group of d = c / g consecutive channels normalised with its
+        pixels apart (BiT's GroupNorm(32, c)), d a dim of the two widths' sizes (a fixed count
+        of groups: d ∝ n; a fixed group size: d finite)."""
         x = self.vec(x, node)
         if x.tags != IMAGE:
             raise refuse(node, "a group norm of a value that is not an image [B, C, H, W]",
                          help="normalise a vector with nn.LayerNorm")
-        if groups != 1:
-            raise refuse(node, f"a group norm of {groups} groups (the language's groupnorm(h) "
-                         "normalises the whole image, one group: each group's own statistics "
-                         "have no form)", help="use nn.GroupNorm(1, channels)")
-        return self._image_norm(node, "groupnorm", x, w, b)
+        group = f", {self.dim(x.dim // groups)}" if groups != 1 else ""
+        return self._image_norm(node, "groupnorm", x, w, b, group)
 
     def refuse_image_broadcast(self, node, u, v, product: bool) -> None:
         """Refuses a sum or product of two image-valued values that torch broadcasts where the
@@ -449,7 +459,7 @@ class ConvOps:
         no value in the program: refused."""
         x = self.vec(x, node)
         readers = [u for u in node.users if (op_name(u) != "conv2d" or u.args[0] is not node)
-                   and not (_hgnet_pool(u) and [int(p) for p in pad] == [0, 1, 0, 1])]
+                   and not padded_pool(u, tuple(int(p) for p in pad))]
         if x.tags != IMAGE or len(pad) != 4 or mode != "constant" or value not in (None, 0) \
                 or any(int(p) < 0 for p in pad) or readers or not node.users:
             raise refuse(
@@ -464,9 +474,8 @@ class ConvOps:
         return Padded(x, (top, bottom, left, right))
 
     def op_max_pool2d(self, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
-        if isinstance(x, Padded) and x.pads == (0, 1, 0, 1) and _hgnet_pool(node):
-            # by a row and a column of zeros, then a 2x2 max at stride 1: HGNet's stem
-            return self._emit(node, f"maxpool2({x.vec.name})", x.vec.dim, IMAGE)
+        if isinstance(x, Padded) and padded_pool(node, x.pads):  # (ops_zeropool.py)
+            return zero_padded_max(self, node, x.vec, x.pads)
         return self._pool(node, x, "maxpool", kernel, stride, padding, dilation, ceil_mode)
 
     def op_avg_pool2d(self, node, x, kernel, stride=(), padding=0, ceil_mode=False,
@@ -607,17 +616,6 @@ class Padded:
 
     vec: Vec
     pads: tuple[int, int, int, int]
-
-
-def _hgnet_pool(node) -> bool:
-    """A 2x2 max pool at stride 1, unpadded (HGNet's stem's, of its image padded by a row and
-    a column of zeros): the language's ``maxpool2`` of the image before the pad. ceil_mode
-    changes nothing at stride 1 (every window is whole)."""
-    args = list(node.args) + [None] * 7
-    kernel, stride, padding, dilation = args[1:5]
-    return op_name(node) == "max_pool2d" and _pair(kernel) == (2, 2) \
-        and _pair(stride or kernel) == (1, 1) and _pair(padding or 0) == (0, 0) \
-        and _pair(dilation or 1) == (1, 1) and not node.kwargs
 
 
 def _conv_pads(padding, pads, kernel, stride, dilation) -> tuple[int, int, int, int]:

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .ops_standardise import STD_HELP as _STD_HELP
+from .ops_standardise import Standardised, standardised_rows
 from .values import Conc, PRef
-from .where import refuse
+from .where import refuse, strip_prefix
 
 # ops that only move entries: run on the indices as they are on the values
 _MOVES = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute", "transpose",
-          "t", "slice", "select", "unsqueeze", "squeeze", "cat"}
+          "t", "slice", "select", "unsqueeze", "squeeze", "cat", "reshape_as", "view_as"}
+_LIKE = ("reshape_as", "view_as")  # their second argument gives only a shape
 _HELP = ("lay the table back out as one row per token, in the table's own order, through "
          "reshapes, permutes and slices alone (a resize to the table's own grid is the identity "
          "and is followed), then add it to the tokens")
@@ -40,6 +43,7 @@ class Laid:
 
     ref: PRef
     index: object  # torch.Tensor
+    eps: float | None = None  # its rows standardised with this eps (ops_standardise.py)
 
 
 def _plain(ref) -> bool:
@@ -100,6 +104,14 @@ class GridOps:
                 help="feed images of the grid the table was made for (image_size / patch_size "
                 "patches a side), or resize the table once, outside the forward",
             )
+        if op == "batch_norm" and args and isinstance(args[0], Laid):
+            return Laid(args[0].ref, args[0].index, standardised_rows(node, args[0], args))
+        std = next((a for a in _flat(args) if isinstance(a, Laid) and a.eps is not None), None)
+        if op not in _MOVES and std is not None:
+            raise refuse(node, f"the op {op} on the standardised rows of the param "
+                         f"{strip_prefix(std.ref.target)}: standardised rows are traced only "
+                         "laid back out in the param's shape (reshape_as) and read as a "
+                         "convolution's kernel", help=_STD_HELP)
         if op not in _MOVES:
             # the reshaped param's own argument, which need not be the op's first (h + pos)
             at = next((i for i, a in enumerate(args) if isinstance(a, Laid)), 0)
@@ -117,6 +129,11 @@ class GridOps:
             raise refuse(node, f"a {op} of a param's rearranged entries with other values",
                          help=_HELP)
         ref = next(a.ref for a in _flat(args) if isinstance(a, Laid))
+        read = _flat(args[:1] if op in _LIKE else args)
+        eps = {a.eps if isinstance(a, Laid) else None for a in read if isinstance(a, (Laid, PRef))}
+        if len(eps) != 1:
+            raise refuse(node, f"a {op} of a param's standardised entries with its raw ones "
+                         f"({strip_prefix(ref.target)})", help=_STD_HELP)
 
         def index(a):
             if isinstance(a, Laid):
@@ -128,18 +145,18 @@ class GridOps:
             return a
 
         out = node.target(*[index(a) for a in args], **kwargs)
-        return settle(ref, out)
+        return settle(ref, out, eps.pop())
 
 
-def settle(ref: PRef, index):
-    """The param itself where ``index`` is its entries in its own order and shape, else the
-    rearrangement still."""
+def settle(ref: PRef, index, eps: float | None = None):
+    """The param itself where ``index`` is its entries in its own order and shape (a
+    standardised param where ``eps`` marks them so), else the rearrangement still."""
     import torch
 
     if tuple(index.shape) == tuple(ref.shape) and torch.equal(
             index.flatten(), torch.arange(index.numel())):
-        return ref
-    return Laid(ref, index)
+        return ref if eps is None else Standardised(ref, eps)
+    return Laid(ref, index, eps)
 
 
 def positions_read(node, x, w):

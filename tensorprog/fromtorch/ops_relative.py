@@ -21,6 +21,7 @@ import dataclasses
 import math
 import operator
 
+from .inplace import in_place
 from .values import Conc, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
@@ -121,7 +122,7 @@ class RelativeOps:
         if op == "add_" and len(args) == 2 and isinstance(args[0], Scores):
             # scores += bias (MPNet's): the add, where nothing else reads the scores before it
             # (the walker's check of an in-place op, which refuses otherwise)
-            self._in_place(node, op)
+            in_place(self, node, op)
             op = "add"
         if op == "add" and len(args) == 2:
             other = args[1] if args[0] is b else args[0]

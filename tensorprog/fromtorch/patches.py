@@ -80,9 +80,15 @@ def hook(factor: float, rows, bias: bool = False, name: str = "", span=None):
                 "that its forward patch multiplies by its multiplier (computed here)", span,
                 help="return that vector alone from its module (an nn.Linear whose weight is "
                 "the embedding, for a tied readout), and the rest from its parent")
-        return scale_out(out, factor, rows, module.bias if bias else None)
+        return scale_out(out, factor, rows, _channels(module.bias, module) if bias else None)
 
     return scaled
+
+
+def _channels(bias, module):
+    """A layer's bias as its output adds it: per channel of a convolution's [B, C, H, W]."""
+    weight = getattr(module, "weight", None)
+    return bias[:, None, None] if weight is not None and weight.dim() == 4 else bias
 
 
 def scale_out(out, factor: float, rows, bias=None):

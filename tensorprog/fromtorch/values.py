@@ -46,6 +46,9 @@ class PRef:
     # a block of the param's columns, its input features (a concatenation fed to one linear
     # layer, ops_concat.py)
     cols: Columns | None = None
+    # the param read standardised, each row (an output's fan-in) at mean 0 and variance 1 with
+    # this eps: a weight-standardised kernel (ops_standardise.py)
+    std: float | None = None
 
 
 @dataclass

@@ -10,11 +10,13 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .inplace import in_place
 from .inputs import probe_ids
 from .ops_conv import Padded
 from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
+from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .values import (
     RECOGNISED,
     Affine,
@@ -63,7 +65,6 @@ from .values import (
 )
 from .where import (
     CHECK_OPS,
-    aliased,
     module_of,
     op_name,
     reaching_the_output,
@@ -129,6 +130,8 @@ SYMBOLIC = (
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
     Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
+    Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
+    *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
 )
 
 
@@ -158,6 +161,7 @@ class Walker:
         self.given: dict = {}
         self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
+        self._std: dict[str, float | None] = {}  # program param -> its standardisation's eps
         self._made: dict[str, Vec] = {}  # node -> the vector emitted for its lazy value
         # nodes whose number keeps its slot where it is 1: one that another width multiplies
         # by another number (MiniCPM's logits over hidden_size / dim_model_base, 1 at 256)
@@ -187,6 +191,9 @@ class Walker:
         shape = ref.shape if not ref.t else ref.shape[::-1]  # the matrix as applied: [in, out]?
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
+        if any(use.target == ref.target and self._std.get(name) != ref.std
+               for name, use in self.out.params.items()):
+            raise refuse_mixed_standardised(node, ref)
         for name, use in self.out.params.items():
             if (use.target == ref.target
                     and self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols)
@@ -216,6 +223,7 @@ class Walker:
             period = ref.period or total
             rows = (Fraction(ref.rows[0], period), Fraction(ref.rows[1], period))
         self._rows[name] = (ref.rows, ref.offset, ref.period, ref.cols)
+        self._std[name] = ref.std
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
                                          expert=ref.expert, cols=ref.cols, span=user_span(node))
         if ref.rows:  # the numbers, for blocks whose share changes with the width (rows.py)
@@ -229,6 +237,7 @@ class Walker:
         if ref.offset:  # the program's param is offset + w: its init is offset + w's
             init = (init[0], init[1] + ref.offset)
         tail = f" = {init[1]:g}" if init[0] == "const" and len(prog) == 1 else ""
+        tail += f" standardised({ref.std!r})" if ref.std is not None else ""
         self.out.decls.append(f"param {name} : [{', '.join(dims)}]{tail}")
         return name, False
 
@@ -524,6 +533,8 @@ class Walker:
                 return self.concrete(node, args, kwargs)
             if isinstance(args[0], RowMax) and args[1] == 0:  # max(dim).values (ops_sink.py)
                 return args[0]
+            if isinstance(args[0], RowPair):  # var_mean's var or mean (ops_standardise.py)
+                return args[0].items[args[1]]
             raise refuse(node, "indexing a traced value")
         op = op_name(node)
         flat = [
@@ -565,7 +576,7 @@ class Walker:
             return self.complex_op(node, op, args)
         method = getattr(self, f"op_{op}", None)
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
-            method = self._in_place(node, op)
+            method = in_place(self, node, op)
         if op in _GRAD_STOPS:
             raise refuse(
                 node,
@@ -581,6 +592,11 @@ class Walker:
             ):
                 raise refuse(node, "a cast to an integer type")
             return args[0]
+        if any(isinstance(x, ROW_VALUES) for x in flat):  # (ops_standardise.py)
+            return self.row_stat_op(node, op, args, kwargs)
+        std = next((x for x in flat if isinstance(x, Standardised)), None)
+        if std is not None and op != "conv2d":  # only a kernel reads it (ops_standardise.py)
+            raise self.refuse_standardised(node, std)
         if any(isinstance(x, Laid) for x in flat):  # (ops_grid.py)
             return self.laid_op(node, op, args, kwargs)
         if op in VIEW_OPS:
@@ -594,35 +610,6 @@ class Walker:
                 raise self.refuse_one_token(node, one)
             raise refuse(node, f"the op {op}")
         return method(node, *args, **kwargs)
-
-    def _in_place(self, node, op: str):
-        """The handler of ``x.add_(y)`` (``x += y``: BERT's embeddings, CTRL's ``*=``): the
-        out-of-place op's, whose value the walk gives this node. That is exact only when
-        nothing reads x after it (those reads would be of the node before, which holds the
-        value before the update, as would a view of x taken before): so x must be a value the
-        forward computed and this its only use; else refused. Where x is a view of another
-        value (``h[..., :k].mul_(2)``, ``new.view(b, t, n)[m] = y``) the write changes that
-        value too, which later reads of it see: so each value x views, down to the one the
-        forward computed, must have no other use either. None: no such op."""
-        method = getattr(self, f"op_{op[:-1]}", None)
-        if method is None:
-            return None
-        target, reader = (node.args[0] if node.args else None), node
-        while True:
-            # a use that reads only x's shape (``m.expand_as(x)``, XLM's mask) sees no update
-            users = {u for u in getattr(target, "users", ()) if not (
-                op_name(u) == "expand_as" and u.args[0] is not target)}
-            if getattr(target, "op", None) != "call_function" or users != {reader}:
-                what = "a value that is used elsewhere (an input, a param, or a value read by " \
-                    "another op)" if reader is node else f"a {op_name(node.args[0])} of a value " \
-                    "read elsewhere (the write changes that value too, which those reads miss)"
-                raise refuse(node, f"an in-place {op} on {what}", help=f"write it out of place "
-                             f"(x = x + y rather than x += y; {op[:-1]}; a new value built by "
-                             "torch.cat rather than written into a part of another)")
-            base = aliased(target)
-            if base is None:
-                return method
-            target, reader = base, target
 
     def concrete(self, node, args, kwargs):
         import torch

@@ -161,6 +161,10 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # a column of zeros at the bottom and right: HGNet's stem pool, F.pad(x, (0, 1, 0, 1)) then
     # MaxPool2d(2, stride=1) (its max takes 0 at the last row and column)
     Function("maxpool2", "linear", None, "torch.nn.functional.max_pool2d"),
+    # the max over each pixel's 3x3 neighbourhood, the image padded by zeros (0 joins the max
+    # at the border): BiT's stem pool, F.pad(x, (1, 1, 1, 1)) then MaxPool2d(3, stride 2), is
+    # exactly subsample(maxpool3z(h))
+    Function("maxpool3z", "linear", None, "torch.nn.functional.max_pool2d"),
     # every other pixel (a kernel-1, stride-2 average pool): a stride-2 convolution is the
     # stride-1 one read at every other pixel, so `subsample(K @ h)` writes it exactly
     Function("subsample", "linear", None, "torch.nn.functional.avg_pool2d"),
@@ -192,7 +196,7 @@ COORDINATEWISE = tuple(name for name, f in FUNCTIONS.items() if f.at_zero is not
 #: pooling, every other pixel, a 3x3 max or mean and a zero-padded 2x2 max that keep the size,
 #: and the global average (None)
 POOLS = {"avgpool": 2, "maxpool": 2, "subsample": 2, "maxpool3": 1, "avgpool3": 1, "maxpool2": 1,
-         "global_pool": None}
+         "maxpool3z": 1, "global_pool": None}
 
 
 def pooled(fn: str, size: tuple[int, int]) -> tuple[int, int] | None:

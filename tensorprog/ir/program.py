@@ -172,15 +172,15 @@ class Input:
 
 @dataclass(frozen=True)
 class Param:
-    """A trained vector ``[d]`` (bias, gain, readout vector) or matrix ``[out, in]``, or a
-    convolution kernel ``[out, in, kh, kw]`` (finite kh, kw), or a depthwise one ``[c, kh, kw]``
-    (``dwconv``, a gain per channel); or, with no axes, a ``scale``: a
-    constant multiplier ``base·(n/base_width)^-a``, never trained."""
+    """A trained vector ``[d]`` (bias, gain, readout vector), matrix ``[out, in]`` or kernel
+    ``[out, in, kh, kw]`` (kh, kw finite; standardised: engine/standardised.py), a depthwise one
+    ``[c, kh, kw]`` (dwconv: a gain per channel); no axes: a scale ``base·(n/base)^-a``, fixed."""
 
     name: str
     shape: tuple[str, ...]
     span: Span | None = _span()
     base: Fraction | None = None  # a scale's value at the base width, or a vector's constant init
+    standardised: Fraction | None = None  # eps: read as (W - mean_row) / sqrt(var_row + eps)
 
     @property
     def is_scale(self) -> bool:

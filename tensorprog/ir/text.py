@@ -114,6 +114,8 @@ def render_param(p: Param, show=str) -> str:
     value = f" = {float(p.base)!r}" if p.base is not None else ""
     if p.is_scale:
         return f"scale {show(p.name)}{value}"
+    if p.standardised is not None:
+        value += f" standardised({float(p.standardised)!r})"
     return f"param {show(p.name)} : [{', '.join(p.shape)}]{value}"
 
 

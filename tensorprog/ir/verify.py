@@ -304,7 +304,25 @@ def _verify_params(program: Program, dims: dict, defined: dict, define, errors: 
         else:
             define(p.name, p.shape[0] if p.shape else None, p.span)
     _verify_depthwise(program, errors)
+    _verify_standardised(program, errors)
     return matrices
+
+
+def _verify_standardised(program: Program, errors: Collector) -> None:
+    """A standardised param (``standardised(eps)``, eps > 0) is a matrix or a convolution
+    kernel, read only as the weight of ``W @ x`` or ``conv``: its rows are standardised over
+    their fan-in, which ``W.T`` would not read as its fan-in."""
+    for p in program.params:
+        if p.standardised is None:
+            continue
+        if len(p.shape) not in (2, 4) or not p.standardised > 0:
+            errors.error(f"standardised param {p.name}: a matrix or a kernel [out, in, kh, kw] "
+                         "with eps > 0", p.span)
+        for ins in program.uses(p.name):
+            if not isinstance(ins, MatMul) or ins.transposed:
+                errors.error(f"the standardised param {p.name} is read only as the weight of "
+                             "W @ x or conv(K, h, ...), whose fan-in its rows are "
+                             "standardised over", ins.span)
 
 
 def _verify_depthwise(program: Program, errors: Collector) -> None:
@@ -338,7 +356,7 @@ def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None
     if not isinstance(ins, Nonlin):
         return None
     if ins.over is not None and (
-        ins.fn not in ("layernorm", "rmsnorm") or ins.over not in dims
+        ins.fn not in ("layernorm", "rmsnorm", "groupnorm") or ins.over not in dims
         or ops[0] is None or heads_dim(dims, ops[0], ins.over) is None
     ):
         errors.error(f"{ins.fn} per head of {ins.over}: needs a norm and a head dim that "

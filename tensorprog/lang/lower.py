@@ -573,7 +573,8 @@ class _Lowering(ExpressionLowering):
             self.values[st.name] = None
 
     def stmt_param(self, st: Stmt) -> None:
-        shape_toks, value = st.value
+        shape_toks, value, *eps = st.value
+        standardised = eps[0] if eps else None
         shape = self.check_shape(shape_toks, st.span)
         if shape is None:
             return
@@ -591,9 +592,15 @@ class _Lowering(ExpressionLowering):
             self.errors.error(f"only a vector param can have a constant init, not {st.name}",
                               st.span, "e.g. a LayerNorm gain: `param g : [n] = 1`")
             return
+        if standardised is not None and (len(shape) not in (2, 4) or not standardised > 0):
+            self.errors.error(f"only a matrix or a convolution kernel is standardised, with an "
+                              f"eps above 0, not {st.name}", st.span,
+                              "e.g. BiT's convolution: `param K : [n, n, k, k] standardised"
+                              "(1e-6)`")
+            return
         name = self.local(st.name, st.name_span)
         if name is not None and self.define(name, st.name_span):
-            p = Param(name, shape, st.span, value)
+            p = Param(name, shape, st.span, value, standardised)
             (self.params if self.block is None else self.block_params).append(p)
             self.param_names.add(name)
             if self.block is not None:

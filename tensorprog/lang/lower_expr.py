@@ -51,6 +51,7 @@ _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
              + (SHIFT, CAT, AT, PLACE, PICK) + RELAYOUTS)
+GROUP_NORMS = ("layernorm", "rmsnorm", "groupnorm")  # over each head, or group, of a dim's size
 
 
 class ExpressionLowering:
@@ -544,7 +545,7 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2, 3, 4), "layernorm": (1, 2), "rmsnorm": (1, 2),
+        arity = {"dot": (2, 3), "mix": (2, 3, 4), **dict.fromkeys(GROUP_NORMS, (1, 2)),
                  **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
         if len(node.args) not in arity:
             usage = {"dot": "dot(u, v) or dot(q, k, dh)",
@@ -561,7 +562,7 @@ class ExpressionLowering:
         if node.fn == "dot" and len(node.args) == 3:
             over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
-        if node.fn in ("layernorm", "rmsnorm") and len(node.args) == 2:
+        if node.fn in GROUP_NORMS and len(node.args) == 2:
             over = self.norm_group(node)
             return (None, None) if over is None else (node.args[:1], ("norm", over))
         return node.args, None
@@ -575,7 +576,7 @@ class ExpressionLowering:
                               "head's dh coordinates")
             return None
         size = self.dims[arg.name].size
-        if size is not None and size < 2:
+        if size is not None and size < 2 and node.fn != "groupnorm":  # its pixels still vary
             self.errors.error(f"{node.fn} over heads of {size} coordinate is constant: it never "
                               "changes, which the engine does not model", arg.span,
                               "normalise over heads of 2 or more coordinates, or drop the norm")
@@ -589,10 +590,9 @@ class ExpressionLowering:
             return lower_route(self, node, args, Scalar, Vec)
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
-        by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread,
-                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, AT: lower_at,
-                    PLACE: lower_place, PICK: lower_pick,
-                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
+        by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
+                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
+                    PICK: lower_pick, **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

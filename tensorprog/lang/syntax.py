@@ -153,6 +153,11 @@ class ToAst(Transformer_NonRecursive):
             else None
         return Stmt("param", str(c[0]), (c[1], value), self.span(meta), self.span(c[0]))
 
+    @v_args(meta=True)
+    def param_standardised(self, meta, c):
+        return Stmt("param", str(c[0]), (c[1], None, self.value(c[2])), self.span(meta),
+                    self.span(c[0]))
+
     def negative_init(self, c):
         return -self.value(c[0])
 

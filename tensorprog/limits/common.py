@@ -135,7 +135,15 @@ def read_inputs(program: Program, inputs) -> dict[str, np.ndarray]:
     """``inputs`` (a (P, dim) array for a one-input program, else a dict of them by input name;
     numpy or torch) as float64 numpy arrays; refused: an input that is not a vector of a finite
     dim (at its position), and missing, extra, misshapen or non-finite data, or inputs of
-    different numbers of points."""
+    different numbers of points; and a standardised param (its limit is not derived here)."""
+    for p in program.params:
+        if p.standardised is not None:
+            # its rows are read at variance 1 whatever its init, and its steps scaled by 1/std:
+            # the kernels and dynamics here take each weight's entries as its init draws them
+            raise EngineError(f"param {p.name} is standardised: the infinite-width limits here "
+                              "have no rule for a weight read at its rows' own variance",
+                              p.span, help="compute the limit of the program without the "
+                              "standardisation, or check it at finite widths (tensorprog check)")
     vectors = [i for i in program.inputs]
     for i in vectors:
         if i.kind != "vector":

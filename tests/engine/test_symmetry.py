@@ -1,5 +1,6 @@
 """The abc-symmetry: (a+θ, b-θ, c-2θ) under SGD, (a+θ, b-θ, c-θ) under Adam, per param, changes
-nothing the engine reports (TP4 §3). Checked on every example, for µP and for SP/NTP."""
+nothing the engine reports (TP4 §3); (a, b+θ, c+kθ) for a standardised param. Checked on every
+example, for µP and for SP/NTP."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import tensorprog as tp
 thetas = st.fractions(min_value=-2, max_value=2, max_denominator=4)
 
 
-def _shift(abc, optimizer, theta):
+def _shift(abc, optimizer, theta, program=None):
+    """Each param moved along its symmetry: (a+θ, b-θ, c-kθ), or for a standardised one,
+    whose multiplier alone sets its forward (engine/standardised.py), (a, b+θ, c+kθ)."""
     k = tp.OPTIMIZERS[optimizer].a_coef
-    return {p: tp.ABC(x.a + t, x.b - t, x.c - k * t)
+    std = {p.name for p in program.params if p.standardised is not None} if program else set()
+    return {p: tp.ABC(x.a, x.b + t, x.c + k * t) if p in std else
+            tp.ABC(x.a + t, x.b - t, x.c - k * t)
             for (p, x), t in zip(abc.items(), theta, strict=True)}
 
 
@@ -44,7 +49,7 @@ def _to_rational(values: list[Fraction]) -> list[Rational]:
 def test_mup_is_invariant(path, optimizer, data):
     program, base, want = _derived(path, optimizer)
     theta = _to_rational(data.draw(st.lists(thetas, min_size=len(base), max_size=len(base))))
-    shifted = tp.classify(program, optimizer, abc=_shift(base, optimizer, theta))
+    shifted = tp.classify(program, optimizer, abc=_shift(base, optimizer, theta, program))
     assert _fingerprint(shifted) == want
 
 

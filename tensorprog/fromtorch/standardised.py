@@ -1,0 +1,70 @@
+"""apply for a standardised kernel: its multiplier on its layer's output, not in its init.
+
+Elsewhere apply folds a multiplier n^-a into the param's init (b + a) and LR (c + k·a)
+(apply.py). A standardised kernel (ops_standardise.py) has no such fold: the model divides
+each of its rows by its own std, so an init scaled by n^-a reads as the same Ŵ, and the
+multiplier would be lost while its LR moved. So its µP is applied as derived (engine/
+standardised.py): the init std ∝ n^-b (b = 0: the model's own std at the base width), the LR
+∝ n^-c, Adam's ε as its gradient's entries n^-eps, and the multiplier n^-a as a forward patch
+on the module whose one call returns the convolution alone (calls.py), its bias kept out
+(factor·(Ŵ * x) + bias), as the program computes ``a·(K @ x) + b``. The model's own
+standardisation is left as it is.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import UsageError
+from .patches import Patch
+
+
+def standardised_params(mup) -> list[str]:
+    return [p for p in mup.traced.params if p in mup.derivation.abc and
+            mup.program.param_table[p].standardised is not None]
+
+
+def fold_standardised(mup) -> None:
+    """Sets each standardised param's init, LR and ε exponents to its derived (b, c, eps)
+    (the multiplier kept out of them) and adds the patch that carries its multiplier."""
+    for p in standardised_params(mup):
+        x = mup.derivation.abc[p]
+        a = Fraction(str(x.a))
+        mup.init_exp[p] = Fraction(str(x.b))
+        mup.lr_exp[p] = Fraction(str(x.c))
+        if p in mup.eps_exp:
+            mup.eps_exp[p] += a  # the program's gradient: its multiplier stays in the forward
+        use = mup.traced.params[p]
+        if mup.init_exp_L.get(p) or mup.lr_exp_L.get(p):
+            raise UsageError(
+                f"{use.target} is standardised and needs exponents in the depth, which apply "
+                "cannot give it yet (its depth multiplier cannot fold into its init)", use.span,
+                help="trace the model with from_torch(..., blocks=False) for width-only µP")
+        if a == 0:
+            continue
+        mup.patches.append(_patch(mup, p, a))
+
+
+def _patch(mup, p: str, a: Fraction) -> Patch:
+    use = mup.traced.params[p]
+    made = [(v, b) for v, (w, b) in mup.traced.producers.items() if w == p]
+    module = use.module
+    bias = made[0][1] if made else None
+    own_bias = bias is None or mup.traced.params[bias].target == (
+        f"{module}.bias" if module else "bias")
+    if mup.traced.calls.get(use.node) != module or len(mup.program.uses(p)) != 1 \
+            or len(made) != 1 or not own_bias:
+        raise UsageError(
+            f"{use.target} is standardised: µP needs its output times (n/base)^-{a}, which "
+            "cannot fold into its init (the standardisation divides it out) and so goes on "
+            "the output of its module as a forward patch; but no module's one call returns "
+            "that convolution alone (with its own bias), or the kernel is applied twice",
+            use.span,
+            help="compute the standardised convolution in a module of its own that returns "
+            "it (as BiT's WeightStandardizedConv2d), called once per forward",
+        )
+    layer = p if mup.stack is not None and p in mup.stack.layers else None
+    return Patch(module, use.node, a, None,
+                 f"{use.target} standardised: multiplier (n/base)^-{a} on its output (its "
+                 "rows are divided by their own std, so no init can carry it)",
+                 layer, bias=mup.traced.params[bias].target if bias else None)
