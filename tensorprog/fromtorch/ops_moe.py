@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 
+from .ops_gatedin import GATED, GatedInputOps, grid_experts
 from .ops_select import feeds_selection
 from .routing import (
     ROUTED,
@@ -53,6 +54,9 @@ _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 
 _IDENTITY = {"to", "_to_copy", "contiguous", "clone", "alias", "type_as", "detach_copy"}
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
+# the values of a mixture of experts' routing, those of a layer that gates its experts' inputs
+# (ops_gatedin.py) among them
+_MOE = ROUTED + GATED
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
 # division by 0 (DeepSeek's 1e-20): larger, it changes the weights, which route_norm would not say
 _TINY = 1e-6
@@ -84,7 +88,7 @@ def _feeds_topk(node) -> bool:
 def _bare(x) -> bool:
     """Experts' values before their gates: what an op applies to expert by expert."""
     return isinstance(x, Experts) and x.weights is None and not x.column \
-        and x.order in ("sorted", "token")
+        and x.order in ("sorted", "token", "stacked", "grid")
 
 
 def _token_repeat(node, args, kwargs) -> bool:
@@ -94,27 +98,28 @@ def _token_repeat(node, args, kwargs) -> bool:
             and len(node.meta["val"].shape) == 2 and isinstance(args[0], (Vec, Affine, Pointwise)))
 
 
-class MoEOps:
+class MoEOps(GatedInputOps):
     """Mixture-of-experts routing: the router's top-k, the dispatch to the experts, and the
-    weighted sum, written as ``route``/``route_norm`` (see the module's docstring)."""
+    weighted sum, written as ``route``/``route_norm`` (see the module's docstring); a layer
+    whose gates multiply its experts' inputs, as ``route_in`` (GatedInputOps)."""
 
     def call(self, node):
         if node.target is not operator.getitem:
             args, kwargs = self.args(node)
             op = op_name(node)
             flat = _flat(args, kwargs)
-            if any(isinstance(x, ROUTED) for x in flat):
+            if any(isinstance(x, _MOE) for x in flat):
                 return self._routed(node, op, args, kwargs)
             if op == "topk":
                 return self._topk(node, *args, **kwargs)
-            if op in ("full_like", "new_full") and node.args and _feeds_topk(node.args[0]):
-                # a table of the router's logits' shape, to scatter the top-k into (Llama 4's)
-                raise refuse(node, "a dense table of a router's gates over every expert (full_"
-                             "like of its logits, the top-k scattered in: Llama 4's, whose "
-                             "gates then multiply each expert's input, every expert run on "
-                             "every token): route multiplies each of the k chosen experts' "
-                             "outputs by its gate, which for a nonlinear expert differs",
-                             help=_HELP)
+            if op in ("full_like", "zeros_like") and node.args and _feeds_topk(node.args[0]):
+                # a table of the router's scores' shape, to scatter the top-k into (Llama 4's)
+                return self.router_table(node, args[0], args[1] if op == "full_like" else 0)
+            if op == "new_full" and node.args and _feeds_topk(node.args[0]):
+                raise refuse(node, "a table of a router's gates made by new_full: the tracer "
+                             "follows full_like(logits, -inf) or zeros_like(gates)", help=_HELP)
+            if op == "repeat" and (made := self.expert_copies(node, args[0], args[1:])):
+                return made  # x.repeat(E, 1): each expert's copy of the tokens (Llama 4's)
             if op == "repeat_interleave" and _token_repeat(node, args, kwargs):
                 # each token once per slot: the batched dispatch (x.repeat_interleave(k, 0))
                 return Dispatched(self.vec(args[0], node), None, args[1], order="token")
@@ -130,6 +135,10 @@ class MoEOps:
         return super().call(node)
 
     def vec(self, v, node):
+        if isinstance(v, GATED) or grid_experts(v):
+            raise refuse(node, "a dense table of a router's gates, the tokens' copies for its "
+                         "experts, or the experts' values, used other than as each expert's "
+                         "gated input, its MLP and their sum", help=self.gated_help)
         if isinstance(v, ROUTED):
             if user_span(node) is None and v.node in self.by_name:  # at the model's output
                 node = self.by_name[v.node]
@@ -201,6 +210,8 @@ class MoEOps:
             return None
         if op in _IDENTITY:
             return args[0]
+        if any(isinstance(x, GATED) or grid_experts(x) for x in _flat(args, kwargs)):
+            return self.gated(node, op, args, kwargs)
         if any(isinstance(x, Choice) for x in args):
             return self.selection(node, op, args, kwargs)
         method = getattr(self, f"_moe_{op}", None)
