@@ -119,8 +119,9 @@ def test_the_traced_layer_derives_what_the_language_layer_derives(llama4, optimi
 @pytest.mark.parametrize(("form", "message"), [
     # a table of 0 with the logits in: sigmoid gives the unselected experts 1/2, not 0
     ("fill0", r"a sigmoid of a router's table whose entries not selected are not -inf"),
-    pytest.param("outputs", r"the op view on the tokens' copies for the experts \(x.repeat\(E, 1\)\) "
-                r"before the router's table of gates multiplies them", marks=pytest.mark.slow),
+    pytest.param("outputs", r"the op view on the tokens' copies for the experts "
+                 r"\(x.repeat\(E, 1\)\) before the router's table of gates multiplies them",
+                 marks=pytest.mark.slow),
     pytest.param("across", r"the op flip on the experts' values \[E, tokens, ...\]",
                  marks=pytest.mark.slow),
 ])
@@ -145,3 +146,78 @@ def test_route_in_prints_and_parses_back_to_the_same_ir():
     program = parse(SOURCE.format(k=2, i=1))
     assert "route_in(g, 2, 1, x)" in to_text(program)
     assert parse(to_text(program)) == program
+
+
+class IdentityExperts(nn.Module):
+    """Transformers' LongCat-Flash MoE layer between an embedding and a head: a softmax router
+    over 4 experts with matrices and 2 zero-computation (identity) experts, its selection by
+    the gates plus a buffer under torch.no_grad, the k gates times a routed scaling factor, the
+    identity slots' gates times the token added to the grouped-matmul dispatch of the others."""
+
+    def __init__(self, n, experts="grouped_mm"):
+        super().__init__()
+        from transformers.models.longcat_flash.configuration_longcat_flash import (
+            LongcatFlashConfig,
+        )
+        from transformers.models.longcat_flash.modeling_longcat_flash import LongcatFlashMoE
+
+        config = LongcatFlashConfig(hidden_size=n, expert_ffn_hidden_size=2 * n,
+                                    n_routed_experts=4, zero_expert_num=2,
+                                    num_experts_per_tok=K, routed_scaling_factor=6.0)
+        config._experts_implementation = experts  # a model's default is grouped_mm
+        self.embed = nn.Embedding(VOCAB, n)
+        self.moe = LongcatFlashMoE(config)
+        for p in self.moe.parameters():  # the experts' 3-D params are made empty
+            nn.init.normal_(p, std=n**-0.5)
+        self.head = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.embed(idx)
+        return self.head(h + self.moe(h))
+
+
+@pytest.mark.slow
+def test_identity_experts_trace_into_one_route_over_every_expert():
+    pytest.importorskip("transformers.models.longcat_flash")
+    traced = from_torch(IdentityExperts, (32, 64), _tokens)
+    route, = [s for s in traced.source.splitlines() if "route(" in s]
+    experts = ", ".join(f"grouped_mm_fallback_1_e{e}" for e in range(4))
+    assert f"route(v_softmax, {K}, {experts}, embedding, embedding)" in route
+    # oracle: the model's logits, where some tokens pick an identity expert and some do not,
+    # computed by transformers' reference loop over the experts (grouped_mm has no float64);
+    # its router computes in float32 whatever the model's dtype, hence float32's tolerance
+    torch.manual_seed(3)
+    model = IdentityExperts(32)
+    with torch.no_grad():
+        ids = model.moe.router(model.embed(*_tokens(model)))[2]
+    assert (ids >= 4).any() and (ids < 4).any()
+    traced_computes_the_model(traced, lambda n: IdentityExperts(n, "eager"), _tokens, tol=1e-5)
+
+
+class WrongIdentityMask(IdentityExperts):
+    """The identity experts' output weighted by the other slots' gates (the mask negated where
+    it should not be): no route's, refused at the sum."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        moe = self.moe
+
+        def forward(x):
+            shape, x = x.shape, x.reshape(-1, x.shape[-1])
+            _, w, ids = moe.router(x)
+            mask = ids >= moe.num_routed_experts
+            identity = x * w.masked_fill(mask, 0.0).sum(dim=-1, keepdim=True)
+            ids = torch.where(mask, (ids - 4) * 4 // 2, ids)
+            y = moe.experts(x, ids, w.masked_fill(mask, 0.0))
+            return (y + identity).reshape(shape)
+
+        moe.forward = forward
+
+
+@pytest.mark.slow
+def test_identity_experts_weighted_by_other_gates_are_refused_at_the_sum():
+    pytest.importorskip("transformers.models.longcat_flash")
+    with pytest.raises(TraceError, match=r"the op sum on the gates or ids of a router's experts "
+                       r"with matrices once its identity experts are split off") as err:
+        from_torch(WrongIdentityMask, (32, 64), _tokens)
+    assert "test_moe_gated_input.py" in str(err.value)
