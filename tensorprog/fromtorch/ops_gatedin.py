@@ -171,7 +171,8 @@ class GatedInputOps:
         size = tuple(self._shape(node))
         if isinstance(v, GateTable) and v.layout == "expert" and len(size) == 2 and size[1] == 1:
             return dataclasses.replace(v, layout="column")
-        if grid_experts(v) and v.weights is None and not v.column:
+        if grid_experts(v) and v.weights is None and not v.column \
+                and size[-1] == self._shape(node.args[0])[-1]:  # the features kept whole
             e = len(v.items)
             if v.order == "stacked" and len(size) == 3 and size[0] == e:
                 return dataclasses.replace(v, order="grid", node="")
@@ -202,7 +203,9 @@ class GatedInputOps:
         [E, in, out]: expert e's ``x_e @ W[e]``."""
         if grid_experts(a) and a.order == "grid" and a.weights is None and not a.column \
                 and isinstance(b, PRef) and len(b.shape) == 3:
-            return self._experts(node, a, b, True, a.gates, a.k, 0)
+            # x @ W[e]: W[e] as a linear layer's weight transposed, unless the param is stored
+            # [E, out, in] and transposed for the product
+            return self._experts(node, a, b, not b.t, a.gates, a.k, 0)
         return None
 
     def _gated_sum(self, node, v, dims, keepdim=False, *rest, **kwargs):

@@ -36,6 +36,8 @@ class GatedInputMoE(nn.Module):
         self.router = nn.Linear(n, E, bias=False)
         self.gate_up = nn.Parameter(torch.randn(E, n, 4 * n) / n**0.5)
         self.down = nn.Parameter(torch.randn(E, 2 * n, n) / (2 * n) ** 0.5)
+        if form == "stored_out_in":  # [E, out, in], transposed for the product
+            self.down = nn.Parameter(torch.randn(E, n, 2 * n) / (2 * n) ** 0.5)
         self.shared_in = nn.Linear(n, 2 * n, bias=False)
         self.shared_out = nn.Linear(2 * n, n, bias=False)
         self.head = nn.Linear(n, VOCAB, bias=False)
@@ -61,7 +63,8 @@ class GatedInputMoE(nn.Module):
         if self.form == "across":  # the experts' values reordered: each reads another's
             gate_up = gate_up.flip(0)
         gate, up = gate_up.chunk(2, dim=-1)
-        y = torch.bmm(up * F.silu(gate), self.down).view(-1, x.shape[-1])
+        down = self.down.transpose(1, 2) if self.form == "stored_out_in" else self.down
+        y = torch.bmm(up * F.silu(gate), down).view(-1, x.shape[-1])
         if self.form == "outputs":
             y = y * scores.transpose(0, 1).reshape(-1, 1)
         out = y.reshape(E, -1, x.shape[-1]).sum(dim=0)
@@ -88,7 +91,8 @@ def test_each_experts_input_is_traced_into_route_in_and_the_experts_summed(llama
     assert llama4.params["gate_up_part1_e3"].expert == 3
 
 
-@pytest.mark.parametrize("form", ["llama4", pytest.param("zeros", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("form", ["llama4", pytest.param("zeros", marks=pytest.mark.slow),
+                                  pytest.param("stored_out_in", marks=pytest.mark.slow)])
 def test_the_traced_program_computes_the_model(llama4, form):
     # oracle: the emitted module, the model's params copied in, the model's logits in float64;
     # a gate on the experts' outputs instead, or a dropped f(0) of an unselected expert, fails
