@@ -2598,8 +2598,8 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
     # before: KeyError deep in MuP (HF OLMo-2, 4 heads); the factor cannot live in a weight
     # whose output a norm rescales, and a norm without a gain has no param after it to take it.
     # A norm module of the query's own takes it on its output (tests/fromtorch/
-    # test_qknorm_patch.py); one that q and k share would scale both sides of the logits, so
-    # it is refused with what to build instead
+    # test_qknorm_patch.py), one that q and k share the square root of it on each side of the
+    # logits; one whose keys something else reads too is refused with what to build instead
     import torch
     from torch import nn
 
@@ -2615,10 +2615,12 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
+            kn = self.qn(self.k(h))
             q, k, v = (z.view(b, t, 4, c // 4).transpose(1, 2)
-                       for z in (self.qn(self.q(h)), self.qn(self.k(h)), self.v(h)))
+                       for z in (self.qn(self.q(h)), kn, self.v(h)))
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.head(h + y.transpose(1, 2).reshape(b, t, c))
+            y = y.transpose(1, 2).reshape(b, t, c)
+            return self.head(h + y + (0 if self.qn.elementwise_affine else kn))  # keys twice
 
     tokens = lambda m: (torch.zeros(2, 8, dtype=torch.long),)  # noqa: E731
     traced = from_torch(QKNorm, (16, 32), tokens)
