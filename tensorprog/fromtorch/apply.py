@@ -596,12 +596,14 @@ class MuP(DepthScaling, OptimizerGroups):
             for _, info in scales
         }
         # the layer's own output under a number on it (gpt-oss's query times YaRN's scale, then
-        # the query): the factor folded into the layer scales it too (not a fused layer's key
-        # and value rows, where only its query rows were patched); where that number is a width
+        # the query): the factor folded into the layer scales it too, and a fused layer's query
+        # rows its patch scales (LongCat-Flash's q_b_proj times mla_scale_q_lora; its key and
+        # value rows are params of their own, never patched); where that number is a width
         # constant (DeBERTa's key / sqrt(dh), Gemma's embedding times sqrt(d)), its own width
         # factor undoes the fold: the model's vector is the program's there
         for vec, (w, *_) in self.traced.producers.items():
-            if vec not in out and w in folded and w in self.whole_layers:
+            if vec not in out and w in folded and (
+                    w in self.whole_layers or self.traced.params[w].rows is not None):
                 out[vec] = r ** float(folded[w] + own.get(vec, 0))
         for q, k in self.shared_norm.items():  # each side of the logits took half of it
             out[q] = out[k] = out[q] ** 0.5
