@@ -21,11 +21,14 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-from .ops_select import feeds_selection
+from .ops_select import SELECTION_OPS, feeds_selection
 from .values import Conc, Parts
 from .where import CHECK_OPS, op_name, refuse
 
 _UNSET = object()
+# the ops of a selection's region walked in place: its scores' views, the per-expert bias
+# added, the top-k and its ids (ops_select.py's), and the groups' mask
+_REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
@@ -107,6 +110,10 @@ class NoGradOps:
         vals = vals if isinstance(vals, (tuple, list)) else (vals,)
         if not vals or any(v is None or v.is_floating_point() for v in vals):
             return False
+        sub = getattr(self.ep.graph_module, node.args[1].target, None)
+        if sub is None or any(n.op == "call_function" and op_name(n) not in _REGION_OPS
+                              for n in sub.graph.nodes):
+            return False
         return any(feeds_selection(a, 64) for a in node.args[2:] if hasattr(a, "users"))
 
     def _inline(self, node):
@@ -123,6 +130,9 @@ class NoGradOps:
         places = [n for n in sub.graph.nodes if n.op == "placeholder"]
         for place, value in zip(places, args[2:], strict=True):
             bind(place.name, value)
+        # its nodes' names may be the outer graph's: a program vector made in it would be
+        # measured at the outer node of its name, so a region that makes one is refused
+        made = (len(self.out.stmts), len(self._made))
         try:
             for n in sub.graph.nodes:
                 if n.op == "call_function":
@@ -136,6 +146,11 @@ class NoGradOps:
                     self.env.pop(name, None)
                 else:
                     self.env[name] = value
+        if (len(self.out.stmts), len(self._made)) != made:
+            raise refuse(node, "a torch.no_grad region that computes program values on the way "
+                         "to a router's selection: the tracer walks one that computes the "
+                         "selection's ids from the gates alone", help="compute the values "
+                         "the selection reads outside torch.no_grad")
         return Parts(list(out)) if isinstance(out, (tuple, list)) else out
 
     def _ids_op(self, node, op: str, args):

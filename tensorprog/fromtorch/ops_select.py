@@ -37,6 +37,7 @@ from .where import refuse
 _SELECTION = {"view", "reshape", "_unsafe_view", "expand", "unsqueeze", "sum", "zeros_like",
               "scatter", "scatter_", "bitwise_not", "logical_not", "to", "_to_copy", "clone",
               "contiguous", "topk"}
+SELECTION_OPS = frozenset(_SELECTION)
 _HELP = ("a router's selection that the tracer follows is a top-k of its gates, or of the gates "
          "plus a per-expert constant (DeepSeek-V3's e_score_correction_bias) masked to its best "
          "groups, whose ids then gather the gates (docs/torch.md); else write the layer as a "
