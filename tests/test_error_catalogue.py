@@ -463,6 +463,18 @@ POSITIONED = {
                              r"or sigmoid", (7, 12)),
     "route-expert-dims": (MOE + "output y = route(g, 1, W @ x, g)\n", S,
                           r"the experts must be vectors of one dim, got \[n\], \[E\]", (7, 12)),
+    # route_in(g, k, i, x): expert i's gated input, i counted from 0
+    "route-in-expert-past-the-gates": (MOE + "output y = route_in(g, 1, 2, x)\n", S,
+                                       r"route_in: k = 1 and the expert 2 must be at most and "
+                                       r"below the 2 experts of \[E\]", (7, 12)),
+    "route-in-no-index": (MOE + "output y = route_in(g, 1, x)\n", S,
+                          r"route_in takes the gates, k, the expert's index and its input, got "
+                          r"3 arguments", (7, 12)),
+    "route-in-over-width": (MOE + "output y = route_in(sigmoid(W @ x), 1, 0, x)\n", S,
+                            r"route_in over the width-proportional dim n", (7, 12)),
+    "route-in-index-not-number": (MOE + "output y = route_in(g, 1, x, x)\n", S,
+                                  r"the second and third arguments of route_in must be k",
+                                  (7, 12)),
     # first(h) reads one token of a sequence: a value without tokens has none to read, and the
     # token read has no sequence axis left to combine with per-token values or to attend over
     "first-without-tokens": (HEAD + "output y = V @ first(W @ x)\n", S,
@@ -1750,7 +1762,7 @@ class Dense(MoE):  # Llama 4's router: the sigmoid of the top-k logits scattered
         logits = self.router(x)
         top, ids = torch.topk(logits, 2, -1)
         gates = torch.full_like(logits, float("-inf")).scatter_(1, ids, top).sigmoid()
-        y = torch.einsum("te,ten->tn", gates, torch.einsum("tm,enm->ten", x, self.w))
+        y = x * gates.sum(-1, keepdim=True)  # not each expert's input times its gate
         return self.head(y).reshape(tok.shape[0], tok.shape[1], 8)
 
 
@@ -1769,9 +1781,10 @@ scattered = lambda n: Dense(n, "scattered")
     ("onehot", r"m.py:19:\d+: error: cannot trace a one-hot of the selected experts' ids"
                r"(.|\n)*JetMoE's(.|\n)*help: build the model with transformers' "
                r"experts_implementation grouped_mm"),
-    # before: "the op full_like", the router unsaid
-    ("scattered", r"m.py:39:\d+: error: cannot trace a dense table of a router's gates over "
-                  r"every expert(.|\n)*Llama 4's(.|\n)*help: the tracer follows a top-k router"),
+    # before: "the op full_like", the router unsaid; then refused at the table, which now
+    # traces where it multiplies each expert's input (route_in), refused at any other use
+    ("scattered", r"m.py:40:\d+: error: cannot trace the op sum on a dense table of a router's "
+                  r"gates(.|\n)*help: the tracer follows a dense table(.|\n)*route_in"),
 ])
 def test_trace_refuses_moe_forms_it_does_not_follow(capsys, tmp_path, function, message):
     (tmp_path / "m.py").write_text(MOE_MODEL)
@@ -2646,8 +2659,8 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
     # before: KeyError deep in MuP (HF OLMo-2, 4 heads); the factor cannot live in a weight
     # whose output a norm rescales, and a norm without a gain has no param after it to take it.
     # A norm module of the query's own takes it on its output (tests/fromtorch/
-    # test_qknorm_patch.py); one that q and k share would scale both sides of the logits, so
-    # it is refused with what to build instead
+    # test_qknorm_patch.py), one that q and k share the square root of it on each side of the
+    # logits; one whose keys something else reads too is refused with what to build instead
     import torch
     from torch import nn
 
@@ -2663,10 +2676,12 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
         def forward(self, idx):
             h = self.emb(idx)
             b, t, c = h.shape
+            kn = self.qn(self.k(h))
             q, k, v = (z.view(b, t, 4, c // 4).transpose(1, 2)
-                       for z in (self.qn(self.q(h)), self.qn(self.k(h)), self.v(h)))
+                       for z in (self.qn(self.q(h)), kn, self.v(h)))
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.head(h + y.transpose(1, 2).reshape(b, t, c))
+            y = y.transpose(1, 2).reshape(b, t, c)
+            return self.head(h + y + (0 if self.qn.elementwise_affine else kn))  # keys twice
 
     tokens = lambda m: (torch.zeros(2, 8, dtype=torch.long),)  # noqa: E731
     traced = from_torch(QKNorm, (16, 32), tokens)

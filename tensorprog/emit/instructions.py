@@ -33,6 +33,7 @@ from ..ir.program import (
     Program,
     Relayout,
     Route,
+    RouteIn,
     split_heads_dim,
 )
 from ..ir.sequences import value_sequences
@@ -254,6 +255,10 @@ class Emitter:
         self.helpers.add("_route")
         experts = ", ".join(self.ref(e) for e in ins.experts)
         return f"_route({self.ref(ins.gates)}, {ins.k}, {ins.normalise}, {experts})"
+
+    def RouteIn(self, ins: RouteIn) -> str:
+        self.helpers.add("_route_in")
+        return f"_route_in({self.ref(ins.gates)}, {ins.k}, {ins.expert}, {self.ref(ins.arg)})"
 
     def Prepend(self, ins: Prepend) -> str:
         # (..., tokens, dim): the token param, broadcast over the batch, becomes token 0; a

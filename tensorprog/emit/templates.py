@@ -70,6 +70,13 @@ HELPERS = {
         "    if normalise:",
         "        w = w / top.values.sum(-1, keepdim=True)",
         '    return torch.einsum("...e,...ed->...d", w, torch.stack(experts, -2))'],
+    "_route_in": [
+        "def _route_in(g, k, i, x):",
+        '    """Expert i\'s input: x times gate i where it is among the k largest gates, else 0',
+        '    (every expert is run on its gated input, the unselected ones on 0)."""',
+        "    top = torch.topk(g, k, dim=-1)",
+        "    w = torch.zeros_like(g).scatter(-1, top.indices, top.values)",
+        "    return x * w[..., i:i + 1]"],
     "_insert": [
         "def _insert(x, token, k):",
         '    """The learned token, broadcast over the batch, before token k of x (..., t, d)."""',

@@ -32,6 +32,7 @@ from ..ir.program import (
     Program,
     Relayout,
     Route,
+    RouteIn,
     Stream,
     per_head,
 )
@@ -605,6 +606,26 @@ def grad_route(ins: Route, sz: Sizes) -> list[tuple[str, Term]]:
     return out
 
 
+# --- RouteIn --------------------------------------------------------------------------------------
+# x_i = w_i·x, w_i = g_i where it is among the k largest gates, else 0: expert i's gated input
+# (docs/theory.md): route's rules with x its one expert, the gate's gradient <dx_i, x> a sum over
+# x's dim.
+
+def init_route_in(ins: RouteIn, sz: Sizes) -> list[Term]:
+    return terms(f"{ins.gates}₀·{ins.arg}₀", f"the input times one gate (0 unless among the "
+                 f"{ins.k} largest)", "auto", sz.init(ins.gates), sz.init(ins.arg))
+
+
+def change_route_in(ins: RouteIn, sz: Sizes) -> list[Term]:
+    g, x, why = ins.gates, ins.arg, "the gated input changes with its gate or the input"
+    return (terms(f"Δ{g}·{x}", why, "auto", sz.change(g), sz.train(x))
+            + terms(f"{g}·Δ{x}", why, "auto", sz.train(g), sz.change(x)))
+
+
+def grad_route_in(ins: RouteIn, sz: Sizes) -> list[tuple[str, Term]]:
+    return grad_route(Route(ins.out, ins.gates, ins.k, (ins.arg,), ins.span), sz)
+
+
 # --- Prepend --------------------------------------------------------------------------------------
 # A learned token before a sequence's tokens: each token's coordinates are the param's or the
 # sequence's, so sizes are a max (as in a sum) and the gradient at the first position reaches the
@@ -673,4 +694,5 @@ CHANGE = {MatMul: change_matmul, LinComb: change_lincomb, Nonlin: change_nonlin,
 GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: grad_dot,
         Mix: grad_mix, Stream: grad_stream, Route: grad_route, Prepend: grad_prepend}
 INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md
+INIT[RouteIn], CHANGE[RouteIn], GRAD[RouteIn] = init_route_in, change_route_in, grad_route_in
 INIT[Relayout], CHANGE[Relayout], GRAD[Relayout] = init_relayout, change_relayout, grad_relayout

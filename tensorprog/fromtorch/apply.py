@@ -122,6 +122,7 @@ class MuP(DepthScaling, OptimizerGroups):
         self.patches: list[Patch] = []
         fold_standardised(self)  # its multiplier a patch, not in its init (standardised.py)
         self.own_patch: set[str] = set()  # vectors a width constant's patch scales alone
+        self.shared_norm: dict[str, str] = {}  # query -> the keys its norm's patch halves with
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
@@ -184,6 +185,8 @@ class MuP(DepthScaling, OptimizerGroups):
             refuse_unnormed_query(self.traced, scale, info, need)  # or gated: no norm
             self.patches.append(query_norm_patch(self.traced, scale, info, need, delta, (
                 f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
+            if self.patches[-1].keys:
+                self.shared_norm[info["q"]] = self.patches[-1].keys
             return
         w, b, use, alone = self._query_layer(scale, info, need)
         if use.rows is None:
@@ -307,6 +310,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 self.patches.append(query_norm_patch(
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
                     "output of the query's norm", c))
+                if self.patches[-1].keys:
+                    self.shared_norm[info["q"]] = self.patches[-1].keys
             else:
                 w, _, use, _ = self._query_layer(scale, info, need)
                 self.patches.append(self._query_patch(scale, info, use, w, Fraction(0), (
@@ -595,18 +600,22 @@ class MuP(DepthScaling, OptimizerGroups):
             for _, info in scales
         }
         # the layer's own output under a number on it (gpt-oss's query times YaRN's scale, then
-        # the query): the factor folded into the layer scales it too (not a fused layer's key
-        # and value rows, where only its query rows were patched); where that number is a width
+        # the query): the factor folded into the layer scales it too, and a fused layer's query
+        # rows its patch scales (LongCat-Flash's q_b_proj times mla_scale_q_lora; its key and
+        # value rows are params of their own, never patched); where that number is a width
         # constant (DeBERTa's key / sqrt(dh), Gemma's embedding times sqrt(d)), its own width
         # factor undoes the fold: the model's vector is the program's there
         for vec, (w, *_) in self.traced.producers.items():
-            if vec not in out and w in folded and w in self.whole_layers:
+            if vec not in out and w in folded and (
+                    w in self.whole_layers or self.traced.params[w].rows is not None):
                 out[vec] = r ** float(folded[w] + own.get(vec, 0))
+        for q, k in self.shared_norm.items():  # each side of the logits took half of it
+            out[q] = out[k] = out[q] ** 0.5
         return out
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
         """The module of a patch, or of its block param in every layer of the model."""
-        if p.nodes:  # a block's vector of no param: its module in every layer
+        if p.nodes and p.in_layers:  # a block's vector of no param: its module in every layer
             return [self.stack.module_at(p.module, i) for i in range(self.depth_of(model))]
         if p.param is None:
             return [p.module]

@@ -47,6 +47,45 @@ def sole_outputs(graph, model) -> dict[str, str]:
     return {node: name for node, (_, name) in out.items()}
 
 
+def shared_outputs(graph, model) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Graph node -> (the user's name of the module, the nodes its calls return) where that
+    module (one object) is called more than once and each of its calls returns one node alone
+    (a parameter-free norm that q and k share): a hook on it multiplies each of those nodes."""
+    members: dict[str, list] = {}
+    module: dict[str, str] = {}
+    for node in graph.nodes:
+        for key, (name, _) in (node.meta.get("nn_module_stack") or {}).items():
+            members.setdefault(key, []).append(node)
+            module[key] = strip_prefix(name)
+    obj = {key: _object(model, name) for key, name in module.items()}
+    returned: dict[int, list] = {}
+    for key, nodes in members.items():
+        inside = set(nodes)
+        out = [n for n in nodes if any(u not in inside for u in _readers(n))]
+        if obj[key] is not None:
+            returned.setdefault(obj[key], []).append((module[key], out, inside))
+    found: dict[str, tuple[str, tuple]] = {}
+    for calls in returned.values():
+        if len(calls) < 2 or any(len(out) != 1 for _, out, _ in calls) \
+                or len({name for name, _, _ in calls}) != 1:
+            continue
+        chains = tuple(_cast_chain(out[0], inside) for _, out, inside in calls)
+        found.update({n: (calls[0][0], chains) for chain in chains for n in chain})
+    return found
+
+
+def _cast_chain(node, inside: set) -> tuple[str, ...]:
+    """``node`` and the nodes of its call that it is a cast or view of, each read by the next
+    alone (Llama 4's norm: ``x * rsqrt(...)``, then ``.type_as(x)``): a factor on the returned
+    node is a factor on each of them."""
+    chain = [node.name]
+    while op_name(node) in IDENTITY_OPS | VIEW_OPS | {"type_as"} and node.args \
+            and node.args[0] in inside and len(_readers(node.args[0])) == 1:
+        node = node.args[0]
+        chain.append(node.name)
+    return tuple(chain)
+
+
 def constant_modules(graph, sole: dict[str, str], scales: dict, vectors: dict) -> dict[str, str]:
     """Width constant (a fixed scale of the trace) -> the module whose one call returns alone a
     node of the straight chain from the vector the constant multiplies to the product (the

@@ -66,6 +66,12 @@ def query_norm_patch(traced, scale: str, info: dict, need: str, exponent: Fracti
         # at any depth): not a module outside the stack that each layer calls
         own = all(m == stack.module_at(modules[0], i) for i, m in enumerate(modules)) and (
             stack.depth < 2 or modules[0] != modules[1])
+    if not own and "k" in info:
+        pair = _shared_with_keys(traced, info, nodes, block)
+        if pair is not None:  # √ of the factor on each side of the logits
+            return Patch(pair[0], nodes[0], exponent / 2, None, why + " (q and k share the norm: "
+                         "the square root of it on each)", None, factor ** 0.5, pair[1],
+                         in_layers=block, keys=info["k"])
     if not own:
         raise UsageError(
             f"{scale}: {need} against the model's own scale, but the query {info['q']} is "
@@ -80,6 +86,33 @@ def query_norm_patch(traced, scale: str, info: dict, need: str, exponent: Fracti
         )
     return Patch(modules[0], nodes[0], exponent, None, why, None, factor,
                  tuple(nodes) if block else ())
+
+
+def _shared_with_keys(traced, info: dict, nodes: list[str], block: bool) -> tuple | None:
+    """(module, the q and k nodes of every traced layer) where one norm module per layer is
+    called twice, returning that layer's query and its keys, and the keys are read by this
+    attention's logits alone: the logits are linear in each, so √ of the factor on both is
+    the factor on the logits, and the gradients reaching q and k are the program's."""
+    keys = _nodes(traced, info["k"], block)
+    uses = traced.program.uses(info["k"])
+    if not nodes or len(keys) != len(nodes) or len(uses) != 1 \
+            or type(uses[0]).__name__ != "Dot" or info["q"] not in uses[0].operands:
+        return None
+    shared = traced.shared_calls
+    modules = []
+    for q, k in zip(nodes, keys, strict=True):
+        module, calls = shared.get(q, (None, ()))  # each call's node and what it casts
+        if module is None or len(calls) != 2 or not any(
+                q in a and k in b for a, b in (calls, calls[::-1])):
+            return None
+        modules.append(module)
+    stack = traced.stack
+    if block and not (all(m == stack.module_at(modules[0], i) for i, m in enumerate(modules))
+                      and (stack.depth < 2 or modules[0] != modules[1])):
+        return None
+    if not block and len(modules) != 1:
+        return None
+    return modules[0], (*nodes, *keys)
 
 
 def _nodes(traced, query: str, block: bool) -> list[str]:

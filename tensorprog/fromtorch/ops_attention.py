@@ -184,7 +184,7 @@ class AttentionOps:
             self.out.slots.append(("scale", factor))
             sc = self.fresh(f"attn_{node}" + (f"_part{i}" if i else ""))
             self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-            self.out.scales[sc] = {"q": a.name, "slot": len(self.out.slots) - 1}
+            self.out.scales[sc] = {"q": a.name, "k": b.name, "slot": len(self.out.slots) - 1}
             dots.append(f"{sc} * dot({a.name}, {b.name}, {dh})")
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
         plus = f" + {bias}" if bias else ""

@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import operator
 
+from .ops_gatedin import GATED, GatedInputOps, grid_experts
 from .ops_select import feeds_selection
+from .ops_zeroexperts import ZERO, ZeroExpertOps
 from .routing import (
     ROUTED,
     Choice,
@@ -40,6 +42,7 @@ from .routing import (
     TopIdx,
     TopSum,
     TopW,
+    experts_of,
 )
 from .values import Affine, Conc, Parts, Pointwise, PRef, Vec
 from .where import CHECK_OPS, op_name, refuse, user_span
@@ -53,6 +56,9 @@ _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 
 _IDENTITY = {"to", "_to_copy", "contiguous", "clone", "alias", "type_as", "detach_copy"}
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
+# the values of a mixture of experts' routing, those of a layer that gates its experts' inputs
+# (ops_gatedin.py) among them
+_MOE = ROUTED + GATED + ZERO
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
 # division by 0 (DeepSeek's 1e-20): larger, it changes the weights, which route_norm would not say
 _TINY = 1e-6
@@ -84,7 +90,7 @@ def _feeds_topk(node) -> bool:
 def _bare(x) -> bool:
     """Experts' values before their gates: what an op applies to expert by expert."""
     return isinstance(x, Experts) and x.weights is None and not x.column \
-        and x.order in ("sorted", "token")
+        and x.order in ("sorted", "token", "stacked", "grid")
 
 
 def _token_repeat(node, args, kwargs) -> bool:
@@ -94,27 +100,29 @@ def _token_repeat(node, args, kwargs) -> bool:
             and len(node.meta["val"].shape) == 2 and isinstance(args[0], (Vec, Affine, Pointwise)))
 
 
-class MoEOps:
+class MoEOps(GatedInputOps, ZeroExpertOps):
     """Mixture-of-experts routing: the router's top-k, the dispatch to the experts, and the
-    weighted sum, written as ``route``/``route_norm`` (see the module's docstring)."""
+    weighted sum, written as ``route``/``route_norm`` (see the module's docstring); a layer
+    whose gates multiply its experts' inputs, as ``route_in`` (GatedInputOps); identity experts
+    (ZeroExpertOps)."""
 
     def call(self, node):
         if node.target is not operator.getitem:
             args, kwargs = self.args(node)
             op = op_name(node)
             flat = _flat(args, kwargs)
-            if any(isinstance(x, ROUTED) for x in flat):
+            if any(isinstance(x, _MOE) for x in flat):
                 return self._routed(node, op, args, kwargs)
             if op == "topk":
                 return self._topk(node, *args, **kwargs)
-            if op in ("full_like", "new_full") and node.args and _feeds_topk(node.args[0]):
-                # a table of the router's logits' shape, to scatter the top-k into (Llama 4's)
-                raise refuse(node, "a dense table of a router's gates over every expert (full_"
-                             "like of its logits, the top-k scattered in: Llama 4's, whose "
-                             "gates then multiply each expert's input, every expert run on "
-                             "every token): route multiplies each of the k chosen experts' "
-                             "outputs by its gate, which for a nonlinear expert differs",
-                             help=_HELP)
+            if op in ("full_like", "zeros_like") and node.args and _feeds_topk(node.args[0]):
+                # a table of the router's scores' shape, to scatter the top-k into (Llama 4's)
+                return self.router_table(node, args[0], args[1] if op == "full_like" else 0)
+            if op == "new_full" and node.args and _feeds_topk(node.args[0]):
+                raise refuse(node, "a table of a router's gates made by new_full: the tracer "
+                             "follows full_like(logits, -inf) or zeros_like(gates)", help=_HELP)
+            if op == "repeat" and (made := self.expert_copies(node, args[0], args[1:])):
+                return made  # x.repeat(E, 1): each expert's copy of the tokens (Llama 4's)
             if op == "repeat_interleave" and _token_repeat(node, args, kwargs):
                 # each token once per slot: the batched dispatch (x.repeat_interleave(k, 0))
                 return Dispatched(self.vec(args[0], node), None, args[1], order="token")
@@ -130,7 +138,11 @@ class MoEOps:
         return super().call(node)
 
     def vec(self, v, node):
-        if isinstance(v, ROUTED):
+        if isinstance(v, GATED) or grid_experts(v):
+            raise refuse(node, "a dense table of a router's gates, the tokens' copies for its "
+                         "experts, or the experts' values, used other than as each expert's "
+                         "gated input, its MLP and their sum", help=self.gated_help)
+        if isinstance(v, ROUTED + ZERO):
             if user_span(node) is None and v.node in self.by_name:  # at the model's output
                 node = self.by_name[v.node]
             raise refuse(node, "a mixture-of-experts router's selection (its top-k gates or ids, "
@@ -201,8 +213,13 @@ class MoEOps:
             return None
         if op in _IDENTITY:
             return args[0]
+        if any(isinstance(x, GATED) or grid_experts(x) for x in _flat(args, kwargs)):
+            return self.gated(node, op, args, kwargs)
         if any(isinstance(x, Choice) for x in args):
             return self.selection(node, op, args, kwargs)
+        found = self.zero_experts(node, op, args, kwargs)
+        if found is not None:
+            return found
         method = getattr(self, f"_moe_{op}", None)
         if method is not None:
             found = method(node, *args, **kwargs)
@@ -310,35 +327,36 @@ class MoEOps:
     def _moe_bmm(self, node, a, b):
         # W[ids] @ x[:, :, None] (x @ W.T per slot) or x[:, None] @ W[ids] (W stored [in, out])
         if isinstance(a, Selected) and isinstance(b, (Dispatched, Experts)) and b.column == -1:
-            return self._experts(node, b, a.w, False, a.gates, a.k, -1)
+            return self._experts(node, b, a.w, False, a.gates, a.k, -1, a.count)
         if isinstance(b, Selected) and isinstance(a, (Dispatched, Experts)) and a.column == 1:
-            return self._experts(node, a, b.w, True, b.gates, b.k, 1)
+            return self._experts(node, a, b.w, True, b.gates, b.k, 1, b.count)
         return None
 
     def _moe_sort(self, node, v, dim=-1, descending=False, *rest):
         if isinstance(v, TopIdx) and v.flat and not descending:
-            return Parts([Dispatch("ids", v.gates, v.k), Dispatch("perm", v.gates, v.k)])
+            return Parts([Dispatch("ids", v.gates, v.k, count=v.count),
+                          Dispatch("perm", v.gates, v.k, count=v.count)])
         return None
 
     def _moe_floor_divide(self, node, v, k):
         if isinstance(v, Dispatch) and v.what == "perm" and k == v.k:
-            return Dispatch("token", v.gates, v.k)
+            return Dispatch("token", v.gates, v.k, count=v.count)
         return None
 
     def _moe_histc(self, node, v, bins=100, lo=0, hi=0):
         if isinstance(v, Dispatch) and v.what == "ids" and (lo, hi) == (0, bins - 1) \
-                and bins == v.gates.dim:
-            return Dispatch("counts", v.gates, v.k)
+                and bins == experts_of(v):
+            return Dispatch("counts", v.gates, v.k, count=v.count)
         return None
 
     def _moe_cumsum(self, node, v, dim, *rest, **kw):
         if isinstance(v, Dispatch) and v.what == "counts":
-            return Dispatch("offsets", v.gates, v.k)
+            return Dispatch("offsets", v.gates, v.k, count=v.count)
         return None
 
     def _moe_empty_like(self, node, v, *rest, **kw):
         if isinstance(v, Dispatch) and v.what == "perm":
-            return Dispatch("buffer", v.gates, v.k)
+            return Dispatch("buffer", v.gates, v.k, count=v.count)
         return None
 
     def _moe_index_put_(self, node, v, indices, values, accumulate=False):
@@ -350,7 +368,7 @@ class MoEOps:
             import torch
 
             if torch.equal(values.value, torch.arange(values.value.numel())):
-                return Dispatch("inverse", v.gates, v.k)
+                return Dispatch("inverse", v.gates, v.k, count=v.count)
         return None
 
     _moe_index_put = _moe_index_put_
@@ -360,12 +378,13 @@ class MoEOps:
             return None
         at = indices[0]
         if isinstance(at, TopIdx) and at.flat and isinstance(v, PRef) and len(v.shape) == 3 \
-                and v.expert is None and not v.rows and v.shape[0] == at.gates.dim:
-            return Selected(v, at.gates, at.k)  # W[ids]: each slot's expert's matrix
+                and v.expert is None and not v.rows and v.shape[0] == experts_of(at):
+            # W[ids]: each slot's expert's matrix
+            return Selected(v, at.gates, at.k, count=at.count)
         if not isinstance(at, Dispatch):
             return None
         if at.what == "ids" and isinstance(v, PRef) and len(v.shape) == 2 and v.expert is None \
-                and not v.rows and not v.t and not v.offset and v.shape[0] == at.gates.dim:
+                and not v.rows and not v.t and not v.offset and v.shape[0] == experts_of(at):
             return ExpertBias(v, at.gates, at.k)  # b[ids sorted]: each slot's expert's bias
         if at.what == "token" and isinstance(v, (Vec, Affine, Pointwise)):
             x = self.vec(v, node)
@@ -395,17 +414,19 @@ class MoEOps:
             raise refuse(node, "a grouped matmul that is not each expert's slice of a 3-D "
                          "param applied to the tokens the router sorted to it", help=_HELP)
         # grouped_mm(x, W) is x @ W[e]: as a linear layer's weight, W[e] transposed
-        return self._experts(node, x, w, not w.t, offs.gates, offs.k, 0)
+        return self._experts(node, x, w, not w.t, offs.gates, offs.k, 0, offs.count)
 
-    def _experts(self, node, x, w, linear_t: bool, gates, k: int, column: int) -> Experts:
+    def _experts(self, node, x, w, linear_t: bool, gates, k: int, column: int,
+                 count: int = 0) -> Experts:
         """Expert e's ``W[e] @ x`` for every token, as the program writes it (which tokens use
         it is the route's selection): the slice [e] of 3-D param ``w`` is a program param of
         its own (``linear_t``: applied as a linear layer's weight transposed)."""
         if not isinstance(w, PRef) or len(w.shape) != 3 or w.rows or w.expert is not None:
             raise refuse(node, "a matmul of the dispatched tokens with anything but a 3-D param "
                          "[experts, out, in] (or [experts, in, out])", help=_HELP)
-        if w.shape[0] != gates.dim:
-            raise refuse(node, f"{w.shape[0]} experts' weights for a router of {gates.dim}",
+        if w.shape[0] != (count or gates.dim):
+            raise refuse(node, f"{w.shape[0]} experts' weights for a router of "
+                         f"{count or gates.dim}",
                          help=_HELP)
         if x.gates is not None and x.gates.name != gates.name:
             raise refuse(node, "the tokens of one router with the experts of another",
@@ -449,12 +470,20 @@ class MoEOps:
                                   order=first.order) for i in range(len(outs[0].items))])
         return Experts(outs, first.gates, first.k, order=first.order, node=node.name)
 
-    def _route(self, node, v: Experts) -> Vec:
-        """The k weighted results of each token summed: ``m = route(g, k, y_1, ..., y_E)``."""
+    def _route(self, node, v: Experts):
+        """The k weighted results of each token summed: ``m = route(g, k, y_1, ..., y_E)``
+        (the routed experts' part of a route with identity experts: RoutedPart)."""
         w = v.weights
         ys = [self.vec(y, ExpertNode(node, e)) for e, y in enumerate(v.items)]
+        if w.part:
+            return self.routed_part(node, w, ys)
         if len(ys) != w.gates.dim:
             raise refuse(node, f"{len(ys)} experts for a router of {w.gates.dim}", help=_HELP)
+        return self.emit_route(node, w, [y.name for y in ys], ys[0])
+
+    def emit_route(self, node, w: TopW, experts: list[str], like: Vec):
+        """``route(g, k, *experts)`` of the k gates ``w`` (``route_norm`` normalised, times
+        their factor), a vector like ``like``."""
         if w.norm and self._producer(w.gates.name) not in ("softmax", "sigmoid"):
             raise refuse(node, "the k largest of a router's scores divided by their sum, "
                          "scores that are neither a softmax nor a sigmoid (they may cancel)",
@@ -464,8 +493,8 @@ class MoEOps:
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
             if w.chosen else ""
         name = self.emit_vector(
-            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(y.name for y in ys)}){why}")
-        out = Vec(name, ys[0].tags, ys[0].dim)
+            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(experts)}){why}")
+        out = Vec(name, like.tags, like.dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output
             return Pointwise(out, lambda t, c=w.factor: c * t, node.name)
         return out

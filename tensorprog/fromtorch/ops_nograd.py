@@ -9,7 +9,11 @@ of its axis (k = the axis' size: a sequence no longer than ``index_topk``), its 
 row, a permutation of 0..size-1, in an order the program cannot know; a scatter along that axis
 then sets every entry, whatever the order, so that mask is a constant: the walk follows it.
 Any other use of the ids (a gather, which reads their order; a top-k of fewer entries, whose
-mask depends on the scores) and any other region under ``no_grad`` stay refused.
+mask depends on the scores) stays refused. A region that returns integers alone and in which a
+router's gates feed a top-k (LongCat-Flash's ``get_topk_indices``: the ids of the k best gates
+plus a per-expert bias) is walked in place, its ops those of the router's selection
+(ops_select.py): its ids carry no gradient with no_grad or without. Any other region under
+``no_grad`` stays refused.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-from .values import Conc
+from .ops_select import SELECTION_OPS, feeds_selection
+from .values import Conc, Parts
 from .where import CHECK_OPS, op_name, refuse
+
+_UNSET = object()
+# the ops of a selection's region walked in place: its scores' views, the per-expert bias
+# added, the top-k and its ids (ops_select.py's), and the groups' mask
+_REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
@@ -71,6 +81,8 @@ class NoGradOps:
             found = self._ids_region(node)
             if found is not None:
                 return found
+            if self._selects(node):
+                return self._inline(node)
             return super().call(node)  # refused there, as any other no_grad region
         args, _ = self.args(node)
         if not any(isinstance(a, (AllIds, IdsTuple)) for a in args):
@@ -89,6 +101,57 @@ class NoGradOps:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         items = tuple(_full_topk(o) for o in outs)
         return IdsTuple(items) if items and all(items) else None
+
+    def _selects(self, node) -> bool:
+        """Whether the region returns integers alone and a router's gates feed a top-k in it
+        (LongCat-Flash's ``get_topk_indices``: the ids of the k best of the gates plus a
+        per-expert bias): ids carry no gradient, under no_grad or not."""
+        vals = node.meta.get("val")
+        vals = vals if isinstance(vals, (tuple, list)) else (vals,)
+        if not vals or any(v is None or v.is_floating_point() for v in vals):
+            return False
+        sub = getattr(self.ep.graph_module, node.args[1].target, None)
+        if sub is None or any(n.op == "call_function" and op_name(n) not in _REGION_OPS
+                              for n in sub.graph.nodes):
+            return False
+        return any(feeds_selection(a, 64) for a in node.args[2:] if hasattr(a, "users"))
+
+    def _inline(self, node):
+        """The region's ops walked in place, its placeholders the region's arguments; the
+        names its nodes share with the outer graph's are restored after."""
+        sub = getattr(self.ep.graph_module, node.args[1].target)
+        args, _ = self.args(node)
+        saved: dict = {}
+
+        def bind(name, value):
+            saved.setdefault(name, self.env.get(name, _UNSET))
+            self.env[name] = value
+
+        places = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        for place, value in zip(places, args[2:], strict=True):
+            bind(place.name, value)
+        # its nodes' names may be the outer graph's: a program vector made in it would be
+        # measured at the outer node of its name, so a region that makes one is refused
+        made = (len(self.out.stmts), len(self._made))
+        try:
+            for n in sub.graph.nodes:
+                if n.op == "call_function":
+                    bind(n.name, self.call(n))
+                elif n.op == "output":
+                    outs, _ = self.args(n)
+                    out = outs[0]
+        finally:
+            for name, value in saved.items():
+                if value is _UNSET:
+                    self.env.pop(name, None)
+                else:
+                    self.env[name] = value
+        if (len(self.out.stmts), len(self._made)) != made:
+            raise refuse(node, "a torch.no_grad region that computes program values on the way "
+                         "to a router's selection: the tracer walks one that computes the "
+                         "selection's ids from the gates alone", help="compute the values "
+                         "the selection reads outside torch.no_grad")
+        return Parts(list(out)) if isinstance(out, (tuple, list)) else out
 
     def _ids_op(self, node, op: str, args):
         if op in CHECK_OPS:

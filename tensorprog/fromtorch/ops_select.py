@@ -37,6 +37,7 @@ from .where import refuse
 _SELECTION = {"view", "reshape", "_unsafe_view", "expand", "unsqueeze", "sum", "zeros_like",
               "scatter", "scatter_", "bitwise_not", "logical_not", "to", "_to_copy", "clone",
               "contiguous", "topk"}
+SELECTION_OPS = frozenset(_SELECTION)
 _HELP = ("a router's selection that the tracer follows is a top-k of its gates, or of the gates "
          "plus a per-expert constant (DeepSeek-V3's e_score_correction_bias) masked to its best "
          "groups, whose ids then gather the gates (docs/torch.md); else write the layer as a "
@@ -51,11 +52,25 @@ _HELP_DISPATCH = ("build the model with transformers' experts_implementation gro
                   "MLPs (examples/moe.tp)")
 
 
+def region_inputs(node, user) -> list:
+    """The placeholders of torch.no_grad region ``user`` (its higher-order op) that receive
+    ``node``'s value, or [] where ``user`` is no such region."""
+    if getattr(user.target, "__name__", "") != "wrap_with_set_grad_enabled" \
+            or len(user.args) < 2 or user.args[0] is not False:
+        return []
+    sub = getattr(user.graph.owning_module, getattr(user.args[1], "target", ""), None)
+    if sub is None:
+        return []
+    places = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    return [p for p, a in zip(places, user.args[2:], strict=False) if a is node]
+
+
 def feeds_selection(node, limit: int = 64) -> bool:
-    """Whether a top-k reads the node's value through the ops of a selection."""
-    todo, seen = list(node.users), set()
+    """Whether a top-k reads the node's value through the ops of a selection (inside a
+    torch.no_grad region too: the selection's ids carry no gradient either way)."""
+    todo, seen = [(u, node) for u in node.users], set()
     while todo and len(seen) < limit:
-        user = todo.pop()
+        user, read = todo.pop()
         if user in seen:
             continue
         seen.add(user)
@@ -63,7 +78,9 @@ def feeds_selection(node, limit: int = 64) -> bool:
         if name == "topk":
             return True
         if name in _SELECTION | {"masked_fill", "add"} or user.target is operator.getitem:
-            todo += list(user.users)
+            todo += [(u, user) for u in user.users]
+        for place in region_inputs(read, user):
+            todo += [(u, place) for u in place.users]
     return False
 
 
@@ -84,7 +101,8 @@ class SelectOps:
                 continue  # a param as it is: a trainable bias of the scores, not the selection's
             val = getattr(node.args[at], "meta", {}).get("val")
             b_shape = tuple(val.shape) if val is not None else ()
-            if len(shape) >= 2 and b_shape == shape[-1:] and feeds_selection(node):
+            if len(shape) >= 2 and b_shape[-1:] == shape[-1:] and set(b_shape[:-1]) <= {1} \
+                    and feeds_selection(node):
                 g = self.vec(g, node)
                 if g.tags[-1] == "F" and g.dim == shape[-1]:
                     return Choice(g)

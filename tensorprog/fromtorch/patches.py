@@ -30,6 +30,10 @@ class Patch:
     # a block's vector of no param (a query normalised without a gain): its graph node in
     # every traced layer, ``module`` the first repetition's, patched in every layer
     nodes: tuple[str, ...] = ()
+    # ``nodes`` of one module outside a rolled stack (a norm q and k share: its q and k)
+    in_layers: bool = True
+    # the keys that share the query's norm, and so half the factor's exponent (normed.py)
+    keys: str | None = None
     # a tied unembedding's layer with its own bias (nn.Linear's; the bias param's target): the
     # program scales E.T @ x alone and adds the bias after (``tie * (E.T @ x) + b``), so the
     # patch keeps the bias out of its factor

@@ -36,6 +36,10 @@ class TopW:
     picked: str | None = None
     # selected by other scores than the gates (ops_select.py: the gates plus a bias, in groups)
     chosen: bool = False
+    # "routed": the identity experts' gates set to 0, "identity": the others' (LongCat-Flash's
+    # zero-computation experts, ops_zeroexperts.py), the experts from ``count`` on the identity
+    part: str = ""
+    count: int = 0
 
     @property
     def selection(self) -> str:
@@ -59,6 +63,9 @@ class TopIdx:
     flat: bool = False
     node: str = ""
     chosen: bool = False  # selected by other scores than the gates (ops_select.py)
+    # the ids of the identity experts (those from ``count`` on) replaced by ids below it, to
+    # dispatch to the ``count`` experts with matrices only (ops_zeroexperts.py)
+    count: int = 0
 
 
 @dataclass
@@ -72,6 +79,12 @@ class Dispatch:
     gates: Vec
     k: int
     node: str = ""
+    count: int = 0  # the experts dispatched to, where fewer than the gates' (TopIdx.count)
+
+
+def experts_of(v) -> int:
+    """The number of experts a selection's ids dispatch to."""
+    return v.count or v.gates.dim
 
 
 @dataclass
@@ -98,6 +111,7 @@ class Selected:
     gates: Vec
     k: int
     node: str = ""
+    count: int = 0  # the experts dispatched to, where fewer than the gates' (TopIdx.count)
 
 
 @dataclass

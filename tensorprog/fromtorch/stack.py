@@ -466,6 +466,8 @@ class _Roller:
             if s in gone or later:  # a later layer's width constant is the block's, as its params
                 continue
             scales[s] = dict(info, q=vec0.get(info["q"], info["q"])) if "q" in info else info
+            if "k" in info:  # the keys, where a norm q and k share takes the factor (normed.py)
+                scales[s]["k"] = vec0.get(info["k"], info["k"])
             if "out" in info:  # a width constant's output, measured as the block's (check.py)
                 scales[s]["out"] = vec0.get(info["out"], info["out"])
         pname = {n: f"{block}.{ren[n]}" for n in own0 if n in self.params}

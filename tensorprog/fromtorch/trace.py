@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import TensorProgError, TraceError, UsageError
-from .calls import bias_after, constant_modules, refuse_tuples, sole_outputs
+from .calls import bias_after, constant_modules, refuse_tuples, shared_outputs, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .growing import refuse_growing_cats, refuse_growing_groups
@@ -162,6 +162,9 @@ class Traced:
     # graph node (of the base width's graph) -> the module whose one call returns it alone,
     # where a forward patch scales that vector and no other (calls.py; normed.py's patch)
     calls: dict[str, str] = dataclasses.field(default_factory=dict)
+    # graph node -> (module, the nodes its calls return) of a module called more than once,
+    # each call returning one node alone (a norm q and k share: normed.py's patch)
+    shared_calls: dict = dataclasses.field(default_factory=dict)
     # torch targets whose init is a random draw centred on 0 (init_stats.py)
     centred: frozenset = frozenset()
     # graph nodes whose number is a coefficient slot at either width, 1 or not (convert's keep)
@@ -275,6 +278,7 @@ def _traced(build: Callable, w1: int, w2: int, example_inputs: Callable, blocks:
         traced.base.update(block_stats(build, w1, uses, traced.base))
     traced.own_heads = own
     traced.calls = sole_outputs(graph, layout[1])
+    traced.shared_calls = shared_outputs(graph, layout[1])
     bias_after(graph, params, traced.calls, traced.scales, layout[1])
     refuse_tuples(model, args, kwargs, traced.scales)
     traced.constant_modules = constant_modules(graph, traced.calls, traced.scales, traced.vectors)

@@ -24,6 +24,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
+RouteIn     ``route_in(g, k, i, x)``  ``g_i x`` where g_i is among g's k largest, else 0:
+                                  expert i's input gated (Llama 4's experts)
 Prepend     ``prepend(c, h, T1)`` the vector param c (or a vector per sequence) as a first
                                   token, then h's tokens: a sequence T1 one token longer
 Stream      ``repeat L blk(h0)``  a block's input: ``h0`` at its first repetition, the
@@ -56,6 +58,7 @@ from functools import cached_property
 from ..errors import Span, UsageError
 from .functions import CAT, PART, PICK, POOLS, pooled
 from .heads import heads_dim_name, split_heads_dim
+from .routes import Route, RouteIn
 from .spread import SPREAD, other_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
@@ -370,29 +373,6 @@ class Stream:
 
 
 @dataclass(frozen=True)
-class Route:
-    """``out = route(gates, k, *experts)``: ``sum over the k largest gates_e of gates_e·experts_e``,
-    a mixture-of-experts layer's combination (``normalise``: the k gates divided by their sum).
-
-    ``gates`` has one entry per expert (a finite dim); every expert is a vector of one dim.
-    Scaling (docs/theory.md, "Mixture-of-experts layers"): top-k is a coordinatewise mask of the
-    gates (a selected gate keeps its size, the others are 0), so this is a finite sum of Θ(1)
-    weights times experts, as in ``mix``; the gates' gradient is a sum over the experts' dim.
-    """
-
-    out: str
-    gates: str
-    k: int
-    experts: tuple[str, ...]
-    span: Span | None = _span()
-    normalise: bool = False
-
-    @property
-    def operands(self) -> tuple[str, ...]:
-        return (self.gates, *self.experts)
-
-
-@dataclass(frozen=True)
 class Prepend:
     """``out = prepend(token, arg, seq)``: the vector param ``token`` as the first token, then the
     tokens of ``arg``; ``out`` runs over ``seq``, a sequence one token longer than ``arg``'s (a
@@ -470,10 +450,10 @@ class Relayout:
         return (self.arg,)
 
 
-Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | Prepend | Mean
-               | Relayout)
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, Prepend,
-                                  Mean, Relayout)
+Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | RouteIn | Prepend
+               | Mean | Relayout)
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, RouteIn,
+                                  Prepend, Mean, Relayout)
 
 
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
@@ -643,6 +623,8 @@ class Program:
                 dims[ins.out] = ins.dim or (query if grouped else values)
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
+            elif isinstance(ins, RouteIn):
+                dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK):  # not x's

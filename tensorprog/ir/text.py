@@ -23,6 +23,7 @@ from .program import (
     Program,
     Relayout,
     Route,
+    RouteIn,
     Stream,
 )
 
@@ -55,6 +56,8 @@ def render_instruction(ins: Instruction, show=str) -> str:
     elif isinstance(ins, Route):
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"
+    elif isinstance(ins, RouteIn):
+        rhs = f"route_in({show(ins.gates)}, {ins.k}, {ins.expert}, {show(ins.arg)})"
     elif isinstance(ins, Prepend):
         at = f", {ins.at}" if ins.at else ""
         rhs = f"prepend({show(ins.token)}, {show(ins.arg)}, {ins.seq}{at})"

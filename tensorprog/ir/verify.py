@@ -19,6 +19,7 @@ from .program import (
     Program,
     Relayout,
     Route,
+    RouteIn,
     Stream,
     heads_dim,
     heads_dim_name,
@@ -128,6 +129,8 @@ def verify(program: Program) -> Program:
             out = _verify_mix(program, ins, ops, key, errors)
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)
+        elif isinstance(ins, RouteIn):
+            out = _verify_route_in(ins, ops, dims, errors)
         elif isinstance(ins, Prepend):
             token = program.param_table.get(ins.token)
             if (token is not None and len(token.shape) != 1 or ops[0] is None
@@ -521,6 +524,20 @@ def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> 
         errors.error("route: the experts must be vectors of one dim", ins.span)
     if not 1 <= ins.k <= len(ins.experts):
         errors.error(f"route: k = {ins.k} must be between 1 and the number of experts", ins.span)
+    return ops[1]
+
+
+def _verify_route_in(ins: RouteIn, ops: list, dims: dict, errors: Collector) -> str | None:
+    """Finite gates, an expert among them, 1 <= k <= their number, and a vector input."""
+    gates = dims.get(ops[0]) if ops[0] is not None else None
+    if gates is None or gates.infinite:
+        errors.error(f"route_in: the gates {ins.gates} must be a vector of a finite dim, one "
+                     "entry per expert", ins.span)
+    elif not (0 <= ins.expert < gates.size and 1 <= ins.k <= gates.size):
+        errors.error(f"route_in: expert {ins.expert} and k = {ins.k} must be below and at "
+                     f"most the {gates.size} experts", ins.span)
+    if ops[1] is None:
+        errors.error("route_in: the expert's input must be a vector", ins.span)
     return ops[1]
 
 

@@ -56,6 +56,7 @@ from ..ir.program import (
     Program,
     Relayout,
     Route,
+    RouteIn,
     Stream,
 )
 from ..ir.sizes import check_kernels
@@ -587,7 +588,7 @@ def _mix(ev: _Limit, ins: Mix) -> tuple[Value, str]:
                   "the kernel is computed for dense programs", ins.span)
 
 
-def _route(ev: _Limit, ins: Route) -> tuple[Value, str]:
+def _route(ev: _Limit, ins: Route | RouteIn) -> tuple[Value, str]:
     raise _Refuse("route (a mixture of experts' top-k) has no NNGP rule here: the selection is "
                   "not a Gaussian computation", "the kernel is computed for dense programs",
                   ins.span)
@@ -620,7 +621,7 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
     MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
-    Route: _route, Prepend: _prepend, Mean: _mean, Relayout: _relayout,
+    Route: _route, RouteIn: _route, Prepend: _prepend, Mean: _mean, Relayout: _relayout,
 }
 assert set(RULES) == set(INSTRUCTIONS)
 

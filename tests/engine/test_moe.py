@@ -146,3 +146,34 @@ output y = Wo @ hL
     depth = {p: (x.a, x.b, x.c) for p, x in d.depth.abc.items()}
     assert depth["layer.B1"] == depth["layer.B2"] == (1, 0, 0)
     assert depth["layer.A1"] == depth["layer.R"] == (0, 0, 0)
+
+
+GATED_INPUTS = " + ".join(f"B{e} @ relu(A{e} @ route_in(g, 2, {e - 1}, h))" for e in (1, 2, 3))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_gates_on_the_experts_inputs_derive_as_gates_on_their_outputs(optimizer):
+    # oracle: route's derivation (the router a readout, each expert a dense MLP); route_in
+    # gates each expert's input instead, a Θ(1) number per token that changes no exponent
+    theirs = abc(moe("sigmoid(R @ h)", "route"), optimizer)
+    ours = abc(HEAD + f"g = sigmoid(R @ h)\ny = h + {GATED_INPUTS}\noutput out = Wo @ y\n",
+               optimizer)
+    assert ours == theirs and ours["R"] == OUT[optimizer] and ours["A2"] == HID[optimizer]
+
+
+def test_gated_inputs_in_a_repeated_block_derive_completep_on_every_experts_last_weight():
+    block = HEAD.split("param R")[0].replace("dim E", "depth L = 2\ndim E") + """\
+param Wo : [d_out, n]
+block layer(h) {
+    param R : [E, n]
+""" + "".join(f"    param A{e} : [ff, n]\n    param B{e} : [n, ff]\n" for e in (1, 2, 3)) + f"""\
+    g = sigmoid(R @ h)
+    return h + {GATED_INPUTS}
+}}
+hL = repeat L layer(relu(W0 @ x))
+output out = Wo @ hL
+"""
+    d = tp.derive(tp.parse(block), "adam")
+    depth = {p: (x.a, x.b, x.c) for p, x in d.depth.abc.items()}
+    assert depth["layer.B1"] == depth["layer.B3"] == (1, 0, 0)
+    assert depth["layer.A1"] == depth["layer.R"] == (0, 0, 0)

@@ -128,3 +128,43 @@ def test_every_layers_parameter_free_norm_is_patched_in_a_rolled_stack():
     with torch.no_grad():
         torch.testing.assert_close(model(*_tokens(model)), plain(*_tokens(model)),
                                    rtol=1e-6, atol=1e-7)
+
+
+class SharedNorm(Attention):
+    """Llama 4's: one parameter-free norm module that q and k share (called twice per layer);
+    ``by_hand`` multiplies both of its outputs."""
+
+    def heads(self, h):
+        b, t, n = h.shape
+        q, k = (self.q_norm(z(h).view(b, t, HEADS, n // HEADS)).transpose(1, 2) * self.by_hand
+                for z in (self.q, self.k))
+        return q, k, self.v(h).view(b, t, HEADS, n // HEADS).transpose(1, 2)
+
+
+class SharedNet(Net):
+    def __init__(self, n, depth=2):
+        nn.Module.__init__(self)
+        self.emb, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB)
+        self.layers = nn.ModuleList(SharedNorm(n, PlainRMS()) for _ in range(depth))
+
+
+def test_a_norm_q_and_k_share_takes_the_square_root_of_the_factor_on_each():
+    # before: refused (no module returns the query alone); the logits are linear in q and in k,
+    # so (n/base)^-1/4 on both is the (n/base)^-1/2 µP needs on the logits, and the gradients
+    # reaching q and k are those of the factor on the logits: the same training
+    traced = from_torch(SharedNet, WIDTHS, _tokens)
+    mup = apply_is_bit_identical_at_base(traced, SharedNet, _tokens)
+    (patch,) = mup.patches
+    assert (patch.module, patch.exponent, len(patch.nodes)) == ("layers.0.q_norm", 0.25, 4)
+    n = 2 * WIDTHS[0]
+    torch.manual_seed(0)
+    model = SharedNet(n, 3)  # a depth other than the traced one: each layer's norm
+    assert mup.apply(model).patched == [f"layers.{i}.q_norm" for i in range(3)]
+    plain = _twin(model, lambda: SharedNet(n, 3))
+    for layer in plain.layers:
+        layer.by_hand = 2**-0.25
+    with torch.no_grad():
+        torch.testing.assert_close(model(*_tokens(model)), plain(*_tokens(model)),
+                                   rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(_twin(model, lambda: SharedNet(n, 3))(*_tokens(model)),
+                                  plain(*_tokens(model)))

@@ -134,3 +134,36 @@ def test_halves_turned_by_one_table_computed_twice_are_a_rotation(traced):
     # pos * inv written once for each half: the same ops of the same buffer, one table
     one = from_torch(lambda n: TwoAngles(n, "halves"), WIDTHS, _tokens)
     assert abc_by_target(one) == abc_by_target(traced)
+
+
+class FusedScaled(nn.Module):
+    """q, k, v from one fused layer, the query rows times a number before the logits
+    (LongCat-Flash's q_b_proj output times mla_scale_q_lora)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out, self.qkv = nn.Embedding(13, n), nn.Linear(n, 13), nn.Linear(n, 3 * n)
+
+    def forward(self, tok):
+        h = self.e(tok)
+        b, t, n = h.shape
+        q, k, v = (z.view(b, t, 4, n // 4).transpose(1, 2) for z in self.qkv(h).chunk(3, -1))
+        y = F.scaled_dot_product_attention(SCALE * q, k, v, is_causal=True)
+        return self.out(h + y.transpose(1, 2).reshape(b, t, n))
+
+
+def test_a_fused_layers_query_rows_are_unfolded_with_the_query_read_under_a_number():
+    # before: the query rows' own vector (the fused layer's q block) kept the patch's factor in
+    # the check, its change read as shrinking by n^-1/2 (LongCat-Flash's queries at -0.55)
+    from tensorprog.fromtorch import MuP
+
+    traced = from_torch(FusedScaled, WIDTHS, _tokens)
+    mup = MuP(traced, "adam")
+    model = FusedScaled(4 * WIDTHS[0])
+    mup.apply(model)
+    unfold = mup.unfolded(model)
+    made = {v: traced.params[w].rows for v, (w, *_) in traced.producers.items()}
+    q_rows = made["getitem"]
+    assert [v for v in made if made[v] == q_rows] == ["getitem", "mul"]  # SCALE * the q block
+    assert unfold["getitem"] == unfold["mul"] == pytest.approx(2.0)  # 4 ** (1 / 2)
+    assert "getitem_1" not in unfold and "getitem_2" not in unfold  # k's and v's rows
