@@ -72,6 +72,18 @@ def _verify_mix(program: Program, ins: Mix, ops: list, key, errors: Collector) -
     return program.value_dims[ins.out]
 
 
+# the Nonlins that move coordinates (engine/rules_spread.py), each checked by its own function
+# from (program, ins, its operands' dims, key, errors): the dim of its output
+_MOVES = {
+    PART: lambda p, ins, ops, key, errors: _verify_part(p, ins, ops[0], errors),
+    SHIFT: lambda p, ins, ops, key, errors: _verify_shift(ins, ops[0], errors),
+    AT: lambda p, ins, ops, key, errors: _verify_at(p, ins, ops, errors),
+    PLACE: lambda p, ins, ops, key, errors: _verify_place(ins, ops, key, errors),
+    PICK: lambda p, ins, ops, key, errors: _verify_pick(p, ins, ops[0], errors),
+    CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
+}
+
+
 def verify(program: Program) -> Program:
     """Check the IR's invariants: names defined once and before use, shapes, outputs defined.
 
@@ -151,18 +163,8 @@ def verify(program: Program) -> Program:
         elif isinstance(ins, Relayout):
             _verify_relayout(program, ins, ops[0], errors)
             out = ops[0]
-        elif isinstance(ins, Nonlin) and ins.fn == PART:
-            out = _verify_part(program, ins, ops[0], errors)
-        elif isinstance(ins, Nonlin) and ins.fn == SHIFT:
-            out = _verify_shift(ins, ops[0], errors)
-        elif isinstance(ins, Nonlin) and ins.fn == AT:
-            out = _verify_at(program, ins, ops, errors)
-        elif isinstance(ins, Nonlin) and ins.fn == PLACE:
-            out = _verify_place(ins, ops, key, errors)
-        elif isinstance(ins, Nonlin) and ins.fn == PICK:
-            out = _verify_pick(program, ins, ops[0], errors)
-        elif isinstance(ins, Nonlin) and ins.fn == CAT:
-            out = _verify_cat(program, ins, ops, errors)
+        elif isinstance(ins, Nonlin) and ins.fn in _MOVES:
+            out = _MOVES[ins.fn](program, ins, ops, key, errors)
         elif isinstance(ins, Nonlin) and ins.fn == SPREAD:
             out = program.value_dims[ins.out] if len(ins.args) == 1 and ins.over else None
             if out is None or ops[0] is None:

@@ -583,31 +583,21 @@ def _dot(ev: _Limit, ins: Dot) -> tuple[Value, str]:
     return Value(u.exp + v.exp + 1, (Mono(size * inner),)), "deterministic (LLN: n E[Z^u Z^v])"
 
 
-def _mix(ev: _Limit, ins: Mix) -> tuple[Value, str]:
-    raise _Refuse("mix (attention's token mixing) has no NNGP rule here",
-                  "the kernel is computed for dense programs", ins.span)
+# the instructions of sequences and experts, which the kernel of dense programs does not cover
+_SEQUENCE_OPS = {
+    Mix: "mix (attention's token mixing) has no NNGP rule here",
+    Route: "route (a mixture of experts' top-k) has no NNGP rule here: the selection is not a "
+           "Gaussian computation",
+    Prepend: "prepend (a learned token before a sequence) has no NNGP rule here",
+    Mean: "mean (a mean over a sequence's tokens) has no NNGP rule here",
+    Relayout: "tokens, image and tail (an image's pixels read as tokens, and back; a sequence's "
+              "last tokens) have no NNGP rule here",
+}
+_SEQUENCE_OPS[RouteIn] = _SEQUENCE_OPS[Route]
 
 
-def _route(ev: _Limit, ins: Route | RouteIn) -> tuple[Value, str]:
-    raise _Refuse("route (a mixture of experts' top-k) has no NNGP rule here: the selection is "
-                  "not a Gaussian computation", "the kernel is computed for dense programs",
-                  ins.span)
-
-
-def _prepend(ev: _Limit, ins: Prepend) -> tuple[Value, str]:
-    raise _Refuse("prepend (a learned token before a sequence) has no NNGP rule here",
-                  "the kernel is computed for dense programs", ins.span)
-
-
-def _mean(ev: _Limit, ins: Mean) -> tuple[Value, str]:
-    raise _Refuse("mean (a mean over a sequence's tokens) has no NNGP rule here",
-                  "the kernel is computed for dense programs", ins.span)
-
-
-def _relayout(ev: _Limit, ins: Relayout) -> tuple[Value, str]:
-    raise _Refuse("tokens, image and tail (an image's pixels read as tokens, and back; a "
-                  "sequence's last tokens) have no NNGP rule here",
-                  "the kernel is computed for dense programs", ins.span)
+def _refused(ev: _Limit, ins) -> tuple[Value, str]:
+    raise _Refuse(_SEQUENCE_OPS[type(ins)], "the kernel is computed for dense programs", ins.span)
 
 
 def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
@@ -620,8 +610,8 @@ def _stream(ev: _Limit, ins: Stream) -> tuple[Value, str]:
 
 #: One rule per IR class: evaluate the instruction's Z-variable from its operands'.
 RULES: dict[type, Callable[[_Limit, object], tuple[Value, str]]] = {
-    MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Mix: _mix, Stream: _stream,
-    Route: _route, RouteIn: _route, Prepend: _prepend, Mean: _mean, Relayout: _relayout,
+    MatMul: _matmul, LinComb: _lincomb, Nonlin: _nonlin, Dot: _dot, Stream: _stream,
+    **dict.fromkeys(_SEQUENCE_OPS, _refused),
 }
 assert set(RULES) == set(INSTRUCTIONS)
 
