@@ -202,6 +202,16 @@ class AttentionOps:
                              "the language's mix reads the value heads from the logits' "
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
+        if _laid_out(q, v) != _laid_out(v, q):
+            # torch batches the weights' axes with the values' by position: values left
+            # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
+            # first, as the head counts below read v's axes as its layout names them
+            raise refuse(node, f"attention weights laid out {_layout(q.tags)} times values "
+                         f"laid out {_layout(v.tags)}: torch pairs their batch axes by "
+                         "position, so the weights of each head would mix the values of "
+                         "another axis, not those of the same head",
+                         help="transpose the values to (batch, heads, tokens, head dim) as "
+                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         # values in as many heads as the queries, of a head dim of their own (Perceiver's
         # decoder: queries and keys in 8 heads of 32, values of n in 8 heads of n/8); at a
         # width where the two head dims meet (n = 256 there) both forms compute the same, and
@@ -216,22 +226,15 @@ class AttentionOps:
         if own:
             self.out.own_heads.add(node.name)
             heads, vheads = q.dim // q.dh, v.dim // v.dh
-            if heads % vheads or v.group not in (1, heads // vheads):
+            # v.group: copies made by a repeat_kv before the call; sdpa's enable_gqa makes the
+            # rest, each head's again consecutive: both together a whole group of the queries'
+            if heads % vheads or (heads // vheads) % v.group:
                 raise refuse(node, f"attention whose values ({v.dim} features in {vheads} heads "
                              f"of {v.dh}) do not come in whole groups of the queries' {heads} "
                              "heads", _GQA_HELP)
             out = heads * v.dh
         else:
             self.grouped(node, q, v, "values")
-        if _laid_out(q, v) != _laid_out(v, q):
-            # torch batches the weights' axes with the values' by position: values left
-            # [B, T, H, dh] pair head i's weights with token i's values (where H == T)
-            raise refuse(node, f"attention weights laid out {_layout(q.tags)} times values "
-                         f"laid out {_layout(v.tags)}: torch pairs their batch axes by "
-                         "position, so the weights of each head would mix the values of "
-                         "another axis, not those of the same head",
-                         help="transpose the values to (batch, heads, tokens, head dim) as "
-                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         head = f", {self.dim(v.dh)}" if own else ""
         head += f", {self.dim(out)}" if own and out != v.dim else ""
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name}{head})")
