@@ -206,8 +206,8 @@ class AttentionOps:
             # torch batches the weights' axes with the values' by position: values left
             # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
             # first, as the head counts below read v's axes as its layout names them
-            raise refuse(node, f"attention weights laid out {_layout(q.tags)} times values "
-                         f"laid out {_layout(v.tags)}: torch pairs their batch axes by "
+            raise refuse(node, f"attention weights laid out {layout_text(q.tags)} times values "
+                         f"laid out {layout_text(v.tags)}: torch pairs their batch axes by "
                          "position, so the weights of each head would mix the values of "
                          "another axis, not those of the same head",
                          help="transpose the values to (batch, heads, tokens, head dim) as "
@@ -323,6 +323,16 @@ class AttentionOps:
         if q.dh is None:  # one head of the whole dim is no view the walk splits into heads
             raise refuse(node, "attention over values not split into heads (view them as "
                          "(batch, tokens, heads, head dim) and transpose, with 2 heads or more)")
+        for what, x in (("queries", q), ("keys", k), ("values", v)):
+            # sdpa attends over the axis before the last: the tokens, as q @ k.T's check
+            # (ops_linear) has them; (batch, tokens, heads, head dim) would attend over heads
+            if x.tags[-2:] != ("tok", "dh") or "H" not in x.tags[:-2] or not heads_paired(q, x):
+                raise refuse(node, f"scaled_dot_product_attention of {what} laid out "
+                             f"{layout_text(x.tags)}: it attends over the axis before the last, "
+                             "which must be the tokens, after the heads, and pairs the axes "
+                             "before by position, which must be the queries' in their order",
+                             help="transpose them to (batch, heads, tokens, head dim): "
+                             "x.view(b, t, h, d).transpose(1, 2)")
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         return self.attend(node, q, k, v, attn_mask, is_causal, factor)
@@ -352,7 +362,19 @@ def _laid_out(v: Vec, other: Vec) -> tuple:
     return tuple(t for t in v.tags if not one or t != "H")
 
 
-def _layout(tags) -> str:
+def heads_paired(q: Vec, kv: Vec) -> bool:
+    """Whether attention's matmuls, which pair the axes before the last two by position, pair
+    each query head with its key (value) head: the same batch axes in the same order (one head
+    of the two, which torch broadcasts, may sit anywhere)."""
+    one = min(v.dim // v.dh if v.dh else 1 for v in (q, kv)) == 1
+
+    def batch(tags):
+        return tuple(t for t in tags[:-2] if not one or t != "H")
+
+    return batch(q.tags) == batch(kv.tags)
+
+
+def layout_text(tags) -> str:
     names = {"tok": "tokens", "H": "heads", "dh": "head dim", "F": "features"}
     return "(" + ", ".join(names.get(t, t) for t in tags) + ")"
 
