@@ -78,6 +78,8 @@ CATALOGUE = {
     "nonlin-arity": (HEAD + "h = relu(W @ x, b)\noutput y = V @ h\n", S,
                      r"relu takes 1 argument, got 2", (8, 5)),
     "dot-arity": (HEAD + "output s = dot(b)\n", S, r"dot takes 2 or 3 arguments, got 1", (8, 12)),
+    "mix-arity": (HEAD + "output s = mix(b, b, d, d, d)\n", S, r"mix takes 2, 3 or 4 arguments, "
+                  r"got 5", (8, 12)),
     "transpose-vector": (HEAD + "output y = b.T @ x\n", S, r"only a matrix param can be "
                          r"transposed", (8, 12)),
     "transpose-shape": (HEAD + "output y = W.T @ x\n", S,
@@ -1831,7 +1833,8 @@ def example_inputs(model):
 
 
 @pytest.mark.parametrize(("repeat", "message"), [
-    ("tiled", r"m.py:\d+:\d+: error: cannot trace attention heads tiled 2 times"),
+    ("tiled", r"m.py:\d+:\d+: error: cannot trace attention heads tiled 2 times \(torch's "
+              r"repeat(.|\n)*help: repeat each head in place"),
     ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
                      r"than right after them(.|\n)*help: repeat each key/value head for "
                      r"consecutive query heads"),

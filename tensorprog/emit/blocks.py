@@ -62,8 +62,9 @@ def emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], bloc
                   and (abc[p.name].a != 0 or dabc[p.name].a != 0)]
     depth = program.depth is not None
     mults = {p.name: names.create(f"mult_{p.name.removeprefix(prefix)}") for p in multiplied}
-    values = [program.producer[v] for v in block.values]
-    mine = {block.arg, *block.values, *(p.name for p in own)}
+    values = _computable(program, block, abc)
+    kept = [v for v in block.values if any(ins.out == v for ins in values)]
+    mine = {block.arg, *kept, *(p.name for p in own)}
     shared: list[str] = []
     for ins in values:
         for n in ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ()):
@@ -73,7 +74,7 @@ def emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], bloc
                              | {"self", "record"})
     local = {block.arg: local_names.create(block.arg.removeprefix(prefix))}
     local.update({n: local_names.create(n) for n in shared})
-    local.update({v: local_names.create(v.removeprefix(prefix)) for v in block.values})
+    local.update({v: local_names.create(v.removeprefix(prefix)) for v in kept})
     em = _BlockEmitter(program, abc, attrs, mults, local, set(attrs))
     cls = classes.create(f"Block_{block.name}")
     lines = [f"class {cls}(torch.nn.Module):",
@@ -114,9 +115,24 @@ def emit_block(program: Program, abc: dict[str, ABC], dabc: dict[str, ABC], bloc
               *em.lines(values),
               f"        return {ret}, {{"]
     lines += [f"            {quoted(v.removeprefix(prefix))}: {local[v]},"
-              for v in (block.arg, *block.values)]
+              for v in (block.arg, *kept)]
     lines += ["        }"]
     return BlockCode(cls, lines, attrs, shared, em.helpers)
+
+
+def _computable(program: Program, block: Block, abc: dict[str, ABC]) -> list:
+    """The block's instructions a repetition computes: a param of the block the engine left out
+    (it reaches no output, and derive warned) takes the values built from it along, as the
+    Model's own instructions do (module._computable)."""
+    gone = {p for p in block.params if p not in abc}
+    body = []
+    for ins in (program.producer[v] for v in block.values):
+        needs = ins.operands + ((ins.weight,) if isinstance(ins, MatMul) else ())
+        if any(n in gone for n in needs):
+            gone.add(ins.out)
+        else:
+            body.append(ins)
+    return body
 
 
 def call_block(program: Program, code: BlockCode, attr: str, stream: Stream, em: Emitter,

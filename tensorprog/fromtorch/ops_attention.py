@@ -202,6 +202,16 @@ class AttentionOps:
                              "the language's mix reads the value heads from the logits' "
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
+        if _laid_out(q, v) != _laid_out(v, q):
+            # torch batches the weights' axes with the values' by position: values left
+            # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
+            # first, as the head counts below read v's axes as its layout names them
+            raise refuse(node, f"attention weights laid out {layout_text(q.tags)} times values "
+                         f"laid out {layout_text(v.tags)}: torch pairs their batch axes by "
+                         "position, so the weights of each head would mix the values of "
+                         "another axis, not those of the same head",
+                         help="transpose the values to (batch, heads, tokens, head dim) as "
+                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         # values in as many heads as the queries, of a head dim of their own (Perceiver's
         # decoder: queries and keys in 8 heads of 32, values of n in 8 heads of n/8); at a
         # width where the two head dims meet (n = 256 there) both forms compute the same, and
@@ -216,22 +226,15 @@ class AttentionOps:
         if own:
             self.out.own_heads.add(node.name)
             heads, vheads = q.dim // q.dh, v.dim // v.dh
-            if heads % vheads or v.group not in (1, heads // vheads):
+            # v.group: copies made by a repeat_kv before the call; sdpa's enable_gqa makes the
+            # rest, each head's again consecutive: both together a whole group of the queries'
+            if heads % vheads or (heads // vheads) % v.group:
                 raise refuse(node, f"attention whose values ({v.dim} features in {vheads} heads "
                              f"of {v.dh}) do not come in whole groups of the queries' {heads} "
                              "heads", _GQA_HELP)
             out = heads * v.dh
         else:
             self.grouped(node, q, v, "values")
-        if _laid_out(q, v) != _laid_out(v, q):
-            # torch batches the weights' axes with the values' by position: values left
-            # [B, T, H, dh] pair head i's weights with token i's values (where H == T)
-            raise refuse(node, f"attention weights laid out {_layout(q.tags)} times values "
-                         f"laid out {_layout(v.tags)}: torch pairs their batch axes by "
-                         "position, so the weights of each head would mix the values of "
-                         "another axis, not those of the same head",
-                         help="transpose the values to (batch, heads, tokens, head dim) as "
-                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
         head = f", {self.dim(v.dh)}" if own else ""
         head += f", {self.dim(out)}" if own and out != v.dim else ""
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name}{head})")
@@ -320,6 +323,16 @@ class AttentionOps:
         if q.dh is None:  # one head of the whole dim is no view the walk splits into heads
             raise refuse(node, "attention over values not split into heads (view them as "
                          "(batch, tokens, heads, head dim) and transpose, with 2 heads or more)")
+        for what, x in (("queries", q), ("keys", k), ("values", v)):
+            # sdpa attends over the axis before the last: the tokens, as q @ k.T's check
+            # (ops_linear) has them; (batch, tokens, heads, head dim) would attend over heads
+            if x.tags[-2:] != ("tok", "dh") or "H" not in x.tags[:-2] or not heads_paired(q, x):
+                raise refuse(node, f"scaled_dot_product_attention of {what} laid out "
+                             f"{layout_text(x.tags)}: it attends over the axis before the last, "
+                             "which must be the tokens, after the heads, and pairs the axes "
+                             "before by position, which must be the queries' in their order",
+                             help="transpose them to (batch, heads, tokens, head dim): "
+                             "x.view(b, t, h, d).transpose(1, 2)")
         self.grouped(node, q, k, "keys")  # enable_gqa, or keys repeated before the call
         factor = scale if scale is not None else q.dh**-0.5
         return self.attend(node, q, k, v, attn_mask, is_causal, factor)
@@ -349,7 +362,19 @@ def _laid_out(v: Vec, other: Vec) -> tuple:
     return tuple(t for t in v.tags if not one or t != "H")
 
 
-def _layout(tags) -> str:
+def heads_paired(q: Vec, kv: Vec) -> bool:
+    """Whether attention's matmuls, which pair the axes before the last two by position, pair
+    each query head with its key (value) head: the same batch axes in the same order (one head
+    of the two, which torch broadcasts, may sit anywhere)."""
+    one = min(v.dim // v.dh if v.dh else 1 for v in (q, kv)) == 1
+
+    def batch(tags):
+        return tuple(t for t in tags[:-2] if not one or t != "H")
+
+    return batch(q.tags) == batch(kv.tags)
+
+
+def layout_text(tags) -> str:
     names = {"tok": "tokens", "H": "heads", "dh": "head dim", "F": "features"}
     return "(" + ", ".join(names.get(t, t) for t in tags) + ")"
 

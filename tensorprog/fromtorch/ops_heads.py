@@ -74,8 +74,9 @@ def _split_last(node, ndim: int) -> bool:
 def _split_heads(node, ndim: int, heads: int | None = None) -> bool:
     """Every use of ``node`` splits its heads axis (``heads``, else the one before the last:
     Falcon's multi-query ``split([H, 1, 1], dim=-2)``: the query's heads, then one key and one
-    value head), or swaps it with another axis but the last and then splits it there
-    (DiffLlama's values ``v.transpose(1, 2)`` halved along their heads, ``chunk(v, 2, 1)``)."""
+    value head), or swaps it with another axis but the last (a transpose, or a permute that
+    keeps the head dim last) and then splits it there (DiffLlama's values ``v.transpose(1, 2)``
+    halved along their heads, ``chunk(v, 2, 1)``)."""
     heads = ndim - 2 if heads is None else heads
 
     def split(u) -> bool:
@@ -84,6 +85,9 @@ def _split_heads(node, ndim: int, heads: int | None = None) -> bool:
             a, b = (d % ndim for d in u.args[1:3])
             return heads in (a, b) and ndim - 1 not in (a, b) and _split_heads(
                 u, ndim, b if a == heads else a)
+        if op_name(u) == "permute" and all(isinstance(d, int) for d in u.args[1]):
+            order = [d % ndim for d in u.args[1]]  # DeBERTa's (0, 2, 1, 3): the head dim last
+            return order[-1] == ndim - 1 and _split_heads(u, ndim, order.index(heads))
         return (op_name(u) in ("split", "split_with_sizes", "chunk")
                 and isinstance(_dim(u, 0), int) and _dim(u, 0) % ndim == heads)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .inputs import probe_ids
+from .ops_attention import heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
 from .ops_relative import relative_kind
@@ -276,6 +277,15 @@ class LinearOps:
             return self.mix(node, x, self.vec(w, node))
         x, w = self.vec(x, node), self.vec(w, node)
         if x.tags[-1] == "dh" and w.tags[-2] == "dh" and x.tags[-3] == "H":
+            if w.tags[-1] != "tok" or not heads_paired(x, w):
+                # k.transpose(-1, -2) of keys left (batch, tokens, heads, head dim): torch
+                # would pair query head i with key token i, where the counts are equal
+                raise refuse(node, f"attention logits q @ k.T of queries laid out "
+                             f"{layout_text(x.tags)} and keys laid out {layout_text(w.tags)}: the "
+                             "keys must be their tokens last, after their heads and head dim, "
+                             "the queries' batch axes in the same order",
+                             help="transpose the keys to (batch, heads, tokens, head dim) as "
+                             "the queries are, then k.transpose(-1, -2)")
             return Scores(x, w, 1.0, node.name, x.tags[:-1] + ("tok",))
         raise refuse(node, "a matmul of two vectors that is not attention's q @ k.T")
 

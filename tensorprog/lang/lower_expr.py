@@ -553,7 +553,8 @@ class ExpressionLowering:
                      **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
                 node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
                 f"{node.fn}(h)")
-            n = " or ".join(map(str, arity))
+            n = " or ".join([", ".join(map(str, arity[:-1])), str(arity[-1])] if len(arity) > 1
+                            else [str(arity[0])])
             self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
                               f"got {len(node.args)}", node.span, f"write {usage}")
             return None, None

@@ -96,7 +96,12 @@ def _grouped_own(low, heads: str, values: str, head: str, out: str, node) -> boo
             f"{count} * {head}`")
         return False
     if heads_dim(low.dims, out, values) is None or size[out] % size[values]:
+        # whole groups at the base width but not at every width: one count grows, not the other
         low.errors.error(
+            f"mix(p, v, {head}, {out}): the values' heads ({values} / {head}: "
+            f"{size[values] // size[head]} at the base width) and the weights' ({count}) do not "
+            f"grow alike with the width, so they are no whole groups at every width ({values} "
+            f"does not divide {out})" if size[out] % size[values] == 0 else
             f"mix(p, v, {head}, {out}): the values' {size[values] // size[head]} heads at the "
             f"base width do not each serve a whole group of the weights' {count} heads "
             f"({values} does not divide {out})", node.span,

@@ -75,6 +75,10 @@ def test_every_form_is_attention_with_value_heads_repeated(form):
      r"the values' dim vkv = 6 is not a whole number of heads of dv = 4"),
     (("n / 4", "n / 2", "n / 8", "3 * n / 8", "n / 2"),
      r"the values' 3 heads at the base width do not each serve a whole group of the weights' 4"),
+    # 2 value heads of 4 for 4 query heads at the base width, but the value heads grow
+    (("n / 4", "n / 2", "4", "n / 4", "16"),
+     r"the values' heads \(vkv / dv: 2 at the base width\) and the weights' \(4\) do not grow "
+     r"alike with the width"),
 ])
 def test_values_that_are_no_whole_groups_are_refused(dims, match):
     with pytest.raises(tp.SemanticError, match=match):

@@ -21,12 +21,12 @@ from tensorprog.errors import TraceError  # noqa: E402
 
 class HalvedHeads(nn.Module):
     """Attention whose keys and values are the two halves of one layer's 2n features viewed as
-    8 heads and transposed (``tiled``: the values of a layer of their own, halved and each half
-    tiled over the heads, DiffLlama's)."""
+    8 heads and transposed (``permute``: moved by a permute instead; ``tiled``: the values of a
+    layer of their own, halved and each half tiled over the heads, DiffLlama's)."""
 
-    def __init__(self, n, tiled=False):
+    def __init__(self, n, tiled=False, permute=False):
         super().__init__()
-        self.tiled = tiled
+        self.tiled, self.permute = tiled, permute
         self.emb = nn.Embedding(64, n)
         self.q, self.v = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
         self.kv = nn.Linear(n, 2 * n, bias=False)
@@ -36,7 +36,10 @@ class HalvedHeads(nn.Module):
         h = self.emb(ids)
         b, t, n = h.shape
         q = self.q(h).view(b, t, 4, -1).transpose(1, 2)
-        k, v = self.kv(h).view(b, t, 8, -1).transpose(1, 2).chunk(2, dim=1)
+        kv = self.kv(h).view(b, t, 8, -1)
+        # the heads moved by a permute that keeps the head dim last (DeBERTa's), or a transpose
+        kv = kv.permute(0, 2, 1, 3) if self.permute else kv.transpose(1, 2)
+        k, v = kv.chunk(2, dim=1)
         if self.tiled:
             halves = torch.chunk(self.v(h).view(b, t, 4, -1).transpose(1, 2), 2, dim=1)
             v = halves[0].repeat(1, 2, 1, 1)
@@ -53,6 +56,15 @@ def test_heads_halved_after_the_transpose_are_the_layers_row_blocks():
     assert "kv_weight_part0 @ embedding" in traced.source
     assert "kv_weight_part1 @ embedding" in traced.source
     traced_computes_the_model(traced, HalvedHeads, ids)
+
+
+def test_heads_halved_after_a_permute_are_the_layers_row_blocks():
+    def build(n):
+        return HalvedHeads(n, permute=True)
+
+    traced = tp.from_torch(build, (64, 128), ids)
+    assert "kv_weight_part1 @ embedding" in traced.source
+    traced_computes_the_model(traced, build, ids)
 
 
 def test_heads_tiled_by_repeat_are_refused_at_their_line():

@@ -16,6 +16,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
+from tensorprog.errors import TraceError  # noqa: E402
 
 
 class ValueHeads(nn.Module):
@@ -103,3 +104,43 @@ def test_eager_repeat_kv_and_a_fixed_head_dim_compute_the_model(form, fixed):
     assert ", n_by2)" in traced.source and "mix(" in traced.source
     traced_computes_the_model(traced, build, ids)
     assert _named(abc_by_target(traced)) == _by_hand()  # the logits' scale is no param
+
+
+class PartlyRepeated(nn.Module):
+    """4 query heads of n/4; one key and one value head (of n/8), the values repeated twice by
+    a repeat_kv before sdpa's enable_gqa repeats them twice more (``layout="dv_major"``: the
+    values' features laid out (head dim, heads), viewed so and moved to the heads' place)."""
+
+    def __init__(self, n, layout="heads"):
+        super().__init__()
+        self.layout, self.dh = layout, n // 4
+        self.emb = nn.Embedding(64, n)
+        self.q, self.k = nn.Linear(n, n, bias=False), nn.Linear(n, n // 4, bias=False)
+        self.v = nn.Linear(n, n // 8 if layout == "heads" else n // 4, bias=False)
+        self.o = nn.Linear(n // 2, n, bias=False)
+        self.u = nn.Linear(n, 64, bias=False)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        (b, t, _), dh = h.shape, self.dh
+        q = self.q(h).view(b, t, 4, dh).transpose(1, 2)
+        k = self.k(h).view(b, t, 1, dh).transpose(1, 2)
+        if self.layout == "heads":
+            v = self.v(h).view(b, t, 1, dh // 2).transpose(1, 2).repeat_interleave(2, dim=1)
+        else:  # 2 heads of dh / 2, written head dim first
+            v = self.v(h).view(b, t, dh // 2, 2).permute(0, 3, 1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(b, t, -1)
+        return self.u(h + self.o(o))
+
+
+def test_values_repeated_in_part_before_sdpa_repeats_the_rest_compute_the_model():
+    traced = tp.from_torch(PartlyRepeated, (64, 128), ids)
+    assert "linear_2, n_by8, n_by2)" in traced.source
+    traced_computes_the_model(traced, PartlyRepeated, ids)
+
+
+def test_values_laid_out_head_dim_first_are_refused_by_their_layout():
+    with pytest.raises(TraceError, match=r"values laid out \(tokens, head dim, tokens, "
+                                            r"heads\)"):
+        tp.from_torch(lambda n: PartlyRepeated(n, "dv_major"), (64, 128), ids)
