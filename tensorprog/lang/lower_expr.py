@@ -28,6 +28,7 @@ from ..ir.program import (
     per_head,
 )
 from .ast import BinOp, Call, Neg, Num, Repeat, Transpose, Var
+from .lower_arity import GROUP_NORMS, arity_fits, norm_group
 from .lower_at import at_operands, lower_at
 from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
@@ -51,7 +52,6 @@ _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
              + (SHIFT, CAT, AT, PLACE, PICK) + RELAYOUTS)
-GROUP_NORMS = ("layernorm", "rmsnorm", "groupnorm")  # over each head, or group, of a dim's size
 
 
 class ExpressionLowering:
@@ -545,18 +545,7 @@ class ExpressionLowering:
         if node.fn == MEAN:  # its second argument is a token index, not a value
             start = mean_start(self, node)
             return (None, None) if start is None else (node.args[:1], (MEAN, start))
-        arity = {"dot": (2, 3), "mix": (2, 3, 4), **dict.fromkeys(GROUP_NORMS, (1, 2)),
-                 **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
-        if len(node.args) not in arity:
-            usage = {"dot": "dot(u, v) or dot(q, k, dh)",
-                     "mix": "mix(p, v), mix(p, v, dv) or mix(p, v, dv, D)",
-                     **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
-                node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
-                f"{node.fn}(h)")
-            n = " or ".join([", ".join(map(str, arity[:-1])), str(arity[-1])] if len(arity) > 1
-                            else [str(arity[0])])
-            self.errors.error(f"{node.fn} takes {n} argument{'s' * (arity[-1] > 1)}, "
-                              f"got {len(node.args)}", node.span, f"write {usage}")
+        if not arity_fits(self, node):
             return None, None
         if node.fn == "mix" and len(node.args) > 2:  # the values' own head dim: lower_mix.py
             return mix_operands(self, node)
@@ -564,25 +553,9 @@ class ExpressionLowering:
             over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
         if node.fn in GROUP_NORMS and len(node.args) == 2:
-            over = self.norm_group(node)
+            over = norm_group(self, node)
             return (None, None) if over is None else (node.args[:1], ("norm", over))
         return node.args, None
-
-    def norm_group(self, node) -> str | None:
-        """The head dim of ``rmsnorm(q, dh)``: a declared dim of 2 or more coordinates."""
-        arg = node.args[1]
-        if type(arg).__name__ != "Var" or arg.name not in self.dims:
-            self.errors.error(f"the second argument of {node.fn} must be the head dim", arg.span,
-                              f"e.g. `dim dh = 64`, then {node.fn}(q, dh): a norm over each "
-                              "head's dh coordinates")
-            return None
-        size = self.dims[arg.name].size
-        if size is not None and size < 2 and node.fn != "groupnorm":  # its pixels still vary
-            self.errors.error(f"{node.fn} over heads of {size} coordinate is constant: it never "
-                              "changes, which the engine does not model", arg.span,
-                              "normalise over heads of 2 or more coordinates, or drop the norm")
-            return None
-        return arg.name
 
     def expr_Call(self, node: Call, args, over):
         if over == "block":
