@@ -134,3 +134,23 @@ def test_the_coordinate_checks_images_come_with_the_examples_prompt():
     args, kwargs = float_feed({"input_ids": ids, "pixel_values": pixels}, x)
     assert args == () and kwargs["pixel_values"] is x
     assert torch.equal(kwargs["input_ids"], ids[:1].expand(3, 8))
+
+
+class TextKept(ImageText):
+    """The prompt's embeddings read again beside the image's, zeroed at its placeholders by a
+    mask of the ids, e(ids) * (ids != image)."""
+
+    def forward(self, ids, pixels):
+        h = self.e(ids)
+        v = self.proj(torch.relu(self.patch(pixels).flatten(2).transpose(1, 2)))
+        h = h.masked_scatter((ids == IMAGE).unsqueeze(-1).expand_as(h), v)
+        h = h + self.e(ids) * (ids != IMAGE).unsqueeze(-1)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))[:, -1, [3, 1]]
+
+
+def test_a_mask_of_the_ids_that_zeroes_the_examples_placeholders_is_refused():
+    # before: the walk computes constants from zero ids, where the mask keeps every token, and
+    # traced the product as the identity: the placeholders' embeddings were kept
+    with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot "
+                       r"trace a product with a mask of 0s and 1s per token that zeroes 8"):
+        from_torch(TextKept, WIDTHS, _inputs())
