@@ -154,3 +154,40 @@ def test_a_mask_of_the_ids_that_zeroes_the_examples_placeholders_is_refused():
     with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot "
                        r"trace a product with a mask of 0s and 1s per token that zeroes 8"):
         from_torch(TextKept, WIDTHS, _inputs())
+
+
+class EditedIds(ImageText):
+    """Gemma 3's lookup: the placeholders' ids set to 0 first (ids[ids == image] = 0), the
+    embeddings scaled, the image's features put there; ``read``: those embeddings also read by
+    a mean over each token's features before the features are put in place."""
+
+    def __init__(self, n, read=False):
+        super().__init__(n)
+        self.read = read
+
+    def forward(self, ids, pixels):
+        kept = ids.clone()
+        kept[ids == IMAGE] = 0
+        h = self.e(kept) * 2.0
+        if self.read:
+            h = h + h.mean(-1, keepdim=True)
+        v = self.proj(torch.relu(self.patch(pixels).flatten(2).transpose(1, 2)))
+        h = h.masked_scatter((ids == IMAGE).unsqueeze(-1).expand_as(h), v)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))[:, -1, [3, 1]]
+
+
+def test_the_embeddings_of_edited_ids_read_other_than_by_place_are_refused():
+    # before: the edited ids were read as the token ids and their lookup at the placeholders
+    # (the ids' own rows, where the model reads row 0) kept by the mean
+    with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot trace "
+                       r"a lookup of token ids set to one id where a condition picks them "
+                       r"\(sequence 0: tokens 2-5; sequence 1: tokens 2-5 of the example\) "
+                       r"read by mean"):
+        from_torch(lambda n: EditedIds(n, read=True), WIDTHS, _inputs())
+
+
+@pytest.mark.slow
+def test_the_embeddings_of_edited_ids_covered_by_place_compute_the_model():
+    traced = from_torch(EditedIds, WIDTHS, _inputs())
+    assert "place(" in traced.source
+    traced_computes_the_model(traced, EditedIds, _inputs())
