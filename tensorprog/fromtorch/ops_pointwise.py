@@ -261,7 +261,8 @@ class PointwiseOps:
                 ones = bool(((value == 0) | (value == 1)).all())
                 per_token = value.dim() == len(tags) and value.shape[-1] == 1 and all(
                     s == 1 or t == "tok" for s, t in zip(value.shape, tags, strict=True))
-                if ones and per_token and bool((value == 1).all()) and m.probe is not None:
+                if ones and per_token and bool((value == 1).all()) and m.probe is not None \
+                        and getattr(self, "traced_ids", False):
                     # computed from the token ids: the walk's are zeros, so the mask is the
                     # one of the example's own ids (an image's placeholders, ids != image_id)
                     mine = self.with_example_ids(node.args[1 - at])
