@@ -108,7 +108,9 @@ class PlaceOps:
         times it, a copy), clear them where a masked_scatter covers them, or refuse any other
         read of the vectors there."""
         edited = self.__dict__.get("edited")
-        at = [a for a in node.args if hasattr(a, "name") and a.name in (edited or {})]
+        flat = [x for a in (*node.args, *node.kwargs.values())
+                for x in (a if isinstance(a, (list, tuple)) else [a])]
+        at = [a for a in flat if hasattr(a, "name") and a.name in (edited or {})]
         if not at:
             return
         tokens, op = edited[at[0].name], op_name(node)
@@ -126,7 +128,7 @@ class PlaceOps:
                 covered = False
             if covered:
                 return
-        others = [a for a in node.args if hasattr(a, "op") and a is not at[0]]
+        others = [a for a in flat if hasattr(a, "op") and a is not at[0]]
         same = _shape(node) is not None and _shape(node) == _shape(at[0])
         if same and op in _PER_TOKEN and all(
                 isinstance(self.env.get(a.name), Conc) for a in others):
