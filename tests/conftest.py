@@ -181,9 +181,13 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
                 continue
             # a rolled block's param (target ``layers.{i}.fc.weight``): one per repetition
             block, _, attr = name.partition(".")
+            # (repetition i is the container's item first + i: layers before the block that
+            # compute otherwise stay unrolled, stack.py)
+            first = traced.stack.first if traced.stack is not None else 0
             copies = [(name, use)] if "{i}" not in use.target else [
                 (f"{block}.{i}.{attr}", dataclasses.replace(use, target=use.target.replace(
-                    "{i}", str(i)))) for i in range(len(mine)) if f"{block}.{i}.{attr}" in mine]
+                    "{i}", str(i + first)))) for i in range(len(mine))
+                if f"{block}.{i}.{attr}" in mine]
             for key, one in copies:
                 t = mup._view(model, one)
                 if one.transposed:

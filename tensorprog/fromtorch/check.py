@@ -76,7 +76,7 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
         trace = convert(
             ep, {"m." + k: v for k, v in mup.traced.base.items()}, cpu_ids(leaves[k]),
             given=given_inputs(ep, model, tuple(inputs), kwargs, k),
-            keep=mup.traced.coefficient_nodes, own_heads=mup.traced.own_heads,
+            keep=mup.traced.coefficient_nodes, own_heads=mup.traced.own_heads, traced=False,
         )
         # a block of a fused layer's rows named by a place that moves with the width (FocalNet's
         # gates after the query and context): named as the traced program's (rows.py)

@@ -79,7 +79,7 @@ class Converter(
 
 def convert(ep, base: dict, tok_value, scalars: dict | None = None,
             given: dict | None = None, keep: frozenset = frozenset(),
-            own_heads: frozenset = frozenset()) -> Trace:
+            own_heads: frozenset = frozenset(), traced: bool = True) -> Trace:
     """The statements of exported program ``ep``; ``base``: each param's init at the base width,
     ``tok_value``: the example's token ids on the CPU (the walk computes constants such as
     masks from zeros in their place, and from probe ids, so that nothing reads as a constant
@@ -89,12 +89,15 @@ def convert(ep, base: dict, tok_value, scalars: dict | None = None,
     ``given``: the other integer inputs (an attention mask, token-type ids), keyed by their
     placeholders: (the forward's name for it, its value on the CPU); ``keep``: the nodes whose
     number is a slot even where it is 1 (another width's is not 1); ``own_heads``: the
-    attention nodes whose values have a head dim of their own at another width."""
+    attention nodes whose values have a head dim of their own at another width; ``traced``:
+    whether ``tok_value`` are the ids the model is traced on (the coordinate check's probe
+    replays the graph on its own batch, whose padding or edited ids the trace has judged)."""
     conv = Converter(ep, base)
     conv.keep_coefficients = frozenset(keep)
     conv.own_heads = own_heads
     conv.tok_value = None if tok_value is None else tok_value.new_zeros(tok_value.shape)
     conv.example_ids = tok_value
+    conv.traced_ids = traced
     conv.scalars = scalars or {}
     conv.given = given or {}
     trace = conv.run()

@@ -58,7 +58,8 @@ class LinearOps:
                 or value.is_floating_point() or value.dtype == torch.bool:
             raise refuse(node, f"keeping some of the {size} features of a vector at ids the "
                          "trace does not know (the language's pick(y, D, i1, ...) keeps "
-                         "coordinates fixed by the program)",
+                         "coordinates fixed by the program: a list of at most 16 numbers, "
+                         "not a mask, nor ids computed from the inputs or the network)",
                          help="index the features with a list of numbers, y[..., [3, 1]]")
         picked = [int(i) % size for i in value]
         x = self.vec(v, node)

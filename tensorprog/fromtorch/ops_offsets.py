@@ -88,8 +88,9 @@ class OffsetOps:
                          f"{list(self._shape(node.args[0]))}, not to the input's tokens, whose "
                          "entries are not Swin V2's log-spaced coordinates of a window's "
                          "(2w-1)² offsets (d/(w-1)·8, then sign·log2(|·| + 1)/3, [(2w-1)², 2] "
-                         "or [1, 2w-1, 2w-1, 2]): the language's only constant table of a "
-                         "per-pair bias is `input c : offsets[B, E]`", help=_HELP)
+                         "or [1, 2w-1, 2w-1, 2]; a pretrained window w' scaling d/(w'-1) is "
+                         "none): the language's only constant table of a per-pair bias is "
+                         "`input c : offsets[B, E]`", help=_HELP)
         made = self.__dict__.setdefault("_offsets_inputs", {})
         if window not in made:
             name = self.fresh(f"offsets{window}")

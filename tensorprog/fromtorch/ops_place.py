@@ -83,6 +83,64 @@ class PlaceOps:
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return None
 
+    # -- ids edited before a lookup ------------------------------------------------------------
+    # Gemma 3 and Granite Speech set their placeholders' ids to one id before the lookup
+    # (ids[ids == image] = 0) and put the image's or audio's features there after it: the walk
+    # reads the edited ids as the token ids (walk.py), so the program looks up the placeholders'
+    # own ids, which only a place over those tokens makes no matter. Where the example's edited
+    # ids differ, the lookup's tokens there are tracked through per-token ops with numbers to
+    # the masked_scatter that covers them; any other read of them is refused.
+
+    def edited_ids(self, node, ids) -> None:
+        """Record the tokens where ``node`` (the ids ``ids`` with some set to one id) differs
+        from them at the example's ids."""
+        import torch
+
+        if not getattr(self, "traced_ids", False):  # (the check's probe: judged at the trace)
+            return
+        new, old = self.with_example_ids(node), self.with_example_ids(ids)
+        if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor) \
+                and new.shape == old.shape and not torch.equal(new, old):
+            self.__dict__.setdefault("edited", {})[node.name] = new != old
+
+    def edited_read(self, node) -> None:
+        """Carry the edited tokens of an argument of ``node`` on (a lookup of the ids, a number
+        times it, a copy), clear them where a masked_scatter covers them, or refuse any other
+        read of the vectors there."""
+        edited = self.__dict__.get("edited")
+        flat = [x for a in (*node.args, *node.kwargs.values())
+                for x in (a if isinstance(a, (list, tuple)) else [a])]
+        at = [a for a in flat if hasattr(a, "name") and a.name in (edited or {})]
+        if not at:
+            return
+        tokens, op = edited[at[0].name], op_name(node)
+        if not node.users or op in _SHAPE_ONLY and at[0] is not node.args[0] or \
+                op.endswith("_like") and at[0] is node.args[0]:
+            return  # read by nothing, or for its shape alone (mask.expand_as(h))
+        if op == "embedding" and at[0] is node.args[1]:
+            edited[node.name] = tokens
+            return
+        if op in ("masked_scatter", "masked_scatter_") and at[0] is node.args[0]:
+            m = self.with_example_ids(node.args[1])
+            try:
+                covered = bool(m.bool().expand(node.meta["val"].shape).all(-1)[tokens].all())
+            except (AttributeError, RuntimeError, IndexError):
+                covered = False
+            if covered:
+                return
+        others = [a for a in flat if hasattr(a, "op") and a is not at[0]]
+        same = _shape(node) is not None and _shape(node) == _shape(at[0])
+        if same and op in _PER_TOKEN and all(
+                isinstance(self.env.get(a.name), Conc) for a in others):
+            edited[node.name] = tokens
+            return
+        spans = "; ".join(f"sequence {b}: tokens {_spans(torch_rows(r))}"
+                          for b, r in enumerate(tokens.reshape(-1, tokens.shape[-1])))
+        raise refuse(node, f"a lookup of token ids set to one id where a condition picks them "
+                     f"({spans} of the example) read by {op}: the program looks up the ids "
+                     "themselves there, so only putting another sequence's vectors in their "
+                     "place (masked_scatter, place(v, h, k)) may read it", help=_HELP)
+
     def op_masked_scatter(self, node, x, mask, src):
         import torch
 
@@ -120,6 +178,24 @@ class PlaceOps:
                          "same token k in every sequence (place(v, h, k))", help=_HELP)
         name = self.emit_vector(node.name, f"place({v.name}, {h.name}, {k})")
         return Vec(name, h.tags, h.dim)
+
+
+# ops that act on each token's vector alone, with numbers: the edited tokens stay where they are
+_PER_TOKEN = {"mul", "mul_", "div", "div_", "_to_copy", "to", "clone", "alias", "detach",
+              "contiguous"}
+
+
+_SHAPE_ONLY = {"expand_as", "view_as", "reshape_as", "type_as", "sym_size"}
+
+
+def _shape(node) -> tuple | None:
+    shape = getattr(node.meta.get("val"), "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+def torch_rows(row) -> list[int]:
+    """The indices where a 1-D boolean tensor holds."""
+    return [i for i, t in enumerate(row.tolist()) if t]
 
 
 def _spans(tokens: list[int]) -> str:

@@ -248,10 +248,12 @@ class PointwiseOps:
     def token_mask(self, node, u, v):
         """``x * mask[..., None]`` with a constant mask of 0s and 1s per token (XLM's padding
         mask, computed from the inputs): where it keeps every token, the identity, which the
-        program describes. One that zeroes a token is refused: the zeroed vector is read on (a
-        residual, the next layer), so the program without the mask would compute something
-        else, and the language has no per-token constant. None: no such product."""
-        for x, m in ((u, v), (v, u)):
+        program describes (a mask of the token ids read at the example's own ids, not the
+        walk's zeros: ids != image_id zeroes the example's placeholders). One that zeroes a
+        token is refused: the zeroed vector is read on (a residual, the next layer), so the
+        program without the mask would compute something else, and the language has no
+        per-token constant. None: no such product."""
+        for at, (x, m) in enumerate(((u, v), (v, u))):
             value = getattr(m, "value", None)
             if isinstance(m, Conc) and hasattr(value, "shape") and isinstance(
                     x, (Vec, Affine, Pointwise)):
@@ -259,6 +261,15 @@ class PointwiseOps:
                 ones = bool(((value == 0) | (value == 1)).all())
                 per_token = value.dim() == len(tags) and value.shape[-1] == 1 and all(
                     s == 1 or t == "tok" for s, t in zip(value.shape, tags, strict=True))
+                if ones and per_token and bool((value == 1).all()) and m.probe is not None \
+                        and getattr(self, "traced_ids", False):
+                    # computed from the token ids: the walk's are zeros, so the mask is the
+                    # one of the example's own ids (an image's placeholders, ids != image_id)
+                    mine = self.with_example_ids(node.args[1 - at])
+                    try:
+                        value = mine.to(value.dtype).expand(value.shape)
+                    except (AttributeError, RuntimeError):  # unknown (None), or other shape
+                        pass
                 if ones and per_token and bool((value == 1).all()):
                     return x
                 if ones and per_token:

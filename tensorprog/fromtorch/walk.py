@@ -421,6 +421,7 @@ class Walker:
                         buffer, table)
             elif node.op == "call_function":
                 try:
+                    self.edited_read(node)  # ids edited before a lookup (ops_place.py)
                     value = self.call(node)
                 except TraceError:
                     if node.name in self.live:
@@ -561,6 +562,7 @@ class Walker:
             kept = ids_kept(node, op, args)
             if kept is not None and self._shape(node) == self._shape(node.args[kept]) and not \
                     node.meta["val"].dtype.is_floating_point:
+                self.edited_ids(node, node.args[kept])  # where the example's differ (ops_place)
                 return Tok(tuple(args[kept].tags))  # laid out as they are
             return self.concrete(node, args, kwargs)  # e.g. a padding mask from the ids
         if not symbolic:

@@ -134,3 +134,60 @@ def test_the_coordinate_checks_images_come_with_the_examples_prompt():
     args, kwargs = float_feed({"input_ids": ids, "pixel_values": pixels}, x)
     assert args == () and kwargs["pixel_values"] is x
     assert torch.equal(kwargs["input_ids"], ids[:1].expand(3, 8))
+
+
+class TextKept(ImageText):
+    """The prompt's embeddings read again beside the image's, zeroed at its placeholders by a
+    mask of the ids, e(ids) * (ids != image)."""
+
+    def forward(self, ids, pixels):
+        h = self.e(ids)
+        v = self.proj(torch.relu(self.patch(pixels).flatten(2).transpose(1, 2)))
+        h = h.masked_scatter((ids == IMAGE).unsqueeze(-1).expand_as(h), v)
+        h = h + self.e(ids) * (ids != IMAGE).unsqueeze(-1)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))[:, -1, [3, 1]]
+
+
+def test_a_mask_of_the_ids_that_zeroes_the_examples_placeholders_is_refused():
+    # before: the walk computes constants from zero ids, where the mask keeps every token, and
+    # traced the product as the identity: the placeholders' embeddings were kept
+    with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot "
+                       r"trace a product with a mask of 0s and 1s per token that zeroes 8"):
+        from_torch(TextKept, WIDTHS, _inputs())
+
+
+class EditedIds(ImageText):
+    """Gemma 3's lookup: the placeholders' ids set to 0 first (ids[ids == image] = 0), the
+    embeddings scaled, the image's features put there; ``read``: those embeddings also read by
+    a mean over each token's features before the features are put in place."""
+
+    def __init__(self, n, read=False):
+        super().__init__(n)
+        self.read = read
+
+    def forward(self, ids, pixels):
+        kept = ids.clone()
+        kept[ids == IMAGE] = 0
+        h = self.e(kept) * 2.0
+        if self.read:
+            h = h + h.mean(-1, keepdim=True)
+        v = self.proj(torch.relu(self.patch(pixels).flatten(2).transpose(1, 2)))
+        h = h.masked_scatter((ids == IMAGE).unsqueeze(-1).expand_as(h), v)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))[:, -1, [3, 1]]
+
+
+def test_the_embeddings_of_edited_ids_read_other_than_by_place_are_refused():
+    # before: the edited ids were read as the token ids and their lookup at the placeholders
+    # (the ids' own rows, where the model reads row 0) kept by the mean
+    with pytest.raises(TensorProgError, match=r"test_place_trace.py:\d+:\d+: error: cannot trace "
+                       r"a lookup of token ids set to one id where a condition picks them "
+                       r"\(sequence 0: tokens 2-5; sequence 1: tokens 2-5 of the example\) "
+                       r"read by mean"):
+        from_torch(lambda n: EditedIds(n, read=True), WIDTHS, _inputs())
+
+
+@pytest.mark.slow
+def test_the_embeddings_of_edited_ids_covered_by_place_compute_the_model():
+    traced = from_torch(EditedIds, WIDTHS, _inputs())
+    assert "place(" in traced.source
+    traced_computes_the_model(traced, EditedIds, _inputs())

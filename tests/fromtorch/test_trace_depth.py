@@ -394,3 +394,30 @@ def test_apply_scales_the_branchs_bias_and_keeps_the_stream_in_place_across_dept
                  for s in (0, 1)]
         slope = math.log(sum(ratio) / 2) / math.log(8)
         assert lo < slope < hi, (apply, slope)
+
+
+class FromInput(nn.Module):
+    """Three layers each reading the stack's input, h = h + layer(x0): layer 0's residual adds
+    x0 to itself, the others add their branch to the stream, so the block is layers 1 and 2
+    (the first stays unrolled before it)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(16, n), nn.Linear(n, 16, bias=False)
+        self.layers = nn.ModuleList(Branch(n) for _ in range(3))
+
+    def forward(self, idx):
+        h = x0 = self.e(idx)
+        for layer in self.layers:
+            h = h + layer(x0)
+        return self.out(h)
+
+
+def test_a_block_after_unrolled_layers_is_filled_from_its_own_layers():
+    # the block's repetition i is the container's item first + i: the oracle filled it from
+    # item i (layer 0's params in repetition 0) and found the program wrong where it is right
+    from conftest import traced_computes_the_model
+
+    traced = from_torch(FromInput, (32, 64), _tokens)
+    assert traced.stack is not None and traced.stack.first == 1, traced.source
+    traced_computes_the_model(traced, FromInput, _tokens)

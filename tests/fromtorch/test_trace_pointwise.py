@@ -72,7 +72,10 @@ class Net(nn.Module):
         x = self.e(idx)
         if self.positions == "expand_as":  # XLM's, and its padding mask
             x = x + self.p(torch.arange(idx.shape[1])[None]).expand_as(x)
-            x *= (idx != 12).unsqueeze(-1).to(x.dtype)
+            # (its pad id one the example's ids do not hold: traced without padding, the
+            # mask keeps every token; one the example holds is refused, as the example's
+            # padded token is zeroed where the program keeps it)
+            x *= (idx != 13).unsqueeze(-1).to(x.dtype)
         elif self.positions == "index":  # Whisper's
             x = x + self.p.weight[torch.arange(idx.shape[1], device=idx.device)]
         x = x + self.down(_act(self.act, self.up(_norm(self.norm, x, self.g))))
