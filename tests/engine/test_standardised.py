@@ -84,6 +84,17 @@ def test_a_standardised_vector_or_a_zero_eps_is_refused(source, message):
         tp.parse(text)
 
 
+@pytest.mark.parametrize("fan_in", [1, 2])
+def test_a_standardised_row_of_one_or_two_entries_is_refused(fan_in):
+    # one entry standardises to 0, two to ±1 whatever the weight: W0 would have nothing to
+    # train, where derive had called it an input layer updated maximally
+    text = MLP.format(std="").replace("dim d = 16", f"dim d = {fan_in}").replace(
+        "param W0 : [n, d]", "param W0 : [n, d] standardised(1e-06)")
+    with pytest.raises(tp.TensorProgError, match=f"W0 is standardised over a fan-in of {fan_in}"):
+        tp.parse(text)
+    tp.parse(text.replace(f"dim d = {fan_in}", "dim d = 3"))  # three entries keep a direction
+
+
 def test_a_transposed_read_of_a_standardised_matrix_is_refused():
     text = _program_text() + "output z = A.T @ relu(W0 @ x)\n"
     with pytest.raises(tp.TensorProgError, match="read only as the weight of W @ x or conv"):
