@@ -547,7 +547,7 @@ class MuP(DepthScaling, OptimizerGroups):
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):
             if p.bias and getattr(m, "bias", None) \
-                    is not model.get_parameter(strip_prefix(p.bias)):
+                    is not model.get_parameter(strip_prefix(_layer_bias(p, name))):
                 raise UsageError(
                     f"{name or 'the model'} adds a bias ({strip_prefix(p.bias)}) to a tied "
                     "unembedding, which "
@@ -644,6 +644,14 @@ class MuP(DepthScaling, OptimizerGroups):
                     for node in (u.node, *(n for _, n in u.also)):  # every layer applying it
                         out[node] = (held[u.target].scale, held[u.target].conv)
         return out
+
+
+def _layer_bias(p: Patch, name: str) -> str:
+    """The bias a patch keeps out, in the layer ``name`` it is placed on: a block param's
+    (``blocks.{i}.conv.bias`` on ``blocks.{i}.conv``) that layer's own."""
+    if p.param is not None and p.module and p.bias.startswith(p.module + "."):
+        return name + p.bias[len(p.module):]
+    return p.bias
 
 
 def _derive(traced: Traced, program, optimizer, convention: str):

@@ -52,8 +52,11 @@ def _patch(mup, p: str, a: Fraction) -> Patch:
     bias = made[0][1] if made else None
     own_bias = bias is None or mup.traced.params[bias].target == (
         f"{module}.bias" if module else "bias")
-    if mup.traced.calls.get(use.node) != module or len(mup.program.uses(p)) != 1 \
-            or len(made) != 1 or not own_bias:
+    layer = p if mup.stack is not None and p in mup.stack.layers else None
+    # a rolled block's kernel (module a pattern, blocks.{i}.conv): each traced layer's call
+    layers = mup.stack.layers[p] if layer else [use]
+    if any(mup.traced.calls.get(u.node) != u.module for u in layers) \
+            or len(mup.program.uses(p)) != 1 or len(made) != 1 or not own_bias:
         raise UsageError(
             f"{use.target} is standardised: µP needs its output times (n/base)^-{a}, which "
             "cannot fold into its init (the standardisation divides it out) and so goes on "
@@ -63,7 +66,6 @@ def _patch(mup, p: str, a: Fraction) -> Patch:
             help="compute the standardised convolution in a module of its own that returns "
             "it (as BiT's WeightStandardizedConv2d), called once per forward",
         )
-    layer = p if mup.stack is not None and p in mup.stack.layers else None
     return Patch(module, use.node, a, None,
                  f"{use.target} standardised: multiplier (n/base)^-{a} on its output (its "
                  "rows are divided by their own std, so no init can carry it)",
