@@ -228,3 +228,13 @@ def test_a_rolled_layers_standardised_kernel_takes_its_multiplier_in_every_layer
                          eps=1e-6).reshape_as(c.weight)
         want = 0.5 * F.conv2d(x, w, padding=1) + c.bias[:, None, None]  # (64/16)^-1/2
         torch.testing.assert_close(c(x), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_under_adam_its_depth_exponent_is_refused_with_a_way_out_that_works():
+    # the refusal's help, from_torch(..., blocks=False), is accepted by tp.from_torch too
+    with pytest.raises(tp.TensorProgError, match="blocks=False"):
+        MuP(tp.from_torch(Stack, (16, 32), images), "adam")
+    unrolled = tp.from_torch(Stack, (16, 32), images, blocks=False)
+    assert "block " not in unrolled.source
+    apply_is_bit_identical_at_base(unrolled, Stack, images, "adam")
