@@ -151,6 +151,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
+        self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
         # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
         # blocks' own Adam eps (gradscale.py)
@@ -392,7 +393,7 @@ class MuP(DepthScaling, OptimizerGroups):
 
         width = self.width_of(model)
         r = width / self.traced.base_width
-        rd = self._depth_ratio(model, base_depth)
+        rd = self._rd[id(model)] = self._depth_ratio(model, base_depth)
         depth = self.depth_of(model)
         report = Report(width)
         if depth is not None:
@@ -557,7 +558,8 @@ class MuP(DepthScaling, OptimizerGroups):
                     help="compute the readout with an nn.Linear whose weight is the embedding "
                     "and whose bias is its .bias, or add the bias outside the module",
                 )
-        self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r), p.rows,
+        rd = self._rd.get(id(model), 1.0)
+        self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r, rd), p.rows,
                                                                     bool(p.bias), name,
                                                                     p.span)))
                                   for (p, name), m in zip(placed, found, strict=True)]
@@ -626,7 +628,8 @@ class MuP(DepthScaling, OptimizerGroups):
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
                 own = p.bias and not p.bias_after  # the node's own argument, kept out
-                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if own else ())))
+                out.setdefault(node, []).append((p.at(r, self._rd.get(id(model), 1.0)), p.rows,
+                                                 *((True,) if own else ())))
         return out
 
 

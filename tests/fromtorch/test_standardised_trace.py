@@ -212,29 +212,48 @@ class Stack(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-def test_a_rolled_layers_standardised_kernel_takes_its_multiplier_in_every_layer():
-    # SGD, whose exponents have no depth part: each layer's convolution is patched (the
-    # layer's own module and bias), where apply had refused the block's pattern as no module
-    traced = tp.from_torch(Stack, (16, 32), images)
-    assert "block blocks(h)" in traced.source
-    assert traced_computes_the_model(traced, Stack, images, optimizer="sgd") < 1e-10
-    mup = apply_is_bit_identical_at_base(traced, Stack, images, "sgd")
-    model = Stack(64, depth=3).double()  # deeper than traced: every layer patched
-    mup.apply(model)
+@pytest.fixture(scope="module")
+def stack():
+    return tp.from_torch(Stack, (16, 32), images)
+
+
+def _kernel_outputs_are(model, factor):
+    """Each layer's convolution is factor·conv(x, Ŵ) + its own bias."""
     x = torch.randn(2, 64, 8, 8, dtype=torch.float64)
     for block in model.blocks:
         c = block.conv
         w = F.batch_norm(c.weight.reshape(1, 64, -1), None, None, training=True,
                          eps=1e-6).reshape_as(c.weight)
-        want = 0.5 * F.conv2d(x, w, padding=1) + c.bias[:, None, None]  # (64/16)^-1/2
+        want = factor * F.conv2d(x, w, padding=1) + c.bias[:, None, None]
         torch.testing.assert_close(c(x), want, rtol=0, atol=1e-12)
 
 
+def test_a_rolled_layers_standardised_kernel_takes_its_multiplier_in_every_layer(stack):
+    # SGD, whose exponents have no depth part: each layer's convolution is patched (the
+    # layer's own module and bias), where apply had refused the block's pattern as no module
+    assert "block blocks(h)" in stack.source
+    assert traced_computes_the_model(stack, Stack, images, optimizer="sgd") < 1e-10
+    mup = apply_is_bit_identical_at_base(stack, Stack, images, "sgd")
+    model = Stack(64, depth=3).double()  # deeper than traced: every layer patched
+    mup.apply(model)
+    _kernel_outputs_are(model, 0.5)  # (64/16)^-1/2
+
+
+def test_under_adam_its_depth_multiplier_joins_the_patch(stack):
+    # completep's aL = 1 on the kernel: its patch carries (L/base)^-1 with (n/base)^-1/2
+    # (no init can carry either), its LR L^-cL; where apply had refused any depth exponent
+    mup = apply_is_bit_identical_at_base(stack, Stack, images, "adam")
+    depth = mup.derivation.depth.abc["blocks.conv_weight"]
+    assert (depth.a, depth.b, depth.c) == (1, 0, 0)
+    model = Stack(64, depth=3).double()
+    mup.apply(model)
+    _kernel_outputs_are(model, 0.5 / 1.5)  # (64/16)^-1/2 · (3/2)^-1
+    lrs = {id(p): g["lr"] for g in mup.param_groups(model, 1.0) for p in g["params"]}
+    assert lrs[id(model.blocks[2].conv.weight)] == pytest.approx(0.5)  # (64/16)^-1/2
+
+
 @pytest.mark.slow
-def test_under_adam_its_depth_exponent_is_refused_with_a_way_out_that_works():
-    # the refusal's help, from_torch(..., blocks=False), is accepted by tp.from_torch too
-    with pytest.raises(tp.TensorProgError, match="blocks=False"):
-        MuP(tp.from_torch(Stack, (16, 32), images), "adam")
+def test_from_torch_keeps_a_stack_unrolled_with_blocks_false():
     unrolled = tp.from_torch(Stack, (16, 32), images, blocks=False)
     assert "block " not in unrolled.source
     apply_is_bit_identical_at_base(unrolled, Stack, images, "adam")
