@@ -129,13 +129,15 @@ def judge(program: Program, measurements: Measurements, optimizer: str = "adam",
                   tolerance=TOLERANCE if tolerance is None else tolerance)
 
 
-def from_torch(build, widths=(128, 256), example_inputs=None):
+def from_torch(build, widths=(128, 256), example_inputs=None, *, blocks=True):
     """Trace ``build(width)`` (a PyTorch model) at two widths on the meta device into a Tensor
     Program; ``.source`` is its text, and ``MuP(traced, optimizer)`` derives µP and applies it to
-    the model (see docs/torch.md). Imports torch when called."""
+    the model (see docs/torch.md); ``blocks=False`` keeps every stack of layers unrolled (the
+    width's µP alone, which apply's refusals of a depth exponent point to). Imports torch when
+    called."""
     from .fromtorch import from_torch as trace
 
-    return trace(build, widths, example_inputs)
+    return trace(build, widths, example_inputs, blocks=blocks)
 
 
 def nngp_kernel(program: Program, inputs, **options):

@@ -152,6 +152,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     )
                 )
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
+        self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
         # id(model) -> {tensor: (its gradient's scale, id of the param object hooked)}: its
         # blocks' own Adam eps (gradscale.py)
@@ -397,7 +398,7 @@ class MuP(DepthScaling, OptimizerGroups):
 
         width = self.width_of(model)
         r = width / self.traced.base_width
-        rd = self._depth_ratio(model, base_depth)
+        rd = self._rd[id(model)] = self._depth_ratio(model, base_depth)
         depth = self.depth_of(model)
         report = Report(width)
         if depth is not None:
@@ -552,7 +553,7 @@ class MuP(DepthScaling, OptimizerGroups):
         found = modules_at(model, [name for _, name in placed])  # refused before any hook
         for (p, name), m in zip(placed, found, strict=True):
             if p.bias and getattr(m, "bias", None) \
-                    is not model.get_parameter(strip_prefix(p.bias)):
+                    is not model.get_parameter(strip_prefix(_layer_bias(p, name))):
                 raise UsageError(
                     f"{name or 'the model'} adds a bias ({strip_prefix(p.bias)}) to a tied "
                     "unembedding, which "
@@ -562,7 +563,8 @@ class MuP(DepthScaling, OptimizerGroups):
                     help="compute the readout with an nn.Linear whose weight is the embedding "
                     "and whose bias is its .bias, or add the bias outside the module",
                 )
-        self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r), p.rows,
+        rd = self._rd.get(id(model), 1.0)
+        self._hooks[id(model)] = [m.register_forward_hook(mark(hook(p.at(r, rd), p.rows,
                                                                     bool(p.bias), name,
                                                                     p.span)))
                                   for (p, name), m in zip(placed, found, strict=True)]
@@ -635,7 +637,8 @@ class MuP(DepthScaling, OptimizerGroups):
             uses = self.stack.layers[p.param] if p.param else [p]
             for node in p.nodes or [u.node for u in uses]:
                 own = p.bias and not p.bias_after  # the node's own argument, kept out
-                out.setdefault(node, []).append((p.at(r), p.rows, *((True,) if own else ())))
+                out.setdefault(node, []).append((p.at(r, self._rd.get(id(model), 1.0)), p.rows,
+                                                 *((True,) if own else ())))
         return out
 
 
@@ -653,6 +656,14 @@ class MuP(DepthScaling, OptimizerGroups):
                     for node in (u.node, *(n for _, n in u.also)):  # every layer applying it
                         out[node] = (held[u.target].scale, held[u.target].conv)
         return out
+
+
+def _layer_bias(p: Patch, name: str) -> str:
+    """The bias a patch keeps out, in the layer ``name`` it is placed on: a block param's
+    (``blocks.{i}.conv.bias`` on ``blocks.{i}.conv``) that layer's own."""
+    if p.param is not None and p.module and p.bias.startswith(p.module + "."):
+        return name + p.bias[len(p.module):]
+    return p.bias
 
 
 def _derive(traced: Traced, program, optimizer, convention: str):

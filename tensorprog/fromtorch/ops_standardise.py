@@ -25,6 +25,7 @@ line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .values import PRef
@@ -60,10 +61,13 @@ def standardised_rows(node, laid, args) -> float:
     index = laid.index
     out = ref.shape[0]
     fan_in = index.numel() // out if len(ref.shape) > 1 else 0
-    if index.dim() < 2 or len(ref.shape) < 2 or fan_in < 2:
+    if index.dim() < 2 or len(ref.shape) < 2 or fan_in < 3:
+        # a row of two entries standardises to ±1 whatever the weight: nothing to train
         raise refuse(node, f"a batch norm of the param {strip_prefix(ref.target)}'s entries "
                      f"laid out as {list(index.shape)}: weight standardisation is over each "
-                     "row of a matrix or kernel of two entries or more", help=STD_HELP)
+                     "row of a matrix or kernel of three entries or more (a row of two "
+                     "standardises to ±1 whatever the weight, and has nothing to train)",
+                     help=STD_HELP)
     channels = index.movedim(1, 0).reshape(index.shape[1], -1)
     rows = channels // fan_in
     whole = channels.shape[1] == fan_in and bool((rows == rows[:, :1]).all()) and all(
@@ -144,11 +148,13 @@ class RowStatOps:
         axes = tuple(range(1, len(getattr(x, "shape", ()))))
         dims = sorted(d % len(x.shape) for d in (dim or ())) if _whole(x) else None
         biased = (correction == 0) if correction is not None else unbiased is False
-        if not _whole(x) or tuple(dims) != axes or not biased or not keepdim:
+        if not _whole(x) or tuple(dims) != axes or not biased or not keepdim \
+                or math.prod(x.shape[1:]) < 3:
             raise refuse(node, "torch.var_mean of a param traced only as weight "
                          "standardisation: of a whole matrix or kernel, over every axis but its "
-                         "first (each output's fan-in entries), biased (unbiased=False or "
-                         "correction=0), keepdim=True", help=STD_HELP)
+                         "first (each output's fan-in entries, three or more: a row of two "
+                         "standardises to ±1, with nothing to train), biased (unbiased=False "
+                         "or correction=0), keepdim=True", help=STD_HELP)
         return RowPair((RowStat(x, "var"), RowStat(x, "mean")))
 
     def row_stat_op(self, node, op: str, args, kwargs):

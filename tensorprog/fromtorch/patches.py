@@ -44,10 +44,13 @@ class Patch:
     # the user's line of the vector it scales (a tied product's), where a forward that returns
     # no tensor alone is refused
     span: object = None
+    # its exponent in the depth: (L/base depth)^-depth_exponent too (a standardised kernel's
+    # depth multiplier, standardised.py)
+    depth_exponent: Fraction = Fraction(0)
 
-    def at(self, r: float) -> float:
-        """The multiplier at width ratio ``r`` (width / base width)."""
-        return self.factor * r ** -float(self.exponent)
+    def at(self, r: float, rd: float = 1.0) -> float:
+        """The multiplier at width ratio ``r`` (width / base width) and depth ratio ``rd``."""
+        return self.factor * r ** -float(self.exponent) * rd ** -float(self.depth_exponent)
 
 
 def groups_of(groups: int | None, group_rows: int | None, size: int) -> int:

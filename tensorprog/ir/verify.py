@@ -3,6 +3,7 @@ built through the API (names defined once and before use, shapes, blocks well fo
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
@@ -323,6 +324,15 @@ def _verify_standardised(program: Program, errors: Collector) -> None:
         if len(p.shape) not in (2, 4) or not p.standardised > 0:
             errors.error(f"standardised param {p.name}: a matrix or a kernel [out, in, kh, kw] "
                          "with eps > 0", p.span)
+        dims = [program.dim_table.get(d) for d in p.shape[1:]]
+        if all(d is not None and not d.infinite for d in dims) and \
+                math.prod(d.size for d in dims) < 3:
+            # a row of one entry standardises to 0, one of two to ±1: no direction to train
+            errors.error(f"{p.name} is standardised over a fan-in of "
+                         f"{math.prod(d.size for d in dims)}: a row of one entry standardises "
+                         "to 0 and one of two to ±1 whatever the weight, so it has nothing to "
+                         "train (its gradient is 0)", p.span,
+                         help="give it a fan-in of 3 or more, or leave it plain")
         for ins in program.uses(p.name):
             if not isinstance(ins, MatMul) or ins.transposed:
                 errors.error(f"the standardised param {p.name} is read only as the weight of "

@@ -84,6 +84,17 @@ def test_a_standardised_vector_or_a_zero_eps_is_refused(source, message):
         tp.parse(text)
 
 
+@pytest.mark.parametrize("fan_in", [1, 2])
+def test_a_standardised_row_of_one_or_two_entries_is_refused(fan_in):
+    # one entry standardises to 0, two to ±1 whatever the weight: W0 would have nothing to
+    # train, where derive had called it an input layer updated maximally
+    text = MLP.format(std="").replace("dim d = 16", f"dim d = {fan_in}").replace(
+        "param W0 : [n, d]", "param W0 : [n, d] standardised(1e-06)")
+    with pytest.raises(tp.TensorProgError, match=f"W0 is standardised over a fan-in of {fan_in}"):
+        tp.parse(text)
+    tp.parse(text.replace(f"dim d = {fan_in}", "dim d = 3"))  # three entries keep a direction
+
+
 def test_a_transposed_read_of_a_standardised_matrix_is_refused():
     text = _program_text() + "output z = A.T @ relu(W0 @ x)\n"
     with pytest.raises(tp.TensorProgError, match="read only as the weight of W @ x or conv"):
@@ -180,3 +191,37 @@ def test_the_infinite_width_limits_refuse_a_standardised_weight():
     with pytest.raises(tp.TensorProgError, match="param A is standardised: the infinite-width "
                                                  "limits here have no rule"):
         nngp_kernel(_program(), np.zeros((2, 16)))
+
+
+@pytest.mark.parametrize(("optimizer", "k"), [("sgd", 2), ("adam", 1)])
+def test_the_symmetry_b_plus_theta_c_plus_k_theta_holds_over_training_not_only_a_step(
+        optimizer, k):
+    """Ŵ is scale-invariant in W: W's init times s and its LR times s^k (SGD: the gradient
+    reaching W is s^-1 times; Adam: the step is the LR's) give the same trajectory of Ŵ,
+    step after step, up to eps: the symmetry (a, b+θ, c+kθ) is exact, where its map to the
+    plain (a, 0, c − k·b) is to first order in a step."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(16, m, generator=gen, dtype=torch.float64) for m in (8, 3))
+    w0, v = torch.randn(32, 8, generator=gen, dtype=torch.float64), \
+        torch.randn(3, 32, generator=gen, dtype=torch.float64) / 32
+
+    def std(w):
+        return F.batch_norm(w.reshape(1, 32, -1), None, None, training=True,
+                            eps=1e-12).reshape_as(w)
+
+    def trained(s):
+        w = (s * w0).requires_grad_()
+        opt = torch.optim.SGD([w], lr=1e-2 * s ** k) if optimizer == "sgd" else \
+            torch.optim.Adam([w], lr=1e-2 * s, eps=1e-30)
+        for _ in range(10):
+            opt.zero_grad()
+            ((F.relu(x @ std(w).T) @ v.T - y) ** 2).mean().backward()
+            opt.step()
+        return std(w).detach()
+
+    base = trained(1.0)
+    assert (base - std(w0)).abs().max() > 1e-3  # Ŵ moved: the invariance is not vacuous
+    for s in (0.1, 10.0):
+        torch.testing.assert_close(trained(s), base, rtol=0, atol=1e-8)

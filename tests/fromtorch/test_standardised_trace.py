@@ -159,3 +159,101 @@ def test_a_standardised_convolutions_own_bias_stays_out_of_its_multiplier():
 def test_any_other_computation_on_the_kernels_entries_is_refused(form, message):
     with pytest.raises(tp.TensorProgError, match=message):
         tp.from_torch(lambda n: Net(n, form), (16, 32), images)
+
+
+class TwoInputs(nn.Module):
+    """A standardised 1x1 convolution of an image of ``c`` channels (fan-in c)."""
+
+    def __init__(self, n, c=2, form="bit"):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 1, bias=False)
+        self.a = StdConv(c, n, 1, form=form)
+        self.head = nn.Linear(n, 10, bias=False)
+
+    def forward(self, img):
+        return self.head(F.relu(self.a(self.stem(img))).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ("bit", r"over each row of a matrix or kernel of three entries or more"),
+    pytest.param("var_mean", r"three or more: a row of two standardises to ±1",
+                 marks=pytest.mark.slow),
+])
+def test_a_kernel_of_two_fan_in_entries_is_refused(form, message):
+    # its rows standardise to ±1 whatever the weight: nothing to train, where derive had
+    # called the kernel updated maximally
+    with pytest.raises(tp.TensorProgError, match=message):
+        tp.from_torch(lambda n: TwoInputs(n, 2, form), (16, 32), images)
+
+
+class Block(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, n)
+        self.conv = StdConv(n, n, 3, bias=True)
+
+    def forward(self, h):
+        return h + self.conv(F.relu(self.norm(h)))
+
+
+class Stack(nn.Module):
+    """Standardised convolutions with their own bias in a stack of layers, rolled."""
+
+    def __init__(self, n, depth=2):
+        super().__init__()
+        self.stem = nn.Conv2d(3, n, 3, padding=1, bias=False)
+        self.blocks = nn.ModuleList([Block(n) for _ in range(depth)])
+        self.head = nn.Linear(n, 10, bias=False)
+
+    def forward(self, img):
+        h = self.stem(img)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return tp.from_torch(Stack, (16, 32), images)
+
+
+def _kernel_outputs_are(model, factor):
+    """Each layer's convolution is factor·conv(x, Ŵ) + its own bias."""
+    x = torch.randn(2, 64, 8, 8, dtype=torch.float64)
+    for block in model.blocks:
+        c = block.conv
+        w = F.batch_norm(c.weight.reshape(1, 64, -1), None, None, training=True,
+                         eps=1e-6).reshape_as(c.weight)
+        want = factor * F.conv2d(x, w, padding=1) + c.bias[:, None, None]
+        torch.testing.assert_close(c(x), want, rtol=0, atol=1e-12)
+
+
+def test_a_rolled_layers_standardised_kernel_takes_its_multiplier_in_every_layer(stack):
+    # SGD, whose exponents have no depth part: each layer's convolution is patched (the
+    # layer's own module and bias), where apply had refused the block's pattern as no module
+    assert "block blocks(h)" in stack.source
+    assert traced_computes_the_model(stack, Stack, images, optimizer="sgd") < 1e-10
+    mup = apply_is_bit_identical_at_base(stack, Stack, images, "sgd")
+    model = Stack(64, depth=3).double()  # deeper than traced: every layer patched
+    mup.apply(model)
+    _kernel_outputs_are(model, 0.5)  # (64/16)^-1/2
+
+
+def test_under_adam_its_depth_multiplier_joins_the_patch(stack):
+    # completep's aL = 1 on the kernel: its patch carries (L/base)^-1 with (n/base)^-1/2
+    # (no init can carry either), its LR L^-cL; where apply had refused any depth exponent
+    mup = apply_is_bit_identical_at_base(stack, Stack, images, "adam")
+    depth = mup.derivation.depth.abc["blocks.conv_weight"]
+    assert (depth.a, depth.b, depth.c) == (1, 0, 0)
+    model = Stack(64, depth=3).double()
+    mup.apply(model)
+    _kernel_outputs_are(model, 0.5 / 1.5)  # (64/16)^-1/2 · (3/2)^-1
+    lrs = {id(p): g["lr"] for g in mup.param_groups(model, 1.0) for p in g["params"]}
+    assert lrs[id(model.blocks[2].conv.weight)] == pytest.approx(0.5)  # (64/16)^-1/2
+
+
+@pytest.mark.slow
+def test_from_torch_keeps_a_stack_unrolled_with_blocks_false():
+    unrolled = tp.from_torch(Stack, (16, 32), images, blocks=False)
+    assert "block " not in unrolled.source
+    apply_is_bit_identical_at_base(unrolled, Stack, images, "adam")
