@@ -23,11 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ..engine.derive import derive
 from ..engine.optimizers import resolve
-from ..errors import Diagnostic, EngineError, UsageError
+from ..errors import UsageError
 from .columns import block_scale, check_shared_lr, column_range, column_scales, input_hook
 from .depth import DepthScaling
+from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .init_stats import block_key
@@ -99,7 +99,7 @@ class MuP(DepthScaling, OptimizerGroups):
         self.stack = traced.stack
         self.base_depth = self._check_base_depth(base_depth)
         self.program = traced.program
-        self.derivation = _derive(traced, self.program, resolve(optimizer), convention)
+        self.derivation = derive_traced(traced, self.program, resolve(optimizer), convention)
         k = self.derivation.optimizer.a_coef
         abc = self.derivation.abc
         # a traced param whose result reaches no output of the forward (BERT's pooler under a
@@ -664,32 +664,6 @@ def _layer_bias(p: Patch, name: str) -> str:
     if p.param is not None and p.module and p.bias.startswith(p.module + "."):
         return name + p.bias[len(p.module):]
     return p.bias
-
-
-def _derive(traced: Traced, program, optimizer, convention: str):
-    """derive, whose refusal of a traced program also gives the trace's notes (a width dim
-    fixed by the config): they name the cause where the engine sees only its effect, a vector
-    that vanishes at init."""
-    notes = [Diagnostic(f"the trace noted: {note}", severity="note") for note in traced.notes]
-    try:
-        d = derive(program, optimizer, convention)
-    except EngineError as err:
-        found = [_at_layer(traced, program, d) for d in err.diagnostics]
-        if not notes and found == err.diagnostics:
-            raise
-        raise EngineError(found + notes) from None
-    return d
-
-
-def _at_layer(traced: Traced, program, d: Diagnostic) -> Diagnostic:
-    """A refusal at a matmul of the traced program (derive's bottleneck) placed at the user's
-    line of the layer it applies, the program's line kept in the message."""
-    ins = next((i for i in program.body if d.span is not None and i.span == d.span), None)
-    use = traced.params.get(getattr(ins, "weight", None))
-    if use is None or use.span is None:
-        return d
-    where = f" (traced.tp:{d.span.line}: {d.span.source_line().strip()})"
-    return Diagnostic(d.message + where, use.span, d.help, d.severity)
 
 
 def _rows(use) -> str:
