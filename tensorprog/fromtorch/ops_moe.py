@@ -155,7 +155,9 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # expert e's values (node#e) are of the node that computes all experts' (node), kind
         # "expert": no tensor of the model holds them, since the model computes expert e only
         # for the tokens routed to it, in an order that changes with the routing, so the check
-        # does not read them (fromtorch/check.py); the layer's output and the gates it reads
+        # does not read them (fromtorch/check.py); nor gates the model holds only masked or
+        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids); it reads the layer's
+        # output and the gates the model holds whole
         out.vectors = {v: (n.partition("#")[0], "expert" if "#" in n else kind)
                        for v, (n, kind) in out.vectors.items()}
         return out

@@ -84,9 +84,9 @@ def llama4():
 
 def test_each_experts_input_is_traced_into_route_in_and_the_experts_summed(llama4):
     src = llama4.source
-    assert "v_sigmoid = sigmoid(linear)" in src
+    assert "sigmoid_gates = sigmoid(linear)" in src
     for e in range(E):
-        assert re.search(rf"= route_in\(v_sigmoid, {K}, {e}, embedding\)", src), src
+        assert re.search(rf"= route_in\(sigmoid_gates, {K}, {e}, embedding\)", src), src
     assert re.search(r"= bmm_1_e0 \+ bmm_1_e1 \+ bmm_1_e2 \+ bmm_1_e3\n", src), src
     assert llama4.params["gate_up_part1_e3"].expert == 3
 
@@ -99,6 +99,27 @@ def test_the_traced_program_computes_the_model(llama4, form):
     traced = llama4 if form == "llama4" else from_torch(
         lambda n: GatedInputMoE(n, form), (32, 64), _tokens)
     traced_computes_the_model(traced, lambda n: GatedInputMoE(n, form), _tokens)
+
+
+def test_the_check_reads_each_vector_where_the_model_holds_it(llama4):
+    # the model's sigmoid holds the table (0 for the experts not selected), not the program's
+    # gates sigmoid(logits): before, the check read that table as the gates; every vector it
+    # reads must be the program's value, the gates where the model holds them whole (zeros)
+    from tensorprog.fromtorch import MuP, probe
+
+    for traced, form in ((llama4, "llama4"), (None, "zeros")):
+        traced = traced or from_torch(lambda n, f=form: GatedInputMoE(n, f), (32, 64), _tokens)
+        torch.manual_seed(0)
+        model = GatedInputMoE(32, form)
+        found = probe(MuP(traced, "adam"), model, _tokens(model))()
+        gates, = [s.split(" = ")[0] for s in traced.source.splitlines()
+                  if re.search(r"= (sigmoid|softmax)\(linear\)", s)]
+        with torch.no_grad():
+            logits = model.router(model.embed(*_tokens(model)).reshape(-1, 32))
+        whole = torch.sigmoid(logits) if form == "llama4" else torch.softmax(logits, -1)
+        assert (gates in found) == (form == "zeros")
+        if gates in found:
+            torch.testing.assert_close(found[gates].reshape(whole.shape), whole)
 
 
 def _exponents(abc, name):

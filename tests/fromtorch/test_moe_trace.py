@@ -242,8 +242,11 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     # Kolibri's: the selected logits' sigmoid is the sigmoid's selected entries
     traced = from_torch(lambda n: BiasedMoELM(n, "logits"), (32, 64), _tokens)
     route, = _routes(traced)
-    assert route.startswith("sum_2 = route_norm(v_sigmoid, 2, bmm_1_e0, ") and "# selected" in route
-    assert "v_sigmoid = sigmoid(linear_2)" in traced.source
+    assert route.startswith("sum_2 = route_norm(sigmoid_gates, 2, bmm_1_e0, ") and "# selected" \
+        in route
+    assert "sigmoid_gates = sigmoid(linear_2)" in traced.source
+    # the model's sigmoid holds the k selected logits' alone, not the gates: the check reads none
+    assert traced.vectors["sigmoid_gates"] == ("sigmoid", "expert")
     assert _exponents(derive(traced.program, "adam").abc, "moe_router_weight") == (0, 1, 1)
     # Ernie-4.5's: softmax gates, the bias a fixed param [1, E] squeezed (no gradient reaches
     # it through the ids: it stays out of the program, and apply says so), a clamped sum
