@@ -156,8 +156,9 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # "expert": no tensor of the model holds them, since the model computes expert e only
         # for the tokens routed to it, in an order that changes with the routing, so the check
         # does not read them (fromtorch/check.py); nor gates the model holds only masked or
-        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids); it reads the layer's
-        # output and the gates the model holds whole
+        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids), nor a route before the
+        # routed scaling factor its node holds (node#unscaled); it reads the layer's output
+        # and the gates the model holds whole
         out.vectors = {v: (n.partition("#")[0], "expert" if "#" in n else kind)
                        for v, (n, kind) in out.vectors.items()}
         return out
@@ -494,8 +495,11 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # selected by other scores (ops_select.py): the same exponents, said on the line
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
             if w.chosen else ""
+        # under a routed scaling factor (in the k gates), the model's node holds the route
+        # times it: the route alone is no tensor of the model's (node#unscaled, not read)
         name = self.emit_vector(
-            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(experts)}){why}")
+            node.name if w.factor == 1 else f"{node.name}#unscaled",
+            f"{fn}({w.gates.name}, {w.k}, {', '.join(experts)}){why}")
         out = Vec(name, like.tags, like.dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output
             return Pointwise(out, lambda t, c=w.factor: c * t, node.name)

@@ -231,9 +231,13 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     # selects; apply leaves the model bit-identical at the base width (the bias is no param)
     traced = from_torch(BiasedMoELM, (32, 64), _tokens)
     route, = _routes(traced)
-    assert route == ("sum_3 = route_norm(v_sigmoid, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, bmm_1_e3)"
-                     "  # selected by v_sigmoid + a per-expert bias, in its best groups")
-    assert "reshape_4 = 2.5 * sum_3" in traced.source
+    assert route == ("sum_3_unscaled = route_norm(v_sigmoid, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, "
+                     "bmm_1_e3)  # selected by v_sigmoid + a per-expert bias, in its best groups")
+    assert "reshape_4 = 2.5 * sum_3_unscaled" in traced.source
+    # the model's sum holds the route times 2.5 (the factor is in its gates): the check reads
+    # the layer's output after it, not the route alone under the sum's name
+    assert traced.vectors["sum_3_unscaled"] == ("sum_3", "expert")
+    assert traced.vectors["reshape_4"] == ("reshape_4", "out")
     ours = derive(traced.program, "adam").abc
     theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
     assert _exponents(ours, "moe_router_weight") == _exponents(theirs, "R") == (0, 1, 1)
