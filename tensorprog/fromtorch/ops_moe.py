@@ -156,20 +156,23 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # "expert": no tensor of the model holds them, since the model computes expert e only
         # for the tokens routed to it, in an order that changes with the routing, so the check
         # does not read them (fromtorch/check.py); nor gates the model holds only masked or
-        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids), nor a route before the
-        # routed scaling factor its node holds (node#unscaled); it reads the layer's output
-        # and the gates the model holds whole
+        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids, GraniteMoE's softmax of
+        # the k largest logits), nor a route before the routed scaling factor its node holds
+        # (node#unscaled); it reads the layer's output and the gates the model holds whole
         out.vectors = {v: (n.partition("#")[0], "expert" if "#" in n else kind)
                        for v, (n, kind) in out.vectors.items()}
         return out
 
     # -- the router ----------------------------------------------------------------------------
-    def _gates(self, node, x, fn: str, dim) -> Vec:
-        """``g = softmax(r)`` of a router's logits, a vector with one entry per expert."""
+    def _gates(self, node, x, fn: str, dim, selected: bool = False) -> Vec:
+        """``g = softmax(r)`` of a router's logits, a vector with one entry per expert
+        (``selected``: the model's node holds only the k selected entries, so the gates are
+        no tensor of the model's: named node#gates, which the check does not read)."""
         if isinstance(x, (Vec, Affine, Pointwise)):
             x = self.vec(x, node)
             if dim in (-1, len(x.tags) - 1) and x.tags[-1] == "F":
-                name = self.emit_vector(node.name, f"{fn}({x.name})")
+                name = self.emit_vector(f"{node.name}#gates" if selected else node.name,
+                                        f"{fn}({x.name})")
                 return Vec(name, x.tags, x.dim)
         raise refuse(node, f"a {fn} of a router's scores that is not over the last axis of a "
                      "per-token vector", help=_HELP)
@@ -308,8 +311,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # (GraniteMoE, GPT-OSS select on the logits, then normalise the k)
         if isinstance(v, TopW) and not v.flat and not v.norm and v.factor == 1 \
                 and dim in (-1, len(v.gates.tags) - 1) and not self._producer(v.gates.name):
-            return TopW(self._gates(node, v.gates, "softmax", -1), v.k, norm=True,
-                        picked=v.gates.name)
+            return TopW(self._gates(node, v.gates, "softmax", -1, selected=True), v.k,
+                        norm=True, picked=v.gates.name)
         return None
 
     _moe__softmax = _moe_softmax

@@ -9,7 +9,7 @@ import warnings
 from fractions import Fraction
 
 import pytest
-from conftest import ROOT, apply_is_bit_identical_at_base
+from conftest import ROOT, apply_is_bit_identical_at_base, the_check_reads_the_program
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -346,8 +346,12 @@ def test_a_softmax_of_the_top_logits_and_a_gated_shared_expert():
     # over one gate is that product exactly, and W_g derives as the readout it is
     traced = from_torch(lambda n: MoELM(n, "logits"), (32, 64), _tokens)
     shared, routed = _routes(traced)
-    assert routed.startswith("sum_1 = route_norm(v_softmax, 2, bmm_1_e0, ")
-    assert "v_softmax = softmax(linear_3)" in traced.source
+    assert routed.startswith("sum_1 = route_norm(softmax_gates, 2, bmm_1_e0, ")
+    assert "softmax_gates = softmax(linear_3)" in traced.source
+    # the model's softmax holds the k selected gates alone: the check reads the program's
+    # values, never that softmax as the gates over every expert (it did before)
+    found = the_check_reads_the_program(traced, lambda n: MoELM(n, "logits"), _tokens)
+    assert "softmax_gates" not in found and "sum_1" in found
     assert shared == "mul = route(v_sigmoid, 1, linear_1)"
     abc = derive(traced.program, "adam").abc
     assert _exponents(abc, "shared_gate_weight") == _exponents(abc, "moe_router_weight") \
