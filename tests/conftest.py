@@ -154,26 +154,15 @@ def _fed(program, a):
     return torch.nn.functional.unfold(a, p, stride=p).transpose(1, 2)
 
 
-def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
-                              optimizer: str = "adam") -> float:
-    """The emitted module of ``traced.program``, given the params of ``build(base width)``
-    (each in the program's layout, as apply reads it), computes the model's output on
-    ``inputs(model)`` at the base width, in float64: within ``tol`` of it, a traced program that
-    computes something else (tokens reordered, a mask dropped) fails. Images are given to the
-    emitted module channels-last, as it keeps them. ``optimizer`` is the one ``MuP`` reads the
-    params' layout under (one under which the blocks of a tensor share an LR: Adam for a fused
-    layer whose blocks' SGD LRs differ). Returns the largest difference."""
+def _emitted_like(traced, model, mup, dtype):
+    """The emitted module of ``traced.program`` at the base width, holding ``model``'s params
+    (each in the program's layout, as apply reads it)."""
     import torch
 
     from tensorprog.emit.load import load_module
-    from tensorprog.fromtorch import MuP
 
-    width = traced.base_width
-    torch.manual_seed(3)
-    model = build(width).double()
-    mup = MuP(traced, optimizer)
     emitted = load_module(emit_program(traced.program), "traced_oracle").Model(
-        width, dtype=torch.float64)
+        traced.base_width, dtype=dtype)
     mine = dict(emitted.named_parameters())
     with torch.no_grad():
         for name, use in traced.params.items():
@@ -196,7 +185,27 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
                     t = t.t() if t.dim() == 2 else t
                 q = mine.pop(key)
                 q.copy_(t.reshape(q.shape))
-        assert not mine, f"emitted params no traced param fills: {sorted(mine)}"
+    assert not mine, f"emitted params no traced param fills: {sorted(mine)}"
+    return emitted
+
+
+def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
+                              optimizer: str = "adam") -> float:
+    """The emitted module of ``traced.program``, given the params of ``build(base width)``
+    (each in the program's layout, as apply reads it), computes the model's output on
+    ``inputs(model)`` at the base width, in float64: within ``tol`` of it, a traced program that
+    computes something else (tokens reordered, a mask dropped) fails. Images are given to the
+    emitted module channels-last, as it keeps them. ``optimizer`` is the one ``MuP`` reads the
+    params' layout under (one under which the blocks of a tensor share an LR: Adam for a fused
+    layer whose blocks' SGD LRs differ). Returns the largest difference."""
+    import torch
+
+    from tensorprog.fromtorch import MuP
+
+    torch.manual_seed(3)
+    model = build(traced.base_width).double()
+    emitted = _emitted_like(traced, model, MuP(traced, optimizer), torch.float64)
+    with torch.no_grad():
         args = [a.double() if a.is_floating_point() else a for a in inputs(model)]
         want = model(*args)
         want = getattr(want, "logits", want)  # a Hugging Face model's output
@@ -205,6 +214,39 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
     assert got.shape == want.shape and err <= tol * max(1.0, want.abs().max().item()), (
         f"the traced program computes something else: max |emitted - model| = {err}")
     return err
+
+
+def the_check_reads_the_program(traced, build, inputs, tol: float = 1e-10,
+                                dtype=None) -> dict:
+    """Every vector the coordinate check reads from ``build(base width)`` (``probe``) is the
+    program's value there: the emitted module's ``vectors()`` given the model's params, entry
+    for entry up to their order (a layout of heads the model keeps otherwise), within ``tol``
+    of the largest entry. A vector named after a model's node that holds something else (a
+    masked table, a sum times a constant) fails. ``dtype``: float64 unless the model runs
+    only in float32 (transformers' grouped_mm). Returns what was read."""
+    import torch
+
+    from tensorprog.fromtorch import MuP, probe
+
+    dtype = dtype or torch.float64
+    mup = MuP(traced, "adam")
+    torch.manual_seed(3)
+    model = build(traced.base_width).to(dtype)
+    emitted = _emitted_like(traced, model, mup, dtype)
+    args = tuple(a.to(dtype) if a.is_floating_point() else a for a in inputs(model))
+    with torch.no_grad():
+        program = emitted.vectors(*(_fed(traced.program, a) for a in args))
+    found = probe(mup, model, args)()
+    assert found and set(found) <= set(program), sorted(set(found) - set(program))
+    for name, value in found.items():
+        a, b = (v.double().reshape(-1).sort().values for v in (value, program[name]))
+        assert a.shape == b.shape, f"the check reads {name} of {value.shape}, the program's " \
+            f"{tuple(program[name].shape)}"
+        err = (a - b).abs().max().item()
+        assert err <= tol * max(1.0, b.abs().max().item()), (
+            f"the check reads {name} as something else than the program's: max |model - "
+            f"program| = {err}")
+    return found
 
 
 def abc_by_target(traced, optimizer="adam", rows=False) -> dict:

@@ -269,6 +269,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
         return (scale_input(args[0], *scaled[n.name]), *args[1:])
 
     def logits(n, q, k):
+        if n.kwargs.get("enable_gqa") and k.shape[-3] != q.shape[-3]:  # each key head in turn
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)  # serves a group's
         return (n.kwargs.get("scale") or q.shape[-1] ** -0.5) * q @ k.transpose(-2, -1)
 
     class Recorder(torch.fx.Interpreter):

@@ -155,9 +155,12 @@ class GatedInputOps:
 
     def _gated_sigmoid(self, node, t):
         """sigmoid of the table of -inf with the top-k logits in: their sigmoid, 0 elsewhere,
-        the table of the gates ``sigmoid(logits)`` (whose top-k is the logits')."""
+        the table of the gates ``sigmoid(logits)`` (whose top-k is the logits'). The model's
+        node holds that table, not the program's gates (sigmoid of every logit): no tensor of
+        the model holds them, so they are named as an expert's values (``node#gates``), which
+        the check does not read."""
         if isinstance(t, GateTable) and t.fill == -math.inf and t.layout == "token":
-            name = self.emit_vector(node.name, f"sigmoid({t.gates.name})")
+            name = self.emit_vector(f"{node.name}#gates", f"sigmoid({t.gates.name})")
             return GateTable(Vec(name, t.gates.tags, t.gates.dim), t.k, 0.0)
         return None
 

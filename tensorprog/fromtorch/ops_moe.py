@@ -155,18 +155,24 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # expert e's values (node#e) are of the node that computes all experts' (node), kind
         # "expert": no tensor of the model holds them, since the model computes expert e only
         # for the tokens routed to it, in an order that changes with the routing, so the check
-        # does not read them (fromtorch/check.py); the layer's output and the gates it reads
+        # does not read them (fromtorch/check.py); nor gates the model holds only masked or
+        # selected (node#gates: Llama 4's table, Kolibri's k sigmoids, GraniteMoE's softmax of
+        # the k largest logits), nor a route before the routed scaling factor its node holds
+        # (node#unscaled); it reads the layer's output and the gates the model holds whole
         out.vectors = {v: (n.partition("#")[0], "expert" if "#" in n else kind)
                        for v, (n, kind) in out.vectors.items()}
         return out
 
     # -- the router ----------------------------------------------------------------------------
-    def _gates(self, node, x, fn: str, dim) -> Vec:
-        """``g = softmax(r)`` of a router's logits, a vector with one entry per expert."""
+    def _gates(self, node, x, fn: str, dim, selected: bool = False) -> Vec:
+        """``g = softmax(r)`` of a router's logits, a vector with one entry per expert
+        (``selected``: the model's node holds only the k selected entries, so the gates are
+        no tensor of the model's: named node#gates, which the check does not read)."""
         if isinstance(x, (Vec, Affine, Pointwise)):
             x = self.vec(x, node)
             if dim in (-1, len(x.tags) - 1) and x.tags[-1] == "F":
-                name = self.emit_vector(node.name, f"{fn}({x.name})")
+                name = self.emit_vector(f"{node.name}#gates" if selected else node.name,
+                                        f"{fn}({x.name})")
                 return Vec(name, x.tags, x.dim)
         raise refuse(node, f"a {fn} of a router's scores that is not over the last axis of a "
                      "per-token vector", help=_HELP)
@@ -305,8 +311,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # (GraniteMoE, GPT-OSS select on the logits, then normalise the k)
         if isinstance(v, TopW) and not v.flat and not v.norm and v.factor == 1 \
                 and dim in (-1, len(v.gates.tags) - 1) and not self._producer(v.gates.name):
-            return TopW(self._gates(node, v.gates, "softmax", -1), v.k, norm=True,
-                        picked=v.gates.name)
+            return TopW(self._gates(node, v.gates, "softmax", -1, selected=True), v.k,
+                        norm=True, picked=v.gates.name)
         return None
 
     _moe__softmax = _moe_softmax
@@ -492,8 +498,11 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         # selected by other scores (ops_select.py): the same exponents, said on the line
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
             if w.chosen else ""
+        # under a routed scaling factor (in the k gates), the model's node holds the route
+        # times it: the route alone is no tensor of the model's (node#unscaled, not read)
         name = self.emit_vector(
-            node.name, f"{fn}({w.gates.name}, {w.k}, {', '.join(experts)}){why}")
+            node.name if w.factor == 1 else f"{node.name}#unscaled",
+            f"{fn}({w.gates.name}, {w.k}, {', '.join(experts)}){why}")
         out = Vec(name, like.tags, like.dim)
         if w.factor != 1:  # a routed scaling factor: a constant on the layer's output
             return Pointwise(out, lambda t, c=w.factor: c * t, node.name)

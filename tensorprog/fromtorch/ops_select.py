@@ -167,10 +167,13 @@ class SelectOps:
 
     def _moe_sigmoid(self, node, v):
         """``sigmoid(logits.gather(1, ids))`` (Kolibri's): the k gathered logits' sigmoid is
-        the sigmoid's k entries, so the gates are ``sigmoid(logits)``, selected by the ids."""
+        the sigmoid's k entries, so the gates are ``sigmoid(logits)``, selected by the ids.
+        The model's node holds those k entries, not the gates over every expert: no tensor of
+        the model holds them, so they are named as an expert's values (``node#gates``), which
+        the check does not read."""
         if isinstance(v, TopW) and v.chosen and not (v.flat or v.norm or v.picked) \
                 and v.factor == 1 and not self._producer(v.gates.name):
-            name = self.emit_vector(node.name, f"sigmoid({v.gates.name})")
+            name = self.emit_vector(f"{node.name}#gates", f"sigmoid({v.gates.name})")
             gates = Vec(name, v.gates.tags, v.gates.dim)
             return TopW(gates, v.k, picked=v.gates.name, chosen=True)
         return None

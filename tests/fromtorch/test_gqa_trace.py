@@ -89,8 +89,9 @@ def test_mup_apply_is_bit_identical_at_the_base_width_and_scales_the_kv_projecti
 class _Interleaved(nn.Module):
     """Attention with 2 key/value heads repeated by torch.repeat_interleave for 4 query heads."""
 
-    def __init__(self, n):
+    def __init__(self, n, enable_gqa=False):
         super().__init__()
+        self.enable_gqa = enable_gqa  # sdpa repeats the heads instead
         self.emb, self.q, self.o = nn.Embedding(8, n), nn.Linear(n, n), nn.Linear(n, n)
         self.k, self.v, self.head = nn.Linear(n, n // 2), nn.Linear(n, n // 2), nn.Linear(n, 8)
 
@@ -98,9 +99,10 @@ class _Interleaved(nn.Module):
         x = self.emb(tok)
         b, t, n = x.shape
         q = self.q(x).view(b, t, 4, n // 4).transpose(1, 2)
-        k, v = (z(x).view(b, t, 2, n // 4).transpose(1, 2).repeat_interleave(2, dim=1)
-                for z in (self.k, self.v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        k, v = (z(x).view(b, t, 2, n // 4).transpose(1, 2) for z in (self.k, self.v))
+        if not self.enable_gqa:
+            k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.enable_gqa)
         return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
@@ -109,3 +111,22 @@ def test_repeat_interleave_traces_as_grouped_query_attention():
     assert "param k_weight : [n_by2, n]" in traced.source
     dot, mix = _attention_lines(traced.source)
     assert dot.endswith("dot(linear, linear_1, n_by4)") and mix.endswith(", linear_2)")
+
+
+def test_the_check_reads_the_logits_of_sdpa_enable_gqa():
+    # before: the check's logits multiplied the queries by the keys of half their heads (a
+    # traceback); sdpa serves each key head to its group of query heads in turn
+    from tensorprog.fromtorch import probe
+
+    build = lambda n: _Interleaved(n, enable_gqa=True)  # noqa: E731
+    tokens = lambda m: (torch.arange(8).view(2, 4),)  # noqa: E731
+    traced = from_torch(build, (16, 32), tokens)
+    torch.manual_seed(0)
+    model = build(16)
+    found = probe(MuP(traced, "adam"), model, tokens(model))()
+    logits, = [v for v, (_, kind) in traced.vectors.items() if kind == "sdpa_logits"]
+    with torch.no_grad():
+        x = model.emb(*tokens(model))
+        q, k = (z(x).view(2, 4, -1, 4).transpose(1, 2) for z in (model.q, model.k))
+        want = q @ k.repeat_interleave(2, dim=1).transpose(-2, -1) / 2
+    torch.testing.assert_close(found[logits], want)

@@ -8,7 +8,7 @@ import re
 from fractions import Fraction
 
 import pytest
-from conftest import ROOT, traced_computes_the_model
+from conftest import ROOT, the_check_reads_the_program, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -84,9 +84,9 @@ def llama4():
 
 def test_each_experts_input_is_traced_into_route_in_and_the_experts_summed(llama4):
     src = llama4.source
-    assert "v_sigmoid = sigmoid(linear)" in src
+    assert "sigmoid_gates = sigmoid(linear)" in src
     for e in range(E):
-        assert re.search(rf"= route_in\(v_sigmoid, {K}, {e}, embedding\)", src), src
+        assert re.search(rf"= route_in\(sigmoid_gates, {K}, {e}, embedding\)", src), src
     assert re.search(r"= bmm_1_e0 \+ bmm_1_e1 \+ bmm_1_e2 \+ bmm_1_e3\n", src), src
     assert llama4.params["gate_up_part1_e3"].expert == 3
 
@@ -99,6 +99,19 @@ def test_the_traced_program_computes_the_model(llama4, form):
     traced = llama4 if form == "llama4" else from_torch(
         lambda n: GatedInputMoE(n, form), (32, 64), _tokens)
     traced_computes_the_model(traced, lambda n: GatedInputMoE(n, form), _tokens)
+
+
+def test_the_check_reads_each_vector_where_the_model_holds_it(llama4):
+    # the model's sigmoid holds the table (0 for the experts not selected), not the program's
+    # gates sigmoid(logits): before, the check read that table as the gates; every vector it
+    # reads must be the program's value, the gates where the model holds them whole (zeros)
+    for traced, form in ((llama4, "llama4"), (None, "zeros")):
+        traced = traced or from_torch(lambda n, f=form: GatedInputMoE(n, f), (32, 64), _tokens)
+        found = the_check_reads_the_program(traced, lambda n, f=form: GatedInputMoE(n, f),
+                                            _tokens)
+        gates, = [s.split(" = ")[0] for s in traced.source.splitlines()
+                  if re.search(r"= (sigmoid|softmax)\(linear\)", s)]
+        assert (gates in found) == (form == "zeros")
 
 
 def _exponents(abc, name):
@@ -196,6 +209,9 @@ def test_identity_experts_trace_into_one_route_over_every_expert():
         ids = model.moe.router(model.embed(*_tokens(model)))[2]
     assert (ids >= 4).any() and (ids < 4).any()
     traced_computes_the_model(traced, lambda n: IdentityExperts(n, "eager"), _tokens, tol=1e-5)
+    # the check reads the program's values: before, it read the route times the routed
+    # scaling factor (the model's sum) as the route alone
+    the_check_reads_the_program(traced, IdentityExperts, _tokens, tol=1e-5, dtype=torch.float32)
 
 
 class WrongIdentityMask(IdentityExperts):

@@ -9,7 +9,7 @@ import warnings
 from fractions import Fraction
 
 import pytest
-from conftest import ROOT, apply_is_bit_identical_at_base
+from conftest import ROOT, apply_is_bit_identical_at_base, the_check_reads_the_program
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -233,9 +233,13 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     # selects; apply leaves the model bit-identical at the base width (the bias is no param)
     traced = from_torch(BiasedMoELM, (32, 64), _tokens)
     route, = _routes(traced)
-    assert route == ("sum_3 = route_norm(v_sigmoid, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, bmm_1_e3)"
-                     "  # selected by v_sigmoid + a per-expert bias, in its best groups")
-    assert "reshape_4 = 2.5 * sum_3" in traced.source
+    assert route == ("sum_3_unscaled = route_norm(v_sigmoid, 2, bmm_1_e0, bmm_1_e1, bmm_1_e2, "
+                     "bmm_1_e3)  # selected by v_sigmoid + a per-expert bias, in its best groups")
+    assert "reshape_4 = 2.5 * sum_3_unscaled" in traced.source
+    # the model's sum holds the route times 2.5 (the factor is in its gates): the check reads
+    # the layer's output after it, not the route alone under the sum's name
+    assert traced.vectors["sum_3_unscaled"] == ("sum_3", "expert")
+    assert traced.vectors["reshape_4"] == ("reshape_4", "out")
     ours = derive(traced.program, "adam").abc
     theirs = derive(parse_file(ROOT / "examples" / "moe.tp"), "adam").abc
     assert _exponents(ours, "moe_router_weight") == _exponents(theirs, "R") == (0, 1, 1)
@@ -244,8 +248,11 @@ def test_a_selection_by_the_gates_plus_a_bias_in_groups_traces_into_route_norm()
     # Kolibri's: the selected logits' sigmoid is the sigmoid's selected entries
     traced = from_torch(lambda n: BiasedMoELM(n, "logits"), (32, 64), _tokens)
     route, = _routes(traced)
-    assert route.startswith("sum_2 = route_norm(v_sigmoid, 2, bmm_1_e0, ") and "# selected" in route
-    assert "v_sigmoid = sigmoid(linear_2)" in traced.source
+    assert route.startswith("sum_2 = route_norm(sigmoid_gates, 2, bmm_1_e0, ") and "# selected" \
+        in route
+    assert "sigmoid_gates = sigmoid(linear_2)" in traced.source
+    # the model's sigmoid holds the k selected logits' alone, not the gates: the check reads none
+    assert traced.vectors["sigmoid_gates"] == ("sigmoid", "expert")
     assert _exponents(derive(traced.program, "adam").abc, "moe_router_weight") == (0, 1, 1)
     # Ernie-4.5's: softmax gates, the bias a fixed param [1, E] squeezed (no gradient reaches
     # it through the ids: it stays out of the program, and apply says so), a clamped sum
@@ -341,8 +348,12 @@ def test_a_softmax_of_the_top_logits_and_a_gated_shared_expert():
     # over one gate is that product exactly, and W_g derives as the readout it is
     traced = from_torch(lambda n: MoELM(n, "logits"), (32, 64), _tokens)
     shared, routed = _routes(traced)
-    assert routed.startswith("sum_1 = route_norm(v_softmax, 2, bmm_1_e0, ")
-    assert "v_softmax = softmax(linear_3)" in traced.source
+    assert routed.startswith("sum_1 = route_norm(softmax_gates, 2, bmm_1_e0, ")
+    assert "softmax_gates = softmax(linear_3)" in traced.source
+    # the model's softmax holds the k selected gates alone: the check reads the program's
+    # values, never that softmax as the gates over every expert (it did before)
+    found = the_check_reads_the_program(traced, lambda n: MoELM(n, "logits"), _tokens)
+    assert "softmax_gates" not in found and "sum_1" in found
     assert shared == "mul = route(v_sigmoid, 1, linear_1)"
     abc = derive(traced.program, "adam").abc
     assert _exponents(abc, "shared_gate_weight") == _exponents(abc, "moe_router_weight") \
