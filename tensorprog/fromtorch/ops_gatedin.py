@@ -110,7 +110,10 @@ class GatedInputOps:
         """``x.repeat(c, 1)`` of a vector per token [tokens, n]: c copies of the tokens."""
         sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
             else list(sizes)
-        if len(sizes) == 2 and sizes[1] == 1 and isinstance(sizes[0], int) and sizes[0] > 1 \
+        # only a traced vector: a constant repeated (Whisper's position ids over the batch) is
+        # the walk's, as it was before this form
+        if isinstance(x, (Vec, Affine, Pointwise)) and len(sizes) == 2 and sizes[1] == 1 \
+                and isinstance(sizes[0], int) and sizes[0] > 1 \
                 and len(self._shape(node.args[0])) == 2:
             v = self.vec(x, node)
             if v.tags[-1] == "F":

@@ -241,3 +241,24 @@ def test_identity_experts_weighted_by_other_gates_are_refused_at_the_sum():
                        r"with matrices once its identity experts are split off") as err:
         from_torch(WrongIdentityMask, (32, 64), _tokens)
     assert "test_moe_gated_input.py" in str(err.value)
+
+
+class RepeatedPositions(nn.Module):
+    """Whisper's decoder positions: ``arange(T).unsqueeze(0).repeat(B, 1)``, a constant repeated
+    over the batch and looked up in a table: the walk's, not the experts' copies of the tokens
+    (x.repeat(E, 1) of a traced vector), which had taken and refused it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(VOCAB, n), nn.Embedding(SEQ, n)
+        self.out = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, ids):
+        b, t = ids.shape
+        positions = torch.arange(t, device=ids.device).unsqueeze(0).repeat(b, 1)
+        return self.out(self.embed(ids) + self.pos(positions))
+
+
+def test_a_repeated_constant_is_no_experts_copy_of_the_tokens():
+    traced_computes_the_model(from_torch(RepeatedPositions, (32, 64), _tokens), RepeatedPositions,
+                              _tokens)
