@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from tensorprog.errors import TensorProgError  # noqa: E402
-from tensorprog.fromtorch import from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
 K, V, T = 3, 11, 8
@@ -66,6 +66,17 @@ def test_codebooks_are_token_inputs_and_heads_readouts(form):
         assert abc[f"emb.{k}.weight"] == (0, 0, 0)
         assert abc[f"heads.{k}.weight"] == (0, 1, 1)
     assert traced_computes_the_model(traced, lambda n: Codebooks(n, form), _ids) <= 1e-10
+
+
+def test_the_check_feeds_codebooks_as_rows_of_the_ids():
+    # coord_check draws K rows of ids per example (the model cuts its codebooks from them) and
+    # targets per row, and probes every codebook's lookup and every head (before: the program's
+    # V, which a model of codebooks alone has not, was missing)
+    traced = from_torch(lambda n: Codebooks(n), WIDTHS, _ids)
+    result = coord_check(MuP(traced, "adam"), (32, 64), seeds=(0,), steps=2)
+    seen = {r.name for r in result.results if r.step == 2}
+    assert {"embedding", "embedding_1", "embedding_2"} <= seen
+    assert set(traced.program.outputs) <= seen
 
 
 @pytest.mark.parametrize("form, match", [
