@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import TraceError
 from .values import Affine, Pointwise, Vec
 from .where import op_name, refuse
 
@@ -33,7 +32,9 @@ class Stacked:
 
 # ops that move or copy entries of the ids, never compute new ones
 _INDEX_OPS = {"view", "reshape", "_unsafe_view", "unflatten", "flatten", "select", "slice",
-              "unsqueeze", "squeeze", "clone", "contiguous", "alias", "lift_fresh_copy"}
+              "unsqueeze", "squeeze", "clone", "contiguous", "alias", "lift_fresh_copy",
+              "transpose", "permute", "t", "unbind", "split", "split_with_sizes", "chunk",
+              "getitem"}
 
 
 def _replay(node, start, ids):
@@ -98,17 +99,17 @@ class CodebookOps:
             return super().op_stack(node, tensors, dim)
         return Stacked(parts)
 
-    def stacked_output(self, value: Stacked) -> None:
+    def stacked_output(self, node, value: Stacked) -> None:
         """The model's output a stack of readouts: each part one output of the program, in
         order; with codebooks read, the stack's K must be theirs (row b·K + k of the output is
         codebook k's, as the ids' rows are)."""
         count = len(value.parts)
         books = {c for c, _ in self.out.codebooks.values()}
         if self.out.stacked is not None or books - {count}:
-            raise TraceError(f"an output of {count} readouts stacked in a model that "
-                             + ("returns another stack" if self.out.stacked is not None else
-                                f"reads {min(books)} codebooks of its ids"),
-                             help="stack one readout per codebook, once, as the model's output")
+            raise refuse(node, f"an output of {count} readouts stacked in a model that "
+                         + ("returns another stack" if self.out.stacked is not None else
+                            f"reads {min(books)} codebooks of its ids"),
+                         help="stack one readout per codebook, once, as the model's output")
         self.out.stacked = (count, value.flat)
         for p in value.parts:
             if p.name not in self.out.outputs:
@@ -135,7 +136,15 @@ class CodebookOps:
         batch = made.shape[0]
         count = rows // batch
         laid = unique.reshape(batch, count, seq)
-        return next(((count, k) for k in range(count) if torch.equal(made, laid[:, k])), None)
+        book = next(((count, k) for k in range(count) if torch.equal(made, laid[:, k])), None)
+        if book is not None and batch < 2:
+            # one example: row k of K rows is as well ids[k:k + 1], one row of any batch
+            raise refuse(node, f"an embedding lookup of row {book[1]} of the token ids, traced "
+                         "on one example: a codebook of it (rows b·K + k) or that row of "
+                         "every batch, which one example cannot tell apart",
+                         help="trace the model on two examples or more (token ids of 2·K "
+                         "rows for K codebooks)")
+        return book
 
     def codebook_lookup(self, node, w, book: tuple[int, int]) -> Vec:
         """The lookup of codebook k of K (``book``): its table read at a token input of its own,

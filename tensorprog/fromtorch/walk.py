@@ -447,7 +447,7 @@ class Walker:
                     if isinstance(value, (Tok, Conc, Aux)) or value is None:
                         continue
                     if isinstance(value, Stacked):  # one output per part (ops_codebooks.py)
-                        self.stacked_output(value)
+                        self.stacked_output(self.by_name[a.name], value)
                         continue
                     self.batch_major_output(self.by_name[a.name], value)  # (ops_timemajor)
                     v = self.vec(value, node)

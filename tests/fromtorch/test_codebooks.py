@@ -23,7 +23,9 @@ class Codebooks(nn.Module):
     """K tables summed, an MLP, K heads stacked. ``form``: "flat" (MusicGen's: the stack viewed
     (B·K, T, V)), "stacked" ((B, K, T, V) as it is), "derived" (codebook 1's ids computed from
     codebook 0's: refused), "delay" (codebook k shifted right by k inside the forward: refused),
-    "whole" (the ids read as a whole too: refused), "mean" (the stack averaged: refused)."""
+    "whole" (the ids read as a whole too: refused), "mean" (the stack averaged: refused),
+    "unbind" (the codebooks taken apart by unbind), "major" (rows k·B + b, another
+    layout: refused)."""
 
     def __init__(self, n, form="flat"):
         super().__init__()
@@ -35,6 +37,10 @@ class Codebooks(nn.Module):
     def forward(self, ids):
         codes = ids.reshape(-1, K, ids.shape[-1])
         books = [codes[:, c] for c in range(K)]
+        if self.form == "unbind":  # the same rows, taken apart otherwise
+            books = list(codes.unbind(1))
+        if self.form == "major":  # rows k·B + b (codebook-major): no codebook of MusicGen's
+            books = list(ids.reshape(K, -1, ids.shape[-1]).unbind(0))
         if self.form == "derived":
             books[1] = (books[0] + 1) % V
         if self.form == "delay":
@@ -46,20 +52,20 @@ class Codebooks(nn.Module):
         out = torch.stack([h(x) for h in self.heads], dim=1)
         if self.form == "mean":
             return out.mean(1)
-        return out.reshape(-1, *out.shape[2:]) if self.form == "flat" else out
+        return out if self.form == "stacked" else out.reshape(-1, *out.shape[2:])
 
 
 def _ids(model):
     return (torch.arange(2 * K * T).mul(5).remainder(V).view(2 * K, T),)
 
 
-@pytest.mark.parametrize("form", ["flat", "stacked"])
+@pytest.mark.parametrize("form", ["flat", "stacked", "unbind"])
 def test_codebooks_are_token_inputs_and_heads_readouts(form):
     traced = from_torch(lambda n: Codebooks(n, form), WIDTHS, _ids)
     for k in range(K):
         assert f"input codebook{k} : tokens[T, V_codebook{k}]" in traced.source
         assert f"emb_{k}_weight @ codebook{k}" in traced.source
-    assert "input tok" not in traced.source and traced.stacked == (K, form == "flat")
+    assert "input tok" not in traced.source and traced.stacked == (K, form != "stacked")
     assert len(traced.program.outputs) == K
     abc = abc_by_target(traced)
     for k in range(K):  # a table: an input weight, as the token embedding; a head: a readout
@@ -84,7 +90,15 @@ def test_the_check_feeds_codebooks_as_rows_of_the_ids():
     ("delay", "an embedding lookup of ids that are neither the token input"),
     ("whole", "as codebooks"),
     ("mean", "readouts stacked"),
+    ("major", "other than a copy of them, the ids shifted right"),
 ])
 def test_ids_that_are_no_fixed_codebook_are_refused(form, match):
     with pytest.raises(TensorProgError, match=match):
         from_torch(lambda n: Codebooks(n, form), WIDTHS, _ids)
+
+
+def test_one_example_is_refused():
+    # ids of K rows: codebook k (rows b·K + k) or row k of any batch, which one example cannot
+    # tell apart
+    with pytest.raises(TensorProgError, match="traced on one example"):
+        from_torch(lambda n: Codebooks(n), WIDTHS, lambda m: (_ids(m)[0][:K],))
