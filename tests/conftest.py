@@ -154,6 +154,22 @@ def _fed(program, a):
     return torch.nn.functional.unfold(a, p, stride=p).transpose(1, 2)
 
 
+def _codebooks_fed(traced, args) -> list:
+    """The emitted module's inputs for a model that reads its token ids as K codebooks (the
+    program's codebook inputs, traced.codebooks: name -> (K, k)): rows b·K + k of the ids each;
+    the model's other inputs, as they are, by the program's other inputs in order."""
+    from tensorprog.fromtorch.inputs import token_index
+    from tensorprog.ir.program import BUILT_KINDS
+
+    ids = args[token_index(tuple(args), {})]
+    fed = [i.name for i in traced.program.inputs if i.kind not in BUILT_KINDS]
+    out = []
+    for name in fed:
+        count, k = traced.codebooks[name]  # (no other input beside codebooks: the trace's)
+        out.append(ids.reshape(-1, count, ids.shape[-1])[:, k])
+    return out
+
+
 def _emitted_like(traced, model, mup, dtype):
     """The emitted module of ``traced.program`` at the base width, holding ``model``'s params
     (each in the program's layout, as apply reads it)."""
@@ -209,7 +225,11 @@ def traced_computes_the_model(traced, build, inputs, tol: float = 1e-10,
         args = [a.double() if a.is_floating_point() else a for a in inputs(model)]
         want = model(*args)
         want = getattr(want, "logits", want)  # a Hugging Face model's output
-        got = emitted(*(_fed(traced.program, a) for a in args))
+        got = emitted(*_codebooks_fed(traced, args)) if traced.codebooks else emitted(
+            *(_fed(traced.program, a) for a in args))
+        if traced.stacked is not None:  # K readouts stacked on axis 1 (flat: (B·K, T, V))
+            got = torch.stack(got, dim=1)
+            got = got.reshape(-1, *got.shape[2:]) if traced.stacked[1] else got
     err = (got - want).abs().max().item()
     assert got.shape == want.shape and err <= tol * max(1.0, want.abs().max().item()), (
         f"the traced program computes something else: max |emitted - model| = {err}")

@@ -57,7 +57,8 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
     fed = set(kwargs) | set(forward_names(model, tuple(inputs), {}))
     ids = [i.name for i in mup.traced.program.inputs
            if i.kind == "tokens" and i.name != "tok" and i.name not in fed
-           and not i.name.startswith(SHIFTED_IDS)]  # made by the model's graph itself
+           and not i.name.startswith(SHIFTED_IDS)  # made by the model's graph itself
+           and i.name not in mup.traced.codebooks]  # cut from the token ids by it
     if ids:  # segment ids traced as inputs of their own: the probe feeds the token ids alone
         raise UsageError(
             f"the model was traced with {', '.join(ids)} as token inputs of their own, which "
@@ -593,7 +594,8 @@ def _feed(traced, x, g) -> tuple[tuple, dict]:
     import torch
 
     program = traced.program
-    others = [i for i in program.inputs if i.kind == "tokens" and i.name != "tok"]
+    others = [i for i in program.inputs if i.kind == "tokens" and i.name != "tok"
+              and i.name not in traced.codebooks]  # (cut from x by the model: _data)
     if not others and x.is_floating_point():
         return _keyword_feed(traced, x)
     if not others:
@@ -625,6 +627,14 @@ def _data(traced, batch: int, g):
     import torch
 
     program = traced.program
+    if traced.codebooks:  # K codebooks per example as K rows of the ids (ops_codebooks.py)
+        count = next(iter(traced.codebooks.values()))[0]
+        seq = program.dim_table["T"].size
+        vocab = min(program.dim_table[i.dim].size for i in program.inputs
+                    if i.name in traced.codebooks)
+        classes = program.dim_table[program.value_dims[program.outputs[0]]].size
+        return (torch.randint(vocab, (batch * count, seq), generator=g),
+                torch.randint(classes, (batch * count, seq), generator=g))
     if not any(i.kind in ("image", "patches", "vector") for i in program.inputs):
         seq, vocab = (program.dim_table[d].size for d in ("T", "V"))
         # the targets run over the output's sequence (an encoder-decoder's: the decoder's)

@@ -11,6 +11,7 @@ from .ops_attention import AttentionOps
 from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
 from .ops_classtoken import ClassTokenOps
+from .ops_codebooks import CodebookOps
 from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
@@ -66,7 +67,8 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
-    MoEOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps, AttentionOps,
+    MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
+    AttentionOps,
     RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,

@@ -77,6 +77,11 @@ class LinearOps:
         if not isinstance(w, PRef):
             raise refuse(node, "an embedding whose table is not a param")
         if isinstance(idx, Tok):
+            if self.out.codebooks:  # (ops_codebooks.py)
+                raise refuse(node, "an embedding lookup of the token ids as a whole in a model "
+                             "that reads them as codebooks (rows b·K + k) too: the program's "
+                             "token inputs would be of two batches",
+                             help="read the ids only as codebooks, or only as a whole")
             table, _ = self.param(w, node, lookup=True)
             self.tokens_vocab = w.shape[0]
             self.tokens_table = w.target
@@ -159,6 +164,8 @@ class LinearOps:
             and not w.rows and not w.offset
         if same and torch.equal(made, ids):
             return self.op_embedding(node, w, Tok(("tok",) * ids.dim()))
+        if (book := self.codebook_of(node)) is not None:  # rows b·K + k (ops_codebooks.py)
+            return self.codebook_lookup(node, w, book)
         if same and ids.dim() == 2 and torch.equal(made[:, 1:], ids[:, :-1]) \
                 and bool((made[:, 0] == made[0, 0]).all()) \
                 and w.target == getattr(self, "tokens_table", None):
@@ -166,9 +173,12 @@ class LinearOps:
         raise refuse(
             node,
             "an embedding lookup of ids computed from the token ids other than a copy of "
-            "them or the ids shifted right by one behind a start id",
+            "them, the ids shifted right by one behind a start id, or one codebook of them "
+            "(rows b·K + k of the ids, (B·K, T) viewed (B, K, T) and [:, k], by views and "
+            "slices alone)",
             help="compute those ids outside the model and give them as an input of the "
-            "forward (decoder_input_ids=)",
+            "forward (decoder_input_ids=; a delay pattern or codebook computed from another: "
+            "applied to the codes before the forward)",
         )
 
     @staticmethod

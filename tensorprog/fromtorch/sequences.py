@@ -99,6 +99,9 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
                  if (m := re.match(r"input (\w+) : patches\[T,", d))})
     for name, (kind, _, _) in trace.seq_inputs.items():
         tags[name] = (name, name) if "relative" in kind else (name,)
+    # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
+    for name in getattr(trace, "codebooks", {}):
+        classes.union(name, "tok")
     for stmt in trace.stmts:
         target, _, expr = stmt.partition(" = ")
         try:

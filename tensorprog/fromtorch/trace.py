@@ -170,6 +170,11 @@ class Traced:
     # graph nodes whose number is a coefficient slot at either width, 1 or not (convert's keep)
     coefficient_nodes: frozenset = frozenset()
     own_heads: frozenset = frozenset()  # attention nodes written mix(p, v, dv) (convert.py)
+    # token inputs that are codebooks of the token ids: name -> (K, k), the ids' rows b·K + k;
+    # the outputs stacked (K, flat): the model's output is the program's outputs stacked on
+    # axis 1 (flat: then viewed (B·K, T, V)) (ops_codebooks.py)
+    codebooks: dict = dataclasses.field(default_factory=dict)
+    stacked: tuple | None = None
 
     @property
     def program(self):
@@ -550,6 +555,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
         rolled.stack if rolled else None,
         rolled.names if rolled else {},
         notes,
+        codebooks=dict(t1.codebooks),
+        stacked=t1.stacked,
     )
 
 

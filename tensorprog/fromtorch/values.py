@@ -602,6 +602,8 @@ class Trace:
     coefficient_nodes: set[str] = field(default_factory=set)
     # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
     ids: dict[str, int] = field(default_factory=dict)
+    codebooks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (ops_codebooks.py)
+    stacked: tuple | None = None
     # inputs over a sequence besides ``tok`` (sequences.py): program name -> (kind, its
     # sequence's dim, table rows: vocabulary or buckets); sequence dims besides T -> length
     seq_inputs: dict[str, tuple[str, str, int]] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
 from .inplace import in_place
 from .inputs import probe_ids
+from .ops_codebooks import Stacked
 from .ops_conv import Padded
 from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
@@ -113,6 +114,7 @@ SYMBOLIC = (
     Centered,
     Strided,
     PairStack,
+    Stacked,  # readouts stacked, read by the output alone (ops_codebooks.py)
     Zeroed,
     TokensFrom,
     OneToken,  # a class token split off the tokens (ops_classtoken.py)
@@ -443,6 +445,9 @@ class Walker:
                 for a in outs:
                     value = self.env[a.name]
                     if isinstance(value, (Tok, Conc, Aux)) or value is None:
+                        continue
+                    if isinstance(value, Stacked):  # one output per part (ops_codebooks.py)
+                        self.stacked_output(self.by_name[a.name], value)
                         continue
                     self.batch_major_output(self.by_name[a.name], value)  # (ops_timemajor)
                     v = self.vec(value, node)
