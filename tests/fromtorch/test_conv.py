@@ -112,6 +112,7 @@ def test_apply_leaves_the_resnet_bit_identical_at_the_base_width(resnet):
     apply_is_bit_identical_at_base(resnet, ResNet, images)
 
 
+@pytest.mark.slow  # a coordinate check over widths (README, Tests)
 def test_the_coordinate_check_passes_mup_and_fails_the_resnet_as_it_comes(resnet):
     # widths 16-64, one seed, 3 Adam steps at lr 3e-3 on 4 random 16x16 images (fixed seeds):
     # under µP every slope from step 2 on lies in [-0.08, +0.05]; the model as it comes

@@ -65,6 +65,7 @@ def encoder():
     return from_torch(Encoder, WIDTHS, _tokens)
 
 
+@pytest.mark.slow  # a coordinate check over widths (README, Tests)
 def test_bidirectional_attention_and_the_first_token_trace_and_pass_the_coordinate_check(
         encoder):
     assert "mix(softmax(" in encoder.source and "causal_softmax" not in encoder.source

@@ -386,6 +386,7 @@ class NormedMoELM(nn.Module):
         return self.head(h + self.moe(h))
 
 
+@pytest.mark.slow  # a coordinate check over widths (README, Tests)
 def test_a_routers_finite_width_drift_passes_by_its_parts_and_sp_still_fails():
     # the router logits (linear) read -0.31 after step 2, -0.29 after step 3 at widths 64..256
     # (2 seeds, ±0.15). Split, their change is the router's own update ΔR·x, which scales as

@@ -79,6 +79,7 @@ def test_both_forms_are_one_program_and_the_max_shift_is_the_softmax(traced):
     assert "causal_softmax(mul)" in plain.source
 
 
+@pytest.mark.slow  # a coordinate check over widths (README, Tests)
 def test_a_traced_sink_passes_its_coordinate_check(traced):
     # widths 64..256, 2 seeds, 3 Adam steps, the tolerance of the other traced checks (0.25)
     result = coord_check(MuP(traced["cat"], "adam"), (64, 128, 256), tolerance=0.25)
