@@ -164,7 +164,9 @@ def test_conventions_give_the_same_network_and_trajectory(tmp_path):
     assert torch.allclose(a, b, rtol=1e-6, atol=0)
 
 
-# torch's own compile stack touches a deprecated torch.jit API on import; not ours to fix
+# torch's own compile stack touches a deprecated torch.jit API on import; not ours to fix;
+# slow (4 s of compiling): test_scale.py's fullgraph capture keeps torch.compile in the default run
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_sees_an_ordinary_module(tmp_path):
     m = import_file(_write(tmp_path, "mlp.tp"))
