@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .routing import ExpertNode, Experts, TopIdx, TopW
 from .values import Affine, Pointwise, PRef, Vec
-from .where import refuse
+from .where import refuse, repeat_sizes
 
 HELP = ("the tracer follows a dense table of a router's gates (full_like(logits, -inf) with the "
         "top-k logits scattered in, then a sigmoid; or zeros with the k largest gates scattered "
@@ -108,8 +108,7 @@ class GatedInputOps:
 
     def expert_copies(self, node, x, sizes):
         """``x.repeat(c, 1)`` of a vector per token [tokens, n]: c copies of the tokens."""
-        sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
-            else list(sizes)
+        sizes = repeat_sizes(sizes)
         # only a traced vector: a constant repeated (Whisper's position ids over the batch) is
         # the walk's, as it was before this form
         if isinstance(x, (Vec, Affine, Pointwise)) and len(sizes) == 2 and sizes[1] == 1 \

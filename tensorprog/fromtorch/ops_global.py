@@ -12,7 +12,7 @@ and one per sequence (docs/language.md), which the emitted module broadcasts ove
 from __future__ import annotations
 
 from .values import OverTokens, Pointwise, Vec
-from .where import op_name, refuse
+from .where import op_name, refuse, repeat_sizes
 
 _HELP = ("multiply each token's vector by the per-sequence vector given back its token axis "
          "(g.unsqueeze(1) * k, or g.unsqueeze(1).repeat(1, T, 1) * k)")
@@ -45,8 +45,7 @@ class GlobalOps:
     def over_tokens_repeat(self, node, v: OverTokens, sizes) -> OverTokens:
         """``repeat(1, T, 1)`` of it: every token alike."""
         shape = tuple(node.meta["val"].shape)
-        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):  # aten's repeat(x, [...])
-            sizes = tuple(sizes[0])
+        sizes = repeat_sizes(sizes)
         if len(sizes) != 3 or sizes[0] not in (1, -1) or sizes[2] not in (1, -1) or \
                 len(shape) != 3 or any(op_name(u) != "mul" for u in node.users):
             raise refuse(node, "a vector per sequence repeated other than over the tokens, "

@@ -12,7 +12,7 @@ after it is what its dims make it, as after ``first(h)``.
 from __future__ import annotations
 
 from .values import Affine, OverTokens, Pointwise, PRef, TokensFrom, Vec
-from .where import op_name, refuse
+from .where import op_name, refuse, repeat_sizes
 
 _HELP = ("pool the (batch, tokens, features) output of the per-token layers with h.mean(1), or "
          "h[:, k:].mean(1) for the tokens from k on (the patches after a class token)")
@@ -129,8 +129,7 @@ class PoolOps:
                          help="pool with the class token or the mean of the tokens (h.mean(1)), "
                          "or trace the model without this head")
         tags = getattr(v, "tags", None) or ()
-        sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
-            else sizes
+        sizes = repeat_sizes(sizes)
         if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
             # torch's repeat tiles: copy c of head j is head c·h + j, so that after a
             # repeat_kv query head i reads head (i // g) mod h (DiffLlama's halved values)

@@ -102,6 +102,13 @@ def op_name(node) -> str:
     return op.__name__ if op is not None else getattr(node.target, "__name__", str(node.target))
 
 
+def repeat_sizes(sizes) -> tuple:
+    """The sizes of ``x.repeat(*sizes)``, given as aten writes them (``repeat(x, [...])``, one
+    list) or one by one."""
+    return tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
+        else tuple(sizes)
+
+
 def module_of(node) -> str:
     """The user's name of the module that ran the node ("" for the model itself)."""
     stack = node.meta.get("nn_module_stack") or {}
