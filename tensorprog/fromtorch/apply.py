@@ -190,8 +190,20 @@ class MuP(DepthScaling, OptimizerGroups):
         emitted module's forward multiplier: a patch of factor c on the module that makes the
         query of the logits it scales (logits are linear in the query), or on the tied
         unembedding's output, which is what the emitted module computes, for any optimizer."""
-        for scale, c in tuned_multipliers(self, self.tuned).items():
+        tuned = tuned_multipliers(self, self.tuned)
+        for scale, c in tuned.items():
             info = self.traced.scales[scale]
+            first = self.shared_fold.get(scale)
+            if first is not None:  # its query's layer is another attention's: one patch
+                if tuned.get(first, 1.0) != c:
+                    raise UsageError(
+                        f"{scale} and {first}: tuned multipliers x{c:.4g} and "
+                        f"x{tuned.get(first, 1.0):.4g}, but one layer makes both their "
+                        "queries, and a patch on it scales every call's output alike",
+                        help="tune one multiplier for the attentions that share the layer, "
+                        "or give each attention a query layer of its own")
+                self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
+                continue
             if "q" not in info:
                 # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,

@@ -18,7 +18,8 @@ def shared_query_layers(mup) -> dict[str, str]:
     attention, ALBERT's layer shared across the depth, or one query read by several
     logits): a factor folded into that layer, or patched on its output, scales every
     call's output and so every one of those logits, once. Each must then need the same
-    factor, which is applied once: scale -> the first such scale, whose fold carries it.
+    factor, which is applied once: scale -> the first such scale, whose fold carries it (and
+    a tuned multiplier alike: apply's ``_tuned_multipliers``).
     A UsageError where they need different factors (a layer can carry only one)."""
     first: dict[str, tuple[str, Fraction]] = {}
     out: dict[str, str] = {}
@@ -41,8 +42,8 @@ def shared_query_layers(mup) -> dict[str, str]:
                 uses[0].span if uses else None,
                 help="give each attention a query layer of its own, or build the model "
                 "with a fixed head dim, where the scales need no change")
+        out[name] = other
         if delta != 0:
-            out[name] = other
             mup.folded.append(f"{name}: its query is made by "
                                f"{mup.traced.params[layer].target} as {other}'s is, whose "
                                f"(n/base)^{-delta} covers it")
