@@ -31,7 +31,7 @@ from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .init_stats import block_key
-from .normed import query_norm_patch, refuse_unnormed_query
+from .normed import query_norm_patch
 from .patches import (
     Patch,
     claim,
@@ -43,6 +43,7 @@ from .patches import (
     release,
     strip,
 )
+from .query_fold import fold_query, query_layer, query_patch, query_read_alone, shared_query_layers
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .standardised import fold_standardised
@@ -126,8 +127,13 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        # scale -> the scale whose factor on their queries' common layer carries its own (one
+        # layer called for several attentions: ALBERT's shared layer)
+        self.shared_fold = shared_query_layers(self)
         for name, info in traced.scales.items():
-            delta = self._derived_a(name, info) - info["model_a"]
+            if name in self.shared_fold:
+                continue
+            delta = self.derived_a(name, info) - info["model_a"]
             if self.depth_exp.get(name):
                 raise UsageError(
                     f"{name} needs a multiplier in the depth, which apply cannot give it yet",
@@ -136,7 +142,7 @@ class MuP(DepthScaling, OptimizerGroups):
             if delta == 0:
                 continue
             if "q" in info:
-                self._fold_query(name, info, delta, k)
+                fold_query(self, name, info, delta, k)
             else:
                 self.patches.append(
                     Patch(
@@ -168,7 +174,7 @@ class MuP(DepthScaling, OptimizerGroups):
             self._tuned_multipliers()
         check_shared_lr(self)  # blocks of one tensor (a concatenation's, a split's): one LR
 
-    def _derived_a(self, scale: str, info: dict) -> Fraction:
+    def derived_a(self, scale: str, info: dict) -> Fraction:
         """The program's exponent of a scale: derived, or 0 for a width constant of the forward
         (the program holds its base value; trace.py). A scale on attention whose result reaches
         no output (an encoder its decoder never reads) is left out by derive, as its params are:
@@ -179,124 +185,25 @@ class MuP(DepthScaling, OptimizerGroups):
             return Fraction(info["model_a"])
         return Fraction(str(self.derivation.abc[scale].a))
 
-    def _fold_query(self, scale: str, info: dict, delta: Fraction, k: int) -> None:
-        need = f"µP needs the attention logits times (n/base)^{-delta}"
-        self._query_read_alone(scale, info, need)
-        if info["q"] not in self.traced.producers:  # a query normalised without a gain
-            refuse_unnormed_query(self.traced, scale, info, need)  # or gated: no norm
-            self.patches.append(query_norm_patch(self.traced, scale, info, need, delta, (
-                f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
-            if self.patches[-1].keys:
-                self.shared_norm[info["q"]] = self.patches[-1].keys
-            return
-        w, b, use, alone = self._query_layer(scale, info, need)
-        if use.rows is None:
-            self.whole_layers.add(w)
-        if use.rows is None and use.cols is None and alone:
-            for p in (w, b):
-                if p:
-                    self.init_exp[p] += delta
-                    self.lr_exp[p] += k * delta
-                    # a gain's init is a constant (1): apply multiplies that constant instead
-                    self.const_fold[p] = self.const_fold.get(p, 0) + delta
-                    if p in self.eps_exp:
-                        self.eps_exp[p] -= delta
-            self.folded.append(
-                f"{scale}: (n/base)^{-delta} folded into the init and LR of "
-                f"{use.target}" + (f" and {self.traced.params[b].target}" if b else "")
-            )
-        else:
-            why = (f"{scale}: query rows of fused {use.target} times (n/base)^{-delta} (its LR "
-                   "is shared with k and v)" if use.rows else
-                   f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
-                   + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
-            self.patches.append(self._query_patch(scale, info, use, w, delta, why))
-
-    def _query_read_alone(self, scale: str, info: dict, need: str) -> None:
-        """A UsageError unless the query of ``scale``'s logits, and every vector its layer
-        makes on the way to it, is read only by attention logits (dot) or on that way: a factor
-        folded into the layer, or patched on its output, scales every reader of that output,
-        and a residual that adds the layer's output (h + q(x)) would be scaled with it."""
-        if info.get("fixed"):  # a width constant on a vector: its own patch (_query_patch)
-            return
-        w = self.traced.producers.get(info["q"], (None,))[0]
-        use = self.traced.params.get(w)
-        way = {info["q"]}
-        if use is not None and use.rows is None:  # its own layer: all it makes is the query's
-            way |= {v for v, (p, *_) in self.traced.producers.items() if p == w}
-        for v in sorted(way):
-            for ins in self.program.uses(v):
-                if type(ins).__name__ == "Dot" or ins.out in way:
-                    continue
-                made = f", made by {use.target}," if use is not None else ""
-                raise UsageError(
-                    f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
-                    f"on every reader of it; but {ins.out} reads {v} too (outside attention), "
-                    "and would be scaled with it", ins.span,
-                    help="give the other reader a vector of its own (another layer, or the "
-                    "layer's input), or build the model with a fixed head dim, where the "
-                    "scale needs no change",
-                )
-
-    def _query_layer(self, scale: str, info: dict, need: str) -> tuple:
-        """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
-        where a multiplier on the logits can go (``need`` says which), or a UsageError."""
-        w, b = self.traced.producers[info["q"]]
-        use = self.traced.params[w]
-        # a matrix read twice (a tied embedding) would carry the factor into its other use too
-        alone = all(len(self.program.uses(p)) == 1 for p in (w, b) if p)
-        gain = len(self.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
-        if gain and not alone:
-            # the module that applies a gain need not output the query alone (a gain written
-            # inline in the attention's forward), so a forward patch could scale more than it
-            raise UsageError(
-                f"{scale}: {need}, which folds into the query's gain {use.target} only when "
-                "nothing else reads that gain",
-                help="give the query's norm a gain of its own (not shared with the keys), or "
-                "build the model with a fixed head dim, where the scale needs no change",
-            )
-        return w, b, use, alone
-
-    def _query_patch(self, scale: str, info: dict, use: ParamUse, w: str, exponent: Fraction,
-                     why: str, factor: float = 1.0) -> Patch:
-        """A forward patch on the module that makes the query (its rows of a fused layer)."""
-        made = self.traced.vectors.get(info["q"], (use.node,))[0]
-        if info.get("fixed") and use.rows is None and w not in getattr(self.stack, "layers", ()):
-            # a width constant on a vector of a param with other uses (a table the encoder's
-            # and decoder's lookups and a tied head read): a patch on the module whose one call
-            # returns that vector (or its product) alone scales no other use of the param
-            module = self._sole_module(scale, info, use)
-            self.own_patch.add(info["q"])
-            return Patch(module, made, exponent, None, why, None, factor)
-        consts = (use.row_consts,) if use.row_consts else ()  # rows.py
-        return Patch(use.module, use.node, exponent,
-                     use.rows and (*use.rows, use.groups, use.group_rows, *consts), why,
-                     w if self.stack and w in self.stack.layers else None, factor)
-
-    def _sole_module(self, scale: str, info: dict, use: ParamUse) -> str:
-        """The module whose one call returns the vector a width constant multiplies (or the
-        product) alone (calls.py), or a UsageError."""
-        module = self.traced.constant_modules.get(scale)
-        if module is None:
-            raise UsageError(
-                f"{scale}: a constant of the width multiplies {info['q']}, made by "
-                f"{use.target}, which the model also reads elsewhere (another lookup, a tied "
-                "head), and no module returns that vector alone (it is written in a forward "
-                "that returns more, or its module is called twice): apply cannot put the "
-                "width factor on it alone", info.get("span"),
-                help="look the table up in a module of its own that applies the constant (as "
-                "transformers' ScaledWordEmbedding), or build the model without the constant "
-                "(scale_embedding=False), or with a table of its own for each lookup",
-            )
-        return module
-
     def _tuned_multipliers(self) -> None:
         """A tuned multiplier c (a tune file's value against the program's default) is the
         emitted module's forward multiplier: a patch of factor c on the module that makes the
         query of the logits it scales (logits are linear in the query), or on the tied
         unembedding's output, which is what the emitted module computes, for any optimizer."""
-        for scale, c in tuned_multipliers(self, self.tuned).items():
+        tuned = tuned_multipliers(self, self.tuned)
+        for scale, c in tuned.items():
             info = self.traced.scales[scale]
+            first = self.shared_fold.get(scale)
+            if first is not None:  # its query's layer is another attention's: one patch
+                if tuned.get(first, 1.0) != c:
+                    raise UsageError(
+                        f"{scale} and {first}: tuned multipliers x{c:.4g} and "
+                        f"x{tuned.get(first, 1.0):.4g}, but one layer makes both their "
+                        "queries, and a patch on it scales every call's output alike",
+                        help="tune one multiplier for the attentions that share the layer, "
+                        "or give each attention a query layer of its own")
+                self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
+                continue
             if "q" not in info:
                 # a tied unembedding's own bias stays out of it, as out of its width factor
                 self.patches.append(Patch(info["module"], info["node"], Fraction(0), None,
@@ -306,7 +213,7 @@ class MuP(DepthScaling, OptimizerGroups):
                                           span=info.get("span")))
                 continue
             need = f"a tuned multiplier x{c:.4g}"
-            self._query_read_alone(scale, info, need)
+            query_read_alone(self, scale, info, need)
             if info["q"] not in self.traced.producers:  # a query normalised without a gain
                 self.patches.append(query_norm_patch(
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
@@ -314,8 +221,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 if self.patches[-1].keys:
                     self.shared_norm[info["q"]] = self.patches[-1].keys
             else:
-                w, _, use, _ = self._query_layer(scale, info, need)
-                self.patches.append(self._query_patch(scale, info, use, w, Fraction(0), (
+                w, _, use, _ = query_layer(self, scale, info, need)
+                self.patches.append(query_patch(self, scale, info, use, w, Fraction(0), (
                     f"{scale}: {need} on the query {use.target}{_rows(use)}"), c))
             self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
 
@@ -592,7 +499,9 @@ class MuP(DepthScaling, OptimizerGroups):
                     else self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
         for s, info in scales:
             layer = layer_of[info["q"]]
-            folded[layer] = folded.get(layer, Fraction(0)) + self._derived_a(s, info) - info[
+            if s in self.shared_fold:  # another scale's factor on the layer carries its own
+                continue
+            folded[layer] = folded.get(layer, Fraction(0)) + self.derived_a(s, info) - info[
                 "model_a"]
         # a width constant's output carries the constant's own width factor as well
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}

@@ -201,8 +201,10 @@ class Walker:
                     and self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols)
                     and use.expert == ref.expert):
                 seen = (module_of(node), node.name)
-                if ref.cols is not None and node.name != use.node and seen not in use.also:
-                    use.also += (seen,)  # another layer applying it (columns.py hooks each)
+                if node.name != use.node and seen not in use.also:
+                    # another application of it: a layer tied to it (columns.py hooks each), or
+                    # its own module called again (a query patch scales every call: apply.py)
+                    use.also += (seen,)
                 return name, use.transposed != as_applied_t
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
         part = ref.part if ref.part is not None else part

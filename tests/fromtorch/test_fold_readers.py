@@ -49,3 +49,60 @@ def test_a_query_layer_whose_output_is_also_read_elsewhere_is_refused():
                        r"attention logits times \(n/base\)\^-1/2, which apply puts on the query "
                        r"linear, made by q.weight, .* but add_1 reads linear too"):
         MuP(traced, "adam")
+
+
+class Shared(nn.Module):
+    """ALBERT's depth: one attention layer's modules called twice (4 heads of n/4); ``mixed``:
+    the second call views its query in heads of a fixed dim 8 instead (n/8 of them), whose
+    logits need no factor while the first call's need (n/base)^-1/2."""
+
+    def __init__(self, n, mixed=False):
+        super().__init__()
+        self.mixed = mixed
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.norm = nn.LayerNorm(n)
+
+    def layer(self, x, dh):
+        b, t, n = x.shape
+        q, k, v = (y.view(b, t, n // dh, dh).transpose(1, 2)
+                   for y in (self.q(x), self.k(x), self.v(x)))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.norm(x + self.o(a.transpose(1, 2).reshape(b, t, n)))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        n = x.shape[-1]
+        return self.out(self.layer(self.layer(x, n // 4), 8 if self.mixed else n // 4))
+
+
+def test_a_query_layer_called_twice_carries_the_factor_once_on_every_call():
+    # each call's logits need (n/base)^-1/2; one patch on the module's output gives both
+    # (two, one per scale, gave every call (n/base)^-1), and the check's probe scales both
+    # calls' nodes, as the forward hook does
+    traced = from_torch(Shared, (16, 32), _tokens)
+    mup = MuP(traced, "adam")
+    torch.manual_seed(0)
+    model = Shared(64)  # 4 times the base width: a factor (64/16)^-1/2 = 0.5
+    mup.apply(model)
+    seen = []
+    hook = model.q.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    with torch.no_grad():
+        model(*_tokens(model))
+    hook.remove()
+    assert len(seen) == 2
+    for x, patched in seen:
+        torch.testing.assert_close(patched, F.linear(x, model.q.weight) * 0.5,
+                                   rtol=1e-6, atol=1e-7)
+    mup.apply(model)
+    factors = mup.patch_factors(model)
+    assert sorted(len(f) for f in factors.values()) == [1, 1]  # the two calls of q
+    assert sum(f[0][0] == pytest.approx(0.5) for f in factors.values()) == 2
+
+
+def test_a_query_layer_whose_calls_need_different_factors_is_refused():
+    traced = from_torch(lambda n: Shared(n, mixed=True), (16, 32), _tokens)
+    with pytest.raises(TensorProgError, match=r"µP needs their attention logits times "
+                       r"\(n/base\)\^0 and \(n/base\)\^-1/2, but one layer \(q.weight\) makes "
+                       "both their queries"):
+        MuP(traced, "adam")

@@ -119,3 +119,26 @@ def test_a_tuned_multiplier_scales_the_logits_it_was_tuned_on():
         assert torch.allclose(model(ids), want, atol=1e-6)
     with pytest.raises(tp.UsageError, match="a multiplier must be a finite number > 0"):
         tp.MuP(nano, "adam", config=_config(nano, {tie: -1.0}))
+
+
+def test_attentions_that_share_a_query_layer_take_its_tuned_multiplier_once():
+    # ALBERT's shape: one layer's q called for both attentions, each its own scale; tuned
+    # alike, one patch multiplies every call's query by 2 (two patches gave 4); unlike, the
+    # layer cannot carry both, and MuP says so
+    from tests.fromtorch.test_fold_readers import Shared, _tokens
+
+    traced = tp.from_torch(Shared, (64, 128), _tokens)
+    first, second = sorted(s for s in traced.scales if s.startswith("attn"))
+    mup = tp.MuP(traced, "adam", config=_config(traced, {first: 2.0, second: 2.0}))
+    torch.manual_seed(0)
+    model = Shared(64)
+    mup.apply(model)
+    seen = []
+    hook = model.q.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    with torch.no_grad():
+        model(*_tokens(model))
+    hook.remove()
+    for x, out in seen:
+        torch.testing.assert_close(out, 2 * torch.nn.functional.linear(x, model.q.weight))
+    with pytest.raises(tp.UsageError, match="tuned multipliers x3 and x2, but one layer"):
+        tp.MuP(traced, "adam", config=_config(traced, {first: 2.0, second: 3.0}))

@@ -1,0 +1,179 @@
+"""A derived attention scale on a traced model's query: apply folds the factor µP needs on the
+logits (1/d against the model's 1/√d) into the query layer's init and LR, or patches it on the
+layer's output, since the logits are linear in the query (apply.py's docstring). Each function
+takes the ``MuP`` whose ``folded``, ``patches`` and exponents it fills."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import UsageError
+from .normed import query_norm_patch, refuse_unnormed_query
+from .patches import Patch
+from .values import ParamUse
+
+
+def shared_query_layers(mup) -> dict[str, str]:
+    """Attention scales whose queries one layer makes (its module called once per
+    attention, ALBERT's layer shared across the depth, or one query read by several
+    logits): a factor folded into that layer, or patched on its output, scales every
+    call's output and so every one of those logits, once. Each must then need the same
+    factor, which is applied once: scale -> the first such scale, whose fold carries it (and
+    a tuned multiplier alike: apply's ``_tuned_multipliers``).
+    A UsageError where they need different factors (a layer can carry only one)."""
+    first: dict[str, tuple[str, Fraction]] = {}
+    out: dict[str, str] = {}
+    for name, info in mup.traced.scales.items():
+        if "q" not in info or info.get("fixed") or info["q"] not in mup.traced.producers:
+            continue  # a width constant's factor adds to the layer's (unfolded)
+        layer = mup.traced.producers[info["q"]][0]
+        delta = mup.derived_a(name, info) - info["model_a"]
+        if layer not in first:
+            first[layer] = (name, delta)
+            continue
+        other, before = first[layer]
+        if before != delta:
+            uses = mup.program.uses(name)
+            raise UsageError(
+                f"{name} and {other}: µP needs their attention logits times "
+                f"(n/base)^{-delta} and (n/base)^{-before}, but one layer "
+                f"({mup.traced.params[layer].target}) makes both their queries, and a "
+                "factor apply puts on it scales every call's output alike",
+                uses[0].span if uses else None,
+                help="give each attention a query layer of its own, or build the model "
+                "with a fixed head dim, where the scales need no change")
+        out[name] = other
+        if delta != 0:
+            mup.folded.append(f"{name}: its query is made by "
+                               f"{mup.traced.params[layer].target} as {other}'s is, whose "
+                               f"(n/base)^{-delta} covers it")
+    return out
+
+
+def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
+    need = f"µP needs the attention logits times (n/base)^{-delta}"
+    query_read_alone(mup, scale, info, need)
+    if info["q"] not in mup.traced.producers:  # a query normalised without a gain
+        refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm
+        mup.patches.append(query_norm_patch(mup.traced, scale, info, need, delta, (
+            f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
+        if mup.patches[-1].keys:
+            mup.shared_norm[info["q"]] = mup.patches[-1].keys
+        return
+    w, b, use, alone = query_layer(mup, scale, info, need)
+    if use.rows is None:
+        mup.whole_layers.add(w)
+    if use.rows is None and use.cols is None and alone:
+        for p in (w, b):
+            if p:
+                mup.init_exp[p] += delta
+                mup.lr_exp[p] += k * delta
+                # a gain's init is a constant (1): apply multiplies that constant instead
+                mup.const_fold[p] = mup.const_fold.get(p, 0) + delta
+                if p in mup.eps_exp:
+                    mup.eps_exp[p] -= delta
+        mup.folded.append(
+            f"{scale}: (n/base)^{-delta} folded into the init and LR of "
+            f"{use.target}" + (f" and {mup.traced.params[b].target}" if b else "")
+        )
+    else:
+        why = (f"{scale}: query rows of fused {use.target} times (n/base)^{-delta} (its LR "
+               "is shared with k and v)" if use.rows else
+               f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
+               + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
+        mup.patches.append(query_patch(mup, scale, info, use, w, delta, why))
+
+
+def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
+    """A UsageError unless the query of ``scale``'s logits, and every vector its layer
+    makes on the way to it, is read only by attention logits (dot) or on that way: a factor
+    folded into the layer, or patched on its output, scales every reader of that output,
+    and a residual that adds the layer's output (h + q(x)) would be scaled with it."""
+    if info.get("fixed"):  # a width constant on a vector: its own patch (_query_patch)
+        return
+    w = mup.traced.producers.get(info["q"], (None,))[0]
+    use = mup.traced.params.get(w)
+    way = {info["q"]}
+    if use is not None and use.rows is None:  # its own layer: all it makes is the query's
+        way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
+    for v in sorted(way):
+        for ins in mup.program.uses(v):
+            if type(ins).__name__ == "Dot" or ins.out in way:
+                continue
+            made = f", made by {use.target}," if use is not None else ""
+            raise UsageError(
+                f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
+                f"on every reader of it; but {ins.out} reads {v} too (outside attention), "
+                "and would be scaled with it", ins.span,
+                help="give the other reader a vector of its own (another layer, or the "
+                "layer's input), or build the model with a fixed head dim, where the "
+                "scale needs no change",
+            )
+
+
+def query_layer(mup, scale: str, info: dict, need: str) -> tuple:
+    """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
+    where a multiplier on the logits can go (``need`` says which), or a UsageError."""
+    w, b = mup.traced.producers[info["q"]]
+    use = mup.traced.params[w]
+    # a matrix read twice (a tied embedding) would carry the factor into its other use too
+    alone = all(len(mup.program.uses(p)) == 1 for p in (w, b) if p)
+    gain = len(mup.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
+    if gain and not alone:
+        # the module that applies a gain need not output the query alone (a gain written
+        # inline in the attention's forward), so a forward patch could scale more than it
+        raise UsageError(
+            f"{scale}: {need}, which folds into the query's gain {use.target} only when "
+            "nothing else reads that gain",
+            help="give the query's norm a gain of its own (not shared with the keys), or "
+            "build the model with a fixed head dim, where the scale needs no change",
+        )
+    return w, b, use, alone
+
+
+def query_patch(mup, scale: str, info: dict, use: ParamUse, w: str, exponent: Fraction,
+                 why: str, factor: float = 1.0) -> Patch:
+    """A forward patch on the module that makes the query (its rows of a fused layer)."""
+    made = mup.traced.vectors.get(info["q"], (use.node,))[0]
+    if info.get("fixed") and use.rows is None and w not in getattr(mup.stack, "layers", ()):
+        # a width constant on a vector of a param with other uses (a table the encoder's
+        # and decoder's lookups and a tied head read): a patch on the module whose one call
+        # returns that vector (or its product) alone scales no other use of the param
+        module = sole_module(mup, scale, info, use)
+        mup.own_patch.add(info["q"])
+        return Patch(module, made, exponent, None, why, None, factor)
+    consts = (use.row_consts,) if use.row_consts else ()  # rows.py
+    in_stack = bool(mup.stack and w in mup.stack.layers)
+    others = () if in_stack else tuple(n for _, n in use.also)
+    if {m for m, _ in use.also} - {use.module} and not in_stack:
+        raise UsageError(
+            f"{scale}: µP needs its attention logits times (n/base)^{-exponent}, which apply "
+            f"puts on the output of the query's layer {use.target}; but other modules apply "
+            f"that weight too ({', '.join(sorted({m for m, _ in use.also} - {use.module}))}), "
+            "and a patch on one module's output would leave theirs unscaled",
+            info.get("span"), help="give the attention a query weight of its own, or build "
+            "the model with a fixed head dim, where the scale needs no change")
+    # the module called again (ALBERT's layer, shared over the depth): every call's output
+    # carries the factor, as the forward hook applies it; the check's probe scales each node
+    return Patch(use.module, use.node, exponent,
+                 use.rows and (*use.rows, use.groups, use.group_rows, *consts), why,
+                 w if in_stack else None, factor,
+                 nodes=(use.node, *others) if others else (), in_layers=not others)
+
+
+def sole_module(mup, scale: str, info: dict, use: ParamUse) -> str:
+    """The module whose one call returns the vector a width constant multiplies (or the
+    product) alone (calls.py), or a UsageError."""
+    module = mup.traced.constant_modules.get(scale)
+    if module is None:
+        raise UsageError(
+            f"{scale}: a constant of the width multiplies {info['q']}, made by "
+            f"{use.target}, which the model also reads elsewhere (another lookup, a tied "
+            "head), and no module returns that vector alone (it is written in a forward "
+            "that returns more, or its module is called twice): apply cannot put the "
+            "width factor on it alone", info.get("span"),
+            help="look the table up in a module of its own that applies the constant (as "
+            "transformers' ScaledWordEmbedding), or build the model without the constant "
+            "(scale_embedding=False), or with a table of its own for each lookup",
+        )
+    return module
