@@ -373,10 +373,10 @@ def weights_paired(w: tuple, q: Vec, v: Vec) -> bool:
 
 def _no_broadcast(node) -> bool:
     """Whether ``weights @ v``'s output has the weights' batch axes: a value axis of size 1
-    paired with a longer one of the weights broadcasts (that is sdpa's enable_gqa), but a
-    weights' axis of size 1 paired with a longer one of the values would multiply the
-    weights' batch (one head left where the values hold the batch). An einsum's operands, and
-    sdpa (whose output is the queries' batch), pass."""
+    paired with a longer one of the weights broadcasts (one value head shared by every query
+    head), but a weights' axis of size 1 paired with a longer one of the values would multiply
+    the weights' batch (their one head left where the values hold the batch). An einsum's
+    operands, and sdpa (whose output is the queries' batch), pass."""
     import torch
 
     w, out = getattr(node.args[0], "meta", {}).get("val"), node.meta.get("val")
