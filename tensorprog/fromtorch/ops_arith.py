@@ -25,7 +25,7 @@ from .values import (
     Vec,
     Zeroed,
 )
-from .where import refuse, strip_prefix
+from .where import op_name, refuse, strip_prefix
 
 
 def flat_param(x):
@@ -145,6 +145,8 @@ class ArithOps:
 
     def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
         arg, other = node.args[i], node.args[1 - i]
+        if op_name(arg) == "expand_as":  # b.expand_as(x) + x: torch's own broadcast of b
+            arg = arg.args[0]  # (GPT-NeoX-Japanese's attention bias), read as b's shape
         shape = tuple(getattr(getattr(arg, "meta", {}).get("val"), "shape", ref.shape))
         xshape = tuple(getattr(getattr(other, "meta", {}).get("val"), "shape", ()))
         tags = tuple(self._tags(x, node))

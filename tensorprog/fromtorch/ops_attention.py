@@ -202,16 +202,18 @@ class AttentionOps:
                              "the language's mix reads the value heads from the logits' "
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
-        if _laid_out(q, v) != _laid_out(v, q):
+        w = p.scores.tags  # the weights' layout: the queries', or a view of them (merged heads)
+        if not weights_paired(w, q, v) or not _no_broadcast(node):
             # torch batches the weights' axes with the values' by position: values left
             # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
             # first, as the head counts below read v's axes as its layout names them
-            raise refuse(node, f"attention weights laid out {layout_text(q.tags)} times values "
+            raise refuse(node, f"attention weights laid out {layout_text(w)} times values "
                          f"laid out {layout_text(v.tags)}: torch pairs their batch axes by "
                          "position, so the weights of each head would mix the values of "
                          "another axis, not those of the same head",
-                         help="transpose the values to (batch, heads, tokens, head dim) as "
-                         "the queries and keys are, v.view(b, t, h, d).transpose(1, 2)")
+                         help="lay the values out as the weights are, (batch, heads, tokens, "
+                         "head dim) (v.view(b, t, h, d).transpose(1, 2)), or merge their "
+                         "batch and heads as the weights' are (v.reshape(b * h, t, d))")
         # values in as many heads as the queries, of a head dim of their own (Perceiver's
         # decoder: queries and keys in 8 heads of 32, values of n in 8 heads of n/8); at a
         # width where the two head dims meet (n = 256 there) both forms compute the same, and
@@ -239,9 +241,9 @@ class AttentionOps:
         head += f", {self.dim(out)}" if own and out != v.dim else ""
         name = self.emit_vector(node.name, f"mix({p.name}, {v.name}{head})")
         # the queries' heads, whatever v's count, laid out as the weights' batch, heads and
-        # query axes are (the queries'): the values' own layout may differ only in where its
-        # one head's axis (of size 1) was put by a view the export wrote for it
-        return Vec(name, q.tags, out if own else q.dim, v.dh)
+        # query axes are (torch's output keeps them): the values' own layout may differ only
+        # in where its one head's axis (of size 1) was put by a view the export wrote for it
+        return Vec(name, w[:-1] + ("dh",), out if own else q.dim, v.dh)
 
     def grouped(self, node, q: Vec, kv: Vec, what: str) -> None:
         """Keys (values) with fewer heads than the queries are grouped-query attention when each
@@ -354,12 +356,33 @@ class AttentionOps:
         return self.mix(node, Probs(s, prob), v)
 
 
-def _laid_out(v: Vec, other: Vec) -> tuple:
-    """A vector's axes as attention's matmuls pair them with ``other``'s: its tags, less the
-    head axis where either holds one head (an axis of size 1, wherever a view put it, or one
-    key/value head that sdpa's enable_gqa broadcasts: it pairs with any)."""
-    one = min(x.dim // x.dh if x.dh else 1 for x in (v, other)) == 1
-    return tuple(t for t in v.tags if not one or t != "H")
+def weights_paired(w: tuple, q: Vec, v: Vec) -> bool:
+    """Whether ``weights @ v`` mixes each head's values by that head's weights: the values'
+    tokens and head dim last, and before them the weights' batch axes (``w``, laid out as the
+    weights are: the queries' layout, or a view merging their batch and heads) in the same
+    order; a head axis where either holds one head (of size 1, wherever a view put it, or one
+    key/value head that sdpa's enable_gqa broadcasts) pairs with any."""
+    one = min(x.dim // x.dh if x.dh else 1 for x in (q, v)) == 1
+
+    def batch(tags):
+        return tuple(t for t in tags[:-2] if not one or t != "H")
+
+    return w[-2:] == ("tok", "tok") and v.tags[-2:] == ("tok", "dh") and batch(w) == batch(
+        v.tags)
+
+
+def _no_broadcast(node) -> bool:
+    """Whether ``weights @ v``'s output has the weights' batch axes: a value axis of size 1
+    paired with a longer one of the weights broadcasts (one value head shared by every query
+    head), but a weights' axis of size 1 paired with a longer one of the values would multiply
+    the weights' batch (their one head left where the values hold the batch). An einsum's
+    operands, and sdpa (whose output is the queries' batch), pass."""
+    import torch
+
+    w, out = getattr(node.args[0], "meta", {}).get("val"), node.meta.get("val")
+    if not isinstance(w, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return True
+    return tuple(out.shape[:-2]) == tuple(w.shape[:-2])
 
 
 def heads_paired(q: Vec, kv: Vec) -> bool:

@@ -8,6 +8,7 @@ traced_computes_the_model, measured a difference of 0.1 to 0.4)."""
 from __future__ import annotations
 
 import pytest
+from conftest import traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -57,3 +58,54 @@ def ids(model=None):
 def test_heads_where_the_tokens_belong_are_refused(form, match):
     with pytest.raises(TraceError, match=match):
         tp.from_torch(lambda n: Untransposed(n, form), (64, 128), ids)
+
+
+class MergedLogits(nn.Module):
+    """GPT-NeoX-Japanese's attention: the logits of batch and heads merged for ``baddbmm`` (onto
+    zeros), viewed back per head for the mask and the softmax, the weights (batch, heads,
+    tokens, tokens) then mixing values laid out (batch, heads, tokens, head dim), and a bias
+    ``b.expand_as(x)`` added. ``values``: "tokens" leaves them (batch, tokens, heads, head dim),
+    "batch" swaps their batch and heads (heads, batch, tokens, head dim): with as many tokens
+    (sequences) as heads torch runs both, pairing head i's weights with token (sequence) i's
+    values."""
+
+    def __init__(self, n, values="heads"):
+        super().__init__()
+        self.values, self.h, self.dh = values, 4, n // 4
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.bias = nn.Parameter(torch.linspace(-1, 1, n))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        (b, t, c), h, dh = x.shape, self.h, self.dh
+        q, k, v = (z(x).view(b, t, h, dh).permute(0, 2, 1, 3) for z in (self.q, self.k, self.v))
+        q, k = (z.reshape(b * h, t, dh) for z in (q, k))
+        s = torch.zeros(b * h, t, t, dtype=x.dtype, device=x.device)
+        s = s.baddbmm(q, k.transpose(1, 2), alpha=dh**-0.5)
+        mask = torch.full((t, t), float("-inf"), device=x.device).triu(1)
+        p = (s.view(b, h, t, t) + mask).softmax(-1)
+        v = {"heads": v, "tokens": v.transpose(1, 2), "batch": v.transpose(0, 1)}[self.values]
+        y = (p @ v).permute(0, 2, 1, 3).reshape(b, t, c)
+        return self.out(x + self.o(y) + self.bias.expand_as(x))
+
+
+def square(model=None):
+    """4 sequences of 4 tokens: as many of each as the heads."""
+    return (torch.arange(16).remainder(13).view(4, 4),)
+
+
+def test_weights_of_merged_logits_viewed_back_mix_their_own_heads_values():
+    traced = tp.from_torch(MergedLogits, (32, 64), square)
+    traced_computes_the_model(traced, MergedLogits, square)
+
+
+@pytest.mark.parametrize("values, layout", [
+    ("tokens", r"\(tokens, tokens, heads, head dim\)"),
+    ("batch", r"\(heads, tokens, tokens, head dim\)"),
+])
+def test_weights_times_values_of_another_layout_are_refused(values, layout):
+    with pytest.raises(TraceError, match=r"attention weights laid out \(tokens, heads, tokens, "
+                       rf"tokens\) times values laid out {layout}") as err:
+        tp.from_torch(lambda n: MergedLogits(n, values), (32, 64), square)
+    assert "p @ v" in err.value.diagnostics[0].span.source_line()

@@ -63,8 +63,9 @@ def test_an_image_plus_a_gate_of_one_channel_is_refused(form):
 
 class Tokens(nn.Module):
     """A per-token vector of n features and ``form``: a per-head gate added, a param of T
-    entries (the tokens) against the features transposed, a vector of one feature added, a
-    softplus gate of threshold 4, a one-entry gate whose bias is negative."""
+    entries (the tokens) against the features transposed (times them, or expand_as'd to them
+    and added), a vector of one feature added, a softplus gate of threshold 4, a one-entry
+    gate whose bias is negative."""
 
     def __init__(self, n, form, heads=4):
         super().__init__()
@@ -82,6 +83,8 @@ class Tokens(nn.Module):
             y = (o.view(b, t, self.h, -1) + F.softplus(self.g(x)).unsqueeze(-1)).view(b, t, c)
         elif f == "over_tokens":
             y = (o.transpose(1, 2) * self.p).transpose(1, 2)
+        elif f == "expanded_over_tokens":  # expand_as broadcasts as the sum would
+            y = (o.transpose(1, 2) + self.p.expand_as(o.transpose(1, 2))).transpose(1, 2)
         elif f == "one":
             y = o + torch.sigmoid(self.g(x))
         elif f == "threshold":
@@ -96,6 +99,8 @@ class Tokens(nn.Module):
     ("gate_added", r"g.unsqueeze\(-1\), a per-head gate\) read by add"),
     ("over_tokens", r"a product of the param p of shape \[8\] with a value of shape "
                     r"\[2, 16, 8\] whose features are not"),
+    ("expanded_over_tokens", r"a sum of the param p of shape \[8\] with a value of shape "
+                             r"\[2, 16, 8\] whose features are not"),
     ("one", "a sum of a vector of 16 features and one of 1"),
     ("threshold", "a softplus of threshold 4"),
 ])

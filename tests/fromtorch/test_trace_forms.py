@@ -491,7 +491,7 @@ def test_values_not_laid_out_as_the_queries_are_refused_at_the_mix():
     # as many tokens as heads: torch broadcasts, and the mix of the queries' heads (what the
     # trace wrote before) computes something else
     with pytest.raises(TensorProgError, match=r"test_trace_forms.py:\d+:\d+: error: cannot "
-                       r"trace attention weights laid out \(tokens, heads, tokens, head dim\) "
+                       r"trace attention weights laid out \(tokens, heads, tokens, tokens\) "
                        r"times values laid out \(tokens, tokens, heads, head dim\)") as err:
         from_torch(lambda n: HandAttention(n, transposed=False), WIDTHS, _four_tokens)
     assert "@ v" in err.value.diagnostics[0].span.source_line()
