@@ -12,8 +12,12 @@ Any other use of the ids (a gather, which reads their order; a top-k of fewer en
 mask depends on the scores) stays refused. A region that returns integers alone and in which a
 router's gates feed a top-k (LongCat-Flash's ``get_topk_indices``: the ids of the k best gates
 plus a per-expert bias) is walked in place, its ops those of the router's selection
-(ops_select.py): its ids carry no gradient with no_grad or without. Any other region under
-``no_grad`` stays refused.
+(ops_select.py): its ids carry no gradient with no_grad or without. A region that only
+multiplies or divides its inputs in place by 1 (RWKV's rescaling of its weights for inference,
+with fewer blocks than its rescale_every) returns them as they were. Any other region that
+returns ids or masks alone is refused for what it selects (a mask by a comparison of values
+the model computes, PhiMoE's sparsemixer's, is no route's top-k), and any other region under
+``no_grad`` as one that carries a value on with no gradient.
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ def _full_topk(out) -> AllIds | None:
     return AllIds(shape, dim) if k == shape[dim] else None
 
 
+@dataclass
+class Unchanged:
+    """The outputs of a no_grad region that returns its inputs as they were (each the walk's
+    value of its input)."""
+
+    items: tuple
+
+
 class NoGradOps:
     """A no_grad region of top-k ids over a whole axis, and the mask scattered from them."""
 
@@ -85,6 +97,8 @@ class NoGradOps:
                 return self._inline(node)
             return super().call(node)  # refused there, as any other no_grad region
         args, _ = self.args(node)
+        if node.target is operator.getitem and isinstance(args[0], Unchanged):
+            return args[0].items[args[1]]
         if not any(isinstance(a, (AllIds, IdsTuple)) for a in args):
             return super().call(node)
         return self._ids_op(node, op, args)
@@ -180,3 +194,99 @@ class NoGradOps:
                      "axis (its mask of the keys not selected) is followed",
                      help="use the ids only to build the mask, or trace the model without the "
                      "no_grad part")
+
+    def no_grad_region(self, node):
+        """A torch.no_grad region over program values that no rule above follows: its inputs
+        as they were where it only scales them in place by 1 (RWKV's rescaling of its weights
+        for inference, 2**(block // rescale_every), with fewer blocks than rescale_every); a
+        refusal that says what it does where it writes its inputs otherwise or returns ids or
+        masks alone; else None (the walk's refusal: a value carried on with no gradient)."""
+        sub = getattr(self.ep.graph_module, node.args[1].target, None)
+        if sub is None:
+            return None
+        places = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        calls = [n for n in sub.graph.nodes if n.op == "call_function"]
+        writes = [n for n in calls if op_name(n).endswith("_") and n.args
+                  and getattr(n.args[0], "op", "") == "placeholder"]
+        if writes:
+            kept = _unchanged(sub, places, calls)
+            if kept is None:
+                raise refuse(writes[0], f"a torch.no_grad region that writes its inputs in "
+                             f"place ({op_name(writes[0])} of {writes[0].args[0].target}): the "
+                             "forward then reads values that the trace itself changed (RWKV "
+                             "rescales its weights for inference when the model is put in eval "
+                             "mode, as the trace does), which no program states",
+                             help="build the model so that its forward changes no param (RWKV: "
+                             "rescale_every=0, or more than its number of layers)")
+            args, _ = self.args(node)
+            items = tuple(args[2 + i] for i in kept)
+            return Unchanged(items) if isinstance(_outputs(sub), (tuple, list)) else items[0]
+        _refuse_other_selection(node, sub)
+        return None
+
+
+_COMPARISONS = {"gt", "ge", "lt", "le", "eq", "ne"}
+_HELP_SELECT = ("route each token by a top-k of its router's gates (Mixtral's route_norm(softmax("
+                "R @ h), k, ...), DeepSeek-V3's top-k of the gates plus a per-expert bias; "
+                "docs/torch.md), or write the layer as a Tensor Program with route(g, k, ...) "
+                "(examples/moe.tp)")
+
+
+def _outputs(sub):
+    return next(n for n in sub.graph.nodes if n.op == "output").args[0]
+
+
+def _unchanged(sub, places, calls) -> list[int] | None:
+    """The index of the input each output of region ``sub`` is, where its every op multiplies
+    or divides an input in place by 1 (a no-op); None otherwise."""
+    for n in calls:
+        factor = n.args[1] if len(n.args) == 2 else None
+        if op_name(n) not in ("mul_", "div_") or n.args[0] not in places or n.kwargs \
+                or isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or factor != 1:
+            return None
+    outs = _outputs(sub)
+    found = []
+    for out in outs if isinstance(outs, (tuple, list)) else (outs,):
+        while out in calls:
+            out = out.args[0]
+        if out not in places:
+            return None
+        found.append(places.index(out))
+    return found
+
+
+def _refuse_other_selection(node, sub) -> None:
+    """Refuse region ``node`` (graph ``sub``) where it returns ids or masks alone, which no rule
+    above follows: no gradient is lost through them, so its torch.no_grad is no obstacle; what
+    it selects is. A mask by comparing values computed from its floating-point inputs (PhiMoE's
+    sparsemixer: the gates within 2 jitter_eps of their max, relatively) keeps entries by their
+    values, which a route's top-k (a choice by rank) cannot state."""
+    vals = node.meta.get("val")
+    vals = vals if isinstance(vals, (tuple, list)) else (vals,)
+    if not vals or any(v is None or v.is_floating_point() for v in vals):
+        return
+    read: set = set()
+    for n in sub.graph.nodes:
+        val = n.meta.get("val")
+        floating = getattr(val, "is_floating_point", lambda: False)()
+        if n.op == "placeholder" and floating:
+            read.add(n)
+        elif n.op == "call_function" and any(a in read for a in n.all_input_nodes):
+            if op_name(n) in _COMPARISONS:
+                raise refuse(n, f"a mask computed under torch.no_grad by a comparison "
+                             f"({op_name(n)}) of values the model computes: no gradient is lost "
+                             "through a mask, but the entries it keeps depend on their values, "
+                             "not on their rank (PhiMoE's sparsemixer weighs each selected "
+                             "expert by a softmax over the gates within 2 jitter_eps of their "
+                             "max, relatively), and the language's route(g, k, ...) keeps the "
+                             "k largest gates: it cannot state that mask",
+                             help=_HELP_SELECT)
+            if floating:
+                read.add(n)
+    ops = sorted({op_name(n) for n in sub.graph.nodes if n.op == "call_function"} - CHECK_OPS)
+    raise refuse(node, "a torch.no_grad region that returns ids or masks alone (no gradient is "
+                 f"lost through them) computed by ops ({', '.join(ops)}) that the tracer does "
+                 "not follow as a router's selection: it follows a top-k of a router's gates "
+                 "(plus a per-expert constant) and a top-k over a whole axis",
+                 help=_HELP_SELECT)

@@ -587,6 +587,9 @@ class Walker:
         if method is None and op.endswith("_") and op not in _GRAD_STOPS:
             method = in_place(self, node, op)
         if op in _GRAD_STOPS:
+            kept = self.no_grad_region(node) if op.startswith("wrap") else None
+            if kept is not None:  # its inputs as they were (ops_nograd.py)
+                return kept
             raise refuse(
                 node,
                 f"{'torch.no_grad' if op.startswith('wrap') else op}: no gradient flows "

@@ -14,10 +14,23 @@ from ..errors import Span, TraceError
 
 
 def user_span(node) -> Span | None:
-    """The innermost frame of the node's stack outside torch: the user's line."""
-    trace = node.meta.get("stack_trace") or ""
+    """The innermost frame of the node's stack outside torch: the user's line (a higher-order
+    op's, which export records without one, torch.no_grad's: its region's first line)."""
+    trace = node.meta.get("stack_trace") or _region_trace(node)
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
     return line_span([(path, int(line)) for path, line in frames])
+
+
+def _region_trace(node) -> str:
+    """The stack of the first node with one in the subgraph a higher-order op node calls."""
+    owner = getattr(getattr(node, "graph", None), "owning_module", None)
+    for arg in getattr(node, "args", ()):
+        sub = getattr(owner, getattr(arg, "target", ""), None) \
+            if getattr(arg, "op", "") == "get_attr" else None
+        for inner in getattr(getattr(sub, "graph", None), "nodes", ()):
+            if inner.meta.get("stack_trace"):
+                return inner.meta["stack_trace"]
+    return ""
 
 
 def exception_span(err: BaseException, path: str | None = None) -> Span | None:
