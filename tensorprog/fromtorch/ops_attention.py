@@ -204,7 +204,8 @@ class AttentionOps:
                              "the trace orders so, or give the values that head dim")
         w = p.scores.tags  # the weights' layout: the queries', or a view of them (merged heads)
         sdpa = op_name(node) == "scaled_dot_product_attention"  # (q, k, v): q's batch axes
-        if not weights_paired(w, q, v, batch_shapes(node, 0, 2 if sdpa else 1)):
+        if not weights_paired(w, q, v, batch_shapes(node, 0, 2 if sdpa else 1)) or \
+                not _no_broadcast(node):
             # torch batches the weights' axes with the values' by position: values left
             # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
             # first, as the head counts below read v's axes as its layout names them
@@ -416,6 +417,19 @@ def batch_paired(a: tuple, sa: tuple, b: tuple, sb: tuple) -> bool:
         elif not (ta == tb == "H" and na % nb == 0):
             return False
     return True
+
+
+def _no_broadcast(node) -> bool:
+    """Whether ``weights @ v``'s output has the weights' batch axes: a weights' axis of size 1
+    paired with a longer one of the values would multiply the weights' batch (checked for the
+    layouts :func:`_paired` judges by their tags alone; :func:`batch_paired` refuses it). An
+    einsum's operands, and sdpa (whose output is the queries' batch), pass."""
+    import torch
+
+    w, out = getattr(node.args[0], "meta", {}).get("val"), node.meta.get("val")
+    if not isinstance(w, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return True
+    return tuple(out.shape[:-2]) == tuple(w.shape[:-2])
 
 
 def batch_shapes(node, first: int = 0, second: int = 1):
