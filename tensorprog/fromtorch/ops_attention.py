@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from .values import Blank, Conc, HeadCat, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
-from .where import refuse
+from .where import op_name, refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
              "(x[:, :, None].expand(b, kv, g, t, d).reshape(b, kv * g, t, d)), "
@@ -203,7 +203,9 @@ class AttentionOps:
                              "first dot", help="use sdpa (attn_implementation='sdpa'), which "
                              "the trace orders so, or give the values that head dim")
         w = p.scores.tags  # the weights' layout: the queries', or a view of them (merged heads)
-        if not weights_paired(w, q, v) or not _no_broadcast(node):
+        sdpa = op_name(node) == "scaled_dot_product_attention"  # (q, k, v): q's batch axes
+        if not weights_paired(w, q, v, batch_shapes(node, 0, 2 if sdpa else 1)) or \
+                not _no_broadcast(node):
             # torch batches the weights' axes with the values' by position: values left
             # [B, T, H, dh] pair head i's weights with token i's values (where H == T); checked
             # first, as the head counts below read v's axes as its layout names them
@@ -328,7 +330,8 @@ class AttentionOps:
         for what, x in (("queries", q), ("keys", k), ("values", v)):
             # sdpa attends over the axis before the last: the tokens, as q @ k.T's check
             # (ops_linear) has them; (batch, tokens, heads, head dim) would attend over heads
-            if x.tags[-2:] != ("tok", "dh") or "H" not in x.tags[:-2] or not heads_paired(q, x):
+            if x.tags[-2:] != ("tok", "dh") or "H" not in x.tags[:-2] or not heads_paired(
+                    q, x, batch_shapes(node, 0, ("queries", "keys", "values").index(what))):
                 raise refuse(node, f"scaled_dot_product_attention of {what} laid out "
                              f"{layout_text(x.tags)}: it attends over the axis before the last, "
                              "which must be the tokens, after the heads, and pairs the axes "
@@ -356,27 +359,71 @@ class AttentionOps:
         return self.mix(node, Probs(s, prob), v)
 
 
-def weights_paired(w: tuple, q: Vec, v: Vec) -> bool:
+def weights_paired(w: tuple, q: Vec, v: Vec, shapes=None) -> bool:
     """Whether ``weights @ v`` mixes each head's values by that head's weights: the values'
     tokens and head dim last, and before them the weights' batch axes (``w``, laid out as the
-    weights are: the queries' layout, or a view merging their batch and heads) in the same
-    order; a head axis where either holds one head (of size 1, wherever a view put it, or one
-    key/value head that sdpa's enable_gqa broadcasts) pairs with any."""
+    weights are: the queries' layout, or a view merging their batch and heads) paired as torch
+    pairs them (:func:`batch_paired`; ``shapes``: the torch shapes of both operands' batch
+    axes, :func:`batch_shapes`)."""
+    if w[-2:] != ("tok", "tok") or v.tags[-2:] != ("tok", "dh"):
+        return False
+    return _paired(w[:-2], q, v, shapes)
+
+
+def heads_paired(q: Vec, kv: Vec, shapes=None) -> bool:
+    """Whether attention's matmuls, which pair the axes before the last two by position, pair
+    each query head with its key (value) head: the same batch axes in the same order, or one
+    key (value) head that torch broadcasts over the queries' heads (:func:`batch_paired`)."""
+    return _paired(q.tags[:-2], q, kv, shapes)
+
+
+def _paired(tags: tuple, q: Vec, v: Vec, shapes) -> bool:
+    if shapes is not None and (len(shapes[0]), len(shapes[1])) == (len(tags), len(v.tags) - 2):
+        return batch_paired(tags, shapes[0], v.tags[:-2], shapes[1])
+    # no shapes to read (or not of the tagged axes, windows'): by the tags alone, a head axis
+    # where either holds one head pairs with any (of size 1, or one key/value head that sdpa's
+    # enable_gqa broadcasts)
     one = min(x.dim // x.dh if x.dh else 1 for x in (q, v)) == 1
 
     def batch(tags):
-        return tuple(t for t in tags[:-2] if not one or t != "H")
+        return tuple(t for t in tags if not one or t != "H")
 
-    return w[-2:] == ("tok", "tok") and v.tags[-2:] == ("tok", "dh") and batch(w) == batch(
-        v.tags)
+    return batch(tags) == batch(v.tags[:-2])
+
+
+def batch_paired(a: tuple, sa: tuple, b: tuple, sb: tuple) -> bool:
+    """Whether a batched matmul (or sdpa) of operands whose axes before the last two are tagged
+    ``a`` and ``b``, of sizes ``sa`` and ``sb``, pairs each axis of ``a`` with the same axis of
+    ``b``. Torch pairs them by position from the right: two axes of one size must be the same
+    axis (the batch with the batch, heads with heads: values (1, B, T, dh) of one head, the
+    batch where the heads belong, pair query head i with sequence i where B == H); an axis of
+    ``b`` of size 1 is broadcast, which is the same only over heads (one key/value head shared
+    by every query head); an axis of ``a`` of size 1 against a longer one of ``b`` gives the
+    output more batch than the weights (their one head left where the values hold the
+    batch); heads of ``b`` fewer than ``a``'s are sdpa's enable_gqa, whose groups
+    :meth:`AttentionOps.grouped` checks."""
+    n = max(len(a), len(b))
+    a, b = (None,) * (n - len(a)) + tuple(a), (None,) * (n - len(b)) + tuple(b)
+    sa, sb = (1,) * (n - len(sa)) + tuple(sa), (1,) * (n - len(sb)) + tuple(sb)
+    for ta, na, tb, nb in zip(a, sa, b, sb, strict=True):
+        if na == nb == 1:
+            continue
+        if na == nb:
+            if ta != tb:
+                return False
+        elif nb == 1:
+            if ta != "H":
+                return False
+        elif not (ta == tb == "H" and na % nb == 0):
+            return False
+    return True
 
 
 def _no_broadcast(node) -> bool:
-    """Whether ``weights @ v``'s output has the weights' batch axes: a value axis of size 1
-    paired with a longer one of the weights broadcasts (one value head shared by every query
-    head), but a weights' axis of size 1 paired with a longer one of the values would multiply
-    the weights' batch (their one head left where the values hold the batch). An einsum's
-    operands, and sdpa (whose output is the queries' batch), pass."""
+    """Whether ``weights @ v``'s output has the weights' batch axes: a weights' axis of size 1
+    paired with a longer one of the values would multiply the weights' batch (checked for the
+    layouts :func:`_paired` judges by their tags alone; :func:`batch_paired` refuses it). An
+    einsum's operands, and sdpa (whose output is the queries' batch), pass."""
     import torch
 
     w, out = getattr(node.args[0], "meta", {}).get("val"), node.meta.get("val")
@@ -385,16 +432,17 @@ def _no_broadcast(node) -> bool:
     return tuple(out.shape[:-2]) == tuple(w.shape[:-2])
 
 
-def heads_paired(q: Vec, kv: Vec) -> bool:
-    """Whether attention's matmuls, which pair the axes before the last two by position, pair
-    each query head with its key (value) head: the same batch axes in the same order (one head
-    of the two, which torch broadcasts, may sit anywhere)."""
-    one = min(v.dim // v.dh if v.dh else 1 for v in (q, kv)) == 1
+def batch_shapes(node, first: int = 0, second: int = 1):
+    """The sizes of the axes before the last two of ``node``'s operands ``first`` and
+    ``second`` (an einsum's of its operands), or None where the graph does not hold them."""
+    import torch
 
-    def batch(tags):
-        return tuple(t for t in tags[:-2] if not one or t != "H")
-
-    return batch(q.tags) == batch(kv.tags)
+    args = node.args[1] if op_name(node) == "einsum" else node.args
+    vals = [getattr(args[i], "meta", {}).get("val") if i < len(args) else None
+            for i in (first, second)]
+    if not all(isinstance(x, torch.Tensor) for x in vals):
+        return None
+    return tuple(tuple(int(s) for s in x.shape[:-2]) for x in vals)
 
 
 def layout_text(tags) -> str:

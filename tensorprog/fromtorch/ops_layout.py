@@ -284,13 +284,22 @@ class LayoutOps:
         per-token vector that swaps two axes of one kind, the batch and a sequence's tokens
         ("tok") or an image's rows and columns ("px"): the language names neither, so its
         program would compute the value as if unswapped (attention over the batch, a
-        convolution of the transposed image). A swap that its only readers undo (x.transpose(
-        2, 3).transpose(2, 3)) is the value itself."""
-        if not isinstance(v, (Vec, Affine, Pointwise)):
-            return  # attention scores' query and key axes are ops_attention's
+        convolution of the transposed image); of attention logits, their query and key axes
+        (a softmax over the queries, where the program's is over the keys). A swap that its
+        only readers undo (x.transpose(2, 3).transpose(2, 3)) is the value itself."""
+        if not isinstance(v, (Vec, Affine, Pointwise, Scores)):
+            return
         kind = _swapped_kind(tags, perm)
         if kind is None or _undone(node, perm, tags) or _undoes(node, perm, tags):
             return
+        if isinstance(v, Scores):  # s.transpose(-1, -2): the softmax would run over the queries
+            raise refuse(node, "a transpose or permute of attention logits that swaps their "
+                         "query and key axes (or the batch and either): the softmax after it "
+                         "would normalise over the queries, and the weights mix the values of "
+                         "the queries' tokens, where the language's attention normalises each "
+                         "query's logits over the keys", help="keep the logits (batch, heads, "
+                         "queries, keys), q @ k.transpose(-1, -2), or undo the swap right after "
+                         "it")
         what = {"tok": "the batch and tokens axes (or two token axes)",
                 "px": "an image's rows and columns (its two pixel axes)"}[kind]
         raise refuse(node, f"a transpose or permute that swaps {what}: the language's values "

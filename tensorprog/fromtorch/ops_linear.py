@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .inputs import probe_ids
-from .ops_attention import heads_paired, layout_text
+from .ops_attention import batch_shapes, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
 from .ops_relative import relative_kind
@@ -288,7 +288,7 @@ class LinearOps:
             return self.mix(node, x, self.vec(w, node))
         x, w = self.vec(x, node), self.vec(w, node)
         if x.tags[-1] == "dh" and w.tags[-2] == "dh" and x.tags[-3] == "H":
-            if w.tags[-1] != "tok" or not heads_paired(x, w):
+            if w.tags[-1] != "tok" or not heads_paired(x, w, batch_shapes(node)):
                 # k.transpose(-1, -2) of keys left (batch, tokens, heads, head dim): torch
                 # would pair query head i with key token i, where the counts are equal
                 raise refuse(node, f"attention logits q @ k.T of queries laid out "

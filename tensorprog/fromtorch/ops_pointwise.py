@@ -328,8 +328,16 @@ class PointwiseOps:
             return Aux()
         if isinstance(v, PRef) and len(old) == 1 and v.shape == old and new[-1] == old[0]:
             # a vector param over every token (GPT-NeoX-Japanese's attention bias): the same
-            # param in the sum it joins, a bias
-            return v
+            # param in the sum (product) it joins, a bias, whose broadcast that op checks on the
+            # param's own shape (ops_arith); read otherwise (viewed, sliced), the expanded
+            # tensor would be read as the param's n entries
+            if node.users and all(op_name(u) in _PARAM_SUMS for u in node.users):
+                return v
+            raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of a param read "
+                         "by anything but a sum or product with a value (torch's own "
+                         "broadcast of the param, which the language's vector param is)",
+                         help="add (or multiply) the param itself, x + b, or the expanded "
+                         "one right away, x + b.expand_as(x)")
         if isinstance(v, (Vec, Affine, Pointwise)) and len(old) == len(new):
             tags = self._tags(v)
             if all(a == b or (a == 1 and tags[i] == "tok")
@@ -337,3 +345,8 @@ class PointwiseOps:
                 return v
         raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of anything but a "
                      "per-token vector over the batch")
+
+
+# the ops that read a param expand_as'd into a value's shape as the param (ops_arith's
+# _param_broadcast checks its own shape against the other operand's axes)
+_PARAM_SUMS = {"add", "sub", "rsub", "mul", "add_", "sub_", "mul_"}

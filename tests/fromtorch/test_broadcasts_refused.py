@@ -64,8 +64,8 @@ def test_an_image_plus_a_gate_of_one_channel_is_refused(form):
 class Tokens(nn.Module):
     """A per-token vector of n features and ``form``: a per-head gate added, a param of T
     entries (the tokens) against the features transposed (times them, or expand_as'd to them
-    and added), a vector of one feature added, a softplus gate of threshold 4, a one-entry
-    gate whose bias is negative."""
+    and added, or read as the expanded tensor: it had crashed on the view), a vector of one
+    feature added, a softplus gate of threshold 4, a one-entry gate whose bias is negative."""
 
     def __init__(self, n, form, heads=4):
         super().__init__()
@@ -85,6 +85,8 @@ class Tokens(nn.Module):
             y = (o.transpose(1, 2) * self.p).transpose(1, 2)
         elif f == "expanded_over_tokens":  # expand_as broadcasts as the sum would
             y = (o.transpose(1, 2) + self.p.expand_as(o.transpose(1, 2))).transpose(1, 2)
+        elif f == "expanded_viewed":  # the expanded param read as a tensor of its shape
+            y = o + self.p.expand_as(o.transpose(1, 2)).reshape(b, c, t).transpose(1, 2)
         elif f == "one":
             y = o + torch.sigmoid(self.g(x))
         elif f == "threshold":
@@ -101,6 +103,8 @@ class Tokens(nn.Module):
                     r"\[2, 16, 8\] whose features are not"),
     ("expanded_over_tokens", r"a sum of the param p of shape \[8\] with a value of shape "
                              r"\[2, 16, 8\] whose features are not"),
+    ("expanded_viewed", r"an expand_as from \[8\] to \[2, 16, 8\] of a param read by "
+                        "anything but a sum or product"),
     ("one", "a sum of a vector of 16 features and one of 1"),
     ("threshold", "a softplus of threshold 4"),
 ])
