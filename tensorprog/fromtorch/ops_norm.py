@@ -73,6 +73,10 @@ class NormOps:
             return Centered(x.src, sq=True)
         if isinstance(x, MeanSq) and not (x.inv or x.root) and e in (-0.5, 0.5):
             return dataclasses.replace(x, inv=e < 0, root=e > 0)
+        if isinstance(x, MeanSq) and (x.inv or x.root):
+            raise refuse(node, f"{_PIECE}: a power {e} of {'an inverse' if x.inv else 'an'} RMS "
+                         "(a norm takes the mean square's -1/2 or 1/2 once; x * rsqrt(sqrt(mean("
+                         "x²))) divides by the RMS's root, which is no norm)")
         if isinstance(x, (Centered, MeanSq, Mean)):
             raise refuse(node, f"{_PIECE}: a power {e} of a mean or a centred vector (a norm "
                          "takes the centred vector's square, and its mean's -1/2 or 1/2)")
@@ -107,6 +111,9 @@ class NormOps:
     def op_clamp_min(self, node, x, lo):
         """``clamp_min(|x|, eps)``: F.normalize's guard against a division by 0, eps aside; of
         a mean square, a floor (:meth:`norm_floor`)."""
+        if not isinstance(lo, (int, float)) or isinstance(lo, bool):
+            raise refuse(node, "a clamp_min at a bound that is a tensor, not a number",
+                         help="clamp at a number (x.clamp_min(1e-6))")
         if isinstance(x, L2Norm) and 0 <= lo <= MAX_FLOOR:
             return x
         if isinstance(x, MeanSq):

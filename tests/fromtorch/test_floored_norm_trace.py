@@ -4,9 +4,10 @@ eps is (1e-6 added to the mean square), equal to the model's value wherever the 
 far above both. Oracles: the emitted module computes, to float64 rounding, the model with each
 floor replaced by that eps, and the model itself within the bound that replacement allows
 (|1/sqrt(m + 1e-6) - 1/sqrt(m)| <= 1e-6 / (2m) of 1/sqrt(m)); a floor under a zero-initialised
-layer's vector, a ceiling, a higher floor and a clamp of the inverse root are refused at the
-clamp's line, and a vector rescaled to another's RMS (Gemma 3n's AltUp, ``h * rms(x) / rms(h)``)
-at its product's."""
+layer's vector, a ceiling, a higher floor, a floor held in a tensor and a clamp of the inverse
+root are refused at the clamp's line, an rsqrt of the RMS (no norm: x / mean(x²)^1/4) at its
+own, and a vector rescaled to another's RMS (Gemma 3n's AltUp, ``h * rms(x) / rms(h)``) at its
+product's."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ FIRST = {
     "ceiling": lambda h, x: h / torch.sqrt(_ms(h).clamp(1e-5, 10.0)),
     "high floor": lambda h, x: h / torch.sqrt(_ms(h).clamp(min=0.1)),
     "inverse": lambda h, x: h * torch.rsqrt(_ms(h)).clamp(min=1e-3),
+    "tensor floor": lambda h, x: h * torch.rsqrt(_ms(h).clamp_min(torch.tensor(1e-5))),
+    "root of root": lambda h, x: h * torch.rsqrt(torch.sqrt(_ms(h)).clamp(min=1e-3)),
     # Gemma 3n's AltUp: h rescaled to x's RMS
     "rescaled": lambda h, x: h * _ms(x).sqrt() / torch.sqrt(_ms(h).clamp(min=1e-5)),
 }
@@ -95,6 +98,8 @@ def test_a_floored_mean_square_traces_as_rmsnorm_and_computes_the_model_away_fro
     ("ceiling", False, r"a mean square clamped to \[1e-05, 10\.0\]: the language's norms"),
     ("high floor", False, r"a mean square clamped to \[0\.1, inf\]: the language's norms"),
     ("inverse", False, r"an inverse RMS clamped to \[0\.001, inf\]: the language's norms"),
+    ("tensor floor", False, r"a clamp_min at a bound that is a tensor, not a number"),
+    ("root of root", False, r"a piece of a norm written by hand: a power -0\.5 of an RMS"),
     ("rescaled", False, r"a vector times a vector's RMS, sqrt\(mean\(h²\)\): one number per "
                         r"token"),
 ])
