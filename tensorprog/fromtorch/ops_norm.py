@@ -163,7 +163,11 @@ class NormOps:
 
     def norm_mul(self, node, u, v):
         """The product that completes a norm: the centred vector times the inverse root of its
-        own variance is ``layernorm(x)``; a centred vector times itself, its square."""
+        own variance is ``layernorm(x)``; a centred vector times itself, its square; a vector
+        times another's RMS, rescaled to it (ops_rescale.py)."""
+        rescaled = self.rescale_mul(node, u, v)  # Gemma 3n's AltUp magnitudes
+        if rescaled is not None:
+            return rescaled
         for a, b in ((u, v), (v, u)):
             if isinstance(a, Centered) and isinstance(b, Centered) and a.src.name == b.src.name \
                     and not (a.sq or b.sq):
@@ -179,13 +183,9 @@ class NormOps:
                 raise refuse(node, f"{_PIECE}: a vector times the inverse RMS of a multiple of "
                              "it (rmsnorm(x) divided by a constant)")
             if isinstance(b, MeanSq) and not b.inv and isinstance(a, (Vec, Affine, Pointwise)):
-                what = "RMS, sqrt(mean(h²))" if b.root else "mean square, mean(h²)"
-                raise refuse(node, f"a vector times a vector's {what}: one number per token, "
-                             "which the language has no vector for (its norms divide a vector "
-                             "by its own RMS; Gemma 3n's AltUp rescales a vector to another's "
-                             "RMS, rmsnorm(x) * RMS(h), a form of its own)",
-                             help="divide by the RMS (a norm, x / sqrt(mean(x²) + eps)) and put "
-                             "a scale into a gain param, or write the model as a program")
+                raise refuse(node, "a vector times a vector's mean square, mean(h²) (a norm "
+                             "divides by its root, a rescaling multiplies by it: rms(h, D))",
+                             help="take the root (sqrt(mean(h²))) or its inverse (a norm)")
         if any(isinstance(t, (Centered, Mean, L2Norm)) for t in (u, v)):
             raise refuse(node, f"{_PIECE}: a product of a mean, a centred vector or an L2 norm "
                          "with anything but the inverse root of its variance (a layer norm)")
