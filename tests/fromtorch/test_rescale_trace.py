@@ -4,13 +4,18 @@ the product and the division. Oracles: the emitted module computes the model wit
 read as the emitted norm's eps (float64); the traced program derives the exponents of
 examples/altup_rescale.tp, the same network written by hand; the engine's rule for rms (as large
 as x, a 1/n share of its gradient back) against torch's autograd. A per-head RMS, a norm by
-another vector's RMS, a mean square unrooted and the RMS of a multiple of a vector the program
-does not hold are refused at their line."""
+another vector's RMS, a mean square unrooted, the RMS of a multiple of a vector the program
+does not hold, and the streams stacked on an axis of their own are refused at their line."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, abc_by_target, traced_computes_the_model
+from conftest import (
+    ROOT,
+    abc_by_target,
+    apply_is_bit_identical_at_base,
+    traced_computes_the_model,
+)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -57,6 +62,8 @@ class AltUp(nn.Module):
         else:
             s1 = c1 * target / self._rms(c1)
         s2 = c2 / self._rms(c2) * target
+        if self.how == "stacked":  # the streams on an axis of their own, averaged (AltUp's exit)
+            return self.head(torch.stack([h0, s1, s2]).mean(0))
         return self.head(h0 + s1 + s2)
 
 
@@ -74,6 +81,7 @@ def test_a_vector_rescaled_to_anothers_rms_traces_to_rms_and_computes_the_model(
     assert body.count(" = rms(mul, f1)") == 2 and "dim f1 = 1" in body, body
     assert body.count("spread(") == 2 and body.count("rmsnorm(") == 2, body
     traced_computes_the_model(traced, lambda n: AltUp(n, eps=True), inputs)
+    apply_is_bit_identical_at_base(traced, AltUp, inputs)  # sqrt(n) folded into the embedding
 
 
 def test_the_traced_rescaling_derives_the_hand_written_programs_exponents(traced):
@@ -125,6 +133,8 @@ def test_rms_is_as_large_as_its_input_and_sends_back_a_share_of_its_gradient():
     ("mean square", r"a vector times a vector's mean square, mean\(h²\)"),
     ("unheld multiple", r"a vector times the RMS of 2 times a vector that the program holds no "
                         r"multiple of"),
+    ("stacked", r"a stack of 3 per-token vectors on an axis of their own \(Gemma 3n's AltUp "
+                r"streams"),
 ])
 def test_a_rescaling_the_language_has_no_form_for_is_refused_at_its_line(how, said):
     with pytest.raises(TensorProgError, match=rf"test_rescale_trace.py:\d+:\d+: error: cannot "
