@@ -93,8 +93,10 @@ def test_a_floored_mean_square_traces_as_rmsnorm_and_computes_the_model_away_fro
     ("floor", True, r"a mean square clamped to \[1e-05, inf\] of a vector that is 0 at init "
                     r"\(a\.weight is zero-initialised\)"),
     ("ceiling", False, r"a mean square clamped to \[1e-05, 10\.0\]: the language's norms"),
-    ("high floor", False, r"a mean square clamped to \[0\.1, inf\]: the language's norms"),
-    ("inverse", False, r"an inverse RMS clamped to \[0\.001, inf\]: the language's norms"),
+    pytest.param("high floor", False, r"a mean square clamped to \[0\.1, inf\]: the language's "
+                 r"norms", marks=pytest.mark.slow),
+    pytest.param("inverse", False, r"an inverse RMS clamped to \[0\.001, inf\]: the language's "
+                 r"norms", marks=pytest.mark.slow),
     ("tensor floor", False, r"a clamp_min at a bound that is a tensor, not a number"),
     ("root of root", False, r"a piece of a norm written by hand: a power -0\.5 of an RMS"),
 ])

@@ -130,7 +130,8 @@ def test_rms_is_as_large_as_its_input_and_sends_back_a_share_of_its_gradient():
     ("per head", r"a vector times a standard deviation or an RMS over each head's coordinates"),
     ("other's norm", r"a vector rescaled to another's RMS, then multiplied by anything but the "
                      r"inverse RMS of itself"),
-    ("mean square", r"a vector times a vector's mean square, mean\(h²\)"),
+    pytest.param("mean square", r"a vector times a vector's mean square, mean\(h²\)",
+                 marks=pytest.mark.slow),
     ("unheld multiple", r"a vector times the RMS of 2 times a vector that the program holds no "
                         r"multiple of"),
     ("stacked", r"a stack of 3 per-token vectors on an axis of their own \(Gemma 3n's AltUp "
