@@ -14,6 +14,7 @@ from conftest import (
     ROOT,
     abc_by_target,
     apply_is_bit_identical_at_base,
+    the_check_reads_the_program,
     traced_computes_the_model,
 )
 
@@ -82,6 +83,10 @@ def test_a_vector_rescaled_to_anothers_rms_traces_to_rms_and_computes_the_model(
     assert body.count("spread(") == 2 and body.count("rmsnorm(") == 2, body
     traced_computes_the_model(traced, lambda n: AltUp(n, eps=True), inputs)
     apply_is_bit_identical_at_base(traced, AltUp, inputs)  # sqrt(n) folded into the embedding
+    # the check reads each rescaled stream where the model computes it, as the program's (its
+    # floors against the emitted eps: mean squares of order 1 here, within 1e-6 of each vector)
+    read = the_check_reads_the_program(traced, AltUp, inputs, tol=1e-5)
+    assert {"div", "mul_2"} <= set(read), sorted(read)
 
 
 def test_the_traced_rescaling_derives_the_hand_written_programs_exponents(traced):
