@@ -559,6 +559,14 @@ POSITIONED = {
                              r"and each id be below k's 2", (9, 12)),
     "pick-without-a-dim": (HEAD + "output y = pick(V @ (W @ x), 0, 1)\n", S,
                            r"the second argument of pick must be a declared dim", (8, 30)),
+    # rms(x, D): a vector's RMS, one number per token, as a vector of D (one coordinate)
+    "rms-of-more-than-one": (HEAD + "output y = V @ (spread(rms(W @ x, k), n) * (W @ x))\n", S,
+                             r"rms\(n, k\): k must have one coordinate \(`dim k = 1`\)"
+                             r"(.|\n)*help: write rms\(x, D\)", (8, 24)),
+    "rms-without-a-dim": (HEAD + "output y = V @ (spread(rms(W @ x, 1), n) * (W @ x))\n", S,
+                          r"the second argument of rms must be a declared dim", (8, 35)),
+    "rms-of-one-argument": (HEAD + "output y = V @ rms(W @ x)\n", S,
+                            r"rms takes 2 arguments, got 1", (8, 16)),
     # place(v, h, k): v's tokens in place of h's tokens k .. k+S-1
     "place-past-the-sequence": (ENCDEC + "output z = E.T @ place(x, y, 0)\n", S,
                                 r"place puts S's 5 tokens from token 0 of T, but T has 3 tokens"

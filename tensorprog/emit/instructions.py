@@ -17,6 +17,7 @@ from ..ir.functions import (
     PART,
     PICK,
     PLACE,
+    RMS,
     SHIFT,
     SPREAD,
     torch_call,
@@ -157,6 +158,8 @@ class Emitter:
         if ins.fn == SHIFT:  # the token vectors moved, zeros where none comes
             self.helpers.add("_shift")
             return f"_shift({self.ref(ins.args[0])}, {ins.index})"
+        if ins.fn == RMS:  # the RMS of the last axis, kept as an axis of one coordinate
+            return f"({self.ref(ins.args[0])}).pow(2).mean(-1, keepdim=True).sqrt()"
         if ins.fn == PICK:  # chosen coordinates of the last axis, in order
             return f"({self.ref(ins.args[0])})[..., {list(ins.index)}]"
         if ins.fn == PLACE:  # one sequence's token vectors in place of some of another's

@@ -8,7 +8,7 @@ has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k t
 
 from __future__ import annotations
 
-from ..ir.functions import AT, CAT, PART, PICK, PLACE, SHIFT, SPREAD
+from ..ir.functions import AT, CAT, PART, PICK, PLACE, RMS, SHIFT, SPREAD
 from ..ir.program import Nonlin
 from .exponents import ONE, ZERO
 from .terms import Mono, Sizes, Term, terms
@@ -177,6 +177,31 @@ def grad_pick(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                   f"one of {x}'s", "flow", [Mono(sz.grad(ins.out))])]
 
 
+# --- rms: the root mean square of a vector's coordinates, one number per token -----------
+# r = sqrt(mean_i x_i²) (Gemma 3n's AltUp target magnitude, the embedding's RMS). It is as large
+# as x's coordinates (their RMS, by definition), and it changes at most as they do: the RMS is a
+# norm up to the factor d^-1/2, so |RMS(x + Δx) - RMS(x)| <= RMS(Δx) (an upper bound, reached
+# where Δx moves along x). Back to x_i comes dr · x_i / (d · RMS(x)): x_i / RMS(x) is of size 1,
+# so each coordinate gets its 1/d share of r's gradient, no sum (-1 over a growing d, +0 over a
+# finite one).
+
+
+def rms_sizes(ins: Nonlin, sz: Sizes, size, what: str) -> list[Term]:
+    (x,) = ins.args
+    return terms(f"rms({what})", f"the RMS of {x}'s coordinates is as large as they are (its "
+                 "change at most as theirs: a norm)", "auto", size(x))
+
+
+def grad_rms(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
+    (x,) = ins.args
+    if sz.infinite(sz.program.value_dims[x]):
+        k, why = -ONE, f"each of {x}'s coordinates gets x_i / (d·RMS) of it: a 1/d share (-1)"
+    else:
+        k, why = ZERO, f"each of {x}'s finitely many coordinates gets a share of size 1 (+0)"
+    return [(x, t) for t in terms(f"d{ins.out} · {x} / (d·rms({x}))", why, "flow",
+                                  [Mono(sz.grad(ins.out))], const=k)]
+
+
 # --- the dispatch: one rule per function, keyed by its name, for init, change and gradient ----
 MOVES = {
     SPREAD: (init_spread, change_spread, grad_spread),
@@ -190,6 +215,8 @@ MOVES = {
           lambda i, sz: cat_sizes(i, sz, sz.change, "Δ{}"), grad_cat),
     PICK: (lambda i, sz: pick_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
            lambda i, sz: pick_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_pick),
+    RMS: (lambda i, sz: rms_sizes(i, sz, sz.init, f"{i.args[0]}₀"),
+          lambda i, sz: rms_sizes(i, sz, sz.change, f"Δ{i.args[0]}"), grad_rms),
     PLACE: (lambda i, sz: place_sizes(i, sz, sz.init, "{}₀"),
             lambda i, sz: place_sizes(i, sz, sz.change, "Δ{}"), grad_place),
 }

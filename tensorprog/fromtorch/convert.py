@@ -36,6 +36,7 @@ from .ops_place import PlaceOps
 from .ops_pointwise import PointwiseOps
 from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
+from .ops_rescale import RescaleOps
 from .ops_rotary import RotaryOps
 from .ops_select import SelectOps
 from .ops_shift import ShiftOps
@@ -72,7 +73,7 @@ class Converter(
     RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
-    PlaceOps, StandardiseOps, RowStatOps,
+    PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -406,8 +406,8 @@ class ArithOps:
         raise refuse(node, f"a mean over {what} other than RMSNorm's mean square of the last axis")
 
     def op_rsqrt(self, node, x):
-        if isinstance(x, MeanSq):
-            return dataclasses.replace(x, inv=True)
+        if isinstance(x, MeanSq):  # of the mean square itself, not of its root or inverse
+            return self.norm_pow(node, x, -0.5)
         raise refuse(node, "rsqrt of anything but a mean square")
 
 

@@ -14,16 +14,24 @@ where it is used, since the language has no such vector. A sum over the coordina
 that same ``d^-1/2 * rmsnorm(x)``, traced so with d^-1/2 a constant read at both widths: over a
 head of a fixed dim it is one number, and where d grows with the width it is refused when the two
 widths are merged, as any width-dependent constant no layer's weight makes (trace.py).
+
+A floor on the mean square, ``x / sqrt(mean(x²).clamp(min=f))`` (Gemma 3n's AltUp magnitudes),
+is the same norm, the floor aside as eps is: sqrt(max(m, f)) and sqrt(m + eps) both equal
+sqrt(m) wherever the mean square m is far above f and eps, and no exponent depends on either.
+Where the vector is 0 at init (a zero-initialised layer makes it) the floor, not the vector, sets
+the divisor while it trains away from 0, and the output is no norm's: refused there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Centered, L2Norm, Mean, MeanSq, Pointwise, Vec
-from .where import refuse
+from .values import Affine, Centered, L2Norm, Mean, MeanSq, Pointwise, Vec, init_of
+from .where import refuse, strip_prefix
 
 _PIECE = "a piece of a norm written by hand"
+#: the largest floor on a mean square read as a norm's eps (F.normalize's guard likewise)
+MAX_FLOOR = 1e-3
 
 
 class NormOps:
@@ -65,6 +73,10 @@ class NormOps:
             return Centered(x.src, sq=True)
         if isinstance(x, MeanSq) and not (x.inv or x.root) and e in (-0.5, 0.5):
             return dataclasses.replace(x, inv=e < 0, root=e > 0)
+        if isinstance(x, MeanSq) and (x.inv or x.root):
+            raise refuse(node, f"{_PIECE}: a power {e} of {'an inverse' if x.inv else 'an'} RMS "
+                         "(a norm takes the mean square's -1/2 or 1/2 once; x * rsqrt(sqrt(mean("
+                         "x²))) divides by the RMS's root, which is no norm)")
         if isinstance(x, (Centered, MeanSq, Mean)):
             raise refuse(node, f"{_PIECE}: a power {e} of a mean or a centred vector (a norm "
                          "takes the centred vector's square, and its mean's -1/2 or 1/2)")
@@ -97,15 +109,65 @@ class NormOps:
         return L2Norm(self.vec(x, node))
 
     def op_clamp_min(self, node, x, lo):
-        """``clamp_min(|x|, eps)``: F.normalize's guard against a division by 0, eps aside."""
-        if isinstance(x, L2Norm) and 0 <= lo <= 1e-3:
+        """``clamp_min(|x|, eps)``: F.normalize's guard against a division by 0, eps aside; of
+        a mean square, a floor (:meth:`norm_floor`)."""
+        if not isinstance(lo, (int, float)) or isinstance(lo, bool):
+            raise refuse(node, "a clamp_min at a bound that is a tensor, not a number",
+                         help="clamp at a number (x.clamp_min(1e-6))")
+        if isinstance(x, L2Norm) and 0 <= lo <= MAX_FLOOR:
             return x
+        if isinstance(x, MeanSq):
+            return self.norm_floor(node, x, float(lo), None)
         raise refuse(node, f"a clamp_min to {lo} of anything but a vector's L2 norm (F."
                      "normalize's guard)", help="clamp with relu (min 0) or relu6")
 
+    def norm_floor(self, node, x: MeanSq, lo: float | None, hi: float | None) -> MeanSq:
+        """``mean(x²).clamp(min=f)`` (or its root's, ``rms.clamp(min=f)``, a floor f² on the
+        mean square), f² <= MAX_FLOOR: the norm it completes is the language's, the floor
+        aside as a norm's eps is (module docstring). A ceiling, a higher floor, a clamp of the
+        inverse root, or a floor under a vector that is 0 at init is refused."""
+        # a floor at or below 0 is no bound: a mean square and its root are never negative
+        floor = None if lo is None else max(lo, 0.0) ** (2 if x.root else 1)
+        bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        what = (f"{'an inverse RMS' if x.inv else 'an RMS' if x.root else 'a mean square'} "
+                f"clamped to {bounds}")
+        if hi is not None or floor is None or x.inv or not 0 <= floor <= MAX_FLOOR:
+            raise refuse(node, f"{what}: the language's norms divide by sqrt(mean(x²) + eps), "
+                         "which a floor on the mean square of at most "
+                         f"{MAX_FLOOR:g} matches where the mean square is far above it; a "
+                         "ceiling, a higher floor or a clamp of its inverse changes the norm "
+                         "where vectors are of size 1",
+                         help="floor the mean square at a small number (mean(x²).clamp(min="
+                         "1e-5)) or add an eps (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) "
+                         "+ eps))")
+        zero = self._zero_at_init(x.src)
+        if floor > 0 and zero is not None:
+            raise refuse(node, f"{what} of a vector that is 0 at init ({zero} is zero-"
+                         "initialised): the floor, not the vector, sets the divisor while the "
+                         "vector trains away from 0, so the output is not of size 1 as a norm's",
+                         help="initialise the layer that makes the vector at random, or add an "
+                         "eps (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) and "
+                         "accept what a norm of a vector near 0 does")
+        return x
+
+    def _zero_at_init(self, v: Vec) -> str | None:
+        """The torch name of the zero-initialised weight whose ``W @ x (+ b)`` is v (its bias,
+        if any, zero too), or None."""
+        w, b = self.out.producers.get(v.name, (None, None))
+        uses = [self.out.params.get(p) for p in (w, b) if p is not None]
+        if w is None or None in uses:
+            return None
+        if all(init_of(self.base, u.target, u.index) == ("const", 0.0) for u in uses):
+            return strip_prefix(uses[0].target)
+        return None
+
     def norm_mul(self, node, u, v):
         """The product that completes a norm: the centred vector times the inverse root of its
-        own variance is ``layernorm(x)``; a centred vector times itself, its square."""
+        own variance is ``layernorm(x)``; a centred vector times itself, its square; a vector
+        times another's RMS, rescaled to it (ops_rescale.py)."""
+        rescaled = self.rescale_mul(node, u, v)  # Gemma 3n's AltUp magnitudes
+        if rescaled is not None:
+            return rescaled
         for a, b in ((u, v), (v, u)):
             if isinstance(a, Centered) and isinstance(b, Centered) and a.src.name == b.src.name \
                     and not (a.sq or b.sq):
@@ -120,6 +182,10 @@ class NormOps:
                 # the program (rmsnorm(x)) would leave out
                 raise refuse(node, f"{_PIECE}: a vector times the inverse RMS of a multiple of "
                              "it (rmsnorm(x) divided by a constant)")
+            if isinstance(b, MeanSq) and not b.inv and isinstance(a, (Vec, Affine, Pointwise)):
+                raise refuse(node, "a vector times a vector's mean square, mean(h²) (a norm "
+                             "divides by its root, a rescaling multiplies by it: rms(h, D))",
+                             help="take the root (sqrt(mean(h²))) or its inverse (a norm)")
         if any(isinstance(t, (Centered, Mean, L2Norm)) for t in (u, v)):
             raise refuse(node, f"{_PIECE}: a product of a mean, a centred vector or an L2 norm "
                          "with anything but the inverse root of its variance (a layer norm)")

@@ -149,12 +149,7 @@ class PointwiseOps:
         hi = None if hi == math.inf else hi
         if isinstance(x, MeanSq) and (lo, hi) != (None, None):
             # Gemma 3n's AltUp: sqrt(mean(x²).clamp(min=1e-5)), a floor on the RMS it divides by
-            bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-            raise refuse(node, f"a mean square clamped to {bounds} (an RMS with a floor): "
-                         "the language's norms divide by sqrt(mean(x²) + eps), "
-                         "which differs from a clamp wherever the mean square is small",
-                         help="normalise with x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + "
-                         "eps) (an RMSNorm) instead of clamping its mean square")
+            return self.norm_floor(node, x, lo, hi)  # (ops_norm.py)
         if (lo, hi) == (None, None):  # no finite bound: the identity, exactly
             return x
         form = None

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .ops_rescale import Rescaled
 from .values import (
+    Affine,
     Aux,
     Conc,
     OneToken,
@@ -241,6 +243,13 @@ class RotaryOps:
                 _key(odd.src) == _key(src) and dim % ndim == ndim - 1
             ):
                 return PairStack(src)
+        if tensors and all(isinstance(t, (Vec, Affine, Pointwise, Rescaled)) for t in tensors):
+            raise refuse(node, f"a stack of {len(tensors)} per-token vectors on an axis of their "
+                         "own (Gemma 3n's AltUp streams, torch.stack([h0, h1, ...])): the "
+                         "language holds each vector apart, with no axis of vectors to index, "
+                         "permute or multiply along",
+                         help="keep the vectors in a list and combine them with sums and "
+                         "products, or write the model as a program")
         raise refuse(node, "a stack of vectors (other than an interleaved rotary's "
                      "rotate_every_two, stack((-x[..., 1::2], x[..., ::2]), -1))")
 

@@ -16,6 +16,7 @@ from .ops_codebooks import Stacked
 from .ops_conv import Padded
 from .ops_grid import Laid
 from .ops_grn import GRN_VALUES
+from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .values import (
@@ -130,6 +131,7 @@ SYMBOLIC = (
     OverTokens,  # a vector per sequence given back a token axis (ops_global.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
+    Rescaled,  # a vector times another's RMS, on the way to a norm (ops_rescale.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
     Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
@@ -304,6 +306,8 @@ class Walker:
             raise self.refuse_token_slice(node, v)
         if isinstance(v, OneToken):  # a split-off class token (ops_classtoken.py)
             raise self.refuse_one_token(node, v)
+        if isinstance(v, Rescaled):  # x * RMS(e) read as a vector (ops_rescale.py)
+            return self.emit_rescaled(v)
         if isinstance(v, PEntry):  # p[i] read as anything but a gain (ops_entries.py)
             raise self.refuse_entry(node, f"{op_name(node)} of")
         raise refuse(node, f"{node.target} on a value that is not a per-token vector")

@@ -101,6 +101,14 @@ PLACE = "place"
 #: of its two answers, two ids of its LM's vocabulary). Every coordinate of the result is one of
 #: y's, so sizes pass through as ``part``'s; its output has another dim, so no row here either
 PICK = "pick"
+#: ``rms(x, D)``: the root mean square of x's coordinates, sqrt(mean_i x_i²), one number per
+#: token as a vector of D (one coordinate: ``dim D = 1``), which ``spread(r, d)`` lays over d
+#: coordinates (Gemma 3n's AltUp rescales each stream to the embedding's RMS,
+#: ``spread(rms(e, D), n) * rmsnorm(h)``). As large as x's coordinates and changing at most as
+#: they do (|RMS(x + Δx) - RMS(x)| <= RMS(Δx)); its gradient to x_i is dr·x_i / (d·RMS(x)), a
+#: share of one over x's d coordinates (-1 over a growing d, no sum). Its output has another dim
+#: than its input's, so it has no row here either
+RMS = "rms"
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("relu", "linear", 0.0, "torch.relu", bounds=(0.0, math.inf)),

@@ -56,7 +56,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
-from .functions import CAT, PART, PICK, POOLS, pooled
+from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
 from .spread import SPREAD, other_dim
@@ -627,7 +627,7 @@ class Program:
                 dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
-            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK):  # not x's
+            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies

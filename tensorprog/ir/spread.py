@@ -1,21 +1,21 @@
 """The dim of ``spread(g, dh)``: H entries of g, each repeated over dh coordinates (one number
 per head over its head's coordinates; see ``tensorprog.ir.functions.SPREAD``), and of the other
 Nonlins whose output has another dim than their input's, ``part(x, d, i)`` (``PART``) and
-``cat(a, b, D)`` (``CAT``) and ``pick(y, D, i1, ...)`` (``PICK``)."""
+``cat(a, b, D)`` (``CAT``), ``pick(y, D, i1, ...)`` (``PICK``) and ``rms(x, D)`` (``RMS``)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-from .functions import CAT, PART, PICK, SPREAD
+from .functions import CAT, PART, PICK, RMS, SPREAD
 
 __all__ = ["SPREAD", "other_dim", "part_count", "spread_dim"]
 
 
 def other_dim(dims: dict, fn: str, arg: str | None, over: str) -> str | None:
-    """The dim of ``spread(g, over)`` (g of dim ``arg``), or of ``part(x, over, i)`` and
-    ``cat(a, b, over)``: over."""
-    return over if fn in (PART, CAT, PICK) else spread_dim(dims, arg, over)
+    """The dim of ``spread(g, over)`` (g of dim ``arg``), or of ``part(x, over, i)``,
+    ``cat(a, b, over)``, ``pick(y, over, ...)`` and ``rms(x, over)``: over."""
+    return over if fn in (PART, CAT, PICK, RMS) else spread_dim(dims, arg, over)
 
 
 def spread_dim(dims: dict, heads: str | None, over: str) -> str | None:

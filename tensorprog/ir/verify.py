@@ -7,7 +7,20 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .functions import AT, CAT, DWCONV, FUNCTIONS, MUL, PART, PICK, PLACE, PRODUCTS, SHIFT, SPREAD
+from .functions import (
+    AT,
+    CAT,
+    DWCONV,
+    FUNCTIONS,
+    MUL,
+    PART,
+    PICK,
+    PLACE,
+    PRODUCTS,
+    RMS,
+    SHIFT,
+    SPREAD,
+)
 from .program import (
     INPUT_KINDS,
     Dot,
@@ -81,6 +94,7 @@ _MOVES = {
     AT: lambda p, ins, ops, key, errors: _verify_at(p, ins, ops, errors),
     PLACE: lambda p, ins, ops, key, errors: _verify_place(ins, ops, key, errors),
     PICK: lambda p, ins, ops, key, errors: _verify_pick(p, ins, ops[0], errors),
+    RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
 }
 
@@ -429,6 +443,19 @@ def _verify_pick(program: Program, ins: Nonlin, arg: str | None,
                 for i in ids):
         errors.error("pick(y, D, i1, ...): y a vector of a finite dim, D a finite dim of as "
                      "many coordinates as ids, each id a coordinate of y", ins.span)
+        return None
+    return ins.over
+
+
+def _verify_rms(program: Program, ins: Nonlin, arg: str | None,
+                errors: Collector) -> str | None:
+    """``rms(x, D)``: x a vector of a declared dim (not viewed per head), D a declared dim of one
+    coordinate. Returns D."""
+    dims = program.dim_table
+    d = dims.get(ins.over or "")
+    if len(ins.args) != 1 or arg not in dims or d is None or d.infinite or d.size != 1:
+        errors.error("rms(x, D): x a vector of a declared dim, D a declared dim of one "
+                     "coordinate (`dim D = 1`)", ins.span)
         return None
     return ins.over
 

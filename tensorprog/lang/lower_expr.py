@@ -40,6 +40,7 @@ from .lower_pick import PICK, lower_pick, pick_operands
 from .lower_place import PLACE, lower_place, place_operands
 from .lower_prepend import PREPEND, lower_prepend, prepend_seq
 from .lower_relayout import RELAYOUTS, lower_relayout, relayout_operands
+from .lower_rms import RMS, lower_rms, rms_operands
 from .lower_route import ROUTES, lower_route
 from .lower_shift import lower_shift, shift_operands
 from .lower_sink import SINKS, lower_sink
@@ -47,11 +48,13 @@ from .lower_spread import lower_spread, spread_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
-# besides values: dims (spread, part, cat), an index (part), tokens (shift, place), windows (at)
+# besides values: dims (spread, part, cat, pick, rms), an index (part), tokens (shift, place),
+# windows (at)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
-             CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands}
+             CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
+             RMS: rms_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, AT, PLACE, PICK) + RELAYOUTS)
+             + (SHIFT, CAT, AT, PLACE, PICK, RMS) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -566,7 +569,7 @@ class ExpressionLowering:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
                     PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
-                    PICK: lower_pick, **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    PICK: lower_pick, RMS: lower_rms, **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

@@ -43,7 +43,7 @@ from ..engine.exponents import ABC
 from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
-from ..ir.functions import CAT, MUL, PART, PICK, PLACE
+from ..ir.functions import CAT, MUL, PART, PICK, PLACE, RMS
 from ..ir.program import (
     INSTRUCTIONS,
     Dot,
@@ -500,11 +500,12 @@ def _lincomb(ev: _Limit, ins: LinComb) -> tuple[Value, str]:
 
 def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
     dims = ev.program.value_dims
-    if ins.fn in (PART, CAT, PLACE, PICK):
+    if ins.fn in (PART, CAT, PLACE, PICK, RMS):
         what = {PART: "part(x, d, i) (a part of a vector's coordinates)",
                 CAT: "cat(a, b, D) (finite vectors side by side)", PLACE: "place(v, h, k) (one "
                 "sequence's tokens in place of another's)", PICK: "pick(y, D, i1, ...) (chosen "
-                "coordinates of a finite vector)"}[ins.fn] + " has no NNGP rule here"
+                "coordinates of a finite vector)", RMS: "rms(x, D) (a vector's RMS, one number per "
+                "token)"}[ins.fn] + " has no NNGP rule here"
         raise _Refuse(what,
                       "the kernel is computed for dense programs: matmul, sums, products, dot "
                       "and coordinatewise nonlinearities", ins.span)

@@ -5,7 +5,8 @@ is the identity (whose rule would pass on a growth the clamp caps: a silent wron
 ``c * cap(x / c)``, cap(t) = min(t, 1), and ``(up + 1) * glu`` the distributed
 ``up * glu + 1 * glu``. Oracles: the traced program says so and derives what the same program
 written by hand derives; the emitted module computes the model's clamps and trains; apply is
-bit-identical at the base; hardtanh takes a bounded function's rule and cap a linear one's."""
+bit-identical at the base; hardtanh takes a bounded function's rule and cap a linear one's. A
+floor on a norm's mean square (Gemma 3n's) is a norm's: test_floored_norm_trace.py."""
 
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensorprog as tp  # noqa: E402
-from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.emit.load import load_module  # noqa: E402
-from tensorprog.fromtorch import from_torch  # noqa: E402
 
 
 class Net(nn.Module):
@@ -146,23 +145,3 @@ def test_an_infinite_bound_is_no_bound(lo, hi, fn):
     assert (fn is None) == (f"{fn}(" not in traced.source), traced.source
     traced_computes_the_model(traced, build, inputs)
 
-
-class FlooredRMS(torch.nn.Module):
-    """Gemma 3n's AltUp magnitude: x rescaled by sqrt(mean(x²).clamp(min=1e-5)), an RMS with a
-    floor, which no norm of the language (sqrt(mean(x²) + eps)) computes."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.e, self.fc = torch.nn.Embedding(13, n), torch.nn.Linear(n, n, bias=False)
-        self.head = torch.nn.Linear(n, 13, bias=False)
-
-    def forward(self, idx):
-        h = self.fc(self.e(idx))
-        rms = torch.sqrt(torch.mean(h ** 2, dim=-1, keepdim=True).clamp(min=1e-5))
-        return self.head(h / rms)
-
-
-def test_a_mean_square_clamped_from_below_is_refused_as_a_floored_rms():
-    with pytest.raises(TensorProgError, match=r"test_clamp_trace.py:\d+:\d+: error: cannot trace "
-                       r"a mean square clamped to \[1e-05, inf\] \(an RMS with a floor"):
-        from_torch(FlooredRMS, (32, 64), lambda m: (torch.arange(16).remainder(13).view(2, 8),))

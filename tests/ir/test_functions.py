@@ -21,6 +21,7 @@ from tensorprog.ir.functions import (
     PART,
     PICK,
     PLACE,
+    RMS,
     SHIFT,
     SPREAD,
     torch_function,
@@ -41,7 +42,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
                                                                       SPREAD, PART, SHIFT, CAT, AT,
-                                                                      PLACE, PICK, *RELAYOUTS}
+                                                                      PLACE, PICK, RMS, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
