@@ -14,7 +14,7 @@ from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
-from .ops_grid import Laid
+from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
@@ -132,6 +132,7 @@ SYMBOLIC = (
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
     Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
+    Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
 )
@@ -604,7 +605,7 @@ class Walker:
         std = next((x for x in flat if isinstance(x, Standardised)), None)
         if std is not None and op != "conv2d":  # only a kernel reads it (ops_standardise.py)
             raise self.refuse_standardised(node, std)
-        if any(isinstance(x, Laid) for x in flat):  # (ops_grid.py)
+        if any(isinstance(x, (Laid, Joint)) for x in flat):  # (ops_grid.py)
             return self.laid_op(node, op, args, kwargs)
         if op in VIEW_OPS:
             return self.view(node, args[0])

@@ -198,3 +198,26 @@ def test_what_the_language_cannot_join_is_refused_at_its_line(form, match):
     with pytest.raises(TraceError, match=match) as err:
         tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
     assert "test_finite_cat.py" in str(err.value) and "torch.cat" in str(err.value)
+
+
+class Wide(nn.Module):
+    """Parts that all grow with the width (n and n/2), joined, normalised, then a function and
+    a readout: the language's cat of growing parts, a fixed share of the whole each."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.g = nn.Linear(3, n), nn.Linear(3, n // 2)
+        self.norm, self.out = nn.LayerNorm(n + n // 2), nn.Linear(n + n // 2, 4)
+
+    def forward(self, x):
+        c = torch.cat([self.e(x), torch.tanh(self.g(x))], -1)
+        return self.out(F.gelu(self.norm(c)))
+
+
+def test_parts_that_all_grow_compute_the_model():
+    traced = tp.from_torch(Wide, (16, 32), pixels)
+    assert "dim n_x3by2 = 3 * n / 2" in traced.source and ", n_x3by2)" in traced.source
+    traced_computes_the_model(traced, Wide, pixels)
+    # each part's layer is an input layer (finite fan-in 3), the readout an output one
+    abc = abc_by_target(traced)
+    assert abc["e.weight"] == abc["g.weight"] == (0, 0, 0) and abc["out.weight"] == (0, 1, 1)
