@@ -24,7 +24,7 @@ own, another model, which is why the language says the grid."""
 
 from __future__ import annotations
 
-from .ops_grid import Joint, Laid, constant, flat, plain
+from .ops_grid import Ids, Joint, Laid, constant, flat, plain
 from .values import PRef, Vec
 
 
@@ -47,7 +47,7 @@ class AxialOps:
                 refs.setdefault(a.ref.target, a.ref)
             elif isinstance(a, PRef) and plain(a):
                 refs.setdefault(a.target, a)
-            elif not isinstance(a, (int, float, bool, type(None))) and constant(a) is None:
+            elif not isinstance(a, (Ids, int, float, bool, type(None))) and constant(a) is None:
                 return None
         starts, at = {}, 0
         for target, r in refs.items():
@@ -65,6 +65,8 @@ class AxialOps:
                 return torch.arange(_numel(a.shape)).reshape(a.shape) + starts[a.target]
             if isinstance(a, (list, tuple)):
                 return type(a)(index(x) for x in a)
+            if isinstance(a, Ids):  # the positions an index_select reads
+                return a.value
             c = constant(a)
             return a if c is None else c
 

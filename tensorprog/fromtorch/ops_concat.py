@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
+from .values import Affine, Columns, Joined, Parts, Pointwise, PRef, Vec
 from .where import op_name, refuse, user_span
 
 
@@ -80,7 +80,25 @@ class ConcatOps:
             self.out.stmts.append(f"{name} = {expr}")
         self.out.cats[name] = (len(self.out.slots) - 1, node.name, ", ".join(readers),
                                parts[0].tags == ("tok", "F"), tuple(p.dim for p in parts))
+        self.cat_parts[name] = parts
         return Vec(name, parts[0].tags, size)
+
+    @property
+    def cat_parts(self) -> dict[str, list[Vec]]:
+        """Each ``cat(...)`` statement's parts, by its name (a split of it gives them back)."""
+        if not hasattr(self, "_cat_parts"):
+            self._cat_parts = {}
+        return self._cat_parts
+
+    def split_cat(self, node, v, sizes, dim) -> Parts | None:
+        """A split of a concatenation along its features at its parts' bounds (Reformer's
+        reversible stream, ``chunk(cat([h, h], -1), 2, -1)``): the parts themselves, exactly;
+        None for any other split."""
+        parts = self.cat_parts.get(v.name) if isinstance(v, Vec) else None
+        ndim = len(node.args[0].meta["val"].shape)
+        if parts is None or dim % ndim != ndim - 1 or list(sizes) != [p.dim for p in parts]:
+            return None
+        return Parts(list(parts))
 
     def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
         """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a

@@ -61,19 +61,41 @@ class Joint:
     index: object  # torch.Tensor
 
 
+@dataclass
+class Ids:
+    """The positions an ``index_select`` of laid-out entries reads, a constant of integer ids
+    (Reformer's eval forward: each example's position ids)."""
+
+    value: object  # torch.Tensor
+
+
 def constant(a):
-    """A number or integer tensor the forward computes from no input (a slice's end from
-    ``position_ids.max().item()``, the positions an index_select reads), as its value; None
-    for anything else (a value from the token ids, ``probe``, is no constant)."""
+    """A whole number the forward computes from no input (a slice's end from
+    ``position_ids.max().item()``), as an int; None for anything else (a value from the token
+    ids, ``probe``, is no constant; nor is a tensor of several numbers)."""
     import torch
 
     if type(a) is not Conc or a.probe is not None or a.given:  # (a Given is an input)
         return None
     v = a.value
-    if isinstance(v, bool) or isinstance(v, int) or isinstance(v, torch.Tensor) and not (
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not (
             v.is_floating_point() or v.is_complex()):
-        return v
-    return None
+        return int(v)
+    return v if isinstance(v, int) else None
+
+
+def with_ids(op: str, args: list) -> list:
+    """``args`` of ``index_select(x, dim, ids)`` with x laid-out entries and ids a constant of
+    integer positions: the ids marked :class:`Ids`, a move's argument; else ``args``."""
+    import torch
+
+    if op != "index_select" or len(args) < 3 or not isinstance(args[0], (Laid, Joint)):
+        return args
+    ids = args[2]
+    if type(ids) is not Conc or ids.probe is not None or ids.given or not isinstance(
+            ids.value, torch.Tensor) or ids.value.dim() != 1 or ids.value.is_floating_point():
+        return args
+    return [*args[:2], Ids(ids.value), *args[3:]]
 
 
 def plain(ref) -> bool:
@@ -120,6 +142,7 @@ class GridOps:
     def laid_op(self, node, op: str, args, kwargs):
         """An op on a laid-out param: the moves run on its indices (the param again where they
         are its own), a resize to its own grid the identity, anything else refused."""
+        args = with_ids(op, args)
         if op == "sym_size" and isinstance(args[0], (Laid, Joint)):
             # a size export leaves unknown (a slice up to position_ids.max().item(), Reformer's
             # eval forward): the entries' own, computed here
@@ -187,7 +210,9 @@ class GridOps:
                 return self.laid(node, a).index
             if isinstance(a, (list, tuple)):
                 return type(a)(index(x) for x in a)
-            c = constant(a)  # a slice's end, the positions an index_select reads
+            if isinstance(a, Ids):  # the positions an index_select reads
+                return a.value
+            c = constant(a)  # a slice's end
             return a if c is None else c
 
         out = node.target(*[index(a) for a in args], **kwargs)
@@ -205,6 +230,8 @@ class GridOps:
                 return None if any(x is None for x in out) else type(a)(out)
             return a
 
+        if any(isinstance(a, Ids) for a in args):
+            return None
         out = [read(a) for a in args]
         return None if any(o is None and a is not None for o, a in zip(out, args, strict=True)) \
             else out
@@ -215,7 +242,7 @@ def _one_param(args) -> bool:
     nothing else."""
     refs = {a.ref.target for a in flat(args) if isinstance(a, Laid)}
     refs |= {a.target for a in flat(args) if isinstance(a, PRef)}
-    return len(refs) == 1 and all(isinstance(a, (Laid, PRef, int, float, bool, type(None)))
+    return len(refs) == 1 and all(isinstance(a, (Laid, PRef, Ids, int, float, bool, type(None)))
                                   or constant(a) is not None for a in flat(args))
 
 

@@ -70,6 +70,7 @@ from .where import (
     op_name,
     reaching_the_output,
     refuse,
+    region_span,
     strip_prefix,
     user_span,
 )
@@ -590,9 +591,14 @@ class Walker:
                 node,
                 f"{'torch.no_grad' if op.startswith('wrap') else op}: no gradient flows "
                 "through it, so the params before it get none from this path, which the "
-                "program cannot say (µP would claim they are trained)",
+                "program cannot say (µP would claim they are trained)"
+                + (" (a custom autograd.Function may give them one in its backward, which the "
+                   "trace does not read: Reformer's reversible layers recompute their forward "
+                   "there)" if op.startswith("wrap") else ""),
                 help="remove the detach (or torch.no_grad) from the forward, or trace the model "
                 "without the detached part",
+                # export gives a region's op no line: its first op's
+                span=user_span(node) or region_span(node),
             )
         if op in IDENTITY_OPS:
             if op == "to" and any(

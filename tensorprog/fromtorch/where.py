@@ -20,6 +20,19 @@ def user_span(node) -> Span | None:
     return line_span([(path, int(line)) for path, line in frames])
 
 
+def region_span(node) -> Span | None:
+    """The user's line of the first op inside the subgraph of the higher-order op ``node``
+    (torch.no_grad's region, to which export gives no line of its own)."""
+    graph = node.graph.owning_module
+    sub = getattr(graph, getattr(node.args[1], "target", ""), None) if len(
+        node.args) > 1 and graph is not None else None
+    for n in sub.graph.nodes if sub is not None else ():
+        span = user_span(n)
+        if span is not None:
+            return span
+    return None
+
+
 def exception_span(err: BaseException, path: str | None = None) -> Span | None:
     """The innermost line of ``err``'s traceback outside torch (in ``path`` when given)."""
     frames = [(f.filename, f.lineno) for f in traceback.extract_tb(err.__traceback__)]
@@ -78,12 +91,12 @@ def def_span(fn) -> Span | None:
     return line_span([(path, line)]) if path else None
 
 
-def refuse(node, what: str, help: str | None = None) -> TraceError:
+def refuse(node, what: str, help: str | None = None, span: Span | None = None) -> TraceError:
     module = module_of(node)
     where = f" (in {module})" if module else " (in the model)"
     return TraceError(
         f"cannot trace {what}{where}",
-        user_span(node),
+        span or user_span(node),
         help
         or "the Tensor Program language has no such op; rewrite this part "
         "with supported ops (docs/torch.md lists them)",

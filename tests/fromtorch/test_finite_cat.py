@@ -221,3 +221,24 @@ def test_parts_that_all_grow_compute_the_model():
     # each part's layer is an input layer (finite fan-in 3), the readout an output one
     abc = abc_by_target(traced)
     assert abc["e.weight"] == abc["g.weight"] == (0, 0, 0) and abc["out.weight"] == (0, 1, 1)
+
+
+class Halves(nn.Module):
+    """A stream of two copies of a vector side by side, split back into them (Reformer's
+    reversible stream, ``chunk(cat([h, h], -1), 2, -1)``), each half then updated on its own."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.f, self.out = nn.Linear(3, n), nn.Linear(n, n), nn.Linear(2 * n, 4)
+
+    def forward(self, x):
+        h = self.e(x)
+        a, b = torch.chunk(torch.cat([h, torch.tanh(h)], -1), 2, dim=-1)
+        b = b + self.f(F.layer_norm(a, a.shape[-1:]))
+        return self.out(F.layer_norm(torch.cat([a, b], -1), (2 * a.shape[-1],)))
+
+
+def test_a_split_of_a_concatenation_at_its_parts_is_the_parts():
+    traced = tp.from_torch(Halves, (16, 32), pixels)
+    assert "= layernorm(linear)\n" in traced.source  # a: e's output itself
+    traced_computes_the_model(traced, Halves, pixels)
