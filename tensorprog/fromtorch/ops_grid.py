@@ -30,7 +30,7 @@ from .where import refuse, strip_prefix
 # ops that only move entries: run on the indices as they are on the values
 _MOVES = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute", "transpose",
           "t", "slice", "select", "unsqueeze", "squeeze", "cat", "reshape_as", "view_as",
-          "expand", "index_select"}
+          "expand", "index_select", "flip", "roll"}
 _LIKE = ("reshape_as", "view_as")  # their second argument gives only a shape
 _HELP = ("lay the table back out as one row per token, in the table's own order, through "
          "reshapes, permutes and slices alone (a resize to the table's own grid is the identity "
@@ -185,14 +185,17 @@ class GridOps:
                 return method(node, *read, **kwargs)
         if op not in _MOVES:
             # the reshaped param's own argument, which need not be the op's first (h + pos)
-            at = next((i for i, a in enumerate(args) if isinstance(a, Laid)), 0)
-            laid = args[at].ref.shape if isinstance(args[at], Laid) else ()
+            at = next((i for i, a in enumerate(args) if isinstance(a, (Laid, Joint))), 0)
+            a = args[at]
+            laid = " and ".join(str(list(r.shape)) for r in (
+                a.refs if isinstance(a, Joint) else (a.ref,) if isinstance(a, Laid) else ()))
             raise refuse(node, f"the op {op} on a reshaped param (its entries laid out anew, "
-                         f"{list(laid)} as {list(self._shape(node.args[at]))}): a reshaped "
+                         f"{laid or '[]'} as {list(self._shape(node.args[at]))}): a reshaped "
                          "param is followed only through reshapes, permutes, slices, "
                          "concatenations of its parts and a resize to its own grid, back to its "
                          "own layout (a table of positions laid out as the image's grid and "
-                         "back)", help=_HELP)
+                         "back), or to whole rows of a grid axis's table at each position "
+                         "(Reformer's axial positions)", help=_HELP)
         if not _one_param(args):
             raise refuse(node, f"a {op} of a param's rearranged entries with other values",
                          help=_HELP)

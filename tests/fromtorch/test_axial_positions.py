@@ -45,8 +45,10 @@ class Axial(nn.Module):
             parts = [p.transpose(1, 2) for p in parts]
         if self.form == "reversed":  # the positions in reverse: no grid axis's coordinate
             parts = [p.flip(1) for p in parts]
-        if self.form == "eval":  # Reformer's eval forward: joined, then each row's positions
-            ids = torch.arange(t, device=self.e.weight.device).unsqueeze(0).expand(b, t)
+        if self.form in ("eval", "per_example"):  # Reformer's eval forward: joined, then
+            ids = torch.arange(t, device=self.e.weight.device)  # each example's positions
+            # (per_example: the second example's reversed, no position's one row)
+            ids = torch.stack([ids, ids.flip(0) if self.form == "per_example" else ids])
             cols = (ids.max().item() + self.grid[1]) // self.grid[1]
             joined = torch.cat([p[:, :cols] for p in parts], dim=-1).reshape(b, -1, self.d)
             return torch.cat([torch.index_select(joined[i], 0, ids[i]).unsqueeze(0)
@@ -94,9 +96,11 @@ def test_a_grid_of_three_axes_computes_the_model():
     traced_computes_the_model(traced, build, ids)
 
 
-def test_positions_in_another_order_are_refused():
-    with pytest.raises(TraceError, match=r"a reshaped param") as err:
-        tp.from_torch(lambda n: Axial(n, form="reversed"), (16, 32), ids)
+@pytest.mark.parametrize("form", ["reversed", pytest.param("per_example", marks=pytest.mark.slow)])
+def test_positions_in_another_order_are_refused(form):
+    with pytest.raises(TraceError, match=r"test_axial_positions.py:\d+:\d+: error: cannot trace "
+                       r"the op add on a reshaped param") as err:
+        tp.from_torch(lambda n: Axial(n, form=form), (16, 32), ids)
     assert "Reformer's axial positions" in str(err.value)
 
 
