@@ -191,7 +191,7 @@ def test_parts_per_sequence_or_per_pixel_compute_the_model(model, inputs):
 @pytest.mark.parametrize("form, match", [
     ("growing", r"a concatenation of vectors along their features read by layer_norm \(its "
                 r"statistics span every part\), with a part that grows with the width"),
-    ("tokens", r"cannot trace a concatenation of vectors \(other than"),
+    ("tokens", r"cannot trace a concatenation of sequences along their tokens into one longer"),
     ("learned_tokens", r"cannot trace a concatenation of learned tokens other than before"),
 ])
 def test_what_the_language_cannot_join_is_refused_at_its_line(form, match):
