@@ -68,8 +68,8 @@ def ids(model=None):
     return (torch.randint(32, (2, 8), generator=torch.Generator().manual_seed(0)),)
 
 
-@pytest.mark.parametrize("kw", [{}, {"form": "columns"}, {"form": "eval"}],
-                         ids=["rows", "columns", "eval"])
+@pytest.mark.parametrize("kw", [{}, pytest.param({"form": "columns"}, marks=pytest.mark.slow),
+                                {"form": "eval"}], ids=["rows", "columns", "eval"])
 def test_axial_positions_compute_the_model(kw):
     build = lambda n: Axial(n, **kw)  # noqa: E731
     traced = tp.from_torch(build, (16, 32), ids)

@@ -188,6 +188,7 @@ def test_a_row_read_directly_is_that_rows_vector_param(form):
                if u.target == "g.weight")
 
 
+@SLOW
 def test_a_row_read_beside_the_matrix_is_refused_where_their_lrs_differ():
     traced = tp.from_torch(lambda n: Rows(n, "matrix"), (64, 128), ids)
     with pytest.raises(tp.TensorProgError, match=r"test_param_entries.py:\d+:\d+: error: "
