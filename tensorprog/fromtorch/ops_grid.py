@@ -14,8 +14,12 @@ position lookup still in µP terms, but one the language has no form for, refuse
 
 The walk follows such a chain exactly, never by its shape alone: a value of the chain is the
 param's flat index of each of its entries (:class:`Laid`), each rearranging op (a view, permute,
-slice, concatenation) run on those indices as on the values, and a value whose indices are the
-param's own, in the param's shape, is the param again.
+slice, concatenation, expand, flip, an index_select of constant positions) run on those indices
+as on the values, and a value whose indices are the param's own, in the param's shape, is the
+param again. Several params' entries moved together (tables of a grid's axes concatenated before
+they are read out per token) are a :class:`Joint`; where laid-out entries meet anything but a
+move, ops_axial.py reads them as whole rows of a grid axis's table at each position, if they
+are, and the op runs on those vectors.
 """
 
 from __future__ import annotations
