@@ -198,6 +198,8 @@ def _emitted_like(traced, model, mup, dtype):
                 if one.transposed:
                     while t.dim() > 2 and t.shape[0] == 1:
                         t = t[0]
+                    if t.dim() > 2:  # a grid axis's table [A, 1, d]: A rows (ops_axial.py)
+                        t = t.reshape(-1, t.shape[-1])
                     t = t.t() if t.dim() == 2 else t
                 q = mine.pop(key)
                 q.copy_(t.reshape(q.shape))

@@ -587,8 +587,19 @@ POSITIONED = {
     # cat(a, b, D): finite parts side by side, D their sizes summed
     "cat-growing-part": (SEQ + "dim f = 4\ndim D = 12\nparam A : [f, n]\n"
                          "output y = cat(A @ h, h, D)\n", S, r"cat of a part of dim n, which "
-                         r"grows with the width: cat joins finite parts only(.|\n)*help: a "
-                         r"linear layer on a concatenation is the sum", (11, 23)),
+                         r"grows with the width, beside a finite part: cat joins parts all "
+                         r"finite or all growing(.|\n)*help: a linear layer on a "
+                         r"concatenation is the sum", (11, 23)),
+    # parts that all grow (Reformer's axial positions, n/4 and 3n/4): D their proportions'
+    "cat-growing-total": (SEQ + "dim a = n / 4\ndim D = 2 * n\nparam A : [a, n]\n"
+                          "output y = cat(A @ h, h, D)\n", S, r"cat\(a, n, D\): the parts have "
+                          r"5 \* n / 4 coordinates in all, D has 2 \* n(.|\n)*help: declare "
+                          r"`dim D = 5 \* n / 4`", (11, 12)),
+    "axial-growing-axis": (SEQ + "input r : axial[t, n, 1]\noutput y = h\n", S,
+                           r"axial r: its sequence and axis must be finite dims, its stride a "
+                           r"positive number of positions", (8, 1)),
+    "axial-stride-zero": (SEQ + "dim A = 2\ninput r : axial[t, A, 0]\noutput y = h\n", S,
+                          r"axial r: its sequence and axis must be finite dims", (9, 1)),
     "cat-wrong-total": (SEQ + "dim f = 4\ndim D = 9\nparam A : [f, n]\n"
                         "output y = cat(A @ h, A @ h, D)\n", S, r"cat\(f, f, D\): the parts "
                         r"have 8 coordinates in all, D has 9(.|\n)*help: declare `dim D = 8`",
@@ -1331,23 +1342,23 @@ class PatchMean(ClassToken):
 class PooledCat(ClassToken):
     def __init__(self, n):
         super().__init__(n)
-        self.head = torch.nn.Linear(2 * n, 3)
+        self.few, self.head = torch.nn.Linear(n, 8), torch.nn.Linear(n + 8, 3)
 
-    def forward(self, idx):  # DINOv2's head, the class token and the patches' mean side by
-        x = self.e(idx)  # side, read by a norm before the linear layer (into it, it traces)
-        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        pooled = torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1)
+    def forward(self, idx):  # DINOv2's head, the class token beside 8 features of the patches'
+        x = self.e(idx)  # mean, read by a norm before the linear layer (into it, it traces;
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # of n and n, too)
+        pooled = torch.cat([h[:, 0], self.few(h[:, 1:].mean(1))], dim=-1)
         return self.head(torch.nn.functional.layer_norm(pooled, pooled.shape[-1:]))
 
 
 class FeatureCat(Net):
     def __init__(self, n):
         super().__init__(n)
-        self.head = torch.nn.Linear(2 * n, 8)
+        self.few, self.head = torch.nn.Linear(n, 8), torch.nn.Linear(n + 8, 8)
 
     def forward(self, idx):  # a cat of per-token vectors along their features, read by a norm
-        x = self.e(idx)  # (of finite parts it is the language's cat: tests/fromtorch)
-        h = torch.cat([x, torch.relu(x)], dim=-1)
+        x = self.e(idx)  # (of parts all finite or all of the width it is the language's cat:
+        h = torch.cat([x, self.few(x)], dim=-1)  # tests/fromtorch/test_finite_cat.py)
         return self.head(torch.nn.functional.layer_norm(h, h.shape[-1:]))
 
 
@@ -1635,15 +1646,17 @@ TRACED_BUILDS = {
     # finite parts it is cat(a, b, D) (tests/fromtorch/test_finite_cat.py), of the width's not
     ("pooled_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors per "
                          r"sequence along their features read by layer_norm \(its statistics "
-                         r"span every part\), with a part that grows with the width(.|\n)*"
+                         r"span every part\), with a part that grows with the width beside one "
+                         r"that does not(.|\n)*"
                          r"DINOv2's head(.|\n)*help: feed the concatenation straight to linear "
                          r"layers"),
     # the same read by anything but linear layers, named (Kimi-Linear's into a convolution)
     ("feature_cat", None, r"m.py:\d+:\d+: error: cannot trace a concatenation of vectors "
                           r"along their "
                           r"features read by layer_norm \(its statistics span every part\), "
-                          r"with a part that grows with the width: the language joins finite "
-                          r"parts only(.|\n)*help: feed the concatenation "
+                          r"with a part that grows with the width beside one that does not: the "
+                          r"language joins parts all finite or all growing(.|\n)*help: feed "
+                          r"the concatenation "
                           r"straight to linear layers"),
     ("probe", None, r"m.py:\d+:\d+: error: cannot trace a learned token \(cls\) repeated over "
                     r"the batch as the query of attention to every token \(SigLIP's"),

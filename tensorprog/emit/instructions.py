@@ -120,7 +120,7 @@ class Emitter:
         elif self.kinds.get(ins.arg) in RELATIVE_KINDS:  # a bias per head on token pairs
             self.helpers.add("_relative_bias")
             rhs = f"_relative_bias({self.ref(ins.arg)}, {w})"
-        elif self.kinds.get(ins.arg) in ("tokens", "positions"):  # one-hot input: a lookup
+        elif self.kinds.get(ins.arg) in ("tokens", "positions", "axial"):  # one-hot: a lookup
             rhs = f"torch.nn.functional.embedding({self.ref(ins.arg)}, {w}.t())"
         else:
             rhs = f"torch.nn.functional.linear({self.ref(ins.arg)}, {w})"

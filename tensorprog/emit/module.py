@@ -497,13 +497,17 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                 out.append(f"        {local[i.name]} = _relative_buckets({length}, "
                            f"{em.dim(i.dim)}, {i.kind == 'relative'}, {where})")
                 continue
-            rows = "self.seq_len" if i.seq == lay.seq else em.dim(i.seq)
+            rows = "self.seq_len" if i.seq == lay.seq and i.kind == "positions" else em.dim(i.seq)
+            # a grid's axis: each position's coordinate along it, (t // stride) mod its size
+            axis = (f" // {i.stride} % {em.dim(i.dim)}" if i.stride != 1 else
+                    f" % {em.dim(i.dim)}") if i.kind == "axial" else ""
             if tokens is None:
-                out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})")
+                out.append(f"        {local[i.name]} = torch.arange({rows}, device={device})"
+                           f"{axis}")
                 continue
             em.helpers.add("_positions")
             # what sets the table's rows, for the message on a longer input
-            sets = ("build the Model with a seq_len" if i.seq == lay.seq
+            sets = ("build the Model with a seq_len" if rows == "self.seq_len"
                     else f"emit the module again with dim {i.seq} declared a size")
             fed_ids = local[tokens.name] + ("[..., 0]" if tokens.kind == "patches" else "")
             if extra:  # one id per token of the longer sequence: the learned ones first
@@ -511,7 +515,7 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                            f"({extra}, 0))")
                 fed_ids = local[i.name]
             out.append(f"        {local[i.name]} = _positions({fed_ids}, {rows}, "
-                       f"{quoted(sets)})")
+                       f"{quoted(sets)}){axis}")
         return out
 
     outer = [ins for ins in lay.body if ins.out not in lay.inner]

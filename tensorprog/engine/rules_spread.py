@@ -1,9 +1,9 @@
 """The engine's rules for the Nonlins that move coordinates without computing on them:
 ``spread(g, dh)`` (one number per head over its head's coordinates), ``part(x, d, i)`` (x's
-i-th part of d coordinates) and ``cat(a, b, D)`` (finite parts side by side), whose output
-has another dim than their input's, ``shift(h, k)`` (h's token vectors moved k tokens),
-``at(g, win)`` (a value over a window's offsets read at each token pair's offset) and
-``place(v, h, k)`` (v's token vectors in place of some of h's).
+i-th part of d coordinates) and ``cat(a, b, D)`` (parts side by side, all finite or all
+∝ n), whose output has another dim than their input's, ``shift(h, k)`` (h's token vectors
+moved k tokens), ``at(g, win)`` (a value over a window's offsets read at each token pair's
+offset) and ``place(v, h, k)`` (v's token vectors in place of some of h's).
 ``tensorprog.engine.rules`` dispatches Nonlin to them."""
 
 from __future__ import annotations
@@ -84,11 +84,13 @@ def grad_shift(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
                                   "flow", [Mono(sz.grad(ins.out))])]
 
 
-# --- cat: finite parts side by side ----------------------------------------------------------
+# --- cat: parts side by side, each a fixed share -------------------------------------------
 # y = (a, b, ...), each part of a finite dim (Perceiver's image input: a 1x1 convolution's
-# channels beside learned positions). A fixed number of finite parts: y's RMS is its largest
-# part's up to a constant, so y is as large as its largest part and changes as much as its most
-# changed one (as a sum's terms). Every rule reads a vector's size as its RMS, and each reader
+# channels beside learned positions), or each of a dim ∝ n (Reformer's axial positions, n/4
+# and 3n/4 features). A fixed number of parts, each a fixed share of y's coordinates: y's RMS is
+# its largest part's up to a constant, so y is as large as its largest part and changes as much
+# as its most changed one (as a sum's terms); a sum over y's n coordinates is its parts' sums,
+# each over a fixed share. Every rule reads a vector's size as its RMS, and each reader
 # stays exact on such a vector: a finite sum over its coordinates (a matmul, a finite fan-in's
 # update) is its largest part's; a coordinatewise function or a sum takes each part on its own,
 # and so does a product with a vector of no parts or built from the same concatenation (the

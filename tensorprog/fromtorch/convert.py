@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ops_arith import ArithOps
 from .ops_attention import AttentionOps
+from .ops_axial import AxialOps
 from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
 from .ops_classtoken import ClassTokenOps
@@ -72,8 +73,8 @@ class Converter(
     AttentionOps,
     RotaryOps, ComplexOps, TableOps, SwitchOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, EntryOps, Conv1dOps,
-    PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
+    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
+    Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps
     comes first: it takes the ops on a router's selection before the walker's dispatch, and

@@ -62,6 +62,7 @@ class OptimizerGroups:
         r = self.width_of(model) / self.traced.base_width
         rd = self._depth_ratio(model, base_depth)
         out: dict[str, float] = {}
+        rows: set[str] = set()  # tensors with a row read as a vector of its own
         entries: dict[str, tuple] = {}  # a 1-D param read entry by entry -> its exponents
         for name, use, _ in self._uses(model):
             if name not in exponents or use.target in given:
@@ -74,6 +75,18 @@ class OptimizerGroups:
                     f"((n/base)^-{entries[use.target][0]} and (n/base)^-{e[0]}), and a tensor "
                     "has one optimizer group", use.span,
                     help="make each number its own one-entry param (nn.Parameter(torch.ones(1)))",
+                )
+            if use.index is not None and not use.entries:
+                rows.add(use.target)
+            if use.target in out and not math.isclose(out[use.target], m) and \
+                    use.target in rows:
+                raise UsageError(
+                    f"{use.target}: a row of it read as a vector of its own (a lookup of one "
+                    f"constant id, or table[i]) and its other uses need different {what} "
+                    f"({out[use.target]:g} and {m:g}), and a tensor has one optimizer group",
+                    use.span,
+                    help="make the row a param of its own (nn.Parameter), or read the table "
+                    "only one way",
                 )
             if use.target in out and not math.isclose(out[use.target], m):
                 raise UsageError(

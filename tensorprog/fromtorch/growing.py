@@ -52,11 +52,14 @@ def refuse_growing_groups(t1: Trace, t2: Trace, widths, nodes=None) -> None:
 
 def refuse_growing_cats(t1, t2, nodes=None) -> None:
     """Refuses, at its line, a concatenation traced as ``cat(a, b, D)`` (in traces ``t1`` and
-    ``t2`` of the two widths) whose D differs between the widths: a part of it grows with the
-    width, and the language joins finite parts only. ``nodes``: the first width's graph nodes
-    by name, for the user's line."""
-    for slot, node, readers, per_sequence in t1.cats.values():
-        if t1.slots[slot] == t2.slots[slot]:
+    ``t2`` of the two widths) with a part that grows with the width beside one that does not:
+    the language joins parts all finite or all growing. ``nodes``: the first width's graph
+    nodes by name, for the user's line."""
+    for name, (slot, node, readers, per_sequence, parts) in t1.cats.items():
+        other = t2.cats.get(name)
+        grows = [a != b for a, b in zip(parts, other[4], strict=True)] if other and len(
+            other[4]) == len(parts) else [t1.slots[slot] != t2.slots[slot]]
+        if not any(grows) or all(grows):
             continue
         # a norm's statistics span every part: it is no function of each part alone
         norm = " (its statistics span every part)" if "norm" in readers else ""
@@ -64,10 +67,10 @@ def refuse_growing_cats(t1, t2, nodes=None) -> None:
                          "1:].mean(1)], -1))") if per_sequence else ("vectors", "")
         raise TraceError(
             f"cannot trace a concatenation of {what} along their features read by "
-            f"{readers or 'nothing'}{norm}, with a part that grows with the width: the language "
-            "joins finite parts only (cat(a, b, D)), and a concatenation with a part of the "
-            f"width only as the input of linear layers{example}, the sum W[:, :m] @ a + "
-            "W[:, m:] @ b of their column blocks",
+            f"{readers or 'nothing'}{norm}, with a part that grows with the width beside one "
+            "that does not: the language joins parts all finite or all growing (cat(a, b, D)), "
+            "and a concatenation of such parts only as the input of linear layers"
+            f"{example}, the sum W[:, :m] @ a + W[:, m:] @ b of their column blocks",
             user_span(nodes[node]) if nodes and node in nodes else None,
             help="feed the concatenation straight to linear layers, or apply what reads it to "
             "each part")

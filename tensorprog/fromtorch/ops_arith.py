@@ -114,7 +114,8 @@ class ArithOps:
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))
-        vec = next(t for _, t in terms if isinstance(t, Vec))
+        # the widest (a row of a param, no tokens, broadcast over another's: _elementwise)
+        vec = max((t for _, t in terms if isinstance(t, Vec)), key=lambda t: len(t.tags))
         expr = ""
         for c, t in terms:
             name = t.name if isinstance(t, Vec) else t
@@ -142,6 +143,16 @@ class ArithOps:
                          "language combines vectors coordinate by coordinate)",
                          help="give both terms the same features (e.g. a linear layer to n "
                          "features rather than 1), or write the model as a program")
+        short, long = sorted((a, b), key=lambda x: len(x.tags))
+        if short.tags == ("F",) and long.tags != ("F",) and (long.tags[-1] != "F" or tuple(
+                node.meta["val"].shape) != self._shape(node.args[(a, b).index(long)])):
+            # a vector of no tokens (a row of a param read as it is, ops_entries.py) is the
+            # same for every token only where it falls on the other's features
+            raise refuse(node, f"a {what} of a vector of axes {list(short.tags)} with one of "
+                         f"axes {list(long.tags)}: torch broadcasts the one over the other's "
+                         "axes other than its features, which the language's vectors, one "
+                         "value per token, do not say",
+                         help="give both terms the same axes, or write the model as a program")
 
     def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
         arg, other = node.args[i], node.args[1 - i]
@@ -295,7 +306,8 @@ class ArithOps:
             names.append(
                 self.vector_param(x, node) if isinstance(x, PRef) else self.vec(x, node).name
             )
-        vec = next(self.vec(x, node) for x in (u, v) if not isinstance(x, PRef))
+        vec = max((self.vec(x, node) for x in (u, v) if not isinstance(x, PRef)),
+                  key=lambda t: len(t.tags))  # the widest, as in a sum
         name = self.emit_vector(node.name, f"{names[0]} * {names[1]}")
         gains = [n for n, x in zip(names, (u, v), strict=True) if isinstance(x, PRef)]
         if len(gains) == 1:

@@ -13,16 +13,17 @@ layer's input times s: columns.py), or refused at the concatenation's line.
 
 Only a concatenation that every reader applies a linear layer to is read so: the parts are
 looked at before the readers are walked. Any other use of the concatenated vector (a norm over
-it, a sum with another vector) is the language's ``cat(a, b, D)``, which joins parts of finite
-dims only (Perceiver's image input: a 1x1 convolution's 256 channels and 256 of learned
-positions, normalised together): whether a part grows with the width is known once both widths
-are traced, and one that does is refused then, at the concatenation's line."""
+it, a sum with another vector) is the language's ``cat(a, b, D)``, which joins parts all of
+finite dims (Perceiver's image input: a 1x1 convolution's 256 channels and 256 of learned
+positions, normalised together) or all growing with the width (Reformer's axial positions):
+whether a part grows with the width is known once both widths are traced, and one that does
+beside one that does not is refused then, at the concatenation's line."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from .values import Affine, Columns, Joined, Pointwise, PRef, Vec
+from .values import Affine, Columns, Joined, Parts, Pointwise, PRef, Vec
 from .where import op_name, refuse, user_span
 
 
@@ -50,9 +51,10 @@ class ConcatOps:
         """``cat(a, b, ..., D)`` of per-token (or per-sequence) vectors along their features
         that something other than a linear layer reads (Perceiver's image input, a 1x1
         convolution's channels beside learned positions, read by a layer norm); None if
-        ``tensors`` are no such vectors. The language joins finite parts only: D's size slot is
-        kept, and growing.refuse_growing_cats refuses, once both widths are traced, one that
-        grows."""
+        ``tensors`` are no such vectors. The language joins parts all finite or all growing
+        with the width (Reformer's axial positions, n/4 and 3n/4 features): D's size slot and
+        the parts' sizes are kept, and growing.refuse_growing_cats refuses, once both widths
+        are traced, one with a part that grows beside one that does not."""
         if len(tensors) < 2 or not all(isinstance(t, (Vec, Affine, Pointwise)) for t in tensors):
             return None
         tags = {t.src.tags if isinstance(t, Pointwise) else t.tags for t in tensors}
@@ -61,13 +63,42 @@ class ConcatOps:
         parts = [self.vec(t, node) for t in tensors]
         if any(p.dh is not None or p.group != 1 for p in parts):
             return None
+        return self.cat_statement(node, parts)
+
+    def cat_statement(self, node, parts: list[Vec], held: bool = True) -> Vec:
+        """``cat(a, b, ..., D)`` of ``parts``, the value of ``node`` where ``held`` (else a
+        value no node of the graph holds: tables of a grid's axes concatenated before their
+        rows are laid out per token, ops_axial.py), kept for growing.refuse_growing_cats."""
         size = sum(p.dim for p in parts)
         d = self.dim(size)
         readers = sorted({op_name(u) for u in node.users} - {"linear"})
-        name = self.emit_vector(node.name, f"cat({', '.join(p.name for p in parts)}, {d})")
+        expr = f"cat({', '.join(p.name for p in parts)}, {d})"
+        if held:
+            name = self.emit_vector(node.name, expr)
+        else:
+            name = self.fresh(f"{node.name}_cat")
+            self.out.stmts.append(f"{name} = {expr}")
         self.out.cats[name] = (len(self.out.slots) - 1, node.name, ", ".join(readers),
-                               parts[0].tags == ("tok", "F"))
+                               parts[0].tags == ("tok", "F"), tuple(p.dim for p in parts))
+        self.cat_parts[name] = parts
         return Vec(name, parts[0].tags, size)
+
+    @property
+    def cat_parts(self) -> dict[str, list[Vec]]:
+        """Each ``cat(...)`` statement's parts, by its name (a split of it gives them back)."""
+        if not hasattr(self, "_cat_parts"):
+            self._cat_parts = {}
+        return self._cat_parts
+
+    def split_cat(self, node, v, sizes, dim) -> Parts | None:
+        """A split of a concatenation along its features at its parts' bounds (Reformer's
+        reversible stream, ``chunk(cat([h, h], -1), 2, -1)``): the parts themselves, exactly;
+        None for any other split."""
+        parts = self.cat_parts.get(v.name) if isinstance(v, Vec) else None
+        ndim = len(node.args[0].meta["val"].shape)
+        if parts is None or dim % ndim != ndim - 1 or list(sizes) != [p.dim for p in parts]:
+            return None
+        return Parts(list(parts))
 
     def joined_linear(self, node, x: Joined, w, b=None) -> Affine:
         """``W @ cat(parts) + b``, lazy as any linear layer's output (a split of its rows, a

@@ -92,6 +92,10 @@ class EncoderOps:
         if not 1 <= len(v.shape) <= 3 or any(s != 1 for s in v.shape[:-1 - (count > 1)]) \
                 or v.t or v.rows or v.offset or len(out) != 3 \
                 or out[1:] != (count, v.shape[-1]):
+            if len(v.shape) >= 2 and len(out) > len(v.shape) and out[-1] == v.shape[-1]:
+                # broadcast over the batch and over axes of 1: a table of a grid's axis,
+                # followed on its entries (ops_axial.py, ops_grid.py)
+                return self.laid_op(node, "expand", [self.laid(node, v), *node.args[1:]], {})
             raise refuse(node, f"a param ({v.target.removeprefix('m.')}) of shape "
                          f"{list(v.shape)} expanded to {list(out)} (a learned token is a param "
                          "[1, 1, n] expanded over the batch alone, R of them a param [1, R, n] "

@@ -27,10 +27,15 @@ class EntryOps:
     """Entries of a 1-D param read one by one as gains."""
 
     def param_entry(self, node, ref: PRef, dim, index) -> PEntry:
-        """``p[i]`` (aten ``select(p, 0, i)``) of a 1-D param: a PEntry; any other select of a
-        param refused."""
+        """``p[i]`` (aten ``select(p, 0, i)``) of a 1-D param: a PEntry; of a 2-D param, row i
+        read as a vector (ProphetNet's ``ngram_embeddings.weight[i]``): the same vector as a
+        lookup of the constant id i, a vector param of its own mapped back to its row
+        (ops_linear._row); any other select of a param refused."""
         plain = not (ref.t or ref.rows or ref.offset or ref.expert is not None or ref.cols)
-        if len(ref.shape) == 2 and plain and dim in (0, -2):  # ProphetNet's ngram_embeddings[i]
+        if len(ref.shape) == 2 and plain and dim in (0, -2) and isinstance(index, int):
+            # ProphetNet's ngram_embeddings[i]: row i, a vector param of its own (ops_linear)
+            return self._row(node, ref, index % ref.shape[0])
+        if len(ref.shape) == 2 and plain and dim in (0, -2):
             raise refuse(node, f"a row of the param {strip_prefix(ref.target)} of shape "
                          f"{list(ref.shape)} read as a vector: the trace reads one row of a "
                          "table only through an embedding lookup of ids that are all that row",

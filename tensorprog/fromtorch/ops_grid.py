@@ -14,8 +14,12 @@ position lookup still in µP terms, but one the language has no form for, refuse
 
 The walk follows such a chain exactly, never by its shape alone: a value of the chain is the
 param's flat index of each of its entries (:class:`Laid`), each rearranging op (a view, permute,
-slice, concatenation) run on those indices as on the values, and a value whose indices are the
-param's own, in the param's shape, is the param again.
+slice, concatenation, expand, flip, an index_select of constant positions) run on those indices
+as on the values, and a value whose indices are the param's own, in the param's shape, is the
+param again. Several params' entries moved together (tables of a grid's axes concatenated before
+they are read out per token) are a :class:`Joint`; where laid-out entries meet anything but a
+move, ops_axial.py reads them as whole rows of a grid axis's table at each position, if they
+are, and the op runs on those vectors.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from .where import refuse, strip_prefix
 
 # ops that only move entries: run on the indices as they are on the values
 _MOVES = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "permute", "transpose",
-          "t", "slice", "select", "unsqueeze", "squeeze", "cat", "reshape_as", "view_as"}
+          "t", "slice", "select", "unsqueeze", "squeeze", "cat", "reshape_as", "view_as",
+          "expand", "index_select", "flip", "roll"}
 _LIKE = ("reshape_as", "view_as")  # their second argument gives only a shape
 _HELP = ("lay the table back out as one row per token, in the table's own order, through "
          "reshapes, permutes and slices alone (a resize to the table's own grid is the identity "
-         "and is followed), then add it to the tokens")
+         "and is followed), then add it to the tokens; or keep a table per axis of a grid of "
+         "the positions, each expanded over the batch and the other axes and reshaped to one "
+         "row per token, position t reading row (t // s) mod R (Reformer's axial positions)")
 
 
 @dataclass
@@ -46,7 +53,56 @@ class Laid:
     eps: float | None = None  # its rows standardised with this eps (ops_standardise.py)
 
 
-def _plain(ref) -> bool:
+@dataclass
+class Joint:
+    """The entries of several params laid out together (``torch.cat`` of tables of a grid's
+    axes before their rows are read out per token, Reformer's in eval mode): ``index`` holds
+    each entry's flat index into the params' entries one after another, ``refs`` in order,
+    param k's from ``starts[k]``."""
+
+    refs: tuple
+    starts: tuple
+    index: object  # torch.Tensor
+
+
+@dataclass
+class Ids:
+    """The positions an ``index_select`` of laid-out entries reads, a constant of integer ids
+    (Reformer's eval forward: each example's position ids)."""
+
+    value: object  # torch.Tensor
+
+
+def constant(a):
+    """A whole number the forward computes from no input (a slice's end from
+    ``position_ids.max().item()``), as an int; None for anything else (a value from the token
+    ids, ``probe``, is no constant; nor is a tensor of several numbers)."""
+    import torch
+
+    if type(a) is not Conc or a.probe is not None or a.given:  # (a Given is an input)
+        return None
+    v = a.value
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not (
+            v.is_floating_point() or v.is_complex()):
+        return int(v)
+    return v if isinstance(v, int) else None
+
+
+def with_ids(op: str, args: list) -> list:
+    """``args`` of ``index_select(x, dim, ids)`` with x laid-out entries and ids a constant of
+    integer positions: the ids marked :class:`Ids`, a move's argument; else ``args``."""
+    import torch
+
+    if op != "index_select" or len(args) < 3 or not isinstance(args[0], (Laid, Joint)):
+        return args
+    ids = args[2]
+    if type(ids) is not Conc or ids.probe is not None or ids.given or not isinstance(
+            ids.value, torch.Tensor) or ids.value.dim() != 1 or ids.value.is_floating_point():
+        return args
+    return [*args[:2], Ids(ids.value), *args[3:]]
+
+
+def plain(ref) -> bool:
     """A param as it is: not transposed, sliced, shifted or one block or expert of it."""
     return isinstance(ref, PRef) and not ref.t and ref.rows is None and ref.offset == 0 and \
         ref.period is None and ref.part is None and ref.expert is None and ref.cols is None
@@ -82,7 +138,7 @@ class GridOps:
         """A param about to be rearranged (``table.reshape(h, w, n)``, ``pos[:, 1:]``)."""
         import torch
 
-        if not _plain(ref):
+        if not plain(ref):
             raise refuse(node, "a reshaped part of a param (a block of its rows, a transposed "
                          "or shifted param)", help=_HELP)
         return Laid(ref, torch.arange(_numel(ref.shape)).reshape(ref.shape))
@@ -90,6 +146,11 @@ class GridOps:
     def laid_op(self, node, op: str, args, kwargs):
         """An op on a laid-out param: the moves run on its indices (the param again where they
         are its own), a resize to its own grid the identity, anything else refused."""
+        args = with_ids(op, args)
+        if op == "sym_size" and isinstance(args[0], (Laid, Joint)):
+            # a size export leaves unknown (a slice up to position_ids.max().item(), Reformer's
+            # eval forward): the entries' own, computed here
+            return int(args[0].index.shape[args[1] if len(args) > 1 else 0])
         if op.startswith(("upsample_", "_upsample_")):
             x = args[0]
             if isinstance(x, Laid) and _exact_identity(node, tuple(x.index.shape)):
@@ -106,30 +167,44 @@ class GridOps:
             )
         if op == "batch_norm" and args and isinstance(args[0], Laid):
             return Laid(args[0].ref, args[0].index, standardised_rows(node, args[0], args))
-        std = next((a for a in _flat(args) if isinstance(a, Laid) and a.eps is not None), None)
+        std = next((a for a in flat(args) if isinstance(a, Laid) and a.eps is not None), None)
         if op not in _MOVES and std is not None:
             raise refuse(node, f"the op {op} on the standardised rows of the param "
                          f"{strip_prefix(std.ref.target)}: standardised rows are traced only "
                          "laid back out in the param's shape (reshape_as) and read as a "
                          "convolution's kernel", help=_STD_HELP)
+        if op in _MOVES and (not _one_param(args) or any(isinstance(a, Joint)
+                                                          for a in flat(args))):
+            # the entries of several params moved together (ops_axial.py)
+            joint = self.joint_move(node, op, args, kwargs)
+            if joint is not None:
+                return joint
+        if op not in _MOVES or not _one_param(args):
+            # each laid-out param the rows of a grid of positions (ops_axial.py), read on
+            read = self._axial_args(node, args)
+            if read is not None:
+                method = getattr(self, f"op_{op}", None)
+                if method is None:
+                    raise refuse(node, f"the op {op}")
+                return method(node, *read, **kwargs)
         if op not in _MOVES:
             # the reshaped param's own argument, which need not be the op's first (h + pos)
-            at = next((i for i, a in enumerate(args) if isinstance(a, Laid)), 0)
-            laid = args[at].ref.shape if isinstance(args[at], Laid) else ()
+            at = next((i for i, a in enumerate(args) if isinstance(a, (Laid, Joint))), 0)
+            a = args[at]
+            laid = " and ".join(str(list(r.shape)) for r in (
+                a.refs if isinstance(a, Joint) else (a.ref,) if isinstance(a, Laid) else ()))
             raise refuse(node, f"the op {op} on a reshaped param (its entries laid out anew, "
-                         f"{list(laid)} as {list(self._shape(node.args[at]))}): a reshaped "
+                         f"{laid or '[]'} as {list(self._shape(node.args[at]))}): a reshaped "
                          "param is followed only through reshapes, permutes, slices, "
                          "concatenations of its parts and a resize to its own grid, back to its "
                          "own layout (a table of positions laid out as the image's grid and "
-                         "back)", help=_HELP)
-        refs = {a.ref.target for a in _flat(args) if isinstance(a, Laid)}
-        refs |= {a.target for a in _flat(args) if isinstance(a, PRef)}
-        if len(refs) != 1 or any(not isinstance(a, (Laid, PRef, int, float, bool, type(None)))
-                                 for a in _flat(args)):
+                         "back), or to whole rows of a grid axis's table at each position "
+                         "(Reformer's axial positions)", help=_HELP)
+        if not _one_param(args):
             raise refuse(node, f"a {op} of a param's rearranged entries with other values",
                          help=_HELP)
-        ref = next(a.ref for a in _flat(args) if isinstance(a, Laid))
-        read = _flat(args[:1] if op in _LIKE else args)
+        ref = next(a.ref for a in flat(args) if isinstance(a, Laid))
+        read = flat(args[:1] if op in _LIKE else args)
         eps = {a.eps if isinstance(a, Laid) else None for a in read if isinstance(a, (Laid, PRef))}
         if len(eps) != 1:
             raise refuse(node, f"a {op} of a param's standardised entries with its raw ones "
@@ -142,10 +217,40 @@ class GridOps:
                 return self.laid(node, a).index
             if isinstance(a, (list, tuple)):
                 return type(a)(index(x) for x in a)
-            return a
+            if isinstance(a, Ids):  # the positions an index_select reads
+                return a.value
+            c = constant(a)  # a slice's end
+            return a if c is None else c
 
         out = node.target(*[index(a) for a in args], **kwargs)
         return settle(ref, out, eps.pop())
+
+
+    def _axial_args(self, node, args):
+        """``args`` with each laid-out param read as the rows of a grid of positions, ``P @
+        ax`` (ops_axial.py); None where one is not."""
+        def read(a):
+            if isinstance(a, (Laid, Joint)):
+                return self.axial_rows(node, a)
+            if isinstance(a, (list, tuple)):
+                out = [read(x) for x in a]
+                return None if any(x is None for x in out) else type(a)(out)
+            return a
+
+        if any(isinstance(a, Ids) for a in args):
+            return None
+        out = [read(a) for a in args]
+        return None if any(o is None and a is not None for o, a in zip(out, args, strict=True)) \
+            else out
+
+
+def _one_param(args) -> bool:
+    """Whether ``args`` are the entries of one param laid out (and numbers, constants),
+    nothing else."""
+    refs = {a.ref.target for a in flat(args) if isinstance(a, Laid)}
+    refs |= {a.target for a in flat(args) if isinstance(a, PRef)}
+    return len(refs) == 1 and all(isinstance(a, (Laid, PRef, Ids, int, float, bool, type(None)))
+                                  or constant(a) is not None for a in flat(args))
 
 
 def settle(ref: PRef, index, eps: float | None = None):
@@ -165,7 +270,7 @@ def positions_read(node, x, w):
     weights at the table's own grid select row t for token t."""
     import torch
 
-    if not isinstance(x, Conc) or not _plain(w) or len(w.shape) != 2:
+    if not isinstance(x, Conc) or not plain(w) or len(w.shape) != 2:
         return None
     v = x.value
     if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() < 2 or \
@@ -204,9 +309,9 @@ def _numel(shape) -> int:
     return out
 
 
-def _flat(args):
+def flat(args):
     for a in args:
         if isinstance(a, (list, tuple)):
-            yield from _flat(a)
+            yield from flat(a)
         else:
             yield a

@@ -328,6 +328,9 @@ class LayoutOps:
         halves = self._rotary_halves(node, v, sizes, dim, ndim)
         if halves is not None:
             return halves
+        parts = self.split_cat(node, v, sizes, dim)  # a concatenation's parts (ops_concat.py)
+        if parts is not None:
+            return parts
         if isinstance(v, Affine) and v.dh and v.w.period is None and (
                 self._tags(v, node)[dim % ndim] == "H"):
             # whole heads of a fused layer (ops_heads), its heads axis wherever a transpose put

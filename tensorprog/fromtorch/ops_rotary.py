@@ -219,11 +219,22 @@ class RotaryOps:
                          "whole, and a tied readout reads the whole embedding",
                          help="apply each param to its part of the vector and add the results, "
                          "or give the embedding the model's width (no rows beside it)")
+        ndim = len(node.meta["val"].shape)
+        if isinstance(dim, int) and ndim == 3 and dim % ndim == 1 and len(tensors) > 1 and all(
+                isinstance(t, (Vec, Affine, Pointwise)) and self._tags(t, node) == (
+                    "tok", "tok", "F") for t in tensors):
+            raise refuse(node, "a concatenation of sequences along their tokens into one "
+                         "longer sequence (ProphetNet's main and predicting streams side by "
+                         "side): a program's sequences keep their own tokens, and one made of "
+                         "several has no form of the language (learned tokens before a "
+                         "sequence are prepend, a sequence's tokens in place of another's "
+                         "place)", help="run each sequence through the layers on its own, or "
+                         "write the model as a program")
         raise refuse(
             node,
             "a concatenation of vectors (other than rotary's rotate_half, a head's parts "
             "put back together, per-head vectors of the same heads along the head, or vectors "
-            "along their features that only linear layers read)",
+            "along their features, into linear layers or side by side)",
         )
 
     def _same_angles(self, a: str, b: str) -> bool:

@@ -90,7 +90,8 @@ class SelectOps:
     def choice(self, node, u, v):
         """``g + b``, b a per-expert constant and g a router's gates, where a top-k reads the
         sum: a :class:`Choice` of g; None for any other sum."""
-        shape = tuple(node.meta["val"].shape) if "val" in node.meta else ()
+        # (a sum of numbers, a SymInt, has no shape: Reformer's max position id + axis size)
+        shape = tuple(getattr(node.meta.get("val"), "shape", ()))
         for g, b, at in ((u, v, 1), (v, u, 0)):
             # b: a buffer, a constant, or a param (Ernie-4.5's, fixed): read by the selection
             # only, it gets no gradient (a top-k's ids have none) and stays out of the program

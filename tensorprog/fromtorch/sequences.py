@@ -138,7 +138,8 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
             continue
         key = (kind, dim, rows)
         if key not in merged:
-            base = "pos" if kind == "positions" else "rel_causal" if "causal" in kind else "rel"
+            base = {"positions": "pos", "axial": "ax", "causal_relative": "rel_causal"}.get(
+                kind, "rel")
             final = base if dim == "T" and kind == "positions" else fresh(
                 base if dim == "T" else f"{base}_{dim[2:]}")
             merged[key] = final
@@ -173,6 +174,8 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
         elif kind == "positions":
             if name != "pos":  # the token ids' positions are declared with them (trace.py)
                 lines.append(f"input {name} : positions[{dim}]")
+        elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
+            lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
         else:
             lines.append(f"input {name} : {kind}[{dim}, {bucket_dim(rows)}]")
     return lines

@@ -614,7 +614,7 @@ class Trace:
     # the program joins as cat(a, b, D) (ops_concat.py): program name -> (the size slot of D,
     # the node, its readers, whether its parts are one per sequence); one whose D grows with the
     # width is refused once both are traced
-    cats: dict[str, tuple[int, str, str, bool]] = field(default_factory=dict)
+    cats: dict[str, tuple[int, str, str, bool, tuple]] = field(default_factory=dict)
 
 
 #: The coordinatewise functions a traced chain of ops is matched against; the closest wins.

@@ -14,7 +14,7 @@ from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
-from .ops_grid import Laid
+from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
@@ -134,6 +134,7 @@ SYMBOLIC = (
     Rescaled,  # a vector times another's RMS, on the way to a norm (ops_rescale.py)
     Padded,  # an image padded by zeros, for convolutions and HGNet's pool (ops_conv.py)
     Laid,  # a param's entries laid out anew: a table of positions as a grid (ops_grid.py)
+    Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
 )
@@ -598,9 +599,14 @@ class Walker:
                 node,
                 f"{'torch.no_grad' if op.startswith('wrap') else op}: no gradient flows "
                 "through it, so the params before it get none from this path, which the "
-                "program cannot say (µP would claim they are trained)",
+                "program cannot say (µP would claim they are trained)"
+                + (" (a custom autograd.Function may give them one in its backward, which the "
+                   "trace does not read: Reformer's reversible layers recompute their forward "
+                   "there)" if op.startswith("wrap") else ""),
                 help="remove the detach (or torch.no_grad) from the forward, or trace the model "
                 "without the detached part",
+                # export gives a region's op no line: its first op's (where.user_span)
+                span=user_span(node),
             )
         if op in IDENTITY_OPS:
             if op == "to" and any(
@@ -613,7 +619,7 @@ class Walker:
         std = next((x for x in flat if isinstance(x, Standardised)), None)
         if std is not None and op != "conv2d":  # only a kernel reads it (ops_standardise.py)
             raise self.refuse_standardised(node, std)
-        if any(isinstance(x, Laid) for x in flat):  # (ops_grid.py)
+        if any(isinstance(x, (Laid, Joint)) for x in flat):  # (ops_grid.py)
             return self.laid_op(node, op, args, kwargs)
         if op in VIEW_OPS:
             return self.view(node, args[0])

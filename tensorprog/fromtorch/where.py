@@ -91,12 +91,12 @@ def def_span(fn) -> Span | None:
     return line_span([(path, line)]) if path else None
 
 
-def refuse(node, what: str, help: str | None = None) -> TraceError:
+def refuse(node, what: str, help: str | None = None, span: Span | None = None) -> TraceError:
     module = module_of(node)
     where = f" (in {module})" if module else " (in the model)"
     return TraceError(
         f"cannot trace {what}{where}",
-        user_span(node),
+        span or user_span(node),
         help
         or "the Tensor Program language has no such op; rewrite this part "
         "with supported ops (docs/torch.md lists them)",

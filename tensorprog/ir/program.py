@@ -64,9 +64,11 @@ from .spread import SPREAD, other_dim
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
 #: a later key has none of its own), Swin's offset in a window (``windows``).
 RELATIVE_KINDS = ("relative", "causal_relative", "windows")
-INPUT_KINDS = ("vector", "tokens", "positions", "image", "patches", *RELATIVE_KINDS, "offsets")
-BUILT_KINDS = ("positions", *RELATIVE_KINDS, "offsets")  # built inside, not passed to forward
-ONE_HOT_KINDS = ("tokens", "positions", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
+INPUT_KINDS = ("vector", "tokens", "positions", "axial", "image", "patches", *RELATIVE_KINDS,
+               "offsets")
+#: built inside, not passed to forward
+BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")
+ONE_HOT_KINDS = ("tokens", "positions", "axial", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
 MAX_SIZE = 2**53
@@ -162,7 +164,10 @@ class Input:
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
     image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
-    (``windows``), a window's offsets' 2 coordinates (``offsets``). Sequences: sequences.py."""
+    (``windows``), a window's offsets' 2 coordinates (``offsets``), or the positions of
+    ``seq`` laid out on a grid and read along one of its axes (``axial``: position t's
+    coordinate (t // ``stride``) mod ``dim``, one-hot over ``dim``; Reformer's axial position
+    embeddings). Sequences: sequences.py."""
 
     name: str
     dim: str
@@ -171,6 +176,7 @@ class Input:
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
     window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
+    stride: int | None = None  # axial: the positions one step along the axis spans
 
 
 @dataclass(frozen=True)

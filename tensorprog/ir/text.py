@@ -102,6 +102,8 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : tokens[{i.seq}, {i.dim}]"
     if i.kind == "positions":
         return f"input {i.name} : positions[{i.seq}]"
+    if i.kind == "axial":
+        return f"input {i.name} : axial[{i.seq}, {i.dim}, {i.stride}]"
     if i.kind == "patches":
         return f"input {i.name} : patches[{i.seq}, {i.dim}]"
     if i.kind == "windows":

@@ -477,17 +477,22 @@ def _verify_part(program: Program, ins: Nonlin, arg: str | None,
 
 
 def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> str | None:
-    """``cat(a, b, ..., D)``: two or more vectors (no params, no scalars), each of a finite
-    declared dim, D finite and their sum. Returns D."""
+    """``cat(a, b, ..., D)``: two or more vectors (no params, no scalars), each of a declared
+    dim, all finite (D finite and their sum) or all proportional to the width (D too, its
+    proportion their sum): either way each part is a fixed share of the whole. Returns D."""
     dims = program.dim_table
     parts = [dims.get(o or "") for o in ops]
     d = dims.get(ins.over or "")
-    if len(ins.args) < 2 or d is None or d.infinite or any(
-            p is None or p.infinite for p in parts) or any(
-            a in program.param_table for a in ins.args) or sum(
-            p.size for p in parts) != d.size:
+    ok = len(ins.args) >= 2 and d is not None and all(p is not None for p in parts) and not any(
+        a in program.param_table for a in ins.args)
+    if ok and d.infinite:
+        ok = all(p.infinite for p in parts) and sum(p.mult for p in parts) == d.mult
+    elif ok:
+        ok = not any(p.infinite for p in parts) and sum(p.size for p in parts) == d.size
+    if not ok:
         errors.error("cat(a, b, ..., D): two or more vectors (not params), each of a finite "
-                     "dim, and D the finite dim of their sizes summed", ins.span)
+                     "dim, or each of a dim proportional to the width, and D the dim of their "
+                     "sizes summed", ins.span)
         return None
     return ins.over
 

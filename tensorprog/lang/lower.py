@@ -36,6 +36,7 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_at import offsets_input
+from .lower_axial import axial_input
 from .lower_expr import FUNCTIONS, ExpressionLowering
 from .lower_first import mark_tokens
 from .pending import Matrix, Scalar, Vec
@@ -486,6 +487,8 @@ class _Lowering(ExpressionLowering):
             return self.stmt_windows_input(st)
         if st.value[0] == "offsets":
             return offsets_input(self, st)
+        if st.value[0] == "axial":
+            return axial_input(self, st)
         kind, seq_tok, *rest = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):

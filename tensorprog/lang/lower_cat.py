@@ -2,21 +2,25 @@
 
 Perceiver's image input is 256 channels of a 1x1 convolution and 256 of learned positions side
 by side, normalised together and then projected to the latents' width: torch's
-``torch.cat([x, pos], dim=-1)``. Every part's dim is finite, and D (a declared dim) is their
-sum: the verifier's checks (``tensorprog.ir.verify``), reported here at the call. A part that
-grows with the width is refused: its coordinates and the others' would then be no fixed
-proportion of the whole (a linear layer reading such a concatenation is the sum of its column
-blocks, which the program writes as such: ``Wa @ a + Wb @ b``).
+``torch.cat([x, pos], dim=-1)``. Every part's dim is finite, or every part's grows with the
+width (Reformer's axial positions, n/4 features of one axis's table beside 3n/4 of the other's),
+and D (a declared dim) is their sum: the verifier's checks (``tensorprog.ir.verify``), reported
+here at the call. Either way each part is a fixed proportion of the whole, whose RMS is then its
+largest part's. A part that grows beside a finite one is refused: the finite part's share of the
+coordinates vanishes, and the whole's RMS is no longer its largest part's (a linear layer reading
+such a concatenation is the sum of its column blocks, which the program writes as such:
+``Wa @ a + Wb @ b``).
 """
 
 from __future__ import annotations
 
 from ..ir.functions import CAT
-from ..ir.program import Nonlin
+from ..ir.program import Dim, Nonlin
 from .ast import Call
 
-_USAGE = ("write cat(a, b, D): vectors a and b of finite dims (`dim da = 256`, `dim db = 256`) "
-          "and D the declared dim of their sizes summed (`dim D = 512`)")
+_USAGE = ("write cat(a, b, D): vectors a and b of finite dims (`dim da = 256`, `dim db = 256`), "
+          "or both growing with the width (`dim da = n / 4`, `dim db = 3 * n / 4`), and D the "
+          "declared dim of their sizes summed (`dim D = 512`, `dim D = n`)")
 
 
 def cat_operands(low, node: Call):
@@ -48,23 +52,36 @@ def lower_cat(low, node: Call, args: list, d: str, vec: type):
                              "example", arg.span, "concatenate a value computed from it, e.g. "
                              "a lookup `P @ pos`")
             return None
-        if dims[a.dim].infinite:
-            low.errors.error(
-                f"cat of a part of dim {a.dim}, which grows with the width: cat joins "
-                "finite parts only", arg.span,
-                "a linear layer on a concatenation is the sum of its column blocks: write "
-                "Wa @ a + Wb @ b")
-            return None
+    growing = [a for a in args if dims[a.dim].infinite]
+    if growing and len(growing) < len(args):
+        a, arg = next((a, arg) for a, arg in zip(args, node.args, strict=False)
+                      if dims[a.dim].infinite)
+        low.errors.error(
+            f"cat of a part of dim {a.dim}, which grows with the width, beside a finite part: "
+            "cat joins parts all finite or all growing (the finite part's share of the "
+            "coordinates would vanish)", arg.span,
+            "a linear layer on a concatenation is the sum of its column blocks: write "
+            "Wa @ a + Wb @ b")
+        return None
     if len({a.pixels for a in args}) > 1:
         low.errors.error("cat of parts with different pixels (an image's values beside "
                          "another's, or beside a vector without pixels)", node.span, _USAGE)
         return None
-    total = sum(dims[a.dim].size for a in args)
-    if dims[d].infinite or dims[d].size != total:
-        low.errors.error(f"cat({', '.join(a.dim for a in args)}, {d}): the parts have {total} "
-                         f"coordinates in all, {d} has {dims[d].expr('n')}", node.span,
-                         f"declare `dim {d} = {total}`")
-        return None
+    if growing:  # parts proportional to the width: D is the sum of their proportions
+        total = sum(dims[a.dim].mult for a in args)
+        if not dims[d].infinite or dims[d].mult != total:
+            said = Dim(d, mult=total).expr("n")
+            low.errors.error(f"cat({', '.join(a.dim for a in args)}, {d}): the parts have "
+                             f"{said} coordinates in all, {d} has {dims[d].expr('n')}",
+                             node.span, f"declare `dim {d} = {said}`")
+            return None
+    else:
+        total = sum(dims[a.dim].size for a in args)
+        if dims[d].infinite or dims[d].size != total:
+            low.errors.error(f"cat({', '.join(a.dim for a in args)}, {d}): the parts have "
+                             f"{total} coordinates in all, {d} has {dims[d].expr('n')}",
+                             node.span, f"declare `dim {d} = {total}`")
+            return None
     names = tuple(low.name_of(a, node.span) for a in args)
     out = low.emit(Nonlin(low.fresh(low.target), CAT, names, node.span, d), d)
     return low.vec(out, d)

@@ -125,6 +125,12 @@ class ToAst(Transformer_NonRecursive):
         return Stmt("input", str(c[0]), ("positions", c[1]), self.span(meta), self.span(c[0]))
 
     @v_args(meta=True)
+    def input_axial(self, meta, c):
+        # axial[T, A, s]: the stride s is a number of positions, not a dim
+        return Stmt("input", str(c[0]), ("axial", c[1], c[2], int(c[3])), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def input_relative(self, meta, c):
         return Stmt("input", str(c[0]), ("relative", c[1], c[2]), self.span(meta),
                     self.span(c[0]))

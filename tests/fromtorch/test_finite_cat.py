@@ -191,10 +191,54 @@ def test_parts_per_sequence_or_per_pixel_compute_the_model(model, inputs):
 @pytest.mark.parametrize("form, match", [
     ("growing", r"a concatenation of vectors along their features read by layer_norm \(its "
                 r"statistics span every part\), with a part that grows with the width"),
-    ("tokens", r"cannot trace a concatenation of vectors \(other than"),
+    ("tokens", r"cannot trace a concatenation of sequences along their tokens into one longer"),
     ("learned_tokens", r"cannot trace a concatenation of learned tokens other than before"),
 ])
 def test_what_the_language_cannot_join_is_refused_at_its_line(form, match):
     with pytest.raises(TraceError, match=match) as err:
         tp.from_torch(lambda n: Small(n, form), (16, 32), pixels)
     assert "test_finite_cat.py" in str(err.value) and "torch.cat" in str(err.value)
+
+
+class Wide(nn.Module):
+    """Parts that all grow with the width (n and n/2), joined, normalised, then a function and
+    a readout: the language's cat of growing parts, a fixed share of the whole each."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.g = nn.Linear(3, n), nn.Linear(3, n // 2)
+        self.norm, self.out = nn.LayerNorm(n + n // 2), nn.Linear(n + n // 2, 4)
+
+    def forward(self, x):
+        c = torch.cat([self.e(x), torch.tanh(self.g(x))], -1)
+        return self.out(F.gelu(self.norm(c)))
+
+
+def test_parts_that_all_grow_compute_the_model():
+    traced = tp.from_torch(Wide, (16, 32), pixels)
+    assert "dim n_x3by2 = 3 * n / 2" in traced.source and ", n_x3by2)" in traced.source
+    traced_computes_the_model(traced, Wide, pixels)
+    # each part's layer is an input layer (finite fan-in 3), the readout an output one
+    abc = abc_by_target(traced)
+    assert abc["e.weight"] == abc["g.weight"] == (0, 0, 0) and abc["out.weight"] == (0, 1, 1)
+
+
+class Halves(nn.Module):
+    """A stream of two copies of a vector side by side, split back into them (Reformer's
+    reversible stream, ``chunk(cat([h, h], -1), 2, -1)``), each half then updated on its own."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.f, self.out = nn.Linear(3, n), nn.Linear(n, n), nn.Linear(2 * n, 4)
+
+    def forward(self, x):
+        h = self.e(x)
+        a, b = torch.chunk(torch.cat([h, torch.tanh(h)], -1), 2, dim=-1)
+        b = b + self.f(F.layer_norm(a, a.shape[-1:]))
+        return self.out(F.layer_norm(torch.cat([a, b], -1), (2 * a.shape[-1],)))
+
+
+def test_a_split_of_a_concatenation_at_its_parts_is_the_parts():
+    traced = tp.from_torch(Halves, (16, 32), pixels)
+    assert "= layernorm(linear)\n" in traced.source  # a: e's output itself
+    traced_computes_the_model(traced, Halves, pixels)

@@ -107,10 +107,6 @@ def _function(m, h):
     return torch.sigmoid(m.layers[0].lam[0]) * h
 
 
-def _row(m, h):
-    return m.out.weight[0] * h[..., :1]
-
-
 SLOW = pytest.mark.slow  # each a trace of its own; the sum runs by default
 
 
@@ -119,9 +115,6 @@ SLOW = pytest.mark.slow  # each a trace of its own; the sum runs by default
     pytest.param(_of_product, "cannot trace a product of a number or another entry with one "
                  "entry of a param", marks=SLOW),
     pytest.param(_function, "cannot trace sigmoid of one entry of a param", marks=SLOW),
-    pytest.param(_row, r"a row of the param out.weight of shape \[8, 64\] read as a vector: "
-                 "the trace reads one row of a table only through an embedding lookup",
-                 marks=SLOW),
 ])
 def test_other_uses_of_an_entry_are_refused_at_their_line(form, match):
     with pytest.raises(tp.TensorProgError, match=match) as err:
@@ -160,3 +153,44 @@ def test_entries_whose_lrs_differ_are_refused_at_their_line(traced):
                        "LRs") as err:
         mup.lr_multipliers(Mixed(64))
     assert "test_param_entries.py" in str(err.value)
+
+
+class Rows(nn.Module):
+    """Rows of a table read directly (ProphetNet's ``ngram_embeddings.weight[i]``), added to
+    every token (``sum``: rows 1 and -2, row 0 again) or multiplying it (``product``), or
+    row 0 of a linear layer's weight beside the layer (``matrix``)."""
+
+    def __init__(self, n, form):
+        super().__init__()
+        self.form = form
+        self.e, self.g, self.lin = nn.Embedding(32, n), nn.Embedding(2, n), nn.Linear(n, n)
+        self.out = nn.Linear(n, 8)
+
+    def forward(self, idx):
+        h, w = self.e(idx), self.g.weight
+        if self.form == "sum":  # (the row first: the sum is per token all the same)
+            h = w[1] + h + w[-2]
+        elif self.form == "product":
+            h = h * w[0]
+        else:
+            h = self.lin(h) + self.lin.weight[0] + w[0]
+        return self.out(torch.relu(h))[:, 0]
+
+
+@pytest.mark.parametrize("form", ["sum", pytest.param("product", marks=SLOW)])
+def test_a_row_read_directly_is_that_rows_vector_param(form):
+    traced = tp.from_torch(lambda n: Rows(n, form), (64, 128), ids)
+    rows = {u.index for p, u in traced.params.items() if u.target == "g.weight"}
+    assert rows == ({0, 1} if form == "sum" else {0})
+    traced_computes_the_model(traced, lambda n: Rows(n, form), ids)
+    abc = tp.derive(traced.program, "adam").abc  # a bias's (a gain's), as the lookup's row
+    assert all((abc[p].a, abc[p].b, abc[p].c) == (0, 0, 0) for p, u in traced.params.items()
+               if u.target == "g.weight")
+
+
+@SLOW
+def test_a_row_read_beside_the_matrix_is_refused_where_their_lrs_differ():
+    traced = tp.from_torch(lambda n: Rows(n, "matrix"), (64, 128), ids)
+    with pytest.raises(tp.TensorProgError, match=r"test_param_entries.py:\d+:\d+: error: "
+                       r"lin.weight: a row of it read as a vector of its own"):
+        MuP(traced, "adam").param_groups(Rows(128, "matrix"), lr=1e-3)

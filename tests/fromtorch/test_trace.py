@@ -623,7 +623,9 @@ def test_gradient_stops_are_refused_at_the_users_line_and_a_token_mean_traces():
         match=r"test_trace.py:\d+:\d+: error: cannot trace detach: no gradient flows through it",
     ):
         from_torch(Detached, (32, 64), _tokens)
-    with pytest.raises(TensorProgError, match=r"cannot trace torch.no_grad: no gradient flows"):
+    # at the first line inside the region (export gives the region's op none of its own)
+    with pytest.raises(TensorProgError, match=r"test_trace.py:\d+:\d+: error: cannot trace "
+                       r"torch.no_grad: no gradient flows(.|\n)*u = self.e\(idx\)"):
         from_torch(NoGrad, (32, 64), _tokens)
     # the mean over the tokens is the language's mean(h) (tests/fromtorch/test_pool.py)
     assert re.search(r"= mean\(\w+\)$", from_torch(TokenMean, (32, 64), _tokens).source, re.M)
