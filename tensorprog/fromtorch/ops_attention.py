@@ -434,10 +434,13 @@ def _no_broadcast(node) -> bool:
 
 def batch_shapes(node, first: int = 0, second: int = 1):
     """The sizes of the axes before the last two of ``node``'s operands ``first`` and
-    ``second`` (an einsum's of its operands), or None where the graph does not hold them."""
+    ``second`` (an einsum's of its operands, a baddbmm's of its product's), or None where the
+    graph does not hold them."""
     import torch
 
-    args = node.args[1] if op_name(node) == "einsum" else node.args
+    op = op_name(node)
+    # baddbmm(c, q, kᵀ): its products' operands after the bias (ops_bias.py)
+    args = node.args[1] if op == "einsum" else node.args[1:] if op == "baddbmm" else node.args
     vals = [getattr(args[i], "meta", {}).get("val") if i < len(args) else None
             for i in (first, second)]
     if not all(isinstance(x, torch.Tensor) for x in vals):

@@ -224,6 +224,24 @@ class NoGradOps:
         _refuse_other_selection(node, sub)
         return None
 
+    def refuse_grad_stop(self, node, op: str):
+        """The refusal of a detach, or of a torch.no_grad region ``no_grad_region`` did not
+        keep, at the user's line (export gives a region's op none: its first op's,
+        where.user_span)."""
+        region = op.startswith("wrap")
+        return refuse(
+            node,
+            f"{'torch.no_grad' if region else op}: no gradient flows through it, so the params "
+            "before it get none from this path, which the program cannot say (µP would claim "
+            "they are trained)"
+            + (" (a custom autograd.Function may give them one in its backward, which the "
+               "trace does not read: Reformer's reversible layers recompute their forward "
+               "there)" if region else ""),
+            help="remove the detach (or torch.no_grad) from the forward, or trace the model "
+            "without the detached part",
+        )
+
+
 
 _COMPARISONS = {"gt", "ge", "lt", "le", "eq", "ne"}
 _HELP_SELECT = ("route each token by a top-k of its router's gates (Mixtral's route_norm(softmax("

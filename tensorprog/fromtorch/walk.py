@@ -595,19 +595,7 @@ class Walker:
             kept = self.no_grad_region(node) if op.startswith("wrap") else None
             if kept is not None:  # its inputs as they were (ops_nograd.py)
                 return kept
-            raise refuse(
-                node,
-                f"{'torch.no_grad' if op.startswith('wrap') else op}: no gradient flows "
-                "through it, so the params before it get none from this path, which the "
-                "program cannot say (µP would claim they are trained)"
-                + (" (a custom autograd.Function may give them one in its backward, which the "
-                   "trace does not read: Reformer's reversible layers recompute their forward "
-                   "there)" if op.startswith("wrap") else ""),
-                help="remove the detach (or torch.no_grad) from the forward, or trace the model "
-                "without the detached part",
-                # export gives a region's op no line: its first op's (where.user_span)
-                span=user_span(node),
-            )
+            raise self.refuse_grad_stop(node, op)
         if op in IDENTITY_OPS:
             if op == "to" and any(
                 isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
