@@ -24,9 +24,14 @@ def shared_query_layers(mup) -> dict[str, str]:
     first: dict[str, tuple[str, Fraction]] = {}
     out: dict[str, str] = {}
     for name, info in mup.traced.scales.items():
-        if "q" not in info or info.get("fixed") or info["q"] not in mup.traced.producers:
+        if "q" not in info or info.get("fixed"):
             continue  # a width constant's factor adds to the layer's (unfolded)
-        layer = mup.traced.producers[info["q"]][0]
+        made = mup.traced.producers.get(info["q"])
+        # the layer that makes the query; a query no layer makes (normalised without a
+        # gain) is its own key: its norm's patch scales it, once for every logit reading it
+        layer = made[0] if made else info["q"]
+        maker = (f"one layer ({mup.traced.params[layer].target}) makes" if made else
+                 f"one normalised query ({layer}) is")
         delta = mup.derived_a(name, info) - info["model_a"]
         if layer not in first:
             first[layer] = (name, delta)
@@ -36,17 +41,17 @@ def shared_query_layers(mup) -> dict[str, str]:
             uses = mup.program.uses(name)
             raise UsageError(
                 f"{name} and {other}: µP needs their attention logits times "
-                f"(n/base)^{-delta} and (n/base)^{-before}, but one layer "
-                f"({mup.traced.params[layer].target}) makes both their queries, and a "
-                "factor apply puts on it scales every call's output alike",
+                f"(n/base)^{-delta} and (n/base)^{-before}, but {maker} both their "
+                "queries, and a factor apply puts on it scales every call's output alike",
                 uses[0].span if uses else None,
                 help="give each attention a query layer of its own, or build the model "
                 "with a fixed head dim, where the scales need no change")
         out[name] = other
         if delta != 0:
-            mup.folded.append(f"{name}: its query is made by "
-                               f"{mup.traced.params[layer].target} as {other}'s is, whose "
-                               f"(n/base)^{-delta} covers it")
+            mup.folded.append(
+                f"{name}: its query is made by {mup.traced.params[layer].target} as "
+                f"{other}'s is" if made else f"{name}: its query {layer} is {other}'s too")
+            mup.folded[-1] += f", whose (n/base)^{-delta} covers it"
     return out
 
 
@@ -145,16 +150,20 @@ def query_patch(mup, scale: str, info: dict, use: ParamUse, w: str, exponent: Fr
     consts = (use.row_consts,) if use.row_consts else ()  # rows.py
     in_stack = bool(mup.stack and w in mup.stack.layers)
     others = () if in_stack else tuple(n for _, n in use.also)
-    if {m for m, _ in use.also} - {use.module} and not in_stack:
+    # a weight tied across modules (two nn.Linear of one weight, in a rolled block's layers
+    # too: their modules are patterns alike): a hook on one leaves the others' calls unscaled
+    tied = sorted({m for m, _ in use.also} - {use.module})
+    if tied:
         raise UsageError(
             f"{scale}: µP needs its attention logits times (n/base)^{-exponent}, which apply "
-            f"puts on the output of the query's layer {use.target}; but other modules apply "
-            f"that weight too ({', '.join(sorted({m for m, _ in use.also} - {use.module}))}), "
+            f"puts on the output of the query's layer {use.module or 'the model'} (weight "
+            f"{use.target}); but other modules apply that weight too ({', '.join(tied)}), "
             "and a patch on one module's output would leave theirs unscaled",
             info.get("span"), help="give the attention a query weight of its own, or build "
             "the model with a fixed head dim, where the scale needs no change")
     # the module called again (ALBERT's layer, shared over the depth): every call's output
     # carries the factor, as the forward hook applies it; the check's probe scales each node
+    # (a rolled block's: each layer's calls, MuP.patch_factors)
     return Patch(use.module, use.node, exponent,
                  use.rows and (*use.rows, use.groups, use.group_rows, *consts), why,
                  w if in_stack else None, factor,
