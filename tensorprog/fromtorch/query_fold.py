@@ -99,7 +99,10 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
     w = mup.traced.producers.get(info["q"], (None,))[0]
     use = mup.traced.params.get(w)
     way = {info["q"]}
-    if use is not None and use.rows is None:  # its own layer: all it makes is the query's
+    if use is not None:
+        # all its layer makes is the query's, and so all a fused layer's query rows make: at
+        # every call of its module (ALBERT's layer applied again), each of which its hook
+        # scales, the queries of attentions sharing the layer (shared_query_layers) as others
         way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
     for v in sorted(way):
         for ins in mup.program.uses(v):

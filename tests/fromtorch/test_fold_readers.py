@@ -211,3 +211,29 @@ def test_a_query_weight_tied_across_two_layers_of_a_rolled_block_is_refused():
                        r"blocks.\{i\}.q .* other modules apply that weight too "
                        r"\(blocks.\{i\}.q2\)"):
         MuP(traced, "adam")
+
+
+class FusedAgain(nn.Module):
+    """A fused qkv layer called again after its attention, its query rows then read by a relu
+    added to the residual: the rows' patch scales every call's query rows, that one too."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.qkv, self.o = nn.Linear(n, 3 * n, bias=False), nn.Linear(n, n, bias=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (y.view(b, t, 4, n // 4).transpose(1, 2) for y in self.qkv(x).split(n, -1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, n))
+        return self.out(x + torch.relu(self.qkv(x).split(n, -1)[0]))
+
+
+def test_a_fused_layers_query_rows_read_outside_attention_at_another_call_are_refused():
+    traced = from_torch(FusedAgain, (16, 32), _tokens)
+    with pytest.raises(TensorProgError, match=r"traced.tp:\d+:\d+: error: .*which apply puts "
+                       r"on the query getitem, made by qkv.weight, .* but v_relu reads "
+                       r"getitem_3 too \(outside attention\)"):
+        MuP(traced, "adam")
