@@ -104,11 +104,21 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
         # every call of its module (ALBERT's layer applied again), each of which its hook
         # scales, the queries of attentions sharing the layer (shared_query_layers) as others
         way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
+    made = f", made by {use.target}," if use is not None else ""
     for v in sorted(way):
         for ins in mup.program.uses(v):
+            if type(ins).__name__ == "Dot" and ins.right in way:
+                # the layer makes the keys too (q = k = W x, or its module called again on the
+                # keys' input): the factor would be on both sides of the logits, its square
+                raise UsageError(
+                    f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
+                    f"on every vector it makes; but {ins.out} reads {ins.right} as its keys, "
+                    "made there too, and the logits would take the factor twice", ins.span,
+                    help="give the keys a layer of their own (a key projection), or build the "
+                    "model with a fixed head dim, where the scale needs no change",
+                )
             if type(ins).__name__ == "Dot" or ins.out in way:
                 continue
-            made = f", made by {use.target}," if use is not None else ""
             raise UsageError(
                 f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
                 f"on every reader of it; but {ins.out} reads {v} too (outside attention), "

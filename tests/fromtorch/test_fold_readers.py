@@ -237,3 +237,33 @@ def test_a_fused_layers_query_rows_read_outside_attention_at_another_call_are_re
                        r"on the query getitem, made by qkv.weight, .* but v_relu reads "
                        r"getitem_3 too \(outside attention\)"):
         MuP(traced, "adam")
+
+
+class QK(nn.Module):
+    """Keys made by the query's layer: the same vector (Reformer's shared QK, ``again``
+    False), or its module called again for them."""
+
+    def __init__(self, n, again=False):
+        super().__init__()
+        self.again = again
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.q, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(3))
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q = self.q(x)
+        k = self.q(x) if self.again else q
+        q, k, v = (y.view(b, t, 4, n // 4).transpose(1, 2) for y in (q, k, self.v(x)))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(x + self.o(a.transpose(1, 2).reshape(b, t, n)))
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_keys_made_by_the_query_layer_are_refused(again):
+    # a factor on the layer would scale the keys too: the logits would take its square
+    traced = from_torch(lambda n: QK(n, again), (16, 32), _tokens)
+    with pytest.raises(TensorProgError, match=r"traced.tp:\d+:\d+: error: .*puts on the query "
+                       r"linear, made by q.weight, .* reads linear(_1)? as its keys, made there "
+                       "too, and the logits would take the factor twice"):
+        MuP(traced, "adam")
