@@ -43,7 +43,14 @@ from .patches import (
     release,
     strip,
 )
-from .query_fold import fold_query, query_layer, query_patch, query_read_alone, shared_query_layers
+from .query_fold import (
+    fold_query,
+    one_side_alone,
+    query_layer,
+    query_patch,
+    query_read_alone,
+    shared_query_layers,
+)
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .standardised import fold_standardised
@@ -225,6 +232,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
                     "output of the query's norm", c))
                 if self.patches[-1].keys:
+                    one_side_alone(self, scale, info, need)
                     self.shared_norm[info["q"]] = self.patches[-1].keys
             else:
                 w, _, use, _ = query_layer(self, scale, info, need)

@@ -63,6 +63,7 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
         mup.patches.append(query_norm_patch(mup.traced, scale, info, need, delta, (
             f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
         if mup.patches[-1].keys:
+            one_side_alone(mup, scale, info, need)
             mup.shared_norm[info["q"]] = mup.patches[-1].keys
         return
     w, b, use, alone = query_layer(mup, scale, info, need)
@@ -87,6 +88,22 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
                f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
                + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
         mup.patches.append(query_patch(mup, scale, info, use, w, delta, why))
+
+
+def one_side_alone(mup, scale: str, info: dict, need: str) -> None:
+    """A UsageError where the norm of ``scale``'s query, shared with its keys, takes the square
+    root of the factor on each side of its logits (normed.py), and another attention reads
+    that query with keys of its own: its logits would take the square root alone."""
+    others = sorted(s for s, first in mup.shared_fold.items() if first == scale)
+    if others:
+        uses = mup.program.uses(others[0])
+        raise UsageError(
+            f"{scale}: {need}, and its query {info['q']} and keys share a norm without a gain, "
+            "whose output takes the square root of the factor (on each of them); but "
+            f"{others[0]} reads that query too, with keys of its own, and its logits would "
+            "take the square root alone", uses[0].span if uses else None,
+            help="give the query a norm module of its own (not the keys'), or build the "
+            "model with a fixed head dim, where the scale needs no change")
 
 
 def query_read_alone(mup, scale: str, info: dict, need: str) -> None:

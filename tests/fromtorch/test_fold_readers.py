@@ -267,3 +267,27 @@ def test_keys_made_by_the_query_layer_are_refused(again):
                        r"linear, made by q.weight, .* reads linear(_1)? as its keys, made there "
                        "too, and the logits would take the factor twice"):
         MuP(traced, "adam")
+
+
+class HalfShared(TwoReads):
+    """TwoReads whose first keys share the query's norm (one module, called for both): that
+    norm's patch puts the square root of the factor on each side of the first logits."""
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v, k2, v2 = (y(x).view(b, t, 4, n // 4) for y in (self.q, self.k, self.v, self.k2,
+                                                                self.v2))
+        q, k = (self.norm(y).transpose(1, 2) for y in (q, k))
+        a = sum(F.scaled_dot_product_attention(q, kk, vv.transpose(1, 2), is_causal=True)
+                for kk, vv in ((k, v), (k2.transpose(1, 2), v2)))
+        return self.out(x + a.transpose(1, 2).reshape(b, t, n))
+
+
+def test_a_query_whose_norm_its_keys_share_read_by_another_attention_is_refused():
+    # the second logits (q against keys of no norm) would take the square root of the factor
+    traced = from_torch(HalfShared, (16, 32), _tokens)
+    with pytest.raises(TensorProgError, match=r"its query rms_norm and keys share a norm "
+                       r"without a gain, .* but attn_scaled_dot_product_attention_1 reads that "
+                       "query too, with keys of its own"):
+        MuP(traced, "adam")
