@@ -19,28 +19,37 @@ def shared_query_layers(mup) -> dict[str, str]:
     logits): a factor folded into that layer, or patched on its output, scales every
     call's output and so every one of those logits, once. Each must then need the same
     factor, which is applied once: scale -> the first such scale, whose fold carries it (and
-    a tuned multiplier alike: apply's ``_tuned_multipliers``).
+    a tuned multiplier alike: apply's ``_tuned_multipliers``). Width constants on the vectors
+    of one layer whose patch goes on that layer's module (a fused layer's rows, a rolled
+    block's layer: ``query_patch``), one per call, likewise (apart from the attention's).
     A UsageError where they need different factors (a layer can carry only one)."""
-    first: dict[str, tuple[str, Fraction]] = {}
+    first: dict[tuple, tuple[str, Fraction]] = {}
     out: dict[str, str] = {}
+    stack = mup.stack.layers if mup.stack else {}
     for name, info in mup.traced.scales.items():
-        if "q" not in info or info.get("fixed"):
-            continue  # a width constant's factor adds to the layer's (unfolded)
+        if "q" not in info:
+            continue
         made = mup.traced.producers.get(info["q"])
+        fixed = bool(info.get("fixed"))
+        if fixed and (made is None or mup.traced.params[made[0]].rows is None
+                      and made[0] not in stack):
+            continue  # folded into its layer's init, or its own module's patch (sole_module)
         # the layer that makes the query; a query no layer makes (normalised without a
         # gain) is its own key: its norm's patch scales it, once for every logit reading it
         layer = made[0] if made else info["q"]
         maker = (f"one layer ({mup.traced.params[layer].target}) makes" if made else
                  f"one normalised query ({layer}) is")
+        what = "the vectors their width constants multiply" if fixed else \
+            "their attention logits"
         delta = mup.derived_a(name, info) - info["model_a"]
-        if layer not in first:
-            first[layer] = (name, delta)
+        if (layer, fixed) not in first:
+            first[layer, fixed] = (name, delta)
             continue
-        other, before = first[layer]
+        other, before = first[layer, fixed]
         if before != delta:
             uses = mup.program.uses(name)
             raise UsageError(
-                f"{name} and {other}: µP needs their attention logits times "
+                f"{name} and {other}: µP needs {what} times "
                 f"(n/base)^{-delta} and (n/base)^{-before}, but {maker} both their "
                 "queries, and a factor apply puts on it scales every call's output alike",
                 uses[0].span if uses else None,
@@ -49,8 +58,9 @@ def shared_query_layers(mup) -> dict[str, str]:
         out[name] = other
         if delta != 0:
             mup.folded.append(
-                f"{name}: its query is made by {mup.traced.params[layer].target} as "
-                f"{other}'s is" if made else f"{name}: its query {layer} is {other}'s too")
+                f"{name}: its {'vector' if fixed else 'query'} is made by "
+                f"{mup.traced.params[layer].target} as {other}'s is" if made else
+                f"{name}: its query {layer} is {other}'s too")
             mup.folded[-1] += f", whose (n/base)^{-delta} covers it"
     return out
 

@@ -291,3 +291,40 @@ def test_a_query_whose_norm_its_keys_share_read_by_another_attention_is_refused(
                        r"without a gain, .* but attn_scaled_dot_product_attention_1 reads that "
                        "query too, with keys of its own"):
         MuP(traced, "adam")
+
+
+class ScaledShared(nn.Module):
+    """ALBERT's depth over a fused qkv layer whose query rows are multiplied by dh^-1/2 (a
+    width constant on each call's query, whose patch is on the layer's rows too) before a
+    hand-written attention: the logits need (n/base)^-1 against q·k and the constant's own
+    (n/base)^-1/2 undone, (n/base)^-1/2 on every call's query rows in all."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.qkv, self.o = nn.Linear(n, 3 * n, bias=False), nn.Linear(n, n, bias=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        for _ in range(2):
+            q, k, v = (y.view(b, t, 4, n // 4).transpose(1, 2) for y in self.qkv(x).split(n, -1))
+            a = ((q * (n // 4) ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, n))
+        return self.out(x)
+
+
+def test_width_constants_on_a_fused_layer_called_twice_are_one_patch():
+    # one patch per call's constant gave every call both: (n/base)^-1 · (n/base)^1/2 · 2 = 1
+    # at 4x, where the logits need 1/2
+    mup = MuP(from_torch(ScaledShared, (16, 32), _tokens), "adam")
+    model = ScaledShared(64)
+    mup.apply(model)
+    seen = []
+    hook = model.qkv.register_forward_hook(lambda m, i, o: seen.append([
+        float((a / b).mean())
+        for a, b in zip(o.chunk(3, -1), m.forward(i[0]).chunk(3, -1), strict=True)]))
+    with torch.no_grad():
+        model(*_tokens(model))
+    hook.remove()
+    assert seen == [[pytest.approx(0.5), 1.0, 1.0]] * 2
