@@ -51,7 +51,8 @@ def shared_query_layers(mup) -> dict[str, str]:
             raise UsageError(
                 f"{name} and {other}: µP needs {what} times "
                 f"(n/base)^{-delta} and (n/base)^{-before}, but {maker} both their "
-                "queries, and a factor apply puts on it scales every call's output alike",
+                f"{'vectors' if fixed else 'queries'}, and a factor apply puts on it scales "
+                "every call's output alike",
                 uses[0].span if uses else None,
                 help="give each attention a query layer of its own, or build the model "
                 "with a fixed head dim, where the scales need no change")
