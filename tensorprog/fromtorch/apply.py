@@ -43,7 +43,14 @@ from .patches import (
     release,
     strip,
 )
-from .query_fold import fold_query, query_layer, query_patch, query_read_alone, shared_query_layers
+from .query_fold import (
+    fold_query,
+    one_side_alone,
+    query_layer,
+    query_patch,
+    query_read_alone,
+    shared_query_layers,
+)
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
 from .standardised import fold_standardised
@@ -191,6 +198,7 @@ class MuP(DepthScaling, OptimizerGroups):
         query of the logits it scales (logits are linear in the query), or on the tied
         unembedding's output, which is what the emitted module computes, for any optimizer."""
         tuned = tuned_multipliers(self, self.tuned)
+        carried = set()  # (first scale, query vector) whose share of its patch is counted
         for scale, c in tuned.items():
             info = self.traced.scales[scale]
             first = self.shared_fold.get(scale)
@@ -202,7 +210,12 @@ class MuP(DepthScaling, OptimizerGroups):
                         "queries, and a patch on it scales every call's output alike",
                         help="tune one multiplier for the attentions that share the layer, "
                         "or give each attention a query layer of its own")
-                self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
+                # the patch scales each vector once: one query read by both attentions
+                # (the first's own) carries c once, not c per attention
+                if info["q"] != self.traced.scales[first]["q"] \
+                        and (first, info["q"]) not in carried:
+                    carried.add((first, info["q"]))
+                    self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c
                 continue
             if "q" not in info:
                 # a tied unembedding's own bias stays out of it, as out of its width factor
@@ -219,6 +232,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     self.traced, scale, info, need, Fraction(0), f"{scale}: {need} on the "
                     "output of the query's norm", c))
                 if self.patches[-1].keys:
+                    one_side_alone(self, scale, info, need)
                     self.shared_norm[info["q"]] = self.patches[-1].keys
             else:
                 w, _, use, _ = query_layer(self, scale, info, need)
@@ -544,7 +558,9 @@ class MuP(DepthScaling, OptimizerGroups):
         out: dict[str, list] = {}
         for p in self.patches:
             uses = self.stack.layers[p.param] if p.param else [p]
-            for node in p.nodes or [u.node for u in uses]:
+            # a block param's module called again in its layer (an attention layer applied
+            # twice in each block): the hook scales each call, and so the probe each node
+            for node in p.nodes or [n for u in uses for n in _calls(u)]:
                 own = p.bias and not p.bias_after  # the node's own argument, kept out
                 out.setdefault(node, []).append((p.at(r, self._rd.get(id(model), 1.0)), p.rows,
                                                  *((True,) if own else ())))
@@ -565,6 +581,13 @@ class MuP(DepthScaling, OptimizerGroups):
                     for node in (u.node, *(n for _, n in u.also)):  # every layer applying it
                         out[node] = (held[u.target].scale, held[u.target].conv)
         return out
+
+
+def _calls(use) -> tuple[str, ...]:
+    """The graph nodes of every call of a param's module (its first, and its module's calls
+    again: ``ParamUse.also`` of that module; a Patch's node alone)."""
+    again = (n for m, n in getattr(use, "also", ()) if m == use.module)
+    return (use.node, *again)
 
 
 def _layer_bias(p: Patch, name: str) -> str:

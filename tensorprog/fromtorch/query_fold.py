@@ -19,34 +19,50 @@ def shared_query_layers(mup) -> dict[str, str]:
     logits): a factor folded into that layer, or patched on its output, scales every
     call's output and so every one of those logits, once. Each must then need the same
     factor, which is applied once: scale -> the first such scale, whose fold carries it (and
-    a tuned multiplier alike: apply's ``_tuned_multipliers``).
+    a tuned multiplier alike: apply's ``_tuned_multipliers``). Width constants on the vectors
+    of one layer whose patch goes on that layer's module (a fused layer's rows, a rolled
+    block's layer: ``query_patch``), one per call, likewise (apart from the attention's).
     A UsageError where they need different factors (a layer can carry only one)."""
-    first: dict[str, tuple[str, Fraction]] = {}
+    first: dict[tuple, tuple[str, Fraction]] = {}
     out: dict[str, str] = {}
+    stack = mup.stack.layers if mup.stack else {}
     for name, info in mup.traced.scales.items():
-        if "q" not in info or info.get("fixed") or info["q"] not in mup.traced.producers:
-            continue  # a width constant's factor adds to the layer's (unfolded)
-        layer = mup.traced.producers[info["q"]][0]
-        delta = mup.derived_a(name, info) - info["model_a"]
-        if layer not in first:
-            first[layer] = (name, delta)
+        if "q" not in info:
             continue
-        other, before = first[layer]
+        made = mup.traced.producers.get(info["q"])
+        fixed = bool(info.get("fixed"))
+        if fixed and (made is None or mup.traced.params[made[0]].rows is None
+                      and made[0] not in stack):
+            continue  # folded into its layer's init, or its own module's patch (sole_module)
+        # the layer that makes the query; a query no layer makes (normalised without a
+        # gain) is its own key: its norm's patch scales it, once for every logit reading it
+        layer = made[0] if made else info["q"]
+        maker = (f"one layer ({mup.traced.params[layer].target}) makes" if made else
+                 f"one normalised query ({layer}) is")
+        what = "the vectors their width constants multiply" if fixed else \
+            "their attention logits"
+        delta = mup.derived_a(name, info) - info["model_a"]
+        if (layer, fixed) not in first:
+            first[layer, fixed] = (name, delta)
+            continue
+        other, before = first[layer, fixed]
         if before != delta:
             uses = mup.program.uses(name)
             raise UsageError(
-                f"{name} and {other}: µP needs their attention logits times "
-                f"(n/base)^{-delta} and (n/base)^{-before}, but one layer "
-                f"({mup.traced.params[layer].target}) makes both their queries, and a "
-                "factor apply puts on it scales every call's output alike",
+                f"{name} and {other}: µP needs {what} times "
+                f"(n/base)^{-delta} and (n/base)^{-before}, but {maker} both their "
+                f"{'vectors' if fixed else 'queries'}, and a factor apply puts on it scales "
+                "every call's output alike",
                 uses[0].span if uses else None,
                 help="give each attention a query layer of its own, or build the model "
                 "with a fixed head dim, where the scales need no change")
         out[name] = other
         if delta != 0:
-            mup.folded.append(f"{name}: its query is made by "
-                               f"{mup.traced.params[layer].target} as {other}'s is, whose "
-                               f"(n/base)^{-delta} covers it")
+            mup.folded.append(
+                f"{name}: its {'vector' if fixed else 'query'} is made by "
+                f"{mup.traced.params[layer].target} as {other}'s is" if made else
+                f"{name}: its query {layer} is {other}'s too")
+            mup.folded[-1] += f", whose (n/base)^{-delta} covers it"
     return out
 
 
@@ -58,6 +74,7 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
         mup.patches.append(query_norm_patch(mup.traced, scale, info, need, delta, (
             f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
         if mup.patches[-1].keys:
+            one_side_alone(mup, scale, info, need)
             mup.shared_norm[info["q"]] = mup.patches[-1].keys
         return
     w, b, use, alone = query_layer(mup, scale, info, need)
@@ -84,6 +101,22 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
         mup.patches.append(query_patch(mup, scale, info, use, w, delta, why))
 
 
+def one_side_alone(mup, scale: str, info: dict, need: str) -> None:
+    """A UsageError where the norm of ``scale``'s query, shared with its keys, takes the square
+    root of the factor on each side of its logits (normed.py), and another attention reads
+    that query with keys of its own: its logits would take the square root alone."""
+    others = sorted(s for s, first in mup.shared_fold.items() if first == scale)
+    if others:
+        uses = mup.program.uses(others[0])
+        raise UsageError(
+            f"{scale}: {need}, and its query {info['q']} and keys share a norm without a gain, "
+            "whose output takes the square root of the factor (on each of them); but "
+            f"{others[0]} reads that query too, with keys of its own, and its logits would "
+            "take the square root alone", uses[0].span if uses else None,
+            help="give the query a norm module of its own (not the keys'), or build the "
+            "model with a fixed head dim, where the scale needs no change")
+
+
 def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
     """A UsageError unless the query of ``scale``'s logits, and every vector its layer
     makes on the way to it, is read only by attention logits (dot) or on that way: a factor
@@ -94,13 +127,26 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
     w = mup.traced.producers.get(info["q"], (None,))[0]
     use = mup.traced.params.get(w)
     way = {info["q"]}
-    if use is not None and use.rows is None:  # its own layer: all it makes is the query's
+    if use is not None:
+        # all its layer makes is the query's, and so all a fused layer's query rows make: at
+        # every call of its module (ALBERT's layer applied again), each of which its hook
+        # scales, the queries of attentions sharing the layer (shared_query_layers) as others
         way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
+    made = f", made by {use.target}," if use is not None else ""
     for v in sorted(way):
         for ins in mup.program.uses(v):
+            if type(ins).__name__ == "Dot" and ins.right in way:
+                # the layer makes the keys too (q = k = W x, or its module called again on the
+                # keys' input): the factor would be on both sides of the logits, its square
+                raise UsageError(
+                    f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
+                    f"on every vector it makes; but {ins.out} reads {ins.right} as its keys, "
+                    "made there too, and the logits would take the factor twice", ins.span,
+                    help="give the keys a layer of their own (a key projection), or build the "
+                    "model with a fixed head dim, where the scale needs no change",
+                )
             if type(ins).__name__ == "Dot" or ins.out in way:
                 continue
-            made = f", made by {use.target}," if use is not None else ""
             raise UsageError(
                 f"{scale}: {need}, which apply puts on the query {info['q']}{made} and so "
                 f"on every reader of it; but {ins.out} reads {v} too (outside attention), "
@@ -145,16 +191,20 @@ def query_patch(mup, scale: str, info: dict, use: ParamUse, w: str, exponent: Fr
     consts = (use.row_consts,) if use.row_consts else ()  # rows.py
     in_stack = bool(mup.stack and w in mup.stack.layers)
     others = () if in_stack else tuple(n for _, n in use.also)
-    if {m for m, _ in use.also} - {use.module} and not in_stack:
+    # a weight tied across modules (two nn.Linear of one weight, in a rolled block's layers
+    # too: their modules are patterns alike): a hook on one leaves the others' calls unscaled
+    tied = sorted({m for m, _ in use.also} - {use.module})
+    if tied:
         raise UsageError(
             f"{scale}: µP needs its attention logits times (n/base)^{-exponent}, which apply "
-            f"puts on the output of the query's layer {use.target}; but other modules apply "
-            f"that weight too ({', '.join(sorted({m for m, _ in use.also} - {use.module}))}), "
+            f"puts on the output of the query's layer {use.module or 'the model'} (weight "
+            f"{use.target}); but other modules apply that weight too ({', '.join(tied)}), "
             "and a patch on one module's output would leave theirs unscaled",
             info.get("span"), help="give the attention a query weight of its own, or build "
             "the model with a fixed head dim, where the scale needs no change")
     # the module called again (ALBERT's layer, shared over the depth): every call's output
     # carries the factor, as the forward hook applies it; the check's probe scales each node
+    # (a rolled block's: each layer's calls, MuP.patch_factors)
     return Patch(use.module, use.node, exponent,
                  use.rows and (*use.rows, use.groups, use.group_rows, *consts), why,
                  w if in_stack else None, factor,

@@ -142,3 +142,18 @@ def test_attentions_that_share_a_query_layer_take_its_tuned_multiplier_once():
         torch.testing.assert_close(out, 2 * torch.nn.functional.linear(x, model.q.weight))
     with pytest.raises(tp.UsageError, match="tuned multipliers x3 and x2, but one layer"):
         tp.MuP(traced, "adam", config=_config(traced, {first: 2.0, second: 3.0}))
+
+
+def test_one_query_read_by_two_attentions_takes_their_tuned_multiplier_once():
+    # one normalised query, the query of both logits: tuned alike, one patch doubles it (two
+    # gave 4), and the check reads the program's query as the model's over 2 (over 4 before)
+    from tests.fromtorch.test_fold_readers import TwoReads, _norm_scale, _tokens
+
+    traced = tp.from_torch(TwoReads, (64, 128), _tokens)
+    first, second = sorted(s for s in traced.scales if s.startswith("attn"))
+    mup = tp.MuP(traced, "adam", config=_config(traced, {first: 2.0, second: 2.0}))
+    torch.manual_seed(0)
+    model = TwoReads(64)
+    mup.apply(model)
+    assert _norm_scale(model) == [pytest.approx(2.0)]
+    assert mup.unfolded(model) == {traced.scales[first]["q"]: pytest.approx(0.5)}
