@@ -2714,11 +2714,12 @@ def test_mup_refuses_to_fold_the_attention_scale_into_a_query_normalised_without
                        r"query a norm module of its own.*or build the model with a fixed head "
                        r"dim"):
         MuP(traced, "adam")
-    # a gain q and k share would take the factor twice, on both sides of the logits
+    # a gain q and k share would take the factor twice, on both sides of the logits (the
+    # keys made by the query's layer: tests/fromtorch/test_fold_readers.py)
     traced = from_torch(lambda n: QKNorm(n, affine=True), (16, 32), tokens)
-    with pytest.raises(UsageError, match=r"(?s)folds into the query's gain qn.weight only when "
-                       r"nothing else reads that gain.*help: give the query's norm a gain of "
-                       r"its own"):
+    with pytest.raises(UsageError, match=r"(?s)which apply puts on the query \w+, made by "
+                       r"qn.weight.*reads \w+ as its keys, made there too, and the logits would "
+                       r"take the factor twice.*help: give the keys a layer of their own"):
         MuP(traced, "adam")
 
 
