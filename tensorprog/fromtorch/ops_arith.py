@@ -136,12 +136,15 @@ class ArithOps:
         the attention's, not of its ``in_proj``): the sum is linear in W and b as ``W @ x' +
         b`` of one layer is, so a multiplier on it (attention's scale on a query) can move
         into both (apply folds it into b apart where a patch on the layer's output scales W @
-        x' alone: query_fold.py); None otherwise (a gain's product, a bias of its own)."""
+        x' alone: query_fold.py); None otherwise (a gain's product, a bias of its own, or
+        W @ x' times a number first: a width constant there would scale W @ x' and not b,
+        which the check's reading of the layer's vectors, each carrying every fold, is not)."""
         w, bias = self.out.producers.get(x, (None, None))
-        if w is None or bias is not None:
+        rhs = next((st.partition(" = ")[2] for st in self.out.stmts
+                    if st.partition(" = ")[0] == x), "")
+        if w is None or bias is not None or not rhs.startswith(f"{w} @ ") or "+" in rhs:
             return None
-        decl = next((d for d in self.out.decls if d.startswith(f"param {w} :")), "")
-        return (w, b) if decl.partition("]")[0].count(",") == 1 else None
+        return (w, b)
 
     def _elementwise(self, node, u, v, what: str) -> None:
         """Refuses a sum or product that the program's ``u + v`` / ``u * v`` would not compute

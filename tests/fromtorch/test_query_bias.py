@@ -124,3 +124,22 @@ def test_a_query_bias_read_elsewhere_is_refused_where_the_layer_takes_a_patch():
     with pytest.raises(TensorProgError, match=r"traced.tp:\d+:\d+: error: .* on the bias q_bias "
                        "added to it outside that layer; but add reads that bias too"):
         MuP(from_torch(lambda n: Flat(n, twice=True), (16, 32), _tokens), "adam")
+
+
+class BiasAfterTheConstant(Flat):
+    """The bias added after the layer's output is scaled (``q(x) / sqrt(dh) + q_bias``)."""
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        qf = self.q(x) / math.sqrt(n // 4) + self.q_bias
+        q, k, v = (y.view(b, t, 4, n // 4).transpose(1, 2) for y in (qf, self.k(x), self.v(x)))
+        a = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        return self.out(x + self.o(a.transpose(1, 2).reshape(b, t, n)))
+
+
+def test_a_bias_added_after_a_width_constant_is_refused():
+    # the constant's fold would scale q(x) and not the bias: no one layer makes the query
+    with pytest.raises(TensorProgError, match=r"the query \(add = div \+ q_bias\) is combined "
+                       "with something else after its linear layer"):
+        MuP(from_torch(BiasAfterTheConstant, (16, 32), _tokens), "adam")
