@@ -63,8 +63,9 @@ def shared_query_layers(mup) -> dict[str, str]:
                 f"{name}: its query is {mup.traced.params[layer].target}'s output plus the "
                 f"bias {mup.traced.params[made[1]].target}, and that layer makes {other}'s "
                 "query too: the factor apply puts on the layer for both would miss this bias",
-                info.get("span"), help="give each attention a query layer of its own, or "
-                "build the model with a fixed head dim, where the scales need no change")
+                info.get("span") or scale_span(mup, name),
+                help="give each attention a query layer of its own, or build the model with "
+                "a fixed head dim, where the scales need no change")
         out[name] = other
         if delta != 0:
             mup.folded.append(

@@ -147,3 +147,29 @@ def test_a_bias_added_after_a_width_constant_is_refused():
     with pytest.raises(TensorProgError, match=r"the query \(add = div \+ q_bias\) is combined "
                        "with something else after its linear layer"):
         MuP(from_torch(BiasAfterTheConstant, (16, 32), _tokens), "adam")
+
+
+class TwoBiases(Flat):
+    """One query layer called for two attentions, each adding a bias of its own."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.q_bias2 = nn.Parameter(torch.randn(n) * 0.1)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        for bias in (self.q_bias, self.q_bias2):
+            q, k, v = (y.view(b, t, 4, n // 4).transpose(1, 2)
+                       for y in (self.q(x) + bias, self.k(x), self.v(x)))
+            a = F.scaled_dot_product_attention(q, k, v)
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, n))
+        return self.out(x)
+
+
+def test_a_query_layer_shared_by_attentions_with_biases_of_their_own_is_refused():
+    # the first attention's patch on q and fold into q_bias would leave q_bias2 unscaled
+    with pytest.raises(TensorProgError, match=r"traced.tp:\d+:\d+: error: .*its query is "
+                       "q.weight's output plus the bias q_bias2, and that layer makes "
+                       "attn_scaled_dot_product_attention's"):
+        MuP(from_torch(TwoBiases, (16, 32), _tokens), "adam")
