@@ -46,9 +46,11 @@ from .patches import (
 from .query_fold import (
     fold_query,
     one_side_alone,
+    outside_bias,
     query_layer,
     query_patch,
     query_read_alone,
+    scale_span,
     shared_query_layers,
 )
 from .reinit import draw_seed, padding_rows, rescale
@@ -235,7 +237,15 @@ class MuP(DepthScaling, OptimizerGroups):
                     one_side_alone(self, scale, info, need)
                     self.shared_norm[info["q"]] = self.patches[-1].keys
             else:
-                w, _, use, _ = query_layer(self, scale, info, need)
+                w, b, use, _ = query_layer(self, scale, info, need)
+                if outside_bias(self, w, b):  # the patch would scale W @ x, not the bias
+                    raise UsageError(
+                        f"{scale}: {need} on its query, {use.target}'s output plus the bias "
+                        f"{self.traced.params[b].target} added outside that layer, which a "
+                        "patch on the layer's output would leave unscaled",
+                        scale_span(self, scale),
+                        help="leave this multiplier at its default, or give the query layer "
+                        "its bias (nn.Linear(..., bias=True))")
                 self.patches.append(query_patch(self, scale, info, use, w, Fraction(0), (
                     f"{scale}: {need} on the query {use.target}{_rows(use)}"), c))
             self.tuned_query[info["q"]] = self.tuned_query.get(info["q"], 1.0) * c

@@ -122,8 +122,29 @@ class ArithOps:
             sign = "-" if c < 0 else "+"
             coef = "" if abs(c) == 1 else f"{abs(c)!r} * "
             expr += f" {sign} {coef}{name}" if expr else f"{'-' if c < 0 else ''}{coef}{name}"
-        name = self.emit_vector(node.name, expr)
+        made = None  # W @ x (no bias of its own) plus a vector param b: linear in (W, b)
+        for (_, t), (_, p), ref in ((terms[0], terms[1], v), (terms[1], terms[0], u)):
+            if isinstance(t, Vec) and isinstance(p, str) and isinstance(ref, PRef) \
+                    and len(ref.shape) == 1:
+                made = self.added_bias(t.name, p)
+        name = self.emit_vector(node.name, expr, made)
         return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def added_bias(self, x: str, b: str) -> tuple | None:
+        """(W, b) where the program's vector ``x`` is a layer's ``W @ x'`` with no bias of its
+        own and ``b`` a vector param added to it (DeBERTa's ``q + q_bias``, the bias a param of
+        the attention's, not of its ``in_proj``): the sum is linear in W and b as ``W @ x' +
+        b`` of one layer is, so a multiplier on it (attention's scale on a query) can move
+        into both (apply folds it into b apart where a patch on the layer's output scales W @
+        x' alone: query_fold.py); None otherwise (a gain's product, a bias of its own, or
+        W @ x' times a number first: a width constant there would scale W @ x' and not b,
+        which the check's reading of the layer's vectors, each carrying every fold, is not)."""
+        w, bias = self.out.producers.get(x, (None, None))
+        rhs = next((st.partition(" = ")[2] for st in self.out.stmts
+                    if st.partition(" = ")[0] == x), "")
+        if w is None or bias is not None or not rhs.startswith(f"{w} @ ") or "+" in rhs:
+            return None
+        return (w, b)
 
     def _elementwise(self, node, u, v, what: str) -> None:
         """Refuses a sum or product that the program's ``u + v`` / ``u * v`` would not compute

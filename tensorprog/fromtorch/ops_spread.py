@@ -97,15 +97,7 @@ class SpreadParamOps:
                 break
             b = self.vector_param(s.ref, node)
             expr = f"{x.name} {sign} {b}"
-            w, bias = self.out.producers.get(x.name, (None, None))
-            # W @ x plus b is a layer's output as W @ x + b is: linear in (W, b), so a constant
-            # after it (attention's scale on a query) folds into both, where W is a tensor of
-            # its own. Rows of a fused layer (DeBERTa's in_proj) take such a constant as a
-            # patch on the layer's output rows, which would miss b: no producer then, and a
-            # width constant after the sum is refused (apply cannot put it on W x + b)
-            whole = w is not None and self.out.params[w].rows is None
-            made = (w, b) if whole and bias is None and sign == "+" else None
-            name = self.emit_vector(node.name, expr, made)
+            name = self.emit_vector(node.name, expr, self.added_bias(x.name, b))
             return Vec(name, x.tags, x.dim, x.dh)
         else:
             return None

@@ -56,6 +56,16 @@ def shared_query_layers(mup) -> dict[str, str]:
                 uses[0].span if uses else None,
                 help="give each attention a query layer of its own, or build the model "
                 "with a fixed head dim, where the scales need no change")
+        if made and outside_bias(mup, *made) and delta != 0 \
+                and info["q"] != mup.traced.scales[other]["q"]:
+            # the first's fold puts the factor on the layer and on its own query's bias
+            raise UsageError(
+                f"{name}: its query is {mup.traced.params[layer].target}'s output plus the "
+                f"bias {mup.traced.params[made[1]].target}, and that layer makes {other}'s "
+                "query too: the factor apply puts on the layer for both would miss this bias",
+                info.get("span") or scale_span(mup, name),
+                help="give each attention a query layer of its own, or build the model with "
+                "a fixed head dim, where the scales need no change")
         out[name] = other
         if delta != 0:
             mup.folded.append(
@@ -83,12 +93,7 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
     if use.rows is None and use.cols is None and alone:
         for p in (w, b):
             if p:
-                mup.init_exp[p] += delta
-                mup.lr_exp[p] += k * delta
-                # a gain's init is a constant (1): apply multiplies that constant instead
-                mup.const_fold[p] = mup.const_fold.get(p, 0) + delta
-                if p in mup.eps_exp:
-                    mup.eps_exp[p] -= delta
+                _fold(mup, p, delta, k)
         mup.folded.append(
             f"{scale}: (n/base)^{-delta} folded into the init and LR of "
             f"{use.target}" + (f" and {mup.traced.params[b].target}" if b else "")
@@ -99,6 +104,46 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
                f"{scale}: output of {use.target} times (n/base)^{-delta} (the matrix has "
                + ("column blocks, a concatenation's" if use.cols else "another use") + ")")
         mup.patches.append(query_patch(mup, scale, info, use, w, delta, why))
+        if b and outside_bias(mup, w, b) and info["q"] not in mup.own_patch:
+            # the patch scales the layer's W @ x alone: the bias added after it takes the
+            # factor in its init and LR (abc-symmetry), so the sum carries it once
+            other = [ins for ins in mup.program.uses(b)
+                     if mup.traced.producers.get(ins.out, (None,))[0] != w]
+            if other or len(mup.program.uses(b)) != 1:
+                raise UsageError(
+                    f"{scale}: {need}, which apply puts on the output of {use.target} and on "
+                    f"the bias {mup.traced.params[b].target} added to it outside that layer; "
+                    f"but {other[0].out if other else 'another instruction'} reads that bias "
+                    "too, and would be scaled with it",
+                    other[0].span if other else scale_span(mup, scale),
+                    help="give the query a bias of its own, or build the model with a fixed "
+                    "head dim, where the scale needs no change")
+            _fold(mup, b, delta, k)
+            mup.folded.append(f"{scale}: (n/base)^{-delta} folded into the init and LR of "
+                              f"{mup.traced.params[b].target}, the bias added to its output")
+
+
+def scale_span(mup, scale: str):
+    """The program's line of the instruction that reads ``scale``, or None."""
+    uses = mup.program.uses(scale)
+    return uses[0].span if uses else None
+
+
+def _fold(mup, p: str, delta: Fraction, k: int) -> None:
+    """A multiplier (n/base)^-delta on what ``p`` makes, folded into its init and LR."""
+    mup.init_exp[p] += delta
+    mup.lr_exp[p] += k * delta
+    # a gain's init is a constant (1): apply multiplies that constant instead
+    mup.const_fold[p] = mup.const_fold.get(p, 0) + delta
+    if p in mup.eps_exp:
+        mup.eps_exp[p] -= delta
+
+
+def outside_bias(mup, w: str, b: str | None) -> bool:
+    """Whether the bias ``b`` of the query's ``W @ x + b`` is added outside W's module (a
+    param of the attention's, ops_arith's ``added_bias``): a patch on that module's output
+    scales W @ x alone."""
+    return b is not None and mup.traced.params[b].module != mup.traced.params[w].module
 
 
 def one_side_alone(mup, scale: str, info: dict, need: str) -> None:

@@ -328,9 +328,37 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             help="apply the constant right after a linear layer or an embedding lookup whose "
             "output nothing else reads, or make it width-independent",
         )
+    _bias_added_alone(x, info, (a, b, w1, w2), trace)
     # span: the user's line of the constant, for apply's refusal of a patch it cannot place
     return {"q": info["x"], "model_a": model_a, "value": a, "fixed": True, "out": info["out"],
             "span": where}
+
+
+def _bias_added_alone(x: str, info: dict, values, trace: Trace) -> None:
+    """A TraceError where ``x`` is a layer's ``W @ x'`` plus a bias param applied outside that
+    layer (DeBERTa's ``q + q_bias``: ops_arith's ``added_bias``) and either is read elsewhere:
+    the constant's width factor goes on the layer's output (a patch on its rows) and into the
+    bias's init and LR, and would scale those other readers too."""
+    w, bias = trace.producers[x]
+    if bias is None or trace.params[bias].module == trace.params[w].module:
+        return
+    rhs = next(st.partition("=")[2] for st in trace.stmts if st.partition("=")[0].strip() == x)
+    made = [v for v in re.findall(r"[\w.]+", rhs) if trace.producers.get(v, (None,))[0] == w]
+    for v in (*made, bias):
+        reads = sum(len(re.findall(rf"(?<![\w.]){re.escape(v)}(?![\w.])", st.partition("=")[2]))
+                    for st in trace.stmts)
+        if reads > 1:
+            a, b, w1, w2 = values
+            what = (f"the bias {strip_prefix(trace.params[v].target)}" if v == bias else
+                    f"the output of {strip_prefix(trace.params[w].target)}")
+            raise TraceError(
+                f"a constant that changes with the width ({a!r} at width {w1}, {b!r} at {w2}) "
+                f"multiplying a layer's output plus a bias param ({x}), whose width factor "
+                f"would move into the layer and the bias; but {what} is read elsewhere too, "
+                "and would take that factor there", info["span"],
+                help="give the other reader a bias (or a layer) of its own, or make the "
+                "constant width-independent (a fixed head dim)",
+            )
 
 
 def _grouping(name: str, u1, u2, widths):
