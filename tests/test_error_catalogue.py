@@ -152,6 +152,11 @@ CATALOGUE = {
     "infinite-sequence": ("width n = 8\ndim V = 5\ninput t : tokens[n, V]\n", S,
                           r"sequence dim n must be finite", (3, 1)),
     "scale-not-positive": ("width n = 8\nscale s = 0\n", S, r"scale s must be positive", (2, 1)),
+    # before: derived, and the emitted module crashed computing it from the ids (a traceback)
+    "one-hot-read-by-a-function": ("width n = 8\ndim V = 5\ndim t = 3\ninput tok : tokens[t, V]\n"
+                                   "param E : [n, V]\noutput y = E @ relu(tok)\n", S,
+                                   r"the tokens input tok is one-hot ids, which only a lookup "
+                                   r"reads \(W @ tok\)(.|\n)*help: look it up first", (6, 16)),
     "kernel-on-a-vector": (HEAD + "dim kk = 3\nparam K : [n, d, kk, kk]\nh = K @ x + b\n"
                            "output y = V @ (W @ x + h)\n",
                            S, r"K is a convolution kernel, but x is not an image", (10, 5)),

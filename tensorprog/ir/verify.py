@@ -23,6 +23,7 @@ from .functions import (
 )
 from .program import (
     INPUT_KINDS,
+    ONE_HOT_KINDS,
     Dot,
     LinComb,
     MatMul,
@@ -122,10 +123,18 @@ def verify(program: Program) -> Program:
     def key(dim: str | None):
         return None if dim is None else dims[dim].key()
 
+    one_hot = {i.name: i.kind for i in program.inputs if i.kind in ONE_HOT_KINDS}
     for ins in program.body:
         for name in ins.operands:
             if name not in defined or name in matrices:
                 errors.error(f"'{name}' is not a vector defined before this instruction", ins.span)
+            elif name in one_hot and not (isinstance(ins, MatMul) and ins.arg == name):
+                # the emitted module holds them as ids (or builds them), never as the one-hot
+                # vectors the rules would read: a function of them computed nothing it derives
+                errors.error(f"the {one_hot[name]} input {name} is one-hot ids, which only a "
+                             f"lookup reads (W @ {name}): the emitted module holds the ids, "
+                             "not their one-hot vectors, for anything else to read", ins.span,
+                             f"look it up first (E @ {name}) and use the embedding")
         if errors.errors:
             break
         ops = [defined[o] for o in ins.operands]
