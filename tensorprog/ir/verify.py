@@ -128,7 +128,9 @@ def verify(program: Program) -> Program:
         for name in ins.operands:
             if name not in defined or name in matrices:
                 errors.error(f"'{name}' is not a vector defined before this instruction", ins.span)
-            elif name in one_hot and not (isinstance(ins, MatMul) and ins.arg == name):
+            elif name in one_hot and not (isinstance(ins, MatMul) and ins.arg == name) and not (
+                    isinstance(ins, Nonlin) and ins.fn == AT and ins.args[-1] == name):
+                # (at(g, w): a pair's offset read from the windows, Swin V2's: ops_offsets)
                 # the emitted module holds them as ids (or builds them), never as the one-hot
                 # vectors the rules would read: a function of them computed nothing it derives
                 errors.error(f"the {one_hot[name]} input {name} is one-hot ids, which only a "
