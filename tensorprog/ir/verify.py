@@ -128,15 +128,8 @@ def verify(program: Program) -> Program:
         for name in ins.operands:
             if name not in defined or name in matrices:
                 errors.error(f"'{name}' is not a vector defined before this instruction", ins.span)
-            elif name in one_hot and not (isinstance(ins, MatMul) and ins.arg == name) and not (
-                    isinstance(ins, Nonlin) and ins.fn == AT and ins.args[-1] == name):
-                # (at(g, w): a pair's offset read from the windows, Swin V2's: ops_offsets)
-                # the emitted module holds them as ids (or builds them), never as the one-hot
-                # vectors the rules would read: a function of them computed nothing it derives
-                errors.error(f"the {one_hot[name]} input {name} is one-hot ids, which only a "
-                             f"lookup reads (W @ {name}): the emitted module holds the ids, "
-                             "not their one-hot vectors, for anything else to read", ins.span,
-                             f"look it up first (E @ {name}) and use the embedding")
+            elif name in one_hot:
+                _verify_one_hot(ins, name, one_hot[name], errors)
         if errors.errors:
             break
         ops = [defined[o] for o in ins.operands]
@@ -221,6 +214,19 @@ def verify(program: Program) -> Program:
         errors.error("the program has no output")
     errors.raise_if_any(SemanticError)
     return program
+
+
+def _verify_one_hot(ins, name: str, kind: str, errors: Collector) -> None:
+    """A one-hot input is read by a lookup (W @ tok), or its windows by at(g, w) (a pair's
+    offset, Swin V2's); the emitted module holds ids (or builds them), never the one-hot
+    vectors the rules would read, so a function of them would compute nothing it derives."""
+    if isinstance(ins, MatMul) and ins.arg == name or isinstance(ins, Nonlin) and \
+            ins.fn == AT and ins.args[-1] == name:
+        return
+    errors.error(f"the {kind} input {name} is one-hot ids, which only a lookup reads "
+                 f"(W @ {name}): the emitted module holds the ids, not their one-hot vectors, "
+                 "for anything else to read", ins.span,
+                 f"look it up first (E @ {name}) and use the embedding")
 
 
 def _verify_inputs(program: Program, dims, define, errors: Collector) -> None:
