@@ -566,7 +566,8 @@ POSITIONED = {
                            r"the second argument of pick must be a declared dim", (8, 30)),
     # rms(x, D): a vector's RMS, one number per token, as a vector of D (one coordinate)
     "rms-of-more-than-one": (HEAD + "output y = V @ (spread(rms(W @ x, k), n) * (W @ x))\n", S,
-                             r"rms\(n, k\): k must have one coordinate \(`dim k = 1`\)"
+                             r"rms\(x, k\) gives one number per token: k must have one coordinate "
+                             r"\(`dim k = 1`\), not \d+"
                              r"(.|\n)*help: write rms\(x, D\)", (8, 24)),
     "rms-without-a-dim": (HEAD + "output y = V @ (spread(rms(W @ x, 1), n) * (W @ x))\n", S,
                           r"the second argument of rms must be a declared dim", (8, 35)),

@@ -167,7 +167,7 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
     makes on the way to it, is read only by attention logits (dot) or on that way: a factor
     folded into the layer, or patched on its output, scales every reader of that output,
     and a residual that adds the layer's output (h + q(x)) would be scaled with it."""
-    if info.get("fixed"):  # a width constant on a vector: its own patch (_query_patch)
+    if info.get("fixed"):  # a width constant on a vector: its own patch (query_patch)
         return
     w = mup.traced.producers.get(info["q"], (None,))[0]
     use = mup.traced.params.get(w)

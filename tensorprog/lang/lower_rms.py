@@ -41,8 +41,9 @@ def lower_rms(low, node: Call, args: list, d: str, vec: type):
                          "dim", node.args[0].span, _USAGE)
         return None
     if dims[d].infinite or dims[d].size != 1:
-        low.errors.error(f"rms({x.dim}, {d}): {d} must have one coordinate (`dim {d} = 1`)",
-                         node.span, _USAGE)
+        low.errors.error(f"rms(x, {d}) gives one number per token: {d} must have one "
+                         f"coordinate (`dim {d} = 1`), not {dims[d].size or d}", node.span,
+                         _USAGE)
         return None
     arg = low.name_of(x, node.span)
     out = low.emit(Nonlin(low.fresh(low.target), RMS, (arg,), node.span, d), d)
