@@ -82,3 +82,13 @@ def test_the_limits_refuse_it_at_the_token_input():
     with pytest.raises(EngineError, match="tokens inputs have no NNGP rule") as e:
         nngp_kernel(tp.parse(TEXT), np.zeros((2, 6)))
     assert e.value.span is not None
+
+
+def test_groups_that_grow_with_the_heads_leave_nothing_vanishing():
+    # ngroups = heads (N = P = 16, C and B of di): C's and B's layers are hidden weights, cb a
+    # finite sum of Θ(1) terms, so P₀ is Θ(1): no forced vanishing, no note
+    text = TEXT.replace("dim N = 8 ", "dim N = 16").replace("WB : [N, n]", "WB : [di, n]")
+    d = tp.derive(tp.parse(text.replace("WC : [N, n]", "WC : [di, n]")), "adam")
+    assert d.abc["mamba.WB"] == d.abc["mamba.WC"] == ABC(0, "1/2", 1)
+    assert not d.check.notes and all(d.analysis.init_[i.out] == 0 for i in d.program.body
+                                     if getattr(i, "fn", None) == "ssd")
