@@ -23,7 +23,9 @@ import pytest
 from conftest import ROOT
 
 import tensorprog as tp
+from tensorprog.engine.classify import classify
 from tensorprog.engine.exponents import ABC
+from tensorprog.engine.optimizers import ADAM
 from tensorprog.errors import EngineError
 from tensorprog.limits.nngp import nngp_kernel
 
@@ -92,3 +94,13 @@ def test_groups_that_grow_with_the_heads_leave_nothing_vanishing():
     assert d.abc["mamba.WB"] == d.abc["mamba.WC"] == ABC(0, "1/2", 1)
     assert not d.check.notes and all(d.analysis.init_[i.out] == 0 for i in d.program.body
                                      if getattr(i, "fn", None) == "ssd")
+
+
+def test_an_init_below_the_readouts_is_a_violation_not_a_forced_note():
+    program = tp.parse(TEXT)
+    abc = dict(tp.derive(program, "adam").abc)
+    abc["mamba.WB"] = ABC(0, "3/2", 1)  # B₀ = Θ(n^-1): P₀ = Θ(n^-3/2), below what is forced
+    c = classify(program, ADAM, abc)
+    assert [v.tensor for v in c.violations if v.condition == "vanishing_init"] == [
+        "mamba.p", "mamba.y_1"]
+    assert not c.notes
