@@ -14,10 +14,10 @@ after the first steps, as a readout's output starts at 0 (TP4: feature learning 
 Derive's solution takes every init as large as stability allows, so a vanishing P₀ there is
 forced. The classification therefore counts the vectors that vanish only because P₀ does as a
 note, not a violation: the vectors computed from an SSD's weights whose init is no smaller than
-P₀'s (the mixing itself, y = P x with x Θ(1)), where P₀ is no smaller than the forced n^-1 (a
-given parametrization that inits C or B below a readout's has a violation). Anything smaller, or a vanishing vector that
-reads no SSD, stays a violation; so does a vector the vanishing makes blow up in training (a
-norm of the mixing without the skip divides its Θ(1) change by its n^-1 size).
+P₀'s (the mixing itself, y = P x with x Θ(1)), where P₀ is no smaller than the forced n^-1.
+Anything smaller (a given parametrization that inits C or B below a readout's), or a vanishing
+vector that reads no SSD, stays a violation; so does a vector the vanishing makes blow up in
+training (a norm of the mixing without the skip divides its Θ(1) change by its n^-1 size).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 from ..ir.program import Nonlin, Program
 from ..ir.ssd import SSD
 from .exponents import ONE, ZERO, gt, power
-
 
 #: The smallest P₀ that stability forces: n^-1, C₀ and B₀ at a readout's n^-1/2 each over a
 #: finite N (n^-1/2 for N ∝ n). A smaller P₀ is a given parametrization's own (an init below
