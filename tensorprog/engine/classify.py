@@ -232,6 +232,7 @@ def classify_json(c: Classification) -> dict:
         "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
                               "update": as_str(an.change_[ins.out])} for ins in c.program.body},
         "violations": [v.as_dict() for v in c.violations],
+        **({"forced_to_vanish": list(c.notes)} if c.notes else {}),
     }
 
 
@@ -249,6 +250,8 @@ def classify_text(c: Classification, label: str, depth_pass: bool = False) -> st
            f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
     if c.violations:
         out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
+    if c.notes:  # vectors an SSD's weights force to vanish at init: no stable µP lifts them
+        out += ["", "Forced to vanish at init:"] + [f"  - {n}" for n in c.notes]
     return "\n".join(out) + "\n"
 
 

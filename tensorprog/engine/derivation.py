@@ -239,6 +239,7 @@ def derive_json(d: Derivation) -> dict:
         "conditions": [{"param": e.param, "equation": e.render(), "reason": e.reason}
                        for e in d.equations],
         "regime": d.check.regime, "r": as_str(d.check.r),
+        **({"forced_to_vanish": list(d.check.notes)} if d.check.notes else {}),
     }
 
 
