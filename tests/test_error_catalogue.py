@@ -545,8 +545,8 @@ POSITIONED = {
                            r"the fourth argument of ssd must be a declared dim", (17, 20)),
     "ssd-cb-not-a-dot": (SSM + "p = ssd(h, dt, A, P)\n", S, r"ssd's first argument must be a "
                          r"per-head dot of C and B over the state size", (17, 9)),
-    "ssd-rates-of-another-dim": (SSM + "p = ssd(cb, dt, E @ tok, P)\n", S,
-                                 r"ssd's steps are \[H\] but its rates \[n\]", (17, 17)),
+    "ssd-rates-of-another-dim": (SSM + "param q : [n]\np = ssd(cb, dt, q, P)\n", S,
+                                 r"ssd's steps are \[H\] but its rates \[n\]", (18, 17)),
     "ssd-no-dim-of-the-heads": (SSM + "dim Q = 3\np = ssd(cb, dt, A, Q)\n", S,
                                 r"no declared dim has H·Q's size", (18, 20)),
     "ssd-groups-do-not-divide-the-heads": (
@@ -554,9 +554,10 @@ POSITIONED = {
         "param A3 : [H3]\np = ssd(dot(WF @ h, WF @ h, N), softplus(W3 @ h), A3, P)\n", S,
         r"the 2 groups of cb cannot each serve a run of consecutive heads of H3 \(2 groups do "
         r"not divide 3 heads\)", (23, 9)),
-    "ssd-rates-per-token": (SSM + "p = ssd(cb, dt, dt, P)\noutput y = E.T @ mix(p, h, P)\n",
-                            S, r"ssd's rates dt are one number per head, but run over the "
-                            r"tokens of t", (17, 1)),
+    "ssd-rates-per-token": (SSM + "p = ssd(cb, dt, dt, P)\n", S, r"ssd's rates are one number "
+                            r"per head, the same at every token of every sequence", (17, 17)),
+    "ssd-rates-per-sequence": (SSM + "p = ssd(cb, dt, first(dt), P)\n", S,
+                               r"but this one is computed from the inputs", (17, 17)),
     "ssd-steps-without-tokens": (SSM + "p = ssd(cb, A, A, P)\noutput y = E.T @ mix(p, h, P)\n",
                                  S, r"ssd's steps A must be one vector per token of t, but run "
                                  r"over no sequence", (17, 1)),

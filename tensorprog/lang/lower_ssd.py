@@ -45,6 +45,11 @@ def lower_ssd(low, node: Call, args: list, over: str, vec: type):
             low.errors.error(f"ssd's {what} must be a vector of a declared dim H, one per head",
                              spans[i], USAGE)
             return None
+    if any(t in low.tokenwise or t in low.one_token for t in a.terms):
+        low.errors.error("ssd's rates are one number per head, the same at every token of every "
+                         "sequence, but this one is computed from the inputs", spans[2],
+                         "use a param of H, or a function of one: -1 * exp(Alog)")
+        return None
     if not low.same_dim(dt.dim, a.dim):
         low.errors.error(f"ssd's steps are [{dt.dim}] but its rates [{a.dim}]: one of each per "
                          "head", spans[2], USAGE)
