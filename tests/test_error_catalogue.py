@@ -49,6 +49,9 @@ CPB = ("width n = 8\ndim T = 64\ndim B = 49\ndim G = 8\ndim E = 2\ndim H = 2\n"
        "input w : windows[T, B, G, G, 2]\ninput c : offsets[B, E]\nparam U : [H, E]\n")  # 9 lines
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
+# Mamba-2's state-space mixing: cb over one group of N, steps dt and rates A of H = n/2 heads
+SSM = (SEQ + "dim N = 2\ndim P = 2\ndim H = n / 2\nparam WC : [N, n]\nparam WB : [N, n]\n"
+       "param Wd : [H, n]\nparam A : [H]\ncb = dot(WC @ h, WB @ h, N)\ndt = softplus(Wd @ h)\n")
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
@@ -535,6 +538,29 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    # ssd(cb, dt, A, P): Mamba-2's state-space mixing weights (ir/ssd.py); SSM is 16 lines
+    "ssd-arity": (SSM + "p = ssd(cb, dt, A)\n", S, r"ssd takes 4 arguments, got 3(.|\n)*help: "
+                  r"write p = ssd\(cb, dt, A, P\)", (17, 5)),
+    "ssd-head-not-a-dim": (SSM + "p = ssd(cb, dt, A, 2)\n", S,
+                           r"the fourth argument of ssd must be a declared dim", (17, 20)),
+    "ssd-cb-not-a-dot": (SSM + "p = ssd(h, dt, A, P)\n", S, r"ssd's first argument must be a "
+                         r"per-head dot of C and B over the state size", (17, 9)),
+    "ssd-rates-of-another-dim": (SSM + "param q : [n]\np = ssd(cb, dt, q, P)\n", S,
+                                 r"ssd's steps are \[H\] but its rates \[n\]", (18, 17)),
+    "ssd-no-dim-of-the-heads": (SSM + "dim Q = 3\np = ssd(cb, dt, A, Q)\n", S,
+                                r"no declared dim has H·Q's size", (18, 20)),
+    "ssd-groups-do-not-divide-the-heads": (
+        SSM + "dim F = 4\ndim H3 = 3\ndim Q = 6\nparam WF : [F, n]\nparam W3 : [H3, n]\n"
+        "param A3 : [H3]\np = ssd(dot(WF @ h, WF @ h, N), softplus(W3 @ h), A3, P)\n", S,
+        r"the 2 groups of cb cannot each serve a run of consecutive heads of H3 \(2 groups do "
+        r"not divide 3 heads\)", (23, 9)),
+    "ssd-rates-per-token": (SSM + "p = ssd(cb, dt, dt, P)\n", S, r"ssd's rates are one number "
+                            r"per head, the same at every token of every sequence", (17, 17)),
+    "ssd-rates-per-sequence": (SSM + "p = ssd(cb, dt, first(dt), P)\n", S,
+                               r"but this one is computed from the inputs", (17, 17)),
+    "ssd-steps-without-tokens": (SSM + "p = ssd(cb, A, A, P)\noutput y = E.T @ mix(p, h, P)\n",
+                                 S, r"ssd's steps A must be one vector per token of t, but run "
+                                 r"over no sequence", (17, 1)),
     # at(g, win): a value over the windows' offsets (from `offsets[B, E]`) read at each pair's
     "at-not-windows": (CPB + "output y = at(U @ c, c)\n", S, r"the second argument of at must "
                        r"be a windows input(.|\n)*help: write at\(g, win\)", (10, 22)),

@@ -38,6 +38,7 @@ from ..ir.program import (
     split_heads_dim,
 )
 from ..ir.sequences import value_sequences
+from ..ir.ssd import SSD
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -166,6 +167,9 @@ class Emitter:
             self.helpers.add("_place")
             v, h = ins.args
             return f"_place({self.ref(v)}, {self.ref(h)}, {ins.index})"
+        if ins.fn == SSD:  # state-space mixing weights per head (emit/ssd.py)
+            self.helpers.add("_ssd")
+            return f"_ssd({', '.join(self.ref(a) for a in ins.args)})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

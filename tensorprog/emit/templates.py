@@ -8,9 +8,11 @@ instruction needs it, ``CHECK_DEPTH`` only for a program with a depth).
 from __future__ import annotations
 
 from .literals import quoted
+from .ssd import SSD_HELPER
 
 # module-level helpers, emitted only when an instruction needs them
 HELPERS = {
+    "_ssd": SSD_HELPER,  # Mamba-2's state-space mixing weights: emit/ssd.py
     "_heads_dot": [
         "def _heads_dot(q, k, head_dim):",
         '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',

@@ -15,6 +15,7 @@ from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
 from .report import depth_note, program_depth_json, table
+from .ssd_init import ssd_vanishing
 from .standardised import effective
 from .terms import Term, role
 
@@ -53,6 +54,7 @@ class Classification:
     r: Exp = INF
     stable: bool = True
     nontrivial: bool = False
+    notes: list[str] = field(default_factory=list)  # vectors an SSD forces to vanish at init
 
     @property
     def regime(self) -> str:
@@ -170,6 +172,7 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
     outputs = set(program.outputs)
     absorbed = prescaled(program)
+    forced = ssd_vanishing(program, an.init_) if an.width_limit else {}
     for ins in program.body:
         v = ins.out
         if v in absorbed:
@@ -181,6 +184,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                 "stability_init", v, e0,
                 f"{v} blows up at init as {power(e0, base)} (dominant term {t[0].what}: "
                 f"{t[0].why})"))
+        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in forced:
+            result.notes.append(forced[v])
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
             result.violations.append(Violation(
                 "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0, base)}: its "
@@ -227,6 +232,7 @@ def classify_json(c: Classification) -> dict:
         "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
                               "update": as_str(an.change_[ins.out])} for ins in c.program.body},
         "violations": [v.as_dict() for v in c.violations],
+        **({"forced_to_vanish": list(c.notes)} if c.notes else {}),
     }
 
 
@@ -244,6 +250,8 @@ def classify_text(c: Classification, label: str, depth_pass: bool = False) -> st
            f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
     if c.violations:
         out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
+    if c.notes:  # vectors an SSD's weights force to vanish at init: no stable µP lifts them
+        out += ["", "Forced to vanish at init:"] + [f"  - {n}" for n in c.notes]
     return "\n".join(out) + "\n"
 
 

@@ -239,6 +239,7 @@ def derive_json(d: Derivation) -> dict:
         "conditions": [{"param": e.param, "equation": e.render(), "reason": e.reason}
                        for e in d.equations],
         "regime": d.check.regime, "r": as_str(d.check.r),
+        **({"forced_to_vanish": list(d.check.notes)} if d.check.notes else {}),
     }
 
 
@@ -290,7 +291,9 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
         f"maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
-        *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
+        *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows),
+        *(["", "Forced to vanish at init (no stable µP lifts them):", *d.check.notes]
+          if d.check.notes else []), ""])
 
 
 def explain(d: Derivation) -> str:

@@ -46,12 +46,15 @@ from .rules_attention import (  # Dot and Mix: attention's logits and token mixi
     init_mix,
 )
 from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
+from .rules_ssd import SSD_RULES  # ssd: Mamba-2's state-space mixing weights
 from .terms import (
     Mono,
     Sizes,
     Term,
     terms,
 )
+
+MOVES = {**MOVES, **SSD_RULES}  # the Nonlins with rules of their own, keyed by function
 
 # --- MatMul ---------------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
                                   softmax/causal_softmax over the key tokens (softmax
-                                  also over a finite dim)
+                                  also over a finite dim); ``ssd(cb, dt, A, P)``: Mamba-2's
+                                  state-space mixing weights, read by mix (ir/ssd.py)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
@@ -60,6 +61,7 @@ from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
 from .spread import SPREAD, other_dim
+from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
 #: a later key has none of its own), Swin's offset in a window (``windows``).
@@ -530,6 +532,9 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
+            if isinstance(ins, Nonlin) and ins.fn == SSD and dims.get(ins.out):  # ir/ssd.py
+                h = heads_dim(table, *split_heads_dim(dims[ins.out]))
+                table.update({h.name: h} if h is not None else {})
             if isinstance(ins, Mix) and ins.head:  # values' own heads, and their groups
                 for a, b in ((dims[ins.values], ins.head), (dims[ins.out], dims[ins.values])):
                     h = heads_dim(table, a, b) if {a, b} <= table.keys() else None
@@ -633,6 +638,8 @@ class Program:
                 dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
+            elif isinstance(ins, Nonlin) and ins.fn == SSD:  # weights over the values' heads
+                dims[ins.out] = ssd_dim(declared, dims[ins.args[1]], ins.over or "")
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,

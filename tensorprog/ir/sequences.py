@@ -25,6 +25,7 @@ from __future__ import annotations
 from ..errors import Collector
 from .functions import AT, CAT, PLACE, SHIFT
 from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
+from .ssd import SSD, ssd_sequences
 
 Tag = tuple[str, ...]
 
@@ -92,6 +93,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == AT:  # rows over offsets read at token pairs
             tags[ins.out] = ops[1] if len(ops) == 2 else ()
             _check_at(program, ins, ops, problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == SSD:  # a recurrence on token pairs: ir/ssd.py
+            tags[ins.out] = ssd_sequences(ins, ops, _show, problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]

@@ -44,6 +44,7 @@ from .program import (
 from .ranges import check_ranges
 from .sequences import check_sequences
 from .spread import part_count
+from .ssd import SSD, verify_ssd
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -97,6 +98,7 @@ _MOVES = {
     PICK: lambda p, ins, ops, key, errors: _verify_pick(p, ins, ops[0], errors),
     RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
+    SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
 }
 
 

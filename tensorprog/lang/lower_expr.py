@@ -45,6 +45,7 @@ from .lower_route import ROUTES, lower_route
 from .lower_shift import lower_shift, shift_operands
 from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
+from .lower_ssd import SSD, lower_ssd, ssd_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
@@ -52,9 +53,9 @@ from .syntax import magnitude
 # windows (at)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
-             RMS: rms_operands}
+             RMS: rms_operands, SSD: ssd_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, AT, PLACE, PICK, RMS) + RELAYOUTS)
+             + (SHIFT, CAT, AT, PLACE, PICK, RMS, SSD) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -569,7 +570,8 @@ class ExpressionLowering:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
                     PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
-                    PICK: lower_pick, RMS: lower_rms, **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
+                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

@@ -26,6 +26,7 @@ from tensorprog.ir.functions import (
     SPREAD,
     torch_function,
 )
+from tensorprog.ir.ssd import SSD
 from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
@@ -42,7 +43,8 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
                                                                       MEAN, CONV, DWCONV,
                                                                       SPREAD, PART, SHIFT, CAT, AT,
-                                                                      PLACE, PICK, RMS, *RELAYOUTS}
+                                                                      PLACE, PICK, RMS, SSD,
+                                                                      *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
