@@ -22,6 +22,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+Delta       ``delta(sq, sk, b, g)``  per head, the gated delta rule's token-mixing weights P
+                                  (linear attention, Gated DeltaNet): ``mix(P, v)`` is its output
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
 RouteIn     ``route_in(g, k, i, x)``  ``g_i x`` where g_i is among g's k largest, else 0:
@@ -56,6 +58,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
+from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
@@ -456,10 +459,10 @@ class Relayout:
         return (self.arg,)
 
 
-Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | RouteIn | Prepend
-               | Mean | Relayout)
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, RouteIn,
-                                  Prepend, Mean, Relayout)
+Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Delta | Stream | Route | RouteIn
+               | Prepend | Mean | Relayout)
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Delta, Stream, Route,
+                                  RouteIn, Prepend, Mean, Relayout)
 
 
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
@@ -627,6 +630,8 @@ class Program:
                 grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = ins.dim or (query if grouped else values)
+            elif isinstance(ins, Delta):  # the scores' heads
+                dims[ins.out] = dims[ins.scores]
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, RouteIn):

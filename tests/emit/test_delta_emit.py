@@ -1,0 +1,71 @@
+"""The emitted gated delta rule computes the recurrence it unrolls: per head, the state
+S_t = exp(g_t) S_{t-1} (I - b_t k_t k_tᵀ) + b_t v_t k_tᵀ updated token by token and read as
+o_t = S_t q_t, in float64, both for the helper on random inputs and inside the example's model."""
+
+from __future__ import annotations
+
+import torch
+from conftest import ROOT, emit_program
+
+import tensorprog as tp
+from tensorprog.emit.load import load_module
+
+
+def _recurrence(q, k, v, b, g):
+    """o (batch, tokens, heads, dv) from q, k (batch, tokens, heads, dk), v (..., dv), b, g
+    (batch, tokens, heads), by the state update token by token."""
+    batch, tokens, heads, dk = k.shape
+    s = torch.zeros(batch, heads, v.shape[-1], dk, dtype=torch.float64)
+    eye = torch.eye(dk, dtype=torch.float64)
+    out = []
+    for t in range(tokens):
+        kt, bt = k[:, t], b[:, t, :, None, None]
+        proj = eye - bt * kt[..., :, None] * kt[..., None, :]
+        s = g[:, t].exp()[..., None, None] * s @ proj + bt * v[:, t, :, :, None] * kt[..., None, :]
+        out.append((s @ q[:, t, :, :, None])[..., 0])
+    return torch.stack(out, 1)
+
+
+def _module():
+    return load_module(emit_program(tp.parse((ROOT / "examples" / "gated_delta.tp").read_text())),
+                       "gated_delta")
+
+
+def test_delta_helper_equals_the_recurrence_on_random_inputs():
+    gen = torch.Generator().manual_seed(0)
+    batch, tokens, heads, dk, dv = 2, 7, 3, 5, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k, v = rand(batch, tokens, heads, dk), rand(batch, tokens, heads, dk), rand(
+        batch, tokens, heads, dv)
+    k = k / k.norm(dim=-1, keepdim=True)  # the model's keys (any keys: the identity is exact)
+    b = torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    g = -torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    sq = torch.einsum("bthd,bshd->bhts", q, k)
+    sk = torch.einsum("bthd,bshd->bhts", k, k)
+    p = _module()._delta(sq, sk, b, g)
+    got = torch.einsum("bhts,bshd->bthd", p, v)
+    torch.testing.assert_close(got, _recurrence(q, k, v, b, g), rtol=1e-12, atol=1e-12)
+    assert (p.triu(1) == 0).all()  # causal: no token reads a later one
+
+
+def test_example_model_mixes_its_values_by_the_recurrence():
+    torch.manual_seed(0)
+    model = _module().Model(width=32, dtype=torch.float64)
+    (tok,) = model.example_inputs(batch_size=2)
+    values = model.vectors(tok)
+    dk = 16
+
+    def heads(x):
+        return x.unflatten(-1, (-1, dk))
+
+    for i in range(2):
+        got = {n: values[f"layer.{i}.{n}"] for n in ("q", "k", "b", "g", "o_1", "o_2")}
+        q = heads(got["q"]) * model.mult_tau / model.mult_kap ** 0.5
+        k = heads(got["k"]) * model.mult_kap ** 0.5  # unit keys (rmsnorm's eps aside)
+        torch.testing.assert_close(k.norm(dim=-1), torch.ones(k.shape[:-1], dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-5)
+        want = _recurrence(q, k, heads(got["o_1"]), got["b"], got["g"]).flatten(-2)
+        torch.testing.assert_close(got["o_2"], want, rtol=1e-10, atol=1e-12)
