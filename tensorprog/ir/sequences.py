@@ -172,9 +172,9 @@ def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:
                 f"{_show(sk)}", ins,
                 "take queries and keys from one sequence: sq = dot(q, k, dk) and sk = "
                 "dot(k, k, dk); a cross-sequence delta rule has no causal order")
-    elif b != seq or g != seq:
-        problem(f"delta's b and g are one number per head and token of {seq[0]}, but they run "
-                f"over {_show(b)} and {_show(g)}", ins,
+    elif b not in (seq, ()) or g not in (seq, ()):
+        problem(f"delta's b and g are one number per head, per token of {seq[0]} or for all "
+                f"of them, but they run over {_show(b)} and {_show(g)}", ins,
                 "compute them from the layer's input token by token, b = sigmoid(Wb @ h)")
     return sq if len(sq) == 2 else ()
 

@@ -4,11 +4,10 @@ o_t = S_t q_t, in float64, both for the helper on random inputs and inside the e
 
 from __future__ import annotations
 
-import torch
-from conftest import ROOT, emit_program
+import functools
 
-import tensorprog as tp
-from tensorprog.emit.load import load_module
+import torch
+from conftest import ROOT, import_file
 
 
 def _recurrence(q, k, v, b, g):
@@ -26,9 +25,11 @@ def _recurrence(q, k, v, b, g):
     return torch.stack(out, 1)
 
 
+@functools.cache
 def _module():
-    return load_module(emit_program(tp.parse((ROOT / "examples" / "gated_delta.tp").read_text())),
-                       "gated_delta")
+    """The example's emitted module, as its golden file holds it (tests/emit/test_module.py
+    checks that the emitter writes exactly that)."""
+    return import_file(ROOT / "tests" / "golden" / "gated_delta_mup.py", "gated_delta_golden")
 
 
 def test_delta_helper_equals_the_recurrence_on_random_inputs():
@@ -69,3 +70,21 @@ def test_example_model_mixes_its_values_by_the_recurrence():
                                    rtol=1e-5, atol=1e-5)
         want = _recurrence(q, k, heads(got["o_1"]), got["b"], got["g"]).flatten(-2)
         torch.testing.assert_close(got["o_2"], want, rtol=1e-10, atol=1e-12)
+
+
+def test_delta_helper_takes_b_and_g_the_same_for_every_token():
+    """b and g as params of the heads (a decay that does not depend on the input), and the
+    weights in float32: the recurrence with them broadcast over the tokens."""
+    gen = torch.Generator().manual_seed(1)
+    batch, tokens, heads, dk = 2, 5, 3, 4
+    q, k, v = (torch.randn(batch, tokens, heads, dk, generator=gen, dtype=torch.float64)
+               for _ in range(3))
+    b = torch.rand(heads, generator=gen, dtype=torch.float64)
+    g = -torch.rand(heads, generator=gen, dtype=torch.float64)
+    sq = torch.einsum("bthd,bshd->bhts", q, k)
+    sk = torch.einsum("bthd,bshd->bhts", k, k)
+    p = _module()._delta(sq.float(), sk.float(), b.float(), g.float())
+    assert p.dtype == torch.float32
+    want = _recurrence(q, k, v, b.expand(batch, tokens, heads), g.expand(batch, tokens, heads))
+    got = torch.einsum("bhts,bshd->bthd", p.double(), v)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

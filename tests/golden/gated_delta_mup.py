@@ -343,8 +343,11 @@ def _delta(sq, sk, b, g):
     """Per head, the gated delta rule's token-mixing weights P, o = P v: with G the
     cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),
     P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk
-    (..., heads, tokens, tokens), b, g (..., tokens, heads) or (heads,)."""
-    t, heads = sq.shape[-1], sq.shape[-3]
+    (..., heads, tokens, tokens), b, g (..., tokens, heads) or (heads,). Solved in
+    float32 at least (no triangular solve in bfloat16), returned in sq's dtype."""
+    dtype, t, heads = sq.dtype, sq.shape[-1], sq.shape[-3]
+    work = torch.promote_types(dtype, torch.float32)
+    sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))
     b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
     g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2).cumsum(-1)
     later = torch.ones(t, t, dtype=torch.bool, device=sq.device).triu(1)
@@ -353,7 +356,7 @@ def _delta(sq, sk, b, g):
     a = eye + b.unsqueeze(-1) * (d * sk).tril(-1)
     n = torch.linalg.solve_triangular(a, torch.diag_embed(b), upper=False,
                                       unitriangular=True)
-    return (d * sq) @ n
+    return ((d * sq) @ n).to(dtype)
 
 
 def _heads_dot(q, k, head_dim):
