@@ -87,3 +87,18 @@ def test_growing_head_dim_is_refused_with_the_reason():
         with pytest.raises(EngineError, match=r"delta over heads of dk, a dim that grows.*"
                                               r"vanishing at init as n\^-1/2"):
             run()
+
+
+@pytest.mark.slow
+def test_example_passes_its_coordinate_check_under_mup_and_fails_under_sp():
+    """The engine's own check (Adam, widths 128..1024, 3 seeds, 3 steps): µP's slopes all
+    within tolerance; SP's delta weights and mixed values move with the width (slopes
+    measured about +0.2 and +0.8, docs/theory.md)."""
+    from tensorprog.engine.optimizers import ADAM
+    from tensorprog.numerics.coordcheck import coord_check
+
+    program = tp.parse_file(EXAMPLE)
+    mup = coord_check(program, ADAM, widths=(128, 256, 512, 1024), device="cpu")
+    assert mup.passed, str(mup)
+    sp = coord_check(program, ADAM, param="sp", widths=(128, 256, 512, 1024), device="cpu")
+    assert not sp.passed and {"layer.0.p", "layer.0.o_2"} <= set(sp.failures), str(sp)
