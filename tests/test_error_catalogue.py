@@ -112,8 +112,18 @@ CATALOGUE = {
                                "output o = mix(delta(dot(y, x, dh), dot(x, x, dh), b, b), x)\n",
                                S, r"delta is a recurrence over the tokens of one sequence.*token "
                                r"pairs \(T, S\)", (14, 16)),
+    "delta-value-heads-per-key-grow": (SEQ + "dim dv = 4\ndim H = n / 4\nparam Wb : [H, n]\n"
+                                       "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                       "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                       r"one count grows with the width and the other does not",
+                                       (12, 16)),
+    "delta-b-of-the-key-heads": (SEQ + "dim dv = n / 4\ndim H = 2\nparam Wb : [H, n]\n"
+                                 "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                 "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                 r"delta's b must have one entry per value head \(4 heads\)",
+                                 (12, 16)),
     "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b), h)\n", S,
-                    r"delta takes 4 arguments, got 3", (13, 16)),
+                    r"delta takes 4 or 6 arguments, got 3", (13, 16)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,

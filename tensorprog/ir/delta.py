@@ -25,12 +25,17 @@ class Delta:
         P = (D ⊙ sq) (I + diag(b) L)⁻¹ diag(b),   o_t = sum_s P_ts v_s.
 
     ``beta`` (b) and ``decay`` (g) are vectors per token with one entry per head.
+    ``delta(sq, sk, b, g, dv, D)``: P per head of values of dim D in heads of dv, r times as
+    many as the dots' heads (grouped value heads, Qwen3-Next's: r value heads share each
+    query/key head, consecutive as ``repeat_interleave`` lays them out); b and g then have the
+    values' heads, and ``mix(P, v, dv)`` reads values of dim D.
 
     Scaling (docs/theory.md, "The gated delta rule"): P is a smooth function of finitely many
     scalars per head (the dots, b, g over the tokens), linear in sq and, to first order, in b:
     P = tril(D ⊙ sq) diag(b) (1 + O(b·sk)). So P₀ is as large as sq₀·b₀, it changes with
     any input (each through a Θ(1) derivative) and sends each input dP times the others'
-    sizes, summed over finitely many token pairs (+0).
+    sizes, summed over finitely many token pairs (+0) and, grouped, over the r value heads
+    that share a key head (+0: r is finite).
     """
 
     out: str
@@ -39,6 +44,8 @@ class Delta:
     beta: str
     decay: str
     span: Span | None = _span()
+    head: str | None = None  # delta(..., dv, D): the values' head dim
+    dim: str | None = None  # and their dim: P has D / dv heads
 
     @property
     def operands(self) -> tuple[str, ...]:

@@ -533,6 +533,9 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
+            if isinstance(ins, Delta) and ins.head and {ins.dim, ins.head} <= table.keys():
+                h = heads_dim(table, ins.dim, ins.head)  # the values' heads
+                table.update({h.name: h} if h else {})
             if isinstance(ins, Mix) and ins.head:  # values' own heads, and their groups
                 for a, b in ((dims[ins.values], ins.head), (dims[ins.out], dims[ins.values])):
                     h = heads_dim(table, a, b) if {a, b} <= table.keys() else None
@@ -630,8 +633,9 @@ class Program:
                 grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = ins.dim or (query if grouped else values)
-            elif isinstance(ins, Delta):  # the scores' heads
-                dims[ins.out] = dims[ins.scores]
+            elif isinstance(ins, Delta):  # the scores' heads, or the values' (grouped)
+                dims[ins.out] = (heads_dim_name(ins.dim, ins.head) if ins.head is not None
+                                 else dims[ins.scores])
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, RouteIn):

@@ -3,6 +3,8 @@ rules and its emitted form assume of the operands, each refused at the call othe
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from ..errors import Collector
 from .delta import Delta
 from .functions import MUL
@@ -44,6 +46,17 @@ def verify_delta(program: Program, ins: Delta, ops: list, key, errors: Collector
                      f"got {what}", ins.span, _USAGE)
         return None
     heads = ops[0]
+    if ins.head is not None:  # grouped: the values' heads, a whole number r per key head
+        heads = program.value_dims[ins.out]
+        table = program.dim_table
+        theirs, mine = table.get(ops[0]), table.get(heads)
+        r = None if theirs is None or mine is None or theirs.infinite != mine.infinite else (
+            mine.mult / theirs.mult if mine.infinite else Fraction(mine.size, theirs.size))
+        if r is None or r.denominator != 1 or r < 1:
+            errors.error(f"delta(sq, sk, b, g, {ins.head}, {ins.dim}): the values' heads "
+                         f"{heads} must be a whole, fixed number of the dots' heads {ops[0]}",
+                         ins.span, _USAGE)
+            return None
     for name, dim, what in ((ins.beta, ops[2], "b"), (ins.decay, ops[3], "g")):
         if dim is None or heads is None or key(dim) != key(heads):
             count = split_heads_dim(heads or "")

@@ -7,7 +7,10 @@ from __future__ import annotations
 import functools
 
 import torch
-from conftest import ROOT, import_file
+from conftest import GATED_DELTA_GROUPED, ROOT, emit_program, import_file
+
+import tensorprog as tp
+from tensorprog.emit.load import load_module
 
 
 def _recurrence(q, k, v, b, g):
@@ -88,3 +91,23 @@ def test_delta_helper_takes_b_and_g_the_same_for_every_token():
     want = _recurrence(q, k, v, b.expand(batch, tokens, heads), g.expand(batch, tokens, heads))
     got = torch.einsum("bhts,bshd->bthd", p.double(), v)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_value_heads_share_their_key_head_as_repeat_interleave_lays_them_out():
+    """n/32 query/key heads of 16, n/8 value heads of 8: value head j reads key head j // 4
+    (transformers' repeat_interleave before its chunked kernel), b and g per value head."""
+    module = load_module(emit_program(tp.parse(GATED_DELTA_GROUPED)), "gated_delta_grouped")
+    torch.manual_seed(0)
+    model = module.Model(width=64, dtype=torch.float64)
+    (tok,) = model.example_inputs(batch_size=2)
+    got = model.vectors(tok)
+    r = 4
+
+    def heads(x, d):
+        return x.unflatten(-1, (-1, d))
+
+    q = heads(got["q"], 16).repeat_interleave(r, dim=-2) * model.mult_tau / model.mult_kap ** 0.5
+    k = heads(got["k"], 16).repeat_interleave(r, dim=-2) * model.mult_kap ** 0.5
+    g = got["p_8"].expand(*got["p_6"].shape)  # -exp(A): one decay per value head, every token
+    want = _recurrence(q, k, heads(got["y_1"], 8), got["p_6"], g).flatten(-2)
+    torch.testing.assert_close(got["y_2"], want, rtol=1e-10, atol=1e-12)

@@ -5,7 +5,7 @@ growing head dim refused."""
 from fractions import Fraction
 
 import pytest
-from conftest import ROOT
+from conftest import GATED_DELTA_GROUPED, ROOT
 
 import tensorprog as tp
 from tensorprog.engine.exponents import HALF, NEG_INF, ONE, ZERO, emax
@@ -42,6 +42,18 @@ def test_example_derives_mup_as_the_rules_say_by_hand():
     assert adam.check.r == ZERO and not adam.check.violations
     sgd = tp.derive(program, "sgd")
     assert sgd.abc["layer.A"].c == -ONE and sgd.abc["layer.Wb"].c == ZERO
+
+
+def test_grouped_value_heads_derive_as_ungrouped_ones():
+    """Oracle: r = 4 value heads per key head is a finite number, so the sq and sk gradients'
+    sum over a key head's value heads adds +0: every param keeps its ungrouped role (Wb, n ->
+    n/8 value heads, a hidden weight; A a bias of the value heads), P and the mix Θ(1)."""
+    d = tp.derive(tp.parse(GATED_DELTA_GROUPED), "adam")
+    for w in ("Wq", "Wk", "Wv", "Wo", "Wb"):
+        assert (d.abc[w].a, d.abc[w].b, d.abc[w].c) == (ZERO, HALF, ONE), w
+    assert (d.abc["A"].b, d.abc["A"].c) == (ZERO, ZERO)
+    assert d.program.value_dims["p"] == "D/dv"
+    assert (d.analysis.init_["p"], d.analysis.change_["p"]) == (ZERO, ZERO)
 
 
 class _Sizes:
