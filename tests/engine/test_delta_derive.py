@@ -48,7 +48,9 @@ def test_grouped_value_heads_derive_as_ungrouped_ones():
     """Oracle: r = 4 value heads per key head is a finite number, so the sq and sk gradients'
     sum over a key head's value heads adds +0: every param keeps its ungrouped role (Wb, n ->
     n/8 value heads, a hidden weight; A a bias of the value heads), P and the mix Θ(1)."""
-    d = tp.derive(tp.parse(GATED_DELTA_GROUPED), "adam")
+    program = tp.parse(GATED_DELTA_GROUPED)
+    assert tp.parse(tp.to_text(program)) == program  # delta(..., dv, D) prints and parses back
+    d = tp.derive(program, "adam")
     for w in ("Wq", "Wk", "Wv", "Wo", "Wb"):
         assert (d.abc[w].a, d.abc[w].b, d.abc[w].c) == (ZERO, HALF, ONE), w
     assert (d.abc["A"].b, d.abc["A"].c) == (ZERO, ZERO)
