@@ -28,6 +28,7 @@ from __future__ import annotations
 from ..errors import Diagnostic, EngineError
 from ..ir.delta import Delta
 from ..ir.program import Dot, Nonlin, Program
+from .exponents import ZERO, add
 from .terms import Mono, Sizes, Term, terms
 
 
@@ -36,15 +37,27 @@ def _tokens(ins: Delta, sz: Sizes) -> int:
     return sz.program.dim_table[sz.program.seq].size if sz.program.seq else 1
 
 
+def _power(u: list[Mono], v: list[Mono], k: int) -> list[Mono]:
+    """The alternatives of (u·v)^k, multiplied out one factor at a time with repeats merged, so
+    that a long sequence costs k steps, not (alternatives)^(2k) terms."""
+    if k <= 0:
+        return []
+    out = {Mono(ZERO)}
+    for _ in range(k):
+        out = {Mono(add(a.const, x.const, y.const), tuple(sorted(a.slots + x.slots + y.slots)))
+               for a in out for x in u for y in v}
+    return sorted(out, key=lambda m: (str(m.const), m.slots))
+
+
 def init_delta(ins: Delta, sz: Sizes) -> list[Term]:
     sq, sk, b = ins.scores, ins.keys, ins.beta
     first = terms(f"tril(D⊙{sq}₀)·diag({b}₀)", f"P is linear in {sq} and, to first order, in "
                   f"{b}: N = (I + diag({b})L)⁻¹diag({b}) = diag({b})(1 + O({b}·{sk}))", "auto",
                   sz.init(sq), sz.init(b))
-    powers = [sz.init(b), sz.init(sk)] * (_tokens(ins, sz) - 1)
+    power = _power(sz.init(b), sz.init(sk), _tokens(ins, sz) - 1)
     series = terms(f"{sq}₀·{b}₀·({b}₀·{sk}₀)^(T-1)", "the inverse's finite series over the "
                    "tokens: its highest power, above the first term only if b·sk grows",
-                   "auto", sz.init(sq), sz.init(b), *powers) if powers else []
+                   "auto", sz.init(sq), sz.init(b), power) if power else []
     return first + series
 
 
