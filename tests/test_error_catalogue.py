@@ -52,6 +52,8 @@ SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t,
 # Mamba-2's state-space mixing: cb over one group of N, steps dt and rates A of H = n/2 heads
 SSM = (SEQ + "dim N = 2\ndim P = 2\ndim H = n / 2\nparam WC : [N, n]\nparam WB : [N, n]\n"
        "param Wd : [H, n]\nparam A : [H]\ncb = dot(WC @ h, WB @ h, N)\ndt = softplus(Wd @ h)\n")
+DELTA = SEQ + ("dim H = 2\nparam Wq : [n, n]\nparam Wb : [H, n]\nq = Wq @ h\n"
+               "b = sigmoid(Wb @ h)\n")  # 12 lines: queries q, keys h, b per head
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
@@ -95,6 +97,36 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # the gated delta rule: its scores and keys' dots, b and g per head, read by mix only
+    "delta-beta-wrong-dim": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), h, b), "
+                             "h)\n", S,
+                             r"delta's b must have one entry per head \(2 heads\), got \[n\]",
+                             (13, 16)),
+    "delta-keys-not-the-keys": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(q, q, dh), b, b), "
+                                "h)\n", S, r"second argument must be the keys h with themselves "
+                                r"over dh, dot\(h, h, dh\).*got dot\(q, q, dh\)", (13, 16)),
+    "delta-scores-not-a-dot": (DELTA + "output o = mix(delta(softmax(dot(q, h, dh)), dot(h, h, "
+                               "dh), b, b), h)\n", S, r"first argument must be a per-head dot of "
+                               "queries with keys", (13, 16)),
+    "delta-weights-read-as-value": (DELTA + "p = delta(dot(q, h, dh), dot(h, h, dh), b, b)\n"
+                                    "output o = mix(softmax(p), h)\n", S, r"the delta rule's "
+                                    "weights p are read only by mix", (14, 16)),
+    "delta-across-sequences": (ENCDEC + "dim H = 2\nparam Wb : [H, n]\nb = sigmoid(Wb @ x)\n"
+                               "output o = mix(delta(dot(y, x, dh), dot(x, x, dh), b, b), x)\n",
+                               S, r"delta is a recurrence over the tokens of one sequence.*token "
+                               r"pairs \(T, S\)", (14, 16)),
+    "delta-value-heads-per-key-grow": (SEQ + "dim dv = 4\ndim H = n / 4\nparam Wb : [H, n]\n"
+                                       "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                       "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                       r"one count grows with the width and the other does not",
+                                       (12, 16)),
+    "delta-b-of-the-key-heads": (SEQ + "dim dv = n / 4\ndim H = 2\nparam Wb : [H, n]\n"
+                                 "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                 "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                 r"delta's b must have one entry per value head \(4 heads\)",
+                                 (12, 16)),
+    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b), h)\n", S,
+                    r"delta takes 4 or 6 arguments, got 3", (13, 16)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,

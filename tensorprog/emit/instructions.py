@@ -24,6 +24,7 @@ from ..ir.functions import (
 )
 from ..ir.program import (
     RELATIVE_KINDS,
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -257,6 +258,10 @@ class Emitter:
         # the values' heads: of their own head dim (mix(p, v, dv)), else the queries'
         over = ins.head or split_heads_dim(self.program.value_dims[ins.weights])[1]
         return f"_mix({self.ref(ins.weights)}, {self.kv(ins.out, ins.values, over)})"
+
+    def Delta(self, ins: Delta) -> str:
+        self.helpers.add("_delta")
+        return f"_delta({', '.join(self.ref(a) for a in ins.operands)})"
 
     def Route(self, ins: Route) -> str:
         self.helpers.add("_route")

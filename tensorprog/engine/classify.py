@@ -15,6 +15,7 @@ from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
 from .report import depth_note, program_depth_json, table
+from .rules_delta import refuse_growing_head_dim
 from .ssd_init import ssd_vanishing
 from .standardised import effective
 from .terms import Term, role
@@ -145,6 +146,7 @@ def require_width(program: Program) -> None:
 def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
               depth_pass: bool = False) -> Classification:
     require_width(program)
+    refuse_growing_head_dim(program)  # the delta rule: rules_delta.py
     used = used_params(program)
     missing = [p for p in used if p not in abc]
     if missing:

@@ -30,6 +30,7 @@ from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt,
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT
+from .rules_delta import refuse_growing_head_dim
 from .standardised import equations as std_equations
 from .standardised import standardised
 from .terms import Term, fan_in_infinite
@@ -274,6 +275,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
         raise EngineError(f"unknown depth convention '{depth_convention}'",
                           help=f"choose one of {', '.join(DEPTH_CONVENTIONS)}")
     require_width(program)
+    refuse_growing_head_dim(program)  # the delta rule: rules_delta.py
     _refuse_shared_finite_heads(program)
     params = used_params(program)
     an = Analysis(program, optimizer)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
 from ..ir.program import (
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -45,6 +46,7 @@ from .rules_attention import (  # Dot and Mix: attention's logits and token mixi
     init_dot,
     init_mix,
 )
+from .rules_delta import change_delta, grad_delta, init_delta  # the gated delta rule
 from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
 from .rules_ssd import SSD_RULES  # ssd: Mamba-2's state-space mixing weights
 from .terms import (
@@ -601,3 +603,4 @@ GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: gr
 INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md
 INIT[RouteIn], CHANGE[RouteIn], GRAD[RouteIn] = init_route_in, change_route_in, grad_route_in
 INIT[Relayout], CHANGE[Relayout], GRAD[Relayout] = init_relayout, change_relayout, grad_relayout
+INIT[Delta], CHANGE[Delta], GRAD[Delta] = init_delta, change_delta, grad_delta

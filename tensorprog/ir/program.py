@@ -23,6 +23,8 @@ Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, d
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+Delta       ``delta(sq, sk, b, g)``  per head, the gated delta rule's token-mixing weights P
+                                  (linear attention, Gated DeltaNet): ``mix(P, v)`` is its output
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
 RouteIn     ``route_in(g, k, i, x)``  ``g_i x`` where g_i is among g's k largest, else 0:
@@ -57,6 +59,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
+from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
@@ -458,10 +461,10 @@ class Relayout:
         return (self.arg,)
 
 
-Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | RouteIn | Prepend
-               | Mean | Relayout)
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, RouteIn,
-                                  Prepend, Mean, Relayout)
+Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Delta | Stream | Route | RouteIn
+               | Prepend | Mean | Relayout)
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Delta, Stream, Route,
+                                  RouteIn, Prepend, Mean, Relayout)
 
 
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
@@ -535,6 +538,9 @@ class Program:
             if isinstance(ins, Nonlin) and ins.fn == SSD and dims.get(ins.out):  # ir/ssd.py
                 h = heads_dim(table, *split_heads_dim(dims[ins.out]))
                 table.update({h.name: h} if h is not None else {})
+            if isinstance(ins, Delta) and ins.head and {ins.dim, ins.head} <= table.keys():
+                h = heads_dim(table, ins.dim, ins.head)  # the values' heads
+                table.update({h.name: h} if h else {})
             if isinstance(ins, Mix) and ins.head:  # values' own heads, and their groups
                 for a, b in ((dims[ins.values], ins.head), (dims[ins.out], dims[ins.values])):
                     h = heads_dim(table, a, b) if {a, b} <= table.keys() else None
@@ -632,6 +638,9 @@ class Program:
                 grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = ins.dim or (query if grouped else values)
+            elif isinstance(ins, Delta):  # the scores' heads, or the values' (grouped)
+                dims[ins.out] = (heads_dim_name(ins.dim, ins.head) if ins.head is not None
+                                 else dims[ins.scores])
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, RouteIn):

@@ -24,7 +24,18 @@ from __future__ import annotations
 
 from ..errors import Collector
 from .functions import AT, CAT, PLACE, SHIFT
-from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
+from .program import (
+    RELATIVE_KINDS,
+    Delta,
+    Dot,
+    Mean,
+    Mix,
+    Nonlin,
+    Prepend,
+    Program,
+    Relayout,
+    Stream,
+)
 from .ssd import SSD, ssd_sequences
 
 Tag = tuple[str, ...]
@@ -78,6 +89,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                 tags[ins.out] = p[:1]
                 continue
             tags[ins.out] = p[:1]
+            continue
+        if isinstance(ins, Delta):
+            tags[ins.out] = _check_delta(ins, ops, problem)
             continue
         if isinstance(ins, Prepend):
             tags[ins.out] = (ins.seq,)
@@ -148,6 +162,25 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     ins, "return a value of the argument's sequence (a tail or a prepend "
                     "inside the block changes it), or apply the block once")
     return tags
+
+
+def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:
+    """The delta rule runs over the tokens of one sequence, in order (a recurrence: token t
+    reads the state after tokens 1..t): its dots pair that sequence's tokens with themselves
+    and b and g are vectors per token of it. Its tag: the dots' pairs."""
+    sq, sk, b, g = ops
+    seq = sq[:1]
+    if len(sq) != 2 or sq[0] != sq[1] or sk != sq:
+        problem("delta is a recurrence over the tokens of one sequence (each token reads the "
+                f"state its earlier tokens left), but its dots run over {_show(sq)} and "
+                f"{_show(sk)}", ins,
+                "take queries and keys from one sequence: sq = dot(q, k, dk) and sk = "
+                "dot(k, k, dk); a cross-sequence delta rule has no causal order")
+    elif b not in (seq, ()) or g not in (seq, ()):
+        problem(f"delta's b and g are one number per head, per token of {seq[0]} or for all "
+                f"of them, but they run over {_show(b)} and {_show(g)}", ins,
+                "compute them from the layer's input token by token, b = sigmoid(Wb @ h)")
+    return sq if len(sq) == 2 else ()
 
 
 def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:

@@ -24,6 +24,7 @@ from .functions import (
 from .program import (
     INPUT_KINDS,
     ONE_HOT_KINDS,
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -45,6 +46,7 @@ from .ranges import check_ranges
 from .sequences import check_sequences
 from .spread import part_count
 from .ssd import SSD, verify_ssd
+from .verify_delta import verify_delta
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -160,6 +162,8 @@ def verify(program: Program) -> Program:
                                  ins.span)
         elif isinstance(ins, Mix):
             out = _verify_mix(program, ins, ops, key, errors)
+        elif isinstance(ins, Delta):
+            out = verify_delta(program, ins, ops, key, errors)
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)
         elif isinstance(ins, RouteIn):

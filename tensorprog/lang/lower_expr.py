@@ -32,6 +32,7 @@ from .lower_arity import GROUP_NORMS, arity_fits, norm_group
 from .lower_at import at_operands, lower_at
 from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
+from .lower_delta import DELTA, delta_operands, lower_delta
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_mix import lower_mix, mix_operands
@@ -54,7 +55,8 @@ from .syntax import magnitude
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
              RMS: rms_operands, SSD: ssd_operands}
-FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
+FUNCTIONS = (NONLINEARITIES + ("dot", "mix", DELTA) + ROUTES
+             + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
              + (SHIFT, CAT, AT, PLACE, PICK, RMS, SSD) + RELAYOUTS)
 
 
@@ -553,6 +555,8 @@ class ExpressionLowering:
             return None, None
         if node.fn == "mix" and len(node.args) > 2:  # the values' own head dim: lower_mix.py
             return mix_operands(self, node)
+        if node.fn == DELTA and len(node.args) == 6:  # grouped value heads: lower_delta.py
+            return delta_operands(self, node)
         if node.fn == "dot" and len(node.args) == 3:
             over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
@@ -614,6 +618,8 @@ class ExpressionLowering:
             return self.vec(out, dim)
         if node.fn == "mix":  # attention's token mixing: lower_mix.py
             return lower_mix(self, node, args, over, Vec)
+        if node.fn == DELTA:  # the gated delta rule's weights: lower_delta.py
+            return lower_delta(self, node, args, over, Vec)
         if node.fn in SINKS and len(args) == 2:
             return lower_sink(self, node, args, Vec)
         if not self.in_domain(node.fn, args[0], node):
