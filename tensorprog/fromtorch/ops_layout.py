@@ -248,6 +248,9 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
+        if isinstance(v, Affine) and not v.dh and "F" in tags and _split_along(
+                node, tags.index("F")):  # LFM's in_proj(h).transpose(-1, -2) chunked into B,
+            return self._retag(v, tuple(tags))  # C, x along the channels: row blocks (_split)
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
 
     def op_t(self, node, v):

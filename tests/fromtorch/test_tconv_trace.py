@@ -1,0 +1,114 @@
+"""A depthwise conv1d over a channels-first sequence's tokens traces as the language's
+``tconv(D, h, p)``, D the Conv1d weight [c, 1, K] as it is: causal (padding K - 1, the first T
+tokens kept: LFM's short convolution, through nn.Conv1d or transformers' hub wrapper's
+``F.conv1d(x, weight.squeeze(1).unsqueeze(1), bias, padding=K - 1, groups=c)[:, :, :T]``) or
+same-padded (ConvBERT's padding K // 2). Oracles: the traced program computes the model, in
+float64; it derives what examples/short_conv.tp derives; apply leaves the model bit-identical at
+the base width. Any other stride, dilation, groups, padding or slice is refused at its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn, F = torch.nn, torch.nn.functional
+
+import tensorprog as tp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ShortConv(nn.Module):
+    """LFM's gated short convolution between an embedding and a readout: B, C, x = chunks of
+    in_proj(rmsnorm(e)) channels-first, y = out_proj(C * conv(B * x)), added to e."""
+
+    def __init__(self, n, k=3, bias=False, mode="causal", functional=False, conv=None, cut=None):
+        super().__init__()
+        self.emb, self.norm = nn.Embedding(13, n), nn.RMSNorm(n, eps=1e-6)
+        self.inp, self.out = nn.Linear(n, 3 * n, bias=False), nn.Linear(n, n, bias=False)
+        self.ro = nn.Linear(n, 13, bias=False)
+        pad = k - 1 if mode in ("causal", "bare") else "same" if mode == "same" else k // 2
+        self.conv = nn.Conv1d(n, n, k, **{"groups": n, "padding": pad, "bias": bias,
+                                          **(conv or {})})
+        self.mode, self.functional, self.cut = mode, functional, cut
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        b, c, x = self.inp(self.norm(e)).transpose(-1, -2).chunk(3, dim=-2)
+        u, t = b * x, ids.shape[-1]
+        if self.functional:  # transformers' causal_conv1d_forward and causal_conv1d_fn
+            w = self.conv.weight.squeeze(1)
+            y = F.conv1d(u, w.unsqueeze(1), self.conv.bias, padding=w.shape[-1] - 1,
+                         groups=u.shape[1])[:, :, :t]
+        elif self.mode == "bare":  # a conv of another length, for its refusal
+            return self.ro(self.conv(u).mean(-1))
+        else:
+            y = self.conv(u)
+            y = y[..., self.cut or slice(None, t)] if self.mode == "causal" else y
+        return self.ro(e + self.out((c * y).transpose(-1, -2)))
+
+
+def ids(model=None):
+    return (torch.randint(0, 13, (2, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+def trace(**kw):
+    return tp.from_torch(lambda n: ShortConv(n, **kw), (64, 128), ids)
+
+
+@pytest.fixture(scope="module")
+def causal():
+    return trace()
+
+
+def test_a_causal_short_conv_is_tconv_of_its_kernel(causal):
+    src = causal.source
+    assert "param conv_weight : [n, f1, f3]" in src
+    assert "tconv(conv_weight, mul, 2)" in src
+
+
+def test_the_traced_causal_conv_computes_the_model_and_applies(causal):
+    traced_computes_the_model(causal, ShortConv, ids)
+    mup = apply_is_bit_identical_at_base(causal, ShortConv, ids)
+    model = ShortConv(128)
+    mup.apply(model)
+    lr = mup.lr_multipliers(model)
+    assert lr["conv.weight"] == 1 and lr["out.weight"] == pytest.approx(0.5)  # Adam: a gain's
+
+
+def test_its_kernel_derives_as_the_examples_does(causal):
+    """The traced twin of examples/short_conv.tp: the kernel a gain (init and Adam LR Θ(1),
+    SGD LR ∝ n), the chunks of in_proj and out_proj hidden, as the example derives."""
+    for optimizer in ("adam", "sgd"):
+        abc = tp.derive(tp.parse_file(ROOT / "examples" / "short_conv.tp"), optimizer).abc
+        mine = abc_by_target(causal, optimizer)
+        for target, name in (("conv.weight", "D"), ("inp.weight", "Wb"), ("out.weight", "Wo"),
+                             ("emb.weight", "E"), ("norm.weight", "g"), ("ro.weight", "U")):
+            assert mine[target] == (abc[name].a, abc[name].b, abc[name].c), target
+    assert mine["conv.weight"][2] == -1  # SGD LR ∝ n, a gain's
+
+
+@pytest.mark.parametrize("kw", [
+    {"functional": True, "bias": True},  # the hub wrapper's squeeze, unsqueeze and slice
+    {"mode": "same", "k": 5, "bias": True},  # ConvBERT's padding K // 2
+    pytest.param({"mode": "same", "k": 4}, marks=pytest.mark.filterwarnings(
+        "ignore:Using padding='same' with even"), id="same-even"),  # one more zero after
+], ids=["hub", "same-odd", "same-even"])
+def test_the_other_forms_compute_the_model(kw):
+    traced_computes_the_model(trace(**kw), lambda n: ShortConv(n, **kw), ids)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"conv": {"stride": 2}, "mode": "bare"}, "stride 2"),
+    ({"conv": {"dilation": 2}, "mode": "bare"}, "dilation 2"),
+    ({"conv": {"groups": 2}}, "only a depthwise one"),
+    ({"conv": {"padding": 1}, "k": 4, "mode": "bare"}, "padding 1"),
+    ({"cut": slice(2, None)}, "a slice of its tokens 2:"),
+])
+def test_other_token_convolutions_are_refused_at_their_line(kw, match):
+    with pytest.raises(tp.TensorProgError, match=match) as err:
+        trace(**kw)
+    assert "test_tconv_trace.py" in str(err.value)
