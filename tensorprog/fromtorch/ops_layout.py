@@ -114,6 +114,15 @@ class LayoutOps:
             # [4, n/4] of the heads of its block, viewed [H, dh]): a view keeps the features'
             # order, so the vector is the same and only its heads are smaller
             return Vec(v.name, v.tags, v.dim, shape[-1])
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[0] == old[0] * old[1] \
+                and shape[1] * shape[2] == old[2]:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         "vector: every token as an example of its own, its features cut into "
+                         f"{shape[1]} blocks of {shape[2]}, as a block-diagonal layer through "
+                         "bmm reads them (RecurrentGemma's RG-LRU gates): the tracer reads "
+                         "a block-diagonal layer only as a grouped kernel-1 conv1d",
+                         help="write it as nn.Conv1d(c, c, 1, groups=blocks) of the "
+                         "channels-first value, or with one nn.Linear per block")
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _keeps_the_batch(self, node, old, shape) -> None:

@@ -112,3 +112,27 @@ def test_other_token_convolutions_are_refused_at_their_line(kw, match):
     with pytest.raises(tp.TensorProgError, match=match) as err:
         trace(**kw)
     assert "test_tconv_trace.py" in str(err.value)
+
+
+class BlockGate(ShortConv):
+    """RecurrentGemma's RG-LRU gate after its short convolution: each token's features cut into
+    4 blocks, each through its own matrix by baddbmm (a block-diagonal layer)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.gate = nn.Parameter(torch.randn(4, n // 4, n // 4) / (n // 4) ** 0.5)
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        b, t, n = e.shape
+        x = self.conv(e.transpose(1, 2))[..., :t].transpose(1, 2)
+        blocks = x.reshape(b * t, 4, n // 4).permute(1, 0, 2)
+        g = torch.sigmoid(torch.bmm(blocks, self.gate).transpose(0, 1).reshape(b, t, n))
+        return self.ro(e + x * g)
+
+
+def test_a_block_diagonal_layer_through_bmm_after_it_is_refused_at_its_view():
+    with pytest.raises(tp.TensorProgError, match=r"its features cut into 4 blocks of 16(.|\n)*"
+                       r"help: write it as nn.Conv1d\(c, c, 1, groups=blocks\)") as err:
+        tp.from_torch(BlockGate, (64, 128), ids)
+    assert "x.reshape(b * t, 4, n // 4)" in str(err.value)
