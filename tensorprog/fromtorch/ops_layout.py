@@ -123,6 +123,15 @@ class LayoutOps:
                          "a block-diagonal layer only as a grouped kernel-1 conv1d",
                          help="write it as nn.Conv1d(c, c, 1, groups=blocks) of the "
                          "channels-first value, or with one nn.Linear per block")
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[-1] == 1 and \
+                shape[0] * shape[1] == math.prod(old) and shape[0] % (old[0] * old[1]) == 0:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         f"vector: {shape[0] // (old[0] * old[1])} sets of {shape[1]} "
+                         "weights per token, as a kernel computed from each token reads them "
+                         "(ConvBERT's dynamic convolution, applied to the token's neighbours): "
+                         "the language convolves with trained kernels only (tconv, dwconv)",
+                         help="mix the tokens with a trained kernel (a depthwise nn.Conv1d) or "
+                         "attention, or write the model as a program")
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _keeps_the_batch(self, node, old, shape) -> None:

@@ -48,7 +48,8 @@ class ShortConv(nn.Module):
         else:
             y = self.conv(u)
             y = y[..., self.cut or slice(None, t)] if self.mode == "causal" else y
-        return self.ro(e + self.out((c * y).transpose(-1, -2)))
+        gated = torch.multiply(c, y) if self.functional else c * y  # (ConvBERT's multiply)
+        return self.ro(e + self.out(gated.transpose(-1, -2)))
 
 
 def ids(model=None):
@@ -136,3 +137,24 @@ def test_a_block_diagonal_layer_through_bmm_after_it_is_refused_at_its_view():
                        r"help: write it as nn.Conv1d\(c, c, 1, groups=blocks\)") as err:
         tp.from_torch(BlockGate, (64, 128), ids)
     assert "x.reshape(b * t, 4, n // 4)" in str(err.value)
+
+
+class DynamicKernel(ShortConv):
+    """ConvBERT's dynamic convolution's kernel: 9 weights per token and head from a linear
+    layer, viewed (batch·tokens·heads, 9, 1) for a softmax over the taps."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.kernel = nn.Linear(n, 2 * 9)
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        k = torch.softmax(torch.reshape(self.kernel(e), [-1, 9, 1]), dim=1)
+        return self.ro(e + k.sum() * e)
+
+
+def test_a_kernel_computed_per_token_is_refused_at_its_view():
+    with pytest.raises(tp.TensorProgError, match=r"2 sets of 9 weights per token(.|\n)*"
+                       r"convolves with trained kernels only") as err:
+        tp.from_torch(DynamicKernel, (64, 128), ids)
+    assert "torch.reshape(self.kernel(e), [-1, 9, 1])" in str(err.value)
