@@ -370,11 +370,16 @@ class LayoutOps:
             )
         if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
                 v.dh or self._tags(v, node)[dim % ndim] != "F"):
+            conv = self.token_conv_output(v)  # (ops_tconv.py)
             raise refuse(
                 node,
-                "a split of anything but a linear layer's output features",
+                "a split of anything but a linear layer's output features" + (
+                    f" (here of {conv}: its channels are independent, so it is the same "
+                    "convolution of each part of its input, which the tracer does not write)"
+                    if conv else ""),
                 help="split the fused layer's output right after the layer (before any "
-                "activation or view), or use separate layers",
+                "activation or view), or use separate layers" + (
+                    ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
         for s in sizes:

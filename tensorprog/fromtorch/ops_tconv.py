@@ -114,7 +114,16 @@ class TokenConvOps:
         bias = self.vector_param(b, node) if b is not None else None
         expr = f"tconv({kernel}, {x.name}, {p})" + (f" + {bias}" if bias else "")
         # linear in D and b together: a multiplier on it folds into them
-        return Vec(self.emit_vector(named, expr, (kernel, bias)), x.tags, c)
+        out = Vec(self.emit_vector(named, expr, (kernel, bias)), x.tags, c)
+        self._tconvs = {**getattr(self, "_tconvs", {}), out.name: layer}
+        return out
+
+    def token_conv_output(self, v) -> str:
+        """What ``v`` is, where it is a depthwise convolution over the tokens or a coordinatewise
+        function of one ("the conv1d conv's output"); "" for anything else."""
+        src = getattr(v, "src", v)
+        layer = getattr(self, "_tconvs", {}).get(getattr(src, "name", None))
+        return f"the conv1d {layer}'s output" if layer else ""
 
     def _causal_slice(self, node, what: str, t: int) -> str:
         """The name of the slice keeping the first ``t`` of the T + K - 1 tokens a padding by

@@ -158,3 +158,20 @@ def test_a_kernel_computed_per_token_is_refused_at_its_view():
                        r"convolves with trained kernels only") as err:
         tp.from_torch(DynamicKernel, (64, 128), ids)
     assert "torch.reshape(self.kernel(e), [-1, 9, 1])" in str(err.value)
+
+
+class SplitAfter(ShortConv):
+    """Mamba-2's and Qwen3.5's split of the short convolution's output (x, B, C; q, k, v)."""
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        y = F.silu(self.conv(self.inp(e)[..., :e.shape[-1]].transpose(1, 2))[..., :t])
+        a, b = y.transpose(1, 2).chunk(2, dim=-1)
+        return self.ro(e + torch.cat([b, a], -1))
+
+
+def test_a_split_of_its_output_is_refused_saying_what_it_splits():
+    with pytest.raises(tp.TensorProgError, match=r"a split of anything but a linear layer's "
+                       r"output features \(here of the conv1d conv's output(.|\n)*a depthwise "
+                       r"nn.Conv1d of its own"):
+        tp.from_torch(SplitAfter, (64, 128), ids)
