@@ -80,8 +80,8 @@ class TokenConvOps:
         module's docstring); refused otherwise."""
         layer = strip_prefix(w.target).removesuffix(".weight")
         c, k = w.shape[0], w.shape[2]
-        c_in = int(node.args[0].meta["val"].shape[1])
-        t = int(node.args[0].meta["val"].shape[2])
+        shape = tuple(node.args[0].meta["val"].shape)
+        c_in = int(shape[-2])  # (an unbatched [c, T] is refused below, by its layout)
         pads = _ints(padding)
         p = None
         if padding == "same":
@@ -109,7 +109,7 @@ class TokenConvOps:
                          "h.transpose(1, 2) of a [batch, tokens, channels] value")
         named = node.name
         if p == k - 1 and 2 * p != k - 1:
-            named = self._causal_slice(node, what, t)
+            named = self._causal_slice(node, what, int(shape[2]))
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
         expr = f"tconv({kernel}, {x.name}, {p})" + (f" + {bias}" if bias else "")
@@ -128,13 +128,14 @@ class TokenConvOps:
     def _causal_slice(self, node, what: str, t: int) -> str:
         """The name of the slice keeping the first ``t`` of the T + K - 1 tokens a padding by
         K - 1 gives, the only reader the convolution may have; refused otherwise."""
-        users = list(node.users)
+        users, size = list(node.users), int(node.meta["val"].shape[2])  # T + K - 1 tokens
         for u in users:
             args = list(u.args) + [None] * 5
             dim, start, end, step = (u.kwargs.get(n, a) for n, a in zip(
                 ("dim", "start", "end", "step"), args[1:5], strict=True))
+            lo, hi = ((e + size if isinstance(e, int) and e < 0 else e) for e in (start, end))
             if op_name(u) != "slice" or u.args[0] is not node or dim is None or dim % 3 != 2 \
-                    or start not in (None, 0) or end != t or step not in (None, 1):
+                    or lo not in (None, 0) or hi != t or step not in (None, 1):
                 reader = f"the op {op_name(u)}" if op_name(u) != "slice" else (
                     f"a slice of its tokens {start}:{end} (dim {dim})")
                 raise refuse(node, f"{what}, padded by K - 1 on both sides (T + K - 1 tokens), "

@@ -97,7 +97,8 @@ def test_its_kernel_derives_as_the_examples_does(causal):
     {"mode": "same", "k": 5, "bias": True},  # ConvBERT's padding K // 2
     pytest.param({"mode": "same", "k": 4}, marks=pytest.mark.filterwarnings(
         "ignore:Using padding='same' with even"), id="same-even"),  # one more zero after
-], ids=["hub", "same-odd", "same-even"])
+    {"cut": slice(None, -2), "bias": True},  # the first T of T + 2 tokens, counted from the end
+], ids=["hub", "same-odd", "same-even", "causal-from-the-end"])
 def test_the_other_forms_compute_the_model(kw):
     traced_computes_the_model(trace(**kw), lambda n: ShortConv(n, **kw), ids)
 
