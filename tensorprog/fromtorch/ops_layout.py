@@ -24,7 +24,7 @@ from .values import (
     Trig,
     Vec,
 )
-from .where import op_name, refuse
+from .where import CHECK_OPS, op_name, refuse
 
 _PROBS_HELP = ("keep the attention weights' last two axes (queries, keys) as they are and "
                "matmul them with the values (or use F.scaled_dot_product_attention)")
@@ -266,9 +266,11 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
-        if isinstance(v, Affine) and not v.dh and "F" in tags and _split_along(
-                node, tags.index("F")):  # LFM's in_proj(h).transpose(-1, -2) chunked into B,
-            return self._retag(v, tuple(tags))  # C, x along the channels: row blocks (_split)
+        if isinstance(v, Affine) and not v.dh and "F" in tags and (_split_along(
+                node, tags.index("F")) or _read_by_conv1d(node)):
+            # LFM's in_proj(h).transpose(-1, -2) chunked into B, C, x along the channels: row
+            # blocks (_split); Qwen3.5's fed to a short convolution split after (ops_tconv.py)
+            return self._retag(v, tuple(tags))
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
 
     def op_t(self, node, v):
@@ -374,8 +376,9 @@ class LayoutOps:
             raise refuse(
                 node,
                 "a split of anything but a linear layer's output features" + (
-                    f" (here of {conv}: its channels are independent, so it is the same "
-                    "convolution of each part of its input, which the tracer does not write)"
+                    f" (here of {conv}, which is split only where it convolves a linear "
+                    "layer's output, each part the convolution of the layer's rows of it, with "
+                    "nothing between but transposes, casts and coordinatewise functions)"
                     if conv else ""),
                 help="split the fused layer's output right after the layer (before any "
                 "activation or view), or use separate layers" + (
@@ -501,6 +504,20 @@ def _per_head_gate(node, dim) -> bool:
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+
+
+def _read_by_conv1d(node) -> bool:
+    """Whether every reader of ``node`` (through copies and casts) is a conv1d of it."""
+    users = [(node, u) for u in node.users]
+    while users:
+        src, u = users.pop()
+        if op_name(u) in _CARRIERS:
+            users += [(u, r) for r in u.users]
+        elif op_name(u) in CHECK_OPS:  # export's check of the value's metadata
+            continue
+        elif op_name(u) != "conv1d" or not u.args or u.args[0] is not src:
+            return False
+    return bool(node.users)
 
 
 def _split_along(node, axis: int) -> bool:

@@ -20,10 +20,11 @@ user's line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .values import OneToken, PRef, TokensFrom, Vec
-from .where import op_name, refuse, strip_prefix
+from .values import Affine, Joined, OneToken, Parts, Pointwise, PRef, TokensFrom, Vec
+from .where import CHECK_OPS, op_name, refuse, strip_prefix
 
 _CHANNELS_FIRST = ("tok", "F", "tok")
 _HELP = ("write the short convolution as nn.Conv1d(c, c, K, groups=c, padding=K - 1) of a "
@@ -37,6 +38,57 @@ class Taps:
     ``causal_conv1d_forward``): read only as ``taps.unsqueeze(1)``, the weight again."""
 
     ref: PRef
+
+
+@dataclass
+class SplitConv:
+    """A depthwise token convolution written part by part (``_split_conv``), held through the
+    ops before the split of its channels; nothing else reads it."""
+
+    parts: list
+    ops: list
+
+
+_SPLITS = ("split", "split_with_sizes", "chunk")
+# between the convolution and the split: the same values, or a coordinatewise function of one
+_CARRY = ("contiguous", "clone", "alias", "to", "_to_copy", "type_as")
+_ACTS = ("silu", "gelu", "relu", "sigmoid", "tanh")
+
+
+def _channel_split(node, causal: bool):
+    """(the ops, the split node, its sizes) where the convolution ``node``'s value reaches one
+    split of its channels through single readers that each keep its values or apply a
+    coordinatewise function (its first T tokens first, where ``causal``); None otherwise."""
+    cur, axis, chain = node, 1, []
+    while len(readers := [u for u in cur.users if op_name(u) not in CHECK_OPS]) == 1:
+        u = readers[0]
+        op = op_name(u)
+        if not u.args or u.args[0] is not cur:
+            return None
+        if op == "slice" and cur is node and causal or op in _CARRY:
+            chain.append((u, "keep"))
+        elif op == "transpose":
+            d0, d1 = (int(a) % 3 for a in u.args[1:3])
+            axis = d1 if axis == d0 else d0 if axis == d1 else axis
+            chain.append((u, "transpose"))
+        elif op in _ACTS and len(u.args) == 1:
+            chain.append((u, "act"))
+        elif op in _SPLITS and len(u.args) > 2 and int(u.args[2]) % 3 == axis \
+                and (not causal or chain):
+            return chain, u, [int(t.shape[axis]) for t in u.meta["val"]]
+        else:
+            return None
+        cur = u
+    return None
+
+
+def _composed(fns: list) -> Callable:
+    """The coordinatewise function the ``fns`` nodes apply, in order, to a tensor."""
+    def f(t):
+        for u in fns:
+            t = u.target(t, **u.kwargs)
+        return t
+    return f
 
 
 def _ints(a) -> list:
@@ -101,15 +153,21 @@ class TokenConvOps:
                          "stride 1, dilation 1 and the padding that keeps the sequence's "
                          "length: K - 1 then its first T tokens (causal) or K // 2 for K odd "
                          "(same-padded)", help=_HELP)
+        causal = p == k - 1 and 2 * p != k - 1
+        if causal:
+            self._causal_slice(node, what, int(shape[2]))
+        split = _channel_split(node, causal)
+        if split is not None and isinstance(x, Affine) and tuple(x.tags) == _CHANNELS_FIRST \
+                and not x.dh and x.w.period is None and x.w.expert is None \
+                and not isinstance(x.x, Joined) and sum(split[2]) == c:
+            return self._split_conv(node, x, w, b, p, split)
         x = self.vec(x, node)
         if tuple(x.tags) != _CHANNELS_FIRST or x.dim != c:
             raise refuse(node, f"{what} of a value laid out otherwise than [batch, {c} "
                          f"channels, tokens] (its tags {list(x.tags)})",
                          help="give it the per-token vectors transposed channels-first, "
                          "h.transpose(1, 2) of a [batch, tokens, channels] value")
-        named = node.name
-        if p == k - 1 and 2 * p != k - 1:
-            named = self._causal_slice(node, what, int(shape[2]))
+        named = next(iter(node.users)).name if causal else node.name
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
         expr = f"tconv({kernel}, {x.name}, {p})" + (f" + {bias}" if bias else "")
@@ -124,6 +182,55 @@ class TokenConvOps:
         src = getattr(v, "src", v)
         layer = getattr(self, "_tconvs", {}).get(getattr(src, "name", None))
         return f"the conv1d {layer}'s output" if layer else ""
+
+    def _split_conv(self, node, x: Affine, w: PRef, b, p: int, split) -> SplitConv:
+        """The convolution of a linear layer's output whose channels are split after it (with
+        only transposes, casts and coordinatewise functions between: Qwen3.5's q, k, v; Mamba-2's
+        x, B, C): its channels are independent, so part j is the convolution of the layer's rows
+        of part j by the kernel's (and bias's) rows of part j, ``tconv(D_j, W_j @ h + b_j, p) +
+        c_j``, each a param of its own (row blocks, as a fused layer's split). The ops between
+        are walked by :meth:`call` on the parts; the split gives them (getitem names each)."""
+        chain, at, sizes = split
+        parts, lo = [], 0
+        for j, size in enumerate(sizes):
+            rows = (lo, lo + size)
+            xj = self.emit_affine(self.row_block(x, *rows, x.node, part=j), x.node)
+            self.out.vectors.pop(xj.name, None)  # no value of the model's holds one part alone
+            kernel, _ = self.param(PRef(w.target, w.shape, rows=rows, part=j), node)
+            bias = self.vector_param(PRef(b.target, b.shape, rows=rows, part=j), node) \
+                if b is not None else None
+            name = self.fresh(f"{node.name}_part{j}")
+            self.out.stmts.append(f"{name} = tconv({kernel}, {xj.name}, {p})"
+                                  + (f" + {bias}" if bias else ""))
+            self.out.producers[name] = (kernel, bias)
+            self._tconvs = {**getattr(self, "_tconvs", {}),
+                            name: strip_prefix(w.target).removesuffix(".weight")}
+            parts.append(Vec(name, x.tags, size))
+            lo += size
+        held = SplitConv(parts, [])
+        self._split_chain = {**getattr(self, "_split_chain", {}),
+                             **{u.name: held for u, _ in chain}, at.name: held}
+        held.ops = chain
+        return held
+
+    def call(self, node):
+        held = getattr(self, "_split_chain", {}).get(node.name)
+        if held is None:
+            return super().call(node)
+        if op_name(node) not in _SPLITS:
+            return held  # a slice, cast, transpose or function: applied to the parts at the split
+        tags, fns = list(_CHANNELS_FIRST), []
+        for u, op in held.ops:
+            if op == "transpose":
+                d0, d1 = (int(a) % 3 for a in u.args[1:3])
+                tags[d0], tags[d1] = tags[d1], tags[d0]
+            elif op == "act":
+                fns.append(u)
+        items = []
+        for part in held.parts:
+            v = Vec(part.name, tuple(tags), part.dim)
+            items.append(Pointwise(v, _composed(fns), node.name) if fns else v)
+        return Parts(items)
 
     def _causal_slice(self, node, what: str, t: int) -> str:
         """The name of the slice keeping the first ``t`` of the T + K - 1 tokens a padding by

@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
+from conftest import (
+    abc_by_target,
+    apply_is_bit_identical_at_base,
+    the_check_reads_the_program,
+    traced_computes_the_model,
+)
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -73,6 +78,7 @@ def test_a_causal_short_conv_is_tconv_of_its_kernel(causal):
 
 def test_the_traced_causal_conv_computes_the_model_and_applies(causal):
     traced_computes_the_model(causal, ShortConv, ids)
+    assert "slice_1" in the_check_reads_the_program(causal, ShortConv, ids)  # conv(u)[..., :T]
     mup = apply_is_bit_identical_at_base(causal, ShortConv, ids)
     model = ShortConv(128)
     mup.apply(model)
@@ -162,11 +168,12 @@ def test_a_kernel_computed_per_token_is_refused_at_its_view():
 
 
 class SplitAfter(ShortConv):
-    """Mamba-2's and Qwen3.5's split of the short convolution's output (x, B, C; q, k, v)."""
+    """A split of the short convolution's output (as Mamba-2's x, B, C) of a value that is no
+    linear layer's output (a norm's), whose parts are no row blocks of a layer."""
 
     def forward(self, ids):
         e, t = self.emb(ids), ids.shape[-1]
-        y = F.silu(self.conv(self.inp(e)[..., :e.shape[-1]].transpose(1, 2))[..., :t])
+        y = F.silu(self.conv(self.norm(e).transpose(1, 2))[..., :t])
         a, b = y.transpose(1, 2).chunk(2, dim=-1)
         return self.ro(e + torch.cat([b, a], -1))
 
@@ -176,3 +183,37 @@ def test_a_split_of_its_output_is_refused_saying_what_it_splits():
                        r"output features \(here of the conv1d conv's output(.|\n)*a depthwise "
                        r"nn.Conv1d of its own"):
         tp.from_torch(SplitAfter, (64, 128), ids)
+
+
+class QKV(ShortConv):
+    """Qwen3.5's linear attention's input: in_proj to q, k, v (of unequal sizes) transposed
+    channels-first, one causal short convolution with silu (transformers' hub wrapper), then
+    split back into q, k, v; ``mamba``: x, B, C split off a wider projection first (Mamba-2's)."""
+
+    def __init__(self, n, mamba=False):
+        super().__init__(n, bias=True)
+        self.inp = nn.Linear(n, 3 * n // 2 + (n if mamba else 0), bias=False)
+        self.conv = nn.Conv1d(3 * n // 2, 3 * n // 2, 4, groups=3 * n // 2, padding=3)
+        self.mamba, self.n = mamba, n
+
+    def forward(self, ids):
+        e, t, n = self.emb(ids), ids.shape[-1], self.n
+        qkv = self.inp(self.norm(e))
+        if self.mamba:
+            z, qkv = qkv.split([n, 3 * n // 2], dim=-1)
+        w = self.conv.weight.squeeze(1)
+        y = F.conv1d(qkv.transpose(1, 2).to(w.dtype), w.unsqueeze(1), self.conv.bias,
+                     padding=3, groups=3 * n // 2)[:, :, :t]
+        q, k, v = torch.split(F.silu(y).transpose(1, 2), [n // 2, n // 2, n // 2], dim=-1)
+        o = q * k + v if not self.mamba else (q * k + v) * torch.sigmoid(z[..., : n // 2])
+        return self.ro(e + self.out(torch.cat([o, o], -1)))
+
+
+@pytest.mark.parametrize("mamba", [False, True], ids=["qkv", "mamba"])
+def test_a_split_of_a_layers_short_conv_is_the_conv_of_each_part(mamba):
+    build = lambda n: QKV(n, mamba)  # noqa: E731
+    traced = tp.from_torch(build, (64, 128), ids)
+    assert "tconv(conv_weight_part0, " in traced.source
+    traced_computes_the_model(traced, build, ids)
+    the_check_reads_the_program(traced, build, ids)  # each part's silu at its getitem
+    apply_is_bit_identical_at_base(traced, build, ids)
