@@ -114,6 +114,21 @@ class TokenConvOps:
             self.vec(v, node)
         raise refuse(node, "the op squeeze")
 
+    def op_tensor_split(self, node, v, indices, dim=0):
+        """Refused: of a sequence's tokens, saying what splits them so (a recurrence's chunked
+        and token-by-token steps, the next op after a short convolution in Mamba-2 and Gated
+        DeltaNet layers); of anything else, as the walk refuses an op it lacks."""
+        tags = tuple(self._tags(v, node) or ()) if isinstance(v, (Vec, Affine, Pointwise)) \
+            else ()
+        if tags and 0 < dim % len(tags) and tags[dim % len(tags)] == "tok":
+            raise refuse(node, "a split of a sequence's tokens into pieces (tensor_split along "
+                         "the tokens), as a recurrence over the tokens computed piece by piece "
+                         "reads them (an SSM's selective scan, a gated delta rule: their chunked "
+                         "and token-by-token steps): the tracer reads no recurrence; the "
+                         "language mixes a sequence's tokens by attention, shift and tconv",
+                         help="write the model as a program, or mix its tokens with attention")
+        raise refuse(node, "the op tensor_split")
+
     def op_unsqueeze(self, node, v, dim):
         if isinstance(v, Taps):
             if _ints(dim) in ([1], [-2]):

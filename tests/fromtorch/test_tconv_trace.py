@@ -217,3 +217,21 @@ def test_a_split_of_a_layers_short_conv_is_the_conv_of_each_part(mamba):
     traced_computes_the_model(traced, build, ids)
     the_check_reads_the_program(traced, build, ids)  # each part's silu at its getitem
     apply_is_bit_identical_at_base(traced, build, ids)
+
+
+class Chunked(ShortConv):
+    """A recurrence's input cut into its chunked and token-by-token steps after the short
+    convolution (transformers' Mamba-2 and Gated DeltaNet torch paths)."""
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        y = self.conv(self.inp(e)[..., :e.shape[-1]].transpose(1, 2))[..., :t].transpose(1, 2)
+        first, rest = torch.tensor_split(y, [t - 2], dim=1)
+        return self.ro(torch.cat([first.cumsum(1), rest], 1))
+
+
+def test_a_split_of_the_tokens_after_it_is_refused_as_a_recurrence():
+    with pytest.raises(tp.TensorProgError, match=r"a split of a sequence's tokens into pieces"
+                       r"(.|\n)*the tracer reads no recurrence") as err:
+        tp.from_torch(Chunked, (64, 128), ids)
+    assert "torch.tensor_split(y, [t - 2], dim=1)" in str(err.value)
