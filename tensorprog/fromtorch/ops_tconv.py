@@ -172,9 +172,11 @@ class TokenConvOps:
         if causal:
             self._causal_slice(node, what, int(shape[2]))
         split = _channel_split(node, causal)
-        if split is not None and isinstance(x, Affine) and tuple(x.tags) == _CHANNELS_FIRST \
-                and not x.dh and x.w.period is None and x.w.expert is None \
-                and not isinstance(x.x, Joined) and sum(split[2]) == c:
+        if split is not None and sum(split[2]) == c and (
+                isinstance(x, Affine) and tuple(x.tags) == _CHANNELS_FIRST and not x.dh
+                and x.w.period is None and x.w.expert is None and not isinstance(x.x, Joined)
+                or isinstance(x, Vec) and tuple(x.tags) == _CHANNELS_FIRST
+                and [q.dim for q in self.cat_parts.get(x.name, ())] == split[2]):
             return self._split_conv(node, x, w, b, p, split)
         x = self.vec(x, node)
         if tuple(x.tags) != _CHANNELS_FIRST or x.dim != c:
@@ -203,14 +205,21 @@ class TokenConvOps:
         only transposes, casts and coordinatewise functions between: Qwen3.5's q, k, v; Mamba-2's
         x, B, C): its channels are independent, so part j is the convolution of the layer's rows
         of part j by the kernel's (and bias's) rows of part j, ``tconv(D_j, W_j @ h + b_j, p) +
-        c_j``, each a param of its own (row blocks, as a fused layer's split). The ops between
-        are walked by :meth:`call` on the parts; the split gives them (getitem names each)."""
+        c_j``, each a param of its own (row blocks, as a fused layer's split); of a
+        concatenation split at its parts' bounds (OLMo-hybrid's and Kimi's cat of q, k and v
+        layers), of each part. The ops between are walked by :meth:`call` on the parts; the
+        split gives them (getitem names each)."""
         chain, at, sizes = split
+        if isinstance(x, Vec):
+            self._drop_cat(x.name)
         parts, lo = [], 0
         for j, size in enumerate(sizes):
             rows = (lo, lo + size)
-            xj = self.emit_affine(self.row_block(x, *rows, x.node, part=j), x.node)
-            self.out.vectors.pop(xj.name, None)  # no value of the model's holds one part alone
+            if isinstance(x, Vec):  # cat(q, k, v) of the separate layers (OLMo-hybrid's)
+                xj = self.cat_parts[x.name][j]
+            else:
+                xj = self.emit_affine(self.row_block(x, *rows, x.node, part=j), x.node)
+                self.out.vectors.pop(xj.name, None)  # no value of the model's holds it alone
             kernel, _ = self.param(PRef(w.target, w.shape, rows=rows, part=j), node)
             bias = self.vector_param(PRef(b.target, b.shape, rows=rows, part=j), node) \
                 if b is not None else None
@@ -227,6 +236,16 @@ class TokenConvOps:
                              **{u.name: held for u, _ in chain}, at.name: held}
         held.ops = chain
         return held
+
+    def _drop_cat(self, name: str) -> None:
+        """Leave out the statement ``name = cat(...)`` where the convolution read part by part
+        is its only reader (its parts are read instead)."""
+        cat = self.by_name.get(self.out.cats.get(name, (None, ""))[1])
+        if cat is None or len([u for u in cat.users if op_name(u) not in CHECK_OPS]) != 1:
+            return
+        self.out.stmts = [s for s in self.out.stmts if not s.startswith(f"{name} = cat(")]
+        self.out.vectors.pop(name, None)
+        self.out.cats.pop(name, None)
 
     def call(self, node):
         held = getattr(self, "_split_chain", {}).get(node.name)

@@ -235,3 +235,29 @@ def test_a_split_of_the_tokens_after_it_is_refused_as_a_recurrence():
                        r"(.|\n)*the tracer reads no recurrence") as err:
         tp.from_torch(Chunked, (64, 128), ids)
     assert "torch.tensor_split(y, [t - 2], dim=1)" in str(err.value)
+
+
+class CatQKV(QKV):
+    """OLMo-hybrid's and Kimi-linear's q, k, v layers concatenated before the short
+    convolution, split back at their bounds after it."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.q, self.k, self.v = (nn.Linear(n, n // 2, bias=False) for _ in range(3))
+
+    def forward(self, ids):
+        e, t, n = self.emb(ids), ids.shape[-1], self.n
+        h = self.norm(e)
+        qkv = torch.cat([self.q(h), self.k(h), self.v(h)], dim=-1).transpose(1, 2)
+        w = self.conv.weight.squeeze(1)
+        y = F.conv1d(qkv, w.unsqueeze(1), self.conv.bias, padding=3, groups=3 * n // 2)
+        q, k, v = torch.split(F.silu(y[:, :, :t]).transpose(1, 2), [n // 2] * 3, dim=-1)
+        return self.ro(e + self.out(torch.cat([q * k + v, v], -1)))
+
+
+def test_a_split_of_a_concatenations_short_conv_is_the_conv_of_each_part():
+    traced = tp.from_torch(CatQKV, (64, 128), ids)
+    assert "tconv(conv_weight_part2, " in traced.source
+    traced_computes_the_model(traced, CatQKV, ids)
+    the_check_reads_the_program(traced, CatQKV, ids)
+    apply_is_bit_identical_at_base(traced, CatQKV, ids)
