@@ -101,9 +101,11 @@ def test_its_kernel_derives_as_the_examples_does(causal):
 @pytest.mark.parametrize("kw", [
     {"functional": True, "bias": True},  # the hub wrapper's squeeze, unsqueeze and slice
     {"mode": "same", "k": 5, "bias": True},  # ConvBERT's padding K // 2
-    pytest.param({"mode": "same", "k": 4}, marks=pytest.mark.filterwarnings(
-        "ignore:Using padding='same' with even"), id="same-even"),  # one more zero after
-    {"cut": slice(None, -2), "bias": True},  # the first T of T + 2 tokens, counted from the end
+    pytest.param({"mode": "same", "k": 4}, marks=[pytest.mark.slow, pytest.mark.filterwarnings(
+        "ignore:Using padding='same' with even")], id="same-even"),  # one more zero after
+    # the first T of T + 2 tokens, counted from the end
+    pytest.param({"cut": slice(None, -2), "bias": True}, marks=pytest.mark.slow,
+                 id="causal-from-the-end"),
 ], ids=["hub", "same-odd", "same-even", "causal-from-the-end"])
 def test_the_other_forms_compute_the_model(kw):
     traced_computes_the_model(trace(**kw), lambda n: ShortConv(n, **kw), ids)
@@ -209,7 +211,8 @@ class QKV(ShortConv):
         return self.ro(e + self.out(torch.cat([o, o], -1)))
 
 
-@pytest.mark.parametrize("mamba", [False, True], ids=["qkv", "mamba"])
+@pytest.mark.parametrize("mamba", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["qkv", "mamba"])  # (the default one splits a split's rows)
 def test_a_split_of_a_layers_short_conv_is_the_conv_of_each_part(mamba):
     build = lambda n: QKV(n, mamba)  # noqa: E731
     traced = tp.from_torch(build, (64, 128), ids)
@@ -255,6 +258,7 @@ class CatQKV(QKV):
         return self.ro(e + self.out(torch.cat([q * k + v, v], -1)))
 
 
+@pytest.mark.slow  # a trace of its own
 def test_a_split_of_a_concatenations_short_conv_is_the_conv_of_each_part():
     traced = tp.from_torch(CatQKV, (64, 128), ids)
     assert "tconv(conv_weight_part2, " in traced.source
