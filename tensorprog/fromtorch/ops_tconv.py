@@ -60,7 +60,7 @@ def _channel_split(node, causal: bool):
     split of its channels through single readers that each keep its values or apply a
     coordinatewise function (its first T tokens first, where ``causal``); None otherwise."""
     cur, axis, chain = node, 1, []
-    while len(readers := [u for u in cur.users if op_name(u) not in CHECK_OPS]) == 1:
+    while len(readers := _readers(cur)) == 1:
         u = readers[0]
         op = op_name(u)
         if not u.args or u.args[0] is not cur:
@@ -80,6 +80,11 @@ def _channel_split(node, causal: bool):
             return None
         cur = u
     return None
+
+
+def _readers(node) -> list:
+    """The nodes that read ``node``'s value (export's checks of its metadata read none)."""
+    return [u for u in node.users if op_name(u) not in CHECK_OPS]
 
 
 def _composed(fns: list) -> Callable:
@@ -168,6 +173,9 @@ class TokenConvOps:
                          "stride 1, dilation 1 and the padding that keeps the sequence's "
                          "length: K - 1 then its first T tokens (causal) or K // 2 for K odd "
                          "(same-padded)", help=_HELP)
+        if len(shape) != 3:
+            raise refuse(node, f"{what} of an unbatched value [{c} channels, tokens]",
+                         help="give it a batch axis first, [batch, channels, tokens]")
         causal = p == k - 1 and 2 * p != k - 1
         if causal:
             self._causal_slice(node, what, int(shape[2]))
@@ -184,7 +192,7 @@ class TokenConvOps:
                          f"channels, tokens] (its tags {list(x.tags)})",
                          help="give it the per-token vectors transposed channels-first, "
                          "h.transpose(1, 2) of a [batch, tokens, channels] value")
-        named = next(iter(node.users)).name if causal else node.name
+        named = _readers(node)[0].name if causal else node.name
         kernel, _ = self.param(w, node)
         bias = self.vector_param(b, node) if b is not None else None
         expr = f"tconv({kernel}, {x.name}, {p})" + (f" + {bias}" if bias else "")
@@ -241,7 +249,7 @@ class TokenConvOps:
         """Leave out the statement ``name = cat(...)`` where the convolution read part by part
         is its only reader (its parts are read instead)."""
         cat = self.by_name.get(self.out.cats.get(name, (None, ""))[1])
-        if cat is None or len([u for u in cat.users if op_name(u) not in CHECK_OPS]) != 1:
+        if cat is None or len(_readers(cat)) != 1:
             return
         self.out.stmts = [s for s in self.out.stmts if not s.startswith(f"{name} = cat(")]
         self.out.vectors.pop(name, None)
@@ -269,7 +277,7 @@ class TokenConvOps:
     def _causal_slice(self, node, what: str, t: int) -> str:
         """The name of the slice keeping the first ``t`` of the T + K - 1 tokens a padding by
         K - 1 gives, the only reader the convolution may have; refused otherwise."""
-        users, size = list(node.users), int(node.meta["val"].shape[2])  # T + K - 1 tokens
+        users, size = _readers(node), int(node.meta["val"].shape[2])  # T + K - 1 tokens
         for u in users:
             args = list(u.args) + [None] * 5
             dim, start, end, step = (u.kwargs.get(n, a) for n, a in zip(
