@@ -54,6 +54,7 @@ SSM = (SEQ + "dim N = 2\ndim P = 2\ndim H = n / 2\nparam WC : [N, n]\nparam WB :
        "param Wd : [H, n]\nparam A : [H]\ncb = dot(WC @ h, WB @ h, N)\ndt = softplus(Wd @ h)\n")
 DELTA = SEQ + ("dim H = 2\nparam Wq : [n, n]\nparam Wb : [H, n]\nq = Wq @ h\n"
                "b = sigmoid(Wb @ h)\n")  # 12 lines: queries q, keys h, b per head
+TC = SEQ + "dim one = 1\ndim K = 3\nparam D : [n, one, K]\n"  # 10 lines: a kernel over t
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
@@ -227,11 +228,12 @@ CATALOGUE = {
     "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
                                    "output y = R @ global_pool(D @ h)\n", S,
                                    r"D is a depthwise kernel \[n, k, k\]: it is applied by "
-                                   r"dwconv, not @(.|\n)*help: write dwconv\(K, h\)", (10, 28)),
+                                   r"dwconv or tconv, not @(.|\n)*help: write dwconv\(K, h\)",
+                                   (10, 28)),
     "depthwise-kernel-transposed": (IMG + "param D : [n, k, k]\nh = K @ img\n"
                                     "output y = R @ global_pool(D.T @ h)\n", S,
                                     r"D is a depthwise kernel \[n, k, k\]: it is applied "
-                                    r"by dwconv, not @", (10, 28)),
+                                    r"by dwconv or tconv, not @", (10, 28)),
     "depthwise-of-a-vector": (HEAD + "param D : [n, k, k]\noutput y = V @ dwconv(D, W @ x)\n",
                               S, r"D is a convolution kernel, but y_1 is not an image", (9, 16)),
     "depthwise-channels": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
@@ -593,6 +595,26 @@ POSITIONED = {
     "ssd-steps-without-tokens": (SSM + "p = ssd(cb, A, A, P)\noutput y = E.T @ mix(p, h, P)\n",
                                  S, r"ssd's steps A must be one vector per token of t, but run "
                                  r"over no sequence", (17, 1)),
+    # tconv(D, h, p): a depthwise convolution over a sequence's tokens by D [c, one, K]
+    "tconv-past-the-kernel": (TC + "output y = E.T @ tconv(D, h, 3)\n", S,
+                              r"tconv reads the 3 tokens from p before on, but p = 3: it must be "
+                              r"between 0 and 2(.|\n)*help: write tconv\(D, h\)", (11, 30)),
+    "tconv-by-a-fraction": (TC + "output y = E.T @ tconv(D, h, 0.5)\n", S,
+                            r"the third argument of tconv must be a whole number", (11, 30)),
+    "tconv-by-a-matrix": (TC + "output y = E.T @ tconv(E, h)\n", S,
+                          r"the first argument of tconv must be a kernel param \[c, one, K\]",
+                          (11, 24)),
+    "tconv-without-tokens": (TC + "output y = E.T @ tconv(D, first(h))\n", S,
+                             r"tconv convolves a sequence's tokens, but y_1 has no tokens",
+                             (11, 27)),
+    "tconv-of-an-image": (IMG + "dim one = 1\nparam D : [n, one, k]\n"
+                          "output y = R @ global_pool(tconv(D, K @ img))\n", S,
+                          r"but y_1 is an image(.|\n)*help: convolve an image with dwconv",
+                          (10, 28)),
+    "tconv-kernel-as-a-matrix": (TC + "output y = E.T @ (D @ h)\n", S,
+                                 r"D is a depthwise kernel \[n, one, K\]: it is applied by "
+                                 r"dwconv or tconv, not @(.|\n)*applied by tconv\(D, h\)",
+                                 (11, 19)),
     # at(g, win): a value over the windows' offsets (from `offsets[B, E]`) read at each pair's
     "at-not-windows": (CPB + "output y = at(U @ c, c)\n", S, r"the second argument of at must "
                        r"be a windows input(.|\n)*help: write at\(g, win\)", (10, 22)),

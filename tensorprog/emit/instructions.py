@@ -20,6 +20,7 @@ from ..ir.functions import (
     RMS,
     SHIFT,
     SPREAD,
+    TCONV,
     torch_call,
 )
 from ..ir.program import (
@@ -182,6 +183,10 @@ class Emitter:
                 return (f"_dwconv_geometry({self.ref(x)}, {self.ref(kernel)}, {g.stride}, "
                         f"{g.pads}, {g.dilation})")
             return f"_dwconv({self.ref(x)}, {self.ref(kernel)})"
+        if ins.fn == TCONV:  # the kernel [c, 1, K] (times its multiplier) over the tokens
+            self.helpers.add("_tconv")
+            kernel, x = ins.args
+            return f"_tconv({self.ref(x)}, {self.ref(kernel)}, {ins.index})"
         if ins.fn == MUL:
             # a scalar (a whole-dim dot: one value per example) scales every coordinate of a
             # vector, so it needs a trailing axis; a scale is a plain float and needs none

@@ -103,6 +103,16 @@ HELPERS = {
         "    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel.unsqueeze(1),",
         '                                   padding="same", groups=kernel.shape[0])',
         "    return y.movedim(-3, -1)"],
+    "_tconv": [
+        "def _tconv(x, kernel, p):",
+        '    """A depthwise convolution over the tokens of x, (..., tokens, c), by a kernel (c, 1,',
+        '    k): token t of each channel reads the k tokens from t - p on, zeros where none',
+        '    comes (p = k - 1: causal)."""',
+        "    k = kernel.shape[-1]",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -2), (p, k - 1 - p))",
+        "    y = torch.nn.functional.conv1d(y.reshape(-1, *y.shape[-2:]), kernel,",
+        "                                   groups=kernel.shape[0])",
+        "    return y.reshape(*x.shape[:-2], *y.shape[-2:]).movedim(-2, -1)"],
     "_dwconv_geometry": [
         "def _dwconv_geometry(x, kernel, stride, pads, dilation):",
         '    """A depthwise convolution of a channels-last image (..., h, w, c) by a kernel',

@@ -20,7 +20,7 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
+from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS, TCONV
 from ..ir.program import (
     Delta,
     Dot,
@@ -218,7 +218,7 @@ def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
 def _product(ins: Nonlin) -> str:
     """Why a product's sizes add: a depthwise convolution is, channel by channel, its kernel's
     entries times shifted copies of the same channel, summed over finitely many taps (+0)."""
-    if ins.fn == DWCONV:
+    if ins.fn in (DWCONV, TCONV):
         return ("a depthwise convolution multiplies each channel by its own kernel entries and "
                 "sums finitely many taps (+0): exponents add")
     return "a coordinatewise product adds exponents"

@@ -46,6 +46,7 @@ from .ops_spread import SpreadParamOps
 from .ops_standardise import RowStatOps, StandardiseOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
+from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
 from .ops_windows import WindowOps
@@ -69,6 +70,8 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
+    TokenConvOps,
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps, SwitchOps,

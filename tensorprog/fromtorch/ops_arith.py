@@ -237,6 +237,9 @@ class ArithOps:
         x = self.vec(x, node)
         return Pointwise(x, lambda t: t)
 
+    def op_multiply(self, node, u, v):  # torch.multiply, torch.mul's alias (ConvBERT's)
+        return self.op_mul(node, u, v)
+
     def op_mul(self, node, u, v):
         u, v = as_number(u), as_number(v)
         entry = self.entry_product(node, u, v)  # p[i] * h: a 1-D param's entry (ops_entries)

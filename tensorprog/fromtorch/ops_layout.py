@@ -24,7 +24,7 @@ from .values import (
     Trig,
     Vec,
 )
-from .where import op_name, refuse
+from .where import CHECK_OPS, op_name, refuse
 
 _PROBS_HELP = ("keep the attention weights' last two axes (queries, keys) as they are and "
                "matmul them with the values (or use F.scaled_dot_product_attention)")
@@ -114,6 +114,24 @@ class LayoutOps:
             # [4, n/4] of the heads of its block, viewed [H, dh]): a view keeps the features'
             # order, so the vector is the same and only its heads are smaller
             return Vec(v.name, v.tags, v.dim, shape[-1])
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[0] == old[0] * old[1] \
+                and shape[1] * shape[2] == old[2]:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         "vector: every token as an example of its own, its features cut into "
+                         f"{shape[1]} blocks of {shape[2]}, as a block-diagonal layer through "
+                         "bmm reads them (RecurrentGemma's RG-LRU gates): the tracer reads "
+                         "a block-diagonal layer only as a grouped kernel-1 conv1d",
+                         help="write it as nn.Conv1d(c, c, 1, groups=blocks) of the "
+                         "channels-first value, or with one nn.Linear per block")
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[-1] == 1 and \
+                shape[0] * shape[1] == math.prod(old) and shape[0] % (old[0] * old[1]) == 0:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         f"vector: {shape[0] // (old[0] * old[1])} sets of {shape[1]} "
+                         "weights per token, as a kernel computed from each token reads them "
+                         "(ConvBERT's dynamic convolution, applied to the token's neighbours): "
+                         "the language convolves with trained kernels only (tconv, dwconv)",
+                         help="mix the tokens with a trained kernel (a depthwise nn.Conv1d) or "
+                         "attention, or write the model as a program")
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _keeps_the_batch(self, node, old, shape) -> None:
@@ -248,6 +266,11 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
+        if isinstance(v, Affine) and not v.dh and "F" in tags and (_split_along(
+                node, tags.index("F")) or _read_by_conv1d(node)):
+            # LFM's in_proj(h).transpose(-1, -2) chunked into B, C, x along the channels: row
+            # blocks (_split); Qwen3.5's fed to a short convolution split after (ops_tconv.py)
+            return self._retag(v, tuple(tags))
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
 
     def op_t(self, node, v):
@@ -349,11 +372,17 @@ class LayoutOps:
             )
         if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
                 v.dh or self._tags(v, node)[dim % ndim] != "F"):
+            conv = self.token_conv_output(v)  # (ops_tconv.py)
             raise refuse(
                 node,
-                "a split of anything but a linear layer's output features",
+                "a split of anything but a linear layer's output features" + (
+                    f" (here of {conv}, which is split only where it convolves a linear "
+                    "layer's output, each part the convolution of the layer's rows of it, with "
+                    "nothing between but transposes, casts and coordinatewise functions)"
+                    if conv else ""),
                 help="split the fused layer's output right after the layer (before any "
-                "activation or view), or use separate layers",
+                "activation or view), or use separate layers" + (
+                    ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
         for s in sizes:
@@ -475,6 +504,20 @@ def _per_head_gate(node, dim) -> bool:
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+
+
+def _read_by_conv1d(node) -> bool:
+    """Whether every reader of ``node`` (through copies and casts) is a conv1d of it."""
+    users = [(node, u) for u in node.users]
+    while users:
+        src, u = users.pop()
+        if op_name(u) in _CARRIERS:
+            users += [(u, r) for r in u.users]
+        elif op_name(u) in CHECK_OPS:  # export's check of the value's metadata
+            continue
+        elif op_name(u) != "conv1d" or not u.args or u.args[0] is not src:
+            return False
+    return bool(node.users)
 
 
 def _split_along(node, axis: int) -> bool:

@@ -19,6 +19,7 @@ from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
+from .ops_tconv import SplitConv, Taps
 from .values import (
     RECOGNISED,
     Affine,
@@ -137,6 +138,7 @@ SYMBOLIC = (
     Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
+    Taps, SplitConv,  # a conv1d's weight squeezed; one written part by part (ops_tconv.py)
 )
 
 

@@ -23,7 +23,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .functions import AT, CAT, PLACE, SHIFT
+from .functions import AT, CAT, PLACE, SHIFT, TCONV
 from .program import (
     RELATIVE_KINDS,
     Delta,
@@ -114,6 +114,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == TCONV:  # the same tokens, each of K read
+            tags[ins.out] = ops[1]
+            _check_tconv(program, ins, ops[1], problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == PLACE:  # h's tokens, some of them v's
             tags[ins.out] = ops[-1]
@@ -231,6 +235,15 @@ def _check_shift(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
         problem(f"shift by {ins.index} tokens, but {arg[0]} has {size}: every token would read "
                 "past the sequence, a vector of zeros", ins,
                 f"shift by fewer than {size} tokens")
+
+
+def _check_tconv(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
+    """A convolution over the tokens of one sequence (not of token pairs, not of a token
+    input's ids: an image is the verifier's)."""
+    if len(arg) != 1 or ins.args[1] in {i.name for i in program.inputs}:
+        what = "an input's one-hot ids" if len(arg) == 1 else f"a value over {_show(arg)}"
+        problem(f"tconv convolves a sequence's tokens, but {ins.args[1]} is {what}", ins,
+                "convolve a vector per token, e.g. a layer's W @ (E @ tok)")
 
 
 def _check_place(program: Program, ins: Nonlin, ops: list[Tag], problem) -> None:

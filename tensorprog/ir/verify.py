@@ -20,6 +20,7 @@ from .functions import (
     RMS,
     SHIFT,
     SPREAD,
+    TCONV,
 )
 from .program import (
     INPUT_KINDS,
@@ -379,7 +380,8 @@ def _verify_standardised(program: Program, errors: Collector) -> None:
 
 def _verify_depthwise(program: Program, errors: Collector) -> None:
     """A depthwise kernel [c, kh, kw] is a vector of dim c (a gain per channel, with a finite
-    window), read only as the kernel of ``dwconv(K, h)``, whose h is an image."""
+    window), read only as the kernel of ``dwconv(K, h)``, whose h is an image, or (kh = 1) of
+    ``tconv(K, h, p)``, 0 <= p < kw, whose h is no image (its tokens: the sequences' check)."""
     for ins in program.body:
         if isinstance(ins, Nonlin) and ins.fn == DWCONV:
             p = program.param_table.get(ins.args[0])
@@ -387,11 +389,21 @@ def _verify_depthwise(program: Program, errors: Collector) -> None:
                     or program.spatial[ins.args[1]] is None:
                 errors.error("dwconv(K, h): K must be a depthwise kernel [c, kh, kw] and h an "
                              "image", ins.span)
+        elif isinstance(ins, Nonlin) and ins.fn == TCONV:
+            p = program.param_table.get(ins.args[0])
+            sizes = [program.dim_table[d].size if d in program.dim_table else 0
+                     for d in p.shape] if p is not None and p.depthwise else [0, 0, 0]
+            if sizes[1] != 1 or program.spatial.get(ins.args[1]) is not None \
+                    or not isinstance(ins.index, int) or isinstance(ins.index, bool) \
+                    or not 0 <= ins.index < sizes[2] or ins.geometry is not None:
+                errors.error("tconv(K, h, p): K must be a kernel [c, one, k] (one of size 1), "
+                             "h a vector per token, not an image, and 0 <= p < k", ins.span)
         elif isinstance(ins, Nonlin) and ins.geometry is not None:
             errors.error(f"{ins.fn} has a convolution's geometry but is not dwconv", ins.span)
         elif any(o in program.param_table and program.param_table[o].depthwise
                  for o in ins.operands):
-            errors.error("a depthwise kernel is read only as dwconv's first argument", ins.span)
+            errors.error("a depthwise kernel is read only as dwconv's or tconv's first argument",
+                         ins.span)
 
 
 def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None:

@@ -47,17 +47,19 @@ from .lower_shift import lower_shift, shift_operands
 from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
 from .lower_ssd import SSD, lower_ssd, ssd_operands
+from .lower_tconv import TCONV, lower_tconv, tconv_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
 # besides values: dims (spread, part, cat, pick, rms), an index (part), tokens (shift, place),
-# windows (at)
+# windows (at), a kernel's first token (tconv)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
+             TCONV: tconv_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
              RMS: rms_operands, SSD: ssd_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix", DELTA) + ROUTES
              + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, AT, PLACE, PICK, RMS, SSD) + RELAYOUTS)
+             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -358,7 +360,7 @@ class ExpressionLowering:
         if not isinstance(b, Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
-        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv, not @"):
+        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv or tconv, not @"):
             return None
         fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
@@ -573,8 +575,8 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
-                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
-                    PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
+                    PART: lower_part, SHIFT: lower_shift, TCONV: lower_tconv, CAT: lower_cat,
+                    PLACE: lower_place, PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
                     **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
