@@ -16,9 +16,8 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   vector param of a head dim times a vector: per head);
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
-                                  softmax/causal_softmax over the key tokens (softmax
-                                  also over a finite dim); ``ssd(cb, dt, A, P)``: Mamba-2's
-                                  state-space mixing weights, read by mix (ir/ssd.py)
+                                  softmax/causal_softmax over the key tokens (also a finite
+                                  dim); ``ssd(cb, dt, A, P)``: Mamba-2's mix weights (ir/ssd.py)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)

@@ -42,11 +42,9 @@ SCALINGS = {"linear", "bounded", "offset", "shifted", "exponential", "normalize"
 
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
-    assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", DELTA, *ROUTES, PREPEND,
-                                                                      MEAN, CONV, DWCONV,
-                                                                      SPREAD, PART, SHIFT, TCONV,
-                                                                      CAT, AT, PLACE, PICK, RMS, SSD,
-                                                                      *RELAYOUTS}
+    assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {
+        "dot", "mix", DELTA, *ROUTES, PREPEND, MEAN, CONV, DWCONV, SPREAD, PART, SHIFT, TCONV, CAT,
+        AT, PLACE, PICK, RMS, SSD, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
