@@ -136,6 +136,9 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        for name, info in traced.scales.items():  # first: the cause, at the user's line
+            if info.get("l2") and info["q"] not in traced.producers:  # no gain takes it
+                refuse_l2(name, info, -info["model_a"])  # (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
         # layer called for several attentions: ALBERT's shared layer)
         self.shared_fold = shared_query_layers(self)
@@ -143,8 +146,6 @@ class MuP(DepthScaling, OptimizerGroups):
             if name in self.shared_fold:
                 continue
             delta = self.derived_a(name, info) - info["model_a"]
-            if info.get("l2") and info["q"] not in traced.producers:  # no gain takes it
-                refuse_l2(name, info, delta)  # (normed.py)
             if self.depth_exp.get(name):
                 raise UsageError(
                     f"{name} needs a multiplier in the depth, which apply cannot give it yet",

@@ -193,8 +193,8 @@ def _readers(v: str, trace) -> list[str]:
 
 def _linear_way(v: str, trace, params: set[str]) -> list[str]:
     """``v``, then each vector that alone reads the one before it, once, as ``f * w`` or ``w *
-    f`` with f a function of params alone (a temperature per head): the vectors linear in v
-    on its way to what reads it otherwise."""
+    f`` with f a number or a function of params alone (a temperature per head): the vectors
+    linear in v on its way to what reads it otherwise."""
     way = [v]
     while True:
         readers = _readers(way[-1], trace)
@@ -208,7 +208,7 @@ def _linear_way(v: str, trace, params: set[str]) -> list[str]:
             return way
         factor = re.sub(r"\{s\d+\}", "", m.group(1))  # a dim's slot
         names = set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)(?!\w*\()", factor))
-        if not names or not names <= params:
+        if not names <= params:  # (none: a number, or a slot's)
             return way
         way.append(readers[0])
 
