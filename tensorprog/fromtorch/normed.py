@@ -176,7 +176,9 @@ def l2_into_scales(fixed: dict, trace) -> None:
             continue
         v = info["out"]
         readers = _readers(v, trace)
-        info["read_by"] = readers[0] if readers else "an output"
+        rhs = {lhs.strip(): r for lhs, _, r in (st.partition("=") for st in trace.stmts)}
+        other = [r for r in readers if " dot(" not in rhs[r]]  # not the logits: what else
+        info["read_by"] = (other or readers or ["an output"])[0]
         gain = trace.producers.get(info["read_by"], (None,))[0]
         if len(readers) == 1 and v not in trace.outputs and gain in params and re.search(
                 rf"param {gain} : \[[^,]+\]", "\n".join(trace.decls)) and \

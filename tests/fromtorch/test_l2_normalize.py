@@ -194,3 +194,102 @@ def test_an_l2_norm_over_all_channels_read_by_a_layer_is_refused_at_its_line():
                        r"µP needs it times \(n/base\)\^1/2; .* linear reads it") as err:
         MuP(traced, "adam")
     assert "F.normalize(x, dim=-1)" in err.value.diagnostics[0].span.source_line()
+
+
+# forms of an L2 normalisation of u (y: another vector), each computing u / |u| or refused
+FORMS = {
+    "sqrt_eps": (lambda u, y: u / (u.pow(2).sum(-1, keepdim=True).sqrt() + 1e-6), None),
+    "sqrt": (lambda u, y: u / torch.sqrt((u * u).sum(-1, keepdim=True) + 1e-6), None),
+    "scaled": (lambda u, y: (2 * u) * torch.rsqrt(((2 * u) ** 2).sum(-1, keepdim=True) + 1e-6),
+               None),
+    "linalg": (lambda u, y: u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(
+        1e-12), None),
+    "other": (lambda u, y: y * torch.rsqrt((u * u).sum(-1, keepdim=True) + 1e-6),
+              "a product with another vector's inverse L2 norm"),
+    "times_norm": (lambda u, y: y * torch.sqrt((u * u).sum(-1, keepdim=True)),
+                   r"a product with a vector's L2 norm, sqrt\(sum\(x²\)\)"),
+    "l1": (lambda u, y: u / u.abs().sum(-1, keepdim=True),
+           "a sum over a vector's coordinates of anything but its squares"),
+}
+
+
+class Gained(nn.Module):
+    """A gain times a form of FORMS of a layer's output (of each of 4 heads, ``heads``), added
+    to the residual."""
+
+    def __init__(self, n, form, heads):
+        super().__init__()
+        self.form, self.heads = FORMS[form][0], heads
+        self.e = nn.Embedding(13, n)
+        self.g = nn.Parameter(torch.ones(n // 4 if heads else n))
+        self.a, self.b, self.out = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        u, y = self.a(x), self.b(x)
+        if self.heads:
+            u, y = u.unflatten(-1, (4, -1)), y.unflatten(-1, (4, -1))
+        h = self.g * self.form(u, y)
+        return self.out(x + (h.flatten(-2) if self.heads else h))
+
+
+@pytest.mark.slow  # 14 traces
+@pytest.mark.parametrize("heads", [False, True])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_other_forms_of_an_l2_norm_compute_the_model_or_are_refused_at_their_line(form, heads):
+    def build(n):
+        return Gained(n, form, heads)
+
+    refused = FORMS[form][1]
+    if refused:
+        with pytest.raises(tp.TensorProgError, match=refused) as err:
+            tp.from_torch(build, (32, 64), tokens)
+        assert "self.form(u, y)" in err.value.diagnostics[0].span.source_line()
+        return
+    traced = tp.from_torch(build, (32, 64), tokens)
+    traced_computes_the_model(traced, build, tokens, tol=1e-5)
+    model = build(128)
+    MuP(traced, "adam").apply(model)  # the gain takes (128 / 32)^1/2
+    torch.testing.assert_close(model.g.detach(), torch.full_like(model.g, 2.0))
+
+
+class Reads(nn.Module):
+    """Cosine attention over heads of n/4 whose normalised query is also halved (``half``),
+    the keys too (``same``; its key layer unused), or also added to the residual (``reuse``)."""
+
+    def __init__(self, n, how):
+        super().__init__()
+        self.how, self.e = how, nn.Embedding(13, n)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        same = self.how == "same"
+        q, k, v = (f(x).unflatten(-1, (4, -1)).transpose(1, 2) for f in (
+            self.q, self.v if same else self.k, self.v))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        q = 0.5 * q if self.how == "half" else q
+        k = q if same else k
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0).transpose(1, 2)
+        extra = q.transpose(1, 2).flatten(-2) if self.how == "reuse" else 0
+        return self.out(x + self.o(o.flatten(-2)) + extra)
+
+
+@pytest.mark.slow  # 3 traces
+@pytest.mark.parametrize("how", ["half", "same", "reuse"])
+def test_a_normalised_query_reaching_the_logits_through_a_number_or_also_read_elsewhere(how):
+    def build(n):
+        return Reads(n, how)
+
+    traced = tp.from_torch(build, (32, 64), tokens)
+    if how == "reuse":  # the query's constant is then no multiplier of the logits alone
+        with pytest.raises(tp.TensorProgError, match=r"an L2 normalisation over 8 .* add_1 "
+                           r"reads it") as err:
+            MuP(traced, "adam")
+        assert "F.normalize(q, dim=-1)" in err.value.diagnostics[0].span.source_line()
+        return
+    (scale, info), = traced.scales.items()
+    assert info["model_a"] == 1 == tp.derive(traced.program, "adam").abc[scale].a
+    assert MuP(traced, "adam").patches == []
+    traced_computes_the_model(traced, build, tokens, tol=1e-5)
