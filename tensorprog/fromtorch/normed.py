@@ -238,7 +238,8 @@ def refuse_l2(scale: str, info: dict, delta: Fraction) -> None:
     raise UsageError(
         f"{scale}: an L2 normalisation over {info['l2']} coordinates at the base width, whose "
         f"number grows with the width: x / |x| is d^-1/2 * rmsnorm(x), of coordinates of size "
-        f"n^-1/2 where µP's program keeps them Θ(1), so µP needs it times (n/base)^{-delta}; "
+        f"n^-{info['model_a']} where µP's program keeps them Θ(1), so µP needs it times "
+        f"(n/base)^{-delta}; "
         "but a norm's output takes no factor from the init or LR of what makes its input, "
         f"and {info.get('read_by', 'another value')} reads it, not attention logits alone "
         "(whose multiplier would count the constant, as cosine attention's 1/d does)",
