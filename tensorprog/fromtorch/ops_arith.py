@@ -298,7 +298,7 @@ class ArithOps:
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
             if isinstance(b, MeanSq) and b.inv:
-                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and _linear(
+                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
                     a.f, b.k**0.5)
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
@@ -466,7 +466,7 @@ def _equal_entries(x: Conc):
     return x
 
 
-def _linear(f, c: float) -> bool:
+def times_of(f, c: float) -> bool:
     """Whether f(t) = ±c·t: the vector a mean square of (c·x)² was taken of."""
     import torch
 
