@@ -111,3 +111,32 @@ def test_grouped_value_heads_share_their_key_head_as_repeat_interleave_lays_them
     g = got["p_8"].expand(*got["p_6"].shape)  # -exp(A): one decay per value head, every token
     want = _recurrence(q, k, heads(got["y_1"], 8), got["p_6"], g).flatten(-2)
     torch.testing.assert_close(got["y_2"], want, rtol=1e-10, atol=1e-12)
+
+
+def test_b_and_g_one_per_sequence_are_the_same_for_each_of_its_tokens():
+    """b and g with no token axis but one value per example (read from mean(h), as the IR
+    allows: ir/sequences.py gives them no sequence, as params): every token of an example
+    reads its example's b and g, however the batch and the tokens compare (here 3 and 3,
+    which a broadcast over the wrong axis would not notice)."""
+    import dataclasses
+
+    from tensorprog.ir.program import Mean
+
+    source = ("width n = 8\ndim V = 5\ndim T = 3\ndim dk = 4\ndim H = n / 4\n"
+              "input tok : tokens[T, V]\nparam E : [n, V]\nparam U : [V, n]\n"
+              "param Wq : [n, n]\nparam Wm : [n, n]\nparam Wb : [H, n]\nscale tau\n"
+              "h = E @ tok\nq = rmsnorm(Wq @ h, dk)\nm = Wm @ h\nb = sigmoid(Wb @ m)\n"
+              "p = delta(tau * dot(q, q, dk), dot(q, q, dk), b, -1 * b)\n"
+              "output y = U @ (h + mix(p, h))\n")
+    program = tp.parse(source)
+    body = tuple(Mean("m", "h", 0, None) if i.out == "m" else i for i in program.body)
+    program = tp.verify(dataclasses.replace(program, body=body))
+    module = load_module(emit_program(program), "gated_delta_per_sequence")
+    torch.manual_seed(0)
+    model = module.Model(width=8, dtype=torch.float64)
+    got = model.vectors(*model.example_inputs(batch_size=3))
+    k = got["q"].unflatten(-1, (-1, 4))  # sk = dot(q, q, dk): the keys are q
+    b = got["b"].unsqueeze(1).expand(3, 3, 2)  # (batch, heads): each example's, every token
+    want = _recurrence(model.mult_tau * k, k, got["h"].unflatten(-1, (-1, 4)), b, -b)
+    want = want.flatten(-2)
+    torch.testing.assert_close(got["y_1"], want, rtol=1e-10, atol=1e-12)

@@ -343,10 +343,10 @@ def _delta(sq, sk, b, g):
     """Per head, the gated delta rule's token-mixing weights P, o = P v: with G the
     cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),
     P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk
-    (..., heads, tokens, tokens), b, g (..., tokens, heads) or (heads,); b and g may
-    have r times the dots' heads (grouped value heads: each key head serves r
-    consecutive ones). Solved in float32 at least (no triangular solve in bfloat16),
-    returned in sq's dtype."""
+    (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for
+    every token alike; b and g may have r times the dots' heads (grouped value heads:
+    each key head serves r consecutive ones). Solved in float32 at least (no
+    triangular solve in bfloat16), returned in sq's dtype."""
     dtype, t, heads = sq.dtype, sq.shape[-1], b.shape[-1]
     if heads != sq.shape[-3]:
         r = heads // sq.shape[-3]
