@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from conftest import GATED_DELTA_GROUPED, ROOT, emit_program, import_file
 
@@ -140,3 +141,32 @@ def test_b_and_g_one_per_sequence_are_the_same_for_each_of_its_tokens():
     want = _recurrence(model.mult_tau * k, k, got["h"].unflatten(-1, (-1, 4)), b, -b)
     want = want.flatten(-2)
     torch.testing.assert_close(got["y_1"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [1, 9, 70])  # 70: past transformers' chunks of 64
+def test_delta_helper_equals_transformers_chunked_kernel(tokens):
+    """transformers' torch_chunk_gated_delta_rule (Qwen3.5's, without its own L2 norm; it
+    scales q by dk^-1/2 itself) on unit queries and keys, grouped value heads (r = 2), b up
+    to 2 and g from 0 to very negative: the helper's P applied to the values, with sq =
+    dk^-1/2 q·k as the example writes it, gives the kernel's output (float32, its dtype).
+    A tracer that replaces the kernel by delta relies on this equality."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule
+
+    gen = torch.Generator().manual_seed(2)
+    batch, heads, r, dk, dv = 3, 2, 2, 8, 5
+    q, k = (torch.nn.functional.normalize(torch.randn(batch, tokens, heads, dk, generator=gen,
+                                                      dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(batch, tokens, heads * r, dv, generator=gen, dtype=torch.float64)
+    b = 2 * torch.rand(batch, tokens, heads * r, generator=gen, dtype=torch.float64)
+    g = -torch.rand(batch, tokens, heads * r, generator=gen, dtype=torch.float64) * torch.tensor(
+        [0.0, 0.5, 40.0, 3.0], dtype=torch.float64)
+    want, _ = torch_chunk_gated_delta_rule(q.float(), k.float(), v.float(), g=g.float(),
+                                           beta=b.float(), use_qk_l2norm_in_kernel=False)
+    sq = torch.einsum("bthd,bshd->bhts", q * dk ** -0.5, k)
+    sk = torch.einsum("bthd,bshd->bhts", k, k)
+    got = torch.einsum("bhts,bshd->bthd", _module()._delta(sq, sk, b, g), v)
+    torch.testing.assert_close(got, want.double(), rtol=1e-4, atol=1e-4)
+    exact = _recurrence(*(x.repeat_interleave(r, dim=2) for x in (q * dk ** -0.5, k)), v, b, g)
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-12)
