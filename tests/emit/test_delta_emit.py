@@ -170,3 +170,25 @@ def test_delta_helper_equals_transformers_chunked_kernel(tokens):
     torch.testing.assert_close(got, want.double(), rtol=1e-4, atol=1e-4)
     exact = _recurrence(*(x.repeat_interleave(r, dim=2) for x in (q * dk ** -0.5, k)), v, b, g)
     torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_delta_helper_keeps_float32_precision_over_a_long_strongly_decaying_sequence():
+    """The decay between tokens s and t is the sum of g over s < u <= t, not the difference of
+    two running sums over the whole sequence (each of size T·|g|, whose float32 rounding
+    would swamp the short sums next to the diagonal): 256 tokens, g down to -4, in float32
+    against the float64 recurrence."""
+    gen = torch.Generator().manual_seed(3)
+    batch, tokens, heads, dk = 1, 256, 2, 4
+    q, k = (torch.nn.functional.normalize(torch.randn(batch, tokens, heads, dk, generator=gen,
+                                                      dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(batch, tokens, heads, 3, generator=gen, dtype=torch.float64)
+    b = torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    g = -4 * torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    sq = torch.einsum("bthd,bshd->bhts", q, k).float()
+    sk = torch.einsum("bthd,bshd->bhts", k, k).float()
+    p = _module()._delta(sq, sk, b.float(), g.float()).double()
+    want = _recurrence(q, k, v, b, g)
+    got = torch.einsum("bhts,bshd->bthd", p, v)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err < 2e-6, err

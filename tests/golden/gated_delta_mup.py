@@ -354,9 +354,12 @@ def _delta(sq, sk, b, g):
     work = torch.promote_types(dtype, torch.float32)
     sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))
     b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
-    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2).cumsum(-1)
+    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
     later = torch.ones(t, t, dtype=torch.bool, device=sq.device).triu(1)
-    d = (g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill(later, float("-inf")).exp()
+    # G_t - G_s as the sum of g over s < u <= t alone, which float32 keeps exact, not
+    # the difference of two running sums over the whole sequence
+    d = g.unsqueeze(-1).expand(*g.shape, t).masked_fill(~later.T, 0).cumsum(-2)
+    d = d.masked_fill(later, float("-inf")).exp()
     eye = torch.eye(t, dtype=sq.dtype, device=sq.device)
     a = eye + b.unsqueeze(-1) * (d * sk).tril(-1)
     n = torch.linalg.solve_triangular(a, torch.diag_embed(b), upper=False,
