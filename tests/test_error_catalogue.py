@@ -968,6 +968,26 @@ def test_a_finite_bottleneck_between_layers_of_the_width_is_refused_by_derive(op
     assert (first.span.line, first.span.column) == (11, 1) and "let b grow" in first.help
 
 
+# the same bottleneck, normalised, in a repeated block: under SGD (whose step carries the
+# gradient's size) the analysis finds the gradient unbounded, which left the linear solve a +∞
+# to read (an AttributeError); Adam names the bottleneck
+NORMED_BOTTLENECK = ("width n = 8\ndim K = 4\ndim V = 16\ninput x : [V]\nparam E : [n, V]\n"
+                     "param U : [V, n]\nblock layer(h) {\n  param A : [K, n]\n  param Z : [K, n]\n"
+                     "  param B : [n, K]\n  return h + B @ (rmsnorm(A @ h) * silu(Z @ h))\n}\n"
+                     "h0 = E @ x\nh2 = repeat 2 layer(h0)\noutput y = U @ h2\n")
+
+
+def test_an_unbounded_gradient_under_sgd_is_refused_at_a_param():
+    program = tp.parse(NORMED_BOTTLENECK)
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, "sgd")
+    assert re.search(r"under sgd no learning-rate exponent makes the update of E maximal",
+                     str(e.value)) and "derive it with adam" in str(e.value)
+    assert (e.value.diagnostics[0].span.line, e.value.diagnostics[0].span.column) == (5, 1)
+    with pytest.raises(EngineError, match="narrows the width to the finite dim K"):
+        tp.derive(program, "adam")
+
+
 @pytest.mark.parametrize(("z", "f"), [("W1 @ h", "sigmoid"), ("W1 @ h + c", "gelu")])
 def test_a_bottleneck_lifted_at_init_derives(z, f):
     src = BOTTLENECK.format(z=z, f=f)

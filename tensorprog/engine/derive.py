@@ -327,6 +327,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
                                   f"{u_bound.instruction} is Θ(1)"))
         coefs, value, why = CONVENTIONS[convention](program, p, an.S[p])
         equations.append(Equation(p, coefs, value, why))
+    _refuse_unbounded(program, optimizer, equations)
     abc = _solve([p for p in params if p not in scales],
                  [e for e in equations if e.param not in scales])
     abc.update({p: ABC(-an.S[p], ZERO, "oo") for p in params if p in scales})
@@ -504,6 +505,23 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
                         f"updated maximally as {L} grows (regime: {check.regime})",
                         program.depth.span)] + found)
     return DepthDerivation(convention, abc, free, equations, an, check)
+
+
+def _refuse_unbounded(program: Program, optimizer: Optimizer, equations: list[Equation]) -> None:
+    """An EngineError at the first param whose maximal update has no finite exponent: under an
+    optimizer whose step carries the gradient's size (SGD), a gradient the analysis finds
+    unbounded (+∞: e.g. a vector that vanishes at init, then divided by its own size in a norm)
+    leaves no learning rate to solve for. Adam's step does not carry it, and its derivation names
+    the vector that causes it."""
+    for eq in equations:
+        if eq.rhs in (INF, NEG_INF):
+            raise EngineError(
+                f"under {optimizer.name} no learning-rate exponent makes the update of {eq.param} "
+                f"maximal ({eq.reason}): the gradient it is made of has no finite size at any "
+                "init this program allows",
+                span=_span_of(program, eq.param),
+                help="derive it with adam: where a vector vanishes at init and a norm then "
+                     "divides by its size, adam's derivation names that vector")
 
 
 def _span_of(program: Program, tensor: str) -> Span | None:
