@@ -139,6 +139,7 @@ def forced_lines(notes: list[str], eps: bool) -> list[str]:
         "  It is Θ(1) only once trained, through ΔC·ΔB, second order in the step: at practical "
         "widths its first steps shrink as the width grows, so `tensorprog check` fails in the "
         "SSD branch under this µP.",
-        *(["  C's and B's layers start at a saddle (each one's gradient ∝ the other): at init "
-           "their gradients are n^-1 times those the eps column follows, so keep Adam's ε "
-           "below them (ε -> 0), or the first steps stay there."] if eps else [])]
+        *(["  The params whose gradients pass through them see smaller gradients at init than "
+           "the eps column follows (C's and B's layers n^-1 times: each one's gradient ∝ the "
+           "other, a saddle): keep Adam's ε below those (ε -> 0), or the first steps stay at "
+           "the saddle."] if eps else [])]
