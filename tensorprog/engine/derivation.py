@@ -330,7 +330,8 @@ def explain(d: Derivation) -> str:
     out += ["", "Solution:"]
     out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
     out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
-            f"{d.check.r} and every param updated maximally.",
+            f"{d.check.r} and every param updated maximally.", *forced_lines(d.check.notes,
+                                                                             bool(d.eps)),
             f"Symmetry: {d.optimizer.symmetry()}.", *std_note(p, d.optimizer.a_coef)]
     if d.depth is not None:
         L = p.depth.name

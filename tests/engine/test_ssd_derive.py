@@ -26,6 +26,7 @@ from conftest import ROOT
 
 import tensorprog as tp
 from tensorprog.engine.classify import classify
+from tensorprog.engine.derivation import explain
 from tensorprog.engine.exponents import ABC
 from tensorprog.engine.optimizers import ADAM, SGD
 from tensorprog.errors import EngineError
@@ -79,6 +80,7 @@ def test_the_mixing_vanishes_at_init_as_forced_and_nothing_else_does():
     shown = str(d).split("Coordinate sizes")[0]  # above the long table, under the regime
     assert "every param updated maximally in the width limit.\nWarning: the state-space " \
         "mixing vanishes at init" in shown and "`tensorprog check` fails in the SSD branch" in shown
+    assert "Warning: the state-space mixing vanishes at init" in explain(d)
 
 
 def test_without_the_skip_the_norm_of_the_vanishing_mixing_is_refused():
