@@ -13,7 +13,8 @@ after the first steps, as a readout's output starts at 0 (TP4: feature learning 
 
 The classification therefore counts a vector whose vanishing the SSD alone explains as a note,
 not a violation. An SSD's P₀ is forced when it is cb's own size (the steps dt Θ(1)) and no
-smaller than the forced n^-1; a vector computed from such weights is forced when
+smaller than the forced n^-1 (n^-1/2 for N ∝ n); a vector computed from such weights is forced
+when
 
 * it is no smaller than their P₀ (the mixing itself, y = P x with x Θ(1));
 * with the weights Θ(1) it would be Θ(1) (nothing else it reads vanishes: a skip D x or a
@@ -21,9 +22,9 @@ smaller than the forced n^-1; a vector computed from such weights is forced when
 * with the weights 0 it would be smaller (its size comes through them: a sum with a term
   that vanishes more slowly, such as a bias initialised too small, stays a violation).
 
-Anything else stays a violation: a P₀ below n^-1 (C or B initialised below a readout's), a
-vanishing vector that reads no SSD. Two more cases are refused, where the forced vanishing
-makes the engine's sizes wrong rather than small:
+Anything else stays a violation: a P₀ below that (C or B initialised below a readout's, a
+scale on cb below 1/N), a vanishing vector that reads no SSD. Two more cases are refused,
+where the forced vanishing makes the engine's sizes wrong rather than small:
 
 * a forced vector divided by its own size (a norm, or a route normalising its gates, reads
   it): its gradient at init is larger than after training by the inverse of that size, which
@@ -38,17 +39,31 @@ from __future__ import annotations
 
 import copy
 
-from ..ir.program import Nonlin, Program
+from ..ir.program import Dot, LinComb, Nonlin, Program
 from ..ir.routes import Route
 from ..ir.ssd import SSD
-from .exponents import NEG_INF, ONE, ZERO, Exp, gt, power
+from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, gt, power
 from .propagate import Analysis, settle_back_edges
 from .rules import INIT, NONLIN_SHAPE
 
-#: The smallest P₀ that stability forces: n^-1, C₀ and B₀ at a readout's n^-1/2 each over a
-#: finite N (n^-1/2 for N ∝ n). A smaller P₀ is a given parametrization's own (an init below
-#: the readout's), not forced: a violation.
-FORCED = -ONE
+
+def _forced(program: Program, cb: str) -> Exp:
+    """The smallest P₀ that stability forces: n^-1 for a cb summed over a finite state size
+    (C₀ and B₀ at a readout's n^-1/2 each), n^-1/2 over one ∝ n (C₀ and B₀ Θ(1), the CLT sum
+    under the 1/N scale training needs). A smaller P₀ is a given parametrization's own (an init
+    below the readout's, a scale below 1/N), not forced: a violation."""
+    todo, seen = [cb], set()
+    while todo:  # back from cb to its dots, through scales and sums (not through layers)
+        v = todo.pop()
+        ins = program.producer.get(v)
+        if v in seen or ins is None:
+            continue
+        seen.add(v)
+        if isinstance(ins, Dot) and ins.over is not None and program.dim(ins.over).infinite:
+            return -HALF
+        if isinstance(ins, (Nonlin, LinComb)):
+            todo.extend(ins.operands)
+    return -ONE
 
 WHY = "forced: p is linear in C·B, which stability keeps vanishing at init; docs/theory.md"
 
@@ -86,7 +101,7 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
     wrong (refusals: violations); see the module. ``an`` is the analysis classified."""
     init = an.init_
     ssds = {ins.out for ins in program.body if isinstance(ins, Nonlin) and ins.fn == SSD
-            and gt(ZERO, init[ins.out]) and not gt(FORCED, init[ins.out])
+            and gt(ZERO, init[ins.out]) and not gt(_forced(program, ins.args[0]), init[ins.out])
             and init[ins.out] == init[ins.args[0]]}
     if not ssds:
         return {}, {}

@@ -13,7 +13,7 @@ import pytest
 
 import tensorprog as tp
 from tensorprog.engine.classify import classify
-from tensorprog.engine.exponents import ABC
+from tensorprog.engine.exponents import ABC, HALF
 from tensorprog.engine.optimizers import ADAM
 from tensorprog.errors import EngineError
 
@@ -113,3 +113,16 @@ def test_a_norm_of_a_forced_vector_is_refused(old, new, divided):
 def test_sgd_is_refused():
     with pytest.raises(EngineError, match="under sgd it stays so"):
         tp.derive(tp.parse(BASE), "sgd")
+
+
+def test_a_state_size_that_grows_forces_only_n_to_the_minus_half():
+    # N ∝ n: C and B are hidden layers' outputs, Θ(1); cb needs the scale 1/N (LLN after
+    # training), which leaves P₀ at the CLT sum's n^-1/2: forced. A scale below 1/N makes P₀
+    # smaller than that, n^-1, which the finite state size's n^-1 would have let pass
+    text = BASE.replace("dim N = 8", "dim N = n").replace(
+        "cb = dot(", "scale s = 1\ncb = s * dot(")
+    program = tp.parse(text)
+    d = tp.derive(program, "adam")
+    assert d.abc["s"].a == 1 and d.analysis.init_["p"] == -HALF
+    assert [n.split()[0] for n in d.check.notes] == ["p", "m"]
+    assert _judged(text, s=ABC("3/2", 0, "oo")) == ([], ["p", "m"])
