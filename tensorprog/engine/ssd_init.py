@@ -29,10 +29,11 @@ where the forced vanishing makes the engine's sizes wrong rather than small:
 * a forced vector divided by its own size (a norm, or a route normalising its gates, reads
   it): its gradient at init is larger than after training by the inverse of that size, which
   no single exponent holds (Mamba-2's gated norm needs the skip D x inside it);
-* an optimizer whose step follows the gradient's size (SGD): C's gradient is ∝ B and B's ∝ C,
-  both vanishing at init, so C and B start at a saddle that SGD's steps, as small as the
-  gradients, never leave in the width limit (the mixing never trains). Normalised steps
-  (Adam, Lion, Muon) leave it at the first step.
+* an optimizer whose step follows the gradient's size (SGD), over a finite state size: C's
+  gradient is ∝ B and B's ∝ C, both vanishing at init, so C and B start at a saddle that
+  SGD's steps, as small as the gradients, never leave in the width limit (the mixing never
+  trains). Normalised steps (Adam, Lion, Muon) leave it at the first step. Over a state size
+  ∝ n, C₀ and B₀ are Θ(1) and only cb's CLT sum vanishes: no saddle.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
     SSD's weights force (notes), and for those whose forced vanishing leaves the engine's sizes
     wrong (refusals: violations); see the module. ``an`` is the analysis classified."""
     init = an.init_
-    ssds = {ins.out for ins in program.body if isinstance(ins, Nonlin) and ins.fn == SSD
-            and gt(ZERO, init[ins.out]) and not gt(_forced(program, ins.args[0]), init[ins.out])
-            and init[ins.out] == init[ins.args[0]]}
+    forced = {ins.out: _forced(program, ins.args[0]) for ins in program.body
+              if isinstance(ins, Nonlin) and ins.fn == SSD}
+    ssds = {ins.out for ins in program.body if ins.out in forced and gt(ZERO, init[ins.out])
+            and not gt(forced[ins.out], init[ins.out]) and init[ins.out] == init[ins.args[0]]}
     if not ssds:
         return {}, {}
     lifted = _init_with(program, an, ssds, ZERO)
@@ -112,6 +114,7 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
         found = set().union(*(reads.get(o, set()) for o in ins.operands))
         reads[ins.out] = found | ({ins.out} if ins.out in ssds else set())
     notes: dict[str, str] = {}
+    saddle: set[str] = set()  # forced by weights whose C₀ and B₀ both vanish (a finite N)
     for v, found in reads.items():
         s = next((s for s in sorted(found) if not gt(init[s], init[v])), None)
         if s is None or not gt(ZERO, init[v]):
@@ -119,6 +122,8 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
         if v == s or (not gt(ZERO, lifted[v]) and gt(init[v], dropped[v])):
             why = "" if v == s else f" because the SSD weights {s} do"
             notes[v] = f"{v} vanishes at init as {power(init[v])}{why} ({WHY})"
+            if forced[s] == -ONE:
+                saddle.add(v)
     refusals: dict[str, str] = {}
     divided = _divided(program)
     for v in [v for v in notes if v in divided]:
@@ -130,7 +135,7 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
             "that holds a Θ(1) term, Mamba-2's skip: mix(p, x, P) + spread(D, P) * x")
         del notes[v]
     if an.optimizer.uses_gradient_scale:
-        for v in list(notes):
+        for v in [v for v in notes if v in saddle]:
             refusals[v] = (
                 f"{v} vanishes at init as {power(init[v])} (forced by an SSD's weights), and "
                 f"under {an.optimizer.name} it stays so: C's gradient is ∝ B and B's ∝ C, both "

@@ -126,3 +126,5 @@ def test_a_state_size_that_grows_forces_only_n_to_the_minus_half():
     assert d.abc["s"].a == 1 and d.analysis.init_["p"] == -HALF
     assert [n.split()[0] for n in d.check.notes] == ["p", "m"]
     assert _judged(text, s=ABC("3/2", 0, "oo")) == ([], ["p", "m"])
+    # C₀ and B₀ are Θ(1): no saddle, so SGD derives too
+    assert [n.split()[0] for n in tp.derive(program, "sgd").check.notes] == ["p", "m"]
