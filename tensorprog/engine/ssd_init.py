@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 
-from ..ir.program import Dot, LinComb, Nonlin, Program
+from ..ir.program import Dot, LinComb, MatMul, Nonlin, Program
 from ..ir.routes import Route
 from ..ir.ssd import SSD
 from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, gt, power
@@ -48,23 +48,43 @@ from .propagate import Analysis, settle_back_edges
 from .rules import INIT, NONLIN_SHAPE
 
 
-def _forced(program: Program, cb: str) -> Exp:
-    """The smallest P₀ that stability forces: n^-1 for a cb summed over a finite state size
-    (C₀ and B₀ at a readout's n^-1/2 each), n^-1/2 over one ∝ n (C₀ and B₀ Θ(1), the CLT sum
-    under the 1/N scale training needs). A smaller P₀ is a given parametrization's own (an init
-    below the readout's, a scale below 1/N), not forced: a violation."""
-    todo, seen = [cb], set()
-    while todo:  # back from cb to its dots, through scales and sums (not through layers)
+def _dots(program: Program, cb: str) -> list[Dot]:
+    """The dots behind cb, back through scales and sums (not through layers)."""
+    todo, seen, found = [cb], set(), []
+    while todo:
         v = todo.pop()
         ins = program.producer.get(v)
         if v in seen or ins is None:
             continue
         seen.add(v)
-        if isinstance(ins, Dot) and ins.over is not None and program.dim(ins.over).infinite:
-            return -HALF
-        if isinstance(ins, (Nonlin, LinComb)):
+        if isinstance(ins, Dot):
+            found.append(ins)
+        elif isinstance(ins, (Nonlin, LinComb)):
             todo.extend(ins.operands)
-    return -ONE
+    return found
+
+
+def zeroed_saddle(program: Program, zeroed: set[str]) -> tuple[str, str, str] | None:
+    """(an SSD, and the weights of its C and B) where zero-initialising ``zeroed`` makes both C
+    and B exactly 0: each one's gradient is ∝ the other, so both stay exactly 0 and the SSD's
+    mixing never trains (``--readout-zero-init`` zeroes them, their role being output's)."""
+    for ins in program.body:
+        if not (isinstance(ins, Nonlin) and ins.fn == SSD):
+            continue
+        for dot in _dots(program, ins.args[0]):
+            sides = [program.producer.get(v) for v in (dot.left, dot.right)]
+            if all(isinstance(m, MatMul) and m.weight in zeroed for m in sides):
+                return ins.out, sides[0].weight, sides[1].weight
+    return None
+
+
+def _forced(program: Program, cb: str) -> Exp:
+    """The smallest P₀ that stability forces: n^-1 for a cb summed over a finite state size
+    (C₀ and B₀ at a readout's n^-1/2 each), n^-1/2 over one ∝ n (C₀ and B₀ Θ(1), the CLT sum
+    under the 1/N scale training needs). A smaller P₀ is a given parametrization's own (an init
+    below the readout's, a scale below 1/N), not forced: a violation."""
+    grows = any(d.over is not None and program.dim(d.over).infinite for d in _dots(program, cb))
+    return -HALF if grows else -ONE
 
 WHY = "forced: p is linear in C·B, which stability keeps vanishing at init; docs/theory.md"
 

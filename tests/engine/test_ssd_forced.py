@@ -13,9 +13,10 @@ import pytest
 
 import tensorprog as tp
 from tensorprog.engine.classify import classify
-from tensorprog.engine.exponents import ABC, HALF
+from tensorprog.engine.exponents import ABC, HALF, INF
 from tensorprog.engine.optimizers import ADAM
-from tensorprog.errors import EngineError
+from tensorprog.engine.parametrization import zero_init
+from tensorprog.errors import EngineError, UsageError
 
 BASE = """\
 width n = 64
@@ -128,3 +129,14 @@ def test_a_state_size_that_grows_forces_only_n_to_the_minus_half():
     assert _judged(text, s=ABC("3/2", 0, "oo")) == ([], ["p", "m"])
     # C₀ and B₀ are Θ(1): no saddle, so SGD derives too
     assert [n.split()[0] for n in tp.derive(program, "sgd").check.notes] == ["p", "m"]
+
+
+def test_zeroing_both_c_and_b_is_refused():
+    # --readout-zero-init zeroes every output weight, WB and WC among them: C = B = 0 exactly,
+    # each one's gradient ∝ the other, so the mixing would never train (derive said "still
+    # feature learning" before); zeroing one of them leaves the other's gradient
+    program = tp.parse(BASE)
+    abc = tp.derive(program, "adam").abc
+    with pytest.raises(UsageError, match="makes C and B of the SSD p exactly 0"):
+        zero_init(program, abc, readout=True)
+    assert zero_init(program, abc, ("U", "WB"))["WB"].b is INF
