@@ -47,6 +47,8 @@ from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, gt, power
 from .propagate import Analysis, settle_back_edges
 from .rules import INIT, NONLIN_SHAPE
 
+WHY = "forced: p is linear in C·B, which stability keeps vanishing at init; docs/theory.md"
+
 
 def _dots(program: Program, cb: str) -> list[Dot]:
     """The dots behind cb, back through scales and sums (not through layers)."""
@@ -85,8 +87,6 @@ def _forced(program: Program, cb: str) -> Exp:
     below the readout's, a scale below 1/N), not forced: a violation."""
     grows = any(d.over is not None and program.dim(d.over).infinite for d in _dots(program, cb))
     return -HALF if grows else -ONE
-
-WHY = "forced: p is linear in C·B, which stability keeps vanishing at init; docs/theory.md"
 
 
 def _init_with(program: Program, an: Analysis, ssds: set[str], size: Exp) -> dict[str, Exp]:
