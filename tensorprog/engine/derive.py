@@ -334,12 +334,14 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
-        _refuse_bottleneck(program, check)
+        if not check.ssd_refused:  # an SSD's forced vanishing says its own reason (ssd_init)
+            _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned
         last = len(check.violations) - 1
-        found = [Diagnostic(v.message, _span_of(program, v.tensor),
-                            "every width-dependent sum needs a param (or a scale) that can "
-                            "absorb it" if i == last else None)
+        advice = ("an SSD's mixing vanishes at init under every stable µP: docs/theory.md, "
+                  "\"State-space mixing\"" if check.ssd_refused else
+                  "every width-dependent sum needs a param (or a scale) that can absorb it")
+        found = [Diagnostic(v.message, _span_of(program, v.tensor), advice if i == last else None)
                  for i, v in enumerate(check.violations)]
         raise EngineError(
             [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
