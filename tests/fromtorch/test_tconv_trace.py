@@ -265,3 +265,27 @@ def test_a_split_of_a_concatenations_short_conv_is_the_conv_of_each_part():
     traced_computes_the_model(traced, CatQKV, ids)
     the_check_reads_the_program(traced, CatQKV, ids)
     apply_is_bit_identical_at_base(traced, CatQKV, ids)
+
+
+class CatReadTwice(ShortConv):
+    """Two layers concatenated, transposed channels-first, read by a causal short convolution
+    split back at their bounds and, transposed back, by a linear layer as well: the
+    concatenation stays in the program for that layer."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.a, self.b = nn.Linear(n, n // 2, bias=False), nn.Linear(n, n // 2, bias=False)
+        self.conv = nn.Conv1d(n, n, 3, groups=n, padding=2, bias=False)
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        x = torch.cat([self.a(e), self.b(e)], -1).transpose(1, 2)
+        p, q = self.conv(x)[..., :t].transpose(1, 2).split([self.out.in_features // 2] * 2, -1)
+        return self.ro(e + self.out(torch.cat([p * q, q], -1) + x.transpose(1, 2)))
+
+
+def test_a_concatenation_split_after_its_conv_and_read_elsewhere_is_kept():
+    traced = tp.from_torch(CatReadTwice, (64, 128), ids)
+    assert "tconv(conv_weight_part1, " in traced.source and " = cat(" in traced.source
+    traced_computes_the_model(traced, CatReadTwice, ids)
+
