@@ -289,3 +289,19 @@ def test_a_concatenation_split_after_its_conv_and_read_elsewhere_is_kept():
     assert "tconv(conv_weight_part1, " in traced.source and " = cat(" in traced.source
     traced_computes_the_model(traced, CatReadTwice, ids)
 
+
+class TokenRMS(ShortConv):
+    """x * rsqrt(mean(x², -1)) of LFM's channels-first chunk: a mean square over the tokens
+    (the last axis there), no RMS norm of each token's vector."""
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        b, c, x = self.inp(e).transpose(-1, -2).chunk(3, dim=-2)
+        b = b * torch.rsqrt(b.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.ro(e + self.out((c * b).transpose(-1, -2)))
+
+
+def test_a_mean_square_over_the_tokens_is_refused_not_read_as_a_norm():
+    with pytest.raises(tp.TensorProgError, match=r"a mean over axis 2 \(a token axis") as err:
+        tp.from_torch(TokenRMS, (64, 128), ids)
+    assert "b.pow(2).mean(-1, keepdim=True)" in str(err.value)
