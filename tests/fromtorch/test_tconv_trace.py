@@ -305,3 +305,33 @@ def test_a_mean_square_over_the_tokens_is_refused_not_read_as_a_norm():
     with pytest.raises(tp.TensorProgError, match=r"a mean over axis 2 \(a token axis") as err:
         tp.from_torch(TokenRMS, (64, 128), ids)
     assert "b.pow(2).mean(-1, keepdim=True)" in str(err.value)
+
+
+class TokenHalves(ShortConv):
+    """LFM's channels-first chunks cut along their last axis, the tokens (not the features, as
+    that axis of a per-token vector is): half of b's tokens times half of c's."""
+
+    def __init__(self, n, how):
+        super().__init__(n)
+        self.how = how
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        b, c, x = self.inp(e).transpose(-1, -2).chunk(3, dim=-2)
+        if self.how == "slice":
+            y = b[..., t // 2:] * c[..., : t // 2]
+        else:
+            y = b.split([t // 2, t - t // 2], -1)[1] * c.split([t // 2, t - t // 2], -1)[0]
+        return self.ro(self.out(y.transpose(-1, -2)))
+
+
+@pytest.mark.parametrize("how, match, line", [
+    ("slice", r"a slice along axis 2 of a value laid out \['tok', 'F', 'tok'\]",
+     "b[..., t // 2:]"),
+    ("split", r"a split of anything but a linear layer's output features", "b.split("),
+])
+def test_a_cut_of_a_channels_first_chunks_tokens_is_refused_not_read_as_its_rows(how, match,
+                                                                                   line):
+    with pytest.raises(tp.TensorProgError, match=match) as err:
+        tp.from_torch(lambda n: TokenHalves(n, how), (64, 128), ids)
+    assert line in str(err.value)
