@@ -284,6 +284,7 @@ class CatReadTwice(ShortConv):
         return self.ro(e + self.out(torch.cat([p * q, q], -1) + x.transpose(1, 2)))
 
 
+@pytest.mark.slow  # a trace of its own, as CatQKV's
 def test_a_concatenation_split_after_its_conv_and_read_elsewhere_is_kept():
     traced = tp.from_torch(CatReadTwice, (64, 128), ids)
     assert "tconv(conv_weight_part1, " in traced.source and " = cat(" in traced.source
