@@ -409,7 +409,10 @@ class ArithOps:
         norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
         if norm is not None:
             return norm
-        if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
+        # a mean square over the last axis is a norm's only where that axis is the vector's
+        # coordinates (a head's): of a channels-first [B, C, T] value it is over the tokens
+        if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1] \
+                and tuple(getattr(x.src, "tags", ()))[-1:] in (("F",), ("dh",)):
             import torch
 
             t = torch.linspace(-3, 3, 13, dtype=torch.float64)
