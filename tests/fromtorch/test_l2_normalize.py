@@ -210,6 +210,15 @@ FORMS = {
                    r"a product with a vector's L2 norm, sqrt\(sum\(x²\)\)"),
     "l1": (lambda u, y: u / u.abs().sum(-1, keepdim=True),
            "a sum over a vector's coordinates of anything but its squares"),
+    # an eps the program's norm would not hold: the model's u / |u| differs by 0.1% to 12%
+    "eps_big": (lambda u, y: u * torch.rsqrt((u * u).sum(-1, keepdim=True) + 0.1),
+                r"an eps of 0.1 \(above 0.001\) added to a vector's sum of squares"),
+    "eps_big_root": (lambda u, y: u / (u.pow(2).sum(-1, keepdim=True).sqrt() + 0.5),
+                     r"an eps of 0.5 \(above 0.001\) added to the root of a vector's sum"),
+    "inverse_plus": (lambda u, y: u * (torch.rsqrt((u * u).sum(-1, keepdim=True)) + 0.1),
+                     "a number added to the inverse root of a vector's sum of squares"),
+    "eps_negative": (lambda u, y: u * torch.rsqrt((u * u).sum(-1, keepdim=True) - 1e-4),
+                     "a subtraction with a vector's sum of squares"),
 }
 
 
@@ -233,7 +242,7 @@ class Gained(nn.Module):
         return self.out(x + (h.flatten(-2) if self.heads else h))
 
 
-@pytest.mark.slow  # 14 traces
+@pytest.mark.slow  # 22 traces
 @pytest.mark.parametrize("heads", [False, True])
 @pytest.mark.parametrize("form", list(FORMS))
 def test_other_forms_of_an_l2_norm_compute_the_model_or_are_refused_at_their_line(form, heads):
@@ -293,3 +302,11 @@ def test_a_normalised_query_reaching_the_logits_through_a_number_or_also_read_el
     assert info["model_a"] == 1 == tp.derive(traced.program, "adam").abc[scale].a
     assert MuP(traced, "adam").patches == []
     traced_computes_the_model(traced, build, tokens, tol=1e-5)
+
+
+def test_a_number_added_to_the_inverse_norm_is_refused_at_its_line():
+    # u * (rsqrt(sum(u²)) + 0.1) is no norm: it was traced as u / |u|, the 0.1 dropped
+    with pytest.raises(tp.TensorProgError, match=FORMS["inverse_plus"][1]) as err:
+        tp.from_torch(lambda n: Gained(n, "inverse_plus", False), (32, 64), tokens)
+    assert "self.form(u, y)" in err.value.diagnostics[0].span.source_line()
+
