@@ -310,3 +310,30 @@ def test_a_number_added_to_the_inverse_norm_is_refused_at_its_line():
         tp.from_torch(lambda n: Gained(n, "inverse_plus", False), (32, 64), tokens)
     assert "self.form(u, y)" in err.value.diagnostics[0].span.source_line()
 
+
+class SharedGain(nn.Module):
+    """A gain times an L2 normalisation over all n channels, the gain also read by another
+    normalisation's product (``two``) or by a plain vector's."""
+
+    def __init__(self, n, two):
+        super().__init__()
+        self.two, self.e, self.g = two, nn.Embedding(13, n), nn.Parameter(torch.ones(n))
+        self.a, self.b, self.out = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        y = self.b(x)
+        other = F.normalize(y, dim=-1) if self.two else y
+        return self.out(x + self.g * F.normalize(self.a(x), dim=-1) + self.g * other)
+
+
+@pytest.mark.parametrize("two", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_a_gain_read_elsewhere_too_is_refused_at_the_normalisations_line(two):
+    # folding (n/base)^1/2 into g would scale its other product too; the refusal said
+    # "attention logits" and "the query's gain", at no line
+    traced = tp.from_torch(lambda n: SharedGain(n, two), (32, 64), tokens)
+    with pytest.raises(tp.TensorProgError, match=r"an L2 normalisation over 32 coordinates .* "
+                       r"µP needs it times \(n/base\)\^1/2; but the gain g that takes it "
+                       r"\(mul(_1)? = g \* div\) is read elsewhere too") as err:
+        MuP(traced, "adam")  # (two: the first normalisation refused, either one's line)
+    assert "F.normalize(" in err.value.diagnostics[0].span.source_line()
