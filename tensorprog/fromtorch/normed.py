@@ -55,6 +55,7 @@ def refuse_unnormed_query(traced, scale: str, info: dict, need: str) -> None:
         "with something else after its linear layer (a per-head gate or bias, spread(g, dh), "
         "another sum or product), so no one layer's init and LR take the factor, and it is "
         "no norm's output for a forward patch to scale",
+        info.get("l2_span"),  # an L2 normalisation's line, where it needs the factor
         help="gate or bias the attention's output rather than its query, or build the model "
         "with a fixed head dim (heads that grow with the width), where the scale needs no "
         "change",

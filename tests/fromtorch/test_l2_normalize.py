@@ -337,3 +337,33 @@ def test_a_gain_read_elsewhere_too_is_refused_at_the_normalisations_line(two):
                        r"\(mul(_1)? = g \* div\) is read elsewhere too") as err:
         MuP(traced, "adam")  # (two: the first normalisation refused, either one's line)
     assert "F.normalize(" in err.value.diagnostics[0].span.source_line()
+
+
+class KeysOnly(nn.Module):
+    """Attention over heads of n/4 whose keys alone are L2-normalised and whose query is the
+    sum of two layers' outputs (logits at sdpa's scale 1: µP needs them times (n/base)^-1/2)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.q, self.q2, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(5))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        q, k, v = (y.unflatten(-1, (4, -1)).transpose(1, 2) for y in (
+            self.q(x) + self.q2(x), self.k(x), self.v(x)))
+        k = F.normalize(k, dim=-1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0).transpose(1, 2)
+        return self.out(x + self.o(o.flatten(-2)))
+
+
+def test_a_factor_the_keys_normalisation_needs_and_no_query_layer_takes_is_refused_at_its_line():
+    # the query is no one layer's output: the refusal had no line, the cause is the keys' norm
+    traced = tp.from_torch(KeysOnly, (32, 64), tokens)
+    with pytest.raises(tp.TensorProgError, match=r"µP needs the attention logits times "
+                       r"\(n/base\)\^-1/2 \(the model's multiplier of them counting the d\^-1/2 "
+                       r"of the L2 normalisation of div\) .* is combined with something else") \
+            as err:
+        MuP(traced, "adam")
+    assert "F.normalize(k, dim=-1)" in err.value.diagnostics[0].span.source_line()
