@@ -123,9 +123,10 @@ class NormOps:
             if not (isinstance(b, MeanSq) and b.over):
                 continue
             if not b.inv:
-                raise refuse(node, "a product with a vector's L2 norm, sqrt(sum(x²)) (a "
-                             "normalisation divides by it)", help="divide by it (x / x.norm("
-                             "dim=-1, keepdim=True)), or take the mean for an RMS (rms(h, D))")
+                raise refuse(node, "a product with a vector's sum of squares or L2 norm, "
+                             "sqrt(sum(x²)) (a normalisation divides by the norm)", help="divide "
+                             "by the norm (x / x.norm(dim=-1, keepdim=True)), or take the mean "
+                             "for an RMS (rms(h, D))")
             if isinstance(a, (Vec, Affine)) and self.vec(a, node).name == b.src.name:
                 return self._l2(node, self.vec(a, node), b.over, b.k**-0.5)
             if isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(

@@ -207,7 +207,7 @@ FORMS = {
     "other": (lambda u, y: y * torch.rsqrt((u * u).sum(-1, keepdim=True) + 1e-6),
               "a product with another vector's inverse L2 norm"),
     "times_norm": (lambda u, y: y * torch.sqrt((u * u).sum(-1, keepdim=True)),
-                   r"a product with a vector's L2 norm, sqrt\(sum\(x²\)\)"),
+                   r"a product with a vector's sum of squares or L2 norm, sqrt\(sum\(x²\)\)"),
     "l1": (lambda u, y: u / u.abs().sum(-1, keepdim=True),
            "a sum over a vector's coordinates of anything but its squares"),
     # an eps the program's norm would not hold: the model's u / |u| differs by 0.1% to 12%
