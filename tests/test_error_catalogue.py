@@ -1638,6 +1638,8 @@ TRACED_BUILDS = {
     "in_place": "lambda n: InPlace(n)",
     "in_place_view": "lambda n: InPlaceView(n)",
     "mean_all": "lambda n: build(n, lambda y: y + y.mean())",
+    "inverse_norm_plus": "lambda n: build(n, lambda y: y * (torch.rsqrt((y * y).sum(-1, "
+                         "keepdim=True)) + 0.1))",
     "flipped_ids": "lambda n: FlippedIds(n)",
     "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
@@ -1737,6 +1739,9 @@ TRACED_BUILDS = {
     # a mean of every entry (no dims): before, a TypeError's traceback (op_mean's dims missing)
     ("mean_all", None, r"m.py:\d+:\d+: error: cannot trace a mean of a \(batch, tokens, "
                        r"features\) vector over axes \[0, 1, 2\]"),
+    # before: traced as y / |y|, the 0.1 dropped (ops_norm.eps_added)
+    ("inverse_norm_plus", None, r"m.py:\d+:\d+: error: cannot trace a number added to the "
+                                r"inverse root of a vector's sum of squares"),
     # before: refused as "an embedding lookup of ids that are neither the token input, ...";
     # then at the lookup, as relative biases were not traced; now traced into the logits they
     # are added to (ops_relative.py), and refused where they are used otherwise

@@ -31,7 +31,7 @@ from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .init_stats import block_key
-from .normed import query_norm_patch, refuse_l2
+from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
     claim,
@@ -137,8 +137,7 @@ class MuP(DepthScaling, OptimizerGroups):
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
         for name, info in traced.scales.items():  # first: the cause, at the user's line
-            if info.get("l2") and info["q"] not in traced.producers:  # no gain takes it
-                refuse_l2(name, info, -info["model_a"])  # (normed.py)
+            l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
         # layer called for several attentions: ALBERT's shared layer)
         self.shared_fold = shared_query_layers(self)

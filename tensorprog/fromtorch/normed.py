@@ -55,6 +55,7 @@ def refuse_unnormed_query(traced, scale: str, info: dict, need: str) -> None:
         "with something else after its linear layer (a per-head gate or bias, spread(g, dh), "
         "another sum or product), so no one layer's init and LR take the factor, and it is "
         "no norm's output for a forward patch to scale",
+        info.get("l2_span"),  # an L2 normalisation's line, where it needs the factor
         help="gate or bias the attention's output rather than its query, or build the model "
         "with a fixed head dim (heads that grow with the width), where the scale needs no "
         "change",
@@ -230,20 +231,40 @@ def l2_note(info: dict, w1: int) -> str:
             "param to take it (apply refuses it)")
 
 
-def refuse_l2(scale: str, info: dict, delta: Fraction) -> None:
+def l2_taken(mup, scale: str, info: dict) -> None:
+    """An L2 normalisation's width constant (``scale``, ``info``: :func:`l2_into_scales`)
+    that no gain takes alone is refused at its line: one whose vector no gain reads
+    (:func:`refuse_l2`), or whose gain is read elsewhere too (another normalisation's
+    product, another vector's), whose init and LR would carry the factor there as well."""
+    if not info.get("l2"):
+        return
+    gain = mup.traced.producers.get(info["q"], (None,))[0]
+    if gain is None:
+        refuse_l2(scale, info, -info["model_a"])
+    if len(mup.program.uses(gain)) > 1:
+        target, v = mup.traced.params[gain].target, next(iter(info["l2_vectors"]))
+        refuse_l2(scale, info, -info["model_a"], f"the gain {target} that takes it ("
+                  f"{info['q']} = {gain} * {v}) is read elsewhere too, and its init and LR "
+                  "would carry the factor there as well", help="give the normalisation a "
+                  "gain of its own (a param read once), or normalise with the mean (RMSNorm)")
+
+
+def refuse_l2(scale: str, info: dict, delta: Fraction, why: str | None = None,
+              help: str | None = None) -> None:
     """A UsageError at the user's line of an L2 normalisation over coordinates that grow with
     the width whose vector is read by more than attention logits (:func:`l2_into_scales`):
     µP's program holds it at the base constant, the model's is (n/base)^-model_a of it, and
-    the factor between them has no param after a norm to take it."""
+    the factor between them has no param after a norm to take it (``why``: what else)."""
+    why = why or (
+        "a norm's output takes no factor from the init or LR of what makes its input, "
+        f"and {info.get('read_by', 'another value')} reads it, not attention logits alone "
+        "(whose multiplier would count the constant, as cosine attention's 1/d does)")
     raise UsageError(
         f"{scale}: an L2 normalisation over {info['l2']} coordinates at the base width, whose "
         f"number grows with the width: x / |x| is d^-1/2 * rmsnorm(x), of coordinates of size "
         f"n^-{info['model_a']} where µP's program keeps them Θ(1), so µP needs it times "
-        f"(n/base)^{-delta}; "
-        "but a norm's output takes no factor from the init or LR of what makes its input, "
-        f"and {info.get('read_by', 'another value')} reads it, not attention logits alone "
-        "(whose multiplier would count the constant, as cosine attention's 1/d does)",
+        f"(n/base)^{-delta}; but {why}",
         info["span"],
-        help="normalise with the mean (RMSNorm, x * rsqrt(x.pow(2).mean(-1, keepdim=True) + "
-        "eps), or F.rms_norm) and put any constant into a gain param, or normalise over a "
+        help=help or "normalise with the mean (RMSNorm, x * rsqrt(x.pow(2).mean(-1, keepdim="
+        "True) + eps), or F.rms_norm) and put any constant into a gain param, or normalise over a "
         "head of a fixed dim (build the model with heads that grow with the width)")

@@ -73,9 +73,9 @@ class ArithOps:
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
             c = u if isinstance(u, (int, float)) else v
             x = v if isinstance(u, (int, float)) else u
-            if isinstance(x, MeanSq):
-                return x  # + eps under a root
             eps = alpha * c if x is u else c if alpha == 1 else None  # |x| + eps, eps + |x|
+            if isinstance(x, MeanSq):
+                return self.eps_added(node, x, eps)  # + eps under a root (ops_norm.py)
             if isinstance(x, L2Norm) and eps is not None and 0 < eps <= 1e-3:
                 return x  # x / (|x| + eps): F.normalize's, eps aside (ops_norm.py)
             p = self.pointwise(node, x)

@@ -123,9 +123,10 @@ class NormOps:
             if not (isinstance(b, MeanSq) and b.over):
                 continue
             if not b.inv:
-                raise refuse(node, "a product with a vector's L2 norm, sqrt(sum(x²)) (a "
-                             "normalisation divides by it)", help="divide by it (x / x.norm("
-                             "dim=-1, keepdim=True)), or take the mean for an RMS (rms(h, D))")
+                raise refuse(node, "a product with a vector's sum of squares or L2 norm, "
+                             "sqrt(sum(x²)) (a normalisation divides by the norm)", help="divide "
+                             "by the norm (x / x.norm(dim=-1, keepdim=True)), or take the mean "
+                             "for an RMS (rms(h, D))")
             if isinstance(a, (Vec, Affine)) and self.vec(a, node).name == b.src.name:
                 return self._l2(node, self.vec(a, node), b.over, b.k**-0.5)
             if isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
@@ -152,6 +153,23 @@ class NormOps:
             return self.norm_floor(node, x, float(lo), None)
         raise refuse(node, f"a clamp_min to {lo} of anything but a vector's L2 norm (F."
                      "normalize's guard)", help="clamp with relu (min 0) or relu6")
+
+    def eps_added(self, node, x: MeanSq, eps: float | None) -> MeanSq:
+        """``mean(x²) + eps`` under a root (a norm's eps, aside as torch's norms' is), or a
+        small one on a sum of squares or after a root (``sum(x²) + eps``, ``sqrt(sum(x²)) +
+        eps``, eps <= MAX_FLOOR, as ``|x| + eps``): the norm, eps aside (module docstring). A
+        number subtracted, or added to the inverse root, or a larger eps on a sum of squares
+        or after a root (where the program's norm would not compute the model's) is refused."""
+        if eps is not None and 0 <= eps and not x.inv and (
+                eps <= MAX_FLOOR or not (x.root or x.over)):
+            return x
+        what = ("a subtraction with" if eps is None or eps < 0 else "a number added to the "
+                "inverse root of" if x.inv else f"an eps of {eps:g} (above {MAX_FLOOR:g}) added "
+                "to" + " the root of" * x.root)
+        raise refuse(node, f"{what} a vector's {'sum of squares' if x.over else 'mean square'}"
+                     ": a norm divides by sqrt(mean(x²) + eps), "
+                     "eps aside where small", help="add a small eps under the root (x * torch."
+                     "rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)), or use F.normalize")
 
     def norm_floor(self, node, x: MeanSq, lo: float | None, hi: float | None) -> MeanSq:
         """``mean(x²).clamp(min=f)`` (or its root's, ``rms.clamp(min=f)``, a floor f² on the

@@ -207,9 +207,18 @@ FORMS = {
     "other": (lambda u, y: y * torch.rsqrt((u * u).sum(-1, keepdim=True) + 1e-6),
               "a product with another vector's inverse L2 norm"),
     "times_norm": (lambda u, y: y * torch.sqrt((u * u).sum(-1, keepdim=True)),
-                   r"a product with a vector's L2 norm, sqrt\(sum\(x²\)\)"),
+                   r"a product with a vector's sum of squares or L2 norm, sqrt\(sum\(x²\)\)"),
     "l1": (lambda u, y: u / u.abs().sum(-1, keepdim=True),
            "a sum over a vector's coordinates of anything but its squares"),
+    # an eps the program's norm would not hold: the model's u / |u| differs by 0.1% to 12%
+    "eps_big": (lambda u, y: u * torch.rsqrt((u * u).sum(-1, keepdim=True) + 0.1),
+                r"an eps of 0.1 \(above 0.001\) added to a vector's sum of squares"),
+    "eps_big_root": (lambda u, y: u / (u.pow(2).sum(-1, keepdim=True).sqrt() + 0.5),
+                     r"an eps of 0.5 \(above 0.001\) added to the root of a vector's sum"),
+    "inverse_plus": (lambda u, y: u * (torch.rsqrt((u * u).sum(-1, keepdim=True)) + 0.1),
+                     "a number added to the inverse root of a vector's sum of squares"),
+    "eps_negative": (lambda u, y: u * torch.rsqrt((u * u).sum(-1, keepdim=True) - 1e-4),
+                     "a subtraction with a vector's sum of squares"),
 }
 
 
@@ -233,7 +242,7 @@ class Gained(nn.Module):
         return self.out(x + (h.flatten(-2) if self.heads else h))
 
 
-@pytest.mark.slow  # 14 traces
+@pytest.mark.slow  # 22 traces
 @pytest.mark.parametrize("heads", [False, True])
 @pytest.mark.parametrize("form", list(FORMS))
 def test_other_forms_of_an_l2_norm_compute_the_model_or_are_refused_at_their_line(form, heads):
@@ -293,3 +302,68 @@ def test_a_normalised_query_reaching_the_logits_through_a_number_or_also_read_el
     assert info["model_a"] == 1 == tp.derive(traced.program, "adam").abc[scale].a
     assert MuP(traced, "adam").patches == []
     traced_computes_the_model(traced, build, tokens, tol=1e-5)
+
+
+def test_a_number_added_to_the_inverse_norm_is_refused_at_its_line():
+    # u * (rsqrt(sum(u²)) + 0.1) is no norm: it was traced as u / |u|, the 0.1 dropped
+    with pytest.raises(tp.TensorProgError, match=FORMS["inverse_plus"][1]) as err:
+        tp.from_torch(lambda n: Gained(n, "inverse_plus", False), (32, 64), tokens)
+    assert "self.form(u, y)" in err.value.diagnostics[0].span.source_line()
+
+
+class SharedGain(nn.Module):
+    """A gain times an L2 normalisation over all n channels, the gain also read by another
+    normalisation's product (``two``) or by a plain vector's."""
+
+    def __init__(self, n, two):
+        super().__init__()
+        self.two, self.e, self.g = two, nn.Embedding(13, n), nn.Parameter(torch.ones(n))
+        self.a, self.b, self.out = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        y = self.b(x)
+        other = F.normalize(y, dim=-1) if self.two else y
+        return self.out(x + self.g * F.normalize(self.a(x), dim=-1) + self.g * other)
+
+
+@pytest.mark.parametrize("two", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_a_gain_read_elsewhere_too_is_refused_at_the_normalisations_line(two):
+    # folding (n/base)^1/2 into g would scale its other product too; the refusal said
+    # "attention logits" and "the query's gain", at no line
+    traced = tp.from_torch(lambda n: SharedGain(n, two), (32, 64), tokens)
+    with pytest.raises(tp.TensorProgError, match=r"an L2 normalisation over 32 coordinates .* "
+                       r"µP needs it times \(n/base\)\^1/2; but the gain g that takes it "
+                       r"\(mul(_1)? = g \* div\) is read elsewhere too") as err:
+        MuP(traced, "adam")  # (two: the first normalisation refused, either one's line)
+    assert "F.normalize(" in err.value.diagnostics[0].span.source_line()
+
+
+class KeysOnly(nn.Module):
+    """Attention over heads of n/4 whose keys alone are L2-normalised and whose query is the
+    sum of two layers' outputs (logits at sdpa's scale 1: µP needs them times (n/base)^-1/2)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.q, self.q2, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(5))
+        self.out = nn.Linear(n, 13)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        q, k, v = (y.unflatten(-1, (4, -1)).transpose(1, 2) for y in (
+            self.q(x) + self.q2(x), self.k(x), self.v(x)))
+        k = F.normalize(k, dim=-1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0).transpose(1, 2)
+        return self.out(x + self.o(o.flatten(-2)))
+
+
+def test_a_factor_the_keys_normalisation_needs_and_no_query_layer_takes_is_refused_at_its_line():
+    # the query is no one layer's output: the refusal had no line, the cause is the keys' norm
+    traced = tp.from_torch(KeysOnly, (32, 64), tokens)
+    with pytest.raises(tp.TensorProgError, match=r"µP needs the attention logits times "
+                       r"\(n/base\)\^-1/2 \(the model's multiplier of them counting the d\^-1/2 "
+                       r"of the L2 normalisation of div\) .* is combined with something else") \
+            as err:
+        MuP(traced, "adam")
+    assert "F.normalize(k, dim=-1)" in err.value.diagnostics[0].span.source_line()
