@@ -34,6 +34,11 @@ where the forced vanishing makes the engine's sizes wrong rather than small:
   SGD's steps, as small as the gradients, never leave in the width limit (the mixing never
   trains). Normalised steps (Adam, Lion, Muon) leave it at the first step. Over a state size
   ∝ n, C₀ and B₀ are Θ(1) and only cb's CLT sum vanishes: no saddle.
+
+``derive`` refuses every program with forced vectors (:func:`refuse_forced`): the mixing is
+Θ(1) only at second order in the step, so the rates and ε derived for it would not transfer.
+Groups that grow with the heads (C and B of a dim ∝ n, a fixed N per group) leave nothing
+forced.
 """
 
 from __future__ import annotations
