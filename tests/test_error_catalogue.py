@@ -903,10 +903,14 @@ def test_blocks_outside_the_depth_rules_are_refused_where_they_leave_them(case):
     assert "help:" in str(err.value)
 
 
-# an SSD's forced vanishing where derive cannot stand behind it (tensorprog/engine/ssd_init.py):
-# a norm that divides by the vanishing mixing, and SGD at C's and B's saddle (SSM: 16 lines)
+# an SSD's forced vanishing, which derive refuses (tensorprog/engine/ssd_init.py): the mixing
+# of a fixed number of groups, a norm that divides by it, SGD at C's and B's saddle (SSM: 16
+# lines, the ssd call at line 18)
 SSD_REFUSED = {
-    "ssd-norm-of-the-mixing": ("adam", "output y = U @ rmsnorm(mix(p, h, P))\n", (19, 24),
+    "ssd-fixed-groups": ("adam", "output y = U @ (h + mix(p, h, P))\n", (18, 1),
+                         r"no µP has the state-space mixing Θ\(1\) at init: C's and B's layers "
+                         r"have a finite fan-out"),
+    "ssd-norm-of-the-mixing": ("adam", "output y = U @ rmsnorm(mix(p, h, P))\n", (18, 1),
                                r"y_1 vanishes at init as 1/n \(forced by an SSD's weights\) and "
                                r"y_2 divides by its size"),
     "ssd-sgd-saddle": ("sgd", "output y = U @ (h + mix(p, h, P))\n", (18, 1),
@@ -915,14 +919,14 @@ SSD_REFUSED = {
 
 
 @pytest.mark.parametrize("case", SSD_REFUSED)
-def test_an_ssds_forced_vanishing_is_refused_where_derive_cannot_stand_behind_it(case):
+def test_an_ssds_forced_vanishing_is_refused_by_derive(case):
     optimizer, tail, (line, column), message = SSD_REFUSED[case]
     source = SSM + "param U : [V, n]\np = ssd(cb, dt, A, P)\n" + tail
     with pytest.raises(EngineError, match=message) as err:
         tp.derive(tp.parse(source, "p.tp"), optimizer)
     span = err.value.diagnostics[1].span
     assert (span.line, span.column) == (line, column)
-    assert "help: an SSD's mixing vanishes at init" in str(err.value)
+    assert "help: let the groups grow with the heads" in str(err.value)
 
 
 EX = ROOT / "examples"

@@ -56,6 +56,7 @@ class Classification:
     stable: bool = True
     nontrivial: bool = False
     notes: list[str] = field(default_factory=list)  # vectors an SSD forces to vanish at init
+    forced: list[str] = field(default_factory=list)  # ... their names, in program order
     ssd_refused: list[str] = field(default_factory=list)  # ... where that is refused (ssd_init)
 
     @property
@@ -190,6 +191,7 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                 f"{t[0].why})"))
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in forced:
             result.notes.append(forced[v])
+            result.forced.append(v)
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in refused:
             result.violations.append(Violation("vanishing_init", v, e0, refused[v]))
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:

@@ -24,7 +24,6 @@ from .report import (
     shape_text,
     table,
 )
-from .ssd_init import forced_lines
 from .standardised import note as std_note
 from .terms import Term, fan_dims, role
 
@@ -240,7 +239,6 @@ def derive_json(d: Derivation) -> dict:
         "conditions": [{"param": e.param, "equation": e.render(), "reason": e.reason}
                        for e in d.equations],
         "regime": d.check.regime, "r": as_str(d.check.r),
-        **({"forced_to_vanish": list(d.check.notes)} if d.check.notes else {}),
     }
 
 
@@ -290,8 +288,7 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
     return "\n".join([
         head, CONVENTION_LINE, *note, "", table(rows), *eps_lines(d), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
-        f"maximally{' in the width limit' if d.check.notes else ''}.",
-        *forced_lines(d.check.notes, eps),
+        "maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
         *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
 
@@ -330,8 +327,7 @@ def explain(d: Derivation) -> str:
     out += ["", "Solution:"]
     out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
     out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
-            f"{d.check.r} and every param updated maximally.", *forced_lines(d.check.notes,
-                                                                             bool(d.eps)),
+            f"{d.check.r} and every param updated maximally.",
             f"Symmetry: {d.optimizer.symmetry()}.", *std_note(p, d.optimizer.a_coef)]
     if d.depth is not None:
         L = p.depth.name

@@ -31,6 +31,7 @@ from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT
 from .rules_delta import refuse_growing_head_dim
+from .ssd_init import refuse_forced
 from .standardised import equations as std_equations
 from .standardised import standardised
 from .terms import Term, fan_in_infinite
@@ -333,14 +334,12 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     abc.update({p: ABC(-an.S[p], ZERO, "oo") for p in params if p in scales})
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
+    refuse_forced(program, check)  # an SSD's mixing that every stable µP has vanish at init
     if check.violations:
-        if not check.ssd_refused:  # an SSD's forced vanishing says its own reason (ssd_init)
-            _refuse_bottleneck(program, check)
+        _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned
         last = len(check.violations) - 1
-        advice = ("an SSD's mixing vanishes at init under every stable µP: docs/theory.md, "
-                  "\"State-space mixing\"" if check.ssd_refused else
-                  "every width-dependent sum needs a param (or a scale) that can absorb it")
+        advice = "every width-dependent sum needs a param (or a scale) that can absorb it"
         found = [Diagnostic(v.message, _span_of(program, v.tensor), advice if i == last else None)
                  for i, v in enumerate(check.violations)]
         raise EngineError(

@@ -34,12 +34,18 @@ where the forced vanishing makes the engine's sizes wrong rather than small:
   SGD's steps, as small as the gradients, never leave in the width limit (the mixing never
   trains). Normalised steps (Adam, Lion, Muon) leave it at the first step. Over a state size
   ∝ n, C₀ and B₀ are Θ(1) and only cb's CLT sum vanishes: no saddle.
+
+``derive`` refuses every program with forced vectors (:func:`refuse_forced`): the mixing is
+Θ(1) only at second order in the step, so the rates and ε derived for it would not transfer.
+Groups that grow with the heads (C and B of a dim ∝ n, a fixed N per group) leave nothing
+forced.
 """
 
 from __future__ import annotations
 
 import copy
 
+from ..errors import Diagnostic, EngineError
 from ..ir.program import Dot, LinComb, MatMul, Nonlin, Program
 from ..ir.routes import Route
 from ..ir.ssd import SSD
@@ -160,26 +166,41 @@ def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[
                 f"{v} vanishes at init as {power(init[v])} (forced by an SSD's weights), and "
                 f"under {an.optimizer.name} it stays so: C's gradient is ∝ B and B's ∝ C, both "
                 "vanishing at init, a saddle that steps as small as the gradients never leave "
-                "in the width limit, so the mixing never trains; use a normalised optimizer "
-                "(adam, lion, muon), whose first step leaves it")
+                "in the width limit, so the mixing never trains (normalised steps, adam's, "
+                "lion's or muon's, leave it at the first)")
             del notes[v]
     return notes, refusals
 
 
-def forced_lines(notes: list[str], eps: bool) -> list[str]:
-    """What derive prints of the vectors an SSD forces to vanish (``notes``), right under its
-    regime line: the exponents hold in the width limit, but the mixing starts at 0 there and
-    the coordinate check sees its first steps shrink with the width (docs/theory.md). ``eps``:
-    the table has Adam's ε column, which follows the gradients after training."""
-    if not notes:
-        return []
-    return [
-        "Warning: the state-space mixing vanishes at init, and no stable µP lifts it "
-        "(docs/theory.md, \"State-space mixing\"):", *(f"  - {n}" for n in notes),
-        "  It is Θ(1) only once trained, through ΔC·ΔB, second order in the step: at practical "
-        "widths its first steps shrink as the width grows, so `tensorprog check` fails in the "
-        "SSD branch under this µP.",
-        *(["  The params whose gradients pass through them see smaller gradients at init than "
-           "the eps column follows (C's and B's layers n^-1 times: each one's gradient ∝ the "
-           "other, a saddle): keep Adam's ε below those (ε -> 0), or the first steps stay at "
-           "the saddle."] if eps else [])]
+def refuse_forced(program: Program, check) -> None:
+    """Refuse, for ``derive``, a program whose check (``check``, a Classification) finds vectors
+    an SSD's weights force to vanish at init: its notes, and the vectors refused outright (a
+    norm of them, SGD's saddle). No µP has the mixing Θ(1) there, and the rates derived for it
+    would not transfer (docs/theory.md, "State-space mixing"); ``classify`` still reports them
+    as notes of a given parametrization. One diagnostic per vector, at its instruction."""
+    messages = {v.tensor: v.message for v in check.violations if v.tensor in check.ssd_refused}
+    messages.update(zip(check.forced, check.notes, strict=True))
+    if not messages:
+        return
+    init = check.analysis.init_
+    finite = any(isinstance(ins, Nonlin) and ins.fn == SSD and gt(ZERO, init[ins.out])
+                 and _forced(program, ins.args[0]) == -ONE for ins in program.body)
+    why = ("C's and B's layers have a finite fan-out (the state size of a fixed number of "
+           "groups), so stable feature learning needs them initialised as readouts (std ∝ 1/n); "
+           "then cb and p vanish as n^-1, and the mixing is Θ(1) only at second order in the "
+           "step (ΔC·ΔB), so the learning rates and ε derived for it would not transfer"
+           if finite else
+           "cb sums over a state size that grows with the width, so training needs a 1/N scale "
+           "on it (an LLN sum once trained), and its CLT sum at init leaves cb and p at n^-1/2")
+    shown = [ins.out for ins in program.body if ins.out in messages]
+    last = shown[-1]
+    raise EngineError(
+        [Diagnostic(f"no µP has the state-space mixing Θ(1) at init: {why} (docs/theory.md, "
+                    "\"State-space mixing\")")]
+        + [Diagnostic(
+            messages[v], program.producer[v].span,
+            "let the groups grow with the heads: C and B of a dim ∝ n (ngroups ∝ heads, a "
+            "fixed state size N per group: `param WC : [di, n]` and cb = dot(WC @ a, WB @ a, "
+            "N)); or judge a given parametrization with `tensorprog classify`, which reports "
+            "these vectors as forced to vanish" if v == last else None)
+           for v in shown])

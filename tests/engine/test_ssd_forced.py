@@ -7,14 +7,17 @@ that something else causes, on a one-block Mamba-2 (examples/ssd.tp's block, han
   skip D x initialised too small: with p = 0 it would be as large); p smaller than cb because
   the steps dt vanish; m smaller than p because x does;
 * refused: a norm that divides by a forced vector (its gradient at init is n times its
-  trained size), and SGD (C and B at a saddle its steps never leave in the width limit)."""
+  trained size), and SGD (C and B at a saddle its steps never leave in the width limit).
+
+derive refuses every such program (no µP has the mixing Θ(1) at init); classify judges the
+µP-like parametrization below (C's and B's layers initialised and trained as readouts)."""
 
 import pytest
 
 import tensorprog as tp
 from tensorprog.engine.classify import classify
 from tensorprog.engine.exponents import ABC, HALF, INF
-from tensorprog.engine.optimizers import ADAM
+from tensorprog.engine.optimizers import ADAM, SGD
 from tensorprog.engine.parametrization import zero_init
 from tensorprog.errors import EngineError, UsageError
 
@@ -52,17 +55,25 @@ output logits = U @ rmsnorm(o)
 """
 
 
+#: µP's exponents but for the forced mixing (Adam): C's and B's layers are readouts
+MUP_LIKE = {"E": ABC(0, 0, 0), **{w: ABC(0, 1, 1) for w in ("U", "WB", "WC")},
+            **{w: ABC(0, "1/2", 1) for w in ("Wx", "Wz", "Wdt", "Wo")}}
+
+
+def given(program, **changes) -> dict[str, ABC]:
+    """MUP_LIKE for ``program``'s params (vectors as biases, Θ(1)), with ``changes``."""
+    return {**{p.name: MUP_LIKE.get(p.name, ABC(0, 0, 0)) for p in program.params}, **changes}
+
+
 def _judged(text: str, **changes) -> tuple[list[str], list[str]]:
-    """(the vectors noted as forced, the vanishing_init violations) under the derived
-    exponents with ``changes`` made to them."""
+    """(the vectors noted as forced, the vanishing_init violations) under MUP_LIKE with
+    ``changes`` made to it."""
     program = tp.parse(text)
-    abc = {**tp.derive(program, "adam").abc, **changes}
-    c = classify(program, ADAM, abc)
-    return ([n.split()[0] for n in c.notes],
-            [v.tensor for v in c.violations if v.condition == "vanishing_init"])
+    c = classify(program, ADAM, given(program, **changes))
+    return c.forced, [v.tensor for v in c.violations if v.condition == "vanishing_init"]
 
 
-def test_the_block_derives_with_p_and_the_mixing_forced():
+def test_the_block_classifies_with_p_and_the_mixing_forced():
     assert _judged(BASE) == (["p", "m"], [])
 
 
@@ -87,8 +98,9 @@ def test_weights_made_smaller_than_cb_by_vanishing_steps_are_a_violation():
     # Wdt below a hidden layer's init: p vanishes because dt does, not because cb does
     text = BASE.replace("[N, n]", "[di, n]").replace("dim N = 8", "dim N = 16").replace(
         "softplus(Wdt @ a + bdt)", "Wdt @ a").replace("param bdt : [H] = -2\n", "")
-    assert _judged(text) == ([], [])
-    assert _judged(text, Wdt=ABC(0, 1, 1)) == ([], ["dt", "p", "m"])
+    hidden = {w: ABC(0, "1/2", 1) for w in ("WB", "WC")}
+    assert _judged(text, **hidden) == ([], [])
+    assert _judged(text, Wdt=ABC(0, 1, 1), **hidden) == ([], ["dt", "p", "m"])
 
 
 def test_without_skip_or_norm_the_branch_is_forced():
@@ -111,6 +123,16 @@ def test_a_norm_of_a_forced_vector_is_refused(old, new, divided):
     assert "State-space mixing" in str(e.value)
 
 
+def test_derive_refuses_the_forced_mixing_at_the_ssd():
+    with pytest.raises(EngineError, match="no µP has the state-space mixing Θ\\(1\\) at init"
+                       ) as e:
+        tp.derive(tp.parse(BASE), "adam")
+    lines = BASE.splitlines()
+    at = [lines.index(line) + 1 for line in ("p = ssd(cb, dt, -1 * exp(Alog), P)",
+                                             "m = mix(p, x, P)")]
+    assert [d.span.line for d in e.value.diagnostics[1:]] == at  # p, then m
+
+
 def test_sgd_is_refused():
     with pytest.raises(EngineError, match="under sgd it stays so"):
         tp.derive(tp.parse(BASE), "sgd")
@@ -118,25 +140,36 @@ def test_sgd_is_refused():
 
 def test_a_state_size_that_grows_forces_only_n_to_the_minus_half():
     # N ∝ n: C and B are hidden layers' outputs, Θ(1); cb needs the scale 1/N (LLN after
-    # training), which leaves P₀ at the CLT sum's n^-1/2: forced. A scale below 1/N makes P₀
-    # smaller than that, n^-1, which the finite state size's n^-1 would have let pass
+    # training), which leaves P₀ at the CLT sum's n^-1/2: forced, and refused by derive. A
+    # scale below 1/N makes P₀ smaller than that, n^-1, which the finite state size's n^-1
+    # would have let pass
     text = BASE.replace("dim N = 8", "dim N = n").replace(
         "cb = dot(", "scale s = 1\ncb = s * dot(")
     program = tp.parse(text)
-    d = tp.derive(program, "adam")
-    assert d.abc["s"].a == 1 and d.analysis.init_["p"] == -HALF
-    assert [n.split()[0] for n in d.check.notes] == ["p", "m"]
-    assert _judged(text, s=ABC("3/2", 0, "oo")) == ([], ["p", "m"])
-    # C₀ and B₀ are Θ(1): no saddle, so SGD derives too
-    assert [n.split()[0] for n in tp.derive(program, "sgd").check.notes] == ["p", "m"]
+    with pytest.raises(EngineError, match="cb sums over a state size that grows with the width, "
+                       "so training needs a 1/N scale on it"):
+        tp.derive(program, "adam")
+    hidden = {w: ABC(0, "1/2", 1) for w in ("WB", "WC")}
+    assert _judged(text, s=ABC(1, 0, "oo"), **hidden) == (["p", "m"], [])
+    assert classify(program, ADAM, given(program, s=ABC(1, 0, "oo"), **hidden)).analysis.init_[
+        "p"] == -HALF
+    assert _judged(text, s=ABC("3/2", 0, "oo"), **hidden) == ([], ["p", "m"])
+    # C₀ and B₀ are Θ(1): no saddle, so SGD's exponents leave them noted, not refused
+    sgd = given(program, s=ABC(1, 0, "oo"), **{w: ABC(0, "1/2", 0) for w in (
+        "WB", "WC", "Wx", "Wz", "Wdt", "Wo")}, U=ABC(0, 1, 1),
+        **{b: ABC(0, 0, -1) for b in ("E", "bdt", "Alog", "D", "gn")})
+    c = classify(program, SGD, sgd)
+    assert c.forced == ["p", "m"] and not c.violations
 
 
 def test_zeroing_both_c_and_b_is_refused():
-    # --readout-zero-init zeroes every output weight, WB and WC among them: C = B = 0 exactly,
-    # each one's gradient ∝ the other, so the mixing would never train (derive said "still
-    # feature learning" before); zeroing one of them leaves the other's gradient
-    program = tp.parse(BASE)
+    # C = B = 0 exactly: each one's gradient ∝ the other, so the mixing would never train;
+    # zeroing one of them leaves the other's gradient (groups growing with the heads: C and B
+    # of di, their layers hidden, so --readout-zero-init leaves them)
+    text = BASE.replace("[N, n]", "[di, n]").replace("dim N = 8", "dim N = 16")
+    program = tp.parse(text)
     abc = tp.derive(program, "adam").abc
     with pytest.raises(UsageError, match="makes C and B of the SSD p exactly 0"):
-        zero_init(program, abc, readout=True)
+        zero_init(program, abc, ("WB", "WC"))
     assert zero_init(program, abc, ("U", "WB"))["WB"].b is INF
+    assert zero_init(program, abc, readout=True)["WB"] == abc["WB"]

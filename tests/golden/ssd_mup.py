@@ -30,9 +30,9 @@ SCALING = {
                "fan_in": (1.0, 1), "block": "mamba", "attr": "Wx"},
     "mamba.Wz": {"shape": ("di", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0,
                "fan_in": (1.0, 1), "block": "mamba", "attr": "Wz"},
-    "mamba.WB": {"shape": ("N", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0,
+    "mamba.WB": {"shape": ("di", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0,
                "fan_in": (1.0, 1), "block": "mamba", "attr": "WB"},
-    "mamba.WC": {"shape": ("N", "n",), "a": 0.0, "b": 1.0, "c": 1.0, "eps": 0.0,
+    "mamba.WC": {"shape": ("di", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0,
                "fan_in": (1.0, 1), "block": "mamba", "attr": "WC"},
     "mamba.Wdt": {"shape": ("H", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0,
                 "fan_in": (1.0, 1), "block": "mamba", "attr": "Wdt"},
@@ -57,8 +57,8 @@ PARAM_COUNT = (
     (1.0, 1, "mamba"),
     (2.0, 2, "mamba"),
     (2.0, 2, "mamba"),
-    (8.0, 1, "mamba"),
-    (8.0, 1, "mamba"),
+    (2.0, 2, "mamba"),
+    (2.0, 2, "mamba"),
     (0.125, 2, "mamba"),
     (0.125, 1, "mamba"),
     (0.125, 1, "mamba"),
@@ -70,6 +70,7 @@ REPEATS = {"mamba": 2}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
     ("dim H = n / 8", 8),
+    ("the head count di/N = n / 8", 8),
     ("the head count di/P = n / 8", 8),
 )
 
@@ -85,8 +86,8 @@ class Block_mamba(torch.nn.Module):
         self.g = torch.nn.Parameter(torch.empty(width, **factory))
         self.Wx = torch.nn.Parameter(torch.empty(2 * width, width, **factory))
         self.Wz = torch.nn.Parameter(torch.empty(2 * width, width, **factory))
-        self.WB = torch.nn.Parameter(torch.empty(8, width, **factory))
-        self.WC = torch.nn.Parameter(torch.empty(8, width, **factory))
+        self.WB = torch.nn.Parameter(torch.empty(2 * width, width, **factory))
+        self.WC = torch.nn.Parameter(torch.empty(2 * width, width, **factory))
         self.Wdt = torch.nn.Parameter(torch.empty(width // 8, width, **factory))
         self.bdt = torch.nn.Parameter(torch.empty(width // 8, **factory))
         self.Alog = torch.nn.Parameter(torch.empty(width // 8, **factory))
@@ -105,7 +106,7 @@ class Block_mamba(torch.nn.Module):
         dt = torch.nn.functional.softplus(dt_2)
         p_1 = torch.nn.functional.linear(a, self.WC)
         p_2 = torch.nn.functional.linear(a, self.WB)
-        p_3 = _heads_dot(p_1, p_2, 8)
+        p_3 = _heads_dot(p_1, p_2, 16)
         p_4 = torch.exp(self.Alog)
         p_5 = -p_4
         p = _ssd(p_3, dt, p_5)
@@ -133,7 +134,7 @@ class Block_mamba(torch.nn.Module):
         dt = torch.nn.functional.softplus(dt_2)
         p_1 = torch.nn.functional.linear(a, self.WC)
         p_2 = torch.nn.functional.linear(a, self.WB)
-        p_3 = _heads_dot(p_1, p_2, 8)
+        p_3 = _heads_dot(p_1, p_2, 16)
         p_4 = torch.exp(self.Alog)
         p_5 = -p_4
         p = _ssd(p_3, dt, p_5)

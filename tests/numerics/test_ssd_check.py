@@ -1,9 +1,11 @@
-"""The coordinate check of examples/ssd.tp (Mamba-2, ngroups fixed; docs/theory.md, "State-space
-mixing"), pinned as measured: SP fails everywhere; the derived µP fails in the SSD branch alone
-(the mixing's change shrinks with the width over the first steps: the limit's Θ(1) change of cb
-is ΔC·ΔB, second order in the step, behind first-order terms that vanish as n^-1/2); with
-ngroups growing with the heads nothing vanishes and the branch passes. Slow (about a minute of
-CPU for the three checks)."""
+"""The coordinate check of examples/ssd.tp (Mamba-2 with a group of C and B per head;
+docs/theory.md, "State-space mixing"), pinned as measured (Adam, lr 0.01, 3 seeds, 3 steps,
+widths 64..1024): under the derived µP every vector of the SSD branch is flat, and the one
+failure is the logits' change, the readout's own transient (slopes -0.32, -0.21, -0.17 after
+steps 1..3, shrinking towards 0 as they do in examples/llama.tp's check at these widths;
+zero-initialising the readout flattens them to -0.08); under SP the SSD branch is among the
+failures. Widths 128..1024 leave the second block's branch at the mercy of 3 seeds (slopes'
+spread 0.17), so the fit keeps 64. Slow (under a minute of CPU for the two checks)."""
 
 import pytest
 from conftest import ROOT
@@ -24,17 +26,13 @@ def _branch(name: str) -> bool:
 
 
 @pytest.mark.slow
-def test_sp_fails_and_mup_fails_only_in_the_ssd_branch():
+def test_mup_is_flat_in_the_ssd_branch_and_sp_is_not():
+    mup = tp.check(tp.parse(TEXT), "adam", widths=WIDTHS)
+    assert set(mup.failures) <= {"logits"}, list(mup.failures)
+    assert -0.25 < mup.slope("logits", 3) < 0 and mup.slope("logits", 3) > mup.slope("logits", 1)
+    for block in ("mamba.0", "mamba.1"):
+        for step in (2, 3):
+            assert abs(mup.slope(f"{block}.p", step)) <= 0.15
     sp = tp.check(tp.parse(TEXT), "adam", param="sp", widths=WIDTHS)
     assert not sp.passed and len(sp.failures) > 30
-    mup = tp.check(tp.parse(TEXT), "adam", widths=WIDTHS)
-    assert not mup.passed and all(_branch(n) for n in mup.failures), list(mup.failures)
-    assert {"mamba.0.p", "mamba.1.p"} <= set(mup.failures)
-
-
-@pytest.mark.slow
-def test_groups_that_grow_with_the_heads_pass_in_the_ssd_branch():
-    text = TEXT.replace("dim N = 8 ", "dim N = 16").replace("WB : [N, n]", "WB : [di, n]")
-    result = tp.check(tp.parse(text.replace("WC : [N, n]", "WC : [di, n]")), "adam",
-                      widths=WIDTHS)
-    assert not any(_branch(n) for n in result.failures), list(result.failures)
+    assert {"mamba.0.p", "mamba.1.p", "mamba.0.y_1", "mamba.1.y_1"} <= set(sp.failures)
