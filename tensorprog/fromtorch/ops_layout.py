@@ -374,7 +374,7 @@ class LayoutOps:
         # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
         if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
                 v.dh or self._tags(v, node)[dim % ndim] != "F") \
-                or self._tags(v, node)[dim % ndim] in _NOT_FEATURES:
+                or _axis_tag(self._tags(v, node), dim, ndim) in _NOT_FEATURES:
             conv = self.token_conv_output(v)  # (ops_tconv.py)
             raise refuse(
                 node,
@@ -436,7 +436,8 @@ class LayoutOps:
         block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
         # (or along the features of a layer's output permuted channels-first: FocalNet's gates;
         # its last axis there is tokens or pixels, no features)
-        across = isinstance(v, Affine) and self._tags(v, node)[dim % ndim] in _NOT_FEATURES
+        across = isinstance(v, Affine) and (
+            _axis_tag(self._tags(v, node), dim, ndim) in _NOT_FEATURES)
         features = not across and (dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh
                                    and self._tags(v, node)[dim % ndim] == "F")
         if block and features and step == 1:
@@ -512,6 +513,13 @@ _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the
 # the tags of axes that are no vector's features: a batch or a sequence's tokens, an image's rows
 # and columns
 _NOT_FEATURES = ("tok", "px")
+
+
+def _axis_tag(tags: tuple, dim: int, ndim: int) -> str | None:
+    """The tag of axis ``dim`` of a node of ``ndim`` axes, the tags aligned from the right (an
+    expert's copy of a value, [tokens, features], read in a node that keeps the batch axis)."""
+    i = dim % ndim - ndim
+    return tags[i] if -len(tags) <= i else None
 
 
 def _read_by_conv1d(node) -> bool:
