@@ -34,11 +34,14 @@ USAGE = ("write p = ssd(cb, dt, A, P): cb = dot(C, B, N) (C, B of ngroups·N per
           "P the values' head dim (H·P a declared dim); then mix(p, x, P)")
 
 
-def ssd_dim(dims: dict, steps: str | None, over: str) -> str | None:
-    """The heads axis of ``ssd(cb, dt, A, over)`` for dt of dim ``steps``: the heads of ``over``
-    of the declared dim of steps·over's size; None where there is none."""
-    whole = spread_dim(dims, steps, over)
-    return None if whole is None else heads_dim_name(whole, over)
+def ssd_dim(dims: dict, steps: str | None, ins) -> str | None:
+    """The heads axis of ``ssd(cb, dt, A, over)`` (``ins``) for dt of dim ``steps``: the heads of
+    ``over`` of the declared dim of steps·over's size; None where there is none (or the call has
+    not its three arguments, which the verifier refuses)."""
+    if len(ins.args) != 3 or not steps:
+        return None
+    whole = spread_dim(dims, steps, ins.over or "")
+    return None if whole is None else heads_dim_name(whole, ins.over or "")
 
 
 def groups_fit(groups, heads) -> str | None:
@@ -63,7 +66,7 @@ def verify_ssd(program, ins, ops: list, errors) -> str | None:
         errors.error(f"ssd takes (cb, dt, A) and the values' head dim; {USAGE}", ins.span)
         return None
     cb, dt, a = ops
-    out = ssd_dim({k: v for k, v in dims.items() if "/" not in k}, dt, ins.over)
+    out = ssd_dim({k: v for k, v in dims.items() if "/" not in k}, dt, ins)
     if cb is None or "/" not in cb or cb not in dims:
         errors.error(f"ssd: {ins.args[0]} must be a per-head dot's value, one number per group "
                      f"and token pair; {USAGE}", ins.span)
