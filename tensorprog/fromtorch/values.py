@@ -579,6 +579,9 @@ class ParamUse:
     # by another layer (a weight tied across two nn.Linear) is this param too, and the column
     # scale's pre-hook must reach each module that applies it (columns.py)
     also: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # a constant the model adds to the tensor where it reads it (Gemma's and Qwen3.5's norm
+    # gain 1 + w): the program's param is the sum
+    offset: float = 0.0
 
 
 @dataclass
