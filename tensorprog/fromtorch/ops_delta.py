@@ -55,7 +55,8 @@ class DeltaRuleOps:
 
     def head_rows(self, node, v, old, shape) -> Vec | None:
         """Every head of every token a row of its own, ``x.reshape(-1, dh)`` of (B, T, H, dh)
-        or of (B, T, H·dh), and back, ``.reshape(B, T, -1)`` (Gated DeltaNet's gated norm of
+        or of (B, T, H·dh), and back, ``.reshape(B, T, -1)`` or ``.reshape(B, T, H, dh)``
+        (Gated DeltaNet's gated norm of
         each value head): tagged (H, dh), as heads merged with the batch are (ops_heads.py),
         since what reads a row reads one head; None for any other view."""
         old, shape = tuple(old), tuple(shape)
@@ -70,11 +71,15 @@ class DeltaRuleOps:
         return None
 
     def _rows_back(self, v: Vec, old, shape) -> Vec | None:
-        """(B·T·H, dh) rows back to (B, T, H·dh), the batch first as the tokens' was."""
-        if v.tags == ("H", "dh") and len(shape) == 3 and shape[2] == v.dim and \
-                math.prod(shape) == math.prod(old) and \
-                shape[0] == getattr(self.tok_value, "shape", (None,))[0]:
+        """(B·T·H, dh) rows back to (B, T, H·dh), or to (B, T, H, dh) (Qwen3-Next's), the
+        batch first as the tokens' was."""
+        if v.tags != ("H", "dh") or math.prod(shape) != math.prod(old) or \
+                shape[0] != getattr(self.tok_value, "shape", (None,))[0]:
+            return None
+        if len(shape) == 3 and shape[2] == v.dim:
             return Vec(v.name, _PER_HEAD, v.dim)
+        if len(shape) == 4 and shape[3] == old[1] == v.dh:
+            return Vec(v.name, _HEADS, v.dim, v.dh)
         return None
 
     def op_gated_delta(self, node, q, k, v, g, beta, l2norm):
@@ -98,7 +103,8 @@ class DeltaRuleOps:
         heads, dk = shapes[0][2:]
         vheads, dv = shapes[2][2:]
         if shapes[1] != shapes[0] or vheads % heads or shapes[3] != shapes[4] or \
-                shapes[3] != shapes[2][:3] or shapes[2][:2] != shapes[0][:2]:
+                shapes[3] != shapes[2][:3] or shapes[2][:2] != shapes[0][:2] or \
+                (q.dh, k.dh, v.dh) != (dk, dk, dv):
             raise refuse(node, f"the gated delta rule of queries {list(shapes[0])}, keys "
                          f"{list(shapes[1])}, values {list(shapes[2])}, g {list(shapes[3])} "
                          f"and beta {list(shapes[4])}: the keys as the queries, the values' "

@@ -17,17 +17,18 @@ gdn = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5")
 
 import tensorprog as tp  # noqa: E402
 
-DK, DV = 16, 8
+DK = 16
 
 
 class DeltaLayer(nn.Module):
-    """A Gated DeltaNet layer between an embedding and a readout: n/32 key heads of 16, twice
-    as many value heads of 8, b = sigmoid(Wb e), g = -exp(A)·softplus(Wa e + dt), the kernel's
-    output gated per value head (Qwen3.5's RMSNormGated, eps aside) and projected back."""
+    """A Gated DeltaNet layer between an embedding and a readout: n/32 key heads of 16, r
+    times as many value heads of dv, b = sigmoid(Wb e), g = -exp(A)·softplus(Wa e + dt), the
+    kernel's output gated per value head (Qwen3.5's RMSNormGated) and projected back."""
 
-    def __init__(self, n, l2=True, state=False, step=False):
+    def __init__(self, n, l2=True, state=False, step=False, r=2, dv=8):
         super().__init__()
-        self.hk, self.hv = n // 32, n // 16
+        self.dv = DV = dv
+        self.hk, self.hv = n // 32, r * n // 32
         self.emb, self.ro = nn.Embedding(13, n), nn.Linear(n, 13, bias=False)
         self.q, self.k = (nn.Linear(n, self.hk * DK, bias=False) for _ in range(2))
         self.v, self.z = (nn.Linear(n, self.hv * DV, bias=False) for _ in range(2))
@@ -43,17 +44,17 @@ class DeltaLayer(nn.Module):
         b, t = ids.shape
         q = self.q(e).view(b, t, self.hk, DK)
         k = self.k(e).view(b, t, self.hk, DK)
-        v = self.v(e).view(b, t, self.hv, DV)
+        v = self.v(e).view(b, t, self.hv, self.dv)
         beta = self.b(e).sigmoid()
         g = -self.A_log.float().exp() * F.softplus(self.a(e).float() + self.dt)
         fn = gdn.torch_recurrent_gated_delta_rule if self.step else \
             gdn.torch_chunk_gated_delta_rule
-        s0 = torch.zeros(b, self.hv, DK, DV) if self.state else None
+        s0 = torch.zeros(b, self.hv, DK, self.dv) if self.state else None
         o, _ = fn(q, k, v, g=g, beta=beta, initial_state=s0, output_final_state=False,
                   use_qk_l2norm_in_kernel=self.l2)
-        o = o.reshape(-1, DV)
+        o = o.reshape(-1, self.dv)
         o = self.gain * (o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6))
-        o = (o * F.silu(self.z(e).reshape(-1, DV))).reshape(b, t, -1)
+        o = (o * F.silu(self.z(e).reshape(-1, self.dv))).reshape(b, t, -1)
         return self.ro(e + self.out(o))
 
 
@@ -61,12 +62,40 @@ def ids(model=None):
     return (torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(0)),)
 
 
-def test_the_kernel_traces_as_delta_and_computes_the_model():
-    traced = tp.from_torch(DeltaLayer, (64, 128), ids)
+@pytest.fixture(scope="module")
+def traced():
+    return tp.from_torch(DeltaLayer, (64, 128), ids)
+
+
+def test_the_kernel_traces_as_delta_and_computes_the_model(traced):
     src = traced.source
-    assert "delta(" in src and "mix(" in src, src
+    assert "gated_delta_sq = gated_delta_tau * dot(gated_delta_q, gated_delta_k, f16)" in src
+    assert "gated_delta_tau = 0.015625" in src and "gated_delta_kap = 0.0625" in src
+    assert "delta(gated_delta_sq, gated_delta_sk, " in src and ", f8, n_by2)" in src, src
     traced_computes_the_model(traced, DeltaLayer, ids, tol=1e-6)
     the_check_reads_the_program(traced, DeltaLayer, ids, tol=1e-6)
+
+
+def test_apply_keeps_a_draw_not_centred_on_0_as_the_model_drew_it(traced):
+    """A_log (log-uniform, mean about 2) derives exponent 0: its law is the same at every
+    width, so apply leaves the model's own draw; a factor towards the base width's std (an
+    estimate from 2 heads) would move its mean, the decay rates' scale, with the width."""
+    torch.manual_seed(1)
+    model = DeltaLayer(256)
+    before = model.A_log.detach().clone()
+    report = tp.MuP(traced, "adam").apply(model)
+    assert torch.equal(model.A_log, before)
+    assert "init A_log: the model's own draw (not centred on 0" in str(report)
+
+
+@pytest.mark.slow  # a trace of its own
+@pytest.mark.parametrize("r, dv", [(1, 16), (1, 32)], ids=["ungrouped", "wider_values"])
+def test_other_value_heads_compute_the_model(r, dv):
+    """As many value heads as key heads, of the keys' dim (delta(sq, sk, b, g)) or twice it
+    (OLMo-hybrid's: the grouped form with r = 1)."""
+    build = lambda n: DeltaLayer(n, r=r, dv=dv)  # noqa: E731
+    traced = tp.from_torch(build, (64, 128), ids)
+    traced_computes_the_model(traced, build, ids, tol=1e-6)
 
 
 @pytest.mark.parametrize("kw, match", [
