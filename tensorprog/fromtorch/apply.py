@@ -349,7 +349,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
-                if self.init_exp[name] == 0 and not eL and rd == 1 and not tuned and \
+                if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
                     # their dt_bias an inverse softplus) of a law the same at every width: the
