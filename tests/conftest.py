@@ -362,6 +362,18 @@ def parse_error(source: str, cls=None):
     return info.value
 
 
+#: (example, optimizer) pairs that derive refuses, which the tests deriving every example skip:
+#: examples/ssd.tp under SGD, whose C and B start at a saddle that SGD's steps never leave in the
+#: width limit (tensorprog/engine/ssd_init.py; tests/engine/test_ssd_derive.py pins the refusal)
+REFUSED = {("ssd", "sgd")}
+
+
+def skip_refused(example, optimizer: str) -> None:
+    """Skip a test of ``example`` (a path or a stem) under ``optimizer`` that derive refuses."""
+    if (Path(example).stem, optimizer) in REFUSED:
+        pytest.skip(f"derive refuses {Path(example).stem} under {optimizer} (conftest.REFUSED)")
+
+
 @pytest.fixture(params=[p.name for p in EXAMPLES])
 def example(request) -> Path:
     return ROOT / "examples" / request.param

@@ -903,6 +903,28 @@ def test_blocks_outside_the_depth_rules_are_refused_where_they_leave_them(case):
     assert "help:" in str(err.value)
 
 
+# an SSD's forced vanishing where derive cannot stand behind it (tensorprog/engine/ssd_init.py):
+# a norm that divides by the vanishing mixing, and SGD at C's and B's saddle (SSM: 16 lines)
+SSD_REFUSED = {
+    "ssd-norm-of-the-mixing": ("adam", "output y = U @ rmsnorm(mix(p, h, P))\n", (19, 24),
+                               r"y_1 vanishes at init as 1/n \(forced by an SSD's weights\) and "
+                               r"y_2 divides by its size"),
+    "ssd-sgd-saddle": ("sgd", "output y = U @ (h + mix(p, h, P))\n", (18, 1),
+                       r"under sgd it stays so: C's gradient is ∝ B and B's ∝ C"),
+}
+
+
+@pytest.mark.parametrize("case", SSD_REFUSED)
+def test_an_ssds_forced_vanishing_is_refused_where_derive_cannot_stand_behind_it(case):
+    optimizer, tail, (line, column), message = SSD_REFUSED[case]
+    source = SSM + "param U : [V, n]\np = ssd(cb, dt, A, P)\n" + tail
+    with pytest.raises(EngineError, match=message) as err:
+        tp.derive(tp.parse(source, "p.tp"), optimizer)
+    span = err.value.diagnostics[1].span
+    assert (span.line, span.column) == (line, column)
+    assert "help: an SSD's mixing vanishes at init" in str(err.value)
+
+
 EX = ROOT / "examples"
 
 
@@ -966,6 +988,26 @@ def test_a_finite_bottleneck_between_layers_of_the_width_is_refused_by_derive(op
                      r"has a finite fan-out(.|\n)*z vanishes at init as 1/√n(.|\n)*from it \(u\)",
                      first.message)
     assert (first.span.line, first.span.column) == (11, 1) and "let b grow" in first.help
+
+
+# the same bottleneck, normalised, in a repeated block: under SGD (whose step carries the
+# gradient's size) the analysis finds the gradient unbounded, which left the linear solve a +∞
+# to read (an AttributeError); Adam names the bottleneck
+NORMED_BOTTLENECK = ("width n = 8\ndim K = 4\ndim V = 16\ninput x : [V]\nparam E : [n, V]\n"
+                     "param U : [V, n]\nblock layer(h) {\n  param A : [K, n]\n  param Z : [K, n]\n"
+                     "  param B : [n, K]\n  return h + B @ (rmsnorm(A @ h) * silu(Z @ h))\n}\n"
+                     "h0 = E @ x\nh2 = repeat 2 layer(h0)\noutput y = U @ h2\n")
+
+
+def test_an_unbounded_gradient_under_sgd_is_refused_at_a_param():
+    program = tp.parse(NORMED_BOTTLENECK)
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, "sgd")
+    assert re.search(r"under sgd no learning-rate exponent makes the update of E maximal",
+                     str(e.value)) and "derive it with adam" in str(e.value)
+    assert (e.value.diagnostics[0].span.line, e.value.diagnostics[0].span.column) == (5, 1)
+    with pytest.raises(EngineError, match="narrows the width to the finite dim K"):
+        tp.derive(program, "adam")
 
 
 @pytest.mark.parametrize(("z", "f"), [("W1 @ h", "sigmoid"), ("W1 @ h + c", "gelu")])
@@ -1596,6 +1638,8 @@ TRACED_BUILDS = {
     "in_place": "lambda n: InPlace(n)",
     "in_place_view": "lambda n: InPlaceView(n)",
     "mean_all": "lambda n: build(n, lambda y: y + y.mean())",
+    "inverse_norm_plus": "lambda n: build(n, lambda y: y * (torch.rsqrt((y * y).sum(-1, "
+                         "keepdim=True)) + 0.1))",
     "flipped_ids": "lambda n: FlippedIds(n)",
     "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
@@ -1695,6 +1739,9 @@ TRACED_BUILDS = {
     # a mean of every entry (no dims): before, a TypeError's traceback (op_mean's dims missing)
     ("mean_all", None, r"m.py:\d+:\d+: error: cannot trace a mean of a \(batch, tokens, "
                        r"features\) vector over axes \[0, 1, 2\]"),
+    # before: traced as y / |y|, the 0.1 dropped (ops_norm.eps_added)
+    ("inverse_norm_plus", None, r"m.py:\d+:\d+: error: cannot trace a number added to the "
+                                r"inverse root of a vector's sum of squares"),
     # before: refused as "an embedding lookup of ids that are neither the token input, ...";
     # then at the lookup, as relative biases were not traced; now traced into the logits they
     # are added to (ops_relative.py), and refused where they are used otherwise

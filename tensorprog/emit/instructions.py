@@ -266,7 +266,13 @@ class Emitter:
 
     def Delta(self, ins: Delta) -> str:
         self.helpers.add("_delta")
-        return f"_delta({', '.join(self.ref(a) for a in ins.operands)})"
+        # b and g of no sequence (params of the heads, or one vector per sequence: (..., heads)
+        # with the batch axis) get a token axis of 1, so that _delta broadcasts them over the
+        # tokens, never over the batch
+        seqs = self._sequences()
+        ops = [self.ref(a) if i < 2 or seqs.get(a) else f"({self.ref(a)}).unsqueeze(-2)"
+               for i, a in enumerate(ins.operands)]
+        return f"_delta({', '.join(ops)})"
 
     def Route(self, ins: Route) -> str:
         self.helpers.add("_route")

@@ -56,6 +56,7 @@ class Classification:
     stable: bool = True
     nontrivial: bool = False
     notes: list[str] = field(default_factory=list)  # vectors an SSD forces to vanish at init
+    ssd_refused: list[str] = field(default_factory=list)  # ... where that is refused (ssd_init)
 
     @property
     def regime(self) -> str:
@@ -174,7 +175,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
     outputs = set(program.outputs)
     absorbed = prescaled(program)
-    forced = ssd_vanishing(program, an.init_) if an.width_limit else {}
+    forced, refused = ssd_vanishing(program, an) if an.width_limit else ({}, {})
+    result.ssd_refused = sorted(refused)
     for ins in program.body:
         v = ins.out
         if v in absorbed:
@@ -188,6 +190,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                 f"{t[0].why})"))
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in forced:
             result.notes.append(forced[v])
+        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in refused:
+            result.violations.append(Violation("vanishing_init", v, e0, refused[v]))
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
             result.violations.append(Violation(
                 "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0, base)}: its "

@@ -24,6 +24,7 @@ from .report import (
     shape_text,
     table,
 )
+from .ssd_init import forced_lines
 from .standardised import note as std_note
 from .terms import Term, fan_dims, role
 
@@ -289,11 +290,10 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
     return "\n".join([
         head, CONVENTION_LINE, *note, "", table(rows), *eps_lines(d), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
-        f"maximally.",
+        f"maximally{' in the width limit' if d.check.notes else ''}.",
+        *forced_lines(d.check.notes, eps),
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
-        *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows),
-        *(["", "Forced to vanish at init (no stable µP lifts them):", *d.check.notes]
-          if d.check.notes else []), ""])
+        *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
 
 
 def explain(d: Derivation) -> str:
@@ -330,7 +330,8 @@ def explain(d: Derivation) -> str:
     out += ["", "Solution:"]
     out += [f"  {name}: a = {x.a}, b = {x.b}, c = {x.c}" for name, x in d.abc.items()]
     out += ["", f"Check: classified from scratch the solution is {d.check.regime} with r = "
-            f"{d.check.r} and every param updated maximally.",
+            f"{d.check.r} and every param updated maximally.", *forced_lines(d.check.notes,
+                                                                             bool(d.eps)),
             f"Symmetry: {d.optimizer.symmetry()}.", *std_note(p, d.optimizer.a_coef)]
     if d.depth is not None:
         L = p.depth.name

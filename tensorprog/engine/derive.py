@@ -327,18 +327,21 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
                                   f"{u_bound.instruction} is Θ(1)"))
         coefs, value, why = CONVENTIONS[convention](program, p, an.S[p])
         equations.append(Equation(p, coefs, value, why))
+    _refuse_unbounded(program, optimizer, equations)
     abc = _solve([p for p in params if p not in scales],
                  [e for e in equations if e.param not in scales])
     abc.update({p: ABC(-an.S[p], ZERO, "oo") for p in params if p in scales})
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     if check.violations:
-        _refuse_bottleneck(program, check)
+        if not check.ssd_refused:  # an SSD's forced vanishing says its own reason (ssd_init)
+            _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned
         last = len(check.violations) - 1
-        found = [Diagnostic(v.message, _span_of(program, v.tensor),
-                            "every width-dependent sum needs a param (or a scale) that can "
-                            "absorb it" if i == last else None)
+        advice = ("an SSD's mixing vanishes at init under every stable µP: docs/theory.md, "
+                  "\"State-space mixing\"" if check.ssd_refused else
+                  "every width-dependent sum needs a param (or a scale) that can absorb it")
+        found = [Diagnostic(v.message, _span_of(program, v.tensor), advice if i == last else None)
                  for i, v in enumerate(check.violations)]
         raise EngineError(
             [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
@@ -504,6 +507,23 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
                         f"updated maximally as {L} grows (regime: {check.regime})",
                         program.depth.span)] + found)
     return DepthDerivation(convention, abc, free, equations, an, check)
+
+
+def _refuse_unbounded(program: Program, optimizer: Optimizer, equations: list[Equation]) -> None:
+    """An EngineError at the first param whose maximal update has no finite exponent: under an
+    optimizer whose step carries the gradient's size (SGD), a gradient the analysis finds
+    unbounded (+∞: e.g. a vector that vanishes at init, then divided by its own size in a norm)
+    leaves no learning rate to solve for. Adam's step does not carry it, and its derivation names
+    the vector that causes it."""
+    for eq in equations:
+        if eq.rhs in (INF, NEG_INF):
+            raise EngineError(
+                f"under {optimizer.name} no learning-rate exponent makes the update of {eq.param} "
+                f"maximal ({eq.reason}): the gradient it is made of has no finite size at any "
+                "init this program allows",
+                span=_span_of(program, eq.param),
+                help="derive it with adam: where a vector vanishes at init and a norm then "
+                     "divides by its size, adam's derivation names that vector")
 
 
 def _span_of(program: Program, tensor: str) -> Span | None:

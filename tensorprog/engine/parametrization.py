@@ -27,6 +27,7 @@ from .derive import derive
 from .exponents import ABC, HALF, NEG_INF, ZERO, Exp, power
 from .optimizers import Optimizer
 from .propagate import used_params
+from .ssd_init import zeroed_saddle
 from .terms import fan_in_infinite
 
 
@@ -90,6 +91,13 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
                          help="a tied unembedding (E.T @ h) is also the embedding; zero it "
                               "with --zero-init only if you mean both")
     chosen = set(names) | (readouts if readout else set())
+    saddle = zeroed_saddle(program, chosen)
+    if saddle is not None:
+        ssd, c, b = saddle
+        raise UsageError(
+            f"zero-initialising {c} and {b} makes C and B of the SSD {ssd} exactly 0: each "
+            "one's gradient is ∝ the other, so both stay exactly 0 and its mixing never trains",
+            help="zero the other weights by name (--zero-init W1,W2), leaving one of them")
     return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}
 
 

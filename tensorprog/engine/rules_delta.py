@@ -19,6 +19,12 @@ linear in b and Θ(b) while b·sk = O(1). Hence, with sizes e(·):
   finite sum over the head's token pairs (+0), and each head's b and g read only their own
   head's weights (no sum over heads).
 
+Should b·sk grow, the series multiplies every change and gradient term as it does P₀: by
+(b·sk)^(T-1), or ^(T-2) in sk's own terms (one factor b·L is the one that moved); the sizes of
+autograd's derivatives of the emitted helper show exactly these slopes
+(tests/engine/test_delta_derive.py). Derive never meets it (b and sk are values, O(1)), but a
+classified parametrization may, and then P's rows must not understate it.
+
 With sq, b = Θ(1) (a fixed head dim: the dots are finite sums) this is softmax's rule: P₀ =
 Θ(1), ΔP as large as the largest input change, each input's gradient as large as dP's.
 """
@@ -61,35 +67,48 @@ def init_delta(ins: Delta, sz: Sizes) -> list[Term]:
     return first + series
 
 
+def _series(b: list[Mono], sk: list[Mono], k: int) -> list[Mono]:
+    """The inverse's series beside a first-order term: 1 or (b·sk)^k, whichever is larger (the
+    powers between them are never above both)."""
+    return [Mono(ZERO)] + _power(b, sk, k)
+
+
 def change_delta(ins: Delta, sz: Sizes) -> list[Term]:
     sq, sk, b, g = ins.operands
+    tokens = _tokens(ins, sz)
+    full, less = (_series(sz.train(b), sz.train(sk), k) for k in (tokens - 1, tokens - 2))
     why = "P is a smooth function of finitely many scalars: a change passes through a Θ(1) "
-    return (terms(f"Δ{sq}·{b}", why + f"derivative, times N ~ {b}", "auto", sz.change(sq),
-                  sz.train(b))
-            + terms(f"{sq}·Δ{g}·{b}", why + "derivative (ΔD = D·ΔG, a finite sum of Δg)",
-                    "auto", sz.train(sq), sz.change(g), sz.train(b))
-            + terms(f"{sq}·Δ{b}", why + "derivative (N is linear in b to first order)", "auto",
-                    sz.train(sq), sz.change(b))
-            + terms(f"{sq}·{b}·Δ{sk}·{b}", why + "derivative (ΔN ∋ -diag(b)ΔL diag(b))",
-                    "auto", sz.train(sq), sz.train(b), sz.change(sk), sz.train(b)))
+    series = " (times the inverse's series, 1 while b·sk = O(1))"
+    return (terms(f"Δ{sq}·{b}", why + f"derivative, times N ~ {b}" + series, "auto",
+                  sz.change(sq), sz.train(b), full)
+            + terms(f"{sq}·Δ{g}·{b}", why + "derivative (ΔD = D·ΔG, a finite sum of Δg)" + series,
+                    "auto", sz.train(sq), sz.change(g), sz.train(b), full)
+            + terms(f"{sq}·Δ{b}", why + "derivative (N is linear in b to first order)" + series,
+                    "auto", sz.train(sq), sz.change(b), full)
+            + terms(f"{sq}·{b}·Δ{sk}·{b}", why + "derivative (ΔN ∋ -diag(b)ΔL diag(b))" + series,
+                    "auto", sz.train(sq), sz.train(b), sz.change(sk), sz.train(b), less))
 
 
 def grad_delta(ins: Delta, sz: Sizes) -> list[tuple[str, Term]]:
     sq, sk, b, g = ins.operands
     dp = [Mono(sz.grad(ins.out))]
-    fin = "a finite sum over the head's token pairs (+0)"
+    tokens = _tokens(ins, sz)
+    full, less = (_series(sz.first_order_train(b), sz.first_order_train(sk), k)
+                  for k in (tokens - 1, tokens - 2))
+    fin = "a finite sum over the head's token pairs (+0); times the inverse's series (1 while "
+    fin += "b·sk = O(1))"
     return ([(sq, t) for t in terms(f"D⊙(d{ins.out}·Nᵀ)", f"N ~ {b}; {fin}", "auto", dp,
-                                    sz.first_order_train(b))]
+                                    sz.first_order_train(b), full)]
             + [(b, t) for t in terms(f"∂P/∂{b}·d{ins.out}", f"∂N/∂b = Θ(1), A ~ {sq}; each "
                                      f"head's {b} reads its own weights only, {fin}", "auto",
-                                     dp, sz.first_order_train(sq))]
+                                     dp, sz.first_order_train(sq), full)]
             + [(g, t) for t in terms(f"∂P/∂{g}·d{ins.out}", f"∂P/∂G ~ P ~ {sq}·{b}; {fin}",
                                      "auto", dp, sz.first_order_train(sq),
-                                     sz.first_order_train(b))]
+                                     sz.first_order_train(b), full)]
             + [(sk, t) for t in terms(f"-Aᵀd{ins.out}·(bN)ᵀ", f"∂P/∂L = -A(I+bL)⁻¹ ... diag(b)"
                                       f" ~ {sq}·{b}·{b}; {fin}", "auto", dp,
                                       sz.first_order_train(sq), sz.first_order_train(b),
-                                      sz.first_order_train(b))])
+                                      sz.first_order_train(b), less)])
 
 
 def refuse_growing_head_dim(program: Program) -> None:

@@ -11,43 +11,175 @@ parametrization that is stable and updates every layer maximally has P₀ = Θ(1
 y = P x starts at 0 in the width limit (the layer at init is its skip, D x) and becomes Θ(1)
 after the first steps, as a readout's output starts at 0 (TP4: feature learning forces f₀ → 0).
 
-Derive's solution takes every init as large as stability allows, so a vanishing P₀ there is
-forced. The classification therefore counts the vectors that vanish only because P₀ does as a
-note, not a violation: the vectors computed from an SSD's weights whose init is no smaller than
-P₀'s (the mixing itself, y = P x with x Θ(1)), where P₀ is no smaller than the forced n^-1.
-Anything smaller (a given parametrization that inits C or B below a readout's), or a vanishing
-vector that reads no SSD, stays a violation; so does a vector the vanishing makes blow up in
-training (a norm of the mixing without the skip divides its Θ(1) change by its n^-1 size).
+The classification therefore counts a vector whose vanishing the SSD alone explains as a note,
+not a violation. An SSD's P₀ is forced when it is cb's own size (the steps dt Θ(1)) and no
+smaller than the forced n^-1 (n^-1/2 for N ∝ n); a vector computed from such weights is forced
+when
+
+* it is no smaller than their P₀ (the mixing itself, y = P x with x Θ(1));
+* with the weights Θ(1) it would be Θ(1) (nothing else it reads vanishes: a skip D x or a
+  value x initialised too small stays a violation);
+* with the weights 0 it would be smaller (its size comes through them: a sum with a term
+  that vanishes more slowly, such as a bias initialised too small, stays a violation).
+
+Anything else stays a violation: a P₀ below that (C or B initialised below a readout's, a
+scale on cb below 1/N), a vanishing vector that reads no SSD. Two more cases are refused,
+where the forced vanishing makes the engine's sizes wrong rather than small:
+
+* a forced vector divided by its own size (a norm, or a route normalising its gates, reads
+  it): its gradient at init is larger than after training by the inverse of that size, which
+  no single exponent holds (Mamba-2's gated norm needs the skip D x inside it);
+* an optimizer whose step follows the gradient's size (SGD), over a finite state size: C's
+  gradient is ∝ B and B's ∝ C, both vanishing at init, so C and B start at a saddle that
+  SGD's steps, as small as the gradients, never leave in the width limit (the mixing never
+  trains). Normalised steps (Adam, Lion, Muon) leave it at the first step. Over a state size
+  ∝ n, C₀ and B₀ are Θ(1) and only cb's CLT sum vanishes: no saddle.
 """
 
 from __future__ import annotations
 
-from ..ir.program import Nonlin, Program
+import copy
+
+from ..ir.program import Dot, LinComb, MatMul, Nonlin, Program
+from ..ir.routes import Route
 from ..ir.ssd import SSD
-from .exponents import ONE, ZERO, gt, power
+from .exponents import HALF, NEG_INF, ONE, ZERO, Exp, gt, power
+from .propagate import Analysis, settle_back_edges
+from .rules import INIT, NONLIN_SHAPE
 
-#: The smallest P₀ that stability forces: n^-1, C₀ and B₀ at a readout's n^-1/2 each over a
-#: finite N (n^-1/2 for N ∝ n). A smaller P₀ is a given parametrization's own (an init below
-#: the readout's), not forced: a violation.
-FORCED = -ONE
+WHY = "forced: p is linear in C·B, which stability keeps vanishing at init; docs/theory.md"
 
 
-def ssd_vanishing(program: Program, init: dict) -> dict[str, str]:
-    """value -> why it vanishes at init, for the values whose vanishing an SSD's weights force
-    (see the module); ``init`` is the analysis's init exponents."""
-    ssds = [ins.out for ins in program.body if isinstance(ins, Nonlin) and ins.fn == SSD
-            and gt(ZERO, init[ins.out]) and not gt(FORCED, init[ins.out])]
+def _dots(program: Program, cb: str) -> list[Dot]:
+    """The dots behind cb, back through scales and sums (not through layers)."""
+    todo, seen, found = [cb], set(), []
+    while todo:
+        v = todo.pop()
+        ins = program.producer.get(v)
+        if v in seen or ins is None:
+            continue
+        seen.add(v)
+        if isinstance(ins, Dot):
+            found.append(ins)
+        elif isinstance(ins, (Nonlin, LinComb)):
+            todo.extend(ins.operands)
+    return found
+
+
+def zeroed_saddle(program: Program, zeroed: set[str]) -> tuple[str, str, str] | None:
+    """(an SSD, and the weights of its C and B) where zero-initialising ``zeroed`` makes both C
+    and B exactly 0: each one's gradient is ∝ the other, so both stay exactly 0 and the SSD's
+    mixing never trains (``--readout-zero-init`` zeroes them, their role being output's)."""
+    for ins in program.body:
+        if not (isinstance(ins, Nonlin) and ins.fn == SSD):
+            continue
+        for dot in _dots(program, ins.args[0]):
+            sides = [program.producer.get(v) for v in (dot.left, dot.right)]
+            if all(isinstance(m, MatMul) and m.weight in zeroed for m in sides):
+                return ins.out, sides[0].weight, sides[1].weight
+    return None
+
+
+def _forced(program: Program, cb: str) -> Exp:
+    """The smallest P₀ that stability forces: n^-1 for a cb summed over a finite state size
+    (C₀ and B₀ at a readout's n^-1/2 each), n^-1/2 over one ∝ n (C₀ and B₀ Θ(1), the CLT sum
+    under the 1/N scale training needs). A smaller P₀ is a given parametrization's own (an init
+    below the readout's, a scale below 1/N), not forced: a violation."""
+    grows = any(d.over is not None and program.dim(d.over).infinite for d in _dots(program, cb))
+    return -HALF if grows else -ONE
+
+
+def _init_with(program: Program, an: Analysis, ssds: set[str], size: Exp) -> dict[str, Exp]:
+    """The init exponents again, with the SSD weights ``ssds`` taken to be of ``size``."""
+    alt = copy.copy(an)
+    alt.init_, alt.init_terms = dict(an.init_), {}
+
+    def one_round() -> None:
+        for ins in program.body:
+            if ins.out in ssds:
+                alt.init_[ins.out] = size
+            else:
+                alt.record_init(ins.out, INIT[type(ins)](ins, alt))
+
+    settle_back_edges(program, one_round, [alt.init_], also=alt._carried)
+    return alt.init_
+
+
+def _divided(program: Program) -> dict[str, object]:
+    """value -> an instruction that divides by that value's size (a norm, normalised gates)."""
+    out: dict[str, object] = {}
+    for ins in program.body:
+        if isinstance(ins, Nonlin) and NONLIN_SHAPE.get(ins.fn) == "normalize":
+            out.setdefault(ins.args[0], ins)
+        elif isinstance(ins, Route) and ins.normalise:
+            out.setdefault(ins.gates, ins)
+    return out
+
+
+def ssd_vanishing(program: Program, an: Analysis) -> tuple[dict[str, str], dict[str, str]]:
+    """(notes, refusals): value -> why it vanishes at init, for the values whose vanishing an
+    SSD's weights force (notes), and for those whose forced vanishing leaves the engine's sizes
+    wrong (refusals: violations); see the module. ``an`` is the analysis classified."""
+    init = an.init_
+    forced = {ins.out: _forced(program, ins.args[0]) for ins in program.body
+              if isinstance(ins, Nonlin) and ins.fn == SSD}
+    ssds = {ins.out for ins in program.body if ins.out in forced and gt(ZERO, init[ins.out])
+            and not gt(forced[ins.out], init[ins.out]) and init[ins.out] == init[ins.args[0]]}
     if not ssds:
-        return {}
+        return {}, {}
+    lifted = _init_with(program, an, ssds, ZERO)
+    dropped = _init_with(program, an, ssds, NEG_INF)
     reads: dict[str, set[str]] = {}
     for ins in program.body:  # the SSD outputs each value is computed from
         found = set().union(*(reads.get(o, set()) for o in ins.operands))
         reads[ins.out] = found | ({ins.out} if ins.out in ssds else set())
-    out = {}
+    notes: dict[str, str] = {}
+    saddle: set[str] = set()  # forced by weights whose C₀ and B₀ both vanish (a finite N)
     for v, found in reads.items():
-        s = next((s for s in ssds if s in found and not gt(init[s], init[v])), None)
-        if s is not None and gt(ZERO, init[v]):
+        s = next((s for s in sorted(found) if not gt(init[s], init[v])), None)
+        if s is None or not gt(ZERO, init[v]):
+            continue
+        if v == s or (not gt(ZERO, lifted[v]) and gt(init[v], dropped[v])):
             why = "" if v == s else f" because the SSD weights {s} do"
-            out[v] = (f"{v} vanishes at init as {power(init[v])}{why} (forced: p is linear in "
-                      "C·B, which stability keeps vanishing at init; docs/theory.md)")
-    return out
+            notes[v] = f"{v} vanishes at init as {power(init[v])}{why} ({WHY})"
+            if forced[s] == -ONE:
+                saddle.add(v)
+    refusals: dict[str, str] = {}
+    divided = _divided(program)
+    for v in [v for v in notes if v in divided]:
+        ins = divided.pop(v)
+        refusals[v] = (
+            f"{v} vanishes at init as {power(init[v])} (forced by an SSD's weights) and "
+            f"{ins.out} divides by its size: its gradient at init is {power(-init[v])} times "
+            "its size after training, which no exponent of the width holds; normalise a sum "
+            "that holds a Θ(1) term, Mamba-2's skip: mix(p, x, P) + spread(D, P) * x")
+        del notes[v]
+    if an.optimizer.uses_gradient_scale:
+        for v in [v for v in notes if v in saddle]:
+            refusals[v] = (
+                f"{v} vanishes at init as {power(init[v])} (forced by an SSD's weights), and "
+                f"under {an.optimizer.name} it stays so: C's gradient is ∝ B and B's ∝ C, both "
+                "vanishing at init, a saddle that steps as small as the gradients never leave "
+                "in the width limit, so the mixing never trains; use a normalised optimizer "
+                "(adam, lion, muon), whose first step leaves it")
+            del notes[v]
+    return notes, refusals
+
+
+def forced_lines(notes: list[str], eps: bool) -> list[str]:
+    """What derive prints of the vectors an SSD forces to vanish (``notes``), right under its
+    regime line: the exponents hold in the width limit, but the mixing starts at 0 there and
+    the coordinate check sees its first steps shrink with the width (docs/theory.md). ``eps``:
+    the table has Adam's ε column, which follows the gradients after training."""
+    if not notes:
+        return []
+    return [
+        "Warning: the state-space mixing vanishes at init, and no stable µP lifts it "
+        "(docs/theory.md, \"State-space mixing\"):", *(f"  - {n}" for n in notes),
+        "  It is Θ(1) only once trained, through ΔC·ΔB, second order in the step: at practical "
+        "widths its first steps shrink as the width grows, so `tensorprog check` fails in the "
+        "SSD branch under this µP.",
+        *(["  The params whose gradients pass through them see smaller gradients at init than "
+           "the eps column follows (C's and B's layers n^-1 times: each one's gradient ∝ the "
+           "other, a saddle): keep Adam's ε below those (ε -> 0), or the first steps stay at "
+           "the saddle."] if eps else [])]

@@ -31,7 +31,7 @@ from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .init_stats import block_key
-from .normed import query_norm_patch
+from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
     claim,
@@ -136,6 +136,8 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        for name, info in traced.scales.items():  # first: the cause, at the user's line
+            l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
         # layer called for several attentions: ALBERT's shared layer)
         self.shared_fold = shared_query_layers(self)
@@ -555,6 +557,11 @@ class MuP(DepthScaling, OptimizerGroups):
                 out[vec] = r ** float(folded[w] + own.get(vec, 0))
         for q, k in self.shared_norm.items():  # each side of the logits took half of it
             out[q] = out[k] = out[q] ** 0.5
+        # an L2 normalisation's vector, n^-1/2 of the program's (its constant counted in the
+        # logits' multiplier: normed.l2_into_scales)
+        l2 = {v: e for _, info in scales for v, e in info.get("l2_vectors", {}).items()}
+        for v, e in l2.items():
+            out[v] = out.get(v, 1.0) * r ** float(e)
         return out
 
     def _patched_modules(self, model, p: Patch) -> list[str]:

@@ -372,8 +372,11 @@ class LayoutOps:
                 help="split the layer's output right after its view into heads (before any "
                 "norm or activation), or slice the part a rotary turns",
             )
+        # (the last axis is the features but where a transpose put the tokens or pixels there:
+        # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
         if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
-                v.dh or self._tags(v, node)[dim % ndim] != "F"):
+                v.dh or self._tags(v, node)[dim % ndim] != "F") \
+                or self._tags(v, node)[dim % ndim] in _NOT_FEATURES:
             conv = self.token_conv_output(v)  # (ops_tconv.py)
             raise refuse(
                 node,
@@ -433,9 +436,11 @@ class LayoutOps:
             return self.laid_op(node, "slice", [self.laid(node, v), dim, start, end, step], {})
         ndim = len(self._shape(node.args[0]))
         block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
-        # (or along the features of a layer's output permuted channels-first: FocalNet's gates)
-        features = dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh and self._tags(
-            v, node)[dim % ndim] == "F"
+        # (or along the features of a layer's output permuted channels-first: FocalNet's gates;
+        # its last axis there is tokens or pixels, no features)
+        across = isinstance(v, Affine) and self._tags(v, node)[dim % ndim] in _NOT_FEATURES
+        features = not across and (dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh
+                                   and self._tags(v, node)[dim % ndim] == "F")
         if block and features and step == 1:
             size = self._shape(node.args[0])[dim]
             lo, hi = (
@@ -445,7 +450,7 @@ class LayoutOps:
             return self.head_part(self.row_block(v, lo, hi, node.name), node)
         size = self._shape(node.args[0])[-1]
         if isinstance(v, Affine) and not v.dh and v.w.rows is None and v.w.period is None and \
-                dim % ndim == ndim - 1 and step == 2 and start in (None, 0, 1) and \
+                dim % ndim == ndim - 1 and not across and step == 2 and start in (None, 0, 1) and \
                 (end is None or end >= size) and size % 2 == 0:
             # every other output feature (gpt-oss's gate_up[..., ::2] and [..., 1::2], its gate
             # and up interleaved): row `start` of every pair of rows, a param of its own, as a
@@ -506,6 +511,9 @@ def _per_head_gate(node, dim) -> bool:
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+# the tags of axes that are no vector's features: a batch or a sequence's tokens, an image's rows
+# and columns
+_NOT_FEATURES = ("tok", "px")
 
 
 def _read_by_conv1d(node) -> bool:

@@ -87,6 +87,15 @@ def _readers(node) -> list:
     return [u for u in node.users if op_name(u) not in CHECK_OPS]
 
 
+def _only_into(node, conv) -> bool:
+    """Whether ``node``'s value reaches no reader but ``conv``, through copies, casts and
+    transposes."""
+    readers = _readers(node)
+    return bool(readers) and all(
+        u is conv or op_name(u) in _CARRY + ("transpose",) and _only_into(u, conv)
+        for u in readers)
+
+
 def _composed(fns: list) -> Callable:
     """The coordinatewise function the ``fns`` nodes apply, in order, to a tensor."""
     def f(t):
@@ -219,7 +228,7 @@ class TokenConvOps:
         split gives them (getitem names each)."""
         chain, at, sizes = split
         if isinstance(x, Vec):
-            self._drop_cat(x.name)
+            self._drop_cat(x.name, node)
         parts, lo = [], 0
         for j, size in enumerate(sizes):
             rows = (lo, lo + size)
@@ -245,11 +254,12 @@ class TokenConvOps:
         held.ops = chain
         return held
 
-    def _drop_cat(self, name: str) -> None:
-        """Leave out the statement ``name = cat(...)`` where the convolution read part by part
-        is its only reader (its parts are read instead)."""
+    def _drop_cat(self, name: str, conv) -> None:
+        """Leave out the statement ``name = cat(...)`` where the convolution ``conv``, read part
+        by part, is its only reader (through copies and transposes: its parts are read
+        instead); where anything else reads it, the statement stays for that reader."""
         cat = self.by_name.get(self.out.cats.get(name, (None, ""))[1])
-        if cat is None or len(_readers(cat)) != 1:
+        if cat is None or not _only_into(cat, conv):
             return
         self.out.stmts = [s for s in self.out.stmts if not s.startswith(f"{name} = cat(")]
         self.out.vectors.pop(name, None)

@@ -1,5 +1,4 @@
-"""The abstract values of the trace: what each torch tensor of the graph is to the language,
-and what one width's walk produces (:class:`Trace`, :class:`ParamUse`)."""
+"""The trace's abstract values (what each torch tensor is to the language); a walk's Trace."""
 
 from __future__ import annotations
 
@@ -295,6 +294,7 @@ class MeanSq:
     k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
     centered: bool = False  # of src minus its mean: a variance (a layer norm written by hand)
     root: bool = False  # sqrt taken (a division by it is a product with its inverse)
+    over: int = 0  # a sum of squares over this many coordinates, not a mean (k counts them)
 
 
 @dataclass

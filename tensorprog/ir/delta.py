@@ -24,7 +24,8 @@ class Delta:
 
         P = (D ⊙ sq) (I + diag(b) L)⁻¹ diag(b),   o_t = sum_s P_ts v_s.
 
-    ``beta`` (b) and ``decay`` (g) are vectors per token with one entry per head.
+    ``beta`` (b) and ``decay`` (g) are vectors per token with one entry per head, or the
+    same for every token (of no sequence: params of the heads, or one per sequence).
     ``delta(sq, sk, b, g, dv, D)``: P per head of values of dim D in heads of dv, r times as
     many as the dots' heads (grouped value heads, Qwen3-Next's: r value heads share each
     query/key head, consecutive as ``repeat_interleave`` lays them out); b and g then have the

@@ -648,7 +648,8 @@ class Program:
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
             elif isinstance(ins, Nonlin) and ins.fn == SSD:  # weights over the values' heads
-                dims[ins.out] = ssd_dim(declared, dims[ins.args[1]], ins.over or "")
+                steps = dims.get(ins.args[1]) if len(ins.args) == 3 else None  # else refused
+                dims[ins.out] = ssd_dim(declared, steps, ins.over or "")
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,

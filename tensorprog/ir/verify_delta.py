@@ -28,6 +28,11 @@ def verify_delta(program: Program, ins: Delta, ops: list, key, errors: Collector
     """sq a per-head dot of queries with keys, sk the same keys with themselves over the same
     head dim, b and g vectors with one entry per head; the weights read by mix only. Returns
     the output's dim (sq's heads)."""
+    if (ins.head is None) != (ins.dim is None):
+        errors.error(f"delta(sq, sk, b, g, dv, D) names both the values' head dim and their dim, "
+                     f"got {ins.head or 'no head dim'} and {ins.dim or 'no dim'}", ins.span,
+                     "give both (grouped value heads) or neither")
+        return None
     sq, sk = _dot(program, ins.scores), _dot(program, ins.keys)
     if sq is None:
         errors.error("delta's first argument must be a per-head dot of queries "

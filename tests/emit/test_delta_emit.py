@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from conftest import GATED_DELTA_GROUPED, ROOT, emit_program, import_file
 
@@ -111,3 +112,83 @@ def test_grouped_value_heads_share_their_key_head_as_repeat_interleave_lays_them
     g = got["p_8"].expand(*got["p_6"].shape)  # -exp(A): one decay per value head, every token
     want = _recurrence(q, k, heads(got["y_1"], 8), got["p_6"], g).flatten(-2)
     torch.testing.assert_close(got["y_2"], want, rtol=1e-10, atol=1e-12)
+
+
+def test_b_and_g_one_per_sequence_are_the_same_for_each_of_its_tokens():
+    """b and g with no token axis but one value per example (read from mean(h), as the IR
+    allows: ir/sequences.py gives them no sequence, as params): every token of an example
+    reads its example's b and g, however the batch and the tokens compare (here 3 and 3,
+    which a broadcast over the wrong axis would not notice)."""
+    import dataclasses
+
+    from tensorprog.ir.program import Mean
+
+    source = ("width n = 8\ndim V = 5\ndim T = 3\ndim dk = 4\ndim H = n / 4\n"
+              "input tok : tokens[T, V]\nparam E : [n, V]\nparam U : [V, n]\n"
+              "param Wq : [n, n]\nparam Wm : [n, n]\nparam Wb : [H, n]\nscale tau\n"
+              "h = E @ tok\nq = rmsnorm(Wq @ h, dk)\nm = Wm @ h\nb = sigmoid(Wb @ m)\n"
+              "p = delta(tau * dot(q, q, dk), dot(q, q, dk), b, -1 * b)\n"
+              "output y = U @ (h + mix(p, h))\n")
+    program = tp.parse(source)
+    body = tuple(Mean("m", "h", 0, None) if i.out == "m" else i for i in program.body)
+    program = tp.verify(dataclasses.replace(program, body=body))
+    module = load_module(emit_program(program), "gated_delta_per_sequence")
+    torch.manual_seed(0)
+    model = module.Model(width=8, dtype=torch.float64)
+    got = model.vectors(*model.example_inputs(batch_size=3))
+    k = got["q"].unflatten(-1, (-1, 4))  # sk = dot(q, q, dk): the keys are q
+    b = got["b"].unsqueeze(1).expand(3, 3, 2)  # (batch, heads): each example's, every token
+    want = _recurrence(model.mult_tau * k, k, got["h"].unflatten(-1, (-1, 4)), b, -b)
+    want = want.flatten(-2)
+    torch.testing.assert_close(got["y_1"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [1, 9, 70])  # 70: past transformers' chunks of 64
+def test_delta_helper_equals_transformers_chunked_kernel(tokens):
+    """transformers' torch_chunk_gated_delta_rule (Qwen3.5's, without its own L2 norm; it
+    scales q by dk^-1/2 itself) on unit queries and keys, grouped value heads (r = 2), b up
+    to 2 and g from 0 to very negative: the helper's P applied to the values, with sq =
+    dk^-1/2 q·k as the example writes it, gives the kernel's output (float32, its dtype).
+    A tracer that replaces the kernel by delta relies on this equality."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule
+
+    gen = torch.Generator().manual_seed(2)
+    batch, heads, r, dk, dv = 3, 2, 2, 8, 5
+    q, k = (torch.nn.functional.normalize(torch.randn(batch, tokens, heads, dk, generator=gen,
+                                                      dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(batch, tokens, heads * r, dv, generator=gen, dtype=torch.float64)
+    b = 2 * torch.rand(batch, tokens, heads * r, generator=gen, dtype=torch.float64)
+    g = -torch.rand(batch, tokens, heads * r, generator=gen, dtype=torch.float64) * torch.tensor(
+        [0.0, 0.5, 40.0, 3.0], dtype=torch.float64)
+    want, _ = torch_chunk_gated_delta_rule(q.float(), k.float(), v.float(), g=g.float(),
+                                           beta=b.float(), use_qk_l2norm_in_kernel=False)
+    sq = torch.einsum("bthd,bshd->bhts", q * dk ** -0.5, k)
+    sk = torch.einsum("bthd,bshd->bhts", k, k)
+    got = torch.einsum("bhts,bshd->bthd", _module()._delta(sq, sk, b, g), v)
+    torch.testing.assert_close(got, want.double(), rtol=1e-4, atol=1e-4)
+    exact = _recurrence(*(x.repeat_interleave(r, dim=2) for x in (q * dk ** -0.5, k)), v, b, g)
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-12)
+
+
+def test_delta_helper_keeps_float32_precision_over_a_long_strongly_decaying_sequence():
+    """The decay between tokens s and t is the sum of g over s < u <= t, not the difference of
+    two running sums over the whole sequence (each of size T·|g|, whose float32 rounding
+    would swamp the short sums next to the diagonal): 256 tokens, g down to -4, in float32
+    against the float64 recurrence."""
+    gen = torch.Generator().manual_seed(3)
+    batch, tokens, heads, dk = 1, 256, 2, 4
+    q, k = (torch.nn.functional.normalize(torch.randn(batch, tokens, heads, dk, generator=gen,
+                                                      dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(batch, tokens, heads, 3, generator=gen, dtype=torch.float64)
+    b = torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    g = -4 * torch.rand(batch, tokens, heads, generator=gen, dtype=torch.float64)
+    sq = torch.einsum("bthd,bshd->bhts", q, k).float()
+    sk = torch.einsum("bthd,bshd->bhts", k, k).float()
+    p = _module()._delta(sq, sk, b.float(), g.float()).double()
+    want = _recurrence(q, k, v, b, g)
+    got = torch.einsum("bhts,bshd->bthd", p, v)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err < 2e-6, err

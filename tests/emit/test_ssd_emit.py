@@ -88,3 +88,18 @@ def test_ssd_round_trips_through_the_text_form():
     text = tp.to_text(tp.parse(GROUPED))
     assert "ssd(" in text
     assert tp.parse(text) == tp.parse(GROUPED)
+
+
+def test_a_long_sequence_keeps_float32_digits():
+    # G_t - G_s summed over its own segment (Mamba-2's segsum), not as a difference of
+    # cumulative sums: those reach |G| ~ 700 over 512 tokens, where float32 keeps 4e-5 of
+    # exp(G_t - G_s) (the error before), while the weights themselves are O(1)
+    torch.manual_seed(0)
+    scope: dict = {"torch": torch}
+    exec("\n".join(tp.emit.templates.HELPERS["_ssd"]), scope)
+    dt = torch.nn.functional.softplus(torch.randn(1, 512, 2, dtype=torch.float64))
+    a = -torch.rand(2, dtype=torch.float64) * 2
+    cb = torch.randn(1, 1, 512, 512, dtype=torch.float64)
+    exact = scope["_ssd"](cb, dt, a)
+    single = scope["_ssd"](cb.float(), dt.float(), a.float()).double()
+    assert (single - exact).abs().max() < 1e-6

@@ -2,14 +2,16 @@
 derived against what the rules give by hand, the rule's terms against its formula, and the
 growing head dim refused."""
 
+import math
 from fractions import Fraction
 
 import pytest
-from conftest import GATED_DELTA_GROUPED, ROOT
+import torch
+from conftest import GATED_DELTA_GROUPED, ROOT, import_file
 
 import tensorprog as tp
 from tensorprog.engine.exponents import HALF, NEG_INF, ONE, ZERO, emax
-from tensorprog.engine.rules_delta import change_delta, init_delta
+from tensorprog.engine.rules_delta import change_delta, grad_delta, init_delta
 from tensorprog.engine.terms import Mono
 from tensorprog.errors import EngineError
 from tensorprog.ir.delta import Delta
@@ -73,6 +75,12 @@ class _Sizes:
     def change(self, name):
         return [Mono(self._change.get(name, NEG_INF))]
 
+    def first_order_train(self, name):
+        return self.train(name)
+
+    def grad(self, name):
+        return ZERO
+
 
 def test_rule_terms_follow_the_unrolled_formula():
     """P = tril(D ⊙ sq)·N, N = diag(b)(1 + O(b·sk)), a finite series of T - 1 powers: a
@@ -101,6 +109,57 @@ def test_growing_head_dim_is_refused_with_the_reason():
         with pytest.raises(EngineError, match=r"delta over heads of dk, a dim that grows.*"
                                               r"vanishing at init as n\^-1/2"):
             run()
+
+
+@pytest.mark.parametrize("grown", [{"sq": -ONE}, {"b": -ONE}, {"sk": ONE}, {"b": HALF, "sk": HALF}],
+                         ids=["sq-shrinks", "b-shrinks", "sk-grows", "b-and-sk-grow"])
+def test_rule_exponents_are_the_emitted_helpers_derivatives(grown):
+    """Oracle: autograd through the emitted _delta (T = 8 tokens, the example's). Each input
+    scaled by n^e (e as given, else 0) at n = 10^4 and 10^5: the slopes of |P|, of |dP/dx|
+    for dP fixed (the gradient rule) and of |J_x δ| for δ of size n^-1 in one input x (the
+    change rule, that input's term) are the rules' exponents. Where b·sk grows, the inverse's
+    series (b·sk)^(T-1) multiplies all of them (^(T-2) in sk's own terms)."""
+    golden = ROOT / "tests" / "golden" / "gated_delta_mup.py"
+    delta = import_file(golden, "gated_delta_golden")._delta
+    program = tp.parse_file(EXAMPLE)
+    ins = Delta("p", "sq", "sk", "b", "g")
+    names = ("sq", "sk", "b", "g")
+    sizes = {x: grown.get(x, ZERO) for x in names}
+    gen = torch.Generator().manual_seed(0)
+    base = {"sq": torch.randn(1, 2, 8, 8, generator=gen, dtype=torch.float64),
+            "sk": torch.randn(1, 2, 8, 8, generator=gen, dtype=torch.float64),
+            "b": torch.rand(1, 8, 2, generator=gen, dtype=torch.float64) + 0.5,
+            "g": -torch.rand(1, 8, 2, generator=gen, dtype=torch.float64)}
+    dp = torch.randn(1, 2, 8, 8, generator=gen, dtype=torch.float64).tril()
+
+    def measure(n):
+        x = {k: (v * n ** float(sizes[k])).requires_grad_() for k, v in base.items()}
+        p = delta(*(x[k] for k in names))
+        (p * dp).sum().backward()
+        out = {"P": p.norm().item(), **{f"d{k}": x[k].grad.norm().item() for k in names}}
+        for k in names:  # J_x δ along one input, δ of size 1/n: the vjp's own vjp
+            w = torch.zeros_like(p, requires_grad=True)
+            (vjp,) = torch.autograd.grad(delta(*(x[j] for j in names)), x[k], w,
+                                         create_graph=True)
+            (jvp,) = torch.autograd.grad((vjp * base[k] / n).sum(), w)
+            out[f"Δ{k}"] = jvp.norm().item()
+        return out
+
+    small, large = measure(1e4), measure(1e5)
+    slopes = {k: math.log10(large[k] / small[k]) for k in small}
+    rule = _Sizes(program, sizes, {})
+
+    def size(ts):
+        return float(emax(t.const for t in ts))
+
+    want = {"P": size(init_delta(ins, rule))}
+    for k, t in grad_delta(ins, rule):
+        want[f"d{k}"] = max(want.get(f"d{k}", -math.inf), float(t.const))
+    for k in names:
+        moved = _Sizes(program, sizes, {k: -ONE})
+        want[f"Δ{k}"] = size(change_delta(ins, moved))
+    for k, w in want.items():
+        assert abs(slopes[k] - w) < 0.05, (k, slopes[k], w)
 
 
 @pytest.mark.slow

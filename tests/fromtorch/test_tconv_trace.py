@@ -265,3 +265,74 @@ def test_a_split_of_a_concatenations_short_conv_is_the_conv_of_each_part():
     traced_computes_the_model(traced, CatQKV, ids)
     the_check_reads_the_program(traced, CatQKV, ids)
     apply_is_bit_identical_at_base(traced, CatQKV, ids)
+
+
+class CatReadTwice(ShortConv):
+    """Two layers concatenated, transposed channels-first, read by a causal short convolution
+    split back at their bounds and, transposed back, by a linear layer as well: the
+    concatenation stays in the program for that layer."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.a, self.b = nn.Linear(n, n // 2, bias=False), nn.Linear(n, n // 2, bias=False)
+        self.conv = nn.Conv1d(n, n, 3, groups=n, padding=2, bias=False)
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        x = torch.cat([self.a(e), self.b(e)], -1).transpose(1, 2)
+        p, q = self.conv(x)[..., :t].transpose(1, 2).split([self.out.in_features // 2] * 2, -1)
+        return self.ro(e + self.out(torch.cat([p * q, q], -1) + x.transpose(1, 2)))
+
+
+@pytest.mark.slow  # a trace of its own, as CatQKV's
+def test_a_concatenation_split_after_its_conv_and_read_elsewhere_is_kept():
+    traced = tp.from_torch(CatReadTwice, (64, 128), ids)
+    assert "tconv(conv_weight_part1, " in traced.source and " = cat(" in traced.source
+    traced_computes_the_model(traced, CatReadTwice, ids)
+
+
+class TokenRMS(ShortConv):
+    """x * rsqrt(mean(x², -1)) of LFM's channels-first chunk: a mean square over the tokens
+    (the last axis there), no RMS norm of each token's vector."""
+
+    def forward(self, ids):
+        e = self.emb(ids)
+        b, c, x = self.inp(e).transpose(-1, -2).chunk(3, dim=-2)
+        b = b * torch.rsqrt(b.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.ro(e + self.out((c * b).transpose(-1, -2)))
+
+
+def test_a_mean_square_over_the_tokens_is_refused_not_read_as_a_norm():
+    with pytest.raises(tp.TensorProgError, match=r"a mean over axis 2 \(a token axis") as err:
+        tp.from_torch(TokenRMS, (64, 128), ids)
+    assert "b.pow(2).mean(-1, keepdim=True)" in str(err.value)
+
+
+class TokenHalves(ShortConv):
+    """LFM's channels-first chunks cut along their last axis, the tokens (not the features, as
+    that axis of a per-token vector is): half of b's tokens times half of c's."""
+
+    def __init__(self, n, how):
+        super().__init__(n)
+        self.how = how
+
+    def forward(self, ids):
+        e, t = self.emb(ids), ids.shape[-1]
+        b, c, x = self.inp(e).transpose(-1, -2).chunk(3, dim=-2)
+        if self.how == "slice":
+            y = b[..., t // 2:] * c[..., : t // 2]
+        else:
+            y = b.split([t // 2, t - t // 2], -1)[1] * c.split([t // 2, t - t // 2], -1)[0]
+        return self.ro(self.out(y.transpose(-1, -2)))
+
+
+@pytest.mark.parametrize("how, match, line", [
+    ("slice", r"a slice along axis 2 of a value laid out \['tok', 'F', 'tok'\]",
+     "b[..., t // 2:]"),
+    ("split", r"a split of anything but a linear layer's output features", "b.split("),
+])
+def test_a_cut_of_a_channels_first_chunks_tokens_is_refused_not_read_as_its_rows(how, match,
+                                                                                   line):
+    with pytest.raises(tp.TensorProgError, match=match) as err:
+        tp.from_torch(lambda n: TokenHalves(n, how), (64, 128), ids)
+    assert line in str(err.value)

@@ -343,10 +343,10 @@ def _delta(sq, sk, b, g):
     """Per head, the gated delta rule's token-mixing weights P, o = P v: with G the
     cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),
     P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk
-    (..., heads, tokens, tokens), b, g (..., tokens, heads) or (heads,); b and g may
-    have r times the dots' heads (grouped value heads: each key head serves r
-    consecutive ones). Solved in float32 at least (no triangular solve in bfloat16),
-    returned in sq's dtype."""
+    (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for
+    every token alike; b and g may have r times the dots' heads (grouped value heads:
+    each key head serves r consecutive ones). Solved in float32 at least (no
+    triangular solve in bfloat16), returned in sq's dtype."""
     dtype, t, heads = sq.dtype, sq.shape[-1], b.shape[-1]
     if heads != sq.shape[-3]:
         r = heads // sq.shape[-3]
@@ -354,9 +354,12 @@ def _delta(sq, sk, b, g):
     work = torch.promote_types(dtype, torch.float32)
     sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))
     b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
-    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2).cumsum(-1)
+    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
     later = torch.ones(t, t, dtype=torch.bool, device=sq.device).triu(1)
-    d = (g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill(later, float("-inf")).exp()
+    # G_t - G_s as the sum of g over s < u <= t alone, which float32 keeps exact, not
+    # the difference of two running sums over the whole sequence
+    d = g.unsqueeze(-1).expand(*g.shape, t).masked_fill(~later.T, 0).cumsum(-2)
+    d = d.masked_fill(later, float("-inf")).exp()
     eye = torch.eye(t, dtype=sq.dtype, device=sq.device)
     a = eye + b.unsqueeze(-1) * (d * sk).tril(-1)
     n = torch.linalg.solve_triangular(a, torch.diag_embed(b), upper=False,

@@ -297,10 +297,13 @@ def _ssd(cb, dt, a):
     if heads % groups:
         raise ValueError(f"{groups} groups of B and C do not divide {heads} heads")
     cb = cb.repeat_interleave(heads // groups, dim=-3)
-    g = torch.cumsum(dt * a, dim=-2).transpose(-1, -2)
-    t = g.shape[-1]
-    later = torch.ones(t, t, dtype=torch.bool, device=g.device).triu(1)
-    decay = torch.exp((g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill(later, float("-inf")))
+    x = (dt * a).transpose(-1, -2)
+    t = x.shape[-1]
+    later = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+    # G_t - G_s as the sum of dt_r a over s < r <= t itself (Mamba-2's segsum), not as a
+    # difference of cumulative sums, which loses the digits of a long sequence's large G
+    g = torch.cumsum(x.unsqueeze(-1).expand(*x.shape, t).masked_fill(~later.T, 0), dim=-2)
+    decay = torch.exp(g.masked_fill(later, float("-inf")))
     return decay * cb * dt.transpose(-1, -2).unsqueeze(-2)
 
 

@@ -30,6 +30,10 @@ def test_the_example_verifies():
     ({"args": ("mamba.p_3", "mamba.p_5", "mamba.p_5")}, r"ssd's steps mamba.p_5 must be one "
                                                         r"vector per token of T"),
     ({"args": ("mamba.p_3", "mamba.dt")}, r"ssd takes \(cb, dt, A\)"),
+    ({"args": ()}, r"ssd takes \(cb, dt, A\)"),  # an IndexError before
+    ({"args": ("mamba.p_3", "mamba.y", "mamba.p_5")}, r"'mamba.y' is not a vector defined "
+                                                      r"before"),  # a KeyError before
+    ({"args": ("mamba.p_3", "mamba.Wx", "mamba.p_5")}, r"'mamba.Wx' is not a vector"),
 ])
 def test_a_malformed_ssd_is_refused(changes, message):
     with pytest.raises(SemanticError, match=message):
