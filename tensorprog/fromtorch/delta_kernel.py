@@ -94,6 +94,9 @@ def _chunked(query, key, value, g, beta, chunk_size=64, initial_state=None,
                        "language's delta gives the output alone")
     if cu_seqlens is not None or kwargs.get("seq_idx") is not None:
         raise _refusal("the gated delta rule over packed sequences (cu_seqlens)")
+    if kwargs.get("scale") is not None:  # flash-linear-attention's: the torch path reads none
+        raise _refusal("the gated delta rule with a scale of its own on the queries: the trace "
+                       "reads the kernel's dk^-1/2")
     return gated_delta_op()(query, key, value, g, beta, bool(use_qk_l2norm_in_kernel)), None
 
 
