@@ -296,6 +296,7 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # widths 64 and 128, 3n at 256, 2.75n at 1024. The MLP is then 4n at every width
             kwargs[f] = False
     kwargs.update(_proportional(defaults, width, width // heads))
+    kwargs.update(_linear_attention(defaults, width, scaling))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
     # block stays 1. A default of one expert is a placeholder, no mixture (HunYuan-MoE's; its
@@ -500,6 +501,26 @@ def _proportional(defaults: dict, width: int, head: int) -> dict:
             if isinstance(defaults.get(f), int) and defaults[f] > 0 and ref:
                 out[f] = max(1, round(new * 2 ** round(math.log2(defaults[f] / ref))))
     return out
+
+
+# a linear attention's heads (Gated DeltaNet's: Qwen3.5, Qwen3-Next, OLMo-hybrid, Lara): its own
+# key and value heads, apart from the softmax attention's
+LINEAR_HEADS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                "linear_value_head_dim")
+
+
+def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
+    """A linear attention's heads scaled as the zoo scales attention's: ``heads``, 4 key heads
+    of n/4; ``head_dim``, key heads of 16, n/16 of them. The values keep the config's ratios to
+    the keys (value heads per key head: Qwen3.5's 32 of 16, 2; value head dim per key head
+    dim: OLMo-hybrid's 192 of 96, 2), so their dims stay a whole multiple of the keys'. At
+    their defaults (16 heads of 128) the layer does not scale with the width."""
+    kh, vh, kd, vd = (defaults.get(f) for f in LINEAR_HEADS)
+    if not all(isinstance(x, int) and x > 0 for x in (kh, vh, kd, vd)) or vh % kh or vd % kd:
+        return {}
+    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
+    return dict(zip(LINEAR_HEADS, (heads, heads * (vh // kh), dim, dim * (vd // kd)),
+                    strict=True))
 
 
 def builder(family: str, scaling: str, overrides: dict | None = None,

@@ -202,7 +202,7 @@ def _emitted_like(traced, model, mup, dtype):
                         t = t.reshape(-1, t.shape[-1])
                     t = t.t() if t.dim() == 2 else t
                 q = mine.pop(key)
-                q.copy_(t.reshape(q.shape))
+                q.copy_(t.reshape(q.shape) + one.offset)  # (Gemma's 1 + w: the sum)
     assert not mine, f"emitted params no traced param fills: {sorted(mine)}"
     return emitted
 

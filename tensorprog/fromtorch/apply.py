@@ -351,6 +351,15 @@ class MuP(DepthScaling, OptimizerGroups):
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
+                if self.init_exp[name] == 0 and not eL and not tuned and \
+                        use.target not in self.traced.centred:
+                    # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
+                    # their dt_bias an inverse softplus) of a law the same at every width: the
+                    # model's own draw is µP's, and a factor towards the base's std (a few
+                    # entries' estimate) would move its mean, the law's location, with it
+                    report.lines.append(f"init {use.target}{_rows(use)}: the model's own draw "
+                                        "(not centred on 0; its law the same at every width)")
+                    continue
                 target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
                 s = block_scale(cols, use)  # the tensor holds W / s there (columns.py)
                 fixed = not any(self.program.dim_table[d].infinite

@@ -17,6 +17,7 @@ from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
+from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_gate import HeadGateOps
@@ -70,6 +71,7 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,

@@ -68,6 +68,8 @@ class LayoutOps:
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
             groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
+        if groups is None:  # a row per head of every token, and back (ops_delta.py)
+            groups = self.head_rows(node, v, old, shape)
         if groups is None and not (old[1:2] == (1,) and _one_head(node, old, shape, tags)):
             # one head of a vector's features (MLA's rotary key: ops_mla.py); of one token
             # (Perceiver's one decoder query), a view to (B, 1, 1, C) then permuted to heads

@@ -20,6 +20,7 @@ from ..errors import TensorProgError, TraceError, UsageError
 from .calls import bias_after, constant_modules, refuse_tuples, shared_outputs, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
+from .delta_kernel import delta_kernels
 from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, block_stats, built
 from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
@@ -95,8 +96,9 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
     model.eval()
     train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
-                                   strict=False)
+        with delta_kernels():  # transformers' gated delta rule as one op (delta_kernel.py)
+            return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
+                                       strict=False)
     except TensorProgError:
         raise
     except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line

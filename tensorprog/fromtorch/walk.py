@@ -234,7 +234,8 @@ class Walker:
         self._rows[name] = (ref.rows, ref.offset, ref.period, ref.cols)
         self._std[name] = ref.std
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
-                                         expert=ref.expert, cols=ref.cols, span=user_span(node))
+                                         expert=ref.expert, cols=ref.cols, span=user_span(node),
+                                         offset=ref.offset)
         if ref.rows:  # the numbers, for blocks whose share changes with the width (rows.py)
             self.out.params[name].row_numbers = (*ref.rows, ref.period or total)
         if ref.period:
