@@ -72,6 +72,7 @@ from .where import (
     op_name,
     reaching_the_output,
     refuse,
+    refuse_keywords,
     strip_prefix,
     user_span,
 )
@@ -622,6 +623,7 @@ class Walker:
             if one is not None:
                 raise self.refuse_one_token(node, one)
             raise refuse(node, f"the op {op}")
+        refuse_keywords(node, op, method, kwargs)  # a keyword no rule reads (where.py)
         return method(node, *args, **kwargs)
 
     def concrete(self, node, args, kwargs):

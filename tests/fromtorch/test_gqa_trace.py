@@ -135,3 +135,22 @@ def test_the_check_reads_the_logits_of_sdpa_enable_gqa():
         q, k = (z(x).view(2, 4, -1, 4).transpose(1, 2) for z in (model.q, model.k))
         want = q @ k.repeat_interleave(2, dim=1).transpose(-2, -1) / 2
     torch.testing.assert_close(found[logits], want)
+
+
+def test_an_op_called_with_a_keyword_its_rule_does_not_take_is_refused_at_its_node():
+    # before, the rule's call raised the tracer's own TypeError (a crash, not a refusal)
+    from tensorprog.errors import TraceError
+    from tensorprog.fromtorch.where import refuse_keywords
+
+    class Rules:
+        def op_repeat(self, node, v, repeats, dim=None):
+            return v
+
+        def op_any(self, node, v, **kwargs):
+            return v
+
+    rules, node = Rules(), torch.fx.Graph().placeholder("x")
+    refuse_keywords(node, "repeat", rules.op_repeat, {"dim": 1})
+    refuse_keywords(node, "any", rules.op_any, {"output_size": 4})
+    with pytest.raises(TraceError, match="the op repeat with the argument output_size"):
+        refuse_keywords(node, "repeat", rules.op_repeat, {"dim": 1, "output_size": 4})
