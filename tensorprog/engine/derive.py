@@ -23,9 +23,10 @@ from sympy.polys.matrices import DomainMatrix
 
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
-from ..ir.program import Dot, MatMul, Mix, Program
+from ..ir.program import Dot, MatMul, Mix, Nonlin, Program
+from ..ir.ssd import SSD
 from .classify import classify, classify_depth, require_depth_pass, require_width
-from .derivation import Bound, DepthDerivation, Derivation, Equation
+from .derivation import Bound, DepthDerivation, Derivation, Equation, zero_constants
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
@@ -335,6 +336,10 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
     refuse_forced(program, check)  # an SSD's mixing that every stable µP has vanish at init
+    if any(isinstance(ins, Nonlin) and ins.fn == SSD for ins in program.body):
+        # a constant 0 init counts as Θ(1) above, an upper bound: where C or B reach Θ(1) at
+        # init only through a bias of 0 (HF Mamba-2's short conv), the mixing is forced too
+        refuse_forced(program, classify(program, optimizer, zero_constants(program, abc)))
     if check.violations:
         _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned

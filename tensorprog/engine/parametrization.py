@@ -101,18 +101,6 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
     return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}
 
 
-def zero_constants(program: Program, abc: dict[str, ABC]) -> dict[str, ABC]:
-    """``abc`` with b = oo (zero init) for the vector params the program initialises to the
-    constant 0 (``param g : [n] = 0``). The derivation counts a constant init as Θ(1), an upper
-    bound; a check needs the exact size: a vector made of such params alone is exactly 0 at
-    init at every width (ConvNeXt V2's GRN ``gg * grn(u) + gb``, both zero, as HF's), which
-    is µP with those params zero-initialised. A sum with any other term keeps that term's size,
-    so a zero bias changes no other expectation."""
-    table = program.param_table
-    return {p: ABC(x.a, "oo", x.c) if p in table and table[p].base == 0 else x
-            for p, x in abc.items()}
-
-
 def zero_init_effects(d: Derivation, abc: dict) -> list[tuple[str, Exp, Exp]]:
     """(vector, init exponent under the derived µP, under ``abc``) wherever zero init changes it."""
     after = classify(d.program, d.optimizer, abc).analysis
