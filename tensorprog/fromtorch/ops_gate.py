@@ -92,9 +92,11 @@ class HeadGateOps:
                 else None
             if x is None or not _per_head(x) or x.dim != heads * x.dh or sign is None or \
                     len(s.shape) > len(x.tags):
-                raise refuse(node, f"a {'product' if product else 'sum'} of a vector and the "
-                             f"param {s.ref.target} of one entry per head, laid out other "
-                             "than as the heads of a vector viewed as (..., H, dh)", help=_HELP)
+                if product:  # an image's channels' gain [C, 1, 1], or no form (ops_spread.py)
+                    return None
+                raise refuse(node, f"a sum of a vector and the param {s.ref.target} of one "
+                             "entry per head, laid out other than as the heads of a vector "
+                             "viewed as (..., H, dh)", help=_HELP)
             b = self.vector_param(s.ref, node)
             expr = f"spread({b}, {self.dim(x.dh)}) * {x.name}" if product else \
                 f"{x.name} {sign} spread({b}, {self.dim(x.dh)})"
