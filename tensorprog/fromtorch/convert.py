@@ -44,6 +44,7 @@ from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
+from .ops_ssd import SSDScanOps
 from .ops_standardise import RowStatOps, StandardiseOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
@@ -71,6 +72,7 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,

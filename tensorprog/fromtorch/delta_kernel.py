@@ -75,11 +75,11 @@ def reference(q, k, v, g, beta, l2norm: bool):
     return torch.stack(out, 2).transpose(1, 2).to(dtype)
 
 
-def _refusal(what: str) -> TraceError:
+def refusal(what: str, help: str = _HELP) -> TraceError:
     """A refusal at the model's line that called the kernel (the innermost frame outside
     torch, the kernel hub and this package)."""
     frames = [(f.filename, f.lineno) for f in traceback.extract_stack()]
-    return TraceError(f"cannot trace {what}", line_span(frames), _HELP)
+    return TraceError(f"cannot trace {what}", line_span(frames), help)
 
 
 def _chunked(query, key, value, g, beta, chunk_size=64, initial_state=None,
@@ -87,26 +87,26 @@ def _chunked(query, key, value, g, beta, chunk_size=64, initial_state=None,
              **kwargs):
     """torch_chunk_gated_delta_rule as the custom op, where it is the whole-sequence form."""
     if initial_state is not None:
-        raise _refusal("the gated delta rule from an initial state (a cache's recurrent "
-                       "state): the language's delta starts each sequence from a zero state")
+        raise refusal("the gated delta rule from an initial state (a cache's recurrent "
+                      "state): the language's delta starts each sequence from a zero state")
     if output_final_state:
-        raise _refusal("the gated delta rule's final state (asked for by a cache): the "
-                       "language's delta gives the output alone")
+        raise refusal("the gated delta rule's final state (asked for by a cache): the "
+                      "language's delta gives the output alone")
     if cu_seqlens is not None or kwargs.get("seq_idx") is not None:
-        raise _refusal("the gated delta rule over packed sequences (cu_seqlens)")
+        raise refusal("the gated delta rule over packed sequences (cu_seqlens)")
     if kwargs.get("scale") is not None:  # flash-linear-attention's: the torch path reads none
-        raise _refusal("the gated delta rule with a scale of its own on the queries: the trace "
-                       "reads the kernel's dk^-1/2")
+        raise refusal("the gated delta rule with a scale of its own on the queries: the trace "
+                      "reads the kernel's dk^-1/2")
     return gated_delta_op()(query, key, value, g, beta, bool(use_qk_l2norm_in_kernel)), None
 
 
 def _step(*args, **kwargs):
-    raise _refusal("the gated delta rule's token-by-token step (torch_recurrent_gated_delta_"
-                   "rule, a decode from a cache's state): the language's delta reads a whole "
-                   "sequence from a zero state")
+    raise refusal("the gated delta rule's token-by-token step (torch_recurrent_gated_delta_"
+                  "rule, a decode from a cache's state): the language's delta reads a whole "
+                  "sequence from a zero state")
 
 
-def _transformers(fn) -> bool:
+def from_transformers(fn) -> bool:
     """Whether ``fn`` is transformers' own kernel function (plain or as the kernel hub's
     module), not a function of the user's that shares its name."""
     module = getattr(fn, "__module__", None) or getattr(type(fn), "__module__", "")
@@ -125,7 +125,7 @@ def delta_kernels():
             continue
         for name, new in ((CHUNK, _chunked), (STEP, _step)):
             old = space.get(name)
-            if old is not None and old is not new and _transformers(old):
+            if old is not None and old is not new and from_transformers(old):
                 swapped.append((space, name, old))
                 space[name] = new
     try:

@@ -307,6 +307,7 @@ class ArithOps:
                 return Vec(name, a.tags, a.dim, a.dh)
         # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
         gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.head_bias(node, u, v, 1, product=True) or \
             self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
         if gated is not None:
             return gated

@@ -31,6 +31,7 @@ from .ops_tables import fixed_table
 from .readback import read_back
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
+from .ssd_kernel import ssd_kernels
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, op_name, strip_prefix
@@ -96,7 +97,8 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
     model.eval()
     train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        with delta_kernels():  # transformers' gated delta rule as one op (delta_kernel.py)
+        # transformers' gated delta rule and Mamba-2 scan as one op each (*_kernel.py)
+        with delta_kernels(), ssd_kernels():
             return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
                                        strict=False)
     except TensorProgError:
