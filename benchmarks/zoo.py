@@ -173,7 +173,8 @@ FIELDS = {
     "num_experts_per_tok": ("top_k", "moe_topk", "num_selected_experts", "moe_k",
                             "num_experts_per_token"),
     "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
-                              "moe_ffn_hidden_size", "shared_intermediate_size"),
+                              "moe_ffn_hidden_size", "shared_intermediate_size",
+                              "moe_shared_expert_intermediate_size"),
 }
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head
@@ -296,6 +297,8 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
             # widths 64 and 128, 3n at 256, 2.75n at 1024. The MLP is then 4n at every width
             kwargs[f] = False
     kwargs.update(_proportional(defaults, width, width // heads))
+    kwargs.update(_linear_attention(defaults, width, scaling))
+    kwargs.update(_mamba2(defaults, width, scaling))
     # at most the config's own: ZAYA takes 1 expert per token; a conformer's num_blocks (24 in
     # Phi-4-multimodal's audio encoder, 900M params at width 1024) is cut to 2, Perceiver's 1
     # block stays 1. A default of one expert is a placeholder, no mixture (HunYuan-MoE's; its
@@ -500,6 +503,59 @@ def _proportional(defaults: dict, width: int, head: int) -> dict:
             if isinstance(defaults.get(f), int) and defaults[f] > 0 and ref:
                 out[f] = max(1, round(new * 2 ** round(math.log2(defaults[f] / ref))))
     return out
+
+
+# a linear attention's heads (Gated DeltaNet's: Qwen3.5, Qwen3-Next, OLMo-hybrid, Lara): its own
+# key and value heads, apart from the softmax attention's
+LINEAR_HEADS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                "linear_value_head_dim")
+
+
+def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
+    """A linear attention's heads scaled as the zoo scales attention's: ``heads``, 4 key heads
+    of n/4; ``head_dim``, key heads of 16, n/16 of them. The values keep the config's ratios to
+    the keys (value heads per key head: Qwen3.5's 32 of 16, 2; value head dim per key head
+    dim: OLMo-hybrid's 192 of 96, 2), so their dims stay a whole multiple of the keys'. At
+    their defaults (16 heads of 128) the layer does not scale with the width."""
+    kh, vh, kd, vd = (defaults.get(f) for f in LINEAR_HEADS)
+    if not all(isinstance(x, int) and x > 0 for x in (kh, vh, kd, vd)) or vh % kh or vd % kd:
+        return {}
+    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
+    return dict(zip(LINEAR_HEADS, (heads, heads * (vh // kh), dim, dim * (vd // kd)),
+                    strict=True))
+
+
+# a Mamba-2 mixer's fields (heads, head dim, groups of B and C, state size per group, expand),
+# as each family names them: mamba2; nemotron_h; bamba and granitemoehybrid; zamba2
+MAMBA2_FIELDS = (("num_heads", "head_dim", "n_groups", "state_size", "expand"),
+                 ("mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "expand"),
+                 ("mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state",
+                  "mamba_expand"),
+                 ("n_mamba_heads", "mamba_headdim", "mamba_ngroups", "mamba_d_state",
+                  "mamba_expand"))
+MAMBA2_STATE = 16  # the state size per group N, fixed (a finite dot C_t . B_s per group)
+
+
+def _mamba2(defaults: dict, width: int, scaling: str) -> dict:
+    """A Mamba-2 mixer's heads scaled as the zoo scales attention's, over its expand·n
+    coordinates (head_dim · heads = expand · width, expand the config's): ``heads``, 4 heads
+    of expand·n/4; ``head_dim``, heads of 16, expand·n/16 of them. As every query head gets its
+    own key/value head (num_key_value_heads = heads), every Mamba head gets its own group of B
+    and C (n_groups = heads): the groups then grow with the width, as the heads do. A fixed
+    number of groups (the configs' 1 or 8) has B and C of a finite fan-out, which every stable
+    µP initialises as readouts, so the mixing C_t·B_s vanishes at init and derive refuses it
+    (docs/theory.md, "State-space mixing"); with 4 heads the head dim grows, and derive refuses
+    that too (expected)."""
+    for names in MAMBA2_FIELDS:
+        if all(f in defaults for f in names[:4]):
+            break
+    else:
+        return {}
+    heads_f, dim_f, groups_f, state_f, expand_f = names
+    expand = defaults.get(expand_f)
+    inner = (expand if isinstance(expand, int) and expand > 0 else 2) * width
+    heads = HEADS if scaling == "heads" else inner // HEAD_DIM
+    return {heads_f: heads, dim_f: inner // heads, groups_f: heads, state_f: MAMBA2_STATE}
 
 
 def builder(family: str, scaling: str, overrides: dict | None = None,

@@ -286,8 +286,7 @@ def _pp_lcnet(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:
 def _ssm_heads(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
     """Heads that span expand x the width (Mamba-2's, 128 of 64 over its 2 x 4096 inner
     channels; its config checks it): the zoo's heads, each of expand x n / heads channels, and
-    their groups (n_groups of B and C, 8: each a whole number of heads) the same at every
-    width, at most the zoo's heads at its narrowest width."""
+    a group of B and C per head (n_groups = heads, as zoo._mamba2 sets them and says why)."""
     heads, dim = defaults.get("num_heads"), defaults.get("head_dim")
     expand, hidden = defaults.get("expand"), defaults.get("hidden_size")
     if not all(isinstance(v, int) for v in (heads, dim, expand, hidden)) \
@@ -295,7 +294,7 @@ def _ssm_heads(defaults: dict, kwargs: dict, sizes: Sizes) -> None:
         return
     kwargs["head_dim"] = expand * sizes.width // kwargs["num_heads"]
     if isinstance(defaults.get("n_groups"), int):
-        kwargs["n_groups"] = min(defaults["n_groups"], sizes.narrowest_heads)
+        kwargs["n_groups"] = kwargs["num_heads"]
 
 
 def _blocks(cls, defaults: dict, kwargs: dict, sizes: Sizes) -> None:

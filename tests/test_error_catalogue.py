@@ -49,6 +49,12 @@ CPB = ("width n = 8\ndim T = 64\ndim B = 49\ndim G = 8\ndim E = 2\ndim H = 2\n"
        "input w : windows[T, B, G, G, 2]\ninput c : offsets[B, E]\nparam U : [H, E]\n")  # 9 lines
 SEQ = ("width n = 8\ndim V = 5\ndim t = 3\ndim dh = n / 2\ninput tok : tokens[t, V]\n"
        "param E : [n, V]\nh = E @ tok\n")  # 7 lines; the bad line below is line 8
+# Mamba-2's state-space mixing: cb over one group of N, steps dt and rates A of H = n/2 heads
+SSM = (SEQ + "dim N = 2\ndim P = 2\ndim H = n / 2\nparam WC : [N, n]\nparam WB : [N, n]\n"
+       "param Wd : [H, n]\nparam A : [H]\ncb = dot(WC @ h, WB @ h, N)\ndt = softplus(Wd @ h)\n")
+DELTA = SEQ + ("dim H = 2\nparam Wq : [n, n]\nparam Wb : [H, n]\nq = Wq @ h\n"
+               "b = sigmoid(Wb @ h)\n")  # 12 lines: queries q, keys h, b per head
+TC = SEQ + "dim one = 1\ndim K = 3\nparam D : [n, one, K]\n"  # 10 lines: a kernel over t
 CLS = SEQ + "dim t1 = 4\nparam c : [n]\n"  # 9 lines: a learned token c, t's tokens and one more
 
 # id: (program, error class, message regex, (line, column) of the first error)
@@ -92,6 +98,36 @@ CATALOGUE = {
                                  r"head dim dh does not divide V", (8, 12)),
     "mix-without-heads": (SEQ + "output o = mix(h, h)\n", S,
                           r"mix\(p, v\) needs attention weights p", (8, 12)),
+    # the gated delta rule: its scores and keys' dots, b and g per head, read by mix only
+    "delta-beta-wrong-dim": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), h, b), "
+                             "h)\n", S,
+                             r"delta's b must have one entry per head \(2 heads\), got \[n\]",
+                             (13, 16)),
+    "delta-keys-not-the-keys": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(q, q, dh), b, b), "
+                                "h)\n", S, r"second argument must be the keys h with themselves "
+                                r"over dh, dot\(h, h, dh\).*got dot\(q, q, dh\)", (13, 16)),
+    "delta-scores-not-a-dot": (DELTA + "output o = mix(delta(softmax(dot(q, h, dh)), dot(h, h, "
+                               "dh), b, b), h)\n", S, r"first argument must be a per-head dot of "
+                               "queries with keys", (13, 16)),
+    "delta-weights-read-as-value": (DELTA + "p = delta(dot(q, h, dh), dot(h, h, dh), b, b)\n"
+                                    "output o = mix(softmax(p), h)\n", S, r"the delta rule's "
+                                    "weights p are read only by mix", (14, 16)),
+    "delta-across-sequences": (ENCDEC + "dim H = 2\nparam Wb : [H, n]\nb = sigmoid(Wb @ x)\n"
+                               "output o = mix(delta(dot(y, x, dh), dot(x, x, dh), b, b), x)\n",
+                               S, r"delta is a recurrence over the tokens of one sequence.*token "
+                               r"pairs \(T, S\)", (14, 16)),
+    "delta-value-heads-per-key-grow": (SEQ + "dim dv = 4\ndim H = n / 4\nparam Wb : [H, n]\n"
+                                       "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                       "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                       r"one count grows with the width and the other does not",
+                                       (12, 16)),
+    "delta-b-of-the-key-heads": (SEQ + "dim dv = n / 4\ndim H = 2\nparam Wb : [H, n]\n"
+                                 "b = sigmoid(Wb @ h)\noutput o = mix(delta(dot(h, h, dh), "
+                                 "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
+                                 r"delta's b must have one entry per value head \(4 heads\)",
+                                 (12, 16)),
+    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b), h)\n", S,
+                    r"delta takes 4 or 6 arguments, got 3", (13, 16)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,
@@ -192,11 +228,12 @@ CATALOGUE = {
     "depthwise-kernel-by-matmul": (IMG + "param D : [n, k, k]\nh = K @ img\n"
                                    "output y = R @ global_pool(D @ h)\n", S,
                                    r"D is a depthwise kernel \[n, k, k\]: it is applied by "
-                                   r"dwconv, not @(.|\n)*help: write dwconv\(K, h\)", (10, 28)),
+                                   r"dwconv or tconv, not @(.|\n)*help: write dwconv\(K, h\)",
+                                   (10, 28)),
     "depthwise-kernel-transposed": (IMG + "param D : [n, k, k]\nh = K @ img\n"
                                     "output y = R @ global_pool(D.T @ h)\n", S,
                                     r"D is a depthwise kernel \[n, k, k\]: it is applied "
-                                    r"by dwconv, not @", (10, 28)),
+                                    r"by dwconv or tconv, not @", (10, 28)),
     "depthwise-of-a-vector": (HEAD + "param D : [n, k, k]\noutput y = V @ dwconv(D, W @ x)\n",
                               S, r"D is a convolution kernel, but y_1 is not an image", (9, 16)),
     "depthwise-channels": (IMG + "param D : [c, k, k]\noutput y = R @ global_pool(dwconv(D, "
@@ -535,6 +572,49 @@ POSITIONED = {
     "shift-of-an-image": (IMG + "output y = R @ global_pool(shift(K @ img, 1))\n", S,
                           r"shift moves a sequence's tokens, but y_1 is an image(.|\n)*help: "
                           r"read its pixels as tokens first", (8, 28)),
+    # ssd(cb, dt, A, P): Mamba-2's state-space mixing weights (ir/ssd.py); SSM is 16 lines
+    "ssd-arity": (SSM + "p = ssd(cb, dt, A)\n", S, r"ssd takes 4 arguments, got 3(.|\n)*help: "
+                  r"write p = ssd\(cb, dt, A, P\)", (17, 5)),
+    "ssd-head-not-a-dim": (SSM + "p = ssd(cb, dt, A, 2)\n", S,
+                           r"the fourth argument of ssd must be a declared dim", (17, 20)),
+    "ssd-cb-not-a-dot": (SSM + "p = ssd(h, dt, A, P)\n", S, r"ssd's first argument must be a "
+                         r"per-head dot of C and B over the state size", (17, 9)),
+    "ssd-rates-of-another-dim": (SSM + "param q : [n]\np = ssd(cb, dt, q, P)\n", S,
+                                 r"ssd's steps are \[H\] but its rates \[n\]", (18, 17)),
+    "ssd-no-dim-of-the-heads": (SSM + "dim Q = 3\np = ssd(cb, dt, A, Q)\n", S,
+                                r"no declared dim has H·Q's size", (18, 20)),
+    "ssd-groups-do-not-divide-the-heads": (
+        SSM + "dim F = 4\ndim H3 = 3\ndim Q = 6\nparam WF : [F, n]\nparam W3 : [H3, n]\n"
+        "param A3 : [H3]\np = ssd(dot(WF @ h, WF @ h, N), softplus(W3 @ h), A3, P)\n", S,
+        r"the 2 groups of cb cannot each serve a run of consecutive heads of H3 \(2 groups do "
+        r"not divide 3 heads\)", (23, 9)),
+    "ssd-rates-per-token": (SSM + "p = ssd(cb, dt, dt, P)\n", S, r"ssd's rates are one number "
+                            r"per head, the same at every token of every sequence", (17, 17)),
+    "ssd-rates-per-sequence": (SSM + "p = ssd(cb, dt, first(dt), P)\n", S,
+                               r"but this one is computed from the inputs", (17, 17)),
+    "ssd-steps-without-tokens": (SSM + "p = ssd(cb, A, A, P)\noutput y = E.T @ mix(p, h, P)\n",
+                                 S, r"ssd's steps A must be one vector per token of t, but run "
+                                 r"over no sequence", (17, 1)),
+    # tconv(D, h, p): a depthwise convolution over a sequence's tokens by D [c, one, K]
+    "tconv-past-the-kernel": (TC + "output y = E.T @ tconv(D, h, 3)\n", S,
+                              r"tconv reads the 3 tokens from p before on, but p = 3: it must be "
+                              r"between 0 and 2(.|\n)*help: write tconv\(D, h\)", (11, 30)),
+    "tconv-by-a-fraction": (TC + "output y = E.T @ tconv(D, h, 0.5)\n", S,
+                            r"the third argument of tconv must be a whole number", (11, 30)),
+    "tconv-by-a-matrix": (TC + "output y = E.T @ tconv(E, h)\n", S,
+                          r"the first argument of tconv must be a kernel param \[c, one, K\]",
+                          (11, 24)),
+    "tconv-without-tokens": (TC + "output y = E.T @ tconv(D, first(h))\n", S,
+                             r"tconv convolves a sequence's tokens, but y_1 has no tokens",
+                             (11, 27)),
+    "tconv-of-an-image": (IMG + "dim one = 1\nparam D : [n, one, k]\n"
+                          "output y = R @ global_pool(tconv(D, K @ img))\n", S,
+                          r"but y_1 is an image(.|\n)*help: convolve an image with dwconv",
+                          (10, 28)),
+    "tconv-kernel-as-a-matrix": (TC + "output y = E.T @ (D @ h)\n", S,
+                                 r"D is a depthwise kernel \[n, one, K\]: it is applied by "
+                                 r"dwconv or tconv, not @(.|\n)*applied by tconv\(D, h\)",
+                                 (11, 19)),
     # at(g, win): a value over the windows' offsets (from `offsets[B, E]`) read at each pair's
     "at-not-windows": (CPB + "output y = at(U @ c, c)\n", S, r"the second argument of at must "
                        r"be a windows input(.|\n)*help: write at\(g, win\)", (10, 22)),
@@ -823,6 +903,32 @@ def test_blocks_outside_the_depth_rules_are_refused_where_they_leave_them(case):
     assert "help:" in str(err.value)
 
 
+# an SSD's forced vanishing, which derive refuses (tensorprog/engine/ssd_init.py): the mixing
+# of a fixed number of groups, a norm that divides by it, SGD at C's and B's saddle (SSM: 16
+# lines, the ssd call at line 18)
+SSD_REFUSED = {
+    "ssd-fixed-groups": ("adam", "output y = U @ (h + mix(p, h, P))\n", (18, 1),
+                         r"no µP has the state-space mixing Θ\(1\) at init: C's and B's layers "
+                         r"have a finite fan-out"),
+    "ssd-norm-of-the-mixing": ("adam", "output y = U @ rmsnorm(mix(p, h, P))\n", (18, 1),
+                               r"y_1 vanishes at init as 1/n \(forced by an SSD's weights\) and "
+                               r"y_2 divides by its size"),
+    "ssd-sgd-saddle": ("sgd", "output y = U @ (h + mix(p, h, P))\n", (18, 1),
+                       r"under sgd it stays so: C's gradient is ∝ B and B's ∝ C"),
+}
+
+
+@pytest.mark.parametrize("case", SSD_REFUSED)
+def test_an_ssds_forced_vanishing_is_refused_by_derive(case):
+    optimizer, tail, (line, column), message = SSD_REFUSED[case]
+    source = SSM + "param U : [V, n]\np = ssd(cb, dt, A, P)\n" + tail
+    with pytest.raises(EngineError, match=message) as err:
+        tp.derive(tp.parse(source, "p.tp"), optimizer)
+    span = err.value.diagnostics[1].span
+    assert (span.line, span.column) == (line, column)
+    assert "help: let the groups grow with the heads" in str(err.value)
+
+
 EX = ROOT / "examples"
 
 
@@ -886,6 +992,26 @@ def test_a_finite_bottleneck_between_layers_of_the_width_is_refused_by_derive(op
                      r"has a finite fan-out(.|\n)*z vanishes at init as 1/√n(.|\n)*from it \(u\)",
                      first.message)
     assert (first.span.line, first.span.column) == (11, 1) and "let b grow" in first.help
+
+
+# the same bottleneck, normalised, in a repeated block: under SGD (whose step carries the
+# gradient's size) the analysis finds the gradient unbounded, which left the linear solve a +∞
+# to read (an AttributeError); Adam names the bottleneck
+NORMED_BOTTLENECK = ("width n = 8\ndim K = 4\ndim V = 16\ninput x : [V]\nparam E : [n, V]\n"
+                     "param U : [V, n]\nblock layer(h) {\n  param A : [K, n]\n  param Z : [K, n]\n"
+                     "  param B : [n, K]\n  return h + B @ (rmsnorm(A @ h) * silu(Z @ h))\n}\n"
+                     "h0 = E @ x\nh2 = repeat 2 layer(h0)\noutput y = U @ h2\n")
+
+
+def test_an_unbounded_gradient_under_sgd_is_refused_at_a_param():
+    program = tp.parse(NORMED_BOTTLENECK)
+    with pytest.raises(EngineError) as e:
+        tp.derive(program, "sgd")
+    assert re.search(r"under sgd no learning-rate exponent makes the update of E maximal",
+                     str(e.value)) and "derive it with adam" in str(e.value)
+    assert (e.value.diagnostics[0].span.line, e.value.diagnostics[0].span.column) == (5, 1)
+    with pytest.raises(EngineError, match="narrows the width to the finite dim K"):
+        tp.derive(program, "adam")
 
 
 @pytest.mark.parametrize(("z", "f"), [("W1 @ h", "sigmoid"), ("W1 @ h + c", "gelu")])
@@ -1516,6 +1642,8 @@ TRACED_BUILDS = {
     "in_place": "lambda n: InPlace(n)",
     "in_place_view": "lambda n: InPlaceView(n)",
     "mean_all": "lambda n: build(n, lambda y: y + y.mean())",
+    "inverse_norm_plus": "lambda n: build(n, lambda y: y * (torch.rsqrt((y * y).sum(-1, "
+                         "keepdim=True)) + 0.1))",
     "flipped_ids": "lambda n: FlippedIds(n)",
     "languages": "lambda n: Languages(n)",
     "relative": "lambda n: Relative(n)",
@@ -1615,6 +1743,9 @@ TRACED_BUILDS = {
     # a mean of every entry (no dims): before, a TypeError's traceback (op_mean's dims missing)
     ("mean_all", None, r"m.py:\d+:\d+: error: cannot trace a mean of a \(batch, tokens, "
                        r"features\) vector over axes \[0, 1, 2\]"),
+    # before: traced as y / |y|, the 0.1 dropped (ops_norm.eps_added)
+    ("inverse_norm_plus", None, r"m.py:\d+:\d+: error: cannot trace a number added to the "
+                                r"inverse root of a vector's sum of squares"),
     # before: refused as "an embedding lookup of ids that are neither the token input, ...";
     # then at the lookup, as relative biases were not traced; now traced into the logits they
     # are added to (ops_relative.py), and refused where they are used otherwise

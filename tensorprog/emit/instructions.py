@@ -20,10 +20,12 @@ from ..ir.functions import (
     RMS,
     SHIFT,
     SPREAD,
+    TCONV,
     torch_call,
 )
 from ..ir.program import (
     RELATIVE_KINDS,
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -38,6 +40,7 @@ from ..ir.program import (
     split_heads_dim,
 )
 from ..ir.sequences import value_sequences
+from ..ir.ssd import SSD
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -166,6 +169,9 @@ class Emitter:
             self.helpers.add("_place")
             v, h = ins.args
             return f"_place({self.ref(v)}, {self.ref(h)}, {ins.index})"
+        if ins.fn == SSD:  # state-space mixing weights per head (emit/ssd.py)
+            self.helpers.add("_ssd")
+            return f"_ssd({', '.join(self.ref(a) for a in ins.args)})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel
@@ -177,6 +183,10 @@ class Emitter:
                 return (f"_dwconv_geometry({self.ref(x)}, {self.ref(kernel)}, {g.stride}, "
                         f"{g.pads}, {g.dilation})")
             return f"_dwconv({self.ref(x)}, {self.ref(kernel)})"
+        if ins.fn == TCONV:  # the kernel [c, 1, K] (times its multiplier) over the tokens
+            self.helpers.add("_tconv")
+            kernel, x = ins.args
+            return f"_tconv({self.ref(x)}, {self.ref(kernel)}, {ins.index})"
         if ins.fn == MUL:
             # a scalar (a whole-dim dot: one value per example) scales every coordinate of a
             # vector, so it needs a trailing axis; a scale is a plain float and needs none
@@ -253,6 +263,16 @@ class Emitter:
         # the values' heads: of their own head dim (mix(p, v, dv)), else the queries'
         over = ins.head or split_heads_dim(self.program.value_dims[ins.weights])[1]
         return f"_mix({self.ref(ins.weights)}, {self.kv(ins.out, ins.values, over)})"
+
+    def Delta(self, ins: Delta) -> str:
+        self.helpers.add("_delta")
+        # b and g of no sequence (params of the heads, or one vector per sequence: (..., heads)
+        # with the batch axis) get a token axis of 1, so that _delta broadcasts them over the
+        # tokens, never over the batch
+        seqs = self._sequences()
+        ops = [self.ref(a) if i < 2 or seqs.get(a) else f"({self.ref(a)}).unsqueeze(-2)"
+               for i, a in enumerate(ins.operands)]
+        return f"_delta({', '.join(ops)})"
 
     def Route(self, ins: Route) -> str:
         self.helpers.add("_route")

@@ -8,9 +8,11 @@ instruction needs it, ``CHECK_DEPTH`` only for a program with a depth).
 from __future__ import annotations
 
 from .literals import quoted
+from .ssd import SSD_HELPER
 
 # module-level helpers, emitted only when an instruction needs them
 HELPERS = {
+    "_ssd": SSD_HELPER,  # Mamba-2's state-space mixing weights: emit/ssd.py
     "_heads_dot": [
         "def _heads_dot(q, k, head_dim):",
         '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',
@@ -101,6 +103,16 @@ HELPERS = {
         "    y = torch.nn.functional.conv2d(x.movedim(-1, -3), kernel.unsqueeze(1),",
         '                                   padding="same", groups=kernel.shape[0])',
         "    return y.movedim(-3, -1)"],
+    "_tconv": [
+        "def _tconv(x, kernel, p):",
+        '    """A depthwise convolution over the tokens of x, (..., tokens, c), by a kernel (c, 1,',
+        '    k): token t of each channel reads the k tokens from t - p on, zeros where none',
+        '    comes (p = k - 1: causal)."""',
+        "    k = kernel.shape[-1]",
+        "    y = torch.nn.functional.pad(x.movedim(-1, -2), (p, k - 1 - p))",
+        "    y = torch.nn.functional.conv1d(y.reshape(-1, *y.shape[-2:]), kernel,",
+        "                                   groups=kernel.shape[0])",
+        "    return y.reshape(*x.shape[:-2], *y.shape[-2:]).movedim(-2, -1)"],
     "_dwconv_geometry": [
         "def _dwconv_geometry(x, kernel, stride, pads, dilation):",
         '    """A depthwise convolution of a channels-last image (..., h, w, c) by a kernel',
@@ -247,6 +259,33 @@ HELPERS = {
         '        s = s.masked_fill(future, float("-inf"))',
         "    z = sink.reshape(-1, 1, 1).expand(*s.shape[:-1], 1).to(s.dtype)",
         "    return torch.softmax(torch.cat([s, z], dim=-1), dim=-1)[..., :-1]"],
+    "_delta": [
+        "def _delta(sq, sk, b, g):",
+        '    """Per head, the gated delta rule\'s token-mixing weights P, o = P v: with G the',
+        "    cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),",
+        "    P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk",
+        "    (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for",
+        "    every token alike; b and g may have r times the dots' heads (grouped value heads:",
+        "    each key head serves r consecutive ones). Solved in float32 at least (no",
+        '    triangular solve in bfloat16), returned in sq\'s dtype."""',
+        "    dtype, t, heads = sq.dtype, sq.shape[-1], b.shape[-1]",
+        "    if heads != sq.shape[-3]:",
+        "        r = heads // sq.shape[-3]",
+        "        sq, sk = sq.repeat_interleave(r, dim=-3), sk.repeat_interleave(r, dim=-3)",
+        "    work = torch.promote_types(dtype, torch.float32)",
+        "    sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))",
+        "    b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",
+        "    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",
+        "    later = torch.ones(t, t, dtype=torch.bool, device=sq.device).triu(1)",
+        "    # G_t - G_s as the sum of g over s < u <= t alone, which float32 keeps exact, not",
+        "    # the difference of two running sums over the whole sequence",
+        "    d = g.unsqueeze(-1).expand(*g.shape, t).masked_fill(~later.T, 0).cumsum(-2)",
+        '    d = d.masked_fill(later, float("-inf")).exp()',
+        "    eye = torch.eye(t, dtype=sq.dtype, device=sq.device)",
+        "    a = eye + b.unsqueeze(-1) * (d * sk).tril(-1)",
+        "    n = torch.linalg.solve_triangular(a, torch.diag_embed(b), upper=False,",
+        "                                      unitriangular=True)",
+        "    return ((d * sq) @ n).to(dtype)"],
     "_causal_softmax": [
         "def _causal_softmax(s):",
         '    """Softmax over key tokens, each query seeing itself and earlier tokens only."""',

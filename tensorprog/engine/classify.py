@@ -15,6 +15,8 @@ from .exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import Analysis, live_values, prescaled, used_params
 from .report import depth_note, program_depth_json, table
+from .rules_delta import refuse_growing_head_dim
+from .ssd_init import ssd_vanishing
 from .standardised import effective
 from .terms import Term, role
 
@@ -53,6 +55,9 @@ class Classification:
     r: Exp = INF
     stable: bool = True
     nontrivial: bool = False
+    notes: list[str] = field(default_factory=list)  # vectors an SSD forces to vanish at init
+    forced: list[str] = field(default_factory=list)  # ... their names, in program order
+    ssd_refused: list[str] = field(default_factory=list)  # ... where that is refused (ssd_init)
 
     @property
     def regime(self) -> str:
@@ -143,6 +148,7 @@ def require_width(program: Program) -> None:
 def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
               depth_pass: bool = False) -> Classification:
     require_width(program)
+    refuse_growing_head_dim(program)  # the delta rule: rules_delta.py
     used = used_params(program)
     missing = [p for p in used if p not in abc]
     if missing:
@@ -170,6 +176,8 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
             an.U[name], r, f"{top[1].what} in {top[0]}" if top else "no update reaches the output")
     outputs = set(program.outputs)
     absorbed = prescaled(program)
+    forced, refused = ssd_vanishing(program, an) if an.width_limit else ({}, {})
+    result.ssd_refused = sorted(refused)
     for ins in program.body:
         v = ins.out
         if v in absorbed:
@@ -181,6 +189,11 @@ def _classify(program: Program, optimizer: Optimizer, abc: dict[str, ABC],
                 "stability_init", v, e0,
                 f"{v} blows up at init as {power(e0, base)} (dominant term {t[0].what}: "
                 f"{t[0].why})"))
+        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in forced:
+            result.notes.append(forced[v])
+            result.forced.append(v)
+        elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v in refused:
+            result.violations.append(Violation("vanishing_init", v, e0, refused[v]))
         elif held(v) and gt(e0, NEG_INF) and gt(ZERO, e0) and v not in outputs:
             result.violations.append(Violation(
                 "vanishing_init", v, e0, f"{v} vanishes at init as {power(e0, base)}: its "
@@ -227,6 +240,7 @@ def classify_json(c: Classification) -> dict:
         "vectors": {ins.out: {"init": as_str(an.init_[ins.out]),
                               "update": as_str(an.change_[ins.out])} for ins in c.program.body},
         "violations": [v.as_dict() for v in c.violations],
+        **({"forced_to_vanish": list(c.notes)} if c.notes else {}),
     }
 
 
@@ -244,6 +258,8 @@ def classify_text(c: Classification, label: str, depth_pass: bool = False) -> st
            f"{'yes' if c.nontrivial else 'no'}   r = {c.r}   regime: {c.regime}"]
     if c.violations:
         out += ["", "Violations:"] + [f"  - [{v.condition}] {v.message}" for v in c.violations]
+    if c.notes:  # vectors an SSD's weights force to vanish at init: no stable µP lifts them
+        out += ["", "Forced to vanish at init:"] + [f"  - {n}" for n in c.notes]
     return "\n".join(out) + "\n"
 
 

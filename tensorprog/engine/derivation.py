@@ -288,7 +288,7 @@ def derive_table(d: Derivation, decay: str | None = None) -> str:
     return "\n".join([
         head, CONVENTION_LINE, *note, "", table(rows), *eps_lines(d), "",
         f"Regime: {d.check.regime.replace('_', ' ')} (r = {d.check.r}); every param updated "
-        f"maximally.",
+        "maximally.",
         f"Symmetry: {d.optimizer.symmetry()}; other conventions: --convention table3|mup|tp4.",
         *std_note(p, d.optimizer.a_coef), "", "Coordinate sizes (Θ of):", table(vec_rows), ""])
 
@@ -341,3 +341,15 @@ def explain(d: Derivation) -> str:
         out += [f"Check in {L}: classified from scratch the solution is {d.depth.check.regime} "
                 f"with every param updated maximally."]
     return "\n".join(out) + "\n"
+
+
+def zero_constants(program: Program, abc: dict[str, ABC]) -> dict[str, ABC]:
+    """``abc`` with b = oo (zero init) for the vector params the program initialises to the
+    constant 0 (``param g : [n] = 0``). The derivation counts a constant init as Θ(1), an upper
+    bound; a check needs the exact size: a vector made of such params alone is exactly 0 at
+    init at every width (ConvNeXt V2's GRN ``gg * grn(u) + gb``, both zero, as HF's), which
+    is µP with those params zero-initialised. A sum with any other term keeps that term's size,
+    so a zero bias changes no other expectation."""
+    table = program.param_table
+    return {p: ABC(x.a, "oo", x.c) if p in table and table[p].base == 0 else x
+            for p, x in abc.items()}

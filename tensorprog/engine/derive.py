@@ -23,13 +23,16 @@ from sympy.polys.matrices import DomainMatrix
 
 from .._gc import paused_gc
 from ..errors import Diagnostic, EngineError, Span
-from ..ir.program import Dot, MatMul, Mix, Program
+from ..ir.program import Dot, MatMul, Mix, Nonlin, Program
+from ..ir.ssd import SSD
 from .classify import classify, classify_depth, require_depth_pass, require_width
-from .derivation import Bound, DepthDerivation, Derivation, Equation
+from .derivation import Bound, DepthDerivation, Derivation, Equation, zero_constants
 from .exponents import ABC, HALF, INF, NEG_INF, ZERO, Exp, add, canon, emax, gt, power
 from .optimizers import Optimizer
 from .propagate import STREAM_ROUNDS, Analysis, prescaled, used_params
 from .rules import CHANGE, INIT
+from .rules_delta import refuse_growing_head_dim
+from .ssd_init import refuse_forced
 from .standardised import equations as std_equations
 from .standardised import standardised
 from .terms import Term, fan_in_infinite
@@ -274,6 +277,7 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
         raise EngineError(f"unknown depth convention '{depth_convention}'",
                           help=f"choose one of {', '.join(DEPTH_CONVENTIONS)}")
     require_width(program)
+    refuse_growing_head_dim(program)  # the delta rule: rules_delta.py
     _refuse_shared_finite_heads(program)
     params = used_params(program)
     an = Analysis(program, optimizer)
@@ -325,18 +329,23 @@ def _derive(program: Program, optimizer: Optimizer, convention: str,
                                   f"{u_bound.instruction} is Θ(1)"))
         coefs, value, why = CONVENTIONS[convention](program, p, an.S[p])
         equations.append(Equation(p, coefs, value, why))
+    _refuse_unbounded(program, optimizer, equations)
     abc = _solve([p for p in params if p not in scales],
                  [e for e in equations if e.param not in scales])
     abc.update({p: ABC(-an.S[p], ZERO, "oo") for p in params if p in scales})
     abc = {p: abc[p] for p in params}
     check = classify(program, optimizer, abc)
+    refuse_forced(program, check)  # an SSD's mixing that every stable µP has vanish at init
+    if any(isinstance(ins, Nonlin) and ins.fn == SSD for ins in program.body):
+        # a constant 0 init counts as Θ(1) above, an upper bound: where C or B reach Θ(1) at
+        # init only through a bias of 0 (HF Mamba-2's short conv), the mixing is forced too
+        refuse_forced(program, classify(program, optimizer, zero_constants(program, abc)))
     if check.violations:
         _refuse_bottleneck(program, check)
         # a headline, then one diagnostic per violation at the instruction (or param) concerned
         last = len(check.violations) - 1
-        found = [Diagnostic(v.message, _span_of(program, v.tensor),
-                            "every width-dependent sum needs a param (or a scale) that can "
-                            "absorb it" if i == last else None)
+        advice = "every width-dependent sum needs a param (or a scale) that can absorb it"
+        found = [Diagnostic(v.message, _span_of(program, v.tensor), advice if i == last else None)
                  for i, v in enumerate(check.violations)]
         raise EngineError(
             [Diagnostic("no parametrization makes every vector Θ(1) with maximal updates")]
@@ -502,6 +511,23 @@ def _derive_depth(program: Program, optimizer: Optimizer, convention: str) -> De
                         f"updated maximally as {L} grows (regime: {check.regime})",
                         program.depth.span)] + found)
     return DepthDerivation(convention, abc, free, equations, an, check)
+
+
+def _refuse_unbounded(program: Program, optimizer: Optimizer, equations: list[Equation]) -> None:
+    """An EngineError at the first param whose maximal update has no finite exponent: under an
+    optimizer whose step carries the gradient's size (SGD), a gradient the analysis finds
+    unbounded (+∞: e.g. a vector that vanishes at init, then divided by its own size in a norm)
+    leaves no learning rate to solve for. Adam's step does not carry it, and its derivation names
+    the vector that causes it."""
+    for eq in equations:
+        if eq.rhs in (INF, NEG_INF):
+            raise EngineError(
+                f"under {optimizer.name} no learning-rate exponent makes the update of {eq.param} "
+                f"maximal ({eq.reason}): the gradient it is made of has no finite size at any "
+                "init this program allows",
+                span=_span_of(program, eq.param),
+                help="derive it with adam: where a vector vanishes at init and a norm then "
+                     "divides by its size, adam's derivation names that vector")
 
 
 def _span_of(program: Program, tensor: str) -> Span | None:

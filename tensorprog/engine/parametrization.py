@@ -27,6 +27,7 @@ from .derive import derive
 from .exponents import ABC, HALF, NEG_INF, ZERO, Exp, power
 from .optimizers import Optimizer
 from .propagate import used_params
+from .ssd_init import zeroed_saddle
 from .terms import fan_in_infinite
 
 
@@ -90,19 +91,14 @@ def zero_init(program: Program, abc: dict[str, ABC], names: tuple[str, ...] = ()
                          help="a tied unembedding (E.T @ h) is also the embedding; zero it "
                               "with --zero-init only if you mean both")
     chosen = set(names) | (readouts if readout else set())
+    saddle = zeroed_saddle(program, chosen)
+    if saddle is not None:
+        ssd, c, b = saddle
+        raise UsageError(
+            f"zero-initialising {c} and {b} makes C and B of the SSD {ssd} exactly 0: each "
+            "one's gradient is ∝ the other, so both stay exactly 0 and its mixing never trains",
+            help="zero the other weights by name (--zero-init W1,W2), leaving one of them")
     return {p: ABC(x.a, "oo", x.c) if p in chosen else x for p, x in abc.items()}
-
-
-def zero_constants(program: Program, abc: dict[str, ABC]) -> dict[str, ABC]:
-    """``abc`` with b = oo (zero init) for the vector params the program initialises to the
-    constant 0 (``param g : [n] = 0``). The derivation counts a constant init as Θ(1), an upper
-    bound; a check needs the exact size: a vector made of such params alone is exactly 0 at
-    init at every width (ConvNeXt V2's GRN ``gg * grn(u) + gb``, both zero, as HF's), which
-    is µP with those params zero-initialised. A sum with any other term keeps that term's size,
-    so a zero bias changes no other expectation."""
-    table = program.param_table
-    return {p: ABC(x.a, "oo", x.c) if p in table and table[p].base == 0 else x
-            for p, x in abc.items()}
 
 
 def zero_init_effects(d: Derivation, abc: dict) -> list[tuple[str, Exp, Exp]]:

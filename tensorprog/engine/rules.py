@@ -20,8 +20,9 @@ change after a few steps, t >= 2) and ``GRAD`` (the gradient df/dv it sends back
 
 from __future__ import annotations
 
-from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS
+from ..ir.functions import DWCONV, FUNCTIONS, PRODUCTS, TCONV
 from ..ir.program import (
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -45,13 +46,17 @@ from .rules_attention import (  # Dot and Mix: attention's logits and token mixi
     init_dot,
     init_mix,
 )
+from .rules_delta import change_delta, grad_delta, init_delta  # the gated delta rule
 from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
+from .rules_ssd import SSD_RULES  # ssd: Mamba-2's state-space mixing weights
 from .terms import (
     Mono,
     Sizes,
     Term,
     terms,
 )
+
+MOVES = {**MOVES, **SSD_RULES}  # the Nonlins with rules of their own, keyed by function
 
 # --- MatMul ---------------------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
 def _product(ins: Nonlin) -> str:
     """Why a product's sizes add: a depthwise convolution is, channel by channel, its kernel's
     entries times shifted copies of the same channel, summed over finitely many taps (+0)."""
-    if ins.fn == DWCONV:
+    if ins.fn in (DWCONV, TCONV):
         return ("a depthwise convolution multiplies each channel by its own kernel entries and "
                 "sums finitely many taps (+0): exponents add")
     return "a coordinatewise product adds exponents"
@@ -598,3 +603,4 @@ GRAD = {MatMul: grad_matmul, LinComb: grad_lincomb, Nonlin: grad_nonlin, Dot: gr
 INIT[Mean], CHANGE[Mean], GRAD[Mean] = init_mean, change_mean, grad_mean  # docs/theory.md
 INIT[RouteIn], CHANGE[RouteIn], GRAD[RouteIn] = init_route_in, change_route_in, grad_route_in
 INIT[Relayout], CHANGE[Relayout], GRAD[Relayout] = init_relayout, change_relayout, grad_relayout
+INIT[Delta], CHANGE[Delta], GRAD[Delta] = init_delta, change_delta, grad_delta

@@ -31,7 +31,7 @@ from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
 from .init_stats import block_key
-from .normed import query_norm_patch
+from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
     claim,
@@ -136,6 +136,8 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        for name, info in traced.scales.items():  # first: the cause, at the user's line
+            l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
         # layer called for several attentions: ALBERT's shared layer)
         self.shared_fold = shared_query_layers(self)
@@ -349,6 +351,15 @@ class MuP(DepthScaling, OptimizerGroups):
                     continue  # at the base width and depth the model keeps its own init
                 view = self._view(model, use)
                 eL = self.init_exp_L.get(name, 0)
+                if self.init_exp[name] == 0 and not eL and not tuned and \
+                        use.target not in self.traced.centred:
+                    # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
+                    # their dt_bias an inverse softplus) of a law the same at every width: the
+                    # model's own draw is µP's, and a factor towards the base's std (a few
+                    # entries' estimate) would move its mean, the law's location, with it
+                    report.lines.append(f"init {use.target}{_rows(use)}: the model's own draw "
+                                        "(not centred on 0; its law the same at every width)")
+                    continue
                 target = sigma * r ** -float(self.init_exp[name]) * rd ** -float(eL)
                 s = block_scale(cols, use)  # the tensor holds W / s there (columns.py)
                 fixed = not any(self.program.dim_table[d].infinite
@@ -546,6 +557,11 @@ class MuP(DepthScaling, OptimizerGroups):
                 out[vec] = r ** float(folded[w] + own.get(vec, 0))
         for q, k in self.shared_norm.items():  # each side of the logits took half of it
             out[q] = out[k] = out[q] ** 0.5
+        # an L2 normalisation's vector, n^-1/2 of the program's (its constant counted in the
+        # logits' multiplier: normed.l2_into_scales)
+        l2 = {v: e for _, info in scales for v, e in info.get("l2_vectors", {}).items()}
+        for v, e in l2.items():
+            out[v] = out.get(v, 1.0) * r ** float(e)
         return out
 
     def _patched_modules(self, model, p: Patch) -> list[str]:

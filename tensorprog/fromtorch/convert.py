@@ -17,6 +17,7 @@ from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
+from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_gate import HeadGateOps
@@ -43,9 +44,11 @@ from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
+from .ops_ssd import SSDScanOps
 from .ops_standardise import RowStatOps, StandardiseOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
+from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
 from .ops_windows import WindowOps
@@ -69,6 +72,10 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
+    # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
+    TokenConvOps,
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps, SwitchOps,

@@ -73,9 +73,9 @@ class ArithOps:
         if isinstance(u, (int, float)) or isinstance(v, (int, float)):
             c = u if isinstance(u, (int, float)) else v
             x = v if isinstance(u, (int, float)) else u
-            if isinstance(x, MeanSq):
-                return x  # + eps under a root
             eps = alpha * c if x is u else c if alpha == 1 else None  # |x| + eps, eps + |x|
+            if isinstance(x, MeanSq):
+                return self.eps_added(node, x, eps)  # + eps under a root (ops_norm.py)
             if isinstance(x, L2Norm) and eps is not None and 0 < eps <= 1e-3:
                 return x  # x / (|x| + eps): F.normalize's, eps aside (ops_norm.py)
             p = self.pointwise(node, x)
@@ -237,6 +237,9 @@ class ArithOps:
         x = self.vec(x, node)
         return Pointwise(x, lambda t: t)
 
+    def op_multiply(self, node, u, v):  # torch.multiply, torch.mul's alias (ConvBERT's)
+        return self.op_mul(node, u, v)
+
     def op_mul(self, node, u, v):
         u, v = as_number(u), as_number(v)
         entry = self.entry_product(node, u, v)  # p[i] * h: a 1-D param's entry (ops_entries)
@@ -295,7 +298,7 @@ class ArithOps:
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
             if isinstance(b, MeanSq) and b.inv:
-                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and _linear(
+                scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
                     a.f, b.k**0.5)
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
@@ -304,6 +307,7 @@ class ArithOps:
                 return Vec(name, a.tags, a.dim, a.dh)
         # x * g.unsqueeze(-1) of g per head, an image times a gate per pixel (ops_gate.py)
         gated = self.head_gated(node, u, v) or self.pixel_gated(node, u, v) or \
+            self.head_bias(node, u, v, 1, product=True) or \
             self.over_tokens_mul(node, u, v)  # a vector per sequence times each token's
         if gated is not None:
             return gated
@@ -406,7 +410,10 @@ class ArithOps:
         norm = self.norm_mean(node, x, dims, ndim)  # a layer norm's mean (ops_norm.py)
         if norm is not None:
             return norm
-        if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1]:
+        # a mean square over the last axis is a norm's only where that axis is the vector's
+        # coordinates (a head's): of a channels-first [B, C, T] value it is over the tokens
+        if isinstance(x, Pointwise) and [d % ndim for d in dims] == [ndim - 1] \
+                and tuple(getattr(x.src, "tags", ()))[-1:] in (("F",), ("dh",)):
             import torch
 
             t = torch.linspace(-3, 3, 13, dtype=torch.float64)
@@ -463,7 +470,7 @@ def _equal_entries(x: Conc):
     return x
 
 
-def _linear(f, c: float) -> bool:
+def times_of(f, c: float) -> bool:
     """Whether f(t) = ±c·t: the vector a mean square of (c·x)² was taken of."""
     import torch
 

@@ -296,7 +296,9 @@ class AttentionOps:
                          "heads", _GQA_HELP)
         return Vec(v.src.name, v.src.tags, v.src.dim, v.src.dh, v.group)
 
-    def op_repeat_interleave(self, node, v, repeats, dim=None, *rest):
+    def op_repeat_interleave(self, node, v, repeats, dim=None, *rest, output_size=None):
+        # output_size: torch's hint of the result's size along dim (Mamba-2's groups of B and
+        # C repeated over the heads), the same result
         v = self.vec(v, node)
         tags = v.tags
         if not isinstance(repeats, int) or dim is None or "H" not in tags or (

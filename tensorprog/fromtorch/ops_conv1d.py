@@ -6,8 +6,8 @@ channels-first layout (what transposes it back is traced as any transpose). ``ap
 scales the 3-D kernel in place. Any dilation is the same (one tap has no spacing). In g groups
 (each output channel reading the in/g channels of its group: a block-diagonal layer) it is the
 grouped 1x1 convolution of the tokens laid out as a 1 x T image (``_grouped_conv1d``). A kernel
-wider than 1, a stride or padding (a convolution over the tokens) are refused at the layer's
-line."""
+wider than 1 is a convolution over the tokens, traced when depthwise (ops_tconv.py); a stride or
+padding of kernel 1 is refused at the layer's line."""
 
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ class Conv1dOps:
         if not isinstance(w, PRef) or (b is not None and not isinstance(b, PRef)) or \
                 len(w.shape) != 3 or w.rows or w.t or w.offset or w.cols:
             raise refuse(node, "a conv1d whose kernel is not a whole param [out, in, k]")
+        if w.shape[2] != 1:  # a convolution over the tokens: depthwise only (ops_tconv.py)
+            return self.token_conv(node, x, w, b, stride, padding, dilation, groups)
         layer = strip_prefix(w.target).removesuffix(".weight")
         # (a dilation spaces a kernel's taps: with one tap it changes nothing)
-        if w.shape[2] != 1 or not _one(stride, 1) or not (
+        if not _one(stride, 1) or not (
                 _one(padding, 0) or padding == "valid" or padding == "same"):
             raise refuse(node, f"the conv1d {layer} of kernel {w.shape[2]}, stride {stride}, "
                          f"padding {padding}: only a kernel of 1, stride 1 without padding (a "

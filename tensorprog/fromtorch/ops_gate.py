@@ -78,23 +78,29 @@ class HeadGateOps:
             return Vec(name, x.tags, x.dim, x.dh)
         return None
 
-    def head_bias(self, node, u, v, alpha):
+    def head_bias(self, node, u, v, alpha, product: bool = False):
         """``x + b[None, None, :, None]`` of a per-head vector x and a param b of one entry per
-        head of x: the program's ``x + spread(b, dh)``; None where no term is such a param."""
+        head of x: the program's ``x + spread(b, dh)``; with ``product``, ``x * b[None, None,
+        :, None]`` (Mamba-2's skip D x): ``spread(b, dh) * x``, b a gain of each head's
+        coordinates. None where no term is such a param."""
         for x, s in ((u, v), (v, u)):
             if not (isinstance(s, Spread) and s.heads is None and s.after == 1):
                 continue
             x = self.vec(x, node) if not isinstance(x, Spread) else None
             heads = s.ref.shape[0]
-            sign = "+" if alpha == 1 else "-" if alpha == -1 and s is v else None
+            sign = "*" if product else "+" if alpha == 1 else "-" if alpha == -1 and s is v \
+                else None
             if x is None or not _per_head(x) or x.dim != heads * x.dh or sign is None or \
                     len(s.shape) > len(x.tags):
+                if product:  # an image's channels' gain [C, 1, 1], or no form (ops_spread.py)
+                    return None
                 raise refuse(node, f"a sum of a vector and the param {s.ref.target} of one "
                              "entry per head, laid out other than as the heads of a vector "
                              "viewed as (..., H, dh)", help=_HELP)
             b = self.vector_param(s.ref, node)
-            name = self.emit_vector(node.name, f"{x.name} {sign} spread({b}, "
-                                    f"{self.dim(x.dh)})")
+            expr = f"spread({b}, {self.dim(x.dh)}) * {x.name}" if product else \
+                f"{x.name} {sign} spread({b}, {self.dim(x.dh)})"
+            name = self.emit_vector(node.name, expr)
             return Vec(name, x.tags, x.dim, x.dh)
         return None
 

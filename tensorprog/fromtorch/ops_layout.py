@@ -24,7 +24,7 @@ from .values import (
     Trig,
     Vec,
 )
-from .where import op_name, refuse
+from .where import CHECK_OPS, op_name, refuse
 
 _PROBS_HELP = ("keep the attention weights' last two axes (queries, keys) as they are and "
                "matmul them with the values (or use F.scaled_dot_product_attention)")
@@ -68,6 +68,8 @@ class LayoutOps:
         groups = self._groups(node, v, old, shape)
         if groups is None:  # a fused qkv laid out per head, heads merged with the batch
             groups = self.fused_heads(node, v, old, shape) or self.merged_heads(old, shape, v)
+        if groups is None:  # a row per head of every token, and back (ops_delta.py)
+            groups = self.head_rows(node, v, old, shape)
         if groups is None and not (old[1:2] == (1,) and _one_head(node, old, shape, tags)):
             # one head of a vector's features (MLA's rotary key: ops_mla.py); of one token
             # (Perceiver's one decoder query), a view to (B, 1, 1, C) then permuted to heads
@@ -114,6 +116,24 @@ class LayoutOps:
             # [4, n/4] of the heads of its block, viewed [H, dh]): a view keeps the features'
             # order, so the vector is the same and only its heads are smaller
             return Vec(v.name, v.tags, v.dim, shape[-1])
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[0] == old[0] * old[1] \
+                and shape[1] * shape[2] == old[2]:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         "vector: every token as an example of its own, its features cut into "
+                         f"{shape[1]} blocks of {shape[2]}, as a block-diagonal layer through "
+                         "bmm reads them (RecurrentGemma's RG-LRU gates): the tracer reads "
+                         "a block-diagonal layer only as a grouped kernel-1 conv1d",
+                         help="write it as nn.Conv1d(c, c, 1, groups=blocks) of the "
+                         "channels-first value, or with one nn.Linear per block")
+        if tags == ("tok", "tok", "F") and len(shape) == 3 and shape[-1] == 1 and \
+                shape[0] * shape[1] == math.prod(old) and shape[0] % (old[0] * old[1]) == 0:
+            raise refuse(node, f"a view from {list(old)} to {list(shape)} of a per-token "
+                         f"vector: {shape[0] // (old[0] * old[1])} sets of {shape[1]} "
+                         "weights per token, as a kernel computed from each token reads them "
+                         "(ConvBERT's dynamic convolution, applied to the token's neighbours): "
+                         "the language convolves with trained kernels only (tconv, dwconv)",
+                         help="mix the tokens with a trained kernel (a depthwise nn.Conv1d) or "
+                         "attention, or write the model as a program")
         raise refuse(node, f"a view from {list(old)} to {list(shape)}")
 
     def _keeps_the_batch(self, node, old, shape) -> None:
@@ -248,6 +268,11 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
+        if isinstance(v, Affine) and not v.dh and "F" in tags and (_split_along(
+                node, tags.index("F")) or _read_by_conv1d(node)):
+            # LFM's in_proj(h).transpose(-1, -2) chunked into B, C, x along the channels: row
+            # blocks (_split); Qwen3.5's fed to a short convolution split after (ops_tconv.py)
+            return self._retag(v, tuple(tags))
         return self._retag(self.vec(v, node) if isinstance(v, Affine) else v, tuple(tags))
 
     def op_t(self, node, v):
@@ -347,13 +372,22 @@ class LayoutOps:
                 help="split the layer's output right after its view into heads (before any "
                 "norm or activation), or slice the part a rotary turns",
             )
+        # (the last axis is the features but where a transpose put the tokens or pixels there:
+        # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
         if not isinstance(v, Affine) or dim % ndim != ndim - 1 and (
-                v.dh or self._tags(v, node)[dim % ndim] != "F"):
+                v.dh or self._tags(v, node)[dim % ndim] != "F") \
+                or _axis_tag(self._tags(v, node), dim, ndim) in _NOT_FEATURES:
+            conv = self.token_conv_output(v)  # (ops_tconv.py)
             raise refuse(
                 node,
-                "a split of anything but a linear layer's output features",
+                "a split of anything but a linear layer's output features" + (
+                    f" (here of {conv}, which is split only where it convolves a linear "
+                    "layer's output, each part the convolution of the layer's rows of it, with "
+                    "nothing between but transposes, casts and coordinatewise functions)"
+                    if conv else ""),
                 help="split the fused layer's output right after the layer (before any "
-                "activation or view), or use separate layers",
+                "activation or view), or use separate layers" + (
+                    ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
         for s in sizes:
@@ -402,9 +436,12 @@ class LayoutOps:
             return self.laid_op(node, "slice", [self.laid(node, v), dim, start, end, step], {})
         ndim = len(self._shape(node.args[0]))
         block = isinstance(v, Affine) and not (v.dh and v.w.rows)  # not a block's head slice
-        # (or along the features of a layer's output permuted channels-first: FocalNet's gates)
-        features = dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh and self._tags(
-            v, node)[dim % ndim] == "F"
+        # (or along the features of a layer's output permuted channels-first: FocalNet's gates;
+        # its last axis there is tokens or pixels, no features)
+        across = isinstance(v, Affine) and (
+            _axis_tag(self._tags(v, node), dim, ndim) in _NOT_FEATURES)
+        features = not across and (dim % ndim == ndim - 1 or isinstance(v, Affine) and not v.dh
+                                   and self._tags(v, node)[dim % ndim] == "F")
         if block and features and step == 1:
             size = self._shape(node.args[0])[dim]
             lo, hi = (
@@ -414,7 +451,7 @@ class LayoutOps:
             return self.head_part(self.row_block(v, lo, hi, node.name), node)
         size = self._shape(node.args[0])[-1]
         if isinstance(v, Affine) and not v.dh and v.w.rows is None and v.w.period is None and \
-                dim % ndim == ndim - 1 and step == 2 and start in (None, 0, 1) and \
+                dim % ndim == ndim - 1 and not across and step == 2 and start in (None, 0, 1) and \
                 (end is None or end >= size) and size % 2 == 0:
             # every other output feature (gpt-oss's gate_up[..., ::2] and [..., 1::2], its gate
             # and up interleaved): row `start` of every pair of rows, a param of its own, as a
@@ -475,6 +512,30 @@ def _per_head_gate(node, dim) -> bool:
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
+# the tags of axes that are no vector's features: a batch or a sequence's tokens, an image's rows
+# and columns
+_NOT_FEATURES = ("tok", "px")
+
+
+def _axis_tag(tags: tuple, dim: int, ndim: int) -> str | None:
+    """The tag of axis ``dim`` of a node of ``ndim`` axes, the tags aligned from the right (an
+    expert's copy of a value, [tokens, features], read in a node that keeps the batch axis)."""
+    i = dim % ndim - ndim
+    return tags[i] if -len(tags) <= i else None
+
+
+def _read_by_conv1d(node) -> bool:
+    """Whether every reader of ``node`` (through copies and casts) is a conv1d of it."""
+    users = [(node, u) for u in node.users]
+    while users:
+        src, u = users.pop()
+        if op_name(u) in _CARRIERS:
+            users += [(u, r) for r in u.users]
+        elif op_name(u) in CHECK_OPS:  # export's check of the value's metadata
+            continue
+        elif op_name(u) != "conv1d" or not u.args or u.args[0] is not src:
+            return False
+    return bool(node.users)
 
 
 def _split_along(node, axis: int) -> bool:

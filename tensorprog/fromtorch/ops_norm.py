@@ -7,13 +7,18 @@ the vector's coordinates or each head's. The walk follows the pieces as values o
 (:class:`Mean`, :class:`Centered`, :class:`MeanSq`) and emits the norm at the product that
 completes it; a piece used any other way (a centred vector on its own, a mean that centres
 another vector, a variance multiplying a vector that is not its own centred self) is refused
-where it is used, since the language has no such vector. A sum over the coordinates (an L2 norm,
-``x / |x|``: nGPT's, Dory's) is refused: its coordinates are those of ``rmsnorm(x)`` times
-``d^-1/2``, a width-dependent constant after a norm, which no layer's init or LR can take.
-``F.normalize(x, dim=-1)`` (``x / max(|x|, eps)``: Swin V2's and YOSO's cosine attention) is
-that same ``d^-1/2 * rmsnorm(x)``, traced so with d^-1/2 a constant read at both widths: over a
-head of a fixed dim it is one number, and where d grows with the width it is refused when the two
-widths are merged, as any width-dependent constant no layer's weight makes (trace.py).
+where it is used, since the language has no such vector.
+
+An L2 normalisation over d coordinates (of the vector, or of each head): ``F.normalize(x,
+dim=-1)`` (``x / max(|x|, eps)``: Swin V2's and YOSO's cosine attention, SwiftFormer's), ``x /
+(|x| + eps)``, or a sum of squares, ``x * rsqrt((x * x).sum(-1, keepdim=True) + eps)`` (the FLA
+library's ``l2norm``, nGPT's and Dory's), is ``d^-1/2 * rmsnorm(x)``: |x| = sqrt(d)·RMS(x), and
+sum(x²) + eps = d·(mean(x²) + eps/d), an eps smaller still on the mean square. It is traced so,
+d^-1/2 a constant read at both widths: over a head of a fixed dim it is one number; where d grows
+with the width it is the model's own power n^-1/2 of it (trace.py's width constants), and
+``normed.l2_into_scales`` reads it as part of the multiplier of the attention logits that alone
+read the normalised vector (cosine attention's 1/d: µP's own), or leaves it to ``MuP``, which
+refuses a factor nothing can take after the norm (normed.py).
 
 A floor on the mean square, ``x / sqrt(mean(x²).clamp(min=f))`` (Gemma 3n's AltUp magnitudes),
 is the same norm, the floor aside as eps is: sqrt(max(m, f)) and sqrt(m + eps) both equal
@@ -26,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from .ops_arith import times_of
 from .values import Affine, Centered, L2Norm, Mean, MeanSq, Pointwise, Vec, init_of
-from .where import refuse, strip_prefix
+from .where import op_name, refuse, strip_prefix
 
 _PIECE = "a piece of a norm written by hand"
 #: the largest floor on a mean square read as a norm's eps (F.normalize's guard likewise)
@@ -96,11 +102,38 @@ class NormOps:
                 raise refuse(node, f"{_PIECE}: a division by another vector's L2 norm (F."
                              "normalize divides a vector by its own)")
             d = int(self._shape(node.args[0])[-1])
-            slot = self.coefficient(d**-0.5, node, "")
-            info = self.out.coefs[len(self.out.slots) - 1]
-            name = self.emit_vector(node.name, f"{slot} * rmsnorm({self.norm_args(x)})")
-            info.update(out=name, norm=d)
-            return Vec(name, x.tags, x.dim, x.dh)
+            return self._l2(node, x, d, d**-0.5)
+        return None
+
+    def _l2(self, node, x: Vec, d: int, c: float) -> Vec:
+        """``c * rmsnorm(x)``: x's L2 normalisation over its d coordinates (or each head's),
+        c = d^-1/2 (times a constant the forward put in the squares), a slot the merge reads at
+        both widths (a power of the width where d grows: normed.l2_into_scales)."""
+        slot = self.coefficient(c, node, "")
+        info = self.out.coefs[len(self.out.slots) - 1]
+        name = self.emit_vector(node.name, f"{slot} * rmsnorm({self.norm_args(x)})")
+        info.update(out=name, norm=d)
+        return Vec(name, x.tags, x.dim, x.dh)
+
+    def _l2_mul(self, node, u, v):
+        """``x * rsqrt(sum(x²) + eps)`` (FLA's l2norm): :meth:`_l2`; ``(c x) * rsqrt(sum((c
+        x)²))`` likewise. A vector times another's inverse L2 norm, or times an L2 norm (not
+        its inverse), is refused."""
+        for a, b in ((u, v), (v, u)):
+            if not (isinstance(b, MeanSq) and b.over):
+                continue
+            if not b.inv:
+                raise refuse(node, "a product with a vector's sum of squares or L2 norm, "
+                             "sqrt(sum(x²)) (a normalisation divides by the norm)", help="divide "
+                             "by the norm (x / x.norm(dim=-1, keepdim=True)), or take the mean "
+                             "for an RMS (rms(h, D))")
+            if isinstance(a, (Vec, Affine)) and self.vec(a, node).name == b.src.name:
+                return self._l2(node, self.vec(a, node), b.over, b.k**-0.5)
+            if isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
+                    a.f, (b.k / b.over) ** 0.5):
+                return self._l2(node, self.vec(a, node), b.over, b.over**-0.5)
+            raise refuse(node, "a product with another vector's inverse L2 norm (an L2 "
+                         "normalisation multiplies a vector by its own, x * rsqrt(sum(x²)))")
         return None
 
     def norm_l2(self, node, x) -> L2Norm:
@@ -120,6 +153,23 @@ class NormOps:
             return self.norm_floor(node, x, float(lo), None)
         raise refuse(node, f"a clamp_min to {lo} of anything but a vector's L2 norm (F."
                      "normalize's guard)", help="clamp with relu (min 0) or relu6")
+
+    def eps_added(self, node, x: MeanSq, eps: float | None) -> MeanSq:
+        """``mean(x²) + eps`` under a root (a norm's eps, aside as torch's norms' is), or a
+        small one on a sum of squares or after a root (``sum(x²) + eps``, ``sqrt(sum(x²)) +
+        eps``, eps <= MAX_FLOOR, as ``|x| + eps``): the norm, eps aside (module docstring). A
+        number subtracted, or added to the inverse root, or a larger eps on a sum of squares
+        or after a root (where the program's norm would not compute the model's) is refused."""
+        if eps is not None and 0 <= eps and not x.inv and (
+                eps <= MAX_FLOOR or not (x.root or x.over)):
+            return x
+        what = ("a subtraction with" if eps is None or eps < 0 else "a number added to the "
+                "inverse root of" if x.inv else f"an eps of {eps:g} (above {MAX_FLOOR:g}) added "
+                "to" + " the root of" * x.root)
+        raise refuse(node, f"{what} a vector's {'sum of squares' if x.over else 'mean square'}"
+                     ": a norm divides by sqrt(mean(x²) + eps), "
+                     "eps aside where small", help="add a small eps under the root (x * torch."
+                     "rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)), or use F.normalize")
 
     def norm_floor(self, node, x: MeanSq, lo: float | None, hi: float | None) -> MeanSq:
         """``mean(x²).clamp(min=f)`` (or its root's, ``rms.clamp(min=f)``, a floor f² on the
@@ -165,6 +215,11 @@ class NormOps:
         """The product that completes a norm: the centred vector times the inverse root of its
         own variance is ``layernorm(x)``; a centred vector times itself, its square; a vector
         times another's RMS, rescaled to it (ops_rescale.py)."""
+        if self._summed_square(node, u):  # x * x, summed over its coordinates
+            return Pointwise(self.vec(u, node), lambda t: t * t)
+        l2 = self._l2_mul(node, u, v)  # FLA's l2norm, x * rsqrt(sum(x²) + eps)
+        if l2 is not None:
+            return l2
         rescaled = self.rescale_mul(node, u, v)  # Gemma 3n's AltUp magnitudes
         if rescaled is not None:
             return rescaled
@@ -191,6 +246,16 @@ class NormOps:
                          "with anything but the inverse root of its variance (a layer norm)")
         return None
 
+    def _summed_square(self, node, u) -> bool:
+        """Whether ``node`` is ``x * x`` of a vector, read only by sums over its last axis (FLA's
+        l2norm, ``x * rsqrt((x * x).sum(-1, keepdim=True) + eps)``): a square, for the sum to
+        complete as a norm's (:meth:`op_sum`), not a product of two vectors."""
+        last = ([-1], [len(self._shape(node)) - 1])
+        return op_name(node) == "mul" and len(node.args) == 2 and node.args[0] is node.args[
+            1] and isinstance(u, (Vec, Affine)) and bool(
+            node.users) and all(op_name(s) == "sum" and len(s.args) > 1 and list(
+                s.args[1] or ()) in last for s in node.users)
+
     def _hand_norm(self, node, fn: str, x: Vec) -> Vec:
         name = self.emit_vector(node.name, f"{fn}({self.norm_args(x)})")
         return Vec(name, x.tags, x.dim, x.dh)
@@ -208,13 +273,22 @@ class NormOps:
         if pooled is not None:
             return pooled
         if isinstance(x, Pointwise) and [d % ndim for d in axes] == [ndim - 1]:
-            raise refuse(
-                node,
-                "a sum over a vector's coordinates (an L2 norm x / |x| gives coordinates of "
-                "size d^-1/2: rmsnorm(x) times a width-dependent constant after the norm, "
-                "which no layer's init or LR can take)",
-                help="normalise with the mean (RMSNorm, x * rsqrt(x.pow(2).mean(-1))) and put "
-                "the constant into a gain param",
-            )
+            k = square_factor(x.f)
+            if k is None:
+                raise refuse(node, "a sum over a vector's coordinates of anything but its "
+                             "squares (an L2 norm's sum(x²), FLA's l2norm)", help="normalise "
+                             "with x * rsqrt(x.pow(2).sum(-1, keepdim=True) + eps), or "
+                             "F.normalize")
+            d = int(self._shape(node.args[0])[-1])
+            return MeanSq(x.src, k=k * d, over=d)  # d·mean((√k x)²): a norm's, if anything
         raise refuse(node, "a sum over axes of a traced value (the language's vectors are per "
                      "token; a norm takes the mean of the coordinates)")
+
+
+def square_factor(f) -> float | None:
+    """k where the coordinatewise f(t) = k·t², k > 0 (a square, (c x)² = c² x²), else None."""
+    import torch
+
+    t = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    k = float(f(torch.ones(1, dtype=torch.float64)))
+    return k if k > 0 and torch.allclose(f(t), k * t * t) else None

@@ -104,7 +104,7 @@ class ParamFnOps:
                 self._shape(node.args[0]), self._shape(node)):
             return x  # g[None, None, :], g.view(1, 1, -1): where its entries fall is checked
             # against the vector it multiplies (ops_arith._param_broadcast)
-        if op in FUNCTION_OPS or op == "clamp":
+        if op in FUNCTION_OPS or op in ("clamp", "ssd_scan"):  # ssd_scan: A (ops_ssd.py)
             return None
         if set(kwargs) - {"alpha"} or (kwargs and op not in ("add", "sub", "rsub")):
             raise refuse_param_fn(node, x)

@@ -144,6 +144,13 @@ class RotaryOps:
                 return src if (off + lo, off + hi) == (0, src.dh) else Sub(src, off + lo, off + hi)
         if src.tags == ("tok", "tok", "F") and dim % 3 == 1:  # h[:, 1:]: tokens, not features
             return self.token_slice(node, src, start, end, step)  # for a mean (ops_pool.py)
+        axis = dim % len(src.tags)
+        if src.tags[axis] in ("tok", "px"):  # (a channels-first value's last axis: its tokens)
+            raise refuse(node, f"a slice along axis {axis} of a value laid out {list(src.tags)}: "
+                         "a batch, token or pixel axis, not its features; the tracer slices "
+                         "tokens only as h[:, k:] of a (batch, tokens, features) vector",
+                         help="slice the tokens of the per-token vector before it is laid out "
+                         "otherwise (before transposing it channels-first)")
         raise refuse(
             node,
             "a slice of a vector's coordinates (other than a fused layer's output features, "

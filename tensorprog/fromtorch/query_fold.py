@@ -78,6 +78,9 @@ def shared_query_layers(mup) -> dict[str, str]:
 
 def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
     need = f"µP needs the attention logits times (n/base)^{-delta}"
+    if info.get("l2_vectors"):  # the model's multiplier counts them (normed.l2_into_scales)
+        need += (" (the model's multiplier of them counting the d^-1/2 of the L2 "
+                 "normalisation of " + ", ".join(sorted(info["l2_vectors"])) + ")")
     query_read_alone(mup, scale, info, need)
     if info["q"] not in mup.traced.producers:  # a query normalised without a gain
         refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm

@@ -470,6 +470,9 @@ class _Roller:
                 scales[s]["k"] = vec0.get(info["k"], info["k"])
             if "out" in info:  # a width constant's output, measured as the block's (check.py)
                 scales[s]["out"] = vec0.get(info["out"], info["out"])
+            if "l2_vectors" in info:  # its L2-normalised q and k (normed.l2_into_scales)
+                scales[s]["l2_vectors"] = {vec0.get(v, v): e
+                                           for v, e in info["l2_vectors"].items()}
         pname = {n: f"{block}.{ren[n]}" for n in own0 if n in self.params}
         producers = {}
         for v, wb in self.producers.items():

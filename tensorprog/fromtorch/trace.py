@@ -20,15 +20,18 @@ from ..errors import TensorProgError, TraceError, UsageError
 from .calls import bias_after, constant_modules, refuse_tuples, shared_outputs, sole_outputs
 from .columns import merge_columns
 from .convert import agreed_forms, convert
+from .delta_kernel import delta_kernels
 from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, block_stats, built
 from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
+from .normed import l2_constant, l2_into_scales, l2_note
 from .ops_conv import refuse_frozen_norms, train_norms
 from .ops_entries import fixed_entries
 from .ops_tables import fixed_table
 from .readback import read_back
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
+from .ssd_kernel import ssd_kernels
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, op_name, strip_prefix
@@ -94,8 +97,10 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
     model.eval()
     train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
-                                   strict=False)
+        # transformers' gated delta rule and Mamba-2 scan as one op each (*_kernel.py)
+        with delta_kernels(), ssd_kernels():
+            return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
+                                       strict=False)
     except TensorProgError:
         raise
     except Exception as err:  # noqa: BLE001 - torch's own message, at the user's line
@@ -310,14 +315,8 @@ def _width_constant(a: float, b: float, widths, info: dict, trace: Trace) -> dic
             help="a constant of the forward may change with the width only as a power of it "
             "(d ** 0.5, 1 / d)",
         )
-    if info.get("norm"):  # F.normalize over d coordinates: d^-1/2 * rmsnorm(x) (ops_norm.py)
-        raise TraceError(
-            f"an L2 normalisation (F.normalize) over {info['norm']} coordinates at width {w1}, "
-            f"whose number grows with the width: x / |x| is d^-1/2 * rmsnorm(x), a constant of "
-            "the width after a norm that no layer's init or LR can take", where,
-            help="normalise over a head of a fixed dim (trace with a fixed head dim), or use "
-            "RMSNorm (x * rsqrt(x.pow(2).mean(-1))) and put any constant into a gain",
-        )
+    if info.get("norm"):  # an L2 normalisation over d coordinates: d^-1/2 * rmsnorm(x)
+        return l2_constant(info, model_a, a)  # (ops_norm.py; normed.l2_into_scales)
     x = info["x"]
     reads = sum(len(re.findall(rf"\b{x}\b", st.partition("=")[2])) for st in trace.stmts)
     if not x or x not in trace.producers or reads > 1:
@@ -529,8 +528,10 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
     for info in t1.scales.values():
         exp, value = scales[info["slot"]]
         info.update(model_a=exp, value=value)
+    l2_into_scales(fixed, t1)  # an L2 norm's constant the attention logits' scale counts
     for info in fixed.values():  # measured, not derived: MuP folds it like a scale's rest
-        t1.scales[f"the width constant on {info['q']}"] = info
+        if not info.get("into"):
+            t1.scales[f"the width constant on {info['q']}"] = info
     for k, u in t1.params.items():
         fixed_table(k, u, t2.params[k], widths)  # its entries Θ(1) at both (ops_tables.py)
         if u.rows != t2.params[k].rows:  # a block of a fixed size beside one that grows
@@ -603,6 +604,7 @@ def _source(w1, w2, t1: Trace, body: list[str], rolled, note: str | None, dims=N
         for v in rotary
     ]
     lines += [
+        l2_note(info, w1) if info.get("l2") else
         f"# {info['q']} times {info['value']!r}: the model's {info['value']:.6g}·(n/{w1})^"
         f"{-info['model_a']}, written at its base value; the width factor goes into "
         f"the init and LR of what makes {info['q']}"

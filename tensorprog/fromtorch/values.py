@@ -1,5 +1,4 @@
-"""The abstract values of the trace: what each torch tensor of the graph is to the language,
-and what one width's walk produces (:class:`Trace`, :class:`ParamUse`)."""
+"""The trace's abstract values (what each torch tensor is to the language); a walk's Trace."""
 
 from __future__ import annotations
 
@@ -295,6 +294,7 @@ class MeanSq:
     k: float = 1.0  # the mean square of k**0.5 * src (a constant the forward put before it)
     centered: bool = False  # of src minus its mean: a variance (a layer norm written by hand)
     root: bool = False  # sqrt taken (a division by it is a product with its inverse)
+    over: int = 0  # a sum of squares over this many coordinates, not a mean (k counts them)
 
 
 @dataclass
@@ -550,14 +550,13 @@ class ParamUse:
     transposed: bool  # program layout [fan_out, fan_in] is the torch tensor transposed
     module: str  # the module that applies it (for a forward patch)
     node: str
-    # one row of the torch tensor, as a vector param: a lookup of one constant id (BERT's
-    # token-type ids, all 0) reads that row of its table, the same for every token
+    # one row of the torch tensor as a vector param (a lookup of one constant id: BERT's types)
     index: int | tuple[int, ...] | None = None
     # entry ``index`` of a 1-D param of this many entries, read as one number (ops_entries.py):
     # the count must be the same at both widths (a finite vector of numbers)
     entries: int | None = None
     # rows of every group of the out axis (a fused qkv laid out per head): a fixed number of
-    # groups (the head count) or of rows per group (a fixed head dim), as the two widths agree
+    # groups (heads) or of rows per group (a fixed head dim), as the two widths agree
     groups: int | None = None
     group_rows: int | None = None
     # one expert's slice [expert] of a 3-D param (ops_moe.py): the program's matrix is that slice
@@ -575,6 +574,7 @@ class ParamUse:
     # at one width, before the widths merge: the rows (lo, hi) of each group of ``size`` rows
     row_numbers: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
     span: object = field(default=None, compare=False, repr=False)  # the layer's line
+    offset: float = 0.0  # a constant the model adds where it reads it (Qwen3.5's gain 1 + w)
     # (module, graph node) of every other application of this param: a column block read again
     # by another layer (a weight tied across two nn.Linear) is this param too, and the column
     # scale's pre-hook must reach each module that applies it (columns.py)

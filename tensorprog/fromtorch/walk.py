@@ -19,6 +19,7 @@ from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
+from .ops_tconv import SplitConv, Taps
 from .values import (
     RECOGNISED,
     Affine,
@@ -71,6 +72,7 @@ from .where import (
     op_name,
     reaching_the_output,
     refuse,
+    refuse_keywords,
     strip_prefix,
     user_span,
 )
@@ -137,6 +139,7 @@ SYMBOLIC = (
     Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
+    Taps, SplitConv,  # a conv1d's weight squeezed; one written part by part (ops_tconv.py)
 )
 
 
@@ -232,7 +235,8 @@ class Walker:
         self._rows[name] = (ref.rows, ref.offset, ref.period, ref.cols)
         self._std[name] = ref.std
         self.out.params[name] = ParamUse(ref.target, rows, as_applied_t, module_of(node), node.name,
-                                         expert=ref.expert, cols=ref.cols, span=user_span(node))
+                                         expert=ref.expert, cols=ref.cols, span=user_span(node),
+                                         offset=ref.offset)
         if ref.rows:  # the numbers, for blocks whose share changes with the width (rows.py)
             self.out.params[name].row_numbers = (*ref.rows, ref.period or total)
         if ref.period:
@@ -619,6 +623,7 @@ class Walker:
             if one is not None:
                 raise self.refuse_one_token(node, one)
             raise refuse(node, f"the op {op}")
+        refuse_keywords(node, op, method, kwargs)  # a keyword no rule reads (where.py)
         return method(node, *args, **kwargs)
 
     def concrete(self, node, args, kwargs):

@@ -108,6 +108,24 @@ def refuse(node, what: str, help: str | None = None, span: Span | None = None) -
 CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
 
 
+def refuse_keywords(node, op: str, method, kwargs: dict) -> None:
+    """A positioned refusal where the op is called with a keyword its rule does not take
+    (torch's ``repeat_interleave(..., output_size=k)`` before the rule read it): the rule
+    would fail with a TypeError of the tracer's own, not say what it cannot read."""
+    if not kwargs:
+        return
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read: the rule says for itself
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise refuse(node, f"the op {op} with the argument{'s' * (len(unknown) > 1)} "
+                     f"{', '.join(unknown)}", help=f"call {op} without {', '.join(unknown)}")
+
+
 def op_name(node) -> str:
     """The name of the op a graph node calls: its aten op's (``mm`` for ``aten.mm.default``), a
     Python function's (``getitem``), or else the target itself (a placeholder's name)."""

@@ -28,7 +28,7 @@ compute it with:
 Tables elsewhere that name functions (the emitter's expressions, the limits' numpy functions, the
 tracer's recognisers) cover a subset of these rows; a test checks that they agree with this one.
 ``mul`` (the product of two vectors) is the other Nonlin: it has two arguments and no row here,
-and so has ``dwconv`` (a depthwise convolution, see ``DWCONV``).
+and so have ``dwconv`` and ``tconv`` (depthwise convolutions, see ``DWCONV`` and ``TCONV``).
 """
 
 from __future__ import annotations
@@ -54,9 +54,15 @@ MUL = "mul"
 #: product of a vector param (a gain) and a vector, summed over finitely many shifts (+0): the
 #: engine derives it with ``mul``'s rules, and its kernel gets a gain's scaling.
 DWCONV = "dwconv"
+#: ``tconv(D, h, p)``: a depthwise convolution over the tokens of a per-token vector h of dim c by
+#: a kernel param D [c, one, K] (torch's Conv1d weight, groups = c): y_t = sum over the K taps of
+#: D[c, 0, k]·h_{t-p+k}, zeros where no token comes (``tconv(D, h)``: p = K - 1, causal, the
+#: short convolution of LFM, Mamba and linear attention; p = (K - 1) // 2: same-padded). A gain
+#: per channel summed over finitely many token shifts: derived with ``mul``'s rules, as dwconv's
+TCONV = "tconv"
 #: the Nonlins of two arguments whose sizes multiply: a coordinatewise product, and a depthwise
 #: convolution (a coordinatewise product per tap, summed over finitely many taps)
-PRODUCTS = (MUL, DWCONV)
+PRODUCTS = (MUL, DWCONV, TCONV)
 #: ``spread(g, dh)``: a vector g of H entries (one number per head) repeated over each head's dh
 #: coordinates, a vector of H·dh (torch's ``g.repeat_interleave(dh, -1)``, HF's
 #: ``g.unsqueeze(-1)`` against a (…, H, dh) view): one gate or bias per head. It has one

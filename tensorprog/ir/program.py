@@ -16,12 +16,14 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   vector param of a head dim times a vector: per head);
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
-                                  softmax/causal_softmax over the key tokens (softmax
-                                  also over a finite dim)
+                                  softmax/causal_softmax over the key tokens (also a finite
+                                  dim); ``ssd(cb, dt, A, P)``: Mamba-2's mix weights (ir/ssd.py)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
+Delta       ``delta(sq, sk, b, g)``  per head, the gated delta rule's token-mixing weights P
+                                  (linear attention, Gated DeltaNet): ``mix(P, v)`` is its output
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
 RouteIn     ``route_in(g, k, i, x)``  ``g_i x`` where g_i is among g's k largest, else 0:
@@ -56,10 +58,12 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
+from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
 from .spread import SPREAD, other_dim
+from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
 #: a later key has none of its own), Swin's offset in a window (``windows``).
@@ -288,7 +292,8 @@ class Nonlin:
     over: str | None = None  # a norm's head dim (QK-norm); spread's dh; part's d; cat's D
     # dwconv's geometry (MatMul.geometry's); None: stride 1, padded by half the kernel
     geometry: Geometry | None = None
-    index: int | tuple[int, ...] | None = None  # part's i, shift's k, place's k, pick's ids
+    # part's i, shift's k, place's k, pick's ids, tconv's p (its first tap's tokens back)
+    index: int | tuple[int, ...] | None = None
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -456,10 +461,10 @@ class Relayout:
         return (self.arg,)
 
 
-Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Stream | Route | RouteIn | Prepend
-               | Mean | Relayout)
-INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Stream, Route, RouteIn,
-                                  Prepend, Mean, Relayout)
+Instruction = (MatMul | LinComb | Nonlin | Dot | Mix | Delta | Stream | Route | RouteIn
+               | Prepend | Mean | Relayout)
+INSTRUCTIONS: tuple[type, ...] = (MatMul, LinComb, Nonlin, Dot, Mix, Delta, Stream, Route,
+                                  RouteIn, Prepend, Mean, Relayout)
 
 
 def heads_dim(dims: dict[str, Dim], dim: str, over: str) -> Dim | None:
@@ -530,6 +535,12 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
+            if isinstance(ins, Nonlin) and ins.fn == SSD and dims.get(ins.out):  # ir/ssd.py
+                h = heads_dim(table, *split_heads_dim(dims[ins.out]))
+                table.update({h.name: h} if h is not None else {})
+            if isinstance(ins, Delta) and ins.head and {ins.dim, ins.head} <= table.keys():
+                h = heads_dim(table, ins.dim, ins.head)  # the values' heads
+                table.update({h.name: h} if h else {})
             if isinstance(ins, Mix) and ins.head:  # values' own heads, and their groups
                 for a, b in ((dims[ins.values], ins.head), (dims[ins.out], dims[ins.values])):
                     h = heads_dim(table, a, b) if {a, b} <= table.keys() else None
@@ -627,12 +638,17 @@ class Program:
                 grouped = (ins.head is None and query in declared and values in declared
                            and declared[query].key() != declared[values].key())
                 dims[ins.out] = ins.dim or (query if grouped else values)
+            elif isinstance(ins, Delta):  # the scores' heads, or the values' (grouped)
+                dims[ins.out] = (heads_dim_name(ins.dim, ins.head) if ins.head is not None
+                                 else dims[ins.scores])
             elif isinstance(ins, Route):
                 dims[ins.out] = dims[ins.experts[0]]
             elif isinstance(ins, RouteIn):
                 dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
+            elif isinstance(ins, Nonlin) and ins.fn == SSD:  # over the values' heads (ir/ssd.py)
+                dims[ins.out] = ssd_dim(declared, ins.args[1:2] and dims.get(ins.args[1]), ins)
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,

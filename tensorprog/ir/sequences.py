@@ -23,8 +23,20 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
-from .functions import AT, CAT, PLACE, SHIFT
-from .program import RELATIVE_KINDS, Dot, Mean, Mix, Nonlin, Prepend, Program, Relayout, Stream
+from .functions import AT, CAT, PLACE, SHIFT, TCONV
+from .program import (
+    RELATIVE_KINDS,
+    Delta,
+    Dot,
+    Mean,
+    Mix,
+    Nonlin,
+    Prepend,
+    Program,
+    Relayout,
+    Stream,
+)
+from .ssd import SSD, ssd_sequences
 
 Tag = tuple[str, ...]
 
@@ -78,6 +90,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                 continue
             tags[ins.out] = p[:1]
             continue
+        if isinstance(ins, Delta):
+            tags[ins.out] = _check_delta(ins, ops, problem)
+            continue
         if isinstance(ins, Prepend):
             tags[ins.out] = (ins.seq,)
             _check_prepend(program, ins, ops, problem)
@@ -93,9 +108,16 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             tags[ins.out] = ops[1] if len(ops) == 2 else ()
             _check_at(program, ins, ops, problem)
             continue
+        if isinstance(ins, Nonlin) and ins.fn == SSD:  # a recurrence on token pairs: ir/ssd.py
+            tags[ins.out] = ssd_sequences(ins, ops, _show, problem)
+            continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == TCONV:  # the same tokens, each of K read
+            tags[ins.out] = ops[1]
+            _check_tconv(program, ins, ops[1], problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == PLACE:  # h's tokens, some of them v's
             tags[ins.out] = ops[-1]
@@ -146,6 +168,25 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
     return tags
 
 
+def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:
+    """The delta rule runs over the tokens of one sequence, in order (a recurrence: token t
+    reads the state after tokens 1..t): its dots pair that sequence's tokens with themselves
+    and b and g are vectors per token of it. Its tag: the dots' pairs."""
+    sq, sk, b, g = ops
+    seq = sq[:1]
+    if len(sq) != 2 or sq[0] != sq[1] or sk != sq:
+        problem("delta is a recurrence over the tokens of one sequence (each token reads the "
+                f"state its earlier tokens left), but its dots run over {_show(sq)} and "
+                f"{_show(sk)}", ins,
+                "take queries and keys from one sequence: sq = dot(q, k, dk) and sk = "
+                "dot(k, k, dk); a cross-sequence delta rule has no causal order")
+    elif b not in (seq, ()) or g not in (seq, ()):
+        problem(f"delta's b and g are one number per head, per token of {seq[0]} or for all "
+                f"of them, but they run over {_show(b)} and {_show(g)}", ins,
+                "compute them from the layer's input token by token, b = sigmoid(Wb @ h)")
+    return sq if len(sq) == 2 else ()
+
+
 def _check_mean(program: Program, ins: Mean, arg: Tag, problem) -> None:
     """A mean over the tokens of one sequence, from a token it has."""
     if len(arg) != 1:
@@ -194,6 +235,15 @@ def _check_shift(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
         problem(f"shift by {ins.index} tokens, but {arg[0]} has {size}: every token would read "
                 "past the sequence, a vector of zeros", ins,
                 f"shift by fewer than {size} tokens")
+
+
+def _check_tconv(program: Program, ins: Nonlin, arg: Tag, problem) -> None:
+    """A convolution over the tokens of one sequence (not of token pairs, not of a token
+    input's ids: an image is the verifier's)."""
+    if len(arg) != 1 or ins.args[1] in {i.name for i in program.inputs}:
+        what = "an input's one-hot ids" if len(arg) == 1 else f"a value over {_show(arg)}"
+        problem(f"tconv convolves a sequence's tokens, but {ins.args[1]} is {what}", ins,
+                "convolve a vector per token, e.g. a layer's W @ (E @ tok)")
 
 
 def _check_place(program: Program, ins: Nonlin, ops: list[Tag], problem) -> None:

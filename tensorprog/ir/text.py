@@ -11,6 +11,7 @@ from fractions import Fraction
 from .functions import MUL
 from .program import (
     RELATIVE_KINDS,
+    Delta,
     Dot,
     Input,
     Instruction,
@@ -53,6 +54,9 @@ def render_instruction(ins: Instruction, show=str) -> str:
         head = f", {ins.head}" if ins.head is not None else ""
         head += f", {ins.dim}" if ins.dim is not None else ""
         rhs = f"mix({show(ins.weights)}, {show(ins.values)}{head})"
+    elif isinstance(ins, Delta):
+        grouped = [ins.head, ins.dim] if ins.head is not None else []
+        rhs = f"delta({', '.join([show(a) for a in ins.operands] + grouped)})"
     elif isinstance(ins, Route):
         fn = "route_norm" if ins.normalise else "route"
         rhs = f"{fn}({show(ins.gates)}, {ins.k}, {', '.join(show(e) for e in ins.experts)})"

@@ -20,10 +20,12 @@ from .functions import (
     RMS,
     SHIFT,
     SPREAD,
+    TCONV,
 )
 from .program import (
     INPUT_KINDS,
     ONE_HOT_KINDS,
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -44,6 +46,8 @@ from .program import (
 from .ranges import check_ranges
 from .sequences import check_sequences
 from .spread import part_count
+from .ssd import SSD, verify_ssd
+from .verify_delta import verify_delta
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -97,6 +101,7 @@ _MOVES = {
     PICK: lambda p, ins, ops, key, errors: _verify_pick(p, ins, ops[0], errors),
     RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
+    SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
 }
 
 
@@ -158,6 +163,8 @@ def verify(program: Program) -> Program:
                                  ins.span)
         elif isinstance(ins, Mix):
             out = _verify_mix(program, ins, ops, key, errors)
+        elif isinstance(ins, Delta):
+            out = verify_delta(program, ins, ops, key, errors)
         elif isinstance(ins, Route):
             out = _verify_route(ins, ops, dims, key, errors)
         elif isinstance(ins, RouteIn):
@@ -373,7 +380,8 @@ def _verify_standardised(program: Program, errors: Collector) -> None:
 
 def _verify_depthwise(program: Program, errors: Collector) -> None:
     """A depthwise kernel [c, kh, kw] is a vector of dim c (a gain per channel, with a finite
-    window), read only as the kernel of ``dwconv(K, h)``, whose h is an image."""
+    window), read only as the kernel of ``dwconv(K, h)``, whose h is an image, or (kh = 1) of
+    ``tconv(K, h, p)``, 0 <= p < kw, whose h is no image (its tokens: the sequences' check)."""
     for ins in program.body:
         if isinstance(ins, Nonlin) and ins.fn == DWCONV:
             p = program.param_table.get(ins.args[0])
@@ -381,11 +389,21 @@ def _verify_depthwise(program: Program, errors: Collector) -> None:
                     or program.spatial[ins.args[1]] is None:
                 errors.error("dwconv(K, h): K must be a depthwise kernel [c, kh, kw] and h an "
                              "image", ins.span)
+        elif isinstance(ins, Nonlin) and ins.fn == TCONV:
+            p = program.param_table.get(ins.args[0])
+            sizes = [program.dim_table[d].size if d in program.dim_table else 0
+                     for d in p.shape] if p is not None and p.depthwise else [0, 0, 0]
+            if sizes[1] != 1 or program.spatial.get(ins.args[1]) is not None \
+                    or not isinstance(ins.index, int) or isinstance(ins.index, bool) \
+                    or not 0 <= ins.index < sizes[2] or ins.geometry is not None:
+                errors.error("tconv(K, h, p): K must be a kernel [c, one, k] (one of size 1), "
+                             "h a vector per token, not an image, and 0 <= p < k", ins.span)
         elif isinstance(ins, Nonlin) and ins.geometry is not None:
             errors.error(f"{ins.fn} has a convolution's geometry but is not dwconv", ins.span)
         elif any(o in program.param_table and program.param_table[o].depthwise
                  for o in ins.operands):
-            errors.error("a depthwise kernel is read only as dwconv's first argument", ins.span)
+            errors.error("a depthwise kernel is read only as dwconv's or tconv's first argument",
+                         ins.span)
 
 
 def _per_head(program: Program, ins, ops: list, errors: Collector) -> str | None:

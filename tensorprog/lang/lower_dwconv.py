@@ -31,7 +31,8 @@ def depthwise_misuse(low, name: str, span, what: str) -> bool:
     if p is None or len(p.shape) != 3:
         return False
     low.errors.error(f"{name} is a depthwise kernel [{', '.join(p.shape)}]: {what}", span,
-                     _USAGE + "; a full convolution's kernel is [out, in, kh, kw]")
+                     _USAGE + "; a full convolution's kernel is [out, in, kh, kw]; one over "
+                     "a sequence's tokens [c, one, K] is applied by tconv(D, h)")
     return True
 
 

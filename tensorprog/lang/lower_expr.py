@@ -32,6 +32,7 @@ from .lower_arity import GROUP_NORMS, arity_fits, norm_group
 from .lower_at import at_operands, lower_at
 from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
+from .lower_delta import DELTA, delta_operands, lower_delta
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
 from .lower_mix import lower_mix, mix_operands
@@ -45,16 +46,20 @@ from .lower_route import ROUTES, lower_route
 from .lower_shift import lower_shift, shift_operands
 from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
+from .lower_ssd import SSD, lower_ssd, ssd_operands
+from .lower_tconv import TCONV, lower_tconv, tconv_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
 # besides values: dims (spread, part, cat, pick, rms), an index (part), tokens (shift, place),
-# windows (at)
+# windows (at), a kernel's first token (tconv)
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
+             TCONV: tconv_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
-             RMS: rms_operands}
-FUNCTIONS = (NONLINEARITIES + ("dot", "mix") + ROUTES + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, CAT, AT, PLACE, PICK, RMS) + RELAYOUTS)
+             RMS: rms_operands, SSD: ssd_operands}
+FUNCTIONS = (NONLINEARITIES + ("dot", "mix", DELTA) + ROUTES
+             + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
+             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -355,7 +360,7 @@ class ExpressionLowering:
         if not isinstance(b, Vec):
             self.errors.error("the right side of @ must be a vector", node.span)
             return None
-        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv, not @"):
+        if depthwise_misuse(self, a.name, node.span, "it is applied by dwconv or tconv, not @"):
             return None
         fan_out, fan_in = self.matrices[a.name].shape[:2]
         if a.transposed:
@@ -552,6 +557,8 @@ class ExpressionLowering:
             return None, None
         if node.fn == "mix" and len(node.args) > 2:  # the values' own head dim: lower_mix.py
             return mix_operands(self, node)
+        if node.fn == DELTA and len(node.args) == 6:  # grouped value heads: lower_delta.py
+            return delta_operands(self, node)
         if node.fn == "dot" and len(node.args) == 3:
             over = self.head_dim(node.args[2])
             return (None, None) if over is None else (node.args[:2], over)
@@ -568,8 +575,9 @@ class ExpressionLowering:
         if node.fn == CONV:
             return lower_conv(self, node, args, Scalar, Vec)
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
-                    PART: lower_part, SHIFT: lower_shift, CAT: lower_cat, PLACE: lower_place,
-                    PICK: lower_pick, RMS: lower_rms, **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    PART: lower_part, SHIFT: lower_shift, TCONV: lower_tconv, CAT: lower_cat,
+                    PLACE: lower_place, PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
+                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:
@@ -612,6 +620,8 @@ class ExpressionLowering:
             return self.vec(out, dim)
         if node.fn == "mix":  # attention's token mixing: lower_mix.py
             return lower_mix(self, node, args, over, Vec)
+        if node.fn == DELTA:  # the gated delta rule's weights: lower_delta.py
+            return lower_delta(self, node, args, over, Vec)
         if node.fn in SINKS and len(args) == 2:
             return lower_sink(self, node, args, Vec)
         if not self.in_domain(node.fn, args[0], node):

@@ -46,6 +46,7 @@ from ..errors import EngineError, Span, UsageError
 from ..ir.functions import CAT, MUL, PART, PICK, PLACE, RMS
 from ..ir.program import (
     INSTRUCTIONS,
+    Delta,
     Dot,
     LinComb,
     MatMul,
@@ -587,6 +588,8 @@ def _dot(ev: _Limit, ins: Dot) -> tuple[Value, str]:
 # the instructions of sequences and experts, which the kernel of dense programs does not cover
 _SEQUENCE_OPS = {
     Mix: "mix (attention's token mixing) has no NNGP rule here",
+    Delta: "delta (the gated delta rule's token mixing, linear attention) has no NNGP rule "
+           "here: its weights are a ratio of finite sums over tokens, not a Z-variable",
     Route: "route (a mixture of experts' top-k) has no NNGP rule here: the selection is not a "
            "Gaussian computation",
     Prepend: "prepend (a learned token before a sequence) has no NNGP rule here",

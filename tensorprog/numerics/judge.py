@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..engine.classify import classify, classify_depth
+from ..engine.derivation import zero_constants
 from ..engine.derive import derive
 from ..engine.exponents import ABC, INF, NEG_INF, ZERO, Exp, as_str, gt
 from ..engine.optimizers import Optimizer
-from ..engine.parametrization import zero_constants
 from ..engine.propagate import prescaled
 from ..errors import UsageError
 from ..ir.program import Dot, Program

@@ -8,7 +8,7 @@ import functools
 from fractions import Fraction
 
 import pytest
-from conftest import EXAMPLES, mlp_source
+from conftest import EXAMPLES, mlp_source, skip_refused
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sympy import Rational
@@ -48,6 +48,7 @@ def _to_rational(values: list[Fraction]) -> list[Rational]:
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_mup_is_invariant(path, optimizer, data):
+    skip_refused(path, optimizer)
     program, base, want = _derived(path, optimizer)
     theta = _to_rational(data.draw(st.lists(thetas, min_size=len(base), max_size=len(base))))
     shifted = tp.classify(program, optimizer, abc=_shift(base, optimizer, theta, program))
@@ -78,6 +79,7 @@ def test_any_parametrization_is_invariant(theta, preset, optimizer, c):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_conventions_are_one_family(path, optimizer):
+    skip_refused(path, optimizer)
     program = tp.parse_file(path)
     k = tp.OPTIMIZERS[optimizer].a_coef
     forms = [tp.derive(program, optimizer, conv).abc for conv in tp.CONVENTIONS]

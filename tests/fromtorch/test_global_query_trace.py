@@ -25,8 +25,9 @@ def _image(model):
 
 class Additive(nn.Module):
     """A strided stem, HF's SwiftFormerEfficientAdditiveAttention over the pixels' tokens (its
-    L2 normalisations left out: over a growing dim they are refused on their own), a pooled
-    readout as SwiftFormer's ``flatten(2).mean(-1)``; ``over`` the softmax's axis."""
+    L2 normalisations left out: over a growing dim, read by more than logits, apply refuses
+    them: test_l2_normalize.py), a pooled readout as SwiftFormer's ``flatten(2).mean(-1)``;
+    ``over`` the softmax's axis."""
 
     def __init__(self, n, over=-1):
         super().__init__()

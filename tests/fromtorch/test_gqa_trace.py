@@ -89,9 +89,10 @@ def test_mup_apply_is_bit_identical_at_the_base_width_and_scales_the_kv_projecti
 class _Interleaved(nn.Module):
     """Attention with 2 key/value heads repeated by torch.repeat_interleave for 4 query heads."""
 
-    def __init__(self, n, enable_gqa=False):
+    def __init__(self, n, enable_gqa=False, output_size=False):
         super().__init__()
         self.enable_gqa = enable_gqa  # sdpa repeats the heads instead
+        self.output_size = output_size  # torch's hint of the result's size (Mamba-2 gives it)
         self.emb, self.q, self.o = nn.Embedding(8, n), nn.Linear(n, n), nn.Linear(n, n)
         self.k, self.v, self.head = nn.Linear(n, n // 2), nn.Linear(n, n // 2), nn.Linear(n, 8)
 
@@ -101,13 +102,17 @@ class _Interleaved(nn.Module):
         q = self.q(x).view(b, t, 4, n // 4).transpose(1, 2)
         k, v = (z(x).view(b, t, 2, n // 4).transpose(1, 2) for z in (self.k, self.v))
         if not self.enable_gqa:
-            k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+            hint = {"output_size": 4} if self.output_size else {}
+            k, v = (z.repeat_interleave(2, dim=1, **hint) for z in (k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.enable_gqa)
         return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
-def test_repeat_interleave_traces_as_grouped_query_attention():
-    traced = from_torch(_Interleaved, (16, 32), lambda m: (torch.zeros(2, 4, dtype=torch.long),))
+@pytest.mark.parametrize("hint", [False, True])
+def test_repeat_interleave_traces_as_grouped_query_attention(hint):
+    # with output_size (torch's hint of the result's size) it was a TypeError in the tracer
+    traced = from_torch(lambda n: _Interleaved(n, output_size=hint), (16, 32),
+                        lambda m: (torch.zeros(2, 4, dtype=torch.long),))
     assert "param k_weight : [n_by2, n]" in traced.source
     dot, mix = _attention_lines(traced.source)
     assert dot.endswith("dot(linear, linear_1, n_by4)") and mix.endswith(", linear_2)")
@@ -130,3 +135,22 @@ def test_the_check_reads_the_logits_of_sdpa_enable_gqa():
         q, k = (z(x).view(2, 4, -1, 4).transpose(1, 2) for z in (model.q, model.k))
         want = q @ k.repeat_interleave(2, dim=1).transpose(-2, -1) / 2
     torch.testing.assert_close(found[logits], want)
+
+
+def test_an_op_called_with_a_keyword_its_rule_does_not_take_is_refused_at_its_node():
+    # before, the rule's call raised the tracer's own TypeError (a crash, not a refusal)
+    from tensorprog.errors import TraceError
+    from tensorprog.fromtorch.where import refuse_keywords
+
+    class Rules:
+        def op_repeat(self, node, v, repeats, dim=None):
+            return v
+
+        def op_any(self, node, v, **kwargs):
+            return v
+
+    rules, node = Rules(), torch.fx.Graph().placeholder("x")
+    refuse_keywords(node, "repeat", rules.op_repeat, {"dim": 1})
+    refuse_keywords(node, "any", rules.op_any, {"output_size": 4})
+    with pytest.raises(TraceError, match="the op repeat with the argument output_size"):
+        refuse_keywords(node, "repeat", rules.op_repeat, {"dim": 1, "output_size": 4})

@@ -22,8 +22,8 @@ F = torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.emit.templates import HELPERS  # noqa: E402
+from tensorprog.engine.derivation import zero_constants  # noqa: E402
 from tensorprog.engine.exponents import INF  # noqa: E402
-from tensorprog.engine.parametrization import zero_constants  # noqa: E402
 from tensorprog.fromtorch import MuP  # noqa: E402
 from tensorprog.fromtorch.check import coord_check  # noqa: E402
 

@@ -6,9 +6,9 @@ and post-norm residuals (a layer norm of each branch inside the residual sum).
 Oracles: the emitted program computes the model's output (float64; one head's temperature past
 the clamp); the traced temperature derives what examples/swinv2.tp derives; the example's
 logits are Swin V2's tempered cosine logits; other uses of a function of a param, a
-temperature after the bias, an MLP over offsets' coordinates other than Swin V2's (its
-continuous position bias: test_swinv2_cpb.py) and F.normalize over a growing head dim are
-refused at their line."""
+temperature after the bias and an MLP over offsets' coordinates other than Swin V2's (its
+continuous position bias: test_swinv2_cpb.py) are refused at their line; F.normalize over a
+growing head dim is µP's 1/d attention, with nothing to change."""
 
 from __future__ import annotations
 
@@ -204,10 +204,22 @@ def test_other_temperatures_and_a_computed_bias_are_refused_at_their_line(varian
 
 
 @pytest.mark.slow
-def test_cosine_attention_over_a_growing_head_dim_is_refused_as_any_l2_norm():
-    # heads of n / 2: F.normalize is dh^-1/2 · rmsnorm, a power of n after a norm that no
-    # layer can take (as SwiftFormer's over its growing channels), refused at the merge
-    with pytest.raises(TensorProgError, match=r"test_swinv2\.py:\d+:\d+: error: an L2 "
-                       r"normalisation \(F\.normalize\) over 16 coordinates at width 32, "
-                       r"whose number grows with the width"):
-        tp.from_torch(lambda n: SwinV2Like(n, "two_heads", short=True), (32, 64), images)
+def test_cosine_attention_over_a_growing_head_dim_is_mups_own_1_over_d(monkeypatch):
+    # heads of n / 2: F.normalize is dh^-1/2 · rmsnorm, a power of n on each side of the
+    # logits, whose multiplier then goes as 1/dh: µP's (normed.l2_into_scales), so apply has
+    # nothing to change, through the temperature on the query
+    from tensorprog.emit.templates import HELPERS
+    from tensorprog.fromtorch import MuP
+
+    def build(n):
+        return SwinV2Like(n, "two_heads", short=True)
+
+    traced = tp.from_torch(build, (32, 64), images)
+    (scale, info), = traced.scales.items()
+    assert set(info["l2_vectors"]) == {"div", "tq", "div_1"}
+    assert info["model_a"] == 1 == tp.derive(traced.program, "adam").abc[scale].a
+    mup = MuP(traced, "adam")
+    assert mup.patches == [] and mup.folded == []
+    rms = [line.replace(" + 1e-6", "") for line in HELPERS["_heads_rmsnorm"]]
+    monkeypatch.setitem(HELPERS, "_heads_rmsnorm", rms)  # F.normalize's, eps aside
+    traced_computes_the_model(traced, build, images)

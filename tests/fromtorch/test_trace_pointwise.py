@@ -2,9 +2,9 @@
 written by hand: relu² (Nemotron's, Arcee's) and x³ as products of copies, Cohere's layer norm,
 Gemma 4's ``pow(ms, -0.5)`` and ``x / sqrt(ms)`` as the language's norms, a positions embedding
 ``expand_as`` the tokens' or read as ``table[positions]``, a padding mask; functions of a param
-alone, an L2 norm and a mean used otherwise are refused at their line. Oracle: the same model
-written with the form's plain counterpart (relu, torch's layer_norm and rms_norm) derives the
-same µP, and apply is bit-identical at the base."""
+alone, an L1 norm and a mean used otherwise are refused at their line (an L2 norm:
+test_l2_normalize.py). Oracle: the same model written with the form's plain counterpart (relu,
+torch's layer_norm and rms_norm) derives the same µP, and apply is bit-identical at the base."""
 
 import pytest
 from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
@@ -51,8 +51,8 @@ def _norm(form, x, w):
         x = F.rms_norm(x, x.shape[-1:])
     elif form == "gemma4":  # Gemma4's RMSNorm
         x = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5)
-    elif form == "l2":  # nGPT's (Dory's) L2 norm
-        x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+    elif form == "l1":  # a sum of |x|: no norm the language has
+        x = x / x.abs().sum(-1, keepdim=True)
     elif form == "twice_mean":
         x = x - 2 * x.mean(-1, keepdim=True)
     return w * x
@@ -119,7 +119,7 @@ def test_a_norm_written_by_hand_is_the_languages_norm(plain, norm, fn, positions
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"act": "exp"}, "a coordinatewise function that is none of"),
-    ({"norm": "l2"}, "a sum over a vector's coordinates \\(an L2 norm"),
+    ({"norm": "l1"}, "a sum over a vector's coordinates of anything but its squares"),
     ({"norm": "twice_mean"}, "a piece of a norm written by hand"),
 ])
 def test_what_the_language_cannot_say_is_refused_at_its_line(kw, message):

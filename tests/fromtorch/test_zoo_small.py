@@ -54,6 +54,23 @@ def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
     assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
 
 
+def test_zoo_gives_every_mamba2_head_its_own_group(zoo):
+    """Mamba-2's fields under each family's names: heads over expand·n (head dim · heads =
+    2n), n_groups = heads (a group of B and C per head, as a key/value head per query head),
+    a state size of 16 per group."""
+    t = __import__("transformers")
+    kw = zoo.config_kwargs(t.Mamba2Config, 128, "head_dim")
+    assert [kw[f] for f in ("num_heads", "head_dim", "n_groups", "state_size")] == [16, 16, 16, 16]
+    kw = zoo.config_kwargs(t.BambaConfig, 64, "heads")
+    assert [kw[f] for f in ("mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state")
+            ] == [4, 32, 4, 16]
+    kw = zoo.config_kwargs(t.NemotronHConfig, 64, "head_dim")
+    assert [kw[f] for f in ("mamba_num_heads", "mamba_head_dim", "n_groups")] == [8, 16, 8]
+    assert kw["moe_shared_expert_intermediate_size"] == 256
+    kw = zoo.config_kwargs(t.Zamba2Config, 64, "head_dim")
+    assert [kw[f] for f in ("n_mamba_heads", "mamba_headdim", "mamba_ngroups")] == [8, 16, 8]
+
+
 def test_zoo_cuts_a_conformers_blocks_to_two_never_adds_any(zoo):
     t = __import__("transformers")
     # Phi-4-multimodal's audio encoder: 24 conformer blocks, 900M params at width 1024 (the

@@ -24,9 +24,12 @@ from tensorprog.ir.functions import (
     RMS,
     SHIFT,
     SPREAD,
+    TCONV,
     torch_function,
 )
+from tensorprog.ir.ssd import SSD
 from tensorprog.lang.lower_conv import CONV
+from tensorprog.lang.lower_delta import DELTA
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
 from tensorprog.lang.lower_first import MEAN
 from tensorprog.lang.lower_prepend import PREPEND
@@ -39,10 +42,9 @@ SCALINGS = {"linear", "bounded", "offset", "shifted", "exponential", "normalize"
 
 def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
-    assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {"dot", "mix", *ROUTES, PREPEND,
-                                                                      MEAN, CONV, DWCONV,
-                                                                      SPREAD, PART, SHIFT, CAT, AT,
-                                                                      PLACE, PICK, RMS, *RELAYOUTS}
+    assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {
+        "dot", "mix", DELTA, *ROUTES, PREPEND, MEAN, CONV, DWCONV, SPREAD, PART, SHIFT, TCONV, CAT,
+        AT, PLACE, PICK, RMS, SSD, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 

@@ -1,0 +1,78 @@
+"""Transformers' Mamba-2 scan (``mamba2_chunk_scan``, reached from Mamba2Mixer's
+``mamba2_scan_forward``) traces as the language's ``ssd`` read by ``mix``: dt = softplus(dt +
+dt_bias), cb = dot(C, B, N) per group, p = ssd(cb, dt, -exp(A_log), P), y = mix(p, x, P) +
+spread(D, P) * x, then the gated RMSNorm over groups and out_proj. Oracle: the traced program
+computes the model (the scan computes in float32: compared at 1e-5 of the output; the norms'
+eps 1e-6, the emitted rmsnorm's, as the values at init are small enough for it to show). A cache's
+state, a clamped dt (time_step_limit) and the decode step are refused at their line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+m2 = pytest.importorskip("transformers.models.mamba2.modeling_mamba2")
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.errors import TraceError  # noqa: E402
+from tensorprog.fromtorch import ssd_kernel  # noqa: E402
+
+
+def mamba2(limit=(0.0, math.inf), heads_per_group=2):
+    def build(n):
+        heads = n // 8  # heads of P = 16 (expand 2), a group of B and C per 2 heads
+        cfg = m2.Mamba2Config(hidden_size=n, num_hidden_layers=1, num_heads=heads, head_dim=16,
+                              n_groups=heads // heads_per_group, state_size=8, expand=2,
+                              vocab_size=13, use_cache=False, chunk_size=4,
+                              time_step_limit=limit, layer_norm_epsilon=1e-6)
+        model = m2.Mamba2ForCausalLM(cfg)
+        with torch.no_grad():  # a skip of its own per head (D inits at 1)
+            model.backbone.layers[0].mixer.D.uniform_(-1, 1)
+        return model
+    return build
+
+
+def ids(model=None):
+    return (torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(0)),)
+
+
+def test_the_scan_traces_as_ssd_and_computes_the_model():
+    traced = tp.from_torch(mamba2(), (64, 128), ids)
+    src = traced.source
+    assert "ssd_scan_p = ssd(ssd_scan_cb, v_softplus, -(exp(backbone_layers_0_mixer_A_log))" \
+        in src, src
+    assert "spread(backbone_layers_0_mixer_D, f16) * " in src
+    traced_computes_the_model(traced, mamba2(), ids, tol=1e-5)
+
+
+def test_the_reference_is_the_chunked_scan():
+    """The custom op's eager value (the unrolled mixing) plus the skip is transformers' chunked
+    scan, over several chunks and groups serving two heads each."""
+    g = torch.Generator().manual_seed(1)
+    x, dt = torch.randn(2, 7, 4, 3, generator=g), torch.rand(2, 7, 4, generator=g)
+    b, c = torch.randn(2, 7, 2, 5, generator=g), torch.randn(2, 7, 2, 5, generator=g)
+    a, d, bias = -torch.rand(4, generator=g), torch.randn(4, generator=g), torch.randn(4)
+    want = m2.mamba2_chunk_scan(x, dt, a, b, c, chunk_size=3, D=d, dt_bias=bias,
+                                dt_softplus=True)
+    got = ssd_kernel._chunked(x, dt, a, b, c, chunk_size=3, D=d, dt_bias=bias,
+                              dt_softplus=True)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_a_clamped_step_is_refused_at_its_line():
+    with pytest.raises(TraceError, match="clamped to") as err:
+        tp.from_torch(mamba2(limit=(0.001, math.inf)), (64, 128), ids)
+    assert "modeling_mamba2.py" in str(err.value)
+
+
+def test_a_state_and_the_decode_step_are_refused():
+    x = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(TraceError, match="initial state"):
+        ssd_kernel._chunked(x, x[..., 0], x[0, 0, :, 0], x, x, initial_states=x)
+    with pytest.raises(TraceError, match="final state"):
+        ssd_kernel._chunked(x, x[..., 0], x[0, 0, :, 0], x, x, return_final_states=True)
+    with pytest.raises(TraceError, match="token-by-token step"):
+        ssd_kernel._step()
