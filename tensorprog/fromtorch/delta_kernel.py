@@ -114,22 +114,27 @@ def from_transformers(fn) -> bool:
 
 
 @contextlib.contextmanager
-def delta_kernels():
-    """For the duration: every loaded module's binding of transformers' gated delta rule
-    functions (by their names) replaced by the custom op's call and the decode step's
-    refusal; restored after."""
-    swapped = []
+def swapped(replacements: dict):
+    """For the duration: every loaded module's binding of a transformers function named in
+    ``replacements`` (name -> its stand-in) replaced by the stand-in; restored after."""
+    done = []
     for module in list(sys.modules.values()):
         space = getattr(module, "__dict__", None)
         if not isinstance(space, dict):
             continue
-        for name, new in ((CHUNK, _chunked), (STEP, _step)):
+        for name, new in replacements.items():
             old = space.get(name)
             if old is not None and old is not new and from_transformers(old):
-                swapped.append((space, name, old))
+                done.append((space, name, old))
                 space[name] = new
     try:
         yield
     finally:
-        for space, name, old in reversed(swapped):
+        for space, name, old in reversed(done):
             space[name] = old
+
+
+def delta_kernels():
+    """For the duration: transformers' gated delta rule functions replaced by the custom op's
+    call and the decode step's refusal (:func:`swapped`)."""
+    return swapped({CHUNK: _chunked, STEP: _step})

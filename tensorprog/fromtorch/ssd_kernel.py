@@ -20,11 +20,9 @@ single-token decode step (``mamba2_selective_state_update``) is refused at its l
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 
-from .delta_kernel import from_transformers, refusal
+from .delta_kernel import refusal, swapped
 
 CHUNK = "mamba2_chunk_scan"
 STEP = "mamba2_selective_state_update"
@@ -115,23 +113,7 @@ def _step(*args, **kwargs):
                   "from a zero state", _HELP)
 
 
-@contextlib.contextmanager
 def ssd_kernels():
-    """For the duration: every loaded module's binding of transformers' Mamba-2 scan functions
-    (by their names) replaced by :func:`_chunked` and the decode step's refusal; restored
-    after."""
-    swapped = []
-    for module in list(sys.modules.values()):
-        space = getattr(module, "__dict__", None)
-        if not isinstance(space, dict):
-            continue
-        for name, new in ((CHUNK, _chunked), (STEP, _step)):
-            old = space.get(name)
-            if old is not None and old is not new and from_transformers(old):
-                swapped.append((space, name, old))
-                space[name] = new
-    try:
-        yield
-    finally:
-        for space, name, old in reversed(swapped):
-            space[name] = old
+    """For the duration: transformers' Mamba-2 scan functions replaced by :func:`_chunked` and
+    the decode step's refusal (delta_kernel.swapped)."""
+    return swapped({CHUNK: _chunked, STEP: _step})

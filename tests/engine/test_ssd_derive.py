@@ -78,8 +78,8 @@ def test_c_and_b_lifted_at_init_by_a_bias_of_zero_only_are_refused(bias):
     # HF Mamba-2's short conv adds a bias of 0 to C and B: the derivation counts a constant init
     # as Θ(1), an upper bound, so C₀ and B₀ looked Θ(1) and derive gave µP, whose mixing still
     # vanished at init in the model (the zoo's 4-head check, -0.5 to -0.6); a bias of 1 lifts them
-    text = FIXED.replace("    param WC : [N, n]", f"    param WC : [N, n]\n    param bC : [N] = {bias}"
-                         f"\n    param bB : [N] = {bias}").replace(
+    biases = f"\n    param bC : [N] = {bias}\n    param bB : [N] = {bias}"
+    text = FIXED.replace("    param WC : [N, n]", "    param WC : [N, n]" + biases).replace(
         "dot(WC @ a, WB @ a, N)", "dot(WC @ a + bC, WB @ a + bB, N)")
     if bias == "1":
         assert not tp.derive(tp.parse(text), "adam").check.notes
