@@ -57,12 +57,12 @@ def test_layer_patterns_are_cut_to_the_zoos_first_layers(zoo, t):
 
 
 def test_sizes_follow_the_width_and_the_heads(zoo, t):
-    # Mamba-2's heads span 2 x the width: 4 of n/2 at 4 heads, heads of 32 at n/16 of them,
-    # in 4 groups at every width (its 8 do not divide 4 heads)
+    # Mamba-2's heads span 2 x the width: 4 of n/2 at 4 heads, heads of 16 (2n/16 of them)
+    # with heads of 16, and a group of B and C per head (as each query head its own key head)
     kw = zoo.config_kwargs(t.Mamba2Config, 128, "heads")
     assert (kw["num_heads"], kw["head_dim"], kw["n_groups"]) == (4, 64, 4)
     kw = zoo.config_kwargs(t.Mamba2Config, 256, "head_dim")
-    assert (kw["num_heads"], kw["head_dim"], kw["n_groups"]) == (16, 32, 4)
+    assert (kw["num_heads"], kw["head_dim"], kw["n_groups"]) == (32, 16, 32)
     # Reformer's axial position dims sum to the width (1/4 and 3/4 of it), its shape the
     # sequence's 8 tokens, its chunks at most the sequence
     kw = zoo.config_kwargs(t.ReformerConfig, 128, "heads")
