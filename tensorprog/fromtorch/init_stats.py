@@ -188,3 +188,31 @@ def built(build: Callable, width: int):
             help="build(width) must return the model (a torch.nn.Module) built at that width",
         )
     return model
+
+
+def hand_set(base: dict, target: str) -> list[float] | None:
+    """The entries at the base width of a 1-D param whose init is set by hand (the same
+    numbers at every seed, not all one: base_stats reads them one by one), else None."""
+    out: list[float] = []
+    while (v := base.get(entry_key(target, len(out)))) is not None and v[0] == "const":
+        out.append(v[1])
+    return out or None
+
+
+def base_law(entries: list[float], own):
+    """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
+    law at the base width: None where the model's own entries ``own`` already are the base's
+    each repeated as often (the same law: Mamba-1's A = 1..N over every channel), else the
+    base's entries in their order, each repeated over its share of the entries (HF's Mamba-2
+    sets A = 1..H over its H heads: at 16 times the width, 16 times as many rates and a
+    largest one 16 times as large, where µP's init keeps one law as the width grows)."""
+    import torch
+
+    base = torch.tensor(entries, dtype=torch.float64)
+    k, n = len(entries), own.numel()
+    if n == k:
+        return None
+    if n % k == 0 and torch.equal(own.detach().double().flatten().sort().values,
+                                  base.repeat_interleave(n // k).sort().values):
+        return None
+    return base[torch.arange(n) * k // n].to(own.dtype).view_as(own)
