@@ -80,6 +80,11 @@ def test_numbers_set_by_hand_that_repeat_the_base_keep_the_model_own():
     assert base_law([1.0, 2.0], same) is None and base_law([1.0, 2.0], same[:2]) is None
     grown = torch.arange(1, 7.0)  # 1..6 where the base had 1, 2: spread as 1, 1, 1, 2, 2, 2
     assert base_law([1.0, 2.0], grown).tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    # a function of the entry's place i/n (RWKV's decays, over its channels): a finer sample
+    # of one law, kept; 1/(i+1) reaches below the base's least entry by more than a step
+    place = lambda n: (-5 + 8 * (torch.arange(n) / (n - 1)) ** 1.5).tolist()  # noqa: E731
+    assert base_law(place(8), torch.tensor(place(64))) is None
+    assert base_law((1 / torch.arange(1, 9.0)).tolist(), 1 / torch.arange(1, 33.0)) is not None
 
 
 def test_the_reference_is_the_chunked_scan():
