@@ -17,8 +17,8 @@ a frozen vector of several values. So the product is read as:
   gain, which a split along the features (or a depthwise convolution split after it,
   ops_tconv.py) cuts into row blocks with the matching entries of the gain. Each block is
   emitted as ``c_j * (W_j @ h + b_j)`` where its entries are one value c_j (Falcon-H1's, by
-  construction); a block, or the whole, read with entries of several values is refused at its
-  reader's line, as is any other product with a constant vector.
+  construction); a block, or the whole, read with entries of several values is refused at the
+  product's line, as is any other product with a constant vector of several values.
 """
 
 from __future__ import annotations
