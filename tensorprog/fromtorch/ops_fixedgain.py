@@ -11,7 +11,9 @@ is no param). The language writes a number times a vector (``c * v``, a coeffici
 both traced widths, so a number that changes with the width is a width constant, trace.py), not
 a frozen vector of several values. So the product is read as:
 
-* every entry 1: the identity, exactly (the layer's output itself, still split into blocks);
+* every entry 1: the identity, exactly (the layer's output itself, still split into blocks),
+  unless the other traced width has numbers there (convert.py's coefficient nodes): then as
+  below, with numbers of 1;
 * one value c everywhere: ``c * v``;
 * of a linear layer's output (not yet emitted): :class:`Gained`, the layer's output with its
   gain, which a split along the features (or a depthwise convolution split after it,
@@ -23,7 +25,7 @@ a frozen vector of several values. So the product is read as:
 
 from __future__ import annotations
 
-from .gained import Gained, gained
+from .gained import Gained, block_of
 from .ops_layout import read_by_conv1d, split_along
 from .values import Affine, Conc, FixedTable, Parts, Pointwise, Vec
 from .where import refuse
@@ -55,12 +57,13 @@ class FixedGainOps:
             gain = value.detach().double().reshape(-1)
             buffer = getattr(m, "buffer", "") or "a constant"
             if isinstance(x, Gained):  # two gains: their product
-                return gained(x.out, x.gain * gain, x.buffer, node.name)
+                return Gained(x.out, x.gain * gain, x.buffer, node.name, x.at)
+            # all 1s: the identity, unless the other width wrote numbers here (convert.py)
+            if bool((gain == 1).all()) and node.name not in self.keep_coefficients:
+                return x
             if isinstance(x, Affine) and not x.dh and x.w.period is None:
-                return gained(x, gain, buffer, node.name)
+                return Gained(x, gain, buffer, node.name, node.name)
             if bool((gain == gain[0]).all()):
-                if float(gain[0]) == 1.0:
-                    return x
                 p = self.pointwise(node, x)
                 return Pointwise(p.src, lambda t, f=p.f, c=float(gain[0]): c * f(t))
             raise self.refuse_gain(node, gain, buffer)
@@ -88,7 +91,8 @@ class FixedGainOps:
         a = self.emit_affine(v.out, v.node)
         self.out.vectors.pop(a.name, None)  # no value of the model's holds it without its gain
         made = self.emit_times(Pointwise(a, lambda t: t, v.node), node, float(v.gain[0]),
-                               a.name, a.name)
+                               a.name, a.name, slot=True)  # (a slot even at 1: as any width)
+        self.out.coefficient_nodes.add(v.at)  # the product: a gain at every width (convert.py)
         if a.name in self.out.producers:  # linear in W and b: a width constant folds there
             self.out.producers[made.name] = self.out.producers[a.name]
         self._made[key] = made = Vec(made.name, v.out.tags, a.dim, v.out.dh or a.dh)
@@ -107,8 +111,7 @@ class FixedGainOps:
             return super()._split(node, self.vec(v, node), sizes, dim)
         lo, items = 0, []
         for s, item in zip(sizes, parts.items, strict=True):
-            items.append(gained(item, v.gain[lo:lo + s], v.buffer, v.node)
-                         if isinstance(item, Affine) else item)
+            items.append(block_of(v, item, lo, lo + s) if isinstance(item, Affine) else item)
             lo += s
         parts.items = items
         return parts
@@ -131,5 +134,5 @@ class FixedGainOps:
         if "F" in tags and (split_along(node, tags.index("F")) or read_by_conv1d(node)):
             out = super().op_transpose(node, v.out, d0, d1)
             if isinstance(out, Affine):
-                return Gained(out, v.gain, v.buffer, v.node)
+                return Gained(out, v.gain, v.buffer, v.node, v.at)
         return super().op_transpose(node, self.vec(v, node), d0, d1)

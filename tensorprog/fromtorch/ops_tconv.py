@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .gained import Gained, gained
+from .gained import Gained, block_of
 from .values import Affine, Joined, OneToken, Parts, Pointwise, PRef, TokensFrom, Vec
 from .where import CHECK_OPS, op_name, refuse, strip_prefix
 
@@ -239,7 +239,7 @@ class TokenConvOps:
                 xj = self.cat_parts[x.name][j]
             elif isinstance(x, Gained):  # the rows' block times its entries of the gain
                 block = self.row_block(x.out, *rows, x.out.node, part=j)
-                xj = self.vec(gained(block, x.gain[rows[0]:rows[1]], x.buffer, x.node), node)
+                xj = self.vec(block_of(x, block, *rows), node)
                 self.out.vectors.pop(xj.name, None)
             else:
                 xj = self.emit_affine(self.row_block(x, *rows, x.node, part=j), x.node)

@@ -24,7 +24,8 @@ BLOCKS = (0.5, 2.0, 0.25)  # the gain's value on each third of the layer's rows
 class Net(nn.Module):
     """A layer whose output is multiplied by a constant buffer, then split in three: ``gain``
     "blocks" (one value per third, Falcon-H1's layout), "ones", "one" (0.5 everywhere),
-    "width" (n^-1/2 everywhere), "none" (no product: the oracle of the exponents)."""
+    "width" ((n/16)^-1/2 everywhere: all 1s at 16), "none" (no product: the oracle of the
+    exponents)."""
 
     def __init__(self, n, gain="blocks", whole=False):
         super().__init__()
@@ -34,7 +35,7 @@ class Net(nn.Module):
         self.out = nn.Linear(n, 13)
         values = {"blocks": torch.tensor(BLOCKS).repeat_interleave(n),
                   "ones": torch.ones(3 * n), "one": torch.full((3 * n,), 0.5),
-                  "width": torch.full((3 * n,), n**-0.5)}.get(gain)
+                  "width": torch.full((3 * n,), (16 / n) ** 0.5)}.get(gain)
         self.gain = values is not None
         if self.gain:
             self.register_buffer("mup_vector", values[None, None, :], persistent=False)
@@ -83,8 +84,9 @@ def test_a_gain_of_several_values_read_whole_is_refused_at_its_line():
 
 
 def test_a_gain_that_scales_with_the_width_is_a_width_constant():
+    # all 1s at the base width, the identity there alone: written as the other width's numbers
     traced = tp.from_torch(build("width"), (16, 32), ids)
-    assert "the model's 0.25·(n/16)^-1/2, written at its base value" in traced.source
+    assert "the model's 1·(n/16)^-1/2, written at its base value" in traced.source
     traced_computes_the_model(traced, build("width"), ids)
 
 
