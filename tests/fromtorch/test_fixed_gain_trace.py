@@ -10,7 +10,12 @@ scales with the width is a width constant, read at both widths."""
 from __future__ import annotations
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
+from conftest import (
+    abc_by_target,
+    apply_is_bit_identical_at_base,
+    the_check_reads_the_program,
+    traced_computes_the_model,
+)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -113,3 +118,4 @@ def test_falcon_h1_mup_vector_traces_and_computes_the_model(monkeypatch):
     for c in mult:
         assert f"{c} * " in traced.source
     traced_computes_the_model(traced, falcon, ids, tol=1e-5)
+    the_check_reads_the_program(traced, falcon, ids, tol=1e-5)  # each block's vector its own
