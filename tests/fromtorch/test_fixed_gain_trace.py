@@ -98,8 +98,9 @@ def test_a_gain_that_scales_with_the_width_is_a_width_constant():
 @pytest.mark.slow
 def test_falcon_h1_mup_vector_traces_and_computes_the_model(monkeypatch):
     """Falcon-H1 with ssm_multipliers of five values: in_proj's z, x, B, C and dt blocks each
-    times its number (x, B and C through the short convolution split after the layer). Its
-    rotary is written as the vector itself (docs/torch.md), so the model compared has none."""
+    times its number (x, B and C through the short convolution split after the layer); its
+    other multipliers (numbers) and steps clamped from below too. Its rotary is written as the
+    vector itself (docs/torch.md), so the model compared has none."""
     fh = pytest.importorskip("transformers.models.falcon_h1.modeling_falcon_h1")
     monkeypatch.setattr(fh, "apply_rotary_pos_emb", lambda q, k, cos, sin, *a, **kw: (q, k))
     mult = [0.5, 2.0, 0.25, 1.5, 0.75]
@@ -111,11 +112,16 @@ def test_falcon_h1_mup_vector_traces_and_computes_the_model(monkeypatch):
             num_attention_heads=n // 16, num_key_value_heads=n // 16, mamba_d_ssm=None,
             mamba_n_heads=heads, mamba_d_head=16, mamba_n_groups=heads, mamba_d_state=8,
             mamba_expand=2, mamba_chunk_size=4, use_cache=False, ssm_multipliers=mult,
-            max_position_embeddings=32, rms_norm_eps=1e-6)
+            max_position_embeddings=32, rms_norm_eps=1e-6, key_multiplier=0.3,
+            mlp_multipliers=[0.6, 0.4], attention_in_multiplier=0.5,
+            attention_out_multiplier=0.8, ssm_in_multiplier=0.7, ssm_out_multiplier=0.9,
+            embedding_multiplier=5.0, lm_head_multiplier=0.1,
+            time_step_limit=(0.01, float("inf")))
         return fh.FalconH1ForCausalLM(cfg)
 
     traced = tp.from_torch(falcon, (64, 128), ids)
     for c in mult:
         assert f"{c} * " in traced.source
+    assert "0.01 * atleast(" in traced.source
     traced_computes_the_model(traced, falcon, ids, tol=1e-5)
     the_check_reads_the_program(traced, falcon, ids, tol=1e-5)  # each block's vector its own
