@@ -555,7 +555,10 @@ def _mamba2(defaults: dict, width: int, scaling: str) -> dict:
     expand = defaults.get(expand_f)
     inner = (expand if isinstance(expand, int) and expand > 0 else 2) * width
     heads = HEADS if scaling == "heads" else inner // HEAD_DIM
-    return {heads_f: heads, dim_f: inner // heads, groups_f: heads, state_f: MAMBA2_STATE}
+    sizes = {heads_f: heads, dim_f: inner // heads, groups_f: heads, state_f: MAMBA2_STATE}
+    if "mamba_d_ssm" in defaults:  # Falcon-H1's inner size, fixed unless None (expand·n)
+        sizes["mamba_d_ssm"] = inner
+    return sizes
 
 
 def builder(family: str, scaling: str, overrides: dict | None = None,

@@ -20,6 +20,7 @@ from .ops_conv1d import Conv1dOps
 from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
+from .ops_fixedgain import FixedGainOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -73,6 +74,7 @@ class Converter(
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,

@@ -251,6 +251,9 @@ class ArithOps:
         rope = self.table_rope(node, u, v)  # rotary's cos or sin from a table (ops_tables.py)
         if rope is not None:
             return rope
+        gained = self.fixed_gain(node, u, v)  # a constant vector over the features
+        if gained is not None:  # (ops_fixedgain.py)
+            return gained
         kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
         if kept is not None:
             return kept

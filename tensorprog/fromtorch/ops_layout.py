@@ -268,8 +268,8 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
-        if isinstance(v, Affine) and not v.dh and "F" in tags and (_split_along(
-                node, tags.index("F")) or _read_by_conv1d(node)):
+        if isinstance(v, Affine) and not v.dh and "F" in tags and (split_along(
+                node, tags.index("F")) or read_by_conv1d(node)):
             # LFM's in_proj(h).transpose(-1, -2) chunked into B, C, x along the channels: row
             # blocks (_split); Qwen3.5's fed to a short convolution split after (ops_tconv.py)
             return self._retag(v, tuple(tags))
@@ -298,7 +298,7 @@ class LayoutOps:
         if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(
                 dims) - 1:  # per head, split after (as op_transpose): the features stay last
             return self._retag(v, new)
-        if isinstance(v, Affine) and not v.dh and _split_along(node, new.index("F")):
+        if isinstance(v, Affine) and not v.dh and split_along(node, new.index("F")):
             # FocalNet's proj_in(h).permute(0, 3, 1, 2) split into q, ctx and gates along the
             # features: row blocks of the layer, as an unpermuted split (_split)
             return self._retag(v, new)
@@ -524,7 +524,7 @@ def _axis_tag(tags: tuple, dim: int, ndim: int) -> str | None:
     return tags[i] if -len(tags) <= i else None
 
 
-def _read_by_conv1d(node) -> bool:
+def read_by_conv1d(node) -> bool:
     """Whether every reader of ``node`` (through copies and casts) is a conv1d of it."""
     users = [(node, u) for u in node.users]
     while users:
@@ -538,7 +538,7 @@ def _read_by_conv1d(node) -> bool:
     return bool(node.users)
 
 
-def _split_along(node, axis: int) -> bool:
+def split_along(node, axis: int) -> bool:
     """Whether every reader of ``node`` (through copies and casts) splits it along ``axis``."""
     users = list(node.users)
     while users:

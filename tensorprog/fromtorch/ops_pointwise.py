@@ -137,7 +137,9 @@ class PointwiseOps:
         language's functions, exactly: to [0, 6] ``relu6(x)``; at 0 from below ``relu(x)``; to
         [-c, c] ``c * hardtanh(x / c)`` (gpt-oss's and MiniMax's up projection); from above
         at c > 0 or from below at c < 0 ``c * cap(x / c)``, cap(t) = min(t, 1) (their gate's
-        ``clamp(max=swiglu_limit)``). c is a coefficient slot, read at both widths as any
+        ``clamp(max=swiglu_limit)``); from below at c > 0 or from above at c < 0
+        ``c * atleast(x / c)``, atleast(t) = max(t, 1) (Mamba-2's steps clamped to
+        ``time_step_limit``, ssd_kernel.py). c is a coefficient slot, read at both widths as any
         number multiplying a vector. An infinite bound is no bound (``clamp(max=inf)`` is the
         identity, ``clamp(0, inf)`` relu): no ``inf`` reaches the program. Any other clamp has
         no form: refused."""
@@ -163,13 +165,18 @@ class PointwiseOps:
             form = ("cap", hi)
         elif hi is None and lo is not None and lo < 0:
             form = ("cap", lo)
+        elif hi is None and lo is not None and lo > 0:
+            form = ("atleast", lo)
+        elif lo is None and hi is not None and hi < 0:
+            form = ("atleast", hi)
         if form is None:
             raise refuse(
                 node,
                 f"a clamp to [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]: "
                 "the language clamps to [0, 6] (relu6), [0, inf) (relu), [-c, c] "
                 "(c * hardtanh(x / c)), (-inf, c] for c > 0 and [c, inf) for c < 0 "
-                "(c * cap(x / c)), at numbers",
+                "(c * cap(x / c)), [c, inf) for c > 0 and (-inf, c] for c < 0 "
+                "(c * atleast(x / c)), at numbers",
                 help="clamp at one of these (nn.ReLU6, x.clamp(max=c), x.clamp(-c, c)), or use "
                 "a relu, tanh or sigmoid",
             )

@@ -10,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .gained import Gained
 from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
@@ -103,7 +104,7 @@ SYMBOLIC = (
     PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
     Tok,
     Pointwise,
-    Affine,
+    Affine, Gained,  # Gained: a layer's output times a fixed gain (ops_fixedgain.py)
     Scores,
     Probs,
     MeanSq,
@@ -164,8 +165,7 @@ class Walker:
         # mix(p, v, dv) here too, where dv happens to be the queries' head dim (ops_attention)
         self.own_heads: frozenset[str] = frozenset()
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
-        # names and values on the CPU, constants of the trace as the masks computed from the
-        # ids are
+        # names and values on the CPU, constants of the trace as masks computed from the ids are
         self.given: dict = {}
         self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)

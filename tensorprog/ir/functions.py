@@ -132,6 +132,11 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # clamp(max=limit)) and from below for c < 0. It caps one side only: the other grows as x
     # does, so size passes through as a relu's
     Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),), bounds=(-math.inf, 1.0)),
+    # max(x, 1): c * atleast(x / c) is a clamp at c from below for c > 0 (Mamba-2's steps
+    # clamped to time_step_limit = (lo, inf)) and from above for c < 0. 1 at 0 and x itself far
+    # out, unbounded, its slope 0 or 1: a vanishing input gives Θ(1), a growing one passes its
+    # size on, a change passes through at most at its own size: softplus's class
+    Function("atleast", "shifted", 1.0, "torch.clamp", (("min", 1.0),), bounds=(1.0, math.inf)),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid", bounds=(0.0, 1.0)),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
     # x·relu6(x + 3)/6 (MobileNetV3's, LeViT's, PP-LCNet's): 0 at 0 with slope 1/2 there (x/2

@@ -53,6 +53,7 @@ FNS = {
     "relu6": Fn("relu6", lambda x: np.clip(x, 0.0, 6.0)),
     "hardtanh": Fn("hardtanh", lambda x: np.clip(x, -1.0, 1.0)),
     "cap": Fn("cap", lambda x: np.minimum(x, 1.0)),
+    "atleast": Fn("atleast", lambda x: np.maximum(x, 1.0)),
     "sigmoid": Fn("sigmoid", _sigmoid),
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
     "softplus": Fn("softplus", lambda x: np.logaddexp(0.0, x)),

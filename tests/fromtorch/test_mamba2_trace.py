@@ -4,7 +4,8 @@ dt_bias), cb = dot(C, B, N) per group, p = ssd(cb, dt, -exp(A_log), P), y = mix(
 spread(D, P) * x, then the gated RMSNorm over groups and out_proj. Oracle: the traced program
 computes the model (the scan computes in float32: compared at 1e-5 of the output; the norms'
 eps 1e-6, the emitted rmsnorm's, as the values at init are small enough for it to show). A cache's
-state, a clamped dt (time_step_limit) and the decode step are refused at their line."""
+state, a dt clamped above (time_step_limit (lo, hi), hi finite) and the decode step are refused
+at their line; a dt clamped from below, (lo, inf), is lo * atleast(dt / lo)."""
 
 from __future__ import annotations
 
@@ -101,9 +102,24 @@ def test_the_reference_is_the_chunked_scan():
     assert (got - want).abs().max().item() < 1e-5
 
 
-def test_a_clamped_step_is_refused_at_its_line():
-    with pytest.raises(TraceError, match="clamped to") as err:
-        tp.from_torch(mamba2(limit=(0.001, math.inf)), (64, 128), ids)
+def test_a_step_clamped_from_below_traces_as_atleast_and_computes_the_model():
+    """time_step_limit (lo, inf) (Zamba2's (0.001, inf)): dt = max(softplus(dt + dt_bias), lo)
+    is lo * atleast(dt / lo). At lo = 0.05 the clamp bites (the model's output moves by far
+    more than the tolerance without it), so a program that dropped it would fail the oracle."""
+    clamped = mamba2(limit=(0.05, math.inf))
+    traced = tp.from_torch(clamped, (64, 128), ids)
+    assert "* atleast(v_softplus / " in traced.source, traced.source
+    traced_computes_the_model(traced, clamped, ids, tol=1e-5)
+    torch.manual_seed(3)
+    free = mamba2()(64).double()
+    torch.manual_seed(3)
+    held = clamped(64).double()
+    assert (free(*ids()).logits - held(*ids()).logits).abs().max().item() > 1e-3
+
+
+def test_a_step_clamped_above_is_refused_at_its_line():
+    with pytest.raises(TraceError, match="bounded above") as err:
+        tp.from_torch(mamba2(limit=(0.001, 0.1)), (64, 128), ids)
     assert "modeling_mamba2.py" in str(err.value)
 
 
