@@ -10,6 +10,7 @@ from .values import (
     Affine,
     Aux,
     Conc,
+    HeadGate,
     L2Norm,
     Looked,
     MeanSq,
@@ -360,6 +361,8 @@ class ArithOps:
             return self.capped_scores(node, x, fn)
         if isinstance(x, (PRef, ParamFn)):  # sigmoid(w): a function of a param (ops_paramfn)
             return self.coordinatewise(node, x, fn)
+        if isinstance(x, HeadGate):  # f(g.view(..., H, 1)): a per-head gate still (ops_gate)
+            return self.head_gate_fn(node, x, fn)
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
 

@@ -62,6 +62,8 @@ class LayoutOps:
         if image is not None:  # (ops_pixels.py)
             return image
         tags = self._tags(v, node)
+        if shape == (*old, 1) and tags[-1] == "F" and _per_head_gate(node, -1):
+            return self.head_gate(node, v)  # g.view(b, t, H, 1): g.unsqueeze(-1) (ops_gate.py)
         if isinstance(v, Vec) and tags == ("tok", "F", "tok") and old[-1] == 1 and \
                 shape == tuple(old[:-1]):  # one token's axis dropped: Swin's pooled tokens
             return Vec(v.name, ("tok", "F"), v.dim)
@@ -507,8 +509,16 @@ def _per_head_gate(node, dim) -> bool:
         other = tuple(a.meta["val"].shape) if "val" in getattr(a, "meta", {}) else ()
         return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
 
-    return all(op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not node)
-               for u in node.users)
+    def gates(n, u) -> bool:  # through coordinatewise functions: f(g.unsqueeze(-1))
+        if op_name(u) in _GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
+            return all(gates(u, w) for w in u.users)
+        return op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not n)
+
+    return all(gates(node, u) for u in node.users)
+
+
+# the coordinatewise functions a per-head gate passes through (each the same function of g)
+_GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
