@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_layout import one_axis_averaged
 from .values import (
     Affine,
     Aux,
@@ -26,6 +27,7 @@ from .values import (
     Vec,
     Zeroed,
 )
+from .walk import VIEW_OPS
 from .where import op_name, refuse, strip_prefix
 
 
@@ -407,6 +409,8 @@ class ArithOps:
 
     def op_mean(self, node, x, dims=None, keepdim=False, **kw):
         ndim = len(self._shape(node.args[0]))
+        if op_name(node.args[0]) in VIEW_OPS and one_axis_averaged(node.args[0]):
+            return x  # an axis of 1 a view added, averaged: x itself (ops_layout.py)
         dims = list(dims) if dims else list(range(ndim))  # none given: every entry's mean
         if is_image(x):  # over the pixels: a global pool (ops_conv.py)
             return self.image_mean(node, x, dims, keepdim)
