@@ -174,7 +174,8 @@ FIELDS = {
                             "num_experts_per_token"),
     "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
                               "moe_ffn_hidden_size", "shared_intermediate_size",
-                              "moe_shared_expert_intermediate_size"),
+                              "moe_shared_expert_intermediate_size",
+                              "shared_experts_intermediate_size"),
 }
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head

@@ -61,7 +61,11 @@ class LayoutOps:
         image = self.tokens_to_image(node, v, old, shape)  # tokens laid out as pixels
         if image is not None:  # (ops_pixels.py)
             return image
+        if one_axis_averaged(node):
+            return v  # x.view(..., 1, d).mean(-2): x itself (Zaya's heads of a group of one)
         tags = self._tags(v, node)
+        if shape == (*old, 1) and tags[-1] == "F" and _per_head_gate(node, -1):
+            return self.head_gate(node, v)  # g.view(b, t, H, 1): g.unsqueeze(-1) (ops_gate.py)
         if isinstance(v, Vec) and tags == ("tok", "F", "tok") and old[-1] == 1 and \
                 shape == tuple(old[:-1]):  # one token's axis dropped: Swin's pooled tokens
             return Vec(v.name, ("tok", "F"), v.dim)
@@ -496,6 +500,32 @@ def _one_head(node, old, shape, tags) -> bool:
             and all(to_heads(u) for u in node.users))
 
 
+def one_axis_averaged(view) -> bool:
+    """Whether a view only adds one axis of size 1 and every reader of it is a mean over
+    exactly that axis (``x.view(b, t, H, 1, dh).mean(-2)``: Zaya's keys averaged over a group
+    of one query head): the view and the mean together leave x as it is, its entries in
+    place."""
+    old = tuple(view.args[0].meta["val"].shape)
+    return len(view.meta["val"].shape) == len(old) + 1 and bool(view.users) and all(
+        averaged_axis(u) == old for u in view.users)
+
+
+def averaged_axis(mean) -> tuple | None:
+    """The shape of a mean's input without the one axis it averages, where that axis is of
+    size 1 and dropped (keepdim False): the shape the mean gives, which is its input's entries
+    as they are; None for any other op or mean."""
+    if op_name(mean) != "mean" or len(mean.args) < 2 or mean.kwargs.get("keepdim") or (
+            len(mean.args) > 2 and mean.args[2]):
+        return None
+    shape = tuple(mean.args[0].meta["val"].shape)
+    dims = mean.args[1]
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if len(dims) != 1 or shape[dims[0] % len(shape)] != 1:
+        return None
+    axis = dims[0] % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
 def _per_head_gate(node, dim) -> bool:
     """``g.unsqueeze(-1)`` that only multiplies tensors of a heads axis of g's last size and a
     head dim after it: one number per head over each head's coordinates."""
@@ -507,8 +537,16 @@ def _per_head_gate(node, dim) -> bool:
         other = tuple(a.meta["val"].shape) if "val" in getattr(a, "meta", {}) else ()
         return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
 
-    return all(op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not node)
-               for u in node.users)
+    def gates(n, u) -> bool:  # through coordinatewise functions: f(g.unsqueeze(-1))
+        if op_name(u) in _GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
+            return all(gates(u, w) for w in u.users)
+        return op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not n)
+
+    return all(gates(node, u) for u in node.users)
+
+
+# the coordinatewise functions a per-head gate passes through (each the same function of g)
+_GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values

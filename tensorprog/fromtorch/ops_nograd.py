@@ -36,6 +36,7 @@ _REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
+_SAME = {"to", "alias"}  # a cast that returns its input itself where the dtype is its own
 
 
 @dataclass
@@ -74,6 +75,22 @@ def _full_topk(out) -> AllIds | None:
     return AllIds(shape, dim) if k == shape[dim] else None
 
 
+def _input_itself(out, places) -> int | None:
+    """The index among ``places`` of the region input that the node ``out`` is, through casts
+    to its own dtype (which return the input tensor itself), or None."""
+    def dtype(n):
+        val = getattr(n, "meta", {}).get("val")
+        return getattr(val, "dtype", None)
+
+    own = dtype(out)
+    while getattr(out, "op", "") == "call_function" and op_name(out) in _SAME \
+            and dtype(out) == own:
+        out = out.args[0]
+    if out not in places or own is None or dtype(out) != own:
+        return None
+    return places.index(out)
+
+
 @dataclass
 class Unchanged:
     """The outputs of a no_grad region that returns its inputs as they were (each the walk's
@@ -106,15 +123,28 @@ class NoGradOps:
     def _ids_region(self, node) -> IdsTuple | None:
         vals = node.meta.get("val")
         vals = vals if isinstance(vals, (tuple, list)) else (vals,)
-        if not vals or any(v is None or v.is_floating_point() for v in vals):
+        if not vals or any(v is None for v in vals):
             return None
         sub = getattr(self.ep.graph_module, node.args[1].target, None)
         if sub is None:
             return None
         out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        items = tuple(_full_topk(o) for o in outs)
-        return IdsTuple(items) if items and all(items) else None
+        places = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        items = []
+        for o, v in zip(outs, vals, strict=True):
+            if v.is_floating_point():
+                # an input cast to its own dtype (Dots's ``h.to(w.dtype)``): torch returns
+                # the input itself, gradient and all, which export hands on as an output
+                at = _input_itself(o, places)
+                if at is None:
+                    return None
+                items.append(self.args(node)[0][2 + at])
+            else:
+                items.append(_full_topk(o))
+        if not any(isinstance(x, AllIds) for x in items) or any(x is None for x in items):
+            return None
+        return IdsTuple(tuple(items))
 
     def _selects(self, node) -> bool:
         """Whether the region returns integers alone and a router's gates feed a top-k in it
