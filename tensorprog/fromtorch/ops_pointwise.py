@@ -8,6 +8,9 @@ language says without a function of its own: an integer power ``c·φ(x)^k`` of 
 written as the product ``φ(x) * φ(x) * ...`` (``Nonlin mul``). That is the computation itself,
 not an approximation, and the engine's rule for a product (exponents add) is exactly how a power
 scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and in its change.
+A chain that is a language function plus a multiple of its input, ``c·φ(x) + k·x`` (xIELU's
+``elu(x) - x``, a leaky relu's ``0.9·relu(x) + 0.1·x``), is written as that sum, fitted to
+float64's rounding: the engine's rule for a sum takes the larger of the two terms' sizes.
 
 A function of a param alone is kept as a :class:`ParamFn` (ops_paramfn.py) where the language
 writes it (sigmoid, tanh, softplus, exp, sqrt, a clamp), till it is used as a gain (Ergo's

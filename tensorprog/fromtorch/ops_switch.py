@@ -58,6 +58,13 @@ TOLERANCE = 1e-5
 _CAP = 1e-5
 #: the ops that write min(x, c) of a number c
 _MINS = ("min", "minimum", "clamp_max", "clamp")
+#: the ops a piece may apply: coordinatewise ones (each coordinate from x's same coordinate),
+#: casts and copies
+_PIECE_OPS = frozenset({
+    "add", "sub", "rsub", "mul", "div", "neg", "square", "pow", "abs", "exp", "expm1", "erf",
+    "relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "elu", "hardswish", "hardsigmoid",
+    "hardtanh", "relu6", "min", "minimum", "max", "maximum", "clamp", "clamp_min",
+    "clamp_max", "to", "_to_copy", "type_as", "clone", "alias", "zeros_like", "ones_like"})
 #: what a piece may read besides the compared value and the piece's own ops: params, functions
 #: of them, numbers and constants
 _FIXED = (PRef, ParamFn, PEntry, Conc, int, float)
@@ -185,6 +192,16 @@ class SwitchOps:
             self.env.update(saved)
 
     def _reads_no_vector(self, n, src, cone) -> None:
+        """Refuses a piece's op that is not coordinatewise (a matmul, a mean or a view of x:
+        a(relu(x)) is then not a(x) where x > 0), or that reads a vector other than x."""
+        if op_name(n) not in _PIECE_OPS:
+            raise refuse(n, f"the op {op_name(n)} in a piece of a piecewise function "
+                         "(torch.where(x > 0, a, b)): the where is traced as its pieces at "
+                         "relu(x) and min(x, 0), which holds only where each coordinate of a "
+                         "piece is computed from the same coordinate of x alone (sums, "
+                         "products, numbers, params per feature, coordinatewise functions)",
+                         help="compute the pieces coordinate by coordinate, or move this op "
+                         "out of the where")
         for a in _flat(n.args) + _flat(list(n.kwargs.values())):
             if hasattr(a, "op") and a is not src and a not in cone and \
                     not isinstance(self.env.get(a.name), (*_FIXED, Aux)):

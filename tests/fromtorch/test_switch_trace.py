@@ -58,6 +58,8 @@ class Act(nn.Module):
             return _xielu(h, ap, an, eps=-0.1)
         if form == "other":  # a piece that reads another vector
             return torch.where(h > 0, h * self.other(x), h)
+        if form == "mixed":  # a piece that mixes x's coordinates: not coordinatewise
+            return torch.where(h > 0, h * h.mean(-1, keepdim=True), h)
         if form == "threshold":
             return torch.where(h > 0.5, h, 0.5 * h)
         if form == "cond_read":
@@ -128,6 +130,8 @@ def test_the_traced_xielu_derives_what_the_hand_written_program_derives():
     ("gap", r"a comparison of a traced value \(x > 0\.0\).* here the pieces differ by "
             r"0\.\d+ at x = 0.*, a jump"),
     ("other", r"a piece of a piecewise function .* that reads a vector other than x"),
+    ("mixed", r"the op mean in a piece of a piecewise function .* computed from the same "
+              r"coordinate of x alone"),
     ("threshold", r"a comparison of a traced value \(x > 0\.5\).* it is traced against 0 "
                   r"alone"),
     ("cond_read", r"a comparison of a traced value \(x > 0\.0\).* traced as the condition of "
