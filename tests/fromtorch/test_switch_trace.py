@@ -6,7 +6,7 @@ by hand (the alphas one trained number each, Θ(1), not width-connected). Pieces
 another vector, a comparison with another number or read elsewhere are refused at their line."""
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, the_check_reads_the_program, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -96,6 +96,10 @@ class MLP(nn.Module):
 def test_a_switch_whose_pieces_meet_computes_the_model(form):
     traced = from_torch(lambda n: MLP(n, form), WIDTHS, _tokens)
     assert traced_computes_the_model(traced, lambda n: MLP(n, form), _tokens) < 1e-10
+    if form == "hf":  # the pieces' vectors at relu(x) and min(x, 0) are none the model holds:
+        # the check reads the where's output (the model's), not them
+        read = the_check_reads_the_program(traced, lambda n: MLP(n, form), _tokens)
+        assert "where" in read and not {"mul", "sub", "add_1", "add_2"} & set(read)
     if form == "leaky":  # one function plus a multiple of its input
         assert "where = 0.9 * relu(linear) + 0.1 * linear" in traced.source
 
