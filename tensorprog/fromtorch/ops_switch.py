@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import TraceError
 from .values import Affine, Aux, Conc, ParamFn, PEntry, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
@@ -159,15 +160,32 @@ class SwitchOps:
         before = set(self.out.vectors)
         values = [self._rewalk(src, arg, value, cone, sub, negative=i == 1)
                   for i, ((arg, value, cone), sub) in enumerate(zip(pieces, subs, strict=True))]
-        for made in set(self.out.vectors) - before:  # at x's pieces, none the model holds
-            del self.out.vectors[made]
         values = [v for v in values if not _zero(v)]
         if not values:
             raise refuse(node, "a piecewise function whose pieces are both 0",
                          help="use 0 itself, or trace the model without this part")
         if len(values) == 1:
+            self._unread(before)
             return values[0]
+        a, b = values
+        if isinstance(a, Pointwise) and isinstance(b, Pointwise) and a.src.name == b.src.name:
+            self._unread(before)
+            try:  # one function of x (elu's pieces: x and expm1(min(x, 0)))
+                return self.vec(Pointwise(a.src, lambda t, f=a.f, g=b.f: f(t) + g(t),
+                                          node.name), node)
+            except TraceError:
+                pass
+        # each piece a vector: their sum needs no one function of x for both
+        values = [self.vec(v, node) if isinstance(v, (Pointwise, Affine)) else v
+                  for v in values]
+        self._unread(before)
         return self._lincomb(node, *values, 1)
+
+    def _unread(self, before: set) -> None:
+        """The vectors made since ``before`` left unread by the check: made at x's pieces,
+        none is a value the model holds."""
+        for made in set(self.out.vectors) - before:
+            del self.out.vectors[made]
 
     def _rewalk(self, src, arg, value, cone, sub, negative: bool):
         """The piece ``arg`` walked again from ``sub`` in x's place: each node of its cone
@@ -219,11 +237,12 @@ class SwitchOps:
         import torch
 
         (pos, *_), (neg, *_) = pieces
-        zero = torch.zeros(1, dtype=torch.float64)
-        near = torch.tensor([0.0, -1e-7, -1e-6, -3e-6, -1e-5, -2e-5], dtype=torch.float64)
+        # x as a column: a param per feature broadcasts along its rows
+        zero = torch.zeros(1, 1, dtype=torch.float64)
+        near = torch.tensor([0.0, -1e-7, -1e-6, -3e-6, -1e-5, -2e-5], dtype=torch.float64)[:, None]
         gen = torch.Generator().manual_seed(0)
         for draw in range(4):
-            self._draw, self._filled = (gen if draw else None), False
+            self._draw, self._filled = ((gen, {}) if draw else None), False
             try:
                 at_a = self._value(pos, src, zero, {})
                 at_b = self._value(neg, src, zero, {}, approx=True)
@@ -233,12 +252,15 @@ class SwitchOps:
                 raise self.refuse_switch(node.args[0], 0.0) from None
             finally:
                 self._draw = None
-            at_a, at_b = (float(torch.as_tensor(v).reshape(-1)[0]) for v in (at_a, at_b))
+            at_a, at_b = (torch.as_tensor(v, dtype=torch.float64) for v in (at_a, at_b))
+            level = float(at_a.abs().max())
+            gap = float((at_a - at_b).abs().max())
             moved = float((torch.as_tensor(model) - torch.as_tensor(traced)).abs().max())
-            if not all(math.isfinite(v) for v in (at_a, at_b, moved)) or \
-                    abs(at_a - at_b) > 1e-12 * max(1.0, abs(at_a)) or moved > TOLERANCE:
+            if not all(math.isfinite(v) for v in (level, gap, moved)) or \
+                    gap > 1e-12 * max(1.0, level) or moved > TOLERANCE:
                 raise self.refuse_switch(node.args[0], 0.0)
-            if abs(at_a) > 1e-12:
+            if level > 1e-12:
+                at_a = float(at_a.reshape(-1)[at_a.reshape(-1).abs().argmax()])
                 raise refuse(node, f"a piecewise function whose pieces meet at {at_a:.6g}, "
                              "not 0: it is traced as a(relu(x)) + b(min(x, 0)), which would "
                              "count that number twice, and the language adds no number to a "
@@ -291,7 +313,7 @@ class SwitchOps:
         for user in node.users:
             if op_name(user) != "where" or user.args[0] is not node:
                 continue
-            x = torch.tensor([at], dtype=torch.float64)
+            x = torch.tensor([[at]], dtype=torch.float64)
             negative = 2 if op_name(node) in ("gt", "ge") else 1
             try:
                 a, b = (self._value(user.args[i], src, x, {}, approx=at == 0 and i == negative)
@@ -305,7 +327,7 @@ class SwitchOps:
     def _value(self, n, src, x, memo: dict, approx: bool = False):
         """n's value with ``src`` set to x (float64), by running its ops on it; ``approx``: a
         min(x, c) of src at c in [-_CAP, 0] taken as x (the negative piece's, x <= 0); the
-        params drawn from ``self._draw`` where it is a generator."""
+        params drawn from ``self._draw`` where it is (a generator, the draws so far)."""
         import torch
 
         if isinstance(n, (list, tuple)):
@@ -321,8 +343,10 @@ class SwitchOps:
             if isinstance(value, PRef):
                 held = self.ep.state_dict.get(value.target)
                 draw = getattr(self, "_draw", None)
-                if draw is not None:
-                    out = torch.randn(value.shape, generator=draw, dtype=torch.float64)
+                if draw is not None:  # one draw per param for all the pieces' values
+                    gen, drawn = draw
+                    out = drawn.setdefault(value.target, torch.randn(
+                        value.shape, generator=gen, dtype=torch.float64))
                 else:
                     self._filled |= held is None or held.device.type == "meta"
                     out = (held.detach().double() if held is not None and

@@ -52,6 +52,8 @@ class Act(nn.Module):
             return torch.where(h <= 0.0, torch.expm1(h), h)
         if form == "leaky":  # 0.9 relu(h) + 0.1 h
             return torch.where(h > 0, h, 0.1 * h)
+        if form == "gain":  # a param per feature in a piece: each coordinate its own
+            return torch.where(h > 0, h, self.other.bias.sigmoid() * h)
         if form == "zeros":  # relu written as a where
             return torch.where(h > 0, h, torch.zeros_like(h))
         if form == "gap":  # eps = -0.1: its pieces differ by 0.095 alpha_n at 0
@@ -92,7 +94,8 @@ class MLP(nn.Module):
 
 
 @pytest.mark.parametrize("form", ["hf", "leaky", *(
-    pytest.param(f, marks=pytest.mark.slow) for f in ("xielu", "ge", "lt", "elu", "zeros"))])
+    pytest.param(f, marks=pytest.mark.slow)
+    for f in ("xielu", "ge", "lt", "elu", "zeros", "gain"))])
 def test_a_switch_whose_pieces_meet_computes_the_model(form):
     traced = from_torch(lambda n: MLP(n, form), WIDTHS, _tokens)
     assert traced_computes_the_model(traced, lambda n: MLP(n, form), _tokens) < 1e-10
