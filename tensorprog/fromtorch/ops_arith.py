@@ -397,6 +397,14 @@ class ArithOps:
         """``F.hardsigmoid`` (``nn.Hardsigmoid``), relu6(x + 3)/6, identified likewise."""
         return self._apply(node, x, lambda t: (t + 3).clamp(0, 6) / 6)
 
+    def op_elu(self, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+        """``F.elu`` (``nn.ELU``): at alpha 1 the language's elu, identified by its values as
+        any chain is; another alpha or scale is no multiple of it, and is refused there."""
+        import torch
+
+        return self._apply(node, x, lambda t: scale * torch.nn.functional.elu(
+            input_scale * t, alpha))
+
     def op_erf(self, node, x):
         return self._apply(node, x, lambda t: t.erf())
 

@@ -8,6 +8,9 @@ language says without a function of its own: an integer power ``c·φ(x)^k`` of 
 written as the product ``φ(x) * φ(x) * ...`` (``Nonlin mul``). That is the computation itself,
 not an approximation, and the engine's rule for a product (exponents add) is exactly how a power
 scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and in its change.
+A chain that is a language function plus a multiple of its input, ``c·φ(x) + k·x`` (xIELU's
+``elu(x) - x``, a leaky relu's ``0.9·relu(x) + 0.1·x``), is written as that sum, fitted to
+float64's rounding: the engine's rule for a sum takes the larger of the two terms' sizes.
 
 A function of a param alone is kept as a :class:`ParamFn` (ops_paramfn.py) where the language
 writes it (sigmoid, tanh, softplus, exp, sqrt, a clamp), till it is used as a gain (Ergo's
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 from ..ir.functions import torch_function
 from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
+    RECOGNISED,
     Affine,
     Aux,
     Conc,
@@ -74,6 +79,31 @@ def identify_stretched(f) -> tuple[str, float, float] | None:
         ref = c * torch_function(torch, name)(t / s)
         if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())):
             return name, float(f"{c:.9g}"), float(f"{s:.9g}")
+    return None
+
+
+def identify_plus_linear(f: Callable) -> tuple[str, float, float] | None:
+    """(function, c, k) with f(t) = c * function(t) + k * t to 1e-9 of each value (against its
+    own size, at least 1) on [-4, 4] and to ±256, c and k not 0, or None: a language function
+    plus a multiple of its input (elu(t) - t, xIELU's negative piece; a leaky relu, 0.9 relu(t)
+    + 0.1 t). Exact up to float64's rounding, not identify's float32 allowance: two functions
+    fitted at once could otherwise absorb a small difference that neither fits alone."""
+    import torch
+
+    t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
+                   torch.linspace(-256, 256, 1025, dtype=torch.float64)])
+    y = f(t)
+    if not bool(torch.isfinite(y).all()):
+        return None
+    for name in RECOGNISED:
+        if name == "identity":
+            continue
+        basis = torch.stack([torch_function(torch, name)(t), t], dim=1)
+        c, k = (float(v) for v in torch.linalg.lstsq(basis, y[:, None]).solution[:, 0])
+        c, k = float(f"{c:.12g}"), float(f"{k:.12g}")
+        err = float(((y - c * basis[:, 0] - k * t).abs() / y.abs().clamp(min=1.0)).max())
+        if abs(c) > 1e-12 and abs(k) > 1e-12 and err < 1e-9:
+            return name, c, k
     return None
 
 
@@ -199,7 +229,28 @@ class PointwiseOps:
         scaled = identify_scaled(v.f) or identify_stretched(v.f)
         if scaled is not None:
             return self.emit_scaled(v, node, *scaled)
+        plus = identify_plus_linear(v.f)
+        if plus is not None:
+            return self.emit_plus_linear(v, node, *plus)
         return None
+
+    def emit_plus_linear(self, v: Pointwise, node, fn: str, c: float, k: float) -> Vec:
+        """``c * fn(src) + k * src``: a sum of two Nonlins of one vector (the engine's rules for
+        a sum: the larger exponent), each number a coefficient slot as ``emit_times``'s."""
+        key = (v.node, fn, "+ t", round(c, 12), round(k, 12))
+        if key in self._made:
+            return self._made[key]
+        at = self.by_name.get(v.node, node)
+        first = self.coefficient(c, at, "")
+        index = len(self.out.slots) - 1
+        second = self.coefficient(k, at, v.src.name)
+        name = self.emit_vector(v.node, f"{first} * {fn}({v.src.name}) + {second} * "
+                                f"{v.src.name}")
+        for i in (index, index + 1):
+            self.out.coefs[i]["out"] = name
+        self.out.coefficient_nodes.add(v.node)
+        self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+        return self._made[key]
 
     def emit_scaled(self, v: Pointwise, node, fn: str, c: float, s: float) -> Vec:
         """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``

@@ -619,7 +619,7 @@ class Trace:
 
 #: The coordinatewise functions a traced chain of ops is matched against; the closest wins.
 RECOGNISED = ("identity", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "softplus",
-              "hardswish", "hardsigmoid")
+              "hardswish", "hardsigmoid", "elu")
 
 
 def identify(f: Callable) -> tuple[str, float] | None:

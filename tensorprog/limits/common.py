@@ -57,6 +57,7 @@ FNS = {
     "sigmoid": Fn("sigmoid", _sigmoid),
     "silu": Fn("silu", lambda x: x * _sigmoid(x)),
     "softplus": Fn("softplus", lambda x: np.logaddexp(0.0, x)),
+    "elu": Fn("elu", lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))),
     "hardswish": Fn("hardswish", lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
     "hardsigmoid": Fn("hardsigmoid", lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0),
     "exp": Fn("exp", np.exp),
