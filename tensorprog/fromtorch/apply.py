@@ -281,6 +281,25 @@ class MuP(DepthScaling, OptimizerGroups):
             return found[0]
         return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))
 
+    def _hand_set(self, name: str, use: ParamUse, layer: int | None, view) -> list | None:
+        """A hand-set 1-D param's entries at the base width (init_stats.hand_set): for a layer
+        past the traced depth the traced layers' (as _base reads their init), refused where
+        they differ and one of them would give the model's own entries another law."""
+        if layer is None or layer < self.stack.depth:
+            return hand_set(self.traced.base, use.target)
+        found = [hand_set(self.traced.base, u.target) for u in self.stack.layers[name]]
+        if all(f == found[0] for f in found):
+            return found[0]
+        if any(f is not None and base_law(f, view) is not None for f in found):
+            raise UsageError(
+                f"init {use.target}: set by hand (the same numbers at every seed) and of "
+                "different in each traced layer "
+                f"({', '.join(u.target for u in self.stack.layers[name])}), so a layer past "
+                f"the traced depth {self.stack.depth} has no base width's law to keep",
+                help="trace the model at this depth (from_torch of a build with as many "
+                "layers), or give the layers one law")
+        return None
+
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
         found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
@@ -353,7 +372,7 @@ class MuP(DepthScaling, OptimizerGroups):
                 eL = self.init_exp_L.get(name, 0)
                 if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
-                    entries = hand_set(self.traced.base, use.target) if view.dim() == 1 \
+                    entries = self._hand_set(name, use, layer, view) if view.dim() == 1 \
                         and view.shape == model.get_parameter(use.target).shape else None
                     law = None if entries is None else base_law(entries, view)
                     if law is not None:
