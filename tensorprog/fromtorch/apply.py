@@ -30,7 +30,7 @@ from .depth import DepthScaling
 from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
-from .init_stats import base_law, block_key, hand_set
+from .init_stats import base_law, block_key, hand_set, ordered
 from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
@@ -382,8 +382,16 @@ class MuP(DepthScaling, OptimizerGroups):
                         report.lines.append(
                             f"init {use.target}: the base width's {len(entries)} entries "
                             "(set by hand, the same at every seed), each over its share of "
-                            f"the {view.numel()}: the model's own are not the base's repeated, "
-                            "a law that changes with the width")
+                            f"the {view.numel()}: the model's own, in the order of their "
+                            "place, leave the base's law (neither its entries repeated nor "
+                            "sampled finer), a law that changes with the width")
+                        continue
+                    if entries is not None:  # set by hand, of one law at every width
+                        how = "in the order of their place, of the base width's law (its " \
+                            "entries repeated or sampled finer)" if ordered(entries) else \
+                            "in no order of their place: a fixed generator's draw, kept as drawn"
+                        report.lines.append(f"init {use.target}: the model's own entries "
+                                            f"(the same at every seed, {how})")
                         continue
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
                     # their dt_bias an inverse softplus), or numbers set by hand that repeat the

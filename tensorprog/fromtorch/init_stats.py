@@ -199,27 +199,47 @@ def hand_set(base: dict, target: str) -> list[float] | None:
     return out or None
 
 
+def ordered(entries: list[float]) -> bool:
+    """Whether hand-set entries run in the order of their place (non-decreasing or
+    non-increasing: 1..H, a function of i/n): a draw of a fixed generator (the same at every
+    seed too) runs in none, and its law is one at every width."""
+    up = all(a <= b for a, b in zip(entries[:-1], entries[1:], strict=True))
+    return up or all(a >= b for a, b in zip(entries[:-1], entries[1:], strict=True))
+
+
 def base_law(entries: list[float], own):
     """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
     law at the base width: None where the model's own entries ``own`` are of the base's law
-    (sorted, each within a step of the base's sorted entries at its rank: the base's repeated,
-    as Mamba-1's A = 1..N over every channel, or a function of the entry's place i/n sampled
-    finer), else the base's entries in their order, each repeated over its share of the
-    entries (HF's Mamba-2 sets A = 1..H over its H heads: at 16 times the width, 16 times as
-    many rates and a largest one 16 times as large, where µP's init keeps one law as the width
-    grows)."""
+    (sorted, each between the base's sorted entries beside its rank: the base's repeated, as
+    Mamba-1's A = 1..N over every channel, or a function of the entry's place i/n sampled
+    finer, past the base's ends by at most the step the ends' last two entries extrapolate,
+    as ALiBi's slopes 2^(-8i/H)) or where the base's entries run in no order of their place
+    (a draw of a fixed generator), else the base's entries in their order, each repeated over
+    its share of the entries (HF's Mamba-2 sets A = 1..H over its H heads: at 16 times the
+    width, 16 times as many rates and a largest one 16 times as large, where µP's init keeps
+    one law as the width grows)."""
     import torch
 
     base = torch.tensor(entries, dtype=torch.float64)
     k, n = len(entries), own.numel()
-    if n == k:
+    if n == k or k < 2 or not ordered(entries):
         return None
     at = torch.arange(n) * k // n  # each entry's share of the base's
     ranked = base.sort().values
-    steps = ranked.diff()
-    # the base's step beside each rank (the larger of the two), the room a finer sample has
-    room = torch.maximum(torch.cat([steps, steps[-1:]]), torch.cat([steps[:1], steps]))
+    lo = ranked[(at - 1).clamp(min=0)] - _beyond(ranked[0], ranked[1]) * (at == 0)
+    hi = ranked[(at + 1).clamp(max=k - 1)] + _beyond(ranked[-1], ranked[-2]) * (at == k - 1)
     mine = own.detach().double().flatten().sort().values
-    if bool(((mine - ranked[at]).abs() <= room[at] * (1 + 1e-9)).all()):
+    slack = 1e-9 * ranked.abs().max()
+    if bool(((mine >= lo - slack) & (mine <= hi + slack)).all()):
         return None
     return base[at].to(own.dtype).view_as(own)
+
+
+def _beyond(end, inner) -> float:
+    """How far a finer sample of a monotone function may reach past the base's end entry
+    ``end`` (``inner`` the one beside it): the larger of the step between them and, where the
+    two grow outward with one sign, the step of their ratio (a geometric sequence's)."""
+    step = abs(float(end - inner))
+    if float(end) * float(inner) > 0 and abs(float(end)) > abs(float(inner)):
+        step = max(step, abs(float(end)) * (abs(float(end / inner)) - 1))
+    return step

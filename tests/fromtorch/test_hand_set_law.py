@@ -68,3 +68,23 @@ def test_a_law_the_traced_layers_do_not_share_is_refused_past_the_depth():
     assert torch.equal(model.layers[1].rate.detach(), torch.arange(2, 18.0).repeat_interleave(4))
     with pytest.raises(UsageError, match=r"layers\.2\.rate.*set by hand"):
         tp.MuP(traced, "adam").apply(Net(64, 3, rates))
+
+
+def one_layer(rates):
+    return lambda n: Net(n, 1, lambda m, i: rates(m))
+
+
+@pytest.mark.parametrize("rates, says", [
+    # a fixed generator's draw: the same at every seed, in no order, one law at every width
+    (lambda n: torch.randn(n, generator=torch.Generator().manual_seed(0)), "in no order"),
+    # ALiBi's slopes 2^(-8i/H) as a param: a function of the place i/H, sampled finer
+    (lambda n: 2.0 ** (-8 * torch.arange(1, n + 1.0) / n), "sampled finer"),
+])
+def test_entries_of_one_law_at_every_width_keep_the_model_own(rates, says):
+    traced = tp.from_torch(one_layer(rates), (16, 32), ids)
+    model = one_layer(rates)(256)
+    own = model.layers[0].rate.detach().clone()
+    report = str(tp.MuP(traced, "adam").apply(model))
+    assert torch.equal(model.layers[0].rate.detach(), own)
+    assert "init layers.0.rate: the model's own entries (the same at every seed" in report
+    assert says in report, report
