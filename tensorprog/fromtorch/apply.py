@@ -30,7 +30,7 @@ from .depth import DepthScaling
 from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
-from .init_stats import base_law, block_key, hand_set, ordered
+from .init_stats import base_law, block_key, hand_set, ordered, run_of
 from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
@@ -290,7 +290,7 @@ class MuP(DepthScaling, OptimizerGroups):
         found = [hand_set(self.traced.base, u.target) for u in self.stack.layers[name]]
         if all(f == found[0] for f in found):
             return found[0]
-        if any(f is not None and base_law(f, view) is not None for f in found):
+        if any(f is not None and base_law(f, view, use.target) is not None for f in found):
             raise UsageError(
                 f"init {use.target}: set by hand (the same numbers at every seed) and of "
                 "different in each traced layer "
@@ -374,13 +374,16 @@ class MuP(DepthScaling, OptimizerGroups):
                         use.target not in self.traced.centred:
                     entries = self._hand_set(name, use, layer, view) if view.dim() == 1 \
                         and view.shape == model.get_parameter(use.target).shape else None
-                    law = None if entries is None else base_law(entries, view)
+                    law = None if entries is None else base_law(entries, view, use.target)
                     if law is not None:
                         # numbers set by hand whose law changes with the width (HF's Mamba-2
                         # A = 1..H over its heads): µP's init keeps the base width's law
                         view.copy_(law)
+                        run = len(run_of(entries))
+                        per = f" (a run of {run} in each of {len(entries) // run} groups)" \
+                            if run < len(entries) else ""
                         report.lines.append(
-                            f"init {use.target}: the base width's {len(entries)} entries "
+                            f"init {use.target}: the base width's {len(entries)} entries{per} "
                             "(set by hand, the same at every seed), each over its share of "
                             f"the {view.numel()}: the model's own, in the order of their "
                             "place, leave the base's law (neither its entries repeated nor "

@@ -201,13 +201,28 @@ def hand_set(base: dict, target: str) -> list[float] | None:
 
 def ordered(entries: list[float]) -> bool:
     """Whether hand-set entries run in the order of their place (non-decreasing or
-    non-increasing: 1..H, a function of i/n): a draw of a fixed generator (the same at every
-    seed too) runs in none, and its law is one at every width."""
-    up = all(a <= b for a, b in zip(entries[:-1], entries[1:], strict=True))
-    return up or all(a >= b for a, b in zip(entries[:-1], entries[1:], strict=True))
+    non-increasing: 1..H, a function of i/n), or repeat such a run (1..H/G in each of G
+    groups): a draw of a fixed generator (the same at every seed too) runs in none, and its
+    law is one at every width."""
+    return run_of(entries) is not None
 
 
-def base_law(entries: list[float], own):
+def run_of(entries: list[float]) -> list[float] | None:
+    """The shortest run in the order of its place that ``entries`` repeat, else None."""
+    k = len(entries)
+    for p in range(1, k + 1):
+        run = entries[:p]
+        if k % p == 0 and entries == run * (k // p) and _monotone(run):
+            return run
+    return None
+
+
+def _monotone(run: list[float]) -> bool:
+    steps = list(zip(run[:-1], run[1:], strict=True))
+    return all(a <= b for a, b in steps) or all(a >= b for a, b in steps)
+
+
+def base_law(entries: list[float], own, name: str = "the param"):
     """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
     law at the base width: None where the model's own entries ``own`` are of the base's law
     (sorted, each between the base's sorted entries beside its rank: the base's repeated, as
@@ -217,12 +232,14 @@ def base_law(entries: list[float], own):
     (a draw of a fixed generator), else the base's entries in their order, each repeated over
     its share of the entries (HF's Mamba-2 sets A = 1..H over its H heads: at 16 times the
     width, 16 times as many rates and a largest one 16 times as large, where µP's init keeps
-    one law as the width grows)."""
+    one law as the width grows). Entries that repeat a run over G groups (1..H/G in each) get
+    it per group where the model's own repeat one over G groups too; else they are refused."""
     import torch
 
     base = torch.tensor(entries, dtype=torch.float64)
     k, n = len(entries), own.numel()
-    if n == k or k < 2 or not ordered(entries):
+    run = run_of(entries)
+    if n == k or k < 2 or run is None:
         return None
     at = torch.arange(n) * k // n  # each entry's share of the base's
     ranked = base.sort().values
@@ -232,7 +249,19 @@ def base_law(entries: list[float], own):
     slack = 1e-9 * ranked.abs().max()
     if bool(((mine >= lo - slack) & (mine <= hi + slack)).all()):
         return None
-    return base[at].to(own.dtype).view_as(own)
+    if len(run) == k:
+        return base[at].to(own.dtype).view_as(own)
+    groups = k // len(run)
+    rows = own.detach().flatten().view(groups, -1) if n % groups == 0 and n > groups else None
+    if rows is None or not bool((rows == rows[0]).all()):
+        raise UsageError(
+            f"init {name}: set by hand (the same numbers at every seed), a run of "
+            f"{len(run)} repeated over {groups} groups at the base width; its {n} entries "
+            f"here are neither of that law nor a run repeated over {groups} groups",
+            help="give the param one run per group at every width, or set its init yourself "
+            "after apply")
+    law = base_law(run, rows[0], name)  # each group's run: of the base's law, or the base's
+    return None if law is None else law.repeat(groups).view_as(own)
 
 
 def _beyond(end, inner) -> float:

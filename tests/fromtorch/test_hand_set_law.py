@@ -88,3 +88,15 @@ def test_entries_of_one_law_at_every_width_keep_the_model_own(rates, says):
     assert torch.equal(model.layers[0].rate.detach(), own)
     assert "init layers.0.rate: the model's own entries (the same at every seed" in report
     assert says in report, report
+
+
+def test_a_run_repeated_over_groups_gets_the_base_law_per_group():
+    from tensorprog.fromtorch.init_stats import base_law
+
+    run = lambda m: torch.arange(1, m + 1.0)  # noqa: E731  (1..H/G in each of G = 2 groups)
+    base = run(4).repeat(2).tolist()
+    law = run(4).repeat_interleave(2).repeat(2)  # each group's 4 rates, each over 2 heads
+    assert torch.equal(base_law(base, run(8).repeat(2)), law)
+    assert base_law(base, run(4).repeat(4)) is None  # more groups of one run: the base's law
+    with pytest.raises(UsageError, match=r"init w: set by hand.*a run of 4 repeated over 2"):
+        base_law(base, torch.cat([run(8), run(8).flip(0)]), "w")
