@@ -397,10 +397,11 @@ class MuP(DepthScaling, OptimizerGroups):
                                             f"(the same at every seed, {how})")
                         continue
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
-                    # their dt_bias an inverse softplus), or numbers set by hand that repeat the
-                    # base's (Mamba-1's A = 1..N over every channel), of a law the same at
-                    # every width: the model's own draw is µP's, and a factor towards the
-                    # base's std (a few entries' estimate) would move its mean with it
+                    # their dt_bias an inverse softplus), or a param of 2 or more dims set by
+                    # hand (Mamba-1's A = 1..N in every channel's row: the base's rows
+                    # repeated), of a law the same at every width: the model's own draw is
+                    # µP's, and a factor towards the base's std (a few entries' estimate)
+                    # would move its mean with it
                     report.lines.append(f"init {use.target}{_rows(use)}: the model's own draw "
                                         "(not centred on 0; its law the same at every width)")
                     continue

@@ -226,7 +226,7 @@ def base_law(entries: list[float], own, name: str = "the param"):
     """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
     law at the base width: None where the model's own entries ``own`` are of the base's law
     (sorted, each between the base's sorted entries beside its rank: the base's repeated, as
-    Mamba-1's A = 1..N over every channel, or a function of the entry's place i/n sampled
+    a run 1..G over more groups of heads, or a function of the entry's place i/n sampled
     finer, past the base's ends by at most the step the ends' last two entries extrapolate,
     as ALiBi's slopes 2^(-8i/H)) or where the base's entries run in no order of their place
     (a draw of a fixed generator), else the base's entries in their order, each repeated over
