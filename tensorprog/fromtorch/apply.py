@@ -59,7 +59,7 @@ from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse, init_of
-from .where import strip_prefix
+from .where import def_span, strip_prefix
 
 _TOKENS = itertools.count(1)  # one per MuP
 
@@ -281,7 +281,8 @@ class MuP(DepthScaling, OptimizerGroups):
             return found[0]
         return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))
 
-    def _hand_set(self, name: str, use: ParamUse, layer: int | None, view) -> list | None:
+    def _hand_set(self, model, name: str, use: ParamUse, layer: int | None,
+                  view) -> list | None:
         """A hand-set 1-D param's entries at the base width (init_stats.hand_set): for a layer
         past the traced depth the traced layers' (as _base reads their init), refused where
         they differ and one of them would give the model's own entries another law."""
@@ -290,12 +291,13 @@ class MuP(DepthScaling, OptimizerGroups):
         found = [hand_set(self.traced.base, u.target) for u in self.stack.layers[name]]
         if all(f == found[0] for f in found):
             return found[0]
-        if any(f is not None and base_law(f, view, use.target) is not None for f in found):
+        span = param_span(model, use.target)
+        if any(f is not None and base_law(f, view, use.target, span) is not None for f in found):
             raise UsageError(
                 f"init {use.target}: set by hand (the same numbers at every seed) and of "
                 "different in each traced layer "
                 f"({', '.join(u.target for u in self.stack.layers[name])}), so a layer past "
-                f"the traced depth {self.stack.depth} has no base width's law to keep",
+                f"the traced depth {self.stack.depth} has no base width's law to keep", span,
                 help="trace the model at this depth (from_torch of a build with as many "
                 "layers), or give the layers one law")
         return None
@@ -372,9 +374,10 @@ class MuP(DepthScaling, OptimizerGroups):
                 eL = self.init_exp_L.get(name, 0)
                 if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
-                    entries = self._hand_set(name, use, layer, view) if view.dim() == 1 \
+                    entries = self._hand_set(model, name, use, layer, view) if view.dim() == 1 \
                         and view.shape == model.get_parameter(use.target).shape else None
-                    law = None if entries is None else base_law(entries, view, use.target)
+                    law = None if entries is None else \
+                        base_law(entries, view, use.target, param_span(model, use.target))
                     if law is not None:
                         # numbers set by hand whose law changes with the width (HF's Mamba-2
                         # A = 1..H over its heads): µP's init keeps the base width's law
@@ -683,3 +686,10 @@ def _signed(c) -> str:
     Python 3.12 (a TypeError there). The text keys the seed of rows drawn anew, so it is the
     same on every Python."""
     return f"{'+' if c >= 0 else ''}{c}"
+
+
+def param_span(model, target: str):
+    """The line defining the class of the module that holds the param ``target`` (its
+    __init__, where a param's init is usually set), for an error about that init."""
+    module = model.get_submodule(target.rpartition(".")[0])
+    return def_span(type(module).__init__)

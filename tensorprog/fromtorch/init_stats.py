@@ -222,7 +222,7 @@ def _monotone(run: list[float]) -> bool:
     return all(a <= b for a, b in steps) or all(a >= b for a, b in steps)
 
 
-def base_law(entries: list[float], own, name: str = "the param"):
+def base_law(entries: list[float], own, name: str = "the param", span=None):
     """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
     law at the base width: None where the model's own entries ``own`` are of the base's law
     (sorted, each between the base's sorted entries beside its rank: the base's repeated, as
@@ -257,10 +257,10 @@ def base_law(entries: list[float], own, name: str = "the param"):
         raise UsageError(
             f"init {name}: set by hand (the same numbers at every seed), a run of "
             f"{len(run)} repeated over {groups} groups at the base width; its {n} entries "
-            f"here are neither of that law nor a run repeated over {groups} groups",
+            f"here are neither of that law nor a run repeated over {groups} groups", span,
             help="give the param one run per group at every width, or set its init yourself "
             "after apply")
-    law = base_law(run, rows[0], name)  # each group's run: of the base's law, or the base's
+    law = base_law(run, rows[0], name, span)  # each group's run: of the base's law, or the base's
     return None if law is None else law.repeat(groups).view_as(own)
 
 

@@ -66,8 +66,10 @@ def test_a_law_the_traced_layers_do_not_share_is_refused_past_the_depth():
     tp.MuP(traced, "adam").apply(model)  # the traced depth: each layer its own base
     assert traced.stack is not None
     assert torch.equal(model.layers[1].rate.detach(), torch.arange(2, 18.0).repeat_interleave(4))
-    with pytest.raises(UsageError, match=r"layers\.2\.rate.*set by hand"):
+    with pytest.raises(UsageError, match=r"layers\.2\.rate.*set by hand") as err:
         tp.MuP(traced, "adam").apply(Net(64, 3, rates))
+    # at the class whose __init__ sets the param
+    assert err.value.span.line == Block.__init__.__code__.co_firstlineno, err.value
 
 
 def one_layer(rates):
