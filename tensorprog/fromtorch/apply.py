@@ -30,7 +30,8 @@ from .depth import DepthScaling
 from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
-from .init_stats import base_law, block_key, hand_set, ordered, run_of
+from .hand_set import hand_set_init
+from .init_stats import block_key
 from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
@@ -59,7 +60,7 @@ from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
 from .values import ParamUse, init_of
-from .where import def_span, strip_prefix
+from .where import strip_prefix
 
 _TOKENS = itertools.count(1)  # one per MuP
 
@@ -281,27 +282,6 @@ class MuP(DepthScaling, OptimizerGroups):
             return found[0]
         return "normal", math.sqrt(sum(s * s for _, s in found) / len(found))
 
-    def _hand_set(self, model, name: str, use: ParamUse, layer: int | None,
-                  view) -> list | None:
-        """A hand-set 1-D param's entries at the base width (init_stats.hand_set): for a layer
-        past the traced depth the traced layers' (as _base reads their init), refused where
-        they differ and one of them would give the model's own entries another law."""
-        if layer is None or layer < self.stack.depth:
-            return hand_set(self.traced.base, use.target)
-        found = [hand_set(self.traced.base, u.target) for u in self.stack.layers[name]]
-        if all(f == found[0] for f in found):
-            return found[0]
-        span = param_span(model, use.target)
-        if any(f is not None and base_law(f, view, use.target, span) is not None for f in found):
-            raise UsageError(
-                f"init {use.target}: set by hand (the same numbers at every seed) and of "
-                "different in each traced layer "
-                f"({', '.join(u.target for u in self.stack.layers[name])}), so a layer past "
-                f"the traced depth {self.stack.depth} has no base width's law to keep", span,
-                help="trace the model at this depth (from_torch of a build with as many "
-                "layers), or give the layers one law")
-        return None
-
     # -- the model's width -------------------------------------------------------------------
     def width_of(self, model) -> int:
         found: dict[Fraction, str] = {}  # each width the params give -> the first giving it
@@ -374,30 +354,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 eL = self.init_exp_L.get(name, 0)
                 if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
-                    entries = self._hand_set(model, name, use, layer, view) if view.dim() == 1 \
-                        and view.shape == model.get_parameter(use.target).shape else None
-                    law = None if entries is None else \
-                        base_law(entries, view, use.target, param_span(model, use.target))
-                    if law is not None:
-                        # numbers set by hand whose law changes with the width (HF's Mamba-2
-                        # A = 1..H over its heads): µP's init keeps the base width's law
-                        view.copy_(law)
-                        run = len(run_of(entries))
-                        per = f" (a run of {run} in each of {len(entries) // run} groups)" \
-                            if run < len(entries) else ""
-                        report.lines.append(
-                            f"init {use.target}: the base width's {len(entries)} entries{per} "
-                            "(set by hand, the same at every seed), each over its share of "
-                            f"the {view.numel()}: the model's own, in the order of their "
-                            "place, leave the base's law (neither its entries repeated nor "
-                            "sampled finer), a law that changes with the width")
-                        continue
-                    if entries is not None:  # set by hand, of one law at every width
-                        how = "in the order of their place, of the base width's law (its " \
-                            "entries repeated or sampled finer)" if ordered(entries) else \
-                            "in no order of their place: a fixed generator's draw, kept as drawn"
-                        report.lines.append(f"init {use.target}: the model's own entries "
-                                            f"(the same at every seed, {how})")
+                    if (line := hand_set_init(self, model, name, use, layer, view)):
+                        report.lines.append(line)
                         continue
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
                     # their dt_bias an inverse softplus), or a param of 2 or more dims set by
@@ -686,10 +644,3 @@ def _signed(c) -> str:
     Python 3.12 (a TypeError there). The text keys the seed of rows drawn anew, so it is the
     same on every Python."""
     return f"{'+' if c >= 0 else ''}{c}"
-
-
-def param_span(model, target: str):
-    """The line defining the class of the module that holds the param ``target`` (its
-    __init__, where a param's init is usually set), for an error about that init."""
-    module = model.get_submodule(target.rpartition(".")[0])
-    return def_span(type(module).__init__)

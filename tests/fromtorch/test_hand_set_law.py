@@ -1,4 +1,4 @@
-"""``apply``'s hand-set 1-D params (the same numbers at every seed, init_stats.hand_set) of a
+"""``apply``'s hand-set 1-D params (the same numbers at every seed, hand_set.py) of a
 growing dim whose law changes with the width (A = 1..H over H heads): each layer of a traced
 stack gets the base width's law, those past the traced depth too (their base is the traced
 layers'), and a law the traced layers do not share past the depth is refused."""
@@ -93,7 +93,7 @@ def test_entries_of_one_law_at_every_width_keep_the_model_own(rates, says):
 
 
 def test_a_run_repeated_over_groups_gets_the_base_law_per_group():
-    from tensorprog.fromtorch.init_stats import base_law
+    from tensorprog.fromtorch.hand_set import base_law
 
     run = lambda m: torch.arange(1, m + 1.0)  # noqa: E731  (1..H/G in each of G = 2 groups)
     base = run(4).repeat(2).tolist()
