@@ -30,7 +30,8 @@ from .depth import DepthScaling
 from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
-from .init_stats import base_law, block_key, hand_set
+from .hand_set import hand_set_init
+from .init_stats import block_key
 from .normed import l2_taken, query_norm_patch
 from .patches import (
     Patch,
@@ -353,24 +354,15 @@ class MuP(DepthScaling, OptimizerGroups):
                 eL = self.init_exp_L.get(name, 0)
                 if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
-                    entries = hand_set(self.traced.base, use.target) if view.dim() == 1 \
-                        and view.shape == model.get_parameter(use.target).shape else None
-                    law = None if entries is None else base_law(entries, view)
-                    if law is not None:
-                        # numbers set by hand whose law changes with the width (HF's Mamba-2
-                        # A = 1..H over its heads): µP's init keeps the base width's law
-                        view.copy_(law)
-                        report.lines.append(
-                            f"init {use.target}: the base width's {len(entries)} entries "
-                            "(set by hand, the same at every seed), each over its share of "
-                            f"the {view.numel()}: the model's own are not the base's repeated, "
-                            "a law that changes with the width")
+                    if (line := hand_set_init(self, model, name, use, layer, view)):
+                        report.lines.append(line)
                         continue
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
-                    # their dt_bias an inverse softplus), or numbers set by hand that repeat the
-                    # base's (Mamba-1's A = 1..N over every channel), of a law the same at
-                    # every width: the model's own draw is µP's, and a factor towards the
-                    # base's std (a few entries' estimate) would move its mean with it
+                    # their dt_bias an inverse softplus), or a param of 2 or more dims set by
+                    # hand (Mamba-1's A = 1..N in every channel's row: the base's rows
+                    # repeated), of a law the same at every width: the model's own draw is
+                    # µP's, and a factor towards the base's std (a few entries' estimate)
+                    # would move its mean with it
                     report.lines.append(f"init {use.target}{_rows(use)}: the model's own draw "
                                         "(not centred on 0; its law the same at every width)")
                     continue

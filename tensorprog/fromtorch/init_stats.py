@@ -188,38 +188,3 @@ def built(build: Callable, width: int):
             help="build(width) must return the model (a torch.nn.Module) built at that width",
         )
     return model
-
-
-def hand_set(base: dict, target: str) -> list[float] | None:
-    """The entries at the base width of a 1-D param whose init is set by hand (the same
-    numbers at every seed, not all one: base_stats reads them one by one), else None."""
-    out: list[float] = []
-    while (v := base.get(entry_key(target, len(out)))) is not None and v[0] == "const":
-        out.append(v[1])
-    return out or None
-
-
-def base_law(entries: list[float], own):
-    """The entries of a hand-set 1-D param of a growing dim at another width, drawn from its
-    law at the base width: None where the model's own entries ``own`` are of the base's law
-    (sorted, each within a step of the base's sorted entries at its rank: the base's repeated,
-    as Mamba-1's A = 1..N over every channel, or a function of the entry's place i/n sampled
-    finer), else the base's entries in their order, each repeated over its share of the
-    entries (HF's Mamba-2 sets A = 1..H over its H heads: at 16 times the width, 16 times as
-    many rates and a largest one 16 times as large, where µP's init keeps one law as the width
-    grows)."""
-    import torch
-
-    base = torch.tensor(entries, dtype=torch.float64)
-    k, n = len(entries), own.numel()
-    if n == k:
-        return None
-    at = torch.arange(n) * k // n  # each entry's share of the base's
-    ranked = base.sort().values
-    steps = ranked.diff()
-    # the base's step beside each rank (the larger of the two), the room a finer sample has
-    room = torch.maximum(torch.cat([steps, steps[-1:]]), torch.cat([steps[:1], steps]))
-    mine = own.detach().double().flatten().sort().values
-    if bool(((mine - ranked[at]).abs() <= room[at] * (1 + 1e-9)).all()):
-        return None
-    return base[at].to(own.dtype).view_as(own)

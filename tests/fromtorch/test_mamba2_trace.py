@@ -75,7 +75,7 @@ def test_apply_keeps_the_base_width_law_of_rates_set_by_hand(traced):
 
 
 def test_numbers_set_by_hand_that_repeat_the_base_keep_the_model_own():
-    from tensorprog.fromtorch.init_stats import base_law
+    from tensorprog.fromtorch.hand_set import base_law
 
     same = torch.tensor([1.0, 2.0] * 4)  # the base's 2 entries repeated: one law
     assert base_law([1.0, 2.0], same) is None and base_law([1.0, 2.0], same[:2]) is None
