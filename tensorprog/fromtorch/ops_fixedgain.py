@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from .gained import Gained, block_of
 from .ops_layout import read_by_conv1d, split_along
-from .values import Affine, Conc, FixedTable, Parts, Pointwise, Vec
+from .values import Affine, Conc, FixedTable, Given, Parts, Pointwise, Vec
 from .where import refuse
 
 _HELP = ("multiply by a number (one value for the whole vector), or by a gain that never trains "
@@ -41,11 +41,15 @@ class FixedGainOps:
 
     def fixed_gain(self, node, u, v):
         """``x * g`` (either order) with g a float constant [1, ..., 1, D] over x's D features
-        (module docstring); None where neither factor is such a constant."""
+        (module docstring); None where neither factor is such a constant. A constant computed
+        from the token ids or another input is none: the walk computes it from zeros in the
+        ids' place, and it changes with them (the padding mask's ops read it)."""
         import torch
 
         for at, (x, m) in enumerate(((u, v), (v, u))):
             value = getattr(m, "value", None) if isinstance(m, (Conc, FixedTable)) else None
+            if isinstance(m, Conc) and (m.probe is not None or m.given or isinstance(m, Given)):
+                continue  # computed from the token ids or another input: it changes with them
             if not (isinstance(value, torch.Tensor) and value.is_floating_point()
                     and isinstance(x, (Vec, Affine, Pointwise, Gained))):
                 continue

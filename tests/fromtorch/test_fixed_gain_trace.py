@@ -125,3 +125,22 @@ def test_falcon_h1_mup_vector_traces_and_computes_the_model(monkeypatch):
     assert "0.01 * atleast(" in traced.source
     traced_computes_the_model(traced, falcon, ids, tol=1e-5)
     the_check_reads_the_program(traced, falcon, ids, tol=1e-5)  # each block's vector its own
+
+
+class FromIds(Net):
+    """The layer's output times a vector computed from the token ids (2 where the first id is
+    odd, else 1): it changes with the inputs, so it is no fixed gain (the walk computes it from
+    zeros in the ids' place, where it is all 1s)."""
+
+    def forward(self, idx):
+        h = self.up(self.e(idx))
+        c = (idx[0, 0] % 2 + 1).to(h.dtype)
+        gain = c * torch.ones(h.shape[-1], dtype=h.dtype, device=idx.device)
+        a, b, g = (h * gain).split(h.shape[-1] // 3, -1)
+        return self.out(a * torch.sigmoid(b) + torch.relu(g))
+
+
+def test_a_vector_computed_from_the_token_ids_is_no_fixed_gain():
+    assert int(ids()[0][0, 0]) % 2 == 1  # (the example's gain is 2, the zeros' 1)
+    with pytest.raises(TraceError, match=r"a product with a constant tensor other than a mask"):
+        tp.from_torch(lambda n: FromIds(n, gain="none"), (16, 32), ids)
