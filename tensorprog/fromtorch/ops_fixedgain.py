@@ -111,11 +111,13 @@ class FixedGainOps:
         """A split of a gained layer's output along its features: the layer's row blocks, each
         with its entries of the gain (the layer's own split, ops_layout.py)."""
         parts = super()._split(node, v.out, sizes, dim)
-        if not isinstance(parts, Parts):  # (not the layer's row blocks: read as a vector)
+        if not isinstance(parts, Parts) or not all(isinstance(q, Affine) for q in parts.items):
+            # (not the layer's row blocks, each of which takes its entries of the gain: read
+            # as a vector, so that no part goes on without its gain)
             return super()._split(node, self.vec(v, node), sizes, dim)
         lo, items = 0, []
         for s, item in zip(sizes, parts.items, strict=True):
-            items.append(block_of(v, item, lo, lo + s) if isinstance(item, Affine) else item)
+            items.append(block_of(v, item, lo, lo + s))
             lo += s
         parts.items = items
         return parts
