@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from .gained import Gained, block_of
 from .ops_layout import read_by_conv1d, split_along
-from .values import Affine, Conc, FixedTable, Parts, Pointwise, Vec
+from .values import Affine, Conc, FixedTable, Given, Parts, Pointwise, Vec
 from .where import refuse
 
 _HELP = ("multiply by a number (one value for the whole vector), or by a gain that never trains "
@@ -41,11 +41,15 @@ class FixedGainOps:
 
     def fixed_gain(self, node, u, v):
         """``x * g`` (either order) with g a float constant [1, ..., 1, D] over x's D features
-        (module docstring); None where neither factor is such a constant."""
+        (module docstring); None where neither factor is such a constant. A constant computed
+        from the token ids or another input is none: the walk computes it from zeros in the
+        ids' place, and it changes with them (the padding mask's ops read it)."""
         import torch
 
         for at, (x, m) in enumerate(((u, v), (v, u))):
             value = getattr(m, "value", None) if isinstance(m, (Conc, FixedTable)) else None
+            if isinstance(m, Conc) and (m.probe is not None or m.given or isinstance(m, Given)):
+                continue  # computed from the token ids or another input: it changes with them
             if not (isinstance(value, torch.Tensor) and value.is_floating_point()
                     and isinstance(x, (Vec, Affine, Pointwise, Gained))):
                 continue
@@ -107,11 +111,13 @@ class FixedGainOps:
         """A split of a gained layer's output along its features: the layer's row blocks, each
         with its entries of the gain (the layer's own split, ops_layout.py)."""
         parts = super()._split(node, v.out, sizes, dim)
-        if not isinstance(parts, Parts):  # (not the layer's row blocks: read as a vector)
+        if not isinstance(parts, Parts) or not all(isinstance(q, Affine) for q in parts.items):
+            # (not the layer's row blocks, each of which takes its entries of the gain: read
+            # as a vector, so that no part goes on without its gain)
             return super()._split(node, self.vec(v, node), sizes, dim)
         lo, items = 0, []
         for s, item in zip(sizes, parts.items, strict=True):
-            items.append(block_of(v, item, lo, lo + s) if isinstance(item, Affine) else item)
+            items.append(block_of(v, item, lo, lo + s))
             lo += s
         parts.items = items
         return parts

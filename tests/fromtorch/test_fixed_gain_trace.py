@@ -4,8 +4,9 @@ B, C, dt) from the config's ssm_multipliers. Oracles: the traced program compute
 with a gain of several values, each block written ``c_j * (W_j @ h)``; the gains change no
 exponent (the same layers derive as without them); apply leaves the buffer and every param
 bit-identical at the base; a gain read whole with several values, and a product by a constant
-that changes with the width in a way no number can say, are refused; a gain of one value that
-scales with the width is a width constant, read at both widths."""
+that changes with the width in a way no number can say, and a vector computed from the token
+ids or an input mask (it changes with them), are refused; a gain of one value that scales with
+the width is a width constant, read at both widths."""
 
 from __future__ import annotations
 
@@ -125,3 +126,42 @@ def test_falcon_h1_mup_vector_traces_and_computes_the_model(monkeypatch):
     assert "0.01 * atleast(" in traced.source
     traced_computes_the_model(traced, falcon, ids, tol=1e-5)
     the_check_reads_the_program(traced, falcon, ids, tol=1e-5)  # each block's vector its own
+
+
+class FromIds(Net):
+    """The layer's output times a vector computed from the token ids (2 where the first id is
+    odd, else 1): it changes with the inputs, so it is no fixed gain (the walk computes it from
+    zeros in the ids' place, where it is all 1s)."""
+
+    def forward(self, idx):
+        h = self.up(self.e(idx))
+        c = (idx[0, 0] % 2 + 1).to(h.dtype)
+        gain = c * torch.ones(h.shape[-1], dtype=h.dtype, device=idx.device)
+        a, b, g = (h * gain).split(h.shape[-1] // 3, -1)
+        return self.out(a * torch.sigmoid(b) + torch.relu(g))
+
+
+def test_a_vector_computed_from_the_token_ids_is_no_fixed_gain():
+    assert int(ids()[0][0, 0]) % 2 == 1  # (the example's gain is 2, the zeros' 1)
+    with pytest.raises(TraceError, match=r"a product with a constant tensor other than a mask"):
+        tp.from_torch(lambda n: FromIds(n, gain="none"), (16, 32), ids)
+
+
+class FromMask(nn.Module):
+    """The layer's output times a vector computed from the attention mask given to the
+    forward: 2 where the first token is kept, 1 where not (traced with the example's all-ones
+    mask, it would be the number 2 for every mask)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.up, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+
+    def forward(self, idx, attention_mask):
+        h = self.up(self.e(idx))
+        kept = attention_mask[0, :1].to(h.dtype) + 1
+        return self.out(h * (kept * torch.ones(h.shape[-1], dtype=h.dtype, device=idx.device)))
+
+
+def test_a_vector_computed_from_an_input_mask_is_no_fixed_gain():
+    with pytest.raises(TraceError, match=r"a product with a constant tensor other than a mask"):
+        tp.from_torch(FromMask, (16, 32), lambda model=None: (ids()[0], torch.ones(2, 5).long()))
