@@ -36,7 +36,9 @@ _REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
-_SAME = {"to", "alias"}  # a cast that returns its input itself where the dtype is its own
+# a cast that returns its input itself where the dtype is its own (not ``alias``: under
+# no_grad its output has no grad_fn, so no gradient reaches the input through it)
+_SAME = {"to"}
 
 
 @dataclass
@@ -84,11 +86,28 @@ def _input_itself(out, places) -> int | None:
 
     own = dtype(out)
     while getattr(out, "op", "") == "call_function" and op_name(out) in _SAME \
-            and dtype(out) == own:
+            and dtype(out) == own and _returns_self(out):
         out = out.args[0]
     if out not in places or own is None or dtype(out) != own:
         return None
     return places.index(out)
+
+
+def _returns_self(cast) -> bool:
+    """Whether a ``to`` returns its input itself where dtype and device are its own: not with
+    ``copy=True`` nor with a ``memory_format`` other than the input's own (each a new tensor,
+    made under no_grad with no gradient to the input: ``x.to(x.dtype, copy=True)``)."""
+    import torch
+
+    schema = getattr(cast.target, "_schema", None)
+    if schema is None:
+        return False
+    given = dict(zip((a.name for a in schema.arguments), cast.args, strict=False))
+    given.update(cast.kwargs)
+    vals = [getattr(n, "meta", {}).get("val") for n in (cast, cast.args[0])]
+    return not given.get("copy") and given.get("memory_format") in (
+        None, torch.preserve_format) and all(v is not None for v in vals) and \
+        vals[0].device == vals[1].device
 
 
 @dataclass
