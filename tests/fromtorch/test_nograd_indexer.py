@@ -67,7 +67,7 @@ class Net(nn.Module):
                 v = v + v.gather(2, ids.long()[:, None, :, :1].expand(-1, 4, -1, self.dh))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = self.o(y.transpose(1, 2).reshape(b, t, n))
-        if self.form in ("alias", "carried", "copied"):  # x read after the indexer (Dots.s gate)
+        if self.form in ("alias", "carried", "copied"):  # x read after the indexer (Dots's gate)
             y = y * torch.sigmoid(self.g(g))
         return self.out(x + y)
 
