@@ -62,7 +62,7 @@ class LayoutOps:
         if image is not None:  # (ops_pixels.py)
             return image
         if one_axis_averaged(node):  # x.view(..., 1, d).mean(-2): x itself (Zaya's heads
-            _one_sequence_averaged(node, self._tags(v, node))  # of a group of one)
+            _one_sequence_averaged(node, v)  # of a group of one)
             return v
         tags = self._tags(v, node)
         if shape == (*old, 1) and tags[-1] == "F" and _per_head_gate(node, -1):
@@ -511,12 +511,15 @@ def one_axis_averaged(view) -> bool:
         averaged_axis(u) == old for u in view.users)
 
 
-def _one_sequence_averaged(view, tags) -> None:
+def _one_sequence_averaged(view, v) -> None:
     """Refuses a mean over an axis of 1 that a view added beside a token axis of size 1 (a
     batch of one sequence, or a sequence of one token, traced): the shapes cannot tell the
     added axis from that token axis, and ``x.view(b, 1, t, d).mean(0)``, a mean over the
     batch, is x only for one sequence."""
     old = tuple(view.args[0].meta["val"].shape)
+    tags = tuple(getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", ()))
+    if len(tags) != len(old):  # axes not known: any axis of 1 beside it may be a token axis
+        tags = ("tok",) * len(old)
     for mean in view.users:
         dims = mean.args[1]
         at = (dims if isinstance(dims, int) else dims[0]) % (len(old) + 1)
