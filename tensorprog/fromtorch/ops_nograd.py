@@ -9,7 +9,11 @@ of its axis (k = the axis' size: a sequence no longer than ``index_topk``), its 
 row, a permutation of 0..size-1, in an order the program cannot know; a scatter along that axis
 then sets every entry, whatever the order, so that mask is a constant: the walk follows it.
 Any other use of the ids (a gather, which reads their order; a top-k of fewer entries, whose
-mask depends on the scores) stays refused. A region that returns integers alone and in which a
+mask depends on the scores) stays refused. Beside its ids, such a region may hand back an input
+that torch returns as itself (Dots.llm3's ``h.to(w.dtype)`` at h's own dtype, which export
+routes h's later reads through): that input, gradient and all; a copy (``copy=True``, another
+memory format, ``alias``), made under no_grad, gives its input no gradient and is refused.
+A region that returns integers alone and in which a
 router's gates feed a top-k (LongCat-Flash's ``get_topk_indices``: the ids of the k best gates
 plus a per-expert bias) is walked in place, its ops those of the router's selection
 (ops_select.py): its ids carry no gradient with no_grad or without. A region that only
