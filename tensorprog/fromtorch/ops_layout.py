@@ -61,8 +61,9 @@ class LayoutOps:
         image = self.tokens_to_image(node, v, old, shape)  # tokens laid out as pixels
         if image is not None:  # (ops_pixels.py)
             return image
-        if one_axis_averaged(node):
-            return v  # x.view(..., 1, d).mean(-2): x itself (Zaya's heads of a group of one)
+        if one_axis_averaged(node):  # x.view(..., 1, d).mean(-2): x itself (Zaya's heads
+            _one_sequence_averaged(node, v)  # of a group of one)
+            return v
         tags = self._tags(v, node)
         if shape == (*old, 1) and tags[-1] == "F" and _per_head_gate(node, -1):
             return self.head_gate(node, v)  # g.view(b, t, H, 1): g.unsqueeze(-1) (ops_gate.py)
@@ -508,6 +509,31 @@ def one_axis_averaged(view) -> bool:
     old = tuple(view.args[0].meta["val"].shape)
     return len(view.meta["val"].shape) == len(old) + 1 and bool(view.users) and all(
         averaged_axis(u) == old for u in view.users)
+
+
+def _one_sequence_averaged(view, v) -> None:
+    """Refuses a mean over an axis of 1 that a view added beside a token axis of size 1 (a
+    batch of one sequence, or a sequence of one token, traced): the shapes cannot tell the
+    added axis from that token axis, and ``x.view(b, 1, t, d).mean(0)``, a mean over the
+    batch, is x only for one sequence."""
+    old = tuple(view.args[0].meta["val"].shape)
+    tags = tuple(getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", ()))
+    if len(tags) != len(old):  # axes not known: any axis of 1 beside it may be a token axis
+        tags = ("tok",) * len(old)
+    for mean in view.users:
+        dims = mean.args[1]
+        at = (dims if isinstance(dims, int) else dims[0]) % (len(old) + 1)
+        lo, hi = at, at  # the run of axes of 1 the added one sits in, as x's axes
+        while lo > 0 and old[lo - 1] == 1:
+            lo -= 1
+        while hi < len(old) and old[hi] == 1:
+            hi += 1
+        if any(tags[k] == "tok" for k in range(lo, hi)):
+            raise refuse(mean, f"a mean over an axis of 1 that a view from {list(old)} to "
+                         f"{list(view.meta['val'].shape)} added beside a batch or token axis "
+                         "of 1: it may average the batch (or the tokens), which only one "
+                         "sequence (one token) traced leaves as they are",
+                         help="trace with a batch of 2 or more sequences of 2 or more tokens")
 
 
 def averaged_axis(mean) -> tuple | None:

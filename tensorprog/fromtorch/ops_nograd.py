@@ -9,7 +9,11 @@ of its axis (k = the axis' size: a sequence no longer than ``index_topk``), its 
 row, a permutation of 0..size-1, in an order the program cannot know; a scatter along that axis
 then sets every entry, whatever the order, so that mask is a constant: the walk follows it.
 Any other use of the ids (a gather, which reads their order; a top-k of fewer entries, whose
-mask depends on the scores) stays refused. A region that returns integers alone and in which a
+mask depends on the scores) stays refused. Beside its ids, such a region may hand back an input
+that torch returns as itself (Dots.llm3's ``h.to(w.dtype)`` at h's own dtype, which export
+routes h's later reads through): that input, gradient and all; a copy (``copy=True``, another
+memory format, ``alias``), made under no_grad, gives its input no gradient and is refused.
+A region that returns integers alone and in which a
 router's gates feed a top-k (LongCat-Flash's ``get_topk_indices``: the ids of the k best gates
 plus a per-expert bias) is walked in place, its ops those of the router's selection
 (ops_select.py): its ids carry no gradient with no_grad or without. A region that only
@@ -36,7 +40,9 @@ _REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
-_SAME = {"to", "alias"}  # a cast that returns its input itself where the dtype is its own
+# a cast that returns its input itself where the dtype is its own (not ``alias``: under
+# no_grad its output has no grad_fn, so no gradient reaches the input through it)
+_SAME = {"to"}
 
 
 @dataclass
@@ -84,11 +90,28 @@ def _input_itself(out, places) -> int | None:
 
     own = dtype(out)
     while getattr(out, "op", "") == "call_function" and op_name(out) in _SAME \
-            and dtype(out) == own:
+            and dtype(out) == own and _returns_self(out):
         out = out.args[0]
     if out not in places or own is None or dtype(out) != own:
         return None
     return places.index(out)
+
+
+def _returns_self(cast) -> bool:
+    """Whether a ``to`` returns its input itself where dtype and device are its own: not with
+    ``copy=True`` nor with a ``memory_format`` other than the input's own (each a new tensor,
+    made under no_grad with no gradient to the input: ``x.to(x.dtype, copy=True)``)."""
+    import torch
+
+    schema = getattr(cast.target, "_schema", None)
+    if schema is None:
+        return False
+    given = dict(zip((a.name for a in schema.arguments), cast.args, strict=False))
+    given.update(cast.kwargs)
+    vals = [getattr(n, "meta", {}).get("val") for n in (cast, cast.args[0])]
+    return not given.get("copy") and given.get("memory_format") in (
+        None, torch.preserve_format) and all(v is not None for v in vals) and \
+        vals[0].device == vals[1].device
 
 
 @dataclass

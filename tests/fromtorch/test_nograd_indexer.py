@@ -30,7 +30,8 @@ class Net(nn.Module):
     """One causal attention of 4 heads; ``form``: None (no indexer), "all" (the indexer's top-k
     of every key), "fewer" (of T - 1), "gather" (its ids also gather the values), "alias" (x
     cast to its own dtype in the indexer, read by a gate after it), "carried" (the gate reads
-    2 * x computed in the indexer)."""
+    2 * x computed in the indexer), "copied" (the gate reads a copy of x cast to its own dtype
+    there, ``x.to(dtype, copy=True)``: a new tensor, no gradient to x)."""
 
     def __init__(self, n, form=None):
         super().__init__()
@@ -38,7 +39,7 @@ class Net(nn.Module):
         self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
         self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
         self.iq, self.ik = nn.Linear(n, 8, bias=False), nn.Linear(n, 8, bias=False)
-        if form in ("alias", "carried"):
+        if form in ("alias", "carried", "copied"):
             self.g = nn.Linear(n, n, bias=False)
 
     @torch.no_grad()
@@ -47,6 +48,8 @@ class Net(nn.Module):
             x = x.to(self.iq.weight.dtype)
         scores = self.iq(x) @ self.ik(x).transpose(1, 2)  # [b, t, t]
         ids = scores.topk(T - 1 if self.form == "fewer" else T, dim=-1).indices.to(torch.int32)
+        if self.form == "copied":
+            return ids, x.to(self.iq.weight.dtype, copy=True)
         return (ids, 2 * x) if self.form == "carried" else ids
 
     def forward(self, idx):
@@ -56,7 +59,7 @@ class Net(nn.Module):
         mask = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()[None, None]
         if self.form:
             ids, g = self.indexer(x), x
-            if self.form == "carried":  # a value computed under no_grad, read on: refused
+            if self.form in ("carried", "copied"):  # computed under no_grad, read on: refused
                 ids, g = ids
             unselected = ids.new_ones((b, t, t), dtype=torch.bool).scatter(-1, ids.long(), False)
             mask = mask & ~unselected[:, None]
@@ -64,7 +67,7 @@ class Net(nn.Module):
                 v = v + v.gather(2, ids.long()[:, None, :, :1].expand(-1, 4, -1, self.dh))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = self.o(y.transpose(1, 2).reshape(b, t, n))
-        if self.form in ("alias", "carried"):  # x read again after the indexer (Dots's gate)
+        if self.form in ("alias", "carried", "copied"):  # x read after the indexer (Dots's gate)
             y = y * torch.sigmoid(self.g(g))
         return self.out(x + y)
 
@@ -89,6 +92,8 @@ def test_an_input_the_indexer_hands_back_is_the_input_itself():
     ("fewer", r"cannot trace a torch.no_grad region that returns ids or masks alone"),
     ("gather", r"cannot trace the op \w+ on the ids of a top-k over a whole axis"),
     ("carried", r"cannot trace torch.no_grad: no gradient flows through it"),
+    # a copy made under no_grad: its gate gives x no gradient, which the program would
+    ("copied", r"cannot trace torch.no_grad: no gradient flows through it"),
 ])
 def test_an_indexer_read_otherwise_is_refused(form, match):
     with pytest.raises(TensorProgError, match=match):
