@@ -41,6 +41,7 @@ from .values import (
     identify,
     identify_power,
     identify_scaled,
+    sample_points,
 )
 from .where import op_name, refuse
 
@@ -84,14 +85,13 @@ def identify_stretched(f) -> tuple[str, float, float] | None:
 
 def identify_plus_linear(f: Callable) -> tuple[str, float, float] | None:
     """(function, c, k) with f(t) = c * function(t) + k * t to 1e-9 of each value (against its
-    own size, at least 1) on [-4, 4] and to ±256, c and k not 0, or None: a language function
+    own size, at least 1) at values.sample_points, c and k not 0, or None: a language function
     plus a multiple of its input (elu(t) - t, xIELU's negative piece; a leaky relu, 0.9 relu(t)
     + 0.1 t). Exact up to float64's rounding, not identify's float32 allowance: two functions
     fitted at once could otherwise absorb a small difference that neither fits alone."""
     import torch
 
-    t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
-                   torch.linspace(-256, 256, 1025, dtype=torch.float64)])
+    t = sample_points()
     y = f(t)
     if not bool(torch.isfinite(y).all()):
         return None
