@@ -38,6 +38,7 @@ from .values import (
     PRef,
     Scores,
     Vec,
+    agrees_far,
     identify,
     identify_power,
     identify_scaled,
@@ -78,7 +79,9 @@ def identify_stretched(f) -> tuple[str, float, float] | None:
         c = slope * s
         t = torch.linspace(-4, 4, 161, dtype=torch.float64) * max(s, 1.0)
         ref = c * torch_function(torch, name)(t / s)
-        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())):
+        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())) and \
+                agrees_far(f, lambda u, c=c, fn=name, s=s: c * torch_function(torch, fn)(u / s),
+                           max(s, 1.0), max(1.0, float(ref.abs().max()))):
             return name, float(f"{c:.9g}"), float(f"{s:.9g}")
     return None
 

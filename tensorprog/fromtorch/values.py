@@ -676,9 +676,19 @@ def identify_scaled(f: Callable) -> tuple[str, float, float] | None:
     if s <= 0:
         return None
     t = torch.linspace(-4, 4, 161, dtype=torch.float64) * s
-    if float((f(t) - c * torch.tanh(t / s)).abs().max()) < 2e-3 * max(1.0, abs(c)):
+    if float((f(t) - c * torch.tanh(t / s)).abs().max()) < 2e-3 * max(1.0, abs(c)) and \
+            agrees_far(f, lambda u: c * torch.tanh(u / s), max(s, 1.0), max(1.0, abs(c))):
         return "tanh", float(f"{c:.12g}"), float(f"{s:.9g}")  # s: a difference quotient
     return None
+
+
+def agrees_far(f: Callable, fit: Callable, scale: float = 1.0, floor: float = 1.0) -> bool:
+    """Whether f is ``fit`` to 2e-3 of each value (against its own size, at least ``floor``:
+    the allowance the fit had near 0) at :func:`sample_points` times ``scale``: a fit found on
+    [-4, 4] (times its input's scale) alone takes relu(t)² + 100 relu(-t - 5) for relu(t)²."""
+    t = sample_points() * scale
+    ref = fit(t)
+    return float(((f(t) - ref).abs() / ref.abs().clamp(min=floor)).max()) < 2e-3
 
 
 def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | None:
@@ -690,15 +700,14 @@ def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | No
 
     t = torch.linspace(-4, 4, 161, dtype=torch.float64)
     y = f(t)
-    wide = sample_points()
     for k in powers:
         for name in RECOGNISED:
             ref = torch_function(torch, name)(t) ** k
             c = float((y @ ref) / (ref @ ref))
-            if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
-                far = c * torch_function(torch, name)(wide) ** k
-                if float(((f(wide) - far).abs() / far.abs().clamp(min=1.0)).max()) < 2e-3:
-                    return name, float(f"{c:.12g}"), k
+            if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)) \
+                    and agrees_far(f, lambda u, c=c, fn=name, k=k:
+                                   c * torch_function(torch, fn)(u) ** k, 1.0, max(1.0, abs(c))):
+                return name, float(f"{c:.12g}"), k
     return None
 
 

@@ -164,6 +164,10 @@ def _tent(t):
     ("identify", lambda t: t.relu(), _tent),  # where(h > 0, h, tent(h))
     ("identify_plus_linear", lambda t: 0.9 * t.relu() + 0.1 * t, _tent),
     ("identify_power", lambda t: t.relu() ** 2, lambda t: 100 * (-t - 5).relu()),  # past -4
+    ("identify_stretched", lambda t: F.silu(1.702 * t) / 1.702,  # quick_gelu, checked on [-4, 4]
+     lambda t: 100 * (-t - 5).relu()),
+    ("identify_scaled", lambda t: 30 * torch.tanh(t / 30),  # a soft-cap, checked on ±120
+     lambda t: 100 * (-t - 200).relu()),
 ])
 def test_a_chain_that_leaves_a_fit_between_or_beyond_its_points_is_no_fit(find, fitted, off):
     # a where's pieces are chains of numbers and functions: a piece that leaves the function
