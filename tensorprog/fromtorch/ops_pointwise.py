@@ -38,9 +38,11 @@ from .values import (
     PRef,
     Scores,
     Vec,
+    agrees_far,
     identify,
     identify_power,
     identify_scaled,
+    sample_points,
 )
 from .where import op_name, refuse
 
@@ -77,21 +79,22 @@ def identify_stretched(f) -> tuple[str, float, float] | None:
         c = slope * s
         t = torch.linspace(-4, 4, 161, dtype=torch.float64) * max(s, 1.0)
         ref = c * torch_function(torch, name)(t / s)
-        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())):
+        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())) and \
+                agrees_far(f, lambda u, c=c, fn=name, s=s: c * torch_function(torch, fn)(u / s),
+                           max(s, 1.0), max(1.0, float(ref.abs().max()))):
             return name, float(f"{c:.9g}"), float(f"{s:.9g}")
     return None
 
 
 def identify_plus_linear(f: Callable) -> tuple[str, float, float] | None:
     """(function, c, k) with f(t) = c * function(t) + k * t to 1e-9 of each value (against its
-    own size, at least 1) on [-4, 4] and to ±256, c and k not 0, or None: a language function
+    own size, at least 1) at values.sample_points, c and k not 0, or None: a language function
     plus a multiple of its input (elu(t) - t, xIELU's negative piece; a leaky relu, 0.9 relu(t)
     + 0.1 t). Exact up to float64's rounding, not identify's float32 allowance: two functions
     fitted at once could otherwise absorb a small difference that neither fits alone."""
     import torch
 
-    t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
-                   torch.linspace(-256, 256, 1025, dtype=torch.float64)])
+    t = sample_points()
     y = f(t)
     if not bool(torch.isfinite(y).all()):
         return None

@@ -152,3 +152,48 @@ def test_a_switch_that_jumps_or_reads_elsewhere_is_refused_at_its_line(form, mat
     with pytest.raises(TensorProgError, match=r"test_switch_trace\.py:\d+:\d+: error: "
                        r"cannot trace " + match):
         from_torch(lambda n: MLP(n, form), WIDTHS, _tokens)
+
+
+def _tent(t):
+    """0 outside (-4.4, -4.1) and 0.15 at -4.25: between the points a fit once sampled (-4.5,
+    -4.0 on ±256; [-4, 4] alone finely)."""
+    return (t + 4.4).relu() - 2 * (t + 4.25).relu() + (t + 4.1).relu()
+
+
+@pytest.mark.parametrize(("find", "fitted", "off"), [
+    ("identify", lambda t: t.relu(), _tent),  # where(h > 0, h, tent(h))
+    ("identify_plus_linear", lambda t: 0.9 * t.relu() + 0.1 * t, _tent),
+    ("identify_power", lambda t: t.relu() ** 2, lambda t: 100 * (-t - 5).relu()),  # past -4
+    ("identify_stretched", lambda t: F.silu(1.702 * t) / 1.702,  # quick_gelu, checked on [-4, 4]
+     lambda t: 100 * (-t - 5).relu()),
+    ("identify_scaled", lambda t: 30 * torch.tanh(t / 30),  # a soft-cap, checked on ±120
+     lambda t: 100 * (-t - 200).relu()),
+])
+def test_a_chain_that_leaves_a_fit_between_or_beyond_its_points_is_no_fit(find, fitted, off):
+    # a where's pieces are chains of numbers and functions: a piece that leaves the function
+    # fitted only where no point was sampled would trace as that function, a silent wrong
+    # answer wherever the model's vector reaches there
+    from tensorprog.fromtorch import ops_pointwise, values
+
+    fit = getattr(values, find, None) or getattr(ops_pointwise, find)
+    assert fit(fitted) is not None and fit(lambda t: fitted(t) + off(t)) is None
+
+
+class Far(nn.Module):
+    """A switch whose negative piece is 0 on [-5, 0] and grows past -5: relu(h)² on [-4, 4]."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.up, self.down = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+
+    def forward(self, idx):
+        h = self.up(self.e(idx))
+        return self.out(self.down(torch.where(h > 0, h * h, 100 * F.relu(-h - 5))))
+
+
+@pytest.mark.slow
+def test_a_switch_whose_piece_leaves_its_fit_past_the_sampled_range_is_refused():
+    with pytest.raises(TensorProgError, match=r"test_switch_trace\.py:\d+:\d+: error: cannot "
+                       r"trace a coordinatewise function that is none of"):
+        from_torch(Far, WIDTHS, _tokens)
