@@ -258,6 +258,17 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             return self._route(node, v)
         return None
 
+    def _moe_linalg_vector_norm(self, node, v, ord=2, dims=None, keepdim=False, *rest, **kw):
+        """``w.norm(p=1, dim=-1, keepdim=True)`` of the k largest gates (DBRX's divisor): their
+        sum, since gates are positive (route_norm refuses scores that are neither a softmax nor
+        a sigmoid) and a positive factor keeps them so; any other order, axis or sign, None."""
+        ndim = len(self._shape(node.args[0]))
+        axes = [d % ndim for d in ([dims] if isinstance(dims, int) else dims or [])]
+        if isinstance(v, TopW) and not v.flat and ord == 1 and axes == [ndim - 1] and keepdim \
+                and v.factor > 0 and not kw.get("dtype"):
+            return TopSum(v)
+        return None
+
     def _moe_add(self, node, u, v, alpha=1):
         if isinstance(u, TopSum) and isinstance(v, (int, float)) and abs(v) <= _TINY:
             return u
