@@ -351,7 +351,7 @@ class LayoutOps:
 
     def _split(self, node, v, sizes, dim):
         if isinstance(v, ClampedRows):  # a clamp of the layer's output, split (ops_pointwise)
-            return self.split_clamped(node, v, self._split(node, v.a, sizes, dim))
+            return self.split_clamped(node, v, sizes, dim)
         ndim = len(self._shape(node.args[0]))
         halves = self._rotary_halves(node, v, sizes, dim, ndim)
         if halves is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..errors import TraceError
 from ..ir.functions import torch_function
 from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
@@ -216,16 +217,20 @@ class PointwiseOps:
         v = Pointwise(x, lambda t: t, node.name)
         return self.emit_times(v, node, c, f"{fn}({x.name} / {c!r})", slot=True)
 
-    def split_clamped(self, node, v: ClampedRows, blocks) -> Parts:
-        """The blocks of a clamped linear layer's output (``blocks``: the split of the layer's
-        own output, :meth:`_split`), each clamped: exactly the split of the clamp."""
-        if not isinstance(blocks, Parts) or not all(isinstance(b, Affine) for b in blocks.items):
-            raise refuse(node, "a split of a clamped linear layer's output into anything but "
-                         "blocks of its output features", help="split along the features")
+    def split_clamped(self, node, v: ClampedRows, sizes, dim) -> Parts:
+        """The blocks of a clamped linear layer's output, each clamped: exactly the split of
+        the clamp, where the split is one of the layer's own output into blocks of it
+        (:meth:`_split`); any other split (a rotary's halves) of the clamp made whole, as
+        before."""
         at = self.by_name.get(v.node, node)  # the clamp's line, where it is refused
-        return Parts([self.op_clamp(_PartNode(at, i),
-                                    dataclasses.replace(b, node=f"{b.node}#part{i}"), v.lo, v.hi)
-                      for i, b in enumerate(blocks.items)])
+        try:
+            blocks = self._split(node, v.a, sizes, dim)
+        except TraceError:
+            blocks = None
+        if isinstance(blocks, Parts) and all(isinstance(b, Affine) for b in blocks.items):
+            return Parts([self.op_clamp(_PartNode(at, i), dataclasses.replace(
+                b, node=f"{b.node}#part{i}"), v.lo, v.hi) for i, b in enumerate(blocks.items)])
+        return self._split(node, self.op_clamp(at, self.vec(v.a, at), v.lo, v.hi), sizes, dim)
 
     def emit_form(self, v: Pointwise, node) -> Vec | None:
         """The program vector of a chain no language function matches alone: an integer power
