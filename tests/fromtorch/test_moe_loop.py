@@ -5,7 +5,7 @@ as E experts' row blocks, its k gates divided by their L1 norm, and what is refu
 from __future__ import annotations
 
 import pytest
-from conftest import traced_computes_the_model
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -64,6 +64,9 @@ def test_dbrx_experts_loop_traces_into_route_each_experts_rows_a_param(k, p):
     w1 = traced.params["ffn_experts_mlp_w1_part2"]
     assert (w1.target, tuple(w1.rows)) == ("ffn.experts.mlp.w1", (0.5, 0.75))
     traced_computes_the_model(traced, build, _ids)
+    if k == 1:  # apply maps each block back to its rows (columns) of the 2-D params
+        mup = apply_is_bit_identical_at_base(traced, build, _ids)
+        assert not mup.uncovered(build(32))
 
 
 def test_the_stand_in_computes_the_loop_and_is_undone_after():
