@@ -18,7 +18,7 @@ IDS = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
 class LM(torch.nn.Module):
     """Causal attention of heads of 16 whose fused q, k, v are clamped before the split;
     ``form``: "other" also reads the clamped whole, "bounds" clamps to [0.1, 0.5] (no form),
-    "tokens" splits along the tokens."""
+    "tokens" splits along the tokens, "dh" has 2 heads of a dim that grows."""
 
     def __init__(self, n, c=0.3, form="split"):
         super().__init__()
@@ -37,7 +37,8 @@ class LM(torch.nn.Module):
             first, rest = qkv.split([4, t - 4], dim=1)
             return self.head(torch.cat([first, rest], dim=1)[..., :n])
         q, k, v = qkv.split([n, n, n], dim=2)
-        q, k, v = (x.view(b, t, n // 16, 16).transpose(1, 2) for x in (q, k, v))
+        heads = 2 if self.form == "dh" else n // 16  # "dh": a head dim that grows
+        q, k, v = (x.view(b, t, heads, n // heads).transpose(1, 2) for x in (q, k, v))
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         out = h + self.out(a.transpose(1, 2).reshape(b, t, n))
         if self.form == "other":
@@ -67,3 +68,13 @@ def test_a_clamped_fused_layer_split_is_each_block_clamped():
 def test_a_clamp_read_otherwise_or_of_no_form_is_refused(form, match):
     with pytest.raises(TraceError, match=match):
         from_torch(lambda n: LM(n, form=form), (32, 64), _ids, blocks=False)
+
+
+def test_a_clamped_query_of_a_growing_head_dim_is_refused_by_apply():
+    # µP's extra n^-1/2 on the logits has no layer to fold into past the clamp
+    from tensorprog.errors import UsageError
+    from tensorprog.fromtorch import MuP
+
+    traced = from_torch(lambda n: LM(n, form="dh"), (32, 64), _ids, blocks=False)
+    with pytest.raises(UsageError, match="a function of it such as a clamp"):
+        MuP(traced, "adam")
