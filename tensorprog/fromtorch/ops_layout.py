@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_pointwise import ClampedRows
 from .ops_timemajor import time_major
 from .values import (
     Affine,
@@ -354,6 +355,8 @@ class LayoutOps:
         return self._split(node, v, sizes, dim)
 
     def _split(self, node, v, sizes, dim):
+        if isinstance(v, ClampedRows):  # a clamp of the layer's output, split (ops_pointwise)
+            return self.split_clamped(node, v, sizes, dim)
         ndim = len(self._shape(node.args[0]))
         halves = self._rotary_halves(node, v, sizes, dim, ndim)
         if halves is not None:

@@ -24,6 +24,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+from ..errors import TraceError
 from ..ir.functions import torch_function
 from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
@@ -34,6 +35,7 @@ from .values import (
     L2Norm,
     MeanSq,
     ParamFn,
+    Parts,
     Pointwise,
     PRef,
     Scores,
@@ -48,6 +50,35 @@ from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
+_SPLITS = {"split", "split_with_sizes", "chunk"}
+
+
+@dataclasses.dataclass
+class ClampedRows:
+    """A clamp of a linear layer's output that is only split (DBRX's fused qkv clamped to
+    ±clip_qkv, then split into q, k, v): coordinatewise, the clamp of each row block is the
+    block of the clamp, so the split makes the blocks and clamps each (:meth:`split_clamped`)."""
+
+    a: Affine
+    lo: float | None
+    hi: float | None
+    node: str = ""
+
+
+@dataclasses.dataclass
+class _PartNode:
+    """A graph node as seen by part i of a split (``node#part{i}``): each part's clamp is a
+    vector of its own, which no tensor of the model holds alone."""
+
+    node: object
+    part: int
+    name: str = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.name = f"{self.node.name}#part{self.part}"
+
+    def __getattr__(self, attr):
+        return getattr(self.node, attr)
 
 
 #: functions of linear growth with φ(0) = 0, by φ''(0): stretched, c·φ(t / s), they write
@@ -187,6 +218,9 @@ class PointwiseOps:
             return self.norm_floor(node, x, lo, hi)  # (ops_norm.py)
         if (lo, hi) == (None, None):  # no finite bound: the identity, exactly
             return x
+        if isinstance(x, Affine) and node.users and all(
+                op_name(u) in _SPLITS and u.args[0] is node for u in node.users):
+            return ClampedRows(x, lo, hi, node.name)  # split before it is clamped
         form = None
         if (lo, hi) == (0.0, 6.0):
             form = ("relu6", 1.0)
@@ -222,6 +256,21 @@ class PointwiseOps:
             return Vec(self.emit_vector(node.name, f"{fn}({x.name})"), x.tags, x.dim, x.dh)
         v = Pointwise(x, lambda t: t, node.name)
         return self.emit_times(v, node, c, f"{fn}({x.name} / {c!r})", slot=True)
+
+    def split_clamped(self, node, v: ClampedRows, sizes, dim) -> Parts:
+        """The blocks of a clamped linear layer's output, each clamped: exactly the split of
+        the clamp, where the split is one of the layer's own output into blocks of it
+        (:meth:`_split`); any other split (a rotary's halves) of the clamp made whole, as
+        before."""
+        at = self.by_name.get(v.node, node)  # the clamp's line, where it is refused
+        try:
+            blocks = self._split(node, v.a, sizes, dim)
+        except TraceError:
+            blocks = None
+        if isinstance(blocks, Parts) and all(isinstance(b, Affine) for b in blocks.items):
+            return Parts([self.op_clamp(_PartNode(at, i), dataclasses.replace(
+                b, node=f"{b.node}#part{i}"), v.lo, v.hi) for i, b in enumerate(blocks.items)])
+        return self._split(node, self.op_clamp(at, self.vec(v.a, at), v.lo, v.hi), sizes, dim)
 
     def emit_form(self, v: Pointwise, node) -> Vec | None:
         """The program vector of a chain no language function matches alone: an integer power

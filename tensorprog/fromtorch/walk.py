@@ -17,6 +17,7 @@ from .ops_codebooks import Stacked
 from .ops_conv import Padded
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
+from .ops_pointwise import ClampedRows
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
@@ -140,9 +141,8 @@ SYMBOLIC = (
     Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
-    Taps, SplitConv,  # a conv1d's weight squeezed; one written part by part (ops_tconv.py)
+    Taps, SplitConv, ClampedRows,  # ops_tconv.py's conv1d parts; a clamp, split (ops_pointwise)
 )
-
 
 VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
 
