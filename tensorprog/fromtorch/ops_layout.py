@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .clamped import ClampedRows
 from .ops_conv import is_image
-from .ops_pointwise import ClampedRows
 from .ops_timemajor import time_major
 from .values import (
     Affine,

@@ -26,9 +26,17 @@ from collections.abc import Callable
 
 from ..errors import TraceError
 from ..ir.functions import torch_function
+from .clamped import ClampedRows
+from .identify import (
+    RECOGNISED,
+    agrees_far,
+    identify,
+    identify_power,
+    identify_scaled,
+    sample_points,
+)
 from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
-    RECOGNISED,
     Affine,
     Aux,
     Conc,
@@ -40,29 +48,12 @@ from .values import (
     PRef,
     Scores,
     Vec,
-    agrees_far,
-    identify,
-    identify_power,
-    identify_scaled,
-    sample_points,
 )
 from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
 _SPLITS = {"split", "split_with_sizes", "chunk"}
-
-
-@dataclasses.dataclass
-class ClampedRows:
-    """A clamp of a linear layer's output that is only split (DBRX's fused qkv clamped to
-    ±clip_qkv, then split into q, k, v): coordinatewise, the clamp of each row block is the
-    block of the clamp, so the split makes the blocks and clamps each (:meth:`split_clamped`)."""
-
-    a: Affine
-    lo: float | None
-    hi: float | None
-    node: str = ""
 
 
 @dataclasses.dataclass

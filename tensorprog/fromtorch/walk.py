@@ -10,20 +10,20 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .clamped import ClampedRows
 from .gained import Gained
+from .identify import RECOGNISED, identify
 from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
-from .ops_pointwise import ClampedRows
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .ops_tconv import SplitConv, Taps
 from .values import (
-    RECOGNISED,
     Affine,
     Aux,
     Blank,
@@ -65,7 +65,6 @@ from .values import (
     Trace,
     Vec,
     Zeroed,
-    identify,
     ids_kept,
 )
 from .where import (
