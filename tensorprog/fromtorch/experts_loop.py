@@ -12,7 +12,8 @@ that computes exactly that without the loop: each token once per slot, its slot'
 matrices gathered from the params viewed [E, ffn, n] (``W[ids]``) for a batched matmul, the
 gates multiplied in and the k slots summed, the form ops_moe.py reads into ``route``. The
 stand-in leaves any other forward alone (a subclass's own, an expert MLP whose forward is not
-transformers' own), which the export then reads, or refuses, as before.
+transformers' own or that has forward hooks, which the loop's ``self.mlp(...)`` runs), which
+the export then reads, or refuses, as before.
 """
 
 from __future__ import annotations
@@ -23,12 +24,24 @@ import sys
 _MODULE = "transformers.models.dbrx.modeling_dbrx"
 
 
+def _plain(mlp, glu_forward) -> bool:
+    """Whether calling ``mlp`` runs transformers' own forward and nothing else: no forward of
+    the user's (a subclass's or one set on the instance) and no forward or pre-forward hook
+    (the module's own or global), each of which the loop's ``self.mlp(...)`` runs and the
+    stand-in would skip."""
+    from torch.nn.modules import module
+
+    return getattr(mlp.forward, "__func__", None) is glu_forward \
+        and not (mlp._forward_hooks or mlp._forward_pre_hooks) \
+        and not (module._global_forward_hooks or module._global_forward_pre_hooks)
+
+
 def _dbrx_experts(original, glu_forward):
     def forward(self, hidden_states, top_k_index, top_k_weights):
         import torch
 
         mlp = self.mlp
-        if type(mlp).forward is not glu_forward:  # an expert MLP of the user's: as written
+        if not _plain(mlp, glu_forward):  # an expert MLP of the user's, or hooked: as written
             return original(self, hidden_states, top_k_index, top_k_weights)
         batch, n = hidden_states.shape[0], self.hidden_size
         k = top_k_index.shape[-1]

@@ -93,3 +93,29 @@ def test_other_norms_and_other_reads_of_the_viewed_params_are_refused(what, matc
 
     with pytest.raises(TraceError, match=match):
         from_torch(build, (32, 64), _ids, blocks=False)
+
+
+@pytest.mark.parametrize("how", ["hook", "pre_hook", "instance"])
+def test_a_hooked_or_replaced_expert_mlp_is_run_as_written_so_refused(how):
+    # the loop calls self.mlp(...), which runs its hooks and an instance's forward: the
+    # stand-in, which would skip them, steps aside (eagerly the same as the loop), and the
+    # export then refuses the loop at its line rather than tracing the MLP without them
+    def build(n):
+        model = LM(n)
+        mlp = model.ffn.experts.mlp
+        if how == "hook":
+            mlp.register_forward_hook(lambda m, args, out: 2 * out)
+        elif how == "pre_hook":
+            mlp.register_forward_pre_hook(lambda m, args: (2 * args[0], *args[1:]))
+        else:
+            mlp.forward = lambda *args: 3 * type(mlp).forward(mlp, *args)
+        return model
+
+    model = build(16).double()
+    x = model.embed(IDS).double()
+    want = model.ffn(x)
+    with expert_loops():
+        assert torch.equal(model.ffn(x), want)
+    if how == "hook":
+        with pytest.raises(TraceError, match="modeling_dbrx.py:.*torch.export cannot trace"):
+            from_torch(build, (32, 64), _ids, blocks=False)
