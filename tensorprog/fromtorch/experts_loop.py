@@ -11,8 +11,9 @@ For the trace only, the forward of transformers' own ``DbrxExperts`` is swapped 
 that computes exactly that without the loop: each token once per slot, its slot's expert's
 matrices gathered from the params viewed [E, ffn, n] (``W[ids]``) for a batched matmul, the
 gates multiplied in and the k slots summed, the form ops_moe.py reads into ``route``. The
-stand-in leaves any other forward alone (a subclass's own, an expert MLP whose forward is not
-transformers' own), which the export then reads, or refuses, as before.
+stand-in leaves a subclass's own forward alone, which the export then reads, or refuses, as
+before; an expert MLP whose forward is not transformers' own, or that has forward hooks (which
+the loop's ``self.mlp(...)`` runs, the stand-in would not), is refused at its line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,27 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from ..errors import TraceError
+from .where import def_span
+
 _MODULE = "transformers.models.dbrx.modeling_dbrx"
+
+
+def _unplain(mlp, glu_forward) -> tuple[str, object] | None:
+    """Why calling ``mlp`` runs more than transformers' own forward, with the function that
+    does it: a forward of the user's (a subclass's or one set on the instance) or a forward or
+    pre-forward hook (the module's own or global), each of which the loop's ``self.mlp(...)``
+    runs and the stand-in would skip; None where it runs that forward alone."""
+    from torch.nn.modules import module
+
+    fn = getattr(mlp.forward, "__func__", mlp.forward)
+    if fn is not glu_forward:
+        return f"its expert MLP ({type(mlp).__name__}) has a forward of its own", fn
+    hooks = [*mlp._forward_pre_hooks.values(), *mlp._forward_hooks.values(),
+             *module._global_forward_pre_hooks.values(), *module._global_forward_hooks.values()]
+    if hooks:
+        return "its expert MLP has a forward hook (or a global one)", hooks[0]
+    return None
 
 
 def _dbrx_experts(original, glu_forward):
@@ -28,8 +49,14 @@ def _dbrx_experts(original, glu_forward):
         import torch
 
         mlp = self.mlp
-        if type(mlp).forward is not glu_forward:  # an expert MLP of the user's: as written
-            return original(self, hidden_states, top_k_index, top_k_weights)
+        if (why := _unplain(mlp, glu_forward)) is not None:  # the loop: refused by the export
+            raise TraceError(
+                f"cannot trace DBRX's experts: their forward loops over the experts the batch "
+                f"hits (a loop the data decides), traced as the batched form it computes only "
+                f"where the expert MLP is transformers' own DbrxExpertGLU, run as it is, and "
+                f"{why[0]}", def_span(why[1]) or def_span(original),
+                help="trace the model without the hook or forward (apply µP, then add it), or "
+                "write the experts as the batched W[ids] form (docs/torch.md)")
         batch, n = hidden_states.shape[0], self.hidden_size
         k = top_k_index.shape[-1]
         x = hidden_states.reshape(-1, n).repeat_interleave(k, dim=0)  # each token per slot

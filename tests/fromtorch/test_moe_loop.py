@@ -93,3 +93,32 @@ def test_other_norms_and_other_reads_of_the_viewed_params_are_refused(what, matc
 
     with pytest.raises(TraceError, match=match):
         from_torch(build, (32, 64), _ids, blocks=False)
+
+
+@pytest.mark.parametrize("how", ["hook", "pre_hook", "instance", "subclass"])
+def test_a_hooked_or_replaced_expert_mlp_is_refused_at_its_line(how):
+    # the loop calls self.mlp(...), which runs its hooks and a forward of the user's: the
+    # stand-in, which would skip them, refuses (at the hook's or forward's line) rather than
+    # trace the MLP without them
+    from transformers.models.dbrx.modeling_dbrx import DbrxExpertGLU
+
+    class Doubled(DbrxExpertGLU):
+        def forward(self, *args):
+            return 2 * super().forward(*args)
+
+    def build(n):
+        model = LM(n)
+        mlp = model.ffn.experts.mlp
+        if how == "hook":
+            mlp.register_forward_hook(lambda m, args, out: 2 * out)
+        elif how == "pre_hook":
+            mlp.register_forward_pre_hook(lambda m, args: (2 * args[0], *args[1:]))
+        elif how == "instance":
+            mlp.forward = lambda *args: 3 * type(mlp).forward(mlp, *args)
+        else:
+            mlp.__class__ = Doubled
+        return model
+
+    with pytest.raises(TraceError, match=r"test_moe_loop.py:\d+:\d+: error: cannot trace DBRX's "
+                       r"experts.*(a forward hook|a forward of its own)"):
+        from_torch(build, (32, 64), _ids, blocks=False)
