@@ -291,6 +291,7 @@ class Walker:
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
             if expr == v.src.name and abs(c - 1) <= 1e-9 and v.node not in self.keep_coefficients:
+                self.out.bare_nodes.add(v.node)
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
@@ -337,6 +338,8 @@ class Walker:
             expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
             index = len(self.out.slots) - 1
             self.out.coefficient_nodes.add(v.node)
+        else:
+            self.out.bare_nodes.add(v.node)
         name = self.emit_vector(v.node, expr)
         if slot:
             self.out.coefs[index]["out"] = name
