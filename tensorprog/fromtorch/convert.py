@@ -129,10 +129,14 @@ def agreed_forms(traces: list[Trace], converted: list[tuple]) -> tuple[frozenset
     hidden_size / 256, traced at 256), and the attention nodes whose values have a head dim of
     their own (``mix(p, v, dv)``), where dv meets the queries' head dim at that width. Both
     compute the same there, and the program is written as at the other width. The check's
-    graph (check.py) is converted with them too. Returns (coefficient nodes, own heads)."""
+    graph (check.py) is converted with them too, so a trace that wrote a node's number 1
+    without its slot and a slot for it elsewhere (a switch's pieces at relu(x) and min(x, 0),
+    named after x, where x is a fixed gain's block: ops_switch.py) is converted again as the
+    check's is. Returns (coefficient nodes, own heads)."""
     keep = frozenset(traces[0].coefficient_nodes | traces[1].coefficient_nodes)
     own = frozenset(traces[0].own_heads | traces[1].own_heads)
     for i, again in enumerate(converted):
-        if traces[i].coefficient_nodes != keep or traces[i].own_heads != own:
+        if traces[i].coefficient_nodes != keep or traces[i].own_heads != own or \
+                traces[i].bare_nodes & keep:
             traces[i] = convert(*again, keep=keep, own_heads=own)
     return keep, own

@@ -58,8 +58,9 @@ _SPLITS = {"split", "split_with_sizes", "chunk"}
 
 @dataclasses.dataclass
 class _PartNode:
-    """A graph node as seen by part i of a split (``node#part{i}``): each part's clamp is a
-    vector of its own, which no tensor of the model holds alone."""
+    """A graph node as seen by block i of its splits (``node#part{i}``, the i-th block of
+    rows they make): each block's clamp is a vector of its own, which no tensor of the model
+    holds alone."""
 
     node: object
     part: int
@@ -259,8 +260,19 @@ class PointwiseOps:
         except TraceError:
             blocks = None
         if isinstance(blocks, Parts) and all(isinstance(b, Affine) for b in blocks.items):
-            return Parts([self.op_clamp(_PartNode(at, i), dataclasses.replace(
-                b, node=f"{b.node}#part{i}"), v.lo, v.hi) for i, b in enumerate(blocks.items)])
+            # each block of rows clamped once, named by the order the clamp's splits first
+            # made it: a second split of other sizes has its own blocks (a part's place in
+            # its split would name two blocks alike, and the walk makes a value once per name)
+            made = self._made.setdefault(("clamped rows", v.node), {})
+            items = []
+            for b in blocks.items:
+                rows = (b.w.rows, b.w.period)
+                if rows not in made:
+                    k = len(made)
+                    made[rows] = self.op_clamp(_PartNode(at, k), dataclasses.replace(
+                        b, node=f"{b.node}#part{k}"), v.lo, v.hi)
+                items.append(made[rows])
+            return Parts(items)
         return self._split(node, self.op_clamp(at, self.vec(v.a, at), v.lo, v.hi), sizes, dim)
 
     def emit_form(self, v: Pointwise, node) -> Vec | None:

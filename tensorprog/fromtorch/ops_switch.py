@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .gained import Gained
 from .values import Affine, Aux, Conc, ParamFn, PEntry, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
@@ -118,7 +119,7 @@ class SwitchOps:
         """The comparison as a switch, its where's pieces deferred to the where: only ``x ⋚
         0`` of a per-token vector read by one where's condition alone."""
         wheres = list(node.users)
-        if _number(other) != 0.0 or not isinstance(x, (Vec, Affine, Pointwise)) or \
+        if _number(other) != 0.0 or not isinstance(x, (Vec, Affine, Pointwise, Gained)) or \
                 len(wheres) != 1 or op_name(wheres[0]) != "where" or \
                 wheres[0].args[0] is not node:
             raise self.refuse_switch(node, other)

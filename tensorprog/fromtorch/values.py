@@ -598,6 +598,9 @@ class Trace:
     coefs: dict[int, dict] = field(default_factory=dict)
     # the nodes whose number is a coefficient slot (convert's ``keep``)
     coefficient_nodes: set[str] = field(default_factory=set)
+    # the nodes whose number 1 was written as no slot (convert's agreed_forms: where one is
+    # also a coefficient node, the trace is converted again with it kept)
+    bare_nodes: set[str] = field(default_factory=set)
     # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
     ids: dict[str, int] = field(default_factory=dict)
     codebooks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (ops_codebooks.py)

@@ -291,6 +291,7 @@ class Walker:
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
             if expr == v.src.name and abs(c - 1) <= 1e-9 and v.node not in self.keep_coefficients:
+                self.out.bare_nodes.add(v.node)  # (no slot here: convert.agreed_forms)
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
@@ -333,10 +334,10 @@ class Walker:
         ``slot``."""
         if slot is None:
             slot = abs(c - 1) > 1e-9 or v.node in self.keep_coefficients
+        (self.out.coefficient_nodes if slot else self.out.bare_nodes).add(v.node)
         if slot:
             expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
             index = len(self.out.slots) - 1
-            self.out.coefficient_nodes.add(v.node)
         name = self.emit_vector(v.node, expr)
         if slot:
             self.out.coefs[index]["out"] = name

@@ -18,7 +18,8 @@ IDS = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
 class LM(torch.nn.Module):
     """Causal attention of heads of 16 whose fused q, k, v are clamped before the split;
     ``form``: "other" also reads the clamped whole, "bounds" clamps to [0.1, 0.5] (no form),
-    "tokens" splits along the tokens, "dh" has 2 heads of a dim that grows."""
+    "tokens" splits along the tokens, "dh" has 2 heads of a dim that grows, "twice" takes its
+    values from a second split of other sizes."""
 
     def __init__(self, n, c=0.3, form="split"):
         super().__init__()
@@ -37,6 +38,8 @@ class LM(torch.nn.Module):
             first, rest = qkv.split([4, t - 4], dim=1)
             return self.head(torch.cat([first, rest], dim=1)[..., :n])
         q, k, v = qkv.split([n, n, n], dim=2)
+        if self.form == "twice":  # the values from a second split: its second block, rows 2n..
+            _, v = qkv.split([2 * n, n], dim=2)
         heads = 2 if self.form == "dh" else n // 16  # "dh": a head dim that grows
         q, k, v = (x.view(b, t, heads, n // heads).transpose(1, 2) for x in (q, k, v))
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -58,6 +61,14 @@ def test_a_clamped_fused_layer_split_is_each_block_clamped():
         assert f"clamp_part{i} = 0.3 * hardtanh(linear_part{i} / 0.3)" \
             in traced.source
     traced_computes_the_model(traced, LM, _ids)
+
+
+def test_a_clamp_split_twice_is_each_splits_own_blocks():
+    # the second split's second block is rows 2n..3n (the values), not the first split's
+    # second block (the keys): each block named by its rows, not its place in a split
+    build = lambda n: LM(n, form="twice")  # noqa: E731
+    traced = from_torch(build, (32, 64), _ids, blocks=False)
+    traced_computes_the_model(traced, build, _ids)
 
 
 @pytest.mark.parametrize("form, match", [

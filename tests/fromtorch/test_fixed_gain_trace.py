@@ -165,3 +165,36 @@ class FromMask(nn.Module):
 def test_a_vector_computed_from_an_input_mask_is_no_fixed_gain():
     with pytest.raises(TraceError, match=r"a product with a constant tensor other than a mask"):
         tp.from_torch(FromMask, (16, 32), lambda model=None: (ids()[0], torch.ones(2, 5).long()))
+
+
+class Clamped(Net):
+    """The gained layer's output clamped to [-0.3, 0.3] (DBRX's clip_qkv) before its split, in
+    either order with the gain, or each block after it ("split")."""
+
+    def __init__(self, n, order):
+        super().__init__(n)
+        self.order = order
+
+    def forward(self, idx):
+        h = self.up(self.e(idx))
+        if self.order == "gain first":
+            h = (h * self.mup_vector).clamp(-0.3, 0.3)
+        elif self.order == "clamp first":
+            h = h.clamp(-0.3, 0.3) * self.mup_vector
+        else:
+            h = h * self.mup_vector
+        a, b, c = h.split(h.shape[-1] // 3, dim=-1)
+        if self.order == "split":
+            a, b, c = (x.clamp(-0.3, 0.3) for x in (a, b, c))
+        return self.out(a * torch.sigmoid(b) + torch.relu(c))
+
+
+def test_a_gained_block_clamped_computes_the_model_and_a_clamp_before_the_split_is_refused():
+    # each block split off first: c_j * (W_j @ h) clamped, the model's value; clamped whole
+    # (before the split, either side of the gain), the gain of 3 values is read as one vector
+    traced = tp.from_torch(lambda n: Clamped(n, "split"), (16, 32), ids)
+    traced_computes_the_model(traced, lambda n: Clamped(n, "split"), ids)
+    for order in ("gain first", "clamp first"):
+        with pytest.raises(TraceError, match=r"test_fixed_gain_trace\.py:\d+:\d+: error: cannot "
+                           r"trace a product with mup_vector, a constant vector of 3 values"):
+            tp.from_torch(lambda n, o=order: Clamped(n, o), (16, 32), ids)

@@ -197,3 +197,31 @@ def test_a_switch_whose_piece_leaves_its_fit_past_the_sampled_range_is_refused()
     with pytest.raises(TensorProgError, match=r"test_switch_trace\.py:\d+:\d+: error: cannot "
                        r"trace a coordinatewise function that is none of"):
         from_torch(Far, WIDTHS, _tokens)
+
+
+class GainedGate(nn.Module):
+    """xIELU of the gate block of a fused gate/up layer times a fixed gain of one value per
+    block (Falcon-H1's mup_vector): the where's x is a block of the layer with its gain."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.gate_up, self.down = nn.Linear(n, 4 * n, bias=False), nn.Linear(2 * n, n)
+        self.alpha_p, self.alpha_n = nn.Parameter(torch.randn(1)), nn.Parameter(torch.randn(1))
+        self.register_buffer("mup_vector", torch.tensor([0.5, 2.0]).repeat_interleave(2 * n),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        g, u = (self.gate_up(x) * self.mup_vector).chunk(2, dim=-1)
+        ap, an = F.softplus(self.alpha_p), 0.5 + F.softplus(self.alpha_n)
+        return self.out(x + self.down(_xielu(g, ap, an) * u))
+
+
+def test_a_switch_of_a_gained_block_computes_the_model_and_the_check_reads_it():
+    # the gate's block is the layer's rows times 0.5, made a vector once; its relu and min
+    # written alike by the trace and by the check's graph (one coefficient node each)
+    traced = from_torch(GainedGate, WIDTHS, _tokens)
+    assert traced_computes_the_model(traced, GainedGate, _tokens) < 1e-10
+    read = the_check_reads_the_program(traced, GainedGate, _tokens)
+    assert "where" in read
