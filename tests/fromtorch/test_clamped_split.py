@@ -63,6 +63,8 @@ def test_a_clamped_fused_layer_split_is_each_block_clamped():
     traced_computes_the_model(traced, LM, _ids)
 
 
+# the second split's first block (rows 0..2n) is read by nothing: derive says so and leaves it out
+@pytest.mark.filterwarnings("ignore:.*does not reach any output")
 def test_a_clamp_split_twice_is_each_splits_own_blocks():
     # the second split's second block is rows 2n..3n (the values), not the first split's
     # second block (the keys): each block named by its rows, not its place in a split
