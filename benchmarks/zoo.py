@@ -174,7 +174,8 @@ FIELDS = {
                             "num_experts_per_token"),
     "moe_intermediate_size": ("expert_intermediate_size", "shared_expert_intermediate_size",
                               "moe_ffn_hidden_size", "shared_intermediate_size",
-                              "moe_shared_expert_intermediate_size"),
+                              "moe_shared_expert_intermediate_size",
+                              "shared_experts_intermediate_size"),
 }
 # sizes a config fixes apart from the head dim and the width (config plumbing: at their
 # defaults they exceed a small head or width): each keeps its default's proportion to the head
@@ -555,7 +556,10 @@ def _mamba2(defaults: dict, width: int, scaling: str) -> dict:
     expand = defaults.get(expand_f)
     inner = (expand if isinstance(expand, int) and expand > 0 else 2) * width
     heads = HEADS if scaling == "heads" else inner // HEAD_DIM
-    return {heads_f: heads, dim_f: inner // heads, groups_f: heads, state_f: MAMBA2_STATE}
+    sizes = {heads_f: heads, dim_f: inner // heads, groups_f: heads, state_f: MAMBA2_STATE}
+    if "mamba_d_ssm" in defaults:  # Falcon-H1's inner size, fixed unless None (expand·n)
+        sizes["mamba_d_ssm"] = inner
+    return sizes
 
 
 def builder(family: str, scaling: str, overrides: dict | None = None,

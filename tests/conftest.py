@@ -45,6 +45,24 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.tp"))
 
+#: the examples whose sweeps over every optimizer run by default; the other examples run their
+#: sweeps' first optimizer by default and the rest with ``-m slow`` (the same rules with another
+#: coefficient, a tenth of the default run's CPU budget over all 51): one of each kind of network
+CORE_EXAMPLES = ("mlp", "resmlp_deep", "rnn", "gpt", "t5", "vit", "resnet", "moe", "ssd")
+
+
+def example_cases(optimizers, stem=False):
+    """(example, optimizer) params over every example: the first optimizer for all of them by
+    default, the others for CORE_EXAMPLES, and the rest marked slow. Ids are "<example>-<opt>"."""
+    cases = []
+    for path in EXAMPLES:
+        for i, opt in enumerate(optimizers):
+            slow = i > 0 and path.stem not in CORE_EXAMPLES
+            cases.append(pytest.param(path.stem if stem else path, opt,
+                                      marks=[pytest.mark.slow] if slow else [],
+                                      id=f"{path.stem if stem else path.name}-{opt}"))
+    return cases
+
 
 # a residual MLP repeating a block over the depth L (the core of the depth issue, as written there)
 RESMLP = """\

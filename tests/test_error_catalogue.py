@@ -2150,7 +2150,7 @@ CONV_BUILDS = {
                       r"the network into patches of 2x2 \(MobileViTV2's(.|\n)*help: cut the "
                       r"image input into patches once"),
     # a clamp the language has no form for: to [-1, 2] (it has [0, 6], [0, inf), [-c, c],
-    # (-inf, c] and [-c, inf))
+    # and one side alone, (-inf, c] and [c, inf))
     "clamp": ("lambda n: Net(n, pool=nn.Hardtanh(-1.0, 2.0))",
               r"m.py:\d+:\d+: error: cannot trace a clamp to \[-1.0, 2.0\]"
               r"(.|\n)*help: clamp at one of these"),

@@ -30,6 +30,7 @@ from .depth import DepthScaling
 from .derived import derive_traced
 from .gradscale import block_of, eps_blocks, grad_hook, scale_lines
 from .groups import OptimizerGroups
+from .hand_set import hand_set_init
 from .init_stats import block_key
 from .normed import l2_taken, query_norm_patch
 from .patches import (
@@ -353,10 +354,15 @@ class MuP(DepthScaling, OptimizerGroups):
                 eL = self.init_exp_L.get(name, 0)
                 if self.init_exp[name] == 0 and not eL and not tuned and \
                         use.target not in self.traced.centred:
+                    if (line := hand_set_init(self, model, name, use, layer, view)):
+                        report.lines.append(line)
+                        continue
                     # a draw not centred on 0 (Mamba's and Gated DeltaNet's log-uniform A_log,
-                    # their dt_bias an inverse softplus) of a law the same at every width: the
-                    # model's own draw is µP's, and a factor towards the base's std (a few
-                    # entries' estimate) would move its mean, the law's location, with it
+                    # their dt_bias an inverse softplus), or a param of 2 or more dims set by
+                    # hand (Mamba-1's A = 1..N in every channel's row: the base's rows
+                    # repeated), of a law the same at every width: the model's own draw is
+                    # µP's, and a factor towards the base's std (a few entries' estimate)
+                    # would move its mean with it
                     report.lines.append(f"init {use.target}{_rows(use)}: the model's own draw "
                                         "(not centred on 0; its law the same at every width)")
                     continue

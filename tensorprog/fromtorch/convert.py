@@ -20,6 +20,7 @@ from .ops_conv1d import Conv1dOps
 from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
+from .ops_fixedgain import FixedGainOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -58,6 +59,7 @@ from .walk import Walker
 
 
 class Converter(
+    SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
@@ -73,12 +75,13 @@ class Converter(
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
-    RotaryOps, ComplexOps, TableOps, SwitchOps,
+    RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
     SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
     Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
@@ -126,10 +129,14 @@ def agreed_forms(traces: list[Trace], converted: list[tuple]) -> tuple[frozenset
     hidden_size / 256, traced at 256), and the attention nodes whose values have a head dim of
     their own (``mix(p, v, dv)``), where dv meets the queries' head dim at that width. Both
     compute the same there, and the program is written as at the other width. The check's
-    graph (check.py) is converted with them too. Returns (coefficient nodes, own heads)."""
+    graph (check.py) is converted with them too, so a trace that wrote a node's number 1
+    without its slot and a slot for it elsewhere (a switch's pieces at relu(x) and min(x, 0),
+    named after x, where x is a fixed gain's block: ops_switch.py) is converted again as the
+    check's is. Returns (coefficient nodes, own heads)."""
     keep = frozenset(traces[0].coefficient_nodes | traces[1].coefficient_nodes)
     own = frozenset(traces[0].own_heads | traces[1].own_heads)
     for i, again in enumerate(converted):
-        if traces[i].coefficient_nodes != keep or traces[i].own_heads != own:
+        if traces[i].coefficient_nodes != keep or traces[i].own_heads != own or \
+                traces[i].bare_nodes & keep:
             traces[i] = convert(*again, keep=keep, own_heads=own)
     return keep, own

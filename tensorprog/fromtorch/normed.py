@@ -53,7 +53,8 @@ def refuse_unnormed_query(traced, scale: str, info: dict, need: str) -> None:
     raise UsageError(
         f"{scale}: {need} against the model's own scale, but the query ({line}) is combined "
         "with something else after its linear layer (a per-head gate or bias, spread(g, dh), "
-        "another sum or product), so no one layer's init and LR take the factor, and it is "
+        "a function of it such as a clamp, another sum or product), so no one layer's init "
+        "and LR take the factor, and it is "
         "no norm's output for a forward patch to scale",
         info.get("l2_span"),  # an L2 normalisation's line, where it needs the factor
         help="gate or bias the attention's output rather than its query, or build the model "

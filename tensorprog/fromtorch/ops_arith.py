@@ -6,10 +6,12 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_layout import one_axis_averaged
 from .values import (
     Affine,
     Aux,
     Conc,
+    HeadGate,
     L2Norm,
     Looked,
     MeanSq,
@@ -25,6 +27,7 @@ from .values import (
     Vec,
     Zeroed,
 )
+from .walk import VIEW_OPS
 from .where import op_name, refuse, strip_prefix
 
 
@@ -251,6 +254,9 @@ class ArithOps:
         rope = self.table_rope(node, u, v)  # rotary's cos or sin from a table (ops_tables.py)
         if rope is not None:
             return rope
+        gained = self.fixed_gain(node, u, v)  # a constant vector over the features
+        if gained is not None:  # (ops_fixedgain.py)
+            return gained
         kept = self.token_mask(node, u, v)  # a padding mask (ops_pointwise.py)
         if kept is not None:
             return kept
@@ -360,6 +366,8 @@ class ArithOps:
             return self.capped_scores(node, x, fn)
         if isinstance(x, (PRef, ParamFn)):  # sigmoid(w): a function of a param (ops_paramfn)
             return self.coordinatewise(node, x, fn)
+        if isinstance(x, HeadGate):  # f(g.view(..., H, 1)): a per-head gate still (ops_gate)
+            return self.head_gate_fn(node, x, fn)
         p = self.pointwise(node, x)
         return Pointwise(p.src, lambda t, f=p.f: fn(f(t)))
 
@@ -389,6 +397,14 @@ class ArithOps:
         """``F.hardsigmoid`` (``nn.Hardsigmoid``), relu6(x + 3)/6, identified likewise."""
         return self._apply(node, x, lambda t: (t + 3).clamp(0, 6) / 6)
 
+    def op_elu(self, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+        """``F.elu`` (``nn.ELU``): at alpha 1 the language's elu, identified by its values as
+        any chain is; another alpha or scale is no multiple of it, and is refused there."""
+        import torch
+
+        return self._apply(node, x, lambda t: scale * torch.nn.functional.elu(
+            input_scale * t, alpha))
+
     def op_erf(self, node, x):
         return self._apply(node, x, lambda t: t.erf())
 
@@ -404,6 +420,8 @@ class ArithOps:
 
     def op_mean(self, node, x, dims=None, keepdim=False, **kw):
         ndim = len(self._shape(node.args[0]))
+        if op_name(node.args[0]) in VIEW_OPS and one_axis_averaged(node.args[0]):
+            return x  # an axis of 1 a view added, averaged: x itself (ops_layout.py)
         dims = list(dims) if dims else list(range(ndim))  # none given: every entry's mean
         if is_image(x):  # over the pixels: a global pool (ops_conv.py)
             return self.image_mean(node, x, dims, keepdim)

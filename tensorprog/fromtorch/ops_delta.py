@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from .gained import Gained
 from .ops_tconv import TokenConvOps
 from .values import Affine, Parts, Pointwise, Vec
 from .where import CHECK_OPS, op_name, refuse
@@ -42,8 +43,8 @@ class DeltaRuleOps:
         """A split of the tokens at their end (the chunked part all of them, the rest empty
         and read by nothing): the value as it is. Any other, as the short convolution's ops
         refuse it (ops_tconv.py)."""
-        tags = tuple(self._tags(v, node) or ()) if isinstance(v, (Vec, Affine, Pointwise)) \
-            else ()
+        tags = tuple(self._tags(v, node) or ()) if isinstance(
+            v, (Vec, Affine, Pointwise, Gained)) else ()  # (Gained: ops_fixedgain.py)
         shape = tuple(node.args[0].meta["val"].shape)
         axis = dim % len(shape) if shape else 0
         if tags and tags[axis] == "tok" and isinstance(indices, (list, tuple)) and \

@@ -16,7 +16,7 @@ that axis and an axis of 1 after it. Any other layout is refused with its shapes
 from __future__ import annotations
 
 from .ops_conv import is_image
-from .values import HeadGate, OverTokens, Spread, Vec
+from .values import HeadGate, OverTokens, Pointwise, Spread, Vec
 from .where import op_name, refuse
 
 _HELP = ("give the gate or bias one entry per head, H of them, with an axis of 1 after them "
@@ -40,6 +40,12 @@ class HeadGateOps:
             raise refuse(node, "a per-head gate whose last axis is not its H entries (a gate "
                          "transposed, or split into heads itself)", help=_HELP)
         return HeadGate(g, node.name)
+
+    def head_gate_fn(self, node, g: HeadGate, fn) -> HeadGate:
+        """``f(g.view(b, t, H, 1))`` of a coordinatewise f (Dots's ``gate.sigmoid()`` after
+        the view): f(g) with the axis of 1 after it, f(g).unsqueeze(-1), so the gate of f(g),
+        its vector emitted here (the one f of the language it must be)."""
+        return HeadGate(self.vec(Pointwise(g.src, fn, node.name), node), node.name)
 
     def refuse_gate_axis(self, node, dim) -> None:
         """Refuses ``g.unsqueeze(-1)`` read other than as a factor of products with a vector

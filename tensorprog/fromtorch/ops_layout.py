@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from .clamped import ClampedRows
 from .ops_conv import is_image
 from .ops_timemajor import time_major
 from .values import (
@@ -61,7 +62,12 @@ class LayoutOps:
         image = self.tokens_to_image(node, v, old, shape)  # tokens laid out as pixels
         if image is not None:  # (ops_pixels.py)
             return image
+        if one_axis_averaged(node):  # x.view(..., 1, d).mean(-2): x itself (Zaya's heads
+            _one_sequence_averaged(node, v)  # of a group of one)
+            return v
         tags = self._tags(v, node)
+        if shape == (*old, 1) and tags[-1] == "F" and _per_head_gate(node, -1):
+            return self.head_gate(node, v)  # g.view(b, t, H, 1): g.unsqueeze(-1) (ops_gate.py)
         if isinstance(v, Vec) and tags == ("tok", "F", "tok") and old[-1] == 1 and \
                 shape == tuple(old[:-1]):  # one token's axis dropped: Swin's pooled tokens
             return Vec(v.name, ("tok", "F"), v.dim)
@@ -268,8 +274,8 @@ class LayoutOps:
         tags[d0], tags[d1] = tags[d1], tags[d0]
         if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
             return self._retag(v, tuple(tags))
-        if isinstance(v, Affine) and not v.dh and "F" in tags and (_split_along(
-                node, tags.index("F")) or _read_by_conv1d(node)):
+        if isinstance(v, Affine) and not v.dh and "F" in tags and (split_along(
+                node, tags.index("F")) or read_by_conv1d(node)):
             # LFM's in_proj(h).transpose(-1, -2) chunked into B, C, x along the channels: row
             # blocks (_split); Qwen3.5's fed to a short convolution split after (ops_tconv.py)
             return self._retag(v, tuple(tags))
@@ -298,7 +304,7 @@ class LayoutOps:
         if isinstance(v, Affine) and v.dh and v.w.rows is None and dims[-1] % len(dims) == len(
                 dims) - 1:  # per head, split after (as op_transpose): the features stay last
             return self._retag(v, new)
-        if isinstance(v, Affine) and not v.dh and _split_along(node, new.index("F")):
+        if isinstance(v, Affine) and not v.dh and split_along(node, new.index("F")):
             # FocalNet's proj_in(h).permute(0, 3, 1, 2) split into q, ctx and gates along the
             # features: row blocks of the layer, as an unpermuted split (_split)
             return self._retag(v, new)
@@ -349,6 +355,8 @@ class LayoutOps:
         return self._split(node, v, sizes, dim)
 
     def _split(self, node, v, sizes, dim):
+        if isinstance(v, ClampedRows):  # a clamp of the layer's output, split (ops_pointwise)
+            return self.split_clamped(node, v, sizes, dim)
         ndim = len(self._shape(node.args[0]))
         halves = self._rotary_halves(node, v, sizes, dim, ndim)
         if halves is not None:
@@ -496,6 +504,57 @@ def _one_head(node, old, shape, tags) -> bool:
             and all(to_heads(u) for u in node.users))
 
 
+def one_axis_averaged(view) -> bool:
+    """Whether a view only adds one axis of size 1 and every reader of it is a mean over
+    exactly that axis (``x.view(b, t, H, 1, dh).mean(-2)``: Zaya's keys averaged over a group
+    of one query head): the view and the mean together leave x as it is, its entries in
+    place."""
+    old = tuple(view.args[0].meta["val"].shape)
+    return len(view.meta["val"].shape) == len(old) + 1 and bool(view.users) and all(
+        averaged_axis(u) == old for u in view.users)
+
+
+def _one_sequence_averaged(view, v) -> None:
+    """Refuses a mean over an axis of 1 that a view added beside a token axis of size 1 (a
+    batch of one sequence, or a sequence of one token, traced): the shapes cannot tell the
+    added axis from that token axis, and ``x.view(b, 1, t, d).mean(0)``, a mean over the
+    batch, is x only for one sequence."""
+    old = tuple(view.args[0].meta["val"].shape)
+    tags = tuple(getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", ()))
+    if len(tags) != len(old):  # axes not known: any axis of 1 beside it may be a token axis
+        tags = ("tok",) * len(old)
+    for mean in view.users:
+        dims = mean.args[1]
+        at = (dims if isinstance(dims, int) else dims[0]) % (len(old) + 1)
+        lo, hi = at, at  # the run of axes of 1 the added one sits in, as x's axes
+        while lo > 0 and old[lo - 1] == 1:
+            lo -= 1
+        while hi < len(old) and old[hi] == 1:
+            hi += 1
+        if any(tags[k] == "tok" for k in range(lo, hi)):
+            raise refuse(mean, f"a mean over an axis of 1 that a view from {list(old)} to "
+                         f"{list(view.meta['val'].shape)} added beside a batch or token axis "
+                         "of 1: it may average the batch (or the tokens), which only one "
+                         "sequence (one token) traced leaves as they are",
+                         help="trace with a batch of 2 or more sequences of 2 or more tokens")
+
+
+def averaged_axis(mean) -> tuple | None:
+    """The shape of a mean's input without the one axis it averages, where that axis is of
+    size 1 and dropped (keepdim False): the shape the mean gives, which is its input's entries
+    as they are; None for any other op or mean."""
+    if op_name(mean) != "mean" or len(mean.args) < 2 or mean.kwargs.get("keepdim") or (
+            len(mean.args) > 2 and mean.args[2]):
+        return None
+    shape = tuple(mean.args[0].meta["val"].shape)
+    dims = mean.args[1]
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if len(dims) != 1 or shape[dims[0] % len(shape)] != 1:
+        return None
+    axis = dims[0] % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
 def _per_head_gate(node, dim) -> bool:
     """``g.unsqueeze(-1)`` that only multiplies tensors of a heads axis of g's last size and a
     head dim after it: one number per head over each head's coordinates."""
@@ -507,8 +566,16 @@ def _per_head_gate(node, dim) -> bool:
         other = tuple(a.meta["val"].shape) if "val" in getattr(a, "meta", {}) else ()
         return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
 
-    return all(op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not node)
-               for u in node.users)
+    def gates(n, u) -> bool:  # through coordinatewise functions: f(g.unsqueeze(-1))
+        if op_name(u) in _GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
+            return all(gates(u, w) for w in u.users)
+        return op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not n)
+
+    return all(gates(node, u) for u in node.users)
+
+
+# the coordinatewise functions a per-head gate passes through (each the same function of g)
+_GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
@@ -524,7 +591,7 @@ def _axis_tag(tags: tuple, dim: int, ndim: int) -> str | None:
     return tags[i] if -len(tags) <= i else None
 
 
-def _read_by_conv1d(node) -> bool:
+def read_by_conv1d(node) -> bool:
     """Whether every reader of ``node`` (through copies and casts) is a conv1d of it."""
     users = [(node, u) for u in node.users]
     while users:
@@ -538,7 +605,7 @@ def _read_by_conv1d(node) -> bool:
     return bool(node.users)
 
 
-def _split_along(node, axis: int) -> bool:
+def split_along(node, axis: int) -> bool:
     """Whether every reader of ``node`` (through copies and casts) splits it along ``axis``."""
     users = list(node.users)
     while users:

@@ -254,7 +254,7 @@ class LinearOps:
             raise refuse(node, "a linear layer whose weight is not a param")
         if isinstance(x, (Conc, Aux)):  # a buffer's entries: Swin V2's offsets (ops_offsets)
             x = self.offsets_input(node, x)
-        x = self.vec(x, node)
+        x = _one_head_read_whole(node, self.vec(x, node))
         # torch's linear maps the last axis: an image's columns (ops_conv.py), unless the image
         # was permuted channels-last (ConvNeXt's x.permute(0, 2, 3, 1)): then it maps each
         # pixel's channels, the language's W @ h of an image-valued h
@@ -364,3 +364,16 @@ def _refuse_trained_row(node, w: PRef, row: int) -> None:
                      help="give every lookup of the table the same padding_idx and read it "
                      "nowhere else (an untied readout), or look up ids that are not the "
                      "padding id")
+
+
+def _one_head_read_whole(node, x):
+    """A linear layer's input that is one head holding all of a vector's features, its heads
+    axis of size 1 (MLA's compressed kv viewed (b, 1, t, r) for HF's caches, then scaled before
+    kv_b reads it: Dots's LoRA scale): each token's features, the axis of one head one more
+    axis of size 1 that moves no data; the input as it is otherwise."""
+    shape = tuple(node.args[0].meta["val"].shape)
+    if not (isinstance(x, Vec) and x.tags.count("H") == 1 and x.tags[-1] == "dh"
+            and x.dh == x.dim and x.group == 1 and len(shape) == len(x.tags)
+            and shape[x.tags.index("H")] == 1 and shape[-1] == x.dim):
+        return x
+    return Vec(x.name, ("tok",) * (len(x.tags) - 1) + ("F",), x.dim)

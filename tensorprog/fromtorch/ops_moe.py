@@ -39,12 +39,13 @@ from .routing import (
     ExpertNode,
     Experts,
     Selected,
+    StackedRows,
     TopIdx,
     TopSum,
     TopW,
     experts_of,
 )
-from .values import Affine, Conc, Parts, Pointwise, PRef, Vec
+from .values import Affine, Columns, Conc, Parts, Pointwise, PRef, Vec
 from .where import CHECK_OPS, op_name, refuse, user_span
 
 _HELP = ("the tracer follows a top-k router whose experts' matrices, stacked in 3-D params, "
@@ -93,6 +94,34 @@ def _bare(x) -> bool:
         and x.order in ("sorted", "token", "stacked", "grid")
 
 
+def _stacked_rows(node, args) -> StackedRows | None:
+    """``w.view(E, out, in)`` of a whole 2-D param [E·out, in] (E > 1) whose every reader
+    indexes it by a tensor (``W[ids]``, DBRX's experts): E experts' matrices, each a row block
+    of the param; None for any other view."""
+    w = args[0] if args else None
+    if not isinstance(w, PRef) or len(w.shape) != 2 or w.t or w.rows or w.offset \
+            or w.expert is not None or w.cols is not None or w.period or w.std is not None:
+        return None
+    size = tuple(node.meta["val"].shape)
+    if len(size) != 3 or size[0] < 2 or size[0] * size[1] != w.shape[0] or size[2] != w.shape[1]:
+        return None
+    if not node.users or any(op_name(u) != "index" or u.args[0] is not node for u in node.users):
+        return None
+    return StackedRows(w, size[0], node=node.name)
+
+
+def _expert_rows(w: StackedRows, e: int, linear_t: bool, node) -> PRef:
+    """Expert e's matrix of a 2-D param viewed as [E, out, in]: its rows e·out..(e+1)·out,
+    applied as a linear layer's weight (``W[e] @ x``), or as ``x @ W[e]`` (``linear_t``): then
+    those rows are the block of the transposed param's input columns."""
+    _, out, cols = w.shape
+    lo, hi = e * out, (e + 1) * out
+    if not linear_t:
+        return PRef(w.ref.target, tuple(w.ref.shape), False, (lo, hi), part=e)
+    return PRef(w.ref.target, tuple(w.ref.shape), True,
+                cols=Columns(e, lo, hi, w.ref.shape[0], user_span(node)))
+
+
 def _token_repeat(node, args, kwargs) -> bool:
     """Whether the node repeats each token of a per-token vector a whole number of times."""
     dim = args[2] if len(args) > 2 else kwargs.get("dim")
@@ -121,6 +150,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             if op == "new_full" and node.args and _feeds_topk(node.args[0]):
                 raise refuse(node, "a table of a router's gates made by new_full: the tracer "
                              "follows full_like(logits, -inf) or zeros_like(gates)", help=_HELP)
+            if op in _VIEWS and (stacked := _stacked_rows(node, args)) is not None:
+                return stacked  # w.view(E, out, in) of a 2-D param, indexed by the ids
             if op == "repeat" and (made := self.expert_copies(node, args[0], args[1:])):
                 return made  # x.repeat(E, 1): each expert's copy of the tokens (Llama 4's)
             if op == "repeat_interleave" and _token_repeat(node, args, kwargs):
@@ -258,6 +289,17 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             return self._route(node, v)
         return None
 
+    def _moe_linalg_vector_norm(self, node, v, ord=2, dims=None, keepdim=False, *rest, **kw):
+        """``w.norm(p=1, dim=-1, keepdim=True)`` of the k largest gates (DBRX's divisor): their
+        sum, since gates are positive (route_norm refuses scores that are neither a softmax nor
+        a sigmoid) and a positive factor keeps them so; any other order, axis or sign, None."""
+        ndim = len(self._shape(node.args[0]))
+        axes = [d % ndim for d in ([dims] if isinstance(dims, int) else dims or [])]
+        if isinstance(v, TopW) and not v.flat and ord == 1 and axes == [ndim - 1] and keepdim \
+                and v.factor > 0 and not kw.get("dtype"):
+            return TopSum(v)
+        return None
+
     def _moe_add(self, node, u, v, alpha=1):
         if isinstance(u, TopSum) and isinstance(v, (int, float)) and abs(v) <= _TINY:
             return u
@@ -383,6 +425,9 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         if len(indices) != 1:
             return None
         at = indices[0]
+        if isinstance(at, TopIdx) and at.flat and isinstance(v, StackedRows) \
+                and v.experts == experts_of(at):
+            return Selected(v, at.gates, at.k, count=at.count)  # rows of a 2-D param
         if isinstance(at, TopIdx) and at.flat and isinstance(v, PRef) and len(v.shape) == 3 \
                 and v.expert is None and not v.rows and v.shape[0] == experts_of(at):
             # W[ids]: each slot's expert's matrix
@@ -427,7 +472,9 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         """Expert e's ``W[e] @ x`` for every token, as the program writes it (which tokens use
         it is the route's selection): the slice [e] of 3-D param ``w`` is a program param of
         its own (``linear_t``: applied as a linear layer's weight transposed)."""
-        if not isinstance(w, PRef) or len(w.shape) != 3 or w.rows or w.expert is not None:
+        stacked = isinstance(w, StackedRows)
+        if not stacked and (not isinstance(w, PRef) or len(w.shape) != 3 or w.rows
+                            or w.expert is not None):
             raise refuse(node, "a matmul of the dispatched tokens with anything but a 3-D param "
                          "[experts, out, in] (or [experts, in, out])", help=_HELP)
         if w.shape[0] != (count or gates.dim):
@@ -441,7 +488,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         items = []
         for e in range(w.shape[0]):
             src = x.x if isinstance(x, Dispatched) else self.vec(x.items[e], ExpertNode(node, e))
-            ref = PRef(w.target, tuple(w.shape[1:]), linear_t, expert=e)
+            ref = _expert_rows(w, e, linear_t, node) if stacked else \
+                PRef(w.target, tuple(w.shape[1:]), linear_t, expert=e)
             items.append(Affine(src, ref, None, node.name, src.tags[:-1] + ("F",), node.name))
         return Experts(items, gates, k, order=order, column=column, node=node.name)
 

@@ -9,7 +9,11 @@ of its axis (k = the axis' size: a sequence no longer than ``index_topk``), its 
 row, a permutation of 0..size-1, in an order the program cannot know; a scatter along that axis
 then sets every entry, whatever the order, so that mask is a constant: the walk follows it.
 Any other use of the ids (a gather, which reads their order; a top-k of fewer entries, whose
-mask depends on the scores) stays refused. A region that returns integers alone and in which a
+mask depends on the scores) stays refused. Beside its ids, such a region may hand back an input
+that torch returns as itself (Dots.llm3's ``h.to(w.dtype)`` at h's own dtype, which export
+routes h's later reads through): that input, gradient and all; a copy (``copy=True``, another
+memory format, ``alias``), made under no_grad, gives its input no gradient and is refused.
+A region that returns integers alone and in which a
 router's gates feed a top-k (LongCat-Flash's ``get_topk_indices``: the ids of the k best gates
 plus a per-expert bias) is walked in place, its ops those of the router's selection
 (ops_select.py): its ids carry no gradient with no_grad or without. A region that only
@@ -36,6 +40,9 @@ _REGION_OPS = SELECTION_OPS | {"add", "masked_fill", "getitem"}
 
 #: ops that pass the ids on as they are: casts and copies
 _CASTS = {"to", "_to_copy", "clone", "contiguous", "alias", "long", "int"}
+# a cast that returns its input itself where the dtype is its own (not ``alias``: under
+# no_grad its output has no grad_fn, so no gradient reaches the input through it)
+_SAME = {"to"}
 
 
 @dataclass
@@ -74,6 +81,39 @@ def _full_topk(out) -> AllIds | None:
     return AllIds(shape, dim) if k == shape[dim] else None
 
 
+def _input_itself(out, places) -> int | None:
+    """The index among ``places`` of the region input that the node ``out`` is, through casts
+    to its own dtype (which return the input tensor itself), or None."""
+    def dtype(n):
+        val = getattr(n, "meta", {}).get("val")
+        return getattr(val, "dtype", None)
+
+    own = dtype(out)
+    while getattr(out, "op", "") == "call_function" and op_name(out) in _SAME \
+            and dtype(out) == own and _returns_self(out):
+        out = out.args[0]
+    if out not in places or own is None or dtype(out) != own:
+        return None
+    return places.index(out)
+
+
+def _returns_self(cast) -> bool:
+    """Whether a ``to`` returns its input itself where dtype and device are its own: not with
+    ``copy=True`` nor with a ``memory_format`` other than the input's own (each a new tensor,
+    made under no_grad with no gradient to the input: ``x.to(x.dtype, copy=True)``)."""
+    import torch
+
+    schema = getattr(cast.target, "_schema", None)
+    if schema is None:
+        return False
+    given = dict(zip((a.name for a in schema.arguments), cast.args, strict=False))
+    given.update(cast.kwargs)
+    vals = [getattr(n, "meta", {}).get("val") for n in (cast, cast.args[0])]
+    return not given.get("copy") and given.get("memory_format") in (
+        None, torch.preserve_format) and all(v is not None for v in vals) and \
+        vals[0].device == vals[1].device
+
+
 @dataclass
 class Unchanged:
     """The outputs of a no_grad region that returns its inputs as they were (each the walk's
@@ -106,15 +146,28 @@ class NoGradOps:
     def _ids_region(self, node) -> IdsTuple | None:
         vals = node.meta.get("val")
         vals = vals if isinstance(vals, (tuple, list)) else (vals,)
-        if not vals or any(v is None or v.is_floating_point() for v in vals):
+        if not vals or any(v is None for v in vals):
             return None
         sub = getattr(self.ep.graph_module, node.args[1].target, None)
         if sub is None:
             return None
         out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        items = tuple(_full_topk(o) for o in outs)
-        return IdsTuple(items) if items and all(items) else None
+        places = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        items = []
+        for o, v in zip(outs, vals, strict=True):
+            if v.is_floating_point():
+                # an input cast to its own dtype (Dots's ``h.to(w.dtype)``): torch returns
+                # the input itself, gradient and all, which export hands on as an output
+                at = _input_itself(o, places)
+                if at is None:
+                    return None
+                items.append(self.args(node)[0][2 + at])
+            else:
+                items.append(_full_topk(o))
+        if not any(isinstance(x, AllIds) for x in items) or any(x is None for x in items):
+            return None
+        return IdsTuple(tuple(items))
 
     def _selects(self, node) -> bool:
         """Whether the region returns integers alone and a router's gates feed a top-k in it

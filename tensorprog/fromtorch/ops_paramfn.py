@@ -51,8 +51,8 @@ def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
     return refuse(node, f"{what} of a param alone ({strip_prefix(ref.target)}) used by "
                   f"{op_name(node) or node.target}: the language's params enter the program "
                   "as they are or through functions of them used as a gain, so this use of a "
-                  "param transformed before its use (Mamba's A = -exp(A_log), xIELU's "
-                  "softplus(alpha)) has no place in it", help=_HELP)
+                  "param transformed before its use (Mamba's A = -exp(A_log)) has no "
+                  "place in it", help=_HELP)
 
 
 def _form(x) -> str:

@@ -8,6 +8,9 @@ language says without a function of its own: an integer power ``c·φ(x)^k`` of 
 written as the product ``φ(x) * φ(x) * ...`` (``Nonlin mul``). That is the computation itself,
 not an approximation, and the engine's rule for a product (exponents add) is exactly how a power
 scales: relu(x)² of a vector of size n^e has size n^2e, at initialisation and in its change.
+A chain that is a language function plus a multiple of its input, ``c·φ(x) + k·x`` (xIELU's
+``elu(x) - x``, a leaky relu's ``0.9·relu(x) + 0.1·x``), is written as that sum, fitted to
+float64's rounding: the engine's rule for a sum takes the larger of the two terms' sizes.
 
 A function of a param alone is kept as a :class:`ParamFn` (ops_paramfn.py) where the language
 writes it (sigmoid, tanh, softplus, exp, sqrt, a clamp), till it is used as a gain (Ergo's
@@ -19,8 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
+from ..errors import TraceError
 from ..ir.functions import torch_function
+from .clamped import ClampedRows
+from .identify import (
+    RECOGNISED,
+    agrees_far,
+    identify,
+    identify_power,
+    identify_scaled,
+    sample_points,
+)
 from .ops_paramfn import FUNCTION_OPS, refuse_param_fn
 from .values import (
     Affine,
@@ -29,18 +43,34 @@ from .values import (
     L2Norm,
     MeanSq,
     ParamFn,
+    Parts,
     Pointwise,
     PRef,
     Scores,
     Vec,
-    identify,
-    identify_power,
-    identify_scaled,
 )
 from .where import op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
+_SPLITS = {"split", "split_with_sizes", "chunk"}
+
+
+@dataclasses.dataclass
+class _PartNode:
+    """A graph node as seen by block i of its splits (``node#part{i}``, the i-th block of
+    rows they make): each block's clamp is a vector of its own, which no tensor of the model
+    holds alone."""
+
+    node: object
+    part: int
+    name: str = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.name = f"{self.node.name}#part{self.part}"
+
+    def __getattr__(self, attr):
+        return getattr(self.node, attr)
 
 
 #: functions of linear growth with φ(0) = 0, by φ''(0): stretched, c·φ(t / s), they write
@@ -72,8 +102,34 @@ def identify_stretched(f) -> tuple[str, float, float] | None:
         c = slope * s
         t = torch.linspace(-4, 4, 161, dtype=torch.float64) * max(s, 1.0)
         ref = c * torch_function(torch, name)(t / s)
-        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())):
+        if float((f(t) - ref).abs().max()) < 2e-3 * max(1.0, float(ref.abs().max())) and \
+                agrees_far(f, lambda u, c=c, fn=name, s=s: c * torch_function(torch, fn)(u / s),
+                           max(s, 1.0), max(1.0, float(ref.abs().max()))):
             return name, float(f"{c:.9g}"), float(f"{s:.9g}")
+    return None
+
+
+def identify_plus_linear(f: Callable) -> tuple[str, float, float] | None:
+    """(function, c, k) with f(t) = c * function(t) + k * t to 1e-9 of each value (against its
+    own size, at least 1) at values.sample_points, c and k not 0, or None: a language function
+    plus a multiple of its input (elu(t) - t, xIELU's negative piece; a leaky relu, 0.9 relu(t)
+    + 0.1 t). Exact up to float64's rounding, not identify's float32 allowance: two functions
+    fitted at once could otherwise absorb a small difference that neither fits alone."""
+    import torch
+
+    t = sample_points()
+    y = f(t)
+    if not bool(torch.isfinite(y).all()):
+        return None
+    for name in RECOGNISED:
+        if name == "identity":
+            continue
+        basis = torch.stack([torch_function(torch, name)(t), t], dim=1)
+        c, k = (float(v) for v in torch.linalg.lstsq(basis, y[:, None]).solution[:, 0])
+        c, k = float(f"{c:.12g}"), float(f"{k:.12g}")
+        err = float(((y - c * basis[:, 0] - k * t).abs() / y.abs().clamp(min=1.0)).max())
+        if abs(c) > 1e-12 and abs(k) > 1e-12 and err < 1e-9:
+            return name, c, k
     return None
 
 
@@ -137,7 +193,9 @@ class PointwiseOps:
         language's functions, exactly: to [0, 6] ``relu6(x)``; at 0 from below ``relu(x)``; to
         [-c, c] ``c * hardtanh(x / c)`` (gpt-oss's and MiniMax's up projection); from above
         at c > 0 or from below at c < 0 ``c * cap(x / c)``, cap(t) = min(t, 1) (their gate's
-        ``clamp(max=swiglu_limit)``). c is a coefficient slot, read at both widths as any
+        ``clamp(max=swiglu_limit)``); from below at c > 0 or from above at c < 0
+        ``c * atleast(x / c)``, atleast(t) = max(t, 1) (Mamba-2's steps clamped to
+        ``time_step_limit``, ssd_kernel.py). c is a coefficient slot, read at both widths as any
         number multiplying a vector. An infinite bound is no bound (``clamp(max=inf)`` is the
         identity, ``clamp(0, inf)`` relu): no ``inf`` reaches the program. Any other clamp has
         no form: refused."""
@@ -152,6 +210,9 @@ class PointwiseOps:
             return self.norm_floor(node, x, lo, hi)  # (ops_norm.py)
         if (lo, hi) == (None, None):  # no finite bound: the identity, exactly
             return x
+        if isinstance(x, Affine) and node.users and all(
+                op_name(u) in _SPLITS and u.args[0] is node for u in node.users):
+            return ClampedRows(x, lo, hi, node.name)  # split before it is clamped
         form = None
         if (lo, hi) == (0.0, 6.0):
             form = ("relu6", 1.0)
@@ -163,13 +224,18 @@ class PointwiseOps:
             form = ("cap", hi)
         elif hi is None and lo is not None and lo < 0:
             form = ("cap", lo)
+        elif hi is None and lo is not None and lo > 0:
+            form = ("atleast", lo)
+        elif lo is None and hi is not None and hi < 0:
+            form = ("atleast", hi)
         if form is None:
             raise refuse(
                 node,
                 f"a clamp to [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]: "
                 "the language clamps to [0, 6] (relu6), [0, inf) (relu), [-c, c] "
                 "(c * hardtanh(x / c)), (-inf, c] for c > 0 and [c, inf) for c < 0 "
-                "(c * cap(x / c)), at numbers",
+                "(c * cap(x / c)), [c, inf) for c > 0 and (-inf, c] for c < 0 "
+                "(c * atleast(x / c)), at numbers",
                 help="clamp at one of these (nn.ReLU6, x.clamp(max=c), x.clamp(-c, c)), or use "
                 "a relu, tanh or sigmoid",
             )
@@ -183,6 +249,32 @@ class PointwiseOps:
         v = Pointwise(x, lambda t: t, node.name)
         return self.emit_times(v, node, c, f"{fn}({x.name} / {c!r})", slot=True)
 
+    def split_clamped(self, node, v: ClampedRows, sizes, dim) -> Parts:
+        """The blocks of a clamped linear layer's output, each clamped: exactly the split of
+        the clamp, where the split is one of the layer's own output into blocks of it
+        (:meth:`_split`); any other split (a rotary's halves) of the clamp made whole, as
+        before."""
+        at = self.by_name.get(v.node, node)  # the clamp's line, where it is refused
+        try:
+            blocks = self._split(node, v.a, sizes, dim)
+        except TraceError:
+            blocks = None
+        if isinstance(blocks, Parts) and all(isinstance(b, Affine) for b in blocks.items):
+            # each block of rows clamped once, named by the order the clamp's splits first
+            # made it: a second split of other sizes has its own blocks (a part's place in
+            # its split would name two blocks alike, and the walk makes a value once per name)
+            made = self._made.setdefault(("clamped rows", v.node), {})
+            items = []
+            for b in blocks.items:
+                rows = (b.w.rows, b.w.period)
+                if rows not in made:
+                    k = len(made)
+                    made[rows] = self.op_clamp(_PartNode(at, k), dataclasses.replace(
+                        b, node=f"{b.node}#part{k}"), v.lo, v.hi)
+                items.append(made[rows])
+            return Parts(items)
+        return self._split(node, self.op_clamp(at, self.vec(v.a, at), v.lo, v.hi), sizes, dim)
+
     def emit_form(self, v: Pointwise, node) -> Vec | None:
         """The program vector of a chain no language function matches alone: an integer power
         of one (a product of copies), or tanh of a scaled input (a soft-cap); None if neither."""
@@ -192,7 +284,28 @@ class PointwiseOps:
         scaled = identify_scaled(v.f) or identify_stretched(v.f)
         if scaled is not None:
             return self.emit_scaled(v, node, *scaled)
+        plus = identify_plus_linear(v.f)
+        if plus is not None:
+            return self.emit_plus_linear(v, node, *plus)
         return None
+
+    def emit_plus_linear(self, v: Pointwise, node, fn: str, c: float, k: float) -> Vec:
+        """``c * fn(src) + k * src``: a sum of two Nonlins of one vector (the engine's rules for
+        a sum: the larger exponent), each number a coefficient slot as ``emit_times``'s."""
+        key = (v.node, fn, "+ t", round(c, 12), round(k, 12))
+        if key in self._made:
+            return self._made[key]
+        at = self.by_name.get(v.node, node)
+        first = self.coefficient(c, at, "")
+        index = len(self.out.slots) - 1
+        second = self.coefficient(k, at, v.src.name)
+        name = self.emit_vector(v.node, f"{first} * {fn}({v.src.name}) + {second} * "
+                                f"{v.src.name}")
+        for i in (index, index + 1):
+            self.out.coefs[i]["out"] = name
+        self.out.coefficient_nodes.add(v.node)
+        self._made[key] = Vec(name, v.src.tags, v.src.dim, v.src.dh)
+        return self._made[key]
 
     def emit_scaled(self, v: Pointwise, node, fn: str, c: float, s: float) -> Vec:
         """``c * fn(src / s)``: Gemma 2's soft-cap of its output logits, ``30 * tanh(x / 30)``

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .gained import Gained, block_of
 from .values import Affine, Joined, OneToken, Parts, Pointwise, PRef, TokensFrom, Vec
 from .where import CHECK_OPS, op_name, refuse, strip_prefix
 
@@ -189,9 +190,11 @@ class TokenConvOps:
         if causal:
             self._causal_slice(node, what, int(shape[2]))
         split = _channel_split(node, causal)
+        layer_out = x.out if isinstance(x, Gained) else x  # (times a fixed gain: ops_fixedgain)
         if split is not None and sum(split[2]) == c and (
-                isinstance(x, Affine) and tuple(x.tags) == _CHANNELS_FIRST and not x.dh
-                and x.w.period is None and x.w.expert is None and not isinstance(x.x, Joined)
+                isinstance(layer_out, Affine) and tuple(x.tags) == _CHANNELS_FIRST
+                and not layer_out.dh and layer_out.w.period is None
+                and layer_out.w.expert is None and not isinstance(layer_out.x, Joined)
                 or isinstance(x, Vec) and tuple(x.tags) == _CHANNELS_FIRST
                 and [q.dim for q in self.cat_parts.get(x.name, ())] == split[2]):
             return self._split_conv(node, x, w, b, p, split)
@@ -217,7 +220,7 @@ class TokenConvOps:
         layer = getattr(self, "_tconvs", {}).get(getattr(src, "name", None))
         return f"the conv1d {layer}'s output" if layer else ""
 
-    def _split_conv(self, node, x: Affine, w: PRef, b, p: int, split) -> SplitConv:
+    def _split_conv(self, node, x: Affine | Vec | Gained, w: PRef, b, p: int, split) -> SplitConv:
         """The convolution of a linear layer's output whose channels are split after it (with
         only transposes, casts and coordinatewise functions between: Qwen3.5's q, k, v; Mamba-2's
         x, B, C): its channels are independent, so part j is the convolution of the layer's rows
@@ -234,6 +237,10 @@ class TokenConvOps:
             rows = (lo, lo + size)
             if isinstance(x, Vec):  # cat(q, k, v) of the separate layers (OLMo-hybrid's)
                 xj = self.cat_parts[x.name][j]
+            elif isinstance(x, Gained):  # the rows' block times its entries of the gain
+                block = self.row_block(x.out, *rows, x.out.node, part=j)
+                xj = self.vec(block_of(x, block, *rows), node)
+                self.out.vectors.pop(xj.name, None)
             else:
                 xj = self.emit_affine(self.row_block(x, *rows, x.node, part=j), x.node)
                 self.out.vectors.pop(xj.name, None)  # no value of the model's holds it alone

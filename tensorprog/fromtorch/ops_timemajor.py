@@ -26,7 +26,7 @@ TIME_MAJOR = (("T", "B", "F"), ("T", "B", "H", "dh"), ("T", "H", "dh"))  # (in m
 _BATCH_MAJOR = {("tok", "tok", "F"), ("tok", "F", "tok"), ("tok", "H", "tok", "dh"),
                 ("tok", "tok", "H", "dh"), ("H", "tok", "dh")}
 # ops that act on each coordinate alone: the layout is theirs to keep
-_COORDINATEWISE = {"abs", "clamp", "clamp_min", "erf", "exp", "expm1", "gelu", "hardsigmoid",
+_COORDINATEWISE = {"abs", "clamp", "clamp_min", "elu", "erf", "exp", "expm1", "gelu", "hardsigmoid",
                    "hardswish", "hardtanh", "neg", "pow", "relu", "relu6", "rsqrt", "sigmoid",
                    "silu", "softplus", "sqrt", "square", "tanh"}
 _SUMS = {"add", "sub", "mul", "div"}

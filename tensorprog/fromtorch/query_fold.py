@@ -91,6 +91,7 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
             mup.shared_norm[info["q"]] = mup.patches[-1].keys
         return
     w, b, use, alone = query_layer(mup, scale, info, need)
+    overlapping_block(mup, scale, w, use, need)
     if use.rows is None:
         mup.whole_layers.add(w)
     if use.rows is None and use.cols is None and alone:
@@ -124,6 +125,32 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
             _fold(mup, b, delta, k)
             mup.folded.append(f"{scale}: (n/base)^{-delta} folded into the init and LR of "
                               f"{mup.traced.params[b].target}, the bias added to its output")
+
+
+def overlapping_block(mup, scale: str, w: str, use: ParamUse, need: str) -> None:
+    """A UsageError where another block of the query layer's rows that the program reads
+    overlaps the query's rows without being them (a fused qkv split twice, into q, k, v and
+    into [q k], v): the factor folded into those rows, or patched on their output, would
+    reach that block's vector too, which the program leaves unscaled."""
+    lo, hi = use.rows or (0, 1)
+    for p, other in mup.traced.params.items():
+        if p == w or other.target != use.target or other.group_rows != use.group_rows:
+            continue
+        olo, ohi = other.rows or (0, 1)
+        uses = mup.program.uses(p) if p in mup.program.param_table else []
+        if (olo, ohi) == (lo, hi) or max(lo, olo) >= min(hi, ohi) or not uses:
+            continue
+        raise UsageError(
+            f"{scale}: {need}, which apply puts on the query's rows of {use.target} "
+            f"({_share(lo)}:{_share(hi)} of its rows); but {uses[0].out} reads its rows "
+            f"{_share(olo)}:{_share(ohi)}, a block that overlaps them, and would take the "
+            "factor on the shared rows only", uses[0].span,
+            help="split the layer's output once (q, k, v), or give the query a layer of its "
+            "own, or build the model with a fixed head dim, where the scale needs no change")
+
+
+def _share(f) -> str:
+    return str(f) if f in (0, 1) else f"{f.numerator}/{f.denominator}"
 
 
 def scale_span(mup, scale: str):

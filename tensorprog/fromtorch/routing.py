@@ -162,8 +162,25 @@ class Choice:
     node: str = ""
 
 
+@dataclass
+class StackedRows:
+    """A 2-D param [E·out, in] viewed as E experts' matrices [E, out, in] (DBRX's
+    ``w1.view(-1, ffn, n)``): expert e's matrix is rows e·out..(e+1)·out of the param, a row
+    block of its own in the program (or, applied as ``x @ W[e]``, a block of its input
+    columns). Read only as ``W[ids]`` of a router's ids; anything else is refused."""
+
+    ref: object  # the PRef of the whole 2-D param
+    experts: int
+    node: str = ""
+
+    @property
+    def shape(self) -> tuple:
+        rows, cols = self.ref.shape
+        return (self.experts, rows // self.experts, cols)
+
+
 ROUTED = (TopW, TopSum, TopIdx, Dispatch, Dispatched, Selected, ExpertBias, Experts,
-          Choice)
+          Choice, StackedRows)
 
 
 @dataclass

@@ -8,14 +8,17 @@ over them, which the walk cannot read as the language's ``ssd``. For the export,
 module's binding of that function to transformers' is replaced by :func:`_chunked`, which
 computes the same value in torch ops the walk reads, around one custom op for the mixing:
 
-    dt = softplus(dt + dt_bias),  y = tensorprog::ssd_scan(x·1, dt, A, B, C) + D[:, None] * x,
+    dt = clamp(softplus(dt + dt_bias), min=lo),
+    y = tensorprog::ssd_scan(x·1, dt, A, B, C) + D[:, None] * x,
 
 x, B and C in float32 as the kernel takes them. ``ssd_scan(x, dt, A, B, C)`` is the mixing alone,
 y_t = Σ_{s<=t} exp(G_t - G_s) (C_t · B_s) dt_s x_s per head, G_t = Σ_{r<=t} dt_r A (ops_ssd.py
 reads it as ``mix(ssd(dot(C, B, N), dt, A, P), x, P)``); A (-exp(A_log)), D and dt_bias stay
 the model's params in the graph, with their gradients. Only the whole-sequence form is read: no
-initial state, no final state asked for, dt not clamped (time_step_limit (0, inf)), and the
-single-token decode step (``mamba2_selective_state_update``) is refused at its line.
+initial state, no final state asked for, dt clamped from below alone (time_step_limit (lo,
+inf): the clamp at lo > 0 is ``lo * atleast(dt / lo)`` in the program, at lo <= 0 the identity
+on softplus's values), and the single-token decode step (``mamba2_selective_state_update``)
+is refused at its line.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def _chunked(hidden_states, dt, A, B, C, chunk_size=None, D=None, dt_bias=None,
              return_final_states=False, **kwargs):
     """mamba2_chunk_scan's value, its mixing as the custom op, where it is the whole-sequence
     form."""
+    import torch
     import torch.nn.functional as F
 
     if initial_states is not None:
@@ -85,10 +89,12 @@ def _chunked(hidden_states, dt, A, B, C, chunk_size=None, D=None, dt_bias=None,
                       "ssd gives the output alone", _HELP)
     if kwargs.get("seq_idx") is not None or kwargs.get("cu_seqlens") is not None:
         raise refusal("the Mamba-2 scan over packed sequences (seq_idx, cu_seqlens)", _HELP)
-    if tuple(float(b) for b in dt_limit) != (0.0, math.inf):
+    lo, hi = (float(b) for b in dt_limit)
+    if hi != math.inf:
         raise refusal(f"the Mamba-2 scan with its steps clamped to {tuple(dt_limit)} "
-                      "(time_step_limit): the trace reads dt = softplus(dt + dt_bias) "
-                      "unclamped", "set the config's time_step_limit to (0.0, inf)")
+                      "(time_step_limit), bounded above: the language clamps the steps from "
+                      "below alone (lo * atleast(dt / lo)), not to a range",
+                      "set the config's time_step_limit to (lo, inf)")
     if D is not None and D.dim() != 1:
         raise refusal(f"the Mamba-2 scan's skip D of shape {list(D.shape)}: traced as one "
                       "number per head (D [heads])", _HELP)
@@ -96,6 +102,8 @@ def _chunked(hidden_states, dt, A, B, C, chunk_size=None, D=None, dt_bias=None,
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
         dt = F.softplus(dt)
+    if lo > 0 or not dt_softplus:  # (softplus's values are >= 0 already: a clamp at 0 or
+        dt = torch.clamp(dt, min=lo)  # below is the identity on them) ops_pointwise's op_clamp
     x = hidden_states.float()
     y = ssd_scan_op()(x, dt, A, B.float(), C.float())
     if D is not None:

@@ -21,6 +21,7 @@ from .calls import bias_after, constant_modules, refuse_tuples, shared_outputs, 
 from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .delta_kernel import delta_kernels
+from .experts_loop import expert_loops
 from .growing import refuse_growing_cats, refuse_growing_groups
 from .init_stats import base_stats, block_stats, built
 from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
@@ -97,8 +98,9 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
     model.eval()
     train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        # transformers' gated delta rule and Mamba-2 scan as one op each (*_kernel.py)
-        with delta_kernels(), ssd_kernels():
+        # transformers' gated delta rule and Mamba-2 scan as one op each (*_kernel.py); DBRX's
+        # loop over the experts hit as the batched matmul it computes (experts_loop.py)
+        with delta_kernels(), ssd_kernels(), expert_loops():
             return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
                                        strict=False)
     except TensorProgError:

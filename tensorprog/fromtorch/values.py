@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from ..ir.functions import torch_function
-
 # --- the abstract values ------------------------------------------------------------------------
 
 
@@ -600,6 +598,9 @@ class Trace:
     coefs: dict[int, dict] = field(default_factory=dict)
     # the nodes whose number is a coefficient slot (convert's ``keep``)
     coefficient_nodes: set[str] = field(default_factory=set)
+    # the nodes whose number 1 was written as no slot (convert's agreed_forms: where one is
+    # also a coefficient node, the trace is converted again with it kept)
+    bare_nodes: set[str] = field(default_factory=set)
     # token inputs besides the token ids (segment ids looked up): program name -> vocabulary
     ids: dict[str, int] = field(default_factory=dict)
     codebooks: dict[str, tuple[int, int]] = field(default_factory=dict)  # (ops_codebooks.py)
@@ -615,72 +616,6 @@ class Trace:
     # the node, its readers, whether its parts are one per sequence); one whose D grows with the
     # width is refused once both are traced
     cats: dict[str, tuple[int, str, str, bool, tuple]] = field(default_factory=dict)
-
-
-#: The coordinatewise functions a traced chain of ops is matched against; the closest wins.
-RECOGNISED = ("identity", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "softplus",
-              "hardswish", "hardsigmoid")
-
-
-def identify(f: Callable) -> tuple[str, float] | None:
-    """(function, coefficient) with f(t) = coefficient * function(t) on [-4, 4] and far out
-    (to ±256: a clamp at 5, a threshold past 4, differ from a function only there) to 1e-5 of
-    each value, or None."""
-    import torch
-
-    t = torch.cat([torch.linspace(-4, 4, 161, dtype=torch.float64),
-                   torch.linspace(-256, 256, 1025, dtype=torch.float64)])
-    y = f(t)
-    fns = {name: torch_function(torch, name)(t) for name in RECOGNISED}
-    best = None
-    for name, ref in fns.items():
-        c = float((y @ ref) / (ref @ ref))
-        # each point's error against its own size (at least 1): the model's function itself,
-        # up to float32's rounding where the chain casts (a few 1e-7); a function near one
-        # (gelu + 0.001, tanh(1.001 x), gelu's tanh form beside gelu, 2e-4 apart) is another
-        err = float(((y - c * ref).abs() / (c * ref).abs().clamp(min=1.0)).max())
-        if abs(c) > 1e-12 and err < 1e-5 and (best is None or err < best[2]):
-            best = (name, float(f"{c:.12g}"), err)  # the fit's last bits are rounding (50.0)
-    return best[:2] if best else None
-
-
-def identify_scaled(f: Callable) -> tuple[str, float, float] | None:
-    """(tanh, c, s) with f(t) = c * tanh(t / s) on [-4s, 4s], or None: a soft-cap (Gemma 2's
-    final ``tanh(logits / 30) * 30``), whose input scale the values on [-4, 4] cannot tell from
-    the identity's. c is f's value far out, s from its slope at 0 (tanh'(0) = 1)."""
-    import torch
-
-    big = f(torch.tensor([1e6], dtype=torch.float64))
-    eps = torch.tensor([-1e-4, 1e-4], dtype=torch.float64)
-    c = float(big[0])
-    rise = f(eps)
-    slope = float(rise[1] - rise[0]) / 2e-4
-    if not (abs(c) > 1e-12 and slope != 0 and math.isfinite(c)):
-        return None
-    s = c / slope
-    if s <= 0:
-        return None
-    t = torch.linspace(-4, 4, 161, dtype=torch.float64) * s
-    if float((f(t) - c * torch.tanh(t / s)).abs().max()) < 2e-3 * max(1.0, abs(c)):
-        return "tanh", float(f"{c:.12g}"), float(f"{s:.9g}")  # s: a difference quotient
-    return None
-
-
-def identify_power(f: Callable, powers=(2, 3, 4)) -> tuple[str, float, int] | None:
-    """(function, coefficient, k) with f(t) = coefficient * function(t)**k on [-4, 4] for an
-    integer k > 1 (relu², x²), or None: what :func:`identify` finds of f's k-th root, checked
-    against f itself."""
-    import torch
-
-    t = torch.linspace(-4, 4, 161, dtype=torch.float64)
-    y = f(t)
-    for k in powers:
-        for name in RECOGNISED:
-            ref = torch_function(torch, name)(t) ** k
-            c = float((y @ ref) / (ref @ ref))
-            if abs(c) > 1e-12 and float((y - c * ref).abs().max()) < 2e-3 * max(1.0, abs(c)):
-                return name, float(f"{c:.12g}"), k
-    return None
 
 
 def ids_kept(node, op: str, args: list) -> int | None:

@@ -10,6 +10,9 @@ from fractions import Fraction
 
 from ..errors import TraceError
 from ..lang.lower import FUNCTIONS
+from .clamped import ClampedRows
+from .gained import Gained
+from .identify import RECOGNISED, identify
 from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
@@ -21,7 +24,6 @@ from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .ops_tconv import SplitConv, Taps
 from .values import (
-    RECOGNISED,
     Affine,
     Aux,
     Blank,
@@ -63,7 +65,6 @@ from .values import (
     Trace,
     Vec,
     Zeroed,
-    identify,
     ids_kept,
 )
 from .where import (
@@ -103,7 +104,7 @@ SYMBOLIC = (
     PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
     Tok,
     Pointwise,
-    Affine,
+    Affine, Gained,  # Gained: a layer's output times a fixed gain (ops_fixedgain.py)
     Scores,
     Probs,
     MeanSq,
@@ -139,9 +140,8 @@ SYMBOLIC = (
     Joint,  # several params' entries laid out together (ops_grid.py, ops_axial.py)
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
-    Taps, SplitConv,  # a conv1d's weight squeezed; one written part by part (ops_tconv.py)
+    Taps, SplitConv, ClampedRows,  # ops_tconv.py's conv1d parts; a clamp, split (ops_pointwise)
 )
-
 
 VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
 
@@ -164,8 +164,7 @@ class Walker:
         # mix(p, v, dv) here too, where dv happens to be the queries' head dim (ops_attention)
         self.own_heads: frozenset[str] = frozenset()
         # inputs other than the token ids (keyword masks, token-type ids), by placeholder: their
-        # names and values on the CPU, constants of the trace as the masks computed from the
-        # ids are
+        # names and values on the CPU, constants of the trace as masks computed from the ids are
         self.given: dict = {}
         self.id_inputs: dict[str, str] = {}  # such an input read as ids -> its program name
         self._rows: dict[str, tuple] = {}  # program param -> (torch rows, offset added)
@@ -292,6 +291,7 @@ class Walker:
             fn, c = found
             expr = v.src.name if fn == "identity" else f"{fn}({v.src.name})"
             if expr == v.src.name and abs(c - 1) <= 1e-9 and v.node not in self.keep_coefficients:
+                self.out.bare_nodes.add(v.node)  # (no slot here: convert.agreed_forms)
                 return v.src
             key = (v.node, expr, round(c, 12))  # once per value, however often consumed
             if key not in self._made:
@@ -334,10 +334,10 @@ class Walker:
         ``slot``."""
         if slot is None:
             slot = abs(c - 1) > 1e-9 or v.node in self.keep_coefficients
+        (self.out.coefficient_nodes if slot else self.out.bare_nodes).add(v.node)
         if slot:
             expr = f"{self.coefficient(c, self.by_name.get(v.node, node), src)} * {expr}"
             index = len(self.out.slots) - 1
-            self.out.coefficient_nodes.add(v.node)
         name = self.emit_vector(v.node, expr)
         if slot:
             self.out.coefs[index]["out"] = name

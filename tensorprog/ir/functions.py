@@ -132,7 +132,17 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     # clamp(max=limit)) and from below for c < 0. It caps one side only: the other grows as x
     # does, so size passes through as a relu's
     Function("cap", "linear", 0.0, "torch.clamp", (("max", 1.0),), bounds=(-math.inf, 1.0)),
+    # max(x, 1): c * atleast(x / c) is a clamp at c from below for c > 0 (Mamba-2's steps
+    # clamped to time_step_limit = (lo, inf)) and from above for c < 0. 1 at 0 and x itself far
+    # out, unbounded, its slope 0 or 1: a vanishing input gives Θ(1), a growing one passes its
+    # size on, a change passes through at most at its own size: softplus's class
+    Function("atleast", "shifted", 1.0, "torch.clamp", (("min", 1.0),), bounds=(1.0, math.inf)),
     Function("sigmoid", "offset", 0.5, "torch.sigmoid", bounds=(0.0, 1.0)),
+    # x for x > 0, e^x - 1 below (nn.ELU's, alpha 1): 0 at 0 with slope 1 on both sides, the
+    # identity far out on the right and bounded by -1 on the left, its slope in (0, 1]: a
+    # relu's class. It writes expm1 of a value kept <= 0, expm1(min(x, 0)) = elu(x) - relu(x)
+    # (xIELU's negative piece, fromtorch/ops_switch.py)
+    Function("elu", "linear", 0.0, "torch.nn.functional.elu", bounds=(-1.0, math.inf)),
     Function("silu", "linear", 0.0, "torch.nn.functional.silu"),
     # x·relu6(x + 3)/6 (MobileNetV3's, LeViT's, PP-LCNet's): 0 at 0 with slope 1/2 there (x/2
     # + x²/6 on [-3, 3]), x itself past 3 and 0 below -3, so a relu near 0 and far out alike:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import EXAMPLES, skip_refused
+from conftest import EXAMPLES, example_cases, skip_refused
 from sympy import Rational
 
 import tensorprog as tp
@@ -37,9 +37,8 @@ def programs():
     return {path.stem: tp.parse_file(path) for path in EXAMPLES}
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize(("preset", "c"), PRESETS, ids=[f"{p}-c{c}" for p, c in PRESETS])
-@pytest.mark.parametrize("example", [p.stem for p in EXAMPLES])
+@pytest.mark.parametrize(("example", "optimizer"), example_cases(["adam", "sgd"], stem=True))
 def test_every_example_classifies(programs, example, preset, c, optimizer):
     if preset in ("mup", "mfp"):  # derived first
         skip_refused(example, optimizer)

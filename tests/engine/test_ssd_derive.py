@@ -46,6 +46,16 @@ def oracle(optimizer: str, readouts: tuple[str, ...] = ()) -> dict[str, ABC]:
     return want
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_steps_clamped_from_below_derive_the_same(optimizer):
+    # Zamba2's time_step_limit (0.001, inf): dt = max(softplus(·), lo) = lo * atleast(· / lo),
+    # softplus's class (Θ(1), a change passed through), so every param derives as unclamped
+    old = "dt = softplus(Wdt @ a + bdt)"
+    clamped = TEXT.replace(old, "dt = 0.001 * atleast(softplus(Wdt @ a + bdt) / 0.001)")
+    assert clamped != TEXT
+    assert tp.derive(tp.parse(clamped), optimizer).abc == oracle(optimizer)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "muon", "sgd"])
 def test_the_example_derives_the_hand_oracle(optimizer):
     d = tp.derive(tp.parse(TEXT), optimizer)

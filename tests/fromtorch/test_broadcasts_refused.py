@@ -17,7 +17,7 @@ F = torch.nn.functional
 
 from tensorprog.errors import TraceError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
-from tensorprog.fromtorch.values import identify  # noqa: E402
+from tensorprog.fromtorch.identify import identify  # noqa: E402
 
 WIDTHS = (16, 32)
 

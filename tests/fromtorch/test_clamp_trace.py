@@ -94,6 +94,9 @@ def test_the_table_computes_the_clamps_exactly():
         assert torch.allclose(c * torch_function(torch, "cap")(t / c), want, rtol=1e-15)
     assert torch.allclose(7.0 * torch_function(torch, "hardtanh")(t / 7.0), t.clamp(-7.0, 7.0),
                           rtol=1e-15)
+    for c in (0.05, -3.0):  # atleast(t) = max(t, 1): a clamp from below at c > 0
+        want = t.clamp(min=c) if c > 0 else t.clamp(max=c)
+        assert torch.allclose(c * torch_function(torch, "atleast")(t / c), want, rtol=1e-15)
 
 
 MLP = """width n = 8
@@ -118,6 +121,9 @@ def test_hardtanh_caps_a_growing_change_and_cap_passes_it_on():
     assert _sizes("hardtanh") == _sizes("tanh")
     assert _sizes("cap") == _sizes("relu")
     assert _sizes("cap")["y_2"]["update"] == "1"
+    # max(x, 1): Θ(1) of a vanishing input, a growth passed on, softplus's class
+    assert _sizes("atleast") == _sizes("softplus")
+    assert _sizes("atleast")["y_2"]["update"] == "1"
 
 
 class Unbounded(nn.Module):

@@ -283,3 +283,34 @@ def test_a_vector_param_given_axes_of_1_is_the_bias_it_is(spread):
     traced = from_torch(lambda n: Biased(n, spread), WIDTHS, _tokens)
     assert _abc(traced) == _abc(from_torch(Biased, WIDTHS, _tokens))
     assert "embedding + b" in traced.source
+
+
+class SplitTwice(nn.Module):
+    """A fused qkv split into q, k, v for attention of 2 heads (a head dim that grows) and
+    again into [q k], v, its first block read by a layer of its own."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(n, 13)
+        self.qkv, self.o = nn.Linear(n, 3 * n, bias=False), nn.Linear(n, n, bias=False)
+        self.extra = nn.Linear(2 * n, n, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        qkv = self.qkv(h)
+        q, k, v = (x.view(b, t, 2, n // 2).transpose(1, 2) for x in qkv.split([n, n, n], -1))
+        qk, _ = qkv.split([2 * n, n], -1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        return self.out(h + self.o(a.reshape(b, t, n)) + self.extra(qk))
+
+
+def test_a_query_factor_on_rows_another_block_overlaps_is_refused_by_apply():
+    # µP's (n/base)^-1/2 on the logits goes on the query rows' output (a patch): the block
+    # [q k] read by `extra` shares those rows, so it would take the factor on half its rows,
+    # which the program does not say (measured: extra's input's q rows at 0.5 at 4x the base)
+    from tensorprog.errors import UsageError
+
+    traced = from_torch(SplitTwice, WIDTHS, _tokens)
+    with pytest.raises(UsageError, match=r"reads its rows 0:2/3, a block that overlaps them"):
+        MuP(traced, "adam")

@@ -54,6 +54,10 @@ class Gated(nn.Module):
         elif self.form == "beam":
             gate = self.g(x).view_as(y) + self.gate_bias[None, None, :, None]
             o = (y * torch.sigmoid(gate)).reshape(b, t, c)
+        elif self.form == "dots":  # the gate viewed (b, t, H, 1), then its sigmoid
+            o = (y * self.g(x).view(b, t, -1, 1).sigmoid()).reshape(b, t, c)
+        elif self.form == "dots_sum":  # the same, added: refused
+            o = (y + self.g(x).view(b, t, -1, 1).sigmoid()).reshape(b, t, c)
         elif self.form == "beam_view":  # the same bias as a view, b.view(1, 1, H, 1)
             gate = self.g(x).view_as(y) - self.gate_bias.view(1, 1, self.h, 1)
             o = (y * torch.sigmoid(gate)).reshape(b, t, c)
@@ -75,7 +79,7 @@ def _traced(form):
     return from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
 
 
-@pytest.mark.parametrize("form", ["laguna", "beam", "beam_view",
+@pytest.mark.parametrize("form", ["laguna", "beam", "beam_view", "dots",
                                   pytest.param("groups", marks=pytest.mark.slow)])
 def test_a_per_head_gate_traces_to_spread_and_computes_the_model(form):
     tr = _traced(form)
@@ -96,9 +100,11 @@ def test_the_traced_gate_derives_as_the_hand_written_one(optimizer, form, target
     assert (traced.abc[name], traced.eps.get(name)) == (hand.abc[mine], hand.eps.get(mine))
 
 
-@pytest.mark.parametrize("form", ["tokens", "bias_tokens"])
+@pytest.mark.parametrize("form", ["tokens", "bias_tokens", "dots_sum"])
 def test_a_gate_laid_out_over_another_axis_is_refused(form):
-    with pytest.raises(TraceError, match="per-head gate|added axis"):
+    # dots_sum: the view (b, t, H, 1) read as heads of one feature, added to heads of n/4
+    with pytest.raises(TraceError, match="per-head gate|added axis|a sum of a vector of 32 "
+                       "features and one of 4"):
         from_torch(lambda n: Gated(n, form), WIDTHS, _tokens)
 
 

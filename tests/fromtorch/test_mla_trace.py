@@ -7,6 +7,7 @@ a scale of its own that is the model's one factor at the base width,
 import re
 
 import pytest
+from conftest import traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -202,3 +203,32 @@ def test_deepseek_v2s_complex_rotary_derives_the_hand_written_attention():
     got, want = derive(traced.program, "adam").abc, derive(parse(HAND), "adam").abc
     for hand, name in NAMES.items():
         assert got[_traced(name)] == want[hand], hand
+
+
+def _dots3(n, rotary=True):
+    """One layer of Dots.llm3 (dense MLP), 4 heads: MLA whose latents are scaled by
+    sqrt(n / rank) before their projections (the compressed kv kept (b, 1, t, r)), a norm of
+    the rotary key, a per-head sigmoid gate, and DeepSeek-V3.2's indexer under no_grad (a top-k
+    of every key: a constant mask). ``rotary=False``: the rotary tables' frequencies zeroed, a
+    rotation by 0, as the program writes a rotary (an exact rotation: its vector itself)."""
+    cfg = transformers.Dots3NoteTextConfig(
+        hidden_size=n, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=1,
+        vocab_size=64, intermediate_size=2 * n, max_position_embeddings=32, q_lora_rank=n // 2,
+        kv_lora_rank=n // 4, qk_nope_head_dim=n // 8, qk_rope_head_dim=n // 8,
+        v_head_dim=n // 8, index_n_heads=2, index_head_dim=n // 4, head_dim=n // 4,
+        rms_norm_eps=1e-6, use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    model = transformers.Dots3NoteForCausalLM(cfg)
+    for name, buf in model.named_buffers():
+        if not rotary and "inv_freq" in name:
+            buf.zero_()
+    return model
+
+
+@pytest.mark.slow
+def test_dots3_traces_to_the_model():
+    # the model's norms at the program's eps (1e-6) and its rotary at angle 0, the rest as it
+    # comes: the emitted program computes it to the float32 its norms cast to
+    traced = from_torch(_dots3, WIDTHS, _tokens)
+    assert "spread(v_sigmoid" in traced.source and "indexer" not in traced.source
+    traced_computes_the_model(traced, lambda n: _dots3(n, rotary=False), _tokens, tol=1e-6)

@@ -30,6 +30,8 @@ class MoE(nn.Module):
     def __init__(self, n, experts=4, k=2, form="batched"):
         super().__init__()
         self.k, self.experts, self.form = k, experts, form
+        # form "norm": the k largest divided by their L1 norm (DBRX's), p and sign its variants
+        self.p, self.sign = 1, 1.0
         # with a bias: a token's experts at init are the bias's choice, the same at every
         # width (R @ x alone starts at the readout's n^-1/2 and picks them by noise)
         self.router = nn.Linear(n, experts)
@@ -51,7 +53,8 @@ class MoE(nn.Module):
         else:
             gates = torch.softmax(self.router(x), dim=-1)
             top, ids = torch.topk(gates, self.k, dim=-1)
-            top = top / top.sum(dim=-1, keepdim=True)
+            top = top / top.sum(dim=-1, keepdim=True) if not self.form.startswith("norm") \
+                else top / torch.norm(top * self.sign, p=self.p, dim=-1, keepdim=True)
         if self.form == "dense":  # every expert on every token, the gates scattered to E
             mask = torch.zeros_like(gates).scatter(-1, ids, top)
             h = F.relu(torch.einsum("tn,efn->tef", x, self.w_in))
@@ -458,3 +461,25 @@ def test_hf_gpt_oss_experts_with_biases_and_interleaved_gate_and_up():
     x = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
     assert torch.equal(model(x).logits, plain(x).logits)
     assert not mup.uncovered(model)
+
+
+@pytest.mark.parametrize("p, sign", [(1, 1.0), (2, 1.0), (1, -1.0)])
+def test_gates_divided_by_their_l1_norm_are_route_norm_other_norms_refused(p, sign):
+    # oracle: the emitted program computes the model (top / |top|_1 is top / sum(top) for
+    # the positive softmax gates); an L2 norm, or the L1 norm of negated gates (whose quotient
+    # is the normalised gates negated), is refused at its line
+    from conftest import traced_computes_the_model
+
+    def build(n):
+        model = MoELM(n, form="norm")
+        model.moe.p, model.moe.sign = p, sign
+        return model
+
+    if (p, sign) != (1, 1.0):
+        with pytest.raises(TraceError, match="router's selection"):
+            from_torch(build, (32, 64), _tokens, blocks=False)
+        return
+    traced = from_torch(build, (32, 64), _tokens, blocks=False)
+    assert "route_norm(v_softmax, 2, " in traced.source
+    ids = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    traced_computes_the_model(traced, build, lambda model: (ids,))  # tokens routed apart

@@ -28,7 +28,7 @@ class Gate(nn.Module):
         super().__init__()
         self.form, self.zero = form, zero
         self.weight = nn.Parameter(torch.zeros(n) if zero else torch.randn(n))
-        entries = {"one_entry": 1, "xielu": 1, "head_dim": n // 4}.get(form, n)
+        entries = {"one_entry": 1, "head_dim": n // 4}.get(form, n)
         self.other = nn.Parameter(torch.randn(entries))
 
     def forward(self, h, residual):
@@ -58,13 +58,6 @@ class Gate(nn.Module):
             return (h.view(b, t, 4, -1) * self.other.sigmoid()).view(b, t, c) + residual
         elif self.form == "added":
             return h + branch_gate + residual
-        elif self.form == "xielu":  # Apertus' activation: pieces that jump at 0 (eps < 0)
-            alpha, eps = F.softplus(self.other), torch.tensor(-1e-6)
-            return residual + torch.where(
-                h > 0, alpha * h * h + 0.5 * h,
-                (torch.expm1(torch.min(h, eps)) - h) * (0.5 + alpha) + 0.5 * h)
-        elif self.form == "elu":  # pieces that meet at the switch: refused all the same
-            return residual + torch.where(h <= 0.0, torch.expm1(h), h)
         return branch_gate * h + residual_gate * residual
 
 
@@ -125,11 +118,6 @@ def test_the_traced_gate_derives_what_the_hand_written_program_derives():
     ("head_dim", r"a function of the param gate\.other of 8 entries multiplying a vector "
                  r"of 32 features"),
     ("added", r"a sum of a function of the param gate\.weight with anything but a number"),
-    ("xielu", r"a comparison of a traced value \(x > 0\.0\), the switch of a piecewise "
-              r"function .* here the pieces differ by \d(\.\d+)?e-0[67] at x = 0\.0(, its "
-              r"params set to 0\.5 \(the trace holds no values\))?, a jump"),
-    ("elu", r"a comparison of a traced value \(x <= 0\.0\).* here the pieces meet at x = "
-            r"0\.0, but the language has no such form"),
 ])
 def test_other_functions_and_uses_of_a_param_are_refused_at_their_line(form, match):
     with pytest.raises(TensorProgError, match=r"test_param_functions_trace\.py:\d+:\d+: error: "

@@ -206,7 +206,8 @@ def test_a_width_constant_gets_the_exponent_it_has_in_the_model(how):
 
 class Buffer(Scaled):
     """HF Gemma: the embedding times a one-entry buffer sqrt(n) (unknown on the meta device:
-    read from a CPU build), then an RMSNorm of the product; ``vector``: a buffer of n entries."""
+    read from a CPU build), then an RMSNorm of the product; ``vector``: a buffer of n entries
+    of that value."""
 
     def __init__(self, n, vector=False):
         super().__init__(n)
@@ -254,9 +255,11 @@ def test_a_width_constant_in_a_buffer_is_read_from_a_cpu_build():
     (info,) = (i for i in traced.scales.values() if i.get("fixed"))
     assert info["model_a"] == Fraction(-1, 2) and "rmsnorm(mul)" in traced.source
     _bit_identical_at_base(traced, Buffer)
-    with pytest.raises(TensorProgError, match=r"a product with the buffer scale, of more than "
-                       r"one float entry"):
-        _trace(lambda n: Buffer(n, vector=True))
+    # a buffer of n entries of that one value is the same number times the vector (a fixed
+    # gain of one value, ops_fixedgain.py): the same width constant
+    vector = _trace(lambda n: Buffer(n, vector=True))
+    (info,) = (i for i in vector.scales.values() if i.get("fixed"))
+    assert info["model_a"] == Fraction(-1, 2)
 
 
 class Forms(nn.Module):

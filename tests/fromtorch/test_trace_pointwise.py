@@ -232,7 +232,7 @@ def test_a_mask_per_token_is_traced_where_it_keeps_every_token_and_refused_where
      "gelu_tanh"),
 ])
 def test_gelu_and_its_tanh_approximation_are_told_apart(fn, name):
-    from tensorprog.fromtorch.values import identify
+    from tensorprog.fromtorch.identify import identify
 
     assert identify(fn) == (name, 1.0)
 
@@ -273,7 +273,7 @@ def test_a_scaled_value_read_again_through_a_cast_is_one_vector():
     lambda t: 0.5 * t * (1.0 + torch.tanh(0.7978845608028654 * (t + 0.045 * t**3))),
 ])
 def test_a_function_near_one_of_the_languages_is_not_taken_for_it(fn):
-    from tensorprog.fromtorch.values import identify
+    from tensorprog.fromtorch.identify import identify
 
     assert identify(fn) is None
 

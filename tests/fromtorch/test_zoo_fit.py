@@ -88,6 +88,9 @@ def test_sizes_follow_the_width_and_the_heads(zoo, t):
     assert t.MobileBertConfig(**kw).true_hidden_size == 32
     # Dots1's shared experts, unset beside the zoo's routed ones: one
     assert zoo.config_kwargs(t.Dots1Config, 64, "heads")["n_shared_experts"] == 1
+    # Dots.llm3's shared experts' MLP (1536 by default), 4n as every expert's
+    kw = zoo.config_kwargs(t.Dots3NoteTextConfig, 64, "heads")
+    assert kw["shared_experts_intermediate_size"] == kw["moe_intermediate_size"] == 256
 
 
 def test_attention_channels_that_default_to_their_inputs_grow_with_the_width(zoo, t):

@@ -10,7 +10,7 @@ import pytest
 from tensorprog.emit.instructions import _NORMS, _TORCH_FN
 from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
-from tensorprog.fromtorch.values import RECOGNISED
+from tensorprog.fromtorch.identify import RECOGNISED
 from tensorprog.ir.functions import (
     AT,
     CAT,
