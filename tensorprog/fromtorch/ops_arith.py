@@ -27,7 +27,7 @@ from .values import (
     Vec,
     Zeroed,
 )
-from .walk import VIEW_OPS
+from .walk import IDENTITY_OPS, VIEW_OPS
 from .where import op_name, refuse, strip_prefix
 
 
@@ -180,6 +180,8 @@ class ArithOps:
 
     def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
         arg, other = node.args[i], node.args[1 - i]
+        while op_name(arg) in IDENTITY_OPS and arg.args:  # HRM's z.expand_as(x).contiguous()
+            arg = arg.args[0]
         if op_name(arg) == "expand_as":  # b.expand_as(x) + x: torch's own broadcast of b
             arg = arg.args[0]  # (GPT-NeoX-Japanese's attention bias), read as b's shape
         shape = tuple(getattr(getattr(arg, "meta", {}).get("val"), "shape", ref.shape))
