@@ -173,7 +173,7 @@ class InitialState(nn.Module):
         return self.out(x + torch.tanh(self.l(s + x)))
 
 
-@pytest.mark.parametrize("frozen", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("frozen", [False, True])
 def test_a_param_expanded_over_the_tokens_and_copied_is_a_vector_param(frozen):
     build = lambda n: InitialState(n, frozen)  # noqa: E731
     tr = from_torch(build, WIDTHS, _tokens)
@@ -181,6 +181,24 @@ def test_a_param_expanded_over_the_tokens_and_copied_is_a_vector_param(frozen):
     abc = abc_by_target(tr)
     # a vector added to the tokens' is a bias: an input weight of fan-in 1 (TP5 Table 3)
     assert abc["z"] == abc["l.bias"] == abc["e.weight"], abc
+
+
+class TruncatedState(InitialState):
+    """HRM's cycles as the model trains them: the first step under torch.no_grad (its
+    truncated backprop), which hands no gradient to the layer's params through that step."""
+
+    def forward(self, idx):
+        x = self.e(idx)
+        s = self.z.expand_as(x).contiguous()
+        with torch.no_grad():
+            s = torch.tanh(self.l(s + x))
+        return self.out(x + torch.tanh(self.l(s + x)))
+
+
+def test_a_param_expanded_into_a_no_grad_step_is_refused_as_the_step():
+    with pytest.raises(TraceError, match="torch.no_grad: no gradient flows through it") as err:
+        from_torch(TruncatedState, WIDTHS, _tokens)
+    assert "s = torch.tanh(self.l(s + x))" in err.value.diagnostics[0].span.source_line()
 
 
 @pytest.mark.parametrize(("f", "found"), [
