@@ -1859,7 +1859,8 @@ TRACED_BUILDS = {
     ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                         r"into parts of 4, 4 of a value that is not a linear layer's output"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
-     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
+     r"m.py:\d+:1: error: example_inputs gave idx, a tuple holding tensors, among the "
+     r"forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
