@@ -1545,6 +1545,17 @@ class HeadBias(Net):  # one number per head over each head's coordinates, the he
         return self.o(x.transpose(1, 2).reshape(b, t, -1))
 
 
+class ScaledGain(Net):  # nGPT's scales (Dory's sqk * sqk_scale): a number on a param itself,
+    # the param's multiplier, then used as a gain
+    def __init__(self, n):
+        super().__init__(n)
+        self.g = torch.nn.Parameter(torch.full((n,), 0.02))
+        self.scale = n**0.5 / 0.02
+
+    def forward(self, idx):
+        return self.o(self.e(idx) * (self.g * self.scale) ** 2)
+
+
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
     # flipped (no rotation)
     def __init__(self, n, form):
@@ -1674,6 +1685,7 @@ TRACED_BUILDS = {
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
+    "scaled_gain": "lambda n: ScaledGain(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
     "padding_drawn": "lambda n: PaddingDrawn(n)",
     "padding_read": "lambda n: PaddingRead(n)",
@@ -1851,6 +1863,10 @@ TRACED_BUILDS = {
     ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
                         r"param joins a sum or a product along the features(.|\n)*help: use a "
                         r"vector param of the features"),
+    # before: "aten.mul.Tensor on a value that is not a per-token vector"
+    ("scaled_gain", None, r"m.py:\d+:\d+: error: cannot trace a param \(g\) times a number "
+                          r"\(\d+\.?\d*\) before its use(.|\n)*help: initialise the param as "
+                          r"the number times today's init"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "

@@ -302,6 +302,15 @@ class ArithOps:
                              "adding the bias (T5's order), or write the model as a program")
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
+            if isinstance(x, PRef):
+                raise refuse(node, f"a param ({strip_prefix(x.target)}) times a number "
+                             f"({c:g}) before its use: the language's params enter the program "
+                             "as they are, so a number on a param itself (nGPT's scales: "
+                             "Dory's sqk * sqk_scale, a number that may change with the "
+                             "width) would be its multiplier, which the trace does not read "
+                             "from the forward", help="initialise the param as the number "
+                             "times today's init and drop the number, or multiply the value "
+                             "the param multiplies by the number instead, (w * h) * c")
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
