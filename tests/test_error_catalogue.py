@@ -1556,6 +1556,21 @@ class ScaledGain(Net):  # nGPT's scales (Dory's sqk * sqk_scale): a number on a 
         return self.o(self.e(idx) * (self.g * self.scale) ** 2)
 
 
+class KeyBias(Net):  # Doge's dynamic mask: a value of each key and head from the tokens,
+    # spread over the queries and added to the logits through sdpa's attn_mask
+    def __init__(self, n):
+        super().__init__(n)
+        self.qkv, self.g = torch.nn.Linear(n, 3 * n), torch.nn.Linear(n, 2)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (a.view(b, t, 2, -1).transpose(1, 2) for a in self.qkv(x).split(n, -1))
+        m = torch.exp(self.g(x)).transpose(1, 2).unsqueeze(2).expand(b, 2, t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        return self.o(y.transpose(1, 2).reshape(b, t, n))
+
+
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
     # flipped (no rotation)
     def __init__(self, n, form):
@@ -1686,6 +1701,7 @@ TRACED_BUILDS = {
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
     "scaled_gain": "lambda n: ScaledGain(n)",
+    "key_bias": "lambda n: KeyBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
     "padding_drawn": "lambda n: PaddingDrawn(n)",
     "padding_read": "lambda n: PaddingRead(n)",
@@ -1867,6 +1883,9 @@ TRACED_BUILDS = {
     ("scaled_gain", None, r"m.py:\d+:\d+: error: cannot trace a param \(g\) times a number "
                           r"\(\d+\.?\d*\) before its use(.|\n)*help: initialise the param as "
                           r"the number times today's init"),
+    # before: "an added axis on a per-token vector"
+    ("key_bias", None, r"m.py:\d+:\d+: error: cannot trace a value of each key computed from "
+                       r"the tokens, spread over the queries(.|\n)*help: add a constant bias"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
