@@ -1881,8 +1881,8 @@ TRACED_BUILDS = {
                         r"vector param of the features"),
     # before: "aten.mul.Tensor on a value that is not a per-token vector"
     ("scaled_gain", None, r"m.py:\d+:\d+: error: cannot trace a param \(g\) times a number "
-                          r"\(\d+\.?\d*\) before its use(.|\n)*help: initialise the param as "
-                          r"the number times today's init"),
+                          r"\(\d+\.?\d*\) before its use(.|\n)*help: fold the number into the "
+                          r"param"),
     # before: "an added axis on a per-token vector"
     ("key_bias", None, r"m.py:\d+:\d+: error: cannot trace a value of each key computed from "
                        r"the tokens, spread over the queries(.|\n)*help: add a constant bias"),

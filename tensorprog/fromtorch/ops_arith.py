@@ -308,9 +308,10 @@ class ArithOps:
                              "as they are, so a number on a param itself (nGPT's scales: "
                              "Dory's sqk * sqk_scale, a number that may change with the "
                              "width) would be its multiplier, which the trace does not read "
-                             "from the forward", help="initialise the param as the number "
-                             "times today's init and drop the number, or multiply the value "
-                             "the param multiplies by the number instead, (w * h) * c")
+                             "from the forward", help="fold the number into the param (its "
+                             "init times the number, and under Adam its LR too: the same "
+                             "training), or multiply the vector the param multiplies by it "
+                             "instead, w * (c * h), h a layer's output")
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
