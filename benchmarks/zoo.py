@@ -317,6 +317,14 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         # heads they had twice as many, and a query head 0 of them. Half as many: one per query
         # head in those layers, groups of two in the full-attention ones
         kwargs["num_key_value_heads"] = heads // 2
+    if getattr(cls, "model_type", None) == "hrm_text":
+        # HRM runs its low-level stack L_cycles times per high-level cycle, all but the last
+        # L_bp_cycles of them under torch.no_grad (a truncated backprop through the recurrence,
+        # to bound memory), which the trace refuses: no gradient reaches the stack's params
+        # through those steps, which no program says. Every step with its gradient: the model
+        # the zoo checks is HRM trained by backprop through the whole recurrence
+        cycles = defaults.get("L_cycles", 3)
+        kwargs["L_bp_cycles"] = [cycles] * defaults.get("H_cycles", 2)
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:

@@ -1545,6 +1545,32 @@ class HeadBias(Net):  # one number per head over each head's coordinates, the he
         return self.o(x.transpose(1, 2).reshape(b, t, -1))
 
 
+class ScaledGain(Net):  # nGPT's scales (Dory's sqk * sqk_scale): a number on a param itself,
+    # the param's multiplier, then used as a gain
+    def __init__(self, n):
+        super().__init__(n)
+        self.g = torch.nn.Parameter(torch.full((n,), 0.02))
+        self.scale = n**0.5 / 0.02
+
+    def forward(self, idx):
+        return self.o(self.e(idx) * (self.g * self.scale) ** 2)
+
+
+class KeyBias(Net):  # Doge's dynamic mask: a value of each key and head from the tokens,
+    # spread over the queries and added to the logits through sdpa's attn_mask
+    def __init__(self, n):
+        super().__init__(n)
+        self.qkv, self.g = torch.nn.Linear(n, 3 * n), torch.nn.Linear(n, 2)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (a.view(b, t, 2, -1).transpose(1, 2) for a in self.qkv(x).split(n, -1))
+        m = torch.exp(self.g(x)).transpose(1, 2).unsqueeze(2).expand(b, 2, t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        return self.o(y.transpose(1, 2).reshape(b, t, n))
+
+
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
     # flipped (no rotation)
     def __init__(self, n, form):
@@ -1674,6 +1700,8 @@ TRACED_BUILDS = {
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
+    "scaled_gain": "lambda n: ScaledGain(n)",
+    "key_bias": "lambda n: KeyBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
     "padding_drawn": "lambda n: PaddingDrawn(n)",
     "padding_read": "lambda n: PaddingRead(n)",
@@ -1851,6 +1879,13 @@ TRACED_BUILDS = {
     ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
                         r"param joins a sum or a product along the features(.|\n)*help: use a "
                         r"vector param of the features"),
+    # before: "aten.mul.Tensor on a value that is not a per-token vector"
+    ("scaled_gain", None, r"m.py:\d+:\d+: error: cannot trace a param \(g\) times a number "
+                          r"\(\d+\.?\d*\) before its use(.|\n)*help: fold the number into the "
+                          r"param"),
+    # before: "an added axis on a per-token vector"
+    ("key_bias", None, r"m.py:\d+:\d+: error: cannot trace a value of each key computed from "
+                       r"the tokens, spread over the queries(.|\n)*help: add a constant bias"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
@@ -1859,7 +1894,8 @@ TRACED_BUILDS = {
     ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                         r"into parts of 4, 4 of a value that is not a linear layer's output"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
-     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
+     r"m.py:\d+:1: error: example_inputs gave idx, a tuple holding tensors, among the "
+     r"forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "

@@ -27,7 +27,7 @@ from .values import (
     Vec,
     Zeroed,
 )
-from .walk import VIEW_OPS
+from .walk import IDENTITY_OPS, VIEW_OPS
 from .where import op_name, refuse, strip_prefix
 
 
@@ -180,6 +180,8 @@ class ArithOps:
 
     def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
         arg, other = node.args[i], node.args[1 - i]
+        while op_name(arg) in IDENTITY_OPS and arg.args:  # HRM's z.expand_as(x).contiguous()
+            arg = arg.args[0]
         if op_name(arg) == "expand_as":  # b.expand_as(x) + x: torch's own broadcast of b
             arg = arg.args[0]  # (GPT-NeoX-Japanese's attention bias), read as b's shape
         shape = tuple(getattr(getattr(arg, "meta", {}).get("val"), "shape", ref.shape))
@@ -300,6 +302,16 @@ class ArithOps:
                              "adding the bias (T5's order), or write the model as a program")
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
+            if isinstance(x, PRef):
+                raise refuse(node, f"a param ({strip_prefix(x.target)}) times a number "
+                             f"({c:g}) before its use: the language's params enter the program "
+                             "as they are, so a number on a param itself (nGPT's scales: "
+                             "Dory's sqk * sqk_scale, a number that may change with the "
+                             "width) would be its multiplier, which the trace does not read "
+                             "from the forward", help="fold the number into the param (its "
+                             "init times the number, and under Adam its LR too: the same "
+                             "training), or multiply the vector the param multiplies by it "
+                             "instead, w * (c * h), h a layer's output")
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):

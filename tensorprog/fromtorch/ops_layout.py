@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .clamped import ClampedRows
+from .ops_bias import refuse_key_bias
 from .ops_conv import is_image
 from .ops_timemajor import time_major
 from .values import (
@@ -486,6 +487,7 @@ class LayoutOps:
         if _per_head_gate(node, dim):  # one number per head over its coordinates (ops_gate.py)
             return self.head_gate(node, v)
         self.refuse_gate_axis(node, dim)  # a gate's axis read otherwise: a hint (ops_gate.py)
+        refuse_key_bias(node, dim)  # a bias per key on the logits (ops_bias.py)
         raise refuse(node, "an added axis on a per-token vector")
 
 

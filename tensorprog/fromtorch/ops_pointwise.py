@@ -49,7 +49,8 @@ from .values import (
     Scores,
     Vec,
 )
-from .where import op_name, refuse
+from .walk import IDENTITY_OPS
+from .where import CHECK_OPS, op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
@@ -439,7 +440,11 @@ class PointwiseOps:
             # param in the sum (product) it joins, a bias, whose broadcast that op checks on the
             # param's own shape (ops_arith); read otherwise (viewed, sliced), the expanded
             # tensor would be read as the param's n entries
-            if node.users and all(op_name(u) in _PARAM_SUMS for u in node.users):
+            # (read through its copies: HRM's initial state, z.expand_as(x).contiguous(),
+            # then added to x; or handed to a torch.no_grad region, whose rules take it or
+            # refuse the region, ops_nograd.py)
+            if node.users and all(op_name(u) in _PARAM_SUMS | {"wrap_with_set_grad_enabled"}
+                                  for u in _through_copies(node)):
                 return v
             raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of a param read "
                          "by anything but a sum or product with a value (torch's own "
@@ -458,3 +463,16 @@ class PointwiseOps:
 # the ops that read a param expand_as'd into a value's shape as the param (ops_arith's
 # _param_broadcast checks its own shape against the other operand's axes)
 _PARAM_SUMS = {"add", "sub", "rsub", "mul", "add_", "sub_", "mul_"}
+
+
+def _through_copies(node) -> list:
+    """The ops that read ``node``'s value, through the ops that copy it unchanged, export's
+    checks left out."""
+    out, todo = [], list(node.users)
+    while todo:
+        u = todo.pop()
+        if op_name(u) in IDENTITY_OPS and u.users:
+            todo.extend(u.users)
+        elif op_name(u) not in CHECK_OPS:  # export's checks of dtypes and shapes read nothing
+            out.append(u)
+    return out
