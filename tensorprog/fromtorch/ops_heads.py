@@ -185,8 +185,12 @@ class FusedHeadOps:
 
     def head_part(self, v, node):
         """A block of a per-head layer, as the vector it is (named by the node that takes it:
-        a chunk's item, a slice, an index), so that every op after it sees a vector."""
-        return self.vec(v, node) if isinstance(v, Affine) and v.dh and v.w.rows else v
+        a chunk's item, a slice, an index), so that every op after it sees a vector; a block
+        whose every use splits each head again (AXK2's query split off its gate, then into its
+        rotary and other parts) stays a block of the layer, each of its parts one of rows."""
+        if not (isinstance(v, Affine) and v.dh and v.w.rows):
+            return v
+        return v if _split_last(node, len(node.meta["val"].shape)) else self.vec(v, node)
 
     def _per_head(self, v: Affine, m: int, name: str, tags) -> Affine:
         """``v`` viewed as heads of m features each: every block of it is a block of each

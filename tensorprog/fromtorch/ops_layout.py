@@ -272,7 +272,8 @@ class LayoutOps:
             return moved
         self._same_kind_kept(node, v, tags, perm)
         tags[d0], tags[d1] = tags[d1], tags[d0]
-        if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
+        if isinstance(v, Affine) and v.dh and (v.w.rows is None or split_along(
+                node, len(tags) - 1)):  # per head, split after (a block of it split again)
             return self._retag(v, tuple(tags))
         if isinstance(v, Affine) and not v.dh and "F" in tags and (split_along(
                 node, tags.index("F")) or read_by_conv1d(node)):
