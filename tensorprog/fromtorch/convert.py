@@ -27,8 +27,8 @@ from .ops_grid import GridOps
 from .ops_grn import GrnOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
-from .ops_mapped import MappedRowsOps
 from .ops_linear import LinearOps
+from .ops_mapped import MappedRowsOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .ops_heads import _split_last
+from .ops_heads import split_last
 from .ops_pointwise import PartNode
 from .values import Affine, Parts, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
 #: functions of one coordinate (their rules: ops_arith.py); a batch norm of a [N, C] value, whose
 #: channels are the features, normalises each over the examples alone (ops_conv.py)
-_FUNCTIONS = {"silu", "relu", "gelu", "tanh", "sigmoid", "hardswish", "hardsigmoid", "elu",
-              "erf"}
+_FUNCTIONS = {"silu", "relu", "gelu", "tanh", "sigmoid", "hardswish", "hardsigmoid", "elu", "erf"}
 _NORMS = {"batch_norm"}
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
@@ -57,8 +56,13 @@ def _head_view(node, width: int) -> bool:
     """Whether ``node`` views a value of ``width`` features as heads (..., H, m) only split
     along each head's features after."""
     shape = tuple(node.meta["val"].shape)
-    return op_name(node) in _VIEWS and len(shape) >= 3 and shape[-1] != width and (
-        shape[-2] * shape[-1] == width) and _split_last(node, len(shape))
+    return (
+        op_name(node) in _VIEWS
+        and len(shape) >= 3
+        and shape[-1] != width
+        and (shape[-2] * shape[-1] == width)
+        and split_last(node, len(shape))
+    )
 
 
 def _mapped_to_heads(node) -> bool:
@@ -71,8 +75,15 @@ def _mapped_to_heads(node) -> bool:
         if _head_view(node, width):
             return True
         readers = [u for u in node.users if not _shape_only(u, node)]
-        if not (_maps(node) or op in _CARRIERS or op in _VIEWS and (
-                node.meta["val"].shape[-1] == width)) or len(readers) != 1:
+        if (
+            not (
+                _maps(node)
+                or op in _CARRIERS
+                or op in _VIEWS
+                and (node.meta["val"].shape[-1] == width)
+            )
+            or len(readers) != 1
+        ):
             return False
         if not readers[0].args or readers[0].args[0] is not node:
             return False
@@ -93,10 +104,20 @@ class MappedRowsOps:
         first = self.env.get(getattr(node.args[0], "name", None))
         if isinstance(first, Mapped):
             return self._mapped_op(node, first)
-        if isinstance(first, Affine) and first.dh is None and first.tags[-1:] == ("F",) and (
-                first.w.rows is None and first.w.period is None and first.w.cols is None
-                and first.w.expert is None and all(t == "tok" for t in first.tags[:-1])) \
-                and _maps(node) and _mapped_to_heads(node):
+        if (
+            isinstance(first, Affine)
+            and first.dh is None
+            and first.tags[-1:] == ("F",)
+            and (
+                first.w.rows is None
+                and first.w.period is None
+                and first.w.cols is None
+                and first.w.expert is None
+                and all(t == "tok" for t in first.tags[:-1])
+            )
+            and _maps(node)
+            and _mapped_to_heads(node)
+        ):
             return Mapped(first, (node,))
         return super().call(node)
 
@@ -107,8 +128,9 @@ class MappedRowsOps:
         if not v.heads and _head_view(node, _width(v)):
             shape = tuple(node.meta["val"].shape)
             tags = ("tok",) * (len(shape) - 2) + ("H", "dh")
-            return dataclasses.replace(v, a=self._per_head(v.a, shape[-1], node.name, tags),
-                                       heads=True)
+            return dataclasses.replace(
+                v, a=self._per_head(v.a, shape[-1], node.name, tags), heads=True
+            )
         if not v.heads and op in _VIEWS:  # (LeViT's flatten of the batch and tokens, and back)
             return v
         args, kwargs = self.args(node)
@@ -121,16 +143,27 @@ class MappedRowsOps:
             items = made.items if isinstance(made, Parts) else [made]
             mapped = [self._map_block(node, v, b, k) for k, b in enumerate(items)]
             return Parts(mapped) if isinstance(made, Parts) else mapped[0]
-        raise refuse(node, f"a {op} of a coordinatewise map of a linear layer's output held "
-                     "till a split of each head's features reads it", help="split the "
-                     "mapped layer's output right after its view into heads")
+        raise refuse(
+            node,
+            f"a {op} of a coordinatewise map of a linear layer's output held "
+            "till a split of each head's features reads it",
+            help="split the mapped layer's output right after its view into heads",
+        )
 
     def _map_block(self, node, v: Mapped, block, k: int):
         """Block ``k`` of the layer's rows that ``node`` splits off, mapped by each step (a
-        batch norm with its gain's and bias's rows of the block)."""
+        batch norm with its gain's and bias's rows of the block). Each block of rows is mapped
+        once, numbered in the order the map's splits first made it: a second split of other
+        sizes has blocks of its own, which a part's place in its split would name alike (and
+        the walk makes a value once per name)."""
+        rows = block.w if isinstance(block, Affine) else None
+        made = self._made.setdefault(("mapped rows", v.steps[0].name), {})
+        key = (rows.rows, rows.period) if rows is not None else (node.name, k)
+        if key in made:
+            return made[key]
+        k = len(made)
         if isinstance(block, Affine):  # one name each: a vector is made once per name
             block = dataclasses.replace(block, node=f"{node.name}#part{k}")
-        rows = block.w if isinstance(block, Affine) else None
         x = block
         for step in v.steps:
             args, kwargs = self.args(step)
@@ -141,6 +174,7 @@ class MappedRowsOps:
                 x = dataclasses.replace(x, dh=block.dh)
             if isinstance(x, Pointwise):  # named by its step, as the walk names a node's
                 x = Pointwise(x.src, x.f, PartNode(step, k).name)
+        made[key] = x
         return x
 
 
@@ -155,6 +189,10 @@ def _rows_of(p, rows: PRef | None, step):
     if p is None:
         return None
     if rows is None or not isinstance(p, PRef) or len(p.shape) != 1:
-        raise refuse(step, "a batch norm of a split linear layer's output whose gain or bias "
-                     "is not a param of its channels", help="give the batch norm affine params")
+        raise refuse(
+            step,
+            "a batch norm of a split linear layer's output whose gain or bias "
+            "is not a param of its channels",
+            help="give the batch norm affine params",
+        )
     return PRef(p.target, p.shape, p.t, rows.rows, period=rows.period, part=rows.part)

@@ -62,10 +62,13 @@ def _ids(model):
     return (IDS,)
 
 
-@pytest.mark.parametrize("form, made", [
-    ("silu", "silu(split_with_sizes_part{i})"),
-    ("silu bn", "batchnorm(silu_part{i})"),
-])
+@pytest.mark.parametrize(
+    "form, made",
+    [
+        ("silu", "silu(split_with_sizes_part{i})"),
+        ("silu bn", "batchnorm(silu_part{i})"),
+    ],
+)
 def test_a_mapped_fused_layer_split_per_head_is_each_block_mapped(form, made):
     # oracle: the emitted program computes the model in float64, each head's q, k, v the map
     # of its own rows of the layer (a batch norm's gain and bias their rows too)
@@ -76,8 +79,9 @@ def test_a_mapped_fused_layer_split_per_head_is_each_block_mapped(form, made):
     traced_computes_the_model(traced, build, _ids)
 
 
-@pytest.mark.parametrize("optimizer, hidden", [("adam", (0, Fraction(1, 2), 1)),
-                                               ("sgd", (0, Fraction(1, 2), 0))])
+@pytest.mark.parametrize(
+    "optimizer, hidden", [("adam", (0, Fraction(1, 2), 1)), ("sgd", (0, Fraction(1, 2), 0))]
+)
 def test_each_mapped_block_derives_as_its_own_layer_and_norm(optimizer, hidden):
     # q, k and v of each head are hidden layers of their own, each batch norm's rows a gain and
     # a bias of the width (µP: init Θ(1), Adam LR Θ(1), SGD LR ∝ n)
@@ -85,8 +89,11 @@ def test_each_mapped_block_derives_as_its_own_layer_and_norm(optimizer, hidden):
     d = derive(traced.program, optimizer)
     norm = (0, 0, 0) if optimizer == "adam" else (0, 0, -1)
     for i in range(3):
-        assert (d.abc[f"qkv_weight_part{i}"].a, d.abc[f"qkv_weight_part{i}"].b,
-                d.abc[f"qkv_weight_part{i}"].c) == hidden
+        assert (
+            d.abc[f"qkv_weight_part{i}"].a,
+            d.abc[f"qkv_weight_part{i}"].b,
+            d.abc[f"qkv_weight_part{i}"].c,
+        ) == hidden
         for p in (f"bn_weight_part{i}", f"bn_bias_part{i}"):
             assert (d.abc[p].a, d.abc[p].b, d.abc[p].c) == norm, p
 
@@ -95,7 +102,10 @@ def test_each_mapped_block_derives_as_its_own_layer_and_norm(optimizer, hidden):
 # is no map held for the split alone
 @pytest.mark.parametrize("form", ["ln", "silu other"])
 def test_a_map_that_mixes_features_or_is_read_whole_is_refused(form):
-    with pytest.raises(TraceError, match=r"test_mapped_split.py:\d+:\d+: error: cannot trace a "
-                       r"split of each head's features into parts of 16, 16, 16 of a value "
-                       r"that is not a linear layer's output"):
+    with pytest.raises(
+        TraceError,
+        match=r"test_mapped_split.py:\d+:\d+: error: cannot trace a "
+        r"split of each head's features into parts of 16, 16, 16 of a value "
+        r"that is not a linear layer's output",
+    ):
         from_torch(lambda n: LM(n, form), (32, 64), _ids, blocks=False)
