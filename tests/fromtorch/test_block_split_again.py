@@ -57,6 +57,7 @@ def test_a_block_split_again_is_rows_of_the_layer():
         assert (d.abc[p].a, d.abc[p].b, d.abc[p].c) == (0, Fraction(1, 2), 1), p
 
 
+@pytest.mark.slow
 def test_a_block_sliced_again_is_still_refused():
     # slices of a head are read only inside a rotary (then put back with cat): parts of a head,
     # no vectors, where attention reads them

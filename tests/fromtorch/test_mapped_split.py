@@ -4,6 +4,7 @@ block of the layer's rows mapped on its own (fromtorch/ops_mapped.py)."""
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import pytest
@@ -62,45 +63,54 @@ def _ids(model):
     return (IDS,)
 
 
+def _build(form):
+    return lambda n: LM(n, form)
+
+
+@functools.cache
+def _traced(form):
+    return from_torch(_build(form), (32, 64), _ids, blocks=False)
+
+
 @pytest.mark.parametrize(
     "form, made",
     [
-        ("silu", "silu(split_with_sizes_part{i})"),
         ("silu bn", "batchnorm(silu_part{i})"),
+        pytest.param("silu", "silu(split_with_sizes_part{i})", marks=pytest.mark.slow),
     ],
 )
 def test_a_mapped_fused_layer_split_per_head_is_each_block_mapped(form, made):
     # oracle: the emitted program computes the model in float64, each head's q, k, v the map
     # of its own rows of the layer (a batch norm's gain and bias their rows too)
-    build = lambda n: LM(n, form)  # noqa: E731
-    traced = from_torch(build, (32, 64), _ids, blocks=False)
+    traced = _traced(form)
     for i in range(3):
         assert made.format(i=i) in traced.source, traced.source
-    traced_computes_the_model(traced, build, _ids)
+    traced_computes_the_model(traced, _build(form), _ids)
 
 
 @pytest.mark.parametrize(
-    "optimizer, hidden", [("adam", (0, Fraction(1, 2), 1)), ("sgd", (0, Fraction(1, 2), 0))]
+    "optimizer, hidden",
+    [
+        ("adam", (0, Fraction(1, 2), 1)),
+        pytest.param("sgd", (0, Fraction(1, 2), 0), marks=pytest.mark.slow),
+    ],
 )
 def test_each_mapped_block_derives_as_its_own_layer_and_norm(optimizer, hidden):
     # q, k and v of each head are hidden layers of their own, each batch norm's rows a gain and
     # a bias of the width (µP: init Θ(1), Adam LR Θ(1), SGD LR ∝ n)
-    traced = from_torch(lambda n: LM(n, "silu bn"), (32, 64), _ids, blocks=False)
+    traced = _traced("silu bn")
     d = derive(traced.program, optimizer)
     norm = (0, 0, 0) if optimizer == "adam" else (0, 0, -1)
     for i in range(3):
-        assert (
-            d.abc[f"qkv_weight_part{i}"].a,
-            d.abc[f"qkv_weight_part{i}"].b,
-            d.abc[f"qkv_weight_part{i}"].c,
-        ) == hidden
+        w = d.abc[f"qkv_weight_part{i}"]
+        assert (w.a, w.b, w.c) == hidden
         for p in (f"bn_weight_part{i}", f"bn_bias_part{i}"):
             assert (d.abc[p].a, d.abc[p].b, d.abc[p].c) == norm, p
 
 
 # positioned at the split: a layer norm mixes each token's features, and a map also read whole
 # is no map held for the split alone
-@pytest.mark.parametrize("form", ["ln", "silu other"])
+@pytest.mark.parametrize("form", ["ln", pytest.param("silu other", marks=pytest.mark.slow)])
 def test_a_map_that_mixes_features_or_is_read_whole_is_refused(form):
     with pytest.raises(
         TraceError,
@@ -108,4 +118,4 @@ def test_a_map_that_mixes_features_or_is_read_whole_is_refused(form):
         r"split of each head's features into parts of 16, 16, 16 of a value "
         r"that is not a linear layer's output",
     ):
-        from_torch(lambda n: LM(n, form), (32, 64), _ids, blocks=False)
+        from_torch(_build(form), (32, 64), _ids, blocks=False)
