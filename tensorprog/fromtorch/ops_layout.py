@@ -376,10 +376,13 @@ class LayoutOps:
                 f"a split of each head's features into parts of {', '.join(map(str, sizes))} "
                 "of a value that is not a linear layer's output: the tracer splits a linear "
                 "layer's output viewed per head into parts, each a per-head vector of its own "
-                "(multi-head latent attention's query and key/value), or slices "
-                "the part of each head a partial rotary turns",
-                help="split the layer's output right after its view into heads (before any "
-                "norm or activation), or slice the part a rotary turns",
+                "(multi-head latent attention's query and key/value), or a map of each of its "
+                "coordinates alone read by nothing else (an activation, a batch norm of its "
+                "channels), or slices the part of each head a partial rotary "
+                "turns",
+                help="split the layer's output right after its view into heads, with nothing "
+                "between but coordinatewise functions and a batch norm (a layer norm mixes the "
+                "features), or slice the part a rotary turns",
             )
         # (the last axis is the features but where a transpose put the tokens or pixels there:
         # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
