@@ -402,10 +402,14 @@ class LayoutOps:
                     ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
+        # a block of each head split again (AXK2's query, split off its gate): its parts named
+        # after it, part i_j, where the parts' own places would repeat the first split's
+        again = v.w.rows is not None and v.w.period is not None and v.w.part is not None
         for s in sizes:
             # named by getitem, and by its place: a block's rows need not say it (GPT-BigCode's
             # key starts at row n, n / dh heads in)
-            items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
+            part = f"{v.w.part}_{len(items)}" if again else len(items)
+            items.append(self.row_block(v, start, start + s, v.node, part=part))
             start += s
         return Parts(items)
 
