@@ -1447,9 +1447,10 @@ class HeadSplit(Net):
 
 
 class ActSplit(HeadSplit):
-    def forward(self, idx):  # each head split after an activation: no layer's rows to split
+    def forward(self, idx):  # each head split after a layer norm, which mixes the features
         x = self.e(idx)
-        q = torch.relu(self.q(x)).view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        q = torch.nn.functional.layer_norm(self.q(x), x.shape[-1:])
+        q = q.view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
         a, r = torch.split(q, [q.shape[-1] // 2, q.shape[-1] - q.shape[-1] // 2], dim=-1)
         return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
 

@@ -28,6 +28,7 @@ from .ops_grn import GrnOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
+from .ops_mapped import MappedRowsOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
@@ -59,6 +60,7 @@ from .walk import Walker
 
 
 class Converter(
+    MappedRowsOps,  # a coordinatewise map of a layer's output, held till each head is split
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)

@@ -273,7 +273,8 @@ class LayoutOps:
             return moved
         self._same_kind_kept(node, v, tags, perm)
         tags[d0], tags[d1] = tags[d1], tags[d0]
-        if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
+        if isinstance(v, Affine) and v.dh and (v.w.rows is None or split_along(
+                node, len(tags) - 1)):  # per head, split after (a block of it split again)
             return self._retag(v, tuple(tags))
         if isinstance(v, Affine) and not v.dh and "F" in tags and (split_along(
                 node, tags.index("F")) or read_by_conv1d(node)):
@@ -376,10 +377,13 @@ class LayoutOps:
                 f"a split of each head's features into parts of {', '.join(map(str, sizes))} "
                 "of a value that is not a linear layer's output: the tracer splits a linear "
                 "layer's output viewed per head into parts, each a per-head vector of its own "
-                "(multi-head latent attention's query and key/value), or slices "
-                "the part of each head a partial rotary turns",
-                help="split the layer's output right after its view into heads (before any "
-                "norm or activation), or slice the part a rotary turns",
+                "(multi-head latent attention's query and key/value), or a map of each of its "
+                "coordinates alone read by nothing else (an activation, a batch norm of its "
+                "channels), or slices the part of each head a partial rotary "
+                "turns",
+                help="split the layer's output right after its view into heads, with nothing "
+                "between but coordinatewise functions and a batch norm (a layer norm mixes the "
+                "features), or slice the part a rotary turns",
             )
         # (the last axis is the features but where a transpose put the tokens or pixels there:
         # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
@@ -399,10 +403,14 @@ class LayoutOps:
                     ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
+        # a block of each head split again (AXK2's query, split off its gate): its parts named
+        # after it, part i_j, where the parts' own places would repeat the first split's
+        again = v.w.rows is not None and v.w.period is not None and v.w.part is not None
         for s in sizes:
             # named by getitem, and by its place: a block's rows need not say it (GPT-BigCode's
             # key starts at row n, n / dh heads in)
-            items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
+            part = f"{v.w.part}_{len(items)}" if again else len(items)
+            items.append(self.row_block(v, start, start + s, v.node, part=part))
             start += s
         return Parts(items)
 

@@ -58,7 +58,7 @@ _SPLITS = {"split", "split_with_sizes", "chunk"}
 
 
 @dataclasses.dataclass
-class _PartNode:
+class PartNode:
     """A graph node as seen by block i of its splits (``node#part{i}``, the i-th block of
     rows they make): each block's clamp is a vector of its own, which no tensor of the model
     holds alone."""
@@ -270,7 +270,7 @@ class PointwiseOps:
                 rows = (b.w.rows, b.w.period)
                 if rows not in made:
                     k = len(made)
-                    made[rows] = self.op_clamp(_PartNode(at, k), dataclasses.replace(
+                    made[rows] = self.op_clamp(PartNode(at, k), dataclasses.replace(
                         b, node=f"{b.node}#part{k}"), v.lo, v.hi)
                 items.append(made[rows])
             return Parts(items)

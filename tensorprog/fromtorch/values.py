@@ -36,7 +36,9 @@ class PRef:
     # rows: a slice of every group of ``period`` rows (a fused qkv laid out per head: GPT-NeoX's
     # [q_h, k_h, v_h] for each head h), not of the whole axis
     period: int | None = None
-    part: int | None = None  # the block's place, where its rows do not say it (unequal blocks)
+    # the block's place, where its rows do not say it (unequal blocks); "i_j" for part j of
+    # block i split again
+    part: int | str | None = None
     # one expert's matrix, the slice [expert] of a 3-D param (a mixture of experts' stacked
     # weights, ops_moe.py); ``shape`` is then the slice's
     expert: int | None = None
