@@ -189,8 +189,8 @@ class ParamFnOps:
                          f"{list(g.ref.shape)} multiplying a vector: traced as a gain, one "
                          "entry per feature (a vector param)", help=_HELP)
         vec = self.vec(x, node)
-        if self._per_head(node, i, ref, vec):  # (1, 1, H, 1) over (..., H, dh): each head's
-            w = self.vector_param(ref, node)  # coordinates times its own number
+        if self._gain_per_head(node, i, ref, vec):  # (1, 1, H, 1) over (..., H, dh): each
+            w = self.vector_param(ref, node)  # head's coordinates times its own number
             f = f"spread({g.form.replace('{}', w)}, {self.dim(vec.dh)})"
             name = self.emit_vector(node.name, f"({f}) * {vec.name}")
             return Vec(name, vec.tags, vec.dim, vec.dh)
@@ -208,7 +208,7 @@ class ParamFnOps:
         name = self.emit_vector(node.name, f"({f}) * {vec.name}")
         return Vec(name, vec.tags, vec.dim, vec.dh)
 
-    def _per_head(self, node, i: int, ref: PRef, vec: Vec) -> bool:
+    def _gain_per_head(self, node, i: int, ref: PRef, vec: Vec) -> bool:
         """Whether the function of ``ref`` (H entries) multiplies ``vec`` laid out (..., H,
         dh) one entry per head, broadcast over the head's dh coordinates: torch's shape (...,
         H, 1) against the vector's heads (Kimi Linear's and Bailing's decay rate exp(A_log)
