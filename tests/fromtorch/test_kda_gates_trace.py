@@ -105,3 +105,30 @@ def test_a_decay_per_key_channel_is_refused_at_the_models_call():
             as err:
         tp.from_torch(KDA, (32, 64), ids)
     assert "o, _ = kda.chunk_kimi_delta_attention(q, k, v" in str(err.value)
+
+
+def kimi_or_bailing(family):
+    """transformers' Kimi Linear or Bailing hybrid of two KDA layers, n/16 heads of 16."""
+    import transformers as hf
+
+    name = {"kimi": "KimiLinear", "bailing": "BailingHybrid"}[family]
+    cfg_cls, model_cls = getattr(hf, f"{name}Config"), getattr(hf, f"{name}ForCausalLM")
+
+    def build(n):
+        torch.manual_seed(0)
+        return model_cls(cfg_cls(
+            vocab_size=13, hidden_size=n, intermediate_size=2 * n, num_hidden_layers=2,
+            num_attention_heads=n // DH, num_key_value_heads=n // DH, linear_num_heads=n // DH,
+            linear_head_dim=DH, layer_types=["linear_attention"] * 2, use_cache=False,
+            max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    return build
+
+
+@pytest.mark.slow  # two whole models' exports
+@pytest.mark.parametrize("family", ["kimi", "bailing"])
+def test_the_models_gates_trace_up_to_the_kernel_which_is_refused(family):
+    """Everything before the kernel traces (the dt_bias views, exp(A_log) per head, the
+    written softplus, Kimi's low-rank f_a/f_b): the refusal is the kernel's, at its call."""
+    with pytest.raises(TraceError, match=r"Kimi Delta Attention .* per key channel") as err:
+        tp.from_torch(kimi_or_bailing(family), (64, 128), ids)
+    assert "chunk_kimi_delta_attention(" in str(err.value)
