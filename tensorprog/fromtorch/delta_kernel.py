@@ -8,6 +8,9 @@ replaced by a call of the custom op ``tensorprog::gated_delta(q, k, v, g, beta, 
 which export keeps as one node (ops_delta.py reads it), and the decode step
 ``torch_recurrent_gated_delta_rule`` by a refusal at its line. Only the kernel's whole-sequence
 form is read: no initial state, no final state asked for, no packed sequences (``cu_seqlens``).
+Kimi Delta Attention's kernels (``chunk_kimi_delta_attention``, ``recurrent_kimi_delta_attention``:
+a decay per key channel, which the language's ``delta`` has no form for) are refused at the
+model's call.
 """
 
 from __future__ import annotations
