@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from .values import Affine, Pointwise, PRef, Spread, Vec
-from .where import refuse
+from .where import op_name, refuse
 
 _HELP = ("use a vector param of the features it is added to or multiplies, as it is "
          "(b : [n], x + b)")
@@ -33,7 +33,10 @@ def spread_of_view(node, v) -> Spread | None:
     """``b.view(1, 1, n)`` or ``b.view(1, 1, H, dh)`` of a plain 1-D param b (Kimi Linear's and
     Bailing's dt_bias, a bias of each head's channels): a Spread, as ``b[None, None, :]`` and
     its view per head are, since a view keeps the entries in their order; None for any other
-    value or view (a table laid out as a grid: ops_grid.py)."""
+    value or view (a table laid out as a grid: ops_grid.py), and where anything but a sum or a
+    difference reads it (a view moved on, or settling back to the param: ops_grid.py's)."""
+    if any(op_name(u) not in ("add", "sub") for u in node.users):
+        return None
     if not (isinstance(v, PRef) and len(v.shape) == 1 and v.rows is None and not v.t and
             v.offset == 0 and v.period is None and v.part is None and v.expert is None and
             v.cols is None):

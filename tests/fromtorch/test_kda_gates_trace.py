@@ -29,11 +29,11 @@ class Gate(nn.Module):
     .view(B, T, H, dh), decay exp(A_log) of shape (1, 1, H, 1), softplus written out;
     ``bailing``: f(e).view(B, T, H, dh) + dt.view(1, 1, H, dh), decay exp(A_log).view(1, 1, H,
     1) inside a sigmoid), added back to the stream, and a readout. ``threshold``: the written
-    softplus's switch."""
+    softplus's switch; ``permuted``: Bailing's dt laid out (dh, H) and transposed."""
 
-    def __init__(self, n, form="kimi", threshold=20.0):
+    def __init__(self, n, form="kimi", threshold=20.0, permuted=False):
         super().__init__()
-        self.h, self.form, self.threshold = n // DH, form, threshold
+        self.h, self.form, self.threshold, self.permuted = n // DH, form, threshold, permuted
         self.emb, self.ro = nn.Embedding(13, n), nn.Linear(n, 13, bias=False)
         self.f = nn.Linear(n, n, bias=False)
         self.dt = nn.Parameter(torch.empty(n).uniform_(-1, 1))
@@ -48,7 +48,9 @@ class Gate(nn.Module):
             sp = torch.where(g > self.threshold, g, torch.log(1.0 + torch.exp(g)))
             g = -torch.exp(self.A_log.float()) * sp
         else:
-            gi = self.f(e).float().view(b, t, self.h, DH) + self.dt.view(1, 1, self.h, DH)
+            dt = self.dt.view(1, 1, DH, self.h).transpose(-1, -2) if self.permuted else \
+                self.dt.view(1, 1, self.h, DH)
+            gi = self.f(e).float().view(b, t, self.h, DH) + dt
             decay = self.A_log.exp().view(1, 1, self.h, 1)
             g = -5.0 * torch.sigmoid(decay * gi)
         return self.ro(e + g.reshape(b, t, -1))
@@ -79,6 +81,14 @@ def test_a_written_softplus_switching_early_is_refused_at_its_line():
     with pytest.raises(TraceError, match=r"a comparison of a traced value \(x > 5.0\)") as err:
         tp.from_torch(lambda n: Gate(n, threshold=5.0), (32, 64), ids)
     assert "torch.where(g > self.threshold" in str(err.value)
+
+
+def test_a_bias_whose_entries_a_permute_moved_is_refused_at_its_line():
+    """dt.view(1, 1, dh, H).transpose(-1, -2): entry i no longer meets flattened feature i, so
+    it is no ``x + dt`` (nor any form of the language): refused where it is added."""
+    with pytest.raises(TraceError, match=r"the op add on a reshaped param") as err:
+        tp.from_torch(lambda n: Gate(n, "bailing", permuted=True), (32, 64), ids)
+    assert "gi = self.f(e).float().view(b, t, self.h, DH) + dt" in str(err.value)
 
 
 class KDA(nn.Module):
