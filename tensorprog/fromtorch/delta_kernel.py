@@ -153,8 +153,9 @@ def _kda(*args, **kwargs):
     ``delta`` multiplies the plain dots by one D_ts per head. No instruction computes such a
     dot, so the layer is refused here rather than traced as something else."""
     raise refusal(
-        "Kimi Delta Attention (chunk_kimi_delta_attention, the gated delta rule with a decay "
-        "per key channel, g of (batch, tokens, heads, dk)): unrolled, its weights read A_ts = "
+        "Kimi Delta Attention (chunk_kimi_delta_attention, or its decode step, the gated delta "
+        "rule with a decay per key channel, g of (batch, tokens, heads, dk)): unrolled, its "
+        "weights read A_ts = "
         "sum_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]), a dot over the head dim weighted channel "
         "by channel by the decay, where the language's delta takes one decay per head "
         "(exp(G_t - G_s) times the dot q_t.k_s); the language has no such dot", _KDA_HELP)
