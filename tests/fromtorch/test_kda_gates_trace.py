@@ -48,8 +48,11 @@ class Gate(nn.Module):
             sp = torch.where(g > self.threshold, g, torch.log(1.0 + torch.exp(g)))
             g = -torch.exp(self.A_log.float()) * sp
         else:
-            dt = self.dt.view(1, 1, DH, self.h).transpose(-1, -2) if self.permuted else \
-                self.dt.view(1, 1, self.h, DH)
+            dt = (
+                self.dt.view(1, 1, DH, self.h).transpose(-1, -2)
+                if self.permuted
+                else self.dt.view(1, 1, self.h, DH)
+            )
             gi = self.f(e).float().view(b, t, self.h, DH) + dt
             decay = self.A_log.exp().view(1, 1, self.h, 1)
             g = -5.0 * torch.sigmoid(decay * gi)
@@ -105,14 +108,14 @@ class KDA(nn.Module):
         q, k, v = (x.view(b, t, -1, DH) for x in self.qkv(e).chunk(3, -1))
         beta, g = self.gb(e).split([q.shape[2], e.shape[-1]], -1)
         g = -F.softplus(g).view(b, t, -1, DH)
-        o, _ = kda.chunk_kimi_delta_attention(q, k, v, g=g, beta=beta.sigmoid(),
-                                              use_qk_l2norm_in_kernel=True)
+        o, _ = kda.chunk_kimi_delta_attention(
+            q, k, v, g=g, beta=beta.sigmoid(), use_qk_l2norm_in_kernel=True
+        )
         return self.ro(e + o.reshape(b, t, -1))
 
 
 def test_a_decay_per_key_channel_is_refused_at_the_models_call():
-    with pytest.raises(TraceError, match=r"Kimi Delta Attention .* a decay per key channel") \
-            as err:
+    with pytest.raises(TraceError, match=r"Kimi Delta Attention .* a decay per key channel") as err:
         tp.from_torch(KDA, (32, 64), ids)
     assert "o, _ = kda.chunk_kimi_delta_attention(q, k, v" in str(err.value)
 
@@ -126,11 +129,25 @@ def kimi_or_bailing(family):
 
     def build(n):
         torch.manual_seed(0)
-        return model_cls(cfg_cls(
-            vocab_size=13, hidden_size=n, intermediate_size=2 * n, num_hidden_layers=2,
-            num_attention_heads=n // DH, num_key_value_heads=n // DH, linear_num_heads=n // DH,
-            linear_head_dim=DH, layer_types=["linear_attention"] * 2, use_cache=False,
-            max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        return model_cls(
+            cfg_cls(
+                vocab_size=13,
+                hidden_size=n,
+                intermediate_size=2 * n,
+                num_hidden_layers=2,
+                num_attention_heads=n // DH,
+                num_key_value_heads=n // DH,
+                linear_num_heads=n // DH,
+                linear_head_dim=DH,
+                layer_types=["linear_attention"] * 2,
+                use_cache=False,
+                max_position_embeddings=64,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        )
+
     return build
 
 
