@@ -117,7 +117,7 @@ class KDA(nn.Module):
 def test_a_decay_per_key_channel_is_refused_at_the_models_call():
     with pytest.raises(TraceError, match=r"Kimi Delta Attention .* a decay per key channel") as err:
         tp.from_torch(KDA, (32, 64), ids)
-    assert "o, _ = kda.chunk_kimi_delta_attention(q, k, v" in str(err.value)
+    assert "o, _ = kda.chunk_kimi_delta_attention(" in str(err.value)
 
 
 def kimi_or_bailing(family):
