@@ -518,6 +518,8 @@ def _proportional(defaults: dict, width: int, head: int) -> dict:
 # key and value heads, apart from the softmax attention's
 LINEAR_HEADS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
                 "linear_value_head_dim")
+# Kimi Delta Attention's (Kimi Linear, Bailing hybrid): queries, keys and values alike
+KDA_HEADS = ("linear_num_heads", "linear_head_dim")
 
 
 def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
@@ -525,11 +527,14 @@ def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
     of n/4; ``head_dim``, key heads of 16, n/16 of them. The values keep the config's ratios to
     the keys (value heads per key head: Qwen3.5's 32 of 16, 2; value head dim per key head
     dim: OLMo-hybrid's 192 of 96, 2), so their dims stay a whole multiple of the keys'. At
-    their defaults (16 heads of 128) the layer does not scale with the width."""
+    their defaults (16 heads of 128) the layer does not scale with the width. Kimi Delta
+    Attention's (Kimi Linear, Bailing hybrid) has one count and one head dim for all three."""
+    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
+    if all(isinstance(defaults.get(f), int) for f in KDA_HEADS):  # one count, one head dim
+        return dict(zip(KDA_HEADS, (heads, dim), strict=True))
     kh, vh, kd, vd = (defaults.get(f) for f in LINEAR_HEADS)
     if not all(isinstance(x, int) and x > 0 for x in (kh, vh, kd, vd)) or vh % kh or vd % kd:
         return {}
-    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
     return dict(zip(LINEAR_HEADS, (heads, heads * (vh // kh), dim, dim * (vd // kd)),
                     strict=True))
 

@@ -8,6 +8,7 @@ import math
 from .clamped import ClampedRows
 from .ops_bias import refuse_key_bias
 from .ops_conv import is_image
+from .ops_spread import spread_of_view
 from .ops_timemajor import time_major
 from .values import (
     Affine,
@@ -49,6 +50,9 @@ class LayoutOps:
         paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
         if paired is not None:
             return paired
+        spread = spread_of_view(node, v)  # b.view(1, 1, H, dh): a bias's features per head
+        if spread is not None:  # (ops_spread.py)
+            return spread
         if isinstance(v, PRef):  # a table of positions laid out as a grid (ops_grid.py)
             args, kwargs = self.args(node)
             return self.laid_op(node, op_name(node), [self.laid(node, v), *args[1:]], kwargs)
