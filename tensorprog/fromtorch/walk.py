@@ -73,6 +73,7 @@ from .where import (
     op_name,
     reaching_the_output,
     refuse,
+    refuse_empty_part,
     refuse_keywords,
     strip_prefix,
     user_span,
@@ -195,22 +196,22 @@ class Walker:
         """The program param for a torch matrix applied as W @ x (program layout [out, in]);
         returns (name, transposed use). ``fan_in`` names the dim it is applied over when that is
         not its own size (a position table read at positions 0..T-1 only)."""
-        shape = ref.shape if not ref.t else ref.shape[::-1]  # the matrix as applied: [in, out]?
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         if any(use.target == ref.target and self._std.get(name) != ref.std
                for name, use in self.out.params.items()):
             raise refuse_mixed_standardised(node, ref)
         for name, use in self.out.params.items():
-            if (use.target == ref.target
-                    and self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols)
-                    and use.expert == ref.expert):
+            if use.target == ref.target and use.expert == ref.expert and \
+                    self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols):
                 seen = (module_of(node), node.name)
                 if node.name != use.node and seen not in use.also:
                     # another application of it: a layer tied to it (columns.py hooks each), or
                     # its own module called again (a query patch scales every call: apply.py)
                     use.also += (seen,)
                 return name, use.transposed != as_applied_t
+        if ref.rows and ref.rows[0] == ref.rows[1]:  # a split's empty part, read: nothing to name
+            raise refuse_empty_part(node, ref.target)
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
         part = ref.part if ref.part is not None else part
         name = self.fresh(
@@ -226,7 +227,6 @@ class Walker:
             prog[0] = (ref.rows[1] - ref.rows[0]) * groups
         if ref.cols:  # the columns that multiply one part of a concatenation (ops_concat.py)
             prog[1 if len(prog) == 4 else -1] = ref.cols.hi - ref.cols.lo  # a kernel's: in
-        del shape
         rows = None
         if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
             period = ref.period or total
