@@ -372,7 +372,7 @@ class LayoutOps:
             # each a vector param of its own, as a fused layer's bias blocks are
             bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
             return Parts([dataclasses.replace(v, rows=(lo, hi), part=k) for k, (lo, hi) in
-                          enumerate(zip(bounds, bounds[1:]))])
+                          enumerate(zip(bounds, bounds[1:], strict=False))])
         if isinstance(v, Affine) and v.dh and v.w.period is None and (
                 self._tags(v, node)[dim % ndim] == "H"):
             # whole heads of a fused layer (ops_heads), its heads axis wherever a transpose put

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .values import Affine, HeadGate, Pointwise, Vec
+from .values import Affine, HeadGate, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
-_HELP = ("hold the streams as m per-token vectors, mix them with per-token weights of m entries "
-         "(w.unsqueeze(-1) * streams, summed over the streams' axis), and flatten them to m·n "
-         "features for a linear layer or a norm")
+_HELP = (
+    "hold the streams as m per-token vectors, mix them with per-token weights of m entries "
+    "(w.unsqueeze(-1) * streams, summed over the streams' axis), and flatten them to m·n "
+    "features for a linear layer or a norm"
+)
 
 
 @dataclass
@@ -75,8 +77,11 @@ class StreamOps:
 
     def call(self, node):
         args, kwargs = self.args(node)
-        flat = [x for a in list(args) + list(kwargs.values())
-                for x in (a if isinstance(a, (list, tuple)) else [a])]
+        flat = [
+            x
+            for a in list(args) + list(kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
         if any(isinstance(x, STREAM_VALUES) for x in flat):
             return self.stream_op(node, op_name(node), args, kwargs)
         return super().call(node)
@@ -85,13 +90,24 @@ class StreamOps:
         shape = tuple(node.meta["val"].shape)
         ndim = len(shape)
         tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
-        if isinstance(v, (Vec, Affine, Pointwise)) and ndim == 4 and dim % ndim == ndim - 2 \
-                and tags and tags[-1] == "F" and len(tags) == 3 and not getattr(v, "dh", None):
+        if (
+            isinstance(v, (Vec, Affine, Pointwise))
+            and ndim == 4
+            and dim % ndim == ndim - 2
+            and tags
+            and tags[-1] == "F"
+            and len(tags) == 3
+            and not getattr(v, "dh", None)
+        ):
             return Lifted(self.vec(v, node))  # h.unsqueeze(-2): one stream
         if ndim == 4 and dim % ndim == ndim - 1 and isinstance(v, Shifted):
             return Weighted(self.head_gate(node, v.src), v.c)
-        if ndim == 4 and dim % ndim == ndim - 1 and node.users and all(
-                _lifts(node, u) for u in node.users):
+        if (
+            ndim == 4
+            and dim % ndim == ndim - 1
+            and node.users
+            and all(_lifts(node, u) for u in node.users)
+        ):
             return self.head_gate(node, v)  # w.unsqueeze(-1) * h.unsqueeze(-2): per stream
         return super().op_unsqueeze(node, v, dim)
 
@@ -103,6 +119,29 @@ class StreamOps:
                 if _number(c) and isinstance(w, (Vec, Affine, Pointwise)):
                     return Shifted(self.vec(w, node), float(c))
         return super().op_add(node, u, v, alpha)
+
+    def view(self, node, v):
+        shape = tuple(node.meta["val"].shape)
+        if (
+            isinstance(v, PRef)
+            and v.rows
+            and len(v.shape) == 1
+            and len(shape) == 2
+            and shape[0] == shape[1] > 1
+        ):
+            # DeepSeek-V4's comb_b.view(m, m): the bias of a per-token matrix across streams
+            raise refuse(
+                node,
+                f"a block of a 1-D param laid out as a {shape[0]}x{shape[1]} "
+                "matrix (a mixing matrix across residual streams, hyper-connections' "
+                "comb): the trace mixes streams only by per-token weights of one entry "
+                "per stream, and a matrix made doubly stochastic by Sinkhorn's "
+                "iterations divides by per-token sums of its entries, which the "
+                "language has no exact form of",
+                help=_HELP + "; or drop the comb "
+                "matrix (HY v4's hyper-connections), or write the model as a program",
+            )
+        return super().view(node, v)
 
     def stream_op(self, node, op, args, kwargs):
         from .walk import IDENTITY_OPS, VIEW_OPS
@@ -120,11 +159,19 @@ class StreamOps:
             return Streams((x.src,) * shape[-2])
         if op in ("mul", "multiply") and len(args) == 2:
             return self.streams_weighted(node, *args)
-        if op == "add" and all(isinstance(a, Streams) for a in args[:2]) and \
-                kwargs.get("alpha", 1) == 1 and len(args) == 2:
+        if (
+            op == "add"
+            and all(isinstance(a, Streams) for a in args[:2])
+            and kwargs.get("alpha", 1) == 1
+            and len(args) == 2
+        ):
             a, b = args
-            return Streams(tuple(self.stream_statement(node, f"{p.name} + {q.name}", p)
-                                 for p, q in zip(a.items, b.items, strict=True)))
+            return Streams(
+                tuple(
+                    self.stream_statement(node, f"{p.name} + {q.name}", p)
+                    for p, q in zip(a.items, b.items, strict=True)
+                )
+            )
         if op == "add" and len(args) == 2 and isinstance(x, Weighted) and _number(args[1]):
             return Weighted(x.gate, x.c + float(args[1]))
         if op == "sum" and isinstance(x, Streams):
@@ -133,17 +180,27 @@ class StreamOps:
             keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
             if list(dims or []) and [d % ndim for d in dims] == [ndim - 2] and not keep:
                 return self.streams_summed(node, x)
-        if op in VIEW_OPS and isinstance(x, Streams) and len(shape) == 3 and \
-                shape[-1] == sum(p.dim for p in x.items):
+        if (
+            op in VIEW_OPS
+            and isinstance(x, Streams)
+            and len(shape) == 3
+            and shape[-1] == sum(p.dim for p in x.items)
+        ):
             return self.cat_statement(node, list(x.items))  # flatten(2): cat(H_1, ..., D)
-        what = {Lifted: "a per-token vector given an axis before its features",
-                Streams: "a stack of per-token residual streams (hyper-connections)",
-                Weighted: "per-stream weights (w.unsqueeze(-1))",
-                Shifted: "per-stream weights plus a number"}
+        what = {
+            Lifted: "a per-token vector given an axis before its features",
+            Streams: "a stack of per-token residual streams (hyper-connections)",
+            Weighted: "per-stream weights (w.unsqueeze(-1))",
+            Shifted: "per-stream weights plus a number",
+        }
         kinds = sorted({what[type(a)] for a in args if type(a) in what})
-        raise refuse(node, f"{op} of {' and '.join(kinds)}: only copies of one vector, "
-                     "per-token weights times the streams, sums over the streams' axis and a "
-                     "flatten of the streams to m·n features are traced", help=_HELP)
+        raise refuse(
+            node,
+            f"{op} of {' and '.join(kinds)}: only copies of one vector, "
+            "per-token weights times the streams, sums over the streams' axis and a "
+            "flatten of the streams to m·n features are traced",
+            help=_HELP,
+        )
 
     def streams_weighted(self, node, u, v) -> Streams:
         """``w.unsqueeze(-1) * streams`` (stream k times w_k) or ``w.unsqueeze(-1) *
@@ -156,19 +213,25 @@ class StreamOps:
             m = w.gate.src.dim
             items = s.items if isinstance(s, Streams) else (s.src,) * m
             if len(items) != m:
-                raise refuse(node, f"per-stream weights of {m} entries times {len(items)} "
-                             "streams", help=_HELP)
+                raise refuse(
+                    node,
+                    f"per-stream weights of {m} entries times {len(items)} streams",
+                    help=_HELP,
+                )
             one = self.dim(1)
             out = []
             for k, h in enumerate(items):
-                expr = f"spread(pick({w.gate.src.name}, {one}, {k}), {self.dim(h.dim)}) * " \
-                       f"{h.name}"
+                expr = f"spread(pick({w.gate.src.name}, {one}, {k}), {self.dim(h.dim)}) * {h.name}"
                 if w.c:
                     expr += f" + {self.coefficient(w.c, node, h.name)} * {h.name}"
                 out.append(self.stream_statement(node, expr, h))
             return Streams(tuple(out))
-        raise refuse(node, "a product of residual streams with anything but per-token weights "
-                     "of one entry per stream (w.unsqueeze(-1))", help=_HELP)
+        raise refuse(
+            node,
+            "a product of residual streams with anything but per-token weights "
+            "of one entry per stream (w.unsqueeze(-1))",
+            help=_HELP,
+        )
 
     def streams_summed(self, node, s: Streams) -> Vec:
         name = self.emit_vector(node.name, " + ".join(p.name for p in s.items))
@@ -191,8 +254,12 @@ def _lifts(node, user) -> bool:
     if op_name(user) not in ("mul", "multiply"):
         return False
     others = [a for a in user.all_input_nodes if a is not node]
-    return len(others) == 1 and len(others[0].meta["val"].shape) == 4 and \
-        others[0].meta["val"].shape[-2] == 1 and others[0].meta["val"].shape[-1] > 1
+    return (
+        len(others) == 1
+        and len(others[0].meta["val"].shape) == 4
+        and others[0].meta["val"].shape[-2] == 1
+        and others[0].meta["val"].shape[-1] > 1
+    )
 
 
 def _weighs(user) -> bool:
