@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .inplace import in_place
+from .ops_rescale import Rescaled
 from .values import Affine, HeadGate, Pointwise, PRef, Vec
 from .where import op_name, refuse
 
@@ -49,6 +51,7 @@ class Streams:
     ``[B, T, m, n]``: ``items[k]`` is stream k."""
 
     items: tuple
+    axis: int = 2  # where the streams' axis is: [B, T, m, n] (2), [m, B, T, n] (0), [B, T, n, m] (3)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Weighted:
 
     gate: HeadGate
     c: float = 0.0
+    axis: int = 2  # the streams' axis it falls on: [B, T, m, 1] (2) or [m, B, T, 1] (0)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Shifted:
 
     src: Vec
     c: float
+    first: bool = False  # permuted to (m, B, T): AltUp's coefficients, streams first
 
 
 STREAM_VALUES = (Lifted, Streams, Weighted, Shifted)
@@ -101,7 +106,7 @@ class StreamOps:
         ):
             return Lifted(self.vec(v, node))  # h.unsqueeze(-2): one stream
         if ndim == 4 and dim % ndim == ndim - 1 and isinstance(v, Shifted):
-            return Weighted(self.head_gate(node, v.src), v.c)
+            return Weighted(HeadGate(v.src, node.name), v.c, 0 if v.first else 2)
         if (
             ndim == 4
             and dim % ndim == ndim - 1
@@ -110,6 +115,29 @@ class StreamOps:
         ):
             return self.head_gate(node, v)  # w.unsqueeze(-1) * h.unsqueeze(-2): per stream
         return super().op_unsqueeze(node, v, dim)
+
+    def op_stack(self, node, tensors, dim=0):
+        # Gemma 3n's AltUp streams, torch.stack([h0, h1, ...]) on an axis of their own
+        ndim = len(node.meta["val"].shape)
+        kinds = (Vec, Affine, Pointwise, Rescaled)
+        if ndim == 4 and dim % ndim in (0, 2) and len(tensors) > 1 and all(
+                isinstance(t, kinds) for t in tensors):
+            items = tuple(self.vec(t, node) for t in tensors)
+            if all(len(v.tags) == 3 and v.tags[-1] == "F" and not v.dh and v.dim == items[0].dim
+                   for v in items):
+                return Streams(items, dim % ndim)
+        return super().op_stack(node, tensors, dim)
+
+    def op_repeat(self, node, v, *sizes):
+        # AltUp's innovation.repeat(m, 1, 1, 1): m copies of one vector, streams first
+        sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
+            else list(sizes)
+        if isinstance(v, (Vec, Affine, Pointwise)) and len(sizes) == 4 and sizes[1:] == [1, 1, 1] \
+                and len(self._shape(node.args[0])) == 3:
+            x = self.vec(v, node)
+            if len(x.tags) == 3 and x.tags[-1] == "F" and not x.dh:
+                return Streams((x,) * sizes[0], 0)
+        return super().op_repeat(node, v, *sizes)
 
     def op_add(self, node, u, v, alpha=1):
         # w + c where w.unsqueeze(-1) weighs streams (HY's sigmoid(z) + eps): kept apart, as
@@ -153,10 +181,22 @@ class StreamOps:
         if op in IDENTITY_OPS:
             return args[0]
         x = args[0]
+        if op == "copy_" and isinstance(args[1], Streams):
+            return self.streams_copied(node, args[1])
+        if op in ("add_", "mul_") and isinstance(x, Streams):
+            return self.streams_in_place(node, op, args, kwargs)
+        if op == "permute" and isinstance(x, Shifted) and [d % 3 for d in args[1]] == [2, 0, 1]:
+            return Shifted(x.src, x.c, True)
         if op == "unsqueeze" and isinstance(x, Shifted):
             return self.op_unsqueeze(node, *args)
+        if isinstance(x, Streams):
+            done = self.stream_layout_op(node, op, x, args, kwargs)
+            if done is not None:
+                return done
         if op == "expand" and isinstance(x, Lifted) and len(shape) == 4:
             return Streams((x.src,) * shape[-2])
+        if op == "matmul" and isinstance(x, Streams) and x.axis == 3:
+            return self.streams_mixed(node, x, args[1])
         if op in ("mul", "multiply") and len(args) == 2:
             return self.streams_weighted(node, *args)
         if (
@@ -166,12 +206,20 @@ class StreamOps:
             and len(args) == 2
         ):
             a, b = args
-            return Streams(
-                tuple(
-                    self.stream_statement(node, f"{p.name} + {q.name}", p)
-                    for p, q in zip(a.items, b.items, strict=True)
+            if a.axis == b.axis:
+                return Streams(
+                    tuple(
+                        self.stream_statement(node, f"{p.name} + {q.name}", p)
+                        for p, q in zip(a.items, b.items, strict=True)
+                    ),
+                    a.axis,
                 )
-            )
+        if op == "add" and len(args) == 2 and isinstance(x, Streams) and x.axis == 0 and \
+                kwargs.get("alpha", 1) == 1 and isinstance(args[1], (Vec, Affine, Pointwise)):
+            y = self.vec(args[1], node)  # [m, B, T, n] + [B, T, n]: y added to every stream
+            if len(self._shape(node.args[1])) == 3 and y.dim == x.items[0].dim:
+                return Streams(tuple(self.stream_statement(node, f"{p.name} + {y.name}", p)
+                                     for p in x.items), 0)
         if op == "add" and len(args) == 2 and isinstance(x, Weighted) and _number(args[1]):
             return Weighted(x.gate, x.c + float(args[1]))
         if op == "sum" and isinstance(x, Streams):
@@ -202,6 +250,91 @@ class StreamOps:
             help=_HELP,
         )
 
+    def stream_layout_op(self, node, op, x: Streams, args, kwargs):
+        """An op along (or around) the streams' axis: one stream (``select``), some of them
+        (``slice``), the axis moved (``permute``), their mean; None for any other op."""
+        ndim = len(self._shape(node.args[0]))
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if op == "select" and isinstance(dim, int) and dim % ndim == x.axis:
+            return x.items[args[2]]
+        if op == "slice" and isinstance(dim, int) and dim % ndim == x.axis:
+            start, end = (list(args[2:4]) + [None, None])[:2]
+            step = args[4] if len(args) > 4 else 1
+            if step == 1:
+                return Streams(x.items[start:end], x.axis)
+        if op == "permute" and ndim == 4:
+            order = [d % ndim for d in args[1]]
+            rest = [d for d in order if d != x.axis]
+            if rest == sorted(rest):  # the other axes keep their order: (B, T, n) as they were
+                return Streams(x.items, order.index(x.axis))
+        if op == "mean" and isinstance(dim, (list, tuple)) and [d % ndim for d in dim] == [
+                x.axis] and not (args[2] if len(args) > 2 else kwargs.get("keepdim", False)):
+            c = self.coefficient(1 / len(x.items), node, "")
+            name = self.emit_vector(node.name, f"{c} * ({' + '.join(p.name for p in x.items)})")
+            return Vec(name, x.items[0].tags, x.items[0].dim)
+        return None
+
+    def streams_in_place(self, node, op, args, kwargs) -> Streams:
+        """``x += y`` on streams: exact where nothing reads x after it (inplace.py), or where x
+        is some of another stack's streams (AltUp's ``corrected[1:] += y``), whose later reads
+        then see those streams updated: the stack's value is rewritten here."""
+        target = node.args[0]
+        base = target.args[0] if op_name(target) == "slice" else None
+        whole = self.env.get(base.name) if base is not None else None
+        if not isinstance(whole, Streams) or set(target.users) != {node}:
+            in_place(self, node, op)  # refused unless exact
+            return self.stream_op(node, op[:-1], args, kwargs)
+        order = {n.name: i for i, n in enumerate(self.ep.graph.nodes)}
+        for u in base.users:  # a view read after the write would miss it
+            if u is not target and op_name(u) in _VIEWS and order[u.name] < order[
+                    node.name] and any(order[w.name] > order[node.name] for w in u.users):
+                raise refuse(node, f"an in-place {op} on some of the streams, whose stack is "
+                             "read through a view after it", help=_HELP)
+        new = self.stream_op(node, op[:-1], args, kwargs)
+        dim, start = target.args[1], (list(target.args[2:3]) + [None])[0]
+        if not isinstance(new, Streams) or dim % 4 != whole.axis:
+            raise refuse(node, f"an in-place {op} on a part of the streams", help=_HELP)
+        lo = 0 if start is None else start % len(whole.items)
+        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items):]
+        self.env[base.name] = Streams(items, whole.axis)
+        return new
+
+    def streams_copied(self, node, new: Streams) -> Streams:
+        """``x[a:b] = y`` (``copy_`` into a slice of a stack, the write back of Python's
+        ``x[a:b] += y``): the stack's streams a..b replaced by y's."""
+        target = node.args[0]
+        base = target.args[0] if op_name(target) == "slice" else None
+        whole = self.env.get(base.name) if base is not None else None
+        if not isinstance(whole, Streams) or target.args[1] % 4 != whole.axis or \
+                new.axis != whole.axis:
+            raise refuse(node, "a copy of streams into anything but some of another stack's "
+                         "streams", help=_HELP)
+        start = (list(target.args[2:3]) + [None])[0]
+        lo = 0 if start is None else start % len(whole.items)
+        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items):]
+        self.env[base.name] = Streams(items, whole.axis)
+        return new
+
+    def streams_mixed(self, node, x: Streams, c) -> Streams:
+        """``streams.permute(1, 2, 3, 0) @ C`` with C a per-token m x m matrix (AltUp's
+        prediction coefficients): stream j of the result is sum_k C[k, j] * H_k."""
+        m = len(x.items)
+        c = self.vec(c, node) if isinstance(c, (Affine, Pointwise)) else c
+        if not isinstance(c, Vec) or c.dim != m * m or c.dh != m or len(c.tags) != 4 or \
+                set(c.tags[2:]) != {"H", "dh"}:
+            raise refuse(node, f"a matmul of {m} residual streams with anything but a "
+                         f"per-token {m}x{m} matrix (a layer's {m * m} outputs viewed as "
+                         f"({m}, {m}))", help=_HELP)
+        # entry (k, j) of C: row r, column q of the layer's outputs viewed (m, m) are its
+        # output r·m + q, and a transpose of the view (tags (dh, H)) swaps them
+        at = (lambda k, j: j * m + k) if c.tags[2:] == ("dh", "H") else (lambda k, j: k * m + j)
+        one, out = self.dim(1), []
+        for j in range(m):
+            terms = [f"spread(pick({c.name}, {one}, {at(k, j)}), {self.dim(h.dim)}) * {h.name}"
+                     for k, h in enumerate(x.items)]
+            out.append(self.stream_statement(node, " + ".join(terms), x.items[0]))
+        return Streams(tuple(out), 3)
+
     def streams_weighted(self, node, u, v) -> Streams:
         """``w.unsqueeze(-1) * streams`` (stream k times w_k) or ``w.unsqueeze(-1) *
         h.unsqueeze(-2)`` (m streams, w_k·h)."""
@@ -212,7 +345,7 @@ class StreamOps:
                 continue
             m = w.gate.src.dim
             items = s.items if isinstance(s, Streams) else (s.src,) * m
-            if len(items) != m:
+            if len(items) != m or (s.axis if isinstance(s, Streams) else 2) != w.axis:
                 raise refuse(
                     node,
                     f"per-stream weights of {m} entries times {len(items)} streams",
@@ -225,7 +358,7 @@ class StreamOps:
                 if w.c:
                     expr += f" + {self.coefficient(w.c, node, h.name)} * {h.name}"
                 out.append(self.stream_statement(node, expr, h))
-            return Streams(tuple(out))
+            return Streams(tuple(out), w.axis)
         raise refuse(
             node,
             "a product of residual streams with anything but per-token weights "
@@ -242,6 +375,9 @@ class StreamOps:
         name = self.fresh(f"{node.name}_stream")
         self.out.stmts.append(f"{name} = {expr}")
         return Vec(name, like.tags, like.dim)
+
+
+_VIEWS = {"select", "slice", "view", "permute", "transpose", "expand", "alias", "unsqueeze"}
 
 
 def _number(x) -> bool:
@@ -264,7 +400,8 @@ def _lifts(node, user) -> bool:
 
 def _weighs(user) -> bool:
     """Whether ``user`` (through casts) is ``unsqueeze(-1)`` to 4 axes: a weight per stream."""
-    if op_name(user) in ("to", "_to_copy", "float", "type_as", "alias"):
+    if op_name(user) in ("to", "_to_copy", "float", "type_as", "alias") or (
+            op_name(user) == "permute" and [d % 3 for d in user.args[1]] == [2, 0, 1]):
         return bool(user.users) and all(_weighs(u) for u in user.users)
     shape = getattr(user.meta.get("val"), "shape", ())
     return op_name(user) == "unsqueeze" and len(shape) == 4 and user.args[1] in (-1, 3)
