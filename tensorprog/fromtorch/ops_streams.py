@@ -51,7 +51,9 @@ class Streams:
     ``[B, T, m, n]``: ``items[k]`` is stream k."""
 
     items: tuple
-    axis: int = 2  # where the streams' axis is: [B, T, m, n] (2), [m, B, T, n] (0), [B, T, n, m] (3)
+    axis: int = (
+        2  # where the streams' axis is: [B, T, m, n] (2), [m, B, T, n] (0), [B, T, n, m] (3)
+    )
 
 
 @dataclass
@@ -120,20 +122,33 @@ class StreamOps:
         # Gemma 3n's AltUp streams, torch.stack([h0, h1, ...]) on an axis of their own
         ndim = len(node.meta["val"].shape)
         kinds = (Vec, Affine, Pointwise, Rescaled)
-        if ndim == 4 and dim % ndim in (0, 2) and len(tensors) > 1 and all(
-                isinstance(t, kinds) for t in tensors):
+        if (
+            ndim == 4
+            and dim % ndim in (0, 2)
+            and len(tensors) > 1
+            and all(isinstance(t, kinds) for t in tensors)
+        ):
             items = tuple(self.vec(t, node) for t in tensors)
-            if all(len(v.tags) == 3 and v.tags[-1] == "F" and not v.dh and v.dim == items[0].dim
-                   for v in items):
+            if all(
+                len(v.tags) == 3 and v.tags[-1] == "F" and not v.dh and v.dim == items[0].dim
+                for v in items
+            ):
                 return Streams(items, dim % ndim)
         return super().op_stack(node, tensors, dim)
 
     def op_repeat(self, node, v, *sizes):
         # AltUp's innovation.repeat(m, 1, 1, 1): m copies of one vector, streams first
-        sizes = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) \
+        sizes = (
+            list(sizes[0])
+            if len(sizes) == 1 and isinstance(sizes[0], (list, tuple))
             else list(sizes)
-        if isinstance(v, (Vec, Affine, Pointwise)) and len(sizes) == 4 and sizes[1:] == [1, 1, 1] \
-                and len(self._shape(node.args[0])) == 3:
+        )
+        if (
+            isinstance(v, (Vec, Affine, Pointwise))
+            and len(sizes) == 4
+            and sizes[1:] == [1, 1, 1]
+            and len(self._shape(node.args[0])) == 3
+        ):
             x = self.vec(v, node)
             if len(x.tags) == 3 and x.tags[-1] == "F" and not x.dh:
                 return Streams((x,) * sizes[0], 0)
@@ -214,12 +229,20 @@ class StreamOps:
                     ),
                     a.axis,
                 )
-        if op == "add" and len(args) == 2 and isinstance(x, Streams) and x.axis == 0 and \
-                kwargs.get("alpha", 1) == 1 and isinstance(args[1], (Vec, Affine, Pointwise)):
+        if (
+            op == "add"
+            and len(args) == 2
+            and isinstance(x, Streams)
+            and x.axis == 0
+            and kwargs.get("alpha", 1) == 1
+            and isinstance(args[1], (Vec, Affine, Pointwise))
+        ):
             y = self.vec(args[1], node)  # [m, B, T, n] + [B, T, n]: y added to every stream
             if len(self._shape(node.args[1])) == 3 and y.dim == x.items[0].dim:
-                return Streams(tuple(self.stream_statement(node, f"{p.name} + {y.name}", p)
-                                     for p in x.items), 0)
+                return Streams(
+                    tuple(self.stream_statement(node, f"{p.name} + {y.name}", p) for p in x.items),
+                    0,
+                )
         if op == "add" and len(args) == 2 and isinstance(x, Weighted) and _number(args[1]):
             return Weighted(x.gate, x.c + float(args[1]))
         if op == "sum" and isinstance(x, Streams):
@@ -267,8 +290,12 @@ class StreamOps:
             rest = [d for d in order if d != x.axis]
             if rest == sorted(rest):  # the other axes keep their order: (B, T, n) as they were
                 return Streams(x.items, order.index(x.axis))
-        if op == "mean" and isinstance(dim, (list, tuple)) and [d % ndim for d in dim] == [
-                x.axis] and not (args[2] if len(args) > 2 else kwargs.get("keepdim", False)):
+        if (
+            op == "mean"
+            and isinstance(dim, (list, tuple))
+            and [d % ndim for d in dim] == [x.axis]
+            and not (args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        ):
             c = self.coefficient(1 / len(x.items), node, "")
             name = self.emit_vector(node.name, f"{c} * ({' + '.join(p.name for p in x.items)})")
             return Vec(name, x.items[0].tags, x.items[0].dim)
@@ -286,16 +313,24 @@ class StreamOps:
             return self.stream_op(node, op[:-1], args, kwargs)
         order = {n.name: i for i, n in enumerate(self.ep.graph.nodes)}
         for u in base.users:  # a view read after the write would miss it
-            if u is not target and op_name(u) in _VIEWS and order[u.name] < order[
-                    node.name] and any(order[w.name] > order[node.name] for w in u.users):
-                raise refuse(node, f"an in-place {op} on some of the streams, whose stack is "
-                             "read through a view after it", help=_HELP)
+            if (
+                u is not target
+                and op_name(u) in _VIEWS
+                and order[u.name] < order[node.name]
+                and any(order[w.name] > order[node.name] for w in u.users)
+            ):
+                raise refuse(
+                    node,
+                    f"an in-place {op} on some of the streams, whose stack is "
+                    "read through a view after it",
+                    help=_HELP,
+                )
         new = self.stream_op(node, op[:-1], args, kwargs)
         dim, start = target.args[1], (list(target.args[2:3]) + [None])[0]
         if not isinstance(new, Streams) or dim % 4 != whole.axis:
             raise refuse(node, f"an in-place {op} on a part of the streams", help=_HELP)
         lo = 0 if start is None else start % len(whole.items)
-        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items):]
+        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items) :]
         self.env[base.name] = Streams(items, whole.axis)
         return new
 
@@ -305,13 +340,19 @@ class StreamOps:
         target = node.args[0]
         base = target.args[0] if op_name(target) == "slice" else None
         whole = self.env.get(base.name) if base is not None else None
-        if not isinstance(whole, Streams) or target.args[1] % 4 != whole.axis or \
-                new.axis != whole.axis:
-            raise refuse(node, "a copy of streams into anything but some of another stack's "
-                         "streams", help=_HELP)
+        if (
+            not isinstance(whole, Streams)
+            or target.args[1] % 4 != whole.axis
+            or new.axis != whole.axis
+        ):
+            raise refuse(
+                node,
+                "a copy of streams into anything but some of another stack's streams",
+                help=_HELP,
+            )
         start = (list(target.args[2:3]) + [None])[0]
         lo = 0 if start is None else start % len(whole.items)
-        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items):]
+        items = whole.items[:lo] + new.items + whole.items[lo + len(new.items) :]
         self.env[base.name] = Streams(items, whole.axis)
         return new
 
@@ -320,18 +361,29 @@ class StreamOps:
         prediction coefficients): stream j of the result is sum_k C[k, j] * H_k."""
         m = len(x.items)
         c = self.vec(c, node) if isinstance(c, (Affine, Pointwise)) else c
-        if not isinstance(c, Vec) or c.dim != m * m or c.dh != m or len(c.tags) != 4 or \
-                set(c.tags[2:]) != {"H", "dh"}:
-            raise refuse(node, f"a matmul of {m} residual streams with anything but a "
-                         f"per-token {m}x{m} matrix (a layer's {m * m} outputs viewed as "
-                         f"({m}, {m}))", help=_HELP)
+        if (
+            not isinstance(c, Vec)
+            or c.dim != m * m
+            or c.dh != m
+            or len(c.tags) != 4
+            or set(c.tags[2:]) != {"H", "dh"}
+        ):
+            raise refuse(
+                node,
+                f"a matmul of {m} residual streams with anything but a "
+                f"per-token {m}x{m} matrix (a layer's {m * m} outputs viewed as "
+                f"({m}, {m}))",
+                help=_HELP,
+            )
         # entry (k, j) of C: row r, column q of the layer's outputs viewed (m, m) are its
         # output r·m + q, and a transpose of the view (tags (dh, H)) swaps them
         at = (lambda k, j: j * m + k) if c.tags[2:] == ("dh", "H") else (lambda k, j: k * m + j)
         one, out = self.dim(1), []
         for j in range(m):
-            terms = [f"spread(pick({c.name}, {one}, {at(k, j)}), {self.dim(h.dim)}) * {h.name}"
-                     for k, h in enumerate(x.items)]
+            terms = [
+                f"spread(pick({c.name}, {one}, {at(k, j)}), {self.dim(h.dim)}) * {h.name}"
+                for k, h in enumerate(x.items)
+            ]
             out.append(self.stream_statement(node, " + ".join(terms), x.items[0]))
         return Streams(tuple(out), 3)
 
@@ -401,7 +453,8 @@ def _lifts(node, user) -> bool:
 def _weighs(user) -> bool:
     """Whether ``user`` (through casts) is ``unsqueeze(-1)`` to 4 axes: a weight per stream."""
     if op_name(user) in ("to", "_to_copy", "float", "type_as", "alias") or (
-            op_name(user) == "permute" and [d % 3 for d in user.args[1]] == [2, 0, 1]):
+        op_name(user) == "permute" and [d % 3 for d in user.args[1]] == [2, 0, 1]
+    ):
         return bool(user.users) and all(_weighs(u) for u in user.users)
     shape = getattr(user.meta.get("val"), "shape", ())
     return op_name(user) == "unsqueeze" and len(shape) == 4 and user.args[1] in (-1, 3)

@@ -8,6 +8,8 @@ their line."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 from conftest import ROOT, abc_by_target, traced_computes_the_model
 
@@ -136,3 +138,57 @@ def test_a_mixing_matrix_across_the_streams_or_a_biased_layer_times_the_norm_is_
     with pytest.raises(TensorProgError, match=said) as err:
         from_torch(lambda n: HCNet(n, how), (16, 32), inputs)
     assert "test_hyper_connections.py:" in str(err.value)
+
+
+class AltUp(nn.Module):
+    """Gemma 3n's AltUp, small: 3 streams stacked first ([m, B, T, n]), each block predicting
+    every stream from all of them by a per-token m x m matrix, running a layer on the active
+    stream, correcting every stream by the innovation (weights + 1), and adding a vector to all
+    but the first in place; the output reads the streams' mean."""
+
+    m = 3
+
+    def __init__(self, n):
+        super().__init__()
+        m = self.m
+        self.e = nn.Embedding(13, n)
+        self.proj = nn.ModuleList(nn.Linear(n, n, bias=False) for _ in range(m - 1))
+        self.router = nn.Linear(n, m, bias=False)
+        self.predict = nn.Linear(m, m * m, bias=False)
+        self.correct = nn.Linear(m, m, bias=False)
+        self.up = nn.Linear(n, 2 * n, bias=False)
+        self.down = nn.Linear(2 * n, n, bias=False)
+        self.side = nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        m, h0 = self.m, self.e(idx)
+        hs = torch.stack([h0] + [p(h0) for p in self.proj], dim=0)
+        # (Gemma 3n's is a tanh, 0 at init under the router's readout init: derive then
+        # refuses the predictions' mixed terms, which vanish at init; a sigmoid is 1/2 there)
+        mod = torch.sigmoid(self.router(hs[0]))
+        coefs = self.predict(mod).reshape(*mod.shape[:-1], m, m).permute(0, 1, 3, 2)
+        pred = torch.matmul(hs.permute(1, 2, 3, 0), coefs).permute(3, 0, 1, 2)
+        pred += hs
+        active = pred[0]
+        y = active + self.down(torch.relu(self.up(active)))
+        innovation = (y - pred[0]).repeat(m, 1, 1, 1)
+        weights = (self.correct(torch.sigmoid(self.router(y))) + 1.0).permute(2, 0, 1).unsqueeze(-1)
+        corrected = torch.mul(innovation, weights)
+        corrected += pred
+        first = corrected[0].clone()
+        corrected[1:] += self.side(first)
+        return self.out(torch.mean(corrected, dim=0))
+
+
+def test_altups_stacked_streams_trace_and_compute_the_model():
+    traced = from_torch(AltUp, (16, 32), inputs)
+    # 3 predicted streams of 3 terms each, and 3 corrected ones
+    assert traced.source.count("spread(pick(") == 3 * 3 + 3, traced.source
+    traced_computes_the_model(traced, AltUp, inputs)
+    got = abc_by_target(traced)
+    # the m x m coefficients: a layer of finite fan-in and fan-out (m -> m²), finite params;
+    # the router (fan-out m) a readout's; the streams' projections hidden weights
+    assert got["predict.weight"] == got["correct.weight"] == (0, 0, 0)
+    assert got["router.weight"] == got["out.weight"] == (0, 1, 1)
+    assert got["proj.0.weight"] == got["side.weight"] == (0, Fraction(1, 2), 1)
