@@ -16,6 +16,13 @@ vectors of n coordinates each, and every op along that axis is written out per s
   of whose parts grow with the width, so an RMS norm over it and a linear layer reading it are
   the language's own (a layer of fan-in m·n and finite fan-out derives as a readout does).
 
+Gemma 3n's AltUp stacks its streams first, ``torch.stack([h0, ...], dim=0)`` (``[m, B, T, n]``):
+a stream is ``x[i]``, a permute moves the streams' axis (``Streams.axis``), ``x.permute(1, 2, 3,
+0) @ C`` with C a per-token m x m matrix (a layer's m² outputs viewed (m, m)) makes stream j
+``sum_k spread(pick(c, one, k·m + j), n) * H_k``, ``v.repeat(m, 1, 1, 1)`` is m copies of v,
+``(w + c).permute(2, 0, 1).unsqueeze(-1)`` weights per stream, ``x[1:] += y`` replaces streams
+1.. in the stack (its later reads see them), and a mean over the axis is the streams' mean.
+
 What reads the streams otherwise (a product with another stack, a mean over the streams, a
 mixing matrix across them) is refused at its line. No exponent is set here: each param's comes
 from the program these statements make, by derive's rules.
