@@ -306,7 +306,7 @@ class ArithOps:
             if isinstance(b, MeanSq) and b.inv:
                 scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
                     a.f, b.k**0.5)
-                if _reads(a, b.src) and b.k == 1:
+                if _reads(a, b.src) and b.k == 1 and not b.centered and not b.over:
                     # (W @ x) * rsqrt(mean(x²) + eps) = W @ rmsnorm(x): a layer of the norm's
                     # input, normalised after it (HY v4's and DeepSeek-V4's hyper-connection
                     # weights, F.linear(flat, fn) * input_norm(flat))
