@@ -112,6 +112,8 @@ class StreamOps:
             and tags[-1] == "F"
             and len(tags) == 3
             and not getattr(v, "dh", None)
+            and node.users
+            and all(_spread_over_streams(u) for u in node.users)
         ):
             return Lifted(self.vec(v, node))  # h.unsqueeze(-2): one stream
         if ndim == 4 and dim % ndim == ndim - 1 and isinstance(v, Shifted):
@@ -465,3 +467,20 @@ def _weighs(user) -> bool:
         return bool(user.users) and all(_weighs(u) for u in user.users)
     shape = getattr(user.meta.get("val"), "shape", ())
     return op_name(user) == "unsqueeze" and len(shape) == 4 and user.args[1] in (-1, 3)
+
+
+def _spread_over_streams(user) -> bool:
+    """Whether ``user`` of ``h.unsqueeze(-2)`` (through casts) makes streams of it: an expand
+    to m > 1 on that axis, or a product with per-stream weights ``w.unsqueeze(-1)`` (an axis of
+    1 last): not a view of h as one head (GPT-BigCode's multi-query key), which is no stream."""
+    if op_name(user) in ("to", "_to_copy", "float", "type_as", "alias", "contiguous"):
+        return bool(user.users) and all(_spread_over_streams(u) for u in user.users)
+    shape = tuple(getattr(user.meta.get("val"), "shape", ()))
+    if op_name(user) == "expand":
+        return len(shape) == 4 and shape[-2] > 1
+    if op_name(user) not in ("mul", "multiply"):
+        return False
+    others = [a for a in user.all_input_nodes if a.meta.get("val") is not None]
+    return len(shape) == 4 and any(
+        tuple(a.meta["val"].shape)[-1:] == (1,) and len(a.meta["val"].shape) == 4 for a in others
+    )
