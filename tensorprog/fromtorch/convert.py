@@ -48,6 +48,7 @@ from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_ssd import SSDScanOps
 from .ops_standardise import RowStatOps, StandardiseOps
+from .ops_streams import StreamOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
@@ -60,6 +61,7 @@ from .walk import Walker
 
 
 class Converter(
+    StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
     MappedRowsOps,  # a coordinatewise map of a layer's output, held till each head is split
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others

@@ -318,6 +318,14 @@ class ArithOps:
             if isinstance(b, MeanSq) and b.inv:
                 scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
                     a.f, b.k**0.5)
+                if _reads(a, b.src) and b.k == 1 and not b.centered and not b.over:
+                    # (W @ x) * rsqrt(mean(x²) + eps) = W @ rmsnorm(x): a layer of the norm's
+                    # input, normalised after it (HY v4's and DeepSeek-V4's hyper-connection
+                    # weights, F.linear(flat, fn) * input_norm(flat))
+                    normed = self.fresh(f"{node.name}_normed")  # no graph node holds it
+                    self.out.stmts.append(f"{normed} = rmsnorm({b.src.name})")
+                    x = Vec(normed, b.src.tags, b.src.dim)
+                    return dataclasses.replace(a, x=x, node=node.name, layer=a.layer or a.node)
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
@@ -506,3 +514,11 @@ def times_of(f, c: float) -> bool:
 
     t = torch.linspace(-3, 3, 13, dtype=torch.float64)
     return bool(torch.allclose(f(t).abs(), c * t.abs(), rtol=1e-9, atol=1e-12))
+
+
+def _reads(a, x) -> bool:
+    """Whether ``a`` is a linear layer of ``x`` with no bias: a whole param [out, in] (a bias
+    would not commute with the norm's factor)."""
+    return isinstance(a, Affine) and isinstance(a.x, Vec) and a.x.name == x.name and \
+        a.b is None and isinstance(a.w, PRef) and not (a.w.rows or a.w.cols or a.w.period
+                                                       or a.w.expert is not None or a.dh)

@@ -202,6 +202,9 @@ class LayoutOps:
     def op_unbind(self, node, v, dim=0):
         if isinstance(v, Parts):  # a fused layer's output viewed as its blocks (_groups)
             return v
+        if isinstance(v, PRef) and len(v.shape) == 1 and dim in (0, -1):
+            # a 1-D param's entries, each one number (HY v4's scale.unbind(0)): p[0], p[1], ...
+            return Parts([self.param_entry(node, v, 0, i) for i in range(v.shape[0])])
         raise refuse(node, "an unbind of anything but a linear layer's output viewed as "
                      "(..., blocks, features)", help="chunk or split the layer's output along "
                      "its features instead")
@@ -370,6 +373,12 @@ class LayoutOps:
         parts = self.split_cat(node, v, sizes, dim)  # a concatenation's parts (ops_concat.py)
         if parts is not None:
             return parts
+        if isinstance(v, PRef) and len(v.shape) == 1 and v.rows is None and not v.offset:
+            # a 1-D param's blocks (HY v4's base.split(m): the pre and post weights' biases),
+            # each a vector param of its own, as a fused layer's bias blocks are
+            bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+            return Parts([dataclasses.replace(v, rows=(lo, hi), part=k) for k, (lo, hi) in
+                          enumerate(zip(bounds, bounds[1:], strict=False))])
         if isinstance(v, Affine) and v.dh and v.w.period is None and (
                 self._tags(v, node)[dim % ndim] == "H"):
             # whole heads of a fused layer (ops_heads), its heads axis wherever a transpose put

@@ -543,7 +543,7 @@ class Walker:
                 item = args[0].items[args[1]]
                 # a head's half (ops_layout._rotary_halves); a sequence's first token and the
                 # tokens after it (ops_classtoken.py)
-                if isinstance(item, (Sub, OneToken, Vec)):
+                if isinstance(item, (Sub, OneToken, Vec, PRef, PEntry)):
                     return item
                 return self.head_part(dataclasses.replace(item, node=node.name), node)
             if isinstance(args[0], (Conc, Aux)):
