@@ -50,9 +50,8 @@ class LayoutOps:
         paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
         if paired is not None:
             return paired
-        spread = spread_of_view(node, v)  # b.view(1, 1, H, dh): a bias's features per head
-        if spread is not None:  # (ops_spread.py)
-            return spread
+        if (spread := spread_of_view(node, v)) is not None:  # b.view(1, 1, H, dh): a bias's
+            return spread  # features per head (ops_spread.py)
         if isinstance(v, PRef):  # a table of positions laid out as a grid (ops_grid.py)
             args, kwargs = self.args(node)
             return self.laid_op(node, op_name(node), [self.laid(node, v), *args[1:]], kwargs)
@@ -392,8 +391,7 @@ class LayoutOps:
                 "layer's output viewed per head into parts, each a per-head vector of its own "
                 "(multi-head latent attention's query and key/value), or a map of each of its "
                 "coordinates alone read by nothing else (an activation, a batch norm of its "
-                "channels), or slices the part of each head a partial rotary "
-                "turns",
+                "channels), or slices the part of each head a partial rotary turns",
                 help="split the layer's output right after its view into heads, with nothing "
                 "between but coordinatewise functions and a batch norm (a layer norm mixes the "
                 "features), or slice the part a rotary turns",
