@@ -303,15 +303,7 @@ class ArithOps:
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
             if isinstance(x, PRef):
-                raise refuse(node, f"a param ({strip_prefix(x.target)}) times a number "
-                             f"({c:g}) before its use: the language's params enter the program "
-                             "as they are, so a number on a param itself (nGPT's scales: "
-                             "Dory's sqk * sqk_scale, a number that may change with the "
-                             "width) would be its multiplier, which the trace does not read "
-                             "from the forward", help="fold the number into the param (its "
-                             "init times the number, and under Adam its LR too: the same "
-                             "training), or multiply the vector the param multiplies by it "
-                             "instead, w * (c * h), h a layer's output")
+                raise _refuse_param_times_number(node, x, c)
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
@@ -522,3 +514,13 @@ def _reads(a, x) -> bool:
     return isinstance(a, Affine) and isinstance(a.x, Vec) and a.x.name == x.name and \
         a.b is None and isinstance(a.w, PRef) and not (a.w.rows or a.w.cols or a.w.period
                                                        or a.w.expert is not None or a.dh)
+
+
+def _refuse_param_times_number(node, x, c):
+    return refuse(node, f"a param ({strip_prefix(x.target)}) times a number ({c:g}) before its "
+                  "use: the language's params enter the program as they are, so a number on a "
+                  "param itself (nGPT's scales: Dory's sqk * sqk_scale, a number that may change "
+                  "with the width) would be its multiplier, which the trace does not read from "
+                  "the forward", help="fold the number into the param (its init times the "
+                  "number, and under Adam its LR too: the same training), or multiply the "
+                  "vector the param multiplies by it instead, w * (c * h), h a layer's output")
