@@ -221,7 +221,7 @@ class HandedBack(InitialState):
         return self.out(x + torch.tanh(self.l(s + x)))
 
 
-@pytest.mark.parametrize("read", ["view", "sum"])
+@pytest.mark.parametrize("read", ["view", pytest.param("sum", marks=pytest.mark.slow)])
 def test_an_expanded_param_handed_back_by_a_no_grad_region_is_refused(read):
     with pytest.raises(TraceError, match="a torch.no_grad region that hands back the param z "
                        r"of shape \[16\] expanded to \[2, 8, 16\]") as err:
@@ -243,7 +243,7 @@ class ParamSum(InitialState):
         return self.out(x + torch.tanh(self.l(x + (s + s))))
 
 
-@pytest.mark.parametrize("copied", [False, True])
+@pytest.mark.parametrize("copied", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_a_param_added_to_itself_is_refused(copied):
     with pytest.raises(TraceError, match=r"a sum of two params \(or of a param with itself\)"
                        ) as err:
