@@ -69,6 +69,10 @@ fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` k
 default proportion to the first stage's channels (n/2), so its grouped convolutions have the
 same groups at every width; HGNetV2's stem channels keep theirs to its first stage's (n/4, n/2),
 so a stage's aggregation reads channels that all grow with the width.
+HRM text is built with gradients through every cycle of its recurrence (``L_bp_cycles`` all of
+its ``L_cycles`` in each high-level cycle): by default it runs the earlier cycles under
+torch.no_grad (a truncated backprop), which the trace refuses, so the model its row checks is
+HRM trained by backprop through the whole recurrence, not as its authors train it.
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's

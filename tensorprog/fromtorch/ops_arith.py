@@ -117,6 +117,12 @@ class ArithOps:
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))
+        if not any(isinstance(t, Vec) for _, t in terms):  # p + q, p + p: no vector of the
+            # program to add them to (a param read as a vector op's operand or a matmul's)
+            raise refuse(node, "a sum of two params (or of a param with itself): the "
+                         "language's params enter the program as they are, each read by a "
+                         "vector op or a matmul", help="add each param to the vector in "
+                         "turn, (x + p) + q, or fold the sum into one param")
         # the widest (a row of a param, no tokens, broadcast over another's: _elementwise)
         vec = max((t for _, t in terms if isinstance(t, Vec)), key=lambda t: len(t.tags))
         expr = ""

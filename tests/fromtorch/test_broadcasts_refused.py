@@ -201,6 +201,56 @@ def test_a_param_expanded_into_a_no_grad_step_is_refused_as_the_step():
     assert "s = torch.tanh(self.l(s + x))" in err.value.diagnostics[0].span.source_line()
 
 
+class HandedBack(InitialState):
+    """The expanded param handed to a torch.no_grad region that scales it in place by 1 (RWKV's
+    rescaling, kept as a no-op) and so returns it as it was; read after it by a view, it would
+    be read as the param's n entries (it crashed), or by a sum, as a param of the expanded
+    shape."""
+
+    def __init__(self, n, read):
+        super().__init__(n)
+        self.read = read
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        s = self.z.expand_as(x).clone()
+        with torch.no_grad():
+            s.mul_(1)
+        s = s.reshape(b, n, t).transpose(1, 2) if self.read == "view" else s
+        return self.out(x + torch.tanh(self.l(s + x)))
+
+
+@pytest.mark.parametrize("read", ["view", pytest.param("sum", marks=pytest.mark.slow)])
+def test_an_expanded_param_handed_back_by_a_no_grad_region_is_refused(read):
+    with pytest.raises(TraceError, match="a torch.no_grad region that hands back the param z "
+                       r"of shape \[16\] expanded to \[2, 8, 16\]") as err:
+        from_torch(lambda n: HandedBack(n, read), WIDTHS, _tokens)
+    assert "s.mul_(1)" in err.value.diagnostics[0].span.source_line()
+
+
+class ParamSum(InitialState):
+    """A param added to itself (through its expanded copies, or as it is) before the sum with
+    a value: no vector of the program to add it to (it crashed)."""
+
+    def __init__(self, n, copied):
+        super().__init__(n)
+        self.copied = copied
+
+    def forward(self, idx):
+        x = self.e(idx)
+        s = self.z.expand_as(x).contiguous() if self.copied else self.z
+        return self.out(x + torch.tanh(self.l(x + (s + s))))
+
+
+@pytest.mark.parametrize("copied", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_a_param_added_to_itself_is_refused(copied):
+    with pytest.raises(TraceError, match=r"a sum of two params \(or of a param with itself\)"
+                       ) as err:
+        from_torch(lambda n: ParamSum(n, copied), WIDTHS, _tokens)
+    assert "x + (s + s)" in err.value.diagnostics[0].span.source_line()
+
+
 @pytest.mark.parametrize(("f", "found"), [
     (lambda t: F.softplus(t, threshold=4), None),  # t itself past 4
     (lambda t: F.hardtanh(t, -5, 5), None),  # the identity on [-5, 5]
