@@ -52,6 +52,7 @@ from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
+from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -59,6 +60,7 @@ from .walk import Walker
 
 
 class Converter(
+    VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
