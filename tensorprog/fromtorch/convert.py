@@ -52,6 +52,7 @@ from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
+from .ops_delayed import DelayedOps
 from .ops_tokenimage import TokenImageOps
 from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
@@ -77,6 +78,7 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
     TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'

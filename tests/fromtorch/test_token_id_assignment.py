@@ -41,6 +41,7 @@ class EoiEmbedded(nn.Module):
         return self.head(torch.relu(self.fc(h)))
 
 
+@pytest.mark.slow  # two traces
 def test_an_id_outside_the_table_assigns_no_token():
     # before: refused at h[idx == eoi] = ..., "an assignment by a mask computed from the token ids"
     traced = from_torch(EoiEmbedded, WIDTHS, _tokens)

@@ -56,6 +56,7 @@ class VmapMasked(nn.Module):
         return self.head(h + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
+@pytest.mark.slow  # two traces
 def test_a_mask_computed_by_vmap_is_the_constant_it_is():
     # before: refused at the attention, "an attention mask that depends on params or buffers"
     traced = from_torch(VmapMasked, WIDTHS, _tokens)
