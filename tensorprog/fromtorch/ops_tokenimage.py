@@ -118,6 +118,37 @@ class TokenImageOps:
         self.token_images[y.name] = t
         return y
 
+    def op_conv2d(self, node, x, w, *rest, **kwargs):
+        """A convolution of per-head vectors [batch, heads, T, dh] by a kernel (K, 1) in one
+        group per head (Nystromformer's conv over the value heads' tokens): refused as what it
+        is. Each head's K taps are one number per head shared by its dh coordinates, and the
+        language's token convolution (tconv) takes one kernel per coordinate; the form would be
+        a sum over the taps of spread(w_j, dh) * shift(v, p - j), whose taps are slices of one
+        param along its kernel axis, which apply has no block for."""
+        src = x.src if isinstance(x, Pointwise) else x
+        tags = tuple(getattr(src, "tags", ()) or ())
+        if (
+            isinstance(w, PRef)
+            and len(w.shape) == 4
+            and tags[-2:] == ("tok", "dh")
+            and "H" in tags
+            and w.shape[-1] == 1
+        ):
+            layer = strip_prefix(w.target).removesuffix(".weight")
+            raise refuse(
+                node,
+                f"the convolution {layer} of per-head vectors [batch, heads, "
+                f"tokens, dh] by a kernel {list(w.shape[-2:])} in a group per head "
+                "(Nystromformer's conv over the value heads' tokens): each head's "
+                f"{w.shape[-2]} taps are shared by its dh coordinates, which the "
+                "language's token convolution, one kernel per coordinate (tconv), "
+                "cannot say",
+                help="convolve the value's channels [batch, n, tokens] "
+                "depthwise (nn.Conv1d(n, n, K, groups=n, padding=K // 2): tconv), or "
+                "build the model without it (Nystromformer's conv_kernel_size=None)",
+            )
+        return super().op_conv2d(node, x, w, *rest, **kwargs)
+
     def op_slice(self, node, v, dim=0, start=None, end=None, step=1):
         """``y[..., i·d:(i+1)·d]`` of such a convolution's tokens, k parts of d features (Zaya's
         query and key heads, as many of each): the language's ``part(y, d, i)``, the same

@@ -67,3 +67,31 @@ def test_a_pad_that_leaves_the_sequence_longer_is_refused():
         r"9 tokens long where the sequence has 8",
     ):
         from_torch(lambda n: QKConv(n, extra=1), WIDTHS, _tokens)
+
+
+class HeadConv(nn.Module):
+    """Nystromformer's conv over the value heads' tokens: [B, 2 heads, T, dh] by a kernel
+    (3, 1) in a group per head, added to the values."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.v = nn.Embedding(VOCAB, n), nn.Linear(n, n, bias=False)
+        self.conv = nn.Conv2d(2, 2, (3, 1), padding=(1, 0), groups=2, bias=False)
+        self.head = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        v = self.v(h).view(b, t, 2, n // 2).transpose(1, 2)
+        y = (v + self.conv(v)).transpose(1, 2).reshape(b, t, n)
+        return self.head(h + y)
+
+
+def test_a_convolution_of_the_value_heads_tokens_is_refused_as_such():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_token_image_conv.py:\d+:\d+: error: cannot "
+        r"trace the convolution conv of per-head vectors \[batch, heads, tokens, "
+        r"dh\] by a kernel \[3, 1\] in a group per head",
+    ):
+        from_torch(HeadConv, WIDTHS, _tokens)
