@@ -3,7 +3,8 @@
 the vmap's levels as calls nothing reads, entered here as the graph enters them, so the mask is
 the constant it is. Oracle: the traced program computes the model (float64), and derives what
 the same model with the mask written without vmap derives. A mask computed so from a param is
-refused at the op under vmap that reads it."""
+refused at the op under vmap that reads it. A mask
+from a vector's new_ones (Funnel's) is the constant of the size given."""
 
 import pytest
 from conftest import abc_by_target, traced_computes_the_model
@@ -26,7 +27,8 @@ class VmapMasked(nn.Module):
     """An embedding, two heads of attention under a window of 2048 tokens each way (every pair
     of these 8), its output layer and a readout. ``form``: "vmap" (the pair function vmapped
     over queries and keys), "plain" (the same mask by broadcasting), "param" (the window scaled
-    by a param: no constant)."""
+    by a param: no constant), "new_ones" (every pair, a constant of the
+    embedding's new_ones)."""
 
     def __init__(self, n, form="vmap"):
         super().__init__()
@@ -36,7 +38,9 @@ class VmapMasked(nn.Module):
         self.head = nn.Linear(n, VOCAB, bias=False)
         self.w = nn.Parameter(torch.ones(()))
 
-    def _mask(self, idx):
+    def _mask(self, idx, h):
+        if self.form == "new_ones":  # every pair, from the embedding's new_ones (Funnel's)
+            return h.new_ones([idx.shape[1], idx.shape[1]]).bool()
         pos = torch.arange(idx.shape[1], device=idx.device)
         if self.form == "plain":
             return (pos[:, None] - pos[None, :]).abs() < 2048
@@ -52,7 +56,7 @@ class VmapMasked(nn.Module):
         h = self.e(idx)
         b, t, n = h.shape
         q, k, v = (x.view(b, t, 2, n // 2).transpose(1, 2) for x in self.qkv(h).chunk(3, -1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(idx))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(idx, h))
         return self.head(h + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
@@ -72,3 +76,12 @@ def test_a_mask_computed_by_vmap_from_a_param_is_refused():
         r"a mul under torch.vmap of a value computed from params",
     ):
         from_torch(lambda n: VmapMasked(n, "param"), WIDTHS, _tokens)
+
+
+@pytest.mark.slow  # two traces
+def test_a_mask_of_a_vectors_new_ones_is_a_constant():
+    # before: refused at h.new_ones(...), "cannot trace the op new_ones" (Funnel's cls_mask)
+    traced = from_torch(lambda n: VmapMasked(n, "new_ones"), WIDTHS, _tokens)
+    traced_computes_the_model(traced, lambda n: VmapMasked(n, "new_ones"), _tokens)
+    plain = from_torch(lambda n: VmapMasked(n, "plain"), WIDTHS, _tokens)
+    assert abc_by_target(traced) == abc_by_target(plain)
