@@ -27,16 +27,17 @@ def _tokens(model):
 
 class QKConv(nn.Module):
     """An embedding, q and k layers, Zaya's two convolutions over them (4 groups: 2 query heads,
-    2 key heads), q * k of the parts, and a readout; ``extra`` more zeros padded, and as many
-    tokens cut after."""
+    2 key heads, or groups of ``group_width`` channels), q * k of the parts, and a readout;
+    ``extra`` more zeros padded, and as many tokens cut after."""
 
-    def __init__(self, n, extra=0):
+    def __init__(self, n, extra=0, group_width=None):
         super().__init__()
         self.extra = extra
         self.e = nn.Embedding(VOCAB, n)
         self.q, self.k = nn.Linear(n, n, bias=False), nn.Linear(n, n, bias=False)
         self.dw = nn.Conv1d(2 * n, 2 * n, 2, groups=2 * n)
-        self.grouped = nn.Conv1d(2 * n, 2 * n, 2, groups=4)
+        groups = 4 if group_width is None else 2 * n // group_width
+        self.grouped = nn.Conv1d(2 * n, 2 * n, 2, groups=groups)
         self.head = nn.Linear(n, VOCAB, bias=False)
 
     def forward(self, idx):
@@ -67,6 +68,17 @@ def test_a_pad_that_leaves_the_sequence_longer_is_refused():
         r"9 tokens long where the sequence has 8",
     ):
         from_torch(lambda n: QKConv(n, extra=1), WIDTHS, _tokens)
+
+
+def test_groups_that_grow_with_the_width_are_refused():
+    # Zaya's in the head-dim scaling: a group per head of 16, n / 8 of them
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_token_image_conv.py:\d+:\d+: error: a "
+        r"convolution in 4 groups at width 32 and 8 at 64 \(grouped\): its "
+        r"groups grow with the width",
+    ):
+        from_torch(lambda n: QKConv(n, group_width=16), WIDTHS, _tokens)
 
 
 class HeadConv(nn.Module):
