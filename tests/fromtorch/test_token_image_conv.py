@@ -49,7 +49,6 @@ class QKConv(nn.Module):
         return self.head(h + qk[..., :n] * qk[..., n:])
 
 
-@pytest.mark.slow  # two traces
 def test_a_padded_convolution_of_the_tokens_computes_the_model():
     # before: refused at F.pad, "a pad by [2, 0] ... of a value that is not an image"
     traced = from_torch(QKConv, WIDTHS, _tokens)
