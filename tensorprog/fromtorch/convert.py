@@ -17,6 +17,7 @@ from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
+from .ops_delayed import DelayedOps
 from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
@@ -54,6 +55,8 @@ from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
+from .ops_tokenimage import TokenImageOps
+from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -61,6 +64,7 @@ from .walk import Walker
 
 
 class Converter(
+    VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
     StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
     MappedRowsOps,  # a coordinatewise map of a layer's output, held till each head is split
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
@@ -78,6 +82,8 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
+    TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'

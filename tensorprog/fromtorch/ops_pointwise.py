@@ -424,6 +424,11 @@ class PointwiseOps:
     def op_ones_like(self, node, v, *rest, **kwargs):
         return Conc(self.op_zeros_like(node, v).value + 1)
 
+    def op_new_ones(self, node, v, *rest, **kwargs):
+        """``x.new_ones(size)`` (Funnel's mask of the tokens but its class token, padded): a
+        constant of the size given, which reads x's dtype alone."""
+        return Conc(self.op_zeros_like(node, v).value + 1)
+
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
         over the batch: each token's vector unchanged, so the vector itself."""
