@@ -46,6 +46,7 @@ from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_ssd import SSDScanOps
+from .ops_streams import StreamOps
 from .ops_standardise import RowStatOps, StandardiseOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
@@ -79,6 +80,7 @@ class Converter(
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
+    StreamOps,  # streams side by side in the features: its op_repeat before PoolOps'
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,
