@@ -69,6 +69,25 @@ def _paired(node, dim) -> str | None:
     return kind
 
 
+def _refuse_misread_tile(node, dim) -> None:
+    """Refuses ``x.unsqueeze(-2)`` of a per-token vector that meets weights of one entry per
+    stream (a (..., m, 1) operand) in anything but a product: torch would add w_k to each of
+    stream k's coordinates, which ``spread(w, n) * cat(x, ..., x)`` does not compute."""
+    shape = tuple(node.meta["val"].shape)
+    ndim = len(shape)
+    if ndim < 3 or dim % ndim != ndim - 2 or shape[-2] != 1:
+        return
+    for u in node.users:
+        others = [a for a in u.all_input_nodes if a is not node and "val" in a.meta]
+        if op_name(u) != "mul" and any(
+                len(o.meta["val"].shape) == ndim and o.meta["val"].shape[-1] == 1
+                and o.meta["val"].shape[-2] > 1 for o in others):
+            raise refuse(node, f"a per-token vector given a stream axis (x.unsqueeze(-2)) read "
+                         f"by {op_name(u)} with weights of one entry per stream: the streams "
+                         "are traced only as the product of the two, stream k's weight w_k "
+                         "times x (spread(w, n) * cat(x, ..., x, D))", help=_HELP)
+
+
 class StreamOps:
     """m streams of a per-token vector side by side in its features (see the module's doc)."""
 
@@ -88,21 +107,39 @@ class StreamOps:
     def op_mean(self, node, x, dims=None, keepdim=False, **kw):
         """``x.mean(-2)`` of a vector viewed as (batch, tokens, k, d): the mean of its k parts,
         ``(part(x, d, 0) + ... + part(x, d, k - 1)) / k`` (the mean over the streams); anything
-        else to the other rules. The verifier refuses a k that is not the same at every width."""
+        else to the other rules."""
+        total = self._over_streams(node, x, dims, keepdim, kw)
+        if total is None:
+            return super().op_mean(node, x, dims, keepdim, **kw)
+        name = self.fresh(f"{node.name}_sum")  # no node holds the sum: the mean is node's
+        self.out.stmts.append(f"{name} = {total}")
+        k, d = self._shape(node.args[0])[-2:]
+        return Pointwise(Vec(name, ("tok", "tok", "F"), d), lambda t, c=1 / k: c * t, node.name)
+
+    def op_sum(self, node, x, dims=None, keepdim=False, **kw):
+        """``x.sum(-2)`` of a vector viewed as (batch, tokens, k, d): the sum of its k parts
+        (the streams summed); anything else to the other rules."""
+        total = self._over_streams(node, x, dims, keepdim, kw)
+        if total is None:
+            return super().op_sum(node, x, dims, keepdim, **kw)
+        d = self._shape(node.args[0])[-1]
+        return Vec(self.emit_vector(node.name, total), ("tok", "tok", "F"), d)
+
+    def _over_streams(self, node, x, dims, keepdim, kw) -> str | None:
+        """The expression ``part(x, d, 0) + ... + part(x, d, k - 1)``, the sum of a per-token
+        vector viewed as (batch, tokens, k, d) over its k axis, or None for any other
+        reduction. The verifier refuses a k that
+        is not the same at every width (a per-head view of heads that grow with it)."""
         ndim = len(self._shape(node.args[0]))
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None
         if keepdim or kw or tags != ("tok", "tok", "H", "dh") or axes != [2] \
                 or not isinstance(x, (Vec, Affine, Pointwise)):
-            return super().op_mean(node, x, dims, keepdim, **kw)
+            return None
         v = self.vec(x, node)
         k, d = self._shape(node.args[0])[-2:]
         size = self.dim(d)
-        expr = " + ".join(f"part({v.name}, {size}, {i})" for i in range(k))
-        total = self.fresh(f"{node.name}_sum")  # no node holds the sum: the mean is node's
-        self.out.stmts.append(f"{total} = {expr}")
-        total = Vec(total, ("tok", "tok", "F"), d)
-        return Pointwise(total, lambda t, c=1 / k: c * t, node.name)
+        return " + ".join(f"part({v.name}, {size}, {i})" for i in range(k))
 
     def op_unsqueeze(self, node, v, dim):
         """The factors of ``x.unsqueeze(-2) * w.unsqueeze(-1)`` (a block's output injected into
@@ -116,6 +153,7 @@ class StreamOps:
                 return Tiled(x, node.name)
         if kind == "weights" and tags == ("tok", "tok", "F"):
             return self.head_gate(node, v)
+        _refuse_misread_tile(node, dim)
         return super().op_unsqueeze(node, v, dim)
 
     def op_mul(self, node, u, v):
