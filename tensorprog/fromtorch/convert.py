@@ -46,8 +46,8 @@ from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_ssd import SSDScanOps
-from .ops_streams import StreamOps
 from .ops_standardise import RowStatOps, StandardiseOps
+from .ops_streams import StreamOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps

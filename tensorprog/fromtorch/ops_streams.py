@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from .values import Affine, HeadGate, Pointwise, Vec
 from .where import op_name, refuse, repeat_sizes
 
-_HELP = ("lay the streams side by side in the features as x.repeat(1, 1, m), average them over "
-         "a (..., m, n) view's stream axis, and weight them by w.unsqueeze(-1) * x.unsqueeze(-2)")
+_HELP = (
+    "lay the streams side by side in the features as x.repeat(1, 1, m), average them over "
+    "a (..., m, n) view's stream axis, and weight them by w.unsqueeze(-1) * x.unsqueeze(-2)"
+)
 
 
 @dataclass
@@ -80,12 +82,19 @@ def _refuse_misread_tile(node, dim) -> None:
     for u in node.users:
         others = [a for a in u.all_input_nodes if a is not node and "val" in a.meta]
         if op_name(u) != "mul" and any(
-                len(o.meta["val"].shape) == ndim and o.meta["val"].shape[-1] == 1
-                and o.meta["val"].shape[-2] > 1 for o in others):
-            raise refuse(node, f"a per-token vector given a stream axis (x.unsqueeze(-2)) read "
-                         f"by {op_name(u)} with weights of one entry per stream: the streams "
-                         "are traced only as the product of the two, stream k's weight w_k "
-                         "times x (spread(w, n) * cat(x, ..., x, D))", help=_HELP)
+            len(o.meta["val"].shape) == ndim
+            and o.meta["val"].shape[-1] == 1
+            and o.meta["val"].shape[-2] > 1
+            for o in others
+        ):
+            raise refuse(
+                node,
+                f"a per-token vector given a stream axis (x.unsqueeze(-2)) read "
+                f"by {op_name(u)} with weights of one entry per stream: the streams "
+                "are traced only as the product of the two, stream k's weight w_k "
+                "times x (spread(w, n) * cat(x, ..., x, D))",
+                help=_HELP,
+            )
 
 
 class StreamOps:
@@ -96,8 +105,14 @@ class StreamOps:
         ``cat(x, ..., x, D)``; anything else to the other rules (which refuse it)."""
         sizes = repeat_sizes(sizes)
         tags = getattr(v, "src", v).tags if isinstance(v, (Vec, Affine, Pointwise)) else None
-        if tags is None or tags[-1] != "F" or "H" in tags or len(sizes) != len(tags) \
-                or any(s != 1 for s in sizes[:-1]) or sizes[-1] < 2:
+        if (
+            tags is None
+            or tags[-1] != "F"
+            or "H" in tags
+            or len(sizes) != len(tags)
+            or any(s != 1 for s in sizes[:-1])
+            or sizes[-1] < 2
+        ):
             return super().op_repeat(node, v, *sizes)
         x = self.vec(v, node)
         if x.dh is not None or x.group != 1:
@@ -133,8 +148,13 @@ class StreamOps:
         ndim = len(self._shape(node.args[0]))
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None
-        if keepdim or kw or tags != ("tok", "tok", "H", "dh") or axes != [2] \
-                or not isinstance(x, (Vec, Affine, Pointwise)):
+        if (
+            keepdim
+            or kw
+            or tags != ("tok", "tok", "H", "dh")
+            or axes != [2]
+            or not isinstance(x, (Vec, Affine, Pointwise))
+        ):
             return None
         v = self.vec(x, node)
         k, d = self._shape(node.args[0])[-2:]
@@ -164,11 +184,16 @@ class StreamOps:
             return super().op_mul(node, u, v)
         tile, gate = (u, v) if isinstance(u, Tiled) else (v, u)
         if not isinstance(gate, HeadGate) or "H" in gate.src.tags or gate.src.dh:
-            raise refuse(node, "a per-token vector given a stream axis (x.unsqueeze(-2)) "
-                         "multiplied by anything but weights of one entry per stream per token "
-                         "(w.unsqueeze(-1))", help=_HELP)
+            raise refuse(
+                node,
+                "a per-token vector given a stream axis (x.unsqueeze(-2)) "
+                "multiplied by anything but weights of one entry per stream per token "
+                "(w.unsqueeze(-1))",
+                help=_HELP,
+            )
         x, m = tile.src, gate.src.dim
         copies = self.cat_statement(self._node(tile.node), [x] * m, held=False)
-        name = self.emit_vector(node.name, f"spread({gate.src.name}, {self.dim(x.dim)}) * "
-                                f"{copies.name}")
+        name = self.emit_vector(
+            node.name, f"spread({gate.src.name}, {self.dim(x.dim)}) * {copies.name}"
+        )
         return Vec(name, ("tok", "tok", "H", "dh"), m * x.dim, x.dim)

@@ -21,8 +21,8 @@ from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
 from .ops_sink import SINK_VALUES, RowMax
-from .ops_streams import STREAM_VALUES
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
+from .ops_streams import STREAM_VALUES
 from .ops_tconv import SplitConv, Taps
 from .values import (
     Affine,
