@@ -100,11 +100,9 @@ IDENTITY_OPS = {
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
 SYMBOLIC = (
-    Vec,
-    PRef,
+    Vec, PRef,
     PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
-    Tok,
-    Pointwise,
+    Tok, Pointwise,
     Affine, Gained,  # Gained: a layer's output times a fixed gain (ops_fixedgain.py)
     Scores,
     Probs,
