@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import TraceError
 from .values import Affine, HeadGate, Pointwise, Vec
 from .where import op_name, refuse, repeat_sizes
 
@@ -97,6 +98,26 @@ def _refuse_misread_tile(node, dim) -> None:
             )
 
 
+def _refuse_block_dot(node, x, dims) -> None:
+    """Refuses, naming it, a sum over the last axis of a vector viewed as (batch, tokens, k, d)
+    that the other rules refused (no sum of squares, a norm's): one number per block per token,
+    a dot of two vectors over each of their blocks (Qwen4-exp's per-layer input gate, ``(key *
+    query).sum(-1)`` over each stream)."""
+    ndim = len(node.args[0].meta["val"].shape)
+    axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None
+    if isinstance(x, Vec) and x.tags == ("tok", "tok", "H", "dh") and axes == [3]:
+        raise refuse(
+            node,
+            "a sum over each block's (head's) coordinates of a vector viewed as (..., k, d), "
+            "one number per block per token (a dot of two vectors over each stream: Qwen4-exp's "
+            "per-layer input gate, (key * query).sum(-1)): the language's dot pairs tokens "
+            "(attention's dot(q, k, dh)) or sums a whole vector, and has no dot per block of "
+            "one token",
+            help="gate each block by weights of one entry per block from a linear layer "
+            "(w.unsqueeze(-1)), or trace the model without this part",
+        ) from None
+
+
 class StreamOps:
     """m streams of a per-token vector side by side in its features (see the module's doc)."""
 
@@ -136,7 +157,11 @@ class StreamOps:
         (the streams summed); anything else to the other rules."""
         total = self._over_streams(node, x, dims, keepdim, kw)
         if total is None:
-            return super().op_sum(node, x, dims, keepdim, **kw)
+            try:
+                return super().op_sum(node, x, dims, keepdim, **kw)
+            except TraceError:
+                _refuse_block_dot(node, x, dims)
+                raise
         d = self._shape(node.args[0])[-1]
         return Vec(self.emit_vector(node.name, total), ("tok", "tok", "F"), d)
 

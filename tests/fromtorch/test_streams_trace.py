@@ -7,8 +7,9 @@ emitted module computes the model (float64), apply leaves it bit-identical at th
 and the traced program derives the exponents of STREAM_BY_STREAM, the same network written by
 hand stream by stream (each layer on m·n features the sum of one layer per stream). A fixed
 low rank is refused by derive, positioned (a bottleneck of fixed size inside the network); a
-stream-tiled vector added to the weights, and a mean over the streams kept as an axis, are
-refused at their line."""
+stream-tiled vector added to the weights, a mean over the streams kept as an axis, and a dot of
+two vectors over each stream (one number per stream per token, which the language has no form
+for) are refused at their line."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ class Streams(nn.Module):
 
     def forward(self, idx):
         h = self.e(idx).repeat(1, 1, M)
+        if self.how == "dot":  # one number per stream per token (Qwen4-exp's per-layer input)
+            key = self.e(idx).repeat(1, 1, M).unflatten(-1, (M, -1))
+            h = h + (key * h.unflatten(-1, (M, -1))).sum(-1).sum(-1, keepdim=True)
         for mix, block in zip(self.mixes, self.blocks, strict=True):
             x, h, w = mix(h)
             x = torch.relu(block(x))
@@ -211,6 +215,9 @@ def test_a_fixed_low_rank_is_refused_by_derive_as_a_bottleneck_at_its_line():
     [
         ("added", r"a per-token vector given a stream axis \(x.unsqueeze\(-2\)\) read by add"),
         pytest.param("kept", r"a mean over axis 2 \(the heads\)", marks=pytest.mark.slow),
+        pytest.param(
+            "dot", r"a sum over each block's \(head's\) coordinates", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_a_stream_layout_the_language_has_no_form_for_is_refused_at_its_line(how, said):
