@@ -129,7 +129,7 @@ class StreamOps:
         if (
             tags is None
             or tags[-1] != "F"
-            or "H" in tags
+            or any(t != "tok" for t in tags[:-1])  # per token (or sequence): no heads, pixels
             or len(sizes) != len(tags)
             or any(s != 1 for s in sizes[:-1])
             or sizes[-1] < 2
@@ -150,6 +150,7 @@ class StreamOps:
         name = self.fresh(f"{node.name}_sum")  # no node holds the sum: the mean is node's
         self.out.stmts.append(f"{name} = {total}")
         k, d = self._shape(node.args[0])[-2:]
+        self.out.part_sums[name] = (node.name, k)
         return Pointwise(Vec(name, ("tok", "tok", "F"), d), lambda t, c=1 / k: c * t, node.name)
 
     def op_sum(self, node, x, dims=None, keepdim=False, **kw):
@@ -162,14 +163,16 @@ class StreamOps:
             except TraceError:
                 _refuse_block_dot(node, x, dims)
                 raise
-        d = self._shape(node.args[0])[-1]
-        return Vec(self.emit_vector(node.name, total), ("tok", "tok", "F"), d)
+        k, d = self._shape(node.args[0])[-2:]
+        name = self.emit_vector(node.name, total)
+        self.out.part_sums[name] = (node.name, k)
+        return Vec(name, ("tok", "tok", "F"), d)
 
     def _over_streams(self, node, x, dims, keepdim, kw) -> str | None:
         """The expression ``part(x, d, 0) + ... + part(x, d, k - 1)``, the sum of a per-token
         vector viewed as (batch, tokens, k, d) over its k axis, or None for any other
-        reduction. The verifier refuses a k that
-        is not the same at every width (a per-head view of heads that grow with it)."""
+        reduction. A k that differs between the widths (a per-head view of heads that grow
+        with it) is refused once both are traced (growing.py)."""
         ndim = len(self._shape(node.args[0]))
         tags = getattr(x.src if isinstance(x, Pointwise) else x, "tags", None)
         axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None

@@ -227,3 +227,25 @@ def test_a_stream_layout_the_language_has_no_form_for_is_refused_at_its_line(how
         rf"trace {said}",
     ):
         from_torch(lambda n: Streams(n, how=how, layers=1), (16, 32), inputs)
+
+
+class HeadMean(nn.Module):
+    """A mean over the heads of a fixed dim (4), n/4 of them: a growing number of parts."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.e, self.p = n, nn.Embedding(13, n), nn.Linear(n, n)
+        self.head = nn.Linear(4, 13)
+
+    def forward(self, idx):
+        return self.head(self.p(self.e(idx)).unflatten(-1, (self.n // 4, 4)).mean(-2))
+
+
+@pytest.mark.slow
+def test_a_mean_over_parts_that_grow_with_the_width_is_refused_at_its_line():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_streams_trace.py:\d+:\d+: error: a sum or "
+        r"mean over 4 parts of a vector at width 16 and 8 at 32",
+    ):
+        from_torch(HeadMean, (16, 32), inputs)
