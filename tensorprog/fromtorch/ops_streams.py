@@ -184,8 +184,10 @@ class StreamOps:
             or not isinstance(x, (Vec, Affine, Pointwise))
         ):
             return None
-        v = self.vec(x, node)
         k, d = self._shape(node.args[0])[-2:]
+        if k < 2:  # an axis of 1 a view added, averaged: x itself (ops_layout.py)
+            return None
+        v = self.vec(x, node)
         size = self.dim(d)
         return " + ".join(f"part({v.name}, {size}, {i})" for i in range(k))
 
