@@ -10,7 +10,8 @@ The language holds the m·n features as one vector whose parts are the streams, 
   per-part norm ``rmsnorm(h, n)``, as QK-norm's over each head (the tracer's per-head view, m
   heads of n);
 - a linear layer reading the m·n features is one matrix of fan-in m·n, which grows with the
-  width: fan-out m or a fixed low rank is readout-like, derived as a router is;
+  width: a fan-out of m (the injection weights') is readout-like, derived as a router is (a low
+  rank fixed while the width grows, between two layers of it, is a bottleneck derive refuses);
 - a mean over the streams of a (..., m, n) view is ``(part(x, n, 0) + ... + part(x, n, m - 1))
   / m``: ``part`` takes stream k's coordinates, and the sum is a fixed number of terms;
 - a per-token vector x given a stream axis, ``x.unsqueeze(-2)``, times weights of m entries per
