@@ -4,12 +4,13 @@ m·n features gating each stream, their mean read by the block, whose output goe
 stream k times one of m weights per token), traced as one vector of m·n features with the
 language's ``cat``, ``rmsnorm(x, n)``, ``part`` and ``spread`` (ops_streams.py). Oracles: the
 emitted module computes the model (float64), apply leaves it bit-identical at the base width,
-and the traced program derives the exponents of STREAM_BY_STREAM, the same network written by
-hand stream by stream (each layer on m·n features the sum of one layer per stream). A fixed
-low rank is refused by derive, positioned (a bottleneck of fixed size inside the network); a
-stream-tiled vector added to the weights, a mean over the streams kept as an axis, and a dot of
-two vectors over each stream (one number per stream per token, which the language has no form
-for) are refused at their line."""
+the traced program derives the exponents of STREAM_BY_STREAM, the same network written by hand
+stream by stream (each layer on m·n features the sum of one layer per stream), and the model
+under them passes the coordinate check (slow). A fixed low rank is refused by derive,
+positioned (a bottleneck of fixed size inside the network); a stream-tiled vector added to the
+weights, a mean over the streams kept as an axis, a dot of two vectors over each stream (one
+number per stream per token, which the language has no form for) and a mean over a number of
+parts that grows with the width are refused at their line."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ nn, F = torch.nn, torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
 from tensorprog import TensorProgError  # noqa: E402
-from tensorprog.fromtorch import from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 M = 2  # streams
 
@@ -197,6 +198,14 @@ def test_the_streams_derive_the_exponents_of_the_network_written_stream_by_strea
         assert abc == (want[name].a, want[name].b, want[name].c), target
     # the injection weights' layer (fan-out m) is readout-like, the mix's layers hidden ones
     assert got["mixes.0.inject.weight"] == got["head.weight"] != got["mixes.0.down.weight"]
+
+
+@pytest.mark.slow
+def test_the_streams_under_the_derived_mup_pass_the_coordinate_check():
+    # the derivation against numbers: every vector's change flat in the width (widths 128..512)
+    traced = from_torch(Streams, (64, 128), inputs)
+    result = coord_check(MuP(traced, "adam"), (128, 256, 512), steps=3, seeds=(0, 1))
+    assert result.passed, str(result)
 
 
 @pytest.mark.slow
