@@ -204,8 +204,12 @@ def test_the_streams_derive_the_exponents_of_the_network_written_stream_by_strea
 def test_the_streams_under_the_derived_mup_pass_the_coordinate_check():
     # the derivation against numbers: every vector's change flat in the width (widths 128..512)
     traced = from_torch(Streams, (64, 128), inputs)
-    result = coord_check(MuP(traced, "adam"), (128, 256, 512), steps=3, seeds=(0, 1))
+    mup = MuP(traced, "adam")
+    result = coord_check(mup, (128, 256, 512), steps=3, seeds=(0, 1))
     assert result.passed, str(result)
+    # the contrast: the model as it comes (SP) moves the mix's layers' outputs as n^+1
+    sp = coord_check(mup, (128, 256, 512), steps=3, seeds=(0, 1), apply=False)
+    assert not sp.passed and "mixes.0.down (linear): blows up" in str(sp), str(sp)
 
 
 @pytest.mark.slow
