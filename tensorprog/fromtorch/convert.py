@@ -21,6 +21,7 @@ from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
+from .ops_flatstreams import FlatStreamOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -47,7 +48,6 @@ from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_ssd import SSDScanOps
 from .ops_standardise import RowStatOps, StandardiseOps
-from .ops_streams import StreamOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
@@ -80,7 +80,7 @@ class Converter(
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
-    StreamOps,  # streams side by side in the features: its op_repeat before PoolOps'
+    FlatStreamOps,  # streams side by side in the features: its op_repeat before PoolOps'
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,

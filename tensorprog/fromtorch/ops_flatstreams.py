@@ -46,13 +46,29 @@ class Tiled:
     node: str
 
 
-STREAM_VALUES = (Tiled,)
+FLAT_STREAM_VALUES = (Tiled,)
+
+
+# (walk.py's VIEW_OPS, which imports this module)
+_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
+
+
+def _flattened(product) -> bool:
+    """Whether every reader of ``product``, (..., m, n), lays it back into m·n features (a
+    flatten or view of its last two axes): the streams side by side, not on an axis of their
+    own (which other rules hold apart)."""
+    shape = tuple(product.meta["val"].shape)
+    want = (*shape[:-2], shape[-2] * shape[-1])
+    return bool(product.users) and all(
+        op_name(u) in _VIEWS and tuple(u.meta["val"].shape) == want for u in product.users
+    )
 
 
 def _paired(node, dim) -> str | None:
-    """Which factor of ``x.unsqueeze(-2) * w.unsqueeze(-1)`` the unsqueeze ``node`` makes:
-    "tile" (x's, (..., 1, n)), "weights" (w's, (..., m, 1)), or None where any reader is not a
-    product with the other factor's layout (m > 1 and n > 1)."""
+    """Which factor of ``(x.unsqueeze(-2) * w.unsqueeze(-1)).flatten(-2)`` the unsqueeze
+    ``node`` makes: "tile" (x's, (..., 1, n)), "weights" (w's, (..., m, 1)), or None where any
+    reader is not a product with the other factor's layout (m > 1 and n > 1) laid back into the
+    features."""
     shape = tuple(node.meta["val"].shape)
     ndim = len(shape)
     if ndim < 3 or not node.users:
@@ -69,6 +85,8 @@ def _paired(node, dim) -> str | None:
             return None
         other = tuple(others[0].meta["val"].shape) if "val" in others[0].meta else ()
         if len(other) != ndim or not want(other) or other[:-2] != shape[:-2]:
+            return None
+        if not _flattened(u):
             return None
     return kind
 
@@ -119,7 +137,7 @@ def _refuse_block_dot(node, x, dims) -> None:
         ) from None
 
 
-class StreamOps:
+class FlatStreamOps:
     """m streams of a per-token vector side by side in its features (see the module's doc)."""
 
     def op_repeat(self, node, v, *sizes):

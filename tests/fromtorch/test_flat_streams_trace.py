@@ -2,7 +2,7 @@
 ``GatedResidual``: ``h.repeat(1, 1, m)``, a norm over each stream's block, a low-rank mix of the
 m·n features gating each stream, their mean read by the block, whose output goes back into
 stream k times one of m weights per token), traced as one vector of m·n features with the
-language's ``cat``, ``rmsnorm(x, n)``, ``part`` and ``spread`` (ops_streams.py). Oracles: the
+language's ``cat``, ``rmsnorm(x, n)``, ``part`` and ``spread`` (ops_flatstreams.py). Oracles: the
 emitted module computes the model (float64), apply leaves it bit-identical at the base width,
 the traced program derives the exponents of STREAM_BY_STREAM, the same network written by hand
 stream by stream (each layer on m·n features the sum of one layer per stream), and the model
@@ -236,7 +236,7 @@ def test_a_fixed_low_rank_is_refused_by_derive_as_a_bottleneck_at_its_line():
 def test_a_stream_layout_the_language_has_no_form_for_is_refused_at_its_line(how, said):
     with pytest.raises(
         TensorProgError,
-        match=rf"test_streams_trace.py:\d+:\d+: error: cannot "
+        match=rf"test_flat_streams_trace.py:\d+:\d+: error: cannot "
         rf"trace {said}",
     ):
         from_torch(lambda n: Streams(n, how=how, layers=1), (16, 32), inputs)
@@ -258,7 +258,7 @@ class HeadMean(nn.Module):
 def test_a_mean_over_parts_that_grow_with_the_width_is_refused_at_its_line():
     with pytest.raises(
         TensorProgError,
-        match=r"test_streams_trace.py:\d+:\d+: error: a sum or "
+        match=r"test_flat_streams_trace.py:\d+:\d+: error: a sum or "
         r"mean over 4 parts of a vector at width 16 and 8 at 32",
     ):
         from_torch(HeadMean, (16, 32), inputs)
