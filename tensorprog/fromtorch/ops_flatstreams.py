@@ -20,7 +20,9 @@ The language holds the m·n features as one vector whose parts are the streams, 
 
 Each is exact for every width, so the engine derives each param's exponents from its own dims;
 no table of layer roles is read. Only these layouts are traced: a repeat along another axis, or
-of a vector whose streams are not its last axis, keeps the refusal of ``repeat``."""
+of a vector whose streams are not its last axis, keeps the refusal of ``repeat``; a weighted
+product not laid back into the m·n features (streams kept on an axis of their own, (..., m, n),
+as HY v4's and DeepSeek-V4's hyper-connections keep them) is left to the other rules."""
 
 from __future__ import annotations
 
