@@ -189,12 +189,13 @@ FIELDS = {
 # attention and stacked FFNs run at: a quarter of hidden_size in its defaults and in every
 # released checkpoint, 128 of 512; UltraBERT's and UltraVBERT's prediction_head_size, their
 # masked-LM head's inner width, 768 of 4096 in their defaults: kept at 768 it is a layer of fixed
-# size between layers of the width, which leaves no µP, as derive says), that proportion rounded
+# size between layers of the width, which leaves no µP, as derive says; Qwen4-exp's hc_lowrank,
+# the rank of its hyper-connections' stream mix, 320 of 2048, likewise), that proportion rounded
 # to a power of two so that the size stays a whole multiple or fraction of the head dim or the
 # width at every traced width
 PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank", "hidden_size_per_layer_input",
-             "intra_bottleneck_size", "prediction_head_size")
+             "intra_bottleneck_size", "prediction_head_size", "hc_lowrank")
 # vocabularies besides the tokens' (Gemma-3n's and Gemma-4's per-layer embeddings, LUKE's
 # entities, BLT's hashed byte groups: 262144, 500000 and 500002 rows, 135M-193M params at
 # width 64; FSMT's source vocabulary, 42024 rows, whose vocab_size is the target's): the zoo's

@@ -22,6 +22,7 @@ from .ops_delta import DeltaRuleOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
+from .ops_flatstreams import FlatStreamOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -89,6 +90,7 @@ class Converter(
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
+    FlatStreamOps,  # streams side by side in the features: its op_repeat before PoolOps'
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,

@@ -618,6 +618,9 @@ class Trace:
     # the node, its readers, whether its parts are one per sequence); one whose D grows with the
     # width is refused once both are traced
     cats: dict[str, tuple[int, str, str, bool, tuple]] = field(default_factory=dict)
+    # sums of a vector's k parts (a mean over streams: ops_flatstreams.py): name -> (node, k); a k
+    # that differs between the widths is refused once both are traced (growing.py)
+    part_sums: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def ids_kept(node, op: str, args: list) -> int | None:

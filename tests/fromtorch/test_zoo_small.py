@@ -51,6 +51,9 @@ def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
     assert (kw["qk_rope_head_dim"], kw["qk_nope_head_dim"], kw["v_head_dim"]) == (16, 32, 32)
     # low ranks 1536 and 512 of a width of 7168: about 1/4 and 1/16 of the width
     assert (kw["q_lora_rank"], kw["kv_lora_rank"]) == (32, 8)
+    # Qwen4-exp's hyper-connection mix rank, 320 of 2048: about 1/8 of the width (fixed, a
+    # bottleneck between layers of the width, which derive refuses)
+    assert zoo.config_kwargs(t.Qwen4ExpTextConfig, 128, "head_dim")["hc_lowrank"] == 16
     assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
 
 
