@@ -10,7 +10,7 @@ gate, a decay per key channel, is refused at the model's call (no form in the la
 from __future__ import annotations
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 from sympy import Rational
 
 torch = pytest.importorskip("torch")
@@ -78,6 +78,11 @@ def test_the_gate_traces_and_computes_the_model(form):
     # A_log one per head) and the embedding's Θ(1), all with the init an input weight has
     assert abc["f.weight"] == (0, Rational(1, 2), 1), abc
     assert abc["dt"] == abc["A_log"] == abc["emb.weight"] == (0, 0, 0), abc
+    # under SGD the biases' LR is n: gradients of 1/n per coordinate, A_log's summed over its
+    # head's 16 (a finite number), so of 1/n too
+    abc = abc_by_target(traced, "sgd")
+    assert abc["dt"] == abc["A_log"] == (0, 0, -1), abc
+    apply_is_bit_identical_at_base(traced, build, ids)  # A_log (1, 1, H, 1) read in its layout
 
 
 def test_a_written_softplus_switching_early_is_refused_at_its_line():
