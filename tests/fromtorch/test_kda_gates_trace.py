@@ -10,7 +10,7 @@ gate, a decay per key channel, is refused at the model's call (no form in the la
 from __future__ import annotations
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 from sympy import Rational
 
 torch = pytest.importorskip("torch")
@@ -29,11 +29,13 @@ class Gate(nn.Module):
     .view(B, T, H, dh), decay exp(A_log) of shape (1, 1, H, 1), softplus written out;
     ``bailing``: f(e).view(B, T, H, dh) + dt.view(1, 1, H, dh), decay exp(A_log).view(1, 1, H,
     1) inside a sigmoid), added back to the stream, and a readout. ``threshold``: the written
-    softplus's switch; ``permuted``: Bailing's dt laid out (dh, H) and transposed."""
+    softplus's switch, ``piece`` its branch below it (log(1 + exp(g)) unless given);
+    ``permuted``: Bailing's dt laid out (dh, H) and transposed."""
 
-    def __init__(self, n, form="kimi", threshold=20.0, permuted=False):
+    def __init__(self, n, form="kimi", threshold=20.0, permuted=False, piece=None):
         super().__init__()
         self.h, self.form, self.threshold, self.permuted = n // DH, form, threshold, permuted
+        self.piece = piece or (lambda g: torch.log(1.0 + torch.exp(g)))
         self.emb, self.ro = nn.Embedding(13, n), nn.Linear(n, 13, bias=False)
         self.f = nn.Linear(n, n, bias=False)
         self.dt = nn.Parameter(torch.empty(n).uniform_(-1, 1))
@@ -45,7 +47,7 @@ class Gate(nn.Module):
         b, t = ids.shape
         if self.form == "kimi":
             g = (self.f(e).float() + self.dt.float().view(1, 1, -1)).view(b, t, -1, DH)
-            sp = torch.where(g > self.threshold, g, torch.log(1.0 + torch.exp(g)))
+            sp = torch.where(g > self.threshold, g, self.piece(g))
             g = -torch.exp(self.A_log.float()) * sp
         else:
             dt = (
@@ -76,6 +78,11 @@ def test_the_gate_traces_and_computes_the_model(form):
     # A_log one per head) and the embedding's Θ(1), all with the init an input weight has
     assert abc["f.weight"] == (0, Rational(1, 2), 1), abc
     assert abc["dt"] == abc["A_log"] == abc["emb.weight"] == (0, 0, 0), abc
+    # under SGD the biases' LR is n: gradients of 1/n per coordinate, A_log's summed over its
+    # head's 16 (a finite number), so of 1/n too
+    abc = abc_by_target(traced, "sgd")
+    assert abc["dt"] == abc["A_log"] == (0, 0, -1), abc
+    apply_is_bit_identical_at_base(traced, build, ids)  # A_log (1, 1, H, 1) read in its layout
 
 
 def test_a_written_softplus_switching_early_is_refused_at_its_line():
@@ -83,6 +90,22 @@ def test_a_written_softplus_switching_early_is_refused_at_its_line():
     between 5 and 20: no function of the language, refused as any other comparison."""
     with pytest.raises(TraceError, match=r"a comparison of a traced value \(x > 5.0\)") as err:
         tp.from_torch(lambda n: Gate(n, threshold=5.0), (32, 64), ids)
+    assert "torch.where(g > self.threshold" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "threshold, piece",
+    [  # softplus on [-30, 20] but g + 1 below -31: a kink no grid over [-30, c] sees
+        (20.0, lambda g: torch.log(1.0 + torch.exp(g)) + torch.relu(-g - 31.0)),
+        # softplus in float64, but exp(g) is inf in float32 from 88.7 on: the model's g of
+        # (88.7, 100] goes to inf, where softplus gives g
+        (100.0, None),
+    ],
+    ids=["a-kink-below-the-grid", "inf-in-float32"],
+)
+def test_a_written_softplus_that_is_not_one_everywhere_is_refused(threshold, piece):
+    with pytest.raises(TraceError, match=r"a comparison of a traced value \(x > ") as err:
+        tp.from_torch(lambda n: Gate(n, threshold=threshold, piece=piece), (32, 64), ids)
     assert "torch.where(g > self.threshold" in str(err.value)
 
 
