@@ -199,10 +199,19 @@ class MappedRowsOps:
 
 
 def _rows_of(p, rows: PRef | None, step):
-    """A batch norm's gain or bias ``p`` (None, or a param of the channels) at ``rows``."""
+    """A batch norm's gain or bias ``p`` (None, or a param of the channels) at ``rows`` (None:
+    a slice of each head, which makes a vector, no rows of the layer)."""
     if p is None:
         return None
-    if rows is None or not isinstance(p, PRef) or len(p.shape) != 1:
+    if rows is None:
+        raise refuse(
+            step,
+            "a batch norm with a gain or bias of a linear layer's output sliced per head: "
+            "its rows of the gain and bias are read where a split or chunk makes each head's "
+            "parts, not at a slice",
+            help="split each head with torch.split or chunk instead of slicing it",
+        )
+    if not isinstance(p, PRef) or len(p.shape) != 1:
         raise refuse(
             step,
             "a batch norm of a split linear layer's output whose gain or bias "

@@ -26,7 +26,7 @@ class LM(torch.nn.Module):
     "silu bn" (both), or the near misses "ln" (a layer norm, which mixes the features), "silu
     other" (the mapped whole also read), "silu tb" (viewed into heads with the batch and tokens
     swapped, (T, B, H, 48): the tokens reordered), "silu chunk" (the mapped whole split before
-    its view into heads)."""
+    its view into heads), "bn slice" (each head sliced: no rows of the batch norm's gain)."""
 
     def __init__(self, n, form="silu"):
         super().__init__()
@@ -54,6 +54,9 @@ class LM(torch.nn.Module):
         heads = n // 16
         if "chunk" in self.form:
             q, k, v = (x.view(b, t, heads, 16) for x in qkv.chunk(3, dim=-1))
+        elif "slice" in self.form:
+            x = qkv.view(b, t, heads, 48)
+            q, k, v = x[..., :16], x[..., 16:32], x[..., 32:]
         elif "tb" in self.form:
             q, k, v = qkv.view(t, b, heads, 48).split([16, 16, 16], dim=3)
         else:
@@ -129,13 +132,19 @@ def test_a_map_that_mixes_features_or_is_read_whole_is_refused(form):
 
 
 # the batch and tokens swapped by the view into heads, which the layer's rows cannot say (a
-# traced program that attends over the wrong tokens), and a split of the mapped whole (a
-# crash reading a split's shape) refused where the model views or splits
+# traced program that attends over the wrong tokens), a split of the mapped whole (a crash
+# reading a split's shape) refused where the model views or splits, and a batch norm's gain
+# at a slice of each head refused as such (not as a gain that is no param)
 @pytest.mark.parametrize(
     "form, message",
     [
         ("silu tb", r"view from \[2, 8, 96\] to \[8, 2, 2, 48\]"),
         ("silu chunk", r"split of anything but a linear layer's output features"),
+        pytest.param(
+            "bn slice",
+            r"batch norm with a gain or bias of a linear layer's output sliced per head",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_a_map_viewed_with_its_tokens_reordered_or_split_whole_is_refused(form, message):
