@@ -59,28 +59,29 @@ def _shape(node) -> tuple | None:
 
 
 def _layer(step) -> tuple | None:
-    """The layer output's shape that the map ``step`` (its first) reads: its features, after
-    the leading axes of the layer's own output, before any view (LeViT's flatten of the batch
-    and tokens for its batch norm)."""
-    src = step.args[0]
-    while op_name(src) in _VIEWS and src.args and hasattr(src.args[0], "meta"):
-        src = src.args[0]
-    shape, now = _shape(src), _shape(step.args[0])
-    return None if shape is None or now is None else shape[:-1] + now[-1:]
+    """The layer output that the map ``step`` (its first) reads: (its features, the leading
+    axes it has had), those of the value read and of each value it is a view of (LeViT's
+    flatten of the batch and tokens for its batch norm, from the layer's (B, T, ·))."""
+    src, leads = step.args[0], []
+    while src is not None and _shape(src) is not None:
+        leads.append(_shape(src)[:-1])
+        src = src.args[0] if op_name(src) in _VIEWS and src.args else None
+        src = src if hasattr(src, "meta") else None
+    return (_shape(step.args[0])[-1], leads) if leads else None
 
 
 def _head_view(node, layer: tuple) -> bool:
     """Whether ``node`` views a value of the ``layer`` output's features as heads (..., H, m)
-    only split along each head's features after, its leading axes the layer's own (a view
-    (T, B, H, m) of a (B, T, ·) output reorders the tokens, which the parts, each made of the
-    layer's rows, would not)."""
+    only split along each head's features after, its leading axes ones the layer's output had
+    (a view (T, B, H, m) of a (B, T, ·) output reorders the tokens, which the parts, each made
+    of the layer's rows, would not)."""
     shape = _shape(node)
-    width = layer[-1]
+    width, leads = layer
     return (
         op_name(node) in _VIEWS
         and shape is not None
         and len(shape) >= 3
-        and shape[:-2] == layer[:-1]
+        and shape[:-2] in leads
         and shape[-1] != width
         and (shape[-2] * shape[-1] == width)
         and split_last(node, len(shape))
@@ -100,7 +101,7 @@ def _mapped_to_heads(node) -> bool:
         shape = _shape(node)  # (a split's items are no single tensor: no map held)
         if (
             shape is None
-            or not (_maps(node) or op in _CARRIERS or op in _VIEWS and shape[-1] == layer[-1])
+            or not (_maps(node) or op in _CARRIERS or op in _VIEWS and shape[-1] == layer[0])
             or len(readers) != 1
         ):
             return False
