@@ -198,11 +198,15 @@ class FusedHeadOps:
     def head_part(self, v, node):
         """A block of a per-head layer, as the vector it is (named by the node that takes it:
         a chunk's item, a slice, an index), so that every op after it sees a vector; a block
-        whose every use splits each head again (AXK2's query split off its gate, then into its
-        rotary and other parts) stays a block of the layer, each of its parts one of rows."""
+        of each head (rows of every group of ``period``) whose every use splits each head again
+        (AXK2's query split off its gate, then into its rotary and other parts) stays a block
+        of the layer, each of its parts one of rows. A block of whole heads (Falcon's query: no
+        period) split again would need rows of each of its heads, which one range of rows
+        cannot say: a vector, whose split is refused."""
         if not (isinstance(v, Affine) and v.dh and v.w.rows):
             return v
-        return v if _split_again(node, len(node.meta["val"].shape)) else self.vec(v, node)
+        again = v.w.period is not None and _split_again(node, len(node.meta["val"].shape))
+        return v if again else self.vec(v, node)
 
     def _per_head(self, v: Affine, m: int, name: str, tags) -> Affine:
         """``v`` viewed as heads of m features each: every block of it is a block of each

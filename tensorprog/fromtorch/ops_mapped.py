@@ -48,17 +48,40 @@ class Mapped:
 def _maps(node) -> bool:
     """Whether ``node`` maps each feature of its first argument alone."""
     op = op_name(node)
-    shape = tuple(getattr(node.args[0], "meta", {}).get("val").shape)
-    return op in _FUNCTIONS or op in _NORMS and len(shape) == 2  # [N, C]: channels last
+    shape = _shape(node.args[0]) if node.args else None
+    return op in _FUNCTIONS or op in _NORMS and shape is not None and len(shape) == 2  # [N, C]
 
 
-def _head_view(node, width: int) -> bool:
-    """Whether ``node`` views a value of ``width`` features as heads (..., H, m) only split
-    along each head's features after."""
-    shape = tuple(node.meta["val"].shape)
+def _shape(node) -> tuple | None:
+    """The shape of ``node``'s one tensor (None for a split's list of them, or no tensor)."""
+    val = getattr(node, "meta", {}).get("val")
+    return tuple(val.shape) if hasattr(val, "shape") else None
+
+
+def _layer(step) -> tuple | None:
+    """The layer output that the map ``step`` (its first) reads: (its features, the leading
+    axes it has had), those of the value read and of each value it is a view of (LeViT's
+    flatten of the batch and tokens for its batch norm, from the layer's (B, T, ·))."""
+    src, leads = step.args[0], []
+    while src is not None and _shape(src) is not None:
+        leads.append(_shape(src)[:-1])
+        src = src.args[0] if op_name(src) in _VIEWS and src.args else None
+        src = src if hasattr(src, "meta") else None
+    return (_shape(step.args[0])[-1], leads) if leads else None
+
+
+def _head_view(node, layer: tuple) -> bool:
+    """Whether ``node`` views a value of the ``layer`` output's features as heads (..., H, m)
+    only split along each head's features after, its leading axes ones the layer's output had
+    (a view (T, B, H, m) of a (B, T, ·) output reorders the tokens, which the parts, each made
+    of the layer's rows, would not)."""
+    shape = _shape(node)
+    width, leads = layer
     return (
         op_name(node) in _VIEWS
+        and shape is not None
         and len(shape) >= 3
+        and shape[:-2] in leads
         and shape[-1] != width
         and (shape[-2] * shape[-1] == width)
         and split_last(node, len(shape))
@@ -69,25 +92,23 @@ def _mapped_to_heads(node) -> bool:
     """Whether the graph from ``node`` (a map of a layer's output) is maps, casts and views that
     keep the features last and whole, each the one reader of the one before, up to a view into
     heads split along each head's features."""
-    width = node.args[0].meta["val"].shape[-1]
-    while True:
+    layer = _layer(node)
+    while layer is not None:
         op = op_name(node)
-        if _head_view(node, width):
+        if _head_view(node, layer):
             return True
         readers = [u for u in node.users if not _shape_only(u, node)]
+        shape = _shape(node)  # (a split's items are no single tensor: no map held)
         if (
-            not (
-                _maps(node)
-                or op in _CARRIERS
-                or op in _VIEWS
-                and (node.meta["val"].shape[-1] == width)
-            )
+            shape is None
+            or not (_maps(node) or op in _CARRIERS or op in _VIEWS and shape[-1] == layer[0])
             or len(readers) != 1
         ):
             return False
         if not readers[0].args or readers[0].args[0] is not node:
             return False
         node = readers[0]
+    return False
 
 
 def _shape_only(user, node) -> bool:
@@ -125,7 +146,7 @@ class MappedRowsOps:
         op = op_name(node)
         if not v.heads and (_maps(node) or op in _CARRIERS):
             return dataclasses.replace(v, steps=v.steps + ((node,) if _maps(node) else ()))
-        if not v.heads and _head_view(node, _width(v)):
+        if not v.heads and _head_view(node, _layer(v.steps[0])):
             shape = tuple(node.meta["val"].shape)
             tags = ("tok",) * (len(shape) - 2) + ("H", "dh")
             return dataclasses.replace(
@@ -178,17 +199,20 @@ class MappedRowsOps:
         return x
 
 
-def _width(v: Mapped) -> int:
-    """The layer's output features."""
-    w = v.a.w
-    return w.shape[1] if w.t else w.shape[0]
-
-
 def _rows_of(p, rows: PRef | None, step):
-    """A batch norm's gain or bias ``p`` (None, or a param of the channels) at ``rows``."""
+    """A batch norm's gain or bias ``p`` (None, or a param of the channels) at ``rows`` (None:
+    a slice of each head, which makes a vector, no rows of the layer)."""
     if p is None:
         return None
-    if rows is None or not isinstance(p, PRef) or len(p.shape) != 1:
+    if rows is None:
+        raise refuse(
+            step,
+            "a batch norm with a gain or bias of a linear layer's output sliced per head: "
+            "its rows of the gain and bias are read where a split or chunk makes each head's "
+            "parts, not at a slice",
+            help="split each head with torch.split or chunk instead of slicing it",
+        )
+    if not isinstance(p, PRef) or len(p.shape) != 1:
         raise refuse(
             step,
             "a batch norm of a split linear layer's output whose gain or bias "

@@ -20,7 +20,8 @@ IDS = torch.randint(13, (2, 8), generator=torch.Generator().manual_seed(0))
 
 class Twice(torch.nn.Module):
     """Heads of 16: one layer's (q·k, v) per head, q·k split after the heads' transpose into
-    the query and the key (``form`` "slice": by slices, which no rule reads as rows)."""
+    the query and the key (``form`` "slice": by slices, which no rule reads as rows; "whole":
+    q·k a block of whole heads, whose halves of each head no one range of rows is)."""
 
     def __init__(self, n, form="split"):
         super().__init__()
@@ -31,7 +32,10 @@ class Twice(torch.nn.Module):
     def forward(self, idx):
         x = self.e(idx)
         b, t, n = x.shape
-        qk, v = self.qkv(x).view(b, t, n // 16, 32).split([16, 16], dim=-1)
+        if self.form == "whole":  # whole heads: every q·k head, then every value head
+            qk, v = self.qkv(x).view(b, t, n // 8, 16).split([n // 16, n // 16], dim=2)
+        else:
+            qk, v = self.qkv(x).view(b, t, n // 16, 32).split([16, 16], dim=-1)
         qk, v = qk.transpose(1, 2), v.transpose(1, 2)
         if self.form == "slice":
             q, k = qk[..., :8], qk[..., 8:]
@@ -68,3 +72,15 @@ def test_a_block_sliced_again_is_still_refused():
         r"per-token vector",
     ):
         from_torch(lambda n: Twice(n, "slice"), (32, 64), _ids, blocks=False)
+
+
+def test_a_block_of_whole_heads_split_again_is_refused_at_the_split():
+    # each head's half of a block of whole heads is rows of each head, not the one range a
+    # split of the block would take (refused at the attention, or as a program that does not
+    # read back, further on)
+    with pytest.raises(
+        TraceError,
+        match=r"test_block_split_again.py:\d+:\d+: error: cannot trace a split of each "
+        r"head's features into parts of 8, 8 of a value that is not a linear layer's output",
+    ):
+        from_torch(lambda n: Twice(n, "whole"), (32, 64), _ids, blocks=False)

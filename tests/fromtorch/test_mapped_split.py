@@ -24,7 +24,9 @@ class LM(torch.nn.Module):
     """Causal attention of heads of 16 whose fused q, k, v, laid out per head, are ``form``:
     "silu" (MiniMax's), "bn" (a batch norm of the channels over the batch and tokens, LeViT's),
     "silu bn" (both), or the near misses "ln" (a layer norm, which mixes the features), "silu
-    other" (the mapped whole also read)."""
+    other" (the mapped whole also read), "silu tb" (viewed into heads with the batch and tokens
+    swapped, (T, B, H, 48): the tokens reordered), "silu chunk" (the mapped whole split before
+    its view into heads), "bn slice" (each head sliced: no rows of the batch norm's gain)."""
 
     def __init__(self, n, form="silu"):
         super().__init__()
@@ -50,7 +52,15 @@ class LM(torch.nn.Module):
         if self.form == "ln":
             qkv = self.ln(qkv)
         heads = n // 16
-        q, k, v = qkv.view(b, t, heads, 48).split([16, 16, 16], dim=3)
+        if "chunk" in self.form:
+            q, k, v = (x.view(b, t, heads, 16) for x in qkv.chunk(3, dim=-1))
+        elif "slice" in self.form:
+            x = qkv.view(b, t, heads, 48)
+            q, k, v = x[..., :16], x[..., 16:32], x[..., 32:]
+        elif "tb" in self.form:
+            q, k, v = qkv.view(t, b, heads, 48).split([16, 16, 16], dim=3)
+        else:
+            q, k, v = qkv.view(b, t, heads, 48).split([16, 16, 16], dim=3)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         out = h + self.out(a.transpose(1, 2).reshape(b, t, n))
@@ -117,5 +127,28 @@ def test_a_map_that_mixes_features_or_is_read_whole_is_refused(form):
         match=r"test_mapped_split.py:\d+:\d+: error: cannot trace a "
         r"split of each head's features into parts of 16, 16, 16 of a value "
         r"that is not a linear layer's output",
+    ):
+        from_torch(_build(form), (32, 64), _ids, blocks=False)
+
+
+# the batch and tokens swapped by the view into heads, which the layer's rows cannot say (a
+# traced program that attends over the wrong tokens), a split of the mapped whole (a crash
+# reading a split's shape) refused where the model views or splits, and a batch norm's gain
+# at a slice of each head refused as such (not as a gain that is no param)
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ("silu tb", r"view from \[2, 8, 96\] to \[8, 2, 2, 48\]"),
+        ("silu chunk", r"split of anything but a linear layer's output features"),
+        pytest.param(
+            "bn slice",
+            r"batch norm with a gain or bias of a linear layer's output sliced per head",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_a_map_viewed_with_its_tokens_reordered_or_split_whole_is_refused(form, message):
+    with pytest.raises(
+        TraceError, match=r"test_mapped_split.py:\d+:\d+: error: cannot trace a " + message
     ):
         from_torch(_build(form), (32, 64), _ids, blocks=False)
