@@ -258,14 +258,19 @@ class StreamOps:
             ndim = len(self._shape(node.args[0]))
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-            if list(dims or []) and [d % ndim for d in dims] == [ndim - 2] and not keep:
+            # over the streams' own axis only: [m, B, T, n].sum(-2) sums the tokens
+            if list(dims or []) and [d % ndim for d in dims] == [x.axis] and not keep:
                 return self.streams_summed(node, x)
         if (
             op in VIEW_OPS
             and isinstance(x, Streams)
+            and x.axis == 2
+            and len(self._shape(node.args[0])) == 4
             and len(shape) == 3
             and shape[-1] == sum(p.dim for p in x.items)
         ):
+            # only [B, T, m, n] flattens to the streams one after another; [B, T, n, m] (a
+            # permute) interleaves them, and [m, B, T, n] viewed (B, T, m·n) mixes the tokens
             return self.cat_statement(node, list(x.items))  # flatten(2): cat(H_1, ..., D)
         what = {
             Lifted: "a per-token vector given an axis before its features",
