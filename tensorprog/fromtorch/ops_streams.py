@@ -230,7 +230,8 @@ class StreamOps:
             and len(args) == 2
         ):
             a, b = args
-            if a.axis == b.axis:
+            # (a stack of one stream added to m broadcasts it: no stream by stream sum)
+            if a.axis == b.axis and len(a.items) == len(b.items):
                 return Streams(
                     tuple(
                         self.stream_statement(node, f"{p.name} + {q.name}", p)
