@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .inplace import in_place
 from .ops_rescale import Rescaled
 from .values import Affine, HeadGate, Pointwise, PRef, Vec
-from .where import op_name, refuse
+from .where import aliased, op_name, refuse
 
 _HELP = (
     "hold the streams as m per-token vectors, mix them with per-token weights of m entries "
@@ -326,20 +326,7 @@ class StreamOps:
         if not isinstance(whole, Streams) or set(target.users) != {node}:
             in_place(self, node, op)  # refused unless exact
             return self.stream_op(node, op[:-1], args, kwargs)
-        order = {n.name: i for i, n in enumerate(self.ep.graph.nodes)}
-        for u in base.users:  # a view read after the write would miss it
-            if (
-                u is not target
-                and op_name(u) in _VIEWS
-                and order[u.name] < order[node.name]
-                and any(order[w.name] > order[node.name] for w in u.users)
-            ):
-                raise refuse(
-                    node,
-                    f"an in-place {op} on some of the streams, whose stack is "
-                    "read through a view after it",
-                    help=_HELP,
-                )
+        _no_alias_read_after(self, node, base, target)
         new = self.stream_op(node, op[:-1], args, kwargs)
         dim, start = target.args[1], (list(target.args[2:3]) + [None])[0]
         if not isinstance(new, Streams) or dim % 4 != whole.axis:
@@ -365,6 +352,7 @@ class StreamOps:
                 "a copy of streams into anything but some of another stack's streams",
                 help=_HELP,
             )
+        _no_alias_read_after(self, node, base, target)
         start = (list(target.args[2:3]) + [None])[0]
         lo = 0 if start is None else start % len(whole.items)
         items = whole.items[:lo] + new.items + whole.items[lo + len(new.items) :]
@@ -444,7 +432,32 @@ class StreamOps:
         return Vec(name, like.tags, like.dim)
 
 
-_VIEWS = {"select", "slice", "view", "permute", "transpose", "expand", "alias", "unsqueeze"}
+def _no_alias_read_after(walker, node, base, target):
+    """Refuses the write ``node`` into ``target``, some of ``base``'s streams, where a tensor
+    sharing base's memory other than base (a view of it taken before the write, a view of that
+    view, the value base is itself a view of) is read after the write: torch's read sees the
+    write, the trace's would not (only base's value is rewritten)."""
+    order = {n.name: i for i, n in enumerate(walker.ep.graph.nodes)}
+    root = base
+    while aliased(root) is not None:
+        root = aliased(root)
+    group, todo = [], [root]
+    while todo:  # every tensor sharing the root's memory: its views, theirs, ...
+        one = todo.pop()
+        group.append(one)
+        todo.extend(u for u in one.users if u not in group and aliased(u) is one)
+    for a in group:
+        if (
+            a not in (base, target, node)
+            and order[a.name] < order[node.name]
+            and any(order[w.name] > order[node.name] for w in a.users)
+        ):
+            raise refuse(
+                node,
+                f"an in-place {op_name(node)} on some of the streams, whose stack is read "
+                f"after it through another tensor sharing its memory ({a.name})",
+                help=_HELP + "; or write the streams out of place (torch.cat, a new stack)",
+            )
 
 
 def _number(x) -> bool:
