@@ -342,10 +342,14 @@ class StreamOps:
         target = node.args[0]
         base = target.args[0] if op_name(target) == "slice" else None
         whole = self.env.get(base.name) if base is not None else None
+        part = self.env.get(target.name)
         if (
             not isinstance(whole, Streams)
             or target.args[1] % 4 != whole.axis
             or new.axis != whole.axis
+            # (fewer streams copied into more broadcast them: no stream by stream copy)
+            or not isinstance(part, Streams)
+            or len(part.items) != len(new.items)
         ):
             raise refuse(
                 node,
