@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from .inplace import in_place
 from .ops_rescale import Rescaled
-from .values import Affine, HeadGate, Pointwise, PRef, Vec
+from .values import Affine, HeadGate, Parts, Pointwise, PRef, Vec
 from .where import aliased, op_name, refuse
 
 _HELP = (
@@ -198,13 +198,15 @@ class StreamOps:
     def stream_op(self, node, op, args, kwargs):
         from .walk import IDENTITY_OPS, VIEW_OPS
 
-        if op in IDENTITY_OPS or getattr(node.meta.get("val"), "shape", None) is None:
-            # (a check of the stack's dtype or shape, _assert_tensor_metadata, holds no value)
-            return args[0] if op in IDENTITY_OPS else None
-        shape = tuple(node.meta["val"].shape)
         if op in IDENTITY_OPS:
             return args[0]
-        x = args[0]
+        x, val = args[0], node.meta.get("val")
+        if isinstance(val, (list, tuple)):  # an op of several results: its own rule or refused
+            return self.streams_parted(node, op, args, kwargs)
+        if getattr(val, "shape", None) is None:
+            # (a check of the stack's dtype or shape, _assert_tensor_metadata, holds no value)
+            return None
+        shape = tuple(val.shape)
         if op == "copy_" and isinstance(args[1], Streams):
             return self.streams_copied(node, args[1])
         if op in ("add_", "mul_") and isinstance(x, Streams):
@@ -286,6 +288,24 @@ class StreamOps:
             "per-token weights times the streams, sums over the streams' axis and a "
             "flatten of the streams to m·n features are traced",
             help=_HELP,
+        )
+
+    def streams_parted(self, node, op, args, kwargs) -> Parts:
+        """``streams.unbind(axis)``: the m streams, each its vector; any other op of several
+        results (a split, a chunk, a max with its indices) is refused here, at its line."""
+        x = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if (
+            op == "unbind"
+            and isinstance(x, Streams)
+            and dim % len(self._shape(node.args[0])) == x.axis
+        ):
+            return Parts(list(x.items))
+        raise refuse(
+            node,
+            f"{op} of a stack of per-token residual streams into several tensors: only "
+            "unbind along the streams' axis gives them one by one",
+            help=_HELP + "; or index the streams one by one (x[:, :, k])",
         )
 
     def stream_layout_op(self, node, op, x: Streams, args, kwargs):

@@ -221,6 +221,9 @@ class NearMiss(nn.Module):
         if how == "one to m":  # a stack of one stream added to two broadcasts it
             one = torch.sigmoid(self.g(h)).unsqueeze(-1) * h.unsqueeze(-2)
             return self.out((one + torch.stack([h, self.a(h)], dim=2)).sum(2))
+        if how == "chunked":  # several results of the stack: each refused but unbind's
+            a, b = torch.stack([h, self.a(h)], dim=2).chunk(2, dim=2)
+            return self.out((a + b).squeeze(2))
         hs = torch.stack([h, self.a(h), h], dim=0)
         if how == "view of a view":  # taken before the write, read after it: sees the write
             later = hs[1:][0]
@@ -239,6 +242,7 @@ class NearMiss(nn.Module):
         pytest.param("tokens mixed", "reshape of a stack", marks=pytest.mark.slow),
         ("tokens summed", "sum of a stack"),
         ("one to m", "add of a stack"),
+        pytest.param("chunked", "chunk of a stack .* into several tensors", marks=pytest.mark.slow),
         ("view of a view", "read after it through another tensor sharing its memory"),
         ("through a view", "read after it through another tensor sharing its memory"),
     ],
