@@ -251,3 +251,24 @@ def test_near_misses_of_the_streams_forms_are_refused_at_their_line(how, said):
     with pytest.raises(TensorProgError, match=said) as err:
         from_torch(lambda n: NearMiss(n, how), (16, 32), inputs)
     assert "test_hyper_connections.py:" in str(err.value)
+
+
+class Unbound(nn.Module):
+    """The streams unbound along their axis: each stream its vector."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.a = nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        first, second = torch.stack([h, self.a(h)], dim=2).unbind(2)
+        return self.out(first + 2 * second)
+
+
+@pytest.mark.slow
+def test_the_streams_unbound_along_their_axis_compute_the_model():
+    traced = from_torch(Unbound, (16, 32), inputs)
+    traced_computes_the_model(traced, Unbound, inputs)
