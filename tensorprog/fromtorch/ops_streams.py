@@ -256,7 +256,7 @@ class StreamOps:
                     0,
                 )
         if op == "add" and len(args) == 2 and isinstance(x, Weighted) and _number(args[1]):
-            return Weighted(x.gate, x.c + float(args[1]))
+            return Weighted(x.gate, x.c + float(args[1]), x.axis)  # on the same axis
         if op == "sum" and isinstance(x, Streams):
             ndim = len(self._shape(node.args[0]))
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
