@@ -23,8 +23,9 @@ a stream is ``x[i]``, a permute moves the streams' axis (``Streams.axis``), ``x.
 ``(w + c).permute(2, 0, 1).unsqueeze(-1)`` weights per stream, ``x[1:] += y`` replaces streams
 1.. in the stack (its later reads see them), and a mean over the axis is the streams' mean.
 
-What reads the streams otherwise (a product with another stack, a mean over the streams, a
-mixing matrix across them) is refused at its line. No exponent is set here: each param's comes
+What reads the streams otherwise (a product with another stack, a sum over another axis, a
+flatten of a permuted or streams-first stack, a split or chunk, a constant mixing matrix across
+them, a write read through another view) is refused at its line. No exponent is set here: each param's comes
 from the program these statements make, by derive's rules.
 """
 
