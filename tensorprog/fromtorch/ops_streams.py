@@ -25,8 +25,8 @@ a stream is ``x[i]``, a permute moves the streams' axis (``Streams.axis``), ``x.
 
 What reads the streams otherwise (a product with another stack, a sum over another axis, a
 flatten of a permuted or streams-first stack, a split or chunk, a constant mixing matrix across
-them, a write read through another view) is refused at its line. No exponent is set here: each param's comes
-from the program these statements make, by derive's rules.
+them, a write read through another view) is refused at its line. No exponent is set here: each
+param's comes from the program these statements make, by derive's rules.
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ class StreamOps:
             and x.axis == 2
             and len(self._shape(node.args[0])) == 4
             and len(shape) == 3
+            and shape[:2] == tuple(self._shape(node.args[0]))[:2]  # (B, T) kept
             and shape[-1] == sum(p.dim for p in x.items)
         ):
             # only [B, T, m, n] flattens to the streams one after another; [B, T, n, m] (a
