@@ -23,9 +23,10 @@ a stream is ``x[i]``, a permute moves the streams' axis (``Streams.axis``), ``x.
 ``(w + c).permute(2, 0, 1).unsqueeze(-1)`` weights per stream, ``x[1:] += y`` replaces streams
 1.. in the stack (its later reads see them), and a mean over the axis is the streams' mean.
 
-What reads the streams otherwise (a product with another stack, a mean over the streams, a
-mixing matrix across them) is refused at its line. No exponent is set here: each param's comes
-from the program these statements make, by derive's rules.
+What reads the streams otherwise (a product with another stack, a sum over another axis, a
+flatten of a permuted or streams-first stack, a split or chunk, a constant mixing matrix across
+them, a write read through another view) is refused at its line. No exponent is set here: each
+param's comes from the program these statements make, by derive's rules.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 
 from .inplace import in_place
 from .ops_rescale import Rescaled
-from .values import Affine, HeadGate, Pointwise, PRef, Vec
-from .where import op_name, refuse
+from .values import Affine, HeadGate, Parts, Pointwise, PRef, Vec
+from .where import aliased, op_name, refuse
 
 _HELP = (
     "hold the streams as m per-token vectors, mix them with per-token weights of m entries "
@@ -198,13 +199,15 @@ class StreamOps:
     def stream_op(self, node, op, args, kwargs):
         from .walk import IDENTITY_OPS, VIEW_OPS
 
-        if op in IDENTITY_OPS or getattr(node.meta.get("val"), "shape", None) is None:
-            # (a check of the stack's dtype or shape, _assert_tensor_metadata, holds no value)
-            return args[0] if op in IDENTITY_OPS else None
-        shape = tuple(node.meta["val"].shape)
         if op in IDENTITY_OPS:
             return args[0]
-        x = args[0]
+        x, val = args[0], node.meta.get("val")
+        if isinstance(val, (list, tuple)):  # an op of several results: its own rule or refused
+            return self.streams_parted(node, op, args, kwargs)
+        if getattr(val, "shape", None) is None:
+            # (a check of the stack's dtype or shape, _assert_tensor_metadata, holds no value)
+            return None
+        shape = tuple(val.shape)
         if op == "copy_" and isinstance(args[1], Streams):
             return self.streams_copied(node, args[1])
         if op in ("add_", "mul_") and isinstance(x, Streams):
@@ -230,7 +233,8 @@ class StreamOps:
             and len(args) == 2
         ):
             a, b = args
-            if a.axis == b.axis:
+            # (a stack of one stream added to m broadcasts it: no stream by stream sum)
+            if a.axis == b.axis and len(a.items) == len(b.items):
                 return Streams(
                     tuple(
                         self.stream_statement(node, f"{p.name} + {q.name}", p)
@@ -253,19 +257,25 @@ class StreamOps:
                     0,
                 )
         if op == "add" and len(args) == 2 and isinstance(x, Weighted) and _number(args[1]):
-            return Weighted(x.gate, x.c + float(args[1]))
+            return Weighted(x.gate, x.c + float(args[1]), x.axis)  # on the same axis
         if op == "sum" and isinstance(x, Streams):
             ndim = len(self._shape(node.args[0]))
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-            if list(dims or []) and [d % ndim for d in dims] == [ndim - 2] and not keep:
+            # over the streams' own axis only: [m, B, T, n].sum(-2) sums the tokens
+            if list(dims or []) and [d % ndim for d in dims] == [x.axis] and not keep:
                 return self.streams_summed(node, x)
         if (
             op in VIEW_OPS
             and isinstance(x, Streams)
+            and x.axis == 2
+            and len(self._shape(node.args[0])) == 4
             and len(shape) == 3
+            and shape[:2] == tuple(self._shape(node.args[0]))[:2]  # (B, T) kept
             and shape[-1] == sum(p.dim for p in x.items)
         ):
+            # only [B, T, m, n] flattens to the streams one after another; [B, T, n, m] (a
+            # permute) interleaves them, and [m, B, T, n] viewed (B, T, m·n) mixes the tokens
             return self.cat_statement(node, list(x.items))  # flatten(2): cat(H_1, ..., D)
         what = {
             Lifted: "a per-token vector given an axis before its features",
@@ -280,6 +290,24 @@ class StreamOps:
             "per-token weights times the streams, sums over the streams' axis and a "
             "flatten of the streams to m·n features are traced",
             help=_HELP,
+        )
+
+    def streams_parted(self, node, op, args, kwargs) -> Parts:
+        """``streams.unbind(axis)``: the m streams, each its vector; any other op of several
+        results (a split, a chunk, a max with its indices) is refused here, at its line."""
+        x = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if (
+            op == "unbind"
+            and isinstance(x, Streams)
+            and dim % len(self._shape(node.args[0])) == x.axis
+        ):
+            return Parts(list(x.items))
+        raise refuse(
+            node,
+            f"{op} of a stack of per-token residual streams into several tensors: only "
+            "unbind along the streams' axis gives them one by one",
+            help=_HELP + "; or index the streams one by one (x[:, :, k])",
         )
 
     def stream_layout_op(self, node, op, x: Streams, args, kwargs):
@@ -320,20 +348,7 @@ class StreamOps:
         if not isinstance(whole, Streams) or set(target.users) != {node}:
             in_place(self, node, op)  # refused unless exact
             return self.stream_op(node, op[:-1], args, kwargs)
-        order = {n.name: i for i, n in enumerate(self.ep.graph.nodes)}
-        for u in base.users:  # a view read after the write would miss it
-            if (
-                u is not target
-                and op_name(u) in _VIEWS
-                and order[u.name] < order[node.name]
-                and any(order[w.name] > order[node.name] for w in u.users)
-            ):
-                raise refuse(
-                    node,
-                    f"an in-place {op} on some of the streams, whose stack is "
-                    "read through a view after it",
-                    help=_HELP,
-                )
+        _no_alias_read_after(self, node, base, target)
         new = self.stream_op(node, op[:-1], args, kwargs)
         dim, start = target.args[1], (list(target.args[2:3]) + [None])[0]
         if not isinstance(new, Streams) or dim % 4 != whole.axis:
@@ -349,16 +364,21 @@ class StreamOps:
         target = node.args[0]
         base = target.args[0] if op_name(target) == "slice" else None
         whole = self.env.get(base.name) if base is not None else None
+        part = self.env.get(target.name)
         if (
             not isinstance(whole, Streams)
             or target.args[1] % 4 != whole.axis
             or new.axis != whole.axis
+            # (fewer streams copied into more broadcast them: no stream by stream copy)
+            or not isinstance(part, Streams)
+            or len(part.items) != len(new.items)
         ):
             raise refuse(
                 node,
                 "a copy of streams into anything but some of another stack's streams",
                 help=_HELP,
             )
+        _no_alias_read_after(self, node, base, target)
         start = (list(target.args[2:3]) + [None])[0]
         lo = 0 if start is None else start % len(whole.items)
         items = whole.items[:lo] + new.items + whole.items[lo + len(new.items) :]
@@ -438,7 +458,32 @@ class StreamOps:
         return Vec(name, like.tags, like.dim)
 
 
-_VIEWS = {"select", "slice", "view", "permute", "transpose", "expand", "alias", "unsqueeze"}
+def _no_alias_read_after(walker, node, base, target):
+    """Refuses the write ``node`` into ``target``, some of ``base``'s streams, where a tensor
+    sharing base's memory other than base (a view of it taken before the write, a view of that
+    view, the value base is itself a view of) is read after the write: torch's read sees the
+    write, the trace's would not (only base's value is rewritten)."""
+    order = {n.name: i for i, n in enumerate(walker.ep.graph.nodes)}
+    root = base
+    while aliased(root) is not None:
+        root = aliased(root)
+    group, todo = [], [root]
+    while todo:  # every tensor sharing the root's memory: its views, theirs, ...
+        one = todo.pop()
+        group.append(one)
+        todo.extend(u for u in one.users if u not in group and aliased(u) is one)
+    for a in group:
+        if (
+            a not in (base, target, node)
+            and order[a.name] < order[node.name]
+            and any(order[w.name] > order[node.name] for w in a.users)
+        ):
+            raise refuse(
+                node,
+                f"an in-place {op_name(node)} on some of the streams, whose stack is read "
+                f"after it through another tensor sharing its memory ({a.name})",
+                help=_HELP + "; or write the streams out of place (torch.cat, a new stack)",
+            )
 
 
 def _number(x) -> bool:

@@ -192,3 +192,83 @@ def test_altups_stacked_streams_trace_and_compute_the_model():
     assert got["predict.weight"] == got["correct.weight"] == (0, 0, 0)
     assert got["router.weight"] == got["out.weight"] == (0, 1, 1)
     assert got["proj.0.weight"] == got["side.weight"] == (0, Fraction(1, 2), 1)
+
+
+class NearMiss(nn.Module):
+    """Forms next to the traced ones that compute something else: each must be refused at its
+    line, not traced as the streams' sum, flatten or write."""
+
+    def __init__(self, n, how):
+        super().__init__()
+        self.how = how
+        self.e = nn.Embedding(13, n)
+        self.a = nn.Linear(n, n, bias=False)
+        self.r = nn.Linear(2 * n, n, bias=False)
+        self.g = nn.Linear(n, 1, bias=False)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h, how = self.e(idx), self.how
+        if how == "interleaved":  # [B, T, n, m] flattened: the streams' coordinates interleaved
+            hs = torch.stack([h, self.a(h)], dim=2)
+            return self.out(self.r(hs.permute(0, 1, 3, 2).flatten(2)))
+        if how == "tokens mixed":  # [m, B, T, n] viewed (B, T, m·n)
+            hs = torch.stack([h, self.a(h)], dim=0)
+            return self.out(self.r(hs.reshape(idx.shape[0], idx.shape[1], -1)))
+        if how == "tokens summed":  # [m, B, T, n].sum(-2) sums the tokens, not the streams
+            hs = torch.stack([h, self.a(h)], dim=0)
+            return self.out(hs.sum(dim=-2)[0]).unsqueeze(1).expand(-1, idx.shape[1], -1)
+        if how == "one to m":  # a stack of one stream added to two broadcasts it
+            one = torch.sigmoid(self.g(h)).unsqueeze(-1) * h.unsqueeze(-2)
+            return self.out((one + torch.stack([h, self.a(h)], dim=2)).sum(2))
+        if how == "chunked":  # several results of the stack: each refused but unbind's
+            a, b = torch.stack([h, self.a(h)], dim=2).chunk(2, dim=2)
+            return self.out((a + b).squeeze(2))
+        hs = torch.stack([h, self.a(h), h], dim=0)
+        if how == "view of a view":  # taken before the write, read after it: sees the write
+            later = hs[1:][0]
+            hs[1:] += self.a(h)
+            return self.out(later)
+        # a write through a view of the stack, read through the stack itself
+        part = hs[0:3]
+        part[1:] += self.a(h)
+        return self.out(hs.mean(0))
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("interleaved", "flatten of a stack"),
+        pytest.param("tokens mixed", "reshape of a stack", marks=pytest.mark.slow),
+        ("tokens summed", "sum of a stack"),
+        ("one to m", "add of a stack"),
+        pytest.param("chunked", "chunk of a stack .* into several tensors", marks=pytest.mark.slow),
+        ("view of a view", "read after it through another tensor sharing its memory"),
+        ("through a view", "read after it through another tensor sharing its memory"),
+    ],
+)
+def test_near_misses_of_the_streams_forms_are_refused_at_their_line(how, said):
+    with pytest.raises(TensorProgError, match=said) as err:
+        from_torch(lambda n: NearMiss(n, how), (16, 32), inputs)
+    assert "test_hyper_connections.py:" in str(err.value)
+
+
+class Unbound(nn.Module):
+    """The streams unbound along their axis: each stream its vector."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.a = nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        first, second = torch.stack([h, self.a(h)], dim=2).unbind(2)
+        return self.out(first + 2 * second)
+
+
+@pytest.mark.slow
+def test_the_streams_unbound_along_their_axis_compute_the_model():
+    traced = from_torch(Unbound, (16, 32), inputs)
+    traced_computes_the_model(traced, Unbound, inputs)
