@@ -69,6 +69,13 @@ fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` k
 default proportion to the first stage's channels (n/2), so its grouped convolutions have the
 same groups at every width; HGNetV2's stem channels keep theirs to its first stage's (n/4, n/2),
 so a stage's aggregation reads channels that all grow with the width.
+Sizes a config fixes besides the head dim and the width keep their defaults' proportion to one
+of them (``PER_HEAD``, ``PER_WIDTH``): partial rotary's and MLA's head dims to the head dim; MLA's
+low ranks, per-layer inputs' width (``hidden_size_per_layer_input``), MobileBERT's bottleneck,
+UltraBERT's prediction head and Qwen4-exp's hyper-connection mix rank (``hc_lowrank``, 320 of
+2048 in its defaults) to the width. This changes the model
+checked: kept at its default, such a size is a layer of fixed size between layers of the width,
+which leaves no µP (derive refuses it as a bottleneck).
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
