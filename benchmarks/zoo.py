@@ -73,6 +73,13 @@ HRM text is built with gradients through every cycle of its recurrence (``L_bp_c
 its ``L_cycles`` in each high-level cycle): by default it runs the earlier cycles under
 torch.no_grad (a truncated backprop), which the trace refuses, so the model its row checks is
 HRM trained by backprop through the whole recurrence, not as its authors train it.
+Sizes a config fixes besides the head dim and the width keep their defaults' proportion to one
+of them (``PER_HEAD``, ``PER_WIDTH``): partial rotary's and MLA's head dims to the head dim; MLA's
+low ranks, per-layer inputs' width (``hidden_size_per_layer_input``), MobileBERT's bottleneck,
+UltraBERT's prediction head and Qwen4-exp's hyper-connection mix rank (``hc_lowrank``, 320 of
+2048 in its defaults) to the width. This changes the model checked: at its default such a size
+exceeds a small head or width, and a low rank kept fixed is a layer of fixed size between layers
+of the width, which leaves no µP (derive refuses it as a bottleneck).
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's

@@ -93,3 +93,24 @@ def refuse_growing_part_sums(t1: Trace, t2: Trace, widths, nodes=None) -> None:
             help="average over an axis of a fixed size (m streams of n features each), or "
             "over the heads' coordinates within each head",
         )
+
+
+def refuse_growing_part_counts(t1: Trace, t2: Trace, widths, nodes=None) -> None:
+    """Refuses, at its line, a concatenation of k1 parts at the first width and k2 at the
+    second: copies of a vector whose number grows (``x.repeat(1, 1, n // 8)``; the weighted
+    copies of ``(x.unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)``, the streams' layout read
+    the other way round, n copies of w): the language's ``cat`` joins a fixed number of parts,
+    and the traces, one statement longer per part, would only say that the graphs differ."""
+    for name, (_, node, _, _, parts) in t1.cats.items():
+        other = t2.cats.get(name)
+        if other is None or len(other[4]) == len(parts):
+            continue
+        raise TraceError(
+            f"a concatenation (or repeat) of {len(parts)} parts at width {widths[0]} and "
+            f"{len(other[4])} at {widths[1]}: the number of copies grows with the width, and "
+            "the language's cat(a, b, ..., D) joins a fixed number of parts",
+            user_span(nodes[node]) if nodes and node in nodes else None,
+            help="repeat a vector a fixed number of times (m streams: x.repeat(1, 1, m)), and "
+            "weight m copies of a block's output as x.unsqueeze(-2) * w.unsqueeze(-1), w of m "
+            "entries",
+        )

@@ -80,11 +80,11 @@ def refuse_longer_sequence(node, x, pad) -> None:
     before, after = pair
     t = int(node.args[0].meta["val"].shape[1])
     raise refuse(node, f"a pad of a sequence's {t} tokens by {before} before and {after} after "
-                 f"(to {t + before + after}: LongT5's and PEGASUS-X's whole blocks for "
-                 "block-local attention): the language's sequences keep their length. "
-                 "Attention within blocks is attention over the sequence under a fixed mask of "
-                 "its token pairs, but the trace follows the blocked tensors op by op and has "
-                 "no form for a sequence cut into blocks",
+                 f"(to {t + before + after}): the language's sequences keep their length. "
+                 "(LongT5 and PEGASUS-X pad to whole blocks for block-local attention: that is "
+                 "attention over the sequence under a fixed mask of its token pairs, but the "
+                 "trace follows the blocked tensors op by op and has no form for a sequence "
+                 "cut into blocks)",
                  help="write the attention over the whole sequence with the blocks' mask "
                  "(attn_mask), or trace a model whose attention is over the whole sequence")
 
