@@ -106,3 +106,12 @@ def test_a_convolution_of_the_value_heads_tokens_is_refused_as_such():
         r"dh\] by a kernel \[3, 1\] in a group per head",
     ):
         from_torch(HeadConv, WIDTHS, _tokens)
+
+
+def test_an_ungrouped_convolution_of_the_padded_tokens_computes_the_model():
+    # crashed (ValueError in ops_conv's check for a ViT's patches, which read the conv1d's
+    # [B, C, T] output as an image's [B, C, H, W]) before it traced
+    traced = from_torch(lambda n: QKConv(n, group_width=2 * n), WIDTHS, _tokens)
+    traced_computes_the_model(traced, lambda n: QKConv(n, group_width=2 * n), _tokens)
+    abc = abc_by_target(traced)
+    assert abc["grouped.weight"] == abc["q.weight"], abc  # fan-in 2n·2: a hidden layer's
