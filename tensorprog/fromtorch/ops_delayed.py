@@ -57,8 +57,10 @@ class DelayedOps:
             )
         import torch
 
-        # a constant of the shape asked for (what reads it: a linear layer, below)
-        return Conc(torch.zeros(tuple(node.meta["val"].shape), dtype=torch.float64))
+        # a constant of the shape and dtype asked for (a linear layer reads it, below; a
+        # bool or integer one is a mask or ids, computed from as such)
+        val = node.meta["val"]
+        return Conc(torch.zeros(tuple(val.shape), dtype=val.dtype))
 
     def op_linear(self, node, x, w, b=None):
         if (

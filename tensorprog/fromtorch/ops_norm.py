@@ -146,9 +146,16 @@ class NormOps:
         writes as a reciprocal times c): the inverse root of x's sum of squares over its d
         coordinates, what an L2 normalisation multiplies x by (``_l2_mul``)."""
         if isinstance(x, L2Norm):
-            norm = node.args[0]  # (its guard's clamp_min, casts) back to the norm's node
-            while op_name(norm) in ("clamp_min", "clamp", "to", "_to_copy", "alias"):
+            # back to the norm's node, past what keeps an L2Norm (its guard's clamp_min or eps
+            # added, casts, an expand to x's shape): d is the norm's input's last axis, not
+            # that of a value after it (|x| + eps is [.., 1])
+            norm = node.args[0]
+            while hasattr(norm, "op") and op_name(norm) != "linalg_vector_norm" and norm.args:
                 norm = norm.args[0]
+            if not hasattr(norm, "op") or op_name(norm) != "linalg_vector_norm":
+                raise refuse(node, "a reciprocal of an L2 norm whose torch.linalg.vector_norm "
+                             "the trace cannot find before it", help="divide by the norm, x / "
+                             "x.norm(dim=-1, keepdim=True)")
             d = int(self._shape(norm.args[0])[-1])  # the coordinates normalised over
             return MeanSq(x.src, inv=True, k=float(d), over=d)
         raise refuse(node, "a reciprocal of anything but a vector's L2 norm (1 / |x|, an L2 "

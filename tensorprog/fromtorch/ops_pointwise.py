@@ -422,12 +422,15 @@ class PointwiseOps:
         return Conc(torch.zeros(tuple(val.shape), dtype=val.dtype))
 
     def op_ones_like(self, node, v, *rest, **kwargs):
-        return Conc(self.op_zeros_like(node, v).value + 1)
+        import torch
+
+        val = node.meta["val"]  # (zeros + 1 of a bool dtype is an integer 1, whose ~ is -2)
+        return Conc(torch.ones(tuple(val.shape), dtype=val.dtype))
 
     def op_new_ones(self, node, v, *rest, **kwargs):
         """``x.new_ones(size)`` (Funnel's mask of the tokens but its class token, padded): a
-        constant of the size given, which reads x's dtype alone."""
-        return Conc(self.op_zeros_like(node, v).value + 1)
+        constant of the size and dtype given, which reads x's dtype alone."""
+        return self.op_ones_like(node, v)
 
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast

@@ -154,12 +154,18 @@ class TokenImageOps:
         query and key heads, as many of each): the language's ``part(y, d, i)``, the same
         exponents as y's. Any other slice is the next class's."""
         outs = getattr(self, "token_images", {}).get("_out", ())
-        if not isinstance(v, Vec) or v.name not in outs or v.tags != ("tok", "tok", "F"):
+        if (
+            not isinstance(v, Vec)
+            or v.name not in outs
+            or v.tags != ("tok", "tok", "F")
+            or dim % 3 != 2  # of the tokens: any vector's (a shift's slice)
+        ):
             return super().op_slice(node, v, dim, start, end, step)
         size = v.dim
         lo, hi = int(start or 0), size if end is None else min(int(end), size)
+        lo, hi = (lo + size if lo < 0 else lo), (hi + size if hi < 0 else hi)  # y[..., -d:]
         d = hi - lo
-        if dim % 3 != 2 or step != 1 or d <= 0 or size % d or lo % d:
+        if step != 1 or d <= 0 or size % d or lo % d:
             raise refuse(
                 node,
                 f"a slice [{lo}:{hi}] of the {size} features of a convolution "

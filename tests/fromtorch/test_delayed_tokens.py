@@ -63,3 +63,23 @@ def test_a_layer_with_a_bias_at_zeros_is_refused():
         r"before another value: the layer has a bias",
     ):
         from_torch(lambda n: Delayed(n, bias=True), WIDTHS, _tokens)
+
+
+class BoolZeros(nn.Module):
+    """A vector's new_zeros of dtype bool, inverted: a mask keeping every token."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        m = h.new_zeros(h.shape[:2], dtype=torch.bool)
+        return self.head(h * (~m)[..., None])
+
+
+@pytest.mark.slow  # a refusal's reason before, not a wrong answer
+def test_new_zeros_keeps_the_dtype_asked_for():
+    # before: float64 zeros whatever the dtype, ~m of which read as a buffer of floats: refused
+    traced = from_torch(BoolZeros, WIDTHS, _tokens)
+    traced_computes_the_model(traced, BoolZeros, _tokens)

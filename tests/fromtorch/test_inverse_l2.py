@@ -38,6 +38,9 @@ class Normed(nn.Module):
         x = self.a(h)
         if self.form == "rms":
             y = self.rms(x)
+        elif self.form == "eps":  # the eps added to the norm, not a floor
+            c = x.shape[-1] ** 0.5
+            y = x * (c / (x.norm(p=2, dim=-1, keepdim=True) + 1e-7))
         elif self.form == "sum":
             y = x * torch.reciprocal(x.pow(2).sum(-1, keepdim=True))
         else:
@@ -54,6 +57,13 @@ def test_c_over_the_l2_norm_is_an_l2_normalisation():
     traced_computes_the_model(traced, Normed, _tokens, tol=1e-5)  # the eps aside
     plain = from_torch(lambda n: Normed(n, "rms"), WIDTHS, _tokens)
     assert abc_by_target(traced) == abc_by_target(plain)
+
+
+def test_c_over_the_l2_norm_plus_eps_normalises_over_the_vectors_coordinates():
+    # the number of coordinates was read from |x| + eps ([.., 1]): 1, so the program was
+    # sqrt(d) * rmsnorm(x), d^1/2 times the model's, which the oracle below fails
+    traced = from_torch(lambda n: Normed(n, "eps"), WIDTHS, _tokens)
+    traced_computes_the_model(traced, lambda n: Normed(n, "eps"), _tokens, tol=1e-5)
 
 
 def test_a_reciprocal_of_a_sum_of_squares_is_refused():

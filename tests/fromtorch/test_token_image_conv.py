@@ -106,3 +106,29 @@ def test_a_convolution_of_the_value_heads_tokens_is_refused_as_such():
         r"dh\] by a kernel \[3, 1\] in a group per head",
     ):
         from_torch(HeadConv, WIDTHS, _tokens)
+
+
+def test_an_ungrouped_convolution_of_the_padded_tokens_computes_the_model():
+    # crashed (ValueError in ops_conv's check for a ViT's patches, which read the conv1d's
+    # [B, C, T] output as an image's [B, C, H, W]) before it traced
+    traced = from_torch(lambda n: QKConv(n, group_width=2 * n), WIDTHS, _tokens)
+    traced_computes_the_model(traced, lambda n: QKConv(n, group_width=2 * n), _tokens)
+    abc = abc_by_target(traced)
+    assert abc["grouped.weight"] == abc["q.weight"], abc  # fan-in 2n·2: a hidden layer's
+
+
+class NegativeParts(QKConv):
+    """The keys' part read from the end, ``qk[..., -n:]``."""
+
+    def forward(self, idx):
+        h = self.e(idx)
+        n = h.shape[-1]
+        qk = torch.cat([self.q(h), self.k(h)], dim=-1).transpose(1, 2)
+        qk = self.grouped(self.dw(F.pad(qk, (2, 0)))).transpose(1, 2)
+        return self.head(h + qk[..., :n] * qk[..., -n:])
+
+
+@pytest.mark.slow  # reach, not a wrong answer: it was refused
+def test_a_part_counted_from_the_end_is_that_part():
+    traced = from_torch(NegativeParts, WIDTHS, _tokens)
+    traced_computes_the_model(traced, NegativeParts, _tokens)

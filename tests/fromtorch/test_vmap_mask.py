@@ -85,3 +85,29 @@ def test_a_mask_of_a_vectors_new_ones_is_a_constant():
     traced_computes_the_model(traced, lambda n: VmapMasked(n, "new_ones"), _tokens)
     plain = from_torch(lambda n: VmapMasked(n, "plain"), WIDTHS, _tokens)
     assert abc_by_target(traced) == abc_by_target(plain)
+
+
+class InvertedOnes(nn.Module):
+    """A bool new_ones inverted, ``~h.new_ones(B, T, dtype=bool)``: a mask that zeroes every
+    token's update."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.fc = nn.Embedding(VOCAB, n), nn.Linear(n, n)
+        self.head = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        m = h.new_ones(h.shape[:2], dtype=torch.bool)
+        return self.head(h + self.fc(h) * (~m)[..., None])
+
+
+def test_a_bool_new_ones_keeps_its_dtype():
+    # its ones were integers (zeros + 1), whose ~ is -2: refused as "a product with a constant
+    # tensor other than a mask of 0s and 1s" where the mask is one of 0s
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_vmap_mask.py:\d+:\d+: error: cannot trace a product with a mask of 0s "
+        r"and 1s per token that zeroes 16 of them",
+    ):
+        from_torch(InvertedOnes, WIDTHS, _tokens)
