@@ -43,7 +43,7 @@ def test_a_pad_of_the_tokens_to_whole_blocks_is_refused_as_such(heads):
     with pytest.raises(
         TensorProgError,
         match=r"test_block_pad.py:\d+:\d+: error: cannot trace a "
-        r"pad of a sequence's 6 tokens by 0 before and 2 after \(to 8: LongT5's "
-        r"and PEGASUS-X's whole blocks",
+        r"pad of a sequence's 6 tokens by 0 before and 2 after \(to 8\): the language's "
+        r"sequences keep their length. \(LongT5 and PEGASUS-X pad to whole blocks",
     ):
         from_torch(lambda n: Blocked(n, heads), WIDTHS, _tokens)

@@ -172,7 +172,10 @@ def test_streams_side_by_side_trace_to_one_vector_of_their_features(traced):
     body = traced.source
     assert "cat(embedding, embedding, n_x2)" in body, body  # the repeat: m copies
     assert "rmsnorm(v_repeat, n)" in body, body  # each stream's block normed on its own
-    assert body.count("part(") == 6 and body.count("spread(") == 2, body
+    # the injection, a block's output times a weight per stream laid back into the features:
+    # stream by stream (ops_streams.py, which reads the product on its streams' axis first)
+    assert body.count("part(") == 6 and body.count("spread(pick(") == 4, body
+    assert "cat(mul_4_stream, v_mul_4_stream, n_x2)" in body, body
     assert "2.0 * sigmoid(" in body and "/ 2.0)" in body, body  # 2 sigmoid(J @ h / m)
     traced_computes_the_model(traced, Streams, inputs)
     apply_is_bit_identical_at_base(traced, Streams, inputs)
