@@ -27,8 +27,15 @@ from dataclasses import dataclass
 
 from .routing import Dispatch, Dispatched, ExpertNode, Experts, TopIdx, TopW, experts_of
 from .values import Parts, PRef, Vec
+from .where import refuse
 
 _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
+_HELP = (
+    "the tracer follows route rows as Ergo's experts make them: x.repeat_interleave(k, 0), "
+    "ids.reshape(-1, 1) and weights x.new_ones(ids.shape) handed to transformers' grouped_mm "
+    "experts, then each row times gain[ids.flatten()], viewed (tokens, k, n), times the k gates "
+    "and summed; else write the layer as a Tensor Program: route(g, k, g_1 * rmsnorm(y_1), ...)"
+)
 
 
 @dataclass
@@ -57,13 +64,32 @@ class ExpertGain:
 ROWS = (RouteOnes, ExpertGain)
 
 
+def _row_ids(a) -> bool:
+    """The ids of route rows as a column, or the sorted rows' own index (``perm // 1``)."""
+    if isinstance(a, TopIdx):
+        return a.column
+    return isinstance(a, Dispatch) and a.rows and a.what == "token"
+
+
 class RouteRowOps:
     """The steps of a dispatch of route rows (see the module's docstring); None for anything
     else, which the stock dispatch then reads or refuses."""
 
     def route_rows(self, node, op: str, args, kwargs):
         method = getattr(self, f"_rows_{'view' if op in _VIEWS else op}", None)
-        return method(node, *args, **kwargs) if method is not None else None
+        found = method(node, *args, **kwargs) if method is not None else None
+        # the ids of route rows as a column, or their rows' own index (perm // 1): the stock
+        # dispatch would read them as the (tokens, k) ids' (a sort of each one-id row, the
+        # unrepeated tokens gathered), so only the steps above take them
+        flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else [a])]
+        if found is None and any(_row_ids(a) for a in flat):
+            raise refuse(
+                node,
+                f"the op {op} on the ids of route rows (a router's (tokens, k) ids reshaped to "
+                "one per row, for the tokens repeated k times) or on their rows' order",
+                help=_HELP,
+            )
+        return found
 
     def _rows_view(self, node, v, *shape):
         size = tuple(node.meta["val"].shape)
