@@ -138,3 +138,41 @@ def test_one_gain_shared_by_every_route_is_each_experts_product_with_it():
 def test_a_gain_not_of_the_routes_expert_or_routes_left_unweighted_are_refused(miss, match):
     with pytest.raises(TraceError, match=r"test_moe_route_rows.py:\d+:\d+: error: .*" + match):
         from_torch(lambda n: LM(n, miss=miss), (32, 64), _ids, blocks=False)
+
+
+@pytest.mark.slow
+def test_transformers_ergo_moe_traces_into_the_route_of_normed_experts():
+    # transformers' own Ergo layer (sigmoid router selecting on its gates plus a bias, routed
+    # scaling factor, shared expert): the program computes it to 1e-5, the model's router and
+    # norms computing in float32 (with those casts removed, measured 1e-15); gains drawn apart
+    from transformers.models.ergo.modeling_ergo import ErgoMoE
+
+    class ErgoLM(torch.nn.Module):
+        def __init__(self, n, impl="grouped_mm"):
+            super().__init__()
+            config = transformers.ErgoConfig(
+                hidden_size=n,
+                moe_intermediate_size=2 * n,
+                shared_intermediate_size=n,
+                num_experts=E,
+                num_experts_per_tok=K,
+                vocab_size=VOCAB,
+                rms_norm_eps=1e-6,
+            )
+            config._experts_implementation = impl
+            self.embed = torch.nn.Embedding(VOCAB, n)
+            self.moe = ErgoMoE(config)
+            for w in (self.moe.experts.up_proj, self.moe.experts.down_proj):
+                torch.nn.init.normal_(w, std=n**-0.5)
+            with torch.no_grad():
+                self.moe.experts.post_expert_norm.weight.uniform_(0.5, 1.5)
+            self.head = torch.nn.Linear(n, VOCAB, bias=False)
+
+        def forward(self, idx):
+            h = self.embed(idx)
+            return self.head(h + self.moe(h))
+
+    traced = from_torch(ErgoLM, (32, 64), _ids, blocks=False)
+    assert "param moe_experts_post_expert_norm_weight_e3 : [n]" in traced.source
+    assert "= route_norm(v_sigmoid, 2, mul_2_e0, mul_2_e1, mul_2_e2, mul_2_e3)" in traced.source
+    traced_computes_the_model(traced, lambda n: ErgoLM(n, "eager"), _ids, tol=1e-5)
