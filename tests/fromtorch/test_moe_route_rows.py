@@ -48,7 +48,8 @@ def _experts_class():
 class Experts(torch.nn.Module):
     """Ergo's experts: each route its own row, normed with its expert's gain, then weighted and
     summed; ``miss``: one gain shared by all routes (the same route, each expert times it), or
-    a near miss (the gains indexed by the rows' order, the routes' weights not applied)."""
+    a near miss (the gains indexed by the rows' order, the routes' weights not applied), or
+    the gains read through the ids' column, a form left to the stock dispatch (refused)."""
 
     def __init__(self, config, miss: str = ""):
         super().__init__()
@@ -63,6 +64,8 @@ class Experts(torch.nn.Module):
         y = torch.nn.functional.rms_norm(y, (y.shape[-1],), eps=1e-6)
         if self.miss == "shared":
             y = y * self.gain[0]
+        elif self.miss == "column":  # the same gains, read through the ids' column: not followed
+            y = y * self.gain[flat].squeeze(1)
         elif self.miss == "order":
             y = y * self.gain[torch.arange(y.shape[0]) % E]
         else:
@@ -122,6 +125,7 @@ def test_each_route_normed_with_its_experts_gain_traces_into_a_route():
     assert (got.a, got.b, got.c) == (0, 1, 1)  # a readout of E gates
 
 
+@pytest.mark.slow
 def test_one_gain_shared_by_every_route_is_each_experts_product_with_it():
     traced = from_torch(lambda n: LM(n, miss="shared"), (32, 64), _ids, blocks=False)
     assert "mul_1_e2 = rms_norm_e2 * select" in traced.source  # select: gain row 0
@@ -132,6 +136,7 @@ def test_one_gain_shared_by_every_route_is_each_experts_product_with_it():
     "miss, match",
     [
         ("order", r"an embedding lookup of ids that are neither"),
+        ("column", r"the op index on the ids of route rows"),
         ("unweighted", r"router's selection"),
     ],
 )
