@@ -175,7 +175,8 @@ FIELDS = {
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
-                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size"),
+                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size",
+                          "first_dense_intermediate_size"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
