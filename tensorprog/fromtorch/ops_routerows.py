@@ -193,6 +193,7 @@ class RouteRowOps:
             and isinstance(v, Experts)
             and v.unit
             and v.order == "sorted"
+            and at.gates.name == v.gates.name  # undoes the sort of these experts' router
         ):
             return dataclasses.replace(v, order="token", node="")
         if (

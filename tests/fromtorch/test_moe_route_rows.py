@@ -184,21 +184,24 @@ def test_transformers_ergo_moe_traces_into_the_route_of_normed_experts():
     traced_computes_the_model(traced, lambda n: ErgoLM(n, "eager"), _ids, tol=1e-5)
 
 
-class PairedRows(torch.nn.Module):
-    """transformers' grouped_mm dispatch written out, except that its last view pairs the
-    route rows, (S/2, 1, 2n): the norm that follows is then over two routes' rows at once, not
-    each route's (was traced as each route's norm, a wrong program)."""
+class WrittenOut(torch.nn.Module):
+    """transformers' grouped_mm dispatch of route rows written out, with a near miss: ``pairs``,
+    its last view pairs the route rows, (S/2, 1, 2n), so that the norm after it is over two
+    routes' rows at once; ``inverse``, the sort undone by the order of another router's sort
+    (each was traced as the stock form, a program that computes something else)."""
 
-    def __init__(self, n):
+    def __init__(self, n, miss):
         super().__init__()
         self.up_proj = torch.nn.Parameter(torch.randn(E, n, 2 * n) * n**-0.5)
         self.down_proj = torch.nn.Parameter(torch.randn(E, 2 * n, n) * (2 * n) ** -0.5)
         self.gain = torch.nn.Parameter(torch.rand(E, n) + 0.5)
+        self.other = torch.nn.Linear(n, E, bias=False)
+        self.miss = miss
 
     def forward(self, x, ids, w):
         from transformers.integrations.moe import _grouped_linear
 
-        x = x.repeat_interleave(ids.size(1), dim=0)
+        h, x = x, x.repeat_interleave(ids.size(1), dim=0)
         flat = ids.reshape(-1, 1)
         ones = x.new_ones(flat.shape).reshape(-1)
         sorted_ids, perm = torch.sort(flat.reshape(-1))
@@ -207,21 +210,28 @@ class PairedRows(torch.nn.Module):
         offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
         y = torch.relu(_grouped_linear(xs, self.up_proj, offsets, is_transposed=True))
         y = _grouped_linear(y, self.down_proj, offsets, is_transposed=True) * ones.unsqueeze(-1)
+        if self.miss == "inverse":
+            _, other = torch.topk(self.other(h), ids.size(1), dim=-1)
+            _, perm = torch.sort(other.reshape(-1))
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.size(0), device=x.device)
-        y = y[inverse].view(x.size(0) // 2, 1, 2 * x.size(-1)).sum(1)  # the near miss
+        rows = (x.size(0) // 2, 1, 2 * x.size(-1)) if self.miss == "pairs" else (x.size(0), 1, -1)
+        y = y[inverse].view(*rows).sum(1)
         y = torch.nn.functional.rms_norm(y, (y.shape[-1],), eps=1e-6)
         return (y.view(*ids.shape, -1) * w.unsqueeze(-1)).sum(1)
 
 
-def test_route_rows_viewed_other_than_one_route_a_row_are_refused():
+@pytest.mark.parametrize(
+    "miss, match",
+    [("pairs", "the op view on a mixture"), ("inverse", "the op index on the experts' values")],
+)
+def test_route_rows_paired_or_unsorted_by_another_router_are_refused(miss, match):
     def build(n):
         model = LM(n)
-        model.experts = PairedRows(n)
+        model.experts = WrittenOut(n, miss)
         return model
 
     with pytest.raises(
-        TraceError,
-        match=r"test_moe_route_rows.py:\d+:\d+: error: cannot trace the op view on a mixture",
+        TraceError, match=r"test_moe_route_rows.py:\d+:\d+: error: cannot trace " + match
     ):
         from_torch(build, (32, 64), _ids, blocks=False)
