@@ -419,7 +419,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps, RouteRowOps):
             import torch
 
             if torch.equal(values.value, torch.arange(values.value.numel())):
-                return Dispatch("inverse", v.gates, v.k, count=v.count)
+                # the order that undoes perm's sort: perm's router's (the buffer is only room)
+                return Dispatch("inverse", perm.gates, perm.k, count=perm.count)
         return None
 
     _moe_index_put = _moe_index_put_
@@ -448,7 +449,7 @@ class MoEOps(GatedInputOps, ZeroExpertOps, RouteRowOps):
                 and v.selection == at.gates.name:
             return dataclasses.replace(v, sorted=True)
         if at.what == "inverse" and isinstance(v, Experts) and v.weights is not None \
-                and v.order == "sorted":
+                and v.order == "sorted" and at.gates.name == v.gates.name:
             return dataclasses.replace(v, order="token", node="")
         return None
 

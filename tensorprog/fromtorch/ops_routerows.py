@@ -93,6 +93,15 @@ class RouteRowOps:
 
     def _rows_view(self, node, v, *shape):
         size = tuple(node.meta["val"].shape)
+        rows = self._shape(node.args[0])
+        # (S, n) viewed (S/m, m, n) only: each (token, route) row kept whole, so that a sum or
+        # norm over the last axis stays one row's (a view (S/2, 1, 2n) would pair the rows)
+        split = (
+            len(rows) == 2
+            and len(size) == 3
+            and size[2] == rows[1]
+            and size[0] * size[1] == rows[0]
+        )
         if (
             isinstance(v, TopIdx)
             and not v.flat
@@ -109,7 +118,7 @@ class RouteRowOps:
             and v.unit
             and v.order == "token"
             and not v.column
-            and len(size) == 3
+            and split
             and size[1] == 1
         ):
             return dataclasses.replace(v, column=1, node="")  # (S, 1, n): one route a row
@@ -118,7 +127,7 @@ class RouteRowOps:
             and v.order == "token"
             and v.weights is None
             and not v.column
-            and len(size) == 3
+            and split
             and size[1] == v.k
         ):
             return dataclasses.replace(v, order="slots", node="")  # (T, k, n), unweighted
@@ -184,6 +193,7 @@ class RouteRowOps:
             and isinstance(v, Experts)
             and v.unit
             and v.order == "sorted"
+            and at.gates.name == v.gates.name  # undoes the sort of these experts' router
         ):
             return dataclasses.replace(v, order="token", node="")
         if (

@@ -5,7 +5,7 @@ and a gain of their own, and the near misses that are not that form, refused."""
 from __future__ import annotations
 
 import pytest
-from conftest import traced_computes_the_model
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -111,6 +111,7 @@ def test_each_route_normed_with_its_experts_gain_traces_into_a_route():
     assert "mul_1_e1 = experts_gain_e1 * rms_norm_e1" in src
     assert "param experts_gain_e3 : [n]" in src
     traced_computes_the_model(traced, lambda n: LM(n, "eager"), _ids)
+    apply_is_bit_identical_at_base(traced, LM, _ids)  # the gain's rows: the model's own draw
     abc = derive(traced.program, "adam").abc
     for e in range(E):  # Adam, all multipliers 1: a gain (0, 0, 0), a hidden matrix (0, ½, 1)
         assert (
@@ -181,3 +182,56 @@ def test_transformers_ergo_moe_traces_into_the_route_of_normed_experts():
     assert "param moe_experts_post_expert_norm_weight_e3 : [n]" in traced.source
     assert "= route_norm(v_sigmoid, 2, mul_2_e0, mul_2_e1, mul_2_e2, mul_2_e3)" in traced.source
     traced_computes_the_model(traced, lambda n: ErgoLM(n, "eager"), _ids, tol=1e-5)
+
+
+class WrittenOut(torch.nn.Module):
+    """transformers' grouped_mm dispatch of route rows written out, with a near miss: ``pairs``,
+    its last view pairs the route rows, (S/2, 1, 2n), so that the norm after it is over two
+    routes' rows at once; ``inverse``, the sort undone by the order of another router's sort
+    (each was traced as the stock form, a program that computes something else)."""
+
+    def __init__(self, n, miss):
+        super().__init__()
+        self.up_proj = torch.nn.Parameter(torch.randn(E, n, 2 * n) * n**-0.5)
+        self.down_proj = torch.nn.Parameter(torch.randn(E, 2 * n, n) * (2 * n) ** -0.5)
+        self.gain = torch.nn.Parameter(torch.rand(E, n) + 0.5)
+        self.other = torch.nn.Linear(n, E, bias=False)
+        self.miss = miss
+
+    def forward(self, x, ids, w):
+        from transformers.integrations.moe import _grouped_linear
+
+        h, x = x, x.repeat_interleave(ids.size(1), dim=0)
+        flat = ids.reshape(-1, 1)
+        ones = x.new_ones(flat.shape).reshape(-1)
+        sorted_ids, perm = torch.sort(flat.reshape(-1))
+        xs, ones = x[perm // 1], ones[perm]
+        counts = torch.histc(sorted_ids.float(), bins=E, min=0, max=E - 1)
+        offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        y = torch.relu(_grouped_linear(xs, self.up_proj, offsets, is_transposed=True))
+        y = _grouped_linear(y, self.down_proj, offsets, is_transposed=True) * ones.unsqueeze(-1)
+        if self.miss == "inverse":
+            _, other = torch.topk(self.other(h), ids.size(1), dim=-1)
+            _, perm = torch.sort(other.reshape(-1))
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.size(0), device=x.device)
+        rows = (x.size(0) // 2, 1, 2 * x.size(-1)) if self.miss == "pairs" else (x.size(0), 1, -1)
+        y = y[inverse].view(*rows).sum(1)
+        y = torch.nn.functional.rms_norm(y, (y.shape[-1],), eps=1e-6)
+        return (y.view(*ids.shape, -1) * w.unsqueeze(-1)).sum(1)
+
+
+@pytest.mark.parametrize(
+    "miss, match",
+    [("pairs", "the op view on a mixture"), ("inverse", "the op index on the experts' values")],
+)
+def test_route_rows_paired_or_unsorted_by_another_router_are_refused(miss, match):
+    def build(n):
+        model = LM(n)
+        model.experts = WrittenOut(n, miss)
+        return model
+
+    with pytest.raises(
+        TraceError, match=r"test_moe_route_rows.py:\d+:\d+: error: cannot trace " + match
+    ):
+        from_torch(build, (32, 64), _ids, blocks=False)
