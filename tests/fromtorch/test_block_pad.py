@@ -38,7 +38,7 @@ class Blocked(nn.Module):
         return self.head(y.reshape(b, t, n))
 
 
-@pytest.mark.parametrize("heads", [False, True])
+@pytest.mark.parametrize("heads", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_a_pad_of_the_tokens_to_whole_blocks_is_refused_as_such(heads):
     with pytest.raises(
         TensorProgError,

@@ -233,7 +233,10 @@ def test_a_fixed_low_rank_is_refused_by_derive_as_a_bottleneck_at_its_line():
     "how,said",
     [
         ("added", r"a per-token vector given a stream axis \(x.unsqueeze\(-2\)\) read by add"),
-        ("swapped", r"a concatenation \(or repeat\) of 16 parts at width 16 and 32 at 32"),
+        pytest.param(
+            "swapped", r"a concatenation \(or repeat\) of 16 parts at width 16 and 32 at 32",
+            marks=pytest.mark.slow,
+        ),
         pytest.param("kept", r"a mean over axis 2 \(the heads\)", marks=pytest.mark.slow),
         pytest.param(
             "dot", r"a sum over each block's \(head's\) coordinates", marks=pytest.mark.slow

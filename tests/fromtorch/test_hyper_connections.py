@@ -181,6 +181,7 @@ class AltUp(nn.Module):
         return self.out(torch.mean(corrected, dim=0))
 
 
+@pytest.mark.slow  # ~2 s: the streams' oracle above runs by default
 def test_altups_stacked_streams_trace_and_compute_the_model():
     traced = from_torch(AltUp, (16, 32), inputs)
     # 3 predicted streams of 3 terms each, and 3 corrected ones

@@ -137,6 +137,7 @@ class KDA(nn.Module):
         return self.ro(e + o.reshape(b, t, -1))
 
 
+@pytest.mark.slow  # the kernel's refusal; the whole models' slow tests meet it too
 def test_a_decay_per_key_channel_is_refused_at_the_models_call():
     with pytest.raises(TraceError, match=r"Kimi Delta Attention .* a decay per key channel") as err:
         tp.from_torch(KDA, (32, 64), ids)
