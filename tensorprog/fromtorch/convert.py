@@ -18,6 +18,7 @@ from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
 from .ops_delta import DeltaRuleOps
+from .ops_depthres import DepthOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
@@ -60,6 +61,7 @@ from .walk import Walker
 
 
 class Converter(
+    DepthOps,  # a stack of block outputs read by attention over depth, before the streams'
     StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others

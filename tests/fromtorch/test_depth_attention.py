@@ -1,0 +1,119 @@
+"""Attention over depth (Inkling 2's block attention residuals): a stack of the earlier blocks'
+outputs per token, grown from empty (``new_zeros(B, T, 0, n)``, then ``cat`` at each block's
+boundary), read by a softmax over it with a learnt query, traced as one vector per block
+(ops_depthres.py). Oracles: the emitted module computes the model (float64), and the exponents
+derived, the query a layer of fan-in n and finite fan-out (a readout's)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from conftest import abc_by_target, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from tensorprog import TensorProgError  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+
+class Read(nn.Module):
+    """Inkling2BlockAttentionResidual: Q learnt queries against the RMS-normed stack of the
+    block outputs and the current partial block, a softmax over the stack, times the stack."""
+
+    def __init__(self, n, q=1, how=""):
+        super().__init__()
+        self.how = how
+        shape = (n,) if q == 1 else (q, n)
+        self.query = nn.Parameter(torch.randn(*shape) / n)
+
+    def forward(self, block_states, partial):
+        # (Inkling 2 casts the stack and the query to float32; the oracle runs in float64)
+        x = torch.cat([block_states, partial.unsqueeze(-2)], dim=-2).to(partial.dtype)
+        x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)
+        n = x.shape[-1]
+        q = self.query.to(x.dtype).view(-1, n).expand(*x.shape[:-2], -1, -1)
+        logits = torch.matmul(q, x.transpose(2, 3)) * n**-0.5
+        if self.how == "sigmoid":  # per-vector gates, not a softmax over the stack
+            w = torch.sigmoid(logits)
+        else:
+            w = torch.softmax(logits, dim=-1)
+        return torch.matmul(w, x).transpose(1, 2).transpose(1, 2).unbind(-2)
+
+
+class Layer(nn.Module):
+    def __init__(self, n, first, how=""):
+        super().__init__()
+        self.attention_input = None if first else Read(n, 3, how)
+        self.mlp_input = Read(n, 1, how)
+        self.a = nn.Linear(n, n, bias=False)
+        self.b = nn.Linear(n, n, bias=False)
+        self.c = nn.Linear(n, n, bias=False)
+        self.up = nn.Linear(n, 2 * n, bias=False)
+        self.down = nn.Linear(2 * n, n, bias=False)
+
+    def forward(self, h, block_states):
+        block_residual = h
+        if self.attention_input is None:
+            q = k = v = h
+        else:
+            q, k, v = self.attention_input(block_states, h)
+        h = self.a(torch.relu(self.b(q) + self.c(k) * v))
+        block_states = torch.cat([block_states, block_residual.unsqueeze(-2)], dim=-2)
+        h = self.mlp_input(block_states, h)[0]
+        return self.down(torch.relu(self.up(h)))
+
+
+class DepthNet(nn.Module):
+    """3 layers, each a block boundary; the output reads the stack once more."""
+
+    def __init__(self, n, how=""):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.layers = nn.ModuleList(Layer(n, i == 0, how) for i in range(3))
+        self.final = Read(n, 1, how)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        block_states = h.new_zeros(*h.shape[:-1], 0, h.shape[-1])
+        for layer in self.layers:
+            new = layer(h, block_states)
+            block_states = torch.cat([block_states, h.unsqueeze(-2)], dim=-2)
+            h = new
+        return self.out(self.final(block_states, h)[0])
+
+
+def inputs(model=None):
+    return (torch.arange(16).remainder(13).view(2, 8),)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return from_torch(DepthNet, (16, 32), inputs)
+
+
+def test_the_block_states_trace_one_vector_per_block_and_compute_the_model(traced):
+    body = traced.source
+    # every read normalises each vector of the stack; the 3 queries of a layer's attention
+    # input each take a softmax over their picks of the stack's logits
+    assert body.count("softmax(") == 1 + 3 + 1 + 3 + 1 + 1, body
+    assert "spread(pick(" in body and "rmsnorm(" in body, body
+    traced_computes_the_model(traced, DepthNet, inputs)
+
+
+def test_the_queries_derive_as_readouts(traced):
+    got = abc_by_target(traced)
+    # q @ N_k: a layer of fan-in n and finite fan-out (1 or 3 logits per vector) read by a
+    # softmax, a readout's exponents under Adam (init 1/fan_in², LR 1/fan_in), the model's
+    # own n^-1/2 on the logits folded into them; the layers between hidden weights
+    for q in ("layers.0.mlp_input.query", "layers.1.attention_input.query", "final.query"):
+        assert got[q] == got["out.weight"] == (0, 1, 1), q
+    assert got["layers.1.up.weight"] == got["layers.2.a.weight"] == (0, Fraction(1, 2), 1)
+
+
+def test_per_vector_gates_over_the_stack_are_refused_at_their_line():
+    with pytest.raises(TensorProgError, match=r"sigmoid of a read of a stack") as err:
+        from_torch(lambda n: DepthNet(n, "sigmoid"), (16, 32), inputs)
+    assert "test_depth_attention.py:" in str(err.value)
