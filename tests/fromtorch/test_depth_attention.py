@@ -117,3 +117,36 @@ def test_per_vector_gates_over_the_stack_are_refused_at_their_line():
     with pytest.raises(TensorProgError, match=r"sigmoid of a read of a stack") as err:
         from_torch(lambda n: DepthNet(n, "sigmoid"), (16, 32), inputs)
     assert "test_depth_attention.py:" in str(err.value)
+
+
+class GatheredBias(nn.Module):
+    """Inkling's relative logits: each query token's numbers per distance, r_proj(h) @ P,
+    gathered at each key's distance and added to the attention logits."""
+
+    def __init__(self, n, extent=4):
+        super().__init__()
+        self.e = nn.Embedding(13, n)
+        self.qkv = nn.Linear(n, 3 * n, bias=False)
+        self.r = nn.Linear(n, 2 * 3, bias=False)
+        self.proj = nn.Parameter(torch.randn(3, extent))
+        self.out = nn.Linear(n, 13, bias=False)
+        self.extent = extent
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        q, k, v = (x.view(b, t, 2, n // 2).transpose(1, 2) for x in self.qkv(h).split(n, -1))
+        rel_logits = (self.r(h).view(b, t, 2, 3) @ self.proj).transpose(1, 2)
+        pos = torch.arange(t, device=h.device)
+        distance = (pos[:, None] - pos[None, :])[None, None]
+        index = distance.clamp(0, self.extent - 1).expand(b, 2, -1, -1)
+        bias = rel_logits.gather(-1, index)
+        bias = bias.masked_fill((distance < 0) | (distance >= self.extent), 0.0)
+        w = torch.softmax(q @ k.transpose(-1, -2) / (n // 2) + bias, dim=-1)
+        return self.out((w @ v).transpose(1, 2).reshape(b, t, n))
+
+
+def test_a_bias_gathered_per_query_token_at_each_distance_is_refused_as_what_it_is():
+    with pytest.raises(TensorProgError, match=r"relative position bias gathered") as err:
+        from_torch(GatheredBias, (16, 32), inputs)
+    assert "test_depth_attention.py:" in str(err.value) and "R @ rel" in str(err.value)
