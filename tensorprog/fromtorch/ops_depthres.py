@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .ops_streams import Lifted, Streams
 from .values import Affine, Pointwise, PRef, Vec
-from .where import op_name, refuse
+from .where import CHECK_OPS, op_name, refuse
 
 _HELP = (
     "read the stack of block outputs by a softmax over it with a learnt query (q @ "
@@ -210,6 +210,8 @@ class DepthOps:
         from .walk import IDENTITY_OPS
 
         x = args[0] if args else None
+        if op in CHECK_OPS:  # a check of a dtype or shape, which holds no value
+            return None
         if op in IDENTITY_OPS:
             return x
         if op != "mean" and not (op in _PER_VECTOR and isinstance(x, StackPieces)):
@@ -226,6 +228,8 @@ class DepthOps:
         ):
             m = len(next(a for a in args if isinstance(a, StackPieces)).items)
             return self.per_vector(node, op, args, kwargs, m)
+        if op == "scaled_dot_product_attention" and isinstance(x, Queries):
+            return self.depth_sdpa(node, x, args, kwargs)
         if op == "matmul" and isinstance(x, Queries) and isinstance(args[1], Streams):
             return self.depth_logits(node, x, args[1])
         if op == "mul" and isinstance(x, DepthLogits) and _number(args[1]):
@@ -245,6 +249,12 @@ class DepthOps:
             }
         ):
             return DepthOutputs(x.items, not x.swapped)
+        if (
+            op in ("reshape", "view")
+            and isinstance(x, DepthOutputs)
+            and self._shape(node) == self._shape(node.args[0])
+        ):
+            return x  # (sdpa's output viewed to its own shape: HF's undoing of its packing)
         if op == "unbind" and isinstance(x, DepthOutputs) and not x.swapped:
             from .values import Parts
 
@@ -273,6 +283,31 @@ class DepthOps:
             ),
             q.q,
         )
+
+    def depth_sdpa(self, node, q: Queries, args, kwargs) -> DepthOutputs:
+        """``sdpa(q, stack, stack, scale=c)``: the logits, their softmax and the sum at once."""
+        names = ("attn_mask", "dropout_p", "is_causal", "scale")
+        given = dict(zip(names, args[3:], strict=False)) | kwargs
+        k, v = args[1], args[2]
+        if (
+            not isinstance(k, Streams)
+            or k != v
+            or k.axis != 2
+            or given.get("attn_mask") is not None
+            or given.get("is_causal")
+            or given.get("dropout_p", 0.0)
+        ):
+            raise refuse(
+                node,
+                "attention of a learnt query over a stack of block outputs with keys and "
+                "values that are not the stack itself, a mask, causality or dropout",
+                help=_HELP,
+            )
+        c = given.get("scale")
+        c = float(c) if c is not None else self._shape(node)[-1] ** -0.5
+        logits = self.depth_logits(node, q, Streams(k.items, 3))
+        logits = DepthLogits(tuple(self.scaled(node, s, c) for s in logits.logits), q.q)
+        return self.depth_sum(node, self.depth_softmax(node, logits), k)
 
     def scaled(self, node, s, c: float):
         """``c * (q @ N_k)``: the slot on the layer's own output (a width constant moves into

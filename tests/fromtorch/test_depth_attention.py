@@ -66,12 +66,12 @@ class Layer(nn.Module):
 
 
 class DepthNet(nn.Module):
-    """3 layers, each a block boundary; the output reads the stack once more."""
+    """2 layers, each a block boundary; the output reads the stack once more."""
 
     def __init__(self, n, how=""):
         super().__init__()
         self.e = nn.Embedding(13, n)
-        self.layers = nn.ModuleList(Layer(n, i == 0, how) for i in range(3))
+        self.layers = nn.ModuleList(Layer(n, i == 0, how) for i in range(2))
         self.final = Read(n, 1, how)
         self.out = nn.Linear(n, 13, bias=False)
 
@@ -98,7 +98,7 @@ def test_the_block_states_trace_one_vector_per_block_and_compute_the_model(trace
     body = traced.source
     # every read normalises each vector of the stack; the 3 queries of a layer's attention
     # input each take a softmax over their picks of the stack's logits
-    assert body.count("softmax(") == 1 + 3 + 1 + 3 + 1 + 1, body
+    assert body.count("softmax(") == 1 + 3 + 1 + 1, body
     assert "spread(pick(" in body and "rmsnorm(" in body, body
     traced_computes_the_model(traced, DepthNet, inputs)
 
@@ -110,7 +110,7 @@ def test_the_queries_derive_as_readouts(traced):
     # own n^-1/2 on the logits folded into them; the layers between hidden weights
     for q in ("layers.0.mlp_input.query", "layers.1.attention_input.query", "final.query"):
         assert got[q] == got["out.weight"] == (0, 1, 1), q
-    assert got["layers.1.up.weight"] == got["layers.2.a.weight"] == (0, Fraction(1, 2), 1)
+    assert got["layers.1.up.weight"] == got["layers.1.a.weight"] == (0, Fraction(1, 2), 1)
 
 
 def test_per_vector_gates_over_the_stack_are_refused_at_their_line():
@@ -150,3 +150,40 @@ def test_a_bias_gathered_per_query_token_at_each_distance_is_refused_as_what_it_
     with pytest.raises(TensorProgError, match=r"relative position bias gathered") as err:
         from_torch(GatheredBias, (16, 32), inputs)
     assert "test_depth_attention.py:" in str(err.value) and "R @ rel" in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_inkling2s_own_block_attention_residual_traces_and_computes_the_model(attn):
+    mi = pytest.importorskip("transformers.models.inkling2.modeling_inkling2")
+    from transformers import Inkling2TextConfig
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            cfg = Inkling2TextConfig(hidden_size=n)
+            cfg._attn_implementation = attn
+            self.e = nn.Embedding(13, n)
+            self.reads = nn.ModuleList(mi.Inkling2BlockAttentionResidual(cfg, q) for q in (1, 3, 1))
+            for r in self.reads:  # (the model's init is zeros)
+                nn.init.normal_(r.query, std=1 / n)
+            self.up = nn.Linear(n, n, bias=False)
+            self.out = nn.Linear(n, 13, bias=False)
+
+        def forward(self, idx):
+            h = self.e(idx)
+            stack = h.new_zeros(*h.shape[:-1], 0, h.shape[-1])
+            h = self.reads[0](stack, h)[0].to(h.dtype)
+            stack = torch.cat([stack, h.unsqueeze(-2)], dim=-2)
+            h2 = self.up(h)
+            a, b, c = (x.to(h.dtype) for x in self.reads[1](stack, h2))
+            stack = torch.cat([stack, self.up(a + b + c).unsqueeze(-2)], dim=-2)
+            return self.out(self.reads[2](stack, h2)[0].to(h.dtype))
+
+    traced = from_torch(Net, (16, 32), inputs)
+    # (the module computes in float32 whatever its input's dtype)
+    traced_computes_the_model(traced, Net, inputs, tol=1e-6)
+    got = abc_by_target(traced)
+    assert got["reads.1.query"] == got["reads.2.query"] == got["out.weight"] == (0, 1, 1)
+    # a softmax over a stack of one vector is 1: the first read's query is read by nothing
+    assert "reads.0.query" not in got
