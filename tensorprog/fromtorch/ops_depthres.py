@@ -135,10 +135,16 @@ class DepthOps:
                 dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
                 if dim % 4 == parts[0].axis == 2:
                     return Streams(parts[0].items + tuple(p.src for p in parts[1:]), 2)
-        if op in _PER_VECTOR and any(isinstance(x, Streams) for x in flat):
-            stack = next(x for x in flat if isinstance(x, Streams))
-            if stack.axis == 2 and stack.items and self._keeps_stack_axis(node, op, args, kwargs):
-                return self.per_vector(node, op, args, kwargs, len(stack.items))
+        if (
+            op in ("square", "pow")
+            and isinstance(args[0], Streams)
+            and args[0].axis == 2
+            and args[0].items
+            and all(not hasattr(x, "__dataclass_fields__") for x in flat[1:])
+        ):
+            # a norm's square of every vector, whose pieces then stay per vector (a product
+            # with per-stream weights, a sum of stacks: ops_streams.py's)
+            return self.per_vector(node, op, args, kwargs, len(args[0].items))
         if op == "view" and isinstance(args[0], PRef) and _queries_view(node):
             # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), to be expanded
             # over the tokens: the layer of Q rows it is
@@ -221,11 +227,8 @@ class DepthOps:
                 done = self.transposed(op, args)
                 if done is not None:
                     return done
-        if (
-            op in _PER_VECTOR
-            and isinstance(x, StackPieces)
-            or (op in _PER_VECTOR and len(args) > 1 and isinstance(args[1], StackPieces))
-        ):
+        pieces = isinstance(x, StackPieces) or (len(args) > 1 and isinstance(args[1], StackPieces))
+        if op in _PER_VECTOR and pieces and self._keeps_stack_axis(node, op, args, kwargs):
             m = len(next(a for a in args if isinstance(a, StackPieces)).items)
             return self.per_vector(node, op, args, kwargs, m)
         if op == "scaled_dot_product_attention" and isinstance(x, Queries):
