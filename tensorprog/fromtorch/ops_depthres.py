@@ -145,6 +145,18 @@ class DepthOps:
             # a norm's square of every vector, whose pieces then stay per vector (a product
             # with per-stream weights, a sum of stacks: ops_streams.py's)
             return self.per_vector(node, op, args, kwargs, len(args[0].items))
+        if (
+            op == "select"
+            and isinstance(args[0], PRef)
+            and len(args[0].shape) == 3
+            and args[1] == 0
+            and args[0].expert is None
+            and _queries_view(node)
+        ):
+            # query[i] of a param of several sets of queries (Inkling 2 Loop's, one set per
+            # loop layer): that set, the slice [i] of the param (as one expert's matrix is)
+            ref = args[0]
+            return dataclasses.replace(ref, shape=tuple(ref.shape[1:]), expert=args[2])
         if op == "view" and isinstance(args[0], PRef) and _queries_view(node):
             # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), to be expanded
             # over the tokens: the layer of Q rows it is
@@ -258,6 +270,8 @@ class DepthOps:
             and self._shape(node) == self._shape(node.args[0])
         ):
             return x  # (sdpa's output viewed to its own shape: HF's undoing of its packing)
+        if op == "select" and isinstance(x, DepthOutputs) and not x.swapped and args[1] % 4 == 2:
+            return x.items[args[2]]  # one query's output (Inkling 2 Loop's messages[..., k, :])
         if op == "unbind" and isinstance(x, DepthOutputs) and not x.swapped:
             from .values import Parts
 
@@ -363,11 +377,22 @@ class DepthOps:
 def _queries_view(node) -> bool:
     """Whether ``node`` views a param as Q rows that only an expand over (B, T) reads."""
     shape = tuple(node.meta["val"].shape)
-    return (
-        len(shape) == 2
-        and bool(node.users)
-        and all(op_name(u) == "expand" and len(u.meta["val"].shape) == 4 for u in node.users)
-    )
+    return len(shape) == 2 and _expanded(node)
+
+
+def _expanded(node) -> bool:
+    """Whether every reader of ``node`` (through casts) expands it to [B, T, Q, n]."""
+    if not node.users:
+        return False
+    for u in node.users:
+        if op_name(u) in CHECK_OPS:
+            continue
+        if op_name(u) in ("to", "_to_copy", "alias", "contiguous", "float"):
+            if not _expanded(u):
+                return False
+        elif not (op_name(u) == "expand" and len(u.meta["val"].shape) == 4):
+            return False
+    return True
 
 
 def _number(x) -> bool:
