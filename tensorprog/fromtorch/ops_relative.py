@@ -202,10 +202,11 @@ def refuse_gathered_bias(node, v, dim, index):
     distance = (torch.arange(q)[:, None] - torch.arange(k)[None, :]).clamp(0, top)
     if dim % ids.dim() != ids.dim() - 1 or not torch.equal(grid.cpu(), distance):
         raise refuse(node, "the op gather")
+    extent = tuple(node.args[0].meta["val"].shape)[-1]  # the numbers per distance
     raise refuse(
         node,
         "a relative position bias gathered at each (query, key) pair's distance from numbers "
-        f"per distance that a traced value gives each query token ({top + 1} distances; "
+        f"per distance that a traced value gives each query token ({extent} distances; "
         "Inkling's rel_logits = r_proj(h) @ proj): the language's relative bias, R @ rel, is "
         "a learnt number per head and distance, the same for every token, and has no form for "
         "one the query's hidden state sets",

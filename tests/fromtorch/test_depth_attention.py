@@ -187,3 +187,38 @@ def test_inkling2s_own_block_attention_residual_traces_and_computes_the_model(at
     assert got["reads.1.query"] == got["reads.2.query"] == got["out.weight"] == (0, 1, 1)
     # a softmax over a stack of one vector is 1: the first read's query is read by nothing
     assert "reads.0.query" not in got
+
+
+@pytest.mark.slow
+def test_inkling2_loops_messages_read_one_set_of_queries_of_its_param():
+    mi = pytest.importorskip("transformers.models.inkling2_loop.modeling_inkling2_loop")
+    from transformers import Inkling2LoopTextConfig
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            cfg = Inkling2LoopTextConfig(
+                hidden_size=n,
+                loop_layer_index_start=6,
+                loop_layer_index_end=12,
+                num_hidden_layers=18,
+            )
+            cfg._attn_implementation = "sdpa"
+            self.e = nn.Embedding(13, n)
+            self.msg = mi.Inkling2LoopMessageAttentionResidual(cfg)  # query: [6, 4, n]
+            nn.init.normal_(self.msg.query, std=1 / n)
+            self.up = nn.Linear(n, n, bias=False)
+            self.out = nn.Linear(n, 13, bias=False)
+
+        def forward(self, idx):
+            h = self.e(idx)
+            stack = h.new_zeros(*h.shape[:-1], 0, h.shape[-1])
+            stack = torch.cat([stack, h.unsqueeze(-2)], dim=-2)
+            h2 = self.up(h)
+            stack = torch.cat([stack, h2.unsqueeze(-2)], dim=-2)
+            messages = self.msg(stack[..., 1:, :], self.up(h2), 1).to(h.dtype)
+            return self.out(messages[..., 0, :] + messages[..., 3, :])
+
+    traced = from_torch(Net, (16, 32), inputs)
+    traced_computes_the_model(traced, Net, inputs, tol=1e-6)
+    assert abc_by_target(traced)["msg.query"] == (0, 1, 1)
