@@ -161,7 +161,12 @@ class DepthOps:
             # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), to be expanded
             # over the tokens: the layer of Q rows it is
             return dataclasses.replace(args[0], shape=tuple(self._shape(node)))
-        if op == "expand" and isinstance(args[0], PRef) and len(self._shape(node)) == 4:
+        if (
+            op == "expand"
+            and isinstance(args[0], PRef)
+            and len(self._shape(node)) == 4
+            and _against_stack(node)
+        ):
             ref, shape = args[0], self._shape(node)
             if len(ref.shape) == 2 and ref.shape[-1] == shape[-1] and ref.shape[0] == shape[2]:
                 return Queries(ref, shape[2])
@@ -391,6 +396,22 @@ def _expanded(node) -> bool:
             if not _expanded(u):
                 return False
         elif not (op_name(u) == "expand" and len(u.meta["val"].shape) == 4):
+            return False
+    return True
+
+
+def _against_stack(node) -> bool:
+    """Whether the expanded query (through casts) is read only by a matmul or sdpa: attention
+    over depth's, not another use of a param expanded over the tokens."""
+    if not node.users:
+        return False
+    for u in node.users:
+        if op_name(u) in CHECK_OPS:
+            continue
+        if op_name(u) in ("to", "_to_copy", "alias", "contiguous", "float", "clone"):
+            if not _against_stack(u):
+                return False
+        elif op_name(u) not in ("matmul", "scaled_dot_product_attention"):
             return False
     return True
 
