@@ -113,6 +113,37 @@ def test_the_queries_derive_as_readouts(traced):
     assert got["layers.1.up.weight"] == got["layers.1.a.weight"] == (0, Fraction(1, 2), 1)
 
 
+# the read written by hand: 3 queries against a stack of 2 normalised vectors, query 1's softmax
+# over its 2 logits, its weighted sum of the stack
+_BY_HAND = """width n = 64
+dim V = 13
+dim T = 8
+dim M = 2
+dim one = 1
+dim three = 3
+input tok : tokens[T, V]
+param E : [n, V]
+param Q : [three, n]
+param A : [n, n]
+param U : [V, n]
+e = E @ tok
+n0 = rmsnorm(e)
+n1 = rmsnorm(A @ e)
+w = softmax(cat(pick(Q @ n0, one, 1), pick(Q @ n1, one, 1), M))
+h = spread(pick(w, one, 0), n) * n0 + spread(pick(w, one, 1), n) * n1
+output logits = U @ rmsnorm(h)
+"""
+
+
+def test_the_hand_written_read_derives_the_traced_querys_exponents(traced):
+    import tensorprog as tp
+
+    want = tp.derive(tp.parse(_BY_HAND), "adam").abc
+    got = abc_by_target(traced)
+    assert got["layers.1.attention_input.query"] == (want["Q"].a, want["Q"].b, want["Q"].c)
+    assert got["layers.1.up.weight"] == (want["A"].a, want["A"].b, want["A"].c)
+
+
 def test_per_vector_gates_over_the_stack_are_refused_at_their_line():
     with pytest.raises(TensorProgError, match=r"sigmoid of a read of a stack") as err:
         from_torch(lambda n: DepthNet(n, "sigmoid"), (16, 32), inputs)
