@@ -9,7 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -111,6 +111,27 @@ def test_the_queries_derive_as_readouts(traced):
     for q in ("layers.0.mlp_input.query", "layers.1.attention_input.query", "final.query"):
         assert got[q] == got["out.weight"] == (0, 1, 1), q
     assert got["layers.1.up.weight"] == got["layers.1.a.weight"] == (0, Fraction(1, 2), 1)
+
+
+def test_apply_keeps_the_base_and_folds_the_models_constant_into_the_query(traced):
+    # at the base width nothing moves; at 4x the query's logits carry the model's n^-1/2, so
+    # the query (a readout's law on n^-1/2 q) takes (n/base)^-1/2 on its LR, the readout the
+    # full (n/base)^-1, its init std likewise
+    mup = apply_is_bit_identical_at_base(traced, DepthNet, inputs)
+    torch.manual_seed(0)
+    model = DepthNet(64)
+    mup.apply(model)
+    lrs = {
+        n: g["lr"]
+        for g in mup.param_groups(model, lr=1.0)
+        for n, p in model.named_parameters()
+        for q in g["params"]
+        if p is q
+    }
+    assert lrs["final.query"] == pytest.approx(0.5) and lrs["out.weight"] == pytest.approx(0.25)
+    assert lrs["layers.1.attention_input.query"] == pytest.approx(0.5)
+    # (init std (n/base)^-init_exp: the query's half the readout's exponent)
+    assert mup.init_exp["final_query"] == Fraction(1, 2) and mup.init_exp["out_weight"] == 1
 
 
 # the read written by hand: 3 queries against a stack of 2 normalised vectors, query 1's softmax
