@@ -160,7 +160,17 @@ class DepthOps:
         if op == "view" and isinstance(args[0], PRef) and _queries_view(node):
             # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), to be expanded
             # over the tokens: the layer of Q rows it is
-            return dataclasses.replace(args[0], shape=tuple(self._shape(node)))
+            shape = tuple(self._shape(node))
+            if args[0].shape[-1] != shape[-1]:
+                # (a flat [Q·n] param as Q rows: apply reads a param's width from its own
+                # last axis, which here is Q·n)
+                raise refuse(
+                    node,
+                    f"a query param of shape {list(args[0].shape)} viewed as {list(shape)}: "
+                    "only a query of one row [n] or of rows [Q, n] is read against a stack",
+                    help="hold the queries as a param of shape [Q, n]",
+                )
+            return dataclasses.replace(args[0], shape=shape)
         if (
             op == "expand"
             and isinstance(args[0], PRef)

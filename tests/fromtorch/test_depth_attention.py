@@ -25,7 +25,7 @@ class Read(nn.Module):
     def __init__(self, n, q=1, how=""):
         super().__init__()
         self.how = how
-        shape = (n,) if q == 1 else (q, n)
+        shape = (n,) if q == 1 else (q * n,) if how == "flat" else (q, n)
         self.query = nn.Parameter(torch.randn(*shape) / n)
 
     def forward(self, block_states, partial):
@@ -168,6 +168,14 @@ def test_the_hand_written_read_derives_the_traced_querys_exponents(traced):
 def test_per_vector_gates_over_the_stack_are_refused_at_their_line():
     with pytest.raises(TensorProgError, match=r"sigmoid of a read of a stack") as err:
         from_torch(lambda n: DepthNet(n, "sigmoid"), (16, 32), inputs)
+    assert "test_depth_attention.py:" in str(err.value)
+
+
+def test_a_flat_param_of_several_queries_is_refused_at_its_view():
+    # [Q·n] viewed as Q rows computes the same, but apply reads a param's width from its own
+    # last axis (Q·n there): refused, not accepted for apply to fail on
+    with pytest.raises(TensorProgError, match=r"query param of shape \[48\] viewed as") as err:
+        from_torch(lambda n: DepthNet(n, "flat"), (16, 32), inputs)
     assert "test_depth_attention.py:" in str(err.value)
 
 
