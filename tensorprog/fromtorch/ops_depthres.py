@@ -131,10 +131,10 @@ class DepthOps:
             return self.depth_op(node, op, args, kwargs)
         if op == "cat" and isinstance(args[0], (list, tuple)) and args[0]:
             parts = args[0]
-            if isinstance(parts[0], Streams) and all(isinstance(p, Lifted) for p in parts[1:]):
-                dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-                if dim % 4 == parts[0].axis == 2:
-                    return Streams(parts[0].items + tuple(p.src for p in parts[1:]), 2)
+            if any(isinstance(p, (Streams, Lifted)) for p in parts):
+                return self.stack_cat(
+                    node, parts, args[1] if len(args) > 1 else kwargs.get("dim", 0)
+                )
         if (
             op in ("square", "pow")
             and isinstance(args[0], Streams)
@@ -185,6 +185,23 @@ class DepthOps:
             if done is not None:
                 return done
         return super().call(node)
+
+    def stack_cat(self, node, parts, dim) -> Streams:
+        """``cat([stack, h.unsqueeze(-2)], dim=-2)``: one more vector on the stack; any parts
+        of stacks and single vectors on the stack's axis likewise, in their order (at the
+        front, two stacks joined)."""
+        if dim % 4 == 2 and all(
+            isinstance(p, Lifted) or isinstance(p, Streams) and p.axis == 2 for p in parts
+        ):
+            items = (p.items if isinstance(p, Streams) else (p.src,) for p in parts)
+            return Streams(tuple(v for part in items for v in part), 2)
+        raise refuse(
+            node,
+            "a concatenation of a stack of per-token vectors with anything but stacks and "
+            "single vectors (h.unsqueeze(-2)) on the stack's axis (dim=-2)",
+            help="grow the stack by torch.cat([stack, h.unsqueeze(-2)], dim=-2), or write "
+            "the model as a program",
+        )
 
     def transposed(self, op, args):
         """``stack.transpose(-1, -2)``: the keys' layout [B, T, n, m]; None for another."""

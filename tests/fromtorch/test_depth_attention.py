@@ -179,6 +179,34 @@ def test_a_flat_param_of_several_queries_is_refused_at_its_view():
     assert "test_depth_attention.py:" in str(err.value)
 
 
+class Joined(nn.Module):
+    """A stack grown at its front and joined to itself: its vectors in the cat's order."""
+
+    def __init__(self, n, how=""):
+        super().__init__()
+        self.how = how
+        self.e = nn.Embedding(13, n)
+        self.a = nn.Linear(n, n, bias=False)
+        self.out = nn.Linear(n, 13, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        h1 = self.a(h)
+        one = h1.view(*h1.shape[:-1], 1, h1.shape[-1]) if self.how else h1.unsqueeze(-2)
+        stack = h.new_zeros(*h.shape[:-1], 0, h.shape[-1])
+        stack = torch.cat([one, stack, h.unsqueeze(-2)], dim=-2)  # (h1, h)
+        stack = torch.cat([stack, stack], dim=-2)  # (h1, h, h1, h)
+        return self.out(stack[..., 1, :] + 2 * stack[..., 2, :])
+
+
+def test_a_stack_grown_at_its_front_or_joined_keeps_its_order():
+    traced = from_torch(Joined, (16, 32), inputs)
+    traced_computes_the_model(traced, Joined, inputs)
+    with pytest.raises(TensorProgError, match=r"concatenation of a stack") as err:
+        from_torch(lambda n: Joined(n, "view"), (16, 32), inputs)
+    assert "test_depth_attention.py:" in str(err.value)
+
+
 class GatheredBias(nn.Module):
     """Inkling's relative logits: each query token's numbers per distance, r_proj(h) @ P,
     gathered at each key's distance and added to the attention logits."""
