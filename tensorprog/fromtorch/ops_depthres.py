@@ -152,25 +152,31 @@ class DepthOps:
             and args[1] == 0
             and args[0].expert is None
             and _queries_view(node)
+            and all(_against_stack(e) for e in _expands(node))
         ):
             # query[i] of a param of several sets of queries (Inkling 2 Loop's, one set per
             # loop layer): that set, the slice [i] of the param (as one expert's matrix is)
             ref = args[0]
             return dataclasses.replace(ref, shape=tuple(ref.shape[1:]), expert=args[2])
-        if op == "view" and isinstance(args[0], PRef) and _queries_view(node):
-            # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), to be expanded
-            # over the tokens: the layer of Q rows it is
+        if (
+            op == "view"
+            and isinstance(args[0], PRef)
+            and _queries_view(node)
+            and all(_against_stack(e) for e in _expands(node))
+        ):
+            # q.view(-1, n) of a query of one row ([n]) or several ([Q, n]), expanded over
+            # the tokens against a stack: the layer of Q rows it is
             shape = tuple(self._shape(node))
-            if args[0].shape[-1] != shape[-1]:
-                # (a flat [Q·n] param as Q rows: apply reads a param's width from its own
-                # last axis, which here is Q·n)
-                raise refuse(
-                    node,
-                    f"a query param of shape {list(args[0].shape)} viewed as {list(shape)}: "
-                    "only a query of one row [n] or of rows [Q, n] is read against a stack",
-                    help="hold the queries as a param of shape [Q, n]",
-                )
-            return dataclasses.replace(args[0], shape=shape)
+            if args[0].shape[-1] == shape[-1]:
+                return dataclasses.replace(args[0], shape=shape)
+            # (a flat [Q·n] param as Q rows: apply reads a param's width from its own last
+            # axis, which here is Q·n)
+            raise refuse(
+                node,
+                f"a query param of shape {list(args[0].shape)} viewed as {list(shape)}: "
+                "only a query of one row [n] or of rows [Q, n] is read against a stack",
+                help="hold the queries as a param of shape [Q, n]",
+            )
         if (
             op == "expand"
             and isinstance(args[0], PRef)
@@ -425,6 +431,15 @@ def _expanded(node) -> bool:
         elif not (op_name(u) == "expand" and len(u.meta["val"].shape) == 4):
             return False
     return True
+
+
+def _expands(node):
+    """The expands that read ``node`` (through casts)."""
+    for u in node.users:
+        if op_name(u) == "expand":
+            yield u
+        elif op_name(u) in ("to", "_to_copy", "alias", "contiguous", "float"):
+            yield from _expands(u)
 
 
 def _against_stack(node) -> bool:
