@@ -19,6 +19,7 @@ from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
 from .ops_delayed import DelayedOps
 from .ops_delta import DeltaRuleOps
+from .ops_depthres import DepthOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
@@ -66,6 +67,7 @@ from .walk import Walker
 
 class Converter(
     VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
+    DepthOps,  # a stack of block outputs read by attention over depth, before the streams'
     StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
     MappedRowsOps,  # a coordinatewise map of a layer's output, held till each head is split
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them

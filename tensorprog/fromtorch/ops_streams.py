@@ -523,6 +523,9 @@ def _spread_over_streams(user) -> bool:
     shape = tuple(getattr(user.meta.get("val"), "shape", ()))
     if op_name(user) == "expand":
         return len(shape) == 4 and shape[-2] > 1
+    if op_name(user) == "cat":  # one more vector on a stack (attention over depth's)
+        dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+        return len(shape) == 4 and dim % 4 == 2
     if op_name(user) not in ("mul", "multiply"):
         return False
     others = [a for a in user.all_input_nodes if a.meta.get("val") is not None]
