@@ -2967,7 +2967,9 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
     # decoder embedding times sqrt(d_model) (PLBart's) got the factor on the encoder's lookup
     # (its check failed at +1.0 and +0.5). A lookup module that applies the constant itself
     # now takes the patch (tests/fromtorch/test_shared_lookups.py); a constant applied in the
-    # parent's forward to a module called twice is still refused, saying what to build instead
+    # parent's forward to one of a module's two calls is still refused, saying what to build
+    # instead. Where every call carries the same constant, it folds once into the table's
+    # init and LR, which covers them all (fromtorch/query_fold.py)
     import torch
     from torch import nn
 
@@ -2975,22 +2977,30 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
     from tensorprog.fromtorch import MuP, from_torch
 
     class Twice(nn.Module):
-        def __init__(self, n):
+        def __init__(self, n, both=False):
             super().__init__()
-            self.n, self.emb = n, nn.Embedding(16, n)
+            self.n, self.emb, self.both = n, nn.Embedding(16, n), both
             self.head, self.head2 = nn.Linear(n, 16), nn.Linear(n, 16)
 
         def forward(self, idx):
             a = self.emb(idx) * self.n ** 0.5
-            b = self.emb(idx) * self.n ** 0.5
+            b = self.emb(idx) * (self.n ** 0.5 if self.both else 1.0)
             return self.head(a) + self.head2(b)
 
-    traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    def ids(m):
+        return (torch.zeros(2, 8, dtype=torch.long),)
+
+    traced = from_torch(Twice, (16, 32), ids)
     with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies embedding, made "
                        r"by emb.weight, which the model also reads elsewhere.*no module "
                        r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
+    both = MuP(from_torch(lambda n: Twice(n, both=True), (16, 32), ids), "adam")
+    changes = both.apply(Twice(64, both=True)).as_dict()["changes"]
+    assert any(c.startswith("init emb.weight:") and c.endswith("(base 1 x (n/base)^-1/2)")
+               for c in changes), changes
+    assert any("folded into the init and LR of emb.weight" in c for c in changes), changes
 
 
 def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():
