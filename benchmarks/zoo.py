@@ -73,9 +73,9 @@ HRM text is built with gradients through every cycle of its recurrence (``L_bp_c
 its ``L_cycles`` in each high-level cycle): by default it runs the earlier cycles under
 torch.no_grad (a truncated backprop), which the trace refuses, so the model its row checks is
 HRM trained by backprop through the whole recurrence, not as its authors train it.
-DBRX's config defaults to one expert per token (its released models take 4 of 16), its gates
-L1-normalised, so each token's one gate is 1 and its router gets no gradient but rounding noise,
-on which its check's verdict hangs: it takes the zoo's top-2, as every mixture of experts.
+DBRX's and HunYuan-MoE's configs default to one expert per token (their released models take
+several), their gates divided by the gates' sum, so each token's one gate is 1 and the router
+gets no gradient (the trace refuses that): they take the zoo's top-2, as every mixture of experts.
 Sizes a config fixes besides the head dim and the width keep their defaults' proportion to one
 of them (``PER_HEAD``, ``PER_WIDTH``): partial rotary's and MLA's head dims to the head dim; MLA's
 low ranks, per-layer inputs' width (``hidden_size_per_layer_input``), MobileBERT's bottleneck,
@@ -333,12 +333,15 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         # heads they had twice as many, and a query head 0 of them. Half as many: one per query
         # head in those layers, groups of two in the full-attention ones
         kwargs["num_key_value_heads"] = heads // 2
-    if cls.__name__ == "DbrxFFNConfig":
-        # DBRX's config defaults to one expert per token (its released models take 4 of 16),
-        # with its gates L1-normalised: each token's one gate is then w / |w| = 1, so its
-        # router gets no gradient but rounding noise, which Adam's eps of 1e-12 turns into full
-        # steps, and its check's verdict hangs on the rounding. The zoo's top-2, as every MoE
-        kwargs["moe_top_k"] = TOP_K
+    if cls.__name__ == "DbrxFFNConfig" or getattr(cls, "model_type", None) == "hunyuan_v1_moe":
+        # a default of one expert per token whose gate the model divides by the gates' sum
+        # (DBRX's and HunYuan-MoE's: their released models take several) is a placeholder: that
+        # gate is 1 for every token, so its router gets no gradient but rounding noise, which
+        # Adam's eps of 1e-12 turned into full steps (the check's verdict hung on the rounding),
+        # and the trace refuses it. They take the zoo's top-2, as every mixture of experts
+        for f in ("moe_top_k", "moe_topk"):
+            if f in fields:
+                kwargs[f] = TOP_K
     if getattr(cls, "model_type", None) == "hrm_text":
         # HRM runs its low-level stack L_cycles times per high-level cycle, all but the last
         # L_bp_cycles of them under torch.no_grad (a truncated backprop through the recurrence,

@@ -546,6 +546,13 @@ class MoEOps(GatedInputOps, ZeroExpertOps, RouteRowOps):
             raise refuse(node, "the k largest of a router's scores divided by their sum, "
                          "scores that are neither a softmax nor a sigmoid (they may cancel)",
                          help=_HELP)
+        if w.norm and w.k == 1:
+            raise refuse(node, "one expert per token whose gate is divided by the sum of the "
+                         "gates taken: that gate is 1 for every token, so the router gets no "
+                         "gradient (it only selects, and under Adam its rounding noise takes "
+                         "full steps), which a route that derives its gates trained cannot say",
+                         help="take two or more experts per token, or keep the one gate as "
+                         "its score (Switch Transformer's top-1 takes its softmax probability)")
         fn = "route_norm" if w.norm else "route"
         # selected by other scores (ops_select.py): the same exponents, said on the line
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \
