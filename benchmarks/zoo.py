@@ -69,6 +69,20 @@ fraction of the width (v2's 96 base channels 3n/16). RegNet's ``groups_width`` k
 default proportion to the first stage's channels (n/2), so its grouped convolutions have the
 same groups at every width; HGNetV2's stem channels keep theirs to its first stage's (n/4, n/2),
 so a stage's aggregation reads channels that all grow with the width.
+HRM text is built with gradients through every cycle of its recurrence (``L_bp_cycles`` all of
+its ``L_cycles`` in each high-level cycle): by default it runs the earlier cycles under
+torch.no_grad (a truncated backprop), which the trace refuses, so the model its row checks is
+HRM trained by backprop through the whole recurrence, not as its authors train it.
+DBRX's and HunYuan-MoE's configs default to one expert per token (their released models take
+several), their gates divided by the gates' sum, so each token's one gate is 1 and the router
+gets no gradient (the trace refuses that): they take the zoo's top-2, as every mixture of experts.
+Sizes a config fixes besides the head dim and the width keep their defaults' proportion to one
+of them (``PER_HEAD``, ``PER_WIDTH``): partial rotary's and MLA's head dims to the head dim; MLA's
+low ranks, per-layer inputs' width (``hidden_size_per_layer_input``), MobileBERT's bottleneck,
+UltraBERT's prediction head and Qwen4-exp's hyper-connection mix rank (``hc_lowrank``, 320 of
+2048 in its defaults) to the width. This changes the model checked: at its default such a size
+exceeds a small head or width, and a low rank kept fixed is a layer of fixed size between layers
+of the width, which leaves no µP (derive refuses it as a bottleneck).
 A family whose forward takes its inputs in another form gets them in that form, as its authors
 feed it (``example_inputs``): an image as colour ids (ImageGPT) or as flattened patches
 (SigLIP2), or at 64 × 64 where 32 × 32 leaves no patch (MobileViTV2); a prompt with the image's
@@ -164,7 +178,8 @@ FIELDS = {
     "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
-                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size"),
+                          "dff", "dense_intermediate_size", "mlp_only_intermediate_size",
+                          "first_dense_intermediate_size"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
@@ -185,12 +200,13 @@ FIELDS = {
 # attention and stacked FFNs run at: a quarter of hidden_size in its defaults and in every
 # released checkpoint, 128 of 512; UltraBERT's and UltraVBERT's prediction_head_size, their
 # masked-LM head's inner width, 768 of 4096 in their defaults: kept at 768 it is a layer of fixed
-# size between layers of the width, which leaves no µP, as derive says), that proportion rounded
+# size between layers of the width, which leaves no µP, as derive says; Qwen4-exp's hc_lowrank,
+# the rank of its hyper-connections' stream mix, 320 of 2048, likewise), that proportion rounded
 # to a power of two so that the size stays a whole multiple or fraction of the head dim or the
 # width at every traced width
 PER_HEAD = ("rotary_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "index_head_dim")
 PER_WIDTH = ("q_lora_rank", "kv_lora_rank", "hidden_size_per_layer_input",
-             "intra_bottleneck_size", "prediction_head_size")
+             "intra_bottleneck_size", "prediction_head_size", "hc_lowrank")
 # vocabularies besides the tokens' (Gemma-3n's and Gemma-4's per-layer embeddings, LUKE's
 # entities, BLT's hashed byte groups: 262144, 500000 and 500002 rows, 135M-193M params at
 # width 64; FSMT's source vocabulary, 42024 rows, whose vocab_size is the target's): the zoo's
@@ -317,6 +333,23 @@ def config_kwargs(cls, width: int, scaling: str, mapping: Mapping = MAPPINGS["ca
         # heads they had twice as many, and a query head 0 of them. Half as many: one per query
         # head in those layers, groups of two in the full-attention ones
         kwargs["num_key_value_heads"] = heads // 2
+    if cls.__name__ == "DbrxFFNConfig" or getattr(cls, "model_type", None) == "hunyuan_v1_moe":
+        # a default of one expert per token whose gate the model divides by the gates' sum
+        # (DBRX's and HunYuan-MoE's: their released models take several) is a placeholder: that
+        # gate is 1 for every token, so its router gets no gradient but rounding noise, which
+        # Adam's eps of 1e-12 turned into full steps (the check's verdict hung on the rounding),
+        # and the trace refuses it. They take the zoo's top-2, as every mixture of experts
+        for f in ("moe_top_k", "moe_topk"):
+            if f in fields:
+                kwargs[f] = TOP_K
+    if getattr(cls, "model_type", None) == "hrm_text":
+        # HRM runs its low-level stack L_cycles times per high-level cycle, all but the last
+        # L_bp_cycles of them under torch.no_grad (a truncated backprop through the recurrence,
+        # to bound memory), which the trace refuses: no gradient reaches the stack's params
+        # through those steps, which no program says. Every step with its gradient: the model
+        # the zoo checks is HRM trained by backprop through the whole recurrence
+        cycles = defaults.get("L_cycles", 3)
+        kwargs["L_bp_cycles"] = [cycles] * defaults.get("H_cycles", 2)
     if "use_cache" in fields:
         kwargs["use_cache"] = False
     if "is_decoder" in fields and mapping.decoder:
@@ -510,6 +543,8 @@ def _proportional(defaults: dict, width: int, head: int) -> dict:
 # key and value heads, apart from the softmax attention's
 LINEAR_HEADS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
                 "linear_value_head_dim")
+# Kimi Delta Attention's (Kimi Linear, Bailing hybrid): queries, keys and values alike
+KDA_HEADS = ("linear_num_heads", "linear_head_dim")
 
 
 def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
@@ -517,11 +552,14 @@ def _linear_attention(defaults: dict, width: int, scaling: str) -> dict:
     of n/4; ``head_dim``, key heads of 16, n/16 of them. The values keep the config's ratios to
     the keys (value heads per key head: Qwen3.5's 32 of 16, 2; value head dim per key head
     dim: OLMo-hybrid's 192 of 96, 2), so their dims stay a whole multiple of the keys'. At
-    their defaults (16 heads of 128) the layer does not scale with the width."""
+    their defaults (16 heads of 128) the layer does not scale with the width. Kimi Delta
+    Attention's (Kimi Linear, Bailing hybrid) has one count and one head dim for all three."""
+    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
+    if all(isinstance(defaults.get(f), int) for f in KDA_HEADS):  # one count, one head dim
+        return dict(zip(KDA_HEADS, (heads, dim), strict=True))
     kh, vh, kd, vd = (defaults.get(f) for f in LINEAR_HEADS)
     if not all(isinstance(x, int) and x > 0 for x in (kh, vh, kd, vd)) or vh % kh or vd % kd:
         return {}
-    heads, dim = (HEADS, width // HEADS) if scaling == "heads" else (width // HEAD_DIM, HEAD_DIM)
     return dict(zip(LINEAR_HEADS, (heads, heads * (vh // kh), dim, dim * (vd // kd)),
                     strict=True))
 

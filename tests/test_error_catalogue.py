@@ -1447,9 +1447,10 @@ class HeadSplit(Net):
 
 
 class ActSplit(HeadSplit):
-    def forward(self, idx):  # each head split after an activation: no layer's rows to split
+    def forward(self, idx):  # each head split after a layer norm, which mixes the features
         x = self.e(idx)
-        q = torch.relu(self.q(x)).view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        q = torch.nn.functional.layer_norm(self.q(x), x.shape[-1:])
+        q = q.view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
         a, r = torch.split(q, [q.shape[-1] // 2, q.shape[-1] - q.shape[-1] // 2], dim=-1)
         return self.o(torch.cat([a * r, r], -1).transpose(1, 2).reshape(x.shape))
 
@@ -1543,6 +1544,32 @@ class HeadBias(Net):  # one number per head over each head's coordinates, the he
         b, t = idx.shape
         x = self.e(idx).view(b, t, 2, -1).transpose(1, 2) + self.b[None, :, None, None]
         return self.o(x.transpose(1, 2).reshape(b, t, -1))
+
+
+class ScaledGain(Net):  # nGPT's scales (Dory's sqk * sqk_scale): a number on a param itself,
+    # the param's multiplier, then used as a gain
+    def __init__(self, n):
+        super().__init__(n)
+        self.g = torch.nn.Parameter(torch.full((n,), 0.02))
+        self.scale = n**0.5 / 0.02
+
+    def forward(self, idx):
+        return self.o(self.e(idx) * (self.g * self.scale) ** 2)
+
+
+class KeyBias(Net):  # Doge's dynamic mask: a value of each key and head from the tokens,
+    # spread over the queries and added to the logits through sdpa's attn_mask
+    def __init__(self, n):
+        super().__init__(n)
+        self.qkv, self.g = torch.nn.Linear(n, 3 * n), torch.nn.Linear(n, 2)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        q, k, v = (a.view(b, t, 2, -1).transpose(1, 2) for a in self.qkv(x).split(n, -1))
+        m = torch.exp(self.g(x)).transpose(1, 2).unsqueeze(2).expand(b, 2, t, t)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        return self.o(y.transpose(1, 2).reshape(b, t, n))
 
 
 class ComplexRotary(Net):  # HF Llama 4's complex rotary: a table of modulus 2, pairs squared or
@@ -1674,6 +1701,8 @@ TRACED_BUILDS = {
     "small_mask": "lambda n: TableBuffer(n, low=-10.0)",
     "learned_logit_bias": "lambda n: LearnedLogitBias(n)",
     "head_bias": "lambda n: HeadBias(n)",
+    "scaled_gain": "lambda n: ScaledGain(n)",
+    "key_bias": "lambda n: KeyBias(n)",
     "scaled_table": "lambda n: ScaledTable(n)",
     "padding_drawn": "lambda n: PaddingDrawn(n)",
     "padding_read": "lambda n: PaddingRead(n)",
@@ -1851,6 +1880,13 @@ TRACED_BUILDS = {
     ("head_bias", None, r"m.py:\d+:\d+: error: cannot trace an added axis on a param: a vector "
                         r"param joins a sum or a product along the features(.|\n)*help: use a "
                         r"vector param of the features"),
+    # before: "aten.mul.Tensor on a value that is not a per-token vector"
+    ("scaled_gain", None, r"m.py:\d+:\d+: error: cannot trace a param \(g\) times a number "
+                          r"\(\d+\.?\d*\) before its use(.|\n)*help: fold the number into the "
+                          r"param"),
+    # before: "an added axis on a per-token vector"
+    ("key_bias", None, r"m.py:\d+:\d+: error: cannot trace a value of each key computed from "
+                       r"the tokens, spread over the queries(.|\n)*help: add a constant bias"),
     # each head's parts are per-head vectors of their own (MLA's query, ops_mla.py): their
     # concatenation is read only as sdpa's query or key, as one dot per part
     ("head_split", None, r"m.py:\d+:\d+: error: cannot trace a reshape of heads concatenated "
@@ -1859,7 +1895,8 @@ TRACED_BUILDS = {
     ("act_split", None, r"m.py:\d+:\d+: error: cannot trace a split of each head's features "
                         r"into parts of 4, 4 of a value that is not a linear layer's output"),
     ("build", "lambda m: ((torch.zeros(2, 4, dtype=torch.long),),)",
-     r"m.py:\d+:1: error: example_inputs gave a tuple among the forward's inputs"),
+     r"m.py:\d+:1: error: example_inputs gave idx, a tuple holding tensors, among the "
+     r"forward's inputs"),
     ("build", "lambda m: None", "example_inputs returned None: expected a tuple"),
     # before: the ZeroDivisionError's traceback
     ("build", "lambda m: 1 // 0", r"m.py:\d+:1: error: example_inputs\(model\) failed: "
@@ -2930,7 +2967,9 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
     # decoder embedding times sqrt(d_model) (PLBart's) got the factor on the encoder's lookup
     # (its check failed at +1.0 and +0.5). A lookup module that applies the constant itself
     # now takes the patch (tests/fromtorch/test_shared_lookups.py); a constant applied in the
-    # parent's forward to a module called twice is still refused, saying what to build instead
+    # parent's forward to one of a module's two calls is still refused, saying what to build
+    # instead. Where every call carries the same constant, it folds once into the table's
+    # init and LR, which covers them all (fromtorch/query_fold.py)
     import torch
     from torch import nn
 
@@ -2938,22 +2977,30 @@ def test_mup_refuses_a_width_constant_on_a_lookup_no_module_returns_alone():
     from tensorprog.fromtorch import MuP, from_torch
 
     class Twice(nn.Module):
-        def __init__(self, n):
+        def __init__(self, n, both=False):
             super().__init__()
-            self.n, self.emb = n, nn.Embedding(16, n)
+            self.n, self.emb, self.both = n, nn.Embedding(16, n), both
             self.head, self.head2 = nn.Linear(n, 16), nn.Linear(n, 16)
 
         def forward(self, idx):
             a = self.emb(idx) * self.n ** 0.5
-            b = self.emb(idx) * self.n ** 0.5
+            b = self.emb(idx) * (self.n ** 0.5 if self.both else 1.0)
             return self.head(a) + self.head2(b)
 
-    traced = from_torch(Twice, (16, 32), lambda m: (torch.zeros(2, 8, dtype=torch.long),))
+    def ids(m):
+        return (torch.zeros(2, 8, dtype=torch.long),)
+
+    traced = from_torch(Twice, (16, 32), ids)
     with pytest.raises(UsageError, match=r"(?s)a constant of the width multiplies embedding, made "
                        r"by emb.weight, which the model also reads elsewhere.*no module "
                        r"returns that vector alone.*a = self.emb\(idx\) \* self.n \*\* 0.5.*"
                        r"help: look the table up in a module of its own"):
         MuP(traced, "adam")
+    both = MuP(from_torch(lambda n: Twice(n, both=True), (16, 32), ids), "adam")
+    changes = both.apply(Twice(64, both=True)).as_dict()["changes"]
+    assert any(c.startswith("init emb.weight:") and c.endswith("(base 1 x (n/base)^-1/2)")
+               for c in changes), changes
+    assert any("folded into the init and LR of emb.weight" in c for c in changes), changes
 
 
 def test_mup_refuses_row_blocks_of_one_tensor_that_need_different_lrs():

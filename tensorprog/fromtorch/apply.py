@@ -295,6 +295,8 @@ class MuP(DepthScaling, OptimizerGroups):
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
             while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]
                 tshape = tshape[1:]
+            if len(tshape) == len(shape) - 1 and not self.program.dim_table[shape[0]].infinite:
+                tshape = [1, *tshape]  # a vector param applied as one row (a query: [n] as [1, n])
             for axis, d in enumerate(shape):
                 dim = self.program.dim_table[d]
                 if dim.infinite:

@@ -17,10 +17,13 @@ from .ops_complex import ComplexOps
 from .ops_concat import ConcatOps
 from .ops_conv import ConvOps
 from .ops_conv1d import Conv1dOps
+from .ops_delayed import DelayedOps
 from .ops_delta import DeltaRuleOps
+from .ops_depthres import DepthOps
 from .ops_encoder import EncoderOps
 from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
+from .ops_flatstreams import FlatStreamOps
 from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
@@ -28,6 +31,7 @@ from .ops_grn import GrnOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
+from .ops_mapped import MappedRowsOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
@@ -47,11 +51,14 @@ from .ops_sink import SinkOps
 from .ops_spread import SpreadParamOps
 from .ops_ssd import SSDScanOps
 from .ops_standardise import RowStatOps, StandardiseOps
+from .ops_streams import StreamOps
 from .ops_switch import SwitchOps
 from .ops_tables import TableOps
 from .ops_tconv import TokenConvOps
 from .ops_temperature import TemperatureOps
 from .ops_timemajor import TimeMajorOps
+from .ops_tokenimage import TokenImageOps
+from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
 from .sequences import resolve
 from .values import Trace
@@ -59,6 +66,10 @@ from .walk import Walker
 
 
 class Converter(
+    VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
+    DepthOps,  # a stack of block outputs read by attention over depth, before the streams'
+    StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
+    MappedRowsOps,  # a coordinatewise map of a layer's output, held till each head is split
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
@@ -74,11 +85,14 @@ class Converter(
     # op_index takes a mask over the batch before LinearOps' lookups
     BatchMaskOps,
     ShiftOps,  # its op_pad takes a move of a sequence's tokens before ConvOps' pads of images
+    DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
+    TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'
     TokenConvOps,
+    FlatStreamOps,  # streams side by side in the features: its op_repeat before PoolOps'
     MoEOps, CodebookOps, SelectOps, RelativeOps, Walker, LayoutOps, LinearOps, ArithOps,
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,

@@ -8,6 +8,9 @@ replaced by a call of the custom op ``tensorprog::gated_delta(q, k, v, g, beta, 
 which export keeps as one node (ops_delta.py reads it), and the decode step
 ``torch_recurrent_gated_delta_rule`` by a refusal at its line. Only the kernel's whole-sequence
 form is read: no initial state, no final state asked for, no packed sequences (``cu_seqlens``).
+Kimi Delta Attention's kernels (``chunk_kimi_delta_attention``, ``recurrent_kimi_delta_attention``:
+a decay per key channel, which the language's ``delta`` has no form for) are refused at the
+model's call.
 """
 
 from __future__ import annotations
@@ -134,7 +137,32 @@ def swapped(replacements: dict):
             space[name] = old
 
 
+KDA_CHUNK = "chunk_kimi_delta_attention"
+KDA_STEP = "recurrent_kimi_delta_attention"
+_KDA_HELP = ("give the decay one number per head and token (Gated DeltaNet's g of (batch, "
+             "tokens, heads), torch_chunk_gated_delta_rule), or write the model as a program")
+
+
+def _kda(*args, **kwargs):
+    """Kimi Delta Attention (Kimi Linear, Bailing hybrid): refused at the model's call.
+
+    Its decay g is one number per key channel (batch, tokens, heads, dk), not per head.
+    Unrolled as the gated delta rule is (docs/theory.md), its weights are P = A (I +
+    diag(b) L)⁻¹ diag(b) with A_ts = Σ_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]) and L likewise of
+    k with k: a dot over the head dim weighted channel by channel, where the language's
+    ``delta`` multiplies the plain dots by one D_ts per head. No instruction computes such a
+    dot, so the layer is refused here rather than traced as something else."""
+    raise refusal(
+        "Kimi Delta Attention (chunk_kimi_delta_attention, or its decode step, the gated delta "
+        "rule with a decay per key channel, g of (batch, tokens, heads, dk)): unrolled, its "
+        "weights read A_ts = "
+        "sum_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]), a dot over the head dim weighted channel "
+        "by channel by the decay, where the language's delta takes one decay per head "
+        "(exp(G_t - G_s) times the dot q_t.k_s); the language has no such dot", _KDA_HELP)
+
+
 def delta_kernels():
     """For the duration: transformers' gated delta rule functions replaced by the custom op's
-    call and the decode step's refusal (:func:`swapped`)."""
-    return swapped({CHUNK: _chunked, STEP: _step})
+    call and the decode step's refusal, and Kimi Delta Attention's (both forms) by its
+    refusal (:func:`swapped`)."""
+    return swapped({CHUNK: _chunked, STEP: _step, KDA_CHUNK: _kda, KDA_STEP: _kda})

@@ -1,7 +1,8 @@
 """What only the two widths' traces together tell: a value the first width's walk wrote that
 the language says at one size and not at another. A grouped convolution whose groups grow with
 the width (or are depthwise at one width only), and a concatenation ``cat(a, b, D)`` with a
-part that grows (the language joins finite parts only); each refused at the user's line,
+part that grows (the language joins finite parts only), a sum over a growing number of a
+vector's parts (a mean over heads that grow); each refused at the user's line,
 before the widths' sizes are named (a dim of 12 + n is neither finite nor proportional)."""
 
 from __future__ import annotations
@@ -74,3 +75,42 @@ def refuse_growing_cats(t1, t2, nodes=None) -> None:
             user_span(nodes[node]) if nodes and node in nodes else None,
             help="feed the concatenation straight to linear layers, or apply what reads it to "
             "each part")
+
+
+def refuse_growing_part_sums(t1: Trace, t2: Trace, widths, nodes=None) -> None:
+    """Refuses, naming it, a sum (or mean) over the k parts of a vector viewed as (..., k, d)
+    whose k differs between the widths (a mean over heads of a fixed dim, n/d of them): the
+    language's ``part(x, d, i)`` takes parts of a fixed number k, so the sum is of k terms."""
+    for name, (node, k1) in t1.part_sums.items():
+        k2 = t2.part_sums.get(name, (node, k1))[1]
+        if k1 == k2:
+            continue
+        raise TraceError(
+            f"a sum or mean over {k1} parts of a vector at width {widths[0]} and {k2} at "
+            f"{widths[1]} (an axis of a (..., k, d) view that grows with the width, heads of a "
+            "fixed dim): the language sums a fixed number of a vector's parts, part(x, d, i)",
+            user_span(nodes[node]) if nodes and node in nodes else None,
+            help="average over an axis of a fixed size (m streams of n features each), or "
+            "over the heads' coordinates within each head",
+        )
+
+
+def refuse_growing_part_counts(t1: Trace, t2: Trace, widths, nodes=None) -> None:
+    """Refuses, at its line, a concatenation of k1 parts at the first width and k2 at the
+    second: copies of a vector whose number grows (``x.repeat(1, 1, n // 8)``; the weighted
+    copies of ``(x.unsqueeze(-1) * w.unsqueeze(-2)).flatten(-2)``, the streams' layout read
+    the other way round, n copies of w): the language's ``cat`` joins a fixed number of parts,
+    and the traces, one statement longer per part, would only say that the graphs differ."""
+    for name, (_, node, _, _, parts) in t1.cats.items():
+        other = t2.cats.get(name)
+        if other is None or len(other[4]) == len(parts):
+            continue
+        raise TraceError(
+            f"a concatenation (or repeat) of {len(parts)} parts at width {widths[0]} and "
+            f"{len(other[4])} at {widths[1]}: the number of copies grows with the width, and "
+            "the language's cat(a, b, ..., D) joins a fixed number of parts",
+            user_span(nodes[node]) if nodes and node in nodes else None,
+            help="repeat a vector a fixed number of times (m streams: x.repeat(1, 1, m)), and "
+            "weight m copies of a block's output as x.unsqueeze(-2) * w.unsqueeze(-1), w of m "
+            "entries",
+        )

@@ -52,25 +52,38 @@ def identify(f: Callable) -> tuple[str, float] | None:
 
 
 def identify_scaled(f: Callable) -> tuple[str, float, float] | None:
-    """(tanh, c, s) with f(t) = c * tanh(t / s) on [-4s, 4s], or None: a soft-cap (Gemma 2's
-    final ``tanh(logits / 30) * 30``), whose input scale the values on [-4, 4] cannot tell from
-    the identity's. c is f's value far out, s from its slope at 0 (tanh'(0) = 1)."""
+    """(fn, c, s) with f(t) = c * fn(t / s) on [-4s, 4s] for tanh or sigmoid, or None: a
+    soft-cap (Gemma 2's final ``tanh(logits / 30) * 30``), or a gate of a scaled input
+    (Qwen4-exp's hyper-connection weights ``2 * sigmoid(x / m)``), whose input scale the
+    values on [-4, 4] cannot tell from the identity's. c is f's value far out, s from its slope
+    at 0 (tanh'(0) = 1, sigmoid'(0) = 1/4) and its value there (0 for tanh, c/2 for sigmoid)."""
     import torch
 
     big = f(torch.tensor([1e6], dtype=torch.float64))
-    eps = torch.tensor([-1e-4, 1e-4], dtype=torch.float64)
     c = float(big[0])
-    rise = f(eps)
-    slope = float(rise[1] - rise[0]) / 2e-4
-    if not (abs(c) > 1e-12 and slope != 0 and math.isfinite(c)):
+    if not (abs(c) > 1e-12 and math.isfinite(c)):
         return None
-    s = c / slope
-    if s <= 0:
-        return None
+    name, s = None, 1.0
+    # the slope at 0 as a difference quotient over a step of 1e-4, then again over 1e-5 of the
+    # scale found (a step of 1e-4 misreads a scale of 1e-3 by 0.1%)
+    for step in (1e-4, 1e-5):
+        h = step * s
+        rise = f(torch.tensor([-h, 0.0, h], dtype=torch.float64))
+        slope = float(rise[2] - rise[0]) / (2 * h)
+        if slope == 0:
+            return None
+        # f(0) = c/2 to a part in 1e9 of c (not of 1: a tanh of a small c is no sigmoid)
+        name, s = ("sigmoid", c / (4 * slope)) if abs(float(rise[1]) - c / 2) < 1e-9 * abs(
+            c) else ("tanh", c / slope)
+        if not s > 0:
+            return None
+    fn = torch_function(torch, name)
     t = torch.linspace(-4, 4, 161, dtype=torch.float64) * s
-    if float((f(t) - c * torch.tanh(t / s)).abs().max()) < 2e-3 * max(1.0, abs(c)) and \
-            agrees_far(f, lambda u: c * torch.tanh(u / s), max(s, 1.0), max(1.0, abs(c))):
-        return "tanh", float(f"{c:.12g}"), float(f"{s:.9g}")  # s: a difference quotient
+    # to 2e-3 of c itself: against 1, any f of values under 1e-3 would pass (0.01 hardsigmoid(t
+    # / 2), whose value at 0 is a sigmoid's, read as 0.01 sigmoid(t / 3))
+    if float((f(t) - c * fn(t / s)).abs().max()) < 2e-3 * abs(c) and \
+            agrees_far(f, lambda u: c * fn(u / s), max(s, 1.0), abs(c)):
+        return name, float(f"{c:.12g}"), float(f"{s:.9g}")  # s: a difference quotient
     return None
 
 

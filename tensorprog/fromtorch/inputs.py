@@ -19,6 +19,16 @@ def kind_of(value) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def _holds_tensor(value) -> bool:
+    import torch
+
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_holds_tensor(v) for v in value)
+    return isinstance(value, torch.Tensor)
+
+
 def forward_inputs(example_inputs: Callable, model) -> tuple[tuple, dict]:
     """The forward's inputs, positional and keyword: a tuple or list of positional ones (a lone
     tensor, as itself), or a dict of keyword ones (``input_ids=``, ``attention_mask=``)."""
@@ -41,13 +51,22 @@ def forward_inputs(example_inputs: Callable, model) -> tuple[tuple, dict]:
             "torch.ones_like(ids)}",
         )
     leaves = (*args, *kwargs.values())
-    nested = next((x for x in leaves if isinstance(x, (tuple, list, dict))), None)
+    named = zip(forward_names(model, args, kwargs), leaves, strict=True)
+    nested = next(((k, x) for k, x in named if isinstance(x, (tuple, list, dict))), None)
     if nested is not None:
+        name, value = nested
+        # a forward that reads tensors out of a container (Gemma 4's assistant: the keys and
+        # values of the model it drafts for, a dict of pairs by attention type) cannot be
+        # given them one by one: say which input, and that the tracer reads none such
         raise UsageError(
-            f"example_inputs gave a {type(nested).__name__} among the forward's inputs: each "
-            "input must be a tensor, a number or None",
+            f"example_inputs gave {name}, a {type(value).__name__}"
+            f"{' holding tensors' if _holds_tensor(value) else ''}, among the forward's "
+            "inputs: each input must be a tensor, a number or None (the tracer reads no "
+            "tensor inside a dict, tuple or list)",
             def_span(example_inputs),
-            help="pass each tensor as its own positional or keyword input",
+            help="pass each tensor as its own positional or keyword input; a forward that "
+            "takes a container of tensors (a drafter's keys and values of another model) is "
+            "not traced",
         )
     if not any(isinstance(x, torch.Tensor) for x in leaves):
         raise UsageError(

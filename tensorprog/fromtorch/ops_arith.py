@@ -27,7 +27,7 @@ from .values import (
     Vec,
     Zeroed,
 )
-from .walk import VIEW_OPS
+from .walk import IDENTITY_OPS, VIEW_OPS
 from .where import op_name, refuse, strip_prefix
 
 
@@ -117,6 +117,12 @@ class ArithOps:
                 terms.append((c, self.vector_param(x, node)))
             else:
                 terms.append((c, self.vec(x, node)))
+        if not any(isinstance(t, Vec) for _, t in terms):  # p + q, p + p: no vector of the
+            # program to add them to (a param read as a vector op's operand or a matmul's)
+            raise refuse(node, "a sum of two params (or of a param with itself): the "
+                         "language's params enter the program as they are, each read by a "
+                         "vector op or a matmul", help="add each param to the vector in "
+                         "turn, (x + p) + q, or fold the sum into one param")
         # the widest (a row of a param, no tokens, broadcast over another's: _elementwise)
         vec = max((t for _, t in terms if isinstance(t, Vec)), key=lambda t: len(t.tags))
         expr = ""
@@ -180,6 +186,8 @@ class ArithOps:
 
     def _param_broadcast(self, node, i, ref: PRef, x, what: str) -> None:
         arg, other = node.args[i], node.args[1 - i]
+        while op_name(arg) in IDENTITY_OPS and arg.args:  # HRM's z.expand_as(x).contiguous()
+            arg = arg.args[0]
         if op_name(arg) == "expand_as":  # b.expand_as(x) + x: torch's own broadcast of b
             arg = arg.args[0]  # (GPT-NeoX-Japanese's attention bias), read as b's shape
         shape = tuple(getattr(getattr(arg, "meta", {}).get("val"), "shape", ref.shape))
@@ -300,12 +308,22 @@ class ArithOps:
                              "adding the bias (T5's order), or write the model as a program")
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
+            if isinstance(x, PRef):
+                raise _refuse_param_times_number(node, x, c)
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):
             if isinstance(b, MeanSq) and b.inv:
                 scaled = isinstance(a, Pointwise) and a.src.name == b.src.name and times_of(
                     a.f, b.k**0.5)
+                if _reads(a, b.src) and b.k == 1 and not b.centered and not b.over:
+                    # (W @ x) * rsqrt(mean(x²) + eps) = W @ rmsnorm(x): a layer of the norm's
+                    # input, normalised after it (HY v4's and DeepSeek-V4's hyper-connection
+                    # weights, F.linear(flat, fn) * input_norm(flat))
+                    normed = self.fresh(f"{node.name}_normed")  # no graph node holds it
+                    self.out.stmts.append(f"{normed} = rmsnorm({b.src.name})")
+                    x = Vec(normed, b.src.tags, b.src.dim)
+                    return dataclasses.replace(a, x=x, node=node.name, layer=a.layer or a.node)
                 a = self.vec(a, node)
                 if a.name != b.src.name and not scaled:
                     raise refuse(node, "a product with another vector's inverse RMS")
@@ -494,3 +512,21 @@ def times_of(f, c: float) -> bool:
 
     t = torch.linspace(-3, 3, 13, dtype=torch.float64)
     return bool(torch.allclose(f(t).abs(), c * t.abs(), rtol=1e-9, atol=1e-12))
+
+
+def _reads(a, x) -> bool:
+    """Whether ``a`` is a linear layer of ``x`` with no bias: a whole param [out, in] (a bias
+    would not commute with the norm's factor)."""
+    return isinstance(a, Affine) and isinstance(a.x, Vec) and a.x.name == x.name and \
+        a.b is None and isinstance(a.w, PRef) and not (a.w.rows or a.w.cols or a.w.period
+                                                       or a.w.expert is not None or a.dh)
+
+
+def _refuse_param_times_number(node, x, c):
+    return refuse(node, f"a param ({strip_prefix(x.target)}) times a number ({c:g}) before its "
+                  "use: the language's params enter the program as they are, so a number on a "
+                  "param itself (nGPT's scales: Dory's sqk * sqk_scale, a number that may change "
+                  "with the width) would be its multiplier, which the trace does not read from "
+                  "the forward", help="fold the number into the param (its init times the "
+                  "number, and under Adam its LR too: the same training), or multiply the "
+                  "vector the param multiplies by it instead, w * (c * h), h a layer's output")

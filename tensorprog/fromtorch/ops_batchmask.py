@@ -28,6 +28,10 @@ on examples selected by none whose result is not of those examples alone (a sum 
 and an assignment of all examples over anything but zeros, or through a slice or view of them
 (``new[m, :, :n] = y``: the walker's check of in-place ops). Only a 1-D mask over the first
 axis is followed.
+
+Over the tokens, one assignment is followed: ``h[ids == k] = v`` into a lookup ``h`` of the same
+ids in a table with no row k (T5Gemma 2's end-of-image vector, its id 256000 outside a smaller
+vocabulary). No id the lookup takes is k, so no token is written, for every input: ``h``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ _HELP = ("give every example of the batch the same language (X-MOD: call "
          "model.set_default_language(lang) and pass no lang_ids); a model that runs other "
          "params on other examples is one model per example: trace one per language")
 _PER_TOKEN = (Vec, Affine, Pointwise)
+# ops of each token's vector alone, with numbers: between a lookup and an assignment to its tokens
+_PER_TOKEN_OPS = {"mul", "div", "to", "_to_copy", "type_as", "clone", "alias", "detach",
+                  "contiguous"}
 # ops that give a tensor of one value, whatever its size, from operands of one value: a mask so
 # computed keeps the same examples (all or none) at every batch size. Those that read their
 # operand's shape alone (``ones_like``) are not followed further
@@ -124,7 +131,9 @@ class BatchMaskOps:
             op = "a selection" if op_name(node) == "index" else "an assignment"
             raise refuse(node, f"{op} by a mask computed from the token ids (T5Gemma 2's "
                          "h[input_ids == eoi] = ...): what it keeps depends on the tokens' "
-                         "values, which the program has no form for",
+                         "values, which the program has no form for (an id k the lookup's "
+                         "table has no row for, which no token takes, is traced as no "
+                         "assignment)",
                          help="write what the mask picks as a lookup of the ids (a table read "
                          "at them), or leave that part out of the traced model")
         shape = tuple(node.args[0].meta["val"].shape)
@@ -148,6 +157,29 @@ class BatchMaskOps:
                          "different model per example, which one program cannot be",
                          help=_HELP)
         return "all" if kept else "none"
+
+    def _id_outside_table(self, node) -> bool:
+        """Whether ``node`` is ``h[ids == k] = v`` with ``h`` a lookup of the same ``ids`` in a
+        table of fewer than k + 1 rows (or k < 0), by ops of each token alone (a scale, a cast):
+        every id the lookup can take differs from k (any other fails the lookup), so the mask
+        keeps no token, for every input, and the assignment leaves ``h``. T5Gemma 2's end-of-image
+        token ``eoi_token_index`` (256000) outside a smaller vocabulary. One at an id the table
+        holds is refused (``_mask_keeps``): those tokens take ``v`` for their row, a choice of
+        vector by the token's value that the program has no form for."""
+        mask = node.args[1][0] if isinstance(node.args[1], (list, tuple)) and len(
+            node.args[1]) == 1 else None
+        if mask is None or not hasattr(mask, "op") or op_name(mask) not in ("eq", "eq_"):
+            return False
+        ids, k = mask.args[0], mask.args[1]
+        if not hasattr(ids, "op") or not isinstance(k, int) or isinstance(k, bool):
+            return False
+        h = node.args[0]
+        while hasattr(h, "op") and op_name(h) in _PER_TOKEN_OPS:
+            h = h.args[0]
+        if not hasattr(h, "op") or op_name(h) != "embedding" or h.args[1] is not ids:
+            return False
+        rows = int(h.args[0].meta["val"].shape[0])
+        return not 0 <= k < rows and not written_in_place(mask) and not written_in_place(ids)
 
     def _uniform(self, mask) -> bool:
         """Whether the graph computes ``mask`` from fills of one value (``torch.ones(batch)``),
@@ -208,6 +240,8 @@ class BatchMaskOps:
         ``h``'s shape, is ``y``, written over (or added to) the zeros."""
         import torch
 
+        if self._id_outside_table(node):
+            return v  # no id the lookup can take is k: the assignment writes no token
         keeps = self._mask_keeps(node, v, indices, "an assignment to examples") if isinstance(
             v, (*_PER_TOKEN, Conc)) else None
         if keeps == "none" and isinstance(values, Unselected):

@@ -21,7 +21,12 @@ from __future__ import annotations
 import dataclasses
 
 from .values import Conc, Scores
-from .where import refuse
+from .where import op_name, refuse
+
+# ops on the way from a value to sdpa's attn_mask that keep it a bias of the logits: the
+# query axis it is spread over, the masks written into it, casts
+_TO_MASK = {"expand", "expand_as", "masked_fill", "to", "_to_copy", "alias", "contiguous",
+            "clone", "type_as", "add", "where"}
 
 _HELP = ("add a constant bias of the positions (ALiBi's) as Bloom does, baddbmm(bias, q, kᵀ) "
          "with bias computed from the positions and the head count, or a learned one as T5 "
@@ -57,3 +62,29 @@ class FixedBiasOps:
             raise refuse(node, "attention logits plus a bias with entries that are not finite",
                          help=_HELP)
         return s
+
+
+def _reaches_attn_mask(node, depth: int = 6) -> bool:
+    """Whether ``node`` feeds scaled_dot_product_attention's attn_mask through ``_TO_MASK``."""
+    for u in node.users:
+        if op_name(u) == "scaled_dot_product_attention" and (
+                u.kwargs.get("attn_mask") is node or (len(u.args) > 3 and u.args[3] is node)):
+            return True
+        if depth and op_name(u) in _TO_MASK and _reaches_attn_mask(u, depth - 1):
+            return True
+    return False
+
+
+def refuse_key_bias(node, dim) -> None:
+    """Refuses an axis of 1 put before a per-token value's last axis (its tokens: [B, H, 1, T])
+    on its way to sdpa's attn_mask: a value of each key, spread over the queries and added to
+    the logits (Doge's dynamic mask, exp(A * softplus(dt_proj(v)))). Unlike a constant bias
+    (above) it depends on params and the tokens, which no form of the language's attention
+    says."""
+    shape = tuple(node.meta["val"].shape)
+    if len(shape) < 3 or dim % len(shape) != len(shape) - 2 or not _reaches_attn_mask(node):
+        return
+    raise refuse(node, "a value of each key computed from the tokens, spread over the queries "
+                 "([..., 1, T]) and added to the attention logits through sdpa's attn_mask "
+                 "(Doge's dynamic mask): the language's attention adds only a constant bias "
+                 "of the positions, or a mask", help=_HELP)

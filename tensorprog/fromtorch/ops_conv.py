@@ -641,6 +641,8 @@ def _flattened_to_tokens(node) -> str | None:
     is a convolution of that geometry, giving an image; the two are the same matmul of each
     patch, but only the graph's readers say which the program's later ops take (tokens or
     pixels)."""
+    if len(node.meta["val"].shape) != 4:  # a conv1d's of tokens read as a 1 x T image
+        return None  # (ops_tokenimage.py): its output is [B, C, T], no image to cut
     b, c, h, w = node.meta["val"].shape
 
     def flat(u, shape) -> bool:

@@ -39,7 +39,7 @@ def _covers(slices, size: int) -> bool:
     return reach >= size
 
 
-def _split_last(node, ndim: int) -> bool:
+def split_last(node, ndim: int) -> bool:
     """Every use of ``node`` splits its last axis, after transposes or permutes of the others
     (GPT-NeoX transposes heads and tokens before its chunk, DeBERTa permutes them), and no
     slice of it is concatenated back: a partial rotary slices an ordinary projection's heads
@@ -59,16 +59,28 @@ def _split_last(node, ndim: int) -> bool:
         op = op_name(user)
         if op == "transpose":
             axes = [d % ndim for d in user.args[1:3]]
-            if ndim - 1 in axes or not _split_last(user, ndim):
+            if ndim - 1 in axes or not split_last(user, ndim):
                 return False
         elif op == "permute":  # DeBERTa's (0, 2, 1, 3): the features stay last, as above
-            if user.args[1][-1] % ndim != ndim - 1 or not _split_last(user, ndim):
+            if user.args[1][-1] % ndim != ndim - 1 or not split_last(user, ndim):
                 return False
         elif op not in _SPLITS or not isinstance(_dim(user, 0), int) or (
             _dim(user, 0) % ndim != ndim - 1
         ) or op == "slice" and any(op_name(u) == "cat" for u in user.users):
             return False
     return True
+
+
+def _split_again(node, ndim: int) -> bool:
+    """Every use of ``node`` splits its last axis (split, chunk), after transposes of the
+    others: no slice, which a partial rotary takes of a vector."""
+    def again(u) -> bool:
+        if op_name(u) == "transpose":
+            return ndim - 1 not in [d % ndim for d in u.args[1:3]] and _split_again(u, ndim)
+        return op_name(u) in ("split", "split_with_sizes", "chunk") and isinstance(
+            _dim(u, 0), int) and _dim(u, 0) % ndim == ndim - 1
+
+    return bool(node.users) and all(again(u) for u in node.users)
 
 
 def _split_heads(node, ndim: int, heads: int | None = None) -> bool:
@@ -122,7 +134,7 @@ class FusedHeadOps:
         if lead != tuple(old[:-1]) or math.prod(rest) != old[-1]:
             return None
         tags = vtags[:-1] + ("H", "dh")
-        if len(rest) == 2 and _split_last(node, len(shape)):
+        if len(rest) == 2 and split_last(node, len(shape)):
             return self._per_head(v, rest[1], node.name, tags)
         if len(rest) == 2 and _split_heads(node, len(shape)):  # whole heads: contiguous rows
             return dataclasses.replace(v, node=node.name, tags=tags, dh=rest[1],
@@ -185,8 +197,16 @@ class FusedHeadOps:
 
     def head_part(self, v, node):
         """A block of a per-head layer, as the vector it is (named by the node that takes it:
-        a chunk's item, a slice, an index), so that every op after it sees a vector."""
-        return self.vec(v, node) if isinstance(v, Affine) and v.dh and v.w.rows else v
+        a chunk's item, a slice, an index), so that every op after it sees a vector; a block
+        of each head (rows of every group of ``period``) whose every use splits each head again
+        (AXK2's query split off its gate, then into its rotary and other parts) stays a block
+        of the layer, each of its parts one of rows. A block of whole heads (Falcon's query: no
+        period) split again would need rows of each of its heads, which one range of rows
+        cannot say: a vector, whose split is refused."""
+        if not (isinstance(v, Affine) and v.dh and v.w.rows):
+            return v
+        again = v.w.period is not None and _split_again(node, len(node.meta["val"].shape))
+        return v if again else self.vec(v, node)
 
     def _per_head(self, v: Affine, m: int, name: str, tags) -> Affine:
         """``v`` viewed as heads of m features each: every block of it is a block of each

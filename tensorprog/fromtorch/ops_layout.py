@@ -6,7 +6,9 @@ import dataclasses
 import math
 
 from .clamped import ClampedRows
+from .ops_bias import refuse_key_bias
 from .ops_conv import is_image
+from .ops_spread import spread_of_view
 from .ops_timemajor import time_major
 from .values import (
     Affine,
@@ -48,6 +50,8 @@ class LayoutOps:
         paired = self.pairs_view(node, v)  # a head's pairs, a complex rotary's (ops_complex.py)
         if paired is not None:
             return paired
+        if (spread := spread_of_view(node, v)) is not None:  # b.view(1, 1, H, dh): a bias's
+            return spread  # features per head (ops_spread.py)
         if isinstance(v, PRef):  # a table of positions laid out as a grid (ops_grid.py)
             args, kwargs = self.args(node)
             return self.laid_op(node, op_name(node), [self.laid(node, v), *args[1:]], kwargs)
@@ -197,6 +201,9 @@ class LayoutOps:
     def op_unbind(self, node, v, dim=0):
         if isinstance(v, Parts):  # a fused layer's output viewed as its blocks (_groups)
             return v
+        if isinstance(v, PRef) and len(v.shape) == 1 and dim in (0, -1):
+            # a 1-D param's entries, each one number (HY v4's scale.unbind(0)): p[0], p[1], ...
+            return Parts([self.param_entry(node, v, 0, i) for i in range(v.shape[0])])
         raise refuse(node, "an unbind of anything but a linear layer's output viewed as "
                      "(..., blocks, features)", help="chunk or split the layer's output along "
                      "its features instead")
@@ -272,7 +279,8 @@ class LayoutOps:
             return moved
         self._same_kind_kept(node, v, tags, perm)
         tags[d0], tags[d1] = tags[d1], tags[d0]
-        if isinstance(v, Affine) and v.dh and v.w.rows is None:  # per head, split after
+        if isinstance(v, Affine) and v.dh and (v.w.rows is None or split_along(
+                node, len(tags) - 1)):  # per head, split after (a block of it split again)
             return self._retag(v, tuple(tags))
         if isinstance(v, Affine) and not v.dh and "F" in tags and (split_along(
                 node, tags.index("F")) or read_by_conv1d(node)):
@@ -364,6 +372,12 @@ class LayoutOps:
         parts = self.split_cat(node, v, sizes, dim)  # a concatenation's parts (ops_concat.py)
         if parts is not None:
             return parts
+        if isinstance(v, PRef) and len(v.shape) == 1 and v.rows is None and not v.offset:
+            # a 1-D param's blocks (HY v4's base.split(m): the pre and post weights' biases),
+            # each a vector param of its own, as a fused layer's bias blocks are
+            bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+            return Parts([dataclasses.replace(v, rows=(lo, hi), part=k) for k, (lo, hi) in
+                          enumerate(zip(bounds, bounds[1:], strict=False))])
         if isinstance(v, Affine) and v.dh and v.w.period is None and (
                 self._tags(v, node)[dim % ndim] == "H"):
             # whole heads of a fused layer (ops_heads), its heads axis wherever a transpose put
@@ -375,10 +389,12 @@ class LayoutOps:
                 f"a split of each head's features into parts of {', '.join(map(str, sizes))} "
                 "of a value that is not a linear layer's output: the tracer splits a linear "
                 "layer's output viewed per head into parts, each a per-head vector of its own "
-                "(multi-head latent attention's query and key/value), or slices "
-                "the part of each head a partial rotary turns",
-                help="split the layer's output right after its view into heads (before any "
-                "norm or activation), or slice the part a rotary turns",
+                "(multi-head latent attention's query and key/value), or a map of each of its "
+                "coordinates alone read by nothing else (an activation, a batch norm of its "
+                "channels), or slices the part of each head a partial rotary turns",
+                help="split the layer's output right after its view into heads, with nothing "
+                "between but coordinatewise functions and a batch norm (a layer norm mixes the "
+                "features), or slice the part a rotary turns",
             )
         # (the last axis is the features but where a transpose put the tokens or pixels there:
         # LFM's in_proj(h).transpose(-1, -2), FocalNet's permuted layer, their row blocks)
@@ -398,10 +414,14 @@ class LayoutOps:
                     ", each part with a depthwise nn.Conv1d of its own" if conv else ""),
             )
         items, start = [], 0
+        # a block of each head split again (AXK2's query, split off its gate): its parts named
+        # after it, part i_j, where the parts' own places would repeat the first split's
+        again = v.w.rows is not None and v.w.period is not None and v.w.part is not None
         for s in sizes:
             # named by getitem, and by its place: a block's rows need not say it (GPT-BigCode's
             # key starts at row n, n / dh heads in)
-            items.append(self.row_block(v, start, start + s, v.node, part=len(items)))
+            part = f"{v.w.part}_{len(items)}" if again else len(items)
+            items.append(self.row_block(v, start, start + s, v.node, part=part))
             start += s
         return Parts(items)
 
@@ -486,6 +506,7 @@ class LayoutOps:
         if _per_head_gate(node, dim):  # one number per head over its coordinates (ops_gate.py)
             return self.head_gate(node, v)
         self.refuse_gate_axis(node, dim)  # a gate's axis read otherwise: a hint (ops_gate.py)
+        refuse_key_bias(node, dim)  # a bias per key on the logits (ops_bias.py)
         raise refuse(node, "an added axis on a per-token vector")
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import operator
 
 from .ops_gatedin import GATED, GatedInputOps, grid_experts
+from .ops_routerows import ROWS, RouteRowOps
 from .ops_select import feeds_selection
 from .ops_zeroexperts import ZERO, ZeroExpertOps
 from .routing import (
@@ -59,7 +60,7 @@ _VIEWS = {"view", "reshape", "_unsafe_view", "flatten"}
 _GROUPED = {"grouped_mm_fallback", "_grouped_mm", "grouped_mm"}
 # the values of a mixture of experts' routing, those of a layer that gates its experts' inputs
 # (ops_gatedin.py) among them
-_MOE = ROUTED + GATED + ZERO
+_MOE = ROUTED + GATED + ZERO + ROWS
 # a constant the forward adds to the sum of the k gates before dividing by it, against a
 # division by 0 (DeepSeek's 1e-20): larger, it changes the weights, which route_norm would not say
 _TINY = 1e-6
@@ -129,11 +130,11 @@ def _token_repeat(node, args, kwargs) -> bool:
             and len(node.meta["val"].shape) == 2 and isinstance(args[0], (Vec, Affine, Pointwise)))
 
 
-class MoEOps(GatedInputOps, ZeroExpertOps):
+class MoEOps(GatedInputOps, ZeroExpertOps, RouteRowOps):
     """Mixture-of-experts routing: the router's top-k, the dispatch to the experts, and the
     weighted sum, written as ``route``/``route_norm`` (see the module's docstring); a layer
     whose gates multiply its experts' inputs, as ``route_in`` (GatedInputOps); identity experts
-    (ZeroExpertOps)."""
+    (ZeroExpertOps); experts that norm each route's row (RouteRowOps)."""
 
     def call(self, node):
         if node.target is not operator.getitem:
@@ -173,7 +174,7 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             raise refuse(node, "a dense table of a router's gates, the tokens' copies for its "
                          "experts, or the experts' values, used other than as each expert's "
                          "gated input, its MLP and their sum", help=self.gated_help)
-        if isinstance(v, ROUTED + ZERO):
+        if isinstance(v, ROUTED + ZERO + ROWS):
             if user_span(node) is None and v.node in self.by_name:  # at the model's output
                 node = self.by_name[v.node]
             raise refuse(node, "a mixture-of-experts router's selection (its top-k gates or ids, "
@@ -255,6 +256,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         if any(isinstance(x, Choice) for x in args):
             return self.selection(node, op, args, kwargs)
         found = self.zero_experts(node, op, args, kwargs)
+        if found is None:
+            found = self.route_rows(node, op, args, kwargs)
         if found is not None:
             return found
         method = getattr(self, f"_moe_{op}", None)
@@ -285,7 +288,7 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
         axes = [d % ndim for d in dims]
         if isinstance(v, TopW) and not v.flat and axes == [ndim - 1] and keepdim:
             return TopSum(v)
-        if isinstance(v, Experts) and v.order == "slots" and axes == [1]:
+        if isinstance(v, Experts) and v.order == "slots" and axes == [1] and v.weights is not None:
             return self._route(node, v)
         return None
 
@@ -416,7 +419,8 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             import torch
 
             if torch.equal(values.value, torch.arange(values.value.numel())):
-                return Dispatch("inverse", v.gates, v.k, count=v.count)
+                # the order that undoes perm's sort: perm's router's (the buffer is only room)
+                return Dispatch("inverse", perm.gates, perm.k, count=perm.count)
         return None
 
     _moe_index_put = _moe_index_put_
@@ -445,7 +449,7 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
                 and v.selection == at.gates.name:
             return dataclasses.replace(v, sorted=True)
         if at.what == "inverse" and isinstance(v, Experts) and v.weights is not None \
-                and v.order == "sorted":
+                and v.order == "sorted" and at.gates.name == v.gates.name:
             return dataclasses.replace(v, order="token", node="")
         return None
 
@@ -542,6 +546,13 @@ class MoEOps(GatedInputOps, ZeroExpertOps):
             raise refuse(node, "the k largest of a router's scores divided by their sum, "
                          "scores that are neither a softmax nor a sigmoid (they may cancel)",
                          help=_HELP)
+        if w.norm and w.k == 1:
+            raise refuse(node, "one expert per token whose gate is divided by the sum of the "
+                         "gates taken: that gate is 1 for every token, so the router gets no "
+                         "gradient (it only selects, and under Adam its rounding noise takes "
+                         "full steps), which a route that derives its gates trained cannot say",
+                         help="take two or more experts per token, or keep the one gate as "
+                         "its score (Switch Transformer's top-1 takes its softmax probability)")
         fn = "route_norm" if w.norm else "route"
         # selected by other scores (ops_select.py): the same exponents, said on the line
         why = f"  # selected by {w.gates.name} + a per-expert bias, in its best groups" \

@@ -30,8 +30,8 @@ import operator
 from dataclasses import dataclass
 
 from .ops_select import SELECTION_OPS, feeds_selection
-from .values import Conc, Parts
-from .where import CHECK_OPS, op_name, refuse
+from .values import Conc, Parts, PRef
+from .where import CHECK_OPS, op_name, refuse, strip_prefix
 
 _UNSET = object()
 # the ops of a selection's region walked in place: its scores' views, the per-expert bias
@@ -163,6 +163,7 @@ class NoGradOps:
                 if at is None:
                     return None
                 items.append(self.args(node)[0][2 + at])
+                _refuse_expanded_back(node, [node.args[2 + at]], items[-1:])
             else:
                 items.append(_full_topk(o))
         if not any(isinstance(x, AllIds) for x in items) or any(x is None for x in items):
@@ -273,6 +274,7 @@ class NoGradOps:
                              "rescale_every=0, or more than its number of layers)")
             args, _ = self.args(node)
             items = tuple(args[2 + i] for i in kept)
+            _refuse_expanded_back(node, [node.args[2 + i] for i in kept], items)
             return Unchanged(items) if isinstance(_outputs(sub), (tuple, list)) else items[0]
         _refuse_other_selection(node, sub)
         return None
@@ -301,6 +303,21 @@ _HELP_SELECT = ("route each token by a top-k of its router's gates (Mixtral's ro
                 "R @ h), k, ...), DeepSeek-V3's top-k of the gates plus a per-expert bias; "
                 "docs/torch.md), or write the layer as a Tensor Program with route(g, k, ...) "
                 "(examples/moe.tp)")
+
+
+def _refuse_expanded_back(node, given, items) -> None:
+    """Refuses a region that hands back as itself a param expanded over the tokens (a param
+    read as a tensor of another shape, ``z.expand_as(x)``): the expand_as is kept as the param
+    only where a sum or product reads it (ops_pointwise.py), which the reads after the region
+    escape; a view of it there would be read as the param's n entries."""
+    for outer, item in zip(given, items, strict=True):
+        val = getattr(outer, "meta", {}).get("val")
+        if isinstance(item, PRef) and val is not None and tuple(val.shape) != tuple(item.shape):
+            raise refuse(node, f"a torch.no_grad region that hands back the param "
+                         f"{strip_prefix(item.target)} of shape {list(item.shape)} expanded to "
+                         f"{list(val.shape)}: the trace reads an expanded param only where a "
+                         "sum or product reads it right away", help="expand the param after "
+                         "the region, or add it to the value before it (x + b)")
 
 
 def _outputs(sub):

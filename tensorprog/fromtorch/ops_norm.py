@@ -141,6 +141,27 @@ class NormOps:
         head's): F.normalize's divisor, read only as that."""
         return L2Norm(self.vec(x, node))
 
+    def op_reciprocal(self, node, x):
+        """``1 / |x|`` of F.normalize's divisor (Zaya's ``c / x.norm(...)``, which export
+        writes as a reciprocal times c): the inverse root of x's sum of squares over its d
+        coordinates, what an L2 normalisation multiplies x by (``_l2_mul``)."""
+        if isinstance(x, L2Norm):
+            # back to the norm's node, past what keeps an L2Norm (its guard's clamp_min or eps
+            # added, casts, an expand to x's shape): d is the norm's input's last axis, not
+            # that of a value after it (|x| + eps is [.., 1])
+            norm = node.args[0]
+            while hasattr(norm, "op") and op_name(norm) != "linalg_vector_norm" and norm.args:
+                norm = norm.args[0]
+            if not hasattr(norm, "op") or op_name(norm) != "linalg_vector_norm":
+                raise refuse(node, "a reciprocal of an L2 norm whose torch.linalg.vector_norm "
+                             "the trace cannot find before it", help="divide by the norm, x / "
+                             "x.norm(dim=-1, keepdim=True)")
+            d = int(self._shape(norm.args[0])[-1])  # the coordinates normalised over
+            return MeanSq(x.src, inv=True, k=float(d), over=d)
+        raise refuse(node, "a reciprocal of anything but a vector's L2 norm (1 / |x|, an L2 "
+                     "normalisation's factor)", help="divide by the norm, x / x.norm(dim=-1, "
+                     "keepdim=True), or write the model as a program")
+
     def op_clamp_min(self, node, x, lo):
         """``clamp_min(|x|, eps)``: F.normalize's guard against a division by 0, eps aside; of
         a mean square, a floor (:meth:`norm_floor`)."""
@@ -217,6 +238,10 @@ class NormOps:
         times another's RMS, rescaled to it (ops_rescale.py)."""
         if self._summed_square(node, u):  # x * x, summed over its coordinates
             return Pointwise(self.vec(u, node), lambda t: t * t)
+        for a, b in ((u, v), (v, u)):  # c / |x| = 1 / |x / c|: of the squares of x / c
+            if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 and \
+                    isinstance(b, MeanSq) and b.inv and b.over:
+                return dataclasses.replace(b, k=b.k / a**2)
         l2 = self._l2_mul(node, u, v)  # FLA's l2norm, x * rsqrt(sum(x²) + eps)
         if l2 is not None:
             return l2

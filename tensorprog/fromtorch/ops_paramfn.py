@@ -188,8 +188,13 @@ class ParamFnOps:
             raise refuse(node, f"a function of the param {strip_prefix(ref.target)} of shape "
                          f"{list(g.ref.shape)} multiplying a vector: traced as a gain, one "
                          "entry per feature (a vector param)", help=_HELP)
-        self._param_broadcast(node, i, ref, x, "product")
         vec = self.vec(x, node)
+        if self._gain_per_head(node, i, ref, vec):  # (1, 1, H, 1) over (..., H, dh): each
+            w = self.vector_param(ref, node)  # head's coordinates times its own number
+            f = f"spread({g.form.replace('{}', w)}, {self.dim(vec.dh)})"
+            name = self.emit_vector(node.name, f"({f}) * {vec.name}")
+            return Vec(name, vec.tags, vec.dim, vec.dh)
+        self._param_broadcast(node, i, ref, x, "product")
         if ref.shape[0] not in (1, vec.dim):  # a head dim's: a plain param's form only
             raise refuse(node, f"a function of the param {strip_prefix(ref.target)} of "
                          f"{ref.shape[0]} entries multiplying a vector of {vec.dim} features: "
@@ -202,6 +207,19 @@ class ParamFnOps:
             f = f"spread({f}, {self.dim(vec.dim)})"
         name = self.emit_vector(node.name, f"({f}) * {vec.name}")
         return Vec(name, vec.tags, vec.dim, vec.dh)
+
+    def _gain_per_head(self, node, i: int, ref: PRef, vec: Vec) -> bool:
+        """Whether the function of ``ref`` (H entries) multiplies ``vec`` laid out (..., H,
+        dh) one entry per head, broadcast over the head's dh coordinates: torch's shape (...,
+        H, 1) against the vector's heads (Kimi Linear's and Bailing's decay rate exp(A_log)
+        of the heads times the per-channel gate), the program's ``spread(f(w), dh) * x``."""
+        shape = self._shape(node.args[i])
+        tags = tuple(vec.tags)
+        return len(tags) >= 2 and tags[-2:] == ("H", "dh") and bool(vec.dh) and \
+            len(shape) >= 2 and len(shape) <= len(tags) and shape[-1] == 1 and \
+            math.prod(shape[:-2]) == 1 and shape[-2] == ref.shape[0] > 1 and \
+            shape[-2] * vec.dh == vec.dim and \
+            self._shape(node) == self._shape(node.args[1 - i])
 
 
 #: ops that may only add or drop axes of 1 (a full slice, ``[None, None, :]``'s, among them)

@@ -49,7 +49,8 @@ from .values import (
     Scores,
     Vec,
 )
-from .where import op_name, refuse
+from .walk import IDENTITY_OPS
+from .where import CHECK_OPS, op_name, refuse
 
 #: integer powers of a recognised function tried, in this order, when none matches alone
 POWERS = (2, 3, 4)
@@ -57,7 +58,7 @@ _SPLITS = {"split", "split_with_sizes", "chunk"}
 
 
 @dataclasses.dataclass
-class _PartNode:
+class PartNode:
     """A graph node as seen by block i of its splits (``node#part{i}``, the i-th block of
     rows they make): each block's clamp is a vector of its own, which no tensor of the model
     holds alone."""
@@ -269,7 +270,7 @@ class PointwiseOps:
                 rows = (b.w.rows, b.w.period)
                 if rows not in made:
                     k = len(made)
-                    made[rows] = self.op_clamp(_PartNode(at, k), dataclasses.replace(
+                    made[rows] = self.op_clamp(PartNode(at, k), dataclasses.replace(
                         b, node=f"{b.node}#part{k}"), v.lo, v.hi)
                 items.append(made[rows])
             return Parts(items)
@@ -421,7 +422,15 @@ class PointwiseOps:
         return Conc(torch.zeros(tuple(val.shape), dtype=val.dtype))
 
     def op_ones_like(self, node, v, *rest, **kwargs):
-        return Conc(self.op_zeros_like(node, v).value + 1)
+        import torch
+
+        val = node.meta["val"]  # (zeros + 1 of a bool dtype is an integer 1, whose ~ is -2)
+        return Conc(torch.ones(tuple(val.shape), dtype=val.dtype))
+
+    def op_new_ones(self, node, v, *rest, **kwargs):
+        """``x.new_ones(size)`` (Funnel's mask of the tokens but its class token, padded): a
+        constant of the size and dtype given, which reads x's dtype alone."""
+        return self.op_ones_like(node, v)
 
     def op_expand_as(self, node, v, other):
         """A vector the same for every sequence (a positions embedding, [1, T, n]) broadcast
@@ -439,7 +448,11 @@ class PointwiseOps:
             # param in the sum (product) it joins, a bias, whose broadcast that op checks on the
             # param's own shape (ops_arith); read otherwise (viewed, sliced), the expanded
             # tensor would be read as the param's n entries
-            if node.users and all(op_name(u) in _PARAM_SUMS for u in node.users):
+            # (read through its copies: HRM's initial state, z.expand_as(x).contiguous(),
+            # then added to x; or handed to a torch.no_grad region, whose rules take it or
+            # refuse the region, ops_nograd.py)
+            if node.users and all(op_name(u) in _PARAM_SUMS | {"wrap_with_set_grad_enabled"}
+                                  for u in _through_copies(node)):
                 return v
             raise refuse(node, f"an expand_as from {list(old)} to {list(new)} of a param read "
                          "by anything but a sum or product with a value (torch's own "
@@ -458,3 +471,16 @@ class PointwiseOps:
 # the ops that read a param expand_as'd into a value's shape as the param (ops_arith's
 # _param_broadcast checks its own shape against the other operand's axes)
 _PARAM_SUMS = {"add", "sub", "rsub", "mul", "add_", "sub_", "mul_"}
+
+
+def _through_copies(node) -> list:
+    """The ops that read ``node``'s value, through the ops that copy it unchanged, export's
+    checks left out."""
+    out, todo = [], list(node.users)
+    while todo:
+        u = todo.pop()
+        if op_name(u) in IDENTITY_OPS and u.users:
+            todo.extend(u.users)
+        elif op_name(u) not in CHECK_OPS:  # export's checks of dtypes and shapes read nothing
+            out.append(u)
+    return out

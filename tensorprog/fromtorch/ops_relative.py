@@ -95,6 +95,9 @@ class RelativeOps:
                 return self._relative(node, bias, args, kwargs)
         return super().call(node)
 
+    def op_gather(self, node, v, dim, index, *rest, **kwargs):
+        refuse_gathered_bias(node, v, dim, index)
+
     def _relative(self, node, b: RelBias, args, kwargs):
         op = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
         shape = tuple(node.meta["val"].shape) if hasattr(node.meta.get("val"), "shape") else ()
@@ -179,3 +182,35 @@ class RelativeOps:
             self.out.producers[name] = (table, None)
             made[b.node] = name
         return dataclasses.replace(s, bias=made[b.node], causal=s.causal or b.causal)
+
+
+def refuse_gathered_bias(node, v, dim, index):
+    """``rel_logits.gather(-1, distance)`` (Inkling's relative logits): each query token's own
+    numbers per distance, ``r_proj(h_i) @ P`` (a finite vector per token and head), read at
+    each key's distance i - j. The language's relative bias is ``R @ rel``, a learnt number per
+    head and distance bucket, the same for every token; a bias that the query's hidden state
+    sets has no form in it (it would be a dot of a per-token vector with the pair's one-hot
+    distance). Any other gather of a traced value by an index is refused as the op it is."""
+    import torch
+
+    ids = getattr(index, "value", None)
+    if not isinstance(index, Conc) or ids is None or ids.dim() < 2 or isinstance(v, Conc):
+        raise refuse(node, "the op gather")
+    grid = ids.reshape(-1, *ids.shape[-2:])[0]
+    q, k = grid.shape
+    top = int(grid.max())
+    distance = (torch.arange(q)[:, None] - torch.arange(k)[None, :]).clamp(0, top)
+    if dim % ids.dim() != ids.dim() - 1 or not torch.equal(grid.cpu(), distance):
+        raise refuse(node, "the op gather")
+    extent = tuple(node.args[0].meta["val"].shape)[-1]  # the numbers per distance
+    raise refuse(
+        node,
+        "a relative position bias gathered at each (query, key) pair's distance from numbers "
+        f"per distance that a traced value gives each query token ({extent} distances; "
+        "Inkling's rel_logits = r_proj(h) @ proj): the language's relative bias, R @ rel, is "
+        "a learnt number per head and distance, the same for every token, and has no form for "
+        "one the query's hidden state sets",
+        help="use a learnt bias per head and distance (T5's relative_attention_bias, traced as "
+        "R @ rel), or drop the relative logits (a rotary embedding), or write the model as a "
+        "program",
+    )

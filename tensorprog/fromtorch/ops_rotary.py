@@ -263,11 +263,10 @@ class RotaryOps:
                 return PairStack(src)
         if tensors and all(isinstance(t, (Vec, Affine, Pointwise, Rescaled)) for t in tensors):
             raise refuse(node, f"a stack of {len(tensors)} per-token vectors on an axis of their "
-                         "own (Gemma 3n's AltUp streams, torch.stack([h0, h1, ...])): the "
-                         "language holds each vector apart, with no axis of vectors to index, "
-                         "permute or multiply along",
-                         help="keep the vectors in a list and combine them with sums and "
-                         "products, or write the model as a program")
+                         "own other than first or before the features (Gemma 3n's AltUp "
+                         "streams, torch.stack([h0, h1, ...]), are traced there: ops_streams.py)",
+                         help="stack them first (dim=0) or before the features (dim=2), keep "
+                         "them in a list, or write the model as a program")
         raise refuse(node, "a stack of vectors (other than an interleaved rotary's "
                      "rotate_every_two, stack((-x[..., 1::2], x[..., ::2]), -1))")
 

@@ -28,6 +28,8 @@ class ShiftOps:
 
     def op_pad(self, node, x, pad, mode="constant", value=None):
         shifted = self.token_shift(node, x, pad, mode, value)
+        if shifted is None:
+            refuse_longer_sequence(node, x, pad)
         return shifted if shifted is not None else super().op_pad(node, x, pad, mode, value)
 
     def token_shift(self, node, x, pad, mode, value) -> Vec | None:
@@ -58,6 +60,33 @@ class ShiftOps:
                          "comes (the language's shift(h, k); the sequence keeps its length)",
                          help=_HELP)
         return Vec(self.emit_vector(node.name, f"shift({h.name}, {k})"), h.tags, h.dim)
+
+
+def refuse_longer_sequence(node, x, pad) -> None:
+    """A pad that adds tokens to a (batch, tokens, ...) vector's sequence, nothing else (LongT5's
+    and PEGASUS-X's pad to a whole number of blocks before block-local attention): refused as
+    what it is. Attention within blocks of b tokens (and LongT5's the neighbouring blocks, to
+    distances under b) is attention over the sequence under a fixed mask of the token pairs,
+    the padding keys masked out; but the trace reads the blocked tensors op by op, and the
+    language's sequences keep their length, so the pad has no value in the program."""
+    tags = _tags(x)
+    pads = [int(p) for p in pad]
+    k = len(tags) - 2  # the pair of the pad that reaches the tokens (axis 1), from the last
+    pair = pads[2 * k:2 * k + 2] if len(pads) >= 2 * k + 2 else []
+    rest = pads[:2 * k] + pads[2 * k + 2:]
+    if len(tags) < 3 or tags[:2] != ("tok", "tok") or "px" in tags or len(pair) != 2 \
+            or pair == [0, 0] or min(pair) < 0 or any(rest):
+        return
+    before, after = pair
+    t = int(node.args[0].meta["val"].shape[1])
+    raise refuse(node, f"a pad of a sequence's {t} tokens by {before} before and {after} after "
+                 f"(to {t + before + after}): the language's sequences keep their length. "
+                 "(LongT5 and PEGASUS-X pad to whole blocks for block-local attention: that is "
+                 "attention over the sequence under a fixed mask of its token pairs, but the "
+                 "trace follows the blocked tensors op by op and has no form for a sequence "
+                 "cut into blocks)",
+                 help="write the attention over the whole sequence with the blocks' mask "
+                 "(attn_mask), or trace a model whose attention is over the whole sequence")
 
 
 def _tags(x) -> tuple:

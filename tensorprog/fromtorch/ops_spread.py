@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from .values import Affine, Pointwise, PRef, Spread, Vec
-from .where import refuse
+from .where import op_name, refuse
 
 _HELP = ("use a vector param of the features it is added to or multiplies, as it is "
          "(b : [n], x + b)")
@@ -27,6 +27,28 @@ def _refuse_axis(node):
                   "head over its head's coordinates (b[None, None, :, None] against a vector "
                   "viewed as (..., H, dh)), so a param broadcast otherwise has no form",
                   help=_HELP)
+
+
+def spread_of_view(node, v) -> Spread | None:
+    """``b.view(1, 1, n)`` or ``b.view(1, 1, H, dh)`` of a plain 1-D param b (Kimi Linear's and
+    Bailing's dt_bias, a bias of each head's channels): a Spread, as ``b[None, None, :]`` and
+    its view per head are, since a view keeps the entries in their order; None for any other
+    value or view (a table laid out as a grid: ops_grid.py), and where anything but a sum or a
+    difference reads it (a view moved on, or settling back to the param: ops_grid.py's)."""
+    if any(op_name(u) not in ("add", "sub") for u in node.users):
+        return None
+    if not (isinstance(v, PRef) and len(v.shape) == 1 and v.rows is None and not v.t and
+            v.offset == 0 and v.period is None and v.part is None and v.expert is None and
+            v.cols is None):
+        return None
+    shape, n = tuple(node.meta["val"].shape), v.shape[0]
+    if len(shape) < 2 or math.prod(shape) != n:
+        return None
+    if shape[-1] == n:  # axes of 1, then the features
+        return Spread(v, shape)
+    if math.prod(shape[:-2]) == 1 and shape[-2] > 1 and shape[-1] > 1:  # then (H, dh)
+        return Spread(v, shape, len(shape) - 2)
+    return None
 
 
 class SpreadParamOps:

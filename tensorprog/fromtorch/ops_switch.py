@@ -67,6 +67,15 @@ _PIECE_OPS = frozenset({
     "relu", "gelu", "silu", "sigmoid", "tanh", "softplus", "elu", "hardswish", "hardsigmoid",
     "hardtanh", "relu6", "min", "minimum", "max", "maximum", "clamp", "clamp_min",
     "clamp_max", "to", "_to_copy", "type_as", "clone", "alias", "zeros_like", "ones_like"})
+#: the least threshold of a softplus written out with a where (SoftSwitch)
+_SOFT_FROM = 12.0
+#: the ops of a softplus written out (log(1 + exp(x)), log1p(exp(x)), softplus(x)) and casts:
+#: smooth and increasing, so a piece of them that is softplus on SoftSwitch's grid is it
+#: between the points and below them too (no relu, min or clamp to make a kink the grid misses)
+_SOFT_OPS = frozenset({"exp", "log", "log1p", "add", "softplus", "to", "_to_copy", "type_as",
+                       "clone", "alias"})
+#: the grid SoftSwitch checks its piece on: from _SOFT_LOW to the threshold
+_SOFT_LOW = -60.0
 #: what a piece may read besides the compared value and the piece's own ops: params, functions
 #: of them, numbers and constants
 _FIXED = (PRef, ParamFn, PEntry, Conc, int, float)
@@ -87,6 +96,17 @@ class Switch:
     cones: tuple
 
 
+@dataclass
+class SoftSwitch:
+    """``x > c`` (c >= ``_SOFT_FROM``) read by one ``where(x > c, x, softplus(x))``, softplus
+    written out (``log(1 + exp(x))``): torch's own softplus, whose threshold is 20. Where c is
+    not 20 the two differ between c and 20 by log(1 + exp(-x)) <= log(1 + exp(-c)) < 1e-5, a
+    rounding at the widths' Θ(1) values, never a jump: at c both give x within that."""
+
+    src: str
+    cone: tuple  # the written-out softplus's nodes, walked no more
+
+
 class SwitchOps:
     """x > 0, x >= 0, x < 0, x <= 0 of a traced value read by a where's condition: the where
     traced as its pieces at relu(x) and min(x, 0); any other comparison refused."""
@@ -98,6 +118,12 @@ class SwitchOps:
         if node.name in self.deferred:
             return Aux()
         cond = self.env.get(getattr(node.args[0], "name", None)) if node.args else None
+        if op_name(node) == "where" and isinstance(cond, SoftSwitch):
+            import torch
+
+            # torch's softplus, whose own threshold (20) is the language's (see SoftSwitch)
+            self.deferred = self.deferred - {n.name for n in cond.cone}
+            return self._apply(node, self.env[cond.src], torch.nn.functional.softplus)
         if op_name(node) == "where" and isinstance(cond, Switch):
             a, b = (self.env[x.name] if hasattr(x, "op") else x for x in node.args[1:3])
             return self.switch_where(node, cond, a, b)
@@ -119,6 +145,9 @@ class SwitchOps:
         """The comparison as a switch, its where's pieces deferred to the where: only ``x ⋚
         0`` of a per-token vector read by one where's condition alone."""
         wheres = list(node.users)
+        soft = self.soft_switch(node, x, other, wheres)
+        if soft is not None:
+            return soft
         if _number(other) != 0.0 or not isinstance(x, (Vec, Affine, Pointwise, Gained)) or \
                 len(wheres) != 1 or op_name(wheres[0]) != "where" or \
                 wheres[0].args[0] is not node:
@@ -138,6 +167,46 @@ class SwitchOps:
                              "outside the where's pieces")
         self.deferred = self.deferred | {n.name for n in inside}
         return Switch(src.name, op_name(node) in ("gt", "ge"), cones)
+
+    def soft_switch(self, node, x, other, wheres) -> SoftSwitch | None:
+        """``x > c`` read by one ``where(x > c, x, p(x))`` whose p is softplus, written out
+        (Kimi Linear's ``torch.where(g > 20.0, g, torch.log(1.0 + torch.exp(g)))``): a
+        :class:`SoftSwitch`, its piece deferred; None for any other comparison. p must be
+        coordinatewise in x alone, of ``_SOFT_OPS`` (smooth, increasing), and softplus within
+        ``TOLERANCE`` (relative above 1) on [``_SOFT_LOW``, c] in float64 and in float32, and c
+        at least ``_SOFT_FROM``: the language's softplus switches to x at 20, and between c and
+        20 the two differ by log(1 + exp(-x)) < 1e-5."""
+        import torch
+
+        c = _number(other)
+        if c is None or c < _SOFT_FROM or op_name(node) not in ("gt", "ge", "lt", "le") or \
+                len(wheres) != 1 or op_name(wheres[0]) != "where" or \
+                wheres[0].args[0] is not node or \
+                not isinstance(x, (Vec, Affine, Pointwise, Gained)):
+            return None
+        src, (a, b) = node.args[0], wheres[0].args[1:3]
+        ident, piece = (a, b) if op_name(node) in ("gt", "ge") else (b, a)
+        cone = _cone(src, piece)
+        if ident is not src or not cone or any(
+                op_name(n) not in _SOFT_OPS or n.kwargs.get("alpha", 1) != 1 or any(
+                    hasattr(r, "op") and r is not src and r not in cone
+                    for r in _flat(n.args) + _flat(list(n.kwargs.values())))
+                or any(u not in cone and u is not wheres[0] for u in n.users) for n in cone):
+            return None
+        # in float32 too: a model that runs the piece there (Kimi's g.float()) overflows
+        # exp(x) from 88.7 on, to inf where softplus is x
+        for dtype in (torch.float64, torch.float32):
+            grid = torch.linspace(_SOFT_LOW, c, 1201, dtype=dtype)[:, None]
+            try:
+                p = torch.as_tensor(self._value(piece, src, grid, {}), dtype=torch.float64)
+            except (_Unknown, RuntimeError, TypeError, ValueError, IndexError):
+                return None
+            want = torch.nn.functional.softplus(grid.double())
+            if p.shape != want.shape or not bool(
+                    ((p - want).abs() <= TOLERANCE * want.clamp(min=1.0)).all()):
+                return None
+        self.deferred = self.deferred | {n.name for n in cone}
+        return SoftSwitch(src.name, tuple(cone))
 
     def switch_where(self, node, cond: Switch, a, b):
         """``where(x > 0, a, b)``: ``a(relu(x)) + b(min(x, 0))``, where the pieces meet at 0."""
@@ -283,6 +352,10 @@ class SwitchOps:
         if rhs != 0.0:
             told = ("; it is traced against 0 alone (x - c > 0 would need a number added to "
                     "a per-token vector, which the language has not)")
+            if rhs is not None and rhs >= _SOFT_FROM:
+                told += (", or as softplus where it reads where(x > c, x, log(1 + exp(x))) "
+                         "that is softplus in float64 and float32 from -60 to c, of exp, log, "
+                         "log1p, softplus, sums and casts alone")
         elif len(wheres) != 1 or len(node.users) != 1:
             told = "; it is traced as the condition of one where alone"
         elif gap is not None and gap > 0:

@@ -32,7 +32,7 @@ def shared_query_layers(mup) -> dict[str, str]:
         made = mup.traced.producers.get(info["q"])
         fixed = bool(info.get("fixed"))
         if fixed and (made is None or mup.traced.params[made[0]].rows is None
-                      and made[0] not in stack):
+                      and made[0] not in stack) and not (made and every_use_scaled(mup, made[0])):
             continue  # folded into its layer's init, or its own module's patch (sole_module)
         # the layer that makes the query; a query no layer makes (normalised without a
         # gain) is its own key: its norm's patch scales it, once for every logit reading it
@@ -232,13 +232,25 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
             )
 
 
+def every_use_scaled(mup, w: str) -> bool:
+    """Whether a param read more than once (attention over depth's query, one layer of each
+    of the stack's vectors) makes only vectors that width constants multiply, each alone: a
+    factor folded into its init and LR once then carries every one of them, as the abc-symmetry
+    has it, where they need the same (shared_query_layers makes sure)."""
+    uses = mup.program.uses(w)
+    scaled = {info["q"] for info in mup.traced.scales.values()
+              if info.get("fixed") and mup.traced.producers.get(info.get("q"), (None,))[0] == w}
+    return len(uses) > 1 and {ins.out for ins in uses} <= scaled
+
+
 def query_layer(mup, scale: str, info: dict, need: str) -> tuple:
     """(w, b, use, alone) of the layer (or gain) that makes the query of ``scale``'s logits,
     where a multiplier on the logits can go (``need`` says which), or a UsageError."""
     w, b = mup.traced.producers[info["q"]]
     use = mup.traced.params[w]
     # a matrix read twice (a tied embedding) would carry the factor into its other use too
-    alone = all(len(mup.program.uses(p)) == 1 for p in (w, b) if p)
+    alone = all(len(mup.program.uses(p)) == 1 for p in (w, b) if p) or (
+        not b and every_use_scaled(mup, w))
     gain = len(mup.program.param_table[w].shape) == 1  # g * norm(x) (+ b): QK-norm's
     if gain and not alone:
         # the module that applies a gain need not output the query alone (a gain written

@@ -66,6 +66,10 @@ class TopIdx:
     # the ids of the identity experts (those from ``count`` on) replaced by ids below it, to
     # dispatch to the ``count`` experts with matrices only (ops_zeroexperts.py)
     count: int = 0
+    # one id per route row, of the tokens repeated k times (Ergo's experts, ops_routerows.py):
+    # the experts' dispatch then reads each row as a top-1 selection; ``column``: as [S, 1]
+    rows: bool = False
+    column: bool = False
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Dispatch:
     k: int
     node: str = ""
     count: int = 0  # the experts dispatched to, where fewer than the gates' (TopIdx.count)
+    rows: bool = False  # of route rows (TopIdx.rows): the dispatch's k is 1
 
 
 def experts_of(v) -> int:
@@ -140,6 +145,8 @@ class Experts:
     order: str = "sorted"
     column: int = 0  # an axis added (-1, 1) or left by a batched matmul
     node: str = ""
+    # times the unit weights of route rows (RouteOnes): the gates are still to come
+    unit: bool = False
 
     def __post_init__(self):
         # each expert's value is named after the graph node and its expert (node#e3): the walk

@@ -22,7 +22,12 @@ from .columns import merge_columns
 from .convert import agreed_forms, convert
 from .delta_kernel import delta_kernels
 from .experts_loop import expert_loops
-from .growing import refuse_growing_cats, refuse_growing_groups
+from .growing import (
+    refuse_growing_cats,
+    refuse_growing_groups,
+    refuse_growing_part_counts,
+    refuse_growing_part_sums,
+)
 from .init_stats import base_stats, block_stats, built
 from .inputs import cpu_ids, forward_inputs, given_inputs, kind_of, token_index
 from .normed import l2_constant, l2_into_scales, l2_note
@@ -507,6 +512,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
                      if strip_prefix(u.target) != strip_prefix(t2.params[k].target)), None)
     if diff is not None:
         refuse_growing_groups(t1, t2, widths, nodes)
+        refuse_growing_part_sums(t1, t2, widths, nodes)
+        refuse_growing_part_counts(t1, t2, widths, nodes)
         raise TraceError(
             f"the model's graph differs between widths {w1} and {w2}",
             help=f"build(width) must build the same layers at every width; first "

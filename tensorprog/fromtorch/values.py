@@ -36,7 +36,9 @@ class PRef:
     # rows: a slice of every group of ``period`` rows (a fused qkv laid out per head: GPT-NeoX's
     # [q_h, k_h, v_h] for each head h), not of the whole axis
     period: int | None = None
-    part: int | None = None  # the block's place, where its rows do not say it (unequal blocks)
+    # the block's place, where its rows do not say it (unequal blocks); "i_j" for part j of
+    # block i split again
+    part: int | str | None = None
     # one expert's matrix, the slice [expert] of a 3-D param (a mixture of experts' stacked
     # weights, ops_moe.py); ``shape`` is then the slice's
     expert: int | None = None
@@ -616,6 +618,9 @@ class Trace:
     # the node, its readers, whether its parts are one per sequence); one whose D grows with the
     # width is refused once both are traced
     cats: dict[str, tuple[int, str, str, bool, tuple]] = field(default_factory=dict)
+    # sums of a vector's k parts (a mean over streams: ops_flatstreams.py): name -> (node, k); a k
+    # that differs between the widths is refused once both are traced (growing.py)
+    part_sums: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def ids_kept(node, op: str, args: list) -> int | None:

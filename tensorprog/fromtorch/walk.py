@@ -17,6 +17,7 @@ from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
+from .ops_flatstreams import FLAT_STREAM_VALUES
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
@@ -73,6 +74,7 @@ from .where import (
     op_name,
     reaching_the_output,
     refuse,
+    refuse_empty_part,
     refuse_keywords,
     strip_prefix,
     user_span,
@@ -99,11 +101,9 @@ IDENTITY_OPS = {
 # before them, which never get a gradient
 _GRAD_STOPS = {"detach", "detach_", "wrap_with_set_grad_enabled"}  # the last: torch.no_grad
 SYMBOLIC = (
-    Vec,
-    PRef,
+    Vec, PRef,
     PEntry,  # one entry of a 1-D param, read as a number (ops_entries.py)
-    Tok,
-    Pointwise,
+    Tok, Pointwise,
     Affine, Gained,  # Gained: a layer's output times a fixed gain (ops_fixedgain.py)
     Scores,
     Probs,
@@ -141,6 +141,7 @@ SYMBOLIC = (
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
     Taps, SplitConv, ClampedRows,  # ops_tconv.py's conv1d parts; a clamp, split (ops_pointwise)
+    *FLAT_STREAM_VALUES,  # a vector given a stream axis, weighted per stream (ops_flatstreams)
 )
 
 VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
@@ -195,22 +196,22 @@ class Walker:
         """The program param for a torch matrix applied as W @ x (program layout [out, in]);
         returns (name, transposed use). ``fan_in`` names the dim it is applied over when that is
         not its own size (a position table read at positions 0..T-1 only)."""
-        shape = ref.shape if not ref.t else ref.shape[::-1]  # the matrix as applied: [in, out]?
         # torch linear applies W: [out, in]; an embedding table [V, n] is applied as [n, V]
         as_applied_t = ref.t ^ lookup  # True: program [out, in] is the torch tensor transposed
         if any(use.target == ref.target and self._std.get(name) != ref.std
                for name, use in self.out.params.items()):
             raise refuse_mixed_standardised(node, ref)
         for name, use in self.out.params.items():
-            if (use.target == ref.target
-                    and self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols)
-                    and use.expert == ref.expert):
+            if use.target == ref.target and use.expert == ref.expert and \
+                    self._rows.get(name) == (ref.rows, ref.offset, ref.period, ref.cols):
                 seen = (module_of(node), node.name)
                 if node.name != use.node and seen not in use.also:
                     # another application of it: a layer tied to it (columns.py hooks each), or
                     # its own module called again (a query patch scales every call: apply.py)
                     use.also += (seen,)
                 return name, use.transposed != as_applied_t
+        if ref.rows and ref.rows[0] == ref.rows[1]:  # a split's empty part, read: nothing to name
+            raise refuse_empty_part(node, ref.target)
         part = round(ref.rows[0] / (ref.rows[1] - ref.rows[0])) if ref.rows else 0
         part = ref.part if ref.part is not None else part
         name = self.fresh(
@@ -226,7 +227,6 @@ class Walker:
             prog[0] = (ref.rows[1] - ref.rows[0]) * groups
         if ref.cols:  # the columns that multiply one part of a concatenation (ops_concat.py)
             prog[1 if len(prog) == 4 else -1] = ref.cols.hi - ref.cols.lo  # a kernel's: in
-        del shape
         rows = None
         if ref.rows:  # as fractions of the rows (of each group's), which scale with the width
             period = ref.period or total
@@ -543,7 +543,7 @@ class Walker:
                 item = args[0].items[args[1]]
                 # a head's half (ops_layout._rotary_halves); a sequence's first token and the
                 # tokens after it (ops_classtoken.py)
-                if isinstance(item, (Sub, OneToken, Vec)):
+                if isinstance(item, (Sub, OneToken, Vec, PRef, PEntry)):
                     return item
                 return self.head_part(dataclasses.replace(item, node=node.name), node)
             if isinstance(args[0], (Conc, Aux)):

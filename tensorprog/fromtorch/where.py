@@ -108,6 +108,15 @@ def refuse(node, what: str, help: str | None = None, span: Span | None = None) -
 CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
 
 
+def refuse_empty_part(node, target: str) -> TraceError:
+    """A part of size 0 of a layer's output (a split whose config gives a part no features), read
+    by the model: the program has no vector of no coordinates to give it."""
+    return refuse(node, f"a part of size 0 of the rows of {strip_prefix(target)} (a split's "
+                  "empty part), read by the model",
+                  help="give every part of the split a size in the config, or leave the empty "
+                  "part unread")
+
+
 def refuse_keywords(node, op: str, method, kwargs: dict) -> None:
     """A positioned refusal where the op is called with a keyword its rule does not take
     (torch's ``repeat_interleave(..., output_size=k)`` before the rule read it): the rule

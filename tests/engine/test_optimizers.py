@@ -277,6 +277,7 @@ def test_cli_muon_io_needs_muon(capsys):
     assert code != 0 and "--muon-io chooses Muon's matrices, but the optimizer is adam" in err
 
 
+@pytest.mark.slow  # ~2 s; every example's Muon exponents are also checked in the golden files
 def test_cli_classify_muon_for_every_example(capsys):
     """derive --optimizer muon is pinned for every example by the golden tables."""
     for path in EXAMPLES:

@@ -9,7 +9,7 @@ and compute the model (the shared oracle)."""
 import math
 
 import pytest
-from conftest import traced_computes_the_model
+from conftest import abc_by_target, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -85,6 +85,9 @@ class Tokens(nn.Module):
             y = (o.transpose(1, 2) * self.p).transpose(1, 2)
         elif f == "expanded_over_tokens":  # expand_as broadcasts as the sum would
             y = (o.transpose(1, 2) + self.p.expand_as(o.transpose(1, 2))).transpose(1, 2)
+        elif f == "expanded_copied":  # and copied first (HRM's .contiguous()): the same
+            y = (o.transpose(1, 2) + self.p.expand_as(o.transpose(1, 2)).contiguous()
+                 ).transpose(1, 2)
         elif f == "expanded_viewed":  # the expanded param read as a tensor of its shape
             y = o + self.p.expand_as(o.transpose(1, 2)).reshape(b, c, t).transpose(1, 2)
         elif f == "one":
@@ -103,6 +106,8 @@ class Tokens(nn.Module):
                     r"\[2, 16, 8\] whose features are not"),
     ("expanded_over_tokens", r"a sum of the param p of shape \[8\] with a value of shape "
                              r"\[2, 16, 8\] whose features are not"),
+    ("expanded_copied", r"a sum of the param p of shape \[8\] with a value of shape "
+                        r"\[2, 16, 8\] whose features are not"),
     ("expanded_viewed", r"an expand_as from \[8\] to \[2, 16, 8\] of a param read by "
                         "anything but a sum or product"),
     ("one", "a sum of a vector of 16 features and one of 1"),
@@ -150,6 +155,100 @@ def test_a_one_entry_param_of_a_negative_init_traces_and_computes_the_model():
     tr = from_torch(lambda n: Tokens(n, "negative"), WIDTHS, _tokens)
     assert "= -0.5" in tr.source
     traced_computes_the_model(tr, lambda n: Tokens(n, "negative"), _tokens)
+
+
+class InitialState(nn.Module):
+    """HRM's low-level state: a param of n entries (``frozen``: requires_grad=False, as HRM's
+    own) expanded over the tokens and copied (``z.expand_as(x).contiguous()``), then added to
+    the tokens' vectors."""
+
+    def __init__(self, n, frozen=False):
+        super().__init__()
+        self.e, self.l, self.out = nn.Embedding(13, n), nn.Linear(n, n), nn.Linear(n, 13)
+        self.z = nn.Parameter(torch.linspace(-1, 1, n), requires_grad=not frozen)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        s = self.z.expand_as(x).contiguous()
+        return self.out(x + torch.tanh(self.l(s + x)))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_param_expanded_over_the_tokens_and_copied_is_a_vector_param(frozen):
+    build = lambda n: InitialState(n, frozen)  # noqa: E731
+    tr = from_torch(build, WIDTHS, _tokens)
+    traced_computes_the_model(tr, build, _tokens)
+    abc = abc_by_target(tr)
+    # a vector added to the tokens' is a bias: an input weight of fan-in 1 (TP5 Table 3)
+    assert abc["z"] == abc["l.bias"] == abc["e.weight"], abc
+
+
+class TruncatedState(InitialState):
+    """HRM's cycles as the model trains them: the first step under torch.no_grad (its
+    truncated backprop), which hands no gradient to the layer's params through that step."""
+
+    def forward(self, idx):
+        x = self.e(idx)
+        s = self.z.expand_as(x).contiguous()
+        with torch.no_grad():
+            s = torch.tanh(self.l(s + x))
+        return self.out(x + torch.tanh(self.l(s + x)))
+
+
+def test_a_param_expanded_into_a_no_grad_step_is_refused_as_the_step():
+    with pytest.raises(TraceError, match="torch.no_grad: no gradient flows through it") as err:
+        from_torch(TruncatedState, WIDTHS, _tokens)
+    assert "s = torch.tanh(self.l(s + x))" in err.value.diagnostics[0].span.source_line()
+
+
+class HandedBack(InitialState):
+    """The expanded param handed to a torch.no_grad region that scales it in place by 1 (RWKV's
+    rescaling, kept as a no-op) and so returns it as it was; read after it by a view, it would
+    be read as the param's n entries (it crashed), or by a sum, as a param of the expanded
+    shape."""
+
+    def __init__(self, n, read):
+        super().__init__(n)
+        self.read = read
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        s = self.z.expand_as(x).clone()
+        with torch.no_grad():
+            s.mul_(1)
+        s = s.reshape(b, n, t).transpose(1, 2) if self.read == "view" else s
+        return self.out(x + torch.tanh(self.l(s + x)))
+
+
+@pytest.mark.parametrize("read", ["view", pytest.param("sum", marks=pytest.mark.slow)])
+def test_an_expanded_param_handed_back_by_a_no_grad_region_is_refused(read):
+    with pytest.raises(TraceError, match="a torch.no_grad region that hands back the param z "
+                       r"of shape \[16\] expanded to \[2, 8, 16\]") as err:
+        from_torch(lambda n: HandedBack(n, read), WIDTHS, _tokens)
+    assert "s.mul_(1)" in err.value.diagnostics[0].span.source_line()
+
+
+class ParamSum(InitialState):
+    """A param added to itself (through its expanded copies, or as it is) before the sum with
+    a value: no vector of the program to add it to (it crashed)."""
+
+    def __init__(self, n, copied):
+        super().__init__(n)
+        self.copied = copied
+
+    def forward(self, idx):
+        x = self.e(idx)
+        s = self.z.expand_as(x).contiguous() if self.copied else self.z
+        return self.out(x + torch.tanh(self.l(x + (s + s))))
+
+
+@pytest.mark.parametrize("copied", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_a_param_added_to_itself_is_refused(copied):
+    with pytest.raises(TraceError, match=r"a sum of two params \(or of a param with itself\)"
+                       ) as err:
+        from_torch(lambda n: ParamSum(n, copied), WIDTHS, _tokens)
+    assert "x + (s + s)" in err.value.diagnostics[0].span.source_line()
 
 
 @pytest.mark.parametrize(("f", "found"), [

@@ -260,3 +260,29 @@ def test_every_other_row_traces_as_a_layer_of_its_own():
     assert got[("fc.weight", (0, Fraction(1, 2)))] == want["g.weight"]
     assert got[("fc.bias", (Fraction(1, 2), 1))] == want["u.bias"]
     apply_is_bit_identical_at_base(traced, Interleaved, _tokens)
+
+
+class EmptyPart(torch.nn.Module):
+    """A fused layer split into [n, 0, n] (a config that gives one part no features)."""
+
+    def __init__(self, n, read_empty=True):
+        super().__init__()
+        self.n, self.read_empty = n, read_empty
+        self.emb, self.fc = torch.nn.Embedding(13, n), torch.nn.Linear(n, 2 * n)
+        self.out = torch.nn.Linear(n, 13)
+
+    def forward(self, ids):
+        a, empty, c = torch.split(self.fc(self.emb(ids)), [self.n, 0, self.n], dim=-1)
+        a = torch.cat([torch.relu(a), empty], -1) if self.read_empty else torch.relu(a)
+        return self.out(a * c)
+
+
+def test_an_empty_part_of_a_split_is_refused_where_read_and_ignored_where_not():
+    from tensorprog.errors import TraceError
+
+    with pytest.raises(TraceError, match="a part of size 0 of the rows of fc.weight") as err:
+        from_torch(EmptyPart, WIDTHS, _tokens)
+    assert err.value.span is not None and "torch.split" in str(err.value)
+    traced = from_torch(lambda n: EmptyPart(n, read_empty=False), WIDTHS, _tokens)
+    assert sorted(p for p in traced.params if p.startswith("fc_weight")) == [
+        "fc_weight_part0", "fc_weight_part2"]

@@ -483,3 +483,21 @@ def test_gates_divided_by_their_l1_norm_are_route_norm_other_norms_refused(p, si
     assert "route_norm(v_softmax, 2, " in traced.source
     ids = torch.randint(VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
     traced_computes_the_model(traced, build, lambda model: (ids,))  # tokens routed apart
+
+
+class TopOneLM(MoELM):
+    """MoELM whose MoE takes one expert per token, its gate divided by the gates' sum (DBRX's and
+    HunYuan-MoE's default configs), or kept as its softmax probability (Switch Transformer's)."""
+
+    def __init__(self, n, form="batched"):
+        super().__init__(n, form="batched")
+        self.moe = MoE(n, k=1, form=form)
+
+
+def test_one_expert_per_token_with_its_gate_normalised_to_1_is_refused():
+    # that gate is 1 for every token: the router gets no gradient but rounding noise (DBRX's
+    # zoo row passed or failed by the rounding), where a route derives its gates trained
+    with pytest.raises(TraceError, match=r"one expert per token whose gate is divided by the sum "
+                       r"of the gates taken: that gate is 1 for every token") as err:
+        from_torch(TopOneLM, (32, 64), _tokens)
+    assert err.value.span is not None

@@ -98,3 +98,37 @@ def test_an_input_the_indexer_hands_back_is_the_input_itself():
 def test_an_indexer_read_otherwise_is_refused(form, match):
     with pytest.raises(TensorProgError, match=match):
         from_torch(lambda n: Net(n, form), WIDTHS, _tokens)
+
+
+class ExpandedBack(Net):
+    """The indexer given a param expanded over the tokens beside x, and handing it back cast to
+    its own dtype (as Dots's x): the expanded param, read after the region by a view (it
+    crashed there) or a sum."""
+
+    def __init__(self, n, read):
+        super().__init__(n, "all")
+        self.read, self.z = read, nn.Parameter(torch.linspace(-1, 1, n))
+
+    @torch.no_grad()
+    def indexer_of(self, x, s):
+        scores = self.iq(x) @ self.ik(x).transpose(1, 2)
+        return scores.topk(T, dim=-1).indices.to(torch.int32), s.to(self.iq.weight.dtype)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        b, t, n = x.shape
+        ids, s = self.indexer_of(x, self.z.expand_as(x))
+        unselected = ids.new_ones((b, t, t), dtype=torch.bool).scatter(-1, ids.long(), False)
+        q, k, v = (f(x).view(b, t, 4, self.dh).transpose(1, 2) for f in (self.q, self.k, self.v))
+        mask = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()[None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask & ~unselected[:, None])
+        s = s.reshape(b, n, t).transpose(1, 2) if self.read == "view" else s
+        return self.out(x + self.o(y.transpose(1, 2).reshape(b, t, n)) + s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read", ["view", "sum"])
+def test_an_expanded_param_the_indexer_hands_back_is_refused(read):
+    with pytest.raises(TensorProgError, match=r"a torch.no_grad region that hands back the "
+                       r"param z of shape \[\d+\] expanded to \[2, 8, \d+\]"):
+        from_torch(lambda n: ExpandedBack(n, read), WIDTHS, _tokens)

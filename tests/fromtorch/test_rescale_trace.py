@@ -5,7 +5,8 @@ read as the emitted norm's eps (float64); the traced program derives the exponen
 examples/altup_rescale.tp, the same network written by hand; the engine's rule for rms (as large
 as x, a 1/n share of its gradient back) against torch's autograd. A per-head RMS, a norm by
 another vector's RMS, a mean square unrooted, the RMS of a multiple of a vector the program
-does not hold, and the streams stacked on an axis of their own are refused at their line."""
+does not hold are refused at their line (the streams stacked on an axis of their own and
+averaged trace as their mean: test_hyper_connections.py)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,6 @@ class AltUp(nn.Module):
         else:
             s1 = c1 * target / self._rms(c1)
         s2 = c2 / self._rms(c2) * target
-        if self.how == "stacked":  # the streams on an axis of their own, averaged (AltUp's exit)
-            return self.head(torch.stack([h0, s1, s2]).mean(0))
         return self.head(h0 + s1 + s2)
 
 
@@ -139,8 +138,6 @@ def test_rms_is_as_large_as_its_input_and_sends_back_a_share_of_its_gradient():
                  marks=pytest.mark.slow),
     ("unheld multiple", r"a vector times the RMS of 2 times a vector that the program holds no "
                         r"multiple of"),
-    ("stacked", r"a stack of 3 per-token vectors on an axis of their own \(Gemma 3n's AltUp "
-                r"streams"),
 ])
 def test_a_rescaling_the_language_has_no_form_for_is_refused_at_its_line(how, said):
     with pytest.raises(TensorProgError, match=rf"test_rescale_trace.py:\d+:\d+: error: cannot "

@@ -539,8 +539,8 @@ class Padded(nn.Module):
 
 def test_a_pad_by_nothing_is_the_value_and_any_other_pad_is_refused():
     assert _trace(Padded).source == _trace(lambda n: Padded(n, pad=None)).source
-    with pytest.raises(TensorProgError, match=r"cannot trace a pad by \[0, 0, 1, 0\] "
-                       r"\(constant, value None\) of a value that is not an image"):
+    with pytest.raises(TensorProgError, match=r"cannot trace a pad of a sequence's 8 tokens "
+                       r"by 1 before and 0 after \(to 9\): the language's sequences keep"):
         _trace(lambda n: Padded(n, pad=(0, 0, 1, 0)))
 
 

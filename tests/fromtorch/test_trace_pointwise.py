@@ -278,6 +278,22 @@ def test_a_function_near_one_of_the_languages_is_not_taken_for_it(fn):
     assert identify(fn) is None
 
 
+@pytest.mark.parametrize(("fn", "want"), [
+    (lambda t: 30 * torch.tanh(t / 30), ("tanh", 30.0, 30.0)),  # Gemma 2's soft-cap
+    (lambda t: 2 * torch.sigmoid(t / 4), ("sigmoid", 2.0, 4.0)),  # Qwen4-exp's stream weights
+    (lambda t: 2 * torch.sigmoid(t / 4) + 0.01, None),  # an offset: neither
+    (lambda t: torch.tanh(t / 4) + 1, ("sigmoid", 2.0, 2.0)),  # 1 + tanh(x / 2) = 2 sigmoid(x)
+    # a sigmoid's value at 0 and a small c: within 2e-3 of 1 but 10% off c, no sigmoid
+    (lambda t: 0.01 * F.hardsigmoid(t / 2), None),
+    (lambda t: 1e-10 * torch.tanh(t / 3), ("tanh", 1e-10, 3.0)),  # f(0) = 0 is not c/2 = 5e-11
+    (lambda t: 2 * torch.sigmoid(t / 1e-3), ("sigmoid", 2.0, 1e-3)),  # a slope over 1e-4 of s
+])
+def test_a_bounded_function_of_a_scaled_input_is_told_by_its_value_and_slope_at_0(fn, want):
+    from tensorprog.fromtorch.identify import identify_scaled
+
+    assert identify_scaled(fn) == want
+
+
 class ScaledHeads(nn.Module):
     """A layer's output viewed into 2 heads, scaled, and merged back: the lazy product is
     written before the merge (a traceback before)."""

@@ -80,6 +80,7 @@ def _config(traced, mult: dict) -> dict:
             "init_std": {}, "mult": mult, **record}
 
 
+@pytest.mark.slow  # ~2 s; a tuned file's multipliers are applied by the tests above
 def test_a_tuned_multiplier_scales_the_logits_it_was_tuned_on():
     # the attention's tuned x2 on its logits is x2 on the query (logits are linear in it: a
     # patch on the query's own layer), a tied readout's x0.5 halves the output; the model

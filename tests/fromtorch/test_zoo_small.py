@@ -51,6 +51,9 @@ def test_zoo_sizes_a_config_fixes_follow_the_head_dim_and_the_width(zoo):
     assert (kw["qk_rope_head_dim"], kw["qk_nope_head_dim"], kw["v_head_dim"]) == (16, 32, 32)
     # low ranks 1536 and 512 of a width of 7168: about 1/4 and 1/16 of the width
     assert (kw["q_lora_rank"], kw["kv_lora_rank"]) == (32, 8)
+    # Qwen4-exp's hyper-connection mix rank, 320 of 2048: about 1/8 of the width (fixed, a
+    # bottleneck between layers of the width, which derive refuses)
+    assert zoo.config_kwargs(t.Qwen4ExpTextConfig, 128, "head_dim")["hc_lowrank"] == 16
     assert zoo.config_kwargs(t.XLMConfig, 64, "heads")["causal"] is True
 
 
@@ -128,10 +131,12 @@ def test_zoo_config_plumbing_of_families_that_crashed_or_were_refused(zoo):
     kw = zoo.config_kwargs(t.EncoderDecoderConfig, 64, "heads", zoo.MAPPINGS["seq2seq"])
     assert kw["decoder"].is_decoder and kw["decoder"].add_cross_attention
     assert not kw["encoder"].is_decoder and not kw["encoder"].add_cross_attention
-    # HunYuan-MoE's default of one expert is a placeholder: the zoo's 4 (ZAYA's 1 per token
-    # stays the config's own)
+    # HunYuan-MoE's default of one expert is a placeholder: the zoo's 4; so is its one expert
+    # per token, its gate divided by the gates' sum (1 for every token: the trace refuses it),
+    # as DBRX's: the zoo's top-2 (ZAYA's 1 per token stays the config's own)
     kw = zoo.config_kwargs(t.HunYuanMoEV1Config, 64, "heads")
-    assert (kw["num_experts"], kw["moe_topk"]) == (4, 1)
+    assert (kw["num_experts"], kw["moe_topk"]) == (4, 2)
+    assert zoo.config_kwargs(t.DbrxConfig, 64, "heads")["ffn_config"].moe_top_k == 2
     # ESM needs a pad id (its positions count the tokens that are not padding)
     assert zoo.config_kwargs(t.EsmConfig, 64, "heads", zoo.MAPPINGS["masked"])[
         "pad_token_id"] == 1

@@ -286,6 +286,7 @@ def test_the_workers_die_when_the_driver_is_killed(tmp_path):
     assert not list((tmp_path / "transfer").glob("*.json"))  # no trial finished to be cached
 
 
+@pytest.mark.slow  # ~8 s of worker start-up: with -m slow (the default run's CPU budget)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_stops_a_parallel_sweep_at_once(tmp_path):
     # before: 16-31 s, while the pool's shutdown waited for the queued trials
