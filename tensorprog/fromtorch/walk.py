@@ -17,7 +17,6 @@ from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
-from .ops_flatstreams import FLAT_STREAM_VALUES
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
@@ -141,7 +140,6 @@ SYMBOLIC = (
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
     Taps, SplitConv, ClampedRows,  # ops_tconv.py's conv1d parts; a clamp, split (ops_pointwise)
-    *FLAT_STREAM_VALUES,  # a vector given a stream axis, weighted per stream (ops_flatstreams)
 )
 
 VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
