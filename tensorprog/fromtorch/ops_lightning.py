@@ -36,7 +36,7 @@ the widths share. Every rate stays in (0, c], so every decay over the finitely m
 from __future__ import annotations
 
 from .values import Computed, FixedTable, Scores
-from .where import refuse
+from .where import op_name, refuse
 
 # the decay's entries agree with exp(-λ (t - s)) to this relative error: the buffers are built
 # in float32 (exp of a float32 product)
@@ -87,14 +87,23 @@ class LightningOps:
         for s, d in ((u, v), (v, u)):
             if not isinstance(s, Scores) or not isinstance(d, (FixedTable, Computed)):
                 continue
+            if s.bias is not None or s.cap is not None:  # no plain dot: another layer
+                continue
             rates = decay_rates(d.value)
-            if rates is None:
+            # weights that a matmul applies to the values: linear attention's (a softmax after
+            # the product would make them another layer, for the generic refusal to name)
+            if (
+                rates is None
+                or not node.users
+                or any(op_name(user) != "matmul" for user in node.users)
+            ):
                 continue
             shown = ", ".join(f"{r:.3g}" for r in rates[:8]) + (", ..." if len(rates) > 8 else "")
             raise refuse(
                 node,
                 f"linear attention with a fixed decay per head (lightning attention): the "
-                f"scores q·k times {d.buffer or 'a buffer'}, exp(-λ_h (t - s)) for s <= t, "
+                f"scores {'' if s.factor == 1 else f'{s.factor:g} · '}q·k times "
+                f"{d.buffer or 'a buffer'}, exp(-λ_h (t - s)) for s <= t, "
                 f"λ = [{shown}] read from it; unrolled, o_t = Σ_(s<=t) exp(-λ_h (t - s)) "
                 "(q_t·k_s) v_s, the language's ssd with steps 1 and rates -λ, which it "
                 "has no way to hold fixed (its steps are computed per token and its rates "

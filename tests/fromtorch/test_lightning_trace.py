@@ -66,20 +66,22 @@ def test_minimax_blocked_loop_is_ssd_with_steps_one_and_rates_read_from_its_buff
 class Lightning(torch.nn.Module):
     """One lightning layer as MiniMax writes its single-block path, on embedded tokens."""
 
-    def __init__(self, n, rates, table=None):
+    def __init__(self, n, rates, table=None, softmax=False):
         super().__init__()
         self.heads, self.hd = len(rates), n // len(rates)
         self.emb = torch.nn.Embedding(11, n)
         self.qkv = torch.nn.Linear(n, 3 * n, bias=False)
         self.out = torch.nn.Linear(n, 11, bias=False)
         self.decay = torch.nn.Buffer(_decay(rates, 6) if table is None else table)
+        self.softmax = softmax
 
     def forward(self, ids):
         b, t = ids.shape
         h = torch.nn.functional.silu(self.qkv(self.emb(ids)))
         q, k, v = torch.split(h.reshape(b, t, self.heads, 3 * self.hd), self.hd, dim=3)
         q, k, v = (u.transpose(1, 2) for u in (q, k, v))
-        o = torch.matmul(torch.matmul(q, k.transpose(-1, -2)) * self.decay[..., :t, :t], v)
+        w = torch.matmul(q, k.transpose(-1, -2)) * self.decay[..., :t, :t]
+        o = torch.matmul(w.softmax(-1) if self.softmax else w, v)
         return self.out(o.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -98,12 +100,16 @@ def test_lightning_attention_is_refused_at_its_line_with_the_form_and_its_rates(
     assert "ssd(dot(q, k, dh), dt = 1, A = -λ, dh)" in str(e.value)
 
 
-def test_a_buffer_that_is_no_decay_keeps_the_refusal_of_a_product_with_a_buffer():
+@pytest.mark.parametrize("near", ["another table", "a softmax after"])
+def test_a_near_miss_keeps_the_refusal_of_a_product_with_a_buffer(near):
+    """A buffer that is no causal exponential decay, or the decayed scores read by a softmax
+    (not linear attention's weights), is not named lightning attention."""
     table = torch.rand(1, 2, 6, 6, generator=torch.Generator().manual_seed(0)).tril()
+    kw = {"table": table} if near == "another table" else {"softmax": True}
     with pytest.raises(
         TraceError,
         match=r"a product with the buffer decay, of more than one "
         r"float entry",
     ) as e:
-        tp.from_torch(lambda n: Lightning(n, [0.5, 0.25], table), (32, 64), _ids)
+        tp.from_torch(lambda n: Lightning(n, [0.5, 0.25], **kw), (32, 64), _ids)
     assert "self.decay[..., :t, :t]" in str(e.value)
