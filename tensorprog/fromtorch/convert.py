@@ -30,6 +30,7 @@ from .ops_grid import GridOps
 from .ops_grn import GrnOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
+from .ops_lightning import LightningOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
 from .ops_mla import LatentAttentionOps
@@ -88,6 +89,7 @@ class Converter(
     DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
     TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    LightningOps,  # scores times a fixed decay per head (refused: ops_lightning.py)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'

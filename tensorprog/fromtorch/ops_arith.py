@@ -271,6 +271,7 @@ class ArithOps:
         zeroed = self.zeroed(node, u, v)  # logits times a 0/1 mask (ops_attention.py)
         if zeroed is not None:
             return zeroed
+        self.lightning_decay(node, u, v)  # scores times a fixed decay (ops_lightning.py)
         if any(isinstance(x, (Aux, Looked)) for x in (u, v)):  # (a table's rows: no rotary)
             aux = next(x for x in (u, v) if isinstance(x, (Aux, Looked)))
             buffer = aux.buffer if isinstance(aux, Aux) else strip_prefix(aux.target)
