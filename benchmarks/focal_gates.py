@@ -1,6 +1,6 @@
 """The zoo's FocalNet checked with its gates' init scaled: a finite-width transient or a wrong law?
 
-    python benchmarks/focal_gates.py [--scales 0.1 1 3] [--lr 0.001] [--seeds 0,1]
+    python benchmarks/focal_gates.py [--scales 0.1 1 3] [--bias B] [--lr 0.001] [--seeds 0,1]
 
 The zoo's image FocalNet (2 stages of 1 layer, 2 focal levels, HF's init: normal 0.02, the
 gates' bias 0), traced at widths 64 and 128, µP for Adam applied and checked at widths 256, 512,
@@ -10,7 +10,8 @@ width (the base width's draw included, so that µP's law is the same and only it
 Δv·g₀ + v₀·Δg + Δv·Δg holds a term, Δv·g₀, and the gate's own change a term, W₀·Δx's CLT part,
 that vanish with the width, with constants proportional to the gates' init. A wrong exponent
 does not move with a width-independent constant; a finite-width mix does: the slopes of the
-products and gates go to 0 as the scale falls. Prints one JSON line per scale: the failures
+products and gates go to 0 as the scale falls. ``--bias B`` sets the gates' bias to B (HF's: 0),
+making each gate Θ(1) at init as µP's bias is. Prints one JSON line per scale: the failures
 (vector, step, slope) and the modulation's gates and products after steps 2 and 3
 (docs/check.md, "FocalNet's gates: a constant that sets the widths where µP shows").
 """
@@ -32,7 +33,7 @@ IMAGE = zoo.MAPPINGS["image"]
 LEVELS = 2  # the zoo's focal levels: L + 1 = 3 gates per pixel
 
 
-def builder(scale: float):
+def builder(scale: float, bias: float | None = None):
     build0 = zoo.builder("focalnet", "heads", mapping=IMAGE)
 
     def build(width):
@@ -43,6 +44,8 @@ def builder(scale: float):
                     c = (mod.out_features - LEVELS - 1) // 2
                     # the gates' rows, after the query's and context's
                     mod.weight[2 * c :] *= scale
+                    if bias is not None:
+                        mod.bias[2 * c :] = bias
         return model
 
     return build
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scales", nargs="+", type=float, default=[0.1, 1.0, 3.0])
+    ap.add_argument("--bias", type=float, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--widths", default=",".join(map(str, zoo.CHECK_WIDTHS)))
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     gated = re.compile(r"modulation \((slice|mul|add)_?\d*\)$")
     for scale in args.scales:
-        build = builder(scale)
+        build = builder(scale, args.bias)
         mup = MuP(from_torch(build, zoo.TRACE_WIDTHS, zoo.example_inputs(IMAGE)), "adam")
         r = coord_check(
             mup, widths, lr=args.lr, seeds=seeds, tolerance=zoo.TOLERANCE, remeasure_few=False
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
             json.dumps(
                 {
                     "scale": scale,
+                    "bias": args.bias,
                     "lr": args.lr,
                     "widths": widths,
                     "seeds": seeds,
