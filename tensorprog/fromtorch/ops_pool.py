@@ -130,6 +130,9 @@ class PoolOps:
                          "or trace the model without this head")
         tags = getattr(v, "tags", None) or ()
         sizes = repeat_sizes(sizes)
+        tiled = self.tiled_heads(node, v, sizes)
+        if tiled is not None:
+            return tiled
         if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
             # torch's repeat tiles: copy c of head j is head c·h + j, so that after a
             # repeat_kv query head i reads head (i // g) mod h (DiffLlama's halved values)
@@ -142,6 +145,24 @@ class PoolOps:
                          "or HF's repeat_kv) where that is the model, or give the model "
                          "separate key/value heads for each query head")
         raise refuse(node, "the op repeat")
+
+    def tiled_heads(self, node, v, sizes) -> Vec | None:
+        """``v.repeat(1, r, 1, 1)`` of per-head values (batch, heads, tokens, head dim): r
+        copies of the h heads one after another, head j again at j + h, j + 2h, ... (DiffLlama's
+        halved values). Heads are laid out one after another in the features, so the tiled
+        heads are r copies of the whole vector side by side, exactly ``cat(v, ..., v, D)``;
+        grouped attention then pairs them with consecutive query heads as the model's
+        repeat_kv does. None for any other repeat (tokens, the head dim, heads already grouped:
+        the caller refuses it)."""
+        tags = getattr(v, "tags", None) or ()
+        if not isinstance(v, (Vec, Affine)) or tags != ("tok", "H", "tok", "dh") or (
+                len(sizes) != 4 or sizes[1] < 2 or any(sizes[i] != 1 for i in (0, 2, 3))):
+            return None
+        x = self.vec(v, node)
+        if x.dh is None or x.group != 1:
+            return None
+        copies = self.cat_statement(node, [x] * sizes[1])
+        return Vec(copies.name, x.tags, copies.dim, x.dh)
 
     def op_adaptive_avg_pool1d(self, node, x, size):
         """``nn.AdaptiveAvgPool1d(1)`` of tokens transposed to (batch, features, tokens)
