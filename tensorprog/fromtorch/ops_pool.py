@@ -134,16 +134,14 @@ class PoolOps:
         if tiled is not None:
             return tiled
         if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
-            # torch's repeat tiles: copy c of head j is head c·h + j, so that after a
-            # repeat_kv query head i reads head (i // g) mod h (DiffLlama's halved values)
-            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times "
-                         "(torch's repeat: head j again at j + h, j + 2h, ...): in the language's "
-                         "grouped attention each key/value head serves consecutive query heads "
-                         "(repeat_interleave, HF's repeat_kv), and tiled heads, which pair "
-                         "query head i with head (i // g) mod h, have no form",
-                         help="repeat each head in place (torch.repeat_interleave(x, r, dim=1) "
-                         "or HF's repeat_kv) where that is the model, or give the model "
-                         "separate key/value heads for each query head")
+            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times after "
+                         "each was repeated in place (repeat_interleave or repeat_kv before "
+                         "torch's repeat), or tiled beside another axis: the language tiles a "
+                         "vector of whole heads, copies of it side by side (cat(v, v, D)), and "
+                         "groups query heads on a key/value head once, in the attention",
+                         help="tile the heads before repeating them in place (DiffLlama's "
+                         "v.repeat(1, 2, 1, 1) of a layer's heads, then repeat_kv), or give "
+                         "the model separate key/value heads for each query head")
         raise refuse(node, "the op repeat")
 
     def tiled_heads(self, node, v, sizes) -> Vec | None:
