@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
+from .heads import cat_heads_error
 from .functions import (
     AT,
     CAT,
@@ -528,6 +529,11 @@ def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> 
         errors.error("cat(a, b, ..., D): two or more vectors (not params), each of a finite "
                      "dim, or each of a dim proportional to the width, and D the dim of their "
                      "sizes summed", ins.span)
+        return None
+    why = ins.heads and (ins.heads not in dims and f"{ins.heads} is no declared dim" or
+                         cat_heads_error(parts, d, dims[ins.heads]))
+    if why:
+        errors.error(f"cat(..., {ins.over}, {ins.heads}): {why}", ins.span)
         return None
     return ins.over
 

@@ -1,0 +1,79 @@
+"""Attention outputs side by side in each head, then split along the heads: DiffLlama's
+differential attention (arXiv 2410.05258) as Hugging Face writes it,
+
+    o = torch.cat([o1, o2], dim=-1)              (batch, tokens, H, 2·dh): each head o1's, o2's
+    a, b = torch.chunk(o, 2, dim=2)              the first H/2 heads, and the last H/2
+
+traced as the language's ``cat(o1, o2, D, dv)`` (D's coordinates in heads of dv = 2·dh, each
+head o1's head then o2's: a permutation of the plain cat's coordinates, whose rules are the
+engine's for every cat) and ``part(o, D / 2, i)`` (the heads, laid out one after another in the
+features, are k runs of whole heads). Heads concatenated from parts that attention reads as its
+query or key (multi-head latent attention) stay the lazy ``HeadCat`` of ops_mla.py."""
+
+from __future__ import annotations
+
+import operator
+
+from .values import HeadCat, Parts, Vec
+from .where import op_name, refuse
+
+_SPLITS = ("chunk", "split", "split_with_sizes")
+_HELP = ("split the heads into a fixed number of equal runs (torch.chunk(o, k, dim=2) of a "
+         "(batch, tokens, heads, head dim) tensor), each a run of whole heads")
+
+
+class HeadCatOps:
+    """A split along the heads of heads concatenated from attention outputs."""
+
+    def call(self, node):
+        if node.target is not operator.getitem and op_name(node) in _SPLITS:
+            args, kwargs = self.args(node)
+            if args and isinstance(args[0], HeadCat):
+                dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+                return self.split_head_cat(node, args[0], args[1], dim)
+        return super().call(node)
+
+    def split_head_cat(self, node, x: HeadCat, sizes, dim) -> Parts:
+        """The runs of whole heads of ``x`` that a chunk or split along its heads axis cuts,
+        each ``part(cat(a, b, D, dv), d, i)``; refused for any other split of such heads."""
+        parts = list(x.parts)
+        tags = ("tok", "tok", "H", "dh")
+        if any(not isinstance(p, Vec) or p.tags != tags or p.group != 1 for p in parts):
+            raise refuse(node, f"a {op_name(node)} of heads concatenated from per-head vectors "
+                         "(multi-head latent attention's query or key, or attention outputs "
+                         "side by side in each head) other than outputs laid out (batch, "
+                         "tokens, heads, head dim), each head its own", help=_HELP)
+        heads = parts[0].dim // parts[0].dh
+        count = heads // sizes if op_name(node) == "chunk" else None
+        if op_name(node) == "chunk" and heads % sizes == 0:
+            runs = [heads // sizes] * sizes
+        else:
+            runs = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes] * (
+                heads // sizes if heads % sizes == 0 else 0)
+        if dim % 4 != 2 or not runs or len(set(runs)) != 1 or sum(runs) != heads:
+            raise refuse(node, f"a {op_name(node)} of attention outputs side by side in each "
+                         f"head ({heads} heads, cut into {runs or count} along axis {dim}) "
+                         "other than equal runs of whole heads along the heads axis: the "
+                         "language takes one of a vector's equal parts, part(x, d, i)",
+                         help=_HELP)
+        whole = self.head_cat_vec(node, parts)
+        size = whole.dim // len(runs)
+        items = []
+        for i in range(len(runs)):
+            reader = next((u.name for u in node.users if u.target is operator.getitem
+                           and u.args[1] == i), f"{node.name}_{i}")
+            name = self.emit_vector(reader, f"part({whole.name}, {self.dim(size)}, {i})")
+            items.append(Vec(name, tags, size, whole.dh))
+        return Parts(items)
+
+    def head_cat_vec(self, node, parts: list[Vec]) -> Vec:
+        """``cat(a, b, ..., D, dv)`` of per-head vectors of the same heads, as the value of
+        the concatenation that built them (the node ``node`` splits)."""
+        size, dv = sum(p.dim for p in parts), sum(p.dh for p in parts)
+        cat = node.args[0]
+        expr = f"cat({', '.join(p.name for p in parts)}, {self.dim(size)}, {self.dim(dv)})"
+        name = self.emit_vector(cat.name, expr)
+        # a part that grows beside one that does not: refused once both widths are traced
+        self.out.cats[name] = (len(self.out.slots) - 1, cat.name, op_name(node), False,
+                               tuple(p.dim for p in parts))
+        return Vec(name, parts[0].tags, size, dv)
