@@ -28,11 +28,11 @@ from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
+from .ops_headcat import HeadCatOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
-from .ops_headcat import HeadCatOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps

@@ -7,7 +7,6 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
-from .heads import cat_heads_error
 from .functions import (
     AT,
     CAT,
@@ -23,6 +22,7 @@ from .functions import (
     SPREAD,
     TCONV,
 )
+from .heads import cat_heads_error
 from .program import (
     INPUT_KINDS,
     ONE_HOT_KINDS,
