@@ -8,14 +8,22 @@ traced as the language's ``cat(o1, o2, D, dv)`` (D's coordinates in heads of dv 
 head o1's head then o2's: a permutation of the plain cat's coordinates, whose rules are the
 engine's for every cat) and ``part(o, D / 2, i)`` (the heads, laid out one after another in the
 features, are k runs of whole heads). Heads concatenated from parts that attention reads as its
-query or key (multi-head latent attention) stay the lazy ``HeadCat`` of ops_mla.py."""
+query or key (multi-head latent attention) stay the lazy ``HeadCat`` of ops_mla.py.
+
+Its λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a number from four params of the head dim, is
+refused (:func:`refuse_param_dot`): the product λq1 ⊙ λk1 is unchanged when λq1 is scaled by c
+and λk1 by 1/c, so the derivation's conditions (every vector Θ(1), every update maximal) bound
+the pair's exponents only through their sum, and none fixes each param's init and LR; and over
+a head dim that grows with the width (a fixed number of heads), the sum of dh products of
+independent entries drawn at a width-independent scale is Θ(√dh) at init, Θ(dh) once they have
+trained together, so exp of it grows without bound: no µP of the model as written."""
 
 from __future__ import annotations
 
 import operator
 
 from .values import HeadCat, Parts, Vec
-from .where import op_name, refuse
+from .where import op_name, refuse, strip_prefix
 
 _SPLITS = ("chunk", "split", "split_with_sizes")
 _HELP = ("split the heads into a fixed number of equal runs (torch.chunk(o, k, dim=2) of a "
@@ -77,3 +85,23 @@ class HeadCatOps:
         self.out.cats[name] = (len(self.out.slots) - 1, cat.name, op_name(node), False,
                                tuple(p.dim for p in parts))
         return Vec(name, parts[0].tags, size, dv)
+
+
+def refuse_param_dot(node, u, v) -> None:
+    """Refuses ``p * q`` of two whole vector params of the same shape summed over their entries
+    into a number (DiffLlama's λ's dots, ``torch.sum(lambda_q1 * lambda_k1, dim=-1)``), saying
+    why (the module's doc); returns for any other product of params (the caller refuses it)."""
+    summed = [w for w in node.users if op_name(w) == "sum"]
+    if not (len(u.shape) == len(v.shape) == 1 and u.shape == v.shape and summed
+            and not (u.t or v.t or u.rows or v.rows)):
+        return
+    names = " · ".join(strip_prefix(x.target) for x in (u, v))
+    raise refuse(node, f"a dot of two params ({names}, over {u.shape[0]} entries: "
+                 "DiffLlama's λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init): the dot is unchanged "
+                 "when one param is scaled by c and the other by 1/c, so the derivation bounds "
+                 "only the pair and no condition fixes each one's init and LR; over a head dim "
+                 "that grows with the width it is moreover a sum of dh products, Θ(√dh) at a "
+                 "width-independent init and Θ(dh) once trained, whose exp grows without bound",
+                 help="learn the number itself (one param of one entry, or a vector param "
+                 "through a function of it, as a gain), fix it to a constant, or trace the "
+                 "model without this part")
