@@ -52,15 +52,11 @@ class HeadCatOps:
                          "side by side in each head) other than outputs laid out (batch, "
                          "tokens, heads, head dim), each head its own", help=_HELP)
         heads = parts[0].dim // parts[0].dh
-        count = heads // sizes if op_name(node) == "chunk" else None
-        if op_name(node) == "chunk" and heads % sizes == 0:
-            runs = [heads // sizes] * sizes
-        else:
-            runs = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes] * (
-                heads // sizes if heads % sizes == 0 else 0)
-        if dim % 4 != 2 or not runs or len(set(runs)) != 1 or sum(runs) != heads:
+        # each run's heads, as torch cut them (a chunk's last run may be shorter)
+        runs = [int(t.shape[2]) if len(t.shape) == 4 else 0 for t in node.meta["val"]]
+        if dim % 4 != 2 or len(set(runs)) != 1 or sum(runs) != heads:
             raise refuse(node, f"a {op_name(node)} of attention outputs side by side in each "
-                         f"head ({heads} heads, cut into {runs or count} along axis {dim}) "
+                         f"head ({heads} heads, cut into runs of {runs} along axis {dim}) "
                          "other than equal runs of whole heads along the heads axis: the "
                          "language takes one of a vector's equal parts, part(x, d, i)",
                          help=_HELP)
