@@ -72,7 +72,7 @@ def test_outputs_side_by_side_per_head_then_halved_along_the_heads(dh):
     def build(n):
         return DiffAttention(n, dh)
 
-    traced = tp.from_torch(build, (64, 128), ids)
+    traced = tp.from_torch(build, (32, 64), ids)
     dv = "n_by2" if dh is None else "f32"  # 2·dh: the half of the width, or 32 coordinates
     assert f"cat(scaled_dot_product_attention, scaled_dot_product_attention_1, n_x2, {dv})" \
         in traced.source
@@ -91,7 +91,7 @@ def test_heads_side_by_side_split_into_unequal_runs_are_refused_at_their_line():
     with pytest.raises(TraceError, match=r"cannot trace a split_with_sizes of attention outputs "
                        r"side by side in each head \(4 heads, cut into runs of \[1, 3\] along "
                        r"axis 2\)") as e:
-        tp.from_torch(lambda n: DiffAttention(n, split="unequal"), (64, 128), ids)
+        tp.from_torch(lambda n: DiffAttention(n, split="unequal"), (32, 64), ids)
     assert "torch.split(o, [1, self.heads - 1], dim=2)" in str(e.value)
 
 
@@ -100,5 +100,5 @@ def test_lambda_of_a_dot_of_two_params_is_refused_at_its_line():
     # over a head dim of 16 as over a growing one
     with pytest.raises(TraceError, match=r"a dot of two params \(lambda_q1 · lambda_k1, over "
                        r"16 entries: DiffLlama's λ") as e:
-        tp.from_torch(lambda n: DiffAttention(n, 16, lam="params"), (64, 128), ids)
+        tp.from_torch(lambda n: DiffAttention(n, 16, lam="params"), (32, 64), ids)
     assert "torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1" in str(e.value)
