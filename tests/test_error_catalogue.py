@@ -693,6 +693,13 @@ POSITIONED = {
     "cat-of-a-param": (SEQ + "dim f = 4\ndim D = 8\nparam A : [f, n]\nparam p : [f]\n"
                        "output y = cat(A @ h, p, D)\n", S, r"cat of a param \(p\): a part is a "
                        r"vector computed per example", (12, 23)),
+    # cat(a, b, D, dv): side by side in each head of dv (DiffLlama's two attention outputs)
+    "cat-heads-not-whole": (SEQ + "dim D = 2 * n\ndim dv = 3 * n / 8\n"
+                            "output y = cat(h, h, D, dv)\n", S, r"cat\(\.\.\., D, dv\): D is "
+                            r"not a whole number of heads of dv", (10, 12)),
+    "cat-heads-finite-of-growing": (SEQ + "dim f = 4\ndim D = 8\ndim dv = n / 2\n"
+                                    "param A : [f, n]\noutput y = cat(A @ h, A @ h, D, dv)\n",
+                                    S, r"D is finite and dv grows with the width", (12, 12)),
     "cat-no-dim": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, A @ h, 8)\n", S,
                    r"the last argument of cat must be a declared dim", (10, 30)),
     "cat-one-part": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, f)\n", S,
@@ -2013,10 +2020,6 @@ class Attention(nn.Module):
         return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
-def tiled(z):
-    return z.repeat(1, 2, 1, 1)
-
-
 def before_heads(z):
     b, h, t, d = z.shape
     return z[:, None].expand(b, 2, h, t, d).reshape(b, 2 * h, t, d)
@@ -2028,8 +2031,8 @@ def example_inputs(model):
 
 
 @pytest.mark.parametrize(("repeat", "message"), [
-    ("tiled", r"m.py:\d+:\d+: error: cannot trace attention heads tiled 2 times \(torch's "
-              r"repeat(.|\n)*help: repeat each head in place"),
+    # (heads tiled by torch's repeat are copies of the whole vector, cat(k, k, D), and trace:
+    # tests/fromtorch/test_heads_split_trace.py)
     ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
                      r"than right after them(.|\n)*help: repeat each key/value head for "
                      r"consecutive query heads"),

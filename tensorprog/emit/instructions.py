@@ -148,6 +148,10 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == CAT and ins.heads is not None:  # side by side in each head of dv
+            self.helpers.add("_cat_heads")
+            parts = ", ".join(self.ref(a) for a in ins.args)
+            return f"_cat_heads(({self.dim(ins.over)}) // ({self.dim(ins.heads)}), {parts})"
         if ins.fn == CAT:  # the parts side by side along the last axis (their features)
             self.helpers.add("_cat")
             return f"_cat({', '.join(self.ref(a) for a in ins.args)})"

@@ -45,6 +45,13 @@ HELPERS = {
         '    (a position table\'s rows have no batch axis)."""',
         "    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))",
         "    return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], dim=-1)"],
+    "_cat_heads": [
+        "def _cat_heads(heads, *parts):",
+        '    """The parts\' heads side by side in each head: head h of the result is head h of',
+        '    every part in turn (torch.cat of (..., heads, d) views along d)."""',
+        "    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))",
+        "    views = [p.expand(*lead, p.shape[-1]).unflatten(-1, (heads, -1)) for p in parts]",
+        "    return torch.cat(views, dim=-1).flatten(-2)"],
     "_heads_bias": [
         "def _heads_bias(bias, n):",
         '    """A bias of the head dim repeated for every head of a vector of n features."""',

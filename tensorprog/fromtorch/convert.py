@@ -28,6 +28,7 @@ from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
+from .ops_headcat import HeadCatOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps
@@ -79,6 +80,7 @@ class Converter(
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
+    HeadCatOps,  # a split along the heads of attention outputs side by side in each head
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
     ClassTokenOps,  # its op_split*, op_layer_norm, op_mean take a split-off class token's

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_headcat import refuse_param_dot
 from .ops_layout import one_axis_averaged
 from .values import (
     Affine,
@@ -345,6 +346,7 @@ class ArithOps:
         if offset is not None:
             return offset
         if isinstance(u, PRef) and isinstance(v, PRef):
+            refuse_param_dot(node, u, v)
             raise refuse(node, "a product of two params (or of a param with itself): the "
                          "language's params enter the program as they are, each read by a "
                          "vector op or a matmul", help="multiply a vector by each param in "

@@ -292,8 +292,8 @@ class Nonlin:
     over: str | None = None  # a norm's head dim (QK-norm); spread's dh; part's d; cat's D
     # dwconv's geometry (MatMul.geometry's); None: stride 1, padded by half the kernel
     geometry: Geometry | None = None
-    # part's i, shift's k, place's k, pick's ids, tconv's p (its first tap's tokens back)
-    index: int | tuple[int, ...] | None = None
+    index: int | tuple[int, ...] | None = None  # part's i, shift/place's k, pick's ids, tconv's p
+    heads: str | None = None  # cat's head dim: D in heads of it, each the parts' heads in turn
 
     @property
     def operands(self) -> tuple[str, ...]:

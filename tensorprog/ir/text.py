@@ -77,6 +77,7 @@ def render_instruction(ins: Instruction, show=str) -> str:
     elif isinstance(ins, Nonlin):
         args = [show(a) for a in ins.args]
         args += [ins.over] if ins.over is not None else []
+        args += [ins.heads] if ins.heads is not None else []  # cat(a, b, D, dv): per head
         g = ins.geometry  # dwconv of another geometry than stride 1, padded by half
         args += [str(i) for i in (g.stride, *g.pads, g.dilation)] if g is not None else []
         idx = ins.index if isinstance(ins.index, tuple) else () if ins.index is None else (

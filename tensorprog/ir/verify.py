@@ -22,6 +22,7 @@ from .functions import (
     SPREAD,
     TCONV,
 )
+from .heads import cat_heads_error
 from .program import (
     INPUT_KINDS,
     ONE_HOT_KINDS,
@@ -528,6 +529,11 @@ def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> 
         errors.error("cat(a, b, ..., D): two or more vectors (not params), each of a finite "
                      "dim, or each of a dim proportional to the width, and D the dim of their "
                      "sizes summed", ins.span)
+        return None
+    why = ins.heads and (ins.heads not in dims and f"{ins.heads} is no declared dim" or
+                         cat_heads_error(parts, d, dims[ins.heads]))
+    if why:
+        errors.error(f"cat(..., {ins.over}, {ins.heads}): {why}", ins.span)
         return None
     return ins.over
 

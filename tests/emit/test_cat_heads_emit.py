@@ -1,0 +1,51 @@
+"""Two vectors side by side in each head (``cat(a, b, D, dv)``: DiffLlama's two attention
+outputs, each head of dv = 2·dh a's head then b's): the emitted module computes torch's own
+``torch.cat`` of the (..., heads, dh) views, the text form round-trips, and the engine derives
+every param as for the plain cat (a permutation of its coordinates changes no exponent)."""
+
+import pytest
+from conftest import emit_program
+
+torch = pytest.importorskip("torch")
+
+import tensorprog as tp  # noqa: E402
+from tensorprog.emit.load import load_module  # noqa: E402
+
+SMALL = """\
+width n = 16
+dim dv = n / 2
+dim D = 2 * n
+dim T = 3
+dim P = 6
+dim K = 3
+input x : patches[T, P]
+param A : [n, P]
+param B : [n, P]
+param W : [K, D]
+a = A @ x
+b = B @ x
+output y = W @ cat(a, b, D, dv)
+"""
+
+
+def test_each_head_is_the_parts_heads_in_turn():
+    module = load_module(emit_program(tp.parse(SMALL)), "small_cat_heads")
+    model = module.Model(16, dtype=torch.float64)
+    (x,) = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
+    v = model.vectors(x)
+    a, b = (v[k].unflatten(-1, (4, -1)) for k in ("a", "b"))  # 4 heads of dh = n / 4
+    want = torch.cat([a, b], dim=-1).flatten(-2)
+    got = next(t for k, t in v.items() if t.shape[-1] == 32)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_it_derives_as_the_plain_cat(optimizer):
+    plain = SMALL.replace("cat(a, b, D, dv)", "cat(a, b, D)")
+    assert tp.derive(tp.parse(SMALL), optimizer).abc == tp.derive(tp.parse(plain), optimizer).abc
+
+
+def test_it_round_trips_through_the_text_form():
+    text = tp.to_text(tp.parse(SMALL))
+    assert "cat(a, b, D, dv)" in text
+    assert tp.to_text(tp.parse(text)) == text
