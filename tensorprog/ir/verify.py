@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
+from .ddot import DDOT, verify_ddot
 from .functions import (
     AT,
     CAT,
@@ -102,6 +103,7 @@ _MOVES = {
     RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
     SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
+    DDOT: verify_ddot,
 }
 
 
