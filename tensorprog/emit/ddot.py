@@ -20,4 +20,5 @@ DDOT_HELPER = [
     "    # difference of two running sums over the whole sequence",
     "    d = g.unsqueeze(-1).expand(*g.shape, t).masked_fill(~later.T, 0).cumsum(-2)",
     '    d = d.masked_fill(later, float("-inf")).exp()',
-    '    return torch.einsum("...ct,...cs,...cts->...ts", q, k, d).to(dtype)']
+    '    return torch.einsum("...ct,...cs,...cts->...ts", q, k, d).to(dtype)',
+]

@@ -46,18 +46,35 @@ def _sum(ins: Nonlin, sz: Sizes, init: bool) -> tuple[Exp, str]:
 def init_ddot(ins: Nonlin, sz: Sizes) -> list[Term]:
     q, k, g = ins.args
     c, why = _sum(ins, sz, True)
-    return terms(f"{q}₀·{k}₀·exp(ΔG{g}₀)", f"per channel a product, the decay Θ(1) while {g} "
-                 f"is O(1); {why}", "auto", sz.init(q), sz.init(k), _decay(sz.init(g)), const=c)
+    return terms(
+        f"{q}₀·{k}₀·exp(ΔG{g}₀)",
+        f"per channel a product, the decay Θ(1) while {g} is O(1); {why}",
+        "auto",
+        sz.init(q),
+        sz.init(k),
+        _decay(sz.init(g)),
+        const=c,
+    )
 
 
 def change_ddot(ins: Nonlin, sz: Sizes) -> list[Term]:
     q, k, g = ins.args
     c, why = _sum(ins, sz, False)
     decay = _decay(sz.train(g))
-    return (terms(f"Δ{q}·{k}·decay", why, "auto", sz.change(q), sz.train(k), decay, const=c)
-            + terms(f"{q}·Δ{k}·decay", why, "auto", sz.train(q), sz.change(k), decay, const=c)
-            + terms(f"{q}·{k}·ΔG{g}·decay", f"ΔG a finite sum of Δ{g}; {why}", "auto",
-                    sz.train(q), sz.train(k), sz.change(g), decay, const=c))
+    return (
+        terms(f"Δ{q}·{k}·decay", why, "auto", sz.change(q), sz.train(k), decay, const=c)
+        + terms(f"{q}·Δ{k}·decay", why, "auto", sz.train(q), sz.change(k), decay, const=c)
+        + terms(
+            f"{q}·{k}·ΔG{g}·decay",
+            f"ΔG a finite sum of Δ{g}; {why}",
+            "auto",
+            sz.train(q),
+            sz.train(k),
+            sz.change(g),
+            decay,
+            const=c,
+        )
+    )
 
 
 def grad_ddot(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
@@ -65,14 +82,42 @@ def grad_ddot(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     d = [Mono(sz.grad(ins.out))]
     decay = _decay(sz.first_order_train(g))
     fin = "a finite sum over token pairs (+0), each channel its own"
-    return ([(q, t) for t in terms(f"d{ins.out}·{k}·decay", f"d{q} = dA·{k}·decay, {fin}",
-                                   "auto", d, sz.first_order_train(k), decay)]
-            + [(k, t) for t in terms(f"d{ins.out}·{q}·decay", f"d{k} = dAᵀ·{q}·decay, {fin}",
-                                     "auto", d, sz.first_order_train(q), decay)]
-            + [(g, t) for t in terms(f"d{ins.out}·{q}·{k}·decay", f"d{g} sums dA·{q}·{k}·decay "
-                                     f"over the pairs the channel's decay spans, {fin}", "auto",
-                                     d, sz.first_order_train(q), sz.first_order_train(k),
-                                     decay)])
+    return (
+        [
+            (q, t)
+            for t in terms(
+                f"d{ins.out}·{k}·decay",
+                f"d{q} = dA·{k}·decay, {fin}",
+                "auto",
+                d,
+                sz.first_order_train(k),
+                decay,
+            )
+        ]
+        + [
+            (k, t)
+            for t in terms(
+                f"d{ins.out}·{q}·decay",
+                f"d{k} = dAᵀ·{q}·decay, {fin}",
+                "auto",
+                d,
+                sz.first_order_train(q),
+                decay,
+            )
+        ]
+        + [
+            (g, t)
+            for t in terms(
+                f"d{ins.out}·{q}·{k}·decay",
+                f"d{g} sums dA·{q}·{k}·decay over the pairs the channel's decay spans, {fin}",
+                "auto",
+                d,
+                sz.first_order_train(q),
+                sz.first_order_train(k),
+                decay,
+            )
+        ]
+    )
 
 
 #: the Nonlin ``ddot``'s rules (init, change, gradient), which ``rules.MOVES`` dispatches

@@ -26,9 +26,11 @@ from .heads import heads_dim_name
 
 DDOT = "ddot"
 
-USAGE = ("write ddot(q, k, g, dk): q, k and the log decay g (<= 0) vectors per token of one dim "
-         "H·dk, one decay per key channel; then delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, "
-         "g, dk), b)")
+USAGE = (
+    "write ddot(q, k, g, dk): q, k and the log decay g (<= 0) vectors per token of one dim "
+    "H·dk, one decay per key channel; then delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, "
+    "g, dk), b)"
+)
 
 
 def ddot_dim(dims: dict, ins) -> str | None:
@@ -42,12 +44,14 @@ def verify_ddot(program, ins, ops: list, key, errors) -> str | None:
     axis (the IR's value_dims)."""
     out = ddot_dim(program.value_dims, ins)
     if len(ins.args) != 3 or any(o is None for o in ops) or len({key(o) for o in ops}) != 1:
-        errors.error(f"ddot needs q, k and g of one dim (one decay per key channel); {USAGE}",
-                     ins.span)
+        errors.error(
+            f"ddot needs q, k and g of one dim (one decay per key channel); {USAGE}", ins.span
+        )
         return None
     if out not in program.dim_table:
-        errors.error(f"ddot over {ins.over}: it must be a dim that divides {ops[0]}; {USAGE}",
-                     ins.span)
+        errors.error(
+            f"ddot over {ins.over}: it must be a dim that divides {ops[0]}; {USAGE}", ins.span
+        )
         return None
     return out
 
@@ -57,9 +61,12 @@ def ddot_sequences(ins, ops: list, show, problem) -> tuple[str, ...]:
     decay accumulates over the tokens between s and t, so they must be one sequence's)."""
     q, k, g = (tuple(t) for t in ops)
     if len(q) != 1 or k != q or g != q:
-        problem(f"ddot weighs token pairs of one sequence by the decay accumulated between "
-                f"them, but q, k and g run over {show(q)}, {show(k)} and {show(g)}", ins,
-                "compute q, k and g per token of the same sequence (e.g. Wq @ h, Wk @ h, "
-                "-softplus(Wg @ h))")
+        problem(
+            f"ddot weighs token pairs of one sequence by the decay accumulated between "
+            f"them, but q, k and g run over {show(q)}, {show(k)} and {show(g)}",
+            ins,
+            "compute q, k and g per token of the same sequence (e.g. Wq @ h, Wk @ h, "
+            "-softplus(Wg @ h))",
+        )
         return ()
     return (q[0], q[0])

@@ -21,8 +21,9 @@ def ddot_operands(low, node: Call):
         return None, None
     dk = node.args[3]
     if type(dk).__name__ != "Var" or dk.name not in low.dims:
-        low.errors.error("the fourth argument of ddot must be a declared dim, the head dim",
-                         dk.span, USAGE)
+        low.errors.error(
+            "the fourth argument of ddot must be a declared dim, the head dim", dk.span, USAGE
+        )
         return None, None
     return node.args[:3], (DDOT, dk.name)
 
@@ -33,13 +34,18 @@ def lower_ddot(low, node: Call, args: list, over: str, vec: type):
         return None
     for arg, v, what in zip(node.args, args, ("queries", "keys", "decay"), strict=False):
         if not isinstance(v, vec) or v.dim is None or v.dim not in low.dims:
-            low.errors.error(f"ddot's {what} must be a vector of a declared dim, per token",
-                             arg.span, USAGE)
+            low.errors.error(
+                f"ddot's {what} must be a vector of a declared dim, per token", arg.span, USAGE
+            )
             return None
         if not low.same_dim(v.dim, args[0].dim):
-            low.errors.error(f"ddot's {what} are [{v.dim}] but its queries [{args[0].dim}]: one "
-                             "decay per key channel, keys as many heads as the queries", arg.span,
-                             USAGE)
+            low.errors.error(
+                f"ddot's {what} {'is' if what == 'decay' else 'are'} [{v.dim}] but "
+                f"its queries are [{args[0].dim}]: keys of the queries' heads and "
+                "one decay per key channel",
+                arg.span,
+                USAGE,
+            )
             return None
     if not low.compares_tokens(args, node):
         return None

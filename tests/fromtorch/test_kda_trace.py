@@ -44,12 +44,20 @@ class KdaLayer(nn.Module):
         g = -self.A_log.exp() * F.softplus((self.f(e) + self.dt).view(b, t, self.h, DK))
         s0 = torch.zeros(b, self.h, DK, DK) if self.state else None
         if self.step:
-            o, _ = kimi.recurrent_kimi_delta_attention(q, k, v, g=g, beta=beta, initial_state=s0,
-                                                       output_final_state=False,
-                                                       use_qk_l2norm_in_kernel=self.l2)
+            o, _ = kimi.recurrent_kimi_delta_attention(
+                q,
+                k,
+                v,
+                g=g,
+                beta=beta,
+                initial_state=s0,
+                output_final_state=False,
+                use_qk_l2norm_in_kernel=self.l2,
+            )
         else:
-            o, _ = kimi.chunk_kimi_delta_attention(q, k, v, g=g, beta=beta, initial_state=s0,
-                                                   use_qk_l2norm_in_kernel=self.l2)
+            o, _ = kimi.chunk_kimi_delta_attention(
+                q, k, v, g=g, beta=beta, initial_state=s0, use_qk_l2norm_in_kernel=self.l2
+            )
         return self.ro(e + self.out(o.reshape(b, t, -1)))
 
 
@@ -63,8 +71,7 @@ def test_the_reference_is_transformers_kernel():
     q, k, v = (torch.randn(2, 7, 3, 4, generator=gen) for _ in "qkv")
     g = -torch.rand(2, 7, 3, 4, generator=gen)
     beta = torch.rand(2, 7, 3, generator=gen)
-    want, _ = kimi.chunk_kimi_delta_attention(q, k, v, g=g, beta=beta,
-                                              use_qk_l2norm_in_kernel=True)
+    want, _ = kimi.chunk_kimi_delta_attention(q, k, v, g=g, beta=beta, use_qk_l2norm_in_kernel=True)
     assert torch.allclose(kda_reference(q, k, v, g, beta, True), want, atol=1e-5)
 
 
@@ -89,11 +96,14 @@ def test_the_layer_derives_as_gated_deltanets(traced):
     assert table["A_log"] == table["dt"] == ("0", "0")
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"l2": False}, r"without its queries and keys L2-normalised"),
-    ({"state": True}, r"from an initial state"),
-    ({"step": True}, r"token-by-token step"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"l2": False}, r"without its queries and keys L2-normalised"),
+        ({"state": True}, r"from an initial state"),
+        ({"step": True}, r"token-by-token step"),
+    ],
+)
 def test_other_forms_are_refused_at_their_line(kw, match):
     with pytest.raises(tp.TensorProgError, match=match) as err:
         tp.from_torch(lambda n: KdaLayer(n, **kw), (64, 128), ids)

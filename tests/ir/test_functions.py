@@ -11,6 +11,7 @@ from tensorprog.emit.instructions import _NORMS, _TORCH_FN
 from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.identify import RECOGNISED
+from tensorprog.ir.ddot import DDOT
 from tensorprog.ir.functions import (
     AT,
     CAT,
@@ -27,7 +28,6 @@ from tensorprog.ir.functions import (
     TCONV,
     torch_function,
 )
-from tensorprog.ir.ddot import DDOT
 from tensorprog.ir.ssd import SSD
 from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_delta import DELTA
