@@ -123,6 +123,16 @@ def test_the_emitted_helpers_are_kimi_delta_attention():
     got = scope["_mix"](p, flat[3])
     want = kda_reference(q, k, v, g, beta, False).flatten(-2)
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    # the other order, the state decayed after each update, is another layer: this test sees it
+    qs, ks, vs, gs = (x.transpose(1, 2) for x in (q * dk**-0.5, k, v, g))
+    state, out = torch.zeros(2, heads, dk, dk, dtype=torch.float64), []
+    for t in range(t_len):
+        kt = ks[:, :, t]
+        step = (vs[:, :, t] - (state * kt[..., None]).sum(-2)) * beta[:, t, :, None]
+        state = (state + kt[..., None] * step[..., None, :]) * gs[:, :, t].exp()[..., None]
+        out.append((state * qs[:, :, t, :, None]).sum(-2))
+    after = torch.stack(out, 1).flatten(-2)
+    assert (after - want).abs().max() > 1e-2
 
 
 def test_growing_head_dim_is_refused_with_the_reason(program):
