@@ -27,6 +27,8 @@ classified parametrization may, and then P's rows must not understate it.
 
 With sq, b = Θ(1) (a fixed head dim: the dots are finite sums) this is softmax's rule: P₀ =
 Θ(1), ΔP as large as the largest input change, each input's gradient as large as dP's.
+``delta(sq, sk, b)`` has no g (D = 1) and so no g terms; its dots may be ``ddot``s, whose own
+rules (rules_ddot.py) carry a decay per key channel.
 """
 
 from __future__ import annotations
