@@ -126,8 +126,16 @@ CATALOGUE = {
                                  "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
                                  r"delta's b must have one entry per value head \(4 heads\)",
                                  (12, 16)),
-    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b), h)\n", S,
-                    r"delta takes 4 or 6 arguments, got 3", (13, 16)),
+    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b, b, b), h)\n",
+                    S, r"delta takes 3, 4 or 6 arguments, got 5", (13, 16)),
+    # Kimi Delta Attention's dots, decayed per key channel: the decay of the queries' dim, and
+    # the scores and the keys' products decayed by the same g
+    "ddot-decay-per-head": (DELTA + "output s = ddot(q, h, b, dh)\n", S,
+                            r"ddot's decay is \[H\] but its queries are \[n\]: .*one decay "
+                            r"per key channel", (13, 23)),
+    "delta-dots-decayed-unlike": (DELTA + "output o = mix(delta(ddot(q, h, -1 * h, dh), dot(h, "
+                                  "h, dh), b), h)\n", S, r"delta's dots must be decayed alike",
+                                  (13, 16)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
+from ..ir.ddot import DDOT
 from ..ir.functions import (
     AT,
     CAT,
@@ -176,6 +177,9 @@ class Emitter:
         if ins.fn == SSD:  # state-space mixing weights per head (emit/ssd.py)
             self.helpers.add("_ssd")
             return f"_ssd({', '.join(self.ref(a) for a in ins.args)})"
+        if ins.fn == DDOT:  # a per-head dot decayed per key channel (emit/ddot.py)
+            self.helpers.add("_ddot")
+            return f"_ddot({', '.join(self.ref(a) for a in ins.args)}, {self.dim(ins.over)})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

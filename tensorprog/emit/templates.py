@@ -7,12 +7,14 @@ instruction needs it, ``CHECK_DEPTH`` only for a program with a depth).
 
 from __future__ import annotations
 
+from .ddot import DDOT_HELPER
 from .literals import quoted
 from .ssd import SSD_HELPER
 
 # module-level helpers, emitted only when an instruction needs them
 HELPERS = {
     "_ssd": SSD_HELPER,  # Mamba-2's state-space mixing weights: emit/ssd.py
+    "_ddot": DDOT_HELPER,  # a per-head dot decayed per key channel: emit/ddot.py
     "_heads_dot": [
         "def _heads_dot(q, k, head_dim):",
         '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',
@@ -267,9 +269,9 @@ HELPERS = {
         "    z = sink.reshape(-1, 1, 1).expand(*s.shape[:-1], 1).to(s.dtype)",
         "    return torch.softmax(torch.cat([s, z], dim=-1), dim=-1)[..., :-1]"],
     "_delta": [
-        "def _delta(sq, sk, b, g):",
+        "def _delta(sq, sk, b, g=None):",
         '    """Per head, the gated delta rule\'s token-mixing weights P, o = P v: with G the',
-        "    cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),",
+        "    cumulative sum of g over the tokens (no g: 0), D_ts = exp(G_t - G_s) for s <= t,",
         "    P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk",
         "    (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for",
         "    every token alike; b and g may have r times the dots' heads (grouped value heads:",
@@ -280,6 +282,7 @@ HELPERS = {
         "        r = heads // sq.shape[-3]",
         "        sq, sk = sq.repeat_interleave(r, dim=-3), sk.repeat_interleave(r, dim=-3)",
         "    work = torch.promote_types(dtype, torch.float32)",
+        "    g = torch.zeros_like(b) if g is None else g",
         "    sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))",
         "    b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",
         "    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",

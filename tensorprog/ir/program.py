@@ -17,12 +17,12 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
                                   softmax/causal_softmax over the key tokens (also a finite
-                                  dim); ``ssd(cb, dt, A, P)``: Mamba-2's mix weights (ir/ssd.py)
+                                  dim); ``ssd``, ``ddot``: Mamba-2's, KDA's (ir/ssd.py, ir/ddot.py)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
-Delta       ``delta(sq, sk, b, g)``  per head, the gated delta rule's token-mixing weights P
+Delta       ``delta(sq, sk, b[, g])``  per head, the gated delta rule's token-mixing weights P
                                   (linear attention, Gated DeltaNet): ``mix(P, v)`` is its output
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
@@ -42,8 +42,8 @@ to the block. The Stream's back edge (the return value, computed after it) is th
 a value is read before the instruction that defines it.
 
 A program may carry a finite sequence axis (token and position inputs): every vector has one value
-per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a never-trained
-param with no axes: a width-dependent constant the engine derives (attention's 1/d).
+per token, combined across tokens by the token-pair instructions only. A ``scale`` is a
+never-trained param with no axes: a width-dependent constant the engine derives (attention's 1/d).
 
 Each instruction carries its source span (excluded from equality: a program printed with
 :func:`tensorprog.ir.text.to_text` and parsed again compares equal). A Nonlin's functions are in
@@ -58,6 +58,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
+from .ddot import DDOT, ddot_dim
 from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
@@ -535,7 +536,7 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
-            if isinstance(ins, Nonlin) and ins.fn == SSD and dims.get(ins.out):  # ir/ssd.py
+            if isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT) and dims.get(ins.out):
                 h = heads_dim(table, *split_heads_dim(dims[ins.out]))
                 table.update({h.name: h} if h is not None else {})
             if isinstance(ins, Delta) and ins.head and {ins.dim, ins.head} <= table.keys():
@@ -604,8 +605,7 @@ class Program:
 
     @property
     def has_tokens(self) -> bool:
-        """Whether some value runs over a sequence: token or position inputs, or an image's
-        pixels read as tokens (``tokens(h, T)``)."""
+        """Whether some value runs over a sequence (token or position inputs, ``tokens(h, T)``)."""
         return self.seq is not None or any(isinstance(i, Relayout) and i.seq is not None
                                            for i in self.body)
 
@@ -647,8 +647,9 @@ class Program:
                 dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
-            elif isinstance(ins, Nonlin) and ins.fn == SSD:  # over the values' heads (ir/ssd.py)
-                dims[ins.out] = ssd_dim(declared, ins.args[1:2] and dims.get(ins.args[1]), ins)
+            elif isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT):  # ir/ssd.py, ir/ddot.py
+                dims[ins.out] = (ddot_dim(dims, ins) if ins.fn == DDOT else ssd_dim(
+                    declared, ins.args[1:2] and dims.get(ins.args[1]), ins))
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
@@ -684,9 +685,8 @@ class Program:
     @cached_property
     def _uses(self) -> dict[str, list[Instruction]]:
         table: dict[str, list[Instruction]] = {}
-        for ins in self.body:
-            for name in dict.fromkeys(_mentions(ins)):
-                table.setdefault(name, []).append(ins)
+        for ins, name in ((i, m) for i in self.body for m in dict.fromkeys(_mentions(i))):
+            table.setdefault(name, []).append(ins)
         return table
 
     def uses(self, name: str) -> list[Instruction]:

@@ -23,6 +23,7 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
+from .ddot import DDOT, ddot_sequences
 from .functions import AT, CAT, PLACE, SHIFT, TCONV
 from .program import (
     RELATIVE_KINDS,
@@ -111,6 +112,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Nonlin) and ins.fn == SSD:  # a recurrence on token pairs: ir/ssd.py
             tags[ins.out] = ssd_sequences(ins, ops, _show, problem)
             continue
+        if isinstance(ins, Nonlin) and ins.fn == DDOT:  # token pairs of one sequence: ir/ddot.py
+            tags[ins.out] = ddot_sequences(ins, ops, _show, problem)
+            continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
             _check_shift(program, ins, ops[0], problem)
@@ -172,7 +176,8 @@ def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:
     """The delta rule runs over the tokens of one sequence, in order (a recurrence: token t
     reads the state after tokens 1..t): its dots pair that sequence's tokens with themselves
     and b and g are vectors per token of it. Its tag: the dots' pairs."""
-    sq, sk, b, g = ops
+    sq, sk, b = ops[:3]
+    g = ops[3] if len(ops) > 3 else ()  # delta(sq, sk, b): no decay per head
     seq = sq[:1]
     if len(sq) != 2 or sq[0] != sq[1] or sk != sq:
         problem("delta is a recurrence over the tokens of one sequence (each token reads the "

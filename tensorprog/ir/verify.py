@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
+from .ddot import DDOT, verify_ddot
 from .functions import (
     AT,
     CAT,
@@ -103,6 +104,7 @@ _MOVES = {
     RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
     SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
+    DDOT: verify_ddot,
 }
 
 
@@ -539,7 +541,7 @@ def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> 
 
 
 def _verify_cat_products(program: Program, errors: Collector) -> None:
-    """A product (``mul``, ``dwconv``) or ``dot`` of two vectors built, coordinate by
+    """A product (``mul``, ``dwconv``), ``dot`` or ``ddot`` of vectors built, coordinate by
     coordinate, from different concatenations (``cat``): the engine takes a concatenation to be
     as large as its largest part (its RMS), which a product of two such vectors is only where
     their largest parts meet; built from different ones (``cat(a, b, D) * cat(b, a, D)``) they
@@ -550,16 +552,16 @@ def _verify_cat_products(program: Program, errors: Collector) -> None:
         for ins in program.body:
             if isinstance(ins, Nonlin) and ins.fn == CAT:
                 origin[ins.out] = frozenset((ins.out,))
-            elif isinstance(ins, (MatMul, Dot)):
+            elif isinstance(ins, (MatMul, Dot)) or isinstance(ins, Nonlin) and ins.fn == DDOT:
                 origin[ins.out] = frozenset()
             else:
                 ops = (ins.values,) if isinstance(ins, Mix) else ins.operands
                 ops = (*ops, ins.back) if isinstance(ins, Stream) else ops
                 origin[ins.out] = frozenset().union(*(origin.get(o, frozenset()) for o in ops))
     for ins in program.body:
-        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in PRODUCTS:
+        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in (*PRODUCTS, DDOT):
             sides = [origin.get(o, frozenset()) for o in ins.operands]
-            if len(sides) == 2 and all(sides) and sides[0] != sides[1]:
+            if len({s for s in sides if s}) > 1:  # two factors of different concatenations
                 errors.error("a product of two vectors built from different concatenations "
                              f"({', '.join(sorted(sides[0] | sides[1]))}): each is as large as "
                              "its largest part, and their product is only where those parts "
