@@ -32,6 +32,7 @@ from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
+from .ops_merged import MergedOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
@@ -77,6 +78,7 @@ class Converter(
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
+    MergedOps,  # its sdpa takes two sequences' keys side by side before AttentionOps'
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
