@@ -23,6 +23,7 @@ from .convert import convert
 from .few import judge_runs, rejudge, remeasure
 from .inputs import cpu_ids, float_feed, forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
+from .ops_merged import logit_columns
 from .patches import scale_out, scale_rows
 from .rows import renumber_slices
 from .trace import built, export
@@ -180,8 +181,8 @@ def _logit_values(program) -> set[str]:
     coordinatewise functions (a product, a linear combination, a nonlinearity): its scale, a
     soft cap c·tanh(s/c) (Gemma-2's), a position bias added (T5's, ALiBi's). A softmax's sink
     (its second argument, gpt-oss's) is not a logit, nor a value of the dot's that no softmax
-    reads; a merged attention's second set of logits is one. Whatever the vector is named
-    after (sdpa's logits, a ``div`` or a ``mul``)."""
+    reads (a merged attention's second logits are). Whatever the vector is named after
+    (sdpa's logits, a ``div`` or a ``mul``)."""
     dims = program.dim_table
     dots = {ins.out for ins in program.body
             if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
@@ -192,7 +193,6 @@ def _logit_values(program) -> set[str]:
     before = set()  # reaching a softmax's logits coordinatewise
     for ins in reversed(program.body):
         if isinstance(ins, Nonlin) and ins.fn in SOFTMAXES:
-            # a second argument that is no param is a merged attention's other logits
             before.update(a for a in ins.args[:2] if a not in program.param_table)
         elif ins.out in before and _coordinatewise(ins):
             before.update(ins.operands)
@@ -287,7 +287,7 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
                 out = scale_out(out, factor, rows, _bias(n, self.env) if bias else None)
             for vec, kind, unfold in wanted.get(n.name, []):
                 if kind.startswith("sdpa_logits"):
-                    found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))[_cols(kind)]
+                    found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))[logit_columns(kind)]
                 else:
                     found[vec] = out * unfold
             if n.name in splits:
@@ -311,7 +311,7 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
                 for factor, rows, *bias in patches.get(p.name, ()):
                     env[p] = scale_out(env[p], factor, rows, _bias(p, env) if bias else None)
             for vec, kind, unfold in uses:
-                held = logits(n, env[n.args[0]], env[n.args[1]])[_cols(kind)] \
+                held = logits(n, env[n.args[0]], env[n.args[1]])[logit_columns(kind)] \
                     if kind.startswith("sdpa_logits") else env[n] * unfold
                 start = first["s0"].setdefault(vec, held.clone())
                 into[vec] = (held - start, found[vec] - held)
@@ -332,13 +332,6 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
         keep = any(len(v) == 3 for v in splits.values())
         Recorder(ep.graph_module, garbage_collect_values=not keep).run(*values)
     return found
-
-
-def _cols(kind: str):
-    """The key columns of an sdpa's logits that a program vector holds: all of them, or one
-    part's, ``sdpa_logits:lo:hi``, of a merged attention's keys (ops_merged.py)."""
-    _, *cut = kind.split(":")
-    return (..., slice(int(cut[0]), int(cut[1]))) if cut else (...,)
 
 
 def _bias(node, env):

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops_attention import _one_key, layout_text
+from .ops_attention import layout_text, one_key
 from .values import Conc, Probs, Scores, Vec
 from .where import op_name, refuse
 
-_HELP = ("concatenate the queries' own keys and another sequence's along the tokens, "
-         "torch.cat([k, k_cross], dim=2), the values at the same split, and pass both to one "
-         "scaled_dot_product_attention with a mask causal on the own part (or none) and "
-         "keeping every key of the other")
+_HELP = (
+    "concatenate the queries' own keys and another sequence's along the tokens, "
+    "torch.cat([k, k_cross], dim=2), the values at the same split, and pass both to one "
+    "scaled_dot_product_attention with a mask causal on the own part (or none) and "
+    "keeping every key of the other"
+)
 
 
 @dataclass
@@ -35,7 +37,11 @@ class MergedKV:
     sizes: tuple[int, int]
 
 
-MERGED_VALUES = (MergedKV,)
+def logit_columns(kind: str):
+    """The key columns of an sdpa's logits that a program vector of ``kind`` holds (check.py):
+    all of them (``sdpa_logits``), or one part's of a merged attention (``sdpa_logits:lo:hi``)."""
+    _, *cut = kind.split(":")
+    return (..., slice(int(cut[0]), int(cut[1]))) if cut else (...,)
 
 
 def merged_parts(self, node, tensors, dim) -> MergedKV | None:
@@ -51,13 +57,20 @@ def merged_parts(self, node, tensors, dim) -> MergedKV | None:
         return None
     readers = {op_name(u) for u in node.users}
     if readers != {"scaled_dot_product_attention"}:
-        raise refuse(node, "per-head keys or values of two sequences concatenated along the "
-                     f"tokens and read by {sorted(readers)}: the language's merged attention "
-                     "(one softmax over both sequences' keys) is taken where one "
-                     "scaled_dot_product_attention reads them", help=_HELP)
+        raise refuse(
+            node,
+            "per-head keys or values of two sequences concatenated along the "
+            f"tokens and read by {sorted(readers)}: the language's merged attention "
+            "(one softmax over both sequences' keys) is taken where one "
+            "scaled_dot_product_attention reads them",
+            help=_HELP,
+        )
     if parts[0].dh != parts[1].dh or parts[0].dim != parts[1].dim:
-        raise refuse(node, "per-head vectors of two sequences concatenated along the tokens "
-                     "with different heads", help=_HELP)
+        raise refuse(
+            node,
+            "per-head vectors of two sequences concatenated along the tokens with different heads",
+            help=_HELP,
+        )
     sizes = tuple(int(a.meta["val"].shape[2]) for a in node.args[0])
     return MergedKV(parts, sizes)  # type: ignore[arg-type]
 
@@ -65,32 +78,53 @@ def merged_parts(self, node, tensors, dim) -> MergedKV | None:
 class MergedOps:
     """T5Gemma 2's merged attention: a decoder's own keys beside the encoder's, one softmax."""
 
-    def op_scaled_dot_product_attention(self, node, q, k, v, attn_mask=None, dropout_p=0.0,
-                                        is_causal=False, scale=None, enable_gqa=False):
+    def op_scaled_dot_product_attention(
+        self,
+        node,
+        q,
+        k,
+        v,
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=False,
+    ):
         if not isinstance(k, MergedKV) and not isinstance(v, MergedKV):
             return super().op_scaled_dot_product_attention(
-                node, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+                node, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa
+            )
         if not isinstance(k, MergedKV) or not isinstance(v, MergedKV) or k.sizes != v.sizes:
-            what = (f"keys of {list(k.sizes)} tokens and values of {list(v.sizes)}"
-                    if isinstance(k, MergedKV) and isinstance(v, MergedKV) else
-                    "keys and values of which only one is two sequences' side by side")
-            raise refuse(node, f"attention over {what}: one softmax over two sequences' keys "
-                         "mixes each part's own values, so the values must be concatenated "
-                         "at the same split as the keys", help=_HELP)
+            what = (
+                f"keys of {list(k.sizes)} tokens and values of {list(v.sizes)}"
+                if isinstance(k, MergedKV) and isinstance(v, MergedKV)
+                else "keys and values of which only one is two sequences' side by side"
+            )
+            raise refuse(
+                node,
+                f"attention over {what}: one softmax over two sequences' keys "
+                "mixes each part's own values, so the values must be concatenated "
+                "at the same split as the keys",
+                help=_HELP,
+            )
         q = self.vec(q, node)
         if q.dh is None or q.tags[-2:] != ("tok", "dh") or "H" not in q.tags:
-            raise refuse(node, f"merged attention of queries laid out {layout_text(q.tags)}",
-                         help="transpose them to (batch, heads, tokens, head dim)")
+            raise refuse(
+                node,
+                f"merged attention of queries laid out {layout_text(q.tags)}",
+                help="transpose them to (batch, heads, tokens, head dim)",
+            )
         for part in (*k.parts, *v.parts):
             self.grouped(node, q, part, "keys")
-        _one_key(node, sum(k.sizes))
+        one_key(node, sum(k.sizes))
         masks = self._merged_masks(node, attn_mask, is_causal, k.sizes)
         factor = scale if scale is not None else q.dh**-0.5
         logits, cut = [], 0
         for part, size in zip(k.parts, k.sizes, strict=True):
             # the check reads each part's logits as its columns of the model's merged ones
-            logits.append(self.logits(q, part, factor, node.name,
-                                      f"sdpa_logits:{cut}:{cut + size}"))
+            logits.append(
+                self.logits(q, part, factor, node.name, f"sdpa_logits:{cut}:{cut + size}")
+            )
             cut += size
         fn = "causal_softmax" if any(masks) else "softmax"
         self.out.causal_keys.update(name for name, m in zip(logits, masks, strict=True) if m)
@@ -109,8 +143,12 @@ class MergedOps:
         import torch
 
         if is_causal:
-            raise refuse(node, "merged attention with is_causal=True (the causal mask over the "
-                         "concatenated keys is no part's own)", help=_HELP)
+            raise refuse(
+                node,
+                "merged attention with is_causal=True (the causal mask over the "
+                "concatenated keys is no part's own)",
+                help=_HELP,
+            )
         if attn_mask is None:
             return (False, False)
         if not isinstance(attn_mask, Conc):
@@ -121,18 +159,26 @@ class MergedOps:
         keep = keep.expand(*keep.shape[:-2], t, sum(sizes))
         out, cut = [], 0
         for size in sizes:
-            part = keep[..., cut:cut + size]
+            part = keep[..., cut : cut + size]
             cut += size
             if bool(part.all()):
                 out.append(False)
             elif size == t and bool((part == torch.ones(t, t, dtype=torch.bool).tril()).all()):
                 out.append(True)
             else:
-                raise refuse(node, "a merged attention mask that, on one sequence's keys, is "
-                             "neither the causal mask nor one that keeps every key (a padding "
-                             "mask hides keys per example, which the language's attention "
-                             "cannot say)", help="trace with example inputs without padding")
+                raise refuse(
+                    node,
+                    "a merged attention mask that, on one sequence's keys, is "
+                    "neither the causal mask nor one that keeps every key (a padding "
+                    "mask hides keys per example, which the language's attention "
+                    "cannot say)",
+                    help="trace with example inputs without padding",
+                )
         if all(out):
-            raise refuse(node, "a merged attention mask causal on both sequences' keys: one "
-                         "softmax masks the queries' own sequence only", help=_HELP)
+            raise refuse(
+                node,
+                "a merged attention mask causal on both sequences' keys: one "
+                "softmax masks the queries' own sequence only",
+                help=_HELP,
+            )
         return tuple(out)  # type: ignore[return-value]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import TraceError
-from .ops_merged import merged_parts
+from .ops_merged import MergedKV, merged_parts
 from .values import PRef, Probs, Scores, Spread, Vec
 from .where import refuse
 
@@ -79,7 +79,8 @@ class SinkGate:
     stage: str
 
 
-SINK_VALUES = (SinkRef, SinkScores, RowMax, Shifted, SinkProbs, SinkGate)
+# with two sequences' keys side by side, for one softmax over both (ops_merged.py)
+SINK_VALUES = (SinkRef, SinkScores, RowMax, Shifted, SinkProbs, SinkGate, MergedKV)
 
 
 def _as_spread(x):

@@ -21,7 +21,6 @@ from .ops_flatstreams import FLAT_STREAM_VALUES
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
-from .ops_merged import MERGED_VALUES
 from .ops_sink import SINK_VALUES, RowMax
 from .ops_standardise import ROW_VALUES, RowPair, Standardised, refuse_mixed_standardised
 from .ops_tconv import SplitConv, Taps
@@ -133,7 +132,6 @@ SYMBOLIC = (
     ParamFn,  # a function of a param alone: Swin V2's temperature (ops_temperature.py)
     RowMean,  # an image's mean over its rows, before one over its columns (ops_conv.py)
     OverTokens,  # a vector per sequence given back a token axis (ops_global.py)
-    *MERGED_VALUES,  # two sequences' keys side by side, for one softmax (ops_merged.py)
     *SINK_VALUES,  # an attention sink's pieces, a softmax stabilised by hand (ops_sink.py)
     *GRN_VALUES,  # a global response normalization's pieces (ops_grn.py)
     Rescaled,  # a vector times another's RMS, on the way to a norm (ops_rescale.py)
