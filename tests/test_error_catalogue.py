@@ -492,7 +492,7 @@ POSITIONED = {
                            r"dot contracts a vector's dim, but attention logits", (12, 12)),
     "logits-plus-vector": (LOGITS_SEQ.replace("dim dh = n / 2", "dim dh = 2\ndim m = n / 2")
                            + "param u : [m]\noutput y = s + u\n", S,
-                           r"shape mismatch in '\+': \[n/dh\] and \[m\]", (14, 1)),
+                           r"shape mismatch in '\+': \[n/dh\] and \[m\]", (14, 12)),
     # names
     "function-as-name": (HEAD3 + "relu = W @ x\noutput relu\n", S,
                          r"'relu' is a built-in function and cannot name a value", (4, 1)),
