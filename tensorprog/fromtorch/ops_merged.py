@@ -114,8 +114,20 @@ class MergedOps:
                 f"merged attention of queries laid out {layout_text(q.tags)}",
                 help="transpose them to (batch, heads, tokens, head dim)",
             )
-        for part in (*k.parts, *v.parts):
-            self.grouped(node, q, part, "keys")
+        for what, part in (
+            ("keys", k.parts[0]),
+            ("keys", k.parts[1]),
+            ("values", v.parts[0]),
+            ("values", v.parts[1]),
+        ):
+            if part.tags != q.tags:  # sdpa pairs the axes before the tokens by position
+                raise refuse(
+                    node,
+                    f"merged attention of queries laid out {layout_text(q.tags)} and keys or "
+                    f"values laid out {layout_text(part.tags)}",
+                    help="lay them all out as (batch, heads, tokens, head dim)",
+                )
+            self.grouped(node, q, part, what)
         one_key(node, sum(k.sizes))
         masks = self._merged_masks(node, attn_mask, is_causal, k.sizes)
         factor = scale if scale is not None else q.dh**-0.5
