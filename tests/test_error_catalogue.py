@@ -145,6 +145,19 @@ CATALOGUE = {
     "sink-of-a-vector": (SEQ + "param z : [n]\noutput p = softmax(h, z)\n", S,
                          r"a sink joins the softmax of attention logits .* not of \[n\]",
                          (9, 12)),
+    # merged attention: one softmax over the keys of two sequences for the same queries
+    "merged-over-the-same-keys": (ENCDEC + "output p = softmax(dot(y, x, dh), dot(y, x, dh))\n",
+                                  S, r"keys from two different sequences", (11, 1)),
+    "merged-of-other-queries": (ENCDEC + "output p = softmax(dot(y, x, dh), dot(x, x, dh))\n",
+                                S, r"one softmax over the keys of a and of b for the same "
+                                r"queries", (11, 1)),
+    "merged-causal-on-no-own-keys": (ENCDEC + "dim S2 = 2\ninput s2 : tokens[S2, V]\n"
+                                     "z = E @ s2\noutput p = causal_softmax(dot(y, x, dh), "
+                                     "dot(y, z, dh))\n", S,
+                                     r"neither set of logits pairs T's tokens with themselves",
+                                     (14, 1)),
+    "merged-other-heads": (ENCDEC + "dim d2 = n / 4\noutput p = softmax(dot(y, y, dh), "
+                           "dot(y, x, d2))\n", S, r"a and b have different heads", (12, 12)),
     # grouped-query attention: keys and values of whole heads, in whole groups of query heads
     "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
                                  "output s = dot(h, Wk @ h, dh)\n", S,

@@ -40,7 +40,7 @@ from ..ir.program import (
     RouteIn,
     split_heads_dim,
 )
-from ..ir.sequences import value_sequences
+from ..ir.sequences import causal_parts, value_sequences
 from ..ir.ssd import SSD
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
@@ -210,6 +210,13 @@ class Emitter:
                 if vector and dims.get(a) is None and not self._is_scale(a) else
                 self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
+        if len(ins.args) == 2 and ins.args[1] not in self.program.param_table:
+            # one softmax over two sets of keys (merged attention), read on the first's keys;
+            # the causal mask on the set that pairs the queries' tokens with themselves
+            seqs = self._sequences()
+            masks = causal_parts(ins, [seqs[a] for a in ins.args])
+            self.helpers.add("_merged_softmax")
+            return (f"_merged_softmax({x}, {self.ref(ins.args[1])}, {masks[0]}, {masks[1]})")
         if len(ins.args) == 2:  # a softmax with a sink: one more logit per head in every row
             self.helpers.add("_sink_softmax")
             return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "

@@ -34,6 +34,7 @@ from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
+from .ops_merged import MergedOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
@@ -79,6 +80,7 @@ class Converter(
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
+    MergedOps,  # its sdpa takes two sequences' keys side by side before AttentionOps'
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
     HeadCatOps,  # a split along the heads of attention outputs side by side in each head
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'

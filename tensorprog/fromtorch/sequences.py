@@ -56,12 +56,13 @@ def _meet(classes: _Classes, tags) -> tuple:
     return max(found, key=len) if found else ()
 
 
-def _tag(expr, tags: dict, classes: _Classes) -> tuple:
-    """The sequence tag (input names) of an expression of the walk's statements."""
+def _tag(expr, tags: dict, classes: _Classes, causal: frozenset = frozenset()) -> tuple:
+    """The sequence tag (input names) of an expression of the walk's statements; ``causal``:
+    the logits a merged attention's mask makes causal."""
     if isinstance(expr, ast.Name):
         return tags.get(expr.id, ())
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
-        args = [_tag(a, tags, classes) for a in expr.args]
+        args = [_tag(a, tags, classes, causal) for a in expr.args]
         fn = expr.func.id
         if fn == "dot" and len(args) >= 2 and len(args[0]) == 1 and len(args[1]) == 1:
             return (args[0][0], args[1][0])
@@ -72,15 +73,25 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
+        if fn in ("softmax", "causal_softmax") and len(args) == 2 and all(
+                len(a) == 2 for a in args):
+            # one softmax over two sets of keys for the same queries (ops_merged.py): the
+            # keys stay two sequences, and the set the model masks causally is the queries'
+            classes.union(args[0][0], args[1][0])
+            for a, arg in zip(expr.args, args, strict=True):
+                if isinstance(a, ast.Name) and a.id in causal:
+                    classes.union(*arg)
+            return args[0]
         if fn in ("first", "last", "mean"):  # one vector per sequence
             return ()
         if fn == "place" and len(args) == 3:  # v's tokens among h's: h's sequence, not v's
             return args[1]
         return _meet(classes, args)
     if isinstance(expr, ast.BinOp):
-        return _meet(classes, [_tag(expr.left, tags, classes), _tag(expr.right, tags, classes)])
+        return _meet(classes, [_tag(expr.left, tags, classes, causal),
+                               _tag(expr.right, tags, classes, causal)])
     if isinstance(expr, ast.UnaryOp):
-        return _tag(expr.operand, tags, classes)
+        return _tag(expr.operand, tags, classes, causal)
     return ()
 
 
@@ -102,13 +113,14 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
     for name in getattr(trace, "codebooks", {}):
         classes.union(name, "tok")
+    causal = frozenset(getattr(trace, "causal_keys", ()))
     for stmt in trace.stmts:
         target, _, expr = stmt.partition(" = ")
         try:
             tree = ast.parse(re.sub(r"\{s\d+\}", "1", expr), mode="eval").body
         except SyntaxError:  # no form the walk writes; the language checks it all the same
             continue
-        tags[target] = _tag(tree, tags, classes)
+        tags[target] = _tag(tree, tags, classes, causal)
     lengths = {"tok": tokens_seq}
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}

@@ -94,6 +94,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
         if isinstance(ins, Delta):
             tags[ins.out] = _check_delta(ins, ops, problem)
             continue
+        if merged_softmax(ins, ops):
+            tags[ins.out] = _check_merged(program, ins, ops, problem)
+            continue
         if isinstance(ins, Prepend):
             tags[ins.out] = (ins.seq,)
             _check_prepend(program, ins, ops, problem)
@@ -170,6 +173,38 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
                     ins, "return a value of the argument's sequence (a tail or a prepend "
                     "inside the block changes it), or apply the block once")
     return tags
+
+
+def merged_softmax(ins, ops: list[Tag]) -> bool:
+    """Whether ``ins`` is a softmax over two sets of attention logits (``softmax(a, b)``,
+    lower_sink.py), rather than one or one with a sink (a param, over no sequence)."""
+    return (isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax")
+            and len(ops) == 2 and len(ops[0]) == 2 and len(ops[1]) == 2)
+
+
+def causal_parts(ins: Nonlin, ops: list[Tag]) -> tuple[bool, bool]:
+    """Which of a merged softmax's two logit sets its causal mask applies to: those pairing
+    the queries' sequence with itself (the decoder's own keys), none for ``softmax``."""
+    causal = ins.fn == "causal_softmax"
+    return tuple(causal and t[0] == t[1] for t in ops)  # type: ignore[return-value]
+
+
+def _check_merged(program: Program, ins: Nonlin, ops: list[Tag], problem) -> Tag:
+    """One softmax over two sets of keys for the same queries: the logits' queries of one
+    sequence, their keys of two different ones (two sets over the same keys would count each
+    key twice), and ``causal_softmax`` only where one set holds the queries' own keys, which it
+    masks. Its tag: the first set's pairs, whose keys its weights are on."""
+    (qa, ka), (qb, kb) = ops
+    if qa != qb or ka == kb:
+        problem(f"{ins.fn}(a, b) is one softmax over the keys of a and of b for the same "
+                f"queries, but a runs over {_show(ops[0])} and b over {_show(ops[1])}", ins,
+                "take both from the same queries, their keys from two different sequences: "
+                "dot(q, k, dh) over the queries' own tokens, dot(q, kc, dh) over another's")
+    elif ins.fn == "causal_softmax" and not any(causal_parts(ins, ops)):
+        problem("causal_softmax masks later keys of the queries' own sequence, but neither "
+                f"set of logits pairs {qa}'s tokens with themselves", ins,
+                "keys of another sequence are all seen: use softmax(a, b)")
+    return ops[0]
 
 
 def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:

@@ -594,11 +594,20 @@ def _verify_arity(program: Program, ins: Nonlin, errors: Collector) -> None:
     arity = (2,) if ins.fn in PRODUCTS else (1, 2) if ins.fn in SOFTMAXES else (1,)
     if ins.fn not in (*PRODUCTS, *FUNCTIONS) or len(ins.args) not in arity:
         errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
-    elif ins.fn in SOFTMAXES and len(ins.args) == 2 and (
+    elif ins.fn in SOFTMAXES and len(ins.args) == 2 and not _merged_logits(program, ins) and (
             ins.args[1] not in program.param_table
             or len(program.param_table[ins.args[1]].shape) != 1):
         errors.error(f"{ins.fn} with a sink: attention logits, then a vector param with one "
-                     "logit per head", ins.span)
+                     "logit per head, or attention logits of the same heads over other keys",
+                     ins.span)
+
+
+def _merged_logits(program: Program, ins: Nonlin) -> bool:
+    """A softmax's second argument that is logits as its first is (computed, of the same
+    dim: the same heads), over another sequence's keys (ir/sequences.py checks which)."""
+    a, b = ins.args
+    dims = program.value_dims
+    return b not in program.param_table and dims.get(b) is not None and dims.get(b) == dims.get(a)
 
 
 def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> str | None:
