@@ -50,6 +50,29 @@ def _show(tag: Tag) -> str:
     return f"the token pairs ({tag[0]}, {tag[1]})"
 
 
+def _check_dot(ins, ops: list[Tag], problem) -> Tag:
+    """A per-head dot's token pairs: its query's tokens, its key's."""
+    q, k = ops
+    if len(q) != 1 or len(k) != 1:
+        problem("a per-head dot pairs query and key tokens, but its arguments run "
+                f"over {_show(q)} and {_show(k)}", ins,
+                "build queries and keys as vectors per token (e.g. Wq @ h), not from "
+                "attention logits")
+        return ()
+    return (q[0], k[0])
+
+
+def _check_mix(ins, ops: list[Tag], problem) -> Tag:
+    """mix(p, v)'s tokens: the weights' queries, once the values run over their keys."""
+    p, v = ops
+    if len(p) != 2 or v != p[1:]:
+        problem("mix(p, v) sums the values over the key tokens of the weights "
+                f"p, {_show(p)}, but the values run over {_show(v)}", ins,
+                "take keys and values from the same sequence: in cross-attention "
+                "both read the encoder's output")
+    return p[:1]
+
+
 def value_sequences(program: Program, errors: Collector | None = None) -> dict[str, Tag]:
     """The sequence tag of every value; with ``errors``, each instruction that combines values
     of different sequences (or masks a cross-attention causally) is reported there."""
@@ -70,26 +93,10 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             continue
         ops = [tags.get(o, ()) for o in ins.operands]
         if isinstance(ins, Dot) and ins.over is not None:
-            q, k = ops
-            if len(q) != 1 or len(k) != 1:
-                problem("a per-head dot pairs query and key tokens, but its arguments run "
-                        f"over {_show(q)} and {_show(k)}", ins,
-                        "build queries and keys as vectors per token (e.g. Wq @ h), not from "
-                        "attention logits")
-                tags[ins.out] = ()
-                continue
-            tags[ins.out] = (q[0], k[0])
+            tags[ins.out] = _check_dot(ins, ops, problem)
             continue
         if isinstance(ins, Mix):
-            p, v = ops
-            if len(p) != 2 or v != p[1:]:
-                problem("mix(p, v) sums the values over the key tokens of the weights "
-                        f"p, {_show(p)}, but the values run over {_show(v)}", ins,
-                        "take keys and values from the same sequence: in cross-attention "
-                        "both read the encoder's output")
-                tags[ins.out] = p[:1]
-                continue
-            tags[ins.out] = p[:1]
+            tags[ins.out] = _check_mix(ins, ops, problem)
             continue
         if isinstance(ins, Delta):
             tags[ins.out] = _check_delta(ins, ops, problem)
