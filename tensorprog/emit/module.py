@@ -489,13 +489,16 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                 out.append(f"        {local[i.name]} = _window_coords({side}, {like})")
                 continue
             if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
-                em.helpers.add("_relative_buckets")
                 axis = -2 if tokens is not None and tokens.kind == "patches" else -1
                 length, where = ((f"{local[tokens.name]}.shape[{axis}]",
                                   f"{local[tokens.name]}.device")
                                  if tokens is not None else (em.dim(i.seq), device))
-                out.append(f"        {local[i.name]} = _relative_buckets({length}, "
-                           f"{em.dim(i.dim)}, {i.kind == 'relative'}, {where})")
+                grid = i.kind == "grid_offsets"  # LeViT's offset on a grid
+                em.helpers.add("_grid_offsets" if grid else "_relative_buckets")
+                out.append(f"        {local[i.name]} = _grid_offsets({length}, {em.dim(i.dim)}, "
+                           f"{where})" if grid else f"        {local[i.name]} = "
+                           f"_relative_buckets({length}, {em.dim(i.dim)}, "
+                           f"{i.kind == 'relative'}, {where})")
                 continue
             rows = "self.seq_len" if i.seq == lay.seq and i.kind == "positions" else em.dim(i.seq)
             # a grid's axis: each position's coordinate along it, (t // stride) mod its size

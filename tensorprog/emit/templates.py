@@ -378,6 +378,20 @@ HELPERS = {
         "    grid = torch.stack(torch.meshgrid([side, side], indexing=\"ij\"), -1).reshape(-1, 2)",
         "    coords = torch.sign(grid) * torch.log2(grid.abs() + 1.0) / math.log2(8)",
         "    return coords.to(device=like.device, dtype=like.dtype)"],
+    # LeViT's attention_bias_idxs (transformers' LevitAttention): its offsets numbered in the
+    # order its loops first meet them, from query (0, 0), which meets every one row-major
+    "_grid_offsets": [
+        "def _grid_offsets(length, offsets, device):",
+        '    """The offset id of every (query, key) pair of length tokens laid out row-major on a',
+        "    side x side grid, |dy| * side + |dx|: one of offsets = side * side (LeViT's",
+        '    attention_bias_idxs)."""',
+        "    side = math.isqrt(length)",
+        "    if side * side != length or offsets != length:",
+        "        raise ValueError(f'{length} tokens on a square grid of {offsets} offsets: '",
+        "                         'feed the image size the module was built for')",
+        "    t = torch.arange(length, device=device)",
+        "    y, x = t // side, t % side",
+        "    return (y[:, None] - y[None, :]).abs() * side + (x[:, None] - x[None, :]).abs()"],
     "_relative_bias": [
         "def _relative_bias(buckets, table):",
         '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',

@@ -18,9 +18,11 @@ keeps every key, or the causal one: ``where(mask, bias, min)``) to the logits it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 
+from ..emit.templates import HELPERS
 from .inplace import in_place
 from .values import Conc, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
@@ -65,9 +67,36 @@ def relative_kind(ids, rows: int) -> str | None:
     return None
 
 
+def grid_side(ids, rows: int) -> int | None:
+    """The grid's side r when ``ids`` (the constant ids of a lookup in a table of ``rows``
+    offsets) are LeViT's offset of every (query, key) pair of r x r tokens, [r², r²]: the
+    emitted module's own ``_grid_offsets`` run here, so that the trace accepts exactly what the
+    module builds; else None."""
+    import torch
+
+    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.shape[0] != ids.shape[1] or \
+            ids.shape[0] != rows or math.isqrt(rows) ** 2 != rows:
+        return None
+    built = _emitted_grid()(rows, rows, None)
+    return math.isqrt(rows) if torch.equal(ids.cpu(), built) else None
+
+
+@functools.cache
+def _emitted_grid():
+    import torch
+
+    space = {"torch": torch, "math": math}
+    exec("\n".join(HELPERS["_grid_offsets"]), space)  # noqa: S102 - the emitted helper
+    return space["_grid_offsets"]
+
+
 _HELP = ("add the bias to attention logits as T5 does (scores + bias, or sdpa's attn_mask), or "
          "write the model as a Tensor Program: input rel : relative[T, B], then "
          "tau * dot(q, k, dh) + R @ rel with R : [H, B] (examples/t5.tp; docs/language.md)")
+_GRID_HELP = ("read the whole table [heads, offsets] at LeViT's attention_bias_idxs and add it to "
+              "the attention logits, or write the model as a Tensor Program: input g : "
+              "grid_offsets[T, B], then tau * dot(q, k, dh) + R @ g with R : [H, B] "
+              "(examples/levit.tp; docs/language.md)")
 # ops that carry the bias unchanged
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
 
@@ -84,6 +113,18 @@ class RelativeOps:
         rel = self.sequence_input("_rel", kind, grid[0], w.shape[0])
         axes = ("1",) * (ids.dim() - 2) + ("q", "k", "H")
         return RelBias(w, rel, node.name, axes, grid)
+
+    def grid_lookup(self, node, w: PRef, ids) -> RelBias:
+        """``table[:, ids]`` with LeViT's ids, each (query, key) pair's offset on a grid of
+        r x r tokens: the table [heads, offsets] read at each pair, (H, q, k), its input the
+        ``grid_offsets`` of the queries' sequence. As T5's bias, ``R @ g`` with ``R`` the table
+        as it is ([heads, offsets]: a lookup whose fan-in is the offsets)."""
+        if w.t or w.rows or w.offset or len(w.shape) != 2:
+            raise refuse(node, "a position bias on a grid read from part of a table",
+                         help=_GRID_HELP)
+        rel = self.sequence_input("_rel", "grid_offsets", int(ids.shape[0]), w.shape[1])
+        grid = (int(ids.shape[0]), int(ids.shape[1]))
+        return RelBias(dataclasses.replace(w, t=True), rel, node.name, ("H", "q", "k"), grid)
 
     def call(self, node):
         if node.target is not operator.getitem:
@@ -166,8 +207,9 @@ class RelativeOps:
         with it."""
         lead = b.axes[:-3]
         heads = s.q.dim // s.q.dh if s.q.dh else None
+        # T5's table is [buckets, heads]; LeViT's [heads, offsets] is read transposed (t)
         if b.axes[-3:] != ("H", "q", "k") or any(a not in ("1", "tok") for a in lead) or (
-                heads != b.table.shape[1]) or s.bias is not None:
+                heads != b.table.shape[0 if b.table.t else 1]) or s.bias is not None:
             raise refuse(node, "a relative position bias added to attention logits other than "
                          "one number per head and (query, key) pair, [batch, heads, queries, "
                          "keys], once", help=_HELP)
@@ -214,3 +256,22 @@ def refuse_gathered_bias(node, v, dim, index):
         "R @ rel), or drop the relative logits (a rotary embedding), or write the model as a "
         "program",
     )
+
+
+def refuse_grid_ids(node, w: PRef, ids):
+    """``table[:, ids]`` of a param [heads, offsets] at ids other than LeViT's: ids the network
+    computes (a traced value), ids that differ per example (a leading batch axis), or constant
+    ids of another layout. Each would be a bias the language's ``R @ g`` does not build."""
+    value = getattr(ids, "value", None) if isinstance(ids, Conc) else None
+    if value is None:
+        what = "ids the network computes (a traced value), not constants of the grid"
+    elif value.dim() != 2:
+        what = (f"constant ids of shape {list(value.shape)}, not one id per (query, key) pair "
+                "[tokens, tokens] shared by every example")
+    else:
+        what = (f"constant ids {list(value.shape)} other than LeViT's offsets, |dy|·r + |dx| "
+                f"of each pair of an r x r grid of tokens, in a table of {w.shape[-1]} offsets")
+    return refuse(node, f"a param table {list(w.shape)} read column-wise at {what}: the "
+                  "language's position bias on a grid is one learnt number per head and "
+                  "(|dy|, |dx|) offset of a square grid of tokens, the same for every example",
+                  help=_GRID_HELP)

@@ -21,6 +21,7 @@ import ast
 import re
 
 from ..errors import TraceError
+from ..ir.program import RELATIVE_KINDS
 
 # the provisional names of the walk's positions and bucket inputs (``_arr``: the positions a
 # learned array of its own is read at, ops_encoder.py): a name the walk gives a value never
@@ -98,7 +99,7 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     tags.update({m.group(1): ("tok",) for d in trace.decls
                  if (m := re.match(r"input (\w+) : patches\[T,", d))})
     for name, (kind, _, _) in trace.seq_inputs.items():
-        tags[name] = (name, name) if "relative" in kind else (name,)
+        tags[name] = (name, name) if kind in RELATIVE_KINDS else (name,)
     # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
     for name in getattr(trace, "codebooks", {}):
         classes.union(name, "tok")

@@ -66,8 +66,8 @@ from .spread import SPREAD, other_dim
 from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
-#: a later key has none of its own), Swin's offset in a window (``windows``).
-RELATIVE_KINDS = ("relative", "causal_relative", "windows")
+#: a later key has none of its own), Swin's offset in a window, LeViT's (|dy|, |dx|) on a grid.
+RELATIVE_KINDS = ("relative", "causal_relative", "windows", "grid_offsets")
 INPUT_KINDS = ("vector", "tokens", "positions", "axial", "image", "patches", *RELATIVE_KINDS,
                "offsets")
 #: built inside, not passed to forward

@@ -141,6 +141,11 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_grid_offsets(self, meta, c):
+        return Stmt("input", str(c[0]), ("grid_offsets", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def input_offsets(self, meta, c):
         return Stmt("input", str(c[0]), ("offsets", c[1], c[2]), self.span(meta),
                     self.span(c[0]))
