@@ -81,6 +81,30 @@ def grid_side(ids, rows: int) -> int | None:
     return math.isqrt(rows) if torch.equal(ids.cpu(), built) else None
 
 
+def subsample_stride(ids, rows: int) -> int | None:
+    """The stride s when ``ids`` [queries, keys] are LeViT's subsampling attention's offsets:
+    its queries every s-th token of every s-th row of the keys' r x r grid (r² = ``rows``),
+    each pair's id ``|qy·s - ky|·r + |qx·s - kx|``; else None."""
+    import torch
+
+    side = math.isqrt(rows)
+    if ids.dim() != 2 or ids.dtype.is_floating_point or side * side != rows or \
+            ids.shape[1] != rows:
+        return None
+    t = torch.arange(rows)
+    ky, kx = t // side, t % side
+    for stride in range(2, side + 1):
+        out = (side - 1) // stride + 1
+        if ids.shape[0] != out * out:
+            continue
+        q = torch.arange(out * out)
+        qy, qx = q // out * stride, q % out * stride
+        built = (qy[:, None] - ky).abs() * side + (qx[:, None] - kx).abs()
+        if torch.equal(ids.cpu(), built):
+            return stride
+    return None
+
+
 @functools.cache
 def _emitted_grid():
     import torch
@@ -263,6 +287,21 @@ def refuse_grid_ids(node, w: PRef, ids):
     computes (a traced value), ids that differ per example (a leading batch axis), or constant
     ids of another layout. Each would be a bias the language's ``R @ g`` does not build."""
     value = getattr(ids, "value", None) if isinstance(ids, Conc) else None
+    stride = subsample_stride(value, w.shape[-1]) if value is not None else None
+    if stride is not None:
+        side, queries = math.isqrt(w.shape[-1]), math.isqrt(value.shape[0])
+        return refuse(
+            node,
+            f"a position bias on a grid whose queries are the keys' {side} x {side} grid "
+            f"subsampled by {stride} ({queries} x {queries} of them: LeViT's subsampling "
+            "attention, a table [heads, offsets] read at each (query, key) pair's (|dy|, |dx|)): "
+            "the language's grid_offsets[T, B] pairs the tokens of one sequence, and has no form "
+            "for pairs of two sequences",
+            help="trace a model whose attention with a grid bias keeps every token as a query "
+            "(LeViT's stages without the subsampling attention between them), or write the "
+            "model as a program, the queries tokens(subsample(image(t, H, W)), S) attending T's "
+            "keys without the bias",
+        )
     if value is None:
         what = "ids the network computes (a traced value), not constants of the grid"
     elif value.dim() != 2:

@@ -355,9 +355,29 @@ class WindowOps:
                 name = self.emit_vector(node.name, f"merge2x2(image({x.name}, {self.dim(h)}, "
                                         f"{self.dim(w)}), {self.dim(4 * x.dim)})")
                 return Vec(name, ("tok", "px", "px", "F"), 4 * x.dim)
+        if part is not None and op in _VIEWS and (part.row, part.col) == (0, 0):
+            subsampled = self._subsampled(node, part)
+            if subsampled is not None:
+                return subsampled
         raise refuse(node, f"every other row and column of a grid of tokens used other than "
                      f"concatenated along the features, all four, in Swin's order (by "
                      f"{op or node.target})", help=_MERGE_HELP)
+
+    def _subsampled(self, node, part: GridPart) -> Vec | None:
+        """``x[:, ::2, ::2].reshape(B, -1, C)`` of a grid of tokens (LeViT's LevitSubsample of
+        its queries, stride 2): the grid's every other row and column, from the first, read
+        back as tokens, row-major: ``tokens(subsample(image(t, H, W)), S)``, S a sequence of
+        (H/2)·(W/2) tokens. A relabelling of finitely many of the tokens' vectors: exponents
+        pass through. None for any other view of the part."""
+        b, h, w = part.grid.grid
+        shape = self._shape(node)
+        if len(shape) != 3 or shape[:2] != (b, (h // 2) * (w // 2)):
+            return None
+        x = self.vec(part.grid.inner, node)
+        seq = self.sequences().get(shape[1]) or self.dim(shape[1])
+        name = self.emit_vector(node.name, f"tokens(subsample(image({x.name}, {self.dim(h)}, "
+                                f"{self.dim(w)})), {seq})")
+        return Vec(name, ("tok", "tok", "F"), x.dim)
 
     # -- the bias and the attention ----------------------------------------------------------
     def window_table(self, node, w: PRef, window: int) -> WinTable:

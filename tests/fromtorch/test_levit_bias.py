@@ -71,6 +71,40 @@ class Attention(nn.Module):
         return self.proj(F.hardswish((a @ v).transpose(1, 2).reshape(b, t, -1)))
 
 
+class Subsample(nn.Module):
+    """LevitAttentionSubsample's forward: the queries the grid's every other row and column
+    (LevitSubsample, stride 2), the keys and values every token, the bias at each pair's
+    (|qy·2 - ky|, |qx·2 - kx|)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.heads, self.dh = n // 16, 16
+        self.kv, self.q, self.proj = nn.Linear(n, 2 * n), nn.Linear(n, n), nn.Linear(n, n)
+        points = list(itertools.product(range(SIDE), range(SIDE)))
+        out = list(itertools.product(range(SIDE // 2), range(SIDE // 2)))
+        offsets, indices = {}, []
+        for p1 in out:
+            for p2 in points:
+                offset = (abs(p1[0] * 2 - p2[0]), abs(p1[1] * 2 - p2[1]))
+                offsets.setdefault(offset, len(offsets))
+                indices.append(offsets[offset])
+        self.biases = nn.Parameter(torch.randn(self.heads, len(offsets)))
+        self.register_buffer("idxs", torch.LongTensor(indices).view(len(out), -1), persistent=False)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        k, v = self.kv(x).view(b, t, self.heads, -1).split(self.dh, dim=3)
+        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        q = self.q(subsample(x)).view(b, -1, self.heads, self.dh).permute(0, 2, 1, 3)
+        a = (q @ k.transpose(-2, -1) * self.dh**-0.5 + self.biases[:, self.idxs]).softmax(-1)
+        return self.proj(F.hardswish((a @ v).transpose(1, 2).reshape(b, -1, c)))
+
+
+def subsample(x):  # LevitSubsample's, stride 2
+    b, _, c = x.shape
+    return x.view(b, SIDE, SIDE, c)[:, ::2, ::2].reshape(b, -1, c)
+
+
 class LevitLike(nn.Module):
     """examples/levit.tp in torch: a patch embedding of the image's 4 x 4 patches, a block of
     LeViT's attention (its bias on the grid) and a hardswish MLP, the tokens' mean and a
@@ -80,14 +114,21 @@ class LevitLike(nn.Module):
         super().__init__()
         self.embed = nn.Conv2d(3, n, 4, stride=4)
         self.norm1, self.norm2, self.norm = nn.LayerNorm(n), nn.LayerNorm(n), nn.LayerNorm(n)
-        self.attn = Attention(n, variant)
+        self.variant, self.attn = variant, Attention(n, variant)
         self.up, self.down = nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
         self.head = nn.Linear(n, 10)
+        # subsample: the tokens' every other row and column, then a layer (LevitSubsample);
+        # subsample_attention: LeViT's attention of queries so subsampled
+        self.last = Subsample(n) if variant == "subsample_attention" else nn.Linear(n, n)
 
     def forward(self, img):
         x = self.embed(img).flatten(2).transpose(1, 2)
         x = x + self.attn(self.norm1(x))
         x = x + self.down(F.hardswish(self.up(self.norm2(x))))
+        if self.variant == "subsample":
+            x = self.last(subsample(x))
+        if self.variant == "subsample_attention":
+            x = self.last(x)
         return self.head(self.norm(x).mean(1))
 
 
@@ -106,6 +147,18 @@ def test_the_bias_traces_to_what_the_model_computes(levit):
     # head at another's row) changes the logits, the bias drawn at random
     assert "input rel : grid_offsets[T, f16]" in levit.source
     traced_computes_the_model(levit, LevitLike, images)
+
+
+@pytest.mark.slow
+def test_queries_subsampled_on_the_grid_trace_to_what_the_model_computes():
+    # LevitSubsample's x.view(B, r, r, C)[:, ::2, ::2].reshape(B, -1, C): the grid's every
+    # other row and column, as tokens of a sequence of their own
+    def build(n):
+        return LevitLike(n, "subsample")
+
+    traced = tp.from_torch(build, (32, 64), images)
+    assert "tokens(subsample(image(" in traced.source
+    traced_computes_the_model(traced, build, images)
 
 
 @pytest.mark.slow
@@ -139,8 +192,16 @@ def test_the_table_derives_as_a_lookup_of_one_offset_per_head(levit):
             r"pair",
             "self.biases[:, ids]",
         ),
+        # LeViT's subsampling attention: queries on a coarser grid than the keys
+        (
+            "subsample_attention",
+            r"queries are the keys' 4 x 4 grid subsampled by 2 \(2 x 2 of them: LeViT's",
+            "self.biases[:, self.idxs]",
+        ),
         # ids the network computes: refused where they are made, no lookup of a constant
-        ("computed", r"cannot trace the op argmax", "argmax(-1)"),
+        pytest.param(
+            "computed", r"cannot trace the op argmax", "argmax(-1)", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_near_misses_are_refused_at_their_line(variant, match, line):
