@@ -201,10 +201,13 @@ class RelativeOps:
 
                 keep = torch.as_tensor(other.value) > -1e4
                 return self._bias_masked(node, b, keep, shape)
-        raise refuse(node, f"a relative position bias (T5's: {b.table.shape[0]} distance "
-                     "buckets of every token pair, looked up in a [buckets, heads] table) used "
-                     f"other than added to attention logits (by {op or node.target})",
-                     help=_HELP)
+        what = (f"LeViT's: a [heads, offsets] table read at each token pair's offset on a "
+                f"grid of {b.table.shape[1]} tokens" if b.table.t else
+                f"T5's: {b.table.shape[0]} distance buckets of every token pair, looked up in a "
+                "[buckets, heads] table")
+        raise refuse(node, f"a relative position bias ({what}) used other than added to "
+                     f"attention logits (by {op or node.target})",
+                     help=_GRID_HELP if b.table.t else _HELP)
 
     def _bias_masked(self, node, b: RelBias, keep, shape) -> RelBias:
         """The bias under a mask of the keys kept: every key (nothing changes) or the causal

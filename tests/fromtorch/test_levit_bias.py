@@ -67,6 +67,8 @@ class Attention(nn.Module):
         if self.variant == "computed":  # ids the network computes from the tokens
             ids = self.pick(x).argmax(-1)[0][:, None].expand(t, t)
         bias = self.biases[:, ids]
+        if self.variant == "scaled":  # the bias scaled before it joins the logits
+            bias = bias * 2.0
         a = (q @ k.transpose(-2, -1) * self.dh**-0.5 + bias).softmax(dim=-1)
         return self.proj(F.hardswish((a @ v).transpose(1, 2).reshape(b, t, -1)))
 
@@ -191,6 +193,14 @@ def test_the_table_derives_as_a_lookup_of_one_offset_per_head(levit):
             r"constant ids of shape \[2, 16, 16\], not one id per \(query, key\) "
             r"pair",
             "self.biases[:, ids]",
+        ),
+        pytest.param(
+            "scaled",
+            r"a relative position bias \(LeViT's: a \[heads, offsets\] table read at each "
+            r"token pair's offset on a grid of 16 tokens\) used other than added to attention "
+            r"logits \(by mul\)",
+            "bias = bias * 2.0",
+            marks=pytest.mark.slow,
         ),
         # LeViT's subsampling attention: queries on a coarser grid than the keys
         (
