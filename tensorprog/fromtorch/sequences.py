@@ -29,6 +29,10 @@ from ..ir.program import RELATIVE_KINDS
 PROVISIONAL = re.compile(r"\b_(?:pos|rel|arr)\d+\b")
 
 
+DIM = "dim:"  # a class member that names a sequence dim the walk declared (tokens(h, D))
+_SLOT = re.compile(r"\{s(\d+)\}")  # a dim's slot in the walk's statements
+
+
 class _Classes:
     """Union-find over input names."""
 
@@ -73,6 +77,11 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
+        if fn == "tokens" and len(expr.args) == 2 and isinstance(expr.args[1], ast.Name):
+            # an image's pixels read as the tokens of a sequence dim of the walk's (tokens(h,
+            # {s3}), a slot: _slot_3 here): what runs over them, a bias on their pairs
+            # included, runs over that dim
+            return (DIM + expr.args[1].id,)
         if fn in ("first", "last", "mean"):  # one vector per sequence
             return ()
         if fn == "place" and len(args) == 3:  # v's tokens among h's: h's sequence, not v's
@@ -106,13 +115,17 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     for stmt in trace.stmts:
         target, _, expr = stmt.partition(" = ")
         try:
-            tree = ast.parse(re.sub(r"\{s\d+\}", "1", expr), mode="eval").body
+            tree = ast.parse(_SLOT.sub(r"_slot_\1", expr), mode="eval").body
         except SyntaxError:  # no form the walk writes; the language checks it all the same
             continue
         tags[target] = _tag(tree, tags, classes)
     lengths = {"tok": tokens_seq}
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}
+    declared = {classes.find(k): k[len(DIM):] for k in list(classes.parent) if k.startswith(DIM)}
+    for root, dim in declared.items():  # tokens(h, D): D, declared by the walk
+        dim_of.setdefault(root, "{s" + dim.removeprefix("_slot_") + "}" if dim.startswith(
+            "_slot_") else dim)
     for name, (kind, _, _) in trace.seq_inputs.items():  # a class of a token input: its name
         if kind in ("tokens", "patches"):  # (patches beside the ids: an image's, ops_place.py)
             dim_of.setdefault(classes.find(name), f"T_{name}")
@@ -142,12 +155,13 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
             base = {"positions": "pos", "axial": "ax", "causal_relative": "rel_causal"}.get(
                 kind, "rel")
             final = base if dim == "T" and kind == "positions" else fresh(
-                base if dim == "T" else f"{base}_{dim[2:]}")
+                f"{base}_{dim[2:]}" if dim.startswith("T_") else base)
             merged[key] = final
             inputs[final] = key
         renames[name] = merged[key]
     trace.seq_inputs = inputs
-    trace.seq_dims = {d: seen[d] for d in dim_of.values() if d != "T" and d in seen}
+    trace.seq_dims = {d: seen[d] for d in dim_of.values()
+                      if d != "T" and d in seen and d.startswith("T_")}
     trace.stmts = [PROVISIONAL.sub(lambda m: renames.get(m.group(0), m.group(0)), s)
                    for s in trace.stmts]
     # a positions table's fan-in is its sequence's dim (declared with the provisional name)
@@ -177,6 +191,8 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
                 lines.append(f"input {name} : positions[{dim}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
             lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
-        else:
+        else:  # over the tokens of a walk's dim (its slot): the dim of their count, named
+            slot = _SLOT.fullmatch(dim)
+            dim = bucket_dim(trace.slots[int(slot.group(1))][1]) if slot else dim
             lines.append(f"input {name} : {kind}[{dim}, {bucket_dim(rows)}]")
     return lines

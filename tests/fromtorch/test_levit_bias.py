@@ -115,6 +115,10 @@ class LevitLike(nn.Module):
     def __init__(self, n, variant=""):
         super().__init__()
         self.embed = nn.Conv2d(3, n, 4, stride=4)
+        if variant == "stem":  # LeViT's: strided convolutions, the image's pixels as tokens
+            self.embed = nn.Sequential(
+                nn.Conv2d(3, n // 2, 2, stride=2), nn.Hardswish(), nn.Conv2d(n // 2, n, 2, stride=2)
+            )
         self.norm1, self.norm2, self.norm = nn.LayerNorm(n), nn.LayerNorm(n), nn.LayerNorm(n)
         self.variant, self.attn = variant, Attention(n, variant)
         self.up, self.down = nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
@@ -149,6 +153,17 @@ def test_the_bias_traces_to_what_the_model_computes(levit):
     # head at another's row) changes the logits, the bias drawn at random
     assert "input rel : grid_offsets[T, f16]" in levit.source
     traced_computes_the_model(levit, LevitLike, images)
+
+
+def test_the_bias_over_an_images_pixels_as_tokens_computes_the_model():
+    # LeViT's stem: the grid's tokens are pixels of a convolution's output, tokens(h, T), so
+    # the offsets' sequence is that dim, not the patches' T
+    def build(n):
+        return LevitLike(n, "stem")
+
+    traced = tp.from_torch(build, (32, 64), images)
+    assert "input rel : grid_offsets[f16, f16]" in traced.source
+    traced_computes_the_model(traced, build, images)
 
 
 @pytest.mark.slow
@@ -188,11 +203,12 @@ def test_the_table_derives_as_a_lookup_of_one_offset_per_head(levit):
     ("variant", "match", "line"),
     [
         ("layout", r"constant ids \[16, 16\] other than LeViT's offsets", "self.biases[:, ids]"),
-        (
+        pytest.param(
             "per_example",
             r"constant ids of shape \[2, 16, 16\], not one id per \(query, key\) "
             r"pair",
             "self.biases[:, ids]",
+            marks=pytest.mark.slow,
         ),
         pytest.param(
             "scaled",
