@@ -495,8 +495,10 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                                  if tokens is not None else (em.dim(i.seq), device))
                 grid = i.kind == "grid_offsets"  # LeViT's offset on a grid
                 em.helpers.add("_grid_offsets" if grid else "_relative_buckets")
-                out.append(f"        {local[i.name]} = _grid_offsets({length}, {em.dim(i.dim)}, "
-                           f"{where})" if grid else f"        {local[i.name]} = "
+                queries = (em.dim(i.queries), i.stride) if i.queries else (length, 1)
+                out.append(f"        {local[i.name]} = _grid_offsets({queries[0]}, {length}, "
+                           f"{em.dim(i.dim)}, {queries[1]}, {where})" if grid else
+                           f"        {local[i.name]} = "
                            f"_relative_buckets({length}, {em.dim(i.dim)}, "
                            f"{i.kind == 'relative'}, {where})")
                 continue

@@ -77,7 +77,7 @@ def grid_side(ids, rows: int) -> int | None:
     if ids.dim() != 2 or ids.dtype.is_floating_point or ids.shape[0] != ids.shape[1] or \
             ids.shape[0] != rows or math.isqrt(rows) ** 2 != rows:
         return None
-    built = _emitted_grid()(rows, rows, None)
+    built = _emitted_grid()(rows, rows, rows, 1, None)
     return math.isqrt(rows) if torch.equal(ids.cpu(), built) else None
 
 

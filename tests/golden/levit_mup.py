@@ -138,7 +138,7 @@ class Model(torch.nn.Module):
                     param.normal_(0.0, std, generator=generator)
 
     def forward(self, x):
-        g = _grid_offsets(x.shape[-2], 16, x.device)
+        g = _grid_offsets(x.shape[-2], x.shape[-2], 16, 1, x.device)
         h0_1 = torch.nn.functional.linear(x, self.E)
         h0 = h0_1 + self.e
         y = torch.nn.functional.layer_norm(h0, h0.shape[-1:], self.a1, self.a0)
@@ -166,7 +166,7 @@ class Model(torch.nn.Module):
 
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""
-        g = _grid_offsets(x.shape[-2], 16, x.device)
+        g = _grid_offsets(x.shape[-2], x.shape[-2], 16, 1, x.device)
         h0_1 = torch.nn.functional.linear(x, self.E)
         h0 = h0_1 + self.e
         y_1 = torch.nn.functional.layer_norm(h0, h0.shape[-1:])
@@ -237,17 +237,19 @@ class Model(torch.nn.Module):
         )
 
 
-def _grid_offsets(length, offsets, device):
-    """The offset id of every (query, key) pair of length tokens laid out row-major on a
-    side x side grid, |dy| * side + |dx|: one of offsets = side * side (LeViT's
-    attention_bias_idxs)."""
-    side = math.isqrt(length)
-    if side * side != length or offsets != length:
-        raise ValueError(f'{length} tokens on a square grid of {offsets} offsets: '
-                         'feed the image size the module was built for')
-    t = torch.arange(length, device=device)
-    y, x = t // side, t % side
-    return (y[:, None] - y[None, :]).abs() * side + (x[:, None] - x[None, :]).abs()
+def _grid_offsets(queries, keys, offsets, stride, device):
+    """The offset id of every (query, key) pair, the keys laid out row-major on a side x
+    side grid, the queries on it subsampled by stride (1: the keys themselves): |dy| *
+    side + |dx|, one of offsets = side * side (LeViT's attention_bias_idxs)."""
+    side, out = math.isqrt(keys), math.isqrt(queries)
+    if side * side != keys or offsets != keys or out != (side - 1) // stride + 1 \
+            or out * out != queries:
+        raise ValueError(f"{queries} queries and {keys} keys on a square grid of "
+                         f"{offsets} offsets: feed the image size the module was built "
+                         "for")
+    k, q = torch.arange(keys, device=device), torch.arange(queries, device=device)
+    ky, kx, qy, qx = k // side, k % side, q // out * stride, q % out * stride
+    return (qy[:, None] - ky).abs() * side + (qx[:, None] - kx).abs()
 
 
 def _heads_dot(q, k, head_dim):
