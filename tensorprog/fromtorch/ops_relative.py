@@ -67,40 +67,22 @@ def relative_kind(ids, rows: int) -> str | None:
     return None
 
 
-def grid_side(ids, rows: int) -> int | None:
-    """The grid's side r when ``ids`` (the constant ids of a lookup in a table of ``rows``
-    offsets) are LeViT's offset of every (query, key) pair of r x r tokens, [r², r²]: the
-    emitted module's own ``_grid_offsets`` run here, so that the trace accepts exactly what the
-    module builds; else None."""
-    import torch
-
-    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.shape[0] != ids.shape[1] or \
-            ids.shape[0] != rows or math.isqrt(rows) ** 2 != rows:
-        return None
-    built = _emitted_grid()(rows, rows, rows, 1, None)
-    return math.isqrt(rows) if torch.equal(ids.cpu(), built) else None
-
-
-def subsample_stride(ids, rows: int) -> int | None:
-    """The stride s when ``ids`` [queries, keys] are LeViT's subsampling attention's offsets:
-    its queries every s-th token of every s-th row of the keys' r x r grid (r² = ``rows``),
-    each pair's id ``|qy·s - ky|·r + |qx·s - kx|``; else None."""
+def grid_stride(ids, rows: int) -> int | None:
+    """The stride s when ``ids`` [queries, keys] (the constant ids of a lookup in a table of
+    ``rows`` offsets) are LeViT's offset of every (query, key) pair, the keys an r x r grid of
+    tokens (r² = ``rows``), the queries that grid subsampled by s (1: the keys themselves;
+    LeViT's subsampling attention: 2): the emitted module's own ``_grid_offsets`` run here, so
+    that the trace accepts exactly what the module builds; else None."""
     import torch
 
     side = math.isqrt(rows)
-    if ids.dim() != 2 or ids.dtype.is_floating_point or side * side != rows or \
-            ids.shape[1] != rows:
+    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.shape[1] != rows or \
+            side * side != rows:
         return None
-    t = torch.arange(rows)
-    ky, kx = t // side, t % side
-    for stride in range(2, side + 1):
+    for stride in range(1, side + 1):
         out = (side - 1) // stride + 1
-        if ids.shape[0] != out * out:
-            continue
-        q = torch.arange(out * out)
-        qy, qx = q // out * stride, q % out * stride
-        built = (qy[:, None] - ky).abs() * side + (qx[:, None] - kx).abs()
-        if torch.equal(ids.cpu(), built):
+        if ids.shape[0] == out * out and torch.equal(
+                ids.cpu(), _emitted_grid()(out * out, rows, rows, stride, None)):
             return stride
     return None
 
@@ -138,7 +120,7 @@ class RelativeOps:
         axes = ("1",) * (ids.dim() - 2) + ("q", "k", "H")
         return RelBias(w, rel, node.name, axes, grid)
 
-    def grid_lookup(self, node, w: PRef, ids) -> RelBias:
+    def grid_lookup(self, node, w: PRef, ids, stride: int) -> RelBias:
         """``table[:, ids]`` with LeViT's ids, each (query, key) pair's offset on a grid of
         r x r tokens: the table [heads, offsets] read at each pair, (H, q, k), its input the
         ``grid_offsets`` of the queries' sequence. As T5's bias, ``R @ g`` with ``R`` the table
@@ -146,8 +128,11 @@ class RelativeOps:
         if w.t or w.rows or w.offset or len(w.shape) != 2:
             raise refuse(node, "a position bias on a grid read from part of a table",
                          help=_GRID_HELP)
-        rel = self.sequence_input("_rel", "grid_offsets", int(ids.shape[0]), w.shape[1])
         grid = (int(ids.shape[0]), int(ids.shape[1]))
+        # a subsampled grid's queries pair with the keys of another sequence: the input's
+        # rows say the offsets, the stride and the keys' count (sequences.py)
+        rows = w.shape[1] if stride == 1 else (w.shape[1], stride, grid[1])
+        rel = self.sequence_input("_rel", "grid_offsets", grid[0], rows)
         return RelBias(dataclasses.replace(w, t=True), rel, node.name, ("H", "q", "k"), grid)
 
     def call(self, node):
@@ -290,21 +275,6 @@ def refuse_grid_ids(node, w: PRef, ids):
     computes (a traced value), ids that differ per example (a leading batch axis), or constant
     ids of another layout. Each would be a bias the language's ``R @ g`` does not build."""
     value = getattr(ids, "value", None) if isinstance(ids, Conc) else None
-    stride = subsample_stride(value, w.shape[-1]) if value is not None else None
-    if stride is not None:
-        side, queries = math.isqrt(w.shape[-1]), math.isqrt(value.shape[0])
-        return refuse(
-            node,
-            f"a position bias on a grid whose queries are the keys' {side} x {side} grid "
-            f"subsampled by {stride} ({queries} x {queries} of them: LeViT's subsampling "
-            "attention, a table [heads, offsets] read at each (query, key) pair's (|dy|, |dx|)): "
-            "the language's grid_offsets[T, B] pairs the tokens of one sequence, and has no form "
-            "for pairs of two sequences",
-            help="trace a model whose attention with a grid bias keeps every token as a query "
-            "(LeViT's stages without the subsampling attention between them), or write the "
-            "model as a program, the queries tokens(subsample(image(t, H, W)), S) attending T's "
-            "keys without the bias",
-        )
     if value is None:
         what = "ids the network computes (a traced value), not constants of the grid"
     elif value.dim() != 2:

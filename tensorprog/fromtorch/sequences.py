@@ -30,6 +30,7 @@ PROVISIONAL = re.compile(r"\b_(?:pos|rel|arr)\d+\b")
 
 
 DIM = "dim:"  # a class member that names a sequence dim the walk declared (tokens(h, D))
+KEYS = "_keys"  # the class member of a subsampled grid's keys (LeViT's offsets across two grids)
 _SLOT = re.compile(r"\{s(\d+)\}")  # a dim's slot in the walk's statements
 
 
@@ -70,7 +71,7 @@ def _tag(expr, tags: dict, classes: _Classes) -> tuple:
         fn = expr.func.id
         if fn == "dot" and len(args) >= 2 and len(args[0]) == 1 and len(args[1]) == 1:
             return (args[0][0], args[1][0])
-        if fn == "mix" and len(args) == 2 and len(args[0]) == 2:
+        if fn == "mix" and len(args) >= 2 and len(args[0]) == 2:  # (mix(p, v, dv, D) too)
             if args[1]:
                 classes.union(args[0][1], args[1][0])
             return args[0][:1]
@@ -107,8 +108,11 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     # do positions added to them (SigLIP's lookup of position ids, with no class token)
     tags.update({m.group(1): ("tok",) for d in trace.decls
                  if (m := re.match(r"input (\w+) : patches\[T,", d))})
-    for name, (kind, _, _) in trace.seq_inputs.items():
-        tags[name] = (name, name) if kind in RELATIVE_KINDS else (name,)
+    for name, (kind, _, rows) in trace.seq_inputs.items():
+        # pairs of a sequence's tokens; a subsampled grid's queries with its keys (LeViT's
+        # subsampling attention: rows = (offsets, stride, keys)) pair two sequences
+        tags[name] = ((name, name + KEYS) if isinstance(rows, tuple) else (name, name)
+                      if kind in RELATIVE_KINDS else (name,))
     # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
     for name in getattr(trace, "codebooks", {}):
         classes.union(name, "tok")
@@ -121,6 +125,8 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         tags[target] = _tag(tree, tags, classes)
     lengths = {"tok": tokens_seq}
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
+    lengths.update({name + KEYS: rows[2] for name, (_, _, rows) in trace.seq_inputs.items()
+                    if isinstance(rows, tuple)})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}
     declared = {classes.find(k): k[len(DIM):] for k in list(classes.parent) if k.startswith(DIM)}
     for root, dim in declared.items():  # tokens(h, D): D, declared by the walk
@@ -129,7 +135,7 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     for name, (kind, _, _) in trace.seq_inputs.items():  # a class of a token input: its name
         if kind in ("tokens", "patches"):  # (patches beside the ids: an image's, ops_place.py)
             dim_of.setdefault(classes.find(name), f"T_{name}")
-    for name in trace.seq_inputs:
+    for name in lengths:
         dim_of.setdefault(classes.find(name), f"T_{name.lstrip('_')}")
     seen: dict[str, int] = {}
     for name, length in lengths.items():
@@ -150,10 +156,13 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         if kind in ("tokens", "patches"):
             inputs[name] = (kind, dim, rows)
             continue
+        if isinstance(rows, tuple):  # the keys' sequence for the queries' offsets
+            rows = (*rows[:2], dim_of[classes.find(name + KEYS)])
         key = (kind, dim, rows)
         if key not in merged:
             base = {"positions": "pos", "axial": "ax", "causal_relative": "rel_causal"}.get(
                 kind, "rel")
+            base += "_sub" if isinstance(rows, tuple) else ""  # a subsampled grid's queries'
             final = base if dim == "T" and kind == "positions" else fresh(
                 f"{base}_{dim[2:]}" if dim.startswith("T_") else base)
             merged[key] = final
@@ -191,8 +200,18 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
                 lines.append(f"input {name} : positions[{dim}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
             lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
-        else:  # over the tokens of a walk's dim (its slot): the dim of their count, named
-            slot = _SLOT.fullmatch(dim)
-            dim = bucket_dim(trace.slots[int(slot.group(1))][1]) if slot else dim
-            lines.append(f"input {name} : {kind}[{dim}, {bucket_dim(rows)}]")
+        elif isinstance(rows, tuple):  # a subsampled grid's queries, its keys (LeViT's)
+            queries, keys = (_named(trace, d, bucket_dim) for d in (dim, rows[2]))
+            lines.append(f"input {name} : {kind}[{queries}, {keys}, {bucket_dim(rows[0])}, "
+                         f"{rows[1]}]")
+        else:
+            lines.append(f"input {name} : {kind}[{_named(trace, dim, bucket_dim)}, "
+                         f"{bucket_dim(rows)}]")
     return lines
+
+
+def _named(trace, dim: str, bucket_dim) -> str:
+    """A sequence dim as declared: a walk's dim (its slot, tokens(h, {s3})) named by the size
+    of its tokens as the finite dims are."""
+    slot = _SLOT.fullmatch(dim)
+    return bucket_dim(trace.slots[int(slot.group(1))][1]) if slot else dim
