@@ -6,8 +6,10 @@ Oracles: the emitted program computes the model's output (float64; the bias draw
 a pair read at another offset, or a head at another's row, would differ); the table derives as
 a lookup of one of B offsets (init Θ(1), Adam LR Θ(1), as T5's bias), its rows one per head,
 so with heads of 16 it grows with the width; examples/levit.tp derives what the traced
-counterpart derives. Near misses (ids that vary per example, ids the network computes, ids of
-another layout) are refused at their line."""
+counterpart derives. LeViT's subsampling attention (queries the grid subsampled, keys every
+token) is ``grid_offsets[S, T, B, s]``, checked the same way. Near misses (ids that vary per
+example, ids the network computes, ids of another layout, the bias scaled) are refused at
+their line."""
 
 from __future__ import annotations
 
@@ -179,6 +181,25 @@ def test_queries_subsampled_on_the_grid_trace_to_what_the_model_computes():
 
 
 @pytest.mark.slow
+def test_the_subsampling_attentions_bias_traces_to_what_the_model_computes():
+    # LevitAttentionSubsample: queries the grid's every other row and column, keys every
+    # token, the bias at (|2·qy - ky|, |2·qx - kx|): grid_offsets[S, T, B, 2], pairs of two
+    # sequences; a pair read at another offset would differ (the table drawn at random)
+    def build(n):
+        return LevitLike(n, "subsample_attention")
+
+    traced = tp.from_torch(build, (32, 64), images)
+    assert "grid_offsets[f4, T, f16, 2]" in traced.source
+    traced_computes_the_model(traced, build, images)
+    d = tp.derive(tp.parse_file(EXAMPLES / "levit.tp"), "adam")
+    assert abc_by_target(traced, "adam")["last.biases"] == (
+        d.abc["Rs"].a,
+        d.abc["Rs"].b,
+        d.abc["Rs"].c,
+    )
+
+
+@pytest.mark.slow
 def test_the_table_derives_as_a_lookup_of_one_offset_per_head(levit):
     abc = abc_by_target(levit, "adam")
     # one row per head (heads of 16: n/16 rows), fan-in the 16 offsets: an embedding's
@@ -217,12 +238,6 @@ def test_the_table_derives_as_a_lookup_of_one_offset_per_head(levit):
             r"logits \(by mul\)",
             "bias = bias * 2.0",
             marks=pytest.mark.slow,
-        ),
-        # LeViT's subsampling attention: queries on a coarser grid than the keys
-        (
-            "subsample_attention",
-            r"queries are the keys' 4 x 4 grid subsampled by 2 \(2 x 2 of them: LeViT's",
-            "self.biases[:, self.idxs]",
         ),
         # ids the network computes: refused where they are made, no lookup of a constant
         pytest.param(

@@ -39,6 +39,11 @@ SCALING = {
          "fan_in": (1.0, 0), "init": 0.0},
     "Wi": {"shape": ("ff", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "Wp": {"shape": ("n", "ff",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (2.0, 1)},
+    "Qs": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Ks": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Vs": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
+    "Rs": {"shape": ("H", "B",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0, "fan_in": (1.0, 0)},
+    "Os": {"shape": ("n", "n",), "a": 0.0, "b": 0.5, "c": 1.0, "eps": 1.0, "fan_in": (1.0, 1)},
     "f1": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
          "fan_in": (1.0, 0), "init": 1.0},
     "f0": {"shape": ("n",), "a": 0.0, "b": 0.0, "c": 0.0, "eps": 1.0,
@@ -65,6 +70,11 @@ PARAM_COUNT = (
     (1.0, 1, None),
     (2.0, 2, None),
     (2.0, 2, None),
+    (1.0, 2, None),
+    (1.0, 2, None),
+    (1.0, 2, None),
+    (1.0, 1, None),
+    (1.0, 2, None),
     (1.0, 1, None),
     (1.0, 1, None),
     (10.0, 1, None),
@@ -106,6 +116,11 @@ class Model(torch.nn.Module):
         self.m0 = torch.nn.Parameter(torch.empty(width, **factory))
         self.Wi = torch.nn.Parameter(torch.empty(2 * width, width, **factory))
         self.Wp = torch.nn.Parameter(torch.empty(width, 2 * width, **factory))
+        self.Qs = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Ks = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Vs = torch.nn.Parameter(torch.empty(width, width, **factory))
+        self.Rs = torch.nn.Parameter(torch.empty(width // 16, 16, **factory))
+        self.Os = torch.nn.Parameter(torch.empty(width, width, **factory))
         self.f1 = torch.nn.Parameter(torch.empty(width, **factory))
         self.f0 = torch.nn.Parameter(torch.empty(width, **factory))
         self.U = torch.nn.Parameter(torch.empty(10, width, **factory))
@@ -139,6 +154,7 @@ class Model(torch.nn.Module):
 
     def forward(self, x):
         g = _grid_offsets(x.shape[-2], x.shape[-2], 16, 1, x.device)
+        gs = _grid_offsets(4, x.shape[-2], 16, 2, x.device)
         h0_1 = torch.nn.functional.linear(x, self.E)
         h0 = h0_1 + self.e
         y = torch.nn.functional.layer_norm(h0, h0.shape[-1:], self.a1, self.a0)
@@ -159,7 +175,21 @@ class Model(torch.nn.Module):
         h2_1 = torch.nn.functional.hardswish(z)
         h2_2 = torch.nn.functional.linear(h2_1, self.Wp)
         h2 = h1 + h2_2
-        out_3 = torch.nn.functional.layer_norm(h2, h2.shape[-1:], self.f1, self.f0)
+        u_1 = h2.unflatten(-2, (4, 4))
+        u_2 = _subsample(u_1)
+        u = u_2.flatten(-3, -2)
+        ss_1 = torch.nn.functional.linear(u, self.Qs)
+        ss_2 = torch.nn.functional.linear(h2, self.Ks)
+        ss_3 = _heads_dot(ss_1, ss_2, 16)
+        ss_4 = (self.mult_attn) * (ss_3)
+        ss_5 = _relative_bias(gs, self.Rs)
+        ss = ss_4 + ss_5
+        h3_1 = torch.softmax(ss, dim=-1)
+        h3_2 = torch.nn.functional.linear(h2, self.Vs)
+        h3_3 = _mix(h3_1, h3_2)
+        h3_4 = torch.nn.functional.hardswish(h3_3)
+        h3 = torch.nn.functional.linear(h3_4, self.Os)
+        out_3 = torch.nn.functional.layer_norm(h3, h3.shape[-1:], self.f1, self.f0)
         out_4 = out_3.mean(-2)
         out = torch.nn.functional.linear(out_4, self.U)
         return out
@@ -167,6 +197,7 @@ class Model(torch.nn.Module):
     def vectors(self, x):
         """Every named vector of the program, batch axis first."""
         g = _grid_offsets(x.shape[-2], x.shape[-2], 16, 1, x.device)
+        gs = _grid_offsets(4, x.shape[-2], 16, 2, x.device)
         h0_1 = torch.nn.functional.linear(x, self.E)
         h0 = h0_1 + self.e
         y_1 = torch.nn.functional.layer_norm(h0, h0.shape[-1:])
@@ -191,7 +222,21 @@ class Model(torch.nn.Module):
         h2_1 = torch.nn.functional.hardswish(z)
         h2_2 = torch.nn.functional.linear(h2_1, self.Wp)
         h2 = h1 + h2_2
-        out_1 = torch.nn.functional.layer_norm(h2, h2.shape[-1:])
+        u_1 = h2.unflatten(-2, (4, 4))
+        u_2 = _subsample(u_1)
+        u = u_2.flatten(-3, -2)
+        ss_1 = torch.nn.functional.linear(u, self.Qs)
+        ss_2 = torch.nn.functional.linear(h2, self.Ks)
+        ss_3 = _heads_dot(ss_1, ss_2, 16)
+        ss_4 = (self.mult_attn) * (ss_3)
+        ss_5 = _relative_bias(gs, self.Rs)
+        ss = ss_4 + ss_5
+        h3_1 = torch.softmax(ss, dim=-1)
+        h3_2 = torch.nn.functional.linear(h2, self.Vs)
+        h3_3 = _mix(h3_1, h3_2)
+        h3_4 = torch.nn.functional.hardswish(h3_3)
+        h3 = torch.nn.functional.linear(h3_4, self.Os)
+        out_1 = torch.nn.functional.layer_norm(h3, h3.shape[-1:])
         out_2 = (self.f1) * (out_1)
         out_3 = out_2 + self.f0
         out_4 = out_3.mean(-2)
@@ -221,6 +266,20 @@ class Model(torch.nn.Module):
             "h2_1": h2_1,
             "h2_2": h2_2,
             "h2": h2,
+            "u_1": u_1,
+            "u_2": u_2,
+            "u": u,
+            "ss_1": ss_1,
+            "ss_2": ss_2,
+            "ss_3": ss_3,
+            "ss_4": ss_4,
+            "ss_5": ss_5,
+            "ss": ss,
+            "h3_1": h3_1,
+            "h3_2": h3_2,
+            "h3_3": h3_3,
+            "h3_4": h3_4,
+            "h3": h3,
             "out_1": out_1,
             "out_2": out_2,
             "out_3": out_3,
@@ -269,6 +328,12 @@ def _relative_bias(buckets, table):
     """The table's column of each token pair's bucket, (heads, tokens, tokens): what
     attention logits (..., heads, tokens, tokens) add."""
     return torch.nn.functional.embedding(buckets, table.t()).permute(2, 0, 1)
+
+
+def _subsample(x):
+    """Every other pixel of a channels-last image (a stride-2 convolution is the stride-1
+    one read there)."""
+    return torch.nn.functional.avg_pool2d(x.movedim(-1, -3), 1, 2).movedim(-3, -1)
 
 
 def _positive_ints(**values):
