@@ -111,7 +111,7 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     for name, (kind, _, rows) in trace.seq_inputs.items():
         # pairs of a sequence's tokens; a subsampled grid's queries with its keys (LeViT's
         # subsampling attention: rows = (offsets, stride, keys)) pair two sequences
-        tags[name] = ((name, name + KEYS) if isinstance(rows, tuple) else (name, name)
+        tags[name] = ((name, name + KEYS) if _across(kind, rows) else (name, name)
                       if kind in RELATIVE_KINDS else (name,))
     # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
     for name in getattr(trace, "codebooks", {}):
@@ -125,8 +125,8 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         tags[target] = _tag(tree, tags, classes)
     lengths = {"tok": tokens_seq}
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
-    lengths.update({name + KEYS: rows[2] for name, (_, _, rows) in trace.seq_inputs.items()
-                    if isinstance(rows, tuple)})
+    lengths.update({name + KEYS: rows[2] for name, (kind, _, rows) in trace.seq_inputs.items()
+                    if _across(kind, rows)})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}
     declared = {classes.find(k): k[len(DIM):] for k in list(classes.parent) if k.startswith(DIM)}
     for root, dim in declared.items():  # tokens(h, D): D, declared by the walk
@@ -156,13 +156,13 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         if kind in ("tokens", "patches"):
             inputs[name] = (kind, dim, rows)
             continue
-        if isinstance(rows, tuple):  # the keys' sequence for the queries' offsets
+        if _across(kind, rows):  # the keys' sequence for the queries' offsets
             rows = (*rows[:2], dim_of[classes.find(name + KEYS)])
         key = (kind, dim, rows)
         if key not in merged:
             base = {"positions": "pos", "axial": "ax", "causal_relative": "rel_causal"}.get(
                 kind, "rel")
-            base += "_sub" if isinstance(rows, tuple) else ""  # a subsampled grid's queries'
+            base += "_sub" if _across(kind, rows) else ""  # a subsampled grid's queries'
             final = base if dim == "T" and kind == "positions" else fresh(
                 f"{base}_{dim[2:]}" if dim.startswith("T_") else base)
             merged[key] = final
@@ -200,7 +200,7 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
                 lines.append(f"input {name} : positions[{dim}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
             lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
-        elif isinstance(rows, tuple):  # a subsampled grid's queries, its keys (LeViT's)
+        elif _across(kind, rows):  # a subsampled grid's queries, its keys (LeViT's)
             queries, keys = (_named(trace, d, bucket_dim) for d in (dim, rows[2]))
             lines.append(f"input {name} : {kind}[{queries}, {keys}, {bucket_dim(rows[0])}, "
                          f"{rows[1]}]")
@@ -215,3 +215,10 @@ def _named(trace, dim: str, bucket_dim) -> str:
     of its tokens as the finite dims are."""
     slot = _SLOT.fullmatch(dim)
     return bucket_dim(trace.slots[int(slot.group(1))][1]) if slot else dim
+
+
+def _across(kind: str, rows) -> bool:
+    """Whether an input's rows say a subsampled grid's offsets (LeViT's: offsets, stride,
+    keys), an input on pairs of two sequences (axial's rows are a pair too: its axis, its
+    stride)."""
+    return kind == "grid_offsets" and isinstance(rows, tuple)
