@@ -157,6 +157,27 @@ def test_the_bias_traces_to_what_the_model_computes(levit):
     traced_computes_the_model(levit, LevitLike, images)
 
 
+@pytest.mark.parametrize(("side", "stride"), [(4, 1), (7, 1), (4, 2), (7, 2), (7, 3)])
+def test_the_emitted_offsets_are_transformers_ids(side, stride):
+    # LevitAttention's and LevitAttentionSubsample's attention_bias_idxs, numbered in the
+    # order their loops first meet each offset, against the emitted module's _grid_offsets
+    from tensorprog.emit.templates import HELPERS
+
+    space = {"torch": torch, "math": __import__("math")}
+    exec("\n".join(HELPERS["_grid_offsets"]), space)  # noqa: S102 - the emitted helper
+    out = (side - 1) // stride + 1
+    points = list(itertools.product(range(side), range(side)))
+    offsets, indices = {}, []
+    for p1 in itertools.product(range(out), range(out)):
+        for p2 in points:
+            offset = (abs(p1[0] * stride - p2[0]), abs(p1[1] * stride - p2[1]))
+            indices.append(offsets.setdefault(offset, len(offsets)))
+    want = torch.tensor(indices).view(out * out, side * side)
+    got = space["_grid_offsets"](out * out, side * side, side * side, stride, None)
+    assert len(offsets) == side * side and torch.equal(got, want)
+
+
+@pytest.mark.slow
 def test_the_bias_over_an_images_pixels_as_tokens_computes_the_model():
     # LeViT's stem: the grid's tokens are pixels of a convolution's output, tokens(h, T), so
     # the offsets' sequence is that dim, not the patches' T
