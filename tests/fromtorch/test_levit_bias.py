@@ -80,12 +80,12 @@ class Subsample(nn.Module):
     (LevitSubsample, stride 2), the keys and values every token, the bias at each pair's
     (|qy·2 - ky|, |qx·2 - kx|)."""
 
-    def __init__(self, n):
+    def __init__(self, n, side=SIDE):
         super().__init__()
-        self.heads, self.dh = n // 16, 16
+        self.heads, self.dh, self.side = n // 16, 16, side
         self.kv, self.q, self.proj = nn.Linear(n, 2 * n), nn.Linear(n, n), nn.Linear(n, n)
-        points = list(itertools.product(range(SIDE), range(SIDE)))
-        out = list(itertools.product(range(SIDE // 2), range(SIDE // 2)))
+        points = list(itertools.product(range(side), range(side)))
+        out = list(itertools.product(range((side + 1) // 2), range((side + 1) // 2)))
         offsets, indices = {}, []
         for p1 in out:
             for p2 in points:
@@ -99,14 +99,14 @@ class Subsample(nn.Module):
         b, t, c = x.shape
         k, v = self.kv(x).view(b, t, self.heads, -1).split(self.dh, dim=3)
         k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-        q = self.q(subsample(x)).view(b, -1, self.heads, self.dh).permute(0, 2, 1, 3)
+        q = self.q(subsample(x, self.side)).view(b, -1, self.heads, self.dh).permute(0, 2, 1, 3)
         a = (q @ k.transpose(-2, -1) * self.dh**-0.5 + self.biases[:, self.idxs]).softmax(-1)
         return self.proj(F.hardswish((a @ v).transpose(1, 2).reshape(b, -1, c)))
 
 
-def subsample(x):  # LevitSubsample's, stride 2
+def subsample(x, side=SIDE):  # LevitSubsample's, stride 2
     b, _, c = x.shape
-    return x.view(b, SIDE, SIDE, c)[:, ::2, ::2].reshape(b, -1, c)
+    return x.view(b, side, side, c)[:, ::2, ::2].reshape(b, -1, c)
 
 
 class LevitLike(nn.Module):
@@ -127,15 +127,21 @@ class LevitLike(nn.Module):
         self.head = nn.Linear(n, 10)
         # subsample: the tokens' every other row and column, then a layer (LevitSubsample);
         # subsample_attention: LeViT's attention of queries so subsampled
-        self.last = Subsample(n) if variant == "subsample_attention" else nn.Linear(n, n)
+        # (odd: on a 3 x 3 grid, whose subsample keeps its last row and column)
+        self.last = (
+            Subsample(n, 3 if variant == "odd" else SIDE)
+            if variant in ("subsample_attention", "odd")
+            else nn.Linear(n, n)
+        )
 
     def forward(self, img):
         x = self.embed(img).flatten(2).transpose(1, 2)
-        x = x + self.attn(self.norm1(x))
-        x = x + self.down(F.hardswish(self.up(self.norm2(x))))
+        if self.variant != "odd":  # (the grid's own attention is LeViT's of a 4 x 4 grid)
+            x = x + self.attn(self.norm1(x))
+            x = x + self.down(F.hardswish(self.up(self.norm2(x))))
         if self.variant == "subsample":
             x = self.last(subsample(x))
-        if self.variant == "subsample_attention":
+        if self.variant in ("subsample_attention", "odd"):
             x = self.last(x)
         return self.head(self.norm(x).mean(1))
 
@@ -218,6 +224,21 @@ def test_the_subsampling_attentions_bias_traces_to_what_the_model_computes():
         d.abc["Rs"].b,
         d.abc["Rs"].c,
     )
+
+
+@pytest.mark.slow
+def test_an_odd_grids_subsampling_attention_traces_to_what_the_model_computes():
+    # a 3 x 3 grid subsampled by 2 keeps rows and columns 0 and 2 (LeViT's 7 x 7 grid at 224
+    # pixels gives 4 x 4): its queries, 2 x 2, and their offsets to the 9 keys
+    def build(n):
+        return LevitLike(n, "odd")
+
+    def odd_images(model=None):
+        return (torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0)),)
+
+    traced = tp.from_torch(build, (32, 64), odd_images)
+    assert "grid_offsets[f4, T, f9, 2]" in traced.source
+    traced_computes_the_model(traced, build, odd_images)
 
 
 @pytest.mark.slow
