@@ -197,6 +197,13 @@ CATALOGUE = {
                                       r"\(T, T\)", (15, 16)),
     "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
                                  r"the bucket dim b must be finite and at least 4", (12, 1)),
+    "grid-offsets-not-the-grid": (ENCDEC + "dim B = 9\ninput g : grid_offsets[T, B]\n", S,
+                                  r"grid_offsets g: its tokens must be a finite square number",
+                                  (12, 1)),
+    "grid-offsets-queries-not-the-subsampled-grid": (
+        ENCDEC + "dim B = 9\ndim G = 9\ninput g : grid_offsets[S, G, B, 2]\n", S,
+        r"grid_offsets g: its queries must be the 3 x 3 grid subsampled by a stride of 2 or "
+        r"more", (13, 1)),
     "windows-offsets-not-a-square": (WIN.format(b=48, s=0), S,
                                      r"windows w: the offset dim B = 48 is not \(2w-1\)²",
                                      (6, 1)),

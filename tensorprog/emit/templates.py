@@ -402,6 +402,22 @@ HELPERS = {
         "    grid = torch.stack(torch.meshgrid([side, side], indexing=\"ij\"), -1).reshape(-1, 2)",
         "    coords = torch.sign(grid) * torch.log2(grid.abs() + 1.0) / math.log2(8)",
         "    return coords.to(device=like.device, dtype=like.dtype)"],
+    # LeViT's attention_bias_idxs (transformers' LevitAttention): its offsets numbered in the
+    # order its loops first meet them, from query (0, 0), which meets every one row-major
+    "_grid_offsets": [
+        "def _grid_offsets(queries, keys, offsets, stride, device):",
+        '    """The offset id of every (query, key) pair, the keys laid out row-major on a side x',
+        "    side grid, the queries on it subsampled by stride (1: the keys themselves): |dy| *",
+        "    side + |dx|, one of offsets = side * side (LeViT's attention_bias_idxs).\"\"\"",
+        "    side, out = math.isqrt(keys), math.isqrt(queries)",
+        "    if side * side != keys or offsets != keys or out != (side - 1) // stride + 1 \\",
+        "            or out * out != queries:",
+        '        raise ValueError(f"{queries} queries and {keys} keys on a square grid of "',
+        '                         f"{offsets} offsets: feed the image size the module was built "',
+        '                         "for")',
+        "    k, q = torch.arange(keys, device=device), torch.arange(queries, device=device)",
+        "    ky, kx, qy, qx = k // side, k % side, q // out * stride, q % out * stride",
+        "    return (qy[:, None] - ky).abs() * side + (qx[:, None] - kx).abs()"],
     "_relative_bias": [
         "def _relative_bias(buckets, table):",
         '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',

@@ -6,7 +6,7 @@ from .inputs import probe_ids
 from .ops_attention import batch_shapes, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
-from .ops_relative import relative_kind
+from .ops_relative import grid_stride, refuse_grid_ids, relative_kind
 from .ops_windows import window_lookup
 from .values import (
     SHIFTED_IDS,
@@ -39,6 +39,11 @@ class LinearOps:
         if self.over_offsets(w) and len(indices) == 1 and isinstance(indices[0], Conc) and (
                 win := window_lookup(indices[0].value, self._shape(node.args[0])[0])):
             return self.offsets_lookup(node, w, win)  # Swin V2's bias: ops_offsets.py
+        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None and isinstance(
+                indices[1], Conc) and (stride := grid_stride(indices[1].value, w.shape[-1])):
+            return self.grid_lookup(node, w, indices[1].value, stride)  # LeViT's: ops_relative
+        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None:
+            raise refuse_grid_ids(node, w, indices[1])
         shape = tuple(node.args[0].meta["val"].shape)
         if isinstance(w, (Vec, Affine, Pointwise)) and len(indices) == len(shape) \
                 and all(i is None for i in indices[:-1]) and indices[-1] is not None:

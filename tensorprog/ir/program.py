@@ -67,12 +67,11 @@ from .spread import SPREAD, other_dim
 from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
-#: a later key has none of its own), Swin's offset in a window (``windows``).
-RELATIVE_KINDS = ("relative", "causal_relative", "windows")
+#: a later key has none of its own), Swin's offset in a window, LeViT's (|dy|, |dx|) on a grid.
+RELATIVE_KINDS = ("relative", "causal_relative", "windows", "grid_offsets")
 INPUT_KINDS = ("vector", "tokens", "positions", "axial", "image", "patches", *RELATIVE_KINDS,
                "offsets")
-#: built inside, not passed to forward
-BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")
+BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")  # built inside, not fed
 ONE_HOT_KINDS = ("tokens", "positions", "axial", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
@@ -182,6 +181,7 @@ class Input:
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
     window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
     stride: int | None = None  # axial: the positions one step along the axis spans
+    queries: str | None = None  # grid_offsets: the queries' sequence, the keys' grid subsampled
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,8 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
     of different sequences (or masks a cross-attention causally) is reported there."""
     tags: dict[str, Tag] = {}
     for i in program.inputs:
-        tags[i.name] = (() if i.seq is None else (i.seq, i.seq) if i.kind in RELATIVE_KINDS
-                        else (i.seq,))
+        tags[i.name] = (() if i.seq is None else (i.queries or i.seq, i.seq)
+                        if i.kind in RELATIVE_KINDS else (i.seq,))
     tags.update({p.name: () for p in program.params})
 
     def problem(message: str, ins, help_: str) -> None:

@@ -36,7 +36,7 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_at import offsets_input
-from .lower_axial import axial_input
+from .lower_axial import axial_input, grid_input
 from .lower_expr import FUNCTIONS, ExpressionLowering
 from .lower_first import mark_tokens
 from .pending import Matrix, Scalar, Vec
@@ -485,10 +485,9 @@ class _Lowering(ExpressionLowering):
             return self.stmt_image_input(st)
         if st.value[0] == "windows":
             return self.stmt_windows_input(st)
-        if st.value[0] == "offsets":
-            return offsets_input(self, st)
-        if st.value[0] == "axial":
-            return axial_input(self, st)
+        own = {"offsets": offsets_input, "axial": axial_input, "grid_offsets": grid_input}
+        if st.value[0] in own:
+            return own[st.value[0]](self, st)
         kind, seq_tok, *rest = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):

@@ -141,6 +141,13 @@ class ToAst(Transformer_NonRecursive):
                     self.span(c[0]))
 
     @v_args(meta=True)
+    def input_grid_offsets(self, meta, c):
+        # grid_offsets[T, B] or [S, T, B, s]: the stride s is a number of tokens, not a dim
+        rest = (*c[1:4], int(c[4])) if len(c) > 3 else tuple(c[1:3])
+        return Stmt("input", str(c[0]), ("grid_offsets", *rest), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
     def input_offsets(self, meta, c):
         return Stmt("input", str(c[0]), ("offsets", c[1], c[2]), self.span(meta),
                     self.span(c[0]))
