@@ -32,9 +32,11 @@ from .ops_relative import t5_buckets
 from .values import Affine, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
 from .where import CHECK_OPS, op_name, refuse
 
-_HELP = ("give the sequence no more tokens than one block's reach (LongT5's local_radius + 1), "
-         "or use attention over the whole sequence with T5's relative position bias "
-         "(encoder_attention_type is LongT5's local attention; examples/t5.tp)")
+_HELP = (
+    "give the sequence no more tokens than one block's reach (LongT5's local_radius + 1), "
+    "or use attention over the whole sequence with T5's relative position bias "
+    "(encoder_attention_type is LongT5's local attention; examples/t5.tp)"
+)
 # ops that keep a value's layout and entries
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
 _VIEWS = {"view", "reshape", "_unsafe_view"}
@@ -89,7 +91,7 @@ def three_block_ids(block: int, buckets: int, torch):
     """T5's bidirectional buckets of LongT5's [b, 3b] grid (``compute_bias``): key 3-block
     position minus the query's (its block's middle third)."""
     full = t5_buckets(3 * block, 3 * block, buckets, True, torch)
-    return full[block:2 * block]
+    return full[block : 2 * block]
 
 
 class BlockOps:
@@ -101,8 +103,11 @@ class BlockOps:
         if node.target is operator.getitem:
             return super().call(node)
         args, kwargs = self.args(node)
-        flat = [x for a in (*args, *kwargs.values())
-                for x in (a if isinstance(a, (list, tuple)) else [a])]
+        flat = [
+            x
+            for a in (*args, *kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
         op = op_name(node)
         if op in CHECK_OPS or not node.users and not op.endswith("_"):
             return super().call(node)  # nothing reads it (the walker's)
@@ -116,15 +121,22 @@ class BlockOps:
 
     def op_embedding(self, node, w, idx, *rest):
         ids = getattr(idx, "value", None) if isinstance(idx, Conc) else None
-        if isinstance(w, PRef) and ids is not None and ids.dim() == 2 and \
-                not ids.is_floating_point() and ids.shape[1] == 3 * ids.shape[0] and \
-                len(w.shape) == 2 and w.shape[0] >= 4:
+        if (
+            isinstance(w, PRef)
+            and ids is not None
+            and ids.dim() == 2
+            and not ids.is_floating_point()
+            and ids.shape[1] == 3 * ids.shape[0]
+            and len(w.shape) == 2
+            and w.shape[0] >= 4
+        ):
             import torch
 
             if torch.equal(ids.cpu(), three_block_ids(int(ids.shape[0]), w.shape[0], torch)):
                 if w.t or w.rows or w.offset:
-                    raise refuse(node, "a relative position bias read from part of a table",
-                                 help=_HELP)
+                    raise refuse(
+                        node, "a relative position bias read from part of a table", help=_HELP
+                    )
                 return BlockBias(w, ids.cpu(), node.name, ("q", "k", "H"))
         return super().op_embedding(node, w, idx, *rest)
 
@@ -138,9 +150,16 @@ class BlockOps:
             return None
         tags = tuple(getattr(x.src if isinstance(x, Pointwise) else x, "tags", ()) or ())
         pads = [int(p) for p in pad]
-        if tags != ("tok", "tok", "H", "dh") or len(pads) not in (6, 8) or any(pads[:4]) or \
-                any(pads[6:]) or pads[4] != 0 or pads[5] <= 0 or mode != "constant" or \
-                value not in (None, 0):
+        if (
+            tags != ("tok", "tok", "H", "dh")
+            or len(pads) not in (6, 8)
+            or any(pads[:4])
+            or any(pads[6:])
+            or pads[4] != 0
+            or pads[5] <= 0
+            or mode != "constant"
+            or value not in (None, 0)
+        ):
             return None
         t = int(self._shape(node.args[0])[1])
         index = torch.cat([torch.arange(t), torch.full((pads[5],), -1)])
@@ -161,20 +180,26 @@ class BlockOps:
             return self._cat(node, args[0], args[1] if len(args) > 1 else 0)
         if op in ("add", "add_") and isinstance(x, BlockScores) and len(args) == 2:
             if op == "add_" and len(node.args[0].users) != 1:
-                raise refuse(node, "blocked logits added to in place where something else "
-                             "reads them too", help=_HELP)
+                raise refuse(
+                    node,
+                    "blocked logits added to in place where something else reads them too",
+                    help=_HELP,
+                )
             return self._plus(node, x, args[1])
         if any(isinstance(v, BlockBias) for v in flat):
             return self._bias_op(node, op, args)
         if op in ("softmax", "_softmax") and isinstance(x, BlockScores):
             return self._softmax(node, x, args[1] if len(args) > 1 else -1)
-        what = next(v for v in flat if isinstance(v, (Blocked, BlockBias, BlockScores,
-                                                      BlockProbs)))
-        raise refuse(node, f"the op {op or node.target} of {_describe(what)}: the trace reads "
-                     "a sequence padded to whole blocks only as LongT5's block-local attention "
-                     "(the blocks' relayouts, the 3-block keys and values, the logits with T5's "
-                     "bias and the mask, their softmax, the mix, the heads merged and the pad "
-                     "cut)", help=_HELP)
+        what = next(v for v in flat if isinstance(v, (Blocked, BlockBias, BlockScores, BlockProbs)))
+        raise refuse(
+            node,
+            f"the op {op or node.target} of {_describe(what)}: the trace reads "
+            "a sequence padded to whole blocks only as LongT5's block-local attention "
+            "(the blocks' relayouts, the 3-block keys and values, the logits with T5's "
+            "bias and the mask, their softmax, the mix, the heads merged and the pad "
+            "cut)",
+            help=_HELP,
+        )
 
     def _token_axes(self, x: Blocked) -> int:
         return x.index.dim()
@@ -189,21 +214,32 @@ class BlockOps:
         index = None
         if op == "pad":
             pads = [int(p) for p in args[1]]
-            pairs = [pads[i:i + 2] for i in range(0, len(pads), 2)]  # from the last axis
+            pairs = [pads[i : i + 2] for i in range(0, len(pads), 2)]  # from the last axis
             padded = [len(old) - 1 - i for i, p in enumerate(pairs) if p != [0, 0]]
             mode = args[2] if len(args) > 2 else "constant"
             value = args[3] if len(args) > 3 else None
-            if len(padded) == 1 and 1 <= padded[0] <= k and min(pairs[len(old) - 1 -
-                                                                      padded[0]]) >= 0 \
-                    and mode == "constant" and value in (None, 0):
+            if (
+                len(padded) == 1
+                and 1 <= padded[0] <= k
+                and min(pairs[len(old) - 1 - padded[0]]) >= 0
+                and mode == "constant"
+                and value in (None, 0)
+            ):
                 before, after = pairs[len(old) - 1 - padded[0]]
                 axis = padded[0] - 1
                 index = torch.nn.functional.pad(
-                    x.index, [0, 0] * (k - 1 - axis) + [before, after], value=-1)
+                    x.index, [0, 0] * (k - 1 - axis) + [before, after], value=-1
+                )
         elif op in _VIEWS and new[0] == old[0] and tuple(new[-feat:]) == tuple(old[-feat:]):
-            index = x.index.reshape(new[1:len(new) - feat])
-        elif op in _VIEWS and feat == 2 and new[0] == old[0] and len(new) == 3 and \
-                new[1] == x.index.numel() and new[2] == old[-1] * old[-2]:
+            index = x.index.reshape(new[1 : len(new) - feat])
+        elif (
+            op in _VIEWS
+            and feat == 2
+            and new[0] == old[0]
+            and len(new) == 3
+            and new[1] == x.index.numel()
+            and new[2] == old[-1] * old[-2]
+        ):
             # the heads merged back, [B, T', H·dh]: one token axis, the features flat
             inner = self.vec(x.inner, node)
             merged = Vec(inner.name, ("tok", "tok", "F"), inner.dim)
@@ -217,9 +253,13 @@ class BlockOps:
             index = x.index[tuple(sl)]
         if index is None:
             return None
-        if list(index.shape) != list(new[1:1 + k + (len(new) - len(old))]):
-            raise refuse(node, f"a {op} from {list(old)} to {list(new)} of {_describe(x)} "
-                         "that the trace cannot follow token by token", help=_HELP)
+        if list(index.shape) != list(new[1 : 1 + k + (len(new) - len(old))]):
+            raise refuse(
+                node,
+                f"a {op} from {list(old)} to {list(new)} of {_describe(x)} "
+                "that the trace cannot follow token by token",
+                help=_HELP,
+            )
         out = Blocked(x.inner, index, x.node)
         return self._settled(out)
 
@@ -229,8 +269,11 @@ class BlockOps:
 
         t = int(x.index.max()) + 1 if x.index.numel() else 0
         tags = tuple(getattr(x.inner, "tags", ()) or ())
-        if x.index.dim() == 1 and torch.equal(x.index, torch.arange(t)) and \
-                tags == ("tok", "tok", "F"):
+        if (
+            x.index.dim() == 1
+            and torch.equal(x.index, torch.arange(t))
+            and tags == ("tok", "tok", "F")
+        ):
             return x.inner
         return x
 
@@ -241,31 +284,48 @@ class BlockOps:
         k = self._token_axes(first)
         axis = dim % len(self._shape(node)) - 1
         if not 0 <= axis < k or any(p.inner is not first.inner for p in parts):
-            raise refuse(node, "a cat of blocked values other than copies of one value along "
-                         "its token axes (LongT5's 3-block keys and values)", help=_HELP)
+            raise refuse(
+                node,
+                "a cat of blocked values other than copies of one value along "
+                "its token axes (LongT5's 3-block keys and values)",
+                help=_HELP,
+            )
         return Blocked(first.inner, torch.cat([p.index for p in parts], axis), first.node)
 
     # -- logits, bias, mask, softmax, mix --------------------------------------------------------
     def _einsum(self, node, equation, operands):
         eq = equation.replace(" ", "")
-        if eq == "...qhd,...khd->...hqk" and len(operands) == 2 and all(
-                isinstance(o, Blocked) for o in operands):
+        if (
+            eq == "...qhd,...khd->...hqk"
+            and len(operands) == 2
+            and all(isinstance(o, Blocked) for o in operands)
+        ):
             q, k = operands
             if q.index.dim() != 2 or k.index.dim() != 2 or q.index.shape[0] != k.index.shape[0]:
-                raise refuse(node, "logits of blocked queries and keys not laid out [batch, "
-                             "blocks, tokens, heads, head dim] alike", help=_HELP)
+                raise refuse(
+                    node,
+                    "logits of blocked queries and keys not laid out [batch, "
+                    "blocks, tokens, heads, head dim] alike",
+                    help=_HELP,
+                )
             qv, kv = self.vec(q.inner, node), self.vec(k.inner, node)
             if qv.dh is None or qv.dh != kv.dh or qv.dim != kv.dim:
-                raise refuse(node, "logits of blocked queries and keys in other heads",
-                             help=_HELP)
+                raise refuse(node, "logits of blocked queries and keys in other heads", help=_HELP)
             s = Scores(qv, kv, 1.0, node.name, ("tok", "tok", "H", "tok", "tok"))
             return BlockScores(s, q.index, k.index)
-        if eq == "...hqk,...khd->...qhd" and len(operands) == 2 and isinstance(
-                operands[0], BlockProbs) and isinstance(operands[1], Blocked):
+        if (
+            eq == "...hqk,...khd->...qhd"
+            and len(operands) == 2
+            and isinstance(operands[0], BlockProbs)
+            and isinstance(operands[1], Blocked)
+        ):
             return self._mix(node, *operands)
-        raise refuse(node, f"an einsum {equation!r} of blocked values other than LongT5's "
-                     "logits ('...qhd,...khd->...hqk') and mix ('...hqk,...khd->...qhd')",
-                     help=_HELP)
+        raise refuse(
+            node,
+            f"an einsum {equation!r} of blocked values other than LongT5's "
+            "logits ('...qhd,...khd->...hqk') and mix ('...hqk,...khd->...qhd')",
+            help=_HELP,
+        )
 
     def _bias_op(self, node, op, args):
         b = next(a for a in args if isinstance(a, BlockBias))
@@ -281,54 +341,80 @@ class BlockOps:
                 return dataclasses.replace(b, mask=_additive(node, other.value))
             if isinstance(other, BlockScores):
                 return self._plus(node, other, b)
-        raise refuse(node, f"T5's bias of LongT5's blocks used by {op or node.target} other "
-                     "than added to their logits (with the blocks' mask)", help=_HELP)
+        raise refuse(
+            node,
+            f"T5's bias of LongT5's blocks used by {op or node.target} other "
+            "than added to their logits (with the blocks' mask)",
+            help=_HELP,
+        )
 
     def _plus(self, node, s: BlockScores, other) -> BlockScores:
         if s.bias is not None or s.mask is not None:
-            raise refuse(node, "a second term added to the logits of blocked queries and keys",
-                         help=_HELP)
+            raise refuse(
+                node, "a second term added to the logits of blocked queries and keys", help=_HELP
+            )
         if isinstance(other, BlockBias):
             if other.axes[-3:] != ("H", "q", "k") or any(a != "1" for a in other.axes[:-3]):
-                raise refuse(node, "T5's bias added to blocked logits laid out other than "
-                             "[.., heads, queries, keys]", help=_HELP)
+                raise refuse(
+                    node,
+                    "T5's bias added to blocked logits laid out other than "
+                    "[.., heads, queries, keys]",
+                    help=_HELP,
+                )
             return dataclasses.replace(s, bias=other, mask=other.mask)
         if isinstance(other, Conc):
             return dataclasses.replace(s, mask=_additive(node, other.value))
-        raise refuse(node, "a term added to the logits of blocked queries and keys other "
-                     "than T5's bias and the blocks' mask", help=_HELP)
+        raise refuse(
+            node,
+            "a term added to the logits of blocked queries and keys other "
+            "than T5's bias and the blocks' mask",
+            help=_HELP,
+        )
 
     def _softmax(self, node, s: BlockScores, dim) -> BlockProbs:
         import torch
 
         shape = tuple(self._shape(node))
         if dim not in (-1, len(shape) - 1) or len(shape) != 5:
-            raise refuse(node, "a softmax of blocked logits over other than their keys",
-                         help=_HELP)
+            raise refuse(node, "a softmax of blocked logits over other than their keys", help=_HELP)
         bq = shape[3]
         qi, ki = s.qi, s.ki
         t = int(qi.max()) + 1
-        keep = torch.ones(shape, dtype=torch.bool) if s.mask is None else (
-            torch.as_tensor(s.mask).expand(shape) > -1e4)
+        keep = (
+            torch.ones(shape, dtype=torch.bool)
+            if s.mask is None
+            else (torch.as_tensor(s.mask).expand(shape) > -1e4)
+        )
         if not bool((keep == keep[:1, :, :1]).all()):
-            raise refuse(node, "a mask of blocked logits that differs between examples or "
-                         "heads (a padding mask)", help="trace with example inputs without "
-                         "padding: no attention_mask, or one of all ones")
+            raise refuse(
+                node,
+                "a mask of blocked logits that differs between examples or heads (a padding mask)",
+                help="trace with example inputs without "
+                "padding: no attention_mask, or one of all ones",
+            )
         keep = keep[0, :, 0]  # [blocks, q, k]
         # the entries of real queries the mask keeps (a padding query's row is cut before
         # anything reads it), and the token pair of each
         kept = keep & (qi >= 0)[:, :, None]
         tq, tk = qi[:, :, None].expand(kept.shape)[kept], ki[:, None, :].expand(kept.shape)[kept]
         if bool((tk < 0).any()):
-            raise refuse(node, f"blocked attention in which token {int(tq[tk < 0][0])} attends "
-                         "a padding key (a zero key the mask keeps adds to the softmax's "
-                         "denominator)", help=_HELP)
+            raise refuse(
+                node,
+                f"blocked attention in which token {int(tq[tk < 0][0])} attends "
+                "a padding key (a zero key the mask keeps adds to the softmax's "
+                "denominator)",
+                help=_HELP,
+            )
         if s.bias is not None:
             read = s.bias.ids[None].expand(kept.shape)[kept]
             wrong = read != _buckets(t, s.bias.table.shape[0])[tq, tk]
             if bool(wrong.any()):
-                raise refuse(node, f"T5's bias read for tokens ({int(tq[wrong][0])}, "
-                             f"{int(tk[wrong][0])}) at another pair's bucket", help=_HELP)
+                raise refuse(
+                    node,
+                    f"T5's bias read for tokens ({int(tq[wrong][0])}, "
+                    f"{int(tk[wrong][0])}) at another pair's bucket",
+                    help=_HELP,
+                )
         pairs = torch.zeros(t, t, dtype=torch.long)  # how often each (query, key) is kept
         pairs.index_put_((tq, tk), torch.ones_like(tq), accumulate=True)
         if bool((pairs == 1).all()):
@@ -336,12 +422,20 @@ class BlockOps:
         distance = (torch.arange(t)[None, :] - torch.arange(t)[:, None]).abs()
         reach = int(distance[pairs == 1].max()) if bool((pairs == 1).any()) else 0
         if bool((pairs == (distance <= reach).long()).all()):
-            raise refuse(node, f"block-local attention over {t} tokens in which each token "
-                         f"attends the keys less than {reach + 1} tokens away (blocks of "
-                         f"{bq}): a band of keys, which the language's attention over the "
-                         "whole sequence has no form for yet", help=_HELP)
-        raise refuse(node, f"blocked attention over {t} tokens whose mask keeps pairs other "
-                     "than every key once for every query", help=_HELP)
+            raise refuse(
+                node,
+                f"block-local attention over {t} tokens in which each token "
+                f"attends the keys less than {reach + 1} tokens away (blocks of "
+                f"{bq}): a band of keys, which the language's attention over the "
+                "whole sequence has no form for yet",
+                help=_HELP,
+            )
+        raise refuse(
+            node,
+            f"blocked attention over {t} tokens whose mask keeps pairs other "
+            "than every key once for every query",
+            help=_HELP,
+        )
 
     def _attention_over_all(self, node, s: BlockScores, t: int) -> BlockProbs:
         """Every query attends every key once: attention over the sequence, with T5's bias."""
@@ -355,10 +449,10 @@ class BlockOps:
             if b.node not in rels:  # layers after the first read the first's bias again
                 rels[b.node] = self.sequence_input("_rel", "relative", t, b.table.shape[0])
             rel = rels[b.node]
-            scores = self.with_bias(node, scores, RelBias(b.table, rel, b.node,
-                                                          ("H", "q", "k"), (t, t)))
-        logits = self.logits(scores.q, scores.k, scores.factor, scores.node, "out",
-                             scores.bias)
+            scores = self.with_bias(
+                node, scores, RelBias(b.table, rel, b.node, ("H", "q", "k"), (t, t))
+            )
+        logits = self.logits(scores.q, scores.k, scores.factor, scores.node, "out", scores.bias)
         return BlockProbs(Probs(scores, f"softmax({logits})"), s.qi, s.ki)
 
     def _mix(self, node, p: BlockProbs, v: Blocked):
@@ -366,10 +460,18 @@ class BlockOps:
 
         vv = self.vec(v.inner, node)
         q = p.probs.scores.q
-        if v.index.shape != p.ki.shape or not torch.equal(v.index, p.ki) or \
-                vv.dh != q.dh or vv.dim != q.dim:
-            raise refuse(node, "blocked values laid out otherwise than the keys, or in other "
-                         "heads than the queries'", help=_HELP)
+        if (
+            v.index.shape != p.ki.shape
+            or not torch.equal(v.index, p.ki)
+            or vv.dh != q.dh
+            or vv.dim != q.dim
+        ):
+            raise refuse(
+                node,
+                "blocked values laid out otherwise than the keys, or in other "
+                "heads than the queries'",
+                help=_HELP,
+            )
         name = self.emit_vector(node.name, f"mix({p.probs.name}, {vv.name})")
         return Blocked(Vec(name, ("tok", "tok", "H", "dh"), q.dim, vv.dh), p.qi, v.node)
 
@@ -387,8 +489,12 @@ def _additive(node, value):
     m = torch.as_tensor(value)
     if m.is_floating_point() and bool(((m == 0) | (m <= -1e4)).all()):
         return m
-    raise refuse(node, "a term added to blocked logits that is no mask (0 at the pairs kept, "
-                 "-1e4 or less at the others)", help=_HELP)
+    raise refuse(
+        node,
+        "a term added to blocked logits that is no mask (0 at the pairs kept, "
+        "-1e4 or less at the others)",
+        help=_HELP,
+    )
 
 
 def _describe(x) -> str:
