@@ -50,7 +50,7 @@ class Blocked:
 
     inner: object
     index: object
-    node: str  # the pad that started it, for messages
+    what: str  # the pad that started it, for messages
 
 
 @dataclass
@@ -163,7 +163,8 @@ class BlockOps:
             return None
         t = int(self._shape(node.args[0])[1])
         index = torch.cat([torch.arange(t), torch.full((pads[5],), -1)])
-        return Blocked(x, index, node.name)
+        what = f"a sequence's {t} tokens padded by {pads[5]} zero tokens to {t + pads[5]}"
+        return Blocked(x, index, what)
 
     # -- ops on blocked values -----------------------------------------------------------------
     def _blocked_op(self, node, op, args, flat):
@@ -243,7 +244,7 @@ class BlockOps:
             # the heads merged back, [B, T', H·dh]: one token axis, the features flat
             inner = self.vec(x.inner, node)
             merged = Vec(inner.name, ("tok", "tok", "F"), inner.dim)
-            return Blocked(merged, x.index.reshape(-1), x.node)
+            return Blocked(merged, x.index.reshape(-1), x.what)
         elif op == "slice" and 1 <= args[1] % len(old) <= k:
             axis = args[1] % len(old) - 1
             start, end = (list(args[2:4]) + [None, None])[:2]
@@ -260,7 +261,7 @@ class BlockOps:
                 "that the trace cannot follow token by token",
                 help=_HELP,
             )
-        out = Blocked(x.inner, index, x.node)
+        out = Blocked(x.inner, index, x.what)
         return self._settled(out)
 
     def _settled(self, x: Blocked):
@@ -290,7 +291,7 @@ class BlockOps:
                 "its token axes (LongT5's 3-block keys and values)",
                 help=_HELP,
             )
-        return Blocked(first.inner, torch.cat([p.index for p in parts], axis), first.node)
+        return Blocked(first.inner, torch.cat([p.index for p in parts], axis), first.what)
 
     # -- logits, bias, mask, softmax, mix --------------------------------------------------------
     def _einsum(self, node, equation, operands):
@@ -473,7 +474,7 @@ class BlockOps:
                 help=_HELP,
             )
         name = self.emit_vector(node.name, f"mix({p.probs.name}, {vv.name})")
-        return Blocked(Vec(name, ("tok", "tok", "H", "dh"), q.dim, vv.dh), p.qi, v.node)
+        return Blocked(Vec(name, ("tok", "tok", "H", "dh"), q.dim, vv.dh), p.qi, v.what)
 
 
 def _buckets(t: int, rows: int):
@@ -499,7 +500,7 @@ def _additive(node, value):
 
 def _describe(x) -> str:
     if isinstance(x, Blocked):
-        return "a sequence's tokens padded to whole blocks (LongT5's block-local attention)"
+        return f"{x.what} (whole blocks, as LongT5's block-local attention pads them)"
     if isinstance(x, BlockBias):
         return "T5's bias at LongT5's 3-block grid"
     if isinstance(x, BlockScores):

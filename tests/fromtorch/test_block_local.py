@@ -1,0 +1,161 @@
+"""from_torch on LongT5's block-local attention (transformers' LongT5LocalAttention, written
+small): each head's queries, keys and values padded to whole blocks, the keys and values of each
+block's neighbours concatenated, T5's relative position bias of the 3-block grid and the mask
+added, the softmax, the mix, the heads merged and the pad cut. Where the sequence fits one
+block's reach it is the attention over the sequence with T5's bias, which is what it traces to.
+
+Oracles: the emitted program computes the model (float64), and it derives the exponents of the
+same network with its attention written over the whole sequence (T5's). Near misses are refused
+at their line: a sequence longer than the reach (a band of keys), a neighbour set that drops
+pairs, a bias read at another pair's bucket, padding keys left unmasked."""
+
+import math
+
+import pytest
+from conftest import abc_by_target, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn, F = torch.nn, torch.nn.functional
+
+from tensorprog import TensorProgError  # noqa: E402
+from tensorprog.fromtorch import from_torch  # noqa: E402
+
+WIDTHS = (32, 64)
+VOCAB, HEADS, BUCKETS = 13, 4, 32
+
+
+def _tokens(model, t=6):
+    return (torch.arange(2 * t).remainder(VOCAB).view(2, t),)
+
+
+def _bucket(distance, buckets=BUCKETS, max_distance=128):
+    """T5's bidirectional bucket of each distance (key minus query)."""
+    buckets //= 2
+    out = (distance > 0).long() * buckets
+    distance = distance.abs()
+    exact = buckets // 2
+    far = (
+        exact
+        + (
+            torch.log(distance.float() / exact) / math.log(max_distance / exact) * (buckets - exact)
+        ).long()
+    )
+    return out + torch.where(distance < exact, distance, far.clamp(max=buckets - 1))
+
+
+def _blocks(x, block):  # LongT5's _split_into_blocks
+    pad = -x.shape[1] % block
+    if pad:
+        x = F.pad(x, [0, 0] * (x.dim() - 2) + [0, pad])
+    return x.reshape(x.shape[0], -1, block, *x.shape[2:])
+
+
+def _three(x, order):  # LongT5's _concatenate_3_blocks, its blocks in ``order``
+    n = x.shape[1]
+    x = F.pad(x, [0, 0] * (x.dim() - 2) + [1, 1])
+    return torch.cat([x[:, i : i + n] for i in order], dim=2)
+
+
+class Local(nn.Module):
+    """An embedding, LongT5's local attention over blocks of ``block`` (its neighbours' keys
+    in ``order``, pairs under ``reach`` tokens apart kept, ``masked``: padding keys masked, or
+    ``full``: T5's attention over the whole sequence instead), residual, and a readout."""
+
+    def __init__(self, n, block=8, order=(0, 1, 2), reach=None, masked=True, full=False):
+        super().__init__()
+        self.block, self.order, self.masked, self.full = block, order, masked, full
+        self.reach = block if reach is None else reach
+        self.e = nn.Embedding(VOCAB, n)
+        self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
+        self.rel = nn.Embedding(BUCKETS, HEADS)
+        self.head = nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        q, k, v = (f(h).view(b, t, HEADS, n // HEADS) for f in (self.q, self.k, self.v))
+        y = self._full(q, k, v) if self.full else self._local(q, k, v)
+        return self.head(h + self.o(y.reshape(b, -1, n)[:, :t]))
+
+    def _full(self, q, k, v):
+        t = q.shape[1]
+        pos = torch.arange(t, device=q.device)
+        bias = self.rel(_bucket(pos[None, :] - pos[:, None])).permute(2, 0, 1)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # T5's: [batch, heads, tokens, dh]
+        w = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)
+        return (w @ v).transpose(1, 2)
+
+    def _local(self, q, k, v):
+        block, (b, t) = self.block, q.shape[:2]
+        q, k, v = (_blocks(x, block) for x in (q, k, v))
+        k, v = _three(k, self.order), _three(v, self.order)
+        scores = torch.einsum("...qhd,...khd->...hqk", q, k)
+        pos = torch.arange(3 * block, device=q.device)
+        rel = pos[None, :] - pos[block:-block, None]
+        bias = self.rel(_bucket(rel)).permute(2, 0, 1)[None, None]
+        ones = _blocks(
+            torch.ones(b, t, device=q.device), block
+        )  # LongT5's _get_local_attention_mask
+        keep = ones[..., None].bool() & _three(ones, self.order)[..., None, :].bool()
+        keep = keep & (rel.abs() < self.reach) if self.masked else torch.ones_like(keep)
+        bias = bias + torch.where(keep[:, :, None], 0.0, -1e10)
+        scores += bias
+        w = torch.softmax(scores, dim=-1).type_as(scores)  # (LongT5 takes it in float32)
+        out = torch.einsum("...hqk,...khd->...qhd", w, v)
+        return out.contiguous().view(b, -1, q.shape[-2] * q.shape[-1])
+
+
+def _build(**kw):
+    return lambda n: Local(n, **kw)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return from_torch(_build(), WIDTHS, _tokens)
+
+
+def test_block_local_attention_within_reach_traces_as_attention_and_computes_the_model(traced):
+    assert "relative[T, " in traced.source and "mix(softmax(" in traced.source
+    traced_computes_the_model(traced, _build(), _tokens)
+
+
+@pytest.mark.slow
+def test_it_derives_the_exponents_of_the_same_attention_over_the_whole_sequence(traced):
+    full = from_torch(_build(full=True), WIDTHS, _tokens)
+    assert abc_by_target(traced) == abc_by_target(full)
+
+
+def _refused(match, t=6, **kw):
+    with pytest.raises(TensorProgError, match=r"test_block_local.py:\d+:\d+: error: " + match):
+        from_torch(_build(**kw), WIDTHS, lambda m: _tokens(m, t))
+
+
+def test_a_sequence_longer_than_the_blocks_reach_is_refused_as_a_band():
+    # blocks of 4 over 6 tokens: each token attends keys fewer than 4 tokens away
+    _refused(
+        r"cannot trace block-local attention over 6 tokens in which each token attends "
+        r"the keys less than 4 tokens away",
+        block=4,
+    )
+
+
+@pytest.mark.slow
+def test_a_neighbour_set_that_drops_pairs_is_refused():
+    _refused(
+        r"cannot trace block-local attention over 6 tokens in which each token attends "
+        r"the keys less than 3 tokens away",
+        reach=3,
+    )
+
+
+@pytest.mark.slow
+def test_a_bias_read_at_another_pairs_bucket_is_refused():
+    # the 3 blocks concatenated out of order: the keys' tokens are not where the bias reads them
+    _refused(
+        r"cannot trace T5's bias read for tokens \(0, 1\) at another pair's bucket", order=(1, 0, 2)
+    )
+
+
+@pytest.mark.slow
+def test_padding_keys_left_unmasked_are_refused():
+    _refused(r"cannot trace blocked attention in which token 0 attends a padding key", masked=False)
