@@ -78,6 +78,7 @@ class Emitter:
         self.attrs, self.mults, self.local = attrs, mults, local
         self.helpers: set[str] = set()
         self.kinds = {i.name: i.kind for i in program.inputs}
+        self.reaches = {i.name: i.reach for i in program.inputs if i.reach is not None}
 
     def ref(self, name: str) -> str:
         p = self.program.param_table.get(name)
@@ -209,6 +210,10 @@ class Emitter:
         if ins.fn == "softmax" and (win := self._windows_in(ins.args[0])) is not None:
             # logits with Swin's bias attend within its windows: -inf between them
             return f"torch.softmax({x} + {self.ref(win)}[2], dim=-1)"
+        if ins.fn == "softmax" and (reach := self._reach_in(ins.args[0])) is not None:
+            # logits with a relative bias of a reach attend the keys within it: -inf beyond
+            self.helpers.add("_within_reach")
+            return f"_within_reach({x}, {reach})"
         if ins.fn == "identity":
             return x
         if ins.over is not None:  # a norm over each head's coordinates (QK-norm)
@@ -322,6 +327,22 @@ class Emitter:
                 return ins.arg
             if isinstance(ins, Nonlin) and ins.fn == AT:  # at(g, win): the same bias, computed
                 return ins.args[1]
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+        return None
+
+    def _reach_in(self, name: str) -> int | None:
+        """The reach of the relative input whose bias ``R @ rel`` is a term of the sum
+        ``name`` (attention logits plus T5's bias, LongT5's block-local attention), or None."""
+        made = {i.out: i for i in self.program.body}
+        todo, seen = [name], set()
+        while todo:
+            ins = made.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and ins.arg in self.reaches:
+                return self.reaches[ins.arg]
             if isinstance(ins, LinComb):
                 todo += [t for _, t in ins.terms]
         return None

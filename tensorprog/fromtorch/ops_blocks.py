@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..errors import TraceError
 from .ops_relative import t5_buckets
 from .values import Affine, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
 from .where import CHECK_OPS, op_name, refuse
@@ -100,6 +101,8 @@ class BlockOps:
     def call(self, node):
         import operator
 
+        import torch
+
         if node.target is operator.getitem:
             return super().call(node)
         args, kwargs = self.args(node)
@@ -117,7 +120,31 @@ class BlockOps:
             started = self._block_pad(node, *args)
             if started is not None:
                 return started
+        if op in _VIEWS and args and self._block_view(node, args[0]):
+            # a sequence of whole blocks is not padded (LongT5's _split_into_blocks): its
+            # view into blocks starts them, where the walk has no reading of its own
+            try:
+                return super().call(node)
+            except TraceError:
+                t = int(self._shape(node.args[0])[1])
+                index = torch.arange(t).reshape(self._shape(node)[1:3])
+                return Blocked(args[0], index, f"a sequence's {t} tokens")
         return super().call(node)
+
+    def _block_view(self, node, x) -> bool:
+        """Whether ``node`` views each head's tokens [B, T, H, dh] as blocks [B, T/b, b, H, dh]."""
+        if not isinstance(x, (Vec, Affine, Pointwise)):
+            return False
+        tags = tuple(getattr(x.src if isinstance(x, Pointwise) else x, "tags", ()) or ())
+        old, new = tuple(self._shape(node.args[0])), tuple(self._shape(node))
+        return (
+            tags == ("tok", "tok", "H", "dh")
+            and len(new) == 5
+            and new[0] == old[0]
+            and new[3:] == old[2:]
+            and new[1] * new[2] == old[1]
+            and new[2] > 1
+        )
 
     def op_embedding(self, node, w, idx, *rest):
         ids = getattr(idx, "value", None) if isinstance(idx, Conc) else None
@@ -378,7 +405,6 @@ class BlockOps:
         shape = tuple(self._shape(node))
         if dim not in (-1, len(shape) - 1) or len(shape) != 5:
             raise refuse(node, "a softmax of blocked logits over other than their keys", help=_HELP)
-        bq = shape[3]
         qi, ki = s.qi, s.ki
         t = int(qi.max()) + 1
         keep = (
@@ -419,18 +445,13 @@ class BlockOps:
         pairs = torch.zeros(t, t, dtype=torch.long)  # how often each (query, key) is kept
         pairs.index_put_((tq, tk), torch.ones_like(tq), accumulate=True)
         if bool((pairs == 1).all()):
-            return self._attention_over_all(node, s, t)
+            return self._attention_over(node, s, t, None)
         distance = (torch.arange(t)[None, :] - torch.arange(t)[:, None]).abs()
-        reach = int(distance[pairs == 1].max()) if bool((pairs == 1).any()) else 0
-        if bool((pairs == (distance <= reach).long()).all()):
-            raise refuse(
-                node,
-                f"block-local attention over {t} tokens in which each token "
-                f"attends the keys less than {reach + 1} tokens away (blocks of "
-                f"{bq}): a band of keys, which the language's attention over the "
-                "whole sequence has no form for yet",
-                help=_HELP,
-            )
+        reach = int(distance[pairs == 1].max()) + 1 if bool((pairs == 1).any()) else 0
+        if reach > 0 and bool((pairs == (distance < reach).long()).all()):
+            # each query attends the keys fewer than reach tokens away, each once: the
+            # language's relative[T, B, reach], whose softmax masks the others
+            return self._attention_over(node, s, t, reach)
         raise refuse(
             node,
             f"blocked attention over {t} tokens whose mask keeps pairs other "
@@ -438,18 +459,36 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _attention_over_all(self, node, s: BlockScores, t: int) -> BlockProbs:
-        """Every query attends every key once: attention over the sequence, with T5's bias."""
+    def _attention_over(self, node, s: BlockScores, t: int, reach: int | None) -> BlockProbs:
+        """Every query attends every key (``reach`` None), or every key fewer than ``reach``
+        tokens away, once: attention over the sequence with T5's bias (of that reach)."""
         from .ops_attention import _one_key
 
         _one_key(node, t)
         scores = s.scores
+        if reach is not None and s.bias is None:
+            raise refuse(
+                node,
+                f"block-local attention over {t} tokens in which each token "
+                f"attends the keys fewer than {reach} tokens away, with no relative "
+                "position bias: the language's reach is that of T5's bias, "
+                "relative[T, B, r]",
+                help=_HELP,
+            )
         if s.bias is not None:
             b = s.bias
+            rows = b.table.shape[0] if reach is None else (b.table.shape[0], reach)
             rels = self.__dict__.setdefault("_block_rels", {})  # one input per lookup: the
             if b.node not in rels:  # layers after the first read the first's bias again
-                rels[b.node] = self.sequence_input("_rel", "relative", t, b.table.shape[0])
-            rel = rels[b.node]
+                rels[b.node] = (self.sequence_input("_rel", "relative", t, rows), reach)
+            rel, made = rels[b.node]
+            if made != reach:
+                raise refuse(
+                    node,
+                    f"T5's bias of LongT5's blocks read under a reach of "
+                    f"{reach} tokens here and {made} where it was looked up",
+                    help=_HELP,
+                )
             scores = self.with_bias(
                 node, scores, RelBias(b.table, rel, b.node, ("H", "q", "k"), (t, t))
             )

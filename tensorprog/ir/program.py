@@ -181,6 +181,9 @@ class Input:
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
     window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
     stride: int | None = None  # axial: the positions one step along the axis spans
+    # relative: the softmax its bias is added into keeps the keys less than ``reach`` tokens
+    # from the query only (LongT5's block-local attention, blocks of ``reach``); None: all
+    reach: int | None = None
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,8 @@ def render_input(i: Input) -> str:
         h, w, shift, mask = i.window  # the mask written where it is not Swin's 100
         shown = (h, w, shift) if mask == 100 else i.window
         return f"input {i.name} : windows[{i.seq}, {i.dim}, {', '.join(map(str, shown))}]"
+    if i.reach is not None:
+        return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}, {i.reach}]"
     if i.kind in (*RELATIVE_KINDS, "offsets"):
         return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"

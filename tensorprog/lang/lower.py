@@ -490,6 +490,12 @@ class _Lowering(ExpressionLowering):
         if st.value[0] == "axial":
             return axial_input(self, st)
         kind, seq_tok, *rest = st.value
+        reach = rest.pop() if rest and isinstance(rest[-1], int) else None  # relative[T, B, r]
+        if reach is not None and reach < 1:
+            self.errors.error(f"relative {st.name}: its reach {reach} must be 1 or more", st.span,
+                              "relative[T, B, r] keeps the keys less than r tokens from the query "
+                              "(r = 1: the query's own token)")
+            return
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):
             return
@@ -520,7 +526,7 @@ class _Lowering(ExpressionLowering):
             return
         dim = seq.name if kind == "positions" else dims[1].name
         if self.define(st.name, st.name_span):
-            self.inputs.append(Input(st.name, dim, st.span, kind, seq.name))
+            self.inputs.append(Input(st.name, dim, st.span, kind, seq.name, reach=reach))
             self.tokenwise.add(st.name)
             self.values[st.name] = dim
 
