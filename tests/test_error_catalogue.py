@@ -176,6 +176,8 @@ CATALOGUE = {
                                       r"\(T, T\)", (15, 16)),
     "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
                                  r"the bucket dim b must be finite and at least 4", (12, 1)),
+    "relative-reach-of-none": (ENCDEC + "dim B = 8\ninput r : relative[T, B, 0]\n", S,
+                               r"relative r: its reach 0 must be 1 or more", (12, 1)),
     "windows-offsets-not-a-square": (WIN.format(b=48, s=0), S,
                                      r"windows w: the offset dim B = 48 is not \(2w-1\)²",
                                      (6, 1)),

@@ -1,13 +1,15 @@
 """from_torch on LongT5's block-local attention (transformers' LongT5LocalAttention, written
 small): each head's queries, keys and values padded to whole blocks, the keys and values of each
 block's neighbours concatenated, T5's relative position bias of the 3-block grid and the mask
-added, the softmax, the mix, the heads merged and the pad cut. Where the sequence fits one
-block's reach it is the attention over the sequence with T5's bias, which is what it traces to.
+added, the softmax, the mix, the heads merged and the pad cut. It is attention over the sequence
+with T5's bias in which each token attends the keys fewer than a block's length away: the
+language's ``relative[T, B, r]`` (plain ``relative[T, B]`` where the sequence fits one reach).
 
-Oracles: the emitted program computes the model (float64), and it derives the exponents of the
-same network with its attention written over the whole sequence (T5's). Near misses are refused
-at their line: a sequence longer than the reach (a band of keys), a neighbour set that drops
-pairs, a bias read at another pair's bucket, padding keys left unmasked."""
+Oracles: the emitted program computes the model (float64), over a sequence longer than its
+blocks, of whole blocks (no pad) or within one reach; it derives the exponents of the same
+network with its attention written over the whole sequence (T5's); a neighbour set that is
+another band traces to that band. Near misses are refused at their line: keys kept by block,
+not by distance, a bias read at another pair's bucket, padding keys left unmasked."""
 
 import math
 
@@ -111,18 +113,39 @@ def _build(**kw):
 
 @pytest.fixture(scope="module")
 def traced():
-    return from_torch(_build(), WIDTHS, _tokens)
+    return from_torch(_build(block=4), WIDTHS, lambda m: _tokens(m, 11))
 
 
-def test_block_local_attention_within_reach_traces_as_attention_and_computes_the_model(traced):
-    assert "relative[T, " in traced.source and "mix(softmax(" in traced.source
-    traced_computes_the_model(traced, _build(), _tokens)
+def test_block_local_attention_traces_as_a_band_of_keys_and_computes_the_model(traced):
+    # blocks of 4 over 11 tokens (padded to 12): each token attends the keys fewer than 4 away
+    assert "input rel : relative[T, f32, 4]" in traced.source
+    assert "mix(softmax(" in traced.source
+    traced_computes_the_model(traced, _build(block=4), lambda m: _tokens(m, 11))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("block", "t", "form"), [(8, 6, "relative[T, f32]"), (3, 9, "relative[T, f32, 3]")]
+)
+def test_a_sequence_within_one_reach_or_of_whole_blocks_computes_the_model(block, t, form):
+    inputs = lambda m: _tokens(m, t)  # noqa: E731
+    traced = from_torch(_build(block=block), WIDTHS, inputs)
+    assert f"input rel : {form}\n" in traced.source
+    traced_computes_the_model(traced, _build(block=block), inputs)
 
 
 @pytest.mark.slow
 def test_it_derives_the_exponents_of_the_same_attention_over_the_whole_sequence(traced):
-    full = from_torch(_build(full=True), WIDTHS, _tokens)
+    full = from_torch(_build(full=True), WIDTHS, lambda m: _tokens(m, 11))
     assert abc_by_target(traced) == abc_by_target(full)
+
+
+@pytest.mark.slow
+def test_a_neighbour_set_of_another_reach_traces_to_that_reach():
+    inputs = lambda m: _tokens(m, 11)  # noqa: E731
+    traced = from_torch(_build(block=4, reach=3), WIDTHS, inputs)
+    assert "input rel : relative[T, f32, 3]" in traced.source
+    traced_computes_the_model(traced, _build(block=4, reach=3), inputs)
 
 
 def _refused(match, t=6, **kw):
@@ -130,21 +153,14 @@ def _refused(match, t=6, **kw):
         from_torch(_build(**kw), WIDTHS, lambda m: _tokens(m, t))
 
 
-def test_a_sequence_longer_than_the_blocks_reach_is_refused_as_a_band():
-    # blocks of 4 over 6 tokens: each token attends keys fewer than 4 tokens away
+def test_keys_kept_by_block_not_by_distance_are_refused():
+    # the neighbours' blocks whole: token 0 sees 8 keys, token 3 (same block) as many but others
     _refused(
-        r"cannot trace block-local attention over 6 tokens in which each token attends "
-        r"the keys less than 4 tokens away",
+        r"cannot trace blocked attention over 11 tokens whose mask keeps pairs other than every "
+        r"key once for every query",
+        t=11,
         block=4,
-    )
-
-
-@pytest.mark.slow
-def test_a_neighbour_set_that_drops_pairs_is_refused():
-    _refused(
-        r"cannot trace block-local attention over 6 tokens in which each token attends "
-        r"the keys less than 3 tokens away",
-        reach=3,
+        reach=8,
     )
 
 
@@ -159,3 +175,11 @@ def test_a_bias_read_at_another_pairs_bucket_is_refused():
 @pytest.mark.slow
 def test_padding_keys_left_unmasked_are_refused():
     _refused(r"cannot trace blocked attention in which token 0 attends a padding key", masked=False)
+
+
+def test_the_ir_text_of_a_reach_parses_back(traced):
+    import tensorprog as tp
+
+    text = tp.to_text(traced.program)
+    assert "input rel : relative[T, f32, 4]" in text
+    assert tp.parse(text) == traced.program
