@@ -29,6 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .ops_attention import refuse_one_key
 from .ops_relative import t5_buckets
 from .values import Affine, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
 from .where import CHECK_OPS, op_name, refuse
@@ -462,9 +463,7 @@ class BlockOps:
     def _attention_over(self, node, s: BlockScores, t: int, reach: int | None) -> BlockProbs:
         """Every query attends every key (``reach`` None), or every key fewer than ``reach``
         tokens away, once: attention over the sequence with T5's bias (of that reach)."""
-        from .ops_attention import _one_key
-
-        _one_key(node, t)
+        refuse_one_key(node, t)
         scores = s.scores
         if reach is not None and s.bias is None:
             raise refuse(
