@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..errors import TraceError
 from .ops_attention import refuse_one_key
 from .ops_relative import t5_buckets
-from .values import Affine, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
+from .values import Affine, Aux, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
 from .where import CHECK_OPS, op_name, refuse
 
 _HELP = (
@@ -146,6 +146,28 @@ class BlockOps:
             and new[1] * new[2] == old[1]
             and new[2] > 1
         )
+
+    def op_einsum(self, node, equation, operands):
+        """LongT5's transient-global aggregates (``_create_global_aggregates``), refused as
+        what they are; any other einsum is the next class's."""
+        if (
+            equation.replace(" ", "") == "...nd,...ng->...gd"
+            and len(operands) == 2
+            and isinstance(operands[1], (Conc, Aux))  # the one-hot of each token's block
+        ):
+            g = int(self._shape(node)[-2])
+            raise refuse(
+                node,
+                f"the sum of each of {g} blocks' token vectors into a token of a "
+                "sequence of its own (LongT5's transient-global aggregates, which "
+                "every token attends beside its block's neighbours): the language's "
+                "sequences keep their length, and its attention reads the keys of one "
+                "sequence at a time",
+                help="use LongT5's local attention "
+                "(encoder_attention_type='local'), traced as attention with "
+                "relative[T, B, r]",
+            )
+        return super().op_einsum(node, equation, operands)
 
     def op_embedding(self, node, w, idx, *rest):
         ids = getattr(idx, "value", None) if isinstance(idx, Conc) else None
@@ -407,7 +429,13 @@ class BlockOps:
         if dim not in (-1, len(shape) - 1) or len(shape) != 5:
             raise refuse(node, "a softmax of blocked logits over other than their keys", help=_HELP)
         qi, ki = s.qi, s.ki
-        t = int(qi.max()) + 1
+        t = int(max(qi.max(), ki.max())) + 1
+        if not torch.equal(qi[qi >= 0].sort().values, torch.arange(t)):
+            raise refuse(
+                node,
+                f"blocked attention whose queries are not each of the {t} tokens once",
+                help=_HELP,
+            )
         keep = (
             torch.ones(shape, dtype=torch.bool)
             if s.mask is None

@@ -183,3 +183,29 @@ def test_the_ir_text_of_a_reach_parses_back(traced):
     text = tp.to_text(traced.program)
     assert "input rel : relative[T, f32, 4]" in text
     assert tp.parse(text) == traced.program
+
+
+class Aggregates(nn.Module):
+    """LongT5's transient-global aggregates: each block of 4 tokens summed into a token of a
+    sequence of its own (``_create_global_aggregates``), read back into every token."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB, bias=False)
+
+    def forward(self, idx):
+        h = self.e(idx)
+        blocks = torch.arange(h.shape[1], device=h.device) // 4
+        one_hot = F.one_hot(blocks, 2).type(h.dtype)
+        g = torch.einsum("...nd,...ng->...gd", h, one_hot)
+        return self.head(h + g.mean(1, keepdim=True))
+
+
+@pytest.mark.slow
+def test_transient_global_aggregates_are_refused_as_such():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_block_local.py:\d+:\d+: error: cannot trace the sum of each of 2 blocks' "
+        r"token vectors into a token of a sequence of its own \(LongT5's transient-global",
+    ):
+        from_torch(Aggregates, WIDTHS, lambda m: _tokens(m, 8))
