@@ -222,13 +222,13 @@ class BlockOps:
         if op in _CARRIERS and isinstance(x, (Blocked, BlockScores, BlockProbs)):
             return x
         if op == "einsum":
-            return self._einsum(node, args[0], args[1])
+            return self._blocks_einsum(node, args[0], args[1])
         if isinstance(x, Blocked):
-            moved = self._relayout(node, op, x, args)
+            moved = self._blocks_relayout(node, op, x, args)
             if moved is not None:
                 return moved
         if op == "cat" and all(isinstance(b, Blocked) for b in args[0]):
-            return self._cat(node, args[0], args[1] if len(args) > 1 else 0)
+            return self._blocks_cat(node, args[0], args[1] if len(args) > 1 else 0)
         if op in ("add", "add_") and isinstance(x, BlockScores) and len(args) == 2:
             if op == "add_" and len(node.args[0].users) != 1:
                 raise refuse(
@@ -236,11 +236,11 @@ class BlockOps:
                     "blocked logits added to in place where something else reads them too",
                     help=_HELP,
                 )
-            return self._plus(node, x, args[1])
+            return self._blocks_plus(node, x, args[1])
         if any(isinstance(v, BlockBias) for v in flat):
-            return self._bias_op(node, op, args)
+            return self._blocks_bias_op(node, op, args)
         if op in ("softmax", "_softmax") and isinstance(x, BlockScores):
-            return self._softmax(node, x, args[1] if len(args) > 1 else -1)
+            return self._blocks_softmax(node, x, args[1] if len(args) > 1 else -1)
         what = next(v for v in flat if isinstance(v, (Blocked, BlockBias, BlockScores, BlockProbs)))
         raise refuse(
             node,
@@ -252,15 +252,15 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _token_axes(self, x: Blocked) -> int:
+    def _blocks_token_axes(self, x: Blocked) -> int:
         return x.index.dim()
 
-    def _relayout(self, node, op, x: Blocked, args) -> Blocked | Vec | None:
+    def _blocks_relayout(self, node, op, x: Blocked, args) -> Blocked | Vec | None:
         """A pad, view, slice of the token axes (the features kept), or the heads merged."""
         import torch
 
         old, new = self._shape(node.args[0]), self._shape(node)
-        k = self._token_axes(x)
+        k = self._blocks_token_axes(x)
         feat = len(old) - 1 - k  # the features' axes after the token axes
         index = None
         if op == "pad":
@@ -312,9 +312,9 @@ class BlockOps:
                 help=_HELP,
             )
         out = Blocked(x.inner, index, x.what)
-        return self._settled(out)
+        return self._blocks_settled(out)
 
-    def _settled(self, x: Blocked):
+    def _blocks_settled(self, x: Blocked):
         """The walk's value once its tokens are the sequence's in their own order again."""
         import torch
 
@@ -328,11 +328,11 @@ class BlockOps:
             return x.inner
         return x
 
-    def _cat(self, node, parts, dim) -> Blocked:
+    def _blocks_cat(self, node, parts, dim) -> Blocked:
         import torch
 
         first = parts[0]
-        k = self._token_axes(first)
+        k = self._blocks_token_axes(first)
         axis = dim % len(self._shape(node)) - 1
         if not 0 <= axis < k or any(p.inner is not first.inner for p in parts):
             raise refuse(
@@ -344,7 +344,7 @@ class BlockOps:
         return Blocked(first.inner, torch.cat([p.index for p in parts], axis), first.what)
 
     # -- logits, bias, mask, softmax, mix --------------------------------------------------------
-    def _einsum(self, node, equation, operands):
+    def _blocks_einsum(self, node, equation, operands):
         eq = equation.replace(" ", "")
         if (
             eq == "...qhd,...khd->...hqk"
@@ -370,7 +370,7 @@ class BlockOps:
             and isinstance(operands[0], BlockProbs)
             and isinstance(operands[1], Blocked)
         ):
-            return self._mix(node, *operands)
+            return self._blocks_mix(node, *operands)
         raise refuse(
             node,
             f"an einsum {equation!r} of blocked values other than LongT5's "
@@ -378,7 +378,7 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _bias_op(self, node, op, args):
+    def _blocks_bias_op(self, node, op, args):
         b = next(a for a in args if isinstance(a, BlockBias))
         if op == "permute" and args[0] is b:
             return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
@@ -391,7 +391,7 @@ class BlockOps:
             if isinstance(other, Conc):  # the mask, -1e10 where a pair is dropped
                 return dataclasses.replace(b, mask=_additive(node, other.value))
             if isinstance(other, BlockScores):
-                return self._plus(node, other, b)
+                return self._blocks_plus(node, other, b)
         raise refuse(
             node,
             f"T5's bias of LongT5's blocks used by {op or node.target} other "
@@ -399,7 +399,7 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _plus(self, node, s: BlockScores, other) -> BlockScores:
+    def _blocks_plus(self, node, s: BlockScores, other) -> BlockScores:
         if s.bias is not None or s.mask is not None:
             raise refuse(
                 node, "a second term added to the logits of blocked queries and keys", help=_HELP
@@ -422,7 +422,7 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _softmax(self, node, s: BlockScores, dim) -> BlockProbs:
+    def _blocks_softmax(self, node, s: BlockScores, dim) -> BlockProbs:
         import torch
 
         shape = tuple(self._shape(node))
@@ -474,13 +474,13 @@ class BlockOps:
         pairs = torch.zeros(t, t, dtype=torch.long)  # how often each (query, key) is kept
         pairs.index_put_((tq, tk), torch.ones_like(tq), accumulate=True)
         if bool((pairs == 1).all()):
-            return self._attention_over(node, s, t, None)
+            return self._blocks_attention_over(node, s, t, None)
         distance = (torch.arange(t)[None, :] - torch.arange(t)[:, None]).abs()
         reach = int(distance[pairs == 1].max()) + 1 if bool((pairs == 1).any()) else 0
         if reach > 0 and bool((pairs == (distance < reach).long()).all()):
             # each query attends the keys fewer than reach tokens away, each once: the
             # language's relative[T, B, reach], whose softmax masks the others
-            return self._attention_over(node, s, t, reach)
+            return self._blocks_attention_over(node, s, t, reach)
         raise refuse(
             node,
             f"blocked attention over {t} tokens whose mask keeps pairs other "
@@ -488,7 +488,7 @@ class BlockOps:
             help=_HELP,
         )
 
-    def _attention_over(self, node, s: BlockScores, t: int, reach: int | None) -> BlockProbs:
+    def _blocks_attention_over(self, node, s: BlockScores, t: int, reach: int | None) -> BlockProbs:
         """Every query attends every key (``reach`` None), or every key fewer than ``reach``
         tokens away, once: attention over the sequence with T5's bias (of that reach)."""
         refuse_one_key(node, t)
@@ -522,7 +522,7 @@ class BlockOps:
         logits = self.logits(scores.q, scores.k, scores.factor, scores.node, "out", scores.bias)
         return BlockProbs(Probs(scores, f"softmax({logits})"), s.qi, s.ki)
 
-    def _mix(self, node, p: BlockProbs, v: Blocked):
+    def _blocks_mix(self, node, p: BlockProbs, v: Blocked):
         import torch
 
         vv = self.vec(v.inner, node)
