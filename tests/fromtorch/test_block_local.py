@@ -209,3 +209,13 @@ def test_transient_global_aggregates_are_refused_as_such():
         r"token vectors into a token of a sequence of its own \(LongT5's transient-global",
     ):
         from_torch(Aggregates, WIDTHS, lambda m: _tokens(m, 8))
+
+
+def test_the_block_ops_shadow_no_other_rules_private_method():
+    # first in the walker's order, a private name it shares would replace another rule's
+    from tensorprog.fromtorch.convert import Converter
+    from tensorprog.fromtorch.ops_blocks import BlockOps
+
+    own = {m for m in vars(BlockOps) if m.startswith("_") and not m.startswith("__")}
+    others = {m for c in Converter.__mro__ if c not in (BlockOps, Converter) for m in vars(c)}
+    assert not own & others
