@@ -14,13 +14,14 @@ Every relayout there only copies tokens, so the walk carries such a value as
 token at each position of the torch tensor's token axes (-1 for a token of zeros). Logits of
 blocked queries and keys (the einsum) carry the token pair of every entry; the bias's bucket
 ids and the mask are constants of the trace. At the softmax the attention is read exactly:
-for every real query the entries the mask keeps must be each of the sequence's keys exactly
-once, none a padding key, and the bias at each the bucket T5's ``relative[T, B]`` gives that
-pair; the attention is then ``mix(softmax(dot(q, k, dh) + R @ rel), v)`` over the whole
-sequence, the padded queries' rows being cut before anything else reads them (the value is
-the walk's again only once its index is the tokens' own order). A sequence longer than the
-blocks reach (a band of keys: |s - t| < b) has no form in the language yet and is refused
-there, as is anything else done to blocked values.
+for every real query the entries the mask keeps must be the keys fewer than r tokens away
+(all of the sequence's, or a band: LongT5's r is its block length), each exactly once, none a
+padding key, and the bias at each the bucket T5's ``relative`` gives that pair; the attention
+is then ``mix(softmax(dot(q, k, dh) + R @ rel), v)`` over the whole sequence, with ``input rel
+: relative[T, B, r]`` (``relative[T, B]`` where every key is kept), the padded queries' rows
+being cut before anything else reads them (the value is the walk's again only once its index
+is the tokens' own order). Keys kept otherwise (by block, not by distance), a band with no
+bias, and anything else done to blocked values are refused.
 """
 
 from __future__ import annotations
