@@ -203,6 +203,10 @@ class Emitter:
                 if vector and dims.get(a) is None and not self._is_scale(a) else
                 self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
+        if "softmax" in ins.fn and (reach := self._reach_in(ins.args[0])) is not None:
+            # logits with a relative bias of a reach attend the keys within it: -inf beyond
+            self.helpers.add("_beyond_reach")
+            x = f"_beyond_reach({x}, {reach})"
         if len(ins.args) == 2:  # a softmax with a sink: one more logit per head in every row
             self.helpers.add("_sink_softmax")
             return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "
@@ -210,10 +214,6 @@ class Emitter:
         if ins.fn == "softmax" and (win := self._windows_in(ins.args[0])) is not None:
             # logits with Swin's bias attend within its windows: -inf between them
             return f"torch.softmax({x} + {self.ref(win)}[2], dim=-1)"
-        if ins.fn == "softmax" and (reach := self._reach_in(ins.args[0])) is not None:
-            # logits with a relative bias of a reach attend the keys within it: -inf beyond
-            self.helpers.add("_within_reach")
-            return f"_within_reach({x}, {reach})"
         if ins.fn == "identity":
             return x
         if ins.over is not None:  # a norm over each head's coordinates (QK-norm)

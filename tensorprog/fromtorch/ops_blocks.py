@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import TraceError
 from .ops_attention import refuse_one_key
 from .ops_relative import t5_buckets
 from .values import Affine, Aux, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
@@ -124,17 +123,15 @@ class BlockOps:
                 return started
         if op in _VIEWS and args and self._block_view(node, args[0]):
             # a sequence of whole blocks is not padded (LongT5's _split_into_blocks): its
-            # view into blocks starts them, where the walk has no reading of its own
-            try:
-                return super().call(node)
-            except TraceError:
-                t = int(self._shape(node.args[0])[1])
-                index = torch.arange(t).reshape(self._shape(node)[1:3])
-                return Blocked(args[0], index, f"a sequence's {t} tokens")
+            # view into blocks starts them
+            t = int(self._shape(node.args[0])[1])
+            index = torch.arange(t).reshape(self._shape(node)[1:3])
+            return Blocked(args[0], index, f"a sequence's {t} tokens")
         return super().call(node)
 
     def _block_view(self, node, x) -> bool:
-        """Whether ``node`` views each head's tokens [B, T, H, dh] as blocks [B, T/b, b, H, dh]."""
+        """Whether ``node`` views each head's tokens [B, T, H, dh] as blocks [B, T/b, b, H, dh]
+        for LongT5's block-local attention."""
         if not isinstance(x, (Vec, Affine, Pointwise)):
             return False
         tags = tuple(getattr(x.src if isinstance(x, Pointwise) else x, "tags", ()) or ())
@@ -146,6 +143,9 @@ class BlockOps:
             and new[3:] == old[2:]
             and new[1] * new[2] == old[1]
             and new[2] > 1
+            # read by LongT5's logits (the queries) or its 3-block pad (the keys, values) alone
+            and {op_name(u) for u in node.users} <= {"pad", "einsum"}
+            and bool(node.users)
         )
 
     def op_einsum(self, node, equation, operands):
