@@ -14,11 +14,12 @@ not by distance, a bias read at another pair's bucket, padding keys left unmaske
 import math
 
 import pytest
-from conftest import abc_by_target, traced_computes_the_model
+from conftest import abc_by_target, emit_program, import_file, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
+import tensorprog as tp  # noqa: E402
 from tensorprog import TensorProgError  # noqa: E402
 from tensorprog.fromtorch import from_torch  # noqa: E402
 
@@ -178,8 +179,6 @@ def test_padding_keys_left_unmasked_are_refused():
 
 
 def test_the_ir_text_of_a_reach_parses_back(traced):
-    import tensorprog as tp
-
     text = tp.to_text(traced.program)
     assert "input rel : relative[T, f32, 4]" in text
     assert tp.parse(text) == traced.program
@@ -219,3 +218,44 @@ def test_the_block_ops_shadow_no_other_rules_private_method():
     own = {m for m in vars(BlockOps) if m.startswith("_") and not m.startswith("__")}
     others = {m for c in Converter.__mro__ if c not in (BlockOps, Converter) for m in vars(c)}
     assert not own & others
+
+
+BAND = """width n = 32
+dim V = 13
+dim T = 10
+dim B = 32
+dim H = 4
+dim dh = n / 4
+input tok : tokens[T, V]
+input rel : relative[T, B, 3]
+param E : [n, V]
+param Wq : [n, n]
+param Wk : [n, n]
+param Wv : [n, n]
+param R : [H, B]
+param U : [V, n]
+scale tau = 1.0
+h = E @ tok
+s = tau * dot(Wq @ h, Wk @ h, dh) + R @ rel
+a = mix({softmax}(s), Wv @ h)
+y = U @ (h + a)
+output y
+"""
+
+
+@pytest.mark.parametrize("softmax", ["softmax", "causal_softmax"])
+def test_a_reach_masks_the_logits_before_the_softmax_that_reads_them(softmax, tmp_path):
+    source = emit_program(tp.parse(BAND.format(softmax=softmax))).source
+    assert "_beyond_reach(s, 3)" in source
+    path = tmp_path / "band.py"
+    path.write_text(source)
+    model = import_file(path).Model(32, dtype=torch.float64)
+    ids = torch.arange(10).remainder(VOCAB)[None]
+    moved = 9 if softmax == "softmax" else 0  # a token that only its neighbours attend
+    other = ids.clone()
+    other[0, moved] = (other[0, moved] + 1) % VOCAB
+    with torch.no_grad():
+        changed = (model(ids) - model(other)).abs().amax(-1)[0] > 1e-12
+    # the queries fewer than 3 tokens from it (and not before it, causal) read it, no other
+    reads = [0 <= (t - moved if softmax != "softmax" else abs(t - moved)) < 3 for t in range(10)]
+    assert changed.tolist() == reads
