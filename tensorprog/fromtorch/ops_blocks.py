@@ -282,7 +282,12 @@ class BlockOps:
                 index = torch.nn.functional.pad(
                     x.index, [0, 0] * (k - 1 - axis) + [before, after], value=-1
                 )
-        elif op in _VIEWS and new[0] == old[0] and tuple(new[-feat:]) == tuple(old[-feat:]):
+        elif (
+            op in _VIEWS
+            and len(new) - feat >= 2  # the batch and a token axis at least
+            and new[0] == old[0]
+            and tuple(new[-feat:]) == tuple(old[-feat:])
+        ):
             index = x.index.reshape(new[1 : len(new) - feat])
         elif (
             op in _VIEWS
