@@ -300,7 +300,7 @@ class BlockOps:
             # the heads merged back, [B, T', H·dh]: one token axis, the features flat
             inner = self.vec(x.inner, node)
             merged = Vec(inner.name, ("tok", "tok", "F"), inner.dim)
-            return Blocked(merged, x.index.reshape(-1), x.what)
+            return self._blocks_settled(Blocked(merged, x.index.reshape(-1), x.what))
         elif op == "slice" and 1 <= args[1] % len(old) <= k:
             axis = args[1] % len(old) - 1
             start, end = (list(args[2:4]) + [None, None])[:2]
