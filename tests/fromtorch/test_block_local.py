@@ -259,3 +259,36 @@ def test_a_reach_masks_the_logits_before_the_softmax_that_reads_them(softmax, tm
     # the queries fewer than 3 tokens from it (and not before it, causal) read it, no other
     reads = [0 <= (t - moved if softmax != "softmax" else abs(t - moved)) < 3 for t in range(10)]
     assert changed.tolist() == reads
+
+
+class LongT5Encoder(nn.Module):
+    """transformers' LongT5 encoder (its local attention, blocks of 4), fed a mask of ones."""
+
+    def __init__(self, n):
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        config = transformers.LongT5Config(
+            vocab_size=VOCAB,
+            d_model=n,
+            d_kv=n // HEADS,
+            d_ff=2 * n,
+            num_layers=2,
+            num_heads=HEADS,
+            local_radius=3,
+            relative_attention_num_buckets=BUCKETS,
+            dropout_rate=0.0,
+            feed_forward_proj="relu",
+        )
+        self.m = transformers.LongT5EncoderModel(config)
+
+    def forward(self, ids):
+        return self.m(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+
+@pytest.mark.slow
+def test_transformers_longt5_encoder_traces_to_its_band_and_computes_the_model():
+    inputs = lambda m: _tokens(m, 11)  # noqa: E731
+    traced = from_torch(LongT5Encoder, WIDTHS, inputs)
+    assert "input rel : relative[T, f32, 4]" in traced.source
+    # LongT5 takes its softmax in float32, whatever the model's dtype
+    traced_computes_the_model(traced, LongT5Encoder, inputs, tol=1e-6)
