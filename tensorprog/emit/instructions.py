@@ -79,6 +79,7 @@ class Emitter:
         self.attrs, self.mults, self.local = attrs, mults, local
         self.helpers: set[str] = set()
         self.kinds = {i.name: i.kind for i in program.inputs}
+        self.reaches = {i.name: i.reach for i in program.inputs if i.reach is not None}
 
     def ref(self, name: str) -> str:
         p = self.program.param_table.get(name)
@@ -210,6 +211,10 @@ class Emitter:
                 if vector and dims.get(a) is None and not self._is_scale(a) else
                 self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
+        if "softmax" in ins.fn and (reach := self._reach_in(ins.args[0])) is not None:
+            # logits with a relative bias of a reach attend the keys within it: -inf beyond
+            self.helpers.add("_beyond_reach")
+            x = f"_beyond_reach({x}, {reach})"
         if len(ins.args) == 2 and ins.args[1] not in self.program.param_table:
             # one softmax over two sets of keys (merged attention), read on the first's keys;
             # the causal mask on the set that pairs the queries' tokens with themselves
@@ -337,6 +342,22 @@ class Emitter:
                 return ins.arg
             if isinstance(ins, Nonlin) and ins.fn == AT:  # at(g, win): the same bias, computed
                 return ins.args[1]
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+        return None
+
+    def _reach_in(self, name: str) -> int | None:
+        """The reach of the relative input whose bias ``R @ rel`` is a term of the sum
+        ``name`` (attention logits plus T5's bias, LongT5's block-local attention), or None."""
+        made = {i.out: i for i in self.program.body}
+        todo, seen = [name], set()
+        while todo:
+            ins = made.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and ins.arg in self.reaches:
+                return self.reaches[ins.arg]
             if isinstance(ins, LinComb):
                 todo += [t for _, t in ins.terms]
         return None

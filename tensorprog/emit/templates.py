@@ -352,6 +352,16 @@ HELPERS = {
         "                   * (buckets - exact)).long()",
         "    far = far.clamp(max=buckets - 1)",
         "    return bucket + torch.where(distance < exact, distance, far)"],
+    # LongT5's block-local attention over the sequence: each query's keys fewer than reach
+    # tokens away (its blocks of reach tokens and their neighbours, the pairs under reach)
+    "_beyond_reach": [
+        "def _beyond_reach(logits, reach):",
+        '    """The logits of the keys reach or more tokens from each query set to -inf, for',
+        '    the softmax to keep the others only (LongT5\'s block-local attention)."""',
+        "    q = torch.arange(logits.shape[-2], device=logits.device)",
+        "    k = torch.arange(logits.shape[-1], device=logits.device)",
+        "    far = (k[None, :] - q[:, None]).abs() >= reach",
+        '    return logits.masked_fill(far, float("-inf"))'],
     # Swin's windows (transformers' SwinLayer: roll by -shift, window_partition,
     # relative_position_index, get_attn_mask), over the grid's tokens in their own order
     "_window_buckets": [

@@ -11,6 +11,7 @@ from .ops_attention import AttentionOps
 from .ops_axial import AxialOps
 from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
+from .ops_blocks import BlockOps
 from .ops_classtoken import ClassTokenOps
 from .ops_codebooks import CodebookOps
 from .ops_complex import ComplexOps
@@ -69,6 +70,7 @@ from .walk import Walker
 
 
 class Converter(
+    BlockOps,  # a sequence cut into blocks (LongT5's local attention): every op on its values
     VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
     DepthOps,  # a stack of block outputs read by attention over depth, before the streams'
     StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops_attention import layout_text, one_key
+from .ops_attention import layout_text, refuse_one_key
 from .values import Conc, Probs, Scores, Vec
 from .where import op_name, refuse
 
@@ -128,7 +128,7 @@ class MergedOps:
                     help="lay them all out as (batch, heads, tokens, head dim)",
                 )
             self.grouped(node, q, part, what)
-        one_key(node, sum(k.sizes))
+        refuse_one_key(node, sum(k.sizes))
         masks = self._merged_masks(node, attn_mask, is_causal, k.sizes)
         factor = scale if scale is not None else q.dh**-0.5
         logits, cut = [], 0

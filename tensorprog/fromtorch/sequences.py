@@ -210,6 +210,8 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
         elif kind == "positions":
             if name != "pos":  # the token ids' positions are declared with them (trace.py)
                 lines.append(f"input {name} : positions[{dim}]")
+        elif kind == "relative" and isinstance(rows, tuple):  # buckets and a reach
+            lines.append(f"input {name} : relative[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
             lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
         elif _across(kind, rows):  # a subsampled grid's queries, its keys (LeViT's)

@@ -71,7 +71,7 @@ from .ssd import SSD, ssd_dim
 RELATIVE_KINDS = ("relative", "causal_relative", "windows", "grid_offsets")
 INPUT_KINDS = ("vector", "tokens", "positions", "axial", "image", "patches", *RELATIVE_KINDS,
                "offsets")
-BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")  # built inside, not fed
+BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")  #: built inside, not fed
 ONE_HOT_KINDS = ("tokens", "positions", "axial", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
@@ -166,12 +166,12 @@ class Input:
     of ``seq`` positions (``tokens``, a one-hot vector per token), the positions 0..seq-1
     themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
-    ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
-    (``windows``), a window's offsets' 2 coordinates (``offsets``), or the positions of
-    ``seq`` laid out on a grid and read along one of its axes (``axial``: position t's
-    coordinate (t // ``stride``) mod ``dim``, one-hot over ``dim``; Reformer's axial position
-    embeddings). Sequences: sequences.py."""
+    ``causal_relative``: one-hot over the ``dim`` buckets, T5's, not passed to forward; with a
+    ``reach``, the softmax keeps the keys fewer than reach tokens away: LongT5's), an image with
+    ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows (``windows``), a
+    window's offsets' 2 coordinates (``offsets``), or the positions of ``seq`` laid out on a
+    grid read along one axis (``axial``: t's coordinate (t // ``stride``) mod ``dim``, one-hot
+    over ``dim``: Reformer's), or LeViT's grid offsets (``grid_offsets``). See sequences.py."""
 
     name: str
     dim: str
@@ -180,8 +180,9 @@ class Input:
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
     window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
-    stride: int | None = None  # axial: the positions one step along the axis spans
+    stride: int | None = None  # axial's positions one step spans; grid_offsets' subsampling
     queries: str | None = None  # grid_offsets: the queries' sequence, the keys' grid subsampled
+    reach: int | None = None  # relative: the keys its softmax keeps are fewer than reach away
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,8 @@ def render_input(i: Input) -> str:
         return f"input {i.name} : windows[{i.seq}, {i.dim}, {', '.join(map(str, shown))}]"
     if i.kind == "grid_offsets" and i.queries:  # LeViT's subsampling attention's
         return f"input {i.name} : grid_offsets[{i.queries}, {i.seq}, {i.dim}, {i.stride}]"
+    if i.reach is not None:
+        return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}, {i.reach}]"
     if i.kind in (*RELATIVE_KINDS, "offsets"):
         return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"

@@ -132,7 +132,9 @@ class ToAst(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def input_relative(self, meta, c):
-        return Stmt("input", str(c[0]), ("relative", c[1], c[2]), self.span(meta),
+        # relative[T, B, r]: the reach r is a number of tokens, not a dim
+        reach = () if len(c) < 4 or c[3] is None else (int(c[3]),)
+        return Stmt("input", str(c[0]), ("relative", c[1], c[2], *reach), self.span(meta),
                     self.span(c[0]))
 
     @v_args(meta=True)
