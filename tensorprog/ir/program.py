@@ -169,9 +169,8 @@ class Input:
     ``causal_relative``: one-hot over the ``dim`` buckets, T5's, not passed to forward; with a
     ``reach``, the softmax keeps the keys fewer than reach tokens away: LongT5's), an image with
     ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows (``windows``), a
-    window's offsets' 2 coordinates (``offsets``), or the positions of ``seq`` laid out on a
-    grid read along one axis (``axial``: t's coordinate (t // ``stride``) mod ``dim``, one-hot
-    over ``dim``: Reformer's), or LeViT's grid offsets (``grid_offsets``). See sequences.py."""
+    window's offsets' 2 coordinates (``offsets``), positions on a grid read along one axis
+    (``axial``: (t // ``stride``) mod ``dim``, one-hot: Reformer's), or LeViT's ``grid_offsets``."""
 
     name: str
     dim: str
