@@ -59,3 +59,14 @@ def test_parts_of_no_whole_share_of_each_head_at_the_base_width_are_refused():
     with pytest.raises(tp.SemanticError, match=r"cat\(\.\.\., D, dv\): a part is not a whole "
                        r"number of coordinates in each of 6 heads"):
         tp.parse(src)
+
+
+def test_a_width_that_cuts_no_whole_heads_is_refused_by_the_module():
+    # heads of dv = 8 in D = 2n: n / 4 of them, so a width of 10 would cut D = 20 into two
+    # heads of 10 (torch's unflatten takes them), silently another layout than the program's
+    module = load_module(emit_program(tp.parse(SMALL.replace("dim dv = n / 2", "dim dv = 8"))),
+                         "small_cat_heads_8")
+    with pytest.raises(ValueError, match=r"width 10: the heads D / dv of y_1 = 1 \* n / 4 must "
+                       r"be a whole number"):
+        module.Model(10)
+    assert module.Model(12).width == 12
