@@ -298,9 +298,16 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
     """A factor of a head dim (a QK-norm's gain, or a bias added to every head) acts on every
     head alike, so its gradient entry sums one term per head: over infinitely many heads (a
     fixed head dim) an LLN sum (+1), an upper bound (the gradient and the normalised vector
-    are correlated once they have trained, as a dot's sides are); over finitely many, +0."""
+    are correlated once they have trained, as a dot's sides are); over finitely many, +0. A
+    scalar factor (no dim: a function of a dot, a param of no shape) acts on every coordinate
+    alike, so its gradient sums them all: +1 over a dim that grows, as a dot's does."""
     dims = sz.program.value_dims
     mine, out = dims[factor], dims[ins.out]
+    if mine is None and out is not None:  # a scalar (sigmoid of a dot) times a vector
+        if sz.infinite(out):
+            return ONE, (f"{factor}, a scalar, multiplies every coordinate of {out}: its "
+                         "gradient sums them, infinitely many and correlated (LLN: +1)")
+        return ZERO, f"{factor}, a scalar, multiplies the {out} coordinates: a finite sum (+0)"
     if mine is None or mine == out or not per_head(sz.program.dim_table, mine, out):
         return ZERO, "the other factor scales it"
     if sz.infinite(out) and not sz.infinite(mine):  # heads = out / mine: infinitely many

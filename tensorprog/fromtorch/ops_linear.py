@@ -287,6 +287,12 @@ class LinearOps:
         ids = positions_read(node, x, w)  # one-hot rows of a table (SigLIP2's: ops_grid.py)
         if ids is not None:
             return self.op_embedding(node, w, ids)
+        if isinstance(w, PRef) and len(w.shape) < 2:  # h @ a: a dot with a vector param
+            size = w.shape[0] if w.shape else 1
+            raise refuse(node, f"a matmul with a vector param ({strip_prefix(w.target)}, of "
+                         f"{size} entries): the language's matmuls read a matrix",
+                         help="read the vector through a layer of one output, nn.Linear(n, 1), "
+                         "or trace the model without this part")
         if isinstance(w, PRef):
             return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows))
         if isinstance(x, Probs):

@@ -11,6 +11,7 @@ after it is what its dims make it, as after ``first(h)``.
 
 from __future__ import annotations
 
+from .ops_attention import layout_text
 from .values import Affine, OverTokens, Pointwise, PRef, TokensFrom, Vec
 from .where import op_name, refuse, repeat_sizes
 
@@ -134,9 +135,13 @@ class PoolOps:
         if tiled is not None:
             return tiled
         if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
-            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times after "
-                         "each was repeated in place (repeat_interleave or repeat_kv before "
-                         "torch's repeat), or tiled beside another axis: the language tiles a "
+            grouped = getattr(v, "group", 1) != 1 and tags == ("tok", "H", "tok", "dh")
+            how = ("after each was repeated in place (repeat_interleave or repeat_kv before "
+                   "torch's repeat)" if grouped else f"in a value laid out {layout_text(tags)} "
+                   f"(repeat{tuple(sizes)}), other than v.repeat(1, r, 1, 1) of (batch, heads, "
+                   "tokens, head dim) heads alone")
+            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times {how}: "
+                         "the language tiles a "
                          "vector of whole heads, copies of it side by side (cat(v, v, D)), and "
                          "groups query heads on a key/value head once, in the attention",
                          help="tile the heads before repeating them in place (DiffLlama's "

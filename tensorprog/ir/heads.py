@@ -17,20 +17,21 @@ def split_heads_dim(name: str) -> tuple[str, str]:
     return dim, over
 
 
-def cat_heads_error(parts: list, whole, head) -> str | None:
+def cat_heads_error(parts: list, whole, head, base: int) -> str | None:
     """Why ``cat(a, b, ..., D, dv)`` (each head of dv coordinates of D the parts' heads in turn)
     does not split, or None: D must be a whole number H of dv's heads at every width (both
     growing with it, or both finite: H fixed; D growing and dv finite: H grows), and each part
-    a whole number of coordinates per head. ``parts``, ``whole``, ``head``: the parts', D's
-    and dv's :class:`tensorprog.ir.program.Dim`."""
+    a whole number of coordinates per head (at the base width ``base`` too, as every declared
+    dim is: n / 6 of each head at n = 16 is no layout). ``parts``, ``whole``, ``head``: the
+    parts', D's and dv's :class:`tensorprog.ir.program.Dim`."""
     if whole.infinite != head.infinite and not whole.infinite:
         return f"{whole.name} is finite and {head.name} grows with the width"
     if whole.infinite == head.infinite:  # a fixed number of heads
         count = (whole.mult / head.mult) if whole.infinite else Fraction(whole.size, head.size)
         if count.denominator != 1 or count < 1:
             return f"{whole.name} is not a whole number of heads of {head.name}"
-        each = [(p.mult if p.infinite else p.size) / count for p in parts]
-        if any(not p.infinite and e.denominator != 1 for p, e in zip(parts, each, strict=True)):
+        each = [(p.mult * base if p.infinite else p.size) / count for p in parts]
+        if any(e.denominator != 1 for e in each):
             return f"a part is not a whole number of coordinates in each of {count} heads"
         return None
     # heads of a fixed dv, as many as D grows: each part's share of a head is then fixed

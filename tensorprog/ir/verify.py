@@ -533,7 +533,7 @@ def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> 
                      "sizes summed", ins.span)
         return None
     why = ins.heads and (ins.heads not in dims and f"{ins.heads} is no declared dim" or
-                         cat_heads_error(parts, d, dims[ins.heads]))
+                         cat_heads_error(parts, d, dims[ins.heads], program.width.base))
     if why:
         errors.error(f"cat(..., {ins.over}, {ins.heads}): {why}", ins.span)
         return None

@@ -95,7 +95,8 @@ def lower_cat(low, node: Call, args: list, state: tuple[str, str | None], vec: t
                              f"{total} coordinates in all, {d} has {dims[d].expr('n')}",
                              node.span, f"declare `dim {d} = {total}`")
             return None
-    why = heads and cat_heads_error([dims[a.dim] for a in args], dims[d], dims[heads])
+    why = heads and cat_heads_error([dims[a.dim] for a in args], dims[d], dims[heads],
+                                      low.width.base if low.width else 1)
     if why:
         low.errors.error(f"cat(..., {d}, {heads}): {why}", node.span, _USAGE)
         return None

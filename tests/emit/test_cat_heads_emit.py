@@ -49,3 +49,24 @@ def test_it_round_trips_through_the_text_form():
     text = tp.to_text(tp.parse(SMALL))
     assert "cat(a, b, D, dv)" in text
     assert tp.to_text(tp.parse(text)) == text
+
+
+def test_parts_of_no_whole_share_of_each_head_at_the_base_width_are_refused():
+    # D3 = 3n in 6 heads of n / 2: each part of n has n / 6 coordinates in each head, no
+    # whole number at n = 16 (the emitted module could not lay it out)
+    src = SMALL.replace("dim D = 2 * n", "dim D = 3 * n").replace(
+        "cat(a, b, D, dv)", "cat(a, b, a, D, dv)")
+    with pytest.raises(tp.SemanticError, match=r"cat\(\.\.\., D, dv\): a part is not a whole "
+                       r"number of coordinates in each of 6 heads"):
+        tp.parse(src)
+
+
+def test_a_width_that_cuts_no_whole_heads_is_refused_by_the_module():
+    # heads of dv = 8 in D = 2n: n / 4 of them, so a width of 10 would cut D = 20 into two
+    # heads of 10 (torch's unflatten takes them), silently another layout than the program's
+    module = load_module(emit_program(tp.parse(SMALL.replace("dim dv = n / 2", "dim dv = 8"))),
+                         "small_cat_heads_8")
+    with pytest.raises(ValueError, match=r"width 10: the heads D / dv of y_1 = 1 \* n / 4 must "
+                       r"be a whole number"):
+        module.Model(10)
+    assert module.Model(12).width == 12

@@ -40,7 +40,10 @@ class HalvedHeads(nn.Module):
         # the heads moved by a permute that keeps the head dim last (DeBERTa's), or a transpose
         kv = kv.permute(0, 2, 1, 3) if self.permute else kv.transpose(1, 2)
         k, v = kv.chunk(2, dim=1)
-        if self.tiled:
+        if self.tiled == "untransposed":  # tiled while laid out (batch, tokens, heads, dh)
+            half = torch.chunk(self.v(h).view(b, t, 4, -1), 2, dim=2)[0]
+            v = half.repeat(1, 1, 2, 1).transpose(1, 2)
+        elif self.tiled:
             grouped = self.tiled == "grouped"  # a head repeated in place, then tiled
             parts = torch.chunk(self.v(h).view(b, t, 4, -1).transpose(1, 2), 2 + 2 * grouped,
                                 dim=1)
@@ -90,3 +93,12 @@ def test_heads_repeated_in_place_then_tiled_are_refused_at_their_line():
     with pytest.raises(TraceError, match=r"attention heads tiled 2 times after") as e:
         tp.from_torch(lambda n: HalvedHeads(n, tiled="grouped"), (64, 128), ids)
     assert "v = first.repeat(1, 2, 1, 1)" in str(e.value)
+
+
+def test_heads_tiled_before_their_transpose_are_refused_at_their_line():
+    # the same copies as after it, but the rule reads v.repeat(1, r, 1, 1) of (batch, heads,
+    # tokens, head dim) heads only, and says so (nothing was repeated in place here)
+    with pytest.raises(TraceError, match=r"attention heads tiled 2 times in a value laid out "
+                       r"\(tokens, tokens, heads, head dim\) \(repeat\(1, 1, 2, 1\)\)") as e:
+        tp.from_torch(lambda n: HalvedHeads(n, tiled="untransposed"), (64, 128), ids)
+    assert "v = half.repeat(1, 1, 2, 1).transpose(1, 2)" in str(e.value)
