@@ -115,8 +115,7 @@ class DeltaRuleOps:
                          "heads a whole number of theirs, g and beta one number per value head",
                          help=_HELP)
         dkn, base = self.dim(dk), node.name
-        qn = self._delta_stmt(f"{base}_q", f"rmsnorm({q.name}, {dkn})")
-        kn = self._delta_stmt(f"{base}_k", f"rmsnorm({k.name}, {dkn})")
+        qn, kn = self._unit(f"{base}_q", q.name, dk), self._unit(f"{base}_k", k.name, dk)
         tau, kap = self._delta_scale(base + "_tau", dk**-1.5), self._delta_scale(base + "_kap",
                                                                                  1 / dk)
         sq = self._delta_stmt(f"{base}_sq", f"{tau} * dot({qn}, {kn}, {dkn})")
@@ -158,8 +157,7 @@ class DeltaRuleOps:
                          "the decay g of the queries' shape (one decay per key channel), beta "
                          "one number per head", help=_KDA_HELP)
         dkn, base = self.dim(dk), node.name
-        qn = self._delta_stmt(f"{base}_q", f"rmsnorm({q.name}, {dkn})")
-        kn = self._delta_stmt(f"{base}_k", f"rmsnorm({k.name}, {dkn})")
+        qn, kn = self._unit(f"{base}_q", q.name, dk), self._unit(f"{base}_k", k.name, dk)
         tau, kap = self._delta_scale(base + "_tau", dk**-1.5), self._delta_scale(base + "_kap",
                                                                                  1 / dk)
         sq = self._delta_stmt(f"{base}_sq", f"{tau} * ddot({qn}, {kn}, {g.name}, {dkn})")
@@ -167,6 +165,17 @@ class DeltaRuleOps:
         p = self._delta_stmt(f"{base}_p", f"delta({sq}, {sk}, {beta.name})")
         name = self.emit_vector(base, f"mix({p}, {v.name})")
         return Vec(name, _HEADS, v.dim, dk)
+
+    def _unit(self, base: str, x: str, dk: int) -> str:
+        """The kernel's L2 normalisation of each head of ``x``, x / sqrt(Σx² + 1e-6), times
+        sqrt(dk) (tau and kap divide it back out), exactly: rmsnorm(sqrt(dk) * x, dk), whose
+        1e-6 on the mean of the squares of sqrt(dk)·x is the kernel's on their sum. A plain
+        rmsnorm(x, dk) would add 1e-6 to the mean, dk times the kernel's eps, which keys as
+        short as a small init makes them (Σx² ~ 1e-5) feel. sqrt(dk) is written at the base
+        width's value (a fixed head dim's at every width; a growing one derive refuses)."""
+        self.out.slots.append(("literal", math.sqrt(dk)))
+        return self._delta_stmt(base, f"rmsnorm({{s{len(self.out.slots) - 1}}} * {x}, "
+                                f"{self.dim(dk)})")
 
     def _delta_stmt(self, base: str, expr: str) -> str:
         """A statement of the delta rule's own values, which the model holds in no node."""
