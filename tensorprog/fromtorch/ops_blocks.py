@@ -72,11 +72,13 @@ class BlockBias:
 class BlockScores:
     """Logits of blocked queries and keys, [B, blocks, H, q, k]: the walk's ``scores`` of the
     inner values, ``qi`` [blocks, q] and ``ki`` [blocks, k] the tokens of each entry; ``bias``
-    and ``mask`` what was added to them."""
+    and ``mask`` what was added to them; ``length`` the tokens of the queries' and keys'
+    sequence, every one of which the attention over it reads."""
 
     scores: Scores
     qi: object
     ki: object
+    length: int
     bias: BlockBias | None = None
     mask: object = None
 
@@ -371,7 +373,13 @@ class BlockOps:
             if qv.dh is None or qv.dh != kv.dh or qv.dim != kv.dim:
                 raise refuse(node, "logits of blocked queries and keys in other heads", help=_HELP)
             s = Scores(qv, kv, 1.0, node.name, ("tok", "tok", "H", "tok", "tok"))
-            return BlockScores(s, q.index, k.index)
+            if q.length != k.length:
+                raise refuse(
+                    node,
+                    "logits of blocked queries and keys of sequences of other lengths",
+                    help=_HELP,
+                )
+            return BlockScores(s, q.index, k.index, q.length)
         if (
             eq == "...hqk,...khd->...qhd"
             and len(operands) == 2
@@ -437,7 +445,7 @@ class BlockOps:
         if dim not in (-1, len(shape) - 1) or len(shape) != 5:
             raise refuse(node, "a softmax of blocked logits over other than their keys", help=_HELP)
         qi, ki = s.qi, s.ki
-        t = int(max(qi.max(), ki.max())) + 1
+        t = s.length  # all of its tokens: the attention over it reads them all
         if not torch.equal(qi[qi >= 0].sort().values, torch.arange(t)):
             raise refuse(
                 node,
