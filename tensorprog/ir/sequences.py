@@ -348,7 +348,7 @@ def check_reaches(program: Program, errors: Collector) -> None:
     reach = {i.name: i.reach for i in program.inputs if i.reach is not None}
     if not reach:
         return
-    carries: dict[str, set[int]] = {}  # a value summing a reach's bias: its reaches
+    carries = {name: {r} for name, r in reach.items()}  # a value summing a reach's bias
     for ins in program.body:
         if isinstance(ins, MatMul) and ins.arg in reach:
             carries[ins.out] = {reach[ins.arg]}
