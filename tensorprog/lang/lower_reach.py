@@ -13,9 +13,12 @@ def reach_input(low, st) -> None:
     sequence of 1 token is, ir/sequences.py)."""
     reach = st.value[3]
     if reach < 2:
-        low.errors.error(f"relative {st.name}: its reach {reach} must be 2 or more", st.span,
-                         "relative[T, B, r] keeps the keys fewer than r tokens from the query; "
-                         "r = 1 keeps its own token only, whose softmax is the constant 1")
+        low.errors.error(
+            f"relative {st.name}: its reach {reach} must be 2 or more",
+            st.span,
+            "relative[T, B, r] keeps the keys fewer than r tokens from the query; "
+            "r = 1 keeps its own token only, whose softmax is the constant 1",
+        )
         return
     before = len(low.inputs)
     low.stmt_sequence_input(dataclasses.replace(st, value=st.value[:3]))
