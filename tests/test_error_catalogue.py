@@ -204,8 +204,8 @@ CATALOGUE = {
         ENCDEC + "dim B = 9\ndim G = 9\ninput g : grid_offsets[S, G, B, 2]\n", S,
         r"grid_offsets g: its queries must be the 3 x 3 grid subsampled by a stride of 2 or "
         r"more", (13, 1)),
-    "relative-reach-of-none": (ENCDEC + "dim B = 8\ninput r : relative[T, B, 0]\n", S,
-                               r"relative r: its reach 0 must be 1 or more", (12, 1)),
+    "relative-reach-of-one-token": (ENCDEC + "dim B = 8\ninput r : relative[T, B, 1]\n", S,
+                                    r"relative r: its reach 1 must be 2 or more", (12, 1)),
     "windows-offsets-not-a-square": (WIN.format(b=48, s=0), S,
                                      r"windows w: the offset dim B = 48 is not \(2w-1\)²",
                                      (6, 1)),

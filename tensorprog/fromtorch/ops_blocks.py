@@ -53,6 +53,7 @@ class Blocked:
     inner: object
     index: object
     what: str  # the pad that started it, for messages
+    length: int  # the sequence's tokens, all of which the walk's value holds
 
 
 @dataclass
@@ -71,11 +72,13 @@ class BlockBias:
 class BlockScores:
     """Logits of blocked queries and keys, [B, blocks, H, q, k]: the walk's ``scores`` of the
     inner values, ``qi`` [blocks, q] and ``ki`` [blocks, k] the tokens of each entry; ``bias``
-    and ``mask`` what was added to them."""
+    and ``mask`` what was added to them; ``length`` the tokens of the queries' and keys'
+    sequence, every one of which the attention over it reads."""
 
     scores: Scores
     qi: object
     ki: object
+    length: int
     bias: BlockBias | None = None
     mask: object = None
 
@@ -126,7 +129,7 @@ class BlockOps:
             # view into blocks starts them
             t = int(self._shape(node.args[0])[1])
             index = torch.arange(t).reshape(self._shape(node)[1:3])
-            return Blocked(args[0], index, f"a sequence's {t} tokens")
+            return Blocked(args[0], index, f"a sequence's {t} tokens", t)
         return super().call(node)
 
     def _block_view(self, node, x) -> bool:
@@ -215,7 +218,7 @@ class BlockOps:
         t = int(self._shape(node.args[0])[1])
         index = torch.cat([torch.arange(t), torch.full((pads[5],), -1)])
         what = f"a sequence's {t} tokens padded by {pads[5]} zero tokens to {t + pads[5]}"
-        return Blocked(x, index, what)
+        return Blocked(x, index, what, t)
 
     # -- ops on blocked values -----------------------------------------------------------------
     def _blocked_op(self, node, op, args, flat):
@@ -300,7 +303,9 @@ class BlockOps:
             # the heads merged back, [B, T', H·dh]: one token axis, the features flat
             inner = self.vec(x.inner, node)
             merged = Vec(inner.name, ("tok", "tok", "F"), inner.dim)
-            return self._blocks_settled(Blocked(merged, x.index.reshape(-1), x.what))
+            return self._blocks_settled(
+                dataclasses.replace(x, inner=merged, index=x.index.reshape(-1))
+            )
         elif op == "slice" and 1 <= args[1] % len(old) <= k:
             axis = args[1] % len(old) - 1
             start, end = (list(args[2:4]) + [None, None])[:2]
@@ -317,14 +322,13 @@ class BlockOps:
                 "that the trace cannot follow token by token",
                 help=_HELP,
             )
-        out = Blocked(x.inner, index, x.what)
-        return self._blocks_settled(out)
+        return self._blocks_settled(dataclasses.replace(x, index=index))
 
     def _blocks_settled(self, x: Blocked):
         """The walk's value once its tokens are the sequence's in their own order again."""
         import torch
 
-        t = int(x.index.max()) + 1 if x.index.numel() else 0
+        t = x.length  # all of them: a cut of real tokens keeps the value blocked (refused)
         tags = tuple(getattr(x.inner, "tags", ()) or ())
         if (
             x.index.dim() == 1
@@ -347,7 +351,7 @@ class BlockOps:
                 "its token axes (LongT5's 3-block keys and values)",
                 help=_HELP,
             )
-        return Blocked(first.inner, torch.cat([p.index for p in parts], axis), first.what)
+        return dataclasses.replace(first, index=torch.cat([p.index for p in parts], axis))
 
     # -- logits, bias, mask, softmax, mix --------------------------------------------------------
     def _blocks_einsum(self, node, equation, operands):
@@ -369,7 +373,13 @@ class BlockOps:
             if qv.dh is None or qv.dh != kv.dh or qv.dim != kv.dim:
                 raise refuse(node, "logits of blocked queries and keys in other heads", help=_HELP)
             s = Scores(qv, kv, 1.0, node.name, ("tok", "tok", "H", "tok", "tok"))
-            return BlockScores(s, q.index, k.index)
+            if q.length != k.length:
+                raise refuse(
+                    node,
+                    "logits of blocked queries and keys of sequences of other lengths",
+                    help=_HELP,
+                )
+            return BlockScores(s, q.index, k.index, q.length)
         if (
             eq == "...hqk,...khd->...qhd"
             and len(operands) == 2
@@ -435,7 +445,7 @@ class BlockOps:
         if dim not in (-1, len(shape) - 1) or len(shape) != 5:
             raise refuse(node, "a softmax of blocked logits over other than their keys", help=_HELP)
         qi, ki = s.qi, s.ki
-        t = int(max(qi.max(), ki.max())) + 1
+        t = s.length  # all of its tokens: the attention over it reads them all
         if not torch.equal(qi[qi >= 0].sort().values, torch.arange(t)):
             raise refuse(
                 node,
@@ -497,7 +507,7 @@ class BlockOps:
     def _blocks_attention_over(self, node, s: BlockScores, t: int, reach: int | None) -> BlockProbs:
         """Every query attends every key (``reach`` None), or every key fewer than ``reach``
         tokens away, once: attention over the sequence with T5's bias (of that reach)."""
-        refuse_one_key(node, t)
+        refuse_one_key(node, t if reach is None else min(t, 2 * reach - 1))  # keys per query
         scores = s.scores
         if reach is not None and s.bias is None:
             raise refuse(
@@ -546,7 +556,8 @@ class BlockOps:
                 help=_HELP,
             )
         name = self.emit_vector(node.name, f"mix({p.probs.name}, {vv.name})")
-        return Blocked(Vec(name, ("tok", "tok", "H", "dh"), q.dim, vv.dh), p.qi, v.what)
+        out = Vec(name, ("tok", "tok", "H", "dh"), q.dim, vv.dh)
+        return dataclasses.replace(v, inner=out, index=p.qi)
 
 
 def _buckets(t: int, rows: int):

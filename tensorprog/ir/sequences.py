@@ -29,6 +29,8 @@ from .program import (
     RELATIVE_KINDS,
     Delta,
     Dot,
+    LinComb,
+    MatMul,
     Mean,
     Mix,
     Nonlin,
@@ -381,3 +383,38 @@ def prepended(program: Program, seq: str) -> tuple[str, int] | None:
 def check_sequences(program: Program, errors: Collector) -> None:
     """Report in ``errors`` every instruction that mixes sequences (see the module)."""
     value_sequences(program, errors)
+    check_reaches(program, errors)
+
+
+def check_reaches(program: Program, errors: Collector) -> None:
+    """A relative input with a reach (``relative[T, B, r]``, LongT5's band of keys) is also a
+    mask: the emitted module sets the logits of keys r or more tokens away to -inf before the
+    softmax whose logits sum its bias (found from the softmax back through sums alone). Its
+    bias ``R @ rel`` must therefore reach a softmax's logits through sums alone, and a softmax
+    read one reach: anything else would compute the attention over every key, silently."""
+    reach = {i.name: i.reach for i in program.inputs if i.reach is not None}
+    if not reach:
+        return
+    carries = {name: {r} for name, r in reach.items()}  # a value summing a reach's bias
+    for ins in program.body:
+        if isinstance(ins, MatMul) and ins.arg in reach:
+            carries[ins.out] = {reach[ins.arg]}
+            continue
+        read = [o for o in ins.operands if o in carries]
+        if not read:
+            continue
+        got = set().union(*(carries[o] for o in read))
+        softmax = isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax")
+        if isinstance(ins, LinComb) or softmax and read == [ins.args[0]]:
+            if len(got) > 1:
+                errors.error(f"{ins.fn if softmax else 'this sum'} adds relative biases of "
+                             f"reaches {sorted(got)}: one softmax keeps the keys of one reach",
+                             ins.span, "give the relative inputs of these logits one reach")
+            if isinstance(ins, LinComb):
+                carries[ins.out] = got
+            continue
+        errors.error(f"a relative bias of reach {min(got)} read other than summed into "
+                     "attention logits that a softmax reads (the reach masks the keys r or more "
+                     "tokens away in that softmax only)", ins.span,
+                     "add R @ rel to the logits and take their softmax directly: "
+                     "softmax(tau * dot(q, k, dh) + R @ rel)")

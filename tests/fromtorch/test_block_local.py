@@ -178,6 +178,39 @@ def test_padding_keys_left_unmasked_are_refused():
     _refused(r"cannot trace blocked attention in which token 0 attends a padding key", masked=False)
 
 
+class CutTokens(Local):
+    """The attention's output cut to its first t - 1 tokens, not its pad alone."""
+
+    def forward(self, idx):
+        h = self.e(idx)
+        b, t, n = h.shape
+        q, k, v = (f(h).view(b, t, HEADS, n // HEADS) for f in (self.q, self.k, self.v))
+        return self.head(self.o(self._local(q, k, v).reshape(b, -1, n)[:, : t - 1]))
+
+
+def test_a_cut_of_the_sequences_own_tokens_is_refused():
+    # its index is 0..t-2 in order: the walk's value (t tokens) only where all of them are kept
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_block_local.py:\d+:\d+: error: cannot trace the op linear of a sequence's "
+        r"11 tokens padded by 1",
+    ):
+        from_torch(lambda n: CutTokens(n, block=4), WIDTHS, lambda m: _tokens(m, 11))
+
+
+@pytest.mark.parametrize("logits", ["tanh(s)", "s * s"])
+def test_a_reachs_bias_read_other_than_summed_into_a_softmaxs_logits_is_refused(logits):
+    # the emitted module masks the logits of a softmax that sums the bias: through a tanh it
+    # would find no reach and attend every key
+    source = BAND.format(softmax="softmax").replace("softmax(s)", f"softmax({logits})")
+    with pytest.raises(
+        TensorProgError,
+        match=r"<program>:18:17: error: a relative bias of "
+        r"reach 3 read other than summed into attention logits",
+    ):
+        tp.parse(source)
+
+
 def test_the_ir_text_of_a_reach_parses_back(traced):
     text = tp.to_text(traced.program)
     assert "input rel : relative[T, f32, 4]" in text
