@@ -58,7 +58,7 @@ class AttentionOps:
         if mask.dtype == torch.bool:  # sdpa keeps True entries, masked_fill drops them
             keep = mask if additive else ~mask
         else:
-            keep = additive_keep(node, mask) if additive else None
+            keep = (mask > -1e4) if additive else None
         if keep is not None and bool(keep.all()):
             # every query sees every key (an encoder's mask of an all-ones attention_mask, or
             # HF's bidirectional mask helpers): the mask changes nothing, and the softmax is
@@ -453,19 +453,6 @@ def batch_shapes(node, first: int = 0, second: int = 1):
 def layout_text(tags) -> str:
     names = {"tok": "tokens", "H": "heads", "dh": "head dim", "F": "features"}
     return "(" + ", ".join(names.get(t, t) for t in tags) + ")"
-
-
-def additive_keep(node, mask):
-    """The keys a float mask added to the logits keeps: its entries of 0; those of -1e4 or
-    less drop theirs (a weight of at most e^-1e4 relative). Any other entry is a bias on the
-    logits (ALiBi's, a relative position's), which a mask of kept and dropped keys would lose:
-    refused."""
-    if not bool(((mask == 0) | (mask <= -1e4)).all()):
-        raise refuse(node, "an additive attention mask with entries other than 0 and -inf (or "
-                     "-1e4 and less): a bias on the logits, not a mask of kept keys",
-                     help="add the bias to the logits in eager attention, or write the model "
-                     "as a program")
-    return mask == 0
 
 
 def one_key(node, keys: int) -> None:

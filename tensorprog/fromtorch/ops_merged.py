@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops_attention import additive_keep, layout_text, one_key
+from .ops_attention import layout_text, one_key
 from .values import Conc, Probs, Scores, Vec
 from .where import op_name, refuse
 
@@ -166,7 +166,7 @@ class MergedOps:
         if not isinstance(attn_mask, Conc):
             raise refuse(node, "an attention mask that depends on params or buffers")
         m = attn_mask.value
-        keep = m if m.dtype == torch.bool else additive_keep(node, m)
+        keep = m if m.dtype == torch.bool else m > -1e4
         t = int(node.meta["val"].shape[-2])
         keep = keep.expand(*keep.shape[:-2], t, sum(sizes))
         out, cut = [], 0

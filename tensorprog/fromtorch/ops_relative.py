@@ -22,7 +22,6 @@ import math
 import operator
 
 from .inplace import in_place
-from .ops_attention import additive_keep
 from .values import Conc, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
@@ -135,7 +134,7 @@ class RelativeOps:
             if isinstance(other, Conc):  # bias + an additive mask (0 or -inf)
                 import torch
 
-                keep = additive_keep(node, torch.as_tensor(other.value))
+                keep = torch.as_tensor(other.value) > -1e4
                 return self._bias_masked(node, b, keep, shape)
         raise refuse(node, f"a relative position bias (T5's: {b.table.shape[0]} distance "
                      "buckets of every token pair, looked up in a [buckets, heads] table) used "
