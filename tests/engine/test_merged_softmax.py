@@ -20,18 +20,21 @@ def _abc(program, optimizer):
 def test_merged_attention_derives_as_the_two_attentions_apart(optimizer):
     # oracle, by hand: p and π are Θ(1) (T + S logits per row), move by the larger change of
     # s and c (capped at Θ(1)) and send g(p) back to both: exactly what causal_softmax(s) and
-    # softmax(c) do apart. So every param, tau included (1/dh: exponent -1 with dh = n / 4),
-    # derives as in the program with the two softmaxes normalised each on its own
-    source = EXAMPLE.read_text()
-    apart = source
-    for i in "12":
-        apart = apart.replace(f"causal_softmax(s{i}, c{i})", f"causal_softmax(s{i})").replace(
-            f"causal_softmax(c{i}, s{i})", f"softmax(c{i})"
-        )
-    assert apart.count("softmax(") == source.count("softmax(")
-    merged, plain = _abc(tp.parse(source), optimizer), _abc(tp.parse(apart), optimizer)
-    assert merged == plain
-    assert merged["tau"][0] == 1  # the 1/dh of attention logits whose head dim grows
+    # softmax(c) do apart. So every param, tau included (heads of a fixed dim: exponent 0; 1/dh,
+    # exponent -1, with 4 heads of dh = n / 4), derives as in the program with the two
+    # softmaxes normalised each on its own
+    fixed = EXAMPLE.read_text()
+    assert "dim dh = 16 " in fixed
+    for source, tau in ((fixed, 0), (fixed.replace("dim dh = 16 ", "dim dh = n / 4 "), 1)):
+        apart = source
+        for i in "12":
+            apart = apart.replace(f"causal_softmax(s{i}, c{i})", f"causal_softmax(s{i})").replace(
+                f"causal_softmax(c{i}, s{i})", f"softmax(c{i})"
+            )
+        assert apart.count("softmax(") == source.count("softmax(")
+        merged, plain = _abc(tp.parse(source), optimizer), _abc(tp.parse(apart), optimizer)
+        assert merged == plain
+        assert merged["tau"][0] == tau
 
 
 def test_the_ir_text_of_merged_attention_parses_back():

@@ -28,7 +28,7 @@ def _rms(x, g):
 
 class Merged(nn.Module):
     """examples/merged_attention.tp in torch: an encoder block, two decoder blocks with merged
-    attention (one k_proj and one v_proj for both sequences, as T5Gemma 2's), 4 heads."""
+    attention (one k_proj and one v_proj for both sequences, as T5Gemma 2's), heads of 16."""
 
     def __init__(self, n, form="merged"):
         super().__init__()
@@ -47,7 +47,7 @@ class Merged(nn.Module):
         )
 
     def heads(self, x):
-        return x.view(x.shape[0], x.shape[1], 4, -1).transpose(1, 2)
+        return x.view(x.shape[0], x.shape[1], -1, 16).transpose(1, 2)
 
     def merged(self, i, b, enc):
         q, k, v, o = self.dec[4 * i : 4 * i + 4]

@@ -60,7 +60,7 @@ SCALING = {
          "fan_in": (1.0, 0), "init": 1.0},
 }
 SCALES = {
-    "tau": {"a": 1.0, "base": 0.25},
+    "tau": {"a": 0.0, "base": 0.25},
 }
 MAX_PARAMS = 100000000000
 MAX_REPEATS = 100000
@@ -98,7 +98,7 @@ PARAM_COUNT = (
 REPEATS = {}
 # dims that are a fraction of the width: whole numbers at multiples of the step
 WIDTH_RULES = (
-    ("dim dh = n / 4", 4),
+    ("the head count n/dh = n / 16", 16),
 )
 
 
@@ -181,7 +181,7 @@ class Model(torch.nn.Module):
         x1_1 = torch.nn.functional.linear(a0, self.eWq)
         x1_2 = torch.nn.functional.linear(a0, self.eWk)
         x1_6 = torch.nn.functional.linear(a0, self.eWv)
-        x1_7 = _attention(x1_1, x1_2, x1_6, self.width // 4, self.mult_tau, False)
+        x1_7 = _attention(x1_1, x1_2, x1_6, 16, self.mult_tau, False)
         x1_8 = torch.nn.functional.linear(x1_7, self.eWo)
         x1 = x0 + x1_8
         y1_1 = x1 * torch.rsqrt(x1.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -197,10 +197,10 @@ class Model(torch.nn.Module):
         b1 = (self.da1) * (b1_1)
         q1 = torch.nn.functional.linear(b1, self.Wq1)
         s1_1 = torch.nn.functional.linear(b1, self.Wk1)
-        s1_2 = _heads_dot(q1, s1_1, self.width // 4)
+        s1_2 = _heads_dot(q1, s1_1, 16)
         s1 = (self.mult_tau) * (s1_2)
         c1_1 = torch.nn.functional.linear(enc, self.Wk1)
-        c1_2 = _heads_dot(q1, c1_1, self.width // 4)
+        c1_2 = _heads_dot(q1, c1_1, 16)
         c1 = (self.mult_tau) * (c1_2)
         h1_1 = _merged_softmax(s1, c1, True, False)
         h1_2 = torch.nn.functional.linear(b1, self.Wv1)
@@ -221,10 +221,10 @@ class Model(torch.nn.Module):
         b2 = (self.da2) * (b2_1)
         q2 = torch.nn.functional.linear(b2, self.Wq2)
         s2_1 = torch.nn.functional.linear(b2, self.Wk2)
-        s2_2 = _heads_dot(q2, s2_1, self.width // 4)
+        s2_2 = _heads_dot(q2, s2_1, 16)
         s2 = (self.mult_tau) * (s2_2)
         c2_1 = torch.nn.functional.linear(enc, self.Wk2)
-        c2_2 = _heads_dot(q2, c2_1, self.width // 4)
+        c2_2 = _heads_dot(q2, c2_1, 16)
         c2 = (self.mult_tau) * (c2_2)
         h2_1 = _merged_softmax(s2, c2, True, False)
         h2_2 = torch.nn.functional.linear(b2, self.Wv2)
@@ -253,7 +253,7 @@ class Model(torch.nn.Module):
         a0 = (self.ea) * (a0_1)
         x1_1 = torch.nn.functional.linear(a0, self.eWq)
         x1_2 = torch.nn.functional.linear(a0, self.eWk)
-        x1_3 = _heads_dot(x1_1, x1_2, self.width // 4)
+        x1_3 = _heads_dot(x1_1, x1_2, 16)
         x1_4 = (self.mult_tau) * (x1_3)
         x1_5 = torch.softmax(x1_4, dim=-1)
         x1_6 = torch.nn.functional.linear(a0, self.eWv)
@@ -273,10 +273,10 @@ class Model(torch.nn.Module):
         b1 = (self.da1) * (b1_1)
         q1 = torch.nn.functional.linear(b1, self.Wq1)
         s1_1 = torch.nn.functional.linear(b1, self.Wk1)
-        s1_2 = _heads_dot(q1, s1_1, self.width // 4)
+        s1_2 = _heads_dot(q1, s1_1, 16)
         s1 = (self.mult_tau) * (s1_2)
         c1_1 = torch.nn.functional.linear(enc, self.Wk1)
-        c1_2 = _heads_dot(q1, c1_1, self.width // 4)
+        c1_2 = _heads_dot(q1, c1_1, 16)
         c1 = (self.mult_tau) * (c1_2)
         h1_1 = _merged_softmax(s1, c1, True, False)
         h1_2 = torch.nn.functional.linear(b1, self.Wv1)
@@ -297,10 +297,10 @@ class Model(torch.nn.Module):
         b2 = (self.da2) * (b2_1)
         q2 = torch.nn.functional.linear(b2, self.Wq2)
         s2_1 = torch.nn.functional.linear(b2, self.Wk2)
-        s2_2 = _heads_dot(q2, s2_1, self.width // 4)
+        s2_2 = _heads_dot(q2, s2_1, 16)
         s2 = (self.mult_tau) * (s2_2)
         c2_1 = torch.nn.functional.linear(enc, self.Wk2)
-        c2_2 = _heads_dot(q2, c2_1, self.width // 4)
+        c2_2 = _heads_dot(q2, c2_1, 16)
         c2 = (self.mult_tau) * (c2_2)
         h2_1 = _merged_softmax(s2, c2, True, False)
         h2_2 = torch.nn.functional.linear(b2, self.Wv2)
