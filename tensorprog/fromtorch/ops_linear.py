@@ -39,8 +39,13 @@ class LinearOps:
         if self.over_offsets(w) and len(indices) == 1 and isinstance(indices[0], Conc) and (
                 win := window_lookup(indices[0].value, self._shape(node.args[0])[0])):
             return self.offsets_lookup(node, w, win)  # Swin V2's bias: ops_offsets.py
-        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None and isinstance(
-                indices[1], Conc) and (stride := grid_stride(indices[1].value, w.shape[-1])):
+        # constant ids only: not ids the forward is given (a Given, or computed from one) nor
+        # ids that vary with the token ids (the probe's differ), which the trace sees at one
+        # example's values
+        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None and type(
+                indices[1]) is Conc and not indices[1].given and (
+                indices[1].probe is None or _same(indices[1].probe, indices[1].value)) and (
+                stride := grid_stride(indices[1].value, w.shape[-1])):
             return self.grid_lookup(node, w, indices[1].value, stride)  # LeViT's: ops_relative
         if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None:
             raise refuse_grid_ids(node, w, indices[1])

@@ -224,7 +224,7 @@ class RelativeOps:
                 heads != b.table.shape[0 if b.table.t else 1]) or s.bias is not None:
             raise refuse(node, "a relative position bias added to attention logits other than "
                          "one number per head and (query, key) pair, [batch, heads, queries, "
-                         "keys], once", help=_HELP)
+                         "keys], once", help=_GRID_HELP if b.table.t else _HELP)
         made = self.__dict__.setdefault("_biases", {})  # lookup node -> its program vector
         if b.node not in made and isinstance(b.table, OffsetTable):  # at(g, win): ops_offsets
             made[b.node] = self.offsets_bias(b.table, b.rel, b.node)
@@ -275,7 +275,14 @@ def refuse_grid_ids(node, w: PRef, ids):
     computes (a traced value), ids that differ per example (a leading batch axis), or constant
     ids of another layout. Each would be a bias the language's ``R @ g`` does not build."""
     value = getattr(ids, "value", None) if isinstance(ids, Conc) else None
-    if value is None:
+    given = getattr(ids, "input", "") or getattr(ids, "given", "")
+    probe = getattr(ids, "probe", None)
+    if value is not None and (given or probe is not None and not (
+            probe.shape == value.shape and bool((probe == value).all()))):
+        what = (f"ids given to the forward or computed from its input {given}" if given else
+                "ids computed from the token ids")
+        what += ", whose example values the trace sees, not constants of the grid"
+    elif value is None:
         what = "ids the network computes (a traced value), not constants of the grid"
     elif value.dim() != 2:
         what = (f"constant ids of shape {list(value.shape)}, not one id per (query, key) pair "

@@ -291,3 +291,23 @@ def test_near_misses_are_refused_at_their_line(variant, match, line):
     with pytest.raises(TensorProgError, match=match) as err:
         tp.from_torch(lambda n: LevitLike(n, variant), (32, 64), images)
     assert line in str(err.value)
+
+
+class _GivenIds(nn.Module):
+    """LevitLike whose bias ids the forward is given: at the example, LeViT's own."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.inner = LevitLike(n)
+
+    def forward(self, img, ids):
+        self.inner.attn.idxs = ids
+        return self.inner(img)
+
+
+def test_ids_given_to_the_forward_are_refused_though_the_example_is_levits():
+    # the emitted module builds the grid's ids itself: ids fed at each call (here LeViT's at
+    # the example, any others later) would be dropped
+    with pytest.raises(TensorProgError, match="ids given to the forward") as err:
+        tp.from_torch(_GivenIds, (32, 64), lambda m=None: (*images(), levit_index(SIDE)[0]))
+    assert "self.biases[:, ids]" in str(err.value)
