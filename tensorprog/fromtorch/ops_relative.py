@@ -24,7 +24,7 @@ import operator
 
 from ..emit.templates import HELPERS
 from .inplace import in_place
-from .values import Conc, OffsetTable, PRef, RelBias, Scores
+from .values import Conc, Given, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
 MAX_DISTANCE = 128  # T5's relative_attention_max_distance, the one the language builds
@@ -294,3 +294,33 @@ def refuse_grid_ids(node, w: PRef, ids):
                   "language's position bias on a grid is one learnt number per head and "
                   "(|dy|, |dx|) offset of a square grid of tokens, the same for every example",
                   help=_GRID_HELP)
+
+
+def built_ids(ids) -> bool:
+    """Whether a lookup's ids are constants the model builds itself (T5's buckets, Swin's and
+    LeViT's offsets, from positions): not given to the forward (a Given, or computed from one)
+    nor varying with the token ids (the probe's differ). The emitted module builds such ids
+    itself, so ids fed at each call, seen by the trace at the example's values alone, would be
+    dropped there."""
+    import torch
+
+    if not isinstance(ids, Conc) or isinstance(ids, Given) or ids.given:
+        return False
+    probe = ids.probe
+    return probe is None or (isinstance(probe, torch.Tensor) and probe.shape == ids.value.shape
+                             and torch.equal(probe, ids.value))
+
+
+def refuse_fed_ids(node, ids, pattern: str, help: str = ""):
+    """A lookup of ids given to the forward (or computed from its inputs) whose example values
+    are ``pattern`` (T5's buckets, Swin's window offsets): the emitted module builds those ids
+    itself and would read the pattern whatever ids the forward is fed."""
+    given = getattr(ids, "input", "") or getattr(ids, "given", "")
+    what = (f"ids given to the forward or computed from its input {given}" if given else
+            "ids computed from the token ids")
+    return refuse(node, f"a lookup of {what}, whose example values are {pattern}: the "
+                  "program builds those ids itself from the positions and would drop the "
+                  "ids fed at each call",
+                  help=help or "compute the ids inside the model from the positions (as "
+                  "T5's _relative_position_bucket and Swin's relative_position_index do), not "
+                  "as an input of the forward")

@@ -363,6 +363,7 @@ class OffsetTable:
 
     vec: Vec
     shape: tuple[int, int]
+    t: bool = False  # never transposed (ops_relative's with_bias reads a param table's t)
 
 
 @dataclass

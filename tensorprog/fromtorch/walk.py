@@ -687,7 +687,7 @@ class Walker:
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return named if tables else Aux()
         # from a fixed table: its rows at the positions, else unknown as before (ops_tables.py)
-        out = self.table_rows(flat, value, named) if tables else self.keep_table(flat, value)
+        out = self.table_rows(flat, value, named, node) if tables else self.keep_table(flat, value)
         if tables and again is not None and type(out) is not Looked:
             out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
         if again is not None and type(out) in (Conc, Computed):
