@@ -126,8 +126,16 @@ CATALOGUE = {
                                  "dot(h, h, dh), b, b, dv, n), h, dv)\n", S,
                                  r"delta's b must have one entry per value head \(4 heads\)",
                                  (12, 16)),
-    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b), h)\n", S,
-                    r"delta takes 4 or 6 arguments, got 3", (13, 16)),
+    "delta-arity": (DELTA + "output o = mix(delta(dot(q, h, dh), dot(h, h, dh), b, b, b), h)\n",
+                    S, r"delta takes 3, 4 or 6 arguments, got 5", (13, 16)),
+    # Kimi Delta Attention's dots, decayed per key channel: the decay of the queries' dim, and
+    # the scores and the keys' products decayed by the same g
+    "ddot-decay-per-head": (DELTA + "output s = ddot(q, h, b, dh)\n", S,
+                            r"ddot's decay is \[H\] but its queries are \[n\]: .*one decay "
+                            r"per key channel", (13, 23)),
+    "delta-dots-decayed-unlike": (DELTA + "output o = mix(delta(ddot(q, h, -1 * h, dh), dot(h, "
+                                  "h, dh), b), h)\n", S, r"delta's dots must be decayed alike",
+                                  (13, 16)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,
@@ -137,6 +145,19 @@ CATALOGUE = {
     "sink-of-a-vector": (SEQ + "param z : [n]\noutput p = softmax(h, z)\n", S,
                          r"a sink joins the softmax of attention logits .* not of \[n\]",
                          (9, 12)),
+    # merged attention: one softmax over the keys of two sequences for the same queries
+    "merged-over-the-same-keys": (ENCDEC + "output p = softmax(dot(y, x, dh), dot(y, x, dh))\n",
+                                  S, r"keys from two different sequences", (11, 1)),
+    "merged-of-other-queries": (ENCDEC + "output p = softmax(dot(y, x, dh), dot(x, x, dh))\n",
+                                S, r"one softmax over the keys of a and of b for the same "
+                                r"queries", (11, 1)),
+    "merged-causal-on-no-own-keys": (ENCDEC + "dim S2 = 2\ninput s2 : tokens[S2, V]\n"
+                                     "z = E @ s2\noutput p = causal_softmax(dot(y, x, dh), "
+                                     "dot(y, z, dh))\n", S,
+                                     r"neither set of logits pairs T's tokens with themselves",
+                                     (14, 1)),
+    "merged-other-heads": (ENCDEC + "dim d2 = n / 4\noutput p = softmax(dot(y, y, dh), "
+                           "dot(y, x, d2))\n", S, r"a and b have different heads", (12, 12)),
     # grouped-query attention: keys and values of whole heads, in whole groups of query heads
     "gqa-keys-not-whole-heads": (SEQ + "dim kv = 3\nparam Wk : [kv, n]\n"
                                  "output s = dot(h, Wk @ h, dh)\n", S,
@@ -176,6 +197,15 @@ CATALOGUE = {
                                       r"\(T, T\)", (15, 16)),
     "relative-too-few-buckets": (ENCDEC + "dim b = 2\ninput r : relative[T, b]\n", S,
                                  r"the bucket dim b must be finite and at least 4", (12, 1)),
+    "grid-offsets-not-the-grid": (ENCDEC + "dim B = 9\ninput g : grid_offsets[T, B]\n", S,
+                                  r"grid_offsets g: its tokens must be a finite square number",
+                                  (12, 1)),
+    "grid-offsets-queries-not-the-subsampled-grid": (
+        ENCDEC + "dim B = 9\ndim G = 9\ninput g : grid_offsets[S, G, B, 2]\n", S,
+        r"grid_offsets g: its queries must be the 3 x 3 grid subsampled by a stride of 2 or "
+        r"more", (13, 1)),
+    "relative-reach-of-one-token": (ENCDEC + "dim B = 8\ninput r : relative[T, B, 1]\n", S,
+                                    r"relative r: its reach 1 must be 2 or more", (12, 1)),
     "windows-offsets-not-a-square": (WIN.format(b=48, s=0), S,
                                      r"windows w: the offset dim B = 48 is not \(2w-1\)²",
                                      (6, 1)),
@@ -693,6 +723,13 @@ POSITIONED = {
     "cat-of-a-param": (SEQ + "dim f = 4\ndim D = 8\nparam A : [f, n]\nparam p : [f]\n"
                        "output y = cat(A @ h, p, D)\n", S, r"cat of a param \(p\): a part is a "
                        r"vector computed per example", (12, 23)),
+    # cat(a, b, D, dv): side by side in each head of dv (DiffLlama's two attention outputs)
+    "cat-heads-not-whole": (SEQ + "dim D = 2 * n\ndim dv = 3 * n / 8\n"
+                            "output y = cat(h, h, D, dv)\n", S, r"cat\(\.\.\., D, dv\): D is "
+                            r"not a whole number of heads of dv", (10, 12)),
+    "cat-heads-finite-of-growing": (SEQ + "dim f = 4\ndim D = 8\ndim dv = n / 2\n"
+                                    "param A : [f, n]\noutput y = cat(A @ h, A @ h, D, dv)\n",
+                                    S, r"D is finite and dv grows with the width", (12, 12)),
     "cat-no-dim": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, A @ h, 8)\n", S,
                    r"the last argument of cat must be a declared dim", (10, 30)),
     "cat-one-part": (SEQ + "dim f = 4\nparam A : [f, n]\noutput y = cat(A @ h, f)\n", S,
@@ -2013,10 +2050,6 @@ class Attention(nn.Module):
         return self.head(x + self.o(y.transpose(1, 2).reshape(b, t, n)))
 
 
-def tiled(z):
-    return z.repeat(1, 2, 1, 1)
-
-
 def before_heads(z):
     b, h, t, d = z.shape
     return z[:, None].expand(b, 2, h, t, d).reshape(b, 2 * h, t, d)
@@ -2028,8 +2061,8 @@ def example_inputs(model):
 
 
 @pytest.mark.parametrize(("repeat", "message"), [
-    ("tiled", r"m.py:\d+:\d+: error: cannot trace attention heads tiled 2 times \(torch's "
-              r"repeat(.|\n)*help: repeat each head in place"),
+    # (heads tiled by torch's repeat are copies of the whole vector, cat(k, k, D), and trace:
+    # tests/fromtorch/test_heads_split_trace.py)
     ("before_heads", r"m.py:\d+:\d+: error: cannot trace an added axis on attention heads other "
                      r"than right after them(.|\n)*help: repeat each key/value head for "
                      r"consecutive query heads"),

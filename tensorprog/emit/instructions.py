@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..engine.exponents import ABC
+from ..ir.ddot import DDOT
 from ..ir.functions import (
     AT,
     CAT,
@@ -39,7 +40,7 @@ from ..ir.program import (
     RouteIn,
     split_heads_dim,
 )
-from ..ir.sequences import value_sequences
+from ..ir.sequences import causal_parts, value_sequences
 from ..ir.ssd import SSD
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
@@ -78,6 +79,7 @@ class Emitter:
         self.attrs, self.mults, self.local = attrs, mults, local
         self.helpers: set[str] = set()
         self.kinds = {i.name: i.kind for i in program.inputs}
+        self.reaches = {i.name: i.reach for i in program.inputs if i.reach is not None}
 
     def ref(self, name: str) -> str:
         p = self.program.param_table.get(name)
@@ -148,6 +150,10 @@ class Emitter:
         return " ".join(parts)
 
     def Nonlin(self, ins: Nonlin) -> str:
+        if ins.fn == CAT and ins.heads is not None:  # side by side in each head of dv
+            self.helpers.add("_cat_heads")
+            parts = ", ".join(self.ref(a) for a in ins.args)
+            return f"_cat_heads(({self.dim(ins.over)}) // ({self.dim(ins.heads)}), {parts})"
         if ins.fn == CAT:  # the parts side by side along the last axis (their features)
             self.helpers.add("_cat")
             return f"_cat({', '.join(self.ref(a) for a in ins.args)})"
@@ -172,6 +178,9 @@ class Emitter:
         if ins.fn == SSD:  # state-space mixing weights per head (emit/ssd.py)
             self.helpers.add("_ssd")
             return f"_ssd({', '.join(self.ref(a) for a in ins.args)})"
+        if ins.fn == DDOT:  # a per-head dot decayed per key channel (emit/ddot.py)
+            self.helpers.add("_ddot")
+            return f"_ddot({', '.join(self.ref(a) for a in ins.args)}, {self.dim(ins.over)})"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel
@@ -202,6 +211,17 @@ class Emitter:
                 if vector and dims.get(a) is None and not self._is_scale(a) else
                 self._gate(a, ins) for a in ins.args)
         x = self.ref(ins.args[0])
+        if "softmax" in ins.fn and (reach := self._reach_in(ins.args[0])) is not None:
+            # logits with a relative bias of a reach attend the keys within it: -inf beyond
+            self.helpers.add("_beyond_reach")
+            x = f"_beyond_reach({x}, {reach})"
+        if len(ins.args) == 2 and ins.args[1] not in self.program.param_table:
+            # one softmax over two sets of keys (merged attention), read on the first's keys;
+            # the causal mask on the set that pairs the queries' tokens with themselves
+            seqs = self._sequences()
+            masks = causal_parts(ins, [seqs[a] for a in ins.args])
+            self.helpers.add("_merged_softmax")
+            return (f"_merged_softmax({x}, {self.ref(ins.args[1])}, {masks[0]}, {masks[1]})")
         if len(ins.args) == 2:  # a softmax with a sink: one more logit per head in every row
             self.helpers.add("_sink_softmax")
             return (f"_sink_softmax({x}, {self.ref(ins.args[1])}, "
@@ -322,6 +342,22 @@ class Emitter:
                 return ins.arg
             if isinstance(ins, Nonlin) and ins.fn == AT:  # at(g, win): the same bias, computed
                 return ins.args[1]
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+        return None
+
+    def _reach_in(self, name: str) -> int | None:
+        """The reach of the relative input whose bias ``R @ rel`` is a term of the sum
+        ``name`` (attention logits plus T5's bias, LongT5's block-local attention), or None."""
+        made = {i.out: i for i in self.program.body}
+        todo, seen = [name], set()
+        while todo:
+            ins = made.get(todo.pop())
+            if ins is None or ins.out in seen:
+                continue
+            seen.add(ins.out)
+            if isinstance(ins, MatMul) and ins.arg in self.reaches:
+                return self.reaches[ins.arg]
             if isinstance(ins, LinComb):
                 todo += [t for _, t in ins.terms]
         return None

@@ -453,6 +453,18 @@ def _reset_parameters(lay: _Layout) -> list[str]:
     return lines
 
 
+def _pair_ids(i, em: Emitter, length: str, where: str) -> str:
+    """The call that builds a relative input's ids over ``length`` tokens: T5's distance
+    buckets, or LeViT's offsets on a grid (its queries the grid subsampled by a stride, or the
+    keys themselves)."""
+    if i.kind != "grid_offsets":
+        em.helpers.add("_relative_buckets")
+        return f"_relative_buckets({length}, {em.dim(i.dim)}, {i.kind == 'relative'}, {where})"
+    em.helpers.add("_grid_offsets")
+    queries, stride = (em.dim(i.queries), i.stride) if i.queries else (length, 1)
+    return f"_grid_offsets({queries}, {length}, {em.dim(i.dim)}, {stride}, {where})"
+
+
 def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
     """forward computes what the outputs need, attention and LayerNorm fused; vectors computes
     and names every value, written out, for the check."""
@@ -488,14 +500,12 @@ def _forward_and_vectors(lay: _Layout, em: Emitter) -> list[str]:
                 like = "next(self.parameters())" if lay.params else "torch.empty(0)"
                 out.append(f"        {local[i.name]} = _window_coords({side}, {like})")
                 continue
-            if i.kind in RELATIVE_KINDS:  # every token pair's distance bucket (T5's)
-                em.helpers.add("_relative_buckets")
+            if i.kind in RELATIVE_KINDS:  # every token pair's bucket or offset (T5's, LeViT's)
                 axis = -2 if tokens is not None and tokens.kind == "patches" else -1
                 length, where = ((f"{local[tokens.name]}.shape[{axis}]",
                                   f"{local[tokens.name]}.device")
                                  if tokens is not None else (em.dim(i.seq), device))
-                out.append(f"        {local[i.name]} = _relative_buckets({length}, "
-                           f"{em.dim(i.dim)}, {i.kind == 'relative'}, {where})")
+                out.append(f"        {local[i.name]} = {_pair_ids(i, em, length, where)}")
                 continue
             rows = "self.seq_len" if i.seq == lay.seq and i.kind == "positions" else em.dim(i.seq)
             # a grid's axis: each position's coordinate along it, (t // stride) mod its size

@@ -11,7 +11,8 @@ from fractions import Fraction
 
 from ..engine.terms import fan_dims
 from ..errors import CodegenError
-from ..ir.program import ONE_HOT_KINDS, MatMul, Param, Program
+from ..ir.functions import CAT
+from ..ir.program import ONE_HOT_KINDS, MatMul, Nonlin, Param, Program
 from .literals import finite_float, quoted
 
 
@@ -75,6 +76,30 @@ def width_rules(program: Program) -> list[tuple[str, int]]:
                     else f"{m.numerator} * {w} / {m.denominator}")
             name = f"the head count {d.name}" if "/" in d.name else f"dim {d.name}"
             rules.append((f"{name} = {rule}", m.denominator))
+    return rules + _cat_heads_rules(program)
+
+
+def _cat_heads_rules(program: Program) -> list[tuple[str, int]]:
+    """(rule, step) for ``cat(a, b, D, dv)``: its heads, D / dv, when they grow with the width
+    (dv finite), or each part's coordinates in each of its fixed number of heads (dv growing):
+    whole numbers only at some widths (D = 2n in heads of dv = 8 at n = 10 would be cut into
+    heads of 10, silently)."""
+    table, dims, w = program.dim_table, program.value_dims, program.width.name
+    rules = []
+    for ins in program.body:
+        if not (isinstance(ins, Nonlin) and ins.fn == CAT and ins.heads):
+            continue
+        whole, head = table[ins.over], table[ins.heads]
+        if not whole.infinite:
+            continue
+        if not head.infinite:  # heads of a fixed dv, as many as D grows
+            counts = [(f"the heads {ins.over} / {ins.heads} of {ins.out}", whole.mult / head.size)]
+        else:  # a fixed number of heads: each part's share of a head
+            count = whole.mult / head.mult
+            counts = [(f"{a}'s coordinates in each head of {ins.out}", table[dims[a]].mult / count)
+                      for a in ins.args if table[dims[a]].infinite]
+        rules += [(f"{name} = {m.numerator} * {w} / {m.denominator}", m.denominator)
+                  for name, m in counts if m.denominator != 1]
     return rules
 
 

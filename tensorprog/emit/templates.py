@@ -7,12 +7,14 @@ instruction needs it, ``CHECK_DEPTH`` only for a program with a depth).
 
 from __future__ import annotations
 
+from .ddot import DDOT_HELPER
 from .literals import quoted
 from .ssd import SSD_HELPER
 
 # module-level helpers, emitted only when an instruction needs them
 HELPERS = {
     "_ssd": SSD_HELPER,  # Mamba-2's state-space mixing weights: emit/ssd.py
+    "_ddot": DDOT_HELPER,  # a per-head dot decayed per key channel: emit/ddot.py
     "_heads_dot": [
         "def _heads_dot(q, k, head_dim):",
         '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',
@@ -45,6 +47,13 @@ HELPERS = {
         '    (a position table\'s rows have no batch axis)."""',
         "    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))",
         "    return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], dim=-1)"],
+    "_cat_heads": [
+        "def _cat_heads(heads, *parts):",
+        '    """The parts\' heads side by side in each head: head h of the result is head h of',
+        '    every part in turn (torch.cat of (..., heads, d) views along d)."""',
+        "    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))",
+        "    views = [p.expand(*lead, p.shape[-1]).unflatten(-1, (heads, -1)) for p in parts]",
+        "    return torch.cat(views, dim=-1).flatten(-2)"],
     "_heads_bias": [
         "def _heads_bias(bias, n):",
         '    """A bias of the head dim repeated for every head of a vector of n features."""',
@@ -259,10 +268,24 @@ HELPERS = {
         '        s = s.masked_fill(future, float("-inf"))',
         "    z = sink.reshape(-1, 1, 1).expand(*s.shape[:-1], 1).to(s.dtype)",
         "    return torch.softmax(torch.cat([s, z], dim=-1), dim=-1)[..., :-1]"],
+    "_merged_softmax": [
+        "def _merged_softmax(a, b, a_causal, b_causal):",
+        '    """The weights on a\'s keys of one softmax over a\'s keys and b\'s together (merged',
+        "    attention: a decoder's own keys beside an encoder's, T5Gemma 2's); *_causal: that",
+        "    set pairs the queries' tokens with themselves, each query seeing itself and earlier",
+        '    tokens only."""',
+        "    parts = []",
+        "    for s, causal in ((a, a_causal), (b, b_causal)):",
+        "        if causal:",
+        "            t = s.shape[-1]",
+        "            future = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)",
+        '            s = s.masked_fill(future, float("-inf"))',
+        "        parts.append(s)",
+        "    return torch.softmax(torch.cat(parts, dim=-1), dim=-1)[..., :a.shape[-1]]"],
     "_delta": [
-        "def _delta(sq, sk, b, g):",
+        "def _delta(sq, sk, b, g=None):",
         '    """Per head, the gated delta rule\'s token-mixing weights P, o = P v: with G the',
-        "    cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),",
+        "    cumulative sum of g over the tokens (no g: 0), D_ts = exp(G_t - G_s) for s <= t,",
         "    P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk",
         "    (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for",
         "    every token alike; b and g may have r times the dots' heads (grouped value heads:",
@@ -273,6 +296,7 @@ HELPERS = {
         "        r = heads // sq.shape[-3]",
         "        sq, sk = sq.repeat_interleave(r, dim=-3), sk.repeat_interleave(r, dim=-3)",
         "    work = torch.promote_types(dtype, torch.float32)",
+        "    g = torch.zeros_like(b) if g is None else g",
         "    sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))",
         "    b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",
         "    g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)",
@@ -328,6 +352,16 @@ HELPERS = {
         "                   * (buckets - exact)).long()",
         "    far = far.clamp(max=buckets - 1)",
         "    return bucket + torch.where(distance < exact, distance, far)"],
+    # LongT5's block-local attention over the sequence: each query's keys fewer than reach
+    # tokens away (its blocks of reach tokens and their neighbours, the pairs under reach)
+    "_beyond_reach": [
+        "def _beyond_reach(logits, reach):",
+        '    """The logits of the keys reach or more tokens from each query set to -inf, for',
+        '    the softmax to keep the others only (LongT5\'s block-local attention)."""',
+        "    q = torch.arange(logits.shape[-2], device=logits.device)",
+        "    k = torch.arange(logits.shape[-1], device=logits.device)",
+        "    far = (k[None, :] - q[:, None]).abs() >= reach",
+        '    return logits.masked_fill(far, float("-inf"))'],
     # Swin's windows (transformers' SwinLayer: roll by -shift, window_partition,
     # relative_position_index, get_attn_mask), over the grid's tokens in their own order
     "_window_buckets": [
@@ -378,6 +412,22 @@ HELPERS = {
         "    grid = torch.stack(torch.meshgrid([side, side], indexing=\"ij\"), -1).reshape(-1, 2)",
         "    coords = torch.sign(grid) * torch.log2(grid.abs() + 1.0) / math.log2(8)",
         "    return coords.to(device=like.device, dtype=like.dtype)"],
+    # LeViT's attention_bias_idxs (transformers' LevitAttention): its offsets numbered in the
+    # order its loops first meet them, from query (0, 0), which meets every one row-major
+    "_grid_offsets": [
+        "def _grid_offsets(queries, keys, offsets, stride, device):",
+        '    """The offset id of every (query, key) pair, the keys laid out row-major on a side x',
+        "    side grid, the queries on it subsampled by stride (1: the keys themselves): |dy| *",
+        "    side + |dx|, one of offsets = side * side (LeViT's attention_bias_idxs).\"\"\"",
+        "    side, out = math.isqrt(keys), math.isqrt(queries)",
+        "    if side * side != keys or offsets != keys or out != (side - 1) // stride + 1 \\",
+        "            or out * out != queries:",
+        '        raise ValueError(f"{queries} queries and {keys} keys on a square grid of "',
+        '                         f"{offsets} offsets: feed the image size the module was built "',
+        '                         "for")',
+        "    k, q = torch.arange(keys, device=device), torch.arange(queries, device=device)",
+        "    ky, kx, qy, qx = k // side, k % side, q // out * stride, q % out * stride",
+        "    return (qy[:, None] - ky).abs() * side + (qx[:, None] - kx).abs()"],
     "_relative_bias": [
         "def _relative_bias(buckets, table):",
         '    """The table\'s column of each token pair\'s bucket, (heads, tokens, tokens): what',

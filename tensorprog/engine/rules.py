@@ -46,6 +46,7 @@ from .rules_attention import (  # Dot and Mix: attention's logits and token mixi
     init_dot,
     init_mix,
 )
+from .rules_ddot import DDOT_RULES  # ddot: a per-head dot decayed per key channel
 from .rules_delta import change_delta, grad_delta, init_delta  # the gated delta rule
 from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
 from .rules_ssd import SSD_RULES  # ssd: Mamba-2's state-space mixing weights
@@ -56,7 +57,7 @@ from .terms import (
     terms,
 )
 
-MOVES = {**MOVES, **SSD_RULES}  # the Nonlins with rules of their own, keyed by function
+MOVES = {**MOVES, **SSD_RULES, **DDOT_RULES}  # Nonlins with rules of their own, keyed by function
 
 # --- MatMul ---------------------------------------------------------------------------------------
 
@@ -190,19 +191,30 @@ def _sink(ins: Nonlin) -> str | None:
     return ins.args[1] if ins.fn in ("softmax", "causal_softmax") and len(ins.args) == 2 else None
 
 
+#
+# The same softmax with a second set of logits b for the sink (softmax(a, b): one softmax over
+# a's keys and b's, T5Gemma 2's merged attention, read on a's keys) is the same computation
+# with finitely many more logits in every row: each weight Θ(1), a change in either set passing
+# through a Θ(1) derivative (capped at Θ(1)), and dp_ts/db_tr = -p_ts·π_tr with π_tr b's own
+# weight, Θ(1): b's gradient entries, one per token pair, are as large as a's.
+
+
 def init_sink(ins: Nonlin, sz: Sizes) -> list[Term]:
     s, z = ins.args
+    other = (f"{z} holds the other keys' logits of every row: O(1) keeps their exp beside "
+             f"{s}'s" if _merged(ins, sz) else
+             f"the sink is one more logit of every row: O(1) keeps exp({z}) beside the logits'")
     return ([Term(ZERO, (), f"{ins.fn}({s}₀)", f"{ins.fn}(0) ≠ 0 and {ins.fn} is bounded",
                   "flow")]
             # not clamped: a growing sink would take every row's weight (p -> 0), so the
             # sink must stay O(1) as the logits do
-            + terms(f"{z}₀", f"the sink is one more logit of every row: O(1) keeps exp({z}) "
-                    "beside the logits'", "auto", sz.init(z)))
+            + terms(f"{z}₀", other, "auto", sz.init(z)))
 
 
 def change_sink(ins: Nonlin, sz: Sizes) -> list[Term]:
     s, z = ins.args
-    why = f"{ins.fn}′ = Θ(1) over finitely many logits, the sink one of them"
+    why = (f"{ins.fn}′ = Θ(1) over finitely many logits, "
+           + (f"{z}'s among them" if _merged(ins, sz) else "the sink one of them"))
     return (terms(f"{ins.fn}′·Δ{s}", why, "auto", sz.change(s), clamp=ZERO)
             + terms(f"{ins.fn}′·Δ{z}", why, "auto", sz.change(z), clamp=ZERO))
 
@@ -210,9 +222,16 @@ def change_sink(ins: Nonlin, sz: Sizes) -> list[Term]:
 def grad_sink(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     s, z = ins.args
     g = [Mono(sz.grad(ins.out))]
+    why = ("each of the other keys' logits meets its own row's weights: -p·π, Θ(1) (+0)"
+           if _merged(ins, sz) else
+           "each sink meets its own head's weights only: a finite sum over tokens (+0)")
     return ([(s, t) for t in terms(f"{ins.fn}′⊙d{ins.out}", f"{ins.fn}′ = Θ(1)", "flow", g)]
-            + [(z, t) for t in terms(f"Σ_t π·p·d{ins.out}", "each sink meets its own head's "
-                                     "weights only: a finite sum over tokens (+0)", "flow", g)])
+            + [(z, t) for t in terms(f"Σ_t π·p·d{ins.out}", why, "flow", g)])
+
+
+def _merged(ins: Nonlin, sz: Sizes) -> bool:
+    """Whether the softmax's second argument is a second set of logits, not a sink param."""
+    return ins.args[1] not in sz.program.param_table
 
 
 def _product(ins: Nonlin) -> str:
@@ -279,9 +298,16 @@ def _shared_by_heads(ins: Nonlin | LinComb, factor: str, sz: Sizes) -> tuple[Exp
     """A factor of a head dim (a QK-norm's gain, or a bias added to every head) acts on every
     head alike, so its gradient entry sums one term per head: over infinitely many heads (a
     fixed head dim) an LLN sum (+1), an upper bound (the gradient and the normalised vector
-    are correlated once they have trained, as a dot's sides are); over finitely many, +0."""
+    are correlated once they have trained, as a dot's sides are); over finitely many, +0. A
+    scalar factor (no dim: a function of a dot, a param of no shape) acts on every coordinate
+    alike, so its gradient sums them all: +1 over a dim that grows, as a dot's does."""
     dims = sz.program.value_dims
     mine, out = dims[factor], dims[ins.out]
+    if mine is None and out is not None:  # a scalar (sigmoid of a dot) times a vector
+        if sz.infinite(out):
+            return ONE, (f"{factor}, a scalar, multiplies every coordinate of {out}: its "
+                         "gradient sums them, infinitely many and correlated (LLN: +1)")
+        return ZERO, f"{factor}, a scalar, multiplies the {out} coordinates: a finite sum (+0)"
     if mine is None or mine == out or not per_head(sz.program.dim_table, mine, out):
         return ZERO, "the other factor scales it"
     if sz.infinite(out) and not sz.infinite(mine):  # heads = out / mine: infinitely many

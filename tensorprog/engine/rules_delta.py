@@ -27,11 +27,14 @@ classified parametrization may, and then P's rows must not understate it.
 
 With sq, b = Θ(1) (a fixed head dim: the dots are finite sums) this is softmax's rule: P₀ =
 Θ(1), ΔP as large as the largest input change, each input's gradient as large as dP's.
+``delta(sq, sk, b)`` has no g (D = 1) and so no g terms; its dots may be ``ddot``s, whose own
+rules (rules_ddot.py) carry a decay per key channel.
 """
 
 from __future__ import annotations
 
 from ..errors import Diagnostic, EngineError
+from ..ir.ddot import DDOT
 from ..ir.delta import Delta
 from ..ir.program import Dot, Nonlin, Program
 from .exponents import ZERO, add
@@ -74,15 +77,15 @@ def _series(b: list[Mono], sk: list[Mono], k: int) -> list[Mono]:
 
 
 def change_delta(ins: Delta, sz: Sizes) -> list[Term]:
-    sq, sk, b, g = ins.operands
+    sq, sk, b, g = ins.scores, ins.keys, ins.beta, ins.decay
     tokens = _tokens(ins, sz)
     full, less = (_series(sz.train(b), sz.train(sk), k) for k in (tokens - 1, tokens - 2))
     why = "P is a smooth function of finitely many scalars: a change passes through a Θ(1) "
     series = " (times the inverse's series, 1 while b·sk = O(1))"
     return (terms(f"Δ{sq}·{b}", why + f"derivative, times N ~ {b}" + series, "auto",
                   sz.change(sq), sz.train(b), full)
-            + terms(f"{sq}·Δ{g}·{b}", why + "derivative (ΔD = D·ΔG, a finite sum of Δg)" + series,
-                    "auto", sz.train(sq), sz.change(g), sz.train(b), full)
+            + (terms(f"{sq}·Δ{g}·{b}", why + "derivative (ΔD = D·ΔG, a finite sum of Δg)" +
+                     series, "auto", sz.train(sq), sz.change(g), sz.train(b), full) if g else [])
             + terms(f"{sq}·Δ{b}", why + "derivative (N is linear in b to first order)" + series,
                     "auto", sz.train(sq), sz.change(b), full)
             + terms(f"{sq}·{b}·Δ{sk}·{b}", why + "derivative (ΔN ∋ -diag(b)ΔL diag(b))" + series,
@@ -90,7 +93,7 @@ def change_delta(ins: Delta, sz: Sizes) -> list[Term]:
 
 
 def grad_delta(ins: Delta, sz: Sizes) -> list[tuple[str, Term]]:
-    sq, sk, b, g = ins.operands
+    sq, sk, b, g = ins.scores, ins.keys, ins.beta, ins.decay
     dp = [Mono(sz.grad(ins.out))]
     tokens = _tokens(ins, sz)
     full, less = (_series(sz.first_order_train(b), sz.first_order_train(sk), k)
@@ -104,7 +107,7 @@ def grad_delta(ins: Delta, sz: Sizes) -> list[tuple[str, Term]]:
                                      dp, sz.first_order_train(sq), full)]
             + [(g, t) for t in terms(f"∂P/∂{g}·d{ins.out}", f"∂P/∂G ~ P ~ {sq}·{b}; {fin}",
                                      "auto", dp, sz.first_order_train(sq),
-                                     sz.first_order_train(b), full)]
+                                     sz.first_order_train(b), full) if g]
             + [(sk, t) for t in terms(f"-Aᵀd{ins.out}·(bN)ᵀ", f"∂P/∂L = -A(I+bL)⁻¹ ... diag(b)"
                                       f" ~ {sq}·{b}·{b}; {fin}", "auto", dp,
                                       sz.first_order_train(sq), sz.first_order_train(b),
@@ -136,12 +139,25 @@ def refuse_growing_head_dim(program: Program) -> None:
                 ins.span,
                 "give the heads a fixed dim (`dim dk = 128`, heads `dim H = n / 128`), as "
                 "Gated DeltaNet's layers have; docs/theory.md, \"The gated delta rule\""))
+    for ins in program.body:  # a decayed dot outside a delta rule: the same sums
+        if isinstance(ins, Nonlin) and ins.fn == DDOT and program.dim_table[ins.over].infinite:
+            raise EngineError(Diagnostic(
+                f"ddot over heads of {ins.over}, a dim that grows with the width: the engine "
+                "derives a decayed dot over a fixed head dim only (a finite sum per head, read "
+                "by the delta rule)", ins.span,
+                "give the heads a fixed dim (`dim dk = 128`, heads `dim H = n / 128`); "
+                "docs/theory.md, \"The gated delta rule\""))
+
+
+def _is_dot(ins) -> bool:
+    return isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn == DDOT
 
 
 def _scores_dim(program: Program, name: str) -> str | None:
-    """The head dim the per-head dot behind ``name`` (alone or times scales) sums over."""
+    """The head dim the per-head dot (or decayed dot, ``ddot``) behind ``name`` (alone or times
+    scales) sums over."""
     ins = program.producer.get(name)
-    if isinstance(ins, Nonlin):
+    if isinstance(ins, Nonlin) and ins.fn != DDOT:
         ins = next((program.producer.get(a) for a in ins.args
-                    if isinstance(program.producer.get(a), Dot)), None)
-    return ins.over if isinstance(ins, Dot) else None
+                    if _is_dot(program.producer.get(a))), None)
+    return ins.over if _is_dot(ins) else None

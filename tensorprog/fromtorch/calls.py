@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..errors import TraceError
+from .ops_batchmask import id_outside_table
 from .walk import IDENTITY_OPS, VIEW_OPS
 from .where import op_name, refuse, strip_prefix, user_span
 
@@ -36,7 +37,8 @@ def sole_outputs(graph, model) -> dict[str, str]:
     out: dict[str, tuple[int, str]] = {}  # node -> (the call's level in its stack, module)
     for key, nodes in members.items():
         inside = set(nodes)
-        returned = [n for n in nodes if any(u not in inside for u in _readers(n))]
+        returned = [n for n in nodes if any(u not in inside for u in _readers(n))
+                    and not _param_cast(n)]
         if len(returned) != 1 or obj[key] is None or calls[obj[key]] != 1:
             continue
         (node,) = returned
@@ -45,6 +47,16 @@ def sole_outputs(graph, model) -> dict[str, str]:
         if node.name not in out or out[node.name][0] < level:
             out[node.name] = (level, module[key])
     return {node: name for node, (_, name) in out.items()}
+
+
+def _param_cast(node) -> bool:
+    """Whether ``node`` is a cast of a param or buffer (a placeholder export names ``p_``,
+    ``b_`` or ``c_``): read outside its call, it is export sharing one cast of a tied param
+    between calls (T5Gemma 2's ``eoi_embedding.to(dtype)``, read by the encoder's lookup and
+    the decoder's), not a value the call returns."""
+    arg = node.args[0] if node.args else None
+    return op_name(node) in ("to", "_to_copy") and getattr(arg, "op", None) == "placeholder" \
+        and arg.name.startswith(("p_", "b_", "c_"))
 
 
 def shared_outputs(graph, model) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -101,6 +113,14 @@ def constant_modules(graph, sole: dict[str, str], scales: dict, vectors: dict) -
         chain = [node]
         while node is not last and len(_readers(node)) == 1:
             (node,) = _readers(node)
+            chain.append(node)
+        # an assignment that keeps no token leaves the product as it is (T5Gemma 2's
+        # end-of-image row, at an id outside the table): a module returning it returns the
+        # product, for every input
+        while node is last and len(_readers(node)) == 1 and op_name(
+                _readers(node)[0]) in ("index_put", "index_put_") and id_outside_table(
+                _readers(node)[0]) and _readers(node)[0].args[0] is node:
+            node = last = _readers(node)[0]
             chain.append(node)
         if node is last:
             found = [sole[n.name] for n in chain if n.name in sole]

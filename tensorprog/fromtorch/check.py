@@ -23,6 +23,7 @@ from .convert import convert
 from .few import judge_runs, rejudge, remeasure
 from .inputs import cpu_ids, float_feed, forward_names, given_inputs, token_feed, token_index
 from .ops_conv import train_norms
+from .ops_merged import logit_columns
 from .patches import scale_out, scale_rows
 from .rows import renumber_slices
 from .trace import built, export
@@ -167,7 +168,7 @@ def _logit_paths(mup: MuP, ep, wanted: dict) -> dict:
         if node not in nodes or not split:
             continue
         n = nodes[node]
-        sdpa = any(kind == "sdpa_logits" for _, kind, _ in split)
+        sdpa = any(kind.startswith("sdpa_logits") for _, kind, _ in split)
         found = _path(n.args[:2] if sdpa else [n], fed)
         if found:
             out[node] = (*found, split)
@@ -180,7 +181,8 @@ def _logit_values(program) -> set[str]:
     coordinatewise functions (a product, a linear combination, a nonlinearity): its scale, a
     soft cap c·tanh(s/c) (Gemma-2's), a position bias added (T5's, ALiBi's). A softmax's sink
     (its second argument, gpt-oss's) is not a logit, nor a value of the dot's that no softmax
-    reads. Whatever the vector is named after (sdpa's logits, a ``div`` or a ``mul``)."""
+    reads (a merged attention's second logits are). Whatever the vector is named after
+    (sdpa's logits, a ``div`` or a ``mul``)."""
     dims = program.dim_table
     dots = {ins.out for ins in program.body
             if isinstance(ins, Dot) and ins.over and dims[ins.over].infinite}
@@ -191,7 +193,7 @@ def _logit_values(program) -> set[str]:
     before = set()  # reaching a softmax's logits coordinatewise
     for ins in reversed(program.body):
         if isinstance(ins, Nonlin) and ins.fn in SOFTMAXES:
-            before.add(ins.args[0])
+            before.update(a for a in ins.args[:2] if a not in program.param_table)
         elif ins.out in before and _coordinatewise(ins):
             before.update(ins.operands)
     return dots | (after & before)
@@ -284,8 +286,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
             for factor, rows, *bias in patches.get(n.name, ()):
                 out = scale_out(out, factor, rows, _bias(n, self.env) if bias else None)
             for vec, kind, unfold in wanted.get(n.name, []):
-                if kind == "sdpa_logits":
-                    found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))
+                if kind.startswith("sdpa_logits"):
+                    found[vec] = logits(n, *(self.env[a] for a in n.args[:2]))[logit_columns(kind)]
                 else:
                     found[vec] = out * unfold
             if n.name in splits:
@@ -309,8 +311,8 @@ def _run(ep, model, inputs, wanted: dict, patches: dict, splits: dict, scaled: d
                 for factor, rows, *bias in patches.get(p.name, ()):
                     env[p] = scale_out(env[p], factor, rows, _bias(p, env) if bias else None)
             for vec, kind, unfold in uses:
-                held = logits(n, env[n.args[0]], env[n.args[1]]) if kind == "sdpa_logits" \
-                    else env[n] * unfold
+                held = logits(n, env[n.args[0]], env[n.args[1]])[logit_columns(kind)] \
+                    if kind.startswith("sdpa_logits") else env[n] * unfold
                 start = first["s0"].setdefault(vec, held.clone())
                 into[vec] = (held - start, found[vec] - held)
 
@@ -671,7 +673,7 @@ def module_paths(mup: MuP) -> dict[str, str]:
         if path:
             # a rolled layer's vector is judged under its repetition's name (blk.i.v)
             for name in mup.traced.names.get(vec, (vec,)):
-                out[name] = f"{path} logits" if kind == "sdpa_logits" else path
+                out[name] = f"{path} logits" if kind.startswith("sdpa_logits") else path
     return out
 
 

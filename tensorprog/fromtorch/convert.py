@@ -11,6 +11,7 @@ from .ops_attention import AttentionOps
 from .ops_axial import AxialOps
 from .ops_batchmask import BatchMaskOps
 from .ops_bias import FixedBiasOps
+from .ops_blocks import BlockOps
 from .ops_classtoken import ClassTokenOps
 from .ops_codebooks import CodebookOps
 from .ops_complex import ComplexOps
@@ -28,10 +29,13 @@ from .ops_gate import HeadGateOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
+from .ops_headcat import HeadCatOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
+from .ops_lightning import LightningOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
+from .ops_merged import MergedOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
 from .ops_nograd import NoGradOps
@@ -66,6 +70,7 @@ from .walk import Walker
 
 
 class Converter(
+    BlockOps,  # a sequence cut into blocks (LongT5's local attention): every op on its values
     VmapOps,  # enters and leaves a vmap's levels, which nothing reads, as the graph does
     DepthOps,  # a stack of block outputs read by attention over depth, before the streams'
     StreamOps,  # a stack of residual streams (hyper-connections) takes every op on it first
@@ -77,7 +82,9 @@ class Converter(
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
     NoGradOps,  # a no_grad region of top-k ids over a whole axis, before the walker refuses it
+    MergedOps,  # its sdpa takes two sequences' keys side by side before AttentionOps'
     SinkOps,  # its op_cat, op_max, op_softmax, ... take a sink's pieces before the others'
+    HeadCatOps,  # a split along the heads of attention outputs side by side in each head
     LatentAttentionOps,  # its op_slice takes a new_empty's parts before LayoutOps'
     GrnOps,  # its op_mean, op_add, op_div and op_mul take a GRN's pieces before ArithOps'
     ClassTokenOps,  # its op_split*, op_layer_norm, op_mean take a split-off class token's
@@ -88,6 +95,7 @@ class Converter(
     DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
     TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    LightningOps,  # scores times a fixed decay per head (refused: ops_lightning.py)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
     # its op_unsqueeze and op_slice take a depthwise conv1d's weight and tokens before the others'

@@ -8,9 +8,9 @@ replaced by a call of the custom op ``tensorprog::gated_delta(q, k, v, g, beta, 
 which export keeps as one node (ops_delta.py reads it), and the decode step
 ``torch_recurrent_gated_delta_rule`` by a refusal at its line. Only the kernel's whole-sequence
 form is read: no initial state, no final state asked for, no packed sequences (``cu_seqlens``).
-Kimi Delta Attention's kernels (``chunk_kimi_delta_attention``, ``recurrent_kimi_delta_attention``:
-a decay per key channel, which the language's ``delta`` has no form for) are refused at the
-model's call.
+Kimi Delta Attention's (``chunk_kimi_delta_attention``: a decay per key channel) likewise
+becomes ``tensorprog::kda(q, k, v, g, beta, l2norm)``, and its decode step
+``recurrent_kimi_delta_attention`` a refusal.
 """
 
 from __future__ import annotations
@@ -139,30 +139,83 @@ def swapped(replacements: dict):
 
 KDA_CHUNK = "chunk_kimi_delta_attention"
 KDA_STEP = "recurrent_kimi_delta_attention"
-_KDA_HELP = ("give the decay one number per head and token (Gated DeltaNet's g of (batch, "
-             "tokens, heads), torch_chunk_gated_delta_rule), or write the model as a program")
+_KDA_OP = None
 
 
-def _kda(*args, **kwargs):
-    """Kimi Delta Attention (Kimi Linear, Bailing hybrid): refused at the model's call.
+def kda_op():
+    """``torch.ops.tensorprog.kda``, registered on first use: q, k, v and g [B, T, H, dk],
+    beta [B, T, H] -> [B, T, H, dk] in q's dtype, computed as transformers' kernel does."""
+    global _KDA_OP
+    if _KDA_OP is not None:
+        return _KDA_OP
+    import torch
 
-    Its decay g is one number per key channel (batch, tokens, heads, dk), not per head.
-    Unrolled as the gated delta rule is (docs/theory.md), its weights are P = A (I +
-    diag(b) L)⁻¹ diag(b) with A_ts = Σ_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]) and L likewise of
-    k with k: a dot over the head dim weighted channel by channel, where the language's
-    ``delta`` multiplies the plain dots by one D_ts per head. No instruction computes such a
-    dot, so the layer is refused here rather than traced as something else."""
-    raise refusal(
-        "Kimi Delta Attention (chunk_kimi_delta_attention, or its decode step, the gated delta "
-        "rule with a decay per key channel, g of (batch, tokens, heads, dk)): unrolled, its "
-        "weights read A_ts = "
-        "sum_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]), a dot over the head dim weighted channel "
-        "by channel by the decay, where the language's delta takes one decay per head "
-        "(exp(G_t - G_s) times the dot q_t.k_s); the language has no such dot", _KDA_HELP)
+    @torch.library.custom_op("tensorprog::kda", mutates_args=(), schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, bool l2norm) -> Tensor"))
+    def kda(q, k, v, g, beta, l2norm):
+        return kda_reference(q, k, v, g, beta, l2norm)
+
+    @kda.register_fake
+    def _(q, k, v, g, beta, l2norm):
+        return v.new_empty(v.shape, dtype=q.dtype)
+
+    _KDA_OP = kda
+    return _KDA_OP
+
+
+def kda_reference(q, k, v, g, beta, l2norm: bool):
+    """Kimi Delta Attention's output from a zero state, token by token, as transformers'
+    recurrent form and fla's chunk_kda compute it: the state (dk x dv per head) decayed row by
+    row first, S <- diag(exp(g_t)) S, then updated, S <- S + k_t (b_t (v_t - Sᵀk_t))ᵀ, and
+    read, o_t = Sᵀ q_t; q scaled by dk^-1/2, q and k L2-normalised first where ``l2norm``
+    (x / sqrt(Σx² + 1e-6)), in float32 at least."""
+    import torch
+
+    dtype = q.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    q, k, v, g, beta = (x.transpose(1, 2).to(work) for x in (q, k, v, g, beta))
+    if l2norm:
+        q, k = (x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6) for x in (q, k))
+    q = q * q.shape[-1] ** -0.5
+    state = q.new_zeros(*q.shape[:2], q.shape[-1], v.shape[-1])
+    out = []
+    for t in range(q.shape[2]):
+        state = state * g[:, :, t].exp()[..., None]
+        kt = k[:, :, t]
+        step = (v[:, :, t] - (state * kt.unsqueeze(-1)).sum(-2)) * beta[:, :, t, None]
+        state = state + kt.unsqueeze(-1) * step.unsqueeze(-2)
+        out.append((state * q[:, :, t].unsqueeze(-1)).sum(-2))
+    return torch.stack(out, 2).transpose(1, 2).to(dtype)
+
+
+def _kda_chunked(query, key, value, g, beta, chunk_size=64, initial_state=None,
+                 output_final_state=False, use_qk_l2norm_in_kernel=False, cu_seqlens=None,
+                 **kwargs):
+    """chunk_kimi_delta_attention (Kimi Linear, Bailing hybrid) as the custom op ``kda``,
+    where it is the whole-sequence form; ops_delta.py reads it as ``delta(sq, sk, b)`` of
+    dots decayed per key channel, ``ddot(q, k, g, dk)`` (ir/ddot.py)."""
+    what = "Kimi Delta Attention"
+    if initial_state is not None:
+        raise refusal(f"{what} from an initial state (a cache's recurrent state): the "
+                      "language's delta starts each sequence from a zero state")
+    if output_final_state:
+        raise refusal(f"{what}'s final state (asked for by a cache): the language's delta "
+                      "gives the output alone")
+    if cu_seqlens is not None or kwargs.get("seq_idx") is not None:
+        raise refusal(f"{what} over packed sequences (cu_seqlens)")
+    if kwargs.get("scale") is not None:
+        raise refusal(f"{what} with a scale of its own on the queries: the trace reads the "
+                      "kernel's dk^-1/2")
+    return kda_op()(query, key, value, g, beta, bool(use_qk_l2norm_in_kernel)), None
+
+
+def _kda_step(*args, **kwargs):
+    raise refusal("Kimi Delta Attention's token-by-token step (recurrent_kimi_delta_attention, "
+                  "a decode from a cache's state): the language's delta reads a whole "
+                  "sequence from a zero state")
 
 
 def delta_kernels():
-    """For the duration: transformers' gated delta rule functions replaced by the custom op's
-    call and the decode step's refusal, and Kimi Delta Attention's (both forms) by its
-    refusal (:func:`swapped`)."""
-    return swapped({CHUNK: _chunked, STEP: _step, KDA_CHUNK: _kda, KDA_STEP: _kda})
+    """For the duration: transformers' gated delta rule functions and Kimi Delta Attention's
+    replaced by their custom ops' calls and their decode steps' refusals (:func:`swapped`)."""
+    return swapped({CHUNK: _chunked, STEP: _step, KDA_CHUNK: _kda_chunked, KDA_STEP: _kda_step})

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from .ops_conv import is_image
+from .ops_headcat import refuse_param_dot
 from .ops_layout import one_axis_averaged
 from .values import (
     Affine,
@@ -271,6 +272,7 @@ class ArithOps:
         zeroed = self.zeroed(node, u, v)  # logits times a 0/1 mask (ops_attention.py)
         if zeroed is not None:
             return zeroed
+        self.lightning_decay(node, u, v)  # scores times a fixed decay (ops_lightning.py)
         if any(isinstance(x, (Aux, Looked)) for x in (u, v)):  # (a table's rows: no rotary)
             aux = next(x for x in (u, v) if isinstance(x, (Aux, Looked)))
             buffer = aux.buffer if isinstance(aux, Aux) else strip_prefix(aux.target)
@@ -344,6 +346,7 @@ class ArithOps:
         if offset is not None:
             return offset
         if isinstance(u, PRef) and isinstance(v, PRef):
+            refuse_param_dot(node, u, v)
             raise refuse(node, "a product of two params (or of a param with itself): the "
                          "language's params enter the program as they are, each read by a "
                          "vector op or a matmul", help="multiply a vector by each param in "

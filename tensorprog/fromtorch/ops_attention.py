@@ -162,7 +162,7 @@ class AttentionOps:
             return one
         if not isinstance(s, Scores) or dim not in (-1, len(s.tags) - 1):
             raise refuse(node, "a softmax of anything but attention logits")
-        _one_key(node, int(node.meta["val"].shape[-1]))
+        refuse_one_key(node, int(node.meta["val"].shape[-1]))
         logits = self.capped_logits(s, self.logits(s.q, s.k, s.factor, s.node, "out", s.bias))
         return Probs(s, f"{'causal_' if s.causal else ''}softmax({logits})")
 
@@ -321,7 +321,7 @@ class AttentionOps:
     ):
         keys = getattr(node.args[1], "meta", {}).get("val")
         if keys is not None:
-            _one_key(node, int(keys.shape[-2]))
+            refuse_one_key(node, int(keys.shape[-2]))
         if any(isinstance(x, (HeadCat, Blank)) for x in (q, k)):  # MLA's heads (ops_mla.py)
             q, k = (self.filled(node, x) if isinstance(x, Blank) else x for x in (q, k))
             return self.latent_attention(node, q, k, v, attn_mask, is_causal, scale)
@@ -455,7 +455,7 @@ def layout_text(tags) -> str:
     return "(" + ", ".join(names.get(t, t) for t in tags) + ")"
 
 
-def _one_key(node, keys: int) -> None:
+def refuse_one_key(node, keys: int) -> None:
     """Refuses attention over a single key token (PVT's keys reduced to one pixel): its softmax
     is the constant 1, so no gradient reaches the logits, the queries or the keys, which the
     language's rules take to move with the logits (ir/sequences.py refuses it in a program)."""

@@ -159,27 +159,7 @@ class BatchMaskOps:
         return "all" if kept else "none"
 
     def _id_outside_table(self, node) -> bool:
-        """Whether ``node`` is ``h[ids == k] = v`` with ``h`` a lookup of the same ``ids`` in a
-        table of fewer than k + 1 rows (or k < 0), by ops of each token alone (a scale, a cast):
-        every id the lookup can take differs from k (any other fails the lookup), so the mask
-        keeps no token, for every input, and the assignment leaves ``h``. T5Gemma 2's end-of-image
-        token ``eoi_token_index`` (256000) outside a smaller vocabulary. One at an id the table
-        holds is refused (``_mask_keeps``): those tokens take ``v`` for their row, a choice of
-        vector by the token's value that the program has no form for."""
-        mask = node.args[1][0] if isinstance(node.args[1], (list, tuple)) and len(
-            node.args[1]) == 1 else None
-        if mask is None or not hasattr(mask, "op") or op_name(mask) not in ("eq", "eq_"):
-            return False
-        ids, k = mask.args[0], mask.args[1]
-        if not hasattr(ids, "op") or not isinstance(k, int) or isinstance(k, bool):
-            return False
-        h = node.args[0]
-        while hasattr(h, "op") and op_name(h) in _PER_TOKEN_OPS:
-            h = h.args[0]
-        if not hasattr(h, "op") or op_name(h) != "embedding" or h.args[1] is not ids:
-            return False
-        rows = int(h.args[0].meta["val"].shape[0])
-        return not 0 <= k < rows and not written_in_place(mask) and not written_in_place(ids)
+        return id_outside_table(node)
 
     def _uniform(self, mask) -> bool:
         """Whether the graph computes ``mask`` from fills of one value (``torch.ones(batch)``),
@@ -260,3 +240,27 @@ class BatchMaskOps:
                          "would keep some of the old entries",
                          help="assign into torch.zeros_like(h) and add the rest after")
         return values
+
+
+def id_outside_table(node) -> bool:
+    """Whether ``node`` is ``h[ids == k] = v`` with ``h`` a lookup of the same ``ids`` in a
+    table of fewer than k + 1 rows (or k < 0), by ops of each token alone (a scale, a cast):
+    every id the lookup can take differs from k (any other fails the lookup), so the mask
+    keeps no token, for every input, and the assignment leaves ``h``. T5Gemma 2's end-of-image
+    token ``eoi_token_index`` (256000) outside a smaller vocabulary. One at an id the table
+    holds is refused (``_mask_keeps``): those tokens take ``v`` for their row, a choice of
+    vector by the token's value that the program has no form for."""
+    mask = node.args[1][0] if isinstance(node.args[1], (list, tuple)) and len(
+        node.args[1]) == 1 else None
+    if mask is None or not hasattr(mask, "op") or op_name(mask) not in ("eq", "eq_"):
+        return False
+    ids, k = mask.args[0], mask.args[1]
+    if not hasattr(ids, "op") or not isinstance(k, int) or isinstance(k, bool):
+        return False
+    h = node.args[0]
+    while hasattr(h, "op") and op_name(h) in _PER_TOKEN_OPS:
+        h = h.args[0]
+    if not hasattr(h, "op") or op_name(h) != "embedding" or h.args[1] is not ids:
+        return False
+    rows = int(h.args[0].meta["val"].shape[0])
+    return not 0 <= k < rows and not written_in_place(mask) and not written_in_place(ids)

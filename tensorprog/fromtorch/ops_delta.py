@@ -31,13 +31,16 @@ from .where import CHECK_OPS, op_name, refuse
 
 _HEADS = ("tok", "tok", "H", "dh")
 _PER_HEAD = ("tok", "tok", "F")
+_KDA_HELP = ("call Kimi Delta Attention as Kimi Linear does: q, k, v and g (batch, tokens, "
+             "heads, dk), beta (batch, tokens, heads), use_qk_l2norm_in_kernel=True")
 _HELP = ("call the gated delta rule as Gated DeltaNet does: q, k (batch, tokens, key heads, "
          "dk), v (batch, tokens, value heads, dv), g and beta (batch, tokens, value heads), "
          "value heads a whole number of key heads, use_qk_l2norm_in_kernel=True")
 
 
 class DeltaRuleOps:
-    """``tensor_split`` keeping every token, and the gated delta rule's kernel call."""
+    """``tensor_split`` keeping every token, and the gated delta rule's kernel call (Kimi Delta
+    Attention's too)."""
 
     def op_tensor_split(self, node, v, indices, dim=0):
         """A split of the tokens at their end (the chunked part all of them, the rest empty
@@ -112,8 +115,7 @@ class DeltaRuleOps:
                          "heads a whole number of theirs, g and beta one number per value head",
                          help=_HELP)
         dkn, base = self.dim(dk), node.name
-        qn = self._delta_stmt(f"{base}_q", f"rmsnorm({q.name}, {dkn})")
-        kn = self._delta_stmt(f"{base}_k", f"rmsnorm({k.name}, {dkn})")
+        qn, kn = self._unit(f"{base}_q", q.name, dk), self._unit(f"{base}_k", k.name, dk)
         tau, kap = self._delta_scale(base + "_tau", dk**-1.5), self._delta_scale(base + "_kap",
                                                                                  1 / dk)
         sq = self._delta_stmt(f"{base}_sq", f"{tau} * dot({qn}, {kn}, {dkn})")
@@ -124,6 +126,56 @@ class DeltaRuleOps:
         name = self.emit_vector(base, f"mix({p}, {v.name}"
                                 f"{f', {self.dim(dv)}' if grouped else ''})")
         return Vec(name, _HEADS, v.dim, dv)
+
+    def op_kda(self, node, q, k, v, g, beta, l2norm):
+        """Kimi Delta Attention (delta_kernel.py's ``kda``): the delta rule of dots decayed per
+        key channel, delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, g, dk), beta) read by
+        mix (ir/ddot.py unrolls the recurrence), q and k normalised as for the gated rule."""
+        if not l2norm:
+            raise refuse(node, "Kimi Delta Attention without its queries and keys L2-normalised "
+                         "in the kernel (use_qk_l2norm_in_kernel=False): the delta rule's state "
+                         "stays bounded for keys of length 1, which the language's delta takes "
+                         "them to be", help="pass use_qk_l2norm_in_kernel=True (Kimi Linear's "
+                         "layers do)")
+        vals = []
+        for what, x, tags in (("queries", q, _HEADS), ("keys", k, _HEADS), ("values", v, _HEADS),
+                              ("g", g, _HEADS), ("beta", beta, _PER_HEAD)):
+            x = self.vec(x, node) if isinstance(x, (Vec, Affine, Pointwise)) else None
+            if x is None or tuple(x.tags) != tags or x.group != 1:
+                raise refuse(node, f"Kimi Delta Attention of {what} that are not a traced "
+                             "vector laid out (batch, tokens, heads" +
+                             (", head dim)" if tags == _HEADS else ")"), help=_KDA_HELP)
+            vals.append(x)
+        q, k, v, g, beta = vals
+        shapes = [tuple(a.meta["val"].shape) for a in node.args[:5]]
+        dk = shapes[0][3]
+        if len(set(shapes[:4])) != 1 or shapes[4] != shapes[0][:3] or \
+                (q.dh, k.dh, v.dh, g.dh) != (dk,) * 4:
+            raise refuse(node, f"Kimi Delta Attention of queries {list(shapes[0])}, keys "
+                         f"{list(shapes[1])}, values {list(shapes[2])}, g {list(shapes[3])} and "
+                         f"beta {list(shapes[4])}: the language's form takes keys, values and "
+                         "the decay g of the queries' shape (one decay per key channel), beta "
+                         "one number per head", help=_KDA_HELP)
+        dkn, base = self.dim(dk), node.name
+        qn, kn = self._unit(f"{base}_q", q.name, dk), self._unit(f"{base}_k", k.name, dk)
+        tau, kap = self._delta_scale(base + "_tau", dk**-1.5), self._delta_scale(base + "_kap",
+                                                                                 1 / dk)
+        sq = self._delta_stmt(f"{base}_sq", f"{tau} * ddot({qn}, {kn}, {g.name}, {dkn})")
+        sk = self._delta_stmt(f"{base}_sk", f"{kap} * ddot({kn}, {kn}, {g.name}, {dkn})")
+        p = self._delta_stmt(f"{base}_p", f"delta({sq}, {sk}, {beta.name})")
+        name = self.emit_vector(base, f"mix({p}, {v.name})")
+        return Vec(name, _HEADS, v.dim, dk)
+
+    def _unit(self, base: str, x: str, dk: int) -> str:
+        """The kernel's L2 normalisation of each head of ``x``, x / sqrt(Σx² + 1e-6), times
+        sqrt(dk) (tau and kap divide it back out), exactly: rmsnorm(sqrt(dk) * x, dk), whose
+        1e-6 on the mean of the squares of sqrt(dk)·x is the kernel's on their sum. A plain
+        rmsnorm(x, dk) would add 1e-6 to the mean, dk times the kernel's eps, which keys as
+        short as a small init makes them (Σx² ~ 1e-5) feel. sqrt(dk) is written at the base
+        width's value (a fixed head dim's at every width; a growing one derive refuses)."""
+        self.out.slots.append(("literal", math.sqrt(dk)))
+        return self._delta_stmt(base, f"rmsnorm({{s{len(self.out.slots) - 1}}} * {x}, "
+                                f"{self.dim(dk)})")
 
     def _delta_stmt(self, base: str, expr: str) -> str:
         """A statement of the delta rule's own values, which the model holds in no node."""

@@ -15,8 +15,10 @@ The language holds the m·n features as one vector whose parts are the streams, 
 - a mean over the streams of a (..., m, n) view is ``(part(x, n, 0) + ... + part(x, n, m - 1))
   / m``: ``part`` takes stream k's coordinates, and the sum is a fixed number of terms;
 - a per-token vector x given a stream axis, ``x.unsqueeze(-2)``, times weights of m entries per
-  token given an axis of 1 after them, ``w.unsqueeze(-1)``, is ``spread(w, n) * cat(x, ..., x,
-  D)``: stream k gets w_k · x (``spread`` lays each entry over its block).
+  token given an axis of 1 after them, ``w.unsqueeze(-1)`` (a block's output injected into each
+  stream with its weight), is read by the stream-axis rules (ops_streams.py, which take every op
+  on such a stack first), stream by stream; this module only refuses that vector added to the
+  weights, which no stream layout computes.
 
 Each is exact for every width, so the engine derives each param's exponents from its own dims;
 no table of layer roles is read. Only these layouts are traced: a repeat along another axis, or
@@ -26,71 +28,14 @@ as HY v4's and DeepSeek-V4's hyper-connections keep them) is left to the other r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..errors import TraceError
-from .values import Affine, HeadGate, Pointwise, Vec
+from .values import Affine, Pointwise, Vec
 from .where import op_name, refuse, repeat_sizes
 
 _HELP = (
     "lay the streams side by side in the features as x.repeat(1, 1, m), average them over "
     "a (..., m, n) view's stream axis, and weight them by w.unsqueeze(-1) * x.unsqueeze(-2)"
 )
-
-
-@dataclass
-class Tiled:
-    """``x.unsqueeze(-2)`` of a per-token vector x, an axis of 1 before its features, whose
-    every reader multiplies it by weights of m entries per token given an axis after them: m
-    copies of x, each weighted, once the product is taken."""
-
-    src: Vec
-    node: str
-
-
-FLAT_STREAM_VALUES = (Tiled,)
-
-
-# (walk.py's VIEW_OPS, which imports this module)
-_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
-
-
-def _flattened(product) -> bool:
-    """Whether every reader of ``product``, (..., m, n), lays it back into m·n features (a
-    flatten or view of its last two axes): the streams side by side, not on an axis of their
-    own (which other rules hold apart)."""
-    shape = tuple(product.meta["val"].shape)
-    want = (*shape[:-2], shape[-2] * shape[-1])
-    return bool(product.users) and all(
-        op_name(u) in _VIEWS and tuple(u.meta["val"].shape) == want for u in product.users
-    )
-
-
-def _paired(node, dim) -> str | None:
-    """Which factor of ``(x.unsqueeze(-2) * w.unsqueeze(-1)).flatten(-2)`` the unsqueeze
-    ``node`` makes: "tile" (x's, (..., 1, n)), "weights" (w's, (..., m, 1)), or None where any
-    reader is not a product with the other factor's layout (m > 1 and n > 1) laid back into the
-    features."""
-    shape = tuple(node.meta["val"].shape)
-    ndim = len(shape)
-    if ndim < 3 or not node.users:
-        return None
-    if dim % ndim == ndim - 2 and shape[-2] == 1 and shape[-1] > 1:
-        kind, want = "tile", lambda o: o[-1] == 1 and o[-2] > 1
-    elif dim % ndim == ndim - 1 and shape[-1] == 1 and shape[-2] > 1:
-        kind, want = "weights", lambda o: o[-2] == 1 and o[-1] > 1
-    else:
-        return None
-    for u in node.users:
-        others = [a for a in u.all_input_nodes if a is not node]
-        if op_name(u) != "mul" or len(others) != 1 or node not in u.args:
-            return None
-        other = tuple(others[0].meta["val"].shape) if "val" in others[0].meta else ()
-        if len(other) != ndim or not want(other) or other[:-2] != shape[:-2]:
-            return None
-        if not _flattened(u):
-            return None
-    return kind
 
 
 def _refuse_misread_tile(node, dim) -> None:
@@ -213,38 +158,8 @@ class FlatStreamOps:
         return " + ".join(f"part({v.name}, {size}, {i})" for i in range(k))
 
     def op_unsqueeze(self, node, v, dim):
-        """The factors of ``x.unsqueeze(-2) * w.unsqueeze(-1)`` (a block's output injected into
-        each stream with its weight): x's a :class:`Tiled`, w's the per-head gate of its m
-        entries (ops_gate.py); any other added axis to the other rules."""
-        kind = _paired(node, dim) if isinstance(v, (Vec, Affine, Pointwise)) else None
-        tags = getattr(v, "src", v).tags if kind else None
-        if kind == "tile" and tags == ("tok", "tok", "F"):
-            x = self.vec(v, node)
-            if x.dh is None and x.group == 1:
-                return Tiled(x, node.name)
-        if kind == "weights" and tags == ("tok", "tok", "F"):
-            return self.head_gate(node, v)
+        """An axis added before a per-token vector's features is read here only to refuse its
+        sum with weights of one entry per stream; the product of the two, the streams
+        weighted, is the stream-axis rules' (ops_streams.py, first in the converter's order)."""
         _refuse_misread_tile(node, dim)
         return super().op_unsqueeze(node, v, dim)
-
-    def op_mul(self, node, u, v):
-        """``x.unsqueeze(-2) * w.unsqueeze(-1)``: stream k is w_k · x, the program's
-        ``spread(w, n) * cat(x, ..., x, D)`` viewed as m heads of n (a flatten makes it the
-        vector of m·n features); anything else to the other rules."""
-        if not any(isinstance(a, Tiled) for a in (u, v)):
-            return super().op_mul(node, u, v)
-        tile, gate = (u, v) if isinstance(u, Tiled) else (v, u)
-        if not isinstance(gate, HeadGate) or "H" in gate.src.tags or gate.src.dh:
-            raise refuse(
-                node,
-                "a per-token vector given a stream axis (x.unsqueeze(-2)) "
-                "multiplied by anything but weights of one entry per stream per token "
-                "(w.unsqueeze(-1))",
-                help=_HELP,
-            )
-        x, m = tile.src, gate.src.dim
-        copies = self.cat_statement(self._node(tile.node), [x] * m, held=False)
-        name = self.emit_vector(
-            node.name, f"spread({gate.src.name}, {self.dim(x.dim)}) * {copies.name}"
-        )
-        return Vec(name, ("tok", "tok", "H", "dh"), m * x.dim, x.dim)

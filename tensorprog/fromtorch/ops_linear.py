@@ -6,7 +6,7 @@ from .inputs import probe_ids
 from .ops_attention import batch_shapes, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
-from .ops_relative import relative_kind
+from .ops_relative import built_ids, grid_stride, refuse_fed_ids, refuse_grid_ids, relative_kind
 from .ops_windows import window_lookup
 from .values import (
     SHIFTED_IDS,
@@ -38,7 +38,17 @@ class LinearOps:
             return self.op_embedding(node, w, indices[0])
         if self.over_offsets(w) and len(indices) == 1 and isinstance(indices[0], Conc) and (
                 win := window_lookup(indices[0].value, self._shape(node.args[0])[0])):
+            if not built_ids(indices[0]):  # (as below)
+                raise refuse_fed_ids(node, indices[0], f"Swin's offsets of {win} x {win} windows")
             return self.offsets_lookup(node, w, win)  # Swin V2's bias: ops_offsets.py
+        # constant ids only: not ids the forward is given (a Given, or computed from one) nor
+        # ids that vary with the token ids (the probe's differ), which the trace sees at one
+        # example's values
+        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None and built_ids(
+                indices[1]) and (stride := grid_stride(indices[1].value, w.shape[-1])):
+            return self.grid_lookup(node, w, indices[1].value, stride)  # LeViT's: ops_relative
+        if isinstance(w, PRef) and len(indices) == 2 and indices[0] is None:
+            raise refuse_grid_ids(node, w, indices[1])
         shape = tuple(node.args[0].meta["val"].shape)
         if isinstance(w, (Vec, Affine, Pointwise)) and len(indices) == len(shape) \
                 and all(i is None for i in indices[:-1]) and indices[-1] is not None:
@@ -96,6 +106,16 @@ class LinearOps:
         # ids the forward computes from the token ids but that come out the same from the probe
         # ids (RoBERTa's positions: a cumsum of the non-padding mask, padding being absent from
         # both) are read by their values below, as ids computed from nothing
+        elif isinstance(idx, Conc) and self._is_positions(idx.value) and (
+                isinstance(idx, Given) or self._positions_given(idx.given)):
+            # position ids the forward is given (or computed from them: an offset added), whose
+            # example is k..k+T-1: the program's positions would drop the ids fed at each call.
+            # Given as they are, a table that trains reads them as fed (a token input, below)
+            if not isinstance(idx, Given) or self.frozen_lookup(w, idx.value) is not None:
+                raise refuse_fed_ids(node, idx, "the positions k..k+T-1", help=(
+                    "leave the position ids out of the forward's inputs (the model's own "
+                    "arange), or look a trained table up at them as given, table(position_ids)"))
+            return self.ids_lookup(node, w, idx)
         elif isinstance(idx, Conc) and self._is_positions(idx.value):
             looked = self.frozen_lookup(w, idx.value)  # a table that never trains: ops_tables
             if looked is not None:
@@ -117,9 +137,15 @@ class LinearOps:
             tags = ("tok",) * idx.value.dim()
         elif isinstance(idx, Conc) and (row := self._constant_id(w, idx.value)) is not None:
             return self._row(node, w, row, padding=bool(rest) and rest[0] == row)
+        # Swin's and T5's ids only as constants the model builds (ops_relative's built_ids):
+        # the emitted module builds them, so ids the forward is fed would be dropped there
         elif isinstance(idx, Conc) and (win := window_lookup(idx.value, w.shape[0])):
+            if not built_ids(idx):
+                raise refuse_fed_ids(node, idx, f"Swin's offsets of {win} x {win} windows")
             return self.window_table(node, w, win)  # Swin's bias: ops_windows.py
         elif isinstance(idx, Conc) and (kind := relative_kind(idx.value, w.shape[0])):
+            if not built_ids(idx):
+                raise refuse_fed_ids(node, idx, "T5's relative position buckets")
             return self.relative_lookup(node, w, kind, idx.value)  # T5's bias: ops_relative.py
         elif isinstance(idx, Given):  # segment ids given as an input (ops_encoder.py)
             return self.ids_lookup(node, w, idx)
@@ -236,6 +262,13 @@ class LinearOps:
         self.out.seq_inputs[name] = (kind, length, rows)
         return name
 
+    def _positions_given(self, name: str) -> bool:
+        """Whether the forward's input ``name`` is itself positions k..k+T-1 at the example
+        (position_ids=), not ids that positions are computed from (a mask of ones, the decoder's
+        ids: their positions are the model's own, as the token ids' are)."""
+        return bool(name) and any(n == name and self._is_positions(v)
+                                  for n, v in self.given.values())
+
     def _is_positions(self, value) -> bool:
         import torch
 
@@ -282,6 +315,12 @@ class LinearOps:
         ids = positions_read(node, x, w)  # one-hot rows of a table (SigLIP2's: ops_grid.py)
         if ids is not None:
             return self.op_embedding(node, w, ids)
+        if isinstance(w, PRef) and len(w.shape) < 2:  # h @ a: a dot with a vector param
+            size = w.shape[0] if w.shape else 1
+            raise refuse(node, f"a matmul with a vector param ({strip_prefix(w.target)}, of "
+                         f"{size} entries): the language's matmuls read a matrix",
+                         help="read the vector through a layer of one output, nn.Linear(n, 1), "
+                         "or trace the model without this part")
         if isinstance(w, PRef):
             return self.op_linear(node, x, PRef(w.target, w.shape, not w.t, w.rows))
         if isinstance(x, Probs):

@@ -11,6 +11,7 @@ after it is what its dims make it, as after ``first(h)``.
 
 from __future__ import annotations
 
+from .ops_attention import layout_text
 from .values import Affine, OverTokens, Pointwise, PRef, TokensFrom, Vec
 from .where import op_name, refuse, repeat_sizes
 
@@ -130,18 +131,41 @@ class PoolOps:
                          "or trace the model without this head")
         tags = getattr(v, "tags", None) or ()
         sizes = repeat_sizes(sizes)
+        tiled = self.tiled_heads(node, v, sizes)
+        if tiled is not None:
+            return tiled
         if "H" in tags and len(sizes) == len(tags) and sizes[tags.index("H")] > 1:
-            # torch's repeat tiles: copy c of head j is head c·h + j, so that after a
-            # repeat_kv query head i reads head (i // g) mod h (DiffLlama's halved values)
-            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times "
-                         "(torch's repeat: head j again at j + h, j + 2h, ...): in the language's "
-                         "grouped attention each key/value head serves consecutive query heads "
-                         "(repeat_interleave, HF's repeat_kv), and tiled heads, which pair "
-                         "query head i with head (i // g) mod h, have no form",
-                         help="repeat each head in place (torch.repeat_interleave(x, r, dim=1) "
-                         "or HF's repeat_kv) where that is the model, or give the model "
-                         "separate key/value heads for each query head")
+            grouped = getattr(v, "group", 1) != 1 and tags == ("tok", "H", "tok", "dh")
+            how = ("after each was repeated in place (repeat_interleave or repeat_kv before "
+                   "torch's repeat)" if grouped else f"in a value laid out {layout_text(tags)} "
+                   f"(repeat{tuple(sizes)}), other than v.repeat(1, r, 1, 1) of (batch, heads, "
+                   "tokens, head dim) heads alone")
+            raise refuse(node, f"attention heads tiled {sizes[tags.index('H')]} times {how}: "
+                         "the language tiles a "
+                         "vector of whole heads, copies of it side by side (cat(v, v, D)), and "
+                         "groups query heads on a key/value head once, in the attention",
+                         help="tile the heads before repeating them in place (DiffLlama's "
+                         "v.repeat(1, 2, 1, 1) of a layer's heads, then repeat_kv), or give "
+                         "the model separate key/value heads for each query head")
         raise refuse(node, "the op repeat")
+
+    def tiled_heads(self, node, v, sizes) -> Vec | None:
+        """``v.repeat(1, r, 1, 1)`` of per-head values (batch, heads, tokens, head dim): r
+        copies of the h heads one after another, head j again at j + h, j + 2h, ... (DiffLlama's
+        halved values). Heads are laid out one after another in the features, so the tiled
+        heads are r copies of the whole vector side by side, exactly ``cat(v, ..., v, D)``;
+        grouped attention then pairs them with consecutive query heads as the model's
+        repeat_kv does. None for any other repeat (tokens, the head dim, heads already grouped:
+        the caller refuses it)."""
+        tags = getattr(v, "tags", None) or ()
+        if not isinstance(v, (Vec, Affine)) or tags != ("tok", "H", "tok", "dh") or (
+                len(sizes) != 4 or sizes[1] < 2 or any(sizes[i] != 1 for i in (0, 2, 3))):
+            return None
+        x = self.vec(v, node)
+        if x.dh is None or x.group != 1:
+            return None
+        copies = self.cat_statement(node, [x] * sizes[1])
+        return Vec(copies.name, x.tags, copies.dim, x.dh)
 
     def op_adaptive_avg_pool1d(self, node, x, size):
         """``nn.AdaptiveAvgPool1d(1)`` of tokens transposed to (batch, features, tokens)

@@ -18,11 +18,13 @@ keeps every key, or the causal one: ``where(mask, bias, min)``) to the logits it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 
+from ..emit.templates import HELPERS
 from .inplace import in_place
-from .values import Conc, OffsetTable, PRef, RelBias, Scores
+from .values import Conc, Given, OffsetTable, PRef, RelBias, Scores
 from .where import refuse
 
 MAX_DISTANCE = 128  # T5's relative_attention_max_distance, the one the language builds
@@ -65,9 +67,42 @@ def relative_kind(ids, rows: int) -> str | None:
     return None
 
 
+def grid_stride(ids, rows: int) -> int | None:
+    """The stride s when ``ids`` [queries, keys] (the constant ids of a lookup in a table of
+    ``rows`` offsets) are LeViT's offset of every (query, key) pair, the keys an r x r grid of
+    tokens (r² = ``rows``), the queries that grid subsampled by s (1: the keys themselves;
+    LeViT's subsampling attention: 2): the emitted module's own ``_grid_offsets`` run here, so
+    that the trace accepts exactly what the module builds; else None."""
+    import torch
+
+    side = math.isqrt(rows)
+    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.shape[1] != rows or \
+            side * side != rows:
+        return None
+    for stride in range(1, side + 1):
+        out = (side - 1) // stride + 1
+        if ids.shape[0] == out * out and torch.equal(
+                ids.cpu(), _emitted_grid()(out * out, rows, rows, stride, None)):
+            return stride
+    return None
+
+
+@functools.cache
+def _emitted_grid():
+    import torch
+
+    space = {"torch": torch, "math": math}
+    exec("\n".join(HELPERS["_grid_offsets"]), space)  # noqa: S102 - the emitted helper
+    return space["_grid_offsets"]
+
+
 _HELP = ("add the bias to attention logits as T5 does (scores + bias, or sdpa's attn_mask), or "
          "write the model as a Tensor Program: input rel : relative[T, B], then "
          "tau * dot(q, k, dh) + R @ rel with R : [H, B] (examples/t5.tp; docs/language.md)")
+_GRID_HELP = ("read the whole table [heads, offsets] at LeViT's attention_bias_idxs and add it to "
+              "the attention logits, or write the model as a Tensor Program: input g : "
+              "grid_offsets[T, B], then tau * dot(q, k, dh) + R @ g with R : [H, B] "
+              "(examples/levit.tp; docs/language.md)")
 # ops that carry the bias unchanged
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
 
@@ -84,6 +119,21 @@ class RelativeOps:
         rel = self.sequence_input("_rel", kind, grid[0], w.shape[0])
         axes = ("1",) * (ids.dim() - 2) + ("q", "k", "H")
         return RelBias(w, rel, node.name, axes, grid)
+
+    def grid_lookup(self, node, w: PRef, ids, stride: int) -> RelBias:
+        """``table[:, ids]`` with LeViT's ids, each (query, key) pair's offset on a grid of
+        r x r tokens: the table [heads, offsets] read at each pair, (H, q, k), its input the
+        ``grid_offsets`` of the queries' sequence. As T5's bias, ``R @ g`` with ``R`` the table
+        as it is ([heads, offsets]: a lookup whose fan-in is the offsets)."""
+        if w.t or w.rows or w.offset or len(w.shape) != 2:
+            raise refuse(node, "a position bias on a grid read from part of a table",
+                         help=_GRID_HELP)
+        grid = (int(ids.shape[0]), int(ids.shape[1]))
+        # a subsampled grid's queries pair with the keys of another sequence: the input's
+        # rows say the offsets, the stride and the keys' count (sequences.py)
+        rows = w.shape[1] if stride == 1 else (w.shape[1], stride, grid[1])
+        rel = self.sequence_input("_rel", "grid_offsets", grid[0], rows)
+        return RelBias(dataclasses.replace(w, t=True), rel, node.name, ("H", "q", "k"), grid)
 
     def call(self, node):
         if node.target is not operator.getitem:
@@ -136,10 +186,13 @@ class RelativeOps:
 
                 keep = torch.as_tensor(other.value) > -1e4
                 return self._bias_masked(node, b, keep, shape)
-        raise refuse(node, f"a relative position bias (T5's: {b.table.shape[0]} distance "
-                     "buckets of every token pair, looked up in a [buckets, heads] table) used "
-                     f"other than added to attention logits (by {op or node.target})",
-                     help=_HELP)
+        what = (f"LeViT's: a [heads, offsets] table read at each token pair's offset on a "
+                f"grid of {b.table.shape[1]} tokens" if b.table.t else
+                f"T5's: {b.table.shape[0]} distance buckets of every token pair, looked up in a "
+                "[buckets, heads] table")
+        raise refuse(node, f"a relative position bias ({what}) used other than added to "
+                     f"attention logits (by {op or node.target})",
+                     help=_GRID_HELP if b.table.t else _HELP)
 
     def _bias_masked(self, node, b: RelBias, keep, shape) -> RelBias:
         """The bias under a mask of the keys kept: every key (nothing changes) or the causal
@@ -166,11 +219,12 @@ class RelativeOps:
         with it."""
         lead = b.axes[:-3]
         heads = s.q.dim // s.q.dh if s.q.dh else None
+        # T5's table is [buckets, heads]; LeViT's [heads, offsets] is read transposed (t)
         if b.axes[-3:] != ("H", "q", "k") or any(a not in ("1", "tok") for a in lead) or (
-                heads != b.table.shape[1]) or s.bias is not None:
+                heads != b.table.shape[0 if b.table.t else 1]) or s.bias is not None:
             raise refuse(node, "a relative position bias added to attention logits other than "
                          "one number per head and (query, key) pair, [batch, heads, queries, "
-                         "keys], once", help=_HELP)
+                         "keys], once", help=_GRID_HELP if b.table.t else _HELP)
         made = self.__dict__.setdefault("_biases", {})  # lookup node -> its program vector
         if b.node not in made and isinstance(b.table, OffsetTable):  # at(g, win): ops_offsets
             made[b.node] = self.offsets_bias(b.table, b.rel, b.node)
@@ -214,3 +268,59 @@ def refuse_gathered_bias(node, v, dim, index):
         "R @ rel), or drop the relative logits (a rotary embedding), or write the model as a "
         "program",
     )
+
+
+def refuse_grid_ids(node, w: PRef, ids):
+    """``table[:, ids]`` of a param [heads, offsets] at ids other than LeViT's: ids the network
+    computes (a traced value), ids that differ per example (a leading batch axis), or constant
+    ids of another layout. Each would be a bias the language's ``R @ g`` does not build."""
+    value = getattr(ids, "value", None) if isinstance(ids, Conc) else None
+    given = getattr(ids, "input", "") or getattr(ids, "given", "")
+    probe = getattr(ids, "probe", None)
+    if value is not None and (given or probe is not None and not (
+            probe.shape == value.shape and bool((probe == value).all()))):
+        what = (f"ids given to the forward or computed from its input {given}" if given else
+                "ids computed from the token ids")
+        what += ", whose example values the trace sees, not constants of the grid"
+    elif value is None:
+        what = "ids the network computes (a traced value), not constants of the grid"
+    elif value.dim() != 2:
+        what = (f"constant ids of shape {list(value.shape)}, not one id per (query, key) pair "
+                "[tokens, tokens] shared by every example")
+    else:
+        what = (f"constant ids {list(value.shape)} other than LeViT's offsets, |dy|·r + |dx| "
+                f"of each pair of an r x r grid of tokens, in a table of {w.shape[-1]} offsets")
+    return refuse(node, f"a param table {list(w.shape)} read column-wise at {what}: the "
+                  "language's position bias on a grid is one learnt number per head and "
+                  "(|dy|, |dx|) offset of a square grid of tokens, the same for every example",
+                  help=_GRID_HELP)
+
+
+def built_ids(ids) -> bool:
+    """Whether a lookup's ids are constants the model builds itself (T5's buckets, Swin's and
+    LeViT's offsets, from positions): not given to the forward (a Given, or computed from one)
+    nor varying with the token ids (the probe's differ). The emitted module builds such ids
+    itself, so ids fed at each call, seen by the trace at the example's values alone, would be
+    dropped there."""
+    import torch
+
+    if not isinstance(ids, Conc) or isinstance(ids, Given) or ids.given:
+        return False
+    probe = ids.probe
+    return probe is None or (isinstance(probe, torch.Tensor) and probe.shape == ids.value.shape
+                             and torch.equal(probe, ids.value))
+
+
+def refuse_fed_ids(node, ids, pattern: str, help: str = ""):
+    """A lookup of ids given to the forward (or computed from its inputs) whose example values
+    are ``pattern`` (T5's buckets, Swin's window offsets): the emitted module builds those ids
+    itself and would read the pattern whatever ids the forward is fed."""
+    given = getattr(ids, "input", "") or getattr(ids, "given", "")
+    what = (f"ids given to the forward or computed from its input {given}" if given else
+            "ids computed from the token ids")
+    return refuse(node, f"a lookup of {what}, whose example values are {pattern}: the "
+                  "program builds those ids itself from the positions and would drop the "
+                  "ids fed at each call",
+                  help=help or "compute the ids inside the model from the positions (as "
+                  "T5's _relative_position_bucket and Swin's relative_position_index do), not "
+                  "as an input of the forward")

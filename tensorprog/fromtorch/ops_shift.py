@@ -63,12 +63,14 @@ class ShiftOps:
 
 
 def refuse_longer_sequence(node, x, pad) -> None:
-    """A pad that adds tokens to a (batch, tokens, ...) vector's sequence, nothing else (LongT5's
-    and PEGASUS-X's pad to a whole number of blocks before block-local attention): refused as
-    what it is. Attention within blocks of b tokens (and LongT5's the neighbouring blocks, to
-    distances under b) is attention over the sequence under a fixed mask of the token pairs,
-    the padding keys masked out; but the trace reads the blocked tensors op by op, and the
-    language's sequences keep their length, so the pad has no value in the program."""
+    """A pad that adds tokens to a (batch, tokens, features) vector's sequence, nothing else
+    (PEGASUS-X's encoder pads its token vectors to whole blocks before its first layer): refused
+    as what it is. LongT5's pad of each head's queries, keys and values is another's
+    (ops_blocks.py: its block-local attention). PEGASUS-X runs every layer over the padding
+    tokens and masks them as keys, and its attention within blocks takes one softmax over the
+    block's keys and those of learned global tokens, a second sequence that attends every token:
+    the language's sequences keep their length, and its attention reads the keys of one
+    sequence at a time."""
     tags = _tags(x)
     pads = [int(p) for p in pad]
     k = len(tags) - 2  # the pair of the pad that reaches the tokens (axis 1), from the last
@@ -81,12 +83,14 @@ def refuse_longer_sequence(node, x, pad) -> None:
     t = int(node.args[0].meta["val"].shape[1])
     raise refuse(node, f"a pad of a sequence's {t} tokens by {before} before and {after} after "
                  f"(to {t + before + after}): the language's sequences keep their length. "
-                 "(LongT5 and PEGASUS-X pad to whole blocks for block-local attention: that is "
-                 "attention over the sequence under a fixed mask of its token pairs, but the "
-                 "trace follows the blocked tensors op by op and has no form for a sequence "
-                 "cut into blocks)",
-                 help="write the attention over the whole sequence with the blocks' mask "
-                 "(attn_mask), or trace a model whose attention is over the whole sequence")
+                 "(PEGASUS-X pads its encoder's token vectors to whole blocks, runs every layer "
+                 "over the padding and masks it as keys; its attention within a block takes one "
+                 "softmax over the block's keys and those of learned global tokens, a second "
+                 "sequence that attends every token, which the language's attention over one "
+                 "sequence's keys has no form for)",
+                 help="pad each head's queries, keys and values only, as LongT5's block-local "
+                 "attention does (traced as attention over the sequence), or trace a model "
+                 "whose attention is over the whole sequence")
 
 
 def _tags(x) -> tuple:

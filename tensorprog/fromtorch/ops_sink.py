@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import TraceError
+from .ops_merged import MergedKV, merged_parts
 from .values import PRef, Probs, Scores, Spread, Vec
 from .where import refuse
 
@@ -78,7 +79,8 @@ class SinkGate:
     stage: str
 
 
-SINK_VALUES = (SinkRef, SinkScores, RowMax, Shifted, SinkProbs, SinkGate)
+# with two sequences' keys side by side, for one softmax over both (ops_merged.py)
+SINK_VALUES = (SinkRef, SinkScores, RowMax, Shifted, SinkProbs, SinkGate, MergedKV)
 
 
 def _as_spread(x):
@@ -129,8 +131,10 @@ class SinkOps:
             try:
                 return super().op_cat(node, tensors, dim)
             except TraceError:
-                refuse_merged_keys(node, tensors, dim)  # what it is, where it is that
-                raise
+                merged = merged_parts(self, node, tensors, dim)  # T5Gemma 2's (ops_merged.py)
+                if merged is None:
+                    raise
+                return merged
         ndim = len(node.meta["val"].shape)
         if len(tensors) != 2 or kinds.count(SinkRef) != 1 or dim % ndim != ndim - 1:
             raise refuse(node, "a per-head param concatenated to anything but attention "
@@ -266,24 +270,3 @@ class SinkOps:
         del self._mixes[y.name]
         return y
 
-
-def refuse_merged_keys(node, tensors, dim) -> None:
-    """Per-head vectors of several sequences concatenated along their tokens (T5Gemma 2's
-    merged attention: the decoder's own keys and values beside the encoder's, under one
-    softmax), refused as what they are: the language's attention reads one sequence's keys, and
-    one softmax over two sequences' logits is the two attentions weighted by their normalisers
-    (softmax([a, b]) = σ(lse a - lse b)·softmax(a) ⊕ ...), which it has no form for."""
-    shape = node.meta["val"].shape
-    if len(tensors) < 2 or len(shape) != 4 or dim % 4 != 2:
-        return
-    tags = [tuple(getattr(getattr(t, "src", t), "tags", ()) or ()) for t in tensors]
-    if not all(len(t) == 4 and t[-1] == "dh" and "H" in t for t in tags):
-        return
-    sizes = [int(a.meta["val"].shape[2]) for a in node.args[0]]
-    raise refuse(node, f"per-head keys or values of sequences of {sizes} tokens concatenated "
-                 "along the tokens (T5Gemma 2's merged attention: the decoder's own beside the "
-                 "encoder's, under one softmax): the language's attention reads one sequence's "
-                 "keys, and one softmax over two sequences is the two attentions weighted by "
-                 "their normalisers, which it has no form for",
-                 help="attend to each sequence apart (self-attention, then cross-attention, "
-                 "as T5's decoder), or write the model as a program")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from ..errors import TraceError
+from .ops_relative import refuse_fed_ids
 from .values import (
     Affine,
     Aux,
@@ -86,7 +87,10 @@ class TableOps:
             return None
         if not isinstance(ids, Conc):
             return None
-        return self._rows_at(args[0].value, "m." + args[0].buffer, ids.value)
+        looked = self._rows_at(args[0].value, "m." + args[0].buffer, ids.value)
+        if looked is not None:
+            self._not_fed(node, [ids])
+        return looked
 
     def frozen_lookup(self, w: PRef, ids) -> Looked | None:
         """A lookup at the positions of a param the model does not train (``requires_grad=
@@ -104,7 +108,7 @@ class TableOps:
         return Looked(table[ids.flatten()].view(*ids.shape, table.shape[-1]), target,
                       int(ids.shape[-1]))
 
-    def table_rows(self, flat, value, unknown: Aux) -> Looked | Aux:
+    def table_rows(self, flat, value, unknown: Aux, node=None) -> Looked | Aux:
         """``value`` computed from a fixed table (and constants) as a :class:`Looked` where it
         is (or holds) the table's rows at the positions k..k+T-1, the same for every leading
         index (M2M-100's lookup, inside a torch.no_grad that export keeps as one higher-order
@@ -123,10 +127,20 @@ class TableOps:
             at = [k for k in range(rows.shape[0] - t + 1) if torch.equal(first[0], rows[k:k + t])]
             if at and bool((first == first[0]).all()) and self._is_positions(
                     torch.arange(t) + at[0]):
+                self._not_fed(node, flat)
                 return Looked(value, "m." + table.buffer, t)
         if isinstance(value, torch.Tensor):  # unknown still, its entries kept (ops_complex.py)
             return Computed(unknown.buffer, value)
         return unknown
+
+    def _not_fed(self, node, flat) -> None:
+        """Refuses a fixed table's rows at the positions read at position ids the forward is
+        given (or computed from them): the program's positions would drop the ids fed."""
+        fed = next((x for x in flat if isinstance(x, Conc) and self._positions_given(
+            getattr(x, "input", "") or x.given)), None)
+        if fed is not None and node is not None:
+            raise refuse_fed_ids(node, fed, "the positions k..k+T-1", help=(
+                "leave the position ids out of the forward's inputs (the model's own arange)"))
 
     def table_rows_probed(self, flat, again, unknown):
         """A fixed table read at positions the forward computes from the token ids (M2M-100's

@@ -316,7 +316,8 @@ class WindowOps:
     # -- patch merging -------------------------------------------------------------------------
     def _grid_part(self, node, part: GridPart, args) -> GridPart:
         """``x[:, r::2]`` or ``x[:, :, c::2]`` of a grid of tokens [B, H, W, C] in their own
-        order, H and W even (Swin pads an odd grid by a row or column of zeros first)."""
+        order, H and W even (Swin pads an odd grid by a row or column of zeros first); or, from
+        the first, of an odd one too (LeViT's subsample of its queries keeps the last row)."""
         import torch
 
         g = part.grid
@@ -326,7 +327,8 @@ class WindowOps:
         dim = dim % 4
         size = (h, w)[dim - 1] if dim in (1, 2) else None
         taken = getattr(part, ("row", "col")[dim - 1]) if size else None
-        if size is None or size % 2 or step != 2 or start not in (0, 1) or taken is not None \
+        if size is None or size % 2 and start != 0 or step != 2 or start not in (0, 1) or \
+                taken is not None \
                 or not (end is None or end >= size) or not self._token_only(g) or not (
                     tuple(g.index.shape) == (b, h, w) and torch.equal(g.index, ident)):
             raise refuse(node, f"a slice [{start}:{end}:{step}] of axis {dim} of a grid of "
@@ -355,9 +357,30 @@ class WindowOps:
                 name = self.emit_vector(node.name, f"merge2x2(image({x.name}, {self.dim(h)}, "
                                         f"{self.dim(w)}), {self.dim(4 * x.dim)})")
                 return Vec(name, ("tok", "px", "px", "F"), 4 * x.dim)
+        if part is not None and op in _VIEWS and (part.row, part.col) == (0, 0):
+            subsampled = self._subsampled(node, part)
+            if subsampled is not None:
+                return subsampled
         raise refuse(node, f"every other row and column of a grid of tokens used other than "
                      f"concatenated along the features, all four, in Swin's order (by "
                      f"{op or node.target})", help=_MERGE_HELP)
+
+    def _subsampled(self, node, part: GridPart) -> Vec | None:
+        """``x[:, ::2, ::2].reshape(B, -1, C)`` of a grid of tokens (LeViT's LevitSubsample of
+        its queries, stride 2): the grid's every other row and column, from the first, read
+        back as tokens, row-major: ``tokens(subsample(image(t, H, W)), S)``, S a sequence of
+        ⌈H/2⌉·⌈W/2⌉ tokens (an odd grid's last row and column kept, as subsample keeps
+        them). A relabelling of finitely many of the tokens' vectors: exponents pass through.
+        None for any other view of the part."""
+        b, h, w = part.grid.grid
+        shape = self._shape(node)
+        if len(shape) != 3 or shape[:2] != (b, (h + 1) // 2 * ((w + 1) // 2)):
+            return None
+        x = self.vec(part.grid.inner, node)
+        seq = self.sequences().get(shape[1]) or self.dim(shape[1])
+        name = self.emit_vector(node.name, f"tokens(subsample(image({x.name}, {self.dim(h)}, "
+                                f"{self.dim(w)})), {seq})")
+        return Vec(name, ("tok", "tok", "F"), x.dim)
 
     # -- the bias and the attention ----------------------------------------------------------
     def window_table(self, node, w: PRef, window: int) -> WinTable:

@@ -21,11 +21,17 @@ import ast
 import re
 
 from ..errors import TraceError
+from ..ir.program import RELATIVE_KINDS
 
 # the provisional names of the walk's positions and bucket inputs (``_arr``: the positions a
 # learned array of its own is read at, ops_encoder.py): a name the walk gives a value never
 # starts with "_" (Walker.fresh strips it)
 PROVISIONAL = re.compile(r"\b_(?:pos|rel|arr)\d+\b")
+
+
+DIM = "dim:"  # a class member that names a sequence dim the walk declared (tokens(h, D))
+KEYS = "_keys"  # the class member of a subsampled grid's keys (LeViT's offsets across two grids)
+_SLOT = re.compile(r"\{s(\d+)\}")  # a dim's slot in the walk's statements
 
 
 class _Classes:
@@ -56,31 +62,47 @@ def _meet(classes: _Classes, tags) -> tuple:
     return max(found, key=len) if found else ()
 
 
-def _tag(expr, tags: dict, classes: _Classes) -> tuple:
-    """The sequence tag (input names) of an expression of the walk's statements."""
+def _tag(expr, tags: dict, classes: _Classes, causal: frozenset = frozenset()) -> tuple:
+    """The sequence tag (input names) of an expression of the walk's statements; ``causal``:
+    the logits a merged attention's mask makes causal."""
     if isinstance(expr, ast.Name):
         return tags.get(expr.id, ())
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
-        args = [_tag(a, tags, classes) for a in expr.args]
+        args = [_tag(a, tags, classes, causal) for a in expr.args]
         fn = expr.func.id
         if fn == "dot" and len(args) >= 2 and len(args[0]) == 1 and len(args[1]) == 1:
             return (args[0][0], args[1][0])
-        if fn == "mix" and len(args) == 2 and len(args[0]) == 2:
+        if fn == "mix" and len(args) >= 2 and len(args[0]) == 2:  # (mix(p, v, dv, D) too)
             if args[1]:
                 classes.union(args[0][1], args[1][0])
             return args[0][:1]
         if fn == "causal_softmax" and len(args) == 1 and len(args[0]) == 2:
             classes.union(*args[0])
             return args[0]
+        if fn in ("softmax", "causal_softmax") and len(args) == 2 and all(
+                len(a) == 2 for a in args):
+            # one softmax over two sets of keys for the same queries (ops_merged.py): the
+            # keys stay two sequences, and the set the model masks causally is the queries'
+            classes.union(args[0][0], args[1][0])
+            for a, arg in zip(expr.args, args, strict=True):
+                if isinstance(a, ast.Name) and a.id in causal:
+                    classes.union(*arg)
+            return args[0]
+        if fn == "tokens" and len(expr.args) == 2 and isinstance(expr.args[1], ast.Name):
+            # an image's pixels read as the tokens of a sequence dim of the walk's (tokens(h,
+            # {s3}), a slot: _slot_3 here): what runs over them, a bias on their pairs
+            # included, runs over that dim
+            return (DIM + expr.args[1].id,)
         if fn in ("first", "last", "mean"):  # one vector per sequence
             return ()
         if fn == "place" and len(args) == 3:  # v's tokens among h's: h's sequence, not v's
             return args[1]
         return _meet(classes, args)
     if isinstance(expr, ast.BinOp):
-        return _meet(classes, [_tag(expr.left, tags, classes), _tag(expr.right, tags, classes)])
+        return _meet(classes, [_tag(expr.left, tags, classes, causal),
+                               _tag(expr.right, tags, classes, causal)])
     if isinstance(expr, ast.UnaryOp):
-        return _tag(expr.operand, tags, classes)
+        return _tag(expr.operand, tags, classes, causal)
     return ()
 
 
@@ -97,25 +119,35 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
     # do positions added to them (SigLIP's lookup of position ids, with no class token)
     tags.update({m.group(1): ("tok",) for d in trace.decls
                  if (m := re.match(r"input (\w+) : patches\[T,", d))})
-    for name, (kind, _, _) in trace.seq_inputs.items():
-        tags[name] = (name, name) if "relative" in kind else (name,)
+    for name, (kind, _, rows) in trace.seq_inputs.items():
+        # pairs of a sequence's tokens; a subsampled grid's queries with its keys (LeViT's
+        # subsampling attention: rows = (offsets, stride, keys)) pair two sequences
+        tags[name] = ((name, name + KEYS) if _across(kind, rows) else (name, name)
+                      if kind in RELATIVE_KINDS else (name,))
     # codebooks of the token ids (ops_codebooks.py) run over the ids' sequence
     for name in getattr(trace, "codebooks", {}):
         classes.union(name, "tok")
+    causal = frozenset(getattr(trace, "causal_keys", ()))
     for stmt in trace.stmts:
         target, _, expr = stmt.partition(" = ")
         try:
-            tree = ast.parse(re.sub(r"\{s\d+\}", "1", expr), mode="eval").body
+            tree = ast.parse(_SLOT.sub(r"_slot_\1", expr), mode="eval").body
         except SyntaxError:  # no form the walk writes; the language checks it all the same
             continue
-        tags[target] = _tag(tree, tags, classes)
+        tags[target] = _tag(tree, tags, classes, causal)
     lengths = {"tok": tokens_seq}
     lengths.update({name: length for name, (_, length, _) in trace.seq_inputs.items()})
+    lengths.update({name + KEYS: rows[2] for name, (kind, _, rows) in trace.seq_inputs.items()
+                    if _across(kind, rows)})
     dim_of: dict[str, str] = {classes.find("tok"): "T"}
+    declared = {classes.find(k): k[len(DIM):] for k in list(classes.parent) if k.startswith(DIM)}
+    for root, dim in declared.items():  # tokens(h, D): D, declared by the walk
+        dim_of.setdefault(root, "{s" + dim.removeprefix("_slot_") + "}" if dim.startswith(
+            "_slot_") else dim)
     for name, (kind, _, _) in trace.seq_inputs.items():  # a class of a token input: its name
         if kind in ("tokens", "patches"):  # (patches beside the ids: an image's, ops_place.py)
             dim_of.setdefault(classes.find(name), f"T_{name}")
-    for name in trace.seq_inputs:
+    for name in lengths:
         dim_of.setdefault(classes.find(name), f"T_{name.lstrip('_')}")
     seen: dict[str, int] = {}
     for name, length in lengths.items():
@@ -136,17 +168,21 @@ def resolve(trace, fresh, tokens_seq: int | None) -> None:
         if kind in ("tokens", "patches"):
             inputs[name] = (kind, dim, rows)
             continue
+        if _across(kind, rows):  # the keys' sequence for the queries' offsets
+            rows = (*rows[:2], dim_of[classes.find(name + KEYS)])
         key = (kind, dim, rows)
         if key not in merged:
             base = {"positions": "pos", "axial": "ax", "causal_relative": "rel_causal"}.get(
                 kind, "rel")
+            base += "_sub" if _across(kind, rows) else ""  # a subsampled grid's queries'
             final = base if dim == "T" and kind == "positions" else fresh(
-                base if dim == "T" else f"{base}_{dim[2:]}")
+                f"{base}_{dim[2:]}" if dim.startswith("T_") else base)
             merged[key] = final
             inputs[final] = key
         renames[name] = merged[key]
     trace.seq_inputs = inputs
-    trace.seq_dims = {d: seen[d] for d in dim_of.values() if d != "T" and d in seen}
+    trace.seq_dims = {d: seen[d] for d in dim_of.values()
+                      if d != "T" and d in seen and d.startswith("T_")}
     trace.stmts = [PROVISIONAL.sub(lambda m: renames.get(m.group(0), m.group(0)), s)
                    for s in trace.stmts]
     # a positions table's fan-in is its sequence's dim (declared with the provisional name)
@@ -174,8 +210,29 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
         elif kind == "positions":
             if name != "pos":  # the token ids' positions are declared with them (trace.py)
                 lines.append(f"input {name} : positions[{dim}]")
+        elif kind == "relative" and isinstance(rows, tuple):  # buckets and a reach
+            lines.append(f"input {name} : relative[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)
             lines.append(f"input {name} : axial[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
+        elif _across(kind, rows):  # a subsampled grid's queries, its keys (LeViT's)
+            queries, keys = (_named(trace, d, bucket_dim) for d in (dim, rows[2]))
+            lines.append(f"input {name} : {kind}[{queries}, {keys}, {bucket_dim(rows[0])}, "
+                         f"{rows[1]}]")
         else:
-            lines.append(f"input {name} : {kind}[{dim}, {bucket_dim(rows)}]")
+            lines.append(f"input {name} : {kind}[{_named(trace, dim, bucket_dim)}, "
+                         f"{bucket_dim(rows)}]")
     return lines
+
+
+def _named(trace, dim: str, bucket_dim) -> str:
+    """A sequence dim as declared: a walk's dim (its slot, tokens(h, {s3})) named by the size
+    of its tokens as the finite dims are."""
+    slot = _SLOT.fullmatch(dim)
+    return bucket_dim(trace.slots[int(slot.group(1))][1]) if slot else dim
+
+
+def _across(kind: str, rows) -> bool:
+    """Whether an input's rows say a subsampled grid's offsets (LeViT's: offsets, stride,
+    keys), an input on pairs of two sequences (axial's rows are a pair too: its axis, its
+    stride)."""
+    return kind == "grid_offsets" and isinstance(rows, tuple)

@@ -526,6 +526,8 @@ def _combine(traces: list[Trace], widths, base, build, example_inputs, layout=No
             name, rhs = _dim_name(a, b, w1, w2)
             dims[name] = rhs
             values[f"s{i}"] = name
+        elif kind == "literal":  # a number written as the base width's (ops_delta._unit)
+            values[f"s{i}"] = repr(float(a))
         elif kind == "coef":
             values[f"s{i}"] = repr(float(a))
             if not math.isclose(a, b, rel_tol=1e-9):

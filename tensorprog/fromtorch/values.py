@@ -363,6 +363,7 @@ class OffsetTable:
 
     vec: Vec
     shape: tuple[int, int]
+    t: bool = False  # never transposed (ops_relative's with_bias reads a param table's t)
 
 
 @dataclass
@@ -611,6 +612,9 @@ class Trace:
     # sequence's dim, table rows: vocabulary or buckets); sequence dims besides T -> length
     seq_inputs: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     seq_dims: dict[str, int] = field(default_factory=dict)
+    # the logits a merged attention's mask makes causal (ops_merged.py): resolve reads their
+    # queries and keys as one sequence, as it does a causal softmax's
+    causal_keys: set[str] = field(default_factory=set)
     # attention nodes whose values have a head dim of their own, mix(p, v, dv) (ops_attention)
     own_heads: set[str] = field(default_factory=set)
     # concatenations of vectors along their features read by more than linear layers, which

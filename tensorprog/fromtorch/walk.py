@@ -17,7 +17,6 @@ from .inplace import in_place
 from .inputs import probe_ids
 from .ops_codebooks import Stacked
 from .ops_conv import Padded
-from .ops_flatstreams import FLAT_STREAM_VALUES
 from .ops_grid import Joint, Laid
 from .ops_grn import GRN_VALUES
 from .ops_rescale import Rescaled
@@ -141,7 +140,6 @@ SYMBOLIC = (
     Standardised,  # a param whose rows are standardised, for a kernel (ops_standardise.py)
     *ROW_VALUES,  # the statistics of a param's rows, on the way to it (ops_standardise.py)
     Taps, SplitConv, ClampedRows,  # ops_tconv.py's conv1d parts; a clamp, split (ops_pointwise)
-    *FLAT_STREAM_VALUES,  # a vector given a stream axis, weighted per stream (ops_flatstreams)
 )
 
 VIEW_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as"}
@@ -689,7 +687,7 @@ class Walker:
         except Exception:  # noqa: BLE001 - a value we cannot compute is simply unknown
             return named if tables else Aux()
         # from a fixed table: its rows at the positions, else unknown as before (ops_tables.py)
-        out = self.table_rows(flat, value, named) if tables else self.keep_table(flat, value)
+        out = self.table_rows(flat, value, named, node) if tables else self.keep_table(flat, value)
         if tables and again is not None and type(out) is not Looked:
             out = self.table_rows_probed(flat, again, out)  # positions from the ids (ops_tables)
         if again is not None and type(out) in (Conc, Computed):

@@ -26,6 +26,9 @@ class Delta:
 
     ``beta`` (b) and ``decay`` (g) are vectors per token with one entry per head, or the
     same for every token (of no sequence: params of the heads, or one per sequence).
+    ``delta(sq, sk, b)`` has no decay per head (D = 1): DeltaNet's rule, or Kimi Delta
+    Attention's, whose decay per key channel is inside its dots, ``ddot(q, k, g, dk)``
+    (ir/ddot.py).
     ``delta(sq, sk, b, g, dv, D)``: P per head of values of dim D in heads of dv, r times as
     many as the dots' heads (grouped value heads, Qwen3-Next's: r value heads share each
     query/key head, consecutive as ``repeat_interleave`` lays them out); b and g then have the
@@ -43,11 +46,11 @@ class Delta:
     scores: str
     keys: str
     beta: str
-    decay: str
+    decay: str | None  # None: delta(sq, sk, b), no decay per head (D = 1)
     span: Span | None = _span()
     head: str | None = None  # delta(..., dv, D): the values' head dim
     dim: str | None = None  # and their dim: P has D / dv heads
 
     @property
     def operands(self) -> tuple[str, ...]:
-        return (self.scores, self.keys, self.beta, self.decay)
+        return (self.scores, self.keys, self.beta) + ((self.decay,) if self.decay else ())

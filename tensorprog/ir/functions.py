@@ -85,7 +85,8 @@ SHIFT = "shift"
 #: channels of a 1x1 convolution and 256 of learned positions, normalised together). A fixed
 #: number of finite parts: its RMS is its largest part's up to a constant, so its sizes are the
 #: largest of the parts' (``tensorprog.engine.rules_spread``); its output has another dim than
-#: its inputs', so it has no row here either
+#: its inputs', so it has no row here either. ``cat(a, b, D, dv)`` (``Nonlin.heads``): the same
+#: coordinates permuted, each head of dv a's head then b's (DiffLlama's attention outputs)
 CAT = "cat"
 #: ``at(g, win)``: a value g over the offsets of a window (one row per offset of an ``offsets``
 #: input's B = (2w-1)², values computed from ``offsets[B, E]`` by per-offset layers) read at each

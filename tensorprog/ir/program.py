@@ -17,12 +17,12 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
                                   softmax/causal_softmax over the key tokens (also a finite
-                                  dim); ``ssd(cb, dt, A, P)``: Mamba-2's mix weights (ir/ssd.py)
+                                  dim); ``ssd``, ``ddot``: Mamba-2's, KDA's (ir/ssd.py, ir/ddot.py)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
 Mix         ``o = mix(p, v)``     ``o_t = sum_s p_ts v_s`` per head: attention's token mixing
-Delta       ``delta(sq, sk, b, g)``  per head, the gated delta rule's token-mixing weights P
+Delta       ``delta(sq, sk, b[, g])``  per head, the gated delta rule's token-mixing weights P
                                   (linear attention, Gated DeltaNet): ``mix(P, v)`` is its output
 Route       ``route(g, k, y1..)`` ``sum over the k largest g_e of g_e y_e``: a mixture of
                                   experts (``route_norm``: the k gates divided by their sum)
@@ -42,8 +42,8 @@ to the block. The Stream's back edge (the return value, computed after it) is th
 a value is read before the instruction that defines it.
 
 A program may carry a finite sequence axis (token and position inputs): every vector has one value
-per token, and only ``dot(q, k, dh)`` and ``mix`` combine tokens. A ``scale`` is a never-trained
-param with no axes: a width-dependent constant the engine derives (attention's 1/d).
+per token, combined across tokens by the token-pair instructions only. A ``scale`` is a
+never-trained param with no axes: a width-dependent constant the engine derives (attention's 1/d).
 
 Each instruction carries its source span (excluded from equality: a program printed with
 :func:`tensorprog.ir.text.to_text` and parsed again compares equal). A Nonlin's functions are in
@@ -58,6 +58,7 @@ from fractions import Fraction
 from functools import cached_property
 
 from ..errors import Span, UsageError
+from .ddot import DDOT, ddot_dim
 from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
@@ -66,12 +67,11 @@ from .spread import SPREAD, other_dim
 from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
-#: a later key has none of its own), Swin's offset in a window (``windows``).
-RELATIVE_KINDS = ("relative", "causal_relative", "windows")
+#: a later key has none of its own), Swin's offset in a window, LeViT's (|dy|, |dx|) on a grid.
+RELATIVE_KINDS = ("relative", "causal_relative", "windows", "grid_offsets")
 INPUT_KINDS = ("vector", "tokens", "positions", "axial", "image", "patches", *RELATIVE_KINDS,
                "offsets")
-#: built inside, not passed to forward
-BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")
+BUILT_KINDS = ("positions", "axial", *RELATIVE_KINDS, "offsets")  #: built inside, not fed
 ONE_HOT_KINDS = ("tokens", "positions", "axial", *RELATIVE_KINDS)  # W @ one: a lookup, fan-in 1
 #: The largest size (a base width, a dim at the base width) and integer factor a program may
 #: hold: 2**53, the largest integer a float represents exactly (later stages compute in floats).
@@ -166,12 +166,11 @@ class Input:
     of ``seq`` positions (``tokens``, a one-hot vector per token), the positions 0..seq-1
     themselves (``positions``, one-hot over ``dim`` = ``seq``; not passed to forward), the
     distance bucket of every (query, key) pair of the ``seq`` tokens (``relative`` and
-    ``causal_relative``: one-hot over the ``dim`` buckets, T5's; not passed to forward), or an
-    image with ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows
-    (``windows``), a window's offsets' 2 coordinates (``offsets``), or the positions of
-    ``seq`` laid out on a grid and read along one of its axes (``axial``: position t's
-    coordinate (t // ``stride``) mod ``dim``, one-hot over ``dim``; Reformer's axial position
-    embeddings). Sequences: sequences.py."""
+    ``causal_relative``: one-hot over the ``dim`` buckets, T5's, not passed to forward; with a
+    ``reach``, the softmax keeps the keys fewer than reach tokens away: LongT5's), an image with
+    ``dim`` channels at every pixel of ``spatial`` (``image``), Swin's windows (``windows``), a
+    window's offsets' 2 coordinates (``offsets``), positions on a grid read along one axis
+    (``axial``: (t // ``stride``) mod ``dim``, one-hot: Reformer's), or LeViT's ``grid_offsets``."""
 
     name: str
     dim: str
@@ -180,7 +179,9 @@ class Input:
     seq: str | None = None
     spatial: tuple[str, str] | None = None  # an image's finite height and width dims
     window: tuple | None = None  # windows: the grid's height, width dims, shift, mask
-    stride: int | None = None  # axial: the positions one step along the axis spans
+    stride: int | None = None  # axial's positions one step spans; grid_offsets' subsampling
+    queries: str | None = None  # grid_offsets: the queries' sequence, the keys' grid subsampled
+    reach: int | None = None  # relative: the keys its softmax keeps are fewer than reach away
 
 
 @dataclass(frozen=True)
@@ -292,8 +293,8 @@ class Nonlin:
     over: str | None = None  # a norm's head dim (QK-norm); spread's dh; part's d; cat's D
     # dwconv's geometry (MatMul.geometry's); None: stride 1, padded by half the kernel
     geometry: Geometry | None = None
-    # part's i, shift's k, place's k, pick's ids, tconv's p (its first tap's tokens back)
-    index: int | tuple[int, ...] | None = None
+    index: int | tuple[int, ...] | None = None  # part's i, shift/place's k, pick's ids, tconv's p
+    heads: str | None = None  # cat's head dim: D in heads of it, each the parts' heads in turn
 
     @property
     def operands(self) -> tuple[str, ...]:
@@ -535,7 +536,7 @@ class Program:
                               heads_dim(table, dims[ins.left], dims[ins.right])):
                         if g is not None:
                             table.setdefault(g.name, g)
-            if isinstance(ins, Nonlin) and ins.fn == SSD and dims.get(ins.out):  # ir/ssd.py
+            if isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT) and dims.get(ins.out):
                 h = heads_dim(table, *split_heads_dim(dims[ins.out]))
                 table.update({h.name: h} if h is not None else {})
             if isinstance(ins, Delta) and ins.head and {ins.dim, ins.head} <= table.keys():
@@ -604,8 +605,7 @@ class Program:
 
     @property
     def has_tokens(self) -> bool:
-        """Whether some value runs over a sequence: token or position inputs, or an image's
-        pixels read as tokens (``tokens(h, T)``)."""
+        """Whether some value runs over a sequence (token or position inputs, ``tokens(h, T)``)."""
         return self.seq is not None or any(isinstance(i, Relayout) and i.seq is not None
                                            for i in self.body)
 
@@ -647,8 +647,9 @@ class Program:
                 dims[ins.out] = dims[ins.arg]
             elif isinstance(ins, Prepend) or isinstance(ins, Relayout) and ins.merge:
                 dims[ins.out] = getattr(ins, "merge", None) or dims[ins.arg]
-            elif isinstance(ins, Nonlin) and ins.fn == SSD:  # over the values' heads (ir/ssd.py)
-                dims[ins.out] = ssd_dim(declared, ins.args[1:2] and dims.get(ins.args[1]), ins)
+            elif isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT):  # ir/ssd.py, ir/ddot.py
+                dims[ins.out] = (ddot_dim(dims, ins) if ins.fn == DDOT else ssd_dim(
+                    declared, ins.args[1:2] and dims.get(ins.args[1]), ins))
             elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
@@ -684,9 +685,8 @@ class Program:
     @cached_property
     def _uses(self) -> dict[str, list[Instruction]]:
         table: dict[str, list[Instruction]] = {}
-        for ins in self.body:
-            for name in dict.fromkeys(_mentions(ins)):
-                table.setdefault(name, []).append(ins)
+        for ins, name in ((i, m) for i in self.body for m in dict.fromkeys(_mentions(i))):
+            table.setdefault(name, []).append(ins)
         return table
 
     def uses(self, name: str) -> list[Instruction]:

@@ -23,11 +23,14 @@ changes; :func:`check_sequences` refuses the rest, with the instruction's span.
 from __future__ import annotations
 
 from ..errors import Collector
+from .ddot import DDOT, ddot_sequences
 from .functions import AT, CAT, PLACE, SHIFT, TCONV
 from .program import (
     RELATIVE_KINDS,
     Delta,
     Dot,
+    LinComb,
+    MatMul,
     Mean,
     Mix,
     Nonlin,
@@ -49,13 +52,36 @@ def _show(tag: Tag) -> str:
     return f"the token pairs ({tag[0]}, {tag[1]})"
 
 
+def _check_dot(ins, ops: list[Tag], problem) -> Tag:
+    """A per-head dot's token pairs: its query's tokens, its key's."""
+    q, k = ops
+    if len(q) != 1 or len(k) != 1:
+        problem("a per-head dot pairs query and key tokens, but its arguments run "
+                f"over {_show(q)} and {_show(k)}", ins,
+                "build queries and keys as vectors per token (e.g. Wq @ h), not from "
+                "attention logits")
+        return ()
+    return (q[0], k[0])
+
+
+def _check_mix(ins, ops: list[Tag], problem) -> Tag:
+    """mix(p, v)'s tokens: the weights' queries, once the values run over their keys."""
+    p, v = ops
+    if len(p) != 2 or v != p[1:]:
+        problem("mix(p, v) sums the values over the key tokens of the weights "
+                f"p, {_show(p)}, but the values run over {_show(v)}", ins,
+                "take keys and values from the same sequence: in cross-attention "
+                "both read the encoder's output")
+    return p[:1]
+
+
 def value_sequences(program: Program, errors: Collector | None = None) -> dict[str, Tag]:
     """The sequence tag of every value; with ``errors``, each instruction that combines values
     of different sequences (or masks a cross-attention causally) is reported there."""
     tags: dict[str, Tag] = {}
     for i in program.inputs:
-        tags[i.name] = (() if i.seq is None else (i.seq, i.seq) if i.kind in RELATIVE_KINDS
-                        else (i.seq,))
+        tags[i.name] = (() if i.seq is None else (i.queries or i.seq, i.seq)
+                        if i.kind in RELATIVE_KINDS else (i.seq,))
     tags.update({p.name: () for p in program.params})
 
     def problem(message: str, ins, help_: str) -> None:
@@ -69,29 +95,16 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             continue
         ops = [tags.get(o, ()) for o in ins.operands]
         if isinstance(ins, Dot) and ins.over is not None:
-            q, k = ops
-            if len(q) != 1 or len(k) != 1:
-                problem("a per-head dot pairs query and key tokens, but its arguments run "
-                        f"over {_show(q)} and {_show(k)}", ins,
-                        "build queries and keys as vectors per token (e.g. Wq @ h), not from "
-                        "attention logits")
-                tags[ins.out] = ()
-                continue
-            tags[ins.out] = (q[0], k[0])
+            tags[ins.out] = _check_dot(ins, ops, problem)
             continue
         if isinstance(ins, Mix):
-            p, v = ops
-            if len(p) != 2 or v != p[1:]:
-                problem("mix(p, v) sums the values over the key tokens of the weights "
-                        f"p, {_show(p)}, but the values run over {_show(v)}", ins,
-                        "take keys and values from the same sequence: in cross-attention "
-                        "both read the encoder's output")
-                tags[ins.out] = p[:1]
-                continue
-            tags[ins.out] = p[:1]
+            tags[ins.out] = _check_mix(ins, ops, problem)
             continue
         if isinstance(ins, Delta):
             tags[ins.out] = _check_delta(ins, ops, problem)
+            continue
+        if merged_softmax(ins, ops):
+            tags[ins.out] = _check_merged(program, ins, ops, problem)
             continue
         if isinstance(ins, Prepend):
             tags[ins.out] = (ins.seq,)
@@ -110,6 +123,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             continue
         if isinstance(ins, Nonlin) and ins.fn == SSD:  # a recurrence on token pairs: ir/ssd.py
             tags[ins.out] = ssd_sequences(ins, ops, _show, problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == DDOT:  # token pairs of one sequence: ir/ddot.py
+            tags[ins.out] = ddot_sequences(ins, ops, _show, problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]
@@ -168,11 +184,44 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
     return tags
 
 
+def merged_softmax(ins, ops: list[Tag]) -> bool:
+    """Whether ``ins`` is a softmax over two sets of attention logits (``softmax(a, b)``,
+    lower_sink.py), rather than one or one with a sink (a param, over no sequence)."""
+    return (isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax")
+            and len(ops) == 2 and len(ops[0]) == 2 and len(ops[1]) == 2)
+
+
+def causal_parts(ins: Nonlin, ops: list[Tag]) -> tuple[bool, bool]:
+    """Which of a merged softmax's two logit sets its causal mask applies to: those pairing
+    the queries' sequence with itself (the decoder's own keys), none for ``softmax``."""
+    causal = ins.fn == "causal_softmax"
+    return tuple(causal and t[0] == t[1] for t in ops)  # type: ignore[return-value]
+
+
+def _check_merged(program: Program, ins: Nonlin, ops: list[Tag], problem) -> Tag:
+    """One softmax over two sets of keys for the same queries: the logits' queries of one
+    sequence, their keys of two different ones (two sets over the same keys would count each
+    key twice), and ``causal_softmax`` only where one set holds the queries' own keys, which it
+    masks. Its tag: the first set's pairs, whose keys its weights are on."""
+    (qa, ka), (qb, kb) = ops
+    if qa != qb or ka == kb:
+        problem(f"{ins.fn}(a, b) is one softmax over the keys of a and of b for the same "
+                f"queries, but a runs over {_show(ops[0])} and b over {_show(ops[1])}", ins,
+                "take both from the same queries, their keys from two different sequences: "
+                "dot(q, k, dh) over the queries' own tokens, dot(q, kc, dh) over another's")
+    elif ins.fn == "causal_softmax" and not any(causal_parts(ins, ops)):
+        problem("causal_softmax masks later keys of the queries' own sequence, but neither "
+                f"set of logits pairs {qa}'s tokens with themselves", ins,
+                "keys of another sequence are all seen: use softmax(a, b)")
+    return ops[0]
+
+
 def _check_delta(ins: Delta, ops: list[Tag], problem) -> Tag:
     """The delta rule runs over the tokens of one sequence, in order (a recurrence: token t
     reads the state after tokens 1..t): its dots pair that sequence's tokens with themselves
     and b and g are vectors per token of it. Its tag: the dots' pairs."""
-    sq, sk, b, g = ops
+    sq, sk, b = ops[:3]
+    g = ops[3] if len(ops) > 3 else ()  # delta(sq, sk, b): no decay per head
     seq = sq[:1]
     if len(sq) != 2 or sq[0] != sq[1] or sk != sq:
         problem("delta is a recurrence over the tokens of one sequence (each token reads the "
@@ -334,3 +383,38 @@ def prepended(program: Program, seq: str) -> tuple[str, int] | None:
 def check_sequences(program: Program, errors: Collector) -> None:
     """Report in ``errors`` every instruction that mixes sequences (see the module)."""
     value_sequences(program, errors)
+    check_reaches(program, errors)
+
+
+def check_reaches(program: Program, errors: Collector) -> None:
+    """A relative input with a reach (``relative[T, B, r]``, LongT5's band of keys) is also a
+    mask: the emitted module sets the logits of keys r or more tokens away to -inf before the
+    softmax whose logits sum its bias (found from the softmax back through sums alone). Its
+    bias ``R @ rel`` must therefore reach a softmax's logits through sums alone, and a softmax
+    read one reach: anything else would compute the attention over every key, silently."""
+    reach = {i.name: i.reach for i in program.inputs if i.reach is not None}
+    if not reach:
+        return
+    carries = {name: {r} for name, r in reach.items()}  # a value summing a reach's bias
+    for ins in program.body:
+        if isinstance(ins, MatMul) and ins.arg in reach:
+            carries[ins.out] = {reach[ins.arg]}
+            continue
+        read = [o for o in ins.operands if o in carries]
+        if not read:
+            continue
+        got = set().union(*(carries[o] for o in read))
+        softmax = isinstance(ins, Nonlin) and ins.fn in ("softmax", "causal_softmax")
+        if isinstance(ins, LinComb) or softmax and read == [ins.args[0]]:
+            if len(got) > 1:
+                errors.error(f"{ins.fn if softmax else 'this sum'} adds relative biases of "
+                             f"reaches {sorted(got)}: one softmax keeps the keys of one reach",
+                             ins.span, "give the relative inputs of these logits one reach")
+            if isinstance(ins, LinComb):
+                carries[ins.out] = got
+            continue
+        errors.error(f"a relative bias of reach {min(got)} read other than summed into "
+                     "attention logits that a softmax reads (the reach masks the keys r or more "
+                     "tokens away in that softmax only)", ins.span,
+                     "add R @ rel to the logits and take their softmax directly: "
+                     "softmax(tau * dot(q, k, dh) + R @ rel)")

@@ -77,6 +77,7 @@ def render_instruction(ins: Instruction, show=str) -> str:
     elif isinstance(ins, Nonlin):
         args = [show(a) for a in ins.args]
         args += [ins.over] if ins.over is not None else []
+        args += [ins.heads] if ins.heads is not None else []  # cat(a, b, D, dv): per head
         g = ins.geometry  # dwconv of another geometry than stride 1, padded by half
         args += [str(i) for i in (g.stride, *g.pads, g.dilation)] if g is not None else []
         idx = ins.index if isinstance(ins.index, tuple) else () if ins.index is None else (
@@ -114,6 +115,10 @@ def render_input(i: Input) -> str:
         h, w, shift, mask = i.window  # the mask written where it is not Swin's 100
         shown = (h, w, shift) if mask == 100 else i.window
         return f"input {i.name} : windows[{i.seq}, {i.dim}, {', '.join(map(str, shown))}]"
+    if i.kind == "grid_offsets" and i.queries:  # LeViT's subsampling attention's
+        return f"input {i.name} : grid_offsets[{i.queries}, {i.seq}, {i.dim}, {i.stride}]"
+    if i.reach is not None:
+        return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}, {i.reach}]"
     if i.kind in (*RELATIVE_KINDS, "offsets"):
         return f"input {i.name} : {i.kind}[{i.seq}, {i.dim}]"
     return f"input {i.name} : [{i.dim}]"

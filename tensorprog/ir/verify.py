@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
+from .ddot import DDOT, verify_ddot
 from .functions import (
     AT,
     CAT,
@@ -22,6 +23,7 @@ from .functions import (
     SPREAD,
     TCONV,
 )
+from .heads import cat_heads_error
 from .program import (
     INPUT_KINDS,
     ONE_HOT_KINDS,
@@ -102,6 +104,7 @@ _MOVES = {
     RMS: lambda p, ins, ops, key, errors: _verify_rms(p, ins, ops[0], errors),
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
     SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
+    DDOT: verify_ddot,
 }
 
 
@@ -529,11 +532,16 @@ def _verify_cat(program: Program, ins: Nonlin, ops: list, errors: Collector) -> 
                      "dim, or each of a dim proportional to the width, and D the dim of their "
                      "sizes summed", ins.span)
         return None
+    why = ins.heads and (ins.heads not in dims and f"{ins.heads} is no declared dim" or
+                         cat_heads_error(parts, d, dims[ins.heads], program.width.base))
+    if why:
+        errors.error(f"cat(..., {ins.over}, {ins.heads}): {why}", ins.span)
+        return None
     return ins.over
 
 
 def _verify_cat_products(program: Program, errors: Collector) -> None:
-    """A product (``mul``, ``dwconv``) or ``dot`` of two vectors built, coordinate by
+    """A product (``mul``, ``dwconv``), ``dot`` or ``ddot`` of vectors built, coordinate by
     coordinate, from different concatenations (``cat``): the engine takes a concatenation to be
     as large as its largest part (its RMS), which a product of two such vectors is only where
     their largest parts meet; built from different ones (``cat(a, b, D) * cat(b, a, D)``) they
@@ -544,16 +552,16 @@ def _verify_cat_products(program: Program, errors: Collector) -> None:
         for ins in program.body:
             if isinstance(ins, Nonlin) and ins.fn == CAT:
                 origin[ins.out] = frozenset((ins.out,))
-            elif isinstance(ins, (MatMul, Dot)):
+            elif isinstance(ins, (MatMul, Dot)) or isinstance(ins, Nonlin) and ins.fn == DDOT:
                 origin[ins.out] = frozenset()
             else:
                 ops = (ins.values,) if isinstance(ins, Mix) else ins.operands
                 ops = (*ops, ins.back) if isinstance(ins, Stream) else ops
                 origin[ins.out] = frozenset().union(*(origin.get(o, frozenset()) for o in ops))
     for ins in program.body:
-        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in PRODUCTS:
+        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in (*PRODUCTS, DDOT):
             sides = [origin.get(o, frozenset()) for o in ins.operands]
-            if len(sides) == 2 and all(sides) and sides[0] != sides[1]:
+            if len({s for s in sides if s}) > 1:  # two factors of different concatenations
                 errors.error("a product of two vectors built from different concatenations "
                              f"({', '.join(sorted(sides[0] | sides[1]))}): each is as large as "
                              "its largest part, and their product is only where those parts "
@@ -586,11 +594,20 @@ def _verify_arity(program: Program, ins: Nonlin, errors: Collector) -> None:
     arity = (2,) if ins.fn in PRODUCTS else (1, 2) if ins.fn in SOFTMAXES else (1,)
     if ins.fn not in (*PRODUCTS, *FUNCTIONS) or len(ins.args) not in arity:
         errors.error(f"unknown function {ins.fn}/{len(ins.args)}", ins.span)
-    elif ins.fn in SOFTMAXES and len(ins.args) == 2 and (
+    elif ins.fn in SOFTMAXES and len(ins.args) == 2 and not _merged_logits(program, ins) and (
             ins.args[1] not in program.param_table
             or len(program.param_table[ins.args[1]].shape) != 1):
         errors.error(f"{ins.fn} with a sink: attention logits, then a vector param with one "
-                     "logit per head", ins.span)
+                     "logit per head, or attention logits of the same heads over other keys",
+                     ins.span)
+
+
+def _merged_logits(program: Program, ins: Nonlin) -> bool:
+    """A softmax's second argument that is logits as its first is (computed, of the same
+    dim: the same heads), over another sequence's keys (ir/sequences.py checks which)."""
+    a, b = ins.args
+    dims = program.value_dims
+    return b not in program.param_table and dims.get(b) is not None and dims.get(b) == dims.get(a)
 
 
 def _verify_route(ins: Route, ops: list, dims: dict, key, errors: Collector) -> str | None:

@@ -6,22 +6,33 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..errors import Collector
+from .ddot import DDOT
 from .delta import Delta
 from .functions import MUL
 from .program import Dot, Mix, Nonlin, Program, split_heads_dim
 
 _USAGE = ("write p = delta(tau * dot(q, k, dk), kap * dot(k, k, dk), b, g) and o = mix(p, v, dv): "
-          "b and g one number per head and token (b = sigmoid(Wb @ h), g <= 0)")
+          "b and g one number per head and token (b = sigmoid(Wb @ h), g <= 0); with a decay per "
+          "key channel, delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, g, dk), b)")
 
 
 def _dot(program: Program, name: str) -> Dot | None:
-    """The per-head dot ``name`` is, alone or times scales (``tau * dot(q, k, dk)``)."""
+    """The per-head dot ``name`` is, alone or times scales (``tau * dot(q, k, dk)``): a Dot,
+    or a ``ddot(q, k, g, dk)`` read as the Dot of its q and k (its decay: :func:`_decay`)."""
     ins = program.producer.get(name)
     if isinstance(ins, Nonlin) and ins.fn == MUL:
         table = program.param_table
         rest = [a for a in ins.args if a not in table or not table[a].is_scale]
         ins = program.producer.get(rest[0]) if len(rest) == 1 else None
+    if isinstance(ins, Nonlin) and ins.fn == DDOT and len(ins.args) == 3:
+        ins = Dot(ins.out, ins.args[0], ins.args[1], ins.span, ins.over)
     return ins if isinstance(ins, Dot) and ins.over is not None else None
+
+
+def _decay(program: Program, dot: Dot) -> str | None:
+    """The decay per key channel of a ``ddot`` read as ``dot`` (None: a plain dot)."""
+    ins = program.producer.get(dot.out)
+    return ins.args[2] if isinstance(ins, Nonlin) and ins.fn == DDOT else None
 
 
 def verify_delta(program: Program, ins: Delta, ops: list, key, errors: Collector) -> str | None:
@@ -50,6 +61,13 @@ def verify_delta(program: Program, ins: Delta, ops: list, key, errors: Collector
                      f"state's update (I - b k kᵀ) reads each key against the earlier ones; "
                      f"got {what}", ins.span, _USAGE)
         return None
+    if _decay(program, sq) != _decay(program, sk):
+        errors.error(f"delta's dots must be decayed alike: the state's decay per key channel "
+                     f"weighs the scores and the keys' products the same, but they read "
+                     f"{_decay(program, sq) or 'none'} and {_decay(program, sk) or 'none'}",
+                     ins.span, "write delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, g, dk), "
+                     "b) with one g")
+        return None
     heads = ops[0]
     if ins.head is not None:  # grouped: the values' heads, a whole number r per key head
         heads = program.value_dims[ins.out]
@@ -62,7 +80,9 @@ def verify_delta(program: Program, ins: Delta, ops: list, key, errors: Collector
                          f"{heads} must be a whole, fixed number of the dots' heads {ops[0]}",
                          ins.span, _USAGE)
             return None
-    for name, dim, what in ((ins.beta, ops[2], "b"), (ins.decay, ops[3], "g")):
+    for name, dim, what in ((ins.beta, ops[2], "b"), (ins.decay, ops[3:4] and ops[3], "g")):
+        if name is None:  # delta(sq, sk, b): no decay per head
+            continue
         if dim is None or heads is None or key(dim) != key(heads):
             count = split_heads_dim(heads or "")
             errors.error(f"delta's {what} ({name}) must have one entry per head of the dots, "

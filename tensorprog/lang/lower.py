@@ -36,9 +36,10 @@ from ..ir.program import (
 from ..ir.verify import verify
 from .ast import Stmt
 from .lower_at import offsets_input
-from .lower_axial import axial_input
+from .lower_axial import axial_input, grid_input
 from .lower_expr import FUNCTIONS, ExpressionLowering
 from .lower_first import mark_tokens
+from .lower_reach import reach_input
 from .pending import Matrix, Scalar, Vec
 
 
@@ -481,14 +482,12 @@ class _Lowering(ExpressionLowering):
             self.pixels[st.name] = (dims[1].size, dims[2].size)
 
     def stmt_sequence_input(self, st: Stmt) -> None:
-        if st.value[0] == "image":
-            return self.stmt_image_input(st)
-        if st.value[0] == "windows":
-            return self.stmt_windows_input(st)
-        if st.value[0] == "offsets":
-            return offsets_input(self, st)
-        if st.value[0] == "axial":
-            return axial_input(self, st)
+        kind = st.value[0] + ("_reach" if st.value[0] == "relative" and len(st.value) > 3 else "")
+        own = {"image": self.stmt_image_input, "windows": self.stmt_windows_input}
+        apart = {"offsets": offsets_input, "axial": axial_input, "relative_reach": reach_input,
+                 "grid_offsets": grid_input}
+        if kind in own or kind in apart:  # lower_at.py, lower_axial.py, lower_reach.py
+            return own[kind](st) if kind in own else apart[kind](self, st)
         kind, seq_tok, *rest = st.value
         dims = [self.dim_ref(t, self.tok_span(t)) for t in (seq_tok, *rest)]
         if any(d is None for d in dims):

@@ -12,13 +12,15 @@ GROUP_NORMS = ("layernorm", "rmsnorm", "groupnorm")  # over each head, or group,
 
 def arity_fits(low, node: Call) -> bool:
     """Whether the call has one of its function's numbers of arguments; if not, says which."""
-    arity = {"dot": (2, 3), "mix": (2, 3, 4), "delta": (4, 6), **dict.fromkeys(GROUP_NORMS, (1, 2)),
-             **dict.fromkeys(SINKS, (1, 2))}.get(node.fn, (1,))
+    arity = {"dot": (2, 3), "mix": (2, 3, 4), "delta": (3, 4, 6),
+             **dict.fromkeys(GROUP_NORMS, (1, 2)), **dict.fromkeys(SINKS, (1, 2))}.get(
+                 node.fn, (1,))
     if len(node.args) not in arity:
         usage = {"dot": "dot(u, v) or dot(q, k, dh)",
                  "mix": "mix(p, v), mix(p, v, dv) or mix(p, v, dv, D)",
                  "delta": "delta(tau * dot(q, k, dk), kap * dot(k, k, dk), b, g), or with values "
-                          "in heads of their own, delta(sq, sk, b, g, dv, D)",
+                          "in heads of their own, delta(sq, sk, b, g, dv, D), or with dots "
+                          "decayed per key channel, delta(sq, sk, b)",
                  **{f: f"{f}(s) or {f}(s, z) with a sink z" for f in SINKS}}.get(
             node.fn, f"{node.fn}(h) or {node.fn}(q, dh)" if len(arity) > 1 else
             f"{node.fn}(h)")

@@ -15,12 +15,14 @@ such a concatenation is the sum of its column blocks, which the program writes a
 from __future__ import annotations
 
 from ..ir.functions import CAT
+from ..ir.heads import cat_heads_error
 from ..ir.program import Dim, Nonlin
 from .ast import Call
 
 _USAGE = ("write cat(a, b, D): vectors a and b of finite dims (`dim da = 256`, `dim db = 256`), "
           "or both growing with the width (`dim da = n / 4`, `dim db = 3 * n / 4`), and D the "
-          "declared dim of their sizes summed (`dim D = 512`, `dim D = n`)")
+          "declared dim of their sizes summed (`dim D = 512`, `dim D = n`); cat(a, b, D, dv) "
+          "puts them side by side in each head of dv coordinates")
 
 
 def cat_operands(low, node: Call):
@@ -29,16 +31,27 @@ def cat_operands(low, node: Call):
         low.errors.error(f"cat takes two or more vectors and a dim, got {len(node.args)} "
                          "arguments", node.span, _USAGE)
         return None, None
-    d = node.args[-1]
-    if type(d).__name__ != "Var" or d.name not in low.dims:
+    d, heads = node.args[-1], None
+    if _is_dim(low, node.args[-2]) and _is_dim(low, d) and len(node.args) >= 4:
+        d, heads = node.args[-2], d.name  # cat(a, b, D, dv): side by side in each head of dv
+    if not _is_dim(low, d):
         low.errors.error("the last argument of cat must be a declared dim (the concatenation's "
                          "coordinates)", d.span, _USAGE)
         return None, None
-    return node.args[:-1], (CAT, d.name)
+    return node.args[: -1 - (heads is not None)], (CAT, (d.name, heads))
 
 
-def lower_cat(low, node: Call, args: list, d: str, vec: type):
-    """The Nonlin ``cat`` of a call, or None (errors reported)."""
+def _is_dim(low, arg) -> bool:
+    return type(arg).__name__ == "Var" and arg.name in low.dims
+
+
+def lower_cat(low, node: Call, args: list, state: tuple[str, str | None], vec: type):
+    """The Nonlin ``cat`` of a call, or None (errors reported): with a head dim dv
+    (``cat(a, b, D, dv)``), D's coordinates in heads of dv, each head a's heads' coordinates
+    then b's (torch's ``torch.cat([a, b], -1)`` of (..., H, d) views: DiffLlama's two
+    attention outputs side by side in each head). A permutation of the plain cat's
+    coordinates, so every rule of the engine is the plain cat's."""
+    d, heads = state
     if any(a is None for a in args):
         return None
     dims = low.dims
@@ -82,6 +95,11 @@ def lower_cat(low, node: Call, args: list, d: str, vec: type):
                              f"{total} coordinates in all, {d} has {dims[d].expr('n')}",
                              node.span, f"declare `dim {d} = {total}`")
             return None
+    why = heads and cat_heads_error([dims[a.dim] for a in args], dims[d], dims[heads],
+                                      low.width.base if low.width else 1)
+    if why:
+        low.errors.error(f"cat(..., {d}, {heads}): {why}", node.span, _USAGE)
+        return None
     names = tuple(low.name_of(a, node.span) for a in args)
-    out = low.emit(Nonlin(low.fresh(low.target), CAT, names, node.span, d), d)
+    out = low.emit(Nonlin(low.fresh(low.target), CAT, names, node.span, d, heads=heads), d)
     return low.vec(out, d)

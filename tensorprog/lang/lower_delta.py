@@ -3,11 +3,13 @@ attention as Gated DeltaNet computes it; ir/delta.py has the meaning).
 
 sq and sk are per-head dots, ``tau * dot(q, k, dk)`` and ``kap * dot(k, k, dk)`` (the keys with
 themselves); b and g are vectors with one entry per head, per token: the write strength
-``b = sigmoid(Wb @ h)`` and the log of the decay, ``g <= 0``. The result is read by
-``mix(p, v, dv)``. ``delta(sq, sk, b, g, dv, D)``: the values (of dim D, in heads of dv) have r
-times the dots' heads, each query/key head serving r consecutive value heads (Qwen3-Next's 16
-key heads and 32 value heads); b and g then have the values' heads, r finite. The checks on
-which dots these are run in the verifier (ir/verify_delta.py), positioned at this call.
+``b = sigmoid(Wb @ h)`` and the log of the decay, ``g <= 0``. ``delta(sq, sk, b)`` has no decay
+per head: with dots decayed per key channel, ``ddot(q, k, g, dk)`` (Kimi Delta Attention). The
+result is read by ``mix(p, v, dv)``. ``delta(sq, sk, b, g, dv, D)``: the values (of dim D, in
+heads of dv) have r times the dots' heads, each query/key head serving r consecutive value heads
+(Qwen3-Next's 16 key heads and 32 value heads); b and g then have the values' heads, r finite.
+The checks on which dots these are run in the verifier (ir/verify_delta.py), positioned at this
+call.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def lower_delta(low, node: Call, args: list, over, vec: type):
         low.errors.error("delta needs the two dots and the vectors b and g, got a constant",
                          node.span, _USAGE)
         return None
-    sq, sk, b, g = args
+    sq, sk, b = args[:3]
+    g = args[3] if len(args) > 3 else None  # delta(sq, sk, b): no decay per head
     if sq.dim not in low.heads_dims or sk.dim != sq.dim:
         low.errors.error(f"delta's first two arguments are per-head dots over one head dim, got "
                          f"{low.dim_text(sq.dim)} and {low.dim_text(sk.dim)}", node.span, _USAGE)
@@ -78,6 +81,8 @@ def lower_delta(low, node: Call, args: list, over, vec: type):
             return None
     heads = low.heads_dims[out]
     for what, v in (("b", b), ("g", g)):
+        if v is None:
+            continue
         if v.dim is None or v.dim in low.heads_dims or low.dims[v.dim].key() != heads.key():
             count = heads.expr(low.width.name if low.width else "n")
             low.errors.error(f"delta's {what} must have one entry per {'value ' * bool(over)}"
@@ -85,7 +90,7 @@ def lower_delta(low, node: Call, args: list, over, vec: type):
                              f"declare the heads, `dim H = {count}`, and compute {what} of it, "
                              "e.g. sigmoid(Wb @ h) with `param Wb : [H, n]`")
             return None
-    names = [low.name_of(a, node.span) for a in args]
+    names = [low.name_of(a, node.span) for a in args] + [None] * (4 - len(args))
     head, dim = over if over is not None else (None, None)
     made = low.emit(Delta(low.fresh(low.target), *names, node.span, head, dim), out)
     return low.vec(made, out)

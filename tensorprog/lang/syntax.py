@@ -132,12 +132,21 @@ class ToAst(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def input_relative(self, meta, c):
-        return Stmt("input", str(c[0]), ("relative", c[1], c[2]), self.span(meta),
+        # relative[T, B, r]: the reach r is a number of tokens, not a dim
+        reach = () if len(c) < 4 or c[3] is None else (int(c[3]),)
+        return Stmt("input", str(c[0]), ("relative", c[1], c[2], *reach), self.span(meta),
                     self.span(c[0]))
 
     @v_args(meta=True)
     def input_causal_relative(self, meta, c):
         return Stmt("input", str(c[0]), ("causal_relative", c[1], c[2]), self.span(meta),
+                    self.span(c[0]))
+
+    @v_args(meta=True)
+    def input_grid_offsets(self, meta, c):
+        # grid_offsets[T, B] or [S, T, B, s]: the stride s is a number of tokens, not a dim
+        rest = (*c[1:4], int(c[4])) if len(c) > 3 else tuple(c[1:3])
+        return Stmt("input", str(c[0]), ("grid_offsets", *rest), self.span(meta),
                     self.span(c[0]))
 
     @v_args(meta=True)

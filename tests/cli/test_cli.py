@@ -260,6 +260,7 @@ def test_a_full_stdout_is_a_clear_error(capsys, monkeypatch, argv):
     assert code == 2 and err.startswith("error: cannot write the output: No space left")
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_closed_and_full_stdout_of_a_real_process():
     """The interpreter's own final flush must not fail again after the message."""
     with _closed_pipe() as stdout:

@@ -56,6 +56,18 @@ def test_delta_helper_equals_the_recurrence_on_random_inputs():
     assert (p.triu(1) == 0).all()  # causal: no token reads a later one
 
 
+def test_delta_helper_without_g_is_deltanets_recurrence():
+    """delta(sq, sk, b) (no decay per head, plain dots): DeltaNet's state, never decayed."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64) for _ in "qkv")
+    k = k / k.norm(dim=-1, keepdim=True)
+    b = torch.rand(2, 6, 3, generator=gen, dtype=torch.float64)
+    sq, sk = (torch.einsum("bthd,bshd->bhts", x, k) for x in (q, k))
+    got = torch.einsum("bhts,bshd->bthd", _module()._delta(sq, sk, b), v)
+    want = _recurrence(q, k, v, b, torch.zeros_like(b))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_example_model_mixes_its_values_by_the_recurrence():
     torch.manual_seed(0)
     model = _module().Model(width=32, dtype=torch.float64)

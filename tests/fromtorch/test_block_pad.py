@@ -1,7 +1,8 @@
-"""A pad of a sequence's tokens to a whole number of blocks (LongT5's ``_split_into_blocks``,
-PEGASUS-X's encoder, before block-local attention) is refused at its line as what it is: the
-language's sequences keep their length, and the trace has no form for a sequence cut into
-blocks, though attention within blocks is attention over the sequence under a fixed mask."""
+"""A pad of a sequence's tokens to a whole number of blocks read by anything but block-local
+attention is refused as what it is: a pad of the token vectors themselves (PEGASUS-X's encoder)
+at the pad, the language's sequences keeping their length; a pad of each head's tokens (LongT5's
+``_split_into_blocks``, whose attention test_block_local.py traces) at the first op that is not
+LongT5's (here each block's mean)."""
 
 import pytest
 
@@ -38,12 +39,22 @@ class Blocked(nn.Module):
         return self.head(y.reshape(b, t, n))
 
 
-@pytest.mark.parametrize("heads", [pytest.param(False, marks=pytest.mark.slow), True])
-def test_a_pad_of_the_tokens_to_whole_blocks_is_refused_as_such(heads):
+@pytest.mark.slow
+def test_a_pad_of_the_token_vectors_to_whole_blocks_is_refused_as_such():
     with pytest.raises(
         TensorProgError,
         match=r"test_block_pad.py:\d+:\d+: error: cannot trace a "
         r"pad of a sequence's 6 tokens by 0 before and 2 after \(to 8\): the language's "
-        r"sequences keep their length. \(LongT5 and PEGASUS-X pad to whole blocks",
+        r"sequences keep their length. \(PEGASUS-X pads its encoder's token vectors",
     ):
-        from_torch(lambda n: Blocked(n, heads), WIDTHS, _tokens)
+        from_torch(lambda n: Blocked(n, False), WIDTHS, _tokens)
+
+
+def test_each_heads_tokens_padded_to_whole_blocks_and_read_otherwise_is_refused_there():
+    with pytest.raises(
+        TensorProgError,
+        match=r"test_block_pad.py:\d+:\d+: error: cannot trace the op mean of a sequence's 6 "
+        r"tokens padded by 2 zero tokens to 8 \(whole blocks, as LongT5's block-local "
+        r"attention pads them\)",
+    ):
+        from_torch(lambda n: Blocked(n, True), WIDTHS, _tokens)

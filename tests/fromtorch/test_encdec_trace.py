@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tensorprog as tp
+from tensorprog import TensorProgError
 from tensorprog.fromtorch import MuP, from_torch
 
 transformers = pytest.importorskip("transformers")
@@ -198,3 +199,29 @@ def test_a_bias_added_in_place_traces_as_added():
     assert "input rel : relative[T, f8]" in plain.source
     assert re.search(r"= attn_\w+ \* dot\(\w+, \w+, n_by2\) \+ \w+\n", plain.source)
     assert in_place.source == plain.source
+
+
+class _BucketsGiven(_Biased):
+    """_Biased whose bucket ids the forward is given: at the example, T5's own."""
+
+    def forward(self, idx, buckets):
+        b, t = idx.shape
+        x = self.e(idx)
+        q, k, v = (z.view(b, t, 2, -1).transpose(1, 2) for z in (self.q(x), self.k(x), x))
+        s = q @ k.transpose(-1, -2) + self.r(buckets).permute(2, 0, 1).unsqueeze(0)
+        return self.o((torch.softmax(s, -1) @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+def test_buckets_given_to_the_forward_are_refused_though_the_example_is_t5s():
+    # the emitted module builds T5's buckets itself: ids fed at each call would be dropped
+    from tensorprog.fromtorch.ops_relative import t5_buckets
+
+    def inputs(m):
+        return torch.zeros(2, 8, dtype=torch.long), t5_buckets(8, 8, 8, True, torch)
+
+    with pytest.raises(TensorProgError, match=r"test_encdec_trace.py:\d+:\d+: error: cannot "
+                       r"trace a lookup of ids given to the forward or computed from its input "
+                       r"buckets, whose example values are T5's relative position buckets"
+                       ) as err:
+        from_torch(_BucketsGiven, (16, 32), inputs)
+    assert "self.r(buckets)" in str(err.value)

@@ -11,6 +11,8 @@ from fractions import Fraction
 import pytest
 from conftest import traced_computes_the_model
 
+import tensorprog as tp
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
@@ -40,8 +42,11 @@ class Focal(nn.Module):
         self.norm = nn.LayerNorm(n)
         self.proj_in = nn.Linear(n, 2 * n + LEVELS + 1)
         self.focal = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(n, n, 2 * k + 3, padding=k + 1, groups=n, bias=False),
-                          nn.GELU()) for k in range(LEVELS))
+            nn.Sequential(
+                nn.Conv2d(n, n, 2 * k + 3, padding=k + 1, groups=n, bias=False), nn.GELU()
+            )
+            for k in range(LEVELS)
+        )
         self.proj_ctx = nn.Conv2d(n, n, 1)
         self.act = nn.GELU()
         self.proj_out = nn.Linear(n, n)
@@ -56,11 +61,11 @@ class Focal(nn.Module):
         for level in range(LEVELS):
             ctx = self.focal[level](ctx)
             if self.form == "transposed":  # each gate read at the transposed pixel: refused
-                ctx_all = ctx_all + ctx * gates[:, level:level + 1].transpose(2, 3)
+                ctx_all = ctx_all + ctx * gates[:, level : level + 1].transpose(2, 3)
             elif self.form == "row":  # the first row's gates for every row: refused
-                ctx_all = ctx_all + ctx * gates[:, level:level + 1, :1]
+                ctx_all = ctx_all + ctx * gates[:, level : level + 1, :1]
             else:
-                ctx_all = ctx_all + ctx * gates[:, level:level + 1]
+                ctx_all = ctx_all + ctx * gates[:, level : level + 1]
         ctx_global = self.act(ctx.mean(2, keepdim=True).mean(3, keepdim=True))
         ctx_all = ctx_all + ctx_global * gates[:, LEVELS:]
         ctx_all = ctx_all / (LEVELS + 1)
@@ -105,8 +110,7 @@ def test_the_gates_rows_take_their_own_adam_eps_as_a_scale_of_their_gradient():
     mup.remove_patches(model)
     plain = _grads(model)
     mup.apply(model)
-    eps = {id(p): g["eps"] for g in mup.param_groups(model, 1e-3, eps=1e-8)
-           for p in g["params"]}
+    eps = {id(p): g["eps"] for g in mup.param_groups(model, 1e-3, eps=1e-8) for p in g["params"]}
     seen = set()
     for name, use, _ in mup._uses(model):
         if use.target not in ("proj_in.weight", "proj_in.bias"):
@@ -133,8 +137,10 @@ def test_apply_at_the_base_width_steps_bit_for_bit_as_the_model():
     report = mup.apply(model)
     assert not any("gradient of" in line for line in report.lines)
     assert mup.grad_scales(model) == {}
-    opts = (torch.optim.Adam(mup.param_groups(model, 1e-2, eps=1e-8)),
-            torch.optim.Adam(own.parameters(), lr=1e-2, eps=1e-8))
+    opts = (
+        torch.optim.Adam(mup.param_groups(model, 1e-2, eps=1e-8)),
+        torch.optim.Adam(own.parameters(), lr=1e-2, eps=1e-8),
+    )
     for _ in range(3):
         for m, opt in zip((model, own), opts, strict=True):
             opt.zero_grad()
@@ -142,6 +148,88 @@ def test_apply_at_the_base_width_steps_bit_for_bit_as_the_model():
             opt.step()
     for (k, p), q in zip(model.named_parameters(), own.parameters(), strict=True):
         assert torch.equal(p, q), k
+
+
+# ``Focal`` at its base width written by hand in the language: the query, the context and the
+# L + 1 gates are params of their own, each gate a [1, n] readout of the pixel
+HAND = """
+width n = 16
+dim C = 3
+dim S = 8
+dim k = 3
+dim T = 16
+dim H = 4
+dim k5 = 5
+dim one = 1
+dim K = 10
+input img : image[C, S, S]
+param E : [n, C, k, k]
+param e : [n]
+param g : [n] = 1
+param b : [n] = 0
+param Wq : [n, n]
+param bq : [n]
+param Wc : [n, n]
+param bc : [n]
+param Wg0 : [one, n]
+param bg0 : [one]
+param Wg1 : [one, n]
+param bg1 : [one]
+param Wg2 : [one, n]
+param bg2 : [one]
+param D0 : [n, k, k]
+param D1 : [n, k5, k5]
+param P : [n, n, one, one]
+param p : [n]
+param Wo : [n, n]
+param bo : [n]
+param R : [K, n]
+param r : [K]
+t = tokens(subsample(E @ img + e), T)
+x = image(g * layernorm(t) + b, H, H)
+c1 = gelu(dwconv(D0, Wc @ x + bc))
+c2 = gelu(dwconv(D1, c1))
+gated = c1 * spread(Wg0 @ x + bg0, n) + c2 * spread(Wg1 @ x + bg1, n)
+ctx = gated + gelu(global_pool(c2)) * spread(Wg2 @ x + bg2, n)
+y = (Wq @ x + bq) * (P @ (0.333333333333 * ctx) + p)
+output logits = R @ mean(t + tokens(Wo @ y + bo, T)) + r
+"""
+TRACED_AS = {  # the traced program's param -> the hand-written one
+    "embed_weight": "E",
+    "embed_bias": "e",
+    "norm_weight": "g",
+    "norm_bias": "b",
+    "proj_in_weight_part0": "Wq",
+    "proj_in_bias_part0": "bq",
+    "proj_in_weight_part1": "Wc",
+    "proj_in_bias_part1": "bc",
+    "proj_in_weight_part32": "Wg0",
+    "proj_in_bias_part32": "bg0",
+    "proj_in_weight_part33": "Wg1",
+    "proj_in_bias_part33": "bg1",
+    "proj_in_weight_part34": "Wg2",
+    "proj_in_bias_part34": "bg2",
+    "focal_0_0_weight": "D0",
+    "focal_1_0_weight": "D1",
+    "proj_ctx_weight": "P",
+    "proj_ctx_bias": "p",
+    "proj_out_weight": "Wo",
+    "proj_out_bias": "bo",
+    "head_weight": "R",
+    "head_bias": "r",
+}
+
+
+def test_the_modulation_written_by_hand_derives_as_the_traced_program():
+    # an independent reading of HF's modulation: the language's spread, dwconv and global_pool
+    # rules on a program written by hand give each param the traced program's (a, b, c) and
+    # Adam eps (the gates' rows a readout's, the query's and context's hidden)
+    hand = tp.derive(tp.parse(HAND), "adam")
+    traced = MuP(_traced("hf"), "adam").derivation
+    assert set(TRACED_AS) == set(traced.abc)
+    for name, mine in TRACED_AS.items():
+        assert (traced.abc[name], traced.eps[name]) == (hand.abc[mine], hand.eps[mine]), name
+    assert hand.abc["Wg0"] == hand.abc["R"] and hand.abc["Wq"] == hand.abc["Wo"]
 
 
 def test_the_probe_reads_the_gates_rows_at_a_width_not_traced():
@@ -157,26 +245,38 @@ def test_the_probe_reads_the_gates_rows_at_a_width_not_traced():
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_a_fused_layer_whose_blocks_need_different_lrs_is_refused(optimizer):
     # no eps to scale: under SGD (and Muon's orthogonalised step) the gates' LR differs
-    with pytest.raises(UsageError, match=r"proj_in.weight is split into row blocks, and µP "
-                       r"gives them different LRs"):
+    with pytest.raises(
+        UsageError,
+        match=r"proj_in.weight is split into row blocks, and µP "
+        r"gives them different LRs",
+    ):
         MuP(_traced("hf"), optimizer)
 
 
 def test_param_groups_refuse_an_l2_decay_or_a_model_apply_did_not_scale():
     mup = MuP(_traced("hf"), "adam")
     model = Focal(2 * WIDTHS[0])
-    with pytest.raises(UsageError, match=r"proj_in.weight: its blocks need different Adam "
-                       r"eps(.|\n)*call mup.apply\(model\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"proj_in.weight: its blocks need different Adam "
+        r"eps(.|\n)*call mup.apply\(model\)",
+    ):
         mup.param_groups(model, 1e-3)
     mup.apply(model)
-    with pytest.raises(UsageError, match=r"coupled \(L2\) weight decay adds λw to the "
-                       r"gradient(.|\n)*decay='decoupled'"):
+    with pytest.raises(
+        UsageError,
+        match=r"coupled \(L2\) weight decay adds λw to the "
+        r"gradient(.|\n)*decay='decoupled'",
+    ):
         mup.param_groups(model, 1e-3, weight_decay=0.1, decay="coupled")
     mup.param_groups(model, 1e-3, weight_decay=0.1, decay="decoupled")
     # a wrapper that swaps the param object (FSDP's) leaves the hook on the old one
     model.proj_in.weight = nn.Parameter(model.proj_in.weight.detach().clone())
-    with pytest.raises(UsageError, match=r"proj_in.weight: .*the model holds another param "
-                       r"object there now"):
+    with pytest.raises(
+        UsageError,
+        match=r"proj_in.weight: .*the model holds another param "
+        r"object there now",
+    ):
         mup.param_groups(model, 1e-3)
 
 
@@ -244,10 +344,10 @@ def test_each_row_block_of_the_fused_layer_takes_its_hand_derived_init_and_lr():
         block, lo = _block(model, use)
         init, rate = _hand(use.target, lo, n)
         assert (mup.init_exp[name], mup.lr_exp[name]) == (init, rate), (use.target, lo)
-        assert lr[id(model.get_parameter(use.target))] == pytest.approx(4.0 ** -rate)
+        assert lr[id(model.get_parameter(use.target))] == pytest.approx(4.0**-rate)
         kind, sigma = mup._base(name, use, None)
         if kind == "normal" and block.numel() >= n:  # rescaled (a few entries are drawn anew)
-            assert float(block.double().std()) == pytest.approx(sigma * 4.0 ** -init, rel=1e-5)
+            assert float(block.double().std()) == pytest.approx(sigma * 4.0**-init, rel=1e-5)
         seen.add((use.target, init))
     assert {("proj_in.weight", 1), ("proj_in.weight", Fraction(1, 2))} <= seen
 
@@ -259,7 +359,7 @@ class SmallGates(Focal):
     def __init__(self, n, form="hf"):
         super().__init__(n, form)
         with torch.no_grad():
-            self.proj_in.weight[2 * n:] *= 0.1
+            self.proj_in.weight[2 * n :] *= 0.1
 
 
 def test_a_block_drawn_apart_from_its_tensor_is_scaled_from_its_own_std():
@@ -273,8 +373,8 @@ def test_a_block_drawn_apart_from_its_tensor_is_scaled_from_its_own_std():
     mup.apply(model)
     law = (3 * WIDTHS[0]) ** -0.5
     w = model.proj_in.weight.detach().double()
-    assert float(w[2 * n:].std()) == pytest.approx(0.1 * law / 4, rel=0.15)
-    assert float(w[:2 * n].std()) == pytest.approx(law / 2, rel=0.05)
+    assert float(w[2 * n :].std()) == pytest.approx(0.1 * law / 4, rel=0.15)
+    assert float(w[: 2 * n].std()) == pytest.approx(law / 2, rel=0.05)
     torch.manual_seed(0)
     base = SmallGates(WIDTHS[0])
     before = {k: v.clone() for k, v in base.state_dict().items()}

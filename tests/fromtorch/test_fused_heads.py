@@ -163,6 +163,7 @@ class Bart(nn.Module):
         return self.out(x)
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_attention_with_batch_and_heads_merged_derives_as_sdpa():
     traced = from_torch(Bart, WIDTHS, _tokens)
     oracle = from_torch(lambda n: Bart(n, sdpa=True), WIDTHS, _tokens)

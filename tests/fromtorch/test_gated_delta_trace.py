@@ -2,9 +2,9 @@
 Qwen3.5, Qwen3-Next, OLMo-hybrid) traces as the language's ``delta`` read by ``mix``: q and k
 rmsnorm'd per head, sq = dk^-3/2 · dot(q, k, dk), sk = dk^-1 · dot(k, k, dk), grouped value
 heads as delta(..., dv, D). Oracle: the traced program computes the model (the kernel computes
-in float32 and puts its eps on the sum of squares, rmsnorm on the mean: compared at 1e-5 of the
-output). Anything but the whole-sequence form (a state in or out, the decode step, keys not
-normalised in the kernel) is refused at its line."""
+in float32: compared at 1e-5 of the output; its eps, 1e-6 on the sum of squares, traced exactly
+as rmsnorm(sqrt(dk) * q, dk)). Anything but the whole-sequence form (a state in or out, the
+decode step, keys not normalised in the kernel) is refused at its line."""
 
 from __future__ import annotations
 

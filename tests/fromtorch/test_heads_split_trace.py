@@ -3,8 +3,8 @@ its heads (a fused key/value layer halved after its transpose; DiffLlama's value
 same way): each part is whole heads, the layer's contiguous rows, as the same split before the
 transpose gives (Falcon's). Oracle: the emitted program computes the model's output. Heads then
 tiled by torch's repeat (DiffLlama's ``v.repeat(1, 2, 1, 1)``: query head i reads head
-(i // g) mod h) have no form in the language's grouped attention, and are refused at their
-line."""
+(i // g) mod h) are copies of the whole vector side by side, ``cat(v, v, D)``; heads repeated
+in place before they are tiled have no form, and are refused at their line."""
 
 from __future__ import annotations
 
@@ -40,9 +40,15 @@ class HalvedHeads(nn.Module):
         # the heads moved by a permute that keeps the head dim last (DeBERTa's), or a transpose
         kv = kv.permute(0, 2, 1, 3) if self.permute else kv.transpose(1, 2)
         k, v = kv.chunk(2, dim=1)
-        if self.tiled:
-            halves = torch.chunk(self.v(h).view(b, t, 4, -1).transpose(1, 2), 2, dim=1)
-            v = halves[0].repeat(1, 2, 1, 1)
+        if self.tiled == "untransposed":  # tiled while laid out (batch, tokens, heads, dh)
+            half = torch.chunk(self.v(h).view(b, t, 4, -1), 2, dim=2)[0]
+            v = half.repeat(1, 1, 2, 1).transpose(1, 2)
+        elif self.tiled:
+            grouped = self.tiled == "grouped"  # a head repeated in place, then tiled
+            parts = torch.chunk(self.v(h).view(b, t, 4, -1).transpose(1, 2), 2 + 2 * grouped,
+                                dim=1)
+            first = torch.repeat_interleave(parts[0], 2, dim=1) if grouped else parts[0]
+            v = first.repeat(1, 2, 1, 1)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.u(h + self.o(o.transpose(1, 2).reshape(b, t, n)))
 
@@ -67,7 +73,32 @@ def test_heads_halved_after_a_permute_are_the_layers_row_blocks():
     traced_computes_the_model(traced, build, ids)
 
 
-def test_heads_tiled_by_repeat_are_refused_at_their_line():
-    with pytest.raises(TraceError, match=r"attention heads tiled 2 times .* have no form") as e:
-        tp.from_torch(lambda n: HalvedHeads(n, tiled=True), (64, 128), ids)
-    assert "halves[0].repeat(1, 2, 1, 1)" in str(e.value)
+def test_heads_tiled_by_repeat_are_copies_of_the_values_side_by_side():
+    # torch's repeat lays head j again at j + h: the features of h heads, copied whole, which
+    # grouped attention then pairs with the query heads as the model's own repeat_kv does
+    traced = tp.from_torch(lambda n: HalvedHeads(n, tiled=True), (64, 128), ids)
+    assert "v_repeat = cat(getitem_2, getitem_2, n)" in traced.source
+    assert "mix(causal_softmax(scaled_dot_product_attention_logits), v_repeat)" in traced.source
+    traced_computes_the_model(traced, lambda n: HalvedHeads(n, tiled=True), ids)
+    # the halved value layer is a hidden weight, as the query's (n -> n) is: the copies' sum
+    # is of a fixed number of terms, so no exponent differs from an untiled layer's
+    for optimizer in ("adam", "sgd"):
+        abc = tp.derive(traced.program, optimizer).abc
+        assert abc["v_weight_part0"] == abc["q_weight"]
+
+
+def test_heads_repeated_in_place_then_tiled_are_refused_at_their_line():
+    # query head i would read head (i // 2) mod 2 of heads already grouped: no vector of
+    # whole heads to copy, and the language groups a value head's query heads once, in mix
+    with pytest.raises(TraceError, match=r"attention heads tiled 2 times after") as e:
+        tp.from_torch(lambda n: HalvedHeads(n, tiled="grouped"), (64, 128), ids)
+    assert "v = first.repeat(1, 2, 1, 1)" in str(e.value)
+
+
+def test_heads_tiled_before_their_transpose_are_refused_at_their_line():
+    # the same copies as after it, but the rule reads v.repeat(1, r, 1, 1) of (batch, heads,
+    # tokens, head dim) heads only, and says so (nothing was repeated in place here)
+    with pytest.raises(TraceError, match=r"attention heads tiled 2 times in a value laid out "
+                       r"\(tokens, tokens, heads, head dim\) \(repeat\(1, 1, 2, 1\)\)") as e:
+        tp.from_torch(lambda n: HalvedHeads(n, tiled="untransposed"), (64, 128), ids)
+    assert "v = half.repeat(1, 1, 2, 1).transpose(1, 2)" in str(e.value)

@@ -5,7 +5,7 @@ H, 1) times a vector viewed (..., H, dh) is ``spread(exp(A), dh) * x``; softplus
 with a where at its threshold, ``where(g > 20, g, log(1 + exp(g)))``, is softplus. Oracle: the
 traced program computes the model; the params derive as µP's hidden weight (f), biases (dt,
 A_log: one number per feature or per head, fed the constant 1). The kernel that reads the
-gate, a decay per key channel, is refused at the model's call (no form in the language)."""
+gate, a decay per key channel, traces as the delta rule of decayed dots (``ddot``)."""
 
 from __future__ import annotations
 
@@ -137,11 +137,13 @@ class KDA(nn.Module):
         return self.ro(e + o.reshape(b, t, -1))
 
 
-@pytest.mark.slow  # the kernel's refusal; the whole models' slow tests meet it too
-def test_a_decay_per_key_channel_is_refused_at_the_models_call():
-    with pytest.raises(TraceError, match=r"Kimi Delta Attention .* a decay per key channel") as err:
-        tp.from_torch(KDA, (32, 64), ids)
-    assert "o, _ = kda.chunk_kimi_delta_attention(" in str(err.value)
+@pytest.mark.slow  # a trace of its own; tests/fromtorch/test_kda_trace.py has the default one
+def test_a_decay_per_key_channel_traces_as_decayed_dots():
+    """The kernel on this gate traces as delta(tau * ddot(q, k, g, dk), kap * ddot(k, k, g,
+    dk), b) (ir/ddot.py) and computes the model (its kernel in float32: 1e-5)."""
+    traced = tp.from_torch(KDA, (32, 64), ids)
+    assert "ddot(" in traced.source and "delta(" in traced.source, traced.source
+    traced_computes_the_model(traced, KDA, ids, tol=1e-5)
 
 
 def kimi_or_bailing(family):
@@ -169,6 +171,18 @@ def kimi_or_bailing(family):
                 pad_token_id=0,
                 bos_token_id=1,
                 eos_token_id=2,
+                # the config's own init (std 0.02): keys short enough that the kernel's eps,
+                # 1e-6 on their sum of squares, shows; traced exactly (ops_delta._unit)
+                # Kimi Linear's default 256 experts of 1024 would not fit a small test
+                **(
+                    {
+                        "num_local_experts": 4,
+                        "num_experts_per_tok": 2,
+                        "moe_intermediate_size": 2 * n,
+                    }
+                    if family == "kimi"
+                    else {}
+                ),
             )
         )
 
@@ -177,9 +191,18 @@ def kimi_or_bailing(family):
 
 @pytest.mark.slow  # two whole models' exports
 @pytest.mark.parametrize("family", ["kimi", "bailing"])
-def test_the_models_gates_trace_up_to_the_kernel_which_is_refused(family):
-    """Everything before the kernel traces (the dt_bias views, exp(A_log) per head, the
-    written softplus, Kimi's low-rank f_a/f_b): the refusal is the kernel's, at its call."""
-    with pytest.raises(TraceError, match=r"Kimi Delta Attention .* per key channel") as err:
-        tp.from_torch(kimi_or_bailing(family), (64, 128), ids)
-    assert "chunk_kimi_delta_attention(" in str(err.value)
+def test_the_models_trace_through_the_kernel(family):
+    """Everything traces (the dt_bias views, exp(A_log) per head, the written softplus, Kimi's
+    low-rank f_a/f_b, the kernel as decayed dots). Bailing's layers then derive, and the traced
+    program computes the model; Kimi Linear's low-rank gates (n -> linear_head_dim -> n, a
+    finite dim inside the network at a fixed head dim) are refused by derive, as any finite
+    bottleneck is."""
+    build = kimi_or_bailing(family)
+    traced = tp.from_torch(build, (64, 128), ids)
+    assert "ddot(" in traced.source
+    if family == "bailing":  # the oracle reads the params as MuP lays them out: derived
+        traced_computes_the_model(traced, build, ids, tol=1e-4)  # the kernel's float32
+        return
+    with pytest.raises(tp.TensorProgError, match=r"narrows the width to the finite dim") as err:
+        tp.MuP(traced, "adam")
+    assert "f_b_proj(self.f_a_proj(" in str(err.value)

@@ -1,6 +1,6 @@
-"""Per-head keys and values of two sequences concatenated along the tokens under one softmax
-(T5Gemma 2's merged self- and cross-attention) are refused at the concatenation as what they
-are: the language's attention reads one sequence's keys."""
+"""Per-head keys and values of one sequence's tokens, two sets of them concatenated along the
+tokens under one softmax, are refused: the language's merged softmax (T5Gemma 2's, ops_merged.py)
+reads two sets of keys of two sequences, and both sets here run over the queries' own tokens."""
 
 import pytest
 
@@ -41,12 +41,12 @@ class Merged(nn.Module):
         return self.head(h + y.transpose(1, 2).reshape(b, t, n))
 
 
-def test_keys_of_two_sequences_under_one_softmax_are_refused():
+def test_two_key_sets_of_one_sequence_under_one_softmax_are_refused():
     # before: "a concatenation of vectors (other than rotary's rotate_half, ...)"
     with pytest.raises(
         TensorProgError,
-        match=r"test_merged_keys.py:\d+:\d+: error: cannot trace "
-        r"per-head keys or values of sequences of \[8, 8\] tokens concatenated "
-        r"along the tokens",
+        match=r"test_merged_keys.py:\d+:\d+: error: cannot trace .*softmax\(a, b\) is one "
+        r"softmax over the keys of a and of b for the same queries, but a runs over the token "
+        r"pairs \(T, T\) and b over the token pairs \(T, T\)",
     ):
         from_torch(Merged, WIDTHS, _tokens)

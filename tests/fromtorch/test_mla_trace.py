@@ -156,6 +156,7 @@ def test_apply_gives_both_query_parts_the_attention_factor(mla):
     torch.testing.assert_close(seen["out"], plain * 2 ** -0.5)
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_a_fixed_rotary_head_dim_is_refused():
     # the rotary rows of kv_a keep 16 rows while the compressed ones grow, and so do each
     # head's rotary rows of q_b beside its growing no-rotary ones: the trace reads them as

@@ -314,6 +314,7 @@ def _routes(traced) -> list[str]:
             if re.search(r"= route(_norm)?\(", s)]
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_hf_mixtral_derives_what_the_language_moe_derives():
     # oracle: the router and every expert's three matrices (SwiGLU: gate, up, down) get the
     # exponents of examples/moe.tp's router R and expert matrices A_e (in) and B_e (out);

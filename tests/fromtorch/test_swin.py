@@ -306,3 +306,25 @@ def test_the_emitted_merge_is_swins():
     x = torch.randn(2, 6 * 4, 5, generator=torch.Generator().manual_seed(0))
     want = merge(x, 6, 4).view(2, 3, 2, 20)
     assert torch.equal(space["_merge2x2"](x.view(2, 6, 4, 5)), want)
+
+
+class _IndexGiven(nn.Module):
+    """SwinLike whose relative position index the forward is given: at the example, Swin's."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.inner = short(n)
+
+    def forward(self, img, index):
+        self.inner.blocks[0].index = index
+        return self.inner(img)
+
+
+def test_an_index_given_to_the_forward_is_refused_though_the_example_is_swins():
+    # the emitted module builds the windows' offsets itself: ids fed would be dropped
+    with pytest.raises(TensorProgError, match=r"test_swin\.py:\d+:\d+: error: cannot trace a "
+                       r"lookup of ids given to the forward or computed from its input index, "
+                       r"whose example values are Swin's offsets of 4 x 4 windows") as err:
+        tp.from_torch(_IndexGiven, (32, 64), lambda m=None: (
+            *images(), relative_index(WINDOW).view(-1)))
+    assert "self.table[self.index]" in str(err.value)

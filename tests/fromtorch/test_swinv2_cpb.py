@@ -182,3 +182,24 @@ def test_a_bias_mlp_written_otherwise_traces_to_what_it_computes():
     traced = tp.from_torch(OtherWise, (32, 64), images)
     assert "gelu(" in traced.source and "tanh(" in traced.source and "= at(" in traced.source
     traced_computes_the_model(traced, OtherWise, images)
+
+
+class _IndexGiven(OtherWise):
+    """OtherWise whose offset ids the forward is given: at the example, Swin's."""
+
+    def forward(self, img, index):
+        self.index = index
+        return super().forward(img)
+
+
+@pytest.mark.slow
+def test_an_index_given_to_the_forward_is_refused_though_the_example_is_swins():
+    # the emitted module builds the windows' offsets itself: ids fed would be dropped
+    from test_swin import WINDOW, relative_index
+    from test_swinv2 import images
+
+    with pytest.raises(TensorProgError, match=r"test_swinv2_cpb\.py:\d+:\d+: error: cannot "
+                       r"trace a lookup of ids given to the forward or computed from its input "
+                       r"index, whose example values are Swin's offsets of 4 x 4") as err:
+        tp.from_torch(_IndexGiven, (32, 64), lambda m=None: (*images(), relative_index(WINDOW)))
+    assert "table[self.index]" in str(err.value)

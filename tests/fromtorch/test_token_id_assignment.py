@@ -55,3 +55,44 @@ def test_an_id_outside_the_table_assigns_no_token():
 def test_an_id_in_the_table_is_refused_at_its_line():
     with pytest.raises(TensorProgError, match=r"computed from the token ids.*\n(.*\n)*.*h\[idx"):
         from_torch(lambda n: EoiEmbedded(n, eoi=5), WIDTHS, _tokens)
+
+
+class _Lookup(nn.Embedding):
+    """T5Gemma 2's scaled lookup with its end-of-image row (T5Gemma2TextScaledWordEmbedding)."""
+
+    def __init__(self, n):
+        super().__init__(VOCAB, n)
+        self.embed_scale = nn.Buffer(torch.tensor(n**0.5), persistent=False)
+        self.eoi_embedding = nn.Parameter(torch.zeros(n))
+
+    def forward(self, idx):
+        h = super().forward(idx) * self.embed_scale.to(self.weight.dtype)
+        h[idx == 256_000] = self.eoi_embedding.to(h.dtype)
+        return h
+
+
+class TwoLookups(nn.Module):
+    """Two such lookups sharing their end-of-image vector (T5Gemma 2's encoder and decoder),
+    the first's table tied to the readout: its width constant sqrt(n) must be patched on its
+    module's output, which is the product itself for every input."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.first, self.second = _Lookup(n), _Lookup(n)
+        self.second.eoi_embedding = self.first.eoi_embedding
+        self.hidden = nn.Linear(n, n, bias=False)
+
+    def forward(self, idx):
+        h = self.first(idx) + self.hidden(self.second(idx))
+        return h @ self.first.weight.t()
+
+
+@pytest.mark.slow  # a trace at two widths: about 3 s
+def test_a_width_constant_before_the_assignment_is_patched_on_its_lookup_module():
+    # before: "no module returns that vector alone": the module returns the assignment after
+    # the product, and export shares one cast of the shared vector between the two calls
+    from tensorprog.fromtorch import MuP
+
+    traced = from_torch(TwoLookups, WIDTHS, _tokens)
+    assert "first" in traced.constant_modules.values()
+    MuP(traced, "adam")

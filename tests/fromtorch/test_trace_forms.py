@@ -455,6 +455,7 @@ class TwoWheres(nn.Module):
         return self.out(x + self.att(1, x, keep, second))
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_each_number_a_where_reads_is_its_own():
     # before: paired by their numbers, the first where read the second's -1.0 and was refused
     # at the first's line, the second read the first's -1e9

@@ -245,3 +245,45 @@ def test_token_ids_shifted_by_the_forward_are_a_token_input_of_their_own():
     got = probe(mup, model, (idx,))()[vec]
     shifted = torch.cat([torch.full_like(idx[:, :1], 2), idx[:, :-1]], dim=1)
     assert torch.equal(got, model.e(shifted).detach())
+
+
+class GivenPositions(nn.Module):
+    """Positions given to the forward (``position_ids=``), read as they are or plus 2."""
+
+    def __init__(self, n, offset=0, fixed=False):
+        super().__init__()
+        self.offset, self.fixed = offset, fixed
+        self.e, self.p = nn.Embedding(13, n), nn.Embedding(T + offset, n)
+        self.up, self.out = nn.Linear(n, n), nn.Linear(n, 13)
+        # a fixed table (sinusoidal): read at the positions, never trained
+        self.register_buffer("table", torch.randn(T, n), persistent=False)
+
+    def forward(self, idx, position_ids):
+        at = position_ids + self.offset if self.offset else position_ids
+        x = self.e(idx) + (self.table[at] if self.fixed else self.p(at))
+        return self.out(torch.relu(self.up(x)))
+
+
+def _positions_given(model):
+    return (*_tokens(model), torch.arange(T).expand(2, T))
+
+
+def test_position_ids_given_to_the_forward_are_read_as_fed():
+    # the example's are 0..T-1: read as the program's positions, other ids fed would be dropped
+    traced = from_torch(GivenPositions, WIDTHS, _positions_given)
+    assert "input position_ids : tokens[T, " in traced.source, traced.source
+    abc = abc_by_target(traced)
+    assert abc["p.weight"] == abc["e.weight"]  # an input weight, as the token table
+    fed = torch.tensor([[3, 1, 4, 1, 5, 0, 2, 6], [7, 6, 5, 4, 3, 2, 1, 0]])
+    traced_computes_the_model(traced, GivenPositions, lambda m: (*_tokens(m), fed))
+
+
+@pytest.mark.parametrize(("offset", "fixed", "line"), [(2, False, "self.p(at)"),
+                                                      (0, True, "self.table[at]")])
+def test_position_ids_given_plus_an_offset_or_at_a_fixed_table_are_refused(offset, fixed, line):
+    # the program's positions (a fixed table's rows at them) would drop the ids fed
+    with pytest.raises(TensorProgError, match=r"test_trace_ids.py:\d+:\d+: error: cannot trace "
+                       r"a lookup of ids given to the forward or computed from its input "
+                       r"position_ids, whose example values are the positions") as err:
+        from_torch(lambda n: GivenPositions(n, offset, fixed), WIDTHS, _positions_given)
+    assert line in str(err.value)

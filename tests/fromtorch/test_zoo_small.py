@@ -26,6 +26,7 @@ def test_zoo_llama_passes_derives_and_applies_bit_identically(zoo):
     assert r["sp"].startswith("fails") and "model.layers." in r["sp"]  # named by module path
 
 
+@pytest.mark.slow  # a second HF model's or process's cost: the default run's CPU budget
 def test_zoo_gpt2_derives_and_applies_bit_identically(zoo):
     # GPT-2's fused qkv and tied unembedding are forward patches: at the base width their
     # factor is exactly 1, so params and logits are bit-identical

@@ -339,9 +339,9 @@ class Model(torch.nn.Module):
         )
 
 
-def _delta(sq, sk, b, g):
+def _delta(sq, sk, b, g=None):
     """Per head, the gated delta rule's token-mixing weights P, o = P v: with G the
-    cumulative sum of g over the tokens, D_ts = exp(G_t - G_s) for s <= t (else 0),
+    cumulative sum of g over the tokens (no g: 0), D_ts = exp(G_t - G_s) for s <= t,
     P = (D * sq) (I + diag(b) L)^-1 diag(b), L = D * sk below the diagonal; sq, sk
     (..., heads, tokens, tokens), b, g (..., tokens, heads), or (..., 1, heads) for
     every token alike; b and g may have r times the dots' heads (grouped value heads:
@@ -352,6 +352,7 @@ def _delta(sq, sk, b, g):
         r = heads // sq.shape[-3]
         sq, sk = sq.repeat_interleave(r, dim=-3), sk.repeat_interleave(r, dim=-3)
     work = torch.promote_types(dtype, torch.float32)
+    g = torch.zeros_like(b) if g is None else g
     sq, sk, b, g = (x.to(work) for x in (sq, sk, b, g))
     b = b.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)
     g = g.expand(*sq.shape[:-3], t, heads).transpose(-1, -2)

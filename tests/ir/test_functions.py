@@ -11,6 +11,7 @@ from tensorprog.emit.instructions import _NORMS, _TORCH_FN
 from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.identify import RECOGNISED
+from tensorprog.ir.ddot import DDOT
 from tensorprog.ir.functions import (
     AT,
     CAT,
@@ -44,7 +45,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {
         "dot", "mix", DELTA, *ROUTES, PREPEND, MEAN, CONV, DWCONV, SPREAD, PART, SHIFT, TCONV, CAT,
-        AT, PLACE, PICK, RMS, SSD, *RELAYOUTS}
+        AT, PLACE, PICK, RMS, SSD, DDOT, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
