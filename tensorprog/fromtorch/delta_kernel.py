@@ -27,30 +27,35 @@ STEP = "torch_recurrent_gated_delta_rule"
 _HELP = ("trace the model's forward on a whole sequence with no cache (use_cache=False, no "
          "past state): the gated delta rule from a zero state, its output alone")
 
-_OP = None
+_OPS: dict = {}  # name -> the registered op
 
 
-def gated_delta_op():
-    """``torch.ops.tensorprog.gated_delta``, registered on first use (torch is imported
-    lazily): q, k [B, T, Hk, dk], v [B, T, Hv, dv], g and beta [B, T, Hv] -> [B, T, Hv, dv]
-    in q's dtype, computed as the kernel does (float32 at least)."""
-    global _OP
-    if _OP is not None:
-        return _OP
+def _delta_op(name: str, compute):
+    """``torch.ops.tensorprog.<name>``, registered on first use (torch is imported lazily):
+    the delta rule's output from q, k, v, g, beta and the l2norm flag, computed by ``compute``,
+    in q's dtype. The gated delta rule's and Kimi's share this schema."""
+    if name in _OPS:
+        return _OPS[name]
     import torch
 
     # the schema given: this module's annotations are strings (from __future__)
-    @torch.library.custom_op("tensorprog::gated_delta", mutates_args=(), schema=(
+    @torch.library.custom_op(f"tensorprog::{name}", mutates_args=(), schema=(
         "(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, bool l2norm) -> Tensor"))
-    def gated_delta(q, k, v, g, beta, l2norm):
-        return reference(q, k, v, g, beta, l2norm)
+    def op(q, k, v, g, beta, l2norm):
+        return compute(q, k, v, g, beta, l2norm)
 
-    @gated_delta.register_fake
+    @op.register_fake
     def _(q, k, v, g, beta, l2norm):
         return v.new_empty(v.shape, dtype=q.dtype)
 
-    _OP = gated_delta
-    return _OP
+    _OPS[name] = op
+    return op
+
+
+def gated_delta_op():
+    """``torch.ops.tensorprog.gated_delta``: q, k [B, T, Hk, dk], v [B, T, Hv, dv], g and beta
+    [B, T, Hv] -> [B, T, Hv, dv] in q's dtype, computed as the kernel does (float32 at least)."""
+    return _delta_op("gated_delta", reference)
 
 
 def reference(q, k, v, g, beta, l2norm: bool):
@@ -139,28 +144,10 @@ def swapped(replacements: dict):
 
 KDA_CHUNK = "chunk_kimi_delta_attention"
 KDA_STEP = "recurrent_kimi_delta_attention"
-_KDA_OP = None
-
-
 def kda_op():
-    """``torch.ops.tensorprog.kda``, registered on first use: q, k, v and g [B, T, H, dk],
-    beta [B, T, H] -> [B, T, H, dk] in q's dtype, computed as transformers' kernel does."""
-    global _KDA_OP
-    if _KDA_OP is not None:
-        return _KDA_OP
-    import torch
-
-    @torch.library.custom_op("tensorprog::kda", mutates_args=(), schema=(
-        "(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, bool l2norm) -> Tensor"))
-    def kda(q, k, v, g, beta, l2norm):
-        return kda_reference(q, k, v, g, beta, l2norm)
-
-    @kda.register_fake
-    def _(q, k, v, g, beta, l2norm):
-        return v.new_empty(v.shape, dtype=q.dtype)
-
-    _KDA_OP = kda
-    return _KDA_OP
+    """``torch.ops.tensorprog.kda``: q, k, v and g [B, T, H, dk], beta [B, T, H] -> [B, T, H,
+    dk] in q's dtype, computed as transformers' kernel does."""
+    return _delta_op("kda", kda_reference)
 
 
 def kda_reference(q, k, v, g, beta, l2norm: bool):
