@@ -328,9 +328,9 @@ class Emitter:
             return f"{x}.flatten(-3, -2)"
         return f"{x}.unflatten(-2, ({self.dim(ins.grid[0])}, {self.dim(ins.grid[1])}))"
 
-    def _windows_in(self, name: str) -> str | None:
-        """The windows input whose bias ``R @ win`` (or ``at(g, win)``) is a term of the sum
-        ``name`` (attention logits plus Swin's bias), or None."""
+    def _summed(self, name: str):
+        """The instructions whose values are terms of the sum ``name`` (attention logits plus
+        a bias), reached through sums, each once: where a bias input meets the logits."""
         made = {i.out: i for i in self.program.body}
         todo, seen = [name], set()
         while todo:
@@ -338,28 +338,26 @@ class Emitter:
             if ins is None or ins.out in seen:
                 continue
             seen.add(ins.out)
+            yield ins
+            if isinstance(ins, LinComb):
+                todo += [t for _, t in ins.terms]
+
+    def _windows_in(self, name: str) -> str | None:
+        """The windows input whose bias ``R @ win`` (or ``at(g, win)``) is a term of the sum
+        ``name`` (attention logits plus Swin's bias), or None."""
+        for ins in self._summed(name):
             if isinstance(ins, MatMul) and self.kinds.get(ins.arg) == "windows":
                 return ins.arg
             if isinstance(ins, Nonlin) and ins.fn == AT:  # at(g, win): the same bias, computed
                 return ins.args[1]
-            if isinstance(ins, LinComb):
-                todo += [t for _, t in ins.terms]
         return None
 
     def _reach_in(self, name: str) -> int | None:
         """The reach of the relative input whose bias ``R @ rel`` is a term of the sum
         ``name`` (attention logits plus T5's bias, LongT5's block-local attention), or None."""
-        made = {i.out: i for i in self.program.body}
-        todo, seen = [name], set()
-        while todo:
-            ins = made.get(todo.pop())
-            if ins is None or ins.out in seen:
-                continue
-            seen.add(ins.out)
+        for ins in self._summed(name):
             if isinstance(ins, MatMul) and ins.arg in self.reaches:
                 return self.reaches[ins.arg]
-            if isinstance(ins, LinComb):
-                todo += [t for _, t in ins.terms]
         return None
 
     def Mean(self, ins: Mean) -> str:
