@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .ops_attention import refuse_one_key
-from .ops_relative import t5_buckets
+from .ops_relative import relaid, t5_buckets
 from .values import Affine, Aux, Conc, Pointwise, PRef, Probs, RelBias, Scores, Vec
 from .where import CHECK_OPS, op_name, refuse
 
@@ -396,12 +396,9 @@ class BlockOps:
 
     def _blocks_bias_op(self, node, op, args):
         b = next(a for a in args if isinstance(a, BlockBias))
-        if op == "permute" and args[0] is b:
-            return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
-        if op == "unsqueeze" and args[0] is b:
-            axes = list(b.axes)
-            axes.insert(args[1] % (len(axes) + 1), "1")
-            return dataclasses.replace(b, axes=tuple(axes))
+        moved = relaid(b, op, args)
+        if moved is not None:
+            return moved
         if op in ("add", "add_") and len(args) == 2 and b.mask is None:
             other = args[1] if args[0] is b else args[0]
             if isinstance(other, Conc):  # the mask, -1e10 where a pair is dropped

@@ -107,6 +107,17 @@ _GRID_HELP = ("read the whole table [heads, offsets] at LeViT's attention_bias_i
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as", "dropout"}
 
 
+def relaid(b, op: str, args):
+    """A bias value (``axes`` naming its layout) whose axes a permute or an unsqueeze of it
+    moves, laid out anew; None for any other op. T5's bias and LongT5's blocked one alike."""
+    if op == "permute" and args[0] is b:
+        return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
+    if op == "unsqueeze" and args[0] is b:
+        axes = list(b.axes)
+        axes.insert(args[1] % (len(axes) + 1), "1")
+        return dataclasses.replace(b, axes=tuple(axes))
+    return None
+
 class RelativeOps:
     """A relative position bias from its lookup to the logits it is added to (the module)."""
 
@@ -155,12 +166,9 @@ class RelativeOps:
             return self.op_scaled_dot_product_attention(node, *args, **kwargs)
         if op in _CARRIERS and args[0] is b:
             return b
-        if op == "permute" and args[0] is b:
-            return dataclasses.replace(b, axes=tuple(b.axes[d] for d in args[1]))
-        if op == "unsqueeze" and args[0] is b:
-            axes = list(b.axes)
-            axes.insert(args[1] % (len(axes) + 1), "1")
-            return dataclasses.replace(b, axes=tuple(axes))
+        moved = relaid(b, op, args)
+        if moved is not None:
+            return moved
         if op in ("expand", "slice") and args[0] is b and len(shape) == len(b.axes):
             old = tuple(node.args[0].meta["val"].shape)
             # the bias expanded over the batch (an added axis), or sliced whole (HF's crop)
