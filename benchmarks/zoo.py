@@ -613,7 +613,6 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
         model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
                                  **(overrides or {})}))
         _fit.fit_init(model)
-        _fit.uncache(model)
         # a model with per-language adapters (xmod) refuses a forward with no language
         # given: use its first language, as a user would set it once before training
         if hasattr(model, "set_default_language") and getattr(model.config, "languages", None):
