@@ -18,4 +18,5 @@ WKV_HELPER = [
     "    logits = k.unsqueeze(-3) + lag[..., None] * g  # (..., t, s, channels)",
     "    logits = torch.where((i[:, None] == i[None, :])[..., None], u + k.unsqueeze(-3), logits)",
     '    logits = logits.masked_fill((i[None, :] > i[:, None])[..., None], float("-inf"))',
-    '    return torch.einsum("...tsc,...sc->...tc", logits.softmax(-2), v).to(dtype)']
+    '    return torch.einsum("...tsc,...sc->...tc", logits.softmax(-2), v).to(dtype)',
+]

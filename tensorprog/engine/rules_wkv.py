@@ -34,9 +34,18 @@ def init_wkv(ins: Nonlin, sz: Sizes) -> list[Term]:
     # a logit that is a param itself (the bonus u) is a pre-activation too: at most Θ(1), or
     # the softmax saturates and its slope, which passes u's change on, vanishes (as for
     # sigmoid(w)); a computed logit has that condition at its own instruction already
-    own = [t for x in ins.args[:3] if x in sz.program.param_table
-           for t in terms(f"{x}₀", "the softmax's slope is Θ(1) while its logits are O(1)",
-                          "auto", sz.init(x), clamp=ZERO)]
+    own = [
+        t
+        for x in ins.args[:3]
+        if x in sz.program.param_table
+        for t in terms(
+            f"{x}₀",
+            "the softmax's slope is Θ(1) while its logits are O(1)",
+            "auto",
+            sz.init(x),
+            clamp=ZERO,
+        )
+    ]
     return terms(f"avg({v}₀)", _AVERAGE, "auto", sz.init(v)) + own
 
 
@@ -44,8 +53,13 @@ def change_wkv(ins: Nonlin, sz: Sizes) -> list[Term]:
     g, u, k, v = ins.args
     out = terms(f"a·Δ{v}", _AVERAGE, "auto", sz.change(v))
     for x in (k, u, g):
-        out += terms(f"Δa({x})·{v}", f"the weights move by Θ(Δ{x}) (a softmax's slope, ≤ 1); "
-                     f"{_FIN}", "auto", sz.change(x), sz.train(v))
+        out += terms(
+            f"Δa({x})·{v}",
+            f"the weights move by Θ(Δ{x}) (a softmax's slope, ≤ 1); {_FIN}",
+            "auto",
+            sz.change(x),
+            sz.train(v),
+        )
     return out
 
 
@@ -54,9 +68,16 @@ def grad_wkv(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     d = [Mono(sz.grad(ins.out))]
     out = [(v, t) for t in terms(f"aᵀ·d{ins.out}", f"d{v} = aᵀ d{ins.out}, {_FIN}", "flow", d)]
     for x in (k, u, g):
-        out += [(x, t) for t in terms(f"d{ins.out}·a·({v} - {ins.out})",
-                                      f"d{x} sums d{ins.out}·a·({v} - {ins.out}), {_FIN}",
-                                      "auto", d, sz.first_order_train(v))]
+        out += [
+            (x, t)
+            for t in terms(
+                f"d{ins.out}·a·({v} - {ins.out})",
+                f"d{x} sums d{ins.out}·a·({v} - {ins.out}), {_FIN}",
+                "auto",
+                d,
+                sz.first_order_train(v),
+            )
+        ]
     return out
 
 

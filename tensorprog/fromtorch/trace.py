@@ -38,10 +38,10 @@ from .readback import read_back
 from .rows import merge_rows, renumber_slices
 from .sequences import input_lines
 from .ssd_kernel import ssd_kernels
-from .wkv_kernel import wkv_kernels
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, op_name, strip_prefix
+from .wkv_kernel import wkv_kernels
 
 
 class _Wrapped:

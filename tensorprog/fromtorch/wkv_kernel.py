@@ -18,8 +18,10 @@ from __future__ import annotations
 from .delta_kernel import refusal, swapped
 
 NAME = "rwkv_linear_attention"
-_HELP = ("trace the model's forward on a whole sequence with no cache (use_cache=False, no past "
-         "state): the WKV from a zero state, its output alone")
+_HELP = (
+    "trace the model's forward on a whole sequence with no cache (use_cache=False, no past "
+    "state): the WKV from a zero state, its output alone"
+)
 
 _OP = None
 
@@ -32,8 +34,11 @@ def wkv_op():
         return _OP
     import torch
 
-    @torch.library.custom_op("tensorprog::wkv", mutates_args=(), schema=(
-        "(Tensor g, Tensor u, Tensor k, Tensor v) -> Tensor"))
+    @torch.library.custom_op(
+        "tensorprog::wkv",
+        mutates_args=(),
+        schema=("(Tensor g, Tensor u, Tensor k, Tensor v) -> Tensor"),
+    )
     def wkv(g, u, k, v):
         return reference(g, u, k, v)
 
@@ -75,11 +80,17 @@ def _linear_attention(time_decay, time_first, key, value, state=None, return_sta
     import torch
 
     if state is not None:
-        raise refusal("the WKV from a cache's state (RWKV's decode): the language's wkv starts "
-                      "each sequence from a zero state", _HELP)
+        raise refusal(
+            "the WKV from a cache's state (RWKV's decode): the language's wkv starts "
+            "each sequence from a zero state",
+            _HELP,
+        )
     if return_state:
-        raise refusal("the WKV's final state (asked for by use_cache): the language's wkv gives "
-                      "the output alone", _HELP)
+        raise refusal(
+            "the WKV's final state (asked for by use_cache): the language's wkv gives "
+            "the output alone",
+            _HELP,
+        )
     return wkv_op()(-torch.exp(time_decay), time_first, key, value), None
 
 

@@ -30,8 +30,9 @@ USAGE = (
 def verify_wkv(program, ins, ops: list, key, errors) -> str | None:
     """g, u, k and v of one dim. Returns it (the IR's value_dims)."""
     if len(ins.args) != 4 or any(o is None for o in ops) or len({key(o) for o in ops}) != 1:
-        errors.error(f"wkv needs g, u, k and v of one dim (each channel its own); {USAGE}",
-                     ins.span)
+        errors.error(
+            f"wkv needs g, u, k and v of one dim (each channel its own); {USAGE}", ins.span
+        )
         return None
     return ops[2]
 
@@ -41,12 +42,19 @@ def wkv_sequences(ins, ops: list, show, problem) -> tuple[str, ...]:
     its tokens), g and u one number per channel for every token."""
     g, u, k, v = (tuple(t) for t in ops)
     if len(k) != 1 or v != k:
-        problem(f"wkv runs a recurrence over one sequence's tokens, but its keys and values run "
-                f"over {show(k)} and {show(v)}", ins,
-                "compute k and v per token of the same sequence (e.g. Wk @ h, Wv @ h)")
+        problem(
+            f"wkv runs a recurrence over one sequence's tokens, but its keys and values run "
+            f"over {show(k)} and {show(v)}",
+            ins,
+            "compute k and v per token of the same sequence (e.g. Wk @ h, Wv @ h)",
+        )
         return k
     for name, tag in ((ins.args[0], g), (ins.args[1], u)):
         if tag:
-            problem(f"wkv's decay and bonus are one number per channel, but {name} runs over "
-                    f"{show(tag)}", ins, "use a param of the keys' dim (or a function of one)")
+            problem(
+                f"wkv's decay and bonus are one number per channel, but {name} runs over "
+                f"{show(tag)}",
+                ins,
+                "use a param of the keys' dim (or a function of one)",
+            )
     return k

@@ -31,14 +31,20 @@ def lower_wkv(low, node: Call, args: list, _over, vec: type):
             low.errors.error(f"wkv's {name} must be a vector of a declared dim", arg.span, USAGE)
             return None
         if not low.same_dim(v.dim, args[2].dim):
-            low.errors.error(f"wkv's {name} are [{v.dim}] but its keys [{args[2].dim}]: one of "
-                             "each per channel", arg.span, USAGE)
+            low.errors.error(
+                f"wkv's {name} are [{v.dim}] but its keys [{args[2].dim}]: one of each per channel",
+                arg.span,
+                USAGE,
+            )
             return None
     for arg, v, name in zip(node.args[:2], args[:2], what, strict=False):
         if any(t in low.tokenwise or t in low.one_token for t in v.terms):
-            low.errors.error(f"wkv's {name} is one number per channel, the same at every token, "
-                             "but this one is computed from the inputs", arg.span,
-                             "use a param of the keys' dim, or a function of one: -1 * exp(w)")
+            low.errors.error(
+                f"wkv's {name} is one number per channel, the same at every token, "
+                "but this one is computed from the inputs",
+                arg.span,
+                "use a param of the keys' dim, or a function of one: -1 * exp(w)",
+            )
             return None
     if not low.compares_tokens(args[2:], node):
         return None

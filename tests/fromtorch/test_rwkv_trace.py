@@ -35,8 +35,9 @@ class WkvLayer(nn.Module):
     def forward(self, ids):
         e = self.emb(ids)
         x = e * self.mix + self.shift(e) * (1 - self.mix)
-        out, _ = modeling.rwkv_linear_attention(self.time_decay, self.time_first, self.key(x),
-                                                self.value(x), return_state=self.state)
+        out, _ = modeling.rwkv_linear_attention(
+            self.time_decay, self.time_first, self.key(x), self.value(x), return_state=self.state
+        )
         return self.ro(e + torch.sigmoid(self.gate(x)) * out)
 
 
@@ -60,14 +61,18 @@ def test_the_wkv_traces_as_wkv_and_computes_the_model(traced):
 def test_the_layer_derives_with_hidden_projections_and_gains(traced):
     """The WKV averages the values with Θ(1) weights: key, value and gate are hidden weights,
     the mix, the decay and the bonus gains."""
-    table = {p: (str(x.a + x.b), str(x.c)) for p, x in tp.derive(traced.program, "adam").abc.items()}
+    table = {
+        p: (str(x.a + x.b), str(x.c)) for p, x in tp.derive(traced.program, "adam").abc.items()
+    }
     for w in ("key", "value", "gate"):
         assert table[f"{w}_weight"] == ("1/2", "1"), (w, table[f"{w}_weight"])
     assert table["v_mix"] == table["time_decay"] == table["time_first"] == ("0", "0")
 
 
 def test_a_cache_state_asked_for_is_refused_at_the_models_line():
-    with pytest.raises(TraceError, match=r"the WKV's final state \(asked for by use_cache\)") as err:
+    with pytest.raises(
+        TraceError, match=r"the WKV's final state \(asked for by use_cache\)"
+    ) as err:
         tp.from_torch(lambda n: WkvLayer(n, state=True), (64, 128), ids)
     assert "test_rwkv_trace.py" in str(err.value) and "rwkv_linear_attention(" in str(err.value)
 
@@ -79,9 +84,16 @@ def test_transformers_rwkv_traces_and_computes_the_model():
     import transformers
 
     def build(n):
-        return transformers.RwkvForCausalLM(transformers.RwkvConfig(
-            vocab_size=13, hidden_size=n, num_hidden_layers=2, context_length=32,
-            intermediate_size=2 * n, use_cache=False))
+        return transformers.RwkvForCausalLM(
+            transformers.RwkvConfig(
+                vocab_size=13,
+                hidden_size=n,
+                num_hidden_layers=2,
+                context_length=32,
+                intermediate_size=2 * n,
+                use_cache=False,
+            )
+        )
 
     traced = tp.from_torch(build, (64, 128), ids)
     assert traced.source.count("= wkv(") == 2
