@@ -22,7 +22,7 @@ class WkvLayer(nn.Module):
     channel, keys, values and the receptance gate, the WKV with a decay and a bonus per
     channel, drawn as transformers draws them (time_decay from -5 to 3 over the channels)."""
 
-    def __init__(self, n, state=False):
+    def __init__(self, n, state=False, decay_per_token=False):
         super().__init__()
         self.emb, self.ro = nn.Embedding(13, n), nn.Linear(n, 13, bias=False)
         self.shift = nn.ZeroPad2d((0, 0, 1, -1))
@@ -30,13 +30,15 @@ class WkvLayer(nn.Module):
         self.key, self.value, self.gate = (nn.Linear(n, n, bias=False) for _ in range(3))
         self.time_decay = nn.Parameter(torch.linspace(-5, 3, n))
         self.time_first = nn.Parameter(torch.randn(n))
-        self.state = state
+        self.state, self.decay_per_token = state, decay_per_token
 
     def forward(self, ids):
         e = self.emb(ids)
         x = e * self.mix + self.shift(e) * (1 - self.mix)
+        # a decay computed from each token (a near miss: wkv's is one number per channel)
+        decay = self.gate(x) if self.decay_per_token else self.time_decay
         out, _ = modeling.rwkv_linear_attention(
-            self.time_decay, self.time_first, self.key(x), self.value(x), return_state=self.state
+            decay, self.time_first, self.key(x), self.value(x), return_state=self.state
         )
         return self.ro(e + torch.sigmoid(self.gate(x)) * out)
 
@@ -75,6 +77,18 @@ def test_a_cache_state_asked_for_is_refused_at_the_models_line():
     ) as err:
         tp.from_torch(lambda n: WkvLayer(n, state=True), (64, 128), ids)
     assert "test_rwkv_trace.py" in str(err.value) and "rwkv_linear_attention(" in str(err.value)
+
+
+def test_a_decay_computed_per_token_is_refused_at_the_models_line():
+    """A decay that varies over the tokens is no longer RWKV's (one rate per channel): the
+    language's wkv has no such decay, so the trace refuses it where the model calls the WKV."""
+    with pytest.raises(
+        TraceError,
+        match=r"the WKV of a decay that is not a param or a function "
+        "of one param alone",
+    ) as err:
+        tp.from_torch(lambda n: WkvLayer(n, decay_per_token=True), (64, 128), ids)
+    assert "test_rwkv_trace.py" in str(err.value)
 
 
 @pytest.mark.slow
