@@ -136,6 +136,13 @@ CATALOGUE = {
     "delta-dots-decayed-unlike": (DELTA + "output o = mix(delta(ddot(q, h, -1 * h, dh), dot(h, "
                                   "h, dh), b), h)\n", S, r"delta's dots must be decayed alike",
                                   (13, 16)),
+    # RWKV's time mixing: the decay and bonus one number per channel, the values the keys' dim
+    "wkv-decay-per-token": (SEQ + "param u : [n]\noutput o = wkv(-1 * exp(h), u, h, h)\n", S,
+                            r"wkv's decay is one number per channel, the same at every token, "
+                            "but this one is computed from the inputs", (9, 16)),
+    "wkv-values-of-another-dim": (SEQ + "param u : [n]\nparam W : [V, n]\noutput o = wkv(u, u, h, "
+                                  "W @ h)\n", S, r"wkv's values are \[V\] but its keys \[n\]",
+                                  (10, 25)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,

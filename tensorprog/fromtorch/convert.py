@@ -64,6 +64,7 @@ from .ops_timemajor import TimeMajorOps
 from .ops_tokenimage import TokenImageOps
 from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
+from .ops_wkv import WkvOps
 from .sequences import resolve
 from .values import Trace
 from .walk import Walker
@@ -95,6 +96,7 @@ class Converter(
     DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
     TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    WkvOps,  # RWKV's time mixing (wkv_kernel.py's op)
     LightningOps,  # scores times a fixed decay per head (refused: ops_lightning.py)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'

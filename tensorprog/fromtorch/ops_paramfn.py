@@ -88,6 +88,15 @@ class ParamFnOps:
         op = x.op if isinstance(x, ParamFn) else op_name(node)
         return ParamFn(ref, form.replace("{}", _form(x)), op, bounds)
 
+    def op_rsub(self, node, u, v, alpha=1):
+        """``c - w`` of a vector param w (RWKV's token-shift mix, ``shifted * (1 - mix)``): the
+        function of the param ``c - w``, then a gain; any other ``v - alpha * u`` as the sum."""
+        u, v = as_number(u), as_number(v)
+        if isinstance(u, PRef) and _real(v) and _real(alpha):
+            return self.param_fn(node, u, f"{float(v)!r} - {float(alpha)!r} * ({{}})",
+                                 added((v, v), scaled(-alpha, ANY)))
+        return self.op_sub(node, v, u, alpha)
+
     def param_fn_op(self, node, args, kwargs=None):
         """An op with a kept function of a param among its arguments (the temperature's
         product aside): the kept function it makes, the gain product it is (a Vec), or None
@@ -104,7 +113,7 @@ class ParamFnOps:
                 self._shape(node.args[0]), self._shape(node)):
             return x  # g[None, None, :], g.view(1, 1, -1): where its entries fall is checked
             # against the vector it multiplies (ops_arith._param_broadcast)
-        if op in FUNCTION_OPS or op in ("clamp", "ssd_scan"):  # ssd_scan: A (ops_ssd.py)
+        if op in FUNCTION_OPS or op in ("clamp", "ssd_scan", "wkv"):  # A, g: ops_ssd, ops_wkv
             return None
         if set(kwargs) - {"alpha"} or (kwargs and op not in ("add", "sub", "rsub")):
             raise refuse_param_fn(node, x)

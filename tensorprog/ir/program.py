@@ -16,8 +16,8 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   vector param of a head dim times a vector: per head);
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
-                                  softmax/causal_softmax over the key tokens (also a finite
-                                  dim); ``ssd``, ``ddot``: Mamba-2's, KDA's (ir/ssd.py, ir/ddot.py)
+                                  softmax/causal_softmax over the key tokens (a finite dim);
+                                  ``ssd``, ``ddot``, ``wkv``: Mamba-2's, KDA's, RWKV's (ir/)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)

@@ -50,6 +50,7 @@ from .sequences import check_sequences
 from .spread import part_count
 from .ssd import SSD, verify_ssd
 from .verify_delta import verify_delta
+from .wkv import WKV, verify_wkv
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -105,6 +106,7 @@ _MOVES = {
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
     SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
     DDOT: verify_ddot,
+    WKV: verify_wkv,
 }
 
 

@@ -49,6 +49,7 @@ from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
 from .lower_ssd import SSD, lower_ssd, ssd_operands
 from .lower_tconv import TCONV, lower_tconv, tconv_operands
+from .lower_wkv import WKV, lower_wkv, wkv_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
@@ -57,10 +58,10 @@ from .syntax import magnitude
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
              TCONV: tconv_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
-             RMS: rms_operands, SSD: ssd_operands, DDOT: ddot_operands}
+             RMS: rms_operands, SSD: ssd_operands, DDOT: ddot_operands, WKV: wkv_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix", DELTA) + ROUTES
              + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD, DDOT) + RELAYOUTS)
+             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD, DDOT, WKV) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -578,7 +579,7 @@ class ExpressionLowering:
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
                     PART: lower_part, SHIFT: lower_shift, TCONV: lower_tconv, CAT: lower_cat,
                     PLACE: lower_place, PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
-                    DDOT: lower_ddot, **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    DDOT: lower_ddot, WKV: lower_wkv, **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:
