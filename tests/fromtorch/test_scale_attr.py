@@ -1,0 +1,116 @@
+"""The attention's own scale as the place for µP's factor on its logits (scale_attr.py): a query
+clamped after its layer (DBRX's clip_qkv) takes the factor in no init, LR or forward patch, but
+the module hands its ``self.scaling`` to sdpa, and the logits are linear in it. ``apply`` sets it
+to its value times (n/base)^-1/2 (4 heads, head dim n/4), after checking by a forward with it
+doubled that it reaches that sdpa call's scale and nothing else. Near misses (an attribute equal
+to the scale that sdpa does not read, or one read twice) keep the query's refusal."""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model  # noqa: E402
+
+from tensorprog.errors import UsageError  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (16, 32)
+VOCAB, T, HEADS = 16, 8, 4
+
+
+class Attention(nn.Module):
+    """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
+    reaches the logits: 'sdpa' (its scale, transformers' way), 'unused' (sdpa's own default,
+    equal to it) or 'twice' (its scale, and a number on the output)."""
+
+    def __init__(self, n, form="sdpa"):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.scaling = (n // HEADS) ** -0.5
+        self.form = form
+
+    def heads(self, h):
+        b, t, n = h.shape
+        q, k, v = (
+            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        return q.clamp(-8.0, 8.0), k, v
+
+    def logits(self, h):
+        q, k, _ = self.heads(h)
+        return q @ k.transpose(-1, -2) * self.scaling
+
+    def forward(self, h):
+        scale = None if self.form == "unused" else self.scaling
+        y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
+        y = y.transpose(1, 2).reshape(h.shape)
+        if self.form == "twice":
+            y = y * (self.scaling * (h.shape[-1] // HEADS) ** 0.5)
+        return h + y
+
+
+class Net(nn.Module):
+    def __init__(self, n, form="sdpa"):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB)
+        self.attn = Attention(n, form)
+
+    def forward(self, idx):
+        return self.head(self.attn(self.emb(idx)))
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(VOCAB - 3).view(2, T),)
+
+
+def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
+    # before: MuP refused it (the query is a clamp of its layer's output)
+    traced = from_torch(Net, WIDTHS, _tokens)
+    traced_computes_the_model(traced, Net, _tokens)
+    mup = apply_is_bit_identical_at_base(traced, Net, _tokens)
+    (found,) = mup.scale_attrs.values()
+    assert (found.module, found.attr, found.exponent) == ("attn", "scaling", 1 / 2)
+    assert not mup.patches and not mup.folded
+    for r in (2, 4):  # the logits' multiplier against the model's own: (n/base)^-1/2
+        torch.manual_seed(0)
+        model = Net(r * WIDTHS[0])
+        report = mup.apply(model)
+        assert "scale attn.scaling: " in str(report)
+        plain = copy.deepcopy(model)  # the same params, with the model's own scale
+        plain.attn.scaling = Net(r * WIDTHS[0]).attn.scaling
+        h = model.emb(_tokens(model)[0])
+        with torch.no_grad():
+            ratio = model.attn.logits(h) / plain.attn.logits(h)
+            torch.testing.assert_close(ratio, torch.full_like(ratio, r**-0.5))
+        # it is the model's state: a deepcopy keeps it, and apply again leaves it
+        twin = copy.deepcopy(model)
+        twin.load_state_dict(model.state_dict())
+        assert twin.attn.scaling == model.attn.scaling == plain.attn.scaling * r**-0.5
+        assert "µP's already" in str(mup.apply(twin))
+        assert twin.attn.scaling == model.attn.scaling
+
+
+@pytest.mark.parametrize(
+    ("form", "why"),
+    [
+        ("unused", "read nowhere"),
+        ("twice", "read more than once"),
+    ],
+)
+def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why):
+    def build(n):
+        return Net(n, form)
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    with pytest.raises(
+        UsageError,
+        match=r"(?s)µP needs the attention logits times "
+        r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
+        rf"combined with something else.*nor could apply set the attention's "
+        rf"own scale instead: attn.scaling changes 1? ?\w* ?.*{why}",
+    ):
+        MuP(traced, "adam")
