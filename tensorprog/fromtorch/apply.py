@@ -174,6 +174,7 @@ class MuP(DepthScaling, OptimizerGroups):
                         span=info.get("span"),
                     )
                 )
+        self._attr_probe = None  # (the model the attributes' check ran: not kept)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)

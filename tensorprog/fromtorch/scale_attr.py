@@ -64,7 +64,9 @@ def scale_attribute(mup, scale: str, info: dict, delta: Fraction, refused: Usage
         raise type(refused)(
             d.message + f"; nor could apply set the attention's own scale instead: {why}",
             d.span,
-            d.help,
+            (d.help or "")
+            + ", or hand the attention its scale from a float attribute of its own module, "
+            "read once by its logits (transformers' scaling=self.scaling), which apply sets",
         ) from None
     mup.scale_attrs[scale] = found
 
