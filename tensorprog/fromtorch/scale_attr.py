@@ -95,7 +95,9 @@ def _found(mup, scale: str, info: dict, delta: Fraction) -> ScaleAttr:
     w1, w2 = traced.widths
     value, model_a = float(info["value"]), Fraction(info["model_a"])
     at = {w1: value, w2: value * (w2 / w1) ** -float(model_a)}
-    block = bool(traced.stack) and caller.startswith(traced.stack.item(0) + ".")
+    # the module of a rolled stack's first layer (or that layer): every layer's holds its own
+    first = traced.stack.item(0) if traced.stack else None
+    block = first is not None and (caller == first or caller.startswith(first + "."))
     with torch.random.fork_rng(), torch.device("meta"):  # the sizes alone: nothing drawn
         names = None
         for w, v in at.items():

@@ -54,44 +54,56 @@ class Attention(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, n, form="sdpa"):
+    def __init__(self, n, form="sdpa", depth=1):
         super().__init__()
         self.emb, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB)
-        self.attn = Attention(n, form)
+        self.layers = nn.ModuleList(Attention(n, form) for _ in range(depth))
 
     def forward(self, idx):
-        return self.head(self.attn(self.emb(idx)))
+        h = self.emb(idx)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
 
 
 def _tokens(model):
     return (torch.arange(16).remainder(VOCAB - 3).view(2, T),)
 
 
+def _stack(n, depth=2):
+    return Net(n, depth=depth)
+
+
 def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
     # before: MuP refused it (the query is a clamp of its layer's output)
-    traced = from_torch(Net, WIDTHS, _tokens)
-    traced_computes_the_model(traced, Net, _tokens)
-    mup = apply_is_bit_identical_at_base(traced, Net, _tokens)
+    traced = from_torch(_stack, WIDTHS, _tokens)
+    assert traced.stack is not None and traced.stack.depth == 2
+    traced_computes_the_model(traced, _stack, _tokens)
+    mup = apply_is_bit_identical_at_base(traced, _stack, _tokens)
     (found,) = mup.scale_attrs.values()
-    assert (found.module, found.attr, found.exponent) == ("attn", "scaling", 1 / 2)
+    assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
     assert not mup.patches and not mup.folded
     for r in (2, 4):  # the logits' multiplier against the model's own: (n/base)^-1/2
         torch.manual_seed(0)
-        model = Net(r * WIDTHS[0])
+        model = _stack(r * WIDTHS[0], 3)  # every layer's, at a depth other than the traced
         report = mup.apply(model)
-        assert "scale attn.scaling: " in str(report)
+        assert [ln.split(":")[0] for ln in report.lines if ln.startswith("scale ")] == [
+            f"scale layers.{i}.scaling" for i in range(3)
+        ]
         plain = copy.deepcopy(model)  # the same params, with the model's own scale
-        plain.attn.scaling = Net(r * WIDTHS[0]).attn.scaling
+        for layer in plain.layers:
+            layer.scaling = Attention(r * WIDTHS[0]).scaling
         h = model.emb(_tokens(model)[0])
         with torch.no_grad():
-            ratio = model.attn.logits(h) / plain.attn.logits(h)
-            torch.testing.assert_close(ratio, torch.full_like(ratio, r**-0.5))
+            for mine, own in zip(model.layers, plain.layers, strict=True):
+                ratio = mine.logits(h) / own.logits(h)
+                torch.testing.assert_close(ratio, torch.full_like(ratio, r**-0.5))
         # it is the model's state: a deepcopy keeps it, and apply again leaves it
         twin = copy.deepcopy(model)
         twin.load_state_dict(model.state_dict())
-        assert twin.attn.scaling == model.attn.scaling == plain.attn.scaling * r**-0.5
+        assert twin.layers[2].scaling == plain.layers[2].scaling * r**-0.5
         assert "µP's already" in str(mup.apply(twin))
-        assert twin.attn.scaling == model.attn.scaling
+        assert twin.layers[2].scaling == model.layers[2].scaling
 
 
 @pytest.mark.parametrize(
@@ -103,7 +115,7 @@ def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
 )
 def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why):
     def build(n):
-        return Net(n, form)
+        return Net(n, form)  # one layer: no stack
 
     traced = from_torch(build, WIDTHS, _tokens)
     with pytest.raises(
@@ -111,6 +123,6 @@ def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why)
         match=r"(?s)µP needs the attention logits times "
         r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
         rf"combined with something else.*nor could apply set the attention's "
-        rf"own scale instead: attn.scaling changes 1? ?\w* ?.*{why}",
+        rf"own scale instead: layers.0.scaling changes 1? ?\w* ?.*{why}",
     ):
         MuP(traced, "adam")
