@@ -15,9 +15,12 @@ both traced widths. It is then checked by running the model: one forward with it
 with it doubled, under a torch function mode that records every float each torch call receives.
 It is accepted only where the two runs make the same calls and differ in one float alone, doubled:
 the scale of that module's one sdpa call, or the number multiplying its one ``q @ kᵀ`` (the kind
-of the traced logits node). An attribute read nowhere, read twice, read by anything else, or
-whose value reaches the logits by another way (a square root) fails that test, and the query's
-own refusal stands, with the reason the attribute could not take the factor.
+of the traced logits node). That call is computed with the value as it was (the doubled one
+recorded), so the forward's tensors stay the first run's, and code whose calls depend on them (a
+router's, after it) makes the same calls: a difference is the attribute's. An attribute read
+nowhere, read twice, read by anything else, or whose value reaches the logits by another way (a
+square root) fails that test, and the query's own refusal stands, with the reason the attribute
+could not take the factor.
 
 The attribute is state of the model, as its init is: a deepcopy keeps it, a state_dict does not
 hold it (a model loaded from one takes ``apply`` again, as it does for the forward patches).
@@ -144,7 +147,7 @@ def _verify(mup, caller: str, attr: str, node: str, block: bool) -> None:
         before = getattr(module, attr)
         setattr(module, attr, before * 2)
         try:
-            run, calls = _record(model, module, args, kwargs)
+            run, calls = _record(model, module, args, kwargs, (want, before * 2, before))
         finally:
             setattr(module, attr, before)
         if [(e[0], len(e[2])) for e in run] != [(e[0], len(e[2])) for e in base]:
@@ -190,10 +193,13 @@ def _probe(mup):
     return mup._attr_probe
 
 
-def _record(model, module, args: tuple, kwargs: dict) -> tuple[list[tuple], int]:
+def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[tuple], int]:
     """The forward's torch calls that receive floats, in order: (name, inside ``module``, the
     floats, kind, mark), kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a
-    matmul's output: the logits' multiplier) or ''; and how many times ``module`` was called."""
+    matmul's output: the logits' multiplier) or ''; and how many times ``module`` was called.
+    ``undo`` = (kind, doubled, value): a call of that kind inside ``module`` that receives the
+    doubled value is recorded so but computed with the value, so that the forward's tensors,
+    and the calls that data-dependent code (a router's) makes after it, are the first run's."""
     import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_flatten
@@ -204,8 +210,7 @@ def _record(model, module, args: tuple, kwargs: dict) -> tuple[list[tuple], int]
 
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, a=(), kw=None):
-            kw = kw or {}
-            out = func(*a, **kw)
+            a, kw = tuple(a), dict(kw or {})
             name = getattr(func, "__name__", str(func))
             floats = tuple(x for x in tree_flatten((a, kw))[0] if type(x) is float)
             kind, mark = "", None
@@ -215,10 +220,17 @@ def _record(model, module, args: tuple, kwargs: dict) -> tuple[list[tuple], int]
             elif name in _MULS and len(a) == 2 and any(id(x) in products for x in a):
                 mark = next((x for x in a if type(x) is float), None)
                 kind = "mul" if mark is not None else ""
-            if name in _MATMULS and isinstance(out, torch.Tensor):
-                products[id(out)] = out
             if floats:
                 events.append((name, inside[0] > 0, floats, kind, mark))
+            if undo and inside[0] and kind == undo[0] and mark == undo[1]:
+                if kind == "sdpa" and "scale" in kw:
+                    kw["scale"] = undo[2]
+                else:
+                    at = 6 if kind == "sdpa" else next(i for i, x in enumerate(a) if x is mark)
+                    a = (*a[:at], undo[2], *a[at + 1 :])
+            out = func(*a, **kw)
+            if name in _MATMULS and isinstance(out, torch.Tensor):
+                products[id(out)] = out
             return out
 
     def enter(*_):
