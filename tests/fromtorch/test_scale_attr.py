@@ -24,8 +24,9 @@ VOCAB, T, HEADS = 16, 8, 4
 
 class Attention(nn.Module):
     """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
-    reaches the logits: 'sdpa' (its scale, transformers' way), 'unused' (sdpa's own default,
-    equal to it) or 'twice' (its scale, and a number on the output)."""
+    reaches the logits: 'sdpa' (its scale, transformers' way), 'eager' (the number multiplying
+    q @ kᵀ), 'unused' (sdpa's own default, equal to it) or 'twice' (its scale, and a number on
+    the output)."""
 
     def __init__(self, n, form="sdpa"):
         super().__init__()
@@ -45,8 +46,11 @@ class Attention(nn.Module):
         return q @ k.transpose(-1, -2) * self.scaling
 
     def forward(self, h):
-        scale = None if self.form == "unused" else self.scaling
-        y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
+        if self.form == "eager":  # LeViT's: (q @ kᵀ) * self.scale, its softmax, its mix
+            y = self.logits(h).softmax(-1) @ self.heads(h)[2]
+        else:
+            scale = None if self.form == "unused" else self.scaling
+            y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
         y = y.transpose(1, 2).reshape(h.shape)
         if self.form == "twice":
             y = y * (self.scaling * (h.shape[-1] // HEADS) ** 0.5)
@@ -126,3 +130,15 @@ def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why)
         rf"own scale instead: layers.0.scaling changes 1? ?\w* ?.*{why}",
     ):
         MuP(traced, "adam")
+
+
+def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
+    def build(n):
+        return Net(n, "eager")
+
+    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    (found,) = mup.scale_attrs.values()
+    assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
+    model = build(4 * WIDTHS[0])
+    mup.apply(model)
+    assert model.layers[0].scaling == build(4 * WIDTHS[0]).layers[0].scaling / 2
