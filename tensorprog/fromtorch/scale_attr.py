@@ -90,6 +90,9 @@ def _found(mup, scale: str, info: dict, delta: Fraction) -> ScaleAttr:
             f"their node {node} holds other logits too (heads in parts), "
             "which one number would scale alike"
         )
+    others = sorted(s for s, i in traced.scales.items() if s != scale and i.get("caller") == caller)
+    if caller and others:  # its number might be theirs: the forward cannot tell whose it is
+        raise _NoAttribute(f"{caller} computes other logits too ({', '.join(others)})")
     if not caller:
         raise _NoAttribute(
             "the logits are computed in the model's own forward, not by an "
