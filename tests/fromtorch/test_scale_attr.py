@@ -102,6 +102,8 @@ def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
             for mine, own in zip(model.layers, plain.layers, strict=True):
                 ratio = mine.logits(h) / own.logits(h)
                 torch.testing.assert_close(ratio, torch.full_like(ratio, r**-0.5))
+        # the check exports one graph per set of scales (the graph holds them): SP's apart
+        assert mup.scale_values(model) != mup.scale_values(_stack(r * WIDTHS[0], 3))
         # it is the model's state: a deepcopy keeps it, and apply again leaves it
         twin = copy.deepcopy(model)
         twin.load_state_dict(model.state_dict())
