@@ -56,6 +56,7 @@ from .query_fold import (
 )
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
+from .scale_attr import ScaleAttr, set_scales
 from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -137,6 +138,10 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        # scale -> the attention's own scale attribute that takes its factor, where nothing on
+        # its query can (scale_attr.py), and the model its check runs (built when first needed)
+        self.scale_attrs: dict[str, ScaleAttr] = {}
+        self._attr_probe = None
         for name, info in traced.scales.items():  # first: the cause, at the user's line
             l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
@@ -169,6 +174,7 @@ class MuP(DepthScaling, OptimizerGroups):
                         span=info.get("span"),
                     )
                 )
+        self._attr_probe = None  # (the model the attributes' check ran: not kept)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
@@ -419,6 +425,7 @@ class MuP(DepthScaling, OptimizerGroups):
                               "nn.Module hooks, so apply's hooks would not act in them; "
                               "compiled models recompile on their next call", stacklevel=2)
         report.patched = self._register(model, r)
+        report.lines += set_scales(self, model)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
@@ -542,14 +549,14 @@ class MuP(DepthScaling, OptimizerGroups):
                     else self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
         for s, info in scales:
             layer = layer_of[info["q"]]
-            if s in self.shared_fold:  # another scale's factor on the layer carries its own
-                continue
+            if s in self.shared_fold or s in self.scale_attrs:  # another scale's factor on
+                continue  # the layer carries its own; the attention's own scale takes it
             folded[layer] = folded.get(layer, Fraction(0)) + self.derived_a(s, info) - info[
                 "model_a"]
         # a width constant's output carries the constant's own width factor as well
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         out = {
-            info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
+            info["q"]: r ** float(folded.get(layer_of[info["q"]], 0) + own.get(info["q"], 0))
             / self.tuned_query.get(info["q"], 1.0)  # a tuned multiplier's patch on it
             for _, info in scales
         }
@@ -571,6 +578,12 @@ class MuP(DepthScaling, OptimizerGroups):
         for v, e in l2.items():
             out[v] = out.get(v, 1.0) * r ** float(e)
         return out
+
+    def scale_values(self, model) -> tuple:
+        """The scale attributes' values on ``model`` (scale_attr.py): a graph exported from it
+        holds them, so the check exports one per set of values (µP's, or SP's as built)."""
+        return tuple(getattr(model.get_submodule(p), s.attr, None)
+                     for s in self.scale_attrs.values() for p in s.modules(self, model))
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
         """The module of a patch, or of its block param in every layer of the model."""

@@ -70,7 +70,7 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
         )
     shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
     leaves = (*inputs, *kwargs.values())
-    key = (mup.width_of(model), shapes,
+    key = (mup.width_of(model), shapes, mup.scale_values(model),  # held in its graph
            tuple(tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in leaves))
     if key not in mup.graphs:
         with mup.unpatched(model):

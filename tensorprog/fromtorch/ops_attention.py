@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from .values import Blank, Conc, HeadCat, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
-from .where import op_name, refuse
+from .where import module_of, op_name, refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
              "(x[:, :, None].expand(b, kv, g, t, d).reshape(b, kv * g, t, d)), "
@@ -184,7 +184,11 @@ class AttentionOps:
             self.out.slots.append(("scale", factor))
             sc = self.fresh(f"attn_{node}" + (f"_part{i}" if i else ""))
             self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-            self.out.scales[sc] = {"q": a.name, "k": b.name, "slot": len(self.out.slots) - 1}
+            self.out.scales[sc] = {"q": a.name, "k": b.name, "slot": len(self.out.slots) - 1,
+                                   # the module that computes the logits, and their node: where
+                                   # apply may find the model's own scale (scale_attr.py)
+                                   "caller": module_of(self.by_name[node]) if node in self.by_name
+                                   else None, "node": node}
             dots.append(f"{sc} * dot({a.name}, {b.name}, {dh})")
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
         plus = f" + {bias}" if bias else ""

@@ -10,6 +10,7 @@ from fractions import Fraction
 from ..errors import UsageError
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch
+from .scale_attr import scale_attribute
 from .values import ParamUse
 
 
@@ -83,9 +84,14 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
                  "normalisation of " + ", ".join(sorted(info["l2_vectors"])) + ")")
     query_read_alone(mup, scale, info, need)
     if info["q"] not in mup.traced.producers:  # a query normalised without a gain
-        refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm
-        mup.patches.append(query_norm_patch(mup.traced, scale, info, need, delta, (
-            f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
+        try:
+            refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm
+            patch = query_norm_patch(mup.traced, scale, info, need, delta, (
+                f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)"))
+        except UsageError as refused:  # the third place: the attention's own scale
+            scale_attribute(mup, scale, info, delta, refused)
+            return
+        mup.patches.append(patch)
         if mup.patches[-1].keys:
             one_side_alone(mup, scale, info, need)
             mup.shared_norm[info["q"]] = mup.patches[-1].keys

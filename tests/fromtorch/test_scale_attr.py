@@ -1,0 +1,146 @@
+"""The attention's own scale as the place for µP's factor on its logits (scale_attr.py): a query
+clamped after its layer (DBRX's clip_qkv) takes the factor in no init, LR or forward patch, but
+the module hands its ``self.scaling`` to sdpa, and the logits are linear in it. ``apply`` sets it
+to its value times (n/base)^-1/2 (4 heads, head dim n/4), after checking by a forward with it
+doubled that it reaches that sdpa call's scale and nothing else. Near misses (an attribute equal
+to the scale that sdpa does not read, or one read twice) keep the query's refusal."""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model  # noqa: E402
+
+from tensorprog.errors import UsageError  # noqa: E402
+from tensorprog.fromtorch import MuP, from_torch  # noqa: E402
+
+WIDTHS = (16, 32)
+VOCAB, T, HEADS = 16, 8, 4
+
+
+class Attention(nn.Module):
+    """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
+    reaches the logits: 'sdpa' (its scale, transformers' way), 'eager' (the number multiplying
+    q @ kᵀ), 'unused' (sdpa's own default, equal to it) or 'twice' (its scale, and a number on
+    the output)."""
+
+    def __init__(self, n, form="sdpa"):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.scaling = (n // HEADS) ** -0.5
+        self.form = form
+
+    def heads(self, h):
+        b, t, n = h.shape
+        q, k, v = (
+            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        return q.clamp(-8.0, 8.0), k, v
+
+    def logits(self, h):
+        q, k, _ = self.heads(h)
+        return q @ k.transpose(-1, -2) * self.scaling
+
+    def forward(self, h):
+        if self.form == "eager":  # LeViT's: (q @ kᵀ) * self.scale, its softmax, its mix
+            y = self.logits(h).softmax(-1) @ self.heads(h)[2]
+        else:
+            scale = None if self.form == "unused" else self.scaling
+            y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
+        y = y.transpose(1, 2).reshape(h.shape)
+        if self.form == "twice":
+            y = y * (self.scaling * (h.shape[-1] // HEADS) ** 0.5)
+        return h + y
+
+
+class Net(nn.Module):
+    def __init__(self, n, form="sdpa", depth=1):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB)
+        self.layers = nn.ModuleList(Attention(n, form) for _ in range(depth))
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(VOCAB - 3).view(2, T),)
+
+
+def _stack(n, depth=2):
+    return Net(n, depth=depth)
+
+
+def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
+    # before: MuP refused it (the query is a clamp of its layer's output)
+    traced = from_torch(_stack, WIDTHS, _tokens)
+    assert traced.stack is not None and traced.stack.depth == 2
+    traced_computes_the_model(traced, _stack, _tokens)
+    mup = apply_is_bit_identical_at_base(traced, _stack, _tokens)
+    (found,) = mup.scale_attrs.values()
+    assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
+    assert not mup.patches and not mup.folded
+    for r in (2, 4):  # the logits' multiplier against the model's own: (n/base)^-1/2
+        torch.manual_seed(0)
+        model = _stack(r * WIDTHS[0], 3)  # every layer's, at a depth other than the traced
+        report = mup.apply(model)
+        assert [ln.split(":")[0] for ln in report.lines if ln.startswith("scale ")] == [
+            f"scale layers.{i}.scaling" for i in range(3)
+        ]
+        plain = copy.deepcopy(model)  # the same params, with the model's own scale
+        for layer in plain.layers:
+            layer.scaling = Attention(r * WIDTHS[0]).scaling
+        h = model.emb(_tokens(model)[0])
+        with torch.no_grad():
+            for mine, own in zip(model.layers, plain.layers, strict=True):
+                ratio = mine.logits(h) / own.logits(h)
+                torch.testing.assert_close(ratio, torch.full_like(ratio, r**-0.5))
+        # the check exports one graph per set of scales (the graph holds them): SP's apart
+        assert mup.scale_values(model) != mup.scale_values(_stack(r * WIDTHS[0], 3))
+        # it is the model's state: a deepcopy keeps it, and apply again leaves it
+        twin = copy.deepcopy(model)
+        twin.load_state_dict(model.state_dict())
+        assert twin.layers[2].scaling == plain.layers[2].scaling * r**-0.5
+        assert "µP's already" in str(mup.apply(twin))
+        assert twin.layers[2].scaling == model.layers[2].scaling
+
+
+@pytest.mark.parametrize(
+    ("form", "why"),
+    [
+        ("unused", "read nowhere"),
+        ("twice", "read more than once"),
+    ],
+)
+def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why):
+    def build(n):
+        return Net(n, form)  # one layer: no stack
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    with pytest.raises(
+        UsageError,
+        match=r"(?s)µP needs the attention logits times "
+        r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
+        rf"combined with something else.*nor could apply set the attention's "
+        rf"own scale instead: layers.0.scaling changes 1? ?\w* ?.*{why}",
+    ):
+        MuP(traced, "adam")
+
+
+def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
+    def build(n):
+        return Net(n, "eager")
+
+    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    (found,) = mup.scale_attrs.values()
+    assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
+    model = build(4 * WIDTHS[0])
+    mup.apply(model)
+    assert model.layers[0].scaling == build(4 * WIDTHS[0]).layers[0].scaling / 2
