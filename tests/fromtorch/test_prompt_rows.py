@@ -3,9 +3,10 @@ past the vocabulary, before the token ids and looks them all up in one table,
 ``table(cat([arange(V, V + P).repeat(B, 1), ids], 1))``. The prompt's rows are the same P
 vectors before every sequence: the lookup traces as the tokens' with P learned tokens put
 before them, ``prepend`` of one row param each, over a sequence P tokens longer (fromtorch/
-ops_encoder.py). Oracle: the emitted program computes the model's output at the base width;
-the prompt rows derive as the token rows do (input weights: Θ(1) init and Adam LR); apply
-leaves the model bit-identical there. Ids put after the tokens are refused."""
+ops_encoder.py); the output, cut back to the tokens (``h[:, P:]``), is ``tail(h, T)``.
+Oracle: the emitted program computes the model's output at the base width; the prompt rows
+derive as the token rows do (input weights: Θ(1) init and Adam LR); apply leaves the model
+bit-identical there. Ids put after the tokens are refused."""
 
 import pytest
 from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
@@ -19,7 +20,8 @@ V, P = 13, 2
 
 
 class Prompted(nn.Module):
-    """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout."""
+    """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout of the
+    tokens after the prompt."""
 
     def __init__(self, n, after=False):
         super().__init__()
@@ -32,7 +34,7 @@ class Prompted(nn.Module):
         prompt = torch.arange(V + P, V + 2 * P, device=ids.device).repeat(ids.shape[0], 1)
         h = self.embed(torch.cat((ids, prompt) if self.after else (prompt, ids), dim=1))
         h = h + self.fc2(torch.relu(self.fc1(self.norm(h))))
-        return self.head(h)
+        return self.head(h[:, P:])  # the prompt cut off the output: tail(h, T)
 
 
 def _tokens(model):
@@ -49,6 +51,7 @@ def test_the_prompt_is_two_row_params_prepended_to_the_tokens(traced):
     assert "param embed_weight_row15 : [n]" in src and "param embed_weight_row16 : [n]" in src
     assert "dim T2 = 10" in src, src
     assert "= prepend(embed_weight_row16, " in src and "= prepend(embed_weight_row15, " in src
+    assert "slice_1 = tail(add, T)" in src
     traced_computes_the_model(traced, Prompted, _tokens)
 
 
