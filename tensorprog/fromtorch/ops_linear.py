@@ -198,6 +198,20 @@ class LinearOps:
             return self.ids_lookup(node, w, Given(idx.value, input=SHIFTED_IDS))
         if (rows := _prompt_rows(made, ids, idx.value, w)) is not None:
             return self.prompted_lookup(node, w, rows)  # CPM-Ant's prompt: ops_encoder.py
+        if _by_zero_ids(made, ids):
+            raise refuse(
+                node,
+                "an embedding lookup of ids computed from the token ids that are the same in "
+                "every sequence at ids other than 0 (the probe's ids, which differ between "
+                "sequences) but not at ids 0: ids that depend on which token ids are 0, a "
+                "padding id (CPM-Ant's segments, torch.where(input_ids != 0, 2, 0), and the "
+                "mask it builds from their count): the program's token input has no padding, "
+                "and the trace's example ids are zeros, so the model's constants are read there "
+                "as if every token were padding",
+                help="compute those ids from constants in the forward (CPM-Ant's segments: 0 "
+                "on the prompt, 2 on every token, and no padding mask), or give them as an "
+                "input of the forward (segment ids=)",
+            )
         raise refuse(
             node,
             "an embedding lookup of ids computed from the token ids other than a copy of "
@@ -396,6 +410,17 @@ def _prompt_rows(made, ids, value, w: PRef) -> list[int] | None:
         return None
     rows = [int(i) for i in head[0]]
     return rows if all(0 <= r < w.shape[0] for r in rows) else None
+
+
+def _by_zero_ids(made, ids) -> bool:
+    """Whether ids computed from the probe ids ``ids`` (``made``) are the same in every sequence
+    though the probe's sequences differ: they then depend on the token ids only by which of
+    them are special, and ids computed from the trace's zeros differ (the caller's case)."""
+    import torch
+
+    return isinstance(made, torch.Tensor) and made.dim() == 2 and ids.dim() == 2 and \
+        made.shape[0] == ids.shape[0] > 1 and bool((made == made[0]).all()) and \
+        not bool((ids == ids[0]).all())
 
 
 def _table(node, w: PRef) -> str:

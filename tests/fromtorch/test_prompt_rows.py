@@ -23,9 +23,10 @@ class Prompted(nn.Module):
     """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout of the
     tokens after the prompt."""
 
-    def __init__(self, n, after=False):
+    def __init__(self, n, after=False, segments=False):
         super().__init__()
         self.after = after  # the constant ids after the tokens: refused
+        self.segments = nn.Embedding(3, n) if segments else None  # CPM-Ant's: refused
         self.embed = nn.Embedding(V + 2 * P, n)  # a second prompt's rows, never read
         self.norm, self.fc1, self.fc2 = nn.LayerNorm(n), nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
         self.head = nn.Linear(n, V)
@@ -33,6 +34,9 @@ class Prompted(nn.Module):
     def forward(self, ids):
         prompt = torch.arange(V + P, V + 2 * P, device=ids.device).repeat(ids.shape[0], 1)
         h = self.embed(torch.cat((ids, prompt) if self.after else (prompt, ids), dim=1))
+        if self.segments is not None:  # 2 at each token that is not the padding id 0
+            segment = torch.where(ids != 0, 2, 0)
+            h = h + self.segments(torch.cat((torch.zeros_like(prompt), segment), dim=1))
         h = h + self.fc2(torch.relu(self.fc1(self.norm(h))))
         return self.head(h[:, P:])  # the prompt cut off the output: tail(h, T)
 
@@ -67,3 +71,14 @@ def test_constant_ids_after_the_tokens_are_refused():
         tp.TensorProgError, match="a copy behind constant ids the same in every sequence"
     ):
         tp.from_torch(lambda n: Prompted(n, after=True), (32, 64), _tokens)
+
+
+def test_segments_computed_from_which_ids_are_0_are_refused():
+    # the trace's ids are zeros, here the padding id: read there, every token would be padding
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"test_prompt_rows.py:\d+:\d+: error: cannot "
+        r"trace an embedding lookup of ids computed from the token ids that are "
+        r"the same in every sequence at ids other than 0 .* but not at ids 0",
+    ):
+        tp.from_torch(lambda n: Prompted(n, segments=True), (32, 64), _tokens)
