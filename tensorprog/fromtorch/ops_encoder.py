@@ -181,17 +181,18 @@ class EncoderOps:
             x = Vec(name, x.tags, x.dim)
         return x
 
-    def prompted_lookup(self, node, w: PRef, rows: list[int]) -> Vec:
+    def prompted_lookup(self, node, w: PRef, rows: list[int], padding=None) -> Vec:
         """A lookup of the token ids behind constant ids of the same table (CPM-Ant's prompt,
         ``table(cat([arange(a, a + P).repeat(B, 1), ids], 1))``): the prompt's rows are the
         same P vectors before every sequence, so the lookup is the tokens' (an input weight of
         finite fan-in) with P learned tokens put before them, ``prepend`` of one row param each
         (ParamUse.index: apply inits that row, and the table takes one LR). The rows derive as
         a bias does, Θ(1) init and Adam LR, SGD LR Θ(n), which is the token rows' law too: one
-        table, one law. The sequence the model runs over is P tokens longer, T1 ... TP."""
+        table, one law. The sequence the model runs over is P tokens longer, T1 ... TP. A prompt
+        id that is the lookup's ``padding`` id reads a row that never trains (row_param)."""
         x = self.op_embedding(node, w, Tok(("tok", "tok")))
         self.out.vectors.pop(x.name, None)  # the tokens' rows alone: no node of the model's
-        params = [self.row_param(node, w, row) for row in rows]
+        params = [self.row_param(node, w, row, row == padding) for row in rows]
         return self.prepend_rows(node, x, params, self.tokens_seq)
 
     def _token_rows(self, token: TokenParam, node) -> list[str]:

@@ -102,7 +102,7 @@ class LinearOps:
             return self.ids_lookup(node, w, idx)
         elif isinstance(idx, Conc) and idx.probe is not None and not _same(idx.probe,
                                                                            idx.value):
-            return self._ids_made_lookup(node, w, idx)
+            return self._ids_made_lookup(node, w, idx, rest[0] if rest else None)
         # ids the forward computes from the token ids but that come out the same from the probe
         # ids (RoBERTa's positions: a cumsum of the non-padding mask, padding being absent from
         # both) are read by their values below, as ids computed from nothing
@@ -175,13 +175,15 @@ class LinearOps:
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
 
-    def _ids_made_lookup(self, node, w: PRef, idx: Conc) -> Vec:
+    def _ids_made_lookup(self, node, w: PRef, idx: Conc, padding=None) -> Vec:
         """A lookup of ids the forward computes from the token ids. Read by what they are
         with probe ids in place of the trace's zeros (which would read as one constant id):
         the ids themselves (a copy the model edits only where an id is special, Gemma-3's
         image tokens) are the token input; the ids shifted right by one behind one start id
         (BART's decoder_input_ids made from input_ids) are a token input over a sequence of
-        their own, as a decoder's ids given apart. Anything else is refused."""
+        their own, as a decoder's ids given apart; the ids behind constant ids the same in every
+        sequence (CPM-Ant's prompt) are the token input with a learned row put before it per
+        constant id (``padding``: the lookup's padding_idx). Anything else is refused."""
         import torch
 
         ids = probe_ids(self.tok_value)
@@ -197,7 +199,7 @@ class LinearOps:
                 and w.target == getattr(self, "tokens_table", None):
             return self.ids_lookup(node, w, Given(idx.value, input=SHIFTED_IDS))
         if (rows := _prompt_rows(made, ids, idx.value, w)) is not None:
-            return self.prompted_lookup(node, w, rows)  # CPM-Ant's prompt: ops_encoder.py
+            return self.prompted_lookup(node, w, rows, padding)  # CPM-Ant's: ops_encoder.py
         if _by_zero_ids(made, ids):
             raise refuse(
                 node,
