@@ -102,7 +102,7 @@ class LinearOps:
             return self.ids_lookup(node, w, idx)
         elif isinstance(idx, Conc) and idx.probe is not None and not _same(idx.probe,
                                                                            idx.value):
-            return self._ids_made_lookup(node, w, idx)
+            return self._ids_made_lookup(node, w, idx, rest[0] if rest else None)
         # ids the forward computes from the token ids but that come out the same from the probe
         # ids (RoBERTa's positions: a cumsum of the non-padding mask, padding being absent from
         # both) are read by their values below, as ids computed from nothing
@@ -175,13 +175,15 @@ class LinearOps:
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
 
-    def _ids_made_lookup(self, node, w: PRef, idx: Conc) -> Vec:
+    def _ids_made_lookup(self, node, w: PRef, idx: Conc, padding=None) -> Vec:
         """A lookup of ids the forward computes from the token ids. Read by what they are
         with probe ids in place of the trace's zeros (which would read as one constant id):
         the ids themselves (a copy the model edits only where an id is special, Gemma-3's
         image tokens) are the token input; the ids shifted right by one behind one start id
         (BART's decoder_input_ids made from input_ids) are a token input over a sequence of
-        their own, as a decoder's ids given apart. Anything else is refused."""
+        their own, as a decoder's ids given apart; the ids behind constant ids the same in every
+        sequence (CPM-Ant's prompt) are the token input with a learned row put before it per
+        constant id (``padding``: the lookup's padding_idx). Anything else is refused."""
         import torch
 
         ids = probe_ids(self.tok_value)
@@ -196,10 +198,27 @@ class LinearOps:
                 and bool((made[:, 0] == made[0, 0]).all()) \
                 and w.target == getattr(self, "tokens_table", None):
             return self.ids_lookup(node, w, Given(idx.value, input=SHIFTED_IDS))
+        if (rows := _prompt_rows(made, ids, idx.value, w)) is not None:
+            return self.prompted_lookup(node, w, rows, padding)  # CPM-Ant's: ops_encoder.py
+        if _by_zero_ids(made, ids):
+            raise refuse(
+                node,
+                "an embedding lookup of ids computed from the token ids that are the same in "
+                "every sequence at ids other than 0 (the probe's ids, which differ between "
+                "sequences) but not at ids 0: ids that depend on which token ids are 0, a "
+                "padding id (CPM-Ant's segments, torch.where(input_ids != 0, 2, 0), and the "
+                "mask it builds from their count): the program's token input has no padding, "
+                "and the trace's example ids are zeros, so the model's constants are read there "
+                "as if every token were padding",
+                help="compute those ids from constants in the forward (CPM-Ant's segments: 0 "
+                "on the prompt, 2 on every token, and no padding mask), or give them as an "
+                "input of the forward (segment ids=)",
+            )
         raise refuse(
             node,
             "an embedding lookup of ids computed from the token ids other than a copy of "
-            "them, the ids shifted right by one behind a start id, or one codebook of them "
+            "them, a copy behind constant ids the same in every sequence (a prompt), the ids "
+            "shifted right by one behind a start id, or one codebook of them "
             "(rows b·K + k of the ids, (B·K, T) viewed (B, K, T) and [:, k], by views and "
             "slices alone)",
             help="compute those ids outside the model and give them as an input of the "
@@ -217,11 +236,17 @@ class LinearOps:
         return first if ok else None
 
     def _row(self, node, w: PRef, row: int, padding: bool = False) -> Vec:
-        """A lookup of one constant id: row ``row`` of the table, the same for every token. It
-        is a vector param of its own (fed the constant 1, a bias in the sum it meets), whose
-        exponents the engine derives as a bias's; ParamUse.index maps it back to the row, so
-        apply inits that row and the table takes its LR (the rows never read get no
-        gradient).
+        """A lookup of one constant id: the vector param of that row (:meth:`row_param`), the
+        same for every token."""
+        param = self.row_param(node, w, row, padding)
+        name = self.emit_vector(node.name, param)
+        return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
+
+    def row_param(self, node, w: PRef, row: int, padding: bool = False) -> str:
+        """Row ``row`` of the table, read at one constant id: a vector param of its own (fed
+        the constant 1, a bias in the sum it meets), whose exponents the engine derives as a
+        bias's; ParamUse.index maps it back to the row, so apply inits that row and the table
+        takes its LR (the rows never read get no gradient).
 
         The table's ``padding_idx`` row (``padding``: RoCBert's shape and pronunciation ids,
         zeros where none are given) never trains, its gradient masked, and nn.Embedding and
@@ -252,8 +277,8 @@ class LinearOps:
             self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}"
                                   + (f"  # row {row} of {strip_prefix(w.target)}, its "
                                      "padding_idx: never trained" if padding else ""))
-        name = self.emit_vector(node.name, param)
-        return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
+        return param
+
 
     def sequence_input(self, prefix: str, kind: str, length: int, rows: int) -> str:
         """A provisional input over a sequence of ``length`` tokens (positions, buckets), named
@@ -367,6 +392,37 @@ def _same(a, b) -> bool:
 
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
         and torch.equal(a, b)
+
+
+def _prompt_rows(made, ids, value, w: PRef) -> list[int] | None:
+    """The P constant ids before a copy of the token ids along the sequence, the same in every
+    sequence (CPM-Ant's prompt), or None: ``made`` are the lookup's ids computed from the probe
+    ids ``ids``, ``value`` from the trace's zeros; the P ids come out the same from both (they
+    do not depend on the token ids)."""
+    import torch
+
+    if not isinstance(made, torch.Tensor) or made.dim() != 2 or ids.dim() != 2 or w.t or \
+            w.rows or w.offset or made.shape[0] != ids.shape[0] or \
+            not isinstance(value, torch.Tensor) or value.shape != made.shape:
+        return None
+    p = made.shape[1] - ids.shape[1]
+    head = made[:, :p]
+    if p < 1 or not torch.equal(made[:, p:], ids) or not torch.equal(head, value[:, :p]) or \
+            not bool((head == head[0]).all()) or bool((value[:, p:] != 0).any()):
+        return None
+    rows = [int(i) for i in head[0]]
+    return rows if all(0 <= r < w.shape[0] for r in rows) else None
+
+
+def _by_zero_ids(made, ids) -> bool:
+    """Whether ids computed from the probe ids ``ids`` (``made``) are the same in every sequence
+    though the probe's sequences differ: they then depend on the token ids only by which of
+    them are special, and ids computed from the trace's zeros differ (the caller's case)."""
+    import torch
+
+    return isinstance(made, torch.Tensor) and made.dim() == 2 and ids.dim() == 2 and \
+        made.shape[0] == ids.shape[0] > 1 and bool((made == made[0]).all()) and \
+        not bool((ids == ids[0]).all())
 
 
 def _table(node, w: PRef) -> str:

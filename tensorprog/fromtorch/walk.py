@@ -305,8 +305,8 @@ class Walker:
                 node,
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
-        if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
-            raise self.refuse_token_slice(node, v)
+        if isinstance(v, TokensFrom):  # a mean or tail(h, T) reads h[:, k:] (ops_pool.py)
+            return self.token_tail(node, v)
         if isinstance(v, OneToken):  # a split-off class token (ops_classtoken.py)
             raise self.refuse_one_token(node, v)
         if isinstance(v, Rescaled):  # x * RMS(e) read as a vector (ops_rescale.py)

@@ -1,0 +1,84 @@
+"""A prompt of learned rows of the token table (CPM-Ant's): the forward puts P constant ids,
+past the vocabulary, before the token ids and looks them all up in one table,
+``table(cat([arange(V, V + P).repeat(B, 1), ids], 1))``. The prompt's rows are the same P
+vectors before every sequence: the lookup traces as the tokens' with P learned tokens put
+before them, ``prepend`` of one row param each, over a sequence P tokens longer (fromtorch/
+ops_encoder.py); the output, cut back to the tokens (``h[:, P:]``), is ``tail(h, T)``.
+Oracle: the emitted program computes the model's output at the base width; the prompt rows
+derive as the token rows do (input weights: Θ(1) init and Adam LR); apply leaves the model
+bit-identical there. Ids put after the tokens are refused."""
+
+import pytest
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import tensorprog as tp  # noqa: E402
+
+V, P = 13, 2
+
+
+class Prompted(nn.Module):
+    """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout of the
+    tokens after the prompt."""
+
+    def __init__(self, n, after=False, segments=False):
+        super().__init__()
+        self.after = after  # the constant ids after the tokens: refused
+        self.segments = nn.Embedding(3, n) if segments else None  # CPM-Ant's: refused
+        self.embed = nn.Embedding(V + 2 * P, n)  # a second prompt's rows, never read
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(n), nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
+        self.head = nn.Linear(n, V)
+
+    def forward(self, ids):
+        prompt = torch.arange(V + P, V + 2 * P, device=ids.device).repeat(ids.shape[0], 1)
+        h = self.embed(torch.cat((ids, prompt) if self.after else (prompt, ids), dim=1))
+        if self.segments is not None:  # 2 at each token that is not the padding id 0
+            segment = torch.where(ids != 0, 2, 0)
+            h = h + self.segments(torch.cat((torch.zeros_like(prompt), segment), dim=1))
+        h = h + self.fc2(torch.relu(self.fc1(self.norm(h))))
+        return self.head(h[:, P:])  # the prompt cut off the output: tail(h, T)
+
+
+def _tokens(model):
+    return (torch.arange(16).remainder(V).view(2, 8),)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    return tp.from_torch(Prompted, (32, 64), _tokens)
+
+
+def test_the_prompt_is_two_row_params_prepended_to_the_tokens(traced):
+    src = traced.source
+    assert "param embed_weight_row15 : [n]" in src and "param embed_weight_row16 : [n]" in src
+    assert "dim T2 = 10" in src, src
+    assert "= prepend(embed_weight_row16, " in src and "= prepend(embed_weight_row15, " in src
+    assert "slice_1 = tail(add, T)" in src
+    traced_computes_the_model(traced, Prompted, _tokens)
+
+
+def test_the_prompt_rows_derive_as_the_token_rows(traced):
+    for optimizer in ("adam", "sgd"):
+        abc = tp.derive(traced.program, optimizer).abc
+        assert abc["embed_weight_row15"] == abc["embed_weight_row16"] == abc["embed_weight"]
+    apply_is_bit_identical_at_base(traced, Prompted, _tokens)
+
+
+def test_constant_ids_after_the_tokens_are_refused():
+    with pytest.raises(
+        tp.TensorProgError, match="a copy behind constant ids the same in every sequence"
+    ):
+        tp.from_torch(lambda n: Prompted(n, after=True), (32, 64), _tokens)
+
+
+def test_segments_computed_from_which_ids_are_0_are_refused():
+    # the trace's ids are zeros, here the padding id: read there, every token would be padding
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"test_prompt_rows.py:\d+:\d+: error: cannot "
+        r"trace an embedding lookup of ids computed from the token ids that are "
+        r"the same in every sequence at ids other than 0 .* but not at ids 0",
+    ):
+        tp.from_torch(lambda n: Prompted(n, segments=True), (32, 64), _tokens)
