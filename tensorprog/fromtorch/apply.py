@@ -301,6 +301,9 @@ class MuP(DepthScaling, OptimizerGroups):
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
             while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]
                 tshape = tshape[1:]
+            if len(shape) == 1 and len(tshape) > 1 and use.index is None and use.expert is None \
+                    and not use.rows:
+                tshape = [math.prod(tshape)]  # a bias [H, dh] of a per-head vector, flattened
             if len(tshape) == len(shape) - 1 and not self.program.dim_table[shape[0]].infinite:
                 tshape = [1, *tshape]  # a vector param applied as one row (a query: [n] as [1, n])
             for axis, d in enumerate(shape):

@@ -49,6 +49,7 @@ from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rescale import RescaleOps
 from .ops_rotary import RotaryOps
+from .ops_scaledparam import ScaledParamOps
 from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
@@ -107,7 +108,8 @@ class Converter(
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
+    SpreadParamOps, ScaledParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps,
+    EntryOps,
     Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

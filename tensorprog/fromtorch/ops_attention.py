@@ -451,7 +451,35 @@ def batch_shapes(node, first: int = 0, second: int = 1):
             for i in (first, second)]
     if not all(isinstance(x, torch.Tensor) for x in vals):
         return None
-    return tuple(tuple(int(s) for s in x.shape[:-2]) for x in vals)
+    shapes = [tuple(int(s) for s in x.shape) for x in vals]
+    if op == "einsum":  # its operands as the matmul they are laid out for (einsum_layout)
+        ins, _, out = node.args[0].replace(" ", "").partition("->")
+        layout = einsum_layout(ins.split(","), out)
+        if layout is not None:
+            shapes = [tuple(shapes[k][d] for d in layout[k]) for k in (0, 1)]
+    return tuple(x[:-2] for x in shapes)
+
+
+def einsum_layout(terms: list, out: str) -> tuple | None:
+    """An einsum of two operands that is a batched matmul up to the order of axes (Funnel's
+    "bind,bjnd->bnij"): the permutations of its operands to (batch..., i, d) and (batch...,
+    d, j), and of their product (batch..., i, j) to ``out``; None for any other einsum (a
+    letter repeated, summed over more than one axis, an operand's own axis kept, or the
+    product's two own axes swapped)."""
+    if len(terms) != 2 or any(len(set(t)) != len(t) or len(t) != len(out) for t in terms) \
+            or len(out) < 3:
+        return None
+    a, b = terms
+    summed = [c for c in a if c in b and c not in out]
+    i = [c for c in a if c not in b and c in out]
+    j = [c for c in b if c not in a and c in out]
+    batch = [c for c in out if c in a and c in b]
+    if len(summed) != 1 or len(i) != 1 or len(j) != 1 or len(batch) != len(out) - 2:
+        return None
+    if out.index(i[0]) > out.index(j[0]):  # the product transposed (logits keys first): none
+        return None
+    return ([a.index(c) for c in batch + i + summed], [b.index(c) for c in batch + summed + j],
+            [(batch + i + j).index(c) for c in out])
 
 
 def layout_text(tags) -> str:

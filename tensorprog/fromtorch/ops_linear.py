@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .inputs import probe_ids
-from .ops_attention import batch_shapes, heads_paired, layout_text
+from .ops_attention import batch_shapes, einsum_layout, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
 from .ops_relative import built_ids, grid_stride, refuse_fed_ids, refuse_grid_ids, relative_kind
+from .ops_relkeys import refuse_relative_einsum
 from .ops_windows import window_lookup
 from .values import (
     SHIFTED_IDS,
@@ -382,8 +383,27 @@ class LinearOps:
                 if b[-2:] == out[-1] + j:
                     return self.op_matmul(node, operands[0],
                                           self.op_transpose(node, operands[1], -2, -1))
+        permuted = self._einsum_permuted(node, terms, out, operands)
+        if permuted is not None:
+            return permuted
+        refuse_relative_einsum(node, equation, operands)  # (ops_relkeys.py)
         raise refuse(node, f"an einsum {equation!r} that is not a batched matmul",
                      help="write it as a matmul (a @ b, or a @ b.transpose(-2, -1))")
+
+    def _einsum_permuted(self, node, terms, out, operands):
+        """A batched matmul whose operands and result are laid out in another order (Funnel's
+        per-head logits "bind,bjnd->bnij" and values "bnij,bjnd->bind"): each operand
+        permuted as :func:`~.ops_attention.einsum_layout` says, their matmul, and the result
+        permuted to ``out``, which is what the einsum computes; None for any other einsum."""
+        layout = einsum_layout(terms, out) if len(operands) == 2 else None
+        if layout is None:
+            return None
+
+        def laid(v, dims):  # (attention weights are read as they are: no permute of them)
+            return v if dims == sorted(dims) else self.op_permute(node, v, dims)
+
+        made = self.op_matmul(node, laid(operands[0], layout[0]), laid(operands[1], layout[1]))
+        return laid(made, layout[2])
 
 
 def _same(a, b) -> bool:
