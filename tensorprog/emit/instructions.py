@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.ddot import DDOT
+from ..ir.hdot import HDOT
 from ..ir.functions import (
     AT,
     CAT,
@@ -181,6 +182,9 @@ class Emitter:
         if ins.fn == DDOT:  # a per-head dot decayed per key channel (emit/ddot.py)
             self.helpers.add("_ddot")
             return f"_ddot({', '.join(self.ref(a) for a in ins.args)}, {self.dim(ins.over)})"
+        if ins.fn == HDOT:  # per head of one token, the sum of its coordinates' products
+            u, v = (self.ref(a) for a in ins.args)
+            return f"({u} * {v}).unflatten(-1, (-1, {self.dim(ins.over)})).sum(-1)"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

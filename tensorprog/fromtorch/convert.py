@@ -26,6 +26,7 @@ from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
 from .ops_flatstreams import FlatStreamOps
 from .ops_gate import HeadGateOps
+from .ops_headdot import HeadDotOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
@@ -105,7 +106,7 @@ class Converter(
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
+    SpreadParamOps, HeadGateOps, HeadDotOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
     Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

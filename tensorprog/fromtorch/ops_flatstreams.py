@@ -127,6 +127,9 @@ class FlatStreamOps:
             try:
                 return super().op_sum(node, x, dims, keepdim, **kw)
             except TraceError:
+                dot = self.head_dot(node, x, dims, keepdim)  # hdot(u, v, dh) (ops_headdot.py)
+                if dot is not None:
+                    return dot
                 _refuse_block_dot(node, x, dims)
                 raise
         k, d = self._shape(node.args[0])[-2:]

@@ -162,6 +162,9 @@ class ParamFnOps:
         for i, (g, x) in enumerate(((u, v), (v, u))):
             if isinstance(g, ParamFn) and isinstance(x, (Vec, Affine, Pointwise)):
                 return self._gain(node, i, g, x)
+        gated = self.head_dot_gain(node, u, v)  # f(w) of a per-head dot's gate (ops_headdot)
+        if gated is not None:
+            return gated
         raise refuse_param_fn(node, u if isinstance(u, ParamFn) else v)
 
     def _one_param(self, node, u, v) -> PRef | None:
