@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from ..engine.exponents import ABC
 from ..ir.ddot import DDOT
-from ..ir.hdot import HDOT
 from ..ir.functions import (
     AT,
     CAT,
@@ -25,6 +24,7 @@ from ..ir.functions import (
     TCONV,
     torch_call,
 )
+from ..ir.hdot import HDOT
 from ..ir.program import (
     RELATIVE_KINDS,
     Delta,

@@ -33,13 +33,19 @@ def _sum(ins: Nonlin, sz: Sizes, init: bool) -> tuple[Exp, str]:
     if not sz.infinite(ins.over):
         return ZERO, f"a finite sum over each head's {ins.over} coordinates (+0)"
     if not init:
-        return ONE, (f"after training each side has moved along the other, so the sum over "
-                     f"{ins.over} is correlated (LLN: +1)")
+        return ONE, (
+            f"after training each side has moved along the other, so the sum over "
+            f"{ins.over} is correlated (LLN: +1)"
+        )
     if sz.centred_apart(u, v):
-        return HALF, (f"{u}₀ and {v}₀ are independent and centred, so the sum over {ins.over} "
-                      "is a CLT sum (+1/2)")
-    return ONE, (f"{u}₀ and {v}₀ are correlated (shared inputs or nonzero means), so the sum "
-                 f"over {ins.over} is an LLN sum (+1)")
+        return HALF, (
+            f"{u}₀ and {v}₀ are independent and centred, so the sum over {ins.over} "
+            "is a CLT sum (+1/2)"
+        )
+    return ONE, (
+        f"{u}₀ and {v}₀ are correlated (shared inputs or nonzero means), so the sum "
+        f"over {ins.over} is an LLN sum (+1)"
+    )
 
 
 def init_hdot(ins: Nonlin, sz: Sizes) -> list[Term]:
@@ -51,18 +57,26 @@ def init_hdot(ins: Nonlin, sz: Sizes) -> list[Term]:
 def change_hdot(ins: Nonlin, sz: Sizes) -> list[Term]:
     u, v = ins.args
     k, why = _sum(ins, sz, False)
-    return (terms(f"Δ{u}·{v} per head", why, "auto", sz.change(u), sz.train(v), const=k)
-            + terms(f"{u}·Δ{v} per head", why, "auto", sz.train(u), sz.change(v), const=k))
+    return terms(f"Δ{u}·{v} per head", why, "auto", sz.change(u), sz.train(v), const=k) + terms(
+        f"{u}·Δ{v} per head", why, "auto", sz.train(u), sz.change(v), const=k
+    )
 
 
 def grad_hdot(ins: Nonlin, sz: Sizes) -> list[tuple[str, Term]]:
     g = [Mono(sz.grad(ins.out))]
     u, v = ins.args
     why = "one term per coordinate: its head's number's gradient times the other side's (+0)"
-    return ([(u, t) for t in terms(f"d{ins.out}·{v}", f"d{u} = d{ins.out}·{v}, {why}", "auto",
-                                   g, sz.first_order_train(v))]
-            + [(v, t) for t in terms(f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u}, {why}",
-                                     "auto", g, sz.first_order_train(u))])
+    return [
+        (u, t)
+        for t in terms(
+            f"d{ins.out}·{v}", f"d{u} = d{ins.out}·{v}, {why}", "auto", g, sz.first_order_train(v)
+        )
+    ] + [
+        (v, t)
+        for t in terms(
+            f"d{ins.out}·{u}", f"d{v} = d{ins.out}·{u}, {why}", "auto", g, sz.first_order_train(u)
+        )
+    ]
 
 
 #: the Nonlin ``hdot``'s rules (init, change, gradient), which ``rules.MOVES`` dispatches

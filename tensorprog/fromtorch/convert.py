@@ -26,11 +26,11 @@ from .ops_entries import EntryOps
 from .ops_fixedgain import FixedGainOps
 from .ops_flatstreams import FlatStreamOps
 from .ops_gate import HeadGateOps
-from .ops_headdot import HeadDotOps
 from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
 from .ops_headcat import HeadCatOps
+from .ops_headdot import HeadDotOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps

@@ -19,9 +19,13 @@ from __future__ import annotations
 import math
 
 from .ops_arith import flat_param
-from .ops_gate import _per_head
 from .values import HeadGate, ParamFn, Vec
 from .where import op_name
+
+
+def _per_head(x) -> bool:
+    """A vector viewed per head: its heads at the axis before its last, its head dim."""
+    return isinstance(x, Vec) and x.tags[-2:] == ("H", "dh") and bool(x.dh)
 
 
 class HeadDotOps:
@@ -34,15 +38,24 @@ class HeadDotOps:
         prod = node.args[0]
         ndim = len(prod.meta["val"].shape)
         axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None
-        if axes != [ndim - 1] or not isinstance(x, Vec) or not _per_head(x) or \
-                not hasattr(prod, "op") or op_name(prod) != "mul" or len(prod.args) != 2:
+        if (
+            axes != [ndim - 1]
+            or not isinstance(x, Vec)
+            or not _per_head(x)
+            or not hasattr(prod, "op")
+            or op_name(prod) != "mul"
+            or len(prod.args) != 2
+        ):
             return None
         sides = [self.env.get(getattr(a, "name", None)) for a in prod.args]
         if any(s is None for s in sides):
             return None
         u, v = (self.vec(s, node) for s in sides)
-        if not (_per_head(u) and _per_head(v)) or (u.tags, u.dim, u.dh) != (v.tags, v.dim, v.dh) \
-                or tuple(prod.args[0].meta["val"].shape) != tuple(prod.args[1].meta["val"].shape):
+        if (
+            not (_per_head(u) and _per_head(v))
+            or (u.tags, u.dim, u.dh) != (v.tags, v.dim, v.dh)
+            or tuple(prod.args[0].meta["val"].shape) != tuple(prod.args[1].meta["val"].shape)
+        ):
             return None  # a broadcast product, or heads laid out unlike: the other rules'
         heads = u.dim // u.dh
         self.dim(heads)  # the heads' count, hdot's result dim, declared
@@ -59,8 +72,12 @@ class HeadDotOps:
                 continue
             ref = flat_param(g.ref)
             shape = tuple(node.meta["val"].shape)
-            if len(ref.shape) != 1 or ref.shape[0] != s.src.dim or shape[-2:] != (s.src.dim, 1) \
-                    or math.prod(g.ref.shape) != s.src.dim:
+            if (
+                len(ref.shape) != 1
+                or ref.shape[0] != s.src.dim
+                or shape[-2:] != (s.src.dim, 1)
+                or math.prod(g.ref.shape) != s.src.dim
+            ):
                 return None
             w = self.vector_param(ref, node)
             name = self.emit_vector(node.name, f"({g.form.replace('{}', w)}) * {s.src.name}")

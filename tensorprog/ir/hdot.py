@@ -55,7 +55,10 @@ def verify_hdot(program, ins, ops: list, key, errors) -> str | None:
         return None
     out = program.value_dims.get(ins.out)  # hdot_dim over the declared dims
     if out is None:
-        errors.error(f"hdot over {ins.over}: {ops[0]} must be a whole number of heads of "
-                     f"{ins.over}, and a dim of that many declared; {USAGE}", ins.span)
+        errors.error(
+            f"hdot over {ins.over}: {ops[0]} must be a whole number of heads of "
+            f"{ins.over}, and a dim of that many declared; {USAGE}",
+            ins.span,
+        )
         return None
     return out

@@ -8,7 +8,6 @@ from fractions import Fraction
 
 from ..errors import Collector, SemanticError, Span
 from .ddot import DDOT, verify_ddot
-from .hdot import HDOT, verify_hdot
 from .functions import (
     AT,
     CAT,
@@ -24,6 +23,7 @@ from .functions import (
     SPREAD,
     TCONV,
 )
+from .hdot import HDOT, verify_hdot
 from .heads import cat_heads_error
 from .program import (
     INPUT_KINDS,

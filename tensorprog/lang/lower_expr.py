@@ -33,10 +33,10 @@ from .lower_at import at_operands, lower_at
 from .lower_cat import cat_operands, lower_cat
 from .lower_conv import CONV, lower_conv
 from .lower_ddot import DDOT, ddot_operands, lower_ddot
-from .lower_hdot import HDOT, hdot_operands, lower_hdot
 from .lower_delta import DELTA, delta_operands, lower_delta
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
+from .lower_hdot import HDOT, hdot_operands, lower_hdot
 from .lower_mix import lower_mix, mix_operands
 from .lower_part import lower_part, part_operands
 from .lower_pick import PICK, lower_pick, pick_operands

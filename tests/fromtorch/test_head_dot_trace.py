@@ -40,8 +40,9 @@ class Exclusive(nn.Module):
     def forward(self, idx):
         x = self.e(idx)
         b, t, c = x.shape
-        q, k, v = (z(x).view(b, t, self.h, self.dh).transpose(1, 2)
-                   for z in (self.q, self.k, self.v))
+        q, k, v = (
+            z(x).view(b, t, self.h, self.dh).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         vn = F.normalize(v.transpose(1, 2), dim=-1)
         if self.form == "head_sum":  # each head's coordinates summed, no product: no dot
@@ -89,21 +90,28 @@ output logits = U @ (h + Wo @ x)
 """
 # heads of 16: vn = F.normalize(v) per head is 1/4 · rmsnorm(v, dh), a number; heads of n/4: its
 # 1/sqrt(dh) twice is 1/dh of the width, a scale (µP's own exponent: the sum is an LLN one)
-_SIXTEEN = ("dim H = n / 16\ndim dh = 16", "vn = 0.25 * rmsnorm(v, dh)\n"
-            "x = o - spread(tanh(al), dh) * spread(hdot(o, vn, dh), dh) * vn")
-_FOUR = ("dim H = 4\ndim dh = n / 4\nscale s = 0.03125", "vn = rmsnorm(v, dh)\n"
-         "x = o - spread(tanh(al), dh) * spread(s * hdot(o, vn, dh), dh) * vn")
+_SIXTEEN = (
+    "dim H = n / 16\ndim dh = 16",
+    "vn = 0.25 * rmsnorm(v, dh)\nx = o - spread(tanh(al), dh) * spread(hdot(o, vn, dh), dh) * vn",
+)
+_FOUR = (
+    "dim H = 4\ndim dh = n / 4\nscale s = 0.03125",
+    "vn = rmsnorm(v, dh)\nx = o - spread(tanh(al), dh) * spread(s * hdot(o, vn, dh), dh) * vn",
+)
 
 
-@pytest.mark.parametrize(("heads", "want"), [
-    # the dot over 16 coordinates is a finite sum: al is a bias of n/16 entries (SGD LR ∝ n,
-    # Adam eps 1/n, as a hidden vector's), the value weight a hidden weight
-    (_SIXTEEN, {"al": ("0", "0", "0"), "Wv": ("0", "1/2", "1"), "s": None}),
-    # over n/4 coordinates: o holds its own token's value with a Θ(1) weight, so hdot(o, vn) is
-    # an LLN sum (+1) and the scale takes µP's 1/dh, the model's own; al's gradient sums dh
-    # coordinates (+1): a readout-like bias
-    (_FOUR, {"al": ("0", "0", "0"), "Wv": ("0", "1/2", "1"), "s": ("1", "0", "oo")}),
-])
+@pytest.mark.parametrize(
+    ("heads", "want"),
+    [
+        # the dot over 16 coordinates is a finite sum: al is a bias of n/16 entries (SGD LR ∝ n,
+        # Adam eps 1/n, as a hidden vector's), the value weight a hidden weight
+        (_SIXTEEN, {"al": ("0", "0", "0"), "Wv": ("0", "1/2", "1"), "s": None}),
+        # over n/4 coordinates: o holds its own token's value with a Θ(1) weight, so hdot(o, vn) is
+        # an LLN sum (+1) and the scale takes µP's 1/dh, the model's own; al's gradient sums dh
+        # coordinates (+1): a readout-like bias
+        (_FOUR, {"al": ("0", "0", "0"), "Wv": ("0", "1/2", "1"), "s": ("1", "0", "oo")}),
+    ],
+)
 def test_the_dot_per_head_derives_a_finite_or_an_lln_sum(heads, want):
     p = tp.parse(_PROGRAM.format(dims=heads[0], x=heads[1]), "xsa.tp")
     d = tp.derive(p, "adam")
@@ -130,8 +138,11 @@ def test_the_sums_measured_are_the_derived_ones():
 
     def rms_hdot(n, dh, correlated):
         v = torch.randn(8, 4, n, generator=g, dtype=torch.float64)  # 4 tokens
-        o = v.mean(1, keepdim=True).expand_as(v) if correlated else torch.randn(
-            8, 4, n, generator=g, dtype=torch.float64)
+        o = (
+            v.mean(1, keepdim=True).expand_as(v)
+            if correlated
+            else torch.randn(8, 4, n, generator=g, dtype=torch.float64)
+        )
         s = (o * v).unflatten(-1, (-1, dh)).sum(-1)
         return s.pow(2).mean().sqrt().item()
 
@@ -140,11 +151,15 @@ def test_the_sums_measured_are_the_derived_ones():
     assert abs(_slope(lambda n: rms_hdot(n, n // 4, True)) - 1) < 0.1
 
 
-@pytest.mark.parametrize(("form", "match"), [
-    ("head_sum", "a sum over each block's \\(head's\\) coordinates"),
-    pytest.param("two_heads", r"a view from \[2, 8, 2, 16\] to \[2, 8, 1, 32\]",
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    ("form", "match"),
+    [
+        ("head_sum", "a sum over each block's \\(head's\\) coordinates"),
+        pytest.param(
+            "two_heads", r"a view from \[2, 8, 2, 16\] to \[2, 8, 1, 32\]", marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_a_sum_over_no_head_dot_is_refused_at_its_line(form, match):
     # a head's coordinates summed alone, or two heads' products summed together, is no dot of
     # one head: refused where the model computes it

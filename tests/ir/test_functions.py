@@ -12,6 +12,7 @@ from tensorprog.emit.templates import HELPERS
 from tensorprog.engine.rules import NONLIN_SHAPE
 from tensorprog.fromtorch.identify import RECOGNISED
 from tensorprog.ir.ddot import DDOT
+from tensorprog.ir.hdot import HDOT
 from tensorprog.ir.functions import (
     AT,
     CAT,
@@ -45,7 +46,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {
         "dot", "mix", DELTA, *ROUTES, PREPEND, MEAN, CONV, DWCONV, SPREAD, PART, SHIFT, TCONV, CAT,
-        AT, PLACE, PICK, RMS, SSD, DDOT, *RELAYOUTS}
+        AT, PLACE, PICK, RMS, SSD, DDOT, HDOT, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
