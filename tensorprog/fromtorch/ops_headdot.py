@@ -11,7 +11,9 @@ viewed per head) keeps the refusal of a sum over each block (ops_flatstreams.py)
 
 The exponents are derived (engine/rules_hdot.py): over heads of a fixed dh a finite sum; over a
 dh that grows a CLT or LLN sum. An L2 normalisation over a dh that grows has a constant dh^-1/2
-of the width, which no param after the norm can take (normed.py): ``MuP`` refuses it there.
+of the width, held at its base value: a dot reading it is refused there
+(normed._refuse_unit_in_head_dot), as its exact program needs a scale of the dot the trace does
+not write.
 """
 
 from __future__ import annotations
@@ -59,9 +61,20 @@ class HeadDotOps:
             return None  # a broadcast product, or heads laid out unlike: the other rules'
         heads = u.dim // u.dh
         self.dim(heads)  # the heads' count, hdot's result dim, declared
+        if list(prod.users) == [node]:  # the product, read by this sum alone, is its dot's
+            self._drop_product(x.name, (f"{u.name} * {v.name}", f"{v.name} * {u.name}"))
         name = self.emit_vector(node.name, f"hdot({u.name}, {v.name}, {self.dim(u.dh)})")
         g = Vec(name, (*u.tags[:-2], "F"), heads)
         return HeadGate(g, node.name) if keepdim else g
+
+    def _drop_product(self, name: str, forms: tuple[str, ...]) -> None:
+        """Drops the statement ``name = u * v`` (either order) that the walk emitted for the
+        product a dot sums, and its record as a vector of the model's (nothing reads it)."""
+        for form in forms:
+            if f"{name} = {form}" in self.out.stmts:
+                self.out.stmts.remove(f"{name} = {form}")
+                self.out.vectors.pop(name, None)
+                return
 
     def head_dot_gain(self, node, u, v):
         """``f(w).view(1, 1, H, 1) * s`` of a function of a param w of H entries (NeoMME's

@@ -57,8 +57,8 @@ class Exclusive(nn.Module):
 
 
 @functools.cache
-def _traced(form="neomme"):
-    return from_torch(lambda n: Exclusive(n, 16, form), WIDTHS, _tokens)
+def _traced(form="neomme", heads=None):
+    return from_torch(lambda n: Exclusive(n, n // heads if heads else 16, form), WIDTHS, _tokens)
 
 
 def test_the_exclusive_attention_traces_to_hdot_and_computes_the_model():
@@ -165,3 +165,16 @@ def test_a_sum_over_no_head_dot_is_refused_at_its_line(form, match):
     # one head: refused where the model computes it
     with pytest.raises(TraceError, match=f"test_head_dot_trace.py:\\d+:\\d+: error: .*{match}"):
         _traced(form)
+
+
+def test_a_unit_value_over_a_growing_head_dim_is_refused_at_its_norm():
+    # 4 heads of n/4: F.normalize's dh^-1/2 is a constant of the width the program would hold at
+    # its base value, so the dot would grow as n; its exact form needs a scale of the dot (the
+    # program above, _FOUR), which the trace does not write: refused at the normalisation
+    with pytest.raises(
+        TraceError,
+        match=r"test_head_dot_trace.py:\d+:\d+: error: an L2 "
+        r"normalisation over 8 coordinates at the base width, .* read by a dot "
+        r"per head of one token",
+    ):
+        _traced(heads=4)
