@@ -202,9 +202,9 @@ def _refuse_unit_in_head_dot(info: dict, dots: list[str]) -> None:
             f"an L2 normalisation over {info['l2']} coordinates at the base width, a number "
             "that grows with the width, read by a dot per head of one token "
             f"({dots[0]} = hdot(...)): x / |x| is d^-1/2 * rmsnorm(x), a constant of the "
-            "width that the program holds at its base value, so the dot grows as n where the model's does not; the exact form, "
-            "spread(s * hdot(o, rmsnorm(v, dh), dh), dh) * rmsnorm(v, dh) with a scale s = 1/d "
-            "for both unit vectors, is not traced",
+            "width that the program holds at its base value, so the dot grows as n where the "
+            "model's does not; the exact form, spread(s * hdot(o, rmsnorm(v, dh), dh), dh) * "
+            "rmsnorm(v, dh) with a scale s = 1/d for both unit vectors, is not traced",
             info["span"],
             help="build the model with heads of a fixed dim (n/16 heads of 16: the unit "
             "vector's constant is then one number), or write the model as a program with that "
