@@ -17,7 +17,7 @@ F = torch.nn.functional
 
 import tensorprog as tp  # noqa: E402
 from tensorprog.errors import TraceError  # noqa: E402
-from tensorprog.fromtorch import from_torch  # noqa: E402
+from tensorprog.fromtorch import MuP, coord_check, from_torch  # noqa: E402
 
 WIDTHS = (32, 64)
 
@@ -66,6 +66,17 @@ def test_the_exclusive_attention_traces_to_hdot_and_computes_the_model():
     assert "hdot(" in tr.source and "spread(" in tr.source
     traced_computes_the_model(tr, lambda n: Exclusive(n), _tokens, tol=1e-6)  # (the norm's eps
     # aside: F.normalize's on the norm, the program's rmsnorm's on the mean square)
+
+
+@pytest.mark.slow
+def test_the_traced_heads_of_16_pass_the_coordinate_check_under_mup_and_fail_as_they_come():
+    # the derivation against numbers: every vector, the dot per head among them, moves flat in
+    # the width under µP (widths 128..512); as the model comes (SP) it moves as n^+1
+    mup = MuP(from_torch(Exclusive, (64, 128), _tokens), "adam")
+    result = coord_check(mup, (128, 256, 512), steps=3, seeds=(0, 1))
+    assert result.passed, str(result)
+    sp = coord_check(mup, (128, 256, 512), steps=3, seeds=(0, 1), apply=False)
+    assert not sp.passed and "sum_1: blows up in its change" in str(sp), str(sp)
 
 
 _PROGRAM = """
