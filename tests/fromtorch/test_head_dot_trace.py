@@ -3,8 +3,10 @@ self-attention, ``o - tanh(alpha) * (o * vn).sum(-1, keepdim=True) * vn`` with v
 own value L2-normalised per head, traces to the program's ``hdot(o, vn, dh)`` laid back over
 the heads by ``spread``, computes the model's output (the shared oracle), and its exponents are
 the derivation's (engine/rules_hdot.py): over heads of 16 a finite sum, over heads of n/4 a CLT
-sum of independent sides and an LLN sum of correlated ones, each checked against numbers. A sum
-over a block that is no head is refused at its line."""
+sum of independent sides and an LLN sum of correlated ones, each checked against numbers (and the
+traced model's coordinate check, slow). A sum over a block that is no head is refused at its
+line, and so is a unit value over heads of n/4, whose dh^-1/2 the trace would hold at its base
+value (its exact program, with a scale 1/dh of the dot, is derived here from its text)."""
 
 import functools
 
