@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from .ops_arith import flat_param
-from .values import HeadGate, ParamFn, Vec
+from .values import Affine, HeadGate, ParamFn, Pointwise, Vec
 from .where import op_name
 
 
@@ -50,12 +50,12 @@ class HeadDotOps:
         ):
             return None
         sides = [self.env.get(getattr(a, "name", None)) for a in prod.args]
-        if any(s is None for s in sides):
-            return None
+        if not all(isinstance(s, (Vec, Affine, Pointwise)) for s in sides):
+            return None  # a param, a constant: no per-token vector
         u, v = (self.vec(s, node) for s in sides)
         if (
             not (_per_head(u) and _per_head(v))
-            or (u.tags, u.dim, u.dh) != (v.tags, v.dim, v.dh)
+            or (u.tags, u.dim, u.dh, u.group) != (v.tags, v.dim, v.dh, 1)
             or tuple(prod.args[0].meta["val"].shape) != tuple(prod.args[1].meta["val"].shape)
         ):
             return None  # a broadcast product, or heads laid out unlike: the other rules'
