@@ -130,6 +130,15 @@ CATALOGUE = {
                     S, r"delta takes 3, 4 or 6 arguments, got 5", (13, 16)),
     # Kimi Delta Attention's dots, decayed per key channel: the decay of the queries' dim, and
     # the scores and the keys' products decayed by the same g
+    # hdot(u, v, dh): each head of u dotted with v's, one token's, a vector of H per token
+    "hdot-of-two-dims": (SEQ + "dim H = 2\nparam Wv : [H, n]\n"
+                         "output y = E.T @ (h * spread(hdot(h, Wv @ h, dh), dh))\n", S,
+                         r"hdot of \[n\] and \[H\]: both sides need one dim", (10, 38)),
+    "hdot-without-its-heads": (SEQ + "output y = E.T @ (h * spread(hdot(h, h, dh), dh))\n", S,
+                               r"hdot\(n over heads of dh\): .* no declared dim has that many"
+                               r"(.|\n)*help: declare the heads' count", (8, 30)),
+    "hdot-of-two-arguments": (SEQ + "dim H = 2\noutput y = E.T @ (h * spread(hdot(h, h), dh))\n",
+                              S, r"hdot takes 3 arguments, got 2", (9, 30)),
     "ddot-decay-per-head": (DELTA + "output s = ddot(q, h, b, dh)\n", S,
                             r"ddot's decay is \[H\] but its queries are \[n\]: .*one decay "
                             r"per key channel", (13, 23)),

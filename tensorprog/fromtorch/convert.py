@@ -30,6 +30,7 @@ from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
 from .ops_headcat import HeadCatOps
+from .ops_headdot import HeadDotOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps
@@ -108,8 +109,8 @@ class Converter(
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, ScaledParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps,
-    EntryOps,
+    SpreadParamOps, ScaledParamOps, HeadGateOps, HeadDotOps, GlobalOps, PixelTokenOps, GridOps,
+    AxialOps, EntryOps,
     Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

@@ -32,7 +32,7 @@ from ..ir.ranges import ANY, added, product, scaled
 from .ops_arith import as_number, flat_param
 from .ops_pixels import KEEP_LAYOUT
 from .values import Affine, ParamFn, Pointwise, PRef, Vec
-from .where import op_name, refuse, strip_prefix
+from .where import CHECK_OPS, op_name, refuse, strip_prefix
 
 #: torch ops that are the language function of the same name, applied to a function of a param
 #: (the walker's op methods take them there: ops_arith._apply, ops_pointwise.coordinatewise)
@@ -104,6 +104,8 @@ class ParamFnOps:
         which read their own keywords); anything else is refused, and so is a keyword the
         form does not write (``rounding_mode``)."""
         op = op_name(node)
+        if op in CHECK_OPS:  # export's check of a cast's dtype (NeoMME's tanh(alpha).to(..)),
+            return None  # which holds no value: the walker's
         kwargs = dict(kwargs or {})
         args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
@@ -171,6 +173,9 @@ class ParamFnOps:
         for i, (g, x) in enumerate(((u, v), (v, u))):
             if isinstance(g, ParamFn) and isinstance(x, (Vec, Affine, Pointwise)):
                 return self._gain(node, i, g, x)
+        gated = self.head_dot_gain(node, u, v)  # f(w) of a per-head dot's gate (ops_headdot)
+        if gated is not None:
+            return gated
         raise refuse_param_fn(node, u if isinstance(u, ParamFn) else v)
 
     def _one_param(self, node, u, v) -> PRef | None:

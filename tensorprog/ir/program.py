@@ -63,7 +63,7 @@ from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
-from .spread import SPREAD, other_dim
+from .spread import HDOT, SPREAD, other_dim
 from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
@@ -650,7 +650,7 @@ class Program:
             elif isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT):  # ir/ssd.py, ir/ddot.py
                 dims[ins.out] = (ddot_dim(dims, ins) if ins.fn == DDOT else ssd_dim(
                     declared, ins.args[1:2] and dims.get(ins.args[1]), ins))
-            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
+            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS, HDOT):
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies
