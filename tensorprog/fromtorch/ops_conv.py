@@ -366,18 +366,12 @@ class ConvOps:
             # overlapping patches: tokens(h, D)), or another sequence of the walk's: which one
             # is read off the sum's statement after the walk (sequences.py), as for a
             # lookup's positions (ops_linear.py); torch's broadcast made the lengths agree
-            src = self.sequence_input("_pos", "positions", ref.shape[1], 0)
-            table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True,
-                                  fan_in=src)
-            name = self.fresh(f"{table}_rows")
-            self.out.stmts.append(f"{name} = {table} @ {src}")
-            self.out.producers[name] = (table, None)
-            return Vec(name, ("tok", "tok", "F"), ref.shape[2])
-        # the positions of the longer sequence (trace.py declares T's); those of a later
-        # stage's own sequence (PVT's S17, ops_encoder.prepend_tokens) an input of their own
-        pos = "pos" if over.startswith("T") else f"pos_{over}"
-        if over != "T" and f"input {pos} : positions[{over}]" not in self.out.decls:
-            self.out.decls.append(f"input {pos} : positions[{over}]")
+            pos = over = self.sequence_input("_pos", "positions", ref.shape[1], 0)
+        else:  # the positions of the longer sequence (trace.py declares T's); those of a
+            # later stage's own sequence (PVT's S17, ops_encoder.prepend_tokens) an input
+            pos = "pos" if over.startswith("T") else f"pos_{over}"
+            if over != "T" and f"input {pos} : positions[{over}]" not in self.out.decls:
+                self.out.decls.append(f"input {pos} : positions[{over}]")
         table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in=over)
         self.positions = ref.shape[1]
         name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed
