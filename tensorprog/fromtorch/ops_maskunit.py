@@ -52,6 +52,13 @@ class _Groups:
 
 
 @dataclasses.dataclass
+class _Max:
+    """The max over the groups (torch's (values, indices)), read by taking its values."""
+
+    groups: _Groups
+
+
+@dataclasses.dataclass
 class _Keys:
     """The order of the keys of traced logits (None: the walk's own) and the queries'
     (Windowed, or None: the walk's own)."""
@@ -71,13 +78,17 @@ class MaskUnitOps:
             inner = self.head_part(dataclasses.replace(w.inner, node=node.name), node) \
                 if isinstance(w.inner, Affine) else w.inner
             return Windowed(inner, w.index, w.grid)
+        if node.target is operator.getitem and args and isinstance(args[0], _Max):
+            if args[1] != 0:
+                raise refuse(node, "the indices of a max pooling of tokens", help=_UNITS_HELP)
+            return self._pooled(node, args[0].groups)  # its values, as the node reading them
         if node.target is operator.getitem:
             return super().call(node)
         op = op_name(node)
         if args and isinstance(args[0], _Fused):
             return self._fused_parts(node, args[0])
         if args and isinstance(args[0], _Groups):
-            return self._pooled(node, args[0], args)
+            return self._max(node, args[0])
         if op in _VIEWS and args and _layout(args[0]) is not None:
             made = self._fused_view(node, args[0])
             if made is None and "H" in _layout(args[0]):
@@ -252,11 +263,9 @@ class MaskUnitOps:
                                 *w.index.shape[t + 1:])
         return _Groups(w, t, index)
 
-    def _pooled(self, node, g: _Groups, args):
-        """The max over each group: where every group is a 2 x 2 block of the grid (Hiera's
-        unroll puts each block's tokens T / 4 apart), ``tokens(maxpool(image(h, H, W)), S)``
-        with S the blocks, in the order the groups are in."""
-
+    def _max(self, node, g: _Groups) -> _Max:
+        """The max over each group, where every group is a 2 x 2 block of the grid (Hiera's
+        unroll puts each block's tokens T / 4 apart); any other groups refused."""
         b, h, wd = g.value.grid
         members = g.index.movedim(g.axis, -1)
         image, local = members // (h * wd), members % (h * wd)
@@ -269,14 +278,28 @@ class MaskUnitOps:
                          "by (2, 2) strides is maxpool(image(h, H, W)), exactly)",
                          help="pool with query_stride (2, 2), as Hiera's configs do, or write "
                          "the model as a Tensor Program")
+        return _Max(g)
+
+    def _pooled(self, node, g: _Groups):
+        """``tokens(maxpool(image(h, H, W)), S)`` (S the blocks), in the order the groups are
+        in: the max pooling's values, at the node that takes them."""
+        b, h, wd = g.value.grid
+        members = g.index.movedim(g.axis, -1)
+        image, local = members[..., 0] // (h * wd), members[..., 0] % (h * wd)
+        block = (local // wd // 2) * (wd // 2) + local % wd // 2
         x = self.vec(g.value.inner, node)
         seq = self.sequences().get(h * wd // 4) or self.dim(h * wd // 4)
         name = self.emit_vector(node.name, f"tokens(maxpool(image({x.name}, {self.dim(h)}, "
                                 f"{self.dim(wd)})), {seq})")
+        made = self.out.producers.get(x.name)
+        if made is not None:
+            # a max is positively homogeneous, maxpool(c·h) = c·maxpool(h) for c > 0: a
+            # multiplier on the pooled W @ x + b (attention's scale on a pooled query) folds
+            # into W and b as it does on their output
+            self.out.producers[name] = made
         pooled = Vec(name, x.tags, x.dim, x.dh)
-        index = image[..., 0] * (h * wd // 4) + block[..., 0]
-        out = self._settled_units(Windowed(pooled, index, (b, h // 2, wd // 2)))
-        return Parts([out, None])  # (values, indices): only the values are read
+        return self._settled_units(Windowed(pooled, image * (h * wd // 4) + block,
+                                            (b, h // 2, wd // 2)))
 
     # -- attention over all of each image's tokens ---------------------------------------------
     def _attention(self, node, a, b):
