@@ -4,8 +4,7 @@ block's four tokens moved T/4 apart), mask-unit attention over its one unit (a f
 per unit), and the next stage's queries and residual pooled by a max over the strides, which is
 ``tokens(maxpool(image(h, H, W)), S)`` of the tokens in the grid's own order
 (fromtorch/ops_maskunit.py). Oracles: the traced program computes the model at the base width;
-the same model written in the grid's order with torch's max pool derives the same exponents,
-param for param; more than one unit per image is refused at its line."""
+more than one unit per image is refused at its line."""
 
 from __future__ import annotations
 
@@ -18,6 +17,8 @@ nn = torch.nn
 
 import tensorprog as tp  # noqa: E402
 
+pytestmark = pytest.mark.slow  # transformers' model, traced at two widths: seconds each
+
 
 def build(n, unit=8):
     """Two stages of one layer (the second pooling its queries, widening to 2n), 2 heads each,
@@ -25,7 +26,8 @@ def build(n, unit=8):
     config = transformers.HieraConfig(
         embed_dim=n, depths=[1, 1], num_heads=[2, 2], image_size=[32, 32],
         masked_unit_size=[unit, unit], masked_unit_attention=[True, True], num_query_pool=1,
-        num_labels=3, drop_path_rate=0.0)
+        num_labels=3, drop_path_rate=0.0,
+        layer_norm_eps=1e-5)  # the emitted norms' (the language leaves a norm's eps aside)
     torch.manual_seed(0)
     return transformers.HieraForImageClassification(config).eval()
 
@@ -41,7 +43,7 @@ def hiera():
 
 def test_hiera_traces_its_pooling_as_a_max_pool_of_the_grid(hiera):
     src = hiera.source
-    assert "tokens(conv" not in src and "= tokens(conv2d, f64)" in src
+    assert "= tokens(conv2d, f64)" in src  # its 7 x 7 stride-4 patches' pixels as tokens
     assert "input v_pos : positions[f64]" in src  # its table over the 64 pixels' tokens
     assert src.count("= tokens(maxpool(image(") == 2  # its residual's and its queries'
 
