@@ -27,6 +27,9 @@ from .values import Affine, Parts, Pointwise, Probs, Scores, Vec
 from .where import op_name, refuse
 
 _VIEWS = {"view", "reshape", "_unsafe_view"}
+# Hiera's per-head layouts of one unit: [B, heads, 1, T, dh] and, transposed, [B, T, 1, heads, dh]
+_UNIT_HEADS = ("tok", "H", "tok", "tok", "dh")
+_TOKENS_HEADS = ("tok", "tok", "tok", "H", "dh")
 _UNITS_HELP = ("choose an image whose grid of tokens one mask unit covers (a masked_unit_size "
                "as large as the grid of tokens: one unit per image), or write the model as a "
                "Tensor Program")
@@ -71,38 +74,39 @@ class MaskUnitOps:
     """Hiera's fused qkv cut per unit, its attention over reordered tokens, its max pooling."""
 
     def call(self, node):
-        args, _ = self.args(node)
-        if node.target is operator.getitem and args and isinstance(args[0], Parts) and \
-                isinstance(args[0].items[0], Windowed):
-            w = args[0].items[args[1]]
-            inner = self.head_part(dataclasses.replace(w.inner, node=node.name), node) \
-                if isinstance(w.inner, Affine) else w.inner
-            return Windowed(inner, w.index, w.grid)
-        if node.target is operator.getitem and args and isinstance(args[0], _Max):
-            if args[1] != 0:
-                raise refuse(node, "the indices of a max pooling of tokens", help=_UNITS_HELP)
-            return self._pooled(node, args[0].groups)  # its values, as the node reading them
         if node.target is operator.getitem:
+            src = self.env.get(getattr(node.args[0], "name", None))
+            if isinstance(src, _Max):  # its values, at the node that reads them
+                if node.args[1] != 0:
+                    raise refuse(node, "the indices of a max pooling of tokens",
+                                 help=_UNITS_HELP)
+                return self._unit_pooled(node, src.groups)
+            if isinstance(src, Parts) and src.items and isinstance(src.items[0], Windowed):
+                w = src.items[node.args[1]]
+                inner = self.head_part(dataclasses.replace(w.inner, node=node.name), node) \
+                    if isinstance(w.inner, Affine) else w.inner
+                return Windowed(inner, w.index, w.grid)
             return super().call(node)
+        args, _ = self.args(node)
         op = op_name(node)
         if args and isinstance(args[0], _Fused):
-            return self._fused_parts(node, args[0])
+            return self._unit_fused_parts(node, args[0])
         if args and isinstance(args[0], _Groups):
-            return self._max(node, args[0])
+            return self._unit_max(node, args[0])
         if op in _VIEWS and args and _layout(args[0]) is not None:
-            made = self._fused_view(node, args[0])
+            made = self._unit_fused_view(node, args[0])
             if made is None and "H" in _layout(args[0]):
-                made = self._head_view(node, args[0])
+                made = self._unit_head_view(node, args[0])
             if made is None and isinstance(args[0], Windowed):
-                made = self._grouped_view(node, args[0])
+                made = self._unit_grouped_view(node, args[0])
             if made is not None:
                 return made
         if op in ("transpose", "permute") and args and "H" in (_layout(args[0]) or ()):
-            made = self._moved(node, args[0], args)
+            made = self._unit_moved(node, args[0], args)
             if made is not None:
                 return made
         if op == "matmul" and len(args) == 2 and any(isinstance(a, Windowed) for a in args):
-            return self._attention(node, *args)
+            return self._unit_attention(node, *args)
         if op == "matmul" and len(args) == 2 and not isinstance(args[0], (Scores, Probs)):
             made = self._unit_logits(node, *args)
             if made is not None:
@@ -125,7 +129,7 @@ class MaskUnitOps:
         return Scores(x, w, factor or 1.0, node.name, x.tags[:-1] + ("tok",))
 
     # -- the fused qkv -------------------------------------------------------------------------
-    def _fused_view(self, node, v) -> _Fused | None:
+    def _unit_fused_view(self, node, v) -> _Fused | None:
         inner = v.inner if isinstance(v, Windowed) else v
         if not (isinstance(inner, Affine) and inner.dh is None and inner.tags == (
                 "tok", "tok", "F") and inner.w.rows is None and inner.w.period is None):
@@ -136,7 +140,7 @@ class MaskUnitOps:
             return None
         users = list(node.users)
         if len(users) != 1 or op_name(users[0]) != "permute" or \
-                users[0].args[1][0] % 6 != 3 or not all(
+                users[0].args[1][0] % 6 != 3 or users[0].args[1][-1] % 6 != 5 or not all(
                     op_name(u) == "unbind" and (u.args[1] if len(u.args) > 1 else 0) == 0
                     for u in users[0].users):
             return None
@@ -148,7 +152,7 @@ class MaskUnitOps:
                          "one unit (all of an image's tokens) is traced", help=_UNITS_HELP)
         return _Fused(v, shape)
 
-    def _fused_parts(self, node, f: _Fused) -> Parts:
+    def _unit_fused_parts(self, node, f: _Fused) -> Parts:
         """The permute of the view: the k parts, each a block of every head's rows (the query,
         the key, the value), laid out as the permute leaves them."""
         perm = [d % 6 for d in node.args[1]]
@@ -170,7 +174,7 @@ class MaskUnitOps:
         return Parts(items)
 
     # -- relayouts of reordered tokens split into heads ----------------------------------------
-    def _walk(self, node, values: dict):
+    def _unit_walk(self, node, values: dict):
         """The walk's own op at ``node`` with its Windowed inputs read as ``values`` (their
         inner values: the op commutes with the tokens' order, or the caller orders its
         result)."""
@@ -183,11 +187,11 @@ class MaskUnitOps:
         finally:
             self.env.update(saved)
 
-    def _inners(self, node) -> dict:
+    def _unit_inners(self, node) -> dict:
         return {a.name: self.env[a.name].inner for a in node.all_input_nodes
                 if isinstance(self.env.get(a.name), Windowed)}
 
-    def _moved(self, node, v, args):
+    def _unit_moved(self, node, v, args):
         """A transpose or permute of tokens split into heads with a unit axis of 1 (Hiera's
         attention output, [B, heads, 1, T, dh] to [B, T, 1, heads, dh]) that keeps the order
         of the token axes other than those of 1: the value retagged, a Windowed one's index
@@ -204,9 +208,11 @@ class MaskUnitOps:
             perm = [d % n for d in args[1]]
         tok = [i for i, t in enumerate(tags) if t == "tok"]
         moved = [d for d in perm if d in tok]
-        if "H" not in tags or 1 not in [old[d] for d in tok] or \
-                [d for d in moved if old[d] != 1] != [d for d in tok if old[d] != 1] or \
-                perm[-1] != n - 1:
+        # (any other transpose of heads is the walk's: one it refuses swaps two token axes,
+        # here only past the unit's axis of 1)
+        if tags not in (_UNIT_HEADS, _TOKENS_HEADS) or old[2] != 1 or moved == tok or \
+                perm[-1] != n - 1 or \
+                [d for d in moved if old[d] != 1] != [d for d in tok if old[d] != 1]:
             return None
         x = self.vec(inner, node)
         out = Vec(x.name, tuple(tags[d] for d in perm), x.dim, x.dh)
@@ -215,7 +221,7 @@ class MaskUnitOps:
         index = w.index.permute(*[tok.index(d) for d in moved])
         return self._settled_units(Windowed(out, index, w.grid))
 
-    def _head_view(self, node, v):
+    def _unit_head_view(self, node, v):
         """A view of tokens split into heads that merges the heads back, dropping the token
         axes of 1 (Hiera's [B, T, 1, heads, dh] to [B, T, heads·dh]): the vector, a Windowed
         one's index viewed as its tokens are."""
@@ -223,10 +229,8 @@ class MaskUnitOps:
         inner = w.inner if w else v
         tags = self._tags(inner, node)
         old, shape = self._shape(node.args[0]), self._shape(node)
-        toks = [s for s, t in zip(old, tags, strict=True) if t == "tok"]
-        if tags[-2:] != ("H", "dh") or "H" in tags[:-2] or "F" in tags or 1 not in toks[1:] or \
-                tuple(shape[:-1]) != (toks[0], *(s for s in toks[1:] if s != 1)) or \
-                shape[-1] != old[-1] * old[-2]:
+        if tags != _TOKENS_HEADS or old[2] != 1 or tuple(shape) != (
+                old[0], old[1], old[3] * old[4]):
             return None
         x = self.vec(inner, node)
         out = Vec(x.name, ("tok",) * (len(shape) - 1) + ("F",), x.dim)
@@ -243,7 +247,7 @@ class MaskUnitOps:
         return w
 
     # -- pooling by a max over stride blocks ---------------------------------------------------
-    def _grouped_view(self, node, w: Windowed) -> _Groups | None:
+    def _unit_grouped_view(self, node, w: Windowed) -> _Groups | None:
         """A view splitting one token axis of reordered tokens in two (s, T / s), read only by
         a max over the first: Hiera's pooling (its queries', its residual's)."""
         tags = self._tags(w.inner)
@@ -263,7 +267,7 @@ class MaskUnitOps:
                                 *w.index.shape[t + 1:])
         return _Groups(w, t, index)
 
-    def _max(self, node, g: _Groups) -> _Max:
+    def _unit_max(self, node, g: _Groups) -> _Max:
         """The max over each group, where every group is a 2 x 2 block of the grid (Hiera's
         unroll puts each block's tokens T / 4 apart); any other groups refused."""
         b, h, wd = g.value.grid
@@ -280,7 +284,7 @@ class MaskUnitOps:
                          "the model as a Tensor Program")
         return _Max(g)
 
-    def _pooled(self, node, g: _Groups):
+    def _unit_pooled(self, node, g: _Groups):
         """``tokens(maxpool(image(h, H, W)), S)`` (S the blocks), in the order the groups are
         in: the max pooling's values, at the node that takes them."""
         b, h, wd = g.value.grid
@@ -302,7 +306,7 @@ class MaskUnitOps:
                                             (b, h // 2, wd // 2)))
 
     # -- attention over all of each image's tokens ---------------------------------------------
-    def _attention(self, node, a, b):
+    def _unit_attention(self, node, a, b):
         """``q @ k.transpose(-1, -2)`` and ``probs @ v`` where the keys and values are each
         image's tokens all, in one order: the walk's attention of the inner values, its output
         in the queries' order."""
@@ -315,7 +319,7 @@ class MaskUnitOps:
                     order is not None and not torch.equal(order, keys.keys)):
                 raise refuse(node, "attention weights over tokens in one order applied to "
                              "values in another", help=_UNITS_HELP)
-            out = self._walk(node, self._inners(node))
+            out = self._unit_walk(node, self._unit_inners(node))
             q = keys.queries
             return Windowed(out, q.index, q.grid) if q is not None else out
         if isinstance(a, (Scores, Probs)) or not isinstance(b, Windowed):
@@ -328,7 +332,7 @@ class MaskUnitOps:
                          "all (Hiera's mask units: attention within groups of tokens)",
                          help=_UNITS_HELP)
         out = self._unit_logits(node, a.inner if isinstance(a, Windowed) else a, b.inner) or \
-            self._walk(node, self._inners(node))
+            self._unit_walk(node, self._unit_inners(node))
         if not isinstance(out, Scores):
             raise refuse(node, "a matmul of reordered tokens other than attention's logits",
                          help=_UNITS_HELP)
