@@ -2,8 +2,8 @@
 
 Hiera's ``qkv(x).reshape(B, T / U, U, 3, heads, dh).permute(3, 0, 4, 2, 1, 5).unbind(0)`` cuts
 its fused projection into the query, key and value, each [B, heads, U, T / U, dh]: U mask
-units, token t·U + u in unit u. With one unit (U = 1: a unit as large as the image's grid, the
-zoo's and every stage whose unit the grid fits) the attention is over all of the image's
+units, token t·U + u in unit u. With one unit (U = 1: a masked_unit_size as large as the
+image's grid of tokens, as at the zoo's image size) the attention is over all of the image's
 tokens, which commutes with any order they are in: its queries keep theirs, its keys and
 values need only be in one order, each image's own tokens all. So it is traced on the walk's
 values (ops_windows.Windowed: Hiera's unrolled tokens), its output in the queries' order.
@@ -30,6 +30,7 @@ _VIEWS = {"view", "reshape", "_unsafe_view"}
 # Hiera's per-head layouts of one unit: [B, heads, 1, T, dh] and, transposed, [B, T, 1, heads, dh]
 _UNIT_HEADS = ("tok", "H", "tok", "tok", "dh")
 _TOKENS_HEADS = ("tok", "tok", "tok", "H", "dh")
+_UNIT_KEYS = ("tok", "H", "tok", "dh", "tok")  # the keys transposed, [B, heads, 1, dh, T]
 _UNITS_HELP = ("choose an image whose grid of tokens one mask unit covers (a masked_unit_size "
                "as large as the grid of tokens: one unit per image), or write the model as a "
                "Tensor Program")
@@ -307,39 +308,47 @@ class MaskUnitOps:
 
     # -- attention over all of each image's tokens ---------------------------------------------
     def _unit_attention(self, node, a, b):
-        """``q @ k.transpose(-1, -2)`` and ``probs @ v`` where the keys and values are each
-        image's tokens all, in one order: the walk's attention of the inner values, its output
-        in the queries' order."""
+        """``q @ k.transpose(-1, -2)`` of queries and keys [B, heads, 1, T, dh] (Hiera's one
+        unit) where the keys are each image's tokens all, in one order, and ``probs @ v`` of its
+        weights and values in the keys' order: the walk's attention of the inner values, its
+        output in the queries' order. Any other matmul of reordered tokens (Swin's windows) is
+        the other rules'."""
         import torch
 
         if isinstance(a, Probs):
             keys = getattr(self, "_unit_keys", {}).get(a.scores.k.name)
+            if keys is None:
+                return super().call(node)
             order = b.index if isinstance(b, Windowed) else None
-            if keys is None or (order is None) != (keys.keys is None) or (
+            if (order is None) != (keys.keys is None) or (
                     order is not None and not torch.equal(order, keys.keys)):
                 raise refuse(node, "attention weights over tokens in one order applied to "
                              "values in another", help=_UNITS_HELP)
             out = self._unit_walk(node, self._unit_inners(node))
             q = keys.queries
             return Windowed(out, q.index, q.grid) if q is not None else out
-        if isinstance(a, (Scores, Probs)) or not isinstance(b, Windowed):
+        if not _one_unit(b, _UNIT_KEYS) or isinstance(a, Windowed) and not _one_unit(
+                a, _UNIT_HEADS):
             return super().call(node)
         bb, h, wd = b.grid
-        flat = b.index.reshape(bb, -1)
-        if flat.shape[1] != h * wd or not torch.equal(
-                flat.sort(dim=1).values, torch.arange(bb * h * wd).reshape(bb, h * wd)):
+        if not torch.equal(b.index[:, 0].sort(dim=1).values,
+                           torch.arange(bb * h * wd).reshape(bb, h * wd)):
             raise refuse(node, "attention logits over keys that are not each image's tokens "
-                         "all (Hiera's mask units: attention within groups of tokens)",
-                         help=_UNITS_HELP)
-        out = self._unit_logits(node, a.inner if isinstance(a, Windowed) else a, b.inner) or \
-            self._unit_walk(node, self._unit_inners(node))
-        if not isinstance(out, Scores):
-            raise refuse(node, "a matmul of reordered tokens other than attention's logits",
-                         help=_UNITS_HELP)
+                         "all, in one unit", help=_UNITS_HELP)
+        out = self._unit_logits(node, a.inner if isinstance(a, Windowed) else a, b.inner)
+        if out is None:
+            return super().call(node)
         if not hasattr(self, "_unit_keys"):
             self._unit_keys = {}
         self._unit_keys[out.k.name] = _Keys(b.index, a if isinstance(a, Windowed) else None)
         return out
+
+
+def _one_unit(w, tags) -> bool:
+    """Whether ``w`` is reordered tokens laid out ``tags`` in Hiera's one unit: its index
+    [B, 1, T] over the grid's B images."""
+    return isinstance(w, Windowed) and _layout(w) == tags and w.index.dim() == 3 and \
+        w.index.shape[:2] == (w.grid[0], 1)
 
 
 def _dim(node) -> int:
