@@ -350,7 +350,8 @@ class ConvOps:
         [1, T, n]): row t added to token t is a lookup of position t, ``P @ pos`` (as an
         embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
         seq = getattr(self, "tokens_seq", None)
-        if ref.shape[0] != 1 or ref.t or ref.rows:
+        out = tuple(node.meta["val"].shape)  # (a table of one row is broadcast to every token)
+        if ref.shape[0] != 1 or ref.t or ref.rows or len(out) != 3 or out[1] != ref.shape[1]:
             raise refuse(
                 node,
                 f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
