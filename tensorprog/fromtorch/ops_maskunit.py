@@ -31,9 +31,11 @@ _VIEWS = {"view", "reshape", "_unsafe_view"}
 _UNIT_HEADS = ("tok", "H", "tok", "tok", "dh")
 _TOKENS_HEADS = ("tok", "tok", "tok", "H", "dh")
 _UNIT_KEYS = ("tok", "H", "tok", "dh", "tok")  # the keys transposed, [B, heads, 1, dh, T]
-_UNITS_HELP = ("choose an image whose grid of tokens one mask unit covers (a masked_unit_size "
-               "as large as the grid of tokens: one unit per image), or write the model as a "
-               "Tensor Program")
+_UNITS_HELP = (
+    "choose an image whose grid of tokens one mask unit covers (a masked_unit_size "
+    "as large as the grid of tokens: one unit per image), or write the model as a "
+    "Tensor Program"
+)
 
 
 @dataclasses.dataclass
@@ -79,13 +81,15 @@ class MaskUnitOps:
             src = self.env.get(getattr(node.args[0], "name", None))
             if isinstance(src, _Max):  # its values, at the node that reads them
                 if node.args[1] != 0:
-                    raise refuse(node, "the indices of a max pooling of tokens",
-                                 help=_UNITS_HELP)
+                    raise refuse(node, "the indices of a max pooling of tokens", help=_UNITS_HELP)
                 return self._unit_pooled(node, src.groups)
             if isinstance(src, Parts) and src.items and isinstance(src.items[0], Windowed):
                 w = src.items[node.args[1]]
-                inner = self.head_part(dataclasses.replace(w.inner, node=node.name), node) \
-                    if isinstance(w.inner, Affine) else w.inner
+                inner = (
+                    self.head_part(dataclasses.replace(w.inner, node=node.name), node)
+                    if isinstance(w.inner, Affine)
+                    else w.inner
+                )
                 return Windowed(inner, w.index, w.grid)
             return super().call(node)
         args, _ = self.args(node)
@@ -117,11 +121,19 @@ class MaskUnitOps:
     def _unit_logits(self, node, q, k) -> Scores | None:
         """``q @ k.transpose(-1, -2)`` of queries and keys [B, heads, 1, T, dh] (Hiera's one
         mask unit): the walk's logits, the unit's axis of 1 one more batch axis."""
-        tq, tk = (getattr(x, "tags", None) or getattr(getattr(x, "src", None), "tags", None)
-                  for x in (q, k))
-        if tq is None or tk is None or tuple(tq[-4:]) != ("H", "tok", "tok", "dh") or \
-                tuple(tk[-4:]) != ("H", "tok", "dh", "tok") or len(tq) != len(tk) or \
-                self._shape(node.args[0])[-3] != 1 or self._shape(node.args[1])[-3] != 1:
+        tq, tk = (
+            getattr(x, "tags", None) or getattr(getattr(x, "src", None), "tags", None)
+            for x in (q, k)
+        )
+        if (
+            tq is None
+            or tk is None
+            or tuple(tq[-4:]) != ("H", "tok", "tok", "dh")
+            or tuple(tk[-4:]) != ("H", "tok", "dh", "tok")
+            or len(tq) != len(tk)
+            or self._shape(node.args[0])[-3] != 1
+            or self._shape(node.args[1])[-3] != 1
+        ):
             return None
         factor = _times(q)  # (q * scale) @ k.T: the scale the logits' factor, as sdpa's
         if factor is not None:
@@ -132,25 +144,44 @@ class MaskUnitOps:
     # -- the fused qkv -------------------------------------------------------------------------
     def _unit_fused_view(self, node, v) -> _Fused | None:
         inner = v.inner if isinstance(v, Windowed) else v
-        if not (isinstance(inner, Affine) and inner.dh is None and inner.tags == (
-                "tok", "tok", "F") and inner.w.rows is None and inner.w.period is None):
+        if not (
+            isinstance(inner, Affine)
+            and inner.dh is None
+            and inner.tags == ("tok", "tok", "F")
+            and inner.w.rows is None
+            and inner.w.period is None
+        ):
             return None
         old, shape = self._shape(node.args[0]), self._shape(node)
-        if len(shape) != 6 or shape[0] != old[0] or shape[1] * shape[2] != old[1] or \
-                math.prod(shape[3:]) != old[2]:
+        if (
+            len(shape) != 6
+            or shape[0] != old[0]
+            or shape[1] * shape[2] != old[1]
+            or math.prod(shape[3:]) != old[2]
+        ):
             return None
         users = list(node.users)
-        if len(users) != 1 or op_name(users[0]) != "permute" or \
-                users[0].args[1][0] % 6 != 3 or users[0].args[1][-1] % 6 != 5 or not all(
-                    op_name(u) == "unbind" and (u.args[1] if len(u.args) > 1 else 0) == 0
-                    for u in users[0].users):
+        if (
+            len(users) != 1
+            or op_name(users[0]) != "permute"
+            or users[0].args[1][0] % 6 != 3
+            or users[0].args[1][-1] % 6 != 5
+            or not all(
+                op_name(u) == "unbind" and (u.args[1] if len(u.args) > 1 else 0) == 0
+                for u in users[0].users
+            )
+        ):
             return None
         if shape[2] != 1:
-            raise refuse(node, f"a fused qkv viewed {list(shape)}: Hiera's {shape[2]} mask "
-                         f"units of {shape[1]} tokens each (token t·{shape[2]} + u in unit u), "
-                         "each unit attended apart with no bias: the language attends within "
-                         "groups of tokens only as Swin's windows, with their learned bias; "
-                         "one unit (all of an image's tokens) is traced", help=_UNITS_HELP)
+            raise refuse(
+                node,
+                f"a fused qkv viewed {list(shape)}: Hiera's {shape[2]} mask "
+                f"units of {shape[1]} tokens each (token t·{shape[2]} + u in unit u), "
+                "each unit attended apart with no bias: the language attends within "
+                "groups of tokens only as Swin's windows, with their learned bias; "
+                "one unit (all of an image's tokens) is traced",
+                help=_UNITS_HELP,
+            )
         return _Fused(v, shape)
 
     def _unit_fused_parts(self, node, f: _Fused) -> Parts:
@@ -165,11 +196,11 @@ class MaskUnitOps:
         m = heads * dh
         items = []
         for i in range(k):
-            block = dataclasses.replace(self.row_block(inner, i * m, (i + 1) * m, node.name),
-                                        tags=tags, dh=dh)
+            block = dataclasses.replace(
+                self.row_block(inner, i * m, (i + 1) * m, node.name), tags=tags, dh=dh
+            )
             if w is not None:  # the tokens' index laid over the permuted token axes
-                index = w.index.reshape(f.shape[:3]).permute(
-                    *[d for d in perm if d < 3])
+                index = w.index.reshape(f.shape[:3]).permute(*[d for d in perm if d < 3])
                 block = Windowed(block, index, w.grid)
             items.append(block)
         return Parts(items)
@@ -189,8 +220,11 @@ class MaskUnitOps:
             self.env.update(saved)
 
     def _unit_inners(self, node) -> dict:
-        return {a.name: self.env[a.name].inner for a in node.all_input_nodes
-                if isinstance(self.env.get(a.name), Windowed)}
+        return {
+            a.name: self.env[a.name].inner
+            for a in node.all_input_nodes
+            if isinstance(self.env.get(a.name), Windowed)
+        }
 
     def _unit_moved(self, node, v, args):
         """A transpose or permute of tokens split into heads with a unit axis of 1 (Hiera's
@@ -211,9 +245,13 @@ class MaskUnitOps:
         moved = [d for d in perm if d in tok]
         # (any other transpose of heads is the walk's: one it refuses swaps two token axes,
         # here only past the unit's axis of 1)
-        if tags not in (_UNIT_HEADS, _TOKENS_HEADS) or old[2] != 1 or moved == tok or \
-                perm[-1] != n - 1 or \
-                [d for d in moved if old[d] != 1] != [d for d in tok if old[d] != 1]:
+        if (
+            tags not in (_UNIT_HEADS, _TOKENS_HEADS)
+            or old[2] != 1
+            or moved == tok
+            or perm[-1] != n - 1
+            or [d for d in moved if old[d] != 1] != [d for d in tok if old[d] != 1]
+        ):
             return None
         x = self.vec(inner, node)
         out = Vec(x.name, tuple(tags[d] for d in perm), x.dim, x.dh)
@@ -230,8 +268,11 @@ class MaskUnitOps:
         inner = w.inner if w else v
         tags = self._tags(inner, node)
         old, shape = self._shape(node.args[0]), self._shape(node)
-        if tags != _TOKENS_HEADS or old[2] != 1 or tuple(shape) != (
-                old[0], old[1], old[3] * old[4]):
+        if (
+            tags != _TOKENS_HEADS
+            or old[2] != 1
+            or tuple(shape) != (old[0], old[1], old[3] * old[4])
+        ):
             return None
         x = self.vec(inner, node)
         out = Vec(x.name, ("tok",) * (len(shape) - 1) + ("F",), x.dim)
@@ -256,16 +297,24 @@ class MaskUnitOps:
         if len(shape) != len(old) + 1:
             return None
         axis = next((i for i in range(len(old)) if shape[i] != old[i]), None)
-        if axis is None or tags[axis] != "tok" or shape[axis] * shape[axis + 1] != old[axis] \
-                or tuple(shape[axis + 2:]) != tuple(old[axis + 1:]):
+        if (
+            axis is None
+            or tags[axis] != "tok"
+            or shape[axis] * shape[axis + 1] != old[axis]
+            or tuple(shape[axis + 2 :]) != tuple(old[axis + 1 :])
+        ):
             return None
         users = list(node.users)
-        if len(users) != 1 or op_name(users[0]) not in ("max", "amax") or \
-                _dim(users[0]) % len(shape) != axis:
+        if (
+            len(users) != 1
+            or op_name(users[0]) not in ("max", "amax")
+            or _dim(users[0]) % len(shape) != axis
+        ):
             return None
         t = tags[:axis].count("tok")
-        index = w.index.reshape(*w.index.shape[:t], shape[axis], shape[axis + 1],
-                                *w.index.shape[t + 1:])
+        index = w.index.reshape(
+            *w.index.shape[:t], shape[axis], shape[axis + 1], *w.index.shape[t + 1 :]
+        )
         return _Groups(w, t, index)
 
     def _unit_max(self, node, g: _Groups) -> _Max:
@@ -276,13 +325,21 @@ class MaskUnitOps:
         image, local = members // (h * wd), members % (h * wd)
         block = (local // wd // 2) * (wd // 2) + local % wd // 2
         s = members.shape[-1]
-        if op_name(node) != "max" or s != 4 or h % 2 or wd % 2 or not bool(
-                (image == image[..., :1]).all() and (block == block[..., :1]).all()):
-            raise refuse(node, f"a max over groups of {s} tokens of a {h}x{wd} grid that are "
-                         "not each a 2 x 2 block of it (Hiera's pooling of its unrolled tokens "
-                         "by (2, 2) strides is maxpool(image(h, H, W)), exactly)",
-                         help="pool with query_stride (2, 2), as Hiera's configs do, or write "
-                         "the model as a Tensor Program")
+        if (
+            op_name(node) != "max"
+            or s != 4
+            or h % 2
+            or wd % 2
+            or not bool((image == image[..., :1]).all() and (block == block[..., :1]).all())
+        ):
+            raise refuse(
+                node,
+                f"a max over groups of {s} tokens of a {h}x{wd} grid that are "
+                "not each a 2 x 2 block of it (Hiera's pooling of its unrolled tokens "
+                "by (2, 2) strides is maxpool(image(h, H, W)), exactly)",
+                help="pool with query_stride (2, 2), as Hiera's configs do, or write "
+                "the model as a Tensor Program",
+            )
         return _Max(g)
 
     def _unit_pooled(self, node, g: _Groups):
@@ -294,8 +351,9 @@ class MaskUnitOps:
         block = (local // wd // 2) * (wd // 2) + local % wd // 2
         x = self.vec(g.value.inner, node)
         seq = self.sequences().get(h * wd // 4) or self.dim(h * wd // 4)
-        name = self.emit_vector(node.name, f"tokens(maxpool(image({x.name}, {self.dim(h)}, "
-                                f"{self.dim(wd)})), {seq})")
+        name = self.emit_vector(
+            node.name, f"tokens(maxpool(image({x.name}, {self.dim(h)}, {self.dim(wd)})), {seq})"
+        )
         made = self.out.producers.get(x.name)
         if made is not None:
             # a max is positively homogeneous, maxpool(c·h) = c·maxpool(h) for c > 0: a
@@ -303,8 +361,9 @@ class MaskUnitOps:
             # into W and b as it does on their output
             self.out.producers[name] = made
         pooled = Vec(name, x.tags, x.dim, x.dh)
-        return self._settled_units(Windowed(pooled, image * (h * wd // 4) + block,
-                                            (b, h // 2, wd // 2)))
+        return self._settled_units(
+            Windowed(pooled, image * (h * wd // 4) + block, (b, h // 2, wd // 2))
+        )
 
     # -- attention over all of each image's tokens ---------------------------------------------
     def _unit_attention(self, node, a, b):
@@ -321,20 +380,31 @@ class MaskUnitOps:
                 return super().call(node)
             order = b.index if isinstance(b, Windowed) else None
             if (order is None) != (keys.keys is None) or (
-                    order is not None and not torch.equal(order, keys.keys)):
-                raise refuse(node, "attention weights over tokens in one order applied to "
-                             "values in another", help=_UNITS_HELP)
+                order is not None and not torch.equal(order, keys.keys)
+            ):
+                raise refuse(
+                    node,
+                    "attention weights over tokens in one order applied to values in another",
+                    help=_UNITS_HELP,
+                )
             out = self._unit_walk(node, self._unit_inners(node))
             q = keys.queries
             return Windowed(out, q.index, q.grid) if q is not None else out
-        if not _one_unit(b, _UNIT_KEYS) or isinstance(a, Windowed) and not _one_unit(
-                a, _UNIT_HEADS):
+        if (
+            not _one_unit(b, _UNIT_KEYS)
+            or isinstance(a, Windowed)
+            and not _one_unit(a, _UNIT_HEADS)
+        ):
             return super().call(node)
         bb, h, wd = b.grid
-        if not torch.equal(b.index[:, 0].sort(dim=1).values,
-                           torch.arange(bb * h * wd).reshape(bb, h * wd)):
-            raise refuse(node, "attention logits over keys that are not each image's tokens "
-                         "all, in one unit", help=_UNITS_HELP)
+        if not torch.equal(
+            b.index[:, 0].sort(dim=1).values, torch.arange(bb * h * wd).reshape(bb, h * wd)
+        ):
+            raise refuse(
+                node,
+                "attention logits over keys that are not each image's tokens all, in one unit",
+                help=_UNITS_HELP,
+            )
         out = self._unit_logits(node, a.inner if isinstance(a, Windowed) else a, b.inner)
         if out is None:
             return super().call(node)
@@ -347,8 +417,12 @@ class MaskUnitOps:
 def _one_unit(w, tags) -> bool:
     """Whether ``w`` is reordered tokens laid out ``tags`` in Hiera's one unit: its index
     [B, 1, T] over the grid's B images."""
-    return isinstance(w, Windowed) and _layout(w) == tags and w.index.dim() == 3 and \
-        w.index.shape[:2] == (w.grid[0], 1)
+    return (
+        isinstance(w, Windowed)
+        and _layout(w) == tags
+        and w.index.dim() == 3
+        and w.index.shape[:2] == (w.grid[0], 1)
+    )
 
 
 def _dim(node) -> int:

@@ -24,10 +24,17 @@ def build(n, unit=8):
     """Two stages of one layer (the second pooling its queries, widening to 2n), 2 heads each,
     a 32 x 32 image: an 8 x 8 grid of tokens, one mask unit of ``unit`` x ``unit``."""
     config = transformers.HieraConfig(
-        embed_dim=n, depths=[1, 1], num_heads=[2, 2], image_size=[32, 32],
-        masked_unit_size=[unit, unit], masked_unit_attention=[True, True], num_query_pool=1,
-        num_labels=3, drop_path_rate=0.0,
-        layer_norm_eps=1e-5)  # the emitted norms' (the language leaves a norm's eps aside)
+        embed_dim=n,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        image_size=[32, 32],
+        masked_unit_size=[unit, unit],
+        masked_unit_attention=[True, True],
+        num_query_pool=1,
+        num_labels=3,
+        drop_path_rate=0.0,
+        layer_norm_eps=1e-5,
+    )  # the emitted norms' (the language leaves a norm's eps aside)
     torch.manual_seed(0)
     return transformers.HieraForImageClassification(config).eval()
 
@@ -55,7 +62,10 @@ def test_the_traced_program_computes_hiera_at_the_base_width(hiera):
 
 
 def test_more_than_one_mask_unit_is_refused_at_its_line():
-    with pytest.raises(tp.TensorProgError, match=r"a fused qkv viewed \[2, 16, 4, 3, 2, 8\]: "
-                       r"Hiera's 4 mask units of 16 tokens each") as e:
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"a fused qkv viewed \[2, 16, 4, 3, 2, 8\]: "
+        r"Hiera's 4 mask units of 16 tokens each",
+    ) as e:
         tp.from_torch(lambda n: build(n, unit=4), (16, 32), images)
     assert "modeling_hiera.py" in str(e.value)

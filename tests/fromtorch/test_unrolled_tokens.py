@@ -33,8 +33,7 @@ class Unrolled(nn.Module):
         super().__init__()
         self.heads, self.units, self.stride = heads, units, stride
         self.stem = nn.Conv2d(3, n, 4, stride=4)
-        self.norm1, self.qkv1, self.proj1 = nn.LayerNorm(n), nn.Linear(n, 3 * n), \
-            nn.Linear(n, n)
+        self.norm1, self.qkv1, self.proj1 = nn.LayerNorm(n), nn.Linear(n, 3 * n), nn.Linear(n, n)
         self.norm2, self.widen = nn.LayerNorm(n), nn.Linear(n, 2 * n)
         self.qkv2, self.proj2 = nn.Linear(n, 6 * n), nn.Linear(2 * n, 2 * n)
         self.head = nn.Linear(2 * n, 10)
@@ -43,11 +42,11 @@ class Unrolled(nn.Module):
         b, t, _ = x.shape
         c = proj.in_features
         u, dh = self.units, c // self.heads
-        q, k, v = qkv(x).reshape(b, t // u, u, 3, self.heads, dh).permute(
-            3, 0, 4, 2, 1, 5).unbind(0)
+        q, k, v = (
+            qkv(x).reshape(b, t // u, u, 3, self.heads, dh).permute(3, 0, 4, 2, 1, 5).unbind(0)
+        )
         if pool:
-            q = q.view(b, self.heads, u, self.stride, t // (u * self.stride), dh).max(
-                dim=3).values
+            q = q.view(b, self.heads, u, self.stride, t // (u * self.stride), dh).max(dim=3).values
         a = ((q * dh**-0.5) @ k.transpose(-1, -2)).softmax(dim=-1) @ v
         return proj(a.transpose(1, 3).reshape(b, -1, c))
 
@@ -84,16 +83,24 @@ def test_the_pooled_query_s_layer_and_logits_derive_as_the_unpooled_ones(unrolle
     # its logits take what the first stage's unpooled ones take
     abc = {k: (v.a, v.b, v.c) for k, v in tp.derive(unrolled.program, "adam").abc.items()}
     hidden = (0, Fraction(1, 2), 1)
-    for w in ("qkv1_weight_part0", "qkv2_weight_part0", "qkv2_weight_part1", "widen_weight",
-              "proj2_weight"):
+    for w in (
+        "qkv1_weight_part0",
+        "qkv2_weight_part0",
+        "qkv2_weight_part1",
+        "widen_weight",
+        "proj2_weight",
+    ):
         assert abc[w] == hidden, w
     assert abc["attn_matmul_2"][0] == abc["attn_matmul"][0] == 1
     assert abc["head_weight"][:2] == (0, 1)
 
 
 def test_more_than_one_mask_unit_is_refused_at_its_line():
-    with pytest.raises(tp.TensorProgError, match=r"a fused qkv viewed \[2, 8, 2, 3, 2, 8\]: "
-                       r"Hiera's 2 mask units of 8 tokens each") as e:
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"a fused qkv viewed \[2, 8, 2, 3, 2, 8\]: "
+        r"Hiera's 2 mask units of 8 tokens each",
+    ) as e:
         tp.from_torch(lambda n: Unrolled(n, units=2), (16, 32), images)
     assert "test_unrolled_tokens.py" in str(e.value) and "self.attend(" in str(e.value)
 
@@ -101,7 +108,10 @@ def test_more_than_one_mask_unit_is_refused_at_its_line():
 def test_a_max_over_other_groups_than_the_grid_s_blocks_is_refused_at_its_line():
     # the first stage's attention keeps the unrolled order: a view by 2 groups tokens T/2
     # apart, two of a block's four with two of another's
-    with pytest.raises(tp.TensorProgError, match=r"a max over groups of 2 tokens of a 4x4 "
-                       r"grid that are not each a 2 x 2 block of it") as e:
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"a max over groups of 2 tokens of a 4x4 "
+        r"grid that are not each a 2 x 2 block of it",
+    ) as e:
         tp.from_torch(lambda n: Unrolled(n, stride=2), (16, 32), images)
     assert "test_unrolled_tokens.py" in str(e.value)
