@@ -105,6 +105,7 @@ def test_more_than_one_mask_unit_is_refused_at_its_line():
     assert "test_unrolled_tokens.py" in str(e.value) and "self.attend(" in str(e.value)
 
 
+@pytest.mark.slow  # (the default suite's time: its near-miss of more units runs there)
 def test_a_max_over_other_groups_than_the_grid_s_blocks_is_refused_at_its_line():
     # the first stage's attention keeps the unrolled order: a view by 2 groups tokens T/2
     # apart, two of a block's four with two of another's
