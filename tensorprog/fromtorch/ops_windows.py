@@ -284,6 +284,8 @@ class WindowOps:
             what = (f"{op} of values laid out otherwise (other windows or orders, not "
                     "windowed, or a table of one row per token)" if op in _PER_TOKEN
                     else f"{op or node.target}")
+            if _unrolled(first):  # Hiera's order, not Swin's windows
+                raise _refuse_unrolled(node, first, f"cannot trace {what}")
             raise refuse(node, f"{what} of tokens cut into windows (Swin's layout): only "
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)
@@ -684,7 +686,6 @@ def _refuse_unrolled(node, w: Windowed, said: str) -> TraceError:
     return refuse(node, f"{what}, of tokens in an unrolled order (each image's {h * wd} tokens "
                   f"of its {h}x{wd} grid on one axis, reordered: Hiera's unroll, its first "
                   f"positions holding the grid's tokens {first}): the trace follows per-token "
-                  "ops on them, not yet Hiera's mask-unit attention over them (a fused qkv "
-                  "viewed [B, tokens per unit, units, 3, heads, dh], each unit its own "
-                  "attention, no bias) nor its pooling by a max over a view's axis of stride "
-                  "blocks (its queries' and its residual's entering a stage)", help=_UNROLL_HELP)
+                  "ops on them, Hiera's attention over one mask unit of them and its max "
+                  "pooling of the grid's 2 x 2 blocks (ops_maskunit.py), and relayouts that "
+                  "put them back in the grid's order", help=_UNROLL_HELP)

@@ -7,8 +7,8 @@ windows are, ops_windows.py), attention over one unit (all of an image's tokens)
 attention with its output in the queries' order, and the max over each block as
 ``tokens(maxpool(image(h, H, W)), S)``. Oracles: the traced program computes the model at the
 base width; the pooled query's layer and logits derive µP's exponents for Adam, as the
-unpooled ones do; more units, and a max over groups that are not the grid's
-2 x 2 blocks, are refused at their line."""
+unpooled ones do; more units, a max over groups that are not the grid's 2 x 2 blocks, and an
+op over the tokens in their order (a running sum) are refused at their line."""
 
 from __future__ import annotations
 
@@ -116,3 +116,31 @@ def test_a_max_over_other_groups_than_the_grid_s_blocks_is_refused_at_its_line()
     ) as e:
         tp.from_torch(lambda n: Unrolled(n, stride=2), (16, 32), images)
     assert "test_unrolled_tokens.py" in str(e.value)
+
+
+class Summed(nn.Module):
+    """Unrolled tokens summed along their axis in order (a running sum: each token's value
+    depends on the order they are in)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, n, 4, stride=4), nn.Linear(n, 10)
+
+    def forward(self, img):
+        x = self.stem(img).flatten(2).transpose(1, 2)
+        b, t, c = x.shape
+        x = x.view(b, 4, 4, c).view(b, 2, 2, 2, 2, c).permute(0, 2, 4, 1, 3, 5)
+        x = x.flatten(0, 2).reshape(-1, t, c)
+        return self.head(x.cumsum(1)[:, -1])
+
+
+@pytest.mark.slow
+def test_an_op_over_unrolled_tokens_in_their_order_is_refused_with_the_order():
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"cumsum, of tokens in an unrolled order \(each image's 16 tokens of its 4x4 "
+        r"grid on one axis, reordered: Hiera's unroll, its first positions holding the grid's "
+        r"tokens \[0, 2, 8, 10, 1, 3, 9, 11\]\)",
+    ) as e:
+        tp.from_torch(Summed, (16, 32), images)
+    assert "x.cumsum(1)" in str(e.value)
