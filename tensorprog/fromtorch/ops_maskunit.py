@@ -79,10 +79,10 @@ class MaskUnitOps:
     def call(self, node):
         if node.target is operator.getitem:
             src = self.env.get(getattr(node.args[0], "name", None))
-            if isinstance(src, _Max):  # its values, at the node that reads them
-                if node.args[1] != 0:
-                    raise refuse(node, "the indices of a max pooling of tokens", help=_UNITS_HELP)
+            if isinstance(src, _Max) and node.args[1] == 0:  # its values, at their node
                 return self._unit_pooled(node, src.groups)
+            if isinstance(src, _Max) and node.users:
+                raise refuse(node, "the indices of a max pooling of tokens", help=_UNITS_HELP)
             if isinstance(src, Parts) and src.items and isinstance(src.items[0], Windowed):
                 w = src.items[node.args[1]]
                 inner = (
@@ -143,6 +143,8 @@ class MaskUnitOps:
 
     # -- the fused qkv -------------------------------------------------------------------------
     def _unit_fused_view(self, node, v) -> _Fused | None:
+        """Hiera's ``qkv(x).reshape(B, T / U, U, 3, heads, dh)``, read by a permute that moves
+        the 3 first, then unbound: a _Fused for one unit; more units refused."""
         inner = v.inner if isinstance(v, Windowed) else v
         if not (
             isinstance(inner, Affine)
