@@ -36,6 +36,7 @@ from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
+from .ops_maskunit import MaskUnitOps
 from .ops_merged import MergedOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
@@ -81,6 +82,7 @@ class Converter(
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
+    MaskUnitOps,  # Hiera's fused qkv per unit, attention and max pooling of unrolled tokens
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain

@@ -213,6 +213,7 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
         # every call of its module (ALBERT's layer applied again), each of which its hook
         # scales, the queries of attentions sharing the layer (shared_query_layers) as others
         way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
+    way |= _pooled_way(mup.program, info["q"])
     made = f", made by {use.target}," if use is not None else ""
     for v in sorted(way):
         for ins in mup.program.uses(v):
@@ -236,6 +237,23 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
                 "layer's input), or build the model with a fixed head dim, where the "
                 "scale needs no change",
             )
+
+
+def _pooled_way(program, q: str) -> set[str]:
+    """The vectors between a query and its layer's output where the query is that output max
+    pooled (Hiera's pooled queries, tokens(maxpool(image(W @ x + b, H, W)), S): ops_maskunit):
+    a max is positively homogeneous and a relayout moves coordinates, so a factor on the
+    layer's output is the same factor on the query, each vector on the way read only there."""
+    from ..ir.program import Nonlin, Relayout
+
+    made = {ins.out: ins for ins in program.body}
+    way, ins = set(), made.get(q)
+    while isinstance(ins, Relayout) and ins.merge is None or \
+            isinstance(ins, Nonlin) and ins.fn == "maxpool":
+        arg = ins.arg if isinstance(ins, Relayout) else ins.args[0]
+        way.add(arg)
+        ins = made.get(arg)
+    return way
 
 
 def every_use_scaled(mup, w: str) -> bool:
