@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import tensorprog as tp  # noqa: E402
+from tensorprog.fromtorch import MuP  # noqa: E402
 
 V, P = 13, 2
 
@@ -23,11 +24,13 @@ class Prompted(nn.Module):
     """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout of the
     tokens after the prompt."""
 
-    def __init__(self, n, after=False, segments=False):
+    def __init__(self, n, after=False, segments=False, prompt_std=None):
         super().__init__()
         self.after = after  # the constant ids after the tokens: refused
         self.segments = nn.Embedding(3, n) if segments else None  # CPM-Ant's: refused
         self.embed = nn.Embedding(V + 2 * P, n)  # a second prompt's rows, never read
+        if prompt_std is not None:  # the prompt rows drawn apart from the token rows
+            nn.init.normal_(self.embed.weight.data[V:], std=prompt_std)
         self.norm, self.fc1, self.fc2 = nn.LayerNorm(n), nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
         self.head = nn.Linear(n, V)
 
@@ -64,6 +67,18 @@ def test_the_prompt_rows_derive_as_the_token_rows(traced):
         abc = tp.derive(traced.program, optimizer).abc
         assert abc["embed_weight_row15"] == abc["embed_weight_row16"] == abc["embed_weight"]
     apply_is_bit_identical_at_base(traced, Prompted, _tokens)
+
+
+def test_prompt_rows_drawn_apart_from_the_table_keep_their_own_std_at_every_width():
+    # the table's std (pooled over its rows) gave each row 0.9 at widths past the base: 9x the
+    # model's own draw, which µP keeps (the rows' init exponent is 0); each row is a block of
+    # its own (init_stats.block_key), scaled from its own std at the base width
+    traced = tp.from_torch(lambda n: Prompted(n, prompt_std=0.1), (32, 64), _tokens)
+    model = Prompted(128, prompt_std=0.1)
+    MuP(traced, "adam").apply(model)
+    for row in (V + P, V + P + 1):
+        assert abs(float(model.embed.weight.detach()[row].std()) / 0.1 - 1) < 0.3, row
+    assert abs(float(model.embed.weight.detach()[:V].std()) - 1) < 0.3  # the token rows, N(0, 1)
 
 
 def test_constant_ids_after_the_tokens_are_refused():
