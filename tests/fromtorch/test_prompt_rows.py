@@ -24,11 +24,15 @@ class Prompted(nn.Module):
     """P prompt rows after V token rows of one table, a pre-norm MLP block, a readout of the
     tokens after the prompt."""
 
-    def __init__(self, n, after=False, segments=False, prompt_std=None):
+    def __init__(
+        self, n, after=False, segments=False, prompt_std=None, padding=None, per_sequence=False
+    ):
         super().__init__()
         self.after = after  # the constant ids after the tokens: refused
         self.segments = nn.Embedding(3, n) if segments else None  # CPM-Ant's: refused
-        self.embed = nn.Embedding(V + 2 * P, n)  # a second prompt's rows, never read
+        self.per_sequence = per_sequence  # prompt ids offset by the sequence's index: refused
+        # a second prompt's rows, never read
+        self.embed = nn.Embedding(V + 2 * P, n, padding_idx=padding)
         if prompt_std is not None:  # the prompt rows drawn apart from the token rows
             nn.init.normal_(self.embed.weight.data[V:], std=prompt_std)
         self.norm, self.fc1, self.fc2 = nn.LayerNorm(n), nn.Linear(n, 2 * n), nn.Linear(2 * n, n)
@@ -36,6 +40,8 @@ class Prompted(nn.Module):
 
     def forward(self, ids):
         prompt = torch.arange(V + P, V + 2 * P, device=ids.device).repeat(ids.shape[0], 1)
+        if self.per_sequence:
+            prompt = prompt - torch.arange(ids.shape[0], device=ids.device).view(-1, 1)
         h = self.embed(torch.cat((ids, prompt) if self.after else (prompt, ids), dim=1))
         if self.segments is not None:  # 2 at each token that is not the padding id 0
             segment = torch.where(ids != 0, 2, 0)
@@ -79,6 +85,24 @@ def test_prompt_rows_drawn_apart_from_the_table_keep_their_own_std_at_every_widt
     for row in (V + P, V + P + 1):
         assert abs(float(model.embed.weight.detach()[row].std()) / 0.1 - 1) < 0.3, row
     assert abs(float(model.embed.weight.detach()[:V].std()) - 1) < 0.3  # the token rows, N(0, 1)
+
+
+def test_a_prompt_id_at_the_padding_idx_is_a_fixed_zero_row():
+    traced = tp.from_torch(lambda n: Prompted(n, padding=V + P), (32, 64), _tokens)
+    assert "param embed_weight_row15 : [n] = 0  # row 15 of embed.weight, its padding_idx" in (
+        traced.source
+    )
+    assert traced.params["embed_weight_row15"].fixed == 0.0
+    traced_computes_the_model(traced, lambda n: Prompted(n, padding=V + P), _tokens)
+
+
+def test_prompt_ids_that_differ_between_sequences_are_refused():
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"test_prompt_rows.py:\d+:\d+: error: cannot "
+        "trace an embedding lookup of ids computed from the token ids other than",
+    ):
+        tp.from_torch(lambda n: Prompted(n, per_sequence=True), (32, 64), _tokens)
 
 
 def test_constant_ids_after_the_tokens_are_refused():
