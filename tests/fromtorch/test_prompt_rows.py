@@ -121,3 +121,29 @@ def test_segments_computed_from_which_ids_are_0_are_refused():
         r"the same in every sequence at ids other than 0 .* but not at ids 0",
     ):
         tp.from_torch(lambda n: Prompted(n, segments=True), (32, 64), _tokens)
+
+
+class PromptAttended(Prompted):
+    """Queries from the tokens after the prompt, keys over the prompt and the tokens, under a
+    mask of 8 queries by 10 keys (each token sees the prompt and the tokens up to it)."""
+
+    def forward(self, ids):
+        prompt = torch.arange(V + P, V + 2 * P, device=ids.device).repeat(ids.shape[0], 1)
+        h = self.embed(torch.cat((prompt, ids), dim=1))
+        (b, s, n), t = h.shape, ids.shape[1]
+        q = self.fc2(self.fc1(h[:, P:])).view(b, t, 4, n // 4).transpose(1, 2)
+        k = h.view(b, s, 4, n // 4).transpose(1, 2)
+        mask = torch.ones(t, s, dtype=torch.bool, device=ids.device).tril(s - t)
+        o = nn.functional.scaled_dot_product_attention(q, k, k, attn_mask=mask)
+        return self.head(o.transpose(1, 2).reshape(b, t, n))
+
+
+def test_a_mask_of_the_tokens_after_the_prompt_by_every_token_is_refused():
+    # it crashed (a RuntimeError of the mask's shapes): the causal mask's test was of a
+    # square mask, keys by keys
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"test_prompt_rows.py:\d+:\d+: error: cannot trace an attention mask of 8 "
+        r"queries by 10 keys that does not keep every key",
+    ):
+        tp.from_torch(PromptAttended, (32, 64), _tokens)
