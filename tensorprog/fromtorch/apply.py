@@ -649,6 +649,8 @@ def _layer_bias(p: Patch, name: str) -> str:
 
 
 def _rows(use) -> str:
+    if use.index is not None and not use.entries:  # one row of a table, a vector of its own
+        return f"[row {use.index}]"
     each = " of each head" if use.groups or use.group_rows else ""
     rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
     if use.row_consts:  # bounds f·S + c of the S rows (rows.py)

@@ -64,6 +64,14 @@ class AttentionOps:
             # HF's bidirectional mask helpers): the mask changes nothing, and the softmax is
             # bidirectional unless the call is causal itself
             return s
+        if mask.dim() >= 2 and mask.shape[-2] not in (1, t):
+            # queries of one sequence, keys of a longer one (the tokens after a prompt, h[:, P:],
+            # attending to it and the prompt): the causal mask is over one sequence's tokens
+            raise refuse(node, f"an attention mask of {mask.shape[-2]} queries by {t} keys that "
+                         "does not keep every key: the language's causal mask is over the "
+                         "tokens of one sequence, queries and keys alike",
+                         help="attend from the whole sequence (queries and keys of the same "
+                         "tokens) and cut the tokens after the attention")
         if keep is None or not bool((keep == causal).all()):
             raise refuse(node, "an attention mask that is neither the causal mask nor one that "
                          "keeps every key (a padding mask hides keys per example, which the "

@@ -696,5 +696,5 @@ def _undone(node, perm, tags) -> bool:
 
 
 # the user's words for a value of the trace that an op reads where only others are traced
-_WHAT = {"TokensFrom": "a slice of a sequence's tokens (h[:, k:], read only by a mean over "
-         "them or a pad that moves them, shift(h, k))"}
+_WHAT = {"TokensFrom": "a slice of a sequence's tokens (h[:, k:], read by a mean, a pad that moves "
+         "them, shift(h, k), or a layer as tail(h, T) after P learned tokens, h[:, P:])"}

@@ -69,7 +69,9 @@ class PoolOps:
         reader = "the model's output" if node.op == "output" else f"the op {op_name(node)}"
         if x.end is None:
             kept = f"the tokens from token {x.start} on, h[:, {x.start}:],"
-            only = "a mean over them, mean(h, k)"
+            only = ("a mean over them, mean(h, k), or, where P learned tokens put before a "
+                    "sequence made h longer, by any op as that sequence again, h[:, P:] "
+                    "(tail(h, T))")
             todo = f"average them, h[:, {x.start}:].mean(1)"
         else:
             kept = f"the tokens before token {x.end}, h[:, :{x.end}],"
