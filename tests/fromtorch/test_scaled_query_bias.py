@@ -26,8 +26,9 @@ def _tokens(model):
 class Funnelish(nn.Module):
     """Funnel's attention, 4 heads of n/4, its logits and mixing as einsums. ``form``: how the
     bias joins ("other": the query scaled by another number than the bias; "product": the
-    scaled bias multiplying the query; "positional": Funnel's positional keys of a fixed
-    table; "segments": its token-type dots)."""
+    scaled bias multiplying the query; "kinked": a function of the query, linear near 0 alone,
+    scaled like the bias; "positional": Funnel's positional keys of a fixed table; "segments":
+    its token-type dots)."""
 
     def __init__(self, n, form=None):
         super().__init__()
@@ -38,6 +39,8 @@ class Funnelish(nn.Module):
         self.r_w_bias = nn.Parameter(torch.randn(self.h, n // self.h) * 0.1)
         if form == "positional":
             self.r_kernel = nn.Parameter(torch.randn(n, self.h, n // self.h) * n**-0.5)
+        if form == "kinked":  # queries reaching past the kink at -4
+            self.q.weight.data.mul_(30)
         if form == "segments":
             self.seg_embed = nn.Parameter(torch.randn(2, self.h, n // self.h) * 0.1)
         self.scale = 1.0 / math.sqrt(n // self.h)
@@ -46,6 +49,8 @@ class Funnelish(nn.Module):
         x = self.e(idx)
         b, t, n = x.shape
         q, k, v = (f(x).view(b, t, self.h, -1) for f in (self.q, self.k, self.v))
+        if self.form == "kinked":  # max(q, -4): linear on [-4, inf) alone
+            q = torch.relu(q + 4) - 4
         q = q * (2 * self.scale if self.form == "other" else self.scale)
         bias = self.r_w_bias * self.scale
         q = q * bias if self.form == "product" else q + bias
@@ -98,6 +103,7 @@ def test_the_bias_takes_the_querys_fold(traced):
     [
         ("other", r"times 0\.5 with a vector times 1:"),
         ("product", r"a param \(r_w_bias\) times a number \(0\.5\) before its use"),
+        ("kinked", r"times 0\.5 with a vector not a vector times a number"),
         ("positional", r"einsum 'td,dnh->tnh' of a fixed table .* positional keys"),
         ("segments", r"einsum 'bind,snd->bnis' of a per-head vector with the 3-D param seg_embed"),
     ],
