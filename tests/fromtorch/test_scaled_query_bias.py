@@ -28,7 +28,7 @@ class Funnelish(nn.Module):
     bias joins ("other": the query scaled by another number than the bias; "product": the
     scaled bias multiplying the query; "kinked": a function of the query, linear near 0 alone,
     scaled like the bias; "positional": Funnel's positional keys of a fixed table; "segments":
-    its token-type dots)."""
+    its token-type dots; "batch": einsums lettering the batch as the tokens)."""
 
     def __init__(self, n, form=None):
         super().__init__()
@@ -54,7 +54,13 @@ class Funnelish(nn.Module):
         q = q * (2 * self.scale if self.form == "other" else self.scale)
         bias = self.r_w_bias * self.scale
         q = q * bias if self.form == "product" else q + bias
-        s = torch.einsum("bind,bjnd->bnij", q, k)
+        # "batch": the batch axis lettered as the tokens, attention across the batch
+        logits, mixing = (
+            ("ibnd,jbnd->bnij", "bnij,jbnd->ibnd")
+            if self.form == "batch"
+            else ("bind,bjnd->bnij", "bnij,bjnd->bind")
+        )
+        s = torch.einsum(logits, q, k)
         if self.form == "positional":
             r = torch.arange(2 * t, dtype=x.dtype, device=x.device)[:, None] * x.new_ones(n)
             s = (
@@ -65,7 +71,7 @@ class Funnelish(nn.Module):
             )
         if self.form == "segments":
             s = s + torch.einsum("bind,snd->bnis", q, self.seg_embed)[..., :1]
-        a = torch.einsum("bnij,bjnd->bind", s.softmax(-1), v)
+        a = torch.einsum(mixing, s.softmax(-1), v)
         return self.out(x + self.o(a.reshape(b, t, n)))
 
 
@@ -105,6 +111,7 @@ def test_the_bias_takes_the_querys_fold(traced):
         ("product", r"a param \(r_w_bias\) times a number \(0\.5\) before its use"),
         ("kinked", r"times 0\.5 with a vector not a vector times a number"),
         ("positional", r"einsum 'td,dnh->tnh' of a fixed table .* positional keys"),
+        ("batch", r"einsum 'ibnd,jbnd->bnij' .* swap"),
         ("segments", r"einsum 'bind,snd->bnis' of a per-head vector with the 3-D param seg_embed"),
     ],
 )
