@@ -372,7 +372,9 @@ class LinearOps:
         permuted as :func:`~.ops_attention.einsum_layout` says, their matmul, and the result
         permuted to ``out``, which is what the einsum computes; None for any other einsum."""
         layout = einsum_layout(terms, out) if len(operands) == 2 else None
-        if layout is None:
+        if layout is None or any(isinstance(x, PRef) for x in operands):
+            # (a param's 3-D batched matmul, per position or per example, "btn,tnm->btm", is
+            # no layer of the language's: refused below as before)
             return None
 
         def laid(v, dims):  # (attention weights are read as they are: no permute of them)

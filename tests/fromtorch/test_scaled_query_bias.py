@@ -119,3 +119,21 @@ def test_other_uses_are_refused_where_they_are_written(form, match):
     with pytest.raises(TensorProgError, match=match) as err:
         from_torch(lambda n: Funnelish(n, form), (16, 32), _tokens)
     assert "test_scaled_query_bias.py" in str(err.value)
+
+
+class ParamEinsum(nn.Module):
+    """A 3-D param in an einsum that is a batched matmul once its operands are permuted (the
+    features first, one [n, m] matrix per token position): no layer of the language's."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.e, self.out = nn.Embedding(13, n), nn.Linear(8, 13)
+        self.w = nn.Parameter(torch.randn(n, 8, 8) * n**-0.5)
+
+    def forward(self, idx):
+        return self.out(torch.einsum("bnt,tnm->btm", self.e(idx), self.w).mean(1))
+
+
+def test_an_einsum_with_a_param_laid_out_as_a_matmul_is_refused():
+    with pytest.raises(TensorProgError, match=r"einsum 'bnt,tnm->btm' that is not a batched"):
+        from_torch(ParamEinsum, (16, 32), _tokens)
