@@ -349,8 +349,11 @@ class LinearOps:
         "bhlk,bhtk->bhlt", its second operand read transposed): that matmul."""
         ins, _, out = equation.replace(" ", "").partition("->")
         terms = ins.split(",")
-        if len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(",", ""))) == \
-                len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
+        # a 3-D param's batched matmul (one matrix per example or per position) is no layer of
+        # the language's (op_linear reads a matmul node's operands, not an einsum's): refused
+        params = any(isinstance(x, PRef) for x in operands)
+        if not params and len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(
+                ",", ""))) == len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
             (a, b), batch = terms, out[:-2]
             i, j = a[-2:]
             if a[:-2] == b[:-2] == batch and out[-2] == i and j not in out:
@@ -373,9 +376,7 @@ class LinearOps:
         permuted to ``out``, which is what the einsum computes; None for any other einsum."""
         layout = einsum_layout(terms, out) if len(operands) == 2 else None
         if layout is None or any(isinstance(x, PRef) for x in operands):
-            # (a param's 3-D batched matmul, per position or per example, "btn,tnm->btm", is
-            # no layer of the language's: refused below as before)
-            return None
+            return None  # (a param's: refused, as op_einsum says)
 
         def laid(v, dims):  # (attention weights are read as they are: no permute of them)
             if dims == sorted(dims):

@@ -122,18 +122,22 @@ def test_other_uses_are_refused_where_they_are_written(form, match):
 
 
 class ParamEinsum(nn.Module):
-    """A 3-D param in an einsum that is a batched matmul once its operands are permuted (the
-    features first, one [n, m] matrix per token position): no layer of the language's."""
+    """A 3-D param in an einsum that is a batched matmul, as written ("btn,bnm->btm": one
+    matrix per example) or once permuted ("bnt,tnm->btm": the features first, one matrix per
+    token position): no layer of the language's."""
 
-    def __init__(self, n):
+    def __init__(self, n, equation):
         super().__init__()
+        self.equation = equation
         self.e, self.out = nn.Embedding(13, n), nn.Linear(8, 13)
-        self.w = nn.Parameter(torch.randn(n, 8, 8) * n**-0.5)
+        shape = (2, n, 8) if equation.startswith("btn") else (n, 8, 8)
+        self.w = nn.Parameter(torch.randn(*shape) * n**-0.5)
 
     def forward(self, idx):
-        return self.out(torch.einsum("bnt,tnm->btm", self.e(idx), self.w).mean(1))
+        return self.out(torch.einsum(self.equation, self.e(idx), self.w).mean(1))
 
 
-def test_an_einsum_with_a_param_laid_out_as_a_matmul_is_refused():
-    with pytest.raises(TensorProgError, match=r"einsum 'bnt,tnm->btm' that is not a batched"):
-        from_torch(ParamEinsum, (16, 32), _tokens)
+@pytest.mark.parametrize("equation", ["btn,bnm->btm", "bnt,tnm->btm"])
+def test_an_einsum_with_a_param_is_refused(equation):
+    with pytest.raises(TensorProgError, match=f"einsum '{equation}' that is not a batched"):
+        from_torch(lambda n: ParamEinsum(n, equation), (16, 32), _tokens)
