@@ -139,5 +139,6 @@ class ParamEinsum(nn.Module):
 
 @pytest.mark.parametrize("equation", ["btn,bnm->btm", "bnt,tnm->btm"])
 def test_an_einsum_with_a_param_is_refused(equation):
-    with pytest.raises(TensorProgError, match=f"einsum '{equation}' that is not a batched"):
+    with pytest.raises(TensorProgError, match=f"einsum '{equation}' that is not a batched") as err:
         from_torch(lambda n: ParamEinsum(n, equation), (16, 32), _tokens)
+    assert "test_scaled_query_bias.py" in str(err.value)
