@@ -328,7 +328,7 @@ class LayoutOps:
         only readers undo (x.transpose(2, 3).transpose(2, 3)) is the value itself."""
         if not isinstance(v, (Vec, Affine, Pointwise, Scores)):
             return
-        kind = _swapped_kind(tags, perm)
+        kind = swapped_kind(tags, perm)
         if kind is None or _undone(node, perm, tags) or _undoes(node, perm, tags):
             return
         if isinstance(v, Scores):  # s.transpose(-1, -2): the softmax would run over the queries
@@ -640,7 +640,7 @@ def split_along(node, axis: int) -> bool:
     return bool(node.users)
 
 
-def _swapped_kind(tags, perm) -> str | None:
+def swapped_kind(tags, perm) -> str | None:
     """The kind ("tok" or "px") of two axes whose order ``perm`` swaps, or None."""
     for kind in ("tok", "px"):
         old = [i for i in perm if tags[i] == kind]
@@ -674,7 +674,7 @@ def _undoes(node, perm, tags) -> bool:
     before = [None] * len(perm)  # the tags of the first one's input
     for j, i in enumerate(first):
         before[i] = tags[j]
-    return _swapped_kind(before, [first[i] for i in perm]) is None
+    return swapped_kind(before, [first[i] for i in perm]) is None
 
 
 def _undone(node, perm, tags) -> bool:
@@ -690,7 +690,7 @@ def _undone(node, perm, tags) -> bool:
                 return False
             continue
         back = _perm_of(u, len(perm))
-        if back is None or _swapped_kind(tags, [perm[d] for d in back]) is not None:
+        if back is None or swapped_kind(tags, [perm[d] for d in back]) is not None:
             return False
     return True
 

@@ -6,6 +6,7 @@ from .inputs import probe_ids
 from .ops_attention import batch_shapes, einsum_layout, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
+from .ops_layout import swapped_kind
 from .ops_relative import built_ids, grid_stride, refuse_fed_ids, refuse_grid_ids, relative_kind
 from .ops_relkeys import refuse_relative_einsum
 from .ops_windows import window_lookup
@@ -373,8 +374,11 @@ class LinearOps:
         "bhlk,bhtk->bhlt", its second operand read transposed): that matmul."""
         ins, _, out = equation.replace(" ", "").partition("->")
         terms = ins.split(",")
-        if len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(",", ""))) == \
-                len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
+        # a 3-D param's batched matmul (one matrix per example or per position) is no layer of
+        # the language's (op_linear reads a matmul node's operands, not an einsum's): refused
+        params = any(isinstance(x, PRef) for x in operands)
+        if not params and len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(
+                ",", ""))) == len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
             (a, b), batch = terms, out[:-2]
             i, j = a[-2:]
             if a[:-2] == b[:-2] == batch and out[-2] == i and j not in out:
@@ -396,11 +400,28 @@ class LinearOps:
         permuted as :func:`~.ops_attention.einsum_layout` says, their matmul, and the result
         permuted to ``out``, which is what the einsum computes; None for any other einsum."""
         layout = einsum_layout(terms, out) if len(operands) == 2 else None
-        if layout is None:
-            return None
+        if layout is None or any(isinstance(x, PRef) for x in operands):
+            return None  # (a param's: refused, as op_einsum says)
 
         def laid(v, dims):  # (attention weights are read as they are: no permute of them)
-            return v if dims == sorted(dims) else self.op_permute(node, v, dims)
+            if dims == sorted(dims):
+                return v
+            tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+            kind = swapped_kind(tags, dims) if tags and len(tags) == len(dims) else None
+            if kind is not None:
+                # the letters pair the batch with a sequence's tokens (or two token or
+                # pixel axes with each other): no relayout of the language's. Refused here,
+                # as op_permute's own check reads the node's args and readers as a
+                # permute's, which this einsum's are not
+                raise refuse(node, f"an einsum {'->'.join((','.join(terms), out))!r} whose "
+                             "letters, laid out as the batched matmul it is, swap two "
+                             f"{'token (or batch)' if kind == 'tok' else 'pixel'} axes of "
+                             f"a value laid out {layout_text(tags)}: it pairs (or sums over) "
+                             "axes other than the matmul of queries and keys (or weights "
+                             "and values) the language reads",
+                             help="letter each operand's batch, tokens, heads and head dim as "
+                             "they are laid out, or write it as a matmul")
+            return self.op_permute(node, v, dims)
 
         made = self.op_matmul(node, laid(operands[0], layout[0]), laid(operands[1], layout[1]))
         return laid(made, layout[2])
