@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..ir.program import Nonlin
 from ..ir.wkv import WKV
-from .exponents import ZERO
+from .exponents import ZERO, emax, emin
 from .terms import Mono, Sizes, Term, terms
 
 _AVERAGE = "an average over finitely many tokens, weights in (0, 1) summing to 1 (+0)"
@@ -33,7 +33,10 @@ def init_wkv(ins: Nonlin, sz: Sizes) -> list[Term]:
     v = ins.args[3]
     # a logit that is a param itself (the bonus u) is a pre-activation too: at most Θ(1), or
     # the softmax saturates and its slope, which passes u's change on, vanishes (as for
-    # sigmoid(w)); a computed logit has that condition at its own instruction already
+    # sigmoid(w)); a computed logit has that condition at its own instruction already. The
+    # term bounds u's init; its value is capped at v's size, which it must not raise: the
+    # average is v's size whatever its weights (v over a finite dim is n^-1/2 at init)
+    average = emax([m.const for m in sz.init(v) if not m.slots] or [ZERO])
     own = [
         t
         for x in ins.args[:3]
@@ -43,7 +46,7 @@ def init_wkv(ins: Nonlin, sz: Sizes) -> list[Term]:
             "the softmax's slope is Θ(1) while its logits are O(1)",
             "auto",
             sz.init(x),
-            clamp=ZERO,
+            clamp=emin(ZERO, average),
         )
     ]
     return terms(f"avg({v}₀)", _AVERAGE, "auto", sz.init(v)) + own

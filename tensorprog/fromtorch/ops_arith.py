@@ -67,9 +67,9 @@ class ArithOps:
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
         if centred is not None:
             return centred
-        for x, c in ((u, v), (v, u)):
+        for x, c in ((u, v), (v, u)):  # u + alpha * v: w + alpha * c, or c + alpha * w
             if isinstance(x, PRef) and isinstance(c, (int, float)):
-                return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
+                return self._shifted(node, x, alpha * c if x is u else c, 1 if x is u else alpha)
         if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
             return self.rope_sum(node, u, v, alpha)
         for x, c in ((u, v), (v, u)):  # x + 0 is x, whatever x is (DeBERTa's logits + rel_att,

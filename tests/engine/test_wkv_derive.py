@@ -107,3 +107,43 @@ def test_the_emitted_helper_is_transformers_loop_over_a_long_sequence():
     # the current token's bonus on the previous token instead is another mixing: seen here
     shifted = torch.cat([v[:, :1], v[:, :-1]], 1)
     assert (scope["_wkv"](-w.exp(), u, k, shifted) - want).abs().max() > 1e-2
+
+
+FINITE = """
+width n = 64
+dim V = 13
+dim T = 8
+dim D = 16
+input tok : tokens[T, V]
+param E : [n, V]
+param U : [V, n]
+param w : [D] = 0
+param u : [D] = 0.5
+param Wk : [D, n]
+param Wv : [D, n]
+param Wo : [n, D]
+h = E @ tok
+o = wkv(-1 * exp(w), u, Wk @ h, Wv @ h)
+output logits = U @ (h + Wo @ o)
+"""
+
+
+def test_a_bonus_param_bounds_its_own_init_but_not_the_average():
+    """Oracle: wkv averages v, so its init is v's whatever the bonus u's size. Over a finite dim
+    D, v = Wv @ h is n^-1/2 at init (as logits are), and so is wkv, and Wo @ wkv after it: the
+    derivation refuses the program as any narrowing to a finite dim inside the network (it
+    had taken wkv for Θ(1), from u's init, and derived a µP). u, a param logit, is still held
+    at O(1) by a term of its init, capped at v's size."""
+    from tensorprog.errors import EngineError
+
+    program = tp.parse(FINITE)
+    with pytest.raises(EngineError, match=r"vanishes at init as 1/√n and so does every vector"):
+        tp.derive(program, "adam")
+    ins = Nonlin("o", WKV, ("g", "u", "k", "v"), None, None)
+    sizes = {"g": ZERO, "u": ZERO, "k": ZERO, "v": -HALF}
+    terms = init_wkv(ins, _Sizes(program, sizes))
+    assert (
+        emax(t.const if t.clamp is None else min(t.const, t.clamp, key=float) for t in terms)
+        == -HALF
+    )
+    assert [t.what for t in terms if t.clamp is not None] == ["u₀"]  # u's init bounded
