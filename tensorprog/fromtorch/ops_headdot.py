@@ -59,6 +59,8 @@ class HeadDotOps:
             or tuple(prod.args[0].meta["val"].shape) != tuple(prod.args[1].meta["val"].shape)
         ):
             return None  # a broadcast product, or heads laid out unlike: the other rules'
+        if keepdim:  # its axis of 1 read as one product's factor alone, as g.unsqueeze(-1)
+            self.refuse_gate_axis(node, -1)  # is (ops_gate.py): a view of it is no gate
         heads = u.dim // u.dh
         self.dim(heads)  # the heads' count, hdot's result dim, declared
         if list(prod.users) == [node]:  # the product, read by this sum alone, is its dot's
@@ -92,6 +94,7 @@ class HeadDotOps:
                 or math.prod(g.ref.shape) != s.src.dim
             ):
                 return None
+            self.refuse_gate_axis(node, -1)  # read by one product alone, as the dot's gate
             w = self.vector_param(ref, node)
             name = self.emit_vector(node.name, f"({g.form.replace('{}', w)}) * {s.src.name}")
             return HeadGate(Vec(name, s.src.tags, s.src.dim), node.name)

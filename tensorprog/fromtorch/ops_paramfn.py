@@ -55,6 +55,14 @@ def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
                   "place in it", help=_HELP)
 
 
+def _to_integer(args) -> bool:
+    """A dtype among a cast's arguments that holds no fractions (an integer or a boolean)."""
+    import torch
+
+    return any(isinstance(a, torch.dtype) and not (a.is_floating_point or a.is_complex)
+               for a in args)
+
+
 def _form(x) -> str:
     return x.form if isinstance(x, ParamFn) else "{}"
 
@@ -100,6 +108,10 @@ class ParamFnOps:
         kwargs = dict(kwargs or {})
         args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
+        if op in ("to", "_to_copy") and _to_integer(args):  # tanh(w).to(torch.int32) is 0
+            raise refuse(node, f"a cast to an integer type of a function of the param "
+                         f"{strip_prefix(x.ref.target)}: it rounds the values the program's "
+                         "form computes", help=_HELP)
         if op in KEEP_LAYOUT and args[0] is x:
             return x
         if op in _AXES_OF_ONE and args[0] is x and _same_entries(

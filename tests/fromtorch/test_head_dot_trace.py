@@ -52,9 +52,14 @@ class Exclusive(nn.Module):
         elif self.form == "two_heads":  # a sum over two heads' coordinates: no head's dot
             pair = (y * vn).reshape(b, t, self.h // 2, 2 * self.dh)
             proj = pair.sum(-1, keepdim=True).repeat_interleave(2, -2)
+        elif self.form == "viewed":  # the gate's axis of 1 viewed anew: no product's factor
+            proj = (y * vn).sum(-1, keepdim=True).reshape(b, t, self.h, 1)
         else:
             proj = (y * vn).sum(-1, keepdim=True)
-        y = y - (torch.tanh(self.alpha).view(1, 1, -1, 1) * proj) * vn
+        gain = torch.tanh(self.alpha)
+        if self.form == "int_gain":  # a cast that rounds tanh(alpha) to 0: no gain tanh(alpha)
+            gain = gain.to(torch.int32)
+        y = y - (gain.view(1, 1, -1, 1) * proj) * vn
         return self.out(x + self.o(y.reshape(b, t, c)))
 
 
@@ -168,6 +173,8 @@ def test_the_sums_measured_are_the_derived_ones():
     ("form", "match"),
     [
         ("head_sum", "a sum over each block's \\(head's\\) coordinates"),
+        ("viewed", r"a per-head gate\) read by reshape"),
+        ("int_gain", "a cast to an integer type of a function of the param alpha"),
         pytest.param(
             "two_heads", r"a view from \[2, 8, 2, 16\] to \[2, 8, 1, 32\]", marks=pytest.mark.slow
         ),
@@ -175,7 +182,9 @@ def test_the_sums_measured_are_the_derived_ones():
 )
 def test_a_sum_over_no_head_dot_is_refused_at_its_line(form, match):
     # a head's coordinates summed alone, or two heads' products summed together, is no dot of
-    # one head: refused where the model computes it
+    # one head: refused where the model computes it; so are the dot's gate read by anything but
+    # one product (a reshape of it once crashed the walk) and a gain cast to integers (once
+    # traced as tanh(alpha) itself)
     with pytest.raises(TraceError, match=f"test_head_dot_trace.py:\\d+:\\d+: error: .*{match}"):
         _traced(form)
 
