@@ -52,6 +52,8 @@ class Exclusive(nn.Module):
         elif self.form == "two_heads":  # a sum over two heads' coordinates: no head's dot
             pair = (y * vn).reshape(b, t, self.h // 2, 2 * self.dh)
             proj = pair.sum(-1, keepdim=True).repeat_interleave(2, -2)
+        elif self.form == "sigmoid":  # a function of the gate, then a gain and the product
+            proj = torch.sigmoid((y * vn).sum(-1, keepdim=True))
         elif self.form == "viewed":  # the gate's axis of 1 viewed anew: no product's factor
             proj = (y * vn).sum(-1, keepdim=True).reshape(b, t, self.h, 1)
         else:
@@ -73,6 +75,13 @@ def test_the_exclusive_attention_traces_to_hdot_and_computes_the_model():
     assert "hdot(" in tr.source and "spread(" in tr.source
     traced_computes_the_model(tr, lambda n: Exclusive(n), _tokens, tol=1e-6)  # (the norm's eps
     # aside: F.normalize's on the norm, the program's rmsnorm's on the mean square)
+
+
+@pytest.mark.slow
+def test_a_function_of_the_gate_traces_and_computes_the_model():
+    tr = _traced("sigmoid")
+    assert "sigmoid(" in tr.source and "hdot(" in tr.source
+    traced_computes_the_model(tr, lambda n: Exclusive(n, 16, "sigmoid"), _tokens, tol=1e-6)
 
 
 @pytest.mark.slow
@@ -189,7 +198,7 @@ def test_the_sums_measured_are_the_derived_ones(dims):
     ("form", "match"),
     [
         ("head_sum", "a sum over each block's \\(head's\\) coordinates"),
-        ("viewed", r"a per-head gate\) read by reshape"),
+        ("viewed", r"a dot per head kept as a gate \(..., H, 1\) read by reshape"),
         ("int_gain", "a cast to an integer type of a function of the param alpha"),
         pytest.param(
             "two_heads", r"a view from \[2, 8, 2, 16\] to \[2, 8, 1, 32\]", marks=pytest.mark.slow
