@@ -32,7 +32,7 @@ from ..ir.ranges import ANY, added, product, scaled
 from .ops_arith import as_number, flat_param
 from .ops_pixels import KEEP_LAYOUT
 from .values import Affine, ParamFn, Pointwise, PRef, Vec
-from .where import CHECK_OPS, op_name, refuse, strip_prefix
+from .where import CHECK_OPS, casts_to_integers, op_name, refuse, strip_prefix
 
 #: torch ops that are the language function of the same name, applied to a function of a param
 #: (the walker's op methods take them there: ops_arith._apply, ops_pointwise.coordinatewise)
@@ -53,14 +53,6 @@ def refuse_param_fn(node, x: ParamFn | PRef, op: str | None = None):
                   "as they are or through functions of them used as a gain, so this use of a "
                   "param transformed before its use (Mamba's A = -exp(A_log)) has no "
                   "place in it", help=_HELP)
-
-
-def _to_integer(args) -> bool:
-    """A dtype among a cast's arguments that holds no fractions (an integer or a boolean)."""
-    import torch
-
-    return any(isinstance(a, torch.dtype) and not (a.is_floating_point or a.is_complex)
-               for a in args)
 
 
 def _form(x) -> str:
@@ -108,7 +100,7 @@ class ParamFnOps:
         kwargs = dict(kwargs or {})
         args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
-        if op in ("to", "_to_copy") and _to_integer(args):  # tanh(w).to(torch.int32) is 0
+        if op in KEEP_LAYOUT and casts_to_integers(node):  # tanh(w).to(torch.int32): 0
             raise refuse(node, f"a cast to an integer type of a function of the param "
                          f"{strip_prefix(x.ref.target)}: it rounds the values the program's "
                          "form computes", help=_HELP)

@@ -60,7 +60,9 @@ class Exclusive(nn.Module):
             proj = (y * vn).sum(-1, keepdim=True)
         gain = torch.tanh(self.alpha)
         if self.form == "int_gain":  # a cast that rounds tanh(alpha) to 0: no gain tanh(alpha)
-            gain = gain.to(torch.int32)
+            gain = gain.type_as(idx)
+        if self.form == "int_values":  # the output rounded to whole numbers: no identity
+            y = (4 * y).type_as(idx).to(x.dtype)
         y = y - (gain.view(1, 1, -1, 1) * proj) * vn
         return self.out(x + self.o(y.reshape(b, t, c)))
 
@@ -200,6 +202,7 @@ def test_the_sums_measured_are_the_derived_ones(dims):
         ("head_sum", "a sum over each block's \\(head's\\) coordinates"),
         ("viewed", r"a dot per head kept as a gate \(..., H, 1\) read by reshape"),
         ("int_gain", "a cast to an integer type of a function of the param alpha"),
+        ("int_values", "a cast to an integer type"),
         pytest.param(
             "two_heads", r"a view from \[2, 8, 2, 16\] to \[2, 8, 1, 32\]", marks=pytest.mark.slow
         ),
@@ -208,8 +211,8 @@ def test_the_sums_measured_are_the_derived_ones(dims):
 def test_a_sum_over_no_head_dot_is_refused_at_its_line(form, match):
     # a head's coordinates summed alone, or two heads' products summed together, is no dot of
     # one head: refused where the model computes it; so are the dot's gate read by anything but
-    # one product (a reshape of it once crashed the walk) and a gain cast to integers (once
-    # traced as tanh(alpha) itself)
+    # one product (a reshape of it once crashed the walk) and a gain or vector cast to integers
+    # by type_as (once traced as tanh(alpha), and as the vector, themselves)
     with pytest.raises(TraceError, match=f"test_head_dot_trace.py:\\d+:\\d+: error: .*{match}"):
         _traced(form)
 
