@@ -51,7 +51,7 @@ def _misread(node):
         elif (
             op_name(user) == "mul"
             and len(others) == 1
-            and len(sizes[0]) == len(shape)
+            and 2 <= len(sizes[0]) <= len(shape)
             and sizes[0][-2] == shape[-2]
         ):
             bad = None if sizes[0][-1] > 1 else _misread(user)  # a head's vector, or a gain
