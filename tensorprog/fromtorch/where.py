@@ -110,8 +110,9 @@ CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constra
 
 def casts_to_integers(node) -> bool:
     """A cast (to, _to_copy, type_as, long) of a value that holds fractions to a type that holds
-    none: it rounds what the traced form computes, so no identity; also any ``to`` naming an
-    integer type. The dtypes are export's: the argument's and the result's."""
+    none: it rounds what the traced form computes, so no identity; also any ``to`` naming a
+    type other than a real floating one. The dtypes are export's: the argument's and the
+    result's."""
     import torch
 
     def whole(val) -> bool:
@@ -121,8 +122,8 @@ def casts_to_integers(node) -> bool:
     arg = node.args[0] if node.args else None
     src = arg.meta.get("val") if hasattr(arg, "meta") else None
     named = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.dtype)]
-    if op_name(node) == "to" and any(not (d.is_floating_point or d.is_complex) for d in named):
-        return True
+    if op_name(node) == "to" and any(not d.is_floating_point for d in named):  # (a complex
+        return True  # type too, as before: no rule reads complex values made by a cast)
     return src is not None and whole(node.meta.get("val")) and not whole(src)
 
 
