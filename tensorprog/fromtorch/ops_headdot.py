@@ -21,13 +21,61 @@ from __future__ import annotations
 import math
 
 from .ops_arith import flat_param
+from .ops_layout import GATE_FNS
 from .values import Affine, HeadGate, ParamFn, Pointwise, Vec
-from .where import op_name
+from .where import CHECK_OPS, op_name, refuse
+
+_CASTS = {"to", "_to_copy", "contiguous", "clone", "alias"}  # the same values (an integer
+# type aside, which the walker refuses)
 
 
 def _per_head(x) -> bool:
     """A vector viewed per head: its heads at the axis before its last, its head dim."""
     return isinstance(x, Vec) and x.tags[-2:] == ("H", "dh") and bool(x.dh)
+
+
+def _misread(node):
+    """The first reader of the gate ``node`` (shape (..., H, 1)) that no gate rule reads, or
+    None: each must be a coordinatewise function of it (sigmoid(s)) or a product, with a
+    tensor of its heads and a head dim (the gate's use, ``spread(s, dh) * x``) or with another
+    gate of one number per head (tanh(alpha).view(1, 1, -1, 1) * s), read so in turn. A view of
+    it, a sum, a product broadcast otherwise, is no per-head gate."""
+    shape = tuple(node.meta["val"].shape)
+    for user in node.users:
+        others = [a for a in user.all_input_nodes if a is not node]
+        sizes = [tuple(a.meta["val"].shape) if "val" in a.meta else () for a in others]
+        if op_name(user) in CHECK_OPS:  # export's check of a cast's dtype: no value
+            continue
+        if op_name(user) in GATE_FNS | _CASTS and not others:
+            bad = _misread(user)
+        elif (
+            op_name(user) == "mul"
+            and len(others) == 1
+            and 2 <= len(sizes[0]) <= len(shape)
+            and sizes[0][-2] == shape[-2]
+        ):
+            bad = None if sizes[0][-1] > 1 else _misread(user)  # a head's vector, or a gain
+        else:
+            bad = user
+        if bad is not None:
+            return bad
+    return None
+
+
+def _refuse_misread(node) -> None:
+    """Refuses, at the gate's line, a per-head dot's gate read other than as a gate."""
+    bad = _misread(node)
+    if bad is not None:
+        raise refuse(
+            node,
+            f"a dot per head kept as a gate (..., H, 1) read by {op_name(bad)}: "
+            "it is traced only as a factor of products with a vector viewed as (..., "
+            "H, dh) (spread(hdot(u, v, dh), dh) * x), through coordinatewise functions "
+            "and gains of one number per head",
+            help="multiply the per-head view by "
+            "the dot once, (u * v).sum(-1, keepdim=True) * x, and compute anything "
+            "else from (u * v).sum(-1)",
+        )
 
 
 class HeadDotOps:
@@ -59,6 +107,8 @@ class HeadDotOps:
             or tuple(prod.args[0].meta["val"].shape) != tuple(prod.args[1].meta["val"].shape)
         ):
             return None  # a broadcast product, or heads laid out unlike: the other rules'
+        if keepdim:  # its axis of 1 read as a gate's alone: a view of it is none (a view of
+            _refuse_misread(node)  # a HeadGate has no rule)
         heads = u.dim // u.dh
         self.dim(heads)  # the heads' count, hdot's result dim, declared
         if list(prod.users) == [node]:  # the product, read by this sum alone, is its dot's
@@ -92,6 +142,7 @@ class HeadDotOps:
                 or math.prod(g.ref.shape) != s.src.dim
             ):
                 return None
+            _refuse_misread(node)  # read as a gate, as the dot's own
             w = self.vector_param(ref, node)
             name = self.emit_vector(node.name, f"({g.form.replace('{}', w)}) * {s.src.name}")
             return HeadGate(Vec(name, s.src.tags, s.src.dim), node.name)

@@ -588,7 +588,7 @@ def _per_head_gate(node, dim) -> bool:
         return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
 
     def gates(n, u) -> bool:  # through coordinatewise functions: f(g.unsqueeze(-1))
-        if op_name(u) in _GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
+        if op_name(u) in GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
             return all(gates(u, w) for w in u.users)
         return op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not n)
 
@@ -596,7 +596,7 @@ def _per_head_gate(node, dim) -> bool:
 
 
 # the coordinatewise functions a per-head gate passes through (each the same function of g)
-_GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
+GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values

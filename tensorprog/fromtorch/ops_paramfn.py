@@ -32,7 +32,7 @@ from ..ir.ranges import ANY, added, product, scaled
 from .ops_arith import as_number, flat_param
 from .ops_pixels import KEEP_LAYOUT
 from .values import Affine, ParamFn, Pointwise, PRef, Vec
-from .where import CHECK_OPS, op_name, refuse, strip_prefix
+from .where import CHECK_OPS, casts_to_integers, op_name, refuse, strip_prefix
 
 #: torch ops that are the language function of the same name, applied to a function of a param
 #: (the walker's op methods take them there: ops_arith._apply, ops_pointwise.coordinatewise)
@@ -109,6 +109,10 @@ class ParamFnOps:
         kwargs = dict(kwargs or {})
         args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
+        if op in KEEP_LAYOUT and casts_to_integers(node):  # tanh(w).to(torch.int32): 0
+            raise refuse(node, f"a cast to an integer type of a function of the param "
+                         f"{strip_prefix(x.ref.target)}: it rounds the values the program's "
+                         "form computes", help=_HELP)
         if op in KEEP_LAYOUT and args[0] is x:
             return x
         if op in _AXES_OF_ONE and args[0] is x and _same_entries(
