@@ -130,7 +130,16 @@ class MaskUnitOps:
             made = self._unit_moved(node, args[0], args)
             if made is not None:
                 return made
-        if op == "matmul" and len(args) == 2 and any(isinstance(a, Windowed) for a in args):
+        if (
+            op == "matmul"
+            and len(args) == 2
+            and (
+                any(isinstance(a, Windowed) for a in args)
+                # (weights over reordered keys applied to values in the grid's order: refused there)
+                or isinstance(args[0], Probs)
+                and args[0].scores.k.name in getattr(self, "_unit_keys", {})
+            )
+        ):
             return self._unit_attention(node, *args)
         if op == "matmul" and len(args) == 2 and not isinstance(args[0], (Scores, Probs)):
             made = self._unit_logits(node, *args)

@@ -149,6 +149,40 @@ def test_a_mask_on_the_logits_of_unrolled_tokens_is_refused_at_its_line():
     assert f"test_unrolled_tokens.py:{line}:" in str(e.value)
 
 
+class GridValues(nn.Module):
+    """One unit's attention whose keys are the unrolled tokens and whose queries and values are
+    the same tokens in the grid's order: torch pairs each key's weight with another token's
+    value."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.stem, self.qkv = nn.Conv2d(3, n, 4, stride=4), nn.Linear(n, 3 * n)
+        self.o, self.head = nn.Linear(n, n), nn.Linear(n, 10)
+
+    def split(self, x):
+        b, t, c = x.shape
+        return self.qkv(x).reshape(b, t, 1, 3, 2, c // 2).permute(3, 0, 4, 2, 1, 5).unbind(0)
+
+    def forward(self, img):
+        g = self.stem(img).flatten(2).transpose(1, 2)
+        b, t, c = g.shape
+        x = g.view(b, 4, 4, c).view(b, 2, 2, 2, 2, c).permute(0, 2, 4, 1, 3, 5)
+        x = x.flatten(0, 2).reshape(-1, t, c)
+        (q, _, v), (_, k, _) = self.split(g), self.split(x)
+        a = ((q * 0.25) @ k.transpose(-1, -2)).softmax(-1) @ v
+        return self.head((g + self.o(a.transpose(1, 3).reshape(b, -1, c))).mean(1))
+
+
+def test_weights_over_unrolled_keys_applied_to_values_in_the_grid_s_order_are_refused():
+    # (traced, the program paired each key with its own value: something else)
+    with pytest.raises(
+        tp.TensorProgError,
+        match=r"attention weights over tokens in one order applied to values in another",
+    ) as e:
+        tp.from_torch(GridValues, (16, 32), images)
+    assert "test_unrolled_tokens.py" in str(e.value)
+
+
 @pytest.mark.slow
 def test_an_amax_over_the_grid_s_blocks_is_their_max_pool():
     def build(n):
