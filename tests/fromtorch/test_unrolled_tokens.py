@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import traced_computes_the_model
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -89,6 +89,8 @@ def unrolled():
 def test_the_pooling_of_unrolled_tokens_is_a_max_pool_of_their_grid(unrolled):
     assert unrolled.source.count("= tokens(maxpool(image(") == 2  # the residual's, the query's
     traced_computes_the_model(unrolled, Unrolled, images)
+    # the pooled query's factor (1 at the base width) leaves the model as it was
+    apply_is_bit_identical_at_base(unrolled, Unrolled, images)
 
 
 def test_the_pooled_query_s_layer_and_logits_derive_as_the_unpooled_ones(unrolled):
