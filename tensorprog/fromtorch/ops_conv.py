@@ -351,7 +351,10 @@ class ConvOps:
         embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
         seq = getattr(self, "tokens_seq", None)
         out = tuple(node.meta["val"].shape)  # (a table of one row is broadcast to every token)
-        if ref.shape[0] != 1 or ref.t or ref.rows or len(out) != 3 or out[1] != ref.shape[1]:
+        other = [self.env.get(getattr(a, "name", None)) for a in node.args[:2]]  # no [B, C, T]
+        if ref.shape[0] != 1 or ref.t or ref.rows or len(out) != 3 or out[1] != ref.shape[1] \
+                or any(tuple(self._tags(v, node)) != ("tok",) * 2 + ("F",) for v in other
+                       if v is not ref):
             raise refuse(
                 node,
                 f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "

@@ -31,6 +31,25 @@ _VIEWS = {"view", "reshape", "_unsafe_view"}
 _UNIT_HEADS = ("tok", "H", "tok", "tok", "dh")
 _TOKENS_HEADS = ("tok", "tok", "tok", "H", "dh")
 _UNIT_KEYS = ("tok", "H", "tok", "dh", "tok")  # the keys transposed, [B, heads, 1, dh, T]
+# ops on one unit's logits and weights (held in the grid's order, torch's in the unrolled one)
+# that are the same whatever order the tokens are in: coordinatewise, or the softmax over all
+# the keys; anything else (a causal or padding mask, a bias, a slice) reads their order
+_ORDER_FREE = {
+    "softmax",
+    "_softmax",
+    "dropout",
+    "native_dropout",
+    "clone",
+    "contiguous",
+    "detach",
+    "alias",
+    "to",
+    "_to_copy",
+    "tanh",
+    "mul",
+    "div",
+    "matmul",
+}
 _UNITS_HELP = (
     "choose an image whose grid of tokens one mask unit covers (a masked_unit_size "
     "as large as the grid of tokens: one unit per image), or write the model as a "
@@ -92,8 +111,9 @@ class MaskUnitOps:
                 )
                 return Windowed(inner, w.index, w.grid)
             return super().call(node)
-        args, _ = self.args(node)
+        args, kwargs = self.args(node)
         op = op_name(node)
+        self._unit_order_free(node, op, args, kwargs)
         if args and isinstance(args[0], _Fused):
             return self._unit_fused_parts(node, args[0])
         if args and isinstance(args[0], _Groups):
@@ -110,13 +130,58 @@ class MaskUnitOps:
             made = self._unit_moved(node, args[0], args)
             if made is not None:
                 return made
-        if op == "matmul" and len(args) == 2 and any(isinstance(a, Windowed) for a in args):
+        if (
+            op == "matmul"
+            and len(args) == 2
+            and (
+                any(isinstance(a, Windowed) for a in args)
+                # (weights over reordered keys applied to values in the grid's order: refused there)
+                or isinstance(args[0], Probs)
+                and args[0].scores.k.name in getattr(self, "_unit_keys", {})
+            )
+        ):
             return self._unit_attention(node, *args)
         if op == "matmul" and len(args) == 2 and not isinstance(args[0], (Scores, Probs)):
             made = self._unit_logits(node, *args)
             if made is not None:
                 return made
         return super().call(node)
+
+    def _unit_order_free(self, node, op, args, kwargs) -> None:
+        """Refuses an op on the logits or weights of attention over reordered tokens (traced
+        in the grid's order) unless it is the same in any order of the tokens: coordinatewise
+        with numbers, the softmax, the weights applied to the values (checked there)."""
+        units = getattr(self, "_unit_keys", {})
+        flat = [
+            x
+            for a in (*args, *kwargs.values())
+            for x in (a if isinstance(a, (list, tuple)) else [a])
+        ]
+        held = [
+            x
+            for x in flat
+            if isinstance(x, Scores)
+            and x.k.name in units
+            or isinstance(x, Probs)
+            and x.scores.k.name in units
+        ]
+        if not held:
+            return
+        others = [x for x in flat if x not in held and not isinstance(x, (int, float, bool))]
+        if (
+            op in _ORDER_FREE
+            and (op != "matmul" or isinstance(args[0], Probs))
+            and (op not in ("mul", "div") or not others)
+        ):
+            return
+        raise refuse(
+            node,
+            f"{op or node.target} of attention logits over tokens in an unrolled order (the "
+            "trace holds them in the grid's order: a mask, a bias or a slice of them would "
+            "meet other tokens)",
+            help="attend over the unrolled tokens with no mask or bias (Hiera's mask unit), "
+            "or write the model as a Tensor Program",
+        )
 
     def _unit_logits(self, node, q, k) -> Scores | None:
         """``q @ k.transpose(-1, -2)`` of queries and keys [B, heads, 1, T, dh] (Hiera's one
@@ -310,7 +375,10 @@ class MaskUnitOps:
         if (
             len(users) != 1
             or op_name(users[0]) not in ("max", "amax")
+            or _dim(users[0]) is None
             or _dim(users[0]) % len(shape) != axis
+            or users[0].kwargs.get("keepdim")
+            or any(a is True for a in users[0].args[2:])
         ):
             return None
         t = tags[:axis].count("tok")
@@ -328,8 +396,7 @@ class MaskUnitOps:
         block = (local // wd // 2) * (wd // 2) + local % wd // 2
         s = members.shape[-1]
         if (
-            op_name(node) != "max"
-            or s != 4
+            s != 4
             or h % 2
             or wd % 2
             or not bool((image == image[..., :1]).all() and (block == block[..., :1]).all())
@@ -342,6 +409,8 @@ class MaskUnitOps:
                 help="pool with query_stride (2, 2), as Hiera's configs do, or write "
                 "the model as a Tensor Program",
             )
+        if op_name(node) == "amax":  # its values alone
+            return self._unit_pooled(node, g)
         return _Max(g)
 
     def _unit_pooled(self, node, g: _Groups):
@@ -427,8 +496,12 @@ def _one_unit(w, tags) -> bool:
     )
 
 
-def _dim(node) -> int:
-    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+def _dim(node) -> int | None:
+    """The one axis a reduction is over (None: several, or all)."""
+    d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(d, (list, tuple)):  # (amax's dims)
+        d = d[0] if len(d) == 1 else None
+    return d
 
 
 def _layout(v) -> tuple | None:

@@ -219,6 +219,8 @@ class WindowOps:
     def _relayout(self, node, op, w: Windowed, args) -> Windowed | None:
         """A relayout of the token axes alone (the features last, in place): the index moved
         as the tokens are; None for an op that is none (a per-token op)."""
+        if not hasattr(node.meta.get("val"), "shape"):  # (a max's values and indices)
+            return None
         old, new = self._shape(node.args[0]), self._shape(node)
         last = len(old) - 1
         index = None
@@ -670,9 +672,9 @@ def _unrolled(w: Windowed) -> bool:
     import torch
 
     b, h, wd = w.grid
-    index = w.index
-    if tuple(index.shape) != (b, h * wd):
+    if w.index.numel() != b * h * wd or w.index.dim() < 2 or w.index.shape[0] != b:
         return False
+    index = w.index.reshape(b, h * wd)  # (its token axis split in two: a view's groups)
     own = torch.equal(index // (h * wd), torch.arange(b)[:, None].expand(b, h * wd))
     return own and not torch.equal(index, torch.arange(b * h * wd).reshape(b, h * wd))
 
@@ -681,7 +683,7 @@ def _refuse_unrolled(node, w: Windowed, said: str) -> TraceError:
     """The refusal of an op the walk cannot follow on tokens in an unrolled order: what it said
     of the op, and what the order is."""
     b, h, wd = w.grid
-    first = [int(t) for t in w.index[0, :8]]
+    first = [int(t) for t in w.index.reshape(b, h * wd)[0, :8]]
     what = said.removeprefix("cannot trace ").split(" (in ")[0]
     return refuse(node, f"{what}, of tokens in an unrolled order (each image's {h * wd} tokens "
                   f"of its {h}x{wd} grid on one axis, reordered: Hiera's unroll, its first "

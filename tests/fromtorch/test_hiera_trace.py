@@ -9,7 +9,7 @@ more than one unit per image is refused at its line."""
 from __future__ import annotations
 
 import pytest
-from conftest import traced_computes_the_model
+from conftest import apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -59,6 +59,11 @@ def test_the_traced_program_computes_hiera_at_the_base_width(hiera):
     # attention over the unrolled tokens whose output kept another order, or a max over other
     # groups of tokens than the grid's 2 x 2 blocks, would differ here
     traced_computes_the_model(hiera, build, images)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_apply_leaves_hiera_bit_identical_at_the_base_width(hiera, optimizer):
+    apply_is_bit_identical_at_base(hiera, build, images, optimizer)
 
 
 def test_more_than_one_mask_unit_is_refused_at_its_line():

@@ -159,16 +159,21 @@ class StemPositions(nn.Module):
     or a patch embedding's (stride = kernel, the patches' T: the oracle). At the base width
     16 of a 4 x 4 grid the table is [1, 16, 16]: its tokens and its features alike in size."""
 
-    def __init__(self, n, overlap=True, batch=1):
+    def __init__(self, n, overlap=True, batch=1, first=False):
         super().__init__()
+        self.first = first  # the table [1, n, 16] added to the pixels channels first
         self.stem = nn.Conv2d(3, n, 7, stride=4, padding=3) if overlap else \
             nn.Conv2d(3, n, 4, stride=4)
-        self.pos = nn.Parameter(torch.randn(batch, 16, n))
+        self.pos = nn.Parameter(torch.randn(batch, n, 16) if first else
+                                torch.randn(batch, 16, n))
         self.fc = nn.Linear(n, n)
         self.head = nn.Linear(n, 10)
 
     def forward(self, img):
-        h = self.stem(img).flatten(2).transpose(1, 2) + self.pos
+        if self.first:
+            h = (self.stem(img).flatten(2) + self.pos).transpose(1, 2)
+        else:
+            h = self.stem(img).flatten(2).transpose(1, 2) + self.pos
         return self.head(torch.relu(self.fc(h)).mean(1))
 
 
@@ -206,3 +211,13 @@ def test_a_table_of_a_row_per_image_on_pixels_read_as_tokens_is_refused():
                        r"per-token vectors .* an image's pixels read as tokens\)") as e:
         tp.from_torch(lambda n: StemPositions(n, batch=2), (16, 32), small_images)
     assert "test_pixel_tokens.py" in str(e.value)
+
+
+def test_a_table_added_to_pixels_channels_first_is_refused():
+    # [1, n, T] on [B, n, T]: at the base width 16 of 16 tokens it has a position table's
+    # shape, [1, T, n], but its rows are the channels (traced as one, it was a table of n
+    # positions, refused only at the end as attention's two sequences)
+    with pytest.raises(tp.TensorProgError, match=r"a param of shape \[1, 16, 16\] added to "
+                       r"per-token vectors") as e:
+        tp.from_torch(lambda n: StemPositions(n, first=True), (16, 32), small_images)
+    assert "self.stem(img).flatten(2) + self.pos" in str(e.value)
