@@ -56,7 +56,7 @@ from .query_fold import (
 )
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
-from .scale_attr import ScaleAttr, set_scales
+from .scale_attr import ScaleAttr, set_scales, shared_scales
 from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -174,6 +174,7 @@ class MuP(DepthScaling, OptimizerGroups):
                         span=info.get("span"),
                     )
                 )
+        shared_scales(self)  # a query another attention's scale took: its own module's too
         self._attr_probe = None  # (the model the attributes' check ran: not kept)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)

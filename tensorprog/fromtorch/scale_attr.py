@@ -36,6 +36,14 @@ from ..errors import UsageError
 
 _MULS = ("mul", "__mul__", "__rmul__", "mul_", "__imul__")
 _MATMULS = ("matmul", "__matmul__", "bmm", "einsum", "__rmatmul__")
+# the calls that carry the logits on, elementwise, from their multiplier to their softmax (a
+# mask or bias added, a softcap, a cast)
+_CARRY = frozenset(
+    "add __add__ __radd__ add_ __iadd__ sub __sub__ sub_ __isub__ mul __mul__ __rmul__"
+    " mul_ __imul__ div __truediv__ div_ __itruediv__ masked_fill masked_fill_ where to float"
+    " type tanh clamp contiguous".split()
+)
+_SOFTMAX = ("softmax", "_softmax", "log_softmax")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,27 @@ def scale_attribute(mup, scale: str, info: dict, delta: Fraction, refused: Usage
             "read once by its logits (transformers' scaling=self.scaling), which apply sets",
         ) from None
     mup.scale_attrs[scale] = found
+
+
+def shared_scales(mup) -> None:
+    """The scales whose query another attention's reads too (shared_query_layers: one factor on
+    that query's layer or norm carries them all), where that attention's own scale attribute
+    took the factor: it scales its own logits alone, so each of these takes it on its own
+    module's attribute, or is refused."""
+    for name, first in mup.shared_fold.items():
+        if first not in mup.scale_attrs:
+            continue
+        info = mup.traced.scales[name]
+        mup.folded = [ln for ln in mup.folded if not ln.startswith(f"{name}: its ")]
+        refused = UsageError(
+            f"{name}: its query {info['q']} is {first}'s too, whose factor goes on "
+            f"{mup.scale_attrs[first].module}.{mup.scale_attrs[first].attr}, the scale of "
+            f"{first}'s logits alone",
+            info.get("span"),
+            help="build the model with a fixed head dim (heads that grow with the width), "
+            "where the scales need no change",
+        )
+        scale_attribute(mup, name, info, mup.derived_a(name, info) - info["model_a"], refused)
 
 
 class _NoAttribute(Exception):
@@ -199,7 +228,9 @@ def _probe(mup):
 def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[tuple], int]:
     """The forward's torch calls that receive floats, in order: (name, inside ``module``, the
     floats, kind, mark), kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a
-    matmul's output: the logits' multiplier) or ''; and how many times ``module`` was called.
+    matmul of two tensors no param makes, whose product a softmax then reads: the logits'
+    multiplier, not a number on a layer's ``x @ W`` or on the attention's ``p @ v``) or '';
+    and how many times ``module`` was called.
     ``undo`` = (kind, doubled, value): a call of that kind inside ``module`` that receives the
     doubled value is recorded so but computed with the value, so that the forward's tensors,
     and the calls that data-dependent code (a router's) makes after it, are the first run's."""
@@ -210,6 +241,13 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
     events: list[tuple] = []
     inside, calls = [0], [0]
     products: dict[int, object] = {}  # id -> a matmul's output (held, so no id is reused)
+    logits: dict[int, tuple] = {}  # id -> (the 'mul' event that made it, the tensor held)
+    read: set[int] = set()  # the 'mul' events whose output a softmax reads
+
+    def own(x) -> bool:  # a tensor that is no param nor a view of one (q, k: not x @ W's W)
+        return isinstance(x, torch.Tensor) and not any(
+            isinstance(t, torch.nn.Parameter) for t in (x, getattr(x, "_base", None))
+        )
 
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, a=(), kw=None):
@@ -232,8 +270,26 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
                     at = 6 if kind == "sdpa" else next(i for i, x in enumerate(a) if x is mark)
                     a = (*a[:at], undo[2], *a[at + 1 :])
             out = func(*a, **kw)
-            if name in _MATMULS and isinstance(out, torch.Tensor):
+            tensors = [x for x in tree_flatten((a, kw))[0] if isinstance(x, torch.Tensor)]
+            if (
+                name in _MATMULS
+                and isinstance(out, torch.Tensor)
+                and len(tensors) == 2
+                and all(own(x) for x in tensors)
+            ):
                 products[id(out)] = out
+            made = next((logits[id(x)][0] for x in tensors if id(x) in logits), None)
+            if kind == "mul" and floats:
+                logits[id(out)] = (len(events) - 1, out)
+            elif made is not None and name in _SOFTMAX:
+                read.add(made)
+            elif (
+                made is not None
+                and name in _CARRY
+                and isinstance(out, torch.Tensor)
+                and any(id(x) in logits and x.shape == out.shape for x in tensors)
+            ):
+                logits[id(out)] = (made, out)
             return out
 
     def enter(*_):
@@ -255,6 +311,8 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
     finally:
         for h in hooks:
             h.remove()
+    # a number on a product that no softmax reads is not the logits' multiplier
+    events = [e if e[3] != "mul" or i in read else (*e[:3], "", e[4]) for i, e in enumerate(events)]
     return events, calls[0]
 
 

@@ -144,3 +144,80 @@ def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
     model = build(4 * WIDTHS[0])
     mup.apply(model)
     assert model.layers[0].scaling == build(4 * WIDTHS[0]).layers[0].scaling / 2
+
+
+class OutScaled(nn.Module):
+    """Eager attention whose logits' scale is written inline, ``self.scaling`` (equal to it)
+    multiplying the output projection's ``y @ W`` instead: a number on a matmul's output that
+    is not q @ kᵀ, which the factor on the logits must not go to."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.wo = nn.Parameter(torch.randn(n, n) / n**0.5)
+        self.scaling = (n // HEADS) ** -0.5
+
+    def forward(self, h):
+        b, t, n = h.shape
+        q, k, v = (
+            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        q = q.clamp(-8.0, 8.0)
+        p = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+        y = (p @ v).transpose(1, 2).reshape(h.shape)
+        return h + torch.matmul(y, self.wo) * self.scaling
+
+
+def test_a_number_on_another_product_than_the_logits_keeps_the_refusal():
+    def build(n):
+        model = Net(n)
+        model.layers = nn.ModuleList([OutScaled(n)])
+        return model
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    with pytest.raises(UsageError, match=r"layers.0.scaling reaches the forward's mul call"):
+        MuP(traced, "adam")
+
+
+class Reader(nn.Module):
+    """Keys and values of its own, and its own scale, for a query made outside it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.k, self.v = nn.Linear(n, n), nn.Linear(n, n)
+        self.scaling = (n // HEADS) ** -0.5
+
+    def forward(self, q, h):
+        b, t, n = h.shape
+        k, v = (z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+        return h + y.transpose(1, 2).reshape(h.shape)
+
+
+class TwoReaders(nn.Module):
+    """One clamped query read by two attention modules, each with its own ``self.scaling``:
+    the factor on one module's scale leaves the other's logits without it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.emb, self.head, self.q = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB), nn.Linear(n, n)
+        self.a, self.b = Reader(n), Reader(n)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        b, t, n = h.shape
+        q = self.q(h).view(b, t, HEADS, n // HEADS).transpose(1, 2).clamp(-8.0, 8.0)
+        return self.head(self.b(q, self.a(q, h)))
+
+
+def test_a_query_two_attentions_read_takes_the_factor_on_each_ones_scale():
+    traced = from_torch(TwoReaders, WIDTHS, _tokens)
+    traced_computes_the_model(traced, TwoReaders, _tokens)
+    mup = MuP(traced, "adam")  # before: b's logits kept the model's scale, "covered" by a's
+    assert sorted((s.module, s.attr) for s in mup.scale_attrs.values()) == [
+        ("a", "scaling"),
+        ("b", "scaling"),
+    ]
+    model = TwoReaders(4 * WIDTHS[0])
+    mup.apply(model)
+    assert model.a.scaling == model.b.scaling == TwoReaders(4 * WIDTHS[0]).a.scaling / 2
