@@ -12,7 +12,8 @@ factor on exactly those logits, and at the base width leaves it as it is, bit fo
 An attribute is not taken on its value alone. The candidate is a float attribute of the module
 whose forward computes the logits (the trace's module of their node) equal to the traced scale at
 both traced widths. It is then checked by running the model: one forward with it as it is and one
-with it doubled, under a torch function mode that records every float each torch call receives.
+with it doubled, under a torch function mode that records every number (a float, or an int: a
+shape, a count of heads) each torch call receives.
 It is accepted only where the two runs make the same calls and differ in one float alone, doubled:
 the scale of that module's one sdpa call, or the number multiplying its one ``q @ kᵀ`` (the kind
 of the traced logits node). That call is computed with the value as it was (the doubled one
@@ -180,6 +181,11 @@ def _verify(mup, caller: str, attr: str, node: str, block: bool) -> None:
         setattr(module, attr, before * 2)
         try:
             run, calls = _record(model, module, args, kwargs, (want, before * 2, before))
+        except Exception as err:  # (the model's own error: a shape it reads from the number)
+            raise _NoAttribute(
+                f"fails the forward when doubled ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         finally:
             setattr(module, attr, before)
         if [(e[0], len(e[2])) for e in run] != [(e[0], len(e[2])) for e in base]:
@@ -226,11 +232,12 @@ def _probe(mup):
 
 
 def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[tuple], int]:
-    """The forward's torch calls that receive floats, in order: (name, inside ``module``, the
-    floats, kind, mark), kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a
-    matmul of two tensors no param makes, whose product a softmax then reads: the logits'
-    multiplier, not a number on a layer's ``x @ W`` or on the attention's ``p @ v``) or '';
-    and how many times ``module`` was called.
+    """The forward's torch calls that receive numbers, in order: (name, inside ``module``, the
+    numbers (floats and ints: a number read into a shape or a count changes them), kind, mark),
+    kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a matmul of two tensors
+    no param makes, whose product a softmax then reads: the logits' multiplier, not a number
+    on a layer's ``x @ W`` or on the attention's ``p @ v``) or ''; and how many times
+    ``module`` was called.
     ``undo`` = (kind, doubled, value): a call of that kind inside ``module`` that receives the
     doubled value is recorded so but computed with the value, so that the forward's tensors,
     and the calls that data-dependent code (a router's) makes after it, are the first run's."""
@@ -253,7 +260,7 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
         def __torch_function__(self, func, types, a=(), kw=None):
             a, kw = tuple(a), dict(kw or {})
             name = getattr(func, "__name__", str(func))
-            floats = tuple(x for x in tree_flatten((a, kw))[0] if type(x) is float)
+            floats = tuple(x for x in tree_flatten((a, kw))[0] if type(x) in (float, int))
             kind, mark = "", None
             if name == "scaled_dot_product_attention":
                 mark = kw.get("scale", a[6] if len(a) > 6 else None)

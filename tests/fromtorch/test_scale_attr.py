@@ -25,8 +25,9 @@ VOCAB, T, HEADS = 16, 8, 4
 class Attention(nn.Module):
     """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
     reaches the logits: 'sdpa' (its scale, transformers' way), 'eager' (the number multiplying
-    q @ kᵀ), 'unused' (sdpa's own default, equal to it) or 'twice' (its scale, and a number on
-    the output)."""
+    q @ kᵀ), 'unused' (sdpa's own default, equal to it), 'twice' (its scale, and a number on
+    the output), 'heads' (its scale, and the count of heads) or 'asserted' (its scale, and an
+    assertion of its value)."""
 
     def __init__(self, n, form="sdpa"):
         super().__init__()
@@ -36,9 +37,11 @@ class Attention(nn.Module):
 
     def heads(self, h):
         b, t, n = h.shape
-        q, k, v = (
-            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
-        )
+        # 'heads': the count of heads read from the scale (4 at every width, as built), an int
+        # that its doubling changes (one head at 4x the base width, once apply has set it)
+        hh = round(n * self.scaling**2) if self.form == "heads" else HEADS
+        assert self.form != "asserted" or self.scaling == (n // HEADS) ** -0.5
+        q, k, v = (z(h).view(b, t, hh, n // hh).transpose(1, 2) for z in (self.q, self.k, self.v))
         return q.clamp(-8.0, 8.0), k, v
 
     def logits(self, h):
@@ -115,8 +118,10 @@ def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
 @pytest.mark.parametrize(
     ("form", "why"),
     [
-        ("unused", "read nowhere"),
-        ("twice", "read more than once"),
+        ("unused", "changes 0 .*read nowhere"),
+        ("twice", "changes 2 .*read more than once"),
+        ("heads", "changes [0-9]+ .*read more than once"),  # before: taken
+        ("asserted", r"fails the forward when doubled \(AssertionError"),  # before: a traceback
     ],
 )
 def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why):
@@ -129,7 +134,7 @@ def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why)
         match=r"(?s)µP needs the attention logits times "
         r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
         rf"combined with something else.*nor could apply set the attention's "
-        rf"own scale instead: layers.0.scaling changes 1? ?\w* ?.*{why}",
+        rf"own scale instead: layers.0.scaling {why}",
     ):
         MuP(traced, "adam")
 
