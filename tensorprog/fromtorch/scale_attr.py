@@ -227,6 +227,7 @@ def _probe(mup):
             torch.manual_seed(0)
             model = built(mup.traced.build, mup.traced.base_width).eval()
             args, kwargs = forward_inputs(mup.traced.example_inputs, model)
+            _record(model, None, args, kwargs)  # first: what a forward caches (LeViT's biases)
             mup._attr_probe = (model, args, kwargs, _record(model, None, args, kwargs))
     return mup._attr_probe
 
@@ -329,7 +330,7 @@ def set_scales(mup, model) -> list[str]:
     the factor (bit for bit the same at the base width); where it holds µP's already (apply
     called again, a deepcopy of an applied model), it stays; anything else is refused."""
     r = mup.width_of(model) / mup.traced.base_width
-    lines = []
+    found = []  # every attribute checked before any is set: a refusal leaves them all as found
     for s in mup.scale_attrs.values():
         own = s.value * r ** -float(s.model_a)
         mu = own * r ** -float(s.exponent)
@@ -337,7 +338,7 @@ def set_scales(mup, model) -> list[str]:
             module = model.get_submodule(path)
             now = getattr(module, s.attr, None)
             if type(now) is float and math.isclose(now, mu, rel_tol=1e-9) and r != 1:
-                lines.append(f"scale {path}.{s.attr}: {now:.6g}, µP's already")
+                found.append((s, path, module, now, True))
                 continue
             if type(now) is not float or not math.isclose(now, own, rel_tol=1e-9):
                 raise UsageError(
@@ -347,10 +348,16 @@ def set_scales(mup, model) -> list[str]:
                     help="apply µP to a model built by the traced "
                     "build(width), with its attention scale as built",
                 )
-            setattr(module, s.attr, now * r ** -float(s.exponent))
-            lines.append(
-                f"scale {path}.{s.attr}: {now:.6g} -> {getattr(module, s.attr):.6g} "
-                f"((n/base)^{-s.exponent} on {s.scale}'s logits: the attention's own "
-                "scale, held by the model, not in its state_dict)"
-            )
+            found.append((s, path, module, now, False))
+    lines = []
+    for s, path, module, now, already in found:
+        if already:
+            lines.append(f"scale {path}.{s.attr}: {now:.6g}, µP's already")
+            continue
+        setattr(module, s.attr, now * r ** -float(s.exponent))
+        lines.append(
+            f"scale {path}.{s.attr}: {now:.6g} -> {getattr(module, s.attr):.6g} "
+            f"((n/base)^{-s.exponent} on {s.scale}'s logits: the attention's own "
+            "scale, held by the model, not in its state_dict)"
+        )
     return lines

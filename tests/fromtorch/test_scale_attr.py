@@ -26,8 +26,8 @@ class Attention(nn.Module):
     """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
     reaches the logits: 'sdpa' (its scale, transformers' way), 'eager' (the number multiplying
     q @ kᵀ), 'unused' (sdpa's own default, equal to it), 'twice' (its scale, and a number on
-    the output), 'heads' (its scale, and the count of heads) or 'asserted' (its scale, and an
-    assertion of its value)."""
+    the output), 'heads' (its scale, and the count of heads), 'asserted' (its scale, and an
+    assertion of its value) or 'cached' (its scale, beside a mask the first call makes)."""
 
     def __init__(self, n, form="sdpa"):
         super().__init__()
@@ -51,6 +51,11 @@ class Attention(nn.Module):
     def forward(self, h):
         if self.form == "eager":  # LeViT's: (q @ kᵀ) * self.scale, its softmax, its mix
             y = self.logits(h).softmax(-1) @ self.heads(h)[2]
+        elif self.form == "cached":  # a mask made at the first call, kept (as LeViT's biases)
+            q, k, v = self.heads(h)
+            cache = self.__dict__.setdefault("cache", {})
+            mask = cache.setdefault(str(q.device), torch.ones(T, T, device=q.device).tril() < 1)
+            y = F.scaled_dot_product_attention(q, k, v, ~mask, scale=self.scaling)
         else:
             scale = None if self.form == "unused" else self.scaling
             y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
@@ -226,3 +231,16 @@ def test_a_query_two_attentions_read_takes_the_factor_on_each_ones_scale():
     model = TwoReaders(4 * WIDTHS[0])
     mup.apply(model)
     assert model.a.scaling == model.b.scaling == TwoReaders(4 * WIDTHS[0]).a.scaling / 2
+
+
+def test_a_forward_that_caches_at_its_first_call_and_a_scale_changed_by_hand():
+    def build(n):
+        return Net(n, "cached", depth=2)  # (two layers: a rolled stack)
+
+    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    assert [s.attr for s in mup.scale_attrs.values()] == ["scaling"]
+    model = build(2 * WIDTHS[0])
+    model.layers[1].scaling = 0.3  # neither the model's own at this width nor µP's
+    with pytest.raises(UsageError, match=r"layers.1.scaling is 0.3, neither the model's own"):
+        mup.apply(model)
+    assert model.layers[0].scaling == build(2 * WIDTHS[0]).layers[0].scaling  # none set
