@@ -141,7 +141,7 @@ class MuP(DepthScaling, OptimizerGroups):
         # scale -> the attention's own scale attribute that takes its factor, where nothing on
         # its query can (scale_attr.py), and the model its check runs (built when first needed)
         self.scale_attrs: dict[str, ScaleAttr] = {}
-        self._attr_probe = None
+        self._attr_probe, self._attr_meta = None, {}
         for name, info in traced.scales.items():  # first: the cause, at the user's line
             l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
@@ -175,7 +175,7 @@ class MuP(DepthScaling, OptimizerGroups):
                     )
                 )
         shared_scales(self)  # a query another attention's scale took: its own module's too
-        self._attr_probe = None  # (the model the attributes' check ran: not kept)
+        self._attr_probe, self._attr_meta = None, {}  # (the models of the attributes' check)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)

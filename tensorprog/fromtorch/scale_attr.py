@@ -137,7 +137,9 @@ def _found(mup, scale: str, info: dict, delta: Fraction) -> ScaleAttr:
     with torch.random.fork_rng(), torch.device("meta"):  # the sizes alone: nothing drawn
         names = None
         for w, v in at.items():
-            module = _module(traced.build(w), caller)
+            if w not in mup._attr_meta:  # one build per width for every attention's scale
+                mup._attr_meta[w] = traced.build(w)
+            module = _module(mup._attr_meta[w], caller)
             own = {
                 a
                 for a, x in vars(module).items()
