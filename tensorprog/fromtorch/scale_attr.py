@@ -73,9 +73,10 @@ def scale_attribute(mup, scale: str, info: dict, delta: Fraction, refused: Usage
         found = _found(mup, scale, info, delta)
     except _NoAttribute as why:
         d = refused.diagnostics[0]
+        uses = mup.program.uses(scale)  # the logits' line, where the refusal had none
         raise type(refused)(
             d.message + f"; nor could apply set the attention's own scale instead: {why}",
-            d.span,
+            d.span or (uses[0].span if uses else None),
             (d.help or "")
             + ", or hand the attention its scale from a float attribute of its own module, "
             "read once by its logits (transformers' scaling=self.scaling), which apply sets",

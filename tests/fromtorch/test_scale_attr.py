@@ -140,8 +140,9 @@ def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why)
         r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
         rf"combined with something else.*nor could apply set the attention's "
         rf"own scale instead: layers.0.scaling {why}",
-    ):
+    ) as refused:
         MuP(traced, "adam")
+    assert refused.value.diagnostics[0].span is not None  # the logits' line in the program
 
 
 def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
