@@ -316,7 +316,7 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
         else []
     )
     try:
-        with torch.no_grad(), Recorder():
+        with torch.no_grad(), torch.random.fork_rng(), Recorder():  # (the user's RNG kept)
             torch.manual_seed(0)
             model(*args, **kwargs)
     finally:

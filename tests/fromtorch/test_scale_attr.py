@@ -149,7 +149,12 @@ def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
     def build(n):
         return Net(n, "eager")
 
-    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    traced = from_torch(build, WIDTHS, _tokens)
+    torch.manual_seed(1)
+    drawn = torch.rand(3)
+    torch.manual_seed(1)
+    mup = MuP(traced, "adam")
+    assert torch.equal(torch.rand(3), drawn)  # its check's forwards leave the user's RNG
     (found,) = mup.scale_attrs.values()
     assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
     model = build(4 * WIDTHS[0])
