@@ -20,7 +20,7 @@ import itertools
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from ..engine.optimizers import resolve
@@ -213,6 +213,9 @@ class MuP(DepthScaling, OptimizerGroups):
         carried = set()  # (first scale, query vector) whose share of its patch is counted
         for scale, c in tuned.items():
             info = self.traced.scales[scale]
+            if scale in self.scale_attrs:  # the attention's own scale takes it, as µP's factor
+                self.scale_attrs[scale] = replace(self.scale_attrs[scale], factor=c)
+                continue  # (on its logits alone: its query is the program's)
             first = self.shared_fold.get(scale)
             if first is not None:  # its query's layer is another attention's: one patch
                 if tuned.get(first, 1.0) != c:

@@ -59,6 +59,7 @@ class ScaleAttr:
     model_a: Fraction  # the model's own exponent of it
     exponent: Fraction
     block: bool = False  # the module of a rolled stack's first layer: every layer's
+    factor: float = 1.0  # a tuned multiplier on its logits (MuP(config=...)), against µP's
 
     def modules(self, mup, model) -> list[str]:
         if not self.block:
@@ -336,11 +337,11 @@ def set_scales(mup, model) -> list[str]:
     found = []  # every attribute checked before any is set: a refusal leaves them all as found
     for s in mup.scale_attrs.values():
         own = s.value * r ** -float(s.model_a)
-        mu = own * r ** -float(s.exponent)
+        mu = own * r ** -float(s.exponent) * s.factor
         for path in s.modules(mup, model):
             module = model.get_submodule(path)
             now = getattr(module, s.attr, None)
-            if type(now) is float and math.isclose(now, mu, rel_tol=1e-9) and r != 1:
+            if type(now) is float and math.isclose(now, mu, rel_tol=1e-9) and mu != own:
                 found.append((s, path, module, now, True))
                 continue
             if type(now) is not float or not math.isclose(now, own, rel_tol=1e-9):
@@ -357,10 +358,11 @@ def set_scales(mup, model) -> list[str]:
         if already:
             lines.append(f"scale {path}.{s.attr}: {now:.6g}, µP's already")
             continue
-        setattr(module, s.attr, now * r ** -float(s.exponent))
+        setattr(module, s.attr, now * r ** -float(s.exponent) * s.factor)
+        tuned = f" x{s.factor:.4g} (tuned)" if s.factor != 1.0 else ""
         lines.append(
             f"scale {path}.{s.attr}: {now:.6g} -> {getattr(module, s.attr):.6g} "
-            f"((n/base)^{-s.exponent} on {s.scale}'s logits: the attention's own "
+            f"((n/base)^{-s.exponent}{tuned} on {s.scale}'s logits: the attention's own "
             "scale, held by the model, not in its state_dict)"
         )
     return lines

@@ -250,3 +250,30 @@ def test_a_forward_that_caches_at_its_first_call_and_a_scale_changed_by_hand():
     with pytest.raises(UsageError, match=r"layers.1.scaling is 0.3, neither the model's own"):
         mup.apply(model)
     assert model.layers[0].scaling == build(2 * WIDTHS[0]).layers[0].scaling  # none set
+
+
+@pytest.mark.slow  # (the emitted module's import: a second or more)
+def test_a_tuned_multiplier_on_the_logits_goes_on_the_attribute_too():
+    # before: refused as a query "normalised without a gain" (it is clamped), at no line
+    from tensorprog.emit.load import load_module
+    from tensorprog.emit.module import Emitted, emit
+    from tensorprog.engine.optimizers import OPTIMIZERS
+    from tensorprog.engine.parametrization import choose
+    from tensorprog.numerics.tune import scaling_record
+
+    traced = from_torch(Net, WIDTHS, _tokens)
+    program, adam = traced.program, OPTIMIZERS["adam"]
+    abc, _, label, eps = choose(program, adam, "mup", "table3")
+    emitted = emit(program, abc, optimizer=adam, label=label, command="t", eps=eps)
+    record = scaling_record(load_module(Emitted(emitted.source), "mup"))
+    ((name, scale),) = record["scales"].items()
+    config = {"format": "tensorprog-tune/1", "program": program.name, "param": "mup",
+              "convention": "table3", "optimizer": "adam", "base_width": WIDTHS[0], "lr": 3e-3,
+              "init_std": {}, "mult": {name: 3 * float(scale["base"])}, **record}  # fmt: skip
+    mup = MuP(traced, "adam", config=config)
+    for r in (1, 4):  # the tuned x3 on the logits, times µP's (n/base)^-1/2
+        model = Net(r * WIDTHS[0])
+        mup.apply(model)
+        mup.apply(model)  # again: µP's already
+        assert model.layers[0].scaling == pytest.approx(Net(r * WIDTHS[0]).layers[0].scaling
+                                                        * 3 * r**-0.5)  # fmt: skip
