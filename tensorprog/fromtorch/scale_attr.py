@@ -45,6 +45,8 @@ _CARRY = frozenset(
     " type tanh clamp contiguous".split()
 )
 _SOFTMAX = ("softmax", "_softmax", "log_softmax")
+# and those that lay them out anew, all their entries kept (BART's (b·h, t, t) view of them)
+_VIEWS = frozenset("view reshape flatten unflatten transpose permute".split())
 
 
 @dataclass(frozen=True)
@@ -295,13 +297,12 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
                 logits[id(out)] = (len(events) - 1, out)
             elif made is not None and name in _SOFTMAX:
                 read.add(made)
-            elif (
-                made is not None
-                and name in _CARRY
-                and isinstance(out, torch.Tensor)
-                and any(id(x) in logits and x.shape == out.shape for x in tensors)
-            ):
-                logits[id(out)] = (made, out)
+            elif made is not None and isinstance(out, torch.Tensor):
+                kept = [x for x in tensors if id(x) in logits]
+                if (name in _CARRY and any(x.shape == out.shape for x in kept)) or (
+                    name in _VIEWS and any(x.numel() == out.numel() for x in kept)
+                ):
+                    logits[id(out)] = (made, out)
             return out
 
     def enter(*_):

@@ -50,7 +50,8 @@ class Attention(nn.Module):
 
     def forward(self, h):
         if self.form == "eager":  # LeViT's: (q @ kᵀ) * self.scale, its softmax, its mix
-            y = self.logits(h).softmax(-1) @ self.heads(h)[2]
+            a = self.logits(h)  # (its softmax over a (b·h, t, t) view of them, as BART's)
+            y = a.reshape(-1, T, T).softmax(-1).reshape(a.shape) @ self.heads(h)[2]
         elif self.form == "cached":  # a mask made at the first call, kept (as LeViT's biases)
             q, k, v = self.heads(h)
             cache = self.__dict__.setdefault("cache", {})
