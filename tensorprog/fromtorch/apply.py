@@ -20,7 +20,7 @@ import itertools
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from ..engine.optimizers import resolve
@@ -56,7 +56,7 @@ from .query_fold import (
 )
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
-from .scale_attr import ScaleAttr, set_scales
+from .scale_attr import ScaleAttr, set_scales, shared_scales
 from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -141,7 +141,7 @@ class MuP(DepthScaling, OptimizerGroups):
         # scale -> the attention's own scale attribute that takes its factor, where nothing on
         # its query can (scale_attr.py), and the model its check runs (built when first needed)
         self.scale_attrs: dict[str, ScaleAttr] = {}
-        self._attr_probe = None
+        self._attr_probe, self._attr_meta = None, {}
         for name, info in traced.scales.items():  # first: the cause, at the user's line
             l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
@@ -174,7 +174,8 @@ class MuP(DepthScaling, OptimizerGroups):
                         span=info.get("span"),
                     )
                 )
-        self._attr_probe = None  # (the model the attributes' check ran: not kept)
+        shared_scales(self)  # a query another attention's scale took: its own module's too
+        self._attr_probe, self._attr_meta = None, {}  # (the models of the attributes' check)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
@@ -212,6 +213,9 @@ class MuP(DepthScaling, OptimizerGroups):
         carried = set()  # (first scale, query vector) whose share of its patch is counted
         for scale, c in tuned.items():
             info = self.traced.scales[scale]
+            if scale in self.scale_attrs:  # the attention's own scale takes it, as µP's factor
+                self.scale_attrs[scale] = replace(self.scale_attrs[scale], factor=c)
+                continue  # (on its logits alone: its query is the program's)
             first = self.shared_fold.get(scale)
             if first is not None:  # its query's layer is another attention's: one patch
                 if tuned.get(first, 1.0) != c:

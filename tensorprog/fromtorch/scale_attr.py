@@ -12,7 +12,8 @@ factor on exactly those logits, and at the base width leaves it as it is, bit fo
 An attribute is not taken on its value alone. The candidate is a float attribute of the module
 whose forward computes the logits (the trace's module of their node) equal to the traced scale at
 both traced widths. It is then checked by running the model: one forward with it as it is and one
-with it doubled, under a torch function mode that records every float each torch call receives.
+with it doubled, under a torch function mode that records every number (a float, or an int: a
+shape, a count of heads) each torch call receives.
 It is accepted only where the two runs make the same calls and differ in one float alone, doubled:
 the scale of that module's one sdpa call, or the number multiplying its one ``q @ kᵀ`` (the kind
 of the traced logits node). That call is computed with the value as it was (the doubled one
@@ -36,6 +37,16 @@ from ..errors import UsageError
 
 _MULS = ("mul", "__mul__", "__rmul__", "mul_", "__imul__")
 _MATMULS = ("matmul", "__matmul__", "bmm", "einsum", "__rmatmul__")
+# the calls that carry the logits on, elementwise, from their multiplier to their softmax (a
+# mask or bias added, a softcap, a cast)
+_CARRY = frozenset(
+    "add __add__ __radd__ add_ __iadd__ sub __sub__ sub_ __isub__ mul __mul__ __rmul__"
+    " mul_ __imul__ div __truediv__ div_ __itruediv__ masked_fill masked_fill_ where to float"
+    " type tanh clamp contiguous".split()
+)
+_SOFTMAX = ("softmax", "_softmax", "log_softmax")
+# and those that lay them out anew, all their entries kept (BART's (b·h, t, t) view of them)
+_VIEWS = frozenset("view reshape flatten unflatten transpose permute".split())
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class ScaleAttr:
     model_a: Fraction  # the model's own exponent of it
     exponent: Fraction
     block: bool = False  # the module of a rolled stack's first layer: every layer's
+    factor: float = 1.0  # a tuned multiplier on its logits (MuP(config=...)), against µP's
 
     def modules(self, mup, model) -> list[str]:
         if not self.block:
@@ -64,14 +76,36 @@ def scale_attribute(mup, scale: str, info: dict, delta: Fraction, refused: Usage
         found = _found(mup, scale, info, delta)
     except _NoAttribute as why:
         d = refused.diagnostics[0]
+        uses = mup.program.uses(scale)  # the logits' line, where the refusal had none
         raise type(refused)(
             d.message + f"; nor could apply set the attention's own scale instead: {why}",
-            d.span,
+            d.span or (uses[0].span if uses else None),
             (d.help or "")
             + ", or hand the attention its scale from a float attribute of its own module, "
             "read once by its logits (transformers' scaling=self.scaling), which apply sets",
         ) from None
     mup.scale_attrs[scale] = found
+
+
+def shared_scales(mup) -> None:
+    """The scales whose query another attention's reads too (shared_query_layers: one factor on
+    that query's layer or norm carries them all), where that attention's own scale attribute
+    took the factor: it scales its own logits alone, so each of these takes it on its own
+    module's attribute, or is refused."""
+    for name, first in mup.shared_fold.items():
+        if first not in mup.scale_attrs:
+            continue
+        info = mup.traced.scales[name]
+        mup.folded = [ln for ln in mup.folded if not ln.startswith(f"{name}: its ")]
+        refused = UsageError(
+            f"{name}: its query {info['q']} is {first}'s too, whose factor goes on "
+            f"{mup.scale_attrs[first].module}.{mup.scale_attrs[first].attr}, the scale of "
+            f"{first}'s logits alone",
+            info.get("span"),
+            help="build the model with a fixed head dim (heads that grow with the width), "
+            "where the scales need no change",
+        )
+        scale_attribute(mup, name, info, mup.derived_a(name, info) - info["model_a"], refused)
 
 
 class _NoAttribute(Exception):
@@ -107,7 +141,9 @@ def _found(mup, scale: str, info: dict, delta: Fraction) -> ScaleAttr:
     with torch.random.fork_rng(), torch.device("meta"):  # the sizes alone: nothing drawn
         names = None
         for w, v in at.items():
-            module = _module(traced.build(w), caller)
+            if w not in mup._attr_meta:  # one build per width for every attention's scale
+                mup._attr_meta[w] = traced.build(w)
+            module = _module(mup._attr_meta[w], caller)
             own = {
                 a
                 for a, x in vars(module).items()
@@ -151,6 +187,11 @@ def _verify(mup, caller: str, attr: str, node: str, block: bool) -> None:
         setattr(module, attr, before * 2)
         try:
             run, calls = _record(model, module, args, kwargs, (want, before * 2, before))
+        except Exception as err:  # (the model's own error: a shape it reads from the number)
+            raise _NoAttribute(
+                f"fails the forward when doubled ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         finally:
             setattr(module, attr, before)
         if [(e[0], len(e[2])) for e in run] != [(e[0], len(e[2])) for e in base]:
@@ -192,14 +233,18 @@ def _probe(mup):
             torch.manual_seed(0)
             model = built(mup.traced.build, mup.traced.base_width).eval()
             args, kwargs = forward_inputs(mup.traced.example_inputs, model)
+            _record(model, None, args, kwargs)  # first: what a forward caches (LeViT's biases)
             mup._attr_probe = (model, args, kwargs, _record(model, None, args, kwargs))
     return mup._attr_probe
 
 
 def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[tuple], int]:
-    """The forward's torch calls that receive floats, in order: (name, inside ``module``, the
-    floats, kind, mark), kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a
-    matmul's output: the logits' multiplier) or ''; and how many times ``module`` was called.
+    """The forward's torch calls that receive numbers, in order: (name, inside ``module``, the
+    numbers (floats and ints: a number read into a shape or a count changes them), kind, mark),
+    kind 'sdpa' (mark: its scale) or 'mul' (a number, the mark, times a matmul of two tensors
+    no param makes, whose product a softmax then reads: the logits' multiplier, not a number
+    on a layer's ``x @ W`` or on the attention's ``p @ v``) or ''; and how many times
+    ``module`` was called.
     ``undo`` = (kind, doubled, value): a call of that kind inside ``module`` that receives the
     doubled value is recorded so but computed with the value, so that the forward's tensors,
     and the calls that data-dependent code (a router's) makes after it, are the first run's."""
@@ -210,12 +255,19 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
     events: list[tuple] = []
     inside, calls = [0], [0]
     products: dict[int, object] = {}  # id -> a matmul's output (held, so no id is reused)
+    logits: dict[int, tuple] = {}  # id -> (the 'mul' event that made it, the tensor held)
+    read: set[int] = set()  # the 'mul' events whose output a softmax reads
+
+    def own(x) -> bool:  # a tensor that is no param nor a view of one (q, k: not x @ W's W)
+        return isinstance(x, torch.Tensor) and not any(
+            isinstance(t, torch.nn.Parameter) for t in (x, getattr(x, "_base", None))
+        )
 
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, a=(), kw=None):
             a, kw = tuple(a), dict(kw or {})
             name = getattr(func, "__name__", str(func))
-            floats = tuple(x for x in tree_flatten((a, kw))[0] if type(x) is float)
+            floats = tuple(x for x in tree_flatten((a, kw))[0] if type(x) in (float, int))
             kind, mark = "", None
             if name == "scaled_dot_product_attention":
                 mark = kw.get("scale", a[6] if len(a) > 6 else None)
@@ -232,8 +284,25 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
                     at = 6 if kind == "sdpa" else next(i for i, x in enumerate(a) if x is mark)
                     a = (*a[:at], undo[2], *a[at + 1 :])
             out = func(*a, **kw)
-            if name in _MATMULS and isinstance(out, torch.Tensor):
+            tensors = [x for x in tree_flatten((a, kw))[0] if isinstance(x, torch.Tensor)]
+            if (
+                name in _MATMULS
+                and isinstance(out, torch.Tensor)
+                and len(tensors) == 2
+                and all(own(x) for x in tensors)
+            ):
                 products[id(out)] = out
+            made = next((logits[id(x)][0] for x in tensors if id(x) in logits), None)
+            if kind == "mul" and floats:
+                logits[id(out)] = (len(events) - 1, out)
+            elif made is not None and name in _SOFTMAX:
+                read.add(made)
+            elif made is not None and isinstance(out, torch.Tensor):
+                kept = [x for x in tensors if id(x) in logits]
+                if (name in _CARRY and any(x.shape == out.shape for x in kept)) or (
+                    name in _VIEWS and any(x.numel() == out.numel() for x in kept)
+                ):
+                    logits[id(out)] = (made, out)
             return out
 
     def enter(*_):
@@ -249,12 +318,14 @@ def _record(model, module, args: tuple, kwargs: dict, undo=None) -> tuple[list[t
         else []
     )
     try:
-        with torch.no_grad(), Recorder():
+        with torch.no_grad(), torch.random.fork_rng(), Recorder():  # (the user's RNG kept)
             torch.manual_seed(0)
             model(*args, **kwargs)
     finally:
         for h in hooks:
             h.remove()
+    # a number on a product that no softmax reads is not the logits' multiplier
+    events = [e if e[3] != "mul" or i in read else (*e[:3], "", e[4]) for i, e in enumerate(events)]
     return events, calls[0]
 
 
@@ -264,15 +335,15 @@ def set_scales(mup, model) -> list[str]:
     the factor (bit for bit the same at the base width); where it holds µP's already (apply
     called again, a deepcopy of an applied model), it stays; anything else is refused."""
     r = mup.width_of(model) / mup.traced.base_width
-    lines = []
+    found = []  # every attribute checked before any is set: a refusal leaves them all as found
     for s in mup.scale_attrs.values():
         own = s.value * r ** -float(s.model_a)
-        mu = own * r ** -float(s.exponent)
+        mu = own * r ** -float(s.exponent) * s.factor
         for path in s.modules(mup, model):
             module = model.get_submodule(path)
             now = getattr(module, s.attr, None)
-            if type(now) is float and math.isclose(now, mu, rel_tol=1e-9) and r != 1:
-                lines.append(f"scale {path}.{s.attr}: {now:.6g}, µP's already")
+            if type(now) is float and math.isclose(now, mu, rel_tol=1e-9) and mu != own:
+                found.append((s, path, module, now, True))
                 continue
             if type(now) is not float or not math.isclose(now, own, rel_tol=1e-9):
                 raise UsageError(
@@ -282,10 +353,17 @@ def set_scales(mup, model) -> list[str]:
                     help="apply µP to a model built by the traced "
                     "build(width), with its attention scale as built",
                 )
-            setattr(module, s.attr, now * r ** -float(s.exponent))
-            lines.append(
-                f"scale {path}.{s.attr}: {now:.6g} -> {getattr(module, s.attr):.6g} "
-                f"((n/base)^{-s.exponent} on {s.scale}'s logits: the attention's own "
-                "scale, held by the model, not in its state_dict)"
-            )
+            found.append((s, path, module, now, False))
+    lines = []
+    for s, path, module, now, already in found:
+        if already:
+            lines.append(f"scale {path}.{s.attr}: {now:.6g}, µP's already")
+            continue
+        setattr(module, s.attr, now * r ** -float(s.exponent) * s.factor)
+        tuned = f" x{s.factor:.4g} (tuned)" if s.factor != 1.0 else ""
+        lines.append(
+            f"scale {path}.{s.attr}: {now:.6g} -> {getattr(module, s.attr):.6g} "
+            f"((n/base)^{-s.exponent}{tuned} on {s.scale}'s logits: the attention's own "
+            "scale, held by the model, not in its state_dict)"
+        )
     return lines

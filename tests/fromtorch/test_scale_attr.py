@@ -25,8 +25,9 @@ VOCAB, T, HEADS = 16, 8, 4
 class Attention(nn.Module):
     """4 heads of n/4, the query clamped after its layer; ``form`` says how ``self.scaling``
     reaches the logits: 'sdpa' (its scale, transformers' way), 'eager' (the number multiplying
-    q @ kᵀ), 'unused' (sdpa's own default, equal to it) or 'twice' (its scale, and a number on
-    the output)."""
+    q @ kᵀ), 'unused' (sdpa's own default, equal to it), 'twice' (its scale, and a number on
+    the output), 'heads' (its scale, and the count of heads), 'asserted' (its scale, and an
+    assertion of its value) or 'cached' (its scale, beside a mask the first call makes)."""
 
     def __init__(self, n, form="sdpa"):
         super().__init__()
@@ -36,9 +37,11 @@ class Attention(nn.Module):
 
     def heads(self, h):
         b, t, n = h.shape
-        q, k, v = (
-            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
-        )
+        # 'heads': the count of heads read from the scale (4 at every width, as built), an int
+        # that its doubling changes (one head at 4x the base width, once apply has set it)
+        hh = round(n * self.scaling**2) if self.form == "heads" else HEADS
+        assert self.form != "asserted" or self.scaling == (n // HEADS) ** -0.5
+        q, k, v = (z(h).view(b, t, hh, n // hh).transpose(1, 2) for z in (self.q, self.k, self.v))
         return q.clamp(-8.0, 8.0), k, v
 
     def logits(self, h):
@@ -47,7 +50,13 @@ class Attention(nn.Module):
 
     def forward(self, h):
         if self.form == "eager":  # LeViT's: (q @ kᵀ) * self.scale, its softmax, its mix
-            y = self.logits(h).softmax(-1) @ self.heads(h)[2]
+            a = self.logits(h)  # (its softmax over a (b·h, t, t) view of them, as BART's)
+            y = a.reshape(-1, T, T).softmax(-1).reshape(a.shape) @ self.heads(h)[2]
+        elif self.form == "cached":  # a mask made at the first call, kept (as LeViT's biases)
+            q, k, v = self.heads(h)
+            cache = self.__dict__.setdefault("cache", {})
+            mask = cache.setdefault(str(q.device), torch.ones(T, T, device=q.device).tril() < 1)
+            y = F.scaled_dot_product_attention(q, k, v, ~mask, scale=self.scaling)
         else:
             scale = None if self.form == "unused" else self.scaling
             y = F.scaled_dot_product_attention(*self.heads(h), is_causal=True, scale=scale)
@@ -115,8 +124,10 @@ def test_a_clamped_query_takes_the_factor_on_the_attentions_own_scale():
 @pytest.mark.parametrize(
     ("form", "why"),
     [
-        ("unused", "read nowhere"),
-        ("twice", "read more than once"),
+        ("unused", "changes 0 .*read nowhere"),
+        ("twice", "changes 2 .*read more than once"),
+        ("heads", "changes [0-9]+ .*read more than once"),  # before: taken
+        ("asserted", r"fails the forward when doubled \(AssertionError"),  # before: a traceback
     ],
 )
 def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why):
@@ -129,18 +140,141 @@ def test_an_attribute_that_is_not_what_reaches_sdpa_keeps_the_refusal(form, why)
         match=r"(?s)µP needs the attention logits times "
         r"\(n/base\)\^-1/2 against the model's own scale, but the query .* is "
         rf"combined with something else.*nor could apply set the attention's "
-        rf"own scale instead: layers.0.scaling changes 1? ?\w* ?.*{why}",
-    ):
+        rf"own scale instead: layers.0.scaling {why}",
+    ) as refused:
         MuP(traced, "adam")
+    assert refused.value.diagnostics[0].span is not None  # the logits' line in the program
 
 
 def test_the_number_multiplying_q_k_is_the_scale_of_eager_attention():
     def build(n):
         return Net(n, "eager")
 
-    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    traced = from_torch(build, WIDTHS, _tokens)
+    torch.manual_seed(1)
+    drawn = torch.rand(3)
+    torch.manual_seed(1)
+    mup = MuP(traced, "adam")
+    assert torch.equal(torch.rand(3), drawn)  # its check's forwards leave the user's RNG
     (found,) = mup.scale_attrs.values()
     assert (found.module, found.attr, found.exponent) == ("layers.0", "scaling", 1 / 2)
     model = build(4 * WIDTHS[0])
     mup.apply(model)
     assert model.layers[0].scaling == build(4 * WIDTHS[0]).layers[0].scaling / 2
+
+
+class OutScaled(nn.Module):
+    """Eager attention whose logits' scale is written inline, ``self.scaling`` (equal to it)
+    multiplying the output projection's ``y @ W`` instead: a number on a matmul's output that
+    is not q @ kᵀ, which the factor on the logits must not go to."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(n, n), nn.Linear(n, n), nn.Linear(n, n)
+        self.wo = nn.Parameter(torch.randn(n, n) / n**0.5)
+        self.scaling = (n // HEADS) ** -0.5
+
+    def forward(self, h):
+        b, t, n = h.shape
+        q, k, v = (
+            z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.q, self.k, self.v)
+        )
+        q = q.clamp(-8.0, 8.0)
+        p = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+        y = (p @ v).transpose(1, 2).reshape(h.shape)
+        return h + torch.matmul(y, self.wo) * self.scaling
+
+
+def test_a_number_on_another_product_than_the_logits_keeps_the_refusal():
+    def build(n):
+        model = Net(n)
+        model.layers = nn.ModuleList([OutScaled(n)])
+        return model
+
+    traced = from_torch(build, WIDTHS, _tokens)
+    with pytest.raises(UsageError, match=r"layers.0.scaling reaches the forward's mul call"):
+        MuP(traced, "adam")
+
+
+class Reader(nn.Module):
+    """Keys and values of its own, and its own scale, for a query made outside it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.k, self.v = nn.Linear(n, n), nn.Linear(n, n)
+        self.scaling = (n // HEADS) ** -0.5
+
+    def forward(self, q, h):
+        b, t, n = h.shape
+        k, v = (z(h).view(b, t, HEADS, n // HEADS).transpose(1, 2) for z in (self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+        return h + y.transpose(1, 2).reshape(h.shape)
+
+
+class TwoReaders(nn.Module):
+    """One clamped query read by two attention modules, each with its own ``self.scaling``:
+    the factor on one module's scale leaves the other's logits without it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.emb, self.head, self.q = nn.Embedding(VOCAB, n), nn.Linear(n, VOCAB), nn.Linear(n, n)
+        self.a, self.b = Reader(n), Reader(n)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        b, t, n = h.shape
+        q = self.q(h).view(b, t, HEADS, n // HEADS).transpose(1, 2).clamp(-8.0, 8.0)
+        return self.head(self.b(q, self.a(q, h)))
+
+
+def test_a_query_two_attentions_read_takes_the_factor_on_each_ones_scale():
+    traced = from_torch(TwoReaders, WIDTHS, _tokens)
+    traced_computes_the_model(traced, TwoReaders, _tokens)
+    mup = MuP(traced, "adam")  # before: b's logits kept the model's scale, "covered" by a's
+    assert sorted((s.module, s.attr) for s in mup.scale_attrs.values()) == [
+        ("a", "scaling"),
+        ("b", "scaling"),
+    ]
+    model = TwoReaders(4 * WIDTHS[0])
+    mup.apply(model)
+    assert model.a.scaling == model.b.scaling == TwoReaders(4 * WIDTHS[0]).a.scaling / 2
+
+
+def test_a_forward_that_caches_at_its_first_call_and_a_scale_changed_by_hand():
+    def build(n):
+        return Net(n, "cached", depth=2)  # (two layers: a rolled stack)
+
+    mup = MuP(from_torch(build, WIDTHS, _tokens), "adam")
+    assert [s.attr for s in mup.scale_attrs.values()] == ["scaling"]
+    model = build(2 * WIDTHS[0])
+    model.layers[1].scaling = 0.3  # neither the model's own at this width nor µP's
+    with pytest.raises(UsageError, match=r"layers.1.scaling is 0.3, neither the model's own"):
+        mup.apply(model)
+    assert model.layers[0].scaling == build(2 * WIDTHS[0]).layers[0].scaling  # none set
+
+
+@pytest.mark.slow  # (the emitted module's import: a second or more)
+def test_a_tuned_multiplier_on_the_logits_goes_on_the_attribute_too():
+    # before: refused as a query "normalised without a gain" (it is clamped), at no line
+    from tensorprog.emit.load import load_module
+    from tensorprog.emit.module import Emitted, emit
+    from tensorprog.engine.optimizers import OPTIMIZERS
+    from tensorprog.engine.parametrization import choose
+    from tensorprog.numerics.tune import scaling_record
+
+    traced = from_torch(Net, WIDTHS, _tokens)
+    program, adam = traced.program, OPTIMIZERS["adam"]
+    abc, _, label, eps = choose(program, adam, "mup", "table3")
+    emitted = emit(program, abc, optimizer=adam, label=label, command="t", eps=eps)
+    record = scaling_record(load_module(Emitted(emitted.source), "mup"))
+    ((name, scale),) = record["scales"].items()
+    config = {"format": "tensorprog-tune/1", "program": program.name, "param": "mup",
+              "convention": "table3", "optimizer": "adam", "base_width": WIDTHS[0], "lr": 3e-3,
+              "init_std": {}, "mult": {name: 3 * float(scale["base"])}, **record}  # fmt: skip
+    mup = MuP(traced, "adam", config=config)
+    for r in (1, 4):  # the tuned x3 on the logits, times µP's (n/base)^-1/2
+        model = Net(r * WIDTHS[0])
+        mup.apply(model)
+        mup.apply(model)  # again: µP's already
+        assert model.layers[0].scaling == pytest.approx(Net(r * WIDTHS[0]).layers[0].scaling
+                                                        * 3 * r**-0.5)  # fmt: skip
