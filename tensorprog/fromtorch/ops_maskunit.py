@@ -137,7 +137,7 @@ class MaskUnitOps:
                 any(isinstance(a, Windowed) for a in args)
                 # (weights over reordered keys applied to values in the grid's order: refused there)
                 or isinstance(args[0], Probs)
-                and args[0].scores.k.name in getattr(self, "_unit_keys", {})
+                and _key_name(args[0].scores) in getattr(self, "_unit_keys", {})
             )
         ):
             return self._unit_attention(node, *args)
@@ -161,9 +161,9 @@ class MaskUnitOps:
             x
             for x in flat
             if isinstance(x, Scores)
-            and x.k.name in units
+            and _key_name(x) in units
             or isinstance(x, Probs)
-            and x.scores.k.name in units
+            and _key_name(x.scores) in units
         ]
         if not held:
             return
@@ -446,7 +446,7 @@ class MaskUnitOps:
         import torch
 
         if isinstance(a, Probs):
-            keys = getattr(self, "_unit_keys", {}).get(a.scores.k.name)
+            keys = getattr(self, "_unit_keys", {}).get(_key_name(a.scores))
             if keys is None:
                 return super().call(node)
             order = b.index if isinstance(b, Windowed) else None
@@ -519,3 +519,9 @@ def _times(v) -> float | None:
     c = float(v.f(torch.ones((), dtype=torch.float64)))
     t = torch.linspace(-3, 3, 13, dtype=torch.float64)
     return c if c > 0 and bool(torch.allclose(v.f(t), c * t, rtol=1e-12, atol=0)) else None
+
+
+def _key_name(scores) -> str | None:
+    """The name of the keys the logits ``scores`` were made of, or None where they are no one
+    vector (MLA's keys, a cat of per-head parts): such keys are never a unit's reordered ones."""
+    return getattr(scores.k, "name", None)
