@@ -4,12 +4,11 @@ emitted helper against transformers' loop over a long sequence."""
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, PlainSizes
 
 import tensorprog as tp
 from tensorprog.engine.exponents import HALF, NEG_INF, ONE, ZERO, emax
 from tensorprog.engine.rules_wkv import change_wkv, grad_wkv, init_wkv
-from tensorprog.engine.terms import Mono
 from tensorprog.fromtorch.wkv_kernel import reference
 from tensorprog.ir.program import Nonlin
 from tensorprog.ir.wkv import WKV
@@ -46,27 +45,6 @@ def test_example_derives_mup_as_the_rules_say_by_hand(program):
     assert tp.derive(program, "sgd").abc["layer.u"].c == -ONE  # a gain of n: SGD LR ∝ n
 
 
-class _Sizes:
-    """The rules' view of operands as plain exponents."""
-
-    def __init__(self, program, init, change=None, grad=ZERO):
-        self.program, self._init, self._change, self._grad = program, init, change or {}, grad
-
-    def init(self, name):
-        return [Mono(self._init[name])]
-
-    def train(self, name):
-        return [Mono(emax((self._init[name], self._change.get(name, NEG_INF))))]
-
-    def change(self, name):
-        return [Mono(self._change.get(name, NEG_INF))]
-
-    first_order_train = train
-
-    def grad(self, name):
-        return self._grad
-
-
 def test_rule_terms_follow_the_formula(program):
     """wkv_t = Σ_s a_ts v_s, the weights a softmax over finitely many tokens: v's size at init
     whatever the logits' (weights never above 1); a change the largest of Δv and Δk, Δu, Δg
@@ -77,12 +55,12 @@ def test_rule_terms_follow_the_formula(program):
         return emax(t.const for t in terms)
 
     sizes = {"g": ZERO, "u": ZERO, "k": ZERO, "v": -HALF}
-    assert size(init_wkv(ins, _Sizes(program, sizes))) == -HALF
-    assert size(init_wkv(ins, _Sizes(program, {**sizes, "k": HALF}))) == -HALF
-    moved = _Sizes(program, sizes, {"v": -ONE, "k": -HALF, "u": -ONE, "g": -ONE})
+    assert size(init_wkv(ins, PlainSizes(program, sizes))) == -HALF
+    assert size(init_wkv(ins, PlainSizes(program, {**sizes, "k": HALF}))) == -HALF
+    moved = PlainSizes(program, sizes, {"v": -ONE, "k": -HALF, "u": -ONE, "g": -ONE})
     assert size(change_wkv(ins, moved)) == -ONE  # Δk times v
     grads: dict = {}
-    for x, t in grad_wkv(ins, _Sizes(program, sizes, grad=-ONE)):
+    for x, t in grad_wkv(ins, PlainSizes(program, sizes, grad=-ONE)):
         grads[x] = emax((grads.get(x, NEG_INF), t.const))
     assert grads == {"v": -ONE, "k": -ONE - HALF, "u": -ONE - HALF, "g": -ONE - HALF}
 
@@ -141,7 +119,7 @@ def test_a_bonus_param_bounds_its_own_init_but_not_the_average():
         tp.derive(program, "adam")
     ins = Nonlin("o", WKV, ("g", "u", "k", "v"), None, None)
     sizes = {"g": ZERO, "u": ZERO, "k": ZERO, "v": -HALF}
-    terms = init_wkv(ins, _Sizes(program, sizes))
+    terms = init_wkv(ins, PlainSizes(program, sizes))
     assert (
         emax(t.const if t.clamp is None else min(t.const, t.clamp, key=float) for t in terms)
         == -HALF
