@@ -175,11 +175,11 @@ FIELDS = {
                             "num_cross_attention_heads"),
     "num_key_value_heads": ("num_kv_heads", "n_kv_heads", "multi_query_group_num",
                             "kv_n_heads"),
-    "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv"),
+    "head_dim": ("d_head", "head_size", "attention_head_size", "kv_channels", "d_kv", "dim_head"),
     "intermediate_size": ("n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
                           "ffn_hidden_size", "inner_hidden_size", "intermediate_dim", "d_inner",
                           "dff", "dense_intermediate_size", "mlp_only_intermediate_size",
-                          "first_dense_intermediate_size"),
+                          "first_dense_intermediate_size", "dim_ff"),
     "max_position_embeddings": ("n_positions", "n_ctx", "max_seq_len", "seq_length"),
     # a mixture of experts: 4 experts, top-2 (at most the config's own), each expert's MLP
     # 4n, one group
@@ -613,7 +613,6 @@ def builder(family: str, scaling: str, overrides: dict | None = None,
         model = model_cls(cls(**{**config_kwargs(cls, width, scaling, mapping),
                                  **(overrides or {})}))
         _fit.fit_init(model)
-        _fit.uncache(model)
         # a model with per-language adapters (xmod) refuses a forward with no language
         # given: use its first language, as a user would set it once before training
         if hasattr(model, "set_default_language") and getattr(model.config, "languages", None):

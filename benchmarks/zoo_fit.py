@@ -6,7 +6,6 @@ whose config cannot be read for the rule (its reason in a comment)."""
 
 from __future__ import annotations
 
-import types
 from typing import NamedTuple
 
 
@@ -63,22 +62,6 @@ def fit_init(model) -> None:
         with torch.no_grad():
             if bool((w != w.flatten()[0]).any()):
                 w.fill_(1.0)
-
-
-def uncache(model) -> None:
-    """LeViT's attention computes its bias [heads, T, T] from its table once in eval mode and
-    keeps it (``attention_bias_cache``), a tensor of the first forward's graph: the check, which
-    trains in eval mode (no dropout's noise), would backpropagate through it again at its second
-    step. Each such module reads its table at every forward instead, as it does in training
-    (the same numbers, the graph the trace reads)."""
-    for m in model.modules():
-        if isinstance(getattr(m, "attention_bias_cache", None), dict) and hasattr(
-                m, "attention_bias_idxs"):
-            m.get_attention_biases = types.MethodType(_bias, m)
-
-
-def _bias(self, device):  # LeViT's get_attention_biases in training
-    return self.attention_biases[:, self.attention_bias_idxs]
 
 
 class Sizes(NamedTuple):

@@ -130,12 +130,28 @@ CATALOGUE = {
                     S, r"delta takes 3, 4 or 6 arguments, got 5", (13, 16)),
     # Kimi Delta Attention's dots, decayed per key channel: the decay of the queries' dim, and
     # the scores and the keys' products decayed by the same g
+    # hdot(u, v, dh): each head of u dotted with v's, one token's, a vector of H per token
+    "hdot-of-two-dims": (SEQ + "dim H = 2\nparam Wv : [H, n]\n"
+                         "output y = E.T @ (h * spread(hdot(h, Wv @ h, dh), dh))\n", S,
+                         r"hdot of \[n\] and \[H\]: both sides need one dim", (10, 38)),
+    "hdot-without-its-heads": (SEQ + "output y = E.T @ (h * spread(hdot(h, h, dh), dh))\n", S,
+                               r"hdot\(n over heads of dh\): .* no declared dim has that many"
+                               r"(.|\n)*help: declare the heads' count", (8, 30)),
+    "hdot-of-two-arguments": (SEQ + "dim H = 2\noutput y = E.T @ (h * spread(hdot(h, h), dh))\n",
+                              S, r"hdot takes 3 arguments, got 2", (9, 30)),
     "ddot-decay-per-head": (DELTA + "output s = ddot(q, h, b, dh)\n", S,
                             r"ddot's decay is \[H\] but its queries are \[n\]: .*one decay "
                             r"per key channel", (13, 23)),
     "delta-dots-decayed-unlike": (DELTA + "output o = mix(delta(ddot(q, h, -1 * h, dh), dot(h, "
                                   "h, dh), b), h)\n", S, r"delta's dots must be decayed alike",
                                   (13, 16)),
+    # RWKV's time mixing: the decay and bonus one number per channel, the values the keys' dim
+    "wkv-decay-per-token": (SEQ + "param u : [n]\noutput o = wkv(-1 * exp(h), u, h, h)\n", S,
+                            r"wkv's decay is one number per channel, the same at every token, "
+                            "but this one is computed from the inputs", (9, 16)),
+    "wkv-values-of-another-dim": (SEQ + "param u : [n]\nparam W : [V, n]\noutput o = wkv(u, u, h, "
+                                  "W @ h)\n", S, r"wkv's values are \[V\] but its keys \[n\]",
+                                  (10, 25)),
     # a softmax with a sink: attention logits, then a vector param with one logit per head
     "sink-wrong-head-count": (SEQ + "dim H = 3\nparam z : [H]\nscale tau\n"
                               "output p = causal_softmax(tau * dot(h, h, dh), z)\n", S,

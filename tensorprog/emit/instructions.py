@@ -24,6 +24,7 @@ from ..ir.functions import (
     TCONV,
     torch_call,
 )
+from ..ir.hdot import HDOT
 from ..ir.program import (
     RELATIVE_KINDS,
     Delta,
@@ -42,6 +43,7 @@ from ..ir.program import (
 )
 from ..ir.sequences import causal_parts, value_sequences
 from ..ir.ssd import SSD
+from ..ir.wkv import WKV
 from .fusions import Attention, Norm
 from .literals import dim_expr, number_literal
 
@@ -181,6 +183,12 @@ class Emitter:
         if ins.fn == DDOT:  # a per-head dot decayed per key channel (emit/ddot.py)
             self.helpers.add("_ddot")
             return f"_ddot({', '.join(self.ref(a) for a in ins.args)}, {self.dim(ins.over)})"
+        if ins.fn == WKV:  # RWKV's time mixing per channel (emit/wkv.py)
+            self.helpers.add("_wkv")
+            return f"_wkv({', '.join(self.ref(a) for a in ins.args)})"
+        if ins.fn == HDOT:  # per head of one token, the sum of its coordinates' products
+            u, v = (self.ref(a) for a in ins.args)
+            return f"({u} * {v}).unflatten(-1, (-1, {self.dim(ins.over)})).sum(-1)"
         if ins.fn == SPREAD:  # one number per head, repeated over its head's coordinates
             return f"({self.ref(ins.args[0])}).repeat_interleave({self.dim(ins.over)}, dim=-1)"
         if ins.fn == DWCONV:  # the kernel [c, kh, kw] (times its multiplier), one per channel

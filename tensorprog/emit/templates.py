@@ -10,11 +10,13 @@ from __future__ import annotations
 from .ddot import DDOT_HELPER
 from .literals import quoted
 from .ssd import SSD_HELPER
+from .wkv import WKV_HELPER
 
 # module-level helpers, emitted only when an instruction needs them
 HELPERS = {
     "_ssd": SSD_HELPER,  # Mamba-2's state-space mixing weights: emit/ssd.py
     "_ddot": DDOT_HELPER,  # a per-head dot decayed per key channel: emit/ddot.py
+    "_wkv": WKV_HELPER,  # RWKV's time mixing per channel: emit/wkv.py
     "_heads_dot": [
         "def _heads_dot(q, k, head_dim):",
         '    """Per head and (query, key) token pair: (..., heads, tokens, tokens)."""',

@@ -48,8 +48,10 @@ from .rules_attention import (  # Dot and Mix: attention's logits and token mixi
 )
 from .rules_ddot import DDOT_RULES  # ddot: a per-head dot decayed per key channel
 from .rules_delta import change_delta, grad_delta, init_delta  # the gated delta rule
+from .rules_hdot import HDOT_RULES  # hdot: a dot per head of one token
 from .rules_spread import MOVES  # spread, part, shift, cat: coordinates moved, not computed
 from .rules_ssd import SSD_RULES  # ssd: Mamba-2's state-space mixing weights
+from .rules_wkv import WKV_RULES  # wkv: RWKV's time mixing per channel
 from .terms import (
     Mono,
     Sizes,
@@ -57,7 +59,8 @@ from .terms import (
     terms,
 )
 
-MOVES = {**MOVES, **SSD_RULES, **DDOT_RULES}  # Nonlins with rules of their own, keyed by function
+# Nonlins with rules of their own, keyed by function
+MOVES = {**MOVES, **SSD_RULES, **DDOT_RULES, **WKV_RULES, **HDOT_RULES}
 
 # --- MatMul ---------------------------------------------------------------------------------------
 

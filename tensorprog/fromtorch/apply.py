@@ -20,7 +20,7 @@ import itertools
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from ..engine.optimizers import resolve
@@ -56,6 +56,7 @@ from .query_fold import (
 )
 from .reinit import draw_seed, padding_rows, rescale
 from .rows import row_range
+from .scale_attr import ScaleAttr, set_scales, shared_scales
 from .standardised import fold_standardised
 from .trace import Traced
 from .tuned import tuned_for, tuned_multipliers
@@ -137,6 +138,10 @@ class MuP(DepthScaling, OptimizerGroups):
         # query layers whose whole output carries a factor (folded in, or patched on the
         # module's output; not a fused layer's query rows alone): each vector they make
         self.whole_layers: set[str] = set()
+        # scale -> the attention's own scale attribute that takes its factor, where nothing on
+        # its query can (scale_attr.py), and the model its check runs (built when first needed)
+        self.scale_attrs: dict[str, ScaleAttr] = {}
+        self._attr_probe, self._attr_meta = None, {}
         for name, info in traced.scales.items():  # first: the cause, at the user's line
             l2_taken(self, name, info)  # an L2 normalisation no gain takes alone (normed.py)
         # scale -> the scale whose factor on their queries' common layer carries its own (one
@@ -169,6 +174,8 @@ class MuP(DepthScaling, OptimizerGroups):
                         span=info.get("span"),
                     )
                 )
+        shared_scales(self)  # a query another attention's scale took: its own module's too
+        self._attr_probe, self._attr_meta = None, {}  # (the models of the attributes' check)
         self._hooks: dict[int, list] = {}  # id(model) -> its forward and gradient hooks
         self._rd: dict[int, float] = {}  # id(model) -> its depth / base depth (patches' L part)
         self._token = next(_TOKENS)  # the mark its patched models carry (patches.claim)
@@ -206,6 +213,9 @@ class MuP(DepthScaling, OptimizerGroups):
         carried = set()  # (first scale, query vector) whose share of its patch is counted
         for scale, c in tuned.items():
             info = self.traced.scales[scale]
+            if scale in self.scale_attrs:  # the attention's own scale takes it, as µP's factor
+                self.scale_attrs[scale] = replace(self.scale_attrs[scale], factor=c)
+                continue  # (on its logits alone: its query is the program's)
             first = self.shared_fold.get(scale)
             if first is not None:  # its query's layer is another attention's: one patch
                 if tuned.get(first, 1.0) != c:
@@ -295,6 +305,9 @@ class MuP(DepthScaling, OptimizerGroups):
                 tshape = list(tensor.shape[1:])[::-1] if use.transposed else list(tensor.shape[1:])
             while len(tshape) > len(shape) and tshape[0] == 1:  # a class token's [1, 1, n]
                 tshape = tshape[1:]
+            if len(shape) == 1 and len(tshape) > 1 and use.index is None and use.expert is None \
+                    and not use.rows:
+                tshape = [math.prod(tshape)]  # a bias [H, dh] of a per-head vector, flattened
             if len(tshape) == len(shape) - 1 and not self.program.dim_table[shape[0]].infinite:
                 tshape = [1, *tshape]  # a vector param applied as one row (a query: [n] as [1, n])
             for axis, d in enumerate(shape):
@@ -419,6 +432,7 @@ class MuP(DepthScaling, OptimizerGroups):
                               "nn.Module hooks, so apply's hooks would not act in them; "
                               "compiled models recompile on their next call", stacklevel=2)
         report.patched = self._register(model, r)
+        report.lines += set_scales(self, model)
         report.lines += [
             f"patched forward of {p.module or 'the model'}: {p.why}" for p in self.patches
         ]
@@ -542,14 +556,14 @@ class MuP(DepthScaling, OptimizerGroups):
                     else self.traced.producers.get(i["q"], (i["q"],))[0] for _, i in scales}
         for s, info in scales:
             layer = layer_of[info["q"]]
-            if s in self.shared_fold:  # another scale's factor on the layer carries its own
-                continue
+            if s in self.shared_fold or s in self.scale_attrs:  # another scale's factor on
+                continue  # the layer carries its own; the attention's own scale takes it
             folded[layer] = folded.get(layer, Fraction(0)) + self.derived_a(s, info) - info[
                 "model_a"]
         # a width constant's output carries the constant's own width factor as well
         own = {info["out"]: info["model_a"] for _, info in scales if info.get("fixed")}
         out = {
-            info["q"]: r ** float(folded[layer_of[info["q"]]] + own.get(info["q"], 0))
+            info["q"]: r ** float(folded.get(layer_of[info["q"]], 0) + own.get(info["q"], 0))
             / self.tuned_query.get(info["q"], 1.0)  # a tuned multiplier's patch on it
             for _, info in scales
         }
@@ -571,6 +585,12 @@ class MuP(DepthScaling, OptimizerGroups):
         for v, e in l2.items():
             out[v] = out.get(v, 1.0) * r ** float(e)
         return out
+
+    def scale_values(self, model) -> tuple:
+        """The scale attributes' values on ``model`` (scale_attr.py): a graph exported from it
+        holds them, so the check exports one per set of values (µP's, or SP's as built)."""
+        return tuple(getattr(model.get_submodule(p), s.attr, None)
+                     for s in self.scale_attrs.values() for p in s.modules(self, model))
 
     def _patched_modules(self, model, p: Patch) -> list[str]:
         """The module of a patch, or of its block param in every layer of the model."""
@@ -633,6 +653,8 @@ def _layer_bias(p: Patch, name: str) -> str:
 
 
 def _rows(use) -> str:
+    if use.index is not None and not use.entries:  # one row of a table, a vector of its own
+        return f"[row {use.index}]"
     each = " of each head" if use.groups or use.group_rows else ""
     rows = f"[{use.rows[0]}:{use.rows[1]} of rows{each}]" if use.rows else ""
     if use.row_consts:  # bounds f·S + c of the S rows (rows.py)

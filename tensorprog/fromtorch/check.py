@@ -18,6 +18,7 @@ from ..numerics.judge import TOLERANCE, ZERO_RMS, Measurements, fit_slope, judge
 from ..numerics.measure import default_batch_size
 from ..numerics.turns import normalised, turned
 from .apply import MuP
+from .caches import backward, drop_caches
 from .columns import scale_input
 from .convert import convert
 from .few import judge_runs, rejudge, remeasure
@@ -69,7 +70,7 @@ def probe(mup: MuP, model, inputs, kwargs: dict | None = None, split: dict | Non
         )
     shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
     leaves = (*inputs, *kwargs.values())
-    key = (mup.width_of(model), shapes,
+    key = (mup.width_of(model), shapes, mup.scale_values(model),  # held in its graph
            tuple(tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in leaves))
     if key not in mup.graphs:
         with mup.unpatched(model):
@@ -420,10 +421,8 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
             if apply:
                 mup.apply(model)
             model.to(device)
-            if apply:
-                groups = mup.param_groups(model, lr, eps=eps)
-            else:
-                groups = [{"params": list(model.parameters()), "lr": lr}]
+            groups = mup.param_groups(model, lr, eps=eps) if apply else \
+                [{"params": list(model.parameters()), "lr": lr}]
             opt = (
                 torch.optim.SGD(groups, lr=lr)
                 if mup.derivation.optimizer.name == "sgd"
@@ -437,6 +436,7 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
             model.eval()  # dropout's noise is no width effect: the check trains without it
             train_norms(model)  # a batch norm's training forward is the program's
             for t in range(1, steps + 1):
+                drop_caches(model)  # a cache of eval mode, stale after a step (caches.py)
                 logits = _logits(model(*args, **kwargs))
                 # a classifier of the sequence (logits read at one token, BERT's pooled head)
                 # has one target per sequence: the first token's, folded into its classes (an
@@ -445,7 +445,7 @@ def _measure(mup: MuP, widths, seeds, steps: int, m: Measurements, own: Measurem
                 target = y if per_token else y[:, 0] % logits.shape[-1]
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
                 opt.zero_grad()
-                loss.backward()
+                backward(loss, model)
                 opt.step()
                 now = read()
                 m.record(w, t, now, seed)

@@ -30,11 +30,13 @@ from .ops_global import GlobalOps
 from .ops_grid import GridOps
 from .ops_grn import GrnOps
 from .ops_headcat import HeadCatOps
+from .ops_headdot import HeadDotOps
 from .ops_heads import FusedHeadOps
 from .ops_layout import LayoutOps
 from .ops_lightning import LightningOps
 from .ops_linear import LinearOps
 from .ops_mapped import MappedRowsOps
+from .ops_maskunit import MaskUnitOps
 from .ops_merged import MergedOps
 from .ops_mla import LatentAttentionOps
 from .ops_moe import MoEOps
@@ -49,6 +51,7 @@ from .ops_pool import PoolOps
 from .ops_relative import RelativeOps
 from .ops_rescale import RescaleOps
 from .ops_rotary import RotaryOps
+from .ops_scaledparam import ScaledParamOps
 from .ops_select import SelectOps
 from .ops_shift import ShiftOps
 from .ops_sink import SinkOps
@@ -64,6 +67,7 @@ from .ops_timemajor import TimeMajorOps
 from .ops_tokenimage import TokenImageOps
 from .ops_vmap import VmapOps
 from .ops_windows import WindowOps
+from .ops_wkv import WkvOps
 from .sequences import resolve
 from .values import Trace
 from .walk import Walker
@@ -78,6 +82,7 @@ class Converter(
     SwitchOps,  # a where of a switch (x > 0) as its pieces, before any op's rule reads them
     TimeMajorOps,  # checks every op on a value laid out (tokens, batch, ...) before the others
     OffsetOps,  # checks every op on values over a window's offsets (Swin V2's bias MLP)
+    MaskUnitOps,  # Hiera's fused qkv per unit, attention and max pooling of unrolled tokens
     WindowOps,  # values cut into Swin's windows: relayouts, per-token ops, attention
     TemperatureOps,  # a function of a param kept as Swin V2's temperature, till it is used
     ParamFnOps,  # a function of a param alone, kept op by op till it is used as a gain
@@ -95,6 +100,7 @@ class Converter(
     DelayedOps,  # its op_linear and op_cat take a layer's output at zeros before the others'
     TokenImageOps,  # its op_pad and op_conv1d take tokens padded for conv1d's before ConvOps'
     SSDScanOps,  # the Mamba-2 scan's mixing (ssd_kernel.py's op)
+    WkvOps,  # RWKV's time mixing (wkv_kernel.py's op)
     LightningOps,  # scores times a fixed decay per head (refused: ops_lightning.py)
     FixedGainOps,  # its _split and op_transpose take a gained layer's output before LayoutOps'
     DeltaRuleOps,  # its op_tensor_split takes a split keeping every token before TokenConvOps'
@@ -105,7 +111,8 @@ class Converter(
     AttentionOps,
     RotaryOps, ComplexOps, TableOps,
     PointwiseOps, NormOps, ConvOps, EncoderOps, FusedHeadOps, FixedBiasOps, PoolOps, ConcatOps,
-    SpreadParamOps, HeadGateOps, GlobalOps, PixelTokenOps, GridOps, AxialOps, EntryOps,
+    SpreadParamOps, ScaledParamOps, HeadGateOps, HeadDotOps, GlobalOps, PixelTokenOps, GridOps,
+    AxialOps, EntryOps,
     Conv1dOps, PlaceOps, StandardiseOps, RowStatOps, RescaleOps,
 ):
     """The abstract interpreter of one graph (see values.py for what its values are; MoEOps

@@ -121,7 +121,12 @@ def block_key(use) -> str | None:
     """The key of a block's own init among the base stats (init_stats.block_stats): the tensor's
     name and the block's place in it, written as the traced use holds it (the same at every
     width: its rows' shares and constants, its columns' part, its expert); None for a use of
-    the whole tensor."""
+    the whole tensor. A row of a table read as a vector of its own (a lookup of one constant
+    id, a prompt's rows, a learned token of a [1, R, n] param) is such a block: a model may draw
+    its prompt rows smaller than the token rows beside them, and the row is scaled from its own
+    std (1-D params' entries read as numbers have theirs, values.entry_key)."""
+    if use.index is not None and not use.entries:
+        return f"{use.target}{{row {use.index}}}"
     if use.rows is None and use.cols is None and use.expert is None:
         return None
     place = (use.rows, use.row_consts, use.groups, use.group_rows,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from ..errors import UsageError
+from ..errors import TraceError, UsageError
 from .patches import Patch
 
 
@@ -179,6 +179,7 @@ def l2_into_scales(fixed: dict, trace) -> None:
         v = info["out"]
         readers = _readers(v, trace)
         rhs = {lhs.strip(): r for lhs, _, r in (st.partition("=") for st in trace.stmts)}
+        _refuse_unit_in_head_dot(info, [r for r in readers if "hdot(" in rhs[r]])
         other = [r for r in readers if " dot(" not in rhs[r]]  # not the logits: what else
         info["read_by"] = (other or readers or ["an output"])[0]
         gain = trace.producers.get(info["read_by"], (None,))[0]
@@ -186,6 +187,29 @@ def l2_into_scales(fixed: dict, trace) -> None:
                 rf"param {gain} : \[[^,]+\]", "\n".join(trace.decls)) and \
                 f"{readers[0]} = {gain} * {v}" in trace.stmts:
             info.update(q=readers[0], out=readers[0], l2_vectors={v: e})
+
+
+def _refuse_unit_in_head_dot(info: dict, dots: list[str]) -> None:
+    """A TraceError at the L2 normalisation's line where a dot per head of one token reads the
+    unit vector over a head dim that grows (NeoMME's exclusive self-attention with 4 heads of
+    n/4, ``(o * F.normalize(v)).sum(-1) * F.normalize(v)``). The program holds d^-1/2 at its
+    base value, so hdot(o, vn, dh), an LLN sum over dh (o holds its own token's value), grows
+    as n where the model's does not; the exact program puts both unit vectors' constants into
+    one scale of the dot, ``spread(s * hdot(o, rmsnorm(v, dh), dh), dh) * rmsnorm(v, dh)``
+    with s = 1/dh (µP's own exponent, 1: the model's), which the trace does not write."""
+    if dots:
+        raise TraceError(
+            f"an L2 normalisation over {info['l2']} coordinates at the base width, a number "
+            "that grows with the width, read by a dot per head of one token "
+            f"({dots[0]} = hdot(...)): x / |x| is d^-1/2 * rmsnorm(x), a constant of the "
+            "width that the program holds at its base value, so the dot grows as n where the "
+            "model's does not; the exact form, spread(s * hdot(o, rmsnorm(v, dh), dh), dh) * "
+            "rmsnorm(v, dh) with a scale s = 1/d for both unit vectors, is not traced",
+            info["span"],
+            help="build the model with heads of a fixed dim (n/16 heads of 16: the unit "
+            "vector's constant is then one number), or write the model as a program with that "
+            "scale",
+        )
 
 
 def _readers(v: str, trace) -> list[str]:

@@ -61,12 +61,15 @@ class ArithOps:
         u, v = as_number(u), as_number(v)
         if isinstance(u, PEntry) or isinstance(v, PEntry):
             raise self.refuse_entry(node, "a sum with")
+        scaled = self.scaled_param_added(node, u, v, alpha)  # c*v + c*p (ops_scaledparam)
+        if scaled is not None:
+            return scaled
         centred = self.norm_center(node, u, v, alpha)  # x - mean(x): a norm by hand (ops_norm)
         if centred is not None:
             return centred
-        for x, c in ((u, v), (v, u)):
+        for x, c in ((u, v), (v, u)):  # u + alpha * v: w + alpha * c, or c + alpha * w
             if isinstance(x, PRef) and isinstance(c, (int, float)):
-                return self._shifted(node, x, c if x is u else alpha * c, 1 if x is u else alpha)
+                return self._shifted(node, x, alpha * c if x is u else c, 1 if x is u else alpha)
         if isinstance(u, RopeTerm) and isinstance(v, RopeTerm):
             return self.rope_sum(node, u, v, alpha)
         for x, c in ((u, v), (v, u)):  # x + 0 is x, whatever x is (DeBERTa's logits + rel_att,
@@ -310,8 +313,11 @@ class ArithOps:
                              "adding the bias (T5's order), or write the model as a program")
             if isinstance(x, Scores):
                 return Scores(x.q, x.k, x.factor * c, node.name, x.tags, x.causal)
-            if isinstance(x, PRef):
-                raise _refuse_param_times_number(node, x, c)
+            if isinstance(x, PRef):  # c * p kept for c * v + c * p (ops_scaledparam.py)
+                kept = self.scaled_param(node, x, c)
+                if kept is None:
+                    raise _refuse_param_times_number(node, x, c)
+                return kept
             p = self.pointwise(node, x)
             return Pointwise(p.src, lambda t, f=p.f: c * f(t))
         for a, b in ((u, v), (v, u)):

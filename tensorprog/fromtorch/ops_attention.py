@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from .values import Blank, Conc, HeadCat, KVRepeat, PRef, Probs, RelBias, Scores, Vec, Zeroed
-from .where import op_name, refuse
+from .where import module_of, op_name, refuse
 
 _GQA_HELP = ("repeat each key/value head for consecutive query heads, as HF's repeat_kv "
              "(x[:, :, None].expand(b, kv, g, t, d).reshape(b, kv * g, t, d)), "
@@ -64,6 +64,14 @@ class AttentionOps:
             # HF's bidirectional mask helpers): the mask changes nothing, and the softmax is
             # bidirectional unless the call is causal itself
             return s
+        if mask.dim() >= 2 and mask.shape[-2] not in (1, t):
+            # queries of one sequence, keys of a longer one (the tokens after a prompt, h[:, P:],
+            # attending to it and the prompt): the causal mask is over one sequence's tokens
+            raise refuse(node, f"an attention mask of {mask.shape[-2]} queries by {t} keys that "
+                         "does not keep every key: the language's causal mask is over the "
+                         "tokens of one sequence, queries and keys alike",
+                         help="attend from the whole sequence (queries and keys of the same "
+                         "tokens) and cut the tokens after the attention")
         if keep is None or not bool((keep == causal).all()):
             raise refuse(node, "an attention mask that is neither the causal mask nor one that "
                          "keeps every key (a padding mask hides keys per example, which the "
@@ -184,7 +192,11 @@ class AttentionOps:
             self.out.slots.append(("scale", factor))
             sc = self.fresh(f"attn_{node}" + (f"_part{i}" if i else ""))
             self.out.decls.append(f"scale {sc} = {{s{len(self.out.slots) - 1}}}")
-            self.out.scales[sc] = {"q": a.name, "k": b.name, "slot": len(self.out.slots) - 1}
+            self.out.scales[sc] = {"q": a.name, "k": b.name, "slot": len(self.out.slots) - 1,
+                                   # the module that computes the logits, and their node: where
+                                   # apply may find the model's own scale (scale_attr.py)
+                                   "caller": module_of(self.by_name[node]) if node in self.by_name
+                                   else None, "node": node}
             dots.append(f"{sc} * dot({a.name}, {b.name}, {dh})")
         name = self.fresh(f"{node}_logits" if kind != "out" else node)
         plus = f" + {bias}" if bias else ""
@@ -447,7 +459,35 @@ def batch_shapes(node, first: int = 0, second: int = 1):
             for i in (first, second)]
     if not all(isinstance(x, torch.Tensor) for x in vals):
         return None
-    return tuple(tuple(int(s) for s in x.shape[:-2]) for x in vals)
+    shapes = [tuple(int(s) for s in x.shape) for x in vals]
+    if op == "einsum":  # its operands as the matmul they are laid out for (einsum_layout)
+        ins, _, out = node.args[0].replace(" ", "").partition("->")
+        layout = einsum_layout(ins.split(","), out)
+        if layout is not None:
+            shapes = [tuple(shapes[k][d] for d in layout[k]) for k in (0, 1)]
+    return tuple(x[:-2] for x in shapes)
+
+
+def einsum_layout(terms: list, out: str) -> tuple | None:
+    """An einsum of two operands that is a batched matmul up to the order of axes (Funnel's
+    "bind,bjnd->bnij"): the permutations of its operands to (batch..., i, d) and (batch...,
+    d, j), and of their product (batch..., i, j) to ``out``; None for any other einsum (a
+    letter repeated, summed over more than one axis, an operand's own axis kept, or the
+    product's two own axes swapped)."""
+    if len(terms) != 2 or any(len(set(t)) != len(t) or len(t) != len(out) for t in terms) \
+            or len(out) < 3:
+        return None
+    a, b = terms
+    summed = [c for c in a if c in b and c not in out]
+    i = [c for c in a if c not in b and c in out]
+    j = [c for c in b if c not in a and c in out]
+    batch = [c for c in out if c in a and c in b]
+    if len(summed) != 1 or len(i) != 1 or len(j) != 1 or len(batch) != len(out) - 2:
+        return None
+    if out.index(i[0]) > out.index(j[0]):  # the product transposed (logits keys first): none
+        return None
+    return ([a.index(c) for c in batch + i + summed], [b.index(c) for c in batch + summed + j],
+            [(batch + i + j).index(c) for c in out])
 
 
 def layout_text(tags) -> str:

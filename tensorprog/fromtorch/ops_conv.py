@@ -350,21 +350,32 @@ class ConvOps:
         [1, T, n]): row t added to token t is a lookup of position t, ``P @ pos`` (as an
         embedding of the positions 0..T-1 is), with P [n, T]: a finite fan-in T, one-hot."""
         seq = getattr(self, "tokens_seq", None)
-        # the input's T, or a sequence made longer by learned tokens (a class token's T1)
-        over = self.sequences().get(ref.shape[1])
-        if ref.shape[0] != 1 or over is None or ref.t or ref.rows:
+        out = tuple(node.meta["val"].shape)  # (a table of one row is broadcast to every token)
+        other = [self.env.get(getattr(a, "name", None)) for a in node.args[:2]]  # no [B, C, T]
+        if ref.shape[0] != 1 or ref.t or ref.rows or len(out) != 3 or out[1] != ref.shape[1] \
+                or any(tuple(self._tags(v, node)) != ("tok",) * 2 + ("F",) for v in other
+                       if v is not ref):
             raise refuse(
                 node,
                 f"a param of shape {list(ref.shape)} added to per-token vectors (a table of "
                 f"positions is [1, T, n], T the tokens of the input{f' ({seq})' if seq else ''}"
-                ", or of a sequence made longer by learned tokens put before them)",
+                ", or of a sequence made longer by learned tokens put before them, or an "
+                "image's pixels read as tokens)",
                 help="add a position table of one row per token of the sequence",
             )
-        # the positions of the longer sequence (trace.py declares T's); those of a later
-        # stage's own sequence (PVT's S17, ops_encoder.prepend_tokens) an input of their own
-        pos = "pos" if over.startswith("T") else f"pos_{over}"
-        if over != "T" and f"input {pos} : positions[{over}]" not in self.out.decls:
-            self.out.decls.append(f"input {pos} : positions[{over}]")
+        # the input's T, or a sequence made longer by learned tokens (a class token's T1)
+        over = self.sequences().get(ref.shape[1])
+        if over is None:
+            # the pixels of an image read as tokens (a convolution's output flattened, Hiera's
+            # overlapping patches: tokens(h, D)), or another sequence of the walk's: which one
+            # is read off the sum's statement after the walk (sequences.py), as for a
+            # lookup's positions (ops_linear.py); torch's broadcast made the lengths agree
+            pos = over = self.sequence_input("_pos", "positions", ref.shape[1], 0)
+        else:  # the positions of the longer sequence (trace.py declares T's); those of a
+            # later stage's own sequence (PVT's S17, ops_encoder.prepend_tokens) an input
+            pos = "pos" if over.startswith("T") else f"pos_{over}"
+            if over != "T" and f"input {pos} : positions[{over}]" not in self.out.decls:
+                self.out.decls.append(f"input {pos} : positions[{over}]")
         table, _ = self.param(PRef(ref.target, ref.shape[1:]), node, lookup=True, fan_in=over)
         self.positions = ref.shape[1]
         name = self.fresh(f"{table}_rows")  # no node of the graph holds it: not probed

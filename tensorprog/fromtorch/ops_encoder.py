@@ -7,7 +7,7 @@ a position table read over a sequence of R tokens of its own."""
 
 from __future__ import annotations
 
-from .values import Given, OneToken, ParamUse, PRef, TokenParam, TokensFrom, Vec
+from .values import Given, OneToken, ParamUse, PRef, Tok, TokenParam, TokensFrom, Vec
 from .where import module_of, op_name, refuse, strip_prefix
 
 _TOKEN_HELP = ("prepend learned tokens as torch.cat([cls.expand(B, -1, -1), h], dim=1), with cls "
@@ -155,6 +155,14 @@ class EncoderOps:
         # a token split off a sequence and put back (CvT's, ops_classtoken.py): its vector
         rows = [p for t in tokens for p in (
             [t.vec.name] if isinstance(t, OneToken) else self._token_rows(t, node))]
+        return self.prepend_rows(node, x, rows, length, at, own)
+
+    def prepend_rows(self, node, x: Vec, rows: list[str], length: int, at: int = 0,
+                     own: bool = True) -> Vec:
+        """``rows`` (vector params) put before the tokens of ``x``, a sequence of ``length``
+        tokens (after its first ``at`` ones), one ``prepend`` each: the last statement stands
+        for ``node``'s value. ``own``: whether the longer sequences are the tokens' T1, T2, ...
+        (else named by their lengths)."""
         # prepended last first (each goes to the front); inserted in order (each after the last)
         for k, param in enumerate(rows if at else reversed(rows)):
             length += 1
@@ -172,6 +180,20 @@ class EncoderOps:
                 self.out.vectors[name] = (node.name, "out")
             x = Vec(name, x.tags, x.dim)
         return x
+
+    def prompted_lookup(self, node, w: PRef, rows: list[int], padding=None) -> Vec:
+        """A lookup of the token ids behind constant ids of the same table (CPM-Ant's prompt,
+        ``table(cat([arange(a, a + P).repeat(B, 1), ids], 1))``): the prompt's rows are the
+        same P vectors before every sequence, so the lookup is the tokens' (an input weight of
+        finite fan-in) with P learned tokens put before them, ``prepend`` of one row param each
+        (ParamUse.index: apply inits that row, and the table takes one LR). The rows derive as
+        a bias does, Θ(1) init and Adam LR, SGD LR Θ(n), which is the token rows' law too: one
+        table, one law. The sequence the model runs over is P tokens longer, T1 ... TP. A prompt
+        id that is the lookup's ``padding`` id reads a row that never trains (row_param)."""
+        x = self.op_embedding(node, w, Tok(("tok", "tok")))
+        self.out.vectors.pop(x.name, None)  # the tokens' rows alone: no node of the model's
+        params = [self.row_param(node, w, row, row == padding) for row in rows]
+        return self.prepend_rows(node, x, params, self.tokens_seq)
 
     def _token_rows(self, token: TokenParam, node) -> list[str]:
         """The program's vector params of a learned token param: itself for one token, one per

@@ -66,21 +66,23 @@ def _refuse_misread_tile(node, dim) -> None:
 
 def _refuse_block_dot(node, x, dims) -> None:
     """Refuses, naming it, a sum over the last axis of a vector viewed as (batch, tokens, k, d)
-    that the other rules refused (no sum of squares, a norm's): one number per block per token,
-    a dot of two vectors over each of their blocks (Qwen4-exp's per-layer input gate, ``(key *
-    query).sum(-1)`` over each stream; NeoMME's projection of each head on its value)."""
+    that the other rules refused (no sum of squares, a norm's) and that is no dot of two vectors
+    viewed per block alike (``hdot``, ops_headdot.py: Qwen4-exp's ``(key * query).sum(-1)``
+    over each stream, NeoMME's projection of each head on its value): a block's coordinates
+    summed on their own, or a product broadcast over the blocks, has no form."""
     ndim = len(node.args[0].meta["val"].shape)
     axes = [d % ndim for d in dims] if isinstance(dims, (list, tuple)) else None
     if isinstance(x, Vec) and x.tags == ("tok", "tok", "H", "dh") and axes == [3]:
         raise refuse(
             node,
             "a sum over each block's (head's) coordinates of a vector viewed as (..., k, d), "
-            "one number per block per token (a dot of two vectors over each head or stream of "
-            "one token: Qwen4-exp's per-layer input gate (key * query).sum(-1), NeoMME's "
-            "projection on the values): the language's dot pairs tokens (attention's dot(q, k, "
-            "dh)) or sums a whole vector, and has no dot per block of one token",
-            help="gate each block by weights of one entry per block from a linear layer "
-            "(w.unsqueeze(-1)), or trace the model without this part",
+            "one number per block per token, that is no product of two vectors viewed per "
+            "block alike: the language's hdot(u, v, dh) is the dot of each head of u with "
+            "the same head of v, one token's (NeoMME's projection on the values, (o * "
+            "vn).sum(-1)), and a block's coordinates summed otherwise have no form",
+            help="sum the product of two vectors viewed (..., k, d) alike, (u * v).sum(-1), "
+            "or gate each block by weights of one entry per block from a linear layer "
+            "(w.unsqueeze(-1))",
         ) from None
 
 
@@ -127,6 +129,9 @@ class FlatStreamOps:
             try:
                 return super().op_sum(node, x, dims, keepdim, **kw)
             except TraceError:
+                dot = self.head_dot(node, x, dims, keepdim)  # hdot(u, v, dh) (ops_headdot.py)
+                if dot is not None:
+                    return dot
                 _refuse_block_dot(node, x, dims)
                 raise
         k, d = self._shape(node.args[0])[-2:]

@@ -328,7 +328,7 @@ class LayoutOps:
         only readers undo (x.transpose(2, 3).transpose(2, 3)) is the value itself."""
         if not isinstance(v, (Vec, Affine, Pointwise, Scores)):
             return
-        kind = _swapped_kind(tags, perm)
+        kind = swapped_kind(tags, perm)
         if kind is None or _undone(node, perm, tags) or _undoes(node, perm, tags):
             return
         if isinstance(v, Scores):  # s.transpose(-1, -2): the softmax would run over the queries
@@ -588,7 +588,7 @@ def _per_head_gate(node, dim) -> bool:
         return len(other) == len(shape) and other[-2] == shape[-2] and other[-1] > 1
 
     def gates(n, u) -> bool:  # through coordinatewise functions: f(g.unsqueeze(-1))
-        if op_name(u) in _GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
+        if op_name(u) in GATE_FNS and len(u.all_input_nodes) == 1 and u.users:
             return all(gates(u, w) for w in u.users)
         return op_name(u) == "mul" and any(heads(a) for a in u.all_input_nodes if a is not n)
 
@@ -596,7 +596,7 @@ def _per_head_gate(node, dim) -> bool:
 
 
 # the coordinatewise functions a per-head gate passes through (each the same function of g)
-_GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
+GATE_FNS = {"sigmoid", "tanh", "softplus", "silu", "gelu", "relu", "exp"}
 
 
 _CARRIERS = {"contiguous", "clone", "alias", "to", "_to_copy", "type_as"}  # the same values
@@ -640,7 +640,7 @@ def split_along(node, axis: int) -> bool:
     return bool(node.users)
 
 
-def _swapped_kind(tags, perm) -> str | None:
+def swapped_kind(tags, perm) -> str | None:
     """The kind ("tok" or "px") of two axes whose order ``perm`` swaps, or None."""
     for kind in ("tok", "px"):
         old = [i for i in perm if tags[i] == kind]
@@ -674,7 +674,7 @@ def _undoes(node, perm, tags) -> bool:
     before = [None] * len(perm)  # the tags of the first one's input
     for j, i in enumerate(first):
         before[i] = tags[j]
-    return _swapped_kind(before, [first[i] for i in perm]) is None
+    return swapped_kind(before, [first[i] for i in perm]) is None
 
 
 def _undone(node, perm, tags) -> bool:
@@ -690,11 +690,11 @@ def _undone(node, perm, tags) -> bool:
                 return False
             continue
         back = _perm_of(u, len(perm))
-        if back is None or _swapped_kind(tags, [perm[d] for d in back]) is not None:
+        if back is None or swapped_kind(tags, [perm[d] for d in back]) is not None:
             return False
     return True
 
 
 # the user's words for a value of the trace that an op reads where only others are traced
-_WHAT = {"TokensFrom": "a slice of a sequence's tokens (h[:, k:], read only by a mean over "
-         "them or a pad that moves them, shift(h, k))"}
+_WHAT = {"TokensFrom": "a slice of a sequence's tokens (h[:, k:], read by a mean, a pad that moves "
+         "them, shift(h, k), or a layer as tail(h, T) after P learned tokens, h[:, P:])"}

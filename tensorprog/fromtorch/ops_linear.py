@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .inputs import probe_ids
-from .ops_attention import batch_shapes, heads_paired, layout_text
+from .ops_attention import batch_shapes, einsum_layout, heads_paired, layout_text
 from .ops_conv import is_image
 from .ops_grid import positions_read
+from .ops_layout import swapped_kind
 from .ops_relative import built_ids, grid_stride, refuse_fed_ids, refuse_grid_ids, relative_kind
+from .ops_relkeys import refuse_relative_einsum
 from .ops_windows import window_lookup
 from .values import (
     SHIFTED_IDS,
@@ -102,7 +104,7 @@ class LinearOps:
             return self.ids_lookup(node, w, idx)
         elif isinstance(idx, Conc) and idx.probe is not None and not _same(idx.probe,
                                                                            idx.value):
-            return self._ids_made_lookup(node, w, idx)
+            return self._ids_made_lookup(node, w, idx, rest[0] if rest else None)
         # ids the forward computes from the token ids but that come out the same from the probe
         # ids (RoBERTa's positions: a cumsum of the non-padding mask, padding being absent from
         # both) are read by their values below, as ids computed from nothing
@@ -175,13 +177,15 @@ class LinearOps:
         name = self.emit_vector(node.name, f"{table} @ {src}", (table, None))
         return Vec(name, tags + ("F",), w.shape[1])
 
-    def _ids_made_lookup(self, node, w: PRef, idx: Conc) -> Vec:
+    def _ids_made_lookup(self, node, w: PRef, idx: Conc, padding=None) -> Vec:
         """A lookup of ids the forward computes from the token ids. Read by what they are
         with probe ids in place of the trace's zeros (which would read as one constant id):
         the ids themselves (a copy the model edits only where an id is special, Gemma-3's
         image tokens) are the token input; the ids shifted right by one behind one start id
         (BART's decoder_input_ids made from input_ids) are a token input over a sequence of
-        their own, as a decoder's ids given apart. Anything else is refused."""
+        their own, as a decoder's ids given apart; the ids behind constant ids the same in every
+        sequence (CPM-Ant's prompt) are the token input with a learned row put before it per
+        constant id (``padding``: the lookup's padding_idx). Anything else is refused."""
         import torch
 
         ids = probe_ids(self.tok_value)
@@ -196,10 +200,27 @@ class LinearOps:
                 and bool((made[:, 0] == made[0, 0]).all()) \
                 and w.target == getattr(self, "tokens_table", None):
             return self.ids_lookup(node, w, Given(idx.value, input=SHIFTED_IDS))
+        if (rows := _prompt_rows(made, ids, idx.value, w)) is not None:
+            return self.prompted_lookup(node, w, rows, padding)  # CPM-Ant's: ops_encoder.py
+        if _by_zero_ids(made, ids):
+            raise refuse(
+                node,
+                "an embedding lookup of ids computed from the token ids that are the same in "
+                "every sequence at ids other than 0 (the probe's ids, which differ between "
+                "sequences) but not at ids 0: ids that depend on which token ids are 0, a "
+                "padding id (CPM-Ant's segments, torch.where(input_ids != 0, 2, 0), and the "
+                "mask it builds from their count): the program's token input has no padding, "
+                "and the trace's example ids are zeros, so the model's constants are read there "
+                "as if every token were padding",
+                help="compute those ids from constants in the forward (CPM-Ant's segments: 0 "
+                "on the prompt, 2 on every token, and no padding mask), or give them as an "
+                "input of the forward (segment ids=)",
+            )
         raise refuse(
             node,
             "an embedding lookup of ids computed from the token ids other than a copy of "
-            "them, the ids shifted right by one behind a start id, or one codebook of them "
+            "them, a copy behind constant ids the same in every sequence (a prompt), the ids "
+            "shifted right by one behind a start id, or one codebook of them "
             "(rows b·K + k of the ids, (B·K, T) viewed (B, K, T) and [:, k], by views and "
             "slices alone)",
             help="compute those ids outside the model and give them as an input of the "
@@ -217,11 +238,17 @@ class LinearOps:
         return first if ok else None
 
     def _row(self, node, w: PRef, row: int, padding: bool = False) -> Vec:
-        """A lookup of one constant id: row ``row`` of the table, the same for every token. It
-        is a vector param of its own (fed the constant 1, a bias in the sum it meets), whose
-        exponents the engine derives as a bias's; ParamUse.index maps it back to the row, so
-        apply inits that row and the table takes its LR (the rows never read get no
-        gradient).
+        """A lookup of one constant id: the vector param of that row (:meth:`row_param`), the
+        same for every token."""
+        param = self.row_param(node, w, row, padding)
+        name = self.emit_vector(node.name, param)
+        return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
+
+    def row_param(self, node, w: PRef, row: int, padding: bool = False) -> str:
+        """Row ``row`` of the table, read at one constant id: a vector param of its own (fed
+        the constant 1, a bias in the sum it meets), whose exponents the engine derives as a
+        bias's; ParamUse.index maps it back to the row, so apply inits that row and the table
+        takes its LR (the rows never read get no gradient).
 
         The table's ``padding_idx`` row (``padding``: RoCBert's shape and pronunciation ids,
         zeros where none are given) never trains, its gradient masked, and nn.Embedding and
@@ -252,8 +279,8 @@ class LinearOps:
             self.out.decls.append(f"param {param} : [{self.dim(w.shape[1])}]{tail}"
                                   + (f"  # row {row} of {strip_prefix(w.target)}, its "
                                      "padding_idx: never trained" if padding else ""))
-        name = self.emit_vector(node.name, param)
-        return Vec(name, ("tok",) * (len(node.meta["val"].shape) - 1) + ("F",), w.shape[1])
+        return param
+
 
     def sequence_input(self, prefix: str, kind: str, length: int, rows: int) -> str:
         """A provisional input over a sequence of ``length`` tokens (positions, buckets), named
@@ -347,8 +374,11 @@ class LinearOps:
         "bhlk,bhtk->bhlt", its second operand read transposed): that matmul."""
         ins, _, out = equation.replace(" ", "").partition("->")
         terms = ins.split(",")
-        if len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(",", ""))) == \
-                len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
+        # a 3-D param's batched matmul (one matrix per example or per position) is no layer of
+        # the language's (op_linear reads a matmul node's operands, not an einsum's): refused
+        params = any(isinstance(x, PRef) for x in operands)
+        if not params and len(terms) == 2 and len(operands) == 2 and len(set(ins.replace(
+                ",", ""))) == len(out) + 1 and len(terms[0]) == len(terms[1]) == len(out) >= 3:
             (a, b), batch = terms, out[:-2]
             i, j = a[-2:]
             if a[:-2] == b[:-2] == batch and out[-2] == i and j not in out:
@@ -357,8 +387,44 @@ class LinearOps:
                 if b[-2:] == out[-1] + j:
                     return self.op_matmul(node, operands[0],
                                           self.op_transpose(node, operands[1], -2, -1))
+        permuted = self._einsum_permuted(node, terms, out, operands)
+        if permuted is not None:
+            return permuted
+        refuse_relative_einsum(node, equation, operands)  # (ops_relkeys.py)
         raise refuse(node, f"an einsum {equation!r} that is not a batched matmul",
                      help="write it as a matmul (a @ b, or a @ b.transpose(-2, -1))")
+
+    def _einsum_permuted(self, node, terms, out, operands):
+        """A batched matmul whose operands and result are laid out in another order (Funnel's
+        per-head logits "bind,bjnd->bnij" and values "bnij,bjnd->bind"): each operand
+        permuted as :func:`~.ops_attention.einsum_layout` says, their matmul, and the result
+        permuted to ``out``, which is what the einsum computes; None for any other einsum."""
+        layout = einsum_layout(terms, out) if len(operands) == 2 else None
+        if layout is None or any(isinstance(x, PRef) for x in operands):
+            return None  # (a param's: refused, as op_einsum says)
+
+        def laid(v, dims):  # (attention weights are read as they are: no permute of them)
+            if dims == sorted(dims):
+                return v
+            tags = getattr(v, "tags", None) or getattr(getattr(v, "src", None), "tags", None)
+            kind = swapped_kind(tags, dims) if tags and len(tags) == len(dims) else None
+            if kind is not None:
+                # the letters pair the batch with a sequence's tokens (or two token or
+                # pixel axes with each other): no relayout of the language's. Refused here,
+                # as op_permute's own check reads the node's args and readers as a
+                # permute's, which this einsum's are not
+                raise refuse(node, f"an einsum {'->'.join((','.join(terms), out))!r} whose "
+                             "letters, laid out as the batched matmul it is, swap two "
+                             f"{'token (or batch)' if kind == 'tok' else 'pixel'} axes of "
+                             f"a value laid out {layout_text(tags)}: it pairs (or sums over) "
+                             "axes other than the matmul of queries and keys (or weights "
+                             "and values) the language reads",
+                             help="letter each operand's batch, tokens, heads and head dim as "
+                             "they are laid out, or write it as a matmul")
+            return self.op_permute(node, v, dims)
+
+        made = self.op_matmul(node, laid(operands[0], layout[0]), laid(operands[1], layout[1]))
+        return laid(made, layout[2])
 
 
 def _same(a, b) -> bool:
@@ -367,6 +433,37 @@ def _same(a, b) -> bool:
 
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
         and torch.equal(a, b)
+
+
+def _prompt_rows(made, ids, value, w: PRef) -> list[int] | None:
+    """The P constant ids before a copy of the token ids along the sequence, the same in every
+    sequence (CPM-Ant's prompt), or None: ``made`` are the lookup's ids computed from the probe
+    ids ``ids``, ``value`` from the trace's zeros; the P ids come out the same from both (they
+    do not depend on the token ids)."""
+    import torch
+
+    if not isinstance(made, torch.Tensor) or made.dim() != 2 or ids.dim() != 2 or w.t or \
+            w.rows or w.offset or made.shape[0] != ids.shape[0] or \
+            not isinstance(value, torch.Tensor) or value.shape != made.shape:
+        return None
+    p = made.shape[1] - ids.shape[1]
+    head = made[:, :p]
+    if p < 1 or not torch.equal(made[:, p:], ids) or not torch.equal(head, value[:, :p]) or \
+            not bool((head == head[0]).all()) or bool((value[:, p:] != 0).any()):
+        return None
+    rows = [int(i) for i in head[0]]
+    return rows if all(0 <= r < w.shape[0] for r in rows) else None
+
+
+def _by_zero_ids(made, ids) -> bool:
+    """Whether ids computed from the probe ids ``ids`` (``made``) are the same in every sequence
+    though the probe's sequences differ: they then depend on the token ids only by which of
+    them are special, and ids computed from the trace's zeros differ (the caller's case)."""
+    import torch
+
+    return isinstance(made, torch.Tensor) and made.dim() == 2 and ids.dim() == 2 and \
+        made.shape[0] == ids.shape[0] > 1 and bool((made == made[0]).all()) and \
+        not bool((ids == ids[0]).all())
 
 
 def _table(node, w: PRef) -> str:

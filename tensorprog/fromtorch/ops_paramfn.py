@@ -32,7 +32,7 @@ from ..ir.ranges import ANY, added, product, scaled
 from .ops_arith import as_number, flat_param
 from .ops_pixels import KEEP_LAYOUT
 from .values import Affine, ParamFn, Pointwise, PRef, Vec
-from .where import op_name, refuse, strip_prefix
+from .where import CHECK_OPS, casts_to_integers, op_name, refuse, strip_prefix
 
 #: torch ops that are the language function of the same name, applied to a function of a param
 #: (the walker's op methods take them there: ops_arith._apply, ops_pointwise.coordinatewise)
@@ -88,6 +88,15 @@ class ParamFnOps:
         op = x.op if isinstance(x, ParamFn) else op_name(node)
         return ParamFn(ref, form.replace("{}", _form(x)), op, bounds)
 
+    def op_rsub(self, node, u, v, alpha=1):
+        """``c - w`` of a vector param w (RWKV's token-shift mix, ``shifted * (1 - mix)``): the
+        function of the param ``c - w``, then a gain; any other ``v - alpha * u`` as the sum."""
+        u, v = as_number(u), as_number(v)
+        if isinstance(u, PRef) and _real(v) and _real(alpha):
+            return self.param_fn(node, u, f"{float(v)!r} - {float(alpha)!r} * ({{}})",
+                                 added((v, v), scaled(-alpha, ANY)))
+        return self.op_sub(node, v, u, alpha)
+
     def param_fn_op(self, node, args, kwargs=None):
         """An op with a kept function of a param among its arguments (the temperature's
         product aside): the kept function it makes, the gain product it is (a Vec), or None
@@ -95,16 +104,22 @@ class ParamFnOps:
         which read their own keywords); anything else is refused, and so is a keyword the
         form does not write (``rounding_mode``)."""
         op = op_name(node)
+        if op in CHECK_OPS:  # export's check of a cast's dtype (NeoMME's tanh(alpha).to(..)),
+            return None  # which holds no value: the walker's
         kwargs = dict(kwargs or {})
         args = [as_number(a) for a in (*args, *kwargs.values())]
         x = next(a for a in args if isinstance(a, ParamFn))
+        if op in KEEP_LAYOUT and casts_to_integers(node):  # tanh(w).to(torch.int32): 0
+            raise refuse(node, f"a cast to an integer type of a function of the param "
+                         f"{strip_prefix(x.ref.target)}: it rounds the values the program's "
+                         "form computes", help=_HELP)
         if op in KEEP_LAYOUT and args[0] is x:
             return x
         if op in _AXES_OF_ONE and args[0] is x and _same_entries(
                 self._shape(node.args[0]), self._shape(node)):
             return x  # g[None, None, :], g.view(1, 1, -1): where its entries fall is checked
             # against the vector it multiplies (ops_arith._param_broadcast)
-        if op in FUNCTION_OPS or op in ("clamp", "ssd_scan"):  # ssd_scan: A (ops_ssd.py)
+        if op in FUNCTION_OPS or op in ("clamp", "ssd_scan", "wkv"):  # A, g: ops_ssd, ops_wkv
             return None
         if set(kwargs) - {"alpha"} or (kwargs and op not in ("add", "sub", "rsub")):
             raise refuse_param_fn(node, x)
@@ -162,6 +177,9 @@ class ParamFnOps:
         for i, (g, x) in enumerate(((u, v), (v, u))):
             if isinstance(g, ParamFn) and isinstance(x, (Vec, Affine, Pointwise)):
                 return self._gain(node, i, g, x)
+        gated = self.head_dot_gain(node, u, v)  # f(w) of a per-head dot's gate (ops_headdot)
+        if gated is not None:
+            return gated
         raise refuse_param_fn(node, u if isinstance(u, ParamFn) else v)
 
     def _one_param(self, node, u, v) -> PRef | None:

@@ -45,6 +45,22 @@ class PoolOps:
         self._token_slices[id(kept)] = (kept, node)  # (kept alive, so its id stays its own)
         return kept
 
+    def token_tail(self, node, x: TokensFrom) -> Vec:
+        """``h[:, k:]`` read by ``node``, an op other than a mean, where h runs over a sequence
+        that learned tokens made k tokens longer than one of the program's (CPM-Ant's output,
+        its prompt's P tokens cut off after the last layer): ``tail(h, T)``, the last tokens of
+        h as that sequence again, exactly those kept (every exponent passes through). Any other
+        slice so read is refused (:meth:`refuse_token_slice`)."""
+        seq = self.sequences().get(x.size - x.start) if x.end is None else None
+        longer = self.sequences().get(x.size)
+        if seq is None or longer is None or seq == longer:
+            raise self.refuse_token_slice(node, x)
+        at = getattr(self, "_token_slices", {}).get(id(x), (None, node))[1]
+        made = self.__dict__.setdefault("_tails", {})
+        if at.name not in made:
+            made[at.name] = self.emit_vector(at.name, f"tail({x.vec.name}, {seq})")
+        return Vec(made[at.name], x.vec.tags, x.vec.dim)
+
     def refuse_token_slice(self, node, x: TokensFrom):
         """The refusal of ``x`` read by ``node``, an op other than the mean or the
         concatenation that alone read such a slice: at the slice's line, saying which tokens
@@ -53,7 +69,9 @@ class PoolOps:
         reader = "the model's output" if node.op == "output" else f"the op {op_name(node)}"
         if x.end is None:
             kept = f"the tokens from token {x.start} on, h[:, {x.start}:],"
-            only = "a mean over them, mean(h, k)"
+            only = ("a mean over them, mean(h, k), or, where P learned tokens put before a "
+                    "sequence made h longer, by any op as that sequence again, h[:, P:] "
+                    "(tail(h, T))")
             todo = f"average them, h[:, {x.start}:].mean(1)"
         else:
             kept = f"the tokens before token {x.end}, h[:, :{x.end}],"

@@ -305,6 +305,8 @@ class RotaryOps:
         moved = any(op in ("slice", "repeat_interleave") for op, _ in table.path)
         angle = table.angle + repr(table.path)  # the ops after it must match too
         if table.halves and not moved:
+            if table.kind == "cos" and isinstance(x, Sub) and x.sign == 1:  # a partial rotary's
+                return RopeTerm(x, "cos", angle, factor=table.factor)  # part (NeoMME's global)
             if table.kind == "cos" and not isinstance(x, (Sub, Rotated, RopeTerm, Strided)):
                 x = self.vec(x, node)
                 if x.tags[-1] == "dh":

@@ -30,6 +30,7 @@ import operator
 from dataclasses import dataclass
 
 from ..emit.templates import HELPERS
+from ..errors import TraceError
 from .ops_pixels import KEEP_LAYOUT, read_as_image
 from .values import Conc, OffsetTable, ParamFn, Pointwise, PRef, RelBias, Scores, Vec
 from .where import op_name, refuse
@@ -41,6 +42,10 @@ _HELP = ("lay the tokens out as Swin does: view [B, H, W, C], roll by -shift, wi
 _MERGE_HELP = ("merge patches as Swin does, torch.cat([x[:, r::2, c::2, :] for c in range(2) "
                "for r in range(2)], -1) of the grid [B, H, W, C] (H, W even); or write the "
                "model as a Tensor Program with merge2x2(image(t, H, W), D) (docs/language.md)")
+_UNROLL_HELP = ("write the model as a Tensor Program with its tokens in the grid's own order: "
+                "attention over them (Hiera's mask unit as large as the grid), its pooled queries "
+                "and residual tokens(maxpool(image(h, H, W)), S), a 2x2 max of the grid "
+                "(docs/language.md); or use a model whose tokens keep their grid's order")
 _SAME = KEEP_LAYOUT  # ops that keep a value's layout and entries
 _VIEWS = {"view", "reshape", "_unsafe_view"}
 # per-token ops: they commute with any permutation of the tokens
@@ -214,12 +219,15 @@ class WindowOps:
     def _relayout(self, node, op, w: Windowed, args) -> Windowed | None:
         """A relayout of the token axes alone (the features last, in place): the index moved
         as the tokens are; None for an op that is none (a per-token op)."""
+        if not hasattr(node.meta.get("val"), "shape"):  # (a max's values and indices)
+            return None
         old, new = self._shape(node.args[0]), self._shape(node)
         last = len(old) - 1
         index = None
         if op in _SAME:
             index = w.index
-        elif op in _VIEWS and new[-1] == old[-1]:
+        elif (op in _VIEWS or op == "flatten") and new[-1] == old[-1]:  # (Hiera's unroll
+            # flattens its strides into the batch)
             index = w.index.reshape(new[:-1])
         elif op == "transpose" and last not in (args[1] % len(old), args[2] % len(old)):
             index = w.index.transpose(args[1] % len(old), args[2] % len(old))
@@ -278,6 +286,8 @@ class WindowOps:
             what = (f"{op} of values laid out otherwise (other windows or orders, not "
                     "windowed, or a table of one row per token)" if op in _PER_TOKEN
                     else f"{op or node.target}")
+            if _unrolled(first):  # Hiera's order, not Swin's windows
+                raise _refuse_unrolled(node, first, f"cannot trace {what}")
             raise refuse(node, f"{what} of tokens cut into windows (Swin's layout): only "
                          "per-token ops, relayouts of the tokens and attention within the "
                          "windows are traced there", help=_HELP)
@@ -300,6 +310,10 @@ class WindowOps:
                 self.env[a.name] = saved[a.name].inner
         try:
             out = super().call(node)
+        except TraceError as e:
+            if not _unrolled(first):
+                raise
+            raise _refuse_unrolled(node, first, e.diagnostics[0].message) from e
         finally:
             self.env.update(saved)
         tags = getattr(out, "tags", None) or getattr(getattr(out, "src", None), "tags", None)
@@ -649,3 +663,31 @@ class WindowOps:
         raise refuse(node, f"attention within windows of {b.window} x {b.window} tokens of a "
                      f"{height} x {width} grid that are not Swin's of any shift (its windows, "
                      "its offsets' ids and its mask, pair for pair)", help=_HELP)
+
+
+def _unrolled(w: Windowed) -> bool:
+    """Whether ``w``'s tokens are on one axis per image, each image's own, in an order other
+    than its grid's: Hiera's ``unroll`` (the pixels of every stride block moved apart, so that a
+    max over a view's axis pools the block), never a window partition's [B·windows, w², C]."""
+    import torch
+
+    b, h, wd = w.grid
+    if w.index.numel() != b * h * wd or w.index.dim() < 2 or w.index.shape[0] != b:
+        return False
+    index = w.index.reshape(b, h * wd)  # (its token axis split in two: a view's groups)
+    own = torch.equal(index // (h * wd), torch.arange(b)[:, None].expand(b, h * wd))
+    return own and not torch.equal(index, torch.arange(b * h * wd).reshape(b, h * wd))
+
+
+def _refuse_unrolled(node, w: Windowed, said: str) -> TraceError:
+    """The refusal of an op the walk cannot follow on tokens in an unrolled order: what it said
+    of the op, and what the order is."""
+    b, h, wd = w.grid
+    first = [int(t) for t in w.index.reshape(b, h * wd)[0, :8]]
+    what = said.removeprefix("cannot trace ").split(" (in ")[0]
+    return refuse(node, f"{what}, of tokens in an unrolled order (each image's {h * wd} tokens "
+                  f"of its {h}x{wd} grid on one axis, reordered: Hiera's unroll, its first "
+                  f"positions holding the grid's tokens {first}): the trace follows per-token "
+                  "ops on them, Hiera's attention over one mask unit of them and its max "
+                  "pooling of the grid's 2 x 2 blocks (ops_maskunit.py), and relayouts that "
+                  "put them back in the grid's order", help=_UNROLL_HELP)

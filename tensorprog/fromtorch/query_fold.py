@@ -10,6 +10,7 @@ from fractions import Fraction
 from ..errors import UsageError
 from .normed import query_norm_patch, refuse_unnormed_query
 from .patches import Patch
+from .scale_attr import scale_attribute
 from .values import ParamUse
 
 
@@ -83,9 +84,14 @@ def fold_query(mup, scale: str, info: dict, delta: Fraction, k: int) -> None:
                  "normalisation of " + ", ".join(sorted(info["l2_vectors"])) + ")")
     query_read_alone(mup, scale, info, need)
     if info["q"] not in mup.traced.producers:  # a query normalised without a gain
-        refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm
-        mup.patches.append(query_norm_patch(mup.traced, scale, info, need, delta, (
-            f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)")))
+        try:
+            refuse_unnormed_query(mup.traced, scale, info, need)  # or gated: no norm
+            patch = query_norm_patch(mup.traced, scale, info, need, delta, (
+                f"{scale}: output of the query's norm times (n/base)^{-delta} (no gain)"))
+        except UsageError as refused:  # the third place: the attention's own scale
+            scale_attribute(mup, scale, info, delta, refused)
+            return
+        mup.patches.append(patch)
         if mup.patches[-1].keys:
             one_side_alone(mup, scale, info, need)
             mup.shared_norm[info["q"]] = mup.patches[-1].keys
@@ -207,6 +213,7 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
         # every call of its module (ALBERT's layer applied again), each of which its hook
         # scales, the queries of attentions sharing the layer (shared_query_layers) as others
         way |= {v for v, (p, *_) in mup.traced.producers.items() if p == w}
+    way |= _pooled_way(mup.program, info["q"])
     made = f", made by {use.target}," if use is not None else ""
     for v in sorted(way):
         for ins in mup.program.uses(v):
@@ -230,6 +237,23 @@ def query_read_alone(mup, scale: str, info: dict, need: str) -> None:
                 "layer's input), or build the model with a fixed head dim, where the "
                 "scale needs no change",
             )
+
+
+def _pooled_way(program, q: str) -> set[str]:
+    """The vectors between a query and its layer's output where the query is that output max
+    pooled (Hiera's pooled queries, tokens(maxpool(image(W @ x + b, H, W)), S): ops_maskunit):
+    a max is positively homogeneous and a relayout moves coordinates, so a factor on the
+    layer's output is the same factor on the query, each vector on the way read only there."""
+    from ..ir.program import Nonlin, Relayout
+
+    made = {ins.out: ins for ins in program.body}
+    way, ins = set(), made.get(q)
+    while isinstance(ins, Relayout) and ins.merge is None or \
+            isinstance(ins, Nonlin) and ins.fn == "maxpool":
+        arg = ins.arg if isinstance(ins, Relayout) else ins.args[0]
+        way.add(arg)
+        ins = made.get(arg)
+    return way
 
 
 def every_use_scaled(mup, w: str) -> bool:

@@ -209,7 +209,7 @@ def input_lines(trace, vocab: int | None, bucket_dim) -> list[str]:
             lines.append(f"input {name} : tokens[{dim}, {v}]")
         elif kind == "positions":
             if name != "pos":  # the token ids' positions are declared with them (trace.py)
-                lines.append(f"input {name} : positions[{dim}]")
+                lines.append(f"input {name} : positions[{_named(trace, dim, bucket_dim)}]")
         elif kind == "relative" and isinstance(rows, tuple):  # buckets and a reach
             lines.append(f"input {name} : relative[{dim}, {bucket_dim(rows[0])}, {rows[1]}]")
         elif kind == "axial":  # rows: the axis's size and its stride (ops_axial.py)

@@ -41,6 +41,7 @@ from .ssd_kernel import ssd_kernels
 from .stack import Stack, roll
 from .values import ParamUse, Trace
 from .where import def_span, exception_span, module_of, op_name, strip_prefix
+from .wkv_kernel import wkv_kernels
 
 
 class _Wrapped:
@@ -103,9 +104,10 @@ def export(model, inputs: Sequence, kwargs: dict | None = None):
     model.eval()
     train_norms(model)  # a batch norm's training forward is the program's (ops_conv.py)
     try:
-        # transformers' gated delta rule and Mamba-2 scan as one op each (*_kernel.py); DBRX's
-        # loop over the experts hit as the batched matmul it computes (experts_loop.py)
-        with delta_kernels(), ssd_kernels(), expert_loops():
+        # transformers' gated delta rule, Mamba-2 scan and RWKV time mixing as one op each
+        # (*_kernel.py); DBRX's loop over the experts hit as the batched matmul it computes
+        # (experts_loop.py)
+        with delta_kernels(), ssd_kernels(), wkv_kernels(), expert_loops():
             return torch.export.export(_Wrapped(model), tuple(inputs), kwargs=kwargs or None,
                                        strict=False)
     except TensorProgError:

@@ -51,6 +51,16 @@ class PRef:
 
 
 @dataclass
+class ScaledParam:
+    """``c * p`` of a param p and a number c, kept till the sum that uses it (Funnel's
+    ``self.r_w_bias * self.scale`` added to ``q * self.scale``: ops_scaledparam.py)."""
+
+    ref: PRef
+    c: float
+    node: str  # the product's node
+
+
+@dataclass
 class PEntry:
     """Entry ``index`` of a 1-D param, read as one number (``self.lambdas[0] * h``: NeoMME's
     learned mixing weights, ops_entries.py); ``ref`` is the whole param."""

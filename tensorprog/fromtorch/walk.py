@@ -69,6 +69,7 @@ from .values import (
 )
 from .where import (
     CHECK_OPS,
+    casts_to_integers,
     module_of,
     op_name,
     reaching_the_output,
@@ -305,8 +306,8 @@ class Walker:
                 node,
                 f"{node.target} on attention weights (only a matmul with the values is supported)",
             )
-        if isinstance(v, TokensFrom):  # h[:, k:] is read by a mean alone (ops_pool.py)
-            raise self.refuse_token_slice(node, v)
+        if isinstance(v, TokensFrom):  # a mean or tail(h, T) reads h[:, k:] (ops_pool.py)
+            return self.token_tail(node, v)
         if isinstance(v, OneToken):  # a split-off class token (ops_classtoken.py)
             raise self.refuse_one_token(node, v)
         if isinstance(v, Rescaled):  # x * RMS(e) read as a vector (ops_rescale.py)
@@ -529,8 +530,6 @@ class Walker:
         return [get(a) for a in node.args], {k: get(v) for k, v in node.kwargs.items()}
 
     def call(self, node):
-        import torch
-
         if not node.users and not op_name(node).endswith("_") and op_name(node) not in CHECK_OPS:
             # a value nothing reads (BART's inputs_embeds[:, :, -1], taken for its shape only,
             # which export keeps as a node): it cannot reach the program, whatever it is
@@ -599,9 +598,7 @@ class Walker:
                 return kept
             raise self.refuse_grad_stop(node, op)
         if op in IDENTITY_OPS:
-            if op == "to" and any(
-                isinstance(x, torch.dtype) and not x.is_floating_point for x in flat
-            ):
+            if casts_to_integers(node):  # (where.py): rounds, so no identity
                 raise refuse(node, "a cast to an integer type")
             return args[0]
         if any(isinstance(x, ROW_VALUES) for x in flat):  # (ops_standardise.py)

@@ -108,6 +108,25 @@ def refuse(node, what: str, help: str | None = None, span: Span | None = None) -
 CHECK_OPS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size"})
 
 
+def casts_to_integers(node) -> bool:
+    """A cast (to, _to_copy, type_as, long) of a value that holds fractions to a type that holds
+    none: it rounds what the traced form computes, so no identity; also any ``to`` naming a
+    type other than a real floating one. The dtypes are export's: the argument's and the
+    result's."""
+    import torch
+
+    def whole(val) -> bool:
+        dtype = getattr(val, "dtype", None)
+        return dtype is not None and not (dtype.is_floating_point or dtype.is_complex)
+
+    arg = node.args[0] if node.args else None
+    src = arg.meta.get("val") if hasattr(arg, "meta") else None
+    named = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.dtype)]
+    if op_name(node) == "to" and any(not d.is_floating_point for d in named):  # (a complex
+        return True  # type too, as before: no rule reads complex values made by a cast)
+    return src is not None and whole(node.meta.get("val")) and not whole(src)
+
+
 def refuse_empty_part(node, target: str) -> TraceError:
     """A part of size 0 of a layer's output (a split whose config gives a part no features), read
     by the model: the program has no vector of no coordinates to give it."""

@@ -16,8 +16,8 @@ Nonlin      ``y = relu(h)``       ``y_i = phi(h_i)``; ``u * v`` is the Nonlin ``
                                   vector param of a head dim times a vector: per head);
                                   layernorm/rmsnorm normalise over the vector's dim
                                   (``rmsnorm(q, dh)``: over each head of dh coordinates),
-                                  softmax/causal_softmax over the key tokens (also a finite
-                                  dim); ``ssd``, ``ddot``: Mamba-2's, KDA's (ir/ssd.py, ir/ddot.py)
+                                  softmax/causal_softmax over the key tokens (a finite dim);
+                                  ``ssd``, ``ddot``, ``wkv``: Mamba-2's, KDA's, RWKV's (ir/)
 Dot         ``s = dot(u, v)``     ``s = sum_i u_i v_i``, a scalar; ``dot(q, k, dh)``: per head
                                   of dim dh and per (query, key) token pair (attention logits);
                                   k may have fewer heads than q (grouped-query attention)
@@ -63,7 +63,7 @@ from .delta import Delta
 from .functions import CAT, PART, PICK, POOLS, RMS, pooled
 from .heads import heads_dim_name, split_heads_dim
 from .routes import Route, RouteIn
-from .spread import SPREAD, other_dim
+from .spread import HDOT, SPREAD, other_dim
 from .ssd import SSD, ssd_dim
 
 #: Inputs on (query, key) token pairs of one sequence, one-hot: T5's distance bucket (causal:
@@ -650,7 +650,7 @@ class Program:
             elif isinstance(ins, Nonlin) and ins.fn in (SSD, DDOT):  # ir/ssd.py, ir/ddot.py
                 dims[ins.out] = (ddot_dim(dims, ins) if ins.fn == DDOT else ssd_dim(
                     declared, ins.args[1:2] and dims.get(ins.args[1]), ins))
-            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS):  # not x's
+            elif isinstance(ins, Nonlin) and ins.fn in (SPREAD, PART, CAT, PICK, RMS, HDOT):
                 dims[ins.out] = other_dim(declared, ins.fn, dims[ins.args[0]], ins.over or "")
             else:  # elementwise: a scalar factor (a scale) takes the other operand's dim,
                 # a per-head gain the dim of the heads it multiplies

@@ -40,6 +40,7 @@ from .program import (
     Stream,
 )
 from .ssd import SSD, ssd_sequences
+from .wkv import WKV, wkv_sequences
 
 Tag = tuple[str, ...]
 
@@ -126,6 +127,9 @@ def value_sequences(program: Program, errors: Collector | None = None) -> dict[s
             continue
         if isinstance(ins, Nonlin) and ins.fn == DDOT:  # token pairs of one sequence: ir/ddot.py
             tags[ins.out] = ddot_sequences(ins, ops, _show, problem)
+            continue
+        if isinstance(ins, Nonlin) and ins.fn == WKV:  # a recurrence per channel: ir/wkv.py
+            tags[ins.out] = wkv_sequences(ins, ops, _show, problem)
             continue
         if isinstance(ins, Nonlin) and ins.fn == SHIFT:  # the same tokens, moved
             tags[ins.out] = ops[0]

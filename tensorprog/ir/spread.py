@@ -1,20 +1,25 @@
 """The dim of ``spread(g, dh)``: H entries of g, each repeated over dh coordinates (one number
 per head over its head's coordinates; see ``tensorprog.ir.functions.SPREAD``), and of the other
 Nonlins whose output has another dim than their input's, ``part(x, d, i)`` (``PART``) and
-``cat(a, b, D)`` (``CAT``), ``pick(y, D, i1, ...)`` (``PICK``) and ``rms(x, D)`` (``RMS``)."""
+``cat(a, b, D)`` (``CAT``), ``pick(y, D, i1, ...)`` (``PICK``), ``rms(x, D)`` (``RMS``) and
+``hdot(u, v, dh)`` (``HDOT``, ir/hdot.py)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
 from .functions import CAT, PART, PICK, RMS, SPREAD
+from .hdot import HDOT, hdot_dim
 
-__all__ = ["SPREAD", "other_dim", "part_count", "spread_dim"]
+__all__ = ["HDOT", "SPREAD", "other_dim", "part_count", "spread_dim"]
 
 
 def other_dim(dims: dict, fn: str, arg: str | None, over: str) -> str | None:
     """The dim of ``spread(g, over)`` (g of dim ``arg``), or of ``part(x, over, i)``,
-    ``cat(a, b, over)``, ``pick(y, over, ...)`` and ``rms(x, over)``: over."""
+    ``cat(a, b, over)``, ``pick(y, over, ...)`` and ``rms(x, over)``: over; of ``hdot(u, v,
+    over)``: the heads' count."""
+    if fn == HDOT:
+        return hdot_dim(dims, arg, over)
     return over if fn in (PART, CAT, PICK, RMS) else spread_dim(dims, arg, over)
 
 

@@ -23,6 +23,7 @@ from .functions import (
     SPREAD,
     TCONV,
 )
+from .hdot import HDOT, verify_hdot
 from .heads import cat_heads_error
 from .program import (
     INPUT_KINDS,
@@ -50,6 +51,7 @@ from .sequences import check_sequences
 from .spread import part_count
 from .ssd import SSD, verify_ssd
 from .verify_delta import verify_delta
+from .wkv import WKV, verify_wkv
 
 SOFTMAXES = ("softmax", "causal_softmax")
 
@@ -105,6 +107,8 @@ _MOVES = {
     CAT: lambda p, ins, ops, key, errors: _verify_cat(p, ins, ops, errors),
     SSD: lambda p, ins, ops, key, errors: verify_ssd(p, ins, ops, errors),
     DDOT: verify_ddot,
+    WKV: verify_wkv,
+    HDOT: verify_hdot,
 }
 
 
@@ -552,14 +556,15 @@ def _verify_cat_products(program: Program, errors: Collector) -> None:
         for ins in program.body:
             if isinstance(ins, Nonlin) and ins.fn == CAT:
                 origin[ins.out] = frozenset((ins.out,))
-            elif isinstance(ins, (MatMul, Dot)) or isinstance(ins, Nonlin) and ins.fn == DDOT:
+            elif isinstance(ins, (MatMul, Dot)) or isinstance(ins, Nonlin) and ins.fn in (
+                    DDOT, HDOT):
                 origin[ins.out] = frozenset()
             else:
                 ops = (ins.values,) if isinstance(ins, Mix) else ins.operands
                 ops = (*ops, ins.back) if isinstance(ins, Stream) else ops
                 origin[ins.out] = frozenset().union(*(origin.get(o, frozenset()) for o in ops))
     for ins in program.body:
-        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in (*PRODUCTS, DDOT):
+        if isinstance(ins, Dot) or isinstance(ins, Nonlin) and ins.fn in (*PRODUCTS, DDOT, HDOT):
             sides = [origin.get(o, frozenset()) for o in ins.operands]
             if len({s for s in sides if s}) > 1:  # two factors of different concatenations
                 errors.error("a product of two vectors built from different concatenations "

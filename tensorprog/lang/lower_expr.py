@@ -36,6 +36,7 @@ from .lower_ddot import DDOT, ddot_operands, lower_ddot
 from .lower_delta import DELTA, delta_operands, lower_delta
 from .lower_dwconv import depthwise_misuse, lower_dwconv
 from .lower_first import MEAN, first_readable, lower_mean, mark_tokens, mean_start
+from .lower_hdot import HDOT, hdot_operands, lower_hdot
 from .lower_mix import lower_mix, mix_operands
 from .lower_part import lower_part, part_operands
 from .lower_pick import PICK, lower_pick, pick_operands
@@ -49,6 +50,7 @@ from .lower_sink import SINKS, lower_sink
 from .lower_spread import lower_spread, spread_operands
 from .lower_ssd import SSD, lower_ssd, ssd_operands
 from .lower_tconv import TCONV, lower_tconv, tconv_operands
+from .lower_wkv import WKV, lower_wkv, wkv_operands
 from .pending import Matrix, Scalar, Vec
 from .syntax import magnitude
 
@@ -57,10 +59,11 @@ from .syntax import magnitude
 _OPERANDS = {SPREAD: spread_operands, PART: part_operands, SHIFT: shift_operands,
              TCONV: tconv_operands,
              CAT: cat_operands, AT: at_operands, PLACE: place_operands, PICK: pick_operands,
-             RMS: rms_operands, SSD: ssd_operands, DDOT: ddot_operands}
+             RMS: rms_operands, SSD: ssd_operands, DDOT: ddot_operands, WKV: wkv_operands,
+             HDOT: hdot_operands}
 FUNCTIONS = (NONLINEARITIES + ("dot", "mix", DELTA) + ROUTES
              + (PREPEND, MEAN, CONV, DWCONV, SPREAD, PART)
-             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD, DDOT) + RELAYOUTS)
+             + (SHIFT, TCONV, CAT, AT, PLACE, PICK, RMS, SSD, DDOT, WKV, HDOT) + RELAYOUTS)
 
 
 class ExpressionLowering:
@@ -578,7 +581,8 @@ class ExpressionLowering:
         by_state = {PREPEND: lower_prepend, MEAN: lower_mean, SPREAD: lower_spread, AT: lower_at,
                     PART: lower_part, SHIFT: lower_shift, TCONV: lower_tconv, CAT: lower_cat,
                     PLACE: lower_place, PICK: lower_pick, RMS: lower_rms, SSD: lower_ssd,
-                    DDOT: lower_ddot, **dict.fromkeys(RELAYOUTS, lower_relayout)}
+                    DDOT: lower_ddot, WKV: lower_wkv, HDOT: lower_hdot,
+                    **dict.fromkeys(RELAYOUTS, lower_relayout)}
         if node.fn in by_state:  # a call whose arguments after its values enter_Call read
             return by_state[node.fn](self, node, args, over[1], Vec)
         if node.fn == DWCONV:

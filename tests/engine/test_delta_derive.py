@@ -7,12 +7,11 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import GATED_DELTA_GROUPED, ROOT, import_file
+from conftest import GATED_DELTA_GROUPED, ROOT, PlainSizes, import_file
 
 import tensorprog as tp
-from tensorprog.engine.exponents import HALF, NEG_INF, ONE, ZERO, emax
+from tensorprog.engine.exponents import HALF, ONE, ZERO, emax
 from tensorprog.engine.rules_delta import change_delta, grad_delta, init_delta
-from tensorprog.engine.terms import Mono
 from tensorprog.errors import EngineError
 from tensorprog.ir.delta import Delta
 
@@ -60,27 +59,6 @@ def test_grouped_value_heads_derive_as_ungrouped_ones():
     assert (d.analysis.init_["p"], d.analysis.change_["p"]) == (ZERO, ZERO)
 
 
-class _Sizes:
-    """The rules' view of operands as plain exponents (no param slots)."""
-
-    def __init__(self, program, init, change=None):
-        self.program, self._init, self._change = program, init, change or {}
-
-    def init(self, name):
-        return [Mono(self._init[name])]
-
-    def train(self, name):
-        return [Mono(emax((self._init[name], self._change.get(name, NEG_INF))))]
-
-    def change(self, name):
-        return [Mono(self._change.get(name, NEG_INF))]
-
-    def first_order_train(self, name):
-        return self.train(name)
-
-    def grad(self, name):
-        return ZERO
-
 
 def test_rule_terms_follow_the_unrolled_formula():
     """P = tril(D ⊙ sq)·N, N = diag(b)(1 + O(b·sk)), a finite series of T - 1 powers: a
@@ -91,11 +69,11 @@ def test_rule_terms_follow_the_unrolled_formula():
     def size(terms):
         return emax(t.const for t in terms)
 
-    assert size(init_delta(ins, _Sizes(program, {"sq": -HALF, "sk": ZERO, "b": ZERO}))) == -HALF
-    assert size(init_delta(ins, _Sizes(program, {"sq": ZERO, "sk": ZERO, "b": -ONE}))) == -ONE
-    grown = init_delta(ins, _Sizes(program, {"sq": -HALF, "sk": Fraction(1, 4), "b": ZERO}))
+    assert size(init_delta(ins, PlainSizes(program, {"sq": -HALF, "sk": ZERO, "b": ZERO}))) == -HALF
+    assert size(init_delta(ins, PlainSizes(program, {"sq": ZERO, "sk": ZERO, "b": -ONE}))) == -ONE
+    grown = init_delta(ins, PlainSizes(program, {"sq": -HALF, "sk": Fraction(1, 4), "b": ZERO}))
     assert size(grown) == -HALF + 7 * Fraction(1, 4)
-    moved = _Sizes(program, {"sq": ZERO, "sk": ZERO, "b": ZERO, "g": ZERO},
+    moved = PlainSizes(program, {"sq": ZERO, "sk": ZERO, "b": ZERO, "g": ZERO},
                    {"sq": -ONE, "sk": -HALF, "b": -ONE, "g": -ONE})
     assert size(change_delta(ins, moved)) == -HALF  # the largest input change, sk's
 
@@ -147,7 +125,7 @@ def test_rule_exponents_are_the_emitted_helpers_derivatives(grown):
 
     small, large = measure(1e4), measure(1e5)
     slopes = {k: math.log10(large[k] / small[k]) for k in small}
-    rule = _Sizes(program, sizes, {})
+    rule = PlainSizes(program, sizes, {})
 
     def size(ts):
         return float(emax(t.const for t in ts))
@@ -156,7 +134,7 @@ def test_rule_exponents_are_the_emitted_helpers_derivatives(grown):
     for k, t in grad_delta(ins, rule):
         want[f"d{k}"] = max(want.get(f"d{k}", -math.inf), float(t.const))
     for k in names:
-        moved = _Sizes(program, sizes, {k: -ONE})
+        moved = PlainSizes(program, sizes, {k: -ONE})
         want[f"Δ{k}"] = size(change_delta(ins, moved))
     for k, w in want.items():
         assert abs(slopes[k] - w) < 0.05, (k, slopes[k], w)

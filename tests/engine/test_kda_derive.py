@@ -5,12 +5,11 @@ growing head dim refused with its reason."""
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, PlainSizes
 
 import tensorprog as tp
 from tensorprog.engine.exponents import HALF, NEG_INF, ONE, ZERO, emax
 from tensorprog.engine.rules_ddot import change_ddot, grad_ddot, init_ddot
-from tensorprog.engine.terms import Mono
 from tensorprog.errors import EngineError
 from tensorprog.fromtorch.delta_kernel import kda_reference
 from tensorprog.ir.ddot import DDOT
@@ -57,30 +56,6 @@ def test_example_derives_mup_as_the_rules_say_by_hand(program):
     assert tp.derive(program, "sgd").abc["layer.dtb"].c == -ONE  # a bias of n: SGD LR ∝ n
 
 
-class _Sizes:
-    """The rules' view of operands as plain exponents, over a fixed head dim."""
-
-    def __init__(self, program, init, change=None):
-        self.program, self._init, self._change = program, init, change or {}
-
-    def init(self, name):
-        return [Mono(self._init[name])]
-
-    def train(self, name):
-        return [Mono(emax((self._init[name], self._change.get(name, NEG_INF))))]
-
-    def change(self, name):
-        return [Mono(self._change.get(name, NEG_INF))]
-
-    first_order_train = train
-
-    def grad(self, name):
-        return ZERO
-
-    def infinite(self, dim):
-        return self.program.dim_table[dim].infinite
-
-
 def test_rule_terms_follow_the_formula(program):
     """A_ts = Σ_c q_t[c] k_s[c] exp(G_t[c] - G_s[c]) over a fixed dk: a product's exponents,
     the decay Θ(1) while g is O(1) and as large as g where it grows; a change is the largest of
@@ -92,12 +67,13 @@ def test_rule_terms_follow_the_formula(program):
     def size(terms):
         return emax(t.const for t in terms)
 
-    assert size(init_ddot(ins, _Sizes(program, {"q": -HALF, "k": ZERO, "g": ZERO}))) == -HALF
-    assert size(init_ddot(ins, _Sizes(program, {"q": ZERO, "k": ZERO, "g": HALF}))) == HALF
-    moved = _Sizes(program, {"q": ZERO, "k": ZERO, "g": ZERO}, {"q": -ONE, "k": -ONE, "g": -HALF})
+    assert size(init_ddot(ins, PlainSizes(program, {"q": -HALF, "k": ZERO, "g": ZERO}))) == -HALF
+    assert size(init_ddot(ins, PlainSizes(program, {"q": ZERO, "k": ZERO, "g": HALF}))) == HALF
+    sizes = {"q": ZERO, "k": ZERO, "g": ZERO}
+    moved = PlainSizes(program, sizes, {"q": -ONE, "k": -ONE, "g": -HALF})
     assert size(change_ddot(ins, moved)) == -HALF  # g's change, through the decay
     grads = {}
-    for x, t in grad_ddot(ins, _Sizes(program, {"q": -ONE, "k": ZERO, "g": ZERO})):
+    for x, t in grad_ddot(ins, PlainSizes(program, {"q": -ONE, "k": ZERO, "g": ZERO})):
         grads[x] = emax((grads.get(x, NEG_INF), t.const))
     assert grads == {"q": ZERO, "k": -ONE, "g": -ONE}  # dq ~ k, dk ~ q, dg ~ q·k
 

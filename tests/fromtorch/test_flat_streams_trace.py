@@ -234,13 +234,14 @@ def test_a_fixed_low_rank_is_refused_by_derive_as_a_bottleneck_at_its_line():
     [
         ("added", r"a per-token vector given a stream axis \(x.unsqueeze\(-2\)\) read by add"),
         pytest.param(
-            "swapped", r"a concatenation \(or repeat\) of 16 parts at width 16 and 32 at 32",
+            "swapped",
+            r"a concatenation \(or repeat\) of 16 parts at width 16 and 32 at 32",
             marks=pytest.mark.slow,
         ),
         pytest.param("kept", r"a mean over axis 2 \(the heads\)", marks=pytest.mark.slow),
-        pytest.param(
-            "dot", r"a sum over each block's \(head's\) coordinates", marks=pytest.mark.slow
-        ),
+        # the dot over each stream of one token is hdot(key, h, n) (ops_headdot.py); the sum
+        # of the m numbers into one per token has no form
+        pytest.param("dot", r"a sum over axes of a traced value", marks=pytest.mark.slow),
     ],
 )
 def test_a_stream_layout_the_language_has_no_form_for_is_refused_at_its_line(how, said):

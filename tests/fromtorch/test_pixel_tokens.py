@@ -10,6 +10,7 @@ a layer or function at each pixel are that image too (not Swin's windows)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,73 @@ def test_a_grid_of_tokens_reaching_channels_first_is_an_image(how):
     traced = tp.from_torch(build, (8, 16), inputs)
     assert "image(linear, f4, f4)" in traced.source
     traced_computes_the_model(traced, build, inputs)
+
+
+class StemPositions(nn.Module):
+    """A learned table [1, T, n] added to a stem's pixels read as tokens: an overlapping
+    convolution's (Hiera's 7 x 7 stride 4, ``overlap``), tokens(h, D) over a dim of the walk's,
+    or a patch embedding's (stride = kernel, the patches' T: the oracle). At the base width
+    16 of a 4 x 4 grid the table is [1, 16, 16]: its tokens and its features alike in size."""
+
+    def __init__(self, n, overlap=True, batch=1, first=False):
+        super().__init__()
+        self.first = first  # the table [1, n, 16] added to the pixels channels first
+        self.stem = nn.Conv2d(3, n, 7, stride=4, padding=3) if overlap else \
+            nn.Conv2d(3, n, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(batch, n, 16) if first else
+                                torch.randn(batch, 16, n))
+        self.fc = nn.Linear(n, n)
+        self.head = nn.Linear(n, 10)
+
+    def forward(self, img):
+        if self.first:
+            h = (self.stem(img).flatten(2) + self.pos).transpose(1, 2)
+        else:
+            h = self.stem(img).flatten(2).transpose(1, 2) + self.pos
+        return self.head(torch.relu(self.fc(h)).mean(1))
+
+
+def small_images(model=None):
+    return (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def stem_positions():
+    return tp.from_torch(StemPositions, (16, 32), small_images)
+
+
+def test_a_position_table_on_pixels_read_as_tokens_is_a_lookup_of_their_positions(
+        stem_positions):
+    src = stem_positions.source
+    assert re.search(r"input \w+ : positions\[f16\]", src), src  # the 16 tokens, not n
+    assert "param v_pos : [n, f16]" in src  # a lookup: its fan-in the tokens, finite
+    traced_computes_the_model(stem_positions, StemPositions, small_images)
+    for optimizer in ("adam", "sgd"):  # an input weight of finite fan-in, as the stem's kernel
+        abc = tp.derive(stem_positions.program, optimizer).abc
+        assert abc["v_pos"] == abc["stem_weight"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_position_table_on_pixels_derives_as_one_on_patches(stem_positions, optimizer):
+    patches = tp.from_torch(lambda n: StemPositions(n, overlap=False), (16, 32), small_images)
+    got, want = (tp.derive(t.program, optimizer).abc for t in (stem_positions, patches))
+    assert got == want
+
+
+def test_a_table_of_a_row_per_image_on_pixels_read_as_tokens_is_refused():
+    # [2, T, n]: a table per image of the batch, no position table (which is one for all)
+    with pytest.raises(tp.TensorProgError, match=r"a param of shape \[2, 16, 16\] added to "
+                       r"per-token vectors .* an image's pixels read as tokens\)") as e:
+        tp.from_torch(lambda n: StemPositions(n, batch=2), (16, 32), small_images)
+    assert "test_pixel_tokens.py" in str(e.value)
+
+
+def test_a_table_added_to_pixels_channels_first_is_refused():
+    # [1, n, T] on [B, n, T]: at the base width 16 of 16 tokens it has a position table's
+    # shape, [1, T, n], but its rows are the channels (traced as one, it was a table of n
+    # positions, refused only at the end as attention's two sequences)
+    with pytest.raises(tp.TensorProgError, match=r"a param of shape \[1, 16, 16\] added to "
+                       r"per-token vectors") as e:
+        tp.from_torch(lambda n: StemPositions(n, first=True), (16, 32), small_images)
+    assert "self.stem(img).flatten(2) + self.pos" in str(e.value)

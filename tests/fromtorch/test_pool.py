@@ -10,7 +10,7 @@ leaves each bit-identical at the base width."""
 import re
 
 import pytest
-from conftest import abc_by_target, apply_is_bit_identical_at_base
+from conftest import abc_by_target, apply_is_bit_identical_at_base, traced_computes_the_model
 
 torch = pytest.importorskip("torch")
 
@@ -126,17 +126,32 @@ def test_a_head_whose_output_is_unused_is_left_out_and_positions_run_over_the_pa
     apply_is_bit_identical_at_base(traced, DeadProbe, _images)
 
 
-def test_the_tokens_after_the_class_token_used_other_than_averaged_are_refused():
-    class PerPatch(Pooled):
-        def forward(self, idx):  # a per-patch head on the tokens after the class token
-            x = self.e(idx)
-            h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-            return self.head(h[:, 1:])
+class PerPatch(Pooled):
+    """A per-patch head on the tokens after the class token, ``h[:, skip:]``."""
 
+    def __init__(self, n, skip=1):
+        super().__init__(n)
+        self.skip = skip
+
+    def forward(self, idx):
+        x = self.e(idx)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(h[:, self.skip :])
+
+
+def test_the_tokens_after_the_class_token_read_by_a_layer_are_the_tokens_again():
+    # refused before as "a slice of a sequence's tokens ... read by the op linear": they are
+    # the sequence T again, tail(h, T), exactly the tokens kept (ops_pool.py's token_tail)
+    traced = from_torch(PerPatch, WIDTHS, _tokens)
+    assert "slice_1 = tail(v_cat, T)" in traced.source, traced.source
+    traced_computes_the_model(traced, PerPatch, _tokens)
+
+
+def test_the_tokens_after_the_class_token_and_one_more_read_by_a_layer_are_refused():
     with pytest.raises(TensorProgError, match=r"test_pool.py:\d+:\d+: error: cannot trace "
-                       r"a slice of a sequence's tokens, the tokens from token 1 on, h\[:, 1:\], "
+                       r"a slice of a sequence's tokens, the tokens from token 2 on, h\[:, 2:\], "
                        r"read by the op linear"):
-        from_torch(PerPatch, WIDTHS, _tokens)
+        from_torch(lambda n: PerPatch(n, skip=2), WIDTHS, _tokens)
 
 
 class Sliced(Pooled):

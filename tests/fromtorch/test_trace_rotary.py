@@ -49,13 +49,14 @@ class Attention(nn.Module):
     """``rotary``: None, "full" (every coordinate of a head), "partial" (GLM's first half),
     "bad" (a stack that is no rotation), "flipped" (the tables flipped after cos), "mrope"
     (NeoMME's two-axis tables rearranged after cos, rotate_half), "mrope_swapped" (sin's
-    rearranged otherwise), "mrope_once" (no table twice)."""
+    rearranged otherwise), "mrope_once" (no table twice), "mrope_partial" (NeoMME's global
+    layers: M-RoPE on part of each head, the rest passed)."""
 
     def __init__(self, n, rotary=None):
         super().__init__()
         self.rotary, self.dh = rotary, n // HEADS
         self.q, self.k, self.v, self.o = (nn.Linear(n, n, bias=False) for _ in range(4))
-        self.r = self.dh // 2 if rotary == "partial" else self.dh
+        self.r = self.dh // 2 if rotary in ("partial", "mrope_partial") else self.dh
         inv = 1.0 / 10000 ** (torch.arange(0, self.r, 2).float() / self.r)
         angle = torch.outer(torch.arange(8).float(), inv)
         self.register_buffer("angle", torch.cat((angle, angle), -1), persistent=False)
@@ -72,6 +73,11 @@ class Attention(nn.Module):
             sin = _recomposed(two.sin(), self.rotary == "mrope_once",
                               swapped=self.rotary == "mrope_swapped")
             return x * cos + rotate_half(x) * sin
+        x_rot, x_pass = x[..., : self.r], x[..., self.r :]
+        if self.rotary == "mrope_partial":
+            two = torch.stack((self.angle[..., : self.r // 2],) * 2)  # one table per axis
+            cos, sin = _recomposed(two.cos()), _recomposed(two.sin())
+            return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
         x_rot, x_pass = x[..., : self.r], x[..., self.r :]
         turned = x_rot * cos + rotate_every_two(x_rot, self.rotary) * sin
         return torch.cat((turned, x_pass), dim=-1)
@@ -121,9 +127,11 @@ def test_a_stack_that_is_no_rotation_is_refused():
         from_torch(lambda n: Net(n, "bad"), WIDTHS, _tokens)
 
 
-def test_tables_rearranged_after_cos_and_sin_alike_are_a_rotation(plain):
+@pytest.mark.parametrize("rotary", ["mrope", pytest.param("mrope_partial",
+                                                           marks=pytest.mark.slow)])
+def test_tables_rearranged_after_cos_and_sin_alike_are_a_rotation(plain, rotary):
     def build(n):
-        return Net(n, "mrope")
+        return Net(n, rotary)
 
     traced = from_torch(build, WIDTHS, _tokens)
     notes = [s for s in traced.source.splitlines() if "rotary embedding, an exact rotation" in s]

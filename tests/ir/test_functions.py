@@ -28,7 +28,9 @@ from tensorprog.ir.functions import (
     TCONV,
     torch_function,
 )
+from tensorprog.ir.hdot import HDOT
 from tensorprog.ir.ssd import SSD
+from tensorprog.ir.wkv import WKV
 from tensorprog.lang.lower_conv import CONV
 from tensorprog.lang.lower_delta import DELTA
 from tensorprog.lang.lower_expr import FUNCTIONS as LANGUAGE_FUNCTIONS
@@ -45,7 +47,7 @@ def test_every_row_is_complete_and_the_language_accepts_each():
     assert all(f.scaling in SCALINGS for f in FUNCTIONS.values())
     assert set(LANGUAGE_FUNCTIONS) == set(NONLINEARITIES) | {
         "dot", "mix", DELTA, *ROUTES, PREPEND, MEAN, CONV, DWCONV, SPREAD, PART, SHIFT, TCONV, CAT,
-        AT, PLACE, PICK, RMS, SSD, DDOT, *RELAYOUTS}
+        AT, PLACE, PICK, RMS, SSD, DDOT, WKV, HDOT, *RELAYOUTS}
     assert NONLIN_SHAPE == {name: f.scaling for name, f in FUNCTIONS.items()}
 
 
