@@ -1000,6 +1000,9 @@ NNGP_REFUSED = [
      "h = A @ x\nu = relu(relu(h) + W @ h)\noutput y = u\n", "not a function of one Gaussian"),
     ("width n = 8\ndim d = 3\ninput x : [d]\nparam A : [n, d]\nparam B : [d, n]\n"
      "h = A @ x\nu = softmax(B @ relu(h))\noutput y = u\n", "softmax has no NNGP rule"),
+    ("width n = 8\ndim d = 3\ndim dh = 4\ndim H = n / 4\ninput x : [d]\nparam A : [n, d]\n"
+     "h = A @ x\nu = h * spread(hdot(h, h, dh), dh)\noutput y = u\n",
+     "hdot per head has no NNGP rule here .a dot over each head's coordinates of one token"),
 ]
 
 

@@ -314,10 +314,11 @@ class RotaryOps:
             if table.kind == "sin" and isinstance(x, Rotated) and not x.interleaved:
                 return RopeTerm(x.src, "sin", angle, factor=table.factor)
         raise refuse(node, f"a product with a {table.kind} table rearranged after cos and sin "
-                     "other than a whole head times one table twice along the last axis (or "
-                     "its rotate_half): only then does it turn coordinates i and i + d/2 by "
-                     "one angle", help="compute cos and sin of the angles laid out as "
-                     "Llama's (cat(freqs, freqs).cos()), or write the model as a program")
+                     "other than a whole head, or its first part (a partial rotary), times one "
+                     "table twice along the last axis (or its rotate_half): only then does it "
+                     "turn coordinates i and i + d/2 by one angle",
+                     help="compute cos and sin of the angles laid out as Llama's "
+                     "(cat(freqs, freqs).cos()), or write the model as a program")
 
     def rope_term(self, node, x, table: Trig):
         if table.rearranged:  # its entries moved after cos and sin (NeoMME's M-RoPE)

@@ -44,6 +44,7 @@ from ..engine.optimizers import resolve
 from ..engine.parametrization import choose
 from ..errors import EngineError, Span, UsageError
 from ..ir.functions import CAT, MUL, PART, PICK, PLACE, RMS
+from ..ir.hdot import HDOT
 from ..ir.program import (
     INSTRUCTIONS,
     Delta,
@@ -513,9 +514,11 @@ def _nonlin(ev: _Limit, ins: Nonlin) -> tuple[Value, str]:
     if ins.over is not None or (
         ins.fn == MUL and any(dims.get(a) not in (None, dims.get(ins.out)) for a in ins.args)
     ):  # over a finite head dim the per-head RMS does not concentrate: no Gaussian limit
-        raise _Refuse(f"{ins.fn} per head has no NNGP rule here (a norm or gain over each "
-                      "head's coordinates)", "the kernel is computed for whole-dim norms and "
-                      "gains; write rmsnorm(h) and a gain of the vector's dim", ins.span)
+        what = ("a dot over each head's coordinates of one token" if ins.fn == HDOT
+                else "a norm or gain over each head's coordinates")
+        raise _Refuse(f"{ins.fn} per head has no NNGP rule here ({what})", "the kernel is "
+                      "computed for whole-dim dots, norms and gains; write dot(u, v, n), "
+                      "rmsnorm(h) and a gain of the vector's dim", ins.span)
     if ins.fn == MUL:
         u, v = (ev.value(a, ins.span) for a in ins.args)
         return ev.times(u, v), "product"
